@@ -1,0 +1,63 @@
+/**
+ * The disk interface: the only way storage-engine and actors code touches files.
+ *
+ * It is synchronous on purpose. A device is driven by one DeviceQueue on a dedicated thread,
+ * and on this machine a synchronous `writeSync` + `fdatasyncSync` per batch is far cheaper than
+ * one libuv round trip per operation (see ../shared/DESIGN.md, measured facts). Tests swap in
+ * `SimDisk` (sim-disk.ts), which tears writes, flips bits, fails fsync and loses whatever was not
+ * synced on a simulated power cut.
+ *
+ * Paths are relative to the disk's root, with '/' separators (e.g. "shard-3/log/seg-….log").
+ * Errors are thrown as `StorageError` with code `io_error` (or `fsync_failed` from the sync
+ * calls), with the OS error code (`EIO`, `ENOSPC`, `ENOENT`…) in `details.errno`.
+ */
+export type FileHandle = number;
+
+export interface OpenOptions {
+  /** Create the file if it does not exist (default false: ENOENT is an error). */
+  create?: boolean;
+  /** Truncate the file to zero on open (default false). */
+  truncate?: boolean;
+}
+
+export interface Disk {
+  /** Opens (or creates) a file for reading and writing. */
+  open(path: string, opts?: OpenOptions): FileHandle;
+  close(fh: FileHandle): void;
+  /** Current size in bytes of an open file. */
+  size(fh: FileHandle): number;
+  /** Writes all of `data` at `offset` (positional write; the file grows as needed). */
+  write(fh: FileHandle, data: Uint8Array, offset: number): void;
+  /** Appends `data` at the current end of the file; returns the offset it was written at. */
+  append(fh: FileHandle, data: Uint8Array): number;
+  /** Reads up to `buf.length` bytes at `offset` into `buf`; returns the count read (short at EOF). */
+  read(fh: FileHandle, buf: Uint8Array, offset: number): number;
+  /** Makes the file's data durable (fdatasync). Throws StorageError('fsync_failed') on failure. */
+  fdatasync(fh: FileHandle): void;
+  /** Sets the file's length (shrinks or grows with zeros). Not durable until fdatasync. */
+  truncate(fh: FileHandle, length: number): void;
+  /** Atomically renames a file within the disk (replacing `to`). Durable after fsyncDir of the parent(s). */
+  rename(from: string, to: string): void;
+  /** Makes the directory's entries (creates, renames, removes) durable. */
+  fsyncDir(dir: string): void;
+  /** Creates a directory and its parents; no error if it exists. Durable after fsyncDir of the parent. */
+  mkdirp(dir: string): void;
+  /** Names (not paths) of the entries in a directory, sorted; [] if the directory does not exist. */
+  list(dir: string): string[];
+  /** Removes a file; no error if it does not exist. Durable after fsyncDir of the parent. */
+  remove(path: string): void;
+  /** Removes a directory and everything under it; no error if it does not exist. */
+  removeTree(dir: string): void;
+  exists(path: string): boolean;
+}
+
+/** Parent directory of a disk path ('' for the root). */
+export function parentDir(path: string): string {
+  const i = path.lastIndexOf('/');
+  return i < 0 ? '' : path.slice(0, i);
+}
+
+/** Joins disk path parts with '/', skipping empty ones. */
+export function joinPath(...parts: string[]): string {
+  return parts.filter((p) => p.length > 0).join('/');
+}
