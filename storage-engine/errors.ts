@@ -11,6 +11,7 @@ export type StorageErrorCode =
   | 'trimmed'           // the LSN asked for is older than the retained history
   | 'future_lsn'        // the LSN asked for is newer than the last one applied
   | 'out_of_range'      // page number, offset or size outside the allowed range
+  | 'too_large'         // a request, record or read is bigger than its bound
   | 'bad_request'       // an argument is malformed (wrong length, wrong type)
   | 'closed'            // the object was closed
   | 'invariant';        // an internal assertion failed (a bug): stop, do not go on
