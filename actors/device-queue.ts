@@ -1,0 +1,457 @@
+/**
+ * DeviceQueue: the single gate through which a device's file IO passes.
+ *
+ * - A bounded submission queue (in operations and bytes). A submission that would exceed a bound
+ *   is refused at once with StorageError('overloaded'): callers see backpressure instead of an
+ *   unbounded queue.
+ * - Group commit: appends queued while the previous batch was on the disk form the next batch.
+ *   Per log (AppendTarget) a batch is one `write` (one buffer per segment touched) and one
+ *   `sync` (one fdatasync), however many submissions it holds.
+ * - Coalesced reads: reads of the same file that touch or overlap are merged into one disk read
+ *   (bounded by readCoalesceBytesMax) and handed back as views of the merged buffer.
+ * - Failure: if a write or fdatasync of a batch fails, EVERY append of that batch is failed with
+ *   a typed error, the device is marked failed, and every later submission is refused with
+ *   'device_failed'. Nothing that was not synced is ever acknowledged.
+ *
+ * The queue does no IO of its own: appends go through the AppendTarget (a SegmentLog on this
+ * device), reads and tasks through the Disk interface. Time comes from an injected clock and the
+ * next batch is started by an injected scheduler, so tests drive it deterministically.
+ */
+import type { Disk, FileHandle } from '../storage-engine/disk';
+import { StorageError, assert } from '../storage-engine/errors';
+import type { LogRecordInput } from '../storage-engine/record';
+
+/** A log on this device; SegmentLog satisfies it. */
+export interface AppendTarget {
+  /** Writes the records after the current last LSN (not durable); returns the new last LSN. */
+  write(records: readonly LogRecordInput[]): number;
+  /** Makes everything written durable; throws StorageError('fsync_failed') when it cannot. */
+  sync(): void;
+}
+
+/** A monotonic clock in milliseconds (fractions allowed). */
+export interface Clock {
+  nowMs(): number;
+}
+
+export type Scheduler = (run: () => void) => void;
+
+export interface DeviceQueueOptions {
+  disk: Disk;
+  /** Name used in errors and stats, e.g. the device's directory. */
+  name?: string;
+  /** Queued (not yet started) operations at most; default 4096. */
+  queueOpsMax?: number;
+  /** Queued payload bytes at most (appends and reads); default 64 MiB. */
+  queueBytesMax?: number;
+  /** Operations taken into one batch at most; default 1024. */
+  batchOpsMax?: number;
+  /** Payload bytes taken into one batch at most; default 8 MiB. */
+  batchBytesMax?: number;
+  /** Largest single merged read; default 256 KiB. */
+  readCoalesceBytesMax?: number;
+  clock?: Clock;
+  /** Starts the next batch; default setImmediate (after the IO that arrived meanwhile). */
+  schedule?: Scheduler;
+}
+
+export interface AppendResult {
+  /** LSN of the first record of this submission. */
+  firstLsn: number;
+  /** LSN of the last record of this submission. */
+  lastLsn: number;
+}
+
+/** Upper bounds (inclusive) of the batch-size histogram buckets, in operations. */
+export const BATCH_OPS_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, Infinity] as const;
+/** Upper bounds (inclusive) of the fsync-latency histogram buckets, in milliseconds. */
+export const FSYNC_MS_BUCKETS = [0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, Infinity] as const;
+
+export interface DeviceQueueStats {
+  name: string;
+  state: 'ok' | 'failed' | 'closed';
+  failure: string | undefined;
+  queueOps: number;
+  queueBytes: number;
+  queueOpsMax: number;
+  queueBytesMax: number;
+  batches: number;
+  appendOps: number;
+  appendRecords: number;
+  appendBytes: number;
+  /** fdatasync calls made by this queue (one per log per batch). */
+  syncs: number;
+  syncMsSum: number;
+  syncMsMax: number;
+  /** Counts per BATCH_OPS_BUCKETS bucket. */
+  batchOpsHistogram: number[];
+  /** Counts per FSYNC_MS_BUCKETS bucket. */
+  syncMsHistogram: number[];
+  readOps: number;
+  /** Disk reads actually made for readOps (fewer when adjacent reads were merged). */
+  diskReads: number;
+  readBytes: number;
+  tasks: number;
+  rejectedOverloaded: number;
+}
+
+interface AppendOp {
+  type: 'append';
+  target: AppendTarget;
+  records: readonly LogRecordInput[];
+  bytes: number;
+  resolve(r: AppendResult): void;
+  reject(e: Error): void;
+}
+
+interface ReadOp {
+  type: 'read';
+  fh: FileHandle;
+  offset: number;
+  length: number;
+  bytes: number;
+  resolve(b: Uint8Array): void;
+  reject(e: Error): void;
+}
+
+interface TaskOp {
+  type: 'task';
+  run(): unknown;
+  bytes: number;
+  resolve(v: unknown): void;
+  reject(e: Error): void;
+}
+
+type Op = AppendOp | ReadOp | TaskOp;
+
+const performanceClock: Clock = { nowMs: () => performance.now() };
+
+function positiveInt(value: number | undefined, fallback: number, name: string): number {
+  const v = value ?? fallback;
+  if (!Number.isSafeInteger(v) || v <= 0) {
+    throw new StorageError('bad_request', `${name} must be a positive integer, got ${String(value)}`);
+  }
+  return v;
+}
+
+function bucketIndex(buckets: readonly number[], value: number): number {
+  let i = 0;
+  while (value > buckets[i]!) i++;
+  return i;
+}
+
+export class DeviceQueue {
+  readonly name: string;
+  private readonly disk: Disk;
+  private readonly clock: Clock;
+  private readonly schedule: Scheduler;
+  private readonly queueOpsMax: number;
+  private readonly queueBytesMax: number;
+  private readonly batchOpsMax: number;
+  private readonly batchBytesMax: number;
+  private readonly readCoalesceBytesMax: number;
+
+  private queue: Op[] = [];
+  private queueHead = 0;
+  private queueBytes = 0;
+  private scheduled = false;
+  private running = false;
+  private failure: StorageError | undefined;
+  private closed = false;
+  private idleWaiters: Array<() => void> = [];
+
+  private readonly counters = {
+    batches: 0,
+    appendOps: 0,
+    appendRecords: 0,
+    appendBytes: 0,
+    syncs: 0,
+    syncMsSum: 0,
+    syncMsMax: 0,
+    readOps: 0,
+    diskReads: 0,
+    readBytes: 0,
+    tasks: 0,
+    rejectedOverloaded: 0,
+  };
+  private readonly batchOpsHistogram = new Array<number>(BATCH_OPS_BUCKETS.length).fill(0);
+  private readonly syncMsHistogram = new Array<number>(FSYNC_MS_BUCKETS.length).fill(0);
+
+  constructor(opts: DeviceQueueOptions) {
+    this.disk = opts.disk;
+    this.name = opts.name ?? 'device';
+    this.clock = opts.clock ?? performanceClock;
+    this.schedule = opts.schedule ?? ((run) => setImmediate(run));
+    this.queueOpsMax = positiveInt(opts.queueOpsMax, 4096, 'queueOpsMax');
+    this.queueBytesMax = positiveInt(opts.queueBytesMax, 64 * 1024 * 1024, 'queueBytesMax');
+    this.batchOpsMax = positiveInt(opts.batchOpsMax, 1024, 'batchOpsMax');
+    this.batchBytesMax = positiveInt(opts.batchBytesMax, 8 * 1024 * 1024, 'batchBytesMax');
+    this.readCoalesceBytesMax = positiveInt(opts.readCoalesceBytesMax, 256 * 1024, 'readCoalesceBytesMax');
+  }
+
+  /** Queues records to append to `target`; resolves once they are durable (after fdatasync). */
+  append(target: AppendTarget, records: readonly LogRecordInput[]): Promise<AppendResult> {
+    if (records.length === 0) {
+      return Promise.reject(new StorageError('bad_request', 'append of zero records'));
+    }
+    let bytes = 0;
+    for (const r of records) bytes += r.payload.length;
+    return new Promise<AppendResult>((resolve, reject) => {
+      this.submit({ type: 'append', target, records, bytes, resolve, reject });
+    });
+  }
+
+  /**
+   * Queues a read of `length` bytes at `offset` of an open file; resolves with exactly the bytes
+   * read (shorter at end of file). The result may be a view into a larger merged read buffer.
+   */
+  read(fh: FileHandle, offset: number, length: number): Promise<Uint8Array> {
+    if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length <= 0) {
+      return Promise.reject(new StorageError('bad_request', `bad read range offset=${offset} length=${length}`));
+    }
+    if (length > this.readCoalesceBytesMax) {
+      return Promise.reject(
+        new StorageError('too_large', `read of ${length} bytes exceeds ${this.readCoalesceBytesMax}`),
+      );
+    }
+    return new Promise<Uint8Array>((resolve, reject) => {
+      this.submit({ type: 'read', fh, offset, length, bytes: length, resolve, reject });
+    });
+  }
+
+  /**
+   * Runs other device IO (an image, a metadata file, a trim) in queue order, between batches, so
+   * that all IO of the device stays on one ordered path. `bytes` counts against the queue bound.
+   */
+  task<T>(run: () => T, bytes = 0): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      this.submit({ type: 'task', run, bytes, resolve: resolve as (v: unknown) => void, reject });
+    });
+  }
+
+  /** Processes queued batches synchronously until the queue is empty (for tests and shutdown). */
+  flushNow(): void {
+    while (this.pending() > 0) this.runBatch();
+  }
+
+  /** Stops accepting work and resolves once everything queued has been processed. */
+  async drain(): Promise<void> {
+    this.closed = true;
+    if (this.pending() === 0 && !this.running) return;
+    await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  get failed(): boolean {
+    return this.failure !== undefined;
+  }
+
+  stats(): DeviceQueueStats {
+    return {
+      name: this.name,
+      state: this.failure ? 'failed' : this.closed ? 'closed' : 'ok',
+      failure: this.failure?.message,
+      queueOps: this.pending(),
+      queueBytes: this.queueBytes,
+      queueOpsMax: this.queueOpsMax,
+      queueBytesMax: this.queueBytesMax,
+      ...this.counters,
+      batchOpsHistogram: [...this.batchOpsHistogram],
+      syncMsHistogram: [...this.syncMsHistogram],
+    };
+  }
+
+  private pending(): number {
+    return this.queue.length - this.queueHead;
+  }
+
+  private submit(op: Op): void {
+    if (this.failure) {
+      op.reject(new StorageError('device_failed', `device ${this.name} failed earlier: ${this.failure.message}`, {
+        device: this.name,
+      }));
+      return;
+    }
+    if (this.closed) {
+      op.reject(new StorageError('closed', `device ${this.name} is shutting down`));
+      return;
+    }
+    if (this.pending() + 1 > this.queueOpsMax || this.queueBytes + op.bytes > this.queueBytesMax) {
+      this.counters.rejectedOverloaded++;
+      op.reject(new StorageError('overloaded', `device ${this.name} queue is full`, {
+        device: this.name,
+        queueOps: this.pending(),
+        queueBytes: this.queueBytes,
+        queueOpsMax: this.queueOpsMax,
+        queueBytesMax: this.queueBytesMax,
+      }));
+      return;
+    }
+    this.queue.push(op);
+    this.queueBytes += op.bytes;
+    this.kick();
+  }
+
+  private kick(): void {
+    if (this.scheduled || this.pending() === 0) return;
+    this.scheduled = true;
+    this.schedule(() => {
+      this.scheduled = false;
+      this.runBatch();
+      this.kick();
+    });
+  }
+
+  /** Takes ops from the head of the queue within the batch bounds (always at least one). */
+  private takeBatch(): Op[] {
+    const batch: Op[] = [];
+    let bytes = 0;
+    while (this.queueHead < this.queue.length && batch.length < this.batchOpsMax) {
+      const op = this.queue[this.queueHead]!;
+      if (batch.length > 0 && bytes + op.bytes > this.batchBytesMax) break;
+      // A task runs alone, in order: it ends the batch before it, and a batch after it.
+      if (op.type === 'task' && batch.length > 0) break;
+      this.queue[this.queueHead] = undefined as never;
+      this.queueHead++;
+      batch.push(op);
+      bytes += op.bytes;
+      if (op.type === 'task') break;
+    }
+    this.queueBytes -= bytes;
+    if (this.queueHead > 1024 && this.queueHead * 2 > this.queue.length) {
+      this.queue = this.queue.slice(this.queueHead);
+      this.queueHead = 0;
+    }
+    return batch;
+  }
+
+  private runBatch(): void {
+    if (this.pending() === 0) return;
+    assert(!this.running, 'device queue batch re-entered');
+    this.running = true;
+    try {
+      const batch = this.takeBatch();
+      if (this.failure) {
+        for (const op of batch) op.reject(new StorageError('device_failed', `device ${this.name} failed: ${this.failure.message}`));
+        return;
+      }
+      this.counters.batches++;
+      this.batchOpsHistogram[bucketIndex(BATCH_OPS_BUCKETS, batch.length)]!++;
+      const appends: AppendOp[] = [];
+      const reads: ReadOp[] = [];
+      for (const op of batch) {
+        if (op.type === 'append') appends.push(op);
+        else if (op.type === 'read') reads.push(op);
+        else this.runTask(op);
+      }
+      if (appends.length > 0) this.runAppends(appends);
+      if (reads.length > 0) this.runReads(reads);
+    } finally {
+      this.running = false;
+      if (this.pending() === 0 && this.idleWaiters.length > 0) {
+        const waiters = this.idleWaiters;
+        this.idleWaiters = [];
+        for (const w of waiters) w();
+      }
+    }
+  }
+
+  private runTask(op: TaskOp): void {
+    this.counters.tasks++;
+    try {
+      op.resolve(op.run());
+    } catch (e) {
+      op.reject(e instanceof Error ? e : new Error(String(e)));
+    }
+  }
+
+  private runAppends(appends: AppendOp[]): void {
+    // Group by target, keeping submission order within each target.
+    const groups = new Map<AppendTarget, AppendOp[]>();
+    for (const op of appends) {
+      const g = groups.get(op.target);
+      if (g) g.push(op);
+      else groups.set(op.target, [op]);
+    }
+    const results: Array<[AppendOp, AppendResult]> = [];
+    try {
+      for (const [target, ops] of groups) {
+        const records: LogRecordInput[] = [];
+        for (const op of ops) for (const r of op.records) records.push(r);
+        const lastLsn = target.write(records);
+        let next = lastLsn - records.length + 1;
+        for (const op of ops) {
+          results.push([op, { firstLsn: next, lastLsn: next + op.records.length - 1 }]);
+          next += op.records.length;
+          this.counters.appendOps++;
+          this.counters.appendRecords += op.records.length;
+          this.counters.appendBytes += op.bytes;
+        }
+      }
+      for (const target of groups.keys()) {
+        const t0 = this.clock.nowMs();
+        this.counters.syncs++;
+        target.sync();
+        const ms = this.clock.nowMs() - t0;
+        this.counters.syncMsSum += ms;
+        if (ms > this.counters.syncMsMax) this.counters.syncMsMax = ms;
+        this.syncMsHistogram[bucketIndex(FSYNC_MS_BUCKETS, ms)]!++;
+      }
+    } catch (e) {
+      this.fail(e);
+      const err = new StorageError(
+        e instanceof StorageError && e.code === 'fsync_failed' ? 'fsync_failed' : 'device_failed',
+        `append batch on device ${this.name} failed, nothing of it is acknowledged: ${(e as Error).message}`,
+        { device: this.name },
+        e,
+      );
+      for (const op of appends) op.reject(err);
+      return;
+    }
+    for (const [op, r] of results) op.resolve(r);
+  }
+
+  private runReads(reads: ReadOp[]): void {
+    reads.sort((a, b) => (a.fh - b.fh) || (a.offset - b.offset));
+    let i = 0;
+    while (i < reads.length) {
+      const first = reads[i]!;
+      let end = first.offset + first.length;
+      let j = i + 1;
+      while (j < reads.length) {
+        const r = reads[j]!;
+        if (r.fh !== first.fh || r.offset > end) break;
+        const newEnd = Math.max(end, r.offset + r.length);
+        if (newEnd - first.offset > this.readCoalesceBytesMax) break;
+        end = newEnd;
+        j++;
+      }
+      const buf = new Uint8Array(end - first.offset);
+      let n: number;
+      try {
+        this.counters.diskReads++;
+        n = this.disk.read(first.fh, buf, first.offset);
+      } catch (e) {
+        // A read error fails the reads that needed it; it does not fail the device (a peer or a
+        // rebuild can still serve that data, and writes may still succeed).
+        const err = e instanceof Error ? e : new Error(String(e));
+        for (let k = i; k < j; k++) reads[k]!.reject(err);
+        i = j;
+        continue;
+      }
+      this.counters.readBytes += n;
+      for (let k = i; k < j; k++) {
+        const r = reads[k]!;
+        this.counters.readOps++;
+        const start = r.offset - first.offset;
+        r.resolve(buf.subarray(Math.min(start, n), Math.min(start + r.length, n)));
+      }
+      i = j;
+    }
+  }
+
+  private fail(e: unknown): void {
+    if (this.failure) return;
+    const msg = e instanceof Error ? e.message : String(e);
+    this.failure = new StorageError('device_failed', msg, { device: this.name }, e);
+  }
+}

@@ -1,0 +1,274 @@
+import { strict as assert } from 'node:assert';
+import { DeviceQueue, type AppendTarget, BATCH_OPS_BUCKETS } from '../../actors/device-queue';
+import type { Disk, FileHandle } from '../../storage-engine/disk';
+import { StorageError } from '../../storage-engine/errors';
+import type { LogRecordInput } from '../../storage-engine/record';
+
+/** A log that counts its writes and syncs and can be told to fail. */
+class FakeLog implements AppendTarget {
+  lastLsn = 0;
+  syncedLsn = 0;
+  writes = 0;
+  syncs = 0;
+  failSync = false;
+  failWrite = false;
+  written: LogRecordInput[] = [];
+  write(records: readonly LogRecordInput[]): number {
+    if (this.failWrite) throw new StorageError('io_error', 'ENOSPC', { errno: 'ENOSPC' });
+    this.writes++;
+    this.written.push(...records);
+    this.lastLsn += records.length;
+    return this.lastLsn;
+  }
+  sync(): void {
+    this.syncs++;
+    if (this.failSync) throw new StorageError('fsync_failed', 'EIO', { errno: 'EIO' });
+    this.syncedLsn = this.lastLsn;
+  }
+}
+
+/** A disk whose only working call is read, over one in-memory file per handle. */
+function readOnlyDisk(files: Map<FileHandle, Uint8Array>): Disk & { reads: number } {
+  const d = {
+    reads: 0,
+    read(fh: FileHandle, buf: Uint8Array, offset: number): number {
+      d.reads++;
+      const f = files.get(fh);
+      if (!f) throw new StorageError('io_error', 'EBADF');
+      const n = Math.max(0, Math.min(buf.length, f.length - offset));
+      buf.set(f.subarray(offset, offset + n));
+      return n;
+    },
+  };
+  return new Proxy(d, {
+    get(target, prop) {
+      if (prop in target) return (target as Record<string | symbol, unknown>)[prop];
+      return () => {
+        throw new Error(`unexpected disk call ${String(prop)}`);
+      };
+    },
+  }) as unknown as Disk & { reads: number };
+}
+
+/** A scheduler that runs nothing until the test says so. */
+function manualScheduler(): { schedule: (run: () => void) => void; runAll: () => void; pending: () => number } {
+  let queue: Array<() => void> = [];
+  return {
+    schedule: (run) => queue.push(run),
+    runAll: () => {
+      while (queue.length > 0) {
+        const q = queue;
+        queue = [];
+        for (const run of q) run();
+      }
+    },
+    pending: () => queue.length,
+  };
+}
+
+const rec = (n: number, bytes = 16): LogRecordInput => ({ term: 1, kind: 1, payload: new Uint8Array(bytes).fill(n & 0xff) });
+
+describe('DeviceQueue', () => {
+  it('group-commits appends queued together: one write and one fdatasync per log per batch', async () => {
+    const sched = manualScheduler();
+    const log = new FakeLog();
+    const q = new DeviceQueue({ disk: readOnlyDisk(new Map()), schedule: sched.schedule });
+    const done = [];
+    for (let i = 0; i < 100; i++) done.push(q.append(log, [rec(i), rec(i)]));
+    assert.equal(log.writes, 0, 'nothing is written before the batch runs');
+    sched.runAll();
+    const results = await Promise.all(done);
+    assert.equal(log.writes, 1);
+    assert.equal(log.syncs, 1);
+    assert.equal(log.written.length, 200);
+    // LSNs are handed out in submission order, two per submission.
+    results.forEach((r, i) => assert.deepEqual(r, { firstLsn: 2 * i + 1, lastLsn: 2 * i + 2 }));
+    const s = q.stats();
+    assert.equal(s.batches, 1);
+    assert.equal(s.syncs, 1);
+    assert.equal(s.appendOps, 100);
+    assert.equal(s.appendRecords, 200);
+    assert.equal(s.batchOpsHistogram[BATCH_OPS_BUCKETS.findIndex((b) => b >= 100)], 1);
+  });
+
+  it('splits batches at batchOpsMax and batchBytesMax', async () => {
+    const sched = manualScheduler();
+    const log = new FakeLog();
+    const q = new DeviceQueue({ disk: readOnlyDisk(new Map()), schedule: sched.schedule, batchOpsMax: 10, batchBytesMax: 1000 });
+    const done = [];
+    for (let i = 0; i < 25; i++) done.push(q.append(log, [rec(i, 16)]));
+    sched.runAll();
+    await Promise.all(done);
+    assert.equal(log.syncs, 3, '25 ops in batches of at most 10');
+    const log2 = new FakeLog();
+    const done2 = [];
+    for (let i = 0; i < 4; i++) done2.push(q.append(log2, [rec(i, 400)]));
+    sched.runAll();
+    await Promise.all(done2);
+    assert.equal(log2.syncs, 2, '4 × 400 bytes in batches of at most 1000 bytes');
+  });
+
+  it('syncs each log of a batch once', async () => {
+    const sched = manualScheduler();
+    const a = new FakeLog();
+    const b = new FakeLog();
+    const q = new DeviceQueue({ disk: readOnlyDisk(new Map()), schedule: sched.schedule });
+    const done = [q.append(a, [rec(1)]), q.append(b, [rec(2)]), q.append(a, [rec(3)]), q.append(b, [rec(4)])];
+    sched.runAll();
+    await Promise.all(done);
+    assert.deepEqual([a.writes, a.syncs, b.writes, b.syncs], [1, 1, 1, 1]);
+    assert.equal(q.stats().syncs, 2);
+  });
+
+  it('refuses submissions over the queue bounds with overloaded, and accepts again once drained', async () => {
+    const sched = manualScheduler();
+    const log = new FakeLog();
+    const q = new DeviceQueue({ disk: readOnlyDisk(new Map()), schedule: sched.schedule, queueOpsMax: 3, queueBytesMax: 100 });
+    const ok = [q.append(log, [rec(1)]), q.append(log, [rec(2)]), q.append(log, [rec(3)])];
+    await assert.rejects(q.append(log, [rec(4)]), (e: StorageError) => e.code === 'overloaded' && e.details?.queueOps === 3);
+    const q2 = new DeviceQueue({ disk: readOnlyDisk(new Map()), schedule: sched.schedule, queueBytesMax: 100 });
+    const ok2 = q2.append(log, [rec(5, 60)]);
+    await assert.rejects(q2.append(log, [rec(6, 60)]), (e: StorageError) => e.code === 'overloaded');
+    sched.runAll();
+    await Promise.all([...ok, ok2]);
+    const again = q.append(log, [rec(7)]);
+    sched.runAll();
+    assert.deepEqual(await again, { firstLsn: 5, lastLsn: 5 }, 'accepted again once the queue drained');
+    assert.equal(q.stats().rejectedOverloaded, 1);
+    assert.equal(q2.stats().rejectedOverloaded, 1);
+  });
+
+  it('fails every append of a batch whose fdatasync fails, acknowledges none, and marks the device failed', async () => {
+    const sched = manualScheduler();
+    const a = new FakeLog();
+    const b = new FakeLog();
+    b.failSync = true;
+    const q = new DeviceQueue({ disk: readOnlyDisk(new Map()), schedule: sched.schedule, name: 'dev0' });
+    const settled: Array<PromiseSettledResult<unknown>> = [];
+    const done = [q.append(a, [rec(1)]), q.append(b, [rec(2)]), q.append(a, [rec(3)])].map((p) =>
+      p.then(
+        (v) => settled.push({ status: 'fulfilled', value: v }),
+        (e) => settled.push({ status: 'rejected', reason: e }),
+      ),
+    );
+    sched.runAll();
+    await Promise.all(done);
+    assert.equal(settled.length, 3);
+    for (const s of settled) {
+      assert.equal(s.status, 'rejected', 'no append of a batch with a failed fsync is acknowledged');
+      assert.equal((s as PromiseRejectedResult).reason.code, 'fsync_failed');
+    }
+    assert.equal(q.failed, true);
+    assert.equal(q.stats().state, 'failed');
+    await assert.rejects(q.append(a, [rec(4)]), (e: StorageError) => e.code === 'device_failed');
+    await assert.rejects(q.read(1, 0, 10), (e: StorageError) => e.code === 'device_failed');
+    assert.equal(a.writes, 1, 'nothing is written after the failure');
+  });
+
+  it('fails the batch and the device on a write error (ENOSPC)', async () => {
+    const sched = manualScheduler();
+    const log = new FakeLog();
+    log.failWrite = true;
+    const q = new DeviceQueue({ disk: readOnlyDisk(new Map()), schedule: sched.schedule });
+    const p = q.append(log, [rec(1)]);
+    sched.runAll();
+    await assert.rejects(p, (e: StorageError) => e.code === 'device_failed');
+    assert.equal(log.syncs, 0);
+    assert.equal(q.failed, true);
+  });
+
+  it('coalesces adjacent and overlapping reads of one file into one disk read', async () => {
+    const sched = manualScheduler();
+    const file = new Uint8Array(64 * 1024);
+    for (let i = 0; i < file.length; i++) file[i] = (i * 7) & 0xff;
+    const other = new Uint8Array(8192).fill(9);
+    const disk = readOnlyDisk(new Map([[3, file], [4, other]]));
+    const q = new DeviceQueue({ disk, schedule: sched.schedule });
+    const reads = [];
+    // 32 adjacent 1 KiB blocks submitted in scrambled order, one overlapping read, one other file.
+    const order = Array.from({ length: 32 }, (_, i) => (i * 13) % 32);
+    for (const i of order) reads.push(q.read(3, i * 1024, 1024).then((b) => ({ i, b })));
+    const overlap = q.read(3, 1000, 100);
+    const fromOther = q.read(4, 0, 4096);
+    sched.runAll();
+    for (const { i, b } of await Promise.all(reads)) assert.deepEqual(b, file.subarray(i * 1024, (i + 1) * 1024));
+    assert.deepEqual(await overlap, file.subarray(1000, 1100));
+    assert.deepEqual(await fromOther, other.subarray(0, 4096));
+    assert.equal(disk.reads, 2, 'one read for the 33 reads of file 3, one for file 4');
+    assert.equal(q.stats().readOps, 34);
+  });
+
+  it('does not merge reads with a gap, nor past readCoalesceBytesMax, and returns short reads at EOF', async () => {
+    const sched = manualScheduler();
+    const file = new Uint8Array(10000).fill(1);
+    const disk = readOnlyDisk(new Map([[1, file]]));
+    const q = new DeviceQueue({ disk, schedule: sched.schedule, readCoalesceBytesMax: 4096 });
+    const p = [q.read(1, 0, 2048), q.read(1, 2048, 2048), q.read(1, 4096, 2048), q.read(1, 8192, 4096)];
+    await assert.rejects(q.read(1, 0, 8192), (e: StorageError) => e.code === 'too_large');
+    sched.runAll();
+    const out = await Promise.all(p);
+    assert.equal(disk.reads, 3, '[0,4096) merged; [4096,6144) would exceed the bound; [8192..) has a gap');
+    assert.equal(out[3]!.length, 10000 - 8192, 'short read at end of file');
+  });
+
+  it('a read error fails only the reads that needed it', async () => {
+    const sched = manualScheduler();
+    const disk = readOnlyDisk(new Map([[1, new Uint8Array(100)]]));
+    const q = new DeviceQueue({ disk, schedule: sched.schedule });
+    const bad = q.read(99, 0, 10);
+    const good = q.read(1, 0, 10);
+    sched.runAll();
+    await assert.rejects(bad, (e: StorageError) => e.code === 'io_error');
+    assert.equal((await good).length, 10);
+    assert.equal(q.failed, false);
+  });
+
+  it('runs tasks in queue order between batches', async () => {
+    const sched = manualScheduler();
+    const log = new FakeLog();
+    const q = new DeviceQueue({ disk: readOnlyDisk(new Map()), schedule: sched.schedule });
+    const seen: string[] = [];
+    const a = q.append(log, [rec(1)]).then(() => seen.push('append1'));
+    const t = q.task(() => {
+      seen.push(`task saw synced=${log.syncedLsn}`);
+      return 42;
+    });
+    const b = q.append(log, [rec(2)]).then(() => seen.push('append2'));
+    const failing = q.task(() => {
+      throw new StorageError('io_error', 'boom');
+    });
+    sched.runAll();
+    assert.equal(await t, 42);
+    await Promise.all([a, b]);
+    await assert.rejects(failing, (e: StorageError) => e.code === 'io_error');
+    assert.deepEqual(seen.slice(0, 1), ['task saw synced=1']);
+    assert.equal(log.syncs, 2, 'the task split the appends into two batches');
+    assert.equal(q.failed, false, 'a failing task does not fail the device');
+  });
+
+  it('drain waits for queued work and then refuses new work', async () => {
+    const log = new FakeLog();
+    const q = new DeviceQueue({ disk: readOnlyDisk(new Map()) });
+    const p = [q.append(log, [rec(1)]), q.append(log, [rec(2)])];
+    await q.drain();
+    assert.equal(log.syncedLsn, 2);
+    await Promise.all(p);
+    await assert.rejects(q.append(log, [rec(3)]), (e: StorageError) => e.code === 'closed');
+  });
+
+  it('batches naturally under the default scheduler: appends submitted in one tick share one fdatasync', async () => {
+    const log = new FakeLog();
+    const q = new DeviceQueue({ disk: readOnlyDisk(new Map()) });
+    await Promise.all(Array.from({ length: 64 }, (_, i) => q.append(log, [rec(i)])));
+    assert.equal(log.syncs, 1);
+    assert.equal(log.syncedLsn, 64);
+  });
+
+  it('rejects bad arguments with bad_request', async () => {
+    const q = new DeviceQueue({ disk: readOnlyDisk(new Map()) });
+    await assert.rejects(q.append(new FakeLog(), []), (e: StorageError) => e.code === 'bad_request');
+    await assert.rejects(q.read(1, -1, 10), (e: StorageError) => e.code === 'bad_request');
+    await assert.rejects(q.read(1, 0, 0), (e: StorageError) => e.code === 'bad_request');
+    assert.throws(() => new DeviceQueue({ disk: readOnlyDisk(new Map()), queueOpsMax: 0 }), (e: StorageError) => e.code === 'bad_request');
+  });
+});
