@@ -1,0 +1,337 @@
+/**
+ * RealDisk: the `Disk` interface over the local file system with synchronous `fs` calls.
+ *
+ * A device's files are driven by one DeviceQueue on its own thread, where one `writeSync` plus one
+ * `fdatasyncSync` per batch is cheaper than a libuv round trip per operation (DESIGN.md, measured
+ * facts). Every `fs` error becomes a `StorageError` with the OS code in `details.errno`.
+ */
+import * as fs from 'node:fs';
+import * as nodePath from 'node:path';
+import type { Disk, FileHandle, OpenOptions } from './disk';
+import { StorageError } from './errors';
+
+/** Longest disk path accepted, in UTF-16 code units (well below Linux PATH_MAX with any root). */
+export const DISK_PATH_CHARS_MAX = 1024;
+/** Longest single path segment (Linux NAME_MAX). */
+export const DISK_SEGMENT_CHARS_MAX = 255;
+/** Largest single write or read, in bytes (one call; batches larger than this are split by the caller). */
+export const DISK_IO_BYTES_MAX = 256 * 1024 * 1024;
+/** Largest file offset or length accepted (below 2^53 so that arithmetic stays exact). */
+export const DISK_OFFSET_MAX = Number.MAX_SAFE_INTEGER;
+/** Most files open at once on one disk. */
+export const DISK_OPEN_FILES_MAX = 4096;
+
+/** IO counters kept by `RealDisk` and `SimDisk`. */
+export interface DiskCounters {
+  writes: number;
+  reads: number;
+  fdatasyncs: number;
+  fsyncDirs: number;
+  bytesWritten: number;
+  bytesRead: number;
+}
+
+/** A fresh set of zeroed counters. */
+export function newDiskCounters(): DiskCounters {
+  return { writes: 0, reads: 0, fdatasyncs: 0, fsyncDirs: 0, bytesWritten: 0, bytesRead: 0 };
+}
+
+/**
+ * Checks a disk path: relative, '/'-separated, no empty, '.' or '..' segments, bounded length.
+ * The root is the empty string and is accepted only where `allowRoot` is set (directory calls).
+ * Throws StorageError('bad_request') otherwise. Shared by `RealDisk` and `SimDisk`.
+ */
+export function checkDiskPath(path: string, allowRoot: boolean): void {
+  if (typeof path !== 'string') {
+    throw new StorageError('bad_request', 'disk path must be a string', { path });
+  }
+  if (path === '') {
+    if (allowRoot) return;
+    throw new StorageError('bad_request', 'empty disk path', { path });
+  }
+  if (path.length > DISK_PATH_CHARS_MAX) {
+    throw new StorageError('bad_request', `disk path longer than ${DISK_PATH_CHARS_MAX} chars`, { path });
+  }
+  if (path.startsWith('/') || path.includes('\\') || path.includes('\0') || nodePath.isAbsolute(path)) {
+    throw new StorageError('bad_request', `disk path must be relative with '/' separators: ${path}`, { path });
+  }
+  for (const segment of path.split('/')) {
+    if (segment === '' || segment === '.' || segment === '..') {
+      throw new StorageError('bad_request', `disk path has an empty, '.' or '..' segment: ${path}`, { path });
+    }
+    if (segment.length > DISK_SEGMENT_CHARS_MAX) {
+      throw new StorageError('bad_request', `disk path segment longer than ${DISK_SEGMENT_CHARS_MAX} chars`, { path });
+    }
+  }
+}
+
+/** Checks a file offset or length: a non-negative safe integer. */
+export function checkDiskOffset(value: number, what: string): void {
+  if (!Number.isSafeInteger(value) || value < 0 || value > DISK_OFFSET_MAX) {
+    throw new StorageError('bad_request', `${what} must be a non-negative safe integer, got ${value}`, { [what]: value });
+  }
+}
+
+/** Checks the size of one read or write buffer. */
+export function checkDiskBuffer(buf: Uint8Array, what: string): void {
+  if (!(buf instanceof Uint8Array)) {
+    throw new StorageError('bad_request', `${what} must be a Uint8Array`);
+  }
+  if (buf.length > DISK_IO_BYTES_MAX) {
+    throw new StorageError('bad_request', `${what} of ${buf.length} bytes exceeds ${DISK_IO_BYTES_MAX}`, { bytes: buf.length });
+  }
+}
+
+interface OpenFile {
+  fd: number;
+  path: string;
+}
+
+function errnoOf(e: unknown): string {
+  if (e !== null && typeof e === 'object' && 'code' in e && typeof (e as { code: unknown }).code === 'string') {
+    return (e as { code: string }).code;
+  }
+  return 'EUNKNOWN';
+}
+
+/**
+ * The local file system under `rootDir`. Not thread-safe: one owner (a DeviceQueue) per instance.
+ * Handles are small integers chosen by this class (not OS descriptors), so a stale handle can
+ * never reach a file opened later under a reused descriptor.
+ */
+export class RealDisk implements Disk {
+  /** IO counters since construction. */
+  readonly counters: DiskCounters = newDiskCounters();
+  private readonly rootDir: string;
+  private readonly files = new Map<FileHandle, OpenFile>();
+  private nextHandle: FileHandle = 1;
+
+  /** `rootDir` must exist (or be creatable) and is where every disk path is resolved. */
+  constructor(rootDir: string) {
+    if (typeof rootDir !== 'string' || rootDir === '') {
+      throw new StorageError('bad_request', 'RealDisk needs a root directory');
+    }
+    this.rootDir = nodePath.resolve(rootDir);
+  }
+
+  /** Number of handles currently open. */
+  get openFiles(): number {
+    return this.files.size;
+  }
+
+  open(path: string, opts: OpenOptions = {}): FileHandle {
+    checkDiskPath(path, false);
+    if (this.files.size >= DISK_OPEN_FILES_MAX) {
+      throw new StorageError('overloaded', `more than ${DISK_OPEN_FILES_MAX} open files`, { path });
+    }
+    let flags = fs.constants.O_RDWR;
+    if (opts.create === true) flags |= fs.constants.O_CREAT;
+    if (opts.truncate === true) flags |= fs.constants.O_TRUNC;
+    let fd: number;
+    try {
+      fd = fs.openSync(this.abs(path), flags, 0o644);
+    } catch (e) {
+      throw this.ioError('open', path, e);
+    }
+    const fh = this.nextHandle++;
+    this.files.set(fh, { fd, path });
+    return fh;
+  }
+
+  close(fh: FileHandle): void {
+    const f = this.file(fh);
+    this.files.delete(fh);
+    try {
+      fs.closeSync(f.fd);
+    } catch (e) {
+      throw this.ioError('close', f.path, e);
+    }
+  }
+
+  size(fh: FileHandle): number {
+    const f = this.file(fh);
+    try {
+      return fs.fstatSync(f.fd).size;
+    } catch (e) {
+      throw this.ioError('fstat', f.path, e);
+    }
+  }
+
+  write(fh: FileHandle, data: Uint8Array, offset: number): void {
+    const f = this.file(fh);
+    checkDiskBuffer(data, 'data');
+    checkDiskOffset(offset, 'offset');
+    checkDiskOffset(offset + data.length, 'end');
+    this.counters.writes++;
+    let done = 0;
+    try {
+      while (done < data.length) {
+        const n = fs.writeSync(f.fd, data, done, data.length - done, offset + done);
+        if (n <= 0) {
+          // A zero-byte write that is not an error would loop for ever; treat it as a device fault.
+          throw Object.assign(new Error('write made no progress'), { code: 'EIO' });
+        }
+        done += n;
+      }
+    } catch (e) {
+      throw this.ioError('write', f.path, e);
+    } finally {
+      this.counters.bytesWritten += done;
+    }
+  }
+
+  append(fh: FileHandle, data: Uint8Array): number {
+    const offset = this.size(fh);
+    this.write(fh, data, offset);
+    return offset;
+  }
+
+  read(fh: FileHandle, buf: Uint8Array, offset: number): number {
+    const f = this.file(fh);
+    checkDiskBuffer(buf, 'buf');
+    checkDiskOffset(offset, 'offset');
+    this.counters.reads++;
+    let done = 0;
+    try {
+      while (done < buf.length) {
+        const n = fs.readSync(f.fd, buf, done, buf.length - done, offset + done);
+        if (n === 0) break; // end of file
+        done += n;
+      }
+    } catch (e) {
+      throw this.ioError('read', f.path, e);
+    } finally {
+      this.counters.bytesRead += done;
+    }
+    return done;
+  }
+
+  fdatasync(fh: FileHandle): void {
+    const f = this.file(fh);
+    this.counters.fdatasyncs++;
+    try {
+      fs.fdatasyncSync(f.fd);
+    } catch (e) {
+      throw this.ioError('fdatasync', f.path, e, 'fsync_failed');
+    }
+  }
+
+  truncate(fh: FileHandle, length: number): void {
+    const f = this.file(fh);
+    checkDiskOffset(length, 'length');
+    try {
+      fs.ftruncateSync(f.fd, length);
+    } catch (e) {
+      throw this.ioError('ftruncate', f.path, e);
+    }
+  }
+
+  rename(from: string, to: string): void {
+    checkDiskPath(from, false);
+    checkDiskPath(to, false);
+    try {
+      fs.renameSync(this.abs(from), this.abs(to));
+    } catch (e) {
+      throw this.ioError('rename', from, e, 'io_error', { to });
+    }
+  }
+
+  fsyncDir(dir: string): void {
+    checkDiskPath(dir, true);
+    this.counters.fsyncDirs++;
+    let fd: number;
+    try {
+      fd = fs.openSync(this.abs(dir), 'r');
+    } catch (e) {
+      throw this.ioError('open dir', dir, e, 'fsync_failed');
+    }
+    try {
+      fs.fsyncSync(fd);
+    } catch (e) {
+      throw this.ioError('fsync dir', dir, e, 'fsync_failed');
+    } finally {
+      try {
+        fs.closeSync(fd);
+      } catch {
+        // The fsync result is what matters; a failed close of a read-only directory descriptor loses nothing.
+      }
+    }
+  }
+
+  mkdirp(dir: string): void {
+    checkDiskPath(dir, true);
+    try {
+      fs.mkdirSync(this.abs(dir), { recursive: true });
+    } catch (e) {
+      throw this.ioError('mkdir', dir, e);
+    }
+  }
+
+  list(dir: string): string[] {
+    checkDiskPath(dir, true);
+    try {
+      return fs.readdirSync(this.abs(dir)).sort();
+    } catch (e) {
+      if (errnoOf(e) === 'ENOENT') return [];
+      throw this.ioError('readdir', dir, e);
+    }
+  }
+
+  remove(path: string): void {
+    checkDiskPath(path, false);
+    try {
+      fs.rmSync(this.abs(path), { force: true });
+    } catch (e) {
+      throw this.ioError('remove', path, e);
+    }
+  }
+
+  removeTree(dir: string): void {
+    checkDiskPath(dir, false);
+    try {
+      fs.rmSync(this.abs(dir), { recursive: true, force: true });
+    } catch (e) {
+      throw this.ioError('removeTree', dir, e);
+    }
+  }
+
+  exists(path: string): boolean {
+    checkDiskPath(path, true);
+    return fs.existsSync(this.abs(path));
+  }
+
+  /** Closes every open handle (errors ignored); for shutdown and tests. */
+  closeAll(): void {
+    for (const f of this.files.values()) {
+      try {
+        fs.closeSync(f.fd);
+      } catch {
+        // Shutting down: nothing more to do with a descriptor that fails to close.
+      }
+    }
+    this.files.clear();
+  }
+
+  private abs(path: string): string {
+    return path === '' ? this.rootDir : nodePath.join(this.rootDir, ...path.split('/'));
+  }
+
+  private file(fh: FileHandle): OpenFile {
+    const f = this.files.get(fh);
+    if (f === undefined) {
+      throw new StorageError('io_error', `bad file handle ${fh}`, { errno: 'EBADF', fh });
+    }
+    return f;
+  }
+
+  private ioError(
+    op: string,
+    path: string,
+    cause: unknown,
+    code: 'io_error' | 'fsync_failed' = 'io_error',
+    extra: Record<string, unknown> = {},
+  ): StorageError {
+    const errno = errnoOf(cause);
+    return new StorageError(code, `${op} ${path}: ${errno}`, { errno, path, ...extra }, cause);
+  }
+}

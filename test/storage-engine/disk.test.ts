@@ -1,0 +1,268 @@
+/**
+ * Disk conformance: the same cases run against RealDisk (in a fresh temporary directory) and SimDisk,
+ * so that code tested on SimDisk behaves the same on the real file system.
+ */
+import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as nodePath from 'node:path';
+import type { Disk } from '../../storage-engine/disk';
+import { StorageError } from '../../storage-engine/errors';
+import { RealDisk } from '../../storage-engine/real-disk';
+import { SimDisk } from '../../storage-engine/sim-disk';
+
+const bytes = (s: string): Uint8Array => new TextEncoder().encode(s);
+const text = (b: Uint8Array): string => new TextDecoder().decode(b);
+
+function readAll(disk: Disk, path: string): string {
+  const fh = disk.open(path);
+  try {
+    const buf = new Uint8Array(disk.size(fh));
+    assert.equal(disk.read(fh, buf, 0), buf.length);
+    return text(buf);
+  } finally {
+    disk.close(fh);
+  }
+}
+
+function writeFile(disk: Disk, path: string, content: string): void {
+  const fh = disk.open(path, { create: true, truncate: true });
+  disk.write(fh, bytes(content), 0);
+  disk.fdatasync(fh);
+  disk.close(fh);
+}
+
+function expectStorageError(fn: () => unknown, code: string, errno?: string): StorageError {
+  let caught: unknown;
+  try {
+    fn();
+  } catch (e) {
+    caught = e;
+  }
+  assert.ok(caught instanceof StorageError, `expected a StorageError, got ${String(caught)}`);
+  assert.equal(caught.code, code);
+  if (errno !== undefined) assert.equal(caught.details?.['errno'], errno);
+  return caught;
+}
+
+interface Fixture {
+  disk: Disk;
+  cleanup(): void;
+}
+
+const fixtures: Array<{ name: string; make: () => Fixture }> = [
+  {
+    name: 'RealDisk',
+    make: () => {
+      const dir = fs.mkdtempSync(nodePath.join(os.tmpdir(), 'strata-disk-test-'));
+      const disk = new RealDisk(dir);
+      return {
+        disk,
+        cleanup: () => {
+          disk.closeAll();
+          fs.rmSync(dir, { recursive: true, force: true });
+        },
+      };
+    },
+  },
+  { name: 'SimDisk', make: () => ({ disk: new SimDisk(), cleanup: () => undefined }) },
+];
+
+for (const { name, make } of fixtures) {
+  describe(`Disk conformance: ${name}`, () => {
+    let fx: Fixture;
+    let disk: Disk;
+    beforeEach(() => {
+      fx = make();
+      disk = fx.disk;
+    });
+    afterEach(() => fx.cleanup());
+
+    it('writes and reads at offsets, growing the file with zeros', () => {
+      const fh = disk.open('a', { create: true });
+      disk.write(fh, bytes('hello'), 0);
+      disk.write(fh, bytes('XY'), 1);
+      assert.equal(disk.size(fh), 5);
+      disk.write(fh, bytes('!'), 8);
+      assert.equal(disk.size(fh), 9);
+      const buf = new Uint8Array(9);
+      assert.equal(disk.read(fh, buf, 0), 9);
+      assert.deepEqual([...buf], [...bytes('hXYlo'), 0, 0, 0, ...bytes('!')]);
+      const mid = new Uint8Array(3);
+      assert.equal(disk.read(fh, mid, 1), 3);
+      assert.equal(text(mid), 'XYl');
+      disk.close(fh);
+    });
+
+    it('returns a short read at end of file and 0 past it', () => {
+      const fh = disk.open('a', { create: true });
+      disk.write(fh, bytes('abcdef'), 0);
+      const buf = new Uint8Array(10);
+      assert.equal(disk.read(fh, buf, 4), 2);
+      assert.equal(text(buf.subarray(0, 2)), 'ef');
+      assert.equal(disk.read(fh, buf, 6), 0);
+      assert.equal(disk.read(fh, buf, 100), 0);
+      disk.close(fh);
+    });
+
+    it('append returns the offset it wrote at', () => {
+      const fh = disk.open('log', { create: true });
+      assert.equal(disk.append(fh, bytes('abc')), 0);
+      assert.equal(disk.append(fh, bytes('defg')), 3);
+      assert.equal(disk.append(fh, new Uint8Array(0)), 7);
+      assert.equal(disk.size(fh), 7);
+      disk.close(fh);
+      assert.equal(readAll(disk, 'log'), 'abcdefg');
+    });
+
+    it('truncate shrinks and grows with zeros; open with truncate empties', () => {
+      const fh = disk.open('t', { create: true });
+      disk.write(fh, bytes('abcdef'), 0);
+      disk.truncate(fh, 2);
+      assert.equal(disk.size(fh), 2);
+      disk.truncate(fh, 4);
+      const buf = new Uint8Array(4);
+      assert.equal(disk.read(fh, buf, 0), 4);
+      assert.deepEqual([...buf], [...bytes('ab'), 0, 0]);
+      disk.close(fh);
+      const fh2 = disk.open('t', { create: true, truncate: true });
+      assert.equal(disk.size(fh2), 0);
+      disk.close(fh2);
+    });
+
+    it('rename replaces the target', () => {
+      writeFile(disk, 'x', 'new');
+      writeFile(disk, 'y', 'old');
+      disk.rename('x', 'y');
+      disk.fsyncDir('');
+      assert.equal(disk.exists('x'), false);
+      assert.equal(readAll(disk, 'y'), 'new');
+      assert.deepEqual(disk.list(''), ['y']);
+    });
+
+    it('rename of a missing file fails with ENOENT', () => {
+      expectStorageError(() => disk.rename('nope', 'y'), 'io_error', 'ENOENT');
+    });
+
+    it('lists entries sorted, [] for a missing directory', () => {
+      disk.mkdirp('d/sub');
+      for (const n of ['c', 'a', 'b10', 'b2']) writeFile(disk, `d/${n}`, n);
+      assert.deepEqual(disk.list('d'), ['a', 'b10', 'b2', 'c', 'sub']);
+      assert.deepEqual(disk.list('missing'), []);
+      assert.deepEqual(disk.list(''), ['d']);
+      disk.mkdirp('d/sub'); // exists already: no error
+      disk.fsyncDir('d');
+    });
+
+    it('remove deletes a file and ignores a missing one', () => {
+      writeFile(disk, 'f', 'x');
+      disk.remove('f');
+      assert.equal(disk.exists('f'), false);
+      disk.remove('f');
+      disk.remove('no/such/file');
+    });
+
+    it('removeTree deletes a directory with its content and ignores a missing one', () => {
+      disk.mkdirp('t/a/b');
+      writeFile(disk, 't/a/b/f', 'x');
+      writeFile(disk, 't/g', 'y');
+      writeFile(disk, 'keep', 'z');
+      disk.removeTree('t');
+      assert.equal(disk.exists('t'), false);
+      assert.equal(disk.exists('t/a/b/f'), false);
+      assert.deepEqual(disk.list(''), ['keep']);
+      disk.removeTree('t');
+    });
+
+    it('exists reports files and directories', () => {
+      assert.equal(disk.exists(''), true);
+      assert.equal(disk.exists('d'), false);
+      disk.mkdirp('d');
+      writeFile(disk, 'd/f', '1');
+      assert.equal(disk.exists('d'), true);
+      assert.equal(disk.exists('d/f'), true);
+      assert.equal(disk.exists('d/g'), false);
+    });
+
+    it('open without create on a missing file fails with ENOENT', () => {
+      const e = expectStorageError(() => disk.open('missing'), 'io_error', 'ENOENT');
+      assert.equal(e.details?.['path'], 'missing');
+      expectStorageError(() => disk.open('no-dir/f', { create: true }), 'io_error', 'ENOENT');
+    });
+
+    it('rejects "..", absolute, empty and "." paths with bad_request', () => {
+      for (const p of ['..', '../x', 'a/../b', 'a/..', '/etc/passwd', '', 'a//b', './a', 'a/']) {
+        expectStorageError(() => disk.open(p, { create: true }), 'bad_request');
+      }
+      expectStorageError(() => disk.rename('a', '../b'), 'bad_request');
+      expectStorageError(() => disk.mkdirp('../x'), 'bad_request');
+      expectStorageError(() => disk.list('..'), 'bad_request');
+      expectStorageError(() => disk.removeTree(''), 'bad_request');
+      expectStorageError(() => disk.remove('x/../../y'), 'bad_request');
+      expectStorageError(() => disk.exists('/'), 'bad_request');
+      expectStorageError(() => disk.fsyncDir('..'), 'bad_request');
+    });
+
+    it('rejects negative and non-integer offsets', () => {
+      const fh = disk.open('o', { create: true });
+      expectStorageError(() => disk.write(fh, bytes('x'), -1), 'bad_request');
+      expectStorageError(() => disk.read(fh, new Uint8Array(1), 0.5), 'bad_request');
+      expectStorageError(() => disk.truncate(fh, -2), 'bad_request');
+      disk.close(fh);
+    });
+
+    it('calls on a closed handle fail with EBADF', () => {
+      const fh = disk.open('c', { create: true });
+      disk.close(fh);
+      expectStorageError(() => disk.write(fh, bytes('x'), 0), 'io_error', 'EBADF');
+      expectStorageError(() => disk.size(fh), 'io_error', 'EBADF');
+      expectStorageError(() => disk.close(fh), 'io_error', 'EBADF');
+    });
+
+    it('opening a directory as a file fails with EISDIR', () => {
+      disk.mkdirp('dir');
+      expectStorageError(() => disk.open('dir'), 'io_error', 'EISDIR');
+    });
+
+    it('fsyncDir of a missing directory fails with fsync_failed ENOENT', () => {
+      const e = expectStorageError(() => disk.fsyncDir('missing'), 'fsync_failed', 'ENOENT');
+      assert.equal(e.details?.['path'], 'missing');
+    });
+
+    it('counts writes, reads, syncs and bytes', () => {
+      const c = (disk as RealDisk | SimDisk).counters;
+      const fh = disk.open('n', { create: true });
+      disk.write(fh, bytes('abcd'), 0);
+      disk.append(fh, bytes('ef'));
+      disk.read(fh, new Uint8Array(10), 0);
+      disk.fdatasync(fh);
+      disk.fsyncDir('');
+      disk.close(fh);
+      assert.deepEqual(c, { writes: 2, reads: 1, fdatasyncs: 1, fsyncDirs: 1, bytesWritten: 6, bytesRead: 6 });
+    });
+  });
+}
+
+describe('RealDisk specifics', () => {
+  let dir: string;
+  beforeEach(() => {
+    dir = fs.mkdtempSync(nodePath.join(os.tmpdir(), 'strata-realdisk-test-'));
+  });
+  afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+  it('keeps files under the root directory', () => {
+    const disk = new RealDisk(dir);
+    disk.mkdirp('a/b');
+    writeFile(disk, 'a/b/c', 'data');
+    assert.equal(fs.readFileSync(nodePath.join(dir, 'a', 'b', 'c'), 'utf8'), 'data');
+  });
+
+  it('wraps fs errors with errno, path and the original cause', () => {
+    const disk = new RealDisk(dir);
+    writeFile(disk, 'file', 'x');
+    const e = expectStorageError(() => disk.list('file'), 'io_error', 'ENOTDIR');
+    assert.equal(e.details?.['path'], 'file');
+    assert.ok(e.cause instanceof Error);
+    assert.equal((e.cause as NodeJS.ErrnoException).code, 'ENOTDIR');
+  });
+});
