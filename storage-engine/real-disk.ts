@@ -78,7 +78,7 @@ export function checkDiskBuffer(buf: Uint8Array, what: string): void {
     throw new StorageError('bad_request', `${what} must be a Uint8Array`);
   }
   if (buf.length > DISK_IO_BYTES_MAX) {
-    throw new StorageError('bad_request', `${what} of ${buf.length} bytes exceeds ${DISK_IO_BYTES_MAX}`, { bytes: buf.length });
+    throw new StorageError('too_large', `${what} of ${buf.length} bytes exceeds ${DISK_IO_BYTES_MAX}`, { bytes: buf.length });
   }
 }
 
