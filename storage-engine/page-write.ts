@@ -1,0 +1,181 @@
+/**
+ * Codec of the payload of a `RecordKind.PageWrite` log record: one or more (page, data) pairs
+ * that a shard applies atomically. A vectored write of many pages is one record.
+ *
+ * Layout (little-endian), `count` = number of pairs:
+ *
+ * ```
+ * offset               size            field
+ * 0                    4               u32 magic 0x31575053 ("SPW1")
+ * 4                    4               u32 pageSize (4096 or 8192)
+ * 8                    4               u32 count (1 .. 1 MiB / pageSize: 256 or 128)
+ * 12                   4               u32 reserved, 0
+ * 16                   8 * count       u64 page numbers, in the order given by the writer
+ * 16 + 8 * count       pageSize*count  page data, pair i at 16 + 8 * count + i * pageSize
+ * ```
+ *
+ * The payload length must be exactly `16 + count * (8 + pageSize)`; the record's own CRC-32C
+ * (log.ts) covers the payload, so the codec carries no checksum of its own.
+ *
+ * Duplicate pages in one record are allowed and the LAST pair for a page wins: applying the
+ * pairs in order gives that result, and `pageDataOfPageWrite` returns the last occurrence.
+ */
+import { assert, StorageError } from './errors';
+import { RECORD_PAYLOAD_BYTES_MAX } from './record';
+
+/** Magic of a page-write payload, "SPW1" read as a little-endian u32. */
+export const PAGE_WRITE_MAGIC = 0x31575053;
+/** Bytes before the page-number array. */
+export const PAGE_WRITE_HEADER_BYTES = 16;
+/** Most pages one PageWrite record may carry (a 1 MiB vectored write of 4 KiB pages). */
+export const PAGE_WRITE_PAGES_MAX = 256;
+/** Most page data bytes one PageWrite record may carry (256 pages of 4 KiB, 128 of 8 KiB). */
+export const PAGE_WRITE_DATA_BYTES_MAX = 1024 * 1024;
+/** Page numbers are stored as u64 but must stay exact in a JS number. */
+export const PAGE_NUMBER_MAX = Number.MAX_SAFE_INTEGER;
+
+/** One (page, data) pair of a page write. `data.length` must equal the page size. */
+export interface PageWriteEntry {
+  page: number;
+  data: Uint8Array;
+}
+
+/** True for the page sizes Strata supports. */
+export function isPageSize(pageSize: number): pageSize is 4096 | 8192 {
+  return pageSize === 4096 || pageSize === 8192;
+}
+
+/** Payload bytes of a page write of `count` pages of `pageSize` bytes. */
+export function pageWriteBytes(pageSize: number, count: number): number {
+  return PAGE_WRITE_HEADER_BYTES + count * (8 + pageSize);
+}
+
+/**
+ * Encodes a page write. Throws StorageError `bad_request` on a bad page size, an empty or
+ * too long list, a page number that is not a non-negative safe integer, or data of the wrong length.
+ */
+export function encodePageWrite(pageSize: number, pages: readonly PageWriteEntry[]): Uint8Array {
+  if (!isPageSize(pageSize)) throw new StorageError('bad_request', `page size ${pageSize} is not 4096 or 8192`, { pageSize });
+  const count = pages.length;
+  if (count < 1 || count > PAGE_WRITE_PAGES_MAX) {
+    throw new StorageError('bad_request', `a page write carries 1..${PAGE_WRITE_PAGES_MAX} pages, got ${count}`, { count });
+  }
+  if (count * pageSize > PAGE_WRITE_DATA_BYTES_MAX) {
+    throw new StorageError('bad_request', `page write of ${count} pages of ${pageSize} bytes exceeds ${PAGE_WRITE_DATA_BYTES_MAX} bytes`, { count });
+  }
+  const bytes = pageWriteBytes(pageSize, count);
+  assert(bytes <= RECORD_PAYLOAD_BYTES_MAX, 'a page write fits a record payload', { bytes });
+  const out = new Uint8Array(bytes);
+  const dv = new DataView(out.buffer, out.byteOffset, out.byteLength);
+  dv.setUint32(0, PAGE_WRITE_MAGIC, true);
+  dv.setUint32(4, pageSize, true);
+  dv.setUint32(8, count, true);
+  dv.setUint32(12, 0, true);
+  const dataStart = PAGE_WRITE_HEADER_BYTES + 8 * count;
+  for (let i = 0; i < count; i++) {
+    const entry = pages[i]!;
+    const page = entry.page;
+    if (!Number.isSafeInteger(page) || page < 0) {
+      throw new StorageError('bad_request', `page number ${String(page)} is not a non-negative integer`, { index: i });
+    }
+    if (!(entry.data instanceof Uint8Array) || entry.data.length !== pageSize) {
+      throw new StorageError('bad_request', `data of page ${page} is not ${pageSize} bytes`, { index: i, page });
+    }
+    writeU64(dv, PAGE_WRITE_HEADER_BYTES + 8 * i, page);
+    out.set(entry.data, dataStart + i * pageSize);
+  }
+  return out;
+}
+
+/** Validated header of a page-write payload. */
+export interface PageWriteHeader {
+  pageSize: 4096 | 8192;
+  count: number;
+}
+
+/**
+ * Validates the structure of a payload (magic, page size, count, exact length, page numbers)
+ * and returns its header. Throws StorageError `corruption` on any mismatch: a payload comes from
+ * a log record whose CRC matched, so a malformed one means a bug or damage, not user input.
+ * If `pageSize` is given, the payload's page size must equal it.
+ */
+export function readPageWriteHeader(payload: Uint8Array, pageSize?: number): PageWriteHeader {
+  if (payload.length < PAGE_WRITE_HEADER_BYTES) {
+    throw new StorageError('corruption', `page write payload of ${payload.length} bytes is shorter than its header`);
+  }
+  const dv = new DataView(payload.buffer, payload.byteOffset, payload.byteLength);
+  const magic = dv.getUint32(0, true);
+  if (magic !== PAGE_WRITE_MAGIC) throw new StorageError('corruption', `page write magic 0x${magic.toString(16)} is wrong`);
+  const size = dv.getUint32(4, true);
+  if (!isPageSize(size)) throw new StorageError('corruption', `page write page size ${size} is not 4096 or 8192`);
+  if (pageSize !== undefined && size !== pageSize) {
+    throw new StorageError('corruption', `page write page size ${size} differs from the store's ${pageSize}`, { pageSize: size });
+  }
+  const count = dv.getUint32(8, true);
+  if (count < 1 || count * size > PAGE_WRITE_DATA_BYTES_MAX) {
+    throw new StorageError('corruption', `page write count ${count} out of 1..${PAGE_WRITE_DATA_BYTES_MAX / size}`);
+  }
+  if (dv.getUint32(12, true) !== 0) throw new StorageError('corruption', 'page write reserved field is not 0');
+  const expected = pageWriteBytes(size, count);
+  if (payload.length !== expected) {
+    throw new StorageError('corruption', `page write payload is ${payload.length} bytes, expected ${expected} for ${count} pages`);
+  }
+  return { pageSize: size, count };
+}
+
+/**
+ * Page numbers of a page write in payload order (duplicates included), without touching the
+ * page data. Validates the structure like `readPageWriteHeader`.
+ */
+export function pagesOfPageWrite(payload: Uint8Array, pageSize?: number): number[] {
+  const { count } = readPageWriteHeader(payload, pageSize);
+  const dv = new DataView(payload.buffer, payload.byteOffset, payload.byteLength);
+  const pages = new Array<number>(count);
+  for (let i = 0; i < count; i++) pages[i] = readU64(dv, PAGE_WRITE_HEADER_BYTES + 8 * i);
+  return pages;
+}
+
+/**
+ * Decodes a page write into its pairs, in payload order; `data` are views into `payload` (no
+ * copy), valid as long as the payload is. Apply them in order (the last pair for a page wins).
+ * Throws StorageError `corruption` on a malformed payload or a page size other than `pageSize`.
+ */
+export function decodePageWrite(payload: Uint8Array, pageSize: number): PageWriteEntry[] {
+  const pages = pagesOfPageWrite(payload, pageSize);
+  const dataStart = PAGE_WRITE_HEADER_BYTES + 8 * pages.length;
+  const out = new Array<PageWriteEntry>(pages.length);
+  for (let i = 0; i < pages.length; i++) {
+    const start = dataStart + i * pageSize;
+    out[i] = { page: pages[i]!, data: payload.subarray(start, start + pageSize) };
+  }
+  return out;
+}
+
+/**
+ * The data (a view, no copy) the page write leaves in `page`: the last pair for that page, or
+ * undefined if the write does not touch it. Validates like `decodePageWrite`.
+ */
+export function pageDataOfPageWrite(payload: Uint8Array, pageSize: number, page: number): Uint8Array | undefined {
+  const pages = pagesOfPageWrite(payload, pageSize);
+  for (let i = pages.length - 1; i >= 0; i--) {
+    if (pages[i] === page) {
+      const start = PAGE_WRITE_HEADER_BYTES + 8 * pages.length + i * pageSize;
+      return payload.subarray(start, start + pageSize);
+    }
+  }
+  return undefined;
+}
+
+/** Writes a non-negative safe integer as a little-endian u64. */
+export function writeU64(dv: DataView, offset: number, value: number): void {
+  dv.setUint32(offset, value % 0x1_0000_0000, true);
+  dv.setUint32(offset + 4, Math.floor(value / 0x1_0000_0000), true);
+}
+
+/** Reads a little-endian u64; throws StorageError `corruption` if it exceeds 2^53 - 1. */
+export function readU64(dv: DataView, offset: number): number {
+  const lo = dv.getUint32(offset, true);
+  const hi = dv.getUint32(offset + 4, true);
+  if (hi > 0x1fffff) throw new StorageError('corruption', `u64 at offset ${offset} exceeds 2^53 - 1`, { offset });
+  return hi * 0x1_0000_0000 + lo;
+}

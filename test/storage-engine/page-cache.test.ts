@@ -1,0 +1,149 @@
+/** PageCache: byte bound under churn, LRU order, counters, slab slots owned and freed. */
+import { strict as assert } from 'node:assert';
+import { StorageError } from '../../storage-engine/errors';
+import { PageCache } from '../../storage-engine/page-cache';
+import { Slab } from '../../storage-engine/slab';
+
+const PAGE = 4096;
+
+function data(seed: number): Uint8Array {
+  const d = new Uint8Array(PAGE);
+  for (let i = 0; i < PAGE; i += 64) d[i] = (seed * 7 + i) & 0xff;
+  d[0] = seed & 0xff;
+  d[1] = (seed >>> 8) & 0xff;
+  return d;
+}
+
+/** Deterministic PRNG (mulberry32). */
+function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+describe('PageCache', () => {
+  it('returns copies of what was put and counts hits and misses', () => {
+    const slab = new Slab({ slotBytes: PAGE, slotCount: 8 });
+    const cache = new PageCache({ slab, pageSize: PAGE, cacheBytesMax: 4 * PAGE });
+    const out = new Uint8Array(PAGE);
+    assert.equal(cache.get(1, 10, out), false);
+    const d = data(1);
+    assert.equal(cache.put(1, 10, d), true);
+    d.fill(0xee); // the cache holds a copy
+    assert.equal(cache.get(1, 10, out), true);
+    assert.deepEqual(out, data(1));
+    assert.equal(cache.get(1, 11, out), false, 'another version of the page is another key');
+    assert.equal(cache.get(2, 10, out), false);
+    const s = cache.stats();
+    assert.deepEqual({ hits: s.hits, misses: s.misses, evictions: s.evictions, bytes: s.bytes, entries: s.entries }, { hits: 1, misses: 3, evictions: 0, bytes: PAGE, entries: 1 });
+    assert.equal(slab.stats().slotsUsed, 1);
+  });
+
+  it('evicts the least recently used entry, where a get counts as a use', () => {
+    const slab = new Slab({ slotBytes: PAGE, slotCount: 16 });
+    const cache = new PageCache({ slab, pageSize: PAGE, cacheBytesMax: 3 * PAGE + 100 });
+    const out = new Uint8Array(PAGE);
+    cache.put(1, 1, data(1));
+    cache.put(2, 1, data(2));
+    cache.put(3, 1, data(3));
+    assert.ok(cache.get(1, 1, out)); // order now 2, 3, 1
+    cache.put(4, 1, data(4)); // evicts 2
+    assert.equal(cache.has(2, 1), false);
+    assert.ok(cache.has(1, 1) && cache.has(3, 1) && cache.has(4, 1));
+    cache.put(5, 1, data(5)); // evicts 3
+    assert.equal(cache.has(3, 1), false);
+    assert.equal(cache.stats().evictions, 2);
+    assert.equal(slab.stats().slotsUsed, 3, 'evicted slots went back to the slab');
+    // Re-putting an existing key refreshes it instead of adding an entry.
+    cache.put(1, 1, data(1));
+    cache.put(6, 1, data(6)); // evicts 4 (1 was refreshed)
+    assert.equal(cache.has(4, 1), false);
+    assert.ok(cache.has(1, 1));
+    assert.equal(cache.stats().entries, 3);
+  });
+
+  it('stays within its byte bound under random churn and frees every slot on clear', () => {
+    const slab = new Slab({ slotBytes: PAGE, slotCount: 64 });
+    const bytesMax = 10 * PAGE + 123;
+    const cache = new PageCache({ slab, pageSize: PAGE, cacheBytesMax: bytesMax });
+    const rnd = prng(42);
+    const out = new Uint8Array(PAGE);
+    let puts = 0;
+    for (let i = 0; i < 5000; i++) {
+      const page = Math.floor(rnd() * 40);
+      const v = Math.floor(rnd() * 3);
+      if (rnd() < 0.5) {
+        if (!cache.has(page, v)) puts++;
+        cache.put(page, v, data(page * 3 + v));
+      } else if (cache.get(page, v, out)) {
+        assert.deepEqual(out, data(page * 3 + v), 'a hit returns the content put under that key');
+      }
+      const s = cache.stats();
+      assert.ok(s.bytes <= bytesMax, `bytes ${s.bytes} within ${bytesMax}`);
+      assert.equal(slab.stats().slotsUsed, s.entries, 'one slab slot per entry');
+    }
+    const s = cache.stats();
+    assert.equal(s.entries, 10);
+    assert.equal(s.evictions, puts - 10, 'every put beyond capacity evicted one entry');
+    cache.clear();
+    assert.equal(slab.stats().slotsUsed, 0);
+    assert.equal(cache.stats().bytes, 0);
+  });
+
+  it('delete and dropBelow free slots', () => {
+    const slab = new Slab({ slotBytes: PAGE, slotCount: 8 });
+    const cache = new PageCache({ slab, pageSize: PAGE, cacheBytesMax: 8 * PAGE });
+    for (let v = 1; v <= 5; v++) cache.put(9, v, data(v));
+    assert.equal(cache.delete(9, 3), true);
+    assert.equal(cache.delete(9, 3), false);
+    assert.equal(slab.stats().slotsUsed, 4);
+    assert.equal(cache.dropBelow(4), 2); // versions 1 and 2
+    assert.ok(!cache.has(9, 1) && !cache.has(9, 2) && cache.has(9, 4) && cache.has(9, 5));
+    assert.equal(slab.stats().slotsUsed, 2);
+  });
+
+  it('when the shared slab is full, evicts its own entries to make room', () => {
+    const slab = new Slab({ slotBytes: PAGE, slotCount: 3 });
+    const other = slab.alloc(); // someone else's buffer
+    const cache = new PageCache({ slab, pageSize: PAGE, cacheBytesMax: 10 * PAGE });
+    assert.ok(cache.put(1, 1, data(1)));
+    assert.ok(cache.put(2, 1, data(2)));
+    assert.ok(cache.put(3, 1, data(3)), 'made room by evicting its own LRU entry');
+    assert.equal(cache.has(1, 1), false);
+    assert.equal(cache.stats().evictions, 1);
+    assert.equal(cache.stats().entries, 2);
+    assert.equal(slab.stats().slotsUsed, 3);
+    cache.clear();
+    slab.free(other);
+    assert.equal(slab.stats().slotsUsed, 0);
+  });
+
+  it('rejects a put it cannot place and caches nothing with a zero bound', () => {
+    const slab = new Slab({ slotBytes: PAGE, slotCount: 2 });
+    const x = slab.alloc();
+    const y = slab.alloc();
+    const cache = new PageCache({ slab, pageSize: PAGE, cacheBytesMax: 4 * PAGE });
+    assert.equal(cache.put(1, 1, data(1)), false);
+    assert.equal(cache.stats().rejects, 1);
+    slab.free(x);
+    slab.free(y);
+    const off = new PageCache({ slab, pageSize: PAGE, cacheBytesMax: PAGE - 1 });
+    assert.equal(off.put(1, 1, data(1)), false);
+    assert.equal(off.stats().rejects, 1);
+    assert.equal(slab.stats().slotsUsed, 0);
+  });
+
+  it('rejects bad options and wrong buffer sizes', () => {
+    const slab = new Slab({ slotBytes: PAGE, slotCount: 2 });
+    assert.throws(() => new PageCache({ slab, pageSize: 8192, cacheBytesMax: 8192 }), (e: unknown) => e instanceof StorageError && e.code === 'bad_request');
+    assert.throws(() => new PageCache({ slab, pageSize: PAGE, cacheBytesMax: -1 }), (e: unknown) => e instanceof StorageError && e.code === 'bad_request');
+    const cache = new PageCache({ slab, pageSize: PAGE, cacheBytesMax: PAGE });
+    assert.throws(() => cache.put(1, 1, new Uint8Array(10)), (e: unknown) => e instanceof StorageError && e.code === 'invariant');
+    assert.throws(() => cache.get(1, 1, new Uint8Array(10)), (e: unknown) => e instanceof StorageError && e.code === 'invariant');
+  });
+});

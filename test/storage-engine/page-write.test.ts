@@ -1,0 +1,113 @@
+/** PageWrite payload codec: round trips, duplicates (last wins), and every rejected input. */
+import { strict as assert } from 'node:assert';
+import { StorageError } from '../../storage-engine/errors';
+import {
+  decodePageWrite,
+  encodePageWrite,
+  PAGE_WRITE_HEADER_BYTES,
+  PAGE_WRITE_PAGES_MAX,
+  pageDataOfPageWrite,
+  pagesOfPageWrite,
+  pageWriteBytes,
+  readPageWriteHeader,
+} from '../../storage-engine/page-write';
+
+function expectCode(fn: () => unknown, code: string): StorageError {
+  let caught: unknown;
+  try {
+    fn();
+  } catch (e) {
+    caught = e;
+  }
+  assert.ok(caught instanceof StorageError, `expected a StorageError, got ${String(caught)}`);
+  assert.equal(caught.code, code, caught.message);
+  return caught;
+}
+
+function page(size: number, fill: number): Uint8Array {
+  const d = new Uint8Array(size);
+  for (let i = 0; i < size; i++) d[i] = (fill * 31 + i) & 0xff;
+  return d;
+}
+
+describe('page-write codec', () => {
+  for (const size of [4096, 8192] as const) {
+    it(`round-trips one and many pages of ${size} bytes, with views into the payload`, () => {
+      const one = encodePageWrite(size, [{ page: 7, data: page(size, 1) }]);
+      assert.equal(one.length, pageWriteBytes(size, 1));
+      const d1 = decodePageWrite(one, size);
+      assert.equal(d1.length, 1);
+      assert.equal(d1[0]!.page, 7);
+      assert.deepEqual(d1[0]!.data, page(size, 1));
+      assert.equal(d1[0]!.data.buffer, one.buffer, 'data is a view, not a copy');
+
+      const max = size === 4096 ? PAGE_WRITE_PAGES_MAX : 128;
+      const entries = Array.from({ length: max }, (_, i) => ({ page: 2 ** 40 + i * 3, data: page(size, i) }));
+      const many = encodePageWrite(size, entries);
+      const d = decodePageWrite(many, size);
+      assert.deepEqual(d.map((e) => e.page), entries.map((e) => e.page));
+      for (let i = 0; i < max; i++) assert.deepEqual(d[i]!.data, entries[i]!.data);
+      assert.deepEqual(pagesOfPageWrite(many), entries.map((e) => e.page));
+      assert.deepEqual(readPageWriteHeader(many), { pageSize: size, count: max });
+    });
+  }
+
+  it('keeps duplicates in order and the last one wins', () => {
+    const p = encodePageWrite(4096, [
+      { page: 3, data: page(4096, 1) },
+      { page: 5, data: page(4096, 2) },
+      { page: 3, data: page(4096, 3) },
+    ]);
+    assert.deepEqual(pagesOfPageWrite(p), [3, 5, 3]);
+    assert.deepEqual(pageDataOfPageWrite(p, 4096, 3), page(4096, 3));
+    assert.deepEqual(pageDataOfPageWrite(p, 4096, 5), page(4096, 2));
+    assert.equal(pageDataOfPageWrite(p, 4096, 4), undefined);
+  });
+
+  it('works on a payload that is a view at an odd offset of a larger buffer', () => {
+    const p = encodePageWrite(4096, [{ page: 1, data: page(4096, 9) }]);
+    const big = new Uint8Array(p.length + 3);
+    big.set(p, 3);
+    const view = big.subarray(3);
+    assert.deepEqual(pagesOfPageWrite(view), [1]);
+    assert.deepEqual(decodePageWrite(view, 4096)[0]!.data, page(4096, 9));
+  });
+
+  it('rejects bad encoder input with bad_request', () => {
+    const d = page(4096, 1);
+    expectCode(() => encodePageWrite(2048, [{ page: 0, data: new Uint8Array(2048) }]), 'bad_request');
+    expectCode(() => encodePageWrite(4096, []), 'bad_request');
+    expectCode(() => encodePageWrite(4096, Array.from({ length: PAGE_WRITE_PAGES_MAX + 1 }, (_, i) => ({ page: i, data: d }))), 'bad_request');
+    expectCode(() => encodePageWrite(8192, Array.from({ length: 129 }, (_, i) => ({ page: i, data: new Uint8Array(8192) }))), 'bad_request');
+    expectCode(() => encodePageWrite(4096, [{ page: -1, data: d }]), 'bad_request');
+    expectCode(() => encodePageWrite(4096, [{ page: 1.5, data: d }]), 'bad_request');
+    expectCode(() => encodePageWrite(4096, [{ page: 2 ** 53, data: d }]), 'bad_request');
+    expectCode(() => encodePageWrite(4096, [{ page: NaN, data: d }]), 'bad_request');
+    expectCode(() => encodePageWrite(4096, [{ page: 0, data: new Uint8Array(4095) }]), 'bad_request');
+    expectCode(() => encodePageWrite(4096, [{ page: 0, data: new Uint8Array(8192) }]), 'bad_request');
+  });
+
+  it('rejects malformed payloads with corruption', () => {
+    const good = encodePageWrite(4096, [{ page: 1, data: page(4096, 1) }, { page: 2, data: page(4096, 2) }]);
+    const mutate = (f: (dv: DataView, b: Uint8Array) => void): Uint8Array => {
+      const b = good.slice();
+      f(new DataView(b.buffer), b);
+      return b;
+    };
+    expectCode(() => decodePageWrite(new Uint8Array(8), 4096), 'corruption');
+    expectCode(() => decodePageWrite(mutate((dv) => dv.setUint32(0, 0xdeadbeef, true)), 4096), 'corruption');
+    expectCode(() => decodePageWrite(mutate((dv) => dv.setUint32(4, 2048, true)), 4096), 'corruption');
+    expectCode(() => decodePageWrite(good, 8192), 'corruption'); // page size differs from the store's
+    expectCode(() => decodePageWrite(mutate((dv) => dv.setUint32(8, 0, true)), 4096), 'corruption');
+    expectCode(() => decodePageWrite(mutate((dv) => dv.setUint32(8, PAGE_WRITE_PAGES_MAX + 1, true)), 4096), 'corruption');
+    expectCode(() => decodePageWrite(mutate((dv) => dv.setUint32(8, 3, true)), 4096), 'corruption'); // length mismatch
+    expectCode(() => decodePageWrite(mutate((dv) => dv.setUint32(12, 1, true)), 4096), 'corruption');
+    expectCode(() => decodePageWrite(good.subarray(0, good.length - 1), 4096), 'corruption');
+    const longer = new Uint8Array(good.length + 1);
+    longer.set(good);
+    expectCode(() => decodePageWrite(longer, 4096), 'corruption');
+    // A page number above 2^53 - 1.
+    expectCode(() => pagesOfPageWrite(mutate((dv) => dv.setUint32(PAGE_WRITE_HEADER_BYTES + 4, 0x200000, true))), 'corruption');
+    expectCode(() => pageDataOfPageWrite(mutate((dv) => dv.setUint32(0, 1, true)), 4096, 1), 'corruption');
+  });
+});
