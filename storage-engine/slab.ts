@@ -1,0 +1,236 @@
+/**
+ * Slab: fixed-size page buffers in one SharedArrayBuffer, shared by the threads of a node.
+ * Page data moves between threads as slot ids, not copies (DESIGN.md, runtime on one node).
+ *
+ * Layout of the SharedArrayBuffer (Int32 words, little-endian on every platform Node runs on):
+ *   word 0  magic 0x42414c53 ("SLAB")      word 4  slots in use (Atomics counter)
+ *   word 1  layout version (1)            word 5  allocation hint: bitmap word to scan first
+ *   word 2  slotBytes                     word 6, 7  reserved (0)
+ *   word 3  slotCount
+ *   word 8 … 8 + ceil(slotCount / 32) - 1  allocation bitmap: bit (i mod 32) of word 8 + floor(i / 32)
+ *            is 1 while slot i is allocated; the unused tail bits of the last word are always 1
+ *   then, from the next multiple of 64 bytes: slot i at dataOffset + i * slotBytes
+ *
+ * alloc sets a bit with Atomics.compareExchange, free clears it with Atomics.and, so alloc and
+ * free are lock-free and safe from any number of threads attached to the same SharedArrayBuffer.
+ */
+import { StorageError } from './errors';
+
+/** Most slots in one slab. */
+export const SLAB_SLOT_COUNT_MAX = 1 << 20;
+/** Largest slot, in bytes. */
+export const SLAB_SLOT_BYTES_MAX = 16 * 1024 * 1024;
+/** Smallest slot, in bytes; slot sizes are multiples of this so that every slot is 8-byte aligned. */
+export const SLAB_SLOT_BYTES_ALIGN = 8;
+/** Largest whole SharedArrayBuffer, in bytes. */
+export const SLAB_TOTAL_BYTES_MAX = 4 * 1024 * 1024 * 1024;
+
+const MAGIC = 0x42414c53;
+const LAYOUT_VERSION = 1;
+const W_MAGIC = 0;
+const W_VERSION = 1;
+const W_SLOT_BYTES = 2;
+const W_SLOT_COUNT = 3;
+const W_USED = 4;
+const W_HINT = 5;
+const HEADER_WORDS = 8;
+const DATA_ALIGN_BYTES = 64;
+const FULL_WORD = -1; // all 32 bits set, as an Int32
+/** Scans of the whole bitmap one tryAlloc makes at most, when it keeps losing races. */
+const ALLOC_PASSES_MAX = 8;
+/** compareExchange attempts on one bitmap word per pass. */
+const ALLOC_WORD_ATTEMPTS_MAX = 32;
+
+export interface SlabOptions {
+  /** Bytes per slot: a multiple of 8 in [8, 16 MiB]. */
+  slotBytes: number;
+  /** Number of slots: in [1, 2^20]. */
+  slotCount: number;
+}
+
+/** What `stats()` reports. Under concurrent use, `slotsUsed` is a snapshot. */
+export interface SlabStats {
+  slotBytes: number;
+  slotsTotal: number;
+  slotsUsed: number;
+}
+
+interface Layout {
+  bitmapWords: number;
+  dataOffset: number;
+  totalBytes: number;
+}
+
+function layoutOf(slotBytes: number, slotCount: number): Layout {
+  if (
+    !Number.isSafeInteger(slotBytes) ||
+    slotBytes < SLAB_SLOT_BYTES_ALIGN ||
+    slotBytes > SLAB_SLOT_BYTES_MAX ||
+    slotBytes % SLAB_SLOT_BYTES_ALIGN !== 0
+  ) {
+    throw new StorageError('bad_request', `slotBytes must be a multiple of 8 in [8, ${SLAB_SLOT_BYTES_MAX}], got ${slotBytes}`, {
+      slotBytes,
+    });
+  }
+  if (!Number.isSafeInteger(slotCount) || slotCount < 1 || slotCount > SLAB_SLOT_COUNT_MAX) {
+    throw new StorageError('bad_request', `slotCount must be in [1, ${SLAB_SLOT_COUNT_MAX}], got ${slotCount}`, { slotCount });
+  }
+  const bitmapWords = Math.ceil(slotCount / 32);
+  const headerBytes = (HEADER_WORDS + bitmapWords) * 4;
+  const dataOffset = Math.ceil(headerBytes / DATA_ALIGN_BYTES) * DATA_ALIGN_BYTES;
+  const totalBytes = dataOffset + slotBytes * slotCount;
+  if (totalBytes > SLAB_TOTAL_BYTES_MAX) {
+    throw new StorageError('too_large', `slab of ${totalBytes} bytes exceeds ${SLAB_TOTAL_BYTES_MAX}`, { slotBytes, slotCount });
+  }
+  return { bitmapWords, dataOffset, totalBytes };
+}
+
+/** Fixed-size buffers in a SharedArrayBuffer with a lock-free allocation bitmap; see the file comment. */
+export class Slab {
+  /** Bytes per slot. */
+  readonly slotBytes: number;
+  /** Number of slots. */
+  readonly slotCount: number;
+  private readonly buffer: SharedArrayBuffer;
+  private readonly words: Int32Array;
+  private readonly bitmapWords: number;
+  private readonly dataOffset: number;
+  /** Set only while `attach` constructs: the existing buffer to use instead of a new one. */
+  private static attaching: SharedArrayBuffer | undefined = undefined;
+
+  /** Creates a slab with a new SharedArrayBuffer, every slot free. */
+  constructor(opts: SlabOptions) {
+    const layout = layoutOf(opts.slotBytes, opts.slotCount);
+    this.slotBytes = opts.slotBytes;
+    this.slotCount = opts.slotCount;
+    this.bitmapWords = layout.bitmapWords;
+    this.dataOffset = layout.dataOffset;
+    const existing = Slab.attaching;
+    if (existing !== undefined) {
+      this.buffer = existing;
+      this.words = new Int32Array(existing, 0, HEADER_WORDS + layout.bitmapWords);
+      return;
+    }
+    this.buffer = new SharedArrayBuffer(layout.totalBytes);
+    this.words = new Int32Array(this.buffer, 0, HEADER_WORDS + layout.bitmapWords);
+    this.words[W_SLOT_BYTES] = opts.slotBytes;
+    this.words[W_SLOT_COUNT] = opts.slotCount;
+    // Tail bits past slotCount in the last bitmap word are permanently "allocated".
+    const tail = opts.slotCount % 32;
+    if (tail !== 0) this.words[HEADER_WORDS + layout.bitmapWords - 1] = FULL_WORD << tail;
+    this.words[W_VERSION] = LAYOUT_VERSION;
+    // Magic last: a buffer with the magic is fully initialized (the buffer is shared only after return).
+    Atomics.store(this.words, W_MAGIC, MAGIC);
+  }
+
+  /**
+   * Attaches to a slab created (possibly on another thread) by `new Slab`, reading slotBytes and
+   * slotCount from the buffer's header. Throws StorageError('bad_request') if `sab` is not one.
+   */
+  static attach(sab: SharedArrayBuffer): Slab {
+    if (!(sab instanceof SharedArrayBuffer) || sab.byteLength < HEADER_WORDS * 4) {
+      throw new StorageError('bad_request', 'Slab.attach needs the SharedArrayBuffer of a slab');
+    }
+    const header = new Int32Array(sab, 0, HEADER_WORDS);
+    if (Atomics.load(header, W_MAGIC) !== MAGIC || header[W_VERSION] !== LAYOUT_VERSION) {
+      throw new StorageError('bad_request', 'SharedArrayBuffer is not a slab (bad magic or layout version)');
+    }
+    const slotBytes = header[W_SLOT_BYTES]!;
+    const slotCount = header[W_SLOT_COUNT]!;
+    const layout = layoutOf(slotBytes, slotCount);
+    if (sab.byteLength !== layout.totalBytes) {
+      throw new StorageError('bad_request', `slab buffer is ${sab.byteLength} bytes, its header says ${layout.totalBytes}`);
+    }
+    Slab.attaching = sab;
+    try {
+      return new Slab({ slotBytes, slotCount });
+    } finally {
+      Slab.attaching = undefined;
+    }
+  }
+
+  /** The SharedArrayBuffer to hand to another thread (which calls `Slab.attach`). */
+  get sab(): SharedArrayBuffer {
+    return this.buffer;
+  }
+
+  /** Allocates a free slot; throws StorageError('overloaded') when every slot is in use. */
+  alloc(): number {
+    const slot = this.tryAlloc();
+    if (slot < 0) {
+      throw new StorageError('overloaded', `slab full: all ${this.slotCount} slots of ${this.slotBytes} bytes in use`, {
+        slotCount: this.slotCount,
+      });
+    }
+    return slot;
+  }
+
+  /**
+   * Allocates a free slot, or returns -1 when every slot is in use. Lock-free; a thread that keeps
+   * losing races to other threads gives up after a bounded number of scans and also returns -1.
+   */
+  tryAlloc(): number {
+    const words = this.words;
+    const count = this.bitmapWords;
+    // A pass scans every bitmap word once. A failed compareExchange means another thread changed
+    // that word (it made progress); only then is another pass worth it, and passes are bounded.
+    for (let pass = 0; pass < ALLOC_PASSES_MAX; pass++) {
+      let contended = false;
+      const start = Atomics.load(words, W_HINT) % count;
+      for (let k = 0; k < count; k++) {
+        const w = (start + k) % count;
+        const index = HEADER_WORDS + w;
+        let cur = Atomics.load(words, index);
+        for (let attempt = 0; cur !== FULL_WORD && attempt < ALLOC_WORD_ATTEMPTS_MAX; attempt++) {
+          const inv = ~cur;
+          const bit = inv & -inv; // lowest zero bit of cur
+          const seen = Atomics.compareExchange(words, index, cur, cur | bit);
+          if (seen === cur) {
+            Atomics.add(words, W_USED, 1);
+            if (w !== start) Atomics.store(words, W_HINT, w);
+            return w * 32 + (31 - Math.clz32(bit));
+          }
+          contended = true;
+          cur = seen;
+        }
+      }
+      if (!contended) return -1;
+    }
+    return -1;
+  }
+
+  /** Returns a slot to the slab. A slot that is not allocated (double free) or out of range is a bug: StorageError('invariant'). */
+  free(slot: number): void {
+    const { index, bit } = this.locate(slot);
+    const old = Atomics.and(this.words, index, ~bit);
+    if ((old & bit) === 0) {
+      throw new StorageError('invariant', `invariant violated: slab slot ${slot} freed but not allocated (double free)`, { slot });
+    }
+    Atomics.sub(this.words, W_USED, 1);
+  }
+
+  /**
+   * A view onto slot `slot` (no copy): slotBytes bytes, 8-byte aligned. The slot must be allocated
+   * (StorageError('invariant') otherwise). The view stays valid until the slot is freed; using it
+   * after free is a bug this class cannot detect.
+   */
+  view(slot: number): Uint8Array {
+    const { index, bit } = this.locate(slot);
+    if ((Atomics.load(this.words, index) & bit) === 0) {
+      throw new StorageError('invariant', `invariant violated: view of slab slot ${slot}, which is not allocated`, { slot });
+    }
+    return new Uint8Array(this.buffer, this.dataOffset + slot * this.slotBytes, this.slotBytes);
+  }
+
+  /** Slot size, slot count and slots in use (a snapshot under concurrent use). */
+  stats(): SlabStats {
+    return { slotBytes: this.slotBytes, slotsTotal: this.slotCount, slotsUsed: Atomics.load(this.words, W_USED) };
+  }
+
+  private locate(slot: number): { index: number; bit: number } {
+    if (!Number.isInteger(slot) || slot < 0 || slot >= this.slotCount) {
+      throw new StorageError('invariant', `invariant violated: slab slot ${slot} out of range [0, ${this.slotCount})`, { slot });
+    }
+    return { index: HEADER_WORDS + (slot >>> 5), bit: 1 << (slot & 31) };
+  }
+}

@@ -1,0 +1,187 @@
+/** Slab: allocation bounds, double free, views, and concurrent alloc/free from several threads. */
+import { strict as assert } from 'node:assert';
+import * as nodePath from 'node:path';
+import { Worker } from 'node:worker_threads';
+import { StorageError } from '../../storage-engine/errors';
+import { Slab, SLAB_SLOT_COUNT_MAX } from '../../storage-engine/slab';
+
+function expectStorageError(fn: () => unknown, code: string): StorageError {
+  let caught: unknown;
+  try {
+    fn();
+  } catch (e) {
+    caught = e;
+  }
+  assert.ok(caught instanceof StorageError, `expected a StorageError, got ${String(caught)}`);
+  assert.equal(caught.code, code);
+  return caught;
+}
+
+describe('Slab', () => {
+  it('allocates every slot once, then overloaded; tryAlloc gives -1', () => {
+    for (const slotCount of [1, 31, 32, 33, 100]) {
+      const slab = new Slab({ slotBytes: 64, slotCount });
+      const seen = new Set<number>();
+      for (let i = 0; i < slotCount; i++) {
+        const s = slab.alloc();
+        assert.ok(s >= 0 && s < slotCount, `slot ${s} out of range`);
+        assert.ok(!seen.has(s), `slot ${s} handed out twice`);
+        seen.add(s);
+      }
+      expectStorageError(() => slab.alloc(), 'overloaded');
+      assert.equal(slab.tryAlloc(), -1);
+      assert.deepEqual(slab.stats(), { slotBytes: 64, slotsTotal: slotCount, slotsUsed: slotCount });
+    }
+  });
+
+  it('a freed slot can be allocated again', () => {
+    const slab = new Slab({ slotBytes: 16, slotCount: 40 });
+    const slots = Array.from({ length: 40 }, () => slab.alloc());
+    slab.free(slots[35]!);
+    assert.equal(slab.stats().slotsUsed, 39);
+    assert.equal(slab.alloc(), slots[35]);
+    assert.equal(slab.tryAlloc(), -1);
+    for (const s of slots) slab.free(s);
+    assert.equal(slab.stats().slotsUsed, 0);
+  });
+
+  it('detects a double free and bad slot ids with invariant', () => {
+    const slab = new Slab({ slotBytes: 8, slotCount: 10 });
+    const s = slab.alloc();
+    slab.free(s);
+    expectStorageError(() => slab.free(s), 'invariant');
+    assert.equal(slab.stats().slotsUsed, 0);
+    for (const bad of [-1, 10, 1.5, NaN, 32]) expectStorageError(() => slab.free(bad), 'invariant');
+    expectStorageError(() => slab.free(9), 'invariant'); // in range, never allocated
+  });
+
+  it('views are slotBytes long, do not overlap, and need an allocated slot', () => {
+    const slab = new Slab({ slotBytes: 24, slotCount: 70 });
+    const slots = Array.from({ length: 70 }, () => slab.alloc());
+    const views = slots.map((s) => slab.view(s));
+    slots.forEach((s, i) => {
+      assert.equal(views[i]!.length, 24);
+      assert.equal(views[i]!.byteOffset % 8, 0);
+      assert.equal(views[i]!.buffer, slab.sab);
+      views[i]!.fill(s + 1);
+    });
+    const ranges = views.map((v) => [v.byteOffset, v.byteOffset + v.length] as const).sort((a, b) => a[0] - b[0]);
+    for (let i = 1; i < ranges.length; i++) assert.ok(ranges[i - 1]![1] <= ranges[i]![0], 'views overlap');
+    assert.ok(ranges[ranges.length - 1]![1] <= slab.sab.byteLength);
+    slots.forEach((s, i) => assert.ok(views[i]!.every((b) => b === s + 1), `slot ${s} was overwritten`));
+    // A view is not a copy.
+    slab.view(slots[0]!)[3] = 200;
+    assert.equal(views[0]![3], 200);
+    slab.free(slots[1]!);
+    expectStorageError(() => slab.view(slots[1]!), 'invariant');
+    expectStorageError(() => slab.view(70), 'invariant');
+  });
+
+  it('attach reads the geometry from the buffer and shares allocations and data', () => {
+    const a = new Slab({ slotBytes: 4096, slotCount: 3 });
+    const s0 = a.alloc();
+    a.view(s0).fill(7);
+    const b = Slab.attach(a.sab);
+    assert.deepEqual(b.stats(), { slotBytes: 4096, slotsTotal: 3, slotsUsed: 1 });
+    assert.ok(b.view(s0).every((x) => x === 7));
+    const s1 = b.alloc();
+    const s2 = a.alloc();
+    assert.equal(new Set([s0, s1, s2]).size, 3);
+    expectStorageError(() => b.alloc(), 'overloaded');
+    a.free(s1);
+    expectStorageError(() => b.free(s1), 'invariant');
+  });
+
+  it('attach refuses a buffer that is not a slab', () => {
+    expectStorageError(() => Slab.attach(new SharedArrayBuffer(16)), 'bad_request');
+    expectStorageError(() => Slab.attach(new SharedArrayBuffer(4096)), 'bad_request');
+    const good = new Slab({ slotBytes: 8, slotCount: 4 });
+    const copy = new SharedArrayBuffer(good.sab.byteLength + 8);
+    new Uint8Array(copy).set(new Uint8Array(good.sab));
+    expectStorageError(() => Slab.attach(copy), 'bad_request');
+    expectStorageError(() => Slab.attach(new ArrayBuffer(4096) as unknown as SharedArrayBuffer), 'bad_request');
+  });
+
+  it('bounds slotBytes and slotCount', () => {
+    for (const opts of [
+      { slotBytes: 0, slotCount: 1 },
+      { slotBytes: 12, slotCount: 1 },
+      { slotBytes: 8, slotCount: 0 },
+      { slotBytes: 8, slotCount: SLAB_SLOT_COUNT_MAX + 1 },
+      { slotBytes: 8.5, slotCount: 1 },
+      { slotBytes: 32 * 1024 * 1024, slotCount: 1 },
+    ]) {
+      expectStorageError(() => new Slab(opts), 'bad_request');
+    }
+    expectStorageError(() => new Slab({ slotBytes: 8192, slotCount: SLAB_SLOT_COUNT_MAX }), 'too_large');
+    const big = new Slab({ slotBytes: 8, slotCount: SLAB_SLOT_COUNT_MAX });
+    assert.equal(big.stats().slotsTotal, SLAB_SLOT_COUNT_MAX);
+  });
+
+  it('threads attached to one buffer never get the same slot twice', async function () {
+    this.timeout(60_000);
+    const slotCount = 48; // small, so that the threads contend for words and often find the slab full
+    const slab = new Slab({ slotBytes: 64, slotCount });
+    const threads = 3;
+    const iterations = 300_000;
+    // ctl[0]: threads ready; ctl[1]: go flag.
+    const ctl = new Int32Array(new SharedArrayBuffer(8));
+    const code = `
+      const { workerData, parentPort } = require('node:worker_threads');
+      const { Slab } = require(workerData.slabPath);
+      const { id, iterations, holdMax } = workerData;
+      const slab = Slab.attach(workerData.sab);
+      const ctl = new Int32Array(workerData.ctl);
+      Atomics.add(ctl, 0, 1);
+      Atomics.wait(ctl, 1, 0);
+      const held = [];
+      let allocs = 0, full = 0, violations = 0;
+      const owner = (s) => { const v = slab.view(s); return new Int32Array(v.buffer, v.byteOffset, 1); };
+      for (let i = 0; i < iterations; i++) {
+        // Mostly alloc until holdMax, then free a few: a deterministic, uneven pattern.
+        if (held.length < holdMax && (i % 7) !== (id % 7)) {
+          const s = slab.tryAlloc();
+          if (s < 0) { full++; continue; }
+          allocs++;
+          if (Atomics.compareExchange(owner(s), 0, 0, id) !== 0) violations++;
+          held.push(s);
+        } else if (held.length > 0) {
+          const s = held.splice((i * 31) % held.length, 1)[0];
+          if (Atomics.compareExchange(owner(s), 0, id, 0) !== id) violations++;
+          slab.free(s);
+        }
+      }
+      for (const s of held) {
+        if (Atomics.compareExchange(owner(s), 0, id, 0) !== id) violations++;
+        slab.free(s);
+      }
+      parentPort.postMessage({ allocs, full, violations });
+    `;
+    const slabPath = nodePath.join(__dirname, '..', '..', 'storage-engine', 'slab.js');
+    const results = Array.from({ length: threads }, (_, i) => {
+      const worker = new Worker(code, {
+        eval: true,
+        workerData: { sab: slab.sab, ctl: ctl.buffer, slabPath, id: i + 1, iterations, holdMax: 20 },
+      });
+      return new Promise<{ allocs: number; full: number; violations: number }>((resolve, reject) => {
+        worker.once('message', resolve);
+        worker.once('error', reject);
+        worker.once('exit', (exitCode) => {
+          if (exitCode !== 0) reject(new Error(`worker exited with ${exitCode}`));
+        });
+      });
+    });
+    // Release all threads at once so that they really run concurrently.
+    while (Atomics.load(ctl, 0) < threads) await new Promise((r) => setTimeout(r, 5));
+    Atomics.store(ctl, 1, 1);
+    Atomics.notify(ctl, 1);
+    const done = await Promise.all(results);
+    for (const r of done) {
+      assert.equal(r.violations, 0, 'a slot was handed out twice');
+      assert.ok(r.allocs > 1000, `too few allocations: ${r.allocs}`);
+    }
+    assert.ok(done.some((r) => r.full > 0), 'the threads never filled the slab: no contention was tested');
+    assert.equal(slab.stats().slotsUsed, 0);
+    assert.equal(slab.tryAlloc() >= 0, true);
+  });
+});
