@@ -1,0 +1,262 @@
+/**
+ * The on-disk format of a shard log segment and its in-memory index.
+ *
+ * Format version 1, described byte for byte in docs/storage-format.md:
+ * - a segment file `seg-<baseLsn as 16 lower-case hex digits>.log` starts with a 64-byte header;
+ * - then records, each a 32-byte header + payload, padded with zeros to a multiple of 8 bytes.
+ * All integers are little-endian; u64 values are written as two u32 (low word first) and must
+ * stay below 2^53.
+ *
+ * This module holds only pure encoding/decoding and the index; SegmentLog (log.ts) does the IO.
+ */
+import { crc32c } from './crc32c';
+import type { FileHandle } from './disk';
+import { assert } from './errors';
+import { RECORD_PAYLOAD_BYTES_MAX } from './record';
+
+/** Version of the segment and record format written by this code. */
+export const LOG_FORMAT_VERSION = 1;
+/** First 8 bytes of every segment file. */
+export const SEGMENT_MAGIC = 'STRLOGS1';
+/** Size of the segment header in bytes. */
+export const SEGMENT_HEADER_BYTES = 64;
+/** Size of a record header in bytes. */
+export const RECORD_HEADER_BYTES = 32;
+/** Records start at and are padded to multiples of this many bytes. */
+export const RECORD_ALIGN_BYTES = 8;
+/** Default largest segment file size. */
+export const SEGMENT_BYTES_MAX_DEFAULT = 64 * 1024 * 1024;
+/** Smallest allowed segmentBytesMax. */
+export const SEGMENT_BYTES_MIN = 4 * 1024;
+/** Largest allowed segmentBytesMax (record offsets are kept as u32). */
+export const SEGMENT_BYTES_LIMIT = 1024 * 1024 * 1024;
+/** Largest LSN or term (values are u64 on disk but must be exact JavaScript numbers). */
+export const LOG_VALUE_MAX = Number.MAX_SAFE_INTEGER;
+/** Largest record kind (stored in one byte). */
+export const RECORD_KIND_MAX = 255;
+
+const TWO_POW_32 = 4294967296;
+/** hi word of a u64 must not exceed this for the value to stay below 2^53. */
+const U64_HI_MAX = 0x1fffff;
+const MAGIC_BYTES = Uint8Array.from(SEGMENT_MAGIC, (c) => c.charCodeAt(0));
+const HEADER_CRC_OFFSET = SEGMENT_HEADER_BYTES - 4;
+const SEGMENT_NAME_RE = /^seg-([0-9a-f]{16})\.log$/;
+
+/** Bytes a record with `payloadBytes` of payload takes in a segment, header and padding included. */
+export function recordBytes(payloadBytes: number): number {
+  const raw = RECORD_HEADER_BYTES + payloadBytes;
+  return raw + ((RECORD_ALIGN_BYTES - (raw % RECORD_ALIGN_BYTES)) % RECORD_ALIGN_BYTES);
+}
+
+/** Largest record, in bytes on disk. */
+export const RECORD_BYTES_MAX = recordBytes(RECORD_PAYLOAD_BYTES_MAX);
+
+/** File name of the segment whose first record has `baseLsn`. */
+export function segmentName(baseLsn: number): string {
+  assert(Number.isSafeInteger(baseLsn) && baseLsn >= 1, 'segment base LSN is a positive safe integer', { baseLsn });
+  return `seg-${baseLsn.toString(16).padStart(16, '0')}.log`;
+}
+
+/** Base LSN encoded in a segment file name, or undefined if `name` is not a segment name. */
+export function parseSegmentName(name: string): number | undefined {
+  const m = SEGMENT_NAME_RE.exec(name);
+  if (m === null) return undefined;
+  const base = parseInt(m[1]!, 16);
+  if (!Number.isSafeInteger(base) || base < 1) return undefined;
+  return base;
+}
+
+/** Reads a u64 written as two little-endian u32; -1 if it is not below 2^53. */
+export function getU64(view: DataView, pos: number): number {
+  const lo = view.getUint32(pos, true);
+  const hi = view.getUint32(pos + 4, true);
+  if (hi > U64_HI_MAX) return -1;
+  return hi * TWO_POW_32 + lo;
+}
+
+/** Writes a value below 2^53 as two little-endian u32. */
+export function setU64(view: DataView, pos: number, value: number): void {
+  assert(Number.isSafeInteger(value) && value >= 0, 'u64 value is a non-negative safe integer', { value });
+  view.setUint32(pos, value % TWO_POW_32, true);
+  view.setUint32(pos + 4, Math.floor(value / TWO_POW_32), true);
+}
+
+/** A DataView over exactly the bytes of `buf`. */
+export function viewOf(buf: Uint8Array): DataView {
+  return new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+}
+
+/** The fields of a segment header. */
+export interface SegmentHeader {
+  baseLsn: number;
+  /** Term of record baseLsn-1 (0 if none), so that log matching works after a trim. */
+  prevTerm: number;
+  /** The segment size limit in force when the segment was created. */
+  segmentBytesMax: number;
+}
+
+/** Encodes a segment header (64 bytes). */
+export function encodeSegmentHeader(h: SegmentHeader): Uint8Array {
+  assert(h.segmentBytesMax >= SEGMENT_BYTES_MIN && h.segmentBytesMax <= SEGMENT_BYTES_LIMIT, 'segmentBytesMax in bounds', {
+    segmentBytesMax: h.segmentBytesMax,
+  });
+  const buf = new Uint8Array(SEGMENT_HEADER_BYTES);
+  const view = viewOf(buf);
+  buf.set(MAGIC_BYTES, 0);
+  view.setUint32(8, LOG_FORMAT_VERSION, true);
+  view.setUint32(12, h.segmentBytesMax, true);
+  setU64(view, 16, h.baseLsn);
+  setU64(view, 24, h.prevTerm);
+  view.setUint32(HEADER_CRC_OFFSET, crc32c(buf, 0, 0, HEADER_CRC_OFFSET), true);
+  return buf;
+}
+
+/** Result of decoding a segment header: the header, or why it is invalid. */
+export type DecodedSegmentHeader =
+  | { ok: true; header: SegmentHeader }
+  | { ok: false; reason: string; unsupportedVersion: boolean };
+
+/** Decodes and checks a segment header; `bytes` holds what could be read of the file's first 64 bytes. */
+export function decodeSegmentHeader(bytes: Uint8Array): DecodedSegmentHeader {
+  const bad = (reason: string, unsupportedVersion = false): DecodedSegmentHeader => ({ ok: false, reason, unsupportedVersion });
+  if (bytes.length < SEGMENT_HEADER_BYTES) return bad(`segment header short: ${bytes.length} of ${SEGMENT_HEADER_BYTES} bytes`);
+  for (let i = 0; i < MAGIC_BYTES.length; i++) {
+    if (bytes[i] !== MAGIC_BYTES[i]) return bad('segment header magic mismatch');
+  }
+  const view = viewOf(bytes);
+  if (view.getUint32(HEADER_CRC_OFFSET, true) !== crc32c(bytes, 0, 0, HEADER_CRC_OFFSET)) {
+    return bad('segment header checksum mismatch');
+  }
+  const version = view.getUint32(8, true);
+  if (version !== LOG_FORMAT_VERSION) return bad(`unsupported segment format version ${version}`, true);
+  const segmentBytesMax = view.getUint32(12, true);
+  const baseLsn = getU64(view, 16);
+  const prevTerm = getU64(view, 24);
+  if (segmentBytesMax < SEGMENT_BYTES_MIN || segmentBytesMax > SEGMENT_BYTES_LIMIT) {
+    return bad(`segment header segmentBytesMax ${segmentBytesMax} out of bounds`);
+  }
+  if (baseLsn < 1) return bad('segment header baseLsn out of bounds');
+  if (prevTerm < 0) return bad('segment header prevTerm out of bounds');
+  return { ok: true, header: { baseLsn, prevTerm, segmentBytesMax } };
+}
+
+/**
+ * Encodes one record at `pos` of `out` (which must be zero-filled there: reserved and padding
+ * bytes are not written). Returns the position after the record's padding.
+ */
+export function encodeRecord(
+  out: Uint8Array,
+  view: DataView,
+  pos: number,
+  lsn: number,
+  term: number,
+  kind: number,
+  payload: Uint8Array,
+): number {
+  const len = payload.length;
+  view.setUint32(pos, len, true);
+  setU64(view, pos + 8, lsn);
+  setU64(view, pos + 16, term);
+  out[pos + 24] = kind;
+  out.set(payload, pos + RECORD_HEADER_BYTES);
+  view.setUint32(pos + 4, recordCrc(out, pos, len), true);
+  return pos + recordBytes(len);
+}
+
+/** CRC-32C of the record at `pos`: over its length field, the rest of its header after the crc, and its payload. */
+export function recordCrc(buf: Uint8Array, pos: number, payloadBytes: number): number {
+  const c = crc32c(buf, 0, pos, pos + 4);
+  return crc32c(buf, c, pos + 8, pos + RECORD_HEADER_BYTES + payloadBytes);
+}
+
+/**
+ * In-memory index of one segment: per record its offset, payload length and term, in growable
+ * typed arrays (no per-record objects), so reads and termAt are O(1) seeks.
+ */
+export class SegmentIndex {
+  readonly name: string;
+  readonly baseLsn: number;
+  readonly prevTerm: number;
+  readonly segmentBytesMax: number;
+  /** Open handle, or undefined while closed (sealed segments are opened on demand). */
+  fh: FileHandle | undefined = undefined;
+  /** Bytes of the segment in use: header plus whole records. */
+  endOffset = SEGMENT_HEADER_BYTES;
+  private countValue = 0;
+  private offsets: Uint32Array;
+  private lengths: Uint32Array;
+  private terms: Float64Array;
+
+  constructor(name: string, header: SegmentHeader, capacityHint = 64) {
+    this.name = name;
+    this.baseLsn = header.baseLsn;
+    this.prevTerm = header.prevTerm;
+    this.segmentBytesMax = header.segmentBytesMax;
+    const cap = Math.max(16, capacityHint);
+    this.offsets = new Uint32Array(cap);
+    this.lengths = new Uint32Array(cap);
+    this.terms = new Float64Array(cap);
+  }
+
+  /** Number of records. */
+  get count(): number {
+    return this.countValue;
+  }
+
+  /** LSN of the last record (baseLsn-1 when empty). */
+  get lastLsn(): number {
+    return this.baseLsn + this.countValue - 1;
+  }
+
+  /** Term of the last record (prevTerm when empty). */
+  get lastTerm(): number {
+    return this.countValue === 0 ? this.prevTerm : this.terms[this.countValue - 1]!;
+  }
+
+  /** Appends a record to the index; it must start at endOffset. */
+  push(offset: number, payloadBytes: number, term: number): void {
+    assert(offset === this.endOffset, 'record appended at the segment end', { offset, endOffset: this.endOffset });
+    if (this.countValue === this.offsets.length) this.grow();
+    const i = this.countValue;
+    this.offsets[i] = offset;
+    this.lengths[i] = payloadBytes;
+    this.terms[i] = term;
+    this.countValue = i + 1;
+    this.endOffset = offset + recordBytes(payloadBytes);
+  }
+
+  offsetAt(i: number): number {
+    assert(i >= 0 && i < this.countValue, 'record index in segment', { i, count: this.countValue });
+    return this.offsets[i]!;
+  }
+
+  payloadBytesAt(i: number): number {
+    assert(i >= 0 && i < this.countValue, 'record index in segment', { i, count: this.countValue });
+    return this.lengths[i]!;
+  }
+
+  termAt(i: number): number {
+    assert(i >= 0 && i < this.countValue, 'record index in segment', { i, count: this.countValue });
+    return this.terms[i]!;
+  }
+
+  /** Keeps the first `count` records; endOffset becomes the offset of the first one dropped. */
+  truncateTo(count: number): void {
+    assert(count >= 0 && count <= this.countValue, 'truncation count in segment', { count, have: this.countValue });
+    this.endOffset = count === this.countValue ? this.endOffset : this.offsets[count]!;
+    this.countValue = count;
+  }
+
+  private grow(): void {
+    const cap = this.offsets.length * 2;
+    const offsets = new Uint32Array(cap);
+    offsets.set(this.offsets);
+    const lengths = new Uint32Array(cap);
+    lengths.set(this.lengths);
+    const terms = new Float64Array(cap);
+    terms.set(this.terms);
+    this.offsets = offsets;
+    this.lengths = lengths;
+    this.terms = terms;
+  }
+}

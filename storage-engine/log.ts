@@ -1,0 +1,953 @@
+/**
+ * SegmentLog: a shard's append-only log of records, the source of truth of Strata.
+ *
+ * Records live in segment files in one directory (format: log-segment.ts and
+ * docs/storage-format.md). The log keeps an in-memory index per segment (offsets, payload
+ * lengths, terms in typed arrays) so that `read` and `termAt` are seeks, not scans.
+ *
+ * Durability: `write` only hands bytes to the disk; `sync` makes them durable. A failed write or
+ * fsync puts the log in a failed state for good (every later mutation throws 'device_failed' and
+ * reads are limited to what was synced): reopening it is the only way on, and recovery decides
+ * from what is on disk.
+ *
+ * Recovery (`open`) keeps exactly the longest valid prefix. A torn tail (nothing valid after the
+ * first bad record) is truncated durably. Damage with valid data after it is corruption: nothing is
+ * truncated or deleted, `corruption` describes it, the log serves reads of the valid prefix and
+ * refuses writes until `reset` (the tool of a repair from a peer) replaces it.
+ *
+ * All IO goes through the synchronous Disk interface; the log is not thread-safe and is meant to
+ * be driven by one DeviceQueue.
+ */
+import { joinPath, parentDir, type Disk, type FileHandle } from './disk';
+import { assert, CorruptionError, StorageError, type CorruptionReport } from './errors';
+import {
+  decodeSegmentHeader,
+  encodeRecord,
+  encodeSegmentHeader,
+  getU64,
+  LOG_VALUE_MAX,
+  parseSegmentName,
+  RECORD_BYTES_MAX,
+  RECORD_HEADER_BYTES,
+  RECORD_KIND_MAX,
+  recordBytes,
+  recordCrc,
+  SEGMENT_BYTES_LIMIT,
+  SEGMENT_BYTES_MAX_DEFAULT,
+  SEGMENT_BYTES_MIN,
+  SEGMENT_HEADER_BYTES,
+  SegmentIndex,
+  segmentName,
+  viewOf,
+  type SegmentHeader,
+} from './log-segment';
+import { RECORD_PAYLOAD_BYTES_MAX, type LogRecord, type LogRecordInput } from './record';
+
+export { LOG_FORMAT_VERSION, SEGMENT_BYTES_MAX_DEFAULT, SEGMENT_BYTES_MIN, SEGMENT_BYTES_LIMIT } from './log-segment';
+
+/** Options of `SegmentLog.open`. */
+export interface LogOptions {
+  /** Directory of the log's segment files (a disk path). */
+  dir: string;
+  /** Largest segment file in bytes for new segments (default 64 MiB, at least 4 KiB, at most 1 GiB). */
+  segmentBytesMax?: number;
+  /** For a NEW log: LSN of its first record (default 1). Ignored when the log exists. */
+  firstLsn?: number;
+  /** For a NEW log: term of record firstLsn-1 (default 0). Ignored when the log exists. */
+  prevTerm?: number;
+}
+
+/** Options of `SegmentLog.read`. */
+export interface LogReadOptions {
+  /** Stop before the payload total would exceed this (always at least one record); default 4 MiB. */
+  bytesMax?: number;
+}
+
+/** Counters and positions of a log. */
+export interface LogStats {
+  segments: number;
+  /** Bytes in use in all segments (headers and records). */
+  bytes: number;
+  firstLsn: number;
+  lastLsn: number;
+  syncedLsn: number;
+  /** Disk writes of record data. */
+  writes: number;
+  /** fdatasync calls on segment data (sync, roll-over, truncateSuffix). */
+  syncs: number;
+}
+
+/** Largest encoded size of one `write` batch. */
+export const LOG_WRITE_BATCH_BYTES_MAX = 64 * 1024 * 1024;
+/** Most records in one `write` batch. */
+export const LOG_WRITE_BATCH_RECORDS_MAX = 65536;
+/** Default `bytesMax` of `read`. */
+export const LOG_READ_BYTES_MAX_DEFAULT = 4 * 1024 * 1024;
+/** Largest `bytesMax` a `read` may ask for. */
+export const LOG_READ_BYTES_LIMIT = 64 * 1024 * 1024;
+/** Most records one `read` returns. */
+export const LOG_READ_RECORDS_MAX = 65536;
+/** Bytes per disk read during recovery. */
+export const LOG_RECOVERY_CHUNK_BYTES = 8 * 1024 * 1024;
+/** Sealed segments kept open for reads at most (least recently used are closed). */
+export const LOG_SEALED_HANDLES_MAX = 16;
+
+const TMP_SUFFIX = '.tmp';
+const RESET_SUFFIX = '.reset';
+
+/** A window of one file read in big chunks, for recovery scans. */
+class ChunkReader {
+  winStart = 0;
+  winLen = 0;
+  readonly view: DataView;
+  constructor(
+    private readonly disk: Disk,
+    private readonly fh: FileHandle,
+    readonly size: number,
+    readonly buf: Uint8Array,
+  ) {
+    assert(buf.length >= Math.min(size, RECORD_BYTES_MAX), 'recovery buffer holds any record of the file', {
+      buf: buf.length,
+      size,
+    });
+    this.view = viewOf(buf);
+  }
+
+  /** Makes file bytes [pos, pos+len) available at buf[pos - winStart]; false if they are past the end. */
+  ensure(pos: number, len: number): boolean {
+    if (pos >= this.winStart && pos + len <= this.winStart + this.winLen) return true;
+    if (pos + len > this.size) return false;
+    assert(len <= this.buf.length, 'recovery read fits the buffer', { len });
+    const want = Math.min(this.buf.length, this.size - pos);
+    const n = this.disk.read(this.fh, this.buf.subarray(0, want), pos);
+    this.winStart = pos;
+    this.winLen = n;
+    return n >= len;
+  }
+}
+
+/** Where a segment's records stop being valid, and why. */
+interface ScanStop {
+  offset: number;
+  reason: string;
+}
+
+function badRequest(message: string, details?: Record<string, unknown>): StorageError {
+  return new StorageError('bad_request', message, details);
+}
+
+function checkLsnArg(value: unknown, what: string): asserts value is number {
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0) {
+    throw badRequest(`${what} must be a non-negative safe integer, got ${String(value)}`, { [what]: value });
+  }
+}
+
+/**
+ * The per-shard append-only log. See the file comment for the durability and recovery rules.
+ */
+export class SegmentLog {
+  private readonly disk: Disk;
+  private readonly dir: string;
+  private readonly segmentBytesMax: number;
+  /** Segments of the valid prefix, by ascending base LSN; the last one is the active one. */
+  private segments: SegmentIndex[] = [];
+  /** Sealed segments with an open handle, least recently used first. */
+  private sealedOpen: SegmentIndex[] = [];
+  /** Segments written since their last fdatasync. */
+  private readonly dirty = new Set<SegmentIndex>();
+  private syncedLsnValue = 0;
+  private corruptionValue: CorruptionReport[] = [];
+  private failure: StorageError | undefined = undefined;
+  private closed = false;
+  private writesCount = 0;
+  private syncsCount = 0;
+  /** Recovery's read buffer; dropped after open. */
+  private scratch: Uint8Array | undefined = undefined;
+
+  private constructor(disk: Disk, dir: string, segmentBytesMax: number) {
+    this.disk = disk;
+    this.dir = dir;
+    this.segmentBytesMax = segmentBytesMax;
+  }
+
+  /**
+   * Opens the log in `opts.dir`, creating it if it has no segments, else recovering it (see the
+   * file comment). Throws StorageError on IO errors and on a segment of an unsupported format
+   * version; damage is reported in `corruption`, not thrown.
+   */
+  static open(disk: Disk, opts: LogOptions): SegmentLog {
+    if (typeof opts.dir !== 'string') throw badRequest('dir must be a string');
+    const segmentBytesMax = opts.segmentBytesMax ?? SEGMENT_BYTES_MAX_DEFAULT;
+    if (!Number.isSafeInteger(segmentBytesMax) || segmentBytesMax < SEGMENT_BYTES_MIN || segmentBytesMax > SEGMENT_BYTES_LIMIT) {
+      throw badRequest(`segmentBytesMax must be an integer in [${SEGMENT_BYTES_MIN}, ${SEGMENT_BYTES_LIMIT}]`, { segmentBytesMax });
+    }
+    const firstLsn = opts.firstLsn ?? 1;
+    const prevTerm = opts.prevTerm ?? 0;
+    checkLsnArg(firstLsn, 'firstLsn');
+    checkLsnArg(prevTerm, 'prevTerm');
+    if (firstLsn < 1) throw badRequest('firstLsn must be at least 1', { firstLsn });
+    const log = new SegmentLog(disk, opts.dir, segmentBytesMax);
+    try {
+      log.recover(firstLsn, prevTerm);
+    } catch (e) {
+      log.closeAllHandles(true);
+      throw e;
+    } finally {
+      log.scratch = undefined;
+    }
+    log.checkInvariants();
+    return log;
+  }
+
+  // ------------------------------------------------------------------ positions
+
+  /** Damage found by recovery; non-empty means the log is read-only up to its valid prefix. */
+  get corruption(): readonly CorruptionReport[] {
+    return this.corruptionValue;
+  }
+
+  /** First retained LSN; records below it were trimmed (or never were in this log). */
+  get firstLsn(): number {
+    return this.segments[0]!.baseLsn;
+  }
+
+  /** LSN of the last record (firstLsn-1 when empty). */
+  get lastLsn(): number {
+    return this.active.lastLsn;
+  }
+
+  /** Term of lastLsn (the prevTerm of the log when empty). */
+  get lastTerm(): number {
+    return this.active.lastTerm;
+  }
+
+  /** Highest LSN known durable. */
+  get syncedLsn(): number {
+    return this.syncedLsnValue;
+  }
+
+  /**
+   * Term of record `lsn`, for `lsn` in [firstLsn-1, lastLsn]. Throws 'trimmed' below,
+   * 'out_of_range' above, and 'device_failed' above syncedLsn once the log has failed.
+   */
+  termAt(lsn: number): number {
+    this.checkOpen();
+    checkLsnArg(lsn, 'lsn');
+    if (lsn < this.firstLsn - 1) throw new StorageError('trimmed', `LSN ${lsn} is below the log's first LSN ${this.firstLsn}`, { lsn });
+    if (lsn > this.lastLsn) throw new StorageError('out_of_range', `LSN ${lsn} is above the log's last LSN ${this.lastLsn}`, { lsn });
+    this.checkReadable(lsn);
+    if (lsn === this.firstLsn - 1) return this.segments[0]!.prevTerm;
+    const seg = this.segments[this.segmentIndexOf(lsn)]!;
+    return seg.termAt(lsn - seg.baseLsn);
+  }
+
+  // ------------------------------------------------------------------ writing
+
+  /**
+   * Appends records with LSNs lastLsn+1...; one disk write per segment touched (a segment that
+   * fills up is sealed: fdatasync'd, and a new one created crash-safely). NOT durable until
+   * `sync`. Terms must not decrease. Returns the new lastLsn.
+   * Throws 'bad_request' on bad input (payload over RECORD_PAYLOAD_BYTES_MAX, batch over
+   * LOG_WRITE_BATCH_BYTES_MAX / LOG_WRITE_BATCH_RECORDS_MAX), CorruptionError if recovery found
+   * corruption, 'device_failed' after an earlier failure; an IO error fails the log.
+   */
+  write(records: readonly LogRecordInput[]): number {
+    this.checkMutable('write');
+    if (!Array.isArray(records)) throw badRequest('records must be an array');
+    const n = records.length;
+    if (n === 0) return this.lastLsn;
+    if (n > LOG_WRITE_BATCH_RECORDS_MAX) {
+      throw badRequest(`a write batch holds at most ${LOG_WRITE_BATCH_RECORDS_MAX} records, got ${n}`, { records: n });
+    }
+    let termFloor = this.lastTerm;
+    let batchBytes = 0;
+    for (let k = 0; k < n; k++) {
+      const r = records[k]!;
+      if (!(r.payload instanceof Uint8Array)) throw badRequest(`record ${k}: payload must be a Uint8Array`);
+      if (r.payload.length > RECORD_PAYLOAD_BYTES_MAX) {
+        throw badRequest(`record ${k}: payload of ${r.payload.length} bytes exceeds ${RECORD_PAYLOAD_BYTES_MAX}`, {
+          payloadBytes: r.payload.length,
+        });
+      }
+      if (!Number.isSafeInteger(r.kind) || r.kind < 0 || r.kind > RECORD_KIND_MAX) {
+        throw badRequest(`record ${k}: kind must be an integer in [0, ${RECORD_KIND_MAX}]`, { kind: r.kind });
+      }
+      if (!Number.isSafeInteger(r.term) || r.term < termFloor) {
+        throw badRequest(`record ${k}: term ${r.term} must be a safe integer >= ${termFloor} (terms never decrease)`, {
+          term: r.term,
+        });
+      }
+      termFloor = r.term;
+      batchBytes += recordBytes(r.payload.length);
+    }
+    if (batchBytes > LOG_WRITE_BATCH_BYTES_MAX) {
+      throw badRequest(`a write batch encodes to ${batchBytes} bytes, more than ${LOG_WRITE_BATCH_BYTES_MAX}`, { batchBytes });
+    }
+    if (this.lastLsn + n > LOG_VALUE_MAX) throw new StorageError('out_of_range', 'LSN space exhausted');
+    try {
+      let i = 0;
+      while (i < n) {
+        const seg = this.active;
+        let j = i;
+        let chunkBytes = 0;
+        while (j < n) {
+          const rb = recordBytes(records[j]!.payload.length);
+          const alone = seg.count === 0 && j === i; // a record always fits in an empty segment
+          if (!alone && seg.endOffset + chunkBytes + rb > seg.segmentBytesMax) break;
+          chunkBytes += rb;
+          j++;
+        }
+        if (j === i) {
+          this.rollOver();
+          continue;
+        }
+        const buf = new Uint8Array(chunkBytes);
+        const view = viewOf(buf);
+        let pos = 0;
+        const firstLsn = seg.lastLsn + 1;
+        for (let k = i; k < j; k++) {
+          const r = records[k]!;
+          pos = encodeRecord(buf, view, pos, firstLsn + (k - i), r.term, r.kind, r.payload);
+        }
+        assert(pos === chunkBytes, 'encoded chunk size', { pos, chunkBytes });
+        const at = seg.endOffset;
+        this.disk.write(this.handleOf(seg), buf, at);
+        this.writesCount++;
+        this.dirty.add(seg);
+        pos = at;
+        for (let k = i; k < j; k++) {
+          const r = records[k]!;
+          seg.push(pos, r.payload.length, r.term);
+          pos += recordBytes(r.payload.length);
+        }
+        i = j;
+      }
+    } catch (e) {
+      throw this.fail(e);
+    }
+    return this.lastLsn;
+  }
+
+  /**
+   * Makes every record written so far durable: fdatasync of each segment written since the last
+   * sync. On failure throws 'fsync_failed' and the log fails for good (syncedLsn stays).
+   */
+  sync(): void {
+    this.checkOpen();
+    this.checkNotFailed('sync');
+    if (this.dirty.size === 0) {
+      assert(this.syncedLsnValue === this.lastLsn, 'nothing unsynced when no segment is dirty', {
+        syncedLsn: this.syncedLsnValue,
+        lastLsn: this.lastLsn,
+      });
+      return;
+    }
+    try {
+      for (const seg of this.dirty) {
+        this.disk.fdatasync(this.handleOf(seg));
+        this.syncsCount++;
+      }
+    } catch (e) {
+      throw this.fail(e);
+    }
+    this.dirty.clear();
+    this.syncedLsnValue = this.lastLsn;
+  }
+
+  // ------------------------------------------------------------------ reading
+
+  /**
+   * Records fromLsn..toLsn (inclusive), stopping early before the payload total would exceed
+   * `bytesMax` or LOG_READ_RECORDS_MAX records (always at least one record). Payloads are views
+   * into one buffer per segment read. Throws 'trimmed' below firstLsn, 'out_of_range' above
+   * lastLsn, CorruptionError if a record on disk no longer matches its checksum.
+   */
+  read(fromLsn: number, toLsn: number, opts: LogReadOptions = {}): LogRecord[] {
+    this.checkOpen();
+    checkLsnArg(fromLsn, 'fromLsn');
+    checkLsnArg(toLsn, 'toLsn');
+    const bytesMax = opts.bytesMax ?? LOG_READ_BYTES_MAX_DEFAULT;
+    if (!Number.isSafeInteger(bytesMax) || bytesMax < 1 || bytesMax > LOG_READ_BYTES_LIMIT) {
+      throw badRequest(`bytesMax must be an integer in [1, ${LOG_READ_BYTES_LIMIT}]`, { bytesMax });
+    }
+    if (fromLsn > toLsn) throw badRequest(`fromLsn ${fromLsn} is above toLsn ${toLsn}`, { fromLsn, toLsn });
+    if (fromLsn < this.firstLsn) {
+      throw new StorageError('trimmed', `LSN ${fromLsn} is below the log's first LSN ${this.firstLsn}`, { fromLsn });
+    }
+    if (toLsn > this.lastLsn) {
+      throw new StorageError('out_of_range', `LSN ${toLsn} is above the log's last LSN ${this.lastLsn}`, { toLsn });
+    }
+    this.checkReadable(toLsn);
+    const out: LogRecord[] = [];
+    let payloadTotal = 0;
+    let lsn = fromLsn;
+    let s = this.segmentIndexOf(fromLsn);
+    let full = false;
+    while (lsn <= toLsn && !full) {
+      const seg = this.segments[s]!;
+      const i0 = lsn - seg.baseLsn;
+      const iLast = Math.min(toLsn, seg.lastLsn) - seg.baseLsn;
+      let i = i0;
+      while (i <= iLast) {
+        const pl = seg.payloadBytesAt(i);
+        const taken = out.length + (i - i0);
+        if (taken > 0 && (payloadTotal + pl > bytesMax || taken >= LOG_READ_RECORDS_MAX)) {
+          full = true;
+          break;
+        }
+        payloadTotal += pl;
+        i++;
+      }
+      if (i === i0) break;
+      this.readRange(seg, i0, i, out);
+      lsn = seg.baseLsn + i;
+      s++;
+    }
+    assert(out.length >= 1 && out[0]!.lsn === fromLsn, 'read returns at least the first record asked for');
+    return out;
+  }
+
+  // ------------------------------------------------------------------ shortening
+
+  /**
+   * Records <= uptoLsn are no longer needed: deletes (durably, oldest first) every whole segment
+   * whose records are all <= uptoLsn, never the active one. firstLsn becomes the base of the
+   * first remaining segment. Allowed while `corruption` is non-empty (it only touches the valid prefix).
+   */
+  trimPrefix(uptoLsn: number): void {
+    this.checkOpen();
+    this.checkNotFailed('trimPrefix');
+    checkLsnArg(uptoLsn, 'uptoLsn');
+    try {
+      while (this.segments.length > 1 && this.segments[0]!.lastLsn <= uptoLsn) {
+        const seg = this.segments[0]!;
+        assert(!this.dirty.has(seg), 'a sealed segment has no unsynced data', { segment: seg.name });
+        this.closeHandle(seg);
+        this.segments.shift();
+        this.disk.remove(this.pathOf(seg.name));
+        // One directory fsync per removal: removals must reach the disk oldest first, or a power
+        // cut could leave a gap in the middle of the log, which recovery would call corruption.
+        this.disk.fsyncDir(this.dir);
+      }
+    } catch (e) {
+      throw this.fail(e);
+    }
+  }
+
+  /**
+   * Durably removes records >= fromLsn (firstLsn <= fromLsn <= lastLsn+1): later segments are
+   * deleted newest first, then the segment holding fromLsn is truncated and fdatasync'd. Afterwards
+   * syncedLsn == lastLsn == fromLsn-1. Throws 'trimmed' / 'out_of_range' for fromLsn outside that
+   * range, CorruptionError while `corruption` is non-empty.
+   */
+  truncateSuffix(fromLsn: number): void {
+    this.checkMutable('truncateSuffix');
+    checkLsnArg(fromLsn, 'fromLsn');
+    if (fromLsn < this.firstLsn) {
+      throw new StorageError('trimmed', `LSN ${fromLsn} is below the log's first LSN ${this.firstLsn}`, { fromLsn });
+    }
+    if (fromLsn > this.lastLsn + 1) {
+      throw new StorageError('out_of_range', `LSN ${fromLsn} is above the log's last LSN + 1 (${this.lastLsn + 1})`, { fromLsn });
+    }
+    if (fromLsn === this.lastLsn + 1) return;
+    try {
+      while (this.active.baseLsn > fromLsn) {
+        const seg = this.segments.pop()!;
+        this.closeHandle(seg);
+        this.dirty.delete(seg);
+        this.disk.remove(this.pathOf(seg.name));
+        this.disk.fsyncDir(this.dir); // newest first, each durable before the next: never a gap
+      }
+      const seg = this.active;
+      const fh = this.activate(seg);
+      const keep = fromLsn - seg.baseLsn;
+      assert(keep >= 0 && keep < seg.count, 'truncation point inside the last segment', { keep, count: seg.count });
+      this.disk.truncate(fh, seg.offsetAt(keep));
+      this.disk.fdatasync(fh);
+      this.syncsCount++;
+      seg.truncateTo(keep);
+      this.dirty.delete(seg);
+      assert(this.dirty.size === 0, 'only the active segment can be unsynced');
+      this.syncedLsnValue = this.lastLsn;
+    } catch (e) {
+      throw this.fail(e);
+    }
+    assert(this.lastLsn === fromLsn - 1, 'truncateSuffix leaves lastLsn = fromLsn - 1');
+  }
+
+  /**
+   * Durably discards every segment and continues with an empty log at nextLsn whose record
+   * nextLsn-1 has term prevTerm (a replica installing an image newer than its log). Allowed while
+   * `corruption` is non-empty: it is the tool of a repair from a peer, and clears `corruption`.
+   * Crash-safe: the new segment is committed as `seg-X.log.reset` first; recovery finishes a
+   * committed reset.
+   */
+  reset(nextLsn: number, prevTerm: number): void {
+    this.checkOpen();
+    this.checkNotFailed('reset');
+    checkLsnArg(nextLsn, 'nextLsn');
+    checkLsnArg(prevTerm, 'prevTerm');
+    if (nextLsn < 1) throw badRequest('nextLsn must be at least 1', { nextLsn });
+    try {
+      this.closeAllHandles(false);
+      this.dirty.clear();
+      const seg = this.createSegment({ baseLsn: nextLsn, prevTerm, segmentBytesMax: this.segmentBytesMax }, RESET_SUFFIX);
+      this.segments = [seg];
+      this.finishReset(segmentName(nextLsn) + RESET_SUFFIX);
+    } catch (e) {
+      throw this.fail(e);
+    }
+    this.corruptionValue = [];
+    this.syncedLsnValue = nextLsn - 1;
+    this.checkInvariants();
+  }
+
+  // ------------------------------------------------------------------ misc
+
+  /** Positions and counters. */
+  stats(): LogStats {
+    let bytes = 0;
+    for (const seg of this.segments) bytes += seg.endOffset;
+    return {
+      segments: this.segments.length,
+      bytes,
+      firstLsn: this.firstLsn,
+      lastLsn: this.lastLsn,
+      syncedLsn: this.syncedLsnValue,
+      writes: this.writesCount,
+      syncs: this.syncsCount,
+    };
+  }
+
+  /** Closes the files. Does NOT sync: call `sync` first to keep what was written. Idempotent. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.closeAllHandles(false);
+  }
+
+  // ------------------------------------------------------------------ internals: state
+
+  private get active(): SegmentIndex {
+    return this.segments[this.segments.length - 1]!;
+  }
+
+  private pathOf(name: string): string {
+    return joinPath(this.dir, name);
+  }
+
+  private checkOpen(): void {
+    if (this.closed) throw new StorageError('closed', `log ${this.dir} is closed`);
+  }
+
+  private checkNotFailed(op: string): void {
+    if (this.failure !== undefined) {
+      throw new StorageError('device_failed', `${op}: log ${this.dir} failed earlier: ${this.failure.message}`, undefined, this.failure);
+    }
+  }
+
+  private checkMutable(op: string): void {
+    this.checkOpen();
+    this.checkNotFailed(op);
+    if (this.corruptionValue.length > 0) {
+      throw new CorruptionError(`${op}: log ${this.dir} is corrupt and read-only until repaired`, this.corruptionValue);
+    }
+  }
+
+  /** After a failure only synced records may be read (unsynced ones may be gone from the device). */
+  private checkReadable(lsn: number): void {
+    if (this.failure !== undefined && lsn > this.syncedLsnValue) {
+      throw new StorageError('device_failed', `LSN ${lsn} was not synced before the log failed`, { lsn }, this.failure);
+    }
+  }
+
+  /** Enters the failed state (first failure wins); returns `e` for rethrowing. */
+  private fail(e: unknown): unknown {
+    if (this.failure === undefined) {
+      this.failure = e instanceof StorageError ? e : new StorageError('io_error', String(e), undefined, e);
+    }
+    return e;
+  }
+
+  private checkInvariants(): void {
+    assert(this.segments.length >= 1, 'a log has at least one segment');
+    for (let s = 1; s < this.segments.length; s++) {
+      const prev = this.segments[s - 1]!;
+      const seg = this.segments[s]!;
+      assert(seg.baseLsn === prev.lastLsn + 1, 'segments are contiguous', { prev: prev.name, seg: seg.name });
+      assert(prev.count > 0, 'only the last segment may be empty', { seg: prev.name });
+    }
+    assert(this.syncedLsnValue <= this.lastLsn && this.syncedLsnValue >= this.firstLsn - 1, 'syncedLsn within the log', {
+      syncedLsn: this.syncedLsnValue,
+    });
+  }
+
+  /** Index in `segments` of the segment holding `lsn` (firstLsn <= lsn <= lastLsn). */
+  private segmentIndexOf(lsn: number): number {
+    const segs = this.segments;
+    let lo = 0;
+    let hi = segs.length - 1;
+    if (segs[hi]!.baseLsn <= lsn) lo = hi;
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >>> 1;
+      if (segs[mid]!.baseLsn <= lsn) lo = mid;
+      else hi = mid - 1;
+    }
+    const seg = segs[lo]!;
+    assert(lsn >= seg.baseLsn && lsn <= seg.lastLsn, 'LSN inside the segment found', { lsn, segment: seg.name });
+    return lo;
+  }
+
+  // ------------------------------------------------------------------ internals: files
+
+  /** An open handle of `seg` (sealed segments are opened on demand, a few kept in an LRU). */
+  private handleOf(seg: SegmentIndex): FileHandle {
+    if (seg === this.active) {
+      assert(seg.fh !== undefined, 'the active segment is open', { segment: seg.name });
+      return seg.fh;
+    }
+    const at = this.sealedOpen.indexOf(seg);
+    if (at >= 0) {
+      this.sealedOpen.splice(at, 1);
+      this.sealedOpen.push(seg);
+      return seg.fh!;
+    }
+    assert(seg.fh === undefined, 'a sealed segment is open only while in the LRU', { segment: seg.name });
+    seg.fh = this.disk.open(this.pathOf(seg.name));
+    this.sealedOpen.push(seg);
+    if (this.sealedOpen.length > LOG_SEALED_HANDLES_MAX) this.closeHandle(this.sealedOpen[0]!);
+    return seg.fh;
+  }
+
+  /** Makes `seg` (now the last segment) the active one: open and out of the sealed LRU. */
+  private activate(seg: SegmentIndex): FileHandle {
+    const at = this.sealedOpen.indexOf(seg);
+    if (at >= 0) this.sealedOpen.splice(at, 1);
+    if (seg.fh === undefined) seg.fh = this.disk.open(this.pathOf(seg.name));
+    return seg.fh;
+  }
+
+  private closeHandle(seg: SegmentIndex): void {
+    const at = this.sealedOpen.indexOf(seg);
+    if (at >= 0) this.sealedOpen.splice(at, 1);
+    const fh = seg.fh;
+    seg.fh = undefined;
+    if (fh !== undefined) this.disk.close(fh);
+  }
+
+  private closeAllHandles(quiet: boolean): void {
+    for (const seg of this.segments) {
+      try {
+        this.closeHandle(seg);
+      } catch (e) {
+        if (!quiet) throw e;
+      }
+    }
+    this.sealedOpen = [];
+  }
+
+  /**
+   * Creates a segment file crash-safely: header to `<name>.tmp`, fdatasync, rename to
+   * `<name><suffix>`, fsyncDir. Returns its (empty, open) index.
+   */
+  private createSegment(header: SegmentHeader, suffix: '' | typeof RESET_SUFFIX): SegmentIndex {
+    const name = segmentName(header.baseLsn);
+    const path = this.pathOf(name);
+    assert(suffix !== '' || !this.disk.exists(path), 'a new segment does not replace an existing one', { path });
+    const fh = this.disk.open(path + TMP_SUFFIX, { create: true, truncate: true });
+    const seg = new SegmentIndex(name, header);
+    seg.fh = fh;
+    try {
+      this.disk.write(fh, encodeSegmentHeader(header), 0);
+      this.disk.fdatasync(fh);
+      this.disk.rename(path + TMP_SUFFIX, path + suffix);
+      this.disk.fsyncDir(this.dir);
+    } catch (e) {
+      seg.fh = undefined;
+      try {
+        this.disk.close(fh);
+      } catch {
+        // the first error is the one that matters
+      }
+      throw e;
+    }
+    return seg;
+  }
+
+  /** Seals the active segment (fdatasync if unsynced) and starts a new one at lastLsn+1. */
+  private rollOver(): void {
+    const old = this.active;
+    assert(old.count > 0, 'an empty segment is never rolled over', { segment: old.name });
+    if (this.dirty.has(old)) {
+      this.disk.fdatasync(this.handleOf(old));
+      this.syncsCount++;
+      this.dirty.delete(old);
+    }
+    assert(this.dirty.size === 0, 'only the active segment can be unsynced');
+    // The old segment's data is durable before the new segment exists: a valid later segment
+    // header therefore proves that everything before it was complete (recovery relies on this).
+    this.syncedLsnValue = this.lastLsn;
+    const seg = this.createSegment({ baseLsn: this.lastLsn + 1, prevTerm: this.lastTerm, segmentBytesMax: this.segmentBytesMax }, '');
+    this.segments.push(seg);
+    this.sealedOpen.push(old);
+    if (this.sealedOpen.length > LOG_SEALED_HANDLES_MAX) this.closeHandle(this.sealedOpen[0]!);
+  }
+
+  /** Second half of a reset: removes every segment, then renames the committed `.reset` file into place. */
+  private finishReset(resetName: string): void {
+    const finalName = resetName.slice(0, resetName.length - RESET_SUFFIX.length);
+    assert(parseSegmentName(finalName) !== undefined, 'reset file names a segment', { resetName });
+    for (const name of this.disk.list(this.dir)) {
+      if (parseSegmentName(name) !== undefined) this.disk.remove(this.pathOf(name));
+    }
+    this.disk.fsyncDir(this.dir);
+    this.disk.rename(this.pathOf(resetName), this.pathOf(finalName));
+    this.disk.fsyncDir(this.dir);
+  }
+
+  /** Reads records [i0, i1) of `seg` with one disk read, checks them, appends them to `out`. */
+  private readRange(seg: SegmentIndex, i0: number, i1: number, out: LogRecord[]): void {
+    const start = seg.offsetAt(i0);
+    const end = seg.offsetAt(i1 - 1) + recordBytes(seg.payloadBytesAt(i1 - 1));
+    const buf = new Uint8Array(end - start);
+    const n = this.disk.read(this.handleOf(seg), buf, start);
+    const view = viewOf(buf);
+    for (let i = i0; i < i1; i++) {
+      const lsn = seg.baseLsn + i;
+      const off = seg.offsetAt(i);
+      const rel = off - start;
+      const len = seg.payloadBytesAt(i);
+      const corrupt = (reason: string): CorruptionError => {
+        const report: CorruptionReport = { file: this.pathOf(seg.name), offset: off, fromLsn: lsn, toLsn: lsn, reason };
+        return new CorruptionError(`read of LSN ${lsn}: ${reason}`, [report]);
+      };
+      if (rel + recordBytes(len) > n) throw corrupt('segment file shorter than its index');
+      if (view.getUint32(rel, true) !== len) throw corrupt('record length differs from the index');
+      if (view.getUint32(rel + 4, true) !== recordCrc(buf, rel, len)) throw corrupt('record checksum mismatch');
+      if (getU64(view, rel + 8) !== lsn) throw corrupt('record LSN differs from the index');
+      const term = getU64(view, rel + 16);
+      if (term !== seg.termAt(i)) throw corrupt('record term differs from the index');
+      const payloadStart = rel + RECORD_HEADER_BYTES;
+      out.push({ lsn, term, kind: buf[rel + 24]!, payload: buf.subarray(payloadStart, payloadStart + len) });
+    }
+  }
+
+  // ------------------------------------------------------------------ internals: recovery
+
+  private recover(firstLsn: number, prevTerm: number): void {
+    const disk = this.disk;
+    disk.mkdirp(this.dir);
+    let names = disk.list(this.dir);
+    // Leftover temporaries of an interrupted segment creation.
+    let removed = false;
+    for (const name of names) {
+      if (name.endsWith(TMP_SUFFIX) && parseSegmentName(name.slice(0, -TMP_SUFFIX.length)) !== undefined) {
+        disk.remove(this.pathOf(name));
+        removed = true;
+      }
+    }
+    if (removed) disk.fsyncDir(this.dir);
+    // A committed reset that did not finish.
+    const resets = names.filter((n) => n.endsWith(RESET_SUFFIX) && parseSegmentName(n.slice(0, -RESET_SUFFIX.length)) !== undefined);
+    if (resets.length > 1) {
+      throw new StorageError('corruption', `log ${this.dir} holds ${resets.length} reset files; at most one can exist`, { resets });
+    }
+    if (resets.length === 1) {
+      const name = resets[0]!;
+      const fh = disk.open(this.pathOf(name));
+      const head = new Uint8Array(SEGMENT_HEADER_BYTES);
+      let got: number;
+      try {
+        got = disk.read(fh, head, 0);
+      } finally {
+        disk.close(fh);
+      }
+      const dec = decodeSegmentHeader(head.subarray(0, got));
+      if (dec.ok && segmentName(dec.header.baseLsn) + RESET_SUFFIX === name) {
+        this.finishReset(name);
+      } else {
+        // Cannot be torn (it was fdatasync'd before its rename): damaged, so the reset is not applied.
+        disk.remove(this.pathOf(name));
+        disk.fsyncDir(this.dir);
+      }
+    }
+    if (removed || resets.length > 0) names = disk.list(this.dir);
+    const segNames = names.filter((n) => parseSegmentName(n) !== undefined);
+    if (segNames.length === 0) {
+      // A new log: make the directory itself durable, then its first segment.
+      for (let d = this.dir; d !== ''; ) {
+        d = parentDir(d);
+        disk.fsyncDir(d);
+      }
+      this.segments = [this.createSegment({ baseLsn: firstLsn, prevTerm, segmentBytesMax: this.segmentBytesMax }, '')];
+      this.syncedLsnValue = firstLsn - 1;
+      return;
+    }
+    this.recoverSegments(segNames);
+  }
+
+  private scratchFor(size: number): Uint8Array {
+    const want = Math.min(LOG_RECOVERY_CHUNK_BYTES, Math.max(size, SEGMENT_HEADER_BYTES));
+    if (this.scratch === undefined || this.scratch.length < want) this.scratch = new Uint8Array(want);
+    return this.scratch;
+  }
+
+  /**
+   * A reader over the whole file. Readers share the scratch buffer: only the newest one may be
+   * used (recovery finishes with one file before it looks at the next).
+   */
+  private readerOf(fh: FileHandle): ChunkReader {
+    const size = this.disk.size(fh);
+    return new ChunkReader(this.disk, fh, size, this.scratchFor(size));
+  }
+
+  /** Decodes the header of the file of a fresh reader (one that has not read anything yet). */
+  private readHeader(r: ChunkReader): ReturnType<typeof decodeSegmentHeader> {
+    assert(r.winLen === 0, 'header read first');
+    const want = Math.min(SEGMENT_HEADER_BYTES, r.size);
+    const got = r.ensure(0, want) ? want : 0;
+    return decodeSegmentHeader(r.buf.subarray(0, got));
+  }
+
+  private recoverSegments(segNames: string[]): void {
+    const disk = this.disk;
+    const n = segNames.length;
+    for (let i = 0; i < n; i++) {
+      const name = segNames[i]!;
+      const nameBase = parseSegmentName(name)!;
+      const fh = disk.open(this.pathOf(name));
+      let keepOpen = false;
+      try {
+        const r = this.readerOf(fh);
+        const dec = this.readHeader(r);
+        if (!dec.ok && dec.unsupportedVersion) {
+          throw new StorageError('bad_request', `${this.pathOf(name)}: ${dec.reason}`, { file: this.pathOf(name) });
+        }
+        const expected = this.segments.length > 0 ? this.lastLsn + 1 : nameBase;
+        if (!dec.ok || dec.header.baseLsn !== nameBase) {
+          const reason = dec.ok ? `segment header baseLsn ${dec.header.baseLsn} differs from its file name` : dec.reason;
+          const inBody = this.findRecordFrom(r, SEGMENT_HEADER_BYTES, expected);
+          if (i === n - 1 && this.segments.length > 0 && inBody === undefined) {
+            // The last segment's creation was torn (its header never became valid): drop it.
+            keepOpen = true; // closed here, not in finally
+            disk.close(fh);
+            disk.remove(this.pathOf(name));
+            disk.fsyncDir(this.dir);
+            break;
+          }
+          const next = inBody ?? this.findValidInSegments(segNames, i + 1, expected);
+          this.reportCorruption(name, 0, expected, next ?? expected, reason);
+          if (this.segments.length === 0) {
+            // Nothing valid at all: an empty stand-in so that firstLsn/lastLsn are defined.
+            this.segments.push(new SegmentIndex(name, { baseLsn: nameBase, prevTerm: 0, segmentBytesMax: this.segmentBytesMax }));
+          }
+          break;
+        }
+        const header = dec.header;
+        if (this.segments.length > 0 && (header.baseLsn !== expected || header.prevTerm !== this.lastTerm)) {
+          const reason =
+            header.baseLsn !== expected
+              ? `segment starts at LSN ${header.baseLsn}, expected ${expected}`
+              : `segment prevTerm ${header.prevTerm} differs from term ${this.lastTerm} of LSN ${expected - 1}`;
+          this.reportCorruption(name, 0, expected, Math.max(header.baseLsn, expected), reason);
+          break;
+        }
+        const seg = new SegmentIndex(name, header, Math.ceil(r.size / 4096));
+        seg.fh = fh;
+        keepOpen = true;
+        if (this.segments.length > 0) this.closeHandle(this.active);
+        this.segments.push(seg);
+        const stop = this.scanRecords(r, seg);
+        if (stop === undefined) continue;
+        const from = seg.lastLsn + 1;
+        const next = this.findRecordFrom(r, stop.offset + 8, from) ?? this.findValidInSegments(segNames, i + 1, from);
+        if (next !== undefined) {
+          this.reportCorruption(name, stop.offset, from, next, stop.reason);
+          break;
+        }
+        // A torn tail: nothing valid after it anywhere. Cut it off durably, and drop later
+        // segments (all without a valid header or record).
+        disk.truncate(fh, stop.offset);
+        disk.fdatasync(fh);
+        for (let j = n - 1; j > i; j--) disk.remove(this.pathOf(segNames[j]!));
+        if (i < n - 1) disk.fsyncDir(this.dir);
+        break;
+      } finally {
+        if (!keepOpen) disk.close(fh);
+      }
+    }
+    assert(this.segments.length > 0, 'recovery keeps at least one segment');
+    const last = this.active;
+    if (last.fh !== undefined && last.count > 0) disk.fdatasync(last.fh); // what was read is now durable
+    this.syncedLsnValue = this.lastLsn;
+  }
+
+  private reportCorruption(name: string, offset: number, fromLsn: number, nextValidLsn: number, reason: string): void {
+    this.corruptionValue.push({ file: this.pathOf(name), offset, fromLsn, toLsn: nextValidLsn - 1, reason });
+  }
+
+  /** Indexes the valid records of `seg` from its header on; returns where and why they stop, if before the end. */
+  private scanRecords(r: ChunkReader, seg: SegmentIndex): ScanStop | undefined {
+    let p = SEGMENT_HEADER_BYTES;
+    let expected = seg.baseLsn;
+    let termFloor = seg.prevTerm;
+    const limit = seg.segmentBytesMax;
+    while (p < r.size) {
+      if (!r.ensure(p, RECORD_HEADER_BYTES)) return { offset: p, reason: 'record header cut short by the end of the file' };
+      let rel = p - r.winStart;
+      const len = r.view.getUint32(rel, true);
+      if (len > RECORD_PAYLOAD_BYTES_MAX) return { offset: p, reason: `record length ${len} out of bounds` };
+      const total = recordBytes(len);
+      if (p + total > limit && p !== SEGMENT_HEADER_BYTES) return { offset: p, reason: 'record crosses the segment size limit' };
+      if (!r.ensure(p, total)) return { offset: p, reason: 'record cut short by the end of the file' };
+      rel = p - r.winStart;
+      if (r.view.getUint32(rel + 4, true) !== recordCrc(r.buf, rel, len)) return { offset: p, reason: 'record checksum mismatch' };
+      const lsn = getU64(r.view, rel + 8);
+      if (lsn !== expected) return { offset: p, reason: `record has LSN ${lsn}, expected ${expected}` };
+      const term = getU64(r.view, rel + 16);
+      if (term < termFloor) return { offset: p, reason: `record term ${term} below the previous term ${termFloor}` };
+      seg.push(p, len, term);
+      termFloor = term;
+      expected++;
+      p += total;
+    }
+    return undefined;
+  }
+
+  /** LSN of the first record at an 8-byte aligned offset >= start with a valid checksum and LSN >= minLsn. */
+  private findRecordFrom(r: ChunkReader, start: number, minLsn: number): number | undefined {
+    for (let p = start; p + RECORD_HEADER_BYTES <= r.size; p += 8) {
+      if (!r.ensure(p, RECORD_HEADER_BYTES)) return undefined;
+      let rel = p - r.winStart;
+      const len = r.view.getUint32(rel, true);
+      if (len > RECORD_PAYLOAD_BYTES_MAX) continue;
+      const lsn = getU64(r.view, rel + 8);
+      if (lsn < minLsn) continue;
+      if (!r.ensure(p, recordBytes(len))) continue;
+      rel = p - r.winStart;
+      if (r.view.getUint32(rel + 4, true) === recordCrc(r.buf, rel, len)) return lsn;
+    }
+    return undefined;
+  }
+
+  /**
+   * Evidence of data after a damaged spot, in segments segNames[from..]: the base LSN of a later
+   * segment with a valid header (it was created only after everything before it was durable), or
+   * the LSN (>= minLsn) of a valid record in a later segment whose header is damaged.
+   */
+  private findValidInSegments(segNames: string[], from: number, minLsn: number): number | undefined {
+    for (let j = from; j < segNames.length; j++) {
+      const fh = this.disk.open(this.pathOf(segNames[j]!));
+      try {
+        const r = this.readerOf(fh);
+        const dec = this.readHeader(r);
+        if (dec.ok) return Math.max(dec.header.baseLsn, minLsn);
+        const lsn = this.findRecordFrom(r, SEGMENT_HEADER_BYTES, minLsn);
+        if (lsn !== undefined) return lsn;
+      } finally {
+        this.disk.close(fh);
+      }
+    }
+    return undefined;
+  }
+}
