@@ -1,0 +1,144 @@
+/**
+ * Output helpers for Strata benchmarks: aligned tables on stdout, JSON result files, number
+ * formatting, and a one-line progress indicator that only appears on a terminal.
+ */
+import * as fs from "node:fs";
+import * as path from "node:path";
+
+/** A table cell: strings are left-aligned, numbers right-aligned and formatted. */
+export type Cell = string | number;
+
+/** True when stdout is a terminal (progress lines are shown only then). */
+export const isTTY: boolean = Boolean(process.stdout.isTTY);
+
+let progressShown = false;
+
+/**
+ * Shows `text` as a progress line that rewrites itself in place on a terminal; prints nothing
+ * when stdout is not a TTY (CI logs, pipes). An empty text clears the line.
+ */
+export function progress(text: string): void {
+  if (!isTTY) return;
+  const columns = process.stdout.columns ?? 80;
+  const line = text.length >= columns ? text.slice(0, Math.max(0, columns - 1)) : text;
+  process.stdout.write(`\r${line}\x1b[K`);
+  progressShown = line !== "";
+  if (!progressShown) process.stdout.write("\r");
+}
+
+/** Clears a progress line left by {@link progress}, if any. */
+export function clearProgress(): void {
+  if (progressShown) progress("");
+}
+
+/**
+ * Formats a number for a table: integers with thousands separators (`135,000`), other values
+ * with 3 significant digits below 100 (`0.271`, `20.5`) and no decimals from 100 up (`3,612`).
+ * NaN and infinities are written as `-`.
+ */
+export function formatNumber(value: number): string {
+  if (!Number.isFinite(value)) return "-";
+  if (Number.isInteger(value) || Math.abs(value) >= 100) {
+    return Math.round(value).toLocaleString("en-US");
+  }
+  if (value === 0) return "0";
+  return Number(value.toPrecision(3)).toString();
+}
+
+/** Formats a duration in µs with a unit that keeps it short: `270 µs`, `1.25 ms`, `3.40 s`. */
+export function formatUs(us: number): string {
+  if (!Number.isFinite(us)) return "-";
+  if (Math.abs(us) < 1_000) return `${formatNumber(us)} µs`;
+  if (Math.abs(us) < 1_000_000) return `${(us / 1_000).toFixed(2)} ms`;
+  return `${(us / 1_000_000).toFixed(2)} s`;
+}
+
+/** Formats a byte count in binary units: `4 KiB`, `1.5 MiB`. */
+export function formatBytes(bytes: number): string {
+  if (!Number.isFinite(bytes)) return "-";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let value = bytes;
+  let unit = 0;
+  while (Math.abs(value) >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit += 1;
+  }
+  return `${formatNumber(unit === 0 ? value : Number(value.toFixed(2)))} ${units[unit]}`;
+}
+
+/**
+ * `a / b` as a factor for comparing a Strata path with its baseline: `0.85×`, `12.3×`.
+ * Returns `-` when either side is not a positive finite number.
+ */
+export function ratio(a: number, b: number): string {
+  if (!(Number.isFinite(a) && Number.isFinite(b)) || !(b > 0) || a < 0) return "-";
+  return `${formatNumber(Number((a / b).toPrecision(3)))}×`;
+}
+
+/** `a / b` as a percentage: `85.2 %`. Returns `-` when b is not a positive finite number. */
+export function percent(a: number, b: number): string {
+  if (!(Number.isFinite(a) && Number.isFinite(b)) || !(b > 0)) return "-";
+  return `${((a / b) * 100).toFixed(1)} %`;
+}
+
+/**
+ * Renders rows as an aligned text table under `title`. Columns are the union of the rows' keys
+ * in order of first appearance; a missing cell is empty.
+ */
+export function formatTable(title: string, rows: ReadonlyArray<Readonly<Record<string, Cell>>>): string {
+  const columns: string[] = [];
+  for (const row of rows) for (const key of Object.keys(row)) if (!columns.includes(key)) columns.push(key);
+  const rendered = rows.map((row) =>
+    columns.map((column) => {
+      const cell = row[column];
+      return cell === undefined ? "" : typeof cell === "number" ? formatNumber(cell) : cell;
+    }),
+  );
+  const numeric = columns.map((column) => rows.some((row) => typeof row[column] === "number"));
+  const widths = columns.map((column, i) => Math.max(column.length, ...rendered.map((cells) => cells[i]!.length)));
+  const line = (cells: string[]): string =>
+    cells
+      .map((cell, i) => (numeric[i] ? cell.padStart(widths[i]!) : cell.padEnd(widths[i]!)))
+      .join("  ")
+      .trimEnd();
+  const out = [title];
+  if (columns.length === 0) {
+    out.push("(no rows)");
+  } else {
+    out.push(line(columns), widths.map((width) => "-".repeat(width)).join("  "));
+    for (const cells of rendered) out.push(line(cells));
+  }
+  return out.join("\n");
+}
+
+/** Prints {@link formatTable} to stdout (clearing a progress line first), followed by a blank line. */
+export function printTable(title: string, rows: ReadonlyArray<Readonly<Record<string, Cell>>>): void {
+  clearProgress();
+  process.stdout.write(`${formatTable(title, rows)}\n\n`);
+}
+
+/** A file-name-safe UTC timestamp: `20251122T031500123Z`. */
+function timestamp(date: Date): string {
+  return date.toISOString().replace(/[-:.]/g, "");
+}
+
+function writeFileAtomic(file: string, text: string): void {
+  const temp = `${file}.${process.pid}.tmp`;
+  fs.writeFileSync(temp, text);
+  fs.renameSync(temp, file);
+}
+
+/**
+ * Writes `data` as pretty JSON to `<dir>/<name>-<timestamp>.json` and `<dir>/<name>-latest.json`
+ * (creating `dir`), each replaced atomically. BigInts are written as strings; objects with a
+ * `toJSON` (such as a Histogram) write their summary. Returns the timestamped path.
+ */
+export function writeJson(dir: string, name: string, data: unknown): string {
+  if (!/^[A-Za-z0-9._-]+$/.test(name)) throw new RangeError(`writeJson: name must match [A-Za-z0-9._-]+, got ${JSON.stringify(name)}`);
+  fs.mkdirSync(dir, { recursive: true });
+  const text = JSON.stringify(data, (_key, value: unknown) => (typeof value === "bigint" ? value.toString() : value), 2) + "\n";
+  const file = path.join(dir, `${name}-${timestamp(new Date())}.json`);
+  writeFileAtomic(file, text);
+  writeFileAtomic(path.join(dir, `${name}-latest.json`), text);
+  return file;
+}

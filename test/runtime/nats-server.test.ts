@@ -1,0 +1,181 @@
+import * as assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import * as fs from "node:fs";
+import * as net from "node:net";
+import * as os from "node:os";
+import * as path from "node:path";
+import { connect, type NatsConnection } from "nats";
+import { freePort } from "../../runtime/free-port";
+import { NatsServerNotFoundError, startNatsServer, type NatsServerHandle } from "../../runtime/nats-server";
+
+/** Resolves true once a TCP connect to the port is refused, false if still accepted at the deadline. */
+async function portClosedWithin(port: number, timeoutMs: number): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const accepted = await new Promise<boolean>((resolve) => {
+      const socket = net.connect({ host: "127.0.0.1", port });
+      const timer = setTimeout(() => {
+        socket.destroy();
+        resolve(true);
+      }, 500);
+      socket.once("connect", () => {
+        clearTimeout(timer);
+        socket.destroy();
+        resolve(true);
+      });
+      socket.once("error", () => {
+        clearTimeout(timer);
+        resolve(false);
+      });
+    });
+    if (!accepted) return true;
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  return false;
+}
+
+/** True if the process exists and is not a zombie waiting to be reaped by its new parent. */
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+  } catch {
+    return false;
+  }
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3) !== "Z";
+  } catch {
+    return false;
+  }
+}
+
+describe("runtime/free-port", () => {
+  it("returns a bindable loopback port", async () => {
+    const port = await freePort();
+    assert.ok(port > 0 && port < 65536);
+    const server = net.createServer();
+    await new Promise<void>((resolve, reject) => {
+      server.once("error", reject);
+      server.listen(port, "127.0.0.1", () => resolve());
+    });
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  });
+});
+
+describe("runtime/nats-server", function () {
+  this.timeout(15_000);
+  const handles: NatsServerHandle[] = [];
+  const connections: NatsConnection[] = [];
+
+  afterEach(async () => {
+    for (const nc of connections.splice(0)) await nc.close().catch(() => undefined);
+    for (const handle of handles.splice(0)) await handle.stop();
+  });
+
+  it("starts a server that serves request/reply, then stops it cleanly", async () => {
+    const server = await startNatsServer({ startTimeoutMs: 10_000 });
+    handles.push(server);
+    assert.equal(server.url, `nats://127.0.0.1:${server.port}`);
+    assert.ok(fs.existsSync(server.dir), "temp dir exists while running");
+    assert.ok(pidAlive(server.pid));
+
+    const nc = await connect({ servers: server.url, timeout: 2_000, reconnect: false });
+    connections.push(nc);
+    nc.subscribe("strata.test.echo", { callback: (_err, msg) => msg.respond(msg.data) });
+    await nc.flush();
+    const reply = await nc.request("strata.test.echo", new TextEncoder().encode("page"), { timeout: 2_000 });
+    assert.equal(new TextDecoder().decode(reply.data), "page");
+    assert.equal(nc.info?.max_payload, 1024 * 1024);
+    await nc.close();
+
+    await server.stop();
+    await server.stop(); // idempotent
+    assert.ok(await portClosedWithin(server.port, 2_000), "port closed after stop");
+    assert.ok(!fs.existsSync(server.dir), "temp dir removed after stop");
+    assert.ok(!pidAlive(server.pid), "process gone after stop");
+  });
+
+  it("applies maxPayloadBytes and writes its log to logDir", async () => {
+    const logDir = fs.mkdtempSync(path.join(os.tmpdir(), "strata-nats-log-"));
+    try {
+      const server = await startNatsServer({ jetstream: false, maxPayloadBytes: 2 * 1024 * 1024, logDir });
+      handles.push(server);
+      const nc = await connect({ servers: server.url, timeout: 2_000, reconnect: false });
+      connections.push(nc);
+      assert.equal(nc.info?.max_payload, 2 * 1024 * 1024);
+      await server.stop();
+      assert.equal(path.dirname(server.logFile), logDir);
+      assert.match(fs.readFileSync(server.logFile, "utf8"), /Server is ready/);
+    } finally {
+      fs.rmSync(logDir, { recursive: true, force: true });
+    }
+  });
+
+  it("kill() ends the server at once; stop() afterwards still cleans up", async () => {
+    const server = await startNatsServer({ jetstream: false });
+    handles.push(server);
+    server.kill();
+    assert.ok(await portClosedWithin(server.port, 2_000), "port closed after kill");
+    assert.ok(fs.existsSync(server.dir), "kill leaves the dir for stop()");
+    await server.stop();
+    assert.ok(!fs.existsSync(server.dir));
+  });
+
+  it("a missing binary gives a clear error", async () => {
+    const missing = path.join(os.tmpdir(), "strata-no-such-dir", "nats-server");
+    await assert.rejects(startNatsServer({ binary: missing }), (err: unknown) => {
+      assert.ok(err instanceof NatsServerNotFoundError);
+      assert.equal(
+        err.message,
+        `nats-server not found at ${missing}; install it with \`apt-get install -y nats-server\` (as root) or set STRATA_NATS_SERVER`,
+      );
+      return true;
+    });
+  });
+
+  it("honours STRATA_NATS_SERVER", async () => {
+    const saved = process.env.STRATA_NATS_SERVER;
+    process.env.STRATA_NATS_SERVER = "/nonexistent/strata/nats-server";
+    try {
+      await assert.rejects(startNatsServer(), /nats-server not found at \/nonexistent\/strata\/nats-server; install it/);
+    } finally {
+      if (saved === undefined) delete process.env.STRATA_NATS_SERVER;
+      else process.env.STRATA_NATS_SERVER = saved;
+    }
+  });
+
+  it("a server that exits during start gives its stderr", async () => {
+    // /bin/false exits at once without writing anything.
+    await assert.rejects(startNatsServer({ binary: "/bin/false", startTimeoutMs: 2_000 }), /exited with code 1 before it was ready/);
+  });
+
+  it("a server not ready in time is killed and its stderr reported", async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "strata-fake-nats-"));
+    const fake = path.join(dir, "nats-server");
+    fs.writeFileSync(fake, '#!/bin/sh\necho "fake server starting" >&2\necho $$ > "$(dirname "$0")/pid"\nexec sleep 30\n', { mode: 0o755 });
+    try {
+      await assert.rejects(
+        startNatsServer({ binary: fake, startTimeoutMs: 300 }),
+        /was not ready within 300 ms[\s\S]*fake server starting/,
+      );
+      const pid = Number(fs.readFileSync(path.join(dir, "pid"), "utf8"));
+      assert.ok(!pidAlive(pid), "the child was killed");
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("the server does not outlive its parent process", async () => {
+    const modulePath = path.resolve(__dirname, "../../runtime/nats-server.js");
+    const script = `require(${JSON.stringify(modulePath)}).startNatsServer({ jetstream: false })
+      .then((s) => { console.log(JSON.stringify({ pid: s.pid, dir: s.dir })); });`;
+    const stdout = await new Promise<string>((resolve, reject) => {
+      execFile(process.execPath, ["-e", script], { timeout: 10_000 }, (err, out) => (err ? reject(err) : resolve(out)));
+    });
+    const { pid, dir } = JSON.parse(stdout) as { pid: number; dir: string };
+    const deadline = Date.now() + 2_000;
+    while (pidAlive(pid) && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
+    assert.ok(!pidAlive(pid), "server killed when its parent exited");
+    assert.ok(!fs.existsSync(dir), "its temp dir removed when its parent exited");
+  });
+});
