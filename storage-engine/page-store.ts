@@ -1,0 +1,624 @@
+/**
+ * PageStore: the pages of one shard, materialized from its log (the source of truth).
+ *
+ * State: checkpoint images on the device (image.ts), a per-page version index (the LSNs of the
+ * retained log records that wrote each page) and a byte-bounded page cache. `apply` only indexes
+ * a record; page contents are materialized lazily by `getPage` (GetPage@LSN) and folded into a
+ * new image by `checkpoint`. See docs/page-store.md for the resolution and retention rules.
+ *
+ * Resolution of (page, lsn): let `img` be the newest retained image with img.lsn <= lsn (or the
+ * empty volume at LSN 0 while the log still starts at LSN 1) and `v` the newest version of the
+ * page <= lsn. If v > img.lsn the page is in record v (cache, else `log.read(v, v)`); otherwise
+ * it is the image's page (cache, else an image read), or zeros if the image does not store it.
+ */
+import { joinPath, parentDir, type Disk } from './disk';
+import { assert, CorruptionError, StorageError, type CorruptionReport } from './errors';
+import { ImageReader, ImageWriter, imageFileName, isImageTempFileName, parseImageFileName, IMAGE_PAGE_COUNT_MAX } from './image';
+import type { SegmentLog } from './log';
+import { MetaStore } from './metadata';
+import { PageCache } from './page-cache';
+import { pageDataOfPageWrite, pagesOfPageWrite } from './page-write';
+import { RecordKind, type LogRecord } from './record';
+import type { Slab } from './slab';
+
+export interface PageStoreOptions {
+  /** Directory of the images and the 'checkpoint' pointer (not shared with the log). */
+  dir: string;
+  pageSize: 4096 | 8192;
+  /** Pages in this shard's address space; page numbers are 0..pageCount-1. */
+  pageCount: number;
+  /** Bound on cached page bytes. */
+  cacheBytesMax: number;
+  /** Slab the cache takes its page buffers from (slots of at least pageSize bytes). */
+  slab: Slab;
+  /** Images kept, counting the newest; the empty volume at LSN 0 counts while the log starts at 1. Default 2. */
+  imagesKeep?: number;
+  /** Reads stay possible at every LSN >= (newest image LSN - retainLsns). Default 0. */
+  retainLsns?: number;
+}
+
+/** The durable 'checkpoint' pointer (MetaStore). */
+interface CheckpointPointer {
+  version: 1;
+  /** LSN and file of the newest image. */
+  lsn: number;
+  term: number;
+  file: string;
+  /** Oldest readable LSN: the log is trimmed up to it and no image below it is used. */
+  floorLsn: number;
+}
+
+export interface PageStoreStats {
+  appliedLsn: number;
+  /** LSN of the newest image (0 if none). */
+  imageLsn: number;
+  oldestReadableLsn: number;
+  images: number;
+  cache: { hits: number; misses: number; evictions: number; bytes: number; bytesMax: number };
+  /** Entries of the version index (one per (page, record) pair of the retained log). */
+  versions: number;
+}
+
+/** Most pages one `getPages` call may ask for. */
+export const GET_PAGES_MAX = 256;
+/** Largest `imagesKeep`. */
+export const IMAGES_KEEP_MAX = 16;
+/** Bytes of log records read per batch while replaying on open. */
+const REPLAY_READ_BYTES_MAX = 4 * 1024 * 1024;
+/** Pages folded per batch while building an image (bounds the fold's page buffers). */
+const FOLD_BATCH_PAGES = 64;
+/** Bound on the record payloads the fold keeps decoded (pages of one record are usually adjacent). */
+const FOLD_RECORD_CACHE_BYTES_MAX = 4 * 1024 * 1024;
+const POINTER_NAME = 'checkpoint';
+
+/** A base for reads: a retained image, or `null` for the empty volume at LSN 0. */
+interface Base {
+  lsn: number;
+  reader: ImageReader | null;
+}
+
+export class PageStore {
+  private readonly disk: Disk;
+  private readonly log: SegmentLog;
+  private readonly meta: MetaStore;
+  private readonly dir: string;
+  private readonly pageSize: 4096 | 8192;
+  private readonly pageCount: number;
+  private readonly imagesKeep: number;
+  private readonly retainLsns: number;
+  private readonly cache: PageCache;
+  /** Retained images, ascending LSN, all >= floorLsn. */
+  private images: ImageReader[];
+  /** Oldest readable LSN; 0 means the empty volume at LSN 0 is a base (the log starts at 1). */
+  private floorLsn: number;
+  /** page -> ascending LSNs of retained records (> floorLsn) that wrote it. */
+  private readonly versions = new Map<number, number[]>();
+  private versionCount = 0;
+  private applied: number;
+  private appliedTerm: number;
+  private closed = false;
+
+  private constructor(disk: Disk, log: SegmentLog, opts: PageStoreOptions, images: ImageReader[], floorLsn: number) {
+    this.disk = disk;
+    this.log = log;
+    this.dir = opts.dir;
+    this.meta = new MetaStore(disk, opts.dir);
+    this.pageSize = opts.pageSize;
+    this.pageCount = opts.pageCount;
+    this.imagesKeep = opts.imagesKeep ?? 2;
+    this.retainLsns = opts.retainLsns ?? 0;
+    this.cache = new PageCache({ slab: opts.slab, pageSize: opts.pageSize, cacheBytesMax: opts.cacheBytesMax });
+    this.images = images;
+    this.floorLsn = floorLsn;
+    this.applied = floorLsn;
+    this.appliedTerm = floorLsn === 0 ? 0 : images[0]!.term;
+    assert(floorLsn === 0 || images[0]!.lsn === floorLsn, 'a nonzero floor is an image', { floorLsn });
+  }
+
+  /**
+   * Opens the store: the images named by the 'checkpoint' pointer's range (the newest valid one
+   * at or below the pointer; a corrupt one is skipped if an older valid image, or the empty
+   * volume, is still covered by the log; otherwise CorruptionError), then indexes the log
+   * records after the oldest readable LSN up to `replayUptoLsn` (default `log.lastLsn`).
+   * Leftover temp files of interrupted image builds are removed.
+   */
+  static open(disk: Disk, log: SegmentLog, opts: PageStoreOptions, replayUptoLsn: number = log.lastLsn): PageStore {
+    validateOptions(opts);
+    if (!Number.isSafeInteger(replayUptoLsn) || replayUptoLsn < log.firstLsn - 1 || replayUptoLsn > log.lastLsn) {
+      throw new StorageError('bad_request', `replayUptoLsn ${replayUptoLsn} outside the log [${log.firstLsn - 1}, ${log.lastLsn}]`);
+    }
+    makeDurableDir(disk, opts.dir);
+    const names = disk.list(opts.dir);
+    for (const name of names) if (isImageTempFileName(name)) disk.remove(joinPath(opts.dir, name));
+
+    const meta = new MetaStore(disk, opts.dir);
+    const reports: CorruptionReport[] = [];
+    let pointer: CheckpointPointer | undefined;
+    let pointerLost = false;
+    try {
+      pointer = meta.read<CheckpointPointer>(POINTER_NAME);
+      if (pointer !== undefined) validatePointer(pointer);
+    } catch (e) {
+      if (!(e instanceof StorageError) || e.code !== 'corruption') throw e;
+      // Every image file under its final name is complete; without the pointer, any that the
+      // log still covers will do.
+      pointer = undefined;
+      pointerLost = true;
+      reports.push({ file: joinPath(opts.dir, POINTER_NAME), offset: 0, fromLsn: 0, toLsn: 0, reason: `checkpoint pointer unreadable: ${e.message}` });
+    }
+    const logFloor = log.firstLsn - 1;
+    const floor = Math.max(pointer?.floorLsn ?? 0, logFloor);
+    if (replayUptoLsn < floor) {
+      throw new StorageError('trimmed', `replayUptoLsn ${replayUptoLsn} is below the retained history (from ${floor})`);
+    }
+    const ceiling = Math.min(pointer !== undefined ? pointer.lsn : pointerLost ? Number.MAX_SAFE_INTEGER : -1, replayUptoLsn);
+    const lsns = names
+      .map((n) => parseImageFileName(n))
+      .filter((l): l is number => l !== undefined && l >= floor && l <= ceiling)
+      .sort((a, b) => a - b);
+    if (pointer !== undefined && pointer.lsn <= replayUptoLsn && !lsns.includes(pointer.lsn)) {
+      const file = joinPath(opts.dir, imageFileName(pointer.lsn));
+      reports.push({ file, offset: 0, fromLsn: pointer.lsn, toLsn: pointer.lsn, reason: 'image named by the checkpoint pointer is missing' });
+    }
+    const images: ImageReader[] = [];
+    for (const lsn of lsns) {
+      const path = joinPath(opts.dir, imageFileName(lsn));
+      try {
+        images.push(openImage(disk, log, path, lsn, opts));
+      } catch (e) {
+        if (!(e instanceof CorruptionError)) {
+          for (const r of images) r.close();
+          throw e;
+        }
+        reports.push(...e.reports);
+      }
+    }
+    if (floor > 0 && images.length === 0) {
+      throw new CorruptionError(
+        `page store ${opts.dir}: no valid image at or after LSN ${floor} (the log starts at ${log.firstLsn})`,
+        reports.length > 0 ? reports : [{ file: opts.dir, offset: 0, fromLsn: floor, toLsn: floor, reason: 'no image covers the trimmed log' }],
+      );
+    }
+    const store = new PageStore(disk, log, opts, images, floor === 0 ? 0 : images[0]!.lsn);
+    try {
+      store.replay(replayUptoLsn);
+    } catch (e) {
+      store.close();
+      throw e;
+    }
+    return store;
+  }
+
+  /** LSN of the last record applied. */
+  get appliedLsn(): number {
+    return this.applied;
+  }
+
+  /** Oldest LSN `getPage` answers; older ones are 'trimmed'. */
+  get oldestReadableLsn(): number {
+    return this.floorLsn;
+  }
+
+  /**
+   * Applies the next record (its LSN must be appliedLsn + 1). A PageWrite is indexed (its pages
+   * are validated first, so a bad record changes nothing); other kinds only advance appliedLsn.
+   * Throws 'out_of_range' for a page outside the shard, 'corruption' for a malformed payload.
+   */
+  apply(record: LogRecord): void {
+    this.checkOpen();
+    assert(record.lsn === this.applied + 1, 'records are applied in LSN order', { lsn: record.lsn, appliedLsn: this.applied });
+    if (record.kind === RecordKind.PageWrite) {
+      const pages = pagesOfPageWrite(record.payload, this.pageSize);
+      for (const page of pages) {
+        if (page >= this.pageCount) {
+          throw new StorageError('out_of_range', `record ${record.lsn} writes page ${page}, outside 0..${this.pageCount - 1}`, { lsn: record.lsn, page });
+        }
+      }
+      for (const page of pages) {
+        let list = this.versions.get(page);
+        if (list === undefined) {
+          list = [];
+          this.versions.set(page, list);
+        }
+        if (list[list.length - 1] !== record.lsn) {
+          list.push(record.lsn);
+          this.versionCount++;
+        }
+      }
+    }
+    this.applied = record.lsn;
+    this.appliedTerm = record.term;
+  }
+
+  /**
+   * The content of `page` as of `lsn` (default appliedLsn), copied into `out` (or a new buffer)
+   * and returned. Zeros if never written. Errors: 'out_of_range' (page), 'future_lsn'
+   * (lsn > appliedLsn), 'trimmed' (lsn < oldestReadableLsn), 'bad_request' (lsn or out malformed),
+   * 'corruption' (an image page or log record failed its checksum).
+   */
+  getPage(page: number, lsn?: number, out?: Uint8Array): Uint8Array {
+    this.checkOpen();
+    this.checkPage(page);
+    const at = this.checkLsn(lsn);
+    if (out !== undefined && out.length !== this.pageSize) {
+      throw new StorageError('bad_request', `output buffer is ${out.length} bytes, not ${this.pageSize}`);
+    }
+    const buf = out ?? new Uint8Array(this.pageSize);
+    const src = this.locate(page, at);
+    if (src.kind === 'log') {
+      if (!this.cache.get(page, src.lsn, buf)) {
+        const data = this.recordPage(this.readRecordPayload(src.lsn), src.lsn, page);
+        buf.set(data);
+        this.cache.put(page, src.lsn, buf);
+      }
+    } else if (src.kind === 'image') {
+      if (!this.cache.get(page, src.key, buf)) {
+        if (src.reader.readPage(page, buf)) this.cache.put(page, src.key, buf);
+      }
+    } else {
+      buf.fill(0);
+    }
+    return buf;
+  }
+
+  /**
+   * Vectored GetPage@LSN: `result[i]` is `pages[i]` as of `lsn`. Image pages missing from the
+   * cache are read with coalesced disk reads; each needed log record is read once.
+   * At most GET_PAGES_MAX pages ('too_large' beyond). Errors as `getPage`.
+   */
+  getPages(pages: readonly number[], lsn?: number): Uint8Array[] {
+    this.checkOpen();
+    if (pages.length > GET_PAGES_MAX) {
+      throw new StorageError('too_large', `getPages of ${pages.length} pages exceeds ${GET_PAGES_MAX}`, { count: pages.length });
+    }
+    for (const page of pages) this.checkPage(page);
+    const at = this.checkLsn(lsn);
+    const outs = pages.map(() => new Uint8Array(this.pageSize));
+    const byImage = new Map<ImageReader, { idx: number[]; keys: number[] }>();
+    const byRecord = new Map<number, number[]>();
+    for (let i = 0; i < pages.length; i++) {
+      const page = pages[i]!;
+      const src = this.locate(page, at);
+      if (src.kind === 'log') {
+        if (this.cache.get(page, src.lsn, outs[i]!)) continue;
+        const idx = byRecord.get(src.lsn) ?? [];
+        idx.push(i);
+        byRecord.set(src.lsn, idx);
+      } else if (src.kind === 'image') {
+        if (this.cache.get(page, src.key, outs[i]!)) continue;
+        const group = byImage.get(src.reader) ?? { idx: [], keys: [] };
+        group.idx.push(i);
+        group.keys.push(src.key);
+        byImage.set(src.reader, group);
+      }
+      // zeros: the buffer is already zero
+    }
+    for (const [reader, group] of byImage) {
+      const found = reader.readPages(group.idx.map((i) => pages[i]!), group.idx.map((i) => outs[i]!));
+      for (let k = 0; k < group.idx.length; k++) {
+        const i = group.idx[k]!;
+        if (found[k]) this.cache.put(pages[i]!, group.keys[k]!, outs[i]!);
+      }
+    }
+    for (const [v, idx] of byRecord) {
+      const payload = this.readRecordPayload(v);
+      for (const i of idx) {
+        outs[i]!.set(this.recordPage(payload, v, pages[i]!));
+        this.cache.put(pages[i]!, v, outs[i]!);
+      }
+    }
+    return outs;
+  }
+
+  /**
+   * Writes an image at appliedLsn (the newest image folded with the PageWrite records after it),
+   * atomically moves the 'checkpoint' pointer to it, deletes the images retention no longer
+   * needs, drops the version index below the new oldest readable LSN and trims the log up to it.
+   * Retention keeps the newest `imagesKeep` bases, the newest base <= appliedLsn - retainLsns
+   * and the base after it; the oldest kept base is the new oldest readable LSN. No-op if the newest image is at
+   * appliedLsn already. The log is synced up to appliedLsn first: an image never gets ahead of
+   * the durable log.
+   */
+  checkpoint(): { lsn: number; file: string } {
+    this.checkOpen();
+    const lsn = this.applied;
+    const newest = this.images[this.images.length - 1];
+    if ((newest?.lsn ?? 0) === lsn) return { lsn, file: newest === undefined ? '' : imageFileName(lsn) };
+    if (this.log.syncedLsn < lsn) this.log.sync();
+    assert(this.log.syncedLsn >= lsn, 'the log is durable up to the image', { syncedLsn: this.log.syncedLsn, lsn });
+
+    const written = this.buildImage(lsn, this.appliedTerm, newest ?? null);
+    const reader = ImageReader.open(this.disk, written);
+    const bases: Base[] = [];
+    if (this.floorLsn === 0) bases.push({ lsn: 0, reader: null });
+    for (const r of this.images) bases.push({ lsn: r.lsn, reader: r });
+    bases.push({ lsn, reader });
+    const recent = bases.slice(Math.max(0, bases.length - this.imagesKeep));
+    // The retention base: the newest base at or below lsn - retainLsns (else the oldest one, the
+    // current floor). Its successor is kept too, so that the base can move forward to it once
+    // the window passes it: without it every image in the window would be deleted and the base
+    // could never advance.
+    let baseIdx = 0;
+    for (let i = 0; i < bases.length; i++) if (bases[i]!.lsn <= lsn - this.retainLsns) baseIdx = i;
+    const kept = new Set<Base>([...recent, bases[baseIdx]!]);
+    if (baseIdx + 1 < bases.length) kept.add(bases[baseIdx + 1]!);
+    const floor = Math.min(...[...kept].map((b) => b.lsn));
+    assert(floor >= this.floorLsn, 'the oldest readable LSN never goes back', { floor, floorLsn: this.floorLsn });
+
+    try {
+      this.meta.write(POINTER_NAME, { version: 1, lsn, term: this.appliedTerm, file: imageFileName(lsn), floorLsn: floor } satisfies CheckpointPointer);
+    } catch (e) {
+      reader.close();
+      throw e;
+    }
+    // The pointer is durable: switch the in-memory state, then clean up (a failure from here on
+    // leaves files that the next checkpoint or open disregards).
+    const keptReaders = bases.filter((b) => kept.has(b) && b.reader !== null).map((b) => b.reader!);
+    for (const r of this.images) if (!keptReaders.includes(r)) r.close();
+    this.images = keptReaders;
+    this.floorLsn = floor;
+    this.dropVersionsUpTo(floor);
+    this.cache.dropBelow(floor);
+    assert(floor === 0 || this.images[0]!.lsn === floor, 'the floor is a kept image');
+
+    const keptLsns = new Set(this.images.map((r) => r.lsn));
+    let removed = 0;
+    for (const name of this.disk.list(this.dir)) {
+      const l = parseImageFileName(name);
+      if (l !== undefined && !keptLsns.has(l)) {
+        this.disk.remove(joinPath(this.dir, name));
+        removed++;
+      }
+    }
+    if (removed > 0) this.disk.fsyncDir(this.dir);
+    if (floor > 0 && this.log.firstLsn <= floor) this.log.trimPrefix(floor);
+    return { lsn, file: imageFileName(lsn) };
+  }
+
+  stats(): PageStoreStats {
+    const c = this.cache.stats();
+    return {
+      appliedLsn: this.applied,
+      imageLsn: this.images[this.images.length - 1]?.lsn ?? 0,
+      oldestReadableLsn: this.floorLsn,
+      images: this.images.length,
+      cache: { hits: c.hits, misses: c.misses, evictions: c.evictions, bytes: c.bytes, bytesMax: c.bytesMax },
+      versions: this.versionCount,
+    };
+  }
+
+  /** Closes the images and frees the cache's slab slots. The log stays open (its owner closes it). */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    for (const r of this.images) r.close();
+    this.images = [];
+    this.cache.clear();
+  }
+
+  // ---- internals ----
+
+  private replay(uptoLsn: number): void {
+    let next = this.applied + 1;
+    while (next <= uptoLsn) {
+      const records = this.log.read(next, uptoLsn, { bytesMax: REPLAY_READ_BYTES_MAX });
+      assert(records.length > 0, 'log read makes progress', { next, uptoLsn });
+      for (const r of records) this.apply(r);
+      next = this.applied + 1;
+    }
+    assert(this.applied === uptoLsn, 'replay reached its target', { applied: this.applied, uptoLsn });
+  }
+
+  private locate(page: number, lsn: number):
+    | { kind: 'log'; lsn: number }
+    | { kind: 'image'; reader: ImageReader; key: number }
+    | { kind: 'zero' } {
+    let reader: ImageReader | undefined;
+    for (let i = this.images.length - 1; i >= 0; i--) {
+      if (this.images[i]!.lsn <= lsn) {
+        reader = this.images[i]!;
+        break;
+      }
+    }
+    assert(reader !== undefined || this.floorLsn === 0, 'a readable LSN has a base', { lsn });
+    const baseLsn = reader?.lsn ?? 0;
+    const v = this.newestVersion(page, lsn);
+    if (v !== undefined && v > baseLsn) return { kind: 'log', lsn: v };
+    if (reader !== undefined) return { kind: 'image', reader, key: v ?? reader.lsn };
+    return { kind: 'zero' };
+  }
+
+  /** Newest retained version of `page` that is <= lsn. */
+  private newestVersion(page: number, lsn: number): number | undefined {
+    const list = this.versions.get(page);
+    if (list === undefined) return undefined;
+    let lo = 0;
+    let hi = list.length - 1;
+    let found: number | undefined;
+    while (lo <= hi) {
+      const mid = (lo + hi) >>> 1;
+      if (list[mid]! <= lsn) {
+        found = list[mid];
+        lo = mid + 1;
+      } else hi = mid - 1;
+    }
+    return found;
+  }
+
+  private readRecordPayload(lsn: number): Uint8Array {
+    const records = this.log.read(lsn, lsn);
+    const r = records[0];
+    if (records.length !== 1 || r === undefined || r.lsn !== lsn) {
+      throw new StorageError('corruption', `log read of record ${lsn} returned ${records.length} records`, { lsn });
+    }
+    if (r.kind !== RecordKind.PageWrite) {
+      throw new StorageError('corruption', `record ${lsn} indexed as a page write has kind ${r.kind}`, { lsn });
+    }
+    return r.payload;
+  }
+
+  private recordPage(payload: Uint8Array, lsn: number, page: number): Uint8Array {
+    const data = pageDataOfPageWrite(payload, this.pageSize, page);
+    if (data === undefined) throw new StorageError('corruption', `record ${lsn} does not write page ${page} as indexed`, { lsn, page });
+    return data;
+  }
+
+  /** Folds `base` (null: the empty volume) with the versions after it into an image at `lsn`. */
+  private buildImage(lsn: number, term: number, base: ImageReader | null): string {
+    const baseLsn = base?.lsn ?? 0;
+    const changed: number[] = [];
+    for (const [page, list] of this.versions) if (list[list.length - 1]! > baseLsn) changed.push(page);
+    changed.sort((a, b) => a - b);
+    // Upper bound of stored pages: |base pages ∪ changed pages| (a merge count).
+    const baseCount = base?.entries ?? 0;
+    let entriesMax = 0;
+    {
+      let i = 0;
+      let j = 0;
+      while (i < baseCount || j < changed.length) {
+        const a = i < baseCount ? base!.pageAt(i) : Infinity;
+        const b = j < changed.length ? changed[j]! : Infinity;
+        if (a <= b) i++;
+        if (b <= a) j++;
+        entriesMax++;
+      }
+    }
+    const writer = ImageWriter.create(this.disk, { dir: this.dir, lsn, term, pageSize: this.pageSize, pageCount: this.pageCount, entriesMax });
+    try {
+      const bufs = Array.from({ length: FOLD_BATCH_PAGES }, () => new Uint8Array(this.pageSize));
+      const records = new Map<number, Uint8Array>(); // LRU of record payloads
+      let recordBytes = 0;
+      const payloadOf = (v: number): Uint8Array => {
+        let p = records.get(v);
+        if (p !== undefined) {
+          records.delete(v);
+          records.set(v, p);
+          return p;
+        }
+        p = this.readRecordPayload(v);
+        while (records.size > 0 && recordBytes + p.length > FOLD_RECORD_CACHE_BYTES_MAX) {
+          const [oldest, payload] = records.entries().next().value as [number, Uint8Array];
+          records.delete(oldest);
+          recordBytes -= payload.length;
+        }
+        records.set(v, p);
+        recordBytes += p.length;
+        return p;
+      };
+      let i = 0;
+      let j = 0;
+      while (i < baseCount || j < changed.length) {
+        // One batch: up to FOLD_BATCH_PAGES pages in ascending order.
+        const batch: { page: number; v: number | undefined }[] = [];
+        while (batch.length < FOLD_BATCH_PAGES && (i < baseCount || j < changed.length)) {
+          const a = i < baseCount ? base!.pageAt(i) : Infinity;
+          const b = j < changed.length ? changed[j]! : Infinity;
+          if (b <= a) {
+            const list = this.versions.get(b)!;
+            batch.push({ page: b, v: list[list.length - 1]! });
+            j++;
+            if (a === b) i++;
+          } else {
+            batch.push({ page: a, v: undefined });
+            i++;
+          }
+        }
+        const fromImage = batch.map((_, k) => k).filter((k) => batch[k]!.v === undefined);
+        if (fromImage.length > 0) {
+          const found = base!.readPages(fromImage.map((k) => batch[k]!.page), fromImage.map((k) => bufs[k]!));
+          assert(found.every((f) => f), 'base image pages listed in its table are found');
+        }
+        for (let k = 0; k < batch.length; k++) {
+          const { page, v } = batch[k]!;
+          if (v !== undefined) bufs[k]!.set(this.recordPage(payloadOf(v), v, page));
+          writer.addPage(page, bufs[k]!);
+        }
+      }
+      return writer.finish().path;
+    } catch (e) {
+      writer.abort();
+      throw e;
+    }
+  }
+
+  private dropVersionsUpTo(lsn: number): void {
+    for (const [page, list] of this.versions) {
+      let n = 0;
+      while (n < list.length && list[n]! <= lsn) n++;
+      if (n === 0) continue;
+      this.versionCount -= n;
+      if (n === list.length) this.versions.delete(page);
+      else list.splice(0, n);
+    }
+    assert(this.versionCount >= 0, 'version count stays non-negative');
+  }
+
+  private checkOpen(): void {
+    if (this.closed) throw new StorageError('closed', `page store ${this.dir} is closed`);
+  }
+
+  private checkPage(page: number): void {
+    if (!Number.isSafeInteger(page) || page < 0 || page >= this.pageCount) {
+      throw new StorageError('out_of_range', `page ${String(page)} outside 0..${this.pageCount - 1}`, { page });
+    }
+  }
+
+  private checkLsn(lsn: number | undefined): number {
+    if (lsn === undefined) return this.applied;
+    if (!Number.isSafeInteger(lsn) || lsn < 0) throw new StorageError('bad_request', `lsn ${String(lsn)} is not a non-negative integer`);
+    if (lsn > this.applied) throw new StorageError('future_lsn', `lsn ${lsn} is after the applied LSN ${this.applied}`, { lsn, appliedLsn: this.applied });
+    if (lsn < this.floorLsn) throw new StorageError('trimmed', `lsn ${lsn} is before the oldest readable LSN ${this.floorLsn}`, { lsn, oldestReadableLsn: this.floorLsn });
+    return lsn;
+  }
+}
+
+function validateOptions(opts: PageStoreOptions): void {
+  if (opts.pageSize !== 4096 && opts.pageSize !== 8192) throw new StorageError('bad_request', `page size ${String(opts.pageSize)} is not 4096 or 8192`);
+  if (!Number.isSafeInteger(opts.pageCount) || opts.pageCount < 1 || opts.pageCount > IMAGE_PAGE_COUNT_MAX) {
+    throw new StorageError('bad_request', `page count ${opts.pageCount} out of 1..${IMAGE_PAGE_COUNT_MAX}`);
+  }
+  if (!Number.isSafeInteger(opts.cacheBytesMax) || opts.cacheBytesMax < 0) throw new StorageError('bad_request', `cacheBytesMax ${opts.cacheBytesMax} is not a non-negative integer`);
+  const keep = opts.imagesKeep ?? 2;
+  if (!Number.isSafeInteger(keep) || keep < 1 || keep > IMAGES_KEEP_MAX) throw new StorageError('bad_request', `imagesKeep ${keep} out of 1..${IMAGES_KEEP_MAX}`);
+  const retain = opts.retainLsns ?? 0;
+  if (!Number.isSafeInteger(retain) || retain < 0) throw new StorageError('bad_request', `retainLsns ${retain} is not a non-negative integer`);
+  if (opts.dir.length === 0) throw new StorageError('bad_request', 'page store dir is empty');
+}
+
+function validatePointer(p: CheckpointPointer): void {
+  const ok =
+    typeof p === 'object' && p !== null && p.version === 1 &&
+    Number.isSafeInteger(p.lsn) && p.lsn >= 0 && Number.isSafeInteger(p.term) && p.term >= 0 &&
+    Number.isSafeInteger(p.floorLsn) && p.floorLsn >= 0 && p.floorLsn <= p.lsn && typeof p.file === 'string';
+  if (!ok) throw new StorageError('corruption', 'checkpoint pointer has a bad shape');
+}
+
+/** Opens one image and checks it against the store's geometry and the log's terms. */
+function openImage(disk: Disk, log: SegmentLog, path: string, lsn: number, opts: PageStoreOptions): ImageReader {
+  const r = ImageReader.open(disk, path);
+  const corrupt = (reason: string): CorruptionError => {
+    r.close();
+    return new CorruptionError(`image ${path}: ${reason}`, [{ file: path, offset: 0, fromLsn: lsn, toLsn: lsn, reason }]);
+  };
+  if (r.lsn !== lsn) throw corrupt(`header LSN ${r.lsn} differs from the file name's ${lsn}`);
+  if (r.pageSize !== opts.pageSize || r.pageCount !== opts.pageCount) {
+    r.close();
+    throw new StorageError('bad_request', `image ${path} is ${r.pageCount} pages of ${r.pageSize} bytes, the store ${opts.pageCount} of ${opts.pageSize}`);
+  }
+  if (lsn >= log.firstLsn - 1 && lsn <= log.lastLsn) {
+    const term = log.termAt(lsn);
+    if (term !== r.term) throw corrupt(`term ${r.term} differs from the log's term ${term} at LSN ${lsn}`);
+  }
+  return r;
+}
+
+/** Creates `dir` (and missing parents) durably: each new directory's parent is fsync'd. */
+function makeDurableDir(disk: Disk, dir: string): void {
+  const parts = dir.split('/');
+  for (let i = 1; i <= parts.length; i++) {
+    const path = parts.slice(0, i).join('/');
+    if (disk.exists(path)) continue;
+    disk.mkdirp(path);
+    disk.fsyncDir(parentDir(path));
+  }
+}

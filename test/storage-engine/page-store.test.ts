@@ -1,0 +1,485 @@
+/**
+ * PageStore: GetPage@LSN against a model at every LSN, restarts, checkpoints with trim and
+ * retention, crashes at every step of a checkpoint, corrupt images, and every rejected input.
+ */
+import { strict as assert } from 'node:assert';
+import { CorruptionError, StorageError } from '../../storage-engine/errors';
+import { imageFileName } from '../../storage-engine/image';
+import { SegmentLog } from '../../storage-engine/log';
+import { encodePageWrite } from '../../storage-engine/page-write';
+import { GET_PAGES_MAX, PageStore, type PageStoreOptions } from '../../storage-engine/page-store';
+import { RecordKind, type LogRecord } from '../../storage-engine/record';
+import { SimDisk, SimulatedCrash } from '../../storage-engine/sim-disk';
+import { Slab } from '../../storage-engine/slab';
+
+const PAGE = 4096;
+const LOG_DIR = 'shard-0/log';
+const STORE_DIR = 'shard-0/pages';
+
+/** Deterministic PRNG (mulberry32). */
+function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+function content(seed: number): Uint8Array {
+  const d = new Uint8Array(PAGE);
+  const w = new Uint32Array(d.buffer);
+  let x = (seed * 2654435761) >>> 0 || 1;
+  for (let i = 0; i < w.length; i += 8) {
+    x ^= x << 13;
+    x >>>= 0;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    x >>>= 0;
+    w[i] = x;
+  }
+  return d;
+}
+
+const ZERO = new Uint8Array(PAGE);
+
+/** Page history: page -> ascending (lsn, data). */
+class Model {
+  readonly history = new Map<number, { lsn: number; data: Uint8Array }[]>();
+  lastLsn = 0;
+  at(page: number, lsn: number): Uint8Array {
+    const h = this.history.get(page) ?? [];
+    let d: Uint8Array = ZERO;
+    for (const e of h) if (e.lsn <= lsn) d = e.data;
+    return d;
+  }
+}
+
+interface World {
+  disk: SimDisk;
+  log: SegmentLog;
+  slab: Slab;
+  store: PageStore;
+  model: Model;
+  rnd: () => number;
+  opts: PageStoreOptions;
+  seq: number;
+}
+
+function newDisk(): SimDisk {
+  const disk = new SimDisk();
+  disk.mkdirp('shard-0');
+  disk.fsyncDir('');
+  return disk;
+}
+
+function openLog(disk: SimDisk): SegmentLog {
+  return SegmentLog.open(disk, { dir: LOG_DIR, segmentBytesMax: 32 * 1024 });
+}
+
+function world(seed: number, extra: Partial<PageStoreOptions> = {}): World {
+  const disk = newDisk();
+  const log = openLog(disk);
+  const slab = new Slab({ slotBytes: PAGE, slotCount: 512 });
+  const opts: PageStoreOptions = { dir: STORE_DIR, pageSize: PAGE, pageCount: 48, cacheBytesMax: 16 * PAGE, slab, ...extra };
+  const store = PageStore.open(disk, log, opts);
+  return { disk, log, slab, store, model: new Model(), rnd: prng(seed), opts, seq: seed * 1000 };
+}
+
+/** Appends `n` random records (page writes of 1..6 pages, runs, duplicates, zero pages, noops), syncs, applies. */
+function writeRandom(w: World, n: number): void {
+  for (let k = 0; k < n; k++) {
+    const lsn = w.log.lastLsn + 1;
+    let record: LogRecord;
+    if (w.rnd() < 0.1) {
+      record = { lsn, term: 1, kind: RecordKind.Noop, payload: new Uint8Array(0) };
+    } else {
+      const count = 1 + Math.floor(w.rnd() * 6);
+      const start = Math.floor(w.rnd() * w.opts.pageCount);
+      const run = w.rnd() < 0.5;
+      const entries: { page: number; data: Uint8Array }[] = [];
+      for (let i = 0; i < count; i++) {
+        const page = run ? (start + i) % w.opts.pageCount : Math.floor(w.rnd() * w.opts.pageCount);
+        const data = w.rnd() < 0.1 ? new Uint8Array(PAGE) : content(++w.seq);
+        entries.push({ page, data });
+      }
+      if (w.rnd() < 0.1) entries.push({ page: entries[0]!.page, data: content(++w.seq) }); // duplicate: last wins
+      record = { lsn, term: 1, kind: RecordKind.PageWrite, payload: encodePageWrite(PAGE, entries) };
+      for (const e of entries) {
+        const h = w.model.history.get(e.page) ?? [];
+        if (h.length > 0 && h[h.length - 1]!.lsn === lsn) h.pop();
+        h.push({ lsn, data: e.data });
+        w.model.history.set(e.page, h);
+      }
+    }
+    assert.equal(w.log.write([{ term: record.term, kind: record.kind, payload: record.payload }]), lsn);
+    w.store.apply(record);
+    w.model.lastLsn = lsn;
+  }
+  w.log.sync();
+}
+
+/** Every page at every LSN in [from, to] equals the model (single and vectored reads). */
+function checkAll(store: PageStore, model: Model, from: number, to: number, pageCount: number): void {
+  const all = Array.from({ length: pageCount }, (_, p) => p);
+  for (let lsn = from; lsn <= to; lsn++) {
+    for (const p of all) assert.deepEqual(store.getPage(p, lsn), model.at(p, lsn), `page ${p} at LSN ${lsn}`);
+    const got = store.getPages(all, lsn);
+    for (const p of all) assert.deepEqual(got[p], model.at(p, lsn), `getPages: page ${p} at LSN ${lsn}`);
+  }
+}
+
+function reopen(w: World, replayUptoLsn?: number): void {
+  w.store.close();
+  w.log.close();
+  w.log = openLog(w.disk);
+  w.store = PageStore.open(w.disk, w.log, w.opts, replayUptoLsn);
+}
+
+function expectCode(fn: () => unknown, code: string): StorageError {
+  let caught: unknown;
+  try {
+    fn();
+  } catch (e) {
+    caught = e;
+  }
+  assert.ok(caught instanceof StorageError, `expected StorageError ${code}, got ${String(caught)}`);
+  assert.equal(caught.code, code, caught.message);
+  return caught;
+}
+
+function imageFiles(w: World): string[] {
+  return w.disk.list(STORE_DIR).filter((n) => n.endsWith('.img'));
+}
+
+describe('PageStore', () => {
+  it('answers every page at every LSN like the model, before and after a restart (log only)', () => {
+    const w = world(1);
+    writeRandom(w, 80);
+    assert.equal(w.store.appliedLsn, 80);
+    assert.equal(w.store.oldestReadableLsn, 0);
+    checkAll(w.store, w.model, 0, 80, w.opts.pageCount);
+    reopen(w);
+    assert.equal(w.store.appliedLsn, 80);
+    checkAll(w.store, w.model, 0, 80, w.opts.pageCount);
+  });
+
+  it('answers every LSN like the model across checkpoints when retention keeps all history', () => {
+    const w = world(2, { retainLsns: 1000 });
+    for (let round = 0; round < 4; round++) {
+      writeRandom(w, 30);
+      const cp = w.store.checkpoint();
+      assert.equal(cp.lsn, w.model.lastLsn);
+      assert.equal(cp.file, imageFileName(cp.lsn));
+      assert.equal(w.store.stats().imageLsn, cp.lsn);
+      checkAll(w.store, w.model, 0, w.model.lastLsn, w.opts.pageCount);
+    }
+    writeRandom(w, 10);
+    checkAll(w.store, w.model, 0, w.model.lastLsn, w.opts.pageCount);
+    reopen(w);
+    checkAll(w.store, w.model, 0, w.model.lastLsn, w.opts.pageCount);
+  });
+
+  it('after checkpoints and trim: older LSNs are trimmed, newer ones right, also after a restart', () => {
+    const w = world(3, { imagesKeep: 2 });
+    writeRandom(w, 40);
+    const c1 = w.store.checkpoint();
+    // imagesKeep 2 counts the empty volume at LSN 0 while the log starts at 1: nothing trimmed yet.
+    assert.equal(w.store.oldestReadableLsn, 0);
+    assert.equal(w.log.firstLsn, 1);
+    writeRandom(w, 40);
+    const c2 = w.store.checkpoint();
+    assert.equal(w.store.oldestReadableLsn, c1.lsn);
+    writeRandom(w, 40);
+    const versionsBefore = w.store.stats().versions;
+    const c3 = w.store.checkpoint();
+    assert.equal(w.store.oldestReadableLsn, c2.lsn);
+    assert.ok(w.store.stats().versions < versionsBefore, 'the version index shrank with the trimmed log');
+    assert.ok(w.log.firstLsn > 1 && w.log.firstLsn <= c2.lsn + 1, `log trimmed (firstLsn ${w.log.firstLsn})`);
+    assert.deepEqual(imageFiles(w), [imageFileName(c2.lsn), imageFileName(c3.lsn)], 'images beyond imagesKeep deleted');
+    writeRandom(w, 10);
+    const last = w.model.lastLsn;
+    for (const lsn of [0, 1, c1.lsn, c2.lsn - 1]) expectCode(() => w.store.getPage(0, lsn), 'trimmed');
+    expectCode(() => w.store.getPages([0, 1], c2.lsn - 1), 'trimmed');
+    checkAll(w.store, w.model, c2.lsn, last, w.opts.pageCount);
+    reopen(w);
+    assert.equal(w.store.oldestReadableLsn, c2.lsn);
+    assert.equal(w.store.stats().imageLsn, c3.lsn);
+    expectCode(() => w.store.getPage(0, c2.lsn - 1), 'trimmed');
+    checkAll(w.store, w.model, c2.lsn, last, w.opts.pageCount);
+  });
+
+  it('retainLsns keeps reads possible at every LSN >= newest image - retainLsns', () => {
+    const retainLsns = 50;
+    const w = world(4, { imagesKeep: 1, retainLsns });
+    for (let round = 0; round < 6; round++) {
+      writeRandom(w, 20);
+      const cp = w.store.checkpoint();
+      const floor = w.store.oldestReadableLsn;
+      assert.ok(floor <= Math.max(0, cp.lsn - retainLsns), `floor ${floor} <= ${cp.lsn} - ${retainLsns}`);
+      assert.ok(w.store.stats().images <= 3, 'at most imagesKeep + the retention base and its successor');
+      checkAll(w.store, w.model, Math.max(floor, cp.lsn - retainLsns - 5), w.model.lastLsn, w.opts.pageCount);
+      if (floor > 0) expectCode(() => w.store.getPage(0, floor - 1), 'trimmed');
+    }
+    assert.ok(w.store.oldestReadableLsn > 0, 'history was trimmed eventually');
+    assert.ok(w.log.firstLsn > 1);
+  });
+
+  it('restart = newest image + log suffix, and replayUptoLsn stops early', () => {
+    const w = world(5);
+    writeRandom(w, 50);
+    w.store.checkpoint();
+    writeRandom(w, 50);
+    w.store.checkpoint();
+    writeRandom(w, 50);
+    w.store.checkpoint();
+    writeRandom(w, 25);
+    const last = w.model.lastLsn;
+    reopen(w, last - 10);
+    assert.equal(w.store.appliedLsn, last - 10);
+    expectCode(() => w.store.getPage(0, last - 9), 'future_lsn');
+    checkAll(w.store, w.model, w.store.oldestReadableLsn, last - 10, w.opts.pageCount);
+    reopen(w);
+    assert.equal(w.store.appliedLsn, last);
+    checkAll(w.store, w.model, w.store.oldestReadableLsn, last, w.opts.pageCount);
+    const floor = w.store.oldestReadableLsn;
+    expectCode(() => reopen(w, last + 1), 'bad_request');
+    w.log = openLog(w.disk);
+    const below = w.log.firstLsn - 1;
+    assert.ok(below < floor, `the log (from ${w.log.firstLsn}) keeps records below the floor ${floor}`);
+    expectCode(() => PageStore.open(w.disk, w.log, w.opts, below), 'trimmed');
+    if (below > 0) expectCode(() => PageStore.open(w.disk, w.log, w.opts, below - 1), 'bad_request');
+    w.store = PageStore.open(w.disk, w.log, w.opts);
+  });
+
+  it('a crash at every step of a checkpoint, then a power cut, reopens with the same pages', () => {
+    let n = 0;
+    let completed = false;
+    const build = (): World => {
+      const w = world(6, { imagesKeep: 2 });
+      writeRandom(w, 30);
+      w.store.checkpoint();
+      writeRandom(w, 30);
+      w.store.checkpoint(); // trims: floor = first image
+      writeRandom(w, 30);
+      return w;
+    };
+    while (!completed) {
+      const w = build();
+      const last = w.model.lastLsn;
+      w.disk.crashAfter(n);
+      try {
+        w.store.checkpoint(); // writes an image, moves the pointer, deletes one, trims the log
+        completed = true;
+      } catch (e) {
+        assert.ok(e instanceof SimulatedCrash, `crash expected at step ${n}, got ${String(e)}`);
+      }
+      w.disk.powerCut();
+      w.log = openLog(w.disk);
+      w.store = PageStore.open(w.disk, w.log, w.opts);
+      assert.equal(w.store.appliedLsn, last, `step ${n}`);
+      assert.equal(w.disk.list(STORE_DIR).filter((x) => x.endsWith('.tmp')).length, 0, 'temp files removed on open');
+      checkAll(w.store, w.model, w.store.oldestReadableLsn, last, w.opts.pageCount);
+      // The reopened store checkpoints again fine.
+      writeRandom(w, 5);
+      w.store.checkpoint();
+      checkAll(w.store, w.model, w.model.lastLsn - 5, w.model.lastLsn, w.opts.pageCount);
+      n++;
+      assert.ok(n < 200, 'the checkpoint finishes in a bounded number of steps');
+    }
+    assert.ok(n > 10, `the crash loop covered the checkpoint's steps (${n})`);
+  });
+
+  it('a corrupt newest image falls back to the previous one while the log covers it', () => {
+    const w = world(7, { imagesKeep: 2 });
+    writeRandom(w, 40);
+    const c1 = w.store.checkpoint();
+    writeRandom(w, 40);
+    const c2 = w.store.checkpoint();
+    writeRandom(w, 10);
+    const last = w.model.lastLsn;
+    w.store.close();
+    w.log.close();
+    w.disk.flipBits(`${STORE_DIR}/${c2.file}`, 45, 1); // the table
+    w.log = openLog(w.disk);
+    w.store = PageStore.open(w.disk, w.log, w.opts);
+    assert.equal(w.store.stats().imageLsn, c1.lsn, 'fell back to the older image');
+    checkAll(w.store, w.model, c1.lsn, last, w.opts.pageCount);
+    // The next checkpoint replaces the corrupt image.
+    const c3 = w.store.checkpoint();
+    assert.equal(c3.lsn, last);
+    reopen(w);
+    assert.equal(w.store.stats().imageLsn, last);
+    checkAll(w.store, w.model, w.store.oldestReadableLsn, last, w.opts.pageCount);
+  });
+
+  it('with no older image covered by the log, a corrupt image is reported as CorruptionError', () => {
+    const w = world(8, { imagesKeep: 1 });
+    writeRandom(w, 40);
+    w.store.checkpoint();
+    writeRandom(w, 40);
+    const c2 = w.store.checkpoint();
+    assert.equal(w.store.oldestReadableLsn, c2.lsn);
+    w.store.close();
+    w.log.close();
+    w.disk.flipBits(`${STORE_DIR}/${c2.file}`, 12, 1); // the header LSN
+    w.log = openLog(w.disk);
+    let caught: unknown;
+    try {
+      PageStore.open(w.disk, w.log, w.opts);
+    } catch (e) {
+      caught = e;
+    }
+    assert.ok(caught instanceof CorruptionError, `expected CorruptionError, got ${String(caught)}`);
+    assert.ok(caught.reports.some((r) => r.file.endsWith(c2.file)), 'the report names the image');
+    // A missing image is reported the same way.
+    w.disk.remove(`${STORE_DIR}/${c2.file}`);
+    assert.throws(() => PageStore.open(w.disk, w.log, w.opts), (e: unknown) => e instanceof CorruptionError);
+  });
+
+  it('a corrupt image while the log still starts at 1 falls back to the log alone', () => {
+    const w = world(9, { imagesKeep: 2 });
+    writeRandom(w, 40);
+    const c1 = w.store.checkpoint();
+    assert.equal(w.store.oldestReadableLsn, 0);
+    w.store.close();
+    w.log.close();
+    w.disk.flipBits(`${STORE_DIR}/${c1.file}`, 0, 1);
+    w.log = openLog(w.disk);
+    w.store = PageStore.open(w.disk, w.log, w.opts);
+    assert.equal(w.store.stats().imageLsn, 0);
+    checkAll(w.store, w.model, 0, w.model.lastLsn, w.opts.pageCount);
+  });
+
+  it('a corrupt checkpoint pointer falls back to the images on disk', () => {
+    const w = world(10, { imagesKeep: 2 });
+    writeRandom(w, 40);
+    w.store.checkpoint();
+    writeRandom(w, 40);
+    const c2 = w.store.checkpoint();
+    w.store.close();
+    w.log.close();
+    w.disk.flipBits(`${STORE_DIR}/checkpoint`, 25, 1);
+    w.log = openLog(w.disk);
+    w.store = PageStore.open(w.disk, w.log, w.opts);
+    assert.equal(w.store.stats().imageLsn, c2.lsn);
+    checkAll(w.store, w.model, w.store.oldestReadableLsn, w.model.lastLsn, w.opts.pageCount);
+  });
+
+  it('a page whose image data is corrupt fails its read with CorruptionError naming it', () => {
+    const w = world(11, { cacheBytesMax: 0 });
+    const page5 = content(5);
+    w.log.write([{ term: 1, kind: RecordKind.PageWrite, payload: encodePageWrite(PAGE, [{ page: 5, data: page5 }]) }]);
+    w.store.apply(w.log.read(1, 1)[0]!);
+    const cp = w.store.checkpoint();
+    const size = w.disk.size(w.disk.open(`${STORE_DIR}/${cp.file}`));
+    w.disk.flipBits(`${STORE_DIR}/${cp.file}`, size - 10, 1); // the only page is the last bytes
+    reopen(w);
+    const e = expectCode(() => w.store.getPage(5), 'corruption');
+    assert.ok(e.message.includes('page 5'));
+    assert.deepEqual(w.store.getPage(5, 0), ZERO, 'LSN 0 does not need the image');
+  });
+
+  it('never-written pages read as zeros; bad pages, LSNs and buffers are rejected', () => {
+    const w = world(12);
+    assert.deepEqual(w.store.getPage(0), ZERO);
+    assert.deepEqual(w.store.getPage(47, 0), ZERO);
+    writeRandom(w, 5);
+    const s = w.store;
+    expectCode(() => s.getPage(48), 'out_of_range');
+    expectCode(() => s.getPage(-1), 'out_of_range');
+    expectCode(() => s.getPage(1.5), 'out_of_range');
+    expectCode(() => s.getPages([0, 48]), 'out_of_range');
+    expectCode(() => s.getPage(0, 6), 'future_lsn');
+    expectCode(() => s.getPages([0], 6), 'future_lsn');
+    expectCode(() => s.getPage(0, -1), 'bad_request');
+    expectCode(() => s.getPage(0, 2.5), 'bad_request');
+    expectCode(() => s.getPage(0, 1, new Uint8Array(100)), 'bad_request');
+    expectCode(() => s.getPages(new Array<number>(GET_PAGES_MAX + 1).fill(0)), 'too_large');
+    const out = new Uint8Array(PAGE);
+    assert.equal(s.getPage(3, 5, out), out, 'reads into the given buffer');
+    assert.deepEqual(out, w.model.at(3, 5));
+    s.close();
+    expectCode(() => s.getPage(0), 'closed');
+    expectCode(() => s.checkpoint(), 'closed');
+  });
+
+  it('apply checks order, page range and payload, and a rejected record changes nothing', () => {
+    const w = world(13);
+    writeRandom(w, 3);
+    const rec = (lsn: number, pages: number[]): LogRecord => ({
+      lsn, term: 1, kind: RecordKind.PageWrite, payload: encodePageWrite(PAGE, pages.map((page) => ({ page, data: content(page + 1) }))),
+    });
+    expectCode(() => w.store.apply(rec(5, [1])), 'invariant');
+    expectCode(() => w.store.apply(rec(3, [1])), 'invariant');
+    const versions = w.store.stats().versions;
+    expectCode(() => w.store.apply(rec(4, [1, 48])), 'out_of_range');
+    const bad = rec(4, [1]);
+    bad.payload[0] ^= 0xff;
+    expectCode(() => w.store.apply(bad), 'corruption');
+    assert.equal(w.store.appliedLsn, 3);
+    assert.equal(w.store.stats().versions, versions);
+    assert.deepEqual(w.store.getPage(1), w.model.at(1, 3));
+    w.store.apply({ lsn: 4, term: 2, kind: RecordKind.Config, payload: new Uint8Array([1, 2]) });
+    assert.equal(w.store.appliedLsn, 4);
+  });
+
+  it('serves repeated reads from the cache within its byte bound, and coalesces image reads', () => {
+    const w = world(14, { cacheBytesMax: 8 * PAGE });
+    const entries = Array.from({ length: 32 }, (_, i) => ({ page: 8 + i, data: content(100 + i) }));
+    w.log.write([{ term: 1, kind: RecordKind.PageWrite, payload: encodePageWrite(PAGE, entries) }]);
+    w.log.sync();
+    w.store.apply(w.log.read(1, 1)[0]!);
+    const before = w.disk.counters.reads;
+    w.store.getPage(8);
+    const afterFirst = w.disk.counters.reads;
+    assert.ok(afterFirst > before, 'first read goes to the log');
+    w.store.getPage(8);
+    assert.equal(w.disk.counters.reads, afterFirst, 'second read is a cache hit');
+    assert.equal(w.store.stats().cache.hits, 1);
+    for (let i = 0; i < 32; i++) w.store.getPage(8 + i);
+    const st = w.store.stats().cache;
+    assert.ok(st.bytes <= 8 * PAGE && st.evictions > 0, `bytes ${st.bytes}, evictions ${st.evictions}`);
+    // Vectored read of a log record: one log read for all 32 pages.
+    const r0 = w.disk.counters.reads;
+    w.store.getPages(entries.map((e) => e.page));
+    assert.ok(w.disk.counters.reads - r0 <= 1);
+    // From an image: 32 adjacent pages -> 1 disk read.
+    w.store.checkpoint();
+    w.opts = { ...w.opts, cacheBytesMax: 0 };
+    reopen(w);
+    const r1 = w.disk.counters.reads;
+    const got = w.store.getPages(entries.map((e) => e.page));
+    assert.equal(w.disk.counters.reads - r1, 1, '32 adjacent image pages in one read');
+    got.forEach((d, i) => assert.deepEqual(d, entries[i]!.data));
+    w.store.close();
+    assert.equal(w.slab.stats().slotsUsed, 0, 'close frees the cache slots');
+  });
+
+  it('rejects bad options and an image of another geometry', () => {
+    const w = world(15);
+    writeRandom(w, 10);
+    w.store.checkpoint();
+    w.store.close();
+    const o = w.opts;
+    for (const bad of [
+      { ...o, pageSize: 2048 as 4096 }, { ...o, pageCount: 0 }, { ...o, pageCount: 2 ** 32 }, { ...o, cacheBytesMax: -1 },
+      { ...o, imagesKeep: 0 }, { ...o, retainLsns: -1 }, { ...o, dir: '' },
+    ]) {
+      expectCode(() => PageStore.open(w.disk, w.log, bad), 'bad_request');
+    }
+    expectCode(() => PageStore.open(w.disk, w.log, { ...o, pageCount: 64 }), 'bad_request');
+  });
+
+  it('checkpoint is a no-op when the newest image is at appliedLsn', () => {
+    const w = world(16);
+    assert.deepEqual(w.store.checkpoint(), { lsn: 0, file: '' });
+    writeRandom(w, 5);
+    const c = w.store.checkpoint();
+    const ops = w.disk.mutatingOps;
+    assert.deepEqual(w.store.checkpoint(), c);
+    assert.equal(w.disk.mutatingOps, ops);
+  });
+});
