@@ -1,0 +1,171 @@
+/**
+ * Controller: the volume catalog and the placement of shards on nodes.
+ *
+ * The catalog (volumes, their ids, geometry and where each shard lives, and tombstones of
+ * deleted volumes) is durable: every change is written with MetaStore's atomic replacement
+ * before it is acknowledged. Node membership is soft state rebuilt from heartbeats.
+ *
+ * This is logic only: it does no messaging and reads no clock. The node hosting it passes the
+ * current time in and carries out the effects (telling nodes to open or destroy shards).
+ * A controller with a replicated log of its own (like a shard's) replaces the single durable
+ * catalog when the controller itself is replicated.
+ */
+import { MetaStore } from '../storage-engine/metadata';
+import { StorageError } from '../storage-engine/errors';
+import { ProtocolError } from '../messages/errors';
+import type { VolumeInfo, VolumeSpec } from '../messages/api';
+
+export interface ShardPlacement {
+  shard: number;
+  nodeId: string;
+  hostId: number;
+}
+
+export interface VolumeRecord extends VolumeInfo {
+  placements: ShardPlacement[];
+}
+
+export interface CatalogState {
+  version: 1;
+  /** Bumped on every change; lets nodes tell a newer catalog from an older one. */
+  epoch: number;
+  nextId: number;
+  volumes: VolumeRecord[];
+  /** Ids of deleted volumes whose shards nodes must destroy (newest last, bounded). */
+  tombstones: string[];
+}
+
+export interface NodeMember {
+  nodeId: string;
+  hosts: number;
+  lastSeenMs: number;
+}
+
+export interface ControllerOptions {
+  meta: MetaStore;
+  /** A node is live if heard from within this long; default 5 s. */
+  liveWindowMs?: number;
+  /** Volumes at most; default 4096. */
+  volumesMax?: number;
+  /** Tombstones kept; default 4096. */
+  tombstonesMax?: number;
+}
+
+const CATALOG = 'catalog';
+
+export class Controller {
+  private state: CatalogState;
+  private readonly meta: MetaStore;
+  private readonly members = new Map<string, NodeMember>();
+  private readonly liveWindowMs: number;
+  private readonly volumesMax: number;
+  private readonly tombstonesMax: number;
+  private placementCursor = 0;
+
+  constructor(opts: ControllerOptions) {
+    this.meta = opts.meta;
+    this.liveWindowMs = opts.liveWindowMs ?? 5000;
+    this.volumesMax = opts.volumesMax ?? 4096;
+    this.tombstonesMax = opts.tombstonesMax ?? 4096;
+    this.state = this.meta.read<CatalogState>(CATALOG) ?? { version: 1, epoch: 0, nextId: 1, volumes: [], tombstones: [] };
+    if (this.state.version !== 1) {
+      throw new StorageError('corruption', `catalog has unknown version ${String(this.state.version)}`);
+    }
+  }
+
+  get epoch(): number {
+    return this.state.epoch;
+  }
+
+  /** Records a heartbeat (or registration) of a node. */
+  heartbeat(nodeId: string, hosts: number, nowMs: number): void {
+    this.members.set(nodeId, { nodeId, hosts, lastSeenMs: nowMs });
+  }
+
+  liveNodes(nowMs: number): NodeMember[] {
+    return [...this.members.values()]
+      .filter((m) => nowMs - m.lastSeenMs <= this.liveWindowMs)
+      .sort((a, b) => (a.nodeId < b.nodeId ? -1 : a.nodeId > b.nodeId ? 1 : 0));
+  }
+
+  /** Every node ever heard from since this controller started, live or not. */
+  knownNodes(): NodeMember[] {
+    return [...this.members.values()].sort((a, b) => (a.nodeId < b.nodeId ? -1 : a.nodeId > b.nodeId ? 1 : 0));
+  }
+
+  list(): VolumeRecord[] {
+    return this.state.volumes.map((v) => ({ ...v }));
+  }
+
+  get(name: string): VolumeRecord {
+    const v = this.state.volumes.find((x) => x.name === name);
+    if (!v) throw new ProtocolError('not_found', `volume '${name}' does not exist`, { name });
+    return v;
+  }
+
+  /** Shards placed on a node, and ids of deleted volumes whose leftovers it must destroy. */
+  assignments(nodeId: string): { epoch: number; shards: Array<{ volume: VolumeRecord; placement: ShardPlacement }>; tombstones: string[] } {
+    const shards: Array<{ volume: VolumeRecord; placement: ShardPlacement }> = [];
+    for (const v of this.state.volumes) {
+      for (const p of v.placements) if (p.nodeId === nodeId) shards.push({ volume: v, placement: p });
+    }
+    return { epoch: this.state.epoch, shards, tombstones: [...this.state.tombstones] };
+  }
+
+  /**
+   * Adds a volume: picks an id and places its shards round-robin over the (node, host) pairs of
+   * live nodes, so consecutive shards land on different nodes first. Durable when it returns.
+   */
+  create(spec: VolumeSpec, nowMs: number): VolumeRecord {
+    if (this.state.volumes.some((v) => v.name === spec.name)) {
+      throw new ProtocolError('already_exists', `volume '${spec.name}' already exists`, { name: spec.name });
+    }
+    if (this.state.volumes.length >= this.volumesMax) {
+      throw new ProtocolError('too_large', `the cluster holds ${this.volumesMax} volumes, its limit`);
+    }
+    const live = this.liveNodes(nowMs);
+    if (live.length === 0) throw new ProtocolError('unavailable', 'no live node to place the volume on');
+    if (spec.replicas > 1) {
+      throw new ProtocolError('bad_request', `replicas=${spec.replicas}: this version stores one replica per shard`, {
+        path: 'replicas',
+        supported: [1],
+      });
+    }
+    // Slots ordered host-major so that shard i and i+1 go to different nodes when there are several.
+    const slots: Array<{ nodeId: string; hostId: number }> = [];
+    const hostsMax = Math.max(...live.map((m) => m.hosts));
+    for (let h = 0; h < hostsMax; h++) for (const m of live) if (h < m.hosts) slots.push({ nodeId: m.nodeId, hostId: h });
+    const placements: ShardPlacement[] = [];
+    for (let s = 0; s < spec.shards; s++) {
+      const slot = slots[(this.placementCursor + s) % slots.length]!;
+      placements.push({ shard: s, nodeId: slot.nodeId, hostId: slot.hostId });
+    }
+    this.placementCursor = (this.placementCursor + spec.shards) % slots.length;
+    const id = `v${this.state.nextId.toString(36)}`;
+    const rec: VolumeRecord = { ...spec, id, createdAt: Math.floor(nowMs), placements };
+    this.commit({ ...this.state, nextId: this.state.nextId + 1, volumes: [...this.state.volumes, rec] });
+    return rec;
+  }
+
+  /** Removes a volume and leaves a tombstone for its shards. Durable when it returns. */
+  delete(name: string): VolumeRecord {
+    const v = this.get(name);
+    const tombstones = [...this.state.tombstones, v.id].slice(-this.tombstonesMax);
+    this.commit({ ...this.state, volumes: this.state.volumes.filter((x) => x.name !== name), tombstones });
+    return v;
+  }
+
+  private commit(next: CatalogState): void {
+    const s = { ...next, epoch: this.state.epoch + 1 };
+    this.meta.write(CATALOG, s);
+    this.state = s;
+  }
+}
+
+/** The public view of a volume record (no placement). */
+export function volumeInfo(v: VolumeRecord): VolumeInfo {
+  return {
+    name: v.name, id: v.id, pageCount: v.pageCount, pageSize: v.pageSize, shards: v.shards,
+    stripePages: v.stripePages, replicas: v.replicas, createdAt: v.createdAt,
+  };
+}

@@ -1,0 +1,125 @@
+/**
+ * ApiRouter: what a node does with requests to the public API subjects.
+ *
+ * Catalog verbs (volume.create|list|info|delete) are forwarded, bytes as they came, to the
+ * controller, which validates and answers them. Page verbs (page.write, page.read, volume.flush)
+ * are validated here and routed to the shards' subjects with the same code the TypeScript client
+ * uses, so both paths split, bound and merge requests identically. `status` gathers every
+ * node's view with one scatter request bounded by a deadline.
+ */
+import type { NatsConnection, MsgHdrs } from 'nats';
+import { encode, decode } from '../messages/codec';
+import { errorReply, ProtocolError, throwIfError } from '../messages/errors';
+import { validatePageWriteRequest, validatePageReadRequest, validateVolumeFlushRequest } from '../messages/validate';
+import { controllerSubject } from '../messages/control';
+import { createClient, NatsTransport, type StrataClient, type Volume } from './client';
+
+/** Volumes whose routing info a node keeps at most. */
+const VOLUME_CACHE_MAX = 1024;
+/** Nodes' answers gathered by one status request at most. */
+const STATUS_REPLIES_MAX = 256;
+
+export class ApiRouter {
+  private readonly nc: NatsConnection;
+  private readonly cluster: string;
+  private readonly timeoutMs: number;
+  private readonly client: StrataClient;
+  private readonly volumes = new Map<string, Volume>();
+
+  constructor(nc: NatsConnection, cluster: string, timeoutMs: number) {
+    this.nc = nc;
+    this.cluster = cluster;
+    this.timeoutMs = timeoutMs;
+    this.client = createClient(new NatsTransport(nc), { cluster, timeoutMs });
+  }
+
+  /** Forwards a catalog request to the controller and returns its reply bytes unchanged. */
+  async forwardToController(verb: string, data: Uint8Array): Promise<Uint8Array> {
+    try {
+      const r = await this.nc.request(controllerSubject(this.cluster, verb), data, { timeout: this.timeoutMs });
+      return r.data;
+    } catch (e) {
+      const code = (e as { code?: unknown }).code;
+      const err = code === '503'
+        ? new ProtocolError('unavailable', 'the controller is not reachable (no responders)')
+        : code === 'TIMEOUT'
+          ? new ProtocolError('timeout', `the controller did not answer within ${this.timeoutMs} ms`)
+          : new ProtocolError('unavailable', `the controller is not reachable: ${(e as Error).message}`);
+      return encode(errorReply(err));
+    }
+  }
+
+  async pageWrite(body: unknown, _headers?: MsgHdrs): Promise<unknown> {
+    const req = validatePageWriteRequest(body);
+    const r = await this.volume(req.volume).writePages(req.pages);
+    return { lsn: r.lsn, lsns: r.lsns };
+  }
+
+  async pageRead(body: unknown, _headers?: MsgHdrs): Promise<unknown> {
+    const req = validatePageReadRequest(body);
+    const r = await this.volume(req.volume).readPages(req.pages, req.lsn !== undefined ? { lsn: req.lsn } : {});
+    return { pages: r.pages, lsn: r.lsn, lsns: r.lsns };
+  }
+
+  async flush(body: unknown, _headers?: MsgHdrs): Promise<unknown> {
+    const req = validateVolumeFlushRequest(body);
+    const r = await this.volume(req.volume).flush();
+    return { lsn: r.lsn, lsns: r.lsns };
+  }
+
+  /** Drops cached routing of a volume (after it was deleted). */
+  forget(name: string): void {
+    this.volumes.delete(name);
+  }
+
+  /** Drops cached routing of a volume by id. */
+  forgetId(_volumeId: string): void {
+    // Routing is cached by name; a stale entry heals itself on "no responders" (the client
+    // refreshes the volume info once). Clearing everything is cheap and always correct.
+    this.volumes.clear();
+  }
+
+  /** The cluster's status: every node's own view, the controller's membership and the catalog. */
+  async clusterStatus(local: Record<string, unknown>): Promise<unknown> {
+    const nodes: unknown[] = [];
+    try {
+      const it = await this.nc.requestMany(`strata.${this.cluster}.nodes.status`, encode({}), {
+        maxWait: Math.min(this.timeoutMs, 2000),
+        maxMessages: STATUS_REPLIES_MAX,
+      });
+      for await (const m of it) {
+        try {
+          nodes.push(throwIfError(decode(m.data)));
+        } catch {
+          // A node that answers garbage is reported by its absence.
+        }
+      }
+    } catch {
+      nodes.push(local);
+    }
+    let members: unknown = [];
+    let volumes: unknown = [];
+    try {
+      members = (throwIfError(decode(await this.forwardToController('members', encode({})))) as { members: unknown }).members;
+      volumes = (throwIfError(decode(await this.forwardToController('volume.list', encode({})))) as { volumes: unknown }).volumes;
+    } catch {
+      // Without a controller the status still shows what the nodes say.
+    }
+    const self = local.node as Record<string, unknown>;
+    return { node: self, volumes, nodes, members, controllerReachable: Array.isArray(members) && members.length > 0 };
+  }
+
+  private volume(name: string): Volume {
+    let v = this.volumes.get(name);
+    if (v) {
+      // Refresh recency (Map keeps insertion order; the oldest entry is evicted first).
+      this.volumes.delete(name);
+      this.volumes.set(name, v);
+      return v;
+    }
+    v = this.client.volume(name);
+    this.volumes.set(name, v);
+    if (this.volumes.size > VOLUME_CACHE_MAX) this.volumes.delete(this.volumes.keys().next().value!);
+    return v;
+  }
+}

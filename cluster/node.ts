@@ -1,0 +1,498 @@
+/**
+ * StrataNode: one Strata node (the `strata node` process, or one node of an in-process cluster).
+ *
+ * Main thread only: it starts the actor hosts (one per device), answers the public API as the
+ * NATS service `strata` (queue group `strata-api`, so any node can answer), hosts the controller
+ * when it is the controller node, and keeps its shards in line with the controller's catalog
+ * (heartbeats + reconciliation). Page data never passes through here on the client's direct
+ * path; `api.page.*` requests are routed to shard subjects like the client does.
+ *
+ * Node-local durable state (atomic metadata in `<dataDir>/node`): the node id, cluster and host
+ * count it was created with, and the shards it hosts, so a restarted node serves its shards
+ * even before it reaches the controller.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { connect, type NatsConnection, type Msg, type Subscription } from 'nats';
+import type { Service } from 'nats';
+import { encode, decode } from '../messages/codec';
+import { errorReply, ProtocolError, toProtocolError, throwIfError } from '../messages/errors';
+import {
+  validateVolumeCreateRequest,
+  validateVolumeNameRequest,
+  validateVolumeListRequest,
+} from '../messages/validate';
+import {
+  controllerSubject,
+  nodeSubject,
+  validateHeartbeat,
+  validateAssignmentsRequest,
+  validateAssignmentsReply,
+  validateShardsOpen,
+  validateShardsDestroy,
+  type ShardAssignment,
+  type AssignmentsReply,
+} from '../messages/control';
+import { RealDisk } from '../storage-engine/real-disk';
+import { MetaStore } from '../storage-engine/metadata';
+import { Controller, volumeInfo, type VolumeRecord } from '../actors/controller';
+import { HostPool } from '../runtime/host-pool';
+import type { HostConfig } from '../runtime/actor-host';
+import { createLogger, type Logger } from '../observability/log';
+import { ApiRouter } from './api-router';
+
+export const STRATA_VERSION = '0.1.0';
+
+export interface StrataNodeOptions {
+  nodeId: string;
+  cluster: string;
+  natsUrl: string;
+  dataDir: string;
+  /** Actor hosts (= devices) of this node; default 2. */
+  hosts?: number;
+  /** This node keeps the volume catalog. */
+  controller: boolean;
+  cacheBytesMaxPerShard?: number;
+  segmentBytesMax?: number;
+  checkpointEveryRecords?: number;
+  mailboxRequestsMax?: number;
+  mailboxBytesMax?: number;
+  /** Heartbeat period to the controller; default 1000 ms. */
+  heartbeatMs?: number;
+  /** Deadline of requests this node makes to others; default 10 s. */
+  requestTimeoutMs?: number;
+}
+
+interface NodeMeta {
+  version: 1;
+  nodeId: string;
+  cluster: string;
+  hosts: number;
+  shards: ShardAssignment[];
+}
+
+const NODE_META = 'node';
+
+function shardId(a: { volumeId: string; shard: number }): string {
+  return `${a.volumeId}.${a.shard}`;
+}
+
+export class StrataNode {
+  readonly nodeId: string;
+  readonly cluster: string;
+  readonly dataDir: string;
+  private readonly opts: StrataNodeOptions;
+  private readonly hosts: number;
+  private readonly meta: MetaStore;
+  private nodeMeta: NodeMeta;
+  private pool: HostPool | undefined;
+  private nc: NatsConnection | undefined;
+  private controller: Controller | undefined;
+  private service: Service | undefined;
+  private router: ApiRouter | undefined;
+  private readonly subs: Subscription[] = [];
+  private heartbeatTimer: NodeJS.Timeout | undefined;
+  private controllerChain: Promise<unknown> = Promise.resolve();
+  private readonly startedAt = Date.now();
+  private readonly log: Logger;
+  private stopped = false;
+  private reconciledEpoch = -1;
+
+  private constructor(opts: StrataNodeOptions) {
+    this.opts = opts;
+    this.nodeId = opts.nodeId;
+    this.cluster = opts.cluster;
+    this.dataDir = path.resolve(opts.dataDir);
+    this.hosts = opts.hosts ?? 2;
+    this.log = createLogger({ component: 'node', node: opts.nodeId });
+    fs.mkdirSync(this.dataDir, { recursive: true });
+    const disk = new RealDisk(this.dataDir);
+    this.meta = new MetaStore(disk, '', { payloadBytesMax: 16 * 1024 * 1024 });
+    const existing = this.meta.read<NodeMeta>(NODE_META);
+    if (existing) {
+      if (existing.nodeId !== opts.nodeId || existing.cluster !== opts.cluster) {
+        throw new ProtocolError('bad_request', `data dir ${this.dataDir} belongs to node '${existing.nodeId}' of cluster '${existing.cluster}', not '${opts.nodeId}' of '${opts.cluster}'`);
+      }
+      if (existing.hosts !== this.hosts) {
+        throw new ProtocolError('bad_request', `data dir ${this.dataDir} was created with hosts=${existing.hosts}; start the node with the same --hosts (devices cannot be remapped yet)`);
+      }
+      this.nodeMeta = existing;
+    } else {
+      this.nodeMeta = { version: 1, nodeId: opts.nodeId, cluster: opts.cluster, hosts: this.hosts, shards: [] };
+      this.meta.write(NODE_META, this.nodeMeta);
+    }
+    if (opts.controller) {
+      disk.mkdirp('controller');
+      disk.fsyncDir('');
+      this.controller = new Controller({ meta: new MetaStore(disk, 'controller', { payloadBytesMax: 16 * 1024 * 1024 }) });
+    }
+  }
+
+  /** Starts a node: hosts, NATS, controller (if any), API service, heartbeats. */
+  static async start(opts: StrataNodeOptions): Promise<StrataNode> {
+    const node = new StrataNode(opts);
+    try {
+      await node.boot();
+    } catch (e) {
+      node.kill();
+      throw e;
+    }
+    return node;
+  }
+
+  get natsConnection(): NatsConnection {
+    if (!this.nc) throw new Error('node not started');
+    return this.nc;
+  }
+
+  get hostPool(): HostPool {
+    if (!this.pool) throw new Error('node not started');
+    return this.pool;
+  }
+
+  private async boot(): Promise<void> {
+    const hostConfigs: HostConfig[] = [];
+    for (let i = 0; i < this.hosts; i++) {
+      hostConfigs.push({
+        hostId: i,
+        nodeId: this.nodeId,
+        cluster: this.cluster,
+        natsUrl: this.opts.natsUrl,
+        deviceDir: path.join(this.dataDir, `dev${i}`),
+        device: {
+          ...(this.opts.cacheBytesMaxPerShard ? { cacheBytesMaxPerShard: this.opts.cacheBytesMaxPerShard } : {}),
+          ...(this.opts.segmentBytesMax ? { segmentBytesMax: this.opts.segmentBytesMax } : {}),
+          ...(this.opts.checkpointEveryRecords !== undefined ? { checkpointEveryRecords: this.opts.checkpointEveryRecords } : {}),
+        },
+        ...(this.opts.mailboxRequestsMax ? { mailboxRequestsMax: this.opts.mailboxRequestsMax } : {}),
+        ...(this.opts.mailboxBytesMax ? { mailboxBytesMax: this.opts.mailboxBytesMax } : {}),
+      });
+    }
+    this.pool = await HostPool.start({
+      hosts: hostConfigs,
+      onHostExit: (hostId, code, restarting) =>
+        this.log.error('actor host exited', { hostId, code, restarting }),
+    });
+    // Serve the shards this node had before it reaches anyone.
+    for (const a of this.nodeMeta.shards) await this.pool.openShard(a.hostId, a);
+    this.nc = await connect({
+      servers: this.opts.natsUrl,
+      name: `strata-${this.nodeId}`,
+      maxReconnectAttempts: -1,
+      reconnectTimeWait: 250,
+      timeout: 10_000,
+    });
+    this.router = new ApiRouter(this.nc, this.cluster, this.opts.requestTimeoutMs ?? 10_000);
+    if (this.controller) this.serveController();
+    this.serveNode();
+    await this.serveApi();
+    await this.nc.flush();
+    await this.heartbeat();
+    this.heartbeatTimer = setInterval(() => {
+      this.heartbeat().catch((e: unknown) => this.log.debug('heartbeat failed', { err: e }));
+    }, this.opts.heartbeatMs ?? 1000);
+    this.heartbeatTimer.unref();
+  }
+
+  /** Clean stop: stops answering, drains hosts and NATS. */
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
+    try {
+      await this.service?.stop();
+    } catch {
+      // Already stopped.
+    }
+    for (const s of this.subs) s.unsubscribe();
+    await this.pool?.stop();
+    try {
+      await this.nc?.drain();
+    } catch {
+      // Already closed.
+    }
+  }
+
+  /** As a crash: threads terminated, connections dropped, nothing drained or flushed. */
+  kill(): void {
+    this.stopped = true;
+    if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
+    this.pool?.kill();
+    void this.nc?.close().catch(() => undefined);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Heartbeats and reconciliation with the controller's catalog
+  // ---------------------------------------------------------------------------------------------
+
+  private async heartbeat(): Promise<void> {
+    const nc = this.nc!;
+    const timeout = this.opts.requestTimeoutMs ?? 10_000;
+    let epoch: number;
+    try {
+      const r = await nc.request(controllerSubject(this.cluster, 'heartbeat'), encode({ nodeId: this.nodeId, hosts: this.hosts }), { timeout });
+      epoch = (throwIfError(decode(r.data)) as { epoch: number }).epoch;
+    } catch (e) {
+      this.log.debug('controller unreachable', { err: e });
+      return;
+    }
+    if (epoch === this.reconciledEpoch) return;
+    const r = await nc.request(controllerSubject(this.cluster, 'assignments'), encode({ nodeId: this.nodeId }), { timeout });
+    await this.reconcile(validateAssignmentsReply(throwIfError(decode(r.data))));
+  }
+
+  private async reconcile(a: AssignmentsReply): Promise<void> {
+    const have = new Set(this.nodeMeta.shards.map(shardId));
+    const missing = a.shards.filter((s) => !have.has(shardId(s)));
+    if (missing.length > 0) await this.openShards(missing);
+    const dead = new Set(a.tombstones);
+    for (const s of this.nodeMeta.shards.filter((x) => dead.has(x.volumeId))) {
+      await this.destroyShards(s.volumeId, [s.shard]);
+    }
+    this.reconciledEpoch = a.epoch;
+  }
+
+  private async openShards(list: ShardAssignment[]): Promise<void> {
+    for (const a of list) {
+      if (a.hostId >= this.hosts) {
+        throw new ProtocolError('bad_request', `shard ${shardId(a)} is placed on host ${a.hostId}, this node has ${this.hosts}`);
+      }
+    }
+    for (const a of list) await this.pool!.openShard(a.hostId, a);
+    const known = new Set(this.nodeMeta.shards.map(shardId));
+    const added = list.filter((a) => !known.has(shardId(a)));
+    if (added.length > 0) this.persist({ ...this.nodeMeta, shards: [...this.nodeMeta.shards, ...added] });
+  }
+
+  private async destroyShards(volumeId: string, shards: number[]): Promise<void> {
+    const drop = new Set(shards.map((s) => `${volumeId}.${s}`));
+    const victims = this.nodeMeta.shards.filter((a) => drop.has(shardId(a)));
+    // Forget them durably first: a crash half-way leaves files that nothing references, never
+    // a catalog entry pointing at destroyed files.
+    this.persist({ ...this.nodeMeta, shards: this.nodeMeta.shards.filter((a) => !drop.has(shardId(a))) });
+    for (const a of victims) await this.pool!.closeShard(a.hostId, a.volumeId, a.shard, true);
+  }
+
+  private persist(next: NodeMeta): void {
+    this.meta.write(NODE_META, next);
+    this.nodeMeta = next;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Subjects served
+  // ---------------------------------------------------------------------------------------------
+
+  private subscribe(subject: string, handler: (body: unknown, msg: Msg) => Promise<unknown>, queue?: string): void {
+    const sub = this.nc!.subscribe(subject, {
+      ...(queue ? { queue } : {}),
+      callback: (err, msg) => {
+        if (err || !msg.reply) return;
+        let body: unknown;
+        try {
+          body = decode(msg.data);
+        } catch (e) {
+          msg.respond(encode(errorReply(e)));
+          return;
+        }
+        handler(body, msg).then(
+          (reply) => msg.respond(encode(reply)),
+          (e: unknown) => {
+            const pe = toProtocolError(e);
+            if (pe.code === 'internal') this.log.error('control request failed', { subject, err: e });
+            msg.respond(encode(errorReply(e)));
+          },
+        );
+      },
+    });
+    this.subs.push(sub);
+  }
+
+  /** Runs controller operations one at a time, in arrival order. */
+  private serial<T>(fn: () => Promise<T>): Promise<T> {
+    const next = this.controllerChain.then(fn, fn);
+    this.controllerChain = next.catch(() => undefined);
+    return next;
+  }
+
+  private serveController(): void {
+    const c = this.controller!;
+    const subj = (v: string): string => controllerSubject(this.cluster, v);
+    this.subscribe(subj('heartbeat'), async (body) => {
+      const hb = validateHeartbeat(body);
+      c.heartbeat(hb.nodeId, hb.hosts, Date.now());
+      return { epoch: c.epoch };
+    });
+    this.subscribe(subj('assignments'), async (body) => {
+      const { nodeId } = validateAssignmentsRequest(body);
+      const a = c.assignments(nodeId);
+      return {
+        epoch: a.epoch,
+        tombstones: a.tombstones,
+        shards: a.shards.map(({ volume, placement }) => this.assignmentOf(volume, placement.shard, placement.hostId)),
+      };
+    });
+    this.subscribe(subj('members'), async () => ({ members: this.allMembers() }));
+    this.subscribe(subj('volume.create'), (body) => this.serial(() => this.createVolume(validateVolumeCreateRequest(body))));
+    this.subscribe(subj('volume.delete'), (body) => this.serial(() => this.deleteVolume(validateVolumeNameRequest(body).name)));
+    this.subscribe(subj('volume.info'), async (body) => ({ ...volumeInfo(c.get(validateVolumeNameRequest(body).name)) }));
+    this.subscribe(subj('volume.placement'), async (body) => c.get(validateVolumeNameRequest(body).name));
+    this.subscribe(subj('volume.list'), async (body) => {
+      validateVolumeListRequest(body);
+      return { volumes: c.list().map(volumeInfo) };
+    });
+  }
+
+  private allMembers(): Array<{ nodeId: string; hosts: number; lastSeenMs: number; live: boolean }> {
+    const now = Date.now();
+    const live = new Set(this.controller!.liveNodes(now).map((m) => m.nodeId));
+    return this.controller!.knownNodes().map((m) => ({ ...m, live: live.has(m.nodeId) }));
+  }
+
+  private assignmentOf(v: VolumeRecord, shard: number, hostId: number): ShardAssignment {
+    return {
+      volumeId: v.id, volumeName: v.name, shard, shards: v.shards, pageCount: v.pageCount,
+      pageSize: v.pageSize, stripePages: v.stripePages, hostId,
+    };
+  }
+
+  private async createVolume(spec: ReturnType<typeof validateVolumeCreateRequest>): Promise<unknown> {
+    const c = this.controller!;
+    const v = c.create(spec, Date.now());
+    const byNode = new Map<string, ShardAssignment[]>();
+    for (const p of v.placements) {
+      const list = byNode.get(p.nodeId) ?? [];
+      list.push(this.assignmentOf(v, p.shard, p.hostId));
+      byNode.set(p.nodeId, list);
+    }
+    const timeout = this.opts.requestTimeoutMs ?? 10_000;
+    try {
+      await Promise.all(
+        [...byNode].map(async ([nodeId, shards]) => {
+          const r = await this.nc!.request(nodeSubject(this.cluster, nodeId, 'shards.open'), encode({ shards }), { timeout });
+          throwIfError(decode(r.data));
+        }),
+      );
+    } catch (e) {
+      // Undo: the volume never became visible as created. Nodes that opened shards destroy
+      // them now or, if unreachable, through the tombstone when they next reconcile.
+      c.delete(v.name);
+      await this.destroyEverywhere(v).catch(() => undefined);
+      throw new ProtocolError('unavailable', `volume '${v.name}' could not be placed: ${(e as Error).message}`);
+    }
+    return volumeInfo(v);
+  }
+
+  private async deleteVolume(name: string): Promise<unknown> {
+    const v = this.controller!.delete(name);
+    await this.destroyEverywhere(v).catch((e: unknown) => this.log.warn('shard destruction deferred to reconciliation', { volume: v.id, err: e }));
+    this.router?.forget(name);
+    return { deleted: true };
+  }
+
+  private async destroyEverywhere(v: VolumeRecord): Promise<void> {
+    const byNode = new Map<string, number[]>();
+    for (const p of v.placements) byNode.set(p.nodeId, [...(byNode.get(p.nodeId) ?? []), p.shard]);
+    const timeout = this.opts.requestTimeoutMs ?? 10_000;
+    await Promise.all(
+      [...byNode].map(async ([nodeId, shards]) => {
+        const r = await this.nc!.request(nodeSubject(this.cluster, nodeId, 'shards.destroy'), encode({ volumeId: v.id, shards }), { timeout });
+        throwIfError(decode(r.data));
+      }),
+    );
+  }
+
+  private serveNode(): void {
+    const subj = (v: string): string => nodeSubject(this.cluster, this.nodeId, v);
+    this.subscribe(subj('shards.open'), async (body) => {
+      await this.openShards(validateShardsOpen(body).shards);
+      return { ok: true };
+    });
+    this.subscribe(subj('shards.destroy'), async (body) => {
+      const r = validateShardsDestroy(body);
+      await this.destroyShards(r.volumeId, r.shards);
+      this.router?.forgetId(r.volumeId);
+      return { ok: true };
+    });
+    this.subscribe(subj('status'), async () => this.status());
+    // Every node answers the cluster-wide status scatter (no queue group).
+    this.subscribe(`strata.${this.cluster}.nodes.status`, async () => this.status());
+  }
+
+  /** This node's view: hosts, devices and the shards it hosts. */
+  async status(): Promise<Record<string, unknown>> {
+    const hosts = await this.pool!.stats();
+    const health = await this.pool!.health();
+    const shards = hosts.flatMap((h) =>
+      (h.device?.shards ?? []).map((s) => ({
+        ...s,
+        hostId: h.hostId,
+        volumeName: this.nodeMeta.shards.find((a) => a.volumeId === s.volumeId && a.shard === s.shard)?.volumeName ?? '',
+      })),
+    );
+    return {
+      node: {
+        id: this.nodeId,
+        cluster: this.cluster,
+        version: STRATA_VERSION,
+        uptimeMs: Date.now() - this.startedAt,
+        controller: this.controller !== undefined,
+        healthy: health.every((h) => h.ok),
+      },
+      hosts: hosts.map((h, i) => ({
+        hostId: h.hostId,
+        ok: health[i]?.ok ?? false,
+        reason: health[i]?.reason,
+        restarts: h.restarts,
+        queue: h.device?.queue,
+        deviceRestarts: h.device?.restarts ?? 0,
+        mailbox: h.mailbox,
+      })),
+      shards,
+    };
+  }
+
+  private async serveApi(): Promise<void> {
+    const nc = this.nc!;
+    const router = this.router!;
+    this.service = await nc.services.add({
+      name: 'strata',
+      version: STRATA_VERSION,
+      description: 'Strata page storage: volumes of fixed-size pages',
+      queue: 'strata-api',
+      metadata: { cluster: this.cluster, node: this.nodeId },
+    });
+    const group = this.service.addGroup(`strata.${this.cluster}.api`);
+    const endpoint = (verb: string, fn: (body: unknown, msg: Msg) => Promise<unknown>): void => {
+      group.addEndpoint(verb.replace(/\./g, '_'), {
+        subject: verb,
+        metadata: { verb },
+        handler: (err, msg) => {
+          if (err) return;
+          let body: unknown;
+          try {
+            body = decode(msg.data);
+          } catch (e) {
+            msg.respond(encode(errorReply(e)));
+            return;
+          }
+          fn(body, msg).then(
+            (reply) => msg.respond(reply instanceof Uint8Array ? reply : encode(reply)),
+            (e: unknown) => {
+              const pe = toProtocolError(e);
+              if (pe.code === 'internal') this.log.error('api request failed', { verb, err: e });
+              msg.respond(encode(errorReply(e)));
+            },
+          );
+        },
+      });
+    };
+    // Catalog verbs go to the controller as they came (it validates them).
+    for (const verb of ['volume.create', 'volume.list', 'volume.info', 'volume.delete']) {
+      endpoint(verb, async (_body, msg) => router.forwardToController(verb, msg.data));
+    }
+    endpoint('page.write', (body, msg) => router.pageWrite(body, msg.headers));
+    endpoint('page.read', (body, msg) => router.pageRead(body, msg.headers));
+    endpoint('volume.flush', (body, msg) => router.flush(body, msg.headers));
+    endpoint('status', async () => router.clusterStatus(await this.status()));
+  }
+}

@@ -1,0 +1,150 @@
+/**
+ * Control messages between nodes and the controller (not part of the public API).
+ *
+ * Subjects:
+ *   strata.<cluster>.controller.<verb>   heartbeat, assignments, volume.create|delete|info|list
+ *   strata.<cluster>.node.<nodeId>.<verb> shards.open, shards.destroy, status
+ *
+ * Like every Strata message they are CBOR maps, validated on receipt; a message that does not
+ * validate is answered with a bad_request error reply.
+ */
+import { ProtocolError } from './errors';
+import type { VolumeInfo } from './api';
+
+/** Hosts per node at most. */
+export const HOSTS_PER_NODE_MAX = 64;
+/** Shards in one shards.open / shards.destroy message at most. */
+export const SHARDS_PER_CONTROL_MAX = 4096;
+const NODE_ID_RE = /^[A-Za-z0-9_-]{1,64}$/;
+const VOLUME_ID_RE = /^[A-Za-z0-9_-]{1,64}$/;
+
+export interface HeartbeatRequest {
+  nodeId: string;
+  hosts: number;
+}
+export interface HeartbeatReply {
+  epoch: number;
+}
+
+export interface AssignmentsRequest {
+  nodeId: string;
+}
+
+/** One shard a node must host, with the geometry of its volume. */
+export interface ShardAssignment {
+  volumeId: string;
+  volumeName: string;
+  shard: number;
+  shards: number;
+  pageCount: number;
+  pageSize: 4096 | 8192;
+  stripePages: number;
+  hostId: number;
+}
+
+export interface AssignmentsReply {
+  epoch: number;
+  shards: ShardAssignment[];
+  /** Ids of deleted volumes: a node destroys any shard of these it still holds. */
+  tombstones: string[];
+}
+
+export interface ShardsOpenRequest {
+  shards: ShardAssignment[];
+}
+export interface ShardsDestroyRequest {
+  volumeId: string;
+  shards: number[];
+}
+
+/** What the controller keeps of a volume beyond its public info. */
+export interface VolumePlacementInfo extends VolumeInfo {
+  placements: Array<{ shard: number; nodeId: string; hostId: number }>;
+}
+
+function obj(v: unknown, path: string): Record<string, unknown> {
+  if (typeof v !== 'object' || v === null || Array.isArray(v) || v instanceof Uint8Array) {
+    throw new ProtocolError('bad_request', `${path || 'body'}: expected a map`, { path });
+  }
+  return v as Record<string, unknown>;
+}
+
+function int(v: unknown, path: string, min: number, max: number): number {
+  if (typeof v !== 'number' || !Number.isSafeInteger(v)) {
+    throw new ProtocolError('bad_request', `${path}: expected an integer, got ${typeof v}`, { path });
+  }
+  if (v < min || v > max) throw new ProtocolError('out_of_range', `${path}: ${v} is outside [${min}, ${max}]`, { path });
+  return v;
+}
+
+function str(v: unknown, path: string, re: RegExp): string {
+  if (typeof v !== 'string' || !re.test(v)) {
+    throw new ProtocolError('bad_request', `${path}: expected a string matching ${String(re)}`, { path });
+  }
+  return v;
+}
+
+function list(v: unknown, path: string, max: number): unknown[] {
+  if (!Array.isArray(v)) throw new ProtocolError('bad_request', `${path}: expected an array`, { path });
+  if (v.length > max) throw new ProtocolError('too_large', `${path}: ${v.length} entries, at most ${max}`, { path });
+  return v;
+}
+
+export function validateHeartbeat(body: unknown): HeartbeatRequest {
+  const o = obj(body, '');
+  return { nodeId: str(o.nodeId, 'nodeId', NODE_ID_RE), hosts: int(o.hosts, 'hosts', 1, HOSTS_PER_NODE_MAX) };
+}
+
+export function validateAssignmentsRequest(body: unknown): AssignmentsRequest {
+  const o = obj(body, '');
+  return { nodeId: str(o.nodeId, 'nodeId', NODE_ID_RE) };
+}
+
+export function validateShardAssignment(v: unknown, path: string): ShardAssignment {
+  const o = obj(v, path);
+  const shards = int(o.shards, `${path}.shards`, 1, 256);
+  const pageSize = int(o.pageSize, `${path}.pageSize`, 4096, 8192);
+  if (pageSize !== 4096 && pageSize !== 8192) {
+    throw new ProtocolError('bad_request', `${path}.pageSize: expected 4096 or 8192`, { path: `${path}.pageSize` });
+  }
+  return {
+    volumeId: str(o.volumeId, `${path}.volumeId`, VOLUME_ID_RE),
+    volumeName: typeof o.volumeName === 'string' ? o.volumeName.slice(0, 64) : '',
+    shard: int(o.shard, `${path}.shard`, 0, shards - 1),
+    shards,
+    pageCount: int(o.pageCount, `${path}.pageCount`, 1, 2 ** 40),
+    pageSize,
+    stripePages: int(o.stripePages, `${path}.stripePages`, 1, 2 ** 20),
+    hostId: int(o.hostId, `${path}.hostId`, 0, HOSTS_PER_NODE_MAX - 1),
+  };
+}
+
+export function validateAssignmentsReply(body: unknown): AssignmentsReply {
+  const o = obj(body, '');
+  return {
+    epoch: int(o.epoch, 'epoch', 0, Number.MAX_SAFE_INTEGER),
+    shards: list(o.shards, 'shards', SHARDS_PER_CONTROL_MAX * 16).map((s, i) => validateShardAssignment(s, `shards[${i}]`)),
+    tombstones: list(o.tombstones, 'tombstones', 65536).map((t, i) => str(t, `tombstones[${i}]`, VOLUME_ID_RE)),
+  };
+}
+
+export function validateShardsOpen(body: unknown): ShardsOpenRequest {
+  const o = obj(body, '');
+  return { shards: list(o.shards, 'shards', SHARDS_PER_CONTROL_MAX).map((s, i) => validateShardAssignment(s, `shards[${i}]`)) };
+}
+
+export function validateShardsDestroy(body: unknown): ShardsDestroyRequest {
+  const o = obj(body, '');
+  return {
+    volumeId: str(o.volumeId, 'volumeId', VOLUME_ID_RE),
+    shards: list(o.shards, 'shards', SHARDS_PER_CONTROL_MAX).map((s, i) => int(s, `shards[${i}]`, 0, 255)),
+  };
+}
+
+export function controllerSubject(cluster: string, verb: string): string {
+  return `strata.${cluster}.controller.${verb}`;
+}
+
+export function nodeSubject(cluster: string, nodeId: string, verb: string): string {
+  return `strata.${cluster}.node.${nodeId}.${verb}`;
+}

@@ -1,0 +1,41 @@
+/**
+ * Structured logging: one JSON object per line on stderr, quiet by default.
+ *
+ * The level comes from STRATA_LOG_LEVEL (error | warn | info | debug; default warn), so a node
+ * prints nothing while it is healthy. Errors are logged once, by the code that handles them.
+ */
+export type LogLevel = 'error' | 'warn' | 'info' | 'debug';
+
+const LEVELS: Record<LogLevel, number> = { error: 0, warn: 1, info: 2, debug: 3 };
+
+function levelFromEnv(): LogLevel {
+  const v = (process.env.STRATA_LOG_LEVEL ?? 'warn').toLowerCase();
+  return v in LEVELS ? (v as LogLevel) : 'warn';
+}
+
+export interface Logger {
+  error(msg: string, fields?: Record<string, unknown>): void;
+  warn(msg: string, fields?: Record<string, unknown>): void;
+  info(msg: string, fields?: Record<string, unknown>): void;
+  debug(msg: string, fields?: Record<string, unknown>): void;
+  child(fields: Record<string, unknown>): Logger;
+}
+
+export function createLogger(base: Record<string, unknown> = {}, level: LogLevel = levelFromEnv()): Logger {
+  const max = LEVELS[level];
+  const emit = (lvl: LogLevel, msg: string, fields?: Record<string, unknown>): void => {
+    if (LEVELS[lvl] > max) return;
+    const line: Record<string, unknown> = { ts: new Date().toISOString(), level: lvl, msg, ...base, ...fields };
+    for (const [k, v] of Object.entries(line)) {
+      if (v instanceof Error) line[k] = { name: v.name, message: v.message, code: (v as { code?: unknown }).code, stack: v.stack };
+    }
+    process.stderr.write(JSON.stringify(line) + '\n');
+  };
+  return {
+    error: (m, f) => emit('error', m, f),
+    warn: (m, f) => emit('warn', m, f),
+    info: (m, f) => emit('info', m, f),
+    debug: (m, f) => emit('debug', m, f),
+    child: (f) => createLogger({ ...base, ...f }, level),
+  };
+}

@@ -1,0 +1,216 @@
+/**
+ * HostPool: the main thread's side of a node's actor hosts.
+ *
+ * It starts one worker thread per host (runtime/actor-host.ts), each owning one device, and
+ * drives them over comlink: open/close shards, stats, health, stop. It supervises them: a host
+ * thread that exits unexpectedly is started again with the same device and reopens the shards
+ * it had (their state comes back from the device), and the restart is counted.
+ */
+import { Worker } from 'node:worker_threads';
+import * as path from 'node:path';
+import * as Comlink from 'comlink';
+import nodeEndpoint from 'comlink/dist/umd/node-adapter';
+import type { HostApi, HostConfig, HostStats, HostHealth } from './actor-host';
+import type { ShardSpec } from './device-host';
+
+export interface HostPoolOptions {
+  /** One config per host; host i owns device hosts[i].deviceDir. */
+  hosts: HostConfig[];
+  /** Restarts of one host allowed within restartWindowMs before it is left down; default 5 per minute. */
+  restartsMax?: number;
+  restartWindowMs?: number;
+  /** Deadline for a control call to a host; default 30 s. */
+  callTimeoutMs?: number;
+  /** Told when a host exits unexpectedly (for logging by the node). */
+  onHostExit?: (hostId: number, code: number, restarting: boolean) => void;
+}
+
+interface HostSlot {
+  config: HostConfig;
+  worker: Worker | undefined;
+  api: Comlink.Remote<HostApi> | undefined;
+  ready: Promise<void> | undefined;
+  shards: Map<string, ShardSpec>;
+  restarts: number[];
+  restartsTotal: number;
+  stopping: boolean;
+  down: string | undefined;
+}
+
+const HOST_SCRIPT = path.join(__dirname, 'actor-host.js');
+
+function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const t = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(Object.assign(new Error(`${what} timed out after ${ms} ms`), { code: 'timeout' })), ms);
+  });
+  return Promise.race([p, t]).finally(() => clearTimeout(timer));
+}
+
+export class HostPool {
+  private readonly slots: HostSlot[];
+  private readonly opts: HostPoolOptions;
+  private stopped = false;
+
+  private constructor(opts: HostPoolOptions) {
+    this.opts = opts;
+    this.slots = opts.hosts.map((config) => ({
+      config,
+      worker: undefined,
+      api: undefined,
+      ready: undefined,
+      shards: new Map(),
+      restarts: [],
+      restartsTotal: 0,
+      stopping: false,
+      down: undefined,
+    }));
+  }
+
+  static async start(opts: HostPoolOptions): Promise<HostPool> {
+    if (opts.hosts.length === 0) throw new Error('a node needs at least one host');
+    const pool = new HostPool(opts);
+    try {
+      await Promise.all(pool.slots.map((s) => pool.spawn(s)));
+    } catch (e) {
+      pool.kill();
+      throw e;
+    }
+    return pool;
+  }
+
+  get size(): number {
+    return this.slots.length;
+  }
+
+  /** Opens a shard on host `hostId` (and remembers it, so a restarted host reopens it). */
+  async openShard(hostId: number, spec: ShardSpec): Promise<void> {
+    const slot = this.slot(hostId);
+    slot.shards.set(`${spec.volumeId}.${spec.shard}`, spec);
+    await this.call(slot, (api) => api.openShard(spec));
+  }
+
+  async closeShard(hostId: number, volumeId: string, shard: number, destroy: boolean): Promise<void> {
+    const slot = this.slot(hostId);
+    slot.shards.delete(`${volumeId}.${shard}`);
+    await this.call(slot, (api) => api.closeShard(volumeId, shard, destroy));
+  }
+
+  async stats(): Promise<Array<HostStats & { restarts: number; down?: string }>> {
+    return Promise.all(
+      this.slots.map(async (s) => {
+        if (s.down || !s.api) {
+          return { hostId: s.config.hostId, device: undefined, natsConnected: false, mailbox: [], restarts: s.restartsTotal, down: s.down ?? 'starting' } as HostStats & { restarts: number; down?: string };
+        }
+        const st = await this.call(s, (api) => api.stats());
+        return { ...st, restarts: s.restartsTotal };
+      }),
+    );
+  }
+
+  async health(): Promise<HostHealth[]> {
+    return Promise.all(
+      this.slots.map((s) =>
+        s.api && !s.down
+          ? this.call(s, (api) => api.health())
+          : Promise.resolve({ hostId: s.config.hostId, ok: false, natsConnected: false, deviceFailed: false, shardsDown: 0, reason: s.down ?? 'starting' }),
+      ),
+    );
+  }
+
+  async checkpointAll(): Promise<void> {
+    await Promise.all(this.slots.map((s) => this.call(s, (api) => api.checkpoint())));
+  }
+
+  /** Clean shutdown: every host drains its mailboxes and device queue, then exits. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    await Promise.all(
+      this.slots.map(async (s) => {
+        s.stopping = true;
+        if (!s.worker || !s.api) return;
+        try {
+          await withTimeout(s.api.stop(), this.opts.callTimeoutMs ?? 30_000, `stop of host ${s.config.hostId}`);
+        } catch {
+          // A host that does not stop in time is terminated below; its device recovers on open.
+        }
+        s.api[Comlink.releaseProxy]();
+        await s.worker.terminate();
+        s.worker = undefined;
+        s.api = undefined;
+      }),
+    );
+  }
+
+  /** Abrupt end, as a crash: threads terminated without draining (tests of recovery). */
+  kill(): void {
+    this.stopped = true;
+    for (const s of this.slots) {
+      s.stopping = true;
+      void s.worker?.terminate();
+      s.worker = undefined;
+      s.api = undefined;
+    }
+  }
+
+  /** Terminates one host thread as a crash would; the pool restarts it (tests of supervision). */
+  async crashHost(hostId: number): Promise<void> {
+    const slot = this.slot(hostId);
+    const w = slot.worker;
+    if (!w) return;
+    await w.terminate();
+  }
+
+  private slot(hostId: number): HostSlot {
+    const s = this.slots.find((x) => x.config.hostId === hostId);
+    if (!s) throw new Error(`no host ${hostId}`);
+    return s;
+  }
+
+  private async call<T>(slot: HostSlot, fn: (api: Comlink.Remote<HostApi>) => Promise<T>): Promise<T> {
+    if (slot.ready) await slot.ready;
+    if (!slot.api) {
+      throw Object.assign(new Error(`host ${slot.config.hostId} is down${slot.down ? `: ${slot.down}` : ''}`), { code: 'unavailable' });
+    }
+    return withTimeout(fn(slot.api), this.opts.callTimeoutMs ?? 30_000, `call to host ${slot.config.hostId}`);
+  }
+
+  private spawn(slot: HostSlot): Promise<void> {
+    const worker = new Worker(HOST_SCRIPT, { workerData: { hostId: slot.config.hostId } });
+    const api = Comlink.wrap<HostApi>(nodeEndpoint(worker as never));
+    slot.worker = worker;
+    slot.api = api;
+    worker.once('exit', (code) => this.onExit(slot, worker, code));
+    // An uncaught error in the host ends the thread; 'exit' follows and handles the restart.
+    worker.on('error', () => undefined);
+    slot.ready = (async () => {
+      await withTimeout(api.init(slot.config), this.opts.callTimeoutMs ?? 30_000, `start of host ${slot.config.hostId}`);
+      for (const spec of slot.shards.values()) await api.openShard(spec);
+    })();
+    const ready = slot.ready;
+    return ready.finally(() => {
+      if (slot.ready === ready) slot.ready = undefined;
+    });
+  }
+
+  private onExit(slot: HostSlot, worker: Worker, code: number): void {
+    if (slot.worker !== worker && slot.worker !== undefined) return;
+    slot.worker = undefined;
+    slot.api = undefined;
+    if (this.stopped || slot.stopping) return;
+    const now = Date.now();
+    const windowMs = this.opts.restartWindowMs ?? 60_000;
+    slot.restarts = slot.restarts.filter((t) => now - t < windowMs);
+    const restarting = slot.restarts.length < (this.opts.restartsMax ?? 5);
+    this.opts.onHostExit?.(slot.config.hostId, code, restarting);
+    if (!restarting) {
+      slot.down = `host exited ${slot.restarts.length + 1} times within ${windowMs} ms (last code ${code})`;
+      return;
+    }
+    slot.restarts.push(now);
+    slot.restartsTotal++;
+    this.spawn(slot).catch((e: Error) => {
+      slot.down = `restart failed: ${e.message}`;
+    });
+  }
+}

@@ -1,0 +1,156 @@
+import { strict as assert } from 'node:assert';
+import { startCluster, type InProcessCluster } from '../../cluster/in-process-cluster';
+import { demoPage } from '../../cluster/dev';
+import { encode, decode } from '../../messages/codec';
+import { ProtocolError, type ErrorReply } from '../../messages/errors';
+import { HEADER_DEADLINE, HEADER_SCHEMA, HEADER_TYPE } from '../../messages/headers';
+import { shardSubject, apiSubject } from '../../messages/subjects';
+import type { VolumeInfo } from '../../messages/api';
+
+function headers(type: string, extra: Record<string, string> = {}): Record<string, string> {
+  return { [HEADER_TYPE]: type, [HEADER_SCHEMA]: '1', [HEADER_DEADLINE]: String(Date.now() + 5000), ...extra };
+}
+
+describe('bad input over NATS gets a typed error and the node keeps serving', function () {
+  this.timeout(60_000);
+  let c: InProcessCluster;
+  let info: VolumeInfo;
+  let shard0: string;
+
+  /** Sends raw bytes and returns the decoded error body (failing if the reply is not an error). */
+  async function rawError(subject: string, data: Uint8Array, hdrs: Record<string, string>): Promise<ErrorReply['error']> {
+    const reply = decode(await c.client.rawRequest(subject, data, hdrs)) as Partial<ErrorReply>;
+    assert.ok(reply.error, `expected an error reply, got ${JSON.stringify(reply)}`);
+    return reply.error;
+  }
+
+  async function stillServes(): Promise<void> {
+    const vol = c.client.volume('v-bad');
+    const data = demoPage(4096, 2, Date.now() & 0xffff);
+    await vol.write(2, data);
+    assert.deepEqual(Buffer.from((await vol.readPages([2])).pages[0]!), Buffer.from(data));
+  }
+
+  before(async () => {
+    c = await startCluster({ nodes: 1, hosts: 1 });
+    info = await c.client.createVolume({ name: 'v-bad', pageCount: 100, shards: 1 });
+    shard0 = shardSubject(c.cluster, info.id, 0);
+  });
+  after(async () => {
+    await c?.stop();
+  });
+  afterEach(async () => {
+    await stillServes();
+  });
+
+  it('malformed CBOR to a shard → bad_request', async () => {
+    const e = await rawError(shard0, new Uint8Array([0xff, 0x00, 0x13, 0x37]), headers('shard.write'));
+    assert.equal(e.code, 'bad_request');
+  });
+
+  it('truncated CBOR to the API → bad_request', async () => {
+    const full = encode({ volume: 'v-bad', pages: [{ page: 1, data: new Uint8Array(4096) }] });
+    const e = await rawError(apiSubject(c.cluster, 'page.write'), full.subarray(0, 100), headers('page.write'));
+    assert.equal(e.code, 'bad_request');
+  });
+
+  it('missing fields → bad_request naming the field', async () => {
+    const e = await rawError(shard0, encode({}), headers('shard.write'));
+    assert.equal(e.code, 'bad_request');
+    assert.match(JSON.stringify(e), /pages/);
+  });
+
+  it('wrong types → bad_request', async () => {
+    const e = await rawError(shard0, encode({ pages: 'all of them' }), headers('shard.write'));
+    assert.equal(e.code, 'bad_request');
+    const e2 = await rawError(shard0, encode({ pages: [{ page: 'one', data: new Uint8Array(4096) }] }), headers('shard.write'));
+    assert.equal(e2.code, 'bad_request');
+  });
+
+  it('page out of range → out_of_range', async () => {
+    const e = await rawError(shard0, encode({ pages: [{ page: 100, data: new Uint8Array(4096) }] }), headers('shard.write'));
+    assert.equal(e.code, 'out_of_range');
+    const e2 = await rawError(shard0, encode({ pages: [100] }), headers('shard.read'));
+    assert.equal(e2.code, 'out_of_range');
+    await assert.rejects(
+      c.client.apiRequest('page.read', { volume: 'v-bad', pages: [1000] }),
+      (err: ProtocolError) => err.code === 'out_of_range',
+    );
+  });
+
+  it('wrong data length → bad_request', async () => {
+    const e = await rawError(shard0, encode({ pages: [{ page: 1, data: new Uint8Array(100) }] }), headers('shard.write'));
+    assert.equal(e.code, 'bad_request');
+    assert.match(e.message, /4096/);
+  });
+
+  it('unknown volume → not_found', async () => {
+    await assert.rejects(c.client.volume('no-such-volume').readPages([0]), (err: ProtocolError) => err.code === 'not_found');
+    await assert.rejects(
+      c.client.apiRequest('page.write', { volume: 'no-such-volume', pages: [{ page: 0, data: new Uint8Array(4096) }] }),
+      (err: ProtocolError) => err.code === 'not_found',
+    );
+  });
+
+  it('a request over the server max_payload → too_large, before it is sent', async () => {
+    await assert.rejects(
+      c.client.rawRequest(shard0, new Uint8Array(2 * 1024 * 1024), headers('shard.write')),
+      (err: ProtocolError) => err.code === 'too_large',
+    );
+  });
+
+  it('more pages than a request may carry → too_large', async () => {
+    const pages = Array.from({ length: 300 }, (_, i) => i % 100);
+    const e = await rawError(shard0, encode({ pages }), headers('shard.read'));
+    assert.equal(e.code, 'too_large');
+  });
+
+  it('a request to a deleted volume → not_found', async () => {
+    await c.client.createVolume({ name: 'v-gone', pageCount: 10 });
+    const vol = c.client.volume('v-gone');
+    await vol.write(1, new Uint8Array(4096).fill(1));
+    await c.client.deleteVolume('v-gone');
+    await assert.rejects(vol.write(1, new Uint8Array(4096)), (err: ProtocolError) => err.code === 'not_found');
+    await assert.rejects(vol.readPages([1]), (err: ProtocolError) => err.code === 'not_found');
+  });
+
+  it('unknown message type, unsupported schema, or a passed deadline → typed errors', async () => {
+    assert.equal((await rawError(shard0, encode({}), headers('shard.explode'))).code, 'bad_request');
+    assert.equal((await rawError(shard0, encode({ pages: [1] }), headers('shard.read', { [HEADER_SCHEMA]: '99' }))).code, 'bad_request');
+    assert.equal((await rawError(shard0, encode({ pages: [1] }), headers('shard.read', { [HEADER_DEADLINE]: String(Date.now() - 1) }))).code, 'timeout');
+  });
+});
+
+describe('a full mailbox answers overloaded, not a crash or a hang', function () {
+  this.timeout(60_000);
+  let c: InProcessCluster;
+  before(async () => {
+    c = await startCluster({ nodes: 1, hosts: 1, node: { mailboxRequestsMax: 4 } });
+  });
+  after(async () => {
+    await c?.stop();
+  });
+
+  it('refuses the excess with overloaded and serves again afterwards', async () => {
+    const info = await c.client.createVolume({ name: 'v-load', pageCount: 4096 });
+    const subject = shardSubject(c.cluster, info.id, 0);
+    const data = new Uint8Array(4096).fill(7);
+    // 200 writes sent at once into a mailbox that admits 4.
+    const replies = await Promise.all(
+      Array.from({ length: 200 }, (_, i) =>
+        c.client.rawRequest(subject, encode({ pages: [{ page: i, data }] }), headers('shard.write')).then((b) => decode(b) as Record<string, unknown>),
+      ),
+    );
+    const overloaded = replies.filter((r) => (r.error as { code?: string } | undefined)?.code === 'overloaded').length;
+    const ok = replies.filter((r) => typeof r.lsn === 'number').length;
+    assert.equal(ok + overloaded, 200, 'every request got an answer: a commit or overloaded');
+    assert.ok(overloaded > 0, 'some were refused');
+    assert.ok(ok >= 4, 'the admitted ones committed');
+    // Every acknowledged write is readable, and the shard serves normally again.
+    const vol = c.client.volume('v-load');
+    const acked = replies.map((r, i) => (typeof r.lsn === 'number' ? i : -1)).filter((i) => i >= 0);
+    const got = await vol.readPages(acked.slice(0, 200));
+    for (const p of got.pages) assert.deepEqual(Buffer.from(p), Buffer.from(data));
+    await vol.write(4000, data);
+  });
+});
