@@ -27,6 +27,7 @@ import {
   getU64,
   LOG_VALUE_MAX,
   parseSegmentName,
+  RECORD_ALIGN_BYTES,
   RECORD_BYTES_MAX,
   RECORD_HEADER_BYTES,
   RECORD_KIND_MAX,
@@ -835,8 +836,12 @@ export class SegmentLog {
             disk.fsyncDir(this.dir);
             break;
           }
-          const next = inBody ?? this.findValidInSegments(segNames, i + 1, expected);
-          this.reportCorruption(name, 0, expected, next ?? expected, reason);
+          // The records of a segment with a damaged header are not used: they count as lost up to
+          // the next valid segment (or the last valid record in this one when it is the last).
+          const next =
+            this.findValidInSegments(segNames, i + 1, expected) ??
+            (inBody === undefined ? expected : this.findLastRecordLsn(this.readerOf(fh), expected) + 1);
+          this.reportCorruption(name, 0, expected, next, reason);
           if (this.segments.length === 0) {
             // Nothing valid at all: an empty stand-in so that firstLsn/lastLsn are defined.
             this.segments.push(new SegmentIndex(name, { baseLsn: nameBase, prevTerm: 0, segmentBytesMax: this.segmentBytesMax }));
@@ -860,7 +865,7 @@ export class SegmentLog {
         const stop = this.scanRecords(r, seg);
         if (stop === undefined) continue;
         const from = seg.lastLsn + 1;
-        const next = this.findRecordFrom(r, stop.offset + 8, from) ?? this.findValidInSegments(segNames, i + 1, from);
+        const next = this.findRecordFrom(r, stop.offset + RECORD_ALIGN_BYTES, from)?.lsn ?? this.findValidInSegments(segNames, i + 1, from);
         if (next !== undefined) {
           this.reportCorruption(name, stop.offset, from, next, stop.reason);
           break;
@@ -914,9 +919,9 @@ export class SegmentLog {
     return undefined;
   }
 
-  /** LSN of the first record at an 8-byte aligned offset >= start with a valid checksum and LSN >= minLsn. */
-  private findRecordFrom(r: ChunkReader, start: number, minLsn: number): number | undefined {
-    for (let p = start; p + RECORD_HEADER_BYTES <= r.size; p += 8) {
+  /** The first record at an 8-byte aligned offset >= start with a valid checksum and LSN >= minLsn. */
+  private findRecordFrom(r: ChunkReader, start: number, minLsn: number): { lsn: number; offset: number } | undefined {
+    for (let p = start; p + RECORD_HEADER_BYTES <= r.size; p += RECORD_ALIGN_BYTES) {
       if (!r.ensure(p, RECORD_HEADER_BYTES)) return undefined;
       let rel = p - r.winStart;
       const len = r.view.getUint32(rel, true);
@@ -925,9 +930,20 @@ export class SegmentLog {
       if (lsn < minLsn) continue;
       if (!r.ensure(p, recordBytes(len))) continue;
       rel = p - r.winStart;
-      if (r.view.getUint32(rel + 4, true) === recordCrc(r.buf, rel, len)) return lsn;
+      if (r.view.getUint32(rel + 4, true) === recordCrc(r.buf, rel, len)) return { lsn, offset: p };
     }
     return undefined;
+  }
+
+  /** Highest LSN (>= minLsn) of a record with a valid checksum at an 8-byte aligned offset past the header; minLsn-1 if none. */
+  private findLastRecordLsn(r: ChunkReader, minLsn: number): number {
+    let best = minLsn - 1;
+    for (let p = SEGMENT_HEADER_BYTES; ; ) {
+      const found = this.findRecordFrom(r, p, best + 1);
+      if (found === undefined) return best;
+      best = found.lsn;
+      p = found.offset + RECORD_ALIGN_BYTES;
+    }
   }
 
   /**
@@ -942,8 +958,8 @@ export class SegmentLog {
         const r = this.readerOf(fh);
         const dec = this.readHeader(r);
         if (dec.ok) return Math.max(dec.header.baseLsn, minLsn);
-        const lsn = this.findRecordFrom(r, SEGMENT_HEADER_BYTES, minLsn);
-        if (lsn !== undefined) return lsn;
+        const found = this.findRecordFrom(r, SEGMENT_HEADER_BYTES, minLsn);
+        if (found !== undefined) return found.lsn;
       } finally {
         this.disk.close(fh);
       }

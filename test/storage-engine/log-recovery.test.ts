@@ -1,0 +1,435 @@
+/**
+ * SegmentLog recovery: torn tails at every byte, bit rot in the tail and in the middle, power cuts
+ * at every step of roll-over / trim / truncate / reset, fsync failure, damaged segment headers,
+ * gaps, leftover temporaries. All on SimDisk.
+ */
+import { strict as assert } from 'node:assert';
+import { crc32c } from '../../storage-engine/crc32c';
+import { CorruptionError, StorageError, type CorruptionReport } from '../../storage-engine/errors';
+import { SegmentLog } from '../../storage-engine/log';
+import {
+  encodeSegmentHeader,
+  parseSegmentName,
+  recordBytes,
+  segmentName,
+  SEGMENT_HEADER_BYTES,
+  viewOf,
+} from '../../storage-engine/log-segment';
+import { SimDisk, SimulatedCrash } from '../../storage-engine/sim-disk';
+import { assertHistory, history, payloadOf, termOf } from './log.test';
+
+const DIR = 'shard-7/log';
+const SEG = 4096;
+const pathOf = (name: string): string => `${DIR}/${name}`;
+
+/** Offset of record `lsn` in a segment with base `baseLsn` holding the standard history. */
+function offsetOf(lsn: number, baseLsn = 1): number {
+  let off = SEGMENT_HEADER_BYTES;
+  for (let k = baseLsn; k < lsn; k++) off += recordBytes(payloadOf(k).length);
+  return off;
+}
+
+function segBases(disk: SimDisk): number[] {
+  return disk.list(DIR).map((n) => parseSegmentName(n)).filter((b): b is number => b !== undefined);
+}
+
+function isCode(code: string): (e: unknown) => boolean {
+  return (e: unknown) => {
+    assert.ok(e instanceof StorageError, `expected a StorageError, got ${String(e)}`);
+    assert.equal(e.code, code, e.message);
+    return true;
+  };
+}
+
+function snapshot(disk: SimDisk): Map<string, Uint8Array> {
+  const m = new Map<string, Uint8Array>();
+  for (const n of disk.list(DIR)) m.set(n, disk.fileBytes(pathOf(n)));
+  return m;
+}
+
+/** A log holding the standard history 1..lastLsn, synced. */
+function logWith(lastLsn: number, segmentBytesMax = 64 * 1024 * 1024): { disk: SimDisk; log: SegmentLog } {
+  const disk = new SimDisk();
+  const log = SegmentLog.open(disk, { dir: DIR, segmentBytesMax });
+  log.write(history(1, lastLsn));
+  log.sync();
+  return { disk, log };
+}
+
+function reopen(disk: SimDisk, segmentBytesMax = SEG): SegmentLog {
+  return SegmentLog.open(disk, { dir: DIR, segmentBytesMax });
+}
+
+/** Asserts the log refuses every mutation but reset because of corruption. */
+function assertReadOnly(log: SegmentLog): void {
+  const isCorruption = (e: unknown): boolean => e instanceof CorruptionError && e.code === 'corruption';
+  assert.throws(() => log.write(history(log.lastLsn + 1, log.lastLsn + 1)), isCorruption);
+  assert.throws(() => log.truncateSuffix(log.lastLsn), isCorruption);
+}
+
+describe('SegmentLog recovery', () => {
+  it('(a) a torn last write, at every byte, keeps exactly the whole records before the tear', () => {
+    const batch = history(6, 8);
+    const ends: number[] = [];
+    let total = 0;
+    for (const r of batch) ends.push((total += recordBytes(r.payload.length)));
+    const path = pathOf(segmentName(1));
+    for (let keep = 0; keep <= total; keep++) {
+      const { disk, log } = logWith(5);
+      log.write(batch); // one disk write, never synced
+      const report = disk.powerCut({ tear: { path, keepBytes: keep } });
+      assert.equal(report.tornBytes, keep);
+      const whole = ends.filter((e) => e <= keep).length;
+      const again = reopen(disk);
+      assert.deepEqual(again.corruption, [], `keep=${keep}`);
+      assert.equal(again.lastLsn, 5 + whole, `keep=${keep}`);
+      assert.equal(again.syncedLsn, 5 + whole);
+      assert.equal(disk.fileBytes(path).length, offsetOf(6 + whole), 'the torn bytes were cut off');
+      assert.equal(disk.durableBytes(path).length, offsetOf(6 + whole), 'durably');
+      assertHistory(again, 1, 5 + whole);
+      // Appends continue after the cut and survive the next power cut.
+      again.write(history(6 + whole, 10));
+      again.sync();
+      disk.powerCut();
+      assertHistory(reopen(disk), 1, 10);
+    }
+  });
+
+  it('(b) a bad checksum in the last record with nothing valid after it is a torn tail', () => {
+    const { disk } = logWith(5);
+    const path = pathOf(segmentName(1));
+    disk.flipBits(path, offsetOf(5) + 40, 3);
+    const log = reopen(disk);
+    assert.deepEqual(log.corruption, []);
+    assert.equal(log.lastLsn, 4);
+    assert.equal(disk.durableBytes(path).length, offsetOf(5));
+    log.write(history(5, 6));
+    log.sync();
+    assertHistory(log, 1, 6);
+    // A damaged length field (out of bounds) is handled the same way.
+    disk.flipBits(path, offsetOf(6) + 3, 1);
+    const again = reopen(disk);
+    assert.deepEqual(again.corruption, []);
+    assert.equal(again.lastLsn, 5);
+  });
+
+  it('(c) a bit flip in a middle record with valid records after it is corruption: reported, nothing truncated, writes refused', () => {
+    const { disk } = logWith(10);
+    const path = pathOf(segmentName(1));
+    disk.flipBits(path, offsetOf(4) + 100, 1);
+    const before = snapshot(disk);
+    const log = reopen(disk);
+    const expected: CorruptionReport[] = [
+      { file: path, offset: offsetOf(4), fromLsn: 4, toLsn: 4, reason: 'record checksum mismatch' },
+    ];
+    assert.deepEqual(log.corruption, expected);
+    assert.deepEqual([log.firstLsn, log.lastLsn, log.lastTerm], [1, 3, termOf(3)]);
+    assertHistory(log, 1, 3);
+    assert.throws(() => log.read(4, 4), isCode('out_of_range'));
+    assertReadOnly(log);
+    log.sync(); // nothing to do, not an error
+    assert.deepEqual(snapshot(disk), before, 'no byte on disk changed');
+    // Reopening again reports the same and still changes nothing.
+    disk.powerCut();
+    assert.deepEqual(reopen(disk).corruption, expected);
+    assert.deepEqual(snapshot(disk), before);
+    // reset is the repair tool: it clears the corruption.
+    const repaired = reopen(disk);
+    repaired.reset(11, termOf(10));
+    assert.deepEqual(repaired.corruption, []);
+    repaired.write(history(11, 12));
+    repaired.sync();
+    disk.powerCut();
+    const after = reopen(disk);
+    assert.deepEqual(after.corruption, []);
+    assertHistory(after, 11, 12);
+  });
+
+  it('(c) damage over several records reports the whole lost range', () => {
+    const { disk } = logWith(10);
+    disk.flipBits(pathOf(segmentName(1)), offsetOf(4), offsetOf(7) - offsetOf(4)); // records 4, 5, 6
+    const log = reopen(disk);
+    assert.equal(log.corruption.length, 1);
+    assert.deepEqual([log.corruption[0]!.fromLsn, log.corruption[0]!.toLsn, log.lastLsn], [4, 6, 3]);
+  });
+
+  it('(c) damage at the end of a sealed segment is corruption even if the next segment is empty', () => {
+    const disk = new SimDisk();
+    const log = SegmentLog.open(disk, { dir: DIR, segmentBytesMax: SEG });
+    log.write(history(1, 40)); // rolls over: sealed segments are synced, the last one is not
+    const bases = segBases(disk);
+    assert.ok(bases.length >= 3);
+    disk.powerCut(); // the active segment's records are lost, its header is not
+    const lastBase = bases[bases.length - 1]!;
+    const sealedBase = bases[bases.length - 2]!;
+    const again = reopen(disk);
+    assert.equal(again.lastLsn, lastBase - 1);
+    again.close();
+    // The last record of the sealed segment rots.
+    const sealedPath = pathOf(segmentName(sealedBase));
+    disk.flipBits(sealedPath, offsetOf(lastBase - 1, sealedBase) + 40, 1);
+    const before = snapshot(disk);
+    const bad = reopen(disk);
+    assert.deepEqual(
+      bad.corruption.map((c) => [c.file, c.offset, c.fromLsn, c.toLsn]),
+      [[sealedPath, offsetOf(lastBase - 1, sealedBase), lastBase - 1, lastBase - 1]],
+    );
+    assert.equal(bad.lastLsn, lastBase - 2);
+    assertReadOnly(bad);
+    assert.deepEqual(snapshot(disk), before);
+  });
+
+  it('(d) a power cut after every mutating step of segment roll-overs leaves a valid log with everything synced', () => {
+    const setup = (): { disk: SimDisk; log: SegmentLog } => logWith(10, SEG);
+    const step = (log: SegmentLog): void => {
+      log.write(history(11, 40)); // several roll-overs
+      log.sync();
+      log.write(history(41, 45));
+      log.sync();
+    };
+    const probe = setup();
+    const ops0 = probe.disk.mutatingOps;
+    step(probe.log);
+    const stepOps = probe.disk.mutatingOps - ops0;
+    assert.ok(stepOps >= 15, `roll-overs take many steps (${stepOps})`);
+    const seen = new Set<number>();
+    for (let n = 0; n <= stepOps; n++) {
+      const { disk, log } = setup();
+      disk.crashAfter(n);
+      let crashed = false;
+      try {
+        step(log);
+      } catch (e) {
+        assert.ok(e instanceof SimulatedCrash, `n=${n}: ${String(e)}`);
+        crashed = true;
+      }
+      assert.equal(crashed, n < stepOps, `n=${n}`);
+      const durable = log.syncedLsn;
+      disk.powerCut();
+      const again = reopen(disk);
+      assert.deepEqual(again.corruption, [], `n=${n}`);
+      assert.ok(again.lastLsn >= durable && again.lastLsn <= 45, `n=${n}: lastLsn ${again.lastLsn}, durable ${durable}`);
+      seen.add(again.lastLsn);
+      assertHistory(again, 1, again.lastLsn);
+      // The recovered log takes appends and survives another power cut.
+      again.write(history(again.lastLsn + 1, 50));
+      again.sync();
+      disk.powerCut();
+      const third = reopen(disk);
+      assert.deepEqual(third.corruption, []);
+      assertHistory(third, 1, 50);
+      assert.deepEqual(disk.list(DIR).filter((x) => !x.endsWith('.log')), [], 'no temporaries left');
+    }
+    assert.ok(seen.has(10) && seen.has(45) && seen.size >= 3, `crash points cover several outcomes: ${[...seen]}`);
+  });
+
+  it('(d) a power cut at every step of trimPrefix, truncateSuffix and reset never damages the log', () => {
+    const cases: { name: string; op: (log: SegmentLog) => void; check: (log: SegmentLog) => void }[] = [
+      {
+        name: 'trimPrefix',
+        op: (log) => log.trimPrefix(60),
+        check: (log) => {
+          assert.equal(log.lastLsn, 80);
+          assertHistory(log, log.firstLsn, 80);
+        },
+      },
+      {
+        name: 'truncateSuffix',
+        op: (log) => log.truncateSuffix(20),
+        check: (log) => {
+          assert.ok(log.lastLsn === 19 || log.lastLsn === 80 || log.lastLsn >= 20, String(log.lastLsn));
+          assertHistory(log, 1, log.lastLsn);
+        },
+      },
+      {
+        name: 'reset',
+        op: (log) => log.reset(500, 9),
+        check: (log) => {
+          if (log.firstLsn === 500) {
+            assert.deepEqual([log.lastLsn, log.lastTerm], [499, 9]);
+          } else {
+            assert.deepEqual([log.firstLsn, log.lastLsn], [1, 80]);
+            assertHistory(log, 1, 80);
+          }
+        },
+      },
+    ];
+    for (const c of cases) {
+      const probe = logWith(80, SEG);
+      const ops0 = probe.disk.mutatingOps;
+      c.op(probe.log);
+      const stepOps = probe.disk.mutatingOps - ops0;
+      assert.ok(stepOps >= 3, c.name);
+      for (let n = 0; n <= stepOps; n++) {
+        const { disk, log } = logWith(80, SEG);
+        disk.crashAfter(n);
+        try {
+          c.op(log);
+        } catch (e) {
+          assert.ok(e instanceof SimulatedCrash, `${c.name} n=${n}: ${String(e)}`);
+        }
+        disk.powerCut();
+        const again = reopen(disk);
+        assert.deepEqual(again.corruption, [], `${c.name} n=${n}`);
+        c.check(again);
+        // Finishing the operation after recovery gives the final state.
+        if (c.name === 'truncateSuffix' && again.lastLsn >= 20) again.truncateSuffix(20);
+        if (c.name === 'reset' && again.firstLsn !== 500) again.reset(500, 9);
+        again.write([{ term: 60, kind: 2, payload: new Uint8Array(0) }]);
+        again.sync();
+        disk.powerCut();
+        const third = reopen(disk);
+        assert.deepEqual(third.corruption, []);
+        assert.equal(third.lastTerm, 60);
+        assert.equal(third.lastLsn, c.name === 'trimPrefix' ? 81 : c.name === 'truncateSuffix' ? 20 : 500);
+        assert.deepEqual(disk.list(DIR).filter((x) => !x.endsWith('.log')), [], `${c.name} n=${n}: no temporaries`);
+      }
+    }
+  });
+
+  it('(e) a failed fsync fails the log for good; after a power cut the unsynced records are gone', () => {
+    const { disk, log } = logWith(3);
+    log.write(history(4, 6));
+    disk.failFsync({ path: DIR });
+    assert.throws(() => log.sync(), isCode('fsync_failed'));
+    assert.equal(log.syncedLsn, 3);
+    assert.throws(() => log.write(history(7, 7)), isCode('device_failed'));
+    assert.throws(() => log.sync(), isCode('device_failed'), 'no retry of a failed fsync');
+    assert.throws(() => log.trimPrefix(1), isCode('device_failed'));
+    assert.throws(() => log.reset(1, 0), isCode('device_failed'));
+    assert.throws(() => log.read(1, 4), isCode('device_failed'), 'unsynced records are not served');
+    assert.throws(() => log.termAt(5), isCode('device_failed'));
+    assertHistory(log, 1, 3);
+    disk.powerCut();
+    const again = reopen(disk);
+    assert.deepEqual(again.corruption, []);
+    assert.equal(again.lastLsn, 3);
+    assertHistory(again, 1, 3);
+  });
+
+  it('(e) a failed fsync while sealing a segment fails the write and the log', () => {
+    const { disk, log } = logWith(5, SEG);
+    disk.failFsync({ path: DIR });
+    assert.throws(() => log.write(history(6, 40)), isCode('fsync_failed'));
+    assert.equal(log.syncedLsn, 5);
+    assert.throws(() => log.write(history(41, 41)), isCode('device_failed'));
+    disk.powerCut();
+    const again = reopen(disk);
+    assert.deepEqual(again.corruption, []);
+    assert.equal(again.lastLsn, 5);
+    assert.equal(segBases(disk).length, 1);
+  });
+
+  it('(f) a damaged header of a middle segment is corruption', () => {
+    const { disk } = logWith(60, SEG);
+    const bases = segBases(disk);
+    assert.ok(bases.length >= 4);
+    const path = pathOf(segmentName(bases[1]!));
+    disk.flipBits(path, 20, 1); // inside baseLsn
+    const before = snapshot(disk);
+    const log = reopen(disk);
+    assert.deepEqual(log.corruption, [
+      { file: path, offset: 0, fromLsn: bases[1]!, toLsn: bases[2]! - 1, reason: 'segment header checksum mismatch' },
+    ]);
+    assert.equal(log.lastLsn, bases[1]! - 1);
+    assertHistory(log, 1, log.lastLsn);
+    assertReadOnly(log);
+    assert.deepEqual(snapshot(disk), before);
+  });
+
+  it('(f) a damaged header of the first segment leaves an empty read-only log', () => {
+    const { disk } = logWith(60, SEG);
+    const bases = segBases(disk);
+    disk.flipBits(pathOf(segmentName(1)), 0, 1); // magic
+    const log = reopen(disk);
+    assert.deepEqual(log.corruption.map((c) => [c.offset, c.fromLsn, c.toLsn, c.reason]), [
+      [0, 1, bases[1]! - 1, 'segment header magic mismatch'],
+    ]);
+    assert.deepEqual([log.firstLsn, log.lastLsn], [1, 0]);
+    assertReadOnly(log);
+    log.reset(61, termOf(60));
+    assert.deepEqual(log.corruption, []);
+    assert.deepEqual(segBases(disk), [61]);
+  });
+
+  it('(f) a damaged header of an empty last segment is a torn creation: removed', () => {
+    const disk = new SimDisk();
+    const log = SegmentLog.open(disk, { dir: DIR, segmentBytesMax: SEG });
+    log.write(history(1, 40));
+    disk.powerCut(); // the last segment keeps only its header
+    const bases = segBases(disk);
+    const lastBase = bases[bases.length - 1]!;
+    disk.flipBits(pathOf(segmentName(lastBase)), 30, 2);
+    const again = reopen(disk);
+    assert.deepEqual(again.corruption, []);
+    assert.equal(again.lastLsn, lastBase - 1);
+    assert.deepEqual(segBases(disk), bases.slice(0, -1));
+    again.write(history(lastBase, lastBase + 3));
+    again.sync();
+    disk.powerCut();
+    assertHistory(reopen(disk), 1, lastBase + 3);
+  });
+
+  it('(f) a damaged header of a last segment holding records is corruption', () => {
+    const { disk } = logWith(60, SEG);
+    const bases = segBases(disk);
+    const lastBase = bases[bases.length - 1]!;
+    disk.flipBits(pathOf(segmentName(lastBase)), 9, 1); // version
+    const log = reopen(disk);
+    assert.equal(log.corruption.length, 1);
+    assert.deepEqual([log.corruption[0]!.fromLsn, log.corruption[0]!.toLsn], [lastBase, 60]);
+    assert.equal(log.lastLsn, lastBase - 1);
+    assert.ok(segBases(disk).includes(lastBase), 'not deleted');
+  });
+
+  it('(f) a missing middle segment (a gap in LSNs) is corruption', () => {
+    const { disk } = logWith(60, SEG);
+    const bases = segBases(disk);
+    disk.remove(pathOf(segmentName(bases[2]!)));
+    disk.fsyncDir(DIR);
+    const log = reopen(disk);
+    assert.deepEqual(log.corruption.map((c) => [c.file, c.fromLsn, c.toLsn]), [
+      [pathOf(segmentName(bases[3]!)), bases[2]!, bases[3]! - 1],
+    ]);
+    assert.equal(log.lastLsn, bases[2]! - 1);
+    assertReadOnly(log);
+  });
+
+  it('(g) leftover temporaries are removed on open; a committed reset is finished', () => {
+    const { disk, log } = logWith(5);
+    log.close();
+    const tmp = pathOf(`${segmentName(6)}.tmp`);
+    const fh = disk.open(tmp, { create: true });
+    disk.write(fh, new Uint8Array(10), 0);
+    disk.close(fh);
+    disk.fsyncDir(DIR);
+    // A committed but unfinished reset to LSN 100.
+    const rfh = disk.open(pathOf(`${segmentName(100)}.reset`), { create: true });
+    disk.write(rfh, encodeSegmentHeader({ baseLsn: 100, prevTerm: 4, segmentBytesMax: SEG }), 0);
+    disk.fdatasync(rfh);
+    disk.close(rfh);
+    disk.fsyncDir(DIR);
+    const again = reopen(disk);
+    assert.deepEqual(disk.list(DIR), [segmentName(100)]);
+    assert.deepEqual([again.firstLsn, again.lastLsn, again.lastTerm], [100, 99, 4]);
+    // Durably so.
+    disk.powerCut();
+    assert.deepEqual(disk.list(DIR), [segmentName(100)]);
+  });
+
+  it('refuses to open a segment of an unknown format version', () => {
+    const { disk, log } = logWith(5);
+    log.close();
+    const path = pathOf(segmentName(1));
+    const bytes = disk.fileBytes(path);
+    const view = viewOf(bytes);
+    view.setUint32(8, 2, true);
+    view.setUint32(60, crc32c(bytes, 0, 0, 60), true);
+    const fh = disk.open(path);
+    disk.write(fh, bytes.subarray(0, SEGMENT_HEADER_BYTES), 0);
+    disk.fdatasync(fh);
+    disk.close(fh);
+    assert.throws(() => reopen(disk), (e: unknown) => e instanceof StorageError && /unsupported segment format version 2/.test(e.message));
+    assert.deepEqual(disk.fileBytes(path), bytes, 'nothing removed or truncated');
+  });
+});
