@@ -27,6 +27,8 @@ export interface ClusterOptions {
   node?: Partial<Omit<StrataNodeOptions, 'nodeId' | 'cluster' | 'natsUrl' | 'dataDir' | 'controller'>>;
   /** Start the nats-server with JetStream (for benchmarks comparing against it). */
   jetstream?: boolean;
+  /** Timeout of the cluster's client calls; default 10 s (crash tests use less). */
+  clientTimeoutMs?: number;
   /** Deadline for the cluster to come up; default 30 s. */
   startTimeoutMs?: number;
 }
@@ -101,7 +103,7 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<InProcess
     nodes[0] = await StrataNode.start(nodeOpts(0));
     for (let i = 1; i < count; i++) nodes[i] = await StrataNode.start(nodeOpts(i));
     await waitForMembers(count);
-    client = await connect({ servers: nats.url, cluster });
+    client = await connect({ servers: nats.url, cluster, ...(opts.clientTimeoutMs ? { timeoutMs: opts.clientTimeoutMs } : {}) });
   } catch (e) {
     await stopAll();
     throw e;
