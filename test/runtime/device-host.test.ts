@@ -1,0 +1,84 @@
+import { strict as assert } from 'node:assert';
+import { DeviceHost, type ShardSpec } from '../../runtime/device-host';
+import { SimDisk } from '../../storage-engine/sim-disk';
+import { StorageError } from '../../storage-engine/errors';
+
+const spec = (shard = 0): ShardSpec => ({
+  volumeId: 'v1', volumeName: 'vol', shard, shards: 2, pageCount: 64, pageSize: 4096, stripePages: 4,
+});
+
+function page(fill: number): Uint8Array {
+  return new Uint8Array(4096).fill(fill);
+}
+
+describe('DeviceHost supervision', () => {
+  it('an fsync failure fails the write, restarts the shards from durable state, and counts the restart', async () => {
+    const disk = new SimDisk();
+    const host = new DeviceHost({ dir: 'dev0', disk });
+    host.openShard(spec(0));
+    host.openShard(spec(1));
+    const a0 = host.actor('v1', 0);
+    await a0.write([{ page: 0, data: page(1) }]);
+    await host.actor('v1', 1).write([{ page: 4, data: page(2) }]);
+
+    disk.failFsync({ times: 1 });
+    const err = await a0.write([{ page: 1, data: page(3) }]).then(
+      () => assert.fail('a write whose fsync failed must not be acknowledged'),
+      (e: StorageError) => e,
+    );
+    assert.equal(err.code, 'fsync_failed');
+    assert.equal(host.onActorError('v1', 0, err), true, 'a device failure is fatal to the in-memory state');
+
+    const st = host.stats();
+    assert.equal(st.restarts, 2, 'both shards of the failed device were reopened');
+    assert.equal(st.queue.state, 'ok', 'with a fresh queue');
+    const fresh = host.actor('v1', 0);
+    assert.notEqual(fresh, a0, 'a new actor serves the shard');
+    assert.deepEqual((await fresh.read([0])).pages[0], page(1), 'acknowledged data is intact');
+    assert.deepEqual((await host.actor('v1', 1).read([4])).pages[0], page(2));
+    await fresh.write([{ page: 1, data: page(4) }]);
+    assert.deepEqual((await fresh.read([1])).pages[0], page(4), 'the shard takes writes again');
+    await host.close();
+  });
+
+  it('request errors are not fatal: no restart', async () => {
+    const host = new DeviceHost({ dir: 'dev0', disk: new SimDisk() });
+    host.openShard(spec(0));
+    const err = await host.actor('v1', 0).write([{ page: 63, data: page(1) }]).then(
+      () => assert.fail('page 63 is on shard 1'),
+      (e: StorageError) => e,
+    );
+    assert.equal(err.code, 'bad_request');
+    assert.equal(host.onActorError('v1', 0, err), false);
+    assert.equal(host.stats().restarts, 0);
+    await host.close();
+  });
+
+  it('a shard that keeps failing is left down after restartsMax, with a typed reason', async () => {
+    const disk = new SimDisk();
+    let now = 0;
+    const host = new DeviceHost({ dir: 'dev0', disk, restartsMax: 2, nowMs: () => now });
+    host.openShard(spec(0));
+    const bug = new TypeError('boom');
+    assert.equal(host.onActorError('v1', 0, bug), true);
+    now += 10;
+    assert.equal(host.onActorError('v1', 0, bug), true);
+    now += 10;
+    host.onActorError('v1', 0, bug);
+    assert.throws(() => host.actor('v1', 0), (e: StorageError) => e.code === 'device_failed' && /left down/.test(e.message));
+    assert.equal(host.stats().shards[0]?.state, 'down');
+    await host.close();
+  });
+
+  it('closeShard with destroy removes the shard files durably', async () => {
+    const disk = new SimDisk();
+    const host = new DeviceHost({ dir: 'dev0', disk });
+    host.openShard(spec(0));
+    await host.actor('v1', 0).write([{ page: 0, data: page(9) }]);
+    assert.ok(disk.list('shards').includes('v1.0'));
+    host.closeShard('v1', 0, { destroy: true });
+    disk.powerCut();
+    assert.deepEqual(disk.list('shards'), []);
+    assert.throws(() => host.actor('v1', 0), (e: StorageError) => e.code === 'closed');
+  });
+});
