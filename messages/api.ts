@@ -1,0 +1,362 @@
+/**
+ * Types and limits of every Strata request and reply: the public API (`strata.<cluster>.api.<verb>`)
+ * and the shard mailbox messages (`strata.<cluster>.shard.<volumeId>.<shard>`).
+ *
+ * Conventions: page numbers are volume-wide (0-based); LSNs and terms are non-negative safe
+ * integers; times are milliseconds since the Unix epoch. Runtime validators are in validate.ts.
+ */
+import { MESSAGE_BYTES_MAX } from './codec';
+
+// ---------------------------------------------------------------------------------------------
+// Limits
+// ---------------------------------------------------------------------------------------------
+
+/** Allowed page sizes in bytes. */
+export const PAGE_SIZES_BYTES = [4096, 8192] as const;
+/** Page size of a volume created without `pageSize`, in bytes. */
+export const PAGE_SIZE_BYTES_DEFAULT = 4096;
+/** Largest number of pages of a volume (2^40). */
+export const PAGE_COUNT_MAX = 2 ** 40;
+/** Largest number of shards of a volume. */
+export const SHARDS_MAX = 256;
+/** Shards of a volume created without `shards`. */
+export const SHARDS_DEFAULT = 1;
+/** Largest stripe (consecutive pages on one shard), in pages (2^20). */
+export const STRIPE_PAGES_MAX = 2 ** 20;
+/** Stripe of a volume created without `stripePages`, in pages. */
+export const STRIPE_PAGES_DEFAULT = 256;
+/** Allowed replica counts (odd, so that a majority is well defined). */
+export const REPLICA_COUNTS = [1, 3, 5] as const;
+/** Replicas of a volume created without `replicas`. */
+export const REPLICAS_DEFAULT = 1;
+/** Longest volume name, in characters. */
+export const NAME_LENGTH_MAX = 64;
+/** Longest id (volume id, node id, cluster name: anything used as a subject token), in characters. */
+export const ID_LENGTH_MAX = 64;
+/** Most pages in one page.write / page.read / shard.write / shard.read request. */
+export const PAGES_PER_REQUEST_MAX = 256;
+/**
+ * Room kept in a message for everything but page data (keys, page numbers, names), in bytes.
+ * 256 page entries take under 7 KiB of envelope; 16 KiB leaves a wide margin.
+ */
+export const ENVELOPE_BYTES_RESERVE = 16 * 1024;
+/**
+ * Most page data in one write request or one read reply, in bytes: the NATS default max_payload
+ * (1 MiB) less the envelope reserve, so that every request that validates also fits in a message
+ * (1,032,192 bytes: 252 pages of 4 KiB or 126 pages of 8 KiB).
+ */
+export const REQUEST_DATA_BYTES_MAX = MESSAGE_BYTES_MAX - ENVELOPE_BYTES_RESERVE;
+/** Most volumes in one volume.list reply. */
+export const VOLUMES_PER_LIST_MAX = 4096;
+/** Largest LSN or term: the largest integer a JavaScript number holds exactly. */
+export const LSN_MAX = Number.MAX_SAFE_INTEGER;
+
+// ---------------------------------------------------------------------------------------------
+// Verbs and message types
+// ---------------------------------------------------------------------------------------------
+
+/** Verbs of the public API; the subject is `strata.<cluster>.api.<verb>`. */
+export const API_VERBS = [
+  'volume.create',
+  'volume.list',
+  'volume.info',
+  'volume.delete',
+  'volume.flush',
+  'page.write',
+  'page.read',
+  'status',
+] as const;
+/** One of `API_VERBS`. */
+export type ApiVerb = (typeof API_VERBS)[number];
+
+/** Message types a shard mailbox (`strata.<cluster>.shard.<volumeId>.<shard>`) accepts. */
+export const SHARD_VERBS = ['shard.write', 'shard.read', 'shard.flush'] as const;
+/** One of `SHARD_VERBS`. */
+export type ShardVerb = (typeof SHARD_VERBS)[number];
+
+/** Every request type: the value of the `Strata-Type` header. */
+export const MESSAGE_TYPES: readonly MessageType[] = [...API_VERBS, ...SHARD_VERBS];
+/** A request type; a reply carries the type of its request. */
+export type MessageType = ApiVerb | ShardVerb;
+
+const MESSAGE_TYPE_SET: ReadonlySet<string> = new Set<string>(MESSAGE_TYPES);
+
+/** True if `value` is a known message type. */
+export function isMessageType(value: unknown): value is MessageType {
+  return typeof value === 'string' && MESSAGE_TYPE_SET.has(value);
+}
+
+/** True if `value` is a verb of the public API. */
+export function isApiVerb(value: unknown): value is ApiVerb {
+  return typeof value === 'string' && (API_VERBS as readonly string[]).includes(value);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Volumes
+// ---------------------------------------------------------------------------------------------
+
+/** An allowed page size in bytes. */
+export type PageSize = (typeof PAGE_SIZES_BYTES)[number];
+/** An allowed replica count. */
+export type ReplicaCount = (typeof REPLICA_COUNTS)[number];
+
+/** volume.create request. Omitted fields take the `*_DEFAULT` values. */
+export interface VolumeCreateRequest {
+  /** 1..NAME_LENGTH_MAX characters, `[a-z0-9][a-z0-9._-]*`. */
+  name: string;
+  /** 1..PAGE_COUNT_MAX. */
+  pageCount: number;
+  pageSize?: PageSize;
+  /** 1..SHARDS_MAX. */
+  shards?: number;
+  /** 1..STRIPE_PAGES_MAX. */
+  stripePages?: number;
+  replicas?: ReplicaCount;
+}
+
+/** The geometry of a volume: a validated volume.create request with every default filled in. */
+export interface VolumeSpec {
+  name: string;
+  pageCount: number;
+  pageSize: PageSize;
+  shards: number;
+  stripePages: number;
+  replicas: ReplicaCount;
+}
+
+/** The page layout of a volume: what is needed to map a page to its shard and check a request. */
+export type VolumeLayout = Pick<VolumeSpec, 'pageCount' | 'pageSize' | 'shards' | 'stripePages'>;
+
+/** A volume as the cluster knows it (reply of volume.create and volume.info). */
+export interface VolumeInfo extends VolumeSpec {
+  /** Cluster-assigned id, used in shard subjects: 1..ID_LENGTH_MAX of `[A-Za-z0-9_-]`. */
+  id: string;
+  /** Creation time, ms since the Unix epoch. */
+  createdAt: number;
+}
+
+/** volume.list request (no fields). */
+export type VolumeListRequest = Record<string, never>;
+/** volume.list reply. */
+export interface VolumeListReply {
+  /** At most VOLUMES_PER_LIST_MAX entries. */
+  volumes: VolumeInfo[];
+}
+
+/** volume.info and volume.delete request. */
+export interface VolumeNameRequest {
+  name: string;
+}
+/** volume.info request. */
+export type VolumeInfoRequest = VolumeNameRequest;
+/** volume.delete request. */
+export type VolumeDeleteRequest = VolumeNameRequest;
+/** volume.delete reply. */
+export interface VolumeDeleteReply {
+  deleted: true;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pages
+// ---------------------------------------------------------------------------------------------
+
+/** One page of a write: its volume-wide number and exactly pageSize bytes. */
+export interface PageWrite {
+  page: number;
+  data: Uint8Array;
+}
+
+/** The commit point of one shard. */
+export interface ShardLsn {
+  shard: number;
+  /** Commit LSN of the shard after the request. */
+  lsn: number;
+  /** Term of the shard's leader that answered. */
+  term?: number;
+}
+
+/** page.write request: 1..PAGES_PER_REQUEST_MAX distinct pages, ≤ REQUEST_DATA_BYTES_MAX of data. */
+export interface PageWriteRequest {
+  volume: string;
+  pages: PageWrite[];
+}
+/** page.write reply, sent only once every page is committed (durable on a majority). */
+export interface PageWriteReply {
+  /** Highest commit LSN among the shards the write touched. */
+  lsn: number;
+  /** Commit LSN of each shard touched. */
+  lsns?: ShardLsn[];
+}
+
+/** page.read request. Pages may repeat; they are answered in request order. */
+export interface PageReadRequest {
+  volume: string;
+  /** 1..PAGES_PER_REQUEST_MAX page numbers. */
+  pages: number[];
+  /** Read as of this LSN (GetPage@LSN) on every shard touched; default: the latest commit. */
+  lsn?: number;
+}
+/** page.read reply. */
+export interface PageReadReply {
+  /** One entry per requested page, in request order, each pageSize bytes. */
+  pages: Uint8Array[];
+  /** Highest LSN the read reflects among the shards touched. */
+  lsn: number;
+  /** LSN each shard touched was read at. */
+  lsns?: ShardLsn[];
+}
+
+/** volume.flush request. */
+export interface VolumeFlushRequest {
+  volume: string;
+}
+/** volume.flush reply: every write acknowledged before the flush is durable up to `lsn`. */
+export interface VolumeFlushReply {
+  lsn: number;
+  lsns?: ShardLsn[];
+}
+
+// ---------------------------------------------------------------------------------------------
+// Status
+// ---------------------------------------------------------------------------------------------
+
+/** status request (no fields). */
+export type StatusRequest = Record<string, never>;
+
+/** Role of a node for one shard. */
+export type ShardRole = 'leader' | 'follower' | 'none';
+
+/** Status of one shard as seen by the answering node. More fields may be added. */
+export interface ShardStatus {
+  shard: number;
+  role: ShardRole;
+  /** Current term known to this node for the shard. */
+  term: number;
+  /** Highest LSN known committed. */
+  commitLsn: number;
+  /** Highest LSN applied to the page store. */
+  appliedLsn: number;
+  /** Node id of the leader, when known. */
+  leader?: string;
+  [field: string]: unknown;
+}
+
+/** Status of one volume on the answering node. More fields may be added. */
+export interface VolumeStatus {
+  name: string;
+  id: string;
+  /** The shards of this volume hosted by the answering node. */
+  shards: ShardStatus[];
+  [field: string]: unknown;
+}
+
+/** Status of the answering node. More fields may be added. */
+export interface NodeStatus {
+  id: string;
+  cluster: string;
+  /** Strata version string of the node. */
+  version: string;
+  /** Time since the node started, in ms. */
+  uptimeMs: number;
+  [field: string]: unknown;
+}
+
+/** status reply: the answering node, its volumes and shards. More fields may be added. */
+export interface StatusReply {
+  node: NodeStatus;
+  volumes: VolumeStatus[];
+  [field: string]: unknown;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shard mailbox messages (strata.<cluster>.shard.<volumeId>.<shard>)
+// ---------------------------------------------------------------------------------------------
+
+/** Fencing fields a sender may attach to a shard request. */
+export interface ShardFence {
+  /** Leader term the sender expects; a shard leader at another term answers stale_term or not_leader. */
+  term?: number;
+}
+
+/** shard.write request: pages of this shard only. */
+export interface ShardWriteRequest extends ShardFence {
+  pages: PageWrite[];
+  /** Absolute deadline, ms since the Unix epoch (also carried by the Strata-Deadline header). */
+  deadlineMs?: number;
+}
+/** shard.write reply, sent only after commit. */
+export interface ShardWriteReply {
+  /** Commit LSN of the record holding the write. */
+  lsn: number;
+  /** Term of the leader that committed it. */
+  term?: number;
+}
+
+/** shard.read request: pages of this shard only. */
+export interface ShardReadRequest extends ShardFence {
+  pages: number[];
+  /** Read as of this LSN; default: the latest commit. */
+  lsn?: number;
+}
+/** shard.read reply. */
+export interface ShardReadReply {
+  pages: Uint8Array[];
+  /** LSN the read reflects. */
+  lsn: number;
+  term?: number;
+}
+
+/** shard.flush request. */
+export type ShardFlushRequest = ShardFence;
+/** shard.flush reply: everything acknowledged is durable up to `lsn`. */
+export interface ShardFlushReply {
+  lsn: number;
+  term?: number;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Type maps (for typed clients and dispatch tables)
+// ---------------------------------------------------------------------------------------------
+
+/** Request body of each message type, as a sender writes it. */
+export interface RequestMap {
+  'volume.create': VolumeCreateRequest;
+  'volume.list': VolumeListRequest;
+  'volume.info': VolumeInfoRequest;
+  'volume.delete': VolumeDeleteRequest;
+  'volume.flush': VolumeFlushRequest;
+  'page.write': PageWriteRequest;
+  'page.read': PageReadRequest;
+  status: StatusRequest;
+  'shard.write': ShardWriteRequest;
+  'shard.read': ShardReadRequest;
+  'shard.flush': ShardFlushRequest;
+}
+
+/** Request body of each message type after validation (defaults filled in). */
+export interface ValidRequestMap extends Omit<RequestMap, 'volume.create'> {
+  'volume.create': VolumeSpec;
+}
+
+/** Reply body of each message type. */
+export interface ReplyMap {
+  'volume.create': VolumeInfo;
+  'volume.list': VolumeListReply;
+  'volume.info': VolumeInfo;
+  'volume.delete': VolumeDeleteReply;
+  'volume.flush': VolumeFlushReply;
+  'page.write': PageWriteReply;
+  'page.read': PageReadReply;
+  status: StatusReply;
+  'shard.write': ShardWriteReply;
+  'shard.read': ShardReadReply;
+  'shard.flush': ShardFlushReply;
+}
+
+/**
+ * The shard that holds `page`: `floor(page / stripePages) mod shards`. The caller passes a valid
+ * page of the volume (0 ≤ page < pageCount).
+ */
+export function shardOfPage(page: number, layout: Pick<VolumeLayout, 'shards' | 'stripePages'>): number {
+  return Math.floor(page / layout.stripePages) % layout.shards;
+}

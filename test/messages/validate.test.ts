@@ -1,0 +1,343 @@
+import * as assert from 'node:assert/strict';
+import {
+  ENVELOPE_BYTES_RESERVE,
+  MESSAGE_TYPES,
+  PAGE_COUNT_MAX,
+  PAGES_PER_REQUEST_MAX,
+  REQUEST_DATA_BYTES_MAX,
+  SHARDS_MAX,
+  STRIPE_PAGES_MAX,
+  VOLUMES_PER_LIST_MAX,
+  shardOfPage,
+} from '../../messages/api';
+import type { MessageType, ReplyMap, RequestMap, VolumeInfo } from '../../messages/api';
+import { MESSAGE_BYTES_MAX, decode, encode } from '../../messages/codec';
+import { ProtocolError } from '../../messages/errors';
+import type { ErrorCode } from '../../messages/errors';
+import {
+  REPLY_VALIDATORS,
+  REQUEST_VALIDATORS,
+  validatePageRead,
+  validatePageReadReply,
+  validatePageReadRequest,
+  validatePageWrite,
+  validatePageWriteRequest,
+  validateReply,
+  validateRequest,
+  validateShardRead,
+  validateShardReadReply,
+  validateShardWrite,
+  validateShardWriteRequest,
+  validateStatusReply,
+  validateVolumeCreateRequest,
+  validateVolumeDeleteReply,
+  validateVolumeInfo,
+  validateVolumeListReply,
+} from '../../messages/validate';
+
+function assertProtocolError(fn: () => unknown, code: ErrorCode, path?: string, message?: RegExp): ProtocolError {
+  let thrown: unknown;
+  try {
+    fn();
+  } catch (err) {
+    thrown = err;
+  }
+  assert.ok(thrown instanceof ProtocolError, `expected a ProtocolError, got ${String(thrown)}`);
+  assert.equal(thrown.code, code, thrown.message);
+  if (path !== undefined) assert.equal(thrown.details?.path, path, thrown.message);
+  if (message !== undefined) assert.match(thrown.message, message);
+  return thrown;
+}
+
+const page = (fill: number, bytes = 4096): Uint8Array => new Uint8Array(bytes).fill(fill);
+const writes = (count: number, bytes = 4096): { page: number; data: Uint8Array }[] =>
+  Array.from({ length: count }, (_, i) => ({ page: i, data: page(i & 0xff, bytes) }));
+
+const volumeInfo: VolumeInfo = {
+  name: 'db-1.data',
+  id: 'v_0001',
+  pageCount: 1 << 20,
+  pageSize: 4096,
+  shards: 4,
+  stripePages: 256,
+  replicas: 3,
+  createdAt: 1_700_000_000_000,
+};
+
+/** One valid request and reply of every message type. */
+const EXAMPLES: { [T in MessageType]: { request: RequestMap[T]; reply: ReplyMap[T] } } = {
+  'volume.create': {
+    request: { name: 'db-1.data', pageCount: 1 << 20, pageSize: 4096, shards: 4, stripePages: 256, replicas: 3 },
+    reply: volumeInfo,
+  },
+  'volume.list': { request: {}, reply: { volumes: [volumeInfo, { ...volumeInfo, name: 'other', id: 'v2' }] } },
+  'volume.info': { request: { name: 'db-1.data' }, reply: volumeInfo },
+  'volume.delete': { request: { name: 'db-1.data' }, reply: { deleted: true } },
+  'volume.flush': { request: { volume: 'db-1.data' }, reply: { lsn: 42, lsns: [{ shard: 0, lsn: 42, term: 3 }] } },
+  'page.write': {
+    request: { volume: 'db-1.data', pages: [{ page: 0, data: page(1) }, { page: 300, data: page(2) }] },
+    reply: { lsn: 17, lsns: [{ shard: 0, lsn: 17 }, { shard: 1, lsn: 9, term: 2 }] },
+  },
+  'page.read': {
+    request: { volume: 'db-1.data', pages: [0, 300, 0], lsn: 17 },
+    reply: { pages: [page(1), page(2), page(1)], lsn: 17, lsns: [{ shard: 0, lsn: 17 }] },
+  },
+  status: {
+    request: {},
+    reply: {
+      node: { id: 'n1', cluster: 'dev', version: '0.1.0', uptimeMs: 1234, hosts: 2 },
+      volumes: [
+        {
+          name: 'db-1.data',
+          id: 'v_0001',
+          shards: [{ shard: 0, role: 'leader', term: 3, commitLsn: 42, appliedLsn: 41, leader: 'n1', cacheBytes: 4096 }],
+        },
+      ],
+      devices: [{ id: 'dev0', failed: false }],
+    },
+  },
+  'shard.write': {
+    request: { pages: [{ page: 5, data: page(9) }], deadlineMs: 1_700_000_000_500, term: 3 },
+    reply: { lsn: 43, term: 3 },
+  },
+  'shard.read': { request: { pages: [5, 6], lsn: 43, term: 3 }, reply: { pages: [page(9), page(0)], lsn: 43, term: 3 } },
+  'shard.flush': { request: { term: 3 }, reply: { lsn: 43, term: 3 } },
+};
+
+describe('messages/validate', () => {
+  describe('round trips', () => {
+    for (const type of MESSAGE_TYPES) {
+      it(`${type}: request and reply survive encode → decode → validate`, () => {
+        const { request, reply } = EXAMPLES[type];
+        assert.deepEqual(validateRequest(type, decode(encode(request))), request);
+        assert.deepEqual(validateReply(type, decode(encode(reply))), reply);
+        assert.equal(REQUEST_VALIDATORS[type], REQUEST_VALIDATORS[type]); // present for every type
+        assert.equal(typeof REPLY_VALIDATORS[type], 'function');
+      });
+    }
+
+    it('volume.create fills in defaults', () => {
+      assert.deepEqual(validateVolumeCreateRequest(decode(encode({ name: 'a', pageCount: 1 }))), {
+        name: 'a',
+        pageCount: 1,
+        pageSize: 4096,
+        shards: 1,
+        stripePages: 256,
+        replicas: 1,
+      });
+    });
+
+    it('optional fields sent as null count as absent', () => {
+      assert.deepEqual(validateVolumeCreateRequest({ name: 'a', pageCount: 1, shards: null }).shards, 1);
+      assert.deepEqual(validatePageReadRequest({ volume: 'a', pages: [1], lsn: null }), { volume: 'a', pages: [1] });
+    });
+
+    it('accepts the limits themselves', () => {
+      const spec = validateVolumeCreateRequest({
+        name: 'a'.repeat(64),
+        pageCount: PAGE_COUNT_MAX,
+        pageSize: 8192,
+        shards: SHARDS_MAX,
+        stripePages: STRIPE_PAGES_MAX,
+        replicas: 5,
+      });
+      assert.equal(spec.pageCount, 2 ** 40);
+      const maxPages = REQUEST_DATA_BYTES_MAX / 4096;
+      const req = validatePageWriteRequest(decode(encode({ volume: 'v', pages: writes(maxPages) })));
+      assert.equal(req.pages.length, maxPages);
+      const read = validatePageReadRequest({ volume: 'v', pages: Array.from({ length: PAGES_PER_REQUEST_MAX }, (_, i) => i) });
+      assert.equal(read.pages.length, PAGES_PER_REQUEST_MAX);
+    });
+
+    it('a largest valid write and a largest read reply fit in a default message', () => {
+      const name = 'n'.repeat(64);
+      for (const pageSize of [4096, 8192]) {
+        const count = REQUEST_DATA_BYTES_MAX / pageSize;
+        const pages = Array.from({ length: count }, (_, i) => ({ page: PAGE_COUNT_MAX - 1 - i, data: page(1, pageSize) }));
+        const bytes = encode({ volume: name, pages });
+        assert.ok(bytes.byteLength <= MESSAGE_BYTES_MAX, `${bytes.byteLength} bytes`);
+        assert.ok(bytes.byteLength - REQUEST_DATA_BYTES_MAX < ENVELOPE_BYTES_RESERVE / 2);
+        const reply = encode({ pages: pages.map((p) => p.data), lsn: Number.MAX_SAFE_INTEGER });
+        assert.ok(reply.byteLength <= MESSAGE_BYTES_MAX);
+      }
+    });
+  });
+
+  describe('bad input', () => {
+    it('a non-map top level gives bad_request at the root', () => {
+      for (const type of MESSAGE_TYPES) {
+        for (const value of [[], 'x', 1, null, new Uint8Array(1), new Date(0)]) {
+          assertProtocolError(() => validateRequest(type, value), 'bad_request', '', /^message: expected a map/);
+          assertProtocolError(() => validateReply(type, value), 'bad_request', '');
+        }
+      }
+    });
+
+    it('missing fields are named', () => {
+      assertProtocolError(() => validateVolumeCreateRequest({ pageCount: 1 }), 'bad_request', 'name', /required field is missing/);
+      assertProtocolError(() => validateVolumeCreateRequest({ name: 'a' }), 'bad_request', 'pageCount');
+      assertProtocolError(() => validatePageWriteRequest({ volume: 'a' }), 'bad_request', 'pages');
+      assertProtocolError(() => validatePageWriteRequest({ pages: writes(1) }), 'bad_request', 'volume');
+      assertProtocolError(() => validatePageWriteRequest({ volume: 'a', pages: [{ page: 1 }] }), 'bad_request', 'pages[0].data');
+      assertProtocolError(() => validatePageWriteRequest({ volume: 'a', pages: [{ data: page(0) }] }), 'bad_request', 'pages[0].page');
+      assertProtocolError(() => validateRequest('volume.info', {}), 'bad_request', 'name');
+      assertProtocolError(() => validateRequest('volume.flush', {}), 'bad_request', 'volume');
+      assertProtocolError(() => validateRequest('page.read', { volume: 'a' }), 'bad_request', 'pages');
+      assertProtocolError(() => validateRequest('shard.write', {}), 'bad_request', 'pages');
+      assertProtocolError(() => validateRequest('shard.read', {}), 'bad_request', 'pages');
+      assertProtocolError(() => validateReply('page.write', {}), 'bad_request', 'lsn');
+      assertProtocolError(() => validateReply('page.read', { pages: [] }), 'bad_request', 'lsn');
+      assertProtocolError(() => validateReply('shard.flush', {}), 'bad_request', 'lsn');
+      assertProtocolError(() => validateVolumeInfo({ ...volumeInfo, id: undefined }), 'bad_request', 'id');
+      assertProtocolError(() => validateStatusReply({ node: { id: 'n', cluster: 'c', version: '1' }, volumes: [] }), 'bad_request', 'node.uptimeMs');
+    });
+
+    it('unknown request fields are rejected, unknown reply fields ignored', () => {
+      assertProtocolError(() => validateVolumeCreateRequest({ name: 'a', pageCount: 1, pagesize: 8192 }), 'bad_request', 'pagesize', /unknown field/);
+      assertProtocolError(() => validateRequest('volume.list', { all: true }), 'bad_request', 'all');
+      assertProtocolError(() => validateRequest('status', { verbose: 1 }), 'bad_request', 'verbose');
+      assertProtocolError(() => validateRequest('shard.flush', { lsn: 1 }), 'bad_request', 'lsn');
+      assertProtocolError(() => validatePageWriteRequest({ volume: 'a', pages: [{ page: 1, data: page(0), crc: 1 }] }), 'bad_request', 'pages[0].crc');
+      assert.deepEqual(validateReply('page.write', { lsn: 3, future: 'x' }), { lsn: 3 });
+      assert.deepEqual(validateReply('volume.info', { ...volumeInfo, branchOf: 'x' }), volumeInfo);
+    });
+
+    it('wrong types are named with what was got', () => {
+      assertProtocolError(() => validateVolumeCreateRequest({ name: 1, pageCount: 1 }), 'bad_request', 'name', /got the number 1/);
+      assertProtocolError(() => validateVolumeCreateRequest({ name: 'a', pageCount: '1' }), 'bad_request', 'pageCount', /expected an integer, got the string "1"/);
+      assertProtocolError(() => validateVolumeCreateRequest({ name: 'a', pageCount: true }), 'bad_request', 'pageCount');
+      assertProtocolError(() => validatePageWriteRequest({ volume: 'a', pages: {} }), 'bad_request', 'pages', /expected an array, got a map/);
+      assertProtocolError(() => validatePageWriteRequest({ volume: 'a', pages: [5] }), 'bad_request', 'pages[0]', /expected a map/);
+      assertProtocolError(() => validatePageWriteRequest({ volume: 'a', pages: [{ page: 1, data: 'AAAA' }] }), 'bad_request', 'pages[0].data', /expected a byte string/);
+      assertProtocolError(() => validatePageWriteRequest({ volume: 'a', pages: [{ page: 1, data: new Uint16Array(2048) }] }), 'bad_request', 'pages[0].data', /Uint16Array/);
+      assertProtocolError(() => validatePageReadRequest({ volume: 'a', pages: [1, '2'] }), 'bad_request', 'pages[1]');
+      assertProtocolError(() => validatePageReadReply({ pages: [page(0), 7], lsn: 1 }), 'bad_request', 'pages[1]');
+      assertProtocolError(() => validateVolumeDeleteReply({ deleted: 1 }), 'bad_request', 'deleted');
+      assertProtocolError(() => validateVolumeCreateRequest({ name: 'a', pageCount: 1, pageSize: 4000 }), 'bad_request', 'pageSize', /one of 4096, 8192/);
+      assertProtocolError(() => validateVolumeCreateRequest({ name: 'a', pageCount: 1, replicas: 2 }), 'bad_request', 'replicas', /one of 1, 3, 5/);
+      assertProtocolError(() => validateStatusReply({ ...EXAMPLES.status.reply, volumes: [{ name: 'v', id: 'i', shards: [{ shard: 0, role: 'boss', term: 0, commitLsn: 0, appliedLsn: 0 }] }] }), 'bad_request', 'volumes[0].shards[0].role');
+    });
+
+    it('negative, non-integer and too big numbers', () => {
+      assertProtocolError(() => validateVolumeCreateRequest({ name: 'a', pageCount: 0 }), 'bad_request', 'pageCount', /1\.\.1099511627776, got 0/);
+      assertProtocolError(() => validateVolumeCreateRequest({ name: 'a', pageCount: -5 }), 'bad_request', 'pageCount');
+      assertProtocolError(() => validateVolumeCreateRequest({ name: 'a', pageCount: 1.5 }), 'bad_request', 'pageCount', /got the number 1\.5/);
+      assertProtocolError(() => validateVolumeCreateRequest({ name: 'a', pageCount: NaN }), 'bad_request', 'pageCount');
+      assertProtocolError(() => validateVolumeCreateRequest({ name: 'a', pageCount: Infinity }), 'bad_request', 'pageCount');
+      assertProtocolError(() => validateVolumeCreateRequest({ name: 'a', pageCount: PAGE_COUNT_MAX + 1 }), 'bad_request', 'pageCount');
+      assertProtocolError(() => validateVolumeCreateRequest({ name: 'a', pageCount: 1, shards: 0 }), 'bad_request', 'shards');
+      assertProtocolError(() => validateVolumeCreateRequest({ name: 'a', pageCount: 1, shards: SHARDS_MAX + 1 }), 'bad_request', 'shards');
+      assertProtocolError(() => validateVolumeCreateRequest({ name: 'a', pageCount: 1, stripePages: STRIPE_PAGES_MAX + 1 }), 'bad_request', 'stripePages');
+      assertProtocolError(() => validatePageWriteRequest({ volume: 'a', pages: [{ page: -1, data: page(0) }] }), 'bad_request', 'pages[0].page');
+      assertProtocolError(() => validatePageWriteRequest({ volume: 'a', pages: [{ page: 0.5, data: page(0) }] }), 'bad_request', 'pages[0].page');
+      assertProtocolError(() => validatePageWriteRequest({ volume: 'a', pages: [{ page: PAGE_COUNT_MAX, data: page(0) }] }), 'out_of_range', 'pages[0].page');
+      assertProtocolError(() => validatePageReadRequest({ volume: 'a', pages: [2 ** 53] }), 'out_of_range', 'pages[0]');
+      assertProtocolError(() => validatePageReadRequest({ volume: 'a', pages: [1], lsn: -1 }), 'bad_request', 'lsn');
+      assertProtocolError(() => validatePageReadRequest({ volume: 'a', pages: [1], lsn: 2 ** 53 }), 'bad_request', 'lsn');
+      assertProtocolError(() => validateShardWriteRequest({ pages: writes(1), deadlineMs: 1.5 }), 'bad_request', 'deadlineMs');
+      assertProtocolError(() => validateShardWriteRequest({ pages: writes(1), term: -1 }), 'bad_request', 'term');
+      assertProtocolError(() => validateReply('page.write', { lsn: 1, lsns: [{ shard: SHARDS_MAX, lsn: 1 }] }), 'bad_request', 'lsns[0].shard');
+      assertProtocolError(() => validateVolumeInfo({ ...volumeInfo, createdAt: -1 }), 'bad_request', 'createdAt');
+    });
+
+    it('bad names', () => {
+      for (const name of ['', 'A', 'Abc', '-a', '.a', 'a b', 'a/b', 'a*', 'é', 'a'.repeat(65)]) {
+        assertProtocolError(() => validateVolumeCreateRequest({ name, pageCount: 1 }), 'bad_request', 'name', /\[a-z0-9\]\[a-z0-9._-\]\*/);
+        assertProtocolError(() => validatePageReadRequest({ volume: name, pages: [1] }), 'bad_request', 'volume');
+      }
+      for (const id of ['', 'a.b', 'a*', 'a>', 'a b', 'x'.repeat(65)]) {
+        assertProtocolError(() => validateVolumeInfo({ ...volumeInfo, id }), 'bad_request', 'id');
+      }
+      const long = assertProtocolError(() => validateVolumeCreateRequest({ name: 'Z'.repeat(10_000), pageCount: 1 }), 'bad_request', 'name');
+      assert.ok(long.message.length < 200, 'a bad value is quoted shortened');
+    });
+
+    it('wrong data length', () => {
+      assertProtocolError(() => validatePageWriteRequest({ volume: 'a', pages: [{ page: 0, data: page(0, 100) }] }), 'bad_request', 'pages[0].data', /expected 4096 or 8192 bytes, got 100/);
+      const mixed = [{ page: 0, data: page(0) }, { page: 1, data: page(0, 8192) }];
+      assertProtocolError(() => validatePageWriteRequest({ volume: 'a', pages: mixed }), 'bad_request', 'pages[1].data', /expected 4096 bytes like pages\[0\]\.data, got 8192/);
+      // against the volume's page size
+      const req = validatePageWriteRequest({ volume: 'a', pages: writes(4, 8192) });
+      assertProtocolError(() => validatePageWrite(req, 4096, 1000), 'bad_request', 'pages[0].data', /^pages\[0\]\.data: expected 4096 bytes, got 8192$/);
+      assert.equal(validatePageWrite(validatePageWriteRequest({ volume: 'a', pages: writes(4) }), 4096, 1000).pages.length, 4);
+    });
+
+    it('the message a brief example names: pages[3].data: expected 4096 bytes, got 100', () => {
+      const pages = writes(4);
+      const req = { volume: 'a', pages: [...pages.slice(0, 3), { page: 3, data: page(0, 100) }] };
+      // the request-level check names the same field (all entries must share one size)
+      assertProtocolError(() => validatePageWriteRequest(req), 'bad_request', 'pages[3].data', /got 100/);
+      assertProtocolError(() => validatePageWrite(req, 4096, 100), 'bad_request', 'pages[3].data', /^pages\[3\]\.data: expected 4096 bytes, got 100$/);
+    });
+
+    it('pages out of the volume give out_of_range', () => {
+      const req = validatePageWriteRequest({ volume: 'a', pages: [{ page: 5, data: page(0) }, { page: 100, data: page(0) }] });
+      const err = assertProtocolError(() => validatePageWrite(req, 4096, 100), 'out_of_range', 'pages[1].page', /page 100 is out of range/);
+      assert.equal(err.details?.pageCount, 100);
+      const read = validatePageReadRequest({ volume: 'a', pages: [99, 100] });
+      assertProtocolError(() => validatePageRead(read, 4096, 100), 'out_of_range', 'pages[1]');
+      assert.equal(validatePageRead(validatePageReadRequest({ volume: 'a', pages: [99] }), 4096, 100).pages.length, 1);
+    });
+
+    it('duplicate pages in a write are refused', () => {
+      const pages = [{ page: 1, data: page(0) }, { page: 2, data: page(0) }, { page: 1, data: page(1) }];
+      assertProtocolError(() => validatePageWriteRequest({ volume: 'a', pages }), 'bad_request', 'pages[2].page', /duplicate page 1 \(also at pages\[0\]\)/);
+    });
+
+    it('too many pages give too_large, zero pages bad_request', () => {
+      const n = PAGES_PER_REQUEST_MAX + 1;
+      assertProtocolError(() => validatePageReadRequest({ volume: 'a', pages: Array.from({ length: n }, (_, i) => i) }), 'too_large', 'pages', /at most 256 entries, got 257/);
+      assertProtocolError(() => validateShardWriteRequest({ pages: Array.from({ length: n }, (_, i) => ({ page: i, data: new Uint8Array(0) })) }), 'too_large', 'pages');
+      assertProtocolError(() => validatePageWriteRequest({ volume: 'a', pages: [] }), 'bad_request', 'pages', /at least 1/);
+      assertProtocolError(() => validatePageReadRequest({ volume: 'a', pages: [] }), 'bad_request', 'pages');
+    });
+
+    it('oversize total data gives too_large', () => {
+      const count = REQUEST_DATA_BYTES_MAX / 4096 + 1; // one page over, still ≤ 256 entries
+      assert.ok(count <= PAGES_PER_REQUEST_MAX);
+      const err = assertProtocolError(() => validatePageWriteRequest({ volume: 'a', pages: writes(count) }), 'too_large', 'pages');
+      assert.equal(err.details?.bytesMax, REQUEST_DATA_BYTES_MAX);
+      assertProtocolError(() => validatePageWriteRequest({ volume: 'a', pages: writes(200, 8192) }), 'too_large', 'pages');
+      // a read whose reply would not fit
+      const read = validatePageReadRequest({ volume: 'a', pages: Array.from({ length: 200 }, (_, i) => i) });
+      assertProtocolError(() => validatePageRead(read, 8192, 1000), 'too_large', 'pages');
+      assert.equal(validatePageRead(read, 4096, 1000).pages.length, 200);
+    });
+
+    it('list and status replies are bounded', () => {
+      const volumes = Array.from({ length: VOLUMES_PER_LIST_MAX + 1 }, () => volumeInfo);
+      assertProtocolError(() => validateVolumeListReply({ volumes }), 'bad_request', 'volumes');
+      assertProtocolError(() => validateVolumeListReply({ volumes: [volumeInfo, { ...volumeInfo, pageSize: 1 }] }), 'bad_request', 'volumes[1].pageSize');
+    });
+
+    it('read replies can be checked against what was asked', () => {
+      const reply = { pages: [page(0), page(0)], lsn: 1 };
+      assert.equal(validatePageReadReply(reply, { count: 2, pageSize: 4096 }).pages.length, 2);
+      assertProtocolError(() => validatePageReadReply(reply, { count: 3, pageSize: 4096 }), 'bad_request', 'pages', /expected 3 pages, got 2/);
+      assertProtocolError(() => validateShardReadReply(reply, { count: 2, pageSize: 8192 }), 'bad_request', 'pages[0]');
+    });
+  });
+
+  describe('shard geometry', () => {
+    const layout = { pageCount: 4096, pageSize: 4096 as const, shards: 4, stripePages: 256 };
+
+    it('shardOfPage stripes pages over shards', () => {
+      assert.equal(shardOfPage(0, layout), 0);
+      assert.equal(shardOfPage(255, layout), 0);
+      assert.equal(shardOfPage(256, layout), 1);
+      assert.equal(shardOfPage(1023, layout), 3);
+      assert.equal(shardOfPage(1024, layout), 0);
+    });
+
+    it('a shard refuses pages of another shard', () => {
+      const ok = validateShardWriteRequest({ pages: [{ page: 256, data: page(0) }, { page: 1280, data: page(0) }] });
+      assert.equal(validateShardWrite(ok, { ...layout, shard: 1 }), ok);
+      const err = assertProtocolError(() => validateShardWrite(ok, { ...layout, shard: 0 }), 'bad_request', 'pages[0].page', /belongs to shard 1, not shard 0/);
+      assert.equal(err.details?.shard, 1);
+      const read = validateRequest('shard.read', { pages: [256, 0] });
+      assertProtocolError(() => validateShardRead(read, { ...layout, shard: 1 }), 'bad_request', 'pages[1]');
+      assertProtocolError(() => validateShardRead(validateRequest('shard.read', { pages: [5000] }), { ...layout, shard: 1 }), 'out_of_range', 'pages[0]');
+      assertProtocolError(() => validateShardWrite(validateShardWriteRequest({ pages: [{ page: 256, data: page(0, 8192) }] }), { ...layout, shard: 1 }), 'bad_request', 'pages[0].data');
+    });
+  });
+});
