@@ -482,4 +482,59 @@ describe('PageStore', () => {
     assert.deepEqual(w.store.checkpoint(), c);
     assert.equal(w.disk.mutatingOps, ops);
   });
+
+  it('an image whose term differs from the log at its LSN is not used', () => {
+    const w = world(17, { imagesKeep: 2 });
+    writeRandom(w, 20);
+    const cp = w.store.checkpoint(); // term 1 at cp.lsn
+    w.store.close();
+    // The log's history at cp.lsn changes (a new term rewrote it); the image no longer matches.
+    w.log.truncateSuffix(cp.lsn);
+    const rewritten = encodePageWrite(PAGE, [{ page: 0, data: content(999) }]);
+    w.log.write([{ term: 2, kind: RecordKind.PageWrite, payload: rewritten }]);
+    w.log.sync();
+    w.log.close();
+    w.log = openLog(w.disk);
+    w.store = PageStore.open(w.disk, w.log, w.opts);
+    assert.equal(w.store.stats().imageLsn, 0, 'the image was set aside');
+    assert.deepEqual(w.store.getPage(0, cp.lsn), content(999));
+  });
+
+  it('detects a log rewritten under the store: a record that no longer writes what was indexed', () => {
+    const w = world(18, { cacheBytesMax: 0 });
+    for (let i = 1; i <= 3; i++) {
+      w.log.write([{ term: 1, kind: RecordKind.PageWrite, payload: encodePageWrite(PAGE, [{ page: i, data: content(i) }]) }]);
+      w.store.apply(w.log.read(i, i)[0]!);
+    }
+    w.log.sync();
+    w.log.truncateSuffix(3);
+    w.log.write([{ term: 2, kind: RecordKind.Noop, payload: new Uint8Array(0) }]);
+    expectCode(() => w.store.getPage(3), 'corruption');
+    w.log.truncateSuffix(3);
+    w.log.write([{ term: 2, kind: RecordKind.PageWrite, payload: encodePageWrite(PAGE, [{ page: 4, data: content(4) }]) }]);
+    const e = expectCode(() => w.store.getPages([1, 3]), 'corruption');
+    assert.ok(e.message.includes('page 3'));
+    assert.deepEqual(w.store.getPage(1), content(1));
+  });
+
+  it('a failed image write or pointer update leaves the store as it was, without temp files', () => {
+    const w = world(19, { imagesKeep: 2 });
+    writeRandom(w, 30);
+    const c1 = w.store.checkpoint();
+    writeRandom(w, 30);
+    w.disk.failWrite({ path: `${STORE_DIR}/image-` });
+    expectCode(() => w.store.checkpoint(), 'io_error');
+    assert.deepEqual(w.disk.list(STORE_DIR).filter((n) => n.startsWith('image-')), [c1.file], 'temp file removed');
+    assert.equal(w.store.stats().imageLsn, c1.lsn);
+    checkAll(w.store, w.model, 0, w.model.lastLsn, w.opts.pageCount);
+    w.disk.failFsync({ path: `${STORE_DIR}/checkpoint` });
+    expectCode(() => w.store.checkpoint(), 'fsync_failed');
+    assert.equal(w.store.stats().imageLsn, c1.lsn, 'the pointer did not move, nor did the store');
+    assert.equal(w.store.oldestReadableLsn, 0);
+    checkAll(w.store, w.model, 0, w.model.lastLsn, w.opts.pageCount);
+    const c2 = w.store.checkpoint();
+    assert.equal(c2.lsn, w.model.lastLsn);
+    reopen(w);
+    checkAll(w.store, w.model, w.store.oldestReadableLsn, w.model.lastLsn, w.opts.pageCount);
+  });
 });
