@@ -192,9 +192,14 @@ export function expectId(value: unknown, path: string): string {
   expected(path, `an id of 1..${ID_LENGTH_MAX} characters of [A-Za-z0-9_-]`, value);
 }
 
-/** A byte string (Uint8Array, including Buffer). */
+/**
+ * A byte string. The decoder hands out Buffers on Node; they are returned as plain Uint8Array
+ * views of the same memory (no copy), so every consumer sees the one documented type.
+ */
 export function expectBytes(value: unknown, path: string): Uint8Array {
-  if (value instanceof Uint8Array) return value;
+  if (value instanceof Uint8Array) {
+    return Object.getPrototypeOf(value) === Uint8Array.prototype ? value : new Uint8Array(value.buffer, value.byteOffset, value.length);
+  }
   expected(path, 'a byte string', value);
 }
 

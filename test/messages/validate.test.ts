@@ -341,3 +341,15 @@ describe('messages/validate', () => {
     });
   });
 });
+
+describe('byte strings', () => {
+  it('decoded pages come back as plain Uint8Array views of the received bytes (no Buffer, no copy)', () => {
+    const data = new Uint8Array(4096).fill(5);
+    const wire = encode({ pages: [{ page: 1, data }] });
+    const req = validateShardWriteRequest(decode(wire));
+    const got = req.pages[0]!.data;
+    assert.equal(Object.getPrototypeOf(got), Uint8Array.prototype);
+    assert.equal(got.buffer, wire.buffer, 'the page is a view into the received message, not a copy');
+    assert.deepEqual(got, data);
+  });
+});

@@ -1,6 +1,6 @@
 /** CRC-32C: known vectors, chaining, and ranges that start and end off 8-byte boundaries. */
 import { strict as assert } from 'node:assert';
-import { crc32c } from '../../storage-engine/crc32c';
+import { crc32c, crc32cPortable, CRC32C_NATIVE, NATIVE_BYTES_MIN } from '../../storage-engine/crc32c';
 
 const ascii = (s: string): Uint8Array => new TextEncoder().encode(s);
 
@@ -73,5 +73,27 @@ describe('crc32c', () => {
     }
     // Chaining over ranges of one buffer.
     assert.equal(crc32c(data, crc32c(data, 0, 0, 13), 13, 80), crc32c(data));
+  });
+});
+
+describe('crc32c native and portable paths', () => {
+  it('agree on random data, lengths on both sides of NATIVE_BYTES_MIN, any alignment and any chaining', () => {
+    let seed = 99;
+    const rnd = (n: number): number => {
+      seed = (seed * 1103515245 + 12345) >>> 0;
+      return seed % n;
+    };
+    const buf = new Uint8Array(70_000);
+    for (let i = 0; i < buf.length; i++) buf[i] = rnd(256);
+    for (let k = 0; k < 300; k++) {
+      const start = rnd(1000);
+      const len = k < 100 ? NATIVE_BYTES_MIN - 50 + rnd(100) : rnd(60_000);
+      const init = rnd(2) === 0 ? 0 : rnd(0x7fffffff);
+      assert.equal(crc32c(buf, init, start, start + len), crc32cPortable(buf, init, start, start + len), `start=${start} len=${len}`);
+    }
+  });
+
+  it('uses the native implementation on this machine (the benchmarks depend on it)', () => {
+    assert.equal(CRC32C_NATIVE, true, '@node-rs/crc32 did not load: npm ci should install its linux-x64 binary');
   });
 });
