@@ -13,7 +13,8 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { connect, type NatsConnection, type Msg, type Subscription } from 'nats';
+import { connect, headers as natsHeaders, type NatsConnection, type Msg, type MsgHdrs, type Subscription } from 'nats';
+import { HEADER_SCHEMA, SCHEMA_VERSION } from '../messages/headers';
 import type { Service } from 'nats';
 import { encode, decode } from '../messages/codec';
 import { errorReply, ProtocolError, toProtocolError, throwIfError } from '../messages/errors';
@@ -72,6 +73,13 @@ interface NodeMeta {
 }
 
 const NODE_META = 'node';
+
+/** Headers of every reply: the schema version it is written in. */
+function replyHeaders(): MsgHdrs {
+  const h = natsHeaders();
+  h.set(HEADER_SCHEMA, String(SCHEMA_VERSION));
+  return h;
+}
 
 function shardId(a: { volumeId: string; shard: number }): string {
   return `${a.volumeId}.${a.shard}`;
@@ -472,15 +480,15 @@ export class StrataNode {
           try {
             body = decode(msg.data);
           } catch (e) {
-            msg.respond(encode(errorReply(e)));
+            msg.respond(encode(errorReply(e)), { headers: replyHeaders() });
             return;
           }
           fn(body, msg).then(
-            (reply) => msg.respond(reply instanceof Uint8Array ? reply : encode(reply)),
+            (reply) => msg.respond(reply instanceof Uint8Array ? reply : encode(reply), { headers: replyHeaders() }),
             (e: unknown) => {
               const pe = toProtocolError(e);
               if (pe.code === 'internal') this.log.error('api request failed', { verb, err: e });
-              msg.respond(encode(errorReply(e)));
+              msg.respond(encode(errorReply(e)), { headers: replyHeaders() });
             },
           );
         },

@@ -15,7 +15,7 @@ import { connect, type NatsConnection, type Msg, type Subscription, headers as n
 import { encode, decode } from '../messages/codec';
 import { errorReply, toProtocolError, ProtocolError, type ErrorCode } from '../messages/errors';
 import { validateRequest } from '../messages/validate';
-import { HEADER_DEADLINE, HEADER_TYPE, checkSchemaHeader } from '../messages/headers';
+import { HEADER_DEADLINE, HEADER_TYPE, HEADER_SCHEMA, SCHEMA_VERSION, checkSchemaHeader } from '../messages/headers';
 import { shardSubject } from '../messages/subjects';
 import { DeviceHost, shardKey, type ShardSpec, type DeviceHostOptions, type DeviceHostStats } from './device-host';
 import { createLogger, type Logger } from '../observability/log';
@@ -295,6 +295,7 @@ export class ActorHost implements HostApi {
       bytes = encode(errorReply(new ProtocolError('internal', 'reply encoding failed')));
     }
     const h = natsHeaders();
+    h.set(HEADER_SCHEMA, String(SCHEMA_VERSION));
     msg.respond(bytes, { headers: h });
   }
 }
