@@ -179,7 +179,9 @@ export class StrataNode {
     this.pool = await HostPool.start({
       hosts: hostConfigs,
       onHostExit: (hostId, code, restarting) =>
-        this.log.error('actor host exited', { hostId, code, restarting }),
+        restarting
+          ? this.log.warn('actor host exited; restarting it', { hostId, code })
+          : this.log.error('actor host exited too often; left down', { hostId, code }),
     });
     // Serve the shards this node had before it reaches anyone.
     for (const a of this.nodeMeta.shards) await this.pool.openShard(a.hostId, a);

@@ -44,8 +44,8 @@ if [[ $(id -u) -ne 0 ]]; then
   if command -v apt-get >/dev/null 2>&1; then
     echo "Install with: sudo apt-get install -y ${packages[*]}" >&2
   else
-    echo "No apt-get here: install nats-server from https://github.com/nats-io/nats-server/releases" >&2
-    echo "and set STRATA_NATS_SERVER to its path (promtool comes with Prometheus releases)." >&2
+    echo "No apt-get here: install nats-server (and promtool, from Prometheus) with this system's" >&2
+    echo "package manager, and set STRATA_NATS_SERVER to the nats-server binary if it is not on PATH." >&2
   fi
   exit 1
 fi
