@@ -1,0 +1,606 @@
+/**
+ * The `strata` command line: a local dev cluster, a node, volume management, page transfer
+ * and status. `main(argv, io)` runs one command and resolves with the exit code: 0 success,
+ * 1 a failed operation, 2 a usage error. Errors are printed as `strata: <code>: <message>`.
+ *
+ * The argument parser is hand-written and small: flags are `--name value` or `--name=value`,
+ * may appear anywhere after the command, `--` ends the flags, and `-` is a positional (stdin or
+ * stdout). See `HELP_TEXT` and docs/cli.md.
+ */
+import * as fs from 'node:fs';
+import type { Readable, Writable } from 'node:stream';
+import { connect as connectClient } from './client';
+import type { ConnectOptions, StrataClient } from './client';
+import { ConfigError, NATS_URL_DEFAULT, CLUSTER_DEFAULT, loadNodeConfig } from './config';
+import type { NodeConfig } from './config';
+import { ProtocolError } from '../messages/errors';
+import { PAGE_SIZES_BYTES } from '../messages/api';
+import type { StatusReply, VolumeCreateRequest, VolumeInfo } from '../messages/api';
+
+/** A bad command line. Exit code 2. */
+export class UsageError extends Error {
+  override readonly name = 'UsageError';
+  readonly code = 'usage';
+}
+
+/** What a command may touch (all replaceable by tests). */
+export interface CliIo {
+  stdout: Writable;
+  stderr: Writable;
+  stdin: Readable;
+  env: Readonly<Record<string, string | undefined>>;
+  /** Opens a client; default `connect` of ./client. */
+  connect: (options: ConnectOptions) => Promise<StrataClient>;
+}
+
+/** Pages per client call of `put` and `get` (4 MiB of 4 KiB pages); calls run one after another. */
+export const TRANSFER_PAGES_PER_CALL = 1024;
+/** Most nodes `strata dev` starts. */
+export const DEV_NODES_MAX = 16;
+/** Most pages one `get` may read (4 GiB of 4 KiB pages). */
+export const GET_PAGES_MAX = 2 ** 20;
+
+export const HELP_TEXT = `strata — a replicated page/block storage cluster
+
+Usage: strata <command> [arguments] [flags]
+
+Commands:
+  dev [--demo] [--nodes N] [--data-dir D] [--metrics-port N]
+        Run a local cluster (own nats-server) until interrupted; --demo runs a
+        write/read/verify workload against it and exits.
+  node [--config F] [--node-id ID] [--cluster C] [--nats URL] [--data-dir D]
+       [--hosts N] [--controller|--no-controller] [--metrics-port N]
+       [--cache-bytes-max-per-shard B] [--segment-bytes-max B]
+       [--checkpoint-every-records N] [--mailbox-requests-max N] [--mailbox-bytes-max B]
+        Run one node until SIGINT/SIGTERM (environment: STRATA_NATS_URL, STRATA_CLUSTER,
+        STRATA_DATA_DIR, STRATA_NODE_ID, STRATA_HOSTS, STRATA_METRICS_PORT).
+  volume create NAME --pages N [--page-size 4096|8192] [--shards S] [--stripe-pages P] [--replicas R]
+        Create a volume of N pages.
+  volume list
+        List the volumes.
+  volume info NAME
+        Show a volume's geometry.
+  volume delete NAME
+        Delete a volume and its data.
+  put VOLUME PAGE FILE|-
+        Write the bytes of FILE (or stdin) to pages PAGE, PAGE+1, …; the last page is
+        padded with zeros.
+  get VOLUME PAGE [--count N] [--lsn L] FILE|-
+        Read N pages (default 1) from PAGE on, as of LSN L if given, into FILE (or stdout).
+  status [--json]
+        Status of the node that answers.
+  help
+        This text.
+
+Flags of the commands that talk to a cluster (volume, put, get, status):
+  --nats URL      NATS server (default $STRATA_NATS_URL or ${NATS_URL_DEFAULT})
+  --cluster C     cluster name (default $STRATA_CLUSTER or ${CLUSTER_DEFAULT})
+  --timeout MS    bound on each operation in ms (default 10000)
+  --json          print JSON instead of text
+
+Exit codes: 0 success, 1 the operation failed, 2 usage error.
+`;
+
+// ---------------------------------------------------------------------------------------------
+// Parsing
+// ---------------------------------------------------------------------------------------------
+
+type FlagKind = 'boolean' | 'string' | 'integer';
+
+interface CommandSpec {
+  positionals: readonly string[];
+  flags: Readonly<Record<string, FlagKind>>;
+  required?: readonly string[];
+  /** Accepts the global client flags (--nats, --cluster, --timeout, --json). */
+  client: boolean;
+}
+
+const CLIENT_FLAGS: Readonly<Record<string, FlagKind>> = {
+  nats: 'string',
+  cluster: 'string',
+  timeout: 'integer',
+  json: 'boolean',
+};
+
+const COMMANDS: Readonly<Record<string, CommandSpec>> = {
+  dev: {
+    positionals: [],
+    flags: { demo: 'boolean', nodes: 'integer', 'data-dir': 'string', 'metrics-port': 'integer' },
+    client: false,
+  },
+  'volume create': {
+    positionals: ['NAME'],
+    flags: { pages: 'integer', 'page-size': 'integer', shards: 'integer', 'stripe-pages': 'integer', replicas: 'integer' },
+    required: ['pages'],
+    client: true,
+  },
+  'volume list': { positionals: [], flags: {}, client: true },
+  'volume info': { positionals: ['NAME'], flags: {}, client: true },
+  'volume delete': { positionals: ['NAME'], flags: {}, client: true },
+  put: { positionals: ['VOLUME', 'PAGE', 'FILE'], flags: {}, client: true },
+  get: { positionals: ['VOLUME', 'PAGE', 'FILE'], flags: { count: 'integer', lsn: 'integer' }, client: true },
+  status: { positionals: [], flags: {}, client: true },
+  help: { positionals: [], flags: {}, client: false },
+};
+
+/** A parsed command line. `node` keeps its arguments raw (`rest`) for loadNodeConfig. */
+export interface ParsedArgs {
+  /** `dev`, `node`, `volume create`, `volume list`, `volume info`, `volume delete`, `put`, `get`, `status`, `help`. */
+  command: string;
+  positionals: string[];
+  flags: Record<string, string | number | boolean>;
+  /** `node` only: its arguments, unparsed. */
+  rest: string[];
+}
+
+const DECIMAL_PATTERN = /^(0|[1-9][0-9]*)$/;
+
+function parseInteger(flag: string, value: string): number {
+  const n = DECIMAL_PATTERN.test(value) && value.length <= 16 ? Number(value) : NaN;
+  if (!Number.isSafeInteger(n)) throw new UsageError(`${flag}: expected a non-negative integer, got ${JSON.stringify(value)}`);
+  return n;
+}
+
+/**
+ * Parses a command line (without `node` and the script path). Throws UsageError for an unknown
+ * command or flag, a missing or extra argument, a missing flag value or a non-integer number.
+ */
+export function parseArgs(argv: readonly string[]): ParsedArgs {
+  if (argv.length === 0) throw new UsageError('no command given');
+  const first = argv[0]!;
+  if (first === '--help' || first === '-h') return { command: 'help', positionals: [], flags: {}, rest: [] };
+  if (first === 'node') return { command: 'node', positionals: [], flags: {}, rest: argv.slice(1) };
+  if (first.startsWith('-')) throw new UsageError(`expected a command before ${first}`);
+
+  let command = first;
+  let at = 1;
+  if (first === 'volume') {
+    const sub = argv[1];
+    if (sub === undefined || sub.startsWith('-')) throw new UsageError('volume: expected create, list, info or delete');
+    command = `volume ${sub}`;
+    at = 2;
+  }
+  const spec = COMMANDS[command];
+  if (spec === undefined) {
+    throw new UsageError(first === 'volume' ? `volume: unknown subcommand ${JSON.stringify(argv[1])}` : `unknown command ${JSON.stringify(first)}`);
+  }
+  const allowed: Record<string, FlagKind> = { ...(spec.client ? CLIENT_FLAGS : {}), ...spec.flags };
+  const positionals: string[] = [];
+  const flags: Record<string, string | number | boolean> = {};
+  let flagsEnded = false;
+  for (let i = at; i < argv.length; i++) {
+    const arg = argv[i]!;
+    if (flagsEnded || !arg.startsWith('-') || arg === '-') {
+      positionals.push(arg);
+      continue;
+    }
+    if (arg === '--') {
+      flagsEnded = true;
+      continue;
+    }
+    if (arg === '--help' || arg === '-h') return { command: 'help', positionals: [], flags: {}, rest: [] };
+    if (!arg.startsWith('--')) throw new UsageError(`${command}: unknown flag ${arg}`);
+    const eq = arg.indexOf('=');
+    const name = arg.slice(2, eq < 0 ? undefined : eq);
+    const kind = allowed[name];
+    if (kind === undefined) throw new UsageError(`${command}: unknown flag --${name}`);
+    if (Object.prototype.hasOwnProperty.call(flags, name)) throw new UsageError(`${command}: --${name} given twice`);
+    let value: string;
+    if (eq >= 0) {
+      value = arg.slice(eq + 1);
+      if (kind === 'boolean') throw new UsageError(`--${name} takes no value`);
+    } else if (kind === 'boolean') {
+      flags[name] = true;
+      continue;
+    } else {
+      const next = argv[i + 1];
+      if (next === undefined || (next.startsWith('--') && next !== '--')) throw new UsageError(`--${name}: expected a value`);
+      value = next;
+      i++;
+    }
+    if (value === '') throw new UsageError(`--${name}: expected a value`);
+    flags[name] = kind === 'integer' ? parseInteger(`--${name}`, value) : value;
+  }
+  if (positionals.length < spec.positionals.length) {
+    throw new UsageError(`${command}: missing ${spec.positionals.slice(positionals.length).join(' ')}`);
+  }
+  if (positionals.length > spec.positionals.length) {
+    throw new UsageError(`${command}: unexpected argument ${JSON.stringify(positionals[spec.positionals.length])}`);
+  }
+  for (const name of spec.required ?? []) {
+    if (!Object.prototype.hasOwnProperty.call(flags, name)) throw new UsageError(`${command}: --${name} is required`);
+  }
+  if (flags['page-size'] !== undefined && !(PAGE_SIZES_BYTES as readonly number[]).includes(flags['page-size'] as number)) {
+    throw new UsageError(`--page-size: expected ${PAGE_SIZES_BYTES.join(' or ')}, got ${String(flags['page-size'])}`);
+  }
+  if (flags.nodes !== undefined && ((flags.nodes as number) < 1 || (flags.nodes as number) > DEV_NODES_MAX)) {
+    throw new UsageError(`--nodes: expected 1..${DEV_NODES_MAX}, got ${String(flags.nodes)}`);
+  }
+  if (flags['metrics-port'] !== undefined && (flags['metrics-port'] as number) > 65535) {
+    throw new UsageError(`--metrics-port: expected 0..65535, got ${String(flags['metrics-port'])}`);
+  }
+  if (flags.count !== undefined && ((flags.count as number) < 1 || (flags.count as number) > GET_PAGES_MAX)) {
+    throw new UsageError(`--count: expected 1..${GET_PAGES_MAX}, got ${String(flags.count)}`);
+  }
+  if (flags.timeout !== undefined && (flags.timeout as number) < 1) throw new UsageError('--timeout: expected at least 1 ms');
+  if (command === 'put' || command === 'get') parseInteger('PAGE', positionals[1]!);
+  return { command, positionals, flags, rest: [] };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Output helpers
+// ---------------------------------------------------------------------------------------------
+
+/** Writes to a stream, waiting for 'drain' when its buffer is full (bounded by the stream). */
+async function writeOut(stream: Writable, chunk: string | Uint8Array): Promise<void> {
+  if (stream.write(chunk)) return;
+  await new Promise<void>((resolve, reject) => {
+    const onDrain = (): void => {
+      stream.off('error', onError);
+      resolve();
+    };
+    const onError = (err: Error): void => {
+      stream.off('drain', onDrain);
+      reject(err);
+    };
+    stream.once('drain', onDrain);
+    stream.once('error', onError);
+  });
+}
+
+function jsonText(value: unknown): string {
+  return `${JSON.stringify(value, null, 2)}\n`;
+}
+
+function volumeLine(v: VolumeInfo): string {
+  return `${v.name}\t${v.id}\t${v.pageCount}\t${v.pageSize}\t${v.shards}\t${v.stripePages}\t${v.replicas}`;
+}
+
+function volumeText(v: VolumeInfo): string {
+  return [
+    `name:         ${v.name}`,
+    `id:           ${v.id}`,
+    `pages:        ${v.pageCount}`,
+    `page size:    ${v.pageSize} bytes`,
+    `size:         ${v.pageCount * v.pageSize} bytes`,
+    `shards:       ${v.shards}`,
+    `stripe pages: ${v.stripePages}`,
+    `replicas:     ${v.replicas}`,
+    `created:      ${new Date(v.createdAt).toISOString()}`,
+  ].join('\n') + '\n';
+}
+
+function statusText(s: StatusReply): string {
+  const lines = [
+    `node ${s.node.id} of cluster ${s.node.cluster}, version ${s.node.version}, up ${Math.round(s.node.uptimeMs / 1000)} s`,
+  ];
+  if (s.volumes.length === 0) lines.push('no shards hosted');
+  for (const v of s.volumes) {
+    lines.push(`volume ${v.name} (${v.id})`);
+    for (const sh of v.shards) {
+      lines.push(
+        `  shard ${sh.shard}: ${sh.role}, term ${sh.term}, commit lsn ${sh.commitLsn}, applied lsn ${sh.appliedLsn}` +
+          (sh.leader === undefined ? '' : `, leader ${sh.leader}`),
+      );
+    }
+  }
+  return lines.join('\n') + '\n';
+}
+
+// ---------------------------------------------------------------------------------------------
+// Commands
+// ---------------------------------------------------------------------------------------------
+
+interface Ctx {
+  args: ParsedArgs;
+  io: CliIo;
+  json: boolean;
+}
+
+async function withClient<T>(ctx: Ctx, fn: (client: StrataClient) => Promise<T>): Promise<T> {
+  const { flags } = ctx.args;
+  const env = ctx.io.env;
+  const servers = (flags.nats as string | undefined) ?? (env.STRATA_NATS_URL || NATS_URL_DEFAULT);
+  const cluster = (flags.cluster as string | undefined) ?? (env.STRATA_CLUSTER || CLUSTER_DEFAULT);
+  const options: ConnectOptions = { servers: servers.split(',').map((s) => s.trim()), cluster, name: 'strata-cli' };
+  if (flags.timeout !== undefined) options.timeoutMs = flags.timeout as number;
+  const client = await ctx.io.connect(options);
+  try {
+    return await fn(client);
+  } finally {
+    await client.close();
+  }
+}
+
+async function volumeCreate(ctx: Ctx): Promise<void> {
+  const { positionals, flags } = ctx.args;
+  const request: VolumeCreateRequest = { name: positionals[0]!, pageCount: flags.pages as number };
+  if (flags['page-size'] !== undefined) request.pageSize = flags['page-size'] as VolumeCreateRequest['pageSize'];
+  if (flags.shards !== undefined) request.shards = flags.shards as number;
+  if (flags['stripe-pages'] !== undefined) request.stripePages = flags['stripe-pages'] as number;
+  if (flags.replicas !== undefined) request.replicas = flags.replicas as VolumeCreateRequest['replicas'];
+  const info = await withClient(ctx, (c) => c.createVolume(request));
+  await writeOut(
+    ctx.io.stdout,
+    ctx.json
+      ? jsonText(info)
+      : `created volume ${info.name} (id ${info.id}): ${info.pageCount} pages of ${info.pageSize} bytes, ` +
+          `${info.shards} shard(s), stripe ${info.stripePages} pages, ${info.replicas} replica(s)\n`,
+  );
+}
+
+async function volumeList(ctx: Ctx): Promise<void> {
+  const volumes = await withClient(ctx, (c) => c.listVolumes());
+  if (ctx.json) return writeOut(ctx.io.stdout, jsonText(volumes));
+  const header = 'NAME\tID\tPAGES\tPAGE_SIZE\tSHARDS\tSTRIPE_PAGES\tREPLICAS';
+  await writeOut(ctx.io.stdout, [header, ...volumes.map(volumeLine)].join('\n') + '\n');
+}
+
+async function volumeInfo(ctx: Ctx): Promise<void> {
+  const info = await withClient(ctx, (c) => c.volumeInfo(ctx.args.positionals[0]!));
+  await writeOut(ctx.io.stdout, ctx.json ? jsonText(info) : volumeText(info));
+}
+
+async function volumeDelete(ctx: Ctx): Promise<void> {
+  const name = ctx.args.positionals[0]!;
+  await withClient(ctx, (c) => c.deleteVolume(name));
+  await writeOut(ctx.io.stdout, ctx.json ? jsonText({ deleted: name }) : `deleted volume ${name}\n`);
+}
+
+async function status(ctx: Ctx): Promise<void> {
+  const reply = await withClient(ctx, (c) => c.status());
+  await writeOut(ctx.io.stdout, ctx.json ? jsonText(reply) : statusText(reply));
+}
+
+/** Reads up to `bytes` bytes from a source; fewer only at its end. */
+type ChunkReader = (bytes: number) => Promise<Uint8Array>;
+
+function fileReader(fd: fs.promises.FileHandle): ChunkReader {
+  return async (bytes) => {
+    const buf = new Uint8Array(bytes);
+    let filled = 0;
+    while (filled < bytes) {
+      const { bytesRead } = await fd.read(buf, filled, bytes - filled, null);
+      if (bytesRead === 0) break;
+      filled += bytesRead;
+    }
+    return buf.subarray(0, filled);
+  };
+}
+
+function streamReader(stream: Readable): ChunkReader {
+  const iterator = stream[Symbol.asyncIterator]() as AsyncIterator<Uint8Array | string>;
+  let pending: Uint8Array = new Uint8Array(0);
+  let done = false;
+  return async (bytes) => {
+    const parts: Uint8Array[] = [];
+    let have = 0;
+    while (have < bytes) {
+      if (pending.byteLength === 0) {
+        if (done) break;
+        const next = await iterator.next();
+        if (next.done === true) {
+          done = true;
+          break;
+        }
+        pending = typeof next.value === 'string' ? Buffer.from(next.value) : next.value;
+        continue;
+      }
+      const take = Math.min(pending.byteLength, bytes - have);
+      parts.push(pending.subarray(0, take));
+      pending = pending.subarray(take);
+      have += take;
+    }
+    return Buffer.concat(parts, have);
+  };
+}
+
+async function put(ctx: Ctx): Promise<void> {
+  const [volumeName, pageText, file] = ctx.args.positionals as [string, string, string];
+  const first = parseInteger('PAGE', pageText);
+  const handle = file === '-' ? undefined : await fs.promises.open(file, 'r');
+  try {
+    const read = handle === undefined ? streamReader(ctx.io.stdin) : fileReader(handle);
+    const result = await withClient(ctx, async (client) => {
+      const volume = client.volume(volumeName);
+      const info = await volume.info();
+      const sizeBytes = handle === undefined ? undefined : (await handle.stat()).size;
+      if (sizeBytes !== undefined) {
+        const pagesNeeded = Math.ceil(sizeBytes / info.pageSize);
+        if (first + pagesNeeded > info.pageCount) {
+          throw new ProtocolError(
+            'out_of_range',
+            `${file} needs ${pagesNeeded} pages from page ${first} but ${volumeName} has ${info.pageCount} pages`,
+            { page: first, pages: pagesNeeded, pageCount: info.pageCount },
+          );
+        }
+      }
+      let page = first;
+      let bytes = 0;
+      let lsn = 0;
+      for (;;) {
+        const chunk = await read(TRANSFER_PAGES_PER_CALL * info.pageSize);
+        if (chunk.byteLength === 0) break;
+        const count = Math.ceil(chunk.byteLength / info.pageSize);
+        const pages = Array.from({ length: count }, (_, i) => {
+          const slice = chunk.subarray(i * info.pageSize, (i + 1) * info.pageSize);
+          if (slice.byteLength === info.pageSize) return { page: page + i, data: slice };
+          const padded = new Uint8Array(info.pageSize);
+          padded.set(slice);
+          return { page: page + i, data: padded };
+        });
+        const written = await volume.writePages(pages);
+        lsn = Math.max(lsn, written.lsn);
+        page += count;
+        bytes += chunk.byteLength;
+        if (chunk.byteLength < TRANSFER_PAGES_PER_CALL * info.pageSize) break;
+      }
+      return { volume: volumeName, page: first, pages: page - first, bytes, lsn };
+    });
+    await writeOut(
+      ctx.io.stdout,
+      ctx.json
+        ? jsonText(result)
+        : result.pages === 0
+          ? `wrote nothing: ${file === '-' ? 'stdin' : file} is empty\n`
+          : `wrote ${result.bytes} bytes to ${volumeName} pages ${first}..${first + result.pages - 1} (lsn ${result.lsn})\n`,
+    );
+  } finally {
+    await handle?.close();
+  }
+}
+
+async function get(ctx: Ctx): Promise<void> {
+  const [volumeName, pageText, file] = ctx.args.positionals as [string, string, string];
+  const first = parseInteger('PAGE', pageText);
+  const count = (ctx.args.flags.count as number | undefined) ?? 1;
+  const lsnAt = ctx.args.flags.lsn as number | undefined;
+  const toStdout = file === '-';
+  let handle: fs.promises.FileHandle | undefined;
+  try {
+    const result = await withClient(ctx, async (client) => {
+      const volume = client.volume(volumeName);
+      const info = await volume.info();
+      if (first + count > info.pageCount) {
+        throw new ProtocolError(
+          'out_of_range',
+          `pages ${first}..${first + count - 1} are out of range (${volumeName} has ${info.pageCount} pages)`,
+          { page: first, pages: count, pageCount: info.pageCount },
+        );
+      }
+      // Opened only now, so that a bad request does not truncate the file.
+      if (!toStdout) handle = await fs.promises.open(file, 'w');
+      let lsn = 0;
+      for (let at = 0; at < count; at += TRANSFER_PAGES_PER_CALL) {
+        const n = Math.min(TRANSFER_PAGES_PER_CALL, count - at);
+        const got = await volume.readPages(
+          Array.from({ length: n }, (_, i) => first + at + i),
+          lsnAt === undefined ? {} : { lsn: lsnAt },
+        );
+        lsn = Math.max(lsn, got.lsn);
+        for (const data of got.pages) {
+          if (handle === undefined) await writeOut(ctx.io.stdout, data);
+          else await handle.write(data);
+        }
+      }
+      return { volume: volumeName, page: first, pages: count, bytes: count * info.pageSize, lsn };
+    });
+    if (toStdout) return;
+    await writeOut(
+      ctx.io.stdout,
+      ctx.json ? jsonText({ ...result, file }) : `read ${result.bytes} bytes from ${volumeName} pages ${first}..${first + count - 1} into ${file} (lsn ${result.lsn})\n`,
+    );
+  } finally {
+    await handle?.close();
+  }
+}
+
+type RunDev = (opts: { demo: boolean; nodes: number; dataDir?: string; metricsPort?: number }) => Promise<number>;
+type RunNode = (config: NodeConfig) => Promise<{ stop(): Promise<void> }>;
+
+/** Loads a sibling module that may not be built yet. */
+function loadModule<T>(name: string, exportName: string): T {
+  let mod: Record<string, unknown>;
+  try {
+    mod = require(name) as Record<string, unknown>;
+  } catch (err) {
+    throw new ProtocolError('unavailable', `${name} is not available in this build: ${(err as Error).message}`);
+  }
+  const fn = mod[exportName];
+  if (typeof fn !== 'function') throw new ProtocolError('unavailable', `${name} does not export ${exportName}`);
+  return fn as T;
+}
+
+async function dev(ctx: Ctx): Promise<number> {
+  const { flags } = ctx.args;
+  const runDev = loadModule<RunDev>('./dev', 'runDev');
+  const opts: Parameters<RunDev>[0] = { demo: flags.demo === true, nodes: (flags.nodes as number | undefined) ?? 1 };
+  if (flags['data-dir'] !== undefined) opts.dataDir = flags['data-dir'] as string;
+  if (flags['metrics-port'] !== undefined) opts.metricsPort = flags['metrics-port'] as number;
+  return runDev(opts);
+}
+
+async function node(ctx: Ctx): Promise<number> {
+  const config = loadNodeConfig(ctx.args.rest, ctx.io.env);
+  const runNode = loadModule<RunNode>('./node-main', 'runNode');
+  await runNode(config);
+  await writeOut(ctx.io.stderr, `strata: node ${config.nodeId} of cluster ${config.cluster} running (data in ${config.dataDir}); Ctrl-C stops it\n`);
+  // The node runs until SIGINT/SIGTERM, which runNode handles (stop, then exit).
+  return new Promise<number>(() => undefined);
+}
+
+function defaultIo(): CliIo {
+  return { stdout: process.stdout, stderr: process.stderr, stdin: process.stdin, env: process.env, connect: connectClient };
+}
+
+function errorCode(err: unknown): string {
+  const code: unknown = (err as { code?: unknown } | null)?.code;
+  return typeof code === 'string' ? code : 'internal';
+}
+
+/** The message of an error, without a leading copy of its code (Node's system errors have one). */
+function errorMessage(err: unknown, code: string): string {
+  const message = err instanceof Error ? err.message : String(err);
+  return message.startsWith(`${code}: `) ? message.slice(code.length + 2) : message;
+}
+
+/**
+ * Runs the command line `argv` (the arguments after the script) and resolves with the exit code.
+ * Never rejects: every failure is printed to `io.stderr` as `strata: <code>: <message>`.
+ */
+export async function main(argv: readonly string[], io: Partial<CliIo> = {}): Promise<number> {
+  const fullIo: CliIo = { ...defaultIo(), ...io };
+  let args: ParsedArgs;
+  try {
+    args = parseArgs(argv);
+  } catch (err) {
+    if (!(err instanceof UsageError)) throw err;
+    await writeOut(fullIo.stderr, `strata: usage: ${err.message}\nRun "strata help" for the commands.\n`);
+    return 2;
+  }
+  const ctx: Ctx = { args, io: fullIo, json: args.flags.json === true };
+  try {
+    switch (args.command) {
+      case 'help':
+        await writeOut(fullIo.stdout, HELP_TEXT);
+        return 0;
+      case 'dev':
+        return await dev(ctx);
+      case 'node':
+        return await node(ctx);
+      case 'volume create':
+        await volumeCreate(ctx);
+        return 0;
+      case 'volume list':
+        await volumeList(ctx);
+        return 0;
+      case 'volume info':
+        await volumeInfo(ctx);
+        return 0;
+      case 'volume delete':
+        await volumeDelete(ctx);
+        return 0;
+      case 'put':
+        await put(ctx);
+        return 0;
+      case 'get':
+        await get(ctx);
+        return 0;
+      case 'status':
+        await status(ctx);
+        return 0;
+      default:
+        throw new UsageError(`unknown command ${JSON.stringify(args.command)}`);
+    }
+  } catch (err) {
+    const code = errorCode(err);
+    await writeOut(fullIo.stderr, `strata: ${code}: ${errorMessage(err, code)}\n`).catch(() => undefined);
+    return err instanceof UsageError || err instanceof ConfigError ? 2 : 1;
+  }
+}
+
+if (require.main === module) {
+  void main(process.argv.slice(2)).then((code) => {
+    process.exitCode = code;
+  });
+}

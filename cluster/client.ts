@@ -1,0 +1,743 @@
+/**
+ * The typed TypeScript client of Strata.
+ *
+ * ```ts
+ * const client = await connect({ servers: 'nats://127.0.0.1:4222' });
+ * await client.createVolume({ name: 'db', pageCount: 1024 });
+ * const db = client.volume('db');
+ * const { lsn } = await db.write(7, page);
+ * const same = await db.read(7);
+ * await client.close();
+ * ```
+ *
+ * Volume-level calls (create, list, info, delete, status) go to the public API
+ * (`strata.<cluster>.api.<verb>`). Page calls go straight to the shards
+ * (`strata.<cluster>.shard.<volumeId>.<shard>`): a `Volume` fetches the volume's geometry once
+ * (volume.info), splits a call by shard and by message size, sends the pieces concurrently and
+ * merges the replies in request order. That is one NATS round trip per call; `apiRequest`
+ * reaches the generic `api.page.*` path, which costs a second hop inside the cluster.
+ *
+ * Every request carries the Strata-Type, Strata-Schema and Strata-Deadline headers. A call's
+ * deadline is `now + timeoutMs`, taken when the call starts; every NATS request of the call waits
+ * at most until that deadline. Every failure is a `ProtocolError` with a protocol error code:
+ * - an error reply keeps its code (`throwIfError`);
+ * - no reply before the deadline is `timeout` (a write may or may not have been applied);
+ * - no responder on a shard subject makes the volume refresh its geometry (volume.info: the
+ *   volume may have been deleted, giving `not_found`, or moved) and retry once; a second miss is
+ *   `unavailable`;
+ * - a reply that does not decode or validate is `internal` ("malformed reply …");
+ * - arguments are checked with the validators of messages/ before anything is sent.
+ *
+ * The NATS calls go through the small `ClientTransport` interface, so tests can run the client
+ * over a fake transport (`createClient`).
+ */
+import { connect as natsConnect, headers as natsHeaders } from 'nats';
+import type { NatsConnection } from 'nats';
+import { MESSAGE_BYTES_MAX, decode, encode } from '../messages/codec';
+import { ProtocolError, throwIfError } from '../messages/errors';
+import { DEADLINE_AHEAD_MS_MAX, writeHeaders } from '../messages/headers';
+import { apiSubject, checkToken, shardSubject } from '../messages/subjects';
+import {
+  PAGES_PER_REQUEST_MAX,
+  PAGE_COUNT_MAX,
+  REQUEST_DATA_BYTES_MAX,
+  shardOfPage,
+} from '../messages/api';
+import type {
+  ApiVerb,
+  MessageType,
+  PageWrite,
+  ReplyMap,
+  RequestMap,
+  ShardFlushRequest,
+  ShardLsn,
+  ShardReadRequest,
+  ShardVerb,
+  ShardWriteRequest,
+  StatusReply,
+  VolumeCreateRequest,
+  VolumeInfo,
+} from '../messages/api';
+import {
+  expectArray,
+  expectBytes,
+  expectCounter,
+  expectInteger,
+  expectMap,
+  expectName,
+  fail,
+  field,
+  validateReply,
+  validateShardFlushReply,
+  validateShardReadReply,
+  validateShardWriteReply,
+  validateVolumeCreateRequest,
+  validatePageWrite,
+} from '../messages/validate';
+
+// ---------------------------------------------------------------------------------------------
+// Limits
+// ---------------------------------------------------------------------------------------------
+
+/** Default bound on one client call (connect, API request, page call), in ms. */
+export const TIMEOUT_MS_DEFAULT = 10_000;
+/** Cluster name used when none is given. */
+export const CLUSTER_DEFAULT = 'dev';
+/**
+ * Most pages in one `writePages` / `read` call. The client splits a call into requests of at most
+ * PAGES_PER_REQUEST_MAX pages; this bounds how many requests one call may fan out to
+ * (16 MiB of 4 KiB pages). Split bigger transfers into several calls.
+ */
+export const CALL_PAGES_MAX = 16 * PAGES_PER_REQUEST_MAX;
+/** Most requests of one call in flight at a time. */
+export const REQUESTS_IN_FLIGHT_MAX = 64;
+/**
+ * Bytes a shard message takes beyond its page data: fixed part (map, keys, lsn, term) and per
+ * page (entry map, `page`/`data` keys, page number, byte-string header). Measured upper bounds
+ * with a margin; `encode` still checks the real size against max_payload.
+ */
+const ENVELOPE_BYTES_FIXED = 128;
+const ENVELOPE_BYTES_PER_PAGE = 32;
+
+// ---------------------------------------------------------------------------------------------
+// Transport
+// ---------------------------------------------------------------------------------------------
+
+/** Options of one transport request. */
+export interface TransportRequestOptions {
+  /** Bound on the wait for the reply, in ms (> 0). */
+  timeoutMs: number;
+  /** Message headers, name → value. */
+  headers: Readonly<Record<string, string>>;
+}
+
+/**
+ * What the client needs of NATS. Contract of `request`: resolve with the reply's bytes, or reject
+ * with ProtocolError('timeout') when no reply came within `timeoutMs`, with `NoRespondersError`
+ * when nobody subscribes to `subject`, and with another ProtocolError for any other failure
+ * (`unavailable` when the connection is gone, `too_large` when the server refuses the size).
+ */
+export interface ClientTransport {
+  /** The server's max_payload in bytes: no message may be larger. */
+  readonly maxPayloadBytes: number;
+  request(subject: string, data: Uint8Array, options: TransportRequestOptions): Promise<Uint8Array>;
+  /** Closes the connection; resolves when closed. */
+  close(): Promise<void>;
+}
+
+/** Nobody subscribes to the subject of a request (NATS "503 no responders"); code `unavailable`. */
+export class NoRespondersError extends ProtocolError {
+  constructor(subject: string) {
+    super('unavailable', `no responders on ${subject}`, { subject, noResponders: true });
+  }
+}
+
+function natsErrorCode(err: unknown): string | undefined {
+  const code: unknown = (err as { code?: unknown } | null)?.code;
+  return typeof code === 'string' ? code : undefined;
+}
+
+/** Maps an error of the nats package to the transport contract. */
+function fromNatsError(err: unknown, subject: string, timeoutMs: number): ProtocolError {
+  if (err instanceof ProtocolError) return err;
+  const code = natsErrorCode(err);
+  const reason = err instanceof Error ? err.message : String(err);
+  switch (code) {
+    case '503':
+      return new NoRespondersError(subject);
+    case 'TIMEOUT':
+      return new ProtocolError('timeout', `no reply on ${subject} within ${timeoutMs} ms`, { subject, timeoutMs });
+    case 'MAX_PAYLOAD_EXCEEDED':
+      return new ProtocolError('too_large', `message to ${subject} exceeds the server's max_payload: ${reason}`, { subject });
+    default:
+      return new ProtocolError('unavailable', `request on ${subject} failed: ${reason}`, {
+        subject,
+        ...(code === undefined ? {} : { natsCode: code }),
+      });
+  }
+}
+
+/** A `ClientTransport` over a connected `NatsConnection`. */
+export class NatsTransport implements ClientTransport {
+  constructor(private readonly nc: NatsConnection) {}
+
+  get maxPayloadBytes(): number {
+    const maxPayload = this.nc.info?.max_payload;
+    return typeof maxPayload === 'number' && maxPayload > 0 ? maxPayload : MESSAGE_BYTES_MAX;
+  }
+
+  async request(subject: string, data: Uint8Array, options: TransportRequestOptions): Promise<Uint8Array> {
+    const h = natsHeaders();
+    for (const [name, value] of Object.entries(options.headers)) h.set(name, value);
+    try {
+      const msg = await this.nc.request(subject, data, { timeout: options.timeoutMs, headers: h });
+      return msg.data;
+    } catch (err) {
+      throw fromNatsError(err, subject, options.timeoutMs);
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.nc.isClosed()) return;
+    await this.nc.close();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client
+// ---------------------------------------------------------------------------------------------
+
+/** Options of `connect`. */
+export interface ConnectOptions {
+  /** NATS server URL(s), e.g. `nats://127.0.0.1:4222`. */
+  servers: string | string[];
+  /** Strata cluster name (a subject token). Default `dev`. */
+  cluster?: string;
+  /** Bound on every call, in ms: 1..DEADLINE_AHEAD_MS_MAX. Default 10 000. Also bounds connecting. */
+  timeoutMs?: number;
+  /** Connection name shown by the NATS server. */
+  name?: string;
+}
+
+/** Options of `createClient`. */
+export interface ClientOptions {
+  /** Strata cluster name. Default `dev`. */
+  cluster?: string;
+  /** Bound on every call, in ms: 1..DEADLINE_AHEAD_MS_MAX. Default 10 000. */
+  timeoutMs?: number;
+  /** Clock, ms since the Unix epoch (for deadlines). Default `Date.now`. */
+  nowMs?: () => number;
+}
+
+/** Result of a write or flush: the highest LSN among the shards touched, and each shard's LSN. */
+export interface LsnResult {
+  lsn: number;
+  /** One entry per shard touched, by shard number. */
+  lsns: ShardLsn[];
+}
+
+/** Result of `Volume.readPages`. */
+export interface ReadResult extends LsnResult {
+  /** One page per requested page number, in request order. */
+  pages: Uint8Array[];
+}
+
+/** Options of a read. */
+export interface ReadOptions {
+  /** Read as of this LSN (GetPage@LSN) on every shard touched; default the latest commit. */
+  lsn?: number;
+}
+
+/** Options of `rawRequest`. */
+export interface RawRequestOptions {
+  /** Bound on the wait, in ms; default the client's timeoutMs. */
+  timeoutMs?: number;
+}
+
+function checkTimeoutMs(value: unknown): number {
+  return expectInteger(value, 'timeoutMs', { min: 1, max: DEADLINE_AHEAD_MS_MAX });
+}
+
+/** Turns a failure to decode or validate a reply into `internal`: the request was fine, the reply is not. */
+function malformedReply(err: unknown, type: MessageType, subject: string): ProtocolError {
+  const reason = err instanceof Error ? err.message : String(err);
+  const details = err instanceof ProtocolError ? err.details : undefined;
+  return new ProtocolError('internal', `malformed reply to ${type} from ${subject}: ${reason}`, {
+    ...details,
+    subject,
+    type,
+  });
+}
+
+/** Writes the Strata headers of a request into a plain record. */
+function requestHeaders(type: MessageType, deadlineMs: number): Record<string, string> {
+  const out: Record<string, string> = {};
+  writeHeaders({ set: (name: string, value: string) => void (out[name] = value) }, { type, deadlineMs });
+  return out;
+}
+
+/**
+ * A connection to a Strata cluster. Create it with `connect` (or `createClient` over another
+ * transport); close it with `close`.
+ */
+export class StrataClient {
+  /** The cluster this client talks to. */
+  readonly cluster: string;
+  /** Bound on every call, in ms. */
+  readonly timeoutMs: number;
+  private readonly nowMs: () => number;
+  private closed = false;
+
+  /** Use `connect` or `createClient`. */
+  constructor(
+    private readonly transport: ClientTransport,
+    options: ClientOptions = {},
+  ) {
+    this.cluster = checkToken(options.cluster ?? CLUSTER_DEFAULT, 'cluster');
+    this.timeoutMs = checkTimeoutMs(options.timeoutMs ?? TIMEOUT_MS_DEFAULT);
+    this.nowMs = options.nowMs ?? Date.now;
+  }
+
+  /** Creates a volume (volume.create). Arguments are validated before sending. */
+  async createVolume(request: VolumeCreateRequest): Promise<VolumeInfo> {
+    validateVolumeCreateRequest(request);
+    const body: Record<string, unknown> = {};
+    for (const [key, value] of Object.entries(request)) if (value !== undefined) body[key] = value;
+    return this.api('volume.create', body as unknown as VolumeCreateRequest, this.deadline());
+  }
+
+  /** Every volume of the cluster (volume.list). */
+  async listVolumes(): Promise<VolumeInfo[]> {
+    return (await this.api('volume.list', {}, this.deadline())).volumes;
+  }
+
+  /** The volume called `name` (volume.info); `not_found` if there is none. */
+  async volumeInfo(name: string): Promise<VolumeInfo> {
+    return this.api('volume.info', { name: expectName(name, 'name') }, this.deadline());
+  }
+
+  /** Deletes the volume called `name` (volume.delete); `not_found` if there is none. */
+  async deleteVolume(name: string): Promise<void> {
+    await this.api('volume.delete', { name: expectName(name, 'name') }, this.deadline());
+  }
+
+  /** Status of the node that answers (status). */
+  async status(): Promise<StatusReply> {
+    return this.api('status', {}, this.deadline());
+  }
+
+  /**
+   * A handle on the volume called `name` for page calls. Nothing is sent until the first call,
+   * which fetches the volume's geometry (once; again after a shard stops answering).
+   */
+  volume(name: string): Volume {
+    return new Volume(this, expectName(name, 'name'));
+  }
+
+  /**
+   * Sends any API request: the escape hatch for the generic `api.page.*` path and for tests. The
+   * body is sent as given (not validated here, so the server's checks can be exercised); the
+   * reply is checked (`throwIfError`, then the reply validator of `verb`).
+   */
+  async apiRequest<V extends ApiVerb>(verb: V, body: RequestMap[V]): Promise<ReplyMap[V]> {
+    return this.api(verb, body, this.deadline());
+  }
+
+  /**
+   * Sends raw bytes with raw headers and returns the raw reply bytes (no decoding, no error
+   * mapping of the reply): for tests that send malformed messages. Transport failures are still
+   * ProtocolErrors (`timeout`, `unavailable`).
+   */
+  async rawRequest(
+    subject: string,
+    data: Uint8Array,
+    headers: Readonly<Record<string, string>> = {},
+    options: RawRequestOptions = {},
+  ): Promise<Uint8Array> {
+    this.checkOpen();
+    const timeoutMs = checkTimeoutMs(options.timeoutMs ?? this.timeoutMs);
+    return this.request(subject, data, { timeoutMs, headers });
+  }
+
+  /** Closes the connection. Later calls fail with `unavailable`. Idempotent. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    let timer: NodeJS.Timeout | undefined;
+    const bound = new Promise<void>((resolve) => {
+      timer = setTimeout(resolve, this.timeoutMs);
+      timer.unref();
+    });
+    try {
+      await Promise.race([this.transport.close(), bound]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Internals shared with Volume
+  // ------------------------------------------------------------------------------------------
+
+  /** The deadline of a call starting now. @internal */
+  deadline(): number {
+    return this.nowMs() + this.timeoutMs;
+  }
+
+  /** The server's max_payload. @internal */
+  get maxPayloadBytes(): number {
+    return this.transport.maxPayloadBytes;
+  }
+
+  /** A transport request; a failure outside the transport contract becomes `unavailable`. */
+  private async request(subject: string, data: Uint8Array, options: TransportRequestOptions): Promise<Uint8Array> {
+    try {
+      return await this.transport.request(subject, data, options);
+    } catch (err) {
+      throw fromNatsError(err, subject, options.timeoutMs);
+    }
+  }
+
+  private checkOpen(): void {
+    if (this.closed) throw new ProtocolError('unavailable', 'the client is closed');
+  }
+
+  /**
+   * One request: encode, send with headers and the time left before `deadlineMs`, decode,
+   * `throwIfError`, validate the reply. @internal
+   */
+  async send<T>(
+    subject: string,
+    type: MessageType,
+    body: unknown,
+    deadlineMs: number,
+    validate: (value: unknown) => T,
+  ): Promise<T> {
+    this.checkOpen();
+    const bytesMax = this.transport.maxPayloadBytes;
+    const data = encode(body, { bytesMax });
+    const timeoutMs = deadlineMs - this.nowMs();
+    if (timeoutMs <= 0) {
+      throw new ProtocolError('timeout', `deadline passed before ${type} was sent to ${subject}`, { subject, deadlineMs });
+    }
+    const replyBytes = await this.request(subject, data, { timeoutMs, headers: requestHeaders(type, deadlineMs) });
+    let reply: unknown;
+    try {
+      // A plain Uint8Array view (no copy): decoding a Buffer would give Buffer pages, and the
+      // client promises plain Uint8Arrays.
+      const view = new Uint8Array(replyBytes.buffer, replyBytes.byteOffset, replyBytes.byteLength);
+      reply = decode(view, { bytesMax });
+    } catch (err) {
+      throw malformedReply(err, type, subject);
+    }
+    const value = throwIfError(reply);
+    try {
+      return validate(value);
+    } catch (err) {
+      throw malformedReply(err, type, subject);
+    }
+  }
+
+  /** An API request with a typed, validated reply. @internal */
+  async api<V extends ApiVerb>(verb: V, body: RequestMap[V], deadlineMs: number): Promise<ReplyMap[V]> {
+    return this.send(apiSubject(this.cluster, verb), verb, body, deadlineMs, (value) => validateReply(verb, value));
+  }
+}
+
+/** Connects to the NATS servers and returns a client of the Strata cluster `cluster`. */
+export async function connect(options: ConnectOptions): Promise<StrataClient> {
+  const cluster = checkToken(options.cluster ?? CLUSTER_DEFAULT, 'cluster');
+  const timeoutMs = checkTimeoutMs(options.timeoutMs ?? TIMEOUT_MS_DEFAULT);
+  const servers = Array.isArray(options.servers) ? options.servers : [options.servers];
+  if (servers.length === 0 || servers.some((s) => typeof s !== 'string' || s === '')) {
+    throw new ProtocolError('bad_request', 'servers: expected one or more NATS URLs', { path: 'servers' });
+  }
+  let nc: NatsConnection;
+  try {
+    nc = await natsConnect({
+      servers,
+      timeout: timeoutMs,
+      ...(options.name === undefined ? {} : { name: options.name }),
+    });
+  } catch (err) {
+    const reason = err instanceof Error ? err.message : String(err);
+    throw new ProtocolError('unavailable', `can not connect to NATS at ${servers.join(', ')}: ${reason}`, {
+      servers,
+      ...(natsErrorCode(err) === undefined ? {} : { natsCode: natsErrorCode(err) }),
+    });
+  }
+  return new StrataClient(new NatsTransport(nc), { cluster, timeoutMs });
+}
+
+/** A client over any transport (tests use a fake one). */
+export function createClient(transport: ClientTransport, options?: ClientOptions): StrataClient {
+  return new StrataClient(transport, options);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Volume
+// ---------------------------------------------------------------------------------------------
+
+/** One request to one shard, planned from a volume's geometry. */
+interface ShardCall {
+  shard: number;
+  type: ShardVerb;
+  body: ShardWriteRequest | ShardReadRequest | ShardFlushRequest;
+  /** For reads: the position in the caller's list of each requested page. */
+  indices: number[];
+}
+
+interface ShardOutcome {
+  lsn: number;
+  term?: number;
+  pages?: Uint8Array[];
+}
+
+type Settled = { ok: true; value: ShardOutcome } | { ok: false; error: unknown };
+
+function sameLayout(a: VolumeInfo, b: VolumeInfo): boolean {
+  return (
+    a.id === b.id &&
+    a.pageCount === b.pageCount &&
+    a.pageSize === b.pageSize &&
+    a.shards === b.shards &&
+    a.stripePages === b.stripePages
+  );
+}
+
+/**
+ * Pages per shard request for a page size: within PAGES_PER_REQUEST_MAX, REQUEST_DATA_BYTES_MAX
+ * and the server's max_payload. `too_large` if not even one page fits in a message.
+ */
+export function pagesPerRequest(pageSize: number, maxPayloadBytes: number): number {
+  const byPayload = Math.floor((maxPayloadBytes - ENVELOPE_BYTES_FIXED) / (pageSize + ENVELOPE_BYTES_PER_PAGE));
+  if (byPayload < 1) {
+    throw new ProtocolError(
+      'too_large',
+      `a page of ${pageSize} bytes does not fit in a message of at most ${maxPayloadBytes} bytes (the server's max_payload)`,
+      { pageSize, maxPayloadBytes },
+    );
+  }
+  return Math.min(PAGES_PER_REQUEST_MAX, Math.floor(REQUEST_DATA_BYTES_MAX / pageSize), byPayload);
+}
+
+/** Groups caller positions by shard (shards ascending, positions in caller order), then chunks them. */
+function planChunks(pages: readonly number[], info: VolumeInfo, chunkPages: number): Array<{ shard: number; indices: number[] }> {
+  const byShard = new Map<number, number[]>();
+  for (let i = 0; i < pages.length; i++) {
+    const shard = shardOfPage(pages[i]!, info);
+    let list = byShard.get(shard);
+    if (list === undefined) byShard.set(shard, (list = []));
+    list.push(i);
+  }
+  const chunks: Array<{ shard: number; indices: number[] }> = [];
+  for (const shard of [...byShard.keys()].sort((a, b) => a - b)) {
+    const list = byShard.get(shard)!;
+    for (let at = 0; at < list.length; at += chunkPages) chunks.push({ shard, indices: list.slice(at, at + chunkPages) });
+  }
+  return chunks;
+}
+
+/** Highest LSN overall and per shard. */
+function mergeLsns(calls: readonly ShardCall[], outcomes: readonly ShardOutcome[]): LsnResult {
+  const byShard = new Map<number, ShardLsn>();
+  let lsn = 0;
+  calls.forEach((call, i) => {
+    const outcome = outcomes[i]!;
+    lsn = Math.max(lsn, outcome.lsn);
+    const prev = byShard.get(call.shard);
+    if (prev === undefined || outcome.lsn > prev.lsn) {
+      byShard.set(call.shard, outcome.term === undefined ? { shard: call.shard, lsn: outcome.lsn } : { shard: call.shard, lsn: outcome.lsn, term: outcome.term });
+    }
+  });
+  return { lsn, lsns: [...byShard.values()].sort((a, b) => a.shard - b.shard) };
+}
+
+/** Runs `tasks` with at most `limit` in flight; results in task order, never rejects. */
+async function settleBounded(tasks: ReadonlyArray<() => Promise<ShardOutcome>>, limit: number): Promise<Settled[]> {
+  const results = new Array<Settled>(tasks.length);
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < tasks.length) {
+      const i = next++;
+      try {
+        results[i] = { ok: true, value: await tasks[i]!() };
+      } catch (error) {
+        results[i] = { ok: false, error };
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, tasks.length) }, worker));
+  return results;
+}
+
+/**
+ * Page calls on one volume, routed straight to its shards. Get one with `client.volume(name)`.
+ * The volume's geometry is fetched once (volume.info) and cached; it is fetched again when a
+ * shard subject has no responders.
+ */
+export class Volume {
+  private infoPromise: Promise<VolumeInfo> | undefined;
+
+  /** Use `client.volume(name)`. */
+  constructor(
+    private readonly client: StrataClient,
+    /** The volume's name. */
+    readonly name: string,
+  ) {}
+
+  /** The volume's geometry (cached after the first fetch). */
+  async info(): Promise<VolumeInfo> {
+    return this.cachedInfo(this.client.deadline());
+  }
+
+  /** Writes one page (exactly pageSize bytes). Resolves once the write is committed. */
+  async write(page: number, data: Uint8Array): Promise<LsnResult> {
+    return this.writePages([{ page, data }]);
+  }
+
+  /**
+   * Writes 1..CALL_PAGES_MAX distinct pages, each exactly pageSize bytes (vectored): one request
+   * per shard, split further to fit the message limits, all sent concurrently. Resolves once every
+   * page is committed, with the highest LSN and each shard's LSN. On failure some shards may have
+   * applied their pages.
+   */
+  async writePages(pages: readonly PageWrite[]): Promise<LsnResult> {
+    const deadlineMs = this.client.deadline();
+    const list = expectArray(pages, 'pages', { lengthMin: 1, lengthMax: CALL_PAGES_MAX, maxCode: 'too_large' });
+    const seen = new Map<number, number>();
+    const numbers: number[] = [];
+    const entries: PageWrite[] = [];
+    for (let i = 0; i < list.length; i++) {
+      const path = `pages[${i}]`;
+      const entry = expectMap(list[i], path);
+      const page = expectInteger(field(entry, 'page'), `${path}.page`, { min: 0, max: PAGE_COUNT_MAX - 1, maxCode: 'out_of_range' });
+      const data = expectBytes(field(entry, 'data'), `${path}.data`);
+      const first = seen.get(page);
+      if (first !== undefined) fail('bad_request', `${path}.page`, `duplicate page ${page} (also at pages[${first}])`);
+      seen.set(page, i);
+      numbers.push(page);
+      entries.push({ page, data });
+    }
+    const { calls, outcomes } = await this.run(deadlineMs, (info) => {
+      validatePageWrite({ pages: entries }, info.pageSize, info.pageCount);
+      const chunkPages = pagesPerRequest(info.pageSize, this.client.maxPayloadBytes);
+      return planChunks(numbers, info, chunkPages).map(({ shard, indices }) => ({
+        shard,
+        type: 'shard.write' as const,
+        body: { pages: indices.map((i) => entries[i]!) },
+        indices,
+      }));
+    });
+    return mergeLsns(calls, outcomes);
+  }
+
+  /** Reads one page. */
+  read(page: number, options?: ReadOptions): Promise<Uint8Array>;
+  /** Reads pages (repeats allowed); one entry per page, in request order. */
+  read(pages: readonly number[], options?: ReadOptions): Promise<Uint8Array[]>;
+  async read(pages: number | readonly number[], options?: ReadOptions): Promise<Uint8Array | Uint8Array[]> {
+    if (typeof pages === 'number') return (await this.readPages([pages], options)).pages[0]!;
+    return (await this.readPages(pages, options)).pages;
+  }
+
+  /**
+   * Reads 1..CALL_PAGES_MAX pages (repeats allowed) and the LSNs they reflect: one request per
+   * shard, split to fit the message limits, all sent concurrently, merged in request order.
+   */
+  async readPages(pages: readonly number[], options: ReadOptions = {}): Promise<ReadResult> {
+    const deadlineMs = this.client.deadline();
+    const list = expectArray(pages, 'pages', { lengthMin: 1, lengthMax: CALL_PAGES_MAX, maxCode: 'too_large' });
+    const numbers = list.map((page, i) =>
+      expectInteger(page, `pages[${i}]`, { min: 0, max: PAGE_COUNT_MAX - 1, maxCode: 'out_of_range' }),
+    );
+    const lsn = options.lsn === undefined ? undefined : expectCounter(options.lsn, 'lsn');
+    const { calls, outcomes } = await this.run(deadlineMs, (info) => {
+      numbers.forEach((page, i) =>
+        expectInteger(page, `pages[${i}]`, { min: 0, max: info.pageCount - 1, maxCode: 'out_of_range' }),
+      );
+      const chunkPages = pagesPerRequest(info.pageSize, this.client.maxPayloadBytes);
+      return planChunks(numbers, info, chunkPages).map(({ shard, indices }) => {
+        const body: ShardReadRequest = { pages: indices.map((i) => numbers[i]!) };
+        if (lsn !== undefined) body.lsn = lsn;
+        return { shard, type: 'shard.read' as const, body, indices };
+      });
+    });
+    const out = new Array<Uint8Array>(numbers.length);
+    calls.forEach((call, c) => {
+      const got = outcomes[c]!.pages!;
+      call.indices.forEach((at, j) => (out[at] = got[j]!));
+    });
+    return { pages: out, ...mergeLsns(calls, outcomes) };
+  }
+
+  /** Makes every acknowledged write durable on every shard (shard.flush to each, concurrently). */
+  async flush(): Promise<LsnResult> {
+    const { calls, outcomes } = await this.run(this.client.deadline(), (info) =>
+      Array.from({ length: info.shards }, (_, shard) => ({ shard, type: 'shard.flush' as const, body: {}, indices: [] })),
+    );
+    return mergeLsns(calls, outcomes);
+  }
+
+  // ------------------------------------------------------------------------------------------
+
+  private fetchInfo(deadlineMs: number): Promise<VolumeInfo> {
+    const promise = this.client.api('volume.info', { name: this.name }, deadlineMs);
+    this.infoPromise = promise;
+    promise.catch(() => {
+      if (this.infoPromise === promise) this.infoPromise = undefined;
+    });
+    return promise;
+  }
+
+  private cachedInfo(deadlineMs: number): Promise<VolumeInfo> {
+    return this.infoPromise ?? this.fetchInfo(deadlineMs);
+  }
+
+  /** Fetches the geometry again unless another call already did since `stale` was used. */
+  private refreshInfo(stale: Promise<VolumeInfo>, deadlineMs: number): Promise<VolumeInfo> {
+    if (this.infoPromise !== undefined && this.infoPromise !== stale) return this.infoPromise;
+    return this.fetchInfo(deadlineMs);
+  }
+
+  private async sendCalls(info: VolumeInfo, calls: readonly ShardCall[], deadlineMs: number): Promise<Settled[]> {
+    const tasks = calls.map((call) => async (): Promise<ShardOutcome> => {
+      const subject = shardSubject(this.client.cluster, info.id, call.shard);
+      switch (call.type) {
+        case 'shard.write':
+          return this.client.send(subject, call.type, call.body, deadlineMs, validateShardWriteReply);
+        case 'shard.read':
+          return this.client.send(subject, call.type, call.body, deadlineMs, (value) =>
+            validateShardReadReply(value, { count: call.indices.length, pageSize: info.pageSize }),
+          );
+        case 'shard.flush':
+          return this.client.send(subject, call.type, call.body, deadlineMs, validateShardFlushReply);
+      }
+    });
+    return settleBounded(tasks, REQUESTS_IN_FLIGHT_MAX);
+  }
+
+  /**
+   * Plans a call from the volume's geometry, sends it, and on "no responders" refreshes the
+   * geometry and retries once: only the missed requests if the geometry is unchanged, the whole
+   * call re-planned if the volume changed (re-created under the same name).
+   */
+  private async run(
+    deadlineMs: number,
+    plan: (info: VolumeInfo) => ShardCall[],
+  ): Promise<{ calls: ShardCall[]; outcomes: ShardOutcome[] }> {
+    const infoPromise = this.cachedInfo(deadlineMs);
+    let info = await infoPromise;
+    let calls = plan(info);
+    let settled = await this.sendCalls(info, calls, deadlineMs);
+    throwFirstError(settled, (error) => !(error instanceof NoRespondersError));
+    const missed = settled.flatMap((s, i) => (s.ok ? [] : [i]));
+    if (missed.length > 0) {
+      const fresh = await this.refreshInfo(infoPromise, deadlineMs);
+      if (sameLayout(info, fresh)) {
+        const retried = await this.sendCalls(fresh, missed.map((i) => calls[i]!), deadlineMs);
+        missed.forEach((at, j) => (settled[at] = retried[j]!));
+      } else {
+        info = fresh;
+        calls = plan(info);
+        settled = await this.sendCalls(info, calls, deadlineMs);
+      }
+      throwFirstError(settled, (error) => !(error instanceof NoRespondersError));
+      const still = settled.findIndex((s) => !s.ok);
+      if (still >= 0) {
+        const shard = calls[still]!.shard;
+        throw new ProtocolError(
+          'unavailable',
+          `no host answers shard ${shard} of volume ${this.name} (${shardSubject(this.client.cluster, info.id, shard)})`,
+          { volume: this.name, volumeId: info.id, shard },
+        );
+      }
+    }
+    return { calls, outcomes: settled.map((s) => (s as { ok: true; value: ShardOutcome }).value) };
+  }
+}
+
+/** Throws the first failure (in request order) that `matches`. */
+function throwFirstError(settled: readonly Settled[], matches: (error: unknown) => boolean): void {
+  for (const s of settled) if (!s.ok && matches(s.error)) throw s.error;
+}

@@ -1,0 +1,367 @@
+/**
+ * Configuration of a Strata node (`strata node`).
+ *
+ * Sources, lowest to highest precedence: defaults, a JSON config file (`--config path`), the
+ * environment, command-line flags. Every value is checked; a bad one is a `ConfigError` whose
+ * message names where it came from (`--hosts`, `STRATA_HOSTS`, `node.json: hosts`).
+ *
+ * | field | flag | environment | file key | default |
+ * |---|---|---|---|---|
+ * | nodeId | --node-id | STRATA_NODE_ID | nodeId | from the host name, else `n1` |
+ * | cluster | --cluster | STRATA_CLUSTER | cluster | `dev` |
+ * | natsUrl | --nats | STRATA_NATS_URL | natsUrl | `nats://127.0.0.1:4222` |
+ * | dataDir | --data-dir | STRATA_DATA_DIR | dataDir | (required) |
+ * | hosts | --hosts | STRATA_HOSTS | hosts | os.availableParallelism(), at most 64 |
+ * | controller | --controller / --no-controller | | controller | true |
+ * | metricsPort | --metrics-port | STRATA_METRICS_PORT | metricsPort | 9464 (0 = off) |
+ * | cacheBytesMaxPerShard | --cache-bytes-max-per-shard | | cacheBytesMaxPerShard | runtime default |
+ * | segmentBytesMax | --segment-bytes-max | | segmentBytesMax | runtime default |
+ * | checkpointEveryRecords | --checkpoint-every-records | | checkpointEveryRecords | runtime default |
+ * | mailboxRequestsMax | --mailbox-requests-max | | mailboxRequestsMax | runtime default |
+ * | mailboxBytesMax | --mailbox-bytes-max | | mailboxBytesMax | runtime default |
+ *
+ * Byte sizes accept a suffix: `64KiB`, `32MiB`, `1GiB` (or `K`, `M`, `G`; powers of 1024).
+ */
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { HOSTS_PER_NODE_MAX } from '../messages/control';
+
+/** The validated configuration of one node. */
+export interface NodeConfig {
+  /** This node's id, a subject token: 1..64 characters of [A-Za-z0-9_-]. */
+  nodeId: string;
+  /** Cluster name: 1..64 characters of [a-z0-9_-]. */
+  cluster: string;
+  /** NATS server URL(s), comma-separated. */
+  natsUrl: string;
+  /** The node's data directory (absolute). */
+  dataDir: string;
+  /** Actor hosts (one device each): 1..64. */
+  hosts: number;
+  /** This node keeps the volume catalog (the controller). Exactly one node of a cluster should. */
+  controller: boolean;
+  /** Port of the Prometheus endpoint `/metrics`; 0 = no endpoint. */
+  metricsPort: number;
+  /** Page cache bound per shard, bytes; undefined = the runtime's default. */
+  cacheBytesMaxPerShard?: number;
+  /** Largest log segment file, bytes; undefined = the runtime's default. */
+  segmentBytesMax?: number;
+  /** Log records between checkpoints (images); undefined = the runtime's default. */
+  checkpointEveryRecords?: number;
+  /** Bound on queued requests per shard mailbox; undefined = the runtime's default. */
+  mailboxRequestsMax?: number;
+  /** Bound on queued request bytes per shard mailbox; undefined = the runtime's default. */
+  mailboxBytesMax?: number;
+}
+
+/** A bad configuration value, file or flag. `code` is `bad_config`. */
+export class ConfigError extends Error {
+  override readonly name = 'ConfigError';
+  readonly code = 'bad_config';
+}
+
+/** Options of `loadNodeConfig` (for tests; the defaults read the machine). */
+export interface LoadNodeConfigOptions {
+  /** Default: os.hostname(). */
+  hostname?: string;
+  /** Default: os.availableParallelism(). */
+  availableParallelism?: number;
+  /** Directory relative paths (flags, environment) are resolved against. Default: process.cwd(). */
+  cwd?: string;
+}
+
+/** Default cluster name. */
+export const CLUSTER_DEFAULT = 'dev';
+/** Default NATS URL. */
+export const NATS_URL_DEFAULT = 'nats://127.0.0.1:4222';
+/** Default metrics port. */
+export const METRICS_PORT_DEFAULT = 9464;
+/** Bound on a config file, bytes. */
+export const CONFIG_FILE_BYTES_MAX = 1024 * 1024;
+
+const KIB = 1024;
+const MIB = 1024 * KIB;
+const GIB = 1024 * MIB;
+
+const NODE_ID_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
+const CLUSTER_PATTERN = /^[a-z0-9_-]{1,64}$/;
+const NATS_SCHEMES = ['nats:', 'tls:', 'ws:', 'wss:'];
+const DECIMAL_PATTERN = /^(0|[1-9][0-9]*)$/;
+const SIZE_PATTERN = /^(0|[1-9][0-9]*)\s*(k|kib|m|mib|g|gib)?$/i;
+const SIZE_UNITS: Record<string, number> = { '': 1, k: KIB, kib: KIB, m: MIB, mib: MIB, g: GIB, gib: GIB };
+
+type Kind = 'string' | 'integer' | 'bytes' | 'boolean';
+
+interface FieldSpec {
+  key: keyof NodeConfig;
+  flag: string;
+  env?: string;
+  kind: Kind;
+  min?: number;
+  max?: number;
+  /** Extra check of a string; returns an error message or undefined. */
+  check?: (value: string) => string | undefined;
+  /** A path, resolved against a base directory. */
+  isPath?: boolean;
+}
+
+function checkNatsUrl(value: string): string | undefined {
+  for (const url of value.split(',')) {
+    const u = url.trim();
+    if (u === '') return 'expected one or more NATS URLs separated by commas';
+    if (!u.includes('://')) continue; // host:port, as the NATS client accepts
+    let parsed: URL;
+    try {
+      parsed = new URL(u);
+    } catch {
+      return `not a valid URL: ${JSON.stringify(u)}`;
+    }
+    if (!NATS_SCHEMES.includes(parsed.protocol)) {
+      return `expected a ${NATS_SCHEMES.map((s) => s.slice(0, -1)).join('|')} URL, got ${JSON.stringify(u)}`;
+    }
+  }
+  return undefined;
+}
+
+/** Every configurable field, with its flag, environment variable, type and bounds. */
+const FIELDS: readonly FieldSpec[] = [
+  {
+    key: 'nodeId',
+    flag: '--node-id',
+    env: 'STRATA_NODE_ID',
+    kind: 'string',
+    check: (v) => (NODE_ID_PATTERN.test(v) ? undefined : 'expected 1..64 characters of [A-Za-z0-9_-]'),
+  },
+  {
+    key: 'cluster',
+    flag: '--cluster',
+    env: 'STRATA_CLUSTER',
+    kind: 'string',
+    check: (v) => (CLUSTER_PATTERN.test(v) ? undefined : 'expected 1..64 characters of [a-z0-9_-]'),
+  },
+  { key: 'natsUrl', flag: '--nats', env: 'STRATA_NATS_URL', kind: 'string', check: checkNatsUrl },
+  {
+    key: 'dataDir',
+    flag: '--data-dir',
+    env: 'STRATA_DATA_DIR',
+    kind: 'string',
+    isPath: true,
+    check: (v) => (v.includes('\0') ? 'a path may not contain a NUL character' : undefined),
+  },
+  { key: 'hosts', flag: '--hosts', env: 'STRATA_HOSTS', kind: 'integer', min: 1, max: HOSTS_PER_NODE_MAX },
+  { key: 'controller', flag: '--controller', kind: 'boolean' },
+  { key: 'metricsPort', flag: '--metrics-port', env: 'STRATA_METRICS_PORT', kind: 'integer', min: 0, max: 65535 },
+  { key: 'cacheBytesMaxPerShard', flag: '--cache-bytes-max-per-shard', kind: 'bytes', min: MIB, max: 1024 * GIB },
+  { key: 'segmentBytesMax', flag: '--segment-bytes-max', kind: 'bytes', min: 4 * KIB, max: GIB },
+  { key: 'checkpointEveryRecords', flag: '--checkpoint-every-records', kind: 'integer', min: 1, max: 1_000_000_000 },
+  { key: 'mailboxRequestsMax', flag: '--mailbox-requests-max', kind: 'integer', min: 1, max: 1_000_000 },
+  { key: 'mailboxBytesMax', flag: '--mailbox-bytes-max', kind: 'bytes', min: MIB, max: 64 * GIB },
+];
+
+/** The flags `strata node` accepts (besides `--config`). */
+export const NODE_FLAGS: readonly string[] = ['--config', ...FIELDS.map((f) => f.flag), '--no-controller', '--nats-url'];
+
+type Raw = Partial<Record<keyof NodeConfig, string | number | boolean>>;
+
+function describe(value: unknown): string {
+  if (typeof value === 'string') return JSON.stringify(value.length > 60 ? `${value.slice(0, 60)}…` : value);
+  if (value === null) return 'null';
+  if (Array.isArray(value)) return 'an array';
+  if (typeof value === 'object') return 'an object';
+  return String(value);
+}
+
+function bad(source: string, message: string): never {
+  throw new ConfigError(`${source}: ${message}`);
+}
+
+function rangeText(spec: FieldSpec): string {
+  return `${spec.min ?? 0}..${spec.max ?? Number.MAX_SAFE_INTEGER}`;
+}
+
+/**
+ * Converts one raw value to its typed value: a string from flags and the environment; a JSON
+ * value from a file, where integers must be JSON numbers and booleans JSON booleans (sizes may
+ * be numbers or strings with a suffix).
+ */
+function convert(spec: FieldSpec, value: unknown, source: string, baseDir: string, fromFile = false): string | number | boolean {
+  if (fromFile && spec.kind === 'integer' && typeof value !== 'number') {
+    bad(source, `expected an integer in ${rangeText(spec)} (a JSON number), got ${describe(value)}`);
+  }
+  if (fromFile && spec.kind === 'boolean' && typeof value !== 'boolean') {
+    bad(source, `expected true or false (a JSON boolean), got ${describe(value)}`);
+  }
+  switch (spec.kind) {
+    case 'string': {
+      if (typeof value !== 'string') bad(source, `expected a string, got ${describe(value)}`);
+      if (value === '') bad(source, 'expected a non-empty value');
+      const problem = spec.check?.(value);
+      if (problem !== undefined) bad(source, `${problem}, got ${describe(value)}`);
+      return spec.isPath === true ? path.resolve(baseDir, value) : value;
+    }
+    case 'boolean': {
+      if (typeof value === 'boolean') return value;
+      if (value === 'true' || value === '1' || value === 'yes') return true;
+      if (value === 'false' || value === '0' || value === 'no') return false;
+      bad(source, `expected true or false, got ${describe(value)}`);
+    }
+    case 'integer':
+    case 'bytes': {
+      let n: number;
+      if (typeof value === 'number') {
+        n = value;
+      } else if (typeof value === 'string') {
+        const text = value.trim();
+        if (spec.kind === 'bytes') {
+          const m = SIZE_PATTERN.exec(text);
+          n = m === null ? NaN : Number(m[1]) * SIZE_UNITS[(m[2] ?? '').toLowerCase()]!;
+        } else {
+          n = DECIMAL_PATTERN.test(text) && text.length <= 16 ? Number(text) : NaN;
+        }
+      } else {
+        n = NaN;
+      }
+      const what = spec.kind === 'bytes' ? `a size in bytes in ${rangeText(spec)} (suffixes KiB, MiB, GiB allowed)` : `an integer in ${rangeText(spec)}`;
+      if (!Number.isSafeInteger(n)) bad(source, `expected ${what}, got ${describe(value)}`);
+      if (n < (spec.min ?? 0) || n > (spec.max ?? Number.MAX_SAFE_INTEGER)) bad(source, `expected ${what}, got ${describe(value)}`);
+      return n;
+    }
+  }
+}
+
+function specOfFlag(flag: string): FieldSpec | undefined {
+  if (flag === '--nats-url') return FIELDS.find((f) => f.key === 'natsUrl');
+  return FIELDS.find((f) => f.flag === flag);
+}
+
+/** Parses node flags: `--flag value`, `--flag=value`, `--controller`, `--no-controller`. */
+function parseFlags(argv: readonly string[], cwd: string): { raw: Raw; configPath?: string } {
+  const raw: Raw = {};
+  let configPath: string | undefined;
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    if (!arg.startsWith('--')) bad(arg, 'unexpected argument (strata node takes only flags)');
+    const eq = arg.indexOf('=');
+    const flag = eq < 0 ? arg : arg.slice(0, eq);
+    const inline = eq < 0 ? undefined : arg.slice(eq + 1);
+    if (flag === '--no-controller') {
+      if (inline !== undefined) bad(flag, 'takes no value');
+      raw.controller = false;
+      continue;
+    }
+    const spec = flag === '--config' ? undefined : specOfFlag(flag);
+    if (flag !== '--config' && spec === undefined) bad(flag, `unknown flag (allowed: ${NODE_FLAGS.join(', ')})`);
+    let value: string;
+    if (inline !== undefined) {
+      value = inline;
+    } else if (spec?.kind === 'boolean') {
+      value = 'true';
+    } else {
+      const next = argv[i + 1];
+      if (next === undefined || next.startsWith('--')) bad(flag, 'expected a value');
+      value = next;
+      i++;
+    }
+    if (spec === undefined) {
+      if (value === '') bad('--config', 'expected a file path');
+      configPath = path.resolve(cwd, value);
+    } else {
+      raw[spec.key] = convert(spec, value, flag, cwd);
+    }
+  }
+  return configPath === undefined ? { raw } : { raw, configPath };
+}
+
+function readConfigFile(file: string): Raw {
+  const name = path.basename(file);
+  let text: string;
+  try {
+    const stat = fs.statSync(file);
+    if (!stat.isFile()) bad(`--config ${file}`, 'not a regular file');
+    if (stat.size > CONFIG_FILE_BYTES_MAX) bad(`--config ${file}`, `larger than ${CONFIG_FILE_BYTES_MAX} bytes`);
+    text = fs.readFileSync(file, 'utf8');
+  } catch (err) {
+    if (err instanceof ConfigError) throw err;
+    bad(`--config ${file}`, `can not read: ${(err as Error).message}`);
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (err) {
+    bad(name, `invalid JSON: ${(err as Error).message}`);
+  }
+  if (typeof json !== 'object' || json === null || Array.isArray(json)) bad(name, `expected a JSON object, got ${describe(json)}`);
+  const raw: Raw = {};
+  const baseDir = path.dirname(file);
+  for (const [key, value] of Object.entries(json as Record<string, unknown>)) {
+    const spec = FIELDS.find((f) => f.key === key);
+    if (spec === undefined) bad(`${name}: ${key}`, `unknown key (allowed: ${FIELDS.map((f) => f.key).join(', ')})`);
+    raw[spec.key] = convert(spec, value, `${name}: ${key}`, baseDir, true);
+  }
+  return raw;
+}
+
+function readEnv(env: Readonly<Record<string, string | undefined>>, cwd: string): Raw {
+  const raw: Raw = {};
+  for (const spec of FIELDS) {
+    if (spec.env === undefined) continue;
+    const value = env[spec.env];
+    if (value === undefined || value === '') continue;
+    raw[spec.key] = convert(spec, value, spec.env, cwd);
+  }
+  return raw;
+}
+
+/** A node id from a host name: lowercase, other characters as '-', at most 64; 'n1' if nothing is left. */
+export function nodeIdFromHostname(hostname: string): string {
+  const id = hostname
+    .toLowerCase()
+    .split('.')[0]!
+    .replace(/[^a-z0-9_-]+/g, '-')
+    .replace(/^-+|-+$/g, '')
+    .slice(0, 64);
+  return id === '' ? 'n1' : id;
+}
+
+/**
+ * The configuration of a node from `argv` (the arguments after `strata node`) and `env`:
+ * defaults < `--config` file < environment < flags. Throws ConfigError naming the flag,
+ * environment variable or file key of the first bad value, or `dataDir` when none is given.
+ */
+export function loadNodeConfig(
+  argv: readonly string[],
+  env: Readonly<Record<string, string | undefined>>,
+  options: LoadNodeConfigOptions = {},
+): NodeConfig {
+  const cwd = options.cwd ?? process.cwd();
+  const flags = parseFlags(argv, cwd);
+  const file = flags.configPath === undefined ? {} : readConfigFile(flags.configPath);
+  const fromEnv = readEnv(env, cwd);
+  const merged: Raw = { ...file, ...fromEnv, ...flags.raw };
+
+  if (merged.dataDir === undefined) {
+    bad('dataDir', 'required: pass --data-dir, set STRATA_DATA_DIR or put dataDir in the config file');
+  }
+  const parallelism = options.availableParallelism ?? os.availableParallelism();
+  const config: NodeConfig = {
+    nodeId: (merged.nodeId as string | undefined) ?? nodeIdFromHostname(options.hostname ?? os.hostname()),
+    cluster: (merged.cluster as string | undefined) ?? CLUSTER_DEFAULT,
+    natsUrl: (merged.natsUrl as string | undefined) ?? NATS_URL_DEFAULT,
+    dataDir: merged.dataDir as string,
+    hosts: (merged.hosts as number | undefined) ?? Math.max(1, Math.min(HOSTS_PER_NODE_MAX, parallelism)),
+    controller: (merged.controller as boolean | undefined) ?? true,
+    metricsPort: (merged.metricsPort as number | undefined) ?? METRICS_PORT_DEFAULT,
+  };
+  for (const key of [
+    'cacheBytesMaxPerShard',
+    'segmentBytesMax',
+    'checkpointEveryRecords',
+    'mailboxRequestsMax',
+    'mailboxBytesMax',
+  ] as const) {
+    const value = merged[key];
+    if (value !== undefined) config[key] = value as number;
+  }
+  return config;
+}

@@ -1,0 +1,399 @@
+import { strict as assert } from 'node:assert';
+import { execFile } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { Readable, Writable } from 'node:stream';
+import { HELP_TEXT, TRANSFER_PAGES_PER_CALL, UsageError, main, parseArgs } from '../../cluster/cli';
+import type { CliIo } from '../../cluster/cli';
+import { createClient } from '../../cluster/client';
+import type { ClientTransport, ConnectOptions, StrataClient } from '../../cluster/client';
+import { decode, encode } from '../../messages/codec';
+import { ProtocolError, errorReply } from '../../messages/errors';
+import { readHeaders } from '../../messages/headers';
+import { parseShardSubject } from '../../messages/subjects';
+import type { VolumeInfo } from '../../messages/api';
+import {
+  validateShardRead,
+  validateShardReadRequest,
+  validateShardWrite,
+  validateShardWriteRequest,
+  validateVolumeCreateRequest,
+} from '../../messages/validate';
+
+/** A writable that keeps what is written. */
+class Sink extends Writable {
+  chunks: Buffer[] = [];
+  override _write(chunk: Buffer, _enc: BufferEncoding, done: (err?: Error) => void): void {
+    this.chunks.push(Buffer.from(chunk));
+    done();
+  }
+  text(): string {
+    return Buffer.concat(this.chunks).toString('utf8');
+  }
+  bytes(): Buffer {
+    return Buffer.concat(this.chunks);
+  }
+}
+
+/** A one-node cluster in memory behind a fake transport: enough for every CLI command. */
+class MemoryCluster implements ClientTransport {
+  readonly maxPayloadBytes = 1024 * 1024;
+  volumes = new Map<string, VolumeInfo>();
+  pages = new Map<string, Uint8Array>();
+  lsn = 0;
+  requests: string[] = [];
+  connects: ConnectOptions[] = [];
+  closes = 0;
+
+  async request(subject: string, data: Uint8Array, options: { headers: Readonly<Record<string, string>> }): Promise<Uint8Array> {
+    this.requests.push(subject);
+    try {
+      return encode(this.answer(subject, decode(data), readHeaders({ get: (n: string) => options.headers[n] ?? '' }).type));
+    } catch (err) {
+      return encode(errorReply(err));
+    }
+  }
+
+  private answer(subject: string, body: unknown, type: string): unknown {
+    const b = body as Record<string, unknown>;
+    switch (type) {
+      case 'volume.create': {
+        const spec = validateVolumeCreateRequest(body);
+        if (this.volumes.has(spec.name)) throw new ProtocolError('already_exists', `volume ${spec.name} exists`);
+        const info: VolumeInfo = { ...spec, id: `id-${spec.name}`, createdAt: 0 };
+        this.volumes.set(spec.name, info);
+        return info;
+      }
+      case 'volume.list':
+        return { volumes: [...this.volumes.values()] };
+      case 'volume.info':
+      case 'volume.delete': {
+        const info = this.volumes.get(b.name as string);
+        if (info === undefined) throw new ProtocolError('not_found', `no volume ${String(b.name)}`);
+        if (type === 'volume.info') return info;
+        this.volumes.delete(info.name);
+        return { deleted: true };
+      }
+      case 'status':
+        return {
+          node: { id: 'n1', cluster: 'dev', version: '0.1.0', uptimeMs: 4000 },
+          volumes: [{ name: 'v', id: 'id-v', shards: [{ shard: 0, role: 'leader', term: 1, commitLsn: 5, appliedLsn: 5 }] }],
+        };
+      case 'shard.write':
+      case 'shard.read': {
+        const { volumeId, shard } = parseShardSubject(subject);
+        const info = [...this.volumes.values()].find((v) => v.id === volumeId)!;
+        if (type === 'shard.write') {
+          const req = validateShardWrite(validateShardWriteRequest(body), { ...info, shard });
+          for (const p of req.pages) this.pages.set(`${volumeId}:${p.page}`, Uint8Array.from(p.data));
+          return { lsn: ++this.lsn };
+        }
+        const req = validateShardRead(validateShardReadRequest(body), { ...info, shard });
+        return { pages: req.pages.map((p) => this.pages.get(`${volumeId}:${p}`) ?? new Uint8Array(info.pageSize)), lsn: this.lsn };
+      }
+      default:
+        throw new ProtocolError('internal', `unexpected ${type}`);
+    }
+  }
+
+  async close(): Promise<void> {
+    this.closes++;
+  }
+
+  connect = async (options: ConnectOptions): Promise<StrataClient> => {
+    this.connects.push(options);
+    return createClient(this, { ...(options.cluster === undefined ? {} : { cluster: options.cluster }) });
+  };
+}
+
+interface Run {
+  code: number;
+  out: string;
+  err: string;
+  stdout: Sink;
+}
+
+async function run(argv: string[], mem = new MemoryCluster(), extra: Partial<CliIo> = {}): Promise<Run> {
+  const stdout = new Sink();
+  const stderr = new Sink();
+  const code = await main(argv, { stdout, stderr, env: {}, connect: mem.connect, stdin: Readable.from([]), ...extra });
+  return { code, out: stdout.text(), err: stderr.text(), stdout };
+}
+
+describe('cluster/cli', () => {
+  describe('parseArgs', () => {
+    it('parses commands, positionals and flags in any order', () => {
+      assert.deepEqual(parseArgs(['volume', 'create', '--pages', '10', 'db', '--json', '--page-size=8192']), {
+        command: 'volume create',
+        positionals: ['db'],
+        flags: { pages: 10, json: true, 'page-size': 8192 },
+        rest: [],
+      });
+      assert.deepEqual(parseArgs(['get', 'db', '3', '-', '--count', '2', '--lsn=7', '--nats', 'nats://h:1', '--cluster', 'c']), {
+        command: 'get',
+        positionals: ['db', '3', '-'],
+        flags: { count: 2, lsn: 7, nats: 'nats://h:1', cluster: 'c' },
+        rest: [],
+      });
+      assert.deepEqual(parseArgs(['put', '--', 'db', '0', '--weird-file-name']).positionals, ['db', '0', '--weird-file-name']);
+      assert.deepEqual(parseArgs(['dev', '--demo', '--nodes', '3', '--data-dir', '/tmp/x', '--metrics-port', '0']).flags, {
+        demo: true,
+        nodes: 3,
+        'data-dir': '/tmp/x',
+        'metrics-port': 0,
+      });
+      assert.equal(parseArgs(['status', '--timeout', '500']).flags.timeout, 500);
+    });
+
+    it('keeps the arguments of node raw', () => {
+      assert.deepEqual(parseArgs(['node', '--config', 'f.json', '--hosts', '2']), {
+        command: 'node',
+        positionals: [],
+        flags: {},
+        rest: ['--config', 'f.json', '--hosts', '2'],
+      });
+    });
+
+    it('treats --help and -h as help', () => {
+      assert.equal(parseArgs(['--help']).command, 'help');
+      assert.equal(parseArgs(['-h']).command, 'help');
+      assert.equal(parseArgs(['volume', 'list', '--help']).command, 'help');
+    });
+
+    const usage: Array<[string[], RegExp]> = [
+      [[], /no command/],
+      [['--json'], /expected a command before --json/],
+      [['frobnicate'], /unknown command "frobnicate"/],
+      [['volume'], /volume: expected create, list, info or delete/],
+      [['volume', 'grow'], /volume: unknown subcommand "grow"/],
+      [['volume', 'create', 'db'], /--pages is required/],
+      [['volume', 'create', '--pages', '10'], /missing NAME/],
+      [['volume', 'create', 'db', '--pages', 'ten'], /--pages: expected a non-negative integer, got "ten"/],
+      [['volume', 'create', 'db', '--pages', '-5'], /--pages: expected a non-negative integer, got "-5"/],
+      [['volume', 'create', 'db', '--pages', '1', '--page-size', '1000'], /--page-size: expected 4096 or 8192/],
+      [['volume', 'create', 'db', '--pages'], /--pages: expected a value/],
+      [['volume', 'create', 'db', '--pages', '--json'], /--pages: expected a value/],
+      [['volume', 'create', 'db', '--pages='], /--pages: expected a value/],
+      [['volume', 'create', 'db', '--pages', '1', '--pages', '2'], /--pages given twice/],
+      [['volume', 'list', 'extra'], /unexpected argument "extra"/],
+      [['volume', 'info'], /missing NAME/],
+      [['volume', 'delete', 'a', 'b'], /unexpected argument "b"/],
+      [['volume', 'list', '--count', '1'], /unknown flag --count/],
+      [['volume', 'list', '-x'], /unknown flag -x/],
+      [['status', '--json=yes'], /--json takes no value/],
+      [['status', '--timeout', '0'], /--timeout: expected at least 1 ms/],
+      [['put', 'db', '0'], /missing FILE/],
+      [['put', 'db', 'zero', 'f'], /PAGE: expected a non-negative integer, got "zero"/],
+      [['get', 'db', '0', 'f', '--count', '0'], /--count: expected 1\.\./],
+      [['get', 'db', '0', 'f', '--lsn', 'latest'], /--lsn: expected a non-negative integer/],
+      [['dev', '--nodes', '0'], /--nodes: expected 1\.\.16/],
+      [['dev', '--nodes', '17'], /--nodes: expected 1\.\.16/],
+      [['dev', '--metrics-port', '70000'], /--metrics-port: expected 0\.\.65535/],
+      [['dev', '--nats', 'nats://x:1'], /unknown flag --nats/],
+      [['help', 'me'], /unexpected argument "me"/],
+    ];
+    for (const [argv, pattern] of usage) {
+      it(`rejects \`${argv.join(' ')}\``, () => {
+        assert.throws(() => parseArgs(argv), (err: unknown) => err instanceof UsageError && pattern.test(err.message));
+      });
+    }
+  });
+
+  describe('main', () => {
+    it('prints help listing every command, exit 0', async () => {
+      const r = await run(['help']);
+      assert.equal(r.code, 0);
+      assert.equal(r.out, HELP_TEXT);
+      for (const command of ['dev', 'node', 'volume create', 'volume list', 'volume info', 'volume delete', 'put', 'get', 'status', 'help']) {
+        assert.match(HELP_TEXT, new RegExp(`^  ${command}\\b`, 'm'), command);
+      }
+      assert.equal((await run(['--help'])).code, 0);
+    });
+
+    it('exits 2 with a usage message on stderr for a usage error, without connecting', async () => {
+      const mem = new MemoryCluster();
+      for (const argv of [[], ['bogus'], ['volume', 'create', 'x'], ['get', 'v', '1', 'f', '--count', 'many']]) {
+        const r = await run(argv, mem);
+        assert.equal(r.code, 2, argv.join(' '));
+        assert.match(r.err, /^strata: usage: .+\nRun "strata help" for the commands\.\n$/);
+        assert.equal(r.out, '');
+      }
+      assert.equal(mem.connects.length, 0);
+    });
+
+    it('exits 2 for a bad node configuration, before starting anything', async () => {
+      const r = await run(['node', '--hosts', '0', '--data-dir', '/tmp/never']);
+      assert.equal(r.code, 2);
+      assert.match(r.err, /^strata: bad_config: --hosts: expected an integer in 1\.\.64, got "0"\n$/);
+      const missing = await run(['node'], undefined, { env: {} });
+      assert.equal(missing.code, 2);
+      assert.match(missing.err, /bad_config: dataDir: required/);
+    });
+
+    it('creates, lists, describes and deletes volumes (text and JSON)', async () => {
+      const mem = new MemoryCluster();
+      let r = await run(['volume', 'create', 'db', '--pages', '64', '--shards', '2', '--stripe-pages', '4'], mem);
+      assert.equal(r.code, 0, r.err);
+      assert.match(r.out, /^created volume db \(id id-db\): 64 pages of 4096 bytes, 2 shard\(s\), stripe 4 pages, 1 replica\(s\)\n$/);
+      r = await run(['volume', 'list', '--json'], mem);
+      assert.equal(JSON.parse(r.out)[0].name, 'db');
+      r = await run(['volume', 'list'], mem);
+      assert.match(r.out, /^NAME\tID\tPAGES.*\ndb\tid-db\t64\t4096\t2\t4\t1\n$/);
+      r = await run(['volume', 'info', 'db'], mem);
+      assert.match(r.out, /^name: +db\n.*pages: +64\n/s);
+      r = await run(['volume', 'info', 'db', '--json'], mem);
+      assert.equal(JSON.parse(r.out).id, 'id-db');
+      r = await run(['volume', 'delete', 'db'], mem);
+      assert.equal(r.out, 'deleted volume db\n');
+      assert.equal(mem.volumes.size, 0);
+      assert.equal(mem.closes, mem.connects.length, 'every client is closed');
+    });
+
+    it('prints `strata: <code>: <message>` and exits 1 when the operation fails', async () => {
+      const mem = new MemoryCluster();
+      let r = await run(['volume', 'info', 'nope'], mem);
+      assert.equal(r.code, 1);
+      assert.equal(r.err, 'strata: not_found: no volume nope\n');
+      await run(['volume', 'create', 'db', '--pages', '1'], mem);
+      r = await run(['volume', 'create', 'db', '--pages', '1'], mem);
+      assert.equal(r.code, 1);
+      assert.match(r.err, /^strata: already_exists: /);
+      r = await run(['volume', 'create', 'Bad Name', '--pages', '1'], mem);
+      assert.equal(r.code, 1);
+      assert.match(r.err, /^strata: bad_request: name: /);
+      assert.equal(mem.closes, mem.connects.length, 'the client is closed after a failure too');
+    });
+
+    it('reports a connection failure as unavailable, exit 1', async () => {
+      const r = await run(['status'], new MemoryCluster(), {
+        connect: () => Promise.reject(new ProtocolError('unavailable', 'can not connect to NATS at nats://x:1')),
+      });
+      assert.equal(r.code, 1);
+      assert.equal(r.err, 'strata: unavailable: can not connect to NATS at nats://x:1\n');
+    });
+
+    it('connects with --nats, --cluster and --timeout, else the environment, else defaults', async () => {
+      const mem = new MemoryCluster();
+      await run(['status', '--nats', 'nats://a:1,nats://b:2', '--cluster', 'prod', '--timeout', '1500'], mem);
+      await run(['status'], mem, { env: { STRATA_NATS_URL: 'nats://env:9', STRATA_CLUSTER: 'envc' } });
+      await run(['status'], mem);
+      assert.deepEqual(mem.connects, [
+        { servers: ['nats://a:1', 'nats://b:2'], cluster: 'prod', name: 'strata-cli', timeoutMs: 1500 },
+        { servers: ['nats://env:9'], cluster: 'envc', name: 'strata-cli' },
+        { servers: ['nats://127.0.0.1:4222'], cluster: 'dev', name: 'strata-cli' },
+      ]);
+    });
+
+    it('prints status as text and JSON', async () => {
+      let r = await run(['status']);
+      assert.match(r.out, /^node n1 of cluster dev, version 0\.1\.0, up 4 s\nvolume v \(id-v\)\n  shard 0: leader, term 1, commit lsn 5, applied lsn 5\n$/);
+      r = await run(['status', '--json']);
+      assert.equal(JSON.parse(r.out).node.id, 'n1');
+    });
+
+    describe('put and get', () => {
+      let dir: string;
+      beforeEach(() => {
+        dir = fs.mkdtempSync(path.join(os.tmpdir(), 'strata-cli-test-'));
+      });
+      afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+      function bytes(n: number, seed: number): Buffer {
+        const b = Buffer.alloc(n);
+        for (let i = 0; i < n; i++) b[i] = (i * 31 + seed) & 0xff;
+        return b;
+      }
+
+      it('writes a file from a page on, padding the last page, in chunks; reads it back to a file and stdout', async () => {
+        const mem = new MemoryCluster();
+        await run(['volume', 'create', 'db', '--pages', '3000', '--shards', '3', '--stripe-pages', '16'], mem);
+        const size = (TRANSFER_PAGES_PER_CALL + 5) * 4096 + 100;
+        const data = bytes(size, 1);
+        const input = path.join(dir, 'in.bin');
+        fs.writeFileSync(input, data);
+        let r = await run(['put', 'db', '10', input], mem);
+        assert.equal(r.code, 0, r.err);
+        const pages = TRANSFER_PAGES_PER_CALL + 6;
+        assert.equal(r.out, `wrote ${size} bytes to db pages 10..${10 + pages - 1} (lsn ${mem.lsn})\n`);
+        const output = path.join(dir, 'out.bin');
+        r = await run(['get', 'db', '10', '--count', String(pages), output, '--json'], mem);
+        assert.equal(r.code, 0, r.err);
+        assert.deepEqual(JSON.parse(r.out), { volume: 'db', page: 10, pages, bytes: pages * 4096, lsn: mem.lsn, file: output });
+        const back = fs.readFileSync(output);
+        assert.equal(back.length, pages * 4096);
+        assert.deepEqual(back.subarray(0, size), data);
+        assert.ok(back.subarray(size).every((b) => b === 0), 'padded with zeros');
+        r = await run(['get', 'db', '11', '-'], mem);
+        assert.equal(r.code, 0, r.err);
+        assert.deepEqual(r.stdout.bytes(), data.subarray(4096, 8192));
+        assert.equal(r.err, '');
+      });
+
+      it('writes stdin with put -', async () => {
+        const mem = new MemoryCluster();
+        await run(['volume', 'create', 'db', '--pages', '8'], mem);
+        const data = bytes(5000, 2);
+        const r = await run(['put', 'db', '0', '-', '--json'], mem, { stdin: Readable.from([data.subarray(0, 3000), data.subarray(3000)]) });
+        assert.equal(r.code, 0, r.err);
+        assert.deepEqual(JSON.parse(r.out), { volume: 'db', page: 0, pages: 2, bytes: 5000, lsn: mem.lsn });
+        assert.deepEqual(Buffer.from(mem.pages.get('id-db:1')!).subarray(0, 904), data.subarray(4096));
+      });
+
+      it('refuses a file that does not fit in the volume before writing anything', async () => {
+        const mem = new MemoryCluster();
+        await run(['volume', 'create', 'db', '--pages', '4'], mem);
+        const input = path.join(dir, 'big.bin');
+        fs.writeFileSync(input, bytes(4096 * 3 + 1, 3));
+        const r = await run(['put', 'db', '1', input], mem);
+        assert.equal(r.code, 1);
+        assert.match(r.err, /^strata: out_of_range: .*needs 4 pages from page 1 but db has 4 pages\n$/);
+        assert.equal(mem.pages.size, 0);
+      });
+
+      it('reports an empty file, a missing file, and a get past the end without touching the output file', async () => {
+        const mem = new MemoryCluster();
+        await run(['volume', 'create', 'db', '--pages', '4'], mem);
+        const empty = path.join(dir, 'empty');
+        fs.writeFileSync(empty, '');
+        let r = await run(['put', 'db', '0', empty], mem);
+        assert.equal(r.code, 0);
+        assert.match(r.out, /wrote nothing/);
+        r = await run(['put', 'db', '0', path.join(dir, 'missing')], mem);
+        assert.equal(r.code, 1);
+        assert.match(r.err, /^strata: ENOENT: no such file or directory/);
+        const output = path.join(dir, 'keep');
+        fs.writeFileSync(output, 'precious');
+        r = await run(['get', 'db', '3', '--count', '2', output], mem);
+        assert.equal(r.code, 1);
+        assert.match(r.err, /^strata: out_of_range: pages 3\.\.4 are out of range/);
+        assert.equal(fs.readFileSync(output, 'utf8'), 'precious');
+        r = await run(['get', 'nope', '0', output], mem);
+        assert.match(r.err, /^strata: not_found: /);
+      });
+    });
+  });
+
+  describe('bin/strata', () => {
+    it('runs the built CLI', async () => {
+      const bin = path.join(__dirname, '..', '..', '..', 'bin', 'strata');
+      const result = await new Promise<{ code: number; stdout: string }>((resolve) => {
+        execFile(process.execPath, [bin, 'help'], { timeout: 10_000 }, (err, stdout) => {
+          resolve({ code: err === null ? 0 : Number((err as { code?: unknown }).code ?? 1), stdout });
+        });
+      });
+      assert.equal(result.code, 0);
+      assert.equal(result.stdout, HELP_TEXT);
+    });
+
+    it('exits 2 on a usage error', async () => {
+      const bin = path.join(__dirname, '..', '..', '..', 'bin', 'strata');
+      const code = await new Promise<number>((resolve) => {
+        execFile(process.execPath, [bin, 'volume', 'create'], { timeout: 10_000 }, (err) => {
+          resolve(err === null ? 0 : Number((err as { code?: unknown }).code));
+        });
+      });
+      assert.equal(code, 2);
+    });
+  });
+});

@@ -1,0 +1,658 @@
+import { strict as assert } from 'node:assert';
+import type { NatsConnection } from 'nats';
+import {
+  CALL_PAGES_MAX,
+  NatsTransport,
+  NoRespondersError,
+  REQUESTS_IN_FLIGHT_MAX,
+  connect,
+  createClient,
+  pagesPerRequest,
+  type ClientTransport,
+  type TransportRequestOptions,
+} from '../../cluster/client';
+import { MESSAGE_BYTES_MAX, decode, encode } from '../../messages/codec';
+import { ProtocolError, errorReply } from '../../messages/errors';
+import { HEADER_DEADLINE, HEADER_SCHEMA, HEADER_TYPE, SCHEMA_VERSION, readHeaders } from '../../messages/headers';
+import { PAGES_PER_REQUEST_MAX, REQUEST_DATA_BYTES_MAX, shardOfPage } from '../../messages/api';
+import type { VolumeInfo } from '../../messages/api';
+import {
+  validateShardFlushRequest,
+  validateShardRead,
+  validateShardReadRequest,
+  validateShardWrite,
+  validateShardWriteRequest,
+} from '../../messages/validate';
+import { parseShardSubject } from '../../messages/subjects';
+
+const CLUSTER = 'test';
+const NOW = 1_700_000_000_000;
+
+interface Seen {
+  subject: string;
+  body: unknown;
+  headers: Record<string, string>;
+  timeoutMs: number;
+  bytes: number;
+}
+
+type Handler = (subject: string, body: unknown, seen: Seen) => unknown | Promise<unknown>;
+
+/** A transport that decodes every request, records it and answers through `handler`. */
+class FakeTransport implements ClientTransport {
+  maxPayloadBytes = MESSAGE_BYTES_MAX;
+  seen: Seen[] = [];
+  inFlight = 0;
+  inFlightMax = 0;
+  closed = false;
+  closeHangs = false;
+  constructor(public handler: Handler) {}
+
+  async request(subject: string, data: Uint8Array, options: TransportRequestOptions): Promise<Uint8Array> {
+    const seen: Seen = { subject, body: decode(data), headers: { ...options.headers }, timeoutMs: options.timeoutMs, bytes: data.byteLength };
+    this.seen.push(seen);
+    this.inFlight++;
+    this.inFlightMax = Math.max(this.inFlightMax, this.inFlight);
+    try {
+      const reply = await this.handler(subject, seen.body, seen);
+      return reply instanceof Uint8Array ? reply : encode(reply);
+    } finally {
+      this.inFlight--;
+    }
+  }
+
+  close(): Promise<void> {
+    this.closed = true;
+    return this.closeHangs ? new Promise<void>(() => undefined) : Promise.resolve();
+  }
+
+  shardRequests(): Seen[] {
+    return this.seen.filter((s) => s.subject.includes('.shard.'));
+  }
+  apiRequests(verb?: string): Seen[] {
+    return this.seen.filter((s) => s.subject.includes('.api.') && (verb === undefined || s.subject.endsWith(`.api.${verb}`)));
+  }
+}
+
+function volume(overrides: Partial<VolumeInfo> = {}): VolumeInfo {
+  return {
+    name: 'vol',
+    id: 'v1',
+    pageCount: 1000,
+    pageSize: 4096,
+    shards: 4,
+    stripePages: 2,
+    replicas: 1,
+    createdAt: NOW,
+    ...overrides,
+  };
+}
+
+/**
+ * An in-memory cluster behind the fake transport: answers volume.info from `volumes` and shard
+ * requests from a page map, checking every request with the server's validators (so a misrouted
+ * page, a bad header or an oversize request fails the test).
+ */
+class FakeCluster {
+  volumes = new Map<string, VolumeInfo>();
+  pages = new Map<string, Uint8Array>();
+  lsns = new Map<string, number>();
+  transport: FakeTransport;
+  /** Called before a shard request is answered; may throw or return an error reply. */
+  shardHook: ((shard: number, seen: Seen) => unknown) | undefined;
+
+  constructor(info: VolumeInfo = volume()) {
+    this.volumes.set(info.name, info);
+    this.transport = new FakeTransport((subject, body, seen) => this.handle(subject, body, seen));
+  }
+
+  private handle(subject: string, body: unknown, seen: Seen): unknown {
+    const headers = readHeaders({ get: (name: string) => seen.headers[name] ?? '' });
+    assert.equal(headers.deadlineMs, NOW + 10_000);
+    const apiPrefix = `strata.${CLUSTER}.api.`;
+    if (subject.startsWith(apiPrefix)) {
+      assert.equal(headers.type, subject.slice(apiPrefix.length));
+      if (headers.type === 'volume.info') {
+        const info = this.volumes.get((body as { name: string }).name);
+        return info === undefined ? errorReply(new ProtocolError('not_found', 'no such volume')) : info;
+      }
+      return errorReply(new ProtocolError('internal', `fake cluster does not answer ${subject}`));
+    }
+    const { cluster, volumeId, shard } = parseShardSubject(subject);
+    assert.equal(cluster, CLUSTER);
+    const info = [...this.volumes.values()].find((v) => v.id === volumeId);
+    if (info === undefined) throw new NoRespondersError(subject);
+    const hooked = this.shardHook?.(shard, seen);
+    if (hooked !== undefined) return hooked;
+    const key = `${volumeId}.${shard}`;
+    const lsn = (this.lsns.get(key) ?? 0) + 1;
+    switch (headers.type) {
+      case 'shard.write': {
+        const req = validateShardWrite(validateShardWriteRequest(body), { ...info, shard });
+        for (const { page, data } of req.pages) this.pages.set(`${volumeId}:${page}`, Uint8Array.from(data));
+        this.lsns.set(key, lsn);
+        return { lsn, term: 1 };
+      }
+      case 'shard.read': {
+        const req = validateShardRead(validateShardReadRequest(body), { ...info, shard });
+        return {
+          pages: req.pages.map((page) => this.pages.get(`${volumeId}:${page}`) ?? new Uint8Array(info.pageSize)),
+          lsn: this.lsns.get(key) ?? 0,
+        };
+      }
+      case 'shard.flush':
+        validateShardFlushRequest(body);
+        return { lsn: this.lsns.get(key) ?? 0 };
+      default:
+        throw new Error(`unexpected type ${headers.type}`);
+    }
+  }
+
+  client(timeoutMs = 10_000) {
+    return createClient(this.transport, { cluster: CLUSTER, timeoutMs, nowMs: () => NOW });
+  }
+}
+
+function pageData(page: number, size = 4096): Uint8Array {
+  const data = new Uint8Array(size);
+  data.fill(page % 251);
+  data[0] = page & 0xff;
+  data[1] = (page >> 8) & 0xff;
+  return data;
+}
+
+async function rejectsWith(promise: Promise<unknown>, code: string, pattern?: RegExp): Promise<ProtocolError> {
+  try {
+    await promise;
+  } catch (err) {
+    assert.ok(err instanceof ProtocolError, `expected a ProtocolError, got ${String(err)}`);
+    assert.equal(err.code, code, err.message);
+    if (pattern !== undefined) assert.match(err.message, pattern);
+    return err;
+  }
+  assert.fail(`expected a ${code} error`);
+}
+
+function throwsWith(fn: () => unknown, code: string): void {
+  assert.throws(fn, (err: unknown) => err instanceof ProtocolError && err.code === code);
+}
+
+describe('cluster/client (fake transport)', () => {
+  describe('API calls', () => {
+    it('sends volume.create to the API subject with type, schema and deadline headers', async () => {
+      const t = new FakeTransport(() => volume({ name: 'db' }));
+      const client = createClient(t, { cluster: CLUSTER, timeoutMs: 2500, nowMs: () => NOW });
+      const info = await client.createVolume({ name: 'db', pageCount: 1000, pageSize: undefined, shards: 4 });
+      assert.equal(info.name, 'db');
+      assert.equal(t.seen.length, 1);
+      const [seen] = t.seen;
+      assert.equal(seen!.subject, 'strata.test.api.volume.create');
+      assert.deepEqual(seen!.body, { name: 'db', pageCount: 1000, shards: 4 }, 'undefined fields are not sent');
+      assert.equal(seen!.headers[HEADER_TYPE], 'volume.create');
+      assert.equal(seen!.headers[HEADER_SCHEMA], String(SCHEMA_VERSION));
+      assert.equal(seen!.headers[HEADER_DEADLINE], String(NOW + 2500));
+      assert.equal(seen!.timeoutMs, 2500, 'the NATS timeout is the time left before the deadline');
+    });
+
+    it('validates createVolume, volumeInfo and deleteVolume arguments before sending', async () => {
+      const t = new FakeTransport(() => assert.fail('nothing may be sent'));
+      const client = createClient(t, { cluster: CLUSTER });
+      await rejectsWith(client.createVolume({ name: 'Bad Name', pageCount: 1 }), 'bad_request', /name/);
+      await rejectsWith(client.createVolume({ name: 'ok', pageCount: 0 }), 'bad_request', /pageCount/);
+      await rejectsWith(client.createVolume({ name: 'ok', pageCount: 1, pageSize: 100 as 4096 }), 'bad_request', /pageSize/);
+      await rejectsWith(client.createVolume({ name: 'ok', pageCount: 1, replicas: 2 as 1 }), 'bad_request', /replicas/);
+      await rejectsWith(client.volumeInfo('a.b*'), 'bad_request');
+      await rejectsWith(client.deleteVolume(''), 'bad_request');
+      throwsWith(() => client.volume('UPPER'), 'bad_request');
+      assert.equal(t.seen.length, 0);
+    });
+
+    it('lists, describes, deletes and reports status with validated replies', async () => {
+      const status = { node: { id: 'n1', cluster: CLUSTER, version: '0.1.0', uptimeMs: 5 }, volumes: [], extra: 1 };
+      const t = new FakeTransport((subject) => {
+        if (subject.endsWith('volume.list')) return { volumes: [volume()] };
+        if (subject.endsWith('volume.info')) return volume();
+        if (subject.endsWith('volume.delete')) return { deleted: true };
+        if (subject.endsWith('status')) return status;
+        return assert.fail(subject);
+      });
+      const client = createClient(t, { cluster: CLUSTER });
+      assert.deepEqual(await client.listVolumes(), [volume()]);
+      assert.deepEqual(await client.volumeInfo('vol'), volume());
+      assert.equal(await client.deleteVolume('vol'), undefined);
+      assert.deepEqual(await client.status(), status);
+      assert.deepEqual(
+        t.seen.map((s) => [s.subject, s.body]),
+        [
+          ['strata.test.api.volume.list', {}],
+          ['strata.test.api.volume.info', { name: 'vol' }],
+          ['strata.test.api.volume.delete', { name: 'vol' }],
+          ['strata.test.api.status', {}],
+        ],
+      );
+    });
+
+    it('turns an error reply into a ProtocolError with its code and details', async () => {
+      const t = new FakeTransport(() => errorReply(new ProtocolError('not_found', 'no volume "x"', { name: 'x' })));
+      const err = await rejectsWith(createClient(t).volumeInfo('x'), 'not_found', /no volume/);
+      assert.deepEqual(err.details, { name: 'x' });
+    });
+
+    it('turns an undecodable reply into internal', async () => {
+      const t = new FakeTransport(() => Uint8Array.of(0xff, 0xff, 0x00));
+      await rejectsWith(createClient(t).listVolumes(), 'internal', /malformed reply to volume.list/);
+    });
+
+    it('turns a reply that does not validate into internal naming the field', async () => {
+      const t = new FakeTransport(() => ({ volumes: [{ name: 'x' }] }));
+      const err = await rejectsWith(createClient(t).listVolumes(), 'internal', /volumes\[0\]\.id/);
+      assert.equal(err.details?.type, 'volume.list');
+    });
+
+    it('passes a transport timeout on as timeout', async () => {
+      const t = new FakeTransport((subject, _b, seen) => {
+        throw new ProtocolError('timeout', `no reply on ${subject} within ${seen.timeoutMs} ms`);
+      });
+      await rejectsWith(createClient(t, { timeoutMs: 50 }).status(), 'timeout', /within 50 ms/);
+    });
+
+    it('maps a transport failure that is not a ProtocolError to unavailable', async () => {
+      const t = new FakeTransport(() => {
+        throw new Error('socket went away');
+      });
+      await rejectsWith(createClient(t).status(), 'unavailable', /socket went away/);
+    });
+
+    it('refuses an API request bigger than max_payload before sending', async () => {
+      const t = new FakeTransport(() => assert.fail('nothing may be sent'));
+      t.maxPayloadBytes = 64;
+      await rejectsWith(createClient(t).createVolume({ name: 'a'.repeat(60), pageCount: 1 }), 'too_large');
+      assert.equal(t.seen.length, 0);
+    });
+
+    it('apiRequest sends the body as given to the API subject; rawRequest passes bytes and headers through', async () => {
+      const t = new FakeTransport((subject, body) => {
+        if (subject.endsWith('page.read')) return { pages: [new Uint8Array(4096)], lsn: 3 };
+        return { echo: body };
+      });
+      const client = createClient(t, { cluster: CLUSTER, timeoutMs: 1000 });
+      const reply = await client.apiRequest('page.read', { volume: 'vol', pages: [7] });
+      assert.equal(reply.lsn, 3);
+      assert.equal(t.seen[0]!.subject, 'strata.test.api.page.read');
+      assert.equal(t.seen[0]!.headers[HEADER_TYPE], 'page.read');
+      const raw = await client.rawRequest('strata.test.api.status', encode({ any: 1 }), { 'Strata-Type': 'nonsense' }, { timeoutMs: 77 });
+      assert.deepEqual(decode(raw), { echo: { any: 1 } });
+      assert.deepEqual(t.seen[1]!.headers, { 'Strata-Type': 'nonsense' });
+      assert.equal(t.seen[1]!.timeoutMs, 77);
+    });
+
+    it('refuses calls after close, and close is bounded when the transport hangs', async () => {
+      const t = new FakeTransport(() => ({ volumes: [] }));
+      t.closeHangs = true;
+      const client = createClient(t, { timeoutMs: 30 });
+      const started = Date.now();
+      await client.close();
+      assert.ok(Date.now() - started < 1000);
+      assert.ok(t.closed);
+      await rejectsWith(client.listVolumes(), 'unavailable', /closed/);
+      await client.close();
+    });
+
+    it('checks the cluster name and timeout', () => {
+      const t = new FakeTransport(() => ({}));
+      throwsWith(() => createClient(t, { cluster: 'a.b' }), 'bad_request');
+      throwsWith(() => createClient(t, { timeoutMs: 0 }), 'bad_request');
+      throwsWith(() => createClient(t, { timeoutMs: 1.5 }), 'bad_request');
+      throwsWith(() => createClient(t, { timeoutMs: 24 * 3600 * 1000 }), 'bad_request');
+    });
+  });
+
+  describe('Volume: routing, splitting, merging', () => {
+    it('fetches the volume info once and routes each page to its shard subject', async () => {
+      const fc = new FakeCluster();
+      const vol = fc.client().volume('vol');
+      const pages = [9, 0, 1, 2, 3, 4, 5, 6, 7, 8].map((page) => ({ page, data: pageData(page) }));
+      const result = await vol.writePages(pages);
+      await vol.write(11, pageData(11));
+      assert.equal(fc.transport.apiRequests('volume.info').length, 1, 'info is cached');
+      const writes = fc.transport.shardRequests();
+      // pages 0-9 with stripe 2 over 4 shards: shard 0 {0,1,8,9}, 1 {2,3}, 2 {4,5}, 3 {6,7}; one request each
+      assert.deepEqual(
+        writes.slice(0, 4).map((s) => [s.subject, (s.body as { pages: Array<{ page: number }> }).pages.map((p) => p.page)]),
+        [
+          ['strata.test.shard.v1.0', [9, 0, 1, 8]],
+          ['strata.test.shard.v1.1', [2, 3]],
+          ['strata.test.shard.v1.2', [4, 5]],
+          ['strata.test.shard.v1.3', [6, 7]],
+        ],
+      );
+      for (const s of writes) assert.equal(s.headers[HEADER_TYPE], 'shard.write');
+      assert.equal(writes[4]!.subject, 'strata.test.shard.v1.1', 'page 11 is on shard 1');
+      assert.deepEqual(result, {
+        lsn: 1,
+        lsns: [0, 1, 2, 3].map((shard) => ({ shard, lsn: 1, term: 1 })),
+      });
+    });
+
+    it('reports the highest LSN overall and per shard', async () => {
+      const fc = new FakeCluster();
+      const vol = fc.client().volume('vol');
+      await vol.write(0, pageData(0));
+      await vol.write(1, pageData(1));
+      const result = await vol.writePages([{ page: 2, data: pageData(2) }, { page: 8, data: pageData(8) }]);
+      assert.deepEqual(result, {
+        lsn: 3,
+        lsns: [
+          { shard: 0, lsn: 3, term: 1 },
+          { shard: 1, lsn: 1, term: 1 },
+        ],
+      });
+    });
+
+    it('reads pages back in request order, repeats included, across shards', async () => {
+      const fc = new FakeCluster();
+      const vol = fc.client().volume('vol');
+      const all = Array.from({ length: 40 }, (_, page) => ({ page, data: pageData(page) }));
+      await vol.writePages(all);
+      const want = [17, 3, 3, 0, 39, 8, 17, 22];
+      const got = await vol.read(want);
+      assert.equal(got.length, want.length);
+      got.forEach((data, i) => assert.deepEqual(data, pageData(want[i]!), `entry ${i} (page ${want[i]})`));
+      const one = await vol.read(5);
+      assert.ok(one instanceof Uint8Array);
+      assert.deepEqual(one, pageData(5));
+      const reads = fc.transport.shardRequests().filter((s) => s.headers[HEADER_TYPE] === 'shard.read');
+      assert.equal(reads.length, 3 + 1, 'one request per shard touched (0, 1, 3), then one for page 5');
+      const result = await vol.readPages([0, 2]);
+      assert.equal(result.lsn, 1);
+      assert.deepEqual(result.lsns, [{ shard: 0, lsn: 1 }, { shard: 1, lsn: 1 }]);
+    });
+
+    it('returns pages as plain Uint8Arrays even when the transport hands over Buffers', async () => {
+      const fc = new FakeCluster();
+      const base = fc.transport.handler;
+      fc.transport.handler = async (subject, body, seen) => Buffer.from(encode(await base(subject, body, seen)));
+      const vol = fc.client().volume('vol');
+      await vol.write(3, pageData(3));
+      const page = await vol.read(3);
+      assert.equal(Object.getPrototypeOf(page), Uint8Array.prototype);
+      assert.deepEqual(page, pageData(3));
+    });
+
+    it('passes the read LSN to every shard', async () => {
+      const fc = new FakeCluster();
+      const vol = fc.client().volume('vol');
+      await vol.read([0, 2, 4], { lsn: 12 });
+      for (const s of fc.transport.shardRequests()) assert.equal((s.body as { lsn?: number }).lsn, 12);
+    });
+
+    it('splits a shard request at the per-request data limit', async () => {
+      const fc = new FakeCluster(volume({ shards: 1, stripePages: 256, pageCount: 4096 }));
+      const vol = fc.client().volume('vol');
+      const count = 600;
+      await vol.writePages(Array.from({ length: count }, (_, page) => ({ page, data: pageData(page) })));
+      const perRequest = Math.min(PAGES_PER_REQUEST_MAX, Math.floor(REQUEST_DATA_BYTES_MAX / 4096));
+      const sizes = fc.transport.shardRequests().map((s) => (s.body as { pages: unknown[] }).pages.length);
+      assert.deepEqual(sizes, [perRequest, perRequest, count - 2 * perRequest]);
+      const got = await vol.read(Array.from({ length: count }, (_, i) => count - 1 - i));
+      got.forEach((data, i) => assert.deepEqual(data, pageData(count - 1 - i)));
+      const readSizes = fc.transport.shardRequests().slice(3).map((s) => (s.body as { pages: unknown[] }).pages.length);
+      assert.deepEqual(readSizes, [perRequest, perRequest, count - 2 * perRequest]);
+    });
+
+    it('splits by the server max_payload and keeps every message within it', async () => {
+      const fc = new FakeCluster(volume({ shards: 2, stripePages: 100 }));
+      fc.transport.maxPayloadBytes = 64 * 1024;
+      const vol = fc.client().volume('vol');
+      await vol.writePages(Array.from({ length: 200 }, (_, page) => ({ page, data: pageData(page) })));
+      const writes = fc.transport.shardRequests();
+      const per = pagesPerRequest(4096, 64 * 1024);
+      assert.ok(per >= 1 && per < 16, `pages per request ${per}`);
+      assert.equal(writes.length, 2 * Math.ceil(100 / per));
+      for (const s of writes) assert.ok(s.bytes <= 64 * 1024, `${s.bytes} bytes`);
+      const got = await vol.read(Array.from({ length: 200 }, (_, i) => i));
+      got.forEach((data, i) => assert.deepEqual(data, pageData(i)));
+    });
+
+    it('pagesPerRequest respects every limit and refuses a page that can not fit', () => {
+      assert.equal(pagesPerRequest(4096, MESSAGE_BYTES_MAX), Math.floor(REQUEST_DATA_BYTES_MAX / 4096));
+      assert.equal(pagesPerRequest(8192, MESSAGE_BYTES_MAX), Math.floor(REQUEST_DATA_BYTES_MAX / 8192));
+      assert.equal(pagesPerRequest(4096, 64 * 1024 * 1024), Math.floor(REQUEST_DATA_BYTES_MAX / 4096));
+      throwsWith(() => pagesPerRequest(8192, 8192), 'too_large');
+    });
+
+    it('fails a page that can not fit in one message with too_large before sending it', async () => {
+      const fc = new FakeCluster();
+      fc.transport.maxPayloadBytes = 4096;
+      const vol = fc.client().volume('vol');
+      await rejectsWith(vol.write(0, pageData(0)), 'too_large', /max_payload/);
+      await rejectsWith(vol.read(0), 'too_large', /max_payload/);
+      assert.equal(fc.transport.shardRequests().length, 0);
+    });
+
+    it('sends the requests of a call concurrently, bounded', async () => {
+      const fc = new FakeCluster(volume({ shards: 128, stripePages: 1, pageCount: 1024 }));
+      const slow = fc.transport.handler;
+      fc.transport.handler = async (subject, body, seen) => {
+        await new Promise((resolve) => setTimeout(resolve, 2));
+        return slow(subject, body, seen);
+      };
+      await fc.client().volume('vol').writePages(Array.from({ length: 128 }, (_, page) => ({ page, data: pageData(page) })));
+      assert.equal(fc.transport.shardRequests().length, 128);
+      assert.ok(fc.transport.inFlightMax > 1, 'concurrent');
+      assert.ok(fc.transport.inFlightMax <= REQUESTS_IN_FLIGHT_MAX, `at most ${REQUESTS_IN_FLIGHT_MAX} in flight`);
+    });
+
+    it('flushes every shard and reports the highest LSN', async () => {
+      const fc = new FakeCluster();
+      const vol = fc.client().volume('vol');
+      await vol.writePages([0, 2].map((page) => ({ page, data: pageData(page) })));
+      await vol.write(10, pageData(10));
+      const result = await vol.flush();
+      const flushes = fc.transport.shardRequests().filter((s) => s.headers[HEADER_TYPE] === 'shard.flush');
+      assert.deepEqual(flushes.map((s) => s.subject), [0, 1, 2, 3].map((i) => `strata.test.shard.v1.${i}`));
+      assert.deepEqual(result.lsns.map((l) => l.lsn), [1, 2, 0, 0]);
+      assert.equal(result.lsn, 2);
+    });
+
+    it('info() returns the cached volume info', async () => {
+      const fc = new FakeCluster();
+      const vol = fc.client().volume('vol');
+      assert.deepEqual(await vol.info(), volume());
+      assert.deepEqual(await vol.info(), volume());
+      assert.equal(fc.transport.apiRequests('volume.info').length, 1);
+    });
+
+    it('turns a read reply with the wrong number of pages into internal', async () => {
+      const fc = new FakeCluster();
+      fc.shardHook = () => ({ pages: [], lsn: 1 });
+      await rejectsWith(fc.client().volume('vol').read([0, 1]), 'internal', /expected 2 pages/);
+    });
+
+    it('turns a read reply with a short page into internal', async () => {
+      const fc = new FakeCluster();
+      fc.shardHook = () => ({ pages: [new Uint8Array(10)], lsn: 1 });
+      await rejectsWith(fc.client().volume('vol').read(0), 'internal', /expected 4096 bytes/);
+    });
+
+    it('fails the call with the first error reply when one shard fails (no retry)', async () => {
+      const fc = new FakeCluster();
+      fc.shardHook = (shard) => (shard === 2 ? errorReply(new ProtocolError('overloaded', 'mailbox full')) : undefined);
+      const vol = fc.client().volume('vol');
+      await rejectsWith(vol.writePages([0, 2, 4, 6].map((page) => ({ page, data: pageData(page) }))), 'overloaded', /mailbox full/);
+      assert.equal(fc.transport.shardRequests().length, 4, 'no retry of a non-routing error');
+      assert.equal(fc.transport.apiRequests('volume.info').length, 1);
+    });
+
+    it('fails with timeout without sending when the deadline has passed (clock moved during the info fetch)', async () => {
+      const fc = new FakeCluster();
+      let now = NOW;
+      const base = fc.transport.handler;
+      fc.transport.handler = (subject, body, seen) => {
+        if (subject.endsWith('volume.info')) now = NOW + 20_000;
+        return base(subject, body, seen);
+      };
+      const client = createClient(fc.transport, { cluster: CLUSTER, nowMs: () => now });
+      await rejectsWith(client.volume('vol').write(0, pageData(0)), 'timeout', /deadline passed/);
+      assert.equal(fc.transport.shardRequests().length, 0);
+    });
+
+    it('gives every shard request the same deadline and the time left as its NATS timeout', async () => {
+      const fc = new FakeCluster();
+      let now = NOW;
+      const base = fc.transport.handler;
+      fc.transport.handler = (subject, body, seen) => {
+        if (subject.endsWith('volume.info')) now = NOW + 4000;
+        return base(subject, body, seen);
+      };
+      const client = createClient(fc.transport, { cluster: CLUSTER, nowMs: () => now });
+      await client.volume('vol').write(0, pageData(0));
+      const [write] = fc.transport.shardRequests();
+      assert.equal(write!.headers[HEADER_DEADLINE], String(NOW + 10_000));
+      assert.equal(write!.timeoutMs, 6000);
+    });
+  });
+
+  describe('Volume: argument validation before the network', () => {
+    const cases: Array<[string, (v: ReturnType<ReturnType<FakeCluster['client']>['volume']>) => Promise<unknown>, string, RegExp]> = [
+      ['page ≥ pageCount (write)', (v) => v.write(1000, pageData(0)), 'out_of_range', /pages\[0\]\.page/],
+      ['page ≥ pageCount (read)', (v) => v.read([1, 1000]), 'out_of_range', /pages\[1\]/],
+      ['negative page', (v) => v.read(-1), 'bad_request', /pages\[0\]/],
+      ['fractional page', (v) => v.write(1.5, pageData(0)), 'bad_request', /pages\[0\]\.page/],
+      ['data shorter than pageSize', (v) => v.write(1, new Uint8Array(100)), 'bad_request', /expected 4096 bytes, got 100/],
+      ['data of 8192 bytes on a 4096 volume', (v) => v.write(1, new Uint8Array(8192)), 'bad_request', /pages\[0\]\.data/],
+      ['data not bytes', (v) => v.write(1, 'text' as unknown as Uint8Array), 'bad_request', /byte string/],
+      ['duplicate page', (v) => v.writePages([{ page: 3, data: pageData(3) }, { page: 3, data: pageData(3) }]), 'bad_request', /duplicate page 3/],
+      ['empty write', (v) => v.writePages([]), 'bad_request', /at least 1/],
+      ['empty read', (v) => v.read([]), 'bad_request', /at least 1/],
+      ['too many pages', (v) => v.read(new Array(CALL_PAGES_MAX + 1).fill(0)), 'too_large', /at most/],
+      ['negative lsn', (v) => v.read(0, { lsn: -1 }), 'bad_request', /lsn/],
+    ];
+    for (const [name, call, code, pattern] of cases) {
+      it(`rejects ${name}`, async () => {
+        const fc = new FakeCluster();
+        await rejectsWith(call(fc.client().volume('vol')), code, pattern);
+        assert.equal(fc.transport.shardRequests().length, 0, 'no shard request sent');
+      });
+    }
+  });
+
+  describe('Volume: no responders', () => {
+    it('refreshes the volume info and retries only the missed requests once', async () => {
+      const fc = new FakeCluster();
+      let misses = 1;
+      fc.shardHook = (shard, seen) => {
+        if (shard === 1 && misses-- > 0) throw new NoRespondersError(seen.subject);
+        return undefined;
+      };
+      const vol = fc.client().volume('vol');
+      const result = await vol.writePages([0, 2, 4].map((page) => ({ page, data: pageData(page) })));
+      assert.equal(fc.transport.apiRequests('volume.info').length, 2, 'info refreshed');
+      assert.deepEqual(
+        fc.transport.shardRequests().map((s) => s.subject),
+        ['strata.test.shard.v1.0', 'strata.test.shard.v1.1', 'strata.test.shard.v1.2', 'strata.test.shard.v1.1'],
+      );
+      assert.equal(result.lsns.length, 3);
+    });
+
+    it('gives unavailable when the shard still has no responders after the refresh', async () => {
+      const fc = new FakeCluster();
+      fc.shardHook = (shard, seen) => {
+        if (shard === 2) throw new NoRespondersError(seen.subject);
+        return undefined;
+      };
+      const err = await rejectsWith(fc.client().volume('vol').read([0, 4]), 'unavailable', /shard 2 of volume vol/);
+      assert.ok(!(err instanceof NoRespondersError));
+      assert.equal(err.details?.shard, 2);
+      assert.equal(fc.transport.shardRequests().filter((s) => s.subject.endsWith('.2')).length, 2, 'one retry only');
+    });
+
+    it('gives not_found when the volume was deleted, and fetches the info again on the next call', async () => {
+      const fc = new FakeCluster();
+      const vol = fc.client().volume('vol');
+      await vol.write(0, pageData(0));
+      fc.volumes.clear();
+      await rejectsWith(vol.write(0, pageData(0)), 'not_found');
+      await rejectsWith(vol.read(0), 'not_found');
+      assert.equal(fc.transport.apiRequests('volume.info').length, 3, 'a failed refresh is not cached');
+      fc.volumes.set('vol', volume());
+      await vol.write(0, pageData(0));
+    });
+
+    it('re-plans the whole call when the volume was re-created with another geometry', async () => {
+      const fc = new FakeCluster();
+      const vol = fc.client().volume('vol');
+      await vol.write(0, pageData(0));
+      fc.volumes.set('vol', volume({ id: 'v2', shards: 2, stripePages: 1 }));
+      await vol.writePages([0, 1, 2].map((page) => ({ page, data: pageData(page) })));
+      const v2 = fc.transport.shardRequests().filter((s) => s.subject.includes('.v2.'));
+      assert.deepEqual(
+        v2.map((s) => [s.subject, (s.body as { pages: Array<{ page: number }> }).pages.map((p) => p.page)]),
+        [
+          ['strata.test.shard.v2.0', [0, 2]],
+          ['strata.test.shard.v2.1', [1]],
+        ],
+      );
+      for (const page of [0, 1, 2]) assert.equal(shardOfPage(page, { shards: 2, stripePages: 1 }), page % 2);
+    });
+
+    it('re-validates against the new geometry when the volume was re-created smaller', async () => {
+      const fc = new FakeCluster();
+      const vol = fc.client().volume('vol');
+      await vol.write(0, pageData(0));
+      fc.volumes.set('vol', volume({ id: 'v2', pageCount: 10 }));
+      await rejectsWith(vol.write(500, pageData(500)), 'out_of_range');
+    });
+  });
+
+  describe('NatsTransport', () => {
+    function stub(request: () => Promise<unknown>, info?: { max_payload: number }): NatsConnection {
+      return { request, info, isClosed: () => false, close: async () => undefined } as unknown as NatsConnection;
+    }
+    const opts = { timeoutMs: 25, headers: { a: 'b' } };
+
+    it('maps NATS no responders (503) to NoRespondersError', async () => {
+      const t = new NatsTransport(stub(() => Promise.reject(Object.assign(new Error('503'), { code: '503' }))));
+      await assert.rejects(t.request('s.x', new Uint8Array(1), opts), (err: unknown) => err instanceof NoRespondersError && err.code === 'unavailable');
+    });
+
+    it('maps a NATS timeout to timeout', async () => {
+      const t = new NatsTransport(stub(() => Promise.reject(Object.assign(new Error('TIMEOUT'), { code: 'TIMEOUT' }))));
+      await rejectsWith(t.request('s.x', new Uint8Array(1), opts), 'timeout', /within 25 ms/);
+    });
+
+    it('maps MAX_PAYLOAD_EXCEEDED to too_large and anything else to unavailable', async () => {
+      const big = new NatsTransport(stub(() => Promise.reject(Object.assign(new Error('big'), { code: 'MAX_PAYLOAD_EXCEEDED' }))));
+      await rejectsWith(big.request('s.x', new Uint8Array(1), opts), 'too_large');
+      const closed = new NatsTransport(stub(() => Promise.reject(Object.assign(new Error('closed'), { code: 'CONNECTION_CLOSED' }))));
+      const err = await rejectsWith(closed.request('s.x', new Uint8Array(1), opts), 'unavailable', /closed/);
+      assert.equal(err.details?.natsCode, 'CONNECTION_CLOSED');
+    });
+
+    it('sends headers and the timeout, returns the reply bytes, reads max_payload', async () => {
+      let got: { timeout: number; headers: { get(n: string): string } } | undefined;
+      const nc = stub(async (...args: unknown[]) => {
+        got = args[2] as typeof got;
+        return { data: Uint8Array.of(1, 2) };
+      }, { max_payload: 4242 });
+      const t = new NatsTransport(nc);
+      assert.deepEqual(await t.request('s.x', new Uint8Array(1), opts), Uint8Array.of(1, 2));
+      assert.equal(got!.timeout, 25);
+      assert.equal(got!.headers.get('a'), 'b');
+      assert.equal(t.maxPayloadBytes, 4242);
+      assert.equal(new NatsTransport(stub(async () => ({}))).maxPayloadBytes, MESSAGE_BYTES_MAX);
+    });
+  });
+
+  describe('connect', () => {
+    it('checks its options', async () => {
+      await rejectsWith(connect({ servers: 'nats://127.0.0.1:1', cluster: 'a.b' }), 'bad_request', /cluster/);
+      await rejectsWith(connect({ servers: 'nats://127.0.0.1:1', timeoutMs: -1 }), 'bad_request', /timeoutMs/);
+      await rejectsWith(connect({ servers: [] }), 'bad_request', /servers/);
+    });
+
+    it('gives unavailable when no NATS server listens', async () => {
+      await rejectsWith(connect({ servers: 'nats://127.0.0.1:1', timeoutMs: 2000 }), 'unavailable', /can not connect/);
+    });
+  });
+});

@@ -1,0 +1,231 @@
+import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { ConfigError, loadNodeConfig, nodeIdFromHostname, NODE_FLAGS } from '../../cluster/config';
+import type { LoadNodeConfigOptions } from '../../cluster/config';
+
+const OPTS: LoadNodeConfigOptions = { hostname: 'box-1.example.com', availableParallelism: 6, cwd: '/srv' };
+
+function load(argv: string[], env: Record<string, string> = {}, opts: LoadNodeConfigOptions = OPTS) {
+  return loadNodeConfig(argv, env, opts);
+}
+
+function rejects(fn: () => unknown, pattern: RegExp): void {
+  assert.throws(fn, (err: unknown) => {
+    assert.ok(err instanceof ConfigError, `expected a ConfigError, got ${String(err)}`);
+    assert.equal(err.code, 'bad_config');
+    assert.match(err.message, pattern);
+    return true;
+  });
+}
+
+describe('cluster/config', () => {
+  let dir: string;
+  before(() => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'strata-config-test-'));
+  });
+  after(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+  function file(name: string, content: unknown): string {
+    const p = path.join(dir, name);
+    fs.writeFileSync(p, typeof content === 'string' ? content : JSON.stringify(content));
+    return p;
+  }
+
+  it('fills the defaults', () => {
+    assert.deepEqual(load(['--data-dir', 'data']), {
+      nodeId: 'box-1',
+      cluster: 'dev',
+      natsUrl: 'nats://127.0.0.1:4222',
+      dataDir: '/srv/data',
+      hosts: 6,
+      controller: true,
+      metricsPort: 9464,
+    });
+  });
+
+  it('bounds the default hosts to 1..64', () => {
+    assert.equal(load(['--data-dir', 'd'], {}, { ...OPTS, availableParallelism: 200 }).hosts, 64);
+    assert.equal(load(['--data-dir', 'd'], {}, { ...OPTS, availableParallelism: 0 }).hosts, 1);
+  });
+
+  it('derives the node id from the host name, else n1', () => {
+    assert.equal(nodeIdFromHostname('Web.Server_01.local'), 'web');
+    assert.equal(nodeIdFromHostname('a b+c'), 'a-b-c');
+    assert.equal(nodeIdFromHostname('...'), 'n1');
+    assert.equal(nodeIdFromHostname(''), 'n1');
+    assert.equal(nodeIdFromHostname('x'.repeat(100)).length, 64);
+    assert.equal(load(['--data-dir', 'd'], {}, { ...OPTS, hostname: '***' }).nodeId, 'n1');
+  });
+
+  it('applies defaults < file < environment < flags', () => {
+    const config = file('layers.json', {
+      nodeId: 'from-file',
+      cluster: 'filecluster',
+      natsUrl: 'nats://file:4222',
+      dataDir: 'file-data',
+      hosts: 2,
+      metricsPort: 1000,
+      controller: false,
+      segmentBytesMax: '8MiB',
+      mailboxRequestsMax: 10,
+    });
+    const env = { STRATA_CLUSTER: 'envcluster', STRATA_HOSTS: '3', STRATA_METRICS_PORT: '2000', STRATA_NATS_URL: 'nats://env:4222' };
+    const got = load(['--config', config, '--hosts', '4', '--controller', '--mailbox-bytes-max=2MiB'], env);
+    assert.deepEqual(got, {
+      nodeId: 'from-file',
+      cluster: 'envcluster',
+      natsUrl: 'nats://env:4222',
+      dataDir: path.join(dir, 'file-data'),
+      hosts: 4,
+      controller: true,
+      metricsPort: 2000,
+      segmentBytesMax: 8 * 1024 * 1024,
+      mailboxRequestsMax: 10,
+      mailboxBytesMax: 2 * 1024 * 1024,
+    });
+  });
+
+  it('resolves dataDir of the file against the file directory, of env and flags against cwd', () => {
+    const config = file('rel.json', { dataDir: 'sub' });
+    assert.equal(load(['--config', config]).dataDir, path.join(dir, 'sub'));
+    assert.equal(load(['--config', config], { STRATA_DATA_DIR: 'envdir' }).dataDir, '/srv/envdir');
+    assert.equal(load(['--config', config, '--data-dir', '/abs']).dataDir, '/abs');
+  });
+
+  it('reads every environment variable; an empty one counts as unset', () => {
+    const got = load([], {
+      STRATA_NATS_URL: 'nats://a:1,nats://b:2',
+      STRATA_CLUSTER: 'prod',
+      STRATA_DATA_DIR: '/d',
+      STRATA_NODE_ID: 'N_7',
+      STRATA_HOSTS: '12',
+      STRATA_METRICS_PORT: '0',
+    });
+    assert.deepEqual(got, {
+      nodeId: 'N_7',
+      cluster: 'prod',
+      natsUrl: 'nats://a:1,nats://b:2',
+      dataDir: '/d',
+      hosts: 12,
+      controller: true,
+      metricsPort: 0,
+    });
+    assert.equal(load(['--data-dir', 'd'], { STRATA_CLUSTER: '' }).cluster, 'dev');
+  });
+
+  it('accepts every flag, both --flag value and --flag=value', () => {
+    const got = load([
+      '--node-id=n2',
+      '--cluster',
+      'c1',
+      '--nats-url',
+      '127.0.0.1:4222',
+      '--data-dir=/x',
+      '--hosts=1',
+      '--no-controller',
+      '--metrics-port',
+      '9999',
+      '--cache-bytes-max-per-shard',
+      '1GiB',
+      '--segment-bytes-max',
+      '65536',
+      '--checkpoint-every-records',
+      '100',
+      '--mailbox-requests-max',
+      '5',
+      '--mailbox-bytes-max',
+      '1M',
+    ]);
+    assert.deepEqual(got, {
+      nodeId: 'n2',
+      cluster: 'c1',
+      natsUrl: '127.0.0.1:4222',
+      dataDir: '/x',
+      hosts: 1,
+      controller: false,
+      metricsPort: 9999,
+      cacheBytesMaxPerShard: 1024 ** 3,
+      segmentBytesMax: 65536,
+      checkpointEveryRecords: 100,
+      mailboxRequestsMax: 5,
+      mailboxBytesMax: 1024 ** 2,
+    });
+    assert.equal(load(['--data-dir', 'd', '--controller=false']).controller, false);
+    assert.equal(load(['--data-dir', 'd', '--nats', 'tls://h:1']).natsUrl, 'tls://h:1');
+    assert.ok(NODE_FLAGS.includes('--mailbox-bytes-max'));
+  });
+
+  it('requires dataDir', () => {
+    rejects(() => load([]), /dataDir: required/);
+  });
+
+  const badFlags: Array<[string[], RegExp]> = [
+    [['--node-id', 'a.b'], /^--node-id: expected 1\.\.64 characters/],
+    [['--node-id', 'x'.repeat(65)], /^--node-id:/],
+    [['--cluster', 'Prod'], /^--cluster: expected 1\.\.64 characters of \[a-z0-9_-\], got "Prod"/],
+    [['--cluster', 'a.b'], /^--cluster:/],
+    [['--nats', 'http://h:1'], /^--nats: expected a nats\|tls\|ws\|wss URL/],
+    [['--nats', 'nats://a:1,,'], /^--nats: expected one or more NATS URLs/],
+    [['--nats', 'nats://[bad'], /^--nats: not a valid URL/],
+    [['--hosts', '0'], /^--hosts: expected an integer in 1\.\.64, got "0"/],
+    [['--hosts', '65'], /^--hosts: expected an integer in 1\.\.64/],
+    [['--hosts', 'four'], /^--hosts: expected an integer/],
+    [['--hosts', '1.5'], /^--hosts:/],
+    [['--metrics-port', '65536'], /^--metrics-port: expected an integer in 0\.\.65535/],
+    [['--metrics-port', '-1'], /^--metrics-port: expected an integer in 0\.\.65535, got "-1"/],
+    [['--controller=maybe'], /^--controller: expected true or false, got "maybe"/],
+    [['--no-controller=1'], /^--no-controller: takes no value/],
+    [['--cache-bytes-max-per-shard', '1KiB'], /^--cache-bytes-max-per-shard: expected a size in bytes/],
+    [['--cache-bytes-max-per-shard', '10 parsecs'], /^--cache-bytes-max-per-shard:/],
+    [['--segment-bytes-max', '2GiB'], /^--segment-bytes-max: expected a size in bytes in 4096\.\./],
+    [['--checkpoint-every-records', '0'], /^--checkpoint-every-records: expected an integer in 1\.\./],
+    [['--mailbox-requests-max', '99999999'], /^--mailbox-requests-max:/],
+    [['--mailbox-bytes-max', '100'], /^--mailbox-bytes-max:/],
+    [['--data-dir', ''], /^--data-dir: expected a non-empty value/],
+    [['--data-dir'], /^--data-dir: expected a value/],
+    [['--bogus', '1'], /^--bogus: unknown flag/],
+    [['stray'], /^stray: unexpected argument/],
+    [['--config', ''], /^--config: expected a file path/],
+  ];
+  for (const [argv, pattern] of badFlags) {
+    it(`rejects ${argv.join(' ')}`, () => {
+      rejects(() => load(['--data-dir', 'd', ...argv]), pattern);
+    });
+  }
+
+  const badEnv: Array<[Record<string, string>, RegExp]> = [
+    [{ STRATA_HOSTS: '100' }, /^STRATA_HOSTS: expected an integer in 1\.\.64, got "100"/],
+    [{ STRATA_METRICS_PORT: 'x' }, /^STRATA_METRICS_PORT:/],
+    [{ STRATA_CLUSTER: 'A' }, /^STRATA_CLUSTER:/],
+    [{ STRATA_NODE_ID: 'a b' }, /^STRATA_NODE_ID:/],
+    [{ STRATA_NATS_URL: 'ftp://x' }, /^STRATA_NATS_URL:/],
+    [{ STRATA_DATA_DIR: 'a\0b' }, /^STRATA_DATA_DIR: a path may not contain a NUL/],
+  ];
+  for (const [env, pattern] of badEnv) {
+    it(`rejects ${Object.keys(env)[0]}=${JSON.stringify(Object.values(env)[0])}`, () => {
+      rejects(() => load(['--data-dir', 'd'], env), pattern);
+    });
+  }
+
+  it('rejects a bad environment value even when a flag overrides it', () => {
+    rejects(() => load(['--data-dir', 'd', '--hosts', '2'], { STRATA_HOSTS: 'x' }), /^STRATA_HOSTS:/);
+  });
+
+  it('rejects bad config files naming the file and key', () => {
+    rejects(() => load(['--config', path.join(dir, 'missing.json')]), /--config .*missing\.json: can not read/);
+    rejects(() => load(['--config', dir]), /--config .*: not a regular file/);
+    rejects(() => load(['--config', file('bad.json', '{ nope')]), /^bad\.json: invalid JSON/);
+    rejects(() => load(['--config', file('array.json', [1])]), /^array\.json: expected a JSON object, got an array/);
+    rejects(() => load(['--config', file('unknown.json', { dataDir: 'd', colour: 'red' })]), /^unknown\.json: colour: unknown key/);
+    rejects(() => load(['--config', file('hosts.json', { dataDir: 'd', hosts: '2' })]), /^hosts\.json: hosts: expected an integer/);
+    rejects(() => load(['--config', file('hosts2.json', { dataDir: 'd', hosts: 2.5 })]), /^hosts2\.json: hosts:/);
+    rejects(() => load(['--config', file('ctl.json', { dataDir: 'd', controller: 'yes please' })]), /^ctl\.json: controller: expected true or false/);
+    rejects(() => load(['--config', file('dir.json', { dataDir: 7 })]), /^dir\.json: dataDir: expected a string, got 7/);
+    rejects(() => load(['--config', file('null.json', { dataDir: null })]), /^null\.json: dataDir: expected a string, got null/);
+    const big = path.join(dir, 'big.json');
+    fs.writeFileSync(big, ' '.repeat(1024 * 1024 + 1));
+    rejects(() => load(['--config', big]), /larger than/);
+  });
+});
