@@ -370,6 +370,27 @@ describe('SegmentLog recovery', () => {
     assertHistory(reopen(disk), 1, lastBase + 3);
   });
 
+  it('(b) a torn tail in the segment before a torn creation: truncated, and the later file removed', () => {
+    const disk = new SimDisk();
+    const log = SegmentLog.open(disk, { dir: DIR, segmentBytesMax: SEG });
+    log.write(history(1, 40));
+    disk.powerCut(); // the last segment keeps only its header
+    const bases = segBases(disk);
+    const lastBase = bases[bases.length - 1]!;
+    const sealedBase = bases[bases.length - 2]!;
+    disk.flipBits(pathOf(segmentName(lastBase)), 30, 2);
+    disk.flipBits(pathOf(segmentName(sealedBase)), offsetOf(lastBase - 1, sealedBase) + 40, 1);
+    const again = reopen(disk);
+    assert.deepEqual(again.corruption, []);
+    assert.equal(again.lastLsn, lastBase - 2);
+    assert.deepEqual(segBases(disk), bases.slice(0, -1));
+    assert.equal(disk.durableBytes(pathOf(segmentName(sealedBase))).length, offsetOf(lastBase - 1, sealedBase));
+    again.write(history(lastBase - 1, lastBase + 3));
+    again.sync();
+    disk.powerCut();
+    assertHistory(reopen(disk), 1, lastBase + 3);
+  });
+
   it('(f) a damaged header of a last segment holding records is corruption', () => {
     const { disk } = logWith(60, SEG);
     const bases = segBases(disk);
