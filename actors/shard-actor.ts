@@ -12,7 +12,8 @@
 import type { DeviceQueue } from './device-queue';
 import type { SegmentLog } from '../storage-engine/log';
 import type { PageStore } from '../storage-engine/page-store';
-import { encodePageWrite } from '../storage-engine/page-write';
+import { encodePageWrite, pageWriteBytes } from '../storage-engine/page-write';
+import type { Slab } from '../storage-engine/slab';
 import { RecordKind, type LogRecord } from '../storage-engine/record';
 import { StorageError, assert } from '../storage-engine/errors';
 
@@ -35,6 +36,19 @@ export interface PageData {
   data: Uint8Array;
 }
 
+/**
+ * Checksumming of large write batches on another thread. The batch's PageWrite payload is
+ * encoded into a slab slot and its CRC-32C computed from the slot's handle (no copy); the log
+ * combines it with the record header's checksum.
+ */
+export interface PayloadOffload {
+  /** Payloads at least this many bytes are checksummed off-thread. */
+  bytesMin: number;
+  /** Slots big enough for a whole payload; held from encoding until the record is written. */
+  slab: Slab;
+  crc32c(sab: SharedArrayBuffer, offset: number, length: number): Promise<number>;
+}
+
 export interface ShardActorOptions {
   geometry: ShardGeometry;
   log: SegmentLog;
@@ -46,6 +60,7 @@ export interface ShardActorOptions {
   lsnWaitersMax?: number;
   /** Checkpoint after this many records applied since the last image (0 = never automatically). */
   checkpointEveryRecords?: number;
+  offload?: PayloadOffload;
 }
 
 export interface ShardActorStats {
@@ -62,6 +77,8 @@ export interface ShardActorStats {
   lsnWaiters: number;
   checkpoints: number;
   checkpointLsn: number;
+  /** Write batches whose checksum was computed off-thread. */
+  offloaded: number;
 }
 
 interface LsnWaiter {
@@ -83,7 +100,8 @@ export class ShardActor {
   private closed = false;
   private checkpointing = false;
   private recordsSinceCheckpoint = 0;
-  private readonly counters = { writes: 0, pagesWritten: 0, reads: 0, pagesRead: 0, checkpoints: 0, checkpointLsn: 0 };
+  private readonly offload: PayloadOffload | undefined;
+  private readonly counters = { writes: 0, pagesWritten: 0, reads: 0, pagesRead: 0, checkpoints: 0, checkpointLsn: 0, offloaded: 0 };
 
   constructor(opts: ShardActorOptions) {
     this.geometry = opts.geometry;
@@ -93,6 +111,7 @@ export class ShardActor {
     this.term = opts.term ?? Math.max(1, opts.log.lastTerm);
     this.lsnWaitersMax = opts.lsnWaitersMax ?? 1024;
     this.checkpointEveryRecords = opts.checkpointEveryRecords ?? 0;
+    this.offload = opts.offload;
     assert(this.store.appliedLsn === this.log.lastLsn, 'page store must have replayed the whole log', {
       appliedLsn: this.store.appliedLsn,
       lastLsn: this.log.lastLsn,
@@ -119,13 +138,34 @@ export class ShardActor {
         });
       }
     }
-    const payload = encodePageWrite(this.geometry.pageSize, pages as PageData[]);
-    const rec = { term: this.term, kind: RecordKind.PageWrite, payload };
-    const { lastLsn } = await this.queue.append(this.log, [rec]);
-    // Appends resolve in submission order, and LSNs are assigned in submission order, so records
-    // reach this point in LSN order; PageStore.apply asserts it.
-    const record: LogRecord = { ...rec, lsn: lastLsn };
-    this.store.apply(record);
+    const off = this.offload;
+    const bytes = pageWriteBytes(this.geometry.pageSize, pages.length);
+    const slot = off !== undefined && bytes >= off.bytesMin && bytes <= off.slab.slotBytes ? off.slab.tryAlloc() : -1;
+    let lastLsn: number;
+    try {
+      let payload: Uint8Array;
+      let payloadCrc: number | undefined;
+      if (slot >= 0) {
+        payload = encodePageWrite(this.geometry.pageSize, pages as PageData[], off!.slab.view(slot));
+        try {
+          payloadCrc = await off!.crc32c(off!.slab.sab, payload.byteOffset, payload.length);
+          this.counters.offloaded++;
+        } catch {
+          // Pool full or gone: the log checksums the payload itself.
+        }
+      } else {
+        payload = encodePageWrite(this.geometry.pageSize, pages as PageData[]);
+      }
+      const rec = { term: this.term, kind: RecordKind.PageWrite, payload, ...(payloadCrc !== undefined ? { payloadCrc } : {}) };
+      lastLsn = (await this.queue.append(this.log, [rec])).lastLsn;
+      // Appends resolve in submission order, and LSNs are assigned in submission order, so
+      // records reach this point in LSN order; PageStore.apply asserts it. The store keeps no
+      // reference to the payload (it reads records back from the log), so the slot can go.
+      const record: LogRecord = { term: rec.term, kind: rec.kind, payload, lsn: lastLsn };
+      this.store.apply(record);
+    } finally {
+      if (slot >= 0) off!.slab.free(slot);
+    }
     this.counters.writes++;
     this.counters.pagesWritten += pages.length;
     this.recordsSinceCheckpoint++;

@@ -19,7 +19,9 @@ import { PageStore } from '../storage-engine/page-store';
 import { Slab } from '../storage-engine/slab';
 import { StorageError } from '../storage-engine/errors';
 import { DeviceQueue, type DeviceQueueOptions, type DeviceQueueStats } from '../actors/device-queue';
-import { ShardActor, type ShardGeometry, type ShardActorStats } from '../actors/shard-actor';
+import { ShardActor, type ShardGeometry, type ShardActorStats, type PayloadOffload } from '../actors/shard-actor';
+import { pageWriteBytes, PAGE_WRITE_PAGES_MAX } from '../storage-engine/page-write';
+import { CpuPool, type CpuPoolStats } from './cpu-pool';
 
 export interface ShardSpec extends ShardGeometry {
   volumeName: string;
@@ -37,6 +39,11 @@ export interface DeviceHostOptions {
   /** Checkpoint a shard after this many records; default 65536 (0 = never). */
   checkpointEveryRecords?: number;
   queue?: Omit<DeviceQueueOptions, 'disk' | 'name'>;
+  /**
+   * Write batches whose payload is at least this many bytes are checksummed on the CPU pool from
+   * a slab handle; default 256 KiB; 0 turns the CPU pool off (everything on this thread).
+   */
+  crcOffloadBytesMin?: number;
   /** Restarts allowed per shard within restartWindowMs before it stays down; default 5. */
   restartsMax?: number;
   restartWindowMs?: number;
@@ -56,6 +63,7 @@ interface ShardEntry {
 export interface DeviceHostStats {
   dir: string;
   queue: DeviceQueueStats;
+  cpu: CpuPoolStats | undefined;
   restarts: number;
   shards: Array<ShardActorStats & { state: 'up' | 'down'; downReason?: string }>;
 }
@@ -76,6 +84,8 @@ export class DeviceHost {
   private readonly slab: Slab;
   private restartsTotal = 0;
   private readonly nowMs: () => number;
+  private readonly cpu: CpuPool | undefined;
+  private readonly offload: PayloadOffload | undefined;
 
   constructor(opts: DeviceHostOptions) {
     this.opts = opts;
@@ -87,6 +97,15 @@ export class DeviceHost {
     const cacheBytes = opts.cacheBytesMaxPerShard ?? 32 * 1024 * 1024;
     const slotCount = Math.max(64, Math.ceil(cacheBytes / 8192) * 8);
     this.slab = new Slab({ slotBytes: 8192, slotCount: Math.min(slotCount, 1 << 20) });
+    const offloadMin = opts.crcOffloadBytesMin ?? 256 * 1024;
+    if (offloadMin > 0) {
+      this.cpu = new CpuPool();
+      // Slots for whole PageWrite payloads of the largest request, a few per device.
+      const payloadBytes = Math.ceil(pageWriteBytes(4096, PAGE_WRITE_PAGES_MAX) / 8) * 8;
+      const payloads = new Slab({ slotBytes: payloadBytes, slotCount: 16 });
+      const cpu = this.cpu;
+      this.offload = { bytesMin: offloadMin, slab: payloads, crc32c: (sab, offset, length) => cpu.crc32c(sab, offset, length) };
+    }
     this.disk.mkdirp('shards');
   }
 
@@ -167,12 +186,12 @@ export class DeviceHost {
       else {
         shards.push({
           volumeId: e.spec.volumeId, shard: e.spec.shard, term: 0, appliedLsn: 0, firstLsn: 0, lastLsn: 0,
-          writes: 0, pagesWritten: 0, reads: 0, pagesRead: 0, lsnWaiters: 0, checkpoints: 0, checkpointLsn: 0,
+          writes: 0, pagesWritten: 0, reads: 0, pagesRead: 0, lsnWaiters: 0, checkpoints: 0, checkpointLsn: 0, offloaded: 0,
           state: 'down', downReason: e.downReason?.message,
         });
       }
     }
-    return { dir: this.dir, queue: this.queue.stats(), restarts: this.restartsTotal, shards };
+    return { dir: this.dir, queue: this.queue.stats(), cpu: this.cpu?.stats(), restarts: this.restartsTotal, shards };
   }
 
   /** Drains the queue and closes every shard. */
@@ -181,6 +200,7 @@ export class DeviceHost {
     await this.queue.drain();
     for (const e of this.shards.values()) this.stop(e);
     this.shards.clear();
+    await this.cpu?.close();
   }
 
   private newQueue(): DeviceQueue {
@@ -217,6 +237,7 @@ export class DeviceHost {
         store,
         queue: this.queue,
         checkpointEveryRecords: this.opts.checkpointEveryRecords ?? 65536,
+        ...(this.offload ? { offload: this.offload } : {}),
       });
       entry.downReason = undefined;
     } catch (e) {

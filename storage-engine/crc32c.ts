@@ -83,3 +83,76 @@ export function crc32cPortable(data: Uint8Array, crc = 0, start = 0, end = data.
   while (i < end) c = T[(c ^ data[i++]!) & 0xff]! ^ (c >>> 8);
   return ~c >>> 0;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Combining: crc(A ‖ B) from crc(A), crc(B) and the length of B, without reading A or B.
+// This lets a payload be checksummed on another thread (from a slab handle) while the record
+// header around it is checksummed where the record is encoded.
+// ---------------------------------------------------------------------------------------------
+
+/** Multiplies a 32×32 GF(2) matrix (rows as words) by a vector. */
+function gf2Times(mat: Uint32Array, vec: number): number {
+  let sum = 0;
+  let i = 0;
+  let v = vec >>> 0;
+  while (v !== 0) {
+    if (v & 1) sum ^= mat[i]!;
+    v >>>= 1;
+    i++;
+  }
+  return sum >>> 0;
+}
+
+function gf2Square(square: Uint32Array, mat: Uint32Array): void {
+  for (let n = 0; n < 32; n++) square[n] = gf2Times(mat, mat[n]!);
+}
+
+/** The operator that appends `len` zero bytes to a CRC register (zlib's crc32_combine method). */
+function zerosOperator(len: number): Uint32Array {
+  // odd: one zero bit; then squared to 2, 4, 8 bits… and multiplied in where len has a 1 bit.
+  let odd = new Uint32Array(32);
+  let even = new Uint32Array(32);
+  odd[0] = POLY;
+  let row = 1;
+  for (let n = 1; n < 32; n++) {
+    odd[n] = row;
+    row <<= 1;
+  }
+  gf2Square(even, odd); // 2 zero bits
+  gf2Square(odd, even); // 4 zero bits
+  // result = identity
+  let result = new Uint32Array(32);
+  for (let n = 0; n < 32; n++) result[n] = (1 << n) >>> 0;
+  let remaining = len;
+  while (remaining > 0) {
+    gf2Square(even, odd); // 8, 32, 128… zero bits: one zero byte, 4 bytes, 16 bytes…
+    [odd, even] = [even, odd];
+    if (remaining % 2 === 1) {
+      const next = new Uint32Array(32);
+      for (let n = 0; n < 32; n++) next[n] = gf2Times(odd, result[n]!);
+      result = next;
+    }
+    remaining = Math.floor(remaining / 2);
+  }
+  return result;
+}
+
+/** Operators of recently seen lengths (payload sizes repeat: N pages of a fixed page size). */
+const ZEROS_CACHE_ENTRIES_MAX = 512;
+const zerosCache = new Map<number, Uint32Array>();
+
+/**
+ * CRC-32C of the concatenation A ‖ B, given crcA = crc32c(A), crcB = crc32c(B) and the length
+ * of B in bytes. Costs a 32×32 bit-matrix product (the operator for a length is cached).
+ */
+export function crc32cCombine(crcA: number, crcB: number, lengthB: number): number {
+  if (!Number.isSafeInteger(lengthB) || lengthB < 0) throw new RangeError(`lengthB must be a non-negative integer, got ${lengthB}`);
+  if (lengthB === 0) return crcA >>> 0;
+  let op = zerosCache.get(lengthB);
+  if (op === undefined) {
+    op = zerosOperator(lengthB);
+    if (zerosCache.size >= ZEROS_CACHE_ENTRIES_MAX) zerosCache.delete(zerosCache.keys().next().value!);
+    zerosCache.set(lengthB, op);
+  }
+  return (gf2Times(op, crcA) ^ crcB) >>> 0;
+}

@@ -9,7 +9,7 @@
  *
  * This module holds only pure encoding/decoding and the index; SegmentLog (log.ts) does the IO.
  */
-import { crc32c } from './crc32c';
+import { crc32c, crc32cCombine } from './crc32c';
 import type { FileHandle } from './disk';
 import { assert } from './errors';
 import { RECORD_PAYLOAD_BYTES_MAX } from './record';
@@ -152,6 +152,7 @@ export function encodeRecord(
   term: number,
   kind: number,
   payload: Uint8Array,
+  payloadCrc?: number,
 ): number {
   const len = payload.length;
   view.setUint32(pos, len, true);
@@ -159,7 +160,11 @@ export function encodeRecord(
   setU64(view, pos + 16, term);
   out[pos + 24] = kind;
   out.set(payload, pos + RECORD_HEADER_BYTES);
-  view.setUint32(pos + 4, recordCrc(out, pos, len), true);
+  const crc =
+    payloadCrc === undefined
+      ? recordCrc(out, pos, len)
+      : crc32cCombine(crc32c(out, crc32c(out, 0, pos, pos + 4), pos + 8, pos + RECORD_HEADER_BYTES), payloadCrc, len);
+  view.setUint32(pos + 4, crc, true);
   return pos + recordBytes(len);
 }
 

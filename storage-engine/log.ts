@@ -278,6 +278,9 @@ export class SegmentLog {
           term: r.term,
         });
       }
+      if (r.payloadCrc !== undefined && !(Number.isInteger(r.payloadCrc) && r.payloadCrc >= 0 && r.payloadCrc <= 0xffffffff)) {
+        throw badRequest(`record ${k}: payloadCrc must be an unsigned 32-bit integer`, { payloadCrc: r.payloadCrc });
+      }
       termFloor = r.term;
       batchBytes += recordBytes(r.payload.length);
     }
@@ -308,7 +311,7 @@ export class SegmentLog {
         const firstLsn = seg.lastLsn + 1;
         for (let k = i; k < j; k++) {
           const r = records[k]!;
-          pos = encodeRecord(buf, view, pos, firstLsn + (k - i), r.term, r.kind, r.payload);
+          pos = encodeRecord(buf, view, pos, firstLsn + (k - i), r.term, r.kind, r.payload, r.payloadCrc);
         }
         assert(pos === chunkBytes, 'encoded chunk size', { pos, chunkBytes });
         const at = seg.endOffset;

@@ -54,7 +54,7 @@ export function pageWriteBytes(pageSize: number, count: number): number {
  * Encodes a page write. Throws StorageError `bad_request` on a bad page size, an empty or
  * too long list, a page number that is not a non-negative safe integer, or data of the wrong length.
  */
-export function encodePageWrite(pageSize: number, pages: readonly PageWriteEntry[]): Uint8Array {
+export function encodePageWrite(pageSize: number, pages: readonly PageWriteEntry[], into?: Uint8Array): Uint8Array {
   if (!isPageSize(pageSize)) throw new StorageError('bad_request', `page size ${pageSize} is not 4096 or 8192`, { pageSize });
   const count = pages.length;
   if (count < 1 || count > PAGE_WRITE_PAGES_MAX) {
@@ -65,7 +65,10 @@ export function encodePageWrite(pageSize: number, pages: readonly PageWriteEntry
   }
   const bytes = pageWriteBytes(pageSize, count);
   assert(bytes <= RECORD_PAYLOAD_BYTES_MAX, 'a page write fits a record payload', { bytes });
-  const out = new Uint8Array(bytes);
+  if (into !== undefined && into.length < bytes) {
+    throw new StorageError('bad_request', `output buffer of ${into.length} bytes is smaller than the ${bytes} bytes of the page write`);
+  }
+  const out = into === undefined ? new Uint8Array(bytes) : into.subarray(0, bytes);
   const dv = new DataView(out.buffer, out.byteOffset, out.byteLength);
   dv.setUint32(0, PAGE_WRITE_MAGIC, true);
   dv.setUint32(4, pageSize, true);

@@ -19,6 +19,12 @@ export interface LogRecordInput {
   term: number;
   kind: number;
   payload: Uint8Array;
+  /**
+   * crc32c(payload), when the writer already computed it (e.g. on a CPU-pool thread from a slab
+   * handle). The log then combines it with the header's checksum instead of reading the payload
+   * again. A wrong value makes the record fail its checksum on every later read.
+   */
+  payloadCrc?: number;
 }
 
 export interface LogRecord extends LogRecordInput {

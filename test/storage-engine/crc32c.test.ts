@@ -1,6 +1,6 @@
 /** CRC-32C: known vectors, chaining, and ranges that start and end off 8-byte boundaries. */
 import { strict as assert } from 'node:assert';
-import { crc32c, crc32cPortable, CRC32C_NATIVE, NATIVE_BYTES_MIN } from '../../storage-engine/crc32c';
+import { crc32c, crc32cCombine, crc32cPortable, CRC32C_NATIVE, NATIVE_BYTES_MIN } from '../../storage-engine/crc32c';
 
 const ascii = (s: string): Uint8Array => new TextEncoder().encode(s);
 
@@ -95,5 +95,27 @@ describe('crc32c native and portable paths', () => {
 
   it('uses the native implementation on this machine (the benchmarks depend on it)', () => {
     assert.equal(CRC32C_NATIVE, true, '@node-rs/crc32 did not load: npm ci should install its linux-x64 binary');
+  });
+});
+
+describe('crc32cCombine', () => {
+  it('gives crc32c(A ‖ B) from crc32c(A), crc32c(B) and |B| for every split of random data', () => {
+    const buf = new Uint8Array(3000);
+    for (let i = 0; i < buf.length; i++) buf[i] = (i * 197 + 13) & 0xff;
+    for (let split = 0; split <= buf.length; split += 37) {
+      const a = buf.subarray(0, split);
+      const b = buf.subarray(split);
+      assert.equal(crc32cCombine(crc32c(a), crc32c(b), b.length), crc32c(buf), `split ${split}`);
+    }
+  });
+
+  it('handles large lengths (a 1 MiB payload) and refuses negative ones', () => {
+    const big = new Uint8Array(1024 * 1024 + 16).fill(0x5c);
+    const head = ascii('header bytes');
+    const whole = new Uint8Array(head.length + big.length);
+    whole.set(head);
+    whole.set(big, head.length);
+    assert.equal(crc32cCombine(crc32c(head), crc32c(big), big.length), crc32c(whole));
+    assert.throws(() => crc32cCombine(1, 2, -1), RangeError);
   });
 });

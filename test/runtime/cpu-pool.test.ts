@@ -1,0 +1,40 @@
+import { strict as assert } from 'node:assert';
+import { CpuPool } from '../../runtime/cpu-pool';
+import { crc32c } from '../../storage-engine/crc32c';
+import { Slab } from '../../storage-engine/slab';
+import { StorageError } from '../../storage-engine/errors';
+
+describe('CpuPool', function () {
+  this.timeout(20_000);
+  it('checksums a slab slot by handle on a pool thread, equal to the inline checksum', async () => {
+    const pool = new CpuPool();
+    try {
+      const slab = new Slab({ slotBytes: 65536, slotCount: 4 });
+      const slot = slab.alloc();
+      const view = slab.view(slot);
+      for (let i = 0; i < view.length; i++) view[i] = (i * 31) & 0xff;
+      const part = view.subarray(100, 60000);
+      assert.equal(await pool.crc32c(slab.sab, part.byteOffset, part.length), crc32c(part));
+      assert.equal(pool.stats().tasks, 1);
+    } finally {
+      await pool.close();
+    }
+  });
+
+  it('refuses a range outside the buffer, and refuses work over its queue bound with overloaded', async () => {
+    const pool = new CpuPool({ maxQueue: 1 });
+    try {
+      const sab = new SharedArrayBuffer(1024);
+      await assert.rejects(pool.crc32c(sab, 1000, 100), /outside/);
+      const big = new SharedArrayBuffer(8 * 1024 * 1024);
+      const results = await Promise.allSettled(Array.from({ length: 20 }, () => pool.crc32c(big, 0, big.byteLength)));
+      const refused = results.filter((r) => r.status === 'rejected' && (r.reason as StorageError).code === 'overloaded').length;
+      assert.ok(refused > 0, 'some tasks were refused');
+      assert.equal(pool.stats().refused, refused);
+      assert.ok(results.some((r) => r.status === 'fulfilled'));
+    } finally {
+      await pool.close();
+    }
+    await assert.rejects(pool.crc32c(new SharedArrayBuffer(8), 0, 8), (e: StorageError) => e.code === 'closed');
+  });
+});
