@@ -14,7 +14,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { connect, headers as natsHeaders, type NatsConnection, type Msg, type MsgHdrs, type Subscription } from 'nats';
-import { HEADER_SCHEMA, SCHEMA_VERSION } from '../messages/headers';
+import { HEADER_SCHEMA, SCHEMA_VERSION, checkSchemaHeader } from '../messages/headers';
 import type { Service } from 'nats';
 import { encode, decode } from '../messages/codec';
 import { errorReply, ProtocolError, toProtocolError, throwIfError } from '../messages/errors';
@@ -480,6 +480,7 @@ export class StrataNode {
           if (err) return;
           let body: unknown;
           try {
+            checkSchemaHeader({ get: (k: string) => msg.headers?.get(k) ?? '' });
             body = decode(msg.data);
           } catch (e) {
             msg.respond(encode(errorReply(e)), { headers: replyHeaders() });

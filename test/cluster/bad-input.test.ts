@@ -154,3 +154,24 @@ describe('a full mailbox answers overloaded, not a crash or a hang', function ()
     await vol.write(4000, data);
   });
 });
+
+describe('the public API checks the schema header', function () {
+  this.timeout(60_000);
+  let c: InProcessCluster;
+  before(async () => {
+    c = await startCluster({ nodes: 1, hosts: 1 });
+  });
+  after(async () => {
+    await c?.stop();
+  });
+
+  it('a request without Strata-Schema, or with an unsupported one, gets bad_request naming the supported versions', async () => {
+    const variants: Array<Record<string, string>> = [{}, { [HEADER_SCHEMA]: '7' }];
+    for (const hdrs of variants) {
+      const reply = decode(await c.client.rawRequest(apiSubject(c.cluster, 'volume.list'), encode({}), hdrs)) as { error?: { code: string; details?: { supported?: unknown } } };
+      assert.equal(reply.error?.code, 'bad_request');
+      assert.deepEqual(reply.error?.details?.supported, [1]);
+    }
+    assert.ok(Array.isArray(await c.client.listVolumes()), 'a well-formed request is served');
+  });
+});
