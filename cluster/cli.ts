@@ -145,8 +145,24 @@ function parseInteger(flag: string, value: string): number {
  * Parses a command line (without `node` and the script path). Throws UsageError for an unknown
  * command or flag, a missing or extra argument, a missing flag value or a non-integer number.
  */
-export function parseArgs(argv: readonly string[]): ParsedArgs {
+export function parseArgs(argvIn: readonly string[]): ParsedArgs {
+  // Global flags may come before the command (`strata --nats URL volume list`): move them after
+  // it, where the command's own flag rules check them.
+  const leading: string[] = [];
+  let k = 0;
+  while (k < argvIn.length && argvIn[k]!.startsWith('--') && argvIn[k] !== '--') {
+    const name = argvIn[k]!.slice(2).split('=')[0]!;
+    const kind = CLIENT_FLAGS[name];
+    if (kind === undefined) break;
+    leading.push(argvIn[k]!);
+    if (kind !== 'boolean' && !argvIn[k]!.includes('=') && k + 1 < argvIn.length) leading.push(argvIn[++k]!);
+    k++;
+  }
+  const argv = leading.length > 0 ? [...argvIn.slice(k), ...leading] : argvIn;
   if (argv.length === 0) throw new UsageError('no command given');
+  if (leading.length > 0 && (argv[0] === 'node' || argv[0] === 'dev' || argv[0] === 'help')) {
+    throw new UsageError(`${argv[0]}: ${leading[0]} goes after the command`);
+  }
   const first = argv[0]!;
   if (first === '--help' || first === '-h') return { command: 'help', positionals: [], flags: {}, rest: [] };
   if (first === 'node') return { command: 'node', positionals: [], flags: {}, rest: argv.slice(1) };

@@ -397,3 +397,16 @@ describe('cluster/cli', () => {
     });
   });
 });
+
+describe('global flags before the command', () => {
+  it('are accepted for client commands and checked by the same rules', () => {
+    const a = parseArgs(['--nats', 'nats://127.0.0.1:4999', '--cluster=c2', 'volume', 'list']);
+    assert.equal(a.command, 'volume list');
+    assert.equal(a.flags.nats, 'nats://127.0.0.1:4999');
+    assert.equal(a.flags.cluster, 'c2');
+    assert.equal(parseArgs(['--json', 'status']).flags.json, true);
+    assert.throws(() => parseArgs(['--timeout', 'soon', 'status']), UsageError);
+    assert.throws(() => parseArgs(['--nats', 'x', 'dev']), UsageError);
+    assert.throws(() => parseArgs(['--frobnicate', 'status']), UsageError);
+  });
+});
