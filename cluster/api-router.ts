@@ -97,16 +97,42 @@ export class ApiRouter {
     } catch {
       nodes.push(local);
     }
-    let members: unknown = [];
-    let volumes: unknown = [];
+    let members: Array<Record<string, unknown>> = [];
+    let catalog: Array<Record<string, unknown>> = [];
+    let controllerReachable = true;
     try {
-      members = (throwIfError(decode(await this.forwardToController('members', encode({})))) as { members: unknown }).members;
-      volumes = (throwIfError(decode(await this.forwardToController('volume.list', encode({})))) as { volumes: unknown }).volumes;
+      members = (throwIfError(decode(await this.forwardToController('members', encode({})))) as { members: Array<Record<string, unknown>> }).members;
+      catalog = (throwIfError(decode(await this.forwardToController('volume.list', encode({})))) as { volumes: Array<Record<string, unknown>> }).volumes;
     } catch {
       // Without a controller the status still shows what the nodes say.
+      controllerReachable = false;
     }
+    // Each volume of the catalog with, per shard, what the node hosting it reports.
+    const reported = new Map<string, Record<string, unknown>>();
+    for (const n of nodes as Array<{ node?: { id?: string }; shards?: Array<Record<string, unknown>> }>) {
+      for (const sh of n.shards ?? []) reported.set(`${String(sh.volumeId)}.${String(sh.shard)}`, { ...sh, node: n.node?.id });
+    }
+    const volumes = catalog.map((v) => ({
+      ...v,
+      shards: Array.from({ length: Number(v.shards) }, (_, i) => {
+        const r = reported.get(`${String(v.id)}.${i}`);
+        if (!r) return { shard: i, role: 'none', term: 0, commitLsn: 0, appliedLsn: 0, state: 'unavailable' };
+        return {
+          shard: i,
+          role: r.state === 'up' ? 'leader' : 'none',
+          term: r.term,
+          commitLsn: r.appliedLsn,
+          appliedLsn: r.appliedLsn,
+          leader: r.node,
+          node: r.node,
+          hostId: r.hostId,
+          state: r.state,
+          ...(r.downReason ? { reason: r.downReason } : {}),
+        };
+      }),
+    }));
     const self = local.node as Record<string, unknown>;
-    return { node: self, volumes, nodes, members, controllerReachable: Array.isArray(members) && members.length > 0 };
+    return { node: self, volumes, nodes, members, controllerReachable };
   }
 
   private volume(name: string): Volume {

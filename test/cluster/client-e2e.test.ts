@@ -57,19 +57,19 @@ describe('cluster/client end to end (in-process cluster, real NATS)', function (
     await rejectsWith(client.deleteVolume('ce-admin'), 'not_found');
   });
 
-  it('reports status (validated against docs/protocol.md)', async function () {
-    try {
-      const status = await client.status();
-      assert.equal(status.node.cluster, c.cluster);
-      assert.ok(Array.isArray(status.volumes));
-    } catch (err) {
-      // The node's status reply does not follow the protocol yet (volumes[].shards must be a list
-      // of shard statuses); the client checks replies, so it reports `internal`. Visible as pending.
-      if (err instanceof ProtocolError && err.code === 'internal' && /malformed reply to status/.test(err.message)) {
-        this.skip();
-      }
-      throw err;
+  it('reports status (validated against docs/protocol.md): every shard of a volume with its node', async () => {
+    await client.createVolume({ name: 'ce-status', pageCount: 64, shards: 3, stripePages: 4 });
+    const status = await client.status();
+    assert.equal(status.node.cluster, c.cluster);
+    const v = status.volumes.find((x) => x.name === 'ce-status');
+    assert.ok(v, 'the volume is listed');
+    assert.equal(v.shards.length, 3);
+    for (const sh of v.shards) {
+      assert.equal(sh.role, 'leader');
+      assert.equal(sh.state, 'up');
+      assert.equal(typeof sh.leader, 'string');
     }
+    await client.deleteVolume('ce-status');
   });
 
   it('writes, reads, reads at an LSN and flushes through the shard subjects', async () => {
