@@ -141,8 +141,8 @@ export function decodeSegmentHeader(bytes: Uint8Array): DecodedSegmentHeader {
 }
 
 /**
- * Encodes one record at `pos` of `out` (which must be zero-filled there: reserved and padding
- * bytes are not written). Returns the position after the record's padding.
+ * Encodes one record at `pos` of `out`, reserved and padding bytes included (zeros), so `out`
+ * may be a reused buffer. Returns the position after the record's padding.
  */
 export function encodeRecord(
   out: Uint8Array,
@@ -159,7 +159,9 @@ export function encodeRecord(
   setU64(view, pos + 8, lsn);
   setU64(view, pos + 16, term);
   out[pos + 24] = kind;
+  out.fill(0, pos + 25, pos + RECORD_HEADER_BYTES);
   out.set(payload, pos + RECORD_HEADER_BYTES);
+  out.fill(0, pos + RECORD_HEADER_BYTES + len, pos + recordBytes(len));
   const crc =
     payloadCrc === undefined
       ? recordCrc(out, pos, len)

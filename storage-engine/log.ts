@@ -82,6 +82,8 @@ export interface LogStats {
 export const LOG_WRITE_BATCH_BYTES_MAX = 64 * 1024 * 1024;
 /** Most records in one `write` batch. */
 export const LOG_WRITE_BATCH_RECORDS_MAX = 65536;
+/** Largest encoding buffer a log keeps between writes; bigger batches get a buffer of their own. */
+export const LOG_SCRATCH_BYTES_KEPT_MAX = 8 * 1024 * 1024;
 /** Default `bytesMax` of `read`. */
 export const LOG_READ_BYTES_MAX_DEFAULT = 4 * 1024 * 1024;
 /** Largest `bytesMax` a `read` may ask for. */
@@ -161,6 +163,8 @@ export class SegmentLog {
   private failure: StorageError | undefined = undefined;
   private closed = false;
   private writesCount = 0;
+  /** Encoding buffer reused across writes (a fresh one per write costs allocation and page faults). */
+  private encodeBuf = new Uint8Array(0);
   private syncsCount = 0;
   /** Recovery's read buffer; dropped after open. */
   private scratch: Uint8Array | undefined = undefined;
@@ -305,7 +309,7 @@ export class SegmentLog {
           this.rollOver();
           continue;
         }
-        const buf = new Uint8Array(chunkBytes);
+        const buf = this.encodeBufOf(chunkBytes);
         const view = viewOf(buf);
         let pos = 0;
         const firstLsn = seg.lastLsn + 1;
@@ -330,6 +334,17 @@ export class SegmentLog {
       throw this.fail(e);
     }
     return this.lastLsn;
+  }
+
+  /** A view of `bytes` bytes of the reused encoding buffer; buffers over 8 MiB are not kept. */
+  private encodeBufOf(bytes: number): Uint8Array {
+    if (bytes > LOG_SCRATCH_BYTES_KEPT_MAX) return new Uint8Array(bytes);
+    if (this.encodeBuf.length < bytes) {
+      let size = Math.max(64 * 1024, this.encodeBuf.length);
+      while (size < bytes) size *= 2;
+      this.encodeBuf = new Uint8Array(Math.min(size, LOG_SCRATCH_BYTES_KEPT_MAX));
+    }
+    return this.encodeBuf.subarray(0, bytes);
   }
 
   /**
