@@ -189,6 +189,43 @@ export class PageStore {
     return store;
   }
 
+  /**
+   * LSN of the newest image the 'checkpoint' pointer of `dir` names (0 if none). A replicated
+   * shard replays its log on open only up to here: records after it may not be committed yet.
+   */
+  static imageLsn(disk: Disk, dir: string): number {
+    try {
+      const p = new MetaStore(disk, dir).read<CheckpointPointer>(POINTER_NAME);
+      if (p === undefined) return 0;
+      validatePointer(p);
+      return p.lsn;
+    } catch (e) {
+      if (e instanceof StorageError && e.code === 'corruption') return 0;
+      throw e;
+    }
+  }
+
+  /**
+   * Makes the image file `image-<lsn>.img` already in `dir` (complete and synced) the store's
+   * newest image and its oldest readable point, for a replica that received it from its leader.
+   * The store must be closed, and the log reset to continue at lsn + 1.
+   */
+  static adoptImage(disk: Disk, dir: string, lsn: number, term: number): void {
+    const file = imageFileName(lsn);
+    const r = ImageReader.open(disk, joinPath(dir, file));
+    try {
+      if (r.lsn !== lsn || r.term !== term) {
+        throw new CorruptionError(`image ${file}: holds lsn ${r.lsn} term ${r.term}, expected ${lsn}/${term}`, [
+          { file, offset: 0, fromLsn: lsn, toLsn: lsn, reason: 'image header does not match' },
+        ]);
+      }
+    } finally {
+      r.close();
+    }
+    const pointer: CheckpointPointer = { version: 1, lsn, term, file, floorLsn: lsn };
+    new MetaStore(disk, dir).write(POINTER_NAME, pointer);
+  }
+
   /** LSN of the last record applied. */
   get appliedLsn(): number {
     return this.applied;

@@ -1,0 +1,1042 @@
+/**
+ * Replica: one copy of a shard's log, and — when elected — the shard's leader (ShardActor role).
+ *
+ * The protocol is Raft's, per shard (see docs/replication.md):
+ * - Acceptor role (every replica): durable term and vote (saved before any reply that depends on
+ *   them), appends accepted only from the current term with log matching on (prevLsn, prevTerm),
+ *   a divergent uncommitted suffix truncated, fdatasync (group commit through the device queue)
+ *   before acknowledging.
+ * - Election: after a randomized timeout without a leader, a replica asks for votes; a voter grants
+ *   at most one vote per term and only to a candidate whose log is at least as up to date as its
+ *   own. With a majority the candidate leads, appends a no-op record of its term, and serves reads
+ *   only once that record is committed and applied (so it has every committed write).
+ * - Leader: assigns LSNs, appends locally through the device queue and to each follower (one append
+ *   message in flight per follower, carrying everything accumulated meanwhile), commits an LSN once
+ *   a majority holds it durably and it is of the leader's term, applies in LSN order, and only then
+ *   answers (output gating). A leader that has not heard from a majority for an election timeout
+ *   steps down; reads at the latest LSN are served under a lease (majority contact within the
+ *   election timeout, minus a clock-drift margin) or after a quorum round.
+ * - Catch-up: a follower that is behind is sent records from the leader's log; one that needs
+ *   records the leader has trimmed is sent the leader's newest checkpoint image first.
+ *
+ * Logic only: messages go through `transport`, durable state through the device queue and the
+ * injected stores, time arrives as `tick(nowMs)` and `nowMs` arguments.
+ */
+import type { DeviceQueue } from './device-queue';
+import type { SegmentLog } from '../storage-engine/log';
+import type { PageStore } from '../storage-engine/page-store';
+import { encodePageWrite, pageWriteBytes } from '../storage-engine/page-write';
+import { RecordKind, type LogRecord, type LogRecordInput } from '../storage-engine/record';
+import { StorageError, assert } from '../storage-engine/errors';
+import { ProtocolError } from '../messages/errors';
+import type {
+  RaftRequest, RaftReply, VoteRequest, VoteReply, AppendRequest, AppendReply, SnapshotRequest, SnapshotReply, WireRecord,
+} from '../messages/raft';
+import { shardOfPage, type ShardGeometry, type PageData, type PayloadOffload } from './shard-actor';
+
+export type Role = 'follower' | 'candidate' | 'leader';
+
+/** Sends a request to another replica of this shard; rejects on timeout or when unreachable. */
+export interface ReplicaTransport {
+  send(to: string, msg: RaftRequest, timeoutMs: number): Promise<RaftReply>;
+}
+
+export interface HardState {
+  term: number;
+  votedFor: string | null;
+}
+
+/** Durable term and vote; `save` returns once they are on disk. */
+export interface HardStateStore {
+  load(): HardState | undefined;
+  save(state: HardState): void;
+}
+
+/** Newest checkpoint image of this replica, to send to a follower that needs it. */
+export interface SnapshotSource {
+  lsn: number;
+  term: number;
+  bytes: number;
+}
+
+/** Checkpoint-image transfer: reading ours, installing one received from the leader. */
+export interface SnapshotIO {
+  newest(): SnapshotSource | undefined;
+  read(lsn: number, offset: number, length: number): Uint8Array;
+  /** Starts receiving an image (discarding any partial one). */
+  begin(lsn: number, term: number, bytes: number): void;
+  write(offset: number, data: Uint8Array): void;
+  /** Validates the image, makes it this replica's state (log continues at lsn+1), and returns the new log and store. */
+  install(): { log: SegmentLog; store: PageStore };
+}
+
+export interface ReplicaTiming {
+  /** Election timeout, randomized in [min, max); default 300..600 ms. */
+  electionTimeoutMinMs: number;
+  electionTimeoutMaxMs: number;
+  /** Heartbeat period of a leader; default 50 ms. */
+  heartbeatMs: number;
+  /** Deadline of one message to a peer; default 1000 ms. */
+  rpcTimeoutMs: number;
+  /** Fraction of the election timeout a leader may serve reads from its lease; default 0.75. */
+  leaseFraction: number;
+}
+
+export const DEFAULT_TIMING: ReplicaTiming = {
+  electionTimeoutMinMs: 300,
+  electionTimeoutMaxMs: 600,
+  heartbeatMs: 50,
+  rpcTimeoutMs: 1000,
+  leaseFraction: 0.75,
+};
+
+export interface ReplicaOptions {
+  geometry: ShardGeometry;
+  /** This replica's id (its node id) and every replica's id, itself included. */
+  self: string;
+  members: readonly string[];
+  log: SegmentLog;
+  store: PageStore;
+  queue: DeviceQueue;
+  hardState: HardStateStore;
+  transport: ReplicaTransport;
+  snapshots?: SnapshotIO;
+  timing?: Partial<ReplicaTiming>;
+  /** Random numbers in [0, 1) for election timeouts (injected for deterministic tests). */
+  random?: () => number;
+  /** Told when this replica becomes leader or stops being leader. */
+  onRoleChange?: (role: Role, term: number) => void;
+  offload?: PayloadOffload;
+  checkpointEveryRecords?: number;
+  /** Bytes of records in one append message at most; default 896 KiB (under NATS' 1 MiB max_payload). */
+  appendBytesMax?: number;
+  /** Client writes waiting for commit at most; default 4096. */
+  pendingWritesMax?: number;
+  nowMs: number;
+}
+
+export interface ReplicaStats {
+  volumeId: string;
+  shard: number;
+  self: string;
+  role: Role;
+  term: number;
+  leader: string | null;
+  commitLsn: number;
+  appliedLsn: number;
+  firstLsn: number;
+  lastLsn: number;
+  /** Per follower (leader only): how far behind the leader's last LSN its durable log is. */
+  lag: Record<string, number>;
+  elections: number;
+  writes: number;
+  pagesWritten: number;
+  reads: number;
+  pagesRead: number;
+  checkpoints: number;
+  snapshotsSent: number;
+  snapshotsInstalled: number;
+  offloaded: number;
+}
+
+interface Waiter {
+  lsn: number;
+  /** Wall-clock deadline (reads); writes wait for commit or leadership loss. */
+  deadlineMs?: number;
+  resolve(): void;
+  reject(e: Error): void;
+}
+
+interface FollowerState {
+  next: number;
+  match: number;
+  inFlight: boolean;
+  lastSentMs: number;
+  /** Send time of the newest request this follower acknowledged (for the read lease). */
+  ackedSentMs: number;
+  snapshot: { lsn: number; term: number; bytes: number; offset: number } | undefined;
+}
+
+/** Records a leader keeps in memory for followers, at most (older ones are read from its log). */
+const RECENT_BYTES_MAX = 64 * 1024 * 1024;
+const SNAPSHOT_CHUNK_BYTES = 512 * 1024;
+
+function notLeader(leader: string | null, term: number): ProtocolError {
+  return new ProtocolError('not_leader', leader ? `not the leader; the leader is ${leader}` : 'not the leader; no leader is known', {
+    ...(leader ? { leader } : {}),
+    term,
+  });
+}
+
+export class Replica {
+  readonly geometry: ShardGeometry;
+  readonly self: string;
+  readonly members: readonly string[];
+  private log: SegmentLog;
+  private store: PageStore;
+  private readonly queue: DeviceQueue;
+  private readonly hard: HardStateStore;
+  private readonly transport: ReplicaTransport;
+  private readonly snapshots: SnapshotIO | undefined;
+  private readonly timing: ReplicaTiming;
+  private readonly random: () => number;
+  private readonly onRoleChange: ((role: Role, term: number) => void) | undefined;
+  private readonly offload: PayloadOffload | undefined;
+  private readonly checkpointEveryRecords: number;
+  private readonly appendBytesMax: number;
+  private readonly pendingWritesMax: number;
+
+  private term: number;
+  private votedFor: string | null;
+  private role: Role = 'follower';
+  private leader: string | null = null;
+  private commitLsn: number;
+  /** Last LSN assigned (leader) or accepted into the queue (follower): ahead of log.lastLsn while appends are queued. */
+  private lastLsn: number;
+  private lastTerm: number;
+  /** Highest LSN of this replica known durable. */
+  private durableLsn: number;
+  private electionDeadlineMs = 0;
+  private nowMs: number;
+  private closed = false;
+  private applying = false;
+  private checkpointing = false;
+  private recordsSinceCheckpoint = 0;
+  /** LSN of the leader's no-op of its term: reads wait until it is applied. */
+  private termStartLsn = 0;
+  /** When this replica last became leader (a majority had just voted for it). */
+  private leaderSinceMs = 0;
+  private readonly followers = new Map<string, FollowerState>();
+  /** Leader: records not yet known durable everywhere, by LSN (bounded in bytes). */
+  private recent: LogRecord[] = [];
+  private recentBytes = 0;
+  private commitWaiters: Waiter[] = [];
+  private applyWaiters: Waiter[] = [];
+  /** Follower: append and snapshot messages are handled one at a time, in arrival order. */
+  private inbound: Promise<unknown> = Promise.resolve();
+  private inboundDepth = 0;
+  private votes = new Set<string>();
+  private readonly counters = {
+    elections: 0, writes: 0, pagesWritten: 0, reads: 0, pagesRead: 0, checkpoints: 0,
+    snapshotsSent: 0, snapshotsInstalled: 0, offloaded: 0,
+  };
+
+  constructor(opts: ReplicaOptions) {
+    assert(opts.members.includes(opts.self), 'a replica is a member of its own replica set');
+    assert(new Set(opts.members).size === opts.members.length, 'replica set members are distinct');
+    this.geometry = opts.geometry;
+    this.self = opts.self;
+    this.members = [...opts.members].sort();
+    this.log = opts.log;
+    this.store = opts.store;
+    this.queue = opts.queue;
+    this.hard = opts.hardState;
+    this.transport = opts.transport;
+    this.snapshots = opts.snapshots;
+    this.timing = { ...DEFAULT_TIMING, ...(opts.timing ?? {}) };
+    this.random = opts.random ?? Math.random;
+    this.onRoleChange = opts.onRoleChange;
+    this.offload = opts.offload;
+    this.checkpointEveryRecords = opts.checkpointEveryRecords ?? 0;
+    this.appendBytesMax = opts.appendBytesMax ?? 896 * 1024;
+    this.pendingWritesMax = opts.pendingWritesMax ?? 4096;
+    const hs = this.hard.load() ?? { term: 0, votedFor: null };
+    this.term = Math.max(hs.term, this.log.lastTerm);
+    this.votedFor = hs.term === this.term ? hs.votedFor : null;
+    this.lastLsn = this.log.lastLsn;
+    this.lastTerm = this.log.lastTerm;
+    this.durableLsn = this.log.syncedLsn;
+    // Applied state is only what is known committed: the store replayed up to its image.
+    this.commitLsn = this.store.appliedLsn;
+    this.nowMs = opts.nowMs;
+    this.resetElectionDeadline();
+    // A replica set of one needs nobody's vote: it leads at once.
+    if (this.members.length === 1) this.electionDeadlineMs = this.nowMs;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Queries
+  // ---------------------------------------------------------------------------------------------
+
+  get isLeader(): boolean {
+    return this.role === 'leader';
+  }
+
+  get currentTerm(): number {
+    return this.term;
+  }
+
+  get appliedLsn(): number {
+    return this.store.appliedLsn;
+  }
+
+  stats(): ReplicaStats {
+    const lag: Record<string, number> = {};
+    if (this.role === 'leader') for (const [id, f] of this.followers) lag[id] = Math.max(0, this.lastLsn - f.match);
+    return {
+      volumeId: this.geometry.volumeId,
+      shard: this.geometry.shard,
+      self: this.self,
+      role: this.role,
+      term: this.term,
+      leader: this.leader,
+      commitLsn: this.commitLsn,
+      appliedLsn: this.store.appliedLsn,
+      firstLsn: this.log.firstLsn,
+      lastLsn: this.lastLsn,
+      lag,
+      ...this.counters,
+    };
+  }
+
+  private majority(): number {
+    return Math.floor(this.members.length / 2) + 1;
+  }
+
+  private peers(): string[] {
+    return this.members.filter((m) => m !== this.self);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Time
+  // ---------------------------------------------------------------------------------------------
+
+  /** Advances time: elections for followers and candidates, heartbeats and lease checks for leaders. */
+  tick(nowMs: number): void {
+    if (this.closed) return;
+    this.nowMs = nowMs;
+    if (this.role === 'leader') {
+      if (nowMs - this.leaderSinceMs > this.timing.electionTimeoutMaxMs && !this.hasMajorityContact(this.timing.electionTimeoutMaxMs)) {
+        // Cut off from a majority for a whole election timeout: another leader may exist.
+        this.stepDown(this.term, null, 'lost contact with a majority');
+        return;
+      }
+      for (const id of this.peers()) this.replicateTo(id, true);
+      return;
+    }
+    if (nowMs >= this.electionDeadlineMs) void this.startElection();
+  }
+
+  private resetElectionDeadline(): void {
+    const { electionTimeoutMinMs: min, electionTimeoutMaxMs: max } = this.timing;
+    this.electionDeadlineMs = this.nowMs + min + this.random() * (max - min);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Durable term and vote
+  // ---------------------------------------------------------------------------------------------
+
+  /** Saves term and vote through the device queue (so it is ordered with the device's other IO). */
+  private async persistHardState(): Promise<void> {
+    const state = { term: this.term, votedFor: this.votedFor };
+    await this.queue.task(() => this.hard.save(state));
+  }
+
+  /** Moves to a newer term as a follower (vote cleared); the caller persists. */
+  private adoptTerm(term: number): void {
+    assert(term > this.term, 'terms only grow', { term, current: this.term });
+    const wasLeader = this.role === 'leader';
+    this.term = term;
+    this.votedFor = null;
+    this.role = 'follower';
+    this.leader = null;
+    if (wasLeader) this.leaderStopped('a newer term exists');
+  }
+
+  private stepDown(term: number, leader: string | null, reason: string): void {
+    const wasLeader = this.role === 'leader';
+    if (term > this.term) {
+      this.term = term;
+      this.votedFor = null;
+      void this.persistHardState().catch(() => undefined);
+    }
+    this.role = 'follower';
+    this.leader = leader;
+    this.resetElectionDeadline();
+    if (wasLeader) this.leaderStopped(reason);
+  }
+
+  private leaderStopped(reason: string): void {
+    this.followers.clear();
+    this.recent = [];
+    this.recentBytes = 0;
+    const err = notLeader(this.leader, this.term);
+    err.message = `${err.message} (${reason}); the write may or may not be committed`;
+    for (const w of this.commitWaiters) w.reject(err);
+    this.commitWaiters = [];
+    for (const w of this.applyWaiters) w.reject(notLeader(this.leader, this.term));
+    this.applyWaiters = [];
+    this.onRoleChange?.('follower', this.term);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Elections
+  // ---------------------------------------------------------------------------------------------
+
+  private async startElection(): Promise<void> {
+    if (this.closed || this.role === 'leader') return;
+    this.role = 'candidate';
+    this.term += 1;
+    this.votedFor = this.self;
+    this.leader = null;
+    this.votes = new Set([this.self]);
+    this.counters.elections++;
+    this.resetElectionDeadline();
+    const term = this.term;
+    try {
+      await this.persistHardState();
+    } catch {
+      return; // The device failed: the host restarts this replica from disk.
+    }
+    if (this.term !== term || this.role !== 'candidate') return;
+    if (this.votes.size >= this.majority()) {
+      this.becomeLeader();
+      return;
+    }
+    const req: VoteRequest = { type: 'vote', term, candidate: this.self, lastLsn: this.lastLsn, lastTerm: this.lastTerm };
+    for (const id of this.peers()) {
+      this.transport.send(id, req, this.timing.rpcTimeoutMs).then(
+        (reply) => this.onVoteReply(id, term, reply as VoteReply),
+        () => undefined,
+      );
+    }
+  }
+
+  private onVoteReply(from: string, term: number, reply: VoteReply): void {
+    if (this.closed) return;
+    if (reply.term > this.term) {
+      this.stepDown(reply.term, null, 'a voter is at a newer term');
+      return;
+    }
+    if (this.role !== 'candidate' || this.term !== term || !reply.granted) return;
+    this.votes.add(from);
+    if (this.votes.size >= this.majority()) this.becomeLeader();
+  }
+
+  /** Answers a vote request; the vote is durable before the reply. */
+  async handleVote(req: VoteRequest): Promise<VoteReply> {
+    if (req.term > this.term) this.adoptTerm(req.term);
+    const upToDate = req.lastTerm > this.lastTerm || (req.lastTerm === this.lastTerm && req.lastLsn >= this.lastLsn);
+    let granted = false;
+    if (req.term === this.term && (this.votedFor === null || this.votedFor === req.candidate) && upToDate) {
+      this.votedFor = req.candidate;
+      granted = true;
+      this.resetElectionDeadline();
+    }
+    await this.persistHardState();
+    return { term: this.term, granted };
+  }
+
+  private becomeLeader(): void {
+    this.role = 'leader';
+    this.leaderSinceMs = this.nowMs;
+    this.leader = this.self;
+    this.followers.clear();
+    for (const id of this.peers()) {
+      this.followers.set(id, { next: this.lastLsn + 1, match: 0, inFlight: false, lastSentMs: 0, ackedSentMs: Number.NEGATIVE_INFINITY, snapshot: undefined });
+    }
+    this.recent = [];
+    this.recentBytes = 0;
+    // A record of our own term: once it commits, every earlier record is committed too.
+    this.termStartLsn = this.appendLocal([{ term: this.term, kind: RecordKind.Noop, payload: new Uint8Array(0) }]);
+    this.onRoleChange?.('leader', this.term);
+    for (const id of this.peers()) this.replicateTo(id, true);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Leader: local appends, replication, commit
+  // ---------------------------------------------------------------------------------------------
+
+  /** Assigns LSNs and queues the records locally; returns the last LSN. */
+  private appendLocal(records: LogRecordInput[]): number {
+    const first = this.lastLsn + 1;
+    const stored: LogRecord[] = records.map((r, i) => ({ term: r.term, kind: r.kind, payload: r.payload, lsn: first + i }));
+    this.lastLsn += records.length;
+    this.lastTerm = this.term;
+    for (const r of stored) {
+      this.recent.push(r);
+      this.recentBytes += r.payload.length;
+    }
+    const term = this.term;
+    this.queue.append(this.log, records).then(
+      ({ firstLsn, lastLsn }) => {
+        assert(firstLsn === first, 'the log assigns the LSNs the leader assigned', { firstLsn, first });
+        this.durableLsn = Math.max(this.durableLsn, lastLsn);
+        if (this.role === 'leader' && this.term === term) this.advanceCommit();
+      },
+      (e: unknown) => this.failAll(e),
+    );
+    return this.lastLsn;
+  }
+
+  /** A device failure: every waiter fails; the host restarts this replica from disk. */
+  private failAll(e: unknown): void {
+    const err = e instanceof Error ? e : new Error(String(e));
+    for (const w of this.commitWaiters) w.reject(err);
+    this.commitWaiters = [];
+    for (const w of this.applyWaiters) w.reject(err);
+    this.applyWaiters = [];
+  }
+
+  private recordsFrom(fromLsn: number, bytesMax: number): LogRecord[] {
+    const out: LogRecord[] = [];
+    let bytes = 0;
+    const head = this.recent.length > 0 ? this.recent[0]!.lsn : this.lastLsn + 1;
+    if (fromLsn < head) {
+      // Older than the in-memory window: from the log (durable part only).
+      const upto = Math.min(head - 1, this.log.lastLsn);
+      if (fromLsn <= upto) {
+        for (const r of this.log.read(fromLsn, upto, { bytesMax })) {
+          out.push(r);
+          bytes += r.payload.length;
+        }
+      }
+      if (out.length === 0 || out[out.length - 1]!.lsn < head - 1) return out;
+    }
+    for (let i = Math.max(0, fromLsn - head); i < this.recent.length; i++) {
+      const r = this.recent[i]!;
+      if (out.length > 0 && bytes + r.payload.length > bytesMax) break;
+      out.push(r);
+      bytes += r.payload.length;
+    }
+    return out;
+  }
+
+  private termAtOrZero(lsn: number): number {
+    if (lsn === 0) return 0;
+    const head = this.recent.length > 0 ? this.recent[0]!.lsn : this.lastLsn + 1;
+    if (lsn >= head) return this.recent[lsn - head]!.term;
+    return this.log.termAt(lsn);
+  }
+
+  /** Sends the next append (or heartbeat, or snapshot chunk) to a follower if none is in flight. */
+  private replicateTo(id: string, heartbeat: boolean): void {
+    try {
+      this.sendNext(id, heartbeat);
+    } catch (e) {
+      // A record not readable yet (still queued on this device) or a log error: the next tick
+      // retries; a device failure reaches the host through the failed append.
+      const f = this.followers.get(id);
+      if (f) f.inFlight = false;
+      if (!(e instanceof StorageError)) throw e;
+    }
+  }
+
+  private sendNext(id: string, heartbeat: boolean): void {
+    const f = this.followers.get(id);
+    if (!f || f.inFlight || this.role !== 'leader') return;
+    const due = this.nowMs - f.lastSentMs >= this.timing.heartbeatMs;
+    if (f.next > this.lastLsn && !(heartbeat && due) && f.snapshot === undefined) return;
+    if (f.snapshot !== undefined || f.next < this.log.firstLsn) {
+      this.sendSnapshotChunk(id, f);
+      return;
+    }
+    const prevLsn = f.next - 1;
+    const records = f.next <= this.lastLsn ? this.recordsFrom(f.next, this.appendBytesMax) : [];
+    if (f.next <= this.lastLsn && records.length === 0) return; // Not durable locally yet; the next tick retries.
+    const req: AppendRequest = {
+      type: 'append',
+      term: this.term,
+      leader: this.self,
+      prevLsn,
+      prevTerm: this.termAtOrZero(prevLsn),
+      records: records.map((r): WireRecord => ({ term: r.term, kind: r.kind, payload: r.payload })),
+      commitLsn: this.commitLsn,
+    };
+    f.inFlight = true;
+    const sentMs = this.nowMs;
+    f.lastSentMs = sentMs;
+    const term = this.term;
+    this.transport.send(id, req, this.timing.rpcTimeoutMs).then(
+      (reply) => this.onAppendReply(id, term, sentMs, prevLsn, records.length, reply as AppendReply),
+      () => {
+        f.inFlight = false;
+      },
+    );
+  }
+
+  private onAppendReply(id: string, term: number, sentMs: number, prevLsn: number, count: number, reply: AppendReply): void {
+    const f = this.followers.get(id);
+    if (!f) return;
+    f.inFlight = false;
+    if (reply.term > this.term) {
+      this.stepDown(reply.term, null, 'a follower is at a newer term');
+      return;
+    }
+    if (this.role !== 'leader' || this.term !== term) return;
+    f.ackedSentMs = Math.max(f.ackedSentMs, sentMs);
+    if (reply.success) {
+      f.match = Math.max(f.match, reply.matchLsn ?? prevLsn + count);
+      f.next = Math.max(f.next, prevLsn + count + 1);
+      this.advanceCommit();
+      this.trimRecent();
+    } else {
+      // Log mismatch: continue from what the follower has (never below what it acknowledged).
+      f.next = Math.max(f.match + 1, Math.min(f.next - 1, reply.lastLsn + 1));
+    }
+    this.replicateTo(id, false);
+  }
+
+  private sendSnapshotChunk(id: string, f: FollowerState): void {
+    if (!this.snapshots) return;
+    if (f.snapshot === undefined) {
+      const src = this.snapshots.newest();
+      if (!src) return;
+      f.snapshot = { lsn: src.lsn, term: src.term, bytes: src.bytes, offset: 0 };
+    }
+    const s = f.snapshot;
+    const length = Math.min(SNAPSHOT_CHUNK_BYTES, s.bytes - s.offset);
+    let data: Uint8Array;
+    try {
+      data = this.snapshots.read(s.lsn, s.offset, length);
+    } catch {
+      f.snapshot = undefined; // The image went away (a newer checkpoint): start over with the newest.
+      return;
+    }
+    const req: SnapshotRequest = {
+      type: 'snapshot', term: this.term, leader: this.self, lsn: s.lsn, lastTerm: s.term, bytes: s.bytes,
+      offset: s.offset, data, done: s.offset + length >= s.bytes,
+    };
+    f.inFlight = true;
+    const sentMs = this.nowMs;
+    f.lastSentMs = sentMs;
+    const term = this.term;
+    this.transport.send(id, req, this.timing.rpcTimeoutMs * 5).then(
+      (r) => {
+        f.inFlight = false;
+        const reply = r as SnapshotReply;
+        if (reply.term > this.term) {
+          this.stepDown(reply.term, null, 'a follower is at a newer term');
+          return;
+        }
+        if (this.role !== 'leader' || this.term !== term || f.snapshot !== s) return;
+        f.ackedSentMs = Math.max(f.ackedSentMs, sentMs);
+        if (!reply.ok) {
+          f.snapshot = undefined;
+          return;
+        }
+        s.offset = reply.nextOffset;
+        if (req.done) {
+          f.snapshot = undefined;
+          f.match = Math.max(f.match, s.lsn);
+          f.next = s.lsn + 1;
+          this.counters.snapshotsSent++;
+        }
+        this.replicateTo(id, false);
+      },
+      () => {
+        f.inFlight = false;
+      },
+    );
+  }
+
+  private advanceCommit(): void {
+    if (this.role !== 'leader') return;
+    const matches = [this.durableLsn, ...[...this.followers.values()].map((f) => f.match)].sort((a, b) => b - a);
+    const candidate = matches[this.majority() - 1]!;
+    // Only a record of the current term commits by counting (earlier ones commit with it).
+    if (candidate > this.commitLsn && this.termAtOrZero(candidate) === this.term) {
+      this.commitLsn = candidate;
+      this.applyCommitted();
+    }
+  }
+
+  /** Drops in-memory records every follower has durably (they stay in the log). */
+  private trimRecent(): void {
+    let minMatch = this.durableLsn;
+    for (const f of this.followers.values()) minMatch = Math.min(minMatch, f.match);
+    let drop = 0;
+    while (drop < this.recent.length && (this.recent[drop]!.lsn <= minMatch || this.recentBytes > RECENT_BYTES_MAX) && this.recent[drop]!.lsn <= this.log.lastLsn) {
+      this.recentBytes -= this.recent[drop]!.payload.length;
+      drop++;
+    }
+    if (drop > 0) this.recent = this.recent.slice(drop);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Applying committed records
+  // ---------------------------------------------------------------------------------------------
+
+  private applyCommitted(): void {
+    if (this.applying) return;
+    this.applying = true;
+    try {
+      const upto = Math.min(this.commitLsn, this.durableLsn);
+      while (this.store.appliedLsn < upto) {
+        const from = this.store.appliedLsn + 1;
+        const batch = this.role === 'leader' ? this.recordsFrom(from, 4 * 1024 * 1024) : this.log.read(from, upto, { bytesMax: 4 * 1024 * 1024 });
+        if (batch.length === 0) break;
+        for (const r of batch) {
+          if (r.lsn > upto) break;
+          this.store.apply(r);
+          this.recordsSinceCheckpoint++;
+        }
+      }
+    } finally {
+      this.applying = false;
+    }
+    const applied = this.store.appliedLsn;
+    this.commitWaiters = this.release(this.commitWaiters, applied);
+    this.applyWaiters = this.release(this.applyWaiters, applied);
+    this.maybeCheckpoint();
+  }
+
+  private release(waiters: Waiter[], applied: number): Waiter[] {
+    if (waiters.length === 0) return waiters;
+    const keep: Waiter[] = [];
+    for (const w of waiters) {
+      if (w.lsn <= applied) w.resolve();
+      else keep.push(w);
+    }
+    return keep;
+  }
+
+  private maybeCheckpoint(): void {
+    if (this.checkpointEveryRecords <= 0 || this.checkpointing || this.recordsSinceCheckpoint < this.checkpointEveryRecords) return;
+    void this.checkpoint().catch(() => undefined);
+  }
+
+  /** Writes a checkpoint image at the applied LSN (through the device queue); the log behind it may be trimmed. */
+  async checkpoint(): Promise<{ lsn: number }> {
+    if (this.checkpointing) return { lsn: this.store.appliedLsn };
+    this.checkpointing = true;
+    try {
+      // Only records every replica holds may be trimmed from a leader's log; a follower behind
+      // that gets the image instead (catch-up by snapshot).
+      const r = await this.queue.task(() => this.store.checkpoint());
+      this.counters.checkpoints++;
+      this.recordsSinceCheckpoint = 0;
+      return { lsn: r.lsn };
+    } finally {
+      this.checkpointing = false;
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Follower: appends and snapshots from the leader
+  // ---------------------------------------------------------------------------------------------
+
+  /** Queues an inbound append or snapshot so they are handled one at a time, in order (bounded). */
+  private serial<T>(fn: () => Promise<T>): Promise<T> {
+    if (this.inboundDepth >= 64) return Promise.reject(new ProtocolError('overloaded', 'replica inbound queue is full'));
+    this.inboundDepth++;
+    const p = this.inbound.then(fn, fn);
+    this.inbound = p.then(
+      () => undefined,
+      () => undefined,
+    );
+    return p.finally(() => {
+      this.inboundDepth--;
+    });
+  }
+
+  handleAppend(req: AppendRequest): Promise<AppendReply> {
+    return this.serial(() => this.doAppend(req));
+  }
+
+  private acceptLeader(term: number, leader: string): boolean {
+    if (term < this.term) return false;
+    if (term > this.term) this.adoptTerm(term);
+    if (this.role === 'leader') {
+      // Two leaders in one term cannot happen (one vote per replica per term).
+      assert(false, 'another leader in my own term', { term, leader });
+    }
+    this.role = 'follower';
+    this.leader = leader;
+    this.resetElectionDeadline();
+    return true;
+  }
+
+  /** Lets appends this replica queued as leader reach the log, so the log is what it compares. */
+  private async settleLog(): Promise<void> {
+    if (this.lastLsn === this.log.lastLsn) return;
+    await this.queue.task(() => undefined);
+    this.lastLsn = this.log.lastLsn;
+    this.lastTerm = this.log.lastTerm;
+    this.durableLsn = Math.min(this.durableLsn, this.log.syncedLsn);
+  }
+
+  private async doAppend(req: AppendRequest): Promise<AppendReply> {
+    const termBefore = this.term;
+    if (!this.acceptLeader(req.term, req.leader)) return { term: this.term, success: false, lastLsn: this.lastLsn };
+    if (this.term !== termBefore) await this.persistHardState();
+    await this.settleLog();
+    // Log matching on (prevLsn, prevTerm).
+    if (req.prevLsn > this.lastLsn) return { term: this.term, success: false, lastLsn: this.lastLsn };
+    if (req.prevLsn >= this.log.firstLsn - 1 && req.prevLsn > 0) {
+      const t = this.log.termAt(req.prevLsn);
+      if (t !== req.prevTerm) {
+        return { term: this.term, success: false, lastLsn: Math.max(this.commitLsn, req.prevLsn - 1) };
+      }
+    }
+    // Skip records already present (same LSN and term); truncate at the first conflict.
+    let i = 0;
+    let lsn = req.prevLsn + 1;
+    while (i < req.records.length) {
+      if (lsn < this.log.firstLsn) {
+        // Below our trimmed prefix: committed, and so the same as the leader's.
+        i++;
+        lsn++;
+        continue;
+      }
+      if (lsn > this.lastLsn) break;
+      if (this.log.termAt(lsn) !== req.records[i]!.term) {
+        assert(lsn > this.commitLsn, 'a committed record is never overwritten', { lsn, commitLsn: this.commitLsn });
+        const from = lsn;
+        await this.queue.task(() => this.log.truncateSuffix(from));
+        this.lastLsn = from - 1;
+        this.lastTerm = this.log.lastTerm;
+        this.durableLsn = Math.min(this.durableLsn, this.lastLsn);
+        break;
+      }
+      i++;
+      lsn++;
+    }
+    const fresh = req.records.slice(i);
+    if (fresh.length > 0) {
+      const inputs: LogRecordInput[] = fresh.map((r) => ({ term: r.term, kind: r.kind, payload: r.payload }));
+      this.lastLsn += inputs.length;
+      this.lastTerm = inputs[inputs.length - 1]!.term;
+      const { lastLsn } = await this.queue.append(this.log, inputs);
+      assert(lastLsn === this.lastLsn, 'follower log position', { lastLsn, expected: this.lastLsn });
+      this.durableLsn = lastLsn;
+    } else if (this.durableLsn < this.lastLsn) {
+      await this.queue.task(() => undefined);
+      this.durableLsn = this.log.syncedLsn;
+    }
+    const matchLsn = req.prevLsn + req.records.length;
+    const newCommit = Math.min(req.commitLsn, matchLsn);
+    if (newCommit > this.commitLsn) {
+      this.commitLsn = newCommit;
+      this.applyCommitted();
+    }
+    return { term: this.term, success: true, matchLsn, lastLsn: this.lastLsn };
+  }
+
+  handleSnapshot(req: SnapshotRequest): Promise<SnapshotReply> {
+    return this.serial(() => this.doSnapshot(req));
+  }
+
+  private pendingSnapshot: { lsn: number; term: number; bytes: number; next: number } | undefined;
+
+  private async doSnapshot(req: SnapshotRequest): Promise<SnapshotReply> {
+    const termBefore = this.term;
+    if (!this.acceptLeader(req.term, req.leader)) return { term: this.term, ok: false, nextOffset: 0 };
+    if (this.term !== termBefore) await this.persistHardState();
+    if (!this.snapshots) return { term: this.term, ok: false, nextOffset: 0 };
+    if (req.lsn <= this.commitLsn) return { term: this.term, ok: true, nextOffset: req.bytes }; // Nothing to gain.
+    if (req.offset === 0) {
+      await this.queue.task(() => this.snapshots!.begin(req.lsn, req.lastTerm, req.bytes));
+      this.pendingSnapshot = { lsn: req.lsn, term: req.lastTerm, bytes: req.bytes, next: 0 };
+    }
+    const p = this.pendingSnapshot;
+    if (!p || p.lsn !== req.lsn || p.next !== req.offset) return { term: this.term, ok: false, nextOffset: 0 };
+    await this.queue.task(() => this.snapshots!.write(req.offset, req.data));
+    p.next += req.data.length;
+    if (req.done) {
+      assert(p.next === p.bytes, 'snapshot complete', { received: p.next, bytes: p.bytes });
+      const { log, store } = await this.queue.task(() => this.snapshots!.install());
+      this.log = log;
+      this.store = store;
+      this.lastLsn = log.lastLsn;
+      this.lastTerm = log.lastTerm;
+      this.durableLsn = log.syncedLsn;
+      this.commitLsn = Math.max(this.commitLsn, store.appliedLsn);
+      this.pendingSnapshot = undefined;
+      this.counters.snapshotsInstalled++;
+    }
+    return { term: this.term, ok: true, nextOffset: p.next };
+  }
+
+  /** Dispatches any replication message. */
+  handle(msg: RaftRequest): Promise<RaftReply> {
+    if (this.closed) return Promise.reject(new StorageError('closed', 'replica closed'));
+    switch (msg.type) {
+      case 'vote':
+        return this.handleVote(msg);
+      case 'append':
+        return this.handleAppend(msg);
+      case 'snapshot':
+        return this.handleSnapshot(msg);
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Client requests (leader only)
+  // ---------------------------------------------------------------------------------------------
+
+  private checkLeader(): void {
+    if (this.closed) throw new StorageError('closed', `shard ${this.geometry.volumeId}/${this.geometry.shard} is closed`);
+    if (this.role !== 'leader') throw notLeader(this.leader, this.term);
+  }
+
+  private checkPage(page: number, path: string): void {
+    const g = this.geometry;
+    if (!Number.isSafeInteger(page) || page < 0 || page >= g.pageCount) {
+      throw new StorageError('out_of_range', `${path}: page ${page} is outside the volume (0..${g.pageCount - 1})`, { path, page });
+    }
+    if (shardOfPage(page, g) !== g.shard) {
+      throw new StorageError('bad_request', `${path}: page ${page} belongs to shard ${shardOfPage(page, g)}, not ${g.shard}`, { path, page });
+    }
+  }
+
+  /** Writes pages atomically (one record); resolves once committed on a majority and applied. */
+  async write(pages: readonly PageData[]): Promise<{ lsn: number; term: number }> {
+    this.checkLeader();
+    if (pages.length === 0) throw new StorageError('bad_request', 'write of zero pages');
+    for (let i = 0; i < pages.length; i++) this.checkPage(pages[i]!.page, `pages[${i}].page`);
+    for (let i = 0; i < pages.length; i++) {
+      const n = pages[i]!.data.length;
+      if (n !== this.geometry.pageSize) {
+        throw new StorageError('bad_request', `pages[${i}].data: expected ${this.geometry.pageSize} bytes, got ${n}`, { path: `pages[${i}].data` });
+      }
+    }
+    if (this.commitWaiters.length >= this.pendingWritesMax) {
+      throw new StorageError('overloaded', `shard ${this.geometry.shard}: ${this.commitWaiters.length} writes wait for commit`);
+    }
+    const term = this.term;
+    const payload = await this.encode(pages);
+    this.checkLeader();
+    if (this.term !== term) throw notLeader(this.leader, this.term);
+    const lsn = this.appendLocal([{ term, kind: RecordKind.PageWrite, payload: payload.payload, ...(payload.crc !== undefined ? { payloadCrc: payload.crc } : {}) }]);
+    payload.release();
+    for (const id of this.peers()) this.replicateTo(id, false);
+    await new Promise<void>((resolve, reject) => this.commitWaiters.push({ lsn, resolve, reject }));
+    this.counters.writes++;
+    this.counters.pagesWritten += pages.length;
+    return { lsn, term };
+  }
+
+  /** Encodes a PageWrite payload; large ones are checksummed off-thread (slab handle). */
+  private async encode(pages: readonly PageData[]): Promise<{ payload: Uint8Array; crc: number | undefined; release(): void }> {
+    const off = this.offload;
+    const bytes = pageWriteBytes(this.geometry.pageSize, pages.length);
+    const slot = off !== undefined && bytes >= off.bytesMin && bytes <= off.slab.slotBytes ? off.slab.tryAlloc() : -1;
+    if (slot < 0) return { payload: encodePageWrite(this.geometry.pageSize, pages as PageData[]), crc: undefined, release: () => undefined };
+    const inSlot = encodePageWrite(this.geometry.pageSize, pages as PageData[], off!.slab.view(slot));
+    let crc: number | undefined;
+    try {
+      crc = await off!.crc32c(off!.slab.sab, inSlot.byteOffset, inSlot.length);
+      this.counters.offloaded++;
+    } catch {
+      crc = undefined;
+    }
+    // The leader keeps the record in memory for its followers: it gets its own copy, and the
+    // slot goes back to the slab once the record is queued.
+    const payload = inSlot.slice();
+    return { payload, crc, release: () => off!.slab.free(slot) };
+  }
+
+  /**
+   * Reads pages at the latest committed LSN (linearizable: under the leader's lease or after a
+   * quorum round) or at a given retained LSN. A read at an LSN not applied yet waits until it is,
+   * or until `deadlineMs`.
+   */
+  async read(pages: readonly number[], opts: { lsn?: number; deadlineMs: number }): Promise<{ pages: Uint8Array[]; lsn: number; term: number }> {
+    this.checkLeader();
+    if (pages.length === 0) throw new StorageError('bad_request', 'read of zero pages');
+    for (let i = 0; i < pages.length; i++) this.checkPage(pages[i]!, `pages[${i}]`);
+    await this.confirmLeadership(opts.deadlineMs);
+    // Every committed record of earlier terms is applied once our own term's first record is.
+    await this.waitApplied(Math.max(this.termStartLsn, opts.lsn ?? 0, this.commitLsn), opts.deadlineMs, opts.lsn);
+    const lsn = opts.lsn ?? this.store.appliedLsn;
+    const data = await this.queue.task(() => this.store.getPages(pages as number[], lsn));
+    this.counters.reads++;
+    this.counters.pagesRead += pages.length;
+    return { pages: data, lsn, term: this.term };
+  }
+
+  /** Resolves with the commit LSN once everything accepted before is committed and applied. */
+  async flush(deadlineMs: number): Promise<{ lsn: number; term: number }> {
+    this.checkLeader();
+    const target = this.lastLsn;
+    await this.waitApplied(target, deadlineMs);
+    return { lsn: target, term: this.term };
+  }
+
+  private waitApplied(lsn: number, deadlineMs: number, askedLsn?: number): Promise<void> {
+    if (this.store.appliedLsn >= lsn) return Promise.resolve();
+    if (askedLsn !== undefined && askedLsn > this.lastLsn) {
+      return Promise.reject(new StorageError('future_lsn', `lsn ${askedLsn} is newer than the last LSN ${this.lastLsn}`, { lsn: askedLsn }));
+    }
+    if (this.applyWaiters.length >= this.pendingWritesMax) return Promise.reject(new StorageError('overloaded', 'too many reads wait'));
+    return new Promise<void>((resolve, reject) => {
+      this.applyWaiters.push({ lsn, deadlineMs, resolve, reject });
+    });
+  }
+
+  /** Fails waiting reads whose deadline passed (the host calls this with wall-clock time). */
+  expireWaiters(wallMs: number): void {
+    if (this.applyWaiters.length === 0) return;
+    const keep: Waiter[] = [];
+    for (const w of this.applyWaiters) {
+      if (w.deadlineMs !== undefined && w.deadlineMs <= wallMs) {
+        w.reject(new ProtocolError('future_lsn', `lsn ${w.lsn} was not applied before the deadline (applied ${this.store.appliedLsn})`, { lsn: w.lsn }));
+      } else keep.push(w);
+    }
+    this.applyWaiters = keep;
+  }
+
+  private hasMajorityContact(windowMs: number): boolean {
+    if (this.members.length === 1) return true;
+    let contacts = 1;
+    for (const f of this.followers.values()) if (this.nowMs - f.ackedSentMs < windowMs) contacts++;
+    return contacts >= this.majority();
+  }
+
+  /**
+   * Makes sure no other leader can have been elected: either a majority acknowledged a message
+   * sent within the lease (a fraction of the minimum election timeout), or a new round of
+   * heartbeats is acknowledged by a majority before the deadline.
+   */
+  private async confirmLeadership(deadlineMs: number): Promise<void> {
+    const lease = this.timing.electionTimeoutMinMs * this.timing.leaseFraction;
+    if (this.hasMajorityContact(lease)) return;
+    const term = this.term;
+    const req = (): AppendRequest => ({ type: 'append', term, leader: this.self, prevLsn: 0, prevTerm: 0, records: [], commitLsn: 0 });
+    const wait = Math.max(1, Math.min(this.timing.rpcTimeoutMs, deadlineMs - Date.now()));
+    let acks = 1;
+    const sentMs = this.nowMs;
+    await new Promise<void>((resolve, reject) => {
+      let pending = this.peers().length;
+      const done = (): void => {
+        if (acks >= this.majority()) resolve();
+        else if (--pending === 0) reject(new ProtocolError('timeout', 'leadership could not be confirmed by a majority'));
+      };
+      for (const id of this.peers()) {
+        // A heartbeat with prevLsn 0 always matches; it carries no records and no commit.
+        this.transport.send(id, req(), wait).then(
+          (r) => {
+            const reply = r as AppendReply;
+            if (reply.term > this.term) this.stepDown(reply.term, null, 'a follower is at a newer term');
+            else if (reply.term === term) {
+              acks++;
+              const f = this.followers.get(id);
+              if (f) f.ackedSentMs = Math.max(f.ackedSentMs, sentMs);
+            }
+            done();
+          },
+          () => done(),
+        );
+      }
+    });
+    if (this.role !== 'leader' || this.term !== term) throw notLeader(this.leader, this.term);
+  }
+
+  /** Stops: pending requests fail with `closed`; the host unsubscribes. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    const err = new StorageError('closed', `replica ${this.geometry.volumeId}/${this.geometry.shard} closed`);
+    for (const w of this.commitWaiters) w.reject(err);
+    for (const w of this.applyWaiters) w.reject(err);
+    this.commitWaiters = [];
+    this.applyWaiters = [];
+    if (this.role === 'leader') this.onRoleChange?.('follower', this.term);
+  }
+
+  /** Page store and log in use (they change when a snapshot is installed). */
+  storage(): { log: SegmentLog; store: PageStore } {
+    return { log: this.log, store: this.store };
+  }
+}

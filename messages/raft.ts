@@ -1,0 +1,169 @@
+/**
+ * Replication messages between the replicas of a shard, on the subject
+ * `strata.<cluster>.replica.<volumeId>.<shard>.<nodeId>` of the receiving replica.
+ *
+ * Every message carries the sender's term; a receiver at a newer term answers with its term and
+ * the sender steps down (fencing). Bodies are CBOR maps validated on receipt.
+ */
+import { ProtocolError } from './errors';
+
+export const RAFT_RECORDS_PER_APPEND_MAX = 65536;
+export const RAFT_SNAPSHOT_CHUNK_BYTES_MAX = 4 * 1024 * 1024;
+const ID_RE = /^[A-Za-z0-9_-]{1,64}$/;
+
+export interface WireRecord {
+  term: number;
+  kind: number;
+  payload: Uint8Array;
+}
+
+export interface VoteRequest {
+  type: 'vote';
+  term: number;
+  candidate: string;
+  lastLsn: number;
+  lastTerm: number;
+}
+export interface VoteReply {
+  term: number;
+  granted: boolean;
+}
+
+export interface AppendRequest {
+  type: 'append';
+  term: number;
+  leader: string;
+  prevLsn: number;
+  prevTerm: number;
+  records: WireRecord[];
+  commitLsn: number;
+}
+export interface AppendReply {
+  term: number;
+  success: boolean;
+  /** On success: the last LSN of the request, now durable on the follower. */
+  matchLsn?: number;
+  /** The follower's last LSN (a hint where to continue after a mismatch). */
+  lastLsn: number;
+}
+
+export interface SnapshotRequest {
+  type: 'snapshot';
+  term: number;
+  leader: string;
+  /** The image's LSN and the term of the record at that LSN. */
+  lsn: number;
+  lastTerm: number;
+  /** Size of the whole image file; chunks arrive in order. */
+  bytes: number;
+  offset: number;
+  data: Uint8Array;
+  done: boolean;
+}
+export interface SnapshotReply {
+  term: number;
+  ok: boolean;
+  nextOffset: number;
+}
+
+export type RaftRequest = VoteRequest | AppendRequest | SnapshotRequest;
+export type RaftReply = VoteReply | AppendReply | SnapshotReply;
+
+function map(v: unknown, path: string): Record<string, unknown> {
+  if (typeof v !== 'object' || v === null || Array.isArray(v) || v instanceof Uint8Array) {
+    throw new ProtocolError('bad_request', `${path || 'body'}: expected a map`, { path });
+  }
+  return v as Record<string, unknown>;
+}
+
+function counter(v: unknown, path: string): number {
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) {
+    throw new ProtocolError('bad_request', `${path}: expected a non-negative integer`, { path });
+  }
+  return v;
+}
+
+function id(v: unknown, path: string): string {
+  if (typeof v !== 'string' || !ID_RE.test(v)) throw new ProtocolError('bad_request', `${path}: expected a node id`, { path });
+  return v;
+}
+
+function bytes(v: unknown, path: string): Uint8Array {
+  if (!(v instanceof Uint8Array)) throw new ProtocolError('bad_request', `${path}: expected a byte string`, { path });
+  return Object.getPrototypeOf(v) === Uint8Array.prototype ? v : new Uint8Array(v.buffer, v.byteOffset, v.length);
+}
+
+function bool(v: unknown, path: string): boolean {
+  if (typeof v !== 'boolean') throw new ProtocolError('bad_request', `${path}: expected a boolean`, { path });
+  return v;
+}
+
+/** Validates any replication request. */
+export function validateRaftRequest(body: unknown): RaftRequest {
+  const o = map(body, '');
+  switch (o.type) {
+    case 'vote':
+      return {
+        type: 'vote', term: counter(o.term, 'term'), candidate: id(o.candidate, 'candidate'),
+        lastLsn: counter(o.lastLsn, 'lastLsn'), lastTerm: counter(o.lastTerm, 'lastTerm'),
+      };
+    case 'append': {
+      if (!Array.isArray(o.records)) throw new ProtocolError('bad_request', 'records: expected an array', { path: 'records' });
+      if (o.records.length > RAFT_RECORDS_PER_APPEND_MAX) throw new ProtocolError('too_large', `records: at most ${RAFT_RECORDS_PER_APPEND_MAX}`, { path: 'records' });
+      const records = o.records.map((r, i) => {
+        const m = map(r, `records[${i}]`);
+        const kind = counter(m.kind, `records[${i}].kind`);
+        if (kind > 255) throw new ProtocolError('bad_request', `records[${i}].kind: at most 255`, { path: `records[${i}].kind` });
+        return { term: counter(m.term, `records[${i}].term`), kind, payload: bytes(m.payload, `records[${i}].payload`) };
+      });
+      const prevLsn = counter(o.prevLsn, 'prevLsn');
+      const term = counter(o.term, 'term');
+      let last = counter(o.prevTerm, 'prevTerm');
+      for (let i = 0; i < records.length; i++) {
+        if (records[i]!.term < last || records[i]!.term > term) {
+          throw new ProtocolError('bad_request', `records[${i}].term: terms must not decrease and not exceed the leader's`, { path: `records[${i}].term` });
+        }
+        last = records[i]!.term;
+      }
+      return {
+        type: 'append', term, leader: id(o.leader, 'leader'), prevLsn, prevTerm: counter(o.prevTerm, 'prevTerm'),
+        records, commitLsn: counter(o.commitLsn, 'commitLsn'),
+      };
+    }
+    case 'snapshot': {
+      const data = bytes(o.data, 'data');
+      if (data.length > RAFT_SNAPSHOT_CHUNK_BYTES_MAX) throw new ProtocolError('too_large', 'data: chunk too large', { path: 'data' });
+      const total = counter(o.bytes, 'bytes');
+      const offset = counter(o.offset, 'offset');
+      if (offset + data.length > total) throw new ProtocolError('out_of_range', 'offset: chunk past the end of the image', { path: 'offset' });
+      return {
+        type: 'snapshot', term: counter(o.term, 'term'), leader: id(o.leader, 'leader'), lsn: counter(o.lsn, 'lsn'),
+        lastTerm: counter(o.lastTerm, 'lastTerm'), bytes: total, offset, data, done: bool(o.done, 'done'),
+      };
+    }
+    default:
+      throw new ProtocolError('bad_request', `type: expected vote, append or snapshot`, { path: 'type' });
+  }
+}
+
+/** Validates a reply to a request of the given type. */
+export function validateRaftReply(type: RaftRequest['type'], body: unknown): RaftReply {
+  const o = map(body, '');
+  switch (type) {
+    case 'vote':
+      return { term: counter(o.term, 'term'), granted: bool(o.granted, 'granted') };
+    case 'append':
+      return {
+        term: counter(o.term, 'term'), success: bool(o.success, 'success'),
+        ...(o.matchLsn !== undefined ? { matchLsn: counter(o.matchLsn, 'matchLsn') } : {}),
+        lastLsn: counter(o.lastLsn, 'lastLsn'),
+      };
+    case 'snapshot':
+      return { term: counter(o.term, 'term'), ok: bool(o.ok, 'ok'), nextOffset: counter(o.nextOffset, 'nextOffset') };
+  }
+}
+
+/** Subject of one replica's replication mailbox. */
+export function replicaSubject(cluster: string, volumeId: string, shard: number, nodeId: string): string {
+  return `strata.${cluster}.replica.${volumeId}.${shard}.${nodeId}`;
+}

@@ -1,0 +1,203 @@
+/**
+ * ShardStorage: the durable state of one replica of a shard on one device.
+ *
+ *   <dir>/log/seg-….log     the replica's log (SegmentLog)
+ *   <dir>/image-….img        checkpoint images, <dir>/checkpoint their pointer (PageStore)
+ *   <dir>/raft               term and vote (atomic metadata), saved before any reply depends on them
+ *   <dir>/incoming.img.tmp   an image being received from the leader
+ *   <dir>/install            redo marker of an image installation in progress
+ *
+ * Opening replays the log only up to the newest image: later records may not be committed yet
+ * (a new leader may truncate them), and applying is only ever done for committed records.
+ *
+ * Installing an image received from the leader is crash-safe: the image is written and synced
+ * under its final name, then the marker `install` {lsn, term} is written; from there on the
+ * installation is redone on open until it completes (log reset to continue at lsn + 1, pointer
+ * moved to the image, marker removed). A crash before the marker leaves the old state intact.
+ */
+import type { Disk } from './disk';
+import { joinPath } from './disk';
+import { SegmentLog } from './log';
+import { PageStore } from './page-store';
+import { MetaStore } from './metadata';
+import { ImageReader, imageFileName } from './image';
+import type { Slab } from './slab';
+import { StorageError, assert } from './errors';
+
+export interface ShardStorageOptions {
+  dir: string;
+  pageSize: 4096 | 8192;
+  pageCount: number;
+  cacheBytesMax: number;
+  slab: Slab;
+  segmentBytesMax?: number;
+}
+
+export interface HardStateRecord {
+  term: number;
+  votedFor: string | null;
+}
+
+interface InstallMarker {
+  lsn: number;
+  term: number;
+}
+
+const INCOMING = 'incoming.img.tmp';
+const INSTALL = 'install';
+const RAFT = 'raft';
+
+export class ShardStorage {
+  log: SegmentLog;
+  store: PageStore;
+  private readonly disk: Disk;
+  private readonly opts: ShardStorageOptions;
+  private readonly meta: MetaStore;
+  private incoming: { fh: number; lsn: number; term: number; bytes: number; written: number } | undefined;
+
+  private constructor(disk: Disk, opts: ShardStorageOptions, log: SegmentLog, store: PageStore) {
+    this.disk = disk;
+    this.opts = opts;
+    this.meta = new MetaStore(disk, opts.dir);
+    this.log = log;
+    this.store = store;
+  }
+
+  static open(disk: Disk, opts: ShardStorageOptions): ShardStorage {
+    disk.mkdirp(joinPath(opts.dir, 'log'));
+    const meta = new MetaStore(disk, opts.dir);
+    const log = SegmentLog.open(disk, { dir: joinPath(opts.dir, 'log'), ...(opts.segmentBytesMax ? { segmentBytesMax: opts.segmentBytesMax } : {}) });
+    try {
+      const marker = meta.read<InstallMarker>(INSTALL);
+      if (marker !== undefined) finishInstall(disk, opts.dir, log, marker);
+      if (disk.exists(joinPath(opts.dir, INCOMING))) {
+        disk.remove(joinPath(opts.dir, INCOMING));
+        disk.fsyncDir(opts.dir);
+      }
+      const imageLsn = PageStore.imageLsn(disk, opts.dir);
+      const replayUpto = Math.max(log.firstLsn - 1, Math.min(imageLsn, log.lastLsn));
+      const store = PageStore.open(disk, log, storeOptions(opts), replayUpto);
+      return new ShardStorage(disk, opts, log, store);
+    } catch (e) {
+      log.close();
+      throw e;
+    }
+  }
+
+  // --- term and vote ---------------------------------------------------------------------------
+
+  load(): HardStateRecord | undefined {
+    return this.meta.read<HardStateRecord>(RAFT);
+  }
+
+  save(state: HardStateRecord): void {
+    this.meta.write(RAFT, state);
+  }
+
+  // --- images for followers ----------------------------------------------------------------------
+
+  /** The newest image of this replica (to send to a follower), if any. */
+  newest(): { lsn: number; term: number; bytes: number } | undefined {
+    const lsn = PageStore.imageLsn(this.disk, this.opts.dir);
+    if (lsn === 0) return undefined;
+    const r = ImageReader.open(this.disk, joinPath(this.opts.dir, imageFileName(lsn)));
+    try {
+      const fh = this.disk.open(joinPath(this.opts.dir, imageFileName(lsn)));
+      try {
+        return { lsn, term: r.term, bytes: this.disk.size(fh) };
+      } finally {
+        this.disk.close(fh);
+      }
+    } finally {
+      r.close();
+    }
+  }
+
+  read(lsn: number, offset: number, length: number): Uint8Array {
+    const fh = this.disk.open(joinPath(this.opts.dir, imageFileName(lsn)));
+    try {
+      const buf = new Uint8Array(length);
+      const n = this.disk.read(fh, buf, offset);
+      if (n !== length) throw new StorageError('io_error', `image ${lsn}: short read at ${offset}`);
+      return buf;
+    } finally {
+      this.disk.close(fh);
+    }
+  }
+
+  // --- receiving an image --------------------------------------------------------------------------
+
+  begin(lsn: number, term: number, bytes: number): void {
+    this.abortIncoming();
+    const fh = this.disk.open(joinPath(this.opts.dir, INCOMING), { create: true, truncate: true });
+    this.incoming = { fh, lsn, term, bytes, written: 0 };
+  }
+
+  write(offset: number, data: Uint8Array): void {
+    const inc = this.incoming;
+    if (!inc || offset !== inc.written || offset + data.length > inc.bytes) {
+      throw new StorageError('bad_request', `image chunk at ${offset} does not continue the image being received`);
+    }
+    this.disk.write(inc.fh, data, offset);
+    inc.written += data.length;
+  }
+
+  /** Makes the received image this replica's state; returns the new log and store. */
+  install(): { log: SegmentLog; store: PageStore } {
+    const inc = this.incoming;
+    if (!inc || inc.written !== inc.bytes) throw new StorageError('bad_request', 'no complete image has been received');
+    this.disk.fdatasync(inc.fh);
+    this.disk.close(inc.fh);
+    this.incoming = undefined;
+    const final = joinPath(this.opts.dir, imageFileName(inc.lsn));
+    this.disk.rename(joinPath(this.opts.dir, INCOMING), final);
+    this.disk.fsyncDir(this.opts.dir);
+    // Check it before anything depends on it.
+    const r = ImageReader.open(this.disk, final);
+    try {
+      if (r.lsn !== inc.lsn || r.term !== inc.term || r.pageSize !== this.opts.pageSize || r.pageCount !== this.opts.pageCount) {
+        throw new StorageError('corruption', `received image does not match: lsn ${r.lsn}/${inc.lsn}, term ${r.term}/${inc.term}`);
+      }
+    } finally {
+      r.close();
+    }
+    this.meta.write(INSTALL, { lsn: inc.lsn, term: inc.term } satisfies InstallMarker);
+    this.store.close();
+    finishInstall(this.disk, this.opts.dir, this.log, { lsn: inc.lsn, term: inc.term });
+    this.store = PageStore.open(this.disk, this.log, storeOptions(this.opts), inc.lsn);
+    return { log: this.log, store: this.store };
+  }
+
+  private abortIncoming(): void {
+    if (this.incoming) {
+      this.disk.close(this.incoming.fh);
+      this.incoming = undefined;
+    }
+  }
+
+  close(): void {
+    this.abortIncoming();
+    try {
+      this.store.close();
+    } finally {
+      this.log.close();
+    }
+  }
+}
+
+function storeOptions(o: ShardStorageOptions): { dir: string; pageSize: 4096 | 8192; pageCount: number; cacheBytesMax: number; slab: Slab } {
+  return { dir: o.dir, pageSize: o.pageSize, pageCount: o.pageCount, cacheBytesMax: o.cacheBytesMax, slab: o.slab };
+}
+
+/** The redo part of an installation: idempotent. */
+function finishInstall(disk: Disk, dir: string, log: SegmentLog, m: InstallMarker): void {
+  if (!(log.firstLsn === m.lsn + 1 && log.lastLsn === m.lsn)) log.reset(m.lsn + 1, m.term);
+  assert(log.lastLsn === m.lsn && log.lastTerm === m.term, 'log continues after the installed image', {
+    lastLsn: log.lastLsn,
+    lastTerm: log.lastTerm,
+    lsn: m.lsn,
+  });
+  PageStore.adoptImage(disk, dir, m.lsn, m.term);
+  disk.remove(joinPath(dir, INSTALL));
+  disk.fsyncDir(dir);
+}

@@ -1,0 +1,232 @@
+import { strict as assert } from 'node:assert';
+import { Replica, type ReplicaTransport } from '../../actors/replica';
+import { DeviceQueue } from '../../actors/device-queue';
+import { SimDisk } from '../../storage-engine/sim-disk';
+import { Slab } from '../../storage-engine/slab';
+import { ShardStorage } from '../../storage-engine/shard-storage';
+import { ProtocolError } from '../../messages/errors';
+import type { RaftRequest, RaftReply } from '../../messages/raft';
+import type { ShardGeometry } from '../../actors/shard-actor';
+
+const geometry: ShardGeometry = { volumeId: 'v1', shard: 0, shards: 1, pageCount: 256, pageSize: 4096, stripePages: 256 };
+const timing = { electionTimeoutMinMs: 60, electionTimeoutMaxMs: 120, heartbeatMs: 10, rpcTimeoutMs: 100 };
+
+function page(fill: number): Uint8Array {
+  return new Uint8Array(4096).fill(fill & 0xff);
+}
+
+interface Member {
+  id: string;
+  disk: SimDisk;
+  storage: ShardStorage;
+  queue: DeviceQueue;
+  replica: Replica;
+}
+
+/** Replicas of one shard on simulated disks, linked by an in-memory network that can be cut. */
+class TestShard {
+  readonly members = new Map<string, Member>();
+  private readonly cut = new Set<string>();
+  private readonly timer: NodeJS.Timeout;
+  private readonly slab = new Slab({ slotBytes: 8192, slotCount: 4096 });
+
+  constructor(readonly ids: string[], private readonly opts: { checkpointEveryRecords?: number } = {}) {
+    for (const id of ids) this.start(id, new SimDisk());
+    this.timer = setInterval(() => {
+      const now = performance.now();
+      for (const m of this.members.values()) {
+        m.replica.tick(now);
+        m.replica.expireWaiters(Date.now());
+      }
+    }, 2);
+  }
+
+  start(id: string, disk: SimDisk): Member {
+    const storage = ShardStorage.open(disk, { dir: 'shard', pageSize: 4096, pageCount: 256, cacheBytesMax: 1 << 20, slab: this.slab, segmentBytesMax: 64 * 1024 });
+    const queue = new DeviceQueue({ disk, name: id });
+    const replica = new Replica({
+      geometry, self: id, members: this.ids, log: storage.log, store: storage.store, queue, hardState: storage,
+      transport: this.transport(id), snapshots: storage, timing, nowMs: performance.now(),
+      ...(this.opts.checkpointEveryRecords ? { checkpointEveryRecords: this.opts.checkpointEveryRecords } : {}),
+    });
+    const m = { id, disk, storage, queue, replica };
+    this.members.set(id, m);
+    return m;
+  }
+
+  /** Crash: the replica stops, unsynced data is lost; restart reopens from the same disk. */
+  async crash(id: string): Promise<SimDisk> {
+    const m = this.members.get(id)!;
+    this.members.delete(id);
+    m.replica.close();
+    await m.queue.drain().catch(() => undefined);
+    m.storage.close();
+    m.disk.powerCut();
+    return m.disk;
+  }
+
+  private transport(from: string): ReplicaTransport {
+    return {
+      send: async (to: string, msg: RaftRequest, timeoutMs: number): Promise<RaftReply> => {
+        const target = this.members.get(to);
+        if (!target || this.cut.has(`${from}>${to}`)) {
+          await new Promise((r) => setTimeout(r, Math.min(timeoutMs, 5)));
+          throw new ProtocolError('timeout', `${from} cannot reach ${to}`);
+        }
+        const reply = await target.replica.handle(structuredClone(msg));
+        if (this.cut.has(`${to}>${from}`)) throw new ProtocolError('timeout', `${to} cannot answer ${from}`);
+        return structuredClone(reply);
+      },
+    };
+  }
+
+  /** Cuts every link between `group` and the others, both ways. */
+  isolate(group: string[]): void {
+    for (const a of group) for (const b of this.ids) if (!group.includes(b)) {
+      this.cut.add(`${a}>${b}`);
+      this.cut.add(`${b}>${a}`);
+    }
+  }
+
+  heal(): void {
+    this.cut.clear();
+  }
+
+  leaders(among: string[] = [...this.members.keys()]): Member[] {
+    return among.map((id) => this.members.get(id)).filter((m): m is Member => m !== undefined && m.replica.isLeader);
+  }
+
+  async waitFor(cond: () => boolean, what: string, timeoutMs = 5000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (!cond()) {
+      if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+      await new Promise((r) => setTimeout(r, 2));
+    }
+  }
+
+  async leader(among?: string[]): Promise<Member> {
+    await this.waitFor(() => this.leaders(among).length === 1, 'one leader');
+    return this.leaders(among)[0]!;
+  }
+
+  async stop(): Promise<void> {
+    clearInterval(this.timer);
+    for (const m of this.members.values()) {
+      m.replica.close();
+      await m.queue.drain().catch(() => undefined);
+      m.storage.close();
+    }
+  }
+}
+
+describe('Replica (quorum replication of a shard log)', function () {
+  this.timeout(30_000);
+  let shard: TestShard | undefined;
+  afterEach(async () => {
+    await shard?.stop();
+    shard = undefined;
+  });
+
+  it('elects exactly one leader; a write commits on a majority and every replica applies it', async () => {
+    shard = new TestShard(['a', 'b', 'c']);
+    const l = await shard.leader();
+    const w = await l.replica.write([{ page: 3, data: page(7) }]);
+    assert.equal(shard.leaders().length, 1);
+    const r = await l.replica.read([3], { deadlineMs: Date.now() + 1000 });
+    assert.deepEqual(r.pages[0], page(7));
+    await shard.waitFor(() => [...shard!.members.values()].every((m) => m.replica.appliedLsn >= w.lsn), 'followers apply');
+    for (const m of shard.members.values()) assert.deepEqual(m.storage.store.getPage(3), page(7));
+  });
+
+  it('a partitioned leader cannot commit: its write fails, never succeeds; the majority elects a new leader', async () => {
+    shard = new TestShard(['a', 'b', 'c']);
+    const old = await shard.leader();
+    await old.replica.write([{ page: 1, data: page(1) }]);
+    shard.isolate([old.id]);
+    const lost = old.replica.write([{ page: 1, data: page(66) }]).then(
+      () => 'committed',
+      (e: ProtocolError) => e.code,
+    );
+    const others = shard.ids.filter((x) => x !== old.id);
+    const neu = await shard.leader(others);
+    assert.notEqual(neu.id, old.id);
+    assert.ok(neu.replica.currentTerm > old.replica.currentTerm || !old.replica.isLeader);
+    const w2 = await neu.replica.write([{ page: 1, data: page(2) }]);
+    assert.equal(await lost, 'not_leader', 'the old leader gave up: the write is not acknowledged');
+    assert.equal(old.replica.isLeader, false, 'a leader without a majority steps down');
+    await assert.rejects(old.replica.read([1], { deadlineMs: Date.now() + 200 }), (e: ProtocolError) => e.code === 'not_leader');
+    shard.heal();
+    // The old leader's uncommitted record is replaced by the new leader's log.
+    await shard.waitFor(() => old.replica.appliedLsn >= w2.lsn, 'old leader catches up');
+    assert.deepEqual(old.storage.store.getPage(1), page(2));
+    const lastA = old.storage.log.lastLsn;
+    for (let lsn = 1; lsn <= lastA; lsn++) assert.equal(old.storage.log.termAt(lsn), neu.storage.log.termAt(lsn), `term at ${lsn}`);
+  });
+
+  it('a crashed follower restarts from its disk and catches up without stopping writes', async () => {
+    shard = new TestShard(['a', 'b', 'c']);
+    const l = await shard.leader();
+    const f = shard.ids.find((x) => x !== l.id)!;
+    await l.replica.write([{ page: 5, data: page(5) }]);
+    const disk = await shard.crash(f);
+    let last = 0;
+    for (let i = 0; i < 20; i++) last = (await l.replica.write([{ page: 10 + i, data: page(i) }])).lsn;
+    const back = shard.start(f, disk);
+    await shard.waitFor(() => back.replica.appliedLsn >= last, 'restarted follower catches up');
+    for (let i = 0; i < 20; i++) assert.deepEqual(back.storage.store.getPage(10 + i), page(i));
+  });
+
+  it('a follower behind the trimmed log installs the leader\'s newest image, then follows', async () => {
+    shard = new TestShard(['a', 'b', 'c'], { checkpointEveryRecords: 10 });
+    const l = await shard.leader();
+    const lagging = shard.ids.find((x) => x !== l.id)!;
+    shard.isolate([lagging]);
+    for (let i = 0; i < 60; i++) await l.replica.write([{ page: i, data: page(i + 1) }]);
+    await shard.waitFor(() => l.storage.log.firstLsn > 1, 'the leader trims its log after checkpoints');
+    shard.heal();
+    const m = shard.members.get(lagging)!;
+    const target = l.replica.appliedLsn;
+    await shard.waitFor(() => m.replica.stats().snapshotsInstalled >= 1 && m.replica.appliedLsn >= target, 'image installed and caught up', 10_000);
+    for (let i = 0; i < 60; i++) assert.deepEqual(m.storage.store.getPage(i), page(i + 1), `page ${i}`);
+    const w = await l.replica.write([{ page: 200, data: page(9) }]);
+    await shard.waitFor(() => m.replica.appliedLsn >= w.lsn, 'follows after the image');
+    // And the installed state survives a restart.
+    const disk = await shard.crash(lagging);
+    const again = shard.start(lagging, disk);
+    await shard.waitFor(() => again.replica.appliedLsn >= w.lsn, 'restart after install');
+    assert.deepEqual(again.storage.store.getPage(200), page(9));
+  });
+
+  it('a replica set of one leads at once and serves', async () => {
+    shard = new TestShard(['solo']);
+    const l = await shard.leader();
+    const w = await l.replica.write([{ page: 0, data: page(3) }]);
+    assert.deepEqual((await l.replica.read([0], { deadlineMs: Date.now() + 1000 })).pages[0], page(3));
+    assert.deepEqual((await l.replica.read([0], { lsn: w.lsn - 1, deadlineMs: Date.now() + 1000 })).pages[0], new Uint8Array(4096));
+  });
+
+  it('a voter refuses a candidate whose log is behind, and votes once per term, durably', async () => {
+    shard = new TestShard(['a', 'b', 'c']);
+    const l = await shard.leader();
+    await l.replica.write([{ page: 2, data: page(2) }]);
+    const voter = shard.members.get(shard.ids.find((x) => x !== l.id)!)!;
+    await shard.waitFor(() => voter.replica.appliedLsn >= 2, 'voter has the write');
+    const t = voter.replica.currentTerm + 5;
+    const stale = await voter.replica.handle({ type: 'vote', term: t, candidate: 'zz', lastLsn: 0, lastTerm: 0 });
+    assert.deepEqual(stale, { term: t, granted: false });
+    const ok = await voter.replica.handle({ type: 'vote', term: t + 1, candidate: 'zz', lastLsn: 1000, lastTerm: t });
+    assert.equal((ok as { granted: boolean }).granted, true);
+    const second = await voter.replica.handle({ type: 'vote', term: t + 1, candidate: 'yy', lastLsn: 2000, lastTerm: t });
+    assert.equal((second as { granted: boolean }).granted, false, 'one vote per term');
+    assert.deepEqual(voter.storage.load(), { term: t + 1, votedFor: 'zz' }, 'the vote is durable');
+  });
+
+  it('an append from an old term is refused (fencing)', async () => {
+    shard = new TestShard(['a', 'b', 'c']);
+    const l = await shard.leader();
+    const f = shard.members.get(shard.ids.find((x) => x !== l.id)!)!;
+    const reply = await f.replica.handle({ type: 'append', term: 0, leader: 'zz', prevLsn: 0, prevTerm: 0, records: [{ term: 0, kind: 1, payload: new Uint8Array(8) }], commitLsn: 0 });
+    assert.equal((reply as { success: boolean }).success, false);
+    assert.equal(f.replica.stats().leader, l.id, 'the follower still follows the real leader');
+  });
+});
