@@ -1,0 +1,1352 @@
+/**
+ * The Strata cluster benchmark (`strata bench`, `npm run bench`): page writes and reads through
+ * the TypeScript client against a cluster, compared in the same run with the ceilings of the
+ * machine it runs on.
+ *
+ * A run is made of *groups*. A group has one payload size (pages per request × page size) and
+ * one queue depth (requests in flight); its *subjects* are Strata workloads (a volume each) and
+ * its *baselines* are measured with the same payload and queue depth:
+ * - `raw-append`: one write + one fdatasync per batch of queueDepth records on the same disk
+ *   (the durability ceiling: what group commit could reach at that batching);
+ * - `nats-echo`: NATS request/reply to a responder that only echoes (the transport ceiling);
+ * - `jetstream-publish`: acknowledged publishes to a JetStream R1 file stream (a replicated-log
+ *   peer; JetStream does not fsync each message).
+ * Subjects and baselines alternate in short rounds and each ratio is the median of the per-round
+ * ratios, so load from other processes on a shared machine hits both sides of a ratio alike.
+ *
+ * `runBench({ workload, ... })` runs one subject with its baselines. Without a workload it runs
+ * the default suite, which covers the targets of the project (see {@link TARGETS_DESCRIPTION})
+ * and prints them as met / NOT met. `--short` keeps the whole suite under a minute on two cores.
+ *
+ * Everything is bounded: each phase by a duration and/or an op count, the whole run by
+ * {@link RUN_MS_MAX}, each request by the client's timeout, errors by {@link ERRORS_MAX}.
+ */
+import * as crypto from "node:crypto";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { connect as natsConnect } from "nats";
+import { NatsTransport, connect, createClient, type StrataClient, type Volume } from "../cluster/client";
+import { startCluster, type InProcessCluster } from "../cluster/in-process-cluster";
+import { ProtocolError } from "../messages/errors";
+import type { PageWrite, VolumeInfo } from "../messages/api";
+import { jetstreamNote, jetstreamPublishBaseline, natsEchoBaseline, rawAppendBaseline } from "./baselines";
+import { Histogram, type HistogramSummary } from "./histogram";
+import { clearProgress, formatNumber, formatUs, printTable, progress, writeJson, type Cell } from "./report";
+import { latencyCdfSvg, writeSvg, type LatencySeries } from "./svg";
+import { PAGES_PER_REQUEST_BENCH_MAX, WORKLOADS, WorkloadGenerator, payloadPages, readsPages, type Workload } from "./workloads";
+
+// ---------------------------------------------------------------------------------------------
+// Limits and defaults
+// ---------------------------------------------------------------------------------------------
+
+/** Hard cap on a whole run, whatever the options say: 10 minutes. */
+export const RUN_MS_MAX = 600_000;
+/** Most requests in flight. */
+export const QUEUE_DEPTH_MAX = 1024;
+/** Most rounds a run alternates subjects and baselines in. */
+export const ROUNDS_MAX = 20;
+/** Failed requests tolerated per subject (retryable ones only) before the subject is abandoned. */
+export const ERRORS_MAX = 100;
+/** Most pages of a benchmark volume (2^30: 4 TiB of 4 KiB pages, never written in full). */
+export const VOLUME_PAGES_MAX = 2 ** 30;
+/** Most pages a read workload fills before it is measured (256 MiB of 4 KiB pages). */
+export const PREFILL_PAGES_MAX = 65_536;
+const volumePagesDefault = 8_192;
+const roundsDefault = 5;
+const durationMsDefault = 10_000;
+const warmupMsDefault = 1_000;
+const requestTimeoutMsDefault = 10_000;
+const prefillPagesPerCall = 32;
+const prefillInFlight = 8;
+const payloadPoolPages = 256;
+const retryBackoffMs = 5;
+const baselineWarmupOpsMax = 500;
+
+/** The baselines a subject can be compared with. */
+export type BaselineName = "raw-append" | "nats-echo" | "jetstream-publish";
+/** Every {@link BaselineName}. */
+export const BASELINES: readonly BaselineName[] = ["raw-append", "nats-echo", "jetstream-publish"];
+
+/** Textual form of the targets the default suite checks (for help texts and docs). */
+export const TARGETS_DESCRIPTION = [
+  "R=3 4 KiB writes at 64 in flight >= 0.6x the NATS echo and >= 1.0x JetStream R1",
+  "R=1 4 KiB writes at 64 in flight >= 0.8x the NATS echo",
+  "cached 4 KiB reads at 64 in flight >= 0.8x the NATS echo",
+  "R=3 4 KiB write p50 at 1 in flight <= 1.6x (2 echo round trips + one fdatasync)",
+  "R=3 128 KiB writes (32 pages x 4 KiB per request) >= 150 MB/s",
+];
+
+// ---------------------------------------------------------------------------------------------
+// Options and results
+// ---------------------------------------------------------------------------------------------
+
+/** A running cluster to benchmark instead of a fresh in-process one. */
+export interface BenchTarget {
+  /** NATS server URL of the cluster. */
+  natsUrl: string;
+  /** Strata cluster name. */
+  cluster: string;
+}
+
+/** Options of {@link runBench}. Every field is optional. */
+export interface BenchOptions {
+  /** The workload of a single run; absent: the default suite. */
+  workload?: Workload;
+  /** Fraction of reads of `mixed`, 0..1. Default 0.5. */
+  readRatio?: number;
+  /** 4096 or 8192. Default 4096. */
+  pageSize?: 4096 | 8192;
+  /** Adjacent pages per request (vectored), 1..64. Default 1. */
+  pagesPerRequest?: number;
+  /** Requests in flight (closed loop), 1..1024. Default 1. */
+  queueDepth?: number;
+  /** Replicas of the benchmark volume, 1 or 3. Default 1. */
+  replicas?: 1 | 3;
+  /** Measured time of each subject and each baseline over all rounds, ms. Default 10 000 (the suite: see `short`). */
+  durationMs?: number;
+  /** Measured requests of each subject (and each baseline) over all rounds; the run stops at whichever bound comes first. */
+  ops?: number;
+  /** Unmeasured time each subject runs before its first round, ms. Default 1 000. */
+  warmupMs?: number;
+  /** Rounds the subjects and baselines alternate in, 1..20. Default 5. */
+  rounds?: number;
+  /** Pages of each benchmark volume. Default 8 192; read workloads fill at most 65 536 of them first. */
+  volumePages?: number;
+  /** Shards of each benchmark volume. Default: the actor hosts of the in-process cluster, else the cores. */
+  shards?: number;
+  /** Baselines to measure; default every one that applies ([] for none). */
+  baselines?: readonly BaselineName[];
+  /** A running cluster; default a fresh in-process cluster. */
+  target?: BenchTarget;
+  /** In-process cluster: actor hosts per node. Default the number of cores. */
+  hosts?: number;
+  /** In-process cluster: nodes. Default 3 when a subject wants 3 replicas, else 1. */
+  nodes?: number;
+  /** The default suite's short mode: under a minute in all on two cores. */
+  short?: boolean;
+  /** Seed of the workload generators. Default 1. */
+  seed?: number;
+  /** Bound on each request, ms. Default 10 000. */
+  requestTimeoutMs?: number;
+  /** Directory for the raw-append scratch file: the disk under test. Default the in-process cluster's data directory, else the OS temp dir. */
+  scratchDir?: string;
+  /** Where JSON and SVG results go; `null` writes nothing. Default `results`. */
+  resultsDir?: string | null;
+  /** Stem of the result file names. Default `strata-bench`. */
+  name?: string;
+  /** Print no tables (progress lines appear on a terminal only, and never when quiet). */
+  quiet?: boolean;
+  /**
+   * Whether the benchmark's Strata client captures an async stack trace for every NATS request
+   * (the NATS client's default, and what the baselines do). Default true, so ratios compare like
+   * with like; false connects the client with `noAsyncTraces` to show what that costs.
+   */
+  natsAsyncTraces?: boolean;
+}
+
+/** The figures of one round of a subject or a baseline. */
+export interface RoundFigure {
+  ops: number;
+  seconds: number;
+  opsPerSec: number;
+  /** Median latency of the round, µs (for a raw append: of one batch). */
+  p50Us: number;
+}
+
+/** What one Strata workload measured. */
+export interface SubjectResult {
+  label: string;
+  workload: Workload;
+  readRatio: number;
+  replicas: 1 | 3;
+  pageSize: number;
+  pagesPerRequest: number;
+  queueDepth: number;
+  /** False when the cluster refused the volume (e.g. 3 replicas in a build without replication). */
+  available: boolean;
+  /** Why the subject was not measured or stopped early. */
+  unavailableReason?: string;
+  volume?: { name: string; id: string; shards: number; pageCount: number };
+  /** Completed measured requests, pages and bytes over every round. */
+  ops: number;
+  pages: number;
+  bytes: number;
+  /** Measured time over every round. */
+  seconds: number;
+  opsPerSec: number;
+  /** Decimal megabytes of page data per second. */
+  mbPerSec: number;
+  /** Latency of one request, µs. */
+  latency: Histogram;
+  rounds: RoundFigure[];
+  /** Failed requests by error code (retryable ones are retried up to ERRORS_MAX). */
+  errors: Record<string, number>;
+  /** Median over rounds of (subject ops/s ÷ baseline ops/s), by baseline. */
+  ratios: Partial<Record<BaselineName, number>>;
+}
+
+/** What one baseline measured. */
+export interface BaselineResult {
+  name: BaselineName;
+  label: string;
+  payloadBytes: number;
+  queueDepth: number;
+  /** raw-append only: records per write + fdatasync. */
+  recordsPerBatch?: number;
+  available: boolean;
+  unavailableReason?: string;
+  /** Requests (records for raw-append) over every round. */
+  ops: number;
+  seconds: number;
+  opsPerSec: number;
+  mbPerSec: number;
+  /** Latency of one request (raw-append: of one batch), µs. */
+  latency: Histogram;
+  rounds: RoundFigure[];
+  note: string;
+}
+
+/** A group: subjects and baselines with one payload and one queue depth. */
+export interface GroupResult {
+  label: string;
+  payloadBytes: number;
+  queueDepth: number;
+  subjects: SubjectResult[];
+  baselines: BaselineResult[];
+}
+
+/** One row of the target table. */
+export interface TargetRow {
+  target: string;
+  /** The measured figure as text (`0.72x`, `118 MB/s`). */
+  measured: string;
+  /** The measured value, NaN when not available. */
+  value: number;
+  goal: string;
+  /** `met`, `NOT met`, `not available in this build`, or `info` for context rows. */
+  status: "met" | "NOT met" | "not available in this build" | "info";
+}
+
+/** The result of {@link runBench}. */
+export interface BenchResult {
+  kind: "single" | "suite";
+  /** The options after defaults (the target without credentials: URL and cluster name only). */
+  options: ResolvedOptions;
+  machine: { cpus: number; cpuModel: string; node: string; platform: string; scratchDir: string };
+  target: { kind: "in-process" | "running"; natsUrl: string; cluster: string; nodes?: number; hosts?: number };
+  startedAt: string;
+  /** Wall time of the whole run, ms. */
+  wallMs: number;
+  groups: GroupResult[];
+  /** The suite's target table (empty for a single run). */
+  targets: TargetRow[];
+  /** R=1 4 KiB throughput at 1 and 64 in flight beside the echo (suite only). */
+  closingNote: Array<Record<string, Cell>>;
+  notes: string[];
+  /** Files written (JSON and SVG), when resultsDir is not null. */
+  files: string[];
+}
+
+/** The options of a run after defaults and checks. */
+export interface ResolvedOptions {
+  workload: Workload | "suite";
+  readRatio: number;
+  pageSize: 4096 | 8192;
+  pagesPerRequest: number;
+  queueDepth: number;
+  replicas: 1 | 3;
+  durationMs: number;
+  ops: number | null;
+  warmupMs: number;
+  rounds: number;
+  volumePages: number;
+  shards: number | null;
+  baselines: BaselineName[];
+  short: boolean;
+  seed: number;
+  requestTimeoutMs: number;
+  hosts: number;
+  nodes: number | null;
+  resultsDir: string | null;
+  name: string;
+  quiet: boolean;
+  natsAsyncTraces: boolean;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checks
+// ---------------------------------------------------------------------------------------------
+
+function checkInteger(name: string, value: number, min: number, max: number): number {
+  if (!Number.isInteger(value) || value < min || value > max) throw new RangeError(`${name} must be an integer in ${min}..${max}, got ${value}`);
+  return value;
+}
+
+function resolveOptions(opts: BenchOptions): ResolvedOptions {
+  const cores = Math.max(1, os.cpus().length);
+  const suite = opts.workload === undefined;
+  if (!suite && !WORKLOADS.includes(opts.workload!)) throw new RangeError(`workload must be one of ${WORKLOADS.join(", ")}, got ${String(opts.workload)}`);
+  const readRatio = opts.readRatio ?? 0.5;
+  if (!(readRatio >= 0 && readRatio <= 1)) throw new RangeError(`readRatio must be in 0..1, got ${readRatio}`);
+  const pageSize = opts.pageSize ?? 4096;
+  if (pageSize !== 4096 && pageSize !== 8192) throw new RangeError(`pageSize must be 4096 or 8192, got ${String(pageSize)}`);
+  const replicas = opts.replicas ?? 1;
+  if (replicas !== 1 && replicas !== 3) throw new RangeError(`replicas must be 1 or 3, got ${String(replicas)}`);
+  const short = opts.short ?? false;
+  const durationMs = opts.durationMs ?? (suite ? (short ? 2_100 : 15_000) : durationMsDefault);
+  if (!(durationMs > 0 && durationMs <= RUN_MS_MAX)) throw new RangeError(`durationMs must be in (0, ${RUN_MS_MAX}], got ${durationMs}`);
+  const ops = opts.ops === undefined ? null : checkInteger("ops", opts.ops, 1, Number.MAX_SAFE_INTEGER);
+  const warmupMs = opts.warmupMs ?? (short ? 300 : warmupMsDefault);
+  if (!(warmupMs >= 0 && warmupMs <= 60_000)) throw new RangeError(`warmupMs must be in 0..60000, got ${warmupMs}`);
+  const baselines = [...(opts.baselines ?? BASELINES)];
+  for (const b of baselines) if (!BASELINES.includes(b)) throw new RangeError(`unknown baseline ${String(b)}; known: ${BASELINES.join(", ")}`);
+  const name = opts.name ?? "strata-bench";
+  if (!/^[A-Za-z0-9._-]+$/.test(name)) throw new RangeError(`name must match [A-Za-z0-9._-]+, got ${JSON.stringify(name)}`);
+  return {
+    workload: suite ? "suite" : opts.workload!,
+    readRatio,
+    pageSize,
+    pagesPerRequest: checkInteger("pagesPerRequest", opts.pagesPerRequest ?? 1, 1, PAGES_PER_REQUEST_BENCH_MAX),
+    queueDepth: checkInteger("queueDepth", opts.queueDepth ?? 1, 1, QUEUE_DEPTH_MAX),
+    replicas,
+    durationMs,
+    ops,
+    warmupMs,
+    rounds: checkInteger("rounds", opts.rounds ?? (short ? 3 : roundsDefault), 1, ROUNDS_MAX),
+    volumePages: checkInteger("volumePages", opts.volumePages ?? (short ? 4_096 : volumePagesDefault), 1, VOLUME_PAGES_MAX),
+    shards: opts.shards === undefined ? null : checkInteger("shards", opts.shards, 1, 256),
+    baselines,
+    short,
+    seed: checkInteger("seed", opts.seed ?? 1, 0, 2 ** 32 - 1),
+    requestTimeoutMs: checkInteger("requestTimeoutMs", opts.requestTimeoutMs ?? requestTimeoutMsDefault, 1, 300_000),
+    hosts: checkInteger("hosts", opts.hosts ?? cores, 1, 64),
+    nodes: opts.nodes === undefined ? null : checkInteger("nodes", opts.nodes, 1, 16),
+    resultsDir: opts.resultsDir === undefined ? "results" : opts.resultsDir,
+    name,
+    quiet: opts.quiet ?? false,
+    natsAsyncTraces: opts.natsAsyncTraces ?? true,
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Plans
+// ---------------------------------------------------------------------------------------------
+
+/** A Strata workload to measure. */
+interface SubjectSpec {
+  label: string;
+  workload: Workload;
+  readRatio: number;
+  replicas: 1 | 3;
+  pageSize: 4096 | 8192;
+  pagesPerRequest: number;
+}
+
+/** A group to run: subjects and baselines with the same payload and queue depth. */
+interface GroupSpec {
+  label: string;
+  pageSize: 4096 | 8192;
+  pagesPerRequest: number;
+  queueDepth: number;
+  subjects: SubjectSpec[];
+  baselines: BaselineName[];
+}
+
+function payloadLabel(pageSize: number, pagesPerRequest: number): string {
+  const kib = (pageSize * pagesPerRequest) / 1024;
+  return pagesPerRequest === 1 ? `${kib} KiB` : `${kib} KiB (${pagesPerRequest} x ${pageSize / 1024} KiB)`;
+}
+
+function subjectLabel(s: Omit<SubjectSpec, "label">): string {
+  const what = s.workload === "randread" || s.workload === "seqread" ? `${s.workload} (cached)` : s.workload === "mixed" ? `mixed ${Math.round(s.readRatio * 100)}% reads` : s.workload;
+  return `R=${s.replicas} ${what}`;
+}
+
+function subject(s: Omit<SubjectSpec, "label">): SubjectSpec {
+  return { ...s, label: subjectLabel(s) };
+}
+
+/** Baselines that make sense for a group: the disk and JetStream only for groups that write. */
+function applicableBaselines(wanted: readonly BaselineName[], writes: boolean): BaselineName[] {
+  return wanted.filter((b) => b === "nats-echo" || writes);
+}
+
+/** The groups of a run: one for a single workload, three for the suite. */
+function planGroups(o: ResolvedOptions): GroupSpec[] {
+  if (o.workload !== "suite") {
+    const s = subject({ workload: o.workload, readRatio: o.readRatio, replicas: o.replicas, pageSize: o.pageSize, pagesPerRequest: o.pagesPerRequest });
+    const writes = o.workload === "randwrite" || o.workload === "seqwrite" || (o.workload === "mixed" && o.readRatio < 1);
+    return [
+      {
+        label: `${payloadLabel(o.pageSize, o.pagesPerRequest)} at ${o.queueDepth} in flight`,
+        pageSize: o.pageSize,
+        pagesPerRequest: o.pagesPerRequest,
+        queueDepth: o.queueDepth,
+        subjects: [s],
+        baselines: applicableBaselines(o.baselines, writes),
+      },
+    ];
+  }
+  const small = { readRatio: 0.5, pageSize: 4096 as const, pagesPerRequest: 1 };
+  const big = { readRatio: 0.5, pageSize: 4096 as const, pagesPerRequest: 32 };
+  const all = o.baselines;
+  return [
+    {
+      label: "4 KiB at 64 in flight",
+      pageSize: 4096,
+      pagesPerRequest: 1,
+      queueDepth: 64,
+      subjects: [
+        subject({ ...small, workload: "randwrite", replicas: 1 }),
+        subject({ ...small, workload: "randread", replicas: 1 }),
+        subject({ ...small, workload: "randwrite", replicas: 3 }),
+      ],
+      baselines: applicableBaselines(all, true),
+    },
+    {
+      label: "4 KiB at 1 in flight",
+      pageSize: 4096,
+      pagesPerRequest: 1,
+      queueDepth: 1,
+      subjects: [
+        subject({ ...small, workload: "randwrite", replicas: 1 }),
+        subject({ ...small, workload: "randread", replicas: 1 }),
+        subject({ ...small, workload: "randwrite", replicas: 3 }),
+      ],
+      // JetStream at 1 in flight is not a target; leaving it out keeps the short suite short.
+      baselines: all.filter((b) => b !== "jetstream-publish"),
+    },
+    {
+      label: "128 KiB (32 x 4 KiB) at 16 in flight",
+      pageSize: 4096,
+      pagesPerRequest: 32,
+      queueDepth: 16,
+      subjects: [subject({ ...big, workload: "seqwrite", replicas: 1 }), subject({ ...big, workload: "seqwrite", replicas: 3 })],
+      baselines: applicableBaselines(all, true),
+    },
+  ];
+}
+
+// ---------------------------------------------------------------------------------------------
+// Target (cluster) handling
+// ---------------------------------------------------------------------------------------------
+
+interface Env {
+  client: StrataClient;
+  natsUrl: string;
+  cluster: string;
+  scratchDir: string;
+  /** Default shards of a volume. */
+  shards: number;
+  inProcess: InProcessCluster | undefined;
+  nodes: number | undefined;
+  hosts: number | undefined;
+  close(): Promise<void>;
+}
+
+/** A client of its own for the benchmark: the stock `connect`, or one without async NATS traces. */
+async function benchClient(o: ResolvedOptions, natsUrl: string, cluster: string): Promise<StrataClient> {
+  if (o.natsAsyncTraces) return connect({ servers: natsUrl, cluster, timeoutMs: o.requestTimeoutMs, name: "strata-bench" });
+  const nc = await natsConnect({ servers: natsUrl, timeout: o.requestTimeoutMs, name: "strata-bench", noAsyncTraces: true });
+  return createClient(new NatsTransport(nc), { cluster, timeoutMs: o.requestTimeoutMs });
+}
+
+async function openEnv(o: ResolvedOptions, target: BenchTarget | undefined, scratchDirOption: string | undefined, wantsReplicas3: boolean): Promise<Env> {
+  if (target !== undefined) {
+    const client = await benchClient(o, target.natsUrl, target.cluster);
+    const scratchDir = scratchDirOption ?? os.tmpdir();
+    return {
+      client,
+      natsUrl: target.natsUrl,
+      cluster: target.cluster,
+      scratchDir,
+      shards: o.shards ?? Math.max(1, os.cpus().length),
+      inProcess: undefined,
+      nodes: undefined,
+      hosts: undefined,
+      close: () => client.close(),
+    };
+  }
+  // Replicas of a shard go to different nodes, so three replicas need three nodes.
+  const nodes = o.nodes ?? (wantsReplicas3 ? 3 : 1);
+  const dataDir = fs.mkdtempSync(path.join(process.env.STRATA_BENCH_DIR ?? os.tmpdir(), "strata-bench-"));
+  let cluster: InProcessCluster;
+  try {
+    cluster = await startCluster({ nodes, hosts: o.hosts, jetstream: true, dataDir, clientTimeoutMs: o.requestTimeoutMs, cluster: "bench" });
+  } catch (err) {
+    fs.rmSync(dataDir, { recursive: true, force: true });
+    throw err;
+  }
+  let client: StrataClient;
+  try {
+    client = o.natsAsyncTraces ? cluster.client : await benchClient(o, cluster.natsUrl, cluster.cluster);
+  } catch (err) {
+    await cluster.stop();
+    fs.rmSync(dataDir, { recursive: true, force: true });
+    throw err;
+  }
+  return {
+    client,
+    natsUrl: cluster.natsUrl,
+    cluster: cluster.cluster,
+    scratchDir: scratchDirOption ?? dataDir,
+    shards: o.shards ?? o.hosts,
+    inProcess: cluster,
+    nodes,
+    hosts: o.hosts,
+    close: async () => {
+      try {
+        if (client !== cluster.client) await client.close();
+        await cluster.stop();
+      } finally {
+        fs.rmSync(dataDir, { recursive: true, force: true });
+      }
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Measuring
+// ---------------------------------------------------------------------------------------------
+
+/** The wall-clock budget of a run: every phase asks it how long it may still take. */
+class Budget {
+  private readonly deadlineMs: number;
+  constructor(totalMs: number) {
+    this.deadlineMs = performance.now() + totalMs;
+  }
+  /** ms left, never below 0. */
+  remainingMs(): number {
+    return Math.max(0, this.deadlineMs - performance.now());
+  }
+  /** `wantedMs` cut to what is left. */
+  cap(wantedMs: number): number {
+    return Math.min(wantedMs, this.remainingMs());
+  }
+}
+
+function errorCode(err: unknown): string {
+  const code: unknown = (err as { code?: unknown } | null)?.code;
+  return typeof code === "string" ? code : "internal";
+}
+
+/** Error codes a closed loop retries (after a short back-off) instead of abandoning the subject. */
+const RETRYABLE = new Set(["overloaded", "timeout", "unavailable", "not_leader", "stale_term", "device_failed", "future_lsn"]);
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** A subject ready to be measured: its volume exists (and was filled for reads). */
+interface PreparedSubject {
+  spec: SubjectSpec;
+  result: SubjectResult;
+  volume?: Volume;
+  generator?: WorkloadGenerator;
+  payload: Uint8Array[];
+  /** Set when a round failed: the subject is not measured again. */
+  stopped: boolean;
+}
+
+function emptySubject(spec: SubjectSpec, queueDepth: number): SubjectResult {
+  return {
+    label: spec.label,
+    workload: spec.workload,
+    readRatio: spec.readRatio,
+    replicas: spec.replicas,
+    pageSize: spec.pageSize,
+    pagesPerRequest: spec.pagesPerRequest,
+    queueDepth,
+    available: true,
+    ops: 0,
+    pages: 0,
+    bytes: 0,
+    seconds: 0,
+    opsPerSec: 0,
+    mbPerSec: 0,
+    latency: new Histogram(),
+    rounds: [],
+    errors: {},
+    ratios: {},
+  };
+}
+
+let volumeCounter = 0;
+
+function volumeName(): string {
+  volumeCounter += 1;
+  return `bench-${process.pid}-${volumeCounter}-${crypto.randomBytes(3).toString("hex")}`;
+}
+
+/**
+ * Builds the request of `pages` for `volume`: page data comes from a pool of seeded random pages,
+ * chosen by page number, so no request copies or generates data in the measured loop.
+ */
+function writeRequest(pages: readonly number[], payload: readonly Uint8Array[]): PageWrite[] {
+  const out = new Array<PageWrite>(pages.length);
+  for (let i = 0; i < pages.length; i++) out[i] = { page: pages[i]!, data: payload[pages[i]! % payload.length]! };
+  return out;
+}
+
+/** Writes the first `pages` pages of a volume (untimed), so reads find data in the page cache. */
+async function prefill(volume: Volume, pages: number, payload: readonly Uint8Array[], budget: Budget): Promise<void> {
+  let next = 0;
+  const deadline = performance.now() + budget.remainingMs();
+  const worker = async (): Promise<void> => {
+    while (next < pages) {
+      if (performance.now() > deadline) throw new Error(`filling the volume did not finish within the run's time bound`);
+      const first = next;
+      const count = Math.min(prefillPagesPerCall, pages - first);
+      next += count;
+      const list = Array.from({ length: count }, (_, i) => first + i);
+      await volume.writePages(writeRequest(list, payload));
+    }
+  };
+  await Promise.all(Array.from({ length: prefillInFlight }, worker));
+  // Read every page once (untimed), in the same slices it was written in: the shard caches pages
+  // when they are read, not when they are written, so without this pass the first read of each
+  // page would fetch and checksum its whole log record and the figure would not be of cached reads.
+  next = 0;
+  const reader = async (): Promise<void> => {
+    while (next < pages) {
+      if (performance.now() > deadline) throw new Error(`warming the page cache did not finish within the run's time bound`);
+      const first = next;
+      const count = Math.min(prefillPagesPerCall, pages - first);
+      next += count;
+      await volume.readPages(Array.from({ length: count }, (_, i) => first + i));
+    }
+  };
+  await Promise.all(Array.from({ length: prefillInFlight }, reader));
+}
+
+async function prepareSubject(env: Env, o: ResolvedOptions, spec: SubjectSpec, queueDepth: number, index: number, budget: Budget): Promise<PreparedSubject> {
+  const result = emptySubject(spec, queueDepth);
+  const payload = payloadPages(spec.pageSize, payloadPoolPages, o.seed + index);
+  const prepared: PreparedSubject = { spec, result, payload, stopped: false };
+  const pageCount = Math.max(o.volumePages, spec.pagesPerRequest);
+  const name = volumeName();
+  let info: VolumeInfo;
+  try {
+    info = await env.client.createVolume({ name, pageCount, pageSize: spec.pageSize, shards: env.shards, replicas: spec.replicas });
+  } catch (err) {
+    // A build without replication refuses replicas > 1 (bad_request); a cluster with too few
+    // nodes for them answers unavailable. Either way the subject is reported, not failed.
+    if (err instanceof ProtocolError && (err.code === "bad_request" || err.code === "unavailable") && spec.replicas !== 1) {
+      result.available = false;
+      result.unavailableReason = `${err.code === "bad_request" ? "not available in this build" : "not available on this cluster"}: ${err.message}`;
+      prepared.stopped = true;
+      return prepared;
+    }
+    throw err;
+  }
+  result.volume = { name, id: info.id, shards: info.shards, pageCount: info.pageCount };
+  const volume = env.client.volume(name);
+  prepared.volume = volume;
+  prepared.generator = new WorkloadGenerator({
+    workload: spec.workload,
+    pageCount,
+    pagesPerRequest: spec.pagesPerRequest,
+    readRatio: spec.readRatio,
+    seed: o.seed + index,
+  });
+  if (readsPages(spec.workload, spec.readRatio)) {
+    // Reads stay within the filled region: the workload's volume is the filled part.
+    const filled = Math.min(pageCount, PREFILL_PAGES_MAX);
+    if (filled < pageCount) {
+      prepared.generator = new WorkloadGenerator({ workload: spec.workload, pageCount: filled, pagesPerRequest: spec.pagesPerRequest, readRatio: spec.readRatio, seed: o.seed + index });
+    }
+    await prefill(volume, filled, payload, budget);
+  }
+  return prepared;
+}
+
+/**
+ * Runs one subject with queueDepth concurrent requests until `opsMax` requests were started or
+ * `durationMs` passed, recording each completed request's latency in `latency` (when given).
+ * Retryable errors are counted and retried after a back-off, up to ERRORS_MAX per subject;
+ * any other error stops the loop and is thrown.
+ */
+async function closedLoop(s: PreparedSubject, queueDepth: number, durationMs: number, opsMax: number, latency: Histogram | undefined): Promise<RoundFigure & { pages: number }> {
+  const volume = s.volume!;
+  const generator = s.generator!;
+  const pageSize = s.spec.pageSize;
+  let started = 0;
+  let completed = 0;
+  let pages = 0;
+  let failure: { error: unknown } | undefined;
+  const startNs = process.hrtime.bigint();
+  const deadlineNs = startNs + BigInt(Math.round(durationMs * 1e6));
+  const roundLatency = new Histogram();
+  const worker = async (): Promise<void> => {
+    while (failure === undefined && started < opsMax && process.hrtime.bigint() < deadlineNs) {
+      started += 1;
+      const request = generator.next();
+      const opStartNs = process.hrtime.bigint();
+      try {
+        if (request.kind === "write") {
+          await volume.writePages(writeRequest(request.pages, s.payload));
+        } else {
+          const read = await volume.readPages(request.pages);
+          if (read.pages.length !== request.pages.length || read.pages[0]!.length !== pageSize) {
+            throw new Error(`read of ${request.pages.length} pages returned ${read.pages.length} pages of ${read.pages[0]?.length ?? 0} bytes`);
+          }
+        }
+      } catch (error) {
+        const code = errorCode(error);
+        s.result.errors[code] = (s.result.errors[code] ?? 0) + 1;
+        const errorsTotal = Object.values(s.result.errors).reduce((a, b) => a + b, 0);
+        if (!RETRYABLE.has(code) || errorsTotal > ERRORS_MAX) {
+          failure ??= { error };
+          return;
+        }
+        started -= 1;
+        await sleep(retryBackoffMs);
+        continue;
+      }
+      const us = Number(process.hrtime.bigint() - opStartNs) / 1000;
+      latency?.record(us);
+      roundLatency.record(us);
+      completed += 1;
+      pages += request.pages.length;
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(queueDepth, opsMax) }, worker));
+  const seconds = Number(process.hrtime.bigint() - startNs) / 1e9;
+  if (failure !== undefined) {
+    const cause = failure.error;
+    throw new Error(`${s.spec.label}: a request failed after ${completed} completed: ${cause instanceof Error ? cause.message : String(cause)}`, { cause });
+  }
+  return { ops: completed, seconds, opsPerSec: seconds > 0 ? completed / seconds : 0, p50Us: roundLatency.percentile(50), pages };
+}
+
+function emptyBaseline(name: BaselineName, group: GroupSpec): BaselineResult {
+  const payloadBytes = group.pageSize * group.pagesPerRequest;
+  const labels: Record<BaselineName, string> = {
+    "raw-append": `raw append + fdatasync, ${group.queueDepth}/batch`,
+    "nats-echo": "NATS request/reply echo",
+    "jetstream-publish": "JetStream R1 file publish",
+  };
+  const notes: Record<BaselineName, string> = {
+    "raw-append": `One write of ${group.queueDepth} records of ${payloadBytes} bytes + one fdatasync per batch on the same disk: the durability ceiling at this batching.`,
+    "nats-echo": "NATS request/reply to a responder that only echoes the payload both ways: the transport ceiling.",
+    "jetstream-publish": jetstreamNote,
+  };
+  return {
+    name,
+    label: labels[name],
+    payloadBytes,
+    queueDepth: group.queueDepth,
+    ...(name === "raw-append" ? { recordsPerBatch: group.queueDepth } : {}),
+    available: true,
+    ops: 0,
+    seconds: 0,
+    opsPerSec: 0,
+    mbPerSec: 0,
+    latency: new Histogram(),
+    rounds: [],
+    note: notes[name],
+  };
+}
+
+/** Runs one round of a baseline; its latency goes into `b.latency`. */
+async function baselineRound(env: Env, b: BaselineResult, durationMs: number, opsMax: number | null): Promise<RoundFigure> {
+  if (b.name === "raw-append") {
+    const perBatch = b.recordsPerBatch!;
+    const r = await rawAppendBaseline({
+      dir: path.join(env.scratchDir, "raw-append"),
+      recordBytes: b.payloadBytes,
+      recordsPerBatch: perBatch,
+      durationMs,
+      ...(opsMax === null ? {} : { batches: Math.max(1, Math.ceil(opsMax / perBatch)) }),
+    });
+    b.latency.merge(r.batchLatency);
+    return { ops: r.records, seconds: r.seconds, opsPerSec: r.recordsPerSec, p50Us: r.batchLatency.percentile(50) };
+  }
+  const options = {
+    url: env.natsUrl,
+    payloadBytes: b.payloadBytes,
+    inFlight: b.queueDepth,
+    durationMs,
+    warmupOps: Math.min(baselineWarmupOpsMax, b.queueDepth * 4),
+    ...(opsMax === null ? {} : { ops: opsMax }),
+  };
+  const r = b.name === "nats-echo" ? await natsEchoBaseline(options) : await jetstreamPublishBaseline(options);
+  b.latency.merge(r.latency);
+  return { ops: r.ops, seconds: r.seconds, opsPerSec: r.opsPerSec, p50Us: r.latency.percentile(50) };
+}
+
+function median(values: readonly number[]): number {
+  const finite = values.filter((v) => Number.isFinite(v)).sort((a, b) => a - b);
+  if (finite.length === 0) return NaN;
+  const mid = Math.floor(finite.length / 2);
+  return finite.length % 2 === 1 ? finite[mid]! : (finite[mid - 1]! + finite[mid]!) / 2;
+}
+
+/** Requests of round `round` when `ops` are spread over `rounds` rounds (the first rounds take the remainder). */
+function opsOfRound(ops: number | null, rounds: number, round: number): number | null {
+  if (ops === null) return null;
+  return Math.floor(ops / rounds) + (round < ops % rounds ? 1 : 0);
+}
+
+async function runGroup(env: Env, o: ResolvedOptions, group: GroupSpec, groupIndex: number, budget: Budget): Promise<GroupResult> {
+  const say = (text: string): void => {
+    if (!o.quiet) progress(`[${group.label}] ${text}`);
+  };
+  const prepared: PreparedSubject[] = [];
+  try {
+    for (let i = 0; i < group.subjects.length; i++) {
+      const spec = group.subjects[i]!;
+      say(`${spec.label}: creating the volume${readsPages(spec.workload, spec.readRatio) ? " and filling it" : ""}…`);
+      prepared.push(await prepareSubject(env, o, spec, group.queueDepth, groupIndex * 16 + i, budget));
+    }
+    const baselines = group.baselines.map((name) => emptyBaseline(name, group));
+    // Warm-up: each subject runs unmeasured once, so JIT, connections and caches are warm.
+    for (const s of prepared) {
+      if (s.stopped || o.warmupMs === 0) continue;
+      say(`${s.spec.label}: warming up…`);
+      try {
+        await closedLoop(s, group.queueDepth, budget.cap(o.warmupMs), Number.MAX_SAFE_INTEGER, undefined);
+      } catch (err) {
+        s.stopped = true;
+        s.result.unavailableReason = `failed during warm-up: ${(err as Error).message}`;
+      }
+    }
+    const roundMs = o.durationMs / o.rounds;
+    for (let round = 0; round < o.rounds; round++) {
+      const opsMax = opsOfRound(o.ops, o.rounds, round);
+      if (opsMax === 0) continue;
+      for (const s of prepared) {
+        if (s.stopped) continue;
+        say(`round ${round + 1}/${o.rounds}: ${s.spec.label}…`);
+        try {
+          const figure = await closedLoop(s, group.queueDepth, budget.cap(roundMs), opsMax ?? Number.MAX_SAFE_INTEGER, s.result.latency);
+          s.result.rounds.push({ ops: figure.ops, seconds: figure.seconds, opsPerSec: figure.opsPerSec, p50Us: figure.p50Us });
+          s.result.ops += figure.ops;
+          s.result.pages += figure.pages;
+          s.result.seconds += figure.seconds;
+        } catch (err) {
+          s.stopped = true;
+          s.result.unavailableReason = `stopped in round ${round + 1}: ${(err as Error).message}`;
+        }
+      }
+      for (const b of baselines) {
+        if (!b.available) continue;
+        say(`round ${round + 1}/${o.rounds}: ${b.label}…`);
+        const durationMs = budget.cap(roundMs);
+        if (durationMs <= 0) break;
+        try {
+          const figure = await baselineRound(env, b, durationMs, opsMax);
+          b.rounds.push(figure);
+          b.ops += figure.ops;
+          b.seconds += figure.seconds;
+        } catch (err) {
+          b.available = false;
+          b.unavailableReason = (err as Error).message;
+        }
+      }
+      if (budget.remainingMs() <= 0) break;
+    }
+    for (const s of prepared) {
+      const r = s.result;
+      r.bytes = r.pages * r.pageSize;
+      r.opsPerSec = r.seconds > 0 ? r.ops / r.seconds : 0;
+      r.mbPerSec = r.seconds > 0 ? r.bytes / 1e6 / r.seconds : 0;
+      for (const b of baselines) {
+        if (!b.available || r.rounds.length === 0) continue;
+        const n = Math.min(r.rounds.length, b.rounds.length);
+        const perRound = Array.from({ length: n }, (_, i) => r.rounds[i]!.opsPerSec / b.rounds[i]!.opsPerSec);
+        r.ratios[b.name] = median(perRound);
+      }
+    }
+    for (const b of baselines) {
+      b.opsPerSec = b.seconds > 0 ? b.ops / b.seconds : 0;
+      b.mbPerSec = b.seconds > 0 ? (b.ops * b.payloadBytes) / 1e6 / b.seconds : 0;
+    }
+    return { label: group.label, payloadBytes: group.pageSize * group.pagesPerRequest, queueDepth: group.queueDepth, subjects: prepared.map((s) => s.result), baselines };
+  } finally {
+    for (const s of prepared) {
+      if (s.result.volume === undefined) continue;
+      await env.client.deleteVolume(s.result.volume.name).catch(() => undefined);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Targets and reports
+// ---------------------------------------------------------------------------------------------
+
+function findSubject(groups: readonly GroupResult[], queueDepth: number, pagesPerRequest: number, workload: Workload, replicas: 1 | 3): SubjectResult | undefined {
+  for (const g of groups) {
+    if (g.queueDepth !== queueDepth) continue;
+    const s = g.subjects.find((x) => x.workload === workload && x.replicas === replicas && x.pagesPerRequest === pagesPerRequest);
+    if (s !== undefined) return s;
+  }
+  return undefined;
+}
+
+function findBaseline(groups: readonly GroupResult[], queueDepth: number, payloadBytes: number, name: BaselineName): BaselineResult | undefined {
+  return groups.find((g) => g.queueDepth === queueDepth && g.payloadBytes === payloadBytes)?.baselines.find((b) => b.name === name && b.available);
+}
+
+function measuredOk(s: SubjectResult | undefined): s is SubjectResult {
+  return s !== undefined && s.available && s.rounds.length > 0;
+}
+
+function x(value: number): string {
+  return Number.isFinite(value) ? `${value.toFixed(2)}x` : "-";
+}
+
+/**
+ * Median over rounds of subject p50 ÷ (k echo round trips + one fdatasync), each from the same
+ * round: the latency budget of a write at one in flight.
+ */
+function p50BudgetRatio(s: SubjectResult, echo: BaselineResult, raw: BaselineResult, echoTrips: number): number {
+  const n = Math.min(s.rounds.length, echo.rounds.length, raw.rounds.length);
+  return median(Array.from({ length: n }, (_, i) => s.rounds[i]!.p50Us / (echoTrips * echo.rounds[i]!.p50Us + raw.rounds[i]!.p50Us)));
+}
+
+/** The target table of the suite, from its groups. */
+export function evaluateTargets(groups: readonly GroupResult[]): TargetRow[] {
+  const rows: TargetRow[] = [];
+  const ratioRow = (target: string, s: SubjectResult | undefined, baseline: BaselineName, goal: number, info = false): void => {
+    if (!measuredOk(s)) {
+      rows.push({ target, measured: "-", value: NaN, goal: `>= ${goal.toFixed(1)}x`, status: "not available in this build" });
+      return;
+    }
+    const value = s.ratios[baseline] ?? NaN;
+    const status = info ? "info" : Number.isFinite(value) ? (value >= goal ? "met" : "NOT met") : "not available in this build";
+    rows.push({ target, measured: x(value), value, goal: `>= ${goal.toFixed(1)}x`, status });
+  };
+  const p50Row = (target: string, s: SubjectResult | undefined, echoTrips: number, goal: number, info = false): void => {
+    const echo = findBaseline(groups, 1, 4096, "nats-echo");
+    const raw = findBaseline(groups, 1, 4096, "raw-append");
+    if (!measuredOk(s) || echo === undefined || raw === undefined) {
+      rows.push({ target, measured: "-", value: NaN, goal: `<= ${goal.toFixed(1)}x`, status: "not available in this build" });
+      return;
+    }
+    const value = p50BudgetRatio(s, echo, raw, echoTrips);
+    const budgetUs = echoTrips * echo.latency.percentile(50) + raw.latency.percentile(50);
+    rows.push({
+      target,
+      measured: `${x(value)} (p50 ${formatUs(s.latency.percentile(50))} vs ${formatUs(budgetUs)})`,
+      value,
+      goal: `<= ${goal.toFixed(1)}x`,
+      status: info ? "info" : value <= goal ? "met" : "NOT met",
+    });
+  };
+  const mbRow = (target: string, s: SubjectResult | undefined, goal: number, info = false): void => {
+    if (!measuredOk(s)) {
+      rows.push({ target, measured: "-", value: NaN, goal: `>= ${goal} MB/s`, status: "not available in this build" });
+      return;
+    }
+    rows.push({ target, measured: `${formatNumber(s.mbPerSec)} MB/s`, value: s.mbPerSec, goal: `>= ${goal} MB/s`, status: info ? "info" : s.mbPerSec >= goal ? "met" : "NOT met" });
+  };
+  const w64r3 = findSubject(groups, 64, 1, "randwrite", 3);
+  const w64r1 = findSubject(groups, 64, 1, "randwrite", 1);
+  const r64 = findSubject(groups, 64, 1, "randread", 1);
+  const w1r3 = findSubject(groups, 1, 1, "randwrite", 3);
+  const w1r1 = findSubject(groups, 1, 1, "randwrite", 1);
+  const big3 = findSubject(groups, 16, 32, "seqwrite", 3);
+  const big1 = findSubject(groups, 16, 32, "seqwrite", 1);
+  ratioRow("R=3 4 KiB writes, 64 in flight, vs NATS echo", w64r3, "nats-echo", 0.6);
+  ratioRow("R=3 4 KiB writes, 64 in flight, vs JetStream R1", w64r3, "jetstream-publish", 1.0);
+  ratioRow("R=1 4 KiB writes, 64 in flight, vs NATS echo", w64r1, "nats-echo", 0.8);
+  ratioRow("cached 4 KiB reads, 64 in flight, vs NATS echo", r64, "nats-echo", 0.8);
+  p50Row("R=3 4 KiB write p50, 1 in flight, vs 2 echo RTT + 1 fdatasync", w1r3, 2, 1.6);
+  mbRow("R=3 128 KiB writes (32 x 4 KiB), 16 in flight", big3, 150);
+  // Context rows: the same figures for one replica, which this build does measure.
+  ratioRow("(R=1) 4 KiB writes, 64 in flight, vs JetStream R1", w64r1, "jetstream-publish", 1.0, true);
+  p50Row("(R=1) 4 KiB write p50, 1 in flight, vs 1 echo RTT + 1 fdatasync", w1r1, 1, 1.6, true);
+  mbRow("(R=1) 128 KiB writes (32 x 4 KiB), 16 in flight", big1, 150, true);
+  return rows;
+}
+
+/** R=1 4 KiB write and read throughput at 1 and 64 in flight beside the echo (the closing note). */
+function closingNote(groups: readonly GroupResult[]): Array<Record<string, Cell>> {
+  const rows: Array<Record<string, Cell>> = [];
+  for (const qd of [1, 64]) {
+    const echo = findBaseline(groups, qd, 4096, "nats-echo");
+    const w = findSubject(groups, qd, 1, "randwrite", 1);
+    const r = findSubject(groups, qd, 1, "randread", 1);
+    const fmt = (s: SubjectResult | undefined): string => (measuredOk(s) ? `${formatNumber(s.opsPerSec)}/s (p50 ${formatUs(s.latency.percentile(50))})` : "-");
+    rows.push({
+      "in flight": qd,
+      "R=1 4 KiB writes": fmt(w),
+      "R=1 4 KiB reads (cached)": fmt(r),
+      "NATS echo 4 KiB": echo ? `${formatNumber(echo.opsPerSec)}/s (p50 ${formatUs(echo.latency.percentile(50))})` : "-",
+    });
+  }
+  return rows;
+}
+
+function groupRows(g: GroupResult): Array<Record<string, Cell>> {
+  const rows: Array<Record<string, Cell>> = [];
+  const latencyCells = (h: Histogram): Record<string, Cell> => ({
+    p50: formatUs(h.percentile(50)),
+    p90: formatUs(h.percentile(90)),
+    p99: formatUs(h.percentile(99)),
+    "p99.9": formatUs(h.percentile(99.9)),
+    max: formatUs(h.max),
+  });
+  for (const s of g.subjects) {
+    if (!s.available || s.rounds.length === 0) {
+      rows.push({ what: `Strata ${s.label}`, "ops/s": "-", note: s.unavailableReason?.startsWith("not available") ? s.unavailableReason.split(":")[0]! : `failed: ${s.unavailableReason ?? "no rounds"}` });
+      continue;
+    }
+    const ratioCells: Record<string, Cell> = {};
+    for (const b of g.baselines) ratioCells[`vs ${b.name}`] = x(s.ratios[b.name] ?? NaN);
+    rows.push({ what: `Strata ${s.label}`, "ops/s": s.opsPerSec, "MB/s": s.mbPerSec, ...latencyCells(s.latency), ...ratioCells });
+  }
+  for (const b of g.baselines) {
+    if (!b.available) {
+      rows.push({ what: b.label, "ops/s": "-", note: `not available: ${b.unavailableReason ?? "?"}` });
+      continue;
+    }
+    rows.push({ what: b.label, "ops/s": b.opsPerSec, "MB/s": b.mbPerSec, ...latencyCells(b.latency) });
+  }
+  return rows;
+}
+
+/** Serializable form of a result: histograms become summaries (p50/p90/p99/p99.9/max…). */
+type Jsonable<T> = T extends Histogram ? HistogramSummary : T extends object ? { [K in keyof T]: Jsonable<T[K]> } : T;
+
+/** The result as written to the JSON file. */
+export function resultToJson(result: BenchResult): Jsonable<BenchResult> {
+  return JSON.parse(JSON.stringify(result)) as Jsonable<BenchResult>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// runBench
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * Runs the benchmark: one workload with its baselines when `opts.workload` is given, else the
+ * default suite with its target table. Bounded by {@link RUN_MS_MAX} overall. Prints tables
+ * unless `quiet`, writes `<resultsDir>/<name>-*.json` and one latency CDF SVG per group unless
+ * `resultsDir` is null, and removes every volume it created.
+ */
+export async function runBench(opts: BenchOptions = {}): Promise<BenchResult> {
+  const o = resolveOptions(opts);
+  const startedAt = new Date();
+  const t0 = performance.now();
+  const budget = new Budget(RUN_MS_MAX);
+  const groups = planGroups(o);
+  const wantsReplicas3 = groups.some((g) => g.subjects.some((s) => s.replicas === 3));
+  if (!o.quiet) progress(opts.target ? `connecting to ${opts.target.natsUrl}…` : "starting an in-process cluster…");
+  const env = await openEnv(o, opts.target, opts.scratchDir, wantsReplicas3);
+  const results: GroupResult[] = [];
+  try {
+    for (let i = 0; i < groups.length; i++) results.push(await runGroup(env, o, groups[i]!, i, budget));
+  } finally {
+    if (!o.quiet) progress("stopping…");
+    await env.close();
+    clearProgress();
+  }
+  const suite = o.workload === "suite";
+  const notes = [
+    `JetStream: ${jetstreamNote}`,
+    "Ratios are medians over rounds of per-round ratios; subjects and baselines alternate in each round.",
+    "raw-append batches as many records per fdatasync as requests are in flight (the batching a device queue sees at that depth).",
+    "nats-echo sends the payload both ways; a Strata write sends it one way and a read returns it one way.",
+  ];
+  if (results.some((g) => g.subjects.some((s) => !s.available))) notes.push("Rows marked 'not available in this build': the cluster refused volume.create with replicas 3 (bad_request).");
+  const result: BenchResult = {
+    kind: suite ? "suite" : "single",
+    options: o,
+    machine: { cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model ?? "unknown", node: process.version, platform: `${os.platform()} ${os.release()}`, scratchDir: env.scratchDir },
+    target: {
+      kind: env.inProcess ? "in-process" : "running",
+      natsUrl: env.natsUrl,
+      cluster: env.cluster,
+      ...(env.nodes === undefined ? {} : { nodes: env.nodes }),
+      ...(env.hosts === undefined ? {} : { hosts: env.hosts }),
+    },
+    startedAt: startedAt.toISOString(),
+    wallMs: performance.now() - t0,
+    groups: results,
+    targets: suite ? evaluateTargets(results) : [],
+    closingNote: suite ? closingNote(results) : [],
+    notes,
+    files: [],
+  };
+  if (o.resultsDir !== null) {
+    results.forEach((g, i) => {
+      const series: LatencySeries[] = [
+        ...g.subjects.filter((s) => s.latency.count > 0).map((s) => ({ label: `Strata ${s.label}`, latency: s.latency })),
+        ...g.baselines.filter((b) => b.latency.count > 0).map((b) => ({ label: b.label, latency: b.latency })),
+      ];
+      result.files.push(writeSvg(o.resultsDir!, `${o.name}-g${i + 1}-latency`, latencyCdfSvg(series, { title: `Strata latency CDF: ${g.label}` })));
+    });
+    result.files.unshift(writeJson(o.resultsDir, o.name, result));
+  }
+  if (!o.quiet) printResult(result);
+  return result;
+}
+
+/** Prints the tables of a result to stdout. */
+export function printResult(result: BenchResult): void {
+  for (const g of result.groups) printTable(`Strata bench: ${g.label}`, groupRows(g));
+  if (result.kind === "suite") {
+    printTable(
+      "Targets (ratios from this run)",
+      result.targets.map((t) => ({ target: t.target, measured: t.measured, goal: t.goal, status: t.status })),
+    );
+    printTable("R=1 4 KiB throughput beside the NATS echo", result.closingNote);
+  }
+  for (const note of result.notes) process.stdout.write(`note: ${note}\n`);
+  for (const file of result.files) process.stdout.write(`written: ${file}\n`);
+}
+
+// ---------------------------------------------------------------------------------------------
+// CPU profile summary
+// ---------------------------------------------------------------------------------------------
+
+/** One line of {@link summarizeCpuProfile}. */
+export interface ProfileLine {
+  functionName: string;
+  /** `url:line` of the function. */
+  location: string;
+  selfMs: number;
+  selfPercent: number;
+}
+
+interface CpuProfileNode {
+  id: number;
+  callFrame: { functionName: string; url: string; lineNumber: number };
+  hitCount?: number;
+}
+
+/**
+ * Self time by function of a V8 `.cpuprofile` (what `node --cpu-prof` writes), largest first:
+ * samples are attributed to the node they hit, then summed per (function, location).
+ */
+export function summarizeCpuProfile(profile: unknown, top = 30): ProfileLine[] {
+  const p = profile as { nodes?: CpuProfileNode[]; samples?: number[]; timeDeltas?: number[]; startTime?: number; endTime?: number };
+  if (!Array.isArray(p.nodes) || !Array.isArray(p.samples) || !Array.isArray(p.timeDeltas)) throw new Error("not a V8 cpuprofile: expected nodes, samples and timeDeltas");
+  const byId = new Map<number, CpuProfileNode>();
+  for (const n of p.nodes) byId.set(n.id, n);
+  const selfUs = new Map<number, number>();
+  for (let i = 0; i < p.samples.length; i++) {
+    // The delta before sample i+1 is the time spent in sample i.
+    const dt = p.timeDeltas[i + 1] ?? 0;
+    selfUs.set(p.samples[i]!, (selfUs.get(p.samples[i]!) ?? 0) + Math.max(0, dt));
+  }
+  let totalUs = 0;
+  const byFunction = new Map<string, ProfileLine>();
+  for (const [id, us] of selfUs) {
+    const n = byId.get(id);
+    if (n === undefined) continue;
+    totalUs += us;
+    const name = n.callFrame.functionName || "(anonymous)";
+    const location = `${n.callFrame.url.replace(/^file:\/\//, "").split("/").slice(-2).join("/")}:${n.callFrame.lineNumber + 1}`;
+    const key = `${name}@${location}`;
+    const line = byFunction.get(key) ?? { functionName: name, location, selfMs: 0, selfPercent: 0 };
+    line.selfMs += us / 1000;
+    byFunction.set(key, line);
+  }
+  const lines = [...byFunction.values()].sort((a, b) => b.selfMs - a.selfMs).slice(0, Math.max(1, Math.min(top, 1000)));
+  for (const line of lines) line.selfPercent = totalUs > 0 ? (line.selfMs * 1000 * 100) / totalUs : 0;
+  return lines;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Command line
+// ---------------------------------------------------------------------------------------------
+
+/** Help of `strata bench` / `node dist/bench/strata-bench.js`. */
+export const BENCH_HELP = `strata bench — throughput and latency of a Strata cluster against its ceilings
+
+Usage: strata bench [flags]
+
+Without --workload: the default suite (4 KiB at 64 and 1 in flight, 128 KiB at 16 in flight,
+R=1 and R=3) with the target table. With --workload: that workload alone.
+
+  --workload W            randwrite | randread | seqwrite | seqread | mixed
+  --read-ratio F          reads of mixed, 0..1 (default 0.5)
+  --page-size N           4096 | 8192 (default 4096)
+  --pages-per-request N   adjacent pages per request, 1..64 (default 1)
+  --queue-depth N         requests in flight, 1..1024 (default 1)
+  --replicas R            1 | 3 (default 1)
+  --duration-ms N         measured time per subject and per baseline (default 10000; suite 15000, short 2100)
+  --ops N                 measured requests per subject and per baseline (stops at the first bound)
+  --warmup-ms N           unmeasured time per subject first (default 1000, short 300)
+  --rounds N              rounds subjects and baselines alternate in, 1..20 (default 5, short 3)
+  --volume-pages N        pages per benchmark volume (default 8192, short 4096)
+  --shards N              shards per volume (default: actor hosts)
+  --baselines LIST        comma-separated: raw-append,nats-echo,jetstream-publish, or none
+  --nats URL --cluster C  benchmark a running cluster (default: a fresh in-process cluster)
+  --hosts N               in-process: actor hosts per node (default: cores)
+  --nodes N               in-process: nodes (default 3 when R=3 is measured, else 1)
+  --timeout MS            bound on each request (default 10000)
+  --scratch-dir D         directory for the raw-append file (the disk under test)
+  --results-dir D         where JSON and SVG go (default results)
+  --no-results            write no files
+  --short                 the smoke suite: under a minute on two cores
+  --seed N                workload seed (default 1)
+  --no-async-traces       the Strata client skips the NATS client's per-request stack capture
+                          (the baselines keep it: ratios then flatter Strata by that cost)
+  --json                  print the JSON result instead of tables
+  --profile-summary FILE  print self time by function of a .cpuprofile and exit (--top N)
+
+Every run is bounded by 10 minutes.
+`;
+
+/** Output streams of {@link main}. */
+export interface BenchIo {
+  stdout: NodeJS.WritableStream;
+  stderr: NodeJS.WritableStream;
+}
+
+const FLAG_KINDS: Readonly<Record<string, "string" | "integer" | "number" | "boolean">> = {
+  workload: "string",
+  "read-ratio": "number",
+  "page-size": "integer",
+  "pages-per-request": "integer",
+  "queue-depth": "integer",
+  replicas: "integer",
+  "duration-ms": "integer",
+  ops: "integer",
+  "warmup-ms": "integer",
+  rounds: "integer",
+  "volume-pages": "integer",
+  shards: "integer",
+  baselines: "string",
+  nats: "string",
+  cluster: "string",
+  hosts: "integer",
+  nodes: "integer",
+  timeout: "integer",
+  "scratch-dir": "string",
+  "results-dir": "string",
+  "no-results": "boolean",
+  short: "boolean",
+  seed: "integer",
+  json: "boolean",
+  "profile-summary": "string",
+  "no-async-traces": "boolean",
+  top: "integer",
+  help: "boolean",
+};
+
+/** A bad command line. */
+export class BenchUsageError extends Error {
+  override readonly name = "BenchUsageError";
+  readonly code = "usage";
+}
+
+/** Parses `strata bench` flags (`--name value` or `--name=value`) into options. */
+export function parseBenchArgs(argv: readonly string[]): { options: BenchOptions; json: boolean; help: boolean; profileSummary?: string; top: number } {
+  const flags: Record<string, string | number | boolean> = {};
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    if (arg === "-h") {
+      flags.help = true;
+      continue;
+    }
+    if (!arg.startsWith("--")) throw new BenchUsageError(`unexpected argument ${JSON.stringify(arg)}`);
+    const eq = arg.indexOf("=");
+    const name = arg.slice(2, eq < 0 ? undefined : eq);
+    const kind = FLAG_KINDS[name];
+    if (kind === undefined) throw new BenchUsageError(`unknown flag --${name}`);
+    if (name in flags) throw new BenchUsageError(`--${name} given twice`);
+    if (kind === "boolean") {
+      if (eq >= 0) throw new BenchUsageError(`--${name} takes no value`);
+      flags[name] = true;
+      continue;
+    }
+    const value = eq >= 0 ? arg.slice(eq + 1) : argv[++i];
+    if (value === undefined || (eq < 0 && value.startsWith("--"))) throw new BenchUsageError(`--${name}: expected a value`);
+    if (kind === "string") flags[name] = value;
+    else {
+      const n = Number(value);
+      if (value.trim() === "" || !Number.isFinite(n) || (kind === "integer" && !Number.isSafeInteger(n))) {
+        throw new BenchUsageError(`--${name}: expected ${kind === "integer" ? "an integer" : "a number"}, got ${JSON.stringify(value)}`);
+      }
+      flags[name] = n;
+    }
+  }
+  const options: BenchOptions = {};
+  const num = (name: string): number | undefined => flags[name] as number | undefined;
+  const str = (name: string): string | undefined => flags[name] as string | undefined;
+  if (str("workload") !== undefined) {
+    const w = str("workload") as Workload;
+    if (!WORKLOADS.includes(w)) throw new BenchUsageError(`--workload: expected one of ${WORKLOADS.join(", ")}, got ${JSON.stringify(w)}`);
+    options.workload = w;
+  }
+  if (num("read-ratio") !== undefined) options.readRatio = num("read-ratio")!;
+  if (num("page-size") !== undefined) options.pageSize = num("page-size") as 4096 | 8192;
+  if (num("pages-per-request") !== undefined) options.pagesPerRequest = num("pages-per-request")!;
+  if (num("queue-depth") !== undefined) options.queueDepth = num("queue-depth")!;
+  if (num("replicas") !== undefined) options.replicas = num("replicas") as 1 | 3;
+  if (num("duration-ms") !== undefined) options.durationMs = num("duration-ms")!;
+  if (num("ops") !== undefined) options.ops = num("ops")!;
+  if (num("warmup-ms") !== undefined) options.warmupMs = num("warmup-ms")!;
+  if (num("rounds") !== undefined) options.rounds = num("rounds")!;
+  if (num("volume-pages") !== undefined) options.volumePages = num("volume-pages")!;
+  if (num("shards") !== undefined) options.shards = num("shards")!;
+  if (num("hosts") !== undefined) options.hosts = num("hosts")!;
+  if (num("nodes") !== undefined) options.nodes = num("nodes")!;
+  if (num("timeout") !== undefined) options.requestTimeoutMs = num("timeout")!;
+  if (num("seed") !== undefined) options.seed = num("seed")!;
+  if (str("scratch-dir") !== undefined) options.scratchDir = str("scratch-dir")!;
+  if (str("results-dir") !== undefined) options.resultsDir = str("results-dir")!;
+  if (flags["no-results"] === true) options.resultsDir = null;
+  if (flags.short === true) options.short = true;
+  if (flags["no-async-traces"] === true) options.natsAsyncTraces = false;
+  const baselines = str("baselines");
+  if (baselines !== undefined) {
+    const list = baselines === "none" || baselines === "" ? [] : baselines.split(",").map((b) => b.trim());
+    for (const b of list) if (!BASELINES.includes(b as BaselineName)) throw new BenchUsageError(`--baselines: unknown ${JSON.stringify(b)}; known: ${BASELINES.join(", ")}`);
+    options.baselines = list as BaselineName[];
+  }
+  const nats = str("nats");
+  const cluster = str("cluster");
+  if ((nats === undefined) !== (cluster === undefined)) throw new BenchUsageError("--nats and --cluster go together (a running cluster), or neither (in-process)");
+  if (nats !== undefined && cluster !== undefined) options.target = { natsUrl: nats, cluster };
+  const json = flags.json === true;
+  if (json) options.quiet = true;
+  const profileSummary = str("profile-summary");
+  return { options, json, help: flags.help === true, ...(profileSummary === undefined ? {} : { profileSummary }), top: num("top") ?? 30 };
+}
+
+/**
+ * Runs `strata bench` with `argv` (the arguments after `bench`) and resolves with the exit code:
+ * 0 done (targets missed or not is in the table, not in the code), 1 the run failed, 2 usage.
+ */
+export async function main(argv: readonly string[], io: BenchIo = { stdout: process.stdout, stderr: process.stderr }): Promise<number> {
+  let parsed: ReturnType<typeof parseBenchArgs>;
+  try {
+    parsed = parseBenchArgs(argv);
+  } catch (err) {
+    io.stderr.write(`strata bench: usage: ${(err as Error).message}\nRun "strata bench --help" for the flags.\n`);
+    return 2;
+  }
+  if (parsed.help) {
+    io.stdout.write(BENCH_HELP);
+    return 0;
+  }
+  try {
+    if (parsed.profileSummary !== undefined) {
+      const profile: unknown = JSON.parse(fs.readFileSync(parsed.profileSummary, "utf8"));
+      const lines = summarizeCpuProfile(profile, parsed.top);
+      for (const l of lines) io.stdout.write(`${l.selfMs.toFixed(1).padStart(10)} ms ${l.selfPercent.toFixed(1).padStart(5)} %  ${l.functionName}  ${l.location}\n`);
+      return 0;
+    }
+    const result = await runBench(parsed.options);
+    if (parsed.json) io.stdout.write(`${JSON.stringify(resultToJson(result), null, 2)}\n`);
+    return 0;
+  } catch (err) {
+    clearProgress();
+    const e = err as Error;
+    io.stderr.write(`strata bench: ${errorCode(err)}: ${e.stack ?? e.message}\n`);
+    return 1;
+  }
+}
+
+if (require.main === module) {
+  void main(process.argv.slice(2)).then((code) => {
+    // Exit explicitly: a leftover handle of a failed run must not keep the benchmark alive.
+    process.exit(code);
+  });
+}

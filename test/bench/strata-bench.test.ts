@@ -1,0 +1,185 @@
+import * as assert from "node:assert/strict";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { evaluateTargets, parseBenchArgs, runBench, summarizeCpuProfile, type BenchResult } from "../../bench/strata-bench";
+import { WorkloadGenerator, payloadPages, SeededRandom, type Workload } from "../../bench/workloads";
+
+function assertOrdered(summary: { min: number; p50: number; p90: number; p99: number; p999: number; max: number }): void {
+  const points = [summary.min, summary.p50, summary.p90, summary.p99, summary.p999, summary.max];
+  for (let i = 1; i < points.length; i++) assert.ok(points[i - 1]! <= points[i]!, `percentiles ordered: ${points.join(" <= ")}`);
+  assert.ok(summary.min > 0);
+}
+
+describe("bench/workloads", () => {
+  const workloads: Workload[] = ["randwrite", "randread", "seqwrite", "seqread", "mixed"];
+
+  it("is deterministic for a seed and differs between seeds", () => {
+    for (const workload of workloads) {
+      const take = (seed: number): string => {
+        const g = new WorkloadGenerator({ workload, pageCount: 10_000, pagesPerRequest: 4, readRatio: 0.3, seed });
+        return JSON.stringify(Array.from({ length: 200 }, () => g.next()));
+      };
+      assert.equal(take(7), take(7), workload);
+      if (workload !== "seqwrite" && workload !== "seqread") assert.notEqual(take(7), take(8), workload);
+    }
+    assert.deepEqual(payloadPages(4096, 3, 5), payloadPages(4096, 3, 5));
+    assert.notDeepEqual(payloadPages(4096, 1, 5)[0], payloadPages(4096, 1, 6)[0]);
+  });
+
+  it("stays within the volume with adjacent, aligned pages", () => {
+    for (const workload of workloads) {
+      for (const [pageCount, pagesPerRequest] of [[1, 1], [64, 64], [100, 32], [1003, 7]] as const) {
+        const g = new WorkloadGenerator({ workload, pageCount, pagesPerRequest, seed: 3 });
+        for (let i = 0; i < 2_000; i++) {
+          const r = g.next();
+          assert.equal(r.pages.length, pagesPerRequest);
+          assert.equal(r.firstPage % pagesPerRequest, 0);
+          r.pages.forEach((p, j) => assert.equal(p, r.firstPage + j));
+          assert.ok(r.pages[r.pages.length - 1]! < pageCount, `${workload} ${pageCount}/${pagesPerRequest}: page ${r.pages.at(-1)}`);
+          assert.ok(r.firstPage >= 0);
+          if (workload.endsWith("write")) assert.equal(r.kind, "write");
+          if (workload.endsWith("read")) assert.equal(r.kind, "read");
+        }
+      }
+    }
+  });
+
+  it("walks sequentially and wraps; mixed follows readRatio", () => {
+    const seq = new WorkloadGenerator({ workload: "seqwrite", pageCount: 100, pagesPerRequest: 32 });
+    assert.deepEqual(Array.from({ length: 5 }, () => seq.next().firstPage), [0, 32, 64, 0, 32]);
+    const mixed = new WorkloadGenerator({ workload: "mixed", pageCount: 1000, pagesPerRequest: 1, readRatio: 0.25, seed: 9 });
+    const reads = Array.from({ length: 10_000 }, () => mixed.next()).filter((r) => r.kind === "read").length;
+    assert.ok(reads > 2_200 && reads < 2_800, `reads ${reads}`);
+    const none = new WorkloadGenerator({ workload: "mixed", pageCount: 10, pagesPerRequest: 1, readRatio: 0 });
+    assert.ok(Array.from({ length: 100 }, () => none.next()).every((r) => r.kind === "write"));
+  });
+
+  it("refuses bad options", () => {
+    assert.throws(() => new WorkloadGenerator({ workload: "randwrite", pageCount: 3, pagesPerRequest: 4 }), RangeError);
+    assert.throws(() => new WorkloadGenerator({ workload: "randwrite", pageCount: 100, pagesPerRequest: 65 }), RangeError);
+    assert.throws(() => new WorkloadGenerator({ workload: "mixed", pageCount: 100, pagesPerRequest: 1, readRatio: 1.5 }), RangeError);
+    assert.throws(() => new WorkloadGenerator({ workload: "nope" as Workload, pageCount: 100, pagesPerRequest: 1 }), RangeError);
+    const r = new SeededRandom(1);
+    for (let i = 0; i < 1000; i++) {
+      const v = r.nextInt(10);
+      assert.ok(Number.isInteger(v) && v >= 0 && v < 10);
+    }
+  });
+});
+
+describe("bench/strata-bench", function () {
+  this.timeout(20_000);
+  let resultsDir: string;
+
+  before(() => {
+    resultsDir = fs.mkdtempSync(path.join(os.tmpdir(), "strata-bench-test-"));
+  });
+
+  after(() => {
+    if (resultsDir !== undefined) fs.rmSync(resultsDir, { recursive: true, force: true });
+  });
+
+  it("runs a tiny write workload against an in-process cluster with counts, percentiles and ratios", async () => {
+    const result: BenchResult = await runBench({
+      workload: "randwrite",
+      pagesPerRequest: 2,
+      queueDepth: 4,
+      ops: 120,
+      durationMs: 10_000,
+      rounds: 2,
+      warmupMs: 0,
+      volumePages: 64,
+      hosts: 1,
+      baselines: ["nats-echo", "raw-append"],
+      resultsDir,
+      name: "unit",
+      quiet: true,
+    });
+    assert.equal(result.kind, "single");
+    assert.equal(result.groups.length, 1);
+    const [group] = result.groups;
+    const s = group!.subjects[0]!;
+    assert.ok(s.available);
+    assert.equal(s.ops, 120);
+    assert.equal(s.latency.count, 120);
+    assert.equal(s.pages, 240);
+    assert.equal(s.bytes, 240 * 4096);
+    assert.deepEqual(s.rounds.map((r) => r.ops), [60, 60]);
+    assert.deepEqual(s.errors, {});
+    assert.ok(s.opsPerSec > 0 && Math.abs(s.opsPerSec - s.ops / s.seconds) < 1e-6 * s.opsPerSec);
+    assert.ok(Math.abs(s.mbPerSec - s.bytes / 1e6 / s.seconds) < 1e-6 * s.mbPerSec);
+    assertOrdered(s.latency.toJSON());
+    assert.deepEqual(group!.baselines.map((b) => b.name), ["nats-echo", "raw-append"]);
+    for (const b of group!.baselines) {
+      assert.ok(b.available, b.unavailableReason);
+      assert.equal(b.payloadBytes, 8192);
+      assert.equal(b.rounds.length, 2);
+      assert.ok(b.opsPerSec > 0);
+      const ratio = s.ratios[b.name]!;
+      assert.ok(Number.isFinite(ratio) && ratio > 0, `${b.name} ratio ${ratio}`);
+    }
+    assert.equal(group!.baselines.find((b) => b.name === "nats-echo")!.ops, 120);
+    // raw-append: 60 requests per round at 4 in flight = 15 batches of 4 records per round.
+    assert.equal(group!.baselines.find((b) => b.name === "raw-append")!.ops, 120);
+    // Files: the JSON (histograms as summaries) and one SVG.
+    assert.equal(result.files.length, 2);
+    const json = JSON.parse(fs.readFileSync(result.files[0]!, "utf8")) as BenchResult & { groups: Array<{ subjects: Array<{ latency: { count: number; p999: number } }> }> };
+    assert.equal(json.groups[0]!.subjects[0]!.latency.count, 120);
+    assert.match(fs.readFileSync(result.files[1]!, "utf8"), /<polyline/);
+    assert.equal(result.targets.length, 0);
+  });
+
+  it("reads a filled volume, and reports R=3 as not available when the cluster refuses it", async () => {
+    const read = await runBench({ workload: "randread", queueDepth: 8, ops: 100, rounds: 1, warmupMs: 0, volumePages: 128, hosts: 1, baselines: [], resultsDir: null, quiet: true });
+    const s = read.groups[0]!.subjects[0]!;
+    assert.equal(s.ops, 100);
+    assert.equal(read.groups[0]!.baselines.length, 0);
+    assert.deepEqual(read.files, []);
+
+    const r3 = await runBench({ workload: "randwrite", replicas: 3, ops: 10, rounds: 1, warmupMs: 0, volumePages: 64, hosts: 1, nodes: 1, baselines: ["nats-echo"], resultsDir: null, quiet: true });
+    const s3 = r3.groups[0]!.subjects[0]!;
+    if (!s3.available) {
+      assert.match(s3.unavailableReason!, /not available (in this build|on this cluster)/);
+      assert.equal(s3.ops, 0);
+      assert.deepEqual(s3.ratios, {});
+    }
+    // Targets computed from such a result mark the R=3 rows, never throw.
+    const rows = evaluateTargets(r3.groups);
+    assert.ok(rows.every((r) => r.status === "not available in this build"));
+  });
+
+  it("parses the command line and refuses bad flags", () => {
+    const p = parseBenchArgs(["--workload", "mixed", "--read-ratio=0.7", "--queue-depth", "64", "--baselines", "nats-echo", "--nats", "nats://x:4222", "--cluster", "c", "--no-results"]);
+    assert.deepEqual(p.options, {
+      workload: "mixed",
+      readRatio: 0.7,
+      queueDepth: 64,
+      baselines: ["nats-echo"],
+      target: { natsUrl: "nats://x:4222", cluster: "c" },
+      resultsDir: null,
+    });
+    assert.throws(() => parseBenchArgs(["--workload", "fast"]), /--workload/);
+    assert.throws(() => parseBenchArgs(["--nats", "nats://x"]), /go together/);
+    assert.throws(() => parseBenchArgs(["--queue-depth", "x"]), /integer/);
+    assert.throws(() => parseBenchArgs(["--bogus"]), /unknown flag/);
+  });
+
+  it("summarizes a cpuprofile by self time", () => {
+    const profile = {
+      nodes: [
+        { id: 1, callFrame: { functionName: "(root)", url: "", lineNumber: -1 } },
+        { id: 2, callFrame: { functionName: "encode", url: "file:///a/messages/codec.js", lineNumber: 9 } },
+        { id: 3, callFrame: { functionName: "", url: "file:///a/b.js", lineNumber: 0 } },
+      ],
+      samples: [2, 2, 3, 2],
+      timeDeltas: [0, 1000, 1000, 1000],
+    };
+    const lines = summarizeCpuProfile(profile);
+    assert.equal(lines[0]!.functionName, "encode");
+    assert.equal(lines[0]!.location, "messages/codec.js:10");
+    assert.equal(lines[0]!.selfMs, 2);
+    assert.equal(lines[1]!.functionName, "(anonymous)");
+    assert.ok(Math.abs(lines[0]!.selfPercent - 66.67) < 0.1);
+  });
+});
