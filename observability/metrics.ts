@@ -1,0 +1,493 @@
+/**
+ * Metrics of a Strata node.
+ *
+ * Two sources feed them, so that the hot path changes little:
+ * - **Stats snapshots** pulled at every scrape from `statsSource()` callbacks that return the
+ *   stats objects the node already keeps (HostPool.stats(): each host's mailboxes, DeviceQueue
+ *   stats, shard stats). Gauges and counters are OpenTelemetry observable instruments read from
+ *   the snapshot; the DeviceQueue's own pre-bucketed histograms (batch size, fdatasync latency)
+ *   are passed on exactly, bucket for bucket, by a MetricProducer.
+ * - **Request recorders**: a `RequestRecorder` counts request durations (fixed buckets) and
+ *   errors by code. It has no OpenTelemetry dependency and costs a few array writes per request,
+ *   so it runs anywhere: actor hosts on worker threads keep one and return its `snapshot()` with
+ *   their stats (field `requests`); the main thread's recorder is `StrataMetrics.requestDuration`.
+ *
+ * Everything is bounded: label values per label, series per metric and recorder series are
+ * capped; what exceeds a cap is folded into `other` or left out (see the constants below).
+ * Names follow Prometheus conventions; the exporter appends `_total` to counters.
+ */
+import { ValueType, type Attributes, type BatchObservableResult, type Meter, type MeterProvider, type Observable } from '@opentelemetry/api';
+import { emptyResource } from '@opentelemetry/resources';
+import {
+  AggregationTemporality,
+  DataPointType,
+  type CollectionResult,
+  type DataPoint,
+  type Histogram,
+  type MetricData,
+  type MetricProducer,
+} from '@opentelemetry/sdk-metrics';
+import { BATCH_OPS_BUCKETS, FSYNC_MS_BUCKETS } from '../actors/device-queue';
+
+/** Upper bounds (inclusive) of the request-duration buckets, in seconds. */
+export const REQUEST_DURATION_BUCKETS_S: readonly number[] = [
+  0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+];
+/** (operation, outcome) series one RequestRecorder keeps at most; more go to operation `other`. */
+export const REQUEST_SERIES_MAX = 256;
+/** Error codes one RequestRecorder counts separately at most; more are counted as `other`. */
+export const ERROR_CODES_MAX = 64;
+/** Series one observable metric reports per scrape at most (per-shard metrics on a big node). */
+export const SERIES_PER_METRIC_MAX = 1500;
+/** Stats sources registered at most (one per node of the process). */
+export const STATS_SOURCES_MAX = 64;
+/** A stats source that does not answer within this long is left out of the scrape. */
+export const STATS_TIMEOUT_MS_DEFAULT = 2000;
+/** A snapshot is reused for this long, so one scrape asks each source once. */
+const SNAPSHOT_REUSE_MS = 250;
+const LABEL_LENGTH_MAX = 64;
+
+// ---------------------------------------------------------------------------------------------
+// Snapshot shapes (structural: HostPool.stats() and its parts fit)
+// ---------------------------------------------------------------------------------------------
+
+/** One shard mailbox of an actor host (runtime/actor-host.ts MailboxStats fits). */
+export interface MailboxSnapshot {
+  volumeId: string;
+  shard: number;
+  /** Requests admitted and not yet answered. */
+  depth: number;
+  bytes?: number;
+  rejectedOverloaded?: number;
+}
+
+/** A DeviceQueue's stats (actors/device-queue.ts DeviceQueueStats fits). */
+export interface DeviceQueueSnapshot {
+  state: string;
+  queueOps: number;
+  queueBytes: number;
+  batches: number;
+  appendOps: number;
+  appendBytes: number;
+  readOps: number;
+  readBytes: number;
+  tasks: number;
+  syncs: number;
+  syncMsSum: number;
+  /** Counts per BATCH_OPS_BUCKETS bucket. */
+  batchOpsHistogram: readonly number[];
+  /** Counts per FSYNC_MS_BUCKETS bucket. */
+  syncMsHistogram: readonly number[];
+}
+
+/** One shard's stats (ShardActorStats + state fits; the optional fields come with later work). */
+export interface ShardSnapshot {
+  volumeId: string;
+  shard: number;
+  term: number;
+  appliedLsn: number;
+  /** Highest LSN known committed; default appliedLsn. */
+  commitLsn?: number;
+  state?: string;
+  /** The shard's page cache (PageStore.stats().cache). */
+  cache?: { hits: number; misses: number; evictions: number; bytes: number };
+  /** Elections this shard's actor started (cumulative). */
+  elections?: number;
+  /** How far each replica's log is behind the commit LSN, in records. */
+  replicas?: ReadonlyArray<{ replica: string; lagRecords: number }>;
+}
+
+/** One actor host (an element of HostPool.stats() fits). */
+export interface HostSnapshot {
+  hostId: number;
+  /** Times the host thread was restarted. */
+  restarts?: number;
+  /** Why the host is down, when it is. */
+  down?: string;
+  mailbox: readonly MailboxSnapshot[];
+  device?: { queue: DeviceQueueSnapshot; restarts: number; shards: readonly ShardSnapshot[] } | undefined;
+  /** The host's RequestRecorder snapshot. */
+  requests?: RequestStatsSnapshot;
+}
+
+/** What a stats source returns: one node's hosts. */
+export interface StatsSnapshot {
+  node: string;
+  hosts: readonly HostSnapshot[];
+}
+
+export type StatsSource = () => StatsSnapshot | Promise<StatsSnapshot>;
+
+// ---------------------------------------------------------------------------------------------
+// RequestRecorder: request durations and errors, anywhere (no OpenTelemetry dependency)
+// ---------------------------------------------------------------------------------------------
+
+/** One (operation, outcome) series of a RequestRecorder; counts per REQUEST_DURATION_BUCKETS_S + one for +Inf. */
+export interface RequestSeriesSnapshot {
+  operation: string;
+  outcome: string;
+  counts: number[];
+  count: number;
+  sumSeconds: number;
+}
+
+/** A RequestRecorder's state: structured-clone safe, so it crosses threads with the host stats. */
+export interface RequestStatsSnapshot {
+  series: RequestSeriesSnapshot[];
+  errors: Array<{ code: string; count: number }>;
+}
+
+function cleanLabel(value: string): string {
+  return value.length > LABEL_LENGTH_MAX ? value.slice(0, LABEL_LENGTH_MAX) : value;
+}
+
+/**
+ * Counts request durations in fixed buckets by operation and outcome, and errors by code.
+ * Bounded: at most REQUEST_SERIES_MAX series and ERROR_CODES_MAX codes.
+ */
+export class RequestRecorder {
+  private readonly series = new Map<string, RequestSeriesSnapshot>();
+  private readonly errorCounts = new Map<string, number>();
+
+  /**
+   * Records one request: `outcome` is 'ok' or the protocol error code it was answered with
+   * (which is also counted as an error).
+   */
+  requestDuration(operation: string, outcome: string, seconds: number): void {
+    const s = this.seriesOf(operation, outcome);
+    const v = Number.isFinite(seconds) && seconds > 0 ? seconds : 0;
+    let i = 0;
+    while (i < REQUEST_DURATION_BUCKETS_S.length && v > REQUEST_DURATION_BUCKETS_S[i]!) i++;
+    s.counts[i]!++;
+    s.count++;
+    s.sumSeconds += v;
+    if (outcome !== 'ok') this.errors(outcome);
+  }
+
+  /** Counts one error reply (or another failure worth counting) with its protocol code. */
+  errors(code: string): void {
+    let key = cleanLabel(code);
+    if (!this.errorCounts.has(key) && this.errorCounts.size >= ERROR_CODES_MAX) key = 'other';
+    this.errorCounts.set(key, (this.errorCounts.get(key) ?? 0) + 1);
+  }
+
+  /**
+   * Runs (awaits) a request and records its duration and outcome: the error's string `code`,
+   * or 'internal' for an error without one. The clock is performance.now().
+   */
+  async observe<T>(operation: string, request: Promise<T>): Promise<T> {
+    const t0 = performance.now();
+    try {
+      const r = await request;
+      this.requestDuration(operation, 'ok', (performance.now() - t0) / 1000);
+      return r;
+    } catch (err) {
+      const code = (err as { code?: unknown } | null | undefined)?.code;
+      this.requestDuration(operation, typeof code === 'string' ? code : 'internal', (performance.now() - t0) / 1000);
+      throw err;
+    }
+  }
+
+  /** A copy of the counters (cumulative since the recorder was created). */
+  snapshot(): RequestStatsSnapshot {
+    return {
+      series: [...this.series.values()].map((s) => ({ ...s, counts: [...s.counts] })),
+      errors: [...this.errorCounts].map(([code, count]) => ({ code, count })),
+    };
+  }
+
+  private seriesOf(operation: string, outcome: string): RequestSeriesSnapshot {
+    let op = cleanLabel(operation);
+    const out = cleanLabel(outcome);
+    let key = `${op}\u0000${out}`;
+    let s = this.series.get(key);
+    if (s) return s;
+    if (this.series.size >= REQUEST_SERIES_MAX) {
+      op = 'other';
+      key = `${op}\u0000${out}`;
+      s = this.series.get(key);
+      if (s) return s;
+    }
+    s = { operation: op, outcome: out, counts: new Array<number>(REQUEST_DURATION_BUCKETS_S.length + 1).fill(0), count: 0, sumSeconds: 0 };
+    // The 'other' series may exceed the bound by the number of distinct outcomes (≤ ERROR_CODES_MAX + 1).
+    this.series.set(key, s);
+    return s;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// StrataMetrics
+// ---------------------------------------------------------------------------------------------
+
+/** Options of `StrataMetrics`. */
+export interface StrataMetricsOptions {
+  /** Where the observable instruments live (telemetry's MeterProvider; a no-op one works). */
+  meterProvider: MeterProvider;
+  /** Node id used as the `node` label of this thread's own requests. */
+  nodeId: string;
+  /** Bound on one stats source call; default STATS_TIMEOUT_MS_DEFAULT. */
+  statsTimeoutMs?: number;
+}
+
+type Ms = number;
+
+function hrTime(ms: Ms): [number, number] {
+  const s = Math.floor(ms / 1000);
+  return [s, Math.round((ms - s * 1000) * 1e6)];
+}
+
+function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const t = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`stats source did not answer within ${ms} ms`)), ms);
+    timer.unref();
+  });
+  return Promise.race([p, t]).finally(() => clearTimeout(timer));
+}
+
+/** Counts of a bucketed histogram whose last bucket is +Inf, as OpenTelemetry boundaries + counts. */
+function bucketsOf(bounds: readonly number[], counts: readonly number[], scale: number): { boundaries: number[]; counts: number[]; count: number } {
+  const boundaries = bounds.filter((b) => Number.isFinite(b)).map((b) => b * scale);
+  const out = new Array<number>(boundaries.length + 1).fill(0);
+  let count = 0;
+  for (let i = 0; i < counts.length; i++) {
+    const c = counts[i] ?? 0;
+    out[Math.min(i, boundaries.length)]! += c;
+    count += c;
+  }
+  return { boundaries, counts: out, count };
+}
+
+interface SourceEntry {
+  source: StatsSource;
+  addedMs: Ms;
+}
+
+/**
+ * The metrics of one process (one Strata node, or every node of an in-process cluster).
+ *
+ * ```ts
+ * const m = telemetry.metrics;
+ * const remove = m.addStatsSource(async () => ({ node: nodeId, hosts: await pool.stats() }));
+ * m.requestDuration('page.write', 'ok', 0.0012);
+ * ```
+ */
+export class StrataMetrics {
+  /** Pass to every MetricReader (`metricProducers`): it yields the bucketed histograms and request counters. */
+  readonly producer: MetricProducer;
+  private readonly meter: Meter;
+  private readonly nodeId: string;
+  private readonly statsTimeoutMs: number;
+  private readonly recorder = new RequestRecorder();
+  private readonly startedMs: Ms = Date.now();
+  private readonly sources: SourceEntry[] = [];
+  private cached: { atMs: Ms; snapshots: Promise<StatsSnapshot[]> } | undefined;
+  private readonly observables: Observable[];
+  private readonly batchCallback: (r: BatchObservableResult) => Promise<void>;
+  private closed = false;
+
+  constructor(opts: StrataMetricsOptions) {
+    this.meter = opts.meterProvider.getMeter('strata');
+    this.nodeId = opts.nodeId;
+    this.statsTimeoutMs = opts.statsTimeoutMs ?? STATS_TIMEOUT_MS_DEFAULT;
+    const m = this.meter;
+    const gauge = (name: string, description: string, unit = ''): Observable =>
+      m.createObservableGauge(name, { description, unit, valueType: ValueType.DOUBLE });
+    const counter = (name: string, description: string, unit = ''): Observable =>
+      m.createObservableCounter(name, { description, unit, valueType: ValueType.INT });
+    const o = {
+      mailboxDepth: gauge('strata_mailbox_depth', 'Requests admitted to a shard mailbox and not yet answered.'),
+      mailboxBytes: gauge('strata_mailbox_bytes', 'Request bytes admitted to a shard mailbox and not yet answered.', 'By'),
+      mailboxRejected: counter('strata_mailbox_rejected', 'Requests refused with overloaded because the shard mailbox was full.'),
+      queueDepth: gauge('strata_device_queue_depth', 'Operations queued on a device and not yet started.'),
+      queueBytes: gauge('strata_device_queue_bytes', 'Payload bytes queued on a device and not yet started.', 'By'),
+      deviceUp: gauge('strata_device_up', '1 when the host and its device serve requests, 0 when down or failed.'),
+      written: counter('strata_device_written_bytes', 'Log payload bytes appended and made durable on a device.', 'By'),
+      read: counter('strata_device_read_bytes', 'Bytes read from a device.', 'By'),
+      cacheHits: counter('strata_cache_hits', 'Page cache hits of a shard.'),
+      cacheMisses: counter('strata_cache_misses', 'Page cache misses of a shard.'),
+      cacheEvictions: counter('strata_cache_evictions', 'Pages evicted from a shard page cache.'),
+      cacheBytes: gauge('strata_cache_bytes', 'Page bytes held by a shard page cache.', 'By'),
+      commitLsn: gauge('strata_shard_commit_lsn', 'Highest LSN of a shard known committed.'),
+      appliedLsn: gauge('strata_shard_applied_lsn', 'Highest LSN of a shard applied to its page store.'),
+      term: gauge('strata_shard_current_term', 'Leader term of a shard.'),
+      shardUp: gauge('strata_shard_up', '1 when a shard serves requests, 0 when down.'),
+      replicaLag: gauge('strata_replica_lag_records', 'Records a replica log is behind the shard commit LSN.'),
+      elections: counter('strata_elections', 'Leader elections started by a shard.'),
+      restarts: counter('strata_actor_restarts', 'Restarts of actor hosts (kind=host) and of shard actors from durable state (kind=shard).'),
+    };
+    this.observables = Object.values(o);
+    this.batchCallback = async (r) => {
+      for (const snap of await this.snapshots()) this.observeSnapshot(r, o, snap);
+    };
+    m.addBatchObservableCallback(this.batchCallback, this.observables);
+    this.producer = { collect: () => this.collectProduced() };
+  }
+
+  /**
+   * Registers a stats source (one per node); returns a function that removes it. The source is
+   * called at most once per scrape, bounded by statsTimeoutMs.
+   */
+  addStatsSource(source: StatsSource): () => void {
+    if (this.sources.length >= STATS_SOURCES_MAX) throw new Error(`at most ${STATS_SOURCES_MAX} stats sources`);
+    const entry: SourceEntry = { source, addedMs: Date.now() };
+    this.sources.push(entry);
+    this.cached = undefined;
+    return () => {
+      const i = this.sources.indexOf(entry);
+      if (i >= 0) this.sources.splice(i, 1);
+      this.cached = undefined;
+    };
+  }
+
+  /** Records one request handled on this thread: `outcome` is 'ok' or its error code. */
+  requestDuration(operation: string, outcome: string, seconds: number): void {
+    this.recorder.requestDuration(operation, outcome, seconds);
+  }
+
+  /** Counts one error with its protocol code (request errors are counted by requestDuration). */
+  errors(code: string): void {
+    this.recorder.errors(code);
+  }
+
+  /** Awaits a request and records its duration and outcome (see RequestRecorder.observe). */
+  observeRequest<T>(operation: string, request: Promise<T>): Promise<T> {
+    return this.recorder.observe(operation, request);
+  }
+
+  /** Stops observing (the instruments stay registered but report nothing). */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.meter.removeBatchObservableCallback(this.batchCallback, this.observables);
+    this.sources.length = 0;
+    this.cached = undefined;
+  }
+
+  // -------------------------------------------------------------------------------------------
+
+  private snapshots(): Promise<StatsSnapshot[]> {
+    const now = Date.now();
+    if (this.cached && now - this.cached.atMs < SNAPSHOT_REUSE_MS) return this.cached.snapshots;
+    const snapshots = Promise.all(
+      this.sources.map((e) =>
+        withTimeout(Promise.resolve().then(e.source), this.statsTimeoutMs).then(
+          (s) => [s],
+          () => [] as StatsSnapshot[],
+        ),
+      ),
+    ).then((all) => all.flat());
+    this.cached = { atMs: now, snapshots };
+    return snapshots;
+  }
+
+  private observeSnapshot(r: BatchObservableResult, o: Record<string, Observable>, snap: StatsSnapshot): void {
+    const node = cleanLabel(snap.node);
+    const counts = new Map<Observable, number>();
+    const observe = (inst: Observable, value: number, attrs: Attributes): void => {
+      if (!Number.isFinite(value)) return;
+      const n = counts.get(inst) ?? 0;
+      if (n >= SERIES_PER_METRIC_MAX) return;
+      counts.set(inst, n + 1);
+      r.observe(inst, value, attrs);
+    };
+    for (const h of snap.hosts) {
+      const host = String(h.hostId);
+      const hostAttrs = { node, host };
+      observe(o.restarts!, h.restarts ?? 0, { ...hostAttrs, kind: 'host' });
+      const dev = h.device;
+      observe(o.deviceUp!, h.down === undefined && dev !== undefined && dev.queue.state === 'ok' ? 1 : 0, hostAttrs);
+      for (const mb of h.mailbox) {
+        const a = { node, volume: cleanLabel(mb.volumeId), shard: String(mb.shard) };
+        observe(o.mailboxDepth!, mb.depth, a);
+        if (mb.bytes !== undefined) observe(o.mailboxBytes!, mb.bytes, a);
+        if (mb.rejectedOverloaded !== undefined) observe(o.mailboxRejected!, mb.rejectedOverloaded, a);
+      }
+      if (dev === undefined) continue;
+      observe(o.restarts!, dev.restarts, { ...hostAttrs, kind: 'shard' });
+      observe(o.queueDepth!, dev.queue.queueOps, hostAttrs);
+      observe(o.queueBytes!, dev.queue.queueBytes, hostAttrs);
+      observe(o.written!, dev.queue.appendBytes, hostAttrs);
+      observe(o.read!, dev.queue.readBytes, hostAttrs);
+      for (const s of dev.shards) {
+        const a = { node, volume: cleanLabel(s.volumeId), shard: String(s.shard) };
+        observe(o.shardUp!, s.state === undefined || s.state === 'up' ? 1 : 0, a);
+        observe(o.appliedLsn!, s.appliedLsn, a);
+        observe(o.commitLsn!, s.commitLsn ?? s.appliedLsn, a);
+        observe(o.term!, s.term, a);
+        if (s.elections !== undefined) observe(o.elections!, s.elections, a);
+        if (s.cache) {
+          observe(o.cacheHits!, s.cache.hits, a);
+          observe(o.cacheMisses!, s.cache.misses, a);
+          observe(o.cacheEvictions!, s.cache.evictions, a);
+          observe(o.cacheBytes!, s.cache.bytes, a);
+        }
+        for (const rep of s.replicas ?? []) observe(o.replicaLag!, rep.lagRecords, { ...a, replica: cleanLabel(rep.replica) });
+      }
+    }
+  }
+
+  /** The MetricProducer's collection: histograms and request/error counters, exactly as counted. */
+  private async collectProduced(): Promise<CollectionResult> {
+    const snaps = this.closed ? [] : await this.snapshots();
+    const nowMs = Date.now();
+    const endTime = hrTime(nowMs);
+    const requests: Array<{ attrs: Attributes; snap: RequestStatsSnapshot; startMs: Ms }> = [
+      { attrs: { node: cleanLabel(this.nodeId), host: 'main' }, snap: this.recorder.snapshot(), startMs: this.startedMs },
+    ];
+    const batchPoints: DataPoint<Histogram>[] = [];
+    const fsyncPoints: DataPoint<Histogram>[] = [];
+    const startTime = hrTime(this.startedMs);
+    for (const snap of snaps) {
+      const node = cleanLabel(snap.node);
+      for (const h of snap.hosts) {
+        const attrs = { node, host: String(h.hostId) };
+        if (h.requests) requests.push({ attrs, snap: h.requests, startMs: this.startedMs });
+        const q = h.device?.queue;
+        if (!q || batchPoints.length >= SERIES_PER_METRIC_MAX) continue;
+        const b = bucketsOf(BATCH_OPS_BUCKETS, q.batchOpsHistogram, 1);
+        batchPoints.push({ startTime, endTime, attributes: attrs, value: { buckets: { boundaries: b.boundaries, counts: b.counts }, count: b.count, sum: q.appendOps + q.readOps + q.tasks } });
+        const f = bucketsOf(FSYNC_MS_BUCKETS, q.syncMsHistogram, 1 / 1000);
+        fsyncPoints.push({ startTime, endTime, attributes: attrs, value: { buckets: { boundaries: f.boundaries, counts: f.counts }, count: f.count, sum: q.syncMsSum / 1000 } });
+      }
+    }
+    const durationPoints: DataPoint<Histogram>[] = [];
+    const errorPoints: DataPoint<number>[] = [];
+    for (const { attrs, snap, startMs } of requests) {
+      const st = hrTime(startMs);
+      for (const s of snap.series) {
+        if (durationPoints.length >= SERIES_PER_METRIC_MAX) break;
+        durationPoints.push({
+          startTime: st, endTime, attributes: { ...attrs, operation: s.operation, outcome: s.outcome },
+          value: { buckets: { boundaries: [...REQUEST_DURATION_BUCKETS_S], counts: s.counts }, count: s.count, sum: s.sumSeconds },
+        });
+      }
+      for (const e of snap.errors) {
+        if (errorPoints.length >= SERIES_PER_METRIC_MAX) break;
+        errorPoints.push({ startTime: st, endTime, attributes: { ...attrs, code: e.code }, value: e.count });
+      }
+    }
+    const histogram = (name: string, description: string, unit: string, dataPoints: DataPoint<Histogram>[]): MetricData => ({
+      descriptor: { name, description, unit, valueType: ValueType.DOUBLE },
+      aggregationTemporality: AggregationTemporality.CUMULATIVE,
+      dataPointType: DataPointType.HISTOGRAM,
+      dataPoints,
+    });
+    const metricsOut: MetricData[] = [
+      histogram('strata_request_duration_seconds', 'Time to handle a request, by operation and outcome (ok or the error code).', 's', durationPoints),
+      histogram('strata_device_batch_ops', 'Operations per DeviceQueue batch.', '', batchPoints),
+      histogram('strata_device_fsync_duration_seconds', 'Time of one fdatasync of a log in a DeviceQueue batch.', 's', fsyncPoints),
+      {
+        descriptor: { name: 'strata_errors', description: 'Errors by protocol code (error replies and other counted failures).', unit: '', valueType: ValueType.INT },
+        aggregationTemporality: AggregationTemporality.CUMULATIVE,
+        dataPointType: DataPointType.SUM,
+        isMonotonic: true,
+        dataPoints: errorPoints,
+      },
+    ];
+    return {
+      resourceMetrics: { resource: emptyResource(), scopeMetrics: [{ scope: { name: 'strata' }, metrics: metricsOut.filter((x) => x.dataPoints.length > 0) }] },
+      errors: [],
+    };
+  }
+}

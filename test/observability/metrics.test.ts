@@ -1,0 +1,170 @@
+import * as assert from 'node:assert/strict';
+import * as http from 'node:http';
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import { startTelemetry, type Telemetry } from '../../observability/telemetry';
+import { RequestRecorder, REQUEST_DURATION_BUCKETS_S, REQUEST_SERIES_MAX, type StatsSnapshot, type HostSnapshot } from '../../observability/metrics';
+import { BATCH_OPS_BUCKETS, FSYNC_MS_BUCKETS } from '../../actors/device-queue';
+import { freePort } from '../../runtime/free-port';
+
+const PROMTOOL = '/usr/bin/promtool';
+
+function get(port: number, urlPath: string): Promise<{ status: number; body: string; contentType: string | undefined }> {
+  return new Promise((resolve, reject) => {
+    const req = http.get({ host: '127.0.0.1', port, path: urlPath, timeout: 5000 }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => (body += c));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body, contentType: res.headers['content-type'] }));
+    });
+    req.on('timeout', () => req.destroy(new Error('scrape timed out')));
+    req.on('error', reject);
+  });
+}
+
+/** The value of one sample line `name{labels} value`, labels given in any order. */
+function sample(text: string, name: string, labels: Record<string, string>): number | undefined {
+  for (const line of text.split('\n')) {
+    if (line.startsWith('#')) continue;
+    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)/.exec(line);
+    if (!m || m[1] !== name) continue;
+    const have = new Map<string, string>();
+    for (const kv of (m[3] ?? '').matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g)) have.set(kv[1]!, kv[2]!);
+    if (Object.entries(labels).every(([k, v]) => have.get(k) === v)) return Number(m[4]);
+  }
+  return undefined;
+}
+
+function host(hostId: number, over: Partial<HostSnapshot> = {}): HostSnapshot {
+  return {
+    hostId,
+    restarts: 0,
+    mailbox: [{ volumeId: 'v1', shard: hostId, depth: 3, bytes: 12288, rejectedOverloaded: 0 }],
+    device: {
+      restarts: 0,
+      queue: {
+        state: 'ok', queueOps: 2, queueBytes: 8192, batches: 3, appendOps: 5, appendBytes: 20480, readOps: 1, readBytes: 4096, tasks: 0, syncs: 3, syncMsSum: 1.5,
+        batchOpsHistogram: BATCH_OPS_BUCKETS.map((_, i) => (i === 0 ? 2 : i === 2 ? 1 : 0)),
+        syncMsHistogram: FSYNC_MS_BUCKETS.map((_, i) => (i === 3 ? 3 : 0)),
+      },
+      shards: [{ volumeId: 'v1', shard: hostId, term: 1, appliedLsn: 10, state: 'up', cache: { hits: 7, misses: 2, evictions: 0, bytes: 8192 }, elections: 1, replicas: [{ replica: 'n2', lagRecords: 4 }] }],
+    },
+    ...over,
+  };
+}
+
+describe('observability/metrics', () => {
+  let telemetry: Telemetry | undefined;
+  afterEach(async () => {
+    await telemetry?.shutdown();
+    telemetry = undefined;
+  });
+
+  it('RequestRecorder buckets durations, counts errors and stays bounded', () => {
+    const r = new RequestRecorder();
+    r.requestDuration('shard.write', 'ok', 0.0003);
+    r.requestDuration('shard.write', 'ok', 20);
+    r.requestDuration('shard.write', 'overloaded', 0.001);
+    const s = r.snapshot();
+    const ok = s.series.find((x) => x.outcome === 'ok')!;
+    assert.equal(ok.count, 2);
+    assert.equal(ok.counts[REQUEST_DURATION_BUCKETS_S.indexOf(0.0005)], 1);
+    assert.equal(ok.counts[REQUEST_DURATION_BUCKETS_S.length], 1, '+Inf bucket');
+    assert.deepEqual(s.errors, [{ code: 'overloaded', count: 1 }]);
+    for (let i = 0; i < REQUEST_SERIES_MAX * 2; i++) r.requestDuration(`op${i}`, 'ok', 0.001);
+    const big = r.snapshot();
+    assert.ok(big.series.length <= REQUEST_SERIES_MAX + 1, String(big.series.length));
+    assert.ok(big.series.some((x) => x.operation === 'other'));
+  });
+
+  it('the Prometheus endpoint serves values that change as recorded, and promtool accepts the text', async function () {
+    this.timeout(20_000);
+    const port = await freePort();
+    telemetry = startTelemetry({ nodeId: 'n1', cluster: 'test', traceExporters: [], metricsPort: port, metricsHost: '127.0.0.1' });
+    await telemetry.ready;
+    const m = telemetry.metrics;
+    const snapshot: { hosts: HostSnapshot[] } = { hosts: [host(0), host(1, { down: 'host exited', device: undefined, mailbox: [], restarts: 2 })] };
+    let calls = 0;
+    m.addStatsSource(async (): Promise<StatsSnapshot> => {
+      calls++;
+      return { node: 'n1', hosts: snapshot.hosts };
+    });
+    m.requestDuration('page.write', 'ok', 0.002);
+    m.requestDuration('page.write', 'ok', 0.004);
+    m.requestDuration('page.read', 'not_found', 0.0001);
+    await assert.rejects(m.observeRequest('volume.flush', Promise.reject(Object.assign(new Error('x'), { code: 'timeout' }))));
+
+    const first = await get(port, '/metrics');
+    assert.equal(first.status, 200);
+    const t1 = first.body;
+    assert.equal(calls, 1, 'one stats call per scrape');
+    const reqLabels = { node: 'n1', host: 'main', operation: 'page.write', outcome: 'ok' };
+    assert.equal(sample(t1, 'strata_request_duration_seconds_count', reqLabels), 2);
+    assert.equal(sample(t1, 'strata_request_duration_seconds_bucket', { ...reqLabels, le: '0.0025' }), 1);
+    assert.equal(sample(t1, 'strata_request_duration_seconds_bucket', { ...reqLabels, le: '+Inf' }), 2);
+    assert.equal(sample(t1, 'strata_errors_total', { node: 'n1', host: 'main', code: 'not_found' }), 1);
+    assert.equal(sample(t1, 'strata_errors_total', { node: 'n1', host: 'main', code: 'timeout' }), 1);
+    assert.equal(sample(t1, 'strata_mailbox_depth', { node: 'n1', volume: 'v1', shard: '0' }), 3);
+    assert.equal(sample(t1, 'strata_device_queue_depth', { node: 'n1', host: '0' }), 2);
+    assert.equal(sample(t1, 'strata_device_up', { node: 'n1', host: '0' }), 1);
+    assert.equal(sample(t1, 'strata_device_up', { node: 'n1', host: '1' }), 0);
+    assert.equal(sample(t1, 'strata_device_written_bytes_total', { node: 'n1', host: '0' }), 20480);
+    assert.equal(sample(t1, 'strata_device_read_bytes_total', { node: 'n1', host: '0' }), 4096);
+    assert.equal(sample(t1, 'strata_device_batch_ops_count', { node: 'n1', host: '0' }), 3);
+    assert.equal(sample(t1, 'strata_device_batch_ops_bucket', { node: 'n1', host: '0', le: '1' }), 2);
+    assert.equal(sample(t1, 'strata_device_fsync_duration_seconds_count', { node: 'n1', host: '0' }), 3);
+    assert.equal(sample(t1, 'strata_device_fsync_duration_seconds_sum', { node: 'n1', host: '0' }), 0.0015);
+    assert.equal(sample(t1, 'strata_device_fsync_duration_seconds_bucket', { node: 'n1', host: '0', le: '0.001' }), 3);
+    assert.equal(sample(t1, 'strata_cache_hits_total', { node: 'n1', volume: 'v1', shard: '0' }), 7);
+    assert.equal(sample(t1, 'strata_shard_commit_lsn', { node: 'n1', volume: 'v1', shard: '0' }), 10);
+    assert.equal(sample(t1, 'strata_shard_current_term', { node: 'n1', volume: 'v1', shard: '0' }), 1);
+    assert.equal(sample(t1, 'strata_replica_lag_records', { node: 'n1', volume: 'v1', shard: '0', replica: 'n2' }), 4);
+    assert.equal(sample(t1, 'strata_elections_total', { node: 'n1', volume: 'v1', shard: '0' }), 1);
+    assert.equal(sample(t1, 'strata_actor_restarts_total', { node: 'n1', host: '1', kind: 'host' }), 2);
+    assert.ok(/^target_info\{.*strata_node_id="n1"/m.test(t1), 'target_info carries the resource');
+
+    // Things change; the next scrape shows it.
+    m.requestDuration('page.write', 'ok', 0.002);
+    const h0 = snapshot.hosts[0]!;
+    snapshot.hosts[0] = { ...h0, mailbox: [{ ...h0.mailbox[0]!, depth: 0 }], device: { ...h0.device!, queue: { ...h0.device!.queue, appendBytes: 40960 } } };
+    await new Promise((r) => setTimeout(r, 300)); // past the snapshot reuse window
+    const t2 = (await get(port, '/metrics')).body;
+    assert.equal(sample(t2, 'strata_request_duration_seconds_count', reqLabels), 3);
+    assert.equal(sample(t2, 'strata_mailbox_depth', { node: 'n1', volume: 'v1', shard: '0' }), 0);
+    assert.equal(sample(t2, 'strata_device_written_bytes_total', { node: 'n1', host: '0' }), 40960);
+    assert.equal((await get(port, '/other')).status, 404);
+
+    if (!fs.existsSync(PROMTOOL)) {
+      console.log(`      (skipped promtool check: ${PROMTOOL} not found; install Debian's prometheus package)`);
+      return;
+    }
+    const check = spawnSync(PROMTOOL, ['check', 'metrics'], { input: t2, encoding: 'utf8', timeout: 10_000 });
+    assert.equal(check.status, 0, `promtool check metrics:\n${check.stdout}\n${check.stderr}\n---\n${t2}`);
+  });
+
+  it('a stats source that fails leaves only its own metrics out', async function () {
+    this.timeout(10_000);
+    const port = await freePort();
+    telemetry = startTelemetry({ nodeId: 'n1', cluster: 'test', traceExporters: [], metricsPort: port, metricsHost: '127.0.0.1' });
+    await telemetry.ready;
+    const m = telemetry.metrics;
+    m.addStatsSource(() => Promise.reject(new Error('host gone')));
+    m.addStatsSource(() => ({ node: 'n2', hosts: [host(0)] }));
+    const text = (await get(port, '/metrics')).body;
+    assert.equal(sample(text, 'strata_mailbox_depth', { node: 'n2', volume: 'v1', shard: '0' }), 3);
+    assert.equal(sample(text, 'strata_mailbox_depth', { node: 'n1' }), undefined);
+  });
+
+  it('metrics port 0 serves nothing and recording is still safe', async () => {
+    telemetry = startTelemetry({ nodeId: 'n1', cluster: 'test', traceExporters: [], metricsPort: 0 });
+    await telemetry.ready;
+    assert.equal(telemetry.metricsPort, 0);
+    telemetry.metrics.requestDuration('page.write', 'ok', 0.001);
+    telemetry.metrics.errors('internal');
+  });
+
+  it('one telemetry per process', async () => {
+    telemetry = startTelemetry({ nodeId: 'n1', cluster: 'test', traceExporters: [], metricsPort: 0 });
+    assert.throws(() => startTelemetry({ nodeId: 'n2', cluster: 'test', metricsPort: 0 }), /already started/);
+  });
+});

@@ -1,0 +1,78 @@
+import * as assert from 'node:assert/strict';
+import { formatStatus, formatStatusJson, STATUS_ROWS_MAX } from '../../observability/status';
+
+const NOW = 1_700_000_000_000;
+
+/** A status reply as ApiRouter.clusterStatus builds it: node n3 is dead, host 1 of n2 is down. */
+function sampleReply(): Record<string, unknown> {
+  const nodeStatus = (id: string, hosts: Array<{ ok: boolean; reason?: string }>, controller: boolean) => ({
+    node: { id, cluster: 'dev', version: '0.1.0', uptimeMs: 3_725_000, controller, healthy: hosts.every((h) => h.ok) },
+    hosts: hosts.map((h, i) => ({ hostId: i, ok: h.ok, ...(h.reason ? { reason: h.reason } : {}), restarts: 0, deviceRestarts: 0, mailbox: [] })),
+    shards: [],
+  });
+  return {
+    node: { id: 'n1', cluster: 'dev', version: '0.1.0', uptimeMs: 3_725_000, controller: true, healthy: true },
+    controllerReachable: true,
+    members: [
+      { nodeId: 'n1', hosts: 2, lastSeenMs: NOW - 300, live: true },
+      { nodeId: 'n2', hosts: 2, lastSeenMs: NOW - 800, live: true },
+      { nodeId: 'n3', hosts: 2, lastSeenMs: NOW - 42_000, live: false },
+    ],
+    nodes: [nodeStatus('n1', [{ ok: true }, { ok: true }], true), nodeStatus('n2', [{ ok: true }, { ok: false, reason: 'device failed' }], false)],
+    volumes: [
+      {
+        name: 'db', id: 'v7', pageCount: 1024, pageSize: 4096, shards: [
+          { shard: 0, role: 'leader', term: 3, commitLsn: 120, appliedLsn: 118, leader: 'n1', node: 'n1', hostId: 0, state: 'up', replicas: [{ replica: 'n2', lagRecords: 2 }, { replica: 'n3', lagRecords: 40 }] },
+          { shard: 1, role: 'none', term: 0, commitLsn: 0, appliedLsn: 0, state: 'unavailable' },
+        ], stripePages: 256, replicas: 3, createdAt: NOW - 1000,
+      },
+    ],
+  };
+}
+
+describe('observability/status', () => {
+  it('renders nodes with health (a dead one), volumes and shards', () => {
+    const text = formatStatus(sampleReply(), { nowMs: NOW });
+    assert.match(text, /^Strata cluster dev — answered by node n1 \(version 0\.1\.0\), controller reachable$/m);
+    assert.match(text, /^NODES \(3, 1 dead, 1 degraded\)$/m);
+    assert.match(text, /^ {2}n1 +up +2\/2 +1h02m +0\.1\.0 +yes +0\.3s ago +-$/m);
+    assert.match(text, /^ {2}n2 +degraded +1\/2 .* host 1: device failed$/m);
+    assert.match(text, /^ {2}n3 +DEAD +\?\/2 +- +- +- +42\.0s ago +no heartbeat$/m);
+    assert.match(text, /^VOLUMES \(1\)$/m);
+    assert.match(text, /^ {2}db {2}id=v7 {2}1024 pages × 4096 B {2}shards=2 {2}replicas=3 {2}\(1 shard not ok\)$/m);
+    assert.match(text, /^ {4}SHARD +NODE +HOST +ROLE +LEADER +TERM +COMMIT LSN +APPLIED LSN +REPLICA LAG +HEALTH$/m);
+    assert.match(text, /^ {4}0 +n1 +0 +leader +n1 +3 +120 +118 +40 +ok$/m);
+    assert.match(text, /^ {4}1 +- +- +none +- +0 +0 +0 +- +unavailable$/m);
+    assert.ok(!text.includes('\u001b['), 'no colors unless asked');
+  });
+
+  it('colors dead and down rows when asked', () => {
+    const text = formatStatus(sampleReply(), { nowMs: NOW, color: true });
+    assert.match(text, /\u001b\[31m {2}n3 +DEAD/);
+    assert.match(text, /\u001b\[33m {2}n2 +degraded/);
+  });
+
+  it('tolerates missing, odd and hostile fields', () => {
+    assert.match(formatStatus(undefined, { nowMs: NOW }), /NODES \(0\)[\s\S]*VOLUMES \(0\)\n {2}\(none\)/);
+    const reply = sampleReply();
+    (reply.volumes as Array<Record<string, unknown>>)[0]!.name = 'evil\u001b[2Jname' + 'x'.repeat(200);
+    reply.nodes = [{ node: { id: 42 } }, 'junk', null];
+    const text = formatStatus(reply, { nowMs: NOW });
+    assert.ok(!text.includes('\u001b'), 'control characters are stripped');
+    assert.match(text, /evil\?\[2Jnamex+…/);
+    assert.match(text, /n1 +no reply/);
+  });
+
+  it('bounds the rows it prints', () => {
+    const reply = sampleReply();
+    const shards = Array.from({ length: STATUS_ROWS_MAX + 5 }, (_, i) => ({ shard: i, role: 'leader', state: 'up' }));
+    (reply.volumes as Array<Record<string, unknown>>)[0]!.shards = shards;
+    const text = formatStatus(reply, { nowMs: NOW });
+    assert.match(text, /… 5 more$/m);
+  });
+
+  it('the JSON mode is the reply', () => {
+    const reply = sampleReply();
+    assert.deepEqual(JSON.parse(formatStatusJson(reply)), reply);
+  });
+});
