@@ -303,7 +303,12 @@ export function deviceQueueTracer(device: string): DeviceQueueTracer {
   // fsync outside one (no traced request in the batch) gets no span.
   let tracedBatch = false;
   return {
-    capture: () => captureSpanContext(),
+    // Only sampled requests are remembered: an unsampled one is never recorded, a link to it
+    // would lead nowhere.
+    capture: () => {
+      const sc = captureSpanContext();
+      return sc !== undefined && (sc.traceFlags & TraceFlags.SAMPLED) !== 0 ? sc : undefined;
+    },
     batch: (tags, run) => {
       const requests = tags as readonly (SpanContext | undefined)[];
       if (!requests.some((t) => t !== undefined)) return run();
