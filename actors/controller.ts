@@ -15,10 +15,15 @@ import { StorageError } from '../storage-engine/errors';
 import { ProtocolError } from '../messages/errors';
 import type { VolumeInfo, VolumeSpec } from '../messages/api';
 
-export interface ShardPlacement {
-  shard: number;
+export interface ReplicaPlacement {
   nodeId: string;
   hostId: number;
+}
+
+/** Where a shard's replicas live: on distinct nodes. */
+export interface ShardPlacement {
+  shard: number;
+  replicas: ReplicaPlacement[];
 }
 
 export interface VolumeRecord extends VolumeInfo {
@@ -104,10 +109,13 @@ export class Controller {
   }
 
   /** Shards placed on a node, and ids of deleted volumes whose leftovers it must destroy. */
-  assignments(nodeId: string): { epoch: number; shards: Array<{ volume: VolumeRecord; placement: ShardPlacement }>; tombstones: string[] } {
-    const shards: Array<{ volume: VolumeRecord; placement: ShardPlacement }> = [];
+  assignments(nodeId: string): { epoch: number; shards: Array<{ volume: VolumeRecord; placement: ShardPlacement; hostId: number }>; tombstones: string[] } {
+    const shards: Array<{ volume: VolumeRecord; placement: ShardPlacement; hostId: number }> = [];
     for (const v of this.state.volumes) {
-      for (const p of v.placements) if (p.nodeId === nodeId) shards.push({ volume: v, placement: p });
+      for (const p of v.placements) {
+        const mine = p.replicas.find((r) => r.nodeId === nodeId);
+        if (mine) shards.push({ volume: v, placement: p, hostId: mine.hostId });
+      }
     }
     return { epoch: this.state.epoch, shards, tombstones: [...this.state.tombstones] };
   }
@@ -125,22 +133,27 @@ export class Controller {
     }
     const live = this.liveNodes(nowMs);
     if (live.length === 0) throw new ProtocolError('unavailable', 'no live node to place the volume on');
-    if (spec.replicas > 1) {
-      throw new ProtocolError('bad_request', `replicas=${spec.replicas}: this version stores one replica per shard`, {
+    if (spec.replicas > live.length) {
+      throw new ProtocolError('unavailable', `replicas=${spec.replicas} needs ${spec.replicas} live nodes, ${live.length} are live`, {
         path: 'replicas',
-        supported: [1],
+        liveNodes: live.length,
       });
     }
-    // Slots ordered host-major so that shard i and i+1 go to different nodes when there are several.
-    const slots: Array<{ nodeId: string; hostId: number }> = [];
-    const hostsMax = Math.max(...live.map((m) => m.hosts));
-    for (let h = 0; h < hostsMax; h++) for (const m of live) if (h < m.hosts) slots.push({ nodeId: m.nodeId, hostId: h });
+    // Shard s gets `replicas` consecutive nodes starting at a rotating offset, so leaders and
+    // load spread over the nodes; on each node, hosts are used round-robin.
+    const hostCursor = new Map<string, number>();
     const placements: ShardPlacement[] = [];
     for (let s = 0; s < spec.shards; s++) {
-      const slot = slots[(this.placementCursor + s) % slots.length]!;
-      placements.push({ shard: s, nodeId: slot.nodeId, hostId: slot.hostId });
+      const replicas: ReplicaPlacement[] = [];
+      for (let r = 0; r < spec.replicas; r++) {
+        const m = live[(this.placementCursor + s + r) % live.length]!;
+        const h = hostCursor.get(m.nodeId) ?? (this.placementCursor + s) % m.hosts;
+        hostCursor.set(m.nodeId, (h + 1) % m.hosts);
+        replicas.push({ nodeId: m.nodeId, hostId: h });
+      }
+      placements.push({ shard: s, replicas });
     }
-    this.placementCursor = (this.placementCursor + spec.shards) % slots.length;
+    this.placementCursor = (this.placementCursor + spec.shards) % Math.max(1, live.length);
     const id = `v${this.state.nextId.toString(36)}`;
     const rec: VolumeRecord = { ...spec, id, createdAt: Math.floor(nowMs), placements };
     this.commit({ ...this.state, nextId: this.state.nextId + 1, volumes: [...this.state.volumes, rec] });

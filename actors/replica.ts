@@ -32,7 +32,7 @@ import { ProtocolError } from '../messages/errors';
 import type {
   RaftRequest, RaftReply, VoteRequest, VoteReply, AppendRequest, AppendReply, SnapshotRequest, SnapshotReply, WireRecord,
 } from '../messages/raft';
-import { shardOfPage, type ShardGeometry, type PageData, type PayloadOffload } from './shard-actor';
+import { shardOfPage, type ShardGeometry, type PageData, type PayloadOffload } from './shard';
 
 export type Role = 'follower' | 'candidate' | 'leader';
 

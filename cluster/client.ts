@@ -265,7 +265,8 @@ export class StrataClient {
   readonly cluster: string;
   /** Bound on every call, in ms. */
   readonly timeoutMs: number;
-  private readonly nowMs: () => number;
+  /** @internal Clock of the deadlines (ms since the Unix epoch). */
+  readonly nowMs: () => number;
   private closed = false;
 
   /** Use `connect` or `createClient`. */
@@ -699,8 +700,11 @@ export class Volume {
 
   /**
    * Plans a call from the volume's geometry, sends it, and on "no responders" refreshes the
-   * geometry and retries once: only the missed requests if the geometry is unchanged, the whole
-   * call re-planned if the volume changed (re-created under the same name).
+   * geometry once: only the missed requests are sent again if the geometry is unchanged, the
+   * whole call is re-planned if the volume changed (re-created under the same name). Requests
+   * that still meet no leader (no responders while a shard elects one, or `not_leader` from a
+   * deposed leader) are sent again with a growing back-off until the call's deadline. Timeouts are
+   * not retried: their outcome is unknown to the client.
    */
   private async run(
     deadlineMs: number,
@@ -710,11 +714,11 @@ export class Volume {
     let info = await infoPromise;
     let calls = plan(info);
     let settled = await this.sendCalls(info, calls, deadlineMs);
-    throwFirstError(settled, (error) => !(error instanceof NoRespondersError));
-    const missed = settled.flatMap((s, i) => (s.ok ? [] : [i]));
-    if (missed.length > 0) {
+    throwFirstError(settled, (error) => !leaderless(error));
+    if (settled.some((s) => !s.ok && s.error instanceof NoRespondersError)) {
       const fresh = await this.refreshInfo(infoPromise, deadlineMs);
       if (sameLayout(info, fresh)) {
+        const missed = settled.flatMap((s, i) => (s.ok ? [] : [i]));
         const retried = await this.sendCalls(fresh, missed.map((i) => calls[i]!), deadlineMs);
         missed.forEach((at, j) => (settled[at] = retried[j]!));
       } else {
@@ -722,19 +726,46 @@ export class Volume {
         calls = plan(info);
         settled = await this.sendCalls(info, calls, deadlineMs);
       }
-      throwFirstError(settled, (error) => !(error instanceof NoRespondersError));
-      const still = settled.findIndex((s) => !s.ok);
-      if (still >= 0) {
-        const shard = calls[still]!.shard;
-        throw new ProtocolError(
-          'unavailable',
-          `no host answers shard ${shard} of volume ${this.name} (${shardSubject(this.client.cluster, info.id, shard)})`,
-          { volume: this.name, volumeId: info.id, shard },
-        );
-      }
+      throwFirstError(settled, (error) => !leaderless(error));
+    }
+    let backoffMs = LEADER_RETRY_MS_MIN;
+    for (let attempt = 0; attempt < LEADER_RETRIES_MAX && settled.some((s) => !s.ok) && this.client.nowMs() + backoffMs < deadlineMs; attempt++) {
+      await new Promise((r) => setTimeout(r, backoffMs));
+      if (this.client.nowMs() >= deadlineMs) break;
+      backoffMs = Math.min(backoffMs * 2, LEADER_RETRY_MS_MAX);
+      const missed = settled.flatMap((s, i) => (s.ok ? [] : [i]));
+      const retried = await this.sendCalls(info, missed.map((i) => calls[i]!), deadlineMs);
+      missed.forEach((at, j) => (settled[at] = retried[j]!));
+      throwFirstError(settled, (error) => !leaderless(error));
+    }
+    const still = settled.findIndex((s) => !s.ok);
+    if (still >= 0) {
+      const failed = settled[still] as { ok: false; error: unknown };
+      if (failed.error instanceof ProtocolError && failed.error.code === 'not_leader') throw failed.error;
+      const shard = calls[still]!.shard;
+      throw new ProtocolError(
+        'unavailable',
+        `no host answers shard ${shard} of volume ${this.name} (${shardSubject(this.client.cluster, info.id, shard)})`,
+        { volume: this.name, volumeId: info.id, shard },
+      );
     }
     return { calls, outcomes: settled.map((s) => (s as { ok: true; value: ShardOutcome }).value) };
   }
+}
+
+/** First and largest pause between attempts to reach a shard that has no leader right now. */
+const LEADER_RETRY_MS_MIN = 20;
+const LEADER_RETRY_MS_MAX = 250;
+/** Attempts after the first at most (about 10 s of back-off), whatever the deadline. */
+const LEADER_RETRIES_MAX = 45;
+
+/**
+ * Errors that mean "no leader answered": no responders, or `not_leader` from a deposed leader (a
+ * write it had accepted may still commit under the next leader). Sending the request again is
+ * safe: a page write's effect does not depend on how often it is applied.
+ */
+function leaderless(error: unknown): boolean {
+  return error instanceof NoRespondersError || (error instanceof ProtocolError && error.code === 'not_leader');
 }
 
 /** Throws the first failure (in request order) that `matches`. */

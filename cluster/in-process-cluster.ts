@@ -45,6 +45,17 @@ export interface InProcessCluster {
   kill(i: number): void;
   /** Starts node i again on its data directory; resolves once it has joined. */
   restart(i: number): Promise<StrataNode>;
+  /**
+   * Splits the nodes into groups (by index) that cannot exchange replication messages with each
+   * other; nodes not named form one more group. Clients still reach every node through NATS.
+   */
+  partition(groups: number[][]): Promise<void>;
+  /** Removes every transport fault. */
+  heal(): Promise<void>;
+  /** Delays and drops replication messages sent by node i. */
+  degrade(i: number, faults: { delayMs?: number; dropRate?: number }): Promise<void>;
+  /** The next `times` fdatasyncs of node i's device `hostId` fail (Infinity: for good). */
+  failFsync(i: number, times: number, hostId?: number): Promise<void>;
   /** Waits until the controller sees exactly the live nodes. */
   waitForMembers(count: number, timeoutMs?: number): Promise<void>;
   stop(): Promise<void>;
@@ -127,6 +138,31 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<InProcess
       const n = await StrataNode.start(nodeOpts(i));
       nodes[i] = n;
       return n;
+    },
+    async partition(groups: number[][]): Promise<void> {
+      const named = new Set(groups.flat());
+      const all = [...groups, dataDirs.map((_, i) => i).filter((i) => !named.has(i))].filter((g) => g.length > 0);
+      await Promise.all(
+        nodes.map((n, i) => {
+          if (!n) return undefined;
+          const mine = all.find((g) => g.includes(i))!;
+          const unreachable = dataDirs.map((_, j) => j).filter((j) => !mine.includes(j)).map((j) => `n${j + 1}`);
+          return n.setFaults({ unreachable });
+        }),
+      );
+    },
+    async heal(): Promise<void> {
+      await Promise.all(nodes.map((n) => n?.setFaults({})));
+    },
+    async degrade(i: number, faults: { delayMs?: number; dropRate?: number }): Promise<void> {
+      const n = nodes[i];
+      if (!n) throw new Error(`node ${i} is not running`);
+      await n.setFaults(faults);
+    },
+    async failFsync(i: number, times: number, hostId = 0): Promise<void> {
+      const n = nodes[i];
+      if (!n) throw new Error(`node ${i} is not running`);
+      await n.failFsync(hostId, times);
     },
     waitForMembers,
     stop: stopAll,

@@ -38,7 +38,8 @@ import { RealDisk } from '../storage-engine/real-disk';
 import { MetaStore } from '../storage-engine/metadata';
 import { Controller, volumeInfo, type VolumeRecord } from '../actors/controller';
 import { HostPool } from '../runtime/host-pool';
-import type { HostConfig } from '../runtime/actor-host';
+import type { HostConfig, TransportFaults } from '../runtime/actor-host';
+import type { ReplicaTiming } from '../actors/replica';
 import { createLogger, type Logger } from '../observability/log';
 import { ApiRouter } from './api-router';
 
@@ -58,6 +59,8 @@ export interface StrataNodeOptions {
   checkpointEveryRecords?: number;
   mailboxRequestsMax?: number;
   mailboxBytesMax?: number;
+  /** Election and heartbeat timing of the shard replicas (defaults in actors/replica.ts). */
+  timing?: Partial<ReplicaTiming>;
   /** Heartbeat period to the controller; default 1000 ms. */
   heartbeatMs?: number;
   /** Deadline of requests this node makes to others; default 10 s. */
@@ -172,6 +175,7 @@ export class StrataNode {
           ...(this.opts.segmentBytesMax ? { segmentBytesMax: this.opts.segmentBytesMax } : {}),
           ...(this.opts.checkpointEveryRecords !== undefined ? { checkpointEveryRecords: this.opts.checkpointEveryRecords } : {}),
         },
+        ...(this.opts.timing ? { timing: this.opts.timing } : {}),
         ...(this.opts.mailboxRequestsMax ? { mailboxRequestsMax: this.opts.mailboxRequestsMax } : {}),
         ...(this.opts.mailboxBytesMax ? { mailboxBytesMax: this.opts.mailboxBytesMax } : {}),
       });
@@ -202,6 +206,16 @@ export class StrataNode {
       this.heartbeat().catch((e: unknown) => this.log.debug('heartbeat failed', { err: e }));
     }, this.opts.heartbeatMs ?? 1000);
     this.heartbeatTimer.unref();
+  }
+
+  /** Fault injection: replication messages to and from these nodes are lost (and other faults). */
+  async setFaults(faults: TransportFaults): Promise<void> {
+    await this.hostPool.setFaults(faults);
+  }
+
+  /** Fault injection: the next `times` fdatasyncs of a host's device fail (Infinity: for good). */
+  async failFsync(hostId: number, times: number): Promise<void> {
+    await this.hostPool.failFsync(hostId, times);
   }
 
   /** Clean stop: stops answering, drains hosts and NATS. */
@@ -338,7 +352,7 @@ export class StrataNode {
       return {
         epoch: a.epoch,
         tombstones: a.tombstones,
-        shards: a.shards.map(({ volume, placement }) => this.assignmentOf(volume, placement.shard, placement.hostId)),
+        shards: a.shards.map(({ volume, placement, hostId }) => this.assignmentOf(volume, placement.shard, hostId)),
       };
     });
     this.subscribe(subj('members'), async () => ({ members: this.allMembers() }));
@@ -359,9 +373,10 @@ export class StrataNode {
   }
 
   private assignmentOf(v: VolumeRecord, shard: number, hostId: number): ShardAssignment {
+    const p = v.placements.find((x) => x.shard === shard)!;
     return {
       volumeId: v.id, volumeName: v.name, shard, shards: v.shards, pageCount: v.pageCount,
-      pageSize: v.pageSize, stripePages: v.stripePages, hostId,
+      pageSize: v.pageSize, stripePages: v.stripePages, hostId, members: p.replicas.map((r) => r.nodeId),
     };
   }
 
@@ -370,9 +385,11 @@ export class StrataNode {
     const v = c.create(spec, Date.now());
     const byNode = new Map<string, ShardAssignment[]>();
     for (const p of v.placements) {
-      const list = byNode.get(p.nodeId) ?? [];
-      list.push(this.assignmentOf(v, p.shard, p.hostId));
-      byNode.set(p.nodeId, list);
+      for (const r of p.replicas) {
+        const list = byNode.get(r.nodeId) ?? [];
+        list.push(this.assignmentOf(v, p.shard, r.hostId));
+        byNode.set(r.nodeId, list);
+      }
     }
     const timeout = this.opts.requestTimeoutMs ?? 10_000;
     try {
@@ -401,7 +418,7 @@ export class StrataNode {
 
   private async destroyEverywhere(v: VolumeRecord): Promise<void> {
     const byNode = new Map<string, number[]>();
-    for (const p of v.placements) byNode.set(p.nodeId, [...(byNode.get(p.nodeId) ?? []), p.shard]);
+    for (const p of v.placements) for (const r of p.replicas) byNode.set(r.nodeId, [...(byNode.get(r.nodeId) ?? []), p.shard]);
     const timeout = this.opts.requestTimeoutMs ?? 10_000;
     await Promise.all(
       [...byNode].map(async ([nodeId, shards]) => {

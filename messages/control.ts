@@ -40,6 +40,8 @@ export interface ShardAssignment {
   pageSize: 4096 | 8192;
   stripePages: number;
   hostId: number;
+  /** Node ids of all the shard's replicas, this node's among them. */
+  members: string[];
 }
 
 export interface AssignmentsReply {
@@ -59,7 +61,7 @@ export interface ShardsDestroyRequest {
 
 /** What the controller keeps of a volume beyond its public info. */
 export interface VolumePlacementInfo extends VolumeInfo {
-  placements: Array<{ shard: number; nodeId: string; hostId: number }>;
+  placements: Array<{ shard: number; replicas: Array<{ nodeId: string; hostId: number }> }>;
 }
 
 function obj(v: unknown, path: string): Record<string, unknown> {
@@ -116,6 +118,7 @@ export function validateShardAssignment(v: unknown, path: string): ShardAssignme
     pageSize,
     stripePages: int(o.stripePages, `${path}.stripePages`, 1, 2 ** 20),
     hostId: int(o.hostId, `${path}.hostId`, 0, HOSTS_PER_NODE_MAX - 1),
+    members: list(o.members, `${path}.members`, 7).map((m, i) => str(m, `${path}.members[${i}]`, NODE_ID_RE)),
   };
 }
 

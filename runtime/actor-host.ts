@@ -1,12 +1,18 @@
 /**
- * Actor host: the worker thread that owns one device and serves its shards over NATS.
+ * Actor host: the worker thread that owns one device and serves the shard replicas on it.
  *
  * The main thread starts it (HostPool) and drives it over comlink with the `HostApi` below.
- * The host has its own NATS connection; each shard it opens subscribes to
- * `strata.<cluster>.shard.<volumeId>.<shard>`. A request is admitted to the shard's mailbox,
- * which is bounded in requests and bytes (a full mailbox answers `overloaded` at once), decoded
- * and validated, handed to the ShardActor, and answered with a CBOR reply or a typed error.
- * Requests whose deadline (Strata-Deadline header) has passed are answered `timeout` unread.
+ * The host has its own NATS connection. Every replica it opens subscribes to its replication
+ * mailbox `strata.<cluster>.replica.<volumeId>.<shard>.<nodeId>`; while a replica is its shard's
+ * leader it also subscribes to the shard's subject `strata.<cluster>.shard.<volumeId>.<shard>`
+ * (so a failover only changes who subscribes). A request is admitted to the shard's mailbox,
+ * which is bounded in requests and bytes (a full mailbox answers `overloaded` at once), decoded,
+ * validated, handed to the replica, and answered with a CBOR reply or a typed error. Requests
+ * whose deadline (Strata-Deadline header) has passed are answered `timeout` unread.
+ *
+ * Fault injection (tests of a running cluster): the replication transport can be told to act as
+ * if some nodes were unreachable (a partition), to delay or drop a fraction of messages, and the
+ * device to fail fdatasync.
  */
 import { parentPort, isMainThread } from 'node:worker_threads';
 import * as Comlink from 'comlink';
@@ -17,6 +23,8 @@ import { errorReply, toProtocolError, ProtocolError, type ErrorCode } from '../m
 import { validateRequest } from '../messages/validate';
 import { HEADER_DEADLINE, HEADER_TYPE, HEADER_SCHEMA, SCHEMA_VERSION, checkSchemaHeader } from '../messages/headers';
 import { shardSubject } from '../messages/subjects';
+import { validateRaftRequest, validateRaftReply, replicaSubject, type RaftRequest, type RaftReply } from '../messages/raft';
+import type { ReplicaTransport, ReplicaTiming } from '../actors/replica';
 import { DeviceHost, shardKey, type ShardSpec, type DeviceHostOptions, type DeviceHostStats } from './device-host';
 import { createLogger, type Logger } from '../observability/log';
 
@@ -27,18 +35,32 @@ export interface HostConfig {
   natsUrl: string;
   /** Directory of the device this host owns. */
   deviceDir: string;
-  device?: Omit<DeviceHostOptions, 'dir' | 'disk' | 'nowMs'>;
+  device?: Omit<DeviceHostOptions, 'dir' | 'disk' | 'nowMs' | 'self' | 'transportFor' | 'onRoleChange'>;
+  timing?: Partial<ReplicaTiming>;
   /** Requests admitted to one shard's mailbox at once (queued or in progress); default 1024. */
   mailboxRequestsMax?: number;
   /** Request bytes admitted to one shard's mailbox at once; default 64 MiB. */
   mailboxBytesMax?: number;
   /** Deadline applied to requests that carry none; default 30 s. */
   defaultDeadlineMs?: number;
+  /** Period of the replicas' clock (elections, heartbeats); default 10 ms. */
+  tickMs?: number;
+}
+
+/** Faults of the replication transport, as seen from this node. */
+export interface TransportFaults {
+  /** Nodes this node cannot exchange replication messages with (both directions). */
+  unreachable?: string[];
+  /** Delay added to every outgoing replication message, in ms. */
+  delayMs?: number;
+  /** Fraction (0..1) of outgoing replication messages silently dropped. */
+  dropRate?: number;
 }
 
 export interface MailboxStats {
   volumeId: string;
   shard: number;
+  leader: boolean;
   depth: number;
   bytes: number;
   admitted: number;
@@ -69,13 +91,18 @@ export interface HostApi {
   checkpoint(): Promise<void>;
   stats(): Promise<HostStats>;
   health(): Promise<HostHealth>;
+  setFaults(faults: TransportFaults): Promise<void>;
+  failFsync(times: number): Promise<void>;
   /** Drains: stops taking requests, finishes those admitted, closes the device, closes NATS. */
   stop(): Promise<void>;
 }
 
 interface Mailbox {
   spec: ShardSpec;
-  sub: Subscription;
+  /** Replication mailbox (always). */
+  replicaSub: Subscription;
+  /** Shard subject (while leader). */
+  leaderSub: Subscription | undefined;
   depth: number;
   bytes: number;
   admitted: number;
@@ -84,7 +111,7 @@ interface Mailbox {
 }
 
 /** Storage codes that are not protocol codes, mapped to what a client should do about them. */
-const STORAGE_TO_PROTOCOL: Record<string, string> = {
+const STORAGE_TO_PROTOCOL: Record<string, ErrorCode> = {
   closed: 'unavailable',
   fsync_failed: 'device_failed',
   io_error: 'device_failed',
@@ -95,9 +122,13 @@ function wireError(err: unknown): ProtocolError {
   const code = (err as { code?: unknown } | undefined)?.code;
   if (typeof code === 'string' && code in STORAGE_TO_PROTOCOL) {
     const e = err as Error & { details?: Record<string, unknown> };
-    return new ProtocolError(STORAGE_TO_PROTOCOL[code] as ErrorCode, e.message, e.details);
+    return new ProtocolError(STORAGE_TO_PROTOCOL[code]!, e.message, e.details);
   }
   return toProtocolError(err);
+}
+
+function senderOf(req: RaftRequest): string {
+  return req.type === 'vote' ? req.candidate : req.leader;
 }
 
 export class ActorHost implements HostApi {
@@ -110,11 +141,11 @@ export class ActorHost implements HostApi {
   private log: Logger = createLogger({ component: 'host' });
   private inFlight = 0;
   private idle: Array<() => void> = [];
+  private faults: { unreachable: Set<string>; delayMs: number; dropRate: number } = { unreachable: new Set(), delayMs: 0, dropRate: 0 };
 
   async init(config: HostConfig): Promise<void> {
     this.config = config;
     this.log = createLogger({ component: 'host', node: config.nodeId, host: config.hostId });
-    this.device = new DeviceHost({ ...(config.device ?? {}), dir: config.deviceDir });
     this.nc = await connect({
       servers: config.natsUrl,
       name: `strata-${config.nodeId}-host${config.hostId}`,
@@ -122,31 +153,43 @@ export class ActorHost implements HostApi {
       reconnectTimeWait: 250,
       timeout: 10_000,
     });
-    this.timer = setInterval(() => this.device?.expireWaiters(Date.now()), 20);
+    this.device = new DeviceHost({
+      ...(config.device ?? {}),
+      ...(config.timing ? { timing: config.timing } : {}),
+      dir: config.deviceDir,
+      self: config.nodeId,
+      transportFor: (spec) => this.transport(spec),
+      onRoleChange: (spec, role) => this.onRoleChange(spec, role === 'leader'),
+    });
+    this.timer = setInterval(() => this.device?.tick(performance.now(), Date.now()), config.tickMs ?? 10);
     this.timer.unref();
   }
 
   async openShard(spec: ShardSpec): Promise<void> {
     const { device, nc, config } = this.ready();
     const key = shardKey(spec.volumeId, spec.shard);
+    if (!this.mailboxes.has(key)) {
+      const mailbox: Mailbox = {
+        spec, replicaSub: undefined as unknown as Subscription, leaderSub: undefined,
+        depth: 0, bytes: 0, admitted: 0, rejectedOverloaded: 0, errors: 0,
+      };
+      mailbox.replicaSub = nc.subscribe(replicaSubject(config.cluster, spec.volumeId, spec.shard, config.nodeId), {
+        callback: (err, msg) => {
+          if (!err) this.onReplication(mailbox, msg);
+        },
+      });
+      this.mailboxes.set(key, mailbox);
+    }
     device.openShard(spec);
-    if (this.mailboxes.has(key)) return;
-    const subject = shardSubject(config.cluster, spec.volumeId, spec.shard);
-    const mailbox: Mailbox = {
-      spec,
-      sub: undefined as unknown as Subscription,
-      depth: 0,
-      bytes: 0,
-      admitted: 0,
-      rejectedOverloaded: 0,
-      errors: 0,
-    };
-    mailbox.sub = nc.subscribe(subject, { callback: (err, msg) => {
-      if (!err) this.admit(mailbox, msg);
-    } });
-    this.mailboxes.set(key, mailbox);
-    // Make sure the server knows of the subscription before the shard is reported open, so a
-    // request sent right after does not meet "no responders".
+    if (spec.members.length === 1) {
+      // A replica set of one elects itself on its first tick: report the shard open once it
+      // serves, so a request sent right after creation finds it.
+      const deadline = Date.now() + 5000;
+      while (this.mailboxes.get(key)?.leaderSub === undefined && Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 2));
+      }
+    }
+    // The server knows of the subscriptions before the shard is reported open.
     await nc.flush();
   }
 
@@ -155,7 +198,8 @@ export class ActorHost implements HostApi {
     const key = shardKey(volumeId, shard);
     const mb = this.mailboxes.get(key);
     if (mb) {
-      mb.sub.unsubscribe();
+      mb.replicaSub.unsubscribe();
+      mb.leaderSub?.unsubscribe();
       this.mailboxes.delete(key);
     }
     device.closeShard(volumeId, shard, { destroy });
@@ -165,11 +209,24 @@ export class ActorHost implements HostApi {
     await this.ready().device.checkpointAll();
   }
 
+  async setFaults(faults: TransportFaults): Promise<void> {
+    const dropRate = faults.dropRate ?? 0;
+    const delayMs = faults.delayMs ?? 0;
+    if (!(dropRate >= 0 && dropRate <= 1) || !(delayMs >= 0 && delayMs <= 60_000)) {
+      throw new ProtocolError('bad_request', 'dropRate must be in [0, 1] and delayMs in [0, 60000]');
+    }
+    this.faults = { unreachable: new Set(faults.unreachable ?? []), delayMs, dropRate };
+  }
+
+  async failFsync(times: number): Promise<void> {
+    this.ready().device.failFsync(times);
+  }
+
   async stats(): Promise<HostStats> {
     const mailbox: MailboxStats[] = [];
     for (const m of this.mailboxes.values()) {
       mailbox.push({
-        volumeId: m.spec.volumeId, shard: m.spec.shard, depth: m.depth, bytes: m.bytes,
+        volumeId: m.spec.volumeId, shard: m.spec.shard, leader: m.leaderSub !== undefined, depth: m.depth, bytes: m.bytes,
         admitted: m.admitted, rejectedOverloaded: m.rejectedOverloaded, errors: m.errors,
       });
     }
@@ -194,7 +251,10 @@ export class ActorHost implements HostApi {
   async stop(): Promise<void> {
     if (this.stopping) return;
     this.stopping = true;
-    for (const m of this.mailboxes.values()) m.sub.unsubscribe();
+    for (const m of this.mailboxes.values()) {
+      m.replicaSub.unsubscribe();
+      m.leaderSub?.unsubscribe();
+    }
     if (this.inFlight > 0) {
       await Promise.race([
         new Promise<void>((r) => this.idle.push(r)),
@@ -212,9 +272,92 @@ export class ActorHost implements HostApi {
 
   private ready(): { device: DeviceHost; nc: NatsConnection; config: HostConfig } {
     if (!this.device || !this.nc || !this.config) throw new Error('host not initialized');
-    if (this.stopping) throw Object.assign(new Error('host is stopping'), { code: 'unavailable' });
+    if (this.stopping) throw new ProtocolError('unavailable', 'host is stopping');
     return { device: this.device, nc: this.nc, config: this.config };
   }
+
+  // ---------------------------------------------------------------------------------------------
+  // Replication between replicas
+  // ---------------------------------------------------------------------------------------------
+
+  private transport(spec: ShardSpec): ReplicaTransport {
+    return {
+      send: async (to: string, msg: RaftRequest, timeoutMs: number): Promise<RaftReply> => {
+        const { nc, config } = this.ready();
+        const f = this.faults;
+        if (f.unreachable.has(to) || (f.dropRate > 0 && Math.random() < f.dropRate)) {
+          // As the network would: nothing comes back before the deadline.
+          await new Promise((r) => setTimeout(r, Math.min(timeoutMs, 50)));
+          throw new ProtocolError('timeout', `replica ${to} did not answer (unreachable)`);
+        }
+        if (f.delayMs > 0) await new Promise((r) => setTimeout(r, f.delayMs));
+        const h = natsHeaders();
+        h.set(HEADER_SCHEMA, String(SCHEMA_VERSION));
+        h.set(HEADER_TYPE, `raft.${msg.type}`);
+        const r = await nc.request(replicaSubject(config.cluster, spec.volumeId, spec.shard, to), encode(msg), { timeout: timeoutMs, headers: h });
+        const body = decode(r.data);
+        if (typeof body === 'object' && body !== null && 'error' in body) {
+          throw new ProtocolError('unavailable', `replica ${to} refused: ${JSON.stringify((body as { error: unknown }).error)}`);
+        }
+        return validateRaftReply(msg.type, body);
+      },
+    };
+  }
+
+  private onReplication(mb: Mailbox, msg: Msg): void {
+    if (!msg.reply) return;
+    let req: RaftRequest;
+    try {
+      req = validateRaftRequest(decode(msg.data));
+    } catch (e) {
+      this.respond(msg, errorReply(e));
+      return;
+    }
+    // A partition cuts both directions: what comes from an unreachable node is never seen.
+    if (this.faults.unreachable.has(senderOf(req))) return;
+    let replica;
+    try {
+      replica = this.device!.replica(mb.spec.volumeId, mb.spec.shard);
+    } catch (e) {
+      this.respond(msg, errorReply(wireError(e)));
+      return;
+    }
+    replica.handle(req).then(
+      (reply) => {
+        if (!this.faults.unreachable.has(senderOf(req))) this.respond(msg, reply);
+      },
+      (err: unknown) => {
+        const restarted = this.device!.onReplicaError(mb.spec.volumeId, mb.spec.shard, err);
+        if (restarted) this.log.warn('replica restarted from durable state', { volume: mb.spec.volumeId, shard: mb.spec.shard, code: wireError(err).code });
+        this.respond(msg, errorReply(wireError(err)));
+      },
+    );
+  }
+
+  /** The leader serves the shard's subject; other replicas do not subscribe to it. */
+  private onRoleChange(spec: ShardSpec, leader: boolean): void {
+    const mb = this.mailboxes.get(shardKey(spec.volumeId, spec.shard));
+    if (!mb || !this.nc || this.stopping) return;
+    if (leader && mb.leaderSub === undefined) {
+      mb.leaderSub = this.nc.subscribe(shardSubject(this.config!.cluster, spec.volumeId, spec.shard), {
+        // A queue group: while a deposed leader has not noticed yet, each request still reaches
+        // only one of the two, and the deposed one answers not_leader (the client retries).
+        queue: 'leader',
+        callback: (err, msg) => {
+          if (!err) this.admit(mb, msg);
+        },
+      });
+      this.log.info('leading shard', { volume: spec.volumeId, shard: spec.shard });
+    } else if (!leader && mb.leaderSub !== undefined) {
+      mb.leaderSub.unsubscribe();
+      mb.leaderSub = undefined;
+      this.log.info('no longer leading shard', { volume: spec.volumeId, shard: spec.shard });
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Client requests on the shard subject
+  // ---------------------------------------------------------------------------------------------
 
   private admit(mb: Mailbox, msg: Msg): void {
     if (!msg.reply) return; // A request with nowhere to answer: nothing to do.
@@ -239,8 +382,8 @@ export class ActorHost implements HostApi {
           mb.errors++;
           const pe = wireError(err);
           if (pe.code === 'internal') this.log.error('request failed', { volume: mb.spec.volumeId, shard: mb.spec.shard, err });
-          const fatal = this.device!.onActorError(mb.spec.volumeId, mb.spec.shard, err);
-          if (fatal) this.log.warn('shard restarted from durable state', { volume: mb.spec.volumeId, shard: mb.spec.shard, code: pe.code });
+          const restarted = this.device!.onReplicaError(mb.spec.volumeId, mb.spec.shard, err);
+          if (restarted) this.log.warn('replica restarted from durable state', { volume: mb.spec.volumeId, shard: mb.spec.shard, code: pe.code });
           this.respond(msg, errorReply(pe));
         },
       )
@@ -263,21 +406,19 @@ export class ActorHost implements HostApi {
     if (deadlineMs <= now) throw new ProtocolError('timeout', 'the request deadline passed before it was handled');
     const type = headerView.get(HEADER_TYPE);
     const body = decode(msg.data);
-    const actor = this.device!.actor(mb.spec.volumeId, mb.spec.shard);
+    const replica = this.device!.replica(mb.spec.volumeId, mb.spec.shard);
     switch (type) {
       case 'shard.write': {
         const req = validateRequest('shard.write', body);
-        const r = await actor.write(req.pages);
-        return { lsn: r.lsn };
+        return replica.write(req.pages);
       }
       case 'shard.read': {
         const req = validateRequest('shard.read', body);
-        const r = await actor.read(req.pages, { ...(req.lsn !== undefined ? { lsn: req.lsn } : {}), deadlineMs, nowMs: now });
-        return { pages: r.pages, lsn: r.lsn };
+        return replica.read(req.pages, { ...(req.lsn !== undefined ? { lsn: req.lsn } : {}), deadlineMs });
       }
       case 'shard.flush': {
         validateRequest('shard.flush', body);
-        return actor.flush();
+        return replica.flush(deadlineMs);
       }
       default:
         throw new ProtocolError('bad_request', `${HEADER_TYPE}: unknown message type '${type}' for a shard`, {

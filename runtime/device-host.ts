@@ -1,42 +1,49 @@
 /**
  * DeviceHost: everything that lives on one device, on the thread that owns it.
  *
- * It opens the device's disk and its DeviceQueue, and for every shard placed on the device a
- * SegmentLog, a PageStore and a ShardActor. It is the supervisor of those actors: when the device
- * fails (a write or fdatasync error) or an actor breaks an invariant, it closes them and reopens
- * them from their durable state (recovery of the log + newest image + replay), counting the
- * restart. Data on the device is laid out as:
+ * It opens the device's disk and its DeviceQueue, and for every shard replica placed on the
+ * device its ShardStorage (log, page store, term and vote) and its Replica actor. It is their
+ * supervisor: when the device fails (a write or fdatasync error) or a replica breaks an
+ * invariant, it closes them and reopens them from their durable state, counting the restart; a
+ * replica that keeps failing is left down (it stops acknowledging; its peers carry on). Layout:
  *
- *   <device>/shards/<volumeId>.<shard>/log/seg-….log   the shard's log
- *   <device>/shards/<volumeId>.<shard>/image-….img     checkpoint images
- *   <device>/shards/<volumeId>.<shard>/checkpoint      pointer to the newest image (atomic metadata)
+ *   <device>/shards/<volumeId>.<shard>/...   one replica's ShardStorage (see storage-engine/shard-storage.ts)
  */
 import type { Disk } from '../storage-engine/disk';
 import { joinPath } from '../storage-engine/disk';
 import { RealDisk } from '../storage-engine/real-disk';
-import { SegmentLog } from '../storage-engine/log';
-import { PageStore } from '../storage-engine/page-store';
 import { Slab } from '../storage-engine/slab';
+import { ShardStorage } from '../storage-engine/shard-storage';
 import { StorageError } from '../storage-engine/errors';
-import { DeviceQueue, type DeviceQueueOptions, type DeviceQueueStats } from '../actors/device-queue';
-import { ShardActor, type ShardGeometry, type ShardActorStats, type PayloadOffload } from '../actors/shard-actor';
 import { pageWriteBytes, PAGE_WRITE_PAGES_MAX } from '../storage-engine/page-write';
+import { DeviceQueue, type DeviceQueueOptions, type DeviceQueueStats } from '../actors/device-queue';
+import { Replica, type ReplicaTransport, type ReplicaStats, type ReplicaTiming, type Role } from '../actors/replica';
+import type { ShardGeometry, PayloadOffload } from '../actors/shard';
 import { CpuPool, type CpuPoolStats } from './cpu-pool';
+import { FaultyDisk } from './faulty-disk';
 
 export interface ShardSpec extends ShardGeometry {
   volumeName: string;
+  /** Node ids of the shard's replicas (this node among them). */
+  members: string[];
 }
 
 export interface DeviceHostOptions {
   /** Directory of the device (created if missing). */
   dir: string;
+  /** This node's id (the replica id of every replica on this device). */
+  self: string;
   /** A disk to use instead of the real one under `dir` (tests). */
   disk?: Disk;
+  /** How a replica of `spec` reaches its peers. */
+  transportFor?: (spec: ShardSpec) => ReplicaTransport;
+  /** Told when a replica becomes or stops being its shard's leader. */
+  onRoleChange?: (spec: ShardSpec, role: Role, term: number) => void;
   /** Page cache bytes per shard; default 32 MiB. */
   cacheBytesMaxPerShard?: number;
   /** Log segment size; default 64 MiB. */
   segmentBytesMax?: number;
-  /** Checkpoint a shard after this many records; default 65536 (0 = never). */
+  /** Checkpoint a shard after this many records applied; default 65536 (0 = never). */
   checkpointEveryRecords?: number;
   queue?: Omit<DeviceQueueOptions, 'disk' | 'name'>;
   /**
@@ -44,6 +51,7 @@ export interface DeviceHostOptions {
    * a slab handle; default 256 KiB; 0 turns the CPU pool off (everything on this thread).
    */
   crcOffloadBytesMin?: number;
+  timing?: Partial<ReplicaTiming>;
   /** Restarts allowed per shard within restartWindowMs before it stays down; default 5. */
   restartsMax?: number;
   restartWindowMs?: number;
@@ -52,31 +60,39 @@ export interface DeviceHostOptions {
 
 interface ShardEntry {
   spec: ShardSpec;
-  actor: ShardActor | undefined;
-  log: SegmentLog | undefined;
-  store: PageStore | undefined;
-  /** Why the shard is down, when it is. */
+  storage: ShardStorage | undefined;
+  replica: Replica | undefined;
+  /** Why the replica is down, when it is. */
   downReason: StorageError | undefined;
   restarts: number[];
 }
+
+export type ReplicaState = ReplicaStats & { state: 'up' | 'down'; downReason?: string; members: string[] };
 
 export interface DeviceHostStats {
   dir: string;
   queue: DeviceQueueStats;
   cpu: CpuPoolStats | undefined;
   restarts: number;
-  shards: Array<ShardActorStats & { state: 'up' | 'down'; downReason?: string }>;
+  fsyncFaultsInjected: number;
+  shards: ReplicaState[];
 }
 
-/** Errors after which a shard's in-memory state cannot be trusted and is rebuilt from disk. */
+/** Errors after which a replica's in-memory state cannot be trusted and is rebuilt from disk. */
 const FATAL_CODES = new Set(['device_failed', 'fsync_failed', 'invariant']);
 
 export function shardKey(volumeId: string, shard: number): string {
   return `${volumeId}.${shard}`;
 }
 
+const unreachable: ReplicaTransport = {
+  send: () => Promise.reject(new StorageError('closed', 'no transport to peers')),
+};
+
 export class DeviceHost {
   readonly dir: string;
+  readonly self: string;
+  private readonly faulty: FaultyDisk;
   private readonly disk: Disk;
   private readonly opts: DeviceHostOptions;
   private queue: DeviceQueue;
@@ -90,7 +106,9 @@ export class DeviceHost {
   constructor(opts: DeviceHostOptions) {
     this.opts = opts;
     this.dir = opts.dir;
-    this.disk = opts.disk ?? new RealDisk(opts.dir);
+    this.self = opts.self;
+    this.faulty = new FaultyDisk(opts.disk ?? new RealDisk(opts.dir));
+    this.disk = this.faulty;
     this.nowMs = opts.nowMs ?? (() => performance.now());
     this.queue = this.newQueue();
     // One slab per device for the page caches of its shards. Slots hold the largest page size.
@@ -109,26 +127,27 @@ export class DeviceHost {
     this.disk.mkdirp('shards');
   }
 
-  /** Opens (creating or recovering) a shard on this device. Idempotent. */
-  openShard(spec: ShardSpec): ShardActorStats {
+  /** Opens (creating or recovering) a replica on this device. Idempotent. */
+  openShard(spec: ShardSpec): ReplicaState {
+    if (!spec.members.includes(this.self)) {
+      throw new StorageError('bad_request', `shard ${spec.volumeId}/${spec.shard}: node ${this.self} is not one of its replicas`);
+    }
     const key = shardKey(spec.volumeId, spec.shard);
     let entry = this.shards.get(key);
     if (!entry) {
-      entry = { spec, actor: undefined, log: undefined, store: undefined, downReason: undefined, restarts: [] };
+      entry = { spec, storage: undefined, replica: undefined, downReason: undefined, restarts: [] };
       this.shards.set(key, entry);
     }
-    if (!entry.actor) this.start(entry);
-    return entry.actor!.stats();
+    if (!entry.replica) this.start(entry);
+    return this.stateOf(entry);
   }
 
-  /** The actor of a shard, or a typed error saying why there is none. */
-  actor(volumeId: string, shard: number): ShardActor {
+  /** The replica of a shard, or a typed error saying why there is none. */
+  replica(volumeId: string, shard: number): Replica {
     const entry = this.shards.get(shardKey(volumeId, shard));
     if (!entry) throw new StorageError('closed', `shard ${volumeId}/${shard} is not open on this device`);
-    if (!entry.actor) {
-      throw entry.downReason ?? new StorageError('device_failed', `shard ${volumeId}/${shard} is down`);
-    }
-    return entry.actor;
+    if (!entry.replica) throw entry.downReason ?? new StorageError('device_failed', `shard ${volumeId}/${shard} is down`);
+    return entry.replica;
   }
 
   hasShard(volumeId: string, shard: number): boolean {
@@ -137,15 +156,15 @@ export class DeviceHost {
 
   /**
    * Called when a request on a shard failed: on a device or invariant failure the device's
-   * actors are restarted from durable state. Returns true if a restart happened.
+   * replicas are restarted from durable state. Returns true if a restart happened.
    */
-  onActorError(volumeId: string, shard: number, err: unknown): boolean {
+  onReplicaError(volumeId: string, shard: number, err: unknown): boolean {
     // An error without a code is a bug (TypeError…), treated like a broken invariant.
     const code = (err as { code?: unknown } | undefined)?.code;
     const codeText = typeof code === 'string' ? code : 'invariant';
     if (!FATAL_CODES.has(codeText)) return false;
     if (this.queue.failed || codeText !== 'invariant') {
-      // The device's state after a failed write or fdatasync is unknown: reopen every shard on
+      // The device's state after a failed write or fdatasync is unknown: reopen every replica on
       // it from what is durable, with a fresh queue.
       this.restartAll();
     } else {
@@ -155,7 +174,7 @@ export class DeviceHost {
     return true;
   }
 
-  /** Closes a shard; with destroy, removes its files durably. */
+  /** Closes a replica; with destroy, removes its files durably. */
   closeShard(volumeId: string, shard: number, opts: { destroy?: boolean } = {}): void {
     const key = shardKey(volumeId, shard);
     const entry = this.shards.get(key);
@@ -164,43 +183,65 @@ export class DeviceHost {
       this.shards.delete(key);
     }
     if (opts.destroy) {
-      const dir = joinPath('shards', key);
-      this.disk.removeTree(dir);
+      this.disk.removeTree(joinPath('shards', key));
       this.disk.fsyncDir('shards');
     }
   }
 
-  /** Runs checkpoints of every open shard (through the queue). */
-  async checkpointAll(): Promise<void> {
-    for (const e of this.shards.values()) if (e.actor) await e.actor.checkpoint();
+  /** Advances the replicas' clocks (elections, heartbeats) and expires waiting reads. */
+  tick(nowMs: number, wallMs: number): void {
+    if (this.queue.failed) {
+      this.restartAll();
+      return;
+    }
+    for (const e of this.shards.values()) {
+      e.replica?.tick(nowMs);
+      e.replica?.expireWaiters(wallMs);
+    }
   }
 
-  expireWaiters(nowMs: number): void {
-    for (const e of this.shards.values()) e.actor?.expireWaiters(nowMs);
+  /** Runs checkpoints of every open replica (through the queue). */
+  async checkpointAll(): Promise<void> {
+    for (const e of this.shards.values()) if (e.replica) await e.replica.checkpoint();
+  }
+
+  /** Fault injection: the device's next `times` fdatasyncs fail (Infinity: for good). */
+  failFsync(times: number): void {
+    this.faulty.failFsync(times);
+  }
+
+  clearFaults(): void {
+    this.faulty.clearFaults();
   }
 
   stats(): DeviceHostStats {
-    const shards: DeviceHostStats['shards'] = [];
-    for (const e of this.shards.values()) {
-      if (e.actor) shards.push({ ...e.actor.stats(), state: 'up' });
-      else {
-        shards.push({
-          volumeId: e.spec.volumeId, shard: e.spec.shard, term: 0, appliedLsn: 0, firstLsn: 0, lastLsn: 0,
-          writes: 0, pagesWritten: 0, reads: 0, pagesRead: 0, lsnWaiters: 0, checkpoints: 0, checkpointLsn: 0, offloaded: 0,
-          state: 'down', downReason: e.downReason?.message,
-        });
-      }
-    }
-    return { dir: this.dir, queue: this.queue.stats(), cpu: this.cpu?.stats(), restarts: this.restartsTotal, shards };
+    return {
+      dir: this.dir,
+      queue: this.queue.stats(),
+      cpu: this.cpu?.stats(),
+      restarts: this.restartsTotal,
+      fsyncFaultsInjected: this.faulty.injected,
+      shards: [...this.shards.values()].map((e) => this.stateOf(e)),
+    };
   }
 
-  /** Drains the queue and closes every shard. */
+  /** Drains the queue and closes every replica. */
   async close(): Promise<void> {
-    for (const e of this.shards.values()) e.actor?.close();
+    for (const e of this.shards.values()) e.replica?.close();
     await this.queue.drain();
     for (const e of this.shards.values()) this.stop(e);
     this.shards.clear();
     await this.cpu?.close();
+  }
+
+  private stateOf(e: ShardEntry): ReplicaState {
+    if (e.replica) return { ...e.replica.stats(), state: 'up', members: e.spec.members };
+    return {
+      volumeId: e.spec.volumeId, shard: e.spec.shard, self: this.self, role: 'follower', term: 0, leader: null,
+      commitLsn: 0, appliedLsn: 0, firstLsn: 0, lastLsn: 0, lag: {}, elections: 0, writes: 0, pagesWritten: 0,
+      reads: 0, pagesRead: 0, checkpoints: 0, snapshotsSent: 0, snapshotsInstalled: 0, offloaded: 0,
+      state: 'down', members: e.spec.members, ...(e.downReason ? { downReason: e.downReason.message } : {}),
+    };
   }
 
   private newQueue(): DeviceQueue {
@@ -209,59 +250,50 @@ export class DeviceHost {
 
   private start(entry: ShardEntry): void {
     const spec = entry.spec;
-    const base = joinPath('shards', shardKey(spec.volumeId, spec.shard));
     try {
-      this.disk.mkdirp(joinPath(base, 'log'));
-      const log = SegmentLog.open(this.disk, {
-        dir: joinPath(base, 'log'),
+      const storage = ShardStorage.open(this.disk, {
+        dir: joinPath('shards', shardKey(spec.volumeId, spec.shard)),
+        pageSize: spec.pageSize,
+        pageCount: spec.pageCount,
+        cacheBytesMax: this.opts.cacheBytesMaxPerShard ?? 32 * 1024 * 1024,
+        slab: this.slab,
         ...(this.opts.segmentBytesMax ? { segmentBytesMax: this.opts.segmentBytesMax } : {}),
       });
-      let store: PageStore;
-      try {
-        store = PageStore.open(this.disk, log, {
-          dir: base,
-          pageSize: spec.pageSize,
-          pageCount: spec.pageCount,
-          cacheBytesMax: this.opts.cacheBytesMaxPerShard ?? 32 * 1024 * 1024,
-          slab: this.slab,
-        });
-      } catch (e) {
-        log.close();
-        throw e;
-      }
-      entry.log = log;
-      entry.store = store;
-      entry.actor = new ShardActor({
+      entry.storage = storage;
+      entry.replica = new Replica({
         geometry: spec,
-        log,
-        store,
+        self: this.self,
+        members: spec.members,
+        log: storage.log,
+        store: storage.store,
         queue: this.queue,
+        hardState: storage,
+        snapshots: storage,
+        transport: this.opts.transportFor?.(spec) ?? unreachable,
+        nowMs: this.nowMs(),
         checkpointEveryRecords: this.opts.checkpointEveryRecords ?? 65536,
+        ...(this.opts.timing ? { timing: this.opts.timing } : {}),
         ...(this.offload ? { offload: this.offload } : {}),
+        onRoleChange: (role, term) => this.opts.onRoleChange?.(spec, role, term),
       });
       entry.downReason = undefined;
     } catch (e) {
-      entry.actor = undefined;
+      entry.replica = undefined;
+      entry.storage = undefined;
       entry.downReason =
         e instanceof StorageError ? e : new StorageError('device_failed', `cannot open shard: ${(e as Error).message}`, undefined, e);
     }
   }
 
   private stop(entry: ShardEntry): void {
-    entry.actor?.close();
-    entry.actor = undefined;
+    entry.replica?.close();
+    entry.replica = undefined;
     try {
-      entry.store?.close();
+      entry.storage?.close();
     } catch {
       // Closing after a device failure may fail again; the state is rebuilt from disk anyway.
     }
-    try {
-      entry.log?.close();
-    } catch {
-      // As above.
-    }
-    entry.store = undefined;
-    entry.log = undefined;
+    entry.storage = undefined;
   }
 
   private restart(entry: ShardEntry): void {
@@ -284,6 +316,9 @@ export class DeviceHost {
   private restartAll(): void {
     for (const e of this.shards.values()) this.stop(e);
     this.queue = this.newQueue();
-    for (const e of this.shards.values()) this.restart(e);
+    for (const e of this.shards.values()) {
+      if (e.downReason && e.restarts.length >= (this.opts.restartsMax ?? 5)) continue;
+      this.restart(e);
+    }
   }
 }

@@ -10,7 +10,7 @@ import { Worker } from 'node:worker_threads';
 import * as path from 'node:path';
 import * as Comlink from 'comlink';
 import nodeEndpoint from 'comlink/dist/umd/node-adapter';
-import type { HostApi, HostConfig, HostStats, HostHealth } from './actor-host';
+import type { HostApi, HostConfig, HostStats, HostHealth, TransportFaults } from './actor-host';
 import type { ShardSpec } from './device-host';
 
 export interface HostPoolOptions {
@@ -116,6 +116,16 @@ export class HostPool {
           : Promise.resolve({ hostId: s.config.hostId, ok: false, natsConnected: false, deviceFailed: false, shardsDown: 0, reason: s.down ?? 'starting' }),
       ),
     );
+  }
+
+  /** Fault injection: every host of this node applies these replication-transport faults. */
+  async setFaults(faults: TransportFaults): Promise<void> {
+    await Promise.all(this.slots.map((s) => this.call(s, (api) => api.setFaults(faults))));
+  }
+
+  /** Fault injection: the next `times` fdatasyncs of host `hostId`'s device fail (Infinity: for good). */
+  async failFsync(hostId: number, times: number): Promise<void> {
+    await this.call(this.slot(hostId), (api) => api.failFsync(times));
   }
 
   async checkpointAll(): Promise<void> {

@@ -6,7 +6,7 @@ import { Slab } from '../../storage-engine/slab';
 import { ShardStorage } from '../../storage-engine/shard-storage';
 import { ProtocolError } from '../../messages/errors';
 import type { RaftRequest, RaftReply } from '../../messages/raft';
-import type { ShardGeometry } from '../../actors/shard-actor';
+import type { ShardGeometry } from '../../actors/shard';
 
 const geometry: ShardGeometry = { volumeId: 'v1', shard: 0, shards: 1, pageCount: 256, pageSize: 4096, stripePages: 256 };
 const timing = { electionTimeoutMinMs: 60, electionTimeoutMaxMs: 120, heartbeatMs: 10, rpcTimeoutMs: 100 };

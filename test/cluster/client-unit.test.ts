@@ -555,16 +555,33 @@ describe('cluster/client (fake transport)', () => {
       assert.equal(result.lsns.length, 3);
     });
 
-    it('gives unavailable when the shard still has no responders after the refresh', async () => {
+    it('retries a shard with no leader with back-off, a bounded number of times, then gives unavailable', async () => {
       const fc = new FakeCluster();
       fc.shardHook = (shard, seen) => {
         if (shard === 2) throw new NoRespondersError(seen.subject);
         return undefined;
       };
-      const err = await rejectsWith(fc.client().volume('vol').read([0, 4]), 'unavailable', /shard 2 of volume vol/);
+      // A clock that runs 20 times faster than real time: the 10 s call ends at its deadline in 0.5 s.
+      const started = Date.now();
+      const client = createClient(fc.transport, { cluster: CLUSTER, timeoutMs: 10_000, nowMs: () => NOW + (Date.now() - started) * 20 });
+      const err = await rejectsWith(client.volume('vol').read([0, 4]), 'unavailable', /shard 2 of volume vol/);
+      assert.ok(Date.now() - started < 1500, 'gave up by the deadline');
       assert.ok(!(err instanceof NoRespondersError));
       assert.equal(err.details?.shard, 2);
-      assert.equal(fc.transport.shardRequests().filter((s) => s.subject.endsWith('.2')).length, 2, 'one retry only');
+      const tries = fc.transport.shardRequests().filter((s) => s.subject.endsWith('.2')).length;
+      assert.ok(tries > 2 && tries <= 2 + 45, `retried with back-off a bounded number of times (${tries})`);
+      assert.equal(fc.transport.shardRequests().filter((s) => s.subject.endsWith('.0')).length, 1, 'the shard that answered is not asked again');
+    });
+
+    it('a shard that gets a leader while the client backs off is served', async () => {
+      const fc = new FakeCluster();
+      let misses = 3;
+      fc.shardHook = (shard, seen) => {
+        if (shard === 2 && misses-- > 0) throw new NoRespondersError(seen.subject);
+        return undefined;
+      };
+      const pages = await fc.client().volume('vol').read([0, 4]);
+      assert.equal((pages as Uint8Array[]).length, 2);
     });
 
     it('gives not_found when the volume was deleted, and fetches the info again on the next call', async () => {

@@ -2,10 +2,24 @@ import { strict as assert } from 'node:assert';
 import { DeviceHost, type ShardSpec } from '../../runtime/device-host';
 import { SimDisk } from '../../storage-engine/sim-disk';
 import { StorageError } from '../../storage-engine/errors';
+import type { Replica } from '../../actors/replica';
 
 const spec = (shard = 0): ShardSpec => ({
-  volumeId: 'v1', volumeName: 'vol', shard, shards: 2, pageCount: 64, pageSize: 4096, stripePages: 4,
+  volumeId: 'v1', volumeName: 'vol', shard, shards: 2, pageCount: 64, pageSize: 4096, stripePages: 4, members: ['n1'],
 });
+
+/** The replica of a shard once it leads (a replica set of one elects itself on its first tick). */
+async function leader(host: DeviceHost, shard: number): Promise<Replica> {
+  for (let i = 0; i < 1000; i++) {
+    host.tick(performance.now(), Date.now());
+    const r = host.replica('v1', shard);
+    if (r.isLeader) return r;
+    await new Promise((res) => setImmediate(res));
+  }
+  throw new Error('no leader');
+}
+
+const soon = (): { deadlineMs: number } => ({ deadlineMs: Date.now() + 5000 });
 
 function page(fill: number): Uint8Array {
   return new Uint8Array(4096).fill(fill);
@@ -14,12 +28,12 @@ function page(fill: number): Uint8Array {
 describe('DeviceHost supervision', () => {
   it('an fsync failure fails the write, restarts the shards from durable state, and counts the restart', async () => {
     const disk = new SimDisk();
-    const host = new DeviceHost({ dir: 'dev0', disk });
+    const host = new DeviceHost({ dir: 'dev0', self: 'n1', disk });
     host.openShard(spec(0));
     host.openShard(spec(1));
-    const a0 = host.actor('v1', 0);
+    const a0 = (await leader(host, 0));
     await a0.write([{ page: 0, data: page(1) }]);
-    await host.actor('v1', 1).write([{ page: 4, data: page(2) }]);
+    await (await leader(host, 1)).write([{ page: 4, data: page(2) }]);
 
     disk.failFsync({ times: 1 });
     const err = await a0.write([{ page: 1, data: page(3) }]).then(
@@ -27,29 +41,29 @@ describe('DeviceHost supervision', () => {
       (e: StorageError) => e,
     );
     assert.equal(err.code, 'fsync_failed');
-    assert.equal(host.onActorError('v1', 0, err), true, 'a device failure is fatal to the in-memory state');
+    assert.equal(host.onReplicaError('v1', 0, err), true, 'a device failure is fatal to the in-memory state');
 
     const st = host.stats();
     assert.equal(st.restarts, 2, 'both shards of the failed device were reopened');
     assert.equal(st.queue.state, 'ok', 'with a fresh queue');
-    const fresh = host.actor('v1', 0);
+    const fresh = (await leader(host, 0));
     assert.notEqual(fresh, a0, 'a new actor serves the shard');
-    assert.deepEqual((await fresh.read([0])).pages[0], page(1), 'acknowledged data is intact');
-    assert.deepEqual((await host.actor('v1', 1).read([4])).pages[0], page(2));
+    assert.deepEqual((await fresh.read([0], soon())).pages[0], page(1), 'acknowledged data is intact');
+    assert.deepEqual((await (await leader(host, 1)).read([4], soon())).pages[0], page(2));
     await fresh.write([{ page: 1, data: page(4) }]);
-    assert.deepEqual((await fresh.read([1])).pages[0], page(4), 'the shard takes writes again');
+    assert.deepEqual((await fresh.read([1], soon())).pages[0], page(4), 'the shard takes writes again');
     await host.close();
   });
 
   it('request errors are not fatal: no restart', async () => {
-    const host = new DeviceHost({ dir: 'dev0', disk: new SimDisk() });
+    const host = new DeviceHost({ dir: 'dev0', self: 'n1', disk: new SimDisk() });
     host.openShard(spec(0));
-    const err = await host.actor('v1', 0).write([{ page: 63, data: page(1) }]).then(
+    const err = await (await leader(host, 0)).write([{ page: 63, data: page(1) }]).then(
       () => assert.fail('page 63 is on shard 1'),
       (e: StorageError) => e,
     );
     assert.equal(err.code, 'bad_request');
-    assert.equal(host.onActorError('v1', 0, err), false);
+    assert.equal(host.onReplicaError('v1', 0, err), false);
     assert.equal(host.stats().restarts, 0);
     await host.close();
   });
@@ -57,30 +71,30 @@ describe('DeviceHost supervision', () => {
   it('a shard that keeps failing is left down after restartsMax, with a typed reason', async () => {
     const disk = new SimDisk();
     let now = 0;
-    const host = new DeviceHost({ dir: 'dev0', disk, restartsMax: 2, nowMs: () => now });
+    const host = new DeviceHost({ dir: 'dev0', self: 'n1', disk, restartsMax: 2, nowMs: () => now });
     host.openShard(spec(0));
     const bug = new TypeError('boom');
-    assert.equal(host.onActorError('v1', 0, bug), true);
+    assert.equal(host.onReplicaError('v1', 0, bug), true);
     now += 10;
-    assert.equal(host.onActorError('v1', 0, bug), true);
+    assert.equal(host.onReplicaError('v1', 0, bug), true);
     now += 10;
-    host.onActorError('v1', 0, bug);
-    assert.throws(() => host.actor('v1', 0), (e: StorageError) => e.code === 'device_failed' && /left down/.test(e.message));
+    host.onReplicaError('v1', 0, bug);
+    assert.throws(() => host.replica('v1', 0), (e: StorageError) => e.code === 'device_failed' && /left down/.test(e.message));
     assert.equal(host.stats().shards[0]?.state, 'down');
     await host.close();
   });
 
   it('closeShard with destroy removes the shard files durably', async () => {
     const disk = new SimDisk();
-    const host = new DeviceHost({ dir: 'dev0', disk });
+    const host = new DeviceHost({ dir: 'dev0', self: 'n1', disk });
     host.openShard(spec(0));
-    await host.actor('v1', 0).write([{ page: 0, data: page(9) }]);
+    await (await leader(host, 0)).write([{ page: 0, data: page(9) }]);
     assert.ok(disk.list('shards').includes('v1.0'));
     host.closeShard('v1', 0, { destroy: true });
     await host.close();
     disk.powerCut();
     assert.deepEqual(disk.list('shards'), []);
-    assert.throws(() => host.actor('v1', 0), (e: StorageError) => e.code === 'closed');
+    assert.throws(() => host.replica('v1', 0), (e: StorageError) => e.code === 'closed');
   });
 });
 
@@ -88,23 +102,24 @@ describe('DeviceHost CPU offload of large write batches', function () {
   this.timeout(20_000);
   it('checksums large batches on the CPU pool from slab slots; the records recover intact', async () => {
     const disk = new SimDisk();
-    const host = new DeviceHost({ dir: 'dev0', disk, crcOffloadBytesMin: 16 * 1024 });
+    const host = new DeviceHost({ dir: 'dev0', self: 'n1', disk, crcOffloadBytesMin: 16 * 1024 });
     host.openShard(spec(0));
     const pages = [0, 1, 2, 3, 8, 9, 10, 11].map((p) => ({ page: p, data: page(p + 1) }));
-    await host.actor('v1', 0).write(pages); // 8 pages: 32 KiB, offloaded
-    await host.actor('v1', 0).write([{ page: 16, data: page(99) }]); // 4 KiB: inline
+    await (await leader(host, 0)).write(pages); // 8 pages: 32 KiB, offloaded
+    await (await leader(host, 0)).write([{ page: 16, data: page(99) }]); // 4 KiB: inline
     const st = host.stats();
     assert.equal(st.shards[0]?.offloaded, 1);
     assert.equal(st.cpu?.tasks, 1);
     await host.close();
     // Reopen from disk: recovery validates every record's checksum, so a wrong combined CRC
     // would show up here as a lost or corrupt record.
-    const again = new DeviceHost({ dir: 'dev0', disk, crcOffloadBytesMin: 0 });
+    const again = new DeviceHost({ dir: 'dev0', self: 'n1', disk, crcOffloadBytesMin: 0 });
     again.openShard(spec(0));
-    const got = await again.actor('v1', 0).read([0, 1, 2, 3, 8, 9, 10, 11, 16]);
+    const got = await (await leader(again, 0)).read([0, 1, 2, 3, 8, 9, 10, 11, 16], soon());
     pages.forEach((p, i) => assert.deepEqual(got.pages[i], p.data));
     assert.deepEqual(got.pages[8], page(99));
-    assert.equal(again.stats().shards[0]?.lastLsn, 2);
+    // Two writes, and a no-op record at the start of each of the two terms of leadership.
+    assert.equal(again.stats().shards[0]?.lastLsn, 4);
     assert.equal(again.stats().cpu, undefined, 'crcOffloadBytesMin 0 turns the pool off');
     await again.close();
   });

@@ -1,0 +1,79 @@
+/**
+ * FaultyDisk: a Disk that passes every call to another one, except the faults it is told to
+ * inject. Nodes always run their devices through it (a delegation per call), so that fault
+ * tests of a running cluster can make one replica's fdatasync fail like a dying disk does.
+ */
+import type { Disk, FileHandle, OpenOptions } from '../storage-engine/disk';
+import { StorageError } from '../storage-engine/errors';
+
+export class FaultyDisk implements Disk {
+  private fsyncFailures = 0;
+  injected = 0;
+
+  constructor(private readonly inner: Disk) {}
+
+  /** The next `times` fdatasync/fsyncDir calls fail with EIO (Infinity: every one, for good). */
+  failFsync(times: number): void {
+    if (!(times > 0)) throw new StorageError('bad_request', `times must be positive, got ${times}`);
+    this.fsyncFailures = times;
+  }
+
+  clearFaults(): void {
+    this.fsyncFailures = 0;
+  }
+
+  private maybeFailSync(what: string): void {
+    if (this.fsyncFailures <= 0) return;
+    this.fsyncFailures--;
+    this.injected++;
+    throw new StorageError('fsync_failed', `${what}: EIO (injected)`, { errno: 'EIO', injected: true });
+  }
+
+  open(path: string, opts?: OpenOptions): FileHandle {
+    return this.inner.open(path, opts);
+  }
+  close(fh: FileHandle): void {
+    this.inner.close(fh);
+  }
+  size(fh: FileHandle): number {
+    return this.inner.size(fh);
+  }
+  write(fh: FileHandle, data: Uint8Array, offset: number): void {
+    this.inner.write(fh, data, offset);
+  }
+  append(fh: FileHandle, data: Uint8Array): number {
+    return this.inner.append(fh, data);
+  }
+  read(fh: FileHandle, buf: Uint8Array, offset: number): number {
+    return this.inner.read(fh, buf, offset);
+  }
+  fdatasync(fh: FileHandle): void {
+    this.maybeFailSync('fdatasync');
+    this.inner.fdatasync(fh);
+  }
+  truncate(fh: FileHandle, length: number): void {
+    this.inner.truncate(fh, length);
+  }
+  rename(from: string, to: string): void {
+    this.inner.rename(from, to);
+  }
+  fsyncDir(dir: string): void {
+    this.maybeFailSync('fsync of a directory');
+    this.inner.fsyncDir(dir);
+  }
+  mkdirp(dir: string): void {
+    this.inner.mkdirp(dir);
+  }
+  list(dir: string): string[] {
+    return this.inner.list(dir);
+  }
+  remove(path: string): void {
+    this.inner.remove(path);
+  }
+  removeTree(dir: string): void {
+    this.inner.removeTree(dir);
+  }
+  exists(path: string): boolean {
+    return this.inner.exists(path);
+  }
+}
