@@ -107,27 +107,35 @@ export class ApiRouter {
       // Without a controller the status still shows what the nodes say.
       controllerReachable = false;
     }
-    // Each volume of the catalog with, per shard, what the node hosting it reports.
-    const reported = new Map<string, Record<string, unknown>>();
+    // Each volume of the catalog with, per shard, what its replicas report (the leader's view first).
+    const reported = new Map<string, Array<Record<string, unknown>>>();
     for (const n of nodes as Array<{ node?: { id?: string }; shards?: Array<Record<string, unknown>> }>) {
-      for (const sh of n.shards ?? []) reported.set(`${String(sh.volumeId)}.${String(sh.shard)}`, { ...sh, node: n.node?.id });
+      for (const sh of n.shards ?? []) {
+        const key = `${String(sh.volumeId)}.${String(sh.shard)}`;
+        reported.set(key, [...(reported.get(key) ?? []), { ...sh, node: n.node?.id }]);
+      }
     }
     const volumes = catalog.map((v) => ({
       ...v,
       shards: Array.from({ length: Number(v.shards) }, (_, i) => {
-        const r = reported.get(`${String(v.id)}.${i}`);
-        if (!r) return { shard: i, role: 'none', term: 0, commitLsn: 0, appliedLsn: 0, state: 'unavailable' };
+        const reps = reported.get(`${String(v.id)}.${i}`) ?? [];
+        const leader = reps.find((r) => r.role === 'leader' && r.state === 'up');
+        const best = leader ?? reps.find((r) => r.state === 'up');
+        const replicas = reps.map((r) => ({
+          node: r.node, role: r.role, state: r.state, term: r.term, commitLsn: r.commitLsn, appliedLsn: r.appliedLsn,
+          ...(r.downReason ? { reason: r.downReason } : {}),
+        }));
+        if (!best) return { shard: i, role: 'none', term: 0, commitLsn: 0, appliedLsn: 0, state: 'unavailable', replicas };
         return {
           shard: i,
-          role: r.state === 'up' ? 'leader' : 'none',
-          term: r.term,
-          commitLsn: r.appliedLsn,
-          appliedLsn: r.appliedLsn,
-          leader: r.node,
-          node: r.node,
-          hostId: r.hostId,
-          state: r.state,
-          ...(r.downReason ? { reason: r.downReason } : {}),
+          role: leader ? 'leader' : 'none',
+          term: best.term,
+          commitLsn: best.commitLsn,
+          appliedLsn: best.appliedLsn,
+          ...(leader ? { leader: leader.node } : {}),
+          state: leader ? 'up' : 'no_leader',
+          lag: leader?.lag ?? {},
+          replicas,
         };
       }),
     }));

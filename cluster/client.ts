@@ -676,9 +676,23 @@ export class Volume {
   }
 
   /** Fetches the geometry again unless another call already did since `stale` was used. */
-  private refreshInfo(stale: Promise<VolumeInfo>, deadlineMs: number): Promise<VolumeInfo> {
+  /**
+   * Fetches the volume's info again. When the catalog cannot be reached (its node is down or
+   * re-electing), the cached info is kept: the shards may still be served, and a deleted volume
+   * is still recognized by `not_found` once the catalog answers again.
+   */
+  private async refreshInfo(stale: Promise<VolumeInfo>, deadlineMs: number): Promise<VolumeInfo> {
     if (this.infoPromise !== undefined && this.infoPromise !== stale) return this.infoPromise;
-    return this.fetchInfo(deadlineMs);
+    try {
+      return await this.fetchInfo(deadlineMs);
+    } catch (e) {
+      if (e instanceof ProtocolError && (e.code === 'unavailable' || e.code === 'timeout')) {
+        const info = await stale;
+        this.infoPromise = stale;
+        return info;
+      }
+      throw e;
+    }
   }
 
   private async sendCalls(info: VolumeInfo, calls: readonly ShardCall[], deadlineMs: number): Promise<Settled[]> {

@@ -1,0 +1,146 @@
+import { strict as assert } from 'node:assert';
+import { startCluster, type InProcessCluster } from '../../cluster/in-process-cluster';
+import { demoPage } from '../../cluster/dev';
+import type { StrataClient, Volume } from '../../cluster/client';
+
+/** Fast elections so failures are found and repaired within a test's time. */
+const node = { timing: { electionTimeoutMinMs: 150, electionTimeoutMaxMs: 300, heartbeatMs: 25, rpcTimeoutMs: 500 } };
+
+interface ShardView {
+  leader?: string;
+  state: string;
+  term: number;
+  commitLsn: number;
+  replicas: Array<{ node: string; role: string; state: string; appliedLsn: number }>;
+}
+
+async function shardView(client: StrataClient, volume: string, shard: number): Promise<ShardView> {
+  const st = await client.status();
+  const v = st.volumes.find((x) => x.name === volume);
+  assert.ok(v, `volume ${volume} in status`);
+  return v.shards[shard] as unknown as ShardView;
+}
+
+async function until<T>(what: string, timeoutMs: number, probe: () => Promise<T | undefined>): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      const v = await probe();
+      if (v !== undefined) return v;
+    } catch {
+      // Not yet.
+    }
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+async function leaderIndex(c: InProcessCluster, volume: string, shard: number): Promise<number> {
+  const id = await until('a leader', 10_000, async () => (await shardView(c.client, volume, shard)).leader);
+  return Number(id.slice(1)) - 1;
+}
+
+async function writeAll(vol: Volume, pages: number[], gen: number): Promise<void> {
+  for (const p of pages) await vol.write(p, demoPage(4096, p, gen));
+}
+
+async function expectPages(vol: Volume, pages: number[], gen: number): Promise<void> {
+  const got = (await vol.readPages(pages)).pages;
+  got.forEach((d, i) => assert.ok(Buffer.from(d).equals(Buffer.from(demoPage(4096, pages[i]!, gen))), `page ${pages[i]} gen ${gen}`));
+}
+
+describe('replication across three nodes', function () {
+  this.timeout(120_000);
+  let c: InProcessCluster | undefined;
+  afterEach(async () => {
+    await c?.stop();
+    c = undefined;
+  });
+
+  it('the leader\'s node killed → a new leader within a bounded time, no acknowledged write lost', async () => {
+    c = await startCluster({ nodes: 3, hosts: 1, node, clientTimeoutMs: 10_000 });
+    await c.client.createVolume({ name: 'r3', pageCount: 1024, shards: 2, stripePages: 8, replicas: 3 });
+    const vol = c.client.volume('r3');
+    const pages = Array.from({ length: 32 }, (_, i) => i * 3);
+    await writeAll(vol, pages, 1);
+    const before = await leaderIndex(c, 'r3', 0);
+    const t0 = performance.now();
+    c.kill(before);
+    // The next write to shard 0 waits for (and finds) the new leader.
+    await vol.write(0, demoPage(4096, 0, 2));
+    const failoverMs = performance.now() - t0;
+    const after = await leaderIndex(c, 'r3', 0);
+    assert.notEqual(after, before);
+    assert.ok(failoverMs < 5_000, `failover took ${failoverMs.toFixed(0)} ms`);
+    process.stdout.write(`      (failover: a write succeeded ${failoverMs.toFixed(0)} ms after the leader's node was killed)\n`);
+    await expectPages(vol, pages.slice(1), 1);
+    await expectPages(vol, [0], 2);
+    // The killed node comes back as a follower and catches up.
+    await c.restart(before);
+    await c.waitForMembers(3);
+    await until('the restarted replica catches up', 20_000, async () => {
+      const v = await shardView(c!.client, 'r3', 0);
+      const mine = v.replicas.find((r) => r.node === `n${before + 1}`);
+      return mine && mine.state === 'up' && mine.appliedLsn >= v.commitLsn ? true : undefined;
+    });
+  });
+
+  it('a partitioned leader cannot commit: clients get success only from the majority side, and nothing acknowledged is lost', async () => {
+    c = await startCluster({ nodes: 3, hosts: 1, node, clientTimeoutMs: 10_000 });
+    await c.client.createVolume({ name: 'rp', pageCount: 256, shards: 1, replicas: 3 });
+    const vol = c.client.volume('rp');
+    await writeAll(vol, [1, 2, 3], 1);
+    const old = await leaderIndex(c, 'rp', 0);
+    await c.partition([[old]]);
+    // Writes keep succeeding: the majority elects a leader; the old one answers not_leader or
+    // times out (the client then retries), and never acknowledges a write it could not commit.
+    const acked: number[] = [];
+    for (let p = 10; p < 30; p++) {
+      await vol.write(p, demoPage(4096, p, 1));
+      acked.push(p);
+    }
+    const neu = await leaderIndex(c, 'rp', 0);
+    assert.notEqual(neu, old);
+    const v = await shardView(c.client, 'rp', 0);
+    const oldView = v.replicas.find((r) => r.node === `n${old + 1}`);
+    assert.ok(oldView && oldView.role !== 'leader', 'the cut-off leader stepped down');
+    await c.heal();
+    await expectPages(vol, acked, 1);
+    await expectPages(vol, [1, 2, 3], 1);
+    await until('the old leader converges', 20_000, async () => {
+      const vv = await shardView(c!.client, 'rp', 0);
+      return vv.replicas.every((r) => r.appliedLsn >= vv.commitLsn) ? true : undefined;
+    });
+  });
+
+  it('a replica whose fdatasync fails stops acknowledging; the shard keeps working on the other two', async () => {
+    c = await startCluster({ nodes: 3, hosts: 1, node, clientTimeoutMs: 10_000 });
+    await c.client.createVolume({ name: 'rf', pageCount: 256, shards: 1, replicas: 3 });
+    const vol = c.client.volume('rf');
+    await writeAll(vol, [1], 1);
+    const leader = await leaderIndex(c, 'rf', 0);
+    const victim = (leader + 1) % 3;
+    await c.failFsync(victim, Infinity);
+    for (let p = 2; p < 20; p++) await vol.write(p, demoPage(4096, p, 1));
+    await expectPages(vol, Array.from({ length: 19 }, (_, i) => i + 1), 1);
+    const v = await until('the failed replica is down', 20_000, async () => {
+      const vv = await shardView(c!.client, 'rf', 0);
+      return vv.replicas.find((r) => r.node === `n${victim + 1}`)?.state === 'down' ? vv : undefined;
+    });
+    assert.equal(v.state, 'up', 'the shard still has a leader');
+  });
+
+  it('a write acknowledged before a minority crashed is read after, and the shard serves during the crash', async () => {
+    c = await startCluster({ nodes: 3, hosts: 1, node, clientTimeoutMs: 10_000 });
+    await c.client.createVolume({ name: 'rm', pageCount: 256, shards: 1, replicas: 3 });
+    const vol = c.client.volume('rm');
+    await writeAll(vol, [5, 6, 7], 1);
+    const leader = await leaderIndex(c, 'rm', 0);
+    const follower = (leader + 1) % 3;
+    c.kill(follower);
+    await expectPages(vol, [5, 6, 7], 1);
+    await writeAll(vol, [8], 1);
+    await c.restart(follower);
+    await expectPages(vol, [5, 6, 7, 8], 1);
+  });
+});
