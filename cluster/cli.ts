@@ -67,6 +67,9 @@ Commands:
         padded with zeros.
   get VOLUME PAGE [--count N] [--lsn L] FILE|-
         Read N pages (default 1) from PAGE on, as of LSN L if given, into FILE (or stdout).
+  bench [--short] [--workload W] [--queue-depth N] [--pages-per-request N] [--replicas 1|3] [--nats URL --cluster C] …
+        Benchmark a fresh in-process cluster (or a running one) against raw disk, NATS echo
+        and JetStream baselines; without --workload runs the target suite. "strata bench --help".
   status [--json]
         Status of the node that answers.
   help
@@ -166,6 +169,7 @@ export function parseArgs(argvIn: readonly string[]): ParsedArgs {
   const first = argv[0]!;
   if (first === '--help' || first === '-h') return { command: 'help', positionals: [], flags: {}, rest: [] };
   if (first === 'node') return { command: 'node', positionals: [], flags: {}, rest: argv.slice(1) };
+  if (first === 'bench') return { command: 'bench', positionals: [], flags: {}, rest: argv.slice(1) };
   if (first.startsWith('-')) throw new UsageError(`expected a command before ${first}`);
 
   let command = first;
@@ -584,6 +588,8 @@ export async function main(argv: readonly string[], io: Partial<CliIo> = {}): Pr
         return await dev(ctx);
       case 'node':
         return await node(ctx);
+      case 'bench':
+        return await loadModule<(argv: readonly string[]) => Promise<number>>('../bench/strata-bench', 'main')(args.rest);
       case 'volume create':
         await volumeCreate(ctx);
         return 0;
