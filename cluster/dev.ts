@@ -1,21 +1,36 @@
 /**
- * `strata dev`: a local Strata cluster on this machine, with its own nats-server.
+ * `strata dev`: a local Strata cluster on this machine.
  *
- * Without --demo it runs until interrupted (Ctrl-C stops it cleanly) and prints how to reach it.
- * With --demo it creates a volume, writes a workload of vectored writes, reads everything back
- * and verifies it, reads at an older LSN (GetPage@LSN) and verifies that too, prints what it did,
- * and exits with 0 only if every check passed.
+ * It starts its own nats-server (the system's binary, on a free loopback port, in a temporary
+ * directory) and N nodes, each a separate `strata node` process with its own data directory and
+ * log file, node 1 keeping the catalog. Because the nodes are processes, any of them can be killed
+ * (`kill -9 PID`) while clients write: the cluster carries on as long as a majority of each
+ * shard's replicas is alive. The pids are printed as `node nK pid P`.
+ *
+ * Without --demo it runs until interrupted (Ctrl-C stops every node cleanly, then the server).
+ * With --demo it creates a volume replicated on min(3, N) nodes, writes a workload of vectored
+ * writes, reads everything back and verifies it, reads at an older LSN (GetPage@LSN) and checks
+ * that too, prints what it did, and exits 0 only if every check passed.
  */
+import * as fs from 'node:fs';
 import * as os from 'node:os';
-import { startCluster, type InProcessCluster } from './in-process-cluster';
-import type { StrataClient } from './client';
+import * as path from 'node:path';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { connect as natsConnect } from 'nats';
+import { startNatsServer, type NatsServerHandle } from '../runtime/nats-server';
+import { connect, type StrataClient } from './client';
+import { encode, decode } from '../messages/codec';
+import { throwIfError } from '../messages/errors';
+import { controllerSubject } from '../messages/control';
 
 export interface DevOptions {
   demo: boolean;
-  nodes: number;
+  /** Nodes (processes); default 3. */
+  nodes?: number;
   dataDir?: string;
+  /** Metrics port of node 1; node K gets port + K - 1 (0 = off). */
   metricsPort?: number;
-  /** Actor hosts per node; default: the number of cores. */
+  /** Actor hosts per node; default: cores / nodes, at least 1. */
   hosts?: number;
   /** Where to print; default stdout. */
   out?: (line: string) => void;
@@ -49,41 +64,37 @@ interface DemoResult {
 }
 
 /** The demo workload against a running cluster. */
-export async function runDemo(client: StrataClient, opts: { pages?: number; shards?: number; batchPages?: number } = {}): Promise<DemoResult> {
+export async function runDemo(
+  client: StrataClient,
+  opts: { pages?: number; shards?: number; batchPages?: number; replicas?: 1 | 3 } = {},
+): Promise<DemoResult> {
   const lines: string[] = [];
   const pageCount = opts.pages ?? 4096;
   const shards = opts.shards ?? 4;
   const batch = opts.batchPages ?? 16;
+  const replicas = opts.replicas ?? 1;
   const name = `demo-${Date.now().toString(36)}`;
-  const info = await client.createVolume({ name, pageCount, pageSize: 4096, shards, stripePages: 64 });
-  lines.push(`created volume ${info.name} (id ${info.id}): ${pageCount} pages of ${info.pageSize} B in ${shards} shards`);
+  const info = await client.createVolume({ name, pageCount, pageSize: 4096, shards, stripePages: 64, replicas });
+  lines.push(`created volume ${info.name} (id ${info.id}): ${pageCount} pages of ${info.pageSize} B in ${shards} shards, ${replicas} replica(s) each`);
   const vol = client.volume(name);
 
-  // Generation 1 over every page, then generation 2 over the first half.
-  let t0 = performance.now();
-  let lsnAfterGen1 = 0;
-  const writeGen = async (gen: number, upto: number): Promise<number> => {
-    let maxLsn = 0;
-    const inFlight: Array<Promise<void>> = [];
+  const writeGen = async (gen: number, upto: number): Promise<void> => {
+    const inFlight: Array<Promise<unknown>> = [];
     for (let p = 0; p < upto; p += batch) {
       const pages = [];
       for (let q = p; q < Math.min(p + batch, upto); q++) pages.push({ page: q, data: demoPage(info.pageSize, q, gen) });
-      inFlight.push(vol.writePages(pages).then((r) => {
-        maxLsn = Math.max(maxLsn, r.lsn);
-      }));
+      inFlight.push(vol.writePages(pages));
       if (inFlight.length >= 16) await Promise.all(inFlight.splice(0));
     }
     await Promise.all(inFlight);
-    return maxLsn;
   };
-  lsnAfterGen1 = await writeGen(1, pageCount);
-  const gen1Ms = performance.now() - t0;
-  lines.push(`wrote ${pageCount} pages (${((pageCount * info.pageSize) / 1048576).toFixed(1)} MiB) in ${gen1Ms.toFixed(0)} ms with vectored writes of ${batch} pages`);
+  let t0 = performance.now();
+  await writeGen(1, pageCount);
+  lines.push(`wrote ${pageCount} pages (${((pageCount * info.pageSize) / 1048576).toFixed(1)} MiB) in ${(performance.now() - t0).toFixed(0)} ms with vectored writes of ${batch} pages`);
   t0 = performance.now();
   await writeGen(2, pageCount / 2);
   lines.push(`overwrote ${pageCount / 2} pages in ${(performance.now() - t0).toFixed(0)} ms`);
 
-  // Read everything back at the latest LSN and check it.
   let bad = 0;
   t0 = performance.now();
   for (let p = 0; p < pageCount; p += batch) {
@@ -96,9 +107,7 @@ export async function runDemo(client: StrataClient, opts: { pages?: number; shar
   }
   lines.push(`read back ${pageCount} pages in ${(performance.now() - t0).toFixed(0)} ms: ${bad === 0 ? 'all match' : `${bad} MISMATCHED`}`);
 
-  // GetPage@LSN: on a single-shard view, the LSN of generation 1 differs per shard; read shard 0's
-  // first stripe as of each of its own LSNs is what a client does with per-shard LSNs. Here we
-  // check that page 0 read as of the LSN its first write returned still shows generation 1.
+  // GetPage@LSN: LSNs are per shard; page 0's shard is asked as of the LSN just before its last write.
   const w = await vol.writePages([{ page: 0, data: demoPage(info.pageSize, 0, 3) }]);
   const before = (await vol.readPages([0], { lsn: w.lsn - 1 })).pages;
   const now = (await vol.readPages([0])).pages;
@@ -108,30 +117,125 @@ export async function runDemo(client: StrataClient, opts: { pages?: number; shar
   await vol.flush();
   await client.deleteVolume(name);
   lines.push(`deleted volume ${name}`);
-  void lsnAfterGen1;
   return { ok: bad === 0 && atLsnOk, lines };
+}
+
+/** The `strata` launcher next to this build (bin/strata). */
+const STRATA_BIN = path.join(__dirname, '..', '..', 'bin', 'strata');
+
+export interface DevCluster {
+  natsUrl: string;
+  root: string;
+  nodes: Array<{ id: string; pid: number; log: string; process: ChildProcess }>;
+  client: StrataClient;
+  stop(): Promise<void>;
+}
+
+/** Waits until the controller sees `want` live nodes, or fails with the nodes' last log lines. */
+async function waitForNodes(natsUrl: string, want: number, timeoutMs: number): Promise<void> {
+  const nc = await natsConnect({ servers: natsUrl, timeout: 5000 });
+  try {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      try {
+        const r = await nc.request(controllerSubject('dev', 'members'), encode({}), { timeout: 1000 });
+        const m = throwIfError(decode(r.data)) as { members: Array<{ live: boolean }> };
+        if (m.members.filter((x) => x.live).length >= want) return;
+      } catch {
+        // The controller's node may still be starting.
+      }
+      if (Date.now() > deadline) throw new Error(`the cluster did not reach ${want} live nodes within ${timeoutMs} ms`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  } finally {
+    await nc.close();
+  }
+}
+
+/** Starts the nats-server and the node processes; the caller stops them. */
+export async function startDevCluster(opts: { nodes: number; dataDir?: string; metricsPort?: number; hosts?: number }): Promise<DevCluster> {
+  if (!Number.isSafeInteger(opts.nodes) || opts.nodes < 1 || opts.nodes > 16) throw new Error(`--nodes must be 1..16, got ${opts.nodes}`);
+  const ownDir = opts.dataDir === undefined;
+  const root = opts.dataDir !== undefined ? path.resolve(opts.dataDir) : fs.mkdtempSync(path.join(os.tmpdir(), 'strata-dev-'));
+  fs.mkdirSync(root, { recursive: true });
+  const hosts = opts.hosts ?? Math.max(1, Math.floor(os.availableParallelism() / opts.nodes));
+  let nats: NatsServerHandle | undefined;
+  const nodes: DevCluster['nodes'] = [];
+  const stop = async (): Promise<void> => {
+    for (const n of nodes) if (n.process.exitCode === null && n.process.signalCode === null) n.process.kill('SIGTERM');
+    await Promise.all(
+      nodes.map(
+        (n) =>
+          new Promise<void>((resolve) => {
+            if (n.process.exitCode !== null || n.process.signalCode !== null) return resolve();
+            const t = setTimeout(() => n.process.kill('SIGKILL'), 10_000);
+            n.process.once('exit', () => {
+              clearTimeout(t);
+              resolve();
+            });
+          }),
+      ),
+    );
+    await nats?.stop();
+    if (ownDir) fs.rmSync(root, { recursive: true, force: true });
+  };
+  try {
+    nats = await startNatsServer({ jetstream: false });
+    for (let i = 0; i < opts.nodes; i++) {
+      const id = `n${i + 1}`;
+      const log = path.join(root, `${id}.log`);
+      const logFd = fs.openSync(log, 'a');
+      const args = [
+        STRATA_BIN, 'node', '--node-id', id, '--cluster', 'dev', '--nats', nats.url, '--data-dir', path.join(root, id),
+        '--hosts', String(hosts), i === 0 ? '--controller' : '--no-controller',
+        '--metrics-port', String(opts.metricsPort ? opts.metricsPort + i : 0),
+      ];
+      const child = spawn(process.execPath, args, { stdio: ['ignore', logFd, logFd], env: { ...process.env, STRATA_LOG_LEVEL: process.env.STRATA_LOG_LEVEL ?? 'info' } });
+      fs.closeSync(logFd);
+      nodes.push({ id, pid: child.pid ?? -1, log, process: child });
+      // The controller first: the others register with it.
+      if (i === 0) await new Promise((r) => setTimeout(r, 200));
+    }
+    await waitForNodes(nats.url, opts.nodes, 30_000);
+    const client = await connect({ servers: nats.url, cluster: 'dev' });
+    return { natsUrl: nats.url, root, nodes, client, stop };
+  } catch (e) {
+    const tails = nodes.map((n) => {
+      const text = fs.existsSync(n.log) ? fs.readFileSync(n.log, 'utf8').trim().split('\n').slice(-5).join('\n    ') : '';
+      return `  ${n.id} (pid ${n.pid}) log:\n    ${text}`;
+    });
+    await stop();
+    throw new Error(`${(e as Error).message}\n${tails.join('\n')}`);
+  }
 }
 
 export async function runDev(opts: DevOptions): Promise<number> {
   const out = opts.out ?? ((l: string) => process.stdout.write(l + '\n'));
-  let cluster: InProcessCluster;
+  const count = opts.nodes ?? 3;
+  let cluster: DevCluster;
   try {
-    cluster = await startCluster({
-      nodes: opts.nodes,
-      hosts: opts.hosts ?? Math.max(1, Math.min(os.availableParallelism(), 8)),
-      cluster: 'dev',
-      ...(opts.dataDir ? { dataDir: opts.dataDir } : {}),
+    cluster = await startDevCluster({
+      nodes: count,
+      ...(opts.dataDir !== undefined ? { dataDir: opts.dataDir } : {}),
+      ...(opts.metricsPort !== undefined ? { metricsPort: opts.metricsPort } : {}),
+      ...(opts.hosts !== undefined ? { hosts: opts.hosts } : {}),
     });
   } catch (e) {
     process.stderr.write(`strata dev: ${(e as Error).message}\n`);
     return 1;
   }
-  out(`Strata dev cluster 'dev' is up: ${opts.nodes} node(s), NATS at ${cluster.natsUrl}`);
-  out(`data: ${cluster.dataDirs.join(', ')}${opts.dataDir ? '' : ' (temporary, removed on exit)'}`);
+  out(`Strata dev cluster 'dev' is up: ${count} node(s), NATS at ${cluster.natsUrl}`);
+  for (const n of cluster.nodes) out(`node ${n.id} pid ${n.pid} log ${n.log}`);
+  out(`data: ${cluster.root}${opts.dataDir ? '' : ' (temporary, removed on exit)'}`);
+  for (const n of cluster.nodes) {
+    n.process.once('exit', (code, signal) => {
+      out(`node ${n.id} (pid ${n.pid}) exited (${signal ?? `code ${code}`}); the others carry on while each shard keeps a majority`);
+    });
+  }
   if (opts.demo) {
     let code = 0;
     try {
-      const r = await runDemo(cluster.client);
+      const r = await runDemo(cluster.client, { replicas: count >= 3 ? 3 : 1 });
       for (const l of r.lines) out(`  ${l}`);
       out(r.ok ? 'demo: every check passed' : 'demo: CHECKS FAILED');
       code = r.ok ? 0 : 1;
@@ -139,16 +243,20 @@ export async function runDev(opts: DevOptions): Promise<number> {
       process.stderr.write(`strata dev --demo: ${(e as Error).message}\n`);
       code = 1;
     }
+    for (const n of cluster.nodes) n.process.removeAllListeners('exit');
+    await cluster.client.close();
     await cluster.stop();
     return code;
   }
-  out(`try: strata --nats ${cluster.natsUrl} --cluster dev volume create v1 --pages 1024`);
+  out(`try: strata --nats ${cluster.natsUrl} volume create v1 --pages 1024 --replicas ${count >= 3 ? 3 : 1}`);
   out('Ctrl-C stops the cluster');
   await new Promise<void>((resolve) => {
     process.once('SIGINT', resolve);
     process.once('SIGTERM', resolve);
   });
   out('stopping…');
+  for (const n of cluster.nodes) n.process.removeAllListeners('exit');
+  await cluster.client.close();
   await cluster.stop();
   return 0;
 }
