@@ -170,6 +170,32 @@ export function encodeRecord(
   return pos + recordBytes(len);
 }
 
+/**
+ * A padding record fills the rest of a 4 KiB block after a large write batch, so that the next
+ * batch starts on a block boundary (an fdatasync of whole blocks is measurably cheaper than one
+ * that rewrites a partial block). It has LSN 0 (no real record does) and this kind; recovery and
+ * reads skip it.
+ */
+export const PAD_KIND = 255;
+/** Writes are padded to multiples of this many bytes (when padding adds at most 1/8 to a batch). */
+export const LOG_BLOCK_BYTES = 4096;
+
+/** Encodes a padding record of exactly `totalBytes` bytes (a multiple of 8, at least a header). */
+export function encodePadding(out: Uint8Array, view: DataView, pos: number, totalBytes: number): number {
+  assert(totalBytes >= RECORD_HEADER_BYTES && totalBytes % RECORD_ALIGN_BYTES === 0, 'padding size', { totalBytes });
+  const len = totalBytes - RECORD_HEADER_BYTES;
+  out.fill(0, pos, pos + totalBytes);
+  view.setUint32(pos, len, true);
+  out[pos + 24] = PAD_KIND;
+  view.setUint32(pos + 4, recordCrc(out, pos, len), true);
+  return pos + totalBytes;
+}
+
+/** True for a valid record header that is padding (LSN 0, kind PAD_KIND). */
+export function isPadding(view: DataView, rel: number): boolean {
+  return getU64(view, rel + 8) === 0 && view.getUint8(rel + 24) === PAD_KIND;
+}
+
 /** CRC-32C of the record at `pos`: over its length field, the rest of its header after the crc, and its payload. */
 export function recordCrc(buf: Uint8Array, pos: number, payloadBytes: number): number {
   const c = crc32c(buf, 0, pos, pos + 4);
@@ -230,6 +256,12 @@ export class SegmentIndex {
     this.terms[i] = term;
     this.countValue = i + 1;
     this.endOffset = offset + recordBytes(payloadBytes);
+  }
+
+  /** Skips a padding record at the segment end (not indexed: it has no LSN). */
+  skip(offset: number, bytes: number): void {
+    assert(offset === this.endOffset, 'padding appended at the segment end', { offset, endOffset: this.endOffset });
+    this.endOffset = offset + bytes;
   }
 
   offsetAt(i: number): number {

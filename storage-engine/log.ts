@@ -31,6 +31,9 @@ import {
   RECORD_BYTES_MAX,
   RECORD_HEADER_BYTES,
   RECORD_KIND_MAX,
+  LOG_BLOCK_BYTES,
+  encodePadding,
+  isPadding,
   recordBytes,
   recordCrc,
   SEGMENT_BYTES_LIMIT,
@@ -309,7 +312,12 @@ export class SegmentLog {
           this.rollOver();
           continue;
         }
-        const buf = this.encodeBufOf(chunkBytes);
+        // Pad a large batch to the next block boundary, so the next batch starts on a fresh block.
+        const end = seg.endOffset + chunkBytes;
+        let pad = (LOG_BLOCK_BYTES - (end % LOG_BLOCK_BYTES)) % LOG_BLOCK_BYTES;
+        if (pad > 0 && pad < RECORD_HEADER_BYTES) pad += LOG_BLOCK_BYTES;
+        if (pad * 8 > chunkBytes || end + pad > seg.segmentBytesMax) pad = 0;
+        const buf = this.encodeBufOf(chunkBytes + pad);
         const view = viewOf(buf);
         let pos = 0;
         const firstLsn = seg.lastLsn + 1;
@@ -318,6 +326,7 @@ export class SegmentLog {
           pos = encodeRecord(buf, view, pos, firstLsn + (k - i), r.term, r.kind, r.payload, r.payloadCrc);
         }
         assert(pos === chunkBytes, 'encoded chunk size', { pos, chunkBytes });
+        if (pad > 0) encodePadding(buf, view, pos, pad);
         const at = seg.endOffset;
         this.disk.write(this.handleOf(seg), buf, at);
         this.writesCount++;
@@ -328,6 +337,7 @@ export class SegmentLog {
           seg.push(pos, r.payload.length, r.term);
           pos += recordBytes(r.payload.length);
         }
+        if (pad > 0) seg.skip(pos, pad);
         i = j;
       }
     } catch (e) {
@@ -925,6 +935,11 @@ export class SegmentLog {
       if (!r.ensure(p, total)) return { offset: p, reason: 'record cut short by the end of the file' };
       rel = p - r.winStart;
       if (r.view.getUint32(rel + 4, true) !== recordCrc(r.buf, rel, len)) return { offset: p, reason: 'record checksum mismatch' };
+      if (isPadding(r.view, rel)) {
+        seg.skip(p, total);
+        p += total;
+        continue;
+      }
       const lsn = getU64(r.view, rel + 8);
       if (lsn !== expected) return { offset: p, reason: `record has LSN ${lsn}, expected ${expected}` };
       const term = getU64(r.view, rel + 16);
