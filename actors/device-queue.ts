@@ -36,6 +36,18 @@ export interface Clock {
 
 export type Scheduler = (run: () => void) => void;
 
+/**
+ * Tracing of the queue's batches, injected by the host (this module knows nothing of the
+ * tracing library). `capture()` is called when an operation is submitted and its value kept
+ * with the operation; a batch runs inside `batch(values of its operations, run)` and each
+ * fdatasync inside `sync(run)`. Values are opaque here. Without a tracer nothing of this runs.
+ */
+export interface QueueTracer {
+  capture(): unknown;
+  batch<T>(tags: readonly unknown[], run: () => T): T;
+  sync<T>(run: () => T): T;
+}
+
 export interface DeviceQueueOptions {
   disk: Disk;
   /** Name used in errors and stats, e.g. the device's directory. */
@@ -53,6 +65,8 @@ export interface DeviceQueueOptions {
   clock?: Clock;
   /** Starts the next batch; default setImmediate (after the IO that arrived meanwhile). */
   schedule?: Scheduler;
+  /** Traces batches and fdatasyncs; default none. */
+  tracer?: QueueTracer;
 }
 
 export interface AppendResult {
@@ -96,6 +110,8 @@ export interface DeviceQueueStats {
 }
 
 interface AppendOp {
+  /** The tracer's capture() at submission (only with a tracer). */
+  tag?: unknown;
   type: 'append';
   target: AppendTarget;
   records: readonly LogRecordInput[];
@@ -105,6 +121,8 @@ interface AppendOp {
 }
 
 interface ReadOp {
+  /** The tracer's capture() at submission (only with a tracer). */
+  tag?: unknown;
   type: 'read';
   fh: FileHandle;
   offset: number;
@@ -115,6 +133,8 @@ interface ReadOp {
 }
 
 interface TaskOp {
+  /** The tracer's capture() at submission (only with a tracer). */
+  tag?: unknown;
   type: 'task';
   run(): unknown;
   bytes: number;
@@ -150,6 +170,7 @@ export class DeviceQueue {
   private readonly batchOpsMax: number;
   private readonly batchBytesMax: number;
   private readonly readCoalesceBytesMax: number;
+  private readonly tracer: QueueTracer | undefined;
 
   private queue: Op[] = [];
   private queueHead = 0;
@@ -187,6 +208,7 @@ export class DeviceQueue {
     this.batchOpsMax = positiveInt(opts.batchOpsMax, 1024, 'batchOpsMax');
     this.batchBytesMax = positiveInt(opts.batchBytesMax, 8 * 1024 * 1024, 'batchBytesMax');
     this.readCoalesceBytesMax = positiveInt(opts.readCoalesceBytesMax, 256 * 1024, 'readCoalesceBytesMax');
+    this.tracer = opts.tracer;
   }
 
   /** Queues records to append to `target`; resolves once they are durable (after fdatasync). */
@@ -286,6 +308,7 @@ export class DeviceQueue {
       }));
       return;
     }
+    if (this.tracer) op.tag = this.tracer.capture();
     this.queue.push(op);
     this.queueBytes += op.bytes;
     this.kick();
@@ -336,15 +359,8 @@ export class DeviceQueue {
       }
       this.counters.batches++;
       this.batchOpsHistogram[bucketIndex(BATCH_OPS_BUCKETS, batch.length)]!++;
-      const appends: AppendOp[] = [];
-      const reads: ReadOp[] = [];
-      for (const op of batch) {
-        if (op.type === 'append') appends.push(op);
-        else if (op.type === 'read') reads.push(op);
-        else this.runTask(op);
-      }
-      if (appends.length > 0) this.runAppends(appends);
-      if (reads.length > 0) this.runReads(reads);
+      if (this.tracer) this.tracer.batch(batch.map((op) => op.tag), () => this.runOps(batch));
+      else this.runOps(batch);
     } finally {
       this.running = false;
       if (this.pending() === 0 && this.idleWaiters.length > 0) {
@@ -353,6 +369,18 @@ export class DeviceQueue {
         for (const w of waiters) w();
       }
     }
+  }
+
+  private runOps(batch: readonly Op[]): void {
+    const appends: AppendOp[] = [];
+    const reads: ReadOp[] = [];
+    for (const op of batch) {
+      if (op.type === 'append') appends.push(op);
+      else if (op.type === 'read') reads.push(op);
+      else this.runTask(op);
+    }
+    if (appends.length > 0) this.runAppends(appends);
+    if (reads.length > 0) this.runReads(reads);
   }
 
   private runTask(op: TaskOp): void {
@@ -390,7 +418,8 @@ export class DeviceQueue {
       for (const target of groups.keys()) {
         const t0 = this.clock.nowMs();
         this.counters.syncs++;
-        target.sync();
+        if (this.tracer) this.tracer.sync(() => target.sync());
+        else target.sync();
         const ms = this.clock.nowMs() - t0;
         this.counters.syncMsSum += ms;
         if (ms > this.counters.syncMsMax) this.counters.syncMsMax = ms;

@@ -41,6 +41,18 @@ export interface ReplicaTransport {
   send(to: string, msg: RaftRequest, timeoutMs: number): Promise<RaftReply>;
 }
 
+/**
+ * Tracing of replication, injected by the host (this module knows nothing of the tracing
+ * library). `capture()` is called when a client write is sequenced, and its value is kept with
+ * the write's record while the leader holds it in memory; every message to a follower is sent
+ * inside `send(values of the writes it carries, run)`, so the host can relate one append to the
+ * many writes it replicates. Values are opaque here. Without a tracer nothing of this runs.
+ */
+export interface ReplicaTracer {
+  capture(): unknown;
+  send<T>(tags: readonly unknown[], run: () => T): T;
+}
+
 export interface HardState {
   term: number;
   votedFor: string | null;
@@ -112,6 +124,8 @@ export interface ReplicaOptions {
   appendBytesMax?: number;
   /** Client writes waiting for commit at most; default 4096. */
   pendingWritesMax?: number;
+  /** Traces replication (see ReplicaTracer); default none. */
+  tracer?: ReplicaTracer;
   nowMs: number;
 }
 
@@ -137,7 +151,12 @@ export interface ReplicaStats {
   snapshotsSent: number;
   snapshotsInstalled: number;
   offloaded: number;
+  /** This replica's page cache (cumulative counters, bytes held now). */
+  cache: { hits: number; misses: number; evictions: number; bytes: number };
 }
+
+/** A record the leader holds in memory, with its write's tracer value (only with a tracer). */
+type HeldRecord = LogRecord & { tag?: unknown };
 
 interface Waiter {
   lsn: number;
@@ -160,6 +179,8 @@ interface FollowerState {
 /** Records a leader keeps in memory for followers, at most (older ones are read from its log). */
 const RECENT_BYTES_MAX = 64 * 1024 * 1024;
 const SNAPSHOT_CHUNK_BYTES = 512 * 1024;
+
+const NO_TAGS: readonly unknown[] = [];
 
 function notLeader(leader: string | null, term: number): ProtocolError {
   return new ProtocolError('not_leader', leader ? `not the leader; the leader is ${leader}` : 'not the leader; no leader is known', {
@@ -185,6 +206,7 @@ export class Replica {
   private readonly checkpointEveryRecords: number;
   private readonly appendBytesMax: number;
   private readonly pendingWritesMax: number;
+  private readonly tracer: ReplicaTracer | undefined;
 
   private term: number;
   private votedFor: string | null;
@@ -208,7 +230,7 @@ export class Replica {
   private leaderSinceMs = 0;
   private readonly followers = new Map<string, FollowerState>();
   /** Leader: records not yet known durable everywhere, by LSN (bounded in bytes). */
-  private recent: LogRecord[] = [];
+  private recent: HeldRecord[] = [];
   private recentBytes = 0;
   private commitWaiters: Waiter[] = [];
   private applyWaiters: Waiter[] = [];
@@ -240,6 +262,7 @@ export class Replica {
     this.checkpointEveryRecords = opts.checkpointEveryRecords ?? 0;
     this.appendBytesMax = opts.appendBytesMax ?? 896 * 1024;
     this.pendingWritesMax = opts.pendingWritesMax ?? 4096;
+    this.tracer = opts.tracer;
     const hs = this.hard.load() ?? { term: 0, votedFor: null };
     this.term = Math.max(hs.term, this.log.lastTerm);
     this.votedFor = hs.term === this.term ? hs.votedFor : null;
@@ -273,6 +296,7 @@ export class Replica {
   stats(): ReplicaStats {
     const lag: Record<string, number> = {};
     if (this.role === 'leader') for (const [id, f] of this.followers) lag[id] = Math.max(0, this.lastLsn - f.match);
+    const c = this.store.stats().cache;
     return {
       volumeId: this.geometry.volumeId,
       shard: this.geometry.shard,
@@ -286,6 +310,7 @@ export class Replica {
       lastLsn: this.lastLsn,
       lag,
       ...this.counters,
+      cache: { hits: c.hits, misses: c.misses, evictions: c.evictions, bytes: c.bytes },
     };
   }
 
@@ -447,10 +472,12 @@ export class Replica {
   // Leader: local appends, replication, commit
   // ---------------------------------------------------------------------------------------------
 
-  /** Assigns LSNs and queues the records locally; returns the last LSN. */
-  private appendLocal(records: LogRecordInput[]): number {
+  /** Assigns LSNs and queues the records locally; returns the last LSN. `tag`: the write's tracer value. */
+  private appendLocal(records: LogRecordInput[], tag?: unknown): number {
     const first = this.lastLsn + 1;
-    const stored: LogRecord[] = records.map((r, i) => ({ term: r.term, kind: r.kind, payload: r.payload, lsn: first + i }));
+    const stored: HeldRecord[] = records.map((r, i) =>
+      tag === undefined ? { term: r.term, kind: r.kind, payload: r.payload, lsn: first + i } : { term: r.term, kind: r.kind, payload: r.payload, lsn: first + i, tag },
+    );
     this.lastLsn += records.length;
     this.lastTerm = this.term;
     for (const r of stored) {
@@ -478,8 +505,8 @@ export class Replica {
     this.applyWaiters = [];
   }
 
-  private recordsFrom(fromLsn: number, bytesMax: number): LogRecord[] {
-    const out: LogRecord[] = [];
+  private recordsFrom(fromLsn: number, bytesMax: number): HeldRecord[] {
+    const out: HeldRecord[] = [];
     let bytes = 0;
     const head = this.recent.length > 0 ? this.recent[0]!.lsn : this.lastLsn + 1;
     if (fromLsn < head) {
@@ -547,12 +574,25 @@ export class Replica {
     const sentMs = this.nowMs;
     f.lastSentMs = sentMs;
     const term = this.term;
-    this.transport.send(id, req, this.timing.rpcTimeoutMs).then(
+    this.sendTraced(id, req, this.timing.rpcTimeoutMs, records).then(
       (reply) => this.onAppendReply(id, term, sentMs, prevLsn, records.length, reply as AppendReply),
       () => {
         f.inFlight = false;
       },
     );
+  }
+
+  /** Sends to a follower; with a tracer, inside its `send` with the tracer values of the records' writes. */
+  private sendTraced(id: string, req: RaftRequest, timeoutMs: number, records: readonly HeldRecord[]): Promise<RaftReply> {
+    const tracer = this.tracer;
+    if (tracer === undefined) return this.transport.send(id, req, timeoutMs);
+    let tags = NO_TAGS;
+    for (const r of records) {
+      if (r.tag === undefined) continue;
+      if (tags === NO_TAGS) tags = [];
+      (tags as unknown[]).push(r.tag);
+    }
+    return tracer.send(tags, () => this.transport.send(id, req, timeoutMs));
   }
 
   private onAppendReply(id: string, term: number, sentMs: number, prevLsn: number, count: number, reply: AppendReply): void {
@@ -601,7 +641,7 @@ export class Replica {
     const sentMs = this.nowMs;
     f.lastSentMs = sentMs;
     const term = this.term;
-    this.transport.send(id, req, this.timing.rpcTimeoutMs * 5).then(
+    this.sendTraced(id, req, this.timing.rpcTimeoutMs * 5, []).then(
       (r) => {
         f.inFlight = false;
         const reply = r as SnapshotReply;
@@ -895,10 +935,11 @@ export class Replica {
       throw new StorageError('overloaded', `shard ${this.geometry.shard}: ${this.commitWaiters.length} writes wait for commit`);
     }
     const term = this.term;
+    const tag = this.tracer?.capture();
     const payload = await this.encode(pages);
     this.checkLeader();
     if (this.term !== term) throw notLeader(this.leader, this.term);
-    const lsn = this.appendLocal([{ term, kind: RecordKind.PageWrite, payload: payload.payload, ...(payload.crc !== undefined ? { payloadCrc: payload.crc } : {}) }]);
+    const lsn = this.appendLocal([{ term, kind: RecordKind.PageWrite, payload: payload.payload, ...(payload.crc !== undefined ? { payloadCrc: payload.crc } : {}) }], tag);
     payload.release();
     for (const id of this.peers()) this.replicateTo(id, false);
     await new Promise<void>((resolve, reject) => this.commitWaiters.push({ lsn, resolve, reject }));

@@ -16,8 +16,8 @@ import { Slab } from '../storage-engine/slab';
 import { ShardStorage } from '../storage-engine/shard-storage';
 import { StorageError } from '../storage-engine/errors';
 import { pageWriteBytes, PAGE_WRITE_PAGES_MAX } from '../storage-engine/page-write';
-import { DeviceQueue, type DeviceQueueOptions, type DeviceQueueStats } from '../actors/device-queue';
-import { Replica, type ReplicaTransport, type ReplicaStats, type ReplicaTiming, type Role } from '../actors/replica';
+import { DeviceQueue, type DeviceQueueOptions, type DeviceQueueStats, type QueueTracer } from '../actors/device-queue';
+import { Replica, type ReplicaTransport, type ReplicaStats, type ReplicaTiming, type ReplicaTracer, type Role } from '../actors/replica';
 import type { ShardGeometry, PayloadOffload } from '../actors/shard';
 import { CpuPool, type CpuPoolStats } from './cpu-pool';
 import { FaultyDisk } from './faulty-disk';
@@ -45,7 +45,11 @@ export interface DeviceHostOptions {
   segmentBytesMax?: number;
   /** Checkpoint a shard after this many records applied; default 65536 (0 = never). */
   checkpointEveryRecords?: number;
-  queue?: Omit<DeviceQueueOptions, 'disk' | 'name'>;
+  queue?: Omit<DeviceQueueOptions, 'disk' | 'name' | 'tracer'>;
+  /** Traces the device queue's batches and fdatasyncs (actor hosts pass one when tracing is on). */
+  queueTracer?: QueueTracer;
+  /** Traces replication between the replicas on this device and their peers. */
+  replicaTracer?: ReplicaTracer;
   /**
    * Write batches whose payload is at least this many bytes are checksummed on the CPU pool from
    * a slab handle; default 256 KiB; 0 turns the CPU pool off (everything on this thread).
@@ -240,12 +244,17 @@ export class DeviceHost {
       volumeId: e.spec.volumeId, shard: e.spec.shard, self: this.self, role: 'follower', term: 0, leader: null,
       commitLsn: 0, appliedLsn: 0, firstLsn: 0, lastLsn: 0, lag: {}, elections: 0, writes: 0, pagesWritten: 0,
       reads: 0, pagesRead: 0, checkpoints: 0, snapshotsSent: 0, snapshotsInstalled: 0, offloaded: 0,
-      state: 'down', members: e.spec.members, ...(e.downReason ? { downReason: e.downReason.message } : {}),
+      cache: { hits: 0, misses: 0, evictions: 0, bytes: 0 }, state: 'down', members: e.spec.members, ...(e.downReason ? { downReason: e.downReason.message } : {}),
     };
   }
 
   private newQueue(): DeviceQueue {
-    return new DeviceQueue({ ...(this.opts.queue ?? {}), disk: this.disk, name: this.dir });
+    return new DeviceQueue({
+      ...(this.opts.queue ?? {}),
+      disk: this.disk,
+      name: this.dir,
+      ...(this.opts.queueTracer ? { tracer: this.opts.queueTracer } : {}),
+    });
   }
 
   private start(entry: ShardEntry): void {
@@ -274,6 +283,7 @@ export class DeviceHost {
         checkpointEveryRecords: this.opts.checkpointEveryRecords ?? 65536,
         ...(this.opts.timing ? { timing: this.opts.timing } : {}),
         ...(this.offload ? { offload: this.offload } : {}),
+        ...(this.opts.replicaTracer ? { tracer: this.opts.replicaTracer } : {}),
         onRoleChange: (role, term) => this.opts.onRoleChange?.(spec, role, term),
       });
       entry.downReason = undefined;
