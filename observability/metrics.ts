@@ -28,15 +28,18 @@ import {
   type MetricProducer,
 } from '@opentelemetry/sdk-metrics';
 import { BATCH_OPS_BUCKETS, FSYNC_MS_BUCKETS } from '../actors/device-queue';
+import { REQUEST_DURATION_BUCKETS_S, RequestRecorder, cleanLabel, type RequestStatsSnapshot } from './request-recorder';
 
-/** Upper bounds (inclusive) of the request-duration buckets, in seconds. */
-export const REQUEST_DURATION_BUCKETS_S: readonly number[] = [
-  0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
-];
-/** (operation, outcome) series one RequestRecorder keeps at most; more go to operation `other`. */
-export const REQUEST_SERIES_MAX = 256;
-/** Error codes one RequestRecorder counts separately at most; more are counted as `other`. */
-export const ERROR_CODES_MAX = 64;
+export {
+  ERROR_CODES_MAX,
+  LABEL_LENGTH_MAX,
+  REQUEST_DURATION_BUCKETS_S,
+  REQUEST_SERIES_MAX,
+  RequestRecorder,
+  type RequestSeriesSnapshot,
+  type RequestStatsSnapshot,
+} from './request-recorder';
+
 /** Series one observable metric reports per scrape at most (per-shard metrics on a big node). */
 export const SERIES_PER_METRIC_MAX = 1500;
 /** Stats sources registered at most (one per node of the process). */
@@ -45,7 +48,6 @@ export const STATS_SOURCES_MAX = 64;
 export const STATS_TIMEOUT_MS_DEFAULT = 2000;
 /** A snapshot is reused for this long, so one scrape asks each source once. */
 const SNAPSHOT_REUSE_MS = 250;
-const LABEL_LENGTH_MAX = 64;
 
 // ---------------------------------------------------------------------------------------------
 // Snapshot shapes (structural: HostPool.stats() and its parts fit)
@@ -93,8 +95,13 @@ export interface ShardSnapshot {
   cache?: { hits: number; misses: number; evictions: number; bytes: number };
   /** Elections this shard's actor started (cumulative). */
   elections?: number;
-  /** How far each replica's log is behind the commit LSN, in records. */
+  /** How far each replica's log is behind, in records (list form). */
   replicas?: ReadonlyArray<{ replica: string; lagRecords: number }>;
+  /**
+   * How far each follower's durable log is behind the leader's last LSN, in records, by replica
+   * node id (actors/replica.ts ReplicaStats.lag: reported by the leader only).
+   */
+  lag?: Readonly<Record<string, number>>;
 }
 
 /** One actor host (an element of HostPool.stats() fits). */
@@ -114,106 +121,11 @@ export interface HostSnapshot {
 export interface StatsSnapshot {
   node: string;
   hosts: readonly HostSnapshot[];
+  /** The node's main-thread requests (its API service), labelled host="main". */
+  requests?: RequestStatsSnapshot;
 }
 
 export type StatsSource = () => StatsSnapshot | Promise<StatsSnapshot>;
-
-// ---------------------------------------------------------------------------------------------
-// RequestRecorder: request durations and errors, anywhere (no OpenTelemetry dependency)
-// ---------------------------------------------------------------------------------------------
-
-/** One (operation, outcome) series of a RequestRecorder; counts per REQUEST_DURATION_BUCKETS_S + one for +Inf. */
-export interface RequestSeriesSnapshot {
-  operation: string;
-  outcome: string;
-  counts: number[];
-  count: number;
-  sumSeconds: number;
-}
-
-/** A RequestRecorder's state: structured-clone safe, so it crosses threads with the host stats. */
-export interface RequestStatsSnapshot {
-  series: RequestSeriesSnapshot[];
-  errors: Array<{ code: string; count: number }>;
-}
-
-function cleanLabel(value: string): string {
-  return value.length > LABEL_LENGTH_MAX ? value.slice(0, LABEL_LENGTH_MAX) : value;
-}
-
-/**
- * Counts request durations in fixed buckets by operation and outcome, and errors by code.
- * Bounded: at most REQUEST_SERIES_MAX series and ERROR_CODES_MAX codes.
- */
-export class RequestRecorder {
-  private readonly series = new Map<string, RequestSeriesSnapshot>();
-  private readonly errorCounts = new Map<string, number>();
-
-  /**
-   * Records one request: `outcome` is 'ok' or the protocol error code it was answered with
-   * (which is also counted as an error).
-   */
-  requestDuration(operation: string, outcome: string, seconds: number): void {
-    const s = this.seriesOf(operation, outcome);
-    const v = Number.isFinite(seconds) && seconds > 0 ? seconds : 0;
-    let i = 0;
-    while (i < REQUEST_DURATION_BUCKETS_S.length && v > REQUEST_DURATION_BUCKETS_S[i]!) i++;
-    s.counts[i]!++;
-    s.count++;
-    s.sumSeconds += v;
-    if (outcome !== 'ok') this.errors(outcome);
-  }
-
-  /** Counts one error reply (or another failure worth counting) with its protocol code. */
-  errors(code: string): void {
-    let key = cleanLabel(code);
-    if (!this.errorCounts.has(key) && this.errorCounts.size >= ERROR_CODES_MAX) key = 'other';
-    this.errorCounts.set(key, (this.errorCounts.get(key) ?? 0) + 1);
-  }
-
-  /**
-   * Runs (awaits) a request and records its duration and outcome: the error's string `code`,
-   * or 'internal' for an error without one. The clock is performance.now().
-   */
-  async observe<T>(operation: string, request: Promise<T>): Promise<T> {
-    const t0 = performance.now();
-    try {
-      const r = await request;
-      this.requestDuration(operation, 'ok', (performance.now() - t0) / 1000);
-      return r;
-    } catch (err) {
-      const code = (err as { code?: unknown } | null | undefined)?.code;
-      this.requestDuration(operation, typeof code === 'string' ? code : 'internal', (performance.now() - t0) / 1000);
-      throw err;
-    }
-  }
-
-  /** A copy of the counters (cumulative since the recorder was created). */
-  snapshot(): RequestStatsSnapshot {
-    return {
-      series: [...this.series.values()].map((s) => ({ ...s, counts: [...s.counts] })),
-      errors: [...this.errorCounts].map(([code, count]) => ({ code, count })),
-    };
-  }
-
-  private seriesOf(operation: string, outcome: string): RequestSeriesSnapshot {
-    let op = cleanLabel(operation);
-    const out = cleanLabel(outcome);
-    let key = `${op}\u0000${out}`;
-    let s = this.series.get(key);
-    if (s) return s;
-    if (this.series.size >= REQUEST_SERIES_MAX) {
-      op = 'other';
-      key = `${op}\u0000${out}`;
-      s = this.series.get(key);
-      if (s) return s;
-    }
-    s = { operation: op, outcome: out, counts: new Array<number>(REQUEST_DURATION_BUCKETS_S.length + 1).fill(0), count: 0, sumSeconds: 0 };
-    // The 'other' series may exceed the bound by the number of distinct outcomes (≤ ERROR_CODES_MAX + 1).
-    this.series.set(key, s);
-    return s;
-  }
-}
 
 // ---------------------------------------------------------------------------------------------
 // StrataMetrics
@@ -423,6 +335,7 @@ export class StrataMetrics {
           observe(o.cacheBytes!, s.cache.bytes, a);
         }
         for (const rep of s.replicas ?? []) observe(o.replicaLag!, rep.lagRecords, { ...a, replica: cleanLabel(rep.replica) });
+        if (s.lag) for (const [replica, lag] of Object.entries(s.lag)) observe(o.replicaLag!, lag, { ...a, replica: cleanLabel(replica) });
       }
     }
   }
@@ -440,6 +353,7 @@ export class StrataMetrics {
     const startTime = hrTime(this.startedMs);
     for (const snap of snaps) {
       const node = cleanLabel(snap.node);
+      if (snap.requests) requests.push({ attrs: { node, host: 'main' }, snap: snap.requests, startMs: this.startedMs });
       for (const h of snap.hosts) {
         const attrs = { node, host: String(h.hostId) };
         if (h.requests) requests.push({ attrs, snap: h.requests, startMs: this.startedMs });

@@ -21,6 +21,7 @@
  */
 import {
   context,
+  createContextKey,
   trace,
   ROOT_CONTEXT,
   SpanKind,
@@ -218,9 +219,25 @@ export function messagingAttributes(subject: string, type: string, side: 'send' 
  * Sends a request inside a CLIENT span `send <type>` and writes its traceparent into the headers:
  * `clientSpan(subject, 'shard.write', (inject) => { inject(h); return nc.request(...) })`.
  */
-export function clientSpan<T>(subject: string, type: string, fn: (inject: (carrier: TraceCarrierWriter) => void) => T, bodyBytes?: number): T {
-  return withSpan(`send ${type}`, messagingAttributes(subject, type, 'send', bodyBytes), () => fn((c) => void injectTraceparent(c)), {
+export function clientSpan<T>(
+  subject: string,
+  type: string,
+  fn: (inject: (carrier: TraceCarrierWriter) => void) => T,
+  bodyBytes?: number,
+  attributes?: Attributes,
+): T {
+  const active = context.active();
+  const batch = active.getValue(BATCH_KEY) as BatchLinks | undefined;
+  const attrs = messagingAttributes(subject, type, 'send', bodyBytes);
+  if (attributes) Object.assign(attrs, attributes);
+  if (batch === undefined) return withSpan(`send ${type}`, attrs, () => fn((c) => void injectTraceparent(c)), { kind: SpanKind.CLIENT });
+  // A message carrying many requests (batchContext): its span links to every one of them.
+  attrs[ATTR.batchOps] = batch.ops;
+  if (batch.dropped > 0) attrs[ATTR.batchLinksDropped] = batch.dropped;
+  return withSpan(`send ${type}`, attrs, () => fn((c) => void injectTraceparent(c)), {
     kind: SpanKind.CLIENT,
+    parent: active.deleteValue(BATCH_KEY),
+    links: batch.links,
   });
 }
 
@@ -228,8 +245,17 @@ export function clientSpan<T>(subject: string, type: string, fn: (inject: (carri
  * Handles a received request inside a SERVER span `process <type>` whose parent is the
  * traceparent of the request's headers.
  */
-export function serverSpan<T>(subject: string, type: string, headers: TraceCarrierReader | undefined, fn: (span: Span) => T, bodyBytes?: number): T {
-  return withSpan(`process ${type}`, messagingAttributes(subject, type, 'process', bodyBytes), fn, {
+export function serverSpan<T>(
+  subject: string,
+  type: string,
+  headers: TraceCarrierReader | undefined,
+  fn: (span: Span) => T,
+  bodyBytes?: number,
+  attributes?: Attributes,
+): T {
+  const attrs = messagingAttributes(subject, type, 'process', bodyBytes);
+  if (attributes) Object.assign(attrs, attributes);
+  return withSpan(`process ${type}`, attrs, fn, {
     kind: SpanKind.SERVER,
     parent: extractContext(headers),
   });
@@ -265,6 +291,57 @@ export function batchLinks(contexts: Iterable<SpanContext | undefined>, max: num
   return { links, dropped };
 }
 
+interface BatchLinks {
+  links: Link[];
+  dropped: number;
+  ops: number;
+}
+
+const BATCH_KEY = createContextKey('strata.batch.links');
+
+/**
+ * The context for sending one message that carries many requests (a replication append holding
+ * many client writes): its span context is the first sampled request's, and the next
+ * `clientSpan` started in it becomes that request's child with a link to every request. With
+ * no sampled request it is the root context, so nothing of an unrelated active trace leaks in.
+ */
+export function batchContext(requests: readonly (SpanContext | undefined)[]): Context {
+  let first: SpanContext | undefined;
+  for (const sc of requests) {
+    if (sc !== undefined && (sc.traceFlags & TraceFlags.SAMPLED) !== 0) {
+      first = sc;
+      break;
+    }
+  }
+  if (first === undefined) return ROOT_CONTEXT;
+  const { links, dropped } = batchLinks(requests);
+  const batch: BatchLinks = { links, dropped, ops: requests.length };
+  return trace.setSpanContext(ROOT_CONTEXT, first).setValue(BATCH_KEY, batch);
+}
+
+/**
+ * What a sender of batched messages needs to trace them, as an injected interface (actors/
+ * imports nothing of observability; actors/replica.ts ReplicaTracer fits): `capture()` when a
+ * request is accepted, `send(captured values of the requests a message carries, run)` around
+ * the send.
+ */
+export interface BatchSendTracer {
+  capture(): unknown;
+  send<T>(tags: readonly unknown[], run: () => T): T;
+}
+
+/** The BatchSendTracer of replication: sends run in `batchContext` of the writes they carry. */
+export function batchSendTracer(): BatchSendTracer {
+  return {
+    // Only sampled requests are remembered (a link to an unsampled one would lead nowhere).
+    capture: () => {
+      const sc = captureSpanContext();
+      return sc !== undefined && (sc.traceFlags & TraceFlags.SAMPLED) !== 0 ? sc : undefined;
+    },
+    send: (tags, run) => context.with(batchContext(tags as readonly (SpanContext | undefined)[]), run),
+  };
+}
+
 /**
  * Runs one batch inside a span linked to every request it serves. Its parent is the first
  * sampled request's span (so a batch of one request sits inside that request's trace); every
@@ -295,10 +372,13 @@ export interface DeviceQueueTracer {
   sync<T>(run: () => T): T;
 }
 
-/** The DeviceQueueTracer of a device (`device` is a short name, e.g. `dev0`). */
-export function deviceQueueTracer(device: string): DeviceQueueTracer {
-  const batchAttrs: Attributes = { [ATTR.device]: device, [ATTR.dbSystem]: 'strata', [ATTR.dbOperation]: 'device.batch' };
-  const syncAttrs: Attributes = { [ATTR.device]: device, [ATTR.dbSystem]: 'strata', [ATTR.dbOperation]: 'device.fsync' };
+/**
+ * The DeviceQueueTracer of a device (`device` is a short name, e.g. `dev0`); `attributes` go on
+ * every span (e.g. the node id, when nodes share a process).
+ */
+export function deviceQueueTracer(device: string, attributes: Attributes = {}): DeviceQueueTracer {
+  const batchAttrs: Attributes = { ...attributes, [ATTR.device]: device, [ATTR.dbSystem]: 'strata', [ATTR.dbOperation]: 'device.batch' };
+  const syncAttrs: Attributes = { ...attributes, [ATTR.device]: device, [ATTR.dbSystem]: 'strata', [ATTR.dbOperation]: 'device.fsync' };
   // A batch runs synchronously, so a flag tells `sync` whether it is inside a traced batch; an
   // fsync outside one (no traced request in the batch) gets no span.
   let tracedBatch = false;
