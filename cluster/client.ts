@@ -36,6 +36,7 @@ import type { NatsConnection } from 'nats';
 import { MESSAGE_BYTES_MAX, decode, encode } from '../messages/codec';
 import { ProtocolError, throwIfError } from '../messages/errors';
 import { DEADLINE_AHEAD_MS_MAX, writeHeaders } from '../messages/headers';
+import { clientSpan } from '../observability/tracing';
 import { apiSubject, checkToken, shardSubject } from '../messages/subjects';
 import {
   PAGES_PER_REQUEST_MAX,
@@ -401,22 +402,34 @@ export class StrataClient {
     if (timeoutMs <= 0) {
       throw new ProtocolError('timeout', `deadline passed before ${type} was sent to ${subject}`, { subject, deadlineMs });
     }
-    const replyBytes = await this.request(subject, data, { timeoutMs, headers: requestHeaders(type, deadlineMs) });
-    let reply: unknown;
-    try {
-      // A plain Uint8Array view (no copy): decoding a Buffer would give Buffer pages, and the
-      // client promises plain Uint8Arrays.
-      const view = new Uint8Array(replyBytes.buffer, replyBytes.byteOffset, replyBytes.byteLength);
-      reply = decode(view, { bytesMax });
-    } catch (err) {
-      throw malformedReply(err, type, subject);
-    }
-    const value = throwIfError(reply);
-    try {
-      return validate(value);
-    } catch (err) {
-      throw malformedReply(err, type, subject);
-    }
+    const headers = requestHeaders(type, deadlineMs);
+    // A CLIENT span `send <type>` whose traceparent goes in the headers (an OpenTelemetry API
+    // no-op, headers unchanged, when no tracing is set up in this process). An error reply
+    // marks it failed with its code.
+    return clientSpan(
+      subject,
+      type,
+      async (inject) => {
+        inject({ set: (name: string, value: string) => void (headers[name] = value) });
+        const replyBytes = await this.request(subject, data, { timeoutMs, headers });
+        let reply: unknown;
+        try {
+          // A plain Uint8Array view (no copy): decoding a Buffer would give Buffer pages, and the
+          // client promises plain Uint8Arrays.
+          const view = new Uint8Array(replyBytes.buffer, replyBytes.byteOffset, replyBytes.byteLength);
+          reply = decode(view, { bytesMax });
+        } catch (err) {
+          throw malformedReply(err, type, subject);
+        }
+        const value = throwIfError(reply);
+        try {
+          return validate(value);
+        } catch (err) {
+          throw malformedReply(err, type, subject);
+        }
+      },
+      data.length,
+    );
   }
 
   /** An API request with a typed, validated reply. @internal */

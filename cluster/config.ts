@@ -14,13 +14,17 @@
  * | hosts | --hosts | STRATA_HOSTS | hosts | os.availableParallelism(), at most 64 |
  * | controller | --controller / --no-controller | | controller | true |
  * | metricsPort | --metrics-port | STRATA_METRICS_PORT | metricsPort | 9464 (0 = off) |
+ * | traceExporters | --trace-exporters | STRATA_TRACE_EXPORTERS | traceExporters | OTEL_TRACES_EXPORTER, else none |
+ * | sampling | --sampling | STRATA_SAMPLING | sampling | OTEL_TRACES_SAMPLER, else ratio |
+ * | samplingRatio | --sampling-ratio | STRATA_SAMPLING_RATIO | samplingRatio | OTEL_TRACES_SAMPLER_ARG, else 0.01 |
  * | cacheBytesMaxPerShard | --cache-bytes-max-per-shard | | cacheBytesMaxPerShard | runtime default |
  * | segmentBytesMax | --segment-bytes-max | | segmentBytesMax | runtime default |
  * | checkpointEveryRecords | --checkpoint-every-records | | checkpointEveryRecords | runtime default |
  * | mailboxRequestsMax | --mailbox-requests-max | | mailboxRequestsMax | runtime default |
  * | mailboxBytesMax | --mailbox-bytes-max | | mailboxBytesMax | runtime default |
  *
- * Byte sizes accept a suffix: `64KiB`, `32MiB`, `1GiB` (or `K`, `M`, `G`; powers of 1024).
+ * Trace exporters are a comma list of `otlp` and `console`, or `none`; sampling is `off`,
+ * `ratio` or `always` (see docs/observability.md). Byte sizes accept a suffix: `64KiB`, `32MiB`, `1GiB` (or `K`, `M`, `G`; powers of 1024).
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -43,6 +47,12 @@ export interface NodeConfig {
   controller: boolean;
   /** Port of the Prometheus endpoint `/metrics`; 0 = no endpoint. */
   metricsPort: number;
+  /** Span exporters (empty: none); undefined = from OTEL_TRACES_EXPORTER. */
+  traceExporters?: TraceExporterChoice[];
+  /** Trace sampling mode; undefined = from OTEL_TRACES_SAMPLER, else ratio. */
+  sampling?: 'off' | 'ratio' | 'always';
+  /** Fraction of traces kept with sampling `ratio`, 0..1; undefined = OTEL_TRACES_SAMPLER_ARG, else 0.01. */
+  samplingRatio?: number;
   /** Page cache bound per shard, bytes; undefined = the runtime's default. */
   cacheBytesMaxPerShard?: number;
   /** Largest log segment file, bytes; undefined = the runtime's default. */
@@ -54,6 +64,9 @@ export interface NodeConfig {
   /** Bound on queued request bytes per shard mailbox; undefined = the runtime's default. */
   mailboxBytesMax?: number;
 }
+
+/** Span exporters a node can be configured with. */
+export type TraceExporterChoice = 'otlp' | 'console';
 
 /** A bad configuration value, file or flag. `code` is `bad_config`. */
 export class ConfigError extends Error {
@@ -90,8 +103,15 @@ const NATS_SCHEMES = ['nats:', 'tls:', 'ws:', 'wss:'];
 const DECIMAL_PATTERN = /^(0|[1-9][0-9]*)$/;
 const SIZE_PATTERN = /^(0|[1-9][0-9]*)\s*(k|kib|m|mib|g|gib)?$/i;
 const SIZE_UNITS: Record<string, number> = { '': 1, k: KIB, kib: KIB, m: MIB, mib: MIB, g: GIB, gib: GIB };
+const FRACTION_PATTERN = /^(0|1|0?\.[0-9]{1,12}|1\.0*)$/;
 
-type Kind = 'string' | 'integer' | 'bytes' | 'boolean';
+function checkTraceExporters(value: string): string | undefined {
+  const names = value.split(',').map((x) => x.trim());
+  if (names.length === 1 && names[0] === 'none') return undefined;
+  return names.every((n) => n === 'otlp' || n === 'console') ? undefined : 'expected a comma list of otlp and console, or none';
+}
+
+type Kind = 'string' | 'integer' | 'bytes' | 'boolean' | 'fraction';
 
 interface FieldSpec {
   key: keyof NodeConfig;
@@ -152,6 +172,15 @@ const FIELDS: readonly FieldSpec[] = [
   { key: 'hosts', flag: '--hosts', env: 'STRATA_HOSTS', kind: 'integer', min: 1, max: HOSTS_PER_NODE_MAX },
   { key: 'controller', flag: '--controller', kind: 'boolean' },
   { key: 'metricsPort', flag: '--metrics-port', env: 'STRATA_METRICS_PORT', kind: 'integer', min: 0, max: 65535 },
+  { key: 'traceExporters', flag: '--trace-exporters', env: 'STRATA_TRACE_EXPORTERS', kind: 'string', check: checkTraceExporters },
+  {
+    key: 'sampling',
+    flag: '--sampling',
+    env: 'STRATA_SAMPLING',
+    kind: 'string',
+    check: (v) => (v === 'off' || v === 'ratio' || v === 'always' ? undefined : 'expected off, ratio or always'),
+  },
+  { key: 'samplingRatio', flag: '--sampling-ratio', env: 'STRATA_SAMPLING_RATIO', kind: 'fraction' },
   { key: 'cacheBytesMaxPerShard', flag: '--cache-bytes-max-per-shard', kind: 'bytes', min: MIB, max: 1024 * GIB },
   { key: 'segmentBytesMax', flag: '--segment-bytes-max', kind: 'bytes', min: 4 * KIB, max: GIB },
   { key: 'checkpointEveryRecords', flag: '--checkpoint-every-records', kind: 'integer', min: 1, max: 1_000_000_000 },
@@ -186,6 +215,9 @@ function rangeText(spec: FieldSpec): string {
  * be numbers or strings with a suffix).
  */
 function convert(spec: FieldSpec, value: unknown, source: string, baseDir: string, fromFile = false): string | number | boolean {
+  if (fromFile && spec.kind === 'fraction' && typeof value !== 'number') {
+    bad(source, `expected a number in 0..1 (a JSON number), got ${describe(value)}`);
+  }
   if (fromFile && spec.kind === 'integer' && typeof value !== 'number') {
     bad(source, `expected an integer in ${rangeText(spec)} (a JSON number), got ${describe(value)}`);
   }
@@ -205,6 +237,11 @@ function convert(spec: FieldSpec, value: unknown, source: string, baseDir: strin
       if (value === 'true' || value === '1' || value === 'yes') return true;
       if (value === 'false' || value === '0' || value === 'no') return false;
       bad(source, `expected true or false, got ${describe(value)}`);
+    }
+    case 'fraction': {
+      const n = typeof value === 'number' ? value : typeof value === 'string' && FRACTION_PATTERN.test(value.trim()) ? Number(value.trim()) : NaN;
+      if (!Number.isFinite(n) || n < 0 || n > 1) bad(source, `expected a number in 0..1, got ${describe(value)}`);
+      return n;
     }
     case 'integer':
     case 'bytes': {
@@ -353,6 +390,12 @@ export function loadNodeConfig(
     controller: (merged.controller as boolean | undefined) ?? true,
     metricsPort: (merged.metricsPort as number | undefined) ?? METRICS_PORT_DEFAULT,
   };
+  if (merged.traceExporters !== undefined) {
+    const list = (merged.traceExporters as string).split(',').map((x) => x.trim());
+    config.traceExporters = list.length === 1 && list[0] === 'none' ? [] : ([...new Set(list)] as TraceExporterChoice[]);
+  }
+  if (merged.sampling !== undefined) config.sampling = merged.sampling as NodeConfig['sampling'];
+  if (merged.samplingRatio !== undefined) config.samplingRatio = merged.samplingRatio as number;
   for (const key of [
     'cacheBytesMaxPerShard',
     'segmentBytesMax',

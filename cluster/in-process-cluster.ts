@@ -3,17 +3,22 @@
  * directory), N nodes in this process (each with its own actor-host threads and data directory),
  * and a connected client. Tests and `strata dev` start one; `kill` crashes a node (threads
  * terminated, connections dropped, nothing flushed), `restart` brings it back on the same data.
+ *
+ * Telemetry: the nodes share the process's telemetry (one per process). If none runs, the
+ * cluster starts one (no metrics endpoint and no span exporter unless asked) and shuts it down
+ * in stop(); one that runs already (started by a test or a command) is used and left running.
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { connect as natsConnect } from 'nats';
 import { startNatsServer, type NatsServerHandle } from '../runtime/nats-server';
-import { StrataNode, type StrataNodeOptions } from './node';
+import { StrataNode, STRATA_VERSION, type StrataNodeOptions } from './node';
 import { connect, type StrataClient } from './client';
 import { encode, decode } from '../messages/codec';
 import { throwIfError } from '../messages/errors';
 import { controllerSubject } from '../messages/control';
+import { currentTelemetry, startTelemetry, type Telemetry, type TelemetryOptions } from '../observability/telemetry';
 
 export interface ClusterOptions {
   /** Nodes; default 1. Node 0 keeps the catalog (the controller). */
@@ -31,6 +36,11 @@ export interface ClusterOptions {
   clientTimeoutMs?: number;
   /** Deadline for the cluster to come up; default 30 s. */
   startTimeoutMs?: number;
+  /**
+   * Options of the telemetry started when none runs in this process (default: metricsPort 0,
+   * span exporters and sampling from OTEL_* variables, else none); false: start none.
+   */
+  telemetry?: false | Omit<TelemetryOptions, 'nodeId' | 'cluster'>;
 }
 
 export interface InProcessCluster {
@@ -41,6 +51,10 @@ export interface InProcessCluster {
   nodes: Array<StrataNode | undefined>;
   dataDirs: string[];
   nats: NatsServerHandle;
+  /** The process's telemetry the nodes report to (undefined when none runs). */
+  telemetry: Telemetry | undefined;
+  /** Forwards the spans every running node's host threads finished to the exporters now. */
+  flushTelemetry(): Promise<void>;
   /** Crashes node i without any clean shutdown. */
   kill(i: number): void;
   /** Starts node i again on its data directory; resolves once it has joined. */
@@ -67,7 +81,25 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<InProcess
   const cluster = opts.cluster ?? 'test';
   const ownDir = opts.dataDir === undefined;
   const root = opts.dataDir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'strata-cluster-'));
-  const nats = await startNatsServer({ jetstream: opts.jetstream ?? false });
+  // One telemetry per process: reuse a running one, else start ours (stopped with the cluster).
+  let ownTelemetry: Telemetry | undefined;
+  if (opts.telemetry !== false && currentTelemetry() === undefined) {
+    ownTelemetry = startTelemetry({ metricsPort: 0, ...(opts.telemetry ?? {}), nodeId: 'in-process', cluster, version: STRATA_VERSION });
+    try {
+      await ownTelemetry.ready;
+    } catch (e) {
+      await ownTelemetry.shutdown().catch(() => undefined);
+      throw e;
+    }
+  }
+  const telemetry = currentTelemetry();
+  let nats: NatsServerHandle;
+  try {
+    nats = await startNatsServer({ jetstream: opts.jetstream ?? false });
+  } catch (e) {
+    await ownTelemetry?.shutdown().catch(() => undefined);
+    throw e;
+  }
   const dataDirs = Array.from({ length: count }, (_, i) => path.join(root, `node${i + 1}`));
   const nodes: Array<StrataNode | undefined> = new Array(count).fill(undefined);
   const nodeOpts = (i: number): StrataNodeOptions => ({
@@ -86,6 +118,7 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<InProcess
     await client?.close().catch(() => undefined);
     await Promise.all(nodes.map((n) => n?.stop().catch(() => undefined)));
     await nats.stop();
+    await ownTelemetry?.shutdown().catch(() => undefined);
     if (ownDir) fs.rmSync(root, { recursive: true, force: true });
   };
 
@@ -127,6 +160,10 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<InProcess
     nodes,
     dataDirs,
     nats,
+    telemetry,
+    async flushTelemetry(): Promise<void> {
+      await Promise.all(nodes.map((n) => n?.flushTelemetry()));
+    },
     kill(i: number): void {
       const n = nodes[i];
       if (!n) throw new Error(`node ${i} is not running`);

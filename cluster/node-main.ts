@@ -1,30 +1,56 @@
 /**
  * `strata node`: runs one node in this process until SIGINT/SIGTERM, then stops it cleanly
- * (mailboxes and device queues drained, NATS connections drained).
+ * (mailboxes and device queues drained, NATS connections drained, telemetry flushed).
+ *
+ * The process's telemetry is started first (once per process): the Prometheus endpoint on
+ * `metricsPort` (0 = none), span exporters and sampling from the config or OTEL_* variables.
  */
-import { StrataNode } from './node';
+import { StrataNode, STRATA_VERSION } from './node';
 import type { NodeConfig } from './config';
 import { createLogger } from '../observability/log';
+import { startTelemetry } from '../observability/telemetry';
 
 export async function runNode(config: NodeConfig): Promise<{ stop(): Promise<void> }> {
   const log = createLogger({ component: 'node-main', node: config.nodeId });
-  const node = await StrataNode.start({
+  const telemetry = startTelemetry({
     nodeId: config.nodeId,
     cluster: config.cluster,
-    natsUrl: config.natsUrl,
-    dataDir: config.dataDir,
-    hosts: config.hosts,
-    controller: config.controller,
-    ...(config.cacheBytesMaxPerShard !== undefined ? { cacheBytesMaxPerShard: config.cacheBytesMaxPerShard } : {}),
-    ...(config.segmentBytesMax !== undefined ? { segmentBytesMax: config.segmentBytesMax } : {}),
-    ...(config.checkpointEveryRecords !== undefined ? { checkpointEveryRecords: config.checkpointEveryRecords } : {}),
-    ...(config.mailboxRequestsMax !== undefined ? { mailboxRequestsMax: config.mailboxRequestsMax } : {}),
-    ...(config.mailboxBytesMax !== undefined ? { mailboxBytesMax: config.mailboxBytesMax } : {}),
+    version: STRATA_VERSION,
+    metricsPort: config.metricsPort,
+    ...(config.traceExporters !== undefined ? { traceExporters: config.traceExporters } : {}),
+    ...(config.sampling !== undefined ? { sampling: config.sampling } : {}),
+    ...(config.samplingRatio !== undefined ? { samplingRatio: config.samplingRatio } : {}),
   });
-  log.info('node started', { cluster: config.cluster, nats: config.natsUrl, dataDir: config.dataDir, hosts: config.hosts });
+  let node: StrataNode;
+  try {
+    // A metrics port that cannot be bound is a configuration error: fail before serving.
+    await telemetry.ready;
+    node = await StrataNode.start({
+      nodeId: config.nodeId,
+      cluster: config.cluster,
+      natsUrl: config.natsUrl,
+      dataDir: config.dataDir,
+      hosts: config.hosts,
+      controller: config.controller,
+      ...(config.cacheBytesMaxPerShard !== undefined ? { cacheBytesMaxPerShard: config.cacheBytesMaxPerShard } : {}),
+      ...(config.segmentBytesMax !== undefined ? { segmentBytesMax: config.segmentBytesMax } : {}),
+      ...(config.checkpointEveryRecords !== undefined ? { checkpointEveryRecords: config.checkpointEveryRecords } : {}),
+      ...(config.mailboxRequestsMax !== undefined ? { mailboxRequestsMax: config.mailboxRequestsMax } : {}),
+      ...(config.mailboxBytesMax !== undefined ? { mailboxBytesMax: config.mailboxBytesMax } : {}),
+    });
+  } catch (e) {
+    await telemetry.shutdown().catch(() => undefined);
+    throw e;
+  }
+  log.info('node started', {
+    cluster: config.cluster, nats: config.natsUrl, dataDir: config.dataDir, hosts: config.hosts, metricsPort: telemetry.metricsPort, sampling: telemetry.sampling,
+  });
   let stopping: Promise<void> | undefined;
   const stop = (): Promise<void> => {
-    stopping ??= node.stop().then(() => log.info('node stopped'));
+    stopping ??= node
+      .stop()
+      .then(() => telemetry.shutdown())
+      .then(() => log.info('node stopped'));
     return stopping;
   };
   const onSignal = (): void => {

@@ -10,6 +10,10 @@
  * Node-local durable state (atomic metadata in `<dataDir>/node`): the node id, cluster and host
  * count it was created with, and the shards it hosts, so a restarted node serves its shards
  * even before it reaches the controller.
+ *
+ * Telemetry (when the process runs it, see observability/telemetry.ts): the node adds a stats
+ * source to the process's metrics (its hosts' stats and its API request durations) while it
+ * runs, and every API request gets a SERVER span and a duration by verb and outcome.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -17,7 +21,7 @@ import { connect, headers as natsHeaders, type NatsConnection, type Msg, type Ms
 import { HEADER_SCHEMA, SCHEMA_VERSION, checkSchemaHeader } from '../messages/headers';
 import type { Service } from 'nats';
 import { encode, decode } from '../messages/codec';
-import { errorReply, ProtocolError, toProtocolError, throwIfError } from '../messages/errors';
+import { errorReply, ProtocolError, toProtocolError, throwIfError, type ErrorCode } from '../messages/errors';
 import {
   validateVolumeCreateRequest,
   validateVolumeNameRequest,
@@ -41,6 +45,9 @@ import { HostPool } from '../runtime/host-pool';
 import type { HostConfig, TransportFaults } from '../runtime/actor-host';
 import type { ReplicaTiming } from '../actors/replica';
 import { createLogger, type Logger } from '../observability/log';
+import { currentTelemetry } from '../observability/telemetry';
+import { RequestRecorder } from '../observability/request-recorder';
+import { ATTR, recordSpanError, serverSpan } from '../observability/tracing';
 import { ApiRouter } from './api-router';
 
 export const STRATA_VERSION = '0.1.0';
@@ -108,6 +115,9 @@ export class StrataNode {
   private readonly log: Logger;
   private stopped = false;
   private reconciledEpoch = -1;
+  /** API request durations by verb and outcome; only when the process runs telemetry. */
+  private recorder: RequestRecorder | undefined;
+  private removeStatsSource: (() => void) | undefined;
 
   private constructor(opts: StrataNodeOptions) {
     this.opts = opts;
@@ -180,6 +190,8 @@ export class StrataNode {
         ...(this.opts.mailboxBytesMax ? { mailboxBytesMax: this.opts.mailboxBytesMax } : {}),
       });
     }
+    const telemetry = currentTelemetry();
+    if (telemetry) this.recorder = new RequestRecorder();
     this.pool = await HostPool.start({
       hosts: hostConfigs,
       onHostExit: (hostId, code, restarting) =>
@@ -206,6 +218,16 @@ export class StrataNode {
       this.heartbeat().catch((e: unknown) => this.log.debug('heartbeat failed', { err: e }));
     }, this.opts.heartbeatMs ?? 1000);
     this.heartbeatTimer.unref();
+    if (telemetry && !this.stopped) {
+      const recorder = this.recorder!;
+      const pool = this.pool;
+      this.removeStatsSource = telemetry.metrics.addStatsSource(async () => ({ node: this.nodeId, hosts: await pool.stats(), requests: recorder.snapshot() }));
+    }
+  }
+
+  /** Forwards the spans every host thread finished to the process's exporters now (tests). */
+  async flushTelemetry(): Promise<void> {
+    await this.pool?.flushTelemetry();
   }
 
   /** Fault injection: replication messages to and from these nodes are lost (and other faults). */
@@ -222,6 +244,7 @@ export class StrataNode {
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
+    this.removeStatsSource?.();
     if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
     try {
       await this.service?.stop();
@@ -240,6 +263,7 @@ export class StrataNode {
   /** As a crash: threads terminated, connections dropped, nothing drained or flushed. */
   kill(): void {
     this.stopped = true;
+    this.removeStatsSource?.();
     if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
     this.pool?.kill();
     void this.nc?.close().catch(() => undefined);
@@ -478,6 +502,29 @@ export class StrataNode {
     };
   }
 
+  /** Answers one API request; resolves with its outcome: 'ok' or the error code answered. */
+  private async handleApi(verb: string, fn: (body: unknown, msg: Msg) => Promise<unknown>, msg: Msg): Promise<'ok' | ErrorCode> {
+    let body: unknown;
+    try {
+      checkSchemaHeader({ get: (k: string) => msg.headers?.get(k) ?? '' });
+      body = decode(msg.data);
+    } catch (e) {
+      msg.respond(encode(errorReply(e)), { headers: replyHeaders() });
+      return toProtocolError(e).code;
+    }
+    let reply: unknown;
+    try {
+      reply = await fn(body, msg);
+    } catch (e) {
+      const pe = toProtocolError(e);
+      if (pe.code === 'internal') this.log.error('api request failed', { verb, err: e });
+      msg.respond(encode(errorReply(e)), { headers: replyHeaders() });
+      return pe.code;
+    }
+    msg.respond(reply instanceof Uint8Array ? reply : encode(reply), { headers: replyHeaders() });
+    return 'ok';
+  }
+
   private async serveApi(): Promise<void> {
     const nc = this.nc!;
     const router = this.router!;
@@ -489,27 +536,27 @@ export class StrataNode {
       metadata: { cluster: this.cluster, node: this.nodeId },
     });
     const group = this.service.addGroup(`strata.${this.cluster}.api`);
+    const spanAttrs = { [ATTR.node]: this.nodeId };
     const endpoint = (verb: string, fn: (body: unknown, msg: Msg) => Promise<unknown>): void => {
       group.addEndpoint(verb.replace(/\./g, '_'), {
         subject: verb,
         metadata: { verb },
         handler: (err, msg) => {
           if (err) return;
-          let body: unknown;
-          try {
-            checkSchemaHeader({ get: (k: string) => msg.headers?.get(k) ?? '' });
-            body = decode(msg.data);
-          } catch (e) {
-            msg.respond(encode(errorReply(e)), { headers: replyHeaders() });
+          const recorder = this.recorder;
+          if (recorder === undefined) {
+            this.handleApi(verb, fn, msg).catch((e: unknown) => this.log.error('api reply failed', { verb, err: e }));
             return;
           }
-          fn(body, msg).then(
-            (reply) => msg.respond(reply instanceof Uint8Array ? reply : encode(reply), { headers: replyHeaders() }),
-            (e: unknown) => {
-              const pe = toProtocolError(e);
-              if (pe.code === 'internal') this.log.error('api request failed', { verb, err: e });
-              msg.respond(encode(errorReply(e)), { headers: replyHeaders() });
-            },
+          const t0 = performance.now();
+          const done = serverSpan(msg.subject, verb, msg.headers, (span) =>
+            this.handleApi(verb, fn, msg).then((outcome) => {
+              if (outcome !== 'ok') recordSpanError(span, new ProtocolError(outcome, `answered ${outcome}`));
+              return outcome;
+            }), msg.data.length, spanAttrs);
+          done.then(
+            (outcome) => recorder.requestDuration(verb, outcome, (performance.now() - t0) / 1000),
+            (e: unknown) => this.log.error('api reply failed', { verb, err: e }),
           );
         },
       });

@@ -10,11 +10,18 @@
  * validated, handed to the replica, and answered with a CBOR reply or a typed error. Requests
  * whose deadline (Strata-Deadline header) has passed are answered `timeout` unread.
  *
+ * Telemetry: when the main thread runs telemetry it passes `workerData.telemetry`, and this thread
+ * starts its tracing at load (spans go to the main thread, which exports them). Shard requests
+ * and replication messages then get a SERVER span (parent: the request's traceparent header)
+ * and a duration in the host's RequestRecorder, whose snapshot travels with `stats()`; the
+ * replicas' work, their messages to peers and the device queue's batches get spans too. Without
+ * telemetry none of this runs.
+ *
  * Fault injection (tests of a running cluster): the replication transport can be told to act as
  * if some nodes were unreachable (a partition), to delay or drop a fraction of messages, and the
  * device to fail fdatasync.
  */
-import { parentPort, isMainThread } from 'node:worker_threads';
+import { parentPort, isMainThread, workerData } from 'node:worker_threads';
 import * as Comlink from 'comlink';
 import nodeEndpoint from 'comlink/dist/umd/node-adapter';
 import { connect, type NatsConnection, type Msg, type Subscription, headers as natsHeaders } from 'nats';
@@ -27,6 +34,28 @@ import { validateRaftRequest, validateRaftReply, replicaSubject, type RaftReques
 import type { ReplicaTransport, ReplicaTiming } from '../actors/replica';
 import { DeviceHost, shardKey, type ShardSpec, type DeviceHostOptions, type DeviceHostStats } from './device-host';
 import { createLogger, type Logger } from '../observability/log';
+import type { WorkerTelemetryInit, WorkerTracing } from '../observability/worker-tracing';
+import { ATTR, batchSendTracer, captureSpanContext, clientSpan, deviceQueueTracer, serverSpan, withSpan } from '../observability/tracing';
+import { RequestRecorder, type RequestStatsSnapshot } from '../observability/request-recorder';
+import type { Attributes } from '@opentelemetry/api';
+
+/** What the main thread passes in workerData (HostPool). */
+export interface HostWorkerData {
+  hostId: number;
+  /** Present when the process runs telemetry. */
+  telemetry?: WorkerTelemetryInit;
+}
+
+// Started once, when the thread loads, before any request can arrive.
+const telemetryInit: WorkerTelemetryInit | undefined = isMainThread ? undefined : (workerData as HostWorkerData | undefined)?.telemetry;
+// The trace SDK is loaded only when the process runs telemetry.
+const workerTracing: WorkerTracing | undefined = telemetryInit === undefined
+  ? undefined
+  : (require('../observability/worker-tracing') as typeof import('../observability/worker-tracing')).startWorkerTracing(telemetryInit);
+
+/** Message types a shard subject serves; anything else is named `unknown` in spans and metrics. */
+const SHARD_TYPES = new Set(['shard.write', 'shard.read', 'shard.flush']);
+const RAFT_OPS: Record<RaftRequest['type'], string> = { vote: 'replica.vote', append: 'replica.append', snapshot: 'replica.snapshot' };
 
 export interface HostConfig {
   hostId: number;
@@ -73,6 +102,8 @@ export interface HostStats {
   device: DeviceHostStats | undefined;
   natsConnected: boolean;
   mailbox: MailboxStats[];
+  /** Request durations and errors on this host (only with telemetry). */
+  requests?: RequestStatsSnapshot;
 }
 
 export interface HostHealth {
@@ -93,6 +124,8 @@ export interface HostApi {
   health(): Promise<HostHealth>;
   setFaults(faults: TransportFaults): Promise<void>;
   failFsync(times: number): Promise<void>;
+  /** Forwards the spans this thread finished to the main thread now (a no-op without telemetry). */
+  flushTelemetry(): Promise<void>;
   /** Drains: stops taking requests, finishes those admitted, closes the device, closes NATS. */
   stop(): Promise<void>;
 }
@@ -142,10 +175,21 @@ export class ActorHost implements HostApi {
   private inFlight = 0;
   private idle: Array<() => void> = [];
   private faults: { unreachable: Set<string>; delayMs: number; dropRate: number } = { unreachable: new Set(), delayMs: 0, dropRate: 0 };
+  /** Request durations and errors; only with telemetry. */
+  private readonly recorder: RequestRecorder | undefined = telemetryInit !== undefined ? new RequestRecorder() : undefined;
+  /** Spans (server, shard work, replication sends) are made only with telemetry. */
+  private readonly traced = telemetryInit !== undefined;
+  /** Attributes of every span of this host: node and device (set in init). */
+  private spanAttrs: Attributes = {};
 
   async init(config: HostConfig): Promise<void> {
     this.config = config;
     this.log = createLogger({ component: 'host', node: config.nodeId, host: config.hostId });
+    const device = `dev${config.hostId}`;
+    this.spanAttrs = { [ATTR.node]: config.nodeId, [ATTR.device]: device };
+    // Batches and replication sends are related to the requests they serve only when spans can
+    // be recorded at all (with sampling off, nothing is captured, so nothing is to relate).
+    const recording = telemetryInit !== undefined && telemetryInit.sampling !== 'off';
     this.nc = await connect({
       servers: config.natsUrl,
       name: `strata-${config.nodeId}-host${config.hostId}`,
@@ -156,6 +200,7 @@ export class ActorHost implements HostApi {
     this.device = new DeviceHost({
       ...(config.device ?? {}),
       ...(config.timing ? { timing: config.timing } : {}),
+      ...(recording ? { queueTracer: deviceQueueTracer(device, { [ATTR.node]: config.nodeId }), replicaTracer: batchSendTracer() } : {}),
       dir: config.deviceDir,
       self: config.nodeId,
       transportFor: (spec) => this.transport(spec),
@@ -222,6 +267,10 @@ export class ActorHost implements HostApi {
     this.ready().device.failFsync(times);
   }
 
+  async flushTelemetry(): Promise<void> {
+    await workerTracing?.forceFlush();
+  }
+
   async stats(): Promise<HostStats> {
     const mailbox: MailboxStats[] = [];
     for (const m of this.mailboxes.values()) {
@@ -235,6 +284,7 @@ export class ActorHost implements HostApi {
       device: this.device?.stats(),
       natsConnected: this.nc !== undefined && !this.nc.isClosed(),
       mailbox,
+      ...(this.recorder ? { requests: this.recorder.snapshot() } : {}),
     };
   }
 
@@ -268,6 +318,8 @@ export class ActorHost implements HostApi {
     } catch {
       // Already closed.
     }
+    // The thread ends after this: what it traced goes to the main thread first.
+    await workerTracing?.forceFlush().catch(() => undefined);
   }
 
   private ready(): { device: DeviceHost; nc: NatsConnection; config: HostConfig } {
@@ -294,7 +346,16 @@ export class ActorHost implements HostApi {
         const h = natsHeaders();
         h.set(HEADER_SCHEMA, String(SCHEMA_VERSION));
         h.set(HEADER_TYPE, `raft.${msg.type}`);
-        const r = await nc.request(replicaSubject(config.cluster, spec.volumeId, spec.shard, to), encode(msg), { timeout: timeoutMs, headers: h });
+        const subject = replicaSubject(config.cluster, spec.volumeId, spec.shard, to);
+        const data = encode(msg);
+        // A message that is part of a trace (a write's append, a read's quorum round) gets a
+        // CLIENT span and carries its traceparent; heartbeats and elections are not traced.
+        const r = this.traced && captureSpanContext() !== undefined
+          ? await clientSpan(subject, RAFT_OPS[msg.type], (inject) => {
+            inject(h);
+            return nc.request(subject, data, { timeout: timeoutMs, headers: h });
+          }, data.length, { ...this.spanAttrs, [ATTR.volume]: spec.volumeId, [ATTR.shard]: spec.shard })
+          : await nc.request(subject, data, { timeout: timeoutMs, headers: h });
         const body = decode(r.data);
         if (typeof body === 'object' && body !== null && 'error' in body) {
           throw new ProtocolError('unavailable', `replica ${to} refused: ${JSON.stringify((body as { error: unknown }).error)}`);
@@ -315,23 +376,35 @@ export class ActorHost implements HostApi {
     }
     // A partition cuts both directions: what comes from an unreachable node is never seen.
     if (this.faults.unreachable.has(senderOf(req))) return;
-    let replica;
+    let replica: ReturnType<DeviceHost['replica']>;
     try {
       replica = this.device!.replica(mb.spec.volumeId, mb.spec.shard);
     } catch (e) {
       this.respond(msg, errorReply(wireError(e)));
       return;
     }
-    replica.handle(req).then(
+    const op = RAFT_OPS[req.type];
+    const t0 = this.recorder ? performance.now() : 0;
+    const handled = this.traced
+      ? serverSpan(msg.subject, op, msg.headers, () => replica.handle(req), msg.data.length, this.shardAttrs(mb))
+      : replica.handle(req);
+    handled.then(
       (reply) => {
+        this.recorder?.requestDuration(op, 'ok', (performance.now() - t0) / 1000);
         if (!this.faults.unreachable.has(senderOf(req))) this.respond(msg, reply);
       },
       (err: unknown) => {
+        const pe = wireError(err);
+        this.recorder?.requestDuration(op, pe.code, (performance.now() - t0) / 1000);
         const restarted = this.device!.onReplicaError(mb.spec.volumeId, mb.spec.shard, err);
-        if (restarted) this.log.warn('replica restarted from durable state', { volume: mb.spec.volumeId, shard: mb.spec.shard, code: wireError(err).code });
-        this.respond(msg, errorReply(wireError(err)));
+        if (restarted) this.log.warn('replica restarted from durable state', { volume: mb.spec.volumeId, shard: mb.spec.shard, code: pe.code });
+        this.respond(msg, errorReply(pe));
       },
     );
+  }
+
+  private shardAttrs(mb: Mailbox): Attributes {
+    return { ...this.spanAttrs, [ATTR.volume]: mb.spec.volumeId, [ATTR.shard]: mb.spec.shard };
   }
 
   /** The leader serves the shard's subject; other replicas do not subscribe to it. */
@@ -363,8 +436,14 @@ export class ActorHost implements HostApi {
     if (!msg.reply) return; // A request with nowhere to answer: nothing to do.
     const cfg = this.config!;
     const size = msg.data.length;
+    const recorder = this.recorder;
+    const t0 = recorder ? performance.now() : 0;
+    // Bounded label: a type this subject does not serve is `unknown` (handle() answers it).
+    const typeHeader = recorder || this.traced ? (msg.headers?.get(HEADER_TYPE) ?? '') : '';
+    const op = SHARD_TYPES.has(typeHeader) ? typeHeader : 'unknown';
     if (mb.depth + 1 > (cfg.mailboxRequestsMax ?? 1024) || mb.bytes + size > (cfg.mailboxBytesMax ?? 64 * 1024 * 1024)) {
       mb.rejectedOverloaded++;
+      recorder?.requestDuration(op, 'overloaded', 0);
       this.respond(msg, errorReply(new ProtocolError('overloaded', `shard ${mb.spec.volumeId}/${mb.spec.shard} mailbox is full`, {
         depth: mb.depth,
         bytes: mb.bytes,
@@ -375,12 +454,19 @@ export class ActorHost implements HostApi {
     mb.bytes += size;
     mb.admitted++;
     this.inFlight++;
-    this.handle(mb, msg)
+    const handled = this.traced
+      ? serverSpan(msg.subject, op, msg.headers, () => this.handle(mb, msg), size, this.shardAttrs(mb))
+      : this.handle(mb, msg);
+    handled
       .then(
-        (reply) => this.respond(msg, reply),
+        (reply) => {
+          recorder?.requestDuration(op, 'ok', (performance.now() - t0) / 1000);
+          this.respond(msg, reply);
+        },
         (err: unknown) => {
           mb.errors++;
           const pe = wireError(err);
+          recorder?.requestDuration(op, pe.code, (performance.now() - t0) / 1000);
           if (pe.code === 'internal') this.log.error('request failed', { volume: mb.spec.volumeId, shard: mb.spec.shard, err });
           const restarted = this.device!.onReplicaError(mb.spec.volumeId, mb.spec.shard, err);
           if (restarted) this.log.warn('replica restarted from durable state', { volume: mb.spec.volumeId, shard: mb.spec.shard, code: pe.code });
@@ -410,15 +496,25 @@ export class ActorHost implements HostApi {
     switch (type) {
       case 'shard.write': {
         const req = validateRequest('shard.write', body);
-        return replica.write(req.pages);
+        if (!this.traced) return replica.write(req.pages);
+        return withSpan('shard.write', { ...this.shardAttrs(mb), [ATTR.pages]: req.pages.length }, (span) =>
+          replica.write(req.pages).then((r) => {
+            span.setAttribute(ATTR.lsn, r.lsn);
+            span.setAttribute(ATTR.term, r.term);
+            return r;
+          }),
+        );
       }
       case 'shard.read': {
         const req = validateRequest('shard.read', body);
-        return replica.read(req.pages, { ...(req.lsn !== undefined ? { lsn: req.lsn } : {}), deadlineMs });
+        const opts = { ...(req.lsn !== undefined ? { lsn: req.lsn } : {}), deadlineMs };
+        if (!this.traced) return replica.read(req.pages, opts);
+        return withSpan('shard.read', { ...this.shardAttrs(mb), [ATTR.pages]: req.pages.length }, () => replica.read(req.pages, opts));
       }
       case 'shard.flush': {
         validateRequest('shard.flush', body);
-        return replica.flush(deadlineMs);
+        if (!this.traced) return replica.flush(deadlineMs);
+        return withSpan('shard.flush', this.shardAttrs(mb), () => replica.flush(deadlineMs));
       }
       default:
         throw new ProtocolError('bad_request', `${HEADER_TYPE}: unknown message type '${type}' for a shard`, {

@@ -5,13 +5,17 @@
  * drives them over comlink: open/close shards, stats, health, stop. It supervises them: a host
  * thread that exits unexpectedly is started again with the same device and reopens the shards
  * it had (their state comes back from the device), and the restart is counted.
+ *
+ * When the process runs telemetry, every host thread (a restarted one too) gets the tracing
+ * init of `currentTelemetry().forWorker()` in its workerData, so its spans reach the exporters.
  */
 import { Worker } from 'node:worker_threads';
 import * as path from 'node:path';
 import * as Comlink from 'comlink';
 import nodeEndpoint from 'comlink/dist/umd/node-adapter';
-import type { HostApi, HostConfig, HostStats, HostHealth, TransportFaults } from './actor-host';
+import type { HostApi, HostConfig, HostStats, HostHealth, HostWorkerData, TransportFaults } from './actor-host';
 import type { ShardSpec } from './device-host';
+import { currentTelemetry } from '../observability/telemetry';
 
 export interface HostPoolOptions {
   /** One config per host; host i owns device hosts[i].deviceDir. */
@@ -128,6 +132,11 @@ export class HostPool {
     await this.call(this.slot(hostId), (api) => api.failFsync(times));
   }
 
+  /** Forwards every host's finished spans to this thread now (tests; a no-op without telemetry). */
+  async flushTelemetry(): Promise<void> {
+    await Promise.all(this.slots.map((s) => (s.api && !s.down ? this.call(s, (api) => api.flushTelemetry()) : undefined)));
+  }
+
   async checkpointAll(): Promise<void> {
     await Promise.all(this.slots.map((s) => this.call(s, (api) => api.checkpoint())));
   }
@@ -186,7 +195,9 @@ export class HostPool {
   }
 
   private spawn(slot: HostSlot): Promise<void> {
-    const worker = new Worker(HOST_SCRIPT, { workerData: { hostId: slot.config.hostId } });
+    const telemetry = currentTelemetry()?.forWorker();
+    const workerData: HostWorkerData = { hostId: slot.config.hostId, ...(telemetry ? { telemetry: telemetry.init } : {}) };
+    const worker = new Worker(HOST_SCRIPT, { workerData, ...(telemetry ? { transferList: telemetry.transferList } : {}) });
     const api = Comlink.wrap<HostApi>(nodeEndpoint(worker as never));
     slot.worker = worker;
     slot.api = api;
