@@ -15,7 +15,8 @@ import { ConfigError, NATS_URL_DEFAULT, CLUSTER_DEFAULT, loadNodeConfig } from '
 import type { NodeConfig } from './config';
 import { ProtocolError } from '../messages/errors';
 import { PAGE_SIZES_BYTES } from '../messages/api';
-import type { StatusReply, VolumeCreateRequest, VolumeInfo } from '../messages/api';
+import type { VolumeCreateRequest, VolumeInfo } from '../messages/api';
+import { formatStatus, formatStatusJson } from '../observability/status';
 
 /** A bad command line. Exit code 2. */
 export class UsageError extends Error {
@@ -71,7 +72,8 @@ Commands:
         Benchmark a fresh in-process cluster (or a running one) against raw disk, NATS echo
         and JetStream baselines; without --workload runs the target suite. "strata bench --help".
   status [--json]
-        Status of the node that answers.
+        Status of the cluster: nodes (a dead one shows DEAD), volumes, and per shard its
+        leader, term, commit LSN, replicas and their lag and health.
   help
         This text.
 
@@ -290,23 +292,6 @@ function volumeText(v: VolumeInfo): string {
   ].join('\n') + '\n';
 }
 
-function statusText(s: StatusReply): string {
-  const lines = [
-    `node ${s.node.id} of cluster ${s.node.cluster}, version ${s.node.version}, up ${Math.round(s.node.uptimeMs / 1000)} s`,
-  ];
-  if (s.volumes.length === 0) lines.push('no shards hosted');
-  for (const v of s.volumes) {
-    lines.push(`volume ${v.name} (${v.id})`);
-    for (const sh of v.shards) {
-      lines.push(
-        `  shard ${sh.shard}: ${sh.role}, term ${sh.term}, commit lsn ${sh.commitLsn}, applied lsn ${sh.appliedLsn}` +
-          (sh.leader === undefined ? '' : `, leader ${sh.leader}`),
-      );
-    }
-  }
-  return lines.join('\n') + '\n';
-}
-
 // ---------------------------------------------------------------------------------------------
 // Commands
 // ---------------------------------------------------------------------------------------------
@@ -369,7 +354,10 @@ async function volumeDelete(ctx: Ctx): Promise<void> {
 
 async function status(ctx: Ctx): Promise<void> {
   const reply = await withClient(ctx, (c) => c.status());
-  await writeOut(ctx.io.stdout, ctx.json ? jsonText(reply) : statusText(reply));
+  const out = ctx.io.stdout as Writable & { isTTY?: boolean };
+  // Colors only on a terminal (NO_COLOR turns them off, as everywhere).
+  const color = out.isTTY === true && !ctx.io.env.NO_COLOR;
+  await writeOut(ctx.io.stdout, ctx.json ? formatStatusJson(reply) : formatStatus(reply, { color }));
 }
 
 /** Reads up to `bytes` bytes from a source; fewer only at its end. */

@@ -1,7 +1,9 @@
 /**
  * A terminal view of the cluster `status` reply (`ApiRouter.clusterStatus`): nodes with their
- * health, volumes, and per shard its node, host, role, term, commit/applied LSN, replica lag
- * and health. The JSON mode of `strata status` is the reply itself (`formatStatusJson`).
+ * health (a node whose heartbeat stopped is DEAD), volumes, per shard its leader, term,
+ * commit/applied LSN, replicas up, largest replica lag and health, and per replica its node,
+ * role, state, LSNs and lag; a replica nobody reports (its node is dead or did not answer) is
+ * shown `missing`. The JSON mode of `strata status` is the reply itself (`formatStatusJson`).
  *
  * The reply is read tolerantly, as the protocol asks: fields may be missing or of another type
  * (a newer or older node); what is unknown shows as `-`. Everything printed is bounded (rows per
@@ -139,20 +141,76 @@ function nodeRows(reply: Rec): NodeRow[] {
   return [...byId.values()].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
 }
 
-function shardLag(s: Rec): string {
+/** One replica of a shard as the view shows it. */
+interface ReplicaRow {
+  node: string;
+  role: string | undefined;
+  state: string;
+  term: number | undefined;
+  commitLsn: number | undefined;
+  appliedLsn: number | undefined;
+  lag: number | undefined;
+  note: string | undefined;
+  tone: Tone;
+}
+
+/**
+ * The replicas of a shard: those some node reported (`replicas`), and the followers the leader
+ * knows of (`lag`, by node) that nobody reported, as `missing`. An older reply's lag list
+ * (`replicas: [{replica, lagRecords}]`) only contributes lags.
+ */
+function replicaRows(s: Rec, dead: ReadonlySet<string>): ReplicaRow[] {
+  const lagMap: Rec = { ...(rec(s.lag) ?? {}) };
+  const lagOf = (node: string): number | undefined => num(lagMap[node]);
+  const rows: ReplicaRow[] = [];
+  const seen = new Set<string>();
+  for (const r of arr(s.replicas)) {
+    const node = str(r.node);
+    if (node === undefined) {
+      // An older reply: a lag entry only.
+      const id = str(r.replica);
+      const lag = num(r.lagRecords);
+      if (id !== undefined && lag !== undefined && lagOf(id) === undefined) lagMap[id] = lag;
+      continue;
+    }
+    if (seen.has(node)) continue;
+    seen.add(node);
+    const state = str(r.state) ?? '-';
+    const down = state !== 'up' && state !== '-';
+    rows.push({
+      node, role: str(r.role), state, term: num(r.term), commitLsn: num(r.commitLsn), appliedLsn: num(r.appliedLsn),
+      lag: lagOf(node), note: str(r.reason), tone: down ? 'bad' : undefined,
+    });
+  }
+  for (const node of Object.keys(lagMap)) {
+    if (seen.has(node)) continue;
+    seen.add(node);
+    rows.push({
+      node, role: undefined, state: 'missing', term: undefined, commitLsn: undefined, appliedLsn: undefined, lag: lagOf(node),
+      note: dead.has(node) ? 'node DEAD' : 'not reported', tone: 'bad',
+    });
+  }
+  return rows.sort((a, b) => (a.node < b.node ? -1 : a.node > b.node ? 1 : 0));
+}
+
+function shardLag(s: Rec, replicas: readonly ReplicaRow[]): string {
   const lag = num(s.replicaLag);
   if (lag !== undefined) return String(lag);
-  const reps = arr(s.replicas);
-  if (reps.length === 0) return '-';
-  const lags = reps.map((r) => num(r.lagRecords) ?? num(r.lag)).filter((x): x is number => x !== undefined);
+  const lags = replicas.map((r) => r.lag).filter((x): x is number => x !== undefined);
   return lags.length > 0 ? String(Math.max(...lags)) : '-';
 }
 
-function shardHealth(s: Rec): { text: string; tone: Tone } {
+function shardHealth(s: Rec, replicas: readonly ReplicaRow[], expected: number | undefined): { text: string; tone: Tone } {
   const state = str(s.state);
   const reason = str(s.reason);
-  if (state === undefined || state === 'up' || state === 'ok') return { text: 'ok', tone: undefined };
-  return { text: reason ? `${state}: ${reason}` : state, tone: state === 'unavailable' || state === 'down' ? 'bad' : 'warn' };
+  if (state !== undefined && state !== 'up' && state !== 'ok') {
+    return { text: reason ? `${state}: ${reason}` : state, tone: state === 'unavailable' || state === 'down' ? 'bad' : 'warn' };
+  }
+  const notUp = replicas.filter((r) => r.state !== 'up');
+  if (notUp.length > 0) return { text: `degraded: ${notUp.map((r) => `${r.node} ${r.state}`).join(', ')}`, tone: 'warn' };
+  const up = replicas.length;
+  if (expected !== undefined && up > 0 && up < expected) return { text: `degraded: ${expected - up} replica(s) not reported`, tone: 'warn' };
+  return { text: 'ok', tone: undefined };
 }
 
 /** The status reply as a readable terminal view. */
@@ -196,12 +254,16 @@ export function formatStatus(statusReply: unknown, options: FormatStatusOptions 
   );
   out.push('');
 
+  const deadIds = new Set(nodes.filter((n) => n.state === 'dead').map((n) => n.id));
   const volumes = arr(reply.volumes);
   out.push(bold(`VOLUMES (${volumes.length})`));
   if (volumes.length === 0) out.push('  (none)');
   for (const v of volumes.slice(0, STATUS_ROWS_MAX)) {
-    const shards = arr(v.shards);
-    const bad = shards.filter((s) => shardHealth(s).text !== 'ok').length;
+    const shards = arr(v.shards).map((s) => {
+      const replicas = replicaRows(s, deadIds);
+      return { s, replicas, health: shardHealth(s, replicas, num(v.replicas)) };
+    });
+    const bad = shards.filter((x) => x.health.text !== 'ok').length;
     out.push(
       `  ${bold(cell(v.name))}  id=${cell(v.id)}  ${cell(v.pageCount)} pages × ${cell(v.pageSize)} B  shards=${cell(Array.isArray(v.shards) ? shards.length : v.shards)}` +
         `  replicas=${cell(v.replicas)}${bad > 0 ? `  (${bad} shard${bad === 1 ? '' : 's'} not ok)` : ''}`,
@@ -209,12 +271,16 @@ export function formatStatus(statusReply: unknown, options: FormatStatusOptions 
     out.push(
       ...renderTable(
         {
-          header: ['SHARD', 'NODE', 'HOST', 'ROLE', 'LEADER', 'TERM', 'COMMIT LSN', 'APPLIED LSN', 'REPLICA LAG', 'HEALTH'],
-          rows: shards.map((s) => {
-            const h = shardHealth(s);
+          header: ['SHARD', 'LEADER', 'TERM', 'COMMIT LSN', 'APPLIED LSN', 'REPLICAS UP', 'REPLICA LAG', 'HEALTH'],
+          rows: shards.map(({ s, replicas, health }) => {
+            const up = replicas.filter((r) => r.state === 'up').length;
+            const total = Math.max(replicas.length, num(v.replicas) ?? 0);
             return {
-              cells: [cell(s.shard), cell(s.node), cell(s.hostId), cell(s.role), cell(s.leader), cell(s.term), cell(s.commitLsn), cell(s.appliedLsn), shardLag(s), cell(h.text)],
-              tone: h.tone,
+              cells: [
+                cell(s.shard), cell(s.leader), cell(s.term), cell(s.commitLsn), cell(s.appliedLsn),
+                replicas.length > 0 ? `${up}/${total}` : '-', shardLag(s, replicas), cell(health.text),
+              ],
+              tone: health.tone,
             };
           }),
         },
@@ -222,6 +288,16 @@ export function formatStatus(statusReply: unknown, options: FormatStatusOptions 
         color,
       ),
     );
+    const replicaTable: Table = { header: ['SHARD', 'REPLICA', 'ROLE', 'STATE', 'TERM', 'COMMIT LSN', 'APPLIED LSN', 'LAG', 'NOTE'], rows: [] };
+    for (const { s, replicas } of shards) {
+      for (const r of replicas) {
+        replicaTable.rows.push({
+          cells: [cell(s.shard), cell(r.node), cell(r.role), cell(r.state), cell(r.term), cell(r.commitLsn), cell(r.appliedLsn), cell(r.lag), cell(r.note)],
+          tone: r.tone,
+        });
+      }
+    }
+    if (replicaTable.rows.length > 0) out.push(...renderTable(replicaTable, '    ', color));
   }
   if (volumes.length > STATUS_ROWS_MAX) out.push(`  … ${volumes.length - STATUS_ROWS_MAX} more volumes`);
   return out.join('\n') + '\n';

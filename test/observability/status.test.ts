@@ -22,8 +22,14 @@ function sampleReply(): Record<string, unknown> {
     volumes: [
       {
         name: 'db', id: 'v7', pageCount: 1024, pageSize: 4096, shards: [
-          { shard: 0, role: 'leader', term: 3, commitLsn: 120, appliedLsn: 118, leader: 'n1', node: 'n1', hostId: 0, state: 'up', replicas: [{ replica: 'n2', lagRecords: 2 }, { replica: 'n3', lagRecords: 40 }] },
-          { shard: 1, role: 'none', term: 0, commitLsn: 0, appliedLsn: 0, state: 'unavailable' },
+          {
+            shard: 0, role: 'leader', term: 3, commitLsn: 120, appliedLsn: 118, leader: 'n1', state: 'up', lag: { n2: 2, n3: 40 },
+            replicas: [
+              { node: 'n1', role: 'leader', state: 'up', term: 3, commitLsn: 120, appliedLsn: 118 },
+              { node: 'n2', role: 'follower', state: 'up', term: 3, commitLsn: 119, appliedLsn: 119 },
+            ],
+          },
+          { shard: 1, role: 'none', term: 0, commitLsn: 0, appliedLsn: 0, state: 'unavailable', replicas: [{ node: 'n2', role: 'follower', state: 'down', term: 0, commitLsn: 0, appliedLsn: 0, reason: 'device failed' }] },
         ], stripePages: 256, replicas: 3, createdAt: NOW - 1000,
       },
     ],
@@ -39,10 +45,15 @@ describe('observability/status', () => {
     assert.match(text, /^ {2}n2 +degraded +1\/2 .* host 1: device failed$/m);
     assert.match(text, /^ {2}n3 +DEAD +\?\/2 +- +- +- +42\.0s ago +no heartbeat$/m);
     assert.match(text, /^VOLUMES \(1\)$/m);
-    assert.match(text, /^ {2}db {2}id=v7 {2}1024 pages × 4096 B {2}shards=2 {2}replicas=3 {2}\(1 shard not ok\)$/m);
-    assert.match(text, /^ {4}SHARD +NODE +HOST +ROLE +LEADER +TERM +COMMIT LSN +APPLIED LSN +REPLICA LAG +HEALTH$/m);
-    assert.match(text, /^ {4}0 +n1 +0 +leader +n1 +3 +120 +118 +40 +ok$/m);
-    assert.match(text, /^ {4}1 +- +- +none +- +0 +0 +0 +- +unavailable$/m);
+    assert.match(text, /^ {2}db {2}id=v7 {2}1024 pages × 4096 B {2}shards=2 {2}replicas=3 {2}\(2 shards not ok\)$/m);
+    assert.match(text, /^ {4}SHARD +LEADER +TERM +COMMIT LSN +APPLIED LSN +REPLICAS UP +REPLICA LAG +HEALTH$/m);
+    assert.match(text, /^ {4}0 +n1 +3 +120 +118 +2\/3 +40 +degraded: n3 missing$/m);
+    assert.match(text, /^ {4}1 +- +0 +0 +0 +0\/3 +- +unavailable$/m);
+    assert.match(text, /^ {4}SHARD +REPLICA +ROLE +STATE +TERM +COMMIT LSN +APPLIED LSN +LAG +NOTE$/m);
+    assert.match(text, /^ {4}0 +n1 +leader +up +3 +120 +118 +- +-$/m);
+    assert.match(text, /^ {4}0 +n2 +follower +up +3 +119 +119 +2 +-$/m);
+    assert.match(text, /^ {4}0 +n3 +- +missing +- +- +- +40 +node DEAD$/m);
+    assert.match(text, /^ {4}1 +n2 +follower +down +0 +0 +0 +- +device failed$/m);
     assert.ok(!text.includes('\u001b['), 'no colors unless asked');
   });
 
@@ -50,6 +61,7 @@ describe('observability/status', () => {
     const text = formatStatus(sampleReply(), { nowMs: NOW, color: true });
     assert.match(text, /\u001b\[31m {2}n3 +DEAD/);
     assert.match(text, /\u001b\[33m {2}n2 +degraded/);
+    assert.match(text, /\u001b\[31m {4}0 +n3 +- +missing/);
   });
 
   it('tolerates missing, odd and hostile fields', () => {

@@ -1,0 +1,286 @@
+/**
+ * Observability of a running in-process cluster: one connected trace for a replicated write,
+ * metrics scraped over HTTP after a known workload (and checked by promtool), and `strata
+ * status` after a node is killed.
+ */
+import * as assert from 'node:assert/strict';
+import * as http from 'node:http';
+import * as fs from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { threadId } from 'node:worker_threads';
+import { SpanKind } from '@opentelemetry/api';
+import type { ReadableSpan } from '@opentelemetry/sdk-trace';
+import { startCluster, type InProcessCluster } from '../../cluster/in-process-cluster';
+import { startTelemetry, currentTelemetry, type Telemetry } from '../../observability/telemetry';
+import { formatStatus, formatStatusJson } from '../../observability/status';
+import { freePort } from '../../runtime/free-port';
+
+const PROMTOOL = '/usr/bin/promtool';
+const PAGE = 4096;
+
+function page(fill: number): Uint8Array {
+  return new Uint8Array(PAGE).fill(fill & 0xff);
+}
+
+async function until<T>(what: string, timeoutMs: number, probe: () => Promise<T | undefined> | T | undefined): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  for (;;) {
+    try {
+      const v = await probe();
+      if (v !== undefined) return v;
+    } catch (e) {
+      last = e;
+    }
+    if (Date.now() > deadline) throw new Error(`${what}: not within ${timeoutMs} ms${last ? ` (last error: ${(last as Error).message})` : ''}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+function get(port: number, urlPath: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const req = http.get({ host: '127.0.0.1', port, path: urlPath, timeout: 5000 }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => (body += c));
+      res.on('end', () => (res.statusCode === 200 ? resolve(body) : reject(new Error(`HTTP ${res.statusCode}`))));
+    });
+    req.on('timeout', () => req.destroy(new Error('scrape timed out')));
+    req.on('error', reject);
+  });
+}
+
+/** Sum of the samples of `name` whose labels include `labels`. */
+function sum(text: string, name: string, labels: Record<string, string> = {}): number {
+  let total = 0;
+  for (const line of text.split('\n')) {
+    if (line.startsWith('#')) continue;
+    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)/.exec(line);
+    if (!m || m[1] !== name) continue;
+    const have = new Map<string, string>();
+    for (const kv of (m[3] ?? '').matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g)) have.set(kv[1]!, kv[2]!);
+    if (Object.entries(labels).every(([k, v]) => have.get(k) === v)) total += Number(m[4]);
+  }
+  return total;
+}
+
+/** Largest sample of `name` whose labels include `labels` (undefined when none). */
+function max(text: string, name: string, labels: Record<string, string> = {}): number | undefined {
+  let best: number | undefined;
+  for (const line of text.split('\n')) {
+    if (line.startsWith('#')) continue;
+    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)/.exec(line);
+    if (!m || m[1] !== name) continue;
+    const have = new Map<string, string>();
+    for (const kv of (m[3] ?? '').matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g)) have.set(kv[1]!, kv[2]!);
+    if (!Object.entries(labels).every(([k, v]) => have.get(k) === v)) continue;
+    const v = Number(m[4]);
+    if (best === undefined || v > best) best = v;
+  }
+  return best;
+}
+
+/** Writes until the shard has a leader that commits (a fresh replica set elects one first). */
+async function warmUp(c: InProcessCluster, volume: string): Promise<void> {
+  await until('a leader that commits', 15_000, async () => (await c.client.volume(volume).write(0, page(1))).lsn);
+}
+
+const attr = (s: ReadableSpan, k: string): unknown => s.attributes[k];
+
+describe('observability end to end (in-process cluster)', function () {
+  this.timeout(120_000);
+  let c: InProcessCluster | undefined;
+  let telemetry: Telemetry | undefined;
+
+  afterEach(async () => {
+    await c?.stop();
+    c = undefined;
+    await telemetry?.shutdown();
+    telemetry = undefined;
+  });
+
+  it('a replicated write is one connected trace: client → leader host → replica write → appends to each follower → device batches and fsyncs', async () => {
+    telemetry = startTelemetry({ nodeId: 'test', cluster: 'obs', traceExporters: ['memory'], sampling: 'always', metricsPort: 0 });
+    c = await startCluster({ nodes: 3, hosts: 1, cluster: 'obs' });
+    assert.equal(c.telemetry, telemetry, 'the cluster shares the running telemetry');
+    await c.client.createVolume({ name: 'traced', pageCount: 64, shards: 1, replicas: 3 });
+    await warmUp(c, 'traced');
+    // Let the warm-up's appends reach every follower, then start from an empty exporter.
+    await new Promise((r) => setTimeout(r, 300));
+    await c.flushTelemetry();
+    await new Promise((r) => setTimeout(r, 100));
+    const exporter = telemetry.memoryExporter!;
+    exporter.reset();
+
+    const { lsn } = await c.client.volume('traced').write(5, page(5));
+
+    // Both followers get the record (commit needs only one of them); wait for their spans.
+    const spans = await until('the spans of every hop', 10_000, async () => {
+      await c!.flushTelemetry();
+      await new Promise((r) => setTimeout(r, 50));
+      const all = exporter.getFinishedSpans();
+      const root = all.find((s) => s.name === 'send shard.write' && s.kind === SpanKind.CLIENT && s.parentSpanContext === undefined);
+      if (!root) return undefined;
+      const trace = all.filter((s) => s.spanContext().traceId === root.spanContext().traceId);
+      const followersDone = trace.filter((s) => s.name === 'process replica.append').length >= 2;
+      const followerBatches = trace.filter((s) => s.name === 'device.batch' && trace.some((p) => p.name === 'process replica.append' && p.spanContext().spanId === s.parentSpanContext?.spanId)).length >= 2;
+      // A span ends (and is exported) after its children: wait until every parent is in.
+      const ids = new Set(trace.map((s) => s.spanContext().spanId));
+      const complete = trace.every((s) => s === root || (s.parentSpanContext !== undefined && ids.has(s.parentSpanContext.spanId)));
+      return followersDone && followerBatches && complete ? { root, trace } : undefined;
+    });
+    const { root, trace } = spans;
+    const byId = new Map(trace.map((s) => [s.spanContext().spanId, s]));
+    const parentOf = (s: ReadableSpan): ReadableSpan | undefined => (s.parentSpanContext ? byId.get(s.parentSpanContext.spanId) : undefined);
+    const childrenOf = (p: ReadableSpan, name: string): ReadableSpan[] => trace.filter((s) => s.name === name && s.parentSpanContext?.spanId === p.spanContext().spanId);
+    const one = (list: ReadableSpan[], what: string): ReadableSpan => {
+      assert.equal(list.length, 1, `${what}: ${list.length} spans`);
+      return list[0]!;
+    };
+
+    // Every span of the trace reaches the root through its parents: one connected trace.
+    for (const s of trace) {
+      let p: ReadableSpan | undefined = s;
+      let hops = 0;
+      while (p && p !== root && hops++ < 32) p = parentOf(p);
+      assert.equal(p, root, `span ${s.name} is connected to the root`);
+    }
+
+    // client → shard subject receive on the leader's host thread.
+    assert.equal(attr(root, 'thread.id'), undefined, 'the client span is recorded on the main thread');
+    const server = one(childrenOf(root, 'process shard.write'), 'process shard.write');
+    assert.equal(server.kind, SpanKind.SERVER);
+    const leaderThread = attr(server, 'thread.id');
+    assert.ok(typeof leaderThread === 'number' && leaderThread !== threadId, 'served on a host thread');
+    const leaderNode = attr(server, 'strata.node.id') as string;
+    assert.match(leaderNode, /^n[123]$/);
+    assert.equal(attr(server, 'messaging.destination.name'), root.attributes['messaging.destination.name']);
+
+    // → the replica's write.
+    const write = one(childrenOf(server, 'shard.write'), 'shard.write');
+    assert.equal(attr(write, 'strata.lsn'), lsn);
+    assert.equal(attr(write, 'thread.id'), leaderThread);
+
+    // → an append to each follower: CLIENT span on the leader, SERVER span on the follower's thread.
+    const sends = childrenOf(write, 'send replica.append');
+    assert.equal(sends.length, 2, 'one append per follower');
+    const followerNodes = new Set<string>();
+    const followerThreads = new Set<unknown>();
+    for (const send of sends) {
+      assert.equal(send.kind, SpanKind.CLIENT);
+      assert.equal(attr(send, 'thread.id'), leaderThread);
+      assert.ok(send.links.some((l) => l.context.spanId === write.spanContext().spanId), 'the append links to the write it carries');
+      const recv = one(childrenOf(send, 'process replica.append'), 'process replica.append');
+      assert.equal(recv.kind, SpanKind.SERVER);
+      const node = attr(recv, 'strata.node.id') as string;
+      assert.notEqual(node, leaderNode);
+      assert.ok(String(attr(send, 'messaging.destination.name')).endsWith(`.${node}`), 'sent to that follower\'s replica subject');
+      followerNodes.add(node);
+      followerThreads.add(attr(recv, 'thread.id'));
+      // The follower's own group commit: a batch (child of its receive) with an fsync.
+      const batch = one(childrenOf(recv, 'device.batch'), `device.batch on ${node}`);
+      assert.equal(attr(batch, 'strata.node.id'), node);
+      one(childrenOf(batch, 'device.fsync'), `device.fsync on ${node}`);
+    }
+    assert.equal(followerNodes.size, 2);
+
+    // The leader's own append + fsync.
+    const leaderBatch = one(childrenOf(write, 'device.batch'), 'device.batch on the leader');
+    one(childrenOf(leaderBatch, 'device.fsync'), 'device.fsync on the leader');
+
+    const batches = trace.filter((s) => s.name === 'device.batch');
+    const threads = new Set(batches.map((s) => attr(s, 'thread.id')));
+    const nodes = new Set(batches.map((s) => attr(s, 'strata.node.id')));
+    assert.ok(threads.size >= 2 && nodes.size >= 2, `device batches on ≥2 threads (${threads.size}) and ≥2 nodes (${nodes.size})`);
+    assert.equal(new Set([leaderThread, ...followerThreads]).size, 3, 'three host threads took part');
+  });
+
+  it('metrics of a running cluster change as a known workload says, and promtool accepts them', async () => {
+    const port = await freePort();
+    c = await startCluster({ nodes: 3, hosts: 1, cluster: 'metrics', telemetry: { metricsPort: port, metricsHost: '127.0.0.1' } });
+    assert.ok(c.telemetry && c.telemetry === currentTelemetry(), 'the cluster started the process telemetry');
+    const info = await c.client.createVolume({ name: 'm', pageCount: 256, shards: 1, replicas: 3 });
+    await warmUp(c, 'm');
+    const vol = c.client.volume('m');
+    await new Promise((r) => setTimeout(r, 300)); // snapshots are reused for 250 ms
+    const before = await get(port, '/metrics');
+
+    const WRITES = 20;
+    const READS = 10;
+    let lastLsn = 0;
+    for (let i = 0; i < WRITES; i++) lastLsn = (await vol.write(10 + i, page(i))).lsn;
+    for (let i = 0; i < READS; i++) await vol.read(10 + i);
+    await assert.rejects(vol.read(10, { lsn: 1_000_000 }), (e: { code?: string }) => e.code === 'future_lsn');
+    await c.client.status();
+    // Followers learn the last commit LSN with the next heartbeat; let a scrape see it.
+    await new Promise((r) => setTimeout(r, 400));
+    const after = await get(port, '/metrics');
+
+    const delta = (name: string, labels: Record<string, string>): number => sum(after, name, labels) - sum(before, name, labels);
+    assert.equal(delta('strata_request_duration_seconds_count', { operation: 'shard.write', outcome: 'ok' }), WRITES);
+    assert.equal(delta('strata_request_duration_seconds_count', { operation: 'shard.read', outcome: 'ok' }), READS);
+    assert.equal(delta('strata_request_duration_seconds_count', { operation: 'shard.read', outcome: 'future_lsn' }), 1);
+    assert.equal(delta('strata_errors_total', { code: 'future_lsn' }), 1);
+    assert.ok(delta('strata_request_duration_seconds_count', { operation: 'replica.append', outcome: 'ok' }) >= WRITES, 'followers answered the appends');
+    assert.equal(delta('strata_request_duration_seconds_count', { host: 'main', operation: 'status', outcome: 'ok' }), 1, 'the API verb status, on a main thread');
+    // Every replica made each page durable: three copies of (at least) the page bytes.
+    assert.ok(delta('strata_device_written_bytes_total', {}) >= WRITES * PAGE * 3, 'bytes written');
+    // The commit LSN every replica knows is the last write's (the leader's at once, followers after a heartbeat).
+    for (const node of ['n1', 'n2', 'n3']) {
+      assert.equal(max(after, 'strata_shard_commit_lsn', { node, volume: info.id, shard: '0' }), lastLsn, `commit LSN on ${node}`);
+    }
+    assert.equal(max(after, 'strata_shard_up', { volume: info.id }), 1);
+    assert.ok((max(after, 'strata_shard_current_term', { volume: info.id }) ?? 0) >= 1);
+    assert.ok(sum(after, 'strata_elections_total', { volume: info.id }) >= 1, 'an election happened');
+    assert.ok(after.includes('strata_replica_lag_records{'), 'the leader reports its followers\' lag');
+    assert.ok(sum(after, 'strata_cache_hits_total', { volume: info.id }) + sum(after, 'strata_cache_misses_total', { volume: info.id }) >= READS, 'the reads went through the page cache');
+    assert.ok(delta('strata_device_batch_ops_count', {}) > 0 && delta('strata_device_fsync_duration_seconds_count', {}) > 0);
+
+    if (!fs.existsSync(PROMTOOL)) {
+      console.log(`      (skipped promtool check: ${PROMTOOL} not found; install Debian's prometheus package)`);
+      return;
+    }
+    const check = spawnSync(PROMTOOL, ['check', 'metrics'], { input: after, encoding: 'utf8' });
+    assert.equal(check.status, 0, `promtool check metrics:\n${check.stdout}\n${check.stderr}`);
+  });
+
+  it('strata status shows a killed node not live and its replicas missing', async () => {
+    c = await startCluster({ nodes: 3, hosts: 1, cluster: 'status' });
+    await c.client.createVolume({ name: 's', pageCount: 256, shards: 2, stripePages: 8, replicas: 3 });
+    await warmUp(c, 's');
+    await until('shard 1 commits', 15_000, async () => (await c!.client.volume('s').write(8, page(2))).lsn);
+    c.kill(2); // n3
+    // The controller notices the missing heartbeats; every shard keeps (or elects) a leader.
+    const reply = await until('n3 not live and every shard led', 30_000, async () => {
+      const r = (await c!.client.status()) as unknown as {
+        members: Array<{ nodeId: string; live: boolean }>;
+        volumes: Array<{ shards: Array<{ state: string; leader?: string }> }>;
+      };
+      const n3 = r.members.find((m) => m.nodeId === 'n3');
+      const led = r.volumes[0]!.shards.every((s) => s.state === 'up' && s.leader !== undefined && s.leader !== 'n3');
+      return n3 && !n3.live && led ? r : undefined;
+    });
+
+    const text = formatStatus(reply);
+    assert.match(text, /^NODES \(3, 1 dead\)$/m);
+    assert.match(text, /^ {2}n3 +DEAD .* no heartbeat$/m);
+    assert.match(text, /^ {2}n1 +up /m);
+    for (const shard of [0, 1]) {
+      assert.match(text, new RegExp(`^ {4}${shard} +n[12] +\\d+ +\\d+ +\\d+ +2/3 +\\d+ +degraded: n3 missing$`, 'm'), `shard ${shard} row`);
+      assert.match(text, new RegExp(`^ {4}${shard} +n3 +- +missing .* node DEAD$`, 'm'), `shard ${shard}: n3 missing`);
+    }
+
+    const json = JSON.parse(formatStatusJson(reply)) as {
+      members: Array<{ nodeId: string; live: boolean }>;
+      nodes: Array<{ node: { id: string } }>;
+      volumes: Array<{ shards: Array<{ lag: Record<string, number>; replicas: Array<{ node: string; state: string }> }> }>;
+    };
+    assert.equal(json.members.find((m) => m.nodeId === 'n3')?.live, false);
+    assert.deepEqual(json.nodes.map((n) => n.node.id).sort(), ['n1', 'n2'], 'the killed node does not answer');
+    for (const s of json.volumes[0]!.shards) {
+      assert.deepEqual(s.replicas.map((r) => r.node).sort(), ['n1', 'n2'], 'n3 reports no replica');
+      assert.ok(s.replicas.every((r) => r.state === 'up'));
+      assert.ok('n3' in s.lag, 'the leader still counts n3 as a follower');
+    }
+  });
+});
