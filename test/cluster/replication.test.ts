@@ -2,6 +2,7 @@ import { strict as assert } from 'node:assert';
 import { startCluster, type InProcessCluster } from '../../cluster/in-process-cluster';
 import { demoPage } from '../../cluster/dev';
 import type { StrataClient, Volume } from '../../cluster/client';
+import { ProtocolError } from '../../messages/errors';
 
 /** Fast elections so failures are found and repaired within a test's time. */
 const node = { timing: { electionTimeoutMinMs: 150, electionTimeoutMaxMs: 300, heartbeatMs: 25, rpcTimeoutMs: 500 } };
@@ -58,28 +59,46 @@ describe('replication across three nodes', function () {
   });
 
   it('the leader\'s node killed → a new leader within a bounded time, no acknowledged write lost', async () => {
-    c = await startCluster({ nodes: 3, hosts: 1, node, clientTimeoutMs: 10_000 });
-    await c.client.createVolume({ name: 'r3', pageCount: 1024, shards: 2, stripePages: 8, replicas: 3 });
+    c = await startCluster({ nodes: 3, hosts: 1, node, clientTimeoutMs: 3000 });
+    await c.client.createVolume({ name: 'r3', pageCount: 1024, shards: 4, stripePages: 8, replicas: 3 });
     const vol = c.client.volume('r3');
-    const pages = Array.from({ length: 32 }, (_, i) => i * 3);
+    const pages = Array.from({ length: 64 }, (_, i) => i * 3);
     await writeAll(vol, pages, 1);
-    const before = await leaderIndex(c, 'r3', 0);
+    // A shard led by a node other than n1: n1 keeps the catalog, which `status` needs to name
+    // the leaders (the catalog has one copy; see docs/replication.md, known limits).
+    let shard = -1;
+    let before = -1;
+    for (let s = 0; s < 4 && shard < 0; s++) {
+      const l = await leaderIndex(c, 'r3', s);
+      if (l !== 0) [shard, before] = [s, l];
+    }
+    assert.ok(shard >= 0, 'some shard is led by a node that does not keep the catalog');
+    const page = shard * 8; // the first page of the shard's first stripe
     const t0 = performance.now();
     c.kill(before);
-    // The next write to shard 0 waits for (and finds) the new leader.
-    await vol.write(0, demoPage(4096, 0, 2));
+    // The next write finds the new leader (the client retries "no leader" answers by itself). A
+    // request that reached the dying leader just before it died times out: its outcome is
+    // unknown, and a client sends it again, as here.
+    for (;;) {
+      try {
+        await vol.write(page, demoPage(4096, page, 2));
+        break;
+      } catch (e) {
+        if (!(e instanceof ProtocolError && e.code === 'timeout') || performance.now() - t0 > 30_000) throw e;
+      }
+    }
     const failoverMs = performance.now() - t0;
-    const after = await leaderIndex(c, 'r3', 0);
+    const after = await leaderIndex(c, 'r3', shard);
     assert.notEqual(after, before);
-    assert.ok(failoverMs < 5_000, `failover took ${failoverMs.toFixed(0)} ms`);
+    assert.ok(failoverMs < 15_000, `failover took ${failoverMs.toFixed(0)} ms`);
     process.stdout.write(`      (failover: a write succeeded ${failoverMs.toFixed(0)} ms after the leader's node was killed)\n`);
-    await expectPages(vol, pages.slice(1), 1);
-    await expectPages(vol, [0], 2);
+    await expectPages(vol, pages.filter((p) => p !== page), 1);
+    await expectPages(vol, [page], 2);
     // The killed node comes back as a follower and catches up.
     await c.restart(before);
     await c.waitForMembers(3);
     await until('the restarted replica catches up', 20_000, async () => {
-      const v = await shardView(c!.client, 'r3', 0);
+      const v = await shardView(c!.client, 'r3', shard);
       const mine = v.replicas.find((r) => r.node === `n${before + 1}`);
       return mine && mine.state === 'up' && mine.appliedLsn >= v.commitLsn ? true : undefined;
     });
