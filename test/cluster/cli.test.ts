@@ -287,7 +287,11 @@ describe('cluster/cli', () => {
 
     it('prints status as text and JSON', async () => {
       let r = await run(['status']);
-      assert.match(r.out, /^node n1 of cluster dev, version 0\.1\.0, up 4 s\nvolume v \(id-v\)\n  shard 0: leader, term 1, commit lsn 5, applied lsn 5\n$/);
+      // The terminal view (observability/status.ts): who answered, then the volume and its shard
+      // with term, commit LSN and applied LSN.
+      assert.match(r.out, /^Strata cluster dev — answered by node n1 \(version 0\.1\.0\)/);
+      assert.match(r.out, /VOLUMES \(1\)\n  v  id=id-v/);
+      assert.match(r.out, /\n    0 +\S+ +1 +5 +5 /, 'shard 0: term 1, commit LSN 5, applied LSN 5');
       r = await run(['status', '--json']);
       assert.equal(JSON.parse(r.out).node.id, 'n1');
     });

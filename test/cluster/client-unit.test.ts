@@ -561,9 +561,10 @@ describe('cluster/client (fake transport)', () => {
         if (shard === 2) throw new NoRespondersError(seen.subject);
         return undefined;
       };
-      // A clock that runs 20 times faster than real time: the 10 s call ends at its deadline in 0.5 s.
+      // A clock that stands still for 50 ms (the call starts at NOW, as the fake transport checks)
+      // and then runs 20 times faster than real time: the 10 s call ends at its deadline in ~0.5 s.
       const started = Date.now();
-      const client = createClient(fc.transport, { cluster: CLUSTER, timeoutMs: 10_000, nowMs: () => NOW + (Date.now() - started) * 20 });
+      const client = createClient(fc.transport, { cluster: CLUSTER, timeoutMs: 10_000, nowMs: () => NOW + Math.max(0, Date.now() - started - 50) * 20 });
       const err = await rejectsWith(client.volume('vol').read([0, 4]), 'unavailable', /shard 2 of volume vol/);
       assert.ok(Date.now() - started < 1500, 'gave up by the deadline');
       assert.ok(!(err instanceof NoRespondersError));
