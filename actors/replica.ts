@@ -167,9 +167,11 @@ interface Waiter {
 }
 
 interface FollowerState {
+  /** Next LSN to send (advanced when an append is sent, moved back on a mismatch or a loss). */
   next: number;
   match: number;
-  inFlight: boolean;
+  /** Append or snapshot messages sent and not answered yet (at most APPEND_WINDOW). */
+  inFlight: number;
   lastSentMs: number;
   /** Send time of the newest request this follower acknowledged (for the read lease). */
   ackedSentMs: number;
@@ -179,6 +181,8 @@ interface FollowerState {
 /** Records a leader keeps in memory for followers, at most (older ones are read from its log). */
 const RECENT_BYTES_MAX = 64 * 1024 * 1024;
 const SNAPSHOT_CHUNK_BYTES = 512 * 1024;
+/** Append messages in flight to one follower at most (pipelining on top of batching). */
+const APPEND_WINDOW = 4;
 
 const NO_TAGS: readonly unknown[] = [];
 
@@ -458,7 +462,7 @@ export class Replica {
     this.leader = this.self;
     this.followers.clear();
     for (const id of this.peers()) {
-      this.followers.set(id, { next: this.lastLsn + 1, match: 0, inFlight: false, lastSentMs: 0, ackedSentMs: Number.NEGATIVE_INFINITY, snapshot: undefined });
+      this.followers.set(id, { next: this.lastLsn + 1, match: 0, inFlight: 0, lastSentMs: 0, ackedSentMs: Number.NEGATIVE_INFINITY, snapshot: undefined });
     }
     this.recent = [];
     this.recentBytes = 0;
@@ -483,11 +487,14 @@ export class Replica {
     for (const r of stored) {
       this.recent.push(r);
       this.recentBytes += r.payload.length;
+      // Known even if this replica stops leading before the device writes it.
+      this.queuedTerms.set(r.lsn, r.term);
     }
     const term = this.term;
     this.queue.append(this.log, records).then(
       ({ firstLsn, lastLsn }) => {
         assert(firstLsn === first, 'the log assigns the LSNs the leader assigned', { firstLsn, first });
+        for (let k = firstLsn; k <= lastLsn; k++) this.queuedTerms.delete(k);
         this.durableLsn = Math.max(this.durableLsn, lastLsn);
         if (this.role === 'leader' && this.term === term) this.advanceCommit();
       },
@@ -530,37 +537,35 @@ export class Replica {
   }
 
   private termAtOrZero(lsn: number): number {
-    if (lsn === 0) return 0;
-    const head = this.recent.length > 0 ? this.recent[0]!.lsn : this.lastLsn + 1;
-    if (lsn >= head) return this.recent[lsn - head]!.term;
-    return this.log.termAt(lsn);
+    return this.termOf(lsn);
   }
 
   /** Sends the next append (or heartbeat, or snapshot chunk) to a follower if none is in flight. */
   private replicateTo(id: string, heartbeat: boolean): void {
     try {
-      this.sendNext(id, heartbeat);
+      // Up to APPEND_WINDOW messages in flight: the follower's next batch is on its way while it
+      // writes the previous one.
+      for (let k = 0; k < APPEND_WINDOW; k++) if (!this.sendNext(id, heartbeat && k === 0)) break;
     } catch (e) {
-      // A record not readable yet (still queued on this device) or a log error: the next tick
-      // retries; a device failure reaches the host through the failed append.
-      const f = this.followers.get(id);
-      if (f) f.inFlight = false;
+      // A record not readable yet or a log error: the next tick retries; a device failure
+      // reaches the host through the failed append.
       if (!(e instanceof StorageError)) throw e;
     }
   }
 
-  private sendNext(id: string, heartbeat: boolean): void {
+  /** Sends one message to a follower if the window allows and there is something to send. */
+  private sendNext(id: string, heartbeat: boolean): boolean {
     const f = this.followers.get(id);
-    if (!f || f.inFlight || this.role !== 'leader') return;
+    if (!f || f.inFlight >= APPEND_WINDOW || this.role !== 'leader') return false;
     const due = this.nowMs - f.lastSentMs >= this.timing.heartbeatMs;
-    if (f.next > this.lastLsn && !(heartbeat && due) && f.snapshot === undefined) return;
+    if (f.next > this.lastLsn && !(heartbeat && due && f.inFlight === 0) && f.snapshot === undefined) return false;
     if (f.snapshot !== undefined || f.next < this.log.firstLsn) {
-      this.sendSnapshotChunk(id, f);
-      return;
+      if (f.inFlight === 0) this.sendSnapshotChunk(id, f);
+      return false;
     }
     const prevLsn = f.next - 1;
     const records = f.next <= this.lastLsn ? this.recordsFrom(f.next, this.appendBytesMax) : [];
-    if (f.next <= this.lastLsn && records.length === 0) return; // Not durable locally yet; the next tick retries.
+    if (f.next <= this.lastLsn && records.length === 0) return false; // Not readable yet; the next tick retries.
     const req: AppendRequest = {
       type: 'append',
       term: this.term,
@@ -570,16 +575,20 @@ export class Replica {
       records: records.map((r): WireRecord => ({ term: r.term, kind: r.kind, payload: r.payload })),
       commitLsn: this.commitLsn,
     };
-    f.inFlight = true;
+    f.inFlight++;
+    f.next = prevLsn + records.length + 1;
     const sentMs = this.nowMs;
     f.lastSentMs = sentMs;
     const term = this.term;
     this.sendTraced(id, req, this.timing.rpcTimeoutMs, records).then(
       (reply) => this.onAppendReply(id, term, sentMs, prevLsn, records.length, reply as AppendReply),
       () => {
-        f.inFlight = false;
+        // Lost or unanswered: send again from here (never below what the follower acknowledged).
+        f.inFlight = Math.max(0, f.inFlight - 1);
+        f.next = Math.max(f.match + 1, Math.min(f.next, prevLsn + 1));
       },
     );
+    return records.length > 0;
   }
 
   /** Sends to a follower; with a tracer, inside its `send` with the tracer values of the records' writes. */
@@ -598,7 +607,7 @@ export class Replica {
   private onAppendReply(id: string, term: number, sentMs: number, prevLsn: number, count: number, reply: AppendReply): void {
     const f = this.followers.get(id);
     if (!f) return;
-    f.inFlight = false;
+    f.inFlight = Math.max(0, f.inFlight - 1);
     if (reply.term > this.term) {
       this.stepDown(reply.term, null, 'a follower is at a newer term');
       return;
@@ -612,7 +621,7 @@ export class Replica {
       this.trimRecent();
     } else {
       // Log mismatch: continue from what the follower has (never below what it acknowledged).
-      f.next = Math.max(f.match + 1, Math.min(f.next - 1, reply.lastLsn + 1));
+      f.next = Math.max(f.match + 1, Math.min(f.next, prevLsn, reply.lastLsn + 1));
     }
     this.replicateTo(id, false);
   }
@@ -637,13 +646,13 @@ export class Replica {
       type: 'snapshot', term: this.term, leader: this.self, lsn: s.lsn, lastTerm: s.term, bytes: s.bytes,
       offset: s.offset, data, done: s.offset + length >= s.bytes,
     };
-    f.inFlight = true;
+    f.inFlight++;
     const sentMs = this.nowMs;
     f.lastSentMs = sentMs;
     const term = this.term;
     this.sendTraced(id, req, this.timing.rpcTimeoutMs * 5, []).then(
       (r) => {
-        f.inFlight = false;
+        f.inFlight = Math.max(0, f.inFlight - 1);
         const reply = r as SnapshotReply;
         if (reply.term > this.term) {
           this.stepDown(reply.term, null, 'a follower is at a newer term');
@@ -665,7 +674,7 @@ export class Replica {
         this.replicateTo(id, false);
       },
       () => {
-        f.inFlight = false;
+        f.inFlight = Math.max(0, f.inFlight - 1);
       },
     );
   }
@@ -770,8 +779,13 @@ export class Replica {
     });
   }
 
+  /**
+   * Handles an append in two steps: in arrival order (one at a time) the records are checked and
+   * queued on the device; the answer is sent once they are durable. So several messages of a
+   * pipelining leader share one fdatasync, and no answer claims a record before it is on disk.
+   */
   handleAppend(req: AppendRequest): Promise<AppendReply> {
-    return this.serial(() => this.doAppend(req));
+    return this.serial(() => this.acceptAppend(req)).then((finish) => finish());
   }
 
   private acceptLeader(term: number, leader: string): boolean {
@@ -787,27 +801,28 @@ export class Replica {
     return true;
   }
 
-  /** Lets appends this replica queued as leader reach the log, so the log is what it compares. */
-  private async settleLog(): Promise<void> {
-    if (this.lastLsn === this.log.lastLsn) return;
-    await this.queue.task(() => undefined);
-    this.lastLsn = this.log.lastLsn;
-    this.lastTerm = this.log.lastTerm;
-    this.durableLsn = Math.min(this.durableLsn, this.log.syncedLsn);
+  /** Term of any LSN this replica has accepted, queued or written (0 for LSN 0). */
+  private termOf(lsn: number): number {
+    if (lsn === 0) return 0;
+    const queued = this.queuedTerms.get(lsn);
+    if (queued !== undefined) return queued;
+    const head = this.recent.length > 0 ? this.recent[0]!.lsn : Number.POSITIVE_INFINITY;
+    if (lsn >= head) return this.recent[lsn - head]!.term;
+    return this.log.termAt(lsn);
   }
 
-  private async doAppend(req: AppendRequest): Promise<AppendReply> {
+  /** Terms of records queued on the device but maybe not written yet (follower appends). */
+  private readonly queuedTerms = new Map<number, number>();
+
+  private async acceptAppend(req: AppendRequest): Promise<() => Promise<AppendReply>> {
+    const now = (reply: AppendReply) => () => Promise.resolve(reply);
     const termBefore = this.term;
-    if (!this.acceptLeader(req.term, req.leader)) return { term: this.term, success: false, lastLsn: this.lastLsn };
+    if (!this.acceptLeader(req.term, req.leader)) return now({ term: this.term, success: false, lastLsn: this.lastLsn });
     if (this.term !== termBefore) await this.persistHardState();
-    await this.settleLog();
     // Log matching on (prevLsn, prevTerm).
-    if (req.prevLsn > this.lastLsn) return { term: this.term, success: false, lastLsn: this.lastLsn };
-    if (req.prevLsn >= this.log.firstLsn - 1 && req.prevLsn > 0) {
-      const t = this.log.termAt(req.prevLsn);
-      if (t !== req.prevTerm) {
-        return { term: this.term, success: false, lastLsn: Math.max(this.commitLsn, req.prevLsn - 1) };
-      }
+    if (req.prevLsn > this.lastLsn) return now({ term: this.term, success: false, lastLsn: this.lastLsn });
+    if (req.prevLsn >= this.log.firstLsn - 1 && req.prevLsn > 0 && this.termOf(req.prevLsn) !== req.prevTerm) {
+      return now({ term: this.term, success: false, lastLsn: Math.max(this.commitLsn, req.prevLsn - 1) });
     }
     // Skip records already present (same LSN and term); truncate at the first conflict.
     let i = 0;
@@ -820,37 +835,52 @@ export class Replica {
         continue;
       }
       if (lsn > this.lastLsn) break;
-      if (this.log.termAt(lsn) !== req.records[i]!.term) {
+      if (this.termOf(lsn) !== req.records[i]!.term) {
         assert(lsn > this.commitLsn, 'a committed record is never overwritten', { lsn, commitLsn: this.commitLsn });
         const from = lsn;
+        // Queued after the appends before it, so it cuts what they write.
         await this.queue.task(() => this.log.truncateSuffix(from));
+        for (const k of [...this.queuedTerms.keys()]) if (k >= from) this.queuedTerms.delete(k);
         this.lastLsn = from - 1;
-        this.lastTerm = this.log.lastTerm;
+        this.lastTerm = this.termOf(this.lastLsn);
         this.durableLsn = Math.min(this.durableLsn, this.lastLsn);
         break;
       }
       i++;
       lsn++;
     }
+    const matchLsn = req.prevLsn + req.records.length;
+    const commitLsn = req.commitLsn;
     const fresh = req.records.slice(i);
+    let durable: Promise<void>;
     if (fresh.length > 0) {
       const inputs: LogRecordInput[] = fresh.map((r) => ({ term: r.term, kind: r.kind, payload: r.payload }));
+      const first = this.lastLsn + 1;
+      inputs.forEach((r, k) => this.queuedTerms.set(first + k, r.term));
       this.lastLsn += inputs.length;
       this.lastTerm = inputs[inputs.length - 1]!.term;
-      const { lastLsn } = await this.queue.append(this.log, inputs);
-      assert(lastLsn === this.lastLsn, 'follower log position', { lastLsn, expected: this.lastLsn });
-      this.durableLsn = lastLsn;
-    } else if (this.durableLsn < this.lastLsn) {
-      await this.queue.task(() => undefined);
-      this.durableLsn = this.log.syncedLsn;
+      durable = this.queue.append(this.log, inputs).then(({ firstLsn, lastLsn }) => {
+        assert(firstLsn === first, 'follower log position', { firstLsn, expected: first });
+        this.durableLsn = Math.max(this.durableLsn, lastLsn);
+        for (let k = firstLsn; k <= lastLsn; k++) this.queuedTerms.delete(k);
+      });
+    } else if (this.durableLsn < matchLsn) {
+      // Everything asked for is here but some of it is still queued: answer once it is durable.
+      durable = this.queue.task(() => undefined).then(() => {
+        this.durableLsn = Math.max(this.durableLsn, Math.min(this.log.syncedLsn, this.lastLsn));
+      });
+    } else {
+      durable = Promise.resolve();
     }
-    const matchLsn = req.prevLsn + req.records.length;
-    const newCommit = Math.min(req.commitLsn, matchLsn);
-    if (newCommit > this.commitLsn) {
-      this.commitLsn = newCommit;
-      this.applyCommitted();
-    }
-    return { term: this.term, success: true, matchLsn, lastLsn: this.lastLsn };
+    return async () => {
+      await durable;
+      const newCommit = Math.min(commitLsn, matchLsn, this.durableLsn);
+      if (newCommit > this.commitLsn) {
+        this.commitLsn = newCommit;
+        this.applyCommitted();
+      }
+      return { term: this.term, success: true, matchLsn, lastLsn: this.lastLsn };
+    };
   }
 
   handleSnapshot(req: SnapshotRequest): Promise<SnapshotReply> {
