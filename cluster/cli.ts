@@ -47,8 +47,9 @@ Usage: strata <command> [arguments] [flags]
 
 Commands:
   dev [--demo] [--nodes N] [--data-dir D] [--metrics-port N]
-        Run a local cluster (own nats-server) until interrupted; --demo runs a
-        write/read/verify workload against it and exits.
+        Run a local cluster until interrupted: its own nats-server and N node processes
+        (default 3; kill one with kill -9 to see failover); --demo writes, reads back and
+        verifies a replicated volume, then exits.
   node [--config F] [--node-id ID] [--cluster C] [--nats URL] [--data-dir D]
        [--hosts N] [--controller|--no-controller] [--metrics-port N]
        [--cache-bytes-max-per-shard B] [--segment-bytes-max B]
@@ -522,7 +523,7 @@ function loadModule<T>(name: string, exportName: string): T {
 async function dev(ctx: Ctx): Promise<number> {
   const { flags } = ctx.args;
   const runDev = loadModule<RunDev>('./dev', 'runDev');
-  const opts: Parameters<RunDev>[0] = { demo: flags.demo === true, nodes: (flags.nodes as number | undefined) ?? 1 };
+  const opts: Parameters<RunDev>[0] = { demo: flags.demo === true, nodes: (flags.nodes as number | undefined) ?? 3 };
   if (flags['data-dir'] !== undefined) opts.dataDir = flags['data-dir'] as string;
   if (flags['metrics-port'] !== undefined) opts.metricsPort = flags['metrics-port'] as number;
   return runDev(opts);
