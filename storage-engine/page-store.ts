@@ -17,7 +17,7 @@ import { ImageReader, ImageWriter, imageFileName, isImageTempFileName, parseImag
 import type { SegmentLog } from './log';
 import { MetaStore } from './metadata';
 import { PageCache } from './page-cache';
-import { pageDataOfPageWrite, pagesOfPageWrite } from './page-write';
+import { decodePageWrite, pageDataOfPageWrite, pagesOfPageWrite } from './page-write';
 import { RecordKind, type LogRecord } from './record';
 import type { Slab } from './slab';
 
@@ -262,6 +262,9 @@ export class PageStore {
           this.versionCount++;
         }
       }
+      // The written pages are the likeliest to be read next: keep them in the cache as of this
+      // record (a later duplicate of a page in the same record wins, as when reading it).
+      for (const e of decodePageWrite(record.payload, this.pageSize)) this.cache.put(e.page, record.lsn, e.data);
     }
     this.applied = record.lsn;
     this.appliedTerm = record.term;
