@@ -281,7 +281,8 @@ function resolveRequestOptions(what: string, options: RequestBaselineOptions): R
 async function connectTo(what: string, role: string, o: ResolvedRequestOptions): Promise<NatsConnection> {
   let nc: NatsConnection;
   try {
-    nc = await connect({ servers: o.url, name: `strata-baseline-${role}`, timeout: o.connectTimeoutMs, reconnect: false });
+    // As Strata's client connects: without per-request async stack traces, so the ratios compare like with like.
+    nc = await connect({ servers: o.url, name: `strata-baseline-${role}`, timeout: o.connectTimeoutMs, reconnect: false, noAsyncTraces: true });
   } catch (err) {
     throw new Error(`${what}: cannot connect to ${o.url} within ${o.connectTimeoutMs} ms: ${(err as Error).message}`);
   }

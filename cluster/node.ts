@@ -207,6 +207,8 @@ export class StrataNode {
       maxReconnectAttempts: -1,
       reconnectTimeWait: 250,
       timeout: 10_000,
+      // Failures become typed errors where they are handled; no stack trace per request.
+      noAsyncTraces: true,
     });
     this.router = new ApiRouter(this.nc, this.cluster, this.opts.requestTimeoutMs ?? 10_000);
     if (this.controller) this.serveController();

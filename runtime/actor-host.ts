@@ -196,6 +196,8 @@ export class ActorHost implements HostApi {
       maxReconnectAttempts: -1,
       reconnectTimeWait: 250,
       timeout: 10_000,
+      // Failures become typed errors where they are handled; no stack trace per request.
+      noAsyncTraces: true,
     });
     this.device = new DeviceHost({
       ...(config.device ?? {}),
