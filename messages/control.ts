@@ -9,14 +9,13 @@
  * validate is answered with a bad_request error reply.
  */
 import { ProtocolError } from './errors';
+import { expectArray, expectId, expectInteger, expectMap } from './validate';
 import type { VolumeInfo } from './api';
 
 /** Hosts per node at most. */
 export const HOSTS_PER_NODE_MAX = 64;
 /** Shards in one shards.open / shards.destroy message at most. */
 export const SHARDS_PER_CONTROL_MAX = 4096;
-const NODE_ID_RE = /^[A-Za-z0-9_-]{1,64}$/;
-const VOLUME_ID_RE = /^[A-Za-z0-9_-]{1,64}$/;
 
 export interface HeartbeatRequest {
   nodeId: string;
@@ -64,42 +63,29 @@ export interface VolumePlacementInfo extends VolumeInfo {
   placements: Array<{ shard: number; replicas: Array<{ nodeId: string; hostId: number }> }>;
 }
 
-function obj(v: unknown, path: string): Record<string, unknown> {
-  if (typeof v !== 'object' || v === null || Array.isArray(v) || v instanceof Uint8Array) {
-    throw new ProtocolError('bad_request', `${path || 'body'}: expected a map`, { path });
-  }
-  return v as Record<string, unknown>;
-}
+// The field checks are messages/validate.ts's, so control messages fail like API ones.
+const obj = expectMap;
 
 function int(v: unknown, path: string, min: number, max: number): number {
-  if (typeof v !== 'number' || !Number.isSafeInteger(v)) {
-    throw new ProtocolError('bad_request', `${path}: expected an integer, got ${typeof v}`, { path });
-  }
-  if (v < min || v > max) throw new ProtocolError('out_of_range', `${path}: ${v} is outside [${min}, ${max}]`, { path });
-  return v;
+  return expectInteger(v, path, { min, max, maxCode: 'out_of_range' });
 }
 
-function str(v: unknown, path: string, re: RegExp): string {
-  if (typeof v !== 'string' || !re.test(v)) {
-    throw new ProtocolError('bad_request', `${path}: expected a string matching ${String(re)}`, { path });
-  }
-  return v;
+function str(v: unknown, path: string): string {
+  return expectId(v, path);
 }
 
 function list(v: unknown, path: string, max: number): unknown[] {
-  if (!Array.isArray(v)) throw new ProtocolError('bad_request', `${path}: expected an array`, { path });
-  if (v.length > max) throw new ProtocolError('too_large', `${path}: ${v.length} entries, at most ${max}`, { path });
-  return v;
+  return expectArray(v, path, { lengthMin: 0, lengthMax: max, maxCode: 'too_large' });
 }
 
 export function validateHeartbeat(body: unknown): HeartbeatRequest {
   const o = obj(body, '');
-  return { nodeId: str(o.nodeId, 'nodeId', NODE_ID_RE), hosts: int(o.hosts, 'hosts', 1, HOSTS_PER_NODE_MAX) };
+  return { nodeId: str(o.nodeId, 'nodeId'), hosts: int(o.hosts, 'hosts', 1, HOSTS_PER_NODE_MAX) };
 }
 
 export function validateAssignmentsRequest(body: unknown): AssignmentsRequest {
   const o = obj(body, '');
-  return { nodeId: str(o.nodeId, 'nodeId', NODE_ID_RE) };
+  return { nodeId: str(o.nodeId, 'nodeId') };
 }
 
 export function validateShardAssignment(v: unknown, path: string): ShardAssignment {
@@ -110,7 +96,7 @@ export function validateShardAssignment(v: unknown, path: string): ShardAssignme
     throw new ProtocolError('bad_request', `${path}.pageSize: expected 4096 or 8192`, { path: `${path}.pageSize` });
   }
   return {
-    volumeId: str(o.volumeId, `${path}.volumeId`, VOLUME_ID_RE),
+    volumeId: str(o.volumeId, `${path}.volumeId`),
     volumeName: typeof o.volumeName === 'string' ? o.volumeName.slice(0, 64) : '',
     shard: int(o.shard, `${path}.shard`, 0, shards - 1),
     shards,
@@ -118,7 +104,7 @@ export function validateShardAssignment(v: unknown, path: string): ShardAssignme
     pageSize,
     stripePages: int(o.stripePages, `${path}.stripePages`, 1, 2 ** 20),
     hostId: int(o.hostId, `${path}.hostId`, 0, HOSTS_PER_NODE_MAX - 1),
-    members: list(o.members, `${path}.members`, 7).map((m, i) => str(m, `${path}.members[${i}]`, NODE_ID_RE)),
+    members: list(o.members, `${path}.members`, 7).map((m, i) => str(m, `${path}.members[${i}]`)),
   };
 }
 
@@ -127,7 +113,7 @@ export function validateAssignmentsReply(body: unknown): AssignmentsReply {
   return {
     epoch: int(o.epoch, 'epoch', 0, Number.MAX_SAFE_INTEGER),
     shards: list(o.shards, 'shards', SHARDS_PER_CONTROL_MAX * 16).map((s, i) => validateShardAssignment(s, `shards[${i}]`)),
-    tombstones: list(o.tombstones, 'tombstones', 65536).map((t, i) => str(t, `tombstones[${i}]`, VOLUME_ID_RE)),
+    tombstones: list(o.tombstones, 'tombstones', 65536).map((t, i) => str(t, `tombstones[${i}]`)),
   };
 }
 
@@ -139,7 +125,7 @@ export function validateShardsOpen(body: unknown): ShardsOpenRequest {
 export function validateShardsDestroy(body: unknown): ShardsDestroyRequest {
   const o = obj(body, '');
   return {
-    volumeId: str(o.volumeId, 'volumeId', VOLUME_ID_RE),
+    volumeId: str(o.volumeId, 'volumeId'),
     shards: list(o.shards, 'shards', SHARDS_PER_CONTROL_MAX).map((s, i) => int(s, `shards[${i}]`, 0, 255)),
   };
 }

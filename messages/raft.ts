@@ -6,10 +6,10 @@
  * the sender steps down (fencing). Bodies are CBOR maps validated on receipt.
  */
 import { ProtocolError } from './errors';
+import { expectArray, expectBoolean, expectBytes, expectCounter, expectId, expectMap } from './validate';
 
 export const RAFT_RECORDS_PER_APPEND_MAX = 65536;
 export const RAFT_SNAPSHOT_CHUNK_BYTES_MAX = 4 * 1024 * 1024;
-const ID_RE = /^[A-Za-z0-9_-]{1,64}$/;
 
 export interface WireRecord {
   term: number;
@@ -69,34 +69,12 @@ export interface SnapshotReply {
 export type RaftRequest = VoteRequest | AppendRequest | SnapshotRequest;
 export type RaftReply = VoteReply | AppendReply | SnapshotReply;
 
-function map(v: unknown, path: string): Record<string, unknown> {
-  if (typeof v !== 'object' || v === null || Array.isArray(v) || v instanceof Uint8Array) {
-    throw new ProtocolError('bad_request', `${path || 'body'}: expected a map`, { path });
-  }
-  return v as Record<string, unknown>;
-}
-
-function counter(v: unknown, path: string): number {
-  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) {
-    throw new ProtocolError('bad_request', `${path}: expected a non-negative integer`, { path });
-  }
-  return v;
-}
-
-function id(v: unknown, path: string): string {
-  if (typeof v !== 'string' || !ID_RE.test(v)) throw new ProtocolError('bad_request', `${path}: expected a node id`, { path });
-  return v;
-}
-
-function bytes(v: unknown, path: string): Uint8Array {
-  if (!(v instanceof Uint8Array)) throw new ProtocolError('bad_request', `${path}: expected a byte string`, { path });
-  return Object.getPrototypeOf(v) === Uint8Array.prototype ? v : new Uint8Array(v.buffer, v.byteOffset, v.length);
-}
-
-function bool(v: unknown, path: string): boolean {
-  if (typeof v !== 'boolean') throw new ProtocolError('bad_request', `${path}: expected a boolean`, { path });
-  return v;
-}
+// The field checks are messages/validate.ts's, so replication messages fail like API ones.
+const map = expectMap;
+const counter = expectCounter;
+const id = expectId;
+const bytes = expectBytes;
+const bool = expectBoolean;
 
 /** Validates any replication request. */
 export function validateRaftRequest(body: unknown): RaftRequest {
@@ -108,9 +86,7 @@ export function validateRaftRequest(body: unknown): RaftRequest {
         lastLsn: counter(o.lastLsn, 'lastLsn'), lastTerm: counter(o.lastTerm, 'lastTerm'),
       };
     case 'append': {
-      if (!Array.isArray(o.records)) throw new ProtocolError('bad_request', 'records: expected an array', { path: 'records' });
-      if (o.records.length > RAFT_RECORDS_PER_APPEND_MAX) throw new ProtocolError('too_large', `records: at most ${RAFT_RECORDS_PER_APPEND_MAX}`, { path: 'records' });
-      const records = o.records.map((r, i) => {
+      const records = expectArray(o.records, 'records', { lengthMin: 0, lengthMax: RAFT_RECORDS_PER_APPEND_MAX, maxCode: 'too_large' }).map((r, i) => {
         const m = map(r, `records[${i}]`);
         const kind = counter(m.kind, `records[${i}].kind`);
         if (kind > 255) throw new ProtocolError('bad_request', `records[${i}].kind: at most 255`, { path: `records[${i}].kind` });

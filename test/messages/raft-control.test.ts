@@ -1,0 +1,66 @@
+import { strict as assert } from 'node:assert';
+import { validateRaftRequest, validateRaftReply, RAFT_RECORDS_PER_APPEND_MAX } from '../../messages/raft';
+import { validateHeartbeat, validateShardsOpen, validateShardsDestroy, validateAssignmentsReply } from '../../messages/control';
+import { ProtocolError } from '../../messages/errors';
+
+function code(fn: () => unknown): string {
+  try {
+    fn();
+  } catch (e) {
+    assert.ok(e instanceof ProtocolError, `expected a ProtocolError, got ${String(e)}`);
+    return e.code;
+  }
+  assert.fail('expected the validator to throw');
+}
+
+const rec = (term: number) => ({ term, kind: 1, payload: new Uint8Array(8) });
+const append = (extra: Record<string, unknown> = {}) => ({ type: 'append', term: 3, leader: 'n1', prevLsn: 4, prevTerm: 2, records: [rec(2), rec(3)], commitLsn: 4, ...extra });
+
+describe('replication message validators', () => {
+  it('accept well-formed vote, append and snapshot requests and their replies', () => {
+    assert.deepEqual(validateRaftRequest({ type: 'vote', term: 2, candidate: 'n2', lastLsn: 9, lastTerm: 1 }), { type: 'vote', term: 2, candidate: 'n2', lastLsn: 9, lastTerm: 1 });
+    assert.equal((validateRaftRequest(append()) as { records: unknown[] }).records.length, 2);
+    const snap = validateRaftRequest({ type: 'snapshot', term: 3, leader: 'n1', lsn: 10, lastTerm: 2, bytes: 100, offset: 90, data: new Uint8Array(10), done: true });
+    assert.equal(snap.type, 'snapshot');
+    assert.deepEqual(validateRaftReply('append', { term: 3, success: true, matchLsn: 6, lastLsn: 6 }), { term: 3, success: true, matchLsn: 6, lastLsn: 6 });
+    assert.deepEqual(validateRaftReply('vote', { term: 3, granted: false }), { term: 3, granted: false });
+  });
+
+  it('refuse every malformed field with a typed error', () => {
+    assert.equal(code(() => validateRaftRequest('vote')), 'bad_request');
+    assert.equal(code(() => validateRaftRequest({ type: 'gossip' })), 'bad_request');
+    assert.equal(code(() => validateRaftRequest({ type: 'vote', term: -1, candidate: 'n2', lastLsn: 0, lastTerm: 0 })), 'bad_request');
+    assert.equal(code(() => validateRaftRequest({ type: 'vote', term: 1, candidate: 'n.2', lastLsn: 0, lastTerm: 0 })), 'bad_request');
+    assert.equal(code(() => validateRaftRequest(append({ records: 'x' }))), 'bad_request');
+    assert.equal(code(() => validateRaftRequest(append({ records: [{ term: 3, kind: 256, payload: new Uint8Array(1) }] }))), 'bad_request');
+    assert.equal(code(() => validateRaftRequest(append({ records: [{ term: 3, kind: 1, payload: 'not bytes' }] }))), 'bad_request');
+    assert.equal(code(() => validateRaftRequest(append({ records: [rec(3), rec(2)] }))), 'bad_request', 'terms must not decrease');
+    assert.equal(code(() => validateRaftRequest(append({ records: [rec(4)] }))), 'bad_request', 'no record above the leader\'s term');
+    assert.equal(code(() => validateRaftRequest(append({ records: [rec(1)] }))), 'bad_request', 'no record below prevTerm');
+    assert.equal(code(() => validateRaftRequest(append({ records: new Array(RAFT_RECORDS_PER_APPEND_MAX + 1).fill(rec(3)) }))), 'too_large');
+    assert.equal(code(() => validateRaftRequest({ type: 'snapshot', term: 3, leader: 'n1', lsn: 10, lastTerm: 2, bytes: 100, offset: 95, data: new Uint8Array(10), done: true })), 'out_of_range');
+    assert.equal(code(() => validateRaftReply('append', { term: 3, success: 'yes', lastLsn: 1 })), 'bad_request');
+  });
+});
+
+describe('control message validators', () => {
+  const assignment = { volumeId: 'v1', volumeName: 'db', shard: 1, shards: 2, pageCount: 64, pageSize: 4096, stripePages: 8, hostId: 0, members: ['n1', 'n2', 'n3'] };
+
+  it('accept well-formed heartbeats, assignments and destroy requests', () => {
+    assert.deepEqual(validateHeartbeat({ nodeId: 'n1', hosts: 2 }), { nodeId: 'n1', hosts: 2 });
+    assert.deepEqual(validateShardsOpen({ shards: [assignment] }).shards[0], assignment);
+    assert.deepEqual(validateShardsDestroy({ volumeId: 'v1', shards: [0, 1] }), { volumeId: 'v1', shards: [0, 1] });
+    assert.equal(validateAssignmentsReply({ epoch: 3, shards: [assignment], tombstones: ['v9'] }).epoch, 3);
+  });
+
+  it('refuse malformed ones with typed errors', () => {
+    assert.equal(code(() => validateHeartbeat({ nodeId: 'n 1', hosts: 2 })), 'bad_request');
+    assert.equal(code(() => validateHeartbeat({ nodeId: 'n1', hosts: 0 })), 'bad_request');
+    assert.equal(code(() => validateHeartbeat({ nodeId: 'n1', hosts: 65 })), 'out_of_range');
+    assert.equal(code(() => validateShardsOpen({ shards: [{ ...assignment, shard: 2 }] })), 'out_of_range', 'shard beyond the volume');
+    assert.equal(code(() => validateShardsOpen({ shards: [{ ...assignment, pageSize: 5000 }] })), 'bad_request');
+    assert.equal(code(() => validateShardsOpen({ shards: [{ ...assignment, members: 'n1' }] })), 'bad_request');
+    assert.equal(code(() => validateShardsOpen({ shards: [{ ...assignment, members: ['n1', 'n2', 'n3', 'n4', 'n5', 'n6', 'n7', 'n8'] }] })), 'too_large');
+    assert.equal(code(() => validateShardsDestroy({ volumeId: 'v/1', shards: [0] })), 'bad_request');
+  });
+});
