@@ -496,7 +496,12 @@ export class Replica {
         assert(firstLsn === first, 'the log assigns the LSNs the leader assigned', { firstLsn, first });
         for (let k = firstLsn; k <= lastLsn; k++) this.queuedTerms.delete(k);
         this.durableLsn = Math.max(this.durableLsn, lastLsn);
-        if (this.role === 'leader' && this.term === term) this.advanceCommit();
+        if (this.role === 'leader' && this.term === term) {
+          this.advanceCommit();
+          // A majority of followers may have committed these records before this replica's own
+          // fdatasync returned; they are applied only now that they are durable here too.
+          this.applyCommitted();
+        }
       },
       (e: unknown) => this.failAll(e),
     );

@@ -27,6 +27,8 @@ interface Member {
 class TestShard {
   readonly members = new Map<string, Member>();
   private readonly cut = new Set<string>();
+  /** Members whose device queue starts each batch late (a slow disk). */
+  readonly slow = new Set<string>();
   private readonly timer: NodeJS.Timeout;
   private readonly slab = new Slab({ slotBytes: 8192, slotCount: 4096 });
 
@@ -43,7 +45,7 @@ class TestShard {
 
   start(id: string, disk: SimDisk): Member {
     const storage = ShardStorage.open(disk, { dir: 'shard', pageSize: 4096, pageCount: 256, cacheBytesMax: 1 << 20, slab: this.slab, segmentBytesMax: 64 * 1024 });
-    const queue = new DeviceQueue({ disk, name: id });
+    const queue = new DeviceQueue({ disk, name: id, schedule: (run) => (this.slow.has(id) ? setTimeout(run, 30) : setImmediate(run)) });
     const replica = new Replica({
       geometry, self: id, members: this.ids, log: storage.log, store: storage.store, queue, hardState: storage,
       transport: this.transport(id), snapshots: storage, timing, nowMs: performance.now(),
@@ -195,6 +197,23 @@ describe('Replica (quorum replication of a shard log)', function () {
     const again = shard.start(lagging, disk);
     await shard.waitFor(() => again.replica.appliedLsn >= w.lsn, 'restart after install');
     assert.deepEqual(again.storage.store.getPage(200), page(9));
+  });
+
+  it('a leader whose own disk is slower than its followers\' still applies and answers every write', async () => {
+    shard = new TestShard(['a', 'b', 'c']);
+    const l = await shard.leader();
+    // The followers make the records durable first, so they commit before the leader's own
+    // fdatasync returns; the leader must apply them once it has them on disk too.
+    shard.slow.add(l.id);
+    const writes = Array.from({ length: 8 }, (_, i) => l.replica.write([{ page: 40 + i, data: page(i + 1) }]));
+    const done = await Promise.race([
+      Promise.all(writes).then(() => 'all answered'),
+      new Promise((r) => setTimeout(() => r('stuck'), 3000)),
+    ]);
+    assert.equal(done, 'all answered');
+    const st = l.replica.stats();
+    assert.equal(st.appliedLsn, st.commitLsn, 'the leader applied everything committed');
+    for (let i = 0; i < 8; i++) assert.deepEqual(l.storage.store.getPage(40 + i), page(i + 1));
   });
 
   it('a replica set of one leads at once and serves', async () => {
