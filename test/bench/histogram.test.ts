@@ -1,18 +1,8 @@
 import * as assert from "node:assert/strict";
 import { Histogram } from "../../bench/histogram";
+import { prng } from '../support/prng';
 
 /** Deterministic PRNG (mulberry32) so a failure can be replayed. */
-function prng(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 /** Nearest-rank percentile of a sorted array: the definition Histogram.percentile approximates. */
 function exactPercentile(sorted: number[], p: number): number {
   const rank = Math.max(1, Math.ceil((p / 100) * sorted.length));

@@ -2,21 +2,8 @@ import * as assert from 'node:assert/strict';
 import { Decoder } from 'cbor-x';
 import { MESSAGE_BYTES_MAX, decode, encode } from '../../messages/codec';
 import { ProtocolError } from '../../messages/errors';
-import type { ErrorCode } from '../../messages/errors';
 import { validatePageWriteRequest, validateVolumeCreateRequest } from '../../messages/validate';
-
-function assertProtocolError(fn: () => unknown, code: ErrorCode, message?: RegExp): ProtocolError {
-  let thrown: unknown;
-  try {
-    fn();
-  } catch (err) {
-    thrown = err;
-  }
-  assert.ok(thrown instanceof ProtocolError, `expected a ProtocolError, got ${String(thrown)}`);
-  assert.equal(thrown.code, code, thrown.message);
-  if (message !== undefined) assert.match(thrown.message, message);
-  return thrown;
-}
+import { assertProtocolError } from '../support/expect';
 
 function pageMessage(): { volume: string; pages: { page: number; data: Uint8Array }[] } {
   return { volume: 'vol', pages: [{ page: 7, data: new Uint8Array(4096).fill(0xab) }] };
@@ -39,33 +26,33 @@ describe('messages/codec', () => {
   });
 
   it('malformed CBOR bytes give bad_request "malformed CBOR"', () => {
-    assertProtocolError(() => decode(Uint8Array.from([0xff])), 'bad_request', /^malformed CBOR/);
-    assertProtocolError(() => decode(Uint8Array.from([0x1c])), 'bad_request', /^malformed CBOR/); // reserved info 28
+    assertProtocolError(() => decode(Uint8Array.from([0xff])), 'bad_request', undefined, /^malformed CBOR/);
+    assertProtocolError(() => decode(Uint8Array.from([0x1c])), 'bad_request', undefined, /^malformed CBOR/); // reserved info 28
   });
 
   it('truncated CBOR gives bad_request', () => {
     const bytes = encode(pageMessage());
     for (const cut of [1, 10, 100, bytes.length - 1]) {
-      assertProtocolError(() => decode(bytes.subarray(0, cut)), 'bad_request', /^malformed CBOR/);
+      assertProtocolError(() => decode(bytes.subarray(0, cut)), 'bad_request', undefined, /^malformed CBOR/);
     }
   });
 
   it('trailing bytes after the item give bad_request', () => {
-    assertProtocolError(() => decode(Uint8Array.from([0x01, 0x02])), 'bad_request', /^malformed CBOR/);
+    assertProtocolError(() => decode(Uint8Array.from([0x01, 0x02])), 'bad_request', undefined, /^malformed CBOR/);
   });
 
   it('an empty message gives bad_request', () => {
-    assertProtocolError(() => decode(new Uint8Array(0)), 'bad_request', /empty/);
+    assertProtocolError(() => decode(new Uint8Array(0)), 'bad_request', undefined, /empty/);
   });
 
   it('input that is not a byte array gives bad_request', () => {
-    assertProtocolError(() => decode('a0' as unknown as Uint8Array), 'bad_request', /not a byte array/);
+    assertProtocolError(() => decode('a0' as unknown as Uint8Array), 'bad_request', undefined, /not a byte array/);
   });
 
   it('absurd nesting gives bad_request, and the codec keeps working after it', () => {
     const deep = new Uint8Array(300_001).fill(0x81); // 300000 nested one-entry arrays
     deep[300_000] = 0x00;
-    assertProtocolError(() => decode(deep), 'bad_request', /^malformed CBOR/);
+    assertProtocolError(() => decode(deep), 'bad_request', undefined, /^malformed CBOR/);
     assert.deepEqual(decode(encode({ a: 1 })), { a: 1 });
   });
 
@@ -91,7 +78,7 @@ describe('messages/codec', () => {
   it('encode turns an unencodable value into internal', () => {
     const cyclic: Record<string, unknown> = {};
     cyclic.self = cyclic;
-    assertProtocolError(() => encode(cyclic), 'internal', /can not encode/);
+    assertProtocolError(() => encode(cyclic), 'internal', undefined, /can not encode/);
   });
 
   it('writes no record extension: same-key objects decode in a fresh decoder', () => {

@@ -14,22 +14,7 @@ import {
   writeHeaders,
 } from '../../messages/headers';
 import type { HeaderCarrier } from '../../messages/headers';
-import { ProtocolError } from '../../messages/errors';
-import type { ErrorCode } from '../../messages/errors';
-
-function assertProtocolError(fn: () => unknown, code: ErrorCode, path?: string, message?: RegExp): ProtocolError {
-  let thrown: unknown;
-  try {
-    fn();
-  } catch (err) {
-    thrown = err;
-  }
-  assert.ok(thrown instanceof ProtocolError, `expected a ProtocolError, got ${String(thrown)}`);
-  assert.equal(thrown.code, code, thrown.message);
-  if (path !== undefined) assert.equal(thrown.details?.path, path, thrown.message);
-  if (message !== undefined) assert.match(thrown.message, message);
-  return thrown;
-}
+import { assertProtocolError } from '../support/expect';
 
 /** Headers like NATS MsgHdrs: get gives '' when absent. */
 function carrier(init: Record<string, string> = {}): HeaderCarrier & { map: Map<string, string> } {

@@ -1,6 +1,5 @@
 import * as assert from 'node:assert/strict';
 import { API_VERBS } from '../../messages/api';
-import { ProtocolError } from '../../messages/errors';
 import type { ApiVerb } from '../../messages/api';
 import {
   actorSubject,
@@ -10,18 +9,9 @@ import {
   parseSubject,
   shardSubject,
 } from '../../messages/subjects';
+import { assertProtocolError } from '../support/expect';
 
-function assertBadRequest(fn: () => unknown, path: string): void {
-  let thrown: unknown;
-  try {
-    fn();
-  } catch (err) {
-    thrown = err;
-  }
-  assert.ok(thrown instanceof ProtocolError, `expected a ProtocolError, got ${String(thrown)}`);
-  assert.equal(thrown.code, 'bad_request');
-  assert.equal(thrown.details?.path, path, thrown.message);
-}
+const assertBadRequest = (fn: () => unknown, path: string): void => void assertProtocolError(fn, 'bad_request', path);
 
 const BAD_TOKENS = ['', 'a.b', '*', 'a*', '>', 'a b', 'a\tb', 'é', 'x'.repeat(65)];
 

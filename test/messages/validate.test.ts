@@ -12,8 +12,6 @@ import {
 } from '../../messages/api';
 import type { MessageType, ReplyMap, RequestMap, VolumeInfo } from '../../messages/api';
 import { MESSAGE_BYTES_MAX, decode, encode } from '../../messages/codec';
-import { ProtocolError } from '../../messages/errors';
-import type { ErrorCode } from '../../messages/errors';
 import {
   REPLY_VALIDATORS,
   REQUEST_VALIDATORS,
@@ -34,20 +32,7 @@ import {
   validateVolumeInfo,
   validateVolumeListReply,
 } from '../../messages/validate';
-
-function assertProtocolError(fn: () => unknown, code: ErrorCode, path?: string, message?: RegExp): ProtocolError {
-  let thrown: unknown;
-  try {
-    fn();
-  } catch (err) {
-    thrown = err;
-  }
-  assert.ok(thrown instanceof ProtocolError, `expected a ProtocolError, got ${String(thrown)}`);
-  assert.equal(thrown.code, code, thrown.message);
-  if (path !== undefined) assert.equal(thrown.details?.path, path, thrown.message);
-  if (message !== undefined) assert.match(thrown.message, message);
-  return thrown;
-}
+import { assertProtocolError } from '../support/expect';
 
 const page = (fill: number, bytes = 4096): Uint8Array => new Uint8Array(bytes).fill(fill);
 const writes = (count: number, bytes = 4096): { page: number; data: Uint8Array }[] =>

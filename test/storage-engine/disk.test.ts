@@ -7,9 +7,9 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as nodePath from 'node:path';
 import type { Disk } from '../../storage-engine/disk';
-import { StorageError } from '../../storage-engine/errors';
 import { RealDisk } from '../../storage-engine/real-disk';
 import { SimDisk } from '../../storage-engine/sim-disk';
+import { expectStorageError } from '../support/expect';
 
 const bytes = (s: string): Uint8Array => new TextEncoder().encode(s);
 const text = (b: Uint8Array): string => new TextDecoder().decode(b);
@@ -30,19 +30,6 @@ function writeFile(disk: Disk, path: string, content: string): void {
   disk.write(fh, bytes(content), 0);
   disk.fdatasync(fh);
   disk.close(fh);
-}
-
-function expectStorageError(fn: () => unknown, code: string, errno?: string): StorageError {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (e) {
-    caught = e;
-  }
-  assert.ok(caught instanceof StorageError, `expected a StorageError, got ${String(caught)}`);
-  assert.equal(caught.code, code);
-  if (errno !== undefined) assert.equal(caught.details?.['errno'], errno);
-  return caught;
 }
 
 interface Fixture {

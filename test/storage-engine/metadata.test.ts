@@ -4,7 +4,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as nodePath from 'node:path';
 import { crc32c } from '../../storage-engine/crc32c';
-import { CorruptionError, StorageError } from '../../storage-engine/errors';
+import { CorruptionError } from '../../storage-engine/errors';
 import {
   decodeMeta,
   encodeMeta,
@@ -13,22 +13,11 @@ import {
 } from '../../storage-engine/metadata';
 import { RealDisk } from '../../storage-engine/real-disk';
 import { SimDisk, SimulatedCrash } from '../../storage-engine/sim-disk';
+import { expectStorageError } from '../support/expect';
 
 const DIR = 'node/meta';
 const OLD = { term: 7, votedFor: 'node-a', members: ['node-a', 'node-b', 'node-c'] };
 const NEW = { term: 8, votedFor: 'node-b', members: ['node-a', 'node-b', 'node-c', 'node-d'], note: 'x'.repeat(300) };
-
-function expectStorageError(fn: () => unknown, code: string): StorageError {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (e) {
-    caught = e;
-  }
-  assert.ok(caught instanceof StorageError, `expected a StorageError, got ${String(caught)}`);
-  assert.equal(caught.code, code);
-  return caught;
-}
 
 /** A SimDisk with a durable DIR, optionally holding a durable OLD value under 'vote'. */
 function setup(withOld: boolean): { disk: SimDisk; store: MetaStore } {

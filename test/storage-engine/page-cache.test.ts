@@ -3,6 +3,7 @@ import { strict as assert } from 'node:assert';
 import { StorageError } from '../../storage-engine/errors';
 import { PageCache } from '../../storage-engine/page-cache';
 import { Slab } from '../../storage-engine/slab';
+import { prng } from '../support/prng';
 
 const PAGE = 4096;
 
@@ -15,17 +16,6 @@ function data(seed: number): Uint8Array {
 }
 
 /** Deterministic PRNG (mulberry32). */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 describe('PageCache', () => {
   it('returns copies of what was put and counts hits and misses', () => {
     const slab = new Slab({ slotBytes: PAGE, slotCount: 8 });

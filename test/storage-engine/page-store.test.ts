@@ -3,7 +3,7 @@
  * retention, crashes at every step of a checkpoint, corrupt images, and every rejected input.
  */
 import { strict as assert } from 'node:assert';
-import { CorruptionError, StorageError } from '../../storage-engine/errors';
+import { CorruptionError } from '../../storage-engine/errors';
 import { imageFileName } from '../../storage-engine/image';
 import { SegmentLog } from '../../storage-engine/log';
 import { encodePageWrite } from '../../storage-engine/page-write';
@@ -11,23 +11,14 @@ import { GET_PAGES_MAX, PageStore, type PageStoreOptions } from '../../storage-e
 import { RecordKind, type LogRecord } from '../../storage-engine/record';
 import { SimDisk, SimulatedCrash } from '../../storage-engine/sim-disk';
 import { Slab } from '../../storage-engine/slab';
+import { expectStorageError as expectCode } from '../support/expect';
+import { prng } from '../support/prng';
 
 const PAGE = 4096;
 const LOG_DIR = 'shard-0/log';
 const STORE_DIR = 'shard-0/pages';
 
 /** Deterministic PRNG (mulberry32). */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 function content(seed: number): Uint8Array {
   const d = new Uint8Array(PAGE);
   const w = new Uint32Array(d.buffer);
@@ -136,18 +127,6 @@ function reopen(w: World, replayUptoLsn?: number): void {
   w.log.close();
   w.log = openLog(w.disk);
   w.store = PageStore.open(w.disk, w.log, w.opts, replayUptoLsn);
-}
-
-function expectCode(fn: () => unknown, code: string): StorageError {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (e) {
-    caught = e;
-  }
-  assert.ok(caught instanceof StorageError, `expected StorageError ${code}, got ${String(caught)}`);
-  assert.equal(caught.code, code, caught.message);
-  return caught;
 }
 
 function imageFiles(w: World): string[] {

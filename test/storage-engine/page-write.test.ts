@@ -1,6 +1,5 @@
 /** PageWrite payload codec: round trips, duplicates (last wins), and every rejected input. */
 import { strict as assert } from 'node:assert';
-import { StorageError } from '../../storage-engine/errors';
 import {
   decodePageWrite,
   encodePageWrite,
@@ -11,18 +10,7 @@ import {
   pageWriteBytes,
   readPageWriteHeader,
 } from '../../storage-engine/page-write';
-
-function expectCode(fn: () => unknown, code: string): StorageError {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (e) {
-    caught = e;
-  }
-  assert.ok(caught instanceof StorageError, `expected a StorageError, got ${String(caught)}`);
-  assert.equal(caught.code, code, caught.message);
-  return caught;
-}
+import { expectStorageError as expectCode } from '../support/expect';
 
 function page(size: number, fill: number): Uint8Array {
   const d = new Uint8Array(size);

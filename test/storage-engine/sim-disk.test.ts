@@ -1,23 +1,10 @@
 /** SimDisk: the power-cut durability model and each injected fault, checked precisely. */
 import { strict as assert } from 'node:assert';
-import { StorageError } from '../../storage-engine/errors';
 import { SimDisk, SimulatedCrash } from '../../storage-engine/sim-disk';
+import { expectStorageError } from '../support/expect';
 
 const bytes = (s: string): Uint8Array => new TextEncoder().encode(s);
 const text = (b: Uint8Array): string => new TextDecoder().decode(b);
-
-function expectStorageError(fn: () => unknown, code: string, errno?: string): StorageError {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (e) {
-    caught = e;
-  }
-  assert.ok(caught instanceof StorageError, `expected a StorageError, got ${String(caught)}`);
-  assert.equal(caught.code, code);
-  if (errno !== undefined) assert.equal(caught.details?.['errno'], errno);
-  return caught;
-}
 
 /** Creates `path` with `content`, fully durable (data synced, parent directory synced). */
 function durableFile(disk: SimDisk, path: string, content: string): void {

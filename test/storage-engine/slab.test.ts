@@ -2,20 +2,8 @@
 import { strict as assert } from 'node:assert';
 import * as nodePath from 'node:path';
 import { Worker } from 'node:worker_threads';
-import { StorageError } from '../../storage-engine/errors';
 import { Slab, SLAB_SLOT_COUNT_MAX } from '../../storage-engine/slab';
-
-function expectStorageError(fn: () => unknown, code: string): StorageError {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (e) {
-    caught = e;
-  }
-  assert.ok(caught instanceof StorageError, `expected a StorageError, got ${String(caught)}`);
-  assert.equal(caught.code, code);
-  return caught;
-}
+import { expectStorageError } from '../support/expect';
 
 describe('Slab', () => {
   it('allocates every slot once, then overloaded; tryAlloc gives -1', () => {

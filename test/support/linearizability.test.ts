@@ -1,5 +1,6 @@
 import { strict as assert } from 'node:assert';
 import { checkLinearizable, HistoryRecorder, type Operation } from './linearizability';
+import { prng } from './prng';
 
 /** A completed (or, without `complete`, unknown-outcome) write on page `page`. */
 function w(client: number, value: string, invoke: number, complete?: number, page = 0): Operation {
@@ -26,17 +27,6 @@ function assertFails(history: readonly Operation[], opts?: Parameters<typeof che
 }
 
 /** Deterministic PRNG (mulberry32) so a failing seed can be replayed. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 interface GenOptions {
   seed: number; pages: number; clients: number; opsPerPage: number;
   readRate: number; unknownRate: number;
