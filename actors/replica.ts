@@ -541,10 +541,6 @@ export class Replica {
     return out;
   }
 
-  private termAtOrZero(lsn: number): number {
-    return this.termOf(lsn);
-  }
-
   /** Sends the next append (or heartbeat, or snapshot chunk) to a follower if none is in flight. */
   private replicateTo(id: string, heartbeat: boolean): void {
     try {
@@ -576,7 +572,7 @@ export class Replica {
       term: this.term,
       leader: this.self,
       prevLsn,
-      prevTerm: this.termAtOrZero(prevLsn),
+      prevTerm: this.termOf(prevLsn),
       records: records.map((r): WireRecord => ({ term: r.term, kind: r.kind, payload: r.payload })),
       commitLsn: this.commitLsn,
     };
@@ -689,7 +685,7 @@ export class Replica {
     const matches = [this.durableLsn, ...[...this.followers.values()].map((f) => f.match)].sort((a, b) => b - a);
     const candidate = matches[this.majority() - 1]!;
     // Only a record of the current term commits by counting (earlier ones commit with it).
-    if (candidate > this.commitLsn && this.termAtOrZero(candidate) === this.term) {
+    if (candidate > this.commitLsn && this.termOf(candidate) === this.term) {
       this.commitLsn = candidate;
       this.applyCommitted();
     }
@@ -1008,11 +1004,11 @@ export class Replica {
    * quorum round) or at a given retained LSN. A read at an LSN not applied yet waits until it is,
    * or until `deadlineMs`.
    */
-  async read(pages: readonly number[], opts: { lsn?: number; deadlineMs: number }): Promise<{ pages: Uint8Array[]; lsn: number; term: number }> {
+  async read(pages: readonly number[], opts: { lsn?: number; deadlineMs: number; nowMs: number }): Promise<{ pages: Uint8Array[]; lsn: number; term: number }> {
     this.checkLeader();
     if (pages.length === 0) throw new StorageError('bad_request', 'read of zero pages');
     for (let i = 0; i < pages.length; i++) this.checkPage(pages[i]!, `pages[${i}]`);
-    await this.confirmLeadership(opts.deadlineMs);
+    await this.confirmLeadership(opts.deadlineMs - opts.nowMs);
     // Every committed record of earlier terms is applied once our own term's first record is.
     await this.waitApplied(Math.max(this.termStartLsn, opts.lsn ?? 0, this.commitLsn), opts.deadlineMs, opts.lsn);
     const lsn = opts.lsn ?? this.store.appliedLsn;
@@ -1065,12 +1061,12 @@ export class Replica {
    * sent within the lease (a fraction of the minimum election timeout), or a new round of
    * heartbeats is acknowledged by a majority before the deadline.
    */
-  private async confirmLeadership(deadlineMs: number): Promise<void> {
+  private async confirmLeadership(budgetMs: number): Promise<void> {
     const lease = this.timing.electionTimeoutMinMs * this.timing.leaseFraction;
     if (this.hasMajorityContact(lease)) return;
     const term = this.term;
     const req = (): AppendRequest => ({ type: 'append', term, leader: this.self, prevLsn: 0, prevTerm: 0, records: [], commitLsn: 0 });
-    const wait = Math.max(1, Math.min(this.timing.rpcTimeoutMs, deadlineMs - Date.now()));
+    const wait = Math.max(1, Math.min(this.timing.rpcTimeoutMs, budgetMs));
     let acks = 1;
     const sentMs = this.nowMs;
     await new Promise<void>((resolve, reject) => {
@@ -1111,8 +1107,4 @@ export class Replica {
     if (this.role === 'leader') this.onRoleChange?.('follower', this.term);
   }
 
-  /** Page store and log in use (they change when a snapshot is installed). */
-  storage(): { log: SegmentLog; store: PageStore } {
-    return { log: this.log, store: this.store };
-  }
 }

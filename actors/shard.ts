@@ -15,10 +15,8 @@ export interface ShardGeometry {
   stripePages: number;
 }
 
-/** The shard a page of a volume belongs to: pages are striped over shards in runs of stripePages. */
-export function shardOfPage(page: number, g: Pick<ShardGeometry, 'shards' | 'stripePages'>): number {
-  return Math.floor(page / g.stripePages) % g.shards;
-}
+/** The shard a page of a volume belongs to (the one rule, in messages/api.ts). */
+export { shardOfPage } from '../messages/api';
 
 export interface PageData {
   page: number;

@@ -385,7 +385,6 @@ export class StrataNode {
     this.subscribe(subj('volume.create'), (body) => this.serial(() => this.createVolume(validateVolumeCreateRequest(body))));
     this.subscribe(subj('volume.delete'), (body) => this.serial(() => this.deleteVolume(validateVolumeNameRequest(body).name)));
     this.subscribe(subj('volume.info'), async (body) => ({ ...volumeInfo(c.get(validateVolumeNameRequest(body).name)) }));
-    this.subscribe(subj('volume.placement'), async (body) => c.get(validateVolumeNameRequest(body).name));
     this.subscribe(subj('volume.list'), async (body) => {
       validateVolumeListRequest(body);
       return { volumes: c.list().map(volumeInfo) };

@@ -10,7 +10,6 @@
  */
 import { ProtocolError } from './errors';
 import { expectArray, expectId, expectInteger, expectMap } from './validate';
-import type { VolumeInfo } from './api';
 
 /** Hosts per node at most. */
 export const HOSTS_PER_NODE_MAX = 64;
@@ -56,11 +55,6 @@ export interface ShardsOpenRequest {
 export interface ShardsDestroyRequest {
   volumeId: string;
   shards: number[];
-}
-
-/** What the controller keeps of a volume beyond its public info. */
-export interface VolumePlacementInfo extends VolumeInfo {
-  placements: Array<{ shard: number; replicas: Array<{ nodeId: string; hostId: number }> }>;
 }
 
 // The field checks are messages/validate.ts's, so control messages fail like API ones.

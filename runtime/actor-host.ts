@@ -509,7 +509,7 @@ export class ActorHost implements HostApi {
       }
       case 'shard.read': {
         const req = validateRequest('shard.read', body);
-        const opts = { ...(req.lsn !== undefined ? { lsn: req.lsn } : {}), deadlineMs };
+        const opts = { ...(req.lsn !== undefined ? { lsn: req.lsn } : {}), deadlineMs, nowMs: now };
         if (!this.traced) return replica.read(req.pages, opts);
         return withSpan('shard.read', { ...this.shardAttrs(mb), [ATTR.pages]: req.pages.length }, () => replica.read(req.pages, opts));
       }

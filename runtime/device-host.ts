@@ -154,10 +154,6 @@ export class DeviceHost {
     return entry.replica;
   }
 
-  hasShard(volumeId: string, shard: number): boolean {
-    return this.shards.has(shardKey(volumeId, shard));
-  }
-
   /**
    * Called when a request on a shard failed: on a device or invariant failure the device's
    * replicas are restarted from durable state. Returns true if a restart happened.

@@ -134,7 +134,7 @@ describe('Replica (quorum replication of a shard log)', function () {
     const l = await shard.leader();
     const w = await l.replica.write([{ page: 3, data: page(7) }]);
     assert.equal(shard.leaders().length, 1);
-    const r = await l.replica.read([3], { deadlineMs: Date.now() + 1000 });
+    const r = await l.replica.read([3], { deadlineMs: Date.now() + 1000, nowMs: Date.now() });
     assert.deepEqual(r.pages[0], page(7));
     await shard.waitFor(() => [...shard!.members.values()].every((m) => m.replica.appliedLsn >= w.lsn), 'followers apply');
     for (const m of shard.members.values()) assert.deepEqual(m.storage.store.getPage(3), page(7));
@@ -156,7 +156,7 @@ describe('Replica (quorum replication of a shard log)', function () {
     const w2 = await neu.replica.write([{ page: 1, data: page(2) }]);
     assert.equal(await lost, 'not_leader', 'the old leader gave up: the write is not acknowledged');
     assert.equal(old.replica.isLeader, false, 'a leader without a majority steps down');
-    await assert.rejects(old.replica.read([1], { deadlineMs: Date.now() + 200 }), (e: ProtocolError) => e.code === 'not_leader');
+    await assert.rejects(old.replica.read([1], { deadlineMs: Date.now() + 200, nowMs: Date.now() }), (e: ProtocolError) => e.code === 'not_leader');
     shard.heal();
     // The old leader's uncommitted record is replaced by the new leader's log.
     await shard.waitFor(() => old.replica.appliedLsn >= w2.lsn, 'old leader catches up');
@@ -220,8 +220,8 @@ describe('Replica (quorum replication of a shard log)', function () {
     shard = new TestShard(['solo']);
     const l = await shard.leader();
     const w = await l.replica.write([{ page: 0, data: page(3) }]);
-    assert.deepEqual((await l.replica.read([0], { deadlineMs: Date.now() + 1000 })).pages[0], page(3));
-    assert.deepEqual((await l.replica.read([0], { lsn: w.lsn - 1, deadlineMs: Date.now() + 1000 })).pages[0], new Uint8Array(4096));
+    assert.deepEqual((await l.replica.read([0], { deadlineMs: Date.now() + 1000, nowMs: Date.now() })).pages[0], page(3));
+    assert.deepEqual((await l.replica.read([0], { lsn: w.lsn - 1, deadlineMs: Date.now() + 1000, nowMs: Date.now() })).pages[0], new Uint8Array(4096));
   });
 
   it('a voter refuses a candidate whose log is behind, and votes once per term, durably', async () => {

@@ -19,7 +19,7 @@ async function leader(host: DeviceHost, shard: number): Promise<Replica> {
   throw new Error('no leader');
 }
 
-const soon = (): { deadlineMs: number } => ({ deadlineMs: Date.now() + 5000 });
+const soon = (): { deadlineMs: number; nowMs: number } => ({ deadlineMs: Date.now() + 5000, nowMs: Date.now() });
 
 function page(fill: number): Uint8Array {
   return new Uint8Array(4096).fill(fill);
