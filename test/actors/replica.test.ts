@@ -216,6 +216,23 @@ describe('Replica (quorum replication of a shard log)', function () {
     for (let i = 0; i < 8; i++) assert.deepEqual(l.storage.store.getPage(40 + i), page(i + 1));
   });
 
+  it('replication is pipelined: a slow follower gets several appends before its fdatasync and batches them', async () => {
+    shard = new TestShard(['a', 'b', 'c']);
+    const l = await shard.leader();
+    const f = shard.members.get(shard.ids.find((x) => x !== l.id)!)!;
+    shard.slow.add(f.id);
+    const writes: Array<Promise<unknown>> = [];
+    for (let i = 0; i < 8; i++) {
+      writes.push(l.replica.write([{ page: 60 + i, data: page(i) }]));
+      // Each write leaves in its own append message.
+      await new Promise((r) => setImmediate(r));
+    }
+    await Promise.all(writes);
+    await shard.waitFor(() => f.replica.appliedLsn >= l.replica.appliedLsn, 'the slow follower catches up');
+    const hist = f.queue.stats().batchOpsHistogram;
+    assert.ok(hist.slice(1).some((n) => n > 0), `some fdatasync batch of the follower held several append messages: ${JSON.stringify(hist)}`);
+  });
+
   it('a replica set of one leads at once and serves', async () => {
     shard = new TestShard(['solo']);
     const l = await shard.leader();
