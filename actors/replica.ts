@@ -952,7 +952,7 @@ export class Replica {
   }
 
   /** Writes pages atomically (one record); resolves once committed on a majority and applied. */
-  async write(pages: readonly PageData[]): Promise<{ lsn: number; term: number }> {
+  async write(pages: readonly PageData[], opts: { deadlineMs?: number } = {}): Promise<{ lsn: number; term: number }> {
     this.checkLeader();
     if (pages.length === 0) throw new StorageError('bad_request', 'write of zero pages');
     for (let i = 0; i < pages.length; i++) this.checkPage(pages[i]!.page, `pages[${i}].page`);
@@ -973,7 +973,9 @@ export class Replica {
     const lsn = this.appendLocal([{ term, kind: RecordKind.PageWrite, payload: payload.payload, ...(payload.crc !== undefined ? { payloadCrc: payload.crc } : {}) }], tag);
     payload.release();
     for (const id of this.peers()) this.replicateTo(id, false);
-    await new Promise<void>((resolve, reject) => this.commitWaiters.push({ lsn, resolve, reject }));
+    await new Promise<void>((resolve, reject) =>
+      this.commitWaiters.push({ lsn, ...(opts.deadlineMs !== undefined ? { deadlineMs: opts.deadlineMs } : {}), resolve, reject }),
+    );
     this.counters.writes++;
     this.counters.pagesWritten += pages.length;
     return { lsn, term };
@@ -1037,8 +1039,29 @@ export class Replica {
     });
   }
 
-  /** Fails waiting reads whose deadline passed (the host calls this with wall-clock time). */
+  /**
+   * Fails waiting writes and reads whose deadline passed (the host calls this with wall-clock
+   * time): a write with `timeout` (its outcome is unknown), a read with `future_lsn`.
+   */
   expireWaiters(wallMs: number): void {
+    if (this.commitWaiters.length > 0) {
+      const keepWrites: Waiter[] = [];
+      for (const w of this.commitWaiters) {
+        if (w.deadlineMs !== undefined && w.deadlineMs <= wallMs) {
+          // Its record may still commit later: the client learns the outcome is unknown.
+          w.reject(new ProtocolError('timeout', `lsn ${w.lsn} was not committed before the deadline; the write may or may not be committed`, {
+            lsn: w.lsn,
+            commitLsn: this.commitLsn,
+            appliedLsn: this.store.appliedLsn,
+            durableLsn: this.durableLsn,
+            term: this.term,
+            role: this.role,
+            followers: Object.fromEntries([...this.followers].map(([id, f]) => [id, { next: f.next, match: f.match, inFlight: f.inFlight }])),
+          }));
+        } else keepWrites.push(w);
+      }
+      this.commitWaiters = keepWrites;
+    }
     if (this.applyWaiters.length === 0) return;
     const keep: Waiter[] = [];
     for (const w of this.applyWaiters) {

@@ -470,6 +470,11 @@ export class ActorHost implements HostApi {
           const pe = wireError(err);
           recorder?.requestDuration(op, pe.code, (performance.now() - t0) / 1000);
           if (pe.code === 'internal') this.log.error('request failed', { volume: mb.spec.volumeId, shard: mb.spec.shard, err });
+          // A write the shard could not commit in time: worth an operator's look (with where
+          // replication stood), and logged here only, where it is answered.
+          else if (pe.code === 'timeout' && pe.details?.['commitLsn'] !== undefined) {
+            this.log.warn('write not committed before its deadline', { volume: mb.spec.volumeId, shard: mb.spec.shard, ...pe.details });
+          }
           const restarted = this.device!.onReplicaError(mb.spec.volumeId, mb.spec.shard, err);
           if (restarted) this.log.warn('replica restarted from durable state', { volume: mb.spec.volumeId, shard: mb.spec.shard, code: pe.code });
           this.respond(msg, errorReply(pe));
@@ -498,9 +503,9 @@ export class ActorHost implements HostApi {
     switch (type) {
       case 'shard.write': {
         const req = validateRequest('shard.write', body);
-        if (!this.traced) return replica.write(req.pages);
+        if (!this.traced) return replica.write(req.pages, { deadlineMs });
         return withSpan('shard.write', { ...this.shardAttrs(mb), [ATTR.pages]: req.pages.length }, (span) =>
-          replica.write(req.pages).then((r) => {
+          replica.write(req.pages, { deadlineMs }).then((r) => {
             span.setAttribute(ATTR.lsn, r.lsn);
             span.setAttribute(ATTR.term, r.term);
             return r;

@@ -32,7 +32,7 @@ class TestShard {
   private readonly timer: NodeJS.Timeout;
   private readonly slab = new Slab({ slotBytes: 8192, slotCount: 4096 });
 
-  constructor(readonly ids: string[], private readonly opts: { checkpointEveryRecords?: number } = {}) {
+  constructor(readonly ids: string[], private readonly opts: { checkpointEveryRecords?: number; timing?: Partial<typeof timing> } = {}) {
     for (const id of ids) this.start(id, new SimDisk());
     this.timer = setInterval(() => {
       const now = performance.now();
@@ -48,7 +48,7 @@ class TestShard {
     const queue = new DeviceQueue({ disk, name: id, schedule: (run) => (this.slow.has(id) ? setTimeout(run, 30) : setImmediate(run)) });
     const replica = new Replica({
       geometry, self: id, members: this.ids, log: storage.log, store: storage.store, queue, hardState: storage,
-      transport: this.transport(id), snapshots: storage, timing, nowMs: performance.now(),
+      transport: this.transport(id), snapshots: storage, timing: { ...timing, ...(this.opts.timing ?? {}) }, nowMs: performance.now(),
       ...(this.opts.checkpointEveryRecords ? { checkpointEveryRecords: this.opts.checkpointEveryRecords } : {}),
     });
     const m = { id, disk, storage, queue, replica };
@@ -231,6 +231,23 @@ describe('Replica (quorum replication of a shard log)', function () {
     await shard.waitFor(() => f.replica.appliedLsn >= l.replica.appliedLsn, 'the slow follower catches up');
     const hist = f.queue.stats().batchOpsHistogram;
     assert.ok(hist.slice(1).some((n) => n > 0), `some fdatasync batch of the follower held several append messages: ${JSON.stringify(hist)}`);
+  });
+
+  it('a write that cannot commit before its deadline is answered timeout (outcome unknown), not left waiting', async () => {
+    // Long election timeouts: the cut-off leader keeps leading for over 2 s, so only the
+    // deadline can end the wait.
+    shard = new TestShard(['a', 'b', 'c'], { timing: { electionTimeoutMinMs: 2000, electionTimeoutMaxMs: 2500 } });
+    const l = await shard.leader(undefined);
+    shard.isolate([l.id]);
+    const t0 = Date.now();
+    const err = await l.replica.write([{ page: 7, data: page(7) }], { deadlineMs: Date.now() + 150 }).then(
+      () => assert.fail('a write that no majority holds must not be acknowledged'),
+      (e: ProtocolError) => e,
+    );
+    assert.equal(err.code, 'timeout');
+    assert.match(err.message, /may or may not be committed/);
+    assert.ok(Date.now() - t0 < 2000, 'answered at its deadline');
+    assert.equal(l.replica.isLeader, true, 'still leading: the deadline, not a step-down, ended the wait');
   });
 
   it('a replica set of one leads at once and serves', async () => {
