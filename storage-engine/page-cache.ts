@@ -36,9 +36,13 @@ export interface PageCacheStats {
 }
 
 interface Entry {
+  key: string;
   page: number;
   versionLsn: number;
   slot: number;
+  /** Neighbours in the LRU list: `older` towards the least recently used end. */
+  older: Entry | undefined;
+  newer: Entry | undefined;
 }
 
 export class PageCache {
@@ -46,8 +50,14 @@ export class PageCache {
   private readonly pageSize: number;
   private readonly bytesMax: number;
   private readonly entriesMax: number;
-  /** Insertion order of a Map is the LRU order: the first key is the least recently used. */
+  /**
+   * Lookup by key; the LRU order is a doubly linked list through the entries (`oldest` …
+   * `newest`). A Map is never iterated on the hot path: deleting its first keys one by one and
+   * then asking for the first one walks over the deleted ones, which made eviction O(n).
+   */
   private readonly entries = new Map<string, Entry>();
+  private oldest: Entry | undefined;
+  private newest: Entry | undefined;
   private hits = 0;
   private misses = 0;
   private evictions = 0;
@@ -81,14 +91,12 @@ export class PageCache {
   /** Copies the cached content of (page, versionLsn) into `out` and returns true; false on a miss. */
   get(page: number, versionLsn: number, out: Uint8Array): boolean {
     assert(out.length === this.pageSize, 'cache get buffer has the page size', { length: out.length });
-    const key = keyOf(page, versionLsn);
-    const entry = this.entries.get(key);
+    const entry = this.entries.get(keyOf(page, versionLsn));
     if (entry === undefined) {
       this.misses++;
       return false;
     }
-    this.entries.delete(key);
-    this.entries.set(key, entry);
+    this.touch(entry);
     out.set(this.slab.view(entry.slot).subarray(0, this.pageSize));
     this.hits++;
     return true;
@@ -109,8 +117,7 @@ export class PageCache {
     const key = keyOf(page, versionLsn);
     const existing = this.entries.get(key);
     if (existing !== undefined) {
-      this.entries.delete(key);
-      this.entries.set(key, existing);
+      this.touch(existing);
       this.slab.view(existing.slot).set(data);
       return true;
     }
@@ -118,12 +125,15 @@ export class PageCache {
       this.rejects++;
       return false;
     }
-    while (this.entries.size >= this.entriesMax) this.evictOldest();
-    let slot = this.slab.tryAlloc();
-    while (slot < 0 && this.entries.size > 0) {
-      this.evictOldest();
-      slot = this.slab.tryAlloc();
+    // At the bound, or when the shared slab is full, the least recently used entry's slot is
+    // reused as it is (no free and re-allocation).
+    let slot = -1;
+    while (this.entries.size >= this.entriesMax) {
+      if (slot >= 0) this.slab.free(slot);
+      slot = this.takeOldest();
     }
+    if (slot < 0) slot = this.slab.tryAlloc();
+    if (slot < 0 && this.oldest !== undefined) slot = this.takeOldest();
     if (slot < 0) {
       this.rejects++;
       return false;
@@ -131,17 +141,18 @@ export class PageCache {
     const view = this.slab.view(slot);
     assert(view.length >= this.pageSize, 'slab slot holds a page', { slotBytes: view.length, pageSize: this.pageSize });
     view.set(data);
-    this.entries.set(key, { page, versionLsn, slot });
+    const entry: Entry = { key, page, versionLsn, slot, older: undefined, newer: undefined };
+    this.entries.set(key, entry);
+    this.link(entry);
     assert(this.entries.size * this.pageSize <= this.bytesMax, 'cache within its byte bound');
     return true;
   }
 
   /** Drops (page, versionLsn) if cached; returns whether it was. */
   delete(page: number, versionLsn: number): boolean {
-    const key = keyOf(page, versionLsn);
-    const entry = this.entries.get(key);
+    const entry = this.entries.get(keyOf(page, versionLsn));
     if (entry === undefined) return false;
-    this.entries.delete(key);
+    this.remove(entry);
     this.slab.free(entry.slot);
     return true;
   }
@@ -149,9 +160,9 @@ export class PageCache {
   /** Drops every entry whose versionLsn is < `lsn` (history no read can reach any more); returns the count. */
   dropBelow(lsn: number): number {
     let dropped = 0;
-    for (const [key, entry] of this.entries) {
+    for (const entry of [...this.entries.values()]) {
       if (entry.versionLsn < lsn) {
-        this.entries.delete(key);
+        this.remove(entry);
         this.slab.free(entry.slot);
         dropped++;
       }
@@ -163,6 +174,8 @@ export class PageCache {
   clear(): void {
     for (const entry of this.entries.values()) this.slab.free(entry.slot);
     this.entries.clear();
+    this.oldest = undefined;
+    this.newest = undefined;
   }
 
   stats(): PageCacheStats {
@@ -177,13 +190,43 @@ export class PageCache {
     };
   }
 
-  private evictOldest(): void {
-    const first = this.entries.entries().next();
-    assert(first.done !== true, 'evicting from a non-empty cache');
-    const [key, entry] = first.value;
-    this.entries.delete(key);
-    this.slab.free(entry.slot);
+  /** Evicts the least recently used entry and hands its (still allocated) slot to the caller. */
+  private takeOldest(): number {
+    const entry = this.oldest;
+    assert(entry !== undefined, 'evicting from a non-empty cache');
+    this.remove(entry);
     this.evictions++;
+    return entry.slot;
+  }
+
+  /** Makes `entry` the most recently used. */
+  private touch(entry: Entry): void {
+    if (this.newest === entry) return;
+    this.unlink(entry);
+    this.link(entry);
+  }
+
+  private remove(entry: Entry): void {
+    this.entries.delete(entry.key);
+    this.unlink(entry);
+  }
+
+  /** Appends `entry` at the most recently used end. */
+  private link(entry: Entry): void {
+    entry.older = this.newest;
+    entry.newer = undefined;
+    if (this.newest !== undefined) this.newest.newer = entry;
+    else this.oldest = entry;
+    this.newest = entry;
+  }
+
+  private unlink(entry: Entry): void {
+    if (entry.older !== undefined) entry.older.newer = entry.newer;
+    else this.oldest = entry.newer;
+    if (entry.newer !== undefined) entry.newer.older = entry.older;
+    else this.newest = entry.older;
+    entry.older = undefined;
+    entry.newer = undefined;
   }
 }
 

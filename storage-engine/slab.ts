@@ -172,6 +172,8 @@ export class Slab {
   tryAlloc(): number {
     const words = this.words;
     const count = this.bitmapWords;
+    // Full: answer at once rather than scan every word (a cache at its bound asks often).
+    if (Atomics.load(words, W_USED) >= this.slotCount) return -1;
     // A pass scans every bitmap word once. A failed compareExchange means another thread changed
     // that word (it made progress); only then is another pass worth it, and passes are bounded.
     for (let pass = 0; pass < ALLOC_PASSES_MAX; pass++) {
@@ -207,6 +209,9 @@ export class Slab {
       throw new StorageError('invariant', `invariant violated: slab slot ${slot} freed but not allocated (double free)`, { slot });
     }
     Atomics.sub(this.words, W_USED, 1);
+    // The next allocation starts at this word: a cache that evicts to make room finds the slot
+    // it just freed at once instead of scanning the bitmap for it.
+    Atomics.store(this.words, W_HINT, index - HEADER_WORDS);
   }
 
   /**
