@@ -14,6 +14,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { connect, DiscardPolicy, StorageType, type NatsConnection } from "nats";
 import { Histogram } from "./histogram";
+import { RequestMux } from "../cluster/request-mux";
 
 /** Cap on a baseline's duration when only an op/batch count was given. */
 const durationMsDefaultCap = 60_000;
@@ -307,7 +308,7 @@ async function closeBounded(nc: NatsConnection | undefined): Promise<void> {
 
 /**
  * Measures NATS request/reply alone: a responder that echoes the payload on one connection and a
- * requester with `inFlight` concurrent `nc.request` calls (each with a timeout) on another. This
+ * requester with `inFlight` concurrent requests (through the RequestMux the Strata client uses) on another. This
  * is the most any Strata request over NATS could reach. Both connections are closed at the end.
  */
 export async function natsEchoBaseline(options: RequestBaselineOptions): Promise<RequestBaselineResult> {
@@ -327,9 +328,11 @@ export async function natsEchoBaseline(options: RequestBaselineOptions): Promise
       },
     });
     await responder.flush();
-    const client = requester;
+    // The request path of Strata's client (one reply subscription, one deadline timer), so the
+    // ceiling is the transport's, not that of a slower request path.
+    const mux = new RequestMux(requester);
     const op = async (): Promise<void> => {
-      const reply = await client.request(subject, payload, { timeout: o.requestTimeoutMs });
+      const reply = await mux.request(subject, payload, { timeoutMs: o.requestTimeoutMs });
       if (reply.data.length !== o.payloadBytes) {
         throw new Error(`echo of ${reply.data.length} bytes, expected ${o.payloadBytes}`);
       }

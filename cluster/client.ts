@@ -31,12 +31,13 @@
  * The NATS calls go through the small `ClientTransport` interface, so tests can run the client
  * over a fake transport (`createClient`).
  */
-import { connect as natsConnect, headers as natsHeaders } from 'nats';
+import { connect as natsConnect } from 'nats';
 import type { NatsConnection } from 'nats';
 import { MESSAGE_BYTES_MAX, decode, encode } from '../messages/codec';
 import { ProtocolError, throwIfError } from '../messages/errors';
 import { DEADLINE_AHEAD_MS_MAX, writeHeaders } from '../messages/headers';
 import { clientSpan } from '../observability/tracing';
+import { NoRespondersError, RequestMux } from './request-mux';
 import { apiSubject, checkToken, shardSubject } from '../messages/subjects';
 import {
   PAGES_PER_REQUEST_MAX,
@@ -126,12 +127,7 @@ export interface ClientTransport {
   close(): Promise<void>;
 }
 
-/** Nobody subscribes to the subject of a request (NATS "503 no responders"); code `unavailable`. */
-export class NoRespondersError extends ProtocolError {
-  constructor(subject: string) {
-    super('unavailable', `no responders on ${subject}`, { subject, noResponders: true });
-  }
-}
+export { NoRespondersError };
 
 function natsErrorCode(err: unknown): string | undefined {
   const code: unknown = (err as { code?: unknown } | null)?.code;
@@ -158,9 +154,16 @@ function fromNatsError(err: unknown, subject: string, timeoutMs: number): Protoc
   }
 }
 
-/** A `ClientTransport` over a connected `NatsConnection`. */
+/**
+ * A `ClientTransport` over a connected `NatsConnection`: requests go through one RequestMux
+ * (one reply subscription, one deadline timer) rather than `nc.request` each.
+ */
 export class NatsTransport implements ClientTransport {
-  constructor(private readonly nc: NatsConnection) {}
+  private readonly mux: RequestMux;
+
+  constructor(private readonly nc: NatsConnection) {
+    this.mux = new RequestMux(nc);
+  }
 
   get maxPayloadBytes(): number {
     const maxPayload = this.nc.info?.max_payload;
@@ -168,17 +171,11 @@ export class NatsTransport implements ClientTransport {
   }
 
   async request(subject: string, data: Uint8Array, options: TransportRequestOptions): Promise<Uint8Array> {
-    const h = natsHeaders();
-    for (const [name, value] of Object.entries(options.headers)) h.set(name, value);
-    try {
-      const msg = await this.nc.request(subject, data, { timeout: options.timeoutMs, headers: h });
-      return msg.data;
-    } catch (err) {
-      throw fromNatsError(err, subject, options.timeoutMs);
-    }
+    return (await this.mux.request(subject, data, options)).data;
   }
 
   async close(): Promise<void> {
+    this.mux.close();
     if (this.nc.isClosed()) return;
     await this.nc.close();
   }
@@ -552,6 +549,14 @@ function mergeLsns(calls: readonly ShardCall[], outcomes: readonly ShardOutcome[
 
 /** Runs `tasks` with at most `limit` in flight; results in task order, never rejects. */
 async function settleBounded(tasks: ReadonlyArray<() => Promise<ShardOutcome>>, limit: number): Promise<Settled[]> {
+  if (tasks.length === 1) {
+    // The common call (one shard request): no worker pool.
+    try {
+      return [{ ok: true, value: await tasks[0]!() }];
+    } catch (error) {
+      return [{ ok: false, error }];
+    }
+  }
   const results = new Array<Settled>(tasks.length);
   let next = 0;
   const worker = async (): Promise<void> => {

@@ -1,8 +1,6 @@
 import { strict as assert } from 'node:assert';
-import type { NatsConnection } from 'nats';
 import {
   CALL_PAGES_MAX,
-  NatsTransport,
   NoRespondersError,
   REQUESTS_IN_FLIGHT_MAX,
   connect,
@@ -620,45 +618,6 @@ describe('cluster/client (fake transport)', () => {
       await vol.write(0, pageData(0));
       fc.volumes.set('vol', volume({ id: 'v2', pageCount: 10 }));
       await rejectsWith(vol.write(500, pageData(500)), 'out_of_range');
-    });
-  });
-
-  describe('NatsTransport', () => {
-    function stub(request: () => Promise<unknown>, info?: { max_payload: number }): NatsConnection {
-      return { request, info, isClosed: () => false, close: async () => undefined } as unknown as NatsConnection;
-    }
-    const opts = { timeoutMs: 25, headers: { a: 'b' } };
-
-    it('maps NATS no responders (503) to NoRespondersError', async () => {
-      const t = new NatsTransport(stub(() => Promise.reject(Object.assign(new Error('503'), { code: '503' }))));
-      await assert.rejects(t.request('s.x', new Uint8Array(1), opts), (err: unknown) => err instanceof NoRespondersError && err.code === 'unavailable');
-    });
-
-    it('maps a NATS timeout to timeout', async () => {
-      const t = new NatsTransport(stub(() => Promise.reject(Object.assign(new Error('TIMEOUT'), { code: 'TIMEOUT' }))));
-      await rejectsWith(t.request('s.x', new Uint8Array(1), opts), 'timeout', /within 25 ms/);
-    });
-
-    it('maps MAX_PAYLOAD_EXCEEDED to too_large and anything else to unavailable', async () => {
-      const big = new NatsTransport(stub(() => Promise.reject(Object.assign(new Error('big'), { code: 'MAX_PAYLOAD_EXCEEDED' }))));
-      await rejectsWith(big.request('s.x', new Uint8Array(1), opts), 'too_large');
-      const closed = new NatsTransport(stub(() => Promise.reject(Object.assign(new Error('closed'), { code: 'CONNECTION_CLOSED' }))));
-      const err = await rejectsWith(closed.request('s.x', new Uint8Array(1), opts), 'unavailable', /closed/);
-      assert.equal(err.details?.natsCode, 'CONNECTION_CLOSED');
-    });
-
-    it('sends headers and the timeout, returns the reply bytes, reads max_payload', async () => {
-      let got: { timeout: number; headers: { get(n: string): string } } | undefined;
-      const nc = stub(async (...args: unknown[]) => {
-        got = args[2] as typeof got;
-        return { data: Uint8Array.of(1, 2) };
-      }, { max_payload: 4242 });
-      const t = new NatsTransport(nc);
-      assert.deepEqual(await t.request('s.x', new Uint8Array(1), opts), Uint8Array.of(1, 2));
-      assert.equal(got!.timeout, 25);
-      assert.equal(got!.headers.get('a'), 'b');
-      assert.equal(t.maxPayloadBytes, 4242);
-      assert.equal(new NatsTransport(stub(async () => ({}))).maxPayloadBytes, MESSAGE_BYTES_MAX);
     });
   });
 

@@ -1,0 +1,127 @@
+import { strict as assert } from 'node:assert';
+import { connect, type NatsConnection } from 'nats';
+import { NoRespondersError, RequestMux } from '../../cluster/request-mux';
+import { NatsTransport } from '../../cluster/client';
+import { MESSAGE_BYTES_MAX } from '../../messages/codec';
+import { ProtocolError } from '../../messages/errors';
+import { startNatsServer, type NatsServerHandle } from '../../runtime/nats-server';
+
+async function rejectsWith(promise: Promise<unknown>, code: string, pattern?: RegExp): Promise<ProtocolError> {
+  const err = await promise.then(
+    () => assert.fail(`expected ${code}`),
+    (e: unknown) => e,
+  );
+  assert.ok(err instanceof ProtocolError, `expected a ProtocolError, got ${String(err)}`);
+  assert.equal(err.code, code, err.message);
+  if (pattern) assert.match(err.message, pattern);
+  return err;
+}
+
+describe('RequestMux (NATS request/reply over one reply subscription)', function () {
+  this.timeout(30_000);
+  let server: NatsServerHandle;
+  let responder: NatsConnection;
+  let nc: NatsConnection;
+
+  before(async () => {
+    server = await startNatsServer({ jetstream: false, maxPayloadBytes: 64 * 1024 });
+    responder = await connect({ servers: server.url });
+    // Echo with the header `x` appended; `slow.*` answers after the number of ms in its subject.
+    responder.subscribe('echo', { callback: (_e, m) => m.respond(Uint8Array.of(...m.data, ...new TextEncoder().encode(m.headers?.get('x') ?? ''))) });
+    responder.subscribe('slow.*', { callback: (_e, m) => setTimeout(() => m.respond(m.data), Number(m.subject.split('.')[1])) });
+    responder.subscribe('silent', { callback: () => undefined });
+    await responder.flush();
+  });
+  beforeEach(async () => {
+    nc = await connect({ servers: server.url, noAsyncTraces: true });
+  });
+  afterEach(async () => {
+    if (!nc.isClosed()) await nc.close();
+  });
+  after(async () => {
+    await responder?.close();
+    await server?.stop();
+  });
+
+  it('routes each reply to its own request, with headers, many in flight', async () => {
+    const mux = new RequestMux(nc);
+    const replies = await Promise.all(
+      Array.from({ length: 500 }, (_, i) => mux.request(i % 2 === 0 ? 'echo' : `slow.${i % 7}`, Uint8Array.of(i & 0xff, i >> 8), { timeoutMs: 5000, ...(i % 2 === 0 ? { headers: { x: 'h' } } : {}) })),
+    );
+    replies.forEach((m, i) => {
+      const want = i % 2 === 0 ? [i & 0xff, i >> 8, 0x68] : [i & 0xff, i >> 8];
+      assert.deepEqual([...m.data], want, `reply ${i}`);
+    });
+    assert.equal(mux.size, 0, 'nothing left waiting');
+  });
+
+  it('a request without a reply fails with timeout at its deadline; a late reply is ignored', async () => {
+    const mux = new RequestMux(nc);
+    const t0 = performance.now();
+    const err = await rejectsWith(mux.request('silent', new Uint8Array(1), { timeoutMs: 100 }), 'timeout', /no reply on silent within 100 ms/);
+    const waited = performance.now() - t0;
+    assert.ok(waited >= 95, `waited ${waited} ms`);
+    assert.equal(err.details?.['subject'], 'silent');
+    // Shorter deadlines armed after a longer one still fire first; a reply after its deadline is dropped.
+    const long = mux.request('silent', new Uint8Array(1), { timeoutMs: 1000 });
+    await rejectsWith(mux.request('slow.300', new Uint8Array(1), { timeoutMs: 50 }), 'timeout');
+    await new Promise((r) => setTimeout(r, 350));
+    assert.equal(mux.size, 1, 'only the long request still waits');
+    await rejectsWith(long, 'timeout');
+  });
+
+  it('nobody subscribed: NoRespondersError (unavailable)', async () => {
+    const mux = new RequestMux(nc);
+    const err = await mux.request('nobody.here', new Uint8Array(1), { timeoutMs: 2000 }).then(
+      () => assert.fail('no responder'),
+      (e: unknown) => e,
+    );
+    assert.ok(err instanceof NoRespondersError, String(err));
+    assert.equal(err.code, 'unavailable');
+  });
+
+  it('a message over max_payload is too_large; bad timeouts are bad_request', async () => {
+    const mux = new RequestMux(nc);
+    await rejectsWith(mux.request('echo', new Uint8Array(64 * 1024 + 1), { timeoutMs: 1000 }), 'too_large', /max_payload/);
+    await rejectsWith(mux.request('echo', new Uint8Array(1), { timeoutMs: 0 }), 'bad_request', /timeoutMs/);
+    await rejectsWith(mux.request('echo', new Uint8Array(1), { timeoutMs: Number.NaN }), 'bad_request', /timeoutMs/);
+    assert.throws(() => new RequestMux(nc, { pendingMax: 0 }), /pendingMax/);
+  });
+
+  it('more than pendingMax waiting requests: overloaded, and the others still complete', async () => {
+    const mux = new RequestMux(nc, { pendingMax: 2 });
+    const a = mux.request('slow.50', Uint8Array.of(1), { timeoutMs: 2000 });
+    const b = mux.request('slow.50', Uint8Array.of(2), { timeoutMs: 2000 });
+    await rejectsWith(mux.request('echo', Uint8Array.of(3), { timeoutMs: 2000 }), 'overloaded', /already wait/);
+    assert.deepEqual([...(await a).data, ...(await b).data], [1, 2]);
+    assert.deepEqual([...(await mux.request('echo', Uint8Array.of(4), { timeoutMs: 2000 })).data], [4]);
+  });
+
+  it('closing the connection or the mux fails every waiting request with unavailable, at once', async () => {
+    const mux = new RequestMux(nc);
+    const waiting = mux.request('silent', new Uint8Array(1), { timeoutMs: 20_000 });
+    await nc.flush();
+    const t0 = performance.now();
+    await nc.close();
+    await rejectsWith(waiting, 'unavailable', /closed/);
+    assert.ok(performance.now() - t0 < 5000, 'not left to its 20 s deadline');
+    await rejectsWith(mux.request('echo', new Uint8Array(1), { timeoutMs: 1000 }), 'unavailable', /closed/);
+
+    const nc2 = await connect({ servers: server.url });
+    const mux2 = new RequestMux(nc2);
+    const w2 = mux2.request('silent', new Uint8Array(1), { timeoutMs: 20_000 });
+    mux2.close();
+    await rejectsWith(w2, 'unavailable', /closed/);
+    await nc2.close();
+  });
+
+  it('NatsTransport: reply bytes, max_payload of the server, typed failures', async () => {
+    const t = new NatsTransport(nc);
+    assert.equal(t.maxPayloadBytes, 64 * 1024);
+    assert.ok(t.maxPayloadBytes < MESSAGE_BYTES_MAX);
+    assert.deepEqual([...(await t.request('echo', Uint8Array.of(9), { timeoutMs: 2000, headers: { x: 'y' } }))], [9, 0x79]);
+    await rejectsWith(t.request('silent', Uint8Array.of(9), { timeoutMs: 50, headers: {} }), 'timeout', /within 50 ms/);
+    await t.close();
+    assert.ok(nc.isClosed());
+  });
+});
