@@ -74,6 +74,7 @@ export {
 };
 export type { ForwardedSpans, SamplingMode, SerializedSpan, WorkerTelemetryInit, WorkerTracing };
 import { createLogger } from './log';
+import { setSpansRecordable } from './tracing';
 
 /** Default Prometheus port (the registered OpenTelemetry Prometheus exporter port). */
 export const METRICS_PORT_DEFAULT = 9464;
@@ -277,6 +278,7 @@ export function startTelemetry(opts: TelemetryOptions): Telemetry {
   // Without an exporter nothing recorded would go anywhere: the same as off.
   const sampling: SamplingMode = exporterNames.length === 0 ? 'off' : configured.sampling;
   const samplingRatio = configured.samplingRatio;
+  setSpansRecordable(sampling !== 'off');
   const metricsPort = metricsPortOf(opts);
   const resource = defaultResource()
     .merge(detectResources({ detectors: [envDetector, hostDetector, osDetector] }))
@@ -370,7 +372,10 @@ export function startTelemetry(opts: TelemetryOptions): Telemetry {
         metrics.disable();
         context.disable();
         propagation.disable();
-        if (active === telemetry) active = undefined;
+        if (active === telemetry) {
+          active = undefined;
+          setSpansRecordable(true);
+        }
       }
     },
   };

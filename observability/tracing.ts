@@ -23,6 +23,7 @@ import {
   context,
   createContextKey,
   trace,
+  INVALID_SPAN_CONTEXT,
   ROOT_CONTEXT,
   SpanKind,
   SpanStatusCode,
@@ -72,6 +73,31 @@ export interface TraceCarrierReader {
 /** Writes one header (NATS `MsgHdrs` fits). */
 export interface TraceCarrierWriter {
   set(name: string, value: string): void;
+}
+
+/**
+ * Whether this thread may record spans. Strata's telemetry sets it false when sampling is off (or
+ * nothing exports): a request that arrives without a trace then costs no span and no context
+ * switch at all, while one that carries a traceparent still passes it on. True by default, so a
+ * process that sets up OpenTelemetry its own way keeps its spans.
+ */
+let spansRecordable = true;
+
+/** Called by the telemetry setup of a thread: false when no span of this thread can be recorded. */
+export function setSpansRecordable(on: boolean): void {
+  spansRecordable = on;
+}
+
+/** The span passed to `fn` when no span is made: records nothing. */
+const NO_SPAN: Span = trace.wrapSpanContext(INVALID_SPAN_CONTEXT);
+/** Injects nothing: no trace to continue. */
+const NO_INJECT = (): void => undefined;
+
+/** True when a span made now would be neither recorded nor part of a trace (see setSpansRecordable). */
+function nothingToTrace(parent: Context): boolean {
+  if (spansRecordable) return false;
+  const sc = trace.getSpanContext(parent);
+  return sc === undefined || !trace.isSpanContextValid(sc);
 }
 
 let tracerProvider: TracerProvider | undefined;
@@ -169,6 +195,7 @@ function isPromiseLike(v: unknown): v is PromiseLike<unknown> {
  */
 export function withSpan<T>(name: string, attributes: Attributes, fn: (span: Span) => T, options: WithSpanOptions = {}): T {
   const parent = options.parent ?? context.active();
+  if (nothingToTrace(parent)) return fn(NO_SPAN);
   const parentSc = trace.getSpanContext(parent);
   if (parentSc !== undefined && (parentSc.traceFlags & TraceFlags.SAMPLED) === 0 && trace.isSpanContextValid(parentSc)) {
     // Every Strata sampler follows the parent's decision: a child of an unsampled span is never
@@ -227,6 +254,7 @@ export function clientSpan<T>(
   attributes?: Attributes,
 ): T {
   const active = context.active();
+  if (nothingToTrace(active)) return fn(NO_INJECT);
   const batch = active.getValue(BATCH_KEY) as BatchLinks | undefined;
   const attrs = messagingAttributes(subject, type, 'send', bodyBytes);
   if (attributes) Object.assign(attrs, attributes);
@@ -253,11 +281,13 @@ export function serverSpan<T>(
   bodyBytes?: number,
   attributes?: Attributes,
 ): T {
+  const parent = extractContext(headers);
+  if (nothingToTrace(parent)) return fn(NO_SPAN);
   const attrs = messagingAttributes(subject, type, 'process', bodyBytes);
   if (attributes) Object.assign(attrs, attributes);
   return withSpan(`process ${type}`, attrs, fn, {
     kind: SpanKind.SERVER,
-    parent: extractContext(headers),
+    parent,
   });
 }
 

@@ -20,6 +20,7 @@ import {
   type Sampler,
   type SpanExporter,
 } from '@opentelemetry/sdk-trace';
+import { setSpansRecordable } from './tracing';
 
 /** Default sampling ratio when sampling is 'ratio' and no ratio is given. */
 export const SAMPLING_RATIO_DEFAULT = 0.01;
@@ -175,6 +176,7 @@ export function startWorkerTracing(init: WorkerTelemetryInit | undefined): Worke
   contextManager.enable();
   context.setGlobalContextManager(contextManager);
   const port = init.port;
+  setSpansRecordable(init.sampling !== 'off' && port !== undefined);
   if (init.sampling === 'off' || port === undefined) {
     let stopped = false;
     return {

@@ -13,6 +13,7 @@ import {
   extractContext,
   injectTraceparent,
   serverSpan,
+  setSpansRecordable,
   traceparentOf,
   withSpan,
   LINKS_PER_SPAN_MAX,
@@ -140,6 +141,38 @@ describe('observability/tracing', () => {
     const parent = contextFromTraceparent('00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00');
     const tp = withSpan('x', {}, () => traceparentOf(), { parent });
     assert.match(tp!, /^00-0af7651916cd43dd8448eb211c80319c-[0-9a-f]{16}-00$/);
+    await telemetry.forceFlush();
+    assert.equal(telemetry.memoryExporter!.getFinishedSpans().length, 0);
+  });
+
+  it('with sampling off a request without a trace gets no span and no context; one with a trace still propagates it', async () => {
+    telemetry = startTelemetry({ nodeId: 'n1', cluster: 'test', traceExporters: ['memory'], sampling: 'off', metricsPort: 0 });
+    // Without the fast path the span calls would still switch the active context (to a
+    // non-recording span's) and ask the SDK; with it they call straight through.
+    const rootCtx = context.active();
+    let inner: unknown;
+    const h = headers();
+    clientSpan('s', 'shard.write', (inject) => {
+      inject(h);
+      inner = context.active();
+    });
+    assert.equal(inner, rootCtx, 'no context switch for a request outside any trace');
+    assert.equal(h.get('traceparent'), '', 'nothing to inject');
+    serverSpan('s', 'shard.write', h, (span) => assert.equal(span.spanContext().traceId, '00000000000000000000000000000000'));
+    const traced = headers();
+    traced.set('traceparent', '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00');
+    const tp = serverSpan('s', 'shard.write', traced, () => traceparentOf());
+    assert.match(tp!, /^00-0af7651916cd43dd8448eb211c80319c-/);
+    setSpansRecordable(true);
+    try {
+      // The flag is what decides: raised, the same call goes through the SDK and its context.
+      clientSpan('s', 'shard.write', () => {
+        inner = context.active();
+      });
+      assert.notEqual(inner, rootCtx);
+    } finally {
+      setSpansRecordable(false);
+    }
     await telemetry.forceFlush();
     assert.equal(telemetry.memoryExporter!.getFinishedSpans().length, 0);
   });
