@@ -141,6 +141,8 @@ interface Mailbox {
   admitted: number;
   rejectedOverloaded: number;
   errors: number;
+  /** Span attributes of its requests, made on first use. */
+  spanAttrs?: Attributes;
 }
 
 /** Storage codes that are not protocol codes, mapped to what a client should do about them. */
@@ -173,6 +175,8 @@ export class ActorHost implements HostApi {
   private stopping = false;
   private log: Logger = createLogger({ component: 'host' });
   private inFlight = 0;
+  /** Replies to send at the end of this event-loop turn: message, bytes, message, bytes… */
+  private replies: Array<Msg | Uint8Array> = [];
   private idle: Array<() => void> = [];
   private faults: { unreachable: Set<string>; delayMs: number; dropRate: number } = { unreachable: new Set(), delayMs: 0, dropRate: 0 };
   /** Request durations and errors; only with telemetry. */
@@ -314,6 +318,7 @@ export class ActorHost implements HostApi {
       ]);
     }
     if (this.timer) clearInterval(this.timer);
+    this.flushReplies();
     await this.device?.close();
     try {
       await this.nc?.drain();
@@ -405,8 +410,9 @@ export class ActorHost implements HostApi {
     );
   }
 
+  /** Span attributes of a shard's requests (made once per mailbox). */
   private shardAttrs(mb: Mailbox): Attributes {
-    return { ...this.spanAttrs, [ATTR.volume]: mb.spec.volumeId, [ATTR.shard]: mb.spec.shard };
+    return (mb.spanAttrs ??= { ...this.spanAttrs, [ATTR.volume]: mb.spec.volumeId, [ATTR.shard]: mb.spec.shard });
   }
 
   /** The leader serves the shard's subject; other replicas do not subscribe to it. */
@@ -538,11 +544,33 @@ export class ActorHost implements HostApi {
       this.log.error('reply encoding failed', { err: e });
       bytes = encode(errorReply(new ProtocolError('internal', 'reply encoding failed')));
     }
-    const h = natsHeaders();
-    h.set(HEADER_SCHEMA, String(SCHEMA_VERSION));
-    msg.respond(bytes, { headers: h });
+    // Replies wait for the end of this turn of the event loop and go out together: the requests
+    // a device batch committed are answered with one socket write, not one each.
+    this.replies.push(msg, bytes);
+    if (this.replies.length === 2) setImmediate(this.flushReplies);
   }
+
+  /** Sends the replies queued by `respond` (in order) and empties the queue. */
+  private readonly flushReplies = (): void => {
+    const q = this.replies;
+    if (q.length === 0) return;
+    this.replies = [];
+    for (let i = 0; i < q.length; i += 2) {
+      try {
+        (q[i] as Msg).respond(q[i + 1] as Uint8Array, { headers: REPLY_HEADERS });
+      } catch {
+        // The connection is closing: the requester's deadline answers for this reply.
+      }
+    }
+  };
 }
+
+/** Headers of every reply (encoded by NATS at each send; never changed). */
+const REPLY_HEADERS = (() => {
+  const h = natsHeaders();
+  h.set(HEADER_SCHEMA, String(SCHEMA_VERSION));
+  return h;
+})();
 
 if (!isMainThread && parentPort) {
   Comlink.expose(new ActorHost(), nodeEndpoint(parentPort as never));
