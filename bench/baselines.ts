@@ -14,7 +14,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { connect, DiscardPolicy, StorageType, type NatsConnection } from "nats";
 import { Histogram } from "./histogram";
-import { RequestMux } from "../cluster/request-mux";
+import { RequestMux } from "../runtime/request-mux";
 
 /** Cap on a baseline's duration when only an op/batch count was given. */
 const durationMsDefaultCap = 60_000;

@@ -37,7 +37,7 @@ import { MESSAGE_BYTES_MAX, decode, encode } from '../messages/codec';
 import { ProtocolError, throwIfError } from '../messages/errors';
 import { DEADLINE_AHEAD_MS_MAX, writeHeaders } from '../messages/headers';
 import { clientSpan } from '../observability/tracing';
-import { NoRespondersError, RequestMux } from './request-mux';
+import { NoRespondersError, RequestMux } from '../runtime/request-mux';
 import { apiSubject, checkToken, shardSubject } from '../messages/subjects';
 import {
   PAGES_PER_REQUEST_MAX,

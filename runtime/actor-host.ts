@@ -36,6 +36,7 @@ import { DeviceHost, shardKey, type ShardSpec, type DeviceHostOptions, type Devi
 import { createLogger, type Logger } from '../observability/log';
 import type { WorkerTelemetryInit, WorkerTracing } from '../observability/worker-tracing';
 import { ATTR, batchSendTracer, captureSpanContext, clientSpan, deviceQueueTracer, serverSpan, withSpan } from '../observability/tracing';
+import { RequestMux } from './request-mux';
 import { RequestRecorder, type RequestStatsSnapshot } from '../observability/request-recorder';
 import type { Attributes } from '@opentelemetry/api';
 
@@ -177,6 +178,8 @@ export class ActorHost implements HostApi {
   private inFlight = 0;
   /** Replies to send at the end of this event-loop turn: message, bytes, message, bytes… */
   private replies: Array<Msg | Uint8Array> = [];
+  /** Replication requests (one reply subscription, one deadline timer). */
+  private mux: RequestMux | undefined;
   private idle: Array<() => void> = [];
   private faults: { unreachable: Set<string>; delayMs: number; dropRate: number } = { unreachable: new Set(), delayMs: 0, dropRate: 0 };
   /** Request durations and errors; only with telemetry. */
@@ -203,6 +206,8 @@ export class ActorHost implements HostApi {
       // Failures become typed errors where they are handled; no stack trace per request.
       noAsyncTraces: true,
     });
+    // Replication requests share one reply subscription and one deadline timer.
+    this.mux = new RequestMux(this.nc);
     this.device = new DeviceHost({
       ...(config.device ?? {}),
       ...(config.timing ? { timing: config.timing } : {}),
@@ -320,6 +325,7 @@ export class ActorHost implements HostApi {
     if (this.timer) clearInterval(this.timer);
     this.flushReplies();
     await this.device?.close();
+    this.mux?.close();
     try {
       await this.nc?.drain();
     } catch {
@@ -342,7 +348,8 @@ export class ActorHost implements HostApi {
   private transport(spec: ShardSpec): ReplicaTransport {
     return {
       send: async (to: string, msg: RaftRequest, timeoutMs: number): Promise<RaftReply> => {
-        const { nc, config } = this.ready();
+        const { config } = this.ready();
+        const mux = this.mux!;
         const f = this.faults;
         if (f.unreachable.has(to) || (f.dropRate > 0 && Math.random() < f.dropRate)) {
           // As the network would: nothing comes back before the deadline.
@@ -360,9 +367,9 @@ export class ActorHost implements HostApi {
         const r = this.traced && captureSpanContext() !== undefined
           ? await clientSpan(subject, RAFT_OPS[msg.type], (inject) => {
             inject(h);
-            return nc.request(subject, data, { timeout: timeoutMs, headers: h });
+            return mux.request(subject, data, { timeoutMs, headers: h });
           }, data.length, { ...this.spanAttrs, [ATTR.volume]: spec.volumeId, [ATTR.shard]: spec.shard })
-          : await nc.request(subject, data, { timeout: timeoutMs, headers: h });
+          : await mux.request(subject, data, { timeoutMs, headers: h });
         const body = decode(r.data);
         if (typeof body === 'object' && body !== null && 'error' in body) {
           throw new ProtocolError('unavailable', `replica ${to} refused: ${JSON.stringify((body as { error: unknown }).error)}`);

@@ -1,6 +1,6 @@
 import { strict as assert } from 'node:assert';
 import { connect, type NatsConnection } from 'nats';
-import { NoRespondersError, RequestMux } from '../../cluster/request-mux';
+import { NoRespondersError, RequestMux } from '../../runtime/request-mux';
 import { NatsTransport } from '../../cluster/client';
 import { MESSAGE_BYTES_MAX } from '../../messages/codec';
 import { ProtocolError } from '../../messages/errors';
