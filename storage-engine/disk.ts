@@ -34,6 +34,12 @@ export interface Disk {
   read(fh: FileHandle, buf: Uint8Array, offset: number): number;
   /** Makes the file's data durable (fdatasync). Throws StorageError('fsync_failed') on failure. */
   fdatasync(fh: FileHandle): void;
+  /**
+   * Optional: fdatasync off the calling thread (the OS thread pool), so the caller's thread can
+   * go on with other work while the disk flushes. Same errors as `fdatasync`, as a rejection.
+   * The file must stay open and unwritten until it settles.
+   */
+  fdatasyncAsync?(fh: FileHandle): Promise<void>;
   /** Sets the file's length (shrinks or grows with zeros). Not durable until fdatasync. */
   truncate(fh: FileHandle, length: number): void;
   /** Atomically renames a file within the disk (replacing `to`). Durable after fsyncDir of the parent(s). */

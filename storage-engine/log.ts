@@ -164,6 +164,8 @@ export class SegmentLog {
   private syncedLsnValue = 0;
   private corruptionValue: CorruptionReport[] = [];
   private failure: StorageError | undefined = undefined;
+  /** A `syncAsync` is in flight: no mutation until it settles. */
+  private syncing = false;
   private closed = false;
   private writesCount = 0;
   /** Encoding buffer reused across writes (a fresh one per write costs allocation and page faults). */
@@ -364,6 +366,7 @@ export class SegmentLog {
   sync(): void {
     this.checkOpen();
     this.checkNotFailed('sync');
+    assert(!this.syncing, 'one sync at a time');
     if (this.dirty.size === 0) {
       assert(this.syncedLsnValue === this.lastLsn, 'nothing unsynced when no segment is dirty', {
         syncedLsn: this.syncedLsnValue,
@@ -381,6 +384,48 @@ export class SegmentLog {
     }
     this.dirty.clear();
     this.syncedLsnValue = this.lastLsn;
+  }
+
+  /**
+   * As `sync`, but with the fdatasyncs off this thread when the disk offers `fdatasyncAsync`
+   * (else it is `sync`). The records written so far are durable when it resolves. Nothing may be
+   * written, truncated or trimmed until it settles (an invariant error otherwise). On failure it
+   * rejects with 'fsync_failed' and the log fails for good, as `sync` does.
+   */
+  syncAsync(): Promise<void> {
+    try {
+      this.checkOpen();
+      this.checkNotFailed('sync');
+      assert(!this.syncing, 'one sync at a time');
+    } catch (e) {
+      return Promise.reject(e as Error);
+    }
+    const fdatasyncAsync = this.disk.fdatasyncAsync?.bind(this.disk);
+    if (fdatasyncAsync === undefined || this.dirty.size === 0) {
+      try {
+        this.sync();
+        return Promise.resolve();
+      } catch (e) {
+        return Promise.reject(e as Error);
+      }
+    }
+    const segments = [...this.dirty];
+    const upto = this.lastLsn;
+    this.syncing = true;
+    return (async () => {
+      try {
+        for (const seg of segments) {
+          await fdatasyncAsync(this.handleOf(seg));
+          this.syncsCount++;
+        }
+      } catch (e) {
+        throw this.fail(e);
+      } finally {
+        this.syncing = false;
+      }
+      for (const seg of segments) this.dirty.delete(seg);
+      this.syncedLsnValue = upto;
+    })();
   }
 
   // ------------------------------------------------------------------ reading
@@ -446,6 +491,7 @@ export class SegmentLog {
   trimPrefix(uptoLsn: number): void {
     this.checkOpen();
     this.checkNotFailed('trimPrefix');
+    assert(!this.syncing, 'trimPrefix while a sync is in flight');
     checkLsnArg(uptoLsn, 'uptoLsn');
     try {
       while (this.segments.length > 1 && this.segments[0]!.lastLsn <= uptoLsn) {
@@ -514,6 +560,7 @@ export class SegmentLog {
   reset(nextLsn: number, prevTerm: number): void {
     this.checkOpen();
     this.checkNotFailed('reset');
+    assert(!this.syncing, 'reset while a sync is in flight');
     checkLsnArg(nextLsn, 'nextLsn');
     checkLsnArg(prevTerm, 'prevTerm');
     if (nextLsn < 1) throw badRequest('nextLsn must be at least 1', { nextLsn });
@@ -578,6 +625,7 @@ export class SegmentLog {
   private checkMutable(op: string): void {
     this.checkOpen();
     this.checkNotFailed(op);
+    assert(!this.syncing, `${op} while a sync is in flight`, { op });
     if (this.corruptionValue.length > 0) {
       throw new CorruptionError(`${op}: log ${this.dir} is corrupt and read-only until repaired`, this.corruptionValue);
     }

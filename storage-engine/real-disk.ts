@@ -216,6 +216,14 @@ export class RealDisk implements Disk {
     }
   }
 
+  fdatasyncAsync(fh: FileHandle): Promise<void> {
+    const f = this.file(fh);
+    this.counters.fdatasyncs++;
+    return new Promise<void>((resolve, reject) => {
+      fs.fdatasync(f.fd, (e) => (e ? reject(this.ioError('fdatasync', f.path, e, 'fsync_failed')) : resolve()));
+    });
+  }
+
   truncate(fh: FileHandle, length: number): void {
     const f = this.file(fh);
     checkDiskOffset(length, 'length');

@@ -27,6 +27,32 @@ class FakeLog implements AppendTarget {
   }
 }
 
+/** A FakeLog whose flush is asynchronous and finishes only when the test says so. */
+class AsyncFakeLog extends FakeLog {
+  pendingFlushes: Array<{ resolve: () => void; reject: (e: Error) => void }> = [];
+  writesDuringFlush = 0;
+  syncAsync(): Promise<void> {
+    this.syncs++;
+    const upto = this.lastLsn;
+    return new Promise<void>((resolve, reject) => {
+      this.pendingFlushes.push({
+        resolve: () => {
+          this.syncedLsn = upto;
+          this.pendingFlushes = this.pendingFlushes.slice(1);
+          resolve();
+        },
+        reject,
+      });
+    });
+  }
+  override write(records: readonly LogRecordInput[]): number {
+    if (this.pendingFlushes.length > 0) this.writesDuringFlush++;
+    return super.write(records);
+  }
+}
+
+const settle = (): Promise<void> => new Promise((r) => setImmediate(r));
+
 /** A disk whose only working call is read, over one in-memory file per handle. */
 function readOnlyDisk(files: Map<FileHandle, Uint8Array>): Disk & { reads: number } {
   const d = {
@@ -163,6 +189,67 @@ describe('DeviceQueue', () => {
     await assert.rejects(q.append(a, [rec(4)]), (e: StorageError) => e.code === 'device_failed');
     await assert.rejects(q.read(1, 0, 10), (e: StorageError) => e.code === 'device_failed');
     assert.equal(a.writes, 1, 'nothing is written after the failure');
+  });
+
+  it('with an asynchronous flush: appends are answered only once it is durable, the next batch gathers meanwhile', async () => {
+    const sched = manualScheduler();
+    const log = new AsyncFakeLog();
+    const files = new Map<FileHandle, Uint8Array>([[1, Uint8Array.of(1, 2, 3, 4)]]);
+    const q = new DeviceQueue({ disk: readOnlyDisk(files), schedule: sched.schedule });
+    let answered = 0;
+    const first = [q.append(log, [rec(1)]), q.append(log, [rec(2)])].map((p) => p.then((r) => (answered++, r)));
+    sched.runAll();
+    await settle();
+    assert.equal(log.writes, 1);
+    assert.equal(log.pendingFlushes.length, 1, 'the flush is in flight');
+    assert.equal(answered, 0, 'nothing is acknowledged before its flush completes');
+    // Work arriving meanwhile waits for the next batch: no write while the flush is in flight.
+    const second = q.append(log, [rec(3)]);
+    const read = q.read(1, 1, 2);
+    sched.runAll();
+    await settle();
+    assert.equal(log.writes, 1, 'no batch starts while the previous flush is in flight');
+    log.pendingFlushes[0]!.resolve();
+    assert.deepEqual(await Promise.all(first), [{ firstLsn: 1, lastLsn: 1 }, { firstLsn: 2, lastLsn: 2 }]);
+    assert.equal(log.syncedLsn, 2);
+    sched.runAll(); // the flush's end kicked the next batch
+    await settle();
+    assert.equal(log.writes, 2);
+    assert.deepEqual([...(await read)], [2, 3], 'a read of the next batch does not wait for its flush');
+    log.pendingFlushes[0]!.resolve();
+    assert.deepEqual(await second, { firstLsn: 3, lastLsn: 3 });
+    assert.equal(log.writesDuringFlush, 0);
+    assert.equal(q.stats().syncs, 2);
+    await q.drain();
+  });
+
+  it('with an asynchronous flush that fails: no append of the batch is acknowledged and the device is fenced', async () => {
+    const sched = manualScheduler();
+    const log = new AsyncFakeLog();
+    const q = new DeviceQueue({ disk: readOnlyDisk(new Map()), schedule: sched.schedule, name: 'dev1' });
+    const done = [q.append(log, [rec(1)]), q.append(log, [rec(2)])].map((p) => p.then(() => 'ok', (e: StorageError) => e.code));
+    sched.runAll();
+    await settle();
+    log.pendingFlushes[0]!.reject(new StorageError('fsync_failed', 'EIO', { errno: 'EIO' }));
+    assert.deepEqual(await Promise.all(done), ['fsync_failed', 'fsync_failed']);
+    assert.equal(q.failed, true);
+    await assert.rejects(q.append(log, [rec(3)]), (e: StorageError) => e.code === 'device_failed');
+    assert.equal(log.writes, 1, 'nothing is written after the failure');
+  });
+
+  it('asyncSync false, or flushNow, flushes on the calling thread even when the target could do it asynchronously', async () => {
+    const sched = manualScheduler();
+    const log = new AsyncFakeLog();
+    const q = new DeviceQueue({ disk: readOnlyDisk(new Map()), schedule: sched.schedule, asyncSync: false });
+    const p = q.append(log, [rec(1)]);
+    sched.runAll();
+    assert.deepEqual(await p, { firstLsn: 1, lastLsn: 1 });
+    assert.equal(log.pendingFlushes.length, 0, 'the blocking sync was used');
+    const q2 = new DeviceQueue({ disk: readOnlyDisk(new Map()), schedule: sched.schedule });
+    const p2 = q2.append(log, [rec(2)]);
+    q2.flushNow();
+    assert.deepEqual(await p2, { firstLsn: 2, lastLsn: 2 });
+    assert.equal(log.pendingFlushes.length, 0);
   });
 
   it('fails the batch and the device on a write error (ENOSPC)', async () => {

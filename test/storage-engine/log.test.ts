@@ -386,4 +386,41 @@ describe('SegmentLog', () => {
       fs.rmSync(root, { recursive: true, force: true });
     }
   });
+  it('syncAsync flushes off the thread on the real file system; nothing may change the log until it settles', async () => {
+    const root = fs.mkdtempSync(nodePath.join(os.tmpdir(), 'strata-log-'));
+    try {
+      const disk = new RealDisk(root);
+      const log = SegmentLog.open(disk, { dir: DIR, segmentBytesMax: 64 * 1024 });
+      log.write(history(1, 20));
+      const before = disk.counters.fdatasyncs;
+      const flushing = log.syncAsync();
+      assert.equal(log.syncedLsn, 0, 'not durable before the flush settles');
+      assert.throws(() => log.write(history(21, 21)), isCode('invariant'));
+      assert.throws(() => log.trimPrefix(5), isCode('invariant'));
+      assert.throws(() => log.sync(), isCode('invariant'));
+      await assert.rejects(log.syncAsync(), isCode('invariant'));
+      await flushing;
+      assert.equal(log.syncedLsn, 20);
+      assert.equal(disk.counters.fdatasyncs, before + 1);
+      log.write(history(21, 25));
+      await log.syncAsync();
+      assert.equal(log.syncedLsn, 25);
+      await log.syncAsync(); // nothing unsynced: settles at once
+      log.close();
+      assertHistory(SegmentLog.open(new RealDisk(root), { dir: DIR }), 1, 25);
+    } finally {
+      fs.rmSync(root, { recursive: true, force: true });
+    }
+  });
+
+  it('a failed syncAsync fails the log for good, like a failed sync', async () => {
+    const disk = new SimDisk();
+    const log = SegmentLog.open(disk, { dir: DIR, segmentBytesMax: SEG });
+    // SimDisk flushes only synchronously: syncAsync falls back to sync and reports the same way.
+    log.write(history(1, 3));
+    disk.failFsync({ times: 1 });
+    await assert.rejects(log.syncAsync(), isCode('fsync_failed'));
+    assert.throws(() => log.write(history(4, 4)), isCode('device_failed'));
+    await assert.rejects(log.syncAsync(), isCode('device_failed'));
+  });
 });
