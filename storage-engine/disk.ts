@@ -2,8 +2,10 @@
  * The disk interface: the only way storage-engine and actors code touches files.
  *
  * It is synchronous on purpose. A device is driven by one DeviceQueue on a dedicated thread,
- * and on this machine a synchronous `writeSync` + `fdatasyncSync` per batch is far cheaper than
- * one libuv round trip per operation (see ../shared/DESIGN.md, measured facts). Tests swap in
+ * and on this machine a synchronous `writeSync` per batch is far cheaper than one libuv round
+ * trip per operation (see ../shared/DESIGN.md, measured facts). The one exception is the
+ * optional `fdatasyncAsync`: a flush takes long enough (0.3–3 ms) that one thread-pool round
+ * trip per batch is worth freeing the thread for it (docs/architecture.md). Tests swap in
  * `SimDisk` (sim-disk.ts), which tears writes, flips bits, fails fsync and loses whatever was not
  * synced on a simulated power cut.
  *

@@ -1,9 +1,10 @@
 /**
  * RealDisk: the `Disk` interface over the local file system with synchronous `fs` calls.
  *
- * A device's files are driven by one DeviceQueue on its own thread, where one `writeSync` plus one
- * `fdatasyncSync` per batch is cheaper than a libuv round trip per operation (DESIGN.md, measured
- * facts). Every `fs` error becomes a `StorageError` with the OS code in `details.errno`.
+ * A device's files are driven by one DeviceQueue on its own thread, where one `writeSync` per
+ * batch is cheaper than a libuv round trip per operation (DESIGN.md, measured facts); the batch's
+ * flush goes to the thread pool (`fdatasyncAsync`) so the thread serves requests meanwhile.
+ * Every `fs` error becomes a `StorageError` with the OS code in `details.errno`.
  */
 import * as fs from 'node:fs';
 import * as nodePath from 'node:path';
