@@ -126,6 +126,12 @@ export interface ReplicaOptions {
   pendingWritesMax?: number;
   /** Traces replication (see ReplicaTracer); default none. */
   tracer?: ReplicaTracer;
+  /**
+   * Runs `run` once the writes that arrived together have been sequenced; default setImmediate.
+   * New records go to the followers then, all of them in one append message, rather than one
+   * message for the first write of a burst and another for the rest.
+   */
+  schedule?: (run: () => void) => void;
   nowMs: number;
 }
 
@@ -209,6 +215,8 @@ export class Replica {
   private readonly offload: PayloadOffload | undefined;
   private readonly checkpointEveryRecords: number;
   private readonly appendBytesMax: number;
+  private readonly schedule: (run: () => void) => void;
+  private replicateScheduled = false;
   private readonly pendingWritesMax: number;
   private readonly tracer: ReplicaTracer | undefined;
 
@@ -265,6 +273,7 @@ export class Replica {
     this.offload = opts.offload;
     this.checkpointEveryRecords = opts.checkpointEveryRecords ?? 0;
     this.appendBytesMax = opts.appendBytesMax ?? 896 * 1024;
+    this.schedule = opts.schedule ?? ((run) => void setImmediate(run));
     this.pendingWritesMax = opts.pendingWritesMax ?? 4096;
     this.tracer = opts.tracer;
     const hs = this.hard.load() ?? { term: 0, votedFor: null };
@@ -539,6 +548,17 @@ export class Replica {
       bytes += r.payload.length;
     }
     return out;
+  }
+
+  /** Replicates the records appended in this turn of the event loop together, once it ends. */
+  private replicateSoon(): void {
+    if (this.replicateScheduled) return;
+    this.replicateScheduled = true;
+    this.schedule(() => {
+      this.replicateScheduled = false;
+      if (this.role !== 'leader') return;
+      for (const id of this.peers()) this.replicateTo(id, false);
+    });
   }
 
   /** Sends the next append (or heartbeat, or snapshot chunk) to a follower if none is in flight. */
@@ -972,7 +992,7 @@ export class Replica {
     if (this.term !== term) throw notLeader(this.leader, this.term);
     const lsn = this.appendLocal([{ term, kind: RecordKind.PageWrite, payload: payload.payload, ...(payload.crc !== undefined ? { payloadCrc: payload.crc } : {}) }], tag);
     payload.release();
-    for (const id of this.peers()) this.replicateTo(id, false);
+    this.replicateSoon();
     await new Promise<void>((resolve, reject) =>
       this.commitWaiters.push({ lsn, ...(opts.deadlineMs !== undefined ? { deadlineMs: opts.deadlineMs } : {}), resolve, reject }),
     );

@@ -67,9 +67,13 @@ class TestShard {
     return m.disk;
   }
 
+  /** Append messages that carried records: sender, receiver, record count. */
+  readonly appendsSent: Array<{ from: string; to: string; records: number }> = [];
+
   private transport(from: string): ReplicaTransport {
     return {
       send: async (to: string, msg: RaftRequest, timeoutMs: number): Promise<RaftReply> => {
+        if (msg.type === 'append' && msg.records.length > 0) this.appendsSent.push({ from, to, records: msg.records.length });
         const target = this.members.get(to);
         if (!target || this.cut.has(`${from}>${to}`)) {
           await new Promise((r) => setTimeout(r, Math.min(timeoutMs, 5)));
@@ -231,6 +235,23 @@ describe('Replica (quorum replication of a shard log)', function () {
     await shard.waitFor(() => f.replica.appliedLsn >= l.replica.appliedLsn, 'the slow follower catches up');
     const hist = f.queue.stats().batchOpsHistogram;
     assert.ok(hist.slice(1).some((n) => n > 0), `some fdatasync batch of the follower held several append messages: ${JSON.stringify(hist)}`);
+  });
+
+  it('writes that arrive in one turn of the event loop go to each follower in one append message', async () => {
+    shard = new TestShard(['a', 'b', 'c']);
+    const l = await shard.leader();
+    await l.replica.write([{ page: 1, data: page(1) }]); // the term's no-op and a first write are out of the way
+    const before = shard.appendsSent.length;
+    const writes: Array<Promise<unknown>> = [];
+    for (let i = 0; i < 12; i++) writes.push(l.replica.write([{ page: 20 + i, data: page(i) }]));
+    await Promise.all(writes);
+    const sent = shard.appendsSent.slice(before).filter((m) => m.from === l.id);
+    const followers = shard.ids.filter((x) => x !== l.id);
+    for (const f of followers) {
+      const toF = sent.filter((m) => m.to === f);
+      // Sent at once, the first write would leave alone and the window fill with the next ones.
+      assert.deepEqual(toF.map((m) => m.records), [12], `append messages to ${f}`);
+    }
   });
 
   it('a write that cannot commit before its deadline is answered timeout (outcome unknown), not left waiting', async () => {
