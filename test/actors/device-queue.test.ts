@@ -204,7 +204,7 @@ describe('DeviceQueue', () => {
     assert.equal(log.pendingFlushes.length, 1, 'the flush is in flight');
     assert.equal(answered, 0, 'nothing is acknowledged before its flush completes');
     // Work arriving meanwhile waits for the next batch: no write while the flush is in flight.
-    const second = q.append(log, [rec(3)]);
+    const second = Promise.all([q.append(log, [rec(3)]), q.append(log, [rec(4)])]);
     const read = q.read(1, 1, 2);
     sched.runAll();
     await settle();
@@ -217,7 +217,7 @@ describe('DeviceQueue', () => {
     assert.equal(log.writes, 2);
     assert.deepEqual([...(await read)], [2, 3], 'a read of the next batch does not wait for its flush');
     log.pendingFlushes[0]!.resolve();
-    assert.deepEqual(await second, { firstLsn: 3, lastLsn: 3 });
+    assert.deepEqual(await second, [{ firstLsn: 3, lastLsn: 3 }, { firstLsn: 4, lastLsn: 4 }]);
     assert.equal(log.writesDuringFlush, 0);
     assert.equal(q.stats().syncs, 2);
     await q.drain();
@@ -235,6 +235,18 @@ describe('DeviceQueue', () => {
     assert.equal(q.failed, true);
     await assert.rejects(q.append(log, [rec(3)]), (e: StorageError) => e.code === 'device_failed');
     assert.equal(log.writes, 1, 'nothing is written after the failure');
+  });
+
+  it('a batch of one append flushes on the calling thread (no thread-pool hop for a lone writer)', async () => {
+    const sched = manualScheduler();
+    const log = new AsyncFakeLog();
+    const q = new DeviceQueue({ disk: readOnlyDisk(new Map()), schedule: sched.schedule });
+    const p = q.append(log, [rec(1), rec(2)]); // one append of two records: still one writer
+    sched.runAll();
+    assert.equal(log.pendingFlushes.length, 0, 'the blocking sync was used');
+    assert.equal(log.syncedLsn, 2);
+    assert.deepEqual(await p, { firstLsn: 1, lastLsn: 2 });
+    assert.throws(() => new DeviceQueue({ disk: readOnlyDisk(new Map()), asyncSyncMinOps: 0 }), /asyncSyncMinOps/);
   });
 
   it('asyncSync false, or flushNow, flushes on the calling thread even when the target could do it asynchronously', async () => {
