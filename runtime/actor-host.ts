@@ -437,7 +437,11 @@ export class ActorHost implements HostApi {
       });
       this.log.info('leading shard', { volume: spec.volumeId, shard: spec.shard });
     } else if (!leader && mb.leaderSub !== undefined) {
-      mb.leaderSub.unsubscribe();
+      // Drained, not dropped: requests the server already routed here are still answered (with
+      // not_leader, which the client retries on the new leader) instead of vanishing into a
+      // closed subscription and leaving their clients to time out.
+      const sub = mb.leaderSub;
+      void sub.drain().catch(() => sub.unsubscribe());
       mb.leaderSub = undefined;
       this.log.info('no longer leading shard', { volume: spec.volumeId, shard: spec.shard });
     }
@@ -510,15 +514,19 @@ export class ActorHost implements HostApi {
     const deadlineMs = deadlineText ? Number(deadlineText) : now + (this.config!.defaultDeadlineMs ?? 30_000);
     if (!Number.isFinite(deadlineMs)) throw new ProtocolError('bad_request', `${HEADER_DEADLINE}: not a number`);
     if (deadlineMs <= now) throw new ProtocolError('timeout', 'the request deadline passed before it was handled');
+    // The shard gives up a little before the client does, so that its typed answer (a timeout
+    // with where replication stood, not_leader…) reaches the client before the client's own
+    // deadline turns the request into a bare transport timeout.
+    const answerByMs = deadlineMs - Math.min(ANSWER_MARGIN_MS_MAX, Math.floor((deadlineMs - now) / 10));
     const type = headerView.get(HEADER_TYPE);
     const body = decode(msg.data);
     const replica = this.device!.replica(mb.spec.volumeId, mb.spec.shard);
     switch (type) {
       case 'shard.write': {
         const req = validateRequest('shard.write', body);
-        if (!this.traced) return replica.write(req.pages, { deadlineMs });
+        if (!this.traced) return replica.write(req.pages, { deadlineMs: answerByMs });
         return withSpan('shard.write', { ...this.shardAttrs(mb), [ATTR.pages]: req.pages.length }, (span) =>
-          replica.write(req.pages, { deadlineMs }).then((r) => {
+          replica.write(req.pages, { deadlineMs: answerByMs }).then((r) => {
             span.setAttribute(ATTR.lsn, r.lsn);
             span.setAttribute(ATTR.term, r.term);
             return r;
@@ -527,14 +535,14 @@ export class ActorHost implements HostApi {
       }
       case 'shard.read': {
         const req = validateRequest('shard.read', body);
-        const opts = { ...(req.lsn !== undefined ? { lsn: req.lsn } : {}), deadlineMs, nowMs: now };
+        const opts = { ...(req.lsn !== undefined ? { lsn: req.lsn } : {}), deadlineMs: answerByMs, nowMs: now };
         if (!this.traced) return replica.read(req.pages, opts);
         return withSpan('shard.read', { ...this.shardAttrs(mb), [ATTR.pages]: req.pages.length }, () => replica.read(req.pages, opts));
       }
       case 'shard.flush': {
         validateRequest('shard.flush', body);
-        if (!this.traced) return replica.flush(deadlineMs);
-        return withSpan('shard.flush', this.shardAttrs(mb), () => replica.flush(deadlineMs));
+        if (!this.traced) return replica.flush(answerByMs);
+        return withSpan('shard.flush', this.shardAttrs(mb), () => replica.flush(answerByMs));
       }
       default:
         throw new ProtocolError('bad_request', `${HEADER_TYPE}: unknown message type '${type}' for a shard`, {
@@ -571,6 +579,9 @@ export class ActorHost implements HostApi {
     }
   };
 }
+
+/** Most a shard answers ahead of a request's deadline (at most a tenth of the time it was given). */
+const ANSWER_MARGIN_MS_MAX = 250;
 
 /** Headers of every reply (encoded by NATS at each send; never changed). */
 const REPLY_HEADERS = (() => {

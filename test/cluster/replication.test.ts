@@ -143,6 +143,32 @@ describe('replication across three nodes', function () {
     });
   });
 
+  it('a write the shard cannot commit in time gets the shard\'s own timeout (outcome unknown) before the client gives up', async () => {
+    // Slow elections: the cut-off leader keeps leading past the request's deadline, so only the
+    // deadline ends the wait, and the shard must answer before the client's own timer fires.
+    const slow = { timing: { electionTimeoutMinMs: 4000, electionTimeoutMaxMs: 4500, heartbeatMs: 100, rpcTimeoutMs: 500 } };
+    c = await startCluster({ nodes: 3, hosts: 1, node: slow, clientTimeoutMs: 1500 });
+    await c.client.createVolume({ name: 'rt', pageCount: 16, shards: 1, replicas: 3 });
+    const vol = c.client.volume('rt');
+    // The first election takes 4–4.5 s, longer than one call may wait.
+    await until('a first write', 20_000, () => vol.write(1, demoPage(4096, 1, 1)).then(() => true, () => undefined));
+    const old = await until('the leader', 10_000, async () => (await replicasOf(c!, 'v1', 0)).find((r) => r.role === 'leader')?.node);
+    await c.partition([[old]]);
+    const t0 = performance.now();
+    const err = await vol.write(2, demoPage(4096, 2, 1)).then(
+      () => assert.fail('a leader cut off from both followers cannot commit'),
+      (e: unknown) => e,
+    );
+    assert.ok(err instanceof ProtocolError, String(err));
+    assert.equal(err.code, 'timeout');
+    assert.match(err.message, /may or may not be committed/, 'the shard\'s answer, not the client\'s transport timeout');
+    assert.equal(typeof err.details?.['commitLsn'], 'number', 'with where replication stood');
+    // Answered ahead of the 1.5 s deadline (by a tenth of it), not in a race with the client's timer.
+    const waited = performance.now() - t0;
+    assert.ok(waited < 1450, `answered after ${waited.toFixed(0)} ms`);
+    await c.heal();
+  });
+
   it('a replica whose fdatasync fails stops acknowledging; the shard keeps working on the other two', async () => {
     c = await startCluster({ nodes: 3, hosts: 1, node, clientTimeoutMs: 10_000 });
     await c.client.createVolume({ name: 'rf', pageCount: 256, shards: 1, replicas: 3 });
