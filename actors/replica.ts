@@ -500,6 +500,9 @@ export class Replica {
       this.queuedTerms.set(r.lsn, r.term);
     }
     const term = this.term;
+    // Scheduled before the device batch: the records leave for the followers first, so their
+    // round trip overlaps this replica's own flush even when that flush blocks the thread.
+    if (this.role === 'leader') this.replicateSoon();
     this.queue.append(this.log, records).then(
       ({ firstLsn, lastLsn }) => {
         assert(firstLsn === first, 'the log assigns the LSNs the leader assigned', { firstLsn, first });
@@ -992,7 +995,6 @@ export class Replica {
     if (this.term !== term) throw notLeader(this.leader, this.term);
     const lsn = this.appendLocal([{ term, kind: RecordKind.PageWrite, payload: payload.payload, ...(payload.crc !== undefined ? { payloadCrc: payload.crc } : {}) }], tag);
     payload.release();
-    this.replicateSoon();
     await new Promise<void>((resolve, reject) =>
       this.commitWaiters.push({ lsn, ...(opts.deadlineMs !== undefined ? { deadlineMs: opts.deadlineMs } : {}), resolve, reject }),
     );
