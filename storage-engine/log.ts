@@ -411,17 +411,25 @@ export class SegmentLog {
     }
     const segments = [...this.dirty];
     const upto = this.lastLsn;
+    let handles: FileHandle[];
+    try {
+      handles = segments.map((seg) => this.handleOf(seg));
+    } catch (e) {
+      return Promise.reject(this.fail(e) as Error);
+    }
     this.syncing = true;
     return (async () => {
       try {
-        for (const seg of segments) {
-          await fdatasyncAsync(this.handleOf(seg));
+        for (const fh of handles) {
+          await fdatasyncAsync(fh);
           this.syncsCount++;
         }
       } catch (e) {
         throw this.fail(e);
       } finally {
         this.syncing = false;
+        // close() came while the flush was in flight: the files close now.
+        if (this.closed) this.closeAllHandles(true);
       }
       for (const seg of segments) this.dirty.delete(seg);
       this.syncedLsnValue = upto;
@@ -599,7 +607,9 @@ export class SegmentLog {
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    this.closeAllHandles(false);
+    // A flush in flight keeps its files open until it settles (closing them under it would
+    // fail it, and with it the device); nothing else can use them once the log is closed.
+    if (!this.syncing) this.closeAllHandles(false);
   }
 
   // ------------------------------------------------------------------ internals: state

@@ -98,6 +98,51 @@ describe('DeviceHost supervision', () => {
   });
 });
 
+describe('DeviceHost with flushes off the thread', function () {
+  this.timeout(20_000);
+  it('closing a shard while its flush is in flight leaves the device and the other shards working', async () => {
+    // A disk whose asynchronous flush waits for the test: the shard is closed while it waits.
+    const sim = new SimDisk();
+    let gate: () => void = () => undefined;
+    let gated = 0;
+    const disk = new Proxy(sim, {
+      get(target, prop) {
+        if (prop === 'fdatasyncAsync') {
+          return (fh: number) => {
+            gated++;
+            return new Promise<void>((resolve) => (gate = resolve)).then(() => target.fdatasync(fh));
+          };
+        }
+        const v = (target as unknown as Record<string | symbol, unknown>)[prop];
+        return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+      },
+    });
+    const host = new DeviceHost({ dir: 'dev0', self: 'n1', disk });
+    try {
+      host.openShard(spec(0));
+      host.openShard(spec(1));
+      const zero = await leader(host, 0);
+      const one = await leader(host, 1);
+      // Several writes in one batch: its flush goes to the (gated) asynchronous path.
+      const writes = Array.from({ length: 4 }, (_, i) => zero.write([{ page: i, data: page(i + 1) }]).then(() => 'ok', (e: StorageError) => e.code));
+      for (let i = 0; i < 100 && gated === 0; i++) await new Promise((r) => setImmediate(r));
+      assert.equal(gated, 1, 'the batch waits in its asynchronous flush');
+      host.closeShard('v1', 0);
+      gate();
+      for (const outcome of await Promise.all(writes)) assert.ok(['ok', 'closed', 'not_leader'].includes(outcome), outcome);
+      assert.equal(host.stats().queue.state, 'ok', 'closing one shard does not fail the device');
+      const w = one.write([{ page: 4, data: page(7) }]);
+      for (let i = 0; i < 100 && gated < 2; i++) await new Promise((r) => setImmediate(r));
+      gate();
+      await w;
+      assert.equal(host.stats().restarts, 0, 'no shard was restarted');
+    } finally {
+      gate();
+      await host.close();
+    }
+  });
+});
+
 describe('DeviceHost CPU offload of large write batches', function () {
   this.timeout(20_000);
   it('checksums large batches on the CPU pool from slab slots; the records recover intact', async () => {
