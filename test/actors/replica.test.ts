@@ -183,7 +183,10 @@ describe('Replica (quorum replication of a shard log)', function () {
   });
 
   it('a follower behind the trimmed log installs the leader\'s newest image, then follows', async () => {
-    shard = new TestShard(['a', 'b', 'c'], { checkpointEveryRecords: 10 });
+    // Elections slower than the default 60–120 ms: a pause of the test process (a checkpoint,
+    // a collection) must not move the leadership while the writes go on; this test is about
+    // catching up from an image, not about failover.
+    shard = new TestShard(['a', 'b', 'c'], { checkpointEveryRecords: 10, timing: { electionTimeoutMinMs: 400, electionTimeoutMaxMs: 600 } });
     const l = await shard.leader();
     const lagging = shard.ids.find((x) => x !== l.id)!;
     shard.isolate([lagging]);
