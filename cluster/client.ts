@@ -37,7 +37,7 @@ import { MESSAGE_BYTES_MAX, decode, encode } from '../messages/codec';
 import { ProtocolError, throwIfError } from '../messages/errors';
 import { DEADLINE_AHEAD_MS_MAX, writeHeaders } from '../messages/headers';
 import { clientSpan } from '../observability/tracing';
-import { NoRespondersError, RequestMux } from '../runtime/request-mux';
+import { NoRespondersError, RequestMux, fromNatsError, natsErrorCode } from '../runtime/request-mux';
 import { apiSubject, checkToken, shardSubject } from '../messages/subjects';
 import {
   PAGES_PER_REQUEST_MAX,
@@ -128,31 +128,6 @@ export interface ClientTransport {
 }
 
 export { NoRespondersError };
-
-function natsErrorCode(err: unknown): string | undefined {
-  const code: unknown = (err as { code?: unknown } | null)?.code;
-  return typeof code === 'string' ? code : undefined;
-}
-
-/** Maps an error of the nats package to the transport contract. */
-function fromNatsError(err: unknown, subject: string, timeoutMs: number): ProtocolError {
-  if (err instanceof ProtocolError) return err;
-  const code = natsErrorCode(err);
-  const reason = err instanceof Error ? err.message : String(err);
-  switch (code) {
-    case '503':
-      return new NoRespondersError(subject);
-    case 'TIMEOUT':
-      return new ProtocolError('timeout', `no reply on ${subject} within ${timeoutMs} ms`, { subject, timeoutMs });
-    case 'MAX_PAYLOAD_EXCEEDED':
-      return new ProtocolError('too_large', `message to ${subject} exceeds the server's max_payload: ${reason}`, { subject });
-    default:
-      return new ProtocolError('unavailable', `request on ${subject} failed: ${reason}`, {
-        subject,
-        ...(code === undefined ? {} : { natsCode: code }),
-      });
-  }
-}
 
 /**
  * A `ClientTransport` over a connected `NatsConnection`: requests go through one RequestMux

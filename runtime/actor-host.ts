@@ -335,10 +335,10 @@ export class ActorHost implements HostApi {
     await workerTracing?.forceFlush().catch(() => undefined);
   }
 
-  private ready(): { device: DeviceHost; nc: NatsConnection; config: HostConfig } {
-    if (!this.device || !this.nc || !this.config) throw new Error('host not initialized');
+  private ready(): { device: DeviceHost; nc: NatsConnection; mux: RequestMux; config: HostConfig } {
+    if (!this.device || !this.nc || !this.mux || !this.config) throw new Error('host not initialized');
     if (this.stopping) throw new ProtocolError('unavailable', 'host is stopping');
-    return { device: this.device, nc: this.nc, config: this.config };
+    return { device: this.device, nc: this.nc, mux: this.mux, config: this.config };
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -348,8 +348,7 @@ export class ActorHost implements HostApi {
   private transport(spec: ShardSpec): ReplicaTransport {
     return {
       send: async (to: string, msg: RaftRequest, timeoutMs: number): Promise<RaftReply> => {
-        const { config } = this.ready();
-        const mux = this.mux!;
+        const { mux, config } = this.ready();
         const f = this.faults;
         if (f.unreachable.has(to) || (f.dropRate > 0 && Math.random() < f.dropRate)) {
           // As the network would: nothing comes back before the deadline.

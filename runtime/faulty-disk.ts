@@ -51,13 +51,10 @@ export class FaultyDisk implements Disk {
     this.maybeFailSync('fdatasync');
     this.inner.fdatasync(fh);
   }
-  fdatasyncAsync(fh: FileHandle): Promise<void> {
-    try {
-      this.maybeFailSync('fdatasync');
-    } catch (e) {
-      return Promise.reject(e as Error);
-    }
-    if (this.inner.fdatasyncAsync === undefined) return Promise.resolve().then(() => this.inner.fdatasync(fh));
+  /** Fails like `fdatasync`; over a disk without an asynchronous flush, flushes synchronously. */
+  async fdatasyncAsync(fh: FileHandle): Promise<void> {
+    this.maybeFailSync('fdatasync');
+    if (this.inner.fdatasyncAsync === undefined) return this.inner.fdatasync(fh);
     return this.inner.fdatasyncAsync(fh);
   }
   truncate(fh: FileHandle, length: number): void {

@@ -102,7 +102,8 @@ export class RequestMux {
       try {
         this.nc.publish(subject, data, { reply: this.prefix + token, ...(h === undefined ? {} : { headers: h }) });
       } catch (err) {
-        reject(publishError(err, subject));
+        // Refused at once: too large for the server, or the connection is gone.
+        reject(fromNatsError(err, subject, timeoutMs));
         return;
       }
       const deadline = performance.now() + timeoutMs;
@@ -163,7 +164,7 @@ export class RequestMux {
     for (const [token, p] of this.pending) {
       if (p.deadline <= now) {
         this.pending.delete(token);
-        p.reject(new ProtocolError('timeout', `no reply on ${p.subject} within ${p.timeoutMs} ms`, { subject: p.subject, timeoutMs: p.timeoutMs }));
+        p.reject(timeoutError(p.subject, p.timeoutMs));
       } else if (p.deadline < next) next = p.deadline;
     }
     if (next !== Number.POSITIVE_INFINITY) this.arm(next + TIMER_SLACK_MS);
@@ -188,15 +189,32 @@ function toHeaders(h: MuxRequestOptions['headers']): MsgHdrs | undefined {
   return out;
 }
 
-/** A publish the client refused at once: too large for the server, or the connection is gone. */
-function publishError(err: unknown, subject: string): ProtocolError {
+/** The string `code` a nats package error carries, if any. */
+export function natsErrorCode(err: unknown): string | undefined {
   const code: unknown = (err as { code?: unknown } | null)?.code;
+  return typeof code === 'string' ? code : undefined;
+}
+
+/** Maps an error of the nats package to the transport contract (a ProtocolError passes through). */
+export function fromNatsError(err: unknown, subject: string, timeoutMs: number): ProtocolError {
+  if (err instanceof ProtocolError) return err;
+  const code = natsErrorCode(err);
   const reason = err instanceof Error ? err.message : String(err);
-  if (code === 'MAX_PAYLOAD_EXCEEDED') {
-    return new ProtocolError('too_large', `message to ${subject} exceeds the server's max_payload: ${reason}`, { subject });
+  switch (code) {
+    case '503':
+      return new NoRespondersError(subject);
+    case 'TIMEOUT':
+      return timeoutError(subject, timeoutMs);
+    case 'MAX_PAYLOAD_EXCEEDED':
+      return new ProtocolError('too_large', `message to ${subject} exceeds the server's max_payload: ${reason}`, { subject });
+    default:
+      return new ProtocolError('unavailable', `request on ${subject} failed: ${reason}`, {
+        subject,
+        ...(code === undefined ? {} : { natsCode: code }),
+      });
   }
-  return new ProtocolError('unavailable', `request on ${subject} failed: ${reason}`, {
-    subject,
-    ...(typeof code === 'string' ? { natsCode: code } : {}),
-  });
+}
+
+function timeoutError(subject: string, timeoutMs: number): ProtocolError {
+  return new ProtocolError('timeout', `no reply on ${subject} within ${timeoutMs} ms`, { subject, timeoutMs });
 }

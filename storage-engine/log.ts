@@ -392,48 +392,37 @@ export class SegmentLog {
    * written, truncated or trimmed until it settles (an invariant error otherwise). On failure it
    * rejects with 'fsync_failed' and the log fails for good, as `sync` does.
    */
-  syncAsync(): Promise<void> {
-    try {
-      this.checkOpen();
-      this.checkNotFailed('sync');
-      assert(!this.syncing, 'one sync at a time');
-    } catch (e) {
-      return Promise.reject(e as Error);
-    }
+  async syncAsync(): Promise<void> {
+    // Everything up to the first await runs at the call, as in `sync`: the checks, and marking
+    // the flush in flight before any other call can see the log.
+    this.checkOpen();
+    this.checkNotFailed('sync');
+    assert(!this.syncing, 'one sync at a time');
     const fdatasyncAsync = this.disk.fdatasyncAsync?.bind(this.disk);
-    if (fdatasyncAsync === undefined || this.dirty.size === 0) {
-      try {
-        this.sync();
-        return Promise.resolve();
-      } catch (e) {
-        return Promise.reject(e as Error);
-      }
-    }
+    if (fdatasyncAsync === undefined || this.dirty.size === 0) return this.sync();
     const segments = [...this.dirty];
     const upto = this.lastLsn;
     let handles: FileHandle[];
     try {
       handles = segments.map((seg) => this.handleOf(seg));
     } catch (e) {
-      return Promise.reject(this.fail(e) as Error);
+      throw this.fail(e);
     }
     this.syncing = true;
-    return (async () => {
-      try {
-        for (const fh of handles) {
-          await fdatasyncAsync(fh);
-          this.syncsCount++;
-        }
-      } catch (e) {
-        throw this.fail(e);
-      } finally {
-        this.syncing = false;
-        // close() came while the flush was in flight: the files close now.
-        if (this.closed) this.closeAllHandles(true);
+    try {
+      for (const fh of handles) {
+        await fdatasyncAsync(fh);
+        this.syncsCount++;
       }
-      for (const seg of segments) this.dirty.delete(seg);
-      this.syncedLsnValue = upto;
-    })();
+    } catch (e) {
+      throw this.fail(e);
+    } finally {
+      this.syncing = false;
+      // close() came while the flush was in flight: the files close now.
+      if (this.closed) this.closeAllHandles(true);
+    }
+    for (const seg of segments) this.dirty.delete(seg);
+    this.syncedLsnValue = upto;
   }
 
   // ------------------------------------------------------------------ reading

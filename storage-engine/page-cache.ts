@@ -127,12 +127,7 @@ export class PageCache {
     }
     // At the bound, or when the shared slab is full, the least recently used entry's slot is
     // reused as it is (no free and re-allocation).
-    let slot = -1;
-    while (this.entries.size >= this.entriesMax) {
-      if (slot >= 0) this.slab.free(slot);
-      slot = this.takeOldest();
-    }
-    if (slot < 0) slot = this.slab.tryAlloc();
+    let slot = this.entries.size >= this.entriesMax ? this.takeOldest() : this.slab.tryAlloc();
     if (slot < 0 && this.oldest !== undefined) slot = this.takeOldest();
     if (slot < 0) {
       this.rejects++;

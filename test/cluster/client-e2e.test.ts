@@ -6,6 +6,7 @@ import { decode, encode } from '../../messages/codec';
 import { ProtocolError } from '../../messages/errors';
 import { HEADER_SCHEMA, HEADER_TYPE, SCHEMA_VERSION } from '../../messages/headers';
 import { MESSAGE_BYTES_MAX } from '../../messages/codec';
+import { rejectsWith } from '../support/expect';
 
 function page(n: number, generation: number, size = 4096): Uint8Array {
   const data = new Uint8Array(size);
@@ -16,17 +17,6 @@ function page(n: number, generation: number, size = 4096): Uint8Array {
     data[i + 3] = (i >> 3) & 0xff;
   }
   return data;
-}
-
-async function rejectsWith(promise: Promise<unknown>, code: string): Promise<ProtocolError> {
-  try {
-    await promise;
-  } catch (err) {
-    assert.ok(err instanceof ProtocolError, `expected a ProtocolError, got ${String(err)}`);
-    assert.equal(err.code, code, err.message);
-    return err;
-  }
-  assert.fail(`expected a ${code} error`);
 }
 
 describe('cluster/client end to end (in-process cluster, real NATS)', function () {

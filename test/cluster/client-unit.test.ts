@@ -22,6 +22,7 @@ import {
   validateShardWriteRequest,
 } from '../../messages/validate';
 import { parseShardSubject } from '../../messages/subjects';
+import { rejectsWith } from '../support/expect';
 
 const CLUSTER = 'test';
 const NOW = 1_700_000_000_000;
@@ -157,18 +158,6 @@ function pageData(page: number, size = 4096): Uint8Array {
   data[0] = page & 0xff;
   data[1] = (page >> 8) & 0xff;
   return data;
-}
-
-async function rejectsWith(promise: Promise<unknown>, code: string, pattern?: RegExp): Promise<ProtocolError> {
-  try {
-    await promise;
-  } catch (err) {
-    assert.ok(err instanceof ProtocolError, `expected a ProtocolError, got ${String(err)}`);
-    assert.equal(err.code, code, err.message);
-    if (pattern !== undefined) assert.match(err.message, pattern);
-    return err;
-  }
-  assert.fail(`expected a ${code} error`);
 }
 
 function throwsWith(fn: () => unknown, code: string): void {

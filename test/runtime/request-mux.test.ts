@@ -3,19 +3,8 @@ import { connect, type NatsConnection } from 'nats';
 import { NoRespondersError, RequestMux } from '../../runtime/request-mux';
 import { NatsTransport } from '../../cluster/client';
 import { MESSAGE_BYTES_MAX } from '../../messages/codec';
-import { ProtocolError } from '../../messages/errors';
 import { startNatsServer, type NatsServerHandle } from '../../runtime/nats-server';
-
-async function rejectsWith(promise: Promise<unknown>, code: string, pattern?: RegExp): Promise<ProtocolError> {
-  const err = await promise.then(
-    () => assert.fail(`expected ${code}`),
-    (e: unknown) => e,
-  );
-  assert.ok(err instanceof ProtocolError, `expected a ProtocolError, got ${String(err)}`);
-  assert.equal(err.code, code, err.message);
-  if (pattern) assert.match(err.message, pattern);
-  return err;
-}
+import { rejectsWith } from '../support/expect';
 
 describe('RequestMux (NATS request/reply over one reply subscription)', function () {
   this.timeout(30_000);

@@ -34,3 +34,19 @@ export function assertProtocolError(fn: () => unknown, code: ErrorCode, path?: s
   if (message !== undefined) assert.match(thrown.message, message);
   return thrown;
 }
+
+/**
+ * Awaits `promise`, which must reject with a ProtocolError with `code` (and a message matching
+ * `message` when given); returns it.
+ */
+export async function rejectsWith(promise: Promise<unknown>, code: ErrorCode | string, message?: RegExp): Promise<ProtocolError> {
+  try {
+    await promise;
+  } catch (err) {
+    assert.ok(err instanceof ProtocolError, `expected a ProtocolError, got ${String(err)}`);
+    assert.equal(err.code, code, err.message);
+    if (message !== undefined) assert.match(err.message, message);
+    return err;
+  }
+  assert.fail(`expected a ${code} error`);
+}
