@@ -1036,7 +1036,9 @@ export class Replica {
     // Every committed record of earlier terms is applied once our own term's first record is.
     await this.waitApplied(Math.max(this.termStartLsn, opts.lsn ?? 0, this.commitLsn), opts.deadlineMs, opts.lsn);
     const lsn = opts.lsn ?? this.store.appliedLsn;
-    const data = await this.queue.task(() => this.store.getPages(pages as number[], lsn));
+    // Pages in memory are copied out at once; only a read that needs the disk waits its turn in
+    // the device's queue (behind flushes and other IO).
+    const data = this.store.getPagesCached(pages, lsn) ?? (await this.queue.task(() => this.store.getPages(pages, lsn)));
     this.counters.reads++;
     this.counters.pagesRead += pages.length;
     return { pages: data, lsn, term: this.term };

@@ -307,12 +307,7 @@ export class PageStore {
    * At most GET_PAGES_MAX pages ('too_large' beyond). Errors as `getPage`.
    */
   getPages(pages: readonly number[], lsn?: number): Uint8Array[] {
-    this.checkOpen();
-    if (pages.length > GET_PAGES_MAX) {
-      throw new StorageError('too_large', `getPages of ${pages.length} pages exceeds ${GET_PAGES_MAX}`, { count: pages.length });
-    }
-    for (const page of pages) this.checkPage(page);
-    const at = this.checkLsn(lsn);
+    const at = this.checkGetPages(pages, lsn);
     const outs = pages.map(() => new Uint8Array(this.pageSize));
     const byImage = new Map<ImageReader, { idx: number[]; keys: number[] }>();
     const byRecord = new Map<number, number[]>();
@@ -348,6 +343,41 @@ export class PageStore {
       }
     }
     return outs;
+  }
+
+  /**
+   * `getPages` from memory alone: the pages as of `lsn` if each one is cached or was never
+   * written; undefined if any would need a disk read (the caller then queues `getPages` on the
+   * device, so disk reads stay in the device's queue). A miss leaves the cache counters alone.
+   * Errors as `getPage`.
+   */
+  getPagesCached(pages: readonly number[], lsn?: number): Uint8Array[] | undefined {
+    const at = this.checkGetPages(pages, lsn);
+    // The version each page is cached as, or -1 for a page never written (zeros).
+    const versions = new Array<number>(pages.length);
+    for (let i = 0; i < pages.length; i++) {
+      const src = this.locate(pages[i]!, at);
+      const v = src.kind === 'log' ? src.lsn : src.kind === 'image' ? src.key : -1;
+      if (v >= 0 && !this.cache.has(pages[i]!, v)) return undefined;
+      versions[i] = v;
+    }
+    const outs = new Array<Uint8Array>(pages.length);
+    for (let i = 0; i < pages.length; i++) {
+      const out = new Uint8Array(this.pageSize);
+      const v = versions[i]!;
+      if (v >= 0) assert(this.cache.get(pages[i]!, v, out), 'a page found cached is read from the cache', { page: pages[i], v });
+      outs[i] = out;
+    }
+    return outs;
+  }
+
+  private checkGetPages(pages: readonly number[], lsn: number | undefined): number {
+    this.checkOpen();
+    if (pages.length > GET_PAGES_MAX) {
+      throw new StorageError('too_large', `getPages of ${pages.length} pages exceeds ${GET_PAGES_MAX}`, { count: pages.length });
+    }
+    for (const page of pages) this.checkPage(page);
+    return this.checkLsn(lsn);
   }
 
   /**

@@ -98,26 +98,71 @@ describe('DeviceHost supervision', () => {
   });
 });
 
-describe('DeviceHost with flushes off the thread', function () {
-  this.timeout(20_000);
-  it('closing a shard while its flush is in flight leaves the device and the other shards working', async () => {
-    // A disk whose asynchronous flush waits for the test: the shard is closed while it waits.
-    const sim = new SimDisk();
-    let gate: () => void = () => undefined;
-    let gated = 0;
-    const disk = new Proxy(sim, {
+/** A disk whose asynchronous flushes each wait until `open()` while `holding` (counted in `gated`). */
+function gatedDisk(): { disk: SimDisk; gated: number; holding: boolean; open: () => void } {
+  const sim = new SimDisk();
+  let release: () => void = () => undefined;
+  const g = {
+    gated: 0,
+    holding: true,
+    open: () => release(),
+    disk: new Proxy(sim, {
       get(target, prop) {
         if (prop === 'fdatasyncAsync') {
           return (fh: number) => {
-            gated++;
-            return new Promise<void>((resolve) => (gate = resolve)).then(() => target.fdatasync(fh));
+            if (!g.holding) return Promise.resolve().then(() => target.fdatasync(fh));
+            g.gated++;
+            return new Promise<void>((resolve) => (release = resolve)).then(() => target.fdatasync(fh));
           };
         }
         const v = (target as unknown as Record<string | symbol, unknown>)[prop];
         return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
       },
-    });
-    const host = new DeviceHost({ dir: 'dev0', self: 'n1', disk });
+    }),
+  };
+  return g;
+}
+
+/** Lets the event loop turn until `done()` (at most 100 turns). */
+async function turnsUntil(done: () => boolean): Promise<void> {
+  for (let i = 0; i < 100 && !done(); i++) await new Promise((r) => setImmediate(r));
+}
+
+describe('DeviceHost with flushes off the thread', function () {
+  this.timeout(20_000);
+  it('a read of cached pages is answered while the device flushes; it does not queue behind the flush', async () => {
+    const g = gatedDisk();
+    const host = new DeviceHost({ dir: 'dev0', self: 'n1', disk: g.disk });
+    try {
+      host.openShard(spec(0));
+      g.holding = false;
+      const r = await leader(host, 0);
+      // Applying the write caches its page.
+      await r.write([{ page: 0, data: page(9) }]);
+      g.holding = true;
+      const writes = Array.from({ length: 4 }, (_, i) => r.write([{ page: 8 + i, data: page(i + 1) }]));
+      await turnsUntil(() => g.gated === 1);
+      assert.equal(g.gated, 1, 'a batch of writes waits in its asynchronous flush');
+      let read: Uint8Array[] | undefined;
+      void r.read([0, 1], soon()).then((x) => (read = x.pages));
+      await turnsUntil(() => read !== undefined);
+      assert.ok(read !== undefined, 'the read was answered during the flush');
+      assert.deepEqual(read[0], page(9));
+      assert.deepEqual(read[1], new Uint8Array(4096), 'a never-written page reads as zeros');
+      g.open();
+      await Promise.all(writes);
+      assert.deepEqual((await r.read([8, 11], soon())).pages, [page(1), page(4)]);
+    } finally {
+      g.open();
+      await host.close();
+    }
+  });
+
+  it('closing a shard while its flush is in flight leaves the device and the other shards working', async () => {
+    // The shard is closed while its flush waits.
+    const g = gatedDisk();
+    const gate = (): void => g.open();
+    const host = new DeviceHost({ dir: 'dev0', self: 'n1', disk: g.disk });
     try {
       host.openShard(spec(0));
       host.openShard(spec(1));
@@ -125,14 +170,14 @@ describe('DeviceHost with flushes off the thread', function () {
       const one = await leader(host, 1);
       // Several writes in one batch: its flush goes to the (gated) asynchronous path.
       const writes = Array.from({ length: 4 }, (_, i) => zero.write([{ page: i, data: page(i + 1) }]).then(() => 'ok', (e: StorageError) => e.code));
-      for (let i = 0; i < 100 && gated === 0; i++) await new Promise((r) => setImmediate(r));
-      assert.equal(gated, 1, 'the batch waits in its asynchronous flush');
+      await turnsUntil(() => g.gated === 1);
+      assert.equal(g.gated, 1, 'the batch waits in its asynchronous flush');
       host.closeShard('v1', 0);
       gate();
       for (const outcome of await Promise.all(writes)) assert.ok(['ok', 'closed', 'not_leader'].includes(outcome), outcome);
       assert.equal(host.stats().queue.state, 'ok', 'closing one shard does not fail the device');
       const w = one.write([{ page: 4, data: page(7) }]);
-      for (let i = 0; i < 100 && gated < 2; i++) await new Promise((r) => setImmediate(r));
+      await turnsUntil(() => g.gated === 2);
       gate();
       await w;
       assert.equal(host.stats().restarts, 0, 'no shard was restarted');

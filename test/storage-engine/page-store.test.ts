@@ -119,6 +119,10 @@ function checkAll(store: PageStore, model: Model, from: number, to: number, page
     for (const p of all) assert.deepEqual(store.getPage(p, lsn), model.at(p, lsn), `page ${p} at LSN ${lsn}`);
     const got = store.getPages(all, lsn);
     for (const p of all) assert.deepEqual(got[p], model.at(p, lsn), `getPages: page ${p} at LSN ${lsn}`);
+    for (const p of all) {
+      const cached = store.getPagesCached([p], lsn);
+      if (cached !== undefined) assert.deepEqual(cached[0], model.at(p, lsn), `getPagesCached: page ${p} at LSN ${lsn}`);
+    }
   }
 }
 
@@ -435,6 +439,35 @@ describe('PageStore', () => {
     got.forEach((d, i) => assert.deepEqual(d, entries[i]!.data));
     w.store.close();
     assert.equal(w.slab.stats().slotsUsed, 0, 'close frees the cache slots');
+  });
+
+  it('getPagesCached answers from memory only: cached and never-written pages, else undefined without a disk read', () => {
+    const w = world(15, { cacheBytesMax: 4 * PAGE });
+    const entries = Array.from({ length: 6 }, (_, i) => ({ page: 10 + i, data: content(200 + i) }));
+    w.log.write([{ term: 1, kind: RecordKind.PageWrite, payload: encodePageWrite(PAGE, entries) }]);
+    w.log.sync();
+    w.store.apply(w.log.read(1, 1)[0]!);
+    // apply cached the written pages; the 4-page bound kept the last four (12..15).
+    const reads0 = w.disk.counters.reads;
+    const hits0 = w.store.stats().cache.hits;
+    const got = w.store.getPagesCached([15, 0, 12]);
+    assert.ok(got !== undefined, 'cached pages and a never-written page come from memory');
+    assert.deepEqual(got[0], entries[5]!.data);
+    assert.deepEqual(got[1], ZERO);
+    assert.deepEqual(got[2], entries[2]!.data);
+    assert.equal(w.store.stats().cache.hits, hits0 + 2);
+    const misses0 = w.store.stats().cache.misses;
+    assert.equal(w.store.getPagesCached([15, 10]), undefined, 'page 10 was evicted: it needs the log');
+    assert.equal(w.disk.counters.reads, reads0, 'no disk read');
+    assert.equal(w.store.stats().cache.misses, misses0, 'a miss of the memory-only path is not counted');
+    assert.deepEqual(w.store.getPages([10])[0], entries[0]!.data, 'the queued path reads it from the log');
+    assert.deepEqual(w.store.getPagesCached([10])?.[0], entries[0]!.data, 'and caches it');
+    assert.deepEqual(w.store.getPagesCached([10], 0)?.[0], ZERO, 'at LSN 0 every page is zeros');
+    expectCode(() => w.store.getPagesCached([48]), 'out_of_range');
+    expectCode(() => w.store.getPagesCached([0], 2), 'future_lsn');
+    expectCode(() => w.store.getPagesCached(new Array<number>(GET_PAGES_MAX + 1).fill(0)), 'too_large');
+    w.store.close();
+    expectCode(() => w.store.getPagesCached([0]), 'closed');
   });
 
   it('rejects bad options and an image of another geometry', () => {
