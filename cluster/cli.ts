@@ -54,6 +54,7 @@ Commands:
        [--hosts N] [--controller|--no-controller] [--metrics-port N]
        [--cache-bytes-max-per-shard B] [--segment-bytes-max B]
        [--checkpoint-every-records N] [--mailbox-requests-max N] [--mailbox-bytes-max B]
+       [--host-heap-initial B]
         Run one node until SIGINT/SIGTERM (environment: STRATA_NATS_URL, STRATA_CLUSTER,
         STRATA_DATA_DIR, STRATA_NODE_ID, STRATA_HOSTS, STRATA_METRICS_PORT).
   volume create NAME --pages N [--page-size 4096|8192] [--shards S] [--stripe-pages P] [--replicas R]

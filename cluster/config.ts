@@ -22,6 +22,7 @@
  * | checkpointEveryRecords | --checkpoint-every-records | | checkpointEveryRecords | runtime default |
  * | mailboxRequestsMax | --mailbox-requests-max | | mailboxRequestsMax | runtime default |
  * | mailboxBytesMax | --mailbox-bytes-max | | mailboxBytesMax | runtime default |
+ * | hostHeapInitial | --host-heap-initial | | hostHeapInitial | 128 MiB |
  *
  * Trace exporters are a comma list of `otlp` and `console`, or `none`; sampling is `off`,
  * `ratio` or `always` (see docs/observability.md). Byte sizes accept a suffix: `64KiB`, `32MiB`, `1GiB` (or `K`, `M`, `G`; powers of 1024).
@@ -63,6 +64,8 @@ export interface NodeConfig {
   mailboxRequestsMax?: number;
   /** Bound on queued request bytes per shard mailbox; undefined = the runtime's default. */
   mailboxBytesMax?: number;
+  /** Heap a host thread fills before its first full GC, bytes (whole MiB); undefined = 128 MiB. */
+  hostHeapInitial?: number;
 }
 
 /** Span exporters a node can be configured with. */
@@ -186,6 +189,14 @@ const FIELDS: readonly FieldSpec[] = [
   { key: 'checkpointEveryRecords', flag: '--checkpoint-every-records', kind: 'integer', min: 1, max: 1_000_000_000 },
   { key: 'mailboxRequestsMax', flag: '--mailbox-requests-max', kind: 'integer', min: 1, max: 1_000_000 },
   { key: 'mailboxBytesMax', flag: '--mailbox-bytes-max', kind: 'bytes', min: MIB, max: 64 * GIB },
+  {
+    key: 'hostHeapInitial',
+    flag: '--host-heap-initial',
+    kind: 'bytes',
+    min: 16 * MIB,
+    max: 64 * GIB,
+    check: (v) => (Number(v) % MIB === 0 ? undefined : 'expected whole MiB'),
+  },
 ];
 
 /** The flags `strata node` accepts (besides `--config`). */
@@ -262,6 +273,8 @@ function convert(spec: FieldSpec, value: unknown, source: string, baseDir: strin
       const what = spec.kind === 'bytes' ? `a size in bytes in ${rangeText(spec)} (suffixes KiB, MiB, GiB allowed)` : `an integer in ${rangeText(spec)}`;
       if (!Number.isSafeInteger(n)) bad(source, `expected ${what}, got ${describe(value)}`);
       if (n < (spec.min ?? 0) || n > (spec.max ?? Number.MAX_SAFE_INTEGER)) bad(source, `expected ${what}, got ${describe(value)}`);
+      const problem = spec.check?.(String(n));
+      if (problem !== undefined) bad(source, `${problem}, got ${describe(value)}`);
       return n;
     }
   }
@@ -402,6 +415,7 @@ export function loadNodeConfig(
     'checkpointEveryRecords',
     'mailboxRequestsMax',
     'mailboxBytesMax',
+    'hostHeapInitial',
   ] as const) {
     const value = merged[key];
     if (value !== undefined) config[key] = value as number;

@@ -37,6 +37,7 @@ export async function runNode(config: NodeConfig): Promise<{ stop(): Promise<voi
       ...(config.checkpointEveryRecords !== undefined ? { checkpointEveryRecords: config.checkpointEveryRecords } : {}),
       ...(config.mailboxRequestsMax !== undefined ? { mailboxRequestsMax: config.mailboxRequestsMax } : {}),
       ...(config.mailboxBytesMax !== undefined ? { mailboxBytesMax: config.mailboxBytesMax } : {}),
+      ...(config.hostHeapInitial !== undefined ? { hostHeapInitialMiB: Math.floor(config.hostHeapInitial / (1024 * 1024)) } : {}),
     });
   } catch (e) {
     await telemetry.shutdown().catch(() => undefined);

@@ -66,6 +66,8 @@ export interface StrataNodeOptions {
   checkpointEveryRecords?: number;
   mailboxRequestsMax?: number;
   mailboxBytesMax?: number;
+  /** Initial old space of each host thread's heap, MiB (runtime/host-pool.ts). */
+  hostHeapInitialMiB?: number;
   /** Election and heartbeat timing of the shard replicas (defaults in actors/replica.ts). */
   timing?: Partial<ReplicaTiming>;
   /** Heartbeat period to the controller; default 1000 ms. */
@@ -194,6 +196,7 @@ export class StrataNode {
     if (telemetry) this.recorder = new RequestRecorder();
     this.pool = await HostPool.start({
       hosts: hostConfigs,
+      ...(this.opts.hostHeapInitialMiB !== undefined ? { heapInitialMiB: this.opts.hostHeapInitialMiB } : {}),
       onHostExit: (hostId, code, restarting) =>
         restarting
           ? this.log.warn('actor host exited; restarting it', { hostId, code })

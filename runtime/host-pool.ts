@@ -11,6 +11,7 @@
  */
 import { Worker } from 'node:worker_threads';
 import * as path from 'node:path';
+import * as v8 from 'node:v8';
 import * as Comlink from 'comlink';
 import nodeEndpoint from 'comlink/dist/umd/node-adapter';
 import type { HostApi, HostConfig, HostStats, HostHealth, HostWorkerData, TransportFaults } from './actor-host';
@@ -27,7 +28,22 @@ export interface HostPoolOptions {
   callTimeoutMs?: number;
   /** Told when a host exits unexpectedly (for logging by the node). */
   onHostExit?: (hostId: number, code: number, restarting: boolean) => void;
+  /**
+   * Heap a host thread may fill before its first full garbage collection, in MiB (V8's initial
+   * old-space size); default HOST_HEAP_INITIAL_MIB_DEFAULT, 0 = V8's own default. It is not
+   * memory taken up front: it moves the point where V8 starts marking the old generation.
+   */
+  heapInitialMiB?: number;
 }
+
+/**
+ * Default initial old space of a host thread (MiB). With V8's default, a host's heap of
+ * 10–15 MiB was marked and compacted every ~150 ms under load, and the helper threads of that
+ * garbage collection took a quarter of the CPU of an R=3 write (docs/performance.md).
+ */
+export const HOST_HEAP_INITIAL_MIB_DEFAULT = 128;
+/** Largest `heapInitialMiB` accepted (64 GiB). */
+export const HOST_HEAP_INITIAL_MIB_MAX = 64 * 1024;
 
 interface HostSlot {
   config: HostConfig;
@@ -54,10 +70,16 @@ function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
 export class HostPool {
   private readonly slots: HostSlot[];
   private readonly opts: HostPoolOptions;
+  private readonly heapInitialMiB: number;
   private stopped = false;
 
   private constructor(opts: HostPoolOptions) {
     this.opts = opts;
+    const heap = opts.heapInitialMiB ?? HOST_HEAP_INITIAL_MIB_DEFAULT;
+    if (!Number.isSafeInteger(heap) || heap < 0 || heap > HOST_HEAP_INITIAL_MIB_MAX) {
+      throw new RangeError(`heapInitialMiB must be an integer in 0..${HOST_HEAP_INITIAL_MIB_MAX}, got ${String(heap)}`);
+    }
+    this.heapInitialMiB = heap;
     this.slots = opts.hosts.map((config) => ({
       config,
       worker: undefined,
@@ -197,6 +219,9 @@ export class HostPool {
   private spawn(slot: HostSlot): Promise<void> {
     const telemetry = currentTelemetry()?.forWorker();
     const workerData: HostWorkerData = { hostId: slot.config.hostId, ...(telemetry ? { telemetry: telemetry.init } : {}) };
+    // V8 reads its heap flags when it creates an isolate, so the flag set here sizes this host's
+    // heap (and that of any isolate the process creates after it: the last value set wins).
+    if (this.heapInitialMiB > 0) v8.setFlagsFromString(`--initial-old-space-size=${this.heapInitialMiB}`);
     const worker = new Worker(HOST_SCRIPT, { workerData, ...(telemetry ? { transferList: telemetry.transferList } : {}) });
     const api = Comlink.wrap<HostApi>(nodeEndpoint(worker as never));
     slot.worker = worker;

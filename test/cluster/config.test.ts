@@ -137,6 +137,8 @@ describe('cluster/config', () => {
       '5',
       '--mailbox-bytes-max',
       '1M',
+      '--host-heap-initial',
+      '256MiB',
     ]);
     assert.deepEqual(got, {
       nodeId: 'n2',
@@ -151,6 +153,7 @@ describe('cluster/config', () => {
       checkpointEveryRecords: 100,
       mailboxRequestsMax: 5,
       mailboxBytesMax: 1024 ** 2,
+      hostHeapInitial: 256 * 1024 ** 2,
     });
     assert.equal(load(['--data-dir', 'd', '--controller=false']).controller, false);
     assert.equal(load(['--data-dir', 'd', '--nats', 'tls://h:1']).natsUrl, 'tls://h:1');
@@ -183,6 +186,8 @@ describe('cluster/config', () => {
     [['--checkpoint-every-records', '0'], /^--checkpoint-every-records: expected an integer in 1\.\./],
     [['--mailbox-requests-max', '99999999'], /^--mailbox-requests-max:/],
     [['--mailbox-bytes-max', '100'], /^--mailbox-bytes-max:/],
+    [['--host-heap-initial', '8MiB'], /^--host-heap-initial: expected a size in bytes in 16777216\.\./],
+    [['--host-heap-initial', '20000000'], /^--host-heap-initial: expected whole MiB, got "20000000"/],
     [['--data-dir', ''], /^--data-dir: expected a non-empty value/],
     [['--data-dir'], /^--data-dir: expected a value/],
     [['--bogus', '1'], /^--bogus: unknown flag/],
