@@ -313,12 +313,16 @@ function validateShardLsns(value: unknown, path: string): ShardLsn[] | undefined
   });
 }
 
+// `base` is always a literal just built by the caller: the optional field is set on it in place
+// (a spread copy per reply cost 2 % of a client's CPU).
 function withLsns<T extends object>(base: T, lsns: ShardLsn[] | undefined): T & { lsns?: ShardLsn[] } {
-  return lsns === undefined ? base : { ...base, lsns };
+  if (lsns !== undefined) (base as T & { lsns?: ShardLsn[] }).lsns = lsns;
+  return base;
 }
 
 function withTerm<T extends object>(base: T, term: number | undefined): T & { term?: number } {
-  return term === undefined ? base : { ...base, term };
+  if (term !== undefined) (base as T & { term?: number }).term = term;
+  return base;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@
 import { parentPort, isMainThread, workerData } from 'node:worker_threads';
 import * as Comlink from 'comlink';
 import nodeEndpoint from 'comlink/dist/umd/node-adapter';
-import { connect, type NatsConnection, type Msg, type Subscription, headers as natsHeaders } from 'nats';
+import { connect, type NatsConnection, type Msg, type Subscription, type MsgHdrs, headers as natsHeaders } from 'nats';
 import { encode, decode } from '../messages/codec';
 import { errorReply, toProtocolError, ProtocolError, type ErrorCode } from '../messages/errors';
 import { validateRequest } from '../messages/validate';
@@ -36,7 +36,7 @@ import { DeviceHost, shardKey, type ShardSpec, type DeviceHostOptions, type Devi
 import { createLogger, type Logger } from '../observability/log';
 import type { WorkerTelemetryInit, WorkerTracing } from '../observability/worker-tracing';
 import { ATTR, batchSendTracer, captureSpanContext, clientSpan, deviceQueueTracer, serverSpan, withSpan } from '../observability/tracing';
-import { RequestMux } from './request-mux';
+import { frozenHeaders, RequestMux } from './request-mux';
 import { RequestRecorder, type RequestStatsSnapshot } from '../observability/request-recorder';
 import type { Attributes } from '@opentelemetry/api';
 
@@ -356,19 +356,19 @@ export class ActorHost implements HostApi {
           throw new ProtocolError('timeout', `replica ${to} did not answer (unreachable)`);
         }
         if (f.delayMs > 0) await new Promise((r) => setTimeout(r, f.delayMs));
-        const h = natsHeaders();
-        h.set(HEADER_SCHEMA, String(SCHEMA_VERSION));
-        h.set(HEADER_TYPE, `raft.${msg.type}`);
         const subject = replicaSubject(config.cluster, spec.volumeId, spec.shard, to);
         const data = encode(msg);
         // A message that is part of a trace (a write's append, a read's quorum round) gets a
         // CLIENT span and carries its traceparent; heartbeats and elections are not traced.
         const r = this.traced && captureSpanContext() !== undefined
           ? await clientSpan(subject, RAFT_OPS[msg.type], (inject) => {
+            const h = natsHeaders();
+            h.set(HEADER_SCHEMA, String(SCHEMA_VERSION));
+            h.set(HEADER_TYPE, `raft.${msg.type}`);
             inject(h);
             return mux.request(subject, data, { timeoutMs, headers: h });
           }, data.length, { ...this.spanAttrs, [ATTR.volume]: spec.volumeId, [ATTR.shard]: spec.shard })
-          : await mux.request(subject, data, { timeoutMs, headers: h });
+          : await mux.request(subject, data, { timeoutMs, headers: RAFT_HEADERS[msg.type] });
         const body = decode(r.data);
         if (typeof body === 'object' && body !== null && 'error' in body) {
           throw new ProtocolError('unavailable', `replica ${to} refused: ${JSON.stringify((body as { error: unknown }).error)}`);
@@ -582,12 +582,16 @@ export class ActorHost implements HostApi {
 /** Most a shard answers ahead of a request's deadline (at most a tenth of the time it was given). */
 const ANSWER_MARGIN_MS_MAX = 250;
 
-/** Headers of every reply (encoded by NATS at each send; never changed). */
-const REPLY_HEADERS = (() => {
-  const h = natsHeaders();
-  h.set(HEADER_SCHEMA, String(SCHEMA_VERSION));
-  return h;
-})();
+/** Headers of an untraced replication message, by type (encoded once). */
+const RAFT_HEADERS = Object.fromEntries(
+  (Object.keys(RAFT_OPS) as Array<keyof typeof RAFT_OPS>).map((type) => [
+    type,
+    frozenHeaders({ [HEADER_SCHEMA]: String(SCHEMA_VERSION), [HEADER_TYPE]: `raft.${type}` }),
+  ]),
+) as Record<keyof typeof RAFT_OPS, MsgHdrs>;
+
+/** Headers of every reply (encoded once). */
+const REPLY_HEADERS = frozenHeaders({ [HEADER_SCHEMA]: String(SCHEMA_VERSION) });
 
 if (!isMainThread && parentPort) {
   Comlink.expose(new ActorHost(), nodeEndpoint(parentPort as never));

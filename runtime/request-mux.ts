@@ -181,11 +181,38 @@ export class RequestMux {
   }
 }
 
+/**
+ * NATS headers fixed at creation and encoded once. nats.js builds and encodes a message's
+ * headers again at every publish; headers sent over and over (every reply of a host, every
+ * request of one type and deadline) are prepared once instead. Changing them throws.
+ */
+export function frozenHeaders(entries: Readonly<Record<string, string>>): MsgHdrs {
+  const h = natsHeaders();
+  for (const name in entries) h.set(name, entries[name]!);
+  // MsgHdrs does not declare it, but the headers nats.js creates have it, and publish calls it.
+  const bytes = (h as MsgHdrs & { encode(): Uint8Array }).encode();
+  const refuse = (): never => {
+    throw new ProtocolError('internal', 'frozen NATS headers cannot be changed');
+  };
+  return Object.assign(h, { encode: () => bytes, set: refuse, append: refuse, delete: refuse });
+}
+
+/** Headers given as a record, by their content: a request's headers mostly repeat (bounded). */
+const headerCache = new Map<string, MsgHdrs>();
+const HEADER_CACHE_ENTRIES_MAX = 64;
+
 function toHeaders(h: MuxRequestOptions['headers']): MsgHdrs | undefined {
   if (h === undefined) return undefined;
   if (typeof (h as MsgHdrs).get === 'function' && typeof (h as MsgHdrs).set === 'function') return h as MsgHdrs;
-  const out = natsHeaders();
-  for (const name in h) out.set(name, (h as Record<string, string>)[name]!);
+  const record = h as Readonly<Record<string, string>>;
+  let key = '';
+  for (const name in record) key += `${name}\n${record[name]!}\n`;
+  let out = headerCache.get(key);
+  if (out === undefined) {
+    out = frozenHeaders(record);
+    if (headerCache.size >= HEADER_CACHE_ENTRIES_MAX) headerCache.clear();
+    headerCache.set(key, out);
+  }
   return out;
 }
 

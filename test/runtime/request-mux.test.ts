@@ -1,6 +1,6 @@
 import { strict as assert } from 'node:assert';
 import { connect, type NatsConnection } from 'nats';
-import { NoRespondersError, RequestMux } from '../../runtime/request-mux';
+import { frozenHeaders, NoRespondersError, RequestMux } from '../../runtime/request-mux';
 import { NatsTransport } from '../../cluster/client';
 import { MESSAGE_BYTES_MAX } from '../../messages/codec';
 import { startNatsServer, type NatsServerHandle } from '../../runtime/nats-server';
@@ -42,6 +42,28 @@ describe('RequestMux (NATS request/reply over one reply subscription)', function
       assert.deepEqual([...m.data], want, `reply ${i}`);
     });
     assert.equal(mux.size, 0, 'nothing left waiting');
+  });
+
+  it('headers given as records arrive as given, repeated or not (more distinct ones than are kept prepared)', async () => {
+    const mux = new RequestMux(nc);
+    const replies = await Promise.all(
+      Array.from({ length: 300 }, (_, i) => mux.request('echo', Uint8Array.of(1), { timeoutMs: 5000, headers: { x: `v${i % 100}`, y: 'same' } })),
+    );
+    replies.forEach((m, i) => assert.equal(new TextDecoder().decode(m.data.subarray(1)), `v${i % 100}`, `reply ${i}`));
+  });
+
+  it('frozen headers are sent as prepared and refuse changes', async () => {
+    const h = frozenHeaders({ x: 'frozen', other: '1' });
+    const mux = new RequestMux(nc);
+    for (let i = 0; i < 3; i++) {
+      const m = await mux.request('echo', Uint8Array.of(7), { timeoutMs: 5000, headers: h });
+      assert.deepEqual([...m.data], [7, ...new TextEncoder().encode('frozen')]);
+    }
+    assert.equal(h.get('x'), 'frozen');
+    assert.throws(() => h.set('x', 'changed'), /frozen NATS headers cannot be changed/);
+    assert.throws(() => h.append('y', '1'), /frozen NATS headers cannot be changed/);
+    assert.throws(() => h.delete('x'), /frozen NATS headers cannot be changed/);
+    assert.equal(h.get('x'), 'frozen');
   });
 
   it('a request without a reply fails with timeout at its deadline; a late reply is ignored', async () => {
