@@ -1032,9 +1032,11 @@ export class Replica {
     this.checkLeader();
     if (pages.length === 0) throw new StorageError('bad_request', 'read of zero pages');
     for (let i = 0; i < pages.length; i++) this.checkPage(pages[i]!, `pages[${i}]`);
-    await this.confirmLeadership(opts.deadlineMs - opts.nowMs);
+    // Under a valid lease, with everything needed applied (the common case), no await at all.
+    if (!this.hasLease()) await this.confirmLeadership(opts.deadlineMs - opts.nowMs);
     // Every committed record of earlier terms is applied once our own term's first record is.
-    await this.waitApplied(Math.max(this.termStartLsn, opts.lsn ?? 0, this.commitLsn), opts.deadlineMs, opts.lsn);
+    const needed = Math.max(this.termStartLsn, opts.lsn ?? 0, this.commitLsn);
+    if (this.store.appliedLsn < needed) await this.waitApplied(needed, opts.deadlineMs, opts.lsn);
     const lsn = opts.lsn ?? this.store.appliedLsn;
     // Pages in memory are copied out at once; only a read that needs the disk waits its turn in
     // the device's queue (behind flushes and other IO).
@@ -1108,9 +1110,13 @@ export class Replica {
    * sent within the lease (a fraction of the minimum election timeout), or a new round of
    * heartbeats is acknowledged by a majority before the deadline.
    */
+  /** A majority answered within the lease: no other leader can have been elected meanwhile. */
+  private hasLease(): boolean {
+    return this.hasMajorityContact(this.timing.electionTimeoutMinMs * this.timing.leaseFraction);
+  }
+
   private async confirmLeadership(budgetMs: number): Promise<void> {
-    const lease = this.timing.electionTimeoutMinMs * this.timing.leaseFraction;
-    if (this.hasMajorityContact(lease)) return;
+    if (this.hasLease()) return;
     const term = this.term;
     const req = (): AppendRequest => ({ type: 'append', term, leader: this.self, prevLsn: 0, prevTerm: 0, records: [], commitLsn: 0 });
     const wait = Math.max(1, Math.min(this.timing.rpcTimeoutMs, budgetMs));
