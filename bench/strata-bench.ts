@@ -152,6 +152,56 @@ export interface RoundFigure {
   opsPerSec: number;
   /** Median latency of the round, µs (for a raw append: of one batch). */
   p50Us: number;
+  /** CPU time of this process (every thread) per request of the round, µs. */
+  cpuUsPerOp?: number;
+  /** CPU time of the in-process cluster's nats-server per request of the round, µs (Linux). */
+  natsCpuUsPerOp?: number;
+}
+
+/**
+ * CPU time spent between `start()` and `perOp()`: this process (client, and with an in-process
+ * cluster its nodes' threads too) and, when its pid is known and /proc can be read, nats-server.
+ * On a machine whose cores are all busy, requests per second follow CPU per request: the
+ * figure says what each request costs, where the throughput alone cannot.
+ */
+class CpuMeter {
+  private constructor(
+    private readonly natsPid: number | undefined,
+    private readonly process0: NodeJS.CpuUsage,
+    private readonly nats0: number | undefined,
+  ) {}
+
+  static start(natsPid: number | undefined): CpuMeter {
+    return new CpuMeter(natsPid, process.cpuUsage(), procCpuUs(natsPid));
+  }
+
+  /** µs of CPU per op since start; undefined where not measured. */
+  perOp(ops: number): { cpuUsPerOp?: number; natsCpuUsPerOp?: number } {
+    if (ops <= 0) return {};
+    const p = process.cpuUsage(this.process0);
+    const nats1 = procCpuUs(this.natsPid);
+    return {
+      cpuUsPerOp: (p.user + p.system) / ops,
+      ...(this.nats0 !== undefined && nats1 !== undefined ? { natsCpuUsPerOp: (nats1 - this.nats0) / ops } : {}),
+    };
+  }
+}
+
+/** Clock ticks per second of /proc/<pid>/stat times (USER_HZ; 100 on Linux). */
+const PROC_TICKS_PER_SECOND = 100;
+
+/** User + system CPU of a process from /proc, µs; undefined when it cannot be read. */
+function procCpuUs(pid: number | undefined): number | undefined {
+  if (pid === undefined) return undefined;
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
+    // Fields after the command name (which may hold spaces), which ends with the last ')'.
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    const ticks = Number(fields[11]) + Number(fields[12]);
+    return Number.isFinite(ticks) ? (ticks * 1e6) / PROC_TICKS_PER_SECOND : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** What one Strata workload measured. */
@@ -184,6 +234,9 @@ export interface SubjectResult {
   errors: Record<string, number>;
   /** Median over rounds of (subject ops/s ÷ baseline ops/s), by baseline. */
   ratios: Partial<Record<BaselineName, number>>;
+  /** Median over rounds of the CPU per request, µs (see RoundFigure); NaN when not measured. */
+  cpuUsPerOp: number;
+  natsCpuUsPerOp: number;
 }
 
 /** What one baseline measured. */
@@ -205,6 +258,9 @@ export interface BaselineResult {
   latency: Histogram;
   rounds: RoundFigure[];
   note: string;
+  /** Median over rounds of the CPU per request (raw-append: per record), µs; NaN when not measured. */
+  cpuUsPerOp: number;
+  natsCpuUsPerOp: number;
 }
 
 /** A group: subjects and baselines with one payload and one queue depth. */
@@ -572,6 +628,8 @@ function emptySubject(spec: SubjectSpec, queueDepth: number): SubjectResult {
     rounds: [],
     errors: {},
     ratios: {},
+    cpuUsPerOp: NaN,
+    natsCpuUsPerOp: NaN,
   };
 }
 
@@ -670,7 +728,7 @@ async function prepareSubject(env: Env, o: ResolvedOptions, spec: SubjectSpec, q
  * Retryable errors are counted and retried after a back-off, up to ERRORS_MAX per subject;
  * any other error stops the loop and is thrown.
  */
-async function closedLoop(s: PreparedSubject, queueDepth: number, durationMs: number, opsMax: number, latency: Histogram | undefined): Promise<RoundFigure & { pages: number }> {
+async function closedLoop(s: PreparedSubject, queueDepth: number, durationMs: number, opsMax: number, latency: Histogram | undefined, natsPid?: number): Promise<RoundFigure & { pages: number }> {
   const volume = s.volume!;
   const generator = s.generator!;
   const pageSize = s.spec.pageSize;
@@ -678,6 +736,7 @@ async function closedLoop(s: PreparedSubject, queueDepth: number, durationMs: nu
   let completed = 0;
   let pages = 0;
   let failure: { error: unknown } | undefined;
+  const cpu = CpuMeter.start(natsPid);
   const startNs = process.hrtime.bigint();
   const deadlineNs = startNs + BigInt(Math.round(durationMs * 1e6));
   const roundLatency = new Histogram();
@@ -720,7 +779,7 @@ async function closedLoop(s: PreparedSubject, queueDepth: number, durationMs: nu
     const cause = failure.error;
     throw new Error(`${s.spec.label}: a request failed after ${completed} completed: ${cause instanceof Error ? cause.message : String(cause)}`, { cause });
   }
-  return { ops: completed, seconds, opsPerSec: seconds > 0 ? completed / seconds : 0, p50Us: roundLatency.percentile(50), pages };
+  return { ops: completed, seconds, opsPerSec: seconds > 0 ? completed / seconds : 0, p50Us: roundLatency.percentile(50), pages, ...cpu.perOp(completed) };
 }
 
 function emptyBaseline(name: BaselineName, group: GroupSpec): BaselineResult {
@@ -749,11 +808,14 @@ function emptyBaseline(name: BaselineName, group: GroupSpec): BaselineResult {
     latency: new Histogram(),
     rounds: [],
     note: notes[name],
+    cpuUsPerOp: NaN,
+    natsCpuUsPerOp: NaN,
   };
 }
 
 /** Runs one round of a baseline; its latency goes into `b.latency`. */
 async function baselineRound(env: Env, b: BaselineResult, durationMs: number, opsMax: number | null): Promise<RoundFigure> {
+  const cpu = CpuMeter.start(env.inProcess?.nats.pid);
   if (b.name === "raw-append") {
     const perBatch = b.recordsPerBatch!;
     const r = await rawAppendBaseline({
@@ -764,7 +826,7 @@ async function baselineRound(env: Env, b: BaselineResult, durationMs: number, op
       ...(opsMax === null ? {} : { batches: Math.max(1, Math.ceil(opsMax / perBatch)) }),
     });
     b.latency.merge(r.batchLatency);
-    return { ops: r.records, seconds: r.seconds, opsPerSec: r.recordsPerSec, p50Us: r.batchLatency.percentile(50) };
+    return { ops: r.records, seconds: r.seconds, opsPerSec: r.recordsPerSec, p50Us: r.batchLatency.percentile(50), ...cpu.perOp(r.records) };
   }
   const options = {
     url: env.natsUrl,
@@ -776,7 +838,8 @@ async function baselineRound(env: Env, b: BaselineResult, durationMs: number, op
   };
   const r = b.name === "nats-echo" ? await natsEchoBaseline(options) : await jetstreamPublishBaseline(options);
   b.latency.merge(r.latency);
-  return { ops: r.ops, seconds: r.seconds, opsPerSec: r.opsPerSec, p50Us: r.latency.percentile(50) };
+  // The CPU of the round covers its warm-up requests too (and its connections' setup).
+  return { ops: r.ops, seconds: r.seconds, opsPerSec: r.opsPerSec, p50Us: r.latency.percentile(50), ...cpu.perOp(r.ops + options.warmupOps) };
 }
 
 function median(values: readonly number[]): number {
@@ -823,8 +886,9 @@ async function runGroup(env: Env, o: ResolvedOptions, group: GroupSpec, groupInd
         if (s.stopped) continue;
         say(`round ${round + 1}/${o.rounds}: ${s.spec.label}…`);
         try {
-          const figure = await closedLoop(s, group.queueDepth, budget.cap(roundMs), opsMax ?? Number.MAX_SAFE_INTEGER, s.result.latency);
-          s.result.rounds.push({ ops: figure.ops, seconds: figure.seconds, opsPerSec: figure.opsPerSec, p50Us: figure.p50Us });
+          const figure = await closedLoop(s, group.queueDepth, budget.cap(roundMs), opsMax ?? Number.MAX_SAFE_INTEGER, s.result.latency, env.inProcess?.nats.pid);
+          const { pages: _pages, ...roundFigure } = figure;
+          s.result.rounds.push(roundFigure);
           s.result.ops += figure.ops;
           s.result.pages += figure.pages;
           s.result.seconds += figure.seconds;
@@ -855,6 +919,8 @@ async function runGroup(env: Env, o: ResolvedOptions, group: GroupSpec, groupInd
       r.bytes = r.pages * r.pageSize;
       r.opsPerSec = r.seconds > 0 ? r.ops / r.seconds : 0;
       r.mbPerSec = r.seconds > 0 ? r.bytes / 1e6 / r.seconds : 0;
+      r.cpuUsPerOp = median(r.rounds.map((f) => f.cpuUsPerOp ?? NaN));
+      r.natsCpuUsPerOp = median(r.rounds.map((f) => f.natsCpuUsPerOp ?? NaN));
       for (const b of baselines) {
         if (!b.available || r.rounds.length === 0) continue;
         const n = Math.min(r.rounds.length, b.rounds.length);
@@ -865,6 +931,8 @@ async function runGroup(env: Env, o: ResolvedOptions, group: GroupSpec, groupInd
     for (const b of baselines) {
       b.opsPerSec = b.seconds > 0 ? b.ops / b.seconds : 0;
       b.mbPerSec = b.seconds > 0 ? (b.ops * b.payloadBytes) / 1e6 / b.seconds : 0;
+      b.cpuUsPerOp = median(b.rounds.map((f) => f.cpuUsPerOp ?? NaN));
+      b.natsCpuUsPerOp = median(b.rounds.map((f) => f.natsCpuUsPerOp ?? NaN));
     }
     return { label: group.label, payloadBytes: group.pageSize * group.pagesPerRequest, queueDepth: group.queueDepth, subjects: prepared.map((s) => s.result), baselines };
   } finally {
@@ -999,16 +1067,26 @@ function groupRows(g: GroupResult): Array<Record<string, Cell>> {
     }
     const ratioCells: Record<string, Cell> = {};
     for (const b of g.baselines) ratioCells[`vs ${b.name}`] = x(s.ratios[b.name] ?? NaN);
-    rows.push({ what: `Strata ${s.label}`, "ops/s": s.opsPerSec, "MB/s": s.mbPerSec, ...latencyCells(s.latency), ...ratioCells });
+    rows.push({ what: `Strata ${s.label}`, "ops/s": s.opsPerSec, "MB/s": s.mbPerSec, ...latencyCells(s.latency), ...cpuCells(s), ...ratioCells });
   }
   for (const b of g.baselines) {
     if (!b.available) {
       rows.push({ what: b.label, "ops/s": "-", note: `not available: ${b.unavailableReason ?? "?"}` });
       continue;
     }
-    rows.push({ what: b.label, "ops/s": b.opsPerSec, "MB/s": b.mbPerSec, ...latencyCells(b.latency) });
+    rows.push({ what: b.label, "ops/s": b.opsPerSec, "MB/s": b.mbPerSec, ...latencyCells(b.latency), ...cpuCells(b) });
   }
   return rows;
+}
+
+/**
+ * The CPU column: per request, this process plus nats-server (in parentheses), µs. Shown only
+ * when both were measured (an in-process cluster on Linux): against a running cluster the
+ * process is the client alone, and the figure would not be the cost of a request.
+ */
+function cpuCells(r: { cpuUsPerOp: number; natsCpuUsPerOp: number }): Record<string, Cell> {
+  if (!Number.isFinite(r.cpuUsPerOp) || !Number.isFinite(r.natsCpuUsPerOp)) return {};
+  return { "CPU µs/op (nats)": `${formatNumber(r.cpuUsPerOp + r.natsCpuUsPerOp)} (${formatNumber(r.natsCpuUsPerOp)})` };
 }
 
 /** Serializable form of a result: histograms become summaries (p50/p90/p99/p99.9/max…). */
@@ -1053,6 +1131,9 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchResult> {
     "raw-append batches as many records per fdatasync as requests are in flight (the batching a device queue sees at that depth).",
     "nats-echo sends the payload both ways; a Strata write sends it one way and a read returns it one way.",
   ];
+  if (results.some((g) => [...g.subjects, ...g.baselines].some((r) => Number.isFinite(r.natsCpuUsPerOp)))) {
+    notes.push("CPU µs/op: CPU time per request (raw-append: per record) of the benchmark process, which holds the client and the in-process cluster's nodes, plus nats-server's (in parentheses); the median over rounds. When the cores are all busy, ops/s follow it.");
+  }
   if (results.some((g) => g.subjects.some((s) => !s.available))) notes.push("Rows marked 'not available in this build': the cluster refused volume.create with replicas 3 (bad_request).");
   const result: BenchResult = {
     kind: suite ? "suite" : "single",

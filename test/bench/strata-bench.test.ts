@@ -119,6 +119,16 @@ describe("bench/strata-bench", function () {
       const ratio = s.ratios[b.name]!;
       assert.ok(Number.isFinite(ratio) && ratio > 0, `${b.name} ratio ${ratio}`);
     }
+    // CPU per request: of this process (client and cluster), and of the in-process nats-server.
+    for (const r of [s, ...group!.baselines]) {
+      assert.ok(Number.isFinite(r.cpuUsPerOp) && r.cpuUsPerOp > 0, `${r.label}: cpuUsPerOp ${r.cpuUsPerOp}`);
+      assert.equal(r.cpuUsPerOp, [...r.rounds.map((f) => f.cpuUsPerOp!)].sort((a, b) => a - b).reduce((a, b) => a + b) / 2, 'the median of two rounds');
+    }
+    if (process.platform === "linux") {
+      assert.ok(Number.isFinite(s.natsCpuUsPerOp) && s.natsCpuUsPerOp >= 0, `natsCpuUsPerOp ${s.natsCpuUsPerOp}`);
+      const echo = group!.baselines.find((b) => b.name === "nats-echo")!;
+      assert.ok(echo.natsCpuUsPerOp >= 0);
+    }
     assert.equal(group!.baselines.find((b) => b.name === "nats-echo")!.ops, 120);
     // raw-append: 60 requests per round at 4 in flight = 15 batches of 4 records per round.
     assert.equal(group!.baselines.find((b) => b.name === "raw-append")!.ops, 120);
