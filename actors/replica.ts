@@ -26,6 +26,7 @@ import type { DeviceQueue } from './device-queue';
 import type { SegmentLog } from '../storage-engine/log';
 import type { PageStore } from '../storage-engine/page-store';
 import { encodePageWrite, pageWriteBytes } from '../storage-engine/page-write';
+import { requestArena } from '../storage-engine/arena';
 import { RecordKind, type LogRecord, type LogRecordInput } from '../storage-engine/record';
 import { StorageError, assert } from '../storage-engine/errors';
 import { ProtocolError } from '../messages/errors';
@@ -1008,7 +1009,10 @@ export class Replica {
     const off = this.offload;
     const bytes = pageWriteBytes(this.geometry.pageSize, pages.length);
     const slot = off !== undefined && bytes >= off.bytesMin && bytes <= off.slab.slotBytes ? off.slab.tryAlloc() : -1;
-    if (slot < 0) return { payload: encodePageWrite(this.geometry.pageSize, pages as PageData[]), crc: undefined, release: () => undefined };
+    if (slot < 0) {
+      // The payload lives until the record is written and sent to the followers: from the arena.
+      return { payload: encodePageWrite(this.geometry.pageSize, pages as PageData[], requestArena.alloc(bytes)), crc: undefined, release: () => undefined };
+    }
     const inSlot = encodePageWrite(this.geometry.pageSize, pages as PageData[], off!.slab.view(slot));
     let crc: number | undefined;
     try {

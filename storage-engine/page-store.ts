@@ -11,6 +11,7 @@
  * page <= lsn. If v > img.lsn the page is in record v (cache, else `log.read(v, v)`); otherwise
  * it is the image's page (cache, else an image read), or zeros if the image does not store it.
  */
+import { requestArena } from './arena';
 import { joinPath, parentDir, type Disk } from './disk';
 import { assert, CorruptionError, StorageError, type CorruptionReport } from './errors';
 import { ImageReader, ImageWriter, imageFileName, isImageTempFileName, parseImageFileName, IMAGE_PAGE_COUNT_MAX } from './image';
@@ -363,7 +364,8 @@ export class PageStore {
     }
     const outs = new Array<Uint8Array>(pages.length);
     for (let i = 0; i < pages.length; i++) {
-      const out = new Uint8Array(this.pageSize);
+      // A page read out of memory lives until its reply is encoded: from the arena.
+      const out = requestArena.alloc(this.pageSize);
       const v = versions[i]!;
       if (v >= 0) assert(this.cache.get(pages[i]!, v, out), 'a page found cached is read from the cache', { page: pages[i], v });
       outs[i] = out;
