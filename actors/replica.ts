@@ -777,10 +777,22 @@ export class Replica {
     try {
       // Only records every replica holds may be trimmed from a leader's log; a follower behind
       // that gets the image instead (catch-up by snapshot).
-      const r = await this.queue.task(() => this.store.checkpoint());
-      this.counters.checkpoints++;
-      this.recordsSinceCheckpoint = 0;
-      return { lsn: r.lsn };
+      // One device task per step (a batch of pages): writes, flushes and reads of the shards on
+      // this device go on between the steps, instead of waiting for the whole image.
+      const steps = this.store.checkpointSteps();
+      try {
+        for (;;) {
+          const r = await this.queue.task(() => steps.next());
+          if (r.done === true) {
+            this.counters.checkpoints++;
+            this.recordsSinceCheckpoint = 0;
+            return { lsn: r.value.lsn };
+          }
+        }
+      } finally {
+        // Ended early (the queue refused a step, a step failed): the half-written image goes.
+        steps.return(undefined as never);
+      }
     } finally {
       this.checkpointing = false;
     }

@@ -88,6 +88,8 @@ export class PageStore {
   private readonly imagesKeep: number;
   private readonly retainLsns: number;
   private readonly cache: PageCache;
+  /** A checkpoint is between its steps. */
+  private checkpointing = false;
   /** Retained images, ascending LSN, all >= floorLsn. */
   private images: ImageReader[];
   /** Oldest readable LSN; 0 means the empty volume at LSN 0 is a base (the log starts at 1). */
@@ -389,17 +391,46 @@ export class PageStore {
    * Retention keeps the newest `imagesKeep` bases, the newest base <= appliedLsn - retainLsns
    * and the base after it; the oldest kept base is the new oldest readable LSN. No-op if the newest image is at
    * appliedLsn already. The log is synced up to appliedLsn first: an image never gets ahead of
-   * the durable log.
+   * the durable log. Runs `checkpointSteps` to the end.
    */
   checkpoint(): { lsn: number; file: string } {
+    const steps = this.checkpointSteps();
+    for (;;) {
+      const r = steps.next();
+      if (r.done === true) return r.value;
+    }
+  }
+
+  /**
+   * `checkpoint` in steps: each `next()` folds at most FOLD_BATCH_PAGES pages into the new image
+   * (the first one also syncs the log, the last one also switches to the image, applies
+   * retention and trims). Between steps the store may apply records and serve reads: the image
+   * is of the applied LSN when the first step ran, and nothing but the checkpoint changes the
+   * images, the floor or the log's prefix. One checkpoint at a time ('invariant' otherwise).
+   * The store closed between steps: the next step throws 'closed'. Ended early (`return()`, a
+   * failed step), the half-written image is removed (or, when that fails too, left for the next
+   * open to remove).
+   */
+  *checkpointSteps(): Generator<void, { lsn: number; file: string }, void> {
     this.checkOpen();
+    assert(!this.checkpointing, 'one checkpoint at a time');
     const lsn = this.applied;
+    const term = this.appliedTerm;
     const newest = this.images[this.images.length - 1];
     if ((newest?.lsn ?? 0) === lsn) return { lsn, file: newest === undefined ? '' : imageFileName(lsn) };
     if (this.log.syncedLsn < lsn) this.log.sync();
     assert(this.log.syncedLsn >= lsn, 'the log is durable up to the image', { syncedLsn: this.log.syncedLsn, lsn });
+    this.checkpointing = true;
+    try {
+      const written = yield* this.buildImageSteps(lsn, term, newest ?? null);
+      return this.switchToImage(lsn, term, written);
+    } finally {
+      this.checkpointing = false;
+    }
+  }
 
-    const written = this.buildImage(lsn, this.appliedTerm, newest ?? null);
+  /** Last step of a checkpoint: the image written at `lsn` becomes the newest; retention and trim. */
+  private switchToImage(lsn: number, term: number, written: string): { lsn: number; file: string } {
     const reader = ImageReader.open(this.disk, written);
     const bases: Base[] = [];
     if (this.floorLsn === 0) bases.push({ lsn: 0, reader: null });
@@ -418,7 +449,7 @@ export class PageStore {
     assert(floor >= this.floorLsn, 'the oldest readable LSN never goes back', { floor, floorLsn: this.floorLsn });
 
     try {
-      this.meta.write(POINTER_NAME, { version: 1, lsn, term: this.appliedTerm, file: imageFileName(lsn), floorLsn: floor } satisfies CheckpointPointer);
+      this.meta.write(POINTER_NAME, { version: 1, lsn, term, file: imageFileName(lsn), floorLsn: floor } satisfies CheckpointPointer);
     } catch (e) {
       reader.close();
       throw e;
@@ -536,11 +567,17 @@ export class PageStore {
   }
 
   /** Folds `base` (null: the empty volume) with the versions after it into an image at `lsn`. */
-  private buildImage(lsn: number, term: number, base: ImageReader | null): string {
+  /** Writes the image at `lsn`, yielding between batches of pages; returns its path. */
+  private *buildImageSteps(lsn: number, term: number, base: ImageReader | null): Generator<void, string, void> {
     const baseLsn = base?.lsn ?? 0;
-    const changed: number[] = [];
-    for (const [page, list] of this.versions) if (list[list.length - 1]! > baseLsn) changed.push(page);
-    changed.sort((a, b) => a - b);
+    // The pages written after the base and their versions as of `lsn`, taken now: records
+    // applied between steps add newer versions, which this image does not contain.
+    const versionAt = new Map<number, number>();
+    for (const page of this.versions.keys()) {
+      const v = this.newestVersion(page, lsn);
+      if (v !== undefined && v > baseLsn) versionAt.set(page, v);
+    }
+    const changed = [...versionAt.keys()].sort((a, b) => a - b);
     // Upper bound of stored pages: |base pages ∪ changed pages| (a merge count).
     const baseCount = base?.entries ?? 0;
     let entriesMax = 0;
@@ -556,6 +593,7 @@ export class PageStore {
       }
     }
     const writer = ImageWriter.create(this.disk, { dir: this.dir, lsn, term, pageSize: this.pageSize, pageCount: this.pageCount, entriesMax });
+    let finished = false;
     try {
       const bufs = Array.from({ length: FOLD_BATCH_PAGES }, () => new Uint8Array(this.pageSize));
       const records = new Map<number, Uint8Array>(); // LRU of record payloads
@@ -579,15 +617,21 @@ export class PageStore {
       };
       let i = 0;
       let j = 0;
+      let first = true;
       while (i < baseCount || j < changed.length) {
+        if (!first) {
+          yield;
+          // Closed between steps: its images (the base among them) are closed too.
+          this.checkOpen();
+        }
+        first = false;
         // One batch: up to FOLD_BATCH_PAGES pages in ascending order.
         const batch: { page: number; v: number | undefined }[] = [];
         while (batch.length < FOLD_BATCH_PAGES && (i < baseCount || j < changed.length)) {
           const a = i < baseCount ? base!.pageAt(i) : Infinity;
           const b = j < changed.length ? changed[j]! : Infinity;
           if (b <= a) {
-            const list = this.versions.get(b)!;
-            batch.push({ page: b, v: list[list.length - 1]! });
+            batch.push({ page: b, v: versionAt.get(b)! });
             j++;
             if (a === b) i++;
           } else {
@@ -606,10 +650,12 @@ export class PageStore {
           writer.addPage(page, bufs[k]!);
         }
       }
-      return writer.finish().path;
-    } catch (e) {
-      writer.abort();
-      throw e;
+      const path = writer.finish().path;
+      finished = true;
+      return path;
+    } finally {
+      // A failed or abandoned build (abort is best effort: the next open removes temp files).
+      if (!finished) writer.abort();
     }
   }
 

@@ -188,6 +188,37 @@ describe('DeviceHost with flushes off the thread', function () {
   });
 });
 
+describe('DeviceHost checkpoints', function () {
+  this.timeout(20_000);
+  it('a checkpoint runs in steps: a write issued during it is answered before it ends', async () => {
+    const host = new DeviceHost({ dir: 'dev0', self: 'n1', disk: new SimDisk() });
+    try {
+      // Shard 0 of 2 with stripes of 4 pages owns the pages p with floor(p / 4) even: 512 of 1024.
+      host.openShard({ ...spec(0), pageCount: 1024 });
+      const r = await leader(host, 0);
+      const owned = Array.from({ length: 1024 }, (_, p) => p).filter((p) => Math.floor(p / 4) % 2 === 0);
+      for (let k = 0; k < owned.length; k += 256) await r.write(owned.slice(k, k + 256).map((p) => ({ page: p, data: page(p & 0xff) })));
+      const order: string[] = [];
+      // 512 pages: an image of 8 steps of 64 pages.
+      const cp = r.checkpoint().then((c) => {
+        order.push('checkpoint');
+        return c;
+      });
+      const w = r.write([{ page: 0, data: page(0xee) }]).then((x) => {
+        order.push('write');
+        return x;
+      });
+      const [c, x] = await Promise.all([cp, w]);
+      assert.deepEqual(order, ['write', 'checkpoint'], 'the write did not wait for the whole image');
+      assert.ok(c.lsn < x.lsn, `the image is of the LSN applied when the checkpoint began (${c.lsn}), before the write (${x.lsn})`);
+      assert.deepEqual((await r.read([0, 4 * 2 * 100], soon())).pages, [page(0xee), page((4 * 2 * 100) & 0xff)]);
+      assert.deepEqual((await r.read([0], { ...soon(), lsn: c.lsn })).pages, [page(0)], 'the image serves reads at its LSN');
+    } finally {
+      await host.close();
+    }
+  });
+});
+
 describe('DeviceHost CPU offload of large write batches', function () {
   this.timeout(20_000);
   it('checksums large batches on the CPU pool from slab slots; the records recover intact', async () => {

@@ -441,6 +441,50 @@ describe('PageStore', () => {
     assert.equal(w.slab.stats().slotsUsed, 0, 'close frees the cache slots');
   });
 
+  it('checkpointSteps: records applied between the steps are not in the image; every LSN reads right, after a restart too', () => {
+    const w = world(16, { pageCount: 200 });
+    writeRandom(w, 200);
+    const start = w.store.appliedLsn;
+    const steps = w.store.checkpointSteps();
+    let r = steps.next();
+    let between = 0;
+    while (r.done !== true) {
+      expectCode(() => w.store.checkpointSteps().next(), 'invariant');
+      writeRandom(w, 3);
+      between++;
+      r = steps.next();
+    }
+    assert.ok(between >= 2, `the image was written in ${between + 1} steps`);
+    assert.equal(r.value.lsn, start);
+    assert.equal(w.store.stats().imageLsn, start);
+    const last = w.model.lastLsn;
+    assert.ok(last > start);
+    checkAll(w.store, w.model, start - 2, last, 200);
+    reopen(w);
+    assert.equal(w.store.stats().imageLsn, start);
+    checkAll(w.store, w.model, start - 2, last, 200);
+  });
+
+  it('checkpointSteps: the store closed between steps ends the checkpoint with closed and leaves no temp file', () => {
+    const w = world(17, { pageCount: 200 });
+    writeRandom(w, 200);
+    const steps = w.store.checkpointSteps();
+    assert.equal(steps.next().done, false);
+    assert.ok(w.disk.list(STORE_DIR).some((n) => n.endsWith('.tmp')), 'the image is being written');
+    w.store.close();
+    expectCode(() => steps.next(), 'closed');
+    assert.deepEqual(w.disk.list(STORE_DIR).filter((n) => n.endsWith('.tmp')), [], 'the half-written image is removed');
+    reopen(w);
+    assert.equal(w.store.stats().imageLsn, 0, 'no image was switched to');
+    checkAll(w.store, w.model, w.model.lastLsn - 2, w.model.lastLsn, 200);
+    // Abandoned with return(): the same.
+    const again = w.store.checkpointSteps();
+    again.next();
+    again.return(undefined as never);
+    assert.deepEqual(w.disk.list(STORE_DIR).filter((n) => n.endsWith('.tmp')), []);
+    assert.equal(w.store.checkpoint().lsn, w.model.lastLsn, 'a later checkpoint runs');
+  });
+
   it('getPagesCached answers from memory only: cached and never-written pages, else undefined without a disk read', () => {
     const w = world(15, { cacheBytesMax: 4 * PAGE });
     const entries = Array.from({ length: 6 }, (_, i) => ({ page: 10 + i, data: content(200 + i) }));
