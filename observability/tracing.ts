@@ -24,6 +24,7 @@ import {
   createContextKey,
   trace,
   INVALID_SPAN_CONTEXT,
+  ProxyTracerProvider,
   ROOT_CONTEXT,
   SpanKind,
   SpanStatusCode,
@@ -93,9 +94,25 @@ const NO_SPAN: Span = trace.wrapSpanContext(INVALID_SPAN_CONTEXT);
 /** Injects nothing: no trace to continue. */
 const NO_INJECT = (): void => undefined;
 
-/** True when a span made now would be neither recorded nor part of a trace (see setSpansRecordable). */
+/** The API's no-op tracer provider: what an unset global provider delegates to. */
+const NOOP_TRACER_PROVIDER = new ProxyTracerProvider().getDelegate();
+
+/**
+ * True when no OpenTelemetry SDK is registered in this process (the global provider is the
+ * API's proxy without a delegate): every span would then be a no-op one, as in an application
+ * that uses the Strata client without tracing.
+ */
+function noTracerInstalled(): boolean {
+  const provider = trace.getTracerProvider();
+  return provider instanceof ProxyTracerProvider && provider.getDelegate() === NOOP_TRACER_PROVIDER;
+}
+
+/**
+ * True when a span made now would be neither recorded nor part of a trace: this thread records
+ * none (see setSpansRecordable) or no SDK is registered, and the parent has no trace either.
+ */
 function nothingToTrace(parent: Context): boolean {
-  if (spansRecordable) return false;
+  if (spansRecordable && !noTracerInstalled()) return false;
   const sc = trace.getSpanContext(parent);
   return sc === undefined || !trace.isSpanContextValid(sc);
 }

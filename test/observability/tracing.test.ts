@@ -165,16 +165,36 @@ describe('observability/tracing', () => {
     assert.match(tp!, /^00-0af7651916cd43dd8448eb211c80319c-/);
     setSpansRecordable(true);
     try {
-      // The flag is what decides: raised, the same call goes through the SDK and its context.
+      // Sampling off registers no tracer provider: even with the flag raised there is nothing
+      // to make spans with, and the call still goes straight through.
       clientSpan('s', 'shard.write', () => {
         inner = context.active();
       });
-      assert.notEqual(inner, rootCtx);
+      assert.equal(inner, rootCtx);
     } finally {
       setSpansRecordable(false);
     }
     await telemetry.forceFlush();
     assert.equal(telemetry.memoryExporter!.getFinishedSpans().length, 0);
+  });
+
+  it('without an OpenTelemetry SDK in the process a request outside any trace costs no span; a traceparent still propagates', async () => {
+    // No telemetry started: the global provider is the API's proxy without a delegate.
+    setSpansRecordable(true);
+    const a = withSpan('x', {}, (span) => span);
+    const b = clientSpan('s', 'shard.read', () => withSpan('y', {}, (span) => span));
+    assert.equal(a, b, 'both calls went straight through with the one no-op span, no span was made');
+    // A request with a trace still gets its (no-op) span as the child of the remote parent.
+    const remote = serverSpan('s', 'shard.read', { get: () => '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01' }, (span) => span);
+    assert.notEqual(remote, a);
+    assert.equal(remote.spanContext().traceId, '0af7651916cd43dd8448eb211c80319c');
+    // With an SDK registered, the same calls make spans.
+    telemetry = startTelemetry({ nodeId: 'n1', cluster: 'test', traceExporters: ['memory'], sampling: 'always', metricsPort: 0 });
+    const c = withSpan('x', {}, (span) => span);
+    assert.notEqual(c, a);
+    assert.ok(trace.isSpanContextValid(c.spanContext()), 'a real span');
+    await telemetry.forceFlush();
+    assert.equal(telemetry.memoryExporter!.getFinishedSpans().length, 1);
   });
 
   it('client and server spans carry messaging and database attributes, errors their code', async () => {
