@@ -775,10 +775,9 @@ export class Replica {
     if (this.checkpointing) return { lsn: this.store.appliedLsn };
     this.checkpointing = true;
     try {
-      // Only records every replica holds may be trimmed from a leader's log; a follower behind
-      // that gets the image instead (catch-up by snapshot).
       // One device task per step (a batch of pages): writes, flushes and reads of the shards on
-      // this device go on between the steps, instead of waiting for the whole image.
+      // this device go on between the steps, instead of waiting for the whole image. (A follower
+      // behind what the image lets the log trim gets the image instead: catch-up by snapshot.)
       const steps = this.store.checkpointSteps();
       try {
         for (;;) {
@@ -1121,16 +1120,16 @@ export class Replica {
     return contacts >= this.majority();
   }
 
-  /**
-   * Makes sure no other leader can have been elected: either a majority acknowledged a message
-   * sent within the lease (a fraction of the minimum election timeout), or a new round of
-   * heartbeats is acknowledged by a majority before the deadline.
-   */
   /** A majority answered within the lease: no other leader can have been elected meanwhile. */
   private hasLease(): boolean {
     return this.hasMajorityContact(this.timing.electionTimeoutMinMs * this.timing.leaseFraction);
   }
 
+  /**
+   * Makes sure no other leader can have been elected: either a majority acknowledged a message
+   * sent within the lease (a fraction of the minimum election timeout), or a new round of
+   * heartbeats is acknowledged by a majority before the deadline.
+   */
   private async confirmLeadership(budgetMs: number): Promise<void> {
     if (this.hasLease()) return;
     const term = this.term;

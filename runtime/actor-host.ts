@@ -24,7 +24,7 @@
 import { parentPort, isMainThread, workerData } from 'node:worker_threads';
 import * as Comlink from 'comlink';
 import nodeEndpoint from 'comlink/dist/umd/node-adapter';
-import { connect, type NatsConnection, type Msg, type Subscription, type MsgHdrs, headers as natsHeaders } from 'nats';
+import { connect, type NatsConnection, type Msg, type Subscription, type MsgHdrs } from 'nats';
 import { encode, decode } from '../messages/codec';
 import { errorReply, toProtocolError, ProtocolError, type ErrorCode } from '../messages/errors';
 import { validateRequest } from '../messages/validate';
@@ -362,10 +362,8 @@ export class ActorHost implements HostApi {
         // CLIENT span and carries its traceparent; heartbeats and elections are not traced.
         const r = this.traced && captureSpanContext() !== undefined
           ? await clientSpan(subject, RAFT_OPS[msg.type], (inject) => {
-            const h = natsHeaders();
-            h.set(HEADER_SCHEMA, String(SCHEMA_VERSION));
-            h.set(HEADER_TYPE, `raft.${msg.type}`);
-            inject(h);
+            const h = raftHeaderEntries(msg.type);
+            inject({ set: (name, value) => void (h[name] = value) });
             return mux.request(subject, data, { timeoutMs, headers: h });
           }, data.length, { ...this.spanAttrs, [ATTR.volume]: spec.volumeId, [ATTR.shard]: spec.shard })
           : await mux.request(subject, data, { timeoutMs, headers: RAFT_HEADERS[msg.type] });
@@ -582,13 +580,15 @@ export class ActorHost implements HostApi {
 /** Most a shard answers ahead of a request's deadline (at most a tenth of the time it was given). */
 const ANSWER_MARGIN_MS_MAX = 250;
 
+/** The Strata headers of a replication message of `type`. */
+function raftHeaderEntries(type: RaftRequest['type']): Record<string, string> {
+  return { [HEADER_SCHEMA]: String(SCHEMA_VERSION), [HEADER_TYPE]: `raft.${type}` };
+}
+
 /** Headers of an untraced replication message, by type (encoded once). */
 const RAFT_HEADERS = Object.fromEntries(
-  (Object.keys(RAFT_OPS) as Array<keyof typeof RAFT_OPS>).map((type) => [
-    type,
-    frozenHeaders({ [HEADER_SCHEMA]: String(SCHEMA_VERSION), [HEADER_TYPE]: `raft.${type}` }),
-  ]),
-) as Record<keyof typeof RAFT_OPS, MsgHdrs>;
+  (Object.keys(RAFT_OPS) as Array<RaftRequest['type']>).map((type) => [type, frozenHeaders(raftHeaderEntries(type))]),
+) as Record<RaftRequest['type'], MsgHdrs>;
 
 /** Headers of every reply (encoded once). */
 const REPLY_HEADERS = frozenHeaders({ [HEADER_SCHEMA]: String(SCHEMA_VERSION) });

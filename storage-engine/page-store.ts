@@ -566,8 +566,10 @@ export class PageStore {
     return data;
   }
 
-  /** Folds `base` (null: the empty volume) with the versions after it into an image at `lsn`. */
-  /** Writes the image at `lsn`, yielding between batches of pages; returns its path. */
+  /**
+   * Folds `base` (null: the empty volume) with the versions after it into an image at `lsn`,
+   * yielding between batches of pages; returns the image's path.
+   */
   private *buildImageSteps(lsn: number, term: number, base: ImageReader | null): Generator<void, string, void> {
     const baseLsn = base?.lsn ?? 0;
     // The pages written after the base and their versions as of `lsn`, taken now: records

@@ -137,6 +137,17 @@ function imageFiles(w: World): string[] {
   return w.disk.list(STORE_DIR).filter((n) => n.endsWith('.img'));
 }
 
+function tempFiles(w: World): string[] {
+  return w.disk.list(STORE_DIR).filter((n) => n.endsWith('.tmp'));
+}
+
+/** Writes `entries` as one PageWrite record (LSN 1 of an empty log), syncs and applies it. */
+function applyOneRecord(w: World, entries: { page: number; data: Uint8Array }[]): void {
+  w.log.write([{ term: 1, kind: RecordKind.PageWrite, payload: encodePageWrite(PAGE, entries) }]);
+  w.log.sync();
+  w.store.apply(w.log.read(1, 1)[0]!);
+}
+
 describe('PageStore', () => {
   it('answers every page at every LSN like the model, before and after a restart (log only)', () => {
     const w = world(1);
@@ -263,7 +274,7 @@ describe('PageStore', () => {
       w.log = openLog(w.disk);
       w.store = PageStore.open(w.disk, w.log, w.opts);
       assert.equal(w.store.appliedLsn, last, `step ${n}`);
-      assert.equal(w.disk.list(STORE_DIR).filter((x) => x.endsWith('.tmp')).length, 0, 'temp files removed on open');
+      assert.equal(tempFiles(w).length, 0, 'temp files removed on open');
       checkAll(w.store, w.model, w.store.oldestReadableLsn, last, w.opts.pageCount);
       // The reopened store checkpoints again fine.
       writeRandom(w, 5);
@@ -412,9 +423,7 @@ describe('PageStore', () => {
   it('serves repeated reads from the cache within its byte bound, and coalesces image reads', () => {
     const w = world(14, { cacheBytesMax: 8 * PAGE });
     const entries = Array.from({ length: 32 }, (_, i) => ({ page: 8 + i, data: content(100 + i) }));
-    w.log.write([{ term: 1, kind: RecordKind.PageWrite, payload: encodePageWrite(PAGE, entries) }]);
-    w.log.sync();
-    w.store.apply(w.log.read(1, 1)[0]!);
+    applyOneRecord(w, entries);
     const before = w.disk.counters.reads;
     w.store.getPage(8);
     const afterFirst = w.disk.counters.reads;
@@ -470,10 +479,10 @@ describe('PageStore', () => {
     writeRandom(w, 200);
     const steps = w.store.checkpointSteps();
     assert.equal(steps.next().done, false);
-    assert.ok(w.disk.list(STORE_DIR).some((n) => n.endsWith('.tmp')), 'the image is being written');
+    assert.ok(tempFiles(w).length > 0, 'the image is being written');
     w.store.close();
     expectCode(() => steps.next(), 'closed');
-    assert.deepEqual(w.disk.list(STORE_DIR).filter((n) => n.endsWith('.tmp')), [], 'the half-written image is removed');
+    assert.deepEqual(tempFiles(w), [], 'the half-written image is removed');
     reopen(w);
     assert.equal(w.store.stats().imageLsn, 0, 'no image was switched to');
     checkAll(w.store, w.model, w.model.lastLsn - 2, w.model.lastLsn, 200);
@@ -481,16 +490,14 @@ describe('PageStore', () => {
     const again = w.store.checkpointSteps();
     again.next();
     again.return(undefined as never);
-    assert.deepEqual(w.disk.list(STORE_DIR).filter((n) => n.endsWith('.tmp')), []);
+    assert.deepEqual(tempFiles(w), []);
     assert.equal(w.store.checkpoint().lsn, w.model.lastLsn, 'a later checkpoint runs');
   });
 
   it('getPagesCached answers from memory only: cached and never-written pages, else undefined without a disk read', () => {
     const w = world(15, { cacheBytesMax: 4 * PAGE });
     const entries = Array.from({ length: 6 }, (_, i) => ({ page: 10 + i, data: content(200 + i) }));
-    w.log.write([{ term: 1, kind: RecordKind.PageWrite, payload: encodePageWrite(PAGE, entries) }]);
-    w.log.sync();
-    w.store.apply(w.log.read(1, 1)[0]!);
+    applyOneRecord(w, entries);
     // apply cached the written pages; the 4-page bound kept the last four (12..15).
     const reads0 = w.disk.counters.reads;
     const hits0 = w.store.stats().cache.hits;
