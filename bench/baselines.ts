@@ -15,6 +15,7 @@ import * as path from "node:path";
 import { connect, DiscardPolicy, StorageType, type NatsConnection } from "nats";
 import { Histogram } from "./histogram";
 import { RequestMux } from "../runtime/request-mux";
+import { LOG_PREALLOC_BYTES, zerosAheadTo } from "../storage-engine/log";
 
 /** Cap on a baseline's duration when only an op/batch count was given. */
 const durationMsDefaultCap = 60_000;
@@ -125,8 +126,10 @@ function rate(count: number, seconds: number): number {
 
 /**
  * Measures the disk alone: per batch, one `fs.writeSync` of recordsPerBatch × recordBytes
- * appended to a scratch file in `dir`, then `fs.fdatasyncSync`. This is the most a device queue
- * doing group commit could reach. Synchronous: it blocks the calling thread while it runs, as a
+ * appended to a scratch file in `dir`, then `fs.fdatasyncSync`. The file grows as a shard log's
+ * does: a small batch that runs past its end also writes zeros ahead (`zerosAheadTo`, in the same
+ * timed step), so later batches overwrite blocks the file already has and their fdatasync needs
+ * no journal commit. This is the most a device queue doing group commit could reach. Synchronous: it blocks the calling thread while it runs, as a
  * device queue on its own thread would. The scratch file is removed at the end.
  */
 export async function rawAppendBaseline(options: RawAppendOptions): Promise<RawAppendResult> {
@@ -142,21 +145,30 @@ export async function rawAppendBaseline(options: RawAppendOptions): Promise<RawA
   fs.mkdirSync(dir, { recursive: true });
   const file = path.join(dir, `strata-raw-append-${uniqueId()}.dat`);
   const buffer = crypto.randomFillSync(Buffer.allocUnsafe(batchBytes));
+  const zeros = Buffer.alloc(LOG_PREALLOC_BYTES);
   const batchLatency = new Histogram();
   const fd = fs.openSync(file, "wx");
   let batches = 0;
   let timedNs = 0n;
   try {
     let fileBytes = 0;
+    /** Bytes of the file: records plus the zeros written ahead of them. */
+    let fileEnd = 0;
     const deadlineNs = process.hrtime.bigint() + BigInt(Math.round(durationMs * 1e6));
     while (batches < batchesMax && process.hrtime.bigint() < deadlineNs) {
       if (fileBytes + batchBytes > fileBytesMax) {
         fs.ftruncateSync(fd, 0);
         fs.fdatasyncSync(fd);
         fileBytes = 0;
+        fileEnd = 0;
       }
       const startNs = process.hrtime.bigint();
       const written = fs.writeSync(fd, buffer, 0, batchBytes, fileBytes);
+      const end = fileBytes + batchBytes;
+      if (end > fileEnd) {
+        fileEnd = zerosAheadTo(end, batchBytes, fileBytesMax);
+        if (fileEnd > end) fs.writeSync(fd, zeros, 0, fileEnd - end, end);
+      }
       fs.fdatasyncSync(fd);
       const elapsedNs = process.hrtime.bigint() - startNs;
       if (written !== batchBytes) throw new Error(`rawAppendBaseline: short write of ${written} of ${batchBytes} bytes to ${file}`);

@@ -790,7 +790,7 @@ function emptyBaseline(name: BaselineName, group: GroupSpec): BaselineResult {
     "jetstream-publish": "JetStream R1 file publish",
   };
   const notes: Record<BaselineName, string> = {
-    "raw-append": `One write of ${group.queueDepth} records of ${payloadBytes} bytes + one fdatasync per batch on the same disk: the durability ceiling at this batching.`,
+    "raw-append": `One write of ${group.queueDepth} records of ${payloadBytes} bytes + one fdatasync per batch on the same disk, the file grown with zeros ahead as a shard log grows its segments: the durability ceiling at this batching.`,
     "nats-echo": "NATS request/reply to a responder that only echoes the payload both ways: the transport ceiling.",
     "jetstream-publish": jetstreamNote,
   };

@@ -215,6 +215,11 @@ export class SegmentIndex {
   fh: FileHandle | undefined = undefined;
   /** Bytes of the segment in use: header plus whole records. */
   endOffset = SEGMENT_HEADER_BYTES;
+  /**
+   * Size of the segment file: endOffset plus the zeros written ahead of the next records (only the
+   * active segment has any; see SegmentLog's preallocation).
+   */
+  fileBytes = SEGMENT_HEADER_BYTES;
   private countValue = 0;
   private offsets: Uint32Array;
   private lengths: Uint32Array;
