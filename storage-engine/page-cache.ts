@@ -13,7 +13,7 @@
  * entries to make room, and if it holds none it simply does not cache (counted in `rejects`).
  */
 import { assert, StorageError } from './errors';
-import type { Slab } from './slab';
+import { copyBytes, type Slab } from './slab';
 
 export interface PageCacheOptions {
   slab: Slab;
@@ -118,7 +118,7 @@ export class PageCache {
     const existing = this.entries.get(key);
     if (existing !== undefined) {
       this.touch(existing);
-      this.slab.view(existing.slot).set(data);
+      copyBytes(this.slab.view(existing.slot), data);
       return true;
     }
     if (this.entriesMax === 0) {
@@ -135,7 +135,7 @@ export class PageCache {
     }
     const view = this.slab.view(slot);
     assert(view.length >= this.pageSize, 'slab slot holds a page', { slotBytes: view.length, pageSize: this.pageSize });
-    view.set(data);
+    copyBytes(view, data);
     const entry: Entry = { key, page, versionLsn, slot, older: undefined, newer: undefined };
     this.entries.set(key, entry);
     this.link(entry);

@@ -22,6 +22,7 @@
  */
 import { assert, StorageError } from './errors';
 import { RECORD_PAYLOAD_BYTES_MAX } from './record';
+import { copyBytes } from './slab';
 
 /** Magic of a page-write payload, "SPW1" read as a little-endian u32. */
 export const PAGE_WRITE_MAGIC = 0x31575053;
@@ -85,7 +86,7 @@ export function encodePageWrite(pageSize: number, pages: readonly PageWriteEntry
       throw new StorageError('bad_request', `data of page ${page} is not ${pageSize} bytes`, { index: i, page });
     }
     writeU64(dv, PAGE_WRITE_HEADER_BYTES + 8 * i, page);
-    out.set(entry.data, dataStart + i * pageSize);
+    copyBytes(out, entry.data, dataStart + i * pageSize);
   }
   return out;
 }

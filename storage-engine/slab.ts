@@ -25,6 +25,35 @@ export const SLAB_SLOT_BYTES_ALIGN = 8;
 /** Largest whole SharedArrayBuffer, in bytes. */
 export const SLAB_TOTAL_BYTES_MAX = 4 * 1024 * 1024 * 1024;
 
+/** Bytes of the per-thread buffer `copyBytes` stages misaligned copies through. */
+const COPY_STAGE_BYTES = 64 * 1024;
+let copyStage: Uint8Array | undefined;
+
+/**
+ * `dst.set(src, at)`, fast also for shared memory. V8 copies to or from a SharedArrayBuffer word by
+ * word only when source and destination are equally aligned (mod 8), and byte by byte otherwise:
+ * a 4 KiB page from a NATS message (any alignment) into a slab slot took 1.3–2.6 µs instead of
+ * 0.2–0.4 µs. Such copies go through a per-thread ordinary buffer (two fast copies) instead.
+ */
+export function copyBytes(dst: Uint8Array, src: Uint8Array, at = 0): void {
+  const shared = dst.buffer instanceof SharedArrayBuffer || src.buffer instanceof SharedArrayBuffer;
+  if (!shared || ((dst.byteOffset + at - src.byteOffset) & 7) === 0) {
+    dst.set(src, at);
+    return;
+  }
+  if (at < 0 || at + src.length > dst.length) throw new RangeError(`copyBytes: ${src.length} bytes at ${at} do not fit ${dst.length}`);
+  const stage = (copyStage ??= new Uint8Array(COPY_STAGE_BYTES + 8));
+  const dstShared = dst.buffer instanceof SharedArrayBuffer;
+  for (let done = 0; done < src.length; done += COPY_STAGE_BYTES) {
+    const n = Math.min(COPY_STAGE_BYTES, src.length - done);
+    // The staged bytes sit at the alignment of the shared side, so that copy is word by word.
+    const o = (dstShared ? dst.byteOffset + at + done : src.byteOffset + done) & 7;
+    const staged = stage.subarray(o, o + n);
+    staged.set(src.subarray(done, done + n));
+    dst.set(staged, at + done);
+  }
+}
+
 const MAGIC = 0x42414c53;
 const LAYOUT_VERSION = 1;
 const W_MAGIC = 0;

@@ -2,7 +2,7 @@
 import { strict as assert } from 'node:assert';
 import * as nodePath from 'node:path';
 import { Worker } from 'node:worker_threads';
-import { Slab, SLAB_SLOT_COUNT_MAX } from '../../storage-engine/slab';
+import { Slab, SLAB_SLOT_COUNT_MAX, copyBytes } from '../../storage-engine/slab';
 import { expectStorageError } from '../support/expect';
 
 describe('Slab', () => {
@@ -171,5 +171,34 @@ describe('Slab', () => {
     assert.ok(done.some((r) => r.full > 0), 'the threads never filled the slab: no contention was tested');
     assert.equal(slab.stats().slotsUsed, 0);
     assert.equal(slab.tryAlloc() >= 0, true);
+  });
+});
+
+describe('copyBytes', () => {
+  const pattern = (n: number, seed: number): Uint8Array => Uint8Array.from({ length: n }, (_, i) => (i * 31 + seed) & 0xff);
+  it('copies like set between ordinary and shared memory at every relative alignment, also past its staging buffer', () => {
+    for (const [srcShared, dstShared] of [[false, true], [true, false], [true, true], [false, false]] as const) {
+      for (const len of [1, 7, 4096, 64 * 1024 + 13, 200_000]) {
+        for (const srcOff of [0, 3, 8]) {
+          for (const at of [0, 5, 16]) {
+            const srcBase = new Uint8Array(srcShared ? new SharedArrayBuffer(len + 16) : new ArrayBuffer(len + 16));
+            srcBase.set(pattern(len, srcOff + at), srcOff);
+            const src = srcBase.subarray(srcOff, srcOff + len);
+            const dst = new Uint8Array(dstShared ? new SharedArrayBuffer(len + 32) : new ArrayBuffer(len + 32)).subarray(1);
+            dst.fill(0xee);
+            copyBytes(dst, src, at);
+            const want = new Uint8Array(len + 31).fill(0xee);
+            want.set(pattern(len, srcOff + at), at);
+            assert.deepEqual(Buffer.from(dst), Buffer.from(want), `src ${srcShared ? 'shared' : 'plain'}+${srcOff} → dst ${dstShared ? 'shared' : 'plain'}+1 at ${at}, ${len} bytes`);
+          }
+        }
+      }
+    }
+  });
+
+  it('refuses a copy that does not fit, as set does', () => {
+    const dst = new Uint8Array(new SharedArrayBuffer(64));
+    assert.throws(() => copyBytes(dst, new Uint8Array(60), 5), RangeError);
+    assert.throws(() => copyBytes(dst, new Uint8Array(65)), RangeError);
   });
 });
