@@ -200,6 +200,17 @@ export function recordSpanError(span: Span, err: unknown): void {
   span.setStatus({ code: SpanStatusCode.ERROR, message: err instanceof Error ? err.message.slice(0, 256) : String(err).slice(0, 256) });
 }
 
+/**
+ * Now in milliseconds since the epoch, to a fraction of a microsecond, on one clock for every
+ * thread of the process (each thread's `performance.timeOrigin` is its start on that clock). The
+ * SDK's own span start is `Date.now()`, whole milliseconds: a write's spans on three threads,
+ * which together last about a millisecond, would all seem to start at the same instant. Strata's
+ * spans give both their start and their end from here.
+ */
+export function preciseNowMs(): number {
+  return performance.timeOrigin + performance.now();
+}
+
 function isPromiseLike(v: unknown): v is PromiseLike<unknown> {
   return typeof v === 'object' && v !== null && typeof (v as { then?: unknown }).then === 'function';
 }
@@ -221,26 +232,30 @@ export function withSpan<T>(name: string, attributes: Attributes, fn: (span: Spa
     return context.with(parent, fn, undefined, trace.wrapSpanContext(parentSc));
   }
   const links = options.links && options.links.length > LINKS_PER_SPAN_MAX ? options.links.slice(0, LINKS_PER_SPAN_MAX) : options.links;
-  const span = tracer().startSpan(name, { kind: options.kind ?? SpanKind.INTERNAL, attributes, ...(links ? { links } : {}) }, parent);
+  const span = tracer().startSpan(
+    name,
+    { kind: options.kind ?? SpanKind.INTERNAL, attributes, startTime: preciseNowMs(), ...(links ? { links } : {}) },
+    parent,
+  );
   const ctx = trace.setSpan(parent, span);
   let result: T;
   try {
     result = context.with(ctx, fn, undefined, span);
   } catch (err) {
     recordSpanError(span, err);
-    span.end();
+    span.end(preciseNowMs());
     throw err;
   }
   if (isPromiseLike(result)) {
     (result as PromiseLike<unknown>).then(
-      () => span.end(),
+      () => span.end(preciseNowMs()),
       (err: unknown) => {
         recordSpanError(span, err);
-        span.end();
+        span.end(preciseNowMs());
       },
     );
   } else {
-    span.end();
+    span.end(preciseNowMs());
   }
   return result;
 }

@@ -17,6 +17,7 @@ import {
   traceparentOf,
   withSpan,
   LINKS_PER_SPAN_MAX,
+  preciseNowMs,
 } from '../../observability/tracing';
 
 const DIST_OBS = path.join(__dirname, '..', '..', 'observability');
@@ -134,6 +135,32 @@ describe('observability/tracing', () => {
     assert.equal(hopB.resource.attributes['strata.node.id'], 'n1');
     assert.equal(hopB.resource.attributes['service.name'], 'strata');
     assert.equal(root.resource.attributes['strata.cluster'], 'test');
+  });
+
+  it('spans start and end to a fraction of a millisecond, on the clock of every thread', async () => {
+    telemetry = startTelemetry({ nodeId: 'n1', cluster: 'test', traceExporters: ['memory'], sampling: 'always', metricsPort: 0 });
+    const before = preciseNowMs();
+    withSpan('timed', {}, () => {
+      const until = preciseNowMs() + 0.3;
+      while (preciseNowMs() < until) {
+        // busy for 0.3 ms
+      }
+    });
+    const after = preciseNowMs();
+    await telemetry.forceFlush();
+    const span = byName(telemetry.memoryExporter!.getFinishedSpans(), 'timed');
+    const ms = (t: [number, number]): number => t[0] * 1000 + t[1] / 1e6;
+    const eps = 0.01; // float rounding of an epoch time in ms
+    // The SDK's own start is Date.now(): whole milliseconds, up to 1 ms before `before`.
+    assert.ok(ms(span.startTime) >= before - eps, `start ${ms(span.startTime)} not before ${before}`);
+    assert.ok(ms(span.endTime) <= after + eps, `end ${ms(span.endTime)} not after ${after}`);
+    assert.ok(ms(span.endTime) - ms(span.startTime) >= 0.3 - eps, 'the duration is the time spent');
+    // Another thread's clock: its timeOrigin + now() agrees with this thread's, within the message's own latency.
+    const w = new Worker(`require('node:worker_threads').parentPort.postMessage(performance.timeOrigin + performance.now())`, { eval: true });
+    const sent = await new Promise<number>((resolve, reject) => w.once('message', resolve).once('error', reject));
+    const received = preciseNowMs();
+    await w.terminate();
+    assert.ok(sent <= received + eps && received - sent < 1000, `worker clock ${sent} vs ${received}`);
   });
 
   it('with sampling off nothing is recorded, but the trace id still propagates', async () => {
