@@ -129,8 +129,9 @@ function rate(count: number, seconds: number): number {
  * appended to a scratch file in `dir`, then `fs.fdatasyncSync`. The file grows as a shard log's
  * does: a small batch that runs past its end also writes zeros ahead (`zerosAheadTo`, in the same
  * timed step), so later batches overwrite blocks the file already has and their fdatasync needs
- * no journal commit. This is the most a device queue doing group commit could reach. Synchronous: it blocks the calling thread while it runs, as a
- * device queue on its own thread would. The scratch file is removed at the end.
+ * no journal commit. This is the most a device queue doing group commit could reach.
+ * Synchronous: it blocks the calling thread while it runs, as a device queue on its own thread
+ * would. The scratch file is removed at the end.
  */
 export async function rawAppendBaseline(options: RawAppendOptions): Promise<RawAppendResult> {
   const { dir, recordBytes, recordsPerBatch } = options;
