@@ -238,24 +238,25 @@ export function withSpan<T>(name: string, attributes: Attributes, fn: (span: Spa
     parent,
   );
   const ctx = trace.setSpan(parent, span);
+  const end = (): void => span.end(preciseNowMs());
   let result: T;
   try {
     result = context.with(ctx, fn, undefined, span);
   } catch (err) {
     recordSpanError(span, err);
-    span.end(preciseNowMs());
+    end();
     throw err;
   }
   if (isPromiseLike(result)) {
     (result as PromiseLike<unknown>).then(
-      () => span.end(preciseNowMs()),
+      end,
       (err: unknown) => {
         recordSpanError(span, err);
-        span.end(preciseNowMs());
+        end();
       },
     );
   } else {
-    span.end(preciseNowMs());
+    end();
   }
   return result;
 }

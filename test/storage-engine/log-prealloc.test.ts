@@ -6,6 +6,8 @@
 import { strict as assert } from 'node:assert';
 import { LOG_PREALLOC_BYTES, LOG_PREALLOC_WRITE_BYTES_MAX, SegmentLog, zerosAheadTo } from '../../storage-engine/log';
 import { encodeRecord, LOG_BLOCK_BYTES, recordBytes, segmentName, viewOf } from '../../storage-engine/log-segment';
+import type { FileHandle } from '../../storage-engine/disk';
+import { StorageError } from '../../storage-engine/errors';
 import { SimDisk } from '../../storage-engine/sim-disk';
 import { assertHistory, history } from './log.test';
 
@@ -13,10 +15,8 @@ const DIR = 'log';
 const FIRST = `${DIR}/${segmentName(1)}`;
 const rec = (bytes: number, fill = 1) => ({ term: 1, kind: 1, payload: new Uint8Array(bytes).fill(fill) });
 
-/** Where the zeros written after a write ending at `end` stop, in a segment of `segmentBytesMax`. */
-function aheadTo(end: number, segmentBytesMax = 64 * 1024 * 1024): number {
-  return Math.min(segmentBytesMax, Math.floor((end + LOG_PREALLOC_BYTES) / LOG_BLOCK_BYTES) * LOG_BLOCK_BYTES);
-}
+/** Where the zeros written after a small write ending at `end` stop, in a segment of the default limit. */
+const aheadTo = (end: number): number => zerosAheadTo(end, 1, 64 * 1024 * 1024);
 
 /** A closed log holding records 1..5, synced, and where its records end. */
 function closedLogOf5(): { disk: SimDisk; end: number } {
@@ -31,6 +31,17 @@ function closedLogOf5(): { disk: SimDisk; end: number } {
 
 function allZero(bytes: Uint8Array): boolean {
   return bytes.every((b) => b === 0);
+}
+
+/** A SimDisk whose writes of zeros (the log's writes ahead) fail with ENOSPC while `failZeros` is set. */
+class ZeroWriteFailingDisk extends SimDisk {
+  failZeros = false;
+  override write(fh: FileHandle, data: Uint8Array, offset: number): void {
+    if (this.failZeros && data.length > 0 && allZero(data)) {
+      throw new StorageError('io_error', `write of ${data.length} zeros failed: ENOSPC`, { errno: 'ENOSPC' });
+    }
+    super.write(fh, data, offset);
+  }
 }
 
 describe('SegmentLog zeros written ahead', () => {
@@ -113,6 +124,38 @@ describe('SegmentLog zeros written ahead', () => {
     assert.deepEqual(again.corruption, [], 'a sealed segment followed by a valid one is whole');
     assert.equal(again.lastLsn, lastLsn);
     assert.equal(disk.durableBytes(FIRST).length, sealed.length);
+  });
+
+  it('a failed write of the zeros fails the log for good; what was synced stays, and recovery finds no damage', () => {
+    const disk = new ZeroWriteFailingDisk();
+    const log = SegmentLog.open(disk, { dir: DIR });
+    log.write(history(1, 5));
+    log.sync();
+    disk.failZeros = true;
+    let lsn = 5;
+    // Small writes land in the zeros until one runs past them and has to write the next ones.
+    const failure = (() => {
+      for (;;) {
+        try {
+          log.write([{ term: 1, kind: 1, payload: new Uint8Array(4096).fill(7) }]);
+          lsn++;
+        } catch (e) {
+          return e;
+        }
+      }
+    })();
+    assert.ok(failure instanceof StorageError && failure.code === 'io_error', String(failure));
+    assert.ok(lsn > 5, 'writes inside the zeros went through');
+    assert.throws(() => log.write(history(lsn + 1, lsn + 1)), (e: unknown) => e instanceof StorageError && e.code === 'device_failed');
+    assert.throws(() => log.sync(), (e: unknown) => e instanceof StorageError && e.code === 'device_failed');
+    assertHistory(log, 1, 5);
+    log.close();
+    disk.failZeros = false;
+    disk.powerCut();
+    const again = SegmentLog.open(disk, { dir: DIR });
+    assert.deepEqual(again.corruption, []);
+    assert.equal(again.lastLsn, 5, 'the unsynced writes are gone, the synced ones stay');
+    assertHistory(again, 1, 5);
   });
 
   it('damage in the zeros with nothing valid after it is a torn tail: cut off durably', () => {
