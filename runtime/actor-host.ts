@@ -28,6 +28,7 @@ import { connect, type NatsConnection, type Msg, type Subscription, type MsgHdrs
 import { encode, decode } from '../messages/codec';
 import { errorReply, toProtocolError, ProtocolError, type ErrorCode } from '../messages/errors';
 import { validateRequest } from '../messages/validate';
+import { messageHeaders, type ReceivedHeaders } from './nats-headers';
 import { HEADER_DEADLINE, HEADER_TYPE, HEADER_SCHEMA, SCHEMA_VERSION, checkSchemaHeader } from '../messages/headers';
 import { shardSubject } from '../messages/subjects';
 import { validateRaftRequest, validateRaftReply, replicaSubject, type RaftRequest, type RaftReply } from '../messages/raft';
@@ -397,7 +398,7 @@ export class ActorHost implements HostApi {
     const op = RAFT_OPS[req.type];
     const t0 = this.recorder ? performance.now() : 0;
     const handled = this.traced
-      ? serverSpan(msg.subject, op, msg.headers, () => replica.handle(req), msg.data.length, this.shardAttrs(mb))
+      ? serverSpan(msg.subject, op, messageHeaders(msg), () => replica.handle(req), msg.data.length, this.shardAttrs(mb))
       : replica.handle(req);
     handled.then(
       (reply) => {
@@ -455,7 +456,8 @@ export class ActorHost implements HostApi {
     const recorder = this.recorder;
     const t0 = recorder ? performance.now() : 0;
     // Bounded label: a type this subject does not serve is `unknown` (handle() answers it).
-    const typeHeader = recorder || this.traced ? (msg.headers?.get(HEADER_TYPE) ?? '') : '';
+    const headers = messageHeaders(msg);
+    const typeHeader = headers.get(HEADER_TYPE);
     const op = SHARD_TYPES.has(typeHeader) ? typeHeader : 'unknown';
     if (mb.depth + 1 > (cfg.mailboxRequestsMax ?? 1024) || mb.bytes + size > (cfg.mailboxBytesMax ?? 64 * 1024 * 1024)) {
       mb.rejectedOverloaded++;
@@ -471,8 +473,8 @@ export class ActorHost implements HostApi {
     mb.admitted++;
     this.inFlight++;
     const handled = this.traced
-      ? serverSpan(msg.subject, op, msg.headers, () => this.handle(mb, msg), size, this.shardAttrs(mb))
-      : this.handle(mb, msg);
+      ? serverSpan(msg.subject, op, headers, () => this.handle(mb, msg, headers), size, this.shardAttrs(mb))
+      : this.handle(mb, msg, headers);
     handled
       .then(
         (reply) => {
@@ -502,9 +504,7 @@ export class ActorHost implements HostApi {
       });
   }
 
-  private async handle(mb: Mailbox, msg: Msg): Promise<unknown> {
-    const hdrs = msg.headers;
-    const headerView = { get: (k: string) => hdrs?.get(k) ?? '' };
+  private async handle(mb: Mailbox, msg: Msg, headerView: ReceivedHeaders): Promise<unknown> {
     checkSchemaHeader(headerView);
     const now = Date.now();
     const deadlineText = headerView.get(HEADER_DEADLINE);
