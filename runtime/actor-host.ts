@@ -25,7 +25,9 @@ import { parentPort, isMainThread, workerData } from 'node:worker_threads';
 import * as Comlink from 'comlink';
 import nodeEndpoint from 'comlink/dist/umd/node-adapter';
 import { connect, type NatsConnection, type Msg, type Subscription, type MsgHdrs } from 'nats';
-import { encode, decode } from '../messages/codec';
+import { encode, decode, encodeShardReadReply } from '../messages/codec';
+import type { ShardReadReply } from '../messages/api';
+import { requestArena } from '../storage-engine/arena';
 import { errorReply, toProtocolError, ProtocolError, type ErrorCode } from '../messages/errors';
 import { validateRequest } from '../messages/validate';
 import { messageHeaders, type ReceivedHeaders } from './nats-headers';
@@ -479,7 +481,8 @@ export class ActorHost implements HostApi {
       .then(
         (reply) => {
           recorder?.requestDuration(op, 'ok', (performance.now() - t0) / 1000);
-          this.respond(msg, reply);
+          // handle() answered the type in the same header: a read's reply is a ShardReadReply.
+          this.respond(msg, reply, op === 'shard.read' ? encodeReadReply : encode);
         },
         (err: unknown) => {
           mb.errors++;
@@ -548,10 +551,10 @@ export class ActorHost implements HostApi {
     }
   }
 
-  private respond(msg: Msg, reply: unknown): void {
+  private respond(msg: Msg, reply: unknown, encodeReply: (reply: unknown) => Uint8Array = encode): void {
     let bytes: Uint8Array;
     try {
-      bytes = encode(reply);
+      bytes = encodeReply(reply);
     } catch (e) {
       this.log.error('reply encoding failed', { err: e });
       bytes = encode(errorReply(new ProtocolError('internal', 'reply encoding failed')));
@@ -576,6 +579,12 @@ export class ActorHost implements HostApi {
     }
   };
 }
+
+/**
+ * A read's reply, in a buffer from the request arena: it lives until the replies of this turn
+ * are sent, when the NATS client has copied it.
+ */
+const encodeReadReply = (reply: unknown): Uint8Array => encodeShardReadReply(reply as ShardReadReply, { alloc: (n) => requestArena.alloc(n) });
 
 /** Most a shard answers ahead of a request's deadline (at most a tenth of the time it was given). */
 const ANSWER_MARGIN_MS_MAX = 250;

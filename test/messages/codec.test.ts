@@ -1,6 +1,7 @@
 import * as assert from 'node:assert/strict';
 import { Decoder } from 'cbor-x';
-import { MESSAGE_BYTES_MAX, decode, encode } from '../../messages/codec';
+import { MESSAGE_BYTES_MAX, decode, encode, encodeShardReadReply } from '../../messages/codec';
+import { validateShardReadReply } from '../../messages/validate';
 import { ProtocolError } from '../../messages/errors';
 import { validatePageWriteRequest, validateVolumeCreateRequest } from '../../messages/validate';
 import { assertProtocolError } from '../support/expect';
@@ -142,5 +143,56 @@ describe('messages/codec', () => {
     const copy = Uint8Array.from(first);
     for (let i = 0; i < 500; i++) encode({ filler: 'x'.repeat(200) });
     assert.equal(Buffer.compare(first, copy), 0);
+  });
+});
+
+describe('encodeShardReadReply (a read reply without cbor-x)', () => {
+  const sizes = [0, 1, 23, 24, 255, 256, 4096, 65535, 65536];
+  const numbers = [0, 1, 23, 24, 255, 256, 65535, 65536, 2 ** 32 - 1, 2 ** 32, 2 ** 40 + 7, Number.MAX_SAFE_INTEGER];
+
+  it('decodes (here and with a stock cbor-x decoder) to the reply it was given, for every size of every head', () => {
+    const stock = new Decoder({ mapsAsObjects: true, int64AsNumber: true } as ConstructorParameters<typeof Decoder>[0]);
+    for (const size of sizes) {
+      // Every head of a number with small pages; large pages with a few.
+      for (const n of size <= 256 ? numbers : [0, 2 ** 40 + 7]) {
+        for (const term of [undefined, 0, n]) {
+          const pages = [new Uint8Array(size).map((_, i) => (i * 7 + n) & 0xff), new Uint8Array(size).fill(0x5a)];
+          const reply = term === undefined ? { pages, lsn: n } : { pages, lsn: n, term };
+          const bytes = encodeShardReadReply(reply);
+          assert.deepEqual(decode(bytes), reply, `pages of ${size} bytes, lsn ${n}, term ${String(term)}`);
+          const viaStock = stock.decode(bytes) as { pages: Uint8Array[] };
+          assert.deepEqual(viaStock.pages.map((p) => [...p]), pages.map((p) => [...p]));
+        }
+      }
+    }
+  });
+
+  it('replies of many pages (every head of the array), read back by the reply validator', () => {
+    for (const count of [1, 23, 24, 255, 256]) {
+      const pages = Array.from({ length: count }, (_, i) => new Uint8Array(16).fill(i & 0xff));
+      const reply = validateShardReadReply(decode(encodeShardReadReply({ pages, lsn: 9, term: 2 })));
+      assert.equal(reply.pages.length, count);
+      reply.pages.forEach((p, i) => assert.equal(p[0], i & 0xff));
+    }
+  });
+
+  it('writes into the buffer `alloc` gives, and refuses one of another size', () => {
+    const backing = new Uint8Array(4096 + 64);
+    let asked = 0;
+    const bytes = encodeShardReadReply({ pages: [new Uint8Array(4096).fill(3)], lsn: 5 }, { alloc: (n) => backing.subarray(0, (asked = n)) });
+    assert.equal(bytes.buffer, backing.buffer, 'the given buffer is used');
+    assert.equal(bytes.length, asked);
+    assertProtocolError(() => encodeShardReadReply({ pages: [new Uint8Array(8)], lsn: 5 }, { alloc: (n) => new Uint8Array(n + 1) }), 'internal');
+  });
+
+  it('refuses what encode refuses: over bytesMax, and values that are not a reply', () => {
+    const page = new Uint8Array(1000);
+    assertProtocolError(() => encodeShardReadReply({ pages: [page, page], lsn: 1 }, { bytesMax: 2000 }), 'too_large');
+    assert.throws(() => encode({ pages: [page, page], lsn: 1 }, { bytesMax: 2000 }), (e: unknown) => (e as ProtocolError).code === 'too_large');
+    for (const lsn of [-1, 1.5, Number.MAX_SAFE_INTEGER + 1, NaN]) {
+      assertProtocolError(() => encodeShardReadReply({ pages: [page], lsn }), 'internal');
+      assertProtocolError(() => encodeShardReadReply({ pages: [page], lsn: 1, term: lsn }), 'internal');
+    }
+    assertProtocolError(() => encodeShardReadReply({ pages: ['not bytes' as unknown as Uint8Array], lsn: 1 }), 'internal');
   });
 });
