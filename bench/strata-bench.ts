@@ -28,6 +28,7 @@ import * as path from "node:path";
 import { connect as natsConnect } from "nats";
 import { NatsTransport, connect, createClient, type StrataClient, type Volume } from "../cluster/client";
 import { startCluster, type InProcessCluster } from "../cluster/in-process-cluster";
+import { defaultHostsPerNode } from "../cluster/config";
 import { ProtocolError } from "../messages/errors";
 import type { PageWrite, VolumeInfo } from "../messages/api";
 import { jetstreamNote, jetstreamPublishBaseline, natsEchoBaseline, rawAppendBaseline } from "./baselines";
@@ -526,9 +527,10 @@ async function openEnv(o: ResolvedOptions, target: BenchTarget | undefined, scra
   }
   // Replicas of a shard go to different nodes, so three replicas need three nodes.
   const nodes = o.nodes ?? (wantsReplicas3 ? 3 : 1);
-  // The machine's cores shared among the nodes: more host threads than cores only add wake-ups
-  // (measured: R=3 writes ~30 % faster with 3 nodes × 1 host than 3 × 2 on 2 cores).
-  const hosts = o.hosts ?? Math.max(1, Math.floor(Math.max(1, os.cpus().length) / nodes));
+  // As a node's default: the cores less one shared among the nodes; more host threads than that
+  // only add wake-ups and split the group commit (measured on 2 cores: R=3 writes ~30 % faster with
+  // 3 nodes × 1 host than 3 × 2; R=1 writes and reads faster with 1 host than 2).
+  const hosts = o.hosts ?? defaultHostsPerNode(Math.max(1, os.cpus().length), nodes);
   const dataDir = fs.mkdtempSync(path.join(process.env.STRATA_BENCH_DIR ?? os.tmpdir(), "strata-bench-"));
   let cluster: InProcessCluster;
   try {
@@ -1260,7 +1262,7 @@ R=1 and R=3) with the target table. With --workload: that workload alone.
   --shards N              shards per volume (default: actor hosts)
   --baselines LIST        comma-separated: raw-append,nats-echo,jetstream-publish, or none
   --nats URL --cluster C  benchmark a running cluster (default: a fresh in-process cluster)
-  --hosts N               in-process: actor hosts per node (default: cores / nodes, at least 1)
+  --hosts N               in-process: actor hosts per node (default: (cores - 1) / nodes, at least 1)
   --nodes N               in-process: nodes (default 3 when R=3 is measured, else 1)
   --timeout MS            bound on each request (default 10000)
   --scratch-dir D         directory for the raw-append file (the disk under test)

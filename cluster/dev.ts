@@ -18,6 +18,7 @@ import * as path from 'node:path';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { connect as natsConnect } from 'nats';
 import { startNatsServer, type NatsServerHandle } from '../runtime/nats-server';
+import { defaultHostsPerNode } from './config';
 import { connect, type StrataClient } from './client';
 import { encode, decode } from '../messages/codec';
 import { throwIfError } from '../messages/errors';
@@ -30,7 +31,7 @@ export interface DevOptions {
   dataDir?: string;
   /** Metrics port of node 1; node K gets port + K - 1 (0 = off). */
   metricsPort?: number;
-  /** Actor hosts per node; default: cores / nodes, at least 1. */
+  /** Actor hosts per node; default `defaultHostsPerNode(cores, nodes)`: cores − 1 shared among the nodes, at least 1. */
   hosts?: number;
   /** Where to print; default stdout. */
   out?: (line: string) => void;
@@ -158,7 +159,7 @@ export async function startDevCluster(opts: { nodes: number; dataDir?: string; m
   const ownDir = opts.dataDir === undefined;
   const root = opts.dataDir !== undefined ? path.resolve(opts.dataDir) : fs.mkdtempSync(path.join(os.tmpdir(), 'strata-dev-'));
   fs.mkdirSync(root, { recursive: true });
-  const hosts = opts.hosts ?? Math.max(1, Math.floor(os.availableParallelism() / opts.nodes));
+  const hosts = opts.hosts ?? defaultHostsPerNode(os.availableParallelism(), opts.nodes);
   let nats: NatsServerHandle | undefined;
   const nodes: DevCluster['nodes'] = [];
   const stop = async (): Promise<void> => {

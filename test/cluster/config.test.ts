@@ -2,7 +2,7 @@ import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { ConfigError, loadNodeConfig, nodeIdFromHostname, NODE_FLAGS } from '../../cluster/config';
+import { ConfigError, defaultHostsPerNode, loadNodeConfig, nodeIdFromHostname, NODE_FLAGS } from '../../cluster/config';
 import type { LoadNodeConfigOptions } from '../../cluster/config';
 
 const OPTS: LoadNodeConfigOptions = { hostname: 'box-1.example.com', availableParallelism: 6, cwd: '/srv' };
@@ -39,15 +39,26 @@ describe('cluster/config', () => {
       cluster: 'dev',
       natsUrl: 'nats://127.0.0.1:4222',
       dataDir: '/srv/data',
-      hosts: 6,
+      hosts: 5,
       controller: true,
       metricsPort: 9464,
     });
   });
 
-  it('bounds the default hosts to 1..64', () => {
+  it('defaults to a host per core but one, bounded to 1..64', () => {
     assert.equal(load(['--data-dir', 'd'], {}, { ...OPTS, availableParallelism: 200 }).hosts, 64);
+    assert.equal(load(['--data-dir', 'd'], {}, { ...OPTS, availableParallelism: 2 }).hosts, 1);
+    assert.equal(load(['--data-dir', 'd'], {}, { ...OPTS, availableParallelism: 1 }).hosts, 1);
     assert.equal(load(['--data-dir', 'd'], {}, { ...OPTS, availableParallelism: 0 }).hosts, 1);
+  });
+
+  it('shares the cores but one among the nodes of one machine (dev and bench clusters)', () => {
+    assert.equal(defaultHostsPerNode(2, 1), 1);
+    assert.equal(defaultHostsPerNode(2, 3), 1);
+    assert.equal(defaultHostsPerNode(8, 1), 7);
+    assert.equal(defaultHostsPerNode(8, 3), 2);
+    assert.equal(defaultHostsPerNode(16, 2), 7);
+    assert.equal(defaultHostsPerNode(1000, 1), 64);
   });
 
   it('derives the node id from the host name, else n1', () => {
