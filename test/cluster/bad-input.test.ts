@@ -105,6 +105,14 @@ describe('bad input over NATS gets a typed error and the node keeps serving', fu
     assert.equal(e.code, 'too_large');
   });
 
+  it('a read of as many pages as a request may carry, whose reply would not fit a message → too_large', async () => {
+    // 256 pages of 4 KiB: a valid request, but 1 MiB of page data in the reply.
+    const pages = Array.from({ length: 256 }, (_, i) => i % 100);
+    const e = await rawError(shard0, encode({ pages }), headers('shard.read'));
+    assert.equal(e.code, 'too_large');
+    assert.match(e.message, /256 pages/);
+  });
+
   it('a request to a deleted volume → not_found', async () => {
     await c.client.createVolume({ name: 'v-gone', pageCount: 10 });
     const vol = c.client.volume('v-gone');
