@@ -32,6 +32,8 @@ export interface ClusterOptions {
   node?: Partial<Omit<StrataNodeOptions, 'nodeId' | 'cluster' | 'natsUrl' | 'dataDir' | 'controller'>>;
   /** Start the nats-server with JetStream (for benchmarks comparing against it). */
   jetstream?: boolean;
+  /** The nats-server's max_payload in bytes; default that of `startNatsServer` (1 MiB). */
+  maxPayloadBytes?: number;
   /** Timeout of the cluster's client calls; default 10 s (crash tests use less). */
   clientTimeoutMs?: number;
   /** Deadline for the cluster to come up; default 30 s. */
@@ -95,7 +97,7 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<InProcess
   const telemetry = currentTelemetry();
   let nats: NatsServerHandle;
   try {
-    nats = await startNatsServer({ jetstream: opts.jetstream ?? false });
+    nats = await startNatsServer({ jetstream: opts.jetstream ?? false, ...(opts.maxPayloadBytes !== undefined ? { maxPayloadBytes: opts.maxPayloadBytes } : {}) });
   } catch (e) {
     await ownTelemetry?.shutdown().catch(() => undefined);
     throw e;

@@ -25,7 +25,7 @@ import { parentPort, isMainThread, workerData } from 'node:worker_threads';
 import * as Comlink from 'comlink';
 import nodeEndpoint from 'comlink/dist/umd/node-adapter';
 import { connect, type NatsConnection, type Msg, type Subscription, type MsgHdrs } from 'nats';
-import { encode, decode, encodeShardReadReply } from '../messages/codec';
+import { encode, decode, encodeShardReadReply, type CodecOptions } from '../messages/codec';
 import type { ShardReadReply } from '../messages/api';
 import { requestArena } from '../storage-engine/arena';
 import { errorReply, toProtocolError, ProtocolError, type ErrorCode } from '../messages/errors';
@@ -551,13 +551,23 @@ export class ActorHost implements HostApi {
     }
   }
 
-  private respond(msg: Msg, reply: unknown, encodeReply: (reply: unknown) => Uint8Array = encode): void {
+  private respond(msg: Msg, reply: unknown, encodeReply: (reply: unknown, options: CodecOptions) => Uint8Array = encode): void {
     let bytes: Uint8Array;
     try {
-      bytes = encodeReply(reply);
+      // Within the server's max_payload: a reply nats.js refuses to publish would never arrive.
+      const maxPayload = this.nc?.info?.max_payload;
+      bytes = encodeReply(reply, typeof maxPayload === 'number' && maxPayload > 0 ? { bytesMax: maxPayload } : {});
     } catch (e) {
-      this.log.error('reply encoding failed', { err: e });
-      bytes = encode(errorReply(new ProtocolError('internal', 'reply encoding failed')));
+      const pe = toProtocolError(e);
+      if (pe.code === 'too_large') {
+        // More than one message holds (a read of many pages through a server with a small
+        // max_payload): the requester learns it and can ask for less.
+        this.log.warn('reply too large for a message', { bytes: pe.details?.['bytes'], bytesMax: pe.details?.['bytesMax'] });
+        bytes = encode(errorReply(pe));
+      } else {
+        this.log.error('reply encoding failed', { err: e });
+        bytes = encode(errorReply(new ProtocolError('internal', 'reply encoding failed')));
+      }
     }
     // Replies wait for the end of this turn of the event loop and go out together: the requests
     // a device batch committed are answered with one socket write, not one each.
@@ -584,7 +594,8 @@ export class ActorHost implements HostApi {
  * A read's reply, in a buffer from the request arena: it lives until the replies of this turn
  * are sent, when the NATS client has copied it.
  */
-const encodeReadReply = (reply: unknown): Uint8Array => encodeShardReadReply(reply as ShardReadReply, { alloc: (n) => requestArena.alloc(n) });
+const encodeReadReply = (reply: unknown, options: CodecOptions): Uint8Array =>
+  encodeShardReadReply(reply as ShardReadReply, { ...options, alloc: (n) => requestArena.alloc(n) });
 
 /** Most a shard answers ahead of a request's deadline (at most a tenth of the time it was given). */
 const ANSWER_MARGIN_MS_MAX = 250;

@@ -183,3 +183,37 @@ describe('the public API checks the schema header', function () {
     assert.ok(Array.isArray(await c.client.listVolumes()), 'a well-formed request is served');
   });
 });
+
+describe('replies larger than the NATS server carries', function () {
+  this.timeout(60_000);
+  let c: InProcessCluster;
+  let shard0: string;
+
+  before(async () => {
+    c = await startCluster({ nodes: 1, hosts: 1, maxPayloadBytes: 256 * 1024 });
+    const info = await c.client.createVolume({ name: 'v-small', pageCount: 100, shards: 1 });
+    shard0 = shardSubject(c.cluster, info.id, 0);
+  });
+  after(async () => {
+    await c?.stop();
+  });
+
+  it('a raw read whose reply exceeds the server max_payload → too_large (not a silent drop, not internal)', async () => {
+    const pages = Array.from({ length: 100 }, (_, i) => i);
+    const reply = decode(await c.client.rawRequest(shard0, encode({ pages }), {
+      [HEADER_TYPE]: 'shard.read',
+      [HEADER_SCHEMA]: '1',
+      [HEADER_DEADLINE]: String(Date.now() + 5000),
+    })) as Partial<ErrorReply>;
+    assert.equal(reply.error?.code, 'too_large', JSON.stringify(reply));
+  });
+
+  it('the client splits the same read into replies that fit, and gets every page', async () => {
+    const vol = c.client.volume('v-small');
+    const data = demoPage(4096, 99, 7);
+    await vol.write(99, data);
+    const got = await vol.readPages(Array.from({ length: 100 }, (_, i) => i));
+    assert.equal(got.pages.length, 100);
+    assert.deepEqual(Buffer.from(got.pages[99]!), Buffer.from(data));
+  });
+});
