@@ -31,6 +31,7 @@ import { RecordKind, type LogRecord, type LogRecordInput } from '../storage-engi
 import { StorageError, assert } from '../storage-engine/errors';
 import { ProtocolError } from '../messages/errors';
 import { REQUEST_DATA_BYTES_MAX } from '../messages/api';
+import { MESSAGE_BYTES_MAX } from '../messages/codec';
 import type {
   RaftRequest, RaftReply, VoteRequest, VoteReply, AppendRequest, AppendReply, SnapshotRequest, SnapshotReply, WireRecord,
 } from '../messages/raft';
@@ -122,7 +123,18 @@ export interface ReplicaOptions {
   onRoleChange?: (role: Role, term: number) => void;
   offload?: PayloadOffload;
   checkpointEveryRecords?: number;
-  /** Bytes of records in one append message at most; default 896 KiB (under NATS' 1 MiB max_payload). */
+  /**
+   * The most one replication message may hold, in bytes: the NATS server's max_payload (default
+   * MESSAGE_BYTES_MAX, 1 MiB; at least MESSAGE_BYTES_MIN). Appends, snapshot chunks and the
+   * writes a leader accepts are sized to fit it: a message the transport refuses for its size
+   * would be sent again and again, and replication would stall.
+   */
+  messageBytesMax?: number;
+  /**
+   * Bytes of records in one append message at most, counting APPEND_RECORD_OVERHEAD_BYTES per
+   * record; default 7/8 of messageBytesMax (896 KiB of 1 MiB), at most messageBytesMax −
+   * MESSAGE_OVERHEAD_BYTES.
+   */
   appendBytesMax?: number;
   /** Client writes waiting for commit at most; default 4096. */
   pendingWritesMax?: number;
@@ -188,7 +200,17 @@ interface FollowerState {
 
 /** Records a leader keeps in memory for followers, at most (older ones are read from its log). */
 const RECENT_BYTES_MAX = 64 * 1024 * 1024;
+/** Image bytes in one snapshot message at most (less when messages hold less). */
 const SNAPSHOT_CHUNK_BYTES = 512 * 1024;
+/** Smallest `messageBytesMax`: a page write of one 8 KiB page, with room to spare. */
+export const MESSAGE_BYTES_MIN = 16 * 1024;
+/** CBOR bytes of a record in an append beyond its payload (map, keys, term, kind, length), at most. */
+export const APPEND_RECORD_OVERHEAD_BYTES = 48;
+/**
+ * Bytes of an append or snapshot message beyond its records or image chunk (type, term, leader
+ * id of at most ID_LENGTH_MAX characters, LSNs), at most: under 200 as cbor-x writes them.
+ */
+export const MESSAGE_OVERHEAD_BYTES = 256;
 /** Append messages in flight to one follower at most (pipelining on top of batching). */
 const APPEND_WINDOW = 4;
 
@@ -216,7 +238,9 @@ export class Replica {
   private readonly onRoleChange: ((role: Role, term: number) => void) | undefined;
   private readonly offload: PayloadOffload | undefined;
   private readonly checkpointEveryRecords: number;
+  private readonly messageBytesMax: number;
   private readonly appendBytesMax: number;
+  private readonly snapshotChunkBytes: number;
   private readonly schedule: (run: () => void) => void;
   private replicateScheduled = false;
   private readonly pendingWritesMax: number;
@@ -274,7 +298,15 @@ export class Replica {
     this.onRoleChange = opts.onRoleChange;
     this.offload = opts.offload;
     this.checkpointEveryRecords = opts.checkpointEveryRecords ?? 0;
-    this.appendBytesMax = opts.appendBytesMax ?? 896 * 1024;
+    this.messageBytesMax = opts.messageBytesMax ?? MESSAGE_BYTES_MAX;
+    if (!Number.isSafeInteger(this.messageBytesMax) || this.messageBytesMax < MESSAGE_BYTES_MIN) {
+      throw new StorageError('bad_request', `messageBytesMax must be an integer >= ${MESSAGE_BYTES_MIN}, got ${String(opts.messageBytesMax)}`);
+    }
+    this.appendBytesMax = opts.appendBytesMax ?? Math.floor((this.messageBytesMax * 7) / 8);
+    if (!Number.isSafeInteger(this.appendBytesMax) || this.appendBytesMax < 1 || this.appendBytesMax > this.messageBytesMax - MESSAGE_OVERHEAD_BYTES) {
+      throw new StorageError('bad_request', `appendBytesMax must be an integer in 1..${this.messageBytesMax - MESSAGE_OVERHEAD_BYTES}, got ${String(opts.appendBytesMax)}`);
+    }
+    this.snapshotChunkBytes = Math.min(SNAPSHOT_CHUNK_BYTES, this.messageBytesMax - MESSAGE_OVERHEAD_BYTES);
     this.schedule = opts.schedule ?? ((run) => void setImmediate(run));
     this.pendingWritesMax = opts.pendingWritesMax ?? 4096;
     this.tracer = opts.tracer;
@@ -531,6 +563,10 @@ export class Replica {
     this.applyWaiters = [];
   }
 
+  /**
+   * Records from `fromLsn` on (at least one when there is one), within `bytesMax` counting
+   * APPEND_RECORD_OVERHEAD_BYTES for each: what one append message carries.
+   */
   private recordsFrom(fromLsn: number, bytesMax: number): HeldRecord[] {
     const out: HeldRecord[] = [];
     let bytes = 0;
@@ -540,17 +576,20 @@ export class Replica {
       const upto = Math.min(head - 1, this.log.lastLsn);
       if (fromLsn <= upto) {
         for (const r of this.log.read(fromLsn, upto, { bytesMax })) {
+          const b = r.payload.length + APPEND_RECORD_OVERHEAD_BYTES;
+          if (out.length > 0 && bytes + b > bytesMax) return out;
           out.push(r);
-          bytes += r.payload.length;
+          bytes += b;
         }
       }
       if (out.length === 0 || out[out.length - 1]!.lsn < head - 1) return out;
     }
     for (let i = Math.max(0, fromLsn - head); i < this.recent.length; i++) {
       const r = this.recent[i]!;
-      if (out.length > 0 && bytes + r.payload.length > bytesMax) break;
+      const b = r.payload.length + APPEND_RECORD_OVERHEAD_BYTES;
+      if (out.length > 0 && bytes + b > bytesMax) break;
       out.push(r);
-      bytes += r.payload.length;
+      bytes += b;
     }
     return out;
   }
@@ -660,7 +699,7 @@ export class Replica {
       f.snapshot = { lsn: src.lsn, term: src.term, bytes: src.bytes, offset: 0 };
     }
     const s = f.snapshot;
-    const length = Math.min(SNAPSHOT_CHUNK_BYTES, s.bytes - s.offset);
+    const length = Math.min(this.snapshotChunkBytes, s.bytes - s.offset);
     let data: Uint8Array;
     try {
       data = this.snapshots.read(s.lsn, s.offset, length);
@@ -997,6 +1036,14 @@ export class Replica {
       if (n !== this.geometry.pageSize) {
         throw new StorageError('bad_request', `pages[${i}].data: expected ${this.geometry.pageSize} bytes, got ${n}`, { path: `pages[${i}].data` });
       }
+    }
+    // The record goes to the followers in one message (alone if need be): it must fit one.
+    const recordBytes = pageWriteBytes(this.geometry.pageSize, pages.length);
+    if (recordBytes + APPEND_RECORD_OVERHEAD_BYTES + MESSAGE_OVERHEAD_BYTES > this.messageBytesMax) {
+      throw new StorageError('too_large', `a write of ${pages.length} pages makes a record of ${recordBytes} bytes, more than a replication message of ${this.messageBytesMax} bytes holds`, {
+        bytes: recordBytes,
+        bytesMax: this.messageBytesMax - APPEND_RECORD_OVERHEAD_BYTES - MESSAGE_OVERHEAD_BYTES,
+      });
     }
     if (this.commitWaiters.length >= this.pendingWritesMax) {
       throw new StorageError('overloaded', `shard ${this.geometry.shard}: ${this.commitWaiters.length} writes wait for commit`);

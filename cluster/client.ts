@@ -96,9 +96,11 @@ export const REQUESTS_IN_FLIGHT_MAX = 64;
 /**
  * Bytes a shard message takes beyond its page data: fixed part (map, keys, lsn, term) and per
  * page (entry map, `page`/`data` keys, page number, byte-string header). Measured upper bounds
- * with a margin; `encode` still checks the real size against max_payload.
+ * with a margin; `encode` still checks the real size against max_payload. The fixed part also
+ * leaves room for what a leader adds when it sends the write's record to its followers (the
+ * append message's fields, under 256 bytes), so that a write sized here fits that message too.
  */
-const ENVELOPE_BYTES_FIXED = 128;
+const ENVELOPE_BYTES_FIXED = 512;
 const ENVELOPE_BYTES_PER_PAGE = 32;
 
 // ---------------------------------------------------------------------------------------------

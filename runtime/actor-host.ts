@@ -211,9 +211,12 @@ export class ActorHost implements HostApi {
     });
     // Replication requests share one reply subscription and one deadline timer.
     this.mux = new RequestMux(this.nc);
+    // Replication messages are sized to the server's max_payload (learnt at connect).
+    const maxPayload = this.nc.info?.max_payload;
     this.device = new DeviceHost({
       ...(config.device ?? {}),
       ...(config.timing ? { timing: config.timing } : {}),
+      ...(typeof maxPayload === 'number' && maxPayload > 0 ? { messageBytesMax: maxPayload } : {}),
       ...(recording ? { queueTracer: deviceQueueTracer(device, { [ATTR.node]: config.nodeId }), replicaTracer: batchSendTracer() } : {}),
       dir: config.deviceDir,
       self: config.nodeId,

@@ -56,6 +56,8 @@ export interface DeviceHostOptions {
    */
   crcOffloadBytesMin?: number;
   timing?: Partial<ReplicaTiming>;
+  /** The most one replication message may hold (the NATS server's max_payload); default 1 MiB. */
+  messageBytesMax?: number;
   /** Restarts allowed per shard within restartWindowMs before it stays down; default 5. */
   restartsMax?: number;
   restartWindowMs?: number;
@@ -277,6 +279,7 @@ export class DeviceHost {
         transport: this.opts.transportFor?.(spec) ?? unreachable,
         nowMs: this.nowMs(),
         checkpointEveryRecords: this.opts.checkpointEveryRecords ?? 65536,
+        ...(this.opts.messageBytesMax !== undefined ? { messageBytesMax: this.opts.messageBytesMax } : {}),
         ...(this.opts.timing ? { timing: this.opts.timing } : {}),
         ...(this.offload ? { offload: this.offload } : {}),
         ...(this.opts.replicaTracer ? { tracer: this.opts.replicaTracer } : {}),

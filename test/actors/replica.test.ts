@@ -5,6 +5,8 @@ import { SimDisk } from '../../storage-engine/sim-disk';
 import { Slab } from '../../storage-engine/slab';
 import { ShardStorage } from '../../storage-engine/shard-storage';
 import { ProtocolError } from '../../messages/errors';
+import { encode } from '../../messages/codec';
+import type { StorageError } from '../../storage-engine/errors';
 import type { RaftRequest, RaftReply } from '../../messages/raft';
 import type { ShardGeometry } from '../../actors/shard';
 
@@ -32,7 +34,10 @@ class TestShard {
   private readonly timer: NodeJS.Timeout;
   private readonly slab = new Slab({ slotBytes: 8192, slotCount: 4096 });
 
-  constructor(readonly ids: string[], private readonly opts: { checkpointEveryRecords?: number; timing?: Partial<typeof timing> } = {}) {
+  /** Largest replication message sent, encoded (with `messageBytesMax`: larger ones are refused, as NATS does). */
+  largestMessage = 0;
+
+  constructor(readonly ids: string[], private readonly opts: { checkpointEveryRecords?: number; timing?: Partial<typeof timing>; messageBytesMax?: number } = {}) {
     for (const id of ids) this.start(id, new SimDisk());
     this.timer = setInterval(() => {
       const now = performance.now();
@@ -50,6 +55,7 @@ class TestShard {
       geometry, self: id, members: this.ids, log: storage.log, store: storage.store, queue, hardState: storage,
       transport: this.transport(id), snapshots: storage, timing: { ...timing, ...(this.opts.timing ?? {}) }, nowMs: performance.now(),
       ...(this.opts.checkpointEveryRecords ? { checkpointEveryRecords: this.opts.checkpointEveryRecords } : {}),
+      ...(this.opts.messageBytesMax ? { messageBytesMax: this.opts.messageBytesMax } : {}),
     });
     const m = { id, disk, storage, queue, replica };
     this.members.set(id, m);
@@ -74,6 +80,11 @@ class TestShard {
     return {
       send: async (to: string, msg: RaftRequest, timeoutMs: number): Promise<RaftReply> => {
         if (msg.type === 'append' && msg.records.length > 0) this.appendsSent.push({ from, to, records: msg.records.length });
+        if (this.opts.messageBytesMax !== undefined) {
+          const bytes = encode(msg).length;
+          this.largestMessage = Math.max(this.largestMessage, bytes);
+          if (bytes > this.opts.messageBytesMax) throw new ProtocolError('too_large', `message of ${bytes} bytes exceeds ${this.opts.messageBytesMax}`);
+        }
         const target = this.members.get(to);
         if (!target || this.cut.has(`${from}>${to}`)) {
           await new Promise((r) => setTimeout(r, Math.min(timeoutMs, 5)));
@@ -204,6 +215,48 @@ describe('Replica (quorum replication of a shard log)', function () {
     const again = shard.start(lagging, disk);
     await shard.waitFor(() => again.replica.appliedLsn >= w.lsn, 'restart after install');
     assert.deepEqual(again.storage.store.getPage(200), page(9));
+  });
+
+  it('with small messages (transport max 32 KiB), appends and image chunks fit, and a write that cannot is too_large', async () => {
+    const messageBytesMax = 32 * 1024;
+    shard = new TestShard(['a', 'b', 'c'], { messageBytesMax, checkpointEveryRecords: 20, timing: { electionTimeoutMinMs: 400, electionTimeoutMaxMs: 600 } });
+    const l = await shard.leader();
+    const lagging = shard.ids.find((x) => x !== l.id)!;
+    shard.isolate([lagging]);
+    // Concurrent writes of 2 pages: appends to the other follower batch many records.
+    await Promise.all(Array.from({ length: 80 }, (_, i) => l.replica.write([{ page: i, data: page(i + 1) }, { page: 100 + i, data: page(i + 2) }])));
+    await shard.waitFor(() => l.storage.log.firstLsn > 1, 'the leader trims its log after checkpoints');
+    shard.heal();
+    const m = shard.members.get(lagging)!;
+    const target = l.replica.appliedLsn;
+    // The image of 160 pages (over 640 KiB) crosses in chunks that fit 32 KiB messages.
+    await shard.waitFor(() => m.replica.stats().snapshotsInstalled >= 1 && m.replica.appliedLsn >= target, 'image installed and caught up', 15_000);
+    for (let i = 0; i < 80; i += 7) assert.deepEqual(m.storage.store.getPage(100 + i), page(i + 2), `page ${100 + i}`);
+    assert.ok(shard.largestMessage > messageBytesMax / 2 && shard.largestMessage <= messageBytesMax, `largest message ${shard.largestMessage} bytes`);
+    // 8 pages: a record of 32,848 bytes, more than a message holds.
+    await assert.rejects(
+      l.replica.write(Array.from({ length: 8 }, (_, i) => ({ page: 200 + i, data: page(i) }))),
+      (e: StorageError) => e.code === 'too_large' && /replication message/.test(e.message),
+    );
+    // 7 pages fit (28,744 bytes) and commit.
+    await l.replica.write(Array.from({ length: 7 }, (_, i) => ({ page: 200 + i, data: page(i) })));
+  });
+
+  it('refuses a message bound too small for one page, or an append bound the messages cannot carry', () => {
+    const disk = new SimDisk();
+    const slab = new Slab({ slotBytes: 8192, slotCount: 16 });
+    const storage = ShardStorage.open(disk, { dir: 'shard', pageSize: 4096, pageCount: 256, cacheBytesMax: 1 << 16, slab });
+    try {
+      const base = {
+        geometry, self: 'a', members: ['a'], log: storage.log, store: storage.store, queue: new DeviceQueue({ disk, name: 'a' }), hardState: storage,
+        transport: { send: () => Promise.reject(new Error('unused')) }, nowMs: 0,
+      };
+      for (const bad of [{ messageBytesMax: 8 * 1024 }, { messageBytesMax: 65536.5 }, { messageBytesMax: 64 * 1024, appendBytesMax: 64 * 1024 }, { appendBytesMax: 0 }]) {
+        assert.throws(() => new Replica({ ...base, ...bad }), (e: StorageError) => e.code === 'bad_request', JSON.stringify(bad));
+      }
+    } finally {
+      storage.close();
+    }
   });
 
   it('a leader whose own disk is slower than its followers\' still applies and answers every write', async () => {

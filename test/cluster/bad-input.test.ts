@@ -184,15 +184,17 @@ describe('the public API checks the schema header', function () {
   });
 });
 
-describe('replies larger than the NATS server carries', function () {
+describe('a NATS server with a small max_payload (256 KiB)', function () {
   this.timeout(60_000);
   let c: InProcessCluster;
   let shard0: string;
 
   before(async () => {
-    c = await startCluster({ nodes: 1, hosts: 1, maxPayloadBytes: 256 * 1024 });
-    const info = await c.client.createVolume({ name: 'v-small', pageCount: 100, shards: 1 });
+    c = await startCluster({ nodes: 3, hosts: 1, maxPayloadBytes: 256 * 1024 });
+    const info = await c.client.createVolume({ name: 'v-small', pageCount: 4096, shards: 1, replicas: 3 });
     shard0 = shardSubject(c.cluster, info.id, 0);
+    // Through the client, which waits for the shard's leader to be elected and to subscribe.
+    await c.client.volume('v-small').write(4095, demoPage(4096, 4095, 1));
   });
   after(async () => {
     await c?.stop();
@@ -206,6 +208,22 @@ describe('replies larger than the NATS server carries', function () {
       [HEADER_DEADLINE]: String(Date.now() + 5000),
     })) as Partial<ErrorReply>;
     assert.equal(reply.error?.code, 'too_large', JSON.stringify(reply));
+  });
+
+  it('replicated writes of 128 KiB, many in flight, all commit: appends to the followers are sized to fit', async () => {
+    const vol = c.client.volume('v-small');
+    // 16 writers × 4 writes of 32 pages: the leader batches records into appends, which must
+    // each fit 256 KiB or the followers never get them (the writes would time out).
+    const results = await Promise.all(Array.from({ length: 16 }, async (_, w) => {
+      for (let i = 0; i < 4; i++) {
+        const first = ((w * 4 + i) * 32) % 4096;
+        await vol.writePages(Array.from({ length: 32 }, (_, j) => ({ page: first + j, data: demoPage(4096, first + j, w) })));
+      }
+      return w;
+    }));
+    assert.equal(results.length, 16);
+    const back = await vol.readPages([0, 31, 2047]);
+    assert.deepEqual(Buffer.from(back.pages[1]!), Buffer.from(demoPage(4096, 31, 0)));
   });
 
   it('the client splits the same read into replies that fit, and gets every page', async () => {

@@ -197,7 +197,7 @@ describe('DeviceHost checkpoints', function () {
       host.openShard({ ...spec(0), pageCount: 1024 });
       const r = await leader(host, 0);
       const owned = Array.from({ length: 1024 }, (_, p) => p).filter((p) => Math.floor(p / 4) % 2 === 0);
-      for (let k = 0; k < owned.length; k += 256) await r.write(owned.slice(k, k + 256).map((p) => ({ page: p, data: page(p & 0xff) })));
+      for (let k = 0; k < owned.length; k += 128) await r.write(owned.slice(k, k + 128).map((p) => ({ page: p, data: page(p & 0xff) })));
       const order: string[] = [];
       // 512 pages: an image of 8 steps of 64 pages.
       const cp = r.checkpoint().then((c) => {
