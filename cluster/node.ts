@@ -525,7 +525,20 @@ export class StrataNode {
       msg.respond(encode(errorReply(e)), { headers: replyHeaders() });
       return pe.code;
     }
-    msg.respond(reply instanceof Uint8Array ? reply : encode(reply), { headers: replyHeaders() });
+    let bytes: Uint8Array;
+    try {
+      // Within the server's max_payload: a reply nats.js refuses to publish would never arrive.
+      const maxPayload = this.nc?.info?.max_payload;
+      bytes = reply instanceof Uint8Array ? reply : encode(reply, typeof maxPayload === 'number' && maxPayload > 0 ? { bytesMax: maxPayload } : {});
+    } catch (e) {
+      // too_large: more pages than one reply holds through this server; the requester can ask
+      // for fewer. Anything else is a bug of ours.
+      const pe = toProtocolError(e);
+      if (pe.code !== 'too_large') this.log.error('api reply encoding failed', { verb, err: e });
+      msg.respond(encode(errorReply(pe)), { headers: replyHeaders() });
+      return pe.code;
+    }
+    msg.respond(bytes, { headers: replyHeaders() });
     return 'ok';
   }
 

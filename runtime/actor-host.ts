@@ -564,8 +564,7 @@ export class ActorHost implements HostApi {
       const pe = toProtocolError(e);
       if (pe.code === 'too_large') {
         // More than one message holds (a read of many pages through a server with a small
-        // max_payload): the requester learns it and can ask for less.
-        this.log.warn('reply too large for a message', { bytes: pe.details?.['bytes'], bytesMax: pe.details?.['bytesMax'] });
+        // max_payload): the requester learns it and can ask for less, as for any bad request.
         bytes = encode(errorReply(pe));
       } else {
         this.log.error('reply encoding failed', { err: e });

@@ -226,6 +226,15 @@ describe('a NATS server with a small max_payload (256 KiB)', function () {
     assert.deepEqual(Buffer.from(back.pages[1]!), Buffer.from(demoPage(4096, 31, 0)));
   });
 
+  it('a page.read through the public API whose reply exceeds the server max_payload → too_large', async () => {
+    const reply = decode(await c.client.rawRequest(apiSubject(c.cluster, 'page.read'), encode({ volume: 'v-small', pages: Array.from({ length: 100 }, (_, i) => i) }), {
+      [HEADER_TYPE]: 'page.read',
+      [HEADER_SCHEMA]: '1',
+      [HEADER_DEADLINE]: String(Date.now() + 5000),
+    })) as Partial<ErrorReply>;
+    assert.equal(reply.error?.code, 'too_large', JSON.stringify(reply).slice(0, 300));
+  });
+
   it('the client splits the same read into replies that fit, and gets every page', async () => {
     const vol = c.client.volume('v-small');
     const data = demoPage(4096, 99, 7);
