@@ -33,7 +33,8 @@
  */
 import { connect as natsConnect } from 'nats';
 import type { NatsConnection } from 'nats';
-import { MESSAGE_BYTES_MAX, decode, encode } from '../messages/codec';
+import { MESSAGE_BYTES_MAX, decode, encode, encodeShardWriteRequest } from '../messages/codec';
+import { requestArena } from '../storage-engine/arena';
 import { ProtocolError, throwIfError } from '../messages/errors';
 import { DEADLINE_AHEAD_MS_MAX, writeHeaders } from '../messages/headers';
 import { clientSpan } from '../observability/tracing';
@@ -224,6 +225,8 @@ function malformedReply(err: unknown, type: MessageType, subject: string): Proto
   });
 }
 
+const arenaAlloc = (bytes: number): Uint8Array => requestArena.alloc(bytes);
+
 /** Writes the Strata headers of a request into a plain record. */
 function requestHeaders(type: MessageType, deadlineMs: number): Record<string, string> {
   const out: Record<string, string> = {};
@@ -371,7 +374,9 @@ export class StrataClient {
   ): Promise<T> {
     this.checkOpen();
     const bytesMax = this.transport.maxPayloadBytes;
-    const data = encode(body, { bytesMax });
+    // A write's pages go into an exact-size buffer from the request arena (it lives until the
+    // NATS client has copied it out), not through cbor-x's growing buffer.
+    const data = type === 'shard.write' ? encodeShardWriteRequest(body as ShardWriteRequest, { bytesMax, alloc: arenaAlloc }) : encode(body, { bytesMax });
     const timeoutMs = deadlineMs - this.nowMs();
     if (timeoutMs <= 0) {
       throw new ProtocolError('timeout', `deadline passed before ${type} was sent to ${subject}`, { subject, deadlineMs });

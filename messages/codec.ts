@@ -19,14 +19,18 @@
  * internal buffer shared with earlier results (never overwritten), so it must not be transferred
  * (postMessage transfer list) or mutated.
  *
- * `encodeShardReadReply` writes the most frequent reply of all, a shard's answer to a read, without
- * cbor-x: the same value in plain CBOR (any decoder, this one included, reads it back equal), in
- * about a third of the time.
+ * The messages that carry pages are written without cbor-x, in plain CBOR that any decoder (this
+ * one included) reads back as the same value, into a buffer of the exact size: a shard's read
+ * reply (`encodeShardReadReply`) and a shard write request (`encodeShardWriteRequest`). cbor-x
+ * writes into a shared buffer and, when a message outgrows it, allocates one four times as large
+ * and copies what it wrote so far; for a message of a few pages that is most of its cost. (For
+ * appends of many records, cbor-x's reuse of one large buffer measured better than a new
+ * buffer of the exact size for each.)
  */
 import { Decoder, Encoder } from 'cbor-x';
 import type { Options } from 'cbor-x';
 import { ProtocolError } from './errors';
-import type { ShardReadReply } from './api';
+import type { ShardReadReply, ShardWriteRequest } from './api';
 
 /** Default bound on an encoded message: the NATS server's default max_payload (1 MiB). */
 export const MESSAGE_BYTES_MAX = 1024 * 1024;
@@ -154,17 +158,91 @@ function writeUint32(out: Uint8Array, at: number, n: number): void {
   out[at + 3] = n & 0xff;
 }
 
-/** A map key as CBOR (a text string of ASCII). */
+/** A text string of ASCII characters as CBOR (map keys, ids). */
 function keyBytes(key: string): Uint8Array {
-  const out = new Uint8Array(1 + key.length);
+  const head = headBytes(key.length);
+  const out = new Uint8Array(head + key.length);
   writeHead(out, 0, 3, key.length);
-  for (let i = 0; i < key.length; i++) out[1 + i] = key.charCodeAt(i);
+  for (let i = 0; i < key.length; i++) out[head + i] = key.charCodeAt(i);
   return out;
 }
 
 const KEY_PAGES = keyBytes('pages');
 const KEY_LSN = keyBytes('lsn');
 const KEY_TERM = keyBytes('term');
+const KEY_PAGE = keyBytes('page');
+const KEY_DATA = keyBytes('data');
+const KEY_DEADLINE_MS = keyBytes('deadlineMs');
+
+/** Options of the encoders of page messages: those of `encode`, and where the output goes. */
+export type PageMessageOptions = CodecOptions & {
+  /** Returns a buffer of exactly the given length (default: a new Uint8Array). */
+  alloc?: (bytes: number) => Uint8Array;
+};
+
+function isUint(n: unknown): n is number {
+  return typeof n === 'number' && Number.isSafeInteger(n) && n >= 0;
+}
+
+
+/** The output buffer of a page message of `bytes` bytes, after the size checks of `encode`. */
+function outputOf(bytes: number, options: PageMessageOptions | undefined): Uint8Array {
+  const bytesMax = bytesMaxOf(options);
+  if (bytes > bytesMax) {
+    throw new ProtocolError('too_large', `message of ${bytes} bytes exceeds the limit of ${bytesMax} bytes`, { bytes, bytesMax });
+  }
+  const out = options?.alloc?.(bytes) ?? new Uint8Array(bytes);
+  if (out.length !== bytes) throw new ProtocolError('internal', `can not encode message: a buffer of ${out.length} bytes for ${bytes}`);
+  return out;
+}
+
+function putBytes(out: Uint8Array, at: number, bytes: Uint8Array): number {
+  out.set(bytes, at);
+  return at + bytes.length;
+}
+
+/**
+ * Encodes a shard.write request (see the module comment). A value of another shape (another
+ * field, a page number that is not a non-negative safe integer, data that is not bytes) is
+ * encoded by `encode` instead, so the result is always what `encode` would mean.
+ */
+export function encodeShardWriteRequest(req: ShardWriteRequest, options?: PageMessageOptions): Uint8Array {
+  const { pages, term, deadlineMs } = req;
+  let fields = 1;
+  for (const key in req) {
+    if (key === 'pages' || ((key === 'term' || key === 'deadlineMs') && req[key] !== undefined)) continue;
+    return encode(req, options);
+  }
+  if (!Array.isArray(pages)) return encode(req, options);
+  let bytes = 1 + KEY_PAGES.length + headBytes(pages.length);
+  for (const p of pages) {
+    if (p === null || typeof p !== 'object' || Object.keys(p).length !== 2 || !isUint(p.page) || !(p.data instanceof Uint8Array)) return encode(req, options);
+    bytes += 1 + KEY_PAGE.length + headBytes(p.page) + KEY_DATA.length + headBytes(p.data.length) + p.data.length;
+  }
+  if (term !== undefined) {
+    if (!isUint(term)) return encode(req, options);
+    bytes += KEY_TERM.length + headBytes(term);
+    fields++;
+  }
+  if (deadlineMs !== undefined) {
+    if (!isUint(deadlineMs)) return encode(req, options);
+    bytes += KEY_DEADLINE_MS.length + headBytes(deadlineMs);
+    fields++;
+  }
+  const out = outputOf(bytes, options);
+  let at = writeHead(out, 0, 5, fields);
+  at = writeHead(out, putBytes(out, at, KEY_PAGES), 4, pages.length);
+  for (const p of pages) {
+    at = writeHead(out, at, 5, 2);
+    at = writeHead(out, putBytes(out, at, KEY_PAGE), 0, p.page);
+    at = writeHead(out, putBytes(out, at, KEY_DATA), 2, p.data.length);
+    at = putBytes(out, at, p.data);
+  }
+  if (term !== undefined) at = writeHead(out, putBytes(out, at, KEY_TERM), 0, term);
+  if (deadlineMs !== undefined) at = writeHead(out, putBytes(out, at, KEY_DEADLINE_MS), 0, deadlineMs);
+  return out;
+}
+
 
 function checkUint(n: number, what: string): void {
   if (!Number.isSafeInteger(n) || n < 0) throw new ProtocolError('internal', `can not encode message: ${what} ${String(n)} is not a non-negative safe integer`);
@@ -175,11 +253,7 @@ function checkUint(n: number, what: string): void {
  * new one). Same errors as `encode`: 'too_large' over `bytesMax`, 'internal' for a value that is
  * not a reply (a number that is not a non-negative safe integer, a page that is not bytes).
  */
-export function encodeShardReadReply(
-  reply: ShardReadReply,
-  options?: CodecOptions & { alloc?: (bytes: number) => Uint8Array },
-): Uint8Array {
-  const bytesMax = bytesMaxOf(options);
+export function encodeShardReadReply(reply: ShardReadReply, options?: PageMessageOptions): Uint8Array {
   const { pages, lsn, term } = reply;
   checkUint(lsn, 'lsn');
   if (term !== undefined) checkUint(term, 'term');
@@ -189,24 +263,11 @@ export function encodeShardReadReply(
     if (!(page instanceof Uint8Array)) throw new ProtocolError('internal', 'can not encode message: a page is not a Uint8Array');
     bytes += headBytes(page.length) + page.length;
   }
-  if (bytes > bytesMax) {
-    throw new ProtocolError('too_large', `message of ${bytes} bytes exceeds the limit of ${bytesMax} bytes`, { bytes, bytesMax });
-  }
-  const out = options?.alloc?.(bytes) ?? new Uint8Array(bytes);
-  if (out.length !== bytes) throw new ProtocolError('internal', `can not encode message: a buffer of ${out.length} bytes for ${bytes}`);
+  const out = outputOf(bytes, options);
   let at = writeHead(out, 0, 5, term === undefined ? 2 : 3);
-  out.set(KEY_PAGES, at);
-  at = writeHead(out, at + KEY_PAGES.length, 4, pages.length);
-  for (const page of pages) {
-    at = writeHead(out, at, 2, page.length);
-    out.set(page, at);
-    at += page.length;
-  }
-  out.set(KEY_LSN, at);
-  at = writeHead(out, at + KEY_LSN.length, 0, lsn);
-  if (term !== undefined) {
-    out.set(KEY_TERM, at);
-    at = writeHead(out, at + KEY_TERM.length, 0, term);
-  }
+  at = writeHead(out, putBytes(out, at, KEY_PAGES), 4, pages.length);
+  for (const page of pages) at = putBytes(out, writeHead(out, at, 2, page.length), page);
+  at = writeHead(out, putBytes(out, at, KEY_LSN), 0, lsn);
+  if (term !== undefined) at = writeHead(out, putBytes(out, at, KEY_TERM), 0, term);
   return out;
 }

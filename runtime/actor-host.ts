@@ -596,8 +596,9 @@ export class ActorHost implements HostApi {
  * A read's reply, in a buffer from the request arena: it lives until the replies of this turn
  * are sent, when the NATS client has copied it.
  */
+const arenaAlloc = (bytes: number): Uint8Array => requestArena.alloc(bytes);
 const encodeReadReply = (reply: unknown, options: CodecOptions): Uint8Array =>
-  encodeShardReadReply(reply as ShardReadReply, { ...options, alloc: (n) => requestArena.alloc(n) });
+  encodeShardReadReply(reply as ShardReadReply, { ...options, alloc: arenaAlloc });
 
 /** Most a shard answers ahead of a request's deadline (at most a tenth of the time it was given). */
 const ANSWER_MARGIN_MS_MAX = 250;

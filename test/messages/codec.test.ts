@@ -1,7 +1,7 @@
 import * as assert from 'node:assert/strict';
 import { Decoder } from 'cbor-x';
-import { MESSAGE_BYTES_MAX, decode, encode, encodeShardReadReply } from '../../messages/codec';
-import { validateShardReadReply } from '../../messages/validate';
+import { MESSAGE_BYTES_MAX, decode, encode, encodeShardReadReply, encodeShardWriteRequest } from '../../messages/codec';
+import { validateShardReadReply, validateShardWriteRequest } from '../../messages/validate';
 import { ProtocolError } from '../../messages/errors';
 import { validatePageWriteRequest, validateVolumeCreateRequest } from '../../messages/validate';
 import { assertProtocolError } from '../support/expect';
@@ -194,5 +194,51 @@ describe('encodeShardReadReply (a read reply without cbor-x)', () => {
       assertProtocolError(() => encodeShardReadReply({ pages: [page], lsn: 1, term: lsn }), 'internal');
     }
     assertProtocolError(() => encodeShardReadReply({ pages: ['not bytes' as unknown as Uint8Array], lsn: 1 }), 'internal');
+  });
+});
+
+describe('encodeShardWriteRequest (a write request without cbor-x)', () => {
+  const numbers = [0, 23, 24, 255, 256, 65535, 65536, 2 ** 32, Number.MAX_SAFE_INTEGER];
+
+  it('decodes to the request it was given, for every head size of page numbers, counts, term and deadline', () => {
+    for (const count of [1, 2, 23, 24]) {
+      for (const n of numbers) {
+        const pages = Array.from({ length: count }, (_, i) => ({ page: (n - i) >= 0 ? n - i : i, data: new Uint8Array(i % 3 === 0 ? 4096 : 24).fill(i) }));
+        for (const extra of [{}, { term: n }, { deadlineMs: n }, { term: 3, deadlineMs: n }]) {
+          const req = { pages, ...extra };
+          const bytes = encodeShardWriteRequest(req);
+          assert.deepEqual(decode(bytes), req, `count ${count}, n ${n}, ${JSON.stringify(extra)}`);
+        }
+      }
+    }
+    const valid = { pages: [{ page: 7, data: new Uint8Array(4096).fill(9) }], term: 2 };
+    assert.deepEqual(validateShardWriteRequest(decode(encodeShardWriteRequest(valid))), valid);
+  });
+
+  it('a value of another shape is encoded by encode, so it means the same', () => {
+    const data = new Uint8Array(8).fill(1);
+    const odd: unknown[] = [
+      { pages: [{ page: -1, data }] },
+      { pages: [{ page: 1.5, data }] },
+      { pages: [{ page: 1, data: 'not bytes' }] },
+      { pages: [{ page: 1, data, extra: true }] },
+      { pages: [{ page: 1, data }], other: 'field' },
+      { pages: 'not a list' },
+      { pages: [{ page: 1, data }], term: -2 },
+      { pages: [null] },
+    ];
+    for (const v of odd) {
+      const bytes = encodeShardWriteRequest(v as Parameters<typeof encodeShardWriteRequest>[0]);
+      assert.deepEqual(decode(bytes), decode(encode(v)), JSON.stringify(v));
+    }
+  });
+
+  it('writes into the buffer `alloc` gives, and refuses over bytesMax with too_large', () => {
+    const req = { pages: [{ page: 1, data: new Uint8Array(4096) }] };
+    const backing = new Uint8Array(8192);
+    const bytes = encodeShardWriteRequest(req, { alloc: (n) => backing.subarray(16, 16 + n) });
+    assert.equal(bytes.buffer, backing.buffer);
+    assert.deepEqual(decode(bytes), req);
+    assertProtocolError(() => encodeShardWriteRequest(req, { bytesMax: 4096 }), 'too_large');
   });
 });
