@@ -7,7 +7,7 @@
  * uses, so both paths split, bound and merge requests identically. `status` gathers every
  * node's view with one scatter request bounded by a deadline.
  */
-import type { NatsConnection, MsgHdrs } from 'nats';
+import type { NatsConnection } from 'nats';
 import { encode, decode } from '../messages/codec';
 import { errorReply, ProtocolError, throwIfError } from '../messages/errors';
 import { validatePageWriteRequest, validatePageReadRequest, validateVolumeFlushRequest } from '../messages/validate';
@@ -49,19 +49,19 @@ export class ApiRouter {
     }
   }
 
-  async pageWrite(body: unknown, _headers?: MsgHdrs): Promise<unknown> {
+  async pageWrite(body: unknown): Promise<unknown> {
     const req = validatePageWriteRequest(body);
     const r = await this.volume(req.volume).writePages(req.pages);
     return { lsn: r.lsn, lsns: r.lsns };
   }
 
-  async pageRead(body: unknown, _headers?: MsgHdrs): Promise<unknown> {
+  async pageRead(body: unknown): Promise<unknown> {
     const req = validatePageReadRequest(body);
     const r = await this.volume(req.volume).readPages(req.pages, req.lsn !== undefined ? { lsn: req.lsn } : {});
     return { pages: r.pages, lsn: r.lsn, lsns: r.lsns };
   }
 
-  async flush(body: unknown, _headers?: MsgHdrs): Promise<unknown> {
+  async flush(body: unknown): Promise<unknown> {
     const req = validateVolumeFlushRequest(body);
     const r = await this.volume(req.volume).flush();
     return { lsn: r.lsn, lsns: r.lsns };

@@ -20,6 +20,7 @@ import * as path from 'node:path';
 import { connect, headers as natsHeaders, type NatsConnection, type Msg, type MsgHdrs, type Subscription } from 'nats';
 import { HEADER_SCHEMA, SCHEMA_VERSION, checkSchemaHeader } from '../messages/headers';
 import type { Service } from 'nats';
+import { messageHeaders } from '../runtime/nats-headers';
 import { encode, decode } from '../messages/codec';
 import { errorReply, ProtocolError, toProtocolError, throwIfError, type ErrorCode } from '../messages/errors';
 import {
@@ -510,7 +511,9 @@ export class StrataNode {
   private async handleApi(verb: string, fn: (body: unknown, msg: Msg) => Promise<unknown>, msg: Msg): Promise<'ok' | ErrorCode> {
     let body: unknown;
     try {
-      checkSchemaHeader({ get: (k: string) => msg.headers?.get(k) ?? '' });
+      const headers = messageHeaders(msg);
+      if (headers.malformed !== undefined) throw new ProtocolError('bad_request', `malformed NATS headers: ${headers.malformed}`);
+      checkSchemaHeader(headers);
       body = decode(msg.data);
     } catch (e) {
       msg.respond(encode(errorReply(e)), { headers: replyHeaders() });
@@ -566,7 +569,7 @@ export class StrataNode {
             return;
           }
           const t0 = performance.now();
-          const done = serverSpan(msg.subject, verb, msg.headers, (span) =>
+          const done = serverSpan(msg.subject, verb, messageHeaders(msg), (span) =>
             this.handleApi(verb, fn, msg).then((outcome) => {
               if (outcome !== 'ok') recordSpanError(span, new ProtocolError(outcome, `answered ${outcome}`));
               return outcome;
@@ -582,9 +585,9 @@ export class StrataNode {
     for (const verb of ['volume.create', 'volume.list', 'volume.info', 'volume.delete']) {
       endpoint(verb, async (_body, msg) => router.forwardToController(verb, msg.data));
     }
-    endpoint('page.write', (body, msg) => router.pageWrite(body, msg.headers));
-    endpoint('page.read', (body, msg) => router.pageRead(body, msg.headers));
-    endpoint('volume.flush', (body, msg) => router.flush(body, msg.headers));
+    endpoint('page.write', (body) => router.pageWrite(body));
+    endpoint('page.read', (body) => router.pageRead(body));
+    endpoint('volume.flush', (body) => router.flush(body));
     endpoint('status', async () => router.clusterStatus(await this.status()));
   }
 }

@@ -511,6 +511,7 @@ export class ActorHost implements HostApi {
   }
 
   private async handle(mb: Mailbox, msg: Msg, headerView: ReceivedHeaders): Promise<unknown> {
+    if (headerView.malformed !== undefined) throw new ProtocolError('bad_request', `malformed NATS headers: ${headerView.malformed}`);
     checkSchemaHeader(headerView);
     const now = Date.now();
     const deadlineText = headerView.get(HEADER_DEADLINE);

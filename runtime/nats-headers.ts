@@ -20,6 +20,12 @@ import type { Msg } from 'nats';
 /** A received message's headers: the value of a name, '' when absent. */
 export interface ReceivedHeaders {
   get(name: string): string;
+  /**
+   * Set when the header block is malformed (nats.js's decoder refused it: a lone CR or LF in a
+   * value, a name with a space…): every name then reads as absent, and the receiver answers
+   * bad_request. (Left to nats.js, the decoder's exception would end the connection's reader.)
+   */
+  readonly malformed?: string;
 }
 
 /** Longest header block read here; a longer one goes to the nats.js decoder. */
@@ -48,7 +54,7 @@ class PlainHeaders implements ReceivedHeaders {
   }
 }
 
-/** The headers of `msg` (see the module comment); never throws for a malformed block it reads. */
+/** The headers of `msg` (see the module comment); never throws (see `malformed`). */
 export function messageHeaders(msg: Msg): ReceivedHeaders {
   const raw = msg as unknown as RawMsgFields;
   const data = raw._rdata;
@@ -62,7 +68,13 @@ export function messageHeaders(msg: Msg): ReceivedHeaders {
 }
 
 function decoded(msg: Msg): ReceivedHeaders {
-  const h = msg.headers;
+  let h: Msg['headers'];
+  try {
+    h = msg.headers;
+  } catch (e) {
+    const reason = (e instanceof Error ? e.message : String(e)).slice(0, 200);
+    return { get: () => '', malformed: reason };
+  }
   return h === undefined ? NO_HEADERS : { get: (name: string) => h.get(name) ?? '' };
 }
 
@@ -70,7 +82,7 @@ function decoded(msg: Msg): ReceivedHeaders {
  * Parses `bytes[0, end)` as a plain header block; undefined when it is not one (the caller then
  * uses the nats.js decoder).
  */
-export function parsePlainHeaderBlock(bytes: Uint8Array, end: number): PlainHeaders | undefined {
+export function parsePlainHeaderBlock(bytes: Uint8Array, end: number): ReceivedHeaders | undefined {
   if (end > FAST_HEADER_BYTES_MAX || end < PREFIX.length + 2) return undefined;
   const text = UTF8.decode(bytes.subarray(0, end));
   const first = text.indexOf('\r\n');

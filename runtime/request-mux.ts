@@ -141,7 +141,7 @@ export class RequestMux {
     const p = this.pending.get(token);
     if (p === undefined) return; // Late: its deadline passed already.
     this.pending.delete(token);
-    const code = msg.data.length === 0 ? msg.headers?.code ?? 0 : 0;
+    const code = msg.data.length === 0 ? statusCode(msg) : 0;
     if (code === 503) p.reject(new NoRespondersError(p.subject));
     else if (code >= 400) p.reject(new ProtocolError('unavailable', `request on ${p.subject} failed: NATS status ${code}`, { subject: p.subject, natsCode: String(code) }));
     else p.resolve(msg);
@@ -214,6 +214,16 @@ function toHeaders(h: MuxRequestOptions['headers']): MsgHdrs | undefined {
     headerCache.set(key, out);
   }
   return out;
+}
+
+/** The NATS status of a reply without payload (503: no responders); 0 when its headers are malformed. */
+function statusCode(msg: Msg): number {
+  try {
+    return msg.headers?.code ?? 0;
+  } catch {
+    // nats.js's decoder refused the header block; left uncaught, it would end the reader.
+    return 0;
+  }
 }
 
 /** The string `code` a nats package error carries, if any. */

@@ -1,4 +1,6 @@
 import { strict as assert } from 'node:assert';
+import * as net from 'node:net';
+import { connect as natsConnect } from 'nats';
 import { startCluster, type InProcessCluster } from '../../cluster/in-process-cluster';
 import { demoPage } from '../../cluster/dev';
 import { encode, decode } from '../../messages/codec';
@@ -9,6 +11,40 @@ import type { VolumeInfo } from '../../messages/api';
 
 function headers(type: string, extra: Record<string, string> = {}): Record<string, string> {
   return { [HEADER_TYPE]: type, [HEADER_SCHEMA]: '1', [HEADER_DEADLINE]: String(Date.now() + 5000), ...extra };
+}
+
+/**
+ * Publishes a request whose header block nats.js's decoder refuses (a value with a lone LF), over
+ * a raw NATS connection (nats.js will not send such headers), and returns the decoded reply.
+ */
+async function rawMalformedHeaderRequest(natsUrl: string, subject: string, body: Uint8Array, type: string): Promise<unknown> {
+  const nc = await natsConnect({ servers: natsUrl });
+  const inbox = `malformed.${Math.random().toString(36).slice(2)}`;
+  const sub = nc.subscribe(inbox, { max: 1 });
+  await nc.flush();
+  const socket = net.connect(Number(new URL(natsUrl).port), '127.0.0.1');
+  try {
+    const hdr = `NATS/1.0\r\n${HEADER_TYPE}: ${type}\r\n${HEADER_SCHEMA}: 1\r\nx: a\nb\r\n\r\n`;
+    await new Promise<void>((resolve, reject) => {
+      socket.once('error', reject);
+      socket.once('data', () => {
+        socket.write('CONNECT {"verbose":false,"headers":true,"no_responders":true}\r\n');
+        socket.write(`HPUB ${subject} ${inbox} ${Buffer.byteLength(hdr)} ${Buffer.byteLength(hdr) + body.length}\r\n`);
+        socket.write(hdr);
+        socket.write(body);
+        socket.write('\r\n', () => resolve());
+      });
+    });
+    const timer = setTimeout(() => sub.unsubscribe(), 5000);
+    for await (const m of sub) {
+      clearTimeout(timer);
+      return decode(m.data);
+    }
+    throw new Error('no reply to the request with malformed headers');
+  } finally {
+    socket.destroy();
+    await nc.close();
+  }
 }
 
 describe('bad input over NATS gets a typed error and the node keeps serving', function () {
@@ -97,6 +133,17 @@ describe('bad input over NATS gets a typed error and the node keeps serving', fu
       c.client.rawRequest(shard0, new Uint8Array(2 * 1024 * 1024), headers('shard.write')),
       (err: ProtocolError) => err.code === 'too_large',
     );
+  });
+
+  it('a header block nats.js cannot decode, to a shard and to the API → bad_request (the host\'s and the node\'s readers survive)', async () => {
+    const toShard = await rawMalformedHeaderRequest(c.natsUrl, shard0, encode({ pages: [1] }), 'shard.read') as Partial<ErrorReply>;
+    assert.equal(toShard.error?.code, 'bad_request', JSON.stringify(toShard));
+    assert.match(toShard.error!.message, /malformed NATS headers/);
+    const toApi = await rawMalformedHeaderRequest(c.natsUrl, apiSubject(c.cluster, 'page.read'), encode({ volume: 'v-bad', pages: [1] }), 'page.read') as Partial<ErrorReply>;
+    assert.equal(toApi.error?.code, 'bad_request', JSON.stringify(toApi));
+    // afterEach: the shard still serves writes and reads through the client.
+    const again = await c.client.volume('v-bad').readPages([1]);
+    assert.equal(again.pages.length, 1);
   });
 
   it('more pages than a request may carry → too_large', async () => {

@@ -124,6 +124,17 @@ describe('messageHeaders (reading a request\'s headers without the nats.js decod
       assert.equal(msg.headers?.code, 503);
     });
 
+    it('a block nats.js\'s decoder refuses is malformed: every name absent, nothing thrown', () => {
+      const msg = {
+        get headers(): never {
+          throw new Error('invalid header value - \\r and \\n are not allowed.');
+        },
+      } as unknown as Msg;
+      const got = messageHeaders(msg);
+      assert.match(got.malformed ?? '', /invalid header value/);
+      assert.equal(got.get(HEADER_TYPE), '');
+    });
+
     it('a message object without the raw fields is read through msg.headers', () => {
       const h = natsHeaders();
       h.set(HEADER_TYPE, 'shard.write');

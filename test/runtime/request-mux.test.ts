@@ -1,4 +1,5 @@
 import { strict as assert } from 'node:assert';
+import * as net from 'node:net';
 import { connect, type NatsConnection } from 'nats';
 import { frozenHeaders, NoRespondersError, RequestMux } from '../../runtime/request-mux';
 import { NatsTransport } from '../../cluster/client';
@@ -124,6 +125,43 @@ describe('RequestMux (NATS request/reply over one reply subscription)', function
     mux2.close();
     await rejectsWith(w2, 'unavailable', /closed/);
     await nc2.close();
+  });
+
+  it('an empty reply whose header block nats.js cannot decode is handed over, and the connection keeps working', async () => {
+    // A responder on a raw connection (nats.js will not send such headers) that answers every
+    // request on `bad-headers` with an empty payload and a value holding a lone LF.
+    const socket = net.connect(Number(new URL(server.url).port), '127.0.0.1');
+    try {
+      await new Promise<void>((resolve, reject) => {
+        socket.once('error', reject);
+        let buffered = '';
+        socket.on('data', (d) => {
+          buffered += d.toString('latin1');
+          if (buffered.startsWith('INFO')) {
+            buffered = '';
+            socket.write('CONNECT {"verbose":false,"headers":true}\r\nSUB bad-headers 1\r\nPING\r\n');
+            return;
+          }
+          if (buffered.includes('PONG')) {
+            buffered = buffered.replace(/PONG\r\n/g, '');
+            resolve();
+          }
+          const m = /MSG bad-headers 1 (\S+) \d+\r\n[^]*?\r\n/.exec(buffered);
+          if (m) {
+            buffered = buffered.slice(m.index + m[0].length);
+            const hdr = 'NATS/1.0\r\nx: a\nb\r\n\r\n';
+            socket.write(`HPUB ${m[1]} ${hdr.length} ${hdr.length}\r\n${hdr}\r\n`);
+          }
+        });
+      });
+      const mux = new RequestMux(nc);
+      const reply = await mux.request('bad-headers', Uint8Array.of(1), { timeoutMs: 5000 });
+      assert.equal(reply.data.length, 0);
+      // The reply subscription and the connection's reader are still there.
+      assert.deepEqual([...(await mux.request('echo', Uint8Array.of(5), { timeoutMs: 5000 })).data], [5]);
+    } finally {
+      socket.destroy();
+    }
   });
 
   it('NatsTransport: reply bytes, max_payload of the server, typed failures', async () => {
