@@ -38,7 +38,7 @@ import { requestArena } from '../storage-engine/arena';
 import { ProtocolError, throwIfError } from '../messages/errors';
 import { DEADLINE_AHEAD_MS_MAX, writeHeaders } from '../messages/headers';
 import { clientSpan } from '../observability/tracing';
-import { NoRespondersError, RequestMux, fromNatsError, natsErrorCode } from '../runtime/request-mux';
+import { NoRespondersError, RequestMux, fromNatsError, natsErrorCode, serverMaxPayload } from '../runtime/request-mux';
 import { apiSubject, checkToken, shardSubject } from '../messages/subjects';
 import {
   PAGES_PER_REQUEST_MAX,
@@ -144,8 +144,7 @@ export class NatsTransport implements ClientTransport {
   }
 
   get maxPayloadBytes(): number {
-    const maxPayload = this.nc.info?.max_payload;
-    return typeof maxPayload === 'number' && maxPayload > 0 ? maxPayload : MESSAGE_BYTES_MAX;
+    return serverMaxPayload(this.nc) ?? MESSAGE_BYTES_MAX;
   }
 
   async request(subject: string, data: Uint8Array, options: TransportRequestOptions): Promise<Uint8Array> {

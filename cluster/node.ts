@@ -21,6 +21,7 @@ import { connect, headers as natsHeaders, type NatsConnection, type Msg, type Ms
 import { HEADER_SCHEMA, SCHEMA_VERSION, checkSchemaHeader } from '../messages/headers';
 import type { Service } from 'nats';
 import { messageHeaders } from '../runtime/nats-headers';
+import { encodeReplyWithin } from '../runtime/request-mux';
 import { encode, decode } from '../messages/codec';
 import { errorReply, ProtocolError, toProtocolError, throwIfError, type ErrorCode } from '../messages/errors';
 import {
@@ -345,20 +346,35 @@ export class StrataNode {
         try {
           body = decode(msg.data);
         } catch (e) {
-          msg.respond(encode(errorReply(e)));
+          this.respondControl(msg, subject, errorReply(e));
           return;
         }
         handler(body, msg).then(
-          (reply) => msg.respond(encode(reply)),
+          (reply) => this.respondControl(msg, subject, reply),
           (e: unknown) => {
             const pe = toProtocolError(e);
             if (pe.code === 'internal') this.log.error('control request failed', { subject, err: e });
-            msg.respond(encode(errorReply(e)));
+            this.respondControl(msg, subject, errorReply(e));
           },
         );
       },
     });
     this.subs.push(sub);
+  }
+
+  /**
+   * Answers a control request. A reply over the server's max_payload (a volume list of more
+   * volumes than one message holds) is answered too_large; nothing here may throw, since a
+   * rejection nobody handles would end the process.
+   */
+  private respondControl(msg: Msg, subject: string, reply: unknown): void {
+    const { bytes } = encodeReplyWithin(this.nc, reply, (err) => this.log.error('control reply encoding failed', { subject, err }));
+    try {
+      msg.respond(bytes);
+    } catch (e) {
+      // The connection is closing: the requester's deadline answers for this reply.
+      this.log.debug('control reply not sent', { subject, err: e });
+    }
   }
 
   /** Runs controller operations one at a time, in arrival order. */
@@ -528,21 +544,13 @@ export class StrataNode {
       msg.respond(encode(errorReply(e)), { headers: replyHeaders() });
       return pe.code;
     }
-    let bytes: Uint8Array;
-    try {
-      // Within the server's max_payload: a reply nats.js refuses to publish would never arrive.
-      const maxPayload = this.nc?.info?.max_payload;
-      bytes = reply instanceof Uint8Array ? reply : encode(reply, typeof maxPayload === 'number' && maxPayload > 0 ? { bytesMax: maxPayload } : {});
-    } catch (e) {
-      // too_large: more pages than one reply holds through this server; the requester can ask
-      // for fewer. Anything else is a bug of ours.
-      const pe = toProtocolError(e);
-      if (pe.code !== 'too_large') this.log.error('api reply encoding failed', { verb, err: e });
-      msg.respond(encode(errorReply(pe)), { headers: replyHeaders() });
-      return pe.code;
-    }
+    // A reply over the server's max_payload (a page.read of more pages than one reply holds
+    // through this server) is answered too_large: the requester can ask for fewer.
+    const { bytes, code } = reply instanceof Uint8Array
+      ? { bytes: reply, code: 'ok' as const }
+      : encodeReplyWithin(this.nc, reply, (err) => this.log.error('api reply encoding failed', { verb, err }));
     msg.respond(bytes, { headers: replyHeaders() });
-    return 'ok';
+    return code;
   }
 
   private async serveApi(): Promise<void> {

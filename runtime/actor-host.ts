@@ -39,7 +39,7 @@ import { DeviceHost, shardKey, type ShardSpec, type DeviceHostOptions, type Devi
 import { createLogger, type Logger } from '../observability/log';
 import type { WorkerTelemetryInit, WorkerTracing } from '../observability/worker-tracing';
 import { ATTR, batchSendTracer, captureSpanContext, clientSpan, deviceQueueTracer, serverSpan, withSpan } from '../observability/tracing';
-import { frozenHeaders, RequestMux } from './request-mux';
+import { encodeReplyWithin, frozenHeaders, RequestMux, serverMaxPayload } from './request-mux';
 import { RequestRecorder, type RequestStatsSnapshot } from '../observability/request-recorder';
 import type { Attributes } from '@opentelemetry/api';
 
@@ -212,11 +212,11 @@ export class ActorHost implements HostApi {
     // Replication requests share one reply subscription and one deadline timer.
     this.mux = new RequestMux(this.nc);
     // Replication messages are sized to the server's max_payload (learnt at connect).
-    const maxPayload = this.nc.info?.max_payload;
+    const maxPayload = serverMaxPayload(this.nc);
     this.device = new DeviceHost({
       ...(config.device ?? {}),
       ...(config.timing ? { timing: config.timing } : {}),
-      ...(typeof maxPayload === 'number' && maxPayload > 0 ? { messageBytesMax: maxPayload } : {}),
+      ...(maxPayload !== undefined ? { messageBytesMax: maxPayload } : {}),
       ...(recording ? { queueTracer: deviceQueueTracer(device, { [ATTR.node]: config.nodeId }), replicaTracer: batchSendTracer() } : {}),
       dir: config.deviceDir,
       self: config.nodeId,
@@ -556,22 +556,7 @@ export class ActorHost implements HostApi {
   }
 
   private respond(msg: Msg, reply: unknown, encodeReply: (reply: unknown, options: CodecOptions) => Uint8Array = encode): void {
-    let bytes: Uint8Array;
-    try {
-      // Within the server's max_payload: a reply nats.js refuses to publish would never arrive.
-      const maxPayload = this.nc?.info?.max_payload;
-      bytes = encodeReply(reply, typeof maxPayload === 'number' && maxPayload > 0 ? { bytesMax: maxPayload } : {});
-    } catch (e) {
-      const pe = toProtocolError(e);
-      if (pe.code === 'too_large') {
-        // More than one message holds (a read of many pages through a server with a small
-        // max_payload): the requester learns it and can ask for less, as for any bad request.
-        bytes = encode(errorReply(pe));
-      } else {
-        this.log.error('reply encoding failed', { err: e });
-        bytes = encode(errorReply(new ProtocolError('internal', 'reply encoding failed')));
-      }
-    }
+    const { bytes } = encodeReplyWithin(this.nc, reply, (err) => this.log.error('reply encoding failed', { err }), encodeReply);
     // Replies wait for the end of this turn of the event loop and go out together: the requests
     // a device batch committed are answered with one socket write, not one each.
     this.replies.push(msg, bytes);

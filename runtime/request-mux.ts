@@ -15,7 +15,8 @@
  * the mux closed → 'unavailable'; more than `pendingMax` requests waiting → 'overloaded'.
  */
 import { createInbox, headers as natsHeaders, type Msg, type MsgHdrs, type NatsConnection, type Subscription } from 'nats';
-import { ProtocolError } from '../messages/errors';
+import { ProtocolError, errorReply, toProtocolError, type ErrorCode } from '../messages/errors';
+import { encode, type CodecOptions } from '../messages/codec';
 
 /** Nobody subscribes to the subject of a request (NATS "503 no responders"); code `unavailable`. */
 export class NoRespondersError extends ProtocolError {
@@ -223,6 +224,38 @@ function statusCode(msg: Msg): number {
   } catch {
     // nats.js's decoder refused the header block; left uncaught, it would end the reader.
     return 0;
+  }
+}
+
+/**
+ * The server's max_payload once connected (undefined before): the most one message may hold.
+ * Replies are encoded within it, since a message nats.js refuses to publish never arrives.
+ */
+export function serverMaxPayload(nc: NatsConnection | undefined): number | undefined {
+  const maxPayload = nc?.info?.max_payload;
+  return typeof maxPayload === 'number' && maxPayload > 0 ? maxPayload : undefined;
+}
+
+/**
+ * Encodes a reply within the server's max_payload. One over it becomes a too_large error reply
+ * (the requester asked for more than one message holds, as through a server with a small
+ * max_payload); any other failure is a bug of the replier, handed to `onBug` (to log it) and
+ * answered internal. Never throws. `code` is the outcome answered.
+ */
+export function encodeReplyWithin(
+  nc: NatsConnection | undefined,
+  reply: unknown,
+  onBug: (err: unknown) => void,
+  encodeReply: (reply: unknown, options: CodecOptions) => Uint8Array = encode,
+): { bytes: Uint8Array; code: 'ok' | ErrorCode } {
+  const bytesMax = serverMaxPayload(nc);
+  try {
+    return { bytes: encodeReply(reply, bytesMax !== undefined ? { bytesMax } : {}), code: 'ok' };
+  } catch (e) {
+    const pe = toProtocolError(e);
+    if (pe.code === 'too_large') return { bytes: encode(errorReply(pe)), code: 'too_large' };
+    onBug(e);
+    return { bytes: encode(errorReply(new ProtocolError('internal', 'reply encoding failed'))), code: 'internal' };
   }
 }
 

@@ -291,3 +291,23 @@ describe('a NATS server with a small max_payload (256 KiB)', function () {
     assert.deepEqual(Buffer.from(got.pages[99]!), Buffer.from(data));
   });
 });
+
+describe('a control reply larger than the NATS server carries', function () {
+  this.timeout(60_000);
+  let c: InProcessCluster;
+
+  before(async () => {
+    c = await startCluster({ nodes: 1, hosts: 1, maxPayloadBytes: 16 * 1024 });
+  });
+  after(async () => {
+    await c?.stop();
+  });
+
+  it('a volume list over the server max_payload → too_large, and the node (and this process) carry on', async () => {
+    // About 150 bytes per volume: 120 volumes do not fit in 16 KiB.
+    for (let i = 0; i < 120; i++) await c.client.createVolume({ name: `a-rather-long-volume-name-to-fill-the-list-${String(i).padStart(4, '0')}`, pageCount: 16, shards: 1 });
+    await assert.rejects(c.client.listVolumes(), (e: ProtocolError) => e.code === 'too_large');
+    const info = await c.client.createVolume({ name: 'after', pageCount: 16, shards: 1 });
+    assert.equal((await c.client.volume('after').info()).id, info.id);
+  });
+});
