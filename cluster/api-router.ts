@@ -99,10 +99,17 @@ export class ApiRouter {
     }
     let members: Array<Record<string, unknown>> = [];
     let catalog: Array<Record<string, unknown>> = [];
+    let catalogError: string | undefined;
     let controllerReachable = true;
     try {
       members = (throwIfError(decode(await this.forwardToController('members', encode({})))) as { members: Array<Record<string, unknown>> }).members;
-      catalog = (throwIfError(decode(await this.forwardToController('volume.list', encode({})))) as { volumes: Array<Record<string, unknown>> }).volumes;
+      try {
+        catalog = (throwIfError(decode(await this.forwardToController('volume.list', encode({})))) as { volumes: Array<Record<string, unknown>> }).volumes;
+      } catch (e) {
+        // The controller answered, but not with the list (more volumes than one message holds).
+        if (!(e instanceof ProtocolError) || e.code !== 'too_large') throw e;
+        catalogError = e.code;
+      }
     } catch {
       // Without a controller the status still shows what the nodes say.
       controllerReachable = false;
@@ -140,7 +147,7 @@ export class ApiRouter {
       }),
     }));
     const self = local.node as Record<string, unknown>;
-    return { node: self, volumes, nodes, members, controllerReachable };
+    return { node: self, volumes, nodes, members, controllerReachable, ...(catalogError !== undefined ? { catalogError } : {}) };
   }
 
   private volume(name: string): Volume {

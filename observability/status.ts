@@ -256,8 +256,9 @@ export function formatStatus(statusReply: unknown, options: FormatStatusOptions 
 
   const deadIds = new Set(nodes.filter((n) => n.state === 'dead').map((n) => n.id));
   const volumes = arr(reply.volumes);
-  out.push(bold(`VOLUMES (${volumes.length})`));
-  if (volumes.length === 0) out.push('  (none)');
+  out.push(bold(`VOLUMES (${reply.catalogError !== undefined ? '?' : volumes.length})`));
+  if (reply.catalogError !== undefined) out.push(`  not listed (${cell(reply.catalogError)}): the volume list is larger than one NATS message`);
+  else if (volumes.length === 0) out.push('  (none)');
   for (const v of volumes.slice(0, STATUS_ROWS_MAX)) {
     const shards = arr(v.shards).map((s) => {
       const replicas = replicaRows(s, deadIds);

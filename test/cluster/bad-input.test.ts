@@ -8,6 +8,7 @@ import { ProtocolError, type ErrorReply } from '../../messages/errors';
 import { HEADER_DEADLINE, HEADER_SCHEMA, HEADER_TYPE } from '../../messages/headers';
 import { shardSubject, apiSubject } from '../../messages/subjects';
 import type { VolumeInfo } from '../../messages/api';
+import { formatStatus } from '../../observability/status';
 
 function headers(type: string, extra: Record<string, string> = {}): Record<string, string> {
   return { [HEADER_TYPE]: type, [HEADER_SCHEMA]: '1', [HEADER_DEADLINE]: String(Date.now() + 5000), ...extra };
@@ -309,5 +310,14 @@ describe('a control reply larger than the NATS server carries', function () {
     await assert.rejects(c.client.listVolumes(), (e: ProtocolError) => e.code === 'too_large');
     const info = await c.client.createVolume({ name: 'after', pageCount: 16, shards: 1 });
     assert.equal((await c.client.volume('after').info()).id, info.id);
+  });
+
+  it('the cluster status then says the volumes are not listed, not that the controller is unreachable', async () => {
+    const status = (await c.client.status()) as { controllerReachable?: boolean; catalogError?: string };
+    assert.equal(status.controllerReachable, true);
+    assert.equal(status.catalogError, 'too_large');
+    const text = formatStatus(status, { nowMs: Date.now() });
+    assert.match(text, /controller reachable/);
+    assert.match(text, /VOLUMES \(\?\)\n {2}not listed \(too_large\)/);
   });
 });
