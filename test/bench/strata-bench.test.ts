@@ -2,7 +2,7 @@ import * as assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { evaluateTargets, parseBenchArgs, runBench, summarizeCpuProfile, type BenchResult } from "../../bench/strata-bench";
+import { WARMUP_OPS_MIN, evaluateTargets, parseBenchArgs, runBench, summarizeCpuProfile, type BenchResult } from "../../bench/strata-bench";
 import { WorkloadGenerator, payloadPages, SeededRandom, type Workload } from "../../bench/workloads";
 
 function assertOrdered(summary: { min: number; p50: number; p90: number; p99: number; p999: number; max: number }): void {
@@ -138,6 +138,18 @@ describe("bench/strata-bench", function () {
     assert.equal(json.groups[0]!.subjects[0]!.latency.count, 120);
     assert.match(fs.readFileSync(result.files[1]!, "utf8"), /<polyline/);
     assert.equal(result.targets.length, 0);
+  });
+
+  it("keeps warming up a slow subject until it has done WARMUP_OPS_MIN requests, up to 8x --warmup-ms", async () => {
+    const warmupMs = 50;
+    const r = await runBench({ workload: "randwrite", queueDepth: 1, ops: 10, rounds: 1, warmupMs, volumePages: 64, hosts: 1, baselines: [], resultsDir: null, quiet: true });
+    const s = r.groups[0]!.subjects[0]!;
+    assert.ok(s.available, s.unavailableReason);
+    assert.equal(s.ops, 10);
+    // One write in flight does far fewer than 2,000 requests in 50 ms: the warm-up goes on until
+    // it has them or 400 ms have passed (without the extension it would stop after ~50 ms).
+    assert.ok(s.warmupOps >= WARMUP_OPS_MIN || s.warmupSeconds >= (warmupMs * 8 * 0.9) / 1000, `warm-up ${s.warmupOps} requests in ${s.warmupSeconds} s`);
+    assert.ok(s.warmupSeconds <= (warmupMs * 8) / 1000 + 1, `warm-up bounded: ${s.warmupSeconds} s`);
   });
 
   it("reads a filled volume, and reports R=3 as not available when the cluster refuses it", async () => {
