@@ -444,11 +444,29 @@ export class DeviceQueue {
       else groups.set(op.target, [op]);
     }
     const results: Array<[AppendOp, AppendResult]> = [];
+    // Targets written (to be flushed), and the appends of closed targets, already answered.
+    const written: AppendTarget[] = [];
+    const closed = new Set<AppendOp>();
     try {
       for (const [target, ops] of groups) {
         const records: LogRecordInput[] = [];
         for (const op of ops) for (const r of op.records) records.push(r);
-        const lastLsn = target.write(records);
+        let lastLsn: number;
+        try {
+          lastLsn = target.write(records);
+        } catch (e) {
+          // Its shard was closed (or deleted) while these waited: they fail alone, the device
+          // and the other targets of the batch are fine.
+          if (e instanceof StorageError && e.code === 'closed') {
+            for (const op of ops) {
+              closed.add(op);
+              op.reject(e);
+            }
+            continue;
+          }
+          throw e;
+        }
+        written.push(target);
         let next = lastLsn - records.length + 1;
         for (const op of ops) {
           results.push([op, { firstLsn: next, lastLsn: next + op.records.length - 1 }]);
@@ -458,7 +476,8 @@ export class DeviceQueue {
           this.counters.appendBytes += op.bytes;
         }
       }
-      const targets = [...groups.keys()];
+      if (written.length === 0) return undefined;
+      const targets = written;
       // A batch of several appends means requests arrive faster than flushes end: free the
       // thread during this one. A lone append (one writer waiting) flushes without the hop.
       const flushAsync = this.asyncSync && !this.forceSync && appends.length >= this.asyncSyncMinOps && targets.every((t) => t.syncAsync !== undefined);
@@ -467,7 +486,7 @@ export class DeviceQueue {
           () => {
             for (const [op, r] of results) op.resolve(r);
           },
-          (e: unknown) => this.failAppends(appends, e),
+          (e: unknown) => this.failAppends(appends.filter((op) => !closed.has(op)), e),
         );
       }
       for (const target of targets) {
@@ -478,7 +497,7 @@ export class DeviceQueue {
         this.countSync(this.clock.nowMs() - t0);
       }
     } catch (e) {
-      this.failAppends(appends, e);
+      this.failAppends(appends.filter((op) => !closed.has(op)), e);
       return undefined;
     }
     for (const [op, r] of results) op.resolve(r);

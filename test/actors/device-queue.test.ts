@@ -264,6 +264,33 @@ describe('DeviceQueue', () => {
     assert.equal(log.pendingFlushes.length, 0);
   });
 
+  it('an append to a target closed while it waited fails alone with closed; the device and the other targets go on', async () => {
+    for (const async of [false, true]) {
+      const sched = manualScheduler();
+      const closedLog = new FakeLog();
+      closedLog.write = () => {
+        throw new StorageError('closed', 'log shards/v1.0 is closed');
+      };
+      const other = async ? new AsyncFakeLog() : new FakeLog();
+      const q = new DeviceQueue({ disk: readOnlyDisk(new Map()), schedule: sched.schedule });
+      const gone = q.append(closedLog, [rec(1)]);
+      const kept = [q.append(other, [rec(2)]), q.append(other, [rec(3)])];
+      sched.runAll();
+      if (other instanceof AsyncFakeLog) other.pendingFlushes[0]!.resolve();
+      await assert.rejects(gone, (e: StorageError) => e.code === 'closed');
+      assert.deepEqual((await Promise.all(kept)).map((r) => r.lastLsn), [1, 2]);
+      assert.equal(q.failed, false, 'the device is not failed by a closed shard');
+      const later = q.append(other, [rec(4)]); // alone in its batch: flushed on the thread
+      sched.runAll();
+      assert.equal((await later).lastLsn, 3);
+      // Only closed targets in a batch: nothing to flush, nothing failed.
+      const alone = q.append(closedLog, [rec(5)]);
+      sched.runAll();
+      await assert.rejects(alone, (e: StorageError) => e.code === 'closed');
+      assert.equal(q.failed, false);
+    }
+  });
+
   it('fails the batch and the device on a write error (ENOSPC)', async () => {
     const sched = manualScheduler();
     const log = new FakeLog();

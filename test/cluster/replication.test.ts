@@ -73,6 +73,30 @@ describe('replication across three nodes', function () {
     c = undefined;
   });
 
+  it('deleting a volume while its writes are in flight fails only them: the other volumes\' replicas on the same devices are not restarted', async () => {
+    c = await startCluster({ nodes: 3, hosts: 1, node, clientTimeoutMs: 3000 });
+    await c.client.createVolume({ name: 'doomed', pageCount: 1024, shards: 1, replicas: 3 });
+    await c.client.createVolume({ name: 'kept', pageCount: 1024, shards: 1, replicas: 3 });
+    const doomed = c.client.volume('doomed');
+    const kept = c.client.volume('kept');
+    await writeAll(kept, [1, 2, 3], 1);
+    await doomed.write(0, demoPage(4096, 0, 1));
+    // Writers keep appends to the doomed shard queued on every device while it is deleted.
+    let stop = false;
+    const writers = Array.from({ length: 16 }, async (_, w) => {
+      for (let i = 0; !stop; i++) await doomed.write((w * 64 + i) % 1024, demoPage(4096, i, w)).catch(() => undefined);
+    });
+    await new Promise((r) => setTimeout(r, 300));
+    await c.client.deleteVolume('doomed');
+    stop = true;
+    await Promise.all(writers);
+    await writeAll(kept, [1, 2, 3], 2);
+    await expectPages(kept, [1, 2, 3], 2);
+    for (const n of c.nodes) {
+      for (const h of await n!.hostPool.stats()) assert.equal(h.device?.restarts ?? 0, 0, 'a device restarted its replicas');
+    }
+  });
+
   it('the leader\'s node killed → a new leader within a bounded time, no acknowledged write lost', async () => {
     c = await startCluster({ nodes: 3, hosts: 1, node, clientTimeoutMs: 3000 });
     const info = await c.client.createVolume({ name: 'r3', pageCount: 1024, shards: 2, stripePages: 8, replicas: 3 });
