@@ -30,7 +30,7 @@ import { requestArena } from '../storage-engine/arena';
 import { RecordKind, type LogRecord, type LogRecordInput } from '../storage-engine/record';
 import { StorageError, assert } from '../storage-engine/errors';
 import { ProtocolError } from '../messages/errors';
-import { REQUEST_DATA_BYTES_MAX } from '../messages/api';
+import { checkReadReplyBytes } from '../messages/validate';
 import { MESSAGE_BYTES_MAX } from '../messages/codec';
 import type {
   RaftRequest, RaftReply, VoteRequest, VoteReply, AppendRequest, AppendReply, SnapshotRequest, SnapshotReply, WireRecord,
@@ -1094,14 +1094,8 @@ export class Replica {
   async read(pages: readonly number[], opts: { lsn?: number; deadlineMs: number; nowMs: number }): Promise<{ pages: Uint8Array[]; lsn: number; term: number }> {
     this.checkLeader();
     if (pages.length === 0) throw new StorageError('bad_request', 'read of zero pages');
-    // The reply must fit one message, as a page.read's does (validatePageRead).
-    const replyBytes = pages.length * this.geometry.pageSize;
-    if (replyBytes > REQUEST_DATA_BYTES_MAX) {
-      throw new StorageError('too_large', `${pages.length} pages of ${this.geometry.pageSize} bytes (${replyBytes} bytes) exceed the limit of ${REQUEST_DATA_BYTES_MAX} bytes of page data in a reply`, {
-        bytes: replyBytes,
-        bytesMax: REQUEST_DATA_BYTES_MAX,
-      });
-    }
+    // The reply must fit one message, as a page.read's does.
+    checkReadReplyBytes(pages.length, this.geometry.pageSize);
     for (let i = 0; i < pages.length; i++) this.checkPage(pages[i]!, `pages[${i}]`);
     // Under a valid lease, with everything needed applied (the common case), no await at all.
     if (!this.hasLease()) await this.confirmLeadership(opts.deadlineMs - opts.nowMs);

@@ -34,7 +34,7 @@
 import { connect as natsConnect } from 'nats';
 import type { NatsConnection } from 'nats';
 import { MESSAGE_BYTES_MAX, decode, encode, encodeShardWriteRequest } from '../messages/codec';
-import { requestArena } from '../storage-engine/arena';
+import { allocRequestBytes } from '../storage-engine/arena';
 import { ProtocolError, throwIfError } from '../messages/errors';
 import { DEADLINE_AHEAD_MS_MAX, writeHeaders } from '../messages/headers';
 import { clientSpan } from '../observability/tracing';
@@ -224,8 +224,6 @@ function malformedReply(err: unknown, type: MessageType, subject: string): Proto
   });
 }
 
-const arenaAlloc = (bytes: number): Uint8Array => requestArena.alloc(bytes);
-
 /** Writes the Strata headers of a request into a plain record. */
 function requestHeaders(type: MessageType, deadlineMs: number): Record<string, string> {
   const out: Record<string, string> = {};
@@ -375,7 +373,7 @@ export class StrataClient {
     const bytesMax = this.transport.maxPayloadBytes;
     // A write's pages go into an exact-size buffer from the request arena (it lives until the
     // NATS client has copied it out), not through cbor-x's growing buffer.
-    const data = type === 'shard.write' ? encodeShardWriteRequest(body as ShardWriteRequest, { bytesMax, alloc: arenaAlloc }) : encode(body, { bytesMax });
+    const data = type === 'shard.write' ? encodeShardWriteRequest(body as ShardWriteRequest, { bytesMax, alloc: allocRequestBytes }) : encode(body, { bytesMax });
     const timeoutMs = deadlineMs - this.nowMs();
     if (timeoutMs <= 0) {
       throw new ProtocolError('timeout', `deadline passed before ${type} was sent to ${subject}`, { subject, deadlineMs });

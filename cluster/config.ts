@@ -32,8 +32,6 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { HOSTS_PER_NODE_MAX } from '../messages/control';
 
-/** The validated configuration of one node. */
-
 /**
  * Actor hosts per node when none are configured: the machine's cores less one, shared among the
  * nodes that run on it (at least 1, at most HOSTS_PER_NODE_MAX). Each host is a thread with its
@@ -48,6 +46,7 @@ export function defaultHostsPerNode(cores: number, nodes = 1): number {
   return Math.max(1, Math.min(HOSTS_PER_NODE_MAX, Math.floor(usable / Math.max(1, nodes))));
 }
 
+/** The validated configuration of one node. */
 export interface NodeConfig {
   /** This node's id, a subject token: 1..64 characters of [A-Za-z0-9_-]. */
   nodeId: string;

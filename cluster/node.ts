@@ -17,10 +17,10 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { connect, headers as natsHeaders, type NatsConnection, type Msg, type MsgHdrs, type Subscription } from 'nats';
-import { HEADER_SCHEMA, SCHEMA_VERSION, checkSchemaHeader } from '../messages/headers';
+import { connect, type NatsConnection, type Msg, type Subscription } from 'nats';
+import { checkSchemaHeader } from '../messages/headers';
 import type { Service } from 'nats';
-import { messageHeaders } from '../runtime/nats-headers';
+import { messageHeaders, REPLY_HEADERS, wellFormed } from '../runtime/nats-headers';
 import { encodeReplyWithin } from '../runtime/request-mux';
 import { encode, decode } from '../messages/codec';
 import { errorReply, ProtocolError, toProtocolError, throwIfError, type ErrorCode } from '../messages/errors';
@@ -89,12 +89,6 @@ interface NodeMeta {
 const NODE_META = 'node';
 
 /** Headers of every reply: the schema version it is written in. */
-function replyHeaders(): MsgHdrs {
-  const h = natsHeaders();
-  h.set(HEADER_SCHEMA, String(SCHEMA_VERSION));
-  return h;
-}
-
 function shardId(a: { volumeId: string; shard: number }): string {
   return `${a.volumeId}.${a.shard}`;
 }
@@ -527,12 +521,10 @@ export class StrataNode {
   private async handleApi(verb: string, fn: (body: unknown, msg: Msg) => Promise<unknown>, msg: Msg): Promise<'ok' | ErrorCode> {
     let body: unknown;
     try {
-      const headers = messageHeaders(msg);
-      if (headers.malformed !== undefined) throw new ProtocolError('bad_request', `malformed NATS headers: ${headers.malformed}`);
-      checkSchemaHeader(headers);
+      checkSchemaHeader(wellFormed(messageHeaders(msg)));
       body = decode(msg.data);
     } catch (e) {
-      msg.respond(encode(errorReply(e)), { headers: replyHeaders() });
+      msg.respond(encode(errorReply(e)), { headers: REPLY_HEADERS });
       return toProtocolError(e).code;
     }
     let reply: unknown;
@@ -541,7 +533,7 @@ export class StrataNode {
     } catch (e) {
       const pe = toProtocolError(e);
       if (pe.code === 'internal') this.log.error('api request failed', { verb, err: e });
-      msg.respond(encode(errorReply(e)), { headers: replyHeaders() });
+      msg.respond(encode(errorReply(e)), { headers: REPLY_HEADERS });
       return pe.code;
     }
     // A reply over the server's max_payload (a page.read of more pages than one reply holds
@@ -549,7 +541,7 @@ export class StrataNode {
     const { bytes, code } = reply instanceof Uint8Array
       ? { bytes: reply, code: 'ok' as const }
       : encodeReplyWithin(this.nc, reply, (err) => this.log.error('api reply encoding failed', { verb, err }));
-    msg.respond(bytes, { headers: replyHeaders() });
+    msg.respond(bytes, { headers: REPLY_HEADERS });
     return code;
   }
 

@@ -184,7 +184,6 @@ function isUint(n: unknown): n is number {
   return typeof n === 'number' && Number.isSafeInteger(n) && n >= 0;
 }
 
-
 /** The output buffer of a page message of `bytes` bytes, after the size checks of `encode`. */
 function outputOf(bytes: number, options: PageMessageOptions | undefined): Uint8Array {
   const bytesMax = bytesMaxOf(options);
@@ -243,9 +242,8 @@ export function encodeShardWriteRequest(req: ShardWriteRequest, options?: PageMe
   return out;
 }
 
-
 function checkUint(n: number, what: string): void {
-  if (!Number.isSafeInteger(n) || n < 0) throw new ProtocolError('internal', `can not encode message: ${what} ${String(n)} is not a non-negative safe integer`);
+  if (!isUint(n)) throw new ProtocolError('internal', `can not encode message: ${what} ${String(n)} is not a non-negative safe integer`);
 }
 
 /**

@@ -50,6 +50,7 @@ export type * from './api';
 export {
   REPLY_VALIDATORS,
   REQUEST_VALIDATORS,
+  checkReadReplyBytes,
   validatePageRead,
   validatePageReadReply,
   validatePageReadRequest,

@@ -481,6 +481,22 @@ export function validatePageReadRequest(value: unknown): PageReadRequest {
 }
 
 /**
+ * A read of `count` pages of `pageSize` bytes answers them in one message: its page data must be
+ * within REQUEST_DATA_BYTES_MAX (too_large, path `pages`).
+ */
+export function checkReadReplyBytes(count: number, pageSize: number): void {
+  const replyBytes = count * pageSize;
+  if (replyBytes > REQUEST_DATA_BYTES_MAX) {
+    fail(
+      'too_large',
+      'pages',
+      `${count} pages of ${pageSize} bytes (${replyBytes} bytes) exceed the limit of ${REQUEST_DATA_BYTES_MAX} bytes of page data`,
+      { bytes: replyBytes, bytesMax: REQUEST_DATA_BYTES_MAX },
+    );
+  }
+}
+
+/**
  * The checks of a read that need the volume: every page < pageCount (out_of_range) and the reply's
  * data (pages × pageSize) within REQUEST_DATA_BYTES_MAX (too_large). Returns `req`.
  */
@@ -490,15 +506,7 @@ export function validatePageRead<T extends { readonly pages: readonly number[] }
   pageCount: number,
 ): T {
   const pages = req.pages;
-  const replyBytes = pages.length * pageSize;
-  if (replyBytes > REQUEST_DATA_BYTES_MAX) {
-    fail(
-      'too_large',
-      'pages',
-      `${pages.length} pages of ${pageSize} bytes (${replyBytes} bytes) exceed the limit of ${REQUEST_DATA_BYTES_MAX} bytes of page data`,
-      { bytes: replyBytes, bytesMax: REQUEST_DATA_BYTES_MAX },
-    );
-  }
+  checkReadReplyBytes(pages.length, pageSize);
   for (let i = 0; i < pages.length; i++) {
     const page = pages[i]!;
     if (page >= pageCount) {

@@ -27,10 +27,10 @@ import nodeEndpoint from 'comlink/dist/umd/node-adapter';
 import { connect, type NatsConnection, type Msg, type Subscription, type MsgHdrs } from 'nats';
 import { encode, decode, encodeShardReadReply, type CodecOptions } from '../messages/codec';
 import type { ShardReadReply } from '../messages/api';
-import { requestArena } from '../storage-engine/arena';
+import { allocRequestBytes } from '../storage-engine/arena';
 import { errorReply, toProtocolError, ProtocolError, type ErrorCode } from '../messages/errors';
 import { validateRequest } from '../messages/validate';
-import { messageHeaders, type ReceivedHeaders } from './nats-headers';
+import { messageHeaders, REPLY_HEADERS, wellFormed, type ReceivedHeaders } from './nats-headers';
 import { HEADER_DEADLINE, HEADER_TYPE, HEADER_SCHEMA, SCHEMA_VERSION, checkSchemaHeader } from '../messages/headers';
 import { shardSubject } from '../messages/subjects';
 import { validateRaftRequest, validateRaftReply, replicaSubject, type RaftRequest, type RaftReply } from '../messages/raft';
@@ -511,8 +511,7 @@ export class ActorHost implements HostApi {
   }
 
   private async handle(mb: Mailbox, msg: Msg, headerView: ReceivedHeaders): Promise<unknown> {
-    if (headerView.malformed !== undefined) throw new ProtocolError('bad_request', `malformed NATS headers: ${headerView.malformed}`);
-    checkSchemaHeader(headerView);
+    checkSchemaHeader(wellFormed(headerView));
     const now = Date.now();
     const deadlineText = headerView.get(HEADER_DEADLINE);
     const deadlineMs = deadlineText ? Number(deadlineText) : now + (this.config!.defaultDeadlineMs ?? 30_000);
@@ -582,9 +581,8 @@ export class ActorHost implements HostApi {
  * A read's reply, in a buffer from the request arena: it lives until the replies of this turn
  * are sent, when the NATS client has copied it.
  */
-const arenaAlloc = (bytes: number): Uint8Array => requestArena.alloc(bytes);
 const encodeReadReply = (reply: unknown, options: CodecOptions): Uint8Array =>
-  encodeShardReadReply(reply as ShardReadReply, { ...options, alloc: arenaAlloc });
+  encodeShardReadReply(reply as ShardReadReply, { ...options, alloc: allocRequestBytes });
 
 /** Most a shard answers ahead of a request's deadline (at most a tenth of the time it was given). */
 const ANSWER_MARGIN_MS_MAX = 250;
@@ -598,9 +596,6 @@ function raftHeaderEntries(type: RaftRequest['type']): Record<string, string> {
 const RAFT_HEADERS = Object.fromEntries(
   (Object.keys(RAFT_OPS) as Array<RaftRequest['type']>).map((type) => [type, frozenHeaders(raftHeaderEntries(type))]),
 ) as Record<RaftRequest['type'], MsgHdrs>;
-
-/** Headers of every reply (encoded once). */
-const REPLY_HEADERS = frozenHeaders({ [HEADER_SCHEMA]: String(SCHEMA_VERSION) });
 
 if (!isMainThread && parentPort) {
   Comlink.expose(new ActorHost(), nodeEndpoint(parentPort as never));

@@ -16,6 +16,12 @@
  * is slower but the same (the tests check both paths against the decoder).
  */
 import type { Msg } from 'nats';
+import { ProtocolError } from '../messages/errors';
+import { HEADER_SCHEMA, SCHEMA_VERSION } from '../messages/headers';
+import { frozenHeaders } from './request-mux';
+
+/** The headers of every Strata reply (encoded once). */
+export const REPLY_HEADERS = frozenHeaders({ [HEADER_SCHEMA]: String(SCHEMA_VERSION) });
 
 /** A received message's headers: the value of a name, '' when absent. */
 export interface ReceivedHeaders {
@@ -65,6 +71,12 @@ export function messageHeaders(msg: Msg): ReceivedHeaders {
     if (plain !== undefined) return plain;
   }
   return decoded(msg);
+}
+
+/** `headers`, unless their block was malformed: then bad_request ('malformed NATS headers: …'). */
+export function wellFormed(headers: ReceivedHeaders): ReceivedHeaders {
+  if (headers.malformed !== undefined) throw new ProtocolError('bad_request', `malformed NATS headers: ${headers.malformed}`);
+  return headers;
 }
 
 function decoded(msg: Msg): ReceivedHeaders {

@@ -48,3 +48,8 @@ export class ByteArena {
 
 /** The arena of this thread for page-sized buffers that live for one request. */
 export const requestArena = new ByteArena();
+
+/** `requestArena.alloc` as a plain function (the `alloc` option of the page-message encoders). */
+export function allocRequestBytes(bytes: number): Uint8Array {
+  return requestArena.alloc(bytes);
+}
