@@ -670,6 +670,9 @@ export class Replica {
   }
 
   private onAppendReply(id: string, term: number, sentMs: number, prevLsn: number, count: number, reply: AppendReply): void {
+    // An answer that arrives after close (its volume deleted, its host stopping) is too late:
+    // the store is closed, and applying would throw where nobody catches it.
+    if (this.closed) return;
     const f = this.followers.get(id);
     if (!f) return;
     f.inFlight = Math.max(0, f.inFlight - 1);
@@ -717,6 +720,7 @@ export class Replica {
     const term = this.term;
     this.sendTraced(id, req, this.timing.rpcTimeoutMs * 5, []).then(
       (r) => {
+        if (this.closed) return; // too late, as in onAppendReply
         f.inFlight = Math.max(0, f.inFlight - 1);
         const reply = r as SnapshotReply;
         if (reply.term > this.term) {
@@ -772,7 +776,8 @@ export class Replica {
   // ---------------------------------------------------------------------------------------------
 
   private applyCommitted(): void {
-    if (this.applying) return;
+    // Closed: the store is too (a flush of this replica that ends after close lands here).
+    if (this.applying || this.closed) return;
     this.applying = true;
     try {
       const upto = Math.min(this.commitLsn, this.durableLsn);

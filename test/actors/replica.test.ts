@@ -155,6 +155,28 @@ describe('Replica (quorum replication of a shard log)', function () {
     for (const m of shard.members.values()) assert.deepEqual(m.storage.store.getPage(3), page(7));
   });
 
+  it('answers that reach a leader after it was closed (its volume deleted) change nothing and throw nowhere', async () => {
+    shard = new TestShard(['a', 'b', 'c']);
+    const l = await shard.leader();
+    await l.replica.write([{ page: 1, data: page(1) }]);
+    const unhandled: unknown[] = [];
+    const onUnhandled = (e: unknown): void => void unhandled.push(e);
+    process.on('unhandledRejection', onUnhandled);
+    try {
+      // The followers flush late: their answers to these appends come back after the close.
+      for (const id of shard.ids) if (id !== l.id) shard.slow.add(id);
+      const sent = shard.appendsSent.length;
+      const writes = [1, 2, 3].map((i) => l.replica.write([{ page: 10 + i, data: page(i) }]).then(() => 'committed', (e: StorageError) => e.code));
+      await shard.waitFor(() => shard!.appendsSent.length > sent, 'appends on their way');
+      await shard.crash(l.id);
+      assert.deepEqual(await Promise.all(writes), ['closed', 'closed', 'closed']);
+      await new Promise((r) => setTimeout(r, 200));
+    } finally {
+      process.off('unhandledRejection', onUnhandled);
+    }
+    assert.deepEqual(unhandled, [], 'an answer to a closed leader made it throw');
+  });
+
   it('a partitioned leader cannot commit: its write fails, never succeeds; the majority elects a new leader', async () => {
     shard = new TestShard(['a', 'b', 'c']);
     const old = await shard.leader();
