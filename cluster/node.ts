@@ -193,10 +193,10 @@ export class StrataNode {
     this.pool = await HostPool.start({
       hosts: hostConfigs,
       ...(this.opts.hostHeapInitialMiB !== undefined ? { heapInitialMiB: this.opts.hostHeapInitialMiB } : {}),
-      onHostExit: (hostId, code, restarting) =>
+      onHostExit: (hostId, code, restarting, err) =>
         restarting
-          ? this.log.warn('actor host exited; restarting it', { hostId, code })
-          : this.log.error('actor host exited too often; left down', { hostId, code }),
+          ? this.log.warn('actor host exited; restarting it', { hostId, code, ...(err ? { err } : {}) })
+          : this.log.error('actor host exited too often; left down', { hostId, code, ...(err ? { err } : {}) }),
     });
     // Serve the shards this node had before it reaches anyone.
     for (const a of this.nodeMeta.shards) await this.pool.openShard(a.hostId, a);
@@ -509,6 +509,7 @@ export class StrataNode {
         ok: health[i]?.ok ?? false,
         reason: health[i]?.reason,
         restarts: h.restarts,
+        ...(h.lastExit ? { lastExit: h.lastExit } : {}),
         queue: h.device?.queue,
         deviceRestarts: h.device?.restarts ?? 0,
         mailbox: h.mailbox,

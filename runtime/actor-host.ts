@@ -128,6 +128,8 @@ export interface HostApi {
   health(): Promise<HostHealth>;
   setFaults(faults: TransportFaults): Promise<void>;
   failFsync(times: number): Promise<void>;
+  /** Fault injection: throws an error with this message outside any handler, ending the thread. */
+  throwUncaught(message: string): Promise<void>;
   /** Forwards the spans this thread finished to the main thread now (a no-op without telemetry). */
   flushTelemetry(): Promise<void>;
   /** Drains: stops taking requests, finishes those admitted, closes the device, closes NATS. */
@@ -282,6 +284,12 @@ export class ActorHost implements HostApi {
 
   async failFsync(times: number): Promise<void> {
     this.ready().device.failFsync(times);
+  }
+
+  async throwUncaught(message: string): Promise<void> {
+    setImmediate(() => {
+      throw new Error(message);
+    });
   }
 
   async flushTelemetry(): Promise<void> {

@@ -26,8 +26,11 @@ export interface HostPoolOptions {
   restartWindowMs?: number;
   /** Deadline for a control call to a host; default 30 s. */
   callTimeoutMs?: number;
-  /** Told when a host exits unexpectedly (for logging by the node). */
-  onHostExit?: (hostId: number, code: number, restarting: boolean) => void;
+  /**
+   * Told when a host exits unexpectedly (for logging by the node), with the uncaught error that
+   * ended its thread when there was one.
+   */
+  onHostExit?: (hostId: number, code: number, restarting: boolean, error: Error | undefined) => void;
   /**
    * Heap a host thread may fill before its first full garbage collection, in MiB (V8's initial
    * old-space size); default HOST_HEAP_INITIAL_MIB_DEFAULT, 0 = V8's own default. It is not
@@ -55,6 +58,17 @@ interface HostSlot {
   restartsTotal: number;
   stopping: boolean;
   down: string | undefined;
+  /** The uncaught error of the running thread, if it threw one (its 'exit' follows). */
+  error: Error | undefined;
+  lastExit: HostExit | undefined;
+}
+
+/** How a host thread last ended unexpectedly. */
+export interface HostExit {
+  code: number;
+  /** The uncaught error that ended it ("name: message"), when there was one. */
+  error?: string;
+  atMs: number;
 }
 
 const HOST_SCRIPT = path.join(__dirname, 'actor-host.js');
@@ -90,6 +104,8 @@ export class HostPool {
       restartsTotal: 0,
       stopping: false,
       down: undefined,
+      error: undefined,
+      lastExit: undefined,
     }));
   }
 
@@ -122,14 +138,15 @@ export class HostPool {
     await this.call(slot, (api) => api.closeShard(volumeId, shard, destroy));
   }
 
-  async stats(): Promise<Array<HostStats & { restarts: number; down?: string }>> {
+  async stats(): Promise<Array<HostStats & { restarts: number; down?: string; lastExit?: HostExit }>> {
     return Promise.all(
       this.slots.map(async (s) => {
+        const exit = s.lastExit ? { lastExit: s.lastExit } : {};
         if (s.down || !s.api) {
-          return { hostId: s.config.hostId, device: undefined, natsConnected: false, mailbox: [], restarts: s.restartsTotal, down: s.down ?? 'starting' } as HostStats & { restarts: number; down?: string };
+          return { hostId: s.config.hostId, device: undefined, natsConnected: false, mailbox: [], restarts: s.restartsTotal, down: s.down ?? 'starting', ...exit } as HostStats & { restarts: number; down?: string };
         }
         const st = await this.call(s, (api) => api.stats());
-        return { ...st, restarts: s.restartsTotal };
+        return { ...st, restarts: s.restartsTotal, ...exit };
       }),
     );
   }
@@ -194,12 +211,22 @@ export class HostPool {
     }
   }
 
-  /** Terminates one host thread as a crash would; the pool restarts it (tests of supervision). */
-  async crashHost(hostId: number): Promise<void> {
+  /**
+   * Ends one host thread as a crash would; the pool restarts it (tests of supervision). With
+   * `uncaught`, the thread throws an error with that message outside any handler, as a bug
+   * would; otherwise it is terminated.
+   */
+  async crashHost(hostId: number, opts: { uncaught?: string } = {}): Promise<void> {
     const slot = this.slot(hostId);
     const w = slot.worker;
     if (!w) return;
-    await w.terminate();
+    if (opts.uncaught === undefined) {
+      await w.terminate();
+      return;
+    }
+    const exited = new Promise<void>((resolve) => w.once('exit', () => resolve()));
+    await this.call(slot, (api) => api.throwUncaught(opts.uncaught!));
+    await withTimeout(exited, this.opts.callTimeoutMs ?? 30_000, `exit of host ${hostId}`);
   }
 
   private slot(hostId: number): HostSlot {
@@ -226,9 +253,12 @@ export class HostPool {
     const api = Comlink.wrap<HostApi>(nodeEndpoint(worker as never));
     slot.worker = worker;
     slot.api = api;
+    slot.error = undefined;
     worker.once('exit', (code) => this.onExit(slot, worker, code));
-    // An uncaught error in the host ends the thread; 'exit' follows and handles the restart.
-    worker.on('error', () => undefined);
+    // An uncaught error in the host ends the thread; 'exit' follows, reports it and restarts.
+    worker.on('error', (err) => {
+      if (slot.worker === worker) slot.error = err instanceof Error ? err : new Error(String(err));
+    });
     slot.ready = (async () => {
       await withTimeout(api.init(slot.config), this.opts.callTimeoutMs ?? 30_000, `start of host ${slot.config.hostId}`);
       for (const spec of slot.shards.values()) await api.openShard(spec);
@@ -243,14 +273,17 @@ export class HostPool {
     if (slot.worker !== worker && slot.worker !== undefined) return;
     slot.worker = undefined;
     slot.api = undefined;
+    const error = slot.error;
+    slot.error = undefined;
     if (this.stopped || slot.stopping) return;
+    slot.lastExit = { code, ...(error ? { error: `${error.name}: ${error.message}` } : {}), atMs: Date.now() };
     const now = Date.now();
     const windowMs = this.opts.restartWindowMs ?? 60_000;
     slot.restarts = slot.restarts.filter((t) => now - t < windowMs);
     const restarting = slot.restarts.length < (this.opts.restartsMax ?? 5);
-    this.opts.onHostExit?.(slot.config.hostId, code, restarting);
+    this.opts.onHostExit?.(slot.config.hostId, code, restarting, error);
     if (!restarting) {
-      slot.down = `host exited ${slot.restarts.length + 1} times within ${windowMs} ms (last code ${code})`;
+      slot.down = `host exited ${slot.restarts.length + 1} times within ${windowMs} ms (last code ${code}${error ? `: ${error.message}` : ''})`;
       return;
     }
     slot.restarts.push(now);

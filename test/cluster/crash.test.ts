@@ -129,4 +129,30 @@ describe('crashes lose no acknowledged write', function () {
     const stats = await c.nodes[0]!.hostPool.stats();
     assert.equal(stats.find((s) => s.hostId === 0)?.restarts, 1, 'the restart is counted');
   });
+
+  it('a host thread ended by an uncaught error is restarted, and the error is kept for the operator', async () => {
+    c = await startCluster({ nodes: 1, hosts: 1 });
+    await c.client.createVolume({ name: 'v-throw', pageCount: 64, shards: 1, stripePages: 4 });
+    const vol = c.client.volume('v-throw');
+    const page = demoPage(4096, 3, 9);
+    await vol.writePages([{ page: 3, data: page }]);
+    await c.nodes[0]!.hostPool.crashHost(0, { uncaught: 'host bug for the test' });
+    const deadline = Date.now() + 20_000;
+    let got: Uint8Array | undefined;
+    while (!got) {
+      try {
+        got = (await vol.readPages([3])).pages[0];
+      } catch (e) {
+        if (Date.now() > deadline) throw e;
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    }
+    assert.ok(Buffer.from(got).equals(Buffer.from(page)), 'the page survives the restart');
+    const host = (await c.nodes[0]!.hostPool.stats()).find((s) => s.hostId === 0)!;
+    assert.equal(host.restarts, 1);
+    assert.equal(host.lastExit?.error, 'Error: host bug for the test', 'the error that ended the thread');
+    assert.equal(host.lastExit?.code, 1);
+    const status = await c.nodes[0]!.status();
+    assert.equal((status.hosts as Array<{ lastExit?: { error?: string } }>)[0]!.lastExit?.error, 'Error: host bug for the test', 'the node status shows it');
+  });
 });
