@@ -257,6 +257,8 @@ export class Replica {
   /** Highest LSN of this replica known durable. */
   private durableLsn: number;
   private electionDeadlineMs = 0;
+  /** When this replica last accepted a message of the leader it follows (its clock). */
+  private leaderContactMs = Number.NEGATIVE_INFINITY;
   private nowMs: number;
   private closed = false;
   private applying = false;
@@ -485,8 +487,23 @@ export class Replica {
     if (this.votes.size >= this.majority()) this.becomeLeader();
   }
 
+  /**
+   * True while this replica knows of a live leader: as a follower, it heard from its leader less
+   * than the minimum election timeout ago; as the leader, a majority answered within that time.
+   * Such a replica ignores candidates (leader stickiness): a leader's lease rests on its
+   * followers voting for no one until a whole minimum election timeout after its message.
+   */
+  private knowsLiveLeader(): boolean {
+    const min = this.timing.electionTimeoutMinMs;
+    if (this.role === 'leader') return this.hasMajorityContact(min);
+    return this.leader !== null && this.nowMs - this.leaderContactMs < min;
+  }
+
   /** Answers a vote request; the vote is durable before the reply. */
   async handleVote(req: VoteRequest): Promise<VoteReply> {
+    // Neither a vote nor the candidate's term: a candidate cut off from the leader alone (or
+    // whose timer fired during a pause) must not depose a leader that a majority still follows.
+    if (req.candidate !== this.leader && this.knowsLiveLeader()) return { term: this.term, granted: false };
     if (req.term > this.term) this.adoptTerm(req.term);
     const upToDate = req.lastTerm > this.lastTerm || (req.lastTerm === this.lastTerm && req.lastLsn >= this.lastLsn);
     let granted = false;
@@ -878,6 +895,7 @@ export class Replica {
     }
     this.role = 'follower';
     this.leader = leader;
+    this.leaderContactMs = this.nowMs;
     this.resetElectionDeadline();
     return true;
   }

@@ -31,6 +31,8 @@ class TestShard {
   private readonly cut = new Set<string>();
   /** Members whose device queue starts each batch late (a slow disk). */
   readonly slow = new Set<string>();
+  /** Members whose clock the test drives itself (not ticked by the shard's timer). */
+  readonly paused = new Set<string>();
   private readonly timer: NodeJS.Timeout;
   private readonly slab = new Slab({ slotBytes: 8192, slotCount: 4096 });
 
@@ -42,6 +44,7 @@ class TestShard {
     this.timer = setInterval(() => {
       const now = performance.now();
       for (const m of this.members.values()) {
+        if (this.paused.has(m.id)) continue;
         m.replica.tick(now);
         m.replica.expireWaiters(Date.now());
       }
@@ -103,6 +106,12 @@ class TestShard {
       this.cut.add(`${a}>${b}`);
       this.cut.add(`${b}>${a}`);
     }
+  }
+
+  /** Cuts the one link between `a` and `b`, both ways; each still reaches the others. */
+  cutLink(a: string, b: string): void {
+    this.cut.add(`${a}>${b}`);
+    this.cut.add(`${b}>${a}`);
   }
 
   heal(): void {
@@ -200,6 +209,32 @@ describe('Replica (quorum replication of a shard log)', function () {
     assert.deepEqual(old.storage.store.getPage(1), page(2));
     const lastA = old.storage.log.lastLsn;
     for (let lsn = 1; lsn <= lastA; lsn++) assert.equal(old.storage.log.termAt(lsn), neu.storage.log.termAt(lsn), `term at ${lsn}`);
+  });
+
+  it('a follower cut off from the leader alone cannot depose it: the other follower, still hearing the leader, votes for no one', async () => {
+    // Without this, the other follower would vote for the candidate at once: a second leader
+    // would commit writes while the first still served reads from its lease (stale reads).
+    shard = new TestShard(['a', 'b', 'c']);
+    const l = await shard.leader();
+    await l.replica.write([{ page: 1, data: page(1) }]);
+    const [f, g] = shard.ids.filter((x) => x !== l.id) as [string, string];
+    const termBefore = l.replica.currentTerm;
+    shard.cutLink(l.id, f);
+    // f's election timer (60–120 ms) fires several times in 600 ms; it reaches g every time.
+    const until = Date.now() + 600;
+    const seen = new Set<string>();
+    while (Date.now() < until) {
+      for (const m of shard.leaders()) seen.add(m.id);
+      await new Promise((r) => setTimeout(r, 2));
+    }
+    assert.ok(shard.members.get(f)!.replica.currentTerm > termBefore, 'the cut-off follower did campaign');
+    assert.deepEqual([...seen], [l.id], 'only the first leader ever led');
+    assert.equal(shard.members.get(g)!.replica.currentTerm, termBefore, 'the other follower kept the leader\'s term');
+    assert.equal(l.replica.currentTerm, termBefore);
+    // The leader still commits with g, and serves a latest read.
+    await l.replica.write([{ page: 1, data: page(2) }]);
+    const r = await l.replica.read([1], { deadlineMs: Date.now() + 1000, nowMs: Date.now() });
+    assert.deepEqual(r.pages[0], page(2));
   });
 
   it('a crashed follower restarts from its disk and catches up without stopping writes', async () => {
@@ -363,6 +398,11 @@ describe('Replica (quorum replication of a shard log)', function () {
     await l.replica.write([{ page: 2, data: page(2) }]);
     const voter = shard.members.get(shard.ids.find((x) => x !== l.id)!)!;
     await shard.waitFor(() => voter.replica.appliedLsn >= 2, 'voter has the write');
+    // A follower that hears its leader votes for no one; this one stops hearing it: its clock
+    // jumps past its election timeout, it campaigns alone, and then no timer of its own runs.
+    shard.paused.add(voter.id);
+    shard.isolate([voter.id]);
+    voter.replica.tick(performance.now() + 10_000);
     const t = voter.replica.currentTerm + 5;
     const stale = await voter.replica.handle({ type: 'vote', term: t, candidate: 'zz', lastLsn: 0, lastTerm: 0 });
     assert.deepEqual(stale, { term: t, granted: false });
