@@ -162,6 +162,8 @@ export interface ReplicaStats {
   lastLsn: number;
   /** Per follower (leader only): how far behind the leader's last LSN its durable log is. */
   lag: Record<string, number>;
+  /** Prevote rounds started (an election follows only when a majority would vote). */
+  preVotes: number;
   elections: number;
   writes: number;
   pagesWritten: number;
@@ -278,8 +280,10 @@ export class Replica {
   private inbound: Promise<unknown> = Promise.resolve();
   private inboundDepth = 0;
   private votes = new Set<string>();
+  /** The prevote round in progress, if any: the term it asks about and the yes so far. */
+  private preVote: { term: number; votes: Set<string> } | undefined;
   private readonly counters = {
-    elections: 0, writes: 0, pagesWritten: 0, reads: 0, pagesRead: 0, checkpoints: 0,
+    preVotes: 0, elections: 0, writes: 0, pagesWritten: 0, reads: 0, pagesRead: 0, checkpoints: 0,
     snapshotsSent: 0, snapshotsInstalled: 0, offloaded: 0,
   };
 
@@ -388,7 +392,7 @@ export class Replica {
       for (const id of this.peers()) this.replicateTo(id, true);
       return;
     }
-    if (nowMs >= this.electionDeadlineMs) void this.startElection();
+    if (nowMs >= this.electionDeadlineMs) this.startPreVote();
   }
 
   private resetElectionDeadline(): void {
@@ -447,6 +451,52 @@ export class Replica {
   // Elections
   // ---------------------------------------------------------------------------------------------
 
+  /**
+   * PreVote: before raising its term, a replica whose election timer fired asks the others
+   * whether they would vote for it in the next term. Only with a majority of yes does it start
+   * the election. A replica cut off from the others, or behind them, thus keeps its term, and
+   * cannot depose a leader when it comes back.
+   */
+  private startPreVote(): void {
+    if (this.closed || this.role === 'leader') return;
+    this.resetElectionDeadline();
+    this.leader = null;
+    if (this.majority() === 1) {
+      void this.startElection();
+      return;
+    }
+    const term = this.term + 1;
+    const round = { term, votes: new Set([this.self]) };
+    this.preVote = round;
+    this.counters.preVotes++;
+    const req: VoteRequest = { type: 'prevote', term, candidate: this.self, lastLsn: this.lastLsn, lastTerm: this.lastTerm };
+    for (const id of this.peers()) {
+      this.transport.send(id, req, this.timing.rpcTimeoutMs).then(
+        (reply) => this.onPreVoteReply(id, round, reply as VoteReply),
+        () => undefined,
+      );
+    }
+  }
+
+  private onPreVoteReply(from: string, round: { term: number; votes: Set<string> }, reply: VoteReply): void {
+    if (this.closed || this.preVote !== round) return;
+    if (!reply.granted) {
+      // A replica at a newer term: follow it (this is no vote of ours, only its term).
+      if (reply.term > this.term) {
+        this.preVote = undefined;
+        this.stepDown(reply.term, null, 'a voter is at a newer term');
+      }
+      return;
+    }
+    // Still the round of this term, with nothing heard from a leader since it started.
+    if (this.role === 'leader' || this.term + 1 !== round.term || this.leader !== null) return;
+    round.votes.add(from);
+    if (round.votes.size >= this.majority()) {
+      this.preVote = undefined;
+      void this.startElection();
+    }
+  }
+
   private async startElection(): Promise<void> {
     if (this.closed || this.role === 'leader') return;
     this.role = 'candidate';
@@ -499,15 +549,28 @@ export class Replica {
     return this.leader !== null && this.nowMs - this.leaderContactMs < min;
   }
 
+  /** True if the candidate's log is at least as up to date as this replica's (higher last term, or same and at least as long). */
+  private candidateUpToDate(req: VoteRequest): boolean {
+    return req.lastTerm > this.lastTerm || (req.lastTerm === this.lastTerm && req.lastLsn >= this.lastLsn);
+  }
+
+  /**
+   * Answers a prevote: whether this replica would vote for the candidate in `req.term`. Nothing
+   * changes here (neither term nor vote), so nothing is saved.
+   */
+  private handlePreVote(req: VoteRequest): VoteReply {
+    const granted = req.term > this.term && this.candidateUpToDate(req) && !(req.candidate !== this.leader && this.knowsLiveLeader());
+    return { term: this.term, granted };
+  }
+
   /** Answers a vote request; the vote is durable before the reply. */
   async handleVote(req: VoteRequest): Promise<VoteReply> {
     // Neither a vote nor the candidate's term: a candidate cut off from the leader alone (or
     // whose timer fired during a pause) must not depose a leader that a majority still follows.
     if (req.candidate !== this.leader && this.knowsLiveLeader()) return { term: this.term, granted: false };
     if (req.term > this.term) this.adoptTerm(req.term);
-    const upToDate = req.lastTerm > this.lastTerm || (req.lastTerm === this.lastTerm && req.lastLsn >= this.lastLsn);
     let granted = false;
-    if (req.term === this.term && (this.votedFor === null || this.votedFor === req.candidate) && upToDate) {
+    if (req.term === this.term && (this.votedFor === null || this.votedFor === req.candidate) && this.candidateUpToDate(req)) {
       this.votedFor = req.candidate;
       granted = true;
       this.resetElectionDeadline();
@@ -1023,6 +1086,8 @@ export class Replica {
     switch (msg.type) {
       case 'vote':
         return this.handleVote(msg);
+      case 'prevote':
+        return Promise.resolve(this.handlePreVote(msg));
       case 'append':
         return this.handleAppend(msg);
       case 'snapshot':

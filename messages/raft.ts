@@ -17,8 +17,14 @@ export interface WireRecord {
   payload: Uint8Array;
 }
 
+/**
+ * `vote`: a candidate asks for a vote in its (new) term. `prevote`: a replica whose election timer
+ * fired asks whether it would win an election in `term` (its term + 1) before it starts one; the
+ * answer changes nothing on either side (no term, no vote), so a replica that cannot win (cut off,
+ * or behind) never raises its term.
+ */
 export interface VoteRequest {
-  type: 'vote';
+  type: 'vote' | 'prevote';
   term: number;
   candidate: string;
   lastLsn: number;
@@ -81,8 +87,9 @@ export function validateRaftRequest(body: unknown): RaftRequest {
   const o = map(body, '');
   switch (o.type) {
     case 'vote':
+    case 'prevote':
       return {
-        type: 'vote', term: counter(o.term, 'term'), candidate: id(o.candidate, 'candidate'),
+        type: o.type, term: counter(o.term, 'term'), candidate: id(o.candidate, 'candidate'),
         lastLsn: counter(o.lastLsn, 'lastLsn'), lastTerm: counter(o.lastTerm, 'lastTerm'),
       };
     case 'append': {
@@ -118,7 +125,7 @@ export function validateRaftRequest(body: unknown): RaftRequest {
       };
     }
     default:
-      throw new ProtocolError('bad_request', `type: expected vote, append or snapshot`, { path: 'type' });
+      throw new ProtocolError('bad_request', `type: expected vote, prevote, append or snapshot`, { path: 'type' });
   }
 }
 
@@ -127,6 +134,7 @@ export function validateRaftReply(type: RaftRequest['type'], body: unknown): Raf
   const o = map(body, '');
   switch (type) {
     case 'vote':
+    case 'prevote':
       return { term: counter(o.term, 'term'), granted: bool(o.granted, 'granted') };
     case 'append':
       return {

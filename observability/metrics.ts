@@ -95,6 +95,8 @@ export interface ShardSnapshot {
   cache?: { hits: number; misses: number; evictions: number; bytes: number };
   /** Elections this shard's actor started (cumulative). */
   elections?: number;
+  /** Prevote rounds this shard's actor started (cumulative); an election follows only a won one. */
+  preVotes?: number;
   /** How far each replica's log is behind, in records (list form). */
   replicas?: ReadonlyArray<{ replica: string; lagRecords: number }>;
   /**
@@ -226,6 +228,7 @@ export class StrataMetrics {
       shardUp: gauge('strata_shard_up', '1 when a shard serves requests, 0 when down.'),
       replicaLag: gauge('strata_replica_lag_records', 'Records a replica log is behind the shard commit LSN.'),
       elections: counter('strata_elections', 'Leader elections started by a shard.'),
+      preVotes: counter('strata_prevotes', 'Prevote rounds started by a shard (an election follows only when a majority would vote).'),
       restarts: counter('strata_actor_restarts', 'Restarts of actor hosts (kind=host) and of shard actors from durable state (kind=shard).'),
     };
     this.observables = Object.values(o);
@@ -328,6 +331,7 @@ export class StrataMetrics {
         observe(o.commitLsn!, s.commitLsn ?? s.appliedLsn, a);
         observe(o.term!, s.term, a);
         if (s.elections !== undefined) observe(o.elections!, s.elections, a);
+        if (s.preVotes !== undefined) observe(o.preVotes!, s.preVotes, a);
         if (s.cache) {
           observe(o.cacheHits!, s.cache.hits, a);
           observe(o.cacheMisses!, s.cache.misses, a);

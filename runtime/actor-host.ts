@@ -59,7 +59,9 @@ const workerTracing: WorkerTracing | undefined = telemetryInit === undefined
 
 /** Message types a shard subject serves; anything else is named `unknown` in spans and metrics. */
 const SHARD_TYPES = new Set(['shard.write', 'shard.read', 'shard.flush']);
-const RAFT_OPS: Record<RaftRequest['type'], string> = { vote: 'replica.vote', append: 'replica.append', snapshot: 'replica.snapshot' };
+const RAFT_OPS: Record<RaftRequest['type'], string> = {
+  vote: 'replica.vote', prevote: 'replica.prevote', append: 'replica.append', snapshot: 'replica.snapshot',
+};
 
 export interface HostConfig {
   hostId: number;
@@ -169,7 +171,7 @@ function wireError(err: unknown): ProtocolError {
 }
 
 function senderOf(req: RaftRequest): string {
-  return req.type === 'vote' ? req.candidate : req.leader;
+  return 'candidate' in req ? req.candidate : req.leader;
 }
 
 export class ActorHost implements HostApi {

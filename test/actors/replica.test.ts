@@ -227,7 +227,9 @@ describe('Replica (quorum replication of a shard log)', function () {
       for (const m of shard.leaders()) seen.add(m.id);
       await new Promise((r) => setTimeout(r, 2));
     }
-    assert.ok(shard.members.get(f)!.replica.currentTerm > termBefore, 'the cut-off follower did campaign');
+    const cutOff = shard.members.get(f)!.replica;
+    assert.ok(cutOff.stats().preVotes >= 3, 'the cut-off follower did ask, several times');
+    assert.equal(cutOff.currentTerm, termBefore, 'its prevotes lost: it never raised its term');
     assert.deepEqual([...seen], [l.id], 'only the first leader ever led');
     assert.equal(shard.members.get(g)!.replica.currentTerm, termBefore, 'the other follower kept the leader\'s term');
     assert.equal(l.replica.currentTerm, termBefore);
@@ -235,6 +237,52 @@ describe('Replica (quorum replication of a shard log)', function () {
     await l.replica.write([{ page: 1, data: page(2) }]);
     const r = await l.replica.read([1], { deadlineMs: Date.now() + 1000, nowMs: Date.now() });
     assert.deepEqual(r.pages[0], page(2));
+    // Healed, the follower takes the leader's appends in the same term: nobody is deposed.
+    shard.heal();
+    await shard.waitFor(() => cutOff.appliedLsn >= l.replica.appliedLsn, 'the cut-off follower catches up');
+    assert.equal(l.replica.isLeader, true);
+    assert.equal(l.replica.currentTerm, termBefore);
+  });
+
+  it('a replica cut off from every other keeps its term (its prevotes fail), and rejoins without deposing the leader', async () => {
+    shard = new TestShard(['a', 'b', 'c']);
+    const l = await shard.leader();
+    await l.replica.write([{ page: 1, data: page(1) }]);
+    const f = shard.members.get(shard.ids.find((x) => x !== l.id)!)!;
+    const termBefore = l.replica.currentTerm;
+    const before = f.replica.stats();
+    shard.isolate([f.id]);
+    await new Promise((r) => setTimeout(r, 500));
+    assert.ok(f.replica.stats().preVotes >= before.preVotes + 3, 'it asked');
+    assert.equal(f.replica.currentTerm, termBefore, 'no election: its term did not move');
+    assert.equal(f.replica.stats().elections, before.elections);
+    const w = await l.replica.write([{ page: 2, data: page(2) }]);
+    shard.heal();
+    await shard.waitFor(() => f.replica.appliedLsn >= w.lsn, 'it catches up');
+    assert.equal(l.replica.isLeader, true, 'the leader was not deposed');
+    assert.equal(l.replica.currentTerm, termBefore);
+  });
+
+  it('prevotes: a replica says whether it would vote, and changes nothing', async () => {
+    shard = new TestShard(['a', 'b', 'c']);
+    const l = await shard.leader();
+    await l.replica.write([{ page: 2, data: page(2) }]);
+    const voter = shard.members.get(shard.ids.find((x) => x !== l.id)!)!;
+    await shard.waitFor(() => voter.replica.appliedLsn >= 2, 'voter has the write');
+    const term = voter.replica.currentTerm;
+    const ask = (candidate: string, t: number, lastLsn: number, lastTerm: number): Promise<unknown> =>
+      voter.replica.handle({ type: 'prevote', term: t, candidate, lastLsn, lastTerm });
+    // While it hears its leader: no, to anyone else.
+    assert.deepEqual(await ask('zz', term + 1, 1000, term), { term, granted: false });
+    shard.paused.add(voter.id);
+    shard.isolate([voter.id]);
+    voter.replica.tick(performance.now() + 10_000); // its leader is silent past an election timeout
+    const saved = voter.storage.load();
+    assert.deepEqual(await ask('zz', term + 1, 1000, term), { term, granted: true }, 'a candidate as up to date, in a newer term');
+    assert.deepEqual(await ask('zz', term + 1, 0, 0), { term, granted: false }, 'a candidate behind');
+    assert.deepEqual(await ask('zz', term, 1000, term), { term, granted: false }, 'not a newer term');
+    assert.equal(voter.replica.currentTerm, term, 'its term did not move');
+    assert.deepEqual(voter.storage.load(), saved, 'nothing saved');
   });
 
   it('a crashed follower restarts from its disk and catches up without stopping writes', async () => {

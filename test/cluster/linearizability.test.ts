@@ -166,8 +166,8 @@ describe('linearizability of page reads and writes under faults', function () {
     };
     const history = await runClients(client, faults);
     await client.close();
-    // The cut-off follower campaigned all along; the other follower neither voted for it nor
-    // moved to its terms, so the leader was never deposed.
+    // The cut-off follower asked for votes all along; the other follower, hearing the leader,
+    // said no each time, so no election took place and the leader was never deposed.
     assert.deepEqual([...seen], [before], 'the leader a majority still follows kept leading, in its term, while the link was cut');
     checkHistory(history);
   });
