@@ -31,7 +31,7 @@ import { allocRequestBytes } from '../storage-engine/arena';
 import { errorReply, toProtocolError, ProtocolError, type ErrorCode } from '../messages/errors';
 import { validateRequest } from '../messages/validate';
 import { messageHeaders, REPLY_HEADERS, wellFormed, type ReceivedHeaders } from './nats-headers';
-import { HEADER_DEADLINE, HEADER_TYPE, HEADER_SCHEMA, SCHEMA_VERSION, checkSchemaHeader } from '../messages/headers';
+import { HEADER_DEADLINE, HEADER_TYPE, HEADER_SCHEMA, SCHEMA_VERSION, checkSchemaHeader, deadlineRemainingMs, parseDeadline } from '../messages/headers';
 import { shardSubject } from '../messages/subjects';
 import { validateRaftRequest, validateRaftReply, replicaSubject, type RaftRequest, type RaftReply } from '../messages/raft';
 import type { ReplicaTransport, ReplicaTiming } from '../actors/replica';
@@ -523,10 +523,10 @@ export class ActorHost implements HostApi {
   private async handle(mb: Mailbox, msg: Msg, headerView: ReceivedHeaders): Promise<unknown> {
     checkSchemaHeader(wellFormed(headerView));
     const now = Date.now();
-    const deadlineText = headerView.get(HEADER_DEADLINE);
-    const deadlineMs = deadlineText ? Number(deadlineText) : now + (this.config!.defaultDeadlineMs ?? 30_000);
-    if (!Number.isFinite(deadlineMs)) throw new ProtocolError('bad_request', `${HEADER_DEADLINE}: not a number`);
-    if (deadlineMs <= now) throw new ProtocolError('timeout', 'the request deadline passed before it was handled');
+    // The same rules as the public API's: a decimal integer of ms since the Unix epoch
+    // (bad_request otherwise), already passed gives timeout, at most DEADLINE_AHEAD_MS_MAX ahead.
+    const asked = parseDeadline(headerView.get(HEADER_DEADLINE) ?? '');
+    const deadlineMs = now + (asked === undefined ? (this.config!.defaultDeadlineMs ?? 30_000) : deadlineRemainingMs(asked, now));
     // The shard gives up a little before the client does, so that its typed answer (a timeout
     // with where replication stood, not_leader…) reaches the client before the client's own
     // deadline turns the request into a bare transport timeout.

@@ -175,6 +175,15 @@ describe('bad input over NATS gets a typed error and the node keeps serving', fu
     assert.equal((await rawError(shard0, encode({ pages: [1] }), headers('shard.read', { [HEADER_SCHEMA]: '99' }))).code, 'bad_request');
     assert.equal((await rawError(shard0, encode({ pages: [1] }), headers('shard.read', { [HEADER_DEADLINE]: String(Date.now() - 1) }))).code, 'timeout');
   });
+
+  it('a shard request\'s Strata-Deadline is read as the API reads it: not a decimal integer → bad_request naming the header', async () => {
+    const later = Date.now() + 60_000;
+    for (const value of ['x', '0x10', '1e3', '-5', `${later}.5`, `+${later}`]) {
+      const err = await rawError(shard0, encode({ pages: [1] }), headers('shard.read', { [HEADER_DEADLINE]: value }));
+      assert.equal(err.code, 'bad_request', `Strata-Deadline ${JSON.stringify(value)}`);
+      assert.match(err.message, /Strata-Deadline/);
+    }
+  });
 });
 
 describe('a full mailbox answers overloaded, not a crash or a hang', function () {
