@@ -146,7 +146,13 @@ export interface ReplicaOptions {
    * message for the first write of a burst and another for the rest.
    */
   schedule?: (run: () => void) => void;
+  /** Time of creation on the replica's monotonic clock (the clock `tick` is given). */
   nowMs: number;
+  /**
+   * Reads that clock now; default `performance.now`. Ticks come every few ms, and a thread can
+   * stall between two: what leader stickiness and the lease measure is read fresh from here.
+   */
+  clock?: () => number;
 }
 
 export interface ReplicaStats {
@@ -162,6 +168,9 @@ export interface ReplicaStats {
   lastLsn: number;
   /** Per follower (leader only): how far behind the leader's last LSN its durable log is. */
   lag: Record<string, number>;
+  /** Leader: records (and their payload bytes) held in memory for followers that may not have them yet. */
+  heldRecords: number;
+  heldBytes: number;
   /** Prevote rounds started (an election follows only when a majority would vote). */
   preVotes: number;
   elections: number;
@@ -262,6 +271,11 @@ export class Replica {
   /** When this replica last accepted a message of the leader it follows (its clock). */
   private leaderContactMs = Number.NEGATIVE_INFINITY;
   private nowMs: number;
+  private readonly clock: () => number;
+  /** Until then (clock) this replica votes for no one: it may have answered a leader just before it was (re)started. */
+  private quietUntilMs: number;
+  /** Truncations of the log waiting in the device queue: no campaign meanwhile. */
+  private truncating = 0;
   private closed = false;
   private applying = false;
   private checkpointing = false;
@@ -325,6 +339,8 @@ export class Replica {
     // Applied state is only what is known committed: the store replayed up to its image.
     this.commitLsn = this.store.appliedLsn;
     this.nowMs = opts.nowMs;
+    this.clock = opts.clock ?? (() => performance.now());
+    this.quietUntilMs = this.now() + this.timing.electionTimeoutMinMs;
     this.resetElectionDeadline();
     // A replica set of one needs nobody's vote: it leads at once.
     if (this.members.length === 1) this.electionDeadlineMs = this.nowMs;
@@ -362,6 +378,8 @@ export class Replica {
       firstLsn: this.log.firstLsn,
       lastLsn: this.lastLsn,
       lag,
+      heldRecords: this.recent.length,
+      heldBytes: this.recentBytes,
       ...this.counters,
       cache: { hits: c.hits, misses: c.misses, evictions: c.evictions, bytes: c.bytes },
     };
@@ -382,7 +400,8 @@ export class Replica {
   /** Advances time: elections for followers and candidates, heartbeats and lease checks for leaders. */
   tick(nowMs: number): void {
     if (this.closed) return;
-    this.nowMs = nowMs;
+    this.nowMs = Math.max(this.nowMs, nowMs);
+    nowMs = this.nowMs;
     if (this.role === 'leader') {
       if (nowMs - this.leaderSinceMs > this.timing.electionTimeoutMaxMs && !this.hasMajorityContact(this.timing.electionTimeoutMaxMs)) {
         // Cut off from a majority for a whole election timeout: another leader may exist.
@@ -393,6 +412,13 @@ export class Replica {
       return;
     }
     if (nowMs >= this.electionDeadlineMs) this.startPreVote();
+  }
+
+  /** The clock read now (never behind the last tick): for what stickiness and the lease measure. */
+  private now(): number {
+    const t = this.clock();
+    if (t > this.nowMs) this.nowMs = t;
+    return this.nowMs;
   }
 
   private resetElectionDeadline(): void {
@@ -460,6 +486,8 @@ export class Replica {
   private startPreVote(): void {
     if (this.closed || this.role === 'leader') return;
     this.resetElectionDeadline();
+    // Its last LSN still counts records a queued truncation is cutting: it waits for the cut.
+    if (this.truncating > 0) return;
     this.leader = null;
     if (this.majority() === 1) {
       void this.startElection();
@@ -489,7 +517,7 @@ export class Replica {
       return;
     }
     // Still the round of this term, with nothing heard from a leader since it started.
-    if (this.role === 'leader' || this.term + 1 !== round.term || this.leader !== null) return;
+    if (this.role === 'leader' || this.term + 1 !== round.term || this.leader !== null || this.truncating > 0) return;
     round.votes.add(from);
     if (round.votes.size >= this.majority()) {
       this.preVote = undefined;
@@ -546,7 +574,10 @@ export class Replica {
   private knowsLiveLeader(): boolean {
     const min = this.timing.electionTimeoutMinMs;
     if (this.role === 'leader') return this.hasMajorityContact(min);
-    return this.leader !== null && this.nowMs - this.leaderContactMs < min;
+    const now = this.now();
+    // Just (re)started: it may have acknowledged a leader a moment ago, in its former life.
+    if (now < this.quietUntilMs) return true;
+    return this.leader !== null && now - this.leaderContactMs < min;
   }
 
   /** True if the candidate's log is at least as up to date as this replica's (higher last term, or same and at least as long). */
@@ -627,6 +658,8 @@ export class Replica {
           // A majority of followers may have committed these records before this replica's own
           // fdatasync returned; they are applied only now that they are durable here too.
           this.applyCommitted();
+          // Without followers (a replica set of one) this is the only place records leave memory.
+          this.trimRecent();
         }
       },
       (e: unknown) => this.failAll(e),
@@ -726,7 +759,7 @@ export class Replica {
     f.lastSentMs = sentMs;
     const term = this.term;
     this.sendTraced(id, req, this.timing.rpcTimeoutMs, records).then(
-      (reply) => this.onAppendReply(id, term, sentMs, prevLsn, records.length, reply as AppendReply),
+      (reply) => this.onAppendReply(id, f, term, sentMs, prevLsn, records.length, reply as AppendReply),
       () => {
         // Lost or unanswered: send again from here (never below what the follower acknowledged).
         f.inFlight = Math.max(0, f.inFlight - 1);
@@ -749,13 +782,14 @@ export class Replica {
     return tracer.send(tags, () => this.transport.send(id, req, timeoutMs));
   }
 
-  private onAppendReply(id: string, term: number, sentMs: number, prevLsn: number, count: number, reply: AppendReply): void {
+  private onAppendReply(id: string, f: FollowerState, term: number, sentMs: number, prevLsn: number, count: number, reply: AppendReply): void {
     // An answer that arrives after close (its volume deleted, its host stopping) is too late:
     // the store is closed, and applying would throw where nobody catches it.
     if (this.closed) return;
-    const f = this.followers.get(id);
-    if (!f) return;
+    // Counted against the state it was sent from (an answer from an earlier term leaves the
+    // window of this term's state alone).
     f.inFlight = Math.max(0, f.inFlight - 1);
+    if (this.followers.get(id) !== f && reply.term <= this.term) return;
     if (reply.term > this.term) {
       this.stepDown(reply.term, null, 'a follower is at a newer term');
       return;
@@ -958,7 +992,7 @@ export class Replica {
     }
     this.role = 'follower';
     this.leader = leader;
-    this.leaderContactMs = this.nowMs;
+    this.leaderContactMs = this.now();
     this.resetElectionDeadline();
     return true;
   }
@@ -1001,7 +1035,12 @@ export class Replica {
         assert(lsn > this.commitLsn, 'a committed record is never overwritten', { lsn, commitLsn: this.commitLsn });
         const from = lsn;
         // Queued after the appends before it, so it cuts what they write.
-        await this.queue.task(() => this.log.truncateSuffix(from));
+        this.truncating++;
+        try {
+          await this.queue.task(() => this.log.truncateSuffix(from));
+        } finally {
+          this.truncating--;
+        }
         for (const k of [...this.queuedTerms.keys()]) if (k >= from) this.queuedTerms.delete(k);
         this.lastLsn = from - 1;
         this.lastTerm = this.termOf(this.lastLsn);
@@ -1253,8 +1292,9 @@ export class Replica {
 
   private hasMajorityContact(windowMs: number): boolean {
     if (this.members.length === 1) return true;
+    const now = this.now();
     let contacts = 1;
-    for (const f of this.followers.values()) if (this.nowMs - f.ackedSentMs < windowMs) contacts++;
+    for (const f of this.followers.values()) if (now - f.ackedSentMs < windowMs) contacts++;
     return contacts >= this.majority();
   }
 

@@ -234,6 +234,7 @@ export class ActorHost implements HostApi {
   async openShard(spec: ShardSpec): Promise<void> {
     const { device, nc, config } = this.ready();
     const key = shardKey(spec.volumeId, spec.shard);
+    let created: Mailbox | undefined;
     if (!this.mailboxes.has(key)) {
       const mailbox: Mailbox = {
         spec, replicaSub: undefined as unknown as Subscription, leaderSub: undefined,
@@ -245,8 +246,18 @@ export class ActorHost implements HostApi {
         },
       });
       this.mailboxes.set(key, mailbox);
+      created = mailbox;
     }
-    device.openShard(spec);
+    try {
+      device.openShard(spec);
+    } catch (e) {
+      // A spec the device refuses (this node not among the members…) leaves nothing behind.
+      if (created) {
+        created.replicaSub.unsubscribe();
+        this.mailboxes.delete(key);
+      }
+      throw e;
+    }
     if (spec.members.length === 1) {
       // A replica set of one elects itself on its first tick: report the shard open once it
       // serves, so a request sent right after creation finds it.
@@ -255,8 +266,10 @@ export class ActorHost implements HostApi {
         await new Promise((r) => setTimeout(r, 2));
       }
     }
-    // The server knows of the subscriptions before the shard is reported open.
-    await nc.flush();
+    // The server knows of the subscriptions before the shard is reported open. Bounded: while
+    // the connection is down the shard is open all the same, and the subscriptions reach the
+    // server when it reconnects.
+    await flushWithin(nc, OPEN_FLUSH_MS);
   }
 
   async closeShard(volumeId: string, shard: number, destroy: boolean): Promise<void> {
@@ -591,6 +604,20 @@ export class ActorHost implements HostApi {
  * A read's reply, in a buffer from the request arena: it lives until the replies of this turn
  * are sent, when the NATS client has copied it.
  */
+/** Longest wait for the server to confirm a new shard's subscriptions (openShard). */
+const OPEN_FLUSH_MS = 2000;
+
+/** `nc.flush()`, given up (not failed) after `ms`: the caller goes on without the confirmation. */
+async function flushWithin(nc: NatsConnection, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<void>((resolve) => (timer = setTimeout(resolve, ms)));
+  try {
+    await Promise.race([nc.flush().catch(() => undefined), late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 const encodeReadReply = (reply: unknown, options: CodecOptions): Uint8Array =>
   encodeShardReadReply(reply as ShardReadReply, { ...options, alloc: allocRequestBytes });
 

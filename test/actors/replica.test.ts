@@ -33,14 +33,28 @@ class TestShard {
   readonly slow = new Set<string>();
   /** Members whose clock the test drives itself (not ticked by the shard's timer). */
   readonly paused = new Set<string>();
-  private readonly timer: NodeJS.Timeout;
+  private readonly timer: NodeJS.Timeout | undefined;
+  /** With `manualClock`: the replicas' clock, moved by `at`. */
+  now = 0;
   private readonly slab = new Slab({ slotBytes: 8192, slotCount: 4096 });
 
   /** Largest replication message sent, encoded (with `messageBytesMax`: larger ones are refused, as NATS does). */
   largestMessage = 0;
 
-  constructor(readonly ids: string[], private readonly opts: { checkpointEveryRecords?: number; timing?: Partial<typeof timing>; messageBytesMax?: number } = {}) {
+  constructor(
+    readonly ids: string[],
+    private readonly opts: {
+      checkpointEveryRecords?: number;
+      timing?: Partial<typeof timing>;
+      messageBytesMax?: number;
+      /** The test moves the clock and ticks replicas itself (`at`): a replica not ticked is a stalled thread. */
+      manualClock?: boolean;
+      /** Per member, the value of its election timeout's random draw (0..1). */
+      randoms?: Record<string, number>;
+    } = {},
+  ) {
     for (const id of ids) this.start(id, new SimDisk());
+    if (opts.manualClock) return;
     this.timer = setInterval(() => {
       const now = performance.now();
       for (const m of this.members.values()) {
@@ -56,7 +70,9 @@ class TestShard {
     const queue = new DeviceQueue({ disk, name: id, schedule: (run) => (this.slow.has(id) ? setTimeout(run, 30) : setImmediate(run)) });
     const replica = new Replica({
       geometry, self: id, members: this.ids, log: storage.log, store: storage.store, queue, hardState: storage,
-      transport: this.transport(id), snapshots: storage, timing: { ...timing, ...(this.opts.timing ?? {}) }, nowMs: performance.now(),
+      transport: this.transport(id), snapshots: storage, timing: { ...timing, ...(this.opts.timing ?? {}) },
+      ...(this.opts.manualClock ? { nowMs: this.now, clock: () => this.now } : { nowMs: performance.now() }),
+      ...(this.opts.randoms?.[id] !== undefined ? { random: () => this.opts.randoms![id]! } : {}),
       ...(this.opts.checkpointEveryRecords ? { checkpointEveryRecords: this.opts.checkpointEveryRecords } : {}),
       ...(this.opts.messageBytesMax ? { messageBytesMax: this.opts.messageBytesMax } : {}),
     });
@@ -135,8 +151,24 @@ class TestShard {
     return this.leaders(among)[0]!;
   }
 
+  /** Manual clock: moves it to `t` and ticks `ids` (default all), then lets their messages run. */
+  async at(t: number, ids: string[] = [...this.members.keys()]): Promise<void> {
+    this.now = t;
+    for (const id of ids) this.members.get(id)?.replica.tick(t);
+    for (let i = 0; i < 50; i++) await new Promise((r) => setImmediate(r));
+  }
+
+  /** A replica reopened in this process from its intact disk, as its host does after a failure. */
+  async restart(id: string): Promise<Member> {
+    const m = this.members.get(id)!;
+    m.replica.close();
+    await m.queue.drain().catch(() => undefined);
+    m.storage.close();
+    return this.start(id, m.disk);
+  }
+
   async stop(): Promise<void> {
-    clearInterval(this.timer);
+    if (this.timer) clearInterval(this.timer);
     for (const m of this.members.values()) {
       m.replica.close();
       await m.queue.drain().catch(() => undefined);
@@ -468,5 +500,90 @@ describe('Replica (quorum replication of a shard log)', function () {
     const reply = await f.replica.handle({ type: 'append', term: 0, leader: 'zz', prevLsn: 0, prevTerm: 0, records: [{ term: 0, kind: 1, payload: new Uint8Array(8) }], commitLsn: 0 });
     assert.equal((reply as { success: boolean }).success, false);
     assert.equal(f.replica.stats().leader, l.id, 'the follower still follows the real leader');
+  });
+});
+
+describe('Replica (more cases)', function () {
+  this.timeout(30_000);
+  let shard: TestShard | undefined;
+  afterEach(async () => {
+    await shard?.stop();
+    shard = undefined;
+  });
+
+  describe('on a clock the test moves (leader stickiness and the lease under stalls and restarts)', function () {
+    // The default timing: 300–600 ms elections, 50 ms heartbeats, a lease of 0.75 × 300 ms.
+    const slow = { electionTimeoutMinMs: 300, electionTimeoutMaxMs: 600, heartbeatMs: 50, rpcTimeoutMs: 1000 };
+
+    /** a leads from 300 ms, its link to c is cut at 450 ms; everyone ticks every 10 ms until `until`. */
+    async function cutFollower(until: number): Promise<TestShard> {
+      const s = new TestShard(['a', 'b', 'c'], { manualClock: true, timing: slow, randoms: { a: 0, b: 0.99, c: 0 } });
+      await s.at(0);
+      await s.at(300, ['a']);
+      await s.at(350);
+      assert.equal(s.leaders()[0]?.id, 'a');
+      await s.members.get('a')!.replica.write([{ page: 0, data: page(1) }]);
+      s.cutLink('a', 'c');
+      for (let t = 360; t <= until; t += 10) await s.at(t);
+      return s;
+    }
+
+    it('a follower whose thread stalled between two ticks dates the leader\'s message by its clock, not by its last tick', async () => {
+      shard = await cutFollower(1000);
+      // b stalls from 1000 ms (no tick); a's heartbeat of 1100 ms reaches it all the same.
+      await shard.at(1100, ['a']);
+      shard.isolate(['a']);
+      // c campaigns (its timer fired long ago); b heard a 205–215 ms ago: it must say no.
+      for (const t of [1305, 1310, 1315]) await shard.at(t, ['b', 'c']);
+      assert.deepEqual(shard.leaders().map((m) => m.id), ['a'], 'no second leader while a may still serve reads from its lease');
+      const a = shard.members.get('a')!.replica;
+      await shard.at(1320, ['a']);
+      const r = await a.read([0], { deadlineMs: Date.now() + 1000, nowMs: Date.now() });
+      assert.deepEqual(r.pages[0], page(1));
+    });
+
+    it('a follower restarted in place votes for no one for a minimum election timeout (it may have just answered the leader)', async () => {
+      shard = await cutFollower(1100); // b answered a's heartbeat of 1100 ms
+      shard.isolate(['a']);
+      shard.now = 1110;
+      await shard.restart('b');
+      for (let t = 1110; t <= 1400; t += 10) await shard.at(t, ['b', 'c']);
+      assert.deepEqual(shard.leaders().map((m) => m.id), ['a'], 'no second leader within a\'s lease');
+      // Past the quiet time, b and c elect one of themselves: the shard is not stuck.
+      for (let t = 1410; t <= 2600 && shard.leaders(['b', 'c']).length === 0; t += 10) await shard.at(t, ['b', 'c']);
+      assert.equal(shard.leaders(['b', 'c']).length, 1);
+    });
+  });
+
+  describe('whose log is being cut', function () {
+    it('does not campaign while a truncation waits in its device queue (its last LSN still counts the records being cut)', async () => {
+      shard = new TestShard(['a', 'b', 'c'], { manualClock: true });
+      const b = shard.members.get('b')!;
+      const noop = (term: number) => ({ term, kind: 2, payload: new Uint8Array(0) });
+      // Two records of term 1 from a leader 'a' (never committed), then a leader 'c' of term 2
+      // whose record 2 conflicts: b must cut its record 2, behind its slow device queue.
+      await b.replica.handle({ type: 'append', term: 1, leader: 'a', prevLsn: 0, prevTerm: 0, records: [noop(1), noop(1)], commitLsn: 0 });
+      // c's term first (saved at once), so that its next append goes straight to the cut.
+      await b.replica.handle({ type: 'append', term: 2, leader: 'c', prevLsn: 0, prevTerm: 0, records: [], commitLsn: 0 });
+      shard.slow.add('b');
+      const cut = b.replica.handle({ type: 'append', term: 2, leader: 'c', prevLsn: 1, prevTerm: 1, records: [noop(2)], commitLsn: 0 });
+      await new Promise((r) => setImmediate(r));
+      const before = b.replica.stats().preVotes;
+      await shard.at(10_000, ['b']); // far past its election timeout
+      assert.equal(b.replica.stats().preVotes, before, 'no prevote while the cut is pending');
+      assert.equal(((await cut) as { success: boolean }).success, true);
+      await shard.at(20_000, ['b']);
+      assert.equal(b.replica.stats().preVotes, before + 1, 'once the log is cut, it campaigns again');
+    });
+  });
+
+  describe('in a set of one', function () {
+    it('keeps no records in memory once they are durable (nobody to send them to)', async () => {
+      shard = new TestShard(['a']);
+      const l = await shard.leader();
+      for (let i = 0; i < 300; i++) await l.replica.write([{ page: i % 200, data: page(i) }]);
+      await shard.waitFor(() => l.replica.stats().heldRecords === 0, 'held records dropped');
+      assert.equal(l.replica.stats().heldBytes, 0);
+    });
   });
 });
