@@ -123,6 +123,8 @@ export interface DeviceQueueStats {
   readBytes: number;
   tasks: number;
   rejectedOverloaded: number;
+  /** How long the batch in progress has run (its writes and fdatasync), in ms; 0 when idle. */
+  batchRunningMs: number;
 }
 
 interface AppendOp {
@@ -197,6 +199,8 @@ export class DeviceQueue {
   private queueBytes = 0;
   private scheduled = false;
   private running = false;
+  /** When the batch in progress started (clock), while `running`. */
+  private batchStartMs = 0;
   private failure: StorageError | undefined;
   private closed = false;
   private idleWaiters: Array<() => void> = [];
@@ -305,6 +309,7 @@ export class DeviceQueue {
       queueOpsMax: this.queueOpsMax,
       queueBytesMax: this.queueBytesMax,
       ...this.counters,
+      batchRunningMs: this.running ? this.clock.nowMs() - this.batchStartMs : 0,
       batchOpsHistogram: [...this.batchOpsHistogram],
       syncMsHistogram: [...this.syncMsHistogram],
     };
@@ -323,6 +328,14 @@ export class DeviceQueue {
     }
     if (this.closed) {
       op.reject(new StorageError('closed', `device ${this.name} is shutting down`));
+      return;
+    }
+    if (op.bytes > this.queueBytesMax) {
+      // More than the whole queue holds: waiting cannot help.
+      op.reject(new StorageError('too_large', `${op.bytes} bytes for device ${this.name}, whose queue holds at most ${this.queueBytesMax}`, {
+        bytes: op.bytes,
+        queueBytesMax: this.queueBytesMax,
+      }));
       return;
     }
     if (this.pending() + 1 > this.queueOpsMax || this.queueBytes + op.bytes > this.queueBytesMax) {
@@ -380,6 +393,7 @@ export class DeviceQueue {
     if (this.pending() === 0) return;
     assert(!this.running, 'device queue batch re-entered');
     this.running = true;
+    this.batchStartMs = this.clock.nowMs();
     let flushing: Promise<void> | undefined;
     try {
       const batch = this.takeBatch();

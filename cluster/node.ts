@@ -197,6 +197,10 @@ export class StrataNode {
         restarting
           ? this.log.warn('actor host exited; restarting it', { hostId, code, ...(err ? { err } : {}) })
           : this.log.error('actor host exited too often; left down', { hostId, code, ...(err ? { err } : {}) }),
+      onShardReopenFailed: (hostId, spec, err, retrying) =>
+        this.log.warn(retrying ? 'restarted host could not reopen a shard; trying again' : 'restarted host refused a shard; forgotten', {
+          hostId, volume: spec.volumeId, shard: spec.shard, err,
+        }),
     });
     // Serve the shards this node had before it reaches anyone.
     for (const a of this.nodeMeta.shards) await this.pool.openShard(a.hostId, a);

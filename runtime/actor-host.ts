@@ -35,7 +35,7 @@ import { HEADER_DEADLINE, HEADER_TYPE, HEADER_SCHEMA, SCHEMA_VERSION, checkSchem
 import { shardSubject } from '../messages/subjects';
 import { validateRaftRequest, validateRaftReply, replicaSubject, type RaftRequest, type RaftReply } from '../messages/raft';
 import type { ReplicaTransport, ReplicaTiming } from '../actors/replica';
-import { DeviceHost, shardKey, type ShardSpec, type DeviceHostOptions, type DeviceHostStats } from './device-host';
+import { DeviceHost, deviceProblem, shardKey, type ShardSpec, type DeviceHostOptions, type DeviceHostStats } from './device-host';
 import { createLogger, type Logger } from '../observability/log';
 import type { WorkerTelemetryInit, WorkerTracing } from '../observability/worker-tracing';
 import { ATTR, batchSendTracer, captureSpanContext, clientSpan, deviceQueueTracer, serverSpan, withSpan } from '../observability/tracing';
@@ -226,6 +226,7 @@ export class ActorHost implements HostApi {
       self: config.nodeId,
       transportFor: (spec) => this.transport(spec),
       onRoleChange: (spec, role) => this.onRoleChange(spec, role === 'leader'),
+      onTickError: (spec, err) => this.log.error('replica failed on its clock tick; restarted from durable state', { volume: spec.volumeId, shard: spec.shard, err }),
     });
     this.timer = setInterval(() => this.device?.tick(performance.now(), Date.now()), config.tickMs ?? 10);
     this.timer.unref();
@@ -333,8 +334,9 @@ export class ActorHost implements HostApi {
     const natsConnected = this.nc !== undefined && !this.nc.isClosed();
     const deviceFailed = st?.queue.state === 'failed';
     const shardsDown = st?.shards.filter((s) => s.state === 'down').length ?? 0;
-    const ok = natsConnected && !deviceFailed && shardsDown === 0;
-    const reason = ok ? undefined : !natsConnected ? 'NATS disconnected' : deviceFailed ? 'device failed' : `${shardsDown} shard(s) down`;
+    const problem = st ? deviceProblem(st) : 'no device';
+    const ok = natsConnected && problem === undefined;
+    const reason = ok ? undefined : !natsConnected ? 'NATS disconnected' : problem;
     return { hostId: this.config?.hostId ?? -1, ok, natsConnected, deviceFailed, shardsDown, ...(reason ? { reason } : {}) };
   }
 
@@ -634,6 +636,27 @@ const RAFT_HEADERS = Object.fromEntries(
   (Object.keys(RAFT_OPS) as Array<RaftRequest['type']>).map((type) => [type, frozenHeaders(raftHeaderEntries(type))]),
 ) as Record<RaftRequest['type'], MsgHdrs>;
 
+/**
+ * Errors thrown to the main thread keep their Strata error code: comlink sends an Error's name,
+ * message and stack only, and the main thread tells a refused request (bad_request) from a
+ * failure worth retrying by its code.
+ */
+function keepErrorCodes(): void {
+  const base = Comlink.transferHandlers.get('throw')!;
+  Comlink.transferHandlers.set('throw', {
+    canHandle: base.canHandle,
+    deserialize: base.deserialize,
+    serialize: (thrown: unknown) => {
+      const [wire, transfer] = base.serialize(thrown);
+      const value = (thrown as { value?: unknown }).value;
+      const code = value instanceof Error ? (value as { code?: unknown }).code : undefined;
+      if (typeof code === 'string') ((wire as { value: Record<string, unknown> }).value).code = code;
+      return [wire, transfer];
+    },
+  });
+}
+
 if (!isMainThread && parentPort) {
+  keepErrorCodes();
   Comlink.expose(new ActorHost(), nodeEndpoint(parentPort as never));
 }

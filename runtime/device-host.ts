@@ -39,6 +39,11 @@ export interface DeviceHostOptions {
   transportFor?: (spec: ShardSpec) => ReplicaTransport;
   /** Told when a replica becomes or stops being its shard's leader. */
   onRoleChange?: (spec: ShardSpec, role: Role, term: number) => void;
+  /**
+   * Told when a replica threw on its clock tick (a bug): it is restarted from durable state
+   * (within restartsMax) and the device's other replicas go on. For logging by the host.
+   */
+  onTickError?: (spec: ShardSpec, err: unknown) => void;
   /** Page cache bytes per shard; default 32 MiB. */
   cacheBytesMaxPerShard?: number;
   /** Log segment size; default 64 MiB. */
@@ -74,6 +79,21 @@ interface ShardEntry {
 }
 
 export type ReplicaState = ReplicaStats & { state: 'up' | 'down'; downReason?: string; members: string[] };
+
+/** A batch (writes and fdatasync) running longer than this makes its host unhealthy. */
+export const DEVICE_STALL_MS = 10_000;
+
+/**
+ * What keeps a device from serving, for its host's health: failed, stalled in a batch longer than
+ * `stallMs` (a disk that hangs: nothing is written or acknowledged meanwhile), or shards down.
+ * Undefined when it serves.
+ */
+export function deviceProblem(st: DeviceHostStats, stallMs = DEVICE_STALL_MS): string | undefined {
+  if (st.queue.state === 'failed') return 'device failed';
+  if (st.queue.batchRunningMs > stallMs) return `device stalled: a write and flush have run for ${(st.queue.batchRunningMs / 1000).toFixed(1)} s`;
+  const down = st.shards.filter((s) => s.state === 'down').length;
+  return down > 0 ? `${down} shard(s) down` : undefined;
+}
 
 export interface DeviceHostStats {
   dir: string;
@@ -197,8 +217,14 @@ export class DeviceHost {
       return;
     }
     for (const e of this.shards.values()) {
-      e.replica?.tick(nowMs);
-      e.replica?.expireWaiters(wallMs);
+      try {
+        e.replica?.tick(nowMs);
+        e.replica?.expireWaiters(wallMs);
+      } catch (err) {
+        // Thrown out of a timer it would end the thread and every shard on it.
+        this.opts.onTickError?.(e.spec, err);
+        this.restart(e);
+      }
     }
   }
 

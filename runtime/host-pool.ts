@@ -32,6 +32,12 @@ export interface HostPoolOptions {
    */
   onHostExit?: (hostId: number, code: number, restarting: boolean, error: Error | undefined) => void;
   /**
+   * Told when a restarted host could not reopen one of its shards (for logging by the node). The
+   * host serves its other shards meanwhile, and the pool tries that shard again with back-off;
+   * a spec the host refuses (bad_request) is forgotten instead.
+   */
+  onShardReopenFailed?: (hostId: number, shard: ShardSpec, error: Error, retrying: boolean) => void;
+  /**
    * Heap a host thread may fill before its first full garbage collection, in MiB (V8's initial
    * old-space size); default HOST_HEAP_INITIAL_MIB_DEFAULT, 0 = V8's own default. It is not
    * memory taken up front: it moves the point where V8 starts marking the old generation.
@@ -58,6 +64,10 @@ interface HostSlot {
   restartsTotal: number;
   stopping: boolean;
   down: string | undefined;
+  /** Shards a restart could not reopen yet, and the timer of the next attempt. */
+  reopenPending: Set<string>;
+  reopenTimer: NodeJS.Timeout | undefined;
+  reopenAttempts: number;
   /** The uncaught error of the running thread, if it threw one (its 'exit' follows). */
   error: Error | undefined;
   lastExit: HostExit | undefined;
@@ -72,6 +82,15 @@ export interface HostExit {
 }
 
 const HOST_SCRIPT = path.join(__dirname, 'actor-host.js');
+
+function specKey(spec: ShardSpec): string {
+  return `${spec.volumeId}.${spec.shard}`;
+}
+
+/** The host refused the request itself (a spec it cannot open): trying again cannot help. */
+function refused(e: unknown): boolean {
+  return (e as { code?: unknown } | undefined)?.code === 'bad_request';
+}
 
 function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
@@ -104,6 +123,9 @@ export class HostPool {
       restartsTotal: 0,
       stopping: false,
       down: undefined,
+      reopenPending: new Set(),
+      reopenTimer: undefined,
+      reopenAttempts: 0,
       error: undefined,
       lastExit: undefined,
     }));
@@ -128,13 +150,22 @@ export class HostPool {
   /** Opens a shard on host `hostId` (and remembers it, so a restarted host reopens it). */
   async openShard(hostId: number, spec: ShardSpec): Promise<void> {
     const slot = this.slot(hostId);
-    slot.shards.set(`${spec.volumeId}.${spec.shard}`, spec);
-    await this.call(slot, (api) => api.openShard(spec));
+    const key = specKey(spec);
+    slot.shards.set(key, spec);
+    try {
+      await this.call(slot, (api) => api.openShard(spec));
+      slot.reopenPending.delete(key);
+    } catch (e) {
+      // A spec the host refuses must not come back with every restart of the host.
+      if (refused(e)) slot.shards.delete(key);
+      throw e;
+    }
   }
 
   async closeShard(hostId: number, volumeId: string, shard: number, destroy: boolean): Promise<void> {
     const slot = this.slot(hostId);
     slot.shards.delete(`${volumeId}.${shard}`);
+    slot.reopenPending.delete(`${volumeId}.${shard}`);
     await this.call(slot, (api) => api.closeShard(volumeId, shard, destroy));
   }
 
@@ -186,9 +217,10 @@ export class HostPool {
     await Promise.all(
       this.slots.map(async (s) => {
         s.stopping = true;
+        clearTimeout(s.reopenTimer);
         if (!s.worker || !s.api) return;
         try {
-          await withTimeout(s.api.stop(), this.opts.callTimeoutMs ?? 30_000, `stop of host ${s.config.hostId}`);
+          await withTimeout(s.api.stop(), this.callTimeoutMs, `stop of host ${s.config.hostId}`);
         } catch {
           // A host that does not stop in time is terminated below; its device recovers on open.
         }
@@ -205,6 +237,7 @@ export class HostPool {
     this.stopped = true;
     for (const s of this.slots) {
       s.stopping = true;
+      clearTimeout(s.reopenTimer);
       void s.worker?.terminate();
       s.worker = undefined;
       s.api = undefined;
@@ -226,7 +259,7 @@ export class HostPool {
     }
     const exited = new Promise<void>((resolve) => w.once('exit', () => resolve()));
     await this.call(slot, (api) => api.throwUncaught(opts.uncaught!));
-    await withTimeout(exited, this.opts.callTimeoutMs ?? 30_000, `exit of host ${hostId}`);
+    await withTimeout(exited, this.callTimeoutMs, `exit of host ${hostId}`);
   }
 
   private slot(hostId: number): HostSlot {
@@ -236,11 +269,55 @@ export class HostPool {
   }
 
   private async call<T>(slot: HostSlot, fn: (api: Comlink.Remote<HostApi>) => Promise<T>): Promise<T> {
-    if (slot.ready) await slot.ready;
+    // A host (re)starting is waited for within the same deadline as a call.
+    if (slot.ready) await withTimeout(slot.ready, this.callTimeoutMs, `start of host ${slot.config.hostId}`);
     if (!slot.api) {
       throw Object.assign(new Error(`host ${slot.config.hostId} is down${slot.down ? `: ${slot.down}` : ''}`), { code: 'unavailable' });
     }
-    return withTimeout(fn(slot.api), this.opts.callTimeoutMs ?? 30_000, `call to host ${slot.config.hostId}`);
+    return withTimeout(fn(slot.api), this.callTimeoutMs, `call to host ${slot.config.hostId}`);
+  }
+
+  private get callTimeoutMs(): number {
+    return this.opts.callTimeoutMs ?? 30_000;
+  }
+
+  /**
+   * Reopens shards on a (re)started host, each within the call deadline. One that fails does
+   * not keep the host from serving the others: it is reported, and tried again with back-off
+   * (a spec the host refuses is forgotten).
+   */
+  private async reopen(slot: HostSlot, api: Comlink.Remote<HostApi>, keys: Iterable<string>): Promise<void> {
+    for (const key of [...keys]) {
+      const spec = slot.shards.get(key);
+      if (spec === undefined) continue;
+      try {
+        await withTimeout(api.openShard(spec), this.callTimeoutMs, `reopening shard ${key} on host ${slot.config.hostId}`);
+        slot.reopenPending.delete(key);
+      } catch (e) {
+        const err = e instanceof Error ? e : new Error(String(e));
+        const retrying = !refused(e);
+        if (retrying) slot.reopenPending.add(key);
+        else {
+          slot.shards.delete(key);
+          slot.reopenPending.delete(key);
+        }
+        this.opts.onShardReopenFailed?.(slot.config.hostId, spec, err, retrying);
+      }
+    }
+    if (slot.reopenPending.size === 0) {
+      slot.reopenAttempts = 0;
+      return;
+    }
+    // Back-off: 1 s, doubling up to a minute, for as long as the host runs.
+    const delay = Math.min(60_000, 1000 * 2 ** Math.min(slot.reopenAttempts, 6));
+    slot.reopenAttempts++;
+    clearTimeout(slot.reopenTimer);
+    slot.reopenTimer = setTimeout(() => {
+      slot.reopenTimer = undefined;
+      if (this.stopped || slot.stopping || slot.api !== api) return;
+      void this.reopen(slot, api, slot.reopenPending);
+    }, delay);
+    slot.reopenTimer.unref();
   }
 
   private spawn(slot: HostSlot): Promise<void> {
@@ -260,8 +337,14 @@ export class HostPool {
       if (slot.worker === worker) slot.error = err instanceof Error ? err : new Error(String(err));
     });
     slot.ready = (async () => {
-      await withTimeout(api.init(slot.config), this.opts.callTimeoutMs ?? 30_000, `start of host ${slot.config.hostId}`);
-      for (const spec of slot.shards.values()) await api.openShard(spec);
+      try {
+        await withTimeout(api.init(slot.config), this.callTimeoutMs, `start of host ${slot.config.hostId}`);
+      } catch (e) {
+        // A thread that did not start in time is not left running beside its replacement.
+        void worker.terminate();
+        throw e;
+      }
+      await this.reopen(slot, api, slot.shards.keys());
     })();
     const ready = slot.ready;
     return ready.finally(() => {
@@ -273,6 +356,8 @@ export class HostPool {
     if (slot.worker !== worker && slot.worker !== undefined) return;
     slot.worker = undefined;
     slot.api = undefined;
+    clearTimeout(slot.reopenTimer);
+    slot.reopenTimer = undefined;
     const error = slot.error;
     slot.error = undefined;
     if (this.stopped || slot.stopping) return;

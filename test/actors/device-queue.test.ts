@@ -191,6 +191,30 @@ describe('DeviceQueue', () => {
     assert.equal(a.writes, 1, 'nothing is written after the failure');
   });
 
+  it('an append larger than the whole queue holds is too_large, not overloaded (waiting cannot help)', async () => {
+    const q = new DeviceQueue({ disk: readOnlyDisk(new Map()), schedule: manualScheduler().schedule, queueBytesMax: 100 });
+    await assert.rejects(q.append(new FakeLog(), [rec(1, 101)]), (e: StorageError) => e.code === 'too_large' && e.details?.queueBytesMax === 100);
+    assert.equal(q.stats().rejectedOverloaded, 0);
+  });
+
+  it('reports how long the batch in progress has run (a hung flush shows), and 0 when idle', async () => {
+    const sched = manualScheduler();
+    const log = new AsyncFakeLog();
+    let now = 1000;
+    const q = new DeviceQueue({ disk: readOnlyDisk(new Map()), schedule: sched.schedule, clock: { nowMs: () => now } });
+    assert.equal(q.stats().batchRunningMs, 0);
+    const done = q.append(log, [rec(1)]);
+    const other = q.append(log, [rec(2)]);
+    sched.runAll();
+    await settle();
+    now += 12_000; // the flush does not come back
+    assert.equal(q.stats().batchRunningMs, 12_000);
+    log.pendingFlushes[0]!.resolve();
+    await Promise.all([done, other]);
+    await settle();
+    assert.equal(q.stats().batchRunningMs, 0);
+  });
+
   it('with an asynchronous flush: appends are answered only once it is durable, the next batch gathers meanwhile', async () => {
     const sched = manualScheduler();
     const log = new AsyncFakeLog();

@@ -65,6 +65,19 @@ async function until(cond: () => boolean, timeoutMs: number): Promise<void> {
   }
 }
 
+/** Reads pages once the shard serves again: requests fail (no responders, timeout) while its host restarts. */
+async function readWhenBack(vol: { readPages(pages: number[]): Promise<{ pages: Uint8Array[] }> }, pages: number[]): Promise<Uint8Array[]> {
+  const deadline = Date.now() + 20_000;
+  for (;;) {
+    try {
+      return (await vol.readPages(pages)).pages;
+    } catch (e) {
+      if (Date.now() > deadline) throw e;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+}
+
 describe('crashes lose no acknowledged write', function () {
   this.timeout(120_000);
   let c: InProcessCluster | undefined;
@@ -114,20 +127,31 @@ describe('crashes lose no acknowledged write', function () {
     const pages = Array.from({ length: 64 }, (_, i) => ({ page: i, data: demoPage(4096, i, 5) }));
     await vol.writePages(pages);
     await c.nodes[0]!.hostPool.crashHost(0);
-    // Requests fail (no responders or timeout) until the host is back, then succeed.
-    const deadline = Date.now() + 20_000;
-    let got: Uint8Array[] | undefined;
-    while (!got) {
-      try {
-        got = (await vol.readPages(pages.map((p) => p.page))).pages;
-      } catch (e) {
-        if (Date.now() > deadline) throw e;
-        await new Promise((r) => setTimeout(r, 50));
-      }
-    }
+    const got = await readWhenBack(vol, pages.map((p) => p.page));
     got.forEach((d, i) => assert.ok(Buffer.from(d).equals(Buffer.from(pages[i]!.data)), `page ${i}`));
     const stats = await c.nodes[0]!.hostPool.stats();
     assert.equal(stats.find((s) => s.hostId === 0)?.restarts, 1, 'the restart is counted');
+  });
+
+  it('a shard spec the host refuses is answered bad_request and forgotten: the host restarts with its other shards', async () => {
+    c = await startCluster({ nodes: 1, hosts: 1 });
+    const info = await c.client.createVolume({ name: 'v-refused', pageCount: 64, shards: 1, stripePages: 4 });
+    const vol = c.client.volume('v-refused');
+    const page = demoPage(4096, 5, 3);
+    await vol.writePages([{ page: 5, data: page }]);
+    const pool = c.nodes[0]!.hostPool;
+    const bad = { volumeId: 'not-mine', volumeName: 'not-mine', shard: 0, shards: 1, pageCount: 64, pageSize: 4096 as const, stripePages: 4, members: ['n9'] };
+    await assert.rejects(pool.openShard(0, bad), (e: Error & { code?: string }) => {
+      assert.equal(e.code, 'bad_request', 'the host\'s error code reaches the main thread');
+      assert.match(e.message, /not one of its replicas/);
+      return true;
+    });
+    await pool.crashHost(0);
+    const got = (await readWhenBack(vol, [5]))[0]!;
+    assert.ok(Buffer.from(got).equals(Buffer.from(page)), `volume ${info.id} serves after the restart`);
+    const host = (await pool.stats()).find((s) => s.hostId === 0)!;
+    assert.equal(host.down, undefined, 'the restart did not fail on the refused spec');
+    assert.equal(host.mailbox.length, 1, 'only the volume\'s shard is open: nothing was left of the refused one');
   });
 
   it('a host thread ended by an uncaught error is restarted, and the error is kept for the operator', async () => {
@@ -137,16 +161,7 @@ describe('crashes lose no acknowledged write', function () {
     const page = demoPage(4096, 3, 9);
     await vol.writePages([{ page: 3, data: page }]);
     await c.nodes[0]!.hostPool.crashHost(0, { uncaught: 'host bug for the test' });
-    const deadline = Date.now() + 20_000;
-    let got: Uint8Array | undefined;
-    while (!got) {
-      try {
-        got = (await vol.readPages([3])).pages[0];
-      } catch (e) {
-        if (Date.now() > deadline) throw e;
-        await new Promise((r) => setTimeout(r, 50));
-      }
-    }
+    const got = (await readWhenBack(vol, [3]))[0]!;
     assert.ok(Buffer.from(got).equals(Buffer.from(page)), 'the page survives the restart');
     const host = (await c.nodes[0]!.hostPool.stats()).find((s) => s.hostId === 0)!;
     assert.equal(host.restarts, 1);

@@ -1,5 +1,5 @@
 import { strict as assert } from 'node:assert';
-import { DeviceHost, type ShardSpec } from '../../runtime/device-host';
+import { DeviceHost, DEVICE_STALL_MS, deviceProblem, type ShardSpec } from '../../runtime/device-host';
 import { SimDisk } from '../../storage-engine/sim-disk';
 import { StorageError } from '../../storage-engine/errors';
 import type { Replica } from '../../actors/replica';
@@ -81,6 +81,39 @@ describe('DeviceHost supervision', () => {
     host.onReplicaError('v1', 0, bug);
     assert.throws(() => host.replica('v1', 0), (e: StorageError) => e.code === 'device_failed' && /left down/.test(e.message));
     assert.equal(host.stats().shards[0]?.state, 'down');
+    await host.close();
+  });
+
+  it('a replica that throws on its clock tick is restarted alone; the device\'s other shards go on', async () => {
+    let now = 0;
+    const failures: string[] = [];
+    const host = new DeviceHost({
+      dir: 'dev0', self: 'n1', disk: new SimDisk(), nowMs: () => now,
+      // A transport with a bug: it throws instead of returning a failed promise.
+      transportFor: () => ({ send: () => { throw new TypeError('transport bug'); } }),
+      onTickError: (s, e) => failures.push(`${s.volumeId}/${s.shard}: ${(e as Error).message}`),
+    });
+    host.openShard({ ...spec(0), members: ['n1', 'n2', 'n3'] });
+    host.openShard(spec(1));
+    now = 1000; // past shard 0's election timeout: it asks its peers, and the transport throws
+    host.tick(now, Date.now());
+    assert.deepEqual(failures, ['v1/0: transport bug']);
+    assert.equal(host.stats().restarts, 1, 'shard 0 was reopened from durable state');
+    const r1 = await leader(host, 1);
+    await r1.write([{ page: 4, data: page(9) }]);
+    assert.deepEqual((await r1.read([4], soon())).pages[0], page(9), 'shard 1 serves');
+    await host.close();
+  });
+
+  it('a device whose batch runs longer than DEVICE_STALL_MS is a problem for its host\'s health (a hung disk), as a failed one is', async () => {
+    const host = new DeviceHost({ dir: 'dev0', self: 'n1', disk: new SimDisk() });
+    host.openShard(spec(0));
+    const st = host.stats();
+    assert.equal(deviceProblem(st), undefined);
+    assert.match(deviceProblem({ ...st, queue: { ...st.queue, batchRunningMs: DEVICE_STALL_MS + 500 } }) ?? '', /^device stalled: a write and flush have run for 10\.5 s$/);
+    assert.equal(deviceProblem({ ...st, queue: { ...st.queue, batchRunningMs: DEVICE_STALL_MS - 1 } }), undefined);
+    assert.equal(deviceProblem({ ...st, queue: { ...st.queue, state: 'failed' } }), 'device failed');
+    assert.equal(deviceProblem({ ...st, shards: st.shards.map((x) => ({ ...x, state: 'down' as const })) }), '1 shard(s) down');
     await host.close();
   });
 
