@@ -87,6 +87,11 @@ interface NodeMeta {
 }
 
 const NODE_META = 'node';
+/**
+ * How long the status (and a metrics scrape) waits for each host's stats and health: a host that
+ * does not answer in time is shown not answering, under the cluster status's own 2 s gather.
+ */
+export const HOST_STATUS_TIMEOUT_MS = 1000;
 
 /** Headers of every reply: the schema version it is written in. */
 function shardId(a: { volumeId: string; shard: number }): string {
@@ -226,7 +231,7 @@ export class StrataNode {
     if (telemetry && !this.stopped) {
       const recorder = this.recorder!;
       const pool = this.pool;
-      this.removeStatsSource = telemetry.metrics.addStatsSource(async () => ({ node: this.nodeId, hosts: await pool.stats(), requests: recorder.snapshot() }));
+      this.removeStatsSource = telemetry.metrics.addStatsSource(async () => ({ node: this.nodeId, hosts: await pool.stats({ timeoutMs: HOST_STATUS_TIMEOUT_MS }), requests: recorder.snapshot() }));
     }
   }
 
@@ -490,8 +495,11 @@ export class StrataNode {
 
   /** This node's view: hosts, devices and the shards it hosts. */
   async status(): Promise<Record<string, unknown>> {
-    const hosts = await this.pool!.stats();
-    const health = await this.pool!.health();
+    // A host that does not answer at once is shown as such; it does not hold the whole reply.
+    const [hosts, health] = await Promise.all([
+      this.pool!.stats({ timeoutMs: HOST_STATUS_TIMEOUT_MS }),
+      this.pool!.health({ timeoutMs: HOST_STATUS_TIMEOUT_MS }),
+    ]);
     const shards = hosts.flatMap((h) =>
       (h.device?.shards ?? []).map((s) => ({
         ...s,

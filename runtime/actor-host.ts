@@ -132,6 +132,8 @@ export interface HostApi {
   failFsync(times: number): Promise<void>;
   /** Fault injection: throws an error with this message outside any handler, ending the thread. */
   throwUncaught(message: string): Promise<void>;
+  /** Fault injection: the thread stops answering anything for `ms` (a long synchronous stall); answered after it. */
+  stall(ms: number): Promise<void>;
   /** Forwards the spans this thread finished to the main thread now (a no-op without telemetry). */
   flushTelemetry(): Promise<void>;
   /** Drains: stops taking requests, finishes those admitted, closes the device, closes NATS. */
@@ -300,6 +302,11 @@ export class ActorHost implements HostApi {
 
   async failFsync(times: number): Promise<void> {
     this.ready().device.failFsync(times);
+  }
+
+  async stall(ms: number): Promise<void> {
+    if (!(ms >= 0 && ms <= 60_000)) throw new ProtocolError('bad_request', 'stall: ms must be in [0, 60000]');
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
   }
 
   async throwUncaught(message: string): Promise<void> {

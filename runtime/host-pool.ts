@@ -169,27 +169,51 @@ export class HostPool {
     await this.call(slot, (api) => api.closeShard(volumeId, shard, destroy));
   }
 
-  async stats(): Promise<Array<HostStats & { restarts: number; down?: string; lastExit?: HostExit }>> {
+  /**
+   * Every host's stats. A host that does not answer within `timeoutMs` (default: the call
+   * deadline) is reported without them, `down` saying so, instead of holding up the others.
+   */
+  async stats(opts: { timeoutMs?: number } = {}): Promise<Array<HostStats & { restarts: number; down?: string; lastExit?: HostExit }>> {
     return Promise.all(
       this.slots.map(async (s) => {
         const exit = s.lastExit ? { lastExit: s.lastExit } : {};
-        if (s.down || !s.api) {
-          return { hostId: s.config.hostId, device: undefined, natsConnected: false, mailbox: [], restarts: s.restartsTotal, down: s.down ?? 'starting', ...exit } as HostStats & { restarts: number; down?: string };
+        const without = (down: string): HostStats & { restarts: number; down?: string } =>
+          ({ hostId: s.config.hostId, device: undefined, natsConnected: false, mailbox: [], restarts: s.restartsTotal, down, ...exit }) as HostStats & { restarts: number; down?: string };
+        if (s.down || !s.api) return without(s.down ?? 'starting');
+        try {
+          const st = await this.answerWithin(s, opts.timeoutMs, (api) => api.stats());
+          return { ...st, restarts: s.restartsTotal, ...exit };
+        } catch (e) {
+          return without(`not answering: ${(e as Error).message}`);
         }
-        const st = await this.call(s, (api) => api.stats());
-        return { ...st, restarts: s.restartsTotal, ...exit };
       }),
     );
   }
 
-  async health(): Promise<HostHealth[]> {
+  /** Every host's health; one that does not answer within `timeoutMs` is reported not ok, with why. */
+  async health(opts: { timeoutMs?: number } = {}): Promise<HostHealth[]> {
     return Promise.all(
-      this.slots.map((s) =>
-        s.api && !s.down
-          ? this.call(s, (api) => api.health())
-          : Promise.resolve({ hostId: s.config.hostId, ok: false, natsConnected: false, deviceFailed: false, shardsDown: 0, reason: s.down ?? 'starting' }),
-      ),
+      this.slots.map(async (s) => {
+        const bad = (reason: string): HostHealth => ({ hostId: s.config.hostId, ok: false, natsConnected: false, deviceFailed: false, shardsDown: 0, reason });
+        if (!s.api || s.down) return bad(s.down ?? 'starting');
+        try {
+          return await this.answerWithin(s, opts.timeoutMs, (api) => api.health());
+        } catch (e) {
+          return bad(`not answering: ${(e as Error).message}`);
+        }
+      }),
     );
+  }
+
+  /** A call to a host with a deadline of its own (at most the call deadline). */
+  private answerWithin<T>(slot: HostSlot, timeoutMs: number | undefined, fn: (api: Comlink.Remote<HostApi>) => Promise<T>): Promise<T> {
+    const ms = Math.min(timeoutMs ?? this.callTimeoutMs, this.callTimeoutMs);
+    return withTimeout(this.call(slot, fn), ms, `host ${slot.config.hostId}`);
+  }
+
+  /** Fault injection: host `hostId`'s thread stops answering anything for `ms` (a synchronous stall); resolves after it. */
+  async stallHost(hostId: number, ms: number): Promise<void> {
+    await this.call(this.slot(hostId), (api) => api.stall(ms));
   }
 
   /** Fault injection: every host of this node applies these replication-transport faults. */

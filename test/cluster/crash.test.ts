@@ -2,6 +2,7 @@ import { strict as assert } from 'node:assert';
 import { startCluster, type InProcessCluster } from '../../cluster/in-process-cluster';
 import { demoPage } from '../../cluster/dev';
 import type { Volume } from '../../cluster/client';
+import { HOST_STATUS_TIMEOUT_MS } from '../../cluster/node';
 
 interface WriteLog {
   /** Pages whose write was acknowledged, with the generation written. */
@@ -152,6 +153,27 @@ describe('crashes lose no acknowledged write', function () {
     const host = (await pool.stats()).find((s) => s.hostId === 0)!;
     assert.equal(host.down, undefined, 'the restart did not fail on the refused spec');
     assert.equal(host.mailbox.length, 1, 'only the volume\'s shard is open: nothing was left of the refused one');
+  });
+
+  it('a host that does not answer is shown not answering in the node status, which does not wait for it', async () => {
+    c = await startCluster({ nodes: 1, hosts: 2 });
+    const node = c.nodes[0]!;
+    const stalled = node.hostPool.stallHost(1, 4000);
+    await new Promise((r) => setTimeout(r, 300)); // the host is in its stall by now
+    const t0 = Date.now();
+    const status = (await node.status()) as { hosts: Array<{ hostId: number; ok: boolean; reason?: string }> };
+    const took = Date.now() - t0;
+    assert.ok(took < HOST_STATUS_TIMEOUT_MS + 1000, `the status took ${took} ms`);
+    assert.equal(status.hosts[0]!.ok, true);
+    assert.equal(status.hosts[1]!.ok, false);
+    assert.match(status.hosts[1]!.reason ?? '', /^not answering: host 1 timed out after 1000 ms$/);
+    // Once the stall is over the host is healthy again.
+    await stalled;
+    const deadline = Date.now() + 10_000;
+    while (!((await node.status()) as typeof status).hosts[1]!.ok) {
+      assert.ok(Date.now() < deadline, 'the host answers again after its stall');
+      await new Promise((r) => setTimeout(r, 100));
+    }
   });
 
   it('a host thread ended by an uncaught error is restarted, and the error is kept for the operator', async () => {
