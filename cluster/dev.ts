@@ -153,8 +153,22 @@ async function waitForNodes(natsUrl: string, want: number, timeoutMs: number): P
   }
 }
 
-/** Starts the nats-server and the node processes; the caller stops them. */
-export async function startDevCluster(opts: { nodes: number; dataDir?: string; metricsPort?: number; hosts?: number }): Promise<DevCluster> {
+/** Options of `startDevCluster`. */
+export interface DevClusterOptions {
+  nodes: number;
+  dataDir?: string;
+  metricsPort?: number;
+  hosts?: number;
+  /** The Node.js binary the node processes run on; default this process's (`process.execPath`). */
+  execPath?: string;
+}
+
+/**
+ * Starts the nats-server and the node processes; the caller stops them. A node process that
+ * cannot be spawned (binary missing, no processes left) fails the start at once with an error
+ * naming the node, instead of ending this process with an unhandled 'error' event.
+ */
+export async function startDevCluster(opts: DevClusterOptions): Promise<DevCluster> {
   if (!Number.isSafeInteger(opts.nodes) || opts.nodes < 1 || opts.nodes > 16) throw new Error(`--nodes must be 1..16, got ${opts.nodes}`);
   const ownDir = opts.dataDir === undefined;
   const root = opts.dataDir !== undefined ? path.resolve(opts.dataDir) : fs.mkdtempSync(path.join(os.tmpdir(), 'strata-dev-'));
@@ -180,6 +194,11 @@ export async function startDevCluster(opts: { nodes: number; dataDir?: string; m
     await nats?.stop();
     if (ownDir) fs.rmSync(root, { recursive: true, force: true });
   };
+  // Rejected by the first node process that cannot be spawned; raced against the start below.
+  let spawnFailed: (e: Error) => void = () => undefined;
+  const spawnFailure = new Promise<never>((_, reject) => (spawnFailed = reject));
+  spawnFailure.catch(() => undefined);
+  const execPath = opts.execPath ?? process.execPath;
   try {
     nats = await startNatsServer({ jetstream: false });
     for (let i = 0; i < opts.nodes; i++) {
@@ -191,13 +210,16 @@ export async function startDevCluster(opts: { nodes: number; dataDir?: string; m
         '--hosts', String(hosts), i === 0 ? '--controller' : '--no-controller',
         '--metrics-port', String(opts.metricsPort ? opts.metricsPort + i : 0),
       ];
-      const child = spawn(process.execPath, args, { stdio: ['ignore', logFd, logFd], env: { ...process.env, STRATA_LOG_LEVEL: process.env.STRATA_LOG_LEVEL ?? 'info' } });
+      const child = spawn(execPath, args, { stdio: ['ignore', logFd, logFd], env: { ...process.env, STRATA_LOG_LEVEL: process.env.STRATA_LOG_LEVEL ?? 'info' } });
       fs.closeSync(logFd);
+      // Also emitted when signalling a running node fails; after the start that is left to the
+      // node's own exit (reported by runDev), as nothing waits on spawnFailure any more.
+      child.on('error', (err) => spawnFailed(new Error(`node ${id}: could not run ${execPath}: ${err.message}`)));
       nodes.push({ id, pid: child.pid ?? -1, log, process: child });
       // The controller first: the others register with it.
-      if (i === 0) await new Promise((r) => setTimeout(r, 200));
+      if (i === 0) await Promise.race([new Promise((r) => setTimeout(r, 200)), spawnFailure]);
     }
-    await waitForNodes(nats.url, opts.nodes, 30_000);
+    await Promise.race([waitForNodes(nats.url, opts.nodes, 30_000), spawnFailure]);
     const client = await connect({ servers: nats.url, cluster: 'dev' });
     return { natsUrl: nats.url, root, nodes, client, stop };
   } catch (e) {

@@ -45,3 +45,17 @@ describe('strata dev: nodes as processes, one killed with SIGKILL while writing'
     process.stdout.write(`      (${acked.size} writes acknowledged, ${atKill} before node ${victim.id} was killed)\n`);
   });
 });
+
+describe('strata dev: a node process that cannot be spawned', function () {
+  this.timeout(30_000);
+
+  it('fails the start at once with an error naming the node, and this process carries on', async () => {
+    const t0 = Date.now();
+    await assert.rejects(
+      startDevCluster({ nodes: 2, hosts: 1, execPath: '/nonexistent/strata-test-node' }),
+      (e: Error) => /node n1: could not run \/nonexistent\/strata-test-node: .*ENOENT/.test(e.message),
+    );
+    // Not the 30 s wait for live nodes: the spawn failure ends the start.
+    assert.ok(Date.now() - t0 < 10_000, `took ${Date.now() - t0} ms`);
+  });
+});
