@@ -3,7 +3,9 @@
  *
  * The catalog (volumes, their ids, geometry and where each shard lives, and tombstones of
  * deleted volumes) is durable: every change is written with MetaStore's atomic replacement
- * before it is acknowledged. Node membership is soft state rebuilt from heartbeats.
+ * before it is acknowledged. Node membership is soft state rebuilt from heartbeats, bounded:
+ * at most `nodesMax` members (a heartbeat from one more node is refused `too_large`), and a
+ * member silent for `memberSilenceMsMax` that holds no shard placement is forgotten.
  *
  * This is logic only: it does no messaging and reads no clock. The node hosting it passes the
  * current time in and carries out the effects (telling nodes to open or destroy shards).
@@ -46,10 +48,21 @@ export interface NodeMember {
   lastSeenMs: number;
 }
 
+/** Members (nodes heard from) the controller keeps at most, by default. */
+export const NODES_MAX = 1024;
+/** A member silent this long that holds no shard placement is forgotten, by default (24 h). */
+export const MEMBER_SILENCE_MS_MAX = 24 * 60 * 60 * 1000;
+/** Members are checked for forgetting at most this often (by the heartbeats' clock). */
+const MEMBER_SWEEP_EVERY_MS = 60 * 1000;
+
 export interface ControllerOptions {
   meta: MetaStore;
   /** A node is live if heard from within this long; default 5 s. */
   liveWindowMs?: number;
+  /** Members at most; default NODES_MAX. */
+  nodesMax?: number;
+  /** Silence after which a member without placements is forgotten; default MEMBER_SILENCE_MS_MAX. */
+  memberSilenceMsMax?: number;
   /** Volumes at most; default 4096. */
   volumesMax?: number;
   /** Tombstones kept; default 4096. */
@@ -65,6 +78,9 @@ export class Controller {
   private readonly liveWindowMs: number;
   private readonly volumesMax: number;
   private readonly tombstonesMax: number;
+  private readonly nodesMax: number;
+  private readonly memberSilenceMsMax: number;
+  private memberSweepMs = -Infinity;
   private placementCursor = 0;
 
   constructor(opts: ControllerOptions) {
@@ -72,6 +88,8 @@ export class Controller {
     this.liveWindowMs = opts.liveWindowMs ?? 5000;
     this.volumesMax = opts.volumesMax ?? 4096;
     this.tombstonesMax = opts.tombstonesMax ?? 4096;
+    this.nodesMax = opts.nodesMax ?? NODES_MAX;
+    this.memberSilenceMsMax = opts.memberSilenceMsMax ?? MEMBER_SILENCE_MS_MAX;
     this.state = this.meta.read<CatalogState>(CATALOG) ?? { version: 1, epoch: 0, nextId: 1, volumes: [], tombstones: [] };
     if (this.state.version !== 1) {
       throw new StorageError('corruption', `catalog has unknown version ${String(this.state.version)}`);
@@ -82,9 +100,30 @@ export class Controller {
     return this.state.epoch;
   }
 
-  /** Records a heartbeat (or registration) of a node. */
+  /**
+   * Records a heartbeat (or registration) of a node. A node not yet a member while `nodesMax`
+   * are is refused `too_large`. Once a minute (by `nowMs`), members silent for long are
+   * forgotten first (see `sweep`): a heartbeat may not cost a walk over every placement.
+   */
   heartbeat(nodeId: string, hosts: number, nowMs: number): void {
+    if (nowMs - this.memberSweepMs >= MEMBER_SWEEP_EVERY_MS) this.sweep(nowMs);
+    if (!this.members.has(nodeId) && this.members.size >= this.nodesMax) {
+      throw new ProtocolError('too_large', `the controller knows ${this.nodesMax} nodes, its limit; node '${nodeId}' is not admitted (a member silent ${this.memberSilenceMsMax} ms that holds no shards is forgotten, checked every minute)`, {
+        nodeId,
+        nodesMax: this.nodesMax,
+      });
+    }
     this.members.set(nodeId, { nodeId, hosts, lastSeenMs: nowMs });
+  }
+
+  /** Forgets members silent longer than memberSilenceMsMax that hold no shard placement. */
+  private sweep(nowMs: number): void {
+    this.memberSweepMs = nowMs;
+    const placed = new Set<string>();
+    for (const v of this.state.volumes) for (const p of v.placements) for (const r of p.replicas) placed.add(r.nodeId);
+    for (const [id, m] of this.members) {
+      if (nowMs - m.lastSeenMs > this.memberSilenceMsMax && !placed.has(id)) this.members.delete(id);
+    }
   }
 
   liveNodes(nowMs: number): NodeMember[] {
@@ -93,7 +132,7 @@ export class Controller {
       .sort((a, b) => (a.nodeId < b.nodeId ? -1 : a.nodeId > b.nodeId ? 1 : 0));
   }
 
-  /** Every node ever heard from since this controller started, live or not. */
+  /** Every member: each node heard from since this controller started, live or not, until forgotten. */
   knownNodes(): NodeMember[] {
     return [...this.members.values()].sort((a, b) => (a.nodeId < b.nodeId ? -1 : a.nodeId > b.nodeId ? 1 : 0));
   }

@@ -1,0 +1,56 @@
+import { strict as assert } from 'node:assert';
+import { Controller, MEMBER_SILENCE_MS_MAX, NODES_MAX } from '../../actors/controller';
+import { MetaStore } from '../../storage-engine/metadata';
+import { SimDisk } from '../../storage-engine/sim-disk';
+import { ProtocolError } from '../../messages/errors';
+
+function controller(): Controller {
+  return new Controller({ meta: new MetaStore(new SimDisk(), '') });
+}
+
+const T0 = 1_700_000_000_000;
+
+describe('Controller membership is bounded', () => {
+  it(`a heartbeat from one node more than NODES_MAX (${NODES_MAX}) is refused too_large; members keep heartbeating`, () => {
+    const c = controller();
+    for (let i = 0; i < NODES_MAX; i++) c.heartbeat(`n${i}`, 1, T0);
+    assert.throws(
+      () => c.heartbeat('one-too-many', 1, T0 + 1),
+      (e: unknown) => e instanceof ProtocolError && e.code === 'too_large' && /1024 nodes, its limit; node 'one-too-many'/.test(e.message),
+    );
+    c.heartbeat('n0', 2, T0 + 2);
+    assert.equal(c.knownNodes().length, NODES_MAX);
+    assert.equal(c.knownNodes().find((m) => m.nodeId === 'n0')?.hosts, 2);
+    assert.equal(c.knownNodes().some((m) => m.nodeId === 'one-too-many'), false);
+  });
+
+  it('forgets a member silent longer than MEMBER_SILENCE_MS_MAX unless it holds shard placements', () => {
+    const c = controller();
+    c.heartbeat('a', 1, T0);
+    c.heartbeat('b', 1, T0);
+    // One replica of one shard: placed on 'a' (the first live node in order).
+    const v = c.create({ name: 'v', pageCount: 64, pageSize: 4096, shards: 1, stripePages: 16, replicas: 1 }, T0);
+    assert.deepEqual(v.placements[0]!.replicas.map((r) => r.nodeId), ['a']);
+    // Silent, but not yet for long enough: kept (shown dead by status).
+    c.heartbeat('c', 1, T0 + MEMBER_SILENCE_MS_MAX);
+    assert.deepEqual(c.knownNodes().map((m) => m.nodeId), ['a', 'b', 'c']);
+    c.heartbeat('c', 1, T0 + MEMBER_SILENCE_MS_MAX + 60_001);
+    assert.deepEqual(c.knownNodes().map((m) => m.nodeId), ['a', 'c']);
+    // Once its volume is gone, 'a' is forgotten too.
+    c.delete('v');
+    c.heartbeat('c', 1, T0 + MEMBER_SILENCE_MS_MAX + 120_002);
+    assert.deepEqual(c.knownNodes().map((m) => m.nodeId), ['c']);
+  });
+
+  it('a full membership admits a new node once a silent member without placements is forgotten', () => {
+    const c = new Controller({ meta: new MetaStore(new SimDisk(), ''), nodesMax: 2 });
+    c.heartbeat('a', 1, T0);
+    c.heartbeat('b', 1, T0);
+    assert.throws(() => c.heartbeat('c', 1, T0 + 1), (e: unknown) => e instanceof ProtocolError && e.code === 'too_large');
+    c.heartbeat('a', 1, T0 + MEMBER_SILENCE_MS_MAX);
+    // 'b' is silent too long now, but membership is checked once a minute.
+    assert.throws(() => c.heartbeat('c', 1, T0 + MEMBER_SILENCE_MS_MAX + 1), (e: unknown) => e instanceof ProtocolError && e.code === 'too_large');
+    c.heartbeat('c', 1, T0 + MEMBER_SILENCE_MS_MAX + 60_000);
+    assert.deepEqual(c.knownNodes().map((m) => m.nodeId), ['a', 'c']);
+  });
+});
