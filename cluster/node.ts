@@ -93,6 +93,36 @@ const NODE_META = 'node';
  */
 export const HOST_STATUS_TIMEOUT_MS = 1000;
 
+/** After a failed reconciliation the next waits this long, doubling on each failure up to the max. */
+export const RECONCILE_BACKOFF_MS_MIN = 1000;
+export const RECONCILE_BACKOFF_MS_MAX = 30_000;
+
+/**
+ * Logs a failure that repeats (every heartbeat, every retry) quietly: at warn the first time
+ * and whenever its message changes, at info once when the operation works again.
+ */
+class FailureLog {
+  private lastMessage: string | undefined;
+
+  constructor(
+    private readonly log: Logger,
+    private readonly what: string,
+  ) {}
+
+  failed(err: unknown, fields: Record<string, unknown> = {}): void {
+    const message = err instanceof Error ? err.message : String(err);
+    if (message === this.lastMessage) return;
+    this.lastMessage = message;
+    this.log.warn(`${this.what} failed`, { ...fields, err });
+  }
+
+  succeeded(): void {
+    if (this.lastMessage === undefined) return;
+    this.log.info(`${this.what} works again`, { lastErr: this.lastMessage });
+    this.lastMessage = undefined;
+  }
+}
+
 /** Headers of every reply: the schema version it is written in. */
 function shardId(a: { volumeId: string; shard: number }): string {
   return `${a.volumeId}.${a.shard}`;
@@ -118,6 +148,14 @@ export class StrataNode {
   private readonly log: Logger;
   private stopped = false;
   private reconciledEpoch = -1;
+  /** A heartbeat (with its reconciliation) is running: the timer's tick is skipped. */
+  private heartbeatRunning = false;
+  /** Back-off of reconciliation: 0 after a success, else the wait after the last failure. */
+  private reconcileBackoffMs = 0;
+  /** No reconciliation is tried before this time (ms since the Unix epoch). */
+  private reconcileNotBeforeMs = 0;
+  private readonly heartbeatFailures: FailureLog;
+  private readonly reconcileFailures: FailureLog;
   /** API request durations by verb and outcome; only when the process runs telemetry. */
   private recorder: RequestRecorder | undefined;
   private removeStatsSource: (() => void) | undefined;
@@ -129,6 +167,8 @@ export class StrataNode {
     this.dataDir = path.resolve(opts.dataDir);
     this.hosts = opts.hosts ?? 2;
     this.log = createLogger({ component: 'node', node: opts.nodeId });
+    this.heartbeatFailures = new FailureLog(this.log, 'heartbeat to the controller');
+    this.reconcileFailures = new FailureLog(this.log, 'reconciliation with the catalog');
     fs.mkdirSync(this.dataDir, { recursive: true });
     const disk = new RealDisk(this.dataDir);
     this.meta = new MetaStore(disk, '', { payloadBytesMax: 16 * 1024 * 1024 });
@@ -225,7 +265,9 @@ export class StrataNode {
     await this.nc.flush();
     await this.heartbeat();
     this.heartbeatTimer = setInterval(() => {
-      this.heartbeat().catch((e: unknown) => this.log.debug('heartbeat failed', { err: e }));
+      if (this.heartbeatRunning || this.stopped) return;
+      this.heartbeatRunning = true;
+      void this.heartbeat().finally(() => (this.heartbeatRunning = false));
     }, this.opts.heartbeatMs ?? 1000);
     this.heartbeatTimer.unref();
     if (telemetry && !this.stopped) {
@@ -283,6 +325,13 @@ export class StrataNode {
   // Heartbeats and reconciliation with the controller's catalog
   // ---------------------------------------------------------------------------------------------
 
+  /**
+   * One heartbeat to the controller and, when its catalog epoch is not the one this node
+   * reconciled with and no back-off is pending, one reconciliation (fetch the assignments, open
+   * and destroy shards). Never rejects. A failed reconciliation is tried again after a back-off
+   * (RECONCILE_BACKOFF_MS_MIN doubling to RECONCILE_BACKOFF_MS_MAX) while heartbeats keep their
+   * period: the controller tells live nodes by them.
+   */
   private async heartbeat(): Promise<void> {
     const nc = this.nc!;
     const timeout = this.opts.requestTimeoutMs ?? 10_000;
@@ -290,13 +339,23 @@ export class StrataNode {
     try {
       const r = await nc.request(controllerSubject(this.cluster, 'heartbeat'), encode({ nodeId: this.nodeId, hosts: this.hosts }), { timeout });
       epoch = (throwIfError(decode(r.data)) as { epoch: number }).epoch;
+      this.heartbeatFailures.succeeded();
     } catch (e) {
-      this.log.debug('controller unreachable', { err: e });
+      if (!this.stopped) this.heartbeatFailures.failed(e);
       return;
     }
-    if (epoch === this.reconciledEpoch) return;
-    const r = await nc.request(controllerSubject(this.cluster, 'assignments'), encode({ nodeId: this.nodeId }), { timeout });
-    await this.reconcile(validateAssignmentsReply(throwIfError(decode(r.data))));
+    if (epoch === this.reconciledEpoch || Date.now() < this.reconcileNotBeforeMs) return;
+    try {
+      const r = await nc.request(controllerSubject(this.cluster, 'assignments'), encode({ nodeId: this.nodeId }), { timeout });
+      await this.reconcile(validateAssignmentsReply(throwIfError(decode(r.data))));
+      this.reconcileBackoffMs = 0;
+      this.reconcileFailures.succeeded();
+    } catch (e) {
+      if (this.stopped) return;
+      this.reconcileBackoffMs = Math.min(RECONCILE_BACKOFF_MS_MAX, Math.max(RECONCILE_BACKOFF_MS_MIN, this.reconcileBackoffMs * 2));
+      this.reconcileNotBeforeMs = Date.now() + this.reconcileBackoffMs;
+      this.reconcileFailures.failed(e, { epoch, retryInMs: this.reconcileBackoffMs });
+    }
   }
 
   private async reconcile(a: AssignmentsReply): Promise<void> {
