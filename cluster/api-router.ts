@@ -6,12 +6,17 @@
  * are validated here and routed to the shards' subjects with the same code the TypeScript client
  * uses, so both paths split, bound and merge requests identically. `status` gathers every
  * node's view with one scatter request bounded by a deadline.
+ *
+ * Every request is routed within its deadline: the caller's Strata-Deadline, at most the
+ * router's own timeout away (`deadline`). A catalog request carries it on to the controller in
+ * its own Strata-Deadline header, so the controller can skip one whose caller gave up.
  */
-import type { NatsConnection } from 'nats';
+import { headers as natsHeaders, type NatsConnection } from 'nats';
 import { encode, decode } from '../messages/codec';
 import { errorReply, ProtocolError, throwIfError } from '../messages/errors';
 import { validatePageWriteRequest, validatePageReadRequest, validateVolumeFlushRequest } from '../messages/validate';
 import { controllerSubject } from '../messages/control';
+import { deadlineRemainingMs, HEADER_DEADLINE } from '../messages/headers';
 import { createClient, NatsTransport, type StrataClient, type Volume } from './client';
 
 /** Volumes whose routing info a node keeps at most. */
@@ -33,37 +38,55 @@ export class ApiRouter {
     this.client = createClient(new NatsTransport(nc), { cluster, timeoutMs });
   }
 
-  /** Forwards a catalog request to the controller and returns its reply bytes unchanged. */
-  async forwardToController(verb: string, data: Uint8Array): Promise<Uint8Array> {
+  /**
+   * The deadline of a request routed at `nowMs` whose caller set `callerDeadlineMs` (its
+   * Strata-Deadline, if any): the earlier of that and the router's own timeout. A caller's
+   * deadline already passed throws ProtocolError('timeout').
+   */
+  deadline(callerDeadlineMs: number | undefined, nowMs: number): number {
+    return nowMs + Math.min(this.timeoutMs, deadlineRemainingMs(callerDeadlineMs, nowMs));
+  }
+
+  /**
+   * Forwards a catalog request to the controller, with `deadlineMs` as its Strata-Deadline, and
+   * returns its reply bytes unchanged (an error reply when none came before the deadline).
+   */
+  async forwardToController(verb: string, data: Uint8Array, deadlineMs: number): Promise<Uint8Array> {
+    const timeout = deadlineMs - Date.now();
     try {
-      const r = await this.nc.request(controllerSubject(this.cluster, verb), data, { timeout: this.timeoutMs });
+      if (timeout <= 0) throw new ProtocolError('timeout', `the deadline passed before ${verb} reached the controller`);
+      const headers = natsHeaders();
+      headers.set(HEADER_DEADLINE, String(deadlineMs));
+      const r = await this.nc.request(controllerSubject(this.cluster, verb), data, { timeout, headers });
       return r.data;
     } catch (e) {
       const code = (e as { code?: unknown }).code;
-      const err = code === '503'
-        ? new ProtocolError('unavailable', 'the controller is not reachable (no responders)')
-        : code === 'TIMEOUT'
-          ? new ProtocolError('timeout', `the controller did not answer within ${this.timeoutMs} ms`)
-          : new ProtocolError('unavailable', `the controller is not reachable: ${(e as Error).message}`);
+      const err = e instanceof ProtocolError
+        ? e
+        : code === '503'
+          ? new ProtocolError('unavailable', 'the controller is not reachable (no responders)')
+          : code === 'TIMEOUT'
+            ? new ProtocolError('timeout', `the controller did not answer within ${timeout} ms`)
+            : new ProtocolError('unavailable', `the controller is not reachable: ${(e as Error).message}`);
       return encode(errorReply(err));
     }
   }
 
-  async pageWrite(body: unknown): Promise<unknown> {
+  async pageWrite(body: unknown, deadlineMs: number): Promise<unknown> {
     const req = validatePageWriteRequest(body);
-    const r = await this.volume(req.volume).writePages(req.pages);
+    const r = await this.volume(req.volume).writePages(req.pages, { deadlineMs });
     return { lsn: r.lsn, lsns: r.lsns };
   }
 
-  async pageRead(body: unknown): Promise<unknown> {
+  async pageRead(body: unknown, deadlineMs: number): Promise<unknown> {
     const req = validatePageReadRequest(body);
-    const r = await this.volume(req.volume).readPages(req.pages, req.lsn !== undefined ? { lsn: req.lsn } : {});
+    const r = await this.volume(req.volume).readPages(req.pages, req.lsn !== undefined ? { lsn: req.lsn, deadlineMs } : { deadlineMs });
     return { pages: r.pages, lsn: r.lsn, lsns: r.lsns };
   }
 
-  async flush(body: unknown): Promise<unknown> {
+  async flush(body: unknown, deadlineMs: number): Promise<unknown> {
     const req = validateVolumeFlushRequest(body);
-    const r = await this.volume(req.volume).flush();
+    const r = await this.volume(req.volume).flush({ deadlineMs });
     return { lsn: r.lsn, lsns: r.lsns };
   }
 
@@ -80,11 +103,11 @@ export class ApiRouter {
   }
 
   /** The cluster's status: every node's own view, the controller's membership and the catalog. */
-  async clusterStatus(local: Record<string, unknown>): Promise<unknown> {
+  async clusterStatus(local: Record<string, unknown>, deadlineMs: number): Promise<unknown> {
     const nodes: unknown[] = [];
     try {
       const it = await this.nc.requestMany(`strata.${this.cluster}.nodes.status`, encode({}), {
-        maxWait: Math.min(this.timeoutMs, 2000),
+        maxWait: Math.max(1, Math.min(deadlineMs - Date.now(), 2000)),
         maxMessages: STATUS_REPLIES_MAX,
       });
       for await (const m of it) {
@@ -102,9 +125,9 @@ export class ApiRouter {
     let catalogError: string | undefined;
     let controllerReachable = true;
     try {
-      members = (throwIfError(decode(await this.forwardToController('members', encode({})))) as { members: Array<Record<string, unknown>> }).members;
+      members = (throwIfError(decode(await this.forwardToController('members', encode({}), deadlineMs))) as { members: Array<Record<string, unknown>> }).members;
       try {
-        catalog = (throwIfError(decode(await this.forwardToController('volume.list', encode({})))) as { volumes: Array<Record<string, unknown>> }).volumes;
+        catalog = (throwIfError(decode(await this.forwardToController('volume.list', encode({}), deadlineMs))) as { volumes: Array<Record<string, unknown>> }).volumes;
       } catch (e) {
         // The controller answered, but not with the list (more volumes than one message holds).
         if (!(e instanceof ProtocolError) || e.code !== 'too_large') throw e;

@@ -18,8 +18,9 @@
  * reaches the generic `api.page.*` path, which costs a second hop inside the cluster.
  *
  * Every request carries the Strata-Type, Strata-Schema and Strata-Deadline headers. A call's
- * deadline is `now + timeoutMs`, taken when the call starts; every NATS request of the call waits
- * at most until that deadline. Every failure is a `ProtocolError` with a protocol error code:
+ * deadline is `now + timeoutMs`, taken when the call starts, or the call's own `deadlineMs` when
+ * that is earlier (a node routing a request passes its caller's); every NATS request of the call
+ * waits at most until that deadline. Every failure is a `ProtocolError` with a protocol error code:
  * - an error reply keeps its code (`throwIfError`);
  * - no reply before the deadline is `timeout` (a write may or may not have been applied);
  * - no responder on a shard subject makes the volume refresh its geometry (volume.info: the
@@ -197,8 +198,17 @@ export interface ReadResult extends LsnResult {
   pages: Uint8Array[];
 }
 
+/** Options of a page call. */
+export interface CallOptions {
+  /**
+   * An earlier deadline of this call, ms since the Unix epoch; the call still waits at most
+   * `timeoutMs`. One already passed fails the call with `timeout` before anything is sent.
+   */
+  deadlineMs?: number;
+}
+
 /** Options of a read. */
-export interface ReadOptions {
+export interface ReadOptions extends CallOptions {
   /** Read as of this LSN (GetPage@LSN) on every shard touched; default the latest commit. */
   lsn?: number;
 }
@@ -335,9 +345,11 @@ export class StrataClient {
   // Internals shared with Volume
   // ------------------------------------------------------------------------------------------
 
-  /** The deadline of a call starting now. @internal */
-  deadline(): number {
-    return this.nowMs() + this.timeoutMs;
+  /** The deadline of a call starting now: `timeoutMs` away, or `earlierMs` if sooner. @internal */
+  deadline(earlierMs?: number): number {
+    const ownMs = this.nowMs() + this.timeoutMs;
+    if (earlierMs === undefined) return ownMs;
+    return Math.min(ownMs, expectInteger(earlierMs, 'deadlineMs', { min: 0, max: Number.MAX_SAFE_INTEGER }));
   }
 
   /** The server's max_payload. @internal */
@@ -583,8 +595,8 @@ export class Volume {
    * page is committed, with the highest LSN and each shard's LSN. On failure some shards may have
    * applied their pages.
    */
-  async writePages(pages: readonly PageWrite[]): Promise<LsnResult> {
-    const deadlineMs = this.client.deadline();
+  async writePages(pages: readonly PageWrite[], options: CallOptions = {}): Promise<LsnResult> {
+    const deadlineMs = this.client.deadline(options.deadlineMs);
     const list = expectArray(pages, 'pages', { lengthMin: 1, lengthMax: CALL_PAGES_MAX, maxCode: 'too_large' });
     const seen = new Map<number, number>();
     const numbers: number[] = [];
@@ -627,7 +639,7 @@ export class Volume {
    * shard, split to fit the message limits, all sent concurrently, merged in request order.
    */
   async readPages(pages: readonly number[], options: ReadOptions = {}): Promise<ReadResult> {
-    const deadlineMs = this.client.deadline();
+    const deadlineMs = this.client.deadline(options.deadlineMs);
     const list = expectArray(pages, 'pages', { lengthMin: 1, lengthMax: CALL_PAGES_MAX, maxCode: 'too_large' });
     const numbers = list.map((page, i) =>
       expectInteger(page, `pages[${i}]`, { min: 0, max: PAGE_COUNT_MAX - 1, maxCode: 'out_of_range' }),
@@ -653,8 +665,8 @@ export class Volume {
   }
 
   /** Makes every acknowledged write durable on every shard (shard.flush to each, concurrently). */
-  async flush(): Promise<LsnResult> {
-    const { calls, outcomes } = await this.run(this.client.deadline(), (info) =>
+  async flush(options: CallOptions = {}): Promise<LsnResult> {
+    const { calls, outcomes } = await this.run(this.client.deadline(options.deadlineMs), (info) =>
       Array.from({ length: info.shards }, (_, shard) => ({ shard, type: 'shard.flush' as const, body: {}, indices: [] })),
     );
     return mergeLsns(calls, outcomes);

@@ -18,7 +18,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { connect, type NatsConnection, type Msg, type Subscription } from 'nats';
-import { checkSchemaHeader } from '../messages/headers';
+import { checkSchemaHeader, HEADER_DEADLINE, parseDeadline } from '../messages/headers';
 import type { Service } from 'nats';
 import { messageHeaders, REPLY_HEADERS, wellFormed } from '../runtime/nats-headers';
 import { encodeReplyWithin } from '../runtime/request-mux';
@@ -76,6 +76,23 @@ export interface StrataNodeOptions {
   heartbeatMs?: number;
   /** Deadline of requests this node makes to others; default 10 s. */
   requestTimeoutMs?: number;
+  /** API requests handled at once at most; default API_REQUESTS_IN_FLIGHT_MAX. */
+  apiRequestsInFlightMax?: number;
+}
+
+/**
+ * API requests (strata.<c>.api.*) a node handles at once at most, by default: one more is
+ * answered `overloaded` at once. Each holds at most one request's pages (about 1 MiB) and the
+ * routing work, so this bounds what a burst of API requests costs the main thread.
+ */
+export const API_REQUESTS_IN_FLIGHT_MAX = 4096;
+
+/** What an API handler gets besides the decoded body. */
+interface ApiRequest {
+  /** The request's bytes as they came. */
+  data: Uint8Array;
+  /** Its deadline: the caller's Strata-Deadline, at most the node's request timeout away. */
+  deadlineMs: number;
 }
 
 interface NodeMeta {
@@ -123,7 +140,8 @@ class FailureLog {
   }
 }
 
-/** Headers of every reply: the schema version it is written in. */
+type ApiHandler = (body: unknown, req: ApiRequest) => Promise<unknown>;
+
 function shardId(a: { volumeId: string; shard: number }): string {
   return `${a.volumeId}.${a.shard}`;
 }
@@ -154,6 +172,8 @@ export class StrataNode {
   private reconcileBackoffMs = 0;
   /** No reconciliation is tried before this time (ms since the Unix epoch). */
   private reconcileNotBeforeMs = 0;
+  /** API requests being handled (see API_REQUESTS_IN_FLIGHT_MAX). */
+  private apiInFlight = 0;
   private readonly heartbeatFailures: FailureLog;
   private readonly reconcileFailures: FailureLog;
   /** API request durations by verb and outcome; only when the process runs telemetry. */
@@ -589,11 +609,33 @@ export class StrataNode {
     };
   }
 
-  /** Answers one API request; resolves with its outcome: 'ok' or the error code answered. */
-  private async handleApi(verb: string, fn: (body: unknown, msg: Msg) => Promise<unknown>, msg: Msg): Promise<'ok' | ErrorCode> {
-    let body: unknown;
+  /**
+   * Answers one API request unless API_REQUESTS_IN_FLIGHT_MAX are being handled already, then
+   * `overloaded` at once; resolves with its outcome: 'ok' or the error code answered.
+   */
+  private async admitApi(verb: string, fn: ApiHandler, msg: Msg): Promise<'ok' | ErrorCode> {
+    const max = this.opts.apiRequestsInFlightMax ?? API_REQUESTS_IN_FLIGHT_MAX;
+    if (this.apiInFlight >= max) {
+      const e = new ProtocolError('overloaded', `node '${this.nodeId}' is handling ${max} API requests, its limit; retry after a back-off`, { requestsMax: max });
+      msg.respond(encode(errorReply(e)), { headers: REPLY_HEADERS });
+      return e.code;
+    }
+    this.apiInFlight++;
     try {
-      checkSchemaHeader(wellFormed(messageHeaders(msg)));
+      return await this.handleApi(verb, fn, msg);
+    } finally {
+      this.apiInFlight--;
+    }
+  }
+
+  /** Answers one API request; resolves with its outcome: 'ok' or the error code answered. */
+  private async handleApi(verb: string, fn: ApiHandler, msg: Msg): Promise<'ok' | ErrorCode> {
+    let body: unknown;
+    let deadlineMs: number;
+    try {
+      const headers = wellFormed(messageHeaders(msg));
+      checkSchemaHeader(headers);
+      deadlineMs = this.router!.deadline(parseDeadline(headers.get(HEADER_DEADLINE)), Date.now());
       body = decode(msg.data);
     } catch (e) {
       msg.respond(encode(errorReply(e)), { headers: REPLY_HEADERS });
@@ -601,7 +643,7 @@ export class StrataNode {
     }
     let reply: unknown;
     try {
-      reply = await fn(body, msg);
+      reply = await fn(body, { data: msg.data, deadlineMs });
     } catch (e) {
       const pe = toProtocolError(e);
       if (pe.code === 'internal') this.log.error('api request failed', { verb, err: e });
@@ -629,7 +671,7 @@ export class StrataNode {
     });
     const group = this.service.addGroup(`strata.${this.cluster}.api`);
     const spanAttrs = { [ATTR.node]: this.nodeId };
-    const endpoint = (verb: string, fn: (body: unknown, msg: Msg) => Promise<unknown>): void => {
+    const endpoint = (verb: string, fn: ApiHandler): void => {
       group.addEndpoint(verb.replace(/\./g, '_'), {
         subject: verb,
         metadata: { verb },
@@ -637,12 +679,12 @@ export class StrataNode {
           if (err) return;
           const recorder = this.recorder;
           if (recorder === undefined) {
-            this.handleApi(verb, fn, msg).catch((e: unknown) => this.log.error('api reply failed', { verb, err: e }));
+            this.admitApi(verb, fn, msg).catch((e: unknown) => this.log.error('api reply failed', { verb, err: e }));
             return;
           }
           const t0 = performance.now();
           const done = serverSpan(msg.subject, verb, messageHeaders(msg), (span) =>
-            this.handleApi(verb, fn, msg).then((outcome) => {
+            this.admitApi(verb, fn, msg).then((outcome) => {
               if (outcome !== 'ok') recordSpanError(span, new ProtocolError(outcome, `answered ${outcome}`));
               return outcome;
             }), msg.data.length, spanAttrs);
@@ -655,11 +697,11 @@ export class StrataNode {
     };
     // Catalog verbs go to the controller as they came (it validates them).
     for (const verb of ['volume.create', 'volume.list', 'volume.info', 'volume.delete']) {
-      endpoint(verb, async (_body, msg) => router.forwardToController(verb, msg.data));
+      endpoint(verb, async (_body, req) => router.forwardToController(verb, req.data, req.deadlineMs));
     }
-    endpoint('page.write', (body) => router.pageWrite(body));
-    endpoint('page.read', (body) => router.pageRead(body));
-    endpoint('volume.flush', (body) => router.flush(body));
-    endpoint('status', async () => router.clusterStatus(await this.status()));
+    endpoint('page.write', (body, req) => router.pageWrite(body, req.deadlineMs));
+    endpoint('page.read', (body, req) => router.pageRead(body, req.deadlineMs));
+    endpoint('volume.flush', (body, req) => router.flush(body, req.deadlineMs));
+    endpoint('status', async (_body, req) => router.clusterStatus(await this.status(), req.deadlineMs));
   }
 }

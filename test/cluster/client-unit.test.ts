@@ -498,6 +498,21 @@ describe('cluster/client (fake transport)', () => {
       assert.equal(write!.headers[HEADER_DEADLINE], String(NOW + 10_000));
       assert.equal(write!.timeoutMs, 6000);
     });
+
+    it("a call's deadlineMs, when earlier than timeoutMs away, is the deadline of its requests; a later one is not", async () => {
+      const t = new FakeTransport((subject, _body, seen) => {
+        if (subject.endsWith('.api.volume.info')) return volume({ shards: 1 });
+        return seen.headers[HEADER_TYPE] === 'shard.read' ? { pages: [new Uint8Array(4096)], lsn: 1 } : { lsn: 1 };
+      });
+      const vol = createClient(t, { cluster: CLUSTER, nowMs: () => NOW }).volume('vol');
+      await vol.writePages([{ page: 0, data: pageData(0) }], { deadlineMs: NOW + 1500 });
+      await vol.readPages([0], { deadlineMs: NOW + 60_000 });
+      await vol.flush({ deadlineMs: NOW + 700 });
+      const sent = t.shardRequests().map((r) => [r.headers[HEADER_DEADLINE], r.timeoutMs]);
+      assert.deepEqual(sent, [[String(NOW + 1500), 1500], [String(NOW + 10_000), 10_000], [String(NOW + 700), 700]]);
+      await rejectsWith(vol.flush({ deadlineMs: NOW - 1 }), 'timeout', /deadline passed/);
+      await rejectsWith(vol.flush({ deadlineMs: 1.5 }), 'bad_request', /deadlineMs/);
+    });
   });
 
   describe('Volume: argument validation before the network', () => {

@@ -5,9 +5,13 @@ import * as path from 'node:path';
 import { connect as natsConnect, type Msg, type NatsConnection } from 'nats';
 import { startNatsServer, type NatsServerHandle } from '../../runtime/nats-server';
 import { StrataNode, RECONCILE_BACKOFF_MS_MIN, type StrataNodeOptions } from '../../cluster/node';
-import { encode } from '../../messages/codec';
-import { errorReply, ProtocolError } from '../../messages/errors';
+import { createClient, NatsTransport, type StrataClient } from '../../cluster/client';
+import { encode, decode } from '../../messages/codec';
+import { errorReply, ProtocolError, type ErrorReply } from '../../messages/errors';
 import { controllerSubject } from '../../messages/control';
+import { HEADER_DEADLINE, HEADER_SCHEMA, HEADER_TYPE } from '../../messages/headers';
+import { apiSubject, shardSubject } from '../../messages/subjects';
+import type { ApiVerb, VolumeInfo } from '../../messages/api';
 
 const CLUSTER = 'nodetest';
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -82,6 +86,81 @@ describe('StrataNode', function () {
   function serveFake(verb: string, handler: (msg: Msg) => void): void {
     fake.subscribe(controllerSubject(CLUSTER, verb), { callback: (_err, msg) => handler(msg) });
   }
+
+  /** A fake controller that takes heartbeats and assigns nothing. */
+  function serveFakeMembership(): void {
+    serveFake('heartbeat', (msg) => msg.respond(encode({ epoch: 0 })));
+    serveFake('assignments', (msg) => msg.respond(encode({ epoch: 0, shards: [], tombstones: [] })));
+  }
+
+  /** Sends an API request with the Strata headers and `deadlineMs`; waits for the reply up to 5 s. */
+  async function apiRequest(client: StrataClient, verb: ApiVerb, body: unknown, deadlineMs: number): Promise<unknown> {
+    const headers = { [HEADER_TYPE]: verb, [HEADER_SCHEMA]: '1', [HEADER_DEADLINE]: String(deadlineMs) };
+    return decode(await client.rawRequest(apiSubject(CLUSTER, verb), encode(body), headers, { timeoutMs: 5000 }));
+  }
+
+  function errorCode(reply: unknown): string | undefined {
+    return (reply as Partial<ErrorReply>).error?.code;
+  }
+
+  describe('API requests', () => {
+    let client: StrataClient;
+    beforeEach(() => {
+      client = createClient(new NatsTransport(fake), { cluster: CLUSTER, timeoutMs: 5000 });
+    });
+
+    it('answers overloaded at once beyond apiRequestsInFlightMax requests in flight, and serves again once they end', async () => {
+      serveFakeMembership();
+      const held: Msg[] = [];
+      serveFake('volume.info', (msg) => held.push(msg));
+      await startNode('api1', { apiRequestsInFlightMax: 2 });
+      const deadlineMs = Date.now() + 4000;
+      const first = [apiRequest(client, 'volume.info', { name: 'a' }, deadlineMs), apiRequest(client, 'volume.info', { name: 'b' }, deadlineMs)];
+      while (held.length < 2) await sleep(10);
+      const t0 = Date.now();
+      const third = await apiRequest(client, 'volume.info', { name: 'c' }, deadlineMs);
+      assert.equal(errorCode(third), 'overloaded', JSON.stringify(third));
+      assert.match((third as ErrorReply).error.message, /handling 2 API requests, its limit/);
+      assert.ok(Date.now() - t0 < 1000);
+      for (const m of held.splice(0)) m.respond(encode(errorReply(new ProtocolError('not_found', 'no such volume'))));
+      assert.deepEqual((await Promise.all(first)).map(errorCode), ['not_found', 'not_found']);
+      serveFake('volume.info', (msg) => msg.respond(encode(errorReply(new ProtocolError('not_found', 'no such volume')))));
+      assert.equal(errorCode(await apiRequest(client, 'volume.info', { name: 'd' }, Date.now() + 4000)), 'not_found');
+    });
+
+    it("forwards a catalog request with the caller's Strata-Deadline and answers timeout when it passes", async () => {
+      serveFakeMembership();
+      const seen: string[] = [];
+      serveFake('volume.info', (msg) => seen.push(msg.headers?.get(HEADER_DEADLINE) ?? ''));
+      // The node's own timeout (10 s) is longer than the caller's 600 ms, and than the 5 s the test waits.
+      await startNode('api2');
+      const deadlineMs = Date.now() + 600;
+      const t0 = Date.now();
+      const reply = await apiRequest(client, 'volume.info', { name: 'a' }, deadlineMs);
+      assert.equal(errorCode(reply), 'timeout', JSON.stringify(reply));
+      assert.ok(Date.now() - t0 < 2000, `answered after ${Date.now() - t0} ms`);
+      assert.deepEqual(seen, [String(deadlineMs)]);
+      // A deadline already passed is answered at once, not forwarded.
+      assert.equal(errorCode(await apiRequest(client, 'volume.info', { name: 'a' }, Date.now() - 1)), 'timeout');
+      assert.equal(seen.length, 1);
+    });
+
+    it("routes a page request within the caller's Strata-Deadline", async () => {
+      serveFakeMembership();
+      const info: VolumeInfo = { name: 'v', id: 'vx', pageCount: 64, pageSize: 4096, shards: 1, stripePages: 16, replicas: 1, createdAt: 1 };
+      serveFake('volume.info', (msg) => msg.respond(encode(info)));
+      // The shard's leader takes the request and never answers.
+      const seen: string[] = [];
+      fake.subscribe(shardSubject(CLUSTER, 'vx', 0), { callback: (_err, msg) => seen.push(msg.headers?.get(HEADER_DEADLINE) ?? '') });
+      await startNode('api3');
+      const deadlineMs = Date.now() + 600;
+      const t0 = Date.now();
+      const reply = await apiRequest(client, 'page.read', { volume: 'v', pages: [1] }, deadlineMs);
+      assert.equal(errorCode(reply), 'timeout', JSON.stringify(reply));
+      assert.ok(Date.now() - t0 < 2000, `answered after ${Date.now() - t0} ms`);
+      assert.deepEqual(seen, [String(deadlineMs)]);
+    });
+  });
 
   describe('heartbeats and reconciliation', () => {
     it('runs one heartbeat at a time: a tick while one is in flight is skipped', async () => {
