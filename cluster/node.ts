@@ -87,6 +87,13 @@ export interface StrataNodeOptions {
  */
 export const API_REQUESTS_IN_FLIGHT_MAX = 4096;
 
+/**
+ * Catalog operations (volume.create, volume.delete) queued or running on the controller at
+ * most: one more is answered `overloaded` at once. They run one at a time, each up to a round of
+ * shard opens or destroys on the nodes (requestTimeoutMs).
+ */
+export const CONTROL_QUEUE_MAX = 64;
+
 /** What an API handler gets besides the decoded body. */
 interface ApiRequest {
   /** The request's bytes as they came. */
@@ -162,6 +169,8 @@ export class StrataNode {
   private readonly subs: Subscription[] = [];
   private heartbeatTimer: NodeJS.Timeout | undefined;
   private controllerChain: Promise<unknown> = Promise.resolve();
+  /** Catalog operations queued or running (see CONTROL_QUEUE_MAX). */
+  private controlQueued = 0;
   private readonly startedAt = Date.now();
   private readonly log: Logger;
   private stopped = false;
@@ -459,11 +468,33 @@ export class StrataNode {
     }
   }
 
-  /** Runs controller operations one at a time, in arrival order. */
-  private serial<T>(fn: () => Promise<T>): Promise<T> {
-    const next = this.controllerChain.then(fn, fn);
+  /**
+   * Runs the catalog operation requested by `msg` after those before it, one at a time, in
+   * arrival order. Beyond CONTROL_QUEUE_MAX queued or running it is refused `overloaded` at
+   * once; when its Strata-Deadline (the API router forwards its caller's) passed while it waited,
+   * it is not run but answered `timeout`: its requester has given up.
+   */
+  private async serial<T>(msg: Msg, fn: () => Promise<T>): Promise<T> {
+    if (this.controlQueued >= CONTROL_QUEUE_MAX) {
+      throw new ProtocolError('overloaded', `the controller has ${CONTROL_QUEUE_MAX} catalog operations queued, its limit; retry after a back-off`, { queueMax: CONTROL_QUEUE_MAX });
+    }
+    const deadlineMs = parseDeadline(wellFormed(messageHeaders(msg)).get(HEADER_DEADLINE));
+    const queuedAtMs = Date.now();
+    const run = (): Promise<T> => {
+      const nowMs = Date.now();
+      if (deadlineMs !== undefined && nowMs >= deadlineMs) {
+        return Promise.reject(new ProtocolError('timeout', `the deadline passed while the operation waited ${nowMs - queuedAtMs} ms in the controller's queue; it was not run`));
+      }
+      return fn();
+    };
+    this.controlQueued++;
+    const next = this.controllerChain.then(run, run);
     this.controllerChain = next.catch(() => undefined);
-    return next;
+    try {
+      return await next;
+    } finally {
+      this.controlQueued--;
+    }
   }
 
   private serveController(): void {
@@ -484,8 +515,8 @@ export class StrataNode {
       };
     });
     this.subscribe(subj('members'), async () => ({ members: this.allMembers() }));
-    this.subscribe(subj('volume.create'), (body) => this.serial(() => this.createVolume(validateVolumeCreateRequest(body))));
-    this.subscribe(subj('volume.delete'), (body) => this.serial(() => this.deleteVolume(validateVolumeNameRequest(body).name)));
+    this.subscribe(subj('volume.create'), (body, msg) => this.serial(msg, () => this.createVolume(validateVolumeCreateRequest(body))));
+    this.subscribe(subj('volume.delete'), (body, msg) => this.serial(msg, () => this.deleteVolume(validateVolumeNameRequest(body).name)));
     this.subscribe(subj('volume.info'), async (body) => ({ ...volumeInfo(c.get(validateVolumeNameRequest(body).name)) }));
     this.subscribe(subj('volume.list'), async (body) => {
       validateVolumeListRequest(body);

@@ -4,17 +4,26 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { connect as natsConnect, type Msg, type NatsConnection } from 'nats';
 import { startNatsServer, type NatsServerHandle } from '../../runtime/nats-server';
-import { StrataNode, RECONCILE_BACKOFF_MS_MIN, type StrataNodeOptions } from '../../cluster/node';
+import { StrataNode, CONTROL_QUEUE_MAX, RECONCILE_BACKOFF_MS_MIN, type StrataNodeOptions } from '../../cluster/node';
 import { createClient, NatsTransport, type StrataClient } from '../../cluster/client';
 import { encode, decode } from '../../messages/codec';
 import { errorReply, ProtocolError, type ErrorReply } from '../../messages/errors';
-import { controllerSubject } from '../../messages/control';
+import { controllerSubject, nodeSubject } from '../../messages/control';
 import { HEADER_DEADLINE, HEADER_SCHEMA, HEADER_TYPE } from '../../messages/headers';
 import { apiSubject, shardSubject } from '../../messages/subjects';
 import type { ApiVerb, VolumeInfo } from '../../messages/api';
 
 const CLUSTER = 'nodetest';
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** Waits until `cond()` holds, failing the test after `timeoutMs`. */
+async function waitFor(what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 10_000): Promise<void> {
+  const deadlineMs = Date.now() + timeoutMs;
+  while (!(await cond())) {
+    if (Date.now() > deadlineMs) assert.fail(`not within ${timeoutMs} ms: ${what}`);
+    await sleep(20);
+  }
+}
 
 /** The nodes' log lines (JSON on stderr) written while `fn` runs; other lines pass through. */
 async function nodeLogLines(fn: () => Promise<void>): Promise<Array<Record<string, unknown>>> {
@@ -116,7 +125,7 @@ describe('StrataNode', function () {
       await startNode('api1', { apiRequestsInFlightMax: 2 });
       const deadlineMs = Date.now() + 4000;
       const first = [apiRequest(client, 'volume.info', { name: 'a' }, deadlineMs), apiRequest(client, 'volume.info', { name: 'b' }, deadlineMs)];
-      while (held.length < 2) await sleep(10);
+      await waitFor('two requests at the controller', () => held.length === 2);
       const t0 = Date.now();
       const third = await apiRequest(client, 'volume.info', { name: 'c' }, deadlineMs);
       assert.equal(errorCode(third), 'overloaded', JSON.stringify(third));
@@ -159,6 +168,80 @@ describe('StrataNode', function () {
       assert.equal(errorCode(reply), 'timeout', JSON.stringify(reply));
       assert.ok(Date.now() - t0 < 2000, `answered after ${Date.now() - t0} ms`);
       assert.deepEqual(seen, [String(deadlineMs)]);
+    });
+  });
+
+  describe("the controller's catalog queue", () => {
+    let client: StrataClient;
+    let ghostTimer: NodeJS.Timeout | undefined;
+    afterEach(() => clearInterval(ghostTimer));
+
+    /**
+     * A controller node and two fake nodes that heartbeat and hold every shards.open until
+     * `release()`: a volume.create with 3 replicas then runs until released.
+     */
+    async function controllerWithSlowNodes(id: string): Promise<{ opens: Msg[]; release(): void }> {
+      const opens: Msg[] = [];
+      let released = false;
+      const ghosts = ['ghost1', 'ghost2'];
+      for (const g of ghosts) {
+        fake.subscribe(nodeSubject(CLUSTER, g, 'shards.open'), {
+          callback: (_err, msg) => (released ? msg.respond(encode({ ok: true })) : opens.push(msg)),
+        });
+      }
+      const beat = (): void => {
+        for (const g of ghosts) fake.request(controllerSubject(CLUSTER, 'heartbeat'), encode({ nodeId: g, hosts: 1 })).catch(() => undefined);
+      };
+      beat();
+      ghostTimer = setInterval(beat, 200);
+      await startNode(id, { controller: true, requestTimeoutMs: 5000 });
+      await waitFor('3 live members', async () => {
+        const r = decode((await fake.request(controllerSubject(CLUSTER, 'members'), encode({}))).data) as { members: Array<{ live: boolean }> };
+        return r.members.filter((m) => m.live).length === 3;
+      });
+      client = createClient(new NatsTransport(fake), { cluster: CLUSTER, timeoutMs: 5000 });
+      return {
+        opens,
+        release: () => {
+          released = true;
+          for (const m of opens.splice(0)) m.respond(encode({ ok: true }));
+        },
+      };
+    }
+
+    const create = (name: string, deadlineMs: number): Promise<unknown> =>
+      apiRequest(client, 'volume.create', { name, pageCount: 64, replicas: 3 }, deadlineMs);
+
+    it(`answers overloaded at once beyond CONTROL_QUEUE_MAX (${CONTROL_QUEUE_MAX}) operations queued or running`, async () => {
+      const slow = await controllerWithSlowNodes('ctl1');
+      const deadlineMs = Date.now() + 2500;
+      const queued = Array.from({ length: CONTROL_QUEUE_MAX }, (_, i) => create(`q${i}`, deadlineMs));
+      await waitFor('the first create to run', () => slow.opens.length > 0);
+      await sleep(200);
+      const t0 = Date.now();
+      const over = await create('one-more', Date.now() + 2500);
+      assert.equal(errorCode(over), 'overloaded', JSON.stringify(over));
+      assert.match((over as ErrorReply).error.message, /64 catalog operations queued, its limit/);
+      assert.ok(Date.now() - t0 < 1000);
+      slow.release();
+      await Promise.all(queued);
+      // The queue drained: the controller takes operations again.
+      assert.equal(errorCode(await create('after', Date.now() + 5000)), undefined);
+    });
+
+    it('does not run a queued operation whose deadline passed while it waited: its requester gave up', async () => {
+      const slow = await controllerWithSlowNodes('ctl2');
+      const first = create('first', Date.now() + 5000);
+      await waitFor('the first create to run', () => slow.opens.length > 0);
+      const late = create('late', Date.now() + 300);
+      const third = create('third', Date.now() + 5000);
+      await sleep(600);
+      slow.release();
+      assert.equal(errorCode(await first), undefined);
+      assert.equal(errorCode(await late), 'timeout');
+      assert.equal(errorCode(await third), undefined);
+      const list = (await apiRequest(client, 'volume.list', {}, Date.now() + 5000)) as { volumes: VolumeInfo[] };
+      assert.deepEqual(list.volumes.map((v) => v.name).sort(), ['first', 'third']);
     });
   });
 
