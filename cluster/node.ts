@@ -175,8 +175,10 @@ export class StrataNode {
   private readonly log: Logger;
   private stopped = false;
   private reconciledEpoch = -1;
-  /** A heartbeat (with its reconciliation) is running: the timer's tick is skipped. */
+  /** A heartbeat is waiting for its answer: the timer's tick is skipped. */
   private heartbeatRunning = false;
+  /** The reconciliation running, if any (one at a time). */
+  private reconciling: Promise<void> | undefined;
   /** Back-off of reconciliation: 0 after a success, else the wait after the last failure. */
   private reconcileBackoffMs = 0;
   /** No reconciliation is tried before this time (ms since the Unix epoch). */
@@ -293,6 +295,7 @@ export class StrataNode {
     await this.serveApi();
     await this.nc.flush();
     await this.heartbeat();
+    await this.reconciling;
     this.heartbeatTimer = setInterval(() => {
       if (this.heartbeatRunning || this.stopped) return;
       this.heartbeatRunning = true;
@@ -355,11 +358,10 @@ export class StrataNode {
   // ---------------------------------------------------------------------------------------------
 
   /**
-   * One heartbeat to the controller and, when its catalog epoch is not the one this node
-   * reconciled with and no back-off is pending, one reconciliation (fetch the assignments, open
-   * and destroy shards). Never rejects. A failed reconciliation is tried again after a back-off
-   * (RECONCILE_BACKOFF_MS_MIN doubling to RECONCILE_BACKOFF_MS_MAX) while heartbeats keep their
-   * period: the controller tells live nodes by them.
+   * One heartbeat to the controller. When the catalog epoch it answers is not the one this node
+   * reconciled with, and no reconciliation runs or backs off, it starts one (`reconciling`),
+   * which runs on while heartbeats keep their period: the controller tells live nodes by them.
+   * Never rejects.
    */
   private async heartbeat(): Promise<void> {
     const nc = this.nc!;
@@ -373,9 +375,19 @@ export class StrataNode {
       if (!this.stopped) this.heartbeatFailures.failed(e);
       return;
     }
-    if (epoch === this.reconciledEpoch || Date.now() < this.reconcileNotBeforeMs) return;
+    if (epoch === this.reconciledEpoch || this.reconciling !== undefined || Date.now() < this.reconcileNotBeforeMs) return;
+    this.reconciling = this.reconcileWithCatalog(epoch).finally(() => (this.reconciling = undefined));
+  }
+
+  /**
+   * Fetches this node's assignments and reconciles with them. Never rejects: a failure is
+   * logged (FailureLog) and the next try waits a back-off, RECONCILE_BACKOFF_MS_MIN doubling to
+   * RECONCILE_BACKOFF_MS_MAX.
+   */
+  private async reconcileWithCatalog(epoch: number): Promise<void> {
     try {
-      const r = await nc.request(controllerSubject(this.cluster, 'assignments'), encode({ nodeId: this.nodeId }), { timeout });
+      const timeout = this.opts.requestTimeoutMs ?? 10_000;
+      const r = await this.nc!.request(controllerSubject(this.cluster, 'assignments'), encode({ nodeId: this.nodeId }), { timeout });
       await this.reconcile(validateAssignmentsReply(throwIfError(decode(r.data))));
       this.reconcileBackoffMs = 0;
       this.reconcileFailures.succeeded();

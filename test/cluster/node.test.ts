@@ -266,6 +266,28 @@ describe('StrataNode', function () {
       assert.ok(heartbeats >= 3 && heartbeats <= 5, `heartbeats: ${heartbeats}`);
     });
 
+    it('keeps the heartbeat period while a reconciliation runs, and runs one reconciliation at a time', async () => {
+      let heartbeats = 0;
+      let epoch = 1;
+      let fetches = 0;
+      serveFake('heartbeat', (msg) => {
+        heartbeats++;
+        msg.respond(encode({ epoch }));
+      });
+      // Every fetch of the assignments takes 1 s.
+      serveFake('assignments', (msg) => {
+        fetches++;
+        setTimeout(() => msg.respond(encode({ epoch, shards: [], tombstones: [] })), 1000);
+      });
+      await startNode('hb3');
+      assert.equal(fetches, 1);
+      epoch = 2;
+      const before = heartbeats;
+      await sleep(800);
+      assert.ok(heartbeats - before >= 8, `heartbeats during the reconciliation: ${heartbeats - before}`);
+      assert.equal(fetches, 2);
+    });
+
     it('backs off after a failed reconciliation while heartbeats keep their period; warns once per distinct failure, tells when it recovers', async () => {
       let heartbeats = 0;
       let epoch = 1;
