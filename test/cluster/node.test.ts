@@ -246,6 +246,16 @@ describe('StrataNode', function () {
   });
 
   describe('heartbeats and reconciliation', () => {
+    /** A fake controller whose catalog is at `catalog.epoch`; it counts the heartbeats it answers. */
+    function serveFakeHeartbeats(): { epoch: number; heartbeats: number } {
+      const catalog = { epoch: 1, heartbeats: 0 };
+      serveFake('heartbeat', (msg) => {
+        catalog.heartbeats++;
+        msg.respond(encode({ epoch: catalog.epoch }));
+      });
+      return catalog;
+    }
+
     it('runs one heartbeat at a time: a tick while one is in flight is skipped', async () => {
       let inFlight = 0;
       let inFlightMax = 0;
@@ -267,53 +277,43 @@ describe('StrataNode', function () {
     });
 
     it('keeps the heartbeat period while a reconciliation runs, and runs one reconciliation at a time', async () => {
-      let heartbeats = 0;
-      let epoch = 1;
+      const catalog = serveFakeHeartbeats();
       let fetches = 0;
-      serveFake('heartbeat', (msg) => {
-        heartbeats++;
-        msg.respond(encode({ epoch }));
-      });
       // Every fetch of the assignments takes 1 s.
       serveFake('assignments', (msg) => {
         fetches++;
-        setTimeout(() => msg.respond(encode({ epoch, shards: [], tombstones: [] })), 1000);
+        setTimeout(() => msg.respond(encode({ epoch: catalog.epoch, shards: [], tombstones: [] })), 1000);
       });
       await startNode('hb3');
       assert.equal(fetches, 1);
-      epoch = 2;
-      const before = heartbeats;
+      catalog.epoch = 2;
+      const before = catalog.heartbeats;
       await sleep(800);
-      assert.ok(heartbeats - before >= 8, `heartbeats during the reconciliation: ${heartbeats - before}`);
+      assert.ok(catalog.heartbeats - before >= 8, `heartbeats during the reconciliation: ${catalog.heartbeats - before}`);
       assert.equal(fetches, 2);
     });
 
     it('backs off after a failed reconciliation while heartbeats keep their period; warns once per distinct failure, tells when it recovers', async () => {
-      let heartbeats = 0;
-      let epoch = 1;
+      const catalog = serveFakeHeartbeats();
       const fetchedAtMs: number[] = [];
-      serveFake('heartbeat', (msg) => {
-        heartbeats++;
-        msg.respond(encode({ epoch }));
-      });
       serveFake('assignments', (msg) => {
         fetchedAtMs.push(Date.now());
         // The fetch at boot works, the next two fail (with the same message), then they work.
         const fails = fetchedAtMs.length === 2 || fetchedAtMs.length === 3;
-        msg.respond(encode(fails ? errorReply(new ProtocolError('unavailable', 'catalog busy')) : { epoch, shards: [], tombstones: [] }));
+        msg.respond(encode(fails ? errorReply(new ProtocolError('unavailable', 'catalog busy')) : { epoch: catalog.epoch, shards: [], tombstones: [] }));
       });
       const lines = await nodeLogLines(async () => {
         await startNode('hb2');
         assert.equal(fetchedAtMs.length, 1);
         // The catalog changes: the node reconciles again, and fails.
-        epoch = 2;
+        catalog.epoch = 2;
         await sleep(3 * RECONCILE_BACKOFF_MS_MIN + 600);
       });
       // After the first failure, one back-off (1 s) later, two more (2 s) later; then the epoch is reconciled.
       assert.equal(fetchedAtMs.length, 4, `fetches at ${fetchedAtMs.map((t) => t - fetchedAtMs[0]!).join(', ')} ms`);
       assert.ok(fetchedAtMs[2]! - fetchedAtMs[1]! >= RECONCILE_BACKOFF_MS_MIN - 10);
       assert.ok(fetchedAtMs[3]! - fetchedAtMs[2]! >= 2 * RECONCILE_BACKOFF_MS_MIN - 10);
-      assert.ok(heartbeats >= 40, `heartbeats: ${heartbeats}`);
+      assert.ok(catalog.heartbeats >= 40, `heartbeats: ${catalog.heartbeats}`);
       const failed = lines.filter((l) => l.msg === 'reconciliation with the catalog failed');
       assert.equal(failed.length, 1, JSON.stringify(lines));
       assert.equal(failed[0]!.level, 'warn');
