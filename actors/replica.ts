@@ -268,12 +268,15 @@ export class Replica {
   /** Highest LSN of this replica known durable. */
   private durableLsn: number;
   private electionDeadlineMs = 0;
-  /** When this replica last accepted a message of the leader it follows (its clock). */
-  private leaderContactMs = Number.NEGATIVE_INFINITY;
+  /**
+   * When this replica last accepted a message of a leader (its clock), and which leader: kept
+   * across term changes, since a leader's lease counts that acknowledgement whatever this
+   * replica learns afterwards. Set to the creation time at start (see knowsLiveLeader).
+   */
+  private leaderContactMs: number;
+  private lastLeader: string | null = null;
   private nowMs: number;
   private readonly clock: () => number;
-  /** Until then (clock) this replica votes for no one: it may have answered a leader just before it was (re)started. */
-  private quietUntilMs: number;
   /** Truncations of the log waiting in the device queue: no campaign meanwhile. */
   private truncating = 0;
   private closed = false;
@@ -340,7 +343,9 @@ export class Replica {
     this.commitLsn = this.store.appliedLsn;
     this.nowMs = opts.nowMs;
     this.clock = opts.clock ?? (() => performance.now());
-    this.quietUntilMs = this.now() + this.timing.electionTimeoutMinMs;
+    // Just (re)started, it may have acknowledged a leader a moment ago, in its former life: it
+    // votes for no one for a minimum election timeout, as after a leader's message.
+    this.leaderContactMs = this.now();
     this.resetElectionDeadline();
     // A replica set of one needs nobody's vote: it leads at once.
     if (this.members.length === 1) this.electionDeadlineMs = this.nowMs;
@@ -574,10 +579,9 @@ export class Replica {
   private knowsLiveLeader(): boolean {
     const min = this.timing.electionTimeoutMinMs;
     if (this.role === 'leader') return this.hasMajorityContact(min);
-    const now = this.now();
-    // Just (re)started: it may have acknowledged a leader a moment ago, in its former life.
-    if (now < this.quietUntilMs) return true;
-    return this.leader !== null && now - this.leaderContactMs < min;
+    // Measured from the last message of a leader alone: learning of a newer term afterwards (a
+    // late answer to a prevote, say) does not end it, since the lease counts that message.
+    return this.now() - this.leaderContactMs < min;
   }
 
   /** True if the candidate's log is at least as up to date as this replica's (higher last term, or same and at least as long). */
@@ -590,7 +594,7 @@ export class Replica {
    * changes here (neither term nor vote), so nothing is saved.
    */
   private handlePreVote(req: VoteRequest): VoteReply {
-    const granted = req.term > this.term && this.candidateUpToDate(req) && !(req.candidate !== this.leader && this.knowsLiveLeader());
+    const granted = req.term > this.term && this.candidateUpToDate(req) && !(req.candidate !== this.lastLeader && this.knowsLiveLeader());
     return { term: this.term, granted };
   }
 
@@ -598,7 +602,7 @@ export class Replica {
   async handleVote(req: VoteRequest): Promise<VoteReply> {
     // Neither a vote nor the candidate's term: a candidate cut off from the leader alone (or
     // whose timer fired during a pause) must not depose a leader that a majority still follows.
-    if (req.candidate !== this.leader && this.knowsLiveLeader()) return { term: this.term, granted: false };
+    if (req.candidate !== this.lastLeader && this.knowsLiveLeader()) return { term: this.term, granted: false };
     if (req.term > this.term) this.adoptTerm(req.term);
     let granted = false;
     if (req.term === this.term && (this.votedFor === null || this.votedFor === req.candidate) && this.candidateUpToDate(req)) {
@@ -993,6 +997,9 @@ export class Replica {
     this.role = 'follower';
     this.leader = leader;
     this.leaderContactMs = this.now();
+    this.lastLeader = leader;
+    // A prevote round of this replica is over: it has a leader again.
+    this.preVote = undefined;
     this.resetElectionDeadline();
     return true;
   }

@@ -92,6 +92,19 @@ class TestShard {
     return m.disk;
   }
 
+  /** Messages lost on the way (from, to, message), besides cut links. */
+  readonly drops: Array<(from: string, to: string, msg: RaftRequest) => boolean> = [];
+  /** Answers held back until released: each holds the first answer it matches. */
+  private readonly holds: Array<{ match: (from: string, to: string, msg: RaftRequest) => boolean; gate: Promise<void>; used: boolean }> = [];
+
+  /** Holds the first answer to a message matching `match` (handled, not yet returned) until `release`. */
+  hold(match: (from: string, to: string, msg: RaftRequest) => boolean): { release: () => void; held: () => boolean } {
+    let release!: () => void;
+    const h = { match, gate: new Promise<void>((r) => (release = r)), used: false };
+    this.holds.push(h);
+    return { release, held: () => h.used };
+  }
+
   /** Append messages that carried records: sender, receiver, record count. */
   readonly appendsSent: Array<{ from: string; to: string; records: number }> = [];
 
@@ -105,11 +118,16 @@ class TestShard {
           if (bytes > this.opts.messageBytesMax) throw new ProtocolError('too_large', `message of ${bytes} bytes exceeds ${this.opts.messageBytesMax}`);
         }
         const target = this.members.get(to);
-        if (!target || this.cut.has(`${from}>${to}`)) {
+        if (!target || this.cut.has(`${from}>${to}`) || this.drops.some((d) => d(from, to, msg))) {
           await new Promise((r) => setTimeout(r, Math.min(timeoutMs, 5)));
           throw new ProtocolError('timeout', `${from} cannot reach ${to}`);
         }
         const reply = await target.replica.handle(structuredClone(msg));
+        const h = this.holds.find((x) => !x.used && x.match(from, to, msg));
+        if (h) {
+          h.used = true;
+          await h.gate;
+        }
         if (this.cut.has(`${to}>${from}`)) throw new ProtocolError('timeout', `${to} cannot answer ${from}`);
         return structuredClone(reply);
       },
@@ -128,6 +146,11 @@ class TestShard {
   cutLink(a: string, b: string): void {
     this.cut.add(`${a}>${b}`);
     this.cut.add(`${b}>${a}`);
+  }
+
+  healLink(a: string, b: string): void {
+    this.cut.delete(`${a}>${b}`);
+    this.cut.delete(`${b}>${a}`);
   }
 
   heal(): void {
@@ -542,7 +565,33 @@ describe('Replica (more cases)', function () {
       assert.deepEqual(r.pages[0], page(1));
     });
 
-    it('a follower restarted in place votes for no one for a minimum election timeout (it may have just answered the leader)', async () => {
+    it('a late answer to its own prevote (a newer term) does not end a follower\'s stickiness: the leader it just answered keeps its lease alone', async () => {
+    shard = new TestShard(['a', 'b', 'c'], { manualClock: true, timing: slow, randoms: { a: 0, b: 0.5, c: 0 } });
+    for (let t = 0; t <= 400; t += 10) await shard.at(t);
+    assert.equal(shard.leaders()[0]?.id, 'a');
+    const a = shard.members.get('a')!.replica;
+    await a.write([{ page: 0, data: page(1) }]);
+    shard.isolate(['a']);
+    // c wins a prevote but its votes are lost; c's "no" (term 2) to b's prevote is held back.
+    let dropVotes = true;
+    shard.drops.push((from, to, msg) => dropVotes && from === 'c' && to === 'b' && msg.type === 'vote');
+    const late = shard.hold((from, to, msg) => from === 'b' && to === 'c' && msg.type === 'prevote');
+    for (let t = 410; t <= 850; t += 10) await shard.at(t, ['b', 'c']);
+    assert.ok(late.held(), 'b asked c, and c\'s answer waits');
+    // a reaches b again (a–c stays cut): b follows a, and its acknowledgements give a its lease.
+    shard.healLink('a', 'b');
+    for (let t = 860; t <= 990; t += 10) await shard.at(t, ['a', 'b']);
+    assert.equal(a.isLeader, true);
+    late.release(); // c's "no, I am at term 2" reaches b now
+    for (let i = 0; i < 50; i++) await new Promise((r) => setImmediate(r));
+    dropVotes = false;
+    for (let t = 995; t <= 1035; t += 5) await shard.at(t, ['b', 'c']);
+    assert.deepEqual(shard.leaders(['b', 'c']), [], 'b voted for no one within a minimum election timeout of a\'s message');
+    const r = await a.read([0], { deadlineMs: Date.now() + 1000, nowMs: Date.now() });
+    assert.deepEqual(r.pages[0], page(1));
+  });
+
+  it('a follower restarted in place votes for no one for a minimum election timeout (it may have just answered the leader)', async () => {
       shard = await cutFollower(1100); // b answered a's heartbeat of 1100 ms
       shard.isolate(['a']);
       shard.now = 1110;
