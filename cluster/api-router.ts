@@ -14,7 +14,7 @@
 import { headers as natsHeaders, type NatsConnection } from 'nats';
 import { encode, decode } from '../messages/codec';
 import { errorReply, ProtocolError, throwIfError } from '../messages/errors';
-import { validatePageWriteRequest, validatePageReadRequest, validateVolumeFlushRequest } from '../messages/validate';
+import { validatePageRead, validatePageWriteRequest, validatePageReadRequest, validateVolumeFlushRequest } from '../messages/validate';
 import { controllerSubject } from '../messages/control';
 import { deadlineRemainingMs, HEADER_DEADLINE } from '../messages/headers';
 import { createClient, NatsTransport, type StrataClient, type Volume } from './client';
@@ -80,7 +80,11 @@ export class ApiRouter {
 
   async pageRead(body: unknown, deadlineMs: number): Promise<unknown> {
     const req = validatePageReadRequest(body);
-    const r = await this.volume(req.volume).readPages(req.pages, req.lsn !== undefined ? { lsn: req.lsn, deadlineMs } : { deadlineMs });
+    const volume = this.volume(req.volume);
+    // The reply is one message: checked against the volume before any shard is asked.
+    const info = await volume.info({ deadlineMs });
+    validatePageRead(req, info.pageSize, info.pageCount);
+    const r = await volume.readPages(req.pages, req.lsn !== undefined ? { lsn: req.lsn, deadlineMs } : { deadlineMs });
     return { pages: r.pages, lsn: r.lsn, lsns: r.lsns };
   }
 

@@ -580,8 +580,8 @@ export class Volume {
   ) {}
 
   /** The volume's geometry (cached after the first fetch). */
-  async info(): Promise<VolumeInfo> {
-    return this.cachedInfo(this.client.deadline());
+  async info(options: CallOptions = {}): Promise<VolumeInfo> {
+    return this.cachedInfo(this.client.deadline(options.deadlineMs));
   }
 
   /** Writes one page (exactly pageSize bytes). Resolves once the write is committed. */
@@ -656,12 +656,29 @@ export class Volume {
         return { shard, type: 'shard.read' as const, body, indices };
       });
     });
+    if (lsn === undefined) await this.oneLsnPerShard(calls, outcomes, deadlineMs);
     const out = new Array<Uint8Array>(numbers.length);
     calls.forEach((call, c) => {
       const got = outcomes[c]!.pages!;
       call.indices.forEach((at, j) => (out[at] = got[j]!));
     });
     return { pages: out, ...mergeLsns(calls, outcomes) };
+  }
+
+  /**
+   * A shard's pages read in several requests (more than one message holds) must reflect one
+   * LSN, the one the result reports: the requests answered at an older LSN than the shard's
+   * newest are read again at that LSN (GetPage@LSN), in place in `outcomes`.
+   */
+  private async oneLsnPerShard(calls: ShardCall[], outcomes: ShardOutcome[], deadlineMs: number): Promise<void> {
+    const newest = new Map<number, number>();
+    calls.forEach((call, c) => newest.set(call.shard, Math.max(newest.get(call.shard) ?? 0, outcomes[c]!.lsn)));
+    const older = calls.flatMap((call, c) => (outcomes[c]!.lsn < newest.get(call.shard)! ? [c] : []));
+    if (older.length === 0) return;
+    const again = await this.run(deadlineMs, () =>
+      older.map((c) => ({ ...calls[c]!, body: { pages: (calls[c]!.body as ShardReadRequest).pages, lsn: newest.get(calls[c]!.shard)! } })),
+    );
+    older.forEach((c, j) => (outcomes[c] = again.outcomes[j]!));
   }
 
   /** Makes every acknowledged write durable on every shard (shard.flush to each, concurrently). */
@@ -674,8 +691,13 @@ export class Volume {
 
   // ------------------------------------------------------------------------------------------
 
-  private fetchInfo(deadlineMs: number): Promise<VolumeInfo> {
-    const promise = this.client.api('volume.info', { name: this.name }, deadlineMs);
+  /**
+   * Fetches the volume's info once for every call that needs it meanwhile: with the client's
+   * own timeout, not the deadline of the call that happened to start it (a call with a short
+   * deadline would fail the others, one with a long one would hold them past theirs).
+   */
+  private fetchInfo(): Promise<VolumeInfo> {
+    const promise = this.client.api('volume.info', { name: this.name }, this.client.deadline());
     this.infoPromise = promise;
     promise.catch(() => {
       if (this.infoPromise === promise) this.infoPromise = undefined;
@@ -683,8 +705,19 @@ export class Volume {
     return promise;
   }
 
+  /** `info`, or a `timeout` at `deadlineMs` if it has not come by then (it goes on for the others). */
+  private within(info: Promise<VolumeInfo>, deadlineMs: number): Promise<VolumeInfo> {
+    const leftMs = deadlineMs - this.client.nowMs();
+    if (leftMs <= 0) return Promise.reject(new ProtocolError('timeout', `the deadline passed before the info of volume ${this.name} came`));
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new ProtocolError('timeout', `the info of volume ${this.name} did not come before the deadline`)), leftMs);
+    });
+    return Promise.race([info, late]).finally(() => clearTimeout(timer));
+  }
+
   private cachedInfo(deadlineMs: number): Promise<VolumeInfo> {
-    return this.infoPromise ?? this.fetchInfo(deadlineMs);
+    return this.within(this.infoPromise ?? this.fetchInfo(), deadlineMs);
   }
 
   /** Fetches the geometry again unless another call already did since `stale` was used. */
@@ -694,9 +727,9 @@ export class Volume {
    * is still recognized by `not_found` once the catalog answers again.
    */
   private async refreshInfo(stale: Promise<VolumeInfo>, deadlineMs: number): Promise<VolumeInfo> {
-    if (this.infoPromise !== undefined && this.infoPromise !== stale) return this.infoPromise;
+    if (this.infoPromise !== undefined && this.infoPromise !== stale) return this.within(this.infoPromise, deadlineMs);
     try {
-      return await this.fetchInfo(deadlineMs);
+      return await this.within(this.fetchInfo(), deadlineMs);
     } catch (e) {
       if (e instanceof ProtocolError && (e.code === 'unavailable' || e.code === 'timeout')) {
         const info = await stale;
@@ -736,10 +769,28 @@ export class Volume {
     deadlineMs: number,
     plan: (info: VolumeInfo) => ShardCall[],
   ): Promise<{ calls: ShardCall[]; outcomes: ShardOutcome[] }> {
-    const infoPromise = this.cachedInfo(deadlineMs);
-    let info = await infoPromise;
+    let calls: ShardCall[] = [];
+    let settled: Settled[] = [];
+    try {
+      return await this.runCalls(deadlineMs, plan, (c, s) => {
+        calls = c;
+        settled = s;
+      });
+    } catch (e) {
+      throw partlyWritten(e, calls, settled);
+    }
+  }
+
+  private async runCalls(
+    deadlineMs: number,
+    plan: (info: VolumeInfo) => ShardCall[],
+    progress: (calls: ShardCall[], settled: Settled[]) => void,
+  ): Promise<{ calls: ShardCall[]; outcomes: ShardOutcome[] }> {
+    const infoPromise = this.infoPromise ?? this.fetchInfo();
+    let info = await this.within(infoPromise, deadlineMs);
     let calls = plan(info);
     let settled = await this.sendCalls(info, calls, deadlineMs);
+    progress(calls, settled);
     throwFirstError(settled, (error) => !leaderless(error));
     if (settled.some((s) => !s.ok && s.error instanceof NoRespondersError)) {
       const fresh = await this.refreshInfo(infoPromise, deadlineMs);
@@ -751,6 +802,7 @@ export class Volume {
         info = fresh;
         calls = plan(info);
         settled = await this.sendCalls(info, calls, deadlineMs);
+        progress(calls, settled);
       }
       throwFirstError(settled, (error) => !leaderless(error));
     }
@@ -792,6 +844,28 @@ const LEADER_RETRIES_MAX = 45;
  */
 function leaderless(error: unknown): boolean {
   return error instanceof NoRespondersError || (error instanceof ProtocolError && error.code === 'not_leader');
+}
+
+/**
+ * The error a write fails with, saying so when some of its requests were committed before (a
+ * write split over several shards, or over several messages to one shard): the same code, with
+ * `details.partial` true and how many of its pages were committed. Retrying the whole write is
+ * safe (page writes are idempotent).
+ */
+function partlyWritten(error: unknown, calls: readonly ShardCall[], settled: readonly Settled[]): unknown {
+  if (!(error instanceof ProtocolError) || calls[0]?.type !== 'shard.write' || !settled.some((s) => s.ok)) return error;
+  const pagesOf = (c: ShardCall): number => (c.body as ShardWriteRequest).pages.length;
+  let committed = 0;
+  let total = 0;
+  calls.forEach((c, i) => {
+    total += pagesOf(c);
+    if (settled[i]?.ok) committed += pagesOf(c);
+  });
+  return new ProtocolError(
+    error.code,
+    `${error.message} (the write was partly applied: ${committed} of its ${total} pages were committed; retrying it whole is safe)`,
+    { ...(error.details ?? {}), partial: true, pagesCommitted: committed, pages: total },
+  );
 }
 
 /** Throws the first failure (in request order) that `matches`. */

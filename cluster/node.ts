@@ -18,7 +18,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { connect, type NatsConnection, type Msg, type Subscription } from 'nats';
-import { checkSchemaHeader, HEADER_DEADLINE, parseDeadline } from '../messages/headers';
+import { HEADER_DEADLINE, parseDeadline, readHeaders } from '../messages/headers';
+import type { MessageType } from '../messages/api';
 import type { Service } from 'nats';
 import { messageHeaders, REPLY_HEADERS, wellFormed } from '../runtime/nats-headers';
 import { encodeReplyWithin } from '../runtime/request-mux';
@@ -676,9 +677,10 @@ export class StrataNode {
     let body: unknown;
     let deadlineMs: number;
     try {
-      const headers = wellFormed(messageHeaders(msg));
-      checkSchemaHeader(headers);
-      deadlineMs = this.router!.deadline(parseDeadline(headers.get(HEADER_DEADLINE)), Date.now());
+      // Strata-Type must name this subject's verb, as docs/protocol.md says; schema and deadline
+      // are checked with it.
+      const headers = readHeaders(wellFormed(messageHeaders(msg)), { expectType: verb as MessageType });
+      deadlineMs = this.router!.deadline(headers.deadlineMs, Date.now());
       body = decode(msg.data);
     } catch (e) {
       msg.respond(encode(errorReply(e)), { headers: REPLY_HEADERS });

@@ -220,11 +220,12 @@ describe('a full mailbox answers overloaded, not a crash or a hang', function ()
   });
 });
 
-describe('the public API checks the schema header', function () {
+describe('the public API checks its headers and limits (on a NATS server whose max_payload is 2 MiB)', function () {
   this.timeout(60_000);
   let c: InProcessCluster;
   before(async () => {
-    c = await startCluster({ nodes: 1, hosts: 1 });
+    // A server that carries more than a page.read may answer: the API's own limit must hold.
+    c = await startCluster({ nodes: 1, hosts: 1, maxPayloadBytes: 2 * 1024 * 1024 });
   });
   after(async () => {
     await c?.stop();
@@ -238,6 +239,25 @@ describe('the public API checks the schema header', function () {
       assert.deepEqual(reply.error?.details?.supported, [1]);
     }
     assert.ok(Array.isArray(await c.client.listVolumes()), 'a well-formed request is served');
+  });
+
+  it('a request whose Strata-Type is not its subject\'s verb (another verb, none, an unknown one) gets bad_request naming Strata-Type', async () => {
+    for (const type of ['page.write', '', 'bogus']) {
+      const hdrs = { [HEADER_SCHEMA]: '1', ...(type ? { [HEADER_TYPE]: type } : {}) };
+      const reply = decode(await c.client.rawRequest(apiSubject(c.cluster, 'volume.list'), encode({}), hdrs)) as Partial<ErrorReply>;
+      assert.equal(reply.error?.code, 'bad_request', `Strata-Type ${JSON.stringify(type)}`);
+      assert.match(reply.error?.message ?? '', /Strata-Type/);
+    }
+  });
+
+  it('a page.read of more page data than a reply may carry (256 pages of 4 KiB) → too_large, though the server would carry it', async () => {
+    await c.client.createVolume({ name: 'v-big-read', pageCount: 512, shards: 2, stripePages: 128 });
+    const reply = decode(await c.client.rawRequest(apiSubject(c.cluster, 'page.read'), encode({ volume: 'v-big-read', pages: Array.from({ length: 256 }, (_, i) => i) }), {
+      [HEADER_TYPE]: 'page.read',
+      [HEADER_SCHEMA]: '1',
+      [HEADER_DEADLINE]: String(Date.now() + 5000),
+    })) as Partial<ErrorReply>;
+    assert.equal(reply.error?.code, 'too_large', JSON.stringify(reply).slice(0, 200));
   });
 });
 

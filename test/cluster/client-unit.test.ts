@@ -321,6 +321,61 @@ describe('cluster/client (fake transport)', () => {
       });
     });
 
+    it('calls that share a volume-info fetch each keep their own deadline: a short one neither fails nor holds the others', async () => {
+      const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+      // The catalog answers in 100 ms; a request given less time times out, as NATS would.
+      const t = new FakeTransport(async (subject, _body, seen) => {
+        if (!subject.endsWith('.api.volume.info')) return { lsn: 1, term: 1 };
+        if (seen.timeoutMs < 100) {
+          await sleep(seen.timeoutMs);
+          throw new ProtocolError('timeout', 'no answer in time');
+        }
+        await sleep(100);
+        return volume();
+      });
+      const vol = createClient(t, { cluster: CLUSTER, timeoutMs: 5000 }).volume('vol');
+      const started = Date.now();
+      const short = vol.writePages([{ page: 1, data: pageData(1) }], { deadlineMs: started + 30 });
+      const long = vol.writePages([{ page: 2, data: pageData(2) }]);
+      await rejectsWith(short, 'timeout');
+      assert.ok(Date.now() - started < 90, 'the short call gave up at its own deadline');
+      assert.equal((await long).lsn, 1, 'the other call was not failed by the short one');
+      assert.equal(t.apiRequests('volume.info').length, 1, 'one fetch for both');
+    });
+
+    it('a shard\'s pages read in several requests reflect one LSN: a request answered at an older LSN is read again at the newest', async () => {
+      const fc = new FakeCluster(volume({ pageSize: 8192, shards: 1, stripePages: 1000 }));
+      const chunk = pagesPerRequest(8192, MESSAGE_BYTES_MAX);
+      const pages = Array.from({ length: chunk + 10 }, (_, i) => i);
+      let reads = 0;
+      fc.shardHook = (_shard, seen) => {
+        const body = seen.body as { pages: number[]; lsn?: number };
+        reads++;
+        // The first request is answered at LSN 10, the second (a write came in between) at 11.
+        const lsn = body.lsn ?? (reads === 1 ? 10 : 11);
+        return { pages: body.pages.map(() => new Uint8Array(8192).fill(lsn)), lsn };
+      };
+      const result = await fc.client().volume('vol').readPages(pages);
+      const sent = fc.transport.shardRequests().map((s) => s.body as { pages: number[]; lsn?: number });
+      assert.equal(sent.length, 3);
+      assert.deepEqual(sent[2], { pages: pages.slice(0, chunk), lsn: 11 }, 'the older chunk is read again at LSN 11');
+      assert.ok(result.pages.every((p) => p[0] === 11), 'every page is as of LSN 11');
+      assert.deepEqual(result.lsns, [{ shard: 0, lsn: 11 }]);
+    });
+
+    it('a write that fails after some of its requests committed says it was partly applied (same code, details.partial)', async () => {
+      const fc = new FakeCluster();
+      fc.shardHook = (shard) => (shard === 2 ? errorReply(new ProtocolError('overloaded', 'device queue is full')) : undefined);
+      const vol = fc.client().volume('vol');
+      // pages 0..7 with stripe 2 over 4 shards: two pages on each shard, shard 2 refuses its two.
+      const err = await rejectsWith(vol.writePages(Array.from({ length: 8 }, (_, page) => ({ page, data: pageData(page) }))), 'overloaded', /partly applied: 6 of its 8 pages were committed/);
+      assert.deepEqual({ partial: err.details?.partial, committed: err.details?.pagesCommitted, pages: err.details?.pages }, { partial: true, committed: 6, pages: 8 });
+      // Nothing committed: the error is as it came.
+      fc.shardHook = () => errorReply(new ProtocolError('overloaded', 'device queue is full'));
+      const whole = await rejectsWith(vol.writePages([{ page: 4, data: pageData(4) }]), 'overloaded');
+      assert.equal(whole.details?.partial, undefined);
+    });
+
     it('reports the highest LSN overall and per shard', async () => {
       const fc = new FakeCluster();
       const vol = fc.client().volume('vol');
