@@ -346,6 +346,20 @@ export class ImageReader {
     return this.pages.length;
   }
 
+  /**
+   * Reads every stored page and checks its checksum (CorruptionError naming the first bad one).
+   * For an image received whole from elsewhere, before anything depends on it: opening checks
+   * only the header and the table.
+   */
+  verifyPages(): void {
+    const batch = Math.max(1, Math.floor(IMAGE_READ_BYTES_MAX / this.pageSize));
+    const outs = Array.from({ length: Math.min(batch, this.pages.length) }, () => new Uint8Array(this.pageSize));
+    for (let i = 0; i < this.pages.length; i += batch) {
+      const pages = Array.from(this.pages.subarray(i, Math.min(this.pages.length, i + batch)));
+      this.readPages(pages, outs.slice(0, pages.length));
+    }
+  }
+
   /** Page number of table entry `i` (ascending in i). */
   pageAt(i: number): number {
     assert(i >= 0 && i < this.pages.length, 'image entry index in range', { i });

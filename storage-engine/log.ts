@@ -562,7 +562,11 @@ export class SegmentLog {
     if (fromLsn > this.lastLsn + 1) {
       throw new StorageError('out_of_range', `LSN ${fromLsn} is above the log's last LSN + 1 (${this.lastLsn + 1})`, { fromLsn });
     }
-    if (fromLsn === this.lastLsn + 1) return;
+    if (fromLsn === this.lastLsn + 1) {
+      // Nothing to cut, but the promise holds: everything left is durable.
+      this.sync();
+      return;
+    }
     try {
       while (this.active.baseLsn > fromLsn) {
         const seg = this.segments.pop()!;

@@ -208,6 +208,13 @@ export class PageStore {
     }
   }
 
+  /** LSN of the newest image file in `dir` by its name (0 if none); its content is not checked here. */
+  static newestImageOnDisk(disk: Disk, dir: string): number {
+    let newest = 0;
+    for (const name of disk.list(dir)) newest = Math.max(newest, parseImageFileName(name) ?? 0);
+    return newest;
+  }
+
   /**
    * Makes the image file `image-<lsn>.img` already in `dir` (complete and synced) the store's
    * newest image and its oldest readable point, for a replica that received it from its leader.

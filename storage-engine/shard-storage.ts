@@ -74,7 +74,9 @@ export class ShardStorage {
         disk.remove(joinPath(opts.dir, INCOMING));
         disk.fsyncDir(opts.dir);
       }
-      const imageLsn = PageStore.imageLsn(disk, opts.dir);
+      // Without a readable checkpoint pointer, the newest image on disk (built from applied, so
+      // committed, records) bounds the replay; PageStore.open then takes any image the log covers.
+      const imageLsn = PageStore.imageLsn(disk, opts.dir) || PageStore.newestImageOnDisk(disk, opts.dir);
       const replayUpto = Math.max(log.firstLsn - 1, Math.min(imageLsn, log.lastLsn));
       const store = PageStore.open(disk, log, storeOptions(opts), replayUpto);
       return new ShardStorage(disk, opts, log, store);
@@ -149,18 +151,22 @@ export class ShardStorage {
     this.disk.fdatasync(inc.fh);
     this.disk.close(inc.fh);
     this.incoming = undefined;
-    const final = joinPath(this.opts.dir, imageFileName(inc.lsn));
-    this.disk.rename(joinPath(this.opts.dir, INCOMING), final);
-    this.disk.fsyncDir(this.opts.dir);
-    // Check it before anything depends on it.
-    const r = ImageReader.open(this.disk, final);
+    // Checked whole, under its temporary name, before anything depends on it: a file under an
+    // image's name is always a good image, and a bad one (bit rot at the sender, a transfer
+    // error) never replaces this replica's log.
+    const incoming = joinPath(this.opts.dir, INCOMING);
+    const r = ImageReader.open(this.disk, incoming);
     try {
       if (r.lsn !== inc.lsn || r.term !== inc.term || r.pageSize !== this.opts.pageSize || r.pageCount !== this.opts.pageCount) {
         throw new StorageError('corruption', `received image does not match: lsn ${r.lsn}/${inc.lsn}, term ${r.term}/${inc.term}`);
       }
+      r.verifyPages();
     } finally {
       r.close();
     }
+    const final = joinPath(this.opts.dir, imageFileName(inc.lsn));
+    this.disk.rename(incoming, final);
+    this.disk.fsyncDir(this.opts.dir);
     this.meta.write(INSTALL, { lsn: inc.lsn, term: inc.term } satisfies InstallMarker);
     this.store.close();
     finishInstall(this.disk, this.opts.dir, this.log, { lsn: inc.lsn, term: inc.term });

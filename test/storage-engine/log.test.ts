@@ -215,6 +215,17 @@ describe('SegmentLog', () => {
     assert.throws(() => again.read(1, 1), isCode('trimmed'));
   });
 
+  it('truncateSuffix with nothing to cut still leaves what is left durable (syncedLsn == lastLsn)', () => {
+    const disk = new SimDisk();
+    const log = SegmentLog.open(disk, { dir: DIR, segmentBytesMax: SEG });
+    log.write([{ term: 1, kind: 1, payload: new Uint8Array(10) }]);
+    assert.equal(log.syncedLsn, 0, 'written, not synced');
+    log.truncateSuffix(log.lastLsn + 1);
+    assert.equal(log.syncedLsn, 1);
+    disk.powerCut();
+    assert.equal(SegmentLog.open(disk, { dir: DIR, segmentBytesMax: SEG }).lastLsn, 1);
+  });
+
   it('truncateSuffix removes a suffix durably, across segments, and appends continue', () => {
     const disk = new SimDisk();
     const log = SegmentLog.open(disk, { dir: DIR, segmentBytesMax: SEG });
