@@ -16,6 +16,7 @@ import { encode, decode } from '../messages/codec';
 import { errorReply, ProtocolError, throwIfError } from '../messages/errors';
 import { validatePageRead, validatePageWriteRequest, validatePageReadRequest, validateVolumeFlushRequest } from '../messages/validate';
 import { controllerSubject } from '../messages/control';
+import { SHARDS_MAX } from '../messages/api';
 import { deadlineRemainingMs, HEADER_DEADLINE } from '../messages/headers';
 import { createClient, NatsTransport, type StrataClient, type Volume } from './client';
 
@@ -116,13 +117,17 @@ export class ApiRouter {
       });
       for await (const m of it) {
         try {
-          nodes.push(throwIfError(decode(m.data)));
+          const reply = throwIfError(decode(m.data));
+          // A node that answers garbage (or something of another shape) is reported by its absence.
+          if (nodeStatusShaped(reply)) nodes.push(reply);
         } catch {
-          // A node that answers garbage is reported by its absence.
+          // Not even CBOR, or an error reply: the same.
         }
       }
     } catch {
-      nodes.push(local);
+      // The gather failed part way: this node's own view at least, once.
+      const id = (local.node as { id?: unknown } | undefined)?.id;
+      if (!nodes.some((n) => (n as { node?: { id?: unknown } }).node?.id === id)) nodes.push(local);
     }
     let members: Array<Record<string, unknown>> = [];
     let catalog: Array<Record<string, unknown>> = [];
@@ -151,7 +156,7 @@ export class ApiRouter {
     }
     const volumes = catalog.map((v) => ({
       ...v,
-      shards: Array.from({ length: Number(v.shards) }, (_, i) => {
+      shards: Array.from({ length: Math.min(SHARDS_MAX, Math.max(0, Math.trunc(Number(v.shards)) || 0)) }, (_, i) => {
         const reps = reported.get(`${String(v.id)}.${i}`) ?? [];
         const leader = reps.find((r) => r.role === 'leader' && r.state === 'up');
         const best = leader ?? reps.find((r) => r.state === 'up');
@@ -190,4 +195,12 @@ export class ApiRouter {
     if (this.volumes.size > VOLUME_CACHE_MAX) this.volumes.delete(this.volumes.keys().next().value!);
     return v;
   }
+}
+
+/** A node's status reply as the merge reads it: a map, whose `shards` (if any) is a list of maps. */
+function nodeStatusShaped(value: unknown): boolean {
+  const isMap = (x: unknown): x is Record<string, unknown> => typeof x === 'object' && x !== null && !Array.isArray(x) && !(x instanceof Uint8Array);
+  if (!isMap(value)) return false;
+  const shards = value.shards;
+  return shards === undefined || (Array.isArray(shards) && shards.every(isMap));
 }

@@ -170,6 +170,22 @@ describe('bad input over NATS gets a typed error and the node keeps serving', fu
     await assert.rejects(vol.readPages([1]), (err: ProtocolError) => err.code === 'not_found');
   });
 
+  it('a node answering the status gather with something of another shape is left out; the cluster status still answers', async () => {
+    const nc = await natsConnect({ servers: c.natsUrl });
+    try {
+      const hostile = [{ shards: 5 }, { node: { id: 'n9' }, shards: [null] }];
+      let i = 0;
+      nc.subscribe(`strata.${c.cluster}.nodes.status`, { callback: (_e, m) => m.respond(encode(hostile[i++ % hostile.length])) });
+      await nc.flush();
+      for (let k = 0; k < hostile.length; k++) {
+        const status = (await c.client.status()) as unknown as { nodes: Array<{ node?: { id?: string } }> };
+        assert.deepEqual(status.nodes.map((n) => n.node?.id), ['n1'], 'the real node is listed, and only it');
+      }
+    } finally {
+      await nc.close();
+    }
+  });
+
   it('unknown message type, unsupported schema, or a passed deadline → typed errors', async () => {
     assert.equal((await rawError(shard0, encode({}), headers('shard.explode'))).code, 'bad_request');
     assert.equal((await rawError(shard0, encode({ pages: [1] }), headers('shard.read', { [HEADER_SCHEMA]: '99' }))).code, 'bad_request');
