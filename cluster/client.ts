@@ -571,6 +571,8 @@ async function settleBounded(tasks: ReadonlyArray<() => Promise<ShardOutcome>>, 
  */
 export class Volume {
   private infoPromise: Promise<VolumeInfo> | undefined;
+  /** The info fetch that last succeeded, with its value (read without a timer). */
+  private infoSettled: { promise: Promise<VolumeInfo>; value: VolumeInfo } | undefined;
 
   /** Use `client.volume(name)`. */
   constructor(
@@ -699,14 +701,19 @@ export class Volume {
   private fetchInfo(): Promise<VolumeInfo> {
     const promise = this.client.api('volume.info', { name: this.name }, this.client.deadline());
     this.infoPromise = promise;
-    promise.catch(() => {
-      if (this.infoPromise === promise) this.infoPromise = undefined;
-    });
+    promise.then(
+      (value) => void (this.infoSettled = { promise, value }),
+      () => {
+        if (this.infoPromise === promise) this.infoPromise = undefined;
+      },
+    );
     return promise;
   }
 
   /** `info`, or a `timeout` at `deadlineMs` if it has not come by then (it goes on for the others). */
   private within(info: Promise<VolumeInfo>, deadlineMs: number): Promise<VolumeInfo> {
+    // The common case, info already here: no timer.
+    if (this.infoSettled?.promise === info) return Promise.resolve(this.infoSettled.value);
     const leftMs = deadlineMs - this.client.nowMs();
     if (leftMs <= 0) return Promise.reject(new ProtocolError('timeout', `the deadline passed before the info of volume ${this.name} came`));
     let timer: NodeJS.Timeout | undefined;
