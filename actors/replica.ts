@@ -149,10 +149,10 @@ export interface ReplicaOptions {
   /** Time of creation on the replica's monotonic clock (the clock `tick` is given). */
   nowMs: number;
   /**
-   * Reads that clock now; default `performance.now`. Ticks come every few ms, and a thread can
-   * stall between two: what leader stickiness and the lease measure is read fresh from here.
+   * Reads that clock now (the runtime's; this module reads none). Ticks come every few ms, and a
+   * thread can stall between two: what leader stickiness and the lease measure is read fresh here.
    */
-  clock?: () => number;
+  clock: () => number;
 }
 
 export interface ReplicaStats {
@@ -342,7 +342,7 @@ export class Replica {
     // Applied state is only what is known committed: the store replayed up to its image.
     this.commitLsn = this.store.appliedLsn;
     this.nowMs = opts.nowMs;
-    this.clock = opts.clock ?? (() => performance.now());
+    this.clock = opts.clock;
     // Just (re)started, it may have acknowledged a leader a moment ago, in its former life: it
     // votes for no one for a minimum election timeout, as after a leader's message.
     this.leaderContactMs = this.now();
@@ -503,12 +503,7 @@ export class Replica {
     this.preVote = round;
     this.counters.preVotes++;
     const req: VoteRequest = { type: 'prevote', term, candidate: this.self, lastLsn: this.lastLsn, lastTerm: this.lastTerm };
-    for (const id of this.peers()) {
-      this.transport.send(id, req, this.timing.rpcTimeoutMs).then(
-        (reply) => this.onPreVoteReply(id, round, reply as VoteReply),
-        () => undefined,
-      );
-    }
+    this.askPeers(req, (id, reply) => this.onPreVoteReply(id, round, reply));
   }
 
   private onPreVoteReply(from: string, round: { term: number; votes: Set<string> }, reply: VoteReply): void {
@@ -527,6 +522,16 @@ export class Replica {
     if (round.votes.size >= this.majority()) {
       this.preVote = undefined;
       void this.startElection();
+    }
+  }
+
+  /** Sends a (pre)vote request to every peer; an answer that does not come is a no. */
+  private askPeers(req: VoteRequest, onReply: (id: string, reply: VoteReply) => void): void {
+    for (const id of this.peers()) {
+      this.transport.send(id, req, this.timing.rpcTimeoutMs).then(
+        (reply) => onReply(id, reply as VoteReply),
+        () => undefined,
+      );
     }
   }
 
@@ -551,12 +556,7 @@ export class Replica {
       return;
     }
     const req: VoteRequest = { type: 'vote', term, candidate: this.self, lastLsn: this.lastLsn, lastTerm: this.lastTerm };
-    for (const id of this.peers()) {
-      this.transport.send(id, req, this.timing.rpcTimeoutMs).then(
-        (reply) => this.onVoteReply(id, term, reply as VoteReply),
-        () => undefined,
-      );
-    }
+    this.askPeers(req, (id, reply) => this.onVoteReply(id, term, reply));
   }
 
   private onVoteReply(from: string, term: number, reply: VoteReply): void {
@@ -584,6 +584,11 @@ export class Replica {
     return this.now() - this.leaderContactMs < min;
   }
 
+  /** Leader stickiness: a candidate other than this replica's last leader, while it knows of a live one. */
+  private ignoresCandidate(req: VoteRequest): boolean {
+    return req.candidate !== this.lastLeader && this.knowsLiveLeader();
+  }
+
   /** True if the candidate's log is at least as up to date as this replica's (higher last term, or same and at least as long). */
   private candidateUpToDate(req: VoteRequest): boolean {
     return req.lastTerm > this.lastTerm || (req.lastTerm === this.lastTerm && req.lastLsn >= this.lastLsn);
@@ -594,7 +599,7 @@ export class Replica {
    * changes here (neither term nor vote), so nothing is saved.
    */
   private handlePreVote(req: VoteRequest): VoteReply {
-    const granted = req.term > this.term && this.candidateUpToDate(req) && !(req.candidate !== this.lastLeader && this.knowsLiveLeader());
+    const granted = req.term > this.term && this.candidateUpToDate(req) && !this.ignoresCandidate(req);
     return { term: this.term, granted };
   }
 
@@ -602,7 +607,7 @@ export class Replica {
   async handleVote(req: VoteRequest): Promise<VoteReply> {
     // Neither a vote nor the candidate's term: a candidate cut off from the leader alone (or
     // whose timer fired during a pause) must not depose a leader that a majority still follows.
-    if (req.candidate !== this.lastLeader && this.knowsLiveLeader()) return { term: this.term, granted: false };
+    if (this.ignoresCandidate(req)) return { term: this.term, granted: false };
     if (req.term > this.term) this.adoptTerm(req.term);
     let granted = false;
     if (req.term === this.term && (this.votedFor === null || this.votedFor === req.candidate) && this.candidateUpToDate(req)) {

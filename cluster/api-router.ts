@@ -13,7 +13,7 @@
  */
 import { headers as natsHeaders, type NatsConnection } from 'nats';
 import { encode, decode } from '../messages/codec';
-import { errorReply, ProtocolError, throwIfError } from '../messages/errors';
+import { errorReply, isPlainObject, ProtocolError, throwIfError } from '../messages/errors';
 import { validatePageRead, validatePageWriteRequest, validatePageReadRequest, validateVolumeFlushRequest } from '../messages/validate';
 import { controllerSubject } from '../messages/control';
 import { SHARDS_MAX } from '../messages/api';
@@ -199,8 +199,7 @@ export class ApiRouter {
 
 /** A node's status reply as the merge reads it: a map, whose `shards` (if any) is a list of maps. */
 function nodeStatusShaped(value: unknown): boolean {
-  const isMap = (x: unknown): x is Record<string, unknown> => typeof x === 'object' && x !== null && !Array.isArray(x) && !(x instanceof Uint8Array);
-  if (!isMap(value)) return false;
+  if (!isPlainObject(value)) return false;
   const shards = value.shards;
-  return shards === undefined || (Array.isArray(shards) && shards.every(isMap));
+  return shards === undefined || (Array.isArray(shards) && shards.every(isPlainObject));
 }

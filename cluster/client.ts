@@ -40,6 +40,7 @@ import { ProtocolError, throwIfError } from '../messages/errors';
 import { DEADLINE_AHEAD_MS_MAX, writeHeaders } from '../messages/headers';
 import { clientSpan } from '../observability/tracing';
 import { NoRespondersError, RequestMux, fromNatsError, natsErrorCode, serverMaxPayload } from '../runtime/request-mux';
+import { withTimeout } from '../runtime/timeout';
 import { apiSubject, checkToken, shardSubject } from '../messages/subjects';
 import {
   PAGES_PER_REQUEST_MAX,
@@ -716,15 +717,16 @@ export class Volume {
     if (this.infoSettled?.promise === info) return Promise.resolve(this.infoSettled.value);
     const leftMs = deadlineMs - this.client.nowMs();
     if (leftMs <= 0) return Promise.reject(new ProtocolError('timeout', `the deadline passed before the info of volume ${this.name} came`));
-    let timer: NodeJS.Timeout | undefined;
-    const late = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new ProtocolError('timeout', `the info of volume ${this.name} did not come before the deadline`)), leftMs);
-    });
-    return Promise.race([info, late]).finally(() => clearTimeout(timer));
+    return withTimeout(info, leftMs, () => new ProtocolError('timeout', `the info of volume ${this.name} did not come before the deadline`));
+  }
+
+  /** The info fetch in flight or done, or a new one. */
+  private currentInfo(): Promise<VolumeInfo> {
+    return this.infoPromise ?? this.fetchInfo();
   }
 
   private cachedInfo(deadlineMs: number): Promise<VolumeInfo> {
-    return this.within(this.infoPromise ?? this.fetchInfo(), deadlineMs);
+    return this.within(this.currentInfo(), deadlineMs);
   }
 
   /** Fetches the geometry again unless another call already did since `stale` was used. */
@@ -793,7 +795,7 @@ export class Volume {
     plan: (info: VolumeInfo) => ShardCall[],
     progress: (calls: ShardCall[], settled: Settled[]) => void,
   ): Promise<{ calls: ShardCall[]; outcomes: ShardOutcome[] }> {
-    const infoPromise = this.infoPromise ?? this.fetchInfo();
+    const infoPromise = this.currentInfo();
     let info = await this.within(infoPromise, deadlineMs);
     let calls = plan(info);
     let settled = await this.sendCalls(info, calls, deadlineMs);

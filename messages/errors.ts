@@ -121,7 +121,8 @@ export function isProtocolError(err: unknown): err is ProtocolError {
   return err instanceof ProtocolError;
 }
 
-function isPlainObject(value: unknown): value is Record<string, unknown> {
+/** A CBOR map as decoded: a plain object (not an array, bytes or a class instance). */
+export function isPlainObject(value: unknown): value is Record<string, unknown> {
   if (typeof value !== 'object' || value === null) return false;
   const proto: unknown = Object.getPrototypeOf(value);
   return proto === Object.prototype || proto === null;

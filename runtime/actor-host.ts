@@ -40,6 +40,7 @@ import { createLogger, type Logger } from '../observability/log';
 import type { WorkerTelemetryInit, WorkerTracing } from '../observability/worker-tracing';
 import { ATTR, batchSendTracer, captureSpanContext, clientSpan, deviceQueueTracer, serverSpan, withSpan } from '../observability/tracing';
 import { encodeReplyWithin, frozenHeaders, RequestMux, serverMaxPayload } from './request-mux';
+import { withTimeout } from './timeout';
 import { RequestRecorder, type RequestStatsSnapshot } from '../observability/request-recorder';
 import type { Attributes } from '@opentelemetry/api';
 
@@ -272,7 +273,7 @@ export class ActorHost implements HostApi {
     // The server knows of the subscriptions before the shard is reported open. Bounded: while
     // the connection is down the shard is open all the same, and the subscriptions reach the
     // server when it reconnects.
-    await flushWithin(nc, OPEN_FLUSH_MS);
+    await withTimeout(nc.flush(), OPEN_FLUSH_MS, () => new Error('flush not confirmed')).catch(() => undefined);
   }
 
   async closeShard(volumeId: string, shard: number, destroy: boolean): Promise<void> {
@@ -609,24 +610,13 @@ export class ActorHost implements HostApi {
   };
 }
 
+/** Longest wait for the server to confirm a new shard's subscriptions (openShard). */
+const OPEN_FLUSH_MS = 2000;
+
 /**
  * A read's reply, in a buffer from the request arena: it lives until the replies of this turn
  * are sent, when the NATS client has copied it.
  */
-/** Longest wait for the server to confirm a new shard's subscriptions (openShard). */
-const OPEN_FLUSH_MS = 2000;
-
-/** `nc.flush()`, given up (not failed) after `ms`: the caller goes on without the confirmation. */
-async function flushWithin(nc: NatsConnection, ms: number): Promise<void> {
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<void>((resolve) => (timer = setTimeout(resolve, ms)));
-  try {
-    await Promise.race([nc.flush().catch(() => undefined), late]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
 const encodeReadReply = (reply: unknown, options: CodecOptions): Uint8Array =>
   encodeShardReadReply(reply as ShardReadReply, { ...options, alloc: allocRequestBytes });
 

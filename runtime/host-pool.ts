@@ -15,7 +15,8 @@ import * as v8 from 'node:v8';
 import * as Comlink from 'comlink';
 import nodeEndpoint from 'comlink/dist/umd/node-adapter';
 import type { HostApi, HostConfig, HostStats, HostHealth, HostWorkerData, TransportFaults } from './actor-host';
-import type { ShardSpec } from './device-host';
+import { shardKey, type ShardSpec } from './device-host';
+import { withTimeout } from './timeout';
 import { currentTelemetry } from '../observability/telemetry';
 
 export interface HostPoolOptions {
@@ -83,21 +84,14 @@ export interface HostExit {
 
 const HOST_SCRIPT = path.join(__dirname, 'actor-host.js');
 
-function specKey(spec: ShardSpec): string {
-  return `${spec.volumeId}.${spec.shard}`;
-}
-
 /** The host refused the request itself (a spec it cannot open): trying again cannot help. */
 function refused(e: unknown): boolean {
   return (e as { code?: unknown } | undefined)?.code === 'bad_request';
 }
 
-function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const t = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(Object.assign(new Error(`${what} timed out after ${ms} ms`), { code: 'timeout' })), ms);
-  });
-  return Promise.race([p, t]).finally(() => clearTimeout(timer));
+/** `p` within `ms`, else an Error with code 'timeout' naming `what`. */
+function timed<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  return withTimeout(p, ms, () => Object.assign(new Error(`${what} timed out after ${ms} ms`), { code: 'timeout' }));
 }
 
 export class HostPool {
@@ -150,7 +144,7 @@ export class HostPool {
   /** Opens a shard on host `hostId` (and remembers it, so a restarted host reopens it). */
   async openShard(hostId: number, spec: ShardSpec): Promise<void> {
     const slot = this.slot(hostId);
-    const key = specKey(spec);
+    const key = shardKey(spec.volumeId, spec.shard);
     slot.shards.set(key, spec);
     try {
       await this.call(slot, (api) => api.openShard(spec));
@@ -164,8 +158,9 @@ export class HostPool {
 
   async closeShard(hostId: number, volumeId: string, shard: number, destroy: boolean): Promise<void> {
     const slot = this.slot(hostId);
-    slot.shards.delete(`${volumeId}.${shard}`);
-    slot.reopenPending.delete(`${volumeId}.${shard}`);
+    const key = shardKey(volumeId, shard);
+    slot.shards.delete(key);
+    slot.reopenPending.delete(key);
     await this.call(slot, (api) => api.closeShard(volumeId, shard, destroy));
   }
 
@@ -208,7 +203,7 @@ export class HostPool {
   /** A call to a host with a deadline of its own (at most the call deadline). */
   private answerWithin<T>(slot: HostSlot, timeoutMs: number | undefined, fn: (api: Comlink.Remote<HostApi>) => Promise<T>): Promise<T> {
     const ms = Math.min(timeoutMs ?? this.callTimeoutMs, this.callTimeoutMs);
-    return withTimeout(this.call(slot, fn), ms, `host ${slot.config.hostId}`);
+    return timed(this.call(slot, fn), ms, `host ${slot.config.hostId}`);
   }
 
   /** Fault injection: host `hostId`'s thread stops answering anything for `ms` (a synchronous stall); resolves after it. */
@@ -244,7 +239,7 @@ export class HostPool {
         clearTimeout(s.reopenTimer);
         if (!s.worker || !s.api) return;
         try {
-          await withTimeout(s.api.stop(), this.callTimeoutMs, `stop of host ${s.config.hostId}`);
+          await timed(s.api.stop(), this.callTimeoutMs, `stop of host ${s.config.hostId}`);
         } catch {
           // A host that does not stop in time is terminated below; its device recovers on open.
         }
@@ -283,7 +278,7 @@ export class HostPool {
     }
     const exited = new Promise<void>((resolve) => w.once('exit', () => resolve()));
     await this.call(slot, (api) => api.throwUncaught(opts.uncaught!));
-    await withTimeout(exited, this.callTimeoutMs, `exit of host ${hostId}`);
+    await timed(exited, this.callTimeoutMs, `exit of host ${hostId}`);
   }
 
   private slot(hostId: number): HostSlot {
@@ -294,11 +289,11 @@ export class HostPool {
 
   private async call<T>(slot: HostSlot, fn: (api: Comlink.Remote<HostApi>) => Promise<T>): Promise<T> {
     // A host (re)starting is waited for within the same deadline as a call.
-    if (slot.ready) await withTimeout(slot.ready, this.callTimeoutMs, `start of host ${slot.config.hostId}`);
+    if (slot.ready) await timed(slot.ready, this.callTimeoutMs, `start of host ${slot.config.hostId}`);
     if (!slot.api) {
       throw Object.assign(new Error(`host ${slot.config.hostId} is down${slot.down ? `: ${slot.down}` : ''}`), { code: 'unavailable' });
     }
-    return withTimeout(fn(slot.api), this.callTimeoutMs, `call to host ${slot.config.hostId}`);
+    return timed(fn(slot.api), this.callTimeoutMs, `call to host ${slot.config.hostId}`);
   }
 
   private get callTimeoutMs(): number {
@@ -315,7 +310,7 @@ export class HostPool {
       const spec = slot.shards.get(key);
       if (spec === undefined) continue;
       try {
-        await withTimeout(api.openShard(spec), this.callTimeoutMs, `reopening shard ${key} on host ${slot.config.hostId}`);
+        await timed(api.openShard(spec), this.callTimeoutMs, `reopening shard ${key} on host ${slot.config.hostId}`);
         slot.reopenPending.delete(key);
       } catch (e) {
         const err = e instanceof Error ? e : new Error(String(e));
@@ -362,7 +357,7 @@ export class HostPool {
     });
     slot.ready = (async () => {
       try {
-        await withTimeout(api.init(slot.config), this.callTimeoutMs, `start of host ${slot.config.hostId}`);
+        await timed(api.init(slot.config), this.callTimeoutMs, `start of host ${slot.config.hostId}`);
       } catch (e) {
         // A thread that did not start in time is not left running beside its replacement.
         void worker.terminate();

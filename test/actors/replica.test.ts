@@ -71,7 +71,7 @@ class TestShard {
     const replica = new Replica({
       geometry, self: id, members: this.ids, log: storage.log, store: storage.store, queue, hardState: storage,
       transport: this.transport(id), snapshots: storage, timing: { ...timing, ...(this.opts.timing ?? {}) },
-      ...(this.opts.manualClock ? { nowMs: this.now, clock: () => this.now } : { nowMs: performance.now() }),
+      ...(this.opts.manualClock ? { nowMs: this.now, clock: () => this.now } : { nowMs: performance.now(), clock: () => performance.now() }),
       ...(this.opts.randoms?.[id] !== undefined ? { random: () => this.opts.randoms![id]! } : {}),
       ...(this.opts.checkpointEveryRecords ? { checkpointEveryRecords: this.opts.checkpointEveryRecords } : {}),
       ...(this.opts.messageBytesMax ? { messageBytesMax: this.opts.messageBytesMax } : {}),
@@ -409,7 +409,7 @@ describe('Replica (quorum replication of a shard log)', function () {
     try {
       const base = {
         geometry, self: 'a', members: ['a'], log: storage.log, store: storage.store, queue: new DeviceQueue({ disk, name: 'a' }), hardState: storage,
-        transport: { send: () => Promise.reject(new Error('unused')) }, nowMs: 0,
+        transport: { send: () => Promise.reject(new Error('unused')) }, nowMs: 0, clock: () => 0,
       };
       for (const bad of [{ messageBytesMax: 8 * 1024 }, { messageBytesMax: 65536.5 }, { messageBytesMax: 64 * 1024, appendBytesMax: 64 * 1024 }, { appendBytesMax: 0 }]) {
         assert.throws(() => new Replica({ ...base, ...bad }), (e: StorageError) => e.code === 'bad_request', JSON.stringify(bad));

@@ -48,6 +48,13 @@ async function rawMalformedHeaderRequest(natsUrl: string, subject: string, body:
   }
 }
 
+/** A page.read of pages 0..count-1 of `volume` sent raw to the public API; its decoded reply. */
+async function rawPageRead(c: InProcessCluster, volume: string, count: number): Promise<Partial<ErrorReply>> {
+  const body = encode({ volume, pages: Array.from({ length: count }, (_, i) => i) });
+  const headers = { [HEADER_TYPE]: 'page.read', [HEADER_SCHEMA]: '1', [HEADER_DEADLINE]: String(Date.now() + 5000) };
+  return decode(await c.client.rawRequest(apiSubject(c.cluster, 'page.read'), body, headers)) as Partial<ErrorReply>;
+}
+
 describe('bad input over NATS gets a typed error and the node keeps serving', function () {
   this.timeout(60_000);
   let c: InProcessCluster;
@@ -268,11 +275,7 @@ describe('the public API checks its headers and limits (on a NATS server whose m
 
   it('a page.read of more page data than a reply may carry (256 pages of 4 KiB) → too_large, though the server would carry it', async () => {
     await c.client.createVolume({ name: 'v-big-read', pageCount: 512, shards: 2, stripePages: 128 });
-    const reply = decode(await c.client.rawRequest(apiSubject(c.cluster, 'page.read'), encode({ volume: 'v-big-read', pages: Array.from({ length: 256 }, (_, i) => i) }), {
-      [HEADER_TYPE]: 'page.read',
-      [HEADER_SCHEMA]: '1',
-      [HEADER_DEADLINE]: String(Date.now() + 5000),
-    })) as Partial<ErrorReply>;
+    const reply = await rawPageRead(c, 'v-big-read', 256);
     assert.equal(reply.error?.code, 'too_large', JSON.stringify(reply).slice(0, 200));
   });
 });
@@ -320,11 +323,7 @@ describe('a NATS server with a small max_payload (256 KiB)', function () {
   });
 
   it('a page.read through the public API whose reply exceeds the server max_payload → too_large', async () => {
-    const reply = decode(await c.client.rawRequest(apiSubject(c.cluster, 'page.read'), encode({ volume: 'v-small', pages: Array.from({ length: 100 }, (_, i) => i) }), {
-      [HEADER_TYPE]: 'page.read',
-      [HEADER_SCHEMA]: '1',
-      [HEADER_DEADLINE]: String(Date.now() + 5000),
-    })) as Partial<ErrorReply>;
+    const reply = await rawPageRead(c, 'v-small', 100);
     assert.equal(reply.error?.code, 'too_large', JSON.stringify(reply).slice(0, 300));
   });
 
