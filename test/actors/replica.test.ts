@@ -31,6 +31,9 @@ class TestShard {
   private readonly cut = new Set<string>();
   /** Members whose device queue starts each batch late (a slow disk). */
   readonly slow = new Set<string>();
+  /** Members whose device queue starts no batch until the test releases it (a stuck disk). */
+  private readonly diskGates = new Map<string, Promise<void>>();
+  private readonly gateReleases = new Set<() => void>();
   /** Members whose clock the test drives itself (not ticked by the shard's timer). */
   readonly paused = new Set<string>();
   private readonly timer: NodeJS.Timeout | undefined;
@@ -67,7 +70,16 @@ class TestShard {
 
   start(id: string, disk: SimDisk): Member {
     const storage = ShardStorage.open(disk, { dir: 'shard', pageSize: 4096, pageCount: 256, cacheBytesMax: 1 << 20, slab: this.slab, segmentBytesMax: 64 * 1024 });
-    const queue = new DeviceQueue({ disk, name: id, schedule: (run) => (this.slow.has(id) ? setTimeout(run, 30) : setImmediate(run)) });
+    const queue = new DeviceQueue({
+      disk,
+      name: id,
+      schedule: (run) => {
+        const gate = this.diskGates.get(id);
+        if (gate) void gate.then(() => setImmediate(run));
+        else if (this.slow.has(id)) setTimeout(run, 30);
+        else setImmediate(run);
+      },
+    });
     const replica = new Replica({
       geometry, self: id, members: this.ids, log: storage.log, store: storage.store, queue, hardState: storage,
       transport: this.transport(id), snapshots: storage, timing: { ...timing, ...(this.opts.timing ?? {}) },
@@ -79,6 +91,19 @@ class TestShard {
     const m = { id, disk, storage, queue, replica };
     this.members.set(id, m);
     return m;
+  }
+
+  /** Holds every batch of `id`'s device queue until the returned release is called: unlike `slow`, no timing can let one through. */
+  stallDisk(id: string): () => void {
+    let release!: () => void;
+    this.diskGates.set(id, new Promise<void>((r) => (release = r)));
+    const open = (): void => {
+      this.diskGates.delete(id);
+      this.gateReleases.delete(open);
+      release();
+    };
+    this.gateReleases.add(open);
+    return open;
   }
 
   /** Crash: the replica stops, unsynced data is lost; restart reopens from the same disk. */
@@ -192,6 +217,7 @@ class TestShard {
 
   async stop(): Promise<void> {
     if (this.timer) clearInterval(this.timer);
+    for (const open of [...this.gateReleases]) open();
     for (const m of this.members.values()) {
       m.replica.close();
       await m.queue.drain().catch(() => undefined);
@@ -227,13 +253,14 @@ describe('Replica (quorum replication of a shard log)', function () {
     const onUnhandled = (e: unknown): void => void unhandled.push(e);
     process.on('unhandledRejection', onUnhandled);
     try {
-      // The followers flush late: their answers to these appends come back after the close.
-      for (const id of shard.ids) if (id !== l.id) shard.slow.add(id);
+      // The followers' disks are stuck until the leader is closed: their answers come back after it.
+      const releases = shard.ids.filter((id) => id !== l.id).map((id) => shard!.stallDisk(id));
       const sent = shard.appendsSent.length;
       const writes = [1, 2, 3].map((i) => l.replica.write([{ page: 10 + i, data: page(i) }]).then(() => 'committed', (e: StorageError) => e.code));
       await shard.waitFor(() => shard!.appendsSent.length > sent, 'appends on their way');
       await shard.crash(l.id);
       assert.deepEqual(await Promise.all(writes), ['closed', 'closed', 'closed']);
+      for (const release of releases) release();
       await new Promise((r) => setTimeout(r, 200));
     } finally {
       process.off('unhandledRejection', onUnhandled);
@@ -614,12 +641,13 @@ describe('Replica (more cases)', function () {
       await b.replica.handle({ type: 'append', term: 1, leader: 'a', prevLsn: 0, prevTerm: 0, records: [noop(1), noop(1)], commitLsn: 0 });
       // c's term first (saved at once), so that its next append goes straight to the cut.
       await b.replica.handle({ type: 'append', term: 2, leader: 'c', prevLsn: 0, prevTerm: 0, records: [], commitLsn: 0 });
-      shard.slow.add('b');
+      const releaseB = shard.stallDisk('b');
       const cut = b.replica.handle({ type: 'append', term: 2, leader: 'c', prevLsn: 1, prevTerm: 1, records: [noop(2)], commitLsn: 0 });
       await new Promise((r) => setImmediate(r));
       const before = b.replica.stats().preVotes;
       await shard.at(10_000, ['b']); // far past its election timeout
       assert.equal(b.replica.stats().preVotes, before, 'no prevote while the cut is pending');
+      releaseB();
       assert.equal(((await cut) as { success: boolean }).success, true);
       await shard.at(20_000, ['b']);
       assert.equal(b.replica.stats().preVotes, before + 1, 'once the log is cut, it campaigns again');
