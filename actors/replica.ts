@@ -31,6 +31,7 @@ import { RecordKind, type LogRecord, type LogRecordInput } from '../storage-engi
 import { StorageError, assert } from '../storage-engine/errors';
 import { ProtocolError } from '../messages/errors';
 import { checkReadReplyBytes } from '../messages/validate';
+import type { WriteRecordRef } from '../messages/api';
 import { MESSAGE_BYTES_MAX } from '../messages/codec';
 import type {
   RaftRequest, RaftReply, VoteRequest, VoteReply, AppendRequest, AppendReply, SnapshotRequest, SnapshotReply, WireRecord,
@@ -176,6 +177,8 @@ export interface ReplicaStats {
   elections: number;
   writes: number;
   pagesWritten: number;
+  /** Retried writes answered with the record of an earlier attempt instead of written again. */
+  retriesMatched: number;
   reads: number;
   pagesRead: number;
   checkpoints: number;
@@ -193,6 +196,8 @@ interface Waiter {
   lsn: number;
   /** Wall-clock deadline (reads); writes wait for commit or leadership loss. */
   deadlineMs?: number;
+  /** A write's own record (at `lsn`) was appended in this term: a step-down names it to the client. */
+  recordTerm?: number;
   resolve(): void;
   reject(e: Error): void;
 }
@@ -227,10 +232,11 @@ const APPEND_WINDOW = 4;
 
 const NO_TAGS: readonly unknown[] = [];
 
-function notLeader(leader: string | null, term: number): ProtocolError {
+function notLeader(leader: string | null, term: number, record?: { recordLsn: number; recordTerm: number }): ProtocolError {
   return new ProtocolError('not_leader', leader ? `not the leader; the leader is ${leader}` : 'not the leader; no leader is known', {
     ...(leader ? { leader } : {}),
     term,
+    ...(record ?? {}),
   });
 }
 
@@ -300,7 +306,7 @@ export class Replica {
   /** The prevote round in progress, if any: the term it asks about and the yes so far. */
   private preVote: { term: number; votes: Set<string> } | undefined;
   private readonly counters = {
-    preVotes: 0, elections: 0, writes: 0, pagesWritten: 0, reads: 0, pagesRead: 0, checkpoints: 0,
+    preVotes: 0, elections: 0, writes: 0, pagesWritten: 0, retriesMatched: 0, reads: 0, pagesRead: 0, checkpoints: 0,
     snapshotsSent: 0, snapshotsInstalled: 0, offloaded: 0,
   };
 
@@ -470,8 +476,17 @@ export class Replica {
     this.recent = [];
     this.recentBytes = 0;
     const err = notLeader(this.leader, this.term);
-    err.message = `${err.message} (${reason}); the write may or may not be committed`;
-    for (const w of this.commitWaiters) w.reject(err);
+    for (const w of this.commitWaiters) {
+      if (w.recordTerm === undefined) {
+        w.reject(err);
+        continue;
+      }
+      // Its record may still be committed by the next leader: the client retries naming it
+      // (shard.write `earlier`), so that the next leader does not write the pages twice.
+      const e = notLeader(this.leader, this.term, { recordLsn: w.lsn, recordTerm: w.recordTerm });
+      e.message = `${e.message} (${reason}); the write may or may not be committed (its record: lsn ${w.lsn}, term ${w.recordTerm})`;
+      w.reject(e);
+    }
     this.commitWaiters = [];
     for (const w of this.applyWaiters) w.reject(notLeader(this.leader, this.term));
     this.applyWaiters = [];
@@ -1165,8 +1180,16 @@ export class Replica {
     }
   }
 
-  /** Writes pages atomically (one record); resolves once committed on a majority and applied. */
-  async write(pages: readonly PageData[], opts: { deadlineMs?: number } = {}): Promise<{ lsn: number; term: number }> {
+  /**
+   * Writes pages atomically (one record); resolves once committed on a majority and applied.
+   * `earlier`: a retry, naming the records earlier attempts left with deposed leaders; the one
+   * this log holds is the write's (answered once applied), and the pages are written again only
+   * when none of them can commit any more (see `earlierAttempt`).
+   */
+  async write(
+    pages: readonly PageData[],
+    opts: { deadlineMs?: number; earlier?: readonly WriteRecordRef[] } = {},
+  ): Promise<{ lsn: number; term: number }> {
     this.checkLeader();
     if (pages.length === 0) throw new StorageError('bad_request', 'write of zero pages');
     for (let i = 0; i < pages.length; i++) this.checkPage(pages[i]!.page, `pages[${i}].page`);
@@ -1187,6 +1210,14 @@ export class Replica {
     if (this.commitWaiters.length >= this.pendingWritesMax) {
       throw new StorageError('overloaded', `shard ${this.geometry.shard}: ${this.commitWaiters.length} writes wait for commit`);
     }
+    if (opts.earlier !== undefined && opts.earlier.length > 0) {
+      const lsn = await this.earlierAttempt(opts.earlier, opts.deadlineMs);
+      if (lsn !== undefined) {
+        this.counters.retriesMatched++;
+        return { lsn, term: this.term };
+      }
+      this.checkLeader();
+    }
     const term = this.term;
     const tag = this.tracer?.capture();
     const payload = await this.encode(pages);
@@ -1195,11 +1226,48 @@ export class Replica {
     const lsn = this.appendLocal([{ term, kind: RecordKind.PageWrite, payload: payload.payload, ...(payload.crc !== undefined ? { payloadCrc: payload.crc } : {}) }], tag);
     payload.release();
     await new Promise<void>((resolve, reject) =>
-      this.commitWaiters.push({ lsn, ...(opts.deadlineMs !== undefined ? { deadlineMs: opts.deadlineMs } : {}), resolve, reject }),
+      this.commitWaiters.push({ lsn, recordTerm: term, ...(opts.deadlineMs !== undefined ? { deadlineMs: opts.deadlineMs } : {}), resolve, reject }),
     );
     this.counters.writes++;
     this.counters.pagesWritten += pages.length;
     return { lsn, term };
+  }
+
+  /**
+   * For a retried write: the LSN of the earlier attempt's record if this log holds it (resolved
+   * once applied), or undefined once none of them can ever commit (the pages must be written).
+   *
+   * A record is named by (lsn, term): two logs holding a record with the same LSN and term hold
+   * the same record. Once this leader's first record (its term start) is applied, every record
+   * of an earlier term is decided: the ones in this log are committed, and any other can never
+   * commit, since every later leader's log holds this term's start instead. Records of an
+   * earlier attempt are of earlier terms (an attempt at this leader in this term would have been
+   * answered by it). An attempt of a newer term means this replica is deposed: `not_leader`.
+   */
+  private async earlierAttempt(earlier: readonly WriteRecordRef[], deadlineMs: number | undefined): Promise<number | undefined> {
+    const term = this.term;
+    if (earlier.some((e) => e.term > term)) throw notLeader(this.leader, term);
+    const decided = Math.max(this.termStartLsn, ...earlier.filter((e) => e.term === term).map((e) => e.lsn));
+    if (this.store.appliedLsn < decided) {
+      await new Promise<void>((resolve, reject) =>
+        this.commitWaiters.push({ lsn: decided, ...(deadlineMs !== undefined ? { deadlineMs } : {}), resolve, reject }),
+      );
+    }
+    this.checkLeader();
+    if (this.term !== term) throw notLeader(this.leader, this.term);
+    for (const e of earlier) {
+      if (e.lsn > this.lastLsn) continue; // Not in this log: it can no longer commit.
+      if (e.lsn < this.log.firstLsn - 1) {
+        // Folded into an image with its term forgotten: whether it was this write is unknown.
+        throw new ProtocolError(
+          'timeout',
+          `an earlier attempt of this write (lsn ${e.lsn}, term ${e.term}) is below the log's first LSN ${this.log.firstLsn}; the write may or may not be committed`,
+          { recordLsn: e.lsn, recordTerm: e.term, firstLsn: this.log.firstLsn },
+        );
+      }
+      if (this.termOf(e.lsn) === e.term) return e.lsn;
+    }
+    return undefined;
   }
 
   /** Encodes a PageWrite payload; large ones are checksummed off-thread (slab handle). */

@@ -26,6 +26,9 @@
  * - no responder on a shard subject makes the volume refresh its geometry (volume.info: the
  *   volume may have been deleted, giving `not_found`, or moved) and retry once; a second miss is
  *   `unavailable`;
+ * - `not_leader` is retried with back-off until the deadline; a write the deposed leader had
+ *   put in its log is retried naming that record (`earlier`), so that it takes effect once, and
+ *   fails with `timeout` (outcome unknown) if no leader answers it by the deadline;
  * - a reply that does not decode or validate is `internal` ("malformed reply …");
  * - arguments are checked with the validators of messages/ before anything is sent.
  *
@@ -43,6 +46,7 @@ import { NoRespondersError, RequestMux, fromNatsError, natsErrorCode, serverMaxP
 import { withTimeout } from '../runtime/timeout';
 import { apiSubject, checkToken, shardSubject } from '../messages/subjects';
 import {
+  EARLIER_ATTEMPTS_MAX,
   PAGES_PER_REQUEST_MAX,
   PAGE_COUNT_MAX,
   REQUEST_DATA_BYTES_MAX,
@@ -763,7 +767,11 @@ export class Volume {
           return this.client.send(subject, call.type, call.body, deadlineMs, validateShardFlushReply);
       }
     });
-    return settleBounded(tasks, REQUESTS_IN_FLIGHT_MAX);
+    const settled = await settleBounded(tasks, REQUESTS_IN_FLIGHT_MAX);
+    settled.forEach((s, i) => {
+      if (!s.ok && calls[i]!.type === 'shard.write') settled[i] = noteEarlierAttempt(calls[i]!.body as ShardWriteRequest, s);
+    });
+    return settled;
   }
 
   /**
@@ -772,7 +780,9 @@ export class Volume {
    * whole call is re-planned if the volume changed (re-created under the same name). Requests
    * that still meet no leader (no responders while a shard elects one, or `not_leader` from a
    * deposed leader) are sent again with a growing back-off until the call's deadline. Timeouts are
-   * not retried: their outcome is unknown to the client.
+   * not retried: their outcome is unknown to the client. A write that a deposed leader had
+   * already put in its log is sent again naming that record (`earlier`), so that the next leader
+   * answers with it if it holds it rather than writing the pages a second time.
    */
   private async run(
     deadlineMs: number,
@@ -828,7 +838,15 @@ export class Volume {
     const still = settled.findIndex((s) => !s.ok);
     if (still >= 0) {
       const failed = settled[still] as { ok: false; error: unknown };
-      if (failed.error instanceof ProtocolError && failed.error.code === 'not_leader') throw failed.error;
+      if (failed.error instanceof ProtocolError && failed.error.code === 'not_leader') {
+        const earlier = (calls[still]!.body as Partial<ShardWriteRequest>).earlier;
+        if (earlier === undefined) throw failed.error;
+        throw new ProtocolError(
+          'timeout',
+          `no leader of shard ${calls[still]!.shard} answered the write before its deadline; an earlier attempt left with a deposed leader may still commit: the write may or may not be committed`,
+          { ...(failed.error.details ?? {}), earlier },
+        );
+      }
       const shard = calls[still]!.shard;
       throw new ProtocolError(
         'unavailable',
@@ -845,6 +863,32 @@ const LEADER_RETRY_MS_MIN = 20;
 const LEADER_RETRY_MS_MAX = 250;
 /** Attempts after the first at most (about 10 s of back-off), whatever the deadline. */
 const LEADER_RETRIES_MAX = 45;
+
+/**
+ * Notes on a failed write request the record a deposed leader says its attempt left in its log
+ * (`not_leader` with `recordLsn` and `recordTerm`), for the next attempt's `earlier`. A write that
+ * met more leader changes than a request may name fails with `timeout` (outcome unknown).
+ */
+function noteEarlierAttempt(body: ShardWriteRequest, failed: { ok: false; error: unknown }): Settled {
+  const e = failed.error;
+  if (!(e instanceof ProtocolError) || e.code !== 'not_leader') return failed;
+  const lsn = e.details?.['recordLsn'];
+  const term = e.details?.['recordTerm'];
+  if (typeof lsn !== 'number' || typeof term !== 'number') return failed;
+  const earlier = body.earlier ?? [];
+  if (!earlier.some((r) => r.lsn === lsn && r.term === term)) {
+    if (earlier.length >= EARLIER_ATTEMPTS_MAX) {
+      const error = new ProtocolError(
+        'timeout',
+        `the write met more than ${EARLIER_ATTEMPTS_MAX} leader changes; the write may or may not be committed`,
+        { ...(e.details ?? {}), earlier },
+      );
+      return { ok: false, error };
+    }
+    body.earlier = [...earlier, { lsn, term }];
+  }
+  return failed;
+}
 
 /**
  * Errors that mean "no leader answered": no responders, or `not_leader` from a deposed leader (a

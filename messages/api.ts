@@ -278,11 +278,28 @@ export interface ShardFence {
   term?: number;
 }
 
+/** The record an earlier attempt of a write left in a deposed leader's log: it may still commit. */
+export interface WriteRecordRef {
+  lsn: number;
+  term: number;
+}
+
+/** Most earlier attempts one shard.write may name (a write that met more leader changes than this fails as unknown). */
+export const EARLIER_ATTEMPTS_MAX = 8;
+
 /** shard.write request: pages of this shard only. */
 export interface ShardWriteRequest extends ShardFence {
   pages: PageWrite[];
   /** Absolute deadline, ms since the Unix epoch (also carried by the Strata-Deadline header). */
   deadlineMs?: number;
+  /**
+   * A retry: the records earlier attempts of this same write left in the logs of leaders that
+   * stepped down before committing them (`details.recordLsn`/`recordTerm` of their `not_leader`).
+   * The leader answers with the LSN of the one its log holds, once committed, instead of writing
+   * the pages again (a second copy could overwrite a newer write of the same page); it writes
+   * them only when no earlier record can commit any more.
+   */
+  earlier?: WriteRecordRef[];
 }
 /** shard.write reply, sent only after commit. */
 export interface ShardWriteReply {

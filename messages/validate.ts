@@ -17,6 +17,7 @@
  * `validatePageRead`, `validateShardWrite`, `validateShardRead`.
  */
 import {
+  EARLIER_ATTEMPTS_MAX,
   ID_LENGTH_MAX,
   LSN_MAX,
   NAME_LENGTH_MAX,
@@ -53,6 +54,7 @@ import type {
   ShardStatus,
   ShardWriteReply,
   ShardWriteRequest,
+  WriteRecordRef,
   StatusReply,
   StatusRequest,
   ValidRequestMap,
@@ -595,7 +597,20 @@ export function validateStatusReply(value: unknown): StatusReply {
 // Shard mailbox messages
 // ---------------------------------------------------------------------------------------------
 
-const SHARD_WRITE_FIELDS = fields('pages', 'deadlineMs', 'term');
+const SHARD_WRITE_FIELDS = fields('pages', 'deadlineMs', 'term', 'earlier');
+const WRITE_RECORD_FIELDS = fields('lsn', 'term');
+
+function validateEarlier(value: unknown, path: string): WriteRecordRef[] {
+  return expectArray(value, path, { lengthMin: 1, lengthMax: EARLIER_ATTEMPTS_MAX }).map((v, i) => {
+    const at = `${path}[${i}]`;
+    const map = expectMap(v, at);
+    expectKnownFields(map, WRITE_RECORD_FIELDS, at);
+    return {
+      lsn: expectInteger(field(map, 'lsn'), `${at}.lsn`, { min: 1, max: LSN_MAX }),
+      term: expectInteger(field(map, 'term'), `${at}.term`, { min: 1, max: LSN_MAX }),
+    };
+  });
+}
 
 /** shard.write request (without the volume's geometry; see `validateShardWrite`). */
 export function validateShardWriteRequest(value: unknown): ShardWriteRequest {
@@ -606,6 +621,8 @@ export function validateShardWriteRequest(value: unknown): ShardWriteRequest {
   if (deadlineMs !== undefined) req.deadlineMs = deadlineMs;
   const term = optional(field(map, 'term'), (v) => expectCounter(v, 'term'));
   if (term !== undefined) req.term = term;
+  const earlier = optional(field(map, 'earlier'), (v) => validateEarlier(v, 'earlier'));
+  if (earlier !== undefined) req.earlier = earlier;
   return req;
 }
 

@@ -97,6 +97,8 @@ export interface ShardSnapshot {
   elections?: number;
   /** Prevote rounds this shard's actor started (cumulative); an election follows only a won one. */
   preVotes?: number;
+  /** Retried writes a shard leader answered with an earlier attempt's record instead of writing them again (cumulative). */
+  retriesMatched?: number;
   /** How far each replica's log is behind, in records (list form). */
   replicas?: ReadonlyArray<{ replica: string; lagRecords: number }>;
   /**
@@ -229,6 +231,7 @@ export class StrataMetrics {
       replicaLag: gauge('strata_replica_lag_records', 'Records a replica log is behind the shard commit LSN.'),
       elections: counter('strata_elections', 'Leader elections started by a shard.'),
       preVotes: counter('strata_prevotes', 'Prevote rounds started by a shard (an election follows only when a majority would vote).'),
+      retriesMatched: counter('strata_write_retries_matched', 'Retried writes answered with the record an earlier attempt left with a deposed leader, not written twice.'),
       restarts: counter('strata_actor_restarts', 'Restarts of actor hosts (kind=host) and of shard actors from durable state (kind=shard).'),
     };
     this.observables = Object.values(o);
@@ -332,6 +335,7 @@ export class StrataMetrics {
         observe(o.term!, s.term, a);
         if (s.elections !== undefined) observe(o.elections!, s.elections, a);
         if (s.preVotes !== undefined) observe(o.preVotes!, s.preVotes, a);
+        if (s.retriesMatched !== undefined) observe(o.retriesMatched!, s.retriesMatched, a);
         if (s.cache) {
           observe(o.cacheHits!, s.cache.hits, a);
           observe(o.cacheMisses!, s.cache.misses, a);

@@ -560,9 +560,10 @@ export class ActorHost implements HostApi {
     switch (type) {
       case 'shard.write': {
         const req = validateRequest('shard.write', body);
-        if (!this.traced) return replica.write(req.pages, { deadlineMs: answerByMs });
+        const opts = req.earlier === undefined ? { deadlineMs: answerByMs } : { deadlineMs: answerByMs, earlier: req.earlier };
+        if (!this.traced) return replica.write(req.pages, opts);
         return withSpan('shard.write', { ...this.shardAttrs(mb), [ATTR.pages]: req.pages.length }, (span) =>
-          replica.write(req.pages, { deadlineMs: answerByMs }).then((r) => {
+          replica.write(req.pages, opts).then((r) => {
             span.setAttribute(ATTR.lsn, r.lsn);
             span.setAttribute(ATTR.term, r.term);
             return r;

@@ -173,6 +173,11 @@ class TestShard {
     this.cut.add(`${b}>${a}`);
   }
 
+  /** Cuts one direction: what `from` sends to `to`, requests and answers, is lost. */
+  cutFrom(from: string, to: string): void {
+    this.cut.add(`${from}>${to}`);
+  }
+
   healLink(a: string, b: string): void {
     this.cut.delete(`${a}>${b}`);
     this.cut.delete(`${b}>${a}`);
@@ -661,6 +666,85 @@ describe('Replica (more cases)', function () {
       for (let i = 0; i < 300; i++) await l.replica.write([{ page: i % 200, data: page(i) }]);
       await shard.waitFor(() => l.replica.stats().heldRecords === 0, 'held records dropped');
       assert.equal(l.replica.stats().heldBytes, 0);
+    });
+  });
+
+  describe('a write retried after its leader stepped down (shard.write earlier)', function () {
+    /**
+     * A write the leader put in its log but could not commit: the followers' answers never reach
+     * it (and with `reachFollowers` false, neither do its appends). It steps down and names the
+     * record; the followers elect a new leader.
+     */
+    async function deposedWrite(reachFollowers: boolean, opts: ConstructorParameters<typeof TestShard>[1] = {}) {
+      shard = new TestShard(['a', 'b', 'c'], opts);
+      const old = await shard.leader();
+      await old.replica.write([{ page: 5, data: page(1) }]);
+      const followers = shard.ids.filter((id) => id !== old.id);
+      for (const f of followers) shard.cutFrom(f, old.id);
+      if (!reachFollowers) for (const f of followers) shard.cutFrom(old.id, f);
+      const err = await old.replica.write([{ page: 5, data: page(0xa) }]).then(
+        () => assert.fail('a leader that hears from no follower cannot commit'),
+        (e: ProtocolError) => e,
+      );
+      assert.equal(err.code, 'not_leader');
+      assert.match(err.message, /may or may not be committed \(its record: lsn \d+, term \d+\)/);
+      const record = { lsn: err.details?.['recordLsn'] as number, term: err.details?.['recordTerm'] as number };
+      assert.ok(Number.isSafeInteger(record.lsn) && Number.isSafeInteger(record.term), JSON.stringify(err.details));
+      const neu = await shard.leader(followers);
+      return { old, neu, record };
+    }
+
+    const at = (m: Member, p: number) => m.replica.read([p], { deadlineMs: Date.now() + 1000, nowMs: Date.now() }).then((r) => r.pages[0]);
+
+    it('the new leader holds the earlier record: it answers with it and does not write the pages over a newer write', async () => {
+      const { neu, record } = await deposedWrite(true);
+      assert.equal(neu.replica.currentTerm > record.term, true);
+      // The earlier attempt committed with the new leader's term; another writer then wrote the page.
+      assert.deepEqual(await at(neu, 5), page(0xa));
+      const newer = await neu.replica.write([{ page: 5, data: page(0xb) }]);
+      const lastBefore = neu.replica.stats().lastLsn;
+      const r = await neu.replica.write([{ page: 5, data: page(0xa) }], { earlier: [{ lsn: record.lsn + 1000, term: record.term }, record] });
+      assert.equal(r.lsn, record.lsn, 'answered with the earlier attempt\'s record');
+      assert.ok(r.lsn < newer.lsn);
+      assert.equal(neu.replica.stats().lastLsn, lastBefore, 'nothing written');
+      assert.equal(neu.replica.stats().retriesMatched, 1);
+      assert.deepEqual(await at(neu, 5), page(0xb), 'the newer write stays');
+    });
+
+    it('the new leader does not hold it: the pages are written once its own term has started', async () => {
+      const { neu, record } = await deposedWrite(false);
+      const r = await neu.replica.write([{ page: 5, data: page(0xa) }], { earlier: [record] });
+      assert.notEqual(neu.replica.stats().retriesMatched, 1);
+      assert.ok(r.lsn > 0 && neu.replica.stats().lastLsn === r.lsn);
+      assert.deepEqual(await at(neu, 5), page(0xa));
+    });
+
+    it('an earlier attempt of a newer term: this leader is deposed, nothing is written', async () => {
+      shard = new TestShard(['a', 'b', 'c']);
+      const l = await shard.leader();
+      await l.replica.write([{ page: 5, data: page(1) }]);
+      const lastBefore = l.replica.stats().lastLsn;
+      const err = await l.replica.write([{ page: 5, data: page(2) }], { earlier: [{ lsn: lastBefore, term: l.replica.currentTerm + 1 }] }).then(
+        () => assert.fail('written although a newer leader may hold the write'),
+        (e: ProtocolError) => e,
+      );
+      assert.equal(err.code, 'not_leader');
+      assert.equal(err.details?.['recordLsn'], undefined, 'nothing of this attempt is in the log');
+      assert.equal(l.replica.stats().lastLsn, lastBefore);
+    });
+
+    it('an earlier record already folded into an image: the outcome is unknown (timeout), nothing is written', async () => {
+      const { neu, record } = await deposedWrite(true, { checkpointEveryRecords: 4 });
+      for (let i = 0; i < 40; i++) await neu.replica.write([{ page: 20 + (i % 8), data: page(i) }]);
+      await shard!.waitFor(() => neu.storage.log.firstLsn > record.lsn + 1, 'the log trimmed past the earlier record');
+      const lastBefore = neu.replica.stats().lastLsn;
+      const err = await neu.replica.write([{ page: 5, data: page(0xa) }], { earlier: [record] }).then(
+        () => assert.fail('answered although the earlier record\'s term is forgotten'),
+        (e: ProtocolError) => e,
+      );
+      assert.equal(err.code, 'timeout');
+      assert.match(err.message, /below the log's first LSN .*may or may not be committed/);
+      assert.equal(neu.replica.stats().lastLsn, lastBefore);
     });
   });
 });

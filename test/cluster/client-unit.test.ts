@@ -684,6 +684,56 @@ describe('cluster/client (fake transport)', () => {
     });
   });
 
+  describe('Volume: a write whose leader stepped down before committing it', () => {
+    const deposed = (lsn: number, term: number) =>
+      errorReply(new ProtocolError('not_leader', 'not the leader (stepped down); the write may or may not be committed', { term: term + 1, recordLsn: lsn, recordTerm: term }));
+    const earlierOf = (s: { body: unknown }) => (s.body as { earlier?: unknown }).earlier;
+
+    it('is sent again naming the record the deposed leader left, and only the shard that failed', async () => {
+      const fc = new FakeCluster();
+      let first = true;
+      fc.shardHook = (shard) => {
+        if (shard !== 1 || !first) return undefined;
+        first = false;
+        return deposed(7, 2);
+      };
+      const result = await fc.client().volume('vol').writePages([0, 2].map((page) => ({ page, data: pageData(page) })));
+      assert.equal(result.lsns.length, 2);
+      const sent = fc.transport.shardRequests();
+      assert.deepEqual(sent.map((s) => s.subject), ['strata.test.shard.v1.0', 'strata.test.shard.v1.1', 'strata.test.shard.v1.1']);
+      assert.deepEqual(sent.map(earlierOf), [undefined, undefined, [{ lsn: 7, term: 2 }]]);
+    });
+
+    it('a not_leader that names no record (never written) is sent again as it was', async () => {
+      const fc = new FakeCluster();
+      let misses = 1;
+      fc.shardHook = () => (misses-- > 0 ? errorReply(new ProtocolError('not_leader', 'not the leader', { term: 3 })) : undefined);
+      await fc.client().volume('vol').write(0, pageData(0));
+      assert.deepEqual(fc.transport.shardRequests().map(earlierOf), [undefined, undefined]);
+    });
+
+    it('names every earlier record, and fails as unknown (timeout) after more leader changes than a request may name', async () => {
+      const fc = new FakeCluster();
+      let lsn = 10;
+      fc.shardHook = () => deposed(lsn++, 2);
+      const err = await rejectsWith(fc.client().volume('vol').write(0, pageData(0)), 'timeout', /more than 8 leader changes; the write may or may not be committed/);
+      const sent = fc.transport.shardRequests();
+      assert.equal(sent.length, 9);
+      assert.deepEqual(earlierOf(sent[8]!), [10, 11, 12, 13, 14, 15, 16, 17].map((l) => ({ lsn: l, term: 2 })));
+      assert.equal((err.details?.['earlier'] as unknown[]).length, 8);
+    });
+
+    it('still without a leader at its deadline: timeout (outcome unknown), not a not_leader the caller would retry', async () => {
+      const fc = new FakeCluster();
+      fc.shardHook = () => deposed(7, 2);
+      const started = Date.now();
+      const client = createClient(fc.transport, { cluster: CLUSTER, timeoutMs: 10_000, nowMs: () => NOW + Math.max(0, Date.now() - started - 50) * 20 });
+      const err = await rejectsWith(client.volume('vol').write(0, pageData(0)), 'timeout', /earlier attempt left with a deposed leader may still commit/);
+      assert.deepEqual(err.details?.['earlier'], [{ lsn: 7, term: 2 }]);
+      assert.ok(fc.transport.shardRequests().length > 2);
+    });
+  });
+
   describe('connect', () => {
     it('checks its options', async () => {
       await rejectsWith(connect({ servers: 'nats://127.0.0.1:1', cluster: 'a.b' }), 'bad_request', /cluster/);

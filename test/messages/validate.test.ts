@@ -177,11 +177,23 @@ describe('messages/validate', () => {
       assertProtocolError(() => validateStatusReply({ node: { id: 'n', cluster: 'c', version: '1' }, volumes: [] }), 'bad_request', 'node.uptimeMs');
     });
 
+    it('shard.write earlier: 1..8 records, each with an LSN and a term of at least 1', () => {
+      const ok = validateRequest('shard.write', { pages: writes(1), earlier: [{ lsn: 7, term: 2 }, { lsn: 9, term: 3 }] });
+      assert.deepEqual(ok.earlier, [{ lsn: 7, term: 2 }, { lsn: 9, term: 3 }]);
+      const many = Array.from({ length: 9 }, (_, i) => ({ lsn: i + 1, term: 1 }));
+      assertProtocolError(() => validateRequest('shard.write', { pages: writes(1), earlier: many }), 'bad_request', 'earlier');
+      assertProtocolError(() => validateRequest('shard.write', { pages: writes(1), earlier: [] }), 'bad_request', 'earlier');
+      assertProtocolError(() => validateRequest('shard.write', { pages: writes(1), earlier: [{ lsn: 0, term: 1 }] }), 'bad_request', 'earlier[0].lsn');
+      assertProtocolError(() => validateRequest('shard.write', { pages: writes(1), earlier: [{ lsn: 3 }] }), 'bad_request', 'earlier[0].term');
+      assertProtocolError(() => validateRequest('shard.write', { pages: writes(1), earlier: [5] }), 'bad_request', 'earlier[0]');
+    });
+
     it('unknown request fields are rejected, unknown reply fields ignored', () => {
       assertProtocolError(() => validateVolumeCreateRequest({ name: 'a', pageCount: 1, pagesize: 8192 }), 'bad_request', 'pagesize', /unknown field/);
       assertProtocolError(() => validateRequest('volume.list', { all: true }), 'bad_request', 'all');
       assertProtocolError(() => validateRequest('status', { verbose: 1 }), 'bad_request', 'verbose');
       assertProtocolError(() => validateRequest('shard.flush', { lsn: 1 }), 'bad_request', 'lsn');
+      assertProtocolError(() => validateRequest('shard.write', { pages: writes(1), earlier: [{ lsn: 1, term: 1, page: 2 }] }), 'bad_request', 'earlier[0].page');
       assertProtocolError(() => validatePageWriteRequest({ volume: 'a', pages: [{ page: 1, data: page(0), crc: 1 }] }), 'bad_request', 'pages[0].crc');
       assert.deepEqual(validateReply('page.write', { lsn: 3, future: 'x' }), { lsn: 3 });
       assert.deepEqual(validateReply('volume.info', { ...volumeInfo, branchOf: 'x' }), volumeInfo);
