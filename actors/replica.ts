@@ -1247,7 +1247,8 @@ export class Replica {
   private async earlierAttempt(earlier: readonly WriteRecordRef[], deadlineMs: number | undefined): Promise<number | undefined> {
     const term = this.term;
     if (earlier.some((e) => e.term > term)) throw notLeader(this.leader, term);
-    const decided = Math.max(this.termStartLsn, ...earlier.filter((e) => e.term === term).map((e) => e.lsn));
+    // (A record named with this term but not in this log was never written here: it is ignored below.)
+    const decided = Math.max(this.termStartLsn, ...earlier.filter((e) => e.term === term && e.lsn <= this.lastLsn).map((e) => e.lsn));
     if (this.store.appliedLsn < decided) {
       await new Promise<void>((resolve, reject) =>
         this.commitWaiters.push({ lsn: decided, ...(deadlineMs !== undefined ? { deadlineMs } : {}), resolve, reject }),
