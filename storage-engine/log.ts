@@ -621,6 +621,47 @@ export class SegmentLog {
     this.checkInvariants();
   }
 
+  /**
+   * Repair of a damaged log whose lost records its replica fetches again from a peer: durably
+   * discards everything after the valid prefix (later segment files newest first, then the
+   * damaged rest of the last valid segment) and clears `corruption`; lastLsn stays the end of the
+   * valid prefix, which stays readable. Crash-safe: an interrupted discard leaves damage that the
+   * next open reports again. A no-op without corruption. Throws CorruptionError when the first
+   * segment itself is unreadable (there is no valid prefix to keep: `reset` is the tool then).
+   */
+  discardDamage(): void {
+    this.checkOpen();
+    this.checkNotFailed('discardDamage');
+    assert(!this.syncing, 'discardDamage while a sync is in flight');
+    if (this.corruptionValue.length === 0) return;
+    const first = this.corruptionValue[0]!;
+    if (this.segments.length === 1 && first.offset === 0 && first.file === this.pathOf(this.segments[0]!.name)) {
+      throw new CorruptionError(`discardDamage: log ${this.dir} has no valid segment to keep`, this.corruptionValue);
+    }
+    const last = this.active;
+    try {
+      const later = this.disk
+        .list(this.dir)
+        .map((name) => ({ name, base: parseSegmentName(name) }))
+        .filter((f): f is { name: string; base: number } => f.base !== undefined && f.base > last.baseLsn)
+        .sort((a, b) => b.base - a.base);
+      for (const f of later) {
+        this.disk.remove(this.pathOf(f.name));
+        this.disk.fsyncDir(this.dir); // newest first, each durable before the next: never a gap
+      }
+      const fh = this.activate(last);
+      this.disk.truncate(fh, last.endOffset);
+      this.disk.fdatasync(fh);
+      this.syncsCount++;
+      last.fileBytes = last.endOffset;
+    } catch (e) {
+      throw this.fail(e);
+    }
+    this.corruptionValue = [];
+    this.syncedLsnValue = this.lastLsn;
+    this.checkInvariants();
+  }
+
   // ------------------------------------------------------------------ misc
 
   /** Positions and counters. */

@@ -469,4 +469,87 @@ describe('SegmentLog recovery', () => {
     assert.throws(() => reopen(disk), (e: unknown) => e instanceof StorageError && /unsupported segment format version 2/.test(e.message));
     assert.deepEqual(disk.fileBytes(path), bytes, 'nothing removed or truncated');
   });
+
+  describe('discardDamage (repair of a replica whose peers hold the lost records)', () => {
+    /** A log over several segments whose record `bad` (in a sealed segment) rots; reopened. */
+    function damaged(): { disk: SimDisk; bad: number; bases: number[] } {
+      const disk = new SimDisk();
+      const log = SegmentLog.open(disk, { dir: DIR, segmentBytesMax: SEG });
+      log.write(history(1, 40));
+      log.sync();
+      log.close();
+      const bases = segBases(disk);
+      assert.ok(bases.length >= 4, `several segments (${bases.length})`);
+      const base = bases[1]!;
+      const bad = base + 2;
+      disk.flipBits(pathOf(segmentName(base)), offsetOf(bad, base) + 30, 1);
+      return { disk, bad, bases };
+    }
+
+    it('keeps the valid prefix, drops the damage and every later segment, and takes appends again', () => {
+      const { disk, bad, bases } = damaged();
+      const log = reopen(disk);
+      assert.equal(log.corruption.length, 1);
+      assert.equal(log.lastLsn, bad - 1);
+      log.discardDamage();
+      assert.deepEqual(log.corruption, []);
+      assert.deepEqual([log.firstLsn, log.lastLsn, log.syncedLsn], [1, bad - 1, bad - 1]);
+      assert.deepEqual(segBases(disk), bases.slice(0, 2), 'later segments removed');
+      assertHistory(log, 1, bad - 1);
+      log.write(history(bad, 50));
+      log.sync();
+      disk.powerCut();
+      const again = reopen(disk);
+      assert.deepEqual(again.corruption, []);
+      assertHistory(again, 1, 50);
+    });
+
+    it('a power cut at every step of it leaves the same valid prefix, damaged or repaired', () => {
+      const probe = damaged();
+      const probeLog = reopen(probe.disk);
+      const ops0 = probe.disk.mutatingOps;
+      probeLog.discardDamage();
+      const steps = probe.disk.mutatingOps - ops0;
+      assert.ok(steps >= 3, `several steps (${steps})`);
+      let repairedSeen = 0;
+      let damagedSeen = 0;
+      for (let n = 0; n <= steps; n++) {
+        const { disk, bad } = damaged();
+        const log = reopen(disk);
+        disk.crashAfter(n);
+        try {
+          log.discardDamage();
+        } catch (e) {
+          assert.ok(e instanceof SimulatedCrash, `n=${n}: ${String(e)}`);
+        }
+        disk.powerCut();
+        const again = reopen(disk);
+        assert.equal(again.lastLsn, bad - 1, `n=${n}`);
+        assertHistory(again, 1, bad - 1);
+        if (again.corruption.length > 0) {
+          damagedSeen++;
+          again.discardDamage();
+        } else repairedSeen++;
+        again.write(history(bad, bad + 3));
+        again.sync();
+        disk.powerCut();
+        const third = reopen(disk);
+        assert.deepEqual(third.corruption, [], `n=${n}`);
+        assertHistory(third, 1, bad + 3);
+      }
+      assert.ok(repairedSeen > 0 && damagedSeen > 0, `both outcomes seen (${repairedSeen}, ${damagedSeen})`);
+    });
+
+    it('is a no-op on a sound log, and refuses a log whose first segment is unreadable', () => {
+      const { disk, log } = logWith(5, SEG);
+      const ops = disk.mutatingOps;
+      log.discardDamage();
+      assert.equal(disk.mutatingOps, ops);
+      log.close();
+      disk.flipBits(pathOf(segmentName(1)), 8, 1); // the segment header
+      const bad = reopen(disk);
+      assert.equal(bad.corruption.length, 1);
+      assert.throws(() => bad.discardDamage(), (e: unknown) => e instanceof CorruptionError && /no valid segment/.test(e.message));
+    });
+  });
 });
