@@ -60,6 +60,12 @@ export interface ReplicaTracer {
 export interface HardState {
   term: number;
   votedFor: string | null;
+  /**
+   * Set when this replica's log lost records it may have acknowledged (damage repaired at open,
+   * at this term): it neither votes nor campaigns until it holds a committed record of a newer
+   * term, i.e. until a leader elected without it has given it back everything committed.
+   */
+  repairTerm?: number;
 }
 
 /** Durable term and vote; `save` returns once they are on disk. */
@@ -172,6 +178,8 @@ export interface ReplicaStats {
   /** Leader: records (and their payload bytes) held in memory for followers that may not have them yet. */
   heldRecords: number;
   heldBytes: number;
+  /** Its log lost records to damage and is being given them back: it does not vote until then (HardState.repairTerm). */
+  repairing: boolean;
   /** Prevote rounds started (an election follows only when a majority would vote). */
   preVotes: number;
   elections: number;
@@ -339,9 +347,10 @@ export class Replica {
     this.schedule = opts.schedule ?? ((run) => void setImmediate(run));
     this.pendingWritesMax = opts.pendingWritesMax ?? 4096;
     this.tracer = opts.tracer;
-    const hs = this.hard.load() ?? { term: 0, votedFor: null };
+    const hs: HardState = this.hard.load() ?? { term: 0, votedFor: null };
     this.term = Math.max(hs.term, this.log.lastTerm);
     this.votedFor = hs.term === this.term ? hs.votedFor : null;
+    this.repairTerm = hs.repairTerm;
     this.lastLsn = this.log.lastLsn;
     this.lastTerm = this.log.lastTerm;
     this.durableLsn = this.log.syncedLsn;
@@ -391,6 +400,7 @@ export class Replica {
       lag,
       heldRecords: this.recent.length,
       heldBytes: this.recentBytes,
+      repairing: this.repairTerm !== undefined,
       ...this.counters,
       cache: { hits: c.hits, misses: c.misses, evictions: c.evictions, bytes: c.bytes },
     };
@@ -443,8 +453,41 @@ export class Replica {
 
   /** Saves term and vote through the device queue (so it is ordered with the device's other IO). */
   private async persistHardState(): Promise<void> {
-    const state = { term: this.term, votedFor: this.votedFor };
+    const state: HardState = { term: this.term, votedFor: this.votedFor, ...(this.repairTerm !== undefined ? { repairTerm: this.repairTerm } : {}) };
     await this.queue.task(() => this.hard.save(state));
+  }
+
+  /** See HardState.repairTerm; undefined when the log lost nothing. */
+  private repairTerm: number | undefined;
+
+  /** While repairing: the commit LSN the current leader announced first (see checkRepaired). */
+  private repairTarget: { term: number; lsn: number } | undefined;
+
+  private noteRepairTarget(leaderTerm: number, commitLsn: number): void {
+    if (this.repairTerm === undefined) return;
+    if (this.repairTarget === undefined || this.repairTarget.term !== leaderTerm) this.repairTarget = { term: leaderTerm, lsn: commitLsn };
+  }
+
+  /**
+   * Ends the repair once this replica holds every record that may have been committed when its
+   * log lost records: its commit point (a record it holds durably) is at least the first commit
+   * LSN its current leader announced to it, which covers what that leader had committed before,
+   * and is a record of that leader's term, which follows every record committed in earlier terms
+   * (the leader's log holds them all, and this log matches it up to there).
+   */
+  private checkRepaired(leaderTerm: number): void {
+    const target = this.repairTarget;
+    if (this.repairTerm === undefined || target === undefined || target.term !== leaderTerm || this.commitLsn < target.lsn) return;
+    let term: number;
+    try {
+      term = this.termOf(this.commitLsn);
+    } catch {
+      return; // Not readable now; the next commit asks again.
+    }
+    if (term !== leaderTerm) return;
+    this.repairTerm = undefined;
+    this.repairTarget = undefined;
+    void this.persistHardState().catch(() => undefined);
   }
 
   /** Moves to a newer term as a follower (vote cleared); the caller persists. */
@@ -508,6 +551,8 @@ export class Replica {
     this.resetElectionDeadline();
     // Its last LSN still counts records a queued truncation is cutting: it waits for the cut.
     if (this.truncating > 0) return;
+    // A log that lost records could make a leader without them: it waits to be given them back.
+    if (this.repairTerm !== undefined && this.majority() > 1) return;
     this.leader = null;
     if (this.majority() === 1) {
       void this.startElection();
@@ -614,7 +659,7 @@ export class Replica {
    * changes here (neither term nor vote), so nothing is saved.
    */
   private handlePreVote(req: VoteRequest): VoteReply {
-    const granted = req.term > this.term && this.candidateUpToDate(req) && !this.ignoresCandidate(req);
+    const granted = req.term > this.term && this.repairTerm === undefined && this.candidateUpToDate(req) && !this.ignoresCandidate(req);
     return { term: this.term, granted };
   }
 
@@ -625,7 +670,8 @@ export class Replica {
     if (this.ignoresCandidate(req)) return { term: this.term, granted: false };
     if (req.term > this.term) this.adoptTerm(req.term);
     let granted = false;
-    if (req.term === this.term && (this.votedFor === null || this.votedFor === req.candidate) && this.candidateUpToDate(req)) {
+    // A replica whose log lost records (repairTerm) could vote for a candidate without them.
+    if (req.term === this.term && this.repairTerm === undefined && (this.votedFor === null || this.votedFor === req.candidate) && this.candidateUpToDate(req)) {
       this.votedFor = req.candidate;
       granted = true;
       this.resetElectionDeadline();
@@ -826,6 +872,9 @@ export class Replica {
       this.advanceCommit();
       this.trimRecent();
     } else {
+      // A follower whose log ends below what it acknowledged lost records to damage (it repaired
+      // its log at open): its acknowledgement no longer counts, and it is sent them again.
+      if (reply.lastLsn < f.match) f.match = reply.lastLsn;
       // Log mismatch: continue from what the follower has (never below what it acknowledged).
       f.next = Math.max(f.match + 1, Math.min(f.next, prevLsn, reply.lastLsn + 1));
     }
@@ -1042,6 +1091,7 @@ export class Replica {
     const termBefore = this.term;
     if (!this.acceptLeader(req.term, req.leader)) return now({ term: this.term, success: false, lastLsn: this.lastLsn });
     if (this.term !== termBefore) await this.persistHardState();
+    this.noteRepairTarget(req.term, req.commitLsn);
     // Log matching on (prevLsn, prevTerm).
     if (req.prevLsn > this.lastLsn) return now({ term: this.term, success: false, lastLsn: this.lastLsn });
     if (req.prevLsn >= this.log.firstLsn - 1 && req.prevLsn > 0 && this.termOf(req.prevLsn) !== req.prevTerm) {
@@ -1107,6 +1157,7 @@ export class Replica {
         this.commitLsn = newCommit;
         this.applyCommitted();
       }
+      this.checkRepaired(req.term);
       return { term: this.term, success: true, matchLsn, lastLsn: this.lastLsn };
     };
   }
@@ -1142,6 +1193,7 @@ export class Replica {
       this.commitLsn = Math.max(this.commitLsn, store.appliedLsn);
       this.pendingSnapshot = undefined;
       this.counters.snapshotsInstalled++;
+      this.checkRepaired(req.term);
     }
     return { term: this.term, ok: true, nextOffset: p.next };
   }

@@ -97,6 +97,8 @@ export interface ShardSnapshot {
   elections?: number;
   /** Prevote rounds this shard's actor started (cumulative); an election follows only a won one. */
   preVotes?: number;
+  /** True while the replica's log, found damaged at open, is being given its lost records back. */
+  repairing?: boolean;
   /** Retried writes a shard leader answered with an earlier attempt's record instead of writing them again (cumulative). */
   retriesMatched?: number;
   /** How far each replica's log is behind, in records (list form). */
@@ -228,6 +230,7 @@ export class StrataMetrics {
       appliedLsn: gauge('strata_shard_applied_lsn', 'Highest LSN of a shard applied to its page store.'),
       term: gauge('strata_shard_current_term', 'Leader term of a shard.'),
       shardUp: gauge('strata_shard_up', '1 when a shard serves requests, 0 when down.'),
+      repairing: gauge('strata_replica_repairing', '1 while a replica whose log was damaged is given its lost records back by its peers (it does not vote meanwhile).'),
       replicaLag: gauge('strata_replica_lag_records', 'Records a replica log is behind the shard commit LSN.'),
       elections: counter('strata_elections', 'Leader elections started by a shard.'),
       preVotes: counter('strata_prevotes', 'Prevote rounds started by a shard (an election follows only when a majority would vote).'),
@@ -330,6 +333,7 @@ export class StrataMetrics {
       for (const s of dev.shards) {
         const a = { node, volume: cleanLabel(s.volumeId), shard: String(s.shard) };
         observe(o.shardUp!, s.state === undefined || s.state === 'up' ? 1 : 0, a);
+        if (s.repairing !== undefined) observe(o.repairing!, s.repairing ? 1 : 0, a);
         observe(o.appliedLsn!, s.appliedLsn, a);
         observe(o.commitLsn!, s.commitLsn ?? s.appliedLsn, a);
         observe(o.term!, s.term, a);

@@ -230,6 +230,12 @@ export class ActorHost implements HostApi {
       transportFor: (spec) => this.transport(spec),
       onRoleChange: (spec, role) => this.onRoleChange(spec, role === 'leader'),
       onTickError: (spec, err) => this.log.error('replica failed on its clock tick; restarted from durable state', { volume: spec.volumeId, shard: spec.shard, err }),
+      onRepaired: (spec, damage) =>
+        this.log.warn('replica log was damaged: the damage is discarded and the peers give the records back (no vote until then)', {
+          volume: spec.volumeId,
+          shard: spec.shard,
+          damage: damage.map((d) => ({ file: d.file, offset: d.offset, fromLsn: d.fromLsn, toLsn: d.toLsn, reason: d.reason })),
+        }),
     });
     this.timer = setInterval(() => this.device?.tick(performance.now(), Date.now()), config.tickMs ?? 10);
     this.timer.unref();

@@ -14,7 +14,7 @@ import { joinPath } from '../storage-engine/disk';
 import { RealDisk } from '../storage-engine/real-disk';
 import { Slab } from '../storage-engine/slab';
 import { ShardStorage } from '../storage-engine/shard-storage';
-import { StorageError } from '../storage-engine/errors';
+import { StorageError, type CorruptionReport } from '../storage-engine/errors';
 import { pageWriteBytes, PAGE_WRITE_PAGES_MAX } from '../storage-engine/page-write';
 import { DeviceQueue, type DeviceQueueOptions, type DeviceQueueStats, type QueueTracer } from '../actors/device-queue';
 import { Replica, type ReplicaTransport, type ReplicaStats, type ReplicaTiming, type ReplicaTracer, type Role } from '../actors/replica';
@@ -44,6 +44,11 @@ export interface DeviceHostOptions {
    * (within restartsMax) and the device's other replicas go on. For logging by the host.
    */
   onTickError?: (spec: ShardSpec, err: unknown) => void;
+  /**
+   * Told when a replica's log was found damaged at open and repaired (the damage discarded; the
+   * peers give the records back, and it votes again once they have). For logging by the host.
+   */
+  onRepaired?: (spec: ShardSpec, damage: readonly CorruptionReport[]) => void;
   /** Page cache bytes per shard; default 32 MiB. */
   cacheBytesMaxPerShard?: number;
   /** Log segment size; default 64 MiB. */
@@ -266,7 +271,7 @@ export class DeviceHost {
     if (e.replica) return { ...e.replica.stats(), state: 'up', members: e.spec.members };
     return {
       volumeId: e.spec.volumeId, shard: e.spec.shard, self: this.self, role: 'follower', term: 0, leader: null,
-      commitLsn: 0, appliedLsn: 0, firstLsn: 0, lastLsn: 0, lag: {}, heldRecords: 0, heldBytes: 0, preVotes: 0, elections: 0, writes: 0, pagesWritten: 0, retriesMatched: 0,
+      commitLsn: 0, appliedLsn: 0, firstLsn: 0, lastLsn: 0, lag: {}, heldRecords: 0, heldBytes: 0, repairing: false, preVotes: 0, elections: 0, writes: 0, pagesWritten: 0, retriesMatched: 0,
       reads: 0, pagesRead: 0, checkpoints: 0, snapshotsSent: 0, snapshotsInstalled: 0, offloaded: 0,
       cache: { hits: 0, misses: 0, evictions: 0, bytes: 0 }, state: 'down', members: e.spec.members, ...(e.downReason ? { downReason: e.downReason.message } : {}),
     };
@@ -291,8 +296,11 @@ export class DeviceHost {
         cacheBytesMax: this.opts.cacheBytesMaxPerShard ?? 32 * 1024 * 1024,
         slab: this.slab,
         ...(this.opts.segmentBytesMax ? { segmentBytesMax: this.opts.segmentBytesMax } : {}),
+        // A sole copy keeps its damage (read-only, reported): nobody could give the records back.
+        repairFromPeers: spec.members.length > 1,
       });
       entry.storage = storage;
+      if (storage.repaired.length > 0) this.opts.onRepaired?.(spec, storage.repaired);
       entry.replica = new Replica({
         geometry: spec,
         self: this.self,

@@ -22,7 +22,7 @@ import { PageStore } from './page-store';
 import { MetaStore } from './metadata';
 import { ImageReader, imageFileName } from './image';
 import type { Slab } from './slab';
-import { StorageError, assert } from './errors';
+import { StorageError, assert, type CorruptionReport } from './errors';
 
 export interface ShardStorageOptions {
   dir: string;
@@ -31,11 +31,24 @@ export interface ShardStorageOptions {
   cacheBytesMax: number;
   slab: Slab;
   segmentBytesMax?: number;
+  /**
+   * Repair a damaged log at open (a replica of a set of several, whose peers hold the records it
+   * lost): discard the damage, keeping the valid prefix (or restart the log after the newest image
+   * when the damage reaches into what the image covers), and mark the hard state `repairTerm` so
+   * that the replica does not vote until it holds the lost records again. Without it a damaged
+   * log opens read-only (writes throw CorruptionError), as a sole copy must.
+   */
+  repairFromPeers?: boolean;
 }
 
 export interface HardStateRecord {
   term: number;
   votedFor: string | null;
+  /**
+   * Set when this replica's log lost records it may have acknowledged (repaired at this term):
+   * it neither votes nor campaigns until it holds a committed record of a newer term.
+   */
+  repairTerm?: number;
 }
 
 interface InstallMarker {
@@ -47,6 +60,34 @@ const INCOMING = 'incoming.img.tmp';
 const INSTALL = 'install';
 const RAFT = 'raft';
 
+/**
+ * Repairs a damaged log (see `repairFromPeers`); returns what was damaged. The hard state is
+ * marked first, so that a crash during the repair leaves a replica that still does not vote.
+ */
+function repairLog(disk: Disk, dir: string, meta: MetaStore, log: SegmentLog): CorruptionReport[] {
+  const damage = [...log.corruption];
+  const hs = meta.read<HardStateRecord>(RAFT);
+  // The hard state's term is at least the term of every record (a replica takes a record's
+  // term, durably, before it accepts the record).
+  const repairTerm = Math.max(hs?.term ?? 0, log.lastTerm, hs?.repairTerm ?? 0);
+  const marked: HardStateRecord = { term: hs?.term ?? 0, votedFor: hs?.votedFor ?? null, repairTerm };
+  meta.write(RAFT, marked);
+  const imageLsn = PageStore.imageLsn(disk, dir) || PageStore.newestImageOnDisk(disk, dir);
+  if (imageLsn > log.lastLsn) {
+    // The damage reaches into records the newest image covers: the image stays the base, and
+    // the log starts again after it (the records after it come from the peers).
+    const image = ImageReader.open(disk, joinPath(dir, imageFileName(imageLsn)));
+    try {
+      log.reset(imageLsn + 1, image.term);
+    } finally {
+      image.close();
+    }
+  } else {
+    log.discardDamage();
+  }
+  return damage;
+}
+
 export class ShardStorage {
   log: SegmentLog;
   store: PageStore;
@@ -54,13 +95,16 @@ export class ShardStorage {
   private readonly opts: ShardStorageOptions;
   private readonly meta: MetaStore;
   private incoming: { fh: number; lsn: number; term: number; bytes: number; written: number } | undefined;
+  /** The damage the open repaired (`repairFromPeers`), for the host to report; empty when none. */
+  readonly repaired: readonly CorruptionReport[];
 
-  private constructor(disk: Disk, opts: ShardStorageOptions, log: SegmentLog, store: PageStore) {
+  private constructor(disk: Disk, opts: ShardStorageOptions, log: SegmentLog, store: PageStore, repaired: readonly CorruptionReport[]) {
     this.disk = disk;
     this.opts = opts;
     this.meta = new MetaStore(disk, opts.dir);
     this.log = log;
     this.store = store;
+    this.repaired = repaired;
   }
 
   static open(disk: Disk, opts: ShardStorageOptions): ShardStorage {
@@ -74,12 +118,13 @@ export class ShardStorage {
         disk.remove(joinPath(opts.dir, INCOMING));
         disk.fsyncDir(opts.dir);
       }
+      const repaired = opts.repairFromPeers && log.corruption.length > 0 ? repairLog(disk, opts.dir, meta, log) : [];
       // Without a readable checkpoint pointer, the newest image on disk (built from applied, so
       // committed, records) bounds the replay; PageStore.open then takes any image the log covers.
       const imageLsn = PageStore.imageLsn(disk, opts.dir) || PageStore.newestImageOnDisk(disk, opts.dir);
       const replayUpto = Math.max(log.firstLsn - 1, Math.min(imageLsn, log.lastLsn));
       const store = PageStore.open(disk, log, storeOptions(opts), replayUpto);
-      return new ShardStorage(disk, opts, log, store);
+      return new ShardStorage(disk, opts, log, store, repaired);
     } catch (e) {
       log.close();
       throw e;

@@ -69,7 +69,9 @@ class TestShard {
   }
 
   start(id: string, disk: SimDisk): Member {
-    const storage = ShardStorage.open(disk, { dir: 'shard', pageSize: 4096, pageCount: 256, cacheBytesMax: 1 << 20, slab: this.slab, segmentBytesMax: 64 * 1024 });
+    const storage = ShardStorage.open(disk, {
+      dir: 'shard', pageSize: 4096, pageCount: 256, cacheBytesMax: 1 << 20, slab: this.slab, segmentBytesMax: 64 * 1024, repairFromPeers: this.ids.length > 1,
+    });
     const queue = new DeviceQueue({
       disk,
       name: id,
@@ -745,6 +747,59 @@ describe('Replica (more cases)', function () {
       assert.equal(err.code, 'timeout');
       assert.match(err.message, /below the log's first LSN .*may or may not be committed/);
       assert.equal(neu.replica.stats().lastLsn, lastBefore);
+    });
+  });
+
+  describe('a follower whose log rotted in the middle', function () {
+    /** Three replicas, 40 writes everywhere; then a follower crashes and a record in the middle of its log rots. */
+    async function rotted() {
+      shard = new TestShard(['a', 'b', 'c']);
+      const l = await shard.leader();
+      let last = 0;
+      for (let i = 0; i < 40; i++) last = (await l.replica.write([{ page: i, data: page(i + 1) }])).lsn;
+      const f = shard.ids.find((id) => id !== l.id)!;
+      await shard.waitFor(() => shard!.members.get(f)!.replica.appliedLsn >= last, 'the follower applies everything');
+      const disk = await shard.crash(f);
+      const segments = disk.list('shard/log').filter((n) => n.endsWith('.log')).sort();
+      assert.ok(segments.length >= 2, `several segments (${segments.length})`);
+      disk.flipBits(`shard/log/${segments[0]}`, 20_000, 1);
+      return { l, f, disk, last };
+    }
+
+    it('repairs its log at open and votes for no one, nor campaigns, until it holds the lost records again', async () => {
+      const { f, disk, last } = await rotted();
+      for (const id of shard!.ids) if (id !== f) shard!.cutLink(f, id);
+      const m = shard!.start(f, disk);
+      assert.equal(m.storage.repaired.length, 1, 'the damage is reported');
+      assert.deepEqual(m.storage.log.corruption, []);
+      assert.ok(m.storage.log.lastLsn < last, 'the damaged records and those after them are gone');
+      assert.equal(m.replica.stats().repairing, true);
+      // Cut off, past its quiet time and several election timeouts: no prevote, and no vote even
+      // for a candidate far ahead.
+      await new Promise((r) => setTimeout(r, 400));
+      assert.equal(m.replica.stats().preVotes, 0, 'a replica that lost records does not campaign');
+      const other = shard!.ids.find((id) => id !== f)!;
+      const ahead = { candidate: other, lastLsn: 1_000_000, lastTerm: 1_000_000 };
+      const pre = (await m.replica.handle({ type: 'prevote', term: m.replica.currentTerm + 1, ...ahead })) as { granted: boolean };
+      assert.equal(pre.granted, false, 'no prevote granted');
+      const vote = (await m.replica.handle({ type: 'vote', term: m.replica.currentTerm + 1, ...ahead })) as { granted: boolean };
+      assert.equal(vote.granted, false, 'no vote granted');
+    });
+
+    it('the leader sends it the lost records again; repaired, it votes, and the shard survives the loss of the leader', async () => {
+      const { l, f, disk, last } = await rotted();
+      const m = shard!.start(f, disk);
+      assert.equal(m.replica.stats().repairing, true);
+      await shard!.waitFor(() => m.replica.appliedLsn >= last && !m.replica.stats().repairing, 'the follower holds everything again', 10_000);
+      for (let i = 0; i < 40; i++) assert.deepEqual(m.storage.store.getPage(i), page(i + 1), `page ${i}`);
+      // The repair is durable: reopened, it does not start over.
+      const again = await shard!.restart(f);
+      assert.equal(again.replica.stats().repairing, false);
+      assert.equal(again.storage.repaired.length, 0);
+      // Without the old leader, the two others elect one: the repaired follower votes.
+      await shard!.crash(l.id);
+      const neu = await shard!.leader(shard!.ids.filter((id) => id !== l.id));
+      for (let i = 0; i < 40; i += 7) assert.deepEqual((await neu.replica.read([i], { deadlineMs: Date.now() + 1000, nowMs: Date.now() })).pages[0], page(i + 1));
     });
   });
 });

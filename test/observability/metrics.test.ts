@@ -47,7 +47,7 @@ function host(hostId: number, over: Partial<HostSnapshot> = {}): HostSnapshot {
         batchOpsHistogram: BATCH_OPS_BUCKETS.map((_, i) => (i === 0 ? 2 : i === 2 ? 1 : 0)),
         syncMsHistogram: FSYNC_MS_BUCKETS.map((_, i) => (i === 3 ? 3 : 0)),
       },
-      shards: [{ volumeId: 'v1', shard: hostId, term: 1, appliedLsn: 10, state: 'up', cache: { hits: 7, misses: 2, evictions: 0, bytes: 8192 }, elections: 1, preVotes: 3, retriesMatched: 2, replicas: [{ replica: 'n2', lagRecords: 4 }] }],
+      shards: [{ volumeId: 'v1', shard: hostId, term: 1, appliedLsn: 10, state: 'up', cache: { hits: 7, misses: 2, evictions: 0, bytes: 8192 }, elections: 1, preVotes: 3, retriesMatched: 2, repairing: true, replicas: [{ replica: 'n2', lagRecords: 4 }] }],
     },
     ...over,
   };
@@ -122,6 +122,7 @@ describe('observability/metrics', () => {
     assert.equal(sample(t1, 'strata_elections_total', { node: 'n1', volume: 'v1', shard: '0' }), 1);
     assert.equal(sample(t1, 'strata_prevotes_total', { node: 'n1', volume: 'v1', shard: '0' }), 3);
     assert.equal(sample(t1, 'strata_write_retries_matched_total', { node: 'n1', volume: 'v1', shard: '0' }), 2);
+    assert.equal(sample(t1, 'strata_replica_repairing', { node: 'n1', volume: 'v1', shard: '0' }), 1);
     assert.equal(sample(t1, 'strata_actor_restarts_total', { node: 'n1', host: '1', kind: 'host' }), 2);
     assert.ok(/^target_info\{.*strata_node_id="n1"/m.test(t1), 'target_info carries the resource');
 

@@ -117,6 +117,40 @@ describe('DeviceHost supervision', () => {
     await host.close();
   });
 
+  it('a log damaged in the middle is repaired at open for a replica set of several (reported), and stays read-only for a set of one', async () => {
+    const log = 'shards/v1.0/log';
+    /** A shard with 30 writes, whose log then rots in the middle. */
+    const rotted = async (): Promise<SimDisk> => {
+      const disk = new SimDisk();
+      const host = new DeviceHost({ dir: 'dev0', self: 'n1', disk });
+      host.openShard({ ...spec(0), members: ['n1'] });
+      const l = await leader(host, 0);
+      for (let i = 0; i < 30; i++) await l.write([{ page: i % 4, data: page(i) }]);
+      await host.close();
+      const [segment] = disk.list(log).filter((n) => n.endsWith('.log'));
+      disk.flipBits(`${log}/${segment}`, 40_000, 1);
+      return disk;
+    };
+    const repairs: unknown[] = [];
+    const several = new DeviceHost({ dir: 'dev0', self: 'n1', disk: await rotted(), onRepaired: (_s, damage) => repairs.push(damage) });
+    several.openShard({ ...spec(0), members: ['n1', 'n2', 'n3'] });
+    assert.equal(repairs.length, 1, 'reported once');
+    const st = several.stats().shards.find((x) => x.shard === 0)!;
+    assert.equal(st.state, 'up');
+    assert.equal(st.repairing, true);
+    await several.close();
+
+    const disk = await rotted();
+    const files = (): Uint8Array[] => disk.list(log).map((n) => disk.fileBytes(`${log}/${n}`));
+    const before = files();
+    const alone = new DeviceHost({ dir: 'dev0', self: 'n1', disk, onRepaired: (_s, damage) => repairs.push(damage) });
+    alone.openShard(spec(0));
+    assert.equal(repairs.length, 1, 'a sole copy is not repaired: nobody could give the records back');
+    assert.deepEqual(files(), before, 'its damaged log is left as it was');
+    assert.equal(alone.stats().shards.find((x) => x.shard === 0)!.repairing, false);
+    await alone.close();
+  });
+
   it('closeShard with destroy removes the shard files durably', async () => {
     const disk = new SimDisk();
     const host = new DeviceHost({ dir: 'dev0', self: 'n1', disk });

@@ -1,11 +1,12 @@
 /**
- * ShardStorage: opening without a readable checkpoint pointer, and installing an image received
- * from a leader only once all of it checks out.
+ * ShardStorage: opening without a readable checkpoint pointer, repairing a damaged log at open,
+ * and installing an image received from a leader only once all of it checks out.
  */
 import { strict as assert } from 'node:assert';
 import { CorruptionError } from '../../storage-engine/errors';
 import { imageFileName } from '../../storage-engine/image';
 import { encodePageWrite } from '../../storage-engine/page-write';
+import { parseSegmentName } from '../../storage-engine/log-segment';
 import { ShardStorage, type ShardStorageOptions } from '../../storage-engine/shard-storage';
 import { SimDisk } from '../../storage-engine/sim-disk';
 import { Slab } from '../../storage-engine/slab';
@@ -75,5 +76,76 @@ describe('ShardStorage', () => {
     } finally {
       reopened.close();
     }
+  });
+
+  describe('a log damaged in the middle', () => {
+    /** Log segments by base LSN. */
+    const segments = (disk: SimDisk, dir: string) =>
+      disk
+        .list(`${dir}/log`)
+        .map((name) => ({ name, base: parseSegmentName(name) }))
+        .filter((x): x is { name: string; base: number } => x.base !== undefined)
+        .sort((a, b) => a.base - b.base);
+    /** Writes and applies `count` records after the last, without a checkpoint. */
+    const more = (st: ShardStorage, count: number): number => {
+      const from = st.log.lastLsn + 1;
+      st.log.write(Array.from({ length: count }, (_, k) => ({ term: 2, kind: 1, payload: encodePageWrite(PAGE, [{ page: (from + k) % PAGES, data: new Uint8Array(PAGE).fill((from + k) & 0xff) }]) })));
+      st.log.sync();
+      for (const r of st.log.read(from, from + count - 1)) st.store.apply(r);
+      return from + count - 1;
+    };
+
+    it('opens read-only without repairFromPeers; with it, the damage goes, the valid prefix stays and the hard state is marked', () => {
+      const disk = new SimDisk();
+      const st = ShardStorage.open(disk, options('S'));
+      const imaged = fill(st, 1);
+      const last = more(st, 30);
+      st.save({ term: 3, votedFor: 'n2' });
+      st.close();
+      const seg = segments(disk, 'S').find((x) => x.base > imaged + 3)!;
+      disk.flipBits(`S/log/${seg.name}`, 200, 1);
+
+      const plain = ShardStorage.open(disk, options('S'));
+      assert.equal(plain.log.corruption.length, 1);
+      assert.deepEqual(plain.repaired, []);
+      assert.equal(plain.load()?.repairTerm, undefined);
+      assert.throws(() => plain.log.write([{ term: 3, kind: 2, payload: new Uint8Array(0) }]), CorruptionError);
+      plain.close();
+
+      const st2 = ShardStorage.open(disk, { ...options('S'), repairFromPeers: true });
+      try {
+        assert.equal(st2.repaired.length, 1);
+        assert.equal(st2.repaired[0]!.fromLsn, seg.base);
+        assert.deepEqual(st2.log.corruption, []);
+        assert.equal(st2.log.lastLsn, seg.base - 1);
+        assert.ok(st2.log.lastLsn < last);
+        assert.equal(st2.store.appliedLsn, imaged, 'the store opens at its image (records after it are applied once known committed)');
+        assert.deepEqual(st2.load(), { term: 3, votedFor: 'n2', repairTerm: 3 });
+        assert.equal(st2.log.write([{ term: 3, kind: 2, payload: new Uint8Array(0) }]), seg.base, 'the log takes records again');
+        st2.log.sync();
+      } finally {
+        st2.close();
+      }
+    });
+
+    it('damage among records the newest image covers: the log starts again after the image', () => {
+      const disk = new SimDisk();
+      const st = ShardStorage.open(disk, options('S'));
+      const imaged = fill(st, 2);
+      st.close();
+      const inLog = segments(disk, 'S').filter((x) => x.base <= imaged - 3);
+      assert.ok(inLog.length >= 1, 'the log still holds records the image covers');
+      disk.flipBits(`S/log/${inLog[inLog.length - 1]!.name}`, 200, 1);
+      const st2 = ShardStorage.open(disk, { ...options('S'), repairFromPeers: true });
+      try {
+        assert.equal(st2.repaired.length, 1);
+        assert.deepEqual([st2.log.firstLsn, st2.log.lastLsn], [imaged + 1, imaged]);
+        assert.equal(st2.store.appliedLsn, imaged);
+        assert.deepEqual(st2.store.getPage(imaged % PAGES), new Uint8Array(PAGE).fill(imaged & 0xff));
+        assert.equal(st2.load()?.repairTerm, 1);
+      } finally {
+        st2.close();
+      }
+    });
   });
 });
