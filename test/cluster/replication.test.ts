@@ -1,4 +1,6 @@
 import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { startCluster, type InProcessCluster } from '../../cluster/in-process-cluster';
 import { demoPage } from '../../cluster/dev';
 import type { StrataClient, Volume } from '../../cluster/client';
@@ -42,14 +44,20 @@ async function leaderIndex(c: InProcessCluster, volume: string, shard: number): 
 }
 
 /** What every running node reports of a shard's replica on it (node as an index). */
-async function replicasOf(c: InProcessCluster, volumeId: string, shard: number): Promise<Array<{ node: number; role: string; state: string; commitLsn: number; appliedLsn: number }>> {
+async function replicasOf(
+  c: InProcessCluster,
+  volumeId: string,
+  shard: number,
+): Promise<Array<{ node: number; role: string; state: string; commitLsn: number; appliedLsn: number; repairing: boolean }>> {
   const out = [];
   for (let i = 0; i < c.nodes.length; i++) {
     const n = c.nodes[i];
     if (!n) continue;
     for (const h of await n.hostPool.stats()) {
       for (const r of h.device?.shards ?? []) {
-        if (r.volumeId === volumeId && r.shard === shard) out.push({ node: i, role: r.role, state: r.state, commitLsn: r.commitLsn, appliedLsn: r.appliedLsn });
+        if (r.volumeId === volumeId && r.shard === shard) {
+          out.push({ node: i, role: r.role, state: r.state, commitLsn: r.commitLsn, appliedLsn: r.appliedLsn, repairing: r.repairing });
+        }
       }
     }
   }
@@ -223,4 +231,57 @@ describe('replication across three nodes', function () {
     await c.restart(follower);
     await expectPages(vol, [5, 6, 7, 8], 1);
   });
+
+  it('a follower whose log rotted while its node was down is repaired from its peers, and then the shard survives losing its leader', async () => {
+    c = await startCluster({ nodes: 3, hosts: 1, node, clientTimeoutMs: 10_000 });
+    await c.client.createVolume({ name: 'rr', pageCount: 256, shards: 1, replicas: 3 });
+    const vol = c.client.volume('rr');
+    const pages = Array.from({ length: 60 }, (_, i) => i);
+    await writeAll(vol, pages, 1);
+    const info = await c.client.volumeInfo('rr');
+    const leader = await leaderIndex(c, 'rr', 0);
+    const follower = (leader + 1) % 3;
+    await until('the follower applied every write', 20_000, async () => {
+      const reps = await replicasOf(c!, info.id, 0);
+      const l = reps.find((r) => r.role === 'leader');
+      const f = reps.find((r) => r.node === follower);
+      return l && f && f.appliedLsn >= l.commitLsn ? true : undefined;
+    });
+    c.kill(follower);
+    // A bit of a record in the middle of its log flips while the node is down.
+    const segment = logSegments(c.dataDirs[follower]!, info.id)[0]!;
+    const fd = fs.openSync(segment, 'r+');
+    const b = Buffer.alloc(1);
+    fs.readSync(fd, b, 0, 1, 100_000);
+    b[0]! ^= 0x08;
+    fs.writeSync(fd, b, 0, 1, 100_000);
+    fs.closeSync(fd);
+    await c.restart(follower);
+    await until('the repaired follower holds everything again and votes', 30_000, async () => {
+      const reps = await replicasOf(c!, info.id, 0);
+      const l = reps.find((r) => r.role === 'leader');
+      const f = reps.find((r) => r.node === follower);
+      return l && f && f.state === 'up' && !f.repairing && f.appliedLsn >= l.commitLsn ? true : undefined;
+    });
+    // Without the old leader only the repaired follower and the third replica are left: they
+    // elect a leader, and every acknowledged write is there.
+    c.kill(leader);
+    await until('a leader among the other two', 20_000, async () => (await replicasOf(c!, info.id, 0)).find((r) => r.role === 'leader' && r.node !== leader));
+    // A read that reached the dying leader just before it died times out; a client asks again.
+    await until('every page', 40_000, () => expectPages(vol, pages, 1).then(() => true));
+  });
 });
+
+/** The log segment files of shard 0 of a volume under a node's data directory. */
+function logSegments(dataDir: string, volumeId: string): string[] {
+  const found: string[] = [];
+  const walk = (dir: string): void => {
+    for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
+      const p = path.join(dir, e.name);
+      if (e.isDirectory()) walk(p);
+      else if (e.name.endsWith('.log') && p.includes(`${path.sep}${volumeId}.0${path.sep}log${path.sep}`)) found.push(p);
+    }
+  };
+  walk(dataDir);
+  return found.sort();
+}
