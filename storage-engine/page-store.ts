@@ -216,6 +216,21 @@ export class PageStore {
   }
 
   /**
+   * Durably removes the 'checkpoint' pointer, then every image file of `dir`: the store of a
+   * replica that starts over from nothing (its peers send it everything again). The store must
+   * be closed (or not open), and the log reset to start at LSN 1.
+   */
+  static discardAll(disk: Disk, dir: string): void {
+    const names = disk.list(dir);
+    if (names.includes(POINTER_NAME)) {
+      disk.remove(joinPath(dir, POINTER_NAME));
+      disk.fsyncDir(dir);
+    }
+    for (const name of names) if (parseImageFileName(name) !== undefined) disk.remove(joinPath(dir, name));
+    disk.fsyncDir(dir);
+  }
+
+  /**
    * Makes the image file `image-<lsn>.img` already in `dir` (complete and synced) the store's
    * newest image and its oldest readable point, for a replica that received it from its leader.
    * The store must be closed, and the log reset to continue at lsn + 1.

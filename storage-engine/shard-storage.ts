@@ -22,7 +22,7 @@ import { PageStore } from './page-store';
 import { MetaStore } from './metadata';
 import { ImageReader, imageFileName } from './image';
 import type { Slab } from './slab';
-import { StorageError, assert, type CorruptionReport } from './errors';
+import { CorruptionError, StorageError, assert, type CorruptionReport } from './errors';
 
 export interface ShardStorageOptions {
   dir: string;
@@ -64,23 +64,37 @@ const RAFT = 'raft';
  * Repairs a damaged log (see `repairFromPeers`); returns what was damaged. The hard state is
  * marked first, so that a crash during the repair leaves a replica that still does not vote.
  */
-function repairLog(disk: Disk, dir: string, meta: MetaStore, log: SegmentLog): CorruptionReport[] {
-  const damage = [...log.corruption];
+/** Marks the hard state: this replica's log is losing records it may have acknowledged (HardStateRecord.repairTerm). */
+function markRepair(meta: MetaStore, log: SegmentLog): void {
   const hs = meta.read<HardStateRecord>(RAFT);
   // The hard state's term is at least the term of every record (a replica takes a record's
   // term, durably, before it accepts the record).
   const repairTerm = Math.max(hs?.term ?? 0, log.lastTerm, hs?.repairTerm ?? 0);
   const marked: HardStateRecord = { term: hs?.term ?? 0, votedFor: hs?.votedFor ?? null, repairTerm };
   meta.write(RAFT, marked);
+}
+
+function repairLog(disk: Disk, dir: string, meta: MetaStore, log: SegmentLog): CorruptionReport[] {
+  const damage = [...log.corruption];
+  markRepair(meta, log);
   const imageLsn = PageStore.imageLsn(disk, dir) || PageStore.newestImageOnDisk(disk, dir);
   if (imageLsn > log.lastLsn) {
     // The damage reaches into records the newest image covers: the image stays the base, and
     // the log starts again after it (the records after it come from the peers).
-    const image = ImageReader.open(disk, joinPath(dir, imageFileName(imageLsn)));
+    let term: number | undefined;
     try {
-      log.reset(imageLsn + 1, image.term);
-    } finally {
+      const image = ImageReader.open(disk, joinPath(dir, imageFileName(imageLsn)));
+      term = image.term;
       image.close();
+    } catch (e) {
+      if (!(e instanceof CorruptionError)) throw e;
+    }
+    if (term !== undefined) {
+      log.reset(imageLsn + 1, term);
+    } else {
+      // That image is damaged too: start over from nothing.
+      PageStore.discardAll(disk, dir);
+      log.reset(1, 0);
     }
   } else {
     log.discardDamage();
@@ -123,7 +137,19 @@ export class ShardStorage {
       // committed, records) bounds the replay; PageStore.open then takes any image the log covers.
       const imageLsn = PageStore.imageLsn(disk, opts.dir) || PageStore.newestImageOnDisk(disk, opts.dir);
       const replayUpto = Math.max(log.firstLsn - 1, Math.min(imageLsn, log.lastLsn));
-      const store = PageStore.open(disk, log, storeOptions(opts), replayUpto);
+      let store: PageStore;
+      try {
+        store = PageStore.open(disk, log, storeOptions(opts), replayUpto);
+      } catch (e) {
+        // No valid image to start from (and the log does not reach back to the empty volume):
+        // start over from nothing, and let the peers send everything again.
+        if (!(e instanceof CorruptionError) || !opts.repairFromPeers) throw e;
+        markRepair(meta, log);
+        PageStore.discardAll(disk, opts.dir);
+        log.reset(1, 0);
+        store = PageStore.open(disk, log, storeOptions(opts), 0);
+        return new ShardStorage(disk, opts, log, store, [...repaired, ...e.reports]);
+      }
       return new ShardStorage(disk, opts, log, store, repaired);
     } catch (e) {
       log.close();

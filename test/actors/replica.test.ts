@@ -750,7 +750,7 @@ describe('Replica (more cases)', function () {
     });
   });
 
-  describe('a follower whose log rotted in the middle', function () {
+  describe('a follower whose log or images rotted', function () {
     /** Three replicas, 40 writes everywhere; then a follower crashes and a record in the middle of its log rots. */
     async function rotted() {
       shard = new TestShard(['a', 'b', 'c']);
@@ -784,6 +784,25 @@ describe('Replica (more cases)', function () {
       assert.equal(pre.granted, false, 'no prevote granted');
       const vote = (await m.replica.handle({ type: 'vote', term: m.replica.currentTerm + 1, ...ahead })) as { granted: boolean };
       assert.equal(vote.granted, false, 'no vote granted');
+    });
+
+    it('with every image of a follower damaged it starts over from nothing, and is sent the leader\'s image and records', async () => {
+      shard = new TestShard(['a', 'b', 'c'], { checkpointEveryRecords: 8 });
+      const l = await shard.leader();
+      let last = 0;
+      for (let i = 0; i < 40; i++) last = (await l.replica.write([{ page: i, data: page(i + 1) }])).lsn;
+      const f = shard.ids.find((id) => id !== l.id)!;
+      await shard.waitFor(() => shard!.members.get(f)!.replica.appliedLsn >= last, 'the follower applies everything');
+      const disk = await shard.crash(f);
+      const images = disk.list('shard').filter((n) => n.startsWith('image-'));
+      assert.ok(images.length >= 1, 'the follower has images');
+      for (const name of images) disk.flipBits(`shard/${name}`, 3, 1);
+      const m = shard.start(f, disk);
+      assert.ok(m.storage.repaired.length >= 1);
+      assert.equal(m.replica.stats().repairing, true);
+      assert.equal(m.storage.log.lastLsn, 0);
+      await shard.waitFor(() => m.replica.appliedLsn >= last && !m.replica.stats().repairing, 'the follower holds everything again', 10_000);
+      for (let i = 0; i < 40; i++) assert.deepEqual(m.storage.store.getPage(i), page(i + 1), `page ${i}`);
     });
 
     it('the leader sends it the lost records again; repaired, it votes, and the shard survives the loss of the leader', async () => {

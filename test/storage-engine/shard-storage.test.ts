@@ -78,7 +78,7 @@ describe('ShardStorage', () => {
     }
   });
 
-  describe('a log damaged in the middle', () => {
+  describe('damage found at open', () => {
     /** Log segments by base LSN. */
     const segments = (disk: SimDisk, dir: string) =>
       disk
@@ -145,6 +145,35 @@ describe('ShardStorage', () => {
         assert.equal(st2.load()?.repairTerm, 1);
       } finally {
         st2.close();
+      }
+    });
+
+    it('no valid image to start from: without repairFromPeers it does not open; with it, it starts over from nothing', () => {
+      const disk = new SimDisk();
+      const st = ShardStorage.open(disk, options('S'));
+      fill(st, 2);
+      st.save({ term: 4, votedFor: null });
+      st.close();
+      const images = disk.list('S').filter((n) => n.startsWith('image-'));
+      assert.ok(images.length >= 1);
+      for (const name of images) disk.flipBits(`S/${name}`, 3, 1); // each image's header
+      assert.throws(() => ShardStorage.open(disk, options('S')), CorruptionError);
+      const st2 = ShardStorage.open(disk, { ...options('S'), repairFromPeers: true });
+      try {
+        assert.ok(st2.repaired.length >= 1);
+        assert.deepEqual([st2.log.firstLsn, st2.log.lastLsn, st2.store.appliedLsn], [1, 0, 0]);
+        assert.deepEqual(disk.list('S').filter((n) => n.startsWith('image-') || n === 'checkpoint'), []);
+        assert.deepEqual(st2.load(), { term: 4, votedFor: null, repairTerm: 4 });
+      } finally {
+        st2.close();
+      }
+      // Durable: it opens as it was left.
+      const st3 = ShardStorage.open(disk, { ...options('S'), repairFromPeers: true });
+      try {
+        assert.deepEqual(st3.repaired, []);
+        assert.equal(st3.log.lastLsn, 0);
+      } finally {
+        st3.close();
       }
     });
   });
