@@ -751,15 +751,20 @@ describe('Replica (more cases)', function () {
   });
 
   describe('a follower whose log or images rotted', function () {
-    /** Three replicas, 40 writes everywhere; then a follower crashes and a record in the middle of its log rots. */
-    async function rotted() {
-      shard = new TestShard(['a', 'b', 'c']);
+    /** Three replicas, 40 writes everywhere; then a follower crashes (its disk is returned). */
+    async function crashedFollower(opts: ConstructorParameters<typeof TestShard>[1] = {}) {
+      shard = new TestShard(['a', 'b', 'c'], opts);
       const l = await shard.leader();
       let last = 0;
       for (let i = 0; i < 40; i++) last = (await l.replica.write([{ page: i, data: page(i + 1) }])).lsn;
       const f = shard.ids.find((id) => id !== l.id)!;
       await shard.waitFor(() => shard!.members.get(f)!.replica.appliedLsn >= last, 'the follower applies everything');
-      const disk = await shard.crash(f);
+      return { l, f, disk: await shard.crash(f), last };
+    }
+
+    /** As crashedFollower, and a record in the middle of the follower's log rots. */
+    async function rotted() {
+      const { l, f, disk, last } = await crashedFollower();
       const segments = disk.list('shard/log').filter((n) => n.endsWith('.log')).sort();
       assert.ok(segments.length >= 2, `several segments (${segments.length})`);
       disk.flipBits(`shard/log/${segments[0]}`, 20_000, 1);
@@ -787,21 +792,15 @@ describe('Replica (more cases)', function () {
     });
 
     it('with every image of a follower damaged it starts over from nothing, and is sent the leader\'s image and records', async () => {
-      shard = new TestShard(['a', 'b', 'c'], { checkpointEveryRecords: 8 });
-      const l = await shard.leader();
-      let last = 0;
-      for (let i = 0; i < 40; i++) last = (await l.replica.write([{ page: i, data: page(i + 1) }])).lsn;
-      const f = shard.ids.find((id) => id !== l.id)!;
-      await shard.waitFor(() => shard!.members.get(f)!.replica.appliedLsn >= last, 'the follower applies everything');
-      const disk = await shard.crash(f);
+      const { f, disk, last } = await crashedFollower({ checkpointEveryRecords: 8 });
       const images = disk.list('shard').filter((n) => n.startsWith('image-'));
       assert.ok(images.length >= 1, 'the follower has images');
       for (const name of images) disk.flipBits(`shard/${name}`, 3, 1);
-      const m = shard.start(f, disk);
+      const m = shard!.start(f, disk);
       assert.ok(m.storage.repaired.length >= 1);
       assert.equal(m.replica.stats().repairing, true);
       assert.equal(m.storage.log.lastLsn, 0);
-      await shard.waitFor(() => m.replica.appliedLsn >= last && !m.replica.stats().repairing, 'the follower holds everything again', 10_000);
+      await shard!.waitFor(() => m.replica.appliedLsn >= last && !m.replica.stats().repairing, 'the follower holds everything again', 10_000);
       for (let i = 0; i < 40; i++) assert.deepEqual(m.storage.store.getPage(i), page(i + 1), `page ${i}`);
     });
 
