@@ -62,8 +62,8 @@ export interface HardState {
   votedFor: string | null;
   /**
    * Set when this replica's log lost records it may have acknowledged (damage repaired at open,
-   * at this term): it neither votes nor campaigns until it holds a committed record of a newer
-   * term, i.e. until a leader elected without it has given it back everything committed.
+   * at this term): it neither votes nor campaigns until it holds everything that may have been
+   * committed with those acknowledgements (see Replica.checkRepaired).
    */
   repairTerm?: number;
 }
@@ -246,6 +246,21 @@ function notLeader(leader: string | null, term: number, record?: { recordLsn: nu
     term,
     ...(record ?? {}),
   });
+}
+
+/**
+ * The error a waiting write fails with when its leader stops (closed, its device failed): the
+ * same code, naming the write's record when it has one (it may still commit under the next
+ * leader; the client sends the write again with `earlier`).
+ */
+function namingRecord(err: StorageError, w: Waiter): StorageError {
+  if (w.recordTerm === undefined) return err;
+  const named = new StorageError(err.code, `${err.message}; the write may or may not be committed (its record: lsn ${w.lsn}, term ${w.recordTerm})`, {
+    ...(err.details ?? {}),
+    recordLsn: w.lsn,
+    recordTerm: w.recordTerm,
+  }, err);
+  return named;
 }
 
 export class Replica {
@@ -460,24 +475,34 @@ export class Replica {
   /** See HardState.repairTerm; undefined when the log lost nothing. */
   private repairTerm: number | undefined;
 
-  /** While repairing: the commit LSN the current leader announced first (see checkRepaired). */
-  private repairTarget: { term: number; lsn: number } | undefined;
+  /**
+   * While repairing, under a leader of the repair's own term: the leader's last LSN in the first
+   * message this replica took from it after the restart (see checkRepaired).
+   */
+  private repairTarget: number | undefined;
 
-  private noteRepairTarget(leaderTerm: number, commitLsn: number): void {
-    if (this.repairTerm === undefined) return;
-    if (this.repairTarget === undefined || this.repairTarget.term !== leaderTerm) this.repairTarget = { term: leaderTerm, lsn: commitLsn };
+  private noteRepairTarget(leaderTerm: number, leaderLastLsn: number | undefined): void {
+    if (this.repairTerm === undefined || leaderTerm !== this.repairTerm || this.repairTarget !== undefined) return;
+    if (leaderLastLsn !== undefined) this.repairTarget = leaderLastLsn;
   }
 
   /**
-   * Ends the repair once this replica holds every record that may have been committed when its
-   * log lost records: its commit point (a record it holds durably) is at least the first commit
-   * LSN its current leader announced to it, which covers what that leader had committed before,
-   * and is a record of that leader's term, which follows every record committed in earlier terms
-   * (the leader's log holds them all, and this log matches it up to there).
+   * Ends the repair once this replica holds every record that may have been committed with an
+   * acknowledgement it lost. Its commit point (a record it holds durably, below which its log
+   * matches the leader's) must be a record of the current leader's term, which follows every
+   * record committed in earlier terms (the leader's log holds them all). Then:
+   * - a leader of a term after the repair's was elected without this replica, and counts only
+   *   acknowledgements it gave since: nothing more is needed;
+   * - a leader of the repair's own term may have counted acknowledgements this replica gave
+   *   before it lost them, but only of records it had sent, so at or below its last LSN in its
+   *   first message after the restart: the commit point must reach that (`repairTarget`). A
+   *   leader counts those old acknowledgements only until this replica's first answer, which
+   *   tells it the log is shorter (onAppendReply lowers what it counts).
    */
   private checkRepaired(leaderTerm: number): void {
-    const target = this.repairTarget;
-    if (this.repairTerm === undefined || target === undefined || target.term !== leaderTerm || this.commitLsn < target.lsn) return;
+    const repairTerm = this.repairTerm;
+    if (repairTerm === undefined || this.commitLsn === 0) return;
+    if (leaderTerm === repairTerm && (this.repairTarget === undefined || this.commitLsn < this.repairTarget)) return;
     let term: number;
     try {
       term = this.termOf(this.commitLsn);
@@ -737,10 +762,14 @@ export class Replica {
     return this.lastLsn;
   }
 
-  /** A device failure: every waiter fails; the host restarts this replica from disk. */
+  /**
+   * A device failure: every waiter fails; the host restarts this replica from disk. A write's
+   * record may already be with the followers and commit under the next leader: its error names
+   * it, as a step-down's does.
+   */
   private failAll(e: unknown): void {
     const err = e instanceof Error ? e : new Error(String(e));
-    for (const w of this.commitWaiters) w.reject(err);
+    for (const w of this.commitWaiters) w.reject(err instanceof StorageError ? namingRecord(err, w) : err);
     this.commitWaiters = [];
     for (const w of this.applyWaiters) w.reject(err);
     this.applyWaiters = [];
@@ -822,6 +851,7 @@ export class Replica {
       prevTerm: this.termOf(prevLsn),
       records: records.map((r): WireRecord => ({ term: r.term, kind: r.kind, payload: r.payload })),
       commitLsn: this.commitLsn,
+      leaderLastLsn: this.lastLsn,
     };
     f.inFlight++;
     f.next = prevLsn + records.length + 1;
@@ -1091,7 +1121,7 @@ export class Replica {
     const termBefore = this.term;
     if (!this.acceptLeader(req.term, req.leader)) return now({ term: this.term, success: false, lastLsn: this.lastLsn });
     if (this.term !== termBefore) await this.persistHardState();
-    this.noteRepairTarget(req.term, req.commitLsn);
+    this.noteRepairTarget(req.term, req.leaderLastLsn);
     // Log matching on (prevLsn, prevTerm).
     if (req.prevLsn > this.lastLsn) return now({ term: this.term, success: false, lastLsn: this.lastLsn });
     if (req.prevLsn >= this.log.firstLsn - 1 && req.prevLsn > 0 && this.termOf(req.prevLsn) !== req.prevTerm) {
@@ -1444,7 +1474,7 @@ export class Replica {
   private async confirmLeadership(budgetMs: number): Promise<void> {
     if (this.hasLease()) return;
     const term = this.term;
-    const req = (): AppendRequest => ({ type: 'append', term, leader: this.self, prevLsn: 0, prevTerm: 0, records: [], commitLsn: 0 });
+    const req = (): AppendRequest => ({ type: 'append', term, leader: this.self, prevLsn: 0, prevTerm: 0, records: [], commitLsn: 0, leaderLastLsn: this.lastLsn });
     const wait = Math.max(1, Math.min(this.timing.rpcTimeoutMs, budgetMs));
     let acks = 1;
     const sentMs = this.nowMs;
@@ -1479,7 +1509,7 @@ export class Replica {
     if (this.closed) return;
     this.closed = true;
     const err = new StorageError('closed', `replica ${this.geometry.volumeId}/${this.geometry.shard} closed`);
-    for (const w of this.commitWaiters) w.reject(err);
+    for (const w of this.commitWaiters) w.reject(namingRecord(err, w));
     for (const w of this.applyWaiters) w.reject(err);
     this.commitWaiters = [];
     this.applyWaiters = [];

@@ -63,6 +63,7 @@ import type {
   ShardReadRequest,
   ShardVerb,
   ShardWriteRequest,
+  WriteRecordRef,
   StatusReply,
   VolumeCreateRequest,
   VolumeInfo,
@@ -810,7 +811,7 @@ export class Volume {
     let calls = plan(info);
     let settled = await this.sendCalls(info, calls, deadlineMs);
     progress(calls, settled);
-    throwFirstError(settled, (error) => !leaderless(error));
+    throwFirstError(settled, (error) => !sendAgain(error));
     if (settled.some((s) => !s.ok && s.error instanceof NoRespondersError)) {
       const fresh = await this.refreshInfo(infoPromise, deadlineMs);
       if (sameLayout(info, fresh)) {
@@ -823,7 +824,7 @@ export class Volume {
         settled = await this.sendCalls(info, calls, deadlineMs);
         progress(calls, settled);
       }
-      throwFirstError(settled, (error) => !leaderless(error));
+      throwFirstError(settled, (error) => !sendAgain(error));
     }
     let backoffMs = LEADER_RETRY_MS_MIN;
     for (let attempt = 0; attempt < LEADER_RETRIES_MAX && settled.some((s) => !s.ok) && this.client.nowMs() + backoffMs < deadlineMs; attempt++) {
@@ -833,20 +834,20 @@ export class Volume {
       const missed = settled.flatMap((s, i) => (s.ok ? [] : [i]));
       const retried = await this.sendCalls(info, missed.map((i) => calls[i]!), deadlineMs);
       missed.forEach((at, j) => (settled[at] = retried[j]!));
-      throwFirstError(settled, (error) => !leaderless(error));
+      throwFirstError(settled, (error) => !sendAgain(error));
     }
     const still = settled.findIndex((s) => !s.ok);
     if (still >= 0) {
       const failed = settled[still] as { ok: false; error: unknown };
-      if (failed.error instanceof ProtocolError && failed.error.code === 'not_leader') {
-        const earlier = (calls[still]!.body as Partial<ShardWriteRequest>).earlier;
-        if (earlier === undefined) throw failed.error;
+      const earlier = (calls[still]!.body as Partial<ShardWriteRequest>).earlier;
+      if (earlier !== undefined) {
         throw new ProtocolError(
           'timeout',
           `no leader of shard ${calls[still]!.shard} answered the write before its deadline; an earlier attempt left with a deposed leader may still commit: the write may or may not be committed`,
-          { ...(failed.error.details ?? {}), earlier },
+          { ...(failed.error instanceof ProtocolError ? (failed.error.details ?? {}) : {}), earlier },
         );
       }
+      if (failed.error instanceof ProtocolError && failed.error.code === 'not_leader') throw failed.error;
       const shard = calls[still]!.shard;
       throw new ProtocolError(
         'unavailable',
@@ -865,23 +866,53 @@ const LEADER_RETRY_MS_MAX = 250;
 const LEADER_RETRIES_MAX = 45;
 
 /**
- * Notes on a failed write request the record a deposed leader says its attempt left in its log
- * (`not_leader` with `recordLsn` and `recordTerm`), for the next attempt's `earlier`. A write that
- * met more leader changes than a request may name fails with `timeout` (outcome unknown).
+ * The record a failed write's attempt left in a leader's log that may still commit, when the
+ * shard names it: `not_leader` from a leader that stepped down, `device_failed` from one whose
+ * device failed, `unavailable` from one that was closed (restarted), each with `recordLsn` and
+ * `recordTerm`.
+ */
+function recordOf(error: unknown): WriteRecordRef | undefined {
+  if (!(error instanceof ProtocolError)) return undefined;
+  const lsn = error.details?.['recordLsn'];
+  const term = error.details?.['recordTerm'];
+  return typeof lsn === 'number' && typeof term === 'number' ? { lsn, term } : undefined;
+}
+
+/** Failures after which a request is sent again: no leader answered it, or its record was named (sent with `earlier`). */
+function sendAgain(error: unknown): boolean {
+  return leaderless(error) || recordOf(error) !== undefined;
+}
+
+/**
+ * Notes on a failed write request the record its attempt left in a leader's log (`recordOf`),
+ * for the next attempt's `earlier`. Once a write has an earlier attempt, any failure that is not
+ * sent again is `timeout` (outcome unknown): a caller retrying a plain write after a code such as
+ * `overloaded` could apply it twice. So is a write that met more leader changes than a request
+ * may name.
  */
 function noteEarlierAttempt(body: ShardWriteRequest, failed: { ok: false; error: unknown }): Settled {
   const e = failed.error;
-  if (!(e instanceof ProtocolError) || e.code !== 'not_leader') return failed;
-  const lsn = e.details?.['recordLsn'];
-  const term = e.details?.['recordTerm'];
-  if (typeof lsn !== 'number' || typeof term !== 'number') return failed;
+  const record = recordOf(e);
   const earlier = body.earlier ?? [];
+  if (record === undefined) {
+    if (earlier.length === 0 || leaderless(e)) return failed;
+    const message = e instanceof Error ? e.message : String(e);
+    const code = e instanceof ProtocolError ? e.code : undefined;
+    const error = new ProtocolError('timeout', `${message}; an earlier attempt of this write may still commit: the write may or may not be committed`, {
+      ...(e instanceof ProtocolError ? (e.details ?? {}) : {}),
+      ...(code !== undefined ? { code } : {}),
+      earlier,
+    });
+    return { ok: false, error };
+  }
+  const { lsn, term } = record;
   if (!earlier.some((r) => r.lsn === lsn && r.term === term)) {
     if (earlier.length >= EARLIER_ATTEMPTS_MAX) {
       const error = new ProtocolError(
         'timeout',
         `the write met more than ${EARLIER_ATTEMPTS_MAX} leader changes; the write may or may not be committed`,
-        { ...(e.details ?? {}), earlier },
+        // Without the record: this failure is final, not one to send again.
+        { earlier: [...earlier, record] },
       );
       return { ok: false, error };
     }
@@ -916,7 +947,7 @@ function partlyWritten(error: unknown, calls: readonly ShardCall[], settled: rea
   });
   return new ProtocolError(
     error.code,
-    `${error.message} (the write was partly applied: ${committed} of its ${total} pages were committed; retrying it whole is safe)`,
+    `${error.message} (the write was partly applied: ${committed} of its ${total} pages were committed; retrying it whole writes them again)`,
     { ...(error.details ?? {}), partial: true, pagesCommitted: committed, pages: total },
   );
 }

@@ -43,6 +43,11 @@ export interface AppendRequest {
   prevTerm: number;
   records: WireRecord[];
   commitLsn: number;
+  /**
+   * The leader's last LSN when it sent this: every record a follower acknowledged to it is at or
+   * below it. A follower repairing a damaged log votes again only once it holds that far.
+   */
+  leaderLastLsn?: number;
 }
 export interface AppendReply {
   term: number;
@@ -111,6 +116,7 @@ export function validateRaftRequest(body: unknown): RaftRequest {
       return {
         type: 'append', term, leader: id(o.leader, 'leader'), prevLsn, prevTerm: counter(o.prevTerm, 'prevTerm'),
         records, commitLsn: counter(o.commitLsn, 'commitLsn'),
+        ...(o.leaderLastLsn !== undefined ? { leaderLastLsn: counter(o.leaderLastLsn, 'leaderLastLsn') } : {}),
       };
     }
     case 'snapshot': {

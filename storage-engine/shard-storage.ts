@@ -78,10 +78,20 @@ function repairLog(disk: Disk, dir: string, meta: MetaStore, log: SegmentLog): C
   const damage = [...log.corruption];
   markRepair(meta, log);
   const imageLsn = PageStore.imageLsn(disk, dir) || PageStore.newestImageOnDisk(disk, dir);
-  if (imageLsn > log.lastLsn) {
-    // The damage reaches into records the newest image covers: the image stays the base, and
-    // the log starts again after it (the records after it come from the peers).
-    let term: number | undefined;
+  if (imageLsn <= log.lastLsn) {
+    try {
+      log.discardDamage();
+      return damage;
+    } catch (e) {
+      // No valid prefix to keep (the first segment is unreadable): as below.
+      if (!(e instanceof CorruptionError)) throw e;
+    }
+  }
+  // The damage reaches into records the newest image covers (or nothing of the log can be
+  // kept): the image stays the base, and the log starts again after it (the records after it
+  // come from the peers).
+  let term: number | undefined;
+  if (imageLsn > 0) {
     try {
       const image = ImageReader.open(disk, joinPath(dir, imageFileName(imageLsn)));
       term = image.term;
@@ -89,15 +99,13 @@ function repairLog(disk: Disk, dir: string, meta: MetaStore, log: SegmentLog): C
     } catch (e) {
       if (!(e instanceof CorruptionError)) throw e;
     }
-    if (term !== undefined) {
-      log.reset(imageLsn + 1, term);
-    } else {
-      // That image is damaged too: start over from nothing.
-      PageStore.discardAll(disk, dir);
-      log.reset(1, 0);
-    }
+  }
+  if (term !== undefined) {
+    log.reset(imageLsn + 1, term);
   } else {
-    log.discardDamage();
+    // No image to start from either: start over from nothing.
+    PageStore.discardAll(disk, dir);
+    log.reset(1, 0);
   }
   return damage;
 }

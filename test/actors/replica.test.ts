@@ -263,10 +263,21 @@ describe('Replica (quorum replication of a shard log)', function () {
       // The followers' disks are stuck until the leader is closed: their answers come back after it.
       const releases = shard.ids.filter((id) => id !== l.id).map((id) => shard!.stallDisk(id));
       const sent = shard.appendsSent.length;
-      const writes = [1, 2, 3].map((i) => l.replica.write([{ page: 10 + i, data: page(i) }]).then(() => 'committed', (e: StorageError) => e.code));
+      const failures: StorageError[] = [];
+      const writes = [1, 2, 3].map((i) =>
+        l.replica.write([{ page: 10 + i, data: page(i) }]).then(
+          () => 'committed',
+          (e: StorageError) => {
+            failures.push(e);
+            return e.code;
+          },
+        ),
+      );
       await shard.waitFor(() => shard!.appendsSent.length > sent, 'appends on their way');
       await shard.crash(l.id);
       assert.deepEqual(await Promise.all(writes), ['closed', 'closed', 'closed']);
+      // Their records went to the followers and may commit under the next leader: each is named.
+      for (const e of failures) assert.ok(Number.isSafeInteger(e.details?.['recordLsn']) && e.details?.['recordTerm'] === l.replica.currentTerm, JSON.stringify(e.details));
       for (const release of releases) release();
       await new Promise((r) => setTimeout(r, 200));
     } finally {

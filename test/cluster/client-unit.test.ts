@@ -720,7 +720,28 @@ describe('cluster/client (fake transport)', () => {
       const sent = fc.transport.shardRequests();
       assert.equal(sent.length, 9);
       assert.deepEqual(earlierOf(sent[8]!), [10, 11, 12, 13, 14, 15, 16, 17].map((l) => ({ lsn: l, term: 2 })));
-      assert.equal((err.details?.['earlier'] as unknown[]).length, 8);
+      assert.equal((err.details?.['earlier'] as unknown[]).length, 9, 'the eight it named and the one it could not');
+    });
+
+    it('after an earlier attempt, any other failure is timeout (outcome unknown), not a code a caller would retry', async () => {
+      for (const code of ['overloaded', 'unavailable', 'device_failed'] as const) {
+        const fc = new FakeCluster();
+        let n = 0;
+        fc.shardHook = () => (n++ === 0 ? deposed(7, 2) : errorReply(new ProtocolError(code, `${code} now`)));
+        const err = await rejectsWith(fc.client().volume('vol').write(0, pageData(0)), 'timeout', new RegExp(`^${code} now; an earlier attempt of this write may still commit`));
+        assert.equal(err.details?.['code'], code);
+        assert.deepEqual(err.details?.['earlier'], [{ lsn: 7, term: 2 }]);
+      }
+    });
+
+    it('a leader whose device failed, or that was closed, names the record too: the write is sent again with it', async () => {
+      for (const code of ['device_failed', 'unavailable'] as const) {
+        const fc = new FakeCluster();
+        let n = 0;
+        fc.shardHook = () => (n++ === 0 ? errorReply(new ProtocolError(code, 'stopped', { recordLsn: 5, recordTerm: 3 })) : undefined);
+        await fc.client().volume('vol').write(0, pageData(0));
+        assert.deepEqual(fc.transport.shardRequests().map(earlierOf), [undefined, [{ lsn: 5, term: 3 }]], code);
+      }
     });
 
     it('still without a leader at its deadline: timeout (outcome unknown), not a not_leader the caller would retry', async () => {

@@ -41,6 +41,7 @@ describe('DeviceHost supervision', () => {
       (e: StorageError) => e,
     );
     assert.equal(err.code, 'fsync_failed');
+    assert.equal(typeof err.details?.['recordLsn'], 'number', 'the write\'s record is named (with several replicas it may still commit)');
     assert.equal(host.onReplicaError('v1', 0, err), true, 'a device failure is fatal to the in-memory state');
 
     const st = host.stats();

@@ -176,5 +176,24 @@ describe('ShardStorage', () => {
         st3.close();
       }
     });
+
+    it('the first log segment unreadable and no image: it starts over from nothing instead of never opening', () => {
+      const disk = new SimDisk();
+      const st = ShardStorage.open(disk, options('S'));
+      st.log.write(Array.from({ length: 10 }, (_, k) => ({ term: 1, kind: 1, payload: encodePageWrite(PAGE, [{ page: k, data: new Uint8Array(PAGE).fill(k) }]) })));
+      st.log.sync();
+      st.save({ term: 1, votedFor: null });
+      st.close();
+      const first = segments(disk, 'S')[0]!;
+      disk.flipBits(`S/log/${first.name}`, 2, 1); // its header
+      const st2 = ShardStorage.open(disk, { ...options('S'), repairFromPeers: true });
+      try {
+        assert.equal(st2.repaired.length, 1);
+        assert.deepEqual([st2.log.firstLsn, st2.log.lastLsn, st2.store.appliedLsn], [1, 0, 0]);
+        assert.deepEqual(st2.load(), { term: 1, votedFor: null, repairTerm: 1 });
+      } finally {
+        st2.close();
+      }
+    });
   });
 });
