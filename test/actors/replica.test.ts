@@ -12,6 +12,8 @@ import type { ShardGeometry } from '../../actors/shard';
 
 const geometry: ShardGeometry = { volumeId: 'v1', shard: 0, shards: 1, pageCount: 256, pageSize: 4096, stripePages: 256 };
 const timing = { electionTimeoutMinMs: 60, electionTimeoutMaxMs: 120, heartbeatMs: 10, rpcTimeoutMs: 100 };
+/** Most the replicas' clock moves in one tick of the shard's 2 ms timer (see TestShard.now). */
+const TICK_STEP_MAX_MS = 5;
 
 function page(fill: number): Uint8Array {
   return new Uint8Array(4096).fill(fill & 0xff);
@@ -37,7 +39,12 @@ class TestShard {
   /** Members whose clock the test drives itself (not ticked by the shard's timer). */
   readonly paused = new Set<string>();
   private readonly timer: NodeJS.Timeout | undefined;
-  /** With `manualClock`: the replicas' clock, moved by `at`. */
+  /**
+   * The replicas' clock. With `manualClock` the test moves it (`at`); otherwise the shard's timer
+   * moves it with real time, but by at most TICK_STEP_MAX_MS a tick: a stall of the test process
+   * (a loaded machine, a collection) is not seen by the replicas as time in which their leader
+   * went silent, so it cannot start an election the test did not ask for.
+   */
   now = 0;
   private readonly slab = new Slab({ slotBytes: 8192, slotCount: 4096 });
 
@@ -58,11 +65,14 @@ class TestShard {
   ) {
     for (const id of ids) this.start(id, new SimDisk());
     if (opts.manualClock) return;
+    let real = performance.now();
     this.timer = setInterval(() => {
-      const now = performance.now();
+      const t = performance.now();
+      this.now += Math.min(t - real, TICK_STEP_MAX_MS);
+      real = t;
       for (const m of this.members.values()) {
         if (this.paused.has(m.id)) continue;
-        m.replica.tick(now);
+        m.replica.tick(this.now);
         m.replica.expireWaiters(Date.now());
       }
     }, 2);
@@ -85,7 +95,8 @@ class TestShard {
     const replica = new Replica({
       geometry, self: id, members: this.ids, log: storage.log, store: storage.store, queue, hardState: storage,
       transport: this.transport(id), snapshots: storage, timing: { ...timing, ...(this.opts.timing ?? {}) },
-      ...(this.opts.manualClock ? { nowMs: this.now, clock: () => this.now } : { nowMs: performance.now(), clock: () => performance.now() }),
+      nowMs: this.now,
+      clock: () => this.now,
       ...(this.opts.randoms?.[id] !== undefined ? { random: () => this.opts.randoms![id]! } : {}),
       ...(this.opts.checkpointEveryRecords ? { checkpointEveryRecords: this.opts.checkpointEveryRecords } : {}),
       ...(this.opts.messageBytesMax ? { messageBytesMax: this.opts.messageBytesMax } : {}),
@@ -193,12 +204,18 @@ class TestShard {
     return among.map((id) => this.members.get(id)).filter((m): m is Member => m !== undefined && m.replica.isLeader);
   }
 
-  async waitFor(cond: () => boolean, what: string, timeoutMs = 5000): Promise<void> {
+  async waitFor(cond: () => boolean, what: string, timeoutMs = 20_000): Promise<void> {
     const deadline = Date.now() + timeoutMs;
     while (!cond()) {
       if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
       await new Promise((r) => setTimeout(r, 2));
     }
+  }
+
+  /** Waits until the replicas' clock (moved by the shard's timer) has run `ms` further. */
+  async elapse(ms: number): Promise<void> {
+    const until = this.now + ms;
+    await this.waitFor(() => this.now >= until, `${ms} ms on the replicas' clock`);
   }
 
   async leader(among?: string[]): Promise<Member> {
@@ -320,10 +337,11 @@ describe('Replica (quorum replication of a shard log)', function () {
     const [f, g] = shard.ids.filter((x) => x !== l.id) as [string, string];
     const termBefore = l.replica.currentTerm;
     shard.cutLink(l.id, f);
-    // f's election timer (60–120 ms) fires several times in 600 ms; it reaches g every time.
-    const until = Date.now() + 600;
+    // f's election timer (60–120 ms) fires several times in 600 ms (of the replicas' clock); it
+    // reaches g every time.
+    const until = shard.now + 600;
     const seen = new Set<string>();
-    while (Date.now() < until) {
+    while (shard.now < until) {
       for (const m of shard.leaders()) seen.add(m.id);
       await new Promise((r) => setTimeout(r, 2));
     }
@@ -352,7 +370,7 @@ describe('Replica (quorum replication of a shard log)', function () {
     const termBefore = l.replica.currentTerm;
     const before = f.replica.stats();
     shard.isolate([f.id]);
-    await new Promise((r) => setTimeout(r, 500));
+    await shard.elapse(500);
     assert.ok(f.replica.stats().preVotes >= before.preVotes + 3, 'it asked');
     assert.equal(f.replica.currentTerm, termBefore, 'no election: its term did not move');
     assert.equal(f.replica.stats().elections, before.elections);
@@ -376,7 +394,7 @@ describe('Replica (quorum replication of a shard log)', function () {
     assert.deepEqual(await ask('zz', term + 1, 1000, term), { term, granted: false });
     shard.paused.add(voter.id);
     shard.isolate([voter.id]);
-    voter.replica.tick(performance.now() + 10_000); // its leader is silent past an election timeout
+    voter.replica.tick(shard.now + 10_000); // its leader is silent past an election timeout
     const saved = voter.storage.load();
     assert.deepEqual(await ask('zz', term + 1, 1000, term), { term, granted: true }, 'a candidate as up to date, in a newer term');
     assert.deepEqual(await ask('zz', term + 1, 0, 0), { term, granted: false }, 'a candidate behind');
@@ -471,10 +489,13 @@ describe('Replica (quorum replication of a shard log)', function () {
     // fdatasync returns; the leader must apply them once it has them on disk too.
     shard.slow.add(l.id);
     const writes = Array.from({ length: 8 }, (_, i) => l.replica.write([{ page: 40 + i, data: page(i + 1) }]));
+    // Unanswered writes would wait forever: a generous bound tells them from slow ones.
+    let timer: NodeJS.Timeout | undefined;
     const done = await Promise.race([
       Promise.all(writes).then(() => 'all answered'),
-      new Promise((r) => setTimeout(() => r('stuck'), 3000)),
+      new Promise((r) => (timer = setTimeout(() => r('stuck'), 15_000))),
     ]);
+    clearTimeout(timer);
     assert.equal(done, 'all answered');
     const st = l.replica.stats();
     assert.equal(st.appliedLsn, st.commitLsn, 'the leader applied everything committed');
@@ -485,7 +506,9 @@ describe('Replica (quorum replication of a shard log)', function () {
     shard = new TestShard(['a', 'b', 'c']);
     const l = await shard.leader();
     const f = shard.members.get(shard.ids.find((x) => x !== l.id)!)!;
-    shard.slow.add(f.id);
+    // f's disk is stuck until the test releases it (however long the writes take to go out).
+    const releaseF = shard.stallDisk(f.id);
+    const sent = shard.appendsSent.length;
     const writes: Array<Promise<unknown>> = [];
     for (let i = 0; i < 8; i++) {
       writes.push(l.replica.write([{ page: 60 + i, data: page(i) }]));
@@ -493,6 +516,9 @@ describe('Replica (quorum replication of a shard log)', function () {
       await new Promise((r) => setImmediate(r));
     }
     await Promise.all(writes);
+    // The leader did not wait for f's fdatasync to send it the next append.
+    await shard.waitFor(() => shard!.appendsSent.slice(sent).filter((m) => m.to === f.id).length >= 2, 'several appends on their way to the stuck follower');
+    releaseF();
     await shard.waitFor(() => f.replica.appliedLsn >= l.replica.appliedLsn, 'the slow follower catches up');
     const hist = f.queue.stats().batchOpsHistogram;
     assert.ok(hist.slice(1).some((n) => n > 0), `some fdatasync batch of the follower held several append messages: ${JSON.stringify(hist)}`);
@@ -550,7 +576,7 @@ describe('Replica (quorum replication of a shard log)', function () {
     // jumps past its election timeout, it campaigns alone, and then no timer of its own runs.
     shard.paused.add(voter.id);
     shard.isolate([voter.id]);
-    voter.replica.tick(performance.now() + 10_000);
+    voter.replica.tick(shard.now + 10_000);
     const t = voter.replica.currentTerm + 5;
     const stale = await voter.replica.handle({ type: 'vote', term: t, candidate: 'zz', lastLsn: 0, lastTerm: 0 });
     assert.deepEqual(stale, { term: t, granted: false });

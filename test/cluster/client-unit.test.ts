@@ -327,24 +327,34 @@ describe('cluster/client (fake transport)', () => {
 
     it('calls that share a volume-info fetch each keep their own deadline: a short one neither fails nor holds the others', async () => {
       const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-      // The catalog answers in 100 ms; a request given less time times out, as NATS would.
+      // The catalog answers when the test lets it (at the latest after 10 s); a request given
+      // less than 100 ms times out, as NATS would.
+      let answerInfo!: () => void;
+      const infoAnswered = new Promise<void>((r) => (answerInfo = r));
+      const fallback = setTimeout(() => answerInfo(), 10_000);
       const t = new FakeTransport(async (subject, _body, seen) => {
         if (!subject.endsWith('.api.volume.info')) return { lsn: 1, term: 1 };
         if (seen.timeoutMs < 100) {
           await sleep(seen.timeoutMs);
           throw new ProtocolError('timeout', 'no answer in time');
         }
-        await sleep(100);
+        await infoAnswered;
         return volume();
       });
-      const vol = createClient(t, { cluster: CLUSTER, timeoutMs: 5000 }).volume('vol');
-      const started = Date.now();
-      const short = vol.writePages([{ page: 1, data: pageData(1) }], { deadlineMs: started + 30 });
-      const long = vol.writePages([{ page: 2, data: pageData(2) }]);
-      await rejectsWith(short, 'timeout');
-      assert.ok(Date.now() - started < 90, 'the short call gave up at its own deadline');
-      assert.equal((await long).lsn, 1, 'the other call was not failed by the short one');
-      assert.equal(t.apiRequests('volume.info').length, 1, 'one fetch for both');
+      try {
+        const vol = createClient(t, { cluster: CLUSTER, timeoutMs: 5000 }).volume('vol');
+        let infoCame = false;
+        void infoAnswered.then(() => (infoCame = true));
+        const short = vol.writePages([{ page: 1, data: pageData(1) }], { deadlineMs: Date.now() + 30 });
+        const long = vol.writePages([{ page: 2, data: pageData(2) }]);
+        await rejectsWith(short, 'timeout', /info of volume vol/);
+        assert.equal(infoCame, false, 'the short call gave up at its own deadline, not holding on for the info');
+        answerInfo();
+        assert.equal((await long).lsn, 1, 'the other call was not failed by the short one');
+        assert.equal(t.apiRequests('volume.info').length, 1, 'one fetch for both');
+      } finally {
+        clearTimeout(fallback);
+      }
     });
 
     it('a shard\'s pages read in several requests reflect one LSN: a request answered at an older LSN is read again at the newest', async () => {
@@ -618,20 +628,24 @@ describe('cluster/client (fake transport)', () => {
 
     it('retries a shard with no leader with back-off, a bounded number of times, then gives unavailable', async () => {
       const fc = new FakeCluster();
+      // A clock that the requests move: it stands at NOW until the retries after the refresh of the
+      // volume info (the call and the refresh start at NOW, as the fake transport checks), then
+      // each request to shard 2 takes 2 s of it: the 10 s call meets its deadline after a few
+      // retries, whatever the real time the back-off takes.
+      let now = NOW;
+      let shard2 = 0;
       fc.shardHook = (shard, seen) => {
-        if (shard === 2) throw new NoRespondersError(seen.subject);
-        return undefined;
+        if (shard !== 2) return undefined;
+        if (++shard2 >= 2) now += 2000;
+        throw new NoRespondersError(seen.subject);
       };
-      // A clock that stands still for 50 ms (the call starts at NOW, as the fake transport checks)
-      // and then runs 20 times faster than real time: the 10 s call ends at its deadline in ~0.5 s.
-      const started = Date.now();
-      const client = createClient(fc.transport, { cluster: CLUSTER, timeoutMs: 10_000, nowMs: () => NOW + Math.max(0, Date.now() - started - 50) * 20 });
+      const client = createClient(fc.transport, { cluster: CLUSTER, timeoutMs: 10_000, nowMs: () => now });
       const err = await rejectsWith(client.volume('vol').read([0, 4]), 'unavailable', /shard 2 of volume vol/);
-      assert.ok(Date.now() - started < 1500, 'gave up by the deadline');
+      assert.ok(now >= NOW + 10_000 - 250, `gave up at the deadline, not before (clock at NOW + ${now - NOW} ms)`);
       assert.ok(!(err instanceof NoRespondersError));
       assert.equal(err.details?.shard, 2);
       const tries = fc.transport.shardRequests().filter((s) => s.subject.endsWith('.2')).length;
-      assert.ok(tries > 2 && tries <= 2 + 45, `retried with back-off a bounded number of times (${tries})`);
+      assert.ok(tries > 2 && tries < 2 + 45, `retried with back-off until the deadline, not up to the bound of attempts (${tries})`);
       assert.equal(fc.transport.shardRequests().filter((s) => s.subject.endsWith('.0')).length, 1, 'the shard that answered is not asked again');
     });
 

@@ -5,6 +5,11 @@ import { ProtocolError } from '../../messages/errors';
 import { HistoryRecorder, checkLinearizable } from '../support/linearizability';
 
 const node = { timing: { electionTimeoutMinMs: 150, electionTimeoutMaxMs: 300, heartbeatMs: 25, rpcTimeoutMs: 500 } };
+/**
+ * Slower elections where the test is that no election happens: a host thread that a loaded
+ * machine does not run for 150 ms would look, to its peers, like a leader that went silent.
+ */
+const stickyNode = { timing: { electionTimeoutMinMs: 500, electionTimeoutMaxMs: 1000, heartbeatMs: 50, rpcTimeoutMs: 500 } };
 const PAGES = 8;
 const CLIENTS = 4;
 const RUN_MS = 6000;
@@ -30,6 +35,17 @@ async function leaderIndex(client: StrataClient, volume: string): Promise<number
   const st = await client.status();
   const leader = st.volumes.find((v) => v.name === volume)?.shards[0]?.leader;
   return typeof leader === 'string' ? Number(leader.slice(1)) - 1 : undefined;
+}
+
+/** The shard's leader as the status shows it, once it shows one (a shard may be electing one). */
+async function awaitLeader(client: StrataClient, volume: string): Promise<number> {
+  const deadline = Date.now() + 20_000;
+  for (;;) {
+    const l = await leaderIndex(client, volume);
+    if (l !== undefined) return l;
+    assert.ok(Date.now() < deadline, `the status showed no leader of ${volume} for 20 s`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
 }
 
 /**
@@ -100,7 +116,9 @@ describe('linearizability of page reads and writes under faults', function () {
   });
 
   it('concurrent clients, a partitioned then killed leader: the history is linearizable per page', async () => {
-    c = await startCluster({ nodes: 3, hosts: 1, node, clientTimeoutMs: 3000 });
+    // The cluster's own client asks for the status, whose gather alone takes 2 s: 10 s leave a
+    // loaded machine time for the rest.
+    c = await startCluster({ nodes: 3, hosts: 1, node, clientTimeoutMs: 10_000 });
     await c.client.createVolume({ name: 'lin', pageCount: 64, shards: 1, replicas: 3 });
     const client = await connect({ servers: c.natsUrl, cluster: c.cluster, timeoutMs: 2000 });
     // The term of the shard's first leader (0 until one is elected).
@@ -110,9 +128,9 @@ describe('linearizability of page reads and writes under faults', function () {
     const events: string[] = [];
     const faults = async (): Promise<void> => {
       await new Promise((r) => setTimeout(r, 1000));
-      const first = await leaderIndex(c!.client, 'lin');
-      if (first !== undefined) await c!.partition([[first]]);
-      events.push(`partitioned leader n${(first ?? -1) + 1}`);
+      const first = await awaitLeader(c!.client, 'lin');
+      await c!.partition([[first]]);
+      events.push(`partitioned leader n${first + 1}`);
       await new Promise((r) => setTimeout(r, 1500));
       await c!.heal();
       await new Promise((r) => setTimeout(r, 800));
@@ -140,22 +158,23 @@ describe('linearizability of page reads and writes under faults', function () {
   });
 
   it('concurrent clients, the link between the leader and one follower cut: the leader keeps leading, the history is linearizable', async () => {
-    c = await startCluster({ nodes: 3, hosts: 1, node, clientTimeoutMs: 3000 });
+    c = await startCluster({ nodes: 3, hosts: 1, node: stickyNode, clientTimeoutMs: 10_000 });
     await c.client.createVolume({ name: 'lin', pageCount: 64, shards: 1, replicas: 3 });
+    await awaitLeader(c.client, 'lin');
     const client = await connect({ servers: c.natsUrl, cluster: c.cluster, timeoutMs: 2000 });
     // Every (leader, term) the status showed while the link was cut.
     const seen = new Set<string>();
     let before: string | undefined;
     const faults = async (): Promise<void> => {
       await new Promise((r) => setTimeout(r, 1000));
-      const first = await leaderIndex(c!.client, 'lin');
-      assert.ok(first !== undefined, 'a leader before the cut');
+      const first = await awaitLeader(c!.client, 'lin');
       before = `n${first + 1} in term ${await termOf(c!.client)}`;
       // The follower other than node 0 (which keeps the catalog, so status keeps answering).
       const cut = [0, 1, 2].find((i) => i !== first && i !== 0) ?? [0, 1, 2].find((i) => i !== first)!;
       await c!.nodes[first]!.setFaults({ unreachable: [`n${cut + 1}`] });
       await c!.nodes[cut]!.setFaults({ unreachable: [`n${first + 1}`] });
-      // The cut-off follower campaigns every election timeout and reaches the other follower.
+      // The cut-off follower campaigns every election timeout (0.5–1 s) and reaches the other
+      // follower.
       const until = performance.now() + 2000;
       while (performance.now() < until) {
         const l = await leaderIndex(c!.client, 'lin');

@@ -25,8 +25,8 @@ async function waitFor(what: string, cond: () => boolean | Promise<boolean>, tim
   }
 }
 
-/** The nodes' log lines (JSON on stderr) written while `fn` runs; other lines pass through. */
-async function nodeLogLines(fn: () => Promise<void>): Promise<Array<Record<string, unknown>>> {
+/** The nodes' log lines (JSON on stderr) written while `fn` runs (it sees them come); other lines pass through. */
+async function nodeLogLines(fn: (lines: ReadonlyArray<Record<string, unknown>>) => Promise<void>): Promise<Array<Record<string, unknown>>> {
   const lines: Array<Record<string, unknown>> = [];
   const write = process.stderr.write.bind(process.stderr);
   process.stderr.write = ((chunk: string | Uint8Array): boolean => {
@@ -45,7 +45,7 @@ async function nodeLogLines(fn: () => Promise<void>): Promise<Array<Record<strin
     return true;
   }) as typeof process.stderr.write;
   try {
-    await fn();
+    await fn(lines);
   } finally {
     process.stderr.write = write;
   }
@@ -141,13 +141,14 @@ describe('StrataNode', function () {
       serveFakeMembership();
       const seen: string[] = [];
       serveFake('volume.info', (msg) => seen.push(msg.headers?.get(HEADER_DEADLINE) ?? ''));
-      // The node's own timeout (10 s) is longer than the caller's 600 ms, and than the 5 s the test waits.
+      // The node's own timeout (10 s) is longer than the caller's 1.5 s, and than the 5 s the test
+      // waits. The 1.5 s leave the request time to reach the node before its deadline, loaded or not.
       await startNode('api2');
-      const deadlineMs = Date.now() + 600;
+      const deadlineMs = Date.now() + 1500;
       const t0 = Date.now();
       const reply = await apiRequest(client, 'volume.info', { name: 'a' }, deadlineMs);
       assert.equal(errorCode(reply), 'timeout', JSON.stringify(reply));
-      assert.ok(Date.now() - t0 < 2000, `answered after ${Date.now() - t0} ms`);
+      assert.ok(Date.now() - t0 < 4000, `answered after ${Date.now() - t0} ms`);
       assert.deepEqual(seen, [String(deadlineMs)]);
       // A deadline already passed is answered at once, not forwarded.
       assert.equal(errorCode(await apiRequest(client, 'volume.info', { name: 'a' }, Date.now() - 1)), 'timeout');
@@ -162,11 +163,11 @@ describe('StrataNode', function () {
       const seen: string[] = [];
       fake.subscribe(shardSubject(CLUSTER, 'vx', 0), { callback: (_err, msg) => seen.push(msg.headers?.get(HEADER_DEADLINE) ?? '') });
       await startNode('api3');
-      const deadlineMs = Date.now() + 600;
+      const deadlineMs = Date.now() + 1500;
       const t0 = Date.now();
       const reply = await apiRequest(client, 'page.read', { volume: 'v', pages: [1] }, deadlineMs);
       assert.equal(errorCode(reply), 'timeout', JSON.stringify(reply));
-      assert.ok(Date.now() - t0 < 2000, `answered after ${Date.now() - t0} ms`);
+      assert.ok(Date.now() - t0 < 4000, `answered after ${Date.now() - t0} ms`);
       assert.deepEqual(seen, [String(deadlineMs)]);
     });
   });
@@ -180,7 +181,7 @@ describe('StrataNode', function () {
      * A controller node and two fake nodes that heartbeat and hold every shards.open until
      * `release()`: a volume.create with 3 replicas then runs until released.
      */
-    async function controllerWithSlowNodes(id: string): Promise<{ opens: Msg[]; release(): void }> {
+    async function controllerWithSlowNodes(id: string): Promise<{ opens: Msg[]; release(): void; queued(): number }> {
       const opens: Msg[] = [];
       let released = false;
       const ghosts = ['ghost1', 'ghost2'];
@@ -194,7 +195,7 @@ describe('StrataNode', function () {
       };
       beat();
       ghostTimer = setInterval(beat, 200);
-      await startNode(id, { controller: true, requestTimeoutMs: 5000 });
+      const node = await startNode(id, { controller: true, requestTimeoutMs: 5000 });
       await waitFor('3 live members', async () => {
         const r = decode((await fake.request(controllerSubject(CLUSTER, 'members'), encode({}))).data) as { members: Array<{ live: boolean }> };
         return r.members.filter((m) => m.live).length === 3;
@@ -206,6 +207,8 @@ describe('StrataNode', function () {
           released = true;
           for (const m of opens.splice(0)) m.respond(encode({ ok: true }));
         },
+        // Catalog operations queued or running on the controller (what CONTROL_QUEUE_MAX bounds).
+        queued: () => (node as unknown as { controlQueued: number }).controlQueued,
       };
     }
 
@@ -217,7 +220,8 @@ describe('StrataNode', function () {
       const deadlineMs = Date.now() + 2500;
       const queued = Array.from({ length: CONTROL_QUEUE_MAX }, (_, i) => create(`q${i}`, deadlineMs));
       await waitFor('the first create to run', () => slow.opens.length > 0);
-      await sleep(200);
+      // Every create has reached the controller's queue (each stays counted until it runs, after the release).
+      await waitFor(`${CONTROL_QUEUE_MAX} operations queued or running`, () => slow.queued() === CONTROL_QUEUE_MAX);
       const t0 = Date.now();
       const over = await create('one-more', Date.now() + 2500);
       assert.equal(errorCode(over), 'overloaded', JSON.stringify(over));
@@ -259,9 +263,9 @@ describe('StrataNode', function () {
     it('runs one heartbeat at a time: a tick while one is in flight is skipped', async () => {
       let inFlight = 0;
       let inFlightMax = 0;
-      let heartbeats = 0;
+      const arrivedAtMs: number[] = [];
       serveFake('heartbeat', (msg) => {
-        heartbeats++;
+        arrivedAtMs.push(performance.now());
         inFlightMax = Math.max(inFlightMax, ++inFlight);
         // The controller answers slowly: 300 ms, six heartbeat periods.
         setTimeout(() => {
@@ -271,26 +275,36 @@ describe('StrataNode', function () {
       });
       serveFake('assignments', (msg) => msg.respond(encode({ epoch: 0, shards: [], tombstones: [] })));
       await startNode('hb1');
-      await sleep(1000);
+      // The heartbeats go on after each slow answer...
+      await waitFor('four heartbeats', () => arrivedAtMs.length >= 4);
+      // ...never two at once: each waited for the answer to the one before (300 ms), however
+      // many ticks (50 ms) came meanwhile.
       assert.equal(inFlightMax, 1);
-      assert.ok(heartbeats >= 3 && heartbeats <= 5, `heartbeats: ${heartbeats}`);
+      const gaps = arrivedAtMs.slice(1).map((t, i) => t - arrivedAtMs[i]!);
+      assert.ok(gaps.every((g) => g >= 290), `ms between heartbeats: ${gaps.map((g) => g.toFixed(0)).join(', ')}`);
     });
 
     it('keeps the heartbeat period while a reconciliation runs, and runs one reconciliation at a time', async () => {
       const catalog = serveFakeHeartbeats();
       let fetches = 0;
-      // Every fetch of the assignments takes 1 s.
+      // The fetch at boot is answered at once; the next waits until the test answers it.
+      const held: Msg[] = [];
       serveFake('assignments', (msg) => {
         fetches++;
-        setTimeout(() => msg.respond(encode({ epoch: catalog.epoch, shards: [], tombstones: [] })), 1000);
+        if (fetches === 1) msg.respond(encode({ epoch: catalog.epoch, shards: [], tombstones: [] }));
+        else held.push(msg);
       });
       await startNode('hb3');
       assert.equal(fetches, 1);
       catalog.epoch = 2;
+      await waitFor('the reconciliation with epoch 2 to start', () => fetches >= 2);
+      // While it runs, the heartbeats go on (each answering epoch 2, newer than the node's), and
+      // none of them starts a second reconciliation.
       const before = catalog.heartbeats;
-      await sleep(800);
-      assert.ok(catalog.heartbeats - before >= 8, `heartbeats during the reconciliation: ${catalog.heartbeats - before}`);
+      await waitFor('8 heartbeats during the reconciliation', () => catalog.heartbeats - before >= 8);
       assert.equal(fetches, 2);
+      assert.equal(held.length, 1);
+      held[0]!.respond(encode({ epoch: catalog.epoch, shards: [], tombstones: [] }));
     });
 
     it('backs off after a failed reconciliation while heartbeats keep their period; warns once per distinct failure, tells when it recovers', async () => {
@@ -302,18 +316,26 @@ describe('StrataNode', function () {
         const fails = fetchedAtMs.length === 2 || fetchedAtMs.length === 3;
         msg.respond(encode(fails ? errorReply(new ProtocolError('unavailable', 'catalog busy')) : { epoch: catalog.epoch, shards: [], tombstones: [] }));
       });
-      const lines = await nodeLogLines(async () => {
+      let heartbeatsAtSecondFetch = 0;
+      const lines = await nodeLogLines(async (seen) => {
         await startNode('hb2');
         assert.equal(fetchedAtMs.length, 1);
         // The catalog changes: the node reconciles again, and fails.
         catalog.epoch = 2;
-        await sleep(3 * RECONCILE_BACKOFF_MS_MIN + 600);
+        await waitFor('the second fetch', () => fetchedAtMs.length >= 2);
+        heartbeatsAtSecondFetch = catalog.heartbeats;
+        await waitFor('the reconciliation to work again', () => seen.some((l) => l.msg === 'reconciliation with the catalog works again'), 30_000);
+        // Reconciled with epoch 2: nothing more to fetch, however long the test waits.
+        await sleep(200);
       });
       // After the first failure, one back-off (1 s) later, two more (2 s) later; then the epoch is reconciled.
       assert.equal(fetchedAtMs.length, 4, `fetches at ${fetchedAtMs.map((t) => t - fetchedAtMs[0]!).join(', ')} ms`);
       assert.ok(fetchedAtMs[2]! - fetchedAtMs[1]! >= RECONCILE_BACKOFF_MS_MIN - 10);
       assert.ok(fetchedAtMs[3]! - fetchedAtMs[2]! >= 2 * RECONCILE_BACKOFF_MS_MIN - 10);
-      assert.ok(catalog.heartbeats >= 40, `heartbeats: ${catalog.heartbeats}`);
+      // Heartbeats (every 50 ms) went on through the 3 s of back-off: at least one per 150 ms, even
+      // on a loaded machine (a node whose heartbeats waited out the back-off would send a few).
+      const duringBackoff = catalog.heartbeats - heartbeatsAtSecondFetch;
+      assert.ok(duringBackoff >= 20, `heartbeats during the back-off: ${duringBackoff}`);
       const failed = lines.filter((l) => l.msg === 'reconciliation with the catalog failed');
       assert.equal(failed.length, 1, JSON.stringify(lines));
       assert.equal(failed[0]!.level, 'warn');

@@ -114,14 +114,18 @@ describe('observability end to end (in-process cluster)', function () {
 
     const { lsn } = await c.client.volume('traced').write(5, page(5));
 
-    // Both followers get the record (commit needs only one of them); wait for their spans.
-    const spans = await until('the spans of every hop', 10_000, async () => {
+    // Both followers get the record (commit needs only one of them); wait for their spans. The
+    // trace is the one whose replica write has this LSN: spans of the warm-up that a loaded
+    // machine exported after the reset are of other traces.
+    const spans = await until('the spans of every hop', 20_000, async () => {
       await c!.flushTelemetry();
       await new Promise((r) => setTimeout(r, 50));
       const all = exporter.getFinishedSpans();
-      const root = all.find((s) => s.name === 'send shard.write' && s.kind === SpanKind.CLIENT && s.parentSpanContext === undefined);
+      const ours = all.find((s) => s.name === 'shard.write' && attr(s, 'strata.lsn') === lsn);
+      if (!ours) return undefined;
+      const trace = all.filter((s) => s.spanContext().traceId === ours.spanContext().traceId);
+      const root = trace.find((s) => s.name === 'send shard.write' && s.kind === SpanKind.CLIENT && s.parentSpanContext === undefined);
       if (!root) return undefined;
-      const trace = all.filter((s) => s.spanContext().traceId === root.spanContext().traceId);
       const followersDone = trace.filter((s) => s.name === 'process replica.append').length >= 2;
       const followerBatches = trace.filter((s) => s.name === 'device.batch' && trace.some((p) => p.name === 'process replica.append' && p.spanContext().spanId === s.parentSpanContext?.spanId)).length >= 2;
       // A span ends (and is exported) after its children: wait until every parent is in.
@@ -212,9 +216,12 @@ describe('observability end to end (in-process cluster)', function () {
     for (let i = 0; i < READS; i++) await vol.read(10 + i);
     await assert.rejects(vol.read(10, { lsn: 1_000_000 }), (e: { code?: string }) => e.code === 'future_lsn');
     await c.client.status();
-    // Followers learn the last commit LSN with the next heartbeat; let a scrape see it.
-    await new Promise((r) => setTimeout(r, 400));
-    const after = await get(port, '/metrics');
+    // Followers learn the last commit LSN with the next heartbeat: scrape until every node shows it.
+    const after = await until('the last commit LSN on every node in a scrape', 20_000, async () => {
+      const text = await get(port, '/metrics');
+      const known = ['n1', 'n2', 'n3'].every((node) => max(text, 'strata_shard_commit_lsn', { node, volume: info.id, shard: '0' }) === lastLsn);
+      return known ? text : undefined;
+    });
 
     const delta = (name: string, labels: Record<string, string>): number => sum(after, name, labels) - sum(before, name, labels);
     assert.equal(delta('strata_request_duration_seconds_count', { operation: 'shard.write', outcome: 'ok' }), WRITES);

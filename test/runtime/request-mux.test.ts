@@ -12,13 +12,21 @@ describe('RequestMux (NATS request/reply over one reply subscription)', function
   let server: NatsServerHandle;
   let responder: NatsConnection;
   let nc: NatsConnection;
+  /** Subjects of the `slow.*` requests answered so far. */
+  const slowAnswered: string[] = [];
 
   before(async () => {
     server = await startNatsServer({ jetstream: false, maxPayloadBytes: 64 * 1024 });
     responder = await connect({ servers: server.url });
     // Echo with the header `x` appended; `slow.*` answers after the number of ms in its subject.
     responder.subscribe('echo', { callback: (_e, m) => m.respond(Uint8Array.of(...m.data, ...new TextEncoder().encode(m.headers?.get('x') ?? ''))) });
-    responder.subscribe('slow.*', { callback: (_e, m) => setTimeout(() => m.respond(m.data), Number(m.subject.split('.')[1])) });
+    responder.subscribe('slow.*', {
+      callback: (_e, m) =>
+        setTimeout(() => {
+          m.respond(m.data);
+          slowAnswered.push(m.subject);
+        }, Number(m.subject.split('.')[1])),
+    });
     responder.subscribe('silent', { callback: () => undefined });
     await responder.flush();
   });
@@ -75,9 +83,13 @@ describe('RequestMux (NATS request/reply over one reply subscription)', function
     assert.ok(waited >= 95, `waited ${waited} ms`);
     assert.equal(err.details?.['subject'], 'silent');
     // Shorter deadlines armed after a longer one still fire first; a reply after its deadline is dropped.
-    const long = mux.request('silent', new Uint8Array(1), { timeoutMs: 1000 });
+    const long = mux.request('silent', new Uint8Array(1), { timeoutMs: 3000 });
+    const answered = slowAnswered.length;
     await rejectsWith(mux.request('slow.300', new Uint8Array(1), { timeoutMs: 50 }), 'timeout');
-    await new Promise((r) => setTimeout(r, 350));
+    // The late reply is sent (300 ms after the request), then has reached this connection.
+    while (!slowAnswered.slice(answered).includes('slow.300')) await new Promise((r) => setTimeout(r, 10));
+    await responder.flush();
+    await nc.flush();
     assert.equal(mux.size, 1, 'only the long request still waits');
     await rejectsWith(long, 'timeout');
   });

@@ -248,7 +248,9 @@ describe('PageStore', () => {
     w.store = PageStore.open(w.disk, w.log, w.opts);
   });
 
-  it('a crash at every step of a checkpoint, then a power cut, reopens with the same pages', () => {
+  it('a crash at every step of a checkpoint, then a power cut, reopens with the same pages', function () {
+    // A reopened store at every step: several seconds of CPU on an idle machine, more on a loaded one.
+    this.timeout(120_000);
     let n = 0;
     let completed = false;
     const build = (): World => {
