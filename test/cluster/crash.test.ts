@@ -161,7 +161,7 @@ describe('crashes lose no acknowledged write', function () {
     const stalled = node.hostPool.stallHost(1, 4000);
     let stallOver = false;
     void stalled.then(() => (stallOver = true));
-    // The stall is the host's first message: the status's requests wait behind it.
+    // The stall reaches the host before the status's requests, which wait behind it.
     await new Promise((r) => setTimeout(r, 300));
     const t0 = Date.now();
     const status = (await node.status()) as { hosts: Array<{ hostId: number; ok: boolean; reason?: string }> };
