@@ -816,9 +816,10 @@ describe('Replica (more cases)', function () {
       assert.deepEqual(m.storage.log.corruption, []);
       assert.ok(m.storage.log.lastLsn < last, 'the damaged records and those after them are gone');
       assert.equal(m.replica.stats().repairing, true);
-      // Cut off, past its quiet time and several election timeouts: no prevote, and no vote even
-      // for a candidate far ahead.
-      await new Promise((r) => setTimeout(r, 400));
+      // Cut off, past its quiet time and several election timeouts (of the replicas' clock, which
+      // a loaded machine may move slower than real time): no prevote, and no vote even for a
+      // candidate far ahead.
+      await shard!.elapse(400);
       assert.equal(m.replica.stats().preVotes, 0, 'a replica that lost records does not campaign');
       const other = shard!.ids.find((id) => id !== f)!;
       const ahead = { candidate: other, lastLsn: 1_000_000, lastTerm: 1_000_000 };
