@@ -255,12 +255,12 @@ function notLeader(leader: string | null, term: number, record?: { recordLsn: nu
  */
 function namingRecord(err: StorageError, w: Waiter): StorageError {
   if (w.recordTerm === undefined) return err;
-  const named = new StorageError(err.code, `${err.message}; the write may or may not be committed (its record: lsn ${w.lsn}, term ${w.recordTerm})`, {
-    ...(err.details ?? {}),
-    recordLsn: w.lsn,
-    recordTerm: w.recordTerm,
-  }, err);
-  return named;
+  return new StorageError(err.code, `${err.message}; ${recordNote(w.lsn, w.recordTerm)}`, { ...(err.details ?? {}), recordLsn: w.lsn, recordTerm: w.recordTerm }, err);
+}
+
+/** What an error naming a write's record says of it. */
+function recordNote(lsn: number, term: number): string {
+  return `the write may or may not be committed (its record: lsn ${lsn}, term ${term})`;
 }
 
 export class Replica {
@@ -552,7 +552,7 @@ export class Replica {
       // Its record may still be committed by the next leader: the client retries naming it
       // (shard.write `earlier`), so that the next leader does not write the pages twice.
       const e = notLeader(this.leader, this.term, { recordLsn: w.lsn, recordTerm: w.recordTerm });
-      e.message = `${e.message} (${reason}); the write may or may not be committed (its record: lsn ${w.lsn}, term ${w.recordTerm})`;
+      e.message = `${e.message} (${reason}); ${recordNote(w.lsn, w.recordTerm)}`;
       w.reject(e);
     }
     this.commitWaiters = [];

@@ -44,10 +44,7 @@ export interface ShardStorageOptions {
 export interface HardStateRecord {
   term: number;
   votedFor: string | null;
-  /**
-   * Set when this replica's log lost records it may have acknowledged (repaired at this term):
-   * it neither votes nor campaigns until it holds a committed record of a newer term.
-   */
+  /** See the Replica's HardState.repairTerm: set when a repair discarded records (at this term). */
   repairTerm?: number;
 }
 
@@ -60,10 +57,6 @@ const INCOMING = 'incoming.img.tmp';
 const INSTALL = 'install';
 const RAFT = 'raft';
 
-/**
- * Repairs a damaged log (see `repairFromPeers`); returns what was damaged. The hard state is
- * marked first, so that a crash during the repair leaves a replica that still does not vote.
- */
 /** Marks the hard state: this replica's log is losing records it may have acknowledged (HardStateRecord.repairTerm). */
 function markRepair(meta: MetaStore, log: SegmentLog): void {
   const hs = meta.read<HardStateRecord>(RAFT);
@@ -74,6 +67,16 @@ function markRepair(meta: MetaStore, log: SegmentLog): void {
   meta.write(RAFT, marked);
 }
 
+/** Removes the images and restarts the log at LSN 1: the peers send everything again. */
+function startOver(disk: Disk, dir: string, log: SegmentLog): void {
+  PageStore.discardAll(disk, dir);
+  log.reset(1, 0);
+}
+
+/**
+ * Repairs a damaged log (see `repairFromPeers`); returns what was damaged. The hard state is
+ * marked first, so that a crash during the repair leaves a replica that still does not vote.
+ */
 function repairLog(disk: Disk, dir: string, meta: MetaStore, log: SegmentLog): CorruptionReport[] {
   const damage = [...log.corruption];
   markRepair(meta, log);
@@ -103,9 +106,7 @@ function repairLog(disk: Disk, dir: string, meta: MetaStore, log: SegmentLog): C
   if (term !== undefined) {
     log.reset(imageLsn + 1, term);
   } else {
-    // No image to start from either: start over from nothing.
-    PageStore.discardAll(disk, dir);
-    log.reset(1, 0);
+    startOver(disk, dir, log); // No image to start from either.
   }
   return damage;
 }
@@ -153,8 +154,7 @@ export class ShardStorage {
         // start over from nothing, and let the peers send everything again.
         if (!(e instanceof CorruptionError) || !opts.repairFromPeers) throw e;
         markRepair(meta, log);
-        PageStore.discardAll(disk, opts.dir);
-        log.reset(1, 0);
+        startOver(disk, opts.dir, log);
         store = PageStore.open(disk, log, storeOptions(opts), 0);
         return new ShardStorage(disk, opts, log, store, [...repaired, ...e.reports]);
       }

@@ -67,6 +67,16 @@ function assertReadOnly(log: SegmentLog): void {
   assert.throws(() => log.truncateSuffix(log.lastLsn), isCorruption);
 }
 
+/** Appends `from..to`, cuts the power and reopens: the log is sound and holds `first..to`. */
+function assertAppendsSurvive(disk: SimDisk, log: SegmentLog, from: number, to: number, first = 1, what = ''): void {
+  log.write(history(from, to));
+  log.sync();
+  disk.powerCut();
+  const again = reopen(disk);
+  assert.deepEqual(again.corruption, [], what);
+  assertHistory(again, first, to);
+}
+
 describe('SegmentLog recovery', () => {
   it('(a) a torn last write, at every byte, keeps exactly the whole records before the tear', function () {
     // Thousands of reopened logs: about 20 s of CPU on an idle machine, much more on a loaded one.
@@ -155,12 +165,7 @@ describe('SegmentLog recovery', () => {
     const repaired = reopen(disk);
     repaired.reset(11, termOf(10));
     assert.deepEqual(repaired.corruption, []);
-    repaired.write(history(11, 12));
-    repaired.sync();
-    disk.powerCut();
-    const after = reopen(disk);
-    assert.deepEqual(after.corruption, []);
-    assertHistory(after, 11, 12);
+    assertAppendsSurvive(disk, repaired, 11, 12, 11);
   });
 
   it('(c) damage over several records reports the whole lost range', () => {
@@ -230,12 +235,7 @@ describe('SegmentLog recovery', () => {
       seen.add(again.lastLsn);
       assertHistory(again, 1, again.lastLsn);
       // The recovered log takes appends and survives another power cut.
-      again.write(history(again.lastLsn + 1, 50));
-      again.sync();
-      disk.powerCut();
-      const third = reopen(disk);
-      assert.deepEqual(third.corruption, []);
-      assertHistory(third, 1, 50);
+      assertAppendsSurvive(disk, again, again.lastLsn + 1, 50);
       assert.deepEqual(disk.list(DIR).filter((x) => !x.endsWith('.log')), [], 'no temporaries left');
     }
     assert.ok(seen.has(10) && seen.has(45) && seen.size >= 3, `crash points cover several outcomes: ${[...seen]}`);
@@ -498,12 +498,7 @@ describe('SegmentLog recovery', () => {
       assert.deepEqual([log.firstLsn, log.lastLsn, log.syncedLsn], [1, bad - 1, bad - 1]);
       assert.deepEqual(segBases(disk), bases.slice(0, 2), 'later segments removed');
       assertHistory(log, 1, bad - 1);
-      log.write(history(bad, 50));
-      log.sync();
-      disk.powerCut();
-      const again = reopen(disk);
-      assert.deepEqual(again.corruption, []);
-      assertHistory(again, 1, 50);
+      assertAppendsSurvive(disk, log, bad, 50);
     });
 
     it('a power cut at every step of it leaves the same valid prefix, damaged or repaired', () => {
@@ -532,12 +527,7 @@ describe('SegmentLog recovery', () => {
           damagedSeen++;
           again.discardDamage();
         } else repairedSeen++;
-        again.write(history(bad, bad + 3));
-        again.sync();
-        disk.powerCut();
-        const third = reopen(disk);
-        assert.deepEqual(third.corruption, [], `n=${n}`);
-        assertHistory(third, 1, bad + 3);
+        assertAppendsSurvive(disk, again, bad, bad + 3, 1, `n=${n}`);
       }
       assert.ok(repairedSeen > 0 && damagedSeen > 0, `both outcomes seen (${repairedSeen}, ${damagedSeen})`);
     });

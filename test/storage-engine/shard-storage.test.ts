@@ -33,6 +33,16 @@ function fill(st: ShardStorage, rounds: number): number {
   return lsn;
 }
 
+/** Opens a shard's storage, runs `check` on it, and closes it whatever happens. */
+function whileOpen(disk: SimDisk, opts: ShardStorageOptions, check: (st: ShardStorage) => void): void {
+  const st = ShardStorage.open(disk, opts);
+  try {
+    check(st);
+  } finally {
+    st.close();
+  }
+}
+
 describe('ShardStorage', () => {
   it('opens from the newest image the log covers when its checkpoint pointer is unreadable', () => {
     const disk = new SimDisk();
@@ -42,13 +52,10 @@ describe('ShardStorage', () => {
     st.close();
     disk.flipBits('S/checkpoint', 25, 1);
     disk.powerCut();
-    const again = ShardStorage.open(disk, options('S'));
-    try {
+    whileOpen(disk, options('S'), (again) => {
       assert.equal(again.store.appliedLsn, last);
       assert.deepEqual(again.store.getPage(last % PAGES), new Uint8Array(PAGE).fill(last & 0xff));
-    } finally {
-      again.close();
-    }
+    });
   });
 
   it('refuses a received image with a bad page before it replaces anything: the log, the state and the image names stay as they were', () => {
@@ -70,12 +77,9 @@ describe('ShardStorage', () => {
     assert.equal(follower.log.lastLsn, 1, 'the log was not reset');
     assert.equal(disk.exists(`F/${imageFileName(image.lsn)}`), false, 'no file under an image name');
     follower.close();
-    const reopened = ShardStorage.open(disk, options('F'));
-    try {
+    whileOpen(disk, options('F'), (reopened) => {
       assert.equal(reopened.log.lastLsn, 1);
-    } finally {
-      reopened.close();
-    }
+    });
   });
 
   describe('damage found at open', () => {
@@ -112,8 +116,7 @@ describe('ShardStorage', () => {
       assert.throws(() => plain.log.write([{ term: 3, kind: 2, payload: new Uint8Array(0) }]), CorruptionError);
       plain.close();
 
-      const st2 = ShardStorage.open(disk, { ...options('S'), repairFromPeers: true });
-      try {
+      whileOpen(disk, { ...options('S'), repairFromPeers: true }, (st2) => {
         assert.equal(st2.repaired.length, 1);
         assert.equal(st2.repaired[0]!.fromLsn, seg.base);
         assert.deepEqual(st2.log.corruption, []);
@@ -123,9 +126,7 @@ describe('ShardStorage', () => {
         assert.deepEqual(st2.load(), { term: 3, votedFor: 'n2', repairTerm: 3 });
         assert.equal(st2.log.write([{ term: 3, kind: 2, payload: new Uint8Array(0) }]), seg.base, 'the log takes records again');
         st2.log.sync();
-      } finally {
-        st2.close();
-      }
+      });
     });
 
     it('damage among records the newest image covers: the log starts again after the image', () => {
@@ -136,16 +137,13 @@ describe('ShardStorage', () => {
       const inLog = segments(disk, 'S').filter((x) => x.base <= imaged - 3);
       assert.ok(inLog.length >= 1, 'the log still holds records the image covers');
       disk.flipBits(`S/log/${inLog[inLog.length - 1]!.name}`, 200, 1);
-      const st2 = ShardStorage.open(disk, { ...options('S'), repairFromPeers: true });
-      try {
+      whileOpen(disk, { ...options('S'), repairFromPeers: true }, (st2) => {
         assert.equal(st2.repaired.length, 1);
         assert.deepEqual([st2.log.firstLsn, st2.log.lastLsn], [imaged + 1, imaged]);
         assert.equal(st2.store.appliedLsn, imaged);
         assert.deepEqual(st2.store.getPage(imaged % PAGES), new Uint8Array(PAGE).fill(imaged & 0xff));
         assert.equal(st2.load()?.repairTerm, 1);
-      } finally {
-        st2.close();
-      }
+      });
     });
 
     it('no valid image to start from: without repairFromPeers it does not open; with it, it starts over from nothing', () => {
@@ -158,23 +156,17 @@ describe('ShardStorage', () => {
       assert.ok(images.length >= 1);
       for (const name of images) disk.flipBits(`S/${name}`, 3, 1); // each image's header
       assert.throws(() => ShardStorage.open(disk, options('S')), CorruptionError);
-      const st2 = ShardStorage.open(disk, { ...options('S'), repairFromPeers: true });
-      try {
+      whileOpen(disk, { ...options('S'), repairFromPeers: true }, (st2) => {
         assert.ok(st2.repaired.length >= 1);
         assert.deepEqual([st2.log.firstLsn, st2.log.lastLsn, st2.store.appliedLsn], [1, 0, 0]);
         assert.deepEqual(disk.list('S').filter((n) => n.startsWith('image-') || n === 'checkpoint'), []);
         assert.deepEqual(st2.load(), { term: 4, votedFor: null, repairTerm: 4 });
-      } finally {
-        st2.close();
-      }
+      });
       // Durable: it opens as it was left.
-      const st3 = ShardStorage.open(disk, { ...options('S'), repairFromPeers: true });
-      try {
+      whileOpen(disk, { ...options('S'), repairFromPeers: true }, (st3) => {
         assert.deepEqual(st3.repaired, []);
         assert.equal(st3.log.lastLsn, 0);
-      } finally {
-        st3.close();
-      }
+      });
     });
 
     it('the first log segment unreadable and no image: it starts over from nothing instead of never opening', () => {
@@ -186,14 +178,11 @@ describe('ShardStorage', () => {
       st.close();
       const first = segments(disk, 'S')[0]!;
       disk.flipBits(`S/log/${first.name}`, 2, 1); // its header
-      const st2 = ShardStorage.open(disk, { ...options('S'), repairFromPeers: true });
-      try {
+      whileOpen(disk, { ...options('S'), repairFromPeers: true }, (st2) => {
         assert.equal(st2.repaired.length, 1);
         assert.deepEqual([st2.log.firstLsn, st2.log.lastLsn, st2.store.appliedLsn], [1, 0, 0]);
         assert.deepEqual(st2.load(), { term: 1, votedFor: null, repairTerm: 1 });
-      } finally {
-        st2.close();
-      }
+      });
     });
   });
 });
