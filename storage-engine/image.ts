@@ -352,11 +352,21 @@ export class ImageReader {
    * only the header and the table.
    */
   verifyPages(): void {
+    for (const step of this.verifySteps()) void step;
+  }
+
+  /**
+   * `verifyPages` in steps of at most IMAGE_READ_BYTES_MAX read each (one per iteration), for a
+   * caller that must not hold its thread for a whole image: a leader checking its own image after
+   * a follower found the copy it was sent damaged.
+   */
+  *verifySteps(): Generator<void, void, void> {
     const batch = Math.max(1, Math.floor(IMAGE_READ_BYTES_MAX / this.pageSize));
     const outs = Array.from({ length: Math.min(batch, this.pages.length) }, () => new Uint8Array(this.pageSize));
     for (let i = 0; i < this.pages.length; i += batch) {
       const pages = Array.from(this.pages.subarray(i, Math.min(this.pages.length, i + batch)));
       this.readPages(pages, outs.slice(0, pages.length));
+      yield;
     }
   }
 

@@ -36,6 +36,13 @@ export interface PageStoreOptions {
   imagesKeep?: number;
   /** Reads stay possible at every LSN >= (newest image LSN - retainLsns). Default 0. */
   retainLsns?: number;
+  /**
+   * Open checks every page of every image it would use (opening otherwise checks only the header
+   * and the table) and skips a damaged one as it skips one whose header is bad; once the store
+   * is open without them, they are removed durably. A scrub, after a read found damage while the
+   * replica ran. What was removed is in `damagedImages`.
+   */
+  verifyImages?: boolean;
 }
 
 /** The durable 'checkpoint' pointer (MetaStore). */
@@ -100,6 +107,8 @@ export class PageStore {
   private applied: number;
   private appliedTerm: number;
   private closed = false;
+  /** Images that open (with `verifyImages`) found damaged and removed; empty otherwise. */
+  damagedImages: readonly CorruptionReport[] = [];
 
   private constructor(disk: Disk, log: SegmentLog, opts: PageStoreOptions, images: ImageReader[], floorLsn: number) {
     this.disk = disk;
@@ -164,6 +173,7 @@ export class PageStore {
       reports.push({ file, offset: 0, fromLsn: pointer.lsn, toLsn: pointer.lsn, reason: 'image named by the checkpoint pointer is missing' });
     }
     const images: ImageReader[] = [];
+    const damaged: CorruptionReport[] = [];
     for (const lsn of lsns) {
       const path = joinPath(opts.dir, imageFileName(lsn));
       try {
@@ -174,6 +184,19 @@ export class PageStore {
           throw e;
         }
         reports.push(...e.reports);
+        continue;
+      }
+      if (opts.verifyImages !== true) continue;
+      try {
+        images[images.length - 1]!.verifyPages();
+      } catch (e) {
+        if (!(e instanceof CorruptionError)) {
+          for (const r of images) r.close();
+          throw e;
+        }
+        images.pop()!.close();
+        reports.push(...e.reports);
+        damaged.push(...e.reports);
       }
     }
     if (floor > 0 && images.length === 0) {
@@ -188,6 +211,15 @@ export class PageStore {
     } catch (e) {
       store.close();
       throw e;
+    }
+    if (damaged.length > 0) {
+      // The store opened without them: gone from disk, so that nothing reads them again (a
+      // reopen, an image sent to a follower). The pointer may still name one: an open then
+      // takes an older image, as for a missing one, and the next checkpoint moves the pointer.
+      // (When the store cannot open without them, they stay, for whoever decides what next.)
+      for (const r of new Set(damaged.map((d) => d.file))) disk.remove(r);
+      disk.fsyncDir(opts.dir);
+      store.damagedImages = damaged;
     }
     return store;
   }

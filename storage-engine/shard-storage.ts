@@ -39,6 +39,13 @@ export interface ShardStorageOptions {
    * log opens read-only (writes throw CorruptionError), as a sole copy must.
    */
   repairFromPeers?: boolean;
+  /**
+   * Check every page of the images too (PageStore `verifyImages`), for a replica reopened because
+   * a read found damage while it ran. A damaged image is removed and, when an older image or the
+   * log still holds what it held, built again at once; otherwise (with `repairFromPeers`) the
+   * replica starts over and its peers send everything again.
+   */
+  scrub?: boolean;
 }
 
 export interface HardStateRecord {
@@ -148,7 +155,18 @@ export class ShardStorage {
       const replayUpto = Math.max(log.firstLsn - 1, Math.min(imageLsn, log.lastLsn));
       let store: PageStore;
       try {
-        store = PageStore.open(disk, log, storeOptions(opts), replayUpto);
+        store = PageStore.open(disk, log, { ...storeOptions(opts), verifyImages: opts.scrub === true }, replayUpto);
+        if (store.damagedImages.length > 0) {
+          // What the removed image held is still there (an older image and the log): write it
+          // again, so that the pointer names a good image and followers can be sent one.
+          try {
+            store.checkpoint();
+          } catch (e) {
+            store.close();
+            throw e;
+          }
+          return new ShardStorage(disk, opts, log, store, [...repaired, ...store.damagedImages]);
+        }
       } catch (e) {
         // No valid image to start from (and the log does not reach back to the empty volume):
         // start over from nothing, and let the peers send everything again.
@@ -203,6 +221,16 @@ export class ShardStorage {
       return buf;
     } finally {
       this.disk.close(fh);
+    }
+  }
+
+  /** ImageReader.verifySteps of our image at `lsn` (closed at the end, or when the caller stops). */
+  *verifySteps(lsn: number): Generator<void, void, void> {
+    const r = ImageReader.open(this.disk, joinPath(this.opts.dir, imageFileName(lsn)));
+    try {
+      yield* r.verifySteps();
+    } finally {
+      r.close();
     }
   }
 
