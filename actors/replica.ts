@@ -90,6 +90,11 @@ export interface SnapshotIO {
   write(offset: number, data: Uint8Array): void;
   /** Validates the image, makes it this replica's state (log continues at lsn+1), and returns the new log and store. */
   install(): { log: SegmentLog; store: PageStore };
+  /**
+   * Checks every page of our image at `lsn`, one bounded read per step (CorruptionError when one
+   * is damaged): asked when a follower found the copy it was sent damaged.
+   */
+  verifySteps(lsn: number): Iterator<void, void, void>;
 }
 
 export interface ReplicaTiming {
@@ -128,6 +133,15 @@ export interface ReplicaOptions {
   random?: () => number;
   /** Told when this replica becomes leader or stops being leader. */
   onRoleChange?: (role: Role, term: number) => void;
+  /**
+   * Told, once, when this replica of a set of several finds its own storage damaged while it
+   * runs: an image page or a log record failed its checksum on a read, a checkpoint or a
+   * catch-up, or a follower found the image it was sent damaged and ours is too. The host
+   * reopens it with a scrub (ShardStorage `scrub`): the damage is removed and rebuilt from what
+   * is left, or given back by the peers. A sole replica is not told (nobody could give back what
+   * was lost): its reads of the damaged data fail with `corruption`.
+   */
+  onDamage?: (err: StorageError) => void;
   offload?: PayloadOffload;
   checkpointEveryRecords?: number;
   /**
@@ -276,6 +290,10 @@ export class Replica {
   private readonly timing: ReplicaTiming;
   private readonly random: () => number;
   private readonly onRoleChange: ((role: Role, term: number) => void) | undefined;
+  private readonly onDamage: ((err: StorageError) => void) | undefined;
+  private damageReported = false;
+  /** A check of our own image is running (a follower found its copy damaged). */
+  private checkingImage = false;
   private readonly offload: PayloadOffload | undefined;
   private readonly checkpointEveryRecords: number;
   private readonly messageBytesMax: number;
@@ -348,6 +366,7 @@ export class Replica {
     this.timing = { ...DEFAULT_TIMING, ...(opts.timing ?? {}) };
     this.random = opts.random ?? Math.random;
     this.onRoleChange = opts.onRoleChange;
+    this.onDamage = opts.onDamage;
     this.offload = opts.offload;
     this.checkpointEveryRecords = opts.checkpointEveryRecords ?? 0;
     this.messageBytesMax = opts.messageBytesMax ?? MESSAGE_BYTES_MAX;
@@ -825,8 +844,9 @@ export class Replica {
       for (let k = 0; k < APPEND_WINDOW; k++) if (!this.sendNext(id, heartbeat && k === 0)) break;
     } catch (e) {
       // A record not readable yet or a log error: the next tick retries; a device failure
-      // reaches the host through the failed append.
+      // reaches the host through the failed append, damage through reportDamage.
       if (!(e instanceof StorageError)) throw e;
+      this.reportDamage(e);
     }
   }
 
@@ -959,8 +979,14 @@ export class Replica {
         }
         this.replicateTo(id, false);
       },
-      () => {
+      (err: unknown) => {
         f.inFlight = Math.max(0, f.inFlight - 1);
+        // The follower checked the whole image it was sent and found it damaged: a transfer
+        // error, or our image is damaged. Ours is checked; the next transfer starts again.
+        if (req.done && (err as { code?: unknown } | undefined)?.code === 'corruption' && f.snapshot === s) {
+          f.snapshot = undefined;
+          void this.checkOwnImage(s.lsn);
+        }
       },
     );
   }
@@ -1008,6 +1034,9 @@ export class Replica {
           this.recordsSinceCheckpoint++;
         }
       }
+    } catch (e) {
+      this.reportDamage(e); // A record read back from the log failed its checksum.
+      throw e;
     } finally {
       this.applying = false;
     }
@@ -1029,6 +1058,7 @@ export class Replica {
 
   private maybeCheckpoint(): void {
     if (this.checkpointEveryRecords <= 0 || this.checkpointing || this.recordsSinceCheckpoint < this.checkpointEveryRecords) return;
+    // A failure is retried at the next apply (damage is reported by checkpoint itself).
     void this.checkpoint().catch(() => undefined);
   }
 
@@ -1050,6 +1080,9 @@ export class Replica {
             return { lsn: r.value.lsn };
           }
         }
+      } catch (e) {
+        this.reportDamage(e); // The fold reads every page of the newest image it does not replace.
+        throw e;
       } finally {
         // Ended early (the queue refused a step, a step failed): the half-written image goes.
         steps.return(undefined as never);
@@ -1395,10 +1428,59 @@ export class Replica {
     const lsn = opts.lsn ?? this.store.appliedLsn;
     // Pages in memory are copied out at once; only a read that needs the disk waits its turn in
     // the device's queue (behind flushes and other IO).
-    const data = this.store.getPagesCached(pages, lsn) ?? (await this.queue.task(() => this.store.getPages(pages, lsn)));
+    const data = this.store.getPagesCached(pages, lsn) ?? (await this.readStored(pages, lsn));
     this.counters.reads++;
     this.counters.pagesRead += pages.length;
     return { pages: data, lsn, term: this.term };
+  }
+
+  /**
+   * Reads pages from the images and the log, through the device queue. Damage found on the way
+   * in a replica of several: the replica is reopened to repair it (`onDamage`), and the reader
+   * gets `not_leader`, so that it asks the shard again and is served by a good copy.
+   */
+  private async readStored(pages: readonly number[], lsn: number): Promise<Uint8Array[]> {
+    try {
+      return await this.queue.task(() => this.store.getPages(pages, lsn));
+    } catch (e) {
+      if (!this.reportDamage(e)) throw e;
+      throw new ProtocolError('not_leader', `${(e as Error).message}; this replica is reopened to repair the damage, and a good copy serves the shard`, {
+        term: this.term,
+        damaged: true,
+      });
+    }
+  }
+
+  /**
+   * True if `e` is damage of this replica's own storage that its peers can make good (a replica
+   * of several, with a host that reopens it); the host is told the first time.
+   */
+  private reportDamage(e: unknown): boolean {
+    if (!(e instanceof StorageError) || e.code !== 'corruption' || this.members.length < 2 || !this.onDamage || this.closed) return false;
+    if (!this.damageReported) {
+      this.damageReported = true;
+      this.onDamage(e);
+    }
+    return true;
+  }
+
+  /** A follower found the image it was sent damaged: checks ours, in steps through the device queue. */
+  private async checkOwnImage(lsn: number): Promise<void> {
+    if (this.checkingImage || !this.snapshots) return;
+    this.checkingImage = true;
+    const steps = this.snapshots.verifySteps(lsn);
+    try {
+      for (;;) {
+        if (this.closed || (await this.queue.task(() => steps.next())).done === true) break;
+      }
+    } catch (e) {
+      // Damage is reported. Anything else (the image went away with a newer checkpoint, the
+      // queue refused) is let be: the next transfer sends the newest image, checked again.
+      this.reportDamage(e);
+    } finally {
+      steps.return?.();
+      this.checkingImage = false;
+    }
   }
 
   /** Resolves with the commit LSN once everything accepted before is committed and applied. */

@@ -78,9 +78,14 @@ class TestShard {
     }, 2);
   }
 
-  start(id: string, disk: SimDisk): Member {
+  /** What replicas reported as damage of their own storage found while running (onDamage). */
+  readonly damage: Array<{ id: string; err: StorageError }> = [];
+
+  /** Opens a replica on `disk`; with `scrub`, as its host does after it reported damage. */
+  start(id: string, disk: SimDisk, opts: { scrub?: boolean } = {}): Member {
     const storage = ShardStorage.open(disk, {
       dir: 'shard', pageSize: 4096, pageCount: 256, cacheBytesMax: 1 << 20, slab: this.slab, segmentBytesMax: 64 * 1024, repairFromPeers: this.ids.length > 1,
+      scrub: opts.scrub === true,
     });
     const queue = new DeviceQueue({
       disk,
@@ -100,6 +105,7 @@ class TestShard {
       ...(this.opts.randoms?.[id] !== undefined ? { random: () => this.opts.randoms![id]! } : {}),
       ...(this.opts.checkpointEveryRecords ? { checkpointEveryRecords: this.opts.checkpointEveryRecords } : {}),
       ...(this.opts.messageBytesMax ? { messageBytesMax: this.opts.messageBytesMax } : {}),
+      onDamage: (err) => void this.damage.push({ id, err }),
     });
     const m = { id, disk, storage, queue, replica };
     this.members.set(id, m);
@@ -143,6 +149,9 @@ class TestShard {
     return { release, held: () => h.used };
   }
 
+  /** Changes made to messages on the way (a copy; the sender's stays as it was). */
+  readonly tampers: Array<(from: string, to: string, msg: RaftRequest) => void> = [];
+
   /** Append messages that carried records: sender, receiver, record count. */
   readonly appendsSent: Array<{ from: string; to: string; records: number }> = [];
 
@@ -160,7 +169,9 @@ class TestShard {
           await new Promise((r) => setTimeout(r, Math.min(timeoutMs, 5)));
           throw new ProtocolError('timeout', `${from} cannot reach ${to}`);
         }
-        const reply = await target.replica.handle(structuredClone(msg));
+        const delivered = structuredClone(msg);
+        for (const t of this.tampers) t(from, to, delivered);
+        const reply = await target.replica.handle(delivered);
         const h = this.holds.find((x) => !x.used && x.match(from, to, msg));
         if (h) {
           h.used = true;
@@ -231,12 +242,12 @@ class TestShard {
   }
 
   /** A replica reopened in this process from its intact disk, as its host does after a failure. */
-  async restart(id: string): Promise<Member> {
+  async restart(id: string, opts: { scrub?: boolean } = {}): Promise<Member> {
     const m = this.members.get(id)!;
     m.replica.close();
     await m.queue.drain().catch(() => undefined);
     m.storage.close();
-    return this.start(id, m.disk);
+    return this.start(id, m.disk, opts);
   }
 
   async stop(): Promise<void> {
@@ -856,6 +867,151 @@ describe('Replica (more cases)', function () {
       await shard!.crash(l.id);
       const neu = await shard!.leader(shard!.ids.filter((id) => id !== l.id));
       for (let i = 0; i < 40; i += 7) assert.deepEqual((await neu.replica.read([i], { deadlineMs: Date.now() + 1000, nowMs: Date.now() })).pages[0], page(i + 1));
+    });
+  });
+});
+
+describe('Replica: damage of its own storage found while it runs', function () {
+  this.timeout(30_000);
+  let shard: TestShard | undefined;
+  afterEach(async () => {
+    await shard?.stop();
+    shard = undefined;
+  });
+  // Elections slower than the default: a pause of the test process must not move the leadership.
+  const steady = { timing: { electionTimeoutMinMs: 400, electionTimeoutMaxMs: 600 } };
+
+  /** 40 one-page writes (page i holds i + 1) with an image after 20 and after 40; returns the newest image's file. */
+  async function imaged(l: Member): Promise<string> {
+    for (let i = 0; i < 40; i++) {
+      await l.replica.write([{ page: i, data: page(i + 1) }]);
+      if (i === 19 || i === 39) await l.replica.checkpoint();
+    }
+    const images = l.disk.list('shard').filter((n) => /^image-[0-9a-f]+\.img$/.test(n)).sort();
+    assert.equal(images.length, 2, `two images (${images.join(', ')})`);
+    return `shard/${images[1]!}`;
+  }
+  /**
+   * Flips a bit of page 0's data in an image (its offset is table entry 0's). Page 0 was written
+   * before both images, so a read at the newest LSN finds it in the newest image, not in the log.
+   */
+  const damagePage0 = (disk: SimDisk, path: string): void => {
+    const bytes = disk.fileBytes(path);
+    const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    assert.equal(Number(view.getBigUint64(40, true)), 0, 'table entry 0 is page 0');
+    disk.flipBits(path, Number(view.getBigUint64(48, true)) + 100, 1);
+  };
+  const readAt = (m: Member, p: number) => m.replica.read([p], { deadlineMs: Date.now() + 2000, nowMs: Date.now() });
+
+  /** Reads pages 0..39 one by one (none cached: a write does not cache its page); the failures by page. */
+  async function readAll(m: Member): Promise<Map<number, ProtocolError | StorageError>> {
+    const failed = new Map<number, ProtocolError | StorageError>();
+    for (let p = 0; p < 40; p++) {
+      try {
+        assert.deepEqual((await readAt(m, p)).pages[0], page(p + 1), `page ${p}`);
+      } catch (e) {
+        if (e instanceof assert.AssertionError) throw e;
+        failed.set(p, e as ProtocolError);
+      }
+    }
+    return failed;
+  }
+
+  it('a leader reading a damaged image page reports it once and answers not_leader; reopened with a scrub, it reads every page right', async () => {
+    shard = new TestShard(['a', 'b', 'c'], steady);
+    const l = await shard.leader();
+    damagePage0(l.disk, await imaged(l));
+    const failed = await readAll(l);
+    assert.deepEqual([...failed.keys()], [0], 'page 0 is damaged');
+    const [p, err] = [...failed][0]!;
+    assert.ok(err instanceof ProtocolError && err.code === 'not_leader' && err.details?.['damaged'] === true, String(err));
+    assert.deepEqual(shard.damage.map((d) => [d.id, d.err.code]), [[l.id, 'corruption']]);
+    await assert.rejects(readAt(l, p), (e: ProtocolError) => e.code === 'not_leader');
+    assert.equal(shard.damage.length, 1, 'reported once');
+
+    const again = await shard.restart(l.id, { scrub: true });
+    assert.equal(again.storage.repaired.length, 1, 'the scrub found the damaged image');
+    assert.equal(again.replica.stats().repairing, false, 'nothing was lost: it votes');
+    for (let q = 0; q < 40; q++) assert.deepEqual(again.storage.store.getPage(q), page(q + 1), `page ${q}`);
+    const leader = await shard.leader();
+    assert.equal((await readAll(leader)).size, 0);
+  });
+
+  it('a sole replica reports no damage (nobody could repair it): the read fails with corruption', async () => {
+    shard = new TestShard(['a'], steady);
+    const l = await shard.leader();
+    damagePage0(l.disk, await imaged(l));
+    const failed = await readAll(l);
+    assert.deepEqual([...failed.values()].map((e) => e.code), ['corruption']);
+    assert.deepEqual(shard.damage, []);
+  });
+
+  it('a checkpoint that meets a damaged page of the image it folds reports it', async () => {
+    shard = new TestShard(['a', 'b', 'c'], steady);
+    const l = await shard.leader();
+    damagePage0(l.disk, await imaged(l));
+    await l.replica.write([{ page: 100, data: page(100) }]);
+    await assert.rejects(l.replica.checkpoint(), (e: StorageError) => e.code === 'corruption');
+    assert.deepEqual(shard.damage.map((d) => d.id), [l.id]);
+  });
+
+  it('a record of its log damaged while it runs is reported when it is read back (to apply it, or to send it to a follower)', async () => {
+    shard = new TestShard(['a', 'b', 'c'], steady);
+    const l = await shard.leader();
+    const f = shard.ids.find((id) => id !== l.id)!;
+    shard.isolate([f]);
+    for (let i = 0; i < 40; i++) await l.replica.write([{ page: i, data: page(i + 1) }]);
+    // Reopened, it holds nothing in memory: what it applies, or sends to the follower, it reads
+    // back from its log. A bit of an early record rots meanwhile.
+    const m = await shard.restart(l.id);
+    const first = m.disk.list('shard/log').filter((n) => n.endsWith('.log')).sort()[0]!;
+    m.disk.flipBits(`shard/log/${first}`, 20_000, 1);
+    shard.heal();
+    await shard.waitFor(() => shard!.damage.length > 0, 'the damage is reported');
+    assert.deepEqual(shard.damage.map((d) => [d.id, d.err.code]), [[l.id, 'corruption']]);
+  });
+
+  describe('a follower sent an image that fails its check', () => {
+    /** A follower cut off while the leader writes 40 pages and trims its log behind two images; returns it and the newest image. */
+    async function behindTheImages(): Promise<{ l: Member; f: Member; image: string }> {
+      shard = new TestShard(['a', 'b', 'c'], steady);
+      const l = await shard.leader();
+      const f = shard.members.get(shard.ids.find((id) => id !== l.id)!)!;
+      shard.isolate([f.id]);
+      const image = await imaged(l);
+      assert.ok(l.storage.log.firstLsn > f.replica.appliedLsn + 1, 'the follower needs the image');
+      return { l, f, image };
+    }
+
+    it('the leader\'s image is damaged: the leader checks it and reports it; once it is reopened with a scrub, the follower catches up', async () => {
+      const { l, f, image } = await behindTheImages();
+      damagePage0(l.disk, image);
+      shard!.heal();
+      await shard!.waitFor(() => shard!.damage.length > 0, 'the leader reports its damaged image');
+      assert.deepEqual(shard!.damage.map((d) => d.id), [l.id], 'the follower reports nothing of its own');
+      assert.equal(f.replica.stats().snapshotsInstalled, 0);
+      const target = l.replica.appliedLsn;
+      await shard!.restart(l.id, { scrub: true });
+      // From the scrubbed replica's image, or from the log of the other follower if it leads now.
+      await shard!.waitFor(() => f.replica.appliedLsn >= target, 'the follower catches up', 15_000);
+      assert.deepEqual(shard!.damage.map((d) => d.id), [l.id]);
+      for (let q = 0; q < 40; q++) assert.deepEqual(f.storage.store.getPage(q), page(q + 1), `page ${q}`);
+    });
+
+    it('the image was damaged on the way: the leader finds its own intact, reports nothing, and sends it again', async () => {
+      const { l, f } = await behindTheImages();
+      let flipped = 0;
+      shard!.tampers.push((_from, _to, msg) => {
+        if (msg.type === 'snapshot' && msg.done && flipped === 0) {
+          flipped++;
+          msg.data[msg.data.length - 100]! ^= 0x04;
+        }
+      });
+      shard!.heal();
+      await shard!.waitFor(() => f.replica.stats().snapshotsInstalled >= 1 && f.replica.appliedLsn >= l.storage.log.lastLsn, 'the follower installs the image sent again', 15_000);
+      assert.equal(flipped, 1);
+      assert.deepEqual(shard!.damage, []);
+      for (let q = 0; q < 40; q++) assert.deepEqual(f.storage.store.getPage(q), page(q + 1), `page ${q}`);
     });
   });
 });
