@@ -118,7 +118,7 @@ export interface HostSnapshot {
   /** Why the host is down, when it is. */
   down?: string;
   mailbox: readonly MailboxSnapshot[];
-  device?: { queue: DeviceQueueSnapshot; restarts: number; shards: readonly ShardSnapshot[] } | undefined;
+  device?: { queue: DeviceQueueSnapshot; restarts: number; scrubs?: number; shards: readonly ShardSnapshot[] } | undefined;
   /** The host's RequestRecorder snapshot. */
   requests?: RequestStatsSnapshot;
 }
@@ -236,6 +236,7 @@ export class StrataMetrics {
       preVotes: counter('strata_prevotes', 'Prevote rounds started by a shard (an election follows only when a majority would vote).'),
       retriesMatched: counter('strata_write_retries_matched', 'Retried writes answered with the record an earlier attempt left with a deposed leader, not written twice.'),
       restarts: counter('strata_actor_restarts', 'Restarts of actor hosts (kind=host) and of shard actors from durable state (kind=shard).'),
+      scrubs: counter('strata_replica_scrubs', 'Replicas reopened with every image page checked because they found their storage damaged while running (counted in strata_actor_restarts too).'),
     };
     this.observables = Object.values(o);
     this.batchCallback = async (r) => {
@@ -326,6 +327,7 @@ export class StrataMetrics {
       }
       if (dev === undefined) continue;
       observe(o.restarts!, dev.restarts, { ...hostAttrs, kind: 'shard' });
+      observe(o.scrubs!, dev.scrubs ?? 0, hostAttrs);
       observe(o.queueDepth!, dev.queue.queueOps, hostAttrs);
       observe(o.queueBytes!, dev.queue.queueBytes, hostAttrs);
       observe(o.written!, dev.queue.appendBytes, hostAttrs);

@@ -230,11 +230,17 @@ export class ActorHost implements HostApi {
       transportFor: (spec) => this.transport(spec),
       onRoleChange: (spec, role) => this.onRoleChange(spec, role === 'leader'),
       onTickError: (spec, err) => this.log.error('replica failed on its clock tick; restarted from durable state', { volume: spec.volumeId, shard: spec.shard, err }),
-      onRepaired: (spec, damage) =>
-        this.log.warn('replica log was damaged: the damage is discarded and the peers give the records back (no vote until then)', {
+      onRepaired: (spec, damage, lost) =>
+        this.log.warn(lost ? 'replica storage was damaged: the damage is discarded and the peers give the lost records back (no vote until then)' : 'replica image was damaged: written again from the older image and the log (nothing lost)', {
           volume: spec.volumeId,
           shard: spec.shard,
           damage: damage.map((d) => ({ file: d.file, offset: d.offset, fromLsn: d.fromLsn, toLsn: d.toLsn, reason: d.reason })),
+        }),
+      onDamage: (spec, err) =>
+        this.log.warn('replica found its storage damaged while running: reopened with every image checked, repaired from what is left or from its peers', {
+          volume: spec.volumeId,
+          shard: spec.shard,
+          err: err.message,
         }),
     });
     this.timer = setInterval(() => this.device?.tick(performance.now(), Date.now()), config.tickMs ?? 10);

@@ -45,10 +45,16 @@ export interface DeviceHostOptions {
    */
   onTickError?: (spec: ShardSpec, err: unknown) => void;
   /**
-   * Told when a replica's log was found damaged at open and repaired (the damage discarded; the
-   * peers give the records back, and it votes again once they have). For logging by the host.
+   * Told when a replica's storage was found damaged at open and repaired: with `lost`, records
+   * were discarded (the peers give them back, and it votes again once they have); without, a
+   * damaged image was written again from what is left. For logging by the host.
    */
-  onRepaired?: (spec: ShardSpec, damage: readonly CorruptionReport[]) => void;
+  onRepaired?: (spec: ShardSpec, damage: readonly CorruptionReport[], lost: boolean) => void;
+  /**
+   * Told when a running replica (of a set of several) found its own storage damaged: it is
+   * reopened with a scrub (ShardStorage `scrub`), which counts as a restart. For logging by the host.
+   */
+  onDamage?: (spec: ShardSpec, err: StorageError) => void;
   /** Page cache bytes per shard; default 32 MiB. */
   cacheBytesMaxPerShard?: number;
   /** Log segment size; default 64 MiB. */
@@ -81,6 +87,8 @@ interface ShardEntry {
   /** Why the replica is down, when it is. */
   downReason: StorageError | undefined;
   restarts: number[];
+  /** The next open checks every image page (the replica found damage while it ran). */
+  scrub: boolean;
 }
 
 export type ReplicaState = ReplicaStats & { state: 'up' | 'down'; downReason?: string; members: string[] };
@@ -105,6 +113,8 @@ export interface DeviceHostStats {
   queue: DeviceQueueStats;
   cpu: CpuPoolStats | undefined;
   restarts: number;
+  /** Restarts with a scrub because a running replica found its storage damaged (counted in restarts too). */
+  scrubs: number;
   fsyncFaultsInjected: number;
   shards: ReplicaState[];
 }
@@ -130,6 +140,7 @@ export class DeviceHost {
   private readonly shards = new Map<string, ShardEntry>();
   private readonly slab: Slab;
   private restartsTotal = 0;
+  private scrubsTotal = 0;
   private readonly nowMs: () => number;
   private readonly cpu: CpuPool | undefined;
   private readonly offload: PayloadOffload | undefined;
@@ -166,7 +177,7 @@ export class DeviceHost {
     const key = shardKey(spec.volumeId, spec.shard);
     let entry = this.shards.get(key);
     if (!entry) {
-      entry = { spec, storage: undefined, replica: undefined, downReason: undefined, restarts: [] };
+      entry = { spec, storage: undefined, replica: undefined, downReason: undefined, restarts: [], scrub: false };
       this.shards.set(key, entry);
     }
     if (!entry.replica) this.start(entry);
@@ -253,6 +264,7 @@ export class DeviceHost {
       queue: this.queue.stats(),
       cpu: this.cpu?.stats(),
       restarts: this.restartsTotal,
+      scrubs: this.scrubsTotal,
       fsyncFaultsInjected: this.faulty.injected,
       shards: [...this.shards.values()].map((e) => this.stateOf(e)),
     };
@@ -298,10 +310,12 @@ export class DeviceHost {
         ...(this.opts.segmentBytesMax ? { segmentBytesMax: this.opts.segmentBytesMax } : {}),
         // A sole copy keeps its damage (read-only, reported): nobody could give the records back.
         repairFromPeers: spec.members.length > 1,
+        scrub: entry.scrub,
       });
       entry.storage = storage;
-      if (storage.repaired.length > 0) this.opts.onRepaired?.(spec, storage.repaired);
-      entry.replica = new Replica({
+      entry.scrub = false;
+      if (storage.repaired.length > 0) this.opts.onRepaired?.(spec, storage.repaired, storage.load()?.repairTerm !== undefined);
+      const replica: Replica = new Replica({
         geometry: spec,
         self: this.self,
         members: spec.members,
@@ -319,7 +333,10 @@ export class DeviceHost {
         ...(this.offload ? { offload: this.offload } : {}),
         ...(this.opts.replicaTracer ? { tracer: this.opts.replicaTracer } : {}),
         onRoleChange: (role, term) => this.opts.onRoleChange?.(spec, role, term),
+        // Reopened after the call that found the damage has unwound.
+        onDamage: (err) => queueMicrotask(() => this.repairDamage(entry, replica, err)),
       });
+      entry.replica = replica;
       entry.downReason = undefined;
     } catch (e) {
       entry.replica = undefined;
@@ -355,6 +372,15 @@ export class DeviceHost {
     entry.restarts.push(now);
     this.restartsTotal++;
     this.start(entry);
+  }
+
+  /** A running replica found its storage damaged: it is reopened with a scrub (`scrub`). */
+  private repairDamage(entry: ShardEntry, replica: Replica, err: StorageError): void {
+    if (entry.replica !== replica || this.shards.get(shardKey(entry.spec.volumeId, entry.spec.shard)) !== entry) return;
+    this.opts.onDamage?.(entry.spec, err);
+    this.scrubsTotal++;
+    entry.scrub = true;
+    this.restart(entry);
   }
 
   private restartAll(): void {

@@ -273,7 +273,74 @@ describe('replication across three nodes', function () {
     // A read that reached the dying leader just before it died times out; a client asks again.
     await until('every page', 40_000, () => expectPages(vol, pages, 1).then(() => true));
   });
+
+  it('a leader that reads a damaged page of its image reopens itself with a scrub; the client\'s read is served right, without an error', async () => {
+    c = await startCluster({ nodes: 3, hosts: 1, node: { ...node, checkpointEveryRecords: 20 }, clientTimeoutMs: 10_000 });
+    await c.client.createVolume({ name: 'rot', pageCount: 256, shards: 1, replicas: 3 });
+    const vol = c.client.volume('rot');
+    const pages = Array.from({ length: 60 }, (_, i) => i);
+    await writeAll(vol, pages, 1);
+    const info = await c.client.volumeInfo('rot');
+    const leader = await leaderIndex(c, 'rot', 0);
+    // The leader's images once its checkpoints are done (two kept; nothing written any more).
+    const shardDir = (i: number): string => shardDirOf(c!.dataDirs[i]!, info.id);
+    const images = (): string[] => fs.readdirSync(shardDir(leader)).filter((n) => n.startsWith('image-')).sort();
+    let settled: string[] = [];
+    await until('the leader\'s checkpoints settle', 20_000, async () => {
+      const now = images();
+      const same = now.length === 2 && now.every((n) => /^image-[0-9a-f]+\.img$/.test(n)) && now.join() === settled.join();
+      settled = now;
+      await new Promise((r) => setTimeout(r, 200));
+      return same ? true : undefined;
+    });
+    // Page 0 was written first: the newest image serves it. A bit of its data flips on disk.
+    const image = path.join(shardDir(leader), settled[1]!);
+    const fd = fs.openSync(image, 'r+');
+    try {
+      const table = Buffer.alloc(20);
+      fs.readSync(fd, table, 0, 20, 40);
+      assert.equal(Number(table.readBigUInt64LE(0)), 0, 'table entry 0 is page 0');
+      const at = Number(table.readBigUInt64LE(8)) + 100;
+      const b = Buffer.alloc(1);
+      fs.readSync(fd, b, 0, 1, at);
+      b[0]! ^= 0x08;
+      fs.writeSync(fd, b, 0, 1, at);
+    } finally {
+      fs.closeSync(fd);
+    }
+    await expectPages(vol, [0], 1);
+    const scrubs = async (i: number): Promise<number> => (await c!.nodes[i]!.hostPool.stats()).reduce((n, h) => n + (h.device?.scrubs ?? 0), 0);
+    assert.equal(await scrubs(leader), 1, 'the old leader was reopened with a scrub');
+    await until('the scrubbed replica caught up', 20_000, async () => {
+      const reps = await replicasOf(c!, info.id, 0);
+      const l = reps.find((r) => r.role === 'leader');
+      const s = reps.find((r) => r.node === leader);
+      return l && s && s.state === 'up' && !s.repairing && s.appliedLsn >= l.commitLsn ? true : undefined;
+    });
+    await expectPages(vol, pages, 1);
+    // Its rebuilt image reads back whole: the damaged copy is gone.
+    const again = fs.readFileSync(path.join(shardDir(leader), settled[1]!));
+    const page0 = Number(again.readBigUInt64LE(48));
+    assert.ok(Buffer.from(again.subarray(page0, page0 + 4096)).equals(Buffer.from(demoPage(4096, 0, 1))), 'page 0 in the rebuilt image');
+  });
 });
+
+/** The directory of shard 0 of a volume under a node's data directory. */
+function shardDirOf(dataDir: string, volumeId: string): string {
+  const walk = (dir: string): string | undefined => {
+    for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
+      if (!e.isDirectory()) continue;
+      const p = path.join(dir, e.name);
+      if (e.name === `${volumeId}.0`) return p;
+      const found = walk(p);
+      if (found) return found;
+    }
+    return undefined;
+  };
+  const found = walk(dataDir);
+  assert.ok(found, `shard directory of ${volumeId} under ${dataDir}`);
+  return found;
+}
 
 /** The log segment files of shard 0 of a volume under a node's data directory. */
 function logSegments(dataDir: string, volumeId: string): string[] {

@@ -2,6 +2,7 @@ import { strict as assert } from 'node:assert';
 import { DeviceHost, DEVICE_STALL_MS, deviceProblem, type ShardSpec } from '../../runtime/device-host';
 import { SimDisk } from '../../storage-engine/sim-disk';
 import { StorageError } from '../../storage-engine/errors';
+import { ImageReader } from '../../storage-engine/image';
 import type { Replica } from '../../actors/replica';
 
 const spec = (shard = 0): ShardSpec => ({
@@ -133,9 +134,10 @@ describe('DeviceHost supervision', () => {
       return disk;
     };
     const repairs: unknown[] = [];
-    const several = new DeviceHost({ dir: 'dev0', self: 'n1', disk: await rotted(), onRepaired: (_s, damage) => repairs.push(damage) });
+    const several = new DeviceHost({ dir: 'dev0', self: 'n1', disk: await rotted(), onRepaired: (_s, damage, lost) => repairs.push({ damage, lost }) });
     several.openShard({ ...spec(0), members: ['n1', 'n2', 'n3'] });
     assert.equal(repairs.length, 1, 'reported once');
+    assert.equal((repairs[0] as { lost: boolean }).lost, true, 'records were discarded');
     const st = several.stats().shards.find((x) => x.shard === 0)!;
     assert.equal(st.state, 'up');
     assert.equal(st.repairing, true);
@@ -311,5 +313,90 @@ describe('DeviceHost CPU offload of large write batches', function () {
     assert.equal(again.stats().shards[0]?.lastLsn, 4);
     assert.equal(again.stats().cpu, undefined, 'crcOffloadBytesMin 0 turns the pool off');
     await again.close();
+  });
+});
+
+describe('DeviceHost: a replica that finds its storage damaged while running', function () {
+  this.timeout(20_000);
+  it('is reopened with a scrub (counted, reported once): the damaged image is rebuilt and the page reads right again', async () => {
+    const members = ['n1', 'n2', 'n3'];
+    const hosts = new Map<string, DeviceHost>();
+    const disks = new Map<string, SimDisk>();
+    const damage: Array<{ node: string; code: string }> = [];
+    const repaired: Array<{ node: string; lost: boolean }> = [];
+    for (const id of members) {
+      disks.set(id, new SimDisk());
+      hosts.set(
+        id,
+        new DeviceHost({
+          dir: 'dev0', self: id, disk: disks.get(id)!,
+          timing: { electionTimeoutMinMs: 100, electionTimeoutMaxMs: 200, heartbeatMs: 10 },
+          // Peers in this process: each message goes to the peer host's replica of the shard.
+          transportFor: (s) => ({
+            send: async (to, msg) => structuredClone(await hosts.get(to)!.replica(s.volumeId, s.shard).handle(structuredClone(msg))),
+          }),
+          onDamage: (_s, err) => damage.push({ node: id, code: err.code }),
+          onRepaired: (_s, _damage, lost) => repaired.push({ node: id, lost }),
+        }),
+      );
+    }
+    const sp = { ...spec(0), members };
+    const leaderOf = async (): Promise<{ id: string; r: Replica }> => {
+      for (let i = 0; i < 20_000; i++) {
+        for (const h of hosts.values()) h.tick(performance.now(), Date.now());
+        for (const [id, h] of hosts) {
+          const r = h.replica('v1', 0);
+          if (r.isLeader) return { id, r };
+        }
+        await new Promise((res) => setTimeout(res, 1));
+      }
+      throw new Error('no leader');
+    };
+    try {
+      for (const h of hosts.values()) h.openShard(sp);
+      const { id, r } = await leaderOf();
+      // Shard 0 of 2 with stripes of 4 owns pages 0-3, 8-11…: page 0 written first, then 15 others.
+      const owned = Array.from({ length: 32 }, (_, p) => p).filter((p) => Math.floor(p / 4) % 2 === 0);
+      for (const p of owned) await r.write([{ page: p, data: page(p + 1) }]);
+      await r.checkpoint();
+      await r.write([{ page: 1, data: page(99) }]);
+      await r.checkpoint();
+      const disk = disks.get(id)!;
+      const dir = 'shards/v1.0';
+      const newest = disk.list(dir).filter((n) => /^image-[0-9a-f]+\.img$/.test(n)).sort().pop()!;
+      const bytes = disk.fileBytes(`${dir}/${newest}`);
+      const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+      assert.equal(Number(view.getBigUint64(40, true)), 0, 'table entry 0 is page 0');
+      disk.flipBits(`${dir}/${newest}`, Number(view.getBigUint64(48, true)) + 100, 1);
+
+      const host = hosts.get(id)!;
+      await assert.rejects(r.read([0], soon()), (e: { code?: string; details?: Record<string, unknown> }) => e.code === 'not_leader' && e.details?.['damaged'] === true);
+      await new Promise((res) => setImmediate(res)); // the reopen runs once the read has unwound
+      assert.deepEqual(damage, [{ node: id, code: 'corruption' }]);
+      assert.deepEqual(repaired, [{ node: id, lost: false }], 'the scrub reported what it repaired');
+      const st = host.stats();
+      assert.equal(st.scrubs, 1);
+      assert.equal(st.restarts, 1);
+      const shard = st.shards.find((x) => x.shard === 0)!;
+      assert.equal(shard.state, 'up');
+      assert.equal(shard.repairing, false, 'the older image and the log held everything: nothing was lost');
+      assert.notEqual(host.replica('v1', 0), r, 'a new replica');
+      assert.ok(disk.list(dir).includes(newest), 'the image was written again under its name');
+      const rebuilt = ImageReader.open(disk, `${dir}/${newest}`);
+      try {
+        rebuilt.verifyPages(); // every page checks out: the scrub replaced the damaged file
+        const out = new Uint8Array(4096);
+        assert.equal(rebuilt.readPage(0, out), true);
+        assert.deepEqual(out, page(1));
+      } finally {
+        rebuilt.close();
+      }
+
+      const again = await leaderOf();
+      assert.deepEqual((await again.r.read([0, 1, 8], soon())).pages, [page(1), page(99), page(9)]);
+      assert.equal(host.stats().scrubs, 1, 'reopened once');
+    } finally {
+      for (const h of hosts.values()) await h.close();
+    }
   });
 });
