@@ -933,8 +933,8 @@ function leaderless(error: unknown): boolean {
 /**
  * The error a write fails with, saying so when some of its requests were committed before (a
  * write split over several shards, or over several messages to one shard): the same code, with
- * `details.partial` true and how many of its pages were committed. Retrying the whole write is
- * safe (page writes are idempotent).
+ * `details.partial` true and how many of its pages were committed. Retrying the whole write
+ * writes the committed pages again (over any newer write of them by another client).
  */
 function partlyWritten(error: unknown, calls: readonly ShardCall[], settled: readonly Settled[]): unknown {
   if (!(error instanceof ProtocolError) || calls[0]?.type !== 'shard.write' || !settled.some((s) => s.ok)) return error;
