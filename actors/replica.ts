@@ -28,7 +28,8 @@ import type { PageStore } from '../storage-engine/page-store';
 import { encodePageWrite, pageWriteBytes } from '../storage-engine/page-write';
 import { requestArena } from '../storage-engine/arena';
 import { RecordKind, type LogRecord, type LogRecordInput } from '../storage-engine/record';
-import { StorageError, assert } from '../storage-engine/errors';
+import { RECORD_HEADER_BYTES } from '../storage-engine/log-segment';
+import { CorruptionError, StorageError, assert } from '../storage-engine/errors';
 import { ProtocolError } from '../messages/errors';
 import { checkReadReplyBytes } from '../messages/validate';
 import type { WriteRecordRef } from '../messages/api';
@@ -135,13 +136,14 @@ export interface ReplicaOptions {
   onRoleChange?: (role: Role, term: number) => void;
   /**
    * Told, once, when this replica of a set of several finds its own storage damaged while it
-   * runs: an image page or a log record failed its checksum on a read, a checkpoint or a
-   * catch-up, or a follower found the image it was sent damaged and ours is too. The host
-   * reopens it with a scrub (ShardStorage `scrub`): the damage is removed and rebuilt from what
-   * is left, or given back by the peers. A sole replica is not told (nobody could give back what
-   * was lost): its reads of the damaged data fail with `corruption`.
+   * runs: an image page or a log record failed its checksum on a read, a checkpoint, a
+   * catch-up or a scrub step, or a follower found the image it was sent damaged and ours is too.
+   * The error's reports name the damaged file. The host reopens the replica without the damaged
+   * images (ShardStorage `damaged`): they are rebuilt from what is left, or the peers give back
+   * what was lost. A sole replica is not told (nobody could give back what was lost): its reads
+   * of the damaged data fail with `corruption`.
    */
-  onDamage?: (err: StorageError) => void;
+  onDamage?: (err: CorruptionError) => void;
   offload?: PayloadOffload;
   checkpointEveryRecords?: number;
   /**
@@ -206,6 +208,8 @@ export interface ReplicaStats {
   checkpoints: number;
   snapshotsSent: number;
   snapshotsInstalled: number;
+  /** Checks of its own image after a follower found the copy it was sent damaged. */
+  imageChecks: number;
   offloaded: number;
   /** This replica's page cache (cumulative counters, bytes held now). */
   cache: { hits: number; misses: number; evictions: number; bytes: number };
@@ -249,6 +253,22 @@ export const APPEND_RECORD_OVERHEAD_BYTES = 48;
  * id of at most ID_LENGTH_MAX characters, LSNs), at most: under 200 as cbor-x writes them.
  */
 export const MESSAGE_OVERHEAD_BYTES = 256;
+/**
+ * Log bytes one background scrub step reads at most (an image step reads at most
+ * IMAGE_READ_BYTES_MAX, the same 256 KiB).
+ */
+export const SCRUB_STEP_BYTES = 256 * 1024;
+
+/** What one background scrub step did (Replica.scrubStep). */
+export interface ScrubStepResult {
+  /** Bytes read and checked (image pages, log records with their headers). */
+  bytes: number;
+  /** This step ended a pass over the newest image and the durable log. */
+  passDone: boolean;
+  /** Damage the step found (reported to the host as any other, when the replica is one of several). */
+  damage?: CorruptionError;
+}
+
 /** Append messages in flight to one follower at most (pipelining on top of batching). */
 const APPEND_WINDOW = 4;
 
@@ -290,10 +310,17 @@ export class Replica {
   private readonly timing: ReplicaTiming;
   private readonly random: () => number;
   private readonly onRoleChange: ((role: Role, term: number) => void) | undefined;
-  private readonly onDamage: ((err: StorageError) => void) | undefined;
+  private readonly onDamage: ((err: CorruptionError) => void) | undefined;
   private damageReported = false;
   /** A check of our own image is running (a follower found its copy damaged). */
   private checkingImage = false;
+  /** LSN of our image last checked whole and found intact: not checked again for another complaint. */
+  private imageCheckedIntact = 0;
+  /** Background scrub: the image being checked (its steps), else the next log LSN to check. */
+  private scrubImage: Iterator<void, void, void> | undefined;
+  private scrubPhase: 'image' | 'log' = 'image';
+  private scrubLogNext = 0;
+  private scrubbing = false;
   private readonly offload: PayloadOffload | undefined;
   private readonly checkpointEveryRecords: number;
   private readonly messageBytesMax: number;
@@ -348,7 +375,7 @@ export class Replica {
   private preVote: { term: number; votes: Set<string> } | undefined;
   private readonly counters = {
     preVotes: 0, elections: 0, writes: 0, pagesWritten: 0, retriesMatched: 0, reads: 0, pagesRead: 0, checkpoints: 0,
-    snapshotsSent: 0, snapshotsInstalled: 0, offloaded: 0,
+    snapshotsSent: 0, snapshotsInstalled: 0, imageChecks: 0, offloaded: 0,
   };
 
   constructor(opts: ReplicaOptions) {
@@ -1035,7 +1062,9 @@ export class Replica {
         }
       }
     } catch (e) {
-      this.reportDamage(e); // A record read back from the log failed its checksum.
+      // A record read back from the log failed its checksum: the host reopens this replica,
+      // which is let be until then. (Thrown out of an answer's handler, it would end the thread.)
+      if (this.reportDamage(e)) return;
       throw e;
     } finally {
       this.applying = false;
@@ -1453,10 +1482,13 @@ export class Replica {
 
   /**
    * True if `e` is damage of this replica's own storage that its peers can make good (a replica
-   * of several, with a host that reopens it); the host is told the first time.
+   * of several, with a host that reopens it); the host is told the first time. Only a checksum
+   * or structure failure of what this replica stored (CorruptionError, naming the file) counts:
+   * other `corruption` errors (a malformed record that arrived with a valid checksum, an index
+   * inconsistency) would not go away with a reopen.
    */
   private reportDamage(e: unknown): boolean {
-    if (!(e instanceof StorageError) || e.code !== 'corruption' || this.members.length < 2 || !this.onDamage || this.closed) return false;
+    if (!(e instanceof CorruptionError) || this.members.length < 2 || !this.onDamage || this.closed) return false;
     if (!this.damageReported) {
       this.damageReported = true;
       this.onDamage(e);
@@ -1466,12 +1498,19 @@ export class Replica {
 
   /** A follower found the image it was sent damaged: checks ours, in steps through the device queue. */
   private async checkOwnImage(lsn: number): Promise<void> {
-    if (this.checkingImage || !this.snapshots) return;
+    // Checked intact already: the copies are damaged on the way or at the follower; each
+    // complaint must not cost a whole read of the image again.
+    if (this.checkingImage || !this.snapshots || lsn === this.imageCheckedIntact || this.damageReported) return;
     this.checkingImage = true;
     const steps = this.snapshots.verifySteps(lsn);
     try {
+      this.counters.imageChecks++;
       for (;;) {
-        if (this.closed || (await this.queue.task(() => steps.next())).done === true) break;
+        if (this.closed) break;
+        if ((await this.queue.task(() => steps.next())).done === true) {
+          this.imageCheckedIntact = lsn;
+          break;
+        }
       }
     } catch (e) {
       // Damage is reported. Anything else (the image went away with a newer checkpoint, the
@@ -1481,6 +1520,64 @@ export class Replica {
       steps.return?.();
       this.checkingImage = false;
     }
+  }
+
+  /**
+   * One step of the background scrub, which its host paces: checks at most 256 KiB of this
+   * replica's storage against its checksums, through the device queue: the pages of its newest
+   * image, then its log's durable records, then the image again. Opening checks every log record
+   * but only the header and the table of an image, and nothing checks a follower's images until
+   * it needs them: the scrub finds damage while a good copy is still around. Damage is reported
+   * as any other (`onDamage`) and returned.
+   */
+  async scrubStep(): Promise<ScrubStepResult> {
+    if (this.closed || this.scrubbing) return { bytes: 0, passDone: false };
+    this.scrubbing = true;
+    try {
+      return await this.queue.task(() => this.scrubNext());
+    } catch (e) {
+      // Damage in the image: reported, and the pass goes on with the log. Damage in the log:
+      // reported, and the pass ends. Anything else (an image removed by a checkpoint meanwhile,
+      // the queue refusing, the replica closed): the pass starts over.
+      const inImage = this.scrubPhase === 'image';
+      this.scrubImage?.return?.();
+      this.scrubImage = undefined;
+      if (e instanceof CorruptionError) {
+        this.reportDamage(e);
+        this.scrubPhase = inImage ? 'log' : 'image';
+        this.scrubLogNext = this.log.firstLsn;
+        return { bytes: 0, passDone: !inImage, damage: e };
+      }
+      this.scrubPhase = 'image';
+      return { bytes: 0, passDone: false };
+    } finally {
+      this.scrubbing = false;
+    }
+  }
+
+  private scrubNext(): ScrubStepResult {
+    if (this.closed) return { bytes: 0, passDone: false };
+    if (this.scrubPhase === 'image') {
+      if (this.scrubImage === undefined) {
+        const newest = this.snapshots?.newest();
+        if (newest !== undefined) this.scrubImage = this.snapshots!.verifySteps(newest.lsn);
+      }
+      if (this.scrubImage !== undefined && this.scrubImage.next().done !== true) return { bytes: SCRUB_STEP_BYTES, passDone: false };
+      this.scrubImage = undefined;
+      this.scrubPhase = 'log';
+      this.scrubLogNext = this.log.firstLsn;
+    }
+    const from = Math.max(this.scrubLogNext, this.log.firstLsn);
+    const upto = Math.min(this.log.syncedLsn, this.log.lastLsn);
+    if (from > upto) {
+      this.scrubPhase = 'image';
+      return { bytes: 0, passDone: true };
+    }
+    const records = this.log.read(from, upto, { bytesMax: SCRUB_STEP_BYTES });
+    let bytes = 0;
+    for (const r of records) bytes += r.payload.length + RECORD_HEADER_BYTES;
+    this.scrubLogNext = records[records.length - 1]!.lsn + 1;
+    return { bytes, passDone: false };
   }
 
   /** Resolves with the commit LSN once everything accepted before is committed and applied. */

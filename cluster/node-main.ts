@@ -35,6 +35,7 @@ export async function runNode(config: NodeConfig): Promise<{ stop(): Promise<voi
       ...(config.cacheBytesMaxPerShard !== undefined ? { cacheBytesMaxPerShard: config.cacheBytesMaxPerShard } : {}),
       ...(config.segmentBytesMax !== undefined ? { segmentBytesMax: config.segmentBytesMax } : {}),
       ...(config.checkpointEveryRecords !== undefined ? { checkpointEveryRecords: config.checkpointEveryRecords } : {}),
+      ...(config.scrubBytesPerSecond !== undefined ? { scrubBytesPerSecond: config.scrubBytesPerSecond } : {}),
       ...(config.mailboxRequestsMax !== undefined ? { mailboxRequestsMax: config.mailboxRequestsMax } : {}),
       ...(config.mailboxBytesMax !== undefined ? { mailboxBytesMax: config.mailboxBytesMax } : {}),
       ...(config.hostHeapInitial !== undefined ? { hostHeapInitialMiB: Math.floor(config.hostHeapInitial / (1024 * 1024)) } : {}),

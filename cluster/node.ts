@@ -67,6 +67,8 @@ export interface StrataNodeOptions {
   cacheBytesMaxPerShard?: number;
   segmentBytesMax?: number;
   checkpointEveryRecords?: number;
+  /** Background scrub per device, bytes per second (0 = off; default in runtime/device-host.ts). */
+  scrubBytesPerSecond?: number;
   mailboxRequestsMax?: number;
   mailboxBytesMax?: number;
   /** Initial old space of each host thread's heap, MiB (runtime/host-pool.ts). */
@@ -259,6 +261,7 @@ export class StrataNode {
           ...(this.opts.cacheBytesMaxPerShard ? { cacheBytesMaxPerShard: this.opts.cacheBytesMaxPerShard } : {}),
           ...(this.opts.segmentBytesMax ? { segmentBytesMax: this.opts.segmentBytesMax } : {}),
           ...(this.opts.checkpointEveryRecords !== undefined ? { checkpointEveryRecords: this.opts.checkpointEveryRecords } : {}),
+          ...(this.opts.scrubBytesPerSecond !== undefined ? { scrubBytesPerSecond: this.opts.scrubBytesPerSecond } : {}),
         },
         ...(this.opts.timing ? { timing: this.opts.timing } : {}),
         ...(this.opts.mailboxRequestsMax ? { mailboxRequestsMax: this.opts.mailboxRequestsMax } : {}),

@@ -118,7 +118,15 @@ export interface HostSnapshot {
   /** Why the host is down, when it is. */
   down?: string;
   mailbox: readonly MailboxSnapshot[];
-  device?: { queue: DeviceQueueSnapshot; restarts: number; scrubs?: number; shards: readonly ShardSnapshot[] } | undefined;
+  device?:
+    | {
+        queue: DeviceQueueSnapshot;
+        restarts: number;
+        damageReopens?: number;
+        scrub?: { bytes: number; passes: number; damage: number };
+        shards: readonly ShardSnapshot[];
+      }
+    | undefined;
   /** The host's RequestRecorder snapshot. */
   requests?: RequestStatsSnapshot;
 }
@@ -236,7 +244,10 @@ export class StrataMetrics {
       preVotes: counter('strata_prevotes', 'Prevote rounds started by a shard (an election follows only when a majority would vote).'),
       retriesMatched: counter('strata_write_retries_matched', 'Retried writes answered with the record an earlier attempt left with a deposed leader, not written twice.'),
       restarts: counter('strata_actor_restarts', 'Restarts of actor hosts (kind=host) and of shard actors from durable state (kind=shard).'),
-      scrubs: counter('strata_replica_scrubs', 'Replicas reopened with every image page checked because they found their storage damaged while running (counted in strata_actor_restarts too).'),
+      scrubBytes: counter('strata_scrub_read_bytes', 'Bytes of image pages and log records the background scrub read and checked.'),
+      scrubPasses: counter('strata_scrub_passes', 'Passes of the background scrub over a replica (its newest image, then its durable log) completed.'),
+      scrubDamage: counter('strata_scrub_damage', 'Damage the background scrub found (a replica of several then reopens with a scrub; a sole copy is reported once per change).'),
+      damageReopens: counter('strata_replica_damage_reopens', 'Replicas reopened because they found their own storage damaged while running (counted in strata_actor_restarts too).'),
     };
     this.observables = Object.values(o);
     this.batchCallback = async (r) => {
@@ -327,7 +338,12 @@ export class StrataMetrics {
       }
       if (dev === undefined) continue;
       observe(o.restarts!, dev.restarts, { ...hostAttrs, kind: 'shard' });
-      observe(o.scrubs!, dev.scrubs ?? 0, hostAttrs);
+      observe(o.damageReopens!, dev.damageReopens ?? 0, hostAttrs);
+      if (dev.scrub !== undefined) {
+        observe(o.scrubBytes!, dev.scrub.bytes, hostAttrs);
+        observe(o.scrubPasses!, dev.scrub.passes, hostAttrs);
+        observe(o.scrubDamage!, dev.scrub.damage, hostAttrs);
+      }
       observe(o.queueDepth!, dev.queue.queueOps, hostAttrs);
       observe(o.queueBytes!, dev.queue.queueBytes, hostAttrs);
       observe(o.written!, dev.queue.appendBytes, hostAttrs);

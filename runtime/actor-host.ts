@@ -236,6 +236,12 @@ export class ActorHost implements HostApi {
           shard: spec.shard,
           damage: damage.map((d) => ({ file: d.file, offset: d.offset, fromLsn: d.fromLsn, toLsn: d.toLsn, reason: d.reason })),
         }),
+      onUnrepairable: (spec, err) =>
+        this.log.error('replica storage is damaged and no peer holds a copy: reads of the damaged data fail with corruption', {
+          volume: spec.volumeId,
+          shard: spec.shard,
+          err: err.message,
+        }),
       onDamage: (spec, err) =>
         this.log.warn('replica found its storage damaged while running: reopened with every image checked, repaired from what is left or from its peers', {
           volume: spec.volumeId,

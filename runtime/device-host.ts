@@ -14,7 +14,7 @@ import { joinPath } from '../storage-engine/disk';
 import { RealDisk } from '../storage-engine/real-disk';
 import { Slab } from '../storage-engine/slab';
 import { ShardStorage } from '../storage-engine/shard-storage';
-import { StorageError, type CorruptionReport } from '../storage-engine/errors';
+import { StorageError, type CorruptionError, type CorruptionReport } from '../storage-engine/errors';
 import { pageWriteBytes, PAGE_WRITE_PAGES_MAX } from '../storage-engine/page-write';
 import { DeviceQueue, type DeviceQueueOptions, type DeviceQueueStats, type QueueTracer } from '../actors/device-queue';
 import { Replica, type ReplicaTransport, type ReplicaStats, type ReplicaTiming, type ReplicaTracer, type Role } from '../actors/replica';
@@ -52,9 +52,21 @@ export interface DeviceHostOptions {
   onRepaired?: (spec: ShardSpec, damage: readonly CorruptionReport[], lost: boolean) => void;
   /**
    * Told when a running replica (of a set of several) found its own storage damaged: it is
-   * reopened with a scrub (ShardStorage `scrub`), which counts as a restart. For logging by the host.
+   * reopened without the damaged images (ShardStorage `damaged`), which counts as a restart. For
+   * logging by the host.
    */
-  onDamage?: (spec: ShardSpec, err: StorageError) => void;
+  onDamage?: (spec: ShardSpec, err: CorruptionError) => void;
+  /**
+   * Background scrub: bytes of image pages and log records read and checked per second on this
+   * device, one replica after another (Replica.scrubStep); default SCRUB_BYTES_PER_SECOND_DEFAULT;
+   * 0 turns it off.
+   */
+  scrubBytesPerSecond?: number;
+  /**
+   * Told when the scrub found damage in a replica that no peer can repair (a replica set of one:
+   * its reads of the damaged data fail with `corruption`). For logging by the host.
+   */
+  onUnrepairable?: (spec: ShardSpec, err: StorageError) => void;
   /** Page cache bytes per shard; default 32 MiB. */
   cacheBytesMaxPerShard?: number;
   /** Log segment size; default 64 MiB. */
@@ -87,8 +99,12 @@ interface ShardEntry {
   /** Why the replica is down, when it is. */
   downReason: StorageError | undefined;
   restarts: number[];
-  /** The next open checks every image page (the replica found damage while it ran). */
-  scrub: boolean;
+  /** Damage the replica found while it ran: its next open does not use the images named there. */
+  damaged: CorruptionReport[] | undefined;
+  /** How far its log was durable when the replica was last stopped (ShardStorage `durableLsn`). */
+  durableLsn: number | undefined;
+  /** Damage the scrub found that no peer can repair (a set of one), as last reported. */
+  unrepairable?: string;
 }
 
 export type ReplicaState = ReplicaStats & { state: 'up' | 'down'; downReason?: string; members: string[] };
@@ -113,11 +129,21 @@ export interface DeviceHostStats {
   queue: DeviceQueueStats;
   cpu: CpuPoolStats | undefined;
   restarts: number;
-  /** Restarts with a scrub because a running replica found its storage damaged (counted in restarts too). */
-  scrubs: number;
+  /** Reopens of a running replica that found its storage damaged (counted in restarts too). */
+  damageReopens: number;
+  /** The background scrub: bytes checked, passes over a replica completed, damage found (a sole copy's counted once per change). */
+  scrub: { bytes: number; passes: number; damage: number };
   fsyncFaultsInjected: number;
   shards: ReplicaState[];
 }
+
+/**
+ * Default pace of the background scrub per device: a 1 GiB shard is checked in about 4.5 minutes,
+ * at a CPU cost (checksums) of about 0.3 % of a core.
+ */
+export const SCRUB_BYTES_PER_SECOND_DEFAULT = 4 * 1024 * 1024;
+/** What a scrub step that found nothing to check counts as, for pacing. */
+const SCRUB_IDLE_STEP_BYTES = 64 * 1024;
 
 /** Errors after which a replica's in-memory state cannot be trusted and is rebuilt from disk. */
 const FATAL_CODES = new Set(['device_failed', 'fsync_failed', 'invariant']);
@@ -140,7 +166,12 @@ export class DeviceHost {
   private readonly shards = new Map<string, ShardEntry>();
   private readonly slab: Slab;
   private restartsTotal = 0;
-  private scrubsTotal = 0;
+  private damageReopensTotal = 0;
+  /** Background scrub: a step is running; when the next may start; whose turn it is. */
+  private scrubRunning = false;
+  private scrubNextAtMs = 0;
+  private scrubTurn = 0;
+  private readonly scrubCounters = { bytes: 0, passes: 0, damage: 0 };
   private readonly nowMs: () => number;
   private readonly cpu: CpuPool | undefined;
   private readonly offload: PayloadOffload | undefined;
@@ -177,7 +208,7 @@ export class DeviceHost {
     const key = shardKey(spec.volumeId, spec.shard);
     let entry = this.shards.get(key);
     if (!entry) {
-      entry = { spec, storage: undefined, replica: undefined, downReason: undefined, restarts: [], scrub: false };
+      entry = { spec, storage: undefined, replica: undefined, downReason: undefined, restarts: [], damaged: undefined, durableLsn: undefined };
       this.shards.set(key, entry);
     }
     if (!entry.replica) this.start(entry);
@@ -242,6 +273,40 @@ export class DeviceHost {
         this.restart(e);
       }
     }
+    this.scrubTick(nowMs);
+  }
+
+  /**
+   * Starts the next background scrub step when it is due: one step at a time per device, the
+   * replicas in turn (a replica's whole pass, then the next one's), paced so that the bytes
+   * checked stay within `scrubBytesPerSecond`.
+   */
+  private scrubTick(nowMs: number): void {
+    const rate = this.opts.scrubBytesPerSecond ?? SCRUB_BYTES_PER_SECOND_DEFAULT;
+    if (rate <= 0 || this.scrubRunning || nowMs < this.scrubNextAtMs) return;
+    const open = [...this.shards.values()].filter((e) => e.replica !== undefined);
+    if (open.length === 0) return;
+    const entry = open[this.scrubTurn % open.length]!;
+    const replica = entry.replica!;
+    this.scrubRunning = true;
+    void replica.scrubStep().then((r) => {
+      this.scrubRunning = false;
+      this.scrubCounters.bytes += r.bytes;
+      if (r.passDone) this.scrubCounters.passes++;
+      if (r.passDone) this.scrubTurn++;
+      // An idle step (nothing to check) costs as much time as a small one, so that a device of
+      // empty replicas is not polled in a loop.
+      this.scrubNextAtMs = nowMs + (Math.max(r.bytes, SCRUB_IDLE_STEP_BYTES) / rate) * 1000;
+      if (r.damage === undefined) return;
+      if (entry.spec.members.length > 1) {
+        this.scrubCounters.damage++; // It reported it itself (onDamage): reopened without the damage.
+      } else if (entry.unrepairable !== r.damage.message) {
+        // A sole copy keeps its damage: each pass finds it again, reported when it changes.
+        entry.unrepairable = r.damage.message;
+        this.scrubCounters.damage++;
+        this.opts.onUnrepairable?.(entry.spec, r.damage);
+      }
+    });
   }
 
   /** Runs checkpoints of every open replica (through the queue). */
@@ -264,7 +329,8 @@ export class DeviceHost {
       queue: this.queue.stats(),
       cpu: this.cpu?.stats(),
       restarts: this.restartsTotal,
-      scrubs: this.scrubsTotal,
+      damageReopens: this.damageReopensTotal,
+      scrub: { ...this.scrubCounters },
       fsyncFaultsInjected: this.faulty.injected,
       shards: [...this.shards.values()].map((e) => this.stateOf(e)),
     };
@@ -284,7 +350,7 @@ export class DeviceHost {
     return {
       volumeId: e.spec.volumeId, shard: e.spec.shard, self: this.self, role: 'follower', term: 0, leader: null,
       commitLsn: 0, appliedLsn: 0, firstLsn: 0, lastLsn: 0, lag: {}, heldRecords: 0, heldBytes: 0, repairing: false, preVotes: 0, elections: 0, writes: 0, pagesWritten: 0, retriesMatched: 0,
-      reads: 0, pagesRead: 0, checkpoints: 0, snapshotsSent: 0, snapshotsInstalled: 0, offloaded: 0,
+      reads: 0, pagesRead: 0, checkpoints: 0, snapshotsSent: 0, snapshotsInstalled: 0, imageChecks: 0, offloaded: 0,
       cache: { hits: 0, misses: 0, evictions: 0, bytes: 0 }, state: 'down', members: e.spec.members, ...(e.downReason ? { downReason: e.downReason.message } : {}),
     };
   }
@@ -310,11 +376,12 @@ export class DeviceHost {
         ...(this.opts.segmentBytesMax ? { segmentBytesMax: this.opts.segmentBytesMax } : {}),
         // A sole copy keeps its damage (read-only, reported): nobody could give the records back.
         repairFromPeers: spec.members.length > 1,
-        scrub: entry.scrub,
+        ...(entry.damaged ? { damaged: entry.damaged } : {}),
+        ...(entry.durableLsn !== undefined ? { durableLsn: entry.durableLsn } : {}),
       });
       entry.storage = storage;
-      entry.scrub = false;
-      if (storage.repaired.length > 0) this.opts.onRepaired?.(spec, storage.repaired, storage.load()?.repairTerm !== undefined);
+      entry.damaged = undefined;
+      if (storage.repaired.length > 0) this.opts.onRepaired?.(spec, storage.repaired, storage.lostRecords);
       const replica: Replica = new Replica({
         geometry: spec,
         self: this.self,
@@ -349,6 +416,7 @@ export class DeviceHost {
   private stop(entry: ShardEntry): void {
     entry.replica?.close();
     entry.replica = undefined;
+    if (entry.storage) entry.durableLsn = Math.min(entry.storage.log.syncedLsn, entry.storage.log.lastLsn);
     try {
       entry.storage?.close();
     } catch {
@@ -374,12 +442,15 @@ export class DeviceHost {
     this.start(entry);
   }
 
-  /** A running replica found its storage damaged: it is reopened with a scrub (`scrub`). */
-  private repairDamage(entry: ShardEntry, replica: Replica, err: StorageError): void {
+  /**
+   * A running replica found its storage damaged: it is reopened without the damaged images
+   * (ShardStorage `damaged`; damage of its log is found by the open itself).
+   */
+  private repairDamage(entry: ShardEntry, replica: Replica, err: CorruptionError): void {
     if (entry.replica !== replica || this.shards.get(shardKey(entry.spec.volumeId, entry.spec.shard)) !== entry) return;
     this.opts.onDamage?.(entry.spec, err);
-    this.scrubsTotal++;
-    entry.scrub = true;
+    this.damageReopensTotal++;
+    entry.damaged = [...(entry.damaged ?? []), ...err.reports];
     this.restart(entry);
   }
 

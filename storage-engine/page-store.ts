@@ -37,12 +37,11 @@ export interface PageStoreOptions {
   /** Reads stay possible at every LSN >= (newest image LSN - retainLsns). Default 0. */
   retainLsns?: number;
   /**
-   * Open checks every page of every image it would use (opening otherwise checks only the header
-   * and the table) and skips a damaged one as it skips one whose header is bad; once the store
-   * is open without them, they are removed durably. A scrub, after a read found damage while the
-   * replica ran. What was removed is in `damagedImages`.
+   * Images known to be damaged (a checksum failed while the replica ran), by their reports: open
+   * skips them as it skips an image whose header is bad, without reading them again. The ones
+   * it skipped are in `damagedImages`; the files stay (ShardStorage decides what to do with them).
    */
-  verifyImages?: boolean;
+  damagedImages?: readonly CorruptionReport[];
 }
 
 /** The durable 'checkpoint' pointer (MetaStore). */
@@ -107,7 +106,7 @@ export class PageStore {
   private applied: number;
   private appliedTerm: number;
   private closed = false;
-  /** Images that open (with `verifyImages`) found damaged and removed; empty otherwise. */
+  /** The images of `damagedImages` that open skipped; empty otherwise. */
   damagedImages: readonly CorruptionReport[] = [];
 
   private constructor(disk: Disk, log: SegmentLog, opts: PageStoreOptions, images: ImageReader[], floorLsn: number) {
@@ -176,6 +175,12 @@ export class PageStore {
     const damaged: CorruptionReport[] = [];
     for (const lsn of lsns) {
       const path = joinPath(opts.dir, imageFileName(lsn));
+      const known = (opts.damagedImages ?? []).filter((d) => d.file === path);
+      if (known.length > 0) {
+        reports.push(...known);
+        damaged.push(...known);
+        continue;
+      }
       try {
         images.push(openImage(disk, log, path, lsn, opts));
       } catch (e) {
@@ -184,19 +189,6 @@ export class PageStore {
           throw e;
         }
         reports.push(...e.reports);
-        continue;
-      }
-      if (opts.verifyImages !== true) continue;
-      try {
-        images[images.length - 1]!.verifyPages();
-      } catch (e) {
-        if (!(e instanceof CorruptionError)) {
-          for (const r of images) r.close();
-          throw e;
-        }
-        images.pop()!.close();
-        reports.push(...e.reports);
-        damaged.push(...e.reports);
       }
     }
     if (floor > 0 && images.length === 0) {
@@ -212,15 +204,7 @@ export class PageStore {
       store.close();
       throw e;
     }
-    if (damaged.length > 0) {
-      // The store opened without them: gone from disk, so that nothing reads them again (a
-      // reopen, an image sent to a follower). The pointer may still name one: an open then
-      // takes an older image, as for a missing one, and the next checkpoint moves the pointer.
-      // (When the store cannot open without them, they stay, for whoever decides what next.)
-      for (const r of new Set(damaged.map((d) => d.file))) disk.remove(r);
-      disk.fsyncDir(opts.dir);
-      store.damagedImages = damaged;
-    }
+    store.damagedImages = damaged;
     return store;
   }
 

@@ -40,12 +40,21 @@ export interface ShardStorageOptions {
    */
   repairFromPeers?: boolean;
   /**
-   * Check every page of the images too (PageStore `verifyImages`), for a replica reopened because
-   * a read found damage while it ran. A damaged image is removed and, when an older image or the
-   * log still holds what it held, built again at once; otherwise (with `repairFromPeers`) the
-   * replica starts over and its peers send everything again.
+   * For a replica reopened because it found its storage damaged while it ran (a scrub): the
+   * damage it found. Images named there are not used (PageStore `damagedImages`); when an older
+   * image and the log still hold what such an image held, the newest image is written again at
+   * once (replacing a damaged one atomically) and the other damaged files are removed; otherwise
+   * (with `repairFromPeers`) the replica starts over and its peers send everything again. Damage
+   * of the log is found by the open itself.
    */
-  scrub?: boolean;
+  damaged?: readonly CorruptionReport[];
+  /**
+   * The LSN this replica's log was durable up to before a reopen (its host knows it; after a
+   * process restart nobody does). A log that opens shorter lost records the replica may have
+   * acknowledged: rotten records at its end look like a torn write and are cut without a report.
+   * With `repairFromPeers` the replica is then marked to repair (no vote until it holds them again).
+   */
+  durableLsn?: number;
 }
 
 export interface HardStateRecord {
@@ -72,6 +81,25 @@ function markRepair(meta: MetaStore, log: SegmentLog): void {
   const repairTerm = Math.max(hs?.term ?? 0, log.lastTerm, hs?.repairTerm ?? 0);
   const marked: HardStateRecord = { term: hs?.term ?? 0, votedFor: hs?.votedFor ?? null, repairTerm };
   meta.write(RAFT, marked);
+}
+
+/**
+ * After a store opened without images known to be damaged (an older image and the log held what
+ * they held): writes the newest image again at once, so that the pointer names a good image and
+ * followers can be sent one (its temporary file is renamed over a damaged one: atomic), then
+ * removes the other damaged files, which nothing uses any more. The pointer's own file is never
+ * removed here: a crash at any point leaves a store that opens.
+ */
+function healImages(disk: Disk, dir: string, store: PageStore): void {
+  store.checkpoint();
+  const pointed = joinPath(dir, imageFileName(PageStore.imageLsn(disk, dir)));
+  let removed = false;
+  for (const file of new Set(store.damagedImages.map((d) => d.file))) {
+    if (file === pointed || !disk.exists(file)) continue;
+    disk.remove(file);
+    removed = true;
+  }
+  if (removed) disk.fsyncDir(dir);
 }
 
 /** Removes the images and restarts the log at LSN 1: the peers send everything again. */
@@ -125,16 +153,19 @@ export class ShardStorage {
   private readonly opts: ShardStorageOptions;
   private readonly meta: MetaStore;
   private incoming: { fh: number; lsn: number; term: number; bytes: number; written: number } | undefined;
-  /** The damage the open repaired (`repairFromPeers`), for the host to report; empty when none. */
+  /** The damage the open repaired (`repairFromPeers`, `damaged`), for the host to report; empty when none. */
   readonly repaired: readonly CorruptionReport[];
+  /** This open discarded records the replica may have acknowledged: it is marked to repair (no vote until given them back). */
+  readonly lostRecords: boolean;
 
-  private constructor(disk: Disk, opts: ShardStorageOptions, log: SegmentLog, store: PageStore, repaired: readonly CorruptionReport[]) {
+  private constructor(disk: Disk, opts: ShardStorageOptions, log: SegmentLog, store: PageStore, repaired: readonly CorruptionReport[], lostRecords = false) {
     this.disk = disk;
     this.opts = opts;
     this.meta = new MetaStore(disk, opts.dir);
     this.log = log;
     this.store = store;
     this.repaired = repaired;
+    this.lostRecords = lostRecords;
   }
 
   static open(disk: Disk, opts: ShardStorageOptions): ShardStorage {
@@ -154,18 +185,18 @@ export class ShardStorage {
       const imageLsn = PageStore.imageLsn(disk, opts.dir) || PageStore.newestImageOnDisk(disk, opts.dir);
       const replayUpto = Math.max(log.firstLsn - 1, Math.min(imageLsn, log.lastLsn));
       let store: PageStore;
+      let lost = repaired.length > 0;
+      const found: CorruptionReport[] = [...repaired];
       try {
-        store = PageStore.open(disk, log, { ...storeOptions(opts), verifyImages: opts.scrub === true }, replayUpto);
+        store = PageStore.open(disk, log, { ...storeOptions(opts), ...(opts.damaged ? { damagedImages: opts.damaged } : {}) }, replayUpto);
         if (store.damagedImages.length > 0) {
-          // What the removed image held is still there (an older image and the log): write it
-          // again, so that the pointer names a good image and followers can be sent one.
           try {
-            store.checkpoint();
+            healImages(disk, opts.dir, store);
           } catch (e) {
             store.close();
             throw e;
           }
-          return new ShardStorage(disk, opts, log, store, [...repaired, ...store.damagedImages]);
+          found.push(...store.damagedImages);
         }
       } catch (e) {
         // No valid image to start from (and the log does not reach back to the empty volume):
@@ -174,9 +205,17 @@ export class ShardStorage {
         markRepair(meta, log);
         startOver(disk, opts.dir, log);
         store = PageStore.open(disk, log, storeOptions(opts), 0);
-        return new ShardStorage(disk, opts, log, store, [...repaired, ...e.reports]);
+        return new ShardStorage(disk, opts, log, store, [...found, ...e.reports], true);
       }
-      return new ShardStorage(disk, opts, log, store, repaired);
+      if (opts.repairFromPeers && opts.durableLsn !== undefined && log.lastLsn < opts.durableLsn && !lost) {
+        found.push({
+          file: joinPath(opts.dir, 'log'), offset: 0, fromLsn: log.lastLsn + 1, toLsn: opts.durableLsn,
+          reason: `the log ends at ${log.lastLsn}, below the LSN ${opts.durableLsn} it held durably before the reopen`,
+        });
+        markRepair(meta, log);
+        lost = true;
+      }
+      return new ShardStorage(disk, opts, log, store, found, lost);
     } catch (e) {
       log.close();
       throw e;

@@ -1,12 +1,12 @@
 import { strict as assert } from 'node:assert';
-import { Replica, type ReplicaTransport } from '../../actors/replica';
+import { Replica, SCRUB_STEP_BYTES, type ReplicaTransport, type ScrubStepResult } from '../../actors/replica';
 import { DeviceQueue } from '../../actors/device-queue';
 import { SimDisk } from '../../storage-engine/sim-disk';
 import { Slab } from '../../storage-engine/slab';
 import { ShardStorage } from '../../storage-engine/shard-storage';
 import { ProtocolError } from '../../messages/errors';
 import { encode } from '../../messages/codec';
-import type { StorageError } from '../../storage-engine/errors';
+import type { CorruptionError, CorruptionReport, StorageError } from '../../storage-engine/errors';
 import type { RaftRequest, RaftReply } from '../../messages/raft';
 import type { ShardGeometry } from '../../actors/shard';
 
@@ -79,22 +79,28 @@ class TestShard {
   }
 
   /** What replicas reported as damage of their own storage found while running (onDamage). */
-  readonly damage: Array<{ id: string; err: StorageError }> = [];
+  readonly damage: Array<{ id: string; err: CorruptionError }> = [];
 
-  /** Opens a replica on `disk`; with `scrub`, as its host does after it reported damage. */
-  start(id: string, disk: SimDisk, opts: { scrub?: boolean } = {}): Member {
+  /** Opens a replica on `disk`; with `damaged`, as its host does after it reported damage. */
+  start(id: string, disk: SimDisk, opts: { damaged?: readonly CorruptionReport[] } = {}): Member {
     const storage = ShardStorage.open(disk, {
       dir: 'shard', pageSize: 4096, pageCount: 256, cacheBytesMax: 1 << 20, slab: this.slab, segmentBytesMax: 64 * 1024, repairFromPeers: this.ids.length > 1,
-      scrub: opts.scrub === true,
+      ...(opts.damaged ? { damaged: opts.damaged } : {}),
     });
     const queue = new DeviceQueue({
       disk,
       name: id,
+      // The gate is looked at when a batch would start, not when it was scheduled: a batch
+      // scheduled before stallDisk but started after it (it takes whatever is queued by then)
+      // waits too.
       schedule: (run) => {
-        const gate = this.diskGates.get(id);
-        if (gate) void gate.then(() => setImmediate(run));
-        else if (this.slow.has(id)) setTimeout(run, 30);
-        else setImmediate(run);
+        const start = (): void => {
+          const gate = this.diskGates.get(id);
+          if (gate) void gate.then(() => setImmediate(start));
+          else run();
+        };
+        if (this.slow.has(id)) setTimeout(start, 30);
+        else setImmediate(start);
       },
     });
     const replica = new Replica({
@@ -242,7 +248,7 @@ class TestShard {
   }
 
   /** A replica reopened in this process from its intact disk, as its host does after a failure. */
-  async restart(id: string, opts: { scrub?: boolean } = {}): Promise<Member> {
+  async restart(id: string, opts: { damaged?: readonly CorruptionReport[] } = {}): Promise<Member> {
     const m = this.members.get(id)!;
     m.replica.close();
     await m.queue.drain().catch(() => undefined);
@@ -917,7 +923,7 @@ describe('Replica: damage of its own storage found while it runs', function () {
     return failed;
   }
 
-  it('a leader reading a damaged image page reports it once and answers not_leader; reopened with a scrub, it reads every page right', async () => {
+  it('a leader reading a damaged image page reports it once and answers not_leader; reopened without the damaged image, it reads every page right', async () => {
     shard = new TestShard(['a', 'b', 'c'], steady);
     const l = await shard.leader();
     damagePage0(l.disk, await imaged(l));
@@ -929,8 +935,8 @@ describe('Replica: damage of its own storage found while it runs', function () {
     await assert.rejects(readAt(l, p), (e: ProtocolError) => e.code === 'not_leader');
     assert.equal(shard.damage.length, 1, 'reported once');
 
-    const again = await shard.restart(l.id, { scrub: true });
-    assert.equal(again.storage.repaired.length, 1, 'the scrub found the damaged image');
+    const again = await shard.restart(l.id, { damaged: shard.damage[0]!.err.reports });
+    assert.equal(again.storage.repaired.length, 1, 'reopened without the damaged image');
     assert.equal(again.replica.stats().repairing, false, 'nothing was lost: it votes');
     for (let q = 0; q < 40; q++) assert.deepEqual(again.storage.store.getPage(q), page(q + 1), `page ${q}`);
     const leader = await shard.leader();
@@ -971,6 +977,82 @@ describe('Replica: damage of its own storage found while it runs', function () {
     assert.deepEqual(shard.damage.map((d) => [d.id, d.err.code]), [[l.id, 'corruption']]);
   });
 
+  it('a leader reading a damaged record of its log to send it to a follower reports it', async () => {
+    // 'a' draws the shortest election timeout: it leads, and leads again after its restart.
+    shard = new TestShard(['a', 'b', 'c'], { ...steady, randoms: { a: 0, b: 0.99, c: 0.99 } });
+    const l = await shard.leader();
+    assert.equal(l.id, 'a');
+    shard.isolate(['b']);
+    for (let i = 0; i < 40; i++) await l.replica.write([{ page: i, data: page(i + 1) }]);
+    // One image, at the last record: the log still starts at 1. Reopened, 'a' holds no record
+    // in memory and has nothing left to apply from its log: what it sends 'b' it reads back.
+    await l.replica.checkpoint();
+    const m = await shard.restart('a');
+    const first = m.disk.list('shard/log').filter((n) => n.endsWith('.log')).sort()[0]!;
+    m.disk.flipBits(`shard/log/${first}`, 20_000, 1);
+    assert.equal((await shard.leader()).id, 'a');
+    shard.heal();
+    await shard.waitFor(() => shard!.damage.length > 0, 'the damage is reported');
+    assert.deepEqual(shard.damage.map((d) => [d.id, d.err.code]), [['a', 'corruption']]);
+    assert.ok(m.replica.appliedLsn >= 40, 'it applied nothing from its log: the image covered it');
+  });
+
+  describe('the background scrub', () => {
+    /** Runs scrub steps of `m` until a pass ends; the steps' results. */
+    async function scrubPass(m: Member): Promise<ScrubStepResult[]> {
+      const steps: ScrubStepResult[] = [];
+      for (let i = 0; i < 1000; i++) {
+        const r = await m.replica.scrubStep();
+        steps.push(r);
+        if (r.passDone) return steps;
+      }
+      throw new Error('no pass ended in 1000 steps');
+    }
+
+    it('checks the newest image and the durable log in bounded steps; intact, it reports nothing', async () => {
+      shard = new TestShard(['a', 'b', 'c'], steady);
+      const l = await shard.leader();
+      await imaged(l);
+      for (let i = 0; i < 10; i++) await l.replica.write([{ page: 100 + i, data: page(i) }]);
+      const steps = await scrubPass(l);
+      const bytes = steps.reduce((n, r) => n + r.bytes, 0);
+      // The image holds 40 pages; the log from the older image on holds ~30 records of 4 KiB.
+      assert.ok(bytes >= 40 * 4096 + 25 * 4096, `checked ${bytes} bytes`);
+      assert.ok(steps.every((r) => r.bytes <= SCRUB_STEP_BYTES), 'each step is bounded');
+      assert.ok(steps.length >= 2, `${steps.length} steps`);
+      assert.ok(steps.every((r) => r.damage === undefined));
+      assert.deepEqual(shard.damage, []);
+      // And again: passes go on.
+      assert.equal((await scrubPass(l)).some((r) => r.damage !== undefined), false);
+    });
+
+    it('finds a damaged page of a follower\'s image, which nothing else reads, and the follower reports it', async () => {
+      shard = new TestShard(['a', 'b', 'c'], steady);
+      const l = await shard.leader();
+      await imaged(l);
+      const f = shard.members.get(shard.ids.find((id) => id !== l.id)!)!;
+      await shard.waitFor(() => f.replica.appliedLsn >= l.replica.appliedLsn, 'the follower applied everything');
+      await f.replica.checkpoint();
+      const images = f.disk.list('shard').filter((n) => /^image-[0-9a-f]+\.img$/.test(n)).sort();
+      damagePage0(f.disk, `shard/${images[images.length - 1]!}`);
+      const steps = await scrubPass(f);
+      const found = steps.find((r) => r.damage !== undefined);
+      assert.ok(found && found.damage!.code === 'corruption' && /page 0 checksum mismatch/.test(found.damage!.message), JSON.stringify(steps));
+      assert.deepEqual(shard.damage.map((d) => d.id), [f.id]);
+    });
+
+    it('finds a record of the log that rotted after the open', async () => {
+      shard = new TestShard(['a', 'b', 'c'], steady);
+      const l = await shard.leader();
+      for (let i = 0; i < 40; i++) await l.replica.write([{ page: i, data: page(i + 1) }]);
+      const first = l.disk.list('shard/log').filter((n) => n.endsWith('.log')).sort()[0]!;
+      l.disk.flipBits(`shard/log/${first}`, 20_000, 1);
+      const steps = await scrubPass(l);
+      assert.ok(steps.some((r) => r.damage?.code === 'corruption'), JSON.stringify(steps));
+      assert.deepEqual(shard.damage.map((d) => d.id), [l.id]);
+    });
+  });
+
   describe('a follower sent an image that fails its check', () => {
     /** A follower cut off while the leader writes 40 pages and trims its log behind two images; returns it and the newest image. */
     async function behindTheImages(): Promise<{ l: Member; f: Member; image: string }> {
@@ -983,15 +1065,16 @@ describe('Replica: damage of its own storage found while it runs', function () {
       return { l, f, image };
     }
 
-    it('the leader\'s image is damaged: the leader checks it and reports it; once it is reopened with a scrub, the follower catches up', async () => {
+    it('the leader\'s image is damaged: the leader checks it and reports it; once it is reopened without it, the follower catches up', async () => {
       const { l, f, image } = await behindTheImages();
       damagePage0(l.disk, image);
       shard!.heal();
       await shard!.waitFor(() => shard!.damage.length > 0, 'the leader reports its damaged image');
+      assert.equal(l.replica.stats().imageChecks, 1);
       assert.deepEqual(shard!.damage.map((d) => d.id), [l.id], 'the follower reports nothing of its own');
       assert.equal(f.replica.stats().snapshotsInstalled, 0);
       const target = l.replica.appliedLsn;
-      await shard!.restart(l.id, { scrub: true });
+      await shard!.restart(l.id, { damaged: shard!.damage[0]!.err.reports });
       // From the scrubbed replica's image, or from the log of the other follower if it leads now.
       await shard!.waitFor(() => f.replica.appliedLsn >= target, 'the follower catches up', 15_000);
       assert.deepEqual(shard!.damage.map((d) => d.id), [l.id]);
@@ -1011,6 +1094,7 @@ describe('Replica: damage of its own storage found while it runs', function () {
       await shard!.waitFor(() => f.replica.stats().snapshotsInstalled >= 1 && f.replica.appliedLsn >= l.storage.log.lastLsn, 'the follower installs the image sent again', 15_000);
       assert.equal(flipped, 1);
       assert.deepEqual(shard!.damage, []);
+      assert.equal(l.replica.stats().imageChecks, 1, 'the leader checked its own image once');
       for (let q = 0; q < 40; q++) assert.deepEqual(f.storage.store.getPage(q), page(q + 1), `page ${q}`);
     });
   });

@@ -316,87 +316,178 @@ describe('DeviceHost CPU offload of large write batches', function () {
   });
 });
 
+/** Three device hosts in this process holding shard 0 of v1, each replica's messages going to its peer host's replica. */
+function threeHosts(extra: Partial<ConstructorParameters<typeof DeviceHost>[0]> = {}) {
+  const members = ['n1', 'n2', 'n3'];
+  const hosts = new Map<string, DeviceHost>();
+  const disks = new Map<string, SimDisk>();
+  const damage: Array<{ node: string; code: string }> = [];
+  const repaired: Array<{ node: string; lost: boolean }> = [];
+  for (const id of members) {
+    disks.set(id, new SimDisk());
+    hosts.set(
+      id,
+      new DeviceHost({
+        dir: 'dev0', self: id, disk: disks.get(id)!,
+        timing: { electionTimeoutMinMs: 100, electionTimeoutMaxMs: 200, heartbeatMs: 10 },
+        transportFor: (s) => ({
+          send: async (to, msg) => structuredClone(await hosts.get(to)!.replica(s.volumeId, s.shard).handle(structuredClone(msg))),
+        }),
+        onDamage: (_s, err) => damage.push({ node: id, code: err.code }),
+        onRepaired: (_s, _damage, lost) => repaired.push({ node: id, lost }),
+        ...extra,
+      }),
+    );
+  }
+  const tickAll = (): void => {
+    for (const h of hosts.values()) h.tick(performance.now(), Date.now());
+  };
+  /** Ticks every host until `cond` holds. */
+  const until = async <T>(what: string, cond: () => T | undefined): Promise<T> => {
+    for (let i = 0; i < 20_000; i++) {
+      tickAll();
+      const v = cond();
+      if (v !== undefined) return v;
+      await new Promise((res) => setTimeout(res, 1));
+    }
+    throw new Error(`timed out waiting for ${what}`);
+  };
+  const leaderOf = (): Promise<{ id: string; r: Replica }> =>
+    until('a leader', () => {
+      for (const [id, h] of hosts) {
+        const r = h.replica('v1', 0);
+        if (r.isLeader) return { id, r };
+      }
+      return undefined;
+    });
+  for (const h of hosts.values()) h.openShard({ ...spec(0), members });
+  const close = async (): Promise<void> => {
+    for (const h of hosts.values()) await h.close();
+  };
+  return { hosts, disks, damage, repaired, until, leaderOf, close };
+}
+
+/** Shard 0 of 2 with stripes of 4 owns pages 0-3, 8-11…: 16 of the first 32, page 0 written first. */
+const OWNED = Array.from({ length: 32 }, (_, p) => p).filter((p) => Math.floor(p / 4) % 2 === 0);
+const SHARD_DIR = 'shards/v1.0';
+
+/** 16 one-page writes (page p holds p + 1), an image, a write of page 1 (99), an image. */
+async function twoImages(r: Replica): Promise<void> {
+  for (const p of OWNED) await r.write([{ page: p, data: page(p + 1) }]);
+  await r.checkpoint();
+  await r.write([{ page: 1, data: page(99) }]);
+  await r.checkpoint();
+}
+
+/** Flips a bit of page 0's data in the newest image of the shard; returns the image's name. */
+function damageNewestPage0(disk: SimDisk): string {
+  const newest = disk.list(SHARD_DIR).filter((n) => /^image-[0-9a-f]+\.img$/.test(n)).sort().pop()!;
+  const bytes = disk.fileBytes(`${SHARD_DIR}/${newest}`);
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  assert.equal(Number(view.getBigUint64(40, true)), 0, 'table entry 0 is page 0');
+  disk.flipBits(`${SHARD_DIR}/${newest}`, Number(view.getBigUint64(48, true)) + 100, 1);
+  return newest;
+}
+
+/** The image checks out whole, and holds page 0 as written. */
+function assertImageGood(disk: SimDisk, name: string): void {
+  const rebuilt = ImageReader.open(disk, `${SHARD_DIR}/${name}`);
+  try {
+    rebuilt.verifyPages();
+    const out = new Uint8Array(4096);
+    assert.equal(rebuilt.readPage(0, out), true);
+    assert.deepEqual(out, page(1));
+  } finally {
+    rebuilt.close();
+  }
+}
+
 describe('DeviceHost: a replica that finds its storage damaged while running', function () {
   this.timeout(20_000);
-  it('is reopened with a scrub (counted, reported once): the damaged image is rebuilt and the page reads right again', async () => {
-    const members = ['n1', 'n2', 'n3'];
-    const hosts = new Map<string, DeviceHost>();
-    const disks = new Map<string, SimDisk>();
-    const damage: Array<{ node: string; code: string }> = [];
-    const repaired: Array<{ node: string; lost: boolean }> = [];
-    for (const id of members) {
-      disks.set(id, new SimDisk());
-      hosts.set(
-        id,
-        new DeviceHost({
-          dir: 'dev0', self: id, disk: disks.get(id)!,
-          timing: { electionTimeoutMinMs: 100, electionTimeoutMaxMs: 200, heartbeatMs: 10 },
-          // Peers in this process: each message goes to the peer host's replica of the shard.
-          transportFor: (s) => ({
-            send: async (to, msg) => structuredClone(await hosts.get(to)!.replica(s.volumeId, s.shard).handle(structuredClone(msg))),
-          }),
-          onDamage: (_s, err) => damage.push({ node: id, code: err.code }),
-          onRepaired: (_s, _damage, lost) => repaired.push({ node: id, lost }),
-        }),
-      );
-    }
-    const sp = { ...spec(0), members };
-    const leaderOf = async (): Promise<{ id: string; r: Replica }> => {
-      for (let i = 0; i < 20_000; i++) {
-        for (const h of hosts.values()) h.tick(performance.now(), Date.now());
-        for (const [id, h] of hosts) {
-          const r = h.replica('v1', 0);
-          if (r.isLeader) return { id, r };
-        }
-        await new Promise((res) => setTimeout(res, 1));
-      }
-      throw new Error('no leader');
-    };
+  it('is reopened without the damaged image (counted, reported once): the damaged image is rebuilt and the page reads right again', async () => {
+    // No background scrub here: the read is what finds the damage.
+    const t = threeHosts({ scrubBytesPerSecond: 0 });
     try {
-      for (const h of hosts.values()) h.openShard(sp);
-      const { id, r } = await leaderOf();
-      // Shard 0 of 2 with stripes of 4 owns pages 0-3, 8-11…: page 0 written first, then 15 others.
-      const owned = Array.from({ length: 32 }, (_, p) => p).filter((p) => Math.floor(p / 4) % 2 === 0);
-      for (const p of owned) await r.write([{ page: p, data: page(p + 1) }]);
-      await r.checkpoint();
-      await r.write([{ page: 1, data: page(99) }]);
-      await r.checkpoint();
-      const disk = disks.get(id)!;
-      const dir = 'shards/v1.0';
-      const newest = disk.list(dir).filter((n) => /^image-[0-9a-f]+\.img$/.test(n)).sort().pop()!;
-      const bytes = disk.fileBytes(`${dir}/${newest}`);
-      const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-      assert.equal(Number(view.getBigUint64(40, true)), 0, 'table entry 0 is page 0');
-      disk.flipBits(`${dir}/${newest}`, Number(view.getBigUint64(48, true)) + 100, 1);
+      const { id, r } = await t.leaderOf();
+      await twoImages(r);
+      const disk = t.disks.get(id)!;
+      const newest = damageNewestPage0(disk);
 
-      const host = hosts.get(id)!;
+      const host = t.hosts.get(id)!;
       await assert.rejects(r.read([0], soon()), (e: { code?: string; details?: Record<string, unknown> }) => e.code === 'not_leader' && e.details?.['damaged'] === true);
       await new Promise((res) => setImmediate(res)); // the reopen runs once the read has unwound
-      assert.deepEqual(damage, [{ node: id, code: 'corruption' }]);
-      assert.deepEqual(repaired, [{ node: id, lost: false }], 'the scrub reported what it repaired');
+      assert.deepEqual(t.damage, [{ node: id, code: 'corruption' }]);
+      assert.deepEqual(t.repaired, [{ node: id, lost: false }], 'the scrub reported what it repaired');
       const st = host.stats();
-      assert.equal(st.scrubs, 1);
+      assert.equal(st.damageReopens, 1);
       assert.equal(st.restarts, 1);
       const shard = st.shards.find((x) => x.shard === 0)!;
       assert.equal(shard.state, 'up');
       assert.equal(shard.repairing, false, 'the older image and the log held everything: nothing was lost');
       assert.notEqual(host.replica('v1', 0), r, 'a new replica');
-      assert.ok(disk.list(dir).includes(newest), 'the image was written again under its name');
-      const rebuilt = ImageReader.open(disk, `${dir}/${newest}`);
-      try {
-        rebuilt.verifyPages(); // every page checks out: the scrub replaced the damaged file
-        const out = new Uint8Array(4096);
-        assert.equal(rebuilt.readPage(0, out), true);
-        assert.deepEqual(out, page(1));
-      } finally {
-        rebuilt.close();
-      }
+      assertImageGood(disk, newest); // the scrub replaced the damaged file
 
-      const again = await leaderOf();
+      const again = await t.leaderOf();
       assert.deepEqual((await again.r.read([0, 1, 8], soon())).pages, [page(1), page(99), page(9)]);
-      assert.equal(host.stats().scrubs, 1, 'reopened once');
+      assert.equal(host.stats().damageReopens, 1, 'reopened once');
     } finally {
-      for (const h of hosts.values()) await h.close();
+      await t.close();
+    }
+  });
+
+  it('the background scrub finds a damaged page of a follower\'s image, which nothing reads, and the follower is repaired', async () => {
+    const t = threeHosts({ scrubBytesPerSecond: 64 * 1024 * 1024, checkpointEveryRecords: 0 });
+    try {
+      const { id, r } = await t.leaderOf();
+      for (const p of OWNED) await r.write([{ page: p, data: page(p + 1) }]);
+      const fid = [...t.hosts.keys()].find((x) => x !== id)!;
+      const fhost = t.hosts.get(fid)!;
+      const f = await t.until('the follower applied every write', () => {
+        const fr = fhost.replica('v1', 0);
+        return fr.appliedLsn >= r.appliedLsn ? fr : undefined;
+      });
+      await f.checkpoint();
+      const newest = damageNewestPage0(t.disks.get(fid)!);
+      const scrubbed = await t.until('the scrub finds the damage', () => (fhost.stats().damageReopens >= 1 ? fhost.stats() : undefined));
+      assert.deepEqual(t.damage, [{ node: fid, code: 'corruption' }]);
+      assert.equal(scrubbed.scrub.damage, 1);
+      assert.ok(scrubbed.scrub.bytes > 0);
+      assert.deepEqual(t.repaired, [{ node: fid, lost: false }]);
+      assertImageGood(t.disks.get(fid)!, newest);
+      assert.deepEqual(t.hosts.get(id)!.stats().scrub.damage, 0, 'the leader\'s storage is intact');
+    } finally {
+      await t.close();
+    }
+  });
+
+  it('a sole replica\'s damage found by the background scrub is reported once, however many passes find it; its other pages are served', async () => {
+    const unrepairable: string[] = [];
+    const disk = new SimDisk();
+    const host = new DeviceHost({
+      dir: 'dev0', self: 'n1', disk, scrubBytesPerSecond: 64 * 1024 * 1024,
+      onUnrepairable: (_s, err) => unrepairable.push(err.message),
+    });
+    try {
+      host.openShard(spec(0));
+      const r = await leader(host, 0);
+      await twoImages(r);
+      damageNewestPage0(disk);
+      let bytesAtReport = 0;
+      const deadline = Date.now() + 10_000;
+      while (Date.now() < deadline && (unrepairable.length === 0 || host.stats().scrub.bytes < bytesAtReport + 4 * 200 * 1024)) {
+        host.tick(performance.now(), Date.now());
+        if (unrepairable.length === 0) bytesAtReport = host.stats().scrub.bytes;
+        await new Promise((res) => setTimeout(res, 1));
+      }
+      assert.equal(unrepairable.length, 1, 'reported once');
+      assert.match(unrepairable[0]!, /page 0 checksum mismatch/);
+      assert.ok(host.stats().scrub.bytes >= bytesAtReport + 4 * 200 * 1024, 'the scrub went on over the shard several times');
+      assert.equal(host.stats().scrub.damage, 1);
+      assert.equal(host.stats().damageReopens, 0, 'a sole copy is not reopened');
+      await assert.rejects(r.read([0], soon()), (e: StorageError) => e.code === 'corruption');
+      assert.deepEqual((await r.read([1], soon())).pages, [page(99)]);
+    } finally {
+      await host.close();
     }
   });
 });

@@ -3,7 +3,7 @@
  * and installing an image received from a leader only once all of it checks out.
  */
 import { strict as assert } from 'node:assert';
-import { CorruptionError } from '../../storage-engine/errors';
+import { CorruptionError, type CorruptionReport } from '../../storage-engine/errors';
 import { imageFileName } from '../../storage-engine/image';
 import { encodePageWrite } from '../../storage-engine/page-write';
 import { parseSegmentName } from '../../storage-engine/log-segment';
@@ -186,7 +186,7 @@ describe('ShardStorage', () => {
     });
   });
 
-  describe('damage found while running: the scrub of a reopen', () => {
+  describe('damage found while running: the reopen without the damaged images (a scrub)', () => {
     /** Image files of `dir`, ascending LSN. */
     const imageFiles = (disk: SimDisk, dir: string): string[] =>
       disk
@@ -202,8 +202,21 @@ describe('ShardStorage', () => {
       while (n + PAGES <= last) n += PAGES;
       return pageOf(n);
     };
+    /** What a running replica reports: the read of `page` (at `lsn`) fails its checksum. */
+    const damageFound = (disk: SimDisk, page = 63, lsn?: number): CorruptionReport[] => {
+      let found: CorruptionReport[] = [];
+      whileOpen(disk, { ...options('S'), repairFromPeers: true }, (plain) => {
+        assert.deepEqual(plain.repaired, [], 'opening checks the header and the table only');
+        assert.throws(() => plain.store.getPage(page, lsn), (e: Error) => {
+          if (!(e instanceof CorruptionError) || !new RegExp(`page ${page} checksum mismatch`).test(e.message)) return false;
+          found = e.reports;
+          return true;
+        });
+      });
+      return found;
+    };
 
-    it('a damaged page of the newest image: a plain open keeps it; a scrub removes it and writes the image again from the older one and the log', () => {
+    it('the newest image damaged: it is not used, and is written again from the older one and the log; nothing is lost', () => {
       const disk = new SimDisk();
       const st = ShardStorage.open(disk, options('S'));
       const last = fill(st, 2); // images at 40 and 80; the log from 41
@@ -212,16 +225,12 @@ describe('ShardStorage', () => {
       const newest = `S/${imageFileName(last)}`;
       assert.deepEqual(imageFiles(disk, 'S'), [imageFileName(40), imageFileName(last)]);
       damageLastPage(disk, newest);
+      const damaged = damageFound(disk);
+      assert.equal(damaged[0]!.file, newest);
 
-      // Opening checks the header and the table only: the damage shows on the first read.
-      whileOpen(disk, { ...options('S'), repairFromPeers: true }, (plain) => {
-        assert.deepEqual(plain.repaired, []);
-        assert.throws(() => plain.store.getPage(63), (e: Error) => e instanceof CorruptionError && /page 63 checksum mismatch/.test(e.message));
-      });
-
-      whileOpen(disk, { ...options('S'), repairFromPeers: true, scrub: true }, (st2) => {
-        assert.equal(st2.repaired.length, 1);
-        assert.match(st2.repaired[0]!.reason, /page 63 checksum mismatch/);
+      whileOpen(disk, { ...options('S'), repairFromPeers: true, damaged }, (st2) => {
+        assert.deepEqual(st2.repaired, damaged);
+        assert.equal(st2.lostRecords, false);
         assert.equal(st2.store.appliedLsn, last);
         assert.deepEqual(st2.store.getPage(63), pageOf(63));
         assert.deepEqual(st2.store.getPage(last % PAGES), pageOf(last));
@@ -234,44 +243,57 @@ describe('ShardStorage', () => {
       });
     });
 
-    it('a power cut at any step of the scrub leaves a store that opens and reads every page right', () => {
+    it('a power cut at any step of that reopen leaves a store that opens, reads every page right, and has an image to send', () => {
       let steps = 0;
       for (;; steps++) {
-        assert.ok(steps < 200, 'the scrub finishes in a bounded number of steps');
+        assert.ok(steps < 200, 'the reopen finishes in a bounded number of steps');
         const disk = new SimDisk();
         const st = ShardStorage.open(disk, options('S'));
         const last = fill(st, 2);
         st.close();
         damageLastPage(disk, `S/${imageFileName(last)}`);
+        const damaged = damageFound(disk);
         disk.powerCut();
         disk.crashAfter(steps);
         let finished = false;
         try {
-          ShardStorage.open(disk, { ...options('S'), repairFromPeers: true, scrub: true }).close();
+          ShardStorage.open(disk, { ...options('S'), repairFromPeers: true, damaged }).close();
           finished = true;
         } catch (e) {
           assert.ok(e instanceof SimulatedCrash, `crash expected, got ${String(e)}`);
         }
         disk.powerCut();
-        // A reopen after a cut scrubs again (the host asks until an open succeeds); either way
-        // what the shard holds is intact and nothing was lost.
-        whileOpen(disk, { ...options('S'), repairFromPeers: true, scrub: !finished }, (again) => {
+        // The power cut took the host's memory of the damage with it: a plain open. The damaged
+        // image is either still there (a read finds it again) or replaced whole; never missing.
+        whileOpen(disk, { ...options('S'), repairFromPeers: true }, (again) => {
           assert.equal(again.store.appliedLsn, last);
           assert.equal(again.load()?.repairTerm, undefined);
-          for (let p = 0; p < PAGES; p++) assert.deepEqual(again.store.getPage(p), lastWrite(p, last));
+          const image = again.newest();
+          assert.ok(image !== undefined && image.lsn === last, 'the pointer names an image that exists');
+          let intact = true;
+          for (let p = 0; p < PAGES; p++) {
+            try {
+              assert.deepEqual(again.store.getPage(p), lastWrite(p, last));
+            } catch (e) {
+              if (!(e instanceof CorruptionError) || finished) throw e;
+              intact = false;
+            }
+          }
+          if (!intact) assert.equal(imageFiles(disk, 'S').length, 2, 'not rebuilt yet: both images still there');
         });
         if (finished) break;
       }
-      assert.ok(steps > 3, `the scrub took ${steps} mutating steps`);
+      assert.ok(steps > 3, `the reopen took ${steps} mutating steps`);
     });
 
-    it('a damaged page of the older image: the scrub removes it, and the store reads from the newest', () => {
+    it('the older image damaged: it is removed, and the store reads from the newest', () => {
       const disk = new SimDisk();
       const st = ShardStorage.open(disk, options('S'));
       const last = fill(st, 2);
       st.close();
       damageLastPage(disk, `S/${imageFileName(40)}`);
-      whileOpen(disk, { ...options('S'), scrub: true }, (st2) => {
+      const damaged = damageFound(disk, 40, 40); // the last page the older image stores
+      whileOpen(disk, { ...options('S'), damaged }, (st2) => {
         assert.equal(st2.repaired.length, 1);
         assert.deepEqual(imageFiles(disk, 'S'), [imageFileName(last)]);
         assert.equal(st2.store.oldestReadableLsn, last);
@@ -289,14 +311,45 @@ describe('ShardStorage', () => {
       fill(st, 3); // images at 80 and 120; the log from 81
       st.save({ term: 5, votedFor: 'n1' });
       st.close();
-      const damaged = imageFiles(disk, 'S');
-      for (const name of damaged) damageLastPage(disk, `S/${name}`);
-      assert.throws(() => ShardStorage.open(disk, { ...options('S'), scrub: true }), CorruptionError);
-      assert.deepEqual(imageFiles(disk, 'S'), damaged, 'a sole copy keeps what it has');
-      whileOpen(disk, { ...options('S'), repairFromPeers: true, scrub: true }, (st2) => {
+      const files = imageFiles(disk, 'S');
+      for (const name of files) damageLastPage(disk, `S/${name}`);
+      const damaged = files.map((name) => ({ file: `S/${name}`, offset: 0, fromLsn: 0, toLsn: 0, reason: 'checksum mismatch' }));
+      assert.throws(() => ShardStorage.open(disk, { ...options('S'), damaged }), CorruptionError);
+      assert.deepEqual(imageFiles(disk, 'S'), files, 'a sole copy keeps what it has');
+      whileOpen(disk, { ...options('S'), repairFromPeers: true, damaged }, (st2) => {
         assert.ok(st2.repaired.length >= 2);
+        assert.equal(st2.lostRecords, true);
         assert.deepEqual([st2.log.firstLsn, st2.log.lastLsn, st2.store.appliedLsn], [1, 0, 0]);
         assert.deepEqual(st2.load(), { term: 5, votedFor: 'n1', repairTerm: 5 });
+      });
+    });
+
+    it('records at the end of the log that rotted look like a torn write: cut, and with durableLsn the replica is marked to repair', () => {
+      const make = (): SimDisk => {
+        const disk = new SimDisk();
+        const st = ShardStorage.open(disk, options('S'));
+        st.log.write(Array.from({ length: 10 }, (_, k) => ({ term: 1, kind: 1, payload: encodePageWrite(PAGE, [{ page: k, data: new Uint8Array(PAGE).fill(k === 9 ? 0xee : k) }]) })));
+        st.log.sync();
+        st.save({ term: 3, votedFor: null });
+        st.close();
+        // A bit of the last record's page, acknowledged long ago, flips.
+        const run = Buffer.alloc(PAGE, 0xee);
+        const segment = disk.list('S/log').find((n) => n.endsWith('.log') && Buffer.from(disk.fileBytes(`S/log/${n}`)).includes(run))!;
+        assert.ok(segment, 'a segment holds the last record\'s page');
+        disk.flipBits(`S/log/${segment}`, Buffer.from(disk.fileBytes(`S/log/${segment}`)).indexOf(run) + 100, 1);
+        return disk;
+      };
+      // Nobody knows what was durable (a process restart): the cut goes unnoticed, as any torn write.
+      whileOpen(make(), { ...options('S'), repairFromPeers: true }, (st) => {
+        assert.equal(st.log.lastLsn, 9);
+        assert.equal(st.lostRecords, false);
+      });
+      // The host that reopens it knows: 10 records were durable.
+      whileOpen(make(), { ...options('S'), repairFromPeers: true, durableLsn: 10 }, (st) => {
+        assert.equal(st.log.lastLsn, 9);
+        assert.equal(st.lostRecords, true);
+        assert.deepEqual(st.load(), { term: 3, votedFor: null, repairTerm: 3 });
+        assert.deepEqual([st.repaired[0]!.fromLsn, st.repaired[0]!.toLsn], [10, 10]);
       });
     });
   });
