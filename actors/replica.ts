@@ -93,9 +93,11 @@ export interface SnapshotIO {
   install(): { log: SegmentLog; store: PageStore };
   /**
    * Checks every page of our image at `lsn`, one bounded read per step (CorruptionError when one
-   * is damaged): asked when a follower found the copy it was sent damaged.
+   * is damaged): asked when a follower found the copy it was sent damaged, and by the scrub.
    */
   verifySteps(lsn: number): Iterator<void, void, void>;
+  /** LSN of our newest image (0 if none), without opening it. */
+  newestLsn(): number;
 }
 
 export interface ReplicaTiming {
@@ -316,10 +318,15 @@ export class Replica {
   private checkingImage = false;
   /** LSN of our image last checked whole and found intact: not checked again for another complaint. */
   private imageCheckedIntact = 0;
-  /** Background scrub: the image being checked (its steps), else the next log LSN to check. */
+  /**
+   * Background scrub: the image being checked (its steps); in the log phase, the next LSN to
+   * check and the end of this pass (the durable end when the phase began: a log that grows
+   * faster than the scrub reads must not keep a pass from ending).
+   */
   private scrubImage: Iterator<void, void, void> | undefined;
   private scrubPhase: 'image' | 'log' = 'image';
   private scrubLogNext = 0;
+  private scrubLogEnd = 0;
   private scrubbing = false;
   private readonly offload: PayloadOffload | undefined;
   private readonly checkpointEveryRecords: number;
@@ -1524,11 +1531,12 @@ export class Replica {
 
   /**
    * One step of the background scrub, which its host paces: checks at most 256 KiB of this
-   * replica's storage against its checksums, through the device queue: the pages of its newest
-   * image, then its log's durable records, then the image again. Opening checks every log record
+   * replica's storage against its checksums (the first step of an image also reads its table),
+   * through the device queue: the pages of its newest image, then its log's records up to the
+   * durable end when the log phase began, then the image again. Opening checks every log record
    * but only the header and the table of an image, and nothing checks a follower's images until
    * it needs them: the scrub finds damage while a good copy is still around. Damage is reported
-   * as any other (`onDamage`) and returned.
+   * as any other (`onDamage`) and returned. Never rejects.
    */
   async scrubStep(): Promise<ScrubStepResult> {
     if (this.closed || this.scrubbing) return { bytes: 0, passDone: false };
@@ -1536,39 +1544,54 @@ export class Replica {
     try {
       return await this.queue.task(() => this.scrubNext());
     } catch (e) {
-      // Damage in the image: reported, and the pass goes on with the log. Damage in the log:
-      // reported, and the pass ends. Anything else (an image removed by a checkpoint meanwhile,
-      // the queue refusing, the replica closed): the pass starts over.
+      // The queue refused the step (full): nothing was done; the same step comes again.
+      if (e instanceof StorageError && e.code === 'overloaded') return { bytes: 0, passDone: false };
       const inImage = this.scrubPhase === 'image';
-      this.scrubImage?.return?.();
-      this.scrubImage = undefined;
+      this.releaseScrub();
+      // Damage in the image: reported, and the pass goes on with the log. Anything else (damage
+      // in the log, an image removed by a checkpoint meanwhile, an IO error, the replica closed):
+      // the pass ends, so that the device's other replicas get their turn.
       if (e instanceof CorruptionError) {
         this.reportDamage(e);
-        this.scrubPhase = inImage ? 'log' : 'image';
-        this.scrubLogNext = this.log.firstLsn;
+        if (inImage) this.startScrubOfLog();
         return { bytes: 0, passDone: !inImage, damage: e };
       }
-      this.scrubPhase = 'image';
-      return { bytes: 0, passDone: false };
+      return { bytes: 0, passDone: true };
     } finally {
       this.scrubbing = false;
     }
   }
 
+  /** Lets go of the image the scrub reads (its file handle) and starts the next pass from the image. */
+  private releaseScrub(): void {
+    this.scrubImage?.return?.();
+    this.scrubImage = undefined;
+    this.scrubPhase = 'image';
+  }
+
+  private startScrubOfLog(): void {
+    this.scrubPhase = 'log';
+    this.scrubLogNext = this.log.firstLsn;
+    this.scrubLogEnd = Math.min(this.log.syncedLsn, this.log.lastLsn);
+  }
+
   private scrubNext(): ScrubStepResult {
-    if (this.closed) return { bytes: 0, passDone: false };
+    if (this.closed) {
+      this.releaseScrub();
+      return { bytes: 0, passDone: false };
+    }
     if (this.scrubPhase === 'image') {
       if (this.scrubImage === undefined) {
-        const newest = this.snapshots?.newest();
-        if (newest !== undefined) this.scrubImage = this.snapshots!.verifySteps(newest.lsn);
+        const lsn = this.snapshots?.newestLsn() ?? 0;
+        if (lsn > 0) this.scrubImage = this.snapshots!.verifySteps(lsn);
       }
       if (this.scrubImage !== undefined && this.scrubImage.next().done !== true) return { bytes: SCRUB_STEP_BYTES, passDone: false };
       this.scrubImage = undefined;
-      this.scrubPhase = 'log';
-      this.scrubLogNext = this.log.firstLsn;
+      this.startScrubOfLog();
     }
     const from = Math.max(this.scrubLogNext, this.log.firstLsn);
-    const upto = Math.min(this.log.syncedLsn, this.log.lastLsn);
+    // A log truncated meanwhile (a new leader's) ends the pass earlier.
+    const upto = Math.min(this.scrubLogEnd, this.log.syncedLsn, this.log.lastLsn);
     if (from > upto) {
       this.scrubPhase = 'image';
       return { bytes: 0, passDone: true };
@@ -1687,6 +1710,7 @@ export class Replica {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    this.releaseScrub();
     const err = new StorageError('closed', `replica ${this.geometry.volumeId}/${this.geometry.shard} closed`);
     for (const w of this.commitWaiters) w.reject(namingRecord(err, w));
     for (const w of this.applyWaiters) w.reject(err);

@@ -246,7 +246,7 @@ export class StrataMetrics {
       restarts: counter('strata_actor_restarts', 'Restarts of actor hosts (kind=host) and of shard actors from durable state (kind=shard).'),
       scrubBytes: counter('strata_scrub_read_bytes', 'Bytes of image pages and log records the background scrub read and checked.'),
       scrubPasses: counter('strata_scrub_passes', 'Passes of the background scrub over a replica (its newest image, then its durable log) completed.'),
-      scrubDamage: counter('strata_scrub_damage', 'Damage the background scrub found (a replica of several then reopens with a scrub; a sole copy is reported once per change).'),
+      scrubDamage: counter('strata_scrub_damage', 'Damage the background scrub found (a replica of several then reopens without the damaged images; a sole copy is reported once per change).'),
       damageReopens: counter('strata_replica_damage_reopens', 'Replicas reopened because they found their own storage damaged while running (counted in strata_actor_restarts too).'),
     };
     this.observables = Object.values(o);

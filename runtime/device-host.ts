@@ -14,10 +14,10 @@ import { joinPath } from '../storage-engine/disk';
 import { RealDisk } from '../storage-engine/real-disk';
 import { Slab } from '../storage-engine/slab';
 import { ShardStorage } from '../storage-engine/shard-storage';
-import { StorageError, type CorruptionError, type CorruptionReport } from '../storage-engine/errors';
+import { CorruptionError, StorageError, type CorruptionReport } from '../storage-engine/errors';
 import { pageWriteBytes, PAGE_WRITE_PAGES_MAX } from '../storage-engine/page-write';
 import { DeviceQueue, type DeviceQueueOptions, type DeviceQueueStats, type QueueTracer } from '../actors/device-queue';
-import { Replica, type ReplicaTransport, type ReplicaStats, type ReplicaTiming, type ReplicaTracer, type Role } from '../actors/replica';
+import { Replica, type ReplicaTransport, type ScrubStepResult, type ReplicaStats, type ReplicaTiming, type ReplicaTracer, type Role } from '../actors/replica';
 import type { ShardGeometry, PayloadOffload } from '../actors/shard';
 import { CpuPool, type CpuPoolStats } from './cpu-pool';
 import { FaultyDisk } from './faulty-disk';
@@ -63,8 +63,9 @@ export interface DeviceHostOptions {
    */
   scrubBytesPerSecond?: number;
   /**
-   * Told when the scrub found damage in a replica that no peer can repair (a replica set of one:
-   * its reads of the damaged data fail with `corruption`). For logging by the host.
+   * Told when damage was found in a replica that no peer can repair (a replica set of one): by
+   * the scrub (its reads of the damaged data fail with `corruption`), or by a reopen whose log
+   * ended below what it held durably before. For logging by the host.
    */
   onUnrepairable?: (spec: ShardSpec, err: StorageError) => void;
   /** Page cache bytes per shard; default 32 MiB. */
@@ -289,7 +290,8 @@ export class DeviceHost {
     const entry = open[this.scrubTurn % open.length]!;
     const replica = entry.replica!;
     this.scrubRunning = true;
-    void replica.scrubStep().then((r) => {
+    // scrubStep never rejects; should it ever, the scrub goes on rather than stopping for good.
+    void replica.scrubStep().catch((): ScrubStepResult => ({ bytes: 0, passDone: true })).then((r) => {
       this.scrubRunning = false;
       this.scrubCounters.bytes += r.bytes;
       if (r.passDone) this.scrubCounters.passes++;
@@ -381,7 +383,10 @@ export class DeviceHost {
       });
       entry.storage = storage;
       entry.damaged = undefined;
-      if (storage.repaired.length > 0) this.opts.onRepaired?.(spec, storage.repaired, storage.lostRecords);
+      if (storage.repaired.length > 0) {
+        if (spec.members.length > 1) this.opts.onRepaired?.(spec, storage.repaired, storage.lostRecords);
+        else this.opts.onUnrepairable?.(spec, new CorruptionError(`shard ${spec.volumeId}/${spec.shard}: ${storage.repaired.map((r) => r.reason).join('; ')}`, [...storage.repaired]));
+      }
       const replica: Replica = new Replica({
         geometry: spec,
         self: this.self,

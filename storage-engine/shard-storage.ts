@@ -52,7 +52,8 @@ export interface ShardStorageOptions {
    * The LSN this replica's log was durable up to before a reopen (its host knows it; after a
    * process restart nobody does). A log that opens shorter lost records the replica may have
    * acknowledged: rotten records at its end look like a torn write and are cut without a report.
-   * With `repairFromPeers` the replica is then marked to repair (no vote until it holds them again).
+   * The cut is then reported (`repaired`, `lostRecords`), and with `repairFromPeers` the replica
+   * is marked to repair (no vote until it holds them again); a sole copy has lost them.
    */
   durableLsn?: number;
 }
@@ -155,7 +156,10 @@ export class ShardStorage {
   private incoming: { fh: number; lsn: number; term: number; bytes: number; written: number } | undefined;
   /** The damage the open repaired (`repairFromPeers`, `damaged`), for the host to report; empty when none. */
   readonly repaired: readonly CorruptionReport[];
-  /** This open discarded records the replica may have acknowledged: it is marked to repair (no vote until given them back). */
+  /**
+   * This open discarded records the replica may have acknowledged: with `repairFromPeers` it is
+   * marked to repair (no vote until given them back); a sole copy has lost them.
+   */
   readonly lostRecords: boolean;
 
   private constructor(disk: Disk, opts: ShardStorageOptions, log: SegmentLog, store: PageStore, repaired: readonly CorruptionReport[], lostRecords = false) {
@@ -184,9 +188,18 @@ export class ShardStorage {
       // committed, records) bounds the replay; PageStore.open then takes any image the log covers.
       const imageLsn = PageStore.imageLsn(disk, opts.dir) || PageStore.newestImageOnDisk(disk, opts.dir);
       const replayUpto = Math.max(log.firstLsn - 1, Math.min(imageLsn, log.lastLsn));
-      let store: PageStore;
       let lost = repaired.length > 0;
       const found: CorruptionReport[] = [...repaired];
+      if (opts.durableLsn !== undefined && log.lastLsn < opts.durableLsn && !lost) {
+        // Marked before anything else is done: a crash after the cut must not forget it.
+        found.push({
+          file: joinPath(opts.dir, 'log'), offset: 0, fromLsn: log.lastLsn + 1, toLsn: opts.durableLsn,
+          reason: `the log ends at ${log.lastLsn}, below the LSN ${opts.durableLsn} it held durably before the reopen`,
+        });
+        if (opts.repairFromPeers) markRepair(meta, log);
+        lost = true;
+      }
+      let store: PageStore;
       try {
         store = PageStore.open(disk, log, { ...storeOptions(opts), ...(opts.damaged ? { damagedImages: opts.damaged } : {}) }, replayUpto);
         if (store.damagedImages.length > 0) {
@@ -206,14 +219,6 @@ export class ShardStorage {
         startOver(disk, opts.dir, log);
         store = PageStore.open(disk, log, storeOptions(opts), 0);
         return new ShardStorage(disk, opts, log, store, [...found, ...e.reports], true);
-      }
-      if (opts.repairFromPeers && opts.durableLsn !== undefined && log.lastLsn < opts.durableLsn && !lost) {
-        found.push({
-          file: joinPath(opts.dir, 'log'), offset: 0, fromLsn: log.lastLsn + 1, toLsn: opts.durableLsn,
-          reason: `the log ends at ${log.lastLsn}, below the LSN ${opts.durableLsn} it held durably before the reopen`,
-        });
-        markRepair(meta, log);
-        lost = true;
       }
       return new ShardStorage(disk, opts, log, store, found, lost);
     } catch (e) {
@@ -261,6 +266,11 @@ export class ShardStorage {
     } finally {
       this.disk.close(fh);
     }
+  }
+
+  /** LSN of the newest image (the checkpoint pointer's; 0 if none), without opening it. */
+  newestLsn(): number {
+    return PageStore.imageLsn(this.disk, this.opts.dir);
   }
 
   /** ImageReader.verifySteps of our image at `lsn` (closed at the end, or when the caller stops). */

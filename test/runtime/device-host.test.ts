@@ -435,6 +435,36 @@ describe('DeviceHost: a replica that finds its storage damaged while running', f
     }
   });
 
+  it('records at the end of a follower\'s log that rotted are cut at its reopen as a torn write: the host knows they were durable, and the follower is marked to repair', async () => {
+    const t = threeHosts({ scrubBytesPerSecond: 0 });
+    try {
+      const { id, r } = await t.leaderOf();
+      for (const p of OWNED) await r.write([{ page: p, data: page(p + 1) }]);
+      const last = await r.write([{ page: 0, data: page(0xee) }]);
+      const fid = [...t.hosts.keys()].find((x) => x !== id)!;
+      const fhost = t.hosts.get(fid)!;
+      await t.until('the follower holds every write', () => (fhost.replica('v1', 0).stats().lastLsn >= last.lsn ? true : undefined));
+      // A bit of the last record's page (durable, acknowledged) flips on the follower's disk.
+      const disk = t.disks.get(fid)!;
+      const run = Buffer.alloc(4096, 0xee);
+      const segment = disk.list(`${SHARD_DIR}/log`).find((n) => Buffer.from(disk.fileBytes(`${SHARD_DIR}/log/${n}`)).includes(run))!;
+      disk.flipBits(`${SHARD_DIR}/log/${segment}`, Buffer.from(disk.fileBytes(`${SHARD_DIR}/log/${segment}`)).indexOf(run) + 100, 1);
+      // The host reopens the replica (as after any failure of it).
+      assert.equal(fhost.onReplicaError('v1', 0, new StorageError('invariant', 'test: reopen the replica')), true);
+      const st = fhost.stats().shards.find((x) => x.shard === 0)!;
+      assert.equal(st.state, 'up');
+      assert.ok(st.lastLsn < last.lsn, 'the record was cut');
+      assert.equal(st.repairing, true, 'it may have acknowledged the record: it votes only once given it back');
+      assert.deepEqual(t.repaired, [{ node: fid, lost: true }]);
+      await t.until('the follower is given the record back', () => {
+        const s2 = fhost.stats().shards.find((x) => x.shard === 0)!;
+        return s2.lastLsn >= last.lsn && !s2.repairing ? true : undefined;
+      });
+    } finally {
+      await t.close();
+    }
+  });
+
   it('the background scrub finds a damaged page of a follower\'s image, which nothing reads, and the follower is repaired', async () => {
     const t = threeHosts({ scrubBytesPerSecond: 64 * 1024 * 1024, checkpointEveryRecords: 0 });
     try {
