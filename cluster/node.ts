@@ -650,6 +650,9 @@ export class StrataNode {
         ...(h.lastExit ? { lastExit: h.lastExit } : {}),
         queue: h.device?.queue,
         deviceRestarts: h.device?.restarts ?? 0,
+        // Replicas reopened because they found their storage damaged; the background scrub's progress.
+        damageReopens: h.device?.damageReopens ?? 0,
+        ...(h.device?.scrub ? { scrub: h.device.scrub } : {}),
         mailbox: h.mailbox,
       })),
       shards,

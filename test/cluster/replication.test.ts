@@ -312,6 +312,8 @@ describe('replication across three nodes', function () {
     await expectPages(vol, [0], 1);
     const reopens = async (i: number): Promise<number> => (await c!.nodes[i]!.hostPool.stats()).reduce((n, h) => n + (h.device?.damageReopens ?? 0), 0);
     assert.equal(await reopens(leader), 1, 'the old leader was reopened without its damaged image');
+    const hostStatus = ((await c.nodes[leader]!.status())['hosts'] as Array<Record<string, unknown>>)[0]!;
+    assert.equal(hostStatus['damageReopens'], 1, 'node status shows the reopen');
     await until('the reopened replica caught up', 20_000, async () => {
       const reps = await replicasOf(c!, info.id, 0);
       const l = reps.find((r) => r.role === 'leader');
