@@ -443,11 +443,13 @@ describe('DeviceHost: a replica that finds its storage damaged while running', f
       const last = await r.write([{ page: 0, data: page(0xee) }]);
       const fid = [...t.hosts.keys()].find((x) => x !== id)!;
       const fhost = t.hosts.get(fid)!;
-      await t.until('the follower holds every write', () => (fhost.replica('v1', 0).stats().lastLsn >= last.lsn ? true : undefined));
+      // Applied: durable on the follower's disk too (a follower applies only what it flushed).
+      await t.until('the follower applied every write', () => (fhost.replica('v1', 0).stats().appliedLsn >= last.lsn ? true : undefined));
       // A bit of the last record's page (durable, acknowledged) flips on the follower's disk.
       const disk = t.disks.get(fid)!;
       const run = Buffer.alloc(4096, 0xee);
-      const segment = disk.list(`${SHARD_DIR}/log`).find((n) => Buffer.from(disk.fileBytes(`${SHARD_DIR}/log/${n}`)).includes(run))!;
+      const segment = disk.list(`${SHARD_DIR}/log`).find((n) => Buffer.from(disk.fileBytes(`${SHARD_DIR}/log/${n}`)).includes(run));
+      assert.ok(segment, 'a segment of the follower holds the record');
       disk.flipBits(`${SHARD_DIR}/log/${segment}`, Buffer.from(disk.fileBytes(`${SHARD_DIR}/log/${segment}`)).indexOf(run) + 100, 1);
       // The host reopens the replica (as after any failure of it).
       assert.equal(fhost.onReplicaError('v1', 0, new StorageError('invariant', 'test: reopen the replica')), true);
