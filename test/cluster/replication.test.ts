@@ -282,18 +282,23 @@ describe('replication across three nodes', function () {
     const pages = Array.from({ length: 60 }, (_, i) => i);
     await writeAll(vol, pages, 1);
     const info = await c.client.volumeInfo('rot');
-    const leader = await leaderIndex(c, 'rot', 0);
-    // The leader's images once its checkpoints are done (two kept; nothing written any more).
+    // The leader's images once its checkpoints are done (two kept; nothing written any more),
+    // looked at again until the leadership did not move meanwhile: the read must reach this node.
     const shardDir = (i: number): string => shardDirOf(c!.dataDirs[i]!, info.id);
-    const images = (): string[] => fs.readdirSync(shardDir(leader)).filter((n) => n.startsWith('image-')).sort();
+    let leader = -1;
     let settled: string[] = [];
-    await until('the leader\'s checkpoints settle', 20_000, async () => {
-      const now = images();
-      const same = now.length === 2 && now.every((n) => /^image-[0-9a-f]+\.img$/.test(n)) && now.join() === settled.join();
-      settled = now;
-      await new Promise((r) => setTimeout(r, 200));
-      return same ? true : undefined;
-    });
+    while (leader < 0 || (await leaderIndex(c, 'rot', 0)) !== leader) {
+      leader = await leaderIndex(c, 'rot', 0);
+      const images = (): string[] => fs.readdirSync(shardDir(leader)).filter((n) => n.startsWith('image-')).sort();
+      settled = [];
+      await until('the leader\'s checkpoints settle', 20_000, async () => {
+        const now = images();
+        const same = now.length === 2 && now.every((n) => /^image-[0-9a-f]+\.img$/.test(n)) && now.join() === settled.join();
+        settled = now;
+        await new Promise((r) => setTimeout(r, 200));
+        return same ? true : undefined;
+      });
+    }
     // Page 0 was written first: the newest image serves it. A bit of its data flips on disk.
     const image = path.join(shardDir(leader), settled[1]!);
     const fd = fs.openSync(image, 'r+');
