@@ -568,6 +568,22 @@ export class Replica {
     void this.persistHardState().catch(() => undefined);
   }
 
+  /**
+   * Operator override (`strata shard force-vote`): a repairing replica (HardState.repairTerm)
+   * votes and campaigns again at once, accepting that records only it had acknowledged, and then
+   * lost, stay lost. For a shard left without a majority of whole replicas: a repairing replica
+   * and a second one down, or two repairing at once. Resolves once the cleared mark is durable,
+   * with whether the replica was repairing (if not, nothing changes) and its term.
+   */
+  async forceVote(): Promise<{ wasRepairing: boolean; term: number }> {
+    if (this.closed) throw new StorageError('closed', `replica ${this.geometry.volumeId}/${this.geometry.shard} closed`);
+    if (this.repairTerm === undefined) return { wasRepairing: false, term: this.term };
+    this.repairTerm = undefined;
+    this.repairTarget = undefined;
+    await this.persistHardState();
+    return { wasRepairing: true, term: this.term };
+  }
+
   /** Moves to a newer term as a follower (vote cleared); the caller persists. */
   private adoptTerm(term: number): void {
     assert(term > this.term, 'terms only grow', { term, current: this.term });

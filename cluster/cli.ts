@@ -53,8 +53,8 @@ Commands:
   node [--config F] [--node-id ID] [--cluster C] [--nats URL] [--data-dir D]
        [--hosts N] [--controller|--no-controller] [--metrics-port N]
        [--cache-bytes-max-per-shard B] [--segment-bytes-max B]
-       [--checkpoint-every-records N] [--mailbox-requests-max N] [--mailbox-bytes-max B]
-       [--host-heap-initial B]
+       [--checkpoint-every-records N] [--scrub-bytes-per-second B] [--mailbox-requests-max N]
+       [--mailbox-bytes-max B] [--host-heap-initial B]
         Run one node until SIGINT/SIGTERM (environment: STRATA_NATS_URL, STRATA_CLUSTER,
         STRATA_DATA_DIR, STRATA_NODE_ID, STRATA_HOSTS, STRATA_METRICS_PORT).
   volume create NAME --pages N [--page-size 4096|8192] [--shards S] [--stripe-pages P] [--replicas R]
@@ -76,10 +76,14 @@ Commands:
   status [--json]
         Status of the cluster: nodes (a dead one shows DEAD), volumes, and per shard its
         leader, term, commit LSN, replicas and their lag and health.
+  shard force-vote VOLUME SHARD --node NODE
+        Operator override: NODE's replica of the shard votes again although it is repairing
+        (its log lost records to damage), accepting that records only it had acknowledged
+        stay lost. For a shard left without a majority of whole replicas (docs/replication.md).
   help
         This text.
 
-Flags of the commands that talk to a cluster (volume, put, get, status):
+Flags of the commands that talk to a cluster (volume, put, get, status, shard):
   --nats URL      NATS server (default $STRATA_NATS_URL or ${NATS_URL_DEFAULT})
   --cluster C     cluster name (default $STRATA_CLUSTER or ${CLUSTER_DEFAULT})
   --timeout MS    bound on each operation in ms (default 10000)
@@ -127,12 +131,13 @@ const COMMANDS: Readonly<Record<string, CommandSpec>> = {
   put: { positionals: ['VOLUME', 'PAGE', 'FILE'], flags: {}, client: true },
   get: { positionals: ['VOLUME', 'PAGE', 'FILE'], flags: { count: 'integer', lsn: 'integer' }, client: true },
   status: { positionals: [], flags: {}, client: true },
+  'shard force-vote': { positionals: ['VOLUME', 'SHARD'], flags: { node: 'string' }, required: ['node'], client: true },
   help: { positionals: [], flags: {}, client: false },
 };
 
 /** A parsed command line. `node` keeps its arguments raw (`rest`) for loadNodeConfig. */
 export interface ParsedArgs {
-  /** `dev`, `node`, `volume create`, `volume list`, `volume info`, `volume delete`, `put`, `get`, `status`, `help`. */
+  /** `dev`, `node`, `volume create`, `volume list`, `volume info`, `volume delete`, `put`, `get`, `status`, `shard force-vote`, `help`. */
   command: string;
   positionals: string[];
   flags: Record<string, string | number | boolean>;
@@ -178,15 +183,15 @@ export function parseArgs(argvIn: readonly string[]): ParsedArgs {
 
   let command = first;
   let at = 1;
-  if (first === 'volume') {
+  if (first === 'volume' || first === 'shard') {
     const sub = argv[1];
-    if (sub === undefined || sub.startsWith('-')) throw new UsageError('volume: expected create, list, info or delete');
-    command = `volume ${sub}`;
+    if (sub === undefined || sub.startsWith('-')) throw new UsageError(first === 'volume' ? 'volume: expected create, list, info or delete' : 'shard: expected force-vote');
+    command = `${first} ${sub}`;
     at = 2;
   }
   const spec = COMMANDS[command];
   if (spec === undefined) {
-    throw new UsageError(first === 'volume' ? `volume: unknown subcommand ${JSON.stringify(argv[1])}` : `unknown command ${JSON.stringify(first)}`);
+    throw new UsageError(first === 'volume' || first === 'shard' ? `${first}: unknown subcommand ${JSON.stringify(argv[1])}` : `unknown command ${JSON.stringify(first)}`);
   }
   const allowed: Record<string, FlagKind> = { ...(spec.client ? CLIENT_FLAGS : {}), ...spec.flags };
   const positionals: string[] = [];
@@ -248,6 +253,7 @@ export function parseArgs(argvIn: readonly string[]): ParsedArgs {
   }
   if (flags.timeout !== undefined && (flags.timeout as number) < 1) throw new UsageError('--timeout: expected at least 1 ms');
   if (command === 'put' || command === 'get') parseInteger('PAGE', positionals[1]!);
+  if (command === 'shard force-vote') parseInteger('SHARD', positionals[1]!);
   return { command, positionals, flags, rest: [] };
 }
 
@@ -360,6 +366,16 @@ async function status(ctx: Ctx): Promise<void> {
   // Colors only on a terminal (NO_COLOR turns them off, as everywhere).
   const color = out.isTTY === true && !ctx.io.env.NO_COLOR;
   await writeOut(ctx.io.stdout, ctx.json ? formatStatusJson(reply) : formatStatus(reply, { color }));
+}
+
+async function shardForceVote(ctx: Ctx): Promise<void> {
+  const [volume, shardText] = ctx.args.positionals as [string, string];
+  const node = ctx.args.flags.node as string;
+  const r = await withClient(ctx, (c) => c.forceVote(volume, parseInteger('SHARD', shardText), node));
+  const text = r.wasRepairing
+    ? `node ${r.node}: its replica of shard ${r.shard} of ${volume} votes again (term ${r.term}); records only it had acknowledged, and lost, stay lost\n`
+    : `node ${r.node}: its replica of shard ${r.shard} of ${volume} was not repairing; nothing changed\n`;
+  await writeOut(ctx.io.stdout, ctx.json ? jsonText(r) : text);
 }
 
 /** Reads up to `bytes` bytes from a source; fewer only at its end. */
@@ -600,6 +616,9 @@ export async function main(argv: readonly string[], io: Partial<CliIo> = {}): Pr
         return 0;
       case 'status':
         await status(ctx);
+        return 0;
+      case 'shard force-vote':
+        await shardForceVote(ctx);
         return 0;
       default:
         throw new UsageError(`unknown command ${JSON.stringify(args.command)}`);

@@ -45,6 +45,7 @@ import { clientSpan } from '../observability/tracing';
 import { NoRespondersError, RequestMux, fromNatsError, natsErrorCode, serverMaxPayload } from '../runtime/request-mux';
 import { withTimeout } from '../runtime/timeout';
 import { apiSubject, checkToken, shardSubject } from '../messages/subjects';
+import { nodeSubject, validateShardForceVoteReply, type ShardForceVoteReply } from '../messages/control';
 import {
   EARLIER_ATTEMPTS_MAX,
   PAGES_PER_REQUEST_MAX,
@@ -296,6 +297,23 @@ export class StrataClient {
   /** Status of the node that answers (status). */
   async status(): Promise<StatusReply> {
     return this.api('status', {}, this.deadline());
+  }
+
+  /**
+   * Operator override of a repair (docs/replication.md): node `node`'s replica of shard `shard`
+   * of the volume called `name` votes again although it is repairing, accepting that records
+   * only it had acknowledged, and then lost, stay lost. For a shard left without a majority of
+   * whole replicas. Sent to that node's control subject, not through the API; `unavailable`
+   * when no such node answers, `not_found` when it holds no replica of the shard.
+   */
+  async forceVote(name: string, shard: number, node: string): Promise<ShardForceVoteReply> {
+    const info = await this.volumeInfo(name);
+    if (!Number.isSafeInteger(shard) || shard < 0 || shard >= info.shards) {
+      throw new ProtocolError('out_of_range', `shard ${shard}: volume ${name} has shards 0..${info.shards - 1}`, { shard });
+    }
+    const subject = nodeSubject(this.cluster, checkToken(node, 'node'), 'shard.forceVote');
+    const replyBytes = await this.request(subject, encode({ volumeId: info.id, shard }), { timeoutMs: this.timeoutMs, headers: {} });
+    return validateShardForceVoteReply(throwIfError(decode(new Uint8Array(replyBytes.buffer, replyBytes.byteOffset, replyBytes.byteLength))));
   }
 
   /**

@@ -38,7 +38,9 @@ import {
   validateAssignmentsReply,
   validateShardsOpen,
   validateShardsDestroy,
+  validateShardForceVote,
   type ShardAssignment,
+  type ShardForceVoteReply,
   type AssignmentsReply,
 } from '../messages/control';
 import { RealDisk } from '../storage-engine/real-disk';
@@ -613,6 +615,20 @@ export class StrataNode {
       await this.destroyShards(r.volumeId, r.shards);
       this.router?.forgetId(r.volumeId);
       return { ok: true };
+    });
+    this.subscribe(subj('shard.forceVote'), async (body): Promise<ShardForceVoteReply> => {
+      const r = validateShardForceVote(body);
+      const a = this.nodeMeta.shards.find((s) => s.volumeId === r.volumeId && s.shard === r.shard);
+      if (!a) throw new ProtocolError('not_found', `node '${this.nodeId}' holds no replica of shard ${r.shard} of volume ${r.volumeId}`, { ...r });
+      const { wasRepairing, term } = await this.pool!.forceVote(a.hostId, r.volumeId, r.shard);
+      if (wasRepairing) {
+        this.log.warn('operator override: a repairing replica votes again; records only it had acknowledged, and lost, stay lost', {
+          volume: r.volumeId,
+          shard: r.shard,
+          term,
+        });
+      }
+      return { node: this.nodeId, volumeId: r.volumeId, shard: r.shard, wasRepairing, term };
     });
     this.subscribe(subj('status'), async () => this.status());
     // Every node answers the cluster-wide status scatter (no queue group).

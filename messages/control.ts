@@ -3,7 +3,7 @@
  *
  * Subjects:
  *   strata.<cluster>.controller.<verb>   heartbeat, assignments, volume.create|delete|info|list
- *   strata.<cluster>.node.<nodeId>.<verb> shards.open, shards.destroy, status
+ *   strata.<cluster>.node.<nodeId>.<verb> shards.open, shards.destroy, status, shard.forceVote
  *
  * Like every Strata message they are CBOR maps, validated on receipt; a message that does not
  * validate is answered with a bad_request error reply.
@@ -55,6 +55,20 @@ export interface ShardsOpenRequest {
 export interface ShardsDestroyRequest {
   volumeId: string;
   shards: number[];
+}
+
+/** shard.forceVote: the node's replica of a shard votes again although it is repairing (operator override). */
+export interface ShardForceVoteRequest {
+  volumeId: string;
+  shard: number;
+}
+export interface ShardForceVoteReply {
+  node: string;
+  volumeId: string;
+  shard: number;
+  /** The replica was repairing (false: it voted already; nothing changed). */
+  wasRepairing: boolean;
+  term: number;
 }
 
 // The field checks are messages/validate.ts's, so control messages fail like API ones.
@@ -121,6 +135,23 @@ export function validateShardsDestroy(body: unknown): ShardsDestroyRequest {
   return {
     volumeId: str(o.volumeId, 'volumeId'),
     shards: list(o.shards, 'shards', SHARDS_PER_CONTROL_MAX).map((s, i) => int(s, `shards[${i}]`, 0, 255)),
+  };
+}
+
+export function validateShardForceVote(body: unknown): ShardForceVoteRequest {
+  const o = obj(body, '');
+  return { volumeId: str(o.volumeId, 'volumeId'), shard: int(o.shard, 'shard', 0, 255) };
+}
+
+export function validateShardForceVoteReply(body: unknown): ShardForceVoteReply {
+  const o = obj(body, '');
+  if (typeof o.wasRepairing !== 'boolean') throw new ProtocolError('bad_request', 'wasRepairing: expected a boolean');
+  return {
+    node: str(o.node, 'node'),
+    volumeId: str(o.volumeId, 'volumeId'),
+    shard: int(o.shard, 'shard', 0, 255),
+    wasRepairing: o.wasRepairing,
+    term: int(o.term, 'term', 0, Number.MAX_SAFE_INTEGER),
   };
 }
 

@@ -126,6 +126,8 @@ export interface HostApi {
   init(config: HostConfig): Promise<void>;
   openShard(spec: ShardSpec): Promise<void>;
   closeShard(volumeId: string, shard: number, destroy: boolean): Promise<void>;
+  /** Replica.forceVote of this host's replica of a shard (operator override of a repair). */
+  forceVote(volumeId: string, shard: number): Promise<{ wasRepairing: boolean; term: number }>;
   checkpoint(): Promise<void>;
   stats(): Promise<HostStats>;
   health(): Promise<HostHealth>;
@@ -304,6 +306,10 @@ export class ActorHost implements HostApi {
       this.mailboxes.delete(key);
     }
     device.closeShard(volumeId, shard, { destroy });
+  }
+
+  async forceVote(volumeId: string, shard: number): Promise<{ wasRepairing: boolean; term: number }> {
+    return this.ready().device.replica(volumeId, shard).forceVote();
   }
 
   async checkpoint(): Promise<void> {

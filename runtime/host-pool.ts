@@ -156,6 +156,11 @@ export class HostPool {
     }
   }
 
+  /** HostApi.forceVote on the host that holds the shard's replica. */
+  async forceVote(hostId: number, volumeId: string, shard: number): Promise<{ wasRepairing: boolean; term: number }> {
+    return this.call(this.slot(hostId), (api) => api.forceVote(volumeId, shard));
+  }
+
   async closeShard(hostId: number, volumeId: string, shard: number, destroy: boolean): Promise<void> {
     const slot = this.slot(hostId);
     const key = shardKey(volumeId, shard);

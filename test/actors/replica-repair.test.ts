@@ -117,6 +117,16 @@ describe('Replica repairing a damaged log: when it votes again', function () {
     assert.equal(c.replica.stats().repairing, false, 'b was elected without it and holds every committed record');
   });
 
+  it('an operator override (forceVote) ends it at once, durably: it votes, though it holds only what it kept', async () => {
+    const { c, kept } = await damagedFollower(40);
+    assert.equal(await votesFor(c, kept), false);
+    assert.deepEqual(await c.replica.forceVote(), { wasRepairing: true, term: c.replica.currentTerm });
+    assert.equal(c.replica.stats().repairing, false);
+    assert.equal(c.storage.load()?.repairTerm, undefined, 'the mark is gone from the hard state');
+    assert.equal(await votesFor(c, kept), true, 'a candidate with no more than it kept gets its vote');
+    assert.deepEqual(await c.replica.forceVote(), { wasRepairing: false, term: c.replica.currentTerm }, 'a second override changes nothing');
+  });
+
   it('under a leader of its own term that does not say its last LSN: it stays repairing', async () => {
     const { c, kept } = await damagedFollower(40);
     await append(c, { term: 1, prevLsn: kept, prevTerm: 1, records: history.slice(kept), commitLsn: 40 });

@@ -144,6 +144,12 @@ describe('cluster/cli', () => {
         'metrics-port': 0,
       });
       assert.equal(parseArgs(['status', '--timeout', '500']).flags.timeout, 500);
+      assert.deepEqual(parseArgs(['shard', 'force-vote', 'db', '2', '--node', 'n3']), {
+        command: 'shard force-vote',
+        positionals: ['db', '2'],
+        flags: { node: 'n3' },
+        rest: [],
+      });
     });
 
     it('keeps the arguments of node raw', () => {
@@ -192,6 +198,11 @@ describe('cluster/cli', () => {
       [['dev', '--metrics-port', '70000'], /--metrics-port: expected 0\.\.65535/],
       [['dev', '--nats', 'nats://x:1'], /unknown flag --nats/],
       [['help', 'me'], /unexpected argument "me"/],
+      [['shard'], /shard: expected force-vote/],
+      [['shard', 'split'], /shard: unknown subcommand "split"/],
+      [['shard', 'force-vote', 'db', '0'], /--node is required/],
+      [['shard', 'force-vote', 'db', '--node', 'n1'], /missing SHARD/],
+      [['shard', 'force-vote', 'db', 'first', '--node', 'n1'], /SHARD: expected a non-negative integer, got "first"/],
     ];
     for (const [argv, pattern] of usage) {
       it(`rejects \`${argv.join(' ')}\``, () => {

@@ -81,6 +81,16 @@ describe('replication across three nodes', function () {
     c = undefined;
   });
 
+  /** Starts three nodes with volume `name` (one shard, three replicas) holding pages 0..59 (generation 1). */
+  async function sixtyPages(name: string, nodeOptions: typeof node & Record<string, unknown> = node) {
+    c = await startCluster({ nodes: 3, hosts: 1, node: nodeOptions, clientTimeoutMs: 10_000 });
+    await c.client.createVolume({ name, pageCount: 256, shards: 1, replicas: 3 });
+    const vol = c.client.volume(name);
+    const pages = Array.from({ length: 60 }, (_, i) => i);
+    await writeAll(vol, pages, 1);
+    return { c, vol, pages, info: await c.client.volumeInfo(name) };
+  }
+
   it('deleting a volume while its writes are in flight fails only them: the other volumes\' replicas on the same devices are not restarted', async () => {
     c = await startCluster({ nodes: 3, hosts: 1, node, clientTimeoutMs: 3000 });
     await c.client.createVolume({ name: 'doomed', pageCount: 1024, shards: 1, replicas: 3 });
@@ -236,12 +246,8 @@ describe('replication across three nodes', function () {
   });
 
   it('a follower whose log rotted while its node was down is repaired from its peers, and then the shard survives losing its leader', async () => {
-    c = await startCluster({ nodes: 3, hosts: 1, node, clientTimeoutMs: 10_000 });
-    await c.client.createVolume({ name: 'rr', pageCount: 256, shards: 1, replicas: 3 });
-    const vol = c.client.volume('rr');
-    const pages = Array.from({ length: 60 }, (_, i) => i);
-    await writeAll(vol, pages, 1);
-    const info = await c.client.volumeInfo('rr');
+    const { vol, pages, info } = await sixtyPages('rr');
+    assert.ok(c);
     const leader = await leaderIndex(c, 'rr', 0);
     const follower = (leader + 1) % 3;
     await until('the follower applied every write', 20_000, async () => {
@@ -252,13 +258,7 @@ describe('replication across three nodes', function () {
     });
     c.kill(follower);
     // A bit of a record in the middle of its log flips while the node is down.
-    const segment = logSegments(c.dataDirs[follower]!, info.id)[0]!;
-    const fd = fs.openSync(segment, 'r+');
-    const b = Buffer.alloc(1);
-    fs.readSync(fd, b, 0, 1, 100_000);
-    b[0]! ^= 0x08;
-    fs.writeSync(fd, b, 0, 1, 100_000);
-    fs.closeSync(fd);
+    flipBit(logSegments(c.dataDirs[follower]!, info.id)[0]!, 100_000);
     await c.restart(follower);
     await until('the repaired follower holds everything again and votes', 30_000, async () => {
       const reps = await replicasOf(c!, info.id, 0);
@@ -274,14 +274,43 @@ describe('replication across three nodes', function () {
     await until('every page', 40_000, () => expectPages(vol, pages, 1).then(() => true));
   });
 
+  it('two replicas whose logs rotted, with the third down, elect no leader (unavailable, not wrong) until an operator lets them vote', async () => {
+    const { vol, info } = await sixtyPages('fv');
+    assert.ok(c);
+    await until('every replica applied every write', 20_000, async () => {
+      const reps = await replicasOf(c!, info.id, 0);
+      const l = reps.find((r) => r.role === 'leader');
+      return l && reps.length === 3 && reps.every((r) => r.appliedLsn >= l.commitLsn) ? true : undefined;
+    });
+    // Every node goes down; a bit of each log of nodes 0 (the catalog's) and 1 rots meanwhile.
+    for (const i of [0, 1, 2]) c.kill(i);
+    for (const i of [0, 1]) flipBit(logSegments(c.dataDirs[i]!, info.id)[0]!, 100_000);
+    for (const i of [0, 1]) await c.restart(i);
+    // Both repairing, the third down: no majority of whole replicas, so no leader.
+    await until('both replicas open, repairing', 20_000, async () => {
+      const reps = await replicasOf(c!, info.id, 0);
+      return reps.length === 2 && reps.every((r) => r.state === 'up' && r.repairing) ? true : undefined;
+    });
+    await new Promise((r) => setTimeout(r, 1500)); // several election timeouts
+    assert.deepEqual((await replicasOf(c, info.id, 0)).filter((r) => r.role === 'leader'), [], 'no leader while both repair');
+    await assert.rejects(vol.readPages([0], { deadlineMs: Date.now() + 1000 }), (e: ProtocolError) => e.code === 'unavailable' || e.code === 'timeout');
+    // The operator lets both vote (accepting that what only they had acknowledged is lost).
+    for (const id of ['n1', 'n2']) {
+      const r = await c.client.forceVote('fv', 0, id);
+      assert.deepEqual([r.node, r.wasRepairing], [id, true]);
+    }
+    assert.equal((await c.client.forceVote('fv', 0, 'n1')).wasRepairing, false, 'a second override changes nothing');
+    await assert.rejects(c.client.forceVote('fv', 0, 'n9'), (e: ProtocolError) => e.code === 'unavailable');
+    await assert.rejects(c.client.forceVote('fv', 1, 'n1'), (e: ProtocolError) => e.code === 'out_of_range');
+    await until('a leader among the two', 20_000, async () => (await replicasOf(c!, info.id, 0)).find((r) => r.role === 'leader'));
+    await vol.write(200, demoPage(4096, 200, 2));
+    await expectPages(vol, [200], 2);
+  });
+
   it('a leader that reads a damaged page of its image reopens itself without it; the client\'s read is served right, without an error', async () => {
     // No background scrub: the client's read is what finds the damage.
-    c = await startCluster({ nodes: 3, hosts: 1, node: { ...node, checkpointEveryRecords: 20, scrubBytesPerSecond: 0 }, clientTimeoutMs: 10_000 });
-    await c.client.createVolume({ name: 'rot', pageCount: 256, shards: 1, replicas: 3 });
-    const vol = c.client.volume('rot');
-    const pages = Array.from({ length: 60 }, (_, i) => i);
-    await writeAll(vol, pages, 1);
-    const info = await c.client.volumeInfo('rot');
+    const { vol, pages, info } = await sixtyPages('rot', { ...node, checkpointEveryRecords: 20, scrubBytesPerSecond: 0 });
+    assert.ok(c);
     // The leader's images once its checkpoints are done (two kept; nothing written any more),
     // looked at again until the leadership did not move meanwhile: the read must reach this node.
     const shardDir = (i: number): string => shardDirOf(c!.dataDirs[i]!, info.id);
@@ -301,19 +330,9 @@ describe('replication across three nodes', function () {
     }
     // Page 0 was written first: the newest image serves it. A bit of its data flips on disk.
     const image = path.join(shardDir(leader), settled[1]!);
-    const fd = fs.openSync(image, 'r+');
-    try {
-      const table = Buffer.alloc(20);
-      fs.readSync(fd, table, 0, 20, 40);
-      assert.equal(Number(table.readBigUInt64LE(0)), 0, 'table entry 0 is page 0');
-      const at = Number(table.readBigUInt64LE(8)) + 100;
-      const b = Buffer.alloc(1);
-      fs.readSync(fd, b, 0, 1, at);
-      b[0]! ^= 0x08;
-      fs.writeSync(fd, b, 0, 1, at);
-    } finally {
-      fs.closeSync(fd);
-    }
+    const table = fs.readFileSync(image).subarray(40, 60);
+    assert.equal(Number(table.readBigUInt64LE(0)), 0, 'table entry 0 is page 0');
+    flipBit(image, Number(table.readBigUInt64LE(8)) + 100);
     await expectPages(vol, [0], 1);
     const reopens = async (i: number): Promise<number> => (await c!.nodes[i]!.hostPool.stats()).reduce((n, h) => n + (h.device?.damageReopens ?? 0), 0);
     assert.equal(await reopens(leader), 1, 'the old leader was reopened without its damaged image');
@@ -332,6 +351,19 @@ describe('replication across three nodes', function () {
     assert.ok(Buffer.from(again.subarray(page0, page0 + 4096)).equals(Buffer.from(demoPage(4096, 0, 1))), 'page 0 in the rebuilt image');
   });
 });
+
+/** Flips one bit of a file at `offset` (bit rot). */
+function flipBit(file: string, offset: number): void {
+  const fd = fs.openSync(file, 'r+');
+  try {
+    const b = Buffer.alloc(1);
+    fs.readSync(fd, b, 0, 1, offset);
+    b[0]! ^= 0x08;
+    fs.writeSync(fd, b, 0, 1, offset);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
 
 /** The directory of shard 0 of a volume under a node's data directory. */
 function shardDirOf(dataDir: string, volumeId: string): string {
