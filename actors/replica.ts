@@ -29,6 +29,7 @@ import { encodePageWrite, pageWriteBytes } from '../storage-engine/page-write';
 import { requestArena } from '../storage-engine/arena';
 import { RecordKind, type LogRecord, type LogRecordInput } from '../storage-engine/record';
 import { RECORD_HEADER_BYTES } from '../storage-engine/log-segment';
+import { parseImageFileName } from '../storage-engine/image';
 import { CorruptionError, StorageError, assert } from '../storage-engine/errors';
 import { ProtocolError } from '../messages/errors';
 import { checkReadReplyBytes } from '../messages/validate';
@@ -142,10 +143,13 @@ export interface ReplicaOptions {
    * catch-up or a scrub step, or a follower found the image it was sent damaged and ours is too.
    * The error's reports name the damaged file. The host reopens the replica without the damaged
    * images (ShardStorage `damaged`): they are rebuilt from what is left, or the peers give back
-   * what was lost. A sole replica is not told (nobody could give back what was lost): its reads
-   * of the damaged data fail with `corruption`.
+   * what was lost. A sole replica is told only of damaged images, which it can rebuild from an
+   * older image and its log, and not of files in `unrepairable`; otherwise (nobody could give
+   * back what was lost) its reads of the damaged data fail with `corruption`.
    */
   onDamage?: (err: CorruptionError) => void;
+  /** Files whose damage the host found it cannot repair (a sole copy): not reported again. */
+  unrepairable?: readonly string[];
   offload?: PayloadOffload;
   checkpointEveryRecords?: number;
   /**
@@ -267,8 +271,10 @@ export interface ScrubStepResult {
   bytes: number;
   /** This step ended a pass over the newest image and the durable log. */
   passDone: boolean;
-  /** Damage the step found (reported to the host as any other, when the replica is one of several). */
+  /** Damage the step found. */
   damage?: CorruptionError;
+  /** The damage was reported to the host (onDamage), which reopens the replica to repair it. */
+  reported?: boolean;
 }
 
 /** Append messages in flight to one follower at most (pipelining on top of batching). */
@@ -313,6 +319,7 @@ export class Replica {
   private readonly random: () => number;
   private readonly onRoleChange: ((role: Role, term: number) => void) | undefined;
   private readonly onDamage: ((err: CorruptionError) => void) | undefined;
+  private readonly unrepairable: ReadonlySet<string>;
   private damageReported = false;
   /** A check of our own image is running (a follower found its copy damaged). */
   private checkingImage = false;
@@ -401,6 +408,7 @@ export class Replica {
     this.random = opts.random ?? Math.random;
     this.onRoleChange = opts.onRoleChange;
     this.onDamage = opts.onDamage;
+    this.unrepairable = new Set(opts.unrepairable ?? []);
     this.offload = opts.offload;
     this.checkpointEveryRecords = opts.checkpointEveryRecords ?? 0;
     this.messageBytesMax = opts.messageBytesMax ?? MESSAGE_BYTES_MAX;
@@ -1504,14 +1512,20 @@ export class Replica {
   }
 
   /**
-   * True if `e` is damage of this replica's own storage that its peers can make good (a replica
-   * of several, with a host that reopens it); the host is told the first time. Only a checksum
-   * or structure failure of what this replica stored (CorruptionError, naming the file) counts:
-   * other `corruption` errors (a malformed record that arrived with a valid checksum, an index
-   * inconsistency) would not go away with a reopen.
+   * True if `e` is damage of this replica's own storage that a reopen can make good (with a host
+   * that reopens it); the host is told the first time. Only a checksum or structure failure of
+   * what this replica stored (CorruptionError, naming the file) counts: other `corruption`
+   * errors (a malformed record that arrived with a valid checksum, an index inconsistency) would
+   * not go away with a reopen. A replica of several is given back by its peers whatever it lost;
+   * a sole copy can only rebuild a damaged image from an older one and its log.
    */
   private reportDamage(e: unknown): boolean {
-    if (!(e instanceof CorruptionError) || this.members.length < 2 || !this.onDamage || this.closed) return false;
+    if (!(e instanceof CorruptionError) || !this.onDamage || this.closed) return false;
+    if (this.members.length < 2) {
+      const files = e.reports.map((r) => r.file);
+      const images = files.every((f) => parseImageFileName(f.slice(f.lastIndexOf('/') + 1)) !== undefined);
+      if (files.length === 0 || !images || files.some((f) => this.unrepairable.has(f))) return false;
+    }
     if (!this.damageReported) {
       this.damageReported = true;
       this.onDamage(e);
@@ -1568,9 +1582,9 @@ export class Replica {
       // in the log, an image removed by a checkpoint meanwhile, an IO error, the replica closed):
       // the pass ends, so that the device's other replicas get their turn.
       if (e instanceof CorruptionError) {
-        this.reportDamage(e);
+        const reported = this.reportDamage(e);
         if (inImage) this.startScrubOfLog();
-        return { bytes: 0, passDone: !inImage, damage: e };
+        return { bytes: 0, passDone: !inImage, damage: e, reported };
       }
       return { bytes: 0, passDone: true };
     } finally {

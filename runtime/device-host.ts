@@ -104,8 +104,10 @@ interface ShardEntry {
   damaged: CorruptionReport[] | undefined;
   /** How far its log was durable when the replica was last stopped (ShardStorage `durableLsn`). */
   durableLsn: number | undefined;
-  /** Damage the scrub found that no peer can repair (a set of one), as last reported. */
-  unrepairable?: string;
+  /** Damage the scrub found that cannot be repaired (a set of one), as last reported. */
+  lastUnrepairable?: string;
+  /** Image files of a sole copy that a reopen could not rebuild (no older image and log left): not reported again. */
+  unrepairable: string[];
 }
 
 export type ReplicaState = ReplicaStats & { state: 'up' | 'down'; downReason?: string; members: string[] };
@@ -209,7 +211,7 @@ export class DeviceHost {
     const key = shardKey(spec.volumeId, spec.shard);
     let entry = this.shards.get(key);
     if (!entry) {
-      entry = { spec, storage: undefined, replica: undefined, downReason: undefined, restarts: [], damaged: undefined, durableLsn: undefined };
+      entry = { spec, storage: undefined, replica: undefined, downReason: undefined, restarts: [], damaged: undefined, durableLsn: undefined, unrepairable: [] };
       this.shards.set(key, entry);
     }
     if (!entry.replica) this.start(entry);
@@ -300,11 +302,11 @@ export class DeviceHost {
       // empty replicas is not polled in a loop.
       this.scrubNextAtMs = nowMs + (Math.max(r.bytes, SCRUB_IDLE_STEP_BYTES) / rate) * 1000;
       if (r.damage === undefined) return;
-      if (entry.spec.members.length > 1) {
+      if (r.reported === true) {
         this.scrubCounters.damage++; // It reported it itself (onDamage): reopened without the damage.
-      } else if (entry.unrepairable !== r.damage.message) {
-        // A sole copy keeps its damage: each pass finds it again, reported when it changes.
-        entry.unrepairable = r.damage.message;
+      } else if (entry.lastUnrepairable !== r.damage.message) {
+        // Damage a sole copy keeps: each pass finds it again, reported when it changes.
+        entry.lastUnrepairable = r.damage.message;
         this.scrubCounters.damage++;
         this.opts.onUnrepairable?.(entry.spec, r.damage);
       }
@@ -366,25 +368,42 @@ export class DeviceHost {
     });
   }
 
+  /** Opens the storage of a shard's replica on this device. */
+  private openStorage(entry: ShardEntry, damaged: readonly CorruptionReport[] | undefined): ShardStorage {
+    const spec = entry.spec;
+    return ShardStorage.open(this.disk, {
+      dir: joinPath('shards', shardKey(spec.volumeId, spec.shard)),
+      pageSize: spec.pageSize,
+      pageCount: spec.pageCount,
+      cacheBytesMax: this.opts.cacheBytesMaxPerShard ?? 32 * 1024 * 1024,
+      slab: this.slab,
+      ...(this.opts.segmentBytesMax ? { segmentBytesMax: this.opts.segmentBytesMax } : {}),
+      // A sole copy keeps damage of its log (read-only, reported): nobody could give the records back.
+      repairFromPeers: spec.members.length > 1,
+      ...(damaged ? { damaged } : {}),
+      ...(entry.durableLsn !== undefined ? { durableLsn: entry.durableLsn } : {}),
+    });
+  }
+
   private start(entry: ShardEntry): void {
     const spec = entry.spec;
     try {
-      const storage = ShardStorage.open(this.disk, {
-        dir: joinPath('shards', shardKey(spec.volumeId, spec.shard)),
-        pageSize: spec.pageSize,
-        pageCount: spec.pageCount,
-        cacheBytesMax: this.opts.cacheBytesMaxPerShard ?? 32 * 1024 * 1024,
-        slab: this.slab,
-        ...(this.opts.segmentBytesMax ? { segmentBytesMax: this.opts.segmentBytesMax } : {}),
-        // A sole copy keeps its damage (read-only, reported): nobody could give the records back.
-        repairFromPeers: spec.members.length > 1,
-        ...(entry.damaged ? { damaged: entry.damaged } : {}),
-        ...(entry.durableLsn !== undefined ? { durableLsn: entry.durableLsn } : {}),
-      });
+      let storage: ShardStorage;
+      try {
+        storage = this.openStorage(entry, entry.damaged);
+      } catch (e) {
+        // A sole copy whose damaged image cannot be rebuilt (no older image and log hold what it
+        // held): it opens as it was, serving what is not damaged, and that damage is not
+        // reported again. (A replica of several starts over instead, and is given everything.)
+        if (!(e instanceof CorruptionError) || entry.damaged === undefined || spec.members.length > 1) throw e;
+        entry.unrepairable.push(...entry.damaged.map((d) => d.file));
+        this.opts.onUnrepairable?.(spec, e);
+        storage = this.openStorage(entry, undefined);
+      }
       entry.storage = storage;
       entry.damaged = undefined;
       if (storage.repaired.length > 0) {
-        if (spec.members.length > 1) this.opts.onRepaired?.(spec, storage.repaired, storage.lostRecords);
+        if (spec.members.length > 1 || !storage.lostRecords) this.opts.onRepaired?.(spec, storage.repaired, storage.lostRecords);
         else this.opts.onUnrepairable?.(spec, new CorruptionError(`shard ${spec.volumeId}/${spec.shard}: ${storage.repaired.map((r) => r.reason).join('; ')}`, [...storage.repaired]));
       }
       const replica: Replica = new Replica({
@@ -405,6 +424,7 @@ export class DeviceHost {
         ...(this.offload ? { offload: this.offload } : {}),
         ...(this.opts.replicaTracer ? { tracer: this.opts.replicaTracer } : {}),
         onRoleChange: (role, term) => this.opts.onRoleChange?.(spec, role, term),
+        unrepairable: entry.unrepairable,
         // Reopened after the call that found the damage has unwound.
         onDamage: (err) => queueMicrotask(() => this.repairDamage(entry, replica, err)),
       });

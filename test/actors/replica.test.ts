@@ -943,12 +943,23 @@ describe('Replica: damage of its own storage found while it runs', function () {
     assert.equal((await readAll(leader)).size, 0);
   });
 
-  it('a sole replica reports no damage (nobody could repair it): the read fails with corruption', async () => {
+  it('a sole replica reports a damaged image (it may rebuild it from an older one and its log), not a damaged record of its log', async () => {
     shard = new TestShard(['a'], steady);
     const l = await shard.leader();
     damagePage0(l.disk, await imaged(l));
-    const failed = await readAll(l);
-    assert.deepEqual([...failed.values()].map((e) => e.code), ['corruption']);
+    assert.deepEqual([...(await readAll(l)).values()].map((e) => e.code), ['not_leader']);
+    assert.deepEqual(shard.damage.map((d) => d.id), ['a']);
+    // Its log: nobody could give the records back. The scrub finds a rotten record, and reports nothing.
+    shard.damage.length = 0;
+    for (let i = 0; i < 40; i++) await l.replica.write([{ page: 100 + i, data: page(i) }]);
+    const segments = l.disk.list('shard/log').filter((n) => n.endsWith('.log')).sort();
+    l.disk.flipBits(`shard/log/${segments[segments.length - 1]!}`, 20_000, 1);
+    const found: ScrubStepResult[] = [];
+    for (let i = 0; i < 1000 && found.length === 0; i++) {
+      const r = await l.replica.scrubStep();
+      if (r.damage !== undefined && r.damage.reports.every((d) => d.file.includes('/log/'))) found.push(r);
+    }
+    assert.deepEqual(found.map((r) => [r.damage!.code, r.reported]), [['corruption', false]]);
     assert.deepEqual(shard.damage, []);
   });
 
