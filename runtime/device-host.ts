@@ -389,16 +389,25 @@ export class DeviceHost {
     const spec = entry.spec;
     try {
       let storage: ShardStorage;
+      const sole = spec.members.length === 1;
+      const damaged = entry.damaged;
       try {
-        storage = this.openStorage(entry, entry.damaged);
+        storage = this.openStorage(entry, damaged);
       } catch (e) {
         // A sole copy whose damaged image cannot be rebuilt (no older image and log hold what it
-        // held): it opens as it was, serving what is not damaged, and that damage is not
-        // reported again. (A replica of several starts over instead, and is given everything.)
-        if (!(e instanceof CorruptionError) || entry.damaged === undefined || spec.members.length > 1) throw e;
-        entry.unrepairable.push(...entry.damaged.map((d) => d.file));
-        this.opts.onUnrepairable?.(spec, e);
+        // held), or whose rebuild failed otherwise: it opens as it was, serving what is not
+        // damaged, and that damage is not reported again. (A replica of several starts over
+        // instead, and is given everything.)
+        if (damaged === undefined || !sole) throw e;
+        entry.unrepairable.push(...damaged.map((d) => d.file));
+        this.opts.onUnrepairable?.(spec, e instanceof CorruptionError ? e : new CorruptionError(`rebuilding a damaged image failed: ${(e as Error).message}`, [...damaged]));
         storage = this.openStorage(entry, undefined);
+      }
+      if (sole && damaged !== undefined) {
+        // Damaged images the open did not act on (it did not need them: a log that ends below
+        // them) are still there: not reported again, or the copy would be reopened in a loop.
+        const actedOn = new Set(storage.repaired.map((r) => r.file));
+        for (const d of damaged) if (!actedOn.has(d.file) && !entry.unrepairable.includes(d.file)) entry.unrepairable.push(d.file);
       }
       entry.storage = storage;
       entry.damaged = undefined;
