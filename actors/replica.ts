@@ -29,7 +29,7 @@ import { encodePageWrite, pageWriteBytes } from '../storage-engine/page-write';
 import { requestArena } from '../storage-engine/arena';
 import { RecordKind, type LogRecord, type LogRecordInput } from '../storage-engine/record';
 import { RECORD_HEADER_BYTES } from '../storage-engine/log-segment';
-import { parseImageFileName } from '../storage-engine/image';
+import { isImagePath } from '../storage-engine/image';
 import { CorruptionError, StorageError, assert } from '../storage-engine/errors';
 import { ProtocolError } from '../messages/errors';
 import { checkReadReplyBytes } from '../messages/validate';
@@ -138,8 +138,7 @@ export interface ReplicaOptions {
   /** Told when this replica becomes leader or stops being leader. */
   onRoleChange?: (role: Role, term: number) => void;
   /**
-   * Told, once, when this replica of a set of several finds its own storage damaged while it
-   * runs: an image page or a log record failed its checksum on a read, a checkpoint, a
+   * Told, once, when this replica finds its own storage damaged while it runs: an image page or a log record failed its checksum on a read, a checkpoint, a
    * catch-up or a scrub step, or a follower found the image it was sent damaged and ours is too.
    * The error's reports name the damaged file. The host reopens the replica without the damaged
    * images (ShardStorage `damaged`): they are rebuilt from what is left, or the peers give back
@@ -264,6 +263,12 @@ export const MESSAGE_OVERHEAD_BYTES = 256;
  * IMAGE_READ_BYTES_MAX, the same 256 KiB).
  */
 export const SCRUB_STEP_BYTES = 256 * 1024;
+
+/** What Replica.forceVote did: whether the replica was repairing (if not, nothing changed), and its term. */
+export interface ForceVoteResult {
+  wasRepairing: boolean;
+  term: number;
+}
 
 /** What one background scrub step did (Replica.scrubStep). */
 export interface ScrubStepResult {
@@ -583,7 +588,7 @@ export class Replica {
    * and a second one down, or two repairing at once. Resolves once the cleared mark is durable,
    * with whether the replica was repairing (if not, nothing changes) and its term.
    */
-  async forceVote(): Promise<{ wasRepairing: boolean; term: number }> {
+  async forceVote(): Promise<ForceVoteResult> {
     if (this.closed) throw new StorageError('closed', `replica ${this.geometry.volumeId}/${this.geometry.shard} closed`);
     if (this.repairTerm === undefined) return { wasRepairing: false, term: this.term };
     this.repairTerm = undefined;
@@ -1496,7 +1501,7 @@ export class Replica {
 
   /**
    * Reads pages from the images and the log, through the device queue. Damage found on the way
-   * in a replica of several: the replica is reopened to repair it (`onDamage`), and the reader
+   * that a reopen can repair (reportDamage): the replica is reopened (`onDamage`), and the reader
    * gets `not_leader`, so that it asks the shard again and is served by a good copy.
    */
   private async readStored(pages: readonly number[], lsn: number): Promise<Uint8Array[]> {
@@ -1523,8 +1528,7 @@ export class Replica {
     if (!(e instanceof CorruptionError) || !this.onDamage || this.closed) return false;
     if (this.members.length < 2) {
       const files = e.reports.map((r) => r.file);
-      const images = files.every((f) => parseImageFileName(f.slice(f.lastIndexOf('/') + 1)) !== undefined);
-      if (files.length === 0 || !images || files.some((f) => this.unrepairable.has(f))) return false;
+      if (files.length === 0 || !files.every(isImagePath) || files.some((f) => this.unrepairable.has(f))) return false;
     }
     if (!this.damageReported) {
       this.damageReported = true;

@@ -313,7 +313,7 @@ export class StrataClient {
     }
     const subject = nodeSubject(this.cluster, checkToken(node, 'node'), 'shard.forceVote');
     const replyBytes = await this.request(subject, encode({ volumeId: info.id, shard }), { timeoutMs: this.timeoutMs, headers: {} });
-    return validateShardForceVoteReply(throwIfError(decode(new Uint8Array(replyBytes.buffer, replyBytes.byteOffset, replyBytes.byteLength))));
+    return validateShardForceVoteReply(throwIfError(decode(replyBytes)));
   }
 
   /**

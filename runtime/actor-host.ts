@@ -34,7 +34,7 @@ import { messageHeaders, REPLY_HEADERS, wellFormed, type ReceivedHeaders } from 
 import { HEADER_DEADLINE, HEADER_TYPE, HEADER_SCHEMA, SCHEMA_VERSION, checkSchemaHeader, deadlineRemainingMs, parseDeadline } from '../messages/headers';
 import { shardSubject } from '../messages/subjects';
 import { validateRaftRequest, validateRaftReply, replicaSubject, type RaftRequest, type RaftReply } from '../messages/raft';
-import type { ReplicaTransport, ReplicaTiming } from '../actors/replica';
+import type { ForceVoteResult, ReplicaTransport, ReplicaTiming } from '../actors/replica';
 import { DeviceHost, deviceProblem, shardKey, type ShardSpec, type DeviceHostOptions, type DeviceHostStats } from './device-host';
 import { createLogger, type Logger } from '../observability/log';
 import type { WorkerTelemetryInit, WorkerTracing } from '../observability/worker-tracing';
@@ -127,7 +127,7 @@ export interface HostApi {
   openShard(spec: ShardSpec): Promise<void>;
   closeShard(volumeId: string, shard: number, destroy: boolean): Promise<void>;
   /** Replica.forceVote of this host's replica of a shard (operator override of a repair). */
-  forceVote(volumeId: string, shard: number): Promise<{ wasRepairing: boolean; term: number }>;
+  forceVote(volumeId: string, shard: number): Promise<ForceVoteResult>;
   checkpoint(): Promise<void>;
   stats(): Promise<HostStats>;
   health(): Promise<HostHealth>;
@@ -245,7 +245,7 @@ export class ActorHost implements HostApi {
           err: err.message,
         }),
       onDamage: (spec, err) =>
-        this.log.warn('replica found its storage damaged while running: reopened with every image checked, repaired from what is left or from its peers', {
+        this.log.warn('replica found its storage damaged while running: reopened without the damaged images, repaired from what is left or from its peers', {
           volume: spec.volumeId,
           shard: spec.shard,
           err: err.message,
@@ -308,7 +308,7 @@ export class ActorHost implements HostApi {
     device.closeShard(volumeId, shard, { destroy });
   }
 
-  async forceVote(volumeId: string, shard: number): Promise<{ wasRepairing: boolean; term: number }> {
+  async forceVote(volumeId: string, shard: number): Promise<ForceVoteResult> {
     return this.ready().device.replica(volumeId, shard).forceVote();
   }
 

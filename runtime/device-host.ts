@@ -51,7 +51,7 @@ export interface DeviceHostOptions {
    */
   onRepaired?: (spec: ShardSpec, damage: readonly CorruptionReport[], lost: boolean) => void;
   /**
-   * Told when a running replica (of a set of several) found its own storage damaged: it is
+   * Told when a running replica found its own storage damaged in a way a reopen can repair: it is
    * reopened without the damaged images (ShardStorage `damaged`), which counts as a restart. For
    * logging by the host.
    */
@@ -296,8 +296,10 @@ export class DeviceHost {
     void replica.scrubStep().catch((): ScrubStepResult => ({ bytes: 0, passDone: true })).then((r) => {
       this.scrubRunning = false;
       this.scrubCounters.bytes += r.bytes;
-      if (r.passDone) this.scrubCounters.passes++;
-      if (r.passDone) this.scrubTurn++;
+      if (r.passDone) {
+        this.scrubCounters.passes++;
+        this.scrubTurn++;
+      }
       // An idle step (nothing to check) costs as much time as a small one, so that a device of
       // empty replicas is not polled in a loop.
       this.scrubNextAtMs = nowMs + (Math.max(r.bytes, SCRUB_IDLE_STEP_BYTES) / rate) * 1000;
@@ -412,7 +414,7 @@ export class DeviceHost {
       entry.storage = storage;
       entry.damaged = undefined;
       if (storage.repaired.length > 0) {
-        if (spec.members.length > 1 || !storage.lostRecords) this.opts.onRepaired?.(spec, storage.repaired, storage.lostRecords);
+        if (!sole || !storage.lostRecords) this.opts.onRepaired?.(spec, storage.repaired, storage.lostRecords);
         else this.opts.onUnrepairable?.(spec, new CorruptionError(`shard ${spec.volumeId}/${spec.shard}: ${storage.repaired.map((r) => r.reason).join('; ')}`, [...storage.repaired]));
       }
       const replica: Replica = new Replica({

@@ -18,6 +18,7 @@ import type { HostApi, HostConfig, HostStats, HostHealth, HostWorkerData, Transp
 import { shardKey, type ShardSpec } from './device-host';
 import { withTimeout } from './timeout';
 import { currentTelemetry } from '../observability/telemetry';
+import type { ForceVoteResult } from '../actors/replica';
 
 export interface HostPoolOptions {
   /** One config per host; host i owns device hosts[i].deviceDir. */
@@ -157,7 +158,7 @@ export class HostPool {
   }
 
   /** HostApi.forceVote on the host that holds the shard's replica. */
-  async forceVote(hostId: number, volumeId: string, shard: number): Promise<{ wasRepairing: boolean; term: number }> {
+  async forceVote(hostId: number, volumeId: string, shard: number): Promise<ForceVoteResult> {
     return this.call(this.slot(hostId), (api) => api.forceVote(volumeId, shard));
   }
 

@@ -53,6 +53,11 @@ export function imageFileName(lsn: number): string {
 }
 
 /** LSN of an image file name, or undefined if `name` is not one (temp files included). */
+/** Whether `path` names an image file (`…/image-<lsn>.img`). */
+export function isImagePath(path: string): boolean {
+  return parseImageFileName(path.slice(path.lastIndexOf('/') + 1)) !== undefined;
+}
+
 export function parseImageFileName(name: string): number | undefined {
   const m = IMAGE_NAME_RE.exec(name);
   if (m === null) return undefined;

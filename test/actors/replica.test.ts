@@ -875,294 +875,288 @@ describe('Replica (more cases)', function () {
       for (let i = 0; i < 40; i += 7) assert.deepEqual((await neu.replica.read([i], { deadlineMs: Date.now() + 1000, nowMs: Date.now() })).pages[0], page(i + 1));
     });
   });
-});
 
-describe('Replica: damage of its own storage found while it runs', function () {
-  this.timeout(30_000);
-  let shard: TestShard | undefined;
-  afterEach(async () => {
-    await shard?.stop();
-    shard = undefined;
-  });
-  // Elections slower than the default: a pause of the test process must not move the leadership.
-  const steady = { timing: { electionTimeoutMinMs: 400, electionTimeoutMaxMs: 600 } };
+  describe('damage of its own storage found while it runs', function () {
+    // Elections slower than the default: a pause of the test process must not move the leadership.
+    const steady = { timing: { electionTimeoutMinMs: 400, electionTimeoutMaxMs: 600 } };
 
-  /** 40 one-page writes (page i holds i + 1) with an image after 20 and after 40; returns the newest image's file. */
-  async function imaged(l: Member): Promise<string> {
-    for (let i = 0; i < 40; i++) {
-      await l.replica.write([{ page: i, data: page(i + 1) }]);
-      if (i === 19 || i === 39) await l.replica.checkpoint();
-    }
-    const images = l.disk.list('shard').filter((n) => /^image-[0-9a-f]+\.img$/.test(n)).sort();
-    assert.equal(images.length, 2, `two images (${images.join(', ')})`);
-    return `shard/${images[1]!}`;
-  }
-  /**
-   * Flips a bit of page 0's data in an image (its offset is table entry 0's). Page 0 was written
-   * before both images, so a read at the newest LSN finds it in the newest image, not in the log.
-   */
-  const damagePage0 = (disk: SimDisk, path: string): void => {
-    const bytes = disk.fileBytes(path);
-    const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-    assert.equal(Number(view.getBigUint64(40, true)), 0, 'table entry 0 is page 0');
-    disk.flipBits(path, Number(view.getBigUint64(48, true)) + 100, 1);
-  };
-  const readAt = (m: Member, p: number) => m.replica.read([p], { deadlineMs: Date.now() + 2000, nowMs: Date.now() });
-
-  /** Reads pages 0..39 one by one (none cached: a write does not cache its page); the failures by page. */
-  async function readAll(m: Member): Promise<Map<number, ProtocolError | StorageError>> {
-    const failed = new Map<number, ProtocolError | StorageError>();
-    for (let p = 0; p < 40; p++) {
-      try {
-        assert.deepEqual((await readAt(m, p)).pages[0], page(p + 1), `page ${p}`);
-      } catch (e) {
-        if (e instanceof assert.AssertionError) throw e;
-        failed.set(p, e as ProtocolError);
+    /** 40 one-page writes (page i holds i + 1) with an image after 20 and after 40; returns the newest image's file. */
+    async function imaged(l: Member): Promise<string> {
+      for (let i = 0; i < 40; i++) {
+        await l.replica.write([{ page: i, data: page(i + 1) }]);
+        if (i === 19 || i === 39) await l.replica.checkpoint();
       }
+      const images = l.disk.list('shard').filter((n) => /^image-[0-9a-f]+\.img$/.test(n)).sort();
+      assert.equal(images.length, 2, `two images (${images.join(', ')})`);
+      return `shard/${images[1]!}`;
     }
-    return failed;
-  }
+    /**
+     * Flips a bit of page 0's data in an image (its offset is table entry 0's). Page 0 was written
+     * before both images, so a read at the newest LSN finds it in the newest image, not in the log.
+     */
+    const damagePage0 = (disk: SimDisk, path: string): void => {
+      const bytes = disk.fileBytes(path);
+      const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+      assert.equal(Number(view.getBigUint64(40, true)), 0, 'table entry 0 is page 0');
+      disk.flipBits(path, Number(view.getBigUint64(48, true)) + 100, 1);
+    };
+    const readAt = (m: Member, p: number) => m.replica.read([p], { deadlineMs: Date.now() + 2000, nowMs: Date.now() });
 
-  it('a leader reading a damaged image page reports it once and answers not_leader; reopened without the damaged image, it reads every page right', async () => {
-    shard = new TestShard(['a', 'b', 'c'], steady);
-    const l = await shard.leader();
-    damagePage0(l.disk, await imaged(l));
-    const failed = await readAll(l);
-    assert.deepEqual([...failed.keys()], [0], 'page 0 is damaged');
-    const [p, err] = [...failed][0]!;
-    assert.ok(err instanceof ProtocolError && err.code === 'not_leader' && err.details?.['damaged'] === true, String(err));
-    assert.deepEqual(shard.damage.map((d) => [d.id, d.err.code]), [[l.id, 'corruption']]);
-    await assert.rejects(readAt(l, p), (e: ProtocolError) => e.code === 'not_leader');
-    assert.equal(shard.damage.length, 1, 'reported once');
-
-    const again = await shard.restart(l.id, { damaged: shard.damage[0]!.err.reports });
-    assert.equal(again.storage.repaired.length, 1, 'reopened without the damaged image');
-    assert.equal(again.replica.stats().repairing, false, 'nothing was lost: it votes');
-    for (let q = 0; q < 40; q++) assert.deepEqual(again.storage.store.getPage(q), page(q + 1), `page ${q}`);
-    const leader = await shard.leader();
-    assert.equal((await readAll(leader)).size, 0);
-  });
-
-  it('a sole replica reports a damaged image (it may rebuild it from an older one and its log), not a damaged record of its log', async () => {
-    shard = new TestShard(['a'], steady);
-    const l = await shard.leader();
-    damagePage0(l.disk, await imaged(l));
-    assert.deepEqual([...(await readAll(l)).values()].map((e) => e.code), ['not_leader']);
-    assert.deepEqual(shard.damage.map((d) => d.id), ['a']);
-    // Its log: nobody could give the records back. The scrub finds a rotten record, and reports nothing.
-    shard.damage.length = 0;
-    for (let i = 0; i < 40; i++) await l.replica.write([{ page: 100 + i, data: page(i) }]);
-    const segments = l.disk.list('shard/log').filter((n) => n.endsWith('.log')).sort();
-    l.disk.flipBits(`shard/log/${segments[segments.length - 1]!}`, 20_000, 1);
-    const found: ScrubStepResult[] = [];
-    for (let i = 0; i < 1000 && found.length === 0; i++) {
-      const r = await l.replica.scrubStep();
-      if (r.damage !== undefined && r.damage.reports.every((d) => d.file.includes('/log/'))) found.push(r);
+    /** Reads pages 0..39 one by one (none cached: a write does not cache its page); the failures by page. */
+    async function readAll(m: Member): Promise<Map<number, ProtocolError | StorageError>> {
+      const failed = new Map<number, ProtocolError | StorageError>();
+      for (let p = 0; p < 40; p++) {
+        try {
+          assert.deepEqual((await readAt(m, p)).pages[0], page(p + 1), `page ${p}`);
+        } catch (e) {
+          if (e instanceof assert.AssertionError) throw e;
+          failed.set(p, e as ProtocolError);
+        }
+      }
+      return failed;
     }
-    assert.deepEqual(found.map((r) => [r.damage!.code, r.reported]), [['corruption', false]]);
-    assert.deepEqual(shard.damage, []);
-  });
 
-  it('a checkpoint that meets a damaged page of the image it folds reports it', async () => {
-    shard = new TestShard(['a', 'b', 'c'], steady);
-    const l = await shard.leader();
-    damagePage0(l.disk, await imaged(l));
-    await l.replica.write([{ page: 100, data: page(100) }]);
-    await assert.rejects(l.replica.checkpoint(), (e: StorageError) => e.code === 'corruption');
-    assert.deepEqual(shard.damage.map((d) => d.id), [l.id]);
-  });
+    it('a leader reading a damaged image page reports it once and answers not_leader; reopened without the damaged image, it reads every page right', async () => {
+      shard = new TestShard(['a', 'b', 'c'], steady);
+      const l = await shard.leader();
+      damagePage0(l.disk, await imaged(l));
+      const failed = await readAll(l);
+      assert.deepEqual([...failed.keys()], [0], 'page 0 is damaged');
+      const [p, err] = [...failed][0]!;
+      assert.ok(err instanceof ProtocolError && err.code === 'not_leader' && err.details?.['damaged'] === true, String(err));
+      assert.deepEqual(shard.damage.map((d) => [d.id, d.err.code]), [[l.id, 'corruption']]);
+      await assert.rejects(readAt(l, p), (e: ProtocolError) => e.code === 'not_leader');
+      assert.equal(shard.damage.length, 1, 'reported once');
 
-  it('a leader applying a damaged record of its log reports it, and throws nowhere', async () => {
-    // 'a' draws the shortest election timeout: it leads, and leads again after its restart.
-    shard = new TestShard(['a', 'b', 'c'], { ...steady, randoms: { a: 0, b: 0.99, c: 0.99 } });
-    const l = await shard.leader();
-    assert.equal(l.id, 'a');
-    for (let i = 0; i < 40; i++) await l.replica.write([{ page: i, data: page(i + 1) }]);
-    const unhandled: unknown[] = [];
-    const onUnhandled = (e: unknown): void => void unhandled.push(e);
-    process.on('unhandledRejection', onUnhandled);
-    try {
-      // Reopened without an image, it applies its records again once it leads, reading them back
-      // from its log; a bit of an early one rots meanwhile.
+      const again = await shard.restart(l.id, { damaged: shard.damage[0]!.err.reports });
+      assert.equal(again.storage.repaired.length, 1, 'reopened without the damaged image');
+      assert.equal(again.replica.stats().repairing, false, 'nothing was lost: it votes');
+      for (let q = 0; q < 40; q++) assert.deepEqual(again.storage.store.getPage(q), page(q + 1), `page ${q}`);
+      const leader = await shard.leader();
+      assert.equal((await readAll(leader)).size, 0);
+    });
+
+    it('a sole replica reports a damaged image (it may rebuild it from an older one and its log), not a damaged record of its log', async () => {
+      shard = new TestShard(['a'], steady);
+      const l = await shard.leader();
+      damagePage0(l.disk, await imaged(l));
+      assert.deepEqual([...(await readAll(l)).values()].map((e) => e.code), ['not_leader']);
+      assert.deepEqual(shard.damage.map((d) => d.id), ['a']);
+      // Its log: nobody could give the records back. The scrub finds a rotten record, and reports nothing.
+      shard.damage.length = 0;
+      for (let i = 0; i < 40; i++) await l.replica.write([{ page: 100 + i, data: page(i) }]);
+      const segments = l.disk.list('shard/log').filter((n) => n.endsWith('.log')).sort();
+      l.disk.flipBits(`shard/log/${segments[segments.length - 1]!}`, 20_000, 1);
+      const found: ScrubStepResult[] = [];
+      for (let i = 0; i < 1000 && found.length === 0; i++) {
+        const r = await l.replica.scrubStep();
+        if (r.damage !== undefined && r.damage.reports.every((d) => d.file.includes('/log/'))) found.push(r);
+      }
+      assert.deepEqual(found.map((r) => [r.damage!.code, r.reported]), [['corruption', false]]);
+      assert.deepEqual(shard.damage, []);
+    });
+
+    it('a checkpoint that meets a damaged page of the image it folds reports it', async () => {
+      shard = new TestShard(['a', 'b', 'c'], steady);
+      const l = await shard.leader();
+      damagePage0(l.disk, await imaged(l));
+      await l.replica.write([{ page: 100, data: page(100) }]);
+      await assert.rejects(l.replica.checkpoint(), (e: StorageError) => e.code === 'corruption');
+      assert.deepEqual(shard.damage.map((d) => d.id), [l.id]);
+    });
+
+    it('a leader applying a damaged record of its log reports it, and throws nowhere', async () => {
+      // 'a' draws the shortest election timeout: it leads, and leads again after its restart.
+      shard = new TestShard(['a', 'b', 'c'], { ...steady, randoms: { a: 0, b: 0.99, c: 0.99 } });
+      const l = await shard.leader();
+      assert.equal(l.id, 'a');
+      for (let i = 0; i < 40; i++) await l.replica.write([{ page: i, data: page(i + 1) }]);
+      const unhandled: unknown[] = [];
+      const onUnhandled = (e: unknown): void => void unhandled.push(e);
+      process.on('unhandledRejection', onUnhandled);
+      try {
+        // Reopened without an image, it applies its records again once it leads, reading them back
+        // from its log; a bit of an early one rots meanwhile.
+        const m = await shard.restart('a');
+        const first = m.disk.list('shard/log').filter((n) => n.endsWith('.log')).sort()[0]!;
+        m.disk.flipBits(`shard/log/${first}`, 20_000, 1);
+        await shard.waitFor(() => shard!.damage.length > 0, 'the damage is reported');
+        assert.deepEqual(shard.damage.map((d) => [d.id, d.err.code]), [['a', 'corruption']]);
+        assert.ok(m.replica.isLeader, 'it found the damage as the leader');
+        await shard.elapse(100);
+      } finally {
+        process.off('unhandledRejection', onUnhandled);
+      }
+      assert.deepEqual(unhandled, [], 'the damage escaped an answer\'s handler');
+    });
+
+    it('a record that arrives malformed with a valid checksum is not damage of the follower\'s storage: not reported', async () => {
+      shard = new TestShard(['a', 'b', 'c'], steady);
+      const l = await shard.leader();
+      const f = shard.ids.find((id) => id !== l.id)!;
+      let mangled = 0;
+      shard.tampers.push((_from, to, msg) => {
+        if (to === f && msg.type === 'append' && msg.records.length > 0 && mangled === 0) {
+          mangled++;
+          msg.records[0]!.payload = msg.records[0]!.payload.subarray(0, 10); // not a page write any more
+        }
+      });
+      const w = await l.replica.write([{ page: 1, data: page(1) }]);
+      await shard.waitFor(() => l.replica.stats().commitLsn >= w.lsn && mangled === 1, 'the write commits on the others');
+      await shard.elapse(200); // heartbeats carry the commit LSN: the follower tries to apply it
+      assert.deepEqual(shard.damage, [], 'a reopen would not make it go away');
+    });
+
+    it('a leader reading a damaged record of its log to send it to a follower reports it', async () => {
+      // 'a' draws the shortest election timeout: it leads, and leads again after its restart.
+      shard = new TestShard(['a', 'b', 'c'], { ...steady, randoms: { a: 0, b: 0.99, c: 0.99 } });
+      const l = await shard.leader();
+      assert.equal(l.id, 'a');
+      shard.isolate(['b']);
+      for (let i = 0; i < 40; i++) await l.replica.write([{ page: i, data: page(i + 1) }]);
+      // One image, at the last record: the log still starts at 1. Reopened, 'a' holds no record
+      // in memory and has nothing left to apply from its log: what it sends 'b' it reads back.
+      await l.replica.checkpoint();
       const m = await shard.restart('a');
       const first = m.disk.list('shard/log').filter((n) => n.endsWith('.log')).sort()[0]!;
       m.disk.flipBits(`shard/log/${first}`, 20_000, 1);
+      assert.equal((await shard.leader()).id, 'a');
+      shard.heal();
       await shard.waitFor(() => shard!.damage.length > 0, 'the damage is reported');
       assert.deepEqual(shard.damage.map((d) => [d.id, d.err.code]), [['a', 'corruption']]);
-      assert.ok(m.replica.isLeader, 'it found the damage as the leader');
-      await shard.elapse(100);
-    } finally {
-      process.off('unhandledRejection', onUnhandled);
-    }
-    assert.deepEqual(unhandled, [], 'the damage escaped an answer\'s handler');
-  });
+      assert.ok(m.replica.appliedLsn >= 40, 'it applied nothing from its log: the image covered it');
+    });
 
-  it('a record that arrives malformed with a valid checksum is not damage of the follower\'s storage: not reported', async () => {
-    shard = new TestShard(['a', 'b', 'c'], steady);
-    const l = await shard.leader();
-    const f = shard.ids.find((id) => id !== l.id)!;
-    let mangled = 0;
-    shard.tampers.push((_from, to, msg) => {
-      if (to === f && msg.type === 'append' && msg.records.length > 0 && mangled === 0) {
-        mangled++;
-        msg.records[0]!.payload = msg.records[0]!.payload.subarray(0, 10); // not a page write any more
+    describe('the background scrub', () => {
+      /** Runs scrub steps of `m` until a pass ends; the steps' results. */
+      async function scrubPass(m: Member): Promise<ScrubStepResult[]> {
+        const steps: ScrubStepResult[] = [];
+        for (let i = 0; i < 1000; i++) {
+          const r = await m.replica.scrubStep();
+          steps.push(r);
+          if (r.passDone) return steps;
+        }
+        throw new Error('no pass ended in 1000 steps');
       }
-    });
-    const w = await l.replica.write([{ page: 1, data: page(1) }]);
-    await shard.waitFor(() => l.replica.stats().commitLsn >= w.lsn && mangled === 1, 'the write commits on the others');
-    await shard.elapse(200); // heartbeats carry the commit LSN: the follower tries to apply it
-    assert.deepEqual(shard.damage, [], 'a reopen would not make it go away');
-  });
 
-  it('a leader reading a damaged record of its log to send it to a follower reports it', async () => {
-    // 'a' draws the shortest election timeout: it leads, and leads again after its restart.
-    shard = new TestShard(['a', 'b', 'c'], { ...steady, randoms: { a: 0, b: 0.99, c: 0.99 } });
-    const l = await shard.leader();
-    assert.equal(l.id, 'a');
-    shard.isolate(['b']);
-    for (let i = 0; i < 40; i++) await l.replica.write([{ page: i, data: page(i + 1) }]);
-    // One image, at the last record: the log still starts at 1. Reopened, 'a' holds no record
-    // in memory and has nothing left to apply from its log: what it sends 'b' it reads back.
-    await l.replica.checkpoint();
-    const m = await shard.restart('a');
-    const first = m.disk.list('shard/log').filter((n) => n.endsWith('.log')).sort()[0]!;
-    m.disk.flipBits(`shard/log/${first}`, 20_000, 1);
-    assert.equal((await shard.leader()).id, 'a');
-    shard.heal();
-    await shard.waitFor(() => shard!.damage.length > 0, 'the damage is reported');
-    assert.deepEqual(shard.damage.map((d) => [d.id, d.err.code]), [['a', 'corruption']]);
-    assert.ok(m.replica.appliedLsn >= 40, 'it applied nothing from its log: the image covered it');
-  });
+      it('checks the newest image and the durable log in bounded steps; intact, it reports nothing', async () => {
+        shard = new TestShard(['a', 'b', 'c'], steady);
+        const l = await shard.leader();
+        await imaged(l);
+        for (let i = 0; i < 10; i++) await l.replica.write([{ page: 100 + i, data: page(i) }]);
+        const steps = await scrubPass(l);
+        const bytes = steps.reduce((n, r) => n + r.bytes, 0);
+        // The image holds 40 pages; the log from the older image on holds ~30 records of 4 KiB.
+        assert.ok(bytes >= 40 * 4096 + 25 * 4096, `checked ${bytes} bytes`);
+        assert.ok(steps.every((r) => r.bytes <= SCRUB_STEP_BYTES), 'each step is bounded');
+        assert.ok(steps.length >= 2, `${steps.length} steps`);
+        assert.ok(steps.every((r) => r.damage === undefined));
+        assert.deepEqual(shard.damage, []);
+        // And again: passes go on.
+        assert.equal((await scrubPass(l)).some((r) => r.damage !== undefined), false);
+      });
 
-  describe('the background scrub', () => {
-    /** Runs scrub steps of `m` until a pass ends; the steps' results. */
-    async function scrubPass(m: Member): Promise<ScrubStepResult[]> {
-      const steps: ScrubStepResult[] = [];
-      for (let i = 0; i < 1000; i++) {
-        const r = await m.replica.scrubStep();
-        steps.push(r);
-        if (r.passDone) return steps;
-      }
-      throw new Error('no pass ended in 1000 steps');
-    }
+      it('finds a damaged page of a follower\'s image, which nothing else reads, and the follower reports it', async () => {
+        shard = new TestShard(['a', 'b', 'c'], steady);
+        const l = await shard.leader();
+        await imaged(l);
+        const f = shard.members.get(shard.ids.find((id) => id !== l.id)!)!;
+        await shard.waitFor(() => f.replica.appliedLsn >= l.replica.appliedLsn, 'the follower applied everything');
+        await f.replica.checkpoint();
+        const images = f.disk.list('shard').filter((n) => /^image-[0-9a-f]+\.img$/.test(n)).sort();
+        damagePage0(f.disk, `shard/${images[images.length - 1]!}`);
+        const steps = await scrubPass(f);
+        const found = steps.find((r) => r.damage !== undefined);
+        assert.ok(found && found.damage!.code === 'corruption' && /page 0 checksum mismatch/.test(found.damage!.message), JSON.stringify(steps));
+        assert.deepEqual(shard.damage.map((d) => d.id), [f.id]);
+      });
 
-    it('checks the newest image and the durable log in bounded steps; intact, it reports nothing', async () => {
-      shard = new TestShard(['a', 'b', 'c'], steady);
-      const l = await shard.leader();
-      await imaged(l);
-      for (let i = 0; i < 10; i++) await l.replica.write([{ page: 100 + i, data: page(i) }]);
-      const steps = await scrubPass(l);
-      const bytes = steps.reduce((n, r) => n + r.bytes, 0);
-      // The image holds 40 pages; the log from the older image on holds ~30 records of 4 KiB.
-      assert.ok(bytes >= 40 * 4096 + 25 * 4096, `checked ${bytes} bytes`);
-      assert.ok(steps.every((r) => r.bytes <= SCRUB_STEP_BYTES), 'each step is bounded');
-      assert.ok(steps.length >= 2, `${steps.length} steps`);
-      assert.ok(steps.every((r) => r.damage === undefined));
-      assert.deepEqual(shard.damage, []);
-      // And again: passes go on.
-      assert.equal((await scrubPass(l)).some((r) => r.damage !== undefined), false);
-    });
-
-    it('finds a damaged page of a follower\'s image, which nothing else reads, and the follower reports it', async () => {
-      shard = new TestShard(['a', 'b', 'c'], steady);
-      const l = await shard.leader();
-      await imaged(l);
-      const f = shard.members.get(shard.ids.find((id) => id !== l.id)!)!;
-      await shard.waitFor(() => f.replica.appliedLsn >= l.replica.appliedLsn, 'the follower applied everything');
-      await f.replica.checkpoint();
-      const images = f.disk.list('shard').filter((n) => /^image-[0-9a-f]+\.img$/.test(n)).sort();
-      damagePage0(f.disk, `shard/${images[images.length - 1]!}`);
-      const steps = await scrubPass(f);
-      const found = steps.find((r) => r.damage !== undefined);
-      assert.ok(found && found.damage!.code === 'corruption' && /page 0 checksum mismatch/.test(found.damage!.message), JSON.stringify(steps));
-      assert.deepEqual(shard.damage.map((d) => d.id), [f.id]);
-    });
-
-    it('a pass ends while the log grows faster than the scrub reads it', async () => {
-      shard = new TestShard(['a'], steady);
-      const l = await shard.leader();
-      for (let i = 0; i < 40; i++) await l.replica.write([{ page: i, data: page(i + 1) }]);
-      let steps = 0;
-      for (;;) {
-        const r = await l.replica.scrubStep();
-        steps++;
-        if (r.passDone) break;
-        assert.ok(steps < 20, 'the pass did not end');
-        // 80 records of 4 KiB: more than a step reads.
-        await Promise.all(Array.from({ length: 80 }, (_, i) => l.replica.write([{ page: 100 + (i % 50), data: page(i) }])));
-      }
-    });
-
-    it('a replica closed in the middle of an image lets go of it', async () => {
-      shard = new TestShard(['a'], steady);
-      const l = await shard.leader();
-      await imaged(l);
-      for (let i = 0; i < 200; i++) await l.replica.write([{ page: 40 + i, data: page(i) }]);
-      await l.replica.checkpoint(); // an image of 240 pages: several steps
-      const first = await l.replica.scrubStep();
-      assert.equal(first.passDone, false, 'in the middle of the image');
-      l.replica.close();
-      await l.queue.drain().catch(() => undefined);
-      l.storage.close();
-      assert.equal(l.disk.openFiles, 0, 'no file left open');
-      shard.members.delete('a');
-    });
-
-    it('finds a record of the log that rotted after the open', async () => {
-      shard = new TestShard(['a', 'b', 'c'], steady);
-      const l = await shard.leader();
-      for (let i = 0; i < 40; i++) await l.replica.write([{ page: i, data: page(i + 1) }]);
-      const first = l.disk.list('shard/log').filter((n) => n.endsWith('.log')).sort()[0]!;
-      l.disk.flipBits(`shard/log/${first}`, 20_000, 1);
-      const steps = await scrubPass(l);
-      assert.ok(steps.some((r) => r.damage?.code === 'corruption'), JSON.stringify(steps));
-      assert.deepEqual(shard.damage.map((d) => d.id), [l.id]);
-    });
-  });
-
-  describe('a follower sent an image that fails its check', () => {
-    /** A follower cut off while the leader writes 40 pages and trims its log behind two images; returns it and the newest image. */
-    async function behindTheImages(): Promise<{ l: Member; f: Member; image: string }> {
-      shard = new TestShard(['a', 'b', 'c'], steady);
-      const l = await shard.leader();
-      const f = shard.members.get(shard.ids.find((id) => id !== l.id)!)!;
-      shard.isolate([f.id]);
-      const image = await imaged(l);
-      assert.ok(l.storage.log.firstLsn > f.replica.appliedLsn + 1, 'the follower needs the image');
-      return { l, f, image };
-    }
-
-    it('the leader\'s image is damaged: the leader checks it and reports it; once it is reopened without it, the follower catches up', async () => {
-      const { l, f, image } = await behindTheImages();
-      damagePage0(l.disk, image);
-      shard!.heal();
-      await shard!.waitFor(() => shard!.damage.length > 0, 'the leader reports its damaged image');
-      assert.equal(l.replica.stats().imageChecks, 1);
-      assert.deepEqual(shard!.damage.map((d) => d.id), [l.id], 'the follower reports nothing of its own');
-      assert.equal(f.replica.stats().snapshotsInstalled, 0);
-      const target = l.replica.appliedLsn;
-      await shard!.restart(l.id, { damaged: shard!.damage[0]!.err.reports });
-      // From the scrubbed replica's image, or from the log of the other follower if it leads now.
-      await shard!.waitFor(() => f.replica.appliedLsn >= target, 'the follower catches up', 15_000);
-      assert.deepEqual(shard!.damage.map((d) => d.id), [l.id]);
-      for (let q = 0; q < 40; q++) assert.deepEqual(f.storage.store.getPage(q), page(q + 1), `page ${q}`);
-    });
-
-    it('the image was damaged on the way, twice: the leader checks its own once, finds it intact, reports nothing, and sends it again', async () => {
-      const { l, f } = await behindTheImages();
-      let flipped = 0;
-      shard!.tampers.push((_from, _to, msg) => {
-        if (msg.type === 'snapshot' && msg.done && flipped < 2) {
-          flipped++;
-          msg.data[msg.data.length - 100]! ^= 0x04;
+      it('a pass ends while the log grows faster than the scrub reads it', async () => {
+        shard = new TestShard(['a'], steady);
+        const l = await shard.leader();
+        for (let i = 0; i < 40; i++) await l.replica.write([{ page: i, data: page(i + 1) }]);
+        let steps = 0;
+        for (;;) {
+          const r = await l.replica.scrubStep();
+          steps++;
+          if (r.passDone) break;
+          assert.ok(steps < 20, 'the pass did not end');
+          // 80 records of 4 KiB: more than a step reads.
+          await Promise.all(Array.from({ length: 80 }, (_, i) => l.replica.write([{ page: 100 + (i % 50), data: page(i) }])));
         }
       });
-      shard!.heal();
-      await shard!.waitFor(() => f.replica.stats().snapshotsInstalled >= 1 && f.replica.appliedLsn >= l.storage.log.lastLsn, 'the follower installs the image sent again', 15_000);
-      assert.equal(flipped, 2);
-      assert.deepEqual(shard!.damage, []);
-      assert.equal(l.replica.stats().imageChecks, 1, 'the leader checked its own image once, not at each complaint');
-      for (let q = 0; q < 40; q++) assert.deepEqual(f.storage.store.getPage(q), page(q + 1), `page ${q}`);
+
+      it('a replica closed in the middle of an image lets go of it', async () => {
+        shard = new TestShard(['a'], steady);
+        const l = await shard.leader();
+        await imaged(l);
+        for (let i = 0; i < 200; i++) await l.replica.write([{ page: 40 + i, data: page(i) }]);
+        await l.replica.checkpoint(); // an image of 240 pages: several steps
+        const first = await l.replica.scrubStep();
+        assert.equal(first.passDone, false, 'in the middle of the image');
+        l.replica.close();
+        await l.queue.drain().catch(() => undefined);
+        l.storage.close();
+        assert.equal(l.disk.openFiles, 0, 'no file left open');
+        shard.members.delete('a');
+      });
+
+      it('finds a record of the log that rotted after the open', async () => {
+        shard = new TestShard(['a', 'b', 'c'], steady);
+        const l = await shard.leader();
+        for (let i = 0; i < 40; i++) await l.replica.write([{ page: i, data: page(i + 1) }]);
+        const first = l.disk.list('shard/log').filter((n) => n.endsWith('.log')).sort()[0]!;
+        l.disk.flipBits(`shard/log/${first}`, 20_000, 1);
+        const steps = await scrubPass(l);
+        assert.ok(steps.some((r) => r.damage?.code === 'corruption'), JSON.stringify(steps));
+        assert.deepEqual(shard.damage.map((d) => d.id), [l.id]);
+      });
+    });
+
+    describe('a follower sent an image that fails its check', () => {
+      /** A follower cut off while the leader writes 40 pages and trims its log behind two images; returns it and the newest image. */
+      async function behindTheImages(): Promise<{ l: Member; f: Member; image: string }> {
+        shard = new TestShard(['a', 'b', 'c'], steady);
+        const l = await shard.leader();
+        const f = shard.members.get(shard.ids.find((id) => id !== l.id)!)!;
+        shard.isolate([f.id]);
+        const image = await imaged(l);
+        assert.ok(l.storage.log.firstLsn > f.replica.appliedLsn + 1, 'the follower needs the image');
+        return { l, f, image };
+      }
+
+      it('the leader\'s image is damaged: the leader checks it and reports it; once it is reopened without it, the follower catches up', async () => {
+        const { l, f, image } = await behindTheImages();
+        damagePage0(l.disk, image);
+        shard!.heal();
+        await shard!.waitFor(() => shard!.damage.length > 0, 'the leader reports its damaged image');
+        assert.equal(l.replica.stats().imageChecks, 1);
+        assert.deepEqual(shard!.damage.map((d) => d.id), [l.id], 'the follower reports nothing of its own');
+        assert.equal(f.replica.stats().snapshotsInstalled, 0);
+        const target = l.replica.appliedLsn;
+        await shard!.restart(l.id, { damaged: shard!.damage[0]!.err.reports });
+        // From the scrubbed replica's image, or from the log of the other follower if it leads now.
+        await shard!.waitFor(() => f.replica.appliedLsn >= target, 'the follower catches up', 15_000);
+        assert.deepEqual(shard!.damage.map((d) => d.id), [l.id]);
+        for (let q = 0; q < 40; q++) assert.deepEqual(f.storage.store.getPage(q), page(q + 1), `page ${q}`);
+      });
+
+      it('the image was damaged on the way, twice: the leader checks its own once, finds it intact, reports nothing, and sends it again', async () => {
+        const { l, f } = await behindTheImages();
+        let flipped = 0;
+        shard!.tampers.push((_from, _to, msg) => {
+          if (msg.type === 'snapshot' && msg.done && flipped < 2) {
+            flipped++;
+            msg.data[msg.data.length - 100]! ^= 0x04;
+          }
+        });
+        shard!.heal();
+        await shard!.waitFor(() => f.replica.stats().snapshotsInstalled >= 1 && f.replica.appliedLsn >= l.storage.log.lastLsn, 'the follower installs the image sent again', 15_000);
+        assert.equal(flipped, 2);
+        assert.deepEqual(shard!.damage, []);
+        assert.equal(l.replica.stats().imageChecks, 1, 'the leader checked its own image once, not at each complaint');
+        for (let q = 0; q < 40; q++) assert.deepEqual(f.storage.store.getPage(q), page(q + 1), `page ${q}`);
+      });
     });
   });
 });
