@@ -76,6 +76,11 @@ export class FaultyDisk implements Disk {
   remove(path: string): void {
     this.inner.remove(path);
   }
+  /** Over a disk without a background removal, removes at once. */
+  async removeAsync(path: string): Promise<void> {
+    if (this.inner.removeAsync === undefined) return this.inner.remove(path);
+    return this.inner.removeAsync(path);
+  }
   removeTree(dir: string): void {
     this.inner.removeTree(dir);
   }

@@ -22,7 +22,7 @@
  * All IO goes through the synchronous Disk interface; the log is not thread-safe and is meant to
  * be driven by one DeviceQueue.
  */
-import { joinPath, parentDir, type Disk, type FileHandle } from './disk';
+import { discardFile, joinPath, parentDir, removeDiscarded, type Disk, type FileHandle } from './disk';
 import { assert, CorruptionError, StorageError, type CorruptionReport } from './errors';
 import {
   decodeSegmentHeader,
@@ -83,6 +83,11 @@ export interface LogStats {
   writes: number;
   /** fdatasync calls on segment data (sync, roll-over, truncateSuffix). */
   syncs: number;
+  /**
+   * Trimmed segments whose removal in the background failed (`discardFile`); each is removed
+   * again when the log is next opened.
+   */
+  discardFailures: number;
 }
 
 /** Largest encoded size of one `write` batch. */
@@ -200,6 +205,11 @@ export class SegmentLog {
   /** Encoding buffer reused across writes (a fresh one per write costs allocation and page faults). */
   private encodeBuf = new Uint8Array(0);
   private syncsCount = 0;
+  private discardFailuresCount = 0;
+  /** A background removal of a trimmed segment failed: the file is removed at the next open. */
+  private readonly onDiscardError = (): void => {
+    this.discardFailuresCount++;
+  };
   /** Recovery's read buffer; dropped after open. */
   private scratch: Uint8Array | undefined = undefined;
 
@@ -537,7 +547,9 @@ export class SegmentLog {
         assert(!this.dirty.has(seg), 'a sealed segment has no unsynced data', { segment: seg.name });
         this.closeHandle(seg);
         this.segments.shift();
-        this.disk.remove(this.pathOf(seg.name));
+        // Renamed away here, its blocks freed in the background: removing a whole segment takes
+        // tens of ms, which would stall every shard of this thread.
+        discardFile(this.disk, this.pathOf(seg.name), this.onDiscardError);
         // One directory fsync per removal: removals must reach the disk oldest first, or a power
         // cut could leave a gap in the middle of the log, which recovery would call corruption.
         this.disk.fsyncDir(this.dir);
@@ -676,6 +688,7 @@ export class SegmentLog {
       syncedLsn: this.syncedLsnValue,
       writes: this.writesCount,
       syncs: this.syncsCount,
+      discardFailures: this.discardFailuresCount,
     };
   }
 
@@ -917,6 +930,8 @@ export class SegmentLog {
       }
     }
     if (removed) disk.fsyncDir(this.dir);
+    // Trimmed segments whose background removal a crash (or an IO error) cut short.
+    removeDiscarded(disk, this.dir, names, this.onDiscardError);
     // A committed reset that did not finish.
     const resets = names.filter((n) => n.endsWith(RESET_SUFFIX) && parseSegmentName(n.slice(0, -RESET_SUFFIX.length)) !== undefined);
     if (resets.length > 1) {

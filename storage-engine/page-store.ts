@@ -12,7 +12,7 @@
  * it is the image's page (cache, else an image read), or zeros if the image does not store it.
  */
 import { requestArena } from './arena';
-import { joinPath, parentDir, type Disk } from './disk';
+import { discardFile, joinPath, parentDir, removeDiscarded, type Disk } from './disk';
 import { assert, CorruptionError, StorageError, type CorruptionReport } from './errors';
 import { ImageReader, ImageWriter, imageFileName, isImageTempFileName, parseImageFileName, IMAGE_PAGE_COUNT_MAX } from './image';
 import type { SegmentLog } from './log';
@@ -64,6 +64,8 @@ export interface PageStoreStats {
   cache: { hits: number; misses: number; evictions: number; bytes: number; bytesMax: number };
   /** Entries of the version index (one per (page, record) pair of the retained log). */
   versions: number;
+  /** Images let go whose removal in the background failed (`discardFile`); removed at the next open. */
+  discardFailures: number;
 }
 
 /** Most pages one `getPages` call may ask for. */
@@ -103,6 +105,10 @@ export class PageStore {
   /** page -> ascending LSNs of retained records (> floorLsn) that wrote it. */
   private readonly versions = new Map<number, number[]>();
   private versionCount = 0;
+  private discardFailures = 0;
+  private readonly onDiscardError = (): void => {
+    this.discardFailures++;
+  };
   private applied: number;
   private appliedTerm: number;
   private closed = false;
@@ -141,6 +147,8 @@ export class PageStore {
     makeDurableDir(disk, opts.dir);
     const names = disk.list(opts.dir);
     for (const name of names) if (isImageTempFileName(name)) disk.remove(joinPath(opts.dir, name));
+    // Images a checkpoint let go whose background removal a crash cut short.
+    removeDiscarded(disk, opts.dir, names);
 
     const meta = new MetaStore(disk, opts.dir);
     const reports: CorruptionReport[] = [];
@@ -507,7 +515,8 @@ export class PageStore {
     for (const name of this.disk.list(this.dir)) {
       const l = parseImageFileName(name);
       if (l !== undefined && !keptLsns.has(l)) {
-        this.disk.remove(joinPath(this.dir, name));
+        // Its blocks are freed in the background, off this thread (as the log's trimmed segments).
+        discardFile(this.disk, joinPath(this.dir, name), this.onDiscardError);
         removed++;
       }
     }
@@ -525,6 +534,7 @@ export class PageStore {
       images: this.images.length,
       cache: { hits: c.hits, misses: c.misses, evictions: c.evictions, bytes: c.bytes, bytesMax: c.bytesMax },
       versions: this.versionCount,
+      discardFailures: this.discardFailures,
     };
   }
 

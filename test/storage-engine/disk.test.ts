@@ -7,7 +7,8 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as nodePath from 'node:path';
 import type { Disk } from '../../storage-engine/disk';
-import { RealDisk } from '../../storage-engine/real-disk';
+import { StorageError } from '../../storage-engine/errors';
+import { RealDisk, REMOVE_QUEUE_MAX, REMOVE_STEP_BYTES } from '../../storage-engine/real-disk';
 import { SimDisk } from '../../storage-engine/sim-disk';
 import { expectStorageError } from '../support/expect';
 
@@ -242,6 +243,65 @@ describe('RealDisk specifics', () => {
     disk.mkdirp('a/b');
     writeFile(disk, 'a/b/c', 'data');
     assert.equal(fs.readFileSync(nodePath.join(dir, 'a', 'b', 'c'), 'utf8'), 'data');
+  });
+
+  it('removeAsync removes files off the thread, a large one in steps, one file after another', async () => {
+    const disk = new RealDisk(dir);
+    const sizes = [3 * REMOVE_STEP_BYTES + 5, 100, 2 * REMOVE_STEP_BYTES];
+    sizes.forEach((size, i) => {
+      const fh = disk.open(`f${i}`, { create: true });
+      disk.write(fh, new Uint8Array(size).fill(i + 1), 0);
+      disk.close(fh);
+    });
+    const existing = (): boolean[] => sizes.map((_, i) => fs.existsSync(nodePath.join(dir, `f${i}`)));
+    // Every cut a removal makes, and whether it was made durable before the next.
+    const cuts: string[] = [];
+    const open = fs.promises.open;
+    fs.promises.open = (async (...args: Parameters<typeof open>) => {
+      const fh = await open(...args);
+      const name = nodePath.basename(String(args[0]));
+      const truncate = fh.truncate.bind(fh);
+      const sync = fh.sync.bind(fh);
+      fh.truncate = async (len?: number) => {
+        cuts.push(`${name} ${len}`);
+        return truncate(len);
+      };
+      fh.sync = async () => {
+        cuts.push(`${name} sync`);
+        return sync();
+      };
+      return fh;
+    }) as typeof open;
+    const seen: boolean[][] = [];
+    let all: Array<Promise<void>>;
+    try {
+      all = sizes.map((_, i) => disk.removeAsync(`f${i}`).then(() => void (seen[i] = existing())));
+      assert.deepEqual(existing(), [true, true, true], 'nothing removed on the calling thread');
+      await Promise.all(all);
+    } finally {
+      fs.promises.open = open;
+    }
+    const S = REMOVE_STEP_BYTES;
+    assert.deepEqual(cuts, [`f0 ${2 * S + 5}`, 'f0 sync', `f0 ${S + 5}`, 'f0 sync', 'f0 5', 'f0 sync', `f2 ${S}`, 'f2 sync']);
+    assert.deepEqual(seen[0], [false, true, true], 'the second and third wait for the first');
+    assert.deepEqual(seen[1], [false, false, true]);
+    assert.deepEqual(existing(), [false, false, false]);
+    await disk.removeAsync('never-there');
+    disk.mkdirp('a-dir');
+    await assert.rejects(disk.removeAsync('a-dir'), (e: unknown) => e instanceof StorageError && e.code === 'io_error' && e.details?.['errno'] === 'EISDIR');
+    assert.ok(fs.existsSync(nodePath.join(dir, 'a-dir')));
+  });
+
+  it(`removeAsync removes at once beyond ${REMOVE_QUEUE_MAX} waiting removals`, async () => {
+    const disk = new RealDisk(dir);
+    const n = REMOVE_QUEUE_MAX + 1;
+    for (let i = 0; i < n; i++) fs.writeFileSync(nodePath.join(dir, `f${i}`), 'x');
+    const all: Array<Promise<void>> = [];
+    for (let i = 0; i < n; i++) all.push(disk.removeAsync(`f${i}`));
+    assert.ok(fs.existsSync(nodePath.join(dir, 'f0')), 'the first waits its turn');
+    assert.ok(!fs.existsSync(nodePath.join(dir, `f${n - 1}`)), 'the one beyond the bound is gone already');
+    await Promise.all(all);
+    assert.deepEqual(fs.readdirSync(dir), []);
   });
 
   it('wraps fs errors with errno, path and the original cause', () => {

@@ -3,6 +3,7 @@ import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as nodePath from 'node:path';
+import { DISCARD_SUFFIX, isDiscardedName } from '../../storage-engine/disk';
 import { StorageError } from '../../storage-engine/errors';
 import {
   LOG_READ_BYTES_LIMIT,
@@ -397,6 +398,63 @@ describe('SegmentLog', () => {
       fs.rmSync(root, { recursive: true, force: true });
     }
   });
+  it('trimPrefix frees trimmed segments off the thread on the real file system, and an open removes one a crash left', async () => {
+    const root = fs.mkdtempSync(nodePath.join(os.tmpdir(), 'strata-log-'));
+    try {
+      const disk = new RealDisk(root);
+      const removedHere: string[] = [];
+      const remove = disk.remove.bind(disk);
+      disk.remove = (path: string): void => {
+        removedHere.push(path);
+        remove(path);
+      };
+      const log = SegmentLog.open(disk, { dir: DIR, segmentBytesMax: SEG });
+      log.write(history(1, 100));
+      log.sync();
+      const bases = segFiles(disk).map((n) => parseSegmentName(n)!);
+      log.trimPrefix(bases[3]! + 1);
+      assert.deepEqual(removedHere, [], 'no segment removed on the calling thread');
+      assert.deepEqual(segFiles(disk).map((n) => parseSegmentName(n)), bases.slice(3));
+      const discarded = (): string[] => fs.readdirSync(nodePath.join(root, DIR)).filter(isDiscardedName);
+      for (let waited = 0; discarded().length > 0; waited += 10) {
+        assert.ok(waited < 10_000, `still waiting for ${discarded().join(', ')}`);
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      assert.equal(log.stats().discardFailures, 0);
+      log.close();
+      // A crash between the rename and the background removal leaves the renamed file.
+      const left = nodePath.join(root, DIR, segmentName(bases[0]!) + DISCARD_SUFFIX);
+      fs.writeFileSync(left, 'a trimmed segment');
+      const again = SegmentLog.open(new RealDisk(root), { dir: DIR, segmentBytesMax: SEG });
+      assert.equal(again.firstLsn, bases[3]);
+      assertHistory(again, bases[3]!, 100);
+      for (let waited = 0; fs.existsSync(left); waited += 10) {
+        assert.ok(waited < 10_000, 'the open did not remove the leftover');
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      again.close();
+    } finally {
+      fs.rmSync(root, { recursive: true, force: true });
+    }
+  });
+
+  it('an open removes a trimmed segment a crash left (disk without background removal: at once)', () => {
+    const disk = new SimDisk();
+    const log = SegmentLog.open(disk, { dir: DIR, segmentBytesMax: SEG });
+    log.write(history(1, 30));
+    log.sync();
+    log.close();
+    const left = `${DIR}/${segmentName(1)}${DISCARD_SUFFIX}`;
+    const fh = disk.open(left, { create: true });
+    disk.write(fh, new Uint8Array(64).fill(7), 0);
+    disk.fdatasync(fh);
+    disk.close(fh);
+    disk.fsyncDir(DIR);
+    const again = SegmentLog.open(disk, { dir: DIR, segmentBytesMax: SEG });
+    assert.equal(disk.exists(left), false);
+    assertHistory(again, 1, 30);
+  });
+
   it('syncAsync flushes off the thread on the real file system; nothing may change the log until it settles', async () => {
     const root = fs.mkdtempSync(nodePath.join(os.tmpdir(), 'strata-log-'));
     try {

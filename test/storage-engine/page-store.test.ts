@@ -3,6 +3,7 @@
  * retention, crashes at every step of a checkpoint, corrupt images, and every rejected input.
  */
 import { strict as assert } from 'node:assert';
+import { DISCARD_SUFFIX, isDiscardedName, type Disk } from '../../storage-engine/disk';
 import { CorruptionError } from '../../storage-engine/errors';
 import { imageFileName } from '../../storage-engine/image';
 import { SegmentLog } from '../../storage-engine/log';
@@ -203,6 +204,51 @@ describe('PageStore', () => {
     assert.equal(w.store.stats().imageLsn, c3.lsn);
     expectCode(() => w.store.getPage(0, c2.lsn - 1), 'trimmed');
     checkAll(w.store, w.model, c2.lsn, last, w.opts.pageCount);
+  });
+
+  it('a checkpoint hands the images it lets go to the background removal; an open removes one a crash left', () => {
+    const w = world(31, { imagesKeep: 2 });
+    // The disk's background removal, run by the test when it chooses.
+    const queued: string[] = [];
+    (w.disk as Disk).removeAsync = (path: string): Promise<void> => {
+      queued.push(path);
+      return Promise.resolve();
+    };
+    const cuts: number[] = [];
+    for (let i = 0; i < 3; i++) {
+      writeRandom(w, 40);
+      cuts.push(w.store.checkpoint().lsn);
+    }
+    const gone = `${STORE_DIR}/${imageFileName(cuts[0]!)}${DISCARD_SUFFIX}`;
+    assert.deepEqual(queued.filter((q) => q.startsWith(STORE_DIR)), [gone], 'the image beyond imagesKeep went to the background, not removed on this thread');
+    assert.ok(queued.some((q) => q.startsWith(`${LOG_DIR}/seg-`)), 'so did the log segments the checkpoint trimmed');
+    assert.deepEqual(imageFiles(w), [imageFileName(cuts[1]!), imageFileName(cuts[2]!)]);
+    assert.deepEqual(w.disk.list(STORE_DIR).filter(isDiscardedName), [imageFileName(cuts[0]!) + DISCARD_SUFFIX]);
+    // A power cut before the background removal ran: the renamed image is still there, durably.
+    w.disk.powerCut();
+    delete (w.disk as Disk).removeAsync;
+    w.log = openLog(w.disk);
+    w.store = PageStore.open(w.disk, w.log, w.opts);
+    assert.deepEqual(w.disk.list(STORE_DIR).filter(isDiscardedName), [], 'the open removed it');
+    assert.deepEqual(w.disk.list(LOG_DIR).filter(isDiscardedName), [], 'and the log\'s open the trimmed segments');
+    assert.equal(w.store.stats().imageLsn, cuts[2]);
+    assert.equal(w.store.stats().discardFailures, 0);
+    checkAll(w.store, w.model, w.store.oldestReadableLsn, w.model.lastLsn, w.opts.pageCount);
+  });
+
+  it('a failed background removal of an image is counted, and the next open removes the file', async () => {
+    const w = world(32, { imagesKeep: 1 });
+    (w.disk as Disk).removeAsync = (): Promise<void> => Promise.reject(new Error('EIO'));
+    writeRandom(w, 30);
+    const first = w.store.checkpoint().lsn;
+    writeRandom(w, 30);
+    w.store.checkpoint();
+    await new Promise((r) => setImmediate(r));
+    assert.equal(w.store.stats().discardFailures, 1);
+    assert.deepEqual(w.disk.list(STORE_DIR).filter(isDiscardedName), [imageFileName(first) + DISCARD_SUFFIX]);
+    delete (w.disk as Disk).removeAsync;
+    reopen(w);
+    assert.deepEqual(w.disk.list(STORE_DIR).filter(isDiscardedName), []);
   });
 
   it('retainLsns keeps reads possible at every LSN >= newest image - retainLsns', () => {
