@@ -469,6 +469,9 @@ export class PageStore {
     this.checkpointing = true;
     try {
       const written = yield* this.buildImageSteps(lsn, term, newest ?? null);
+      // Closed while the image was finished: it stays unused (the next checkpoint removes it).
+      yield;
+      this.checkOpen();
       return this.switchToImage(lsn, term, written);
     } finally {
       this.checkpointing = false;
@@ -699,6 +702,13 @@ export class PageStore {
           if (v !== undefined) bufs[k]!.set(this.recordPage(payloadOf(v), v, page));
           writer.addPage(page, bufs[k]!);
         }
+      }
+      // Finishing (the last buffer's flush, the header and table, their flush, the rename) is a
+      // step of its own, as is the switch to the new image: together with the last batch they
+      // held the device's thread for 45–56 ms on a 16 MiB shard; apart, 10–15 ms each.
+      if (!first) {
+        yield;
+        this.checkOpen();
       }
       const path = writer.finish().path;
       finished = true;

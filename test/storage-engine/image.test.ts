@@ -5,6 +5,7 @@ import {
   IMAGE_HEADER_BYTES,
   IMAGE_READ_BYTES_MAX,
   IMAGE_TABLE_ENTRY_BYTES,
+  IMAGE_WRITE_BUFFER_BYTES,
   ImageReader,
   ImageWriter,
   imageFileName,
@@ -95,6 +96,28 @@ describe('image', () => {
     const r = ImageReader.open(disk, writeImage(disk, 0, new Map()));
     assert.equal(r.entries, 0);
     assert.equal(r.readPage(5, new Uint8Array(PAGE)), false);
+  });
+
+  it('flushes each buffer it writes, so that finishing a large image flushes only the rest', () => {
+    const disk = setupDisk();
+    const perBuffer = IMAGE_WRITE_BUFFER_BYTES / PAGE;
+    const count = 2 * perBuffer + 3;
+    const w = ImageWriter.create(disk, { dir: DIR, lsn: 9, term: 3, pageSize: PAGE, pageCount: count, entriesMax: count });
+    const syncsAt = (): number => disk.counters.fdatasyncs;
+    const before = syncsAt();
+    for (let p = 0; p < count; p++) {
+      w.addPage(p, pageData(p));
+      // A buffer is written (and flushed) when the next page no longer fits in it.
+      assert.equal(syncsAt() - before, Math.floor(p / perBuffer), `after page ${p}`);
+    }
+    const path = w.finish().path;
+    assert.equal(syncsAt() - before, 4, 'the last buffer, then header and table');
+    const r = ImageReader.open(disk, path);
+    for (const p of [0, perBuffer, count - 1]) {
+      const out = new Uint8Array(PAGE);
+      assert.equal(r.readPage(p, out), true);
+      assert.deepEqual(out, pageData(p));
+    }
   });
 
   it('coalesces 32 adjacent pages into one disk read, and splits at the read bound and at gaps', () => {

@@ -542,6 +542,37 @@ describe('PageStore', () => {
     assert.equal(w.store.checkpoint().lsn, w.model.lastLsn, 'a later checkpoint runs');
   });
 
+  it('checkpointSteps: the last batch, finishing the image and switching to it are separate steps', () => {
+    const w = world(18, { pageCount: 200 });
+    writeRandom(w, 200);
+    const lsn = w.model.lastLsn;
+    const steps = w.store.checkpointSteps();
+    const results: Array<IteratorResult<void, { lsn: number; file: string }>> = [];
+    const states: string[] = [];
+    for (;;) {
+      const r = steps.next();
+      results.push(r);
+      states.push(`${tempFiles(w).length} tmp, ${imageFiles(w).length} img, newest ${w.store.stats().imageLsn}`);
+      if (r.done) break;
+    }
+    assert.ok(results.length >= 4, `${results.length} steps`);
+    // The step before the last finished the image (renamed into place) without switching to it.
+    assert.deepEqual(states.slice(-3), ['1 tmp, 0 img, newest 0', '0 tmp, 1 img, newest 0', `0 tmp, 1 img, newest ${lsn}`]);
+    // Closed between finishing and switching: the checkpoint ends with closed, the image stays unused.
+    writeRandom(w, 20);
+    const again = w.store.checkpointSteps();
+    let r = again.next();
+    while (imageFiles(w).length < 2) r = again.next();
+    assert.equal(r.done, false);
+    w.store.close();
+    expectCode(() => again.next(), 'closed');
+    reopen(w);
+    assert.equal(w.store.stats().imageLsn, lsn, 'the finished image was not switched to');
+    checkAll(w.store, w.model, w.model.lastLsn - 2, w.model.lastLsn, 200);
+    assert.equal(w.store.checkpoint().lsn, w.model.lastLsn, 'a later checkpoint runs, over the unused image');
+    assert.deepEqual(tempFiles(w), []);
+  });
+
   it('getPagesCached answers from memory only: cached and never-written pages, else undefined without a disk read', () => {
     const w = world(15, { cacheBytesMax: 4 * PAGE });
     const entries = Array.from({ length: 6 }, (_, i) => ({ page: 10 + i, data: content(200 + i) }));
