@@ -8,9 +8,10 @@
  * replica that keeps failing is left down (it stops acknowledging; its peers carry on). Layout:
  *
  *   <device>/shards/<volumeId>.<shard>/...   one replica's ShardStorage (see storage-engine/shard-storage.ts)
+ *   <device>/shards/<volumeId>.<shard>.<n>.discard/...   a destroyed one, being removed in the background
  */
 import type { Disk } from '../storage-engine/disk';
-import { joinPath } from '../storage-engine/disk';
+import { discardTree, joinPath, removeDiscardedTrees } from '../storage-engine/disk';
 import { RealDisk } from '../storage-engine/real-disk';
 import { Slab } from '../storage-engine/slab';
 import { ShardStorage } from '../storage-engine/shard-storage';
@@ -137,6 +138,8 @@ export interface DeviceHostStats {
   /** The background scrub: bytes checked, passes over a replica completed, damage found (a sole copy's counted once per change). */
   scrub: { bytes: number; passes: number; damage: number };
   fsyncFaultsInjected: number;
+  /** Destroyed shards' files whose removal in the background failed; removed when the device is next opened. */
+  discardFailures: number;
   shards: ReplicaState[];
 }
 
@@ -169,6 +172,10 @@ export class DeviceHost {
   private readonly shards = new Map<string, ShardEntry>();
   private readonly slab: Slab;
   private restartsTotal = 0;
+  private discardFailures = 0;
+  private readonly onDiscardError = (): void => {
+    this.discardFailures++;
+  };
   private damageReopensTotal = 0;
   /** Background scrub: a step is running; when the next may start; whose turn it is. */
   private scrubRunning = false;
@@ -201,6 +208,8 @@ export class DeviceHost {
       this.offload = { bytesMin: offloadMin, slab: payloads, crc32c: (sab, offset, length) => cpu.crc32c(sab, offset, length) };
     }
     this.disk.mkdirp('shards');
+    // Destroyed shards whose removal in the background a crash cut short.
+    removeDiscardedTrees(this.disk, 'shards', this.disk.list('shards'), this.onDiscardError);
   }
 
   /** Opens (creating or recovering) a replica on this device. Idempotent. */
@@ -255,7 +264,9 @@ export class DeviceHost {
       this.shards.delete(key);
     }
     if (opts.destroy) {
-      this.disk.removeTree(joinPath('shards', key));
+      // Renamed away here, removed in the background: a shard of a few GiB is tens of 64 MiB
+      // segments, 20–30 ms each to free, which would stall every other shard of the thread.
+      discardTree(this.disk, joinPath('shards', key), this.onDiscardError);
       this.disk.fsyncDir('shards');
     }
   }
@@ -338,6 +349,7 @@ export class DeviceHost {
       damageReopens: this.damageReopensTotal,
       scrub: { ...this.scrubCounters },
       fsyncFaultsInjected: this.faulty.injected,
+      discardFailures: this.discardFailures,
       shards: [...this.shards.values()].map((e) => this.stateOf(e)),
     };
   }

@@ -84,6 +84,11 @@ export class FaultyDisk implements Disk {
   removeTree(dir: string): void {
     this.inner.removeTree(dir);
   }
+  /** Over a disk without a background removal, removes at once. */
+  async removeTreeAsync(dir: string): Promise<void> {
+    if (this.inner.removeTreeAsync === undefined) return this.inner.removeTree(dir);
+    return this.inner.removeTreeAsync(dir);
+  }
   exists(path: string): boolean {
     return this.inner.exists(path);
   }

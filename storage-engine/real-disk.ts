@@ -313,12 +313,23 @@ export class RealDisk implements Disk {
    */
   removeAsync(path: string): Promise<void> {
     checkDiskPath(path, false);
+    return this.inBackground(() => this.remove(path), () => this.removeInSteps(this.abs(path), path));
+  }
+
+  /** `removeTree` in the background: the files one after another, as `removeAsync`, then the directories. */
+  removeTreeAsync(dir: string): Promise<void> {
+    checkDiskPath(dir, false);
+    return this.inBackground(() => this.removeTree(dir), () => this.removeTreeInSteps(this.abs(dir), dir));
+  }
+
+  /** Runs `job` after the background removals before it; `atOnce` instead when too many wait. */
+  private inBackground(atOnce: () => void, job: () => Promise<void>): Promise<void> {
     if (this.removesWaiting >= REMOVE_QUEUE_MAX) {
-      this.remove(path);
+      atOnce();
       return Promise.resolve();
     }
     this.removesWaiting++;
-    const done = this.removeChain.then(() => this.removeInSteps(path));
+    const done = this.removeChain.then(job);
     // The next removal starts when this one has settled, whatever its outcome.
     this.removeChain = done.then(
       () => void this.removesWaiting--,
@@ -327,8 +338,28 @@ export class RealDisk implements Disk {
     return done;
   }
 
-  private async removeInSteps(path: string): Promise<void> {
-    const abs = this.abs(path);
+  private async removeTreeInSteps(abs: string, path: string): Promise<void> {
+    let entries: fs.Dirent[];
+    try {
+      entries = await fs.promises.readdir(abs, { withFileTypes: true });
+    } catch (e) {
+      if (errnoOf(e) === 'ENOENT') return;
+      if (errnoOf(e) === 'ENOTDIR') return this.removeInSteps(abs, path);
+      throw this.ioError('removeTree', path, e);
+    }
+    for (const entry of entries) {
+      const child = nodePath.join(abs, entry.name);
+      if (entry.isDirectory()) await this.removeTreeInSteps(child, `${path}/${entry.name}`);
+      else await this.removeInSteps(child, `${path}/${entry.name}`);
+    }
+    try {
+      await fs.promises.rmdir(abs);
+    } catch (e) {
+      if (errnoOf(e) !== 'ENOENT') throw this.ioError('removeTree', path, e);
+    }
+  }
+
+  private async removeInSteps(abs: string, path: string): Promise<void> {
     let fh: fs.promises.FileHandle;
     try {
       fh = await fs.promises.open(abs, 'r+');

@@ -1,5 +1,9 @@
 import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as nodePath from 'node:path';
 import { DeviceHost, DEVICE_STALL_MS, deviceProblem, type ShardSpec } from '../../runtime/device-host';
+import { RealDisk } from '../../storage-engine/real-disk';
 import { SimDisk } from '../../storage-engine/sim-disk';
 import { StorageError } from '../../storage-engine/errors';
 import { ImageReader } from '../../storage-engine/image';
@@ -165,6 +169,50 @@ describe('DeviceHost supervision', () => {
     disk.powerCut();
     assert.deepEqual(disk.list('shards'), []);
     assert.throws(() => host.replica('v1', 0), (e: StorageError) => e.code === 'closed');
+  });
+});
+
+describe('DeviceHost on the real file system', () => {
+  let root: string;
+  beforeEach(() => {
+    root = fs.mkdtempSync(nodePath.join(os.tmpdir(), 'strata-device-'));
+  });
+  afterEach(() => fs.rmSync(root, { recursive: true, force: true }));
+
+  const shardDirs = (): string[] => fs.readdirSync(nodePath.join(root, 'shards')).sort();
+  async function until(what: string, ok: () => boolean): Promise<void> {
+    for (let waited = 0; !ok(); waited += 10) {
+      assert.ok(waited < 10_000, `still waiting: ${what}`);
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  }
+
+  it('closeShard with destroy renames the shard away and removes it in the background; an open removes what a crash left', async () => {
+    const disk = new RealDisk(root);
+    const removedHere: string[] = [];
+    const removeTree = disk.removeTree.bind(disk);
+    disk.removeTree = (dir: string): void => {
+      removedHere.push(dir);
+      removeTree(dir);
+    };
+    const host = new DeviceHost({ dir: root, self: 'n1', disk });
+    host.openShard(spec(0));
+    host.openShard(spec(1));
+    await (await leader(host, 0)).write([{ page: 0, data: page(9) }]);
+    host.closeShard('v1', 0, { destroy: true });
+    assert.deepEqual(removedHere, [], 'nothing removed on the calling thread');
+    assert.ok(!shardDirs().includes('v1.0'), 'gone from its place at once');
+    await until('the destroyed shard removed', () => shardDirs().length === 1);
+    assert.deepEqual(shardDirs(), ['v1.1']);
+    assert.equal(host.stats().discardFailures, 0);
+    await host.close();
+    // A crash while a destroyed shard was being removed leaves it renamed: the next open removes it.
+    fs.mkdirSync(nodePath.join(root, 'shards', 'v1.0.0.discard', 'log'), { recursive: true });
+    fs.writeFileSync(nodePath.join(root, 'shards', 'v1.0.0.discard', 'log', 'seg'), 'x');
+    const again = new DeviceHost({ dir: root, self: 'n1', disk: new RealDisk(root) });
+    await until('the leftover removed', () => shardDirs().length === 1);
+    assert.deepEqual(shardDirs(), ['v1.1']);
+    await again.close();
   });
 });
 

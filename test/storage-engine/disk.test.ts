@@ -6,7 +6,7 @@ import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as nodePath from 'node:path';
-import type { Disk } from '../../storage-engine/disk';
+import { DISCARD_SUFFIX, discardFile, discardTree, removeDiscarded, removeDiscardedTrees, type Disk } from '../../storage-engine/disk';
 import { StorageError } from '../../storage-engine/errors';
 import { RealDisk, REMOVE_QUEUE_MAX, REMOVE_STEP_BYTES } from '../../storage-engine/real-disk';
 import { SimDisk } from '../../storage-engine/sim-disk';
@@ -292,6 +292,27 @@ describe('RealDisk specifics', () => {
     assert.ok(fs.existsSync(nodePath.join(dir, 'a-dir')));
   });
 
+  it('removeTreeAsync removes a directory tree off the thread, after the removals before it', async () => {
+    const disk = new RealDisk(dir);
+    disk.mkdirp('t/a/b');
+    const fh = disk.open('t/a/big', { create: true });
+    disk.write(fh, new Uint8Array(2 * REMOVE_STEP_BYTES + 1).fill(1), 0);
+    disk.close(fh);
+    fs.writeFileSync(nodePath.join(dir, 't', 'a', 'b', 'small'), 'x');
+    fs.writeFileSync(nodePath.join(dir, 'first'), 'x');
+    let treeGoneWhenNextDone: boolean | undefined;
+    const tree = disk.removeTreeAsync('t');
+    const next = disk.removeAsync('first').then(() => void (treeGoneWhenNextDone = !fs.existsSync(nodePath.join(dir, 't'))));
+    assert.ok(fs.existsSync(nodePath.join(dir, 't', 'a', 'big')), 'nothing removed on the calling thread');
+    await Promise.all([tree, next]);
+    assert.equal(treeGoneWhenNextDone, true, 'the removal queued after the tree waited for all of it');
+    assert.deepEqual(fs.readdirSync(dir), []);
+    await disk.removeTreeAsync('never-there');
+    fs.writeFileSync(nodePath.join(dir, 'plain'), 'x');
+    await disk.removeTreeAsync('plain');
+    assert.deepEqual(fs.readdirSync(dir), [], 'a file given as the tree is removed too');
+  });
+
   it(`removeAsync removes at once beyond ${REMOVE_QUEUE_MAX} waiting removals`, async () => {
     const disk = new RealDisk(dir);
     const n = REMOVE_QUEUE_MAX + 1;
@@ -311,5 +332,46 @@ describe('RealDisk specifics', () => {
     assert.equal(e.details?.['path'], 'file');
     assert.ok(e.cause instanceof Error);
     assert.equal((e.cause as NodeJS.ErrnoException).code, 'ENOTDIR');
+  });
+});
+
+describe('discardFile and discardTree', () => {
+  it('without background removal they remove at once; with it they rename away and hand the file or tree over', () => {
+    const disk = new SimDisk();
+    disk.mkdirp('d/s/x');
+    const put = (path: string): void => {
+      const fh = disk.open(path, { create: true });
+      disk.close(fh);
+    };
+    put('d/f1');
+    put('d/s/x/g');
+    discardFile(disk, 'd/f1');
+    discardTree(disk, 'd/s');
+    assert.deepEqual(disk.list('d'), [], 'removed at once');
+    discardTree(disk, 'd/never-there');
+
+    const handed: string[] = [];
+    const background = disk as Disk;
+    background.removeAsync = (path: string): Promise<void> => {
+      handed.push(`file ${path}`);
+      return Promise.resolve();
+    };
+    background.removeTreeAsync = (path: string): Promise<void> => {
+      handed.push(`tree ${path}`);
+      return Promise.resolve();
+    };
+    put('d/f1');
+    disk.mkdirp('d/s/x');
+    discardFile(disk, 'd/f1');
+    discardTree(disk, 'd/s');
+    disk.mkdirp('d/s');
+    discardTree(disk, 'd/s');
+    assert.deepEqual(handed, [`file d/f1${DISCARD_SUFFIX}`, `tree d/s.0${DISCARD_SUFFIX}`, `tree d/s.1${DISCARD_SUFFIX}`]);
+    assert.deepEqual(disk.list('d'), [`f1${DISCARD_SUFFIX}`, `s.0${DISCARD_SUFFIX}`, `s.1${DISCARD_SUFFIX}`]);
+    // What a crash leaves is handed over again when the directory is next opened.
+    handed.length = 0;
+    assert.equal(removeDiscarded(disk, 'd', ['keep', `f1${DISCARD_SUFFIX}`]), 1);
+    assert.equal(removeDiscardedTrees(disk, 'd', disk.list('d')), 3);
+    assert.deepEqual(handed, [`file d/f1${DISCARD_SUFFIX}`, `tree d/f1${DISCARD_SUFFIX}`, `tree d/s.0${DISCARD_SUFFIX}`, `tree d/s.1${DISCARD_SUFFIX}`]);
   });
 });
