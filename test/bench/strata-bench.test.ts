@@ -4,6 +4,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { WARMUP_OPS_MIN, evaluateTargets, parseBenchArgs, runBench, summarizeCpuProfile, type BenchResult } from "../../bench/strata-bench";
 import { WorkloadGenerator, payloadPages, SeededRandom, type Workload } from "../../bench/workloads";
+import { startCluster } from "../../cluster/in-process-cluster";
 
 function assertOrdered(summary: { min: number; p50: number; p90: number; p99: number; p999: number; max: number }): void {
   const points = [summary.min, summary.p50, summary.p90, summary.p99, summary.p999, summary.max];
@@ -169,6 +170,38 @@ describe("bench/strata-bench", function () {
     // Targets computed from such a result mark the R=3 rows, never throw.
     const rows = evaluateTargets(r3.groups);
     assert.ok(rows.every((r) => r.status === "not available in this build"));
+  });
+
+  it("benchmarks a running cluster (--nats): its volume is made and removed there, a missing JetStream is not available", async () => {
+    const cluster = await startCluster({ nodes: 1, hosts: 1, cluster: "running" });
+    try {
+      const r = await runBench({
+        workload: "randwrite",
+        queueDepth: 4,
+        ops: 40,
+        rounds: 2,
+        warmupMs: 0,
+        volumePages: 64,
+        shards: 2,
+        baselines: ["nats-echo", "jetstream-publish"],
+        target: { natsUrl: cluster.natsUrl, cluster: "running" },
+        resultsDir: null,
+        quiet: true,
+      });
+      assert.equal(r.target.kind, "running");
+      assert.equal(r.target.natsUrl, cluster.natsUrl);
+      const s = r.groups[0]!.subjects[0]!;
+      assert.ok(s.available, s.unavailableReason);
+      assert.equal(s.ops, 40);
+      assert.equal(s.volume?.shards, 2);
+      const [echo, js] = r.groups[0]!.baselines;
+      assert.ok(echo!.available && echo!.ops === 40, echo!.unavailableReason);
+      assert.equal(js!.available, false);
+      assert.match(js!.unavailableReason!, /JetStream is not available/);
+      assert.deepEqual(await cluster.client.listVolumes(), [], "the benchmark's volume is removed");
+    } finally {
+      await cluster.stop();
+    }
   });
 
   it("parses the command line and refuses bad flags", () => {
