@@ -669,6 +669,8 @@ export class StrataNode {
         // Replicas reopened because they found their storage damaged; the background scrub's progress.
         damageReopens: h.device?.damageReopens ?? 0,
         ...(h.device?.scrub ? { scrub: h.device.scrub } : {}),
+        // Background removals of files let go (trimmed segments, old images, destroyed shards) that failed.
+        discardFailures: h.device?.discardFailures ?? 0,
         mailbox: h.mailbox,
       })),
       shards,

@@ -124,6 +124,7 @@ export interface HostSnapshot {
         restarts: number;
         damageReopens?: number;
         scrub?: { bytes: number; passes: number; damage: number };
+        discardFailures?: number;
         shards: readonly ShardSnapshot[];
       }
     | undefined;
@@ -248,6 +249,7 @@ export class StrataMetrics {
       scrubPasses: counter('strata_scrub_passes', 'Passes of the background scrub over a replica (its newest image, then its durable log) completed.'),
       scrubDamage: counter('strata_scrub_damage', 'Damage the background scrub found (a replica of several then reopens without the damaged images; a sole copy is reported once per change).'),
       damageReopens: counter('strata_replica_damage_reopens', 'Replicas reopened because they found their own storage damaged while running (counted in strata_actor_restarts too).'),
+      discardFailures: counter('strata_discard_failures', 'Background removals of files let go (trimmed log segments, images a checkpoint dropped, destroyed shards) that failed; each leftover is removed when its directory is next opened.'),
     };
     this.observables = Object.values(o);
     this.batchCallback = async (r) => {
@@ -339,6 +341,7 @@ export class StrataMetrics {
       if (dev === undefined) continue;
       observe(o.restarts!, dev.restarts, { ...hostAttrs, kind: 'shard' });
       observe(o.damageReopens!, dev.damageReopens ?? 0, hostAttrs);
+      observe(o.discardFailures!, dev.discardFailures ?? 0, hostAttrs);
       if (dev.scrub !== undefined) {
         observe(o.scrubBytes!, dev.scrub.bytes, hostAttrs);
         observe(o.scrubPasses!, dev.scrub.passes, hostAttrs);

@@ -11,7 +11,7 @@
  *   <device>/shards/<volumeId>.<shard>.<n>.discard/...   a destroyed one, being removed in the background
  */
 import type { Disk } from '../storage-engine/disk';
-import { discardTree, joinPath, removeDiscardedTrees } from '../storage-engine/disk';
+import { discardTree, joinPath, removeDiscarded, removeInBackground } from '../storage-engine/disk';
 import { RealDisk } from '../storage-engine/real-disk';
 import { Slab } from '../storage-engine/slab';
 import { ShardStorage } from '../storage-engine/shard-storage';
@@ -138,7 +138,10 @@ export interface DeviceHostStats {
   /** The background scrub: bytes checked, passes over a replica completed, damage found (a sole copy's counted once per change). */
   scrub: { bytes: number; passes: number; damage: number };
   fsyncFaultsInjected: number;
-  /** Destroyed shards' files whose removal in the background failed; removed when the device is next opened. */
+  /**
+   * Background removals on this device that failed (trimmed log segments, images a checkpoint let
+   * go, destroyed shards); each leftover is removed when its directory is next opened.
+   */
   discardFailures: number;
   shards: ReplicaState[];
 }
@@ -172,10 +175,6 @@ export class DeviceHost {
   private readonly shards = new Map<string, ShardEntry>();
   private readonly slab: Slab;
   private restartsTotal = 0;
-  private discardFailures = 0;
-  private readonly onDiscardError = (): void => {
-    this.discardFailures++;
-  };
   private damageReopensTotal = 0;
   /** Background scrub: a step is running; when the next may start; whose turn it is. */
   private scrubRunning = false;
@@ -209,7 +208,8 @@ export class DeviceHost {
     }
     this.disk.mkdirp('shards');
     // Destroyed shards whose removal in the background a crash cut short.
-    removeDiscardedTrees(this.disk, 'shards', this.disk.list('shards'), this.onDiscardError);
+    // (A failed removal is counted by the disk wrapper, in stats().discardFailures.)
+    removeDiscarded(this.disk, 'shards', this.disk.list('shards'));
   }
 
   /** Opens (creating or recovering) a replica on this device. Idempotent. */
@@ -266,8 +266,9 @@ export class DeviceHost {
     if (opts.destroy) {
       // Renamed away here, removed in the background: a shard of a few GiB is tens of 64 MiB
       // segments, 20–30 ms each to free, which would stall every other shard of the thread.
-      discardTree(this.disk, joinPath('shards', key), this.onDiscardError);
+      const gone = discardTree(this.disk, joinPath('shards', key));
       this.disk.fsyncDir('shards');
+      if (gone !== undefined) removeInBackground(this.disk, [gone]);
     }
   }
 
@@ -349,7 +350,7 @@ export class DeviceHost {
       damageReopens: this.damageReopensTotal,
       scrub: { ...this.scrubCounters },
       fsyncFaultsInjected: this.faulty.injected,
-      discardFailures: this.discardFailures,
+      discardFailures: this.faulty.backgroundRemoveFailures,
       shards: [...this.shards.values()].map((e) => this.stateOf(e)),
     };
   }

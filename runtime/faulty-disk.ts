@@ -9,6 +9,8 @@ import { StorageError } from '../storage-engine/errors';
 export class FaultyDisk implements Disk {
   private fsyncFailures = 0;
   injected = 0;
+  /** Background removals (`removeAsync`, `removeTreeAsync`) that failed; the next open removes their files. */
+  backgroundRemoveFailures = 0;
 
   constructor(private readonly inner: Disk) {}
 
@@ -76,18 +78,23 @@ export class FaultyDisk implements Disk {
   remove(path: string): void {
     this.inner.remove(path);
   }
-  /** Over a disk without a background removal, removes at once. */
+  /** Over a disk without a background removal, removes at once. Failures are counted. */
   async removeAsync(path: string): Promise<void> {
     if (this.inner.removeAsync === undefined) return this.inner.remove(path);
-    return this.inner.removeAsync(path);
+    return this.inner.removeAsync(path).catch((e: unknown) => this.backgroundFailed(e));
   }
   removeTree(dir: string): void {
     this.inner.removeTree(dir);
   }
-  /** Over a disk without a background removal, removes at once. */
+  /** Over a disk without a background removal, removes at once. Failures are counted. */
   async removeTreeAsync(dir: string): Promise<void> {
     if (this.inner.removeTreeAsync === undefined) return this.inner.removeTree(dir);
-    return this.inner.removeTreeAsync(dir);
+    return this.inner.removeTreeAsync(dir).catch((e: unknown) => this.backgroundFailed(e));
+  }
+
+  private backgroundFailed(e: unknown): never {
+    this.backgroundRemoveFailures++;
+    throw e;
   }
   exists(path: string): boolean {
     return this.inner.exists(path);

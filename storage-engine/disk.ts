@@ -79,97 +79,90 @@ export function joinPath(...parts: string[]): string {
 }
 
 /**
- * Suffix of a file renamed away to be removed in the background (`discardFile`). No log segment,
- * image or metadata name ends with it, so whatever opens a directory ignores such a file, and
- * removes it (`removeDiscarded`) in case a crash came before the background removal did.
+ * Suffix of a file or directory renamed away to be removed in the background (`discardFile`,
+ * `discardTree`). No log segment, image or metadata name ends with it, so whatever opens a
+ * directory ignores such an entry, and removes it (`removeDiscarded`) in case a crash came
+ * before the background removal did.
  */
 export const DISCARD_SUFFIX = '.discard';
 
-/** True for the name of a file `discardFile` renamed away. */
+/** True for the name of an entry `discardFile` or `discardTree` renamed away. */
 export function isDiscardedName(name: string): boolean {
   return name.endsWith(DISCARD_SUFFIX);
 }
 
+/** An entry renamed away, for `removeInBackground` once the rename is durable. */
+export interface Discarded {
+  path: string;
+  tree: boolean;
+}
+
 /**
- * Removes `path` without freeing its blocks on this thread: renames it to `path` +
- * DISCARD_SUFFIX (so it is gone as far as its directory's owner is concerned, durably once the
- * caller fsyncs the directory, in the same order as a `remove` would be), then removes the
- * renamed file with `removeAsync` when the disk has it, else at once. A background removal that
- * fails leaves the renamed file for `removeDiscarded` at the next open; `onBackgroundError`
- * hears of it (the caller counts it: there is nobody to throw to).
+ * The first half of removing `path` without freeing its blocks on this thread: renames it to
+ * `path` + DISCARD_SUFFIX, so it is gone as far as its directory's owner is concerned (durably
+ * once the caller fsyncs the directory, in the same order as a `remove` would be). Once that
+ * fsync succeeded, the caller hands the result to `removeInBackground`: cut before its rename is
+ * durable, a file could come back short after a power cut.
  */
-export function discardFile(disk: Disk, path: string, onBackgroundError?: (err: unknown) => void): void {
+export function discardFile(disk: Disk, path: string): Discarded {
   const discarded = path + DISCARD_SUFFIX;
   disk.rename(path, discarded);
-  removeLater(disk, discarded, onBackgroundError);
-}
-
-/**
- * Removes the files of `dir` (given as the names its listing returned) that `discardFile`
- * renamed away and a crash left behind, the same way. Returns how many there were. Their
- * removal need not be durable: one left again is removed again.
- */
-export function removeDiscarded(disk: Disk, dir: string, names: readonly string[], onBackgroundError?: (err: unknown) => void): number {
-  let n = 0;
-  for (const name of names) {
-    if (!isDiscardedName(name)) continue;
-    removeLater(disk, joinPath(dir, name), onBackgroundError);
-    n++;
-  }
-  return n;
-}
-
-function removeLater(disk: Disk, path: string, onBackgroundError: ((err: unknown) => void) | undefined): void {
-  if (disk.removeAsync === undefined) {
-    disk.remove(path);
-    return;
-  }
-  disk.removeAsync(path).catch((err: unknown) => onBackgroundError?.(err));
+  return { path: discarded, tree: false };
 }
 
 /** Most `<dir>.<n>.discard` names `discardTree` tries before it removes in place. */
 const DISCARD_NAMES_MAX = 64;
 
 /**
- * Removes the directory `dir` and its files without freeing their blocks on this thread: renames
- * it to `<dir>.<n>.discard` (the lowest `n` not in use; durable once the caller fsyncs the parent),
- * then removes that tree with `removeTreeAsync` when the disk has it, else at once. Removing a
- * shard of a few GiB frees tens of 64 MiB segments, 20–30 ms each on this machine: seconds of a
- * stalled thread. No error if `dir` does not exist. A renamed tree a crash left is removed by
- * `removeDiscardedTrees` when the parent is next opened.
+ * `discardFile` for the directory `dir` and everything under it: renamed to `<dir>.<n>.discard`
+ * (the lowest `n` not in use). Removing a shard of a few GiB frees tens of 64 MiB segments,
+ * 20–30 ms each on this machine: seconds of a stalled thread. Undefined when there is nothing
+ * to hand over: `dir` does not exist, or it was removed at once (a disk without
+ * `removeTreeAsync`, or every name in use).
  */
-export function discardTree(disk: Disk, dir: string, onBackgroundError?: (err: unknown) => void): void {
-  if (!disk.exists(dir)) return;
-  if (disk.removeTreeAsync === undefined) {
-    disk.removeTree(dir);
-    return;
-  }
+export function discardTree(disk: Disk, dir: string): Discarded | undefined {
+  if (!disk.exists(dir)) return undefined;
   let discarded: string | undefined;
-  for (let n = 0; n < DISCARD_NAMES_MAX && discarded === undefined; n++) {
-    const name = `${dir}.${n}${DISCARD_SUFFIX}`;
-    if (!disk.exists(name)) discarded = name;
+  if (disk.removeTreeAsync !== undefined) {
+    for (let n = 0; n < DISCARD_NAMES_MAX && discarded === undefined; n++) {
+      const name = `${dir}.${n}${DISCARD_SUFFIX}`;
+      if (!disk.exists(name)) discarded = name;
+    }
   }
   if (discarded === undefined) {
-    // As many earlier removals of the same directory still running: not worth a name more.
     disk.removeTree(dir);
-    return;
+    return undefined;
   }
   disk.rename(dir, discarded);
-  disk.removeTreeAsync(discarded).catch((err: unknown) => onBackgroundError?.(err));
+  return { path: discarded, tree: true };
 }
 
 /**
- * Removes the entries of `dir` (the names its listing returned) that `discardTree` renamed away
- * and a crash left behind, in the background when the disk can. Returns how many there were.
+ * The second half: removes what `discardFile` / `discardTree` renamed away, with the disk's
+ * `removeAsync` / `removeTreeAsync` when it has them, else at once. A background removal that
+ * fails leaves the entry for `removeDiscarded` at the next open; `onBackgroundError` hears of it
+ * (the caller counts it: there is nobody to throw to).
  */
-export function removeDiscardedTrees(disk: Disk, dir: string, names: readonly string[], onBackgroundError?: (err: unknown) => void): number {
-  let n = 0;
-  for (const name of names) {
-    if (!isDiscardedName(name)) continue;
-    const path = joinPath(dir, name);
-    if (disk.removeTreeAsync === undefined) disk.removeTree(path);
-    else disk.removeTreeAsync(path).catch((err: unknown) => onBackgroundError?.(err));
-    n++;
+export function removeInBackground(disk: Disk, items: readonly Discarded[], onBackgroundError?: (err: unknown) => void): void {
+  for (const { path, tree } of items) {
+    const background = tree ? disk.removeTreeAsync?.bind(disk) : disk.removeAsync?.bind(disk);
+    if (background === undefined) {
+      if (tree) disk.removeTree(path);
+      else disk.remove(path);
+      continue;
+    }
+    background(path).catch((err: unknown) => onBackgroundError?.(err));
   }
-  return n;
+}
+
+/**
+ * Removes the entries of `dir` (the names its listing returned) that were renamed away and that
+ * a crash left behind, as `removeInBackground` (each as a tree: a file given as a tree is removed
+ * too). Returns how many there were. Their removal need not be durable: one left again is
+ * removed again.
+ */
+export function removeDiscarded(disk: Disk, dir: string, names: readonly string[], onBackgroundError?: (err: unknown) => void): number {
+  const items = names.filter(isDiscardedName).map((name) => ({ path: joinPath(dir, name), tree: true }));
+  removeInBackground(disk, items, onBackgroundError);
+  return items.length;
 }

@@ -22,7 +22,7 @@
  * All IO goes through the synchronous Disk interface; the log is not thread-safe and is meant to
  * be driven by one DeviceQueue.
  */
-import { discardFile, joinPath, parentDir, removeDiscarded, type Disk, type FileHandle } from './disk';
+import { discardFile, joinPath, parentDir, removeDiscarded, removeInBackground, type Disk, type FileHandle } from './disk';
 import { assert, CorruptionError, StorageError, type CorruptionReport } from './errors';
 import {
   decodeSegmentHeader,
@@ -547,12 +547,13 @@ export class SegmentLog {
         assert(!this.dirty.has(seg), 'a sealed segment has no unsynced data', { segment: seg.name });
         this.closeHandle(seg);
         this.segments.shift();
-        // Renamed away here, its blocks freed in the background: removing a whole segment takes
-        // tens of ms, which would stall every shard of this thread.
-        discardFile(this.disk, this.pathOf(seg.name), this.onDiscardError);
+        // Renamed away here, its blocks freed in the background once the rename is durable:
+        // removing a whole segment takes tens of ms, which would stall every shard of this thread.
+        const gone = discardFile(this.disk, this.pathOf(seg.name));
         // One directory fsync per removal: removals must reach the disk oldest first, or a power
         // cut could leave a gap in the middle of the log, which recovery would call corruption.
         this.disk.fsyncDir(this.dir);
+        removeInBackground(this.disk, [gone], this.onDiscardError);
       }
     } catch (e) {
       throw this.fail(e);

@@ -12,7 +12,7 @@
  * it is the image's page (cache, else an image read), or zeros if the image does not store it.
  */
 import { requestArena } from './arena';
-import { discardFile, joinPath, parentDir, removeDiscarded, type Disk } from './disk';
+import { discardFile, joinPath, parentDir, removeDiscarded, removeInBackground, type Discarded, type Disk } from './disk';
 import { assert, CorruptionError, StorageError, type CorruptionReport } from './errors';
 import { ImageReader, ImageWriter, imageFileName, isImageTempFileName, parseImageFileName, IMAGE_PAGE_COUNT_MAX } from './image';
 import type { SegmentLog } from './log';
@@ -514,16 +514,16 @@ export class PageStore {
     assert(floor === 0 || this.images[0]!.lsn === floor, 'the floor is a kept image');
 
     const keptLsns = new Set(this.images.map((r) => r.lsn));
-    let removed = 0;
+    const gone: Discarded[] = [];
     for (const name of this.disk.list(this.dir)) {
       const l = parseImageFileName(name);
-      if (l !== undefined && !keptLsns.has(l)) {
-        // Its blocks are freed in the background, off this thread (as the log's trimmed segments).
-        discardFile(this.disk, joinPath(this.dir, name), this.onDiscardError);
-        removed++;
-      }
+      // Its blocks are freed in the background, off this thread (as the log's trimmed segments).
+      if (l !== undefined && !keptLsns.has(l)) gone.push(discardFile(this.disk, joinPath(this.dir, name)));
     }
-    if (removed > 0) this.disk.fsyncDir(this.dir);
+    if (gone.length > 0) {
+      this.disk.fsyncDir(this.dir);
+      removeInBackground(this.disk, gone, this.onDiscardError);
+    }
     if (floor > 0 && this.log.firstLsn <= floor) this.log.trimPrefix(floor);
     return { lsn, file: imageFileName(lsn) };
   }

@@ -350,7 +350,9 @@ export class RealDisk implements Disk {
     for (const entry of entries) {
       const child = nodePath.join(abs, entry.name);
       if (entry.isDirectory()) await this.removeTreeInSteps(child, `${path}/${entry.name}`);
-      else await this.removeInSteps(child, `${path}/${entry.name}`);
+      else if (entry.isFile()) await this.removeInSteps(child, `${path}/${entry.name}`);
+      // A link or another special file: removed, never followed.
+      else await this.unlink(child, `${path}/${entry.name}`);
     }
     try {
       await fs.promises.rmdir(abs);
@@ -362,9 +364,13 @@ export class RealDisk implements Disk {
   private async removeInSteps(abs: string, path: string): Promise<void> {
     let fh: fs.promises.FileHandle;
     try {
-      fh = await fs.promises.open(abs, 'r+');
+      // Never through a symbolic link: the link is what goes, not what it points to.
+      fh = await fs.promises.open(abs, fs.constants.O_RDWR | fs.constants.O_NOFOLLOW);
     } catch (e) {
-      if (errnoOf(e) === 'ENOENT') return;
+      const errno = errnoOf(e);
+      if (errno === 'ENOENT') return;
+      // A link, a file we may not write or a directory: no cutting, the unlink decides.
+      if (errno === 'ELOOP' || errno === 'EACCES' || errno === 'EPERM' || errno === 'EISDIR') return this.unlink(abs, path);
       throw this.ioError('remove', path, e);
     }
     try {
@@ -379,7 +385,11 @@ export class RealDisk implements Disk {
     } finally {
       await fh.close().catch(() => undefined);
     }
-    await new Promise<void>((resolve, reject) => {
+    await this.unlink(abs, path);
+  }
+
+  private unlink(abs: string, path: string): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
       fs.unlink(abs, (e) => (e && errnoOf(e) !== 'ENOENT' ? reject(this.ioError('remove', path, e)) : resolve()));
     });
   }

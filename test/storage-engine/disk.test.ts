@@ -6,7 +6,7 @@ import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as nodePath from 'node:path';
-import { DISCARD_SUFFIX, discardFile, discardTree, removeDiscarded, removeDiscardedTrees, type Disk } from '../../storage-engine/disk';
+import { DISCARD_SUFFIX, discardFile, discardTree, removeDiscarded, removeInBackground, type Disk } from '../../storage-engine/disk';
 import { StorageError } from '../../storage-engine/errors';
 import { RealDisk, REMOVE_QUEUE_MAX, REMOVE_STEP_BYTES } from '../../storage-engine/real-disk';
 import { SimDisk } from '../../storage-engine/sim-disk';
@@ -313,6 +313,20 @@ describe('RealDisk specifics', () => {
     assert.deepEqual(fs.readdirSync(dir), [], 'a file given as the tree is removed too');
   });
 
+  it('background removals remove a symbolic link, never what it points to, and files they may not write', async () => {
+    const disk = new RealDisk(dir);
+    fs.writeFileSync(nodePath.join(dir, 'target'), 'keep me');
+    fs.symlinkSync(nodePath.join(dir, 'target'), nodePath.join(dir, 'link'));
+    disk.mkdirp('t');
+    fs.symlinkSync(nodePath.join(dir, 'target'), nodePath.join(dir, 't', 'link'));
+    fs.writeFileSync(nodePath.join(dir, 't', 'readonly'), 'x');
+    fs.chmodSync(nodePath.join(dir, 't', 'readonly'), 0o444);
+    await disk.removeAsync('link');
+    await disk.removeTreeAsync('t');
+    assert.deepEqual(fs.readdirSync(dir), ['target']);
+    assert.equal(fs.readFileSync(nodePath.join(dir, 'target'), 'utf8'), 'keep me');
+  });
+
   it(`removeAsync removes at once beyond ${REMOVE_QUEUE_MAX} waiting removals`, async () => {
     const disk = new RealDisk(dir);
     const n = REMOVE_QUEUE_MAX + 1;
@@ -335,8 +349,8 @@ describe('RealDisk specifics', () => {
   });
 });
 
-describe('discardFile and discardTree', () => {
-  it('without background removal they remove at once; with it they rename away and hand the file or tree over', () => {
+describe('discardFile, discardTree and removeInBackground', () => {
+  it('rename away first; the removal, handed over after, runs in the background or at once', () => {
     const disk = new SimDisk();
     disk.mkdirp('d/s/x');
     const put = (path: string): void => {
@@ -345,10 +359,15 @@ describe('discardFile and discardTree', () => {
     };
     put('d/f1');
     put('d/s/x/g');
-    discardFile(disk, 'd/f1');
-    discardTree(disk, 'd/s');
+    // A disk without background removal: the file is renamed, then removed when handed over; a
+    // tree is removed at once (there is nothing to hand over).
+    const f1 = discardFile(disk, 'd/f1');
+    assert.deepEqual(f1, { path: `d/f1${DISCARD_SUFFIX}`, tree: false });
+    assert.deepEqual(disk.list('d'), [`f1${DISCARD_SUFFIX}`, 's'], 'renamed, not removed yet');
+    removeInBackground(disk, [f1]);
+    assert.equal(discardTree(disk, 'd/s'), undefined);
     assert.deepEqual(disk.list('d'), [], 'removed at once');
-    discardTree(disk, 'd/never-there');
+    assert.equal(discardTree(disk, 'd/never-there'), undefined);
 
     const handed: string[] = [];
     const background = disk as Disk;
@@ -362,16 +381,16 @@ describe('discardFile and discardTree', () => {
     };
     put('d/f1');
     disk.mkdirp('d/s/x');
-    discardFile(disk, 'd/f1');
-    discardTree(disk, 'd/s');
+    const gone = [discardFile(disk, 'd/f1'), discardTree(disk, 'd/s')!];
     disk.mkdirp('d/s');
-    discardTree(disk, 'd/s');
+    gone.push(discardTree(disk, 'd/s')!);
+    assert.deepEqual(handed, [], 'nothing removed before it is handed over');
+    removeInBackground(disk, gone);
     assert.deepEqual(handed, [`file d/f1${DISCARD_SUFFIX}`, `tree d/s.0${DISCARD_SUFFIX}`, `tree d/s.1${DISCARD_SUFFIX}`]);
     assert.deepEqual(disk.list('d'), [`f1${DISCARD_SUFFIX}`, `s.0${DISCARD_SUFFIX}`, `s.1${DISCARD_SUFFIX}`]);
-    // What a crash leaves is handed over again when the directory is next opened.
+    // What a crash leaves is handed over again (each as a tree) when the directory is next opened.
     handed.length = 0;
-    assert.equal(removeDiscarded(disk, 'd', ['keep', `f1${DISCARD_SUFFIX}`]), 1);
-    assert.equal(removeDiscardedTrees(disk, 'd', disk.list('d')), 3);
-    assert.deepEqual(handed, [`file d/f1${DISCARD_SUFFIX}`, `tree d/f1${DISCARD_SUFFIX}`, `tree d/s.0${DISCARD_SUFFIX}`, `tree d/s.1${DISCARD_SUFFIX}`]);
+    assert.equal(removeDiscarded(disk, 'd', ['keep', ...disk.list('d')]), 3);
+    assert.deepEqual(handed, [`tree d/f1${DISCARD_SUFFIX}`, `tree d/s.0${DISCARD_SUFFIX}`, `tree d/s.1${DISCARD_SUFFIX}`]);
   });
 });

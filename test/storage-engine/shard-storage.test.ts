@@ -3,10 +3,14 @@
  * and installing an image received from a leader only once all of it checks out.
  */
 import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as nodePath from 'node:path';
 import { CorruptionError, type CorruptionReport } from '../../storage-engine/errors';
 import { imageFileName } from '../../storage-engine/image';
 import { encodePageWrite } from '../../storage-engine/page-write';
 import { parseSegmentName } from '../../storage-engine/log-segment';
+import { RealDisk } from '../../storage-engine/real-disk';
 import { ShardStorage, type ShardStorageOptions } from '../../storage-engine/shard-storage';
 import { SimDisk, SimulatedCrash } from '../../storage-engine/sim-disk';
 import { Slab } from '../../storage-engine/slab';
@@ -44,6 +48,44 @@ function whileOpen(disk: SimDisk, opts: ShardStorageOptions, check: (st: ShardSt
 }
 
 describe('ShardStorage', () => {
+  it('a check of an image a checkpoint let go meanwhile ends quietly when the image is cut away in the background', async () => {
+    const root = fs.mkdtempSync(nodePath.join(os.tmpdir(), 'strata-shard-'));
+    try {
+      const disk = new RealDisk(root);
+      const big = { ...options('S'), pageCount: 2048, cacheBytesMax: 1 << 20, segmentBytesMax: 64 * 1024 * 1024 };
+      const st = ShardStorage.open(disk, big);
+      let lsn = 0;
+      /** Writes `count` pages from `first` (one record per 256 pages), applies them and checkpoints. */
+      const writeAndCheckpoint = (first: number, count: number): void => {
+        for (let at = first; at < first + count; at += 256) {
+          const pages = Array.from({ length: Math.min(256, first + count - at) }, (_, k) => ({ page: at + k, data: new Uint8Array(PAGE).fill((lsn + 1) & 0xff) }));
+          st.log.write([{ term: 1, kind: 1, payload: encodePageWrite(PAGE, pages) }]);
+          st.log.sync();
+          lsn++;
+          st.store.apply(st.log.read(lsn, lsn)[0]!);
+        }
+        st.store.checkpoint();
+      };
+      writeAndCheckpoint(0, 2048); // an 8 MiB image
+      const checked = st.newestLsn();
+      const steps = st.verifySteps(checked);
+      assert.equal(steps.next().done, false, 'the check is under way');
+      writeAndCheckpoint(0, 1);
+      writeAndCheckpoint(1, 1); // the checked image is let go, renamed away and cut in the background
+      const name = imageFileName(checked);
+      for (let waited = 0; fs.readdirSync(nodePath.join(root, 'S')).some((n) => n.startsWith(name)); waited += 10) {
+        assert.ok(waited < 10_000, 'the let-go image was not removed');
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      let n = 0;
+      while (steps.next().done !== true) n++;
+      assert.ok(n < 64, `ended after ${n} more steps, without a CorruptionError`);
+      st.close();
+    } finally {
+      fs.rmSync(root, { recursive: true, force: true });
+    }
+  });
+
   it('opens from the newest image the log covers when its checkpoint pointer is unreadable', () => {
     const disk = new SimDisk();
     const st = ShardStorage.open(disk, options('S'));
