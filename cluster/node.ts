@@ -413,6 +413,11 @@ export class StrataNode {
     for (const s of this.nodeMeta.shards.filter((x) => dead.has(x.volumeId))) {
       await this.destroyShards(s.volumeId, [s.shard]);
     }
+    // Files of deleted volumes that this node forgot but did not destroy (a crash between the two).
+    if (dead.size > 0) {
+      const destroyed = await this.pool!.destroyLeftovers([...dead]);
+      if (destroyed.length > 0) this.log.info('destroyed the leftover files of deleted volumes', { shards: destroyed });
+    }
     this.reconciledEpoch = a.epoch;
   }
 
@@ -431,8 +436,9 @@ export class StrataNode {
   private async destroyShards(volumeId: string, shards: number[]): Promise<void> {
     const drop = new Set(shards.map((s) => `${volumeId}.${s}`));
     const victims = this.nodeMeta.shards.filter((a) => drop.has(shardId(a)));
-    // Forget them durably first: a crash half-way leaves files that nothing references, never
-    // a catalog entry pointing at destroyed files.
+    // Forget them durably first: a crash half-way leaves files that nothing references (the next
+    // reconciliation destroys them: destroyLeftovers), never a catalog entry pointing at
+    // destroyed files.
     this.persist({ ...this.nodeMeta, shards: this.nodeMeta.shards.filter((a) => !drop.has(shardId(a))) });
     for (const a of victims) await this.pool!.closeShard(a.hostId, a.volumeId, a.shard, true);
   }

@@ -126,6 +126,8 @@ export interface HostApi {
   init(config: HostConfig): Promise<void>;
   openShard(spec: ShardSpec): Promise<void>;
   closeShard(volumeId: string, shard: number, destroy: boolean): Promise<void>;
+  /** DeviceHost.destroyLeftovers: shard directories of deleted volumes that no replica uses. */
+  destroyLeftovers(volumeIds: string[]): Promise<string[]>;
   /** Replica.forceVote of this host's replica of a shard (operator override of a repair). */
   forceVote(volumeId: string, shard: number): Promise<ForceVoteResult>;
   checkpoint(): Promise<void>;
@@ -306,6 +308,10 @@ export class ActorHost implements HostApi {
       this.mailboxes.delete(key);
     }
     device.closeShard(volumeId, shard, { destroy });
+  }
+
+  async destroyLeftovers(volumeIds: string[]): Promise<string[]> {
+    return this.ready().device.destroyLeftovers(new Set(volumeIds));
   }
 
   async forceVote(volumeId: string, shard: number): Promise<ForceVoteResult> {

@@ -11,7 +11,7 @@
  *   <device>/shards/<volumeId>.<shard>.<n>.discard/...   a destroyed one, being removed in the background
  */
 import type { Disk } from '../storage-engine/disk';
-import { discardTree, joinPath, removeDiscarded, removeInBackground } from '../storage-engine/disk';
+import { discardTree, isDiscardedName, joinPath, removeDiscarded, removeInBackground, type Discarded } from '../storage-engine/disk';
 import { RealDisk } from '../storage-engine/real-disk';
 import { Slab } from '../storage-engine/slab';
 import { ShardStorage } from '../storage-engine/shard-storage';
@@ -270,6 +270,30 @@ export class DeviceHost {
       this.disk.fsyncDir('shards');
       if (gone !== undefined) removeInBackground(this.disk, [gone]);
     }
+  }
+
+  /**
+   * Destroys the shard directories of deleted volumes (`volumeIds`) that no open replica of this
+   * device uses: leftovers of a destroy a crash cut short (the node forgets a shard durably
+   * before it destroys its files). Renamed away and removed in the background, as `closeShard`
+   * with destroy does. Returns the directories destroyed.
+   */
+  destroyLeftovers(volumeIds: ReadonlySet<string>): string[] {
+    const gone: Discarded[] = [];
+    const names: string[] = [];
+    for (const name of this.disk.list('shards')) {
+      if (isDiscardedName(name)) continue;
+      const dot = name.lastIndexOf('.');
+      const volumeId = name.slice(0, dot);
+      if (dot <= 0 || !/^\d+$/.test(name.slice(dot + 1)) || !volumeIds.has(volumeId) || this.shards.has(name)) continue;
+      const g = discardTree(this.disk, joinPath('shards', name));
+      if (g !== undefined) gone.push(g);
+      names.push(name);
+    }
+    if (names.length === 0) return [];
+    this.disk.fsyncDir('shards');
+    removeInBackground(this.disk, gone);
+    return names;
   }
 
   /** Advances the replicas' clocks (elections, heartbeats) and expires waiting reads. */

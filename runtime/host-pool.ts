@@ -162,6 +162,15 @@ export class HostPool {
     return this.call(this.slot(hostId), (api) => api.forceVote(volumeId, shard));
   }
 
+  /**
+   * HostApi.destroyLeftovers on every host: the directories destroyed. Best effort: a host that
+   * does not answer (down, restarting) is skipped; its leftovers go at a later call.
+   */
+  async destroyLeftovers(volumeIds: string[]): Promise<string[]> {
+    const settled = await Promise.allSettled(this.slots.map((slot) => this.call(slot, (api) => api.destroyLeftovers(volumeIds))));
+    return settled.flatMap((r) => (r.status === 'fulfilled' ? r.value : []));
+  }
+
   async closeShard(hostId: number, volumeId: string, shard: number, destroy: boolean): Promise<void> {
     const slot = this.slot(hostId);
     const key = shardKey(volumeId, shard);

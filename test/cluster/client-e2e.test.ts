@@ -1,4 +1,6 @@
 import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { connect as natsConnect, type NatsConnection } from 'nats';
 import { startCluster, type InProcessCluster } from '../../cluster/in-process-cluster';
 import { NoRespondersError, connect, type StrataClient } from '../../cluster/client';
@@ -45,6 +47,22 @@ describe('cluster/client end to end (in-process cluster, real NATS)', function (
     await client.deleteVolume('ce-admin');
     await rejectsWith(client.volumeInfo('ce-admin'), 'not_found');
     await rejectsWith(client.deleteVolume('ce-admin'), 'not_found');
+  });
+
+  it('a reconciliation destroys the files of a deleted volume that a node forgot but did not destroy', async () => {
+    const gone = await client.createVolume({ name: 'ce-leftover', pageCount: 16, shards: 1 });
+    await client.deleteVolume('ce-leftover');
+    // A crash between forgetting a shard and destroying its files leaves its directory behind.
+    const dir = path.join(c.dataDirs[0]!, 'dev0', 'shards', `${gone.id}.5`);
+    fs.mkdirSync(path.join(dir, 'log'), { recursive: true });
+    fs.writeFileSync(path.join(dir, 'log', 'seg-0000000000000001.log'), 'x');
+    // Any change of the catalog makes the node reconcile.
+    await client.createVolume({ name: 'ce-leftover-2', pageCount: 16 });
+    for (let waited = 0; fs.existsSync(dir) || fs.readdirSync(path.dirname(dir)).some((n) => n.startsWith(gone.id)); waited += 20) {
+      assert.ok(waited < 15_000, 'the leftover directory was not destroyed');
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    await client.deleteVolume('ce-leftover-2');
   });
 
   it('reports status (validated against docs/protocol.md): every shard of a volume with its node', async () => {
