@@ -415,8 +415,10 @@ export class StrataNode {
     }
     // Files of deleted volumes that this node forgot but did not destroy (a crash between the two).
     if (dead.size > 0) {
-      const destroyed = await this.pool!.destroyLeftovers([...dead]);
+      const { destroyed, hostsFailed } = await this.pool!.destroyLeftovers([...dead]);
       if (destroyed.length > 0) this.log.info('destroyed the leftover files of deleted volumes', { shards: destroyed });
+      // A host down or stuck says so elsewhere; its leftovers go at a later reconciliation.
+      if (hostsFailed > 0) this.log.debug('leftover files not checked on some hosts', { hosts: hostsFailed });
     }
     this.reconciledEpoch = a.epoch;
   }

@@ -281,18 +281,21 @@ export class DeviceHost {
   destroyLeftovers(volumeIds: ReadonlySet<string>): string[] {
     const gone: Discarded[] = [];
     const names: string[] = [];
-    for (const name of this.disk.list('shards')) {
-      if (isDiscardedName(name)) continue;
-      const dot = name.lastIndexOf('.');
-      const volumeId = name.slice(0, dot);
-      if (dot <= 0 || !/^\d+$/.test(name.slice(dot + 1)) || !volumeIds.has(volumeId) || this.shards.has(name)) continue;
-      const g = discardTree(this.disk, joinPath('shards', name));
-      if (g !== undefined) gone.push(g);
-      names.push(name);
+    try {
+      for (const name of this.disk.list('shards')) {
+        if (isDiscardedName(name)) continue;
+        const dot = name.lastIndexOf('.');
+        const volumeId = name.slice(0, dot);
+        if (dot <= 0 || !/^(0|[1-9]\d*)$/.test(name.slice(dot + 1)) || !volumeIds.has(volumeId) || this.shards.has(name)) continue;
+        const g = discardTree(this.disk, joinPath('shards', name));
+        if (g !== undefined) gone.push(g);
+        names.push(name);
+      }
+      if (names.length > 0) this.disk.fsyncDir('shards');
+    } finally {
+      // Whatever was renamed away goes (a failure part-way leaves the rest for the next call).
+      removeInBackground(this.disk, gone);
     }
-    if (names.length === 0) return [];
-    this.disk.fsyncDir('shards');
-    removeInBackground(this.disk, gone);
     return names;
   }
 

@@ -95,6 +95,9 @@ function timed<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   return withTimeout(p, ms, () => Object.assign(new Error(`${what} timed out after ${ms} ms`), { code: 'timeout' }));
 }
 
+/** Bound on a host's destroyLeftovers: a reconciliation does not wait longer for a host that is stuck. */
+const LEFTOVERS_TIMEOUT_MS = 5000;
+
 export class HostPool {
   private readonly slots: HostSlot[];
   private readonly opts: HostPoolOptions;
@@ -163,12 +166,16 @@ export class HostPool {
   }
 
   /**
-   * HostApi.destroyLeftovers on every host: the directories destroyed. Best effort: a host that
-   * does not answer (down, restarting) is skipped; its leftovers go at a later call.
+   * HostApi.destroyLeftovers on every host: the directories destroyed, and how many hosts did
+   * not answer within LEFTOVERS_TIMEOUT_MS (down, restarting, busy). Best effort: their leftovers
+   * go at a later call.
    */
-  async destroyLeftovers(volumeIds: string[]): Promise<string[]> {
-    const settled = await Promise.allSettled(this.slots.map((slot) => this.call(slot, (api) => api.destroyLeftovers(volumeIds))));
-    return settled.flatMap((r) => (r.status === 'fulfilled' ? r.value : []));
+  async destroyLeftovers(volumeIds: string[]): Promise<{ destroyed: string[]; hostsFailed: number }> {
+    const settled = await Promise.allSettled(this.slots.map((slot) => this.answerWithin(slot, LEFTOVERS_TIMEOUT_MS, (api) => api.destroyLeftovers(volumeIds))));
+    return {
+      destroyed: settled.flatMap((r) => (r.status === 'fulfilled' ? r.value : [])),
+      hostsFailed: settled.filter((r) => r.status === 'rejected').length,
+    };
   }
 
   async closeShard(hostId: number, volumeId: string, shard: number, destroy: boolean): Promise<void> {

@@ -339,12 +339,21 @@ export class RealDisk implements Disk {
   }
 
   private async removeTreeInSteps(abs: string, path: string): Promise<void> {
+    let st: fs.Stats;
+    try {
+      st = await fs.promises.lstat(abs);
+    } catch (e) {
+      if (errnoOf(e) === 'ENOENT') return;
+      throw this.ioError('removeTree', path, e);
+    }
+    // A link (to a directory too) is removed, never walked: what it points to is not ours.
+    if (st.isFile()) return this.removeInSteps(abs, path);
+    if (!st.isDirectory()) return this.unlink(abs, path);
     let entries: fs.Dirent[];
     try {
       entries = await fs.promises.readdir(abs, { withFileTypes: true });
     } catch (e) {
       if (errnoOf(e) === 'ENOENT') return;
-      if (errnoOf(e) === 'ENOTDIR') return this.removeInSteps(abs, path);
       throw this.ioError('removeTree', path, e);
     }
     for (const entry of entries) {

@@ -58,7 +58,7 @@ describe('cluster/client end to end (in-process cluster, real NATS)', function (
     fs.writeFileSync(path.join(dir, 'log', 'seg-0000000000000001.log'), 'x');
     // Any change of the catalog makes the node reconcile.
     await client.createVolume({ name: 'ce-leftover-2', pageCount: 16 });
-    for (let waited = 0; fs.existsSync(dir) || fs.readdirSync(path.dirname(dir)).some((n) => n.startsWith(gone.id)); waited += 20) {
+    for (let waited = 0; fs.existsSync(dir) || fs.readdirSync(path.dirname(dir)).some((n) => n.startsWith(`${gone.id}.`)); waited += 20) {
       assert.ok(waited < 15_000, 'the leftover directory was not destroyed');
       await new Promise((r) => setTimeout(r, 20));
     }

@@ -313,18 +313,37 @@ describe('RealDisk specifics', () => {
     assert.deepEqual(fs.readdirSync(dir), [], 'a file given as the tree is removed too');
   });
 
-  it('background removals remove a symbolic link, never what it points to, and files they may not write', async () => {
+  it('background removals remove a symbolic link (to a file or a directory), never what it points to', async () => {
     const disk = new RealDisk(dir);
     fs.writeFileSync(nodePath.join(dir, 'target'), 'keep me');
+    disk.mkdirp('kept');
+    fs.writeFileSync(nodePath.join(dir, 'kept', 'file'), 'keep me too');
     fs.symlinkSync(nodePath.join(dir, 'target'), nodePath.join(dir, 'link'));
+    fs.symlinkSync(nodePath.join(dir, 'kept'), nodePath.join(dir, 'dirlink'));
     disk.mkdirp('t');
     fs.symlinkSync(nodePath.join(dir, 'target'), nodePath.join(dir, 't', 'link'));
-    fs.writeFileSync(nodePath.join(dir, 't', 'readonly'), 'x');
-    fs.chmodSync(nodePath.join(dir, 't', 'readonly'), 0o444);
+    fs.symlinkSync(nodePath.join(dir, 'kept'), nodePath.join(dir, 't', 'dirlink'));
     await disk.removeAsync('link');
+    await disk.removeTreeAsync('dirlink');
     await disk.removeTreeAsync('t');
-    assert.deepEqual(fs.readdirSync(dir), ['target']);
+    assert.deepEqual(fs.readdirSync(dir).sort(), ['kept', 'target']);
     assert.equal(fs.readFileSync(nodePath.join(dir, 'target'), 'utf8'), 'keep me');
+    assert.equal(fs.readFileSync(nodePath.join(dir, 'kept', 'file'), 'utf8'), 'keep me too');
+  });
+
+  it('a file that cannot be opened for writing is unlinked without cutting', async () => {
+    const disk = new RealDisk(dir);
+    fs.writeFileSync(nodePath.join(dir, 'locked'), 'x'.repeat(REMOVE_STEP_BYTES + 1));
+    const open = fs.promises.open;
+    fs.promises.open = (async () => {
+      throw Object.assign(new Error('EACCES: permission denied (test)'), { code: 'EACCES' });
+    }) as typeof open;
+    try {
+      await disk.removeAsync('locked');
+    } finally {
+      fs.promises.open = open;
+    }
+    assert.deepEqual(fs.readdirSync(dir), []);
   });
 
   it(`removeAsync removes at once beyond ${REMOVE_QUEUE_MAX} waiting removals`, async () => {
