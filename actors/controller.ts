@@ -37,6 +37,12 @@ export interface CatalogState {
   /** Bumped on every change; lets nodes tell a newer catalog from an older one. */
   epoch: number;
   nextId: number;
+  /**
+   * Random token chosen when this catalog was created, part of every volume id it assigns, so
+   * that a catalog created again (its controller's data lost) never gives a new volume the id
+   * of an old one whose files are still on a node. Absent in catalogs written before it existed.
+   */
+  tag?: string;
   volumes: VolumeRecord[];
   /** Ids of deleted volumes whose shards nodes must destroy (newest last, bounded). */
   tombstones: string[];
@@ -67,6 +73,11 @@ export interface ControllerOptions {
   volumesMax?: number;
   /** Tombstones kept; default 4096. */
   tombstonesMax?: number;
+  /**
+   * The `tag` of a catalog created now (no catalog on disk yet): 1..16 of [a-z0-9]. Default none
+   * (ids `v1`, `v2`…). A node passes a random one.
+   */
+  newCatalogTag?: string;
 }
 
 const CATALOG = 'catalog';
@@ -90,7 +101,11 @@ export class Controller {
     this.tombstonesMax = opts.tombstonesMax ?? 4096;
     this.nodesMax = opts.nodesMax ?? NODES_MAX;
     this.memberSilenceMsMax = opts.memberSilenceMsMax ?? MEMBER_SILENCE_MS_MAX;
-    this.state = this.meta.read<CatalogState>(CATALOG) ?? { version: 1, epoch: 0, nextId: 1, volumes: [], tombstones: [] };
+    const tag = opts.newCatalogTag;
+    if (tag !== undefined && !/^[a-z0-9]{1,16}$/.test(tag)) {
+      throw new StorageError('bad_request', `newCatalogTag must be 1..16 of [a-z0-9], got ${JSON.stringify(tag)}`);
+    }
+    this.state = this.meta.read<CatalogState>(CATALOG) ?? { version: 1, epoch: 0, nextId: 1, ...(tag === undefined ? {} : { tag }), volumes: [], tombstones: [] };
     if (this.state.version !== 1) {
       throw new StorageError('corruption', `catalog has unknown version ${String(this.state.version)}`);
     }
@@ -193,7 +208,7 @@ export class Controller {
       placements.push({ shard: s, replicas });
     }
     this.placementCursor = (this.placementCursor + spec.shards) % Math.max(1, live.length);
-    const id = `v${this.state.nextId.toString(36)}`;
+    const id = `v${this.state.nextId.toString(36)}${this.state.tag === undefined ? '' : `-${this.state.tag}`}`;
     const rec: VolumeRecord = { ...spec, id, createdAt: Math.floor(nowMs), placements };
     this.commit({ ...this.state, nextId: this.state.nextId + 1, volumes: [...this.state.volumes, rec] });
     return rec;

@@ -16,6 +16,7 @@
  * runs, and every API request gets a SERVER span and a duration by verb and outcome.
  */
 import * as fs from 'node:fs';
+import * as crypto from 'node:crypto';
 import * as path from 'node:path';
 import { connect, type NatsConnection, type Msg, type Subscription } from 'nats';
 import { HEADER_DEADLINE, parseDeadline, readHeaders } from '../messages/headers';
@@ -224,7 +225,11 @@ export class StrataNode {
     if (opts.controller) {
       disk.mkdirp('controller');
       disk.fsyncDir('');
-      this.controller = new Controller({ meta: new MetaStore(disk, 'controller', { payloadBytesMax: 16 * 1024 * 1024 }) });
+      this.controller = new Controller({
+        meta: new MetaStore(disk, 'controller', { payloadBytesMax: 16 * 1024 * 1024 }),
+        // Used only if no catalog exists yet: volume ids of a catalog created again never repeat.
+        newCatalogTag: crypto.randomBytes(4).toString('hex'),
+      });
     }
   }
 

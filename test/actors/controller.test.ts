@@ -54,3 +54,28 @@ describe('Controller membership is bounded', () => {
     assert.deepEqual(c.knownNodes().map((m) => m.nodeId), ['a', 'c']);
   });
 });
+
+describe('Controller volume ids', () => {
+  const spec = { pageCount: 64, pageSize: 4096, shards: 1, stripePages: 16, replicas: 1 } as const;
+
+  it('carry the tag of the catalog they came from, which a catalog created again does not share', () => {
+    const disk = new SimDisk();
+    const first = new Controller({ meta: new MetaStore(disk, ''), newCatalogTag: 'aa11' });
+    first.heartbeat('n1', 1, T0);
+    assert.equal(first.create({ name: 'x', ...spec }, T0).id, 'v1-aa11');
+    assert.equal(first.create({ name: 'y', ...spec }, T0).id, 'v2-aa11');
+    // The same catalog reopened keeps its tag, whatever tag a new one would get.
+    const reopened = new Controller({ meta: new MetaStore(disk, ''), newCatalogTag: 'bb22' });
+    reopened.heartbeat('n1', 1, T0);
+    assert.equal(reopened.create({ name: 'z', ...spec }, T0).id, 'v3-aa11');
+    // A catalog created again (its controller's data lost) starts its counter over, not its ids.
+    const again = new Controller({ meta: new MetaStore(new SimDisk(), ''), newCatalogTag: 'bb22' });
+    again.heartbeat('n1', 1, T0);
+    assert.equal(again.create({ name: 'x', ...spec }, T0).id, 'v1-bb22');
+    // Without a tag (a catalog written before tags existed, or none asked for): v<n>.
+    const plain = controller();
+    plain.heartbeat('n1', 1, T0);
+    assert.equal(plain.create({ name: 'x', ...spec }, T0).id, 'v1');
+    assert.throws(() => new Controller({ meta: new MetaStore(new SimDisk(), ''), newCatalogTag: 'Not.Ok' }), /newCatalogTag/);
+  });
+});

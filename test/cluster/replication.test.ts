@@ -193,11 +193,11 @@ describe('replication across three nodes', function () {
     // which leaves its answer time to come back on a loaded machine.
     const clientTimeoutMs = 3000;
     c = await startCluster({ nodes: 3, hosts: 1, node: slow, clientTimeoutMs });
-    await c.client.createVolume({ name: 'rt', pageCount: 16, shards: 1, replicas: 3 });
+    const { id } = await c.client.createVolume({ name: 'rt', pageCount: 16, shards: 1, replicas: 3 });
     const vol = c.client.volume('rt');
     // The first election takes 4–4.5 s, longer than one call may wait.
     await until('a first write', 20_000, () => vol.write(1, demoPage(4096, 1, 1)).then(() => true, () => undefined));
-    const old = await until('the leader', 10_000, async () => (await replicasOf(c!, 'v1', 0)).find((r) => r.role === 'leader')?.node);
+    const old = await until('the leader', 10_000, async () => (await replicasOf(c!, id, 0)).find((r) => r.role === 'leader')?.node);
     await c.partition([[old]]);
     const t0 = performance.now();
     const err = await vol.write(2, demoPage(4096, 2, 1)).then(
