@@ -161,6 +161,14 @@ export function shardKey(volumeId: string, shard: number): string {
   return `${volumeId}.${shard}`;
 }
 
+/** The volume id and shard of a `shardKey` (a replica's directory name); undefined for any other name. */
+export function parseShardKey(key: string): { volumeId: string; shard: number } | undefined {
+  const dot = key.lastIndexOf('.');
+  const shard = key.slice(dot + 1);
+  if (dot <= 0 || !/^(0|[1-9]\d*)$/.test(shard)) return undefined;
+  return { volumeId: key.slice(0, dot), shard: Number(shard) };
+}
+
 const unreachable: ReplicaTransport = {
   send: () => Promise.reject(new StorageError('closed', 'no transport to peers')),
 };
@@ -284,9 +292,8 @@ export class DeviceHost {
     try {
       for (const name of this.disk.list('shards')) {
         if (isDiscardedName(name)) continue;
-        const dot = name.lastIndexOf('.');
-        const volumeId = name.slice(0, dot);
-        if (dot <= 0 || !/^(0|[1-9]\d*)$/.test(name.slice(dot + 1)) || !volumeIds.has(volumeId) || this.shards.has(name)) continue;
+        const key = parseShardKey(name);
+        if (key === undefined || !volumeIds.has(key.volumeId) || this.shards.has(name)) continue;
         const g = discardTree(this.disk, joinPath('shards', name));
         if (g !== undefined) gone.push(g);
         names.push(name);

@@ -9,6 +9,7 @@ import { ProtocolError } from '../../messages/errors';
 import { HEADER_SCHEMA, HEADER_TYPE, SCHEMA_VERSION } from '../../messages/headers';
 import { MESSAGE_BYTES_MAX } from '../../messages/codec';
 import { rejectsWith } from '../support/expect';
+import { waitFor } from '../support/wait';
 
 function page(n: number, generation: number, size = 4096): Uint8Array {
   const data = new Uint8Array(size);
@@ -58,10 +59,7 @@ describe('cluster/client end to end (in-process cluster, real NATS)', function (
     fs.writeFileSync(path.join(dir, 'log', 'seg-0000000000000001.log'), 'x');
     // Any change of the catalog makes the node reconcile.
     await client.createVolume({ name: 'ce-leftover-2', pageCount: 16 });
-    for (let waited = 0; fs.existsSync(dir) || fs.readdirSync(path.dirname(dir)).some((n) => n.startsWith(`${gone.id}.`)); waited += 20) {
-      assert.ok(waited < 15_000, 'the leftover directory was not destroyed');
-      await new Promise((r) => setTimeout(r, 20));
-    }
+    await waitFor('the leftover directory destroyed', () => !fs.existsSync(dir) && !fs.readdirSync(path.dirname(dir)).some((n) => n.startsWith(`${gone.id}.`)), 15_000);
     await client.deleteVolume('ce-leftover-2');
   });
 

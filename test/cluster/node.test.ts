@@ -12,18 +12,11 @@ import { controllerSubject, nodeSubject } from '../../messages/control';
 import { HEADER_DEADLINE, HEADER_SCHEMA, HEADER_TYPE } from '../../messages/headers';
 import { apiSubject, shardSubject } from '../../messages/subjects';
 import type { ApiVerb, VolumeInfo } from '../../messages/api';
+import { waitFor } from '../support/wait';
 
 const CLUSTER = 'nodetest';
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-/** Waits until `cond()` holds, failing the test after `timeoutMs`. */
-async function waitFor(what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 10_000): Promise<void> {
-  const deadlineMs = Date.now() + timeoutMs;
-  while (!(await cond())) {
-    if (Date.now() > deadlineMs) assert.fail(`not within ${timeoutMs} ms: ${what}`);
-    await sleep(20);
-  }
-}
 
 /** The nodes' log lines (JSON on stderr) written while `fn` runs (it sees them come); other lines pass through. */
 async function nodeLogLines(fn: (lines: ReadonlyArray<Record<string, unknown>>) => Promise<void>): Promise<Array<Record<string, unknown>>> {

@@ -6,6 +6,7 @@ import { DeviceHost, DEVICE_STALL_MS, deviceProblem, type ShardSpec } from '../.
 import { RealDisk } from '../../storage-engine/real-disk';
 import { SimDisk } from '../../storage-engine/sim-disk';
 import type { Disk } from '../../storage-engine/disk';
+import { waitFor } from '../support/wait';
 import { StorageError } from '../../storage-engine/errors';
 import { ImageReader } from '../../storage-engine/image';
 import type { Replica } from '../../actors/replica';
@@ -223,12 +224,6 @@ describe('DeviceHost on the real file system', () => {
   afterEach(() => fs.rmSync(root, { recursive: true, force: true }));
 
   const shardDirs = (): string[] => fs.readdirSync(nodePath.join(root, 'shards')).sort();
-  async function until(what: string, ok: () => boolean): Promise<void> {
-    for (let waited = 0; !ok(); waited += 10) {
-      assert.ok(waited < 10_000, `still waiting: ${what}`);
-      await new Promise((r) => setTimeout(r, 10));
-    }
-  }
 
   it('closeShard with destroy renames the shard away and removes it in the background; an open removes what a crash left', async () => {
     const disk = new RealDisk(root);
@@ -245,7 +240,7 @@ describe('DeviceHost on the real file system', () => {
     host.closeShard('v1', 0, { destroy: true });
     assert.deepEqual(removedHere, [], 'nothing removed on the calling thread');
     assert.ok(!shardDirs().includes('v1.0'), 'gone from its place at once');
-    await until('the destroyed shard removed', () => shardDirs().length === 1);
+    await waitFor('the destroyed shard removed', () => shardDirs().length === 1);
     assert.deepEqual(shardDirs(), ['v1.1']);
     assert.equal(host.stats().discardFailures, 0);
     await host.close();
@@ -253,7 +248,7 @@ describe('DeviceHost on the real file system', () => {
     fs.mkdirSync(nodePath.join(root, 'shards', 'v1.0.0.discard', 'log'), { recursive: true });
     fs.writeFileSync(nodePath.join(root, 'shards', 'v1.0.0.discard', 'log', 'seg'), 'x');
     const again = new DeviceHost({ dir: root, self: 'n1', disk: new RealDisk(root) });
-    await until('the leftover removed', () => shardDirs().length === 1);
+    await waitFor('the leftover removed', () => shardDirs().length === 1);
     assert.deepEqual(shardDirs(), ['v1.1']);
     await again.close();
   });

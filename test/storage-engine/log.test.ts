@@ -15,6 +15,7 @@ import { parseSegmentName, recordBytes, segmentName, SEGMENT_HEADER_BYTES } from
 import { RealDisk } from '../../storage-engine/real-disk';
 import { RECORD_PAYLOAD_BYTES_MAX, type LogRecordInput } from '../../storage-engine/record';
 import { SimDisk } from '../../storage-engine/sim-disk';
+import { waitFor } from '../support/wait';
 
 const DIR = 'shard-1/log';
 const SEG = 4096;
@@ -415,11 +416,7 @@ describe('SegmentLog', () => {
       log.trimPrefix(bases[3]! + 1);
       assert.deepEqual(removedHere, [], 'no segment removed on the calling thread');
       assert.deepEqual(segFiles(disk).map((n) => parseSegmentName(n)), bases.slice(3));
-      const discarded = (): string[] => fs.readdirSync(nodePath.join(root, DIR)).filter(isDiscardedName);
-      for (let waited = 0; discarded().length > 0; waited += 10) {
-        assert.ok(waited < 10_000, `still waiting for ${discarded().join(', ')}`);
-        await new Promise((r) => setTimeout(r, 10));
-      }
+      await waitFor('the trimmed segments removed', () => fs.readdirSync(nodePath.join(root, DIR)).filter(isDiscardedName).length === 0);
       assert.equal(log.stats().discardFailures, 0);
       log.close();
       // A crash between the rename and the background removal leaves the renamed file.
@@ -428,10 +425,7 @@ describe('SegmentLog', () => {
       const again = SegmentLog.open(new RealDisk(root), { dir: DIR, segmentBytesMax: SEG });
       assert.equal(again.firstLsn, bases[3]);
       assertHistory(again, bases[3]!, 100);
-      for (let waited = 0; fs.existsSync(left); waited += 10) {
-        assert.ok(waited < 10_000, 'the open did not remove the leftover');
-        await new Promise((r) => setTimeout(r, 10));
-      }
+      await waitFor('the open removes the leftover', () => !fs.existsSync(left));
       again.close();
     } finally {
       fs.rmSync(root, { recursive: true, force: true });

@@ -14,6 +14,7 @@ import { RealDisk } from '../../storage-engine/real-disk';
 import { ShardStorage, type ShardStorageOptions } from '../../storage-engine/shard-storage';
 import { SimDisk, SimulatedCrash } from '../../storage-engine/sim-disk';
 import { Slab } from '../../storage-engine/slab';
+import { waitFor } from '../support/wait';
 
 const PAGE = 4096;
 const PAGES = 64;
@@ -73,10 +74,7 @@ describe('ShardStorage', () => {
       writeAndCheckpoint(0, 1);
       writeAndCheckpoint(1, 1); // the checked image is let go, renamed away and cut in the background
       const name = imageFileName(checked);
-      for (let waited = 0; fs.readdirSync(nodePath.join(root, 'S')).some((n) => n.startsWith(name)); waited += 10) {
-        assert.ok(waited < 10_000, 'the let-go image was not removed');
-        await new Promise((r) => setTimeout(r, 10));
-      }
+      await waitFor('the let-go image removed', () => !fs.readdirSync(nodePath.join(root, 'S')).some((n) => n.startsWith(name)));
       let n = 0;
       while (steps.next().done !== true) n++;
       assert.ok(n < 64, `ended after ${n} more steps, without a CorruptionError`);
