@@ -533,16 +533,19 @@ export class SegmentLog {
 
   /**
    * Records <= uptoLsn are no longer needed: deletes (durably, oldest first) every whole segment
-   * whose records are all <= uptoLsn, never the active one. firstLsn becomes the base of the
-   * first remaining segment. Allowed while `corruption` is non-empty (it only touches the valid prefix).
+   * whose records are all <= uptoLsn, never the active one, or the oldest `segmentsMax` of them
+   * (each costs a rename and a directory fsync; a caller that wants short steps trims one at a
+   * time, while `canTrimPrefix`). firstLsn becomes the base of the first remaining segment.
+   * Allowed while `corruption` is non-empty (it only touches the valid prefix).
    */
-  trimPrefix(uptoLsn: number): void {
+  trimPrefix(uptoLsn: number, segmentsMax: number = Number.MAX_SAFE_INTEGER): void {
     this.checkOpen();
     this.checkNotFailed('trimPrefix');
     assert(!this.syncing, 'trimPrefix while a sync is in flight');
     checkLsnArg(uptoLsn, 'uptoLsn');
+    if (!Number.isSafeInteger(segmentsMax) || segmentsMax < 1) throw badRequest('segmentsMax must be a positive integer', { segmentsMax });
     try {
-      while (this.segments.length > 1 && this.segments[0]!.lastLsn <= uptoLsn) {
+      for (let n = 0; n < segmentsMax && this.canTrimPrefix(uptoLsn); n++) {
         const seg = this.segments[0]!;
         assert(!this.dirty.has(seg), 'a sealed segment has no unsynced data', { segment: seg.name });
         this.closeHandle(seg);
@@ -558,6 +561,11 @@ export class SegmentLog {
     } catch (e) {
       throw this.fail(e);
     }
+  }
+
+  /** Whether `trimPrefix(uptoLsn)` would delete a segment: a whole one, not the active one, is <= uptoLsn. */
+  canTrimPrefix(uptoLsn: number): boolean {
+    return this.segments.length > 1 && this.segments[0]!.lastLsn <= uptoLsn;
   }
 
   /**

@@ -203,8 +203,16 @@ describe('SegmentLog', () => {
     assert.throws(() => log.termAt(bases[2]! - 2), isCode('trimmed'));
     assert.equal(log.termAt(bases[2]! - 1), termOf(bases[2]! - 1), 'term of firstLsn-1 comes from the segment header');
     assertHistory(log, bases[2]!, 100);
+    // At most segmentsMax at a time, oldest first; canTrimPrefix says whether any is left.
+    assert.throws(() => log.trimPrefix(1_000_000, 0), isCode('bad_request'));
+    assert.equal(log.canTrimPrefix(bases[3]! - 2), false, 'no whole segment is <= that LSN');
+    assert.equal(log.canTrimPrefix(bases[3]! - 1), true);
+    log.trimPrefix(1_000_000, 1);
+    assert.equal(log.firstLsn, bases[3]);
+    assert.deepEqual(segFiles(disk).map((n) => parseSegmentName(n)), bases.slice(3));
     // Trimming up to the end keeps the active segment.
     log.trimPrefix(1_000_000);
+    assert.equal(log.canTrimPrefix(1_000_000), false, 'the active segment is never trimmed');
     assert.equal(log.stats().segments, 1);
     assert.equal(log.firstLsn, bases[bases.length - 1]);
     assert.equal(log.lastLsn, 100);

@@ -8,7 +8,7 @@ import { CorruptionError } from '../../storage-engine/errors';
 import { imageFileName } from '../../storage-engine/image';
 import { SegmentLog } from '../../storage-engine/log';
 import { encodePageWrite } from '../../storage-engine/page-write';
-import { GET_PAGES_MAX, PageStore, type PageStoreOptions } from '../../storage-engine/page-store';
+import { CHECKPOINT_COLLECT_PAGES, GET_PAGES_MAX, PageStore, type PageStoreOptions } from '../../storage-engine/page-store';
 import { RecordKind, type LogRecord } from '../../storage-engine/record';
 import { SimDisk, SimulatedCrash } from '../../storage-engine/sim-disk';
 import { Slab } from '../../storage-engine/slab';
@@ -526,6 +526,9 @@ describe('PageStore', () => {
     const w = world(17, { pageCount: 200 });
     writeRandom(w, 200);
     const steps = w.store.checkpointSteps();
+    // The first step takes the pages' versions; the file is created by a step of its own.
+    assert.equal(steps.next().done, false);
+    assert.deepEqual(tempFiles(w), [], 'the first step creates no file');
     assert.equal(steps.next().done, false);
     assert.ok(tempFiles(w).length > 0, 'the image is being written');
     w.store.close();
@@ -571,6 +574,111 @@ describe('PageStore', () => {
     checkAll(w.store, w.model, w.model.lastLsn - 2, w.model.lastLsn, 200);
     assert.equal(w.store.checkpoint().lsn, w.model.lastLsn, 'a later checkpoint runs, over the unused image');
     assert.deepEqual(tempFiles(w), []);
+  });
+
+  it('checkpointSteps: the versions of more pages than one step takes are taken over several steps, sorted, as of the first', function () {
+    this.timeout(120_000);
+    // More written pages than two collect steps take, inserted in random order: three sorted runs.
+    const pageCount = 2 * CHECKPOINT_COLLECT_PAGES + 700;
+    const w = world(33, { pageCount, cacheBytesMax: 64 * PAGE });
+    const order = Array.from({ length: pageCount - 100 }, (_, p) => p);
+    for (let i = order.length - 1; i > 0; i--) {
+      const j = Math.floor(w.rnd() * (i + 1));
+      [order[i], order[j]] = [order[j]!, order[i]!];
+    }
+    /**
+     * Writes each list of pages as one record, all with one sync, and applies them. One page in
+     * four has content, the others are written as zeros: a version all the same, but not stored
+     * in the image (which keeps the simulated disk's copies on each flush small).
+     */
+    const writePages = (...records: number[][]): void => {
+      const first = w.log.lastLsn + 1;
+      const entries = records.map((pages) => pages.map((page) => ({ page, data: ++w.seq % 4 === 0 ? content(w.seq) : ZERO })));
+      w.log.write(entries.map((e) => ({ term: 1, kind: RecordKind.PageWrite, payload: encodePageWrite(PAGE, e) })));
+      w.log.sync();
+      for (const record of w.log.read(first, w.log.lastLsn, { bytesMax: 64 * 1024 * 1024 })) w.store.apply(record);
+      entries.forEach((e, k) => {
+        for (const { page, data } of e) {
+          const h = w.model.history.get(page) ?? [];
+          h.push({ lsn: first + k, data });
+          w.model.history.set(page, h);
+        }
+      });
+      w.model.lastLsn = w.log.lastLsn;
+    };
+    for (let i = 0; i < order.length; i += 1024) {
+      const records: number[][] = [];
+      for (let j = i; j < Math.min(order.length, i + 1024); j += 16) records.push(order.slice(j, Math.min(j + 16, order.length)));
+      writePages(...records);
+    }
+    const start = w.store.appliedLsn;
+    const steps = w.store.checkpointSteps();
+    let collectSteps = 0;
+    let r = steps.next();
+    while (r.done !== true) {
+      if (tempFiles(w).length === 0 && imageFiles(w).length === 0) collectSteps++;
+      // Between steps: newer versions of pages the image holds, and pages it must not hold.
+      writePages([Math.floor(w.rnd() * (pageCount - 100)), pageCount - 100 + Math.floor(w.rnd() * 100)]);
+      r = steps.next();
+    }
+    assert.equal(collectSteps, Math.ceil(order.length / CHECKPOINT_COLLECT_PAGES), 'a step per chunk of the version index; the next one creates the file');
+    assert.equal(r.value.lsn, start);
+    const all = Array.from({ length: pageCount }, (_, p) => p);
+    const check = (): void => {
+      for (let p = 0; p < pageCount; p += 256) {
+        const got = w.store.getPages(all.slice(p, p + 256), start);
+        got.forEach((d, k) => assert.ok(Buffer.from(d).equals(w.model.at(p + k, start)), `page ${p + k} at LSN ${start}`));
+      }
+    };
+    check();
+    reopen(w);
+    assert.equal(w.store.stats().imageLsn, start);
+    check();
+  });
+
+  it('checkpointSteps: after the switch, each trimmed log segment is a step; closed in between, the checkpoint still ends with its result', () => {
+    const segments = (w: World): string[] => w.disk.list(LOG_DIR).filter((n) => n.endsWith('.log'));
+    const w = world(34, { imagesKeep: 1, pageCount: 64 });
+    writeRandom(w, 60);
+    const before = segments(w).length;
+    assert.ok(before >= 4, `${before} segments`);
+    const lsn = w.model.lastLsn;
+    const steps = w.store.checkpointSteps();
+    let r = steps.next();
+    while (w.store.stats().imageLsn !== lsn) r = steps.next();
+    assert.equal(r.done, false, 'the switch is not the last step when there is a log to trim');
+    assert.equal(segments(w).length, before, 'the switch step trims nothing');
+    const counts: number[] = [];
+    while (r.done !== true) {
+      r = steps.next();
+      counts.push(segments(w).length);
+    }
+    assert.equal(r.value.lsn, lsn);
+    assert.ok(counts.length >= 3, `${counts.length} trim steps`);
+    counts.forEach((c, k) => assert.equal(c, before - 1 - k, `step ${k} trims one segment`));
+    assert.equal(w.log.canTrimPrefix(lsn), false);
+    checkAll(w.store, w.model, lsn, lsn, 64);
+
+    // Closed right after the switch: done, with the checkpoint's result; the next one trims.
+    writeRandom(w, 60);
+    const lsn2 = w.model.lastLsn;
+    const again = w.store.checkpointSteps();
+    r = again.next();
+    while (w.store.stats().imageLsn !== lsn2) r = again.next();
+    const left = segments(w).length;
+    w.store.close();
+    r = again.next();
+    assert.equal(r.done, true);
+    assert.deepEqual(r.value, { lsn: lsn2, file: imageFileName(lsn2) });
+    assert.equal(segments(w).length, left, 'nothing trimmed after the close');
+    reopen(w);
+    assert.equal(w.store.stats().imageLsn, lsn2);
+    assert.ok(w.log.canTrimPrefix(lsn2), 'the segments the image covers are still there');
+    checkAll(w.store, w.model, lsn2, lsn2, 64);
+    writeRandom(w, 5);
+    w.store.checkpoint();
+    assert.equal(w.log.canTrimPrefix(lsn2), false, 'the next checkpoint trimmed them');
+    checkAll(w.store, w.model, w.store.oldestReadableLsn, w.model.lastLsn, 64);
   });
 
   it('getPagesCached answers from memory only: cached and never-written pages, else undefined without a disk read', () => {
