@@ -717,7 +717,8 @@ export class Replica {
     } catch {
       return; // The device failed: the host restarts this replica from disk.
     }
-    if (this.term !== term || this.role !== 'candidate') return;
+    // Closed meanwhile (restarted): the replica that took its place campaigns for itself.
+    if (this.closed || this.term !== term || this.role !== 'candidate') return;
     if (this.votes.size >= this.majority()) {
       this.becomeLeader();
       return;
@@ -784,6 +785,9 @@ export class Replica {
       this.resetElectionDeadline();
     }
     await this.persistHardState();
+    // Closed meanwhile: its save was refused or came first, and the replica that took its place
+    // answers from what is durable.
+    if (this.closed) throw new StorageError('closed', `replica ${this.geometry.volumeId}/${this.geometry.shard} closed`);
     return { term: this.term, granted };
   }
 

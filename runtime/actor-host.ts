@@ -476,7 +476,7 @@ export class ActorHost implements HostApi {
       (err: unknown) => {
         const pe = wireError(err);
         this.recorder?.requestDuration(op, pe.code, (performance.now() - t0) / 1000);
-        const restarted = this.device!.onReplicaError(mb.spec.volumeId, mb.spec.shard, err);
+        const restarted = this.device!.onReplicaError(mb.spec.volumeId, mb.spec.shard, err, replica);
         if (restarted) this.log.warn('replica restarted from durable state', { volume: mb.spec.volumeId, shard: mb.spec.shard, code: pe.code });
         this.respond(msg, errorReply(pe));
       },
@@ -540,6 +540,9 @@ export class ActorHost implements HostApi {
     mb.bytes += size;
     mb.admitted++;
     this.inFlight++;
+    // The replica that handles it (handle takes it before its first await): an error is a reason
+    // to restart that one, not one that replaced it meanwhile.
+    const replica = this.device!.currentReplica(mb.spec.volumeId, mb.spec.shard);
     const handled = this.traced
       ? serverSpan(msg.subject, op, headers, () => this.handle(mb, msg, headers), size, this.shardAttrs(mb))
       : this.handle(mb, msg, headers);
@@ -560,7 +563,7 @@ export class ActorHost implements HostApi {
           else if (pe.code === 'timeout' && pe.details?.['commitLsn'] !== undefined) {
             this.log.warn('write not committed before its deadline', { volume: mb.spec.volumeId, shard: mb.spec.shard, ...pe.details });
           }
-          const restarted = this.device!.onReplicaError(mb.spec.volumeId, mb.spec.shard, err);
+          const restarted = this.device!.onReplicaError(mb.spec.volumeId, mb.spec.shard, err, replica);
           if (restarted) this.log.warn('replica restarted from durable state', { volume: mb.spec.volumeId, shard: mb.spec.shard, code: pe.code });
           this.respond(msg, errorReply(pe));
         },

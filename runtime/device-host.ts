@@ -243,23 +243,36 @@ export class DeviceHost {
     return entry.replica;
   }
 
+  /** The replica serving a shard now, or undefined (not open, or down). Never throws. */
+  currentReplica(volumeId: string, shard: number): Replica | undefined {
+    return this.shards.get(shardKey(volumeId, shard))?.replica;
+  }
+
   /**
-   * Called when a request on a shard failed: on a device or invariant failure the device's
-   * replicas are restarted from durable state. Returns true if a restart happened.
+   * Called when a request on a shard failed, with the replica that handled it (`currentReplica`
+   * when the request came in; undefined if the shard had none): on a device or invariant failure
+   * the device's replicas are restarted from durable state. Returns true if a restart happened.
+   *
+   * A failure restarts once. The requests a failed batch held all fail with it, and one that
+   * reached a replica already replaced, or a shard that is down, restarts nothing: each restart
+   * counts against the shard's restartsMax, and one failed fdatasync under 16 writes in flight
+   * left every shard of the device down for good before this rule.
    */
-  onReplicaError(volumeId: string, shard: number, err: unknown): boolean {
+  onReplicaError(volumeId: string, shard: number, err: unknown, replica: Replica | undefined): boolean {
     // An error without a code is a bug (TypeError…), treated like a broken invariant.
     const code = (err as { code?: unknown } | undefined)?.code;
     const codeText = typeof code === 'string' ? code : 'invariant';
     if (!FATAL_CODES.has(codeText)) return false;
-    if (this.queue.failed || codeText !== 'invariant') {
+    if (this.queue.failed) {
       // The device's state after a failed write or fdatasync is unknown: reopen every replica on
       // it from what is durable, with a fresh queue.
       this.restartAll();
-    } else {
-      const entry = this.shards.get(shardKey(volumeId, shard));
-      if (entry) this.restart(entry);
+      return true;
     }
+    const entry = this.shards.get(shardKey(volumeId, shard));
+    if (entry === undefined || replica === undefined || entry.replica !== replica) return false;
+    if (codeText === 'invariant') this.restart(entry);
+    else this.restartAll();
     return true;
   }
 

@@ -154,6 +154,7 @@ export class ShardStorage {
   private readonly opts: ShardStorageOptions;
   private readonly meta: MetaStore;
   private incoming: { fh: number; lsn: number; term: number; bytes: number; written: number } | undefined;
+  private closed = false;
   /** The damage the open repaired (`repairFromPeers`, `damaged`), for the host to report; empty when none. */
   readonly repaired: readonly CorruptionReport[];
   /**
@@ -230,10 +231,17 @@ export class ShardStorage {
   // --- term and vote ---------------------------------------------------------------------------
 
   load(): HardStateRecord | undefined {
+    this.checkOpen();
     return this.meta.read<HardStateRecord>(RAFT);
   }
 
+  /**
+   * Refused once closed ('closed'): a replica restarted on the same directory has read the term
+   * and vote already, and its closed predecessor, whose saves may still wait in the device's
+   * queue, must not change them under it (it could grant a second vote in one term).
+   */
   save(state: HardStateRecord): void {
+    this.checkOpen();
     this.meta.write(RAFT, state);
   }
 
@@ -241,6 +249,7 @@ export class ShardStorage {
 
   /** The newest image of this replica (to send to a follower), if any. */
   newest(): { lsn: number; term: number; bytes: number } | undefined {
+    this.checkOpen();
     const lsn = PageStore.imageLsn(this.disk, this.opts.dir);
     if (lsn === 0) return undefined;
     const r = ImageReader.open(this.disk, joinPath(this.opts.dir, imageFileName(lsn)));
@@ -257,6 +266,7 @@ export class ShardStorage {
   }
 
   read(lsn: number, offset: number, length: number): Uint8Array {
+    this.checkOpen();
     const fh = this.disk.open(joinPath(this.opts.dir, imageFileName(lsn)));
     try {
       const buf = new Uint8Array(length);
@@ -270,11 +280,13 @@ export class ShardStorage {
 
   /** LSN of the newest image (the checkpoint pointer's; 0 if none), without opening it. */
   newestLsn(): number {
+    this.checkOpen();
     return PageStore.imageLsn(this.disk, this.opts.dir);
   }
 
   /** ImageReader.verifySteps of our image at `lsn` (closed at the end, or when the caller stops). */
   *verifySteps(lsn: number): Generator<void, void, void> {
+    this.checkOpen();
     const path = joinPath(this.opts.dir, imageFileName(lsn));
     const r = ImageReader.open(this.disk, path);
     try {
@@ -300,12 +312,14 @@ export class ShardStorage {
   // --- receiving an image --------------------------------------------------------------------------
 
   begin(lsn: number, term: number, bytes: number): void {
+    this.checkOpen();
     this.abortIncoming();
     const fh = this.disk.open(joinPath(this.opts.dir, INCOMING), { create: true, truncate: true });
     this.incoming = { fh, lsn, term, bytes, written: 0 };
   }
 
   write(offset: number, data: Uint8Array): void {
+    this.checkOpen();
     const inc = this.incoming;
     if (!inc || offset !== inc.written || offset + data.length > inc.bytes) {
       throw new StorageError('bad_request', `image chunk at ${offset} does not continue the image being received`);
@@ -316,6 +330,7 @@ export class ShardStorage {
 
   /** Makes the received image this replica's state; returns the new log and store. */
   install(): { log: SegmentLog; store: PageStore } {
+    this.checkOpen();
     const inc = this.incoming;
     if (!inc || inc.written !== inc.bytes) throw new StorageError('bad_request', 'no complete image has been received');
     this.disk.fdatasync(inc.fh);
@@ -344,6 +359,10 @@ export class ShardStorage {
     return { log: this.log, store: this.store };
   }
 
+  private checkOpen(): void {
+    if (this.closed) throw new StorageError('closed', `shard storage ${this.opts.dir} is closed`);
+  }
+
   private abortIncoming(): void {
     if (this.incoming) {
       this.disk.close(this.incoming.fh);
@@ -352,6 +371,7 @@ export class ShardStorage {
   }
 
   close(): void {
+    this.closed = true;
     this.abortIncoming();
     try {
       this.store.close();

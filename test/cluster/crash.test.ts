@@ -134,6 +134,26 @@ describe('crashes lose no acknowledged write', function () {
     assert.equal(stats.find((s) => s.hostId === 0)?.restarts, 1, 'the restart is counted');
   });
 
+  it('one failed fdatasync under 16 writes in flight reopens the device\'s shards once; they serve again', async () => {
+    c = await startCluster({ nodes: 1, hosts: 1 });
+    await c.client.createVolume({ name: 'v-fsync', pageCount: 256, shards: 2, stripePages: 4 });
+    const vol = c.client.volume('v-fsync');
+    await vol.writePages([{ page: 0, data: demoPage(4096, 0, 1) }, { page: 4, data: demoPage(4096, 4, 1) }]);
+    await c.failFsync(0, 1);
+    // Pages of shard 0 (stripes of 4 pages alternate between the two shards).
+    const pages = Array.from({ length: 16 }, (_, i) => 8 * i + 1);
+    // The client tries a write again after a device failure: the writes may all succeed.
+    await Promise.all(pages.map((p) => vol.write(p, demoPage(4096, p, 2)).catch(() => undefined)));
+    // Every shard of the device came back up, each reopened once (not once per failed request,
+    // which left them all down for good after five).
+    const host = (await c.nodes[0]!.hostPool.stats())[0]!;
+    assert.equal(host.device?.restarts, 2, `restarts: ${host.device?.restarts}`);
+    assert.deepEqual(host.device?.shards.map((x) => x.state), ['up', 'up']);
+    const again = (await readWhenBack(vol, [0, 4])).map((d) => Buffer.from(d));
+    assert.ok(again[0]!.equals(Buffer.from(demoPage(4096, 0, 1))) && again[1]!.equals(Buffer.from(demoPage(4096, 4, 1))), 'acknowledged pages intact');
+    await vol.writePages([{ page: 2, data: demoPage(4096, 2, 3) }, { page: 6, data: demoPage(4096, 6, 3) }]);
+  });
+
   it('a shard spec the host refuses is answered bad_request and forgotten: the host restarts with its other shards', async () => {
     c = await startCluster({ nodes: 1, hosts: 1 });
     const info = await c.client.createVolume({ name: 'v-refused', pageCount: 64, shards: 1, stripePages: 4 });

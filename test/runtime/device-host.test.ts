@@ -49,7 +49,7 @@ describe('DeviceHost supervision', () => {
     );
     assert.equal(err.code, 'fsync_failed');
     assert.equal(typeof err.details?.['recordLsn'], 'number', 'the write\'s record is named (with several replicas it may still commit)');
-    assert.equal(host.onReplicaError('v1', 0, err), true, 'a device failure is fatal to the in-memory state');
+    assert.equal(host.onReplicaError('v1', 0, err, a0), true, 'a device failure is fatal to the in-memory state');
 
     const st = host.stats();
     assert.equal(st.restarts, 2, 'both shards of the failed device were reopened');
@@ -63,6 +63,61 @@ describe('DeviceHost supervision', () => {
     await host.close();
   });
 
+  it('one failed fdatasync under many writes in flight restarts the device once: the errors of the replicas it replaced restart nothing', async () => {
+    const disk = new SimDisk();
+    const host = new DeviceHost({ dir: 'dev0', self: 'n1', disk });
+    host.openShard(spec(0));
+    host.openShard(spec(1));
+    const a0 = await leader(host, 0);
+    await a0.write([{ page: 0, data: page(1) }]);
+    await (await leader(host, 1)).write([{ page: 4, data: page(2) }]);
+    disk.failFsync({ times: 1 });
+    // Sixteen writes in flight on shard 0, all in the batch whose flush fails.
+    const pages = [1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27, 32];
+    const errs = await Promise.all(pages.map((p) => a0.write([{ page: p, data: page(3) }]).then(() => undefined, (e: StorageError) => e)));
+    assert.ok(errs.every((e) => e !== undefined && (e.code === 'fsync_failed' || e.code === 'device_failed')), 'none is acknowledged');
+    // Each error is handed over as the actor host does, with the replica that handled it.
+    const restarted = errs.map((e) => host.onReplicaError('v1', 0, e, a0));
+    assert.deepEqual(restarted.filter((r) => r).length, 1, 'one restart for one failure');
+    const st = host.stats();
+    assert.equal(st.restarts, 2, 'each shard of the device was reopened once');
+    assert.deepEqual(st.shards.map((x) => x.state), ['up', 'up']);
+    // A request that reaches a shard with no replica (down, say) restarts nothing either.
+    assert.equal(host.onReplicaError('v1', 1, new StorageError('device_failed', 'shard v1/1 is down'), undefined), false);
+    assert.equal(host.stats().restarts, 2);
+    const fresh = await leader(host, 0);
+    assert.deepEqual((await fresh.read([0], soon())).pages[0], page(1), 'acknowledged data is intact');
+    await fresh.write([{ page: 1, data: page(4) }]);
+    assert.deepEqual((await (await leader(host, 1)).read([4], soon())).pages[0], page(2));
+    await host.close();
+  });
+
+  it('a vote still queued when its replica is restarted is not saved by the closed replica: one vote per term', async () => {
+    const disk = new SimDisk();
+    let now = 1000;
+    const host = new DeviceHost({ dir: 'dev0', self: 'n1', disk, scrubBytesPerSecond: 0, nowMs: () => now });
+    host.openShard({ ...spec(0), members: ['n1', 'n2', 'n3'] });
+    const old = host.currentReplica('v1', 0)!;
+    now += 1000;
+    // The vote's save waits in the device's queue; the replica is restarted before it runs.
+    const first = old.handle({ type: 'vote', term: 5, candidate: 'n2', lastLsn: 0, lastTerm: 0 }).then(
+      (r) => r,
+      (e: StorageError) => e,
+    );
+    assert.equal(host.onReplicaError('v1', 0, new StorageError('invariant', 'test: reopen the replica'), old), true);
+    const fresh = host.currentReplica('v1', 0)!;
+    assert.notEqual(fresh, old);
+    const answer = await first;
+    assert.ok(answer instanceof StorageError && answer.code === 'closed', `the closed replica grants nothing: ${JSON.stringify(answer)}`);
+    // Nor did it save that vote under its successor: a replica opened now reads none.
+    assert.equal(host.onReplicaError('v1', 0, new StorageError('invariant', 'test: reopen again'), fresh), true);
+    const third = host.currentReplica('v1', 0)!;
+    now += 1000;
+    const second = (await third.handle({ type: 'vote', term: 5, candidate: 'n3', lastLsn: 0, lastTerm: 0 })) as { term: number; granted: boolean };
+    assert.deepEqual(second, { term: 5, granted: true }, 'n2 got no vote in term 5, so n3 may');
+    await host.close();
+  });
+
   it('request errors are not fatal: no restart', async () => {
     const host = new DeviceHost({ dir: 'dev0', self: 'n1', disk: new SimDisk() });
     host.openShard(spec(0));
@@ -71,7 +126,7 @@ describe('DeviceHost supervision', () => {
       (e: StorageError) => e,
     );
     assert.equal(err.code, 'bad_request');
-    assert.equal(host.onReplicaError('v1', 0, err), false);
+    assert.equal(host.onReplicaError('v1', 0, err, host.currentReplica('v1', 0)), false);
     assert.equal(host.stats().restarts, 0);
     await host.close();
   });
@@ -82,11 +137,11 @@ describe('DeviceHost supervision', () => {
     const host = new DeviceHost({ dir: 'dev0', self: 'n1', disk, restartsMax: 2, nowMs: () => now });
     host.openShard(spec(0));
     const bug = new TypeError('boom');
-    assert.equal(host.onReplicaError('v1', 0, bug), true);
+    assert.equal(host.onReplicaError('v1', 0, bug, host.currentReplica('v1', 0)), true);
     now += 10;
-    assert.equal(host.onReplicaError('v1', 0, bug), true);
+    assert.equal(host.onReplicaError('v1', 0, bug, host.currentReplica('v1', 0)), true);
     now += 10;
-    host.onReplicaError('v1', 0, bug);
+    host.onReplicaError('v1', 0, bug, host.currentReplica('v1', 0));
     assert.throws(() => host.replica('v1', 0), (e: StorageError) => e.code === 'device_failed' && /left down/.test(e.message));
     assert.equal(host.stats().shards[0]?.state, 'down');
     await host.close();
@@ -559,7 +614,7 @@ describe('DeviceHost: a replica that finds its storage damaged while running', f
       assert.ok(segment, 'a segment of the follower holds the record');
       disk.flipBits(`${SHARD_DIR}/log/${segment}`, Buffer.from(disk.fileBytes(`${SHARD_DIR}/log/${segment}`)).indexOf(run) + 100, 1);
       // The host reopens the replica (as after any failure of it).
-      assert.equal(fhost.onReplicaError('v1', 0, new StorageError('invariant', 'test: reopen the replica')), true);
+      assert.equal(fhost.onReplicaError('v1', 0, new StorageError('invariant', 'test: reopen the replica'), fhost.currentReplica('v1', 0)), true);
       const st = fhost.stats().shards.find((x) => x.shard === 0)!;
       assert.equal(st.state, 'up');
       assert.ok(st.lastLsn < last.lsn, 'the record was cut');
