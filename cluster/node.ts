@@ -410,34 +410,60 @@ export class StrataNode {
     }
   }
 
+  /**
+   * Deleted volumes first, then the shards to open, then leftovers: each part, and each shard,
+   * goes on when another fails (a host that is down), so that one shard that cannot be opened
+   * does not keep a deleted volume's replica serving writes. The first failure is thrown at the
+   * end (the reconciliation is tried again after a back-off).
+   */
   private async reconcile(a: AssignmentsReply): Promise<void> {
-    const have = new Set(this.nodeMeta.shards.map(shardId));
-    const missing = a.shards.filter((s) => !have.has(shardId(s)));
-    if (missing.length > 0) await this.openShards(missing);
+    const failures: unknown[] = [];
     const dead = new Set(a.tombstones);
     for (const s of this.nodeMeta.shards.filter((x) => dead.has(x.volumeId))) {
-      await this.destroyShards(s.volumeId, [s.shard]);
+      await this.destroyShards(s.volumeId, [s.shard]).catch((e: unknown) => failures.push(e));
     }
-    // Files of deleted volumes that this node forgot but did not destroy (a crash between the two).
+    const have = new Set(this.nodeMeta.shards.map(shardId));
+    const missing = a.shards.filter((s) => !have.has(shardId(s)) && !dead.has(s.volumeId));
+    if (missing.length > 0) await this.openShards(missing).catch((e: unknown) => failures.push(e));
+    // Replicas of deleted volumes still open on a host (their destroy failed half-way) and files
+    // this node forgot but did not destroy (a crash between the two).
     if (dead.size > 0) {
       const { destroyed, hostsFailed } = await this.pool!.destroyLeftovers([...dead]);
       if (destroyed.length > 0) this.log.info('destroyed the leftover files of deleted volumes', { shards: destroyed });
       // A host down or stuck says so elsewhere; its leftovers go at a later reconciliation.
       if (hostsFailed > 0) this.log.debug('leftover files not checked on some hosts', { hosts: hostsFailed });
     }
+    if (failures.length > 0) throw failures[0];
     this.reconciledEpoch = a.epoch;
   }
 
+  /**
+   * Opens each shard (a failure does not stop the others) and records durably the ones opened,
+   * also when another failed: a create that failed part-way destroys what this node records,
+   * so nothing it opened stays open unknown. Throws the first failure.
+   */
   private async openShards(list: ShardAssignment[]): Promise<void> {
     for (const a of list) {
       if (a.hostId >= this.hosts) {
         throw new ProtocolError('bad_request', `shard ${shardId(a)} is placed on host ${a.hostId}, this node has ${this.hosts}`);
       }
     }
-    for (const a of list) await this.pool!.openShard(a.hostId, a);
     const known = new Set(this.nodeMeta.shards.map(shardId));
-    const added = list.filter((a) => !known.has(shardId(a)));
+    const added: ShardAssignment[] = [];
+    let failure: { error: unknown } | undefined;
+    for (const a of list) {
+      try {
+        await this.pool!.openShard(a.hostId, a);
+        if (!known.has(shardId(a))) {
+          known.add(shardId(a));
+          added.push(a);
+        }
+      } catch (e) {
+        failure ??= { error: e };
+      }
+    }
     if (added.length > 0) this.persist({ ...this.nodeMeta, shards: [...this.nodeMeta.shards, ...added] });
+    if (failure !== undefined) throw failure.error;
   }
 
   private async destroyShards(volumeId: string, shards: number[]): Promise<void> {

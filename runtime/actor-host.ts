@@ -310,8 +310,19 @@ export class ActorHost implements HostApi {
     device.closeShard(volumeId, shard, { destroy });
   }
 
+  /**
+   * Replicas of deleted volumes still open here are closed and destroyed (with their
+   * subscriptions), then DeviceHost.destroyLeftovers: the shards destroyed.
+   */
   async destroyLeftovers(volumeIds: string[]): Promise<string[]> {
-    return this.ready().device.destroyLeftovers(new Set(volumeIds));
+    const { device } = this.ready();
+    const dead = new Set(volumeIds);
+    const closed: string[] = [];
+    for (const { volumeId, shard } of device.openShardsOf(dead)) {
+      await this.closeShard(volumeId, shard, true);
+      closed.push(shardKey(volumeId, shard));
+    }
+    return [...closed, ...device.destroyLeftovers(dead)];
   }
 
   async forceVote(volumeId: string, shard: number): Promise<ForceVoteResult> {

@@ -293,6 +293,11 @@ export class DeviceHost {
     }
   }
 
+  /** The shards open on this device (up or down) of the volumes `volumeIds`. */
+  openShardsOf(volumeIds: ReadonlySet<string>): Array<{ volumeId: string; shard: number }> {
+    return [...this.shards.values()].filter((e) => volumeIds.has(e.spec.volumeId)).map((e) => ({ volumeId: e.spec.volumeId, shard: e.spec.shard }));
+  }
+
   /**
    * Destroys the shard directories of deleted volumes (`volumeIds`) that no open replica of this
    * device uses: leftovers of a destroy a crash cut short (the node forgets a shard durably

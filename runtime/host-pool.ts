@@ -171,6 +171,15 @@ export class HostPool {
    * go at a later call.
    */
   async destroyLeftovers(volumeIds: string[]): Promise<{ destroyed: string[]; hostsFailed: number }> {
+    // A restarted host must not reopen a deleted volume's shard.
+    const dead = new Set(volumeIds);
+    for (const slot of this.slots) {
+      for (const [key, spec] of slot.shards) {
+        if (!dead.has(spec.volumeId)) continue;
+        slot.shards.delete(key);
+        slot.reopenPending.delete(key);
+      }
+    }
     const settled = await Promise.allSettled(this.slots.map((slot) => this.answerWithin(slot, LEFTOVERS_TIMEOUT_MS, (api) => api.destroyLeftovers(volumeIds))));
     return {
       destroyed: settled.flatMap((r) => (r.status === 'fulfilled' ? r.value : [])),

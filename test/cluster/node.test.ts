@@ -13,6 +13,7 @@ import { HEADER_DEADLINE, HEADER_SCHEMA, HEADER_TYPE } from '../../messages/head
 import { apiSubject, shardSubject } from '../../messages/subjects';
 import type { ApiVerb, VolumeInfo } from '../../messages/api';
 import { waitFor } from '../support/wait';
+import type { ShardSpec } from '../../runtime/device-host';
 
 const CLUSTER = 'nodetest';
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -298,6 +299,46 @@ describe('StrataNode', function () {
       assert.equal(fetches, 2);
       assert.equal(held.length, 1);
       held[0]!.respond(encode({ epoch: catalog.epoch, shards: [], tombstones: [] }));
+    });
+
+    it('a deleted volume\'s replica is destroyed even when a shard to open fails, and one still open on a host after its forget is closed', async () => {
+      const catalog = serveFakeHeartbeats();
+      const shard = (volumeId: string, hostId: number): ShardSpec & { hostId: number } => ({
+        volumeId, volumeName: volumeId, shard: 0, shards: 1, pageCount: 64, pageSize: 4096, stripePages: 16, hostId, members: ['rc1'],
+      });
+      // Epoch 1: va on host 0. Epoch 2: va deleted, and vb placed on a host this node does not have.
+      // Epoch 3: vc deleted too.
+      const assignments = (): unknown =>
+        catalog.epoch === 1
+          ? { epoch: 1, shards: [shard('va', 0)], tombstones: [] }
+          : catalog.epoch === 2
+            ? { epoch: 2, shards: [shard('vb', 3)], tombstones: ['va'] }
+            : { epoch: 3, shards: [], tombstones: ['va', 'vc'] };
+      serveFake('assignments', (msg) => msg.respond(encode(assignments())));
+      const node = await startNode('rc1');
+      const open = async (): Promise<string[]> => (await node.hostPool.stats()).flatMap((h) => (h.device?.shards ?? []).map((x) => x.volumeId));
+      assert.deepEqual(await open(), ['va']);
+      // A replica the node forgot, whose destroy did not reach its host: still open there.
+      await node.hostPool.openShard(0, shard('vc', 0));
+      assert.deepEqual((await open()).sort(), ['va', 'vc']);
+      catalog.epoch = 2;
+      const lines = await nodeLogLines(async (seen) => {
+        await waitFor('the reconciliation with epoch 2 to fail on vb', () => seen.some((l) => l.msg === 'reconciliation with the catalog failed'));
+      });
+      assert.deepEqual(await open(), ['vc'], 'va destroyed although vb could not be opened');
+      assert.match(JSON.stringify(lines.find((l) => l.msg === 'reconciliation with the catalog failed')), /host 3/);
+      // vc is deleted too: the leftover check closes and destroys the replica still open.
+      catalog.epoch = 3;
+      await waitFor('vc closed and destroyed', async () => (await open()).length === 0, 15_000);
+      const dir = path.join(root, 'rc1');
+      const left = fs.readdirSync(dir, { recursive: true }).map(String).filter((n) => /(^|\/)(va|vc)\.0$/.test(n));
+      assert.deepEqual(left, [], 'no shard directory of va or vc is left');
+      // A restarted host does not reopen a deleted volume's replica.
+      await nodeLogLines(async () => {
+        await node.hostPool.crashHost(0);
+        await waitFor('host 0 back', async () => (await node.hostPool.stats())[0]!.device !== undefined, 15_000);
+      });
+      assert.deepEqual(await open(), []);
     });
 
     it('backs off after a failed reconciliation while heartbeats keep their period; warns once per distinct failure, tells when it recovers', async () => {
