@@ -283,14 +283,19 @@ export class StrataNode {
       onHostExit: (hostId, code, restarting, err) =>
         restarting
           ? this.log.warn('actor host exited; restarting it', { hostId, code, ...(err ? { err } : {}) })
-          : this.log.error('actor host exited too often; left down', { hostId, code, ...(err ? { err } : {}) }),
+          : this.log.error('actor host exited too often; starting it again after a back-off', { hostId, code, ...(err ? { err } : {}) }),
       onShardReopenFailed: (hostId, spec, err, retrying) =>
-        this.log.warn(retrying ? 'restarted host could not reopen a shard; trying again' : 'restarted host refused a shard; forgotten', {
+        this.log.warn(retrying ? 'host could not open a shard; trying again' : 'restarted host refused a shard; forgotten', {
           hostId, volume: spec.volumeId, shard: spec.shard, err,
         }),
     });
-    // Serve the shards this node had before it reaches anyone.
-    for (const a of this.nodeMeta.shards) await this.pool.openShard(a.hostId, a);
+    // Serve the shards this node had before it reaches anyone. One that cannot be opened does
+    // not keep the others from serving: the pool tries it again with a back-off.
+    for (const a of this.nodeMeta.shards) {
+      await this.pool.openShard(a.hostId, a).catch((err: unknown) =>
+        this.log.warn('could not open a shard; trying again', { hostId: a.hostId, volume: a.volumeId, shard: a.shard, err }),
+      );
+    }
     this.nc = await connect({
       servers: this.opts.natsUrl,
       name: `strata-${this.nodeId}`,

@@ -284,6 +284,10 @@ export class ActorHost implements HostApi {
       }
       throw e;
     }
+    // A replica whose storage could not be opened: the shard stays known (requests are answered
+    // why it is down), and the caller hears why, to log it and open it again later.
+    const down = device.downReason(spec.volumeId, spec.shard);
+    if (down !== undefined) throw down;
     if (spec.members.length === 1) {
       // A replica set of one elects itself on its first tick: report the shard open once it
       // serves, so a request sent right after creation finds it.

@@ -243,6 +243,12 @@ export class DeviceHost {
     return entry.replica;
   }
 
+  /** Why an open shard has no replica (its storage could not be opened, or it failed too often), or undefined. */
+  downReason(volumeId: string, shard: number): StorageError | undefined {
+    const entry = this.shards.get(shardKey(volumeId, shard));
+    return entry === undefined || entry.replica !== undefined ? undefined : (entry.downReason ?? new StorageError('device_failed', `shard ${volumeId}/${shard} is down`));
+  }
+
   /** The replica serving a shard now, or undefined (not open, or down). Never throws. */
   currentReplica(volumeId: string, shard: number): Replica | undefined {
     return this.shards.get(shardKey(volumeId, shard))?.replica;

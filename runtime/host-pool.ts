@@ -23,9 +23,14 @@ import type { ForceVoteResult } from '../actors/replica';
 export interface HostPoolOptions {
   /** One config per host; host i owns device hosts[i].deviceDir. */
   hosts: HostConfig[];
-  /** Restarts of one host allowed within restartWindowMs before it is left down; default 5 per minute. */
+  /**
+   * Restarts of one host allowed within restartWindowMs; default 5 per minute. Beyond them the
+   * host is down, and started again after a back-off (HOST_RESPAWN_MS_MIN doubling to _MAX).
+   */
   restartsMax?: number;
   restartWindowMs?: number;
+  /** First back-off before a host that is down is started again; default HOST_RESPAWN_MS_MIN. */
+  respawnMsMin?: number;
   /** Deadline for a control call to a host; default 30 s. */
   callTimeoutMs?: number;
   /**
@@ -73,6 +78,11 @@ interface HostSlot {
   /** The uncaught error of the running thread, if it threw one (its 'exit' follows). */
   error: Error | undefined;
   lastExit: HostExit | undefined;
+  /** Rejects when the running thread exits: a call in flight to it fails then, not at its deadline. */
+  exited: Promise<never> | undefined;
+  /** A host left down after too many exits is started again after a back-off: its timer, and how many times so far. */
+  respawnTimer: NodeJS.Timeout | undefined;
+  respawns: number;
 }
 
 /** How a host thread last ended unexpectedly. */
@@ -97,6 +107,13 @@ function timed<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
 
 /** Bound on a host's destroyLeftovers: a reconciliation does not wait longer for a host that is stuck. */
 const LEFTOVERS_TIMEOUT_MS = 5000;
+/**
+ * A host that exited more than restartsMax times within the window is started again after this
+ * long, doubling up to HOST_RESPAWN_MS_MAX, for as long as the node runs: the cause (a device
+ * that could not be opened, say) may be gone by then, and nothing else would bring its shards back.
+ */
+export const HOST_RESPAWN_MS_MIN = 5_000;
+export const HOST_RESPAWN_MS_MAX = 300_000;
 
 export class HostPool {
   private readonly slots: HostSlot[];
@@ -126,6 +143,9 @@ export class HostPool {
       reopenAttempts: 0,
       error: undefined,
       lastExit: undefined,
+      exited: undefined,
+      respawnTimer: undefined,
+      respawns: 0,
     }));
   }
 
@@ -145,7 +165,11 @@ export class HostPool {
     return this.slots.length;
   }
 
-  /** Opens a shard on host `hostId` (and remembers it, so a restarted host reopens it). */
+  /**
+   * Opens a shard on host `hostId` (and remembers it, so a restarted host reopens it). One the
+   * host could not open (its storage, say) is tried again with the reopen back-off, besides
+   * the error thrown here.
+   */
   async openShard(hostId: number, spec: ShardSpec): Promise<void> {
     const slot = this.slot(hostId);
     const key = shardKey(spec.volumeId, spec.shard);
@@ -156,6 +180,10 @@ export class HostPool {
     } catch (e) {
       // A spec the host refuses must not come back with every restart of the host.
       if (refused(e)) slot.shards.delete(key);
+      else if (slot.api !== undefined && slot.ready === undefined) {
+        slot.reopenPending.add(key);
+        if (slot.reopenTimer === undefined) this.armReopen(slot, slot.api);
+      }
       throw e;
     }
   }
@@ -268,6 +296,7 @@ export class HostPool {
       this.slots.map(async (s) => {
         s.stopping = true;
         clearTimeout(s.reopenTimer);
+        clearTimeout(s.respawnTimer);
         if (!s.worker || !s.api) return;
         try {
           await timed(s.api.stop(), this.callTimeoutMs, `stop of host ${s.config.hostId}`);
@@ -288,6 +317,7 @@ export class HostPool {
     for (const s of this.slots) {
       s.stopping = true;
       clearTimeout(s.reopenTimer);
+      clearTimeout(s.respawnTimer);
       void s.worker?.terminate();
       s.worker = undefined;
       s.api = undefined;
@@ -324,7 +354,12 @@ export class HostPool {
     if (!slot.api) {
       throw Object.assign(new Error(`host ${slot.config.hostId} is down${slot.down ? `: ${slot.down}` : ''}`), { code: 'unavailable' });
     }
-    return timed(fn(slot.api), this.callTimeoutMs, `call to host ${slot.config.hostId}`);
+    return timed(this.untilExit(slot, fn(slot.api)), this.callTimeoutMs, `call to host ${slot.config.hostId}`);
+  }
+
+  /** `p`, or an 'unavailable' error as soon as the slot's running thread exits (a call to it is never answered then). */
+  private untilExit<T>(slot: HostSlot, p: Promise<T>): Promise<T> {
+    return slot.exited === undefined ? p : Promise.race([p, slot.exited]);
   }
 
   private get callTimeoutMs(): number {
@@ -337,13 +372,18 @@ export class HostPool {
    * (a spec the host refuses is forgotten).
    */
   private async reopen(slot: HostSlot, api: Comlink.Remote<HostApi>, keys: Iterable<string>): Promise<void> {
+    const current = (): boolean => !this.stopped && !slot.stopping && slot.api === api;
     for (const key of [...keys]) {
+      // The thread this loop reopens for has exited (its successor reopens for itself), or the
+      // pool is stopping: nothing more to do, and nothing to report.
+      if (!current()) return;
       const spec = slot.shards.get(key);
       if (spec === undefined) continue;
       try {
-        await timed(api.openShard(spec), this.callTimeoutMs, `reopening shard ${key} on host ${slot.config.hostId}`);
+        await timed(this.untilExit(slot, api.openShard(spec)), this.callTimeoutMs, `reopening shard ${key} on host ${slot.config.hostId}`);
         slot.reopenPending.delete(key);
       } catch (e) {
+        if (!current()) return;
         const err = e instanceof Error ? e : new Error(String(e));
         const retrying = !refused(e);
         if (retrying) slot.reopenPending.add(key);
@@ -354,11 +394,16 @@ export class HostPool {
         this.opts.onShardReopenFailed?.(slot.config.hostId, spec, err, retrying);
       }
     }
+    if (!current()) return;
     if (slot.reopenPending.size === 0) {
       slot.reopenAttempts = 0;
       return;
     }
-    // Back-off: 1 s, doubling up to a minute, for as long as the host runs.
+    this.armReopen(slot, api);
+  }
+
+  /** The next attempt at the shards a host could not open: 1 s, doubling up to a minute, for as long as the host runs. */
+  private armReopen(slot: HostSlot, api: Comlink.Remote<HostApi>): void {
     const delay = Math.min(60_000, 1000 * 2 ** Math.min(slot.reopenAttempts, 6));
     slot.reopenAttempts++;
     clearTimeout(slot.reopenTimer);
@@ -381,6 +426,11 @@ export class HostPool {
     slot.worker = worker;
     slot.api = api;
     slot.error = undefined;
+    const exited = new Promise<never>((_resolve, reject) => {
+      worker.once('exit', (code) => reject(Object.assign(new Error(`host ${slot.config.hostId} exited (code ${code})`), { code: 'unavailable' })));
+    });
+    exited.catch(() => undefined); // Only calls in flight care.
+    slot.exited = exited;
     worker.once('exit', (code) => this.onExit(slot, worker, code));
     // An uncaught error in the host ends the thread; 'exit' follows, reports it and restarts.
     worker.on('error', (err) => {
@@ -388,12 +438,17 @@ export class HostPool {
     });
     slot.ready = (async () => {
       try {
-        await timed(api.init(slot.config), this.callTimeoutMs, `start of host ${slot.config.hostId}`);
+        await timed(this.untilExit(slot, api.init(slot.config)), this.callTimeoutMs, `start of host ${slot.config.hostId}`);
       } catch (e) {
+        // Why it did not start is the reason its exit reports (the node logs it).
+        if (slot.worker === worker && slot.error === undefined) slot.error = e instanceof Error ? e : new Error(String(e));
         // A thread that did not start in time is not left running beside its replacement.
         void worker.terminate();
         throw e;
       }
+      // Started: whatever said it was down (a failed start before this one) is over.
+      slot.down = undefined;
+      slot.respawns = 0;
       await this.reopen(slot, api, slot.shards.keys());
     })();
     const ready = slot.ready;
@@ -418,10 +473,25 @@ export class HostPool {
     const restarting = slot.restarts.length < (this.opts.restartsMax ?? 5);
     this.opts.onHostExit?.(slot.config.hostId, code, restarting, error);
     if (!restarting) {
-      slot.down = `host exited ${slot.restarts.length + 1} times within ${windowMs} ms (last code ${code}${error ? `: ${error.message}` : ''})`;
+      const delay = Math.min(HOST_RESPAWN_MS_MAX, (this.opts.respawnMsMin ?? HOST_RESPAWN_MS_MIN) * 2 ** Math.min(slot.respawns, 10));
+      slot.down = `host exited ${slot.restarts.length + 1} times within ${windowMs} ms (last code ${code}${error ? `: ${error.message}` : ''}); starting it again in ${delay / 1000} s`;
+      slot.respawns++;
+      clearTimeout(slot.respawnTimer);
+      slot.respawnTimer = setTimeout(() => {
+        slot.respawnTimer = undefined;
+        if (this.stopped || slot.stopping || slot.worker !== undefined) return;
+        slot.restarts = [];
+        this.restart(slot);
+      }, delay);
+      slot.respawnTimer.unref();
       return;
     }
     slot.restarts.push(now);
+    this.restart(slot);
+  }
+
+  /** Starts a host thread again (after an exit); a start that fails ends in another exit. */
+  private restart(slot: HostSlot): void {
     slot.restartsTotal++;
     this.spawn(slot).catch((e: Error) => {
       slot.down = `restart failed: ${e.message}`;

@@ -1,6 +1,7 @@
 import { strict as assert } from 'node:assert';
 import { execFile } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Readable, Writable } from 'node:stream';
@@ -409,6 +410,28 @@ describe('cluster/cli', () => {
         });
       });
       assert.equal(code, 2);
+    });
+
+    it('exits after a NATS server that never answers, within the --timeout it was given (not when a socket the client library leaves open goes)', async () => {
+      const bin = path.join(__dirname, '..', '..', '..', 'bin', 'strata');
+      // Accepts connections and says nothing: connecting times out.
+      const silent = net.createServer(() => undefined);
+      await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+      const port = (silent.address() as net.AddressInfo).port;
+      try {
+        const t0 = performance.now();
+        const r = await new Promise<{ code: number; stderr: string }>((resolve) => {
+          execFile(process.execPath, [bin, 'volume', 'list', '--nats', `nats://127.0.0.1:${port}`, '--timeout', '300'], { timeout: 15_000 }, (err, _out, stderr) => {
+            resolve({ code: err === null ? 0 : Number((err as { code?: unknown }).code), stderr });
+          });
+        });
+        assert.equal(r.code, 1, r.stderr);
+        assert.match(r.stderr, /^strata: unavailable: can not connect to NATS at nats:\/\/127\.0\.0\.1:\d+: TIMEOUT\n$/);
+        // Node's start and the connect timeout: well under the 15 s the hang took.
+        assert.ok(performance.now() - t0 < 8000, `exited after ${(performance.now() - t0).toFixed(0)} ms`);
+      } finally {
+        silent.close();
+      }
     });
   });
 });

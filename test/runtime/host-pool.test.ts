@@ -1,6 +1,11 @@
 import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import type { HostConfig } from '../../runtime/actor-host';
 import { HOST_HEAP_INITIAL_MIB_MAX, HostPool } from '../../runtime/host-pool';
+import { startNatsServer, type NatsServerHandle } from '../../runtime/nats-server';
+import { waitFor } from '../support/wait';
 
 describe('HostPool options', () => {
   it('rejects a host heap size outside 0..HOST_HEAP_INITIAL_MIB_MAX MiB before starting any host', async () => {
@@ -13,5 +18,91 @@ describe('HostPool options', () => {
         return true;
       });
     }
+  });
+});
+
+describe('HostPool supervision', function () {
+  this.timeout(60_000);
+  let server: NatsServerHandle;
+  let dir: string;
+  let pool: HostPool | undefined;
+  before(async () => {
+    server = await startNatsServer({ jetstream: false });
+  });
+  beforeEach(() => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'strata-pool-test-'));
+  });
+  afterEach(async () => {
+    await pool?.stop();
+    pool = undefined;
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  after(async () => {
+    await server?.stop();
+  });
+
+  const host = (deviceDir: string): HostConfig => ({ hostId: 0, nodeId: 'n1', cluster: 'pooltest', natsUrl: server.url, deviceDir });
+
+  it('a host that cannot start is down with the reason its start failed, and is started again after a back-off once the cause is gone', async () => {
+    const dev = path.join(dir, 'dev0');
+    const exits: Array<{ restarting: boolean; err: string | undefined }> = [];
+    pool = await HostPool.start({
+      hosts: [host(dev)],
+      restartsMax: 2,
+      respawnMsMin: 500,
+      onHostExit: (_id, _code, restarting, err) => exits.push({ restarting, err: err?.message }),
+    });
+    // Its device cannot be opened for a while: every start fails.
+    fs.renameSync(dev, `${dev}.away`);
+    fs.writeFileSync(dev, 'not a directory');
+    await pool.crashHost(0);
+    await waitFor('the host down after its restarts', async () => /starting it again in/.test((await pool!.stats())[0]!.down ?? ''), 20_000);
+    const down = (await pool.stats())[0]!.down!;
+    assert.match(down, /ENOTDIR/, `the reason its start failed: ${down}`);
+    assert.ok(exits.some((e) => !e.restarting), 'told that it is down');
+    assert.ok(exits.slice(1).every((e) => e.err !== undefined && /ENOTDIR/.test(e.err)), `each failed start's exit says why: ${JSON.stringify(exits)}`);
+    assert.equal((await pool.health())[0]!.ok, false);
+    // The cause goes: the next start after the back-off works, and nothing says it is down.
+    fs.rmSync(dev);
+    fs.renameSync(`${dev}.away`, dev);
+    await waitFor('the host started again', async () => (await pool!.stats())[0]!.down === undefined && (await pool!.health())[0]!.ok, 20_000);
+    await pool.checkpointAll();
+  });
+
+  it('a shard whose storage cannot be opened fails its open with the reason, and is opened again with a back-off once the cause is gone', async () => {
+    const dev = path.join(dir, 'dev0');
+    const failures: string[] = [];
+    pool = await HostPool.start({ hosts: [host(dev)], onShardReopenFailed: (_id, _spec, err, retrying) => failures.push(`${retrying}: ${err.message}`) });
+    // A file where the shard's directory goes.
+    const shardDir = path.join(dev, 'shards', 'v9.0');
+    fs.writeFileSync(shardDir, 'in the way');
+    const spec = { volumeId: 'v9', volumeName: 'v9', shard: 0, shards: 1, pageCount: 64, pageSize: 4096 as const, stripePages: 16, members: ['n1'] };
+    await assert.rejects(pool.openShard(0, spec), (e: Error & { code?: string }) => {
+      assert.match(e.message, /ENOTDIR|EEXIST/);
+      return true;
+    });
+    const state = async (): Promise<string | undefined> => (await pool!.stats())[0]!.device?.shards.find((x) => x.volumeId === 'v9')?.state;
+    assert.equal(await state(), 'down', 'known, and down');
+    await waitFor('a retry that failed too', () => failures.length > 0, 10_000);
+    assert.match(failures[0]!, /^true: /, 'retried, not forgotten');
+    fs.rmSync(shardDir);
+    await waitFor('the shard opened by a later retry', async () => (await state()) === 'up', 15_000);
+  });
+
+  it('a call in flight to a host whose thread exits fails at once, not at its deadline', async () => {
+    pool = await HostPool.start({ hosts: [host(path.join(dir, 'dev0'))], callTimeoutMs: 20_000 });
+    const t0 = performance.now();
+    // A call the host has not answered yet (it stalls for 5 s) when its thread ends.
+    const inFlight = pool.stallHost(0, 5000).then(
+      () => assert.fail('a thread that was terminated answers nothing'),
+      (e: Error & { code?: string }) => e,
+    );
+    await new Promise((r) => setTimeout(r, 100));
+    await pool.crashHost(0);
+    const err = await inFlight;
+    assert.equal(err.code, 'unavailable', err.message);
+    assert.match(err.message, /host 0 exited/);
+    assert.ok(performance.now() - t0 < 4000, `failed after ${(performance.now() - t0).toFixed(0)} ms`);
+    await waitFor('the host back', async () => (await pool!.health())[0]!.ok, 20_000);
   });
 });
