@@ -18,6 +18,7 @@
 import * as fs from 'node:fs';
 import * as crypto from 'node:crypto';
 import * as path from 'node:path';
+import { DataDirLock } from './data-dir-lock';
 import { connect, type NatsConnection, type Msg, type Subscription } from 'nats';
 import { HEADER_DEADLINE, parseDeadline, readHeaders } from '../messages/headers';
 import type { MessageType } from '../messages/api';
@@ -155,6 +156,40 @@ class FailureLog {
 
 type ApiHandler = (body: unknown, req: ApiRequest) => Promise<unknown>;
 
+/**
+ * The node's metadata in `dataDir` (created on first start, checked against the options after)
+ * and the controller's catalog, when the node runs one.
+ */
+function openDataDir(dataDir: string, opts: StrataNodeOptions, hosts: number): { meta: MetaStore; nodeMeta: NodeMeta; controller: Controller | undefined } {
+  const disk = new RealDisk(dataDir);
+  const meta = new MetaStore(disk, '', { payloadBytesMax: 16 * 1024 * 1024 });
+  const existing = meta.read<NodeMeta>(NODE_META);
+  let nodeMeta: NodeMeta;
+  if (existing) {
+    if (existing.nodeId !== opts.nodeId || existing.cluster !== opts.cluster) {
+      throw new ProtocolError('bad_request', `data dir ${dataDir} belongs to node '${existing.nodeId}' of cluster '${existing.cluster}', not '${opts.nodeId}' of '${opts.cluster}'`);
+    }
+    if (existing.hosts !== hosts) {
+      throw new ProtocolError('bad_request', `data dir ${dataDir} was created with hosts=${existing.hosts}; start the node with the same --hosts (devices cannot be remapped yet)`);
+    }
+    nodeMeta = existing;
+  } else {
+    nodeMeta = { version: 1, nodeId: opts.nodeId, cluster: opts.cluster, hosts, shards: [] };
+    meta.write(NODE_META, nodeMeta);
+  }
+  let controller: Controller | undefined;
+  if (opts.controller) {
+    disk.mkdirp('controller');
+    disk.fsyncDir('');
+    controller = new Controller({
+      meta: new MetaStore(disk, 'controller', { payloadBytesMax: 16 * 1024 * 1024 }),
+      // Used only if no catalog exists yet: volume ids of a catalog created again never repeat.
+      newCatalogTag: crypto.randomBytes(4).toString('hex'),
+    });
+  }
+  return { meta, nodeMeta, controller };
+}
+
 function shardId(a: { volumeId: string; shard: number }): string {
   return `${a.volumeId}.${a.shard}`;
 }
@@ -170,6 +205,8 @@ export class StrataNode {
   private pool: HostPool | undefined;
   private nc: NatsConnection | undefined;
   private controller: Controller | undefined;
+  /** This node's hold on its data directory (released by stop, abandoned by kill). */
+  private readonly lock: DataDirLock;
   private service: Service | undefined;
   private router: ApiRouter | undefined;
   private readonly subs: Subscription[] = [];
@@ -207,29 +244,13 @@ export class StrataNode {
     this.heartbeatFailures = new FailureLog(this.log, 'heartbeat to the controller');
     this.reconcileFailures = new FailureLog(this.log, 'reconciliation with the catalog');
     fs.mkdirSync(this.dataDir, { recursive: true });
-    const disk = new RealDisk(this.dataDir);
-    this.meta = new MetaStore(disk, '', { payloadBytesMax: 16 * 1024 * 1024 });
-    const existing = this.meta.read<NodeMeta>(NODE_META);
-    if (existing) {
-      if (existing.nodeId !== opts.nodeId || existing.cluster !== opts.cluster) {
-        throw new ProtocolError('bad_request', `data dir ${this.dataDir} belongs to node '${existing.nodeId}' of cluster '${existing.cluster}', not '${opts.nodeId}' of '${opts.cluster}'`);
-      }
-      if (existing.hosts !== this.hosts) {
-        throw new ProtocolError('bad_request', `data dir ${this.dataDir} was created with hosts=${existing.hosts}; start the node with the same --hosts (devices cannot be remapped yet)`);
-      }
-      this.nodeMeta = existing;
-    } else {
-      this.nodeMeta = { version: 1, nodeId: opts.nodeId, cluster: opts.cluster, hosts: this.hosts, shards: [] };
-      this.meta.write(NODE_META, this.nodeMeta);
-    }
-    if (opts.controller) {
-      disk.mkdirp('controller');
-      disk.fsyncDir('');
-      this.controller = new Controller({
-        meta: new MetaStore(disk, 'controller', { payloadBytesMax: 16 * 1024 * 1024 }),
-        // Used only if no catalog exists yet: volume ids of a catalog created again never repeat.
-        newCatalogTag: crypto.randomBytes(4).toString('hex'),
-      });
+    // One node process per data directory: two would write the same shard logs.
+    this.lock = DataDirLock.acquire(this.dataDir, opts.nodeId);
+    try {
+      ({ meta: this.meta, nodeMeta: this.nodeMeta, controller: this.controller } = openDataDir(this.dataDir, opts, this.hosts));
+    } catch (e) {
+      this.lock.release();
+      throw e;
     }
   }
 
@@ -240,6 +261,8 @@ export class StrataNode {
       await node.boot();
     } catch (e) {
       node.kill();
+      // Nothing of it runs on: the directory is free again.
+      node.lock.release();
       throw e;
     }
     return node;
@@ -353,6 +376,7 @@ export class StrataNode {
     }
     for (const s of this.subs) s.unsubscribe();
     await this.pool?.stop();
+    this.lock.release();
     try {
       await this.nc?.drain();
     } catch {
@@ -367,6 +391,8 @@ export class StrataNode {
     if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
     this.pool?.kill();
     void this.nc?.close().catch(() => undefined);
+    // The lock file stays, as after a crash; a node started on the directory takes it over.
+    this.lock.abandon();
   }
 
   // ---------------------------------------------------------------------------------------------

@@ -106,6 +106,19 @@ describe('StrataNode', function () {
     return (reply as Partial<ErrorReply>).error?.code;
   }
 
+  it('a data directory in use by a running node is refused to a second one; free again after a stop', async () => {
+    serveFakeMembership();
+    const first = await startNode('lk1');
+    await assert.rejects(startNode('lk1'), (e: ProtocolError) => {
+      assert.equal(e.code, 'bad_request');
+      assert.match(e.message, /is in use by node 'lk1' \(process \d+, since /);
+      return true;
+    });
+    await first.stop();
+    nodes.splice(nodes.indexOf(first), 1);
+    await startNode('lk1');
+  });
+
   describe('API requests', () => {
     let client: StrataClient;
     beforeEach(() => {
