@@ -24,7 +24,7 @@ import { HEADER_DEADLINE, parseDeadline, readHeaders } from '../messages/headers
 import type { MessageType } from '../messages/api';
 import type { Service } from 'nats';
 import { messageHeaders, REPLY_HEADERS, wellFormed } from '../runtime/nats-headers';
-import { encodeReplyWithin } from '../runtime/request-mux';
+import { encodeReplyWithin, natsErrorCode } from '../runtime/request-mux';
 import { encode, decode } from '../messages/codec';
 import { errorReply, ProtocolError, toProtocolError, throwIfError, type ErrorCode } from '../messages/errors';
 import {
@@ -127,6 +127,10 @@ export const HOST_STATUS_TIMEOUT_MS = 1000;
 /** After a failed reconciliation the next waits this long, doubling on each failure up to the max. */
 export const RECONCILE_BACKOFF_MS_MIN = 1000;
 export const RECONCILE_BACKOFF_MS_MAX = 30_000;
+/** checkAlone: probes of each subject, the pause between them, and each one's deadline. */
+const CHECK_ALONE_TRIES = 3;
+const CHECK_ALONE_PAUSE_MS = 300;
+const CHECK_ALONE_TIMEOUT_MS = 2000;
 
 /**
  * Logs a failure that repeats (every heartbeat, every retry) quietly: at warn the first time
@@ -300,6 +304,17 @@ export class StrataNode {
     }
     const telemetry = currentTelemetry();
     if (telemetry) this.recorder = new RequestRecorder();
+    this.nc = await connect({
+      servers: this.opts.natsUrl,
+      name: `strata-${this.nodeId}`,
+      maxReconnectAttempts: -1,
+      reconnectTimeWait: 250,
+      timeout: 10_000,
+      // Failures become typed errors where they are handled; no stack trace per request.
+      noAsyncTraces: true,
+    });
+    // Before any host subscribes in this node's name.
+    await this.checkAlone(this.nc);
     this.pool = await HostPool.start({
       hosts: hostConfigs,
       ...(this.opts.hostHeapInitialMiB !== undefined ? { heapInitialMiB: this.opts.hostHeapInitialMiB } : {}),
@@ -319,15 +334,6 @@ export class StrataNode {
         this.log.warn('could not open a shard; trying again', { hostId: a.hostId, volume: a.volumeId, shard: a.shard, err }),
       );
     }
-    this.nc = await connect({
-      servers: this.opts.natsUrl,
-      name: `strata-${this.nodeId}`,
-      maxReconnectAttempts: -1,
-      reconnectTimeWait: 250,
-      timeout: 10_000,
-      // Failures become typed errors where they are handled; no stack trace per request.
-      noAsyncTraces: true,
-    });
     this.router = new ApiRouter(this.nc, this.cluster, this.opts.requestTimeoutMs ?? 10_000);
     if (this.controller) this.serveController();
     this.serveNode();
@@ -361,6 +367,41 @@ export class StrataNode {
   /** Fault injection: the next `times` fdatasyncs of a host's device fail (Infinity: for good). */
   async failFsync(hostId: number, times: number): Promise<void> {
     await this.hostPool.failFsync(hostId, times);
+  }
+
+  /**
+   * Refuses to start beside a running node of the same id (both would answer for its replicas,
+   * and a candidate could count a vote the other had given to someone else), and, with a
+   * controller, beside another controller (two catalogs: a volume created in one is not found
+   * in the other). Someone answers, or takes the request without answering, on the node's
+   * status subject or the controller's members subject: CHECK_ALONE_TRIES times in a row, so
+   * that a node killed a moment ago (its connection not closed yet) is not taken for one.
+   * Two nodes that start at the same moment are not caught.
+   */
+  private async checkAlone(nc: NatsConnection): Promise<void> {
+    const probes: Array<{ subject: string; message: string }> = [
+      { subject: nodeSubject(this.cluster, this.nodeId, 'status'), message: `node id '${this.nodeId}' is in use in cluster '${this.cluster}': another node of that id answers` },
+    ];
+    if (this.controller) {
+      probes.push({
+        subject: controllerSubject(this.cluster, 'members'),
+        message: `cluster '${this.cluster}' has a controller already: start this node with --no-controller (one controller per cluster)`,
+      });
+    }
+    for (const { subject, message } of probes) {
+      let present = 0;
+      for (let i = 0; i < CHECK_ALONE_TRIES && present === i; i++) {
+        if (i > 0) await new Promise((r) => setTimeout(r, CHECK_ALONE_PAUSE_MS));
+        try {
+          await nc.request(subject, encode({}), { timeout: CHECK_ALONE_TIMEOUT_MS });
+          present++;
+        } catch (e) {
+          // No subscriber at all: the server says so at once. A timeout means one took it.
+          if (natsErrorCode(e) !== '503') present++;
+        }
+      }
+      if (present === CHECK_ALONE_TRIES) throw new ProtocolError('bad_request', message, { subject });
+    }
   }
 
   /** Clean stop: stops answering, drains hosts and NATS. */

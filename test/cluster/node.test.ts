@@ -119,6 +119,25 @@ describe('StrataNode', function () {
     await startNode('lk1');
   });
 
+  it('refuses to start beside a running node of the same id, and a second controller beside the cluster\'s', async () => {
+    serveFakeMembership();
+    await startNode('al1');
+    await assert.rejects(startNode('al1', { dataDir: path.join(root, 'al1-elsewhere') }), (e: ProtocolError) => {
+      assert.equal(e.code, 'bad_request');
+      assert.match(e.message, /node id 'al1' is in use in cluster 'nodetest'/);
+      return true;
+    });
+    // The fake controller answers the members subject, as a controller does.
+    serveFake('members', (msg) => msg.respond(encode({ members: [] })));
+    await assert.rejects(startNode('al2', { controller: true }), (e: ProtocolError) => {
+      assert.equal(e.code, 'bad_request');
+      assert.match(e.message, /cluster 'nodetest' has a controller already: start this node with --no-controller/);
+      return true;
+    });
+    // Refused before anything ran: the data directory is free for a node that starts right.
+    await startNode('al2');
+  });
+
   describe('API requests', () => {
     let client: StrataClient;
     beforeEach(() => {
