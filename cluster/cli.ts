@@ -177,6 +177,8 @@ export function parseArgs(argvIn: readonly string[]): ParsedArgs {
   }
   const first = argv[0]!;
   if (first === '--help' || first === '-h') return { command: 'help', positionals: [], flags: {}, rest: [] };
+  // `strata node --help` as any other command's: the list of commands (node's flags are there).
+  if (first === 'node' && argv.slice(1).some((a) => a === '--help' || a === '-h')) return { command: 'help', positionals: [], flags: {}, rest: [] };
   if (first === 'node') return { command: 'node', positionals: [], flags: {}, rest: argv.slice(1) };
   if (first === 'bench') return { command: 'bench', positionals: [], flags: {}, rest: argv.slice(1) };
   if (first.startsWith('-')) throw new UsageError(`expected a command before ${first}`);
@@ -247,6 +249,11 @@ export function parseArgs(argvIn: readonly string[]): ParsedArgs {
   }
   if (flags['metrics-port'] !== undefined && (flags['metrics-port'] as number) > 65535) {
     throw new UsageError(`--metrics-port: expected 0..65535, got ${String(flags['metrics-port'])}`);
+  }
+  // strata dev gives node i the port N + i.
+  const devPorts = command === 'dev' ? ((flags.nodes as number | undefined) ?? 3) : 1;
+  if (flags['metrics-port'] !== undefined && (flags['metrics-port'] as number) > 0 && (flags['metrics-port'] as number) + devPorts - 1 > 65535) {
+    throw new UsageError(`--metrics-port: the ${devPorts} nodes take ports ${String(flags['metrics-port'])}..${(flags['metrics-port'] as number) + devPorts - 1}, past 65535`);
   }
   if (flags.count !== undefined && ((flags.count as number) < 1 || (flags.count as number) > GET_PAGES_MAX)) {
     throw new UsageError(`--count: expected 1..${GET_PAGES_MAX}, got ${String(flags.count)}`);
@@ -494,8 +501,6 @@ async function get(ctx: Ctx): Promise<void> {
           { page: first, pages: count, pageCount: info.pageCount },
         );
       }
-      // Opened only now, so that a bad request does not truncate the file.
-      if (!toStdout) handle = await fs.promises.open(file, 'w');
       let lsn = 0;
       for (let at = 0; at < count; at += TRANSFER_PAGES_PER_CALL) {
         const n = Math.min(TRANSFER_PAGES_PER_CALL, count - at);
@@ -503,6 +508,9 @@ async function get(ctx: Ctx): Promise<void> {
           Array.from({ length: n }, (_, i) => first + at + i),
           lsnAt === undefined ? {} : { lsn: lsnAt },
         );
+        // Opened once the first read is answered, so that a request the cluster refuses (an
+        // LSN it does not have, say) does not truncate the file.
+        if (!toStdout && handle === undefined) handle = await fs.promises.open(file, 'w');
         lsn = Math.max(lsn, got.lsn);
         for (const data of got.pages) {
           if (handle === undefined) await writeOut(ctx.io.stdout, data);

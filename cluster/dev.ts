@@ -161,12 +161,16 @@ export interface DevClusterOptions {
   hosts?: number;
   /** The Node.js binary the node processes run on; default this process's (`process.execPath`). */
   execPath?: string;
+  /** Aborted (Ctrl-C during the start): the start stops what it started and rejects. */
+  signal?: AbortSignal;
 }
 
 /**
  * Starts the nats-server and the node processes; the caller stops them. A node process that
- * cannot be spawned (binary missing, no processes left) fails the start at once with an error
- * naming the node, instead of ending this process with an unhandled 'error' event.
+ * cannot be spawned (binary missing, no processes left), or that exits before the cluster is
+ * up (a bad flag, a port in use), fails the start at once with an error naming the node,
+ * instead of ending this process with an unhandled 'error' event or waiting out the start's
+ * deadline.
  */
 export async function startDevCluster(opts: DevClusterOptions): Promise<DevCluster> {
   if (!Number.isSafeInteger(opts.nodes) || opts.nodes < 1 || opts.nodes > 16) throw new Error(`--nodes must be 1..16, got ${opts.nodes}`);
@@ -199,8 +203,13 @@ export async function startDevCluster(opts: DevClusterOptions): Promise<DevClust
   const spawnFailure = new Promise<never>((_, reject) => (spawnFailed = reject));
   spawnFailure.catch(() => undefined);
   const execPath = opts.execPath ?? process.execPath;
+  const onAbort = (): void => spawnFailed(new Error('interrupted'));
+  if (opts.signal?.aborted) onAbort();
+  opts.signal?.addEventListener('abort', onAbort, { once: true });
+  const natsStart = startNatsServer({ jetstream: false });
+  natsStart.catch(() => undefined);
   try {
-    nats = await startNatsServer({ jetstream: false });
+    nats = await Promise.race([natsStart, spawnFailure]);
     for (let i = 0; i < opts.nodes; i++) {
       const id = `n${i + 1}`;
       const log = path.join(root, `${id}.log`);
@@ -215,14 +224,19 @@ export async function startDevCluster(opts: DevClusterOptions): Promise<DevClust
       // Also emitted when signalling a running node fails; after the start that is left to the
       // node's own exit (reported by runDev), as nothing waits on spawnFailure any more.
       child.on('error', (err) => spawnFailed(new Error(`node ${id}: could not run ${execPath}: ${err.message}`)));
+      child.once('exit', (code, signal) => spawnFailed(new Error(`node ${id} exited during the start (${signal ?? `code ${String(code)}`})`)));
       nodes.push({ id, pid: child.pid ?? -1, log, process: child });
       // The controller first: the others register with it.
       if (i === 0) await Promise.race([new Promise((r) => setTimeout(r, 200)), spawnFailure]);
     }
     await Promise.race([waitForNodes(nats.url, opts.nodes, 30_000), spawnFailure]);
     const client = await connect({ servers: nats.url, cluster: 'dev' });
+    opts.signal?.removeEventListener('abort', onAbort);
     return { natsUrl: nats.url, root, nodes, client, stop };
   } catch (e) {
+    opts.signal?.removeEventListener('abort', onAbort);
+    // A nats-server whose start an interruption overtook is stopped too.
+    if (nats === undefined) nats = await natsStart.catch(() => undefined);
     const tails = nodes.map((n) => {
       const text = fs.existsSync(n.log) ? fs.readFileSync(n.log, 'utf8').trim().split('\n').slice(-5).join('\n    ') : '';
       return `  ${n.id} (pid ${n.pid}) log:\n    ${text}`;
@@ -235,51 +249,68 @@ export async function startDevCluster(opts: DevClusterOptions): Promise<DevClust
 export async function runDev(opts: DevOptions): Promise<number> {
   const out = opts.out ?? ((l: string) => process.stdout.write(l + '\n'));
   const count = opts.nodes ?? 3;
-  let cluster: DevCluster;
+  // Ctrl-C or SIGTERM at any moment (the start, the demo, the wait) stops what was started and
+  // removes the temporary directory; without a handler the signal would end this process and
+  // leave the nats-server and the node processes running.
+  const interrupt = new AbortController();
+  const onSignal = (): void => interrupt.abort();
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  const interrupted = new Promise<'interrupted'>((resolve) => interrupt.signal.addEventListener('abort', () => resolve('interrupted'), { once: true }));
   try {
-    cluster = await startDevCluster({
-      nodes: count,
-      ...(opts.dataDir !== undefined ? { dataDir: opts.dataDir } : {}),
-      ...(opts.metricsPort !== undefined ? { metricsPort: opts.metricsPort } : {}),
-      ...(opts.hosts !== undefined ? { hosts: opts.hosts } : {}),
-    });
-  } catch (e) {
-    process.stderr.write(`strata dev: ${(e as Error).message}\n`);
-    return 1;
-  }
-  out(`Strata dev cluster 'dev' is up: ${count} node(s), NATS at ${cluster.natsUrl}`);
-  for (const n of cluster.nodes) out(`node ${n.id} pid ${n.pid} log ${n.log}`);
-  out(`data: ${cluster.root}${opts.dataDir ? '' : ' (temporary, removed on exit)'}`);
-  for (const n of cluster.nodes) {
-    n.process.once('exit', (code, signal) => {
-      out(`node ${n.id} (pid ${n.pid}) exited (${signal ?? `code ${code}`}); the others carry on while each shard keeps a majority`);
-    });
-  }
-  if (opts.demo) {
-    let code = 0;
+    let cluster: DevCluster;
     try {
-      const r = await runDemo(cluster.client, { replicas: count >= 3 ? 3 : 1 });
-      for (const l of r.lines) out(`  ${l}`);
-      out(r.ok ? 'demo: every check passed' : 'demo: CHECKS FAILED');
-      code = r.ok ? 0 : 1;
+      cluster = await startDevCluster({
+        nodes: count,
+        signal: interrupt.signal,
+        ...(opts.dataDir !== undefined ? { dataDir: opts.dataDir } : {}),
+        ...(opts.metricsPort !== undefined ? { metricsPort: opts.metricsPort } : {}),
+        ...(opts.hosts !== undefined ? { hosts: opts.hosts } : {}),
+      });
     } catch (e) {
-      process.stderr.write(`strata dev --demo: ${(e as Error).message}\n`);
-      code = 1;
+      process.stderr.write(`strata dev: ${(e as Error).message}\n`);
+      return interrupt.signal.aborted ? 130 : 1;
     }
-    for (const n of cluster.nodes) n.process.removeAllListeners('exit');
-    await cluster.client.close();
-    await cluster.stop();
-    return code;
+    out(`Strata dev cluster 'dev' is up: ${count} node(s), NATS at ${cluster.natsUrl}`);
+    for (const n of cluster.nodes) out(`node ${n.id} pid ${n.pid} log ${n.log}`);
+    out(`data: ${cluster.root}${opts.dataDir ? '' : ' (temporary, removed on exit)'}`);
+    for (const n of cluster.nodes) {
+      n.process.once('exit', (code, signal) => {
+        out(`node ${n.id} (pid ${n.pid}) exited (${signal ?? `code ${code}`}); the others carry on while each shard keeps a majority`);
+      });
+    }
+    const shutDown = async (): Promise<void> => {
+      for (const n of cluster.nodes) n.process.removeAllListeners('exit');
+      await cluster.client.close();
+      await cluster.stop();
+    };
+    if (opts.demo) {
+      let code = 0;
+      try {
+        const r = await Promise.race([runDemo(cluster.client, { replicas: count >= 3 ? 3 : 1 }), interrupted]);
+        if (r === 'interrupted') {
+          out('interrupted; stopping…');
+          code = 130;
+        } else {
+          for (const l of r.lines) out(`  ${l}`);
+          out(r.ok ? 'demo: every check passed' : 'demo: CHECKS FAILED');
+          code = r.ok ? 0 : 1;
+        }
+      } catch (e) {
+        process.stderr.write(`strata dev --demo: ${(e as Error).message}\n`);
+        code = 1;
+      }
+      await shutDown();
+      return code;
+    }
+    out(`try: strata --nats ${cluster.natsUrl} volume create v1 --pages 1024 --replicas ${count >= 3 ? 3 : 1}`);
+    out('Ctrl-C stops the cluster');
+    await interrupted;
+    out('stopping…');
+    await shutDown();
+    return 0;
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
   }
-  out(`try: strata --nats ${cluster.natsUrl} volume create v1 --pages 1024 --replicas ${count >= 3 ? 3 : 1}`);
-  out('Ctrl-C stops the cluster');
-  await new Promise<void>((resolve) => {
-    process.once('SIGINT', resolve);
-    process.once('SIGTERM', resolve);
-  });
-  out('stopping…');
-  for (const n of cluster.nodes) n.process.removeAllListeners('exit');
-  await cluster.client.close();
-  await cluster.stop();
-  return 0;
 }

@@ -194,6 +194,25 @@ function openDataDir(dataDir: string, opts: StrataNodeOptions, hosts: number): {
   return { meta, nodeMeta, controller };
 }
 
+/** CBOR of a map's first key "error" (1 entry), in the three ways a map's length may be written. */
+const ERROR_KEY = [0x65, 0x65, 0x72, 0x72, 0x6f, 0x72];
+const ERROR_MAP_HEADS = [[0xa1], [0xb8, 0x01], [0xb9, 0x00, 0x01]];
+
+/**
+ * The outcome of a reply passed on as it came (a catalog verb's answer from the controller):
+ * 'ok', or the error code it answers. Only a reply that starts as an error reply is decoded.
+ */
+function encodedReplyOutcome(bytes: Uint8Array): 'ok' | ErrorCode {
+  const head = ERROR_MAP_HEADS.find((h) => h.every((b, i) => bytes[i] === b) && ERROR_KEY.every((b, i) => bytes[h.length + i] === b));
+  if (head === undefined) return 'ok';
+  try {
+    throwIfError(decode(bytes));
+    return 'ok';
+  } catch (e) {
+    return toProtocolError(e).code;
+  }
+}
+
 function shardId(a: { volumeId: string; shard: number }): string {
   return `${a.volumeId}.${a.shard}`;
 }
@@ -833,7 +852,7 @@ export class StrataNode {
     // A reply over the server's max_payload (a page.read of more pages than one reply holds
     // through this server) is answered too_large: the requester can ask for fewer.
     const { bytes, code } = reply instanceof Uint8Array
-      ? { bytes: reply, code: 'ok' as const }
+      ? { bytes: reply, code: encodedReplyOutcome(reply) }
       : encodeReplyWithin(this.nc, reply, (err) => this.log.error('api reply encoding failed', { verb, err }));
     msg.respond(bytes, { headers: REPLY_HEADERS });
     return code;

@@ -91,6 +91,7 @@ class MemoryCluster implements ClientTransport {
           return { lsn: ++this.lsn };
         }
         const req = validateShardRead(validateShardReadRequest(body), { ...info, shard });
+        if (req.lsn !== undefined && req.lsn > this.lsn) throw new ProtocolError('future_lsn', `lsn ${req.lsn} is newer than the last LSN ${this.lsn}`);
         return { pages: req.pages.map((p) => this.pages.get(`${volumeId}:${p}`) ?? new Uint8Array(info.pageSize)), lsn: this.lsn };
       }
       default:
@@ -166,6 +167,8 @@ describe('cluster/cli', () => {
       assert.equal(parseArgs(['--help']).command, 'help');
       assert.equal(parseArgs(['-h']).command, 'help');
       assert.equal(parseArgs(['volume', 'list', '--help']).command, 'help');
+      assert.equal(parseArgs(['node', '--help']).command, 'help', 'node takes --help as the other commands do');
+      assert.equal(parseArgs(['node', '--data-dir', 'd', '-h']).command, 'help');
     });
 
     const usage: Array<[string[], RegExp]> = [
@@ -386,6 +389,11 @@ describe('cluster/cli', () => {
         assert.equal(fs.readFileSync(output, 'utf8'), 'precious');
         r = await run(['get', 'nope', '0', output], mem);
         assert.match(r.err, /^strata: not_found: /);
+        // Refused by the shard itself (an LSN it does not have yet): the file is not touched either.
+        r = await run(['get', 'db', '0', '--lsn', '999', output], mem);
+        assert.equal(r.code, 1);
+        assert.match(r.err, /^strata: future_lsn: /);
+        assert.equal(fs.readFileSync(output, 'utf8'), 'precious');
       });
     });
   });

@@ -1,4 +1,8 @@
 import { strict as assert } from 'node:assert';
+import { execFileSync, spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import { startDevCluster, demoPage, type DevCluster } from '../../cluster/dev';
 
 describe('strata dev: nodes as processes, one killed with SIGKILL while writing', function () {
@@ -57,5 +61,47 @@ describe('strata dev: a node process that cannot be spawned', function () {
     );
     // Not the 30 s wait for live nodes: the spawn failure ends the start.
     assert.ok(Date.now() - t0 < 10_000, `took ${Date.now() - t0} ms`);
+  });
+});
+
+describe('strata dev: a start that does not finish', function () {
+  this.timeout(60_000);
+  let dir: string;
+  beforeEach(() => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'strata-dev-test-'));
+  });
+  afterEach(() => {
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  /** Processes whose command line names `text`. */
+  const processesWith = (text: string): string[] =>
+    execFileSync('ps', ['-eo', 'pid,args'], { encoding: 'utf8' }).split('\n').filter((l) => l.includes(text) && !l.includes('ps -eo'));
+
+  it('a node process that exits during the start fails it at once, naming the node', async () => {
+    const t0 = Date.now();
+    await assert.rejects(startDevCluster({ nodes: 2, hosts: 1, dataDir: dir, execPath: '/bin/false' }), (e: Error) => /node n1 exited during the start \(code 1\)/.test(e.message));
+    assert.ok(Date.now() - t0 < 10_000, `took ${Date.now() - t0} ms, not the 30 s wait for live nodes`);
+  });
+
+  it('interrupted during the start, it stops the nats-server and the nodes it started', async () => {
+    const interrupt = new AbortController();
+    setTimeout(() => interrupt.abort(), 500);
+    await assert.rejects(startDevCluster({ nodes: 2, hosts: 1, dataDir: dir, signal: interrupt.signal }), /interrupted/);
+    assert.deepEqual(processesWith(dir), [], 'no node process left');
+  });
+
+  it('strata dev stopped by SIGTERM while it starts leaves no process and no temporary directory', async () => {
+    const bin = path.join(__dirname, '..', '..', '..', 'bin', 'strata');
+    const natsDirs = (): string[] => fs.readdirSync(os.tmpdir()).filter((n) => n.startsWith('strata-nats-'));
+    const before = new Set(natsDirs());
+    const child = spawn(process.execPath, [bin, 'dev', '--nodes', '2', '--data-dir', dir], { stdio: 'ignore' });
+    // Half a second in: the nats-server or the nodes are starting (a start takes seconds here).
+    await new Promise((r) => setTimeout(r, 500));
+    child.kill('SIGTERM');
+    const code = await new Promise<number | null>((resolve) => child.once('exit', (c) => resolve(c)));
+    assert.ok(code === 130 || code === 0, `exit code ${String(code)}: interrupted (130), or stopped once up (0)`);
+    assert.deepEqual(processesWith(dir), [], 'no node process left');
+    assert.deepEqual(natsDirs().filter((n) => !before.has(n)), [], 'the nats-server\'s directory removed');
   });
 });

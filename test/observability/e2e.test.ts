@@ -215,6 +215,7 @@ describe('observability end to end (in-process cluster)', function () {
     for (let i = 0; i < WRITES; i++) lastLsn = (await vol.write(10 + i, page(i))).lsn;
     for (let i = 0; i < READS; i++) await vol.read(10 + i);
     await assert.rejects(vol.read(10, { lsn: 1_000_000 }), (e: { code?: string }) => e.code === 'future_lsn');
+    await assert.rejects(c.client.volume('nope').info(), (e: { code?: string }) => e.code === 'not_found');
     await c.client.status();
     // Followers learn the last commit LSN with the next heartbeat: scrape until every node shows it.
     const after = await until('the last commit LSN on every node in a scrape', 20_000, async () => {
@@ -228,6 +229,9 @@ describe('observability end to end (in-process cluster)', function () {
     assert.equal(delta('strata_request_duration_seconds_count', { operation: 'shard.read', outcome: 'ok' }), READS);
     assert.equal(delta('strata_request_duration_seconds_count', { operation: 'shard.read', outcome: 'future_lsn' }), 1);
     assert.equal(delta('strata_errors_total', { code: 'future_lsn' }), 1);
+    // A catalog verb's error, answered by the controller and passed on as it came, counts as that error.
+    assert.equal(delta('strata_request_duration_seconds_count', { host: 'main', operation: 'volume.info', outcome: 'not_found' }), 1);
+    assert.equal(delta('strata_errors_total', { host: 'main', code: 'not_found' }), 1);
     assert.ok(delta('strata_request_duration_seconds_count', { operation: 'replica.append', outcome: 'ok' }) >= WRITES, 'followers answered the appends');
     assert.equal(delta('strata_request_duration_seconds_count', { host: 'main', operation: 'status', outcome: 'ok' }), 1, 'the API verb status, on a main thread');
     // Every replica made each page durable: three copies of (at least) the page bytes.
