@@ -194,15 +194,18 @@ export class Controller {
       });
     }
     // Shard s gets `replicas` consecutive nodes starting at a rotating offset, so leaders and
-    // load spread over the nodes; on each node, hosts are used round-robin.
-    const hostCursor = new Map<string, number>();
+    // load spread over the nodes; on each node, the host with the fewest replicas in the
+    // catalog (the lowest id among equals). A rotation of hosts alone started every volume of
+    // one shard on host 0 of a node, leaving its other hosts idle.
+    const load = this.hostLoad();
     const placements: ShardPlacement[] = [];
     for (let s = 0; s < spec.shards; s++) {
       const replicas: ReplicaPlacement[] = [];
       for (let r = 0; r < spec.replicas; r++) {
         const m = live[(this.placementCursor + s + r) % live.length]!;
-        const h = hostCursor.get(m.nodeId) ?? (this.placementCursor + s) % m.hosts;
-        hostCursor.set(m.nodeId, (h + 1) % m.hosts);
+        let h = 0;
+        for (let i = 1; i < m.hosts; i++) if ((load.get(`${m.nodeId}/${i}`) ?? 0) < (load.get(`${m.nodeId}/${h}`) ?? 0)) h = i;
+        load.set(`${m.nodeId}/${h}`, (load.get(`${m.nodeId}/${h}`) ?? 0) + 1);
         replicas.push({ nodeId: m.nodeId, hostId: h });
       }
       placements.push({ shard: s, replicas });
@@ -212,6 +215,15 @@ export class Controller {
     const rec: VolumeRecord = { ...spec, id, createdAt: Math.floor(nowMs), placements };
     this.commit({ ...this.state, nextId: this.state.nextId + 1, volumes: [...this.state.volumes, rec] });
     return rec;
+  }
+
+  /** Replicas placed on each host of the catalog, by `<nodeId>/<hostId>`. */
+  private hostLoad(): Map<string, number> {
+    const load = new Map<string, number>();
+    for (const v of this.state.volumes) {
+      for (const p of v.placements) for (const r of p.replicas) load.set(`${r.nodeId}/${r.hostId}`, (load.get(`${r.nodeId}/${r.hostId}`) ?? 0) + 1);
+    }
+    return load;
   }
 
   /** Removes a volume and leaves a tombstone for its shards. Durable when it returns. */

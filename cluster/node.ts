@@ -698,19 +698,21 @@ export class StrataNode {
       }
     }
     const timeout = this.opts.requestTimeoutMs ?? 10_000;
-    try {
-      await Promise.all(
-        [...byNode].map(async ([nodeId, shards]) => {
-          const r = await this.nc!.request(nodeSubject(this.cluster, nodeId, 'shards.open'), encode({ shards }), { timeout });
-          throwIfError(decode(r.data));
-        }),
-      );
-    } catch (e) {
-      // Undo: the volume never became visible as created. Nodes that opened shards destroy
-      // them now or, if unreachable, through the tombstone when they next reconcile.
+    // Every node's answer is waited for before an undo: a destroy sent while another node's
+    // open still runs could come first there, and leave that node's shard open.
+    const opened = await Promise.allSettled(
+      [...byNode].map(async ([nodeId, shards]) => {
+        const r = await this.nc!.request(nodeSubject(this.cluster, nodeId, 'shards.open'), encode({ shards }), { timeout });
+        throwIfError(decode(r.data));
+      }),
+    );
+    const failed = opened.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed !== undefined) {
+      // Undo: the volume is answered as not created. Nodes that opened shards destroy them now
+      // or, if unreachable, through the tombstone when they next reconcile.
       c.delete(v.name);
       await this.destroyEverywhere(v).catch(() => undefined);
-      throw new ProtocolError('unavailable', `volume '${v.name}' could not be placed: ${(e as Error).message}`);
+      throw new ProtocolError('unavailable', `volume '${v.name}' could not be placed: ${(failed.reason as Error).message}`);
     }
     return volumeInfo(v);
   }

@@ -79,3 +79,18 @@ describe('Controller volume ids', () => {
     assert.throws(() => new Controller({ meta: new MetaStore(new SimDisk(), ''), newCatalogTag: 'Not.Ok' }), /newCatalogTag/);
   });
 });
+
+describe('Controller placement', () => {
+  it('places each replica on the host of its node with the fewest replicas: volumes of one shard spread over the hosts', () => {
+    const c = controller();
+    c.heartbeat('a', 3, T0);
+    const hosts = (name: string, shards: number): number[] =>
+      c.create({ name, pageCount: 64, pageSize: 4096, shards, stripePages: 16, replicas: 1 }, T0).placements.map((p) => p.replicas[0]!.hostId);
+    assert.deepEqual([hosts('v1', 1), hosts('v2', 1), hosts('v3', 1), hosts('v4', 1)], [[0], [1], [2], [0]]);
+    // A volume of several shards fills the hosts that hold fewer first.
+    assert.deepEqual(hosts('v5', 4), [1, 2, 0, 1]);
+    // A deleted volume's host is the next one used.
+    c.delete('v3');
+    assert.deepEqual(hosts('v6', 1), [2]);
+  });
+});

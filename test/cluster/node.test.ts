@@ -241,6 +241,48 @@ describe('StrataNode', function () {
     const create = (name: string, deadlineMs: number): Promise<unknown> =>
       apiRequest(client, 'volume.create', { name, pageCount: 64, replicas: 3 }, deadlineMs);
 
+    it('a create that fails on one node is undone only once every node answered: a slow node\'s shard is not left open', async () => {
+      const events: string[] = [];
+      // ghost1 refuses its shard at once; ghost2 opens its own after 500 ms.
+      fake.subscribe(nodeSubject(CLUSTER, 'ghost1', 'shards.open'), {
+        callback: (_err, msg) => msg.respond(encode(errorReply(new ProtocolError('unavailable', 'ghost1 cannot open it')))),
+      });
+      fake.subscribe(nodeSubject(CLUSTER, 'ghost2', 'shards.open'), {
+        callback: (_err, msg) =>
+          setTimeout(() => {
+            events.push('ghost2 opened');
+            msg.respond(encode({ ok: true }));
+          }, 500),
+      });
+      for (const g of ['ghost1', 'ghost2']) {
+        fake.subscribe(nodeSubject(CLUSTER, g, 'shards.destroy'), {
+          callback: (_err, msg) => {
+            events.push(`${g} destroy`);
+            msg.respond(encode({ ok: true }));
+          },
+        });
+      }
+      const beat = (): void => {
+        for (const g of ['ghost1', 'ghost2']) fake.request(controllerSubject(CLUSTER, 'heartbeat'), encode({ nodeId: g, hosts: 1 })).catch(() => undefined);
+      };
+      beat();
+      ghostTimer = setInterval(beat, 200);
+      const node = await startNode('ctl0', { controller: true, requestTimeoutMs: 5000 });
+      await waitFor('3 live members', async () => {
+        const r = decode((await fake.request(controllerSubject(CLUSTER, 'members'), encode({}))).data) as { members: Array<{ live: boolean }> };
+        return r.members.filter((m) => m.live).length === 3;
+      });
+      client = createClient(new NatsTransport(fake), { cluster: CLUSTER, timeoutMs: 5000 });
+      const reply = await apiRequest(client, 'volume.create', { name: 'undone', pageCount: 64, replicas: 3 }, Date.now() + 4000);
+      assert.equal(errorCode(reply), 'unavailable');
+      assert.match(JSON.stringify(reply), /could not be placed: .*ghost1 cannot open it/);
+      assert.equal(events[0], 'ghost2 opened', `the destroys came after ghost2's open: ${events.join(', ')}`);
+      assert.deepEqual(events.slice(1).sort(), ['ghost1 destroy', 'ghost2 destroy']);
+      assert.equal(errorCode(await apiRequest(client, 'volume.info', { name: 'undone' }, Date.now() + 4000)), 'not_found');
+      // This node's own replica was destroyed too.
+      assert.deepEqual((await node.hostPool.stats()).flatMap((h) => h.device?.shards ?? []), []);
+    });
+
     it(`answers overloaded at once beyond CONTROL_QUEUE_MAX (${CONTROL_QUEUE_MAX}) operations queued or running`, async () => {
       const slow = await controllerWithSlowNodes('ctl1');
       const deadlineMs = Date.now() + 2500;
