@@ -39,7 +39,7 @@ import { DeviceHost, deviceProblem, shardKey, type ShardSpec, type DeviceHostOpt
 import { createLogger, type Logger } from '../observability/log';
 import type { WorkerTelemetryInit, WorkerTracing } from '../observability/worker-tracing';
 import { ATTR, batchSendTracer, captureSpanContext, clientSpan, deviceQueueTracer, serverSpan, withSpan } from '../observability/tracing';
-import { encodeReplyWithin, frozenHeaders, RequestMux, serverMaxPayload } from './request-mux';
+import { ConnectionState, encodeReplyWithin, frozenHeaders, RequestMux, serverMaxPayload } from './request-mux';
 import { withTimeout } from './timeout';
 import { RequestRecorder, type RequestStatsSnapshot } from '../observability/request-recorder';
 import type { Attributes } from '@opentelemetry/api';
@@ -194,6 +194,8 @@ export class ActorHost implements HostApi {
   private replies: Array<Msg | Uint8Array> = [];
   /** Replication requests (one reply subscription, one deadline timer). */
   private mux: RequestMux | undefined;
+  /** Whether the connection is up (it reconnects for ever: closed says nothing while it tries). */
+  private connection: ConnectionState | undefined;
   private idle: Array<() => void> = [];
   private faults: { unreachable: Set<string>; delayMs: number; dropRate: number } = { unreachable: new Set(), delayMs: 0, dropRate: 0 };
   /** Request durations and errors; only with telemetry. */
@@ -202,6 +204,10 @@ export class ActorHost implements HostApi {
   private readonly traced = telemetryInit !== undefined;
   /** Attributes of every span of this host: node and device (set in init). */
   private spanAttrs: Attributes = {};
+
+  private natsConnected(): boolean {
+    return this.nc !== undefined && !this.nc.isClosed() && this.connection?.connected === true;
+  }
 
   async init(config: HostConfig): Promise<void> {
     this.config = config;
@@ -220,8 +226,10 @@ export class ActorHost implements HostApi {
       // Failures become typed errors where they are handled; no stack trace per request.
       noAsyncTraces: true,
     });
-    // Replication requests share one reply subscription and one deadline timer.
-    this.mux = new RequestMux(this.nc);
+    // Replication requests share one reply subscription and one deadline timer; while the
+    // connection is down they fail at once instead of piling up in the client's buffer.
+    this.connection = new ConnectionState(this.nc);
+    this.mux = new RequestMux(this.nc, { connection: this.connection });
     // Replication messages are sized to the server's max_payload (learnt at connect).
     const maxPayload = serverMaxPayload(this.nc);
     this.device = new DeviceHost({
@@ -376,7 +384,7 @@ export class ActorHost implements HostApi {
     return {
       hostId: this.config?.hostId ?? -1,
       device: this.device?.stats(),
-      natsConnected: this.nc !== undefined && !this.nc.isClosed(),
+      natsConnected: this.natsConnected(),
       mailbox,
       ...(this.recorder ? { requests: this.recorder.snapshot() } : {}),
     };
@@ -384,7 +392,7 @@ export class ActorHost implements HostApi {
 
   async health(): Promise<HostHealth> {
     const st = this.device?.stats();
-    const natsConnected = this.nc !== undefined && !this.nc.isClosed();
+    const natsConnected = this.natsConnected();
     const deviceFailed = st?.queue.state === 'failed';
     const shardsDown = st?.shards.filter((s) => s.state === 'down').length ?? 0;
     const problem = st ? deviceProblem(st) : 'no device';

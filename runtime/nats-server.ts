@@ -29,6 +29,8 @@ export interface NatsServerOptions {
   startTimeoutMs?: number;
   /** Grace period after SIGTERM in `stop()` before SIGKILL. Default 5 000 ms. */
   stopTimeoutMs?: number;
+  /** Listen on this loopback port (a server started again where its clients reconnect). Default: a free one. */
+  port?: number;
 }
 
 /** A running nats-server started by {@link startNatsServer}. */
@@ -197,7 +199,7 @@ async function launch(
   binary: string,
   dir: string,
   port: number,
-  opts: Required<Omit<NatsServerOptions, "binary" | "logDir">> & { logDir: string | undefined },
+  opts: Required<Omit<NatsServerOptions, "binary" | "logDir" | "port">> & { logDir: string | undefined },
 ): Promise<NatsServerHandle> {
   const configFile = path.join(dir, "nats-server.conf");
   await fs.promises.writeFile(configFile, renderConfig(port, dir, opts.jetstream, opts.maxPayloadBytes));
@@ -344,6 +346,9 @@ export async function startNatsServer(opts: NatsServerOptions = {}): Promise<Nat
   if (!(startTimeoutMs > 0) || !(stopTimeoutMs > 0)) {
     throw new RangeError(`startTimeoutMs and stopTimeoutMs must be > 0, got ${startTimeoutMs} and ${stopTimeoutMs}`);
   }
+  if (opts.port !== undefined && !(Number.isInteger(opts.port) && opts.port >= 1 && opts.port <= 65535)) {
+    throw new RangeError(`port must be an integer in 1..65535, got ${opts.port}`);
+  }
   const launchOpts = {
     jetstream: opts.jetstream ?? true,
     maxPayloadBytes,
@@ -355,13 +360,13 @@ export async function startNatsServer(opts: NatsServerOptions = {}): Promise<Nat
   const dir = await fs.promises.mkdtemp(path.join(os.tmpdir(), "strata-nats-"));
   try {
     for (let attempt = 1; ; attempt++) {
-      const port = await freePort();
+      const port = opts.port ?? (await freePort());
       try {
         return await launch(binary, dir, port, launchOpts);
       } catch (err) {
         if (err instanceof LaunchFailure) {
           // The port was free when probed but taken before the server bound it: try another.
-          if (err.addressInUse && attempt < portAttemptsMax) continue;
+          if (err.addressInUse && attempt < portAttemptsMax && opts.port === undefined) continue;
           throw new NatsServerStartError(err.message);
         }
         throw err;

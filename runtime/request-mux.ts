@@ -14,7 +14,7 @@
  * NoRespondersError; a message over the server's max_payload → 'too_large'; the connection or
  * the mux closed → 'unavailable'; more than `pendingMax` requests waiting → 'overloaded'.
  */
-import { createInbox, headers as natsHeaders, type Msg, type MsgHdrs, type NatsConnection, type Subscription } from 'nats';
+import { Events, createInbox, headers as natsHeaders, type Msg, type MsgHdrs, type NatsConnection, type Subscription } from 'nats';
 import { ProtocolError, errorReply, toProtocolError, type ErrorCode } from '../messages/errors';
 import { encode, type CodecOptions } from '../messages/codec';
 
@@ -36,6 +36,45 @@ export interface MuxRequestOptions {
 export interface RequestMuxOptions {
   /** Most requests waiting for a reply at once; more are refused with `overloaded`. Default 65 536. */
   pendingMax?: number;
+  /**
+   * Refuse requests at once (`unavailable`) while this says the connection is down. Without
+   * it, a request sent while the client reconnects waits in the client library's buffer, which
+   * has no bound, and goes out late after the reconnect: right for a caller that waits for the
+   * reconnect, wrong for replication, which sends its own heartbeats and appends again.
+   */
+  connection?: ConnectionState;
+}
+
+/**
+ * Whether a connection is up, from its status events: nats.js's `isClosed()` stays false while
+ * it reconnects (for good, with maxReconnectAttempts -1), so it cannot tell.
+ */
+export class ConnectionState {
+  private up = true;
+  /** Disconnects seen so far. */
+  disconnects = 0;
+
+  constructor(nc: NatsConnection) {
+    void this.watch(nc);
+  }
+
+  get connected(): boolean {
+    return this.up;
+  }
+
+  private async watch(nc: NatsConnection): Promise<void> {
+    try {
+      for await (const s of nc.status()) {
+        if (s.type === Events.Disconnect) {
+          this.up = false;
+          this.disconnects++;
+        } else if (s.type === Events.Reconnect) this.up = true;
+      }
+    } catch {
+      // The status stream ends with the connection.
+    }
+    this.up = false;
+  }
 }
 
 interface Pending {
@@ -60,6 +99,7 @@ export class RequestMux {
   /** When the timer fires (performance.now() ms); Infinity when it is not set. */
   private timerAt = Number.POSITIVE_INFINITY;
   private closed = false;
+  private readonly connection: ConnectionState | undefined;
 
   constructor(
     private readonly nc: NatsConnection,
@@ -70,6 +110,7 @@ export class RequestMux {
       throw new ProtocolError('bad_request', `pendingMax must be a positive integer, got ${String(pendingMax)}`);
     }
     this.pendingMax = pendingMax;
+    this.connection = opts.connection;
     this.prefix = `${createInbox()}.`;
   }
 
@@ -86,6 +127,9 @@ export class RequestMux {
     }
     if (this.closed || this.nc.isClosed()) {
       return Promise.reject(new ProtocolError('unavailable', `request on ${subject} failed: the connection is closed`, { subject }));
+    }
+    if (this.connection !== undefined && !this.connection.connected) {
+      return Promise.reject(new ProtocolError('unavailable', `request on ${subject} failed: disconnected from NATS (reconnecting)`, { subject }));
     }
     if (this.pending.size >= this.pendingMax) {
       return Promise.reject(new ProtocolError('overloaded', `${this.pending.size} requests already wait for a reply on this connection`, {

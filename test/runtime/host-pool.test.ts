@@ -89,6 +89,26 @@ describe('HostPool supervision', function () {
     await waitFor('the shard opened by a later retry', async () => (await state()) === 'up', 15_000);
   });
 
+  it('a host whose NATS server goes away says it is disconnected (it reconnects for ever, so it is not closed), and ok once back', async () => {
+    let own = await startNatsServer({ jetstream: false });
+    const port = own.port;
+    try {
+      pool = await HostPool.start({ hosts: [{ ...host(path.join(dir, 'dev0')), natsUrl: own.url }] });
+      assert.equal((await pool.health())[0]!.natsConnected, true);
+      await own.stop();
+      await waitFor('the host to say so', async () => {
+        const h = (await pool!.health())[0]!;
+        return !h.natsConnected && !h.ok && h.reason === 'NATS disconnected';
+      }, 15_000);
+      own = await startNatsServer({ jetstream: false, port });
+      await waitFor('connected again', async () => (await pool!.health())[0]!.ok, 20_000);
+    } finally {
+      await pool?.stop();
+      pool = undefined;
+      await own.stop();
+    }
+  });
+
   it('a call in flight to a host whose thread exits fails at once, not at its deadline', async () => {
     pool = await HostPool.start({ hosts: [host(path.join(dir, 'dev0'))], callTimeoutMs: 20_000 });
     const t0 = performance.now();

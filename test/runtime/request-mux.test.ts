@@ -1,11 +1,12 @@
 import { strict as assert } from 'node:assert';
 import * as net from 'node:net';
 import { connect, type NatsConnection } from 'nats';
-import { frozenHeaders, NoRespondersError, RequestMux } from '../../runtime/request-mux';
+import { ConnectionState, frozenHeaders, NoRespondersError, RequestMux } from '../../runtime/request-mux';
 import { NatsTransport } from '../../cluster/client';
 import { MESSAGE_BYTES_MAX } from '../../messages/codec';
 import { startNatsServer, type NatsServerHandle } from '../../runtime/nats-server';
 import { rejectsWith } from '../support/expect';
+import { waitFor } from '../support/wait';
 
 describe('RequestMux (NATS request/reply over one reply subscription)', function () {
   this.timeout(30_000);
@@ -184,5 +185,38 @@ describe('RequestMux (NATS request/reply over one reply subscription)', function
     await rejectsWith(t.request('silent', Uint8Array.of(9), { timeoutMs: 50, headers: {} }), 'timeout', /within 50 ms/);
     await t.close();
     assert.ok(nc.isClosed());
+  });
+});
+
+describe('RequestMux with a ConnectionState: a connection that is down', function () {
+  this.timeout(60_000);
+
+  it('refuses requests at once while the server is gone, and takes them again once the client reconnected', async () => {
+    let server = await startNatsServer({ jetstream: false });
+    const port = server.port;
+    const nc = await connect({ servers: server.url, maxReconnectAttempts: -1, reconnectTimeWait: 100, noAsyncTraces: true });
+    const responder = await connect({ servers: server.url, maxReconnectAttempts: -1, reconnectTimeWait: 100 });
+    try {
+      responder.subscribe('echo', { callback: (_e, m) => m.respond(m.data) });
+      await responder.flush();
+      const connection = new ConnectionState(nc);
+      const mux = new RequestMux(nc, { connection });
+      assert.deepEqual([...(await mux.request('echo', Uint8Array.of(1), { timeoutMs: 5000 })).data], [1]);
+      await server.stop();
+      await waitFor('the client to see the disconnect', () => !connection.connected, 10_000);
+      assert.equal(nc.isClosed(), false, 'the client reconnects: not closed');
+      const t0 = performance.now();
+      await rejectsWith(mux.request('echo', Uint8Array.of(2), { timeoutMs: 10_000 }), 'unavailable', /disconnected from NATS/);
+      assert.ok(performance.now() - t0 < 1000, 'refused at once, not at its deadline');
+      server = await startNatsServer({ jetstream: false, port });
+      await waitFor('the client reconnected', () => connection.connected, 20_000);
+      assert.equal(connection.disconnects, 1);
+      // The responder re-subscribes on its own reconnect: asked until it answers.
+      await waitFor('an answer again', () => mux.request('echo', Uint8Array.of(4), { timeoutMs: 1000 }).then((m) => m.data[0] === 4, () => false), 20_000);
+    } finally {
+      await nc.close();
+      await responder.close();
+      await server.stop();
+    }
   });
 });
