@@ -11,7 +11,9 @@ import * as fs from 'node:fs';
 import type { Readable, Writable } from 'node:stream';
 import { connect as connectClient } from './client';
 import type { ConnectOptions, StrataClient } from './client';
-import { ConfigError, NATS_URL_DEFAULT, CLUSTER_DEFAULT, loadNodeConfig } from './config';
+import { ConfigError, NATS_URL_DEFAULT, CLUSTER_DEFAULT, checkNatsUrl, loadNodeConfig } from './config';
+import { DEADLINE_AHEAD_MS_MAX } from '../messages/headers';
+import { checkToken } from '../messages/subjects';
 import type { NodeConfig } from './config';
 import { ProtocolError } from '../messages/errors';
 import { PAGE_SIZES_BYTES } from '../messages/api';
@@ -258,7 +260,20 @@ export function parseArgs(argvIn: readonly string[]): ParsedArgs {
   if (flags.count !== undefined && ((flags.count as number) < 1 || (flags.count as number) > GET_PAGES_MAX)) {
     throw new UsageError(`--count: expected 1..${GET_PAGES_MAX}, got ${String(flags.count)}`);
   }
-  if (flags.timeout !== undefined && (flags.timeout as number) < 1) throw new UsageError('--timeout: expected at least 1 ms');
+  if (flags.timeout !== undefined && ((flags.timeout as number) < 1 || (flags.timeout as number) > DEADLINE_AHEAD_MS_MAX)) {
+    throw new UsageError(`--timeout: expected 1..${DEADLINE_AHEAD_MS_MAX} ms, got ${String(flags.timeout)}`);
+  }
+  if (typeof flags.cluster === 'string') {
+    try {
+      checkToken(flags.cluster, 'cluster');
+    } catch (e) {
+      throw new UsageError(`--${(e as Error).message}`);
+    }
+  }
+  if (typeof flags.nats === 'string') {
+    const problem = checkNatsUrl(flags.nats);
+    if (problem !== undefined) throw new UsageError(`--nats: ${problem}, got ${JSON.stringify(flags.nats)}`);
+  }
   if (command === 'put' || command === 'get') parseInteger('PAGE', positionals[1]!);
   if (command === 'shard force-vote') parseInteger('SHARD', positionals[1]!);
   return { command, positionals, flags, rest: [] };
@@ -437,6 +452,9 @@ async function put(ctx: Ctx): Promise<void> {
     const result = await withClient(ctx, async (client) => {
       const volume = client.volume(volumeName);
       const info = await volume.info();
+      if (first >= info.pageCount) {
+        throw new ProtocolError('out_of_range', `page ${first} is past the end of ${volumeName} (${info.pageCount} pages)`, { page: first, pageCount: info.pageCount });
+      }
       const sizeBytes = handle === undefined ? undefined : (await handle.stat()).size;
       if (sizeBytes !== undefined) {
         const pagesNeeded = Math.ceil(sizeBytes / info.pageSize);
@@ -455,6 +473,15 @@ async function put(ctx: Ctx): Promise<void> {
         const chunk = await read(TRANSFER_PAGES_PER_CALL * info.pageSize);
         if (chunk.byteLength === 0) break;
         const count = Math.ceil(chunk.byteLength / info.pageSize);
+        if (page + count > info.pageCount) {
+          // From stdin (a file's size was checked above): what came before stays written.
+          const done = page === first ? 'nothing was written' : `pages ${first}..${page - 1} were written`;
+          throw new ProtocolError('out_of_range', `stdin holds more than the ${info.pageCount - first} pages from page ${first} to the end of ${volumeName}: ${done}`, {
+            page: first,
+            pageCount: info.pageCount,
+            written: page - first,
+          });
+        }
         const pages = Array.from({ length: count }, (_, i) => {
           const slice = chunk.subarray(i * info.pageSize, (i + 1) * info.pageSize);
           if (slice.byteLength === info.pageSize) return { page: page + i, data: slice };
@@ -632,6 +659,8 @@ export async function main(argv: readonly string[], io: Partial<CliIo> = {}): Pr
         throw new UsageError(`unknown command ${JSON.stringify(args.command)}`);
     }
   } catch (err) {
+    // The reader of the output went away (`strata get … - | head -c 10`): nothing to say.
+    if ((err as NodeJS.ErrnoException).code === 'EPIPE') return 0;
     const code = errorCode(err);
     await writeOut(fullIo.stderr, `strata: ${code}: ${errorMessage(err, code)}\n`).catch(() => undefined);
     return err instanceof UsageError || err instanceof ConfigError ? 2 : 1;

@@ -146,7 +146,8 @@ interface FieldSpec {
   isPath?: boolean;
 }
 
-function checkNatsUrl(value: string): string | undefined {
+/** What is wrong with a list of NATS URLs, or undefined (the caller adds the value it got). */
+export function checkNatsUrl(value: string): string | undefined {
   for (const url of value.split(',')) {
     const u = url.trim();
     if (u === '') return 'expected one or more NATS URLs separated by commas';
@@ -155,10 +156,10 @@ function checkNatsUrl(value: string): string | undefined {
     try {
       parsed = new URL(u);
     } catch {
-      return `not a valid URL: ${JSON.stringify(u)}`;
+      return 'not a valid URL';
     }
     if (!NATS_SCHEMES.includes(parsed.protocol)) {
-      return `expected a ${NATS_SCHEMES.map((s) => s.slice(0, -1)).join('|')} URL, got ${JSON.stringify(u)}`;
+      return `expected ${NATS_SCHEMES.map((s) => s.slice(0, -1)).join('|')} URLs`;
     }
   }
   return undefined;

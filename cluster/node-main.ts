@@ -6,7 +6,7 @@
  * `metricsPort` (0 = none), span exporters and sampling from the config or OTEL_* variables.
  */
 import { StrataNode, STRATA_VERSION } from './node';
-import type { NodeConfig } from './config';
+import { ConfigError, type NodeConfig } from './config';
 import { createLogger } from '../observability/log';
 import { startTelemetry } from '../observability/telemetry';
 
@@ -24,7 +24,9 @@ export async function runNode(config: NodeConfig): Promise<{ stop(): Promise<voi
   let node: StrataNode;
   try {
     // A metrics port that cannot be bound is a configuration error: fail before serving.
-    await telemetry.ready;
+    await telemetry.ready.catch((err: unknown) => {
+      throw new ConfigError(`--metrics-port: the metrics endpoint cannot listen on port ${config.metricsPort}: ${(err as Error).message}`);
+    });
     node = await StrataNode.start({
       nodeId: config.nodeId,
       cluster: config.cluster,

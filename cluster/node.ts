@@ -19,12 +19,13 @@ import * as fs from 'node:fs';
 import * as crypto from 'node:crypto';
 import * as path from 'node:path';
 import { DataDirLock } from './data-dir-lock';
+import { withTimeout } from '../runtime/timeout';
 import { connect, type NatsConnection, type Msg, type Subscription } from 'nats';
 import { HEADER_DEADLINE, parseDeadline, readHeaders } from '../messages/headers';
 import type { MessageType } from '../messages/api';
 import type { Service } from 'nats';
 import { messageHeaders, REPLY_HEADERS, wellFormed } from '../runtime/nats-headers';
-import { encodeReplyWithin, natsErrorCode } from '../runtime/request-mux';
+import { encodeReplyWithin, fromNatsError, natsErrorCode } from '../runtime/request-mux';
 import { encode, decode } from '../messages/codec';
 import { errorReply, ProtocolError, toProtocolError, throwIfError, type ErrorCode } from '../messages/errors';
 import {
@@ -127,6 +128,8 @@ export const HOST_STATUS_TIMEOUT_MS = 1000;
 /** After a failed reconciliation the next waits this long, doubling on each failure up to the max. */
 export const RECONCILE_BACKOFF_MS_MIN = 1000;
 export const RECONCILE_BACKOFF_MS_MAX = 30_000;
+/** Longest wait for the NATS connection to drain at a stop. */
+const NATS_DRAIN_MS = 5000;
 /** checkAlone: probes of each subject, the pause between them, and each one's deadline. */
 const CHECK_ALONE_TRIES = 3;
 const CHECK_ALONE_PAUSE_MS = 300;
@@ -331,6 +334,8 @@ export class StrataNode {
       timeout: 10_000,
       // Failures become typed errors where they are handled; no stack trace per request.
       noAsyncTraces: true,
+    }).catch((err: unknown) => {
+      throw new ProtocolError('unavailable', `can not connect to NATS at ${String(this.opts.natsUrl)}: ${(err as Error).message}`, { natsCode: natsErrorCode(err) });
     });
     // Before any host subscribes in this node's name.
     await this.checkAlone(this.nc);
@@ -438,9 +443,11 @@ export class StrataNode {
     await this.pool?.stop();
     this.lock.release();
     try {
-      await this.nc?.drain();
+      // Bounded: a server that does not answer (hung) would hold the stop for a minute.
+      if (this.nc) await withTimeout(this.nc.drain(), NATS_DRAIN_MS, () => new Error('drain timed out'));
     } catch {
-      // Already closed.
+      // Already closed, or the server does not answer: closed without draining.
+      await this.nc?.close().catch(() => undefined);
     }
   }
 
@@ -474,7 +481,8 @@ export class StrataNode {
       epoch = (throwIfError(decode(r.data)) as { epoch: number }).epoch;
       this.heartbeatFailures.succeeded();
     } catch (e) {
-      if (!this.stopped) this.heartbeatFailures.failed(e);
+      // A NATS error ("503" when no controller runs) as the protocol error it means.
+      if (!this.stopped) this.heartbeatFailures.failed(fromNatsError(e, controllerSubject(this.cluster, 'heartbeat'), timeout));
       return;
     }
     if (epoch === this.reconciledEpoch || this.reconciling !== undefined || Date.now() < this.reconcileNotBeforeMs) return;

@@ -73,7 +73,6 @@ export {
   startWorkerTracing,
 };
 export type { ForwardedSpans, SamplingMode, SerializedSpan, WorkerTelemetryInit, WorkerTracing };
-import { createLogger } from './log';
 import { setSpansRecordable } from './tracing';
 
 /** Default Prometheus port (the registered OpenTelemetry Prometheus exporter port). */
@@ -272,7 +271,6 @@ export function currentTelemetry(): Telemetry | undefined {
 /** Starts the telemetry of this process (main thread; once per process, until shutdown). */
 export function startTelemetry(opts: TelemetryOptions): Telemetry {
   if (active) throw new Error('telemetry is already started in this process (one per process; share it between nodes)');
-  const log = createLogger({ component: 'telemetry', node: opts.nodeId });
   const exporterNames = traceExportersOf(opts);
   const configured = samplingOf(opts);
   // Without an exporter nothing recorded would go anywhere: the same as off.
@@ -340,7 +338,8 @@ export function startTelemetry(opts: TelemetryOptions): Telemetry {
   const relay = new SpanRelay(processors, resource);
 
   const ready = prometheus ? prometheus.startServer() : Promise.resolve();
-  ready.catch((err: unknown) => log.error('metrics endpoint failed to start', { port: metricsPort, err }));
+  // The caller that awaits `ready` reports a failure (once): here it is only kept from being unhandled.
+  ready.catch(() => undefined);
 
   let stopped = false;
   const telemetry: Telemetry = {

@@ -192,7 +192,11 @@ describe('cluster/cli', () => {
       [['volume', 'list', '--count', '1'], /unknown flag --count/],
       [['volume', 'list', '-x'], /unknown flag -x/],
       [['status', '--json=yes'], /--json takes no value/],
-      [['status', '--timeout', '0'], /--timeout: expected at least 1 ms/],
+      [['status', '--timeout', '0'], /--timeout: expected 1\.\.300000 ms, got 0/],
+      [['volume', 'list', '--timeout', '99999999'], /--timeout: expected 1\.\.300000 ms, got 99999999/],
+      [['volume', 'list', '--cluster', 'BAD.NAME'], /^--cluster: expected 1\.\.64 characters/],
+      [['volume', 'list', '--nats', 'bogus://x'], /^--nats: expected nats\|tls\|ws\|wss URLs, got "bogus:\/\/x"$/],
+      [['dev', '--nodes', '3', '--metrics-port', '65534'], /--metrics-port: the 3 nodes take ports 65534\.\.65536, past 65535/],
       [['put', 'db', '0'], /missing FILE/],
       [['put', 'db', 'zero', 'f'], /PAGE: expected a non-negative integer, got "zero"/],
       [['get', 'db', '0', 'f', '--count', '0'], /--count: expected 1\.\./],
@@ -378,6 +382,14 @@ describe('cluster/cli', () => {
         let r = await run(['put', 'db', '0', empty], mem);
         assert.equal(r.code, 0);
         assert.match(r.out, /wrote nothing/);
+        r = await run(['put', 'db', '4', empty], mem);
+        assert.equal(r.code, 1, 'a page past the end is refused, even with nothing to write');
+        assert.match(r.err, /^strata: out_of_range: page 4 is past the end of db \(4 pages\)\n$/);
+        // From stdin: the batch that would pass the end is refused, and says what was written.
+        r = await run(['put', 'db', '1', '-'], mem, { stdin: Readable.from([bytes(4096 * 3 + 1, 5)]) });
+        assert.equal(r.code, 1);
+        assert.match(r.err, /^strata: out_of_range: stdin holds more than the 3 pages from page 1 to the end of db: nothing was written\n$/);
+        assert.equal(mem.pages.size, 0);
         r = await run(['put', 'db', '0', path.join(dir, 'missing')], mem);
         assert.equal(r.code, 1);
         assert.match(r.err, /^strata: ENOENT: no such file or directory/);
@@ -396,6 +408,20 @@ describe('cluster/cli', () => {
         assert.equal(fs.readFileSync(output, 'utf8'), 'precious');
       });
     });
+  });
+
+  it('says nothing and exits 0 when the reader of its output goes away (EPIPE)', async () => {
+    const mem = new MemoryCluster();
+    await run(['volume', 'create', 'db', '--pages', '4'], mem);
+    const closed = new Writable({
+      write(_chunk, _enc, cb): void {
+        cb(Object.assign(new Error('write EPIPE'), { code: 'EPIPE', syscall: 'write' }));
+      },
+    });
+    const stderr = new Sink();
+    const code = await main(['get', 'db', '0', '--count', '4', '-'], { stdout: closed, stderr, env: {}, connect: mem.connect, stdin: Readable.from([]) });
+    assert.equal(code, 0);
+    assert.equal(stderr.text(), '');
   });
 
   describe('bin/strata', () => {

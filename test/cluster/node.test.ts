@@ -106,6 +106,16 @@ describe('StrataNode', function () {
     return (reply as Partial<ErrorReply>).error?.code;
   }
 
+  it('a NATS server that refuses the connection fails the start with the URL; the data directory is free after it', async () => {
+    await assert.rejects(startNode('cr1', { natsUrl: 'nats://127.0.0.1:1' }), (e: ProtocolError) => {
+      assert.equal(e.code, 'unavailable');
+      assert.match(e.message, /^can not connect to NATS at nats:\/\/127\.0\.0\.1:1: CONNECTION_REFUSED$/);
+      return true;
+    });
+    serveFakeMembership();
+    await startNode('cr1');
+  });
+
   it('a data directory in use by a running node is refused to a second one; free again after a stop', async () => {
     serveFakeMembership();
     const first = await startNode('lk1');
