@@ -346,6 +346,7 @@ export class StrataNode {
         restarting
           ? this.log.warn('actor host exited; restarting it', { hostId, code, ...(err ? { err } : {}) })
           : this.log.error('actor host exited too often; starting it again after a back-off', { hostId, code, ...(err ? { err } : {}) }),
+      onHostHung: (hostId, silentMs) => this.log.error('actor host does not answer; terminating and restarting it', { hostId, silentMs }),
       onShardReopenFailed: (hostId, spec, err, retrying) =>
         this.log.warn(retrying ? 'host could not open a shard; trying again' : 'restarted host refused a shard; forgotten', {
           hostId, volume: spec.volumeId, shard: spec.shard, err,

@@ -124,6 +124,8 @@ export interface HostHealth {
 
 export interface HostApi {
   init(config: HostConfig): Promise<void>;
+  /** Answers at once: the pool's watchdog tells a thread that answers from one that hangs. */
+  ping(): Promise<void>;
   openShard(spec: ShardSpec): Promise<void>;
   closeShard(volumeId: string, shard: number, destroy: boolean): Promise<void>;
   /** DeviceHost.destroyLeftovers: shard directories of deleted volumes that no replica uses. */
@@ -388,6 +390,10 @@ export class ActorHost implements HostApi {
       mailbox,
       ...(this.recorder ? { requests: this.recorder.snapshot() } : {}),
     };
+  }
+
+  async ping(): Promise<void> {
+    // Answered by the thread's event loop, between its tasks.
   }
 
   async health(): Promise<HostHealth> {

@@ -31,6 +31,13 @@ export interface HostPoolOptions {
   restartWindowMs?: number;
   /** First back-off before a host that is down is started again; default HOST_RESPAWN_MS_MIN. */
   respawnMsMin?: number;
+  /**
+   * A host thread that has not answered a ping for this long is hung (a loop that never ends, a
+   * wait that never returns): it is terminated and started again. Default HOST_HANG_MS; 0: never.
+   */
+  hangMs?: number;
+  /** Told when a host is found hung, before it is terminated (for logging by the node). */
+  onHostHung?: (hostId: number, silentMs: number) => void;
   /** Deadline for a control call to a host; default 30 s. */
   callTimeoutMs?: number;
   /**
@@ -83,6 +90,8 @@ interface HostSlot {
   /** A host left down after too many exits is started again after a back-off: its timer, and how many times so far. */
   respawnTimer: NodeJS.Timeout | undefined;
   respawns: number;
+  /** When the ping in flight to the running thread was sent (performance.now()); undefined when none is. */
+  pingSentAt: number | undefined;
 }
 
 /** How a host thread last ended unexpectedly. */
@@ -114,12 +123,21 @@ const LEFTOVERS_TIMEOUT_MS = 5000;
  */
 export const HOST_RESPAWN_MS_MIN = 5_000;
 export const HOST_RESPAWN_MS_MAX = 300_000;
+/**
+ * Default of HostPoolOptions.hangMs. A host thread answers a ping between any two of its tasks
+ * (the longest device task is tens of ms): 20 s of silence is a thread that will not answer,
+ * whose leader subscriptions would go on taking requests that nobody answers.
+ */
+export const HOST_HANG_MS = 20_000;
+/** How often each host is pinged. */
+const PING_EVERY_MS = 1000;
 
 export class HostPool {
   private readonly slots: HostSlot[];
   private readonly opts: HostPoolOptions;
   private readonly heapInitialMiB: number;
   private stopped = false;
+  private watchdog: NodeJS.Timeout | undefined;
 
   private constructor(opts: HostPoolOptions) {
     this.opts = opts;
@@ -146,6 +164,7 @@ export class HostPool {
       exited: undefined,
       respawnTimer: undefined,
       respawns: 0,
+      pingSentAt: undefined,
     }));
   }
 
@@ -158,7 +177,41 @@ export class HostPool {
       pool.kill();
       throw e;
     }
+    const hangMs = opts.hangMs ?? HOST_HANG_MS;
+    if (hangMs > 0) {
+      pool.watchdog = setInterval(() => pool.watch(hangMs), Math.min(PING_EVERY_MS, hangMs / 2));
+      pool.watchdog.unref();
+    }
     return pool;
+  }
+
+  /**
+   * Pings every running host (one ping in flight per thread); one whose ping has waited
+   * `hangMs` is terminated, and its exit restarts it as any other.
+   */
+  private watch(hangMs: number): void {
+    if (this.stopped) return;
+    const now = performance.now();
+    for (const slot of this.slots) {
+      const api = slot.api;
+      const worker = slot.worker;
+      if (api === undefined || worker === undefined || slot.stopping || slot.ready !== undefined) continue;
+      if (slot.pingSentAt === undefined) {
+        slot.pingSentAt = now;
+        this.untilExit(slot, api.ping()).then(
+          () => {
+            if (slot.api === api) slot.pingSentAt = undefined;
+          },
+          () => undefined,
+        );
+      } else if (now - slot.pingSentAt >= hangMs) {
+        const silentMs = Math.round(now - slot.pingSentAt);
+        slot.pingSentAt = undefined;
+        slot.down = `hung: no answer for ${Math.round(silentMs / 1000)} s; restarting it`;
+        this.opts.onHostHung?.(slot.config.hostId, silentMs);
+        void worker.terminate();
+      }
+    }
   }
 
   get size(): number {
@@ -292,6 +345,7 @@ export class HostPool {
   /** Clean shutdown: every host drains its mailboxes and device queue, then exits. */
   async stop(): Promise<void> {
     this.stopped = true;
+    clearInterval(this.watchdog);
     await Promise.all(
       this.slots.map(async (s) => {
         s.stopping = true;
@@ -314,6 +368,7 @@ export class HostPool {
   /** Abrupt end, as a crash: threads terminated without draining (tests of recovery). */
   kill(): void {
     this.stopped = true;
+    clearInterval(this.watchdog);
     for (const s of this.slots) {
       s.stopping = true;
       clearTimeout(s.reopenTimer);
@@ -426,6 +481,7 @@ export class HostPool {
     slot.worker = worker;
     slot.api = api;
     slot.error = undefined;
+    slot.pingSentAt = undefined;
     const exited = new Promise<never>((_resolve, reject) => {
       worker.once('exit', (code) => reject(Object.assign(new Error(`host ${slot.config.hostId} exited (code ${code})`), { code: 'unavailable' })));
     });

@@ -109,6 +109,21 @@ describe('HostPool supervision', function () {
     }
   });
 
+  it('a host thread that stops answering is terminated after hangMs and started again', async () => {
+    const hung: number[] = [];
+    pool = await HostPool.start({ hosts: [host(path.join(dir, 'dev0'))], hangMs: 1500, onHostHung: (id, ms) => hung.push(ms) });
+    const t0 = performance.now();
+    // Blocked for 20 s (a wait that does not return): without the watchdog, back only then.
+    void pool.stallHost(0, 20_000).catch(() => undefined);
+    await waitFor('the host found hung', () => hung.length > 0, 10_000);
+    assert.ok(hung[0]! >= 1500, `silent for ${hung[0]} ms`);
+    await waitFor('the host started again and answering', async () => (await pool!.health({ timeoutMs: 500 }))[0]!.ok, 15_000);
+    assert.ok(performance.now() - t0 < 12_000, `back after ${(performance.now() - t0).toFixed(0)} ms, not after the 20 s stall`);
+    const st = (await pool.stats())[0]!;
+    assert.equal(st.restarts, 1, 'the restart is counted');
+    assert.equal(st.down, undefined);
+  });
+
   it('a call in flight to a host whose thread exits fails at once, not at its deadline', async () => {
     pool = await HostPool.start({ hosts: [host(path.join(dir, 'dev0'))], callTimeoutMs: 20_000 });
     const t0 = performance.now();
