@@ -39,6 +39,8 @@ import {
   validateHeartbeat,
   validateAssignmentsRequest,
   validateAssignmentsReply,
+  ASSIGNMENTS_PAGE_MAX,
+  ASSIGNMENTS_PER_NODE_MAX,
   validateShardsOpen,
   validateShardsDestroy,
   validateShardForceVote,
@@ -128,6 +130,8 @@ export const HOST_STATUS_TIMEOUT_MS = 1000;
 /** After a failed reconciliation the next waits this long, doubling on each failure up to the max. */
 export const RECONCILE_BACKOFF_MS_MIN = 1000;
 export const RECONCILE_BACKOFF_MS_MAX = 30_000;
+/** Reads of the assignments (all pages) before a reconciliation gives up for its back-off. */
+const ASSIGNMENTS_FETCH_TRIES = 3;
 /** Longest wait for the NATS connection to drain at a stop. */
 const NATS_DRAIN_MS = 5000;
 /** checkAlone: probes of each subject, the pause between them, and each one's deadline. */
@@ -497,9 +501,7 @@ export class StrataNode {
    */
   private async reconcileWithCatalog(epoch: number): Promise<void> {
     try {
-      const timeout = this.opts.requestTimeoutMs ?? 10_000;
-      const r = await this.nc!.request(controllerSubject(this.cluster, 'assignments'), encode({ nodeId: this.nodeId }), { timeout });
-      await this.reconcile(validateAssignmentsReply(throwIfError(decode(r.data))));
+      await this.reconcile(await this.fetchAssignments());
       this.reconcileBackoffMs = 0;
       this.reconcileFailures.succeeded();
     } catch (e) {
@@ -508,6 +510,32 @@ export class StrataNode {
       this.reconcileNotBeforeMs = Date.now() + this.reconcileBackoffMs;
       this.reconcileFailures.failed(e, { epoch, retryInMs: this.reconcileBackoffMs });
     }
+  }
+
+  /**
+   * This node's assignments, page by page, all of one catalog epoch: a catalog that changed
+   * between two pages is read again from the first (at most ASSIGNMENTS_FETCH_TRIES times).
+   */
+  private async fetchAssignments(): Promise<AssignmentsReply> {
+    const timeout = this.opts.requestTimeoutMs ?? 10_000;
+    const subject = controllerSubject(this.cluster, 'assignments');
+    for (let attempt = 0; attempt < ASSIGNMENTS_FETCH_TRIES; attempt++) {
+      const first = validateAssignmentsReply(throwIfError(decode((await this.nc!.request(subject, encode({ nodeId: this.nodeId }), { timeout })).data)));
+      const shards = [...first.shards];
+      let next = first.next;
+      let changed = false;
+      while (next !== undefined && !changed) {
+        if (next !== shards.length || shards.length >= ASSIGNMENTS_PER_NODE_MAX) {
+          throw new ProtocolError('internal', `assignments: page at ${next} after ${shards.length} assignments`, { next });
+        }
+        const page = validateAssignmentsReply(throwIfError(decode((await this.nc!.request(subject, encode({ nodeId: this.nodeId, from: next }), { timeout })).data)));
+        changed = page.epoch !== first.epoch;
+        shards.push(...page.shards);
+        next = page.next;
+      }
+      if (!changed) return { epoch: first.epoch, shards, tombstones: first.tombstones };
+    }
+    throw new ProtocolError('unavailable', `the catalog changed while its assignments were read, ${ASSIGNMENTS_FETCH_TRIES} times`);
   }
 
   /**
@@ -663,12 +691,16 @@ export class StrataNode {
       return { epoch: c.epoch };
     });
     this.subscribe(subj('assignments'), async (body) => {
-      const { nodeId } = validateAssignmentsRequest(body);
+      const { nodeId, from = 0 } = validateAssignmentsRequest(body);
       const a = c.assignments(nodeId);
+      const page = a.shards.slice(from, from + ASSIGNMENTS_PAGE_MAX);
+      const next = from + page.length;
       return {
         epoch: a.epoch,
-        tombstones: a.tombstones,
-        shards: a.shards.map(({ volume, placement, hostId }) => this.assignmentOf(volume, placement.shard, hostId)),
+        // With the first page: later ones would repeat them.
+        tombstones: from === 0 ? a.tombstones : [],
+        shards: page.map(({ volume, placement, hostId }) => this.assignmentOf(volume, placement.shard, hostId)),
+        ...(next < a.shards.length ? { next } : {}),
       };
     });
     this.subscribe(subj('members'), async () => ({ members: this.allMembers() }));

@@ -9,7 +9,7 @@
  * validate is answered with a bad_request error reply.
  */
 import { ProtocolError } from './errors';
-import { expectArray, expectId, expectInteger, expectMap } from './validate';
+import { expectArray, expectId, expectInteger, expectMap, expectName } from './validate';
 
 /** Hosts per node at most. */
 export const HOSTS_PER_NODE_MAX = 64;
@@ -24,8 +24,14 @@ export interface HeartbeatReply {
   epoch: number;
 }
 
+/**
+ * A page of a node's assignments: the ones from index `from` (default 0) of the catalog's list
+ * for the node. A node with more than fit in one message reads them page by page
+ * (`AssignmentsReply.next`), all of one epoch.
+ */
 export interface AssignmentsRequest {
   nodeId: string;
+  from?: number;
 }
 
 /** One shard a node must host, with the geometry of its volume. */
@@ -45,9 +51,16 @@ export interface ShardAssignment {
 export interface AssignmentsReply {
   epoch: number;
   shards: ShardAssignment[];
-  /** Ids of deleted volumes: a node destroys any shard of these it still holds. */
+  /** Ids of deleted volumes: a node destroys any shard of these it still holds. In the first page only. */
   tombstones: string[];
+  /** Where the next page starts; absent on the last page. */
+  next?: number;
 }
+
+/** Assignments in one page of the reply: at most ~700 bytes each, so a page stays well under 1 MiB with the tombstones. */
+export const ASSIGNMENTS_PAGE_MAX = 512;
+/** Most assignments of one node (all pages). */
+export const ASSIGNMENTS_PER_NODE_MAX = 65536;
 
 export interface ShardsOpenRequest {
   shards: ShardAssignment[];
@@ -93,7 +106,7 @@ export function validateHeartbeat(body: unknown): HeartbeatRequest {
 
 export function validateAssignmentsRequest(body: unknown): AssignmentsRequest {
   const o = obj(body, '');
-  return { nodeId: str(o.nodeId, 'nodeId') };
+  return { nodeId: str(o.nodeId, 'nodeId'), ...(o.from === undefined ? {} : { from: int(o.from, 'from', 0, ASSIGNMENTS_PER_NODE_MAX) }) };
 }
 
 export function validateShardAssignment(v: unknown, path: string): ShardAssignment {
@@ -103,16 +116,20 @@ export function validateShardAssignment(v: unknown, path: string): ShardAssignme
   if (pageSize !== 4096 && pageSize !== 8192) {
     throw new ProtocolError('bad_request', `${path}.pageSize: expected 4096 or 8192`, { path: `${path}.pageSize` });
   }
+  const members = list(o.members, `${path}.members`, 7).map((m, i) => str(m, `${path}.members[${i}]`));
+  if (members.length === 0 || new Set(members).size !== members.length) {
+    throw new ProtocolError('bad_request', `${path}.members: expected 1..7 distinct node ids`, { path: `${path}.members` });
+  }
   return {
     volumeId: str(o.volumeId, `${path}.volumeId`),
-    volumeName: typeof o.volumeName === 'string' ? o.volumeName.slice(0, 64) : '',
+    volumeName: expectName(o.volumeName, `${path}.volumeName`),
     shard: int(o.shard, `${path}.shard`, 0, shards - 1),
     shards,
     pageCount: int(o.pageCount, `${path}.pageCount`, 1, 2 ** 40),
     pageSize,
     stripePages: int(o.stripePages, `${path}.stripePages`, 1, 2 ** 20),
     hostId: int(o.hostId, `${path}.hostId`, 0, HOSTS_PER_NODE_MAX - 1),
-    members: list(o.members, `${path}.members`, 7).map((m, i) => str(m, `${path}.members[${i}]`)),
+    members,
   };
 }
 
@@ -120,8 +137,9 @@ export function validateAssignmentsReply(body: unknown): AssignmentsReply {
   const o = obj(body, '');
   return {
     epoch: int(o.epoch, 'epoch', 0, Number.MAX_SAFE_INTEGER),
-    shards: list(o.shards, 'shards', SHARDS_PER_CONTROL_MAX * 16).map((s, i) => validateShardAssignment(s, `shards[${i}]`)),
+    shards: list(o.shards, 'shards', ASSIGNMENTS_PAGE_MAX).map((s, i) => validateShardAssignment(s, `shards[${i}]`)),
     tombstones: list(o.tombstones, 'tombstones', 65536).map((t, i) => str(t, `tombstones[${i}]`)),
+    ...(o.next === undefined ? {} : { next: int(o.next, 'next', 1, ASSIGNMENTS_PER_NODE_MAX) }),
   };
 }
 

@@ -425,6 +425,34 @@ describe('StrataNode', function () {
       assert.deepEqual(await open(), []);
     });
 
+    it('reads its assignments page by page, again from the first when the catalog changed between two pages', async () => {
+      const catalog = serveFakeHeartbeats();
+      const shard = (volumeId: string): ShardSpec & { hostId: number } => ({
+        volumeId, volumeName: volumeId, shard: 0, shards: 1, pageCount: 64, pageSize: 4096, stripePages: 16, hostId: 0, members: ['pg1'],
+      });
+      const all = [shard('pa'), shard('pb'), shard('pc')];
+      const fetches: string[] = [];
+      let changeOnce = true;
+      serveFake('assignments', (msg) => {
+        const from = (decode(msg.data) as { from?: number }).from ?? 0;
+        if (catalog.epoch === 2 && from === 2 && changeOnce) {
+          // The catalog changes between the two pages of the first read.
+          changeOnce = false;
+          catalog.epoch = 3;
+        }
+        fetches.push(`${catalog.epoch}@${from}`);
+        const page = catalog.epoch === 1 ? [] : all.slice(from, from + 2);
+        const next = catalog.epoch > 1 && from + 2 < all.length ? { next: from + 2 } : {};
+        msg.respond(encode({ epoch: catalog.epoch, shards: page, tombstones: from === 0 ? ['gone'] : [], ...next }));
+      });
+      const node = await startNode('pg1');
+      catalog.epoch = 2;
+      const open = async (): Promise<string[]> => (await node.hostPool.stats()).flatMap((h) => (h.device?.shards ?? []).map((x) => x.volumeId)).sort();
+      await waitFor('the three shards of both pages open', async () => (await open()).length === 3, 15_000);
+      assert.deepEqual(await open(), ['pa', 'pb', 'pc']);
+      assert.deepEqual(fetches.slice(1), ['2@0', '3@2', '3@0', '3@2'], 'the second page of another epoch: read again from the first');
+    });
+
     it('backs off after a failed reconciliation while heartbeats keep their period; warns once per distinct failure, tells when it recovers', async () => {
       const catalog = serveFakeHeartbeats();
       const fetchedAtMs: number[] = [];

@@ -1,6 +1,6 @@
 import { strict as assert } from 'node:assert';
 import { validateRaftRequest, validateRaftReply, RAFT_RECORDS_PER_APPEND_MAX } from '../../messages/raft';
-import { validateHeartbeat, validateShardsOpen, validateShardsDestroy, validateAssignmentsReply } from '../../messages/control';
+import { ASSIGNMENTS_PAGE_MAX, validateHeartbeat, validateShardsOpen, validateShardsDestroy, validateAssignmentsReply } from '../../messages/control';
 import { ProtocolError } from '../../messages/errors';
 
 function code(fn: () => unknown): string {
@@ -62,5 +62,14 @@ describe('control message validators', () => {
     assert.equal(code(() => validateShardsOpen({ shards: [{ ...assignment, members: 'n1' }] })), 'bad_request');
     assert.equal(code(() => validateShardsOpen({ shards: [{ ...assignment, members: ['n1', 'n2', 'n3', 'n4', 'n5', 'n6', 'n7', 'n8'] }] })), 'too_large');
     assert.equal(code(() => validateShardsDestroy({ volumeId: 'v/1', shards: [0] })), 'bad_request');
+    // No members, members twice, and a volume name that is not one: refused, not cut or emptied.
+    assert.equal(code(() => validateShardsOpen({ shards: [{ ...assignment, members: [] }] })), 'bad_request');
+    assert.equal(code(() => validateShardsOpen({ shards: [{ ...assignment, members: ['n1', 'n1', 'n1'] }] })), 'bad_request');
+    assert.equal(code(() => validateShardsOpen({ shards: [{ ...assignment, volumeName: 'x'.repeat(200) }] })), 'bad_request');
+    assert.equal(code(() => validateShardsOpen({ shards: [{ ...assignment, volumeName: 7 }] })), 'bad_request');
+    // Pages of assignments: at most ASSIGNMENTS_PAGE_MAX each, and `next` after the first.
+    assert.equal(code(() => validateAssignmentsReply({ epoch: 3, shards: new Array(ASSIGNMENTS_PAGE_MAX + 1).fill(assignment), tombstones: [] })), 'too_large');
+    assert.equal(code(() => validateAssignmentsReply({ epoch: 3, shards: [], tombstones: [], next: 0 })), 'bad_request');
+    assert.equal(validateAssignmentsReply({ epoch: 3, shards: [assignment], tombstones: [], next: 1 }).next, 1);
   });
 });
