@@ -71,6 +71,8 @@ export interface ControllerOptions {
   memberSilenceMsMax?: number;
   /** Volumes at most; default 4096. */
   volumesMax?: number;
+  /** Shard replicas placed in the whole catalog at most; default CATALOG_REPLICAS_MAX. */
+  replicasMax?: number;
   /** Tombstones kept; default 4096. */
   tombstonesMax?: number;
   /**
@@ -82,12 +84,22 @@ export interface ControllerOptions {
 
 const CATALOG = 'catalog';
 
+/**
+ * Shard replicas the catalog holds at most (every shard of every volume, times its replicas).
+ * The catalog is one metadata file, written whole at each change: at this bound it is about
+ * 2.5 MB; without it, volumes of many shards and replicas ran it into the metadata size limit
+ * (16 MiB) with an error about a "metadata payload", after each change had cost the controller
+ * half a second of CPU.
+ */
+export const CATALOG_REPLICAS_MAX = 65536;
+
 export class Controller {
   private state: CatalogState;
   private readonly meta: MetaStore;
   private readonly members = new Map<string, NodeMember>();
   private readonly liveWindowMs: number;
   private readonly volumesMax: number;
+  private readonly replicasMax: number;
   private readonly tombstonesMax: number;
   private readonly nodesMax: number;
   private readonly memberSilenceMsMax: number;
@@ -98,6 +110,7 @@ export class Controller {
     this.meta = opts.meta;
     this.liveWindowMs = opts.liveWindowMs ?? 5000;
     this.volumesMax = opts.volumesMax ?? 4096;
+    this.replicasMax = opts.replicasMax ?? CATALOG_REPLICAS_MAX;
     this.tombstonesMax = opts.tombstonesMax ?? 4096;
     this.nodesMax = opts.nodesMax ?? NODES_MAX;
     this.memberSilenceMsMax = opts.memberSilenceMsMax ?? MEMBER_SILENCE_MS_MAX;
@@ -184,6 +197,14 @@ export class Controller {
     }
     if (this.state.volumes.length >= this.volumesMax) {
       throw new ProtocolError('too_large', `the cluster holds ${this.volumesMax} volumes, its limit`);
+    }
+    const placed = this.state.volumes.reduce((n, v) => n + v.shards * v.replicas, 0);
+    if (placed + spec.shards * spec.replicas > this.replicasMax) {
+      throw new ProtocolError(
+        'too_large',
+        `the volume needs ${spec.shards * spec.replicas} shard replicas and the cluster holds ${placed} of its limit of ${this.replicasMax}`,
+        { replicas: spec.shards * spec.replicas, placed, replicasMax: this.replicasMax },
+      );
     }
     const live = this.liveNodes(nowMs);
     if (live.length === 0) throw new ProtocolError('unavailable', 'no live node to place the volume on');

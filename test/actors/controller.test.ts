@@ -94,3 +94,16 @@ describe('Controller placement', () => {
     assert.deepEqual(hosts('v6', 1), [2]);
   });
 });
+
+describe('Controller catalog bounds', () => {
+  it('refuses a volume whose shard replicas would take the catalog past replicasMax, with what it needs and holds', () => {
+    const c = new Controller({ meta: new MetaStore(new SimDisk(), ''), replicasMax: 100 });
+    for (const n of ['a', 'b', 'c']) c.heartbeat(n, 1, T0);
+    c.create({ name: 'v1', pageCount: 64, pageSize: 4096, shards: 30, stripePages: 1, replicas: 3 }, T0);
+    assert.throws(
+      () => c.create({ name: 'v2', pageCount: 64, pageSize: 4096, shards: 4, stripePages: 1, replicas: 3 }, T0),
+      (e: unknown) => e instanceof ProtocolError && e.code === 'too_large' && /needs 12 shard replicas and the cluster holds 90 of its limit of 100/.test(e.message),
+    );
+    c.create({ name: 'v3', pageCount: 64, pageSize: 4096, shards: 10, stripePages: 1, replicas: 1 }, T0);
+  });
+});
