@@ -88,7 +88,17 @@ export interface StrataNodeOptions {
   requestTimeoutMs?: number;
   /** API requests handled at once at most; default API_REQUESTS_IN_FLIGHT_MAX. */
   apiRequestsInFlightMax?: number;
+  /** Control requests (controller and node subjects) handled at once at most; default CONTROL_IN_FLIGHT_MAX. */
+  controlInFlightMax?: number;
 }
+
+/**
+ * Control requests (heartbeats, assignments, status, shard open and destroy, catalog reads and
+ * changes) a node handles at once at most, by default: one more is answered `overloaded` at
+ * once. They come from nodes and operators, not clients, but the subjects are open to anyone on
+ * the NATS server, and a status fans out to every host.
+ */
+export const CONTROL_IN_FLIGHT_MAX = 1024;
 
 /**
  * API requests (strata.<c>.api.*) a node handles at once at most, by default: one more is
@@ -244,6 +254,8 @@ export class StrataNode {
   private controllerChain: Promise<unknown> = Promise.resolve();
   /** Catalog operations queued or running (see CONTROL_QUEUE_MAX). */
   private controlQueued = 0;
+  /** Control requests being handled (CONTROL_IN_FLIGHT_MAX). */
+  private controlInFlight = 0;
   private readonly startedAt = Date.now();
   private readonly log: Logger;
   private stopped = false;
@@ -614,10 +626,15 @@ export class StrataNode {
   // ---------------------------------------------------------------------------------------------
 
   private subscribe(subject: string, handler: (body: unknown, msg: Msg) => Promise<unknown>, queue?: string): void {
+    const inFlightMax = this.opts.controlInFlightMax ?? CONTROL_IN_FLIGHT_MAX;
     const sub = this.nc!.subscribe(subject, {
       ...(queue ? { queue } : {}),
       callback: (err, msg) => {
         if (err || !msg.reply) return;
+        if (this.controlInFlight >= inFlightMax) {
+          this.respondControl(msg, subject, errorReply(new ProtocolError('overloaded', `${inFlightMax} control requests in flight on node ${this.nodeId}, its limit; retry after a back-off`)));
+          return;
+        }
         let body: unknown;
         try {
           body = decode(msg.data);
@@ -625,14 +642,17 @@ export class StrataNode {
           this.respondControl(msg, subject, errorReply(e));
           return;
         }
-        handler(body, msg).then(
-          (reply) => this.respondControl(msg, subject, reply),
-          (e: unknown) => {
-            const pe = toProtocolError(e);
-            if (pe.code === 'internal') this.log.error('control request failed', { subject, err: e });
-            this.respondControl(msg, subject, errorReply(e));
-          },
-        );
+        this.controlInFlight++;
+        handler(body, msg)
+          .then(
+            (reply) => this.respondControl(msg, subject, reply),
+            (e: unknown) => {
+              const pe = toProtocolError(e);
+              if (pe.code === 'internal') this.log.error('control request failed', { subject, err: e });
+              this.respondControl(msg, subject, errorReply(e));
+            },
+          )
+          .finally(() => this.controlInFlight--);
       },
     });
     this.subs.push(sub);

@@ -217,7 +217,7 @@ describe('StrataNode', function () {
      * A controller node and two fake nodes that heartbeat and hold every shards.open until
      * `release()`: a volume.create with 3 replicas then runs until released.
      */
-    async function controllerWithSlowNodes(id: string): Promise<{ opens: Msg[]; release(): void; queued(): number }> {
+    async function controllerWithSlowNodes(id: string, opts: Partial<StrataNodeOptions> = {}): Promise<{ opens: Msg[]; release(): void; queued(): number }> {
       const opens: Msg[] = [];
       let released = false;
       const ghosts = ['ghost1', 'ghost2'];
@@ -231,7 +231,7 @@ describe('StrataNode', function () {
       };
       beat();
       ghostTimer = setInterval(beat, 200);
-      const node = await startNode(id, { controller: true, requestTimeoutMs: 5000 });
+      const node = await startNode(id, { controller: true, requestTimeoutMs: 5000, ...opts });
       await waitFor('3 live members', async () => {
         const r = decode((await fake.request(controllerSubject(CLUSTER, 'members'), encode({}))).data) as { members: Array<{ live: boolean }> };
         return r.members.filter((m) => m.live).length === 3;
@@ -309,6 +309,20 @@ describe('StrataNode', function () {
       await Promise.all(queued);
       // The queue drained: the controller takes operations again.
       assert.equal(errorCode(await create('after', Date.now() + 5000)), undefined);
+    });
+
+    it('answers overloaded at once beyond controlInFlightMax control requests in flight, and serves again after', async () => {
+      const slow = await controllerWithSlowNodes('ctl3', { controlInFlightMax: 3 });
+      const held = [create('h1', Date.now() + 5000), create('h2', Date.now() + 5000), create('h3', Date.now() + 5000)];
+      await waitFor('the first create to run', () => slow.opens.length > 0);
+      await waitFor('three creates in flight', () => slow.queued() === 3);
+      const over = decode((await fake.request(controllerSubject(CLUSTER, 'members'), encode({}))).data);
+      assert.equal(errorCode(over), 'overloaded', JSON.stringify(over));
+      assert.match((over as ErrorReply).error.message, /3 control requests in flight on node ctl3, its limit/);
+      slow.release();
+      await Promise.all(held);
+      const members = decode((await fake.request(controllerSubject(CLUSTER, 'members'), encode({}))).data);
+      assert.equal(errorCode(members), undefined);
     });
 
     it('does not run a queued operation whose deadline passed while it waited: its requester gave up', async () => {
