@@ -54,6 +54,7 @@ Commands:
         verifies a replicated volume, then exits.
   node [--config F] [--node-id ID] [--cluster C] [--nats URL] [--data-dir D]
        [--hosts N] [--controller|--no-controller] [--metrics-port N]
+       [--trace-exporters otlp,console] [--sampling off|ratio|always] [--sampling-ratio R]
        [--cache-bytes-max-per-shard B] [--segment-bytes-max B]
        [--checkpoint-every-records N] [--scrub-bytes-per-second B] [--mailbox-requests-max N]
        [--mailbox-bytes-max B] [--host-heap-initial B]

@@ -272,7 +272,7 @@ export async function runDev(opts: DevOptions): Promise<number> {
       return interrupt.signal.aborted ? 130 : 1;
     }
     out(`Strata dev cluster 'dev' is up: ${count} node(s), NATS at ${cluster.natsUrl}`);
-    for (const n of cluster.nodes) out(`node ${n.id} pid ${n.pid} log ${n.log}`);
+    cluster.nodes.forEach((n, i) => out(`node ${n.id} pid ${n.pid} log ${n.log}${opts.metricsPort ? ` metrics http://127.0.0.1:${opts.metricsPort + i}/metrics` : ''}`));
     out(`data: ${cluster.root}${opts.dataDir ? '' : ' (temporary, removed on exit)'}`);
     for (const n of cluster.nodes) {
       n.process.once('exit', (code, signal) => {

@@ -337,6 +337,16 @@ const VOLUME_CREATE_FIELDS = fields('name', 'pageCount', 'pageSize', 'shards', '
 export function validateVolumeCreateRequest(value: unknown): VolumeSpec {
   const map = expectMap(value, '');
   expectKnownFields(map, VOLUME_CREATE_FIELDS, '');
+  const spec = volumeCreateSpec(map);
+  // Every shard holds pages: a shard beyond the volume's stripes would hold none.
+  const stripes = Math.ceil(spec.pageCount / spec.stripePages);
+  if (spec.shards > stripes) {
+    fail('bad_request', 'shards', `${spec.shards} shards, but ${spec.pageCount} pages in stripes of ${spec.stripePages} make ${stripes} stripe${stripes === 1 ? '' : 's'}: at most ${stripes} shard${stripes === 1 ? '' : 's'} would hold pages`);
+  }
+  return spec;
+}
+
+function volumeCreateSpec(map: Record<string, unknown>): VolumeSpec {
   return {
     name: expectName(field(map, 'name'), 'name'),
     pageCount: expectInteger(field(map, 'pageCount'), 'pageCount', { min: 1, max: PAGE_COUNT_MAX }),

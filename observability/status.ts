@@ -276,10 +276,12 @@ export function formatStatus(statusReply: unknown, options: FormatStatusOptions 
           rows: shards.map(({ s, replicas, health }) => {
             const up = replicas.filter((r) => r.state === 'up').length;
             const total = Math.max(replicas.length, num(v.replicas) ?? 0);
+            // No replica up answered for it: its term and LSNs are not known (the reply's zeros are placeholders).
+            const known = s.state !== 'unavailable';
             return {
               cells: [
-                cell(s.shard), cell(s.leader), cell(s.term), cell(s.commitLsn), cell(s.appliedLsn),
-                replicas.length > 0 ? `${up}/${total}` : '-', shardLag(s, replicas), cell(health.text),
+                cell(s.shard), cell(s.leader), known ? cell(s.term) : '-', known ? cell(s.commitLsn) : '-', known ? cell(s.appliedLsn) : '-',
+                total > 0 ? `${up}/${total}` : '-', shardLag(s, replicas), cell(health.text),
               ],
               tone: health.tone,
             };

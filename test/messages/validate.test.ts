@@ -33,6 +33,7 @@ import {
   validateVolumeListReply,
 } from '../../messages/validate';
 import { assertProtocolError } from '../support/expect';
+import { ProtocolError } from '../../messages/errors';
 
 const page = (fill: number, bytes = 4096): Uint8Array => new Uint8Array(bytes).fill(fill);
 const writes = (count: number, bytes = 4096): { page: number; data: Uint8Array }[] =>
@@ -110,6 +111,15 @@ describe('messages/validate', () => {
         stripePages: 256,
         replicas: 1,
       });
+    });
+
+    it('volume.create refuses more shards than the volume has stripes (a shard would hold no page)', () => {
+      assert.throws(
+        () => validateVolumeCreateRequest({ name: 'a', pageCount: 10, shards: 20 }),
+        (e: ProtocolError) => e.code === 'bad_request' && e.details?.['path'] === 'shards' && /20 shards, but 10 pages in stripes of 256 make 1 stripe: at most 1 shard/.test(e.message),
+      );
+      assert.equal(validateVolumeCreateRequest({ name: 'a', pageCount: 64, shards: 4, stripePages: 16 }).shards, 4);
+      assert.throws(() => validateVolumeCreateRequest({ name: 'a', pageCount: 64, shards: 5, stripePages: 16 }), (e: ProtocolError) => e.code === 'bad_request');
     });
 
     it('optional fields sent as null count as absent', () => {
