@@ -22,6 +22,8 @@ import { createClient, NatsTransport, type StrataClient, type Volume } from './c
 
 /** Volumes whose routing info a node keeps at most. */
 const VOLUME_CACHE_MAX = 1024;
+/** Longest a status waits for the nodes' answers. */
+const STATUS_GATHER_MS_MAX = 2000;
 /** Nodes' answers gathered by one status request at most. */
 const STATUS_REPLIES_MAX = 256;
 
@@ -109,10 +111,14 @@ export class ApiRouter {
 
   /** The cluster's status: every node's own view, the controller's membership and the catalog. */
   async clusterStatus(local: Record<string, unknown>, deadlineMs: number): Promise<unknown> {
+    // The controller's part goes at once, beside the gather of the nodes' answers (which waits
+    // its whole time: how many nodes answer is not known).
+    const fromController = this.controllerView(deadlineMs);
     const nodes: unknown[] = [];
     try {
       const it = await this.nc.requestMany(`strata.${this.cluster}.nodes.status`, encode({}), {
-        maxWait: Math.max(1, Math.min(deadlineMs - Date.now(), 2000)),
+        // Three quarters of the time left at most: the merged answer must still reach the caller.
+        maxWait: Math.max(1, Math.min(Math.floor((deadlineMs - Date.now()) * 0.75), STATUS_GATHER_MS_MAX)),
         maxMessages: STATUS_REPLIES_MAX,
       });
       for await (const m of it) {
@@ -129,23 +135,7 @@ export class ApiRouter {
       const id = (local.node as { id?: unknown } | undefined)?.id;
       if (!nodes.some((n) => (n as { node?: { id?: unknown } }).node?.id === id)) nodes.push(local);
     }
-    let members: Array<Record<string, unknown>> = [];
-    let catalog: Array<Record<string, unknown>> = [];
-    let catalogError: string | undefined;
-    let controllerReachable = true;
-    try {
-      members = (throwIfError(decode(await this.forwardToController('members', encode({}), deadlineMs))) as { members: Array<Record<string, unknown>> }).members;
-      try {
-        catalog = (throwIfError(decode(await this.forwardToController('volume.list', encode({}), deadlineMs))) as { volumes: Array<Record<string, unknown>> }).volumes;
-      } catch (e) {
-        // The controller answered, but not with the list (more volumes than one message holds).
-        if (!(e instanceof ProtocolError) || e.code !== 'too_large') throw e;
-        catalogError = e.code;
-      }
-    } catch {
-      // Without a controller the status still shows what the nodes say.
-      controllerReachable = false;
-    }
+    const { members, catalog, catalogError, controllerReachable } = await fromController;
     // Each volume of the catalog with, per shard, what its replicas report (the leader's view first).
     const reported = new Map<string, Array<Record<string, unknown>>>();
     for (const n of nodes as Array<{ node?: { id?: string }; shards?: Array<Record<string, unknown>> }>) {
@@ -180,6 +170,29 @@ export class ApiRouter {
     }));
     const self = local.node as Record<string, unknown>;
     return { node: self, volumes, nodes, members, controllerReachable, ...(catalogError !== undefined ? { catalogError } : {}) };
+  }
+
+  /** The controller's membership and catalog for a status; never rejects. */
+  private async controllerView(deadlineMs: number): Promise<{
+    members: Array<Record<string, unknown>>;
+    catalog: Array<Record<string, unknown>>;
+    catalogError?: string;
+    controllerReachable: boolean;
+  }> {
+    try {
+      const members = (throwIfError(decode(await this.forwardToController('members', encode({}), deadlineMs))) as { members: Array<Record<string, unknown>> }).members;
+      try {
+        const catalog = (throwIfError(decode(await this.forwardToController('volume.list', encode({}), deadlineMs))) as { volumes: Array<Record<string, unknown>> }).volumes;
+        return { members, catalog, controllerReachable: true };
+      } catch (e) {
+        // The controller answered, but not with the list (more volumes than one message holds).
+        if (!(e instanceof ProtocolError) || e.code !== 'too_large') throw e;
+        return { members, catalog: [], catalogError: e.code, controllerReachable: true };
+      }
+    } catch {
+      // Without a controller the status still shows what the nodes say.
+      return { members: [], catalog: [], controllerReachable: false };
+    }
   }
 
   private volume(name: string): Volume {

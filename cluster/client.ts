@@ -29,6 +29,8 @@
  * - `not_leader` is retried with back-off until the deadline; a write the deposed leader had
  *   put in its log is retried naming that record (`earlier`), so that it takes effect once, and
  *   fails with `timeout` (outcome unknown) if no leader answers it by the deadline;
+ * - a read of the API (volume.info, volume.list, status) with no reply is asked again, up to
+ *   API_READ_TRIES times within the deadline (a node that hangs gets its share of them);
  * - a reply that does not decode or validate is `internal` ("malformed reply …");
  * - arguments are checked with the validators of messages/ before anything is sent.
  *
@@ -444,11 +446,37 @@ export class StrataClient {
     );
   }
 
-  /** An API request with a typed, validated reply. @internal */
+  /**
+   * An API request with a typed, validated reply. @internal
+   *
+   * The API is served by every node (a queue group): a node that takes requests without
+   * answering them (hung) gets its share. A read (volume.info, volume.list, status) is therefore
+   * asked up to API_READ_TRIES times within the call's deadline, each try with a part of the time
+   * left (at least API_READ_TRY_MS_MIN), and the server picks a node for each; a change is sent
+   * once (asked again it could be applied twice).
+   */
   async api<V extends ApiVerb>(verb: V, body: RequestMap[V], deadlineMs: number): Promise<ReplyMap[V]> {
-    return this.send(apiSubject(this.cluster, verb), verb, body, deadlineMs, (value) => validateReply(verb, value));
+    const subject = apiSubject(this.cluster, verb);
+    const validate = (value: unknown): ReplyMap[V] => validateReply(verb, value);
+    if (!API_READ_VERBS.has(verb)) return this.send(subject, verb, body, deadlineMs, validate);
+    for (let attempt = 1; ; attempt++) {
+      const left = deadlineMs - this.nowMs();
+      const last = attempt >= API_READ_TRIES || left < 2 * API_READ_TRY_MS_MIN;
+      const tryDeadlineMs = last ? deadlineMs : this.nowMs() + Math.max(API_READ_TRY_MS_MIN, Math.floor(left / (API_READ_TRIES - attempt + 1)));
+      try {
+        return await this.send(subject, verb, body, tryDeadlineMs, validate);
+      } catch (e) {
+        if (last || !(e instanceof ProtocolError && e.code === 'timeout')) throw e;
+      }
+    }
   }
 }
+
+/** API verbs that change nothing: asked again when a try gets no answer (`StrataClient.api`). */
+const API_READ_VERBS: ReadonlySet<ApiVerb> = new Set<ApiVerb>(['volume.info', 'volume.list', 'status']);
+/** Tries of a read API verb within its call's deadline, and the shortest try. */
+export const API_READ_TRIES = 3;
+export const API_READ_TRY_MS_MIN = 1000;
 
 /** Connects to the NATS servers and returns a client of the Strata cluster `cluster`. */
 export async function connect(options: ConnectOptions): Promise<StrataClient> {

@@ -1,5 +1,7 @@
 import { strict as assert } from 'node:assert';
 import {
+  API_READ_TRIES,
+  API_READ_TRY_MS_MIN,
   CALL_PAGES_MAX,
   NoRespondersError,
   REQUESTS_IN_FLIGHT_MAX,
@@ -107,7 +109,11 @@ class FakeCluster {
 
   private handle(subject: string, body: unknown, seen: Seen): unknown {
     const headers = readHeaders({ get: (name: string) => seen.headers[name] ?? '' });
-    assert.equal(headers.deadlineMs, NOW + 10_000);
+    // A read of the API is tried with a part of the call's time (StrataClient.api); the rest
+    // carry the call's deadline.
+    if (['volume.info', 'volume.list', 'status'].includes(headers.type ?? '')) {
+      assert.ok(headers.deadlineMs! >= NOW + API_READ_TRY_MS_MIN && headers.deadlineMs! <= NOW + 10_000, `deadline ${headers.deadlineMs}`);
+    } else assert.equal(headers.deadlineMs, NOW + 10_000);
     const apiPrefix = `strata.${CLUSTER}.api.`;
     if (subject.startsWith(apiPrefix)) {
       assert.equal(headers.type, subject.slice(apiPrefix.length));
@@ -179,6 +185,24 @@ describe('cluster/client (fake transport)', () => {
       assert.equal(seen!.headers[HEADER_SCHEMA], String(SCHEMA_VERSION));
       assert.equal(seen!.headers[HEADER_DEADLINE], String(NOW + 2500));
       assert.equal(seen!.timeoutMs, 2500, 'the NATS timeout is the time left before the deadline');
+    });
+
+    it('asks a read again when a try gets no answer (a hung node of the API\'s queue group), within the deadline; a change only once', async () => {
+      let infoTries = 0;
+      const t = new FakeTransport((subject) => {
+        if (subject.endsWith('.volume.info') && ++infoTries === API_READ_TRIES) return volume({ name: 'db' });
+        throw new ProtocolError('timeout', `no reply on ${subject}`);
+      });
+      const client = createClient(t, { cluster: CLUSTER, timeoutMs: 9000, nowMs: () => NOW });
+      assert.equal((await client.volumeInfo('db')).name, 'db');
+      // Each try a part of the time left, the last one the call's own deadline.
+      assert.deepEqual(t.apiRequests('volume.info').map((r) => Number(r.headers[HEADER_DEADLINE]) - NOW), [3000, 4500, 9000]);
+      await rejectsWith(client.createVolume({ name: 'x', pageCount: 10 }), 'timeout');
+      assert.equal(t.apiRequests('volume.create').length, 1, 'a change is not sent again');
+      // A short call is tried once: no try would be shorter than API_READ_TRY_MS_MIN.
+      const short = createClient(t, { cluster: CLUSTER, timeoutMs: 2 * API_READ_TRY_MS_MIN - 1, nowMs: () => NOW });
+      await rejectsWith(short.listVolumes(), 'timeout');
+      assert.equal(t.apiRequests('volume.list').length, 1);
     });
 
     it('validates createVolume, volumeInfo and deleteVolume arguments before sending', async () => {
