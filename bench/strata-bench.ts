@@ -704,7 +704,9 @@ async function prepareSubject(env: Env, o: ResolvedOptions, spec: SubjectSpec, q
   const name = volumeName();
   let info: VolumeInfo;
   try {
-    info = await env.client.createVolume({ name, pageCount, pageSize: spec.pageSize, shards: env.shards, replicas: spec.replicas });
+    // Stripes of 256 pages (the default), smaller for a small volume so that every shard holds pages.
+    const stripePages = Math.max(1, Math.min(256, Math.floor(pageCount / env.shards)));
+    info = await env.client.createVolume({ name, pageCount, pageSize: spec.pageSize, shards: env.shards, stripePages, replicas: spec.replicas });
   } catch (err) {
     // A build without replication refuses replicas > 1 (bad_request); a cluster with too few
     // nodes for them answers unavailable. Either way the subject is reported, not failed.
