@@ -4,11 +4,20 @@
  * Two nodes on one directory would each append to the same shard logs and overwrite each
  * other's records (two different records at one LSN), which destroys the volume. The lock is
  * the file `<dataDir>/lock`, created exclusively (`O_EXCL`), holding who took it: process id,
- * the process's start time (Linux: /proc/<pid>/stat, so a process id the system reused is not
- * taken for the holder), host name and node id. A lock whose holder no longer runs (a node
- * that crashed) is taken over; one held by a running process, or taken on another host (a
- * shared file system, where this host cannot tell), is refused with an error that names the
- * holder and the file to remove if the operator knows better.
+ * the process's start time (/proc/<pid>/stat), the machine's boot id and the process's pid
+ * namespace (so that a process id is only looked up where it means the same process), host
+ * name and node id. Its holder touches the file every LOCK_REFRESH_MS (a lease).
+ *
+ * A lock is taken over when its holder no longer runs:
+ * - on this machine and in this pid namespace (same boot id and namespace): its process is
+ *   gone, or its process id now names a process started at another time (a node that crashed
+ *   is replaced at once, by systemd say);
+ * - anywhere else (another container, another host on a shared file system), where a process
+ *   id says nothing: its lease expired, no touch for LOCK_LEASE_MS.
+ * Otherwise it is refused with an error naming the holder and the file to remove if the
+ * operator knows better. A takeover runs under `<dataDir>/lock.takeover` (a directory, made
+ * exclusively), and removes only the lock it judged stale: of two nodes taking one stale lock
+ * over at once, one gets it.
  *
  * Within one process (an in-process cluster) the locks held are also kept in memory: a node
  * stopped as a crash would be (`abandon`) leaves its file, as a real crash does, and a node
@@ -20,12 +29,23 @@ import * as path from 'node:path';
 import { ProtocolError } from '../messages/errors';
 
 export const DATA_DIR_LOCK_NAME = 'lock';
+/** How often a holder touches its lock file. */
+export const LOCK_REFRESH_MS = 5_000;
+/** A lock not touched for this long has no holder (where its process cannot be looked up). */
+export const LOCK_LEASE_MS = 30_000;
+/** A lock file this new and not readable yet is being written by the node that created it. */
+const LOCK_WRITE_MS = 5_000;
+/** A takeover directory this old was left by a process that died during its takeover. */
+const TAKEOVER_STALE_MS = 10_000;
 
 /** Who holds a lock (the lock file's content). */
 export interface LockHolder {
   pid: number;
-  /** The process's start time in clock ticks since boot (Linux), when known. */
+  /** The process's start time in clock ticks since boot, when known. */
   startTicks?: number;
+  /** The machine's boot id and the process's pid namespace, when known (Linux). */
+  bootId?: string;
+  pidNs?: string;
   hostname: string;
   nodeId: string;
   sinceMs: number;
@@ -36,27 +56,36 @@ const heldHere = new Set<string>();
 
 export class DataDirLock {
   readonly file: string;
-  private held = true;
+  private readonly me: LockHolder;
+  private refresh: NodeJS.Timeout | undefined;
 
-  private constructor(file: string) {
+  private constructor(file: string, me: LockHolder) {
     this.file = file;
+    this.me = me;
+    heldHere.add(file);
+    this.refresh = setInterval(() => {
+      const now = new Date();
+      try {
+        fs.utimesSync(file, now, now);
+      } catch {
+        // Gone or unwritable: the next node's check says what it finds.
+      }
+    }, LOCK_REFRESH_MS);
+    this.refresh.unref();
   }
 
   /**
    * Takes the lock of `dataDir` (which must exist) for node `nodeId`. Throws ProtocolError
-   * 'bad_request' when a running process holds it.
+   * 'bad_request' when a running node holds it, or another takes it over at this moment.
    */
   static acquire(dataDir: string, nodeId: string): DataDirLock {
     const file = path.join(dataDir, DATA_DIR_LOCK_NAME);
-    const me: LockHolder = { pid: process.pid, ...startTicksOf(process.pid), hostname: os.hostname(), nodeId, sinceMs: Date.now() };
-    // Twice at most: once more after removing a lock whose holder is gone.
+    const me: LockHolder = { pid: process.pid, ...processIdentity(process.pid), hostname: os.hostname(), nodeId, sinceMs: Date.now() };
+    // Twice at most: once more after taking over a lock whose holder is gone.
     for (let attempt = 0; attempt < 2; attempt++) {
-      if (tryCreate(file, me)) {
-        heldHere.add(file);
-        return new DataDirLock(file);
-      }
+      if (tryCreate(file, me)) return new DataDirLock(file, me);
       const holder = readHolder(file);
-      if (holder === undefined && recentlyChanged(file)) {
+      if (holder === undefined && ageMs(file) < LOCK_WRITE_MS) {
         // Created a moment ago and not written yet: another node is taking it now.
         throw new ProtocolError('bad_request', `data dir ${dataDir}: another node is starting on it (${file} was just created)`, { file });
       }
@@ -69,26 +98,21 @@ export class DataDirLock {
           { file, holder },
         );
       }
-      // Its holder is gone (or the file is not a lock this code wrote whole: a crash while
-      // writing it): removed, and created again exclusively, so that of two nodes starting at
-      // once on the directory only one gets it.
-      removeIfUnchanged(file, holder);
+      takeOver(file, holder, dataDir);
     }
     throw new ProtocolError('bad_request', `data dir ${dataDir}: could not take ${file} (another node is starting on it)`, { file });
   }
 
-  /** Gives the lock up (clean stop): the file is removed. */
+  /** Gives the lock up (a clean stop, or a start that failed): the file is removed if it is still this one's. */
   release(): void {
-    if (!this.held) return;
-    this.held = false;
-    heldHere.delete(this.file);
-    const holder = readHolder(this.file);
-    if (holder?.pid === process.pid) fs.rmSync(this.file, { force: true });
+    this.abandon();
+    if (sameHolder(readHolder(this.file), this.me)) fs.rmSync(this.file, { force: true });
   }
 
-  /** As a crash: the file stays, and this process no longer counts as its holder. */
+  /** As a crash: the file stays (no longer touched), and this process no longer counts as its holder. */
   abandon(): void {
-    this.held = false;
+    clearInterval(this.refresh);
+    this.refresh = undefined;
     heldHere.delete(this.file);
   }
 }
@@ -110,6 +134,33 @@ function tryCreate(file: string, me: LockHolder): boolean {
   return true;
 }
 
+/**
+ * Removes the lock judged stale (`seen`; undefined: not readable, and old), under the takeover
+ * directory: only if it is still that one, so that a lock another node took meanwhile stays.
+ */
+function takeOver(file: string, seen: LockHolder | undefined, dataDir: string): void {
+  const mutex = `${file}.takeover`;
+  try {
+    fs.mkdirSync(mutex);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+    if (ageMs(mutex) < TAKEOVER_STALE_MS) {
+      throw new ProtocolError('bad_request', `data dir ${dataDir}: another node is taking over ${file} now`, { file });
+    }
+    // Left by a process that died during its takeover: removed, and this takeover is tried
+    // by the caller's next attempt.
+    fs.rmSync(mutex, { recursive: true, force: true });
+    return;
+  }
+  try {
+    const now = readHolder(file);
+    const unchanged = seen === undefined ? now === undefined && fs.existsSync(file) && ageMs(file) >= LOCK_WRITE_MS : sameHolder(now, seen);
+    if (unchanged) fs.rmSync(file, { force: true });
+  } finally {
+    fs.rmSync(mutex, { recursive: true, force: true });
+  }
+}
+
 /** The holder a lock file names, or undefined if it cannot be read as one. */
 function readHolder(file: string): LockHolder | undefined {
   let text: string;
@@ -127,11 +178,15 @@ function readHolder(file: string): LockHolder | undefined {
   }
 }
 
-/** Whether the process a lock names still runs (refused when this host cannot tell). */
+function sameHolder(a: LockHolder | undefined, b: LockHolder): boolean {
+  return a !== undefined && a.pid === b.pid && a.sinceMs === b.sinceMs && a.hostname === b.hostname && a.nodeId === b.nodeId;
+}
+
+/** Whether the node a lock names still runs (see the module comment). */
 function holderRuns(holder: LockHolder, file: string): boolean {
-  if (holder.hostname !== os.hostname()) return true;
-  if (holder.pid === process.pid) return heldHere.has(file);
-  const now = startTicksOf(holder.pid);
+  if (holder.pid === process.pid && holder.hostname === os.hostname() && sameMachineAndNamespace(holder)) return heldHere.has(file);
+  if (!sameMachineAndNamespace(holder)) return ageMs(file) < LOCK_LEASE_MS;
+  const now = processIdentity(holder.pid);
   if (now.startTicks !== undefined && holder.startTicks !== undefined) return now.startTicks === holder.startTicks;
   try {
     process.kill(holder.pid, 0);
@@ -141,33 +196,37 @@ function holderRuns(holder: LockHolder, file: string): boolean {
   }
 }
 
-/** A lock file this new is being written by the node that created it. */
-const LOCK_WRITE_MS = 5000;
+/** True when the holder's process ids mean the same processes as this one's: same boot, same pid namespace. */
+function sameMachineAndNamespace(holder: LockHolder): boolean {
+  const mine = processIdentity(process.pid);
+  return holder.bootId !== undefined && holder.pidNs !== undefined && holder.bootId === mine.bootId && holder.pidNs === mine.pidNs;
+}
 
-function recentlyChanged(file: string): boolean {
+function ageMs(p: string): number {
   try {
-    return Date.now() - fs.statSync(file).mtimeMs < LOCK_WRITE_MS;
+    return Date.now() - fs.statSync(p).mtimeMs;
   } catch {
-    return false;
+    return Number.POSITIVE_INFINITY;
   }
 }
 
-function removeIfUnchanged(file: string, seen: LockHolder | undefined): void {
-  const now = readHolder(file);
-  if (seen !== undefined && (now === undefined || now.pid !== seen.pid || now.sinceMs !== seen.sinceMs)) return;
-  fs.rmSync(file, { force: true });
-}
-
-/** `{ startTicks }` of a process from /proc/<pid>/stat (field 22), or `{}` when not known. */
-function startTicksOf(pid: number): { startTicks?: number } {
+/** The start time of process `pid`, the machine's boot id and this process's pid namespace, as far as known (Linux /proc). */
+function processIdentity(pid: number): { startTicks?: number; bootId?: string; pidNs?: string } {
+  const out: { startTicks?: number; bootId?: string; pidNs?: string } = {};
   try {
     const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
     // Fields after the command name, which is in parentheses and may hold spaces: the third
     // field (state) is the first of them, so the 22nd is at index 19.
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    const ticks = Number(fields[19]);
-    return Number.isSafeInteger(ticks) ? { startTicks: ticks } : {};
+    const ticks = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19]);
+    if (Number.isSafeInteger(ticks)) out.startTicks = ticks;
   } catch {
-    return {};
+    // No such process, or no /proc.
   }
+  try {
+    out.bootId = fs.readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+    out.pidNs = fs.readlinkSync('/proc/self/ns/pid');
+  } catch {
+    // Not Linux: a lock is then judged by its lease alone.
+  }
+  return out;
 }

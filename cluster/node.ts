@@ -414,10 +414,10 @@ export class StrataNode {
    * Refuses to start beside a running node of the same id (both would answer for its replicas,
    * and a candidate could count a vote the other had given to someone else), and, with a
    * controller, beside another controller (two catalogs: a volume created in one is not found
-   * in the other). Someone answers, or takes the request without answering, on the node's
-   * status subject or the controller's members subject: CHECK_ALONE_TRIES times in a row, so
-   * that a node killed a moment ago (its connection not closed yet) is not taken for one.
-   * Two nodes that start at the same moment are not caught.
+   * in the other): someone answers on the node's status subject or the controller's members
+   * subject, CHECK_ALONE_TRIES times in a row. Only answers count: a subscription that takes
+   * the request and says nothing is a node that died without closing its connection. Two
+   * nodes that start at the same moment are not caught.
    */
   private async checkAlone(nc: NatsConnection): Promise<void> {
     const probes: Array<{ subject: string; message: string }> = [
@@ -436,9 +436,10 @@ export class StrataNode {
         try {
           await nc.request(subject, encode({}), { timeout: CHECK_ALONE_TIMEOUT_MS });
           present++;
-        } catch (e) {
-          // No subscriber at all: the server says so at once. A timeout means one took it.
-          if (natsErrorCode(e) !== '503') present++;
+        } catch {
+          // No subscriber (the server says so at once), or one that does not answer: a node
+          // whose machine died keeps its subscriptions on the server until the server's ping
+          // check drops them, minutes later, and its replacement must start meanwhile.
         }
       }
       if (present === CHECK_ALONE_TRIES) throw new ProtocolError('bad_request', message, { subject });
@@ -541,6 +542,9 @@ export class StrataNode {
           throw new ProtocolError('internal', `assignments: page at ${next} after ${shards.length} assignments`, { next });
         }
         const page = validateAssignmentsReply(throwIfError(decode((await this.nc!.request(subject, encode({ nodeId: this.nodeId, from: next }), { timeout })).data)));
+        if (page.shards.length === 0 && page.next !== undefined) {
+          throw new ProtocolError('internal', `assignments: an empty page at ${next} names a next one`, { next });
+        }
         changed = page.epoch !== first.epoch;
         shards.push(...page.shards);
         next = page.next;
@@ -583,16 +587,14 @@ export class StrataNode {
    * so nothing it opened stays open unknown. Throws the first failure.
    */
   private async openShards(list: ShardAssignment[]): Promise<void> {
-    for (const a of list) {
-      if (a.hostId >= this.hosts) {
-        throw new ProtocolError('bad_request', `shard ${shardId(a)} is placed on host ${a.hostId}, this node has ${this.hosts}`);
-      }
-    }
     const known = new Set(this.nodeMeta.shards.map(shardId));
     const added: ShardAssignment[] = [];
     let failure: { error: unknown } | undefined;
     for (const a of list) {
       try {
+        if (a.hostId >= this.hosts) {
+          throw new ProtocolError('bad_request', `shard ${shardId(a)} is placed on host ${a.hostId}, this node has ${this.hosts}`);
+        }
         await this.pool!.openShard(a.hostId, a);
         if (!known.has(shardId(a))) {
           known.add(shardId(a));
@@ -625,8 +627,10 @@ export class StrataNode {
   // Subjects served
   // ---------------------------------------------------------------------------------------------
 
-  private subscribe(subject: string, handler: (body: unknown, msg: Msg) => Promise<unknown>, queue?: string): void {
-    const inFlightMax = this.opts.controlInFlightMax ?? CONTROL_IN_FLIGHT_MAX;
+  private subscribe(subject: string, handler: (body: unknown, msg: Msg) => Promise<unknown>, queue?: string, opts: { unbounded?: boolean } = {}): void {
+    // Heartbeats are answered whatever else is in flight: refused, they would make live nodes
+    // look dead to placement and status. (They are cheap, and the membership is bounded.)
+    const inFlightMax = opts.unbounded === true ? Number.POSITIVE_INFINITY : (this.opts.controlInFlightMax ?? CONTROL_IN_FLIGHT_MAX);
     const sub = this.nc!.subscribe(subject, {
       ...(queue ? { queue } : {}),
       callback: (err, msg) => {
@@ -705,11 +709,16 @@ export class StrataNode {
   private serveController(): void {
     const c = this.controller!;
     const subj = (v: string): string => controllerSubject(this.cluster, v);
-    this.subscribe(subj('heartbeat'), async (body) => {
-      const hb = validateHeartbeat(body);
-      c.heartbeat(hb.nodeId, hb.hosts, Date.now());
-      return { epoch: c.epoch };
-    });
+    this.subscribe(
+      subj('heartbeat'),
+      async (body) => {
+        const hb = validateHeartbeat(body);
+        c.heartbeat(hb.nodeId, hb.hosts, Date.now());
+        return { epoch: c.epoch };
+      },
+      undefined,
+      { unbounded: true },
+    );
     this.subscribe(subj('assignments'), async (body) => {
       const { nodeId, from = 0 } = validateAssignmentsRequest(body);
       const a = c.assignments(nodeId);

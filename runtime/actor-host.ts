@@ -49,6 +49,8 @@ export interface HostWorkerData {
   hostId: number;
   /** Present when the process runs telemetry. */
   telemetry?: WorkerTelemetryInit;
+  /** One Int32 in shared memory: the device's blocking file calls running now (the pool's watchdog reads it). */
+  ioMarker?: Int32Array;
 }
 
 // Started once, when the thread loads, before any request can arrive.
@@ -234,8 +236,10 @@ export class ActorHost implements HostApi {
     this.mux = new RequestMux(this.nc, { connection: this.connection });
     // Replication messages are sized to the server's max_payload (learnt at connect).
     const maxPayload = serverMaxPayload(this.nc);
+    const ioMarker = isMainThread ? undefined : (workerData as HostWorkerData | undefined)?.ioMarker;
     this.device = new DeviceHost({
       ...(config.device ?? {}),
+      ...(ioMarker ? { ioMarker } : {}),
       ...(config.timing ? { timing: config.timing } : {}),
       ...(maxPayload !== undefined ? { messageBytesMax: maxPayload } : {}),
       ...(recording ? { queueTracer: deviceQueueTracer(device, { [ATTR.node]: config.nodeId }), replicaTracer: batchSendTracer() } : {}),

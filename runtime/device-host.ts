@@ -36,6 +36,8 @@ export interface DeviceHostOptions {
   self: string;
   /** A disk to use instead of the real one under `dir` (tests). */
   disk?: Disk;
+  /** Counts the real disk's blocking calls while they run (RealDisk `ioMarker`; the host pool's watchdog reads it). */
+  ioMarker?: Int32Array;
   /** How a replica of `spec` reaches its peers. */
   transportFor?: (spec: ShardSpec) => ReplicaTransport;
   /** Told when a replica becomes or stops being its shard's leader. */
@@ -197,7 +199,7 @@ export class DeviceHost {
     this.opts = opts;
     this.dir = opts.dir;
     this.self = opts.self;
-    this.faulty = new FaultyDisk(opts.disk ?? new RealDisk(opts.dir));
+    this.faulty = new FaultyDisk(opts.disk ?? new RealDisk(opts.dir, opts.ioMarker ? { ioMarker: opts.ioMarker } : {}));
     this.disk = this.faulty;
     this.nowMs = opts.nowMs ?? (() => performance.now());
     this.queue = this.newQueue();

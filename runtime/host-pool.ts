@@ -92,6 +92,10 @@ interface HostSlot {
   respawns: number;
   /** When the ping in flight to the running thread was sent (performance.now()); undefined when none is. */
   pingSentAt: number | undefined;
+  /** When the running thread finished its start (Date.now()); undefined when none runs. */
+  startedAt: number | undefined;
+  /** The running thread's blocking disk calls in progress (shared memory; RealDisk `ioMarker`). */
+  ioMarker: Int32Array;
 }
 
 /** How a host thread last ended unexpectedly. */
@@ -165,6 +169,8 @@ export class HostPool {
       respawnTimer: undefined,
       respawns: 0,
       pingSentAt: undefined,
+      startedAt: undefined,
+      ioMarker: new Int32Array(new SharedArrayBuffer(4)),
     }));
   }
 
@@ -195,7 +201,8 @@ export class HostPool {
     for (const slot of this.slots) {
       const api = slot.api;
       const worker = slot.worker;
-      if (api === undefined || worker === undefined || slot.stopping || slot.ready !== undefined) continue;
+      // Also while it starts and reopens its shards: it answers between any two of those calls.
+      if (api === undefined || worker === undefined || slot.stopping) continue;
       if (slot.pingSentAt === undefined) {
         slot.pingSentAt = now;
         this.untilExit(slot, api.ping()).then(
@@ -204,7 +211,9 @@ export class HostPool {
           },
           () => undefined,
         );
-      } else if (now - slot.pingSentAt >= hangMs) {
+      } else if (now - slot.pingSentAt >= hangMs && Atomics.load(slot.ioMarker, 0) === 0) {
+        // (A thread inside a disk call waits on its disk, which a termination would not end:
+        // the device's own stall report says that, once the call returns.)
         const silentMs = Math.round(now - slot.pingSentAt);
         slot.pingSentAt = undefined;
         slot.down = `hung: no answer for ${Math.round(silentMs / 1000)} s; restarting it`;
@@ -472,7 +481,9 @@ export class HostPool {
 
   private spawn(slot: HostSlot): Promise<void> {
     const telemetry = currentTelemetry()?.forWorker();
-    const workerData: HostWorkerData = { hostId: slot.config.hostId, ...(telemetry ? { telemetry: telemetry.init } : {}) };
+    // A new marker per thread: one terminated inside a disk call leaves its count behind.
+    slot.ioMarker = new Int32Array(new SharedArrayBuffer(4));
+    const workerData: HostWorkerData = { hostId: slot.config.hostId, ioMarker: slot.ioMarker, ...(telemetry ? { telemetry: telemetry.init } : {}) };
     // V8 reads its heap flags when it creates an isolate, so the flag set here sizes this host's
     // heap (and that of any isolate the process creates after it: the last value set wins).
     if (this.heapInitialMiB > 0) v8.setFlagsFromString(`--initial-old-space-size=${this.heapInitialMiB}`);
@@ -502,9 +513,11 @@ export class HostPool {
         void worker.terminate();
         throw e;
       }
-      // Started: whatever said it was down (a failed start before this one) is over.
+      // Started: whatever said it was down (a failed start before this one) is over. The
+      // respawn back-off is reset only once it has run a whole restart window (onExit): a host
+      // that starts and then dies reopening its shards backs off as one that cannot start.
       slot.down = undefined;
-      slot.respawns = 0;
+      slot.startedAt = Date.now();
       await this.reopen(slot, api, slot.shards.keys());
     })();
     const ready = slot.ready;
@@ -525,6 +538,8 @@ export class HostPool {
     slot.lastExit = { code, ...(error ? { error: `${error.name}: ${error.message}` } : {}), atMs: Date.now() };
     const now = Date.now();
     const windowMs = this.opts.restartWindowMs ?? 60_000;
+    if (slot.startedAt !== undefined && now - slot.startedAt >= windowMs) slot.respawns = 0;
+    slot.startedAt = undefined;
     slot.restarts = slot.restarts.filter((t) => now - t < windowMs);
     const restarting = slot.restarts.length < (this.opts.restartsMax ?? 5);
     this.opts.onHostExit?.(slot.config.hostId, code, restarting, error);

@@ -525,11 +525,30 @@ export class PageStore {
     for (const r of this.images) if (!keptReaders.includes(r)) r.close();
     this.images = keptReaders;
     this.floorLsn = floor;
-    this.dropVersionsUpTo(floor);
     this.cache.dropBelow(floor);
     assert(floor === 0 || this.images[0]!.lsn === floor, 'the floor is a kept image');
 
     const result = { lsn, file: imageFileName(lsn) };
+
+    // The versions at or below the floor, CHECKPOINT_COLLECT_PAGES pages of the index per step
+    // (one pass over a million pages held the thread for hundreds of ms). Until dropped they
+    // are never used: every readable LSN has an image at or above them, and a read takes a
+    // page's version only when it is newer than its image.
+    let seen = 0;
+    for (const [page, list] of this.versions) {
+      if (seen % CHECKPOINT_COLLECT_PAGES === 0) {
+        yield;
+        if (this.closed) return result;
+      }
+      seen++;
+      let n = 0;
+      while (n < list.length && list[n]! <= floor) n++;
+      if (n === 0) continue;
+      this.versionCount -= n;
+      if (n === list.length) this.versions.delete(page);
+      else list.splice(0, n);
+    }
+    assert(this.versionCount >= 0, 'version count stays non-negative');
 
     // Clean-up, each part a step of its own (a rename and a directory fsync each, 2–5 ms). The
     // checkpoint is done: closed in between, it ends with its result, and the next checkpoint
@@ -756,17 +775,6 @@ export class PageStore {
     }
   }
 
-  private dropVersionsUpTo(lsn: number): void {
-    for (const [page, list] of this.versions) {
-      let n = 0;
-      while (n < list.length && list[n]! <= lsn) n++;
-      if (n === 0) continue;
-      this.versionCount -= n;
-      if (n === list.length) this.versions.delete(page);
-      else list.splice(0, n);
-    }
-    assert(this.versionCount >= 0, 'version count stays non-negative');
-  }
 
   private checkOpen(): void {
     if (this.closed) throw new StorageError('closed', `page store ${this.dir} is closed`);

@@ -113,13 +113,31 @@ export class RealDisk implements Disk {
   /** Background removals (`removeAsync`) run one after another on this chain. */
   private removeChain: Promise<void> = Promise.resolve();
   private removesWaiting = 0;
+  private readonly ioMarker: Int32Array | undefined;
 
-  /** `rootDir` must exist (or be creatable) and is where every disk path is resolved. */
-  constructor(rootDir: string) {
+  /**
+   * `rootDir` must exist (or be creatable) and is where every disk path is resolved. With
+   * `ioMarker` (one Int32 in shared memory), each blocking file call adds 1 to it while it runs:
+   * another thread can then tell a thread waiting on its disk from one that hangs.
+   */
+  constructor(rootDir: string, opts: { ioMarker?: Int32Array } = {}) {
     if (typeof rootDir !== 'string' || rootDir === '') {
       throw new StorageError('bad_request', 'RealDisk needs a root directory');
     }
     this.rootDir = nodePath.resolve(rootDir);
+    this.ioMarker = opts.ioMarker;
+  }
+
+  /** Runs a blocking file call, counted in `ioMarker` while it runs. */
+  private blocking<T>(call: () => T): T {
+    const m = this.ioMarker;
+    if (m === undefined) return call();
+    Atomics.add(m, 0, 1);
+    try {
+      return call();
+    } finally {
+      Atomics.sub(m, 0, 1);
+    }
   }
 
   /** Number of handles currently open. */
@@ -137,7 +155,7 @@ export class RealDisk implements Disk {
     if (opts.truncate === true) flags |= fs.constants.O_TRUNC;
     let fd: number;
     try {
-      fd = fs.openSync(this.abs(path), flags, 0o644);
+      fd = this.blocking(() => fs.openSync(this.abs(path), flags, 0o644));
     } catch (e) {
       throw this.ioError('open', path, e);
     }
@@ -174,7 +192,7 @@ export class RealDisk implements Disk {
     let done = 0;
     try {
       while (done < data.length) {
-        const n = fs.writeSync(f.fd, data, done, data.length - done, offset + done);
+        const n = this.blocking(() => fs.writeSync(f.fd, data, done, data.length - done, offset + done));
         if (n <= 0) {
           // A zero-byte write that is not an error would loop for ever; treat it as a device fault.
           throw Object.assign(new Error('write made no progress'), { code: 'EIO' });
@@ -202,7 +220,7 @@ export class RealDisk implements Disk {
     let done = 0;
     try {
       while (done < buf.length) {
-        const n = fs.readSync(f.fd, buf, done, buf.length - done, offset + done);
+        const n = this.blocking(() => fs.readSync(f.fd, buf, done, buf.length - done, offset + done));
         if (n === 0) break; // end of file
         done += n;
       }
@@ -218,7 +236,7 @@ export class RealDisk implements Disk {
     const f = this.file(fh);
     this.counters.fdatasyncs++;
     try {
-      fs.fdatasyncSync(f.fd);
+      this.blocking(() => fs.fdatasyncSync(f.fd));
     } catch (e) {
       throw this.ioError('fdatasync', f.path, e, 'fsync_failed');
     }
@@ -236,7 +254,7 @@ export class RealDisk implements Disk {
     const f = this.file(fh);
     checkDiskOffset(length, 'length');
     try {
-      fs.ftruncateSync(f.fd, length);
+      this.blocking(() => fs.ftruncateSync(f.fd, length));
     } catch (e) {
       throw this.ioError('ftruncate', f.path, e);
     }
@@ -246,7 +264,7 @@ export class RealDisk implements Disk {
     checkDiskPath(from, false);
     checkDiskPath(to, false);
     try {
-      fs.renameSync(this.abs(from), this.abs(to));
+      this.blocking(() => fs.renameSync(this.abs(from), this.abs(to)));
     } catch (e) {
       throw this.ioError('rename', from, e, 'io_error', { to });
     }
@@ -262,7 +280,7 @@ export class RealDisk implements Disk {
       throw this.ioError('open dir', dir, e, 'fsync_failed');
     }
     try {
-      fs.fsyncSync(fd);
+      this.blocking(() => fs.fsyncSync(fd));
     } catch (e) {
       throw this.ioError('fsync dir', dir, e, 'fsync_failed');
     } finally {
@@ -296,7 +314,7 @@ export class RealDisk implements Disk {
   remove(path: string): void {
     checkDiskPath(path, false);
     try {
-      fs.rmSync(this.abs(path), { force: true });
+      this.blocking(() => fs.rmSync(this.abs(path), { force: true }));
     } catch (e) {
       throw this.ioError('remove', path, e);
     }
@@ -406,7 +424,7 @@ export class RealDisk implements Disk {
   removeTree(dir: string): void {
     checkDiskPath(dir, false);
     try {
-      fs.rmSync(this.abs(dir), { recursive: true, force: true });
+      this.blocking(() => fs.rmSync(this.abs(dir), { recursive: true, force: true }));
     } catch (e) {
       throw this.ioError('removeTree', dir, e);
     }

@@ -6,8 +6,19 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { DATA_DIR_LOCK_NAME, DataDirLock, type LockHolder } from '../../cluster/data-dir-lock';
+import { DATA_DIR_LOCK_NAME, DataDirLock, LOCK_LEASE_MS, type LockHolder } from '../../cluster/data-dir-lock';
 import { ProtocolError } from '../../messages/errors';
+
+/** This process's boot id and pid namespace, as a lock records them. */
+const here = {
+  bootId: fs.readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim(),
+  pidNs: fs.readlinkSync('/proc/self/ns/pid'),
+};
+
+function startTicks(pid: number): number {
+  const st = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  return Number(st.slice(st.lastIndexOf(')') + 2).split(' ')[19]);
+}
 
 describe('DataDirLock', () => {
   let dir: string;
@@ -19,11 +30,11 @@ describe('DataDirLock', () => {
   });
 
   const lockFile = (): string => path.join(dir, DATA_DIR_LOCK_NAME);
-  const plant = (holder: Partial<LockHolder>): void => {
-    fs.writeFileSync(lockFile(), JSON.stringify({ pid: 1, hostname: os.hostname(), nodeId: 'n0', sinceMs: Date.now() - 60_000, ...holder }));
-    // Not a lock being written right now.
-    const old = new Date(Date.now() - 60_000);
-    fs.utimesSync(lockFile(), old, old);
+  /** A lock file of another process; touched `ageMs` ago. */
+  const plant = (holder: Partial<LockHolder>, ageMs = 60_000): void => {
+    fs.writeFileSync(lockFile(), JSON.stringify({ pid: 1, hostname: os.hostname(), nodeId: 'n0', sinceMs: Date.now() - 60_000, ...here, ...holder }));
+    const at = new Date(Date.now() - ageMs);
+    fs.utimesSync(lockFile(), at, at);
   };
   const refused = (re: RegExp) => (e: unknown): boolean => {
     assert.ok(e instanceof ProtocolError, String(e));
@@ -37,41 +48,94 @@ describe('DataDirLock', () => {
     const holder = JSON.parse(fs.readFileSync(lockFile(), 'utf8')) as LockHolder;
     assert.equal(holder.pid, process.pid);
     assert.equal(holder.nodeId, 'n1');
+    assert.equal(holder.bootId, here.bootId);
     assert.throws(() => DataDirLock.acquire(dir, 'n2'), refused(new RegExp(`in use by node 'n1' \\(process ${process.pid}, since .*remove ${lockFile()}`)));
     a.release();
     assert.equal(fs.existsSync(lockFile()), false, 'released: the file is gone');
     DataDirLock.acquire(dir, 'n2').release();
   });
 
-  it('abandoned (a node stopped as a crash) the file stays, and the next holder takes it over', () => {
-    DataDirLock.acquire(dir, 'n1').abandon();
+  it('abandoned (a node stopped as a crash) the file stays, and the next holder takes it over; release after abandon still removes it', () => {
+    const a = DataDirLock.acquire(dir, 'n1');
+    a.abandon();
     assert.equal(fs.existsSync(lockFile()), true);
     const b = DataDirLock.acquire(dir, 'n1');
     assert.equal((JSON.parse(fs.readFileSync(lockFile(), 'utf8')) as LockHolder).pid, process.pid);
+    a.release();
+    assert.equal(fs.existsSync(lockFile()), true, 'a release does not remove the lock of the one that took over');
+    b.abandon();
     b.release();
+    assert.equal(fs.existsSync(lockFile()), false, 'a start that failed gives the directory up (kill abandons, then release)');
   });
 
-  it('a lock whose process no longer runs is taken over; one whose process id was reused by another process too', () => {
+  it('on this machine: a lock whose process no longer runs is taken over at once, as is one whose pid now names another process', () => {
     const dead = spawnSync(process.execPath, ['-e', '']).pid!;
-    plant({ pid: dead });
+    plant({ pid: dead }, 0);
     DataDirLock.acquire(dir, 'n1').release();
     // The parent of this process runs, but started at another time than the lock says.
-    plant({ pid: process.ppid, startTicks: 1 });
+    plant({ pid: process.ppid, startTicks: 1 }, 0);
+    DataDirLock.acquire(dir, 'n1').release();
+    // The parent as it is: running.
+    plant({ pid: process.ppid, startTicks: startTicks(process.ppid) }, 0);
+    assert.throws(() => DataDirLock.acquire(dir, 'n1'), refused(/in use by node 'n0' \(process \d+, since/));
+  });
+
+  it('elsewhere (another boot or pid namespace: a container, a shared file system) a lock runs while its lease is fresh', () => {
+    plant({ pid: process.ppid, hostname: 'elsewhere', bootId: 'another-boot' }, 1000);
+    assert.throws(() => DataDirLock.acquire(dir, 'n1'), refused(/process \d+ on host 'elsewhere'/));
+    plant({ pid: process.ppid, hostname: 'elsewhere', pidNs: 'pid:[1]' }, 1000);
+    assert.throws(() => DataDirLock.acquire(dir, 'n1'), refused(/on host 'elsewhere'/));
+    // Not touched for a whole lease: its holder is gone.
+    plant({ pid: process.ppid, hostname: 'elsewhere', bootId: 'another-boot' }, LOCK_LEASE_MS + 1000);
     DataDirLock.acquire(dir, 'n1').release();
   });
 
-  it('a lock of a running process, or taken on another host, is refused; a half-written one is taken over once old', () => {
-    const st = fs.readFileSync(`/proc/${process.ppid}/stat`, 'utf8');
-    const ticks = Number(st.slice(st.lastIndexOf(')') + 2).split(' ')[19]);
-    plant({ pid: process.ppid, startTicks: ticks });
-    assert.throws(() => DataDirLock.acquire(dir, 'n1'), refused(/in use by node 'n0' \(process \d+, since/));
-    plant({ pid: process.ppid, hostname: 'elsewhere' });
-    assert.throws(() => DataDirLock.acquire(dir, 'n1'), refused(/process \d+ on host 'elsewhere'/));
-    // Created and not written yet: another node is taking it now.
-    fs.writeFileSync(lockFile(), '');
-    assert.throws(() => DataDirLock.acquire(dir, 'n1'), refused(/another node is starting on it/));
+  it('a holder touches its lock (its lease); a half-written lock is refused while new, taken over once old', () => {
+    const a = DataDirLock.acquire(dir, 'n1');
     const old = new Date(Date.now() - 60_000);
     fs.utimesSync(lockFile(), old, old);
-    DataDirLock.acquire(dir, 'n1').release();
+    return new Promise<void>((resolve) => setTimeout(resolve, 5_200)).then(() => {
+      assert.ok(Date.now() - fs.statSync(lockFile()).mtimeMs < 1000, 'touched within LOCK_REFRESH_MS');
+      a.release();
+      fs.writeFileSync(lockFile(), '');
+      assert.throws(() => DataDirLock.acquire(dir, 'n1'), refused(/another node is starting on it/));
+      fs.utimesSync(lockFile(), old, old);
+      DataDirLock.acquire(dir, 'n1').release();
+    });
+  }).timeout(15_000);
+
+  it('of two nodes taking one stale lock over at once, one gets it', () => {
+    const dead = spawnSync(process.execPath, ['-e', '']).pid!;
+    plant({ pid: dead }, 0);
+    // Node A takes it over while node B is between its check and its removal: B's removal runs
+    // A's whole takeover first (as an interleaving of two processes would).
+    // The fs module itself (the lock module reads its functions from it at each call).
+    const nodeFs = require('node:fs') as { rmSync: typeof fs.rmSync };
+    const rm = nodeFs.rmSync;
+    let a: DataDirLock | Error | undefined;
+    let armed = true;
+    nodeFs.rmSync = (p, o) => {
+      if (armed && p === lockFile()) {
+        armed = false;
+        try {
+          a = DataDirLock.acquire(dir, 'nA');
+        } catch (e) {
+          a = e as Error;
+        }
+      }
+      return rm(p, o);
+    };
+    let b: DataDirLock | Error;
+    try {
+      b = DataDirLock.acquire(dir, 'nB');
+    } catch (e) {
+      b = e as Error;
+    } finally {
+      nodeFs.rmSync = rm;
+    }
+    const got = [a, b].filter((x) => x instanceof DataDirLock);
+    assert.equal(got.length, 1, `exactly one holds it: A ${String(a)}, B ${String(b)}`);
+    assert.ok([a, b].some((x) => x instanceof ProtocolError && /another node is taking over/.test(x.message)));
+    (got[0] as DataDirLock).release();
   });
 });

@@ -319,6 +319,9 @@ describe('StrataNode', function () {
       const over = decode((await fake.request(controllerSubject(CLUSTER, 'members'), encode({}))).data);
       assert.equal(errorCode(over), 'overloaded', JSON.stringify(over));
       assert.match((over as ErrorReply).error.message, /3 control requests in flight on node ctl3, its limit/);
+      // Heartbeats are answered all the same: nodes do not look dead while the controller is busy.
+      const beat = decode((await fake.request(controllerSubject(CLUSTER, 'heartbeat'), encode({ nodeId: 'ghost1', hosts: 1 }))).data);
+      assert.equal(errorCode(beat), undefined, JSON.stringify(beat));
       slow.release();
       await Promise.all(held);
       const members = decode((await fake.request(controllerSubject(CLUSTER, 'members'), encode({}))).data);

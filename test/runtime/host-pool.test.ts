@@ -109,6 +109,22 @@ describe('HostPool supervision', function () {
     }
   });
 
+  it('a host that starts and then dies again and again backs off longer each time', async () => {
+    pool = await HostPool.start({ hosts: [host(path.join(dir, 'dev0'))], restartsMax: 1, respawnMsMin: 300 });
+    const delays: string[] = [];
+    for (let round = 0; round < 3; round++) {
+      // Dies at once after each start (as one that crashes reopening a shard would).
+      await waitFor('the host to be down', async () => {
+        const st = (await pool!.stats())[0]!;
+        if (st.down === undefined && st.device !== undefined) await pool!.crashHost(0);
+        return /starting it again in/.test(st.down ?? '');
+      }, 20_000);
+      delays.push(/starting it again in ([\d.]+) s/.exec((await pool.stats())[0]!.down!)![1]!);
+      await waitFor('the host started again', async () => (await pool!.stats())[0]!.down === undefined, 20_000);
+    }
+    assert.deepEqual(delays, ['0.3', '0.6', '1.2']);
+  });
+
   it('a host thread that stops answering is terminated after hangMs and started again', async () => {
     const hung: number[] = [];
     pool = await HostPool.start({ hosts: [host(path.join(dir, 'dev0'))], hangMs: 1500, onHostHung: (id, ms) => hung.push(ms) });

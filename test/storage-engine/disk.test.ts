@@ -245,6 +245,32 @@ describe('RealDisk specifics', () => {
     assert.equal(fs.readFileSync(nodePath.join(dir, 'a', 'b', 'c'), 'utf8'), 'data');
   });
 
+  it('counts its blocking calls in ioMarker while they run, failed ones too', () => {
+    const ioMarker = new Int32Array(new SharedArrayBuffer(4));
+    const disk = new RealDisk(dir, { ioMarker });
+    const fh = disk.open('f', { create: true });
+    const nodeFs = require('node:fs') as { fdatasyncSync: typeof fs.fdatasyncSync; writeSync: typeof fs.writeSync };
+    const seen: number[] = [];
+    const { fdatasyncSync, writeSync } = nodeFs;
+    nodeFs.writeSync = ((...args: Parameters<typeof fs.writeSync>) => {
+      seen.push(Atomics.load(ioMarker, 0));
+      return (writeSync as (...a: unknown[]) => number)(...args);
+    }) as typeof fs.writeSync;
+    nodeFs.fdatasyncSync = (() => {
+      seen.push(Atomics.load(ioMarker, 0));
+      throw Object.assign(new Error('EIO: i/o error, fdatasync'), { code: 'EIO' });
+    }) as typeof fs.fdatasyncSync;
+    try {
+      disk.write(fh, new Uint8Array(10), 0);
+      assert.throws(() => disk.fdatasync(fh), (e: StorageError) => e.code === 'fsync_failed');
+    } finally {
+      nodeFs.writeSync = writeSync;
+      nodeFs.fdatasyncSync = fdatasyncSync;
+    }
+    assert.deepEqual(seen, [1, 1], 'one call in progress inside each');
+    assert.equal(Atomics.load(ioMarker, 0), 0, 'none once they returned or threw');
+  });
+
   it('removeAsync removes files off the thread, a large one in steps, one file after another', async () => {
     const disk = new RealDisk(dir);
     const sizes = [3 * REMOVE_STEP_BYTES + 5, 100, 2 * REMOVE_STEP_BYTES];

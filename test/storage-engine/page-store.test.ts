@@ -559,8 +559,11 @@ describe('PageStore', () => {
       if (r.done) break;
     }
     assert.ok(results.length >= 4, `${results.length} steps`);
-    // The step before the last finished the image (renamed into place) without switching to it.
-    assert.deepEqual(states.slice(-3), ['1 tmp, 0 img, newest 0', '0 tmp, 1 img, newest 0', `0 tmp, 1 img, newest ${lsn}`]);
+    // The step before the switch finished the image (renamed into place) without switching to
+    // it; the one before that flushed its last buffer. (Steps that clean up may follow the switch.)
+    const at = states.indexOf(`0 tmp, 1 img, newest ${lsn}`);
+    assert.deepEqual(states.slice(at - 2, at + 1), ['1 tmp, 0 img, newest 0', '0 tmp, 1 img, newest 0', `0 tmp, 1 img, newest ${lsn}`]);
+    assert.ok(states.slice(at).every((x) => x === `0 tmp, 1 img, newest ${lsn}`));
     // Closed between finishing and switching: the checkpoint ends with closed, the image stays unused.
     writeRandom(w, 20);
     const again = w.store.checkpointSteps();
@@ -634,6 +637,21 @@ describe('PageStore', () => {
     reopen(w);
     assert.equal(w.store.stats().imageLsn, start);
     check();
+    // A second checkpoint makes the first image the floor: the versions at or below it are
+    // dropped after the switch, a chunk of the version index per step.
+    writePages([1, 2, 3]);
+    const again = w.store.checkpointSteps();
+    let r2 = again.next();
+    while (w.store.stats().oldestReadableLsn !== start) r2 = again.next();
+    const versions = [w.store.stats().versions];
+    while (r2.done !== true) {
+      r2 = again.next();
+      versions.push(w.store.stats().versions);
+    }
+    const drops = versions.slice(1).map((v, k) => versions[k]! - v).filter((d) => d > 0);
+    assert.ok(drops.length >= Math.floor(order.length / CHECKPOINT_COLLECT_PAGES), `versions dropped in ${drops.length} steps: ${drops.join(', ')}`);
+    const after = [...w.model.history.values()].reduce((n, h) => n + h.filter((e) => e.lsn > start).length, 0);
+    assert.equal(versions[versions.length - 1], after, 'what is left: the versions after the floor');
   });
 
   it('checkpointSteps: after the switch, each trimmed log segment is a step; closed in between, the checkpoint still ends with its result', () => {
@@ -654,8 +672,10 @@ describe('PageStore', () => {
       counts.push(segments(w).length);
     }
     assert.equal(r.value.lsn, lsn);
-    assert.ok(counts.length >= 3, `${counts.length} trim steps`);
-    counts.forEach((c, k) => assert.equal(c, before - 1 - k, `step ${k} trims one segment`));
+    // After the switch: a step per chunk of the version index dropped, then one per segment.
+    const trims = counts.map((c, k) => (k === 0 ? before : counts[k - 1]!) - c);
+    assert.ok(trims.every((t) => t === 0 || t === 1), `segments trimmed per step: ${trims.join(',')}`);
+    assert.ok(trims.filter((t) => t === 1).length >= 3, `${trims.filter((t) => t === 1).length} trim steps`);
     assert.equal(w.log.canTrimPrefix(lsn), false);
     checkAll(w.store, w.model, lsn, lsn, 64);
 
