@@ -141,8 +141,11 @@ export interface HostApi {
   failFsync(times: number): Promise<void>;
   /** Fault injection: throws an error with this message outside any handler, ending the thread. */
   throwUncaught(message: string): Promise<void>;
-  /** Fault injection: the thread stops answering anything for `ms` (a long synchronous stall); answered after it. */
-  stall(ms: number): Promise<void>;
+  /**
+   * Fault injection: the thread stops answering anything for `ms` (a long synchronous stall);
+   * answered after it. With `inDisk`, counted as a blocking disk call (a disk that stalls).
+   */
+  stall(ms: number, opts?: { inDisk?: boolean }): Promise<void>;
   /** Forwards the spans this thread finished to the main thread now (a no-op without telemetry). */
   flushTelemetry(): Promise<void>;
   /** Drains: stops taking requests, finishes those admitted, closes the device, closes NATS. */
@@ -364,9 +367,15 @@ export class ActorHost implements HostApi {
     this.ready().device.failFsync(times);
   }
 
-  async stall(ms: number): Promise<void> {
+  async stall(ms: number, opts: { inDisk?: boolean } = {}): Promise<void> {
     if (!(ms >= 0 && ms <= 60_000)) throw new ProtocolError('bad_request', 'stall: ms must be in [0, 60000]');
-    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+    const marker = opts.inDisk === true ? (workerData as HostWorkerData | undefined)?.ioMarker : undefined;
+    if (marker) Atomics.add(marker, 0, 1);
+    try {
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+    } finally {
+      if (marker) Atomics.sub(marker, 0, 1);
+    }
   }
 
   async throwUncaught(message: string): Promise<void> {

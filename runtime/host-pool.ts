@@ -328,8 +328,8 @@ export class HostPool {
   }
 
   /** Fault injection: host `hostId`'s thread stops answering anything for `ms` (a synchronous stall); resolves after it. */
-  async stallHost(hostId: number, ms: number): Promise<void> {
-    await this.call(this.slot(hostId), (api) => api.stall(ms));
+  async stallHost(hostId: number, ms: number, opts: { inDisk?: boolean } = {}): Promise<void> {
+    await this.call(this.slot(hostId), (api) => api.stall(ms, opts));
   }
 
   /** Fault injection: every host of this node applies these replication-transport faults. */

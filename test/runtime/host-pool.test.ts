@@ -140,6 +140,17 @@ describe('HostPool supervision', function () {
     assert.equal(st.down, undefined);
   });
 
+  it('a host thread blocked in a disk call is not terminated by the watchdog: it answers once the disk does', async () => {
+    const hung: number[] = [];
+    pool = await HostPool.start({ hosts: [host(path.join(dir, 'dev0'))], hangMs: 1000, onHostHung: (id, ms) => hung.push(ms) });
+    // 3 s inside a (simulated) disk call: three times hangMs.
+    await pool.stallHost(0, 3000, { inDisk: true });
+    assert.deepEqual(hung, [], 'not taken for a hang');
+    const st = (await pool.stats())[0]!;
+    assert.equal(st.restarts, 0);
+    assert.equal(st.down, undefined);
+  });
+
   it('a call in flight to a host whose thread exits fails at once, not at its deadline', async () => {
     pool = await HostPool.start({ hosts: [host(path.join(dir, 'dev0'))], callTimeoutMs: 20_000 });
     const t0 = performance.now();
