@@ -9,20 +9,24 @@
  * name and node id. Its holder touches the file every LOCK_REFRESH_MS (a lease).
  *
  * A lock is taken over when its holder no longer runs:
- * - on this machine and in this pid namespace (same boot id and namespace): its process is
- *   gone, or its process id now names a process started at another time (a node that crashed
- *   is replaced at once, by systemd say);
+ * - on this machine and in this pid namespace (same boot id and namespace; or a lock without
+ *   them, written by an older Strata on this host): its process is gone, or its process id now
+ *   names a process started at another time (a node that crashed is replaced at once);
  * - anywhere else (another container, another host on a shared file system), where a process
- *   id says nothing: its lease expired, no touch for LOCK_LEASE_MS.
+ *   id says nothing: the file was not touched while this node watched it for LOCK_OBSERVE_MS
+ *   (by its own clock: no comparison of the holder's clock with this one).
  * Otherwise it is refused with an error naming the holder and the file to remove if the
  * operator knows better. A takeover runs under `<dataDir>/lock.takeover` (a directory, made
- * exclusively), and removes only the lock it judged stale: of two nodes taking one stale lock
- * over at once, one gets it.
+ * exclusively) and moves the lock away before it removes it, checking that it moved the one it
+ * judged stale (another's fresh lock is put back): of two nodes taking one stale lock over at
+ * once, one gets it. A holder re-reads its lock at each touch; one that finds it gone or
+ * another's (taken over while it was frozen, say) is told (`onLost`), and a node stops.
  *
  * Within one process (an in-process cluster) the locks held are also kept in memory: a node
  * stopped as a crash would be (`abandon`) leaves its file, as a real crash does, and a node
  * started again on the directory in the same process takes it over.
  */
+import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -31,8 +35,8 @@ import { ProtocolError } from '../messages/errors';
 export const DATA_DIR_LOCK_NAME = 'lock';
 /** How often a holder touches its lock file. */
 export const LOCK_REFRESH_MS = 5_000;
-/** A lock not touched for this long has no holder (where its process cannot be looked up). */
-export const LOCK_LEASE_MS = 30_000;
+/** A lock not touched while watched this long has no holder (where its process cannot be looked up). */
+export const LOCK_OBSERVE_MS = 12_000;
 /** A lock file this new and not readable yet is being written by the node that created it. */
 const LOCK_WRITE_MS = 5_000;
 /** A takeover directory this old was left by a process that died during its takeover. */
@@ -49,6 +53,8 @@ export interface LockHolder {
   hostname: string;
   nodeId: string;
   sinceMs: number;
+  /** Random, per acquire: two locks taken by one process in one millisecond still differ. */
+  token?: string;
 }
 
 /** Lock files held by this process, by path. */
@@ -59,16 +65,22 @@ export class DataDirLock {
   private readonly me: LockHolder;
   private refresh: NodeJS.Timeout | undefined;
 
-  private constructor(file: string, me: LockHolder) {
+  private constructor(file: string, me: LockHolder, onLost: ((why: string) => void) | undefined) {
     this.file = file;
     this.me = me;
     heldHere.add(file);
     this.refresh = setInterval(() => {
-      const now = new Date();
+      const now = readHolder(file);
+      if (!sameHolder(now, me)) {
+        this.abandon();
+        onLost?.(now === undefined ? `${file} is gone` : `${file} now names node '${now.nodeId}' (process ${now.pid} on host '${now.hostname}')`);
+        return;
+      }
+      const at = new Date();
       try {
-        fs.utimesSync(file, now, now);
+        fs.utimesSync(file, at, at);
       } catch {
-        // Gone or unwritable: the next node's check says what it finds.
+        // Unwritable now: the next touch reads it again.
       }
     }, LOCK_REFRESH_MS);
     this.refresh.unref();
@@ -78,18 +90,21 @@ export class DataDirLock {
    * Takes the lock of `dataDir` (which must exist) for node `nodeId`. Throws ProtocolError
    * 'bad_request' when a running node holds it, or another takes it over at this moment.
    */
-  static acquire(dataDir: string, nodeId: string): DataDirLock {
+  static acquire(dataDir: string, nodeId: string, opts: { onLost?: (why: string) => void; observeMs?: number } = {}): DataDirLock {
     const file = path.join(dataDir, DATA_DIR_LOCK_NAME);
-    const me: LockHolder = { pid: process.pid, ...processIdentity(process.pid), hostname: os.hostname(), nodeId, sinceMs: Date.now() };
-    // Twice at most: once more after taking over a lock whose holder is gone.
-    for (let attempt = 0; attempt < 2; attempt++) {
-      if (tryCreate(file, me)) return new DataDirLock(file, me);
+    const me: LockHolder = {
+      pid: process.pid, ...processIdentity(process.pid), hostname: os.hostname(), nodeId, sinceMs: Date.now(), token: crypto.randomBytes(8).toString('hex'),
+    };
+    // A few times at most: again after removing a takeover left by a crash, and after taking
+    // over a lock whose holder is gone.
+    for (let attempt = 0; attempt < 3; attempt++) {
+      if (tryCreate(file, me)) return new DataDirLock(file, me, opts.onLost);
       const holder = readHolder(file);
       if (holder === undefined && ageMs(file) < LOCK_WRITE_MS) {
         // Created a moment ago and not written yet: another node is taking it now.
         throw new ProtocolError('bad_request', `data dir ${dataDir}: another node is starting on it (${file} was just created)`, { file });
       }
-      if (holder !== undefined && holderRuns(holder, file)) {
+      if (holder !== undefined && holderRuns(holder, file, opts.observeMs ?? LOCK_OBSERVE_MS)) {
         const where = holder.hostname === os.hostname() ? `process ${holder.pid}` : `process ${holder.pid} on host '${holder.hostname}'`;
         throw new ProtocolError(
           'bad_request',
@@ -153,9 +168,25 @@ function takeOver(file: string, seen: LockHolder | undefined, dataDir: string): 
     return;
   }
   try {
-    const now = readHolder(file);
-    const unchanged = seen === undefined ? now === undefined && fs.existsSync(file) && ageMs(file) >= LOCK_WRITE_MS : sameHolder(now, seen);
-    if (unchanged) fs.rmSync(file, { force: true });
+    // Moved away first, then looked at: what is removed is exactly the lock judged stale.
+    const moved = `${file}.stale-${process.pid}-${Date.now()}-${Math.random().toString(36).slice(2)}`;
+    try {
+      fs.renameSync(file, moved);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return; // another took it over
+      throw e;
+    }
+    const got = readHolder(moved);
+    if (seen === undefined ? got !== undefined : !sameHolder(got, seen)) {
+      // Another node's fresh lock: put back (unless yet another is there now; then its holder
+      // finds it gone at its next touch, and stops).
+      try {
+        fs.linkSync(moved, file);
+      } catch {
+        // See above.
+      }
+    }
+    fs.rmSync(moved, { force: true });
   } finally {
     fs.rmSync(mutex, { recursive: true, force: true });
   }
@@ -179,13 +210,15 @@ function readHolder(file: string): LockHolder | undefined {
 }
 
 function sameHolder(a: LockHolder | undefined, b: LockHolder): boolean {
-  return a !== undefined && a.pid === b.pid && a.sinceMs === b.sinceMs && a.hostname === b.hostname && a.nodeId === b.nodeId;
+  return a !== undefined && a.pid === b.pid && a.sinceMs === b.sinceMs && a.hostname === b.hostname && a.nodeId === b.nodeId && a.token === b.token;
 }
 
 /** Whether the node a lock names still runs (see the module comment). */
-function holderRuns(holder: LockHolder, file: string): boolean {
-  if (holder.pid === process.pid && holder.hostname === os.hostname() && sameMachineAndNamespace(holder)) return heldHere.has(file);
-  if (!sameMachineAndNamespace(holder)) return ageMs(file) < LOCK_LEASE_MS;
+function holderRuns(holder: LockHolder, file: string, observeMs: number): boolean {
+  // An older Strata wrote no boot id or namespace: on this host its process id is looked up.
+  const local = sameMachineAndNamespace(holder) || (holder.bootId === undefined && holder.hostname === os.hostname());
+  if (!local) return touchedWithin(file, observeMs);
+  if (holder.pid === process.pid) return heldHere.has(file);
   const now = processIdentity(holder.pid);
   if (now.startTicks !== undefined && holder.startTicks !== undefined) return now.startTicks === holder.startTicks;
   try {
@@ -200,6 +233,32 @@ function holderRuns(holder: LockHolder, file: string): boolean {
 function sameMachineAndNamespace(holder: LockHolder): boolean {
   const mine = processIdentity(process.pid);
   return holder.bootId !== undefined && holder.pidNs !== undefined && holder.bootId === mine.bootId && holder.pidNs === mine.pidNs;
+}
+
+/**
+ * Whether the file is touched (or replaced) within `ms`, watched by this process's own clock:
+ * the holder's clock may differ from this one, or have jumped.
+ */
+function touchedWithin(file: string, ms: number): boolean {
+  const before = statOf(file);
+  const step = Math.min(500, ms);
+  const waitOn = new Int32Array(new SharedArrayBuffer(4));
+  for (let waited = 0; waited < ms; waited += step) {
+    Atomics.wait(waitOn, 0, 0, step);
+    const now = statOf(file);
+    // Gone: nobody holds it (the takeover that follows finds that out).
+    if (now === undefined || before === undefined) return false;
+    if (now.mtimeMs !== before.mtimeMs || now.ino !== before.ino) return true;
+  }
+  return false;
+}
+
+function statOf(p: string): fs.Stats | undefined {
+  try {
+    return fs.statSync(p);
+  } catch {
+    return undefined;
+  }
 }
 
 function ageMs(p: string): number {

@@ -41,6 +41,8 @@ export async function runNode(config: NodeConfig): Promise<{ stop(): Promise<voi
       ...(config.mailboxRequestsMax !== undefined ? { mailboxRequestsMax: config.mailboxRequestsMax } : {}),
       ...(config.mailboxBytesMax !== undefined ? { mailboxBytesMax: config.mailboxBytesMax } : {}),
       ...(config.hostHeapInitial !== undefined ? { hostHeapInitialMiB: Math.floor(config.hostHeapInitial / (1024 * 1024)) } : {}),
+      // The node stopped itself (logged there): the process ends, for its supervisor to see.
+      onFatal: () => process.exit(1),
     });
   } catch (e) {
     await telemetry.shutdown().catch(() => undefined);

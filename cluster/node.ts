@@ -90,6 +90,8 @@ export interface StrataNodeOptions {
   apiRequestsInFlightMax?: number;
   /** Control requests (controller and node subjects) handled at once at most; default CONTROL_IN_FLIGHT_MAX. */
   controlInFlightMax?: number;
+  /** Told when the node stopped itself for a reason it cannot run on (its data directory's lock was taken). */
+  onFatal?: (err: Error) => void;
 }
 
 /**
@@ -142,6 +144,8 @@ export const RECONCILE_BACKOFF_MS_MIN = 1000;
 export const RECONCILE_BACKOFF_MS_MAX = 30_000;
 /** Reads of the assignments (all pages) before a reconciliation gives up for its back-off. */
 const ASSIGNMENTS_FETCH_TRIES = 3;
+/** Longest wait for the host threads of a node whose start failed to exit. */
+const NODE_KILL_WAIT_MS = 5000;
 /** Longest wait for the NATS connection to drain at a stop. */
 const NATS_DRAIN_MS = 5000;
 /** checkAlone: probes of each subject, the pause between them, and each one's deadline. */
@@ -287,7 +291,15 @@ export class StrataNode {
     this.reconcileFailures = new FailureLog(this.log, 'reconciliation with the catalog');
     fs.mkdirSync(this.dataDir, { recursive: true });
     // One node process per data directory: two would write the same shard logs.
-    this.lock = DataDirLock.acquire(this.dataDir, opts.nodeId);
+    this.lock = DataDirLock.acquire(this.dataDir, opts.nodeId, {
+      // Taken over while this node ran (it was frozen longer than a takeover watches, say): it
+      // stops at once, as a crash would, rather than write beside the new holder.
+      onLost: (why) => {
+        this.log.error('the data directory lock was taken by another node; stopping', { dataDir: this.dataDir, why });
+        this.kill();
+        this.opts.onFatal?.(new ProtocolError('unavailable', `data dir ${this.dataDir}: lock lost (${why})`));
+      },
+    });
     try {
       ({ meta: this.meta, nodeMeta: this.nodeMeta, controller: this.controller } = openDataDir(this.dataDir, opts, this.hosts));
     } catch (e) {
@@ -303,7 +315,9 @@ export class StrataNode {
       await node.boot();
     } catch (e) {
       node.kill();
-      // Nothing of it runs on: the directory is free again.
+      // Once nothing of it runs on (bounded: a thread stuck in a disk call is not waited for
+      // long), the directory is free again.
+      await withTimeout(node.threadsGone, NODE_KILL_WAIT_MS, () => new Error('host threads still exiting')).catch(() => undefined);
       node.lock.release();
       throw e;
     }
@@ -415,9 +429,10 @@ export class StrataNode {
    * and a candidate could count a vote the other had given to someone else), and, with a
    * controller, beside another controller (two catalogs: a volume created in one is not found
    * in the other): someone answers on the node's status subject or the controller's members
-   * subject, CHECK_ALONE_TRIES times in a row. Only answers count: a subscription that takes
-   * the request and says nothing is a node that died without closing its connection. Two
-   * nodes that start at the same moment are not caught.
+   * subject, in CHECK_ALONE_TRIES tries. Only an answer counts: a subscription that takes the
+   * request and never answers is a node that died without closing its connection (a node
+   * that stalls through one try answers another). Two nodes that start at the same moment
+   * are not caught.
    */
   private async checkAlone(nc: NatsConnection): Promise<void> {
     const probes: Array<{ subject: string; message: string }> = [
@@ -430,19 +445,21 @@ export class StrataNode {
       });
     }
     for (const { subject, message } of probes) {
-      let present = 0;
-      for (let i = 0; i < CHECK_ALONE_TRIES && present === i; i++) {
+      for (let i = 0; i < CHECK_ALONE_TRIES; i++) {
         if (i > 0) await new Promise((r) => setTimeout(r, CHECK_ALONE_PAUSE_MS));
         try {
           await nc.request(subject, encode({}), { timeout: CHECK_ALONE_TIMEOUT_MS });
-          present++;
-        } catch {
-          // No subscriber (the server says so at once), or one that does not answer: a node
-          // whose machine died keeps its subscriptions on the server until the server's ping
-          // check drops them, minutes later, and its replacement must start meanwhile.
+          // An answer: that node runs (one that died cannot answer).
+          throw new ProtocolError('bad_request', message, { subject });
+        } catch (e) {
+          if (e instanceof ProtocolError) throw e;
+          // No subscriber at all (the server says so at once): nobody there.
+          if (natsErrorCode(e) === '503') break;
+          // Taken without an answer: a node that stalls, or one whose machine died (the server
+          // keeps its subscriptions until its ping check drops them, minutes later). Asked
+          // again; never answered, it is taken for dead, so that its replacement can start.
         }
       }
-      if (present === CHECK_ALONE_TRIES) throw new ProtocolError('bad_request', message, { subject });
     }
   }
 
@@ -474,11 +491,14 @@ export class StrataNode {
     this.stopped = true;
     this.removeStatsSource?.();
     if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
-    this.pool?.kill();
+    this.threadsGone = this.pool?.kill() ?? Promise.resolve();
     void this.nc?.close().catch(() => undefined);
     // The lock file stays, as after a crash; a node started on the directory takes it over.
     this.lock.abandon();
   }
+
+  /** Resolves once the host threads a kill() ended have exited. */
+  private threadsGone: Promise<void> = Promise.resolve();
 
   // ---------------------------------------------------------------------------------------------
   // Heartbeats and reconciliation with the controller's catalog

@@ -180,7 +180,7 @@ export class HostPool {
     try {
       await Promise.all(pool.slots.map((s) => pool.spawn(s)));
     } catch (e) {
-      pool.kill();
+      void pool.kill();
       throw e;
     }
     const hangMs = opts.hangMs ?? HOST_HANG_MS;
@@ -211,9 +211,12 @@ export class HostPool {
           },
           () => undefined,
         );
-      } else if (now - slot.pingSentAt >= hangMs && Atomics.load(slot.ioMarker, 0) === 0) {
-        // (A thread inside a disk call waits on its disk, which a termination would not end:
-        // the device's own stall report says that, once the call returns.)
+      } else if (Atomics.load(slot.ioMarker, 0) > 0) {
+        // Inside a disk call: it waits on its disk, which a termination would not end (the
+        // device's own stall report says so once the call returns). Its silence counts from
+        // when it leaves the call.
+        slot.pingSentAt = now;
+      } else if (now - slot.pingSentAt >= hangMs) {
         const silentMs = Math.round(now - slot.pingSentAt);
         slot.pingSentAt = undefined;
         slot.down = `hung: no answer for ${Math.round(silentMs / 1000)} s; restarting it`;
@@ -375,17 +378,20 @@ export class HostPool {
   }
 
   /** Abrupt end, as a crash: threads terminated without draining (tests of recovery). */
-  kill(): void {
+  /** Resolves once every thread has exited (a caller that must know no thread still writes waits for it). */
+  kill(): Promise<void> {
     this.stopped = true;
     clearInterval(this.watchdog);
+    const exits: Array<Promise<unknown>> = [];
     for (const s of this.slots) {
       s.stopping = true;
       clearTimeout(s.reopenTimer);
       clearTimeout(s.respawnTimer);
-      void s.worker?.terminate();
+      if (s.worker) exits.push(s.worker.terminate().catch(() => undefined));
       s.worker = undefined;
       s.api = undefined;
     }
+    return Promise.all(exits).then(() => undefined);
   }
 
   /**

@@ -2,11 +2,11 @@
  * DataDirLock: one node process per data directory; a crashed holder's lock is taken over.
  */
 import { strict as assert } from 'node:assert';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { DATA_DIR_LOCK_NAME, DataDirLock, LOCK_LEASE_MS, type LockHolder } from '../../cluster/data-dir-lock';
+import { DATA_DIR_LOCK_NAME, DataDirLock, type LockHolder } from '../../cluster/data-dir-lock';
 import { ProtocolError } from '../../messages/errors';
 
 /** This process's boot id and pid namespace, as a lock records them. */
@@ -80,14 +80,38 @@ describe('DataDirLock', () => {
     assert.throws(() => DataDirLock.acquire(dir, 'n1'), refused(/in use by node 'n0' \(process \d+, since/));
   });
 
-  it('elsewhere (another boot or pid namespace: a container, a shared file system) a lock runs while its lease is fresh', () => {
-    plant({ pid: process.ppid, hostname: 'elsewhere', bootId: 'another-boot' }, 1000);
-    assert.throws(() => DataDirLock.acquire(dir, 'n1'), refused(/process \d+ on host 'elsewhere'/));
-    plant({ pid: process.ppid, hostname: 'elsewhere', pidNs: 'pid:[1]' }, 1000);
-    assert.throws(() => DataDirLock.acquire(dir, 'n1'), refused(/on host 'elsewhere'/));
-    // Not touched for a whole lease: its holder is gone.
-    plant({ pid: process.ppid, hostname: 'elsewhere', bootId: 'another-boot' }, LOCK_LEASE_MS + 1000);
-    DataDirLock.acquire(dir, 'n1').release();
+  it('elsewhere (another boot or pid namespace: a container, a shared file system) a lock runs while it is touched, whatever its time says', () => {
+    // Touched by its holder (another process) every 100 ms, with a time an hour old: running.
+    plant({ pid: process.ppid, hostname: 'elsewhere', bootId: 'another-boot' }, 3_600_000);
+    const toucher = spawn(process.execPath, ['-e', `setInterval(() => { const t = new Date(Date.now() - 3600000 + Math.random() * 1000); require('fs').utimesSync(${JSON.stringify(lockFile())}, t, t); }, 100)`], { stdio: 'ignore' });
+    try {
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 300);
+      assert.throws(() => DataDirLock.acquire(dir, 'n1', { observeMs: 1000 }), refused(/process \d+ on host 'elsewhere'/));
+    } finally {
+      toucher.kill('SIGKILL');
+    }
+    // Not touched while watched, even with a time in the future (a clock set back): its holder is gone.
+    plant({ pid: process.ppid, hostname: 'elsewhere', pidNs: 'pid:[1]' }, -3_600_000);
+    DataDirLock.acquire(dir, 'n1', { observeMs: 600 }).release();
+  });
+
+  it('a lock of an older Strata (no boot id) on this host is judged by its process, not by its age', () => {
+    fs.writeFileSync(lockFile(), JSON.stringify({ pid: process.ppid, startTicks: startTicks(process.ppid), hostname: os.hostname(), nodeId: 'old', sinceMs: Date.now() - 600_000 }));
+    const old = new Date(Date.now() - 600_000);
+    fs.utimesSync(lockFile(), old, old);
+    assert.throws(() => DataDirLock.acquire(dir, 'n1', { observeMs: 300 }), refused(/in use by node 'old'/));
+  });
+
+  it('a holder whose lock was taken from it (it was frozen, say) is told at its next touch', async function () {
+    this.timeout(15_000);
+    const lost: string[] = [];
+    const a = DataDirLock.acquire(dir, 'n1', { onLost: (why) => lost.push(why) });
+    fs.writeFileSync(lockFile(), JSON.stringify({ pid: 1, hostname: 'elsewhere', nodeId: 'n9', sinceMs: Date.now() }));
+    await new Promise((r) => setTimeout(r, 5_300));
+    assert.equal(lost.length, 1);
+    assert.match(lost[0]!, /now names node 'n9'/);
+    a.release();
+    assert.equal(fs.existsSync(lockFile()), true, 'a release does not remove the lock another holds');
   });
 
   it('a holder touches its lock (its lease); a half-written lock is refused while new, taken over once old', () => {
@@ -104,38 +128,43 @@ describe('DataDirLock', () => {
     });
   }).timeout(15_000);
 
-  it('of two nodes taking one stale lock over at once, one gets it', () => {
-    const dead = spawnSync(process.execPath, ['-e', '']).pid!;
-    plant({ pid: dead }, 0);
-    // Node A takes it over while node B is between its check and its removal: B's removal runs
-    // A's whole takeover first (as an interleaving of two processes would).
-    // The fs module itself (the lock module reads its functions from it at each call).
-    const nodeFs = require('node:fs') as { rmSync: typeof fs.rmSync };
-    const rm = nodeFs.rmSync;
-    let a: DataDirLock | Error | undefined;
-    let armed = true;
-    nodeFs.rmSync = (p, o) => {
-      if (armed && p === lockFile()) {
-        armed = false;
-        try {
-          a = DataDirLock.acquire(dir, 'nA');
-        } catch (e) {
-          a = e as Error;
+  for (const variant of ['B holds the takeover directory', 'the takeover directory was removed as stale meanwhile'] as const) {
+    it(`of two nodes taking one stale lock over at once, one gets it (${variant})`, () => {
+      const dead = spawnSync(process.execPath, ['-e', '']).pid!;
+      plant({ pid: dead }, 0);
+      // Node A takes it over while node B is about to move the stale lock away: B's rename
+      // runs A's whole takeover first (as an interleaving of two processes would).
+      const nodeFs = require('node:fs') as { renameSync: typeof fs.renameSync };
+      const rename = nodeFs.renameSync;
+      let a: DataDirLock | Error | undefined;
+      let armed = true;
+      nodeFs.renameSync = (from, to) => {
+        if (armed && from === lockFile()) {
+          armed = false;
+          if (variant !== 'B holds the takeover directory') fs.rmSync(`${lockFile()}.takeover`, { recursive: true, force: true });
+          try {
+            a = DataDirLock.acquire(dir, 'nA');
+          } catch (e) {
+            a = e as Error;
+          }
         }
+        return rename(from, to);
+      };
+      let b: DataDirLock | Error;
+      try {
+        b = DataDirLock.acquire(dir, 'nB');
+      } catch (e) {
+        b = e as Error;
+      } finally {
+        nodeFs.renameSync = rename;
       }
-      return rm(p, o);
-    };
-    let b: DataDirLock | Error;
-    try {
-      b = DataDirLock.acquire(dir, 'nB');
-    } catch (e) {
-      b = e as Error;
-    } finally {
-      nodeFs.rmSync = rm;
-    }
-    const got = [a, b].filter((x) => x instanceof DataDirLock);
-    assert.equal(got.length, 1, `exactly one holds it: A ${String(a)}, B ${String(b)}`);
-    assert.ok([a, b].some((x) => x instanceof ProtocolError && /another node is taking over/.test(x.message)));
-    (got[0] as DataDirLock).release();
-  });
+      const got = [a, b].filter((x): x is DataDirLock => x instanceof DataDirLock);
+      assert.equal(got.length, 1, `exactly one holds it: A ${String(a)}, B ${String(b)}`);
+      const holder = JSON.parse(fs.readFileSync(lockFile(), 'utf8')) as LockHolder;
+      assert.equal(holder.nodeId, got[0] === a ? 'nA' : 'nB', 'the lock file names the one that holds it');
+      assert.deepEqual(fs.readdirSync(dir).filter((n) => n !== DATA_DIR_LOCK_NAME), [], 'nothing else is left');
+      got[0]!.release();
+    });
+  }
+
 });

@@ -116,6 +116,21 @@ describe('StrataNode', function () {
     await startNode('cr1');
   });
 
+  it('a node whose data directory lock is taken from it stops, and says so', async function () {
+    this.timeout(30_000);
+    serveFakeMembership();
+    const fatal: Error[] = [];
+    const node = await startNode('lost1', { onFatal: (e) => fatal.push(e) });
+    // Another node took it over (this one was frozen through the takeover, say).
+    fs.writeFileSync(path.join(root, 'lost1', 'lock'), JSON.stringify({ pid: 1, hostname: 'elsewhere', nodeId: 'lost1', sinceMs: Date.now() }));
+    const lines = await nodeLogLines(async () => {
+      await waitFor('the node to stop itself', () => fatal.length > 0, 15_000);
+    });
+    assert.match(fatal[0]!.message, /lock lost .*now names node 'lost1' \(process 1 on host 'elsewhere'\)/);
+    assert.ok(lines.some((l) => l.level === 'error' && l.msg === 'the data directory lock was taken by another node; stopping'), JSON.stringify(lines));
+    await waitFor('its host threads gone', async () => (await node.hostPool.stats()).every((h) => h.device === undefined), 10_000);
+  });
+
   it('a data directory in use by a running node is refused to a second one; free again after a stop', async () => {
     serveFakeMembership();
     const first = await startNode('lk1');

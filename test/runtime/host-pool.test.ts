@@ -143,8 +143,10 @@ describe('HostPool supervision', function () {
   it('a host thread blocked in a disk call is not terminated by the watchdog: it answers once the disk does', async () => {
     const hung: number[] = [];
     pool = await HostPool.start({ hosts: [host(path.join(dir, 'dev0'))], hangMs: 1000, onHostHung: (id, ms) => hung.push(ms) });
-    // 3 s inside a (simulated) disk call: three times hangMs.
+    // 3 s inside a (simulated) disk call: three times hangMs; then a short stall outside one,
+    // whose silence counts from the end of the disk call.
     await pool.stallHost(0, 3000, { inDisk: true });
+    await pool.stallHost(0, 600);
     assert.deepEqual(hung, [], 'not taken for a hang');
     const st = (await pool.stats())[0]!;
     assert.equal(st.restarts, 0);
