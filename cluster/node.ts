@@ -492,6 +492,9 @@ export class StrataNode {
     this.removeStatsSource?.();
     if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
     this.threadsGone = this.pool?.kill() ?? Promise.resolve();
+    // Its handlers answer nothing more, also before the connection's close completes (a node
+    // started again at once must not hear this one answer its start-up probe).
+    for (const sub of this.subs) sub.unsubscribe();
     void this.nc?.close().catch(() => undefined);
     // The lock file stays, as after a crash; a node started on the directory takes it over.
     this.lock.abandon();

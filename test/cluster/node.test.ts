@@ -131,6 +131,14 @@ describe('StrataNode', function () {
     await waitFor('its host threads gone', async () => (await node.hostPool.stats()).every((h) => h.device === undefined), 10_000);
   });
 
+  it('a node killed as a crash can be started again at once on its directory (its lock and its id are free)', async () => {
+    serveFakeMembership();
+    const first = await startNode('rk1');
+    first.kill();
+    nodes.splice(nodes.indexOf(first), 1);
+    await startNode('rk1');
+  });
+
   it('a data directory in use by a running node is refused to a second one; free again after a stop', async () => {
     serveFakeMembership();
     const first = await startNode('lk1');
