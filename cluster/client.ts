@@ -473,7 +473,7 @@ export class StrataClient {
 }
 
 /** API verbs that change nothing: asked again when a try gets no answer (`StrataClient.api`). */
-const API_READ_VERBS: ReadonlySet<ApiVerb> = new Set<ApiVerb>(['volume.info', 'volume.list', 'status']);
+export const API_READ_VERBS: ReadonlySet<ApiVerb> = new Set<ApiVerb>(['volume.info', 'volume.list', 'status']);
 /** Tries of a read API verb within its call's deadline, and the shortest try. */
 export const API_READ_TRIES = 3;
 export const API_READ_TRY_MS_MIN = 1000;

@@ -262,11 +262,8 @@ function statOf(p: string): fs.Stats | undefined {
 }
 
 function ageMs(p: string): number {
-  try {
-    return Date.now() - fs.statSync(p).mtimeMs;
-  } catch {
-    return Number.POSITIVE_INFINITY;
-  }
+  const st = statOf(p);
+  return st === undefined ? Number.POSITIVE_INFINITY : Date.now() - st.mtimeMs;
 }
 
 /** The start time of process `pid`, the machine's boot id and this process's pid namespace, as far as known (Linux /proc). */

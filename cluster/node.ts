@@ -26,7 +26,7 @@ import type { MessageType } from '../messages/api';
 import type { Service } from 'nats';
 import { messageHeaders, REPLY_HEADERS, wellFormed } from '../runtime/nats-headers';
 import { encodeReplyWithin, fromNatsError, natsErrorCode } from '../runtime/request-mux';
-import { encode, decode } from '../messages/codec';
+import { encode, decode, encodedErrorCode } from '../messages/codec';
 import { errorReply, ProtocolError, toProtocolError, throwIfError, type ErrorCode } from '../messages/errors';
 import {
   validateVolumeCreateRequest,
@@ -213,25 +213,6 @@ function openDataDir(dataDir: string, opts: StrataNodeOptions, hosts: number): {
     });
   }
   return { meta, nodeMeta, controller };
-}
-
-/** CBOR of a map's first key "error" (1 entry), in the three ways a map's length may be written. */
-const ERROR_KEY = [0x65, 0x65, 0x72, 0x72, 0x6f, 0x72];
-const ERROR_MAP_HEADS = [[0xa1], [0xb8, 0x01], [0xb9, 0x00, 0x01]];
-
-/**
- * The outcome of a reply passed on as it came (a catalog verb's answer from the controller):
- * 'ok', or the error code it answers. Only a reply that starts as an error reply is decoded.
- */
-function encodedReplyOutcome(bytes: Uint8Array): 'ok' | ErrorCode {
-  const head = ERROR_MAP_HEADS.find((h) => h.every((b, i) => bytes[i] === b) && ERROR_KEY.every((b, i) => bytes[h.length + i] === b));
-  if (head === undefined) return 'ok';
-  try {
-    throwIfError(decode(bytes));
-    return 'ok';
-  } catch (e) {
-    return toProtocolError(e).code;
-  }
 }
 
 function shardId(a: { volumeId: string; shard: number }): string {
@@ -555,8 +536,10 @@ export class StrataNode {
   private async fetchAssignments(): Promise<AssignmentsReply> {
     const timeout = this.opts.requestTimeoutMs ?? 10_000;
     const subject = controllerSubject(this.cluster, 'assignments');
+    const fetchPage = async (from?: number): Promise<AssignmentsReply> =>
+      validateAssignmentsReply(throwIfError(decode((await this.nc!.request(subject, encode({ nodeId: this.nodeId, ...(from === undefined ? {} : { from }) }), { timeout })).data)));
     for (let attempt = 0; attempt < ASSIGNMENTS_FETCH_TRIES; attempt++) {
-      const first = validateAssignmentsReply(throwIfError(decode((await this.nc!.request(subject, encode({ nodeId: this.nodeId }), { timeout })).data)));
+      const first = await fetchPage();
       const shards = [...first.shards];
       let next = first.next;
       let changed = false;
@@ -564,7 +547,7 @@ export class StrataNode {
         if (next !== shards.length || shards.length >= ASSIGNMENTS_PER_NODE_MAX) {
           throw new ProtocolError('internal', `assignments: page at ${next} after ${shards.length} assignments`, { next });
         }
-        const page = validateAssignmentsReply(throwIfError(decode((await this.nc!.request(subject, encode({ nodeId: this.nodeId, from: next }), { timeout })).data)));
+        const page = await fetchPage(next);
         if (page.shards.length === 0 && page.next !== undefined) {
           throw new ProtocolError('internal', `assignments: an empty page at ${next} names a next one`, { next });
         }
@@ -947,7 +930,7 @@ export class StrataNode {
     // A reply over the server's max_payload (a page.read of more pages than one reply holds
     // through this server) is answered too_large: the requester can ask for fewer.
     const { bytes, code } = reply instanceof Uint8Array
-      ? { bytes: reply, code: encodedReplyOutcome(reply) }
+      ? { bytes: reply, code: encodedErrorCode(reply) ?? ('ok' as const) }
       : encodeReplyWithin(this.nc, reply, (err) => this.log.error('api reply encoding failed', { verb, err }));
     msg.respond(bytes, { headers: REPLY_HEADERS });
     return code;

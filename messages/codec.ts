@@ -29,7 +29,7 @@
  */
 import { Decoder, Encoder } from 'cbor-x';
 import type { Options } from 'cbor-x';
-import { ProtocolError } from './errors';
+import { ProtocolError, throwIfError, toProtocolError, type ErrorCode } from './errors';
 import type { ShardReadReply, ShardWriteRequest } from './api';
 
 /** Default bound on an encoded message: the NATS server's default max_payload (1 MiB). */
@@ -86,6 +86,26 @@ export function encode(value: unknown, options?: CodecOptions): Uint8Array {
     );
   }
   return bytes;
+}
+
+/** CBOR of a map's first key "error" (1 entry), in the three ways a map's length may be written. */
+const ERROR_KEY = [0x65, 0x65, 0x72, 0x72, 0x6f, 0x72];
+const ERROR_MAP_HEADS = [[0xa1], [0xb8, 0x01], [0xb9, 0x00, 0x01]];
+
+/**
+ * The error code an encoded reply answers (an error reply's code, `internal` for an unknown or
+ * malformed one), or undefined when it is not an error reply. Only a reply that starts as an
+ * error reply (`{error: …}`) is decoded: for one passed on as it came, without decoding it.
+ */
+export function encodedErrorCode(bytes: Uint8Array): ErrorCode | undefined {
+  const head = ERROR_MAP_HEADS.find((h) => h.every((b, i) => bytes[i] === b) && ERROR_KEY.every((b, i) => bytes[h.length + i] === b));
+  if (head === undefined) return undefined;
+  try {
+    throwIfError(decode(bytes));
+    return undefined;
+  } catch (e) {
+    return toProtocolError(e).code;
+  }
 }
 
 /**

@@ -55,6 +55,8 @@ export interface HostWorkerData {
 
 // Started once, when the thread loads, before any request can arrive.
 const telemetryInit: WorkerTelemetryInit | undefined = isMainThread ? undefined : (workerData as HostWorkerData | undefined)?.telemetry;
+/** The device's blocking disk calls in progress, for the pool's watchdog (HostWorkerData.ioMarker). */
+const ioMarker: Int32Array | undefined = isMainThread ? undefined : (workerData as HostWorkerData | undefined)?.ioMarker;
 // The trace SDK is loaded only when the process runs telemetry.
 const workerTracing: WorkerTracing | undefined = telemetryInit === undefined
   ? undefined
@@ -239,7 +241,6 @@ export class ActorHost implements HostApi {
     this.mux = new RequestMux(this.nc, { connection: this.connection });
     // Replication messages are sized to the server's max_payload (learnt at connect).
     const maxPayload = serverMaxPayload(this.nc);
-    const ioMarker = isMainThread ? undefined : (workerData as HostWorkerData | undefined)?.ioMarker;
     this.device = new DeviceHost({
       ...(config.device ?? {}),
       ...(ioMarker ? { ioMarker } : {}),
@@ -369,7 +370,7 @@ export class ActorHost implements HostApi {
 
   async stall(ms: number, opts: { inDisk?: boolean } = {}): Promise<void> {
     if (!(ms >= 0 && ms <= 60_000)) throw new ProtocolError('bad_request', 'stall: ms must be in [0, 60000]');
-    const marker = opts.inDisk === true ? (workerData as HostWorkerData | undefined)?.ioMarker : undefined;
+    const marker = opts.inDisk === true ? ioMarker : undefined;
     if (marker) Atomics.add(marker, 0, 1);
     try {
       Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);

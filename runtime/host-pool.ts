@@ -113,6 +113,11 @@ function refused(e: unknown): boolean {
   return (e as { code?: unknown } | undefined)?.code === 'bad_request';
 }
 
+/** The wait before try `attempt` (from 0) of a retry: `firstMs` doubling, at most `maxMs`. */
+function backoffMs(firstMs: number, maxMs: number, attempt: number): number {
+  return Math.min(maxMs, firstMs * 2 ** Math.min(attempt, 20));
+}
+
 /** `p` within `ms`, else an Error with code 'timeout' naming `what`. */
 function timed<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   return withTimeout(p, ms, () => Object.assign(new Error(`${what} timed out after ${ms} ms`), { code: 'timeout' }));
@@ -474,7 +479,7 @@ export class HostPool {
 
   /** The next attempt at the shards a host could not open: 1 s, doubling up to a minute, for as long as the host runs. */
   private armReopen(slot: HostSlot, api: Comlink.Remote<HostApi>): void {
-    const delay = Math.min(60_000, 1000 * 2 ** Math.min(slot.reopenAttempts, 6));
+    const delay = backoffMs(1000, 60_000, slot.reopenAttempts);
     slot.reopenAttempts++;
     clearTimeout(slot.reopenTimer);
     slot.reopenTimer = setTimeout(() => {
@@ -550,7 +555,7 @@ export class HostPool {
     const restarting = slot.restarts.length < (this.opts.restartsMax ?? 5);
     this.opts.onHostExit?.(slot.config.hostId, code, restarting, error);
     if (!restarting) {
-      const delay = Math.min(HOST_RESPAWN_MS_MAX, (this.opts.respawnMsMin ?? HOST_RESPAWN_MS_MIN) * 2 ** Math.min(slot.respawns, 10));
+      const delay = backoffMs(this.opts.respawnMsMin ?? HOST_RESPAWN_MS_MIN, HOST_RESPAWN_MS_MAX, slot.respawns);
       slot.down = `host exited ${slot.restarts.length + 1} times within ${windowMs} ms (last code ${code}${error ? `: ${error.message}` : ''}); starting it again in ${delay / 1000} s`;
       slot.respawns++;
       clearTimeout(slot.respawnTimer);

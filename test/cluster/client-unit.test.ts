@@ -2,6 +2,7 @@ import { strict as assert } from 'node:assert';
 import {
   API_READ_TRIES,
   API_READ_TRY_MS_MIN,
+  API_READ_VERBS,
   CALL_PAGES_MAX,
   NoRespondersError,
   REQUESTS_IN_FLIGHT_MAX,
@@ -15,7 +16,7 @@ import { MESSAGE_BYTES_MAX, decode, encode } from '../../messages/codec';
 import { ProtocolError, errorReply } from '../../messages/errors';
 import { HEADER_DEADLINE, HEADER_SCHEMA, HEADER_TYPE, SCHEMA_VERSION, readHeaders } from '../../messages/headers';
 import { PAGES_PER_REQUEST_MAX, REQUEST_DATA_BYTES_MAX, shardOfPage } from '../../messages/api';
-import type { VolumeInfo } from '../../messages/api';
+import type { ApiVerb, VolumeInfo } from '../../messages/api';
 import {
   validateShardFlushRequest,
   validateShardRead,
@@ -111,7 +112,7 @@ class FakeCluster {
     const headers = readHeaders({ get: (name: string) => seen.headers[name] ?? '' });
     // A read of the API is tried with a part of the call's time (StrataClient.api); the rest
     // carry the call's deadline.
-    if (['volume.info', 'volume.list', 'status'].includes(headers.type ?? '')) {
+    if (API_READ_VERBS.has(headers.type as ApiVerb)) {
       assert.ok(headers.deadlineMs! >= NOW + API_READ_TRY_MS_MIN && headers.deadlineMs! <= NOW + 10_000, `deadline ${headers.deadlineMs}`);
     } else assert.equal(headers.deadlineMs, NOW + 10_000);
     const apiPrefix = `strata.${CLUSTER}.api.`;
