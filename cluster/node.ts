@@ -17,10 +17,11 @@
  */
 import * as fs from 'node:fs';
 import * as crypto from 'node:crypto';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { DataDirLock } from './data-dir-lock';
 import { withTimeout } from '../runtime/timeout';
-import { connect, type NatsConnection, type Msg, type Subscription } from 'nats';
+import { connect, createInbox, type NatsConnection, type Msg, type Subscription } from 'nats';
 import { HEADER_DEADLINE, parseDeadline, readHeaders } from '../messages/headers';
 import type { MessageType } from '../messages/api';
 import type { Service } from 'nats';
@@ -47,6 +48,8 @@ import {
   type ShardAssignment,
   type ShardForceVoteReply,
   type AssignmentsReply,
+  type ClaimReply,
+  validateClaimReply,
 } from '../messages/control';
 import { RealDisk } from '../storage-engine/real-disk';
 import { MetaStore } from '../storage-engine/metadata';
@@ -152,6 +155,9 @@ const NATS_DRAIN_MS = 5000;
 const CHECK_ALONE_TRIES = 3;
 const CHECK_ALONE_PAUSE_MS = 300;
 const CHECK_ALONE_TIMEOUT_MS = 2000;
+/** claimAlone: answers taken after a node has heard its own claim, and answers read at most. */
+const CLAIM_GRACE_MS = 200;
+const CLAIM_ANSWERS_MAX = 64;
 
 /**
  * Logs a failure that repeats (every heartbeat, every retry) quietly: at warn the first time
@@ -406,25 +412,27 @@ export class StrataNode {
   }
 
   /**
-   * Refuses to start beside a running node of the same id (both would answer for its replicas,
+   * Refuses to start beside another node of the same id (both would answer for its replicas,
    * and a candidate could count a vote the other had given to someone else), and, with a
    * controller, beside another controller (two catalogs: a volume created in one is not found
-   * in the other): someone answers on the node's status subject or the controller's members
-   * subject, in CHECK_ALONE_TRIES tries. Only an answer counts: a subscription that takes the
-   * request and never answers is a node that died without closing its connection (a node
-   * that stalls through one try answers another). Two nodes that start at the same moment
-   * are not caught.
+   * in the other). Two checks, before any host subscribes in this node's name:
+   *
+   * 1. **Claims** (claimAlone): another node answers on the claim subjects, running or starting.
+   *    This catches two nodes started at the same moment.
+   * 2. **Probes**: someone answers on the node's status subject or the controller's members
+   *    subject, in CHECK_ALONE_TRIES tries, each with a deadline of its own: a running node
+   *    that stalls through the claim's short window answers one of them. Only an answer
+   *    counts: a subscription that takes the request and never answers is a node that died
+   *    without closing its connection.
    */
   private async checkAlone(nc: NatsConnection): Promise<void> {
+    const idInUse = (whose: string): string => `node id '${this.nodeId}' is in use in cluster '${this.cluster}': another node of that id ${whose}`;
+    const controllerInUse = `cluster '${this.cluster}' has a controller already: start this node with --no-controller (one controller per cluster)`;
+    await this.claimAlone(nc, idInUse, controllerInUse);
     const probes: Array<{ subject: string; message: string }> = [
-      { subject: nodeSubject(this.cluster, this.nodeId, 'status'), message: `node id '${this.nodeId}' is in use in cluster '${this.cluster}': another node of that id answers` },
+      { subject: nodeSubject(this.cluster, this.nodeId, 'status'), message: idInUse('answers') },
     ];
-    if (this.controller) {
-      probes.push({
-        subject: controllerSubject(this.cluster, 'members'),
-        message: `cluster '${this.cluster}' has a controller already: start this node with --no-controller (one controller per cluster)`,
-      });
-    }
+    if (this.controller) probes.push({ subject: controllerSubject(this.cluster, 'members'), message: controllerInUse });
     for (const { subject, message } of probes) {
       for (let i = 0; i < CHECK_ALONE_TRIES; i++) {
         if (i > 0) await new Promise((r) => setTimeout(r, CHECK_ALONE_PAUSE_MS));
@@ -441,6 +449,85 @@ export class StrataNode {
           // again; never answered, it is taken for dead, so that its replacement can start.
         }
       }
+    }
+  }
+
+  /**
+   * Subscribes to this node's claim subjects (`node.<id>.claim`, and `controller.claim` with a
+   * controller), which answer with this start's random instance for as long as the node runs,
+   * then asks them once and refuses to start when another instance answers.
+   *
+   * Of two nodes that claim at the same moment, at least one refuses: each subscription is in
+   * the server before its node asks (flush), so whichever asks last reaches the other's. Both
+   * may refuse; started again one after the other, the first starts.
+   *
+   * The answers are taken until this node has heard its own on every subject (the server has
+   * delivered the question to every subscriber by then) and CLAIM_GRACE_MS more, for another
+   * node's answer to come back; at most CHECK_ALONE_TIMEOUT_MS.
+   */
+  private async claimAlone(nc: NatsConnection, idInUse: (whose: string) => string, controllerInUse: string): Promise<void> {
+    const instance = crypto.randomBytes(8).toString('hex');
+    const claim: ClaimReply = { instance, nodeId: this.nodeId, hostname: os.hostname(), pid: process.pid, sinceMs: Date.now() };
+    const answer = encode(claim);
+    const subjects = [nodeSubject(this.cluster, this.nodeId, 'claim')];
+    if (this.controller) subjects.push(controllerSubject(this.cluster, 'claim'));
+    for (const subject of subjects) {
+      this.subs.push(nc.subscribe(subject, {
+        callback: (err, msg) => {
+          if (err || !msg.reply) return;
+          try {
+            msg.respond(answer);
+          } catch {
+            // The connection is closing: this node is going away anyway.
+          }
+        },
+      }));
+    }
+    await nc.flush();
+    const inbox = createInbox();
+    const heard = new Set<string>();
+    let other: { subject: string; reply: ClaimReply | undefined } | undefined;
+    let answers = 0;
+    let resolveDone: () => void = () => undefined;
+    const done = new Promise<void>((r) => (resolveDone = r));
+    let graceTimer: NodeJS.Timeout | undefined;
+    const replies = nc.subscribe(`${inbox}.*`, {
+      callback: (err, msg) => {
+        if (err || ++answers > CLAIM_ANSWERS_MAX) return;
+        // The answer's subject is not in it; the question's subject goes in the inbox's last token.
+        const subject = subjects[Number(msg.subject.slice(inbox.length + 1))] ?? msg.subject;
+        let reply: ClaimReply | undefined;
+        try {
+          reply = validateClaimReply(decode(msg.data));
+        } catch {
+          // Someone answers on the subject, but not as a Strata node does: still someone.
+        }
+        if (reply?.instance === instance) {
+          heard.add(subject);
+          if (heard.size === subjects.length && !graceTimer) graceTimer = setTimeout(resolveDone, CLAIM_GRACE_MS);
+          return;
+        }
+        other ??= { subject, reply };
+        resolveDone();
+      },
+    });
+    const deadline = setTimeout(resolveDone, CHECK_ALONE_TIMEOUT_MS);
+    try {
+      subjects.forEach((subject, i) => nc.publish(subject, encode({ instance }), { reply: `${inbox}.${i}` }));
+      await done;
+    } finally {
+      clearTimeout(deadline);
+      if (graceTimer) clearTimeout(graceTimer);
+      replies.unsubscribe();
+    }
+    if (other) {
+      const r = other.reply;
+      const who = r ? `node '${r.nodeId}' (process ${r.pid} on host '${r.hostname}', started at ${new Date(r.sinceMs).toISOString()})` : 'a subscriber that is not a Strata node';
+      const message = other.subject === subjects[0] ? idInUse(`runs or is starting: ${who}`) : `${controllerInUse}: ${who} runs one or is starting with one`;
+      throw new ProtocolError('bad_request', message, { subject: other.subject });
+    }
+    if (heard.size < subjects.length) {
+      throw new ProtocolError('unavailable', `NATS did not deliver this node's start-up claim back to it within ${CHECK_ALONE_TIMEOUT_MS} ms; not starting without knowing it is alone`);
     }
   }
 

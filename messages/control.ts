@@ -9,7 +9,7 @@
  * validate is answered with a bad_request error reply.
  */
 import { ProtocolError } from './errors';
-import { expectArray, expectId, expectInteger, expectMap, expectName } from './validate';
+import { expectArray, expectId, expectInteger, expectMap, expectName, expectString } from './validate';
 
 /** Hosts per node at most. */
 export const HOSTS_PER_NODE_MAX = 64;
@@ -170,6 +170,32 @@ export function validateShardForceVoteReply(body: unknown): ShardForceVoteReply 
     shard: int(o.shard, 'shard', 0, 255),
     wasRepairing: o.wasRepairing,
     term: int(o.term, 'term', 0, Number.MAX_SAFE_INTEGER),
+  };
+}
+
+/**
+ * The answer on a claim subject (`node.<id>.claim`, `controller.claim`): a node subscribes to
+ * them before it starts anything else, answers for as long as it runs, and refuses to start
+ * when another instance answers (docs/cli.md, `strata node`).
+ */
+export interface ClaimReply {
+  /** Random, one per node process start: tells a node's own answer from another's. */
+  instance: string;
+  nodeId: string;
+  hostname: string;
+  pid: number;
+  /** When that node began to start (its clock; for the operator). */
+  sinceMs: number;
+}
+
+export function validateClaimReply(body: unknown): ClaimReply {
+  const o = obj(body, '');
+  return {
+    instance: str(o.instance, 'instance'),
+    nodeId: str(o.nodeId, 'nodeId'),
+    hostname: expectString(o.hostname, 'hostname', 255),
+    pid: int(o.pid, 'pid', 0, Number.MAX_SAFE_INTEGER),
+    sinceMs: int(o.sinceMs, 'sinceMs', 0, Number.MAX_SAFE_INTEGER),
   };
 }
 

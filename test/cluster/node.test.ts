@@ -171,6 +171,41 @@ describe('StrataNode', function () {
     await startNode('al2');
   });
 
+  it('of two nodes of one id started at the same moment, at most one starts', async () => {
+    serveFakeMembership();
+    for (let round = 0; round < 3; round++) {
+      const id = `sim${round}`;
+      const results = await Promise.allSettled([startNode(id), startNode(id, { dataDir: path.join(root, `${id}-elsewhere`) })]);
+      const refused = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected');
+      assert.ok(refused.length >= 1, `round ${round}: both started`);
+      for (const r of refused) {
+        assert.equal((r.reason as ProtocolError).code, 'bad_request', String(r.reason));
+        assert.match((r.reason as ProtocolError).message, new RegExp(`node id '${id}' is in use in cluster 'nodetest': another node of that id (runs or is starting: node '${id}' \\(process ${process.pid} on host '[^']+', started at \\d{4}-|answers)`));
+      }
+      for (const n of nodes.splice(0)) await n.stop();
+    }
+  });
+
+  it('of two controllers started at the same moment, at most one starts', async () => {
+    for (let round = 0; round < 2; round++) {
+      const results = await Promise.allSettled([startNode(`sc${round}a`, { controller: true }), startNode(`sc${round}b`, { controller: true })]);
+      const refused = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected');
+      assert.ok(refused.length >= 1, `round ${round}: both started`);
+      for (const r of refused) assert.match(String(r.reason), /cluster 'nodetest' has a controller already: start this node with --no-controller/);
+      for (const n of nodes.splice(0)) await n.stop();
+    }
+  });
+
+  it('a claim taken without an answer (a node whose machine died) does not stop a start; any other answer does', async () => {
+    serveFakeMembership();
+    fake.subscribe(nodeSubject(CLUSTER, 'cl1', 'claim'), { callback: () => undefined });
+    await fake.flush();
+    await startNode('cl1');
+    fake.subscribe(nodeSubject(CLUSTER, 'cl2', 'claim'), { callback: (_err, msg) => msg.respond(encode('not a claim')) });
+    await fake.flush();
+    await assert.rejects(startNode('cl2'), /node id 'cl2' is in use in cluster 'nodetest': another node of that id runs or is starting: a subscriber that is not a Strata node/);
+  });
+
   describe('API requests', () => {
     let client: StrataClient;
     beforeEach(() => {
