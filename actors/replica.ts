@@ -1139,7 +1139,9 @@ export class Replica {
       // One device task per step (a batch of pages): writes, flushes and reads of the shards on
       // this device go on between the steps, instead of waiting for the whole image. (A follower
       // behind what the image lets the log trim gets the image instead: catch-up by snapshot.)
-      const steps = this.store.checkpointSteps();
+      // The image's buffers are flushed off the thread: the queue runs other work meanwhile,
+      // and the next step waits for the flush.
+      const steps = this.store.checkpointSteps({ flushOffThread: true });
       try {
         for (;;) {
           const r = await this.queue.task(() => steps.next());
@@ -1148,6 +1150,7 @@ export class Replica {
             this.recordsSinceCheckpoint = 0;
             return { lsn: r.value.lsn };
           }
+          if (r.value !== undefined) await r.value;
         }
       } catch (e) {
         this.reportDamage(e); // The fold reads every page of the newest image it does not replace.

@@ -7,6 +7,10 @@
  * 2. Log replay on open (recovery: read, checksum and index every record), MB/s. Target >= 200.
  * 3. A coalesced read of 32 adjacent 4 KiB pages (one disk read) vs 32 single reads through the
  *    same queue. Target >= 1.5x.
+ * 4. A checkpoint's time on the thread (every step timed; a 32 MiB shard, 16,384 random 4 KiB
+ *    writes between checkpoints) with the image's flushes in the thread pool, as a replica runs
+ *    it, vs on the thread. After one uncounted, CHECKPOINT_ROUNDS each, in the order ABBA…; the
+ *    medians. For information.
  *
  * Bounded: each measurement runs for a fixed duration (STRATA_BENCH_SECONDS, default 3 s).
  * Prints a table and writes results/engine-bench-*.json.
@@ -18,6 +22,9 @@ import { DeviceQueue } from '../actors/device-queue';
 import { RealDisk } from '../storage-engine/real-disk';
 import { SegmentLog } from '../storage-engine/log';
 import { RecordKind, type LogRecordInput } from '../storage-engine/record';
+import { PageStore } from '../storage-engine/page-store';
+import { encodePageWrite } from '../storage-engine/page-write';
+import { Slab } from '../storage-engine/slab';
 import { rawAppendBaseline } from './baselines';
 import { Histogram } from './histogram';
 import { printTable, writeJson, formatNumber, ratio, progress, clearProgress } from './report';
@@ -128,6 +135,78 @@ async function reads(dir: string, durationMs: number): Promise<{ coalescedPerSec
   return out;
 }
 
+const CHECKPOINT_ROUNDS = 3;
+const CHECKPOINT_PAGES = 8192;
+const CHECKPOINT_WRITES = 16_384;
+
+interface CheckpointFigure {
+  steps: number;
+  /** Time of all its steps on the thread, ms (a flush off the thread is not in it). */
+  threadMs: number;
+  longestStepMs: number;
+  stepsOver5Ms: number;
+}
+
+/**
+ * Checkpoints of one PageStore on RealDisk, alternately with the image's flushes off the thread
+ * and on it, each after CHECKPOINT_WRITES random page writes (logged, synced and applied in
+ * batches of 64); every step timed.
+ */
+async function checkpoints(dir: string): Promise<{ offThread: CheckpointFigure[]; onThread: CheckpointFigure[] }> {
+  const disk = new RealDisk(path.join(dir, 'ck'));
+  const log = SegmentLog.open(disk, { dir: 'log' });
+  const slab = new Slab({ slotBytes: 4096, slotCount: 4096 });
+  const store = PageStore.open(disk, log, { dir: 'img', pageSize: 4096, pageCount: CHECKPOINT_PAGES, cacheBytesMax: 8 << 20, slab });
+  const data = new Uint8Array(4096);
+  let seed = 12345;
+  const random = (): number => {
+    seed = (seed * 1103515245 + 12345) >>> 0;
+    return seed / 2 ** 32;
+  };
+  const out = { offThread: [] as CheckpointFigure[], onThread: [] as CheckpointFigure[] };
+  try {
+    // Round 0 warms up (the JIT, a first image), uncounted; then on, off, off, on, on, off…
+    for (let round = 0; round <= CHECKPOINT_ROUNDS * 2; round++) {
+      const flushOffThread = round > 0 && (round % 4 === 2 || round % 4 === 3);
+      progress(`checkpoint ${round}/${CHECKPOINT_ROUNDS * 2} (flushes ${flushOffThread ? 'off' : 'on'} the thread)…`);
+      for (let i = 0; i < CHECKPOINT_WRITES; i += 64) {
+        const records: LogRecordInput[] = [];
+        for (let k = 0; k < 64; k++) {
+          data[0] = (i + k) & 255;
+          data[1] = 1;
+          records.push({ term: 1, kind: RecordKind.PageWrite, payload: encodePageWrite(4096, [{ page: Math.floor(random() * CHECKPOINT_PAGES), data }]) });
+        }
+        log.write(records);
+        log.sync();
+        for (const r of log.read(log.lastLsn - 63, log.lastLsn)) store.apply(r);
+      }
+      const steps = store.checkpointSteps({ flushOffThread });
+      const figure: CheckpointFigure = { steps: 0, threadMs: 0, longestStepMs: 0, stepsOver5Ms: 0 };
+      for (;;) {
+        const t0 = performance.now();
+        const r = steps.next();
+        const ms = performance.now() - t0;
+        figure.steps++;
+        figure.threadMs += ms;
+        figure.longestStepMs = Math.max(figure.longestStepMs, ms);
+        if (ms > 5) figure.stepsOver5Ms++;
+        if (r.done === true) break;
+        if (r.value !== undefined) await r.value;
+      }
+      if (round > 0) (flushOffThread ? out.offThread : out.onThread).push(figure);
+    }
+  } finally {
+    store.close();
+    log.close();
+  }
+  return out;
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)]!;
+}
+
 async function main(): Promise<void> {
   const base = process.env.STRATA_BENCH_DIR ?? os.tmpdir();
   const dir = fs.mkdtempSync(path.join(base, 'strata-engine-bench-'));
@@ -194,6 +273,18 @@ async function main(): Promise<void> {
       ratio: ratio(rd.coalescedPerSec, rd.singlePerSec),
       target: '>= 1.50x',
       met: rr >= 1.5 ? 'yes' : 'NO',
+    });
+    const ck = await checkpoints(dir);
+    result.checkpoints = ck;
+    const threadOff = median(ck.offThread.map((f) => f.threadMs));
+    const threadOn = median(ck.onThread.map((f) => f.threadMs));
+    rows.push({
+      measure: `checkpoint of a ${CHECKPOINT_PAGES * 4 / 1024} MiB shard: time on the thread (longest step, steps > 5 ms)`,
+      strata: `${threadOff.toFixed(0)} ms (${median(ck.offThread.map((f) => f.longestStepMs)).toFixed(1)} ms, ${median(ck.offThread.map((f) => f.stepsOver5Ms))}), image flushed in the thread pool`,
+      baseline: `${threadOn.toFixed(0)} ms (${median(ck.onThread.map((f) => f.longestStepMs)).toFixed(1)} ms, ${median(ck.onThread.map((f) => f.stepsOver5Ms))}), flushed on the thread`,
+      ratio: ratio(threadOff, threadOn),
+      target: '-',
+      met: 'info',
     });
     clearProgress();
     printTable('Strata storage engine benchmark', rows);

@@ -87,6 +87,12 @@ export const CHECKPOINT_COLLECT_PAGES = 4096;
 const FOLD_RECORD_CACHE_BYTES_MAX = 4 * 1024 * 1024;
 const POINTER_NAME = 'checkpoint';
 
+/**
+ * What a checkpoint step yields: nothing, or a flush running off the thread that its driver
+ * awaits before it runs the next step (`checkpointSteps` with `flushOffThread`).
+ */
+export type CheckpointStep = Promise<void> | undefined;
+
 /** A base for reads: a retained image, or `null` for the empty volume at LSN 0. */
 interface Base {
   lsn: number;
@@ -468,8 +474,12 @@ export class PageStore {
    * the checkpoint ends with its result and the next checkpoint cleans up. Ended early
    * (`return()`, a failed step), the half-written image is removed (or, when that fails too,
    * left for the next open to remove).
+   *
+   * With `flushOffThread`, the image's buffers are flushed by the disk's `fdatasyncAsync`: a
+   * step may yield that flush, and the driver awaits it (a rejection: end the checkpoint with
+   * `return()`) before the next step. Without, no step yields anything.
    */
-  *checkpointSteps(): Generator<void, { lsn: number; file: string }, void> {
+  *checkpointSteps(opts: { flushOffThread?: boolean } = {}): Generator<CheckpointStep, { lsn: number; file: string }, void> {
     this.checkOpen();
     assert(!this.checkpointing, 'one checkpoint at a time');
     const lsn = this.applied;
@@ -480,7 +490,7 @@ export class PageStore {
     assert(this.log.syncedLsn >= lsn, 'the log is durable up to the image', { syncedLsn: this.log.syncedLsn, lsn });
     this.checkpointing = true;
     try {
-      const written = yield* this.buildImageSteps(lsn, term, newest ?? null);
+      const written = yield* this.buildImageSteps(lsn, term, newest ?? null, opts.flushOffThread === true);
       // Closed while the image was finished: it stays unused (the next checkpoint removes it).
       yield;
       this.checkOpen();
@@ -495,7 +505,7 @@ export class PageStore {
    * the images retention lets go are discarded (a step, if any) and the log is trimmed (a step
    * per segment).
    */
-  private *switchToImageSteps(lsn: number, term: number, written: string): Generator<void, { lsn: number; file: string }, void> {
+  private *switchToImageSteps(lsn: number, term: number, written: string): Generator<CheckpointStep, { lsn: number; file: string }, void> {
     const reader = ImageReader.open(this.disk, written);
     const bases: Base[] = [];
     if (this.floorLsn === 0) bases.push({ lsn: 0, reader: null });
@@ -669,7 +679,7 @@ export class PageStore {
    * Folds `base` (null: the empty volume) with the versions after it into an image at `lsn`,
    * yielding between bounded steps (see `checkpointSteps`); returns the image's path.
    */
-  private *buildImageSteps(lsn: number, term: number, base: ImageReader | null): Generator<void, string, void> {
+  private *buildImageSteps(lsn: number, term: number, base: ImageReader | null, flushOffThread: boolean): Generator<CheckpointStep, string, void> {
     const baseLsn = base?.lsn ?? 0;
     // The pages written after the base as of `lsn`, in sorted runs. Records applied between
     // steps only add versions newer than `lsn` (and pages with no other), which the image leaves
@@ -704,7 +714,7 @@ export class PageStore {
     const entriesMax = baseCount + changedCount - inBase;
     yield;
     this.checkOpen();
-    const writer = ImageWriter.create(this.disk, { dir: this.dir, lsn, term, pageSize: this.pageSize, pageCount: this.pageCount, entriesMax });
+    const writer = ImageWriter.create(this.disk, { dir: this.dir, lsn, term, pageSize: this.pageSize, pageCount: this.pageCount, entriesMax, flushOffThread });
     let finished = false;
     try {
       const bufs = Array.from({ length: FOLD_BATCH_PAGES }, () => new Uint8Array(this.pageSize));
@@ -729,8 +739,9 @@ export class PageStore {
       };
       let i = 0;
       while (i < baseCount || !changed.empty) {
-        // Creating the file was a step of its own; so is every batch.
-        yield;
+        // Creating the file was a step of its own; so is every batch. A buffer the last batch
+        // wrote is flushed off the thread: the next batch waits for it.
+        yield writer.takeFlush();
         // Closed between steps: its images (the base among them) are closed too.
         this.checkOpen();
         // One batch: up to FOLD_BATCH_PAGES pages in ascending order.
@@ -761,10 +772,10 @@ export class PageStore {
       // Flushing the last buffer, finishing (the header and table, their flush, the rename) and
       // the switch to the new image are steps of their own: together with the last batch they
       // held the device's thread for 45–56 ms on a 16 MiB shard.
-      yield;
+      yield writer.takeFlush();
       this.checkOpen();
       writer.flushBuffered();
-      yield;
+      yield writer.takeFlush();
       this.checkOpen();
       const path = writer.finish().path;
       finished = true;

@@ -2,6 +2,7 @@ import { strict as assert } from 'node:assert';
 import { Replica, SCRUB_STEP_BYTES, type ReplicaTransport, type ScrubStepResult } from '../../actors/replica';
 import { DeviceQueue } from '../../actors/device-queue';
 import { SimDisk } from '../../storage-engine/sim-disk';
+import type { Disk } from '../../storage-engine/disk';
 import { Slab } from '../../storage-engine/slab';
 import { ShardStorage } from '../../storage-engine/shard-storage';
 import { ProtocolError } from '../../messages/errors';
@@ -25,6 +26,17 @@ interface Member {
   storage: ShardStorage;
   queue: DeviceQueue;
   replica: Replica;
+}
+
+/** `sim` with an fdatasyncAsync that takes 5 ms (a slow flush: other work of the thread runs meanwhile). */
+function withAsyncFlush(sim: SimDisk): Disk {
+  return new Proxy(sim, {
+    get(target, prop) {
+      if (prop === 'fdatasyncAsync') return (fh: number) => new Promise<void>((resolve) => setTimeout(resolve, 5)).then(() => target.fdatasync(fh));
+      const v = (target as unknown as Record<string | symbol, unknown>)[prop];
+      return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+    },
+  });
 }
 
 /** Replicas of one shard on simulated disks, linked by an in-memory network that can be cut. */
@@ -57,6 +69,8 @@ class TestShard {
       checkpointEveryRecords?: number;
       timing?: Partial<typeof timing>;
       messageBytesMax?: number;
+      /** The disks flush off the thread (fdatasyncAsync, 5 ms later), as RealDisk does. */
+      asyncFlush?: boolean;
       /** The test moves the clock and ticks replicas itself (`at`): a replica not ticked is a stalled thread. */
       manualClock?: boolean;
       /** Per member, the value of its election timeout's random draw (0..1). */
@@ -82,7 +96,8 @@ class TestShard {
   readonly damage: Array<{ id: string; err: CorruptionError }> = [];
 
   /** Opens a replica on `disk`; with `damaged`, as its host does after it reported damage. */
-  start(id: string, disk: SimDisk, opts: { damaged?: readonly CorruptionReport[] } = {}): Member {
+  start(id: string, sim: SimDisk, opts: { damaged?: readonly CorruptionReport[] } = {}): Member {
+    const disk: Disk = this.opts.asyncFlush === true ? withAsyncFlush(sim) : sim;
     const storage = ShardStorage.open(disk, {
       dir: 'shard', pageSize: 4096, pageCount: 256, cacheBytesMax: 1 << 20, slab: this.slab, segmentBytesMax: 64 * 1024, repairFromPeers: this.ids.length > 1,
       ...(opts.damaged ? { damaged: opts.damaged } : {}),
@@ -113,7 +128,7 @@ class TestShard {
       ...(this.opts.messageBytesMax ? { messageBytesMax: this.opts.messageBytesMax } : {}),
       onDamage: (err) => void this.damage.push({ id, err }),
     });
-    const m = { id, disk, storage, queue, replica };
+    const m = { id, disk: sim, storage, queue, replica };
     this.members.set(id, m);
     return m;
   }
@@ -722,6 +737,21 @@ describe('Replica (more cases)', function () {
       for (let i = 0; i < 300; i++) await l.replica.write([{ page: i % 200, data: page(i) }]);
       await shard.waitFor(() => l.replica.stats().heldRecords === 0, 'held records dropped');
       assert.equal(l.replica.stats().heldBytes, 0);
+    });
+  });
+
+  describe('on a disk that flushes off the thread', function () {
+    it("a checkpoint waits for each of its image's flushes between its steps; the image reads right", async () => {
+      shard = new TestShard(['a'], { asyncFlush: true });
+      const l = await shard.leader();
+      for (let i = 0; i < 300; i++) await l.replica.write([{ page: i % 256, data: page(i) }]);
+      const { lsn } = await l.replica.checkpoint();
+      assert.equal(lsn, l.replica.appliedLsn);
+      assert.equal(l.storage.store.stats().imageLsn, lsn);
+      const r = await shard.restart('a');
+      await shard.leader();
+      const got = await r.replica.read([0, 43, 255], { deadlineMs: Date.now() + 1000, nowMs: Date.now() });
+      assert.deepEqual(got.pages, [page(256), page(43), page(255)]);
     });
   });
 

@@ -4,11 +4,11 @@
  */
 import { strict as assert } from 'node:assert';
 import { DISCARD_SUFFIX, isDiscardedName, type Disk } from '../../storage-engine/disk';
-import { CorruptionError } from '../../storage-engine/errors';
+import { CorruptionError, StorageError } from '../../storage-engine/errors';
 import { imageFileName } from '../../storage-engine/image';
 import { SegmentLog } from '../../storage-engine/log';
 import { encodePageWrite } from '../../storage-engine/page-write';
-import { CHECKPOINT_COLLECT_PAGES, GET_PAGES_MAX, PageStore, type PageStoreOptions } from '../../storage-engine/page-store';
+import { CHECKPOINT_COLLECT_PAGES, GET_PAGES_MAX, PageStore, type CheckpointStep, type PageStoreOptions } from '../../storage-engine/page-store';
 import { RecordKind, type LogRecord } from '../../storage-engine/record';
 import { SimDisk, SimulatedCrash } from '../../storage-engine/sim-disk';
 import { Slab } from '../../storage-engine/slab';
@@ -550,7 +550,7 @@ describe('PageStore', () => {
     writeRandom(w, 200);
     const lsn = w.model.lastLsn;
     const steps = w.store.checkpointSteps();
-    const results: Array<IteratorResult<void, { lsn: number; file: string }>> = [];
+    const results: Array<IteratorResult<CheckpointStep, { lsn: number; file: string }>> = [];
     const states: string[] = [];
     for (;;) {
       const r = steps.next();
@@ -699,6 +699,124 @@ describe('PageStore', () => {
     w.store.checkpoint();
     assert.equal(w.log.canTrimPrefix(lsn2), false, 'the next checkpoint trimmed them');
     checkAll(w.store, w.model, w.store.oldestReadableLsn, w.model.lastLsn, 64);
+  });
+
+  describe('checkpointSteps with flushOffThread', () => {
+    /**
+     * `w`'s store and log opened again on a view of its disk whose fdatasyncAsync waits in
+     * `flushes` until the test settles it (a failure: fsync_failed); the sync calls pass through.
+     */
+    function onAsyncFlushDisk(w: World): { store: PageStore; flushes: Array<{ settle: (fail?: boolean) => void }>; syncs: () => number } {
+      w.store.close();
+      w.log.close();
+      const flushes: Array<{ settle: (fail?: boolean) => void }> = [];
+      let syncs = 0;
+      const disk = new Proxy(w.disk, {
+        get(target, prop) {
+          if (prop === 'fdatasyncAsync') {
+            return (fh: number) =>
+              new Promise<void>((resolve, reject) =>
+                flushes.push({
+                  settle: (fail) => {
+                    if (fail === true) reject(new StorageError('fsync_failed', 'EIO (test)'));
+                    else resolve(target.fdatasync(fh));
+                  },
+                }),
+              );
+          }
+          if (prop === 'fdatasync') {
+            return (fh: number) => {
+              syncs++;
+              target.fdatasync(fh);
+            };
+          }
+          const v = (target as unknown as Record<string | symbol, unknown>)[prop];
+          return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+        },
+      });
+      w.log = openLog(disk);
+      w.store = PageStore.open(disk, w.log, w.opts);
+      return { store: w.store, flushes, syncs: () => syncs };
+    }
+
+    /** Every page of `store` at `lsn` reads as in the model (one page at a time). */
+    function checkPagesAt(store: PageStore, model: Model, lsn: number, pageCount: number): void {
+      for (let p = 0; p < pageCount; p++) assert.deepEqual(store.getPage(p, lsn), model.at(p, lsn), `page ${p} at LSN ${lsn}`);
+    }
+
+    it("flushes each image buffer off the thread and yields it: the next step runs once it is done; the image reads right", async () => {
+      // 1,000 pages of 4 KiB: an image of about 4 MiB, four 1 MiB buffers and the last one.
+      const w = world(35, { pageCount: 1000 });
+      writeRandom(w, 700);
+      const { store, flushes, syncs } = onAsyncFlushDisk(w);
+      const lsn = w.model.lastLsn;
+      const syncs0 = syncs();
+      const steps = store.checkpointSteps({ flushOffThread: true });
+      let yielded = 0;
+      let syncsAtFirstYield: number | undefined;
+      for (;;) {
+        const r = steps.next();
+        if (r.done === true) {
+          assert.equal(r.value.lsn, lsn);
+          break;
+        }
+        if (r.value === undefined) continue;
+        yielded++;
+        syncsAtFirstYield ??= syncs();
+        assert.equal(flushes.length, yielded, 'each yielded flush is one running off the thread');
+        let settled = false;
+        void r.value.then(() => (settled = true));
+        await Promise.resolve();
+        assert.equal(settled, false, 'it waits for the disk');
+        flushes[yielded - 1]!.settle();
+        await r.value;
+      }
+      assert.ok(yielded >= 4, `${yielded} buffers flushed off the thread`);
+      // Until the image's finish, nothing of it was flushed on the thread.
+      assert.equal(syncsAtFirstYield, syncs0);
+      assert.deepEqual(tempFiles(w), []);
+      assert.equal(store.stats().imageLsn, lsn);
+      checkPagesAt(store, w.model, lsn, 1000);
+      reopen(w);
+      assert.equal(w.store.stats().imageLsn, lsn);
+      checkPagesAt(w.store, w.model, lsn, 1000);
+    });
+
+    /** A store of 1,000 pages after 700 random writes, a checkpoint run up to the step that yields its first flush. */
+    function untilFirstFlush(seed: number): ReturnType<typeof onAsyncFlushDisk> & { w: World; steps: Generator<CheckpointStep, unknown, void>; flush: Promise<void> } {
+      const w = world(seed, { pageCount: 1000 });
+      writeRandom(w, 700);
+      const disk = onAsyncFlushDisk(w);
+      const steps = disk.store.checkpointSteps({ flushOffThread: true });
+      let r = steps.next();
+      while (r.done !== true && r.value === undefined) r = steps.next();
+      assert.equal(r.done, false);
+      return { ...disk, w, steps, flush: r.value! };
+    }
+
+    it('a flush that fails ends the checkpoint (return()): the temp file goes, nothing is switched, a later checkpoint runs', async () => {
+      const { w, store, flushes, steps, flush } = untilFirstFlush(36);
+      flushes[0]!.settle(true);
+      await assert.rejects(flush, (e: StorageError) => e.code === 'fsync_failed');
+      // What a driver does with a failed step.
+      steps.return(undefined as never);
+      assert.deepEqual(tempFiles(w), [], 'the half-written image is removed');
+      assert.equal(store.stats().imageLsn, 0);
+      // The next checkpoint runs (the sync one flushes on the thread).
+      assert.equal(store.checkpoint().lsn, w.model.lastLsn);
+      checkPagesAt(store, w.model, w.model.lastLsn, 1000);
+    });
+
+    it('abandoned while a flush runs, the image file is closed and removed only once the flush ends', async () => {
+      const { w, store, flushes, steps, flush } = untilFirstFlush(37);
+      steps.return(undefined as never);
+      assert.equal(tempFiles(w).length, 1, 'kept open while the disk flushes it');
+      flushes[0]!.settle();
+      await flush;
+      await Promise.resolve();
+      assert.deepEqual(tempFiles(w), [], 'removed once the flush ended');
+      assert.equal(store.checkpoint().lsn, w.model.lastLsn);
+    });
   });
 
   it('getPagesCached answers from memory only: cached and never-written pages, else undefined without a disk read', () => {
