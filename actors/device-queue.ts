@@ -242,11 +242,21 @@ export class DeviceQueue {
     if (records.length === 0) {
       return Promise.reject(new StorageError('bad_request', 'append of zero records'));
     }
-    let bytes = 0;
-    for (const r of records) bytes += r.payload.length;
+    const bytes = appendBytes(records);
     return new Promise<AppendResult>((resolve, reject) => {
       this.submit({ type: 'append', target, records, bytes, resolve, reject });
     });
+  }
+
+  /**
+   * Throws what `append(target, records)` would be refused with now (failed, closed, too large
+   * or full), else returns: an append called right after, in the same turn, is queued. A replica
+   * asks before it gives the records LSNs, so that a refused append never leaves its LSNs ahead
+   * of its log.
+   */
+  checkAppend(records: readonly LogRecordInput[]): void {
+    const refusal = this.refusal(appendBytes(records));
+    if (refusal !== undefined) throw refusal;
   }
 
   /**
@@ -319,34 +329,36 @@ export class DeviceQueue {
     return this.queue.length - this.queueHead;
   }
 
-  private submit(op: Op): void {
+  /** Why an op of `bytes` would be refused now; undefined when it would be queued. */
+  private refusal(bytes: number): StorageError | undefined {
     if (this.failure) {
-      op.reject(new StorageError('device_failed', `device ${this.name} failed earlier: ${this.failure.message}`, {
-        device: this.name,
-      }));
-      return;
+      return new StorageError('device_failed', `device ${this.name} failed earlier: ${this.failure.message}`, { device: this.name });
     }
-    if (this.closed) {
-      op.reject(new StorageError('closed', `device ${this.name} is shutting down`));
-      return;
-    }
-    if (op.bytes > this.queueBytesMax) {
+    if (this.closed) return new StorageError('closed', `device ${this.name} is shutting down`);
+    if (bytes > this.queueBytesMax) {
       // More than the whole queue holds: waiting cannot help.
-      op.reject(new StorageError('too_large', `${op.bytes} bytes for device ${this.name}, whose queue holds at most ${this.queueBytesMax}`, {
-        bytes: op.bytes,
+      return new StorageError('too_large', `${bytes} bytes for device ${this.name}, whose queue holds at most ${this.queueBytesMax}`, {
+        bytes,
         queueBytesMax: this.queueBytesMax,
-      }));
-      return;
+      });
     }
-    if (this.pending() + 1 > this.queueOpsMax || this.queueBytes + op.bytes > this.queueBytesMax) {
+    if (this.pending() + 1 > this.queueOpsMax || this.queueBytes + bytes > this.queueBytesMax) {
       this.counters.rejectedOverloaded++;
-      op.reject(new StorageError('overloaded', `device ${this.name} queue is full`, {
+      return new StorageError('overloaded', `device ${this.name} queue is full`, {
         device: this.name,
         queueOps: this.pending(),
         queueBytes: this.queueBytes,
         queueOpsMax: this.queueOpsMax,
         queueBytesMax: this.queueBytesMax,
-      }));
+      });
+    }
+    return undefined;
+  }
+
+  private submit(op: Op): void {
+    const refusal = this.refusal(op.bytes);
+    if (refusal !== undefined) {
+      op.reject(refusal);
       return;
     }
     if (this.tracer) op.tag = this.tracer.capture();
@@ -590,4 +602,11 @@ export class DeviceQueue {
     const msg = e instanceof Error ? e.message : String(e);
     this.failure = new StorageError('device_failed', msg, { device: this.name }, e);
   }
+}
+
+/** What an append counts against the queue's bytes bound: its payloads. */
+function appendBytes(records: readonly LogRecordInput[]): number {
+  let bytes = 0;
+  for (const r of records) bytes += r.payload.length;
+  return bytes;
 }

@@ -792,6 +792,14 @@ export class Replica {
   }
 
   private becomeLeader(): void {
+    const noop: LogRecordInput = { term: this.term, kind: RecordKind.Noop, payload: new Uint8Array(0) };
+    try {
+      // A leader's term starts with a record of its own (below): a device that refuses it now
+      // (its queue full, or failed) leaves this replica a candidate, whose timer campaigns again.
+      this.queue.checkAppend([noop]);
+    } catch {
+      return;
+    }
     this.role = 'leader';
     this.leaderSinceMs = this.nowMs;
     this.leader = this.self;
@@ -802,7 +810,7 @@ export class Replica {
     this.recent = [];
     this.recentBytes = 0;
     // A record of our own term: once it commits, every earlier record is committed too.
-    this.termStartLsn = this.appendLocal([{ term: this.term, kind: RecordKind.Noop, payload: new Uint8Array(0) }]);
+    this.termStartLsn = this.appendLocal([noop]);
     this.onRoleChange?.('leader', this.term);
     for (const id of this.peers()) this.replicateTo(id, true);
   }
@@ -811,8 +819,13 @@ export class Replica {
   // Leader: local appends, replication, commit
   // ---------------------------------------------------------------------------------------------
 
-  /** Assigns LSNs and queues the records locally; returns the last LSN. `tag`: the write's tracer value. */
+  /**
+   * Assigns LSNs and queues the records locally; returns the last LSN. `tag`: the write's tracer
+   * value. Throws, having changed nothing, when the device would refuse the append (its queue is
+   * full, say): LSNs given to records the log never gets would be given again to others.
+   */
   private appendLocal(records: LogRecordInput[], tag?: unknown): number {
+    this.queue.checkAppend(records);
     const first = this.lastLsn + 1;
     const stored: HeldRecord[] = records.map((r, i) =>
       tag === undefined ? { term: r.term, kind: r.kind, payload: r.payload, lsn: first + i } : { term: r.term, kind: r.kind, payload: r.payload, lsn: first + i, tag },
@@ -829,8 +842,9 @@ export class Replica {
     // Scheduled before the device batch: the records leave for the followers first, so their
     // round trip overlaps this replica's own flush even when that flush blocks the thread.
     if (this.role === 'leader') this.replicateSoon();
-    this.queue.append(this.log, records).then(
-      ({ firstLsn, lastLsn }) => {
+    this.queue
+      .append(this.log, records)
+      .then(({ firstLsn, lastLsn }) => {
         assert(firstLsn === first, 'the log assigns the LSNs the leader assigned', { firstLsn, first });
         for (let k = firstLsn; k <= lastLsn; k++) this.queuedTerms.delete(k);
         this.durableLsn = Math.max(this.durableLsn, lastLsn);
@@ -842,9 +856,10 @@ export class Replica {
           // Without followers (a replica set of one) this is the only place records leave memory.
           this.trimRecent();
         }
-      },
-      (e: unknown) => this.failAll(e),
-    );
+      })
+      // A failed append, or a broken invariant above: every waiter fails with it, and the host
+      // restarts this replica from disk.
+      .catch((e: unknown) => this.failAll(e));
     return this.lastLsn;
   }
 
@@ -1268,6 +1283,9 @@ export class Replica {
     let durable: Promise<void>;
     if (fresh.length > 0) {
       const inputs: LogRecordInput[] = fresh.map((r) => ({ term: r.term, kind: r.kind, payload: r.payload }));
+      // Refused (the device's queue is full, say), the leader is answered so, and this log's
+      // position is unchanged: LSNs given to records the device never got would shift the next.
+      this.queue.checkAppend(inputs);
       const first = this.lastLsn + 1;
       inputs.forEach((r, k) => this.queuedTerms.set(first + k, r.term));
       this.lastLsn += inputs.length;
@@ -1410,8 +1428,12 @@ export class Replica {
     const payload = await this.encode(pages);
     this.checkLeader();
     if (this.term !== term) throw notLeader(this.leader, this.term);
-    const lsn = this.appendLocal([{ term, kind: RecordKind.PageWrite, payload: payload.payload, ...(payload.crc !== undefined ? { payloadCrc: payload.crc } : {}) }], tag);
-    payload.release();
+    let lsn: number;
+    try {
+      lsn = this.appendLocal([{ term, kind: RecordKind.PageWrite, payload: payload.payload, ...(payload.crc !== undefined ? { payloadCrc: payload.crc } : {}) }], tag);
+    } finally {
+      payload.release();
+    }
     await new Promise<void>((resolve, reject) =>
       this.commitWaiters.push({ lsn, recordTerm: term, ...(opts.deadlineMs !== undefined ? { deadlineMs: opts.deadlineMs } : {}), resolve, reject }),
     );

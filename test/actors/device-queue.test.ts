@@ -191,6 +191,22 @@ describe('DeviceQueue', () => {
     assert.equal(a.writes, 1, 'nothing is written after the failure');
   });
 
+  it('checkAppend throws what an append would be refused with now, and nothing when it would be queued', async () => {
+    const sched = manualScheduler();
+    const log = new FakeLog();
+    const q = new DeviceQueue({ disk: readOnlyDisk(new Map()), schedule: sched.schedule, queueOpsMax: 1, queueBytesMax: 100 });
+    q.checkAppend([rec(1)]);
+    assert.throws(() => q.checkAppend([rec(1, 101)]), (e: StorageError) => e.code === 'too_large');
+    const queued = q.append(log, [rec(1)]);
+    assert.throws(() => q.checkAppend([rec(2)]), (e: StorageError) => e.code === 'overloaded' && e.details?.queueOps === 1);
+    sched.runAll();
+    await queued;
+    q.checkAppend([rec(2)]);
+    const drained = q.drain();
+    assert.throws(() => q.checkAppend([rec(2)]), (e: StorageError) => e.code === 'closed');
+    await drained;
+  });
+
   it('an append larger than the whole queue holds is too_large, not overloaded (waiting cannot help)', async () => {
     const q = new DeviceQueue({ disk: readOnlyDisk(new Map()), schedule: manualScheduler().schedule, queueBytesMax: 100 });
     await assert.rejects(q.append(new FakeLog(), [rec(1, 101)]), (e: StorageError) => e.code === 'too_large' && e.details?.queueBytesMax === 100);
