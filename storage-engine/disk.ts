@@ -159,10 +159,15 @@ export function removeInBackground(disk: Disk, items: readonly Discarded[], onBa
  * Removes the entries of `dir` (the names its listing returned) that were renamed away and that
  * a crash left behind, as `removeInBackground` (each as a tree: a file given as a tree is removed
  * too). Returns how many there were. Their removal need not be durable: one left again is
- * removed again.
+ * removed again. Their renames are made durable first (one directory fsync): the crash that left
+ * one may have come before its rename's fsync, and a file cut down under its new name would
+ * otherwise come back under its old one, cut short, at a power loss (a log segment that a
+ * recovery would take for damage).
  */
 export function removeDiscarded(disk: Disk, dir: string, names: readonly string[], onBackgroundError?: (err: unknown) => void): number {
   const items = names.filter(isDiscardedName).map((name) => ({ path: joinPath(dir, name), tree: true }));
+  if (items.length === 0) return 0;
+  disk.fsyncDir(dir);
   removeInBackground(disk, items, onBackgroundError);
   return items.length;
 }

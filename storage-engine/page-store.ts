@@ -532,10 +532,19 @@ export class PageStore {
     // The pointer is durable: switch the in-memory state, then clean up (a failure from here on
     // leaves files that the next checkpoint or open disregards).
     const keptReaders = bases.filter((b) => kept.has(b) && b.reader !== null).map((b) => b.reader!);
-    for (const r of this.images) if (!keptReaders.includes(r)) r.close();
+    const dropped = this.images.filter((r) => !keptReaders.includes(r));
     this.images = keptReaders;
     this.floorLsn = floor;
     this.cache.dropBelow(floor);
+    // After the switch, so that a close that fails leaves the store on its new image (the
+    // handle is lost either way; it is counted as a failed clean-up).
+    for (const r of dropped) {
+      try {
+        r.close();
+      } catch {
+        this.onDiscardError();
+      }
+    }
     assert(floor === 0 || this.images[0]!.lsn === floor, 'the floor is a kept image');
 
     const result = { lsn, file: imageFileName(lsn) };

@@ -168,7 +168,7 @@ export class RealDisk implements Disk {
     const f = this.file(fh);
     this.files.delete(fh);
     try {
-      fs.closeSync(f.fd);
+      this.blocking(() => fs.closeSync(f.fd));
     } catch (e) {
       throw this.ioError('close', f.path, e);
     }
@@ -177,7 +177,7 @@ export class RealDisk implements Disk {
   size(fh: FileHandle): number {
     const f = this.file(fh);
     try {
-      return fs.fstatSync(f.fd).size;
+      return this.blocking(() => fs.fstatSync(f.fd).size);
     } catch (e) {
       throw this.ioError('fstat', f.path, e);
     }
@@ -275,7 +275,7 @@ export class RealDisk implements Disk {
     this.counters.fsyncDirs++;
     let fd: number;
     try {
-      fd = fs.openSync(this.abs(dir), 'r');
+      fd = this.blocking(() => fs.openSync(this.abs(dir), 'r'));
     } catch (e) {
       throw this.ioError('open dir', dir, e, 'fsync_failed');
     }
@@ -285,7 +285,7 @@ export class RealDisk implements Disk {
       throw this.ioError('fsync dir', dir, e, 'fsync_failed');
     } finally {
       try {
-        fs.closeSync(fd);
+        this.blocking(() => fs.closeSync(fd));
       } catch {
         // The fsync result is what matters; a failed close of a read-only directory descriptor loses nothing.
       }
@@ -295,7 +295,7 @@ export class RealDisk implements Disk {
   mkdirp(dir: string): void {
     checkDiskPath(dir, true);
     try {
-      fs.mkdirSync(this.abs(dir), { recursive: true });
+      this.blocking(() => fs.mkdirSync(this.abs(dir), { recursive: true }));
     } catch (e) {
       throw this.ioError('mkdir', dir, e);
     }
@@ -304,7 +304,7 @@ export class RealDisk implements Disk {
   list(dir: string): string[] {
     checkDiskPath(dir, true);
     try {
-      return fs.readdirSync(this.abs(dir)).sort();
+      return this.blocking(() => fs.readdirSync(this.abs(dir))).sort();
     } catch (e) {
       if (errnoOf(e) === 'ENOENT') return [];
       throw this.ioError('readdir', dir, e);
@@ -432,7 +432,7 @@ export class RealDisk implements Disk {
 
   exists(path: string): boolean {
     checkDiskPath(path, true);
-    return fs.existsSync(this.abs(path));
+    return this.blocking(() => fs.existsSync(this.abs(path)));
   }
 
   /** Closes every open handle (errors ignored); for shutdown and tests. */

@@ -245,29 +245,40 @@ describe('RealDisk specifics', () => {
     assert.equal(fs.readFileSync(nodePath.join(dir, 'a', 'b', 'c'), 'utf8'), 'data');
   });
 
-  it('counts its blocking calls in ioMarker while they run, failed ones too', () => {
+  it('counts every blocking call in ioMarker while it runs, failed ones too', () => {
     const ioMarker = new Int32Array(new SharedArrayBuffer(4));
     const disk = new RealDisk(dir, { ioMarker });
-    const fh = disk.open('f', { create: true });
-    const nodeFs = require('node:fs') as { fdatasyncSync: typeof fs.fdatasyncSync; writeSync: typeof fs.writeSync };
-    const seen: number[] = [];
-    const { fdatasyncSync, writeSync } = nodeFs;
-    nodeFs.writeSync = ((...args: Parameters<typeof fs.writeSync>) => {
-      seen.push(Atomics.load(ioMarker, 0));
-      return (writeSync as (...a: unknown[]) => number)(...args);
-    }) as typeof fs.writeSync;
-    nodeFs.fdatasyncSync = (() => {
-      seen.push(Atomics.load(ioMarker, 0));
-      throw Object.assign(new Error('EIO: i/o error, fdatasync'), { code: 'EIO' });
-    }) as typeof fs.fdatasyncSync;
-    try {
-      disk.write(fh, new Uint8Array(10), 0);
-      assert.throws(() => disk.fdatasync(fh), (e: StorageError) => e.code === 'fsync_failed');
-    } finally {
-      nodeFs.writeSync = writeSync;
-      nodeFs.fdatasyncSync = fdatasyncSync;
+    const nodeFs = require('node:fs') as Record<string, (...a: unknown[]) => unknown>;
+    const calls = ['openSync', 'closeSync', 'fstatSync', 'writeSync', 'readSync', 'fdatasyncSync', 'fsyncSync', 'ftruncateSync', 'renameSync', 'mkdirSync', 'readdirSync', 'existsSync', 'rmSync'];
+    const originals = new Map(calls.map((name) => [name, nodeFs[name]!]));
+    // The marker's value inside each call.
+    const seen: Record<string, number[]> = {};
+    for (const name of calls) {
+      nodeFs[name] = (...args: unknown[]) => {
+        (seen[name] ??= []).push(Atomics.load(ioMarker, 0));
+        if (name === 'fdatasyncSync') throw Object.assign(new Error('EIO: i/o error, fdatasync'), { code: 'EIO' });
+        return originals.get(name)!(...args);
+      };
     }
-    assert.deepEqual(seen, [1, 1], 'one call in progress inside each');
+    try {
+      disk.mkdirp('d');
+      const fh = disk.open('d/f', { create: true });
+      disk.write(fh, new Uint8Array(10), 0);
+      disk.read(fh, new Uint8Array(10), 0);
+      assert.equal(disk.size(fh), 10);
+      disk.truncate(fh, 5);
+      assert.throws(() => disk.fdatasync(fh), (e: StorageError) => e.code === 'fsync_failed');
+      disk.close(fh);
+      disk.rename('d/f', 'd/g');
+      disk.fsyncDir('d');
+      assert.deepEqual(disk.list('d'), ['g']);
+      assert.equal(disk.exists('d/g'), true);
+      disk.remove('d/g');
+    } finally {
+      for (const [name, original] of originals) nodeFs[name] = original;
+    }
+    assert.deepEqual(Object.keys(seen).sort(), [...calls].sort(), 'every call was made');
+    for (const [name, values] of Object.entries(seen)) assert.ok(values.every((v) => v === 1), `${name}: ${values.join(',')}`);
     assert.equal(Atomics.load(ioMarker, 0), 0, 'none once they returned or threw');
   });
 

@@ -3,7 +3,7 @@ import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as nodePath from 'node:path';
-import { DISCARD_SUFFIX, isDiscardedName } from '../../storage-engine/disk';
+import { DISCARD_SUFFIX, isDiscardedName, type Disk } from '../../storage-engine/disk';
 import { StorageError } from '../../storage-engine/errors';
 import {
   LOG_READ_BYTES_LIMIT,
@@ -455,6 +455,48 @@ describe('SegmentLog', () => {
     const again = SegmentLog.open(disk, { dir: DIR, segmentBytesMax: SEG });
     assert.equal(disk.exists(left), false);
     assertHistory(again, 1, 30);
+  });
+
+  it('an open makes a leftover trimmed segment\'s rename durable before it cuts it down: a power loss then cannot bring it back cut short', async () => {
+    const disk = new SimDisk();
+    const log = SegmentLog.open(disk, { dir: DIR, segmentBytesMax: SEG });
+    log.write(history(1, 60));
+    log.sync();
+    const lastLsn = log.lastLsn;
+    log.close();
+    // A trim renamed the first segment away, and the process died before the directory fsync.
+    const first = segFiles(disk)[0]!;
+    disk.rename(`${DIR}/${first}`, `${DIR}/${first}${DISCARD_SUFFIX}`);
+    // Removed in the background as RealDisk removes a file: cut down a step at a time, each cut
+    // flushed (a step of 1 KiB here), then unlinked.
+    const cuts: Array<Promise<void>> = [];
+    let cutsDone = 0;
+    const background = disk as Disk;
+    background.removeAsync = (path: string): Promise<void> => {
+      const cut = (async (): Promise<void> => {
+        await Promise.resolve();
+        const fh = disk.open(path);
+        for (let size = disk.size(fh) - 1024; size > 0; size -= 1024) {
+          disk.truncate(fh, size);
+          disk.fdatasync(fh);
+          if (++cutsDone === 2) return; // the power goes here
+        }
+      })();
+      cuts.push(cut);
+      return cut;
+    };
+    background.removeTreeAsync = background.removeAsync;
+    const reopened = SegmentLog.open(disk, { dir: DIR, segmentBytesMax: SEG });
+    await Promise.all(cuts);
+    assert.equal(cutsDone, 2, 'the removal had begun');
+    reopened.close();
+    delete background.removeAsync;
+    delete background.removeTreeAsync;
+    disk.powerCut();
+    const after = SegmentLog.open(disk, { dir: DIR, segmentBytesMax: SEG });
+    assert.deepEqual(after.corruption, []);
+    assert.equal(after.lastLsn, lastLsn);
+    assertHistory(after, after.firstLsn, lastLsn);
   });
 
   it('syncAsync flushes off the thread on the real file system; nothing may change the log until it settles', async () => {

@@ -701,6 +701,36 @@ describe('PageStore', () => {
     checkAll(w.store, w.model, w.store.oldestReadableLsn, w.model.lastLsn, 64);
   });
 
+  it('a dropped image whose close fails leaves the store on its new image: the checkpoint ends, reads and the next checkpoint work', () => {
+    const w = world(41, { imagesKeep: 1 });
+    writeRandom(w, 30);
+    const firstImage = imageFileName(w.store.appliedLsn);
+    // The disk's close of the first image's handle fails (RealDisk reports an EIO of close).
+    const handles = new Set<number>();
+    const open = w.disk.open.bind(w.disk);
+    const close = w.disk.close.bind(w.disk);
+    w.disk.open = (path, opts) => {
+      const fh = open(path, opts);
+      if (path.endsWith(`/${firstImage}`)) handles.add(fh);
+      return fh;
+    };
+    w.disk.close = (fh) => {
+      close(fh);
+      if (handles.has(fh)) throw new StorageError('io_error', 'close: EIO (test)');
+    };
+    const first = w.store.checkpoint().lsn;
+    assert.equal(imageFileName(first), firstImage);
+    writeRandom(w, 30);
+    const second = w.store.checkpoint().lsn;
+    assert.equal(w.store.stats().imageLsn, second);
+    assert.equal(w.store.oldestReadableLsn, second, 'imagesKeep 1: the first image is let go');
+    assert.equal(w.store.stats().discardFailures, 1, 'the failed close is counted');
+    checkAll(w.store, w.model, second, w.model.lastLsn, 48);
+    writeRandom(w, 10);
+    assert.equal(w.store.checkpoint().lsn, w.model.lastLsn);
+    checkAll(w.store, w.model, w.model.lastLsn, w.model.lastLsn, 48);
+  });
+
   describe('checkpointSteps with flushOffThread', () => {
     /**
      * `w`'s store and log opened again on a view of its disk whose fdatasyncAsync waits in
