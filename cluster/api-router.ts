@@ -84,9 +84,17 @@ export class ApiRouter {
   async pageRead(body: unknown, deadlineMs: number): Promise<unknown> {
     const req = validatePageReadRequest(body);
     const volume = this.volume(req.volume);
-    // The reply is one message: checked against the volume before any shard is asked.
+    // The reply is one message: checked against the volume before any shard is asked. Refused
+    // by the cached geometry, checked once more against the catalog's (the volume may have been
+    // deleted and created again, larger).
     const info = await volume.info({ deadlineMs });
-    validatePageRead(req, info.pageSize, info.pageCount);
+    try {
+      validatePageRead(req, info.pageSize, info.pageCount);
+    } catch (e) {
+      const fresh = await volume.info({ deadlineMs, refresh: true });
+      if (fresh === info) throw e;
+      validatePageRead(req, fresh.pageSize, fresh.pageCount);
+    }
     const r = await volume.readPages(req.pages, req.lsn !== undefined ? { lsn: req.lsn, deadlineMs } : { deadlineMs });
     return { pages: r.pages, lsn: r.lsn, lsns: r.lsns };
   }

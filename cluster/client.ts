@@ -266,8 +266,9 @@ export class StrataClient {
   /** Use `connect` or `createClient`. */
   constructor(
     private readonly transport: ClientTransport,
-    options: ClientOptions = {},
+    clientOptions: ClientOptions | null = {},
   ) {
+    const options = optionsOf(clientOptions);
     this.cluster = checkToken(options.cluster ?? CLUSTER_DEFAULT, 'cluster');
     this.timeoutMs = checkTimeoutMs(options.timeoutMs ?? TIMEOUT_MS_DEFAULT);
     this.nowMs = options.nowMs ?? Date.now;
@@ -344,9 +345,10 @@ export class StrataClient {
     subject: string,
     data: Uint8Array,
     headers: Readonly<Record<string, string>> = {},
-    options: RawRequestOptions = {},
+    rawOptions: RawRequestOptions | null = {},
   ): Promise<Uint8Array> {
     this.checkOpen();
+    const options = optionsOf(rawOptions);
     const timeoutMs = checkTimeoutMs(options.timeoutMs ?? this.timeoutMs);
     return this.request(subject, data, { timeoutMs, headers });
   }
@@ -507,7 +509,7 @@ export async function connect(options: ConnectOptions): Promise<StrataClient> {
 }
 
 /** A client over any transport (tests use a fake one). */
-export function createClient(transport: ClientTransport, options?: ClientOptions): StrataClient {
+export function createClient(transport: ClientTransport, options?: ClientOptions | null): StrataClient {
   return new StrataClient(transport, options);
 }
 
@@ -633,9 +635,14 @@ export class Volume {
     readonly name: string,
   ) {}
 
-  /** The volume's geometry (cached after the first fetch). */
-  async info(options: CallOptions = {}): Promise<VolumeInfo> {
-    return this.cachedInfo(this.client.deadline(options.deadlineMs));
+  /**
+   * The volume's geometry (cached after the first fetch). With `refresh`, fetched again from the
+   * catalog (the cached one is kept when the catalog cannot be reached).
+   */
+  async info(options: (CallOptions & { refresh?: boolean }) | null = {}): Promise<VolumeInfo> {
+    const o = optionsOf(options);
+    const deadlineMs = this.client.deadline(o.deadlineMs);
+    return o.refresh === true ? this.refreshInfo(this.currentInfo(), deadlineMs) : this.cachedInfo(deadlineMs);
   }
 
   /** Writes one page (exactly pageSize bytes). Resolves once the write is committed. */
@@ -649,8 +656,8 @@ export class Volume {
    * page is committed, with the highest LSN and each shard's LSN. On failure some shards may have
    * applied their pages.
    */
-  async writePages(pages: readonly PageWrite[], options: CallOptions = {}): Promise<LsnResult> {
-    const deadlineMs = this.client.deadline(options.deadlineMs);
+  async writePages(pages: readonly PageWrite[], options: CallOptions | null = {}): Promise<LsnResult> {
+    const deadlineMs = this.client.deadline(optionsOf(options).deadlineMs);
     const list = expectArray(pages, 'pages', { lengthMin: 1, lengthMax: CALL_PAGES_MAX, maxCode: 'too_large' });
     const seen = new Map<number, number>();
     const numbers: number[] = [];
@@ -680,10 +687,10 @@ export class Volume {
   }
 
   /** Reads one page. */
-  read(page: number, options?: ReadOptions): Promise<Uint8Array>;
+  read(page: number, options?: ReadOptions | null): Promise<Uint8Array>;
   /** Reads pages (repeats allowed); one entry per page, in request order. */
-  read(pages: readonly number[], options?: ReadOptions): Promise<Uint8Array[]>;
-  async read(pages: number | readonly number[], options?: ReadOptions): Promise<Uint8Array | Uint8Array[]> {
+  read(pages: readonly number[], options?: ReadOptions | null): Promise<Uint8Array[]>;
+  async read(pages: number | readonly number[], options?: ReadOptions | null): Promise<Uint8Array | Uint8Array[]> {
     if (typeof pages === 'number') return (await this.readPages([pages], options)).pages[0]!;
     return (await this.readPages(pages, options)).pages;
   }
@@ -692,7 +699,8 @@ export class Volume {
    * Reads 1..CALL_PAGES_MAX pages (repeats allowed) and the LSNs they reflect: one request per
    * shard, split to fit the message limits, all sent concurrently, merged in request order.
    */
-  async readPages(pages: readonly number[], options: ReadOptions = {}): Promise<ReadResult> {
+  async readPages(pages: readonly number[], readOptions: ReadOptions | null = {}): Promise<ReadResult> {
+    const options = optionsOf(readOptions);
     const deadlineMs = this.client.deadline(options.deadlineMs);
     const list = expectArray(pages, 'pages', { lengthMin: 1, lengthMax: CALL_PAGES_MAX, maxCode: 'too_large' });
     const numbers = list.map((page, i) =>
@@ -736,8 +744,8 @@ export class Volume {
   }
 
   /** Makes every acknowledged write durable on every shard (shard.flush to each, concurrently). */
-  async flush(options: CallOptions = {}): Promise<LsnResult> {
-    const { calls, outcomes } = await this.run(this.client.deadline(options.deadlineMs), (info) =>
+  async flush(options: CallOptions | null = {}): Promise<LsnResult> {
+    const { calls, outcomes } = await this.run(this.client.deadline(optionsOf(options).deadlineMs), (info) =>
       Array.from({ length: info.shards }, (_, shard) => ({ shard, type: 'shard.flush' as const, body: {}, indices: [] })),
     );
     return mergeLsns(calls, outcomes);
@@ -854,10 +862,22 @@ export class Volume {
   ): Promise<{ calls: ShardCall[]; outcomes: ShardOutcome[] }> {
     const infoPromise = this.currentInfo();
     let info = await this.within(infoPromise, deadlineMs);
-    let calls = plan(info);
+    let calls: ShardCall[];
+    try {
+      calls = plan(info);
+    } catch (e) {
+      // Refused by the cached geometry (a page past its end, data not of its page size): the
+      // volume may have been deleted and created again, larger. Checked once more against its
+      // info as the catalog has it now.
+      if (!(e instanceof ProtocolError) || (e.code !== 'out_of_range' && e.code !== 'bad_request')) throw e;
+      const fresh = await this.refreshInfo(infoPromise, deadlineMs);
+      if (fresh === info) throw e;
+      info = fresh;
+      calls = plan(info);
+    }
     let settled = await this.sendCalls(info, calls, deadlineMs);
     progress(calls, settled);
-    throwFirstError(settled, (error) => !sendAgain(error));
+    throwFinal(calls, settled);
     if (settled.some((s) => !s.ok && s.error instanceof NoRespondersError)) {
       const fresh = await this.refreshInfo(infoPromise, deadlineMs);
       if (sameLayout(info, fresh)) {
@@ -870,7 +890,7 @@ export class Volume {
         settled = await this.sendCalls(info, calls, deadlineMs);
         progress(calls, settled);
       }
-      throwFirstError(settled, (error) => !sendAgain(error));
+      throwFinal(calls, settled);
     }
     let backoffMs = LEADER_RETRY_MS_MIN;
     for (let attempt = 0; attempt < LEADER_RETRIES_MAX && settled.some((s) => !s.ok) && this.client.nowMs() + backoffMs < deadlineMs; attempt++) {
@@ -880,9 +900,11 @@ export class Volume {
       const missed = settled.flatMap((s, i) => (s.ok ? [] : [i]));
       const retried = await this.sendCalls(info, missed.map((i) => calls[i]!), deadlineMs);
       missed.forEach((at, j) => (settled[at] = retried[j]!));
-      throwFirstError(settled, (error) => !sendAgain(error));
+      throwFinal(calls, settled);
     }
-    const still = settled.findIndex((s) => !s.ok);
+    // A request whose earlier attempt may still commit is the one to report, if any.
+    const failing = settled.flatMap((s, i) => (s.ok ? [] : [i]));
+    const still = failing.find((i) => mayStillCommit(calls[i]!)) ?? failing[0] ?? -1;
     if (still >= 0) {
       const failed = settled[still] as { ok: false; error: unknown };
       const earlier = (calls[still]!.body as Partial<ShardWriteRequest>).earlier;
@@ -905,11 +927,20 @@ export class Volume {
   }
 }
 
+/** Options as given: undefined or null is none; anything but a map is `bad_request`. */
+function optionsOf<T extends object>(options: T | null | undefined): Partial<T> {
+  if (options === undefined || options === null) return {};
+  return expectMap(options, 'options') as Partial<T>;
+}
+
 /** First and largest pause between attempts to reach a shard that has no leader right now. */
 const LEADER_RETRY_MS_MIN = 20;
 const LEADER_RETRY_MS_MAX = 250;
-/** Attempts after the first at most (about 10 s of back-off), whatever the deadline. */
-const LEADER_RETRIES_MAX = 45;
+/**
+ * Attempts after the first at most: enough for the longest deadline (DEADLINE_AHEAD_MS_MAX) at
+ * the largest pause, so that the deadline is what ends them.
+ */
+const LEADER_RETRIES_MAX = Math.ceil(DEADLINE_AHEAD_MS_MAX / LEADER_RETRY_MS_MAX) + 8;
 
 /**
  * The record a failed write's attempt left in a leader's log that may still commit, when the
@@ -918,11 +949,16 @@ const LEADER_RETRIES_MAX = 45;
  * `recordTerm`.
  */
 function recordOf(error: unknown): WriteRecordRef | undefined {
-  if (!(error instanceof ProtocolError)) return undefined;
+  // Not a `timeout` naming one: a leader that cannot tell whether a record was this write's
+  // answers so, and that answer is final (sent again, it is answered the same).
+  if (!(error instanceof ProtocolError) || !RECORD_NAMING_CODES.has(error.code)) return undefined;
   const lsn = error.details?.['recordLsn'];
   const term = error.details?.['recordTerm'];
   return typeof lsn === 'number' && typeof term === 'number' ? { lsn, term } : undefined;
 }
+
+/** The codes of a failed write whose `recordLsn` and `recordTerm` name a record that may still commit. */
+const RECORD_NAMING_CODES: ReadonlySet<string> = new Set(['not_leader', 'device_failed', 'unavailable']);
 
 /** Failures after which a request is sent again: no leader answered it, or its record was named (sent with `earlier`). */
 function sendAgain(error: unknown): boolean {
@@ -998,7 +1034,28 @@ function partlyWritten(error: unknown, calls: readonly ShardCall[], settled: rea
   );
 }
 
-/** Throws the first failure (in request order) that `matches`. */
-function throwFirstError(settled: readonly Settled[], matches: (error: unknown) => boolean): void {
-  for (const s of settled) if (!s.ok && matches(s.error)) throw s.error;
+/** A write request sent again naming records that its earlier attempts left with deposed leaders. */
+function mayStillCommit(call: ShardCall): boolean {
+  return call.type === 'shard.write' && ((call.body as ShardWriteRequest).earlier?.length ?? 0) > 0;
+}
+
+/**
+ * Throws the first failure (in request order) that is not sent again. Of a write, while another
+ * of its requests failed with an earlier attempt that may still commit, it is thrown as `timeout`
+ * (outcome unknown, the code in `details.code`): a caller retrying a plain write after, say,
+ * `overloaded` could apply that request's pages twice.
+ */
+function throwFinal(calls: readonly ShardCall[], settled: readonly Settled[]): void {
+  const at = settled.findIndex((s) => !s.ok && !sendAgain(s.error));
+  if (at < 0) return;
+  const error = (settled[at] as { ok: false; error: unknown }).error;
+  const pending = calls.findIndex((c, i) => i !== at && !settled[i]!.ok && mayStillCommit(c));
+  if (pending < 0 || (error instanceof ProtocolError && error.code === 'timeout' && error.details?.['earlier'] !== undefined)) throw error;
+  const earlier = (calls[pending]!.body as ShardWriteRequest).earlier!;
+  const message = error instanceof Error ? error.message : String(error);
+  throw new ProtocolError(
+    'timeout',
+    `${message}; an earlier attempt of this write to shard ${calls[pending]!.shard} may still commit: the write may or may not be committed`,
+    { ...(error instanceof ProtocolError ? { ...(error.details ?? {}), code: error.code } : {}), earlier },
+  );
 }

@@ -211,3 +211,41 @@ describe('cluster/client end to end (in-process cluster, real NATS)', function (
     });
   });
 });
+
+describe('the public API on every node after a volume is created again under its name (3 nodes)', function () {
+  this.timeout(120_000);
+  let c: InProcessCluster;
+
+  before(async () => {
+    c = await startCluster({ nodes: 3, hosts: 1 });
+  });
+  after(async () => {
+    await c?.stop();
+  });
+
+  it('a page past the old end is written and read through any node: a node that cached the old geometry checks the catalog again', async () => {
+    const tries = 12;
+    const apiOutcome = (p: Promise<unknown>): Promise<string> =>
+      p.then(
+        () => 'ok',
+        (e: unknown) => `${(e as ProtocolError).code}: ${(e as Error).message}`,
+      );
+    await c.client.createVolume({ name: 'again', pageCount: 16, shards: 1, replicas: 1 });
+    // Page requests through the API, which the nodes take in turn (queue group): each caches
+    // the volume's geometry.
+    for (let i = 0; i < tries; i++) {
+      await c.client.apiRequest('page.write', { volume: 'again', pages: [{ page: 3, data: page(3, i) }] });
+      await c.client.apiRequest('page.read', { volume: 'again', pages: [3] });
+    }
+    await c.client.deleteVolume('again');
+    await c.client.createVolume({ name: 'again', pageCount: 1024, shards: 1, replicas: 1 });
+    const outcomes: string[] = [];
+    for (let i = 0; i < tries; i++) {
+      outcomes.push(await apiOutcome(c.client.apiRequest('page.write', { volume: 'again', pages: [{ page: 500, data: page(500, i) }] })));
+      outcomes.push(await apiOutcome(c.client.apiRequest('page.read', { volume: 'again', pages: [500] })));
+    }
+    assert.deepEqual(outcomes.filter((o) => o !== 'ok'), []);
+    // Past the end of the new volume: still refused.
+    await rejectsWith(c.client.apiRequest('page.read', { volume: 'again', pages: [1024] }), 'out_of_range', /1024/);
+  });
+});

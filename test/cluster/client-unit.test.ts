@@ -4,6 +4,7 @@ import {
   API_READ_TRY_MS_MIN,
   API_READ_VERBS,
   CALL_PAGES_MAX,
+  CLUSTER_DEFAULT,
   NoRespondersError,
   REQUESTS_IN_FLIGHT_MAX,
   connect,
@@ -783,6 +784,29 @@ describe('cluster/client (fake transport)', () => {
       }
     });
 
+    it('a final timeout that names the earlier record (a leader that cannot tell) ends the call: not sent again', async () => {
+      const fc = new FakeCluster();
+      let n = 0;
+      fc.shardHook = () =>
+        n++ === 0
+          ? deposed(7, 2)
+          : errorReply(new ProtocolError('timeout', 'an earlier attempt of this write (lsn 7, term 2) is below the log\'s first LSN 9; the write may or may not be committed', { recordLsn: 7, recordTerm: 2, firstLsn: 9 }));
+      await rejectsWith(fc.client().volume('vol').write(0, pageData(0)), 'timeout', /below the log's first LSN 9/);
+      assert.equal(fc.transport.shardRequests().length, 2);
+    });
+
+    it('another shard\'s failure, while one shard\'s earlier attempt may still commit, is timeout (outcome unknown), not the retryable code', async () => {
+      const fc = new FakeCluster();
+      fc.shardHook = (shard) => (shard === 0 ? deposed(7, 2) : shard === 1 ? errorReply(new ProtocolError('overloaded', 'shard v1/1 mailbox is full')) : undefined);
+      const err = await rejectsWith(
+        fc.client().volume('vol').writePages([0, 2].map((page) => ({ page, data: pageData(page) }))),
+        'timeout',
+        /^shard v1\/1 mailbox is full; an earlier attempt of this write to shard 0 may still commit/,
+      );
+      assert.equal(err.details?.['code'], 'overloaded');
+      assert.deepEqual(err.details?.['earlier'], [{ lsn: 7, term: 2 }]);
+    });
+
     it('still without a leader at its deadline: timeout (outcome unknown), not a not_leader the caller would retry', async () => {
       const fc = new FakeCluster();
       fc.shardHook = () => deposed(7, 2);
@@ -791,6 +815,36 @@ describe('cluster/client (fake transport)', () => {
       const err = await rejectsWith(client.volume('vol').write(0, pageData(0)), 'timeout', /earlier attempt left with a deposed leader may still commit/);
       assert.deepEqual(err.details?.['earlier'], [{ lsn: 7, term: 2 }]);
       assert.ok(fc.transport.shardRequests().length > 2);
+    });
+  });
+
+  describe('Volume: found again when the catalog changed it', () => {
+    it('a volume deleted and created again larger under its name: a page past the old end is written and read, not refused', async () => {
+      const fc = new FakeCluster(volume({ pageCount: 16, shards: 1 }));
+      const vol = fc.client().volume('vol');
+      await vol.write(3, pageData(3));
+      fc.volumes.set('vol', volume({ id: 'v2', pageCount: 1024, shards: 1 }));
+      await vol.write(500, pageData(500));
+      assert.deepEqual(await vol.read(500), pageData(500));
+      assert.equal(fc.transport.apiRequests('volume.info').length, 2, 'its info fetched once more');
+      // A page past the end of the volume as the catalog has it is still refused.
+      await rejectsWith(vol.write(5000, pageData(0)), 'out_of_range', /page 5000/);
+      await rejectsWith(vol.read(5000), 'out_of_range', /pages\[0\]/);
+    });
+  });
+
+  describe('Volume: options', () => {
+    it('null options are none; options that are not a map are bad_request', async () => {
+      const fc = new FakeCluster();
+      const client = fc.client();
+      const vol = client.volume('vol');
+      await vol.writePages([{ page: 0, data: pageData(0) }], null);
+      assert.deepEqual(await vol.read(0, null), pageData(0));
+      assert.equal((await vol.readPages([0], null)).pages.length, 1);
+      assert.equal((await vol.info(null)).name, 'vol');
+      await vol.flush(null);
+      await rejectsWith(vol.flush(5 as never), 'bad_request', /options: expected a map/);
+      assert.equal(createClient(fc.transport, null).cluster, CLUSTER_DEFAULT, 'null client options: the defaults');
     });
   });
 
