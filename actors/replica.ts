@@ -243,7 +243,18 @@ interface FollowerState {
   /** Send time of the newest request this follower acknowledged (for the read lease). */
   ackedSentMs: number;
   snapshot: { lsn: number; term: number; bytes: number; offset: number } | undefined;
+  /**
+   * Its log did not match at `next - 1`: appends without records are sent until one matches
+   * (a divergent suffix is found without sending records it then refuses).
+   */
+  probing?: boolean;
 }
+
+/**
+ * Most records a follower steps back over, in one answer to a mismatch, to the start of the
+ * conflicting term's run (its records need not be the leader's).
+ */
+const MISMATCH_STEP_BACK_MAX = 65_536;
 
 /** Records a leader keeps in memory for followers, at most (older ones are read from its log). */
 const RECENT_BYTES_MAX = 64 * 1024 * 1024;
@@ -752,7 +763,11 @@ export class Replica {
     return this.now() - this.leaderContactMs < min;
   }
 
-  /** Leader stickiness: a candidate other than this replica's last leader, while it knows of a live one. */
+  /**
+   * Leader stickiness: a candidate other than this replica's last leader, while it knows of a
+   * live one. (A follower hears its leader campaign again after a restart; a leader's last leader
+   * is itself, so no candidate is exempt while a majority follows it.)
+   */
   private ignoresCandidate(req: VoteRequest): boolean {
     return req.candidate !== this.lastLeader && this.knowsLiveLeader();
   }
@@ -803,9 +818,10 @@ export class Replica {
     this.role = 'leader';
     this.leaderSinceMs = this.nowMs;
     this.leader = this.self;
+    this.lastLeader = this.self;
     this.followers.clear();
     for (const id of this.peers()) {
-      this.followers.set(id, { next: this.lastLsn + 1, match: 0, inFlight: 0, lastSentMs: 0, ackedSentMs: Number.NEGATIVE_INFINITY, snapshot: undefined });
+      this.followers.set(id, { next: this.lastLsn + 1, match: 0, inFlight: 0, lastSentMs: 0, ackedSentMs: Number.NEGATIVE_INFINITY, snapshot: undefined, probing: false });
     }
     this.recent = [];
     this.recentBytes = 0;
@@ -942,9 +958,10 @@ export class Replica {
       if (f.inFlight === 0) this.sendSnapshotChunk(id, f);
       return false;
     }
+    if (f.probing === true && f.inFlight > 0) return false; // One probe at a time.
     const prevLsn = f.next - 1;
-    const records = f.next <= this.lastLsn ? this.recordsFrom(f.next, this.appendBytesMax) : [];
-    if (f.next <= this.lastLsn && records.length === 0) return false; // Not readable yet; the next tick retries.
+    const records = f.next <= this.lastLsn && f.probing !== true ? this.recordsFrom(f.next, this.appendBytesMax) : [];
+    if (f.next <= this.lastLsn && records.length === 0 && f.probing !== true) return false; // Not readable yet; the next tick retries.
     const req: AppendRequest = {
       type: 'append',
       term: this.term,
@@ -1001,14 +1018,17 @@ export class Replica {
     if (reply.success) {
       f.match = Math.max(f.match, reply.matchLsn ?? prevLsn + count);
       f.next = Math.max(f.next, prevLsn + count + 1);
+      f.probing = false;
       this.advanceCommit();
       this.trimRecent();
     } else {
       // A follower whose log ends below what it acknowledged lost records to damage (it repaired
       // its log at open): its acknowledgement no longer counts, and it is sent them again.
       if (reply.lastLsn < f.match) f.match = reply.lastLsn;
-      // Log mismatch: continue from what the follower has (never below what it acknowledged).
+      // Log mismatch: continue from what the follower has (never below what it acknowledged),
+      // with probes that carry no records until its log matches.
       f.next = Math.max(f.match + 1, Math.min(f.next, prevLsn, reply.lastLsn + 1));
+      f.probing = true;
     }
     this.replicateTo(id, false);
   }
@@ -1245,7 +1265,13 @@ export class Replica {
     // Log matching on (prevLsn, prevTerm).
     if (req.prevLsn > this.lastLsn) return now({ term: this.term, success: false, lastLsn: this.lastLsn });
     if (req.prevLsn >= this.log.firstLsn - 1 && req.prevLsn > 0 && this.termOf(req.prevLsn) !== req.prevTerm) {
-      return now({ term: this.term, success: false, lastLsn: Math.max(this.commitLsn, req.prevLsn - 1) });
+      // The records of that term before prevLsn came with it (from a leader of that term that
+      // did not commit them): the leader goes on from before them, not one record at a time.
+      const conflict = this.termOf(req.prevLsn);
+      const floor = Math.max(this.commitLsn, this.log.firstLsn - 1, req.prevLsn - MISMATCH_STEP_BACK_MAX);
+      let lsn = req.prevLsn - 1;
+      while (lsn > floor && this.termOf(lsn) === conflict) lsn--;
+      return now({ term: this.term, success: false, lastLsn: Math.max(this.commitLsn, lsn) });
     }
     // Skip records already present (same LSN and term); truncate at the first conflict.
     let i = 0;

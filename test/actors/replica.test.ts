@@ -290,6 +290,34 @@ describe('Replica (quorum replication of a shard log)', function () {
     shard = undefined;
   });
 
+  it('a deposed leader\'s divergent suffix is found in a few probes without records, not one LSN per round trip of full batches', async () => {
+    shard = new TestShard(['a', 'b', 'c']);
+    const old = await shard.leader();
+    await old.replica.write([{ page: 1, data: page(1) }]);
+    // Cut off, the old leader puts 400 writes in its log that never commit.
+    shard.isolate([old.id]);
+    const lost = Array.from({ length: 400 }, (_, i) => old.replica.write([{ page: 1, data: page(100 + (i % 100)) }]).catch(() => undefined));
+    const others = shard.ids.filter((id) => id !== old.id);
+    const x = await shard.leader(others);
+    await Promise.all(Array.from({ length: 400 }, (_, i) => x.replica.write([{ page: 2, data: page(i % 100) }])));
+    await Promise.all(lost);
+    const y = others.find((id) => id !== x.id)!;
+    await shard.waitFor(() => shard!.members.get(y)!.replica.appliedLsn >= x.replica.appliedLsn, "y has x's writes");
+    await shard.crash(x.id);
+    shard.heal();
+    const sent = shard.appendsSent.length;
+    const leader = await shard.leader([y, old.id]);
+    const w = await leader.replica.write([{ page: 3, data: page(3) }]);
+    await shard.waitFor(() => old.replica.appliedLsn >= w.lsn, 'the deposed leader catches up');
+    const toOld = shard.appendsSent.slice(sent).filter((m) => m.from === leader.id && m.to === old.id);
+    const records = toOld.reduce((n, m) => n + m.records, 0);
+    // Its log holds every record of the new leader's, once: a few batches, not 400 probes of batches.
+    assert.ok(toOld.length < 20, `${toOld.length} appends with records, ${records} records`);
+    assert.ok(records < 3 * w.lsn, `${records} records sent for ${w.lsn} LSNs`);
+    const r = await leader.replica.read([1, 2, 3], { deadlineMs: Date.now() + 1000, nowMs: Date.now() });
+    assert.deepEqual(r.pages, [page(1), page(99), page(3)]);
+  });
+
   it('elects exactly one leader; a write commits on a majority and every replica applies it', async () => {
     shard = new TestShard(['a', 'b', 'c']);
     const l = await shard.leader();
@@ -692,6 +720,35 @@ describe('Replica (more cases)', function () {
     assert.deepEqual(shard.leaders(['b', 'c']), [], 'b voted for no one within a minimum election timeout of a\'s message');
     const r = await a.read([0], { deadlineMs: Date.now() + 1000, nowMs: Date.now() });
     assert.deepEqual(r.pages[0], page(1));
+  });
+
+  it('a follower that stalled past its election timeout does not depose a leader a majority follows, also when it led before that leader', async () => {
+    shard = new TestShard(['a', 'b', 'c'], { manualClock: true, timing: slow, randoms: { a: 0, b: 0.3, c: 0.99 } });
+    let t = 0;
+    const run = async (until: number, ids?: string[]): Promise<void> => {
+      for (; t <= until; t += 10) await shard!.at(t, ids);
+    };
+    await run(400);
+    assert.equal(shard.leaders()[0]?.id, 'a');
+    await shard.members.get('a')!.replica.write([{ page: 0, data: page(1) }]);
+    // a goes away for a while: b is elected; a comes back and follows b (b's last leader was a).
+    shard.isolate(['a']);
+    await run(1400, ['b', 'c']);
+    assert.equal(shard.leaders(['b', 'c'])[0]?.id, 'b');
+    shard.heal();
+    await run(1600);
+    const b = shard.members.get('b')!.replica;
+    const term = b.currentTerm;
+    assert.ok(b.isLeader && shard.members.get('a')!.replica.stats().leader === 'b');
+    // a's thread stalls 700 ms: b's heartbeats do not reach it (c answers b all along).
+    let stalled = true;
+    shard.drops.push((from, to) => stalled && from === 'b' && to === 'a');
+    await run(2300, ['b', 'c']);
+    stalled = false;
+    assert.ok(b.isLeader);
+    // a wakes up with its election timer long fired, and campaigns.
+    await run(2400);
+    assert.deepEqual(shard.leaders().map((m) => `${m.id}@${m.replica.currentTerm}`), [`b@${term}`]);
   });
 
   it('a follower restarted in place votes for no one for a minimum election timeout (it may have just answered the leader)', async () => {
