@@ -12,7 +12,8 @@
  * its own Strata-Deadline header, so the controller can skip one whose caller gave up.
  */
 import { headers as natsHeaders, type NatsConnection } from 'nats';
-import { encode, decode } from '../messages/codec';
+import { encode, decode, MESSAGE_BYTES_MAX } from '../messages/codec';
+import { serverMaxPayload } from '../runtime/request-mux';
 import { errorReply, isPlainObject, ProtocolError, throwIfError } from '../messages/errors';
 import { validatePageRead, validatePageWriteRequest, validatePageReadRequest, validateVolumeFlushRequest } from '../messages/validate';
 import { controllerSubject } from '../messages/control';
@@ -26,6 +27,14 @@ const VOLUME_CACHE_MAX = 1024;
 const STATUS_GATHER_MS_MAX = 2000;
 /** Nodes' answers gathered by one status request at most. */
 const STATUS_REPLIES_MAX = 256;
+/** Room left in a status reply's message for its headers. */
+const STATUS_REPLY_ROOM_BYTES = 4096;
+
+/**
+ * How much of each shard a status reply holds: every replica of every shard; the replicas of
+ * the shards that are not healthy (the others counted); per volume, counts of its shards by state.
+ */
+export type StatusDetail = 'full' | 'degraded-replicas' | 'summary';
 
 export class ApiRouter {
   private readonly nc: NatsConnection;
@@ -177,7 +186,29 @@ export class ApiRouter {
       }),
     }));
     const self = local.node as Record<string, unknown>;
-    return { node: self, volumes, nodes, members, controllerReachable, ...(catalogError !== undefined ? { catalogError } : {}) };
+    // The nodes' own shard lists are in the volumes already: each node's is left out.
+    const nodeViews = (nodes as Array<Record<string, unknown>>).map(({ shards, ...rest }) => ({ ...rest, shardCount: Array.isArray(shards) ? shards.length : 0 }));
+    const reply = (detail: StatusDetail, vols: unknown[]): Record<string, unknown> => ({
+      node: self, detail, volumes: vols, nodes: nodeViews, members, controllerReachable, ...(catalogError !== undefined ? { catalogError } : {}),
+    });
+    // One message holds it: with many shard replicas, less detail (docs/protocol.md, status).
+    const fits = (r: Record<string, unknown>): boolean => encode(r).length <= (serverMaxPayload(this.nc) ?? MESSAGE_BYTES_MAX) - STATUS_REPLY_ROOM_BYTES;
+    const full = reply('full', volumes);
+    if (fits(full)) return full;
+    const healthy = (sh: { state: string; replicas: Array<{ state?: unknown }> }): boolean => sh.state === 'up' && sh.replicas.every((r) => r.state === 'up');
+    const degraded = reply('degraded-replicas', volumes.map((v) => ({
+      ...v,
+      shards: v.shards.map((sh) => (healthy(sh) ? { ...sh, replicas: undefined, replicaCount: sh.replicas.length } : sh)),
+    })));
+    if (fits(degraded)) return degraded;
+    return reply('summary', volumes.map(({ shards, ...v }) => ({
+      ...v,
+      shards: [],
+      shardCount: shards.length,
+      shardsUp: shards.filter((sh) => sh.state === 'up').length,
+      shardsDegraded: shards.filter((sh) => sh.state === 'up' && !healthy(sh)).length,
+      shardsUnavailable: shards.filter((sh) => sh.state !== 'up').length,
+    })));
   }
 
   /** The controller's membership and catalog for a status; never rejects. */

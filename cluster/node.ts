@@ -927,7 +927,9 @@ export class StrataNode {
     });
     this.subscribe(subj('status'), async () => this.status());
     // Every node answers the cluster-wide status scatter (no queue group).
-    this.subscribe(`strata.${this.cluster}.nodes.status`, async () => this.status());
+    // The cluster status's gather: what its merge reads of each shard, so that a node of many
+    // shards still fits one message (a full entry is about 390 bytes, this one about 120).
+    this.subscribe(`strata.${this.cluster}.nodes.status`, async () => compactStatus(await this.status()));
   }
 
   /** This node's view: hosts, devices and the shards it hosts. */
@@ -1068,4 +1070,19 @@ export class StrataNode {
     endpoint('volume.flush', (body, req) => router.flush(body, req.deadlineMs));
     endpoint('status', async (_body, req) => router.clusterStatus(await this.status(), req.deadlineMs));
   }
+}
+
+/** The fields of a shard's status that the cluster status merges (ApiRouter.clusterStatus). */
+const MERGED_SHARD_FIELDS = ['volumeId', 'shard', 'role', 'state', 'term', 'commitLsn', 'appliedLsn', 'lag', 'downReason'] as const;
+
+/** A node's status with only the merged fields of each shard. */
+function compactStatus(status: Record<string, unknown>): Record<string, unknown> {
+  const shards = (status.shards as Array<Record<string, unknown>>).map((sh) => {
+    const out: Record<string, unknown> = {};
+    for (const k of MERGED_SHARD_FIELDS) if (sh[k] !== undefined) out[k] = sh[k];
+    // A leader's lag by follower; nothing to say for the others.
+    if (out.lag !== undefined && Object.keys(out.lag as object).length === 0) delete out.lag;
+    return out;
+  });
+  return { ...status, shards };
 }

@@ -160,6 +160,8 @@ interface ReplicaRow {
  * (`replicas: [{replica, lagRecords}]`) only contributes lags.
  */
 function replicaRows(s: Rec, dead: ReadonlySet<string>): ReplicaRow[] {
+  // A healthy shard of a reply with less detail: its replicas are counted, not listed.
+  if (s.replicas === undefined && num(s.replicaCount) !== undefined) return [];
   const lagMap: Rec = { ...(rec(s.lag) ?? {}) };
   const lagOf = (node: string): number | undefined => num(lagMap[node]);
   const rows: ReplicaRow[] = [];
@@ -259,14 +261,18 @@ export function formatStatus(statusReply: unknown, options: FormatStatusOptions 
   out.push(bold(`VOLUMES (${reply.catalogError !== undefined ? '?' : volumes.length})`));
   if (reply.catalogError !== undefined) out.push(`  not listed (${cell(reply.catalogError)}): the volume list is larger than one NATS message`);
   else if (volumes.length === 0) out.push('  (none)');
+  if (reply.detail === 'degraded-replicas') out.push('  (the replicas of healthy shards are counted, not listed: the full status is larger than one NATS message)');
+  if (reply.detail === 'summary') out.push('  (shards are counted, not listed: the status is larger than one NATS message)');
   for (const v of volumes.slice(0, STATUS_ROWS_MAX)) {
     const shards = arr(v.shards).map((s) => {
       const replicas = replicaRows(s, deadIds);
       return { s, replicas, health: shardHealth(s, replicas, num(v.replicas)) };
     });
-    const bad = shards.filter((x) => x.health.text !== 'ok').length;
+    // A summary counts the shards that are not ok instead of listing them.
+    const counted = num(v.shardCount);
+    const bad = counted === undefined ? shards.filter((x) => x.health.text !== 'ok').length : (num(v.shardsDegraded) ?? 0) + (num(v.shardsUnavailable) ?? 0);
     out.push(
-      `  ${bold(cell(v.name))}  id=${cell(v.id)}  ${cell(v.pageCount)} pages × ${cell(v.pageSize)} B  shards=${cell(Array.isArray(v.shards) ? shards.length : v.shards)}` +
+      `  ${bold(cell(v.name))}  id=${cell(v.id)}  ${cell(v.pageCount)} pages × ${cell(v.pageSize)} B  shards=${cell(counted ?? (Array.isArray(v.shards) ? shards.length : v.shards))}` +
         `  replicas=${cell(v.replicas)}${bad > 0 ? `  (${bad} shard${bad === 1 ? '' : 's'} not ok)` : ''}`,
     );
     out.push(
@@ -274,8 +280,9 @@ export function formatStatus(statusReply: unknown, options: FormatStatusOptions 
         {
           header: ['SHARD', 'LEADER', 'TERM', 'COMMIT LSN', 'APPLIED LSN', 'REPLICAS UP', 'REPLICA LAG', 'HEALTH'],
           rows: shards.map(({ s, replicas, health }) => {
-            const up = replicas.filter((r) => r.state === 'up').length;
-            const total = Math.max(replicas.length, num(v.replicas) ?? 0);
+            const counted = num(s.replicaCount);
+            const up = counted ?? replicas.filter((r) => r.state === 'up').length;
+            const total = Math.max(counted ?? replicas.length, num(v.replicas) ?? 0);
             // No replica up answered for it: its term and LSNs are not known (the reply's zeros are placeholders).
             const known = s.state !== 'unavailable';
             return {

@@ -9,6 +9,7 @@ import { HEADER_DEADLINE, HEADER_SCHEMA, HEADER_TYPE } from '../../messages/head
 import { shardSubject, apiSubject } from '../../messages/subjects';
 import type { VolumeInfo } from '../../messages/api';
 import { formatStatus } from '../../observability/status';
+import { waitFor } from '../support/wait';
 
 function headers(type: string, extra: Record<string, string> = {}): Record<string, string> {
   return { [HEADER_TYPE]: type, [HEADER_SCHEMA]: '1', [HEADER_DEADLINE]: String(Date.now() + 5000), ...extra };
@@ -363,5 +364,52 @@ describe('a control reply larger than the NATS server carries', function () {
     const text = formatStatus(status, { nowMs: Date.now() });
     assert.match(text, /controller reachable/);
     assert.match(text, /VOLUMES \(\?\)\n {2}not listed \(too_large\)/);
+  });
+});
+
+describe('a cluster status larger than the NATS server carries', function () {
+  this.timeout(60_000);
+  let c: InProcessCluster;
+
+  before(async () => {
+    c = await startCluster({ nodes: 1, hosts: 1, maxPayloadBytes: 16 * 1024 });
+  });
+  after(async () => {
+    await c?.stop();
+  });
+
+  type Status = { detail?: string; nodes: Array<Record<string, unknown>>; volumes: Array<{ name: string; shards: unknown[]; shardCount?: number; shardsUp?: number; shardsUnavailable?: number }> };
+
+  it('lists the replicas of unhealthy shards only, then counts the shards, instead of failing too_large', async () => {
+    type Shard = { state: string; replicas?: unknown[]; replicaCount?: number };
+    const allUp = (s: Status): boolean =>
+      s.volumes.every((v) => (v.shardCount !== undefined ? v.shardsUp === v.shardCount : (v.shards as Shard[]).every((sh) => sh.state === 'up')));
+    const details: string[] = [];
+    // Volumes of 16 shards, one after another, until the status is a summary (the nodes' views
+    // take about 7 KiB of the 12 KiB the message holds besides its headers; a shard with its
+    // replica about 250 bytes, without 90).
+    for (let i = 0; i < 10 && details[details.length - 1] !== 'summary'; i++) {
+      await c.client.createVolume({ name: `wide${i}`, pageCount: 4096, shards: 16, stripePages: 8, replicas: 1 });
+      await waitFor('every shard led', async () => allUp((await c.client.status()) as unknown as Status));
+      const status = (await c.client.status()) as unknown as Status;
+      const text = formatStatus(status, { nowMs: Date.now() });
+      assert.doesNotMatch(text, /not ok|degraded:/);
+      assert.equal(status.nodes[0]!['shards'], undefined, "a node's own shard list is left out");
+      assert.equal(status.nodes[0]!['shardCount'], 16 * (i + 1));
+      details.push(status.detail!);
+      const shards = status.volumes.flatMap((v) => v.shards as Shard[]);
+      if (status.detail === 'full') assert.ok(shards.every((sh) => sh.replicas?.length === 1));
+      if (status.detail === 'degraded-replicas') {
+        assert.ok(shards.every((sh) => sh.replicas === undefined && sh.replicaCount === 1), JSON.stringify(shards[0]));
+        assert.match(text, /the replicas of healthy shards are counted, not listed/);
+        assert.match(text, /\n +15 +n1 +1 /, 'each shard is a row, its leader named');
+      }
+      if (status.detail === 'summary') {
+        assert.deepEqual(status.volumes.map((v) => [v.shards.length, v.shardCount, v.shardsUnavailable]), status.volumes.map(() => [0, 16, 0]));
+        assert.match(text, /shards are counted, not listed/);
+        assert.match(text, new RegExp(`wide${i} +id=\\S+ +4096 pages × 4096 B +shards=16 +replicas=1\n`));
+      }
+    }
+    assert.deepEqual([...new Set(details)], ['full', 'degraded-replicas', 'summary'], details.join(','));
   });
 });
