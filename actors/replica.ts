@@ -1189,6 +1189,9 @@ export class Replica {
         }
       } catch (e) {
         this.reportDamage(e); // The fold reads every page of the newest image it does not replace.
+        // Tried again after as many records again, not at the next apply: a checkpoint that
+        // keeps failing (a full disk, say) would otherwise build an image after every record.
+        this.recordsSinceCheckpoint = 0;
         throw e;
       } finally {
         // Ended early (the queue refused a step, a step failed): the half-written image goes.

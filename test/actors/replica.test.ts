@@ -797,6 +797,25 @@ describe('Replica (more cases)', function () {
     });
   });
 
+  describe('whose checkpoints fail', function () {
+    it('tries again after as many records again, not at every record', async () => {
+      shard = new TestShard(['a'], { checkpointEveryRecords: 20 });
+      const l = await shard.leader();
+      // Every image write fails (a full disk, for the images only).
+      l.disk.failWrite({ path: 'shard/image-', times: 1_000_000, errno: 'ENOSPC' });
+      let attempts = 0;
+      const open = l.disk.open.bind(l.disk);
+      l.disk.open = (path, opts) => {
+        if (path.endsWith('.img.tmp')) attempts++;
+        return open(path, opts);
+      };
+      for (let i = 0; i < 100; i++) await l.replica.write([{ page: i % 256, data: page(i) }]);
+      await shard.waitFor(() => attempts >= 4, 'the checkpoints tried');
+      assert.ok(attempts <= 6, `${attempts} checkpoints tried for 100 records, one per 20 expected`);
+      assert.equal(l.replica.stats().checkpoints, 0);
+    });
+  });
+
   describe('on a disk that flushes off the thread', function () {
     it("a checkpoint waits for each of its image's flushes between its steps; the image reads right", async () => {
       shard = new TestShard(['a'], { asyncFlush: true });
