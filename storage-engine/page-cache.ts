@@ -154,9 +154,25 @@ export class PageCache {
 
   /** Drops every entry whose versionLsn is < `lsn` (history no read can reach any more); returns the count. */
   dropBelow(lsn: number): number {
+    const steps = this.dropBelowSteps(lsn, Number.POSITIVE_INFINITY);
+    for (;;) {
+      const r = steps.next();
+      if (r.done === true) return r.value;
+    }
+  }
+
+  /**
+   * `dropBelow` in steps of `entriesPerStep` entries looked at (a cache of a million entries
+   * held its caller's thread for tens of ms in one pass). The cache may be used between steps:
+   * entries added meanwhile are looked at too, and one dropped meanwhile is left alone.
+   */
+  *dropBelowSteps(lsn: number, entriesPerStep: number): Generator<void, number, void> {
     let dropped = 0;
-    for (const entry of [...this.entries.values()]) {
-      if (entry.versionLsn < lsn) {
+    let seen = 0;
+    for (const entry of this.entries.values()) {
+      if (seen > 0 && seen % entriesPerStep === 0) yield;
+      seen++;
+      if (entry.versionLsn < lsn && this.entries.get(entry.key) === entry) {
         this.remove(entry);
         this.slab.free(entry.slot);
         dropped++;

@@ -97,6 +97,29 @@ describe('PageCache', () => {
     assert.equal(slab.stats().slotsUsed, 2);
   });
 
+  it('dropBelowSteps drops in steps; entries added or deleted between its steps are handled right', () => {
+    const slab = new Slab({ slotBytes: PAGE, slotCount: 16 });
+    const cache = new PageCache({ slab, pageSize: PAGE, cacheBytesMax: 16 * PAGE });
+    for (let p = 0; p < 6; p++) cache.put(p, p + 1, data(p)); // versions 1..6
+    const steps = cache.dropBelowSteps(5, 2);
+    assert.equal(steps.next().done, false, 'a step of 2 entries');
+    assert.ok(!cache.has(0, 1) && !cache.has(1, 2) && cache.has(2, 3), 'the first two only');
+    // Between steps: one to be dropped is deleted, one below and one above the bound are added.
+    assert.equal(cache.delete(3, 4), true);
+    cache.put(7, 2, data(7));
+    cache.put(8, 9, data(8));
+    let r = steps.next();
+    let stepsTaken = 2;
+    while (r.done !== true) {
+      r = steps.next();
+      stepsTaken++;
+    }
+    assert.equal(r.value, 4, 'versions 1, 2 and 3, and the version 2 added meanwhile (version 4 was deleted meanwhile)');
+    assert.ok(stepsTaken >= 3, `${stepsTaken} steps`);
+    assert.deepEqual([[4, 5], [5, 6], [8, 9], [7, 2], [2, 3]].map(([p, v]) => cache.has(p!, v!)), [true, true, true, false, false]);
+    assert.equal(slab.stats().slotsUsed, 3, 'every dropped or deleted slot freed once');
+  });
+
   it('when the shared slab is full, evicts its own entries to make room', () => {
     const slab = new Slab({ slotBytes: PAGE, slotCount: 3 });
     const other = slab.alloc(); // someone else's buffer
