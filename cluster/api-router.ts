@@ -152,63 +152,8 @@ export class ApiRouter {
       const id = (local.node as { id?: unknown } | undefined)?.id;
       if (!nodes.some((n) => (n as { node?: { id?: unknown } }).node?.id === id)) nodes.push(local);
     }
-    const { members, catalog, catalogError, controllerReachable } = await fromController;
-    // Each volume of the catalog with, per shard, what its replicas report (the leader's view first).
-    const reported = new Map<string, Array<Record<string, unknown>>>();
-    for (const n of nodes as Array<{ node?: { id?: string }; shards?: Array<Record<string, unknown>> }>) {
-      for (const sh of n.shards ?? []) {
-        const key = `${String(sh.volumeId)}.${String(sh.shard)}`;
-        reported.set(key, [...(reported.get(key) ?? []), { ...sh, node: n.node?.id }]);
-      }
-    }
-    const volumes = catalog.map((v) => ({
-      ...v,
-      shards: Array.from({ length: Math.min(SHARDS_MAX, Math.max(0, Math.trunc(Number(v.shards)) || 0)) }, (_, i) => {
-        const reps = reported.get(`${String(v.id)}.${i}`) ?? [];
-        const leader = reps.find((r) => r.role === 'leader' && r.state === 'up');
-        const best = leader ?? reps.find((r) => r.state === 'up');
-        const replicas = reps.map((r) => ({
-          node: r.node, role: r.role, state: r.state, term: r.term, commitLsn: r.commitLsn, appliedLsn: r.appliedLsn,
-          ...(r.downReason ? { reason: r.downReason } : {}),
-        }));
-        if (!best) return { shard: i, role: 'none', term: 0, commitLsn: 0, appliedLsn: 0, state: 'unavailable', replicas };
-        return {
-          shard: i,
-          role: leader ? 'leader' : 'none',
-          term: best.term,
-          commitLsn: best.commitLsn,
-          appliedLsn: best.appliedLsn,
-          ...(leader ? { leader: leader.node } : {}),
-          state: leader ? 'up' : 'no_leader',
-          lag: leader?.lag ?? {},
-          replicas,
-        };
-      }),
-    }));
-    const self = local.node as Record<string, unknown>;
-    // The nodes' own shard lists are in the volumes already: each node's is left out.
-    const nodeViews = (nodes as Array<Record<string, unknown>>).map(({ shards, ...rest }) => ({ ...rest, shardCount: Array.isArray(shards) ? shards.length : 0 }));
-    const reply = (detail: StatusDetail, vols: unknown[]): Record<string, unknown> => ({
-      node: self, detail, volumes: vols, nodes: nodeViews, members, controllerReachable, ...(catalogError !== undefined ? { catalogError } : {}),
-    });
-    // One message holds it: with many shard replicas, less detail (docs/protocol.md, status).
-    const fits = (r: Record<string, unknown>): boolean => encode(r).length <= (serverMaxPayload(this.nc) ?? MESSAGE_BYTES_MAX) - STATUS_REPLY_ROOM_BYTES;
-    const full = reply('full', volumes);
-    if (fits(full)) return full;
-    const healthy = (sh: { state: string; replicas: Array<{ state?: unknown }> }): boolean => sh.state === 'up' && sh.replicas.every((r) => r.state === 'up');
-    const degraded = reply('degraded-replicas', volumes.map((v) => ({
-      ...v,
-      shards: v.shards.map((sh) => (healthy(sh) ? { ...sh, replicas: undefined, replicaCount: sh.replicas.length } : sh)),
-    })));
-    if (fits(degraded)) return degraded;
-    return reply('summary', volumes.map(({ shards, ...v }) => ({
-      ...v,
-      shards: [],
-      shardCount: shards.length,
-      shardsUp: shards.filter((sh) => sh.state === 'up').length,
-      shardsDegraded: shards.filter((sh) => sh.state === 'up' && !healthy(sh)).length,
-      shardsUnavailable: shards.filter((sh) => sh.state !== 'up').length,
-    })));
+    const view = await fromController;
+    return mergeClusterStatus({ self: local.node as Record<string, unknown>, nodes: nodes as Array<Record<string, unknown>>, ...view }, (serverMaxPayload(this.nc) ?? MESSAGE_BYTES_MAX) - STATUS_REPLY_ROOM_BYTES);
   }
 
   /** The controller's membership and catalog for a status; never rejects. */
@@ -254,4 +199,90 @@ function nodeStatusShaped(value: unknown): boolean {
   if (!isPlainObject(value)) return false;
   const shards = value.shards;
   return shards === undefined || (Array.isArray(shards) && shards.every(isPlainObject));
+}
+
+/** What a cluster status merges: the answering node, the nodes' views, the controller's part. */
+export interface StatusParts {
+  self: Record<string, unknown>;
+  nodes: Array<Record<string, unknown>>;
+  members: Array<Record<string, unknown>>;
+  catalog: Array<Record<string, unknown>>;
+  catalogError?: string;
+  controllerReachable: boolean;
+}
+
+/**
+ * The cluster status from its parts: each volume of the catalog with, per shard, what its
+ * replicas report; in at most `bytesMax` encoded bytes, with less detail when it must be
+ * (`StatusDetail`, docs/protocol.md).
+ */
+export function mergeClusterStatus(input: StatusParts, bytesMax: number): Record<string, unknown> {
+  const { self, nodes, members, catalog, catalogError, controllerReachable } = input;
+  // Each volume of the catalog with, per shard, what its replicas report (the leader's view first).
+  const reported = new Map<string, Array<Record<string, unknown>>>();
+  for (const n of nodes as Array<{ node?: { id?: string }; shards?: Array<Record<string, unknown>> }>) {
+    for (const sh of n.shards ?? []) {
+      const key = `${String(sh.volumeId)}.${String(sh.shard)}`;
+      reported.set(key, [...(reported.get(key) ?? []), { ...sh, node: n.node?.id }]);
+    }
+  }
+  const volumes = catalog.map((v) => ({
+    ...v,
+    shards: Array.from({ length: Math.min(SHARDS_MAX, Math.max(0, Math.trunc(Number(v.shards)) || 0)) }, (_, i) => {
+      const reps = reported.get(`${String(v.id)}.${i}`) ?? [];
+      const leader = reps.find((r) => r.role === 'leader' && r.state === 'up');
+      const best = leader ?? reps.find((r) => r.state === 'up');
+      const replicas = reps.map((r) => ({
+        node: r.node, role: r.role, state: r.state, term: r.term, commitLsn: r.commitLsn, appliedLsn: r.appliedLsn,
+        ...(r.downReason ? { reason: r.downReason } : {}),
+        // Its log lost records: it votes for no one until it has them again (docs/replication.md).
+        ...(r.repairing === true ? { repairing: true } : {}),
+      }));
+      if (!best) return { shard: i, role: 'none', term: 0, commitLsn: 0, appliedLsn: 0, state: 'unavailable', replicas };
+      return {
+        shard: i,
+        role: leader ? 'leader' : 'none',
+        term: best.term,
+        commitLsn: best.commitLsn,
+        appliedLsn: best.appliedLsn,
+        ...(leader ? { leader: leader.node } : {}),
+        state: leader ? 'up' : 'no_leader',
+        lag: leader?.lag ?? {},
+        replicas,
+      };
+    }),
+  }));
+  // The nodes' own shard lists are in the volumes already: each node's is left out.
+  const nodeViews = nodes.map(({ shards, ...rest }) => ({ ...rest, shardCount: Array.isArray(shards) ? shards.length : 0 }));
+  const reply = (detail: StatusDetail, vols: unknown[]): Record<string, unknown> => ({
+    node: self, detail, volumes: vols, nodes: nodeViews, members, controllerReachable, ...(catalogError !== undefined ? { catalogError } : {}),
+  });
+  // One message holds it: with many shard replicas, less detail (docs/protocol.md, status).
+  const fits = (r: Record<string, unknown>): boolean => encode(r).length <= bytesMax;
+  const full = reply('full', volumes);
+  if (fits(full)) return full;
+  // Up, with as many replicas as the volume has, each reported up and not repairing, and every
+  // follower the leader counts among them (one on a dead node is only in the leader's lag).
+  const replicasOf = (v: object): number => Math.max(1, Math.trunc(Number((v as { replicas?: unknown }).replicas)) || 1);
+  const healthy = (
+    sh: { state: string; lag?: object; replicas: Array<{ node?: unknown; state?: unknown; repairing?: boolean }> },
+    expected: number,
+  ): boolean =>
+    sh.state === 'up' &&
+    sh.replicas.length >= expected &&
+    sh.replicas.every((r) => r.state === 'up' && r.repairing !== true) &&
+    Object.keys(sh.lag ?? {}).every((node) => sh.replicas.some((r) => r.node === node));
+  const degraded = reply('degraded-replicas', volumes.map((v) => ({
+    ...v,
+    shards: v.shards.map((sh) => (healthy(sh, replicasOf(v)) ? { ...sh, replicas: undefined, replicaCount: sh.replicas.length } : sh)),
+  })));
+  if (fits(degraded)) return degraded;
+  return reply('summary', volumes.map(({ shards, ...v }) => ({
+    ...v,
+    shards: [],
+    shardCount: shards.length,
+    shardsUp: shards.filter((sh) => sh.state === 'up').length,
+    shardsDegraded: shards.filter((sh) => sh.state === 'up' && !healthy(sh, replicasOf(v))).length,
+    shardsUnavailable: shards.filter((sh) => sh.state !== 'up').length,
+  })));
 }

@@ -1073,15 +1073,16 @@ export class StrataNode {
 }
 
 /** The fields of a shard's status that the cluster status merges (ApiRouter.clusterStatus). */
-const MERGED_SHARD_FIELDS = ['volumeId', 'shard', 'role', 'state', 'term', 'commitLsn', 'appliedLsn', 'lag', 'downReason'] as const;
+const MERGED_SHARD_FIELDS = ['volumeId', 'shard', 'role', 'state', 'term', 'commitLsn', 'appliedLsn', 'lag', 'downReason', 'repairing'] as const;
 
 /** A node's status with only the merged fields of each shard. */
 function compactStatus(status: Record<string, unknown>): Record<string, unknown> {
   const shards = (status.shards as Array<Record<string, unknown>>).map((sh) => {
     const out: Record<string, unknown> = {};
     for (const k of MERGED_SHARD_FIELDS) if (sh[k] !== undefined) out[k] = sh[k];
-    // A leader's lag by follower; nothing to say for the others.
+    // A leader's lag by follower, and `repairing` when it is: nothing to say for the others.
     if (out.lag !== undefined && Object.keys(out.lag as object).length === 0) delete out.lag;
+    if (out.repairing === false) delete out.repairing;
     return out;
   });
   return { ...status, shards };

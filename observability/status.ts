@@ -177,11 +177,13 @@ function replicaRows(s: Rec, dead: ReadonlySet<string>): ReplicaRow[] {
     }
     if (seen.has(node)) continue;
     seen.add(node);
-    const state = str(r.state) ?? '-';
-    const down = state !== 'up' && state !== '-';
+    const reported = str(r.state) ?? '-';
+    const down = reported !== 'up' && reported !== '-';
+    // A replica whose log lost records votes for no one until it has them again.
+    const repairing = r.repairing === true;
     rows.push({
-      node, role: str(r.role), state, term: num(r.term), commitLsn: num(r.commitLsn), appliedLsn: num(r.appliedLsn),
-      lag: lagOf(node), note: str(r.reason), tone: down ? 'bad' : undefined,
+      node, role: str(r.role), state: repairing && !down ? 'repairing' : reported, term: num(r.term), commitLsn: num(r.commitLsn), appliedLsn: num(r.appliedLsn),
+      lag: lagOf(node), note: repairing ? 'lost records: no vote until repaired' : str(r.reason), tone: down ? 'bad' : repairing ? 'warn' : undefined,
     });
   }
   for (const node of Object.keys(lagMap)) {
@@ -198,7 +200,8 @@ function replicaRows(s: Rec, dead: ReadonlySet<string>): ReplicaRow[] {
 function shardLag(s: Rec, replicas: readonly ReplicaRow[]): string {
   const lag = num(s.replicaLag);
   if (lag !== undefined) return String(lag);
-  const lags = replicas.map((r) => r.lag).filter((x): x is number => x !== undefined);
+  // Replicas counted, not listed: the leader's lag by follower.
+  const lags = (replicas.length > 0 ? replicas.map((r) => r.lag) : Object.values(rec(s.lag) ?? {}).map(num)).filter((x): x is number => x !== undefined);
   return lags.length > 0 ? String(Math.max(...lags)) : '-';
 }
 
@@ -210,6 +213,8 @@ function shardHealth(s: Rec, replicas: readonly ReplicaRow[], expected: number |
   }
   const notUp = replicas.filter((r) => r.state !== 'up');
   if (notUp.length > 0) return { text: `degraded: ${notUp.map((r) => `${r.node} ${r.state}`).join(', ')}`, tone: 'warn' };
+  const counted = num(s.replicaCount);
+  if (counted !== undefined && expected !== undefined && counted < expected) return { text: `degraded: ${expected - counted} replica(s) not reported`, tone: 'warn' };
   const up = replicas.length;
   if (expected !== undefined && up > 0 && up < expected) return { text: `degraded: ${expected - up} replica(s) not reported`, tone: 'warn' };
   return { text: 'ok', tone: undefined };
