@@ -21,7 +21,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { DataDirLock } from './data-dir-lock';
 import { withTimeout } from '../runtime/timeout';
-import { connect, createInbox, type NatsConnection, type Msg, type Subscription } from 'nats';
+import { connect, createInbox, Events, type NatsConnection, type Msg, type Subscription } from 'nats';
 import { HEADER_DEADLINE, parseDeadline, readHeaders } from '../messages/headers';
 import type { MessageType } from '../messages/api';
 import type { Service } from 'nats';
@@ -158,6 +158,14 @@ const CHECK_ALONE_TIMEOUT_MS = 2000;
 /** claimAlone: answers taken after a node has heard its own claim, and answers read at most. */
 const CLAIM_GRACE_MS = 200;
 const CLAIM_ANSWERS_MAX = 64;
+/** Between the two rounds of a claim on a NATS cluster: longer than a subscription takes to cross the routes. */
+const CLAIM_CLUSTER_PAUSE_MS = 1500;
+
+/** True when the NATS server this connection reached is one of a cluster (its subscriptions spread over routes). */
+function natsIsCluster(nc: NatsConnection): boolean {
+  const info = nc.info;
+  return info !== undefined && (info.cluster !== undefined || (info.connect_urls?.length ?? 0) > 0);
+}
 
 /**
  * Logs a failure that repeats (every heartbeat, every retry) quietly: at warn the first time
@@ -262,6 +270,10 @@ export class StrataNode {
   /** API requests being handled (see API_REQUESTS_IN_FLIGHT_MAX). */
   private apiInFlight = 0;
   private readonly heartbeatFailures: FailureLog;
+  /** The claim subjects' subscriptions: the last a stop lets go of. */
+  private readonly claimSubs: Subscription[] = [];
+  /** This start's claim (claimAlone): asked again after every reconnection. */
+  private claim: { instance: string; subjects: string[]; idInUse: (whose: string) => string; controllerInUse: string } | undefined;
   private readonly reconcileFailures: FailureLog;
   /** API request durations by verb and outcome; only when the process runs telemetry. */
   private recorder: RequestRecorder | undefined;
@@ -356,6 +368,7 @@ export class StrataNode {
     });
     // Before any host subscribes in this node's name.
     await this.checkAlone(this.nc);
+    void this.watchReconnects(this.nc);
     this.pool = await HostPool.start({
       hosts: hostConfigs,
       ...(this.opts.hostHeapInitialMiB !== undefined ? { heapInitialMiB: this.opts.hostHeapInitialMiB } : {}),
@@ -455,15 +468,14 @@ export class StrataNode {
   /**
    * Subscribes to this node's claim subjects (`node.<id>.claim`, and `controller.claim` with a
    * controller), which answer with this start's random instance for as long as the node runs,
-   * then asks them once and refuses to start when another instance answers.
+   * then asks them and refuses to start when another instance answers.
    *
    * Of two nodes that claim at the same moment, at least one refuses: each subscription is in
    * the server before its node asks (flush), so whichever asks last reaches the other's. Both
-   * may refuse; started again one after the other, the first starts.
-   *
-   * The answers are taken until this node has heard its own on every subject (the server has
-   * delivered the question to every subscriber by then) and CLAIM_GRACE_MS more, for another
-   * node's answer to come back; at most CHECK_ALONE_TIMEOUT_MS.
+   * may refuse; started again one after the other, the first starts. With NATS servers in a
+   * cluster, a subscription reaches the other servers over their routes a moment later, and a
+   * question published meanwhile on another server misses it: there the claim is asked again
+   * after CLAIM_CLUSTER_PAUSE_MS. After every reconnection it is asked again too (`recheckClaims`).
    */
   private async claimAlone(nc: NatsConnection, idInUse: (whose: string) => string, controllerInUse: string): Promise<void> {
     const instance = crypto.randomBytes(8).toString('hex');
@@ -472,7 +484,7 @@ export class StrataNode {
     const subjects = [nodeSubject(this.cluster, this.nodeId, 'claim')];
     if (this.controller) subjects.push(controllerSubject(this.cluster, 'claim'));
     for (const subject of subjects) {
-      this.subs.push(nc.subscribe(subject, {
+      this.claimSubs.push(nc.subscribe(subject, {
         callback: (err, msg) => {
           if (err || !msg.reply) return;
           try {
@@ -484,6 +496,32 @@ export class StrataNode {
       }));
     }
     await nc.flush();
+    this.claim = { instance, subjects, idInUse, controllerInUse };
+    const refusal = await this.askClaims(nc);
+    if (refusal !== undefined) throw refusal;
+  }
+
+  /**
+   * Asks the claim subjects (twice on a NATS cluster, CLAIM_CLUSTER_PAUSE_MS apart): the error
+   * to refuse with when another instance answers, or when this node's own claim did not come back.
+   */
+  private async askClaims(nc: NatsConnection): Promise<ProtocolError | undefined> {
+    const rounds = natsIsCluster(nc) ? 2 : 1;
+    for (let round = 0; round < rounds; round++) {
+      if (round > 0) await new Promise((r) => setTimeout(r, CLAIM_CLUSTER_PAUSE_MS));
+      const refusal = await this.askClaimsOnce(nc);
+      if (refusal !== undefined) return refusal;
+    }
+    return undefined;
+  }
+
+  /**
+   * One round: the answers are taken until this node has heard its own on every subject (the
+   * server has delivered the question to every subscriber it knows by then) and CLAIM_GRACE_MS
+   * more, for another node's answer to come back; at most CHECK_ALONE_TIMEOUT_MS.
+   */
+  private async askClaimsOnce(nc: NatsConnection): Promise<ProtocolError | undefined> {
+    const { instance, subjects, idInUse, controllerInUse } = this.claim!;
     const inbox = createInbox();
     const heard = new Set<string>();
     let other: { subject: string; reply: ClaimReply | undefined } | undefined;
@@ -524,10 +562,37 @@ export class StrataNode {
       const r = other.reply;
       const who = r ? `node '${r.nodeId}' (process ${r.pid} on host '${r.hostname}', started at ${new Date(r.sinceMs).toISOString()})` : 'a subscriber that is not a Strata node';
       const message = other.subject === subjects[0] ? idInUse(`runs or is starting: ${who}`) : `${controllerInUse}: ${who} runs one or is starting with one`;
-      throw new ProtocolError('bad_request', message, { subject: other.subject });
+      return new ProtocolError('bad_request', message, { subject: other.subject });
     }
     if (heard.size < subjects.length) {
-      throw new ProtocolError('unavailable', `NATS did not deliver this node's start-up claim back to it within ${CHECK_ALONE_TIMEOUT_MS} ms; not starting without knowing it is alone`);
+      return new ProtocolError('unavailable', `NATS did not deliver this node's claim back to it within ${CHECK_ALONE_TIMEOUT_MS} ms; not starting without knowing it is alone`);
+    }
+    return undefined;
+  }
+
+  /**
+   * After every reconnection to NATS, the claim is asked again: while this node was cut off, a
+   * node of its id (or another controller) may have started, hearing nobody. Another instance
+   * answering stops this node, as a crash would (`onFatal`); a round that cannot tell (its own
+   * claim did not come back) is logged and waits for the next reconnection.
+   */
+  private async watchReconnects(nc: NatsConnection): Promise<void> {
+    try {
+      for await (const s of nc.status()) {
+        if (s.type !== Events.Reconnect || this.stopped || this.claim === undefined) continue;
+        const refusal = await this.askClaims(nc);
+        if (this.stopped || refusal === undefined) continue;
+        if (refusal.code !== 'bad_request') {
+          this.log.warn('could not ask the claim again after a reconnection', { err: refusal });
+          continue;
+        }
+        this.log.error('after a reconnection to NATS another node answers this node\'s claim; stopping', { err: refusal });
+        this.kill();
+        this.opts.onFatal?.(new ProtocolError('unavailable', `node '${this.nodeId}' stopped: ${refusal.message}`));
+        return;
+      }
+    } catch {
+      // The status stream ends with the connection.
     }
   }
 
@@ -542,8 +607,10 @@ export class StrataNode {
     } catch {
       // Already stopped.
     }
+    // The claim last (`claimSubs`): until its hosts have stopped, the node still acts in its name.
     for (const s of this.subs) s.unsubscribe();
     await this.pool?.stop();
+    for (const s of this.claimSubs) s.unsubscribe();
     this.lock.release();
     try {
       // Bounded: a server that does not answer (hung) would hold the stop for a minute.
@@ -562,7 +629,7 @@ export class StrataNode {
     this.threadsGone = this.pool?.kill() ?? Promise.resolve();
     // Its handlers answer nothing more, also before the connection's close completes (a node
     // started again at once must not hear this one answer its start-up probe).
-    for (const sub of this.subs) sub.unsubscribe();
+    for (const sub of [...this.subs, ...this.claimSubs]) sub.unsubscribe();
     void this.nc?.close().catch(() => undefined);
     // The lock file stays, as after a crash; a node started on the directory takes it over.
     this.lock.abandon();

@@ -13,6 +13,7 @@ import { HEADER_DEADLINE, HEADER_SCHEMA, HEADER_TYPE } from '../../messages/head
 import { apiSubject, shardSubject } from '../../messages/subjects';
 import type { ApiVerb, VolumeInfo } from '../../messages/api';
 import { waitFor } from '../support/wait';
+import { startTcpProxy } from '../support/tcp-proxy';
 import type { ShardSpec } from '../../runtime/device-host';
 
 const CLUSTER = 'nodetest';
@@ -204,6 +205,32 @@ describe('StrataNode', function () {
     fake.subscribe(nodeSubject(CLUSTER, 'cl2', 'claim'), { callback: (_err, msg) => msg.respond(encode('not a claim')) });
     await fake.flush();
     await assert.rejects(startNode('cl2'), /node id 'cl2' is in use in cluster 'nodetest': another node of that id runs or is starting: a subscriber that is not a Strata node/);
+  });
+
+  it('a node cut off from NATS while another of its id starts stops itself once it is back (its claim is asked again)', async () => {
+    serveFakeMembership();
+    const proxy = await startTcpProxy(nats.port);
+    try {
+      const fatal: Error[] = [];
+      const first = await startNode('twin', { natsUrl: proxy.url, onFatal: (e) => fatal.push(e) });
+      await proxy.cut();
+      // Its replacement starts elsewhere: it hears nobody, and starts.
+      await startNode('twin', { dataDir: path.join(root, 'twin-elsewhere') });
+      const lines = await nodeLogLines(async () => {
+        await proxy.restore();
+        await waitFor('the first node to stop itself', () => fatal.length > 0, 20_000);
+      });
+      assert.match(fatal[0]!.message, /node 'twin' stopped: node id 'twin' is in use in cluster 'nodetest': another node of that id runs or is starting: node 'twin' \(process \d+/);
+      assert.ok(lines.some((l) => l.level === 'error' && String(l.msg).startsWith('after a reconnection to NATS another node answers')), JSON.stringify(lines));
+      nodes.splice(nodes.indexOf(first), 1);
+      // One instance answers the claim now.
+      const it = await fake.requestMany(nodeSubject(CLUSTER, 'twin', 'claim'), encode({}), { maxWait: 500, maxMessages: 10 });
+      const instances = new Set<string>();
+      for await (const m of it) instances.add((decode(m.data) as { instance: string }).instance);
+      assert.equal(instances.size, 1);
+    } finally {
+      await proxy.cut();
+    }
   });
 
   describe('API requests', () => {
@@ -567,3 +594,4 @@ describe('StrataNode', function () {
     });
   });
 });
+

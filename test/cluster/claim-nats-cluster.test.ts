@@ -1,0 +1,79 @@
+/**
+ * A node's claim on a NATS cluster of two servers whose route takes 20 ms each way: two nodes of
+ * one id started at the same moment, each on its own server, do not both start (a subscription
+ * reaches the other server a moment after its node asked: the claim is asked twice there).
+ */
+import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { connect as natsConnect } from 'nats';
+import { StrataNode } from '../../cluster/node';
+import { encode } from '../../messages/codec';
+import { resolveNatsServerBinary } from '../../runtime/nats-server';
+import { freePort } from '../../runtime/free-port';
+import { waitFor } from '../support/wait';
+import { startTcpProxy, type TcpProxy } from '../support/tcp-proxy';
+
+const ROUTE_DELAY_MS = 20;
+
+describe('node claim on a NATS cluster of two servers', function () {
+  this.timeout(120_000);
+  const servers: ChildProcess[] = [];
+  let proxy: TcpProxy | undefined;
+  let root: string;
+  const urls: string[] = [];
+  const nodes: StrataNode[] = [];
+
+  before(async () => {
+    root = fs.mkdtempSync(path.join(os.tmpdir(), 'strata-claim-'));
+    const binary = resolveNatsServerBinary();
+    const [p1, c1, p2, c2] = [await freePort(), await freePort(), await freePort(), await freePort()];
+    proxy = await startTcpProxy(c1, { delayMs: ROUTE_DELAY_MS });
+    const routeVia = proxy.port;
+    servers.push(spawn(binary, ['-a', '127.0.0.1', '-p', String(p1), '--cluster_name', 'claim', '--cluster', `nats://127.0.0.1:${c1}`], { stdio: 'ignore' }));
+    servers.push(spawn(binary, ['-a', '127.0.0.1', '-p', String(p2), '--cluster_name', 'claim', '--cluster', `nats://127.0.0.1:${c2}`, '--routes', `nats://127.0.0.1:${routeVia}`], { stdio: 'ignore' }));
+    urls.push(`nats://127.0.0.1:${p1}`, `nats://127.0.0.1:${p2}`);
+    // The route is up once a request published on server 2 reaches a subscriber on server 1.
+    await waitFor('both servers, and the route between them', async () => {
+      try {
+        const a = await natsConnect({ servers: urls[0]! });
+        const b = await natsConnect({ servers: urls[1]! });
+        try {
+          a.subscribe('route.check', { callback: (_e, m) => m.respond(encode('ok')) });
+          await a.flush();
+          await b.request('route.check', encode({}), { timeout: 500 });
+          return true;
+        } finally {
+          await a.close();
+          await b.close();
+        }
+      } catch {
+        return false;
+      }
+    }, 20_000);
+  });
+  after(async () => {
+    for (const n of nodes.splice(0)) await n.stop().catch(() => undefined);
+    for (const s of servers) s.kill('SIGKILL');
+    await proxy?.cut();
+    fs.rmSync(root, { recursive: true, force: true });
+  });
+
+  it('two nodes of one id started at the same moment, each on its own server: at most one starts', async () => {
+    for (let round = 0; round < 3; round++) {
+      const id = `dup${round}`;
+      const start = (url: string, dir: string): Promise<StrataNode> =>
+        StrataNode.start({ nodeId: id, cluster: 'claimtest', natsUrl: url, dataDir: path.join(root, dir), hosts: 1, controller: false, heartbeatMs: 1000 });
+      const results = await Promise.allSettled([start(urls[0]!, `${id}-a`), start(urls[1]!, `${id}-b`)]);
+      const started = results.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
+      nodes.push(...started);
+      assert.ok(started.length <= 1, `round ${round}: both started`);
+      for (const r of results) {
+        if (r.status === 'rejected') assert.match(String(r.reason), new RegExp(`node id '${id}' is in use`));
+      }
+      for (const n of nodes.splice(0)) await n.stop();
+    }
+  });
+});
