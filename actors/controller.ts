@@ -160,6 +160,16 @@ export class Controller {
       .sort((a, b) => (a.nodeId < b.nodeId ? -1 : a.nodeId > b.nodeId ? 1 : 0));
   }
 
+  /**
+   * The nodes the catalog places replicas on that this controller has not heard from since it
+   * started (after a restart of the controller, a node that died before it), sorted.
+   */
+  placedUnheard(): string[] {
+    const placed = new Set<string>();
+    for (const v of this.state.volumes) for (const p of v.placements) for (const r of p.replicas) if (!this.members.has(r.nodeId)) placed.add(r.nodeId);
+    return [...placed].sort();
+  }
+
   /** Every member: each node heard from since this controller started, live or not, until forgotten. */
   knownNodes(): NodeMember[] {
     return [...this.members.values()].sort((a, b) => (a.nodeId < b.nodeId ? -1 : a.nodeId > b.nodeId ? 1 : 0));

@@ -902,10 +902,17 @@ export class StrataNode {
     });
   }
 
-  private allMembers(): Array<{ nodeId: string; hosts: number; lastSeenMs: number; live: boolean }> {
+  /**
+   * The members, live or not, and the nodes the catalog places replicas on that this controller
+   * has not heard from since it started (not live, last seen unknown): a node that died before a
+   * restart of the controller is still shown, as dead.
+   */
+  private allMembers(): Array<{ nodeId: string; hosts?: number; lastSeenMs?: number; live: boolean }> {
     const now = Date.now();
     const live = new Set(this.controller!.liveNodes(now).map((m) => m.nodeId));
-    return this.controller!.knownNodes().map((m) => ({ ...m, live: live.has(m.nodeId) }));
+    const heard = this.controller!.knownNodes().map((m) => ({ ...m, live: live.has(m.nodeId) }));
+    const unheard = this.controller!.placedUnheard().map((nodeId) => ({ nodeId, live: false }));
+    return [...heard, ...unheard];
   }
 
   private assignmentOf(v: VolumeRecord, shard: number, hostId: number): ShardAssignment {

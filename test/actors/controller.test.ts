@@ -42,6 +42,20 @@ describe('Controller membership is bounded', () => {
     assert.deepEqual(c.knownNodes().map((m) => m.nodeId), ['c']);
   });
 
+  it('started again on its catalog, names the nodes holding placements it has not heard from (shown dead by status)', () => {
+    const disk = new SimDisk();
+    const first = new Controller({ meta: new MetaStore(disk, '') });
+    for (const id of ['a', 'b', 'c']) first.heartbeat(id, 1, T0);
+    first.create({ name: 'v', pageCount: 64, pageSize: 4096, shards: 2, stripePages: 16, replicas: 3 }, T0);
+    assert.deepEqual(first.placedUnheard(), []);
+    // The controller restarts: 'c' died meanwhile, 'a' and 'b' heartbeat again.
+    const again = new Controller({ meta: new MetaStore(disk, '') });
+    again.heartbeat('a', 1, T0 + 10_000);
+    again.heartbeat('b', 1, T0 + 10_000);
+    assert.deepEqual(again.knownNodes().map((m) => m.nodeId), ['a', 'b']);
+    assert.deepEqual(again.placedUnheard(), ['c']);
+  });
+
   it('a full membership admits a new node once a silent member without placements is forgotten', () => {
     const c = new Controller({ meta: new MetaStore(new SimDisk(), ''), nodesMax: 2 });
     c.heartbeat('a', 1, T0);

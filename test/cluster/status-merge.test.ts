@@ -56,6 +56,16 @@ describe('cluster status merge (mergeClusterStatus)', () => {
     assert.match(text, /\(2 shards not ok\)/);
   });
 
+  it('a member the controller has not heard from since it started (no last seen) is shown dead', () => {
+    const p = parts();
+    p.nodes = p.nodes.slice(0, 2);
+    p.members = [{ nodeId: 'n1', hosts: 1, lastSeenMs: 1, live: true }, { nodeId: 'n2', hosts: 1, lastSeenMs: 1, live: true }, { nodeId: 'n3', live: false }];
+    const text = formatStatus(mergeClusterStatus(p, 1 << 20), { nowMs: 2 });
+    assert.match(text, /NODES \(3, 1 dead\)/);
+    assert.match(text, /\n +n3 +DEAD +- +- +- +- +- +no heartbeat/);
+    assert.match(text, /\n +0 +n3 +- +missing .*node DEAD/);
+  });
+
   it('degraded-replicas: only the shards with every replica up and reported drop their replica lists', () => {
     const full = mergeClusterStatus(parts(), 1 << 20);
     const reply = mergeClusterStatus(parts(), encode(full).length - 1);
