@@ -35,7 +35,7 @@ import { HEADER_DEADLINE, HEADER_TYPE, HEADER_SCHEMA, SCHEMA_VERSION, checkSchem
 import { shardSubject } from '../messages/subjects';
 import { validateRaftRequest, validateRaftReply, replicaSubject, type RaftRequest, type RaftReply } from '../messages/raft';
 import type { ForceVoteResult, ReplicaTransport, ReplicaTiming } from '../actors/replica';
-import { DeviceHost, deviceProblem, shardKey, type ShardSpec, type DeviceHostOptions, type DeviceHostStats } from './device-host';
+import { DeviceHost, deviceProblem, shardKey, type ShardSpec, type DeviceHostOptions, type DeviceHostStats, type ReplicaErrorOutcome } from './device-host';
 import { createLogger, type Logger } from '../observability/log';
 import type { WorkerTelemetryInit, WorkerTracing } from '../observability/worker-tracing';
 import { ATTR, batchSendTracer, captureSpanContext, clientSpan, deviceQueueTracer, serverSpan, withSpan } from '../observability/tracing';
@@ -519,8 +519,7 @@ export class ActorHost implements HostApi {
       (err: unknown) => {
         const pe = wireError(err);
         this.recorder?.requestDuration(op, pe.code, (performance.now() - t0) / 1000);
-        const restarted = this.device!.onReplicaError(mb.spec.volumeId, mb.spec.shard, err, replica);
-        if (restarted) this.log.warn('replica restarted from durable state', { volume: mb.spec.volumeId, shard: mb.spec.shard, code: pe.code });
+        this.logReplicaError(mb.spec, this.device!.onReplicaError(mb.spec.volumeId, mb.spec.shard, err, replica), pe);
         this.respond(msg, errorReply(pe));
       },
     );
@@ -606,8 +605,7 @@ export class ActorHost implements HostApi {
           else if (pe.code === 'timeout' && pe.details?.['commitLsn'] !== undefined) {
             this.log.warn('write not committed before its deadline', { volume: mb.spec.volumeId, shard: mb.spec.shard, ...pe.details });
           }
-          const restarted = this.device!.onReplicaError(mb.spec.volumeId, mb.spec.shard, err, replica);
-          if (restarted) this.log.warn('replica restarted from durable state', { volume: mb.spec.volumeId, shard: mb.spec.shard, code: pe.code });
+          this.logReplicaError(mb.spec, this.device!.onReplicaError(mb.spec.volumeId, mb.spec.shard, err, replica), pe);
           this.respond(msg, errorReply(pe));
         },
       )
@@ -662,6 +660,17 @@ export class ActorHost implements HostApi {
           supported: ['shard.write', 'shard.read', 'shard.flush'],
         });
     }
+  }
+
+  /**
+   * The log line of a request failure that restarted its shard (or the device): at warn when the
+   * replica came back, at error, with why, when the shard is left down.
+   */
+  private logReplicaError(spec: ShardSpec, outcome: ReplicaErrorOutcome | undefined, pe: ProtocolError): void {
+    if (outcome === undefined) return;
+    const fields = { volume: spec.volumeId, shard: spec.shard, code: pe.code, err: pe.message };
+    if (outcome.restarted) this.log.warn('replica restarted from durable state', fields);
+    else this.log.error('shard left down: its replica could not be restarted', { ...fields, downReason: outcome.downReason });
   }
 
   private respond(msg: Msg, reply: unknown, encodeReply: (reply: unknown, options: CodecOptions) => Uint8Array = encode): void {

@@ -156,6 +156,13 @@ export const SCRUB_BYTES_PER_SECOND_DEFAULT = 4 * 1024 * 1024;
 /** What a scrub step that found nothing to check counts as, for pacing. */
 const SCRUB_IDLE_STEP_BYTES = 64 * 1024;
 
+/** What `onReplicaError` did with the shard whose request failed. */
+export interface ReplicaErrorOutcome {
+  /** Reopened from durable state; else left down, for `downReason`. */
+  restarted: boolean;
+  downReason?: string;
+}
+
 /** Errors after which a replica's in-memory state cannot be trusted and is rebuilt from disk. */
 const FATAL_CODES = new Set(['device_failed', 'fsync_failed', 'invariant']);
 
@@ -266,22 +273,24 @@ export class DeviceHost {
    * counts against the shard's restartsMax, and one failed fdatasync under 16 writes in flight
    * left every shard of the device down for good before this rule.
    */
-  onReplicaError(volumeId: string, shard: number, err: unknown, replica: Replica | undefined): boolean {
+  onReplicaError(volumeId: string, shard: number, err: unknown, replica: Replica | undefined): ReplicaErrorOutcome | undefined {
     // An error without a code is a bug (TypeError…), treated like a broken invariant.
     const code = (err as { code?: unknown } | undefined)?.code;
     const codeText = typeof code === 'string' ? code : 'invariant';
-    if (!FATAL_CODES.has(codeText)) return false;
+    if (!FATAL_CODES.has(codeText)) return undefined;
+    const entry = this.shards.get(shardKey(volumeId, shard));
     if (this.queue.failed) {
       // The device's state after a failed write or fdatasync is unknown: reopen every replica on
       // it from what is durable, with a fresh queue.
       this.restartAll();
-      return true;
+    } else {
+      if (entry === undefined || replica === undefined || entry.replica !== replica) return undefined;
+      if (codeText === 'invariant') this.restart(entry);
+      else this.restartAll();
     }
-    const entry = this.shards.get(shardKey(volumeId, shard));
-    if (entry === undefined || replica === undefined || entry.replica !== replica) return false;
-    if (codeText === 'invariant') this.restart(entry);
-    else this.restartAll();
-    return true;
+    // Reopened, or left down (its open failed, or it failed too often): the caller says which.
+    const downReason = entry?.downReason?.message;
+    return downReason === undefined ? { restarted: true } : { restarted: false, downReason };
   }
 
   /** Closes a replica; with destroy, removes its files durably. */

@@ -49,7 +49,7 @@ describe('DeviceHost supervision', () => {
     );
     assert.equal(err.code, 'fsync_failed');
     assert.equal(typeof err.details?.['recordLsn'], 'number', 'the write\'s record is named (with several replicas it may still commit)');
-    assert.equal(host.onReplicaError('v1', 0, err, a0), true, 'a device failure is fatal to the in-memory state');
+    assert.deepEqual(host.onReplicaError('v1', 0, err, a0), { restarted: true }, 'a device failure is fatal to the in-memory state');
 
     const st = host.stats();
     assert.equal(st.restarts, 2, 'both shards of the failed device were reopened');
@@ -78,12 +78,12 @@ describe('DeviceHost supervision', () => {
     assert.ok(errs.every((e) => e !== undefined && (e.code === 'fsync_failed' || e.code === 'device_failed')), 'none is acknowledged');
     // Each error is handed over as the actor host does, with the replica that handled it.
     const restarted = errs.map((e) => host.onReplicaError('v1', 0, e, a0));
-    assert.deepEqual(restarted.filter((r) => r).length, 1, 'one restart for one failure');
+    assert.deepEqual(restarted.filter((r) => r !== undefined).length, 1, 'one restart for one failure');
     const st = host.stats();
     assert.equal(st.restarts, 2, 'each shard of the device was reopened once');
     assert.deepEqual(st.shards.map((x) => x.state), ['up', 'up']);
     // A request that reaches a shard with no replica (down, say) restarts nothing either.
-    assert.equal(host.onReplicaError('v1', 1, new StorageError('device_failed', 'shard v1/1 is down'), undefined), false);
+    assert.equal(host.onReplicaError('v1', 1, new StorageError('device_failed', 'shard v1/1 is down'), undefined), undefined);
     assert.equal(host.stats().restarts, 2);
     const fresh = await leader(host, 0);
     assert.deepEqual((await fresh.read([0], soon())).pages[0], page(1), 'acknowledged data is intact');
@@ -104,13 +104,13 @@ describe('DeviceHost supervision', () => {
       (r) => r,
       (e: StorageError) => e,
     );
-    assert.equal(host.onReplicaError('v1', 0, new StorageError('invariant', 'test: reopen the replica'), old), true);
+    assert.deepEqual(host.onReplicaError('v1', 0, new StorageError('invariant', 'test: reopen the replica'), old), { restarted: true });
     const fresh = host.currentReplica('v1', 0)!;
     assert.notEqual(fresh, old);
     const answer = await first;
     assert.ok(answer instanceof StorageError && answer.code === 'closed', `the closed replica grants nothing: ${JSON.stringify(answer)}`);
     // Nor did it save that vote under its successor: a replica opened now reads none.
-    assert.equal(host.onReplicaError('v1', 0, new StorageError('invariant', 'test: reopen again'), fresh), true);
+    assert.deepEqual(host.onReplicaError('v1', 0, new StorageError('invariant', 'test: reopen again'), fresh), { restarted: true });
     const third = host.currentReplica('v1', 0)!;
     now += 1000;
     const second = (await third.handle({ type: 'vote', term: 5, candidate: 'n3', lastLsn: 0, lastTerm: 0 })) as { term: number; granted: boolean };
@@ -126,7 +126,7 @@ describe('DeviceHost supervision', () => {
       (e: StorageError) => e,
     );
     assert.equal(err.code, 'bad_request');
-    assert.equal(host.onReplicaError('v1', 0, err, host.currentReplica('v1', 0)), false);
+    assert.equal(host.onReplicaError('v1', 0, err, host.currentReplica('v1', 0)), undefined);
     assert.equal(host.stats().restarts, 0);
     await host.close();
   });
@@ -137,11 +137,14 @@ describe('DeviceHost supervision', () => {
     const host = new DeviceHost({ dir: 'dev0', self: 'n1', disk, restartsMax: 2, nowMs: () => now });
     host.openShard(spec(0));
     const bug = new TypeError('boom');
-    assert.equal(host.onReplicaError('v1', 0, bug, host.currentReplica('v1', 0)), true);
+    assert.deepEqual(host.onReplicaError('v1', 0, bug, host.currentReplica('v1', 0)), { restarted: true });
     now += 10;
-    assert.equal(host.onReplicaError('v1', 0, bug, host.currentReplica('v1', 0)), true);
+    assert.deepEqual(host.onReplicaError('v1', 0, bug, host.currentReplica('v1', 0)), { restarted: true });
     now += 10;
-    host.onReplicaError('v1', 0, bug, host.currentReplica('v1', 0));
+    // The third in the window: left down, and the caller is told so, with why.
+    const outcome = host.onReplicaError('v1', 0, bug, host.currentReplica('v1', 0));
+    assert.equal(outcome?.restarted, false);
+    assert.match(outcome?.downReason ?? '', /failed 2 times in 60000 ms; left down/);
     assert.throws(() => host.replica('v1', 0), (e: StorageError) => e.code === 'device_failed' && /left down/.test(e.message));
     assert.equal(host.stats().shards[0]?.state, 'down');
     await host.close();
@@ -614,7 +617,7 @@ describe('DeviceHost: a replica that finds its storage damaged while running', f
       assert.ok(segment, 'a segment of the follower holds the record');
       disk.flipBits(`${SHARD_DIR}/log/${segment}`, Buffer.from(disk.fileBytes(`${SHARD_DIR}/log/${segment}`)).indexOf(run) + 100, 1);
       // The host reopens the replica (as after any failure of it).
-      assert.equal(fhost.onReplicaError('v1', 0, new StorageError('invariant', 'test: reopen the replica'), fhost.currentReplica('v1', 0)), true);
+      assert.deepEqual(fhost.onReplicaError('v1', 0, new StorageError('invariant', 'test: reopen the replica'), fhost.currentReplica('v1', 0)), { restarted: true });
       const st = fhost.stats().shards.find((x) => x.shard === 0)!;
       assert.equal(st.state, 'up');
       assert.ok(st.lastLsn < last.lsn, 'the record was cut');
