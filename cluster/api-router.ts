@@ -232,8 +232,10 @@ export function mergeClusterStatus(input: StatusParts, bytesMax: number): Record
       const reps = reported.get(`${String(v.id)}.${i}`) ?? [];
       const leader = reps.find((r) => r.role === 'leader' && r.state === 'up');
       const best = leader ?? reps.find((r) => r.state === 'up');
+      // A replica that is down reports zeros as placeholders: its term and LSNs are not known.
       const replicas = reps.map((r) => ({
-        node: r.node, role: r.role, state: r.state, term: r.term, commitLsn: r.commitLsn, appliedLsn: r.appliedLsn,
+        node: r.node, role: r.role, state: r.state,
+        ...(r.state === 'down' ? {} : { term: r.term, commitLsn: r.commitLsn, appliedLsn: r.appliedLsn }),
         ...(r.downReason ? { reason: r.downReason } : {}),
         // Its log lost records: it votes for no one until it has them again (docs/replication.md).
         ...(r.repairing === true ? { repairing: true } : {}),

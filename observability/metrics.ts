@@ -122,6 +122,8 @@ export interface HostSnapshot {
     | {
         queue: DeviceQueueSnapshot;
         restarts: number;
+        /** Times the device failed (a write or fdatasync) and its replicas were reopened. */
+        failures?: number;
         damageReopens?: number;
         scrub?: { bytes: number; passes: number; damage: number };
         discardFailures?: number;
@@ -248,6 +250,7 @@ export class StrataMetrics {
       scrubBytes: counter('strata_scrub_read_bytes', 'Bytes of image pages and log records the background scrub read and checked.'),
       scrubPasses: counter('strata_scrub_passes', 'Passes of the background scrub over a replica (its newest image, then its durable log) completed.'),
       scrubDamage: counter('strata_scrub_damage', 'Damage the background scrub found (a replica of several then reopens without the damaged images; a sole copy is reported once per change).'),
+      deviceFailures: counter('strata_device_failures', 'Times a device failed (a write or fdatasync): its replicas were reopened from what is durable, with a fresh queue.'),
       damageReopens: counter('strata_replica_damage_reopens', 'Replicas reopened because they found their own storage damaged while running (counted in strata_actor_restarts too).'),
       discardFailures: counter('strata_discard_failures', 'Background removals of files let go (trimmed log segments, images a checkpoint dropped, destroyed shards) that failed; each leftover is removed when its directory is next opened.'),
     };
@@ -341,6 +344,7 @@ export class StrataMetrics {
       if (dev === undefined) continue;
       observe(o.restarts!, dev.restarts, { ...hostAttrs, kind: 'shard' });
       observe(o.damageReopens!, dev.damageReopens ?? 0, hostAttrs);
+      observe(o.deviceFailures!, dev.failures ?? 0, hostAttrs);
       observe(o.discardFailures!, dev.discardFailures ?? 0, hostAttrs);
       if (dev.scrub !== undefined) {
         observe(o.scrubBytes!, dev.scrub.bytes, hostAttrs);
@@ -353,7 +357,10 @@ export class StrataMetrics {
       observe(o.read!, dev.queue.readBytes, hostAttrs);
       for (const s of dev.shards) {
         const a = { node, volume: cleanLabel(s.volumeId), shard: String(s.shard) };
-        observe(o.shardUp!, s.state === undefined || s.state === 'up' ? 1 : 0, a);
+        const up = s.state === undefined || s.state === 'up';
+        observe(o.shardUp!, up ? 1 : 0, a);
+        // A shard that is down has no replica to read the rest from (its zeros are placeholders).
+        if (!up) continue;
         if (s.repairing !== undefined) observe(o.repairing!, s.repairing ? 1 : 0, a);
         observe(o.appliedLsn!, s.appliedLsn, a);
         observe(o.commitLsn!, s.commitLsn ?? s.appliedLsn, a);

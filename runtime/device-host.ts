@@ -132,7 +132,10 @@ export function deviceProblem(st: DeviceHostStats, stallMs = DEVICE_STALL_MS): s
 
 export interface DeviceHostStats {
   dir: string;
+  /** The device's queue now, its counters summed over the queues before it (a failure replaces the queue). */
   queue: DeviceQueueStats;
+  /** Times the device failed (a write or fdatasync failed): each reopened its replicas with a fresh queue. */
+  failures: number;
   cpu: CpuPoolStats | undefined;
   restarts: number;
   /** Reopens of a running replica that found its storage damaged (counted in restarts too). */
@@ -155,6 +158,22 @@ export interface DeviceHostStats {
 export const SCRUB_BYTES_PER_SECOND_DEFAULT = 4 * 1024 * 1024;
 /** What a scrub step that found nothing to check counts as, for pacing. */
 const SCRUB_IDLE_STEP_BYTES = 64 * 1024;
+
+/** The counters of a DeviceQueue (its stats less its gauges and state). */
+type QueueCounters = Pick<DeviceQueueStats, 'batches' | 'appendOps' | 'appendRecords' | 'appendBytes' | 'syncs' | 'syncMsSum' | 'syncMsMax' | 'batchOpsHistogram' | 'syncMsHistogram' | 'readOps' | 'diskReads' | 'readBytes' | 'tasks' | 'rejectedOverloaded'>;
+
+const QUEUE_SUMS = ['batches', 'appendOps', 'appendRecords', 'appendBytes', 'syncs', 'syncMsSum', 'readOps', 'diskReads', 'readBytes', 'tasks', 'rejectedOverloaded'] as const;
+
+/** `current` with the counters of the queues before it added (`retired`: their sum so far). */
+function addQueueCounters<T extends QueueCounters>(retired: QueueCounters | undefined, current: T): T {
+  if (retired === undefined) return current;
+  const out = { ...current };
+  for (const k of QUEUE_SUMS) out[k] += retired[k];
+  out.syncMsMax = Math.max(out.syncMsMax, retired.syncMsMax);
+  out.batchOpsHistogram = current.batchOpsHistogram.map((n, i) => n + (retired.batchOpsHistogram[i] ?? 0));
+  out.syncMsHistogram = current.syncMsHistogram.map((n, i) => n + (retired.syncMsHistogram[i] ?? 0));
+  return out;
+}
 
 /** What `onReplicaError` did with the shard whose request failed. */
 export interface ReplicaErrorOutcome {
@@ -192,6 +211,10 @@ export class DeviceHost {
   private readonly shards = new Map<string, ShardEntry>();
   private readonly slab: Slab;
   private restartsTotal = 0;
+  /** Times the device failed (a write or fdatasync), each followed by a fresh queue. */
+  private deviceFailuresTotal = 0;
+  /** The counters of the queues a device failure replaced. */
+  private retiredQueue: QueueCounters | undefined;
   private damageReopensTotal = 0;
   /** Background scrub: a step is running; when the next may start; whose turn it is. */
   private scrubRunning = false;
@@ -413,7 +436,8 @@ export class DeviceHost {
   stats(): DeviceHostStats {
     return {
       dir: this.dir,
-      queue: this.queue.stats(),
+      queue: addQueueCounters(this.retiredQueue, this.queue.stats()),
+      failures: this.deviceFailuresTotal,
       cpu: this.cpu?.stats(),
       restarts: this.restartsTotal,
       damageReopens: this.damageReopensTotal,
@@ -574,6 +598,9 @@ export class DeviceHost {
 
   private restartAll(): void {
     for (const e of this.shards.values()) this.stop(e);
+    if (this.queue.failed) this.deviceFailuresTotal++;
+    // The device's counters go on across its queues: only a host restart starts them over.
+    this.retiredQueue = addQueueCounters(this.retiredQueue, this.queue.stats());
     this.queue = this.newQueue();
     for (const e of this.shards.values()) {
       if (e.downReason && e.restarts.length >= (this.opts.restartsMax ?? 5)) continue;

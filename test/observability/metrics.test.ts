@@ -129,12 +129,22 @@ describe('observability/metrics', () => {
     // Things change; the next scrape shows it.
     m.requestDuration('page.write', 'ok', 0.002);
     const h0 = snapshot.hosts[0]!;
-    snapshot.hosts[0] = { ...h0, mailbox: [{ ...h0.mailbox[0]!, depth: 0 }], device: { ...h0.device!, queue: { ...h0.device!.queue, appendBytes: 40960 } } };
+    // A device failure: counted; its shard is down, with placeholder zeros.
+    const downShard = { volumeId: 'v1', shard: 0, term: 0, appliedLsn: 0, commitLsn: 0, state: 'down', cache: { hits: 0, misses: 0, evictions: 0, bytes: 0 } };
+    snapshot.hosts[0] = { ...h0, mailbox: [{ ...h0.mailbox[0]!, depth: 0 }], device: { ...h0.device!, failures: 1, shards: [downShard], queue: { ...h0.device!.queue, appendBytes: 40960 } } };
     await new Promise((r) => setTimeout(r, 300)); // past the snapshot reuse window
     const t2 = (await get(port, '/metrics')).body;
     assert.equal(sample(t2, 'strata_request_duration_seconds_count', reqLabels), 3);
     assert.equal(sample(t2, 'strata_mailbox_depth', { node: 'n1', volume: 'v1', shard: '0' }), 0);
     assert.equal(sample(t2, 'strata_device_written_bytes_total', { node: 'n1', host: '0' }), 40960);
+    assert.equal(sample(t2, 'strata_device_failures_total', { node: 'n1', host: '0' }), 1);
+    const shard0 = { node: 'n1', volume: 'v1', shard: '0' };
+    assert.equal(sample(t2, 'strata_shard_up', shard0), 0);
+    // Not the placeholder zeros of a shard that is down: its last known values (or none).
+    for (const name of ['strata_shard_commit_lsn', 'strata_shard_applied_lsn', 'strata_shard_current_term', 'strata_cache_bytes']) {
+      assert.notEqual(sample(t2, name, shard0), 0, name);
+    }
+    assert.equal(sample(t2, 'strata_shard_commit_lsn', shard0), 10);
     assert.equal((await get(port, '/other')).status, 404);
 
     if (!fs.existsSync(PROMTOOL)) {

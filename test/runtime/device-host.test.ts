@@ -42,6 +42,8 @@ describe('DeviceHost supervision', () => {
     await a0.write([{ page: 0, data: page(1) }]);
     await (await leader(host, 1)).write([{ page: 4, data: page(2) }]);
 
+    const written = host.stats().queue.appendBytes;
+    assert.ok(written > 0);
     disk.failFsync({ times: 1 });
     const err = await a0.write([{ page: 1, data: page(3) }]).then(
       () => assert.fail('a write whose fsync failed must not be acknowledged'),
@@ -54,6 +56,9 @@ describe('DeviceHost supervision', () => {
     const st = host.stats();
     assert.equal(st.restarts, 2, 'both shards of the failed device were reopened');
     assert.equal(st.queue.state, 'ok', 'with a fresh queue');
+    assert.equal(st.failures, 1, 'the device failure is counted');
+    assert.ok(st.queue.appendBytes >= written, "the old queue's counters go on in the new one's");
+    assert.ok(st.queue.syncs >= 2);
     const fresh = (await leader(host, 0));
     assert.notEqual(fresh, a0, 'a new actor serves the shard');
     assert.deepEqual((await fresh.read([0], soon())).pages[0], page(1), 'acknowledged data is intact');
