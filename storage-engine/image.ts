@@ -36,6 +36,9 @@ export const IMAGE_HEADER_BYTES = 40;
 export const IMAGE_TABLE_ENTRY_BYTES = 20;
 /** Largest single disk read `readPages` issues (a run of adjacent pages is split beyond it). */
 export const IMAGE_READ_BYTES_MAX = 256 * 1024;
+/** Abandoned image files moved aside while their flush ran (a counter for their names). */
+let abandonedImages = 0;
+
 /** Bytes the writer buffers before one disk write (and one fdatasync). */
 export const IMAGE_WRITE_BUFFER_BYTES = 1024 * 1024;
 /** Bytes of the table the reader reads per disk read while validating it. */
@@ -254,15 +257,28 @@ export class ImageWriter {
     const fh = this.fh;
     this.fh = undefined;
     this.flushing = undefined;
-    // A flush still running off the thread keeps the file open until it ends.
-    if (this.inFlight !== undefined) void this.inFlight.then(() => this.closeAndRemove(fh));
-    else this.closeAndRemove(fh);
+    if (this.inFlight === undefined) {
+      this.closeAndRemove(fh, this.tmpPath);
+      return;
+    }
+    // A flush still running off the thread keeps the file open until it ends. Its name is
+    // moved aside first: a checkpoint at the same LSN may create `image-<lsn>.img.tmp` again
+    // meanwhile, and this one's removal must not take that file.
+    let path = this.tmpPath;
+    try {
+      const aside = joinPath(this.opts.dir, `${imageFileName(this.opts.lsn).slice(0, -'.img'.length)}.abandoned-${++abandonedImages}.img.tmp`);
+      this.disk.rename(this.tmpPath, aside);
+      path = aside;
+    } catch {
+      // Left under its name: removed once the flush ends, or by the next PageStore.open.
+    }
+    void this.inFlight.then(() => this.closeAndRemove(fh, path));
   }
 
-  private closeAndRemove(fh: FileHandle | undefined): void {
+  private closeAndRemove(fh: FileHandle | undefined, path: string): void {
     try {
       if (fh !== undefined) this.disk.close(fh);
-      this.disk.remove(this.tmpPath);
+      this.disk.remove(path);
     } catch {
       // The temp file is removed by the next PageStore.open; nothing else refers to it.
     }

@@ -837,10 +837,36 @@ describe('PageStore', () => {
       checkPagesAt(store, w.model, w.model.lastLsn, 1000);
     });
 
+    it('abandoned while a flush runs, then checkpointed again at the same LSN: the old removal does not take the new image file', async () => {
+      const { w, store, flushes, steps, flush } = untilFirstFlush(38);
+      steps.return(undefined as never); // The first build ends early, its flush still running.
+      // A checkpoint again at once, at the same applied LSN, up to its first flush.
+      const again = store.checkpointSteps({ flushOffThread: true });
+      let r = again.next();
+      while (r.done !== true && r.value === undefined) r = again.next();
+      assert.equal(r.done, false);
+      // The first build's flush ends now: its deferred close and removal run.
+      flushes[0]!.settle();
+      await flush;
+      await Promise.resolve();
+      // The second build goes on to its end.
+      for (;;) {
+        if (r.done === true) break;
+        if (r.value !== undefined) {
+          flushes[flushes.length - 1]!.settle();
+          await r.value;
+        }
+        r = again.next();
+      }
+      assert.equal(r.value.lsn, w.model.lastLsn);
+      assert.deepEqual(tempFiles(w), []);
+      assert.equal(store.stats().imageLsn, w.model.lastLsn);
+    });
+
     it('abandoned while a flush runs, the image file is closed and removed only once the flush ends', async () => {
       const { w, store, flushes, steps, flush } = untilFirstFlush(37);
       steps.return(undefined as never);
-      assert.equal(tempFiles(w).length, 1, 'kept open while the disk flushes it');
+      assert.deepEqual(tempFiles(w).map((n) => /\.abandoned-\d+\.img\.tmp$/.test(n)), [true], 'kept open, moved aside, while the disk flushes it');
       flushes[0]!.settle();
       await flush;
       await Promise.resolve();
