@@ -1023,8 +1023,9 @@ export class Replica {
       this.trimRecent();
     } else {
       // A follower whose log ends below what it acknowledged lost records to damage (it repaired
-      // its log at open): its acknowledgement no longer counts, and it is sent them again.
-      if (reply.lastLsn < f.match) f.match = reply.lastLsn;
+      // its log at open): its acknowledgement no longer counts, and it is sent them again. (A
+      // conflict's hint may go below what it acknowledged: where to continue, not its log's end.)
+      if (reply.conflict !== true && reply.lastLsn < f.match) f.match = reply.lastLsn;
       // Log mismatch: continue from what the follower has (never below what it acknowledged),
       // with probes that carry no records until its log matches.
       f.next = Math.max(f.match + 1, Math.min(f.next, prevLsn, reply.lastLsn + 1));
@@ -1274,7 +1275,7 @@ export class Replica {
       const floor = Math.max(this.commitLsn, this.log.firstLsn - 1, req.prevLsn - MISMATCH_STEP_BACK_MAX);
       let lsn = req.prevLsn - 1;
       while (lsn > floor && this.termOf(lsn) === conflict) lsn--;
-      return now({ term: this.term, success: false, lastLsn: Math.max(this.commitLsn, lsn) });
+      return now({ term: this.term, success: false, lastLsn: Math.max(this.commitLsn, lsn), conflict: true });
     }
     // Skip records already present (same LSN and term); truncate at the first conflict.
     let i = 0;

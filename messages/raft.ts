@@ -56,6 +56,11 @@ export interface AppendReply {
   matchLsn?: number;
   /** The follower's last LSN (a hint where to continue after a mismatch). */
   lastLsn: number;
+  /**
+   * A mismatch of terms: the follower's log holds `prevLsn` with another term, and `lastLsn` is
+   * where to continue (before that term's run), not where its log ends.
+   */
+  conflict?: boolean;
 }
 
 export interface SnapshotRequest {
@@ -147,6 +152,7 @@ export function validateRaftReply(type: RaftRequest['type'], body: unknown): Raf
         term: counter(o.term, 'term'), success: bool(o.success, 'success'),
         ...(o.matchLsn !== undefined ? { matchLsn: counter(o.matchLsn, 'matchLsn') } : {}),
         lastLsn: counter(o.lastLsn, 'lastLsn'),
+        ...(o.conflict !== undefined ? { conflict: bool(o.conflict, 'conflict') } : {}),
       };
     case 'snapshot':
       return { term: counter(o.term, 'term'), ok: bool(o.ok, 'ok'), nextOffset: counter(o.nextOffset, 'nextOffset') };

@@ -100,4 +100,20 @@ describe('Replica whose device refuses an append (queue full)', function () {
       storage.close();
     }
   });
+
+  it('a follower whose log holds prevLsn with another term answers from before that term\'s run, marked a conflict', async () => {
+    const { replica: b, queue, storage } = replicaOf('b', ['a', 'b', 'c']);
+    try {
+      // Four records of term 1 from leader a, never committed.
+      const first = (await b.handle({ type: 'append', term: 1, leader: 'a', prevLsn: 0, prevTerm: 0, records: [1, 2, 3, 4].map((p) => record(1, p)), commitLsn: 0, leaderLastLsn: 4 })) as AppendReply;
+      assert.equal(first.success, true);
+      // Leader c of term 2 holds other records from LSN 1 on: its first probe does not match at 4.
+      const reply = (await b.handle({ type: 'append', term: 2, leader: 'c', prevLsn: 4, prevTerm: 2, records: [], commitLsn: 0, leaderLastLsn: 6 })) as AppendReply;
+      assert.deepEqual(reply, { term: 2, success: false, lastLsn: 0, conflict: true });
+    } finally {
+      b.close();
+      await queue.drain();
+      storage.close();
+    }
+  });
 });
