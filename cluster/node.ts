@@ -907,10 +907,10 @@ export class StrataNode {
    * has not heard from since it started (not live, last seen unknown): a node that died before a
    * restart of the controller is still shown, as dead.
    */
-  private allMembers(): Array<{ nodeId: string; hosts?: number; lastSeenMs?: number; live: boolean }> {
+  private allMembers(): Array<{ nodeId: string; hosts?: number; lastSeenMs?: number; silentMs?: number; live: boolean }> {
     const now = Date.now();
     const live = new Set(this.controller!.liveNodes(now).map((m) => m.nodeId));
-    const heard = this.controller!.knownNodes().map((m) => ({ ...m, live: live.has(m.nodeId) }));
+    const heard = this.controller!.knownNodes().map((m) => ({ ...m, silentMs: Math.max(0, now - m.lastSeenMs), live: live.has(m.nodeId) }));
     const unheard = this.controller!.placedUnheard().map((nodeId) => ({ nodeId, live: false }));
     return [...heard, ...unheard];
   }

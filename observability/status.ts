@@ -97,6 +97,8 @@ interface NodeRow {
   version: string | undefined;
   controller: boolean | undefined;
   lastSeenMs: number | undefined;
+  /** How long the controller had not heard from it when it answered (its own clock). */
+  silentMs: number | undefined;
 }
 
 /** Nodes: the controller's members (with liveness) merged with the nodes that answered. */
@@ -105,7 +107,7 @@ function nodeRows(reply: Rec): NodeRow[] {
   const row = (id: string): NodeRow => {
     let r = byId.get(id);
     if (!r) {
-      r = { id, state: 'no reply', reason: undefined, hostsOk: undefined, hosts: undefined, uptimeMs: undefined, version: undefined, controller: undefined, lastSeenMs: undefined };
+      r = { id, state: 'no reply', reason: undefined, hostsOk: undefined, hosts: undefined, uptimeMs: undefined, version: undefined, controller: undefined, lastSeenMs: undefined, silentMs: undefined };
       byId.set(id, r);
     }
     return r;
@@ -115,6 +117,7 @@ function nodeRows(reply: Rec): NodeRow[] {
     if (id === undefined) continue;
     const r = row(id);
     r.lastSeenMs = num(m.lastSeenMs);
+    r.silentMs = num(m.silentMs);
     r.hosts = num(m.hosts);
     if (m.live === false) r.state = 'dead';
   }
@@ -249,7 +252,9 @@ export function formatStatus(statusReply: unknown, options: FormatStatusOptions 
             duration(n.uptimeMs),
             cell(n.version),
             n.controller === undefined ? '-' : n.controller ? 'yes' : 'no',
-            n.lastSeenMs !== undefined ? `${duration(nowMs - n.lastSeenMs)} ago` : '-',
+            // The controller's own measure when it has one: the status's clock may differ, and
+            // the reply is formatted after the nodes' gather.
+            n.silentMs !== undefined ? `${duration(n.silentMs)} ago` : n.lastSeenMs !== undefined ? `${duration(nowMs - n.lastSeenMs)} ago` : '-',
             n.state === 'dead' ? 'no heartbeat' : n.state === 'no reply' ? 'did not answer status' : cell(n.reason),
           ],
           tone: n.state === 'dead' ? 'bad' : n.state === 'up' ? undefined : 'warn',

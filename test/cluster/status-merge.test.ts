@@ -59,8 +59,11 @@ describe('cluster status merge (mergeClusterStatus)', () => {
   it('a member the controller has not heard from since it started (no last seen) is shown dead', () => {
     const p = parts();
     p.nodes = p.nodes.slice(0, 2);
-    p.members = [{ nodeId: 'n1', hosts: 1, lastSeenMs: 1, live: true }, { nodeId: 'n2', hosts: 1, lastSeenMs: 1, live: true }, { nodeId: 'n3', live: false }];
-    const text = formatStatus(mergeClusterStatus(p, 1 << 20), { nowMs: 2 });
+    p.members = [{ nodeId: 'n1', hosts: 1, lastSeenMs: 1, silentMs: 250, live: true }, { nodeId: 'n2', hosts: 1, lastSeenMs: 1, live: true }, { nodeId: 'n3', live: false }];
+    const text = formatStatus(mergeClusterStatus(p, 1 << 20), { nowMs: 2001 });
+    // The controller's own measure of the silence, not the status's clock against its.
+    assert.match(text, /\n +n1 +up .* 0\.3s ago/);
+    assert.match(text, /\n +n2 +up .* 2\.0s ago/);
     assert.match(text, /NODES \(3, 1 dead\)/);
     assert.match(text, /\n +n3 +DEAD +- +- +- +- +- +no heartbeat/);
     assert.match(text, /\n +0 +n3 +- +missing .*node DEAD/);
