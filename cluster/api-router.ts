@@ -27,6 +27,8 @@ const VOLUME_CACHE_MAX = 1024;
 const STATUS_GATHER_MS_MAX = 2000;
 /** Nodes' answers gathered by one status request at most. */
 const STATUS_REPLIES_MAX = 256;
+/** Longest wait for the catalog when a page read the cached geometry refuses is checked again. */
+const GEOMETRY_RECHECK_MS = 2000;
 /** Room left in a status reply's message for its headers. */
 const STATUS_REPLY_ROOM_BYTES = 4096;
 
@@ -100,7 +102,9 @@ export class ApiRouter {
     try {
       validatePageRead(req, info.pageSize, info.pageCount);
     } catch (e) {
-      const fresh = await volume.info({ deadlineMs, refresh: true });
+      // Only what the geometry decides, and bounded: a catalog that does not answer leaves the refusal.
+      if (!(e instanceof ProtocolError) || (e.code !== 'out_of_range' && e.code !== 'too_large')) throw e;
+      const fresh = await volume.info({ deadlineMs: Math.min(deadlineMs, Date.now() + GEOMETRY_RECHECK_MS), refresh: true });
       if (fresh === info) throw e;
       validatePageRead(req, fresh.pageSize, fresh.pageCount);
     }

@@ -869,8 +869,9 @@ export class Volume {
       // Refused by the cached geometry (a page past its end, data not of its page size): the
       // volume may have been deleted and created again, larger. Checked once more against its
       // info as the catalog has it now.
-      if (!(e instanceof ProtocolError) || (e.code !== 'out_of_range' && e.code !== 'bad_request')) throw e;
-      const fresh = await this.refreshInfo(infoPromise, deadlineMs);
+      // Bounded (GEOMETRY_RECHECK_MS): a catalog that does not answer leaves the refusal as it was.
+      if (!(e instanceof ProtocolError) || !(e.code === 'out_of_range' || (e.code === 'bad_request' && /\.data: expected \d+ bytes/.test(e.message)))) throw e;
+      const fresh = await this.refreshInfo(infoPromise, Math.min(deadlineMs, this.client.nowMs() + GEOMETRY_RECHECK_MS));
       if (fresh === info) throw e;
       info = fresh;
       calls = plan(info);
@@ -932,6 +933,9 @@ function optionsOf<T extends object>(options: T | null | undefined): Partial<T> 
   if (options === undefined || options === null) return {};
   return expectMap(options, 'options') as Partial<T>;
 }
+
+/** Longest wait for the catalog when a request the cached geometry refuses is checked again. */
+const GEOMETRY_RECHECK_MS = 2000;
 
 /** First and largest pause between attempts to reach a shard that has no leader right now. */
 const LEADER_RETRY_MS_MIN = 20;

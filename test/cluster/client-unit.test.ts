@@ -833,6 +833,21 @@ describe('cluster/client (fake transport)', () => {
     });
   });
 
+  describe('Volume: a refusal of the cached geometry checked again', () => {
+    it('waits at most 2 s for a catalog that does not answer, then refuses as the cached geometry did', async () => {
+      const fc = new FakeCluster(volume({ pageCount: 16, shards: 1 }));
+      const vol = fc.client().volume('vol');
+      await vol.write(3, pageData(3));
+      // The catalog stops answering.
+      const handler = fc.transport.handler;
+      fc.transport.handler = (subject, body, seen) => (subject.endsWith('.api.volume.info') ? new Promise(() => undefined) : handler(subject, body, seen));
+      const t0 = Date.now();
+      await rejectsWith(vol.write(500, pageData(500)), 'out_of_range', /the volume has 16 pages/);
+      const tookMs = Date.now() - t0;
+      assert.ok(tookMs >= 1500 && tookMs < 5000, `${tookMs} ms`);
+    });
+  });
+
   describe('Volume: options', () => {
     it('null options are none; options that are not a map are bad_request', async () => {
       const fc = new FakeCluster();
