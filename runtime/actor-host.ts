@@ -472,18 +472,21 @@ export class ActorHost implements HostApi {
         const data = encode(msg);
         // A message that is part of a trace (a write's append, a read's quorum round) gets a
         // CLIENT span and carries its traceparent; heartbeats and elections are not traced.
-        const r = this.traced && captureSpanContext() !== undefined
-          ? await clientSpan(subject, RAFT_OPS[msg.type], (inject) => {
+        // The reply read inside the span: a refusal ends it with the error.
+        const answer = (r: Msg): RaftReply => {
+          const body = decode(r.data);
+          if (typeof body === 'object' && body !== null && 'error' in body) {
+            throw new ProtocolError('unavailable', `replica ${to} refused: ${JSON.stringify((body as { error: unknown }).error)}`);
+          }
+          return validateRaftReply(msg.type, body);
+        };
+        return this.traced && captureSpanContext() !== undefined
+          ? await clientSpan(subject, RAFT_OPS[msg.type], async (inject) => {
             const h = raftHeaderEntries(msg.type);
             inject({ set: (name, value) => void (h[name] = value) });
-            return mux.request(subject, data, { timeoutMs, headers: h });
+            return answer(await mux.request(subject, data, { timeoutMs, headers: h }));
           }, data.length, { ...this.spanAttrs, [ATTR.volume]: spec.volumeId, [ATTR.shard]: spec.shard })
-          : await mux.request(subject, data, { timeoutMs, headers: RAFT_HEADERS[msg.type] });
-        const body = decode(r.data);
-        if (typeof body === 'object' && body !== null && 'error' in body) {
-          throw new ProtocolError('unavailable', `replica ${to} refused: ${JSON.stringify((body as { error: unknown }).error)}`);
-        }
-        return validateRaftReply(msg.type, body);
+          : answer(await mux.request(subject, data, { timeoutMs, headers: RAFT_HEADERS[msg.type] }));
       },
     };
   }

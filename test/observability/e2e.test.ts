@@ -8,7 +8,7 @@ import * as http from 'node:http';
 import * as fs from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { threadId } from 'node:worker_threads';
-import { SpanKind } from '@opentelemetry/api';
+import { SpanKind, SpanStatusCode } from '@opentelemetry/api';
 import type { ReadableSpan } from '@opentelemetry/sdk-trace';
 import { startCluster, type InProcessCluster } from '../../cluster/in-process-cluster';
 import { startTelemetry, currentTelemetry, type Telemetry } from '../../observability/telemetry';
@@ -197,6 +197,35 @@ describe('observability end to end (in-process cluster)', function () {
     const nodes = new Set(batches.map((s) => attr(s, 'strata.node.id')));
     assert.ok(threads.size >= 2 && nodes.size >= 2, `device batches on ≥2 threads (${threads.size}) and ≥2 nodes (${nodes.size})`);
     assert.equal(new Set([leaderThread, ...followerThreads]).size, 3, 'three host threads took part');
+  });
+
+  it('an append a follower refuses (its fsync failed) ends the leader\'s send span as an error too', async () => {
+    telemetry = startTelemetry({ nodeId: 'test', cluster: 'obs2', traceExporters: ['memory'], sampling: 'always', metricsPort: 0 });
+    c = await startCluster({ nodes: 3, hosts: 1, cluster: 'obs2' });
+    await c.client.createVolume({ name: 'refused', pageCount: 64, shards: 1, replicas: 3 });
+    await warmUp(c, 'refused');
+    const status = (await c.client.status()) as unknown as { volumes: Array<{ shards: Array<{ leader?: string }> }> };
+    const leader = status.volumes[0]!.shards[0]!.leader!;
+    const follower = ['n1', 'n2', 'n3'].find((n) => n !== leader)!;
+    await new Promise((r) => setTimeout(r, 300));
+    await c.flushTelemetry();
+    const exporter = telemetry.memoryExporter!;
+    exporter.reset();
+    await c.failFsync(Number(follower.slice(1)) - 1, 1);
+    const { lsn } = await c.client.volume('refused').write(2, page(2));
+    const { received, send } = await until('the refused append and its send', 20_000, async () => {
+      await c!.flushTelemetry();
+      const all = exporter.getFinishedSpans();
+      const ours = all.find((s) => s.name === 'shard.write' && attr(s, 'strata.lsn') === lsn);
+      if (!ours) return undefined;
+      const trace = all.filter((s) => s.spanContext().traceId === ours.spanContext().traceId);
+      const refused = trace.find((s) => s.name === 'process replica.append' && s.status.code === SpanStatusCode.ERROR);
+      const parent = refused && trace.find((s) => s.spanContext().spanId === refused.parentSpanContext?.spanId);
+      return refused && parent ? { received: refused, send: parent } : undefined;
+    });
+    assert.equal(attr(received, 'strata.node.id'), follower);
+    assert.equal(send.name, 'send replica.append');
+    assert.equal(send.status.code, SpanStatusCode.ERROR, "the leader's send whose answer was an error is marked failed");
   });
 
   it('metrics of a running cluster change as a known workload says, and promtool accepts them', async () => {
