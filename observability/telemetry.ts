@@ -271,13 +271,16 @@ export function currentTelemetry(): Telemetry | undefined {
 /** Starts the telemetry of this process (main thread; once per process, until shutdown). */
 export function startTelemetry(opts: TelemetryOptions): Telemetry {
   if (active) throw new Error('telemetry is already started in this process (one per process; share it between nodes)');
-  const exporterNames = traceExportersOf(opts);
+  // OTEL_SDK_DISABLED=true turns every signal off, as the OpenTelemetry SDKs read it: no span is
+  // recorded on any thread (trace context is still propagated) and no metrics endpoint listens.
+  const sdkDisabled = (process.env.OTEL_SDK_DISABLED ?? '').trim().toLowerCase() === 'true';
+  const exporterNames = sdkDisabled ? [] : traceExportersOf(opts);
   const configured = samplingOf(opts);
   // Without an exporter nothing recorded would go anywhere: the same as off.
   const sampling: SamplingMode = exporterNames.length === 0 ? 'off' : configured.sampling;
   const samplingRatio = configured.samplingRatio;
   setSpansRecordable(sampling !== 'off');
-  const metricsPort = metricsPortOf(opts);
+  const metricsPort = sdkDisabled ? 0 : metricsPortOf(opts);
   const resource = defaultResource()
     .merge(detectResources({ detectors: [envDetector, hostDetector, osDetector] }))
     .merge(

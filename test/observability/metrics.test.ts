@@ -155,6 +155,20 @@ describe('observability/metrics', () => {
     assert.equal(check.status, 0, `promtool check metrics:\n${check.stdout}\n${check.stderr}\n---\n${t2}`);
   });
 
+  it('OTEL_SDK_DISABLED=true: no span is recorded and no metrics endpoint listens, whatever the options say', async () => {
+    const port = await freePort();
+    process.env.OTEL_SDK_DISABLED = 'true';
+    try {
+      telemetry = startTelemetry({ nodeId: 'n1', cluster: 'test', traceExporters: ['memory'], sampling: 'always', metricsPort: port, metricsHost: '127.0.0.1' });
+    } finally {
+      delete process.env.OTEL_SDK_DISABLED;
+    }
+    await telemetry.ready;
+    assert.equal(telemetry.sampling, 'off');
+    assert.equal(telemetry.memoryExporter, undefined);
+    await assert.rejects(get(port, '/metrics'), (e: NodeJS.ErrnoException) => e.code === 'ECONNREFUSED');
+  });
+
   it('a stats source that fails leaves only its own metrics out', async function () {
     this.timeout(10_000);
     const port = await freePort();
