@@ -423,6 +423,9 @@ export function withBatchSpan<T>(name: string, attributes: Attributes, requests:
   return withSpan(name, attrs, fn, { parent: trace.setSpanContext(ROOT_CONTEXT, first), links });
 }
 
+/** Set in the context of a traced device batch (deviceQueueTracer). */
+const IN_TRACED_BATCH = createContextKey('strata.device.batch.traced');
+
 /**
  * What a DeviceQueue needs to trace its batches, as an injected interface (the queue lives in
  * actors/, which imports nothing of observability). The queue calls `capture()` when an
@@ -442,9 +445,9 @@ export interface DeviceQueueTracer {
 export function deviceQueueTracer(device: string, attributes: Attributes = {}): DeviceQueueTracer {
   const batchAttrs: Attributes = { ...attributes, [ATTR.device]: device, [ATTR.dbSystem]: 'strata', [ATTR.dbOperation]: 'device.batch' };
   const syncAttrs: Attributes = { ...attributes, [ATTR.device]: device, [ATTR.dbSystem]: 'strata', [ATTR.dbOperation]: 'device.fsync' };
-  // A batch runs synchronously, so a flag tells `sync` whether it is inside a traced batch; an
-  // fsync outside one (no traced request in the batch) gets no span.
-  let tracedBatch = false;
+  // A key of the batch's context tells `sync` it runs inside a traced batch, also after the
+  // batch's awaits (flushes off the thread, one log after another); an fsync outside one (no
+  // traced request in the batch) gets no span.
   return {
     // Only sampled requests are remembered: an unsampled one is never recorded, a link to it
     // would lead nowhere.
@@ -455,15 +458,8 @@ export function deviceQueueTracer(device: string, attributes: Attributes = {}): 
     batch: (tags, run) => {
       const requests = tags as readonly (SpanContext | undefined)[];
       if (!requests.some((t) => t !== undefined)) return run();
-      return withBatchSpan('device.batch', batchAttrs, requests, () => {
-        tracedBatch = true;
-        try {
-          return run();
-        } finally {
-          tracedBatch = false;
-        }
-      });
+      return withBatchSpan('device.batch', batchAttrs, requests, () => context.with(context.active().setValue(IN_TRACED_BATCH, true), run));
     },
-    sync: (run) => (tracedBatch ? withSpan('device.fsync', syncAttrs, run) : run()),
+    sync: (run) => (context.active().getValue(IN_TRACED_BATCH) === true ? withSpan('device.fsync', syncAttrs, run) : run()),
   };
 }

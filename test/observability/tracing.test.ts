@@ -281,6 +281,25 @@ describe('observability/tracing', () => {
     assert.equal(telemetry.memoryExporter!.getFinishedSpans().length, 0);
   });
 
+  it('every fsync of a traced batch has its span, also after the batch awaited (flushes off the thread, one log after another)', async () => {
+    telemetry = startTelemetry({ nodeId: 'n1', cluster: 'test', traceExporters: ['memory'], sampling: 'always', metricsPort: 0 });
+    const dq = deviceQueueTracer('dev0');
+    const tags: unknown[] = [];
+    withSpan('w', {}, () => void tags.push(dq.capture()));
+    const tick = (): Promise<void> => new Promise((r) => setTimeout(r, 2));
+    await dq.batch(tags, async () => {
+      for (let log = 0; log < 2; log++) await dq.sync(tick);
+    });
+    // An fsync after the batch ended is outside it.
+    await dq.sync(tick);
+    await telemetry.forceFlush();
+    const spans = telemetry.memoryExporter!.getFinishedSpans();
+    const batch = byName(spans, 'device.batch');
+    const fsyncs = spans.filter((x) => x.name === 'device.fsync');
+    assert.equal(fsyncs.length, 2);
+    for (const f of fsyncs) assert.equal(f.parentSpanContext?.spanId, batch.spanContext().spanId);
+  });
+
   it('links are bounded and deduplicated', () => {
     const sc = (i: number) => ({ traceId: 'a'.repeat(32), spanId: i.toString(16).padStart(16, '0'), traceFlags: 1 });
     const many = Array.from({ length: LINKS_PER_SPAN_MAX + 10 }, (_, i) => sc(i + 1));
