@@ -270,6 +270,8 @@ export class StrataNode {
   /** API requests being handled (see API_REQUESTS_IN_FLIGHT_MAX). */
   private apiInFlight = 0;
   private readonly heartbeatFailures: FailureLog;
+  /** Why the node stopped itself (its claim answered by another node), for a start that was under way. */
+  private stoppedBecause: ProtocolError | undefined;
   /** The claim subjects' subscriptions: the last a stop lets go of. */
   private readonly claimSubs: Subscription[] = [];
   /** This start's claim (claimAlone): asked again after every reconnection. */
@@ -367,8 +369,11 @@ export class StrataNode {
       throw new ProtocolError('unavailable', `can not connect to NATS at ${String(this.opts.natsUrl)}: ${(err as Error).message}`, { natsCode: natsErrorCode(err) });
     });
     // Before any host subscribes in this node's name.
-    await this.checkAlone(this.nc);
+    // Listening for reconnections from here: one while the node starts counts too (its claim
+    // is asked again once it exists, and a refusal ends the start).
     void this.watchReconnects(this.nc);
+    await this.checkAlone(this.nc);
+    this.checkStarting();
     this.pool = await HostPool.start({
       hosts: hostConfigs,
       ...(this.opts.hostHeapInitialMiB !== undefined ? { heapInitialMiB: this.opts.hostHeapInitialMiB } : {}),
@@ -382,9 +387,11 @@ export class StrataNode {
           hostId, volume: spec.volumeId, shard: spec.shard, err,
         }),
     });
+    this.checkStarting();
     // Serve the shards this node had before it reaches anyone. One that cannot be opened does
     // not keep the others from serving: the pool tries it again with a back-off.
     for (const a of this.nodeMeta.shards) {
+      this.checkStarting();
       await this.pool.openShard(a.hostId, a).catch((err: unknown) =>
         this.log.warn('could not open a shard; trying again', { hostId: a.hostId, volume: a.volumeId, shard: a.shard, err }),
       );
@@ -392,10 +399,12 @@ export class StrataNode {
     this.router = new ApiRouter(this.nc, this.cluster, this.opts.requestTimeoutMs ?? 10_000);
     if (this.controller) this.serveController();
     this.serveNode();
+    this.checkStarting();
     await this.serveApi();
     await this.nc.flush();
     await this.heartbeat();
     await this.reconciling;
+    this.checkStarting();
     this.heartbeatTimer = setInterval(() => {
       if (this.heartbeatRunning || this.stopped) return;
       this.heartbeatRunning = true;
@@ -407,6 +416,14 @@ export class StrataNode {
       const pool = this.pool;
       this.removeStatsSource = telemetry.metrics.addStatsSource(async () => ({ node: this.nodeId, hosts: await pool.stats({ timeoutMs: HOST_STATUS_TIMEOUT_MS }), requests: recorder.snapshot() }));
     }
+  }
+
+  /**
+   * Throws when the node was stopped while it started (its claim was answered by another node
+   * after a reconnection, say): the start then fails with why, and kills what it started.
+   */
+  private checkStarting(): void {
+    if (this.stopped) throw this.stoppedBecause ?? new ProtocolError('unavailable', `node '${this.nodeId}' was stopped while it started`);
   }
 
   /** Forwards the spans every host thread finished to the process's exporters now (tests). */
@@ -587,6 +604,7 @@ export class StrataNode {
           continue;
         }
         this.log.error('after a reconnection to NATS another node answers this node\'s claim; stopping', { err: refusal });
+        this.stoppedBecause = refusal;
         this.kill();
         this.opts.onFatal?.(new ProtocolError('unavailable', `node '${this.nodeId}' stopped: ${refusal.message}`));
         return;

@@ -233,6 +233,33 @@ describe('StrataNode', function () {
     }
   });
 
+  it('a node cut off from NATS while it starts, and a node of its id started meanwhile: at most one runs on', async function () {
+    this.timeout(60_000);
+    serveFakeMembership();
+    // A dead node's status subscription (takes the probe, never answers): the start's probes
+    // take about 6.6 s, and the first node is cut off and back within them.
+    fake.subscribe(nodeSubject(CLUSTER, 'twin2', 'status'), { callback: () => undefined });
+    await fake.flush();
+    const proxy = await startTcpProxy(nats.port);
+    try {
+      const first = startNode('twin2', { natsUrl: proxy.url, onFatal: () => undefined });
+      await sleep(1000);
+      await proxy.cut();
+      const second = startNode('twin2', { dataDir: path.join(root, 'twin2-elsewhere') });
+      await sleep(1000);
+      await proxy.restore();
+      const results = await Promise.allSettled([first, second]);
+      assert.ok(results.some((r) => r.status === 'rejected'), 'one of them refused or stopped');
+      await sleep(1000);
+      const it = await fake.requestMany(nodeSubject(CLUSTER, 'twin2', 'claim'), encode({}), { maxWait: 1000, maxMessages: 10 });
+      const instances = new Set<string>();
+      for await (const m of it) instances.add((decode(m.data) as { instance: string }).instance);
+      assert.equal(instances.size, 1, `${instances.size} instances answer the claim`);
+    } finally {
+      await proxy.cut();
+    }
+  });
+
   describe('API requests', () => {
     let client: StrataClient;
     beforeEach(() => {
