@@ -95,6 +95,8 @@ export interface StrataNodeOptions {
   controlInFlightMax?: number;
   /** Told when the node stopped itself for a reason it cannot run on (its data directory's lock was taken). */
   onFatal?: (err: Error) => void;
+  /** Period of the claim's check while the node runs; default CLAIM_RECHECK_MS. */
+  claimRecheckMs?: number;
 }
 
 /**
@@ -158,6 +160,8 @@ const CHECK_ALONE_TIMEOUT_MS = 2000;
 /** claimAlone: answers taken after a node has heard its own claim, and answers read at most. */
 const CLAIM_GRACE_MS = 200;
 const CLAIM_ANSWERS_MAX = 64;
+/** Period of the claim's check while a node runs (`recheckClaim`). */
+const CLAIM_RECHECK_MS = 30_000;
 /** Between the two rounds of a claim on a NATS cluster: longer than a subscription takes to cross the routes. */
 const CLAIM_CLUSTER_PAUSE_MS = 1500;
 
@@ -270,12 +274,16 @@ export class StrataNode {
   /** API requests being handled (see API_REQUESTS_IN_FLIGHT_MAX). */
   private apiInFlight = 0;
   private readonly heartbeatFailures: FailureLog;
+  /** The periodic claim check (`recheckClaim`), and whether one runs. */
+  private claimTimer: NodeJS.Timeout | undefined;
+  private claimChecking = false;
+  private readonly claimFailures: FailureLog;
   /** Why the node stopped itself (its claim answered by another node), for a start that was under way. */
   private stoppedBecause: ProtocolError | undefined;
   /** The claim subjects' subscriptions: the last a stop lets go of. */
   private readonly claimSubs: Subscription[] = [];
   /** This start's claim (claimAlone): asked again after every reconnection. */
-  private claim: { instance: string; subjects: string[]; idInUse: (whose: string) => string; controllerInUse: string } | undefined;
+  private claim: { instance: string; sinceMs: number; subjects: string[]; idInUse: (whose: string) => string; controllerInUse: string } | undefined;
   private readonly reconcileFailures: FailureLog;
   /** API request durations by verb and outcome; only when the process runs telemetry. */
   private recorder: RequestRecorder | undefined;
@@ -290,6 +298,7 @@ export class StrataNode {
     this.log = createLogger({ component: 'node', node: opts.nodeId });
     this.heartbeatFailures = new FailureLog(this.log, 'heartbeat to the controller');
     this.reconcileFailures = new FailureLog(this.log, 'reconciliation with the catalog');
+    this.claimFailures = new FailureLog(this.log, 'periodic check of the claim');
     fs.mkdirSync(this.dataDir, { recursive: true });
     // One node process per data directory: two would write the same shard logs.
     this.lock = DataDirLock.acquire(this.dataDir, opts.nodeId, {
@@ -411,6 +420,12 @@ export class StrataNode {
       void this.heartbeat().finally(() => (this.heartbeatRunning = false));
     }, this.opts.heartbeatMs ?? 1000);
     this.heartbeatTimer.unref();
+    this.claimTimer = setInterval(() => {
+      if (this.claimChecking || this.stopped) return;
+      this.claimChecking = true;
+      void this.recheckClaim().finally(() => (this.claimChecking = false));
+    }, this.opts.claimRecheckMs ?? CLAIM_RECHECK_MS);
+    this.claimTimer.unref();
     if (telemetry && !this.stopped) {
       const recorder = this.recorder!;
       const pool = this.pool;
@@ -513,7 +528,7 @@ export class StrataNode {
       }));
     }
     await nc.flush();
-    this.claim = { instance, subjects, idInUse, controllerInUse };
+    this.claim = { instance, sinceMs: claim.sinceMs, subjects, idInUse, controllerInUse };
     const refusal = await this.askClaims(nc);
     if (refusal !== undefined) throw refusal;
   }
@@ -579,7 +594,7 @@ export class StrataNode {
       const r = other.reply;
       const who = r ? `node '${r.nodeId}' (process ${r.pid} on host '${r.hostname}', started at ${new Date(r.sinceMs).toISOString()})` : 'a subscriber that is not a Strata node';
       const message = other.subject === subjects[0] ? idInUse(`runs or is starting: ${who}`) : `${controllerInUse}: ${who} runs one or is starting with one`;
-      return new ProtocolError('bad_request', message, { subject: other.subject });
+      return new ProtocolError('bad_request', message, { subject: other.subject, ...(r ? { other: r } : {}) });
     }
     if (heard.size < subjects.length) {
       return new ProtocolError('unavailable', `NATS did not deliver this node's claim back to it within ${CHECK_ALONE_TIMEOUT_MS} ms; not starting without knowing it is alone`);
@@ -614,12 +629,39 @@ export class StrataNode {
     }
   }
 
+  /**
+   * Every `claimRecheckMs` (CLAIM_RECHECK_MS) the claim is asked again: on a NATS cluster, a node
+   * of this id started on another server while the route between the servers was down heard
+   * nobody, and no client reconnects when the route heals. Of two such nodes the one that started
+   * later stops (as a crash would, `onFatal`); the other runs on. A round that cannot tell, or an
+   * answer that is not a Strata node's, is logged and changes nothing.
+   */
+  private async recheckClaim(): Promise<void> {
+    const nc = this.nc;
+    const claim = this.claim;
+    if (nc === undefined || claim === undefined || this.stopped) return;
+    const refusal = await this.askClaimsOnce(nc);
+    if (refusal === undefined || this.stopped) return;
+    const other = refusal.details?.['other'] as ClaimReply | undefined;
+    if (refusal.code !== 'bad_request' || other === undefined) {
+      this.claimFailures.failed(refusal);
+      return;
+    }
+    const otherFirst = other.sinceMs < claim.sinceMs || (other.sinceMs === claim.sinceMs && other.instance < claim.instance);
+    if (!otherFirst) return; // It stops at its own check.
+    this.log.error('another node answers this node\'s claim and started first; stopping', { err: refusal });
+    this.stoppedBecause = refusal;
+    this.kill();
+    this.opts.onFatal?.(new ProtocolError('unavailable', `node '${this.nodeId}' stopped: ${refusal.message}`));
+  }
+
   /** Clean stop: stops answering, drains hosts and NATS. */
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
     this.removeStatsSource?.();
     if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
+    if (this.claimTimer) clearInterval(this.claimTimer);
     try {
       await this.service?.stop();
     } catch {
@@ -644,6 +686,7 @@ export class StrataNode {
     this.stopped = true;
     this.removeStatsSource?.();
     if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
+    if (this.claimTimer) clearInterval(this.claimTimer);
     this.threadsGone = this.pool?.kill() ?? Promise.resolve();
     // Its handlers answer nothing more, also before the connection's close completes (a node
     // started again at once must not hear this one answer its start-up probe).

@@ -26,6 +26,25 @@ describe('node claim on a NATS cluster of two servers', function () {
   const urls: string[] = [];
   const nodes: StrataNode[] = [];
 
+  /** Whether a request published on server 2 reaches a subscriber on server 1 (false too while a server is not up). */
+  async function routeCarries(): Promise<boolean> {
+    try {
+      const a = await natsConnect({ servers: urls[0]! });
+      const b = await natsConnect({ servers: urls[1]! });
+      try {
+        a.subscribe('route.check', { callback: (_e, m) => m.respond(encode('ok')) });
+        await a.flush();
+        await b.request('route.check', encode({}), { timeout: 500 });
+        return true;
+      } finally {
+        await a.close();
+        await b.close();
+      }
+    } catch {
+      return false;
+    }
+  }
+
   before(async () => {
     root = fs.mkdtempSync(path.join(os.tmpdir(), 'strata-claim-'));
     const binary = resolveNatsServerBinary();
@@ -35,24 +54,7 @@ describe('node claim on a NATS cluster of two servers', function () {
     servers.push(spawn(binary, ['-a', '127.0.0.1', '-p', String(p1), '--cluster_name', 'claim', '--cluster', `nats://127.0.0.1:${c1}`], { stdio: 'ignore' }));
     servers.push(spawn(binary, ['-a', '127.0.0.1', '-p', String(p2), '--cluster_name', 'claim', '--cluster', `nats://127.0.0.1:${c2}`, '--routes', `nats://127.0.0.1:${routeVia}`], { stdio: 'ignore' }));
     urls.push(`nats://127.0.0.1:${p1}`, `nats://127.0.0.1:${p2}`);
-    // The route is up once a request published on server 2 reaches a subscriber on server 1.
-    await waitFor('both servers, and the route between them', async () => {
-      try {
-        const a = await natsConnect({ servers: urls[0]! });
-        const b = await natsConnect({ servers: urls[1]! });
-        try {
-          a.subscribe('route.check', { callback: (_e, m) => m.respond(encode('ok')) });
-          await a.flush();
-          await b.request('route.check', encode({}), { timeout: 500 });
-          return true;
-        } finally {
-          await a.close();
-          await b.close();
-        }
-      } catch {
-        return false;
-      }
-    }, 20_000);
+    await waitFor('both servers, and the route between them', routeCarries, 20_000);
   });
   after(async () => {
     for (const n of nodes.splice(0)) await n.stop().catch(() => undefined);
@@ -75,5 +77,24 @@ describe('node claim on a NATS cluster of two servers', function () {
       }
       for (const n of nodes.splice(0)) await n.stop();
     }
+  });
+
+  it('two nodes of one id started while the route between their servers is down: once it heals, the later stops', async () => {
+    const fatal = new Map<string, Error>();
+    const start = (url: string, dir: string): Promise<StrataNode> =>
+      StrataNode.start({
+        nodeId: 'split', cluster: 'claimtest', natsUrl: url, dataDir: path.join(root, dir), hosts: 1, controller: false, heartbeatMs: 1000,
+        claimRecheckMs: 300, onFatal: (e) => fatal.set(dir, e),
+      });
+    const first = await start(urls[0]!, 'split-a');
+    nodes.push(first);
+    await proxy!.cut();
+    await waitFor('the route down', async () => !(await routeCarries()), 20_000);
+    const second = await start(urls[1]!, 'split-b');
+    nodes.push(second);
+    await proxy!.restore();
+    await waitFor('the later node to stop itself', () => fatal.has('split-b'), 30_000);
+    assert.match(fatal.get('split-b')!.message, /node 'split' stopped: node id 'split' is in use/);
+    assert.equal(fatal.has('split-a'), false, 'the first runs on');
   });
 });
