@@ -19,7 +19,7 @@ import { validatePageRead, validatePageWriteRequest, validatePageReadRequest, va
 import { controllerSubject } from '../messages/control';
 import { SHARDS_MAX } from '../messages/api';
 import { deadlineRemainingMs, HEADER_DEADLINE } from '../messages/headers';
-import { createClient, NatsTransport, type StrataClient, type Volume } from './client';
+import { createClient, GEOMETRY_RECHECK_MS, NatsTransport, type StrataClient, type Volume } from './client';
 
 /** Volumes whose routing info a node keeps at most. */
 const VOLUME_CACHE_MAX = 1024;
@@ -27,8 +27,6 @@ const VOLUME_CACHE_MAX = 1024;
 const STATUS_GATHER_MS_MAX = 2000;
 /** Nodes' answers gathered by one status request at most. */
 const STATUS_REPLIES_MAX = 256;
-/** Longest wait for the catalog when a page read the cached geometry refuses is checked again. */
-const GEOMETRY_RECHECK_MS = 2000;
 /** Room left in a status reply's message for its headers. */
 const STATUS_REPLY_ROOM_BYTES = 4096;
 

@@ -788,11 +788,11 @@ export class Volume {
     return this.within(this.currentInfo(), deadlineMs);
   }
 
-  /** Fetches the geometry again unless another call already did since `stale` was used. */
   /**
-   * Fetches the volume's info again. When the catalog cannot be reached (its node is down or
-   * re-electing), the cached info is kept: the shards may still be served, and a deleted volume
-   * is still recognized by `not_found` once the catalog answers again.
+   * Fetches the volume's info again, unless another call already did since `stale` was used.
+   * When the catalog cannot be reached (its node is down or re-electing), the cached info is
+   * kept: the shards may still be served, and a deleted volume is still recognized by
+   * `not_found` once the catalog answers again.
    */
   private async refreshInfo(stale: Promise<VolumeInfo>, deadlineMs: number): Promise<VolumeInfo> {
     if (this.infoPromise !== undefined && this.infoPromise !== stale) return this.within(this.infoPromise, deadlineMs);
@@ -934,8 +934,8 @@ function optionsOf<T extends object>(options: T | null | undefined): Partial<T> 
   return expectMap(options, 'options') as Partial<T>;
 }
 
-/** Longest wait for the catalog when a request the cached geometry refuses is checked again. */
-const GEOMETRY_RECHECK_MS = 2000;
+/** Longest wait for the catalog when a request the cached geometry refuses is checked again (the API router's too). */
+export const GEOMETRY_RECHECK_MS = 2000;
 
 /** First and largest pause between attempts to reach a shard that has no leader right now. */
 const LEADER_RETRY_MS_MIN = 20;

@@ -304,11 +304,8 @@ export class StrataNode {
     this.lock = DataDirLock.acquire(this.dataDir, opts.nodeId, {
       // Taken over while this node ran (it was frozen longer than a takeover watches, say): it
       // stops at once, as a crash would, rather than write beside the new holder.
-      onLost: (why) => {
-        this.log.error('the data directory lock was taken by another node; stopping', { dataDir: this.dataDir, why });
-        this.kill();
-        this.opts.onFatal?.(new ProtocolError('unavailable', `data dir ${this.dataDir}: lock lost (${why})`));
-      },
+      onLost: (why) =>
+        this.stopSelf('the data directory lock was taken by another node; stopping', { dataDir: this.dataDir, why }, new ProtocolError('unavailable', `data dir ${this.dataDir}: lock lost (${why})`)),
     });
     try {
       ({ meta: this.meta, nodeMeta: this.nodeMeta, controller: this.controller } = openDataDir(this.dataDir, opts, this.hosts));
@@ -377,10 +374,10 @@ export class StrataNode {
     }).catch((err: unknown) => {
       throw new ProtocolError('unavailable', `can not connect to NATS at ${String(this.opts.natsUrl)}: ${(err as Error).message}`, { natsCode: natsErrorCode(err) });
     });
-    // Before any host subscribes in this node's name.
     // Listening for reconnections from here: one while the node starts counts too (its claim
     // is asked again once it exists, and a refusal ends the start).
     void this.watchReconnects(this.nc);
+    // Before any host subscribes in this node's name.
     await this.checkAlone(this.nc);
     this.checkStarting();
     this.pool = await HostPool.start({
@@ -507,7 +504,8 @@ export class StrataNode {
    * may refuse; started again one after the other, the first starts. With NATS servers in a
    * cluster, a subscription reaches the other servers over their routes a moment later, and a
    * question published meanwhile on another server misses it: there the claim is asked again
-   * after CLAIM_CLUSTER_PAUSE_MS. After every reconnection it is asked again too (`recheckClaims`).
+   * after CLAIM_CLUSTER_PAUSE_MS. After every reconnection it is asked again too (`watchReconnects`),
+   * and every CLAIM_RECHECK_MS while the node runs (`recheckClaim`).
    */
   private async claimAlone(nc: NatsConnection, idInUse: (whose: string) => string, controllerInUse: string): Promise<void> {
     const instance = crypto.randomBytes(8).toString('hex');
@@ -618,10 +616,7 @@ export class StrataNode {
           this.log.warn('could not ask the claim again after a reconnection', { err: refusal });
           continue;
         }
-        this.log.error('after a reconnection to NATS another node answers this node\'s claim; stopping', { err: refusal });
-        this.stoppedBecause = refusal;
-        this.kill();
-        this.opts.onFatal?.(new ProtocolError('unavailable', `node '${this.nodeId}' stopped: ${refusal.message}`));
+        this.stopForClaim('after a reconnection to NATS another node answers this node\'s claim; stopping', refusal);
         return;
       }
     } catch {
@@ -649,10 +644,20 @@ export class StrataNode {
     }
     const otherFirst = other.sinceMs < claim.sinceMs || (other.sinceMs === claim.sinceMs && other.instance < claim.instance);
     if (!otherFirst) return; // It stops at its own check.
-    this.log.error('another node answers this node\'s claim and started first; stopping', { err: refusal });
+    this.stopForClaim('another node answers this node\'s claim and started first; stopping', refusal);
+  }
+
+  /** Another node answered this node's claim: it stops, and a start under way fails with `refusal`. */
+  private stopForClaim(why: string, refusal: ProtocolError): void {
     this.stoppedBecause = refusal;
+    this.stopSelf(why, { err: refusal }, new ProtocolError('unavailable', `node '${this.nodeId}' stopped: ${refusal.message}`));
+  }
+
+  /** Stops as a crash would, for a reason it cannot run on: logged at error, told to `onFatal`. */
+  private stopSelf(why: string, fields: Record<string, unknown>, fatal: ProtocolError): void {
+    this.log.error(why, fields);
     this.kill();
-    this.opts.onFatal?.(new ProtocolError('unavailable', `node '${this.nodeId}' stopped: ${refusal.message}`));
+    this.opts.onFatal?.(fatal);
   }
 
   /** Clean stop: stops answering, drains hosts and NATS. */
@@ -1207,7 +1212,7 @@ export class StrataNode {
   }
 }
 
-/** The fields of a shard's status that the cluster status merges (ApiRouter.clusterStatus). */
+/** The fields of a shard's status that the cluster status merges (mergeClusterStatus, cluster/api-router.ts). */
 const MERGED_SHARD_FIELDS = ['volumeId', 'shard', 'role', 'state', 'term', 'commitLsn', 'appliedLsn', 'lag', 'downReason', 'repairing'] as const;
 
 /** A node's status with only the merged fields of each shard. */
