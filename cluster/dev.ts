@@ -126,9 +126,17 @@ const STRATA_BIN = path.join(__dirname, '..', '..', 'bin', 'strata');
 
 export interface DevCluster {
   natsUrl: string;
+  /** The nats-server's process id (fault tests freeze it with SIGSTOP). */
+  natsPid: number;
   root: string;
   nodes: Array<{ id: string; pid: number; log: string; process: ChildProcess }>;
   client: StrataClient;
+  /**
+   * Starts node `index` (0-based) again, with the arguments and data directory it had, once its
+   * process has exited (after a SIGKILL, say); its log is appended to. Resolves when the new
+   * process is spawned, not when it is up: rejects if it cannot be spawned.
+   */
+  restart(index: number): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -163,6 +171,8 @@ export interface DevClusterOptions {
   execPath?: string;
   /** Aborted (Ctrl-C during the start): the start stops what it started and rejects. */
   signal?: AbortSignal;
+  /** More `strata node` flags for every node (e.g. `--checkpoint-every-records 500`). */
+  nodeArgs?: readonly string[];
 }
 
 /**
@@ -210,29 +220,46 @@ export async function startDevCluster(opts: DevClusterOptions): Promise<DevClust
   natsStart.catch(() => undefined);
   try {
     nats = await Promise.race([natsStart, spawnFailure]);
-    for (let i = 0; i < opts.nodes; i++) {
+    const natsUrl = nats.url;
+    const spawnNode = (i: number, onError: (e: Error) => void): DevCluster['nodes'][number] => {
       const id = `n${i + 1}`;
       const log = path.join(root, `${id}.log`);
       const logFd = fs.openSync(log, 'a');
       const args = [
-        STRATA_BIN, 'node', '--node-id', id, '--cluster', 'dev', '--nats', nats.url, '--data-dir', path.join(root, id),
+        STRATA_BIN, 'node', '--node-id', id, '--cluster', 'dev', '--nats', natsUrl, '--data-dir', path.join(root, id),
         '--hosts', String(hosts), i === 0 ? '--controller' : '--no-controller',
         '--metrics-port', String(opts.metricsPort ? opts.metricsPort + i : 0),
+        ...(opts.nodeArgs ?? []),
       ];
       const child = spawn(execPath, args, { stdio: ['ignore', logFd, logFd], env: { ...process.env, STRATA_LOG_LEVEL: process.env.STRATA_LOG_LEVEL ?? 'info' } });
       fs.closeSync(logFd);
       // Also emitted when signalling a running node fails; after the start that is left to the
       // node's own exit (reported by runDev), as nothing waits on spawnFailure any more.
-      child.on('error', (err) => spawnFailed(new Error(`node ${id}: could not run ${execPath}: ${err.message}`)));
-      child.once('exit', (code, signal) => spawnFailed(new Error(`node ${id} exited during the start (${signal ?? `code ${String(code)}`})`)));
-      nodes.push({ id, pid: child.pid ?? -1, log, process: child });
+      child.on('error', (err) => onError(new Error(`node ${id}: could not run ${execPath}: ${err.message}`)));
+      return { id, pid: child.pid ?? -1, log, process: child };
+    };
+    for (let i = 0; i < opts.nodes; i++) {
+      const node = spawnNode(i, spawnFailed);
+      node.process.once('exit', (code, signal) => spawnFailed(new Error(`node ${node.id} exited during the start (${signal ?? `code ${String(code)}`})`)));
+      nodes.push(node);
       // The controller first: the others register with it.
       if (i === 0) await Promise.race([new Promise((r) => setTimeout(r, 200)), spawnFailure]);
     }
+    const restart = async (index: number): Promise<void> => {
+      const old = nodes[index];
+      if (old === undefined) throw new Error(`no node ${index}: the cluster has ${nodes.length}`);
+      if (old.process.exitCode === null && old.process.signalCode === null) throw new Error(`node ${old.id} (pid ${old.pid}) is still running`);
+      await new Promise<void>((resolve, reject) => {
+        const node = spawnNode(index, reject);
+        if (node.pid < 0) return; // 'error' follows and rejects
+        nodes[index] = node;
+        node.process.once('spawn', () => resolve());
+      });
+    };
     await Promise.race([waitForNodes(nats.url, opts.nodes, 30_000), spawnFailure]);
     const client = await connect({ servers: nats.url, cluster: 'dev' });
     opts.signal?.removeEventListener('abort', onAbort);
-    return { natsUrl: nats.url, root, nodes, client, stop };
+    return { natsUrl: nats.url, natsPid: nats.pid, root, nodes, client, restart, stop };
   } catch (e) {
     opts.signal?.removeEventListener('abort', onAbort);
     // A nats-server whose start an interruption overtook is stopped too.

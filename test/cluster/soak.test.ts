@@ -1,0 +1,97 @@
+import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
+import { runSoak, soakPage, soakValue, parseSoakArgs, formatSoak, SOAK_DEFAULTS } from '../soak/soak';
+
+describe('soak: the pages it writes and reads', () => {
+  it('reads back the value a page was written with, and zeros as never written', () => {
+    assert.equal(soakValue(soakPage(4096, 'w3.17.p9')), 'w3.17.p9');
+    assert.equal(soakValue(new Uint8Array(4096)), '');
+  });
+
+  it('a page with one byte changed, or cut short, reads as corrupt, which no write wrote', () => {
+    const page = soakPage(4096, 'w1.2.p3');
+    for (const at of [0, 3, 7, 8, 2000, 4095]) {
+      const bad = page.slice();
+      bad[at]! ^= 0x01;
+      assert.match(soakValue(bad), /^corrupt:/, `byte ${at} flipped`);
+    }
+    const torn = page.slice();
+    torn.fill(0, 2048);
+    assert.match(soakValue(torn), /^corrupt:/, 'the second half zeroed (a torn write)');
+    // Another write's page with this value's head is refused too.
+    const mixed = soakPage(4096, 'w1.2.p4');
+    mixed.set(new TextEncoder().encode('w1.2.p3'));
+    assert.match(soakValue(mixed), /^corrupt:/);
+  });
+});
+
+describe('soak: flags', () => {
+  it('defaults, and each flag read', () => {
+    assert.deepEqual(parseSoakArgs([]), SOAK_DEFAULTS);
+    const o = parseSoakArgs(['--duration-ms', '5000', '--seed', '9', '--nodes', '5', '--pages', '64', '--shards', '2', '--clients', '3', '--checkpoint-every-records', '100', '--segment-bytes-max', '65536', '--faults', 'kill,freeze', '--no-results', '--keep']);
+    assert.deepEqual(o, { durationMs: 5000, seed: 9, nodes: 5, pages: 64, shards: 2, clients: 3, checkpointEveryRecords: 100, segmentBytesMax: 65536, faults: ['kill', 'freeze'], resultsDir: null, keep: true });
+    assert.deepEqual((parseSoakArgs(['--faults', 'none']) as { faults: readonly string[] }).faults, []);
+    assert.equal(parseSoakArgs(['--help']), 'help');
+  });
+
+  it('refuses bad flags, naming them', () => {
+    const cases: Array<[string[], RegExp]> = [
+      [['--duration-ms', '999'], /--duration-ms must be an integer in 1000\.\.3600000, got 999/],
+      [['--duration-ms', '1e4'], /--duration-ms must be a non-negative integer, got '1e4'/],
+      [['--nodes', '2'], /--nodes must be an integer in 3\.\.5/],
+      [['--pages', '16', '--shards', '32'], /--shards \(32\) must not exceed --pages \(16\)/],
+      [['--segment-bytes-max', '100'], /--segment-bytes-max must be an integer in 4096\.\./],
+      [['--faults', 'kill,reboot'], /unknown fault 'reboot'/],
+      [['--seed'], /--seed needs a value/],
+      [['--seed', '--keep'], /--seed needs a value/],
+      [['--verbose'], /unknown flag '--verbose'/],
+    ];
+    for (const [argv, re] of cases) assert.throws(() => parseSoakArgs(argv), re, argv.join(' '));
+  });
+});
+
+describe('soak: a short run of node processes under kills and freezes', function () {
+  this.timeout(180_000);
+
+  it('passes every check, with faults injected and operations recorded', async () => {
+    const lines: string[] = [];
+    const r = await runSoak({ ...SOAK_DEFAULTS, durationMs: 10_000, seed: 3, pages: 128, shards: 2, clients: 4, faults: ['kill', 'freeze'], resultsDir: null, out: (l) => lines.push(l) });
+    const summary = formatSoak(r);
+    process.stdout.write(`      (${r.faults.map((f) => `${f.kind} ${f.nodes.join(',')}`).join('; ')}; ${r.operations.writesOk} writes, ${r.operations.readsOk} reads acknowledged)\n`);
+    assert.ok(r.ok, summary);
+    assert.ok(r.faults.length >= 1, 'the nemesis injected a fault');
+    assert.ok(r.faults.every((f) => f.kind === 'kill' || f.kind === 'freeze'), 'only the faults asked for');
+    assert.ok(r.operations.writesOk > 50 && r.operations.readsOk > 50, 'the clients made progress');
+    assert.equal(r.finalReadPages, 128);
+    assert.ok(r.linearizability.ok && r.linearizability.pages === 128);
+    assert.ok(r.convergedMs !== undefined);
+    assert.match(summary, /soak: PASS/);
+  });
+});
+
+describe('soak: its checks fail a run that lost a node', function () {
+  this.timeout(120_000);
+
+  it('a node process that exits without the nemesis is reported, and the run fails though its history is linearizable', async () => {
+    let victim = '';
+    const r = await runSoak({
+      ...SOAK_DEFAULTS, durationMs: 3000, seed: 5, pages: 64, shards: 1, clients: 2, faults: [], resultsDir: null, out: () => undefined,
+      convergeMs: 3000,
+      afterStart: (c) => {
+        victim = c.nodes[2]!.id;
+        c.nodes[2]!.process.kill('SIGKILL');
+      },
+    });
+    assert.equal(r.ok, false);
+    assert.ok(r.problems.some((p) => p.includes(`node ${victim} (pid`) && p.includes('exited by itself (SIGKILL)')), r.problems.join('\n'));
+    assert.ok(r.problems.some((p) => p === `node ${victim} is not running at the end of the faults`), r.problems.join('\n'));
+    assert.ok(r.problems.some((p) => p.startsWith('the cluster did not converge within 3 s')), r.problems.join('\n'));
+    // Two replicas of three still serve: every page read back, and nothing lost.
+    assert.equal(r.finalReadPages, 64);
+    assert.ok(r.linearizability.ok);
+    assert.match(formatSoak(r), /soak: FAIL/);
+    // A failed run keeps its data for inspection.
+    assert.ok(fs.existsSync(r.dataDir));
+    fs.rmSync(r.dataDir, { recursive: true, force: true });
+  });
+});

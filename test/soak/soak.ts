@@ -1,0 +1,712 @@
+/**
+ * `npm run soak`: a Strata cluster of node processes under random faults for a bounded time,
+ * with clients whose every operation is recorded and checked.
+ *
+ * It starts a cluster as `strata dev` does (its own nats-server, N `strata node` processes, node
+ * n1 keeping the catalog), creates a volume replicated 3 ways, and runs clients of reads and
+ * writes (single and vectored) on its pages while a nemesis, one fault at a time:
+ * - `kill`: SIGKILL of a node (the controller's too), started again 0.5–4 s later;
+ * - `kill-majority`: SIGKILL of two nodes at once (the shards stop serving), both started again;
+ * - `freeze`: SIGSTOP of a node for 0.5–8 s (a stalled process or a paused VM), then SIGCONT;
+ * - `nats-freeze`: SIGSTOP of the nats-server for 0.5–3 s (the transport stalls).
+ *
+ * When the time is up the faults end, and the run checks:
+ * 1. the cluster converges: within CONVERGE_MS every shard has a leader and every replica is up,
+ *    not repairing, in the leader's term and applied to its commit LSN;
+ * 2. every page is read back (recorded as one more client's reads);
+ * 3. the history of every page is linearizable (test/support/linearizability.ts): an
+ *    acknowledged write is never lost, a read never returns a value overwritten before it began
+ *    or never written, and a page's bytes are exactly what one write wrote;
+ * 4. no node process exited that the nemesis did not kill, and every restarted node came up;
+ * 5. no operation was refused with an error that says the request was wrong.
+ *
+ * It prints a summary, writes it as JSON to results/strata-soak-<time>.json, and exits 0 only if
+ * every check passed (1 otherwise, 2 for bad flags). A failed run keeps its data directory and
+ * the node logs for inspection. Runs are reproducible in their choices (`--seed`), not in their
+ * timing.
+ */
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { connect as natsConnect, type NatsConnection } from 'nats';
+import { startDevCluster, type DevCluster } from '../../cluster/dev';
+import { connect, type StrataClient, type Volume } from '../../cluster/client';
+import { ProtocolError } from '../../messages/errors';
+import { nodeSubject } from '../../messages/control';
+import { encode, decode } from '../../messages/codec';
+import { checkLinearizable, HistoryRecorder, type Operation } from '../support/linearizability';
+import { prng } from '../support/prng';
+import { formatTable, writeJson } from '../../bench/report';
+
+/** The faults the nemesis knows. */
+export const FAULT_KINDS = ['kill', 'kill-majority', 'freeze', 'nats-freeze'] as const;
+export type FaultKind = (typeof FAULT_KINDS)[number];
+
+/** How often each fault is picked, relative to the others. */
+const FAULT_WEIGHTS: Record<FaultKind, number> = { kill: 35, 'kill-majority': 10, freeze: 35, 'nats-freeze': 20 };
+
+export interface SoakOptions {
+  /** How long faults are injected, ms: 1,000..3,600,000. */
+  durationMs: number;
+  /** Seed of every random choice (faults, victims, pages, values). */
+  seed: number;
+  /** Node processes: 3..5. */
+  nodes: number;
+  /** Pages of the volume: 16..65,536. Fewer pages, more contention per page. */
+  pages: number;
+  /** Shards of the volume: 1..64. */
+  shards: number;
+  /** Concurrent clients, each with one operation in flight: 1..64. */
+  clients: number;
+  /**
+   * Log records between a shard's checkpoints (`strata node --checkpoint-every-records`): small,
+   * so that checkpoints, trims of the log and catch-up by image happen under the faults.
+   */
+  checkpointEveryRecords: number;
+  /** Largest log segment, bytes (`--segment-bytes-max`): small, so that segments roll over and are trimmed. */
+  segmentBytesMax: number;
+  /** The faults to inject (an empty list: none, a baseline run). */
+  faults: readonly FaultKind[];
+  /** Where to write the JSON summary; null: nowhere. */
+  resultsDir: string | null;
+  /** Keep the data directory and logs even when the run passes. */
+  keep: boolean;
+  /** Where progress and the summary go; default stdout. */
+  out?: (line: string) => void;
+}
+
+export const SOAK_DEFAULTS: Omit<SoakOptions, 'out'> = {
+  durationMs: 120_000,
+  seed: 1,
+  nodes: 3,
+  pages: 512,
+  shards: 4,
+  clients: 8,
+  checkpointEveryRecords: 500,
+  segmentBytesMax: 256 * 1024,
+  faults: FAULT_KINDS,
+  resultsDir: 'results',
+  keep: false,
+};
+
+/** Each client's deadline per call. A call that runs out of it has an unknown outcome. */
+const CLIENT_TIMEOUT_MS = 2000;
+/** How long the cluster has to converge once the faults end. */
+const CONVERGE_MS = 90_000;
+/** How long a restarted node has to answer its status subject. */
+const NODE_UP_MS = 60_000;
+/** How long the final read of every page may retry calls that fail. */
+const FINAL_READ_MS = 60_000;
+/** Pages per vectored call (reads and writes). */
+const VECTOR_MAX = 4;
+/** Bound on the problems kept (each names what went wrong); the count goes on. */
+const PROBLEMS_KEPT = 50;
+
+/** Errors after which a write may or may not have taken effect (a read's value is then unknown). */
+const OUTCOME_UNKNOWN_CODES = new Set(['timeout', 'unavailable', 'not_leader', 'internal', 'device_failed', 'overloaded', 'stale_term', 'future_lsn']);
+
+/** One fault as it happened, times in ms since the clients started. */
+export interface FaultEvent {
+  kind: FaultKind;
+  nodes: string[];
+  startMs: number;
+  endMs: number;
+  /** For kills: ms from the restart until each node answered its status subject. */
+  upMs?: Record<string, number>;
+}
+
+export interface SoakResult {
+  ok: boolean;
+  problems: string[];
+  problemCount: number;
+  options: Omit<SoakOptions, 'out'>;
+  faults: FaultEvent[];
+  operations: {
+    writesOk: number;
+    writesUnknown: number;
+    readsOk: number;
+    readsUnknown: number;
+    /** Errors by code (a `ProtocolError`'s, or `other`). */
+    errors: Record<string, number>;
+  };
+  /** The longest time without an acknowledged write while the faults ran, and when it began. */
+  longestWriteGapMs: number;
+  longestWriteGapAtMs: number;
+  /** ms from the end of the faults until the cluster converged (undefined: it did not). */
+  convergedMs?: number;
+  finalReadPages: number;
+  linearizability: { ok: boolean; pages: number; operations: number; failure?: string; exhausted?: boolean };
+  /** What the nodes did (checkpoints, images sent, elections) and what should not have happened. */
+  activity: NodeActivity;
+  /** Lines at level error in each node's log, and the first few of them. */
+  nodeLogErrors: Record<string, { count: number; first: string[] }>;
+  dataDir: string;
+  elapsedMs: number;
+}
+
+/** FNV-1a of a string: the seed of a page's filler bytes. */
+function fnv1a(text: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < text.length; i++) h = Math.imul(h ^ text.charCodeAt(i), 0x01000193) >>> 0;
+  return h;
+}
+
+/** A page holding `value`: its UTF-8 bytes, a zero byte, then filler bytes that follow from the value. */
+export function soakPage(pageSize: number, value: string): Uint8Array {
+  const b = new Uint8Array(pageSize);
+  const head = new TextEncoder().encode(value);
+  b.set(head);
+  let x = fnv1a(value) || 1;
+  for (let i = head.length + 1; i < pageSize; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    b[i] = x & 0xff;
+  }
+  return b;
+}
+
+/**
+ * The value a page holds: '' for zeros (never written), the value when every byte is what
+ * `soakPage` writes for it, else `corrupt:` and its first bytes (which no write wrote, so the
+ * checker refuses it).
+ */
+export function soakValue(page: Uint8Array): string {
+  if (page.every((x) => x === 0)) return '';
+  const end = page.indexOf(0);
+  const value = new TextDecoder().decode(page.subarray(0, end < 0 ? Math.min(32, page.length) : end));
+  const want = soakPage(page.length, value);
+  return end >= 0 && Buffer.from(page).equals(Buffer.from(want)) ? value : `corrupt:${Buffer.from(page.subarray(0, 16)).toString('hex')}`;
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** A node process as the nemesis sees it. */
+function alive(c: DevCluster, i: number): boolean {
+  const p = c.nodes[i]!.process;
+  return p.exitCode === null && p.signalCode === null;
+}
+
+/** Waits until node `id` answers its status subject; the ms it took, or undefined after `timeoutMs`. */
+async function waitNodeUp(nc: NatsConnection, id: string, timeoutMs: number): Promise<number | undefined> {
+  const t0 = performance.now();
+  while (performance.now() - t0 < timeoutMs) {
+    try {
+      await nc.request(nodeSubject('dev', id, 'status'), encode({}), { timeout: 1000 });
+      return performance.now() - t0;
+    } catch {
+      await sleep(100);
+    }
+  }
+  return undefined;
+}
+
+/** What the nodes did, summed over their processes (each process's counters as last sampled). */
+export interface NodeActivity {
+  checkpoints: number;
+  snapshotsSent: number;
+  snapshotsInstalled: number;
+  elections: number;
+  /** These should stay 0 when no disk or thread fault is injected. */
+  hostRestarts: number;
+  deviceRestarts: number;
+  damageReopens: number;
+  discardFailures: number;
+}
+
+const ACTIVITY_ZERO: NodeActivity = {
+  checkpoints: 0, snapshotsSent: 0, snapshotsInstalled: 0, elections: 0, hostRestarts: 0, deviceRestarts: 0, damageReopens: 0, discardFailures: 0,
+};
+
+/** A node's counters from its status reply (`strata.dev.node.<id>.status`). */
+function activityOf(status: { hosts?: Array<Record<string, unknown>>; shards?: Array<Record<string, unknown>> }): NodeActivity {
+  const sum = (list: Array<Record<string, unknown>> | undefined, key: string): number => (list ?? []).reduce((s, x) => s + (Number(x[key]) || 0), 0);
+  return {
+    checkpoints: sum(status.shards, 'checkpoints'),
+    snapshotsSent: sum(status.shards, 'snapshotsSent'),
+    snapshotsInstalled: sum(status.shards, 'snapshotsInstalled'),
+    elections: sum(status.shards, 'elections'),
+    hostRestarts: sum(status.hosts, 'restarts'),
+    deviceRestarts: sum(status.hosts, 'deviceRestarts'),
+    damageReopens: sum(status.hosts, 'damageReopens'),
+    discardFailures: sum(status.hosts, 'discardFailures'),
+  };
+}
+
+/** Lines at level error in a node's log. */
+function logErrors(file: string): { count: number; first: string[] } {
+  if (!fs.existsSync(file)) return { count: 0, first: [] };
+  const lines = fs.readFileSync(file, 'utf8').split('\n').filter((l) => l.includes('"level":"error"'));
+  return { count: lines.length, first: lines.slice(0, 3).map((l) => (l.length > 400 ? `${l.slice(0, 400)}…` : l)) };
+}
+
+/** Checks options; a message for the first bad one. */
+export function checkSoakOptions(o: Omit<SoakOptions, 'out'>): string | undefined {
+  const int = (v: number, lo: number, hi: number, name: string): string | undefined =>
+    Number.isSafeInteger(v) && v >= lo && v <= hi ? undefined : `${name} must be an integer in ${lo}..${hi}, got ${String(v)}`;
+  return (
+    int(o.durationMs, 1000, 3_600_000, '--duration-ms') ??
+    int(o.seed, 0, 0xffffffff, '--seed') ??
+    int(o.nodes, 3, 5, '--nodes') ??
+    int(o.pages, 16, 65_536, '--pages') ??
+    int(o.shards, 1, 64, '--shards') ??
+    int(o.clients, 1, 64, '--clients') ??
+    int(o.checkpointEveryRecords, 1, 1_000_000_000, '--checkpoint-every-records') ??
+    int(o.segmentBytesMax, 4096, 1 << 30, '--segment-bytes-max') ??
+    (o.shards > o.pages ? `--shards (${o.shards}) must not exceed --pages (${o.pages})` : undefined) ??
+    o.faults.map((f) => ((FAULT_KINDS as readonly string[]).includes(f) ? undefined : `unknown fault '${f}': one of ${FAULT_KINDS.join(', ')}`)).find((m) => m)
+  );
+}
+
+/** What a caller of `runSoak` may add to the options (tests of the soak itself). */
+export interface SoakRunOptions extends SoakOptions {
+  /** How long the cluster has to converge once the faults end; default CONVERGE_MS. */
+  convergeMs?: number;
+  /** Called once the clients start, with the cluster (a test of the soak's checks breaks something here). */
+  afterStart?: (cluster: DevCluster) => void | Promise<void>;
+}
+
+/** Runs a soak; never throws for what it checks (those are `problems`), only for a cluster that does not start. */
+export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
+  const bad = checkSoakOptions(options);
+  if (bad) throw new RangeError(bad);
+  const out = options.out ?? ((l: string) => process.stdout.write(`${l}\n`));
+  const { out: _out, convergeMs = CONVERGE_MS, afterStart, ...opts } = options;
+  const t0 = performance.now();
+  const rand = prng(opts.seed);
+  const pick = (n: number): number => Math.floor(rand() * n);
+  const problems: string[] = [];
+  let problemCount = 0;
+  const problem = (text: string): void => {
+    problemCount++;
+    if (problems.length < PROBLEMS_KEPT) problems.push(text);
+  };
+
+  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'strata-soak-'));
+  out(`Strata soak: ${opts.nodes} nodes, ${opts.pages} pages in ${opts.shards} shards × 3 replicas, ${opts.clients} clients, ${(opts.durationMs / 1000).toFixed(0)} s of faults (${opts.faults.join(', ') || 'none'}), seed ${opts.seed}; data in ${dataDir}`);
+  const cluster = await startDevCluster({
+    nodes: opts.nodes,
+    hosts: 1,
+    dataDir,
+    nodeArgs: ['--checkpoint-every-records', String(opts.checkpointEveryRecords), '--segment-bytes-max', String(opts.segmentBytesMax)],
+  });
+  const expectedExit = new Set<number>(); // pids the nemesis killed
+  const watchExits = (i: number): void => {
+    const n = cluster.nodes[i]!;
+    n.process.once('exit', (code, signal) => {
+      if (!expectedExit.has(n.pid)) problem(`node ${n.id} (pid ${n.pid}) exited by itself (${signal ?? `code ${String(code)}`}); its log: ${n.log}`);
+    });
+  };
+  cluster.nodes.forEach((_, i) => watchExits(i));
+  const nc = await natsConnect({ servers: cluster.natsUrl, timeout: 5000 });
+  const clients: StrataClient[] = [];
+  const faults: FaultEvent[] = [];
+  const recorder = new HistoryRecorder();
+  const errors: Record<string, number> = {};
+  const writeAcks: number[] = [];
+  let convergedMs: number | undefined;
+  let finalReadPages = 0;
+  let linearizability: SoakResult['linearizability'] = { ok: false, pages: 0, operations: 0, failure: 'not checked' };
+  const frozen = new Set<number>(); // pids stopped with SIGSTOP, continued at the end whatever happens
+  let natsFrozen = false;
+  let clientsStart = performance.now();
+  // Each node process's counters as last sampled, by pid: summed at the end.
+  const sampled = new Map<number, NodeActivity>();
+  const sample = async (): Promise<void> => {
+    await Promise.all(
+      cluster.nodes.map(async (n, i) => {
+        if (!alive(cluster, i) || frozen.has(n.pid) || natsFrozen) return;
+        try {
+          const r = await nc.request(nodeSubject('dev', n.id, 'status'), encode({}), { timeout: 1000 });
+          const body = decode(r.data) as Parameters<typeof activityOf>[0] & { error?: unknown };
+          if (body.error === undefined) sampled.set(n.pid, activityOf(body));
+        } catch {
+          // Busy or restarting: its next sample counts.
+        }
+      }),
+    );
+  };
+  let sampling = true;
+  const sampler = (async (): Promise<void> => {
+    while (sampling) {
+      await sample();
+      await sleep(1000);
+    }
+  })();
+  try {
+    await cluster.client.createVolume({ name: 'soak', pageCount: opts.pages, shards: opts.shards, stripePages: 8, replicas: 3 });
+    // Two connections share the clients, as separate application processes would.
+    for (let i = 0; i < 2; i++) clients.push(await connect({ servers: cluster.natsUrl, cluster: 'dev', timeoutMs: CLIENT_TIMEOUT_MS, name: `soak-${i}` }));
+    const volumes: Volume[] = clients.map((c) => c.volume('soak'));
+    await volumes[0]!.readPages([0]); // the volume serves before the clock starts
+    clientsStart = performance.now();
+    await afterStart?.(cluster);
+    const stopAt = clientsStart + opts.durationMs;
+    const now = (): number => performance.now() - clientsStart;
+
+    /** Records the outcome of a call whose operations are `ids`; false when it was refused as wrong. */
+    const settle = (ids: number[], e: unknown): void => {
+      const code = e instanceof ProtocolError ? e.code : 'other';
+      errors[code] = (errors[code] ?? 0) + 1;
+      if (e instanceof ProtocolError && !OUTCOME_UNKNOWN_CODES.has(e.code)) {
+        problem(`a call was refused ${e.code}: ${e.message}`);
+        for (const id of ids) recorder.fail(id);
+      } else {
+        for (const id of ids) recorder.unknown(id);
+      }
+    };
+    let seq = 0;
+    const worker = async (w: number): Promise<void> => {
+      const vol = volumes[w % volumes.length]!;
+      const r = prng(opts.seed * 7919 + w + 1);
+      // Each page of a vectored call is its own register operation, so its own "client" id.
+      const clientId = (k: number): number => w * VECTOR_MAX + k;
+      while (performance.now() < stopAt) {
+        const count = r() < 0.25 ? 2 + Math.floor(r() * (VECTOR_MAX - 1)) : 1;
+        const first = Math.floor(r() * (opts.pages - count + 1));
+        const pages = Array.from({ length: count }, (_, k) => first + k);
+        if (r() < 0.5) {
+          const values = pages.map((p) => `w${w}.${seq++}.p${p}`);
+          const ids = pages.map((p, k) => recorder.invoke(clientId(k), p, 'write', values[k]));
+          try {
+            await vol.writePages(pages.map((p, k) => ({ page: p, data: soakPage(4096, values[k]!) })));
+            for (const id of ids) recorder.ok(id);
+            writeAcks.push(now());
+          } catch (e) {
+            settle(ids, e);
+          }
+        } else {
+          const ids = pages.map((p, k) => recorder.invoke(clientId(k), p, 'read'));
+          try {
+            const got = (await vol.readPages(pages)).pages;
+            ids.forEach((id, k) => recorder.ok(id, soakValue(got[k]!)));
+          } catch (e) {
+            settle(ids, e);
+          }
+        }
+        await sleep(r() * 4);
+      }
+    };
+
+    const nemesis = async (): Promise<void> => {
+      const kinds = opts.faults;
+      const total = kinds.reduce((s, k) => s + FAULT_WEIGHTS[k], 0);
+      const choose = (): FaultKind => {
+        let x = rand() * total;
+        for (const k of kinds) if ((x -= FAULT_WEIGHTS[k]) < 0) return k;
+        return kinds[kinds.length - 1]!;
+      };
+      const distinct = (n: number): number[] => {
+        const all = cluster.nodes.map((_, i) => i);
+        const chosen: number[] = [];
+        while (chosen.length < n) chosen.push(all.splice(pick(all.length), 1)[0]!);
+        return chosen;
+      };
+      const restart = async (victims: number[], ev: FaultEvent): Promise<void> => {
+        ev.upMs = {};
+        for (const i of victims) {
+          await cluster.restart(i);
+          watchExits(i);
+        }
+        await Promise.all(
+          victims.map(async (i) => {
+            const id = cluster.nodes[i]!.id;
+            const up = await waitNodeUp(nc, id, NODE_UP_MS);
+            if (up === undefined) problem(`node ${id} did not come up within ${NODE_UP_MS / 1000} s of its restart; its log: ${cluster.nodes[i]!.log}`);
+            else ev.upMs![id] = Math.round(up);
+          }),
+        );
+      };
+      while (kinds.length > 0 && performance.now() < stopAt) {
+        await sleep(1000 + rand() * 2000);
+        if (performance.now() >= stopAt) break;
+        const kind = choose();
+        const ev: FaultEvent = { kind, nodes: [], startMs: Math.round(now()), endMs: 0 };
+        if (kind === 'kill' || kind === 'kill-majority') {
+          const victims = distinct(kind === 'kill' ? 1 : 2);
+          ev.nodes = victims.map((i) => cluster.nodes[i]!.id);
+          await Promise.all(
+            victims.map(async (i) => {
+              const n = cluster.nodes[i]!;
+              expectedExit.add(n.pid);
+              const exited = new Promise<void>((r) => n.process.once('exit', () => r()));
+              n.process.kill('SIGKILL');
+              await exited;
+            }),
+          );
+          await sleep(500 + rand() * 3500);
+          await restart(victims, ev);
+        } else if (kind === 'freeze') {
+          const [i] = distinct(1);
+          const n = cluster.nodes[i!]!;
+          ev.nodes = [n.id];
+          frozen.add(n.pid);
+          process.kill(n.pid, 'SIGSTOP');
+          await sleep(500 + rand() * 7500);
+          process.kill(n.pid, 'SIGCONT');
+          frozen.delete(n.pid);
+        } else {
+          ev.nodes = ['nats-server'];
+          natsFrozen = true;
+          process.kill(cluster.natsPid, 'SIGSTOP');
+          await sleep(500 + rand() * 2500);
+          process.kill(cluster.natsPid, 'SIGCONT');
+          natsFrozen = false;
+        }
+        ev.endMs = Math.round(now());
+        faults.push(ev);
+        out(`  ${(ev.startMs / 1000).toFixed(1)} s: ${ev.kind} ${ev.nodes.join(', ')} (${((ev.endMs - ev.startMs) / 1000).toFixed(1)} s)${ev.upMs ? `, up again after ${Object.entries(ev.upMs).map(([id, ms]) => `${id} ${(ms / 1000).toFixed(1)} s`).join(', ')}` : ''}`);
+      }
+    };
+
+    await Promise.all([...Array.from({ length: opts.clients }, (_, w) => worker(w)), nemesis()]);
+    const faultsEnd = performance.now();
+
+    // Every node should be running now; one that is not was lost by the run itself.
+    cluster.nodes.forEach((_, i) => {
+      if (!alive(cluster, i)) problem(`node ${cluster.nodes[i]!.id} is not running at the end of the faults`);
+    });
+
+    // 1. Convergence.
+    let lastView = '';
+    while (performance.now() - faultsEnd < convergeMs) {
+      try {
+        const st = (await cluster.client.status()) as unknown as { volumes: Array<{ name: string; shards: Array<Record<string, unknown>> }> };
+        const vol = st.volumes.find((v) => v.name === 'soak');
+        const unsettled = (vol?.shards ?? []).flatMap((sh) => {
+          const reps = (sh.replicas as Array<Record<string, unknown>> | undefined) ?? [];
+          const settled =
+            sh.state === 'up' &&
+            reps.length === 3 &&
+            reps.every((r) => r.state === 'up' && r.repairing !== true && r.term === sh.term && r.appliedLsn === sh.commitLsn);
+          return settled ? [] : [`shard ${String(sh.shard)}: ${String(sh.state)} term ${String(sh.term)} commit ${String(sh.commitLsn)}, replicas ${reps.map((r) => `${String(r.node)} ${String(r.state)}${r.repairing ? ' repairing' : ''} t${String(r.term)} a${String(r.appliedLsn)}`).join('; ')}`];
+        });
+        if (vol && vol.shards.length === opts.shards && unsettled.length === 0) {
+          convergedMs = performance.now() - faultsEnd;
+          break;
+        }
+        lastView = vol ? unsettled.join(' | ') : 'the volume is not in the status';
+      } catch (e) {
+        lastView = `status failed: ${(e as Error).message}`;
+      }
+      await sleep(250);
+    }
+    if (convergedMs === undefined) problem(`the cluster did not converge within ${convergeMs / 1000} s of the faults' end: ${lastView}`);
+
+    // 2. Every page read back, as one more client's reads (retried until each call succeeds).
+    const finalClient = opts.clients * VECTOR_MAX;
+    const finalDeadline = performance.now() + FINAL_READ_MS;
+    for (let p = 0; p < opts.pages && performance.now() < finalDeadline; p += 64) {
+      const pages = Array.from({ length: Math.min(64, opts.pages - p) }, (_, k) => p + k);
+      for (;;) {
+        const ids = pages.map((pg, k) => recorder.invoke(finalClient + k, pg, 'read'));
+        try {
+          const got = (await volumes[0]!.readPages(pages)).pages;
+          ids.forEach((id, k) => recorder.ok(id, soakValue(got[k]!)));
+          finalReadPages += pages.length;
+          break;
+        } catch (e) {
+          for (const id of ids) recorder.fail(id);
+          if (performance.now() > finalDeadline) {
+            problem(`the final read of pages ${p}..${p + pages.length - 1} failed for ${FINAL_READ_MS / 1000} s: ${(e as Error).message}`);
+            break;
+          }
+          await sleep(200);
+        }
+      }
+    }
+    if (finalReadPages < opts.pages) problem(`the final read covered ${finalReadPages} of ${opts.pages} pages`);
+
+    // 3. Linearizability, page by page.
+    const history: Operation[] = recorder.history();
+    const check = checkLinearizable(history);
+    linearizability = {
+      ok: check.ok,
+      pages: check.pages,
+      operations: check.operations,
+      ...(check.failure ? { failure: `page ${check.failure.page}: ${check.failure.explanation}` } : {}),
+      ...(check.exhausted ? { exhausted: true } : {}),
+    };
+    if (!check.ok) problem(`the history is not linearizable: ${linearizability.failure ?? 'search exhausted'}`);
+    sampling = false;
+    await sampler;
+    await sample();
+  } catch (e) {
+    problem(`the run failed: ${(e as Error).stack ?? String(e)}`);
+  } finally {
+    sampling = false;
+    // Nothing stays stopped, whatever failed.
+    for (const pid of frozen) {
+      try {
+        process.kill(pid, 'SIGCONT');
+      } catch {
+        // Gone already.
+      }
+    }
+    if (natsFrozen) process.kill(cluster.natsPid, 'SIGCONT');
+  }
+
+  const history = recorder.history();
+  const writes = history.filter((o) => o.kind === 'write');
+  const reads = history.filter((o) => o.kind === 'read');
+  // The longest time without an acknowledged write while the clients ran.
+  let gap = 0;
+  let gapAt = 0;
+  let prev = 0;
+  for (const t of [...writeAcks, opts.durationMs]) {
+    if (t - prev > gap) {
+      gap = t - prev;
+      gapAt = prev;
+    }
+    prev = t;
+  }
+
+  const activity = { ...ACTIVITY_ZERO };
+  for (const a of sampled.values()) for (const k of Object.keys(activity) as Array<keyof NodeActivity>) activity[k] += a[k];
+  for (const k of ['hostRestarts', 'deviceRestarts', 'damageReopens', 'discardFailures'] as const) {
+    if (activity[k] > 0) problem(`${k}: ${activity[k]}, though no disk or thread fault was injected (see the node logs)`);
+  }
+
+  for (const c of clients) await c.close().catch(() => undefined);
+  await nc.close().catch(() => undefined);
+  await cluster.client.close().catch(() => undefined);
+  for (const n of cluster.nodes) n.process.removeAllListeners('exit');
+  const nodeLogErrors = Object.fromEntries(cluster.nodes.map((n) => [n.id, logErrors(n.log)]));
+  await cluster.stop();
+
+  const result: SoakResult = {
+    ok: problemCount === 0,
+    problems,
+    problemCount,
+    options: opts,
+    faults,
+    operations: {
+      writesOk: writes.filter((o) => o.completeMs !== undefined).length,
+      writesUnknown: writes.filter((o) => o.completeMs === undefined).length,
+      readsOk: reads.filter((o) => o.completeMs !== undefined).length,
+      readsUnknown: reads.filter((o) => o.completeMs === undefined).length,
+      errors,
+    },
+    longestWriteGapMs: Math.round(gap),
+    longestWriteGapAtMs: Math.round(gapAt),
+    ...(convergedMs !== undefined ? { convergedMs: Math.round(convergedMs) } : {}),
+    finalReadPages,
+    linearizability,
+    activity,
+    nodeLogErrors,
+    dataDir,
+    elapsedMs: Math.round(performance.now() - t0),
+  };
+  if (result.ok && !opts.keep) fs.rmSync(dataDir, { recursive: true, force: true });
+  return result;
+}
+
+/** The summary a run prints. */
+export function formatSoak(r: SoakResult): string {
+  const count = (k: FaultKind): number => r.faults.filter((f) => f.kind === k).length;
+  const ups = r.faults.flatMap((f) => Object.values(f.upMs ?? {}));
+  const lines = [
+    '',
+    formatTable('Strata soak: faults', FAULT_KINDS.map((k) => ({ fault: k, count: count(k) }))),
+    '',
+    formatTable('Strata soak: operations', [
+      { what: 'writes acknowledged', count: r.operations.writesOk },
+      { what: 'writes with unknown outcome', count: r.operations.writesUnknown },
+      { what: 'reads answered', count: r.operations.readsOk },
+      { what: 'reads not answered', count: r.operations.readsUnknown },
+      ...Object.entries(r.operations.errors).sort().map(([code, n]) => ({ what: `  errors: ${code}`, count: n })),
+    ]),
+    '',
+    `longest time without an acknowledged write: ${(r.longestWriteGapMs / 1000).toFixed(1)} s (from ${(r.longestWriteGapAtMs / 1000).toFixed(1)} s)`,
+    `restarted nodes up again after: ${ups.length ? `${(Math.min(...ups) / 1000).toFixed(1)}–${(Math.max(...ups) / 1000).toFixed(1)} s` : '-'}`,
+    `converged after the faults: ${r.convergedMs !== undefined ? `${(r.convergedMs / 1000).toFixed(1)} s` : 'NO'}`,
+    `final read: ${r.finalReadPages} of ${r.options.pages} pages`,
+    `linearizable: ${r.linearizability.ok ? 'yes' : 'NO'} (${r.linearizability.pages} pages, ${r.linearizability.operations} operations)${r.linearizability.failure && !r.linearizability.ok ? `: ${r.linearizability.failure}` : ''}`,
+    `the nodes did: ${r.activity.checkpoints} checkpoints, ${r.activity.snapshotsSent} images sent and ${r.activity.snapshotsInstalled} installed, ${r.activity.elections} elections (counted as last sampled, per process)`,
+    `error lines in node logs: ${Object.entries(r.nodeLogErrors).map(([id, e]) => `${id} ${e.count}`).join(', ')}`,
+  ];
+  if (r.problemCount > 0) {
+    lines.push(`PROBLEMS (${r.problemCount}):`, ...r.problems.map((p) => `  - ${p}`), `data and node logs kept in ${r.dataDir}`);
+  }
+  lines.push(`soak: ${r.ok ? 'PASS' : 'FAIL'} in ${(r.elapsedMs / 1000).toFixed(0)} s`);
+  return lines.join('\n');
+}
+
+const HELP = `Usage: npm run soak -- [flags]   (or node dist/test/soak/soak.js [flags])
+
+A Strata cluster of node processes under random faults, with checked clients (test/soak/soak.ts).
+
+  --duration-ms N   how long faults are injected (1000..3600000; default ${SOAK_DEFAULTS.durationMs})
+  --seed N          seed of every random choice (default ${SOAK_DEFAULTS.seed})
+  --nodes N         node processes, 3..5 (default ${SOAK_DEFAULTS.nodes})
+  --pages N         pages of the volume, 16..65536 (default ${SOAK_DEFAULTS.pages})
+  --shards N        shards of the volume, 1..64 (default ${SOAK_DEFAULTS.shards})
+  --clients N       concurrent clients, 1..64 (default ${SOAK_DEFAULTS.clients})
+  --checkpoint-every-records N
+                    log records between a shard's checkpoints (default ${SOAK_DEFAULTS.checkpointEveryRecords}: checkpoints,
+                    log trims and catch-up by image happen under the faults)
+  --segment-bytes-max N
+                    largest log segment in bytes, 4096..2^30 (default ${SOAK_DEFAULTS.segmentBytesMax})
+  --faults LIST     comma-separated of ${FAULT_KINDS.join(', ')}, or none (default: all)
+  --results-dir D   where the JSON summary goes (default ${SOAK_DEFAULTS.resultsDir})
+  --no-results      write no JSON
+  --keep            keep the data directory and node logs when the run passes
+  --help            this text
+
+Exit status: 0 every check passed, 1 a check failed, 2 bad flags.`;
+
+/** Parses flags; throws a RangeError naming the bad one. */
+export function parseSoakArgs(argv: readonly string[]): Omit<SoakOptions, 'out'> | 'help' {
+  const o: Omit<SoakOptions, 'out'> = { ...SOAK_DEFAULTS };
+  const numeric: Record<string, 'durationMs' | 'seed' | 'nodes' | 'pages' | 'shards' | 'clients' | 'checkpointEveryRecords' | 'segmentBytesMax'> = {
+    '--duration-ms': 'durationMs', '--seed': 'seed', '--nodes': 'nodes', '--pages': 'pages', '--shards': 'shards', '--clients': 'clients',
+    '--checkpoint-every-records': 'checkpointEveryRecords', '--segment-bytes-max': 'segmentBytesMax',
+  };
+  for (let i = 0; i < argv.length; i++) {
+    const flag = argv[i]!;
+    if (flag === '--help' || flag === '-h') return 'help';
+    if (flag === '--no-results') o.resultsDir = null;
+    else if (flag === '--keep') o.keep = true;
+    else if (flag in numeric || flag === '--faults' || flag === '--results-dir') {
+      const value = argv[++i];
+      if (value === undefined || value.startsWith('--')) throw new RangeError(`${flag} needs a value`);
+      if (flag === '--faults') o.faults = value === 'none' ? [] : (value.split(',') as FaultKind[]);
+      else if (flag === '--results-dir') o.resultsDir = value;
+      else {
+        if (!/^\d+$/.test(value)) throw new RangeError(`${flag} must be a non-negative integer, got '${value}'`);
+        o[numeric[flag]!] = Number(value);
+      }
+    } else throw new RangeError(`unknown flag '${flag}' (--help lists them)`);
+  }
+  const bad = checkSoakOptions(o);
+  if (bad) throw new RangeError(bad);
+  return o;
+}
+
+async function main(): Promise<number> {
+  let opts: ReturnType<typeof parseSoakArgs>;
+  try {
+    opts = parseSoakArgs(process.argv.slice(2));
+  } catch (e) {
+    process.stderr.write(`strata soak: ${(e as Error).message}\n`);
+    return 2;
+  }
+  if (opts === 'help') {
+    process.stdout.write(`${HELP}\n`);
+    return 0;
+  }
+  const result = await runSoak(opts);
+  process.stdout.write(`${formatSoak(result)}\n`);
+  if (opts.resultsDir !== null) process.stdout.write(`results: ${writeJson(opts.resultsDir, 'strata-soak', result)}\n`);
+  return result.ok ? 0 : 1;
+}
+
+if (require.main === module) {
+  main().then(
+    (code) => process.exit(code),
+    (e: unknown) => {
+      process.stderr.write(`strata soak: ${(e as Error).stack ?? String(e)}\n`);
+      process.exit(1);
+    },
+  );
+}
