@@ -19,11 +19,19 @@ let progressShown = false;
  */
 export function progress(text: string): void {
   if (!isTTY) return;
-  const columns = process.stdout.columns ?? 80;
+  // A terminal that reports no width (0, or none) gets 80 columns, not an empty line.
+  const columns = process.stdout.columns || 80;
   const line = text.length >= columns ? text.slice(0, Math.max(0, columns - 1)) : text;
   process.stdout.write(`\r${line}\x1b[K`);
   progressShown = line !== "";
   if (!progressShown) process.stdout.write("\r");
+}
+
+/** A bar of `width` cells filled to `fraction` (clamped to 0..1): `[#######.............]`. */
+export function progressBar(fraction: number, width: number): string {
+  const f = Number.isFinite(fraction) ? Math.min(1, Math.max(0, fraction)) : 0;
+  const filled = Math.round(f * width);
+  return `[${"#".repeat(filled)}${".".repeat(width - filled)}]`;
 }
 
 /** Clears a progress line left by {@link progress}, if any. */

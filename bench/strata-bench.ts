@@ -25,15 +25,14 @@ import * as crypto from "node:crypto";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { connect as natsConnect } from "nats";
-import { NatsTransport, connect, createClient, type StrataClient, type Volume } from "../cluster/client";
+import { connect, type StrataClient, type Volume } from "../cluster/client";
 import { startCluster, type InProcessCluster } from "../cluster/in-process-cluster";
 import { defaultHostsPerNode } from "../cluster/config";
 import { ProtocolError } from "../messages/errors";
 import type { PageWrite, VolumeInfo } from "../messages/api";
 import { jetstreamNote, jetstreamPublishBaseline, natsEchoBaseline, rawAppendBaseline } from "./baselines";
 import { Histogram, type HistogramSummary } from "./histogram";
-import { clearProgress, formatNumber, formatUs, printTable, progress, writeJson, type Cell } from "./report";
+import { clearProgress, formatNumber, formatUs, isTTY, printTable, progress, progressBar, writeJson, type Cell } from "./report";
 import { latencyCdfSvg, writeSvg, type LatencySeries } from "./svg";
 import { PAGES_PER_REQUEST_BENCH_MAX, WORKLOADS, WorkloadGenerator, payloadPages, readsPages, type Workload } from "./workloads";
 
@@ -43,6 +42,12 @@ import { PAGES_PER_REQUEST_BENCH_MAX, WORKLOADS, WorkloadGenerator, payloadPages
 
 /** Hard cap on a whole run, whatever the options say: 10 minutes. */
 export const RUN_MS_MAX = 600_000;
+/** Hard cap on a `--short` run, cluster start and stop included: under a minute. */
+export const SHORT_RUN_MS_MAX = 57_000;
+/** Most bytes of page data in flight at once (queue depth × pages per request × page size). */
+export const BYTES_IN_FLIGHT_MAX = 64 * 1024 * 1024;
+/** Longest request timeout: the latency histogram is precise up to 100 s. */
+export const REQUEST_TIMEOUT_MS_MAX = 100_000;
 /** Most requests in flight. */
 export const QUEUE_DEPTH_MAX = 1024;
 /** Most rounds a run alternates subjects and baselines in. */
@@ -65,11 +70,15 @@ const warmupMsDefault = 1_000;
  */
 export const WARMUP_OPS_MIN = 2_000;
 const WARMUP_EXTEND_FACTOR = 8;
+/** The same in `--short` mode, to stay under SHORT_RUN_MS_MAX. */
+const WARMUP_EXTEND_FACTOR_SHORT = 4;
 const requestTimeoutMsDefault = 10_000;
 const prefillPagesPerCall = 32;
 const prefillInFlight = 8;
 const payloadPoolPages = 256;
+/** A failed request is sent again after this back-off, doubled at each failure of the same request up to RETRY_BACKOFF_MS_MAX. */
 const retryBackoffMs = 5;
+const RETRY_BACKOFF_MS_MAX = 500;
 const baselineWarmupOpsMax = 500;
 
 /** The baselines a subject can be compared with. */
@@ -146,12 +155,6 @@ export interface BenchOptions {
   name?: string;
   /** Print no tables (progress lines appear on a terminal only, and never when quiet). */
   quiet?: boolean;
-  /**
-   * Whether the benchmark's Strata client captures an async stack trace for every NATS request
-   * (the NATS client's default, and what the baselines do). Default true, so ratios compare like
-   * with like; false connects the client with `noAsyncTraces` to show what that costs.
-   */
-  natsAsyncTraces?: boolean;
 }
 
 /** The figures of one round of a subject or a baseline. */
@@ -249,6 +252,8 @@ export interface SubjectResult {
   /** Median over rounds of the CPU per request, µs (see RoundFigure); NaN when not measured. */
   cpuUsPerOp: number;
   natsCpuUsPerOp: number;
+  /** Median over rounds of this process's and nats-server's CPU per request together, µs (the table's column). */
+  totalCpuUsPerOp: number;
 }
 
 /** What one baseline measured. */
@@ -273,6 +278,8 @@ export interface BaselineResult {
   /** Median over rounds of the CPU per request (raw-append: per record), µs; NaN when not measured. */
   cpuUsPerOp: number;
   natsCpuUsPerOp: number;
+  /** Median over rounds of this process's and nats-server's CPU per request together, µs. */
+  totalCpuUsPerOp: number;
 }
 
 /** A group: subjects and baselines with one payload and one queue depth. */
@@ -292,8 +299,12 @@ export interface TargetRow {
   /** The measured value, NaN when not available. */
   value: number;
   goal: string;
-  /** `met`, `NOT met`, `not available in this build`, or `info` for context rows. */
-  status: "met" | "NOT met" | "not available in this build" | "info";
+  /**
+   * `met`, `NOT met`, `info` for context rows; without a figure: `not available in this build`,
+   * `not measured` (the subject failed or was not available on the cluster), `baseline not run`
+   * (left out with --baselines), `baseline failed`.
+   */
+  status: "met" | "NOT met" | "info" | "not available in this build" | "not measured" | "baseline not run" | "baseline failed";
 }
 
 /** The result of {@link runBench}. */
@@ -312,6 +323,11 @@ export interface BenchResult {
   /** R=1 4 KiB throughput at 1 and 64 in flight beside the echo (suite only). */
   closingNote: Array<Record<string, Cell>>;
   notes: string[];
+  /**
+   * What was asked for and not measured in full: subjects not available, stopped in a round, or
+   * failed during warm-up, and baselines that failed. Not empty: `strata bench` exits 1.
+   */
+  failures: string[];
   /** Files written (JSON and SVG), when resultsDir is not null. */
   files: string[];
 }
@@ -340,7 +356,8 @@ export interface ResolvedOptions {
   resultsDir: string | null;
   name: string;
   quiet: boolean;
-  natsAsyncTraces: boolean;
+  /** Whether `baselines` was given (a baseline asked for that cannot apply is then an error). */
+  baselinesGiven: boolean;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -352,48 +369,87 @@ function checkInteger(name: string, value: number, min: number, max: number): nu
   return value;
 }
 
-function resolveOptions(opts: BenchOptions): ResolvedOptions {
+/**
+ * The options after defaults, checked alone and together. Throws a RangeError naming the first
+ * bad or conflicting option (`strata bench` answers it as a usage error, exit 2).
+ */
+export function resolveOptions(opts: BenchOptions): ResolvedOptions {
   const suite = opts.workload === undefined;
   if (!suite && !WORKLOADS.includes(opts.workload!)) throw new RangeError(`workload must be one of ${WORKLOADS.join(", ")}, got ${String(opts.workload)}`);
+  if (suite) {
+    // The suite's groups have fixed shapes: a shape given for it would be silently ignored.
+    const shaped = (["readRatio", "pageSize", "pagesPerRequest", "queueDepth", "replicas"] as const).filter((k) => opts[k] !== undefined);
+    if (shaped.length > 0) throw new RangeError(`${shaped.join(", ")}: only with workload (the suite's groups have fixed shapes)`);
+  }
   const readRatio = opts.readRatio ?? 0.5;
   if (!(readRatio >= 0 && readRatio <= 1)) throw new RangeError(`readRatio must be in 0..1, got ${readRatio}`);
+  if (opts.readRatio !== undefined && opts.workload !== "mixed") throw new RangeError(`readRatio applies to the mixed workload only, not ${opts.workload ?? "the suite"}`);
   const pageSize = opts.pageSize ?? 4096;
   if (pageSize !== 4096 && pageSize !== 8192) throw new RangeError(`pageSize must be 4096 or 8192, got ${String(pageSize)}`);
   const replicas = opts.replicas ?? 1;
   if (replicas !== 1 && replicas !== 3) throw new RangeError(`replicas must be 1 or 3, got ${String(replicas)}`);
   const short = opts.short ?? false;
   const durationMs = opts.durationMs ?? (suite ? (short ? 2_100 : 15_000) : durationMsDefault);
-  if (!(durationMs > 0 && durationMs <= RUN_MS_MAX)) throw new RangeError(`durationMs must be in (0, ${RUN_MS_MAX}], got ${durationMs}`);
+  if (!(Number.isSafeInteger(durationMs) && durationMs > 0 && durationMs <= RUN_MS_MAX)) throw new RangeError(`durationMs must be an integer in 1..${RUN_MS_MAX}, got ${durationMs}`);
   const ops = opts.ops === undefined ? null : checkInteger("ops", opts.ops, 1, Number.MAX_SAFE_INTEGER);
   const warmupMs = opts.warmupMs ?? (short ? 300 : warmupMsDefault);
-  if (!(warmupMs >= 0 && warmupMs <= 60_000)) throw new RangeError(`warmupMs must be in 0..60000, got ${warmupMs}`);
+  if (!(Number.isSafeInteger(warmupMs) && warmupMs >= 0 && warmupMs <= 60_000)) throw new RangeError(`warmupMs must be an integer in 0..60000, got ${warmupMs}`);
+  const baselinesGiven = opts.baselines !== undefined;
   const baselines = [...(opts.baselines ?? BASELINES)];
   for (const b of baselines) if (!BASELINES.includes(b)) throw new RangeError(`unknown baseline ${String(b)}; known: ${BASELINES.join(", ")}`);
+  const twice = baselines.find((b, i) => baselines.indexOf(b) !== i);
+  if (twice !== undefined) throw new RangeError(`baseline ${twice} given twice`);
   const name = opts.name ?? "strata-bench";
   if (!/^[A-Za-z0-9._-]+$/.test(name)) throw new RangeError(`name must match [A-Za-z0-9._-]+, got ${JSON.stringify(name)}`);
+  const pagesPerRequest = checkInteger("pagesPerRequest", opts.pagesPerRequest ?? 1, 1, PAGES_PER_REQUEST_BENCH_MAX);
+  const queueDepth = checkInteger("queueDepth", opts.queueDepth ?? 1, 1, QUEUE_DEPTH_MAX);
+  const rounds = checkInteger("rounds", opts.rounds ?? (short ? 3 : roundsDefault), 1, ROUNDS_MAX);
+  const volumePages = checkInteger("volumePages", opts.volumePages ?? (short ? 4_096 : volumePagesDefault), 1, VOLUME_PAGES_MAX);
+  const shards = opts.shards === undefined ? null : checkInteger("shards", opts.shards, 1, 256);
+  const hosts = opts.hosts === undefined ? null : checkInteger("hosts", opts.hosts, 1, 64);
+  const nodes = opts.nodes === undefined ? null : checkInteger("nodes", opts.nodes, 1, 16);
+  const requestTimeoutMs = checkInteger("requestTimeoutMs", opts.requestTimeoutMs ?? requestTimeoutMsDefault, 1, REQUEST_TIMEOUT_MS_MAX);
+  // The shapes the run will measure: the suite's largest, or the workload's.
+  const shapes = suite ? [{ queueDepth: 64, pagesPerRequest: 1 }, { queueDepth: 16, pagesPerRequest: 32 }] : [{ queueDepth, pagesPerRequest }];
+  for (const sh of shapes) {
+    if (volumePages < sh.pagesPerRequest) throw new RangeError(`volumePages (${volumePages}) must be at least the pages of one request (${sh.pagesPerRequest})`);
+    const inFlight = sh.queueDepth * sh.pagesPerRequest * pageSize;
+    if (inFlight > BYTES_IN_FLIGHT_MAX) throw new RangeError(`${sh.queueDepth} requests of ${sh.pagesPerRequest} x ${pageSize} B put ${inFlight} bytes in flight, more than ${BYTES_IN_FLIGHT_MAX}: lower queueDepth or pagesPerRequest`);
+    // Fewer requests than queueDepth in a round would measure a lower depth than its baselines run at.
+    if (ops !== null && ops < sh.queueDepth * rounds) throw new RangeError(`ops (${ops}) must be at least queueDepth x rounds (${sh.queueDepth} x ${rounds}), so that every round runs at its queue depth`);
+  }
+  if (shards !== null && shards > volumePages) throw new RangeError(`shards (${shards}) must not exceed volumePages (${volumePages})`);
+  if (opts.target !== undefined && (hosts !== null || nodes !== null)) throw new RangeError("hosts and nodes shape an in-process cluster; a running cluster (target) has its own");
+  const wantsReplicas3 = suite || replicas === 3;
+  if (opts.target === undefined && wantsReplicas3 && nodes !== null && nodes < 3) throw new RangeError(`nodes must be at least 3 when three-way replication is measured (${suite ? "the suite does" : "replicas 3"}), got ${nodes}`);
+  if (!suite && baselinesGiven) {
+    const writes = opts.workload === "randwrite" || opts.workload === "seqwrite" || (opts.workload === "mixed" && readRatio < 1);
+    const writeOnly = baselines.filter((b) => b !== "nats-echo");
+    if (!writes && writeOnly.length > 0) throw new RangeError(`--baselines ${writeOnly.join(",")}: ${writeOnly.length > 1 ? "these measure" : "it measures"} writes, and ${opts.workload}${opts.workload === "mixed" ? " with readRatio 1" : ""} writes nothing`);
+  }
   return {
     workload: suite ? "suite" : opts.workload!,
     readRatio,
     pageSize,
-    pagesPerRequest: checkInteger("pagesPerRequest", opts.pagesPerRequest ?? 1, 1, PAGES_PER_REQUEST_BENCH_MAX),
-    queueDepth: checkInteger("queueDepth", opts.queueDepth ?? 1, 1, QUEUE_DEPTH_MAX),
+    pagesPerRequest,
+    queueDepth,
     replicas,
     durationMs,
     ops,
     warmupMs,
-    rounds: checkInteger("rounds", opts.rounds ?? (short ? 3 : roundsDefault), 1, ROUNDS_MAX),
-    volumePages: checkInteger("volumePages", opts.volumePages ?? (short ? 4_096 : volumePagesDefault), 1, VOLUME_PAGES_MAX),
-    shards: opts.shards === undefined ? null : checkInteger("shards", opts.shards, 1, 256),
+    rounds,
+    volumePages,
+    shards,
     baselines,
     short,
     seed: checkInteger("seed", opts.seed ?? 1, 0, 2 ** 32 - 1),
-    requestTimeoutMs: checkInteger("requestTimeoutMs", opts.requestTimeoutMs ?? requestTimeoutMsDefault, 1, 300_000),
-    hosts: opts.hosts === undefined ? null : checkInteger("hosts", opts.hosts, 1, 64),
-    nodes: opts.nodes === undefined ? null : checkInteger("nodes", opts.nodes, 1, 16),
+    requestTimeoutMs,
+    hosts,
+    nodes,
     resultsDir: opts.resultsDir === undefined ? "results" : opts.resultsDir,
     name,
     quiet: opts.quiet ?? false,
-    natsAsyncTraces: opts.natsAsyncTraces ?? true,
+    baselinesGiven,
   };
 }
 
@@ -513,16 +569,9 @@ interface Env {
   close(): Promise<void>;
 }
 
-/** A client of its own for the benchmark: the stock `connect`, or one without async NATS traces. */
-async function benchClient(o: ResolvedOptions, natsUrl: string, cluster: string): Promise<StrataClient> {
-  if (o.natsAsyncTraces) return connect({ servers: natsUrl, cluster, timeoutMs: o.requestTimeoutMs, name: "strata-bench" });
-  const nc = await natsConnect({ servers: natsUrl, timeout: o.requestTimeoutMs, name: "strata-bench", noAsyncTraces: true });
-  return createClient(new NatsTransport(nc), { cluster, timeoutMs: o.requestTimeoutMs });
-}
-
 async function openEnv(o: ResolvedOptions, target: BenchTarget | undefined, scratchDirOption: string | undefined, wantsReplicas3: boolean): Promise<Env> {
   if (target !== undefined) {
-    const client = await benchClient(o, target.natsUrl, target.cluster);
+    const client = await connect({ servers: target.natsUrl, cluster: target.cluster, timeoutMs: o.requestTimeoutMs, name: "strata-bench" });
     const scratchDir = scratchDirOption ?? os.tmpdir();
     return {
       client,
@@ -550,14 +599,7 @@ async function openEnv(o: ResolvedOptions, target: BenchTarget | undefined, scra
     fs.rmSync(dataDir, { recursive: true, force: true });
     throw err;
   }
-  let client: StrataClient;
-  try {
-    client = o.natsAsyncTraces ? cluster.client : await benchClient(o, cluster.natsUrl, cluster.cluster);
-  } catch (err) {
-    await cluster.stop();
-    fs.rmSync(dataDir, { recursive: true, force: true });
-    throw err;
-  }
+  const client = cluster.client;
   return {
     client,
     natsUrl: cluster.natsUrl,
@@ -569,7 +611,6 @@ async function openEnv(o: ResolvedOptions, target: BenchTarget | undefined, scra
     hosts,
     close: async () => {
       try {
-        if (client !== cluster.client) await client.close();
         await cluster.stop();
       } finally {
         fs.rmSync(dataDir, { recursive: true, force: true });
@@ -645,6 +686,7 @@ function emptySubject(spec: SubjectSpec, queueDepth: number): SubjectResult {
     ratios: {},
     cpuUsPerOp: NaN,
     natsCpuUsPerOp: NaN,
+    totalCpuUsPerOp: NaN,
   };
 }
 
@@ -696,12 +738,18 @@ async function prefill(volume: Volume, pages: number, payload: readonly Uint8Arr
   await Promise.all(Array.from({ length: prefillInFlight }, reader));
 }
 
-async function prepareSubject(env: Env, o: ResolvedOptions, spec: SubjectSpec, queueDepth: number, index: number, budget: Budget): Promise<PreparedSubject> {
+/**
+ * Creates (and for reads fills) a subject's volume. Its name goes to `created` before the create
+ * is sent, so that the run deletes it whatever happens next (a create that timed out may still
+ * have been done; a fill may fail).
+ */
+async function prepareSubject(env: Env, o: ResolvedOptions, spec: SubjectSpec, queueDepth: number, index: number, budget: Budget, created: string[]): Promise<PreparedSubject> {
   const result = emptySubject(spec, queueDepth);
   const payload = payloadPages(spec.pageSize, payloadPoolPages, o.seed + index);
   const prepared: PreparedSubject = { spec, result, payload, stopped: false };
   const pageCount = Math.max(o.volumePages, spec.pagesPerRequest);
   const name = volumeName();
+  created.push(name);
   let info: VolumeInfo;
   try {
     // Stripes of 256 pages (the default), smaller for a small volume so that every shard holds pages.
@@ -712,7 +760,7 @@ async function prepareSubject(env: Env, o: ResolvedOptions, spec: SubjectSpec, q
     // nodes for them answers unavailable. Either way the subject is reported, not failed.
     if (err instanceof ProtocolError && (err.code === "bad_request" || err.code === "unavailable") && spec.replicas !== 1) {
       result.available = false;
-      result.unavailableReason = `${err.code === "bad_request" ? "not available in this build" : "not available on this cluster"}: ${err.message}`;
+      result.unavailableReason = `${err.code === "bad_request" ? "not available in this build" : "not available on this cluster"} (${err.code}): ${err.message}`;
       prepared.stopped = true;
       return prepared;
     }
@@ -741,11 +789,12 @@ async function prepareSubject(env: Env, o: ResolvedOptions, spec: SubjectSpec, q
 
 /**
  * Runs one subject with queueDepth concurrent requests until `opsMax` requests were started or
- * `durationMs` passed, recording each completed request's latency in `latency` (when given).
- * Retryable errors are counted and retried after a back-off, up to ERRORS_MAX per subject;
- * any other error stops the loop and is thrown.
+ * `durationMs` passed. A request that fails with a retryable error is counted and sent again
+ * after a back-off, up to ERRORS_MAX errors per subject; its latency runs from its first attempt
+ * to its success, so a stall shows in the percentiles. Any other error stops the loop and is
+ * thrown, and the round's figures with it.
  */
-async function closedLoop(s: PreparedSubject, queueDepth: number, durationMs: number, opsMax: number, latency: Histogram | undefined, natsPid?: number): Promise<RoundFigure & { pages: number }> {
+async function closedLoop(s: PreparedSubject, queueDepth: number, durationMs: number, opsMax: number, natsPid?: number): Promise<RoundFigure & { pages: number; latency: Histogram }> {
   const volume = s.volume!;
   const generator = s.generator!;
   const pageSize = s.spec.pageSize;
@@ -756,36 +805,37 @@ async function closedLoop(s: PreparedSubject, queueDepth: number, durationMs: nu
   const cpu = CpuMeter.start(natsPid);
   const startNs = process.hrtime.bigint();
   const deadlineNs = startNs + BigInt(Math.round(durationMs * 1e6));
-  const roundLatency = new Histogram();
+  const latency = new Histogram();
   const worker = async (): Promise<void> => {
     while (failure === undefined && started < opsMax && process.hrtime.bigint() < deadlineNs) {
       started += 1;
       const request = generator.next();
       const opStartNs = process.hrtime.bigint();
-      try {
-        if (request.kind === "write") {
-          await volume.writePages(writeRequest(request.pages, s.payload));
-        } else {
-          const read = await volume.readPages(request.pages);
-          if (read.pages.length !== request.pages.length || read.pages[0]!.length !== pageSize) {
-            throw new Error(`read of ${request.pages.length} pages returned ${read.pages.length} pages of ${read.pages[0]?.length ?? 0} bytes`);
+      // A shard electing a leader or a node restarting answers at once (no responders): without a
+      // growing back-off, a second of that would use up ERRORS_MAX.
+      let backoffMs = retryBackoffMs;
+      for (;;) {
+        try {
+          if (request.kind === "write") {
+            await volume.writePages(writeRequest(request.pages, s.payload));
+          } else {
+            const read = await volume.readPages(request.pages);
+            if (read.pages.length !== request.pages.length || read.pages[0]!.length !== pageSize) {
+              throw new Error(`read of ${request.pages.length} pages returned ${read.pages.length} pages of ${read.pages[0]?.length ?? 0} bytes`);
+            }
           }
+          break;
+        } catch (error) {
+          const code = errorCode(error);
+          s.result.errors[code] = (s.result.errors[code] ?? 0) + 1;
+          const errorsTotal = Object.values(s.result.errors).reduce((a, b) => a + b, 0);
+          if (!RETRYABLE.has(code) || errorsTotal > ERRORS_MAX) failure ??= { error };
+          if (failure !== undefined) return;
+          await sleep(backoffMs);
+          backoffMs = Math.min(RETRY_BACKOFF_MS_MAX, backoffMs * 2);
         }
-      } catch (error) {
-        const code = errorCode(error);
-        s.result.errors[code] = (s.result.errors[code] ?? 0) + 1;
-        const errorsTotal = Object.values(s.result.errors).reduce((a, b) => a + b, 0);
-        if (!RETRYABLE.has(code) || errorsTotal > ERRORS_MAX) {
-          failure ??= { error };
-          return;
-        }
-        started -= 1;
-        await sleep(retryBackoffMs);
-        continue;
       }
-      const us = Number(process.hrtime.bigint() - opStartNs) / 1000;
-      latency?.record(us);
-      roundLatency.record(us);
+      latency.record(Number(process.hrtime.bigint() - opStartNs) / 1000);
       completed += 1;
       pages += request.pages.length;
     }
@@ -796,7 +846,7 @@ async function closedLoop(s: PreparedSubject, queueDepth: number, durationMs: nu
     const cause = failure.error;
     throw new Error(`${s.spec.label}: a request failed after ${completed} completed: ${cause instanceof Error ? cause.message : String(cause)}`, { cause });
   }
-  return { ops: completed, seconds, opsPerSec: seconds > 0 ? completed / seconds : 0, p50Us: roundLatency.percentile(50), pages, ...cpu.perOp(completed) };
+  return { ops: completed, seconds, opsPerSec: seconds > 0 ? completed / seconds : 0, p50Us: latency.percentile(50), pages, latency, ...cpu.perOp(completed) };
 }
 
 function emptyBaseline(name: BaselineName, group: GroupSpec): BaselineResult {
@@ -827,11 +877,12 @@ function emptyBaseline(name: BaselineName, group: GroupSpec): BaselineResult {
     note: notes[name],
     cpuUsPerOp: NaN,
     natsCpuUsPerOp: NaN,
+    totalCpuUsPerOp: NaN,
   };
 }
 
 /** Runs one round of a baseline; its latency goes into `b.latency`. */
-async function baselineRound(env: Env, b: BaselineResult, durationMs: number, opsMax: number | null): Promise<RoundFigure> {
+async function baselineRound(env: Env, b: BaselineResult, durationMs: number, opsMax: number | null, requestTimeoutMs: number): Promise<RoundFigure> {
   const cpu = CpuMeter.start(env.inProcess?.nats.pid);
   if (b.name === "raw-append") {
     const perBatch = b.recordsPerBatch!;
@@ -851,6 +902,7 @@ async function baselineRound(env: Env, b: BaselineResult, durationMs: number, op
     inFlight: b.queueDepth,
     durationMs,
     warmupOps: Math.min(baselineWarmupOpsMax, b.queueDepth * 4),
+    requestTimeoutMs,
     ...(opsMax === null ? {} : { ops: opsMax }),
   };
   const r = b.name === "nats-echo" ? await natsEchoBaseline(options) : await jetstreamPublishBaseline(options);
@@ -873,27 +925,28 @@ function opsOfRound(ops: number | null, rounds: number, round: number): number |
 }
 
 async function runGroup(env: Env, o: ResolvedOptions, group: GroupSpec, groupIndex: number, budget: Budget): Promise<GroupResult> {
-  const say = (text: string): void => {
-    if (!o.quiet) progress(`[${group.label}] ${text}`);
-  };
+  const ticker = new PhaseProgress(o.quiet, group.label);
   const prepared: PreparedSubject[] = [];
+  const created: string[] = [];
   try {
     for (let i = 0; i < group.subjects.length; i++) {
       const spec = group.subjects[i]!;
-      say(`${spec.label}: creating the volume${readsPages(spec.workload, spec.readRatio) ? " and filling it" : ""}…`);
-      prepared.push(await prepareSubject(env, o, spec, group.queueDepth, groupIndex * 16 + i, budget));
+      ticker.phase(`${spec.label}: creating the volume${readsPages(spec.workload, spec.readRatio) ? " and filling it" : ""}`);
+      prepared.push(await prepareSubject(env, o, spec, group.queueDepth, groupIndex * 16 + i, budget, created));
     }
     const baselines = group.baselines.map((name) => emptyBaseline(name, group));
     // Warm-up: each subject runs unmeasured once, so JIT, connections and caches are warm.
+    const extend = o.short ? WARMUP_EXTEND_FACTOR_SHORT : WARMUP_EXTEND_FACTOR;
     for (const s of prepared) {
       if (s.stopped || o.warmupMs === 0) continue;
-      say(`${s.spec.label}: warming up…`);
+      ticker.phase(`${s.spec.label}: warming up`, o.warmupMs);
       try {
-        const first = await closedLoop(s, group.queueDepth, budget.cap(o.warmupMs), Number.MAX_SAFE_INTEGER, undefined);
+        const first = await closedLoop(s, group.queueDepth, budget.cap(o.warmupMs), Number.MAX_SAFE_INTEGER);
         s.result.warmupOps = first.ops;
         s.result.warmupSeconds = first.seconds;
         if (first.ops < WARMUP_OPS_MIN) {
-          const more = await closedLoop(s, group.queueDepth, budget.cap(o.warmupMs * (WARMUP_EXTEND_FACTOR - 1)), WARMUP_OPS_MIN - first.ops, undefined);
+          ticker.phase(`${s.spec.label}: warming up (a slow subject: until ${WARMUP_OPS_MIN} requests)`, o.warmupMs * (extend - 1));
+          const more = await closedLoop(s, group.queueDepth, budget.cap(o.warmupMs * (extend - 1)), WARMUP_OPS_MIN - first.ops);
           s.result.warmupOps += more.ops;
           s.result.warmupSeconds += more.seconds;
         }
@@ -908,26 +961,29 @@ async function runGroup(env: Env, o: ResolvedOptions, group: GroupSpec, groupInd
       if (opsMax === 0) continue;
       for (const s of prepared) {
         if (s.stopped) continue;
-        say(`round ${round + 1}/${o.rounds}: ${s.spec.label}…`);
+        const durationMs = budget.cap(roundMs);
+        ticker.phase(`round ${round + 1}/${o.rounds}: ${s.spec.label}`, durationMs);
         try {
-          const figure = await closedLoop(s, group.queueDepth, budget.cap(roundMs), opsMax ?? Number.MAX_SAFE_INTEGER, s.result.latency, env.inProcess?.nats.pid);
-          const { pages: _pages, ...roundFigure } = figure;
+          const figure = await closedLoop(s, group.queueDepth, durationMs, opsMax ?? Number.MAX_SAFE_INTEGER, env.inProcess?.nats.pid);
+          // Only a round that completed counts: its latency, requests and time together.
+          const { pages: _pages, latency, ...roundFigure } = figure;
+          s.result.latency.merge(latency);
           s.result.rounds.push(roundFigure);
           s.result.ops += figure.ops;
           s.result.pages += figure.pages;
           s.result.seconds += figure.seconds;
         } catch (err) {
           s.stopped = true;
-          s.result.unavailableReason = `stopped in round ${round + 1}: ${(err as Error).message}`;
+          s.result.unavailableReason = `stopped in round ${round + 1} of ${o.rounds}: ${(err as Error).message}`;
         }
       }
       for (const b of baselines) {
         if (!b.available) continue;
-        say(`round ${round + 1}/${o.rounds}: ${b.label}…`);
         const durationMs = budget.cap(roundMs);
         if (durationMs <= 0) break;
+        ticker.phase(`round ${round + 1}/${o.rounds}: ${b.label}`, durationMs);
         try {
-          const figure = await baselineRound(env, b, durationMs, opsMax);
+          const figure = await baselineRound(env, b, durationMs, opsMax, o.requestTimeoutMs);
           b.rounds.push(figure);
           b.ops += figure.ops;
           b.seconds += figure.seconds;
@@ -943,8 +999,7 @@ async function runGroup(env: Env, o: ResolvedOptions, group: GroupSpec, groupInd
       r.bytes = r.pages * r.pageSize;
       r.opsPerSec = r.seconds > 0 ? r.ops / r.seconds : 0;
       r.mbPerSec = r.seconds > 0 ? r.bytes / 1e6 / r.seconds : 0;
-      r.cpuUsPerOp = median(r.rounds.map((f) => f.cpuUsPerOp ?? NaN));
-      r.natsCpuUsPerOp = median(r.rounds.map((f) => f.natsCpuUsPerOp ?? NaN));
+      cpuMedians(r);
       for (const b of baselines) {
         if (!b.available || r.rounds.length === 0) continue;
         const n = Math.min(r.rounds.length, b.rounds.length);
@@ -955,15 +1010,75 @@ async function runGroup(env: Env, o: ResolvedOptions, group: GroupSpec, groupInd
     for (const b of baselines) {
       b.opsPerSec = b.seconds > 0 ? b.ops / b.seconds : 0;
       b.mbPerSec = b.seconds > 0 ? (b.ops * b.payloadBytes) / 1e6 / b.seconds : 0;
-      b.cpuUsPerOp = median(b.rounds.map((f) => f.cpuUsPerOp ?? NaN));
-      b.natsCpuUsPerOp = median(b.rounds.map((f) => f.natsCpuUsPerOp ?? NaN));
+      cpuMedians(b);
     }
     return { label: group.label, payloadBytes: group.pageSize * group.pagesPerRequest, queueDepth: group.queueDepth, subjects: prepared.map((s) => s.result), baselines };
   } finally {
-    for (const s of prepared) {
-      if (s.result.volume === undefined) continue;
-      await env.client.deleteVolume(s.result.volume.name).catch(() => undefined);
+    ticker.phase("deleting its volumes");
+    await deleteVolumes(env.client, created, new Set(prepared.filter((s) => s.result.volume !== undefined).map((s) => s.result.volume!.name)));
+    ticker.done();
+  }
+}
+
+/**
+ * Deletes the run's volumes. One whose create did not answer (`confirmed` lacks it) may still be
+ * created by the cluster after the delete looked: a `not_found` is asked again once, a second later.
+ */
+async function deleteVolumes(client: StrataClient, names: readonly string[], confirmed: ReadonlySet<string>): Promise<void> {
+  for (const name of names) {
+    for (let attempt = 0; attempt < 2; attempt++) {
+      try {
+        await client.deleteVolume(name);
+        break;
+      } catch (err) {
+        if (!(err instanceof ProtocolError && err.code === "not_found") || confirmed.has(name) || attempt === 1) break;
+        await sleep(1000);
+      }
     }
+  }
+}
+
+/** The CPU medians of a subject or baseline over its rounds (each round's total first, then the median). */
+function cpuMedians(r: { rounds: RoundFigure[]; cpuUsPerOp: number; natsCpuUsPerOp: number; totalCpuUsPerOp: number }): void {
+  r.cpuUsPerOp = median(r.rounds.map((f) => f.cpuUsPerOp ?? NaN));
+  r.natsCpuUsPerOp = median(r.rounds.map((f) => f.natsCpuUsPerOp ?? NaN));
+  r.totalCpuUsPerOp = median(r.rounds.map((f) => (f.cpuUsPerOp ?? NaN) + (f.natsCpuUsPerOp ?? NaN)));
+}
+
+/**
+ * The progress line of a group on a terminal: the phase, and for a timed phase a bar of its
+ * elapsed time against its planned time, redrawn 4 times a second. Nothing when quiet or not a TTY.
+ */
+class PhaseProgress {
+  private timer: NodeJS.Timeout | undefined;
+  constructor(
+    private readonly quiet: boolean,
+    private readonly group: string,
+  ) {}
+
+  phase(text: string, plannedMs?: number): void {
+    this.stopTimer();
+    if (this.quiet || !isTTY) return;
+    const t0 = performance.now();
+    const draw = (): void => {
+      if (plannedMs === undefined || plannedMs <= 0) return progress(`[${this.group}] ${text}…`);
+      const elapsed = Math.min(plannedMs, performance.now() - t0);
+      progress(`[${this.group}] ${text} ${progressBar(elapsed / plannedMs, 20)} ${(elapsed / 1000).toFixed(1)}/${(plannedMs / 1000).toFixed(1)} s`);
+    };
+    draw();
+    if (plannedMs !== undefined && plannedMs > 0) {
+      this.timer = setInterval(draw, 250);
+      this.timer.unref();
+    }
+  }
+
+  done(): void {
+    this.stopTimer();
+  }
+
+  private stopTimer(): void {
+    if (this.timer !== undefined) clearInterval(this.timer);
+    this.timer = undefined;
   }
 }
 
@@ -998,33 +1113,54 @@ function x(value: number): string {
  */
 function p50BudgetRatio(s: SubjectResult, echo: BaselineResult, raw: BaselineResult, echoTrips: number): number {
   const n = Math.min(s.rounds.length, echo.rounds.length, raw.rounds.length);
-  return median(Array.from({ length: n }, (_, i) => s.rounds[i]!.p50Us / (echoTrips * echo.rounds[i]!.p50Us + raw.rounds[i]!.p50Us)));
+  // A round that completed nothing has no p50 (its histogram reads 0): it is left out, not counted as fast.
+  const used = Array.from({ length: n }, (_, i) => i).filter((i) => s.rounds[i]!.ops > 0 && echo.rounds[i]!.ops > 0 && raw.rounds[i]!.ops > 0);
+  return median(used.map((i) => s.rounds[i]!.p50Us / (echoTrips * echo.rounds[i]!.p50Us + raw.rounds[i]!.p50Us)));
+}
+
+/**
+ * Why a target has no figure: the subject was not measured (its own reason, shortened), or the
+ * baseline it is a ratio of did not run or failed.
+ */
+function missingStatus(s: SubjectResult | undefined, baselines: ReadonlyArray<{ name: BaselineName; found: BaselineResult | undefined; ran: boolean }>): TargetRow["status"] {
+  if (s === undefined) return "not measured";
+  if (!s.available && s.unavailableReason?.startsWith("not available in this build")) return "not available in this build";
+  if (!measuredOk(s)) return "not measured";
+  for (const b of baselines) if (b.found === undefined) return b.ran ? "baseline failed" : "baseline not run";
+  return "not measured";
 }
 
 /** The target table of the suite, from its groups. */
 export function evaluateTargets(groups: readonly GroupResult[]): TargetRow[] {
   const rows: TargetRow[] = [];
-  const ratioRow = (target: string, s: SubjectResult | undefined, baseline: BaselineName, goal: number, info = false): void => {
-    if (!measuredOk(s)) {
-      rows.push({ target, measured: "-", value: NaN, goal: `>= ${goal.toFixed(1)}x`, status: "not available in this build" });
+  /** A baseline of a group, whether it was part of the run (failed or not), and its result if it ran. */
+  const baseline = (queueDepth: number, payloadBytes: number, name: BaselineName): { name: BaselineName; found: BaselineResult | undefined; ran: boolean } => ({
+    name,
+    found: findBaseline(groups, queueDepth, payloadBytes, name),
+    ran: groups.some((g) => g.queueDepth === queueDepth && g.payloadBytes === payloadBytes && g.baselines.some((b) => b.name === name)),
+  });
+  const ratioRow = (target: string, s: SubjectResult | undefined, name: BaselineName, goal: number, info = false): void => {
+    const b = baseline(64, 4096, name);
+    const value = measuredOk(s) ? (s.ratios[name] ?? NaN) : NaN;
+    if (!Number.isFinite(value)) {
+      rows.push({ target, measured: "-", value: NaN, goal: `>= ${goal.toFixed(1)}x`, status: missingStatus(s, [b]) });
       return;
     }
-    const value = s.ratios[baseline] ?? NaN;
-    const status = info ? "info" : Number.isFinite(value) ? (value >= goal ? "met" : "NOT met") : "not available in this build";
-    rows.push({ target, measured: x(value), value, goal: `>= ${goal.toFixed(1)}x`, status });
+    rows.push({ target, measured: x(value), value, goal: `>= ${goal.toFixed(1)}x`, status: info ? "info" : value >= goal ? "met" : "NOT met" });
   };
   const p50Row = (target: string, s: SubjectResult | undefined, echoTrips: number, goal: number, info = false): void => {
-    const echo = findBaseline(groups, 1, 4096, "nats-echo");
-    const raw = findBaseline(groups, 1, 4096, "raw-append");
-    if (!measuredOk(s) || echo === undefined || raw === undefined) {
-      rows.push({ target, measured: "-", value: NaN, goal: `<= ${goal.toFixed(1)}x`, status: "not available in this build" });
+    const echo = baseline(1, 4096, "nats-echo");
+    const raw = baseline(1, 4096, "raw-append");
+    const value = measuredOk(s) && echo.found && raw.found ? p50BudgetRatio(s, echo.found, raw.found, echoTrips) : NaN;
+    if (!Number.isFinite(value)) {
+      rows.push({ target, measured: "-", value: NaN, goal: `<= ${goal.toFixed(1)}x`, status: missingStatus(s, [echo, raw]) });
       return;
     }
-    const value = p50BudgetRatio(s, echo, raw, echoTrips);
-    const budgetUs = echoTrips * echo.latency.percentile(50) + raw.latency.percentile(50);
+    // The value is the median of the rounds' ratios; the p50s beside it are the whole run's.
+    const budgetUs = echoTrips * echo.found!.latency.percentile(50) + raw.found!.latency.percentile(50);
     rows.push({
       target,
-      measured: `${x(value)} (p50 ${formatUs(s.latency.percentile(50))} vs ${formatUs(budgetUs)})`,
+      measured: `${x(value)} (median of rounds; run p50 ${formatUs(s!.latency.percentile(50))} vs ${formatUs(budgetUs)})`,
       value,
       goal: `<= ${goal.toFixed(1)}x`,
       status: info ? "info" : value <= goal ? "met" : "NOT met",
@@ -1032,7 +1168,7 @@ export function evaluateTargets(groups: readonly GroupResult[]): TargetRow[] {
   };
   const mbRow = (target: string, s: SubjectResult | undefined, goal: number, info = false): void => {
     if (!measuredOk(s)) {
-      rows.push({ target, measured: "-", value: NaN, goal: `>= ${goal} MB/s`, status: "not available in this build" });
+      rows.push({ target, measured: "-", value: NaN, goal: `>= ${goal} MB/s`, status: missingStatus(s, []) });
       return;
     }
     rows.push({ target, measured: `${formatNumber(s.mbPerSec)} MB/s`, value: s.mbPerSec, goal: `>= ${goal} MB/s`, status: info ? "info" : s.mbPerSec >= goal ? "met" : "NOT met" });
@@ -1084,18 +1220,23 @@ function groupRows(g: GroupResult): Array<Record<string, Cell>> {
     "p99.9": formatUs(h.percentile(99.9)),
     max: formatUs(h.max),
   });
+  // Retried errors, when any subject of the group had some: a stall shows in the latency and here.
+  const anyErrors = g.subjects.some((s) => Object.keys(s.errors).length > 0);
   for (const s of g.subjects) {
     if (!s.available || s.rounds.length === 0) {
-      rows.push({ what: `Strata ${s.label}`, "ops/s": "-", note: s.unavailableReason?.startsWith("not available") ? s.unavailableReason.split(":")[0]! : `failed: ${s.unavailableReason ?? "no rounds"}` });
+      rows.push({ what: `Strata ${s.label}`, "ops/s": "-", note: noteText(s.unavailableReason ?? "no round completed") });
       continue;
     }
     const ratioCells: Record<string, Cell> = {};
     for (const b of g.baselines) ratioCells[`vs ${b.name}`] = x(s.ratios[b.name] ?? NaN);
-    rows.push({ what: `Strata ${s.label}`, "ops/s": s.opsPerSec, "MB/s": s.mbPerSec, ...latencyCells(s.latency), ...cpuCells(s), ...ratioCells });
+    const errorCells: Record<string, Cell> = anyErrors ? { "errors (retried)": errorsText(s.errors) } : {};
+    // A subject stopped after some rounds: its figures are of those rounds only.
+    const noteCells: Record<string, Cell> = s.unavailableReason !== undefined ? { note: noteText(`${s.rounds.length} round(s) measured, then ${s.unavailableReason}`) } : {};
+    rows.push({ what: `Strata ${s.label}`, "ops/s": s.opsPerSec, "MB/s": s.mbPerSec, ...latencyCells(s.latency), ...cpuCells(s), ...ratioCells, ...errorCells, ...noteCells });
   }
   for (const b of g.baselines) {
     if (!b.available) {
-      rows.push({ what: b.label, "ops/s": "-", note: `not available: ${b.unavailableReason ?? "?"}` });
+      rows.push({ what: b.label, "ops/s": "-", note: noteText(`not available: ${b.unavailableReason ?? "?"}`) });
       continue;
     }
     rows.push({ what: b.label, "ops/s": b.opsPerSec, "MB/s": b.mbPerSec, ...latencyCells(b.latency), ...cpuCells(b) });
@@ -1108,9 +1249,23 @@ function groupRows(g: GroupResult): Array<Record<string, Cell>> {
  * when both were measured (an in-process cluster on Linux): against a running cluster the
  * process is the client alone, and the figure would not be the cost of a request.
  */
-function cpuCells(r: { cpuUsPerOp: number; natsCpuUsPerOp: number }): Record<string, Cell> {
-  if (!Number.isFinite(r.cpuUsPerOp) || !Number.isFinite(r.natsCpuUsPerOp)) return {};
-  return { "CPU µs/op (nats)": `${formatNumber(r.cpuUsPerOp + r.natsCpuUsPerOp)} (${formatNumber(r.natsCpuUsPerOp)})` };
+function cpuCells(r: { totalCpuUsPerOp: number; natsCpuUsPerOp: number }): Record<string, Cell> {
+  if (!Number.isFinite(r.totalCpuUsPerOp) || !Number.isFinite(r.natsCpuUsPerOp)) return {};
+  return { "CPU µs/op (nats)": `${formatNumber(r.totalCpuUsPerOp)} (${formatNumber(r.natsCpuUsPerOp)})` };
+}
+
+/** Errors by code, most first: `timeout 60, unavailable 2`; `-` for none. */
+function errorsText(errors: Readonly<Record<string, number>>): string {
+  const list = Object.entries(errors).sort((a, b) => b[1] - a[1]);
+  return list.length === 0 ? "-" : list.map(([code, n]) => `${code} ${n}`).join(", ");
+}
+
+/** Bound on a table note's length: the JSON has the whole reason. */
+const NOTE_CHARS_MAX = 240;
+
+function noteText(text: string): string {
+  const line = text.replace(/\s+/g, " ");
+  return line.length > NOTE_CHARS_MAX ? `${line.slice(0, NOTE_CHARS_MAX - 1)}…` : line;
 }
 
 /** Serializable form of a result: histograms become summaries (p50/p90/p99/p99.9/max…). */
@@ -1135,30 +1290,44 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchResult> {
   const o = resolveOptions(opts);
   const startedAt = new Date();
   const t0 = performance.now();
-  const budget = new Budget(RUN_MS_MAX);
+  // The short mode's bound covers the cluster's start and stop too (about 3 s of it).
+  const budget = new Budget(o.short ? SHORT_RUN_MS_MAX - 3_000 : RUN_MS_MAX);
   const groups = planGroups(o);
   const wantsReplicas3 = groups.some((g) => g.subjects.some((s) => s.replicas === 3));
   if (!o.quiet) progress(opts.target ? `connecting to ${opts.target.natsUrl}…` : "starting an in-process cluster…");
   const env = await openEnv(o, opts.target, opts.scratchDir, wantsReplicas3);
+  // The raw-append baseline's directory, removed at the end if this run made it.
+  const rawDir = path.join(env.scratchDir, "raw-append");
+  const rawDirExisted = fs.existsSync(rawDir);
   const results: GroupResult[] = [];
   try {
     for (let i = 0; i < groups.length; i++) results.push(await runGroup(env, o, groups[i]!, i, budget));
   } finally {
     if (!o.quiet) progress("stopping…");
+    if (!rawDirExisted) fs.rmSync(rawDir, { recursive: true, force: true });
     await env.close();
     clearProgress();
   }
   const suite = o.workload === "suite";
+  const ran = (name: BaselineName): boolean => results.some((g) => g.baselines.some((b) => b.name === name && b.rounds.length > 0));
   const notes = [
-    `JetStream: ${jetstreamNote}`,
+    ...(ran("jetstream-publish") ? [`JetStream: ${jetstreamNote}`] : []),
     "Ratios are medians over rounds of per-round ratios; subjects and baselines alternate in each round.",
-    "raw-append batches as many records per fdatasync as requests are in flight (the batching a device queue sees at that depth).",
-    "nats-echo sends the payload both ways; a Strata write sends it one way and a read returns it one way.",
+    ...(ran("raw-append") ? ["raw-append batches as many records per fdatasync as requests are in flight (the batching a device queue sees at that depth)."] : []),
+    ...(ran("raw-append") && env.inProcess === undefined && opts.scratchDir === undefined
+      ? [`raw-append ran in ${env.scratchDir} on this machine, not on the cluster's disks: pass --scratch-dir on the disk under test.`]
+      : []),
+    ...(ran("nats-echo") ? ["nats-echo sends the payload both ways; a Strata write sends it one way and a read returns it one way."] : []),
+    "Latency runs from a request's first attempt to its success: a retried request (see errors) counts its failed attempts' time.",
   ];
   if (results.some((g) => [...g.subjects, ...g.baselines].some((r) => Number.isFinite(r.natsCpuUsPerOp)))) {
     notes.push("CPU µs/op: CPU time per request (raw-append: per record) of the benchmark process, which holds the client and the in-process cluster's nodes, plus nats-server's (in parentheses); the median over rounds. When the cores are all busy, ops/s follow it.");
   }
-  if (results.some((g) => g.subjects.some((s) => !s.available))) notes.push("Rows marked 'not available in this build': the cluster refused volume.create with replicas 3 (bad_request).");
+  // What the run did not measure that it was asked to: the exit status says so (1).
+  const failures = results.flatMap((g) => [
+    ...g.subjects.filter((s) => s.unavailableReason !== undefined).map((s) => `[${g.label}] Strata ${s.label}: ${s.unavailableReason!}`),
+    ...g.baselines.filter((b) => !b.available).map((b) => `[${g.label}] ${b.label}: ${b.unavailableReason ?? "not available"}`),
+  ]);
   const result: BenchResult = {
     kind: suite ? "suite" : "single",
     options: o,
@@ -1176,6 +1345,7 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchResult> {
     targets: suite ? evaluateTargets(results) : [],
     closingNote: suite ? closingNote(results) : [],
     notes,
+    failures,
     files: [],
   };
   if (o.resultsDir !== null) {
@@ -1204,6 +1374,7 @@ export function printResult(result: BenchResult): void {
   }
   for (const note of result.notes) process.stdout.write(`note: ${note}\n`);
   for (const file of result.files) process.stdout.write(`written: ${file}\n`);
+  for (const failure of result.failures) process.stdout.write(`NOT MEASURED: ${failure}\n`);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1287,18 +1458,20 @@ R=1 and R=3) with the target table. With --workload: that workload alone.
   --nats URL --cluster C  benchmark a running cluster (default: a fresh in-process cluster)
   --hosts N               in-process: actor hosts per node (default: (cores - 1) / nodes, at least 1)
   --nodes N               in-process: nodes (default 3 when R=3 is measured, else 1)
-  --timeout MS            bound on each request (default 10000)
-  --scratch-dir D         directory for the raw-append file (the disk under test)
+  --timeout MS            bound on each request attempt, 1..100000 (default 10000); a request
+                          that fails with a retryable error is retried, its latency kept whole
+  --scratch-dir D         directory for the raw-append file (the disk under test; default the
+                          in-process cluster's data directory, or the OS temp dir on this machine)
   --results-dir D         where JSON and SVG go (default results)
   --no-results            write no files
   --short                 the smoke suite: under a minute on two cores
   --seed N                workload seed (default 1)
-  --no-async-traces       the Strata client skips the NATS client's per-request stack capture
-                          (the baselines keep it: ratios then flatter Strata by that cost)
   --json                  print the JSON result instead of tables
   --profile-summary FILE  print self time by function of a .cpuprofile and exit (--top N)
 
-Every run is bounded by 10 minutes.
+Every run is bounded by 10 minutes (--short: 57 s). Exit status: 0 measured (whether targets
+are met is in the table), 1 something asked for was not measured (NOT MEASURED lines), 2 a bad
+or conflicting flag.
 `;
 
 /** Output streams of {@link main}. */
@@ -1333,10 +1506,17 @@ const FLAG_KINDS: Readonly<Record<string, "string" | "integer" | "number" | "boo
   seed: "integer",
   json: "boolean",
   "profile-summary": "string",
-  "no-async-traces": "boolean",
   top: "integer",
   help: "boolean",
 };
+
+/** The flag of each option named in resolveOptions' messages. */
+const OPTION_FLAGS: Readonly<Record<string, string>> = {
+  workload: "--workload", readRatio: "--read-ratio", pageSize: "--page-size", pagesPerRequest: "--pages-per-request", queueDepth: "--queue-depth",
+  replicas: "--replicas", durationMs: "--duration-ms", ops: "--ops", warmupMs: "--warmup-ms", rounds: "--rounds", volumePages: "--volume-pages",
+  shards: "--shards", hosts: "--hosts", nodes: "--nodes", requestTimeoutMs: "--timeout", seed: "--seed", target: "--nats/--cluster",
+};
+const OPTION_NAMES = new RegExp(`\\b(${Object.keys(OPTION_FLAGS).join("|")})\\b`, "g");
 
 /** A bad command line. */
 export class BenchUsageError extends Error {
@@ -1368,8 +1548,9 @@ export function parseBenchArgs(argv: readonly string[]): { options: BenchOptions
     if (value === undefined || (eq < 0 && value.startsWith("--"))) throw new BenchUsageError(`--${name}: expected a value`);
     if (kind === "string") flags[name] = value;
     else {
-      const n = Number(value);
-      if (value.trim() === "" || !Number.isFinite(n) || (kind === "integer" && !Number.isSafeInteger(n))) {
+      // Decimal only: Number() would also take "0x10", "1e3" or " 7 ".
+      const n = kind === "integer" ? (/^-?\d{1,16}$/.test(value) ? Number(value) : NaN) : /^-?(\d+\.?\d*|\.\d+)$/.test(value) ? Number(value) : NaN;
+      if (!Number.isFinite(n) || (kind === "integer" && !Number.isSafeInteger(n))) {
         throw new BenchUsageError(`--${name}: expected ${kind === "integer" ? "an integer" : "a number"}, got ${JSON.stringify(value)}`);
       }
       flags[name] = n;
@@ -1402,7 +1583,6 @@ export function parseBenchArgs(argv: readonly string[]): { options: BenchOptions
   if (str("results-dir") !== undefined) options.resultsDir = str("results-dir")!;
   if (flags["no-results"] === true) options.resultsDir = null;
   if (flags.short === true) options.short = true;
-  if (flags["no-async-traces"] === true) options.natsAsyncTraces = false;
   const baselines = str("baselines");
   if (baselines !== undefined) {
     const list = baselines === "none" || baselines === "" ? [] : baselines.split(",").map((b) => b.trim());
@@ -1421,12 +1601,21 @@ export function parseBenchArgs(argv: readonly string[]): { options: BenchOptions
 
 /**
  * Runs `strata bench` with `argv` (the arguments after `bench`) and resolves with the exit code:
- * 0 done (targets missed or not is in the table, not in the code), 1 the run failed, 2 usage.
+ * 0 done (targets missed or not is in the table, not in the code), 1 the run failed or left
+ * something it was asked to measure unmeasured (`failures`), 2 usage (a bad or conflicting flag).
  */
 export async function main(argv: readonly string[], io: BenchIo = { stdout: process.stdout, stderr: process.stderr }): Promise<number> {
   let parsed: ReturnType<typeof parseBenchArgs>;
   try {
     parsed = parseBenchArgs(argv);
+    // Options checked together before anything starts; a RangeError names the option (as its flag here).
+    if (!parsed.help && parsed.profileSummary === undefined) {
+      try {
+        resolveOptions(parsed.options);
+      } catch (err) {
+        throw new BenchUsageError((err as Error).message.replace(OPTION_NAMES, (name) => OPTION_FLAGS[name]!));
+      }
+    }
   } catch (err) {
     io.stderr.write(`strata bench: usage: ${(err as Error).message}\nRun "strata bench --help" for the flags.\n`);
     return 2;
@@ -1444,11 +1633,16 @@ export async function main(argv: readonly string[], io: BenchIo = { stdout: proc
     }
     const result = await runBench(parsed.options);
     if (parsed.json) io.stdout.write(`${JSON.stringify(resultToJson(result), null, 2)}\n`);
+    if (result.failures.length > 0) {
+      io.stderr.write(`strata bench: ${result.failures.length} of what was asked was not measured in full (NOT MEASURED above, failures in the JSON)\n`);
+      return 1;
+    }
     return 0;
   } catch (err) {
     clearProgress();
     const e = err as Error;
-    io.stderr.write(`strata bench: ${errorCode(err)}: ${e.stack ?? e.message}\n`);
+    // A refusal by the cluster says what was wrong; a stack helps only with an error of the bench itself.
+    io.stderr.write(`strata bench: ${err instanceof ProtocolError ? `${err.code}: ${e.message}` : `${errorCode(err)}: ${e.stack ?? e.message}`}\n`);
     return 1;
   }
 }

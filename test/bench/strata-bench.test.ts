@@ -2,7 +2,7 @@ import * as assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { WARMUP_OPS_MIN, evaluateTargets, parseBenchArgs, runBench, summarizeCpuProfile, type BenchResult } from "../../bench/strata-bench";
+import { WARMUP_OPS_MIN, evaluateTargets, main, parseBenchArgs, resolveOptions, runBench, summarizeCpuProfile, type BenchResult } from "../../bench/strata-bench";
 import { WorkloadGenerator, payloadPages, SeededRandom, type Workload } from "../../bench/workloads";
 import { startCluster } from "../../cluster/in-process-cluster";
 
@@ -153,23 +153,67 @@ describe("bench/strata-bench", function () {
     assert.ok(s.warmupSeconds <= (warmupMs * 8) / 1000 + 1, `warm-up bounded: ${s.warmupSeconds} s`);
   });
 
-  it("reads a filled volume, and reports R=3 as not available when the cluster refuses it", async () => {
+  it("reads a filled volume; targets of a run without the suite's subjects say not measured", async () => {
     const read = await runBench({ workload: "randread", queueDepth: 8, ops: 100, rounds: 1, warmupMs: 0, volumePages: 128, hosts: 1, baselines: [], resultsDir: null, quiet: true });
     const s = read.groups[0]!.subjects[0]!;
     assert.equal(s.ops, 100);
     assert.equal(read.groups[0]!.baselines.length, 0);
     assert.deepEqual(read.files, []);
+    assert.deepEqual(read.failures, []);
+    // Targets computed from such a result mark every row, never throw.
+    const rows = evaluateTargets(read.groups);
+    assert.ok(rows.every((r) => r.status === "not measured"), JSON.stringify(rows.map((r) => r.status)));
+  });
 
-    const r3 = await runBench({ workload: "randwrite", replicas: 3, ops: 10, rounds: 1, warmupMs: 0, volumePages: 64, hosts: 1, nodes: 1, baselines: ["nats-echo"], resultsDir: null, quiet: true });
-    const s3 = r3.groups[0]!.subjects[0]!;
-    if (!s3.available) {
-      assert.match(s3.unavailableReason!, /not available (in this build|on this cluster)/);
-      assert.equal(s3.ops, 0);
-      assert.deepEqual(s3.ratios, {});
+  it("refuses R=3 on an in-process cluster of fewer than 3 nodes before starting anything", async () => {
+    await assert.rejects(
+      runBench({ workload: "randwrite", replicas: 3, ops: 10, rounds: 1, warmupMs: 0, volumePages: 64, hosts: 1, nodes: 1, baselines: ["nats-echo"], resultsDir: null, quiet: true }),
+      /nodes must be at least 3 when three-way replication is measured \(replicas 3\), got 1/,
+    );
+  });
+
+  it("counts a stall in the latency of the requests it held, retried errors in the table, and a round that failed in nothing", async function () {
+    this.timeout(90_000);
+    const cluster = await startCluster({ nodes: 1, hosts: 1, cluster: "stall" });
+    try {
+      const target = { natsUrl: cluster.natsUrl, cluster: "stall" };
+      // The node is killed in the second of three rounds and started again 1.5 s later: the
+      // requests then in flight are retried until it answers, and their latency holds the stall.
+      const stall = (async () => {
+        await new Promise((r) => setTimeout(r, 2_500));
+        cluster.kill(0);
+        await new Promise((r) => setTimeout(r, 1_500));
+        await cluster.restart(0);
+      })();
+      const r = await runBench({ workload: "randwrite", queueDepth: 2, durationMs: 6_000, rounds: 3, warmupMs: 0, volumePages: 64, requestTimeoutMs: 500, baselines: [], target, resultsDir: null, quiet: true });
+      await stall;
+      const s = r.groups[0]!.subjects[0]!;
+      assert.ok(s.available && s.unavailableReason === undefined, s.unavailableReason);
+      assert.equal(s.rounds.length, 3);
+      assert.ok(Object.keys(s.errors).length > 0, "the stalled requests failed and were retried");
+      assert.ok(s.latency.max >= 1_400_000, `the longest request took ${s.latency.max} µs, not the stall's 1.5 s or more`);
+      assert.equal(s.latency.count, s.ops, "every measured request once in the latency");
+      assert.deepEqual(r.failures, []);
+
+      // A volume deleted in the middle of a run: the next request is refused (not_found, not
+      // retried), the subject stops, the round in progress counts nothing, and the run reports it.
+      const del = (async () => {
+        await new Promise((res) => setTimeout(res, 1_500));
+        const mine = (await cluster.client.listVolumes()).filter((v) => v.name.startsWith("bench-"));
+        for (const v of mine) await cluster.client.deleteVolume(v.name);
+      })();
+      const d = await runBench({ workload: "randwrite", queueDepth: 2, durationMs: 3_000, rounds: 3, warmupMs: 0, volumePages: 64, baselines: [], target, resultsDir: null, quiet: true });
+      await del;
+      const ds = d.groups[0]!.subjects[0]!;
+      assert.match(ds.unavailableReason ?? "", /^stopped in round [123] of 3: .*not_found|^stopped in round [123] of 3: .*(not found|does not exist)/i);
+      assert.ok(ds.rounds.length < 3);
+      assert.equal(ds.latency.count, ds.ops, "the stopped round's requests are not in the latency");
+      assert.equal(d.failures.length, 1);
+      assert.match(d.failures[0]!, /Strata R=1 randwrite: stopped in round/);
+      assert.deepEqual(await cluster.client.listVolumes(), [], "no volume left");
+    } finally {
+      await cluster.stop();
     }
-    // Targets computed from such a result mark the R=3 rows, never throw.
-    const rows = evaluateTargets(r3.groups);
-    assert.ok(rows.every((r) => r.status === "not available in this build"));
   });
 
   it("benchmarks a running cluster (--nats): its volume is made and removed there, a missing JetStream is not available", async () => {
@@ -218,6 +262,48 @@ describe("bench/strata-bench", function () {
     assert.throws(() => parseBenchArgs(["--nats", "nats://x"]), /go together/);
     assert.throws(() => parseBenchArgs(["--queue-depth", "x"]), /integer/);
     assert.throws(() => parseBenchArgs(["--bogus"]), /unknown flag/);
+    assert.throws(() => parseBenchArgs(["--ops", "0x10"]), /--ops: expected an integer, got "0x10"/);
+    assert.throws(() => parseBenchArgs(["--read-ratio", "1e-1"]), /--read-ratio: expected a number/);
+  });
+
+  it("refuses options that conflict or that the run would ignore, before starting anything", () => {
+    const cases: Array<[Parameters<typeof resolveOptions>[0], RegExp]> = [
+      [{ queueDepth: 4 }, /queueDepth: only with workload/],
+      [{ pageSize: 8192, readRatio: 0.2 }, /readRatio, pageSize: only with workload/],
+      [{ workload: "randwrite", readRatio: 0.3 }, /readRatio applies to the mixed workload only/],
+      [{ workload: "randread", baselines: ["raw-append"] }, /--baselines raw-append: it measures writes, and randread writes nothing/],
+      [{ workload: "mixed", readRatio: 1, baselines: ["nats-echo", "jetstream-publish"] }, /jetstream-publish: it measures writes, and mixed with readRatio 1/],
+      [{ workload: "randwrite", baselines: ["nats-echo", "nats-echo"] }, /baseline nats-echo given twice/],
+      [{ workload: "randwrite", queueDepth: 64, ops: 100, rounds: 2 }, /ops \(100\) must be at least queueDepth x rounds \(64 x 2\)/],
+      [{ ops: 100 }, /ops \(100\) must be at least queueDepth x rounds \(64 x 5\)/],
+      [{ workload: "randwrite", pageSize: 8192, pagesPerRequest: 64, queueDepth: 1024 }, /put 536870912 bytes in flight, more than 67108864/],
+      [{ workload: "seqwrite", pagesPerRequest: 8, volumePages: 4 }, /volumePages \(4\) must be at least the pages of one request \(8\)/],
+      [{ workload: "randwrite", shards: 64, volumePages: 16 }, /shards \(64\) must not exceed volumePages \(16\)/],
+      [{ workload: "randwrite", hosts: 2, target: { natsUrl: "nats://127.0.0.1:1", cluster: "c" } }, /hosts and nodes shape an in-process cluster/],
+      [{ nodes: 2 }, /nodes must be at least 3 when three-way replication is measured \(the suite does\), got 2/],
+      [{ workload: "randwrite", requestTimeoutMs: 200_000 }, /requestTimeoutMs must be an integer in 1\.\.100000/],
+      [{ workload: "randwrite", durationMs: 1.5 }, /durationMs must be an integer/],
+    ];
+    for (const [opts, re] of cases) assert.throws(() => resolveOptions(opts), re, JSON.stringify(opts));
+    // The same pass: a workload with its shape, a suite without one.
+    assert.equal(resolveOptions({ workload: "mixed", readRatio: 0.9, queueDepth: 4, ops: 20, rounds: 5 }).queueDepth, 4);
+    assert.equal(resolveOptions({ short: true }).workload, "suite");
+  });
+
+  it("answers a bad or conflicting flag as usage (exit 2, the flag named, no stack) before starting anything", async () => {
+    const run = async (argv: string[]): Promise<{ code: number; err: string }> => {
+      let err = "";
+      const sink = { write: (t: string) => ((err += t), true) } as unknown as NodeJS.WritableStream;
+      const code = await main(argv, { stdout: sink, stderr: sink });
+      return { code, err };
+    };
+    const ratio = await run(["--workload", "mixed", "--read-ratio", "2"]);
+    assert.equal(ratio.code, 2);
+    assert.match(ratio.err, /^strata bench: usage: --read-ratio must be in 0\.\.1, got 2\n/);
+    assert.doesNotMatch(ratio.err, /at .*\.js:\d+/, "no stack");
+    const suite = await run(["--page-size", "8192", "--queue-depth", "4"]);
+    assert.equal(suite.code, 2);
+    assert.match(suite.err, /--page-size, --queue-depth: only with --workload/);
   });
 
   it("summarizes a cpuprofile by self time", () => {
