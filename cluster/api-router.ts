@@ -25,8 +25,8 @@ import { createClient, GEOMETRY_RECHECK_MS, NatsTransport, type StrataClient, ty
 const VOLUME_CACHE_MAX = 1024;
 /** Longest a status waits for the nodes' answers. */
 const STATUS_GATHER_MS_MAX = 2000;
-/** Nodes' answers gathered by one status request at most. */
-const STATUS_REPLIES_MAX = 256;
+/** Messages gathered by one status request at most (a node of many shards answers in parts). */
+const STATUS_REPLIES_MAX = 1024;
 /** Room left in a status reply's message for its headers. */
 const STATUS_REPLY_ROOM_BYTES = 4096;
 
@@ -155,7 +155,7 @@ export class ApiRouter {
       if (!nodes.some((n) => (n as { node?: { id?: unknown } }).node?.id === id)) nodes.push(local);
     }
     const view = await fromController;
-    return mergeClusterStatus({ self: local.node as Record<string, unknown>, nodes: nodes as Array<Record<string, unknown>>, ...view }, (serverMaxPayload(this.nc) ?? MESSAGE_BYTES_MAX) - STATUS_REPLY_ROOM_BYTES);
+    return mergeClusterStatus({ self: local.node as Record<string, unknown>, nodes: joinNodeStatus(nodes as Array<Record<string, unknown>>), ...view }, (serverMaxPayload(this.nc) ?? MESSAGE_BYTES_MAX) - STATUS_REPLY_ROOM_BYTES);
   }
 
   /** The controller's membership and catalog for a status; never rejects. */
@@ -201,6 +201,68 @@ function nodeStatusShaped(value: unknown): boolean {
   if (!isPlainObject(value)) return false;
   const shards = value.shards;
   return shards === undefined || (Array.isArray(shards) && shards.every(isPlainObject));
+}
+
+/**
+ * A node's answer to the status gather in messages of at most `bytesMax` encoded bytes each: the
+ * whole status when it fits, else parts that each repeat the node's own fields and carry a run
+ * of its shards, numbered `part` (from 0) of `parts`. A single shard too large for a part still
+ * goes (alone), to be refused by the send as it would be whole.
+ */
+export function splitNodeStatus(status: Record<string, unknown>, bytesMax: number): Array<Record<string, unknown>> {
+  const shards = Array.isArray(status.shards) ? (status.shards as unknown[]) : [];
+  if (shards.length === 0 || encode(status).length <= bytesMax) return [status];
+  // Room for the shards of a part: the part's own fields (with the largest part numbers), and
+  // the array header that grows with its length.
+  const room = bytesMax - encode({ ...status, shards: [], part: shards.length, parts: shards.length }).length - 16;
+  const chunks: unknown[][] = [[]];
+  let used = 0;
+  for (const sh of shards) {
+    const size = encode(sh).length;
+    if (used + size > room && chunks[chunks.length - 1]!.length > 0) {
+      chunks.push([]);
+      used = 0;
+    }
+    chunks[chunks.length - 1]!.push(sh);
+    used += size;
+  }
+  return chunks.map((chunk, part) => ({ ...status, shards: chunk, part, parts: chunks.length }));
+}
+
+/**
+ * The nodes' answers to a status gather, a node's parts (splitNodeStatus) joined into one view
+ * with its shards in part order. A node some of whose parts did not arrive says how many in
+ * `partsMissing` (their shards are then not reported). Answers without a node id pass as they are.
+ */
+export function joinNodeStatus(replies: ReadonlyArray<Record<string, unknown>>): Array<Record<string, unknown>> {
+  const out: Array<Record<string, unknown>> = [];
+  const partsOf = new Map<string, { parts: number; got: Map<number, Record<string, unknown>> }>();
+  for (const r of replies) {
+    const id = (r.node as { id?: unknown } | undefined)?.id;
+    const parts = r.parts;
+    const part = r.part;
+    if (typeof id !== 'string' || typeof parts !== 'number' || typeof part !== 'number' || !Number.isSafeInteger(parts) || parts < 1 || !Number.isSafeInteger(part) || part < 0 || part >= parts) {
+      out.push(r);
+      continue;
+    }
+    let entry = partsOf.get(id);
+    if (!entry) {
+      entry = { parts, got: new Map() };
+      partsOf.set(id, entry);
+    }
+    // Parts of one answer agree on their count; a stray part of another count is left out.
+    if (parts === entry.parts && !entry.got.has(part)) entry.got.set(part, r);
+  }
+  for (const { parts, got } of partsOf.values()) {
+    const ordered = [...got.entries()].sort((a, b) => a[0] - b[0]).map(([, r]) => r);
+    const { part: _part, parts: _parts, shards: _shards, ...rest } = ordered[0]!;
+    out.push({
+      ...rest,
+      shards: ordered.flatMap((r) => (Array.isArray(r.shards) ? (r.shards as unknown[]) : [])),
+      ...(got.size < parts ? { partsMissing: parts - got.size } : {}),
+    });
+  }
+  return out;
 }
 
 /** What a cluster status merges: the answering node, the nodes' views, the controller's part. */

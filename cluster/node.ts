@@ -26,8 +26,8 @@ import { HEADER_DEADLINE, parseDeadline, readHeaders } from '../messages/headers
 import type { MessageType } from '../messages/api';
 import type { Service } from 'nats';
 import { messageHeaders, REPLY_HEADERS, wellFormed } from '../runtime/nats-headers';
-import { encodeReplyWithin, fromNatsError, natsErrorCode } from '../runtime/request-mux';
-import { encode, decode, encodedErrorCode } from '../messages/codec';
+import { encodeReplyWithin, fromNatsError, natsErrorCode, serverMaxPayload } from '../runtime/request-mux';
+import { encode, decode, encodedErrorCode, MESSAGE_BYTES_MAX } from '../messages/codec';
 import { errorReply, ProtocolError, toProtocolError, throwIfError, type ErrorCode } from '../messages/errors';
 import {
   validateVolumeCreateRequest,
@@ -61,7 +61,7 @@ import { createLogger, type Logger } from '../observability/log';
 import { currentTelemetry } from '../observability/telemetry';
 import { RequestRecorder } from '../observability/request-recorder';
 import { ATTR, recordSpanError, serverSpan } from '../observability/tracing';
-import { ApiRouter } from './api-router';
+import { ApiRouter, splitNodeStatus } from './api-router';
 
 export const STRATA_VERSION = '0.1.0';
 
@@ -948,15 +948,21 @@ export class StrataNode {
     this.subscribe(subj('assignments'), async (body) => {
       const { nodeId, from = 0 } = validateAssignmentsRequest(body);
       const a = c.assignments(nodeId);
-      const page = a.shards.slice(from, from + ASSIGNMENTS_PAGE_MAX);
-      const next = from + page.length;
-      return {
-        epoch: a.epoch,
-        // With the first page: later ones would repeat them.
-        tombstones: from === 0 ? a.tombstones : [],
-        shards: page.map(({ volume, placement, hostId }) => this.assignmentOf(volume, placement.shard, hostId)),
-        ...(next < a.shards.length ? { next } : {}),
-      };
+      // With the first page: later ones would repeat them.
+      const tombstones = from === 0 ? a.tombstones : [];
+      // As many as the server's max_payload holds (a server with a small one takes more pages), at
+      // most ASSIGNMENTS_PAGE_MAX, at least one (which, too large alone, is answered too_large).
+      const room = (serverMaxPayload(this.nc) ?? MESSAGE_BYTES_MAX) - STATUS_PART_ROOM_BYTES - encode({ epoch: a.epoch, tombstones, shards: [], next: ASSIGNMENTS_PER_NODE_MAX }).length;
+      const shards: ShardAssignment[] = [];
+      let used = 0;
+      for (const { volume, placement, hostId } of a.shards.slice(from, from + ASSIGNMENTS_PAGE_MAX)) {
+        const one = this.assignmentOf(volume, placement.shard, hostId);
+        used += encode(one).length;
+        if (used > room && shards.length > 0) break;
+        shards.push(one);
+      }
+      const next = from + shards.length;
+      return { epoch: a.epoch, tombstones, shards, ...(next < a.shards.length ? { next } : {}) };
     });
     this.subscribe(subj('members'), async () => ({ members: this.allMembers() }));
     this.subscribe(subj('volume.create'), (body, msg) => this.serial(msg, () => this.createVolume(validateVolumeCreateRequest(body))));
@@ -1069,7 +1075,13 @@ export class StrataNode {
     // Every node answers the cluster-wide status scatter (no queue group).
     // The cluster status's gather: what its merge reads of each shard, so that a node of many
     // shards still fits one message (a full entry is about 390 bytes, this one about 120).
-    this.subscribe(`strata.${this.cluster}.nodes.status`, async () => compactStatus(await this.status()));
+    // A node of more shards than one message holds answers in parts (joined by the gather).
+    const gather = `strata.${this.cluster}.nodes.status`;
+    this.subscribe(gather, async (_body, msg) => {
+      const parts = splitNodeStatus(compactStatus(await this.status()), (serverMaxPayload(this.nc) ?? MESSAGE_BYTES_MAX) - STATUS_PART_ROOM_BYTES);
+      for (const part of parts.slice(0, -1)) this.respondControl(msg, gather, part);
+      return parts[parts.length - 1];
+    });
   }
 
   /** This node's view: hosts, devices and the shards it hosts. */
@@ -1213,10 +1225,17 @@ export class StrataNode {
 }
 
 /** The fields of a shard's status that the cluster status merges (mergeClusterStatus, cluster/api-router.ts). */
+/** Room left in a control reply made to fit the server's max_payload (a status part, a page of assignments) for its headers. */
+const STATUS_PART_ROOM_BYTES = 4096;
+
 const MERGED_SHARD_FIELDS = ['volumeId', 'shard', 'role', 'state', 'term', 'commitLsn', 'appliedLsn', 'lag', 'downReason', 'repairing'] as const;
 
-/** A node's status with only the merged fields of each shard. */
-function compactStatus(status: Record<string, unknown>): Record<string, unknown> {
+/**
+ * A node's status with only the merged fields of each shard, and each host's per-shard mailbox
+ * list summed (`mailboxes`: how many, their depth, bytes, refusals and errors): both lists grow
+ * with the shards, and the merge reads neither's detail.
+ */
+export function compactStatus(status: Record<string, unknown>): Record<string, unknown> {
   const shards = (status.shards as Array<Record<string, unknown>>).map((sh) => {
     const out: Record<string, unknown> = {};
     for (const k of MERGED_SHARD_FIELDS) if (sh[k] !== undefined) out[k] = sh[k];
@@ -1225,5 +1244,12 @@ function compactStatus(status: Record<string, unknown>): Record<string, unknown>
     if (out.repairing === false) delete out.repairing;
     return out;
   });
-  return { ...status, shards };
+  const hosts = Array.isArray(status.hosts)
+    ? (status.hosts as Array<Record<string, unknown>>).map(({ mailbox, ...h }) => {
+        if (!Array.isArray(mailbox)) return h;
+        const sum = (k: string): number => (mailbox as Array<Record<string, unknown>>).reduce((t, m) => t + (Number(m[k]) || 0), 0);
+        return { ...h, mailboxes: { count: mailbox.length, depth: sum('depth'), bytes: sum('bytes'), rejectedOverloaded: sum('rejectedOverloaded'), errors: sum('errors') } };
+      })
+    : status.hosts;
+  return { ...status, ...(hosts !== undefined ? { hosts } : {}), shards };
 }

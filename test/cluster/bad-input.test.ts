@@ -7,6 +7,7 @@ import { encode, decode } from '../../messages/codec';
 import { ProtocolError, type ErrorReply } from '../../messages/errors';
 import { HEADER_DEADLINE, HEADER_SCHEMA, HEADER_TYPE } from '../../messages/headers';
 import { shardSubject, apiSubject } from '../../messages/subjects';
+import { controllerSubject } from '../../messages/control';
 import type { VolumeInfo } from '../../messages/api';
 import { formatStatus } from '../../observability/status';
 import { waitFor } from '../support/wait';
@@ -411,5 +412,36 @@ describe('a cluster status larger than the NATS server carries', function () {
       }
     }
     assert.deepEqual([...new Set(details)], ['full', 'degraded-replicas', 'summary'], details.join(','));
+  });
+  it("a node of more shards than one message holds answers the gather in parts: every shard still reported", async () => {
+    // 3 volumes of 100 shards more: the node's view of its ~460 shards (about 90 bytes each) is
+    // over 16 KiB, so it answers in parts; in one message its shards would all go unreported.
+    for (let i = 0; i < 3; i++) await c.client.createVolume({ name: `many${i}`, pageCount: 1024, shards: 100, stripePages: 8, replicas: 1 });
+    const reported = (s: Status): boolean => s.volumes.every((v) => v.shardCount !== undefined && v.shardsUp === v.shardCount);
+    await waitFor('every shard of every volume reported up', async () => reported((await c.client.status()) as unknown as Status));
+    const status = (await c.client.status()) as unknown as Status;
+    assert.equal(status.detail, 'summary');
+    assert.equal(status.nodes.length, 1, "the node's parts are one node");
+    assert.ok(Number(status.nodes[0]!['shardCount']) >= 300, String(status.nodes[0]!['shardCount']));
+    assert.equal(status.nodes[0]!['partsMissing'], undefined);
+    // A node reads its assignments from the catalog in pages that fit the server's max_payload
+    // (pages of a fixed 512 assignments were refused too_large here: no reconciliation succeeded).
+    const nc = await natsConnect({ servers: c.natsUrl });
+    try {
+      const pages: Array<{ shards: unknown[]; next?: number }> = [];
+      let from: number | undefined;
+      do {
+        const r = await nc.request(controllerSubject(c.cluster, 'assignments'), encode({ nodeId: 'n1', ...(from === undefined ? {} : { from }) }), { timeout: 5000 });
+        assert.ok(r.data.length <= 16 * 1024);
+        const page = decode(r.data) as { shards: unknown[]; next?: number; error?: unknown };
+        assert.equal(page.error, undefined, JSON.stringify(page.error));
+        pages.push(page);
+        from = page.next;
+      } while (from !== undefined && pages.length < 100);
+      assert.ok(pages.length > 1, 'more than one page');
+      assert.equal(pages.reduce((n, p) => n + p.shards.length, 0), Number(status.nodes[0]!['shardCount']));
+    } finally {
+      await nc.close();
+    }
   });
 });

@@ -5,7 +5,7 @@
  */
 import { strict as assert } from 'node:assert';
 import { encode } from '../../messages/codec';
-import { mergeClusterStatus, type StatusParts } from '../../cluster/api-router';
+import { joinNodeStatus, mergeClusterStatus, splitNodeStatus, type StatusParts } from '../../cluster/api-router';
 import { formatStatus } from '../../observability/status';
 
 type Shard = { shard: number; state: string; replicas?: Array<Record<string, unknown>>; replicaCount?: number };
@@ -90,5 +90,61 @@ describe('cluster status merge (mergeClusterStatus)', () => {
     const v = (reply.volumes as Volume[])[0]!;
     assert.deepEqual([v.shards, v.shardCount, v.shardsUp, v.shardsDegraded, v.shardsUnavailable], [[], 4, 4, 2, 0]);
     assert.match(formatStatus(reply, { nowMs: 0 }), /a +id=va +1024 pages × 4096 B +shards=4 +replicas=3 +\(2 shards not ok\)/);
+  });
+});
+
+describe("a node's status in parts (a node of more shards than one message holds)", () => {
+  const many = (id: string, count: number): Record<string, unknown> =>
+    nodeView(id, Array.from({ length: count }, (_, i) => replica(`v${i % 7}`, i, i % 3 === 0 ? 'leader' : 'follower', { lag: i % 3 === 0 ? { n2: 0, n3: 1 } : {} })));
+
+  it('is split into parts that each fit, repeat the node, and carry every shard once, in order', () => {
+    const status = many('n1', 500);
+    const bytesMax = 8 * 1024;
+    assert.ok(encode(status).length > 3 * bytesMax, 'the whole does not fit');
+    const parts = splitNodeStatus(status, bytesMax);
+    assert.ok(parts.length >= 4);
+    parts.forEach((p, i) => {
+      assert.ok(encode(p).length <= bytesMax, `part ${i}: ${encode(p).length} bytes`);
+      assert.equal(p.part, i);
+      assert.equal(p.parts, parts.length);
+      assert.deepEqual(p.node, status.node);
+      assert.deepEqual(p.hosts, status.hosts);
+    });
+    assert.deepEqual(parts.flatMap((p) => p.shards as unknown[]), status.shards);
+    // Joined again: the status as it was, without part numbers.
+    assert.deepEqual(joinNodeStatus([...parts].reverse()), [status]);
+  });
+
+  it('a status that fits goes whole, and passes the join as it is', () => {
+    const status = many('n2', 3);
+    assert.deepEqual(splitNodeStatus(status, 1 << 20), [status]);
+    assert.deepEqual(joinNodeStatus([status]), [status]);
+  });
+
+  it('parts of several nodes are joined per node; a node whose part is missing says so, and the merge shows its shards not reported', () => {
+    const a = splitNodeStatus(many('n1', 300), 8 * 1024);
+    const b = splitNodeStatus(many('n2', 300), 8 * 1024);
+    const lost = b[1]!;
+    const joined = joinNodeStatus([a[0]!, b[0]!, ...a.slice(1), ...b.slice(2), b[0]!]);
+    assert.equal(joined.length, 2);
+    const n1 = joined.find((n) => (n.node as { id: string }).id === 'n1')!;
+    const n2 = joined.find((n) => (n.node as { id: string }).id === 'n2')!;
+    assert.equal((n1.shards as unknown[]).length, 300);
+    assert.equal(n1.partsMissing, undefined);
+    assert.equal(n2.partsMissing, 1, 'one part of n2 did not arrive (a repeated part counts once)');
+    assert.equal((n2.shards as unknown[]).length, 300 - (lost.shards as unknown[]).length);
+    const merged = mergeClusterStatus(
+      { self: n1.node as Record<string, unknown>, nodes: joined, members: [], catalog: [{ name: 'v0', id: 'v0', shards: 300, replicas: 1 }], controllerReachable: true },
+      1 << 24,
+    ) as { volumes: Volume[] };
+    const reported = (lost.shards as Array<{ volumeId: string; shard: number }>).find((sh) => sh.volumeId === 'v0')!;
+    const shard = merged.volumes[0]!.shards[reported.shard]!;
+    // The lost part's shard of v0 is reported by n1 only.
+    assert.deepEqual(shard.replicas!.map((r) => r.node), ['n1']);
+  });
+
+  it('answers that are not parts (no node id, bad part numbers) pass the join as they are', () => {
+    const odd = [{ shards: [] }, { node: { id: 'x' }, part: 3, parts: 2, shards: [] }, { node: { id: 'y' }, part: 0, parts: 0 }];
+    assert.deepEqual(joinNodeStatus(odd), odd);
   });
 });
