@@ -82,7 +82,7 @@ export const SOAK_DEFAULTS: Omit<SoakOptions, 'out'> = {
   pages: 512,
   shards: 4,
   clients: 8,
-  checkpointEveryRecords: 500,
+  checkpointEveryRecords: 100,
   segmentBytesMax: 256 * 1024,
   faults: FAULT_KINDS,
   resultsDir: 'results',
