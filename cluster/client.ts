@@ -44,7 +44,7 @@ import { allocRequestBytes } from '../storage-engine/arena';
 import { ProtocolError, throwIfError } from '../messages/errors';
 import { DEADLINE_AHEAD_MS_MAX, writeHeaders } from '../messages/headers';
 import { clientSpan } from '../observability/tracing';
-import { NoRespondersError, RequestMux, fromNatsError, natsErrorCode, serverMaxPayload } from '../runtime/request-mux';
+import { ConnectionState, NoRespondersError, RequestMux, fromNatsError, natsErrorCode, serverMaxPayload } from '../runtime/request-mux';
 import { withTimeout } from '../runtime/timeout';
 import { apiSubject, checkToken, shardSubject } from '../messages/subjects';
 import { nodeSubject, validateShardForceVoteReply, type ShardForceVoteReply } from '../messages/control';
@@ -144,13 +144,16 @@ export { NoRespondersError };
 
 /**
  * A `ClientTransport` over a connected `NatsConnection`: requests go through one RequestMux
- * (one reply subscription, one deadline timer) rather than `nc.request` each.
+ * (one reply subscription, one deadline timer) rather than `nc.request` each. While the
+ * connection is down (the NATS server restarting, say), a request waits for the reconnect within
+ * its timeout; the requests waiting for a reply when it drops fail at once (`unavailable`,
+ * `details.disconnected`: their replies are lost) instead of at their deadline.
  */
 export class NatsTransport implements ClientTransport {
   private readonly mux: RequestMux;
 
   constructor(private readonly nc: NatsConnection) {
-    this.mux = new RequestMux(nc);
+    this.mux = new RequestMux(nc, { connection: new ConnectionState(nc), whileDisconnected: 'wait', failPendingOnDisconnect: true });
   }
 
   get maxPayloadBytes(): number {
@@ -171,6 +174,9 @@ export class NatsTransport implements ClientTransport {
 // ---------------------------------------------------------------------------------------------
 // Client
 // ---------------------------------------------------------------------------------------------
+
+/** Pause between the client's attempts to reconnect to NATS (plus the library's jitter). */
+export const RECONNECT_WAIT_MS = 250;
 
 /** Options of `connect`. */
 export interface ConnectOptions {
@@ -496,6 +502,11 @@ export async function connect(options: ConnectOptions): Promise<StrataClient> {
       // The client maps every failure to a typed error with its subject; the stack trace nats.js
       // would capture for each request costs more CPU than the rest of a request's client work.
       noAsyncTraces: true,
+      // A server restarting: back within a quarter second of it, for as long as the client is
+      // open (each call stays bounded by its deadline). The library's default, every 2 s and 10
+      // times, held calls a further 2 s after a restart and then gave up for good.
+      reconnectTimeWait: RECONNECT_WAIT_MS,
+      maxReconnectAttempts: -1,
       ...(options.name === undefined ? {} : { name: options.name }),
     });
   } catch (err) {
@@ -964,8 +975,13 @@ function recordOf(error: unknown): WriteRecordRef | undefined {
 /** The codes of a failed write whose `recordLsn` and `recordTerm` name a record that may still commit. */
 const RECORD_NAMING_CODES: ReadonlySet<string> = new Set(['not_leader', 'device_failed', 'unavailable']);
 
-/** Failures after which a request is sent again: no leader answered it, or its record was named (sent with `earlier`). */
-function sendAgain(error: unknown): boolean {
+/**
+ * Failures after which a request is sent again: no leader answered it, or its record was named
+ * (sent with `earlier`); a read also when its reply was lost with a dropped NATS connection (a
+ * write then has an unknown outcome, final).
+ */
+function sendAgain(error: unknown, call: ShardCall | undefined): boolean {
+  if (call?.type === 'shard.read' && error instanceof ProtocolError && error.code === 'unavailable' && error.details?.['disconnected'] === true) return true;
   return leaderless(error) || recordOf(error) !== undefined;
 }
 
@@ -1050,7 +1066,7 @@ function mayStillCommit(call: ShardCall): boolean {
  * `overloaded` could apply that request's pages twice.
  */
 function throwFinal(calls: readonly ShardCall[], settled: readonly Settled[]): void {
-  const at = settled.findIndex((s) => !s.ok && !sendAgain(s.error));
+  const at = settled.findIndex((s, i) => !s.ok && !sendAgain(s.error, calls[i]));
   if (at < 0) return;
   const error = (settled[at] as { ok: false; error: unknown }).error;
   const pending = calls.findIndex((c, i) => i !== at && !settled[i]!.ok && mayStillCommit(c));

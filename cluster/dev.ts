@@ -126,8 +126,8 @@ const STRATA_BIN = path.join(__dirname, '..', '..', 'bin', 'strata');
 
 export interface DevCluster {
   natsUrl: string;
-  /** The nats-server's process id (fault tests freeze it with SIGSTOP). */
-  natsPid: number;
+  /** The nats-server's process id (fault tests freeze it with SIGSTOP); a new one after `restartNats`. */
+  readonly natsPid: number;
   root: string;
   nodes: Array<{ id: string; pid: number; log: string; process: ChildProcess }>;
   client: StrataClient;
@@ -137,6 +137,11 @@ export interface DevCluster {
    * process is spawned, not when it is up: rejects if it cannot be spawned.
    */
   restart(index: number): Promise<void>;
+  /**
+   * Kills the nats-server (SIGKILL), waits `downMs`, and starts a new one on the same port, where
+   * the nodes and clients reconnect. Resolves once the new server is ready.
+   */
+  restartNats(downMs: number): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -259,7 +264,20 @@ export async function startDevCluster(opts: DevClusterOptions): Promise<DevClust
     await Promise.race([waitForNodes(nats.url, opts.nodes, 30_000), spawnFailure]);
     const client = await connect({ servers: nats.url, cluster: 'dev' });
     opts.signal?.removeEventListener('abort', onAbort);
-    return { natsUrl: nats.url, natsPid: nats.pid, root, nodes, client, restart, stop };
+    const restartNats = async (downMs: number): Promise<void> => {
+      const old = nats!;
+      old.kill();
+      await old.stop();
+      await new Promise((r) => setTimeout(r, downMs));
+      nats = await startNatsServer({ jetstream: false, port: old.port });
+    };
+    return {
+      natsUrl: nats.url,
+      get natsPid(): number {
+        return nats!.pid;
+      },
+      root, nodes, client, restart, restartNats, stop,
+    };
   } catch (e) {
     opts.signal?.removeEventListener('abort', onAbort);
     // A nats-server whose start an interruption overtook is stopped too.

@@ -12,7 +12,11 @@
  * Failures follow the transport contract of the Strata client (`ClientTransport`): no reply
  * before the deadline → ProtocolError('timeout'); nobody subscribed (the server's 503 status) →
  * NoRespondersError; a message over the server's max_payload → 'too_large'; the connection or
- * the mux closed → 'unavailable'; more than `pendingMax` requests waiting → 'overloaded'.
+ * the mux closed → 'unavailable'; more than `pendingMax` requests waiting → 'overloaded'. With a
+ * `connection` to watch: a request made while it is down is refused 'unavailable' at once, or
+ * (`whileDisconnected: 'wait'`) sent once it is back, within its timeout; and with
+ * `failPendingOnDisconnect` the requests waiting for a reply when it drops fail at once,
+ * 'unavailable' with `details.disconnected` (their replies are lost with the connection).
  */
 import { Events, createInbox, headers as natsHeaders, type Msg, type MsgHdrs, type NatsConnection, type Subscription } from 'nats';
 import { ProtocolError, errorReply, toProtocolError, type ErrorCode } from '../messages/errors';
@@ -43,6 +47,18 @@ export interface RequestMuxOptions {
    * reconnect, wrong for replication, which sends its own heartbeats and appends again.
    */
   connection?: ConnectionState;
+  /**
+   * With `connection`: what a request made while it is down does. `refuse` (the default): fails
+   * at once. `wait`: waits for the reconnect, within its timeout, and is sent then; a request
+   * still unsent at its timeout fails 'unavailable' with `details.notSent` (it never left).
+   */
+  whileDisconnected?: 'refuse' | 'wait';
+  /**
+   * With `connection`: fail the requests waiting for a reply as soon as the connection drops
+   * ('unavailable', `details.disconnected`: a request may have reached its receiver, which
+   * answers into the lost connection), instead of at their timeout.
+   */
+  failPendingOnDisconnect?: boolean;
 }
 
 /**
@@ -51,8 +67,10 @@ export interface RequestMuxOptions {
  */
 export class ConnectionState {
   private up = true;
+  private ended = false;
   /** Disconnects seen so far. */
   disconnects = 0;
+  private readonly listeners = new Set<(up: boolean) => void>();
 
   constructor(nc: NatsConnection) {
     void this.watch(nc);
@@ -62,18 +80,35 @@ export class ConnectionState {
     return this.up;
   }
 
+  /** True once the connection is closed for good (it will not come back). */
+  get closed(): boolean {
+    return this.ended;
+  }
+
+  /** Calls `listener` at each change (false: dropped or closed, true: back); returns its removal. */
+  onChange(listener: (up: boolean) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  private set(up: boolean): void {
+    this.up = up;
+    for (const l of [...this.listeners]) l(up);
+  }
+
   private async watch(nc: NatsConnection): Promise<void> {
     try {
       for await (const s of nc.status()) {
         if (s.type === Events.Disconnect) {
-          this.up = false;
           this.disconnects++;
-        } else if (s.type === Events.Reconnect) this.up = true;
+          this.set(false);
+        } else if (s.type === Events.Reconnect) this.set(true);
       }
     } catch {
       // The status stream ends with the connection.
     }
-    this.up = false;
+    this.ended = true;
+    this.set(false);
   }
 }
 
@@ -100,6 +135,7 @@ export class RequestMux {
   private timerAt = Number.POSITIVE_INFINITY;
   private closed = false;
   private readonly connection: ConnectionState | undefined;
+  private readonly whileDisconnected: 'refuse' | 'wait';
 
   constructor(
     private readonly nc: NatsConnection,
@@ -111,7 +147,13 @@ export class RequestMux {
     }
     this.pendingMax = pendingMax;
     this.connection = opts.connection;
+    this.whileDisconnected = opts.whileDisconnected ?? 'refuse';
     this.prefix = `${createInbox()}.`;
+    if (opts.failPendingOnDisconnect === true) {
+      this.connection?.onChange((up) => {
+        if (!up) this.failAll('the connection to NATS dropped before the reply (a write may or may not have been applied)', { disconnected: true });
+      });
+    }
   }
 
   /** Requests waiting for their reply now. */
@@ -129,6 +171,7 @@ export class RequestMux {
       return Promise.reject(new ProtocolError('unavailable', `request on ${subject} failed: the connection is closed`, { subject }));
     }
     if (this.connection !== undefined && !this.connection.connected) {
+      if (this.whileDisconnected === 'wait' && !this.connection.closed) return this.afterReconnect(subject, data, options);
       return Promise.reject(new ProtocolError('unavailable', `request on ${subject} failed: disconnected from NATS (reconnecting)`, { subject }));
     }
     if (this.pending.size >= this.pendingMax) {
@@ -154,6 +197,29 @@ export class RequestMux {
       const deadline = performance.now() + timeoutMs;
       this.pending.set(token, { subject, timeoutMs, deadline, resolve, reject });
       if (deadline + TIMER_SLACK_MS < this.timerAt) this.arm(deadline + TIMER_SLACK_MS);
+    });
+  }
+
+  /** A request made while disconnected: sent once the connection is back, within its timeout. */
+  private afterReconnect(subject: string, data: Uint8Array, options: MuxRequestOptions): Promise<Msg> {
+    const start = performance.now();
+    return new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        off();
+        reject(new ProtocolError('unavailable', `request on ${subject} not sent: disconnected from NATS for its whole ${options.timeoutMs} ms`, { subject, notSent: true }));
+      }, options.timeoutMs);
+      timer.unref();
+      const off = this.connection!.onChange((up) => {
+        if (!up && !this.connection!.closed) return;
+        clearTimeout(timer);
+        off();
+        if (up) resolve();
+        else reject(new ProtocolError('unavailable', `request on ${subject} not sent: the connection is closed`, { subject, notSent: true }));
+      });
+    }).then(() => {
+      const left = options.timeoutMs - (performance.now() - start);
+      if (left <= 0) throw new ProtocolError('unavailable', `request on ${subject} not sent: disconnected from NATS for its whole ${options.timeoutMs} ms`, { subject, notSent: true });
+      return this.request(subject, data, { ...options, timeoutMs: left });
     });
   }
 
@@ -215,14 +281,19 @@ export class RequestMux {
     if (next !== Number.POSITIVE_INFINITY) this.arm(next + TIMER_SLACK_MS);
   }
 
-  private failAll(reason: string): void {
+  /**
+   * Fails every waiting request with `unavailable`. When the connection closed (`details`
+   * absent), the reply subscription went with it; after a drop (`details.disconnected`) it stays:
+   * the client library subscribes it again on the reconnect.
+   */
+  private failAll(reason: string, details?: Record<string, unknown>): void {
     if (this.timer !== undefined) clearTimeout(this.timer);
     this.timer = undefined;
     this.timerAt = Number.POSITIVE_INFINITY;
     const waiting = [...this.pending.values()];
     this.pending.clear();
-    this.sub = undefined;
-    for (const p of waiting) p.reject(new ProtocolError('unavailable', `request on ${p.subject} failed: ${reason}`, { subject: p.subject }));
+    if (details === undefined) this.sub = undefined;
+    for (const p of waiting) p.reject(new ProtocolError('unavailable', `request on ${p.subject} failed: ${reason}`, { subject: p.subject, ...(details ?? {}) }));
   }
 }
 

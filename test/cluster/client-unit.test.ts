@@ -173,6 +173,28 @@ function throwsWith(fn: () => unknown, code: string): void {
 }
 
 describe('cluster/client (fake transport)', () => {
+  describe('a reply lost with a dropped NATS connection', () => {
+    const dropped = (): unknown => {
+      throw new ProtocolError('unavailable', 'request failed: the connection to NATS dropped before the reply', { disconnected: true });
+    };
+
+    it('a read is sent again (reads have no effect to repeat)', async () => {
+      const fc = new FakeCluster();
+      let drops = 1;
+      fc.shardHook = () => (drops-- > 0 ? dropped() : undefined);
+      const got = await fc.client().volume('vol').readPages([3]);
+      assert.equal(got.pages.length, 1);
+      assert.equal(fc.transport.shardRequests().length, 2, 'the read went twice');
+    });
+
+    it('a write is not: its outcome is unknown, and the caller is told unavailable', async () => {
+      const fc = new FakeCluster();
+      fc.shardHook = () => dropped();
+      await assert.rejects(fc.client().volume('vol').write(3, pageData(3)), (e: ProtocolError) => e.code === 'unavailable' && e.details?.['disconnected'] === true);
+      assert.equal(fc.transport.shardRequests().length, 1, 'the write went once');
+    });
+  });
+
   describe('API calls', () => {
     it('sends volume.create to the API subject with type, schema and deadline headers', async () => {
       const t = new FakeTransport(() => volume({ name: 'db' }));

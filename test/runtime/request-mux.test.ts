@@ -188,16 +188,21 @@ describe('RequestMux (NATS request/reply over one reply subscription)', function
   });
 });
 
+/** A nats-server, a client and an `echo` responder that both reconnect every 100 ms for good. */
+async function reconnectingPair(): Promise<{ server: NatsServerHandle; port: number; nc: NatsConnection; responder: NatsConnection }> {
+  const server = await startNatsServer({ jetstream: false });
+  const nc = await connect({ servers: server.url, maxReconnectAttempts: -1, reconnectTimeWait: 100, noAsyncTraces: true });
+  const responder = await connect({ servers: server.url, maxReconnectAttempts: -1, reconnectTimeWait: 100 });
+  responder.subscribe('echo', { callback: (_e, m) => m.respond(m.data) });
+  return { server, port: server.port, nc, responder };
+}
+
 describe('RequestMux with a ConnectionState: a connection that is down', function () {
   this.timeout(60_000);
 
   it('refuses requests at once while the server is gone, and takes them again once the client reconnected', async () => {
-    let server = await startNatsServer({ jetstream: false });
-    const port = server.port;
-    const nc = await connect({ servers: server.url, maxReconnectAttempts: -1, reconnectTimeWait: 100, noAsyncTraces: true });
-    const responder = await connect({ servers: server.url, maxReconnectAttempts: -1, reconnectTimeWait: 100 });
+    let { server, port, nc, responder } = await reconnectingPair();
     try {
-      responder.subscribe('echo', { callback: (_e, m) => m.respond(m.data) });
       await responder.flush();
       const connection = new ConnectionState(nc);
       const mux = new RequestMux(nc, { connection });
@@ -213,6 +218,42 @@ describe('RequestMux with a ConnectionState: a connection that is down', functio
       assert.equal(connection.disconnects, 1);
       // The responder re-subscribes on its own reconnect: asked until it answers.
       await waitFor('an answer again', () => mux.request('echo', Uint8Array.of(4), { timeoutMs: 1000 }).then((m) => m.data[0] === 4, () => false), 20_000);
+    } finally {
+      await nc.close();
+      await responder.close();
+      await server.stop();
+    }
+  });
+
+  it("the client's mode: a request waiting for its reply fails at once when the connection drops; one made while it is down is sent once it is back", async () => {
+    let { server, port, nc, responder } = await reconnectingPair();
+    try {
+      responder.subscribe('silent', { callback: () => undefined });
+      await responder.flush();
+      const connection = new ConnectionState(nc);
+      const mux = new RequestMux(nc, { connection, whileDisconnected: 'wait', failPendingOnDisconnect: true });
+      // Waiting for a reply that will not come before its 20 s deadline: the drop fails it.
+      const t0 = performance.now();
+      const waiting = mux.request('silent', Uint8Array.of(1), { timeoutMs: 20_000 });
+      await new Promise((r) => setTimeout(r, 100));
+      server.kill();
+      await rejectsWith(waiting, 'unavailable', /dropped before the reply/);
+      await waiting.catch((e: { details?: Record<string, unknown> }) => assert.equal(e.details?.['disconnected'], true));
+      assert.ok(performance.now() - t0 < 5_000, `failed at the drop, not at its deadline (${Math.round(performance.now() - t0)} ms)`);
+      await server.stop();
+      await waitFor('the client to see the disconnect', () => !connection.connected, 10_000);
+      // Made while the server is gone: sent once it is back (the responder subscribes again too).
+      const later = mux.request('echo', Uint8Array.of(7), { timeoutMs: 15_000 });
+      await new Promise((r) => setTimeout(r, 500));
+      server = await startNatsServer({ jetstream: false, port });
+      await waitFor('the responder back', () => !responder.isClosed() && responder.info !== undefined, 10_000);
+      assert.deepEqual([...(await later).data], [7]);
+      // Made while down, its timeout shorter than the outage: never sent, and says so.
+      await server.stop();
+      await waitFor('the client to see the disconnect', () => !connection.connected, 10_000);
+      const t1 = performance.now();
+      await rejectsWith(mux.request('echo', Uint8Array.of(8), { timeoutMs: 300 }), 'unavailable', /not sent: disconnected from NATS for its whole 300 ms/);
+      assert.ok(performance.now() - t1 >= 290);
     } finally {
       await nc.close();
       await responder.close();

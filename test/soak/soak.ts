@@ -8,7 +8,9 @@
  * - `kill`: SIGKILL of a node (the controller's too), started again 0.5–4 s later;
  * - `kill-majority`: SIGKILL of two nodes at once (the shards stop serving), both started again;
  * - `freeze`: SIGSTOP of a node for 0.5–8 s (a stalled process or a paused VM), then SIGCONT;
- * - `nats-freeze`: SIGSTOP of the nats-server for 0.5–3 s (the transport stalls).
+ * - `nats-freeze`: SIGSTOP of the nats-server for 0.5–3 s (the transport stalls);
+ * - `nats-restart`: SIGKILL of the nats-server, a new one on its port 0.5–2 s later (every
+ *   connection drops and reconnects; every node asks its claim again).
  *
  * When the time is up the faults end, and the run checks:
  * 1. the cluster converges: within CONVERGE_MS every shard has a leader and every replica is up,
@@ -39,11 +41,11 @@ import { prng } from '../support/prng';
 import { formatTable, writeJson } from '../../bench/report';
 
 /** The faults the nemesis knows. */
-export const FAULT_KINDS = ['kill', 'kill-majority', 'freeze', 'nats-freeze'] as const;
+export const FAULT_KINDS = ['kill', 'kill-majority', 'freeze', 'nats-freeze', 'nats-restart'] as const;
 export type FaultKind = (typeof FAULT_KINDS)[number];
 
 /** How often each fault is picked, relative to the others. */
-const FAULT_WEIGHTS: Record<FaultKind, number> = { kill: 35, 'kill-majority': 10, freeze: 35, 'nats-freeze': 20 };
+const FAULT_WEIGHTS: Record<FaultKind, number> = { kill: 35, 'kill-majority': 10, freeze: 35, 'nats-freeze': 15, 'nats-restart': 10 };
 
 export interface SoakOptions {
   /** How long faults are injected, ms: 1,000..3,600,000. */
@@ -445,6 +447,9 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
           await sleep(500 + rand() * 7500);
           process.kill(n.pid, 'SIGCONT');
           frozen.delete(n.pid);
+        } else if (kind === 'nats-restart') {
+          ev.nodes = ['nats-server'];
+          await cluster.restartNats(500 + rand() * 1500);
         } else {
           ev.nodes = ['nats-server'];
           natsFrozen = true;
