@@ -1,0 +1,323 @@
+/**
+ * Rules of the replication protocol that hold only in particular interleavings: a leader counting
+ * acknowledgements of an earlier term's records, a leader answered by a follower of a newer
+ * leader, a follower whose disk is stuck. Every replica is on a clock only the test moves, and
+ * the test decides which messages arrive, so each case runs the same way every time.
+ */
+import { strict as assert } from 'node:assert';
+import { Replica, type ReplicaTransport } from '../../actors/replica';
+import { DeviceQueue } from '../../actors/device-queue';
+import { SimDisk } from '../../storage-engine/sim-disk';
+import { Slab } from '../../storage-engine/slab';
+import { ShardStorage } from '../../storage-engine/shard-storage';
+import { encodePageWrite } from '../../storage-engine/page-write';
+import { RecordKind } from '../../storage-engine/record';
+import { ProtocolError } from '../../messages/errors';
+import type { AppendReply, AppendRequest, RaftReply, RaftRequest, WireRecord } from '../../messages/raft';
+import type { ShardGeometry } from '../../actors/shard';
+
+const geometry: ShardGeometry = { volumeId: 'v1', shard: 0, shards: 1, pageCount: 256, pageSize: 4096, stripePages: 256 };
+/** The default timing: 300–600 ms elections, 50 ms heartbeats, a lease of 0.75 × 300 ms. */
+const timing = { electionTimeoutMinMs: 300, electionTimeoutMaxMs: 600, heartbeatMs: 50, rpcTimeoutMs: 1000 };
+
+function page(fill: number): Uint8Array {
+  return new Uint8Array(4096).fill(fill & 0xff);
+}
+
+interface Member {
+  id: string;
+  storage: ShardStorage;
+  queue: DeviceQueue;
+  replica: Replica;
+}
+
+/**
+ * Replicas of one shard on simulated disks, on a clock that moves only when the test says so
+ * (`at`), linked by an in-memory network. A request the network loses fails at once (as a
+ * timeout would, later); its answer never comes.
+ */
+class Cluster {
+  now = 0;
+  readonly members = new Map<string, Member>();
+  /** Links cut, `from>to`: requests from `from` to `to` are lost. */
+  private readonly cut = new Set<string>();
+  /** Requests lost besides cut links. */
+  readonly lost: Array<(from: string, to: string, msg: RaftRequest) => boolean> = [];
+  /** Members whose device queue starts no batch until the test releases it (a stuck disk). */
+  private readonly diskGates = new Map<string, Promise<void>>();
+  private readonly releases = new Set<() => void>();
+  private readonly slab = new Slab({ slotBytes: 8192, slotCount: 1024 });
+
+  constructor(
+    readonly ids: string[],
+    opts: { randoms?: Record<string, number>; messageBytesMax?: number } = {},
+  ) {
+    for (const id of ids) {
+      const disk = new SimDisk();
+      const storage = ShardStorage.open(disk, {
+        dir: 'shard', pageSize: 4096, pageCount: 256, cacheBytesMax: 1 << 20, slab: this.slab, segmentBytesMax: 64 * 1024, repairFromPeers: ids.length > 1,
+      });
+      const queue = new DeviceQueue({
+        disk,
+        name: id,
+        // The gate is looked at when a batch would start: one scheduled before the disk got stuck waits too.
+        schedule: (run) => {
+          const start = (): void => {
+            const gate = this.diskGates.get(id);
+            if (gate) void gate.then(() => setImmediate(start));
+            else run();
+          };
+          setImmediate(start);
+        },
+      });
+      const random = opts.randoms?.[id];
+      const replica = new Replica({
+        geometry, self: id, members: ids, log: storage.log, store: storage.store, queue, hardState: storage,
+        transport: this.transport(id), snapshots: storage, timing, nowMs: this.now, clock: () => this.now,
+        ...(random !== undefined ? { random: () => random } : {}),
+        ...(opts.messageBytesMax !== undefined ? { messageBytesMax: opts.messageBytesMax } : {}),
+      });
+      this.members.set(id, { id, storage, queue, replica });
+    }
+  }
+
+  replica(id: string): Replica {
+    return this.members.get(id)!.replica;
+  }
+
+  private transport(from: string): ReplicaTransport {
+    return {
+      send: async (to: string, msg: RaftRequest): Promise<RaftReply> => {
+        // A message crosses the network in a turn of the event loop of its own, as it would.
+        await new Promise((r) => setImmediate(r));
+        if (this.cut.has(`${from}>${to}`) || this.lost.some((l) => l(from, to, msg))) throw new ProtocolError('timeout', `${from} cannot reach ${to}`);
+        const reply = await this.replica(to).handle(structuredClone(msg));
+        return structuredClone(reply);
+      },
+    };
+  }
+
+  /** Cuts every link between `group` and the others, both ways. */
+  isolate(group: string[]): void {
+    for (const x of group) for (const y of this.ids) if (!group.includes(y)) {
+      this.cut.add(`${x}>${y}`);
+      this.cut.add(`${y}>${x}`);
+    }
+  }
+
+  heal(): void {
+    this.cut.clear();
+  }
+
+  /** Holds every batch of `id`'s device queue until the returned release is called. */
+  stallDisk(id: string): () => void {
+    let release!: () => void;
+    this.diskGates.set(id, new Promise<void>((r) => (release = r)));
+    const open = (): void => {
+      this.diskGates.delete(id);
+      this.releases.delete(open);
+      release();
+    };
+    this.releases.add(open);
+    return open;
+  }
+
+  /** Lets messages, answers and device batches run (no time passes). */
+  async settle(): Promise<void> {
+    for (let i = 0; i < 100; i++) await new Promise((r) => setImmediate(r));
+  }
+
+  /** Moves the clock to `t`, ticks `ids` (default all), then lets their messages run. */
+  async at(t: number, ids: string[] = this.ids): Promise<void> {
+    this.now = t;
+    for (const id of ids) this.replica(id).tick(t);
+    await this.settle();
+  }
+
+  /** Ticks `ids` every 10 ms of the clock until `done`, for at most `limitMs`. */
+  async runUntil(done: () => boolean, what: string, ids: string[] = this.ids, limitMs = 3000): Promise<void> {
+    const end = this.now + limitMs;
+    while (!done()) {
+      assert.ok(this.now < end, `${what}: not by ${end} ms of the clock`);
+      await this.at(this.now + 10, ids);
+    }
+  }
+
+  /** Ticks `ids` every 10 ms of the clock for `ms`. */
+  async run(ms: number, ids: string[] = this.ids): Promise<void> {
+    for (const end = this.now + ms; this.now < end; ) await this.at(this.now + 10, ids);
+  }
+
+  async stop(): Promise<void> {
+    for (const open of [...this.releases]) open();
+    for (const m of this.members.values()) {
+      m.replica.close();
+      await m.queue.drain().catch(() => undefined);
+      m.storage.close();
+    }
+  }
+}
+
+/** A promise's outcome, once it has one, looked at without waiting. */
+function watch(p: Promise<unknown>): { settled: () => boolean; error: () => unknown } {
+  let settled = false;
+  let error: unknown;
+  p.then(
+    () => {
+      settled = true;
+    },
+    (e: unknown) => {
+      settled = true;
+      error = e;
+    },
+  );
+  return { settled: () => settled, error: () => error };
+}
+
+/** A page write record of `term` (page `n` filled with n), as a leader sends it. */
+function record(term: number, n: number): WireRecord {
+  return { term, kind: RecordKind.PageWrite, payload: encodePageWrite(4096, [{ page: n, data: page(n) }]) };
+}
+
+/** An append of leader 'a' in term 1: `records` after `prevLsn` (all of term 1). */
+function append(prevLsn: number, records: WireRecord[]): AppendRequest {
+  return { type: 'append', term: 1, leader: 'a', prevLsn, prevTerm: prevLsn === 0 ? 0 : 1, records, commitLsn: 0, leaderLastLsn: prevLsn + records.length };
+}
+
+describe('Replica rules that hold only in particular interleavings', function () {
+  this.timeout(20_000);
+  let shard: Cluster | undefined;
+  afterEach(async () => {
+    await shard?.stop();
+    shard = undefined;
+  });
+
+  it('a leader elected again does not commit its earlier term\'s records because a majority acknowledged them, only with a record of its new term', async () => {
+    // Raft's figure 8. a leads term 1 and writes LSN 2..11 that only b gets; e leads term 2 and
+    // writes another LSN 2 that only it holds; a leads term 3 and gives c and d LSN 2..7. Those
+    // are then on a majority (a, c, d), but while c and d hold no record of term 3, e (last term
+    // 2) can still win their votes and overwrite them: they are not committed until a's term-3
+    // no-op is on a majority too.
+    shard = new Cluster(['a', 'b', 'c', 'd', 'e'], {
+      randoms: { a: 0, b: 0.99, c: 0.99, d: 0.99, e: 0.5 },
+      // 32 KiB messages: ten records of 4 KiB take two appends, so the first carries old records only.
+      messageBytesMax: 32 * 1024,
+    });
+    const [a, b, c, d, e] = ['a', 'b', 'c', 'd', 'e'].map((id) => shard!.replica(id)) as [Replica, Replica, Replica, Replica, Replica];
+    await shard.runUntil(() => a.isLeader && [b, c, d, e].every((r) => r.stats().commitLsn === 1), 'a leads and its no-op commits');
+    assert.equal(a.currentTerm, 1);
+
+    // Term 1: a's writes reach b only; they cannot commit.
+    shard.isolate(['a', 'b']);
+    const lostWrites = Array.from({ length: 10 }, (_, i) => a.write([{ page: i, data: page(i + 1) }]).catch((err: ProtocolError) => err.code));
+    await shard.settle();
+    assert.deepEqual([a.stats().lastLsn, b.stats().lastLsn, a.stats().commitLsn], [11, 11, 1]);
+
+    // Term 2: e is elected by c and d, and its no-op (LSN 2) reaches no one. a and b are stopped.
+    shard.heal();
+    shard.isolate(['a']);
+    shard.isolate(['b']);
+    const eAppends = (from: string, _to: string, msg: RaftRequest): boolean => from === 'e' && msg.type === 'append';
+    shard.lost.push(eAppends);
+    await shard.runUntil(() => e.isLeader, 'e leads', ['c', 'd', 'e']);
+    await shard.settle();
+    assert.deepEqual([e.currentTerm, e.stats().lastLsn, shard.members.get('e')!.storage.log.lastTerm], [2, 2, 2]);
+    assert.equal(c.stats().lastLsn, 1);
+
+    // Term 3: e and b are gone; a is elected by c and d. Its appends that would give them its
+    // no-op (LSN 12, after LSN 8..11 of term 1) are lost; the first one, carrying the no-op alone,
+    // is refused (they lack LSN 11), and the one after the probe carries LSN 2..7 only.
+    shard.heal();
+    shard.lost.splice(shard.lost.indexOf(eAppends), 1);
+    shard.isolate(['b']);
+    shard.isolate(['e']);
+    const noopWithOldRecords = (from: string, _to: string, msg: RaftRequest): boolean =>
+      from === 'a' && msg.type === 'append' && msg.records.some((r) => r.term === msg.term) && msg.records.some((r) => r.term < msg.term);
+    shard.lost.push(noopWithOldRecords);
+    await shard.runUntil(() => a.isLeader && a.currentTerm === 3, 'a leads term 3', ['a', 'c', 'd']);
+    const acked = (id: string): number => a.stats().lastLsn - a.stats().lag[id]!;
+    await shard.runUntil(() => acked('c') >= 7 && acked('d') >= 7, 'c and d acknowledge LSN 2..7', ['a', 'c', 'd']);
+    await shard.run(200, ['a', 'c', 'd']);
+    assert.equal(a.stats().lastLsn, 12);
+    assert.deepEqual([acked('c'), acked('d')], [7, 7], 'c and d acknowledged records of term 1, none of term 3');
+    assert.deepEqual([c.stats().lastLsn, d.stats().lastLsn], [7, 7]);
+    assert.equal(a.stats().commitLsn, 1, 'LSN 2..7 are on a majority, but of an earlier term: not committed by counting');
+
+    // The no-op reaches c and d: it commits, and everything before it with it.
+    shard.lost.splice(shard.lost.indexOf(noopWithOldRecords), 1);
+    await shard.runUntil(() => a.stats().commitLsn === 12, 'the no-op of term 3 commits', ['a', 'c', 'd']);
+    assert.ok(a.stats().appliedLsn >= 12);
+    for (let i = 0; i < 10; i++) assert.deepEqual(shard.members.get('a')!.storage.store.getPage(i), page(i + 1), `page ${i}`);
+    assert.deepEqual(new Set(await Promise.all(lostWrites)), new Set(['not_leader']), 'term 1 ended before its writes committed: none was acknowledged');
+  });
+
+  it('a leader whose followers answer its append with a newer term steps down to that term and no longer serves reads from its lease', async () => {
+    shard = new Cluster(['a', 'b', 'c'], { randoms: { a: 0, b: 0, c: 0.99 } });
+    const [a, b] = ['a', 'b'].map((id) => shard!.replica(id)) as [Replica, Replica];
+    await shard.runUntil(() => a.isLeader, 'a leads');
+    await a.write([{ page: 0, data: page(1) }]);
+    await shard.run(50);
+    const term = a.currentTerm;
+
+    // a's messages stop reaching b and c for a while (a still runs); b and c elect b.
+    const fromA = (from: string): boolean => from === 'a';
+    // What b and c send a never arrives: neither their votes nor b's appends can tell a of term 2.
+    const toA = (_from: string, to: string): boolean => to === 'a';
+    shard.lost.push(fromA, toA);
+    await shard.runUntil(() => b.isLeader, 'b leads');
+    assert.equal(a.isLeader, true, 'a has heard from a majority within an election timeout: it still leads');
+    const newer = b.currentTerm;
+    assert.ok(newer > term);
+    // b's write commits with c: a's page 0 is stale from now on.
+    await b.write([{ page: 0, data: page(2) }]);
+
+    // a's heartbeats reach b and c again, and their answers reach a: the only news of term 2.
+    shard.lost.splice(shard.lost.indexOf(fromA), 1);
+    await shard.run(50, ['a']);
+    assert.equal(a.isLeader, false, 'answered with a newer term, a stepped down');
+    assert.equal(a.currentTerm, newer);
+    // Else the same answers would have renewed its lease, and it would serve page 0 as it was before b's write.
+    await assert.rejects(a.read([0], { deadlineMs: Date.now() + 1000, nowMs: Date.now() }), (err: ProtocolError) => err.code === 'not_leader');
+  });
+
+  it('a follower holds at most 64 appends waiting their turn: the 65th is refused overloaded at once, and the 64 are answered once its disk is back', async () => {
+    shard = new Cluster(['a', 'b', 'c']);
+    const b = shard.replica('b');
+    // b's disk is stuck while it saves the term of the first append: the others queue behind it.
+    const release = shard.stallDisk('b');
+    const sent = Array.from({ length: 64 }, (_, k) => b.handle(append(k, [record(1, k + 1)])) as Promise<AppendReply>);
+    const replies = sent.map((p) => watch(p));
+    const refused = watch(b.handle(append(64, [record(1, 65)])));
+    await shard.settle();
+    assert.ok(refused.settled(), 'the 65th is answered at once');
+    assert.ok(refused.error() instanceof ProtocolError && (refused.error() as ProtocolError).code === 'overloaded', String(refused.error()));
+    assert.equal(replies.filter((r) => r.settled()).length, 0, 'the 64 wait for the disk');
+    release();
+    assert.deepEqual(
+      (await Promise.all(sent)).map((r) => [r.success, r.matchLsn]),
+      sent.map((_, k) => [true, k + 1]),
+    );
+    assert.equal(b.stats().lastLsn, 64, 'the refused append left nothing');
+  });
+
+  it('a follower answers an append only once its records are on disk', async () => {
+    shard = new Cluster(['a', 'b', 'c']);
+    const b = shard.members.get('b')!;
+    // The leader's term is saved first: what waits below is the records alone.
+    assert.equal(((await b.replica.handle(append(0, []))) as AppendReply).success, true);
+    const release = shard.stallDisk('b');
+    let syncedWhenAnswered = -1;
+    const answer = (b.replica.handle(append(0, [record(1, 1), record(1, 2)])) as Promise<AppendReply>).then((r) => {
+      syncedWhenAnswered = b.storage.log.syncedLsn;
+      return r;
+    });
+    const reply = watch(answer);
+    await shard.settle();
+    assert.equal(reply.settled(), false, 'no answer while the records are not durable');
+    assert.equal(b.storage.log.syncedLsn, 0);
+    release();
+    const r = await answer;
+    assert.deepEqual([r.success, r.matchLsn], [true, 2]);
+    assert.equal(syncedWhenAnswered, 2, 'when the answer came, both records were on disk');
+  });
+});
