@@ -120,4 +120,18 @@ describe('Controller catalog bounds', () => {
     );
     c.create({ name: 'v3', pageCount: 64, pageSize: 4096, shards: 10, stripePages: 1, replicas: 1 }, T0);
   });
+
+  it('refuses a volume with more replicas than live nodes as unavailable, naming how many are live, and does not create it', () => {
+    const c = controller();
+    c.heartbeat('a', 1, T0);
+    c.heartbeat('b', 1, T0);
+    assert.throws(
+      () => c.create({ name: 'v', pageCount: 64, pageSize: 4096, shards: 1, stripePages: 16, replicas: 3 }, T0),
+      (e: unknown) => e instanceof ProtocolError && e.code === 'unavailable' && e.details?.['liveNodes'] === 2 && /replicas=3 needs 3 live nodes, 2 are live/.test(e.message),
+    );
+    assert.throws(() => c.get('v'), (e: unknown) => e instanceof ProtocolError && e.code === 'not_found');
+    assert.equal(c.list().length, 0);
+    // The name is free: the same volume with one replica is created.
+    assert.equal(c.create({ name: 'v', pageCount: 64, pageSize: 4096, shards: 1, stripePages: 16, replicas: 1 }, T0).placements[0]!.replicas.length, 1);
+  });
 });

@@ -8,6 +8,7 @@ import { ProtocolError, type ErrorReply } from '../../messages/errors';
 import { HEADER_DEADLINE, HEADER_SCHEMA, HEADER_TYPE } from '../../messages/headers';
 import { shardSubject, apiSubject } from '../../messages/subjects';
 import { controllerSubject } from '../../messages/control';
+import { replicaSubject } from '../../messages/raft';
 import type { VolumeInfo } from '../../messages/api';
 import { formatStatus } from '../../observability/status';
 import { waitFor } from '../support/wait';
@@ -199,6 +200,28 @@ describe('bad input over NATS gets a typed error and the node keeps serving', fu
     assert.equal((await rawError(shard0, encode({}), headers('shard.explode'))).code, 'bad_request');
     assert.equal((await rawError(shard0, encode({ pages: [1] }), headers('shard.read', { [HEADER_SCHEMA]: '99' }))).code, 'bad_request');
     assert.equal((await rawError(shard0, encode({ pages: [1] }), headers('shard.read', { [HEADER_DEADLINE]: String(Date.now() - 1) }))).code, 'timeout');
+  });
+
+  it('a malformed replication message to a replica → bad_request; the replica keeps its term and leads on, without an election or a restart', async () => {
+    const node = c.nodes[0]!;
+    /** The shard's replica and the host's restarts, from the node's own status. */
+    const state = async (): Promise<{ term: unknown; role: unknown; leader: unknown; elections: unknown; restarts: unknown }> => {
+      const st = (await node.status()) as unknown as { shards: Array<Record<string, unknown>>; hosts: Array<Record<string, unknown>> };
+      const s = st.shards.find((x) => x['volumeId'] === info.id)!;
+      return { term: s['term'], role: s['role'], leader: s['leader'], elections: s['elections'], restarts: st.hosts[0]!['restarts'] };
+    };
+    const before = await state();
+    assert.equal(before.role, 'leader');
+    const subject = replicaSubject(c.cluster, info.id, 0, node.nodeId);
+    // A newer term and an unknown leader, with records that are not a list.
+    const append = encode({ type: 'append', term: 99, leader: 'zz', prevLsn: 0, prevTerm: 0, records: 'not a list', commitLsn: 0 });
+    const e = await rawError(subject, append, { [HEADER_TYPE]: 'raft.append', [HEADER_SCHEMA]: '1' });
+    assert.equal(e.code, 'bad_request');
+    assert.match(e.message, /records/);
+    assert.deepEqual(await state(), before, 'the term did not move to the message\'s, nor the leader');
+    // A write commits in the same term: no election took place, no host restarted.
+    await c.client.volume('v-bad').write(3, new Uint8Array(4096).fill(3));
+    assert.deepEqual(await state(), before);
   });
 
   it('a shard request\'s Strata-Deadline is read as the API reads it: not a decimal integer → bad_request naming the header', async () => {
@@ -443,5 +466,65 @@ describe('a cluster status larger than the NATS server carries', function () {
     } finally {
       await nc.close();
     }
+  });
+});
+
+describe('a mailbox full of bytes answers overloaded, whatever its request count', function () {
+  this.timeout(60_000);
+  const MAILBOX_BYTES_MAX = 1024 * 1024;
+  let c: InProcessCluster;
+  before(async () => {
+    c = await startCluster({ nodes: 1, hosts: 1, node: { mailboxRequestsMax: 100_000, mailboxBytesMax: MAILBOX_BYTES_MAX } });
+  });
+  after(async () => {
+    await c?.stop();
+  });
+
+  it('writes arriving while the device stalls fill the mailbox to its byte bound: the excess is refused overloaded, and the shard serves again afterwards', async () => {
+    const info = await c.client.createVolume({ name: 'v-bytes', pageCount: 4096 });
+    const subject = shardSubject(c.cluster, info.id, 0);
+    const data = new Uint8Array(4096).fill(9);
+    const vol = c.client.volume('v-bytes');
+    await vol.write(0, data); // the shard is up and leading
+    // The host's thread stalls in a disk call; the writes queue up at the NATS server meanwhile
+    // and reach the mailbox together once it is back.
+    const marker = (c.nodes[0]!.hostPool as unknown as { slots: Array<{ ioMarker: Int32Array }> }).slots[0]!.ioMarker;
+    // Long enough that all the writes are sent while it lasts, on a busy machine too.
+    const stalled = c.nodes[0]!.hostPool.stallHost(0, 5000, { inDisk: true });
+    // In a disk call, and still 100 ms later: the stall, not one of the shard's own disk calls.
+    const inDisk = (): boolean => Atomics.load(marker, 0) > 0;
+    await waitFor('the host stalls in its disk', async () => {
+      if (!inDisk()) return false;
+      await new Promise((r) => setTimeout(r, 100));
+      return inDisk();
+    });
+    const total = 300;
+    const hdrs = headers('shard.write', { [HEADER_DEADLINE]: String(Date.now() + 30_000) });
+    const bodies = Array.from({ length: total }, (_, i) => encode({ pages: [{ page: i, data }] }));
+    const replies = await Promise.all(bodies.map((body) => c.client.rawRequest(subject, body, hdrs).then((b) => decode(b) as Record<string, unknown>)));
+    await stalled;
+    type Refusal = { code?: string; message?: string; details?: { depth?: number; bytes?: number } };
+    const refused = replies
+      .map((r, i) => ({ error: r.error as Refusal | undefined, bytes: bodies[i]!.length }))
+      .filter((x): x is { error: Refusal; bytes: number } => x.error?.code === 'overloaded');
+    const ok = replies.filter((r) => typeof r.lsn === 'number').length;
+    const counts = `${ok} committed, ${refused.length} refused overloaded`;
+    assert.equal(ok + refused.length, total, `every request got an answer, a commit or overloaded: ${counts}; the first other: ${JSON.stringify(replies.find((r) => typeof r.lsn !== 'number' && (r.error as { code?: string } | undefined)?.code !== 'overloaded'))}`);
+    assert.ok(refused.length > 0, `some were refused: ${counts}`);
+    for (const { error, bytes } of refused) {
+      assert.match(error.message ?? '', /mailbox is full/);
+      // The bytes waiting, not the request count, is what refused it.
+      assert.ok(error.details!.bytes! + bytes > MAILBOX_BYTES_MAX, `a request of ${bytes} bytes refused with ${error.details!.bytes} bytes waiting`);
+      assert.ok(error.details!.depth! < 100_000);
+    }
+    // The mailbox counted them so, and is empty again.
+    const status = (await c.nodes[0]!.status()) as unknown as { hosts: Array<{ mailbox: Array<{ volumeId: string; depth: number; bytes: number; rejectedOverloaded: number }> }> };
+    const mailbox = status.hosts[0]!.mailbox.find((m) => m.volumeId === info.id)!;
+    assert.deepEqual([mailbox.depth, mailbox.bytes, mailbox.rejectedOverloaded], [0, 0, refused.length]);
+    // Every acknowledged write is readable, and the shard serves normally again.
+    const acked = replies.map((r, i) => (typeof r.lsn === 'number' ? i : -1)).filter((i) => i >= 0);
+    for (const p of (await vol.readPages(acked.slice(0, 200))).pages) assert.deepEqual(Buffer.from(p), Buffer.from(data));
+    await vol.write(4000, data);
+    assert.deepEqual(Buffer.from((await vol.readPages([4000])).pages[0]!), Buffer.from(data));
   });
 });

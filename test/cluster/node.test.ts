@@ -137,7 +137,24 @@ describe('StrataNode', function () {
     const first = await startNode('rk1');
     first.kill();
     nodes.splice(nodes.indexOf(first), 1);
+    type Lock = { nodeId: string; pid: number; sinceMs: number; token: string };
+    const lockFile = path.join(root, 'rk1', 'lock');
+    const left = JSON.parse(fs.readFileSync(lockFile, 'utf8')) as Lock; // the crash left it in place
+    const restartedAt = Date.now();
     await startNode('rk1');
+    // The new node took the lock over: the file names it, not the killed one.
+    const taken = JSON.parse(fs.readFileSync(lockFile, 'utf8')) as Lock;
+    assert.equal(taken.nodeId, 'rk1');
+    assert.equal(taken.pid, process.pid);
+    assert.notEqual(taken.token, left.token);
+    assert.ok(taken.sinceMs >= restartedAt, `locked since ${taken.sinceMs}, started again at ${restartedAt}`);
+    // It answers under its id over NATS, with its own status (started after the kill), healthy.
+    const reply = await fake.request(nodeSubject(CLUSTER, 'rk1', 'status'), encode({}), { timeout: 5000 });
+    const status = decode(reply.data) as { node: { id: string; uptimeMs: number; healthy: boolean }; hosts: Array<{ ok: boolean }> };
+    assert.equal(status.node.id, 'rk1');
+    assert.ok(status.node.uptimeMs <= Date.now() - restartedAt, `uptime ${status.node.uptimeMs} ms: the killed node answered`);
+    assert.equal(status.node.healthy, true);
+    assert.deepEqual(status.hosts.map((h) => h.ok), [true]);
   });
 
   it('a data directory in use by a running node is refused to a second one; free again after a stop', async () => {

@@ -1,6 +1,6 @@
 import { strict as assert } from 'node:assert';
 import * as net from 'node:net';
-import { connect, type NatsConnection } from 'nats';
+import { connect, headers as natsHeaders, type NatsConnection } from 'nats';
 import { ConnectionState, frozenHeaders, NoRespondersError, RequestMux } from '../../runtime/request-mux';
 import { NatsTransport } from '../../cluster/client';
 import { MESSAGE_BYTES_MAX } from '../../messages/codec';
@@ -174,6 +174,22 @@ describe('RequestMux (NATS request/reply over one reply subscription)', function
       assert.deepEqual([...(await mux.request('echo', Uint8Array.of(5), { timeoutMs: 5000 })).data], [5]);
     } finally {
       socket.destroy();
+    }
+  });
+
+  it('an empty reply with a NATS error status other than 503 fails unavailable, naming the status; the mux keeps working', async () => {
+    const sub = responder.subscribe('status-408', { callback: (_e, m) => m.respond(new Uint8Array(0), { headers: natsHeaders(408, 'Request Timeout') }) });
+    try {
+      await responder.flush();
+      const mux = new RequestMux(nc);
+      const err = await rejectsWith(mux.request('status-408', Uint8Array.of(1), { timeoutMs: 5000 }), 'unavailable', /request on status-408 failed: NATS status 408/);
+      assert.ok(!(err instanceof NoRespondersError), 'not taken for "no responders"');
+      assert.equal(err.details?.['natsCode'], '408');
+      assert.equal(err.details?.['subject'], 'status-408');
+      assert.equal(mux.size, 0);
+      assert.deepEqual([...(await mux.request('echo', Uint8Array.of(5), { timeoutMs: 5000 })).data], [5]);
+    } finally {
+      sub.unsubscribe();
     }
   });
 

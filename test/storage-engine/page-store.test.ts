@@ -944,6 +944,29 @@ describe('PageStore', () => {
     assert.deepEqual(w.store.getPage(0, cp.lsn), content(999));
   });
 
+  it('adoptImage refuses an image whose header holds another term than the one given, and writes no checkpoint pointer', () => {
+    const w = world(20);
+    writeRandom(w, 20);
+    const cp = w.store.checkpoint(); // an image at cp.lsn, term 1
+    w.store.close();
+    const pointer = w.disk.fileBytes(`${STORE_DIR}/checkpoint`);
+    const ops = w.disk.mutatingOps;
+    assert.throws(
+      () => PageStore.adoptImage(w.disk, STORE_DIR, cp.lsn, 2),
+      (e: Error) =>
+        e instanceof CorruptionError && e.code === 'corruption' && e.message.includes(`holds lsn ${cp.lsn} term 1, expected ${cp.lsn}/2`) && e.reports[0]!.reason === 'image header does not match',
+    );
+    assert.equal(w.disk.mutatingOps, ops, 'nothing was written');
+    assert.deepEqual(w.disk.fileBytes(`${STORE_DIR}/checkpoint`), pointer);
+    // With the term the image holds, it is adopted: the pointer is written again.
+    PageStore.adoptImage(w.disk, STORE_DIR, cp.lsn, 1);
+    assert.ok(w.disk.mutatingOps > ops);
+    w.log.close();
+    w.log = openLog(w.disk);
+    w.store = PageStore.open(w.disk, w.log, w.opts);
+    assert.equal(w.store.stats().imageLsn, cp.lsn);
+  });
+
   it('detects a log rewritten under the store: a record that no longer writes what was indexed', () => {
     const w = world(18, { cacheBytesMax: 0 });
     for (let i = 1; i <= 3; i++) {

@@ -6,7 +6,7 @@ import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as nodePath from 'node:path';
-import { CorruptionError, type CorruptionReport } from '../../storage-engine/errors';
+import { CorruptionError, StorageError, type CorruptionReport } from '../../storage-engine/errors';
 import { imageFileName } from '../../storage-engine/image';
 import { encodePageWrite } from '../../storage-engine/page-write';
 import { parseSegmentName } from '../../storage-engine/log-segment';
@@ -98,13 +98,18 @@ describe('ShardStorage', () => {
     });
   });
 
-  it('refuses a received image with a bad page before it replaces anything: the log, the state and the image names stay as they were', () => {
-    const leaderDisk = new SimDisk();
-    const leader = ShardStorage.open(leaderDisk, options('L'));
+  /** A leader's newest checkpoint image (after 2 rounds of writes) and its bytes, as a follower would receive them. */
+  const leaderImage = (): { image: NonNullable<ReturnType<ShardStorage['newest']>>; bytes: Uint8Array } => {
+    const leader = ShardStorage.open(new SimDisk(), options('L'));
     fill(leader, 2);
     const image = leader.newest()!;
     const bytes = leader.read(image.lsn, 0, image.bytes);
     leader.close();
+    return { image, bytes };
+  };
+
+  it('refuses a received image with a bad page before it replaces anything: the log, the state and the image names stay as they were', () => {
+    const { image, bytes } = leaderImage();
     bytes[bytes.length - 100]! ^= 0x10; // a bit of the last stored page, flipped on the way
 
     const disk = new SimDisk();
@@ -119,6 +124,36 @@ describe('ShardStorage', () => {
     follower.close();
     whileOpen(disk, options('F'), (reopened) => {
       assert.equal(reopened.log.lastLsn, 1);
+    });
+  });
+
+  it('refuses an intact received image whose term is not the one announced: the log, the state and the image names stay as they were', () => {
+    const { image, bytes } = leaderImage();
+
+    const disk = new SimDisk();
+    const follower = ShardStorage.open(disk, options('F'));
+    follower.log.write([{ term: 1, kind: 1, payload: encodePageWrite(PAGE, [{ page: 1, data: new Uint8Array(PAGE).fill(7) }]) }]);
+    follower.log.sync();
+    follower.begin(image.lsn, image.term + 1, image.bytes);
+    follower.write(0, bytes);
+    assert.throws(
+      () => follower.install(),
+      (e: Error) => e instanceof StorageError && e.code === 'corruption' && /does not match: lsn \d+\/\d+, term 1\/2/.test(e.message),
+    );
+    assert.equal(follower.log.lastLsn, 1, 'the log was not reset');
+    assert.equal(disk.exists(`F/${imageFileName(image.lsn)}`), false, 'no file under an image name');
+    assert.equal(follower.newestLsn(), 0, 'no checkpoint pointer names the image');
+    // The replica goes on as before: its record applies and reads back.
+    follower.store.apply(follower.log.read(1, 1)[0]!);
+    assert.deepEqual(follower.store.getPage(1), new Uint8Array(PAGE).fill(7));
+    // The same bytes announced with their own term install.
+    follower.begin(image.lsn, image.term, image.bytes);
+    follower.write(0, bytes);
+    const { log } = follower.install();
+    assert.deepEqual([log.lastLsn, log.lastTerm], [image.lsn, image.term]);
+    follower.close();
+    whileOpen(disk, options('F'), (reopened) => {
+      assert.equal(reopened.store.appliedLsn, image.lsn);
     });
   });
 
