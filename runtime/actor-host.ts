@@ -572,12 +572,18 @@ export class ActorHost implements HostApi {
     const headers = messageHeaders(msg);
     const typeHeader = headers.get(HEADER_TYPE);
     const op = SHARD_TYPES.has(typeHeader) ? typeHeader : 'unknown';
-    if (mb.depth + 1 > (cfg.mailboxRequestsMax ?? 1024) || mb.bytes + size > (cfg.mailboxBytesMax ?? 64 * 1024 * 1024)) {
+    const requestsMax = cfg.mailboxRequestsMax ?? 1024;
+    const bytesMax = cfg.mailboxBytesMax ?? 64 * 1024 * 1024;
+    if (mb.depth + 1 > requestsMax || mb.bytes + size > bytesMax) {
       mb.rejectedOverloaded++;
       recorder?.requestDuration(op, 'overloaded', 0);
-      this.respond(msg, errorReply(new ProtocolError('overloaded', `shard ${mb.spec.volumeId}/${mb.spec.shard} mailbox is full`, {
+      // Which bound: an operator raising one needs to know which.
+      const full = mb.depth + 1 > requestsMax ? `${mb.depth} requests of at most ${requestsMax}` : `${mb.bytes} bytes of at most ${bytesMax}, this request ${size}`;
+      this.respond(msg, errorReply(new ProtocolError('overloaded', `shard ${mb.spec.volumeId}/${mb.spec.shard} mailbox is full (${full}); retry after a back-off`, {
         depth: mb.depth,
         bytes: mb.bytes,
+        requestsMax,
+        bytesMax,
       })));
       return;
     }

@@ -259,6 +259,10 @@ describe('a full mailbox answers overloaded, not a crash or a hang', function ()
     assert.equal(ok + overloaded, 200, 'every request got an answer: a commit or overloaded');
     assert.ok(overloaded > 0, 'some were refused');
     assert.ok(ok >= 4, 'the admitted ones committed');
+    // The refusal names the bound it met: the request count here.
+    const refusal = replies.find((r) => (r.error as { code?: string } | undefined)?.code === 'overloaded')!.error as { message: string; details: Record<string, unknown> };
+    assert.match(refusal.message, /mailbox is full \(4 requests of at most 4\); retry after a back-off/);
+    assert.equal(refusal.details['requestsMax'], 4);
     // Every acknowledged write is readable, and the shard serves normally again.
     const vol = c.client.volume('v-load');
     const acked = replies.map((r, i) => (typeof r.lsn === 'number' ? i : -1)).filter((i) => i >= 0);
@@ -512,7 +516,7 @@ describe('a mailbox full of bytes answers overloaded, whatever its request count
     assert.equal(ok + refused.length, total, `every request got an answer, a commit or overloaded: ${counts}; the first other: ${JSON.stringify(replies.find((r) => typeof r.lsn !== 'number' && (r.error as { code?: string } | undefined)?.code !== 'overloaded'))}`);
     assert.ok(refused.length > 0, `some were refused: ${counts}`);
     for (const { error, bytes } of refused) {
-      assert.match(error.message ?? '', /mailbox is full/);
+      assert.match(error.message ?? '', new RegExp(`mailbox is full \\(\\d+ bytes of at most ${MAILBOX_BYTES_MAX}, this request ${bytes}\\)`));
       // The bytes waiting, not the request count, is what refused it.
       assert.ok(error.details!.bytes! + bytes > MAILBOX_BYTES_MAX, `a request of ${bytes} bytes refused with ${error.details!.bytes} bytes waiting`);
       assert.ok(error.details!.depth! < 100_000);
