@@ -134,9 +134,12 @@ function nodeRows(reply: Rec): NodeRow[] {
     r.controller = typeof info.controller === 'boolean' ? info.controller : undefined;
     // A node that answers is alive, whatever the controller last heard.
     const bad = hosts.filter((h) => h.ok !== true);
-    if (info.healthy === false || bad.length > 0) {
+    // A node of many shards answers in parts: some that did not arrive leave shards unreported.
+    const partsMissing = num(n.partsMissing);
+    const missing = partsMissing !== undefined && partsMissing > 0 ? `${partsMissing} answer part(s) lost: shards unreported` : undefined;
+    if (info.healthy === false || bad.length > 0 || missing !== undefined) {
       r.state = 'degraded';
-      r.reason = bad.map((h) => `host ${cell(h.hostId)}: ${cell(h.reason ?? 'not ok')}`).join('; ') || 'unhealthy';
+      r.reason = [...bad.map((h) => `host ${cell(h.hostId)}: ${cell(h.reason ?? 'not ok')}`), ...(missing !== undefined ? [missing] : [])].join('; ') || 'unhealthy';
     } else {
       r.state = 'up';
     }

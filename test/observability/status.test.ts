@@ -57,6 +57,15 @@ describe('observability/status', () => {
     assert.ok(!text.includes('\u001b['), 'no colors unless asked');
   });
 
+  it('a node whose answer arrived in part is degraded, saying its shards are not all reported', () => {
+    const reply = sampleReply();
+    const n1 = (reply.nodes as Array<Record<string, unknown>>)[0]!;
+    n1.partsMissing = 2;
+    const text = formatStatus(reply, { nowMs: NOW });
+    assert.match(text, /^NODES \(3, 1 dead, 2 degraded\)$/m);
+    assert.match(text, /^ {2}n1 +degraded +2\/2 .* 2 answer part\(s\) lost: shards unreported$/m);
+  });
+
   it('colors dead and down rows when asked', () => {
     const text = formatStatus(sampleReply(), { nowMs: NOW, color: true });
     assert.match(text, /\u001b\[31m {2}n3 +DEAD/);
