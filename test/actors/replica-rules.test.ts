@@ -14,15 +14,11 @@ import { encodePageWrite } from '../../storage-engine/page-write';
 import { RecordKind } from '../../storage-engine/record';
 import { ProtocolError } from '../../messages/errors';
 import type { AppendReply, AppendRequest, RaftReply, RaftRequest, WireRecord } from '../../messages/raft';
-import type { ShardGeometry } from '../../actors/shard';
+import { DiskGates, geometry, page } from '../support/replica-harness';
 
-const geometry: ShardGeometry = { volumeId: 'v1', shard: 0, shards: 1, pageCount: 256, pageSize: 4096, stripePages: 256 };
 /** The default timing: 300–600 ms elections, 50 ms heartbeats, a lease of 0.75 × 300 ms. */
 const timing = { electionTimeoutMinMs: 300, electionTimeoutMaxMs: 600, heartbeatMs: 50, rpcTimeoutMs: 1000 };
 
-function page(fill: number): Uint8Array {
-  return new Uint8Array(4096).fill(fill & 0xff);
-}
 
 interface Member {
   id: string;
@@ -44,8 +40,7 @@ class Cluster {
   /** Requests lost besides cut links. */
   readonly lost: Array<(from: string, to: string, msg: RaftRequest) => boolean> = [];
   /** Members whose device queue starts no batch until the test releases it (a stuck disk). */
-  private readonly diskGates = new Map<string, Promise<void>>();
-  private readonly releases = new Set<() => void>();
+  private readonly diskGates = new DiskGates();
   private readonly slab = new Slab({ slotBytes: 8192, slotCount: 1024 });
 
   constructor(
@@ -60,15 +55,7 @@ class Cluster {
       const queue = new DeviceQueue({
         disk,
         name: id,
-        // The gate is looked at when a batch would start: one scheduled before the disk got stuck waits too.
-        schedule: (run) => {
-          const start = (): void => {
-            const gate = this.diskGates.get(id);
-            if (gate) void gate.then(() => setImmediate(start));
-            else run();
-          };
-          setImmediate(start);
-        },
+        schedule: (run) => setImmediate(() => this.diskGates.start(id, run)),
       });
       const random = opts.randoms?.[id];
       const replica = new Replica({
@@ -111,15 +98,7 @@ class Cluster {
 
   /** Holds every batch of `id`'s device queue until the returned release is called. */
   stallDisk(id: string): () => void {
-    let release!: () => void;
-    this.diskGates.set(id, new Promise<void>((r) => (release = r)));
-    const open = (): void => {
-      this.diskGates.delete(id);
-      this.releases.delete(open);
-      release();
-    };
-    this.releases.add(open);
-    return open;
+    return this.diskGates.stall(id);
   }
 
   /** Lets messages, answers and device batches run (no time passes). */
@@ -149,7 +128,7 @@ class Cluster {
   }
 
   async stop(): Promise<void> {
-    for (const open of [...this.releases]) open();
+    this.diskGates.releaseAll();
     for (const m of this.members.values()) {
       m.replica.close();
       await m.queue.drain().catch(() => undefined);

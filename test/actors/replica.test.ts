@@ -9,16 +9,12 @@ import { ProtocolError } from '../../messages/errors';
 import { encode } from '../../messages/codec';
 import type { CorruptionError, CorruptionReport, StorageError } from '../../storage-engine/errors';
 import type { RaftRequest, RaftReply } from '../../messages/raft';
-import type { ShardGeometry } from '../../actors/shard';
+import { DiskGates, geometry, page } from '../support/replica-harness';
 
-const geometry: ShardGeometry = { volumeId: 'v1', shard: 0, shards: 1, pageCount: 256, pageSize: 4096, stripePages: 256 };
 const timing = { electionTimeoutMinMs: 60, electionTimeoutMaxMs: 120, heartbeatMs: 10, rpcTimeoutMs: 100 };
 /** Most the replicas' clock moves in one tick of the shard's 2 ms timer (see TestShard.now). */
 const TICK_STEP_MAX_MS = 5;
 
-function page(fill: number): Uint8Array {
-  return new Uint8Array(4096).fill(fill & 0xff);
-}
 
 interface Member {
   id: string;
@@ -46,8 +42,7 @@ class TestShard {
   /** Members whose device queue starts each batch late (a slow disk). */
   readonly slow = new Set<string>();
   /** Members whose device queue starts no batch until the test releases it (a stuck disk). */
-  private readonly diskGates = new Map<string, Promise<void>>();
-  private readonly gateReleases = new Set<() => void>();
+  private readonly diskGates = new DiskGates();
   /** Members whose clock the test drives itself (not ticked by the shard's timer). */
   readonly paused = new Set<string>();
   private readonly timer: NodeJS.Timeout | undefined;
@@ -105,15 +100,8 @@ class TestShard {
     const queue = new DeviceQueue({
       disk,
       name: id,
-      // The gate is looked at when a batch would start, not when it was scheduled: a batch
-      // scheduled before stallDisk but started after it (it takes whatever is queued by then)
-      // waits too.
       schedule: (run) => {
-        const start = (): void => {
-          const gate = this.diskGates.get(id);
-          if (gate) void gate.then(() => setImmediate(start));
-          else run();
-        };
+        const start = (): void => this.diskGates.start(id, run);
         if (this.slow.has(id)) setTimeout(start, 30);
         else setImmediate(start);
       },
@@ -135,15 +123,7 @@ class TestShard {
 
   /** Holds every batch of `id`'s device queue until the returned release is called: unlike `slow`, no timing can let one through. */
   stallDisk(id: string): () => void {
-    let release!: () => void;
-    this.diskGates.set(id, new Promise<void>((r) => (release = r)));
-    const open = (): void => {
-      this.diskGates.delete(id);
-      this.gateReleases.delete(open);
-      release();
-    };
-    this.gateReleases.add(open);
-    return open;
+    return this.diskGates.stall(id);
   }
 
   /** Crash: the replica stops, unsynced data is lost; restart reopens from the same disk. */
@@ -273,7 +253,7 @@ class TestShard {
 
   async stop(): Promise<void> {
     if (this.timer) clearInterval(this.timer);
-    for (const open of [...this.gateReleases]) open();
+    this.diskGates.releaseAll();
     for (const m of this.members.values()) {
       m.replica.close();
       await m.queue.drain().catch(() => undefined);
