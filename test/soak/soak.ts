@@ -346,7 +346,7 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
     const stopAt = clientsStart + opts.durationMs;
     const now = (): number => performance.now() - clientsStart;
 
-    /** Records the outcome of a call whose operations are `ids`; false when it was refused as wrong. */
+    /** Records the outcome of a failed call whose operations are `ids`: unknown, or (refused as wrong) a problem. */
     const settle = (ids: number[], e: unknown): void => {
       const code = e instanceof ProtocolError ? e.code : 'other';
       errors[code] = (errors[code] ?? 0) + 1;
