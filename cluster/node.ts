@@ -50,6 +50,7 @@ import {
   type AssignmentsReply,
   type ClaimReply,
   validateClaimReply,
+  validateNodeStatusRequest,
 } from '../messages/control';
 import { RealDisk } from '../storage-engine/real-disk';
 import { MetaStore } from '../storage-engine/metadata';
@@ -1071,7 +1072,11 @@ export class StrataNode {
       }
       return { node: this.nodeId, volumeId: r.volumeId, shard: r.shard, wasRepairing, term };
     });
-    this.subscribe(subj('status'), async () => this.status());
+    // Every field; a status over one message in parts, asked for one at a time (nodeStatusPart).
+    this.subscribe(subj('status'), async (body) => {
+      const { part = 0 } = validateNodeStatusRequest(body);
+      return nodeStatusPart(await this.status(), part, (serverMaxPayload(this.nc) ?? MESSAGE_BYTES_MAX) - STATUS_PART_ROOM_BYTES);
+    });
     // Every node answers the cluster-wide status scatter (no queue group).
     // The cluster status's gather: what its merge reads of each shard, so that a node of many
     // shards still fits one message (a full entry is about 390 bytes, this one about 120).
@@ -1229,6 +1234,36 @@ export class StrataNode {
 const STATUS_PART_ROOM_BYTES = 4096;
 
 const MERGED_SHARD_FIELDS = ['volumeId', 'shard', 'role', 'state', 'term', 'commitLsn', 'appliedLsn', 'lag', 'downReason', 'repairing'] as const;
+
+/**
+ * Part `part` of a node's own status (`node.<id>.status`) in messages of at most `bytesMax`
+ * bytes. A status that fits is answered whole (part 0), as it is. One that does not is split
+ * the way the gather splits (splitNodeStatus: `part`, `parts`, the node's fields in each and a
+ * run of its shards), every field of each shard kept; each host's per-shard mailbox list, which
+ * grows with the shards too, is summed into `mailboxes` (as compactStatus does) and each shard's
+ * own entry goes with the shard (`mailbox`). A part past the last is `out_of_range`, naming how
+ * many there are. Each part is computed when asked: a shard opened or closed between two asks
+ * may be missed or listed twice.
+ */
+export function nodeStatusPart(status: Record<string, unknown>, part: number, bytesMax: number): Record<string, unknown> {
+  if (part === 0 && encode(status).length <= bytesMax) return status;
+  const mailboxes = new Map<string, Record<string, unknown>>();
+  for (const h of Array.isArray(status.hosts) ? (status.hosts as Array<Record<string, unknown>>) : []) {
+    if (!Array.isArray(h.mailbox)) continue;
+    for (const { volumeId, shard, ...m } of h.mailbox as Array<Record<string, unknown>>) mailboxes.set(`${String(volumeId)}/${String(shard)}`, m);
+  }
+  const summed = compactStatus({ ...status, shards: [] });
+  const shards = (status.shards as Array<Record<string, unknown>>).map((sh) => {
+    const m = mailboxes.get(`${String(sh.volumeId)}/${String(sh.shard)}`);
+    return m === undefined ? sh : { ...sh, mailbox: m };
+  });
+  const parts = splitNodeStatus({ ...summed, shards }, bytesMax);
+  const out = parts[part];
+  if (out === undefined) {
+    throw new ProtocolError('out_of_range', `node status part ${part} asked for; it has ${parts.length} part(s) now, from 0`, { part, parts: parts.length });
+  }
+  return parts.length === 1 ? { ...out, part: 0, parts: 1 } : out;
+}
 
 /**
  * A node's status with only the merged fields of each shard, and each host's per-shard mailbox

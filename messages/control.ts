@@ -109,6 +109,23 @@ export function validateAssignmentsRequest(body: unknown): AssignmentsRequest {
   return { nodeId: str(o.nodeId, 'nodeId'), ...(o.from === undefined ? {} : { from: int(o.from, 'from', 0, ASSIGNMENTS_PER_NODE_MAX) }) };
 }
 
+/**
+ * A node's own status (`node.<id>.status`): the whole of it when it fits one message; else part
+ * `part` (default 0) of `parts`, each with the node's and its hosts' fields and a run of its
+ * shards (see `nodeStatusPart`, cluster/node.ts).
+ */
+export interface NodeStatusRequest {
+  part?: number;
+}
+
+/** Parts a node's own status is split into at most (one per shard at worst). */
+export const NODE_STATUS_PARTS_MAX = ASSIGNMENTS_PER_NODE_MAX;
+
+export function validateNodeStatusRequest(body: unknown): NodeStatusRequest {
+  const o = obj(body, '');
+  return o.part === undefined ? {} : { part: int(o.part, 'part', 0, NODE_STATUS_PARTS_MAX - 1) };
+}
+
 export function validateShardAssignment(v: unknown, path: string): ShardAssignment {
   const o = obj(v, path);
   const shards = int(o.shards, `${path}.shards`, 1, 256);

@@ -7,7 +7,7 @@ import { encode, decode } from '../../messages/codec';
 import { ProtocolError, type ErrorReply } from '../../messages/errors';
 import { HEADER_DEADLINE, HEADER_SCHEMA, HEADER_TYPE } from '../../messages/headers';
 import { shardSubject, apiSubject } from '../../messages/subjects';
-import { controllerSubject } from '../../messages/control';
+import { controllerSubject, nodeSubject } from '../../messages/control';
 import { replicaSubject } from '../../messages/raft';
 import type { VolumeInfo } from '../../messages/api';
 import { formatStatus } from '../../observability/status';
@@ -467,6 +467,24 @@ describe('a cluster status larger than the NATS server carries', function () {
       } while (from !== undefined && pages.length < 100);
       assert.ok(pages.length > 1, 'more than one page');
       assert.equal(pages.reduce((n, p) => n + p.shards.length, 0), Number(status.nodes[0]!['shardCount']));
+      // The node's own status subject answers in parts too, every field of every shard (it was
+      // one message, too_large here).
+      const ask = async (body: unknown): Promise<{ part?: number; parts?: number; shards: Array<Record<string, unknown>>; error?: { code: string } }> => {
+        const r = await nc.request(nodeSubject(c.cluster, 'n1', 'status'), encode(body), { timeout: 5000 });
+        assert.ok(r.data.length <= 16 * 1024);
+        return decode(r.data) as { part?: number; parts?: number; shards: Array<Record<string, unknown>>; error?: { code: string } };
+      };
+      const first = await ask({});
+      assert.equal(first.error, undefined, JSON.stringify(first.error));
+      assert.ok(first.parts! > 1, String(first.parts));
+      const all = [first];
+      for (let part = 1; part < first.parts!; part++) all.push(await ask({ part }));
+      assert.deepEqual(all.map((p) => p.part), all.map((_, i) => i));
+      const shards = all.flatMap((p) => p.shards);
+      assert.equal(shards.length, Number(status.nodes[0]!['shardCount']));
+      assert.ok(shards.every((sh) => typeof sh.volumeName === 'string' && sh.hostId === 0 && typeof sh.mailbox === 'object'), JSON.stringify(shards[0]));
+      assert.equal((await ask({ part: first.parts! + 5 })).error?.code, 'out_of_range');
+      assert.equal((await ask({ part: 'x' })).error?.code, 'bad_request');
     } finally {
       await nc.close();
     }

@@ -7,6 +7,9 @@ import { strict as assert } from 'node:assert';
 import { encode } from '../../messages/codec';
 import { joinNodeStatus, mergeClusterStatus, splitNodeStatus, type StatusParts } from '../../cluster/api-router';
 import { formatStatus } from '../../observability/status';
+import { nodeStatusPart } from '../../cluster/node';
+import { validateNodeStatusRequest } from '../../messages/control';
+import { ProtocolError } from '../../messages/errors';
 
 type Shard = { shard: number; state: string; replicas?: Array<Record<string, unknown>>; replicaCount?: number };
 type Volume = { name: string; shards: Shard[]; shardCount?: number; shardsUp?: number; shardsDegraded?: number; shardsUnavailable?: number };
@@ -146,5 +149,64 @@ describe("a node's status in parts (a node of more shards than one message holds
   it('answers that are not parts (no node id, bad part numbers) pass the join as they are', () => {
     const odd = [{ shards: [] }, { node: { id: 'x' }, part: 3, parts: 2, shards: [] }, { node: { id: 'y' }, part: 0, parts: 0 }];
     assert.deepEqual(joinNodeStatus(odd), odd);
+  });
+});
+
+describe("a node's own status subject past one message (nodeStatusPart)", () => {
+  // A node's full view: every field of each shard, and each host's per-shard mailbox list.
+  const full = (count: number): Record<string, unknown> => {
+    const shards = Array.from({ length: count }, (_, i) =>
+      replica(`v${i % 5}`, i, i % 2 === 0 ? 'leader' : 'follower', { hostId: i % 2, volumeName: `vol${i % 5}`, lag: {}, leaseValid: true }),
+    );
+    const mailbox = (host: number): Array<Record<string, unknown>> =>
+      shards.filter((sh) => sh.hostId === host).map((sh) => ({ volumeId: sh.volumeId, shard: sh.shard, leader: sh.role === 'leader', depth: 1, bytes: 4096, admitted: 10, rejectedOverloaded: 2, errors: 1 }));
+    return { ...nodeView('n1', shards), hosts: [0, 1].map((hostId) => ({ hostId, ok: true, restarts: 0, mailbox: mailbox(hostId) })) };
+  };
+
+  it('a status that fits is answered whole, as it is', () => {
+    const status = full(4);
+    assert.equal(nodeStatusPart(status, 0, 1 << 20), status);
+  });
+
+  it('a larger one in parts that each fit, every shard once with all its fields and its own mailbox, the hosts with theirs summed', () => {
+    const status = full(300);
+    const bytesMax = 8 * 1024;
+    assert.ok(encode(status).length > 4 * bytesMax);
+    const first = nodeStatusPart(status, 0, bytesMax);
+    const count = first.parts as number;
+    assert.ok(count >= 4, String(count));
+    const parts = Array.from({ length: count }, (_, i) => nodeStatusPart(status, i, bytesMax));
+    parts.forEach((p, i) => {
+      assert.ok(encode(p).length <= bytesMax, `part ${i}: ${encode(p).length} bytes`);
+      assert.deepEqual([p.part, p.parts], [i, count]);
+      assert.deepEqual(p.node, status.node);
+      assert.deepEqual(p.hosts, [0, 1].map((hostId) => ({ hostId, ok: true, restarts: 0, mailboxes: { count: 150, depth: 150, bytes: 150 * 4096, rejectedOverloaded: 300, errors: 150 } })));
+    });
+    const shards = parts.flatMap((p) => p.shards as Array<Record<string, unknown>>);
+    assert.deepEqual(
+      shards.map(({ mailbox, ...sh }) => sh),
+      status.shards,
+    );
+    assert.ok(shards.every((sh) => JSON.stringify(sh.mailbox) === JSON.stringify({ leader: sh.role === 'leader', depth: 1, bytes: 4096, admitted: 10, rejectedOverloaded: 2, errors: 1 })));
+  });
+
+  it('one part when its mailbox lists summed make it fit; a part past the last is out_of_range, naming how many', () => {
+    const status = full(40);
+    const bytesMax = encode(status).length - 1;
+    const only = nodeStatusPart(status, 0, bytesMax);
+    assert.deepEqual([only.part, only.parts, (only.shards as unknown[]).length], [0, 1, 40]);
+    assert.throws(
+      () => nodeStatusPart(status, 1, bytesMax),
+      (e: unknown) => e instanceof ProtocolError && e.code === 'out_of_range' && /part 1 asked for; it has 1 part/.test(e.message) && (e.details as { parts?: number }).parts === 1,
+    );
+    assert.throws(() => nodeStatusPart(full(3), 1, 1 << 20), (e: unknown) => e instanceof ProtocolError && e.code === 'out_of_range');
+  });
+
+  it('its request: nothing or a part number; anything else is refused', () => {
+    assert.deepEqual(validateNodeStatusRequest({}), {});
+    assert.deepEqual(validateNodeStatusRequest({ part: 3 }), { part: 3 });
+    for (const bad of [null, [], { part: -1 }, { part: 1.5 }, { part: '1' }]) {
+      assert.throws(() => validateNodeStatusRequest(bad), (e: unknown) => e instanceof ProtocolError && (e.code === 'bad_request' || e.code === 'out_of_range'), JSON.stringify(bad));
+    }
   });
 });
