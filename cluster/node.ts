@@ -51,6 +51,7 @@ import {
   type ClaimReply,
   validateClaimReply,
   validateNodeStatusRequest,
+  validateClaimQuestion,
 } from '../messages/control';
 import { RealDisk } from '../storage-engine/real-disk';
 import { MetaStore } from '../storage-engine/metadata';
@@ -162,7 +163,7 @@ const CHECK_ALONE_TIMEOUT_MS = 2000;
 const CLAIM_GRACE_MS = 200;
 const CLAIM_ANSWERS_MAX = 64;
 /** Period of the claim's check while a node runs (`recheckClaim`). */
-const CLAIM_RECHECK_MS = 30_000;
+const CLAIM_RECHECK_MS = 5_000;
 /** Between the two rounds of a claim on a NATS cluster: longer than a subscription takes to cross the routes. */
 const CLAIM_CLUSTER_PAUSE_MS = 1500;
 
@@ -284,7 +285,9 @@ export class StrataNode {
   /** The claim subjects' subscriptions: the last a stop lets go of. */
   private readonly claimSubs: Subscription[] = [];
   /** This start's claim (claimAlone): asked again after every reconnection. */
-  private claim: { instance: string; sinceMs: number; subjects: string[]; idInUse: (whose: string) => string; controllerInUse: string } | undefined;
+  private claim:
+    | { instance: string; sinceMs: number; questions: { first: Uint8Array; recheck: Uint8Array }; subjects: string[]; idInUse: (whose: string) => string; controllerInUse: string }
+    | undefined;
   private readonly reconcileFailures: FailureLog;
   /** API request durations by verb and outcome; only when the process runs telemetry. */
   private recorder: RequestRecorder | undefined;
@@ -523,11 +526,15 @@ export class StrataNode {
           } catch {
             // The connection is closing: this node is going away anyway.
           }
+          this.claimAsked(nc, subject, subject === subjects[0] ? idInUse : null, controllerInUse, claim, msg.data);
         },
       }));
     }
     await nc.flush();
-    this.claim = { instance, sinceMs: claim.sinceMs, subjects, idInUse, controllerInUse };
+    this.claim = {
+      instance, sinceMs: claim.sinceMs, subjects, idInUse, controllerInUse,
+      questions: { first: encode({ ...claim, recheck: false }), recheck: encode({ ...claim, recheck: true }) },
+    };
     const refusal = await this.askClaims(nc);
     if (refusal !== undefined) throw refusal;
   }
@@ -536,11 +543,11 @@ export class StrataNode {
    * Asks the claim subjects (twice on a NATS cluster, CLAIM_CLUSTER_PAUSE_MS apart): the error
    * to refuse with when another instance answers, or when this node's own claim did not come back.
    */
-  private async askClaims(nc: NatsConnection): Promise<ProtocolError | undefined> {
+  private async askClaims(nc: NatsConnection, recheck = false): Promise<ProtocolError | undefined> {
     const rounds = natsIsCluster(nc) ? 2 : 1;
     for (let round = 0; round < rounds; round++) {
       if (round > 0) await new Promise((r) => setTimeout(r, CLAIM_CLUSTER_PAUSE_MS));
-      const refusal = await this.askClaimsOnce(nc);
+      const refusal = await this.askClaimsOnce(nc, recheck);
       if (refusal !== undefined) return refusal;
     }
     return undefined;
@@ -551,7 +558,7 @@ export class StrataNode {
    * server has delivered the question to every subscriber it knows by then) and CLAIM_GRACE_MS
    * more, for another node's answer to come back; at most CHECK_ALONE_TIMEOUT_MS.
    */
-  private async askClaimsOnce(nc: NatsConnection): Promise<ProtocolError | undefined> {
+  private async askClaimsOnce(nc: NatsConnection, recheck = false): Promise<ProtocolError | undefined> {
     const { instance, subjects, idInUse, controllerInUse } = this.claim!;
     const inbox = createInbox();
     const heard = new Set<string>();
@@ -582,7 +589,9 @@ export class StrataNode {
     });
     const deadline = setTimeout(resolveDone, CHECK_ALONE_TIMEOUT_MS);
     try {
-      subjects.forEach((subject, i) => nc.publish(subject, encode({ instance }), { reply: `${inbox}.${i}` }));
+      // The question is this node's claim: at a periodic check, a later instance that it reaches stops (claimAsked).
+      const question = recheck ? this.claim!.questions.recheck : this.claim!.questions.first;
+      subjects.forEach((subject, i) => nc.publish(subject, question, { reply: `${inbox}.${i}` }));
       await done;
     } finally {
       clearTimeout(deadline);
@@ -591,7 +600,7 @@ export class StrataNode {
     }
     if (other) {
       const r = other.reply;
-      const who = r ? `node '${r.nodeId}' (process ${r.pid} on host '${r.hostname}', started at ${new Date(r.sinceMs).toISOString()})` : 'a subscriber that is not a Strata node';
+      const who = r ? describeClaim(r) : 'a subscriber that is not a Strata node';
       const message = other.subject === subjects[0] ? idInUse(`runs or is starting: ${who}`) : `${controllerInUse}: ${who} runs one or is starting with one`;
       return new ProtocolError('bad_request', message, { subject: other.subject, ...(r ? { other: r } : {}) });
     }
@@ -603,20 +612,25 @@ export class StrataNode {
 
   /**
    * After every reconnection to NATS, the claim is asked again: while this node was cut off, a
-   * node of its id (or another controller) may have started, hearing nobody. Another instance
-   * answering stops this node, as a crash would (`onFatal`); a round that cannot tell (its own
-   * claim did not come back) is logged and waits for the next reconnection.
+   * node of its id (or another controller) may have started, hearing nobody. Of the two, as at
+   * the periodic check, the later start stops: this node, as a crash would (`onFatal`), when the
+   * other answers and started first; the other, when this question reaches it (claimAsked). An
+   * answer that is not a Strata node's stops this node. A round that cannot tell (its own claim
+   * did not come back) is logged and waits for the next reconnection.
    */
   private async watchReconnects(nc: NatsConnection): Promise<void> {
     try {
       for await (const s of nc.status()) {
-        if (s.type !== Events.Reconnect || this.stopped || this.claim === undefined) continue;
-        const refusal = await this.askClaims(nc);
+        const claim = this.claim;
+        if (s.type !== Events.Reconnect || this.stopped || claim === undefined) continue;
+        const refusal = await this.askClaims(nc, true);
         if (this.stopped || refusal === undefined) continue;
         if (refusal.code !== 'bad_request') {
           this.log.warn('could not ask the claim again after a reconnection', { err: refusal });
           continue;
         }
+        const other = refusal.details?.['other'] as ClaimReply | undefined;
+        if (other !== undefined && !startedFirst(other, claim)) continue; // It stops on this question.
         this.stopForClaim('after a reconnection to NATS another node answers this node\'s claim; stopping', refusal);
         return;
       }
@@ -636,16 +650,43 @@ export class StrataNode {
     const nc = this.nc;
     const claim = this.claim;
     if (nc === undefined || claim === undefined || this.stopped) return;
-    const refusal = await this.askClaimsOnce(nc);
+    const refusal = await this.askClaimsOnce(nc, true);
     if (refusal === undefined || this.stopped) return;
     const other = refusal.details?.['other'] as ClaimReply | undefined;
     if (refusal.code !== 'bad_request' || other === undefined) {
       this.claimFailures.failed(refusal);
       return;
     }
-    const otherFirst = other.sinceMs < claim.sinceMs || (other.sinceMs === claim.sinceMs && other.instance < claim.instance);
-    if (!otherFirst) return; // It stops at its own check.
+    // The later one stops: here, or there when this question reached it (claimAsked).
+    if (!startedFirst(other, claim)) return;
     this.stopForClaim('another node answers this node\'s claim and started first; stopping', refusal);
+  }
+
+  /**
+   * Another instance asked this node's claim while it runs, at its periodic check or after a
+   * reconnection (`question`, a ClaimQuestion with `recheck`). When the asker started first, this
+   * node is the later of two and stops, once its answer is on its way: without this, of two
+   * nodes that found each other it would be only at the later one's own check (up to
+   * claimRecheckMs). A question at a start is only answered (that asker refuses to start on the
+   * answer, whatever the clocks say), and so is one that is not a claim (a probe, a node of an
+   * older version).
+   */
+  private claimAsked(nc: NatsConnection, subject: string, idInUse: ((whose: string) => string) | null, controllerInUse: string, own: ClaimReply, question: Uint8Array): void {
+    let asker: ClaimReply & { recheck: boolean };
+    try {
+      asker = validateClaimQuestion(decode(question));
+    } catch {
+      return;
+    }
+    if (!asker.recheck || asker.instance === own.instance || this.stopped || !startedFirst(asker, own)) return;
+    const { recheck: _, ...other } = asker;
+    const message = idInUse !== null ? idInUse(`runs, started first, and asked its claim: ${describeClaim(other)}`) : `${controllerInUse}: ${describeClaim(other)} runs one, started first, and asked its claim`;
+    const refusal = new ProtocolError('bad_request', message, { subject, other });
+    void withTimeout(nc.flush(), CLAIM_GRACE_MS, () => new Error('flush'))
+      .catch(() => undefined)
+      .then(() => {
+        if (!this.stopped) this.stopForClaim('another node that started first asks this node\'s claim; stopping', refusal);
+      });
   }
 
   /** Another node answered this node's claim: it stops, and a start under way fails with `refusal`. */
@@ -1227,6 +1268,16 @@ export class StrataNode {
     endpoint('volume.flush', (body, req) => router.flush(body, req.deadlineMs));
     endpoint('status', async (_body, req) => router.clusterStatus(await this.status(), req.deadlineMs));
   }
+}
+
+/** Of two claims, whether `a` started before `b` (ties broken by instance): the other one stops. */
+function startedFirst(a: ClaimReply, b: { sinceMs: number; instance: string }): boolean {
+  return a.sinceMs < b.sinceMs || (a.sinceMs === b.sinceMs && a.instance < b.instance);
+}
+
+/** A claim's node, process, host and start, for a refusal's message. */
+function describeClaim(r: ClaimReply): string {
+  return `node '${r.nodeId}' (process ${r.pid} on host '${r.hostname}', started at ${new Date(r.sinceMs).toISOString()})`;
 }
 
 /** The fields of a shard's status that the cluster status merges (mergeClusterStatus, cluster/api-router.ts). */

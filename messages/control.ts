@@ -216,6 +216,23 @@ export function validateClaimReply(body: unknown): ClaimReply {
   };
 }
 
+/**
+ * A claim's question: the asking node's own claim, and whether it asks while it runs
+ * (`recheck`, its periodic check or after a reconnection: of two nodes that find each other the
+ * later start stops, so one that hears this question from a node that started before it stops)
+ * or at its start (the asker refuses on any other answer; the answerer runs on). A question that
+ * does not validate is only answered.
+ */
+export interface ClaimQuestion extends ClaimReply {
+  recheck: boolean;
+}
+
+export function validateClaimQuestion(body: unknown): ClaimQuestion {
+  const o = obj(body, '');
+  if (typeof o.recheck !== 'boolean') throw new ProtocolError('bad_request', 'recheck: expected a boolean', { path: 'recheck' });
+  return { ...validateClaimReply(o), recheck: o.recheck };
+}
+
 export function controllerSubject(cluster: string, verb: string): string {
   return `strata.${cluster}.controller.${verb}`;
 }

@@ -97,4 +97,22 @@ describe('node claim on a NATS cluster of two servers', function () {
     assert.match(fatal.get('split-b')!.message, /node 'split' stopped: node id 'split' is in use/);
     assert.equal(fatal.has('split-a'), false, 'the first runs on');
   });
+
+  it('the same, where only the first node checks again: its question stops the later one', async () => {
+    const fatal = new Map<string, Error>();
+    const start = (url: string, dir: string, claimRecheckMs: number): Promise<StrataNode> =>
+      StrataNode.start({
+        nodeId: 'split2', cluster: 'claimtest', natsUrl: url, dataDir: path.join(root, dir), hosts: 1, controller: false, heartbeatMs: 1000,
+        claimRecheckMs, onFatal: (e) => fatal.set(dir, e),
+      });
+    nodes.push(await start(urls[0]!, 'split2-a', 300));
+    await proxy!.cut();
+    await waitFor('the route down', async () => !(await routeCarries()), 20_000);
+    // The later node never checks again on its own (an hour): only the first one's question can stop it.
+    nodes.push(await start(urls[1]!, 'split2-b', 3_600_000));
+    await proxy!.restore();
+    await waitFor('the later node to stop itself', () => fatal.has('split2-b'), 30_000);
+    assert.match(fatal.get('split2-b')!.message, /node 'split2' stopped: node id 'split2' is in use in cluster 'claimtest': another node of that id runs, started first, and asked its claim: node 'split2' \(process \d+/);
+    assert.equal(fatal.has('split2-a'), false, 'the first runs on');
+  });
 });

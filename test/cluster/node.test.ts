@@ -224,22 +224,51 @@ describe('StrataNode', function () {
     await assert.rejects(startNode('cl2'), /node id 'cl2' is in use in cluster 'nodetest': another node of that id runs or is starting: a subscriber that is not a Strata node/);
   });
 
-  it('a node cut off from NATS while another of its id starts stops itself once it is back (its claim is asked again)', async () => {
+  it('a node whose claim another instance of its id, started first, asks at its periodic check stops at once; asked otherwise, it runs on', async () => {
+    serveFakeMembership();
+    const fatal: Error[] = [];
+    const node = await startNode('asked', { onFatal: (e) => fatal.push(e), claimRecheckMs: 3_600_000 });
+    const ask = async (question: unknown): Promise<unknown> => {
+      const r = await fake.request(nodeSubject(CLUSTER, 'asked', 'claim'), encode(question), { timeout: 2000 });
+      await sleep(300);
+      return decode(r.data);
+    };
+    const other = (sinceMs: number, recheck: unknown): Record<string, unknown> => ({ instance: 'aaaaaaaaaaaaaaaa', nodeId: 'asked', hostname: 'elsewhere', pid: 4242, sinceMs, recheck });
+    const earlier = Date.now() - 60_000;
+    // Not a claim; a later start; an earlier one asking at its start or after a reconnection (it
+    // stops on the answer); a malformed flag.
+    for (const q of [{}, { instance: 'x' }, other(Date.now() + 60_000, true), other(earlier, false), other(earlier, 'yes')]) {
+      const answer = (await ask(q)) as { nodeId?: unknown };
+      assert.equal(answer.nodeId, 'asked', 'answered');
+      assert.equal(fatal.length, 0, `asked ${JSON.stringify(q)}: it runs on`);
+    }
+    // An earlier start asking at its periodic check: it is answered (the answer is flushed first), then stops.
+    assert.equal(((await ask(other(earlier, true))) as { nodeId?: unknown }).nodeId, 'asked');
+    await waitFor('the node to stop itself', () => fatal.length > 0, 5000);
+    assert.match(fatal[0]!.message, /node 'asked' stopped: node id 'asked' is in use in cluster 'nodetest': another node of that id runs, started first, and asked its claim: node 'asked' \(process 4242 on host 'elsewhere'/);
+    nodes.splice(nodes.indexOf(node), 1);
+    await assert.rejects(fake.request(nodeSubject(CLUSTER, 'asked', 'claim'), encode({}), { timeout: 1000 }), 'nobody answers its claim any more');
+  });
+
+  it('a node cut off from NATS while another of its id starts: once it is back, its question stops the later one, which runs no more', async () => {
     serveFakeMembership();
     const proxy = await startTcpProxy(nats.port);
     try {
-      const fatal: Error[] = [];
-      const first = await startNode('twin', { natsUrl: proxy.url, onFatal: (e) => fatal.push(e) });
+      const fatalFirst: Error[] = [];
+      const fatalSecond: Error[] = [];
+      // Neither checks on its own while the test runs: only the reconnection's question can tell.
+      await startNode('twin', { natsUrl: proxy.url, onFatal: (e) => fatalFirst.push(e), claimRecheckMs: 3_600_000 });
       await proxy.cut();
       // Its replacement starts elsewhere: it hears nobody, and starts.
-      await startNode('twin', { dataDir: path.join(root, 'twin-elsewhere') });
+      const second = await startNode('twin', { dataDir: path.join(root, 'twin-elsewhere'), onFatal: (e) => fatalSecond.push(e), claimRecheckMs: 3_600_000 });
       const lines = await nodeLogLines(async () => {
         await proxy.restore();
-        await waitFor('the first node to stop itself', () => fatal.length > 0, 20_000);
+        await waitFor('the later node to stop itself', () => fatalSecond.length > 0, 20_000);
       });
-      assert.match(fatal[0]!.message, /node 'twin' stopped: node id 'twin' is in use in cluster 'nodetest': another node of that id runs or is starting: node 'twin' \(process \d+/);
-      assert.ok(lines.some((l) => l.level === 'error' && String(l.msg).startsWith('after a reconnection to NATS another node answers')), JSON.stringify(lines));
-      nodes.splice(nodes.indexOf(first), 1);
+      assert.match(fatalSecond[0]!.message, /node 'twin' stopped: node id 'twin' is in use in cluster 'nodetest': another node of that id runs, started first, and asked its claim: node 'twin' \(process \d+/);
+      assert.ok(lines.some((l) => l.level === 'error' && l.msg === "another node that started first asks this node's claim; stopping"), JSON.stringify(lines));
+      assert.equal(fatalFirst.length, 0, 'the first runs on');
+      nodes.splice(nodes.indexOf(second), 1);
       // One instance answers the claim now.
       const it = await fake.requestMany(nodeSubject(CLUSTER, 'twin', 'claim'), encode({}), { maxWait: 500, maxMessages: 10 });
       const instances = new Set<string>();
@@ -247,6 +276,35 @@ describe('StrataNode', function () {
       assert.equal(instances.size, 1);
     } finally {
       await proxy.cut();
+    }
+  });
+
+  it('the later of two nodes of one id, cut off from NATS and back, stops itself on the earlier one\'s answer', async () => {
+    serveFakeMembership();
+    const p1 = await startTcpProxy(nats.port);
+    const p2 = await startTcpProxy(nats.port);
+    try {
+      const fatalFirst: Error[] = [];
+      const fatalSecond: Error[] = [];
+      await startNode('twin3', { natsUrl: p1.url, onFatal: (e) => fatalFirst.push(e), claimRecheckMs: 3_600_000 });
+      await p1.cut();
+      const second = await startNode('twin3', { natsUrl: p2.url, dataDir: path.join(root, 'twin3-elsewhere'), onFatal: (e) => fatalSecond.push(e), claimRecheckMs: 3_600_000 });
+      // The later one is cut off before the first is back: the first's question reaches nobody.
+      await p2.cut();
+      await p1.restore();
+      await sleep(1500);
+      assert.deepEqual([fatalFirst.length, fatalSecond.length], [0, 0]);
+      const lines = await nodeLogLines(async () => {
+        await p2.restore();
+        await waitFor('the later node to stop itself', () => fatalSecond.length > 0, 20_000);
+      });
+      assert.match(fatalSecond[0]!.message, /node 'twin3' stopped: node id 'twin3' is in use in cluster 'nodetest': another node of that id runs or is starting: node 'twin3' \(process \d+/);
+      assert.ok(lines.some((l) => l.level === 'error' && String(l.msg).startsWith('after a reconnection to NATS another node answers')), JSON.stringify(lines));
+      assert.equal(fatalFirst.length, 0, 'the first runs on');
+      nodes.splice(nodes.indexOf(second), 1);
+    } finally {
+      await p1.cut();
+      await p2.cut();
     }
   });
 
