@@ -312,21 +312,22 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
   const frozen = new Set<number>(); // pids stopped with SIGSTOP, continued at the end whatever happens
   let natsFrozen = false;
   let clientsStart = performance.now();
-  // Each node process's counters as last sampled, by pid: summed at the end.
+  // Each node process's counters as last sampled, by pid: summed at the end (a process is also
+  // sampled right before the nemesis kills it, so that little of what it did goes uncounted).
   const sampled = new Map<number, NodeActivity>();
+  const sampleNode = async (i: number): Promise<void> => {
+    const n = cluster.nodes[i]!;
+    if (!alive(cluster, i) || frozen.has(n.pid) || natsFrozen) return;
+    try {
+      const r = await nc.request(nodeSubject('dev', n.id, 'status'), encode({}), { timeout: 1000 });
+      const body = decode(r.data) as Parameters<typeof activityOf>[0] & { error?: unknown };
+      if (body.error === undefined) sampled.set(n.pid, activityOf(body));
+    } catch {
+      // Busy or restarting: its next sample counts.
+    }
+  };
   const sample = async (): Promise<void> => {
-    await Promise.all(
-      cluster.nodes.map(async (n, i) => {
-        if (!alive(cluster, i) || frozen.has(n.pid) || natsFrozen) return;
-        try {
-          const r = await nc.request(nodeSubject('dev', n.id, 'status'), encode({}), { timeout: 1000 });
-          const body = decode(r.data) as Parameters<typeof activityOf>[0] & { error?: unknown };
-          if (body.error === undefined) sampled.set(n.pid, activityOf(body));
-        } catch {
-          // Busy or restarting: its next sample counts.
-        }
-      }),
-    );
+    await Promise.all(cluster.nodes.map((_, i) => sampleNode(i)));
   };
   let sampling = true;
   const sampler = (async (): Promise<void> => {
@@ -429,6 +430,7 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
           ev.nodes = victims.map((i) => cluster.nodes[i]!.id);
           await Promise.all(
             victims.map(async (i) => {
+              await sampleNode(i);
               const n = cluster.nodes[i]!;
               expectedExit.add(n.pid);
               const exited = new Promise<void>((r) => n.process.once('exit', () => r()));
