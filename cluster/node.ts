@@ -257,6 +257,8 @@ export class StrataNode {
   private readonly subs: Subscription[] = [];
   private heartbeatTimer: NodeJS.Timeout | undefined;
   private controllerChain: Promise<unknown> = Promise.resolve();
+  /** The node's shard opens and destroys, one at a time (`shardOp`). */
+  private shardOps: Promise<unknown> = Promise.resolve();
   /** Catalog operations queued or running (see CONTROL_QUEUE_MAX). */
   private controlQueued = 0;
   /** Control requests being handled (CONTROL_IN_FLIGHT_MAX). */
@@ -854,7 +856,11 @@ export class StrataNode {
    * also when another failed: a create that failed part-way destroys what this node records,
    * so nothing it opened stays open unknown. Throws the first failure.
    */
-  private async openShards(list: ShardAssignment[]): Promise<void> {
+  private openShards(list: ShardAssignment[]): Promise<void> {
+    return this.shardOp(() => this.openShardsNow(list));
+  }
+
+  private async openShardsNow(list: ShardAssignment[]): Promise<void> {
     const known = new Set(this.nodeMeta.shards.map(shardId));
     const added: ShardAssignment[] = [];
     let failure: { error: unknown } | undefined;
@@ -876,7 +882,24 @@ export class StrataNode {
     if (failure !== undefined) throw failure.error;
   }
 
-  private async destroyShards(volumeId: string, shards: number[]): Promise<void> {
+  private destroyShards(volumeId: string, shards: number[]): Promise<void> {
+    return this.shardOp(() => this.destroyShardsNow(volumeId, shards));
+  }
+
+  /**
+   * Runs a change of this node's shards (an open or a destroy of some) after those before it,
+   * one at a time: a destroy that arrives while an open of the same shards runs (the controller
+   * undoing a create whose open it stopped waiting for, a reconciliation with an older catalog)
+   * would otherwise find them not yet recorded, destroy nothing, and the open would then record
+   * and serve them; two opens of the same shards at once would record each twice.
+   */
+  private shardOp<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.shardOps.then(fn, fn);
+    this.shardOps = run.catch(() => undefined);
+    return run;
+  }
+
+  private async destroyShardsNow(volumeId: string, shards: number[]): Promise<void> {
     const drop = new Set(shards.map((s) => `${volumeId}.${s}`));
     const victims = this.nodeMeta.shards.filter((a) => drop.has(shardId(a)));
     // Forget them durably first: a crash half-way leaves files that nothing references (the next
