@@ -844,8 +844,10 @@ export class StrataNode {
     if (dead.size > 0) {
       const { destroyed, hostsFailed } = await this.pool!.destroyLeftovers([...dead]);
       if (destroyed.length > 0) this.log.info('destroyed the leftover files of deleted volumes', { shards: destroyed });
-      // A host down or stuck says so elsewhere; its leftovers go at a later reconciliation.
-      if (hostsFailed > 0) this.log.debug('leftover files not checked on some hosts', { hosts: hostsFailed });
+      // A host down or stuck says so elsewhere; its leftovers go at a later reconciliation, so
+      // this one does not count as done: the epoch reconciled would not come back to them (a
+      // host that is down when its replica's destroy comes, and back later, kept its files).
+      if (hostsFailed > 0) failures.push(new ProtocolError('unavailable', `leftover files of deleted volumes not checked on ${hostsFailed} host(s); tried again later`, { hosts: hostsFailed }));
     }
     if (failures.length > 0) throw failures[0];
     this.reconciledEpoch = a.epoch;
