@@ -146,6 +146,12 @@ const NODE_META = 'node';
  */
 export const HOST_STATUS_TIMEOUT_MS = 1000;
 
+/**
+ * A volume.delete answers at the latest this long (or a tenth of the time it had, if less) before
+ * its requester's deadline, whether or not every node has answered its destroy.
+ */
+const DELETE_REPLY_ROOM_MS_MAX = 250;
+
 /** After a failed reconciliation the next waits this long, doubling on each failure up to the max. */
 export const RECONCILE_BACKOFF_MS_MIN = 1000;
 export const RECONCILE_BACKOFF_MS_MAX = 30_000;
@@ -976,7 +982,7 @@ export class StrataNode {
    * once; when its Strata-Deadline (the API router forwards its caller's) passed while it waited,
    * it is not run but answered `timeout`: its requester has given up.
    */
-  private async serial<T>(msg: Msg, fn: () => Promise<T>): Promise<T> {
+  private async serial<T>(msg: Msg, fn: (deadlineMs: number | undefined) => Promise<T>): Promise<T> {
     if (this.controlQueued >= CONTROL_QUEUE_MAX) {
       throw new ProtocolError('overloaded', `the controller has ${CONTROL_QUEUE_MAX} catalog operations queued, its limit; retry after a back-off`, { queueMax: CONTROL_QUEUE_MAX });
     }
@@ -987,7 +993,7 @@ export class StrataNode {
       if (deadlineMs !== undefined && nowMs >= deadlineMs) {
         return Promise.reject(new ProtocolError('timeout', `the deadline passed while the operation waited ${nowMs - queuedAtMs} ms in the controller's queue; it was not run`));
       }
-      return fn();
+      return fn(deadlineMs);
     };
     this.controlQueued++;
     const next = this.controllerChain.then(run, run);
@@ -1033,7 +1039,7 @@ export class StrataNode {
     });
     this.subscribe(subj('members'), async () => ({ members: this.allMembers() }));
     this.subscribe(subj('volume.create'), (body, msg) => this.serial(msg, () => this.createVolume(validateVolumeCreateRequest(body))));
-    this.subscribe(subj('volume.delete'), (body, msg) => this.serial(msg, () => this.deleteVolume(validateVolumeNameRequest(body).name)));
+    this.subscribe(subj('volume.delete'), (body, msg) => this.serial(msg, (deadlineMs) => this.deleteVolume(validateVolumeNameRequest(body).name, deadlineMs)));
     this.subscribe(subj('volume.info'), async (body) => ({ ...volumeInfo(c.get(validateVolumeNameRequest(body).name)) }));
     this.subscribe(subj('volume.list'), async (body) => {
       validateVolumeListRequest(body);
@@ -1093,9 +1099,17 @@ export class StrataNode {
     return volumeInfo(v);
   }
 
-  private async deleteVolume(name: string): Promise<unknown> {
+  private async deleteVolume(name: string, deadlineMs: number | undefined): Promise<unknown> {
     const v = this.controller!.delete(name);
-    await this.destroyEverywhere(v).catch((e: unknown) => this.log.warn('shard destruction deferred to reconciliation', { volume: v.id, err: e }));
+    // Deleted (durably) from here. The destroys are waited for within the requester's deadline,
+    // with room for the answer to reach it: a node that takes the request and does not answer (a
+    // frozen process) must not turn a done delete into a `timeout` for the requester, and it
+    // destroys its replicas through the tombstone when it reconciles anyway.
+    const timeoutMs = this.opts.requestTimeoutMs ?? 10_000;
+    const leftMs = deadlineMs === undefined ? timeoutMs : deadlineMs - Date.now();
+    const waitMs = Math.max(0, Math.min(timeoutMs, leftMs - Math.min(DELETE_REPLY_ROOM_MS_MAX, Math.max(0, leftMs) / 10)));
+    await withTimeout(this.destroyEverywhere(v), waitMs, () => new ProtocolError('timeout', `the nodes did not all answer the destroy within ${Math.round(waitMs)} ms`))
+      .catch((e: unknown) => this.log.warn('shard destruction deferred to reconciliation', { volume: v.id, err: e }));
     this.router?.forget(name);
     return { deleted: true };
   }
