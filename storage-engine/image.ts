@@ -36,6 +36,18 @@ export const IMAGE_HEADER_BYTES = 40;
 export const IMAGE_TABLE_ENTRY_BYTES = 20;
 /** Largest single disk read `readPages` issues (a run of adjacent pages is split beyond it). */
 export const IMAGE_READ_BYTES_MAX = 256 * 1024;
+
+/**
+ * The read buffer the image readers of this thread share: a read fills it and copies the pages
+ * out before it returns. (One per reader held up to IMAGE_READ_BYTES_MAX for each image read
+ * from, two or three per shard.)
+ */
+let sharedReadScratch: Uint8Array | undefined;
+
+function readScratch(bytes: number): Uint8Array {
+  if (sharedReadScratch === undefined || sharedReadScratch.length < bytes) sharedReadScratch = new Uint8Array(bytes);
+  return sharedReadScratch;
+}
 /** Abandoned image files moved aside while their flush ran (a counter for their names). */
 let abandonedImages = 0;
 
@@ -327,7 +339,6 @@ export class ImageReader {
   private readonly pages: Float64Array;
   private readonly offsets: Float64Array;
   private readonly crcs: Uint32Array;
-  private scratch: Uint8Array | undefined;
 
   private constructor(disk: Disk, path: string, fh: FileHandle, h: ImageHeader, pages: Float64Array, offsets: Float64Array, crcs: Uint32Array) {
     this.disk = disk;
@@ -540,11 +551,9 @@ export class ImageReader {
     if (fh !== undefined) this.disk.close(fh);
   }
 
+  /** The thread's read buffer (readScratch), at least `bytes` long. */
   private scratchOf(bytes: number): Uint8Array {
-    if (this.scratch === undefined || this.scratch.length < bytes) {
-      this.scratch = new Uint8Array(Math.max(bytes, Math.min(IMAGE_READ_BYTES_MAX, 16 * this.pageSize)));
-    }
-    return this.scratch;
+    return readScratch(Math.max(bytes, Math.min(IMAGE_READ_BYTES_MAX, 16 * this.pageSize)));
   }
 
   private indexOf(page: number): number {

@@ -94,8 +94,31 @@ export interface LogStats {
 export const LOG_WRITE_BATCH_BYTES_MAX = 64 * 1024 * 1024;
 /** Most records in one `write` batch. */
 export const LOG_WRITE_BATCH_RECORDS_MAX = 65536;
-/** Largest encoding buffer a log keeps between writes; bigger batches get a buffer of their own. */
+/** Largest encoding buffer kept between writes (one per thread); bigger batches get a buffer of their own. */
 export const LOG_SCRATCH_BYTES_KEPT_MAX = 8 * 1024 * 1024;
+
+/**
+ * The encoding buffer the logs of this thread share (a fresh one per write costs an allocation
+ * and its page faults). A write encodes its batch into it and writes it before it returns, so
+ * one buffer serves every log: kept per log, it held up to LOG_SCRATCH_BYTES_KEPT_MAX for each
+ * shard that had once written a large batch (2 GiB for 256 such shards on a host).
+ */
+let sharedEncodeBuf = new Uint8Array(0);
+
+function encodeScratch(bytes: number): Uint8Array {
+  if (bytes > LOG_SCRATCH_BYTES_KEPT_MAX) return new Uint8Array(bytes);
+  if (sharedEncodeBuf.length < bytes) {
+    let size = Math.max(64 * 1024, sharedEncodeBuf.length);
+    while (size < bytes) size *= 2;
+    sharedEncodeBuf = new Uint8Array(Math.min(size, LOG_SCRATCH_BYTES_KEPT_MAX));
+  }
+  return sharedEncodeBuf.subarray(0, bytes);
+}
+
+/** Bytes of the encoding buffer this thread's logs share (for tests and memory accounting). */
+export function logEncodeScratchBytes(): number {
+  return sharedEncodeBuf.length;
+}
 /** Default `bytesMax` of `read`. */
 export const LOG_READ_BYTES_MAX_DEFAULT = 4 * 1024 * 1024;
 /** Largest `bytesMax` a `read` may ask for. */
@@ -202,8 +225,6 @@ export class SegmentLog {
   private syncing = false;
   private closed = false;
   private writesCount = 0;
-  /** Encoding buffer reused across writes (a fresh one per write costs allocation and page faults). */
-  private encodeBuf = new Uint8Array(0);
   private syncsCount = 0;
   private discardFailuresCount = 0;
   /** A background removal of a trimmed segment failed: the file is removed at the next open. */
@@ -399,15 +420,9 @@ export class SegmentLog {
     seg.fileBytes = to;
   }
 
-  /** A view of `bytes` bytes of the reused encoding buffer; buffers over 8 MiB are not kept. */
+  /** A view of `bytes` bytes of the thread's encoding buffer (encodeScratch). */
   private encodeBufOf(bytes: number): Uint8Array {
-    if (bytes > LOG_SCRATCH_BYTES_KEPT_MAX) return new Uint8Array(bytes);
-    if (this.encodeBuf.length < bytes) {
-      let size = Math.max(64 * 1024, this.encodeBuf.length);
-      while (size < bytes) size *= 2;
-      this.encodeBuf = new Uint8Array(Math.min(size, LOG_SCRATCH_BYTES_KEPT_MAX));
-    }
-    return this.encodeBuf.subarray(0, bytes);
+    return encodeScratch(bytes);
   }
 
   /**

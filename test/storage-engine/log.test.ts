@@ -9,6 +9,7 @@ import {
   LOG_READ_BYTES_LIMIT,
   LOG_SEALED_HANDLES_MAX,
   LOG_WRITE_BATCH_RECORDS_MAX,
+  logEncodeScratchBytes,
   SegmentLog,
 } from '../../storage-engine/log';
 import { parseSegmentName, recordBytes, segmentName, SEGMENT_HEADER_BYTES } from '../../storage-engine/log-segment';
@@ -82,6 +83,24 @@ describe('SegmentLog', () => {
     disk.powerCut();
     const again = SegmentLog.open(disk, { dir: 'shard-2/log', firstLsn: 1 });
     assert.deepEqual([again.firstLsn, again.lastLsn, again.lastTerm], [500, 499, 7]);
+  });
+
+  it('the logs of a thread share one encoding buffer: large batches in many logs keep one, and each log reads back its own records', () => {
+    const disk = new SimDisk();
+    const big = (lsn: number): LogRecordInput[] => Array.from({ length: 16 }, (_, i) => ({ term: 1, kind: 1, payload: new Uint8Array(128 * 1024).fill((lsn + i) % 251) }));
+    const logs = Array.from({ length: 8 }, (_, i) => SegmentLog.open(disk, { dir: `shard-${i}/log` }));
+    // Interleaved: every log writes a 2 MiB batch, then a small one.
+    for (const [i, log] of logs.entries()) assert.equal(log.write(big(i)), 16);
+    for (const [i, log] of logs.entries()) assert.equal(log.write([{ term: 1, kind: 1, payload: new Uint8Array(10).fill(i) }]), 17);
+    const kept = logEncodeScratchBytes();
+    assert.ok(kept >= 2 * 1024 * 1024 && kept <= 4 * 1024 * 1024, `one buffer for eight logs: ${kept} bytes`);
+    for (const [i, log] of logs.entries()) {
+      log.sync();
+      const got = log.read(1, 17);
+      assert.deepEqual(got.slice(0, 16).map((r) => [r.payload.length, r.payload[0], r.payload[r.payload.length - 1]]), big(i).map((r) => [r.payload.length, r.payload[0], r.payload[0]]));
+      assert.deepEqual(got[16]!.payload, new Uint8Array(10).fill(i));
+      log.close();
+    }
   });
 
   it('appends and reads ranges across many segments; termAt; syncedLsn only moves on sync or roll-over', () => {
