@@ -50,8 +50,8 @@ Usage: strata <command> [arguments] [flags]
 Commands:
   dev [--demo] [--nodes N] [--data-dir D] [--metrics-port N]
         Run a local cluster until interrupted: its own nats-server and N node processes
-        (default 3; kill one with kill -9 to see failover); --demo writes, reads back and
-        verifies a replicated volume, then exits.
+        (default 3; kill one but n1, the controller, with kill -9 to see failover); --demo
+        writes, reads back and verifies a replicated volume, then exits.
   node [--config F] [--node-id ID] [--cluster C] [--nats URL] [--data-dir D]
        [--hosts N] [--controller|--no-controller] [--metrics-port N]
        [--trace-exporters otlp,console] [--sampling off|ratio|always] [--sampling-ratio R]
@@ -190,6 +190,8 @@ export function parseArgs(argvIn: readonly string[]): ParsedArgs {
   let at = 1;
   if (first === 'volume' || first === 'shard') {
     const sub = argv[1];
+    // `strata volume --help` as any other command's: the list of commands.
+    if (sub === '--help' || sub === '-h') return { command: 'help', positionals: [], flags: {}, rest: [] };
     if (sub === undefined || sub.startsWith('-')) throw new UsageError(first === 'volume' ? 'volume: expected create, list, info or delete' : 'shard: expected force-vote');
     command = `${first} ${sub}`;
     at = 2;
@@ -456,7 +458,10 @@ async function put(ctx: Ctx): Promise<void> {
       if (first >= info.pageCount) {
         throw new ProtocolError('out_of_range', `page ${first} is past the end of ${volumeName} (${info.pageCount} pages)`, { page: first, pageCount: info.pageCount });
       }
-      const sizeBytes = handle === undefined ? undefined : (await handle.stat()).size;
+      // Only a regular file's size is known in advance: a FIFO or a device (/dev/zero) is read as
+      // stdin is, and named as itself when it holds too much.
+      const stat = handle === undefined ? undefined : await handle.stat();
+      const sizeBytes = stat?.isFile() === true ? stat.size : undefined;
       if (sizeBytes !== undefined) {
         const pagesNeeded = Math.ceil(sizeBytes / info.pageSize);
         if (first + pagesNeeded > info.pageCount) {
@@ -475,9 +480,10 @@ async function put(ctx: Ctx): Promise<void> {
         if (chunk.byteLength === 0) break;
         const count = Math.ceil(chunk.byteLength / info.pageSize);
         if (page + count > info.pageCount) {
-          // From stdin (a file's size was checked above): what came before stays written.
+          // From stdin, a FIFO or a device (a regular file's size was checked above): what came
+          // before stays written.
           const done = page === first ? 'nothing was written' : `pages ${first}..${page - 1} were written`;
-          throw new ProtocolError('out_of_range', `stdin holds more than the ${info.pageCount - first} pages from page ${first} to the end of ${volumeName}: ${done}`, {
+          throw new ProtocolError('out_of_range', `${file === '-' ? 'stdin' : file} holds more than the ${info.pageCount - first} pages from page ${first} to the end of ${volumeName}: ${done}`, {
             page: first,
             pageCount: info.pageCount,
             written: page - first,

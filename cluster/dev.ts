@@ -317,11 +317,14 @@ export async function runDev(opts: DevOptions): Promise<number> {
       return interrupt.signal.aborted ? 130 : 1;
     }
     out(`Strata dev cluster 'dev' is up: ${count} node(s), NATS at ${cluster.natsUrl}`);
-    cluster.nodes.forEach((n, i) => out(`node ${n.id} pid ${n.pid} log ${n.log}${opts.metricsPort ? ` metrics http://127.0.0.1:${opts.metricsPort + i}/metrics` : ''}`));
+    cluster.nodes.forEach((n, i) => out(`node ${n.id} pid ${n.pid} log ${n.log}${opts.metricsPort ? ` metrics http://127.0.0.1:${opts.metricsPort + i}/metrics` : ''}${i === 0 ? ' (controller: keeps the volume catalog)' : ''}`));
     out(`data: ${cluster.root}${opts.dataDir ? '' : ' (temporary, removed on exit)'}`);
     for (const n of cluster.nodes) {
       n.process.once('exit', (code, signal) => {
-        out(`node ${n.id} (pid ${n.pid}) exited (${signal ?? `code ${code}`}); the others carry on while each shard keeps a majority`);
+        out(
+          `node ${n.id} (pid ${n.pid}) exited (${signal ?? `code ${code}`}); the others carry on while each shard keeps a majority` +
+            (n === cluster.nodes[0] ? ', but without the controller no volume can be looked up, created or deleted: strata volume, put and get fail unavailable' : ''),
+        );
       });
     }
     const shutDown = async (): Promise<void> => {

@@ -271,8 +271,11 @@ export function formatStatus(statusReply: unknown, options: FormatStatusOptions 
 
   const deadIds = new Set(nodes.filter((n) => n.state === 'dead').map((n) => n.id));
   const volumes = arr(reply.volumes);
-  out.push(bold(`VOLUMES (${reply.catalogError !== undefined ? '?' : volumes.length})`));
+  // Without the controller there is no catalog: the volumes are not known, not absent.
+  const noCatalog = reply.controllerReachable === false && volumes.length === 0;
+  out.push(bold(`VOLUMES (${reply.catalogError !== undefined || noCatalog ? '?' : volumes.length})`));
   if (reply.catalogError !== undefined) out.push(`  not listed (${cell(reply.catalogError)}): the volume list is larger than one NATS message`);
+  else if (noCatalog) out.push('  not listed: the controller (which keeps the volume catalog) is not reachable');
   else if (volumes.length === 0) out.push('  (none)');
   if (reply.detail === 'degraded-replicas') out.push('  (the replicas of healthy shards are counted, not listed: the full status is larger than one NATS message)');
   if (reply.detail === 'summary') out.push('  (shards are counted, not listed: the status is larger than one NATS message)');

@@ -167,6 +167,8 @@ describe('cluster/cli', () => {
       assert.equal(parseArgs(['--help']).command, 'help');
       assert.equal(parseArgs(['-h']).command, 'help');
       assert.equal(parseArgs(['volume', 'list', '--help']).command, 'help');
+      assert.equal(parseArgs(['volume', '--help']).command, 'help', 'a command with subcommands takes --help too');
+      assert.equal(parseArgs(['shard', '-h']).command, 'help');
       assert.equal(parseArgs(['node', '--help']).command, 'help', 'node takes --help as the other commands do');
       assert.equal(parseArgs(['node', '--data-dir', 'd', '-h']).command, 'help');
     });
@@ -389,6 +391,11 @@ describe('cluster/cli', () => {
         r = await run(['put', 'db', '1', '-'], mem, { stdin: Readable.from([bytes(4096 * 3 + 1, 5)]) });
         assert.equal(r.code, 1);
         assert.match(r.err, /^strata: out_of_range: stdin holds more than the 3 pages from page 1 to the end of db: nothing was written\n$/);
+        assert.equal(mem.pages.size, 0);
+        // A file whose size is not known in advance (a device, a FIFO) is named as itself, not as stdin.
+        r = await run(['put', 'db', '1', '/dev/zero'], mem);
+        assert.equal(r.code, 1);
+        assert.match(r.err, /^strata: out_of_range: \/dev\/zero holds more than the 3 pages from page 1 to the end of db: nothing was written\n$/);
         assert.equal(mem.pages.size, 0);
         r = await run(['put', 'db', '0', path.join(dir, 'missing')], mem);
         assert.equal(r.code, 1);

@@ -66,6 +66,15 @@ describe('observability/status', () => {
     assert.match(text, /^ {2}n1 +degraded +2\/2 .* 2 answer part\(s\) lost: shards unreported$/m);
   });
 
+  it('without a reachable controller, the volumes are not known: not shown as none', () => {
+    const reply = { ...sampleReply(), controllerReachable: false, members: [], volumes: [] };
+    const text = formatStatus(reply, { nowMs: NOW });
+    assert.match(text, /controller NOT reachable$/m);
+    assert.match(text, /^VOLUMES \(\?\)$/m);
+    assert.match(text, /^ {2}not listed: the controller \(which keeps the volume catalog\) is not reachable$/m);
+    assert.doesNotMatch(text, /\(none\)/);
+  });
+
   it('colors dead and down rows when asked', () => {
     const text = formatStatus(sampleReply(), { nowMs: NOW, color: true });
     assert.match(text, /\u001b\[31m {2}n3 +DEAD/);
