@@ -12,12 +12,12 @@
  * its own Strata-Deadline header, so the controller can skip one whose caller gave up.
  */
 import { headers as natsHeaders, type NatsConnection } from 'nats';
-import { encode, decode, MESSAGE_BYTES_MAX } from '../messages/codec';
+import { encode, decode, encodedErrorCode, MESSAGE_BYTES_MAX } from '../messages/codec';
 import { serverMaxPayload } from '../runtime/request-mux';
 import { errorReply, isPlainObject, ProtocolError, throwIfError } from '../messages/errors';
-import { validatePageRead, validatePageWriteRequest, validatePageReadRequest, validateVolumeFlushRequest } from '../messages/validate';
+import { validatePageRead, validatePageWriteRequest, validatePageReadRequest, validateVolumeFlushRequest, validateVolumeNameRequest } from '../messages/validate';
 import { controllerSubject } from '../messages/control';
-import { SHARDS_MAX } from '../messages/api';
+import { SHARDS_MAX, type VolumeInfo } from '../messages/api';
 import { deadlineRemainingMs, HEADER_DEADLINE } from '../messages/headers';
 import { createClient, GEOMETRY_RECHECK_MS, NatsTransport, type StrataClient, type Volume } from './client';
 
@@ -82,6 +82,20 @@ export class ApiRouter {
             : new ProtocolError('unavailable', `the controller is not reachable: ${(e as Error).message}`);
       return encode(errorReply(err));
     }
+  }
+
+  /**
+   * volume.info: the controller's answer; when the controller is not reachable (`unavailable`),
+   * the geometry `local` knows (the assignments of this node, which hosts a replica of the
+   * volume), so that page requests of a volume go on while the catalog is down. The catalog's
+   * other answers (`not_found`, a timeout) stand.
+   */
+  async volumeInfo(body: unknown, data: Uint8Array, deadlineMs: number, local: (name: string) => VolumeInfo | undefined): Promise<Uint8Array> {
+    const { name } = validateVolumeNameRequest(body);
+    const reply = await this.forwardToController('volume.info', data, deadlineMs);
+    if (encodedErrorCode(reply) !== 'unavailable') return reply;
+    const info = local(name);
+    return info === undefined ? reply : encode(info);
   }
 
   async pageWrite(body: unknown, deadlineMs: number): Promise<unknown> {

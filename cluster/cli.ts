@@ -50,8 +50,9 @@ Usage: strata <command> [arguments] [flags]
 Commands:
   dev [--demo] [--nodes N] [--data-dir D] [--metrics-port N]
         Run a local cluster until interrupted: its own nats-server and N node processes
-        (default 3; kill one but n1, the controller, with kill -9 to see failover); --demo
-        writes, reads back and verifies a replicated volume, then exits.
+        (default 3; kill one with kill -9 to see failover; n1 is also the controller, without
+        which volumes cannot be created, deleted or listed); --demo writes, reads back and
+        verifies a replicated volume, then exits.
   node [--config F] [--node-id ID] [--cluster C] [--nats URL] [--data-dir D]
        [--hosts N] [--controller|--no-controller] [--metrics-port N]
        [--trace-exporters otlp,console] [--sampling off|ratio|always] [--sampling-ratio R]

@@ -323,7 +323,7 @@ export async function runDev(opts: DevOptions): Promise<number> {
       n.process.once('exit', (code, signal) => {
         out(
           `node ${n.id} (pid ${n.pid}) exited (${signal ?? `code ${code}`}); the others carry on while each shard keeps a majority` +
-            (n === cluster.nodes[0] ? ', but without the controller no volume can be looked up, created or deleted: strata volume, put and get fail unavailable' : ''),
+            (n === cluster.nodes[0] ? ': it was the controller, without which no volume can be created, deleted or listed (put and get go on)' : ''),
         );
       });
     }

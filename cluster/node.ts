@@ -23,7 +23,7 @@ import { DataDirLock } from './data-dir-lock';
 import { withTimeout } from '../runtime/timeout';
 import { connect, createInbox, Events, type NatsConnection, type Msg, type Subscription } from 'nats';
 import { HEADER_DEADLINE, parseDeadline, readHeaders } from '../messages/headers';
-import type { MessageType } from '../messages/api';
+import type { MessageType, VolumeInfo } from '../messages/api';
 import type { Service } from 'nats';
 import { messageHeaders, REPLY_HEADERS, wellFormed } from '../runtime/nats-headers';
 import { encodeReplyWithin, fromNatsError, natsErrorCode, serverMaxPayload } from '../runtime/request-mux';
@@ -1060,11 +1060,26 @@ export class StrataNode {
     return [...heard, ...unheard];
   }
 
+  /**
+   * The geometry of volume `name` as this node's assignments record it (it hosts a replica of
+   * one of its shards), or undefined: not hosted here, or two volumes of that name recorded (one
+   * deleted and created again while this node missed it), which only the catalog can tell apart.
+   */
+  localVolumeInfo(name: string): VolumeInfo | undefined {
+    const mine = this.nodeMeta.shards.filter((a) => a.volumeName === name);
+    const a = mine[0];
+    if (a === undefined || mine.some((b) => b.volumeId !== a.volumeId)) return undefined;
+    return {
+      name, id: a.volumeId, pageCount: a.pageCount, pageSize: a.pageSize, shards: a.shards, stripePages: a.stripePages,
+      replicas: a.members.length as VolumeInfo['replicas'], createdAt: a.createdAt ?? 0,
+    };
+  }
+
   private assignmentOf(v: VolumeRecord, shard: number, hostId: number): ShardAssignment {
     const p = v.placements.find((x) => x.shard === shard)!;
     return {
       volumeId: v.id, volumeName: v.name, shard, shards: v.shards, pageCount: v.pageCount,
-      pageSize: v.pageSize, stripePages: v.stripePages, hostId, members: p.replicas.map((r) => r.nodeId),
+      pageSize: v.pageSize, stripePages: v.stripePages, hostId, members: p.replicas.map((r) => r.nodeId), createdAt: v.createdAt,
     };
   }
 
@@ -1298,10 +1313,13 @@ export class StrataNode {
         },
       });
     };
-    // Catalog verbs go to the controller as they came (it validates them).
-    for (const verb of ['volume.create', 'volume.list', 'volume.info', 'volume.delete']) {
+    // Catalog verbs go to the controller as they came (it validates them). A volume's info is
+    // also known to the nodes that host its replicas: answered from there when the controller
+    // cannot be reached, so that page requests go on without it (localVolumeInfo).
+    for (const verb of ['volume.create', 'volume.list', 'volume.delete']) {
       endpoint(verb, async (_body, req) => router.forwardToController(verb, req.data, req.deadlineMs));
     }
+    endpoint('volume.info', async (body, req) => router.volumeInfo(body, req.data, req.deadlineMs, (name) => this.localVolumeInfo(name)));
     endpoint('page.write', (body, req) => router.pageWrite(body, req.deadlineMs));
     endpoint('page.read', (body, req) => router.pageRead(body, req.deadlineMs));
     endpoint('volume.flush', (body, req) => router.flush(body, req.deadlineMs));

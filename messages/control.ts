@@ -46,6 +46,8 @@ export interface ShardAssignment {
   hostId: number;
   /** Node ids of all the shard's replicas, this node's among them. */
   members: string[];
+  /** The volume's creation time (ms since the Unix epoch); absent in assignments of older controllers. */
+  createdAt?: number;
 }
 
 export interface AssignmentsReply {
@@ -147,6 +149,7 @@ export function validateShardAssignment(v: unknown, path: string): ShardAssignme
     stripePages: int(o.stripePages, `${path}.stripePages`, 1, 2 ** 20),
     hostId: int(o.hostId, `${path}.hostId`, 0, HOSTS_PER_NODE_MAX - 1),
     members,
+    ...(o.createdAt === undefined ? {} : { createdAt: int(o.createdAt, `${path}.createdAt`, 0, Number.MAX_SAFE_INTEGER) }),
   };
 }
 
