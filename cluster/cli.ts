@@ -152,8 +152,9 @@ export interface ParsedArgs {
 const DECIMAL_PATTERN = /^(0|[1-9][0-9]*)$/;
 
 function parseInteger(flag: string, value: string): number {
-  const n = DECIMAL_PATTERN.test(value) && value.length <= 16 ? Number(value) : NaN;
-  if (!Number.isSafeInteger(n)) throw new UsageError(`${flag}: expected a non-negative integer, got ${JSON.stringify(value)}`);
+  if (!DECIMAL_PATTERN.test(value)) throw new UsageError(`${flag}: expected a non-negative integer, got ${JSON.stringify(value)}`);
+  const n = value.length <= 16 ? Number(value) : NaN;
+  if (!Number.isSafeInteger(n)) throw new UsageError(`${flag}: ${value} is too large (at most ${Number.MAX_SAFE_INTEGER})`);
   return n;
 }
 

@@ -183,6 +183,7 @@ describe('cluster/cli', () => {
       [['volume', 'create', '--pages', '10'], /missing NAME/],
       [['volume', 'create', 'db', '--pages', 'ten'], /--pages: expected a non-negative integer, got "ten"/],
       [['volume', 'create', 'db', '--pages', '-5'], /--pages: expected a non-negative integer, got "-5"/],
+      [['volume', 'create', 'db', '--pages', '99999999999999999'], /--pages: 99999999999999999 is too large \(at most 9007199254740991\)/],
       [['volume', 'create', 'db', '--pages', '1', '--page-size', '1000'], /--page-size: expected 4096 or 8192/],
       [['volume', 'create', 'db', '--pages'], /--pages: expected a value/],
       [['volume', 'create', 'db', '--pages', '--json'], /--pages: expected a value/],
