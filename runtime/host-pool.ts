@@ -85,8 +85,12 @@ interface HostSlot {
   /** The uncaught error of the running thread, if it threw one (its 'exit' follows). */
   error: Error | undefined;
   lastExit: HostExit | undefined;
-  /** Rejects when the running thread exits: a call in flight to it fails then, not at its deadline. */
-  exited: Promise<never> | undefined;
+  /**
+   * The calls in flight to the running thread, failed when it exits (then, not at their
+   * deadline). A set that each call leaves once answered: a race against one promise of the
+   * thread's lifetime would keep every call (and its answer) until the thread exits.
+   */
+  exitWatch: Set<(err: Error) => void> | undefined;
   /** A host left down after too many exits is started again after a back-off: its timer, and how many times so far. */
   respawnTimer: NodeJS.Timeout | undefined;
   respawns: number;
@@ -170,7 +174,7 @@ export class HostPool {
       reopenAttempts: 0,
       error: undefined,
       lastExit: undefined,
-      exited: undefined,
+      exitWatch: undefined,
       respawnTimer: undefined,
       respawns: 0,
       pingSentAt: undefined,
@@ -434,7 +438,21 @@ export class HostPool {
 
   /** `p`, or an 'unavailable' error as soon as the slot's running thread exits (a call to it is never answered then). */
   private untilExit<T>(slot: HostSlot, p: Promise<T>): Promise<T> {
-    return slot.exited === undefined ? p : Promise.race([p, slot.exited]);
+    const watch = slot.exitWatch;
+    if (watch === undefined) return p;
+    return new Promise<T>((resolve, reject) => {
+      watch.add(reject);
+      p.then(
+        (v) => {
+          watch.delete(reject);
+          resolve(v);
+        },
+        (e: unknown) => {
+          watch.delete(reject);
+          reject(e);
+        },
+      );
+    });
   }
 
   private get callTimeoutMs(): number {
@@ -504,11 +522,13 @@ export class HostPool {
     slot.api = api;
     slot.error = undefined;
     slot.pingSentAt = undefined;
-    const exited = new Promise<never>((_resolve, reject) => {
-      worker.once('exit', (code) => reject(Object.assign(new Error(`host ${slot.config.hostId} exited (code ${code})`), { code: 'unavailable' })));
+    const exitWatch = new Set<(err: Error) => void>();
+    worker.once('exit', (code) => {
+      const err = Object.assign(new Error(`host ${slot.config.hostId} exited (code ${code})`), { code: 'unavailable' });
+      for (const fail of [...exitWatch]) fail(err);
+      exitWatch.clear();
     });
-    exited.catch(() => undefined); // Only calls in flight care.
-    slot.exited = exited;
+    slot.exitWatch = exitWatch;
     worker.once('exit', (code) => this.onExit(slot, worker, code));
     // An uncaught error in the host ends the thread; 'exit' follows, reports it and restarts.
     worker.on('error', (err) => {
