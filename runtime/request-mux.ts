@@ -130,6 +130,8 @@ export class RequestMux {
   private readonly pendingMax: number;
   private sub: Subscription | undefined;
   private nextToken = 0;
+  /** Requests made while disconnected that wait for the reconnect (whileDisconnected 'wait'), by their cancel. */
+  private readonly unsent = new Set<(reason: string) => void>();
   private timer: NodeJS.Timeout | undefined;
   /** When the timer fires (performance.now() ms); Infinity when it is not set. */
   private timerAt = Number.POSITIVE_INFINITY;
@@ -170,15 +172,19 @@ export class RequestMux {
     if (this.closed || this.nc.isClosed()) {
       return Promise.reject(new ProtocolError('unavailable', `request on ${subject} failed: the connection is closed`, { subject }));
     }
-    if (this.connection !== undefined && !this.connection.connected) {
-      if (this.whileDisconnected === 'wait' && !this.connection.closed) return this.afterReconnect(subject, data, options);
-      return Promise.reject(new ProtocolError('unavailable', `request on ${subject} failed: disconnected from NATS (reconnecting)`, { subject }));
+    const waiting = this.connection !== undefined && !this.connection.connected && this.whileDisconnected === 'wait' && !this.connection.closed;
+    // Requests waiting for the reconnect count against the bound too: they hold their data.
+    if (waiting || this.connection?.connected !== false) {
+      if (this.pending.size + this.unsent.size >= this.pendingMax) {
+        return Promise.reject(new ProtocolError('overloaded', `${this.pending.size + this.unsent.size} requests already wait on this connection`, {
+          subject,
+          pendingMax: this.pendingMax,
+        }));
+      }
     }
-    if (this.pending.size >= this.pendingMax) {
-      return Promise.reject(new ProtocolError('overloaded', `${this.pending.size} requests already wait for a reply on this connection`, {
-        subject,
-        pendingMax: this.pendingMax,
-      }));
+    if (this.connection !== undefined && !this.connection.connected) {
+      if (waiting) return this.afterReconnect(subject, data, options);
+      return Promise.reject(new ProtocolError('unavailable', `request on ${subject} failed: disconnected from NATS (reconnecting)`, { subject }));
     }
     const sub = this.subscription();
     if (sub === undefined) {
@@ -204,8 +210,20 @@ export class RequestMux {
   private afterReconnect(subject: string, data: Uint8Array, options: MuxRequestOptions): Promise<Msg> {
     const start = performance.now();
     return new Promise<void>((resolve, reject) => {
+      // Counted against pendingMax while it waits; failed at once by close().
+      const cancel = (reason: string): void => {
+        clearTimeout(timer);
+        off();
+        uncount();
+        reject(new ProtocolError('unavailable', `request on ${subject} not sent: ${reason}`, { subject, notSent: true }));
+      };
+      const uncount = (): void => {
+        this.unsent.delete(cancel);
+      };
+      this.unsent.add(cancel);
       const timer = setTimeout(() => {
         off();
+        uncount();
         reject(new ProtocolError('unavailable', `request on ${subject} not sent: disconnected from NATS for its whole ${options.timeoutMs} ms`, { subject, notSent: true }));
       }, options.timeoutMs);
       timer.unref();
@@ -213,6 +231,7 @@ export class RequestMux {
         if (!up && !this.connection!.closed) return;
         clearTimeout(timer);
         off();
+        uncount();
         if (up) resolve();
         else reject(new ProtocolError('unavailable', `request on ${subject} not sent: the connection is closed`, { subject, notSent: true }));
       });
@@ -227,6 +246,7 @@ export class RequestMux {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    for (const cancel of [...this.unsent]) cancel('the request multiplexer is closed');
     this.sub?.unsubscribe();
     this.failAll('the request multiplexer is closed');
   }
