@@ -467,7 +467,13 @@ export class ActorHost implements HostApi {
           await new Promise((r) => setTimeout(r, Math.min(timeoutMs, 50)));
           throw new ProtocolError('timeout', `replica ${to} did not answer (unreachable)`);
         }
-        if (f.delayMs > 0) await new Promise((r) => setTimeout(r, f.delayMs));
+        if (f.delayMs > 0) {
+          // The delay is part of the send's time, as on a slow network: a message later than the
+          // send's timeout times out at its timeout.
+          await new Promise((r) => setTimeout(r, Math.min(f.delayMs, timeoutMs)));
+          if (f.delayMs >= timeoutMs) throw new ProtocolError('timeout', `replica ${to} did not answer within ${timeoutMs} ms (delayed ${f.delayMs} ms)`);
+          timeoutMs -= f.delayMs;
+        }
         const subject = replicaSubject(config.cluster, spec.volumeId, spec.shard, to);
         const data = encode(msg);
         // A message that is part of a trace (a write's append, a read's quorum round) gets a
