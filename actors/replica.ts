@@ -1234,8 +1234,9 @@ export class Replica {
     if (term < this.term) return false;
     if (term > this.term) this.adoptTerm(term);
     if (this.role === 'leader') {
-      // Two leaders in one term cannot happen (one vote per replica per term).
-      assert(false, 'another leader in my own term', { term, leader });
+      // Two leaders in one term cannot happen (one vote per replica per term): the message is
+      // wrong, not this replica's state, so it is refused (a restart would repair nothing).
+      throw new ProtocolError('bad_request', `leader: '${leader}' claims term ${term}, which this replica leads`, { path: 'leader', term, leader });
     }
     this.role = 'follower';
     this.leader = leader;
@@ -1289,7 +1290,11 @@ export class Replica {
       }
       if (lsn > this.lastLsn) break;
       if (this.termOf(lsn) !== req.records[i]!.term) {
-        assert(lsn > this.commitLsn, 'a committed record is never overwritten', { lsn, commitLsn: this.commitLsn });
+        // A committed record is never overwritten: an append that would is wrong, not this
+        // replica's log, so it is refused (a restart would repair nothing).
+        if (lsn <= this.commitLsn) {
+          throw new ProtocolError('bad_request', `records: the record at LSN ${lsn} is committed with term ${this.termOf(lsn)}, not ${req.records[i]!.term}`, { path: 'records', lsn, commitLsn: this.commitLsn });
+        }
         const from = lsn;
         // Queued after the appends before it, so it cuts what they write.
         this.truncating++;
@@ -1384,6 +1389,17 @@ export class Replica {
   /** Dispatches any replication message. */
   handle(msg: RaftRequest): Promise<RaftReply> {
     if (this.closed) return Promise.reject(new StorageError('closed', 'replica closed'));
+    // Only another member of this replica set sends replication messages. One naming anyone
+    // else (a forged or misrouted message) is refused before it can move the term, the leader or
+    // the log: adopted, a term of 2^53 - 1 left the shard without a leader for good (no
+    // election can go past it), and an append "from another leader" in the leader's own term
+    // restarted the replica, five times a minute leaving it down.
+    const sender = msg.type === 'vote' || msg.type === 'prevote' ? msg.candidate : (msg as { leader: string }).leader;
+    if (sender === this.self || !this.members.includes(sender)) {
+      const path = msg.type === 'vote' || msg.type === 'prevote' ? 'candidate' : 'leader';
+      const g = this.geometry;
+      return Promise.reject(new ProtocolError('bad_request', `${path}: '${sender}' is not another member of shard ${g.volumeId}/${g.shard} (members: ${this.members.join(', ')})`, { path }));
+    }
     switch (msg.type) {
       case 'vote':
         return this.handleVote(msg);

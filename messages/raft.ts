@@ -6,7 +6,7 @@
  * the sender steps down (fencing). Bodies are CBOR maps validated on receipt.
  */
 import { ProtocolError } from './errors';
-import { expectArray, expectBoolean, expectBytes, expectCounter, expectId, expectMap } from './validate';
+import { expectArray, expectBoolean, expectBytes, expectCounter, expectId, expectInteger, expectMap } from './validate';
 
 export const RAFT_RECORDS_PER_APPEND_MAX = 65536;
 export const RAFT_SNAPSHOT_CHUNK_BYTES_MAX = 4 * 1024 * 1024;
@@ -85,9 +85,18 @@ export interface SnapshotReply {
 export type RaftRequest = VoteRequest | AppendRequest | SnapshotRequest;
 export type RaftReply = VoteReply | AppendReply | SnapshotReply;
 
+/**
+ * Largest term a replication message may carry (2^48: an election every millisecond would take
+ * 8,900 years to reach it). An election goes one term past the highest it has seen, so a term
+ * near 2^53 - 1 taken from a message (a forged or corrupted one) would leave no election room:
+ * the shard would stay without a leader for good.
+ */
+export const TERM_MAX = 2 ** 48;
+
 // The field checks are messages/validate.ts's, so replication messages fail like API ones.
 const map = expectMap;
 const counter = expectCounter;
+const termOf = (v: unknown, path: string): number => expectInteger(v, path, { min: 0, max: TERM_MAX, maxCode: 'out_of_range' });
 const id = expectId;
 const bytes = expectBytes;
 const bool = expectBoolean;
@@ -99,19 +108,19 @@ export function validateRaftRequest(body: unknown): RaftRequest {
     case 'vote':
     case 'prevote':
       return {
-        type: o.type, term: counter(o.term, 'term'), candidate: id(o.candidate, 'candidate'),
-        lastLsn: counter(o.lastLsn, 'lastLsn'), lastTerm: counter(o.lastTerm, 'lastTerm'),
+        type: o.type, term: termOf(o.term, 'term'), candidate: id(o.candidate, 'candidate'),
+        lastLsn: counter(o.lastLsn, 'lastLsn'), lastTerm: termOf(o.lastTerm, 'lastTerm'),
       };
     case 'append': {
       const records = expectArray(o.records, 'records', { lengthMin: 0, lengthMax: RAFT_RECORDS_PER_APPEND_MAX, maxCode: 'too_large' }).map((r, i) => {
         const m = map(r, `records[${i}]`);
         const kind = counter(m.kind, `records[${i}].kind`);
         if (kind > 255) throw new ProtocolError('bad_request', `records[${i}].kind: at most 255`, { path: `records[${i}].kind` });
-        return { term: counter(m.term, `records[${i}].term`), kind, payload: bytes(m.payload, `records[${i}].payload`) };
+        return { term: termOf(m.term, `records[${i}].term`), kind, payload: bytes(m.payload, `records[${i}].payload`) };
       });
       const prevLsn = counter(o.prevLsn, 'prevLsn');
-      const term = counter(o.term, 'term');
-      let last = counter(o.prevTerm, 'prevTerm');
+      const term = termOf(o.term, 'term');
+      let last = termOf(o.prevTerm, 'prevTerm');
       for (let i = 0; i < records.length; i++) {
         if (records[i]!.term < last || records[i]!.term > term) {
           throw new ProtocolError('bad_request', `records[${i}].term: terms must not decrease and not exceed the leader's`, { path: `records[${i}].term` });
@@ -119,7 +128,7 @@ export function validateRaftRequest(body: unknown): RaftRequest {
         last = records[i]!.term;
       }
       return {
-        type: 'append', term, leader: id(o.leader, 'leader'), prevLsn, prevTerm: counter(o.prevTerm, 'prevTerm'),
+        type: 'append', term, leader: id(o.leader, 'leader'), prevLsn, prevTerm: termOf(o.prevTerm, 'prevTerm'),
         records, commitLsn: counter(o.commitLsn, 'commitLsn'),
         ...(o.leaderLastLsn !== undefined ? { leaderLastLsn: counter(o.leaderLastLsn, 'leaderLastLsn') } : {}),
       };
@@ -131,8 +140,8 @@ export function validateRaftRequest(body: unknown): RaftRequest {
       const offset = counter(o.offset, 'offset');
       if (offset + data.length > total) throw new ProtocolError('out_of_range', 'offset: chunk past the end of the image', { path: 'offset' });
       return {
-        type: 'snapshot', term: counter(o.term, 'term'), leader: id(o.leader, 'leader'), lsn: counter(o.lsn, 'lsn'),
-        lastTerm: counter(o.lastTerm, 'lastTerm'), bytes: total, offset, data, done: bool(o.done, 'done'),
+        type: 'snapshot', term: termOf(o.term, 'term'), leader: id(o.leader, 'leader'), lsn: counter(o.lsn, 'lsn'),
+        lastTerm: termOf(o.lastTerm, 'lastTerm'), bytes: total, offset, data, done: bool(o.done, 'done'),
       };
     }
     default:
@@ -146,16 +155,16 @@ export function validateRaftReply(type: RaftRequest['type'], body: unknown): Raf
   switch (type) {
     case 'vote':
     case 'prevote':
-      return { term: counter(o.term, 'term'), granted: bool(o.granted, 'granted') };
+      return { term: termOf(o.term, 'term'), granted: bool(o.granted, 'granted') };
     case 'append':
       return {
-        term: counter(o.term, 'term'), success: bool(o.success, 'success'),
+        term: termOf(o.term, 'term'), success: bool(o.success, 'success'),
         ...(o.matchLsn !== undefined ? { matchLsn: counter(o.matchLsn, 'matchLsn') } : {}),
         lastLsn: counter(o.lastLsn, 'lastLsn'),
         ...(o.conflict !== undefined ? { conflict: bool(o.conflict, 'conflict') } : {}),
       };
     case 'snapshot':
-      return { term: counter(o.term, 'term'), ok: bool(o.ok, 'ok'), nextOffset: counter(o.nextOffset, 'nextOffset') };
+      return { term: termOf(o.term, 'term'), ok: bool(o.ok, 'ok'), nextOffset: counter(o.nextOffset, 'nextOffset') };
   }
 }
 

@@ -430,15 +430,16 @@ describe('Replica (quorum replication of a shard log)', function () {
     const term = voter.replica.currentTerm;
     const ask = (candidate: string, t: number, lastLsn: number, lastTerm: number): Promise<unknown> =>
       voter.replica.handle({ type: 'prevote', term: t, candidate, lastLsn, lastTerm });
-    // While it hears its leader: no, to anyone else.
-    assert.deepEqual(await ask('zz', term + 1, 1000, term), { term, granted: false });
+    // The third member asks. While the voter hears its leader: no, to anyone else.
+    const other = shard.ids.find((x) => x !== l.id && x !== voter.id)!;
+    assert.deepEqual(await ask(other, term + 1, 1000, term), { term, granted: false });
     shard.paused.add(voter.id);
     shard.isolate([voter.id]);
     voter.replica.tick(shard.now + 10_000); // its leader is silent past an election timeout
     const saved = voter.storage.load();
-    assert.deepEqual(await ask('zz', term + 1, 1000, term), { term, granted: true }, 'a candidate as up to date, in a newer term');
-    assert.deepEqual(await ask('zz', term + 1, 0, 0), { term, granted: false }, 'a candidate behind');
-    assert.deepEqual(await ask('zz', term, 1000, term), { term, granted: false }, 'not a newer term');
+    assert.deepEqual(await ask(other, term + 1, 1000, term), { term, granted: true }, 'a candidate as up to date, in a newer term');
+    assert.deepEqual(await ask(other, term + 1, 0, 0), { term, granted: false }, 'a candidate behind');
+    assert.deepEqual(await ask(other, term, 1000, term), { term, granted: false }, 'not a newer term');
     assert.equal(voter.replica.currentTerm, term, 'its term did not move');
     assert.deepEqual(voter.storage.load(), saved, 'nothing saved');
   });
@@ -618,20 +619,22 @@ describe('Replica (quorum replication of a shard log)', function () {
     shard.isolate([voter.id]);
     voter.replica.tick(shard.now + 10_000);
     const t = voter.replica.currentTerm + 5;
-    const stale = await voter.replica.handle({ type: 'vote', term: t, candidate: 'zz', lastLsn: 0, lastTerm: 0 });
+    const other = shard.ids.find((x) => x !== l.id && x !== voter.id)!;
+    const stale = await voter.replica.handle({ type: 'vote', term: t, candidate: other, lastLsn: 0, lastTerm: 0 });
     assert.deepEqual(stale, { term: t, granted: false });
-    const ok = await voter.replica.handle({ type: 'vote', term: t + 1, candidate: 'zz', lastLsn: 1000, lastTerm: t });
+    const ok = await voter.replica.handle({ type: 'vote', term: t + 1, candidate: other, lastLsn: 1000, lastTerm: t });
     assert.equal((ok as { granted: boolean }).granted, true);
-    const second = await voter.replica.handle({ type: 'vote', term: t + 1, candidate: 'yy', lastLsn: 2000, lastTerm: t });
+    const second = await voter.replica.handle({ type: 'vote', term: t + 1, candidate: l.id, lastLsn: 2000, lastTerm: t });
     assert.equal((second as { granted: boolean }).granted, false, 'one vote per term');
-    assert.deepEqual(voter.storage.load(), { term: t + 1, votedFor: 'zz' }, 'the vote is durable');
+    assert.deepEqual(voter.storage.load(), { term: t + 1, votedFor: other }, 'the vote is durable');
   });
 
   it('an append from an old term is refused (fencing)', async () => {
     shard = new TestShard(['a', 'b', 'c']);
     const l = await shard.leader();
     const f = shard.members.get(shard.ids.find((x) => x !== l.id)!)!;
-    const reply = await f.replica.handle({ type: 'append', term: 0, leader: 'zz', prevLsn: 0, prevTerm: 0, records: [{ term: 0, kind: 1, payload: new Uint8Array(8) }], commitLsn: 0 });
+    const other = shard.ids.find((x) => x !== l.id && x !== f.id)!;
+    const reply = await f.replica.handle({ type: 'append', term: 0, leader: other, prevLsn: 0, prevTerm: 0, records: [{ term: 0, kind: 1, payload: new Uint8Array(8) }], commitLsn: 0 });
     assert.equal((reply as { success: boolean }).success, false);
     assert.equal(f.replica.stats().leader, l.id, 'the follower still follows the real leader');
   });

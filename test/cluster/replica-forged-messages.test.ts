@@ -1,0 +1,118 @@
+import { strict as assert } from 'node:assert';
+import { connect as natsConnect, type NatsConnection } from 'nats';
+import { startCluster, type InProcessCluster } from '../../cluster/in-process-cluster';
+import { encode, decode } from '../../messages/codec';
+import { replicaSubject, TERM_MAX } from '../../messages/raft';
+import { LSN_MAX, type VolumeInfo } from '../../messages/api';
+import { waitFor } from '../support/wait';
+
+type ShardView = { leader?: string; term: number; state: string; replicas: Array<{ node: string; term?: number }> };
+type NodeView = { hosts: Array<{ deviceRestarts: number }>; shards: Array<{ volumeId: string; state: string; term: number }> };
+
+/**
+ * Replication messages that no member of the shard could have sent (found by
+ * test/support/fuzz-subjects.ts): each is refused bad_request, and the shard keeps its leader,
+ * its term and its replicas.
+ */
+describe('replication messages no member could have sent are refused, the shard serves on', function () {
+  this.timeout(90_000);
+  let c: InProcessCluster;
+  let nc: NatsConnection;
+  let info: VolumeInfo;
+
+  const shard = async (): Promise<ShardView> => ((await c.client.status()) as unknown as { volumes: Array<{ name: string; shards: ShardView[] }> }).volumes.find((v) => v.name === 'v-forged')!.shards[0]!;
+  const led = async (): Promise<ShardView> => {
+    let s: ShardView | undefined;
+    await waitFor('the shard has a leader', async () => (s = await shard()).state === 'up' && s.leader !== undefined);
+    return s!;
+  };
+  const send = async (node: string, body: unknown): Promise<{ error?: { code: string; message: string }; term?: number }> =>
+    decode((await nc.request(replicaSubject(c.cluster, info.id, 0, node), encode(body), { timeout: 5000 })).data) as { error?: { code: string; message: string } };
+  const restarts = async (): Promise<number[]> =>
+    Promise.all(c.nodes.map(async (n) => ((await n!.status()) as unknown as NodeView).hosts.reduce((t, h) => t + h.deviceRestarts, 0)));
+  const down = async (): Promise<number> =>
+    (await Promise.all(c.nodes.map(async (n) => ((await n!.status()) as unknown as NodeView).shards.filter((s) => s.volumeId === info.id && s.state === 'down').length))).reduce((a, b) => a + b, 0);
+  const writeAndRead = async (page: number): Promise<void> => {
+    const vol = c.client.volume('v-forged');
+    const data = new Uint8Array(4096).fill(page);
+    await vol.write(page, data);
+    assert.deepEqual(Buffer.from((await vol.readPages([page])).pages[0]!), Buffer.from(data));
+  };
+
+  before(async () => {
+    c = await startCluster({ nodes: 3, hosts: 1, clientTimeoutMs: 5000 });
+    nc = await natsConnect({ servers: c.natsUrl });
+    info = await c.client.createVolume({ name: 'v-forged', pageCount: 64, shards: 1, replicas: 3 });
+    await writeAndRead(1);
+  });
+  after(async () => {
+    await nc?.close();
+    await c?.stop();
+  });
+
+  it('an append of a far newer term from a node that is not a member: refused, and the shard keeps its leader and term', async () => {
+    const before = await led();
+    const follower = before.replicas.find((r) => r.node !== before.leader)!.node;
+    const reply = await send(follower, { type: 'append', term: TERM_MAX, leader: 'zz', prevLsn: 0, prevTerm: 0, records: [], commitLsn: 0 });
+    assert.equal(reply.error?.code, 'bad_request', JSON.stringify(reply));
+    assert.match(reply.error!.message, /'zz' is not another member/);
+    const after = await led();
+    assert.equal(after.term, before.term, 'no replica took the message\'s term');
+    await writeAndRead(2);
+  });
+
+  it('a vote from a node that is not a member, and a message naming the receiver itself as the sender: refused', async () => {
+    const s = await led();
+    const vote = await send(s.leader!, { type: 'vote', term: s.term + 1, candidate: 'zz', lastLsn: LSN_MAX, lastTerm: TERM_MAX });
+    assert.equal(vote.error?.code, 'bad_request', JSON.stringify(vote));
+    const self = await send(s.leader!, { type: 'append', term: s.term + 1, leader: s.leader, prevLsn: 0, prevTerm: 0, records: [], commitLsn: 0 });
+    assert.equal(self.error?.code, 'bad_request', JSON.stringify(self));
+    assert.equal((await led()).term, s.term);
+  });
+
+  it('a vote in the name of a member (the leader) with a term past TERM_MAX: refused, no replica takes the term', async () => {
+    const s = await led();
+    const follower = s.replicas.find((r) => r.node !== s.leader)!.node;
+    for (const term of [LSN_MAX, TERM_MAX + 1]) {
+      const reply = await send(follower, { type: 'vote', term, candidate: s.leader, lastLsn: LSN_MAX, lastTerm: TERM_MAX });
+      assert.equal(reply.error?.code, 'out_of_range', JSON.stringify(reply));
+    }
+    const after = await led();
+    assert.equal(after.term, s.term, 'no replica took the message\'s term');
+    assert.ok(after.replicas.every((r) => (r.term ?? 0) < TERM_MAX), JSON.stringify(after.replicas));
+    await writeAndRead(5);
+  });
+
+  it('appends in the leader\'s own term from another member, sent to the leader, six times: refused; no restart, the replica is not left down', async () => {
+    const before = await restarts();
+    for (let i = 0; i < 6; i++) {
+      const s = await led();
+      const other = s.replicas.find((r) => r.node !== s.leader)!.node;
+      const reply = await send(s.leader!, { type: 'append', term: s.term, leader: other, prevLsn: 0, prevTerm: 0, records: [], commitLsn: 0 });
+      assert.equal(reply.error?.code, 'bad_request', JSON.stringify(reply));
+    }
+    assert.deepEqual(await restarts(), before, 'no replica was restarted');
+    assert.equal(await down(), 0);
+    await writeAndRead(3);
+  });
+
+  it('appends that would overwrite a committed record on a follower, six times: refused; no restart, the replica is not left down', async () => {
+    const before = await restarts();
+    for (let i = 0; i < 6; i++) {
+      const s = await led();
+      const follower = s.replicas.find((r) => r.node !== s.leader)!.node;
+      // LSN 1 is committed (term 1); a record of a newer term in its place. (The follower's
+      // term may be ahead of the status's: sent again past the term it answers.)
+      let term = Math.max(s.term, ...s.replicas.map((r) => r.term ?? 0)) + 1;
+      let reply = await send(follower, { type: 'append', term, leader: s.leader, prevLsn: 0, prevTerm: 0, records: [{ term, kind: 1, payload: new Uint8Array(8) }], commitLsn: 0 });
+      for (let k = 0; k < 3 && reply.error === undefined && typeof reply.term === 'number' && reply.term >= term; k++) {
+        term = reply.term + 1;
+        reply = await send(follower, { type: 'append', term, leader: s.leader, prevLsn: 0, prevTerm: 0, records: [{ term, kind: 1, payload: new Uint8Array(8) }], commitLsn: 0 });
+      }
+      assert.equal(reply.error?.code, 'bad_request', JSON.stringify(reply));
+    }
+    assert.deepEqual(await restarts(), before, 'no replica was restarted');
+    assert.equal(await down(), 0);
+    await writeAndRead(4);
+  });
+});
