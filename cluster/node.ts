@@ -33,6 +33,7 @@ import {
   validateVolumeCreateRequest,
   validateVolumeNameRequest,
   validateVolumeListRequest,
+  validateStatusRequest,
 } from '../messages/validate';
 import {
   controllerSubject,
@@ -1323,7 +1324,11 @@ export class StrataNode {
     endpoint('page.write', (body, req) => router.pageWrite(body, req.deadlineMs));
     endpoint('page.read', (body, req) => router.pageRead(body, req.deadlineMs));
     endpoint('volume.flush', (body, req) => router.flush(body, req.deadlineMs));
-    endpoint('status', async (_body, req) => router.clusterStatus(await this.status(), req.deadlineMs));
+    // Read strictly like every request (docs/protocol.md): `{}`, anything else bad_request.
+    endpoint('status', async (body, req) => {
+      validateStatusRequest(body);
+      return router.clusterStatus(await this.status(), req.deadlineMs);
+    });
   }
 }
 
