@@ -29,7 +29,7 @@ import { encodePageWrite, pageWriteBytes } from '../storage-engine/page-write';
 import { requestArena } from '../storage-engine/arena';
 import { RecordKind, type LogRecord, type LogRecordInput } from '../storage-engine/record';
 import { RECORD_HEADER_BYTES } from '../storage-engine/log-segment';
-import { isImagePath } from '../storage-engine/image';
+import { IMAGE_HEADER_BYTES, isImagePath } from '../storage-engine/image';
 import { CorruptionError, StorageError, assert } from '../storage-engine/errors';
 import { ProtocolError } from '../messages/errors';
 import { checkReadReplyBytes } from '../messages/validate';
@@ -1357,6 +1357,11 @@ export class Replica {
   private pendingSnapshot: { lsn: number; term: number; bytes: number; next: number } | undefined;
 
   private async doSnapshot(req: SnapshotRequest): Promise<SnapshotReply> {
+    // Shorter than an image's header and checksum: no leader sends that (refused before it can
+    // move the term; an install would only find it short).
+    if (req.bytes < IMAGE_HEADER_BYTES + 4) {
+      throw new ProtocolError('bad_request', `bytes: an image is at least ${IMAGE_HEADER_BYTES + 4} bytes, got ${req.bytes}`, { path: 'bytes' });
+    }
     const termBefore = this.term;
     if (!this.acceptLeader(req.term, req.leader)) return { term: this.term, ok: false, nextOffset: 0 };
     if (this.term !== termBefore) await this.persistHardState();
@@ -1368,10 +1373,15 @@ export class Replica {
     }
     const p = this.pendingSnapshot;
     if (!p || p.lsn !== req.lsn || p.next !== req.offset) return { term: this.term, ok: false, nextOffset: 0 };
+    if (req.done && p.next + req.data.length !== p.bytes) {
+      // A last chunk that does not end the image: the message is wrong, not this replica (a
+      // failed invariant would restart it); the transfer starts over.
+      this.pendingSnapshot = undefined;
+      throw new ProtocolError('bad_request', `done: the image is ${p.bytes} bytes, this chunk ends at ${p.next + req.data.length}`, { path: 'done' });
+    }
     await this.queue.task(() => this.snapshots!.write(req.offset, req.data));
     p.next += req.data.length;
     if (req.done) {
-      assert(p.next === p.bytes, 'snapshot complete', { received: p.next, bytes: p.bytes });
       const { log, store } = await this.queue.task(() => this.snapshots!.install());
       this.log = log;
       this.store = store;

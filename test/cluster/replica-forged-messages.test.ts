@@ -83,6 +83,24 @@ describe('replication messages no member could have sent are refused, the shard 
     await writeAndRead(5);
   });
 
+  it('snapshots shorter than an image, or whose last chunk does not end it, six times each: refused; no restart', async () => {
+    const before = await restarts();
+    for (let i = 0; i < 6; i++) {
+      const s = await led();
+      const follower = s.replicas.find((r) => r.node !== s.leader)!.node;
+      const term = Math.max(s.term, ...s.replicas.map((r) => r.term ?? 0));
+      const empty = await send(follower, { type: 'snapshot', term, leader: s.leader, lsn: 1_000_000, lastTerm: term, bytes: 0, offset: 0, data: new Uint8Array(0), done: true });
+      assert.equal(empty.error?.code, 'bad_request', JSON.stringify(empty));
+      assert.match(empty.error!.message, /bytes: an image is at least 44 bytes/);
+      const cut = await send(follower, { type: 'snapshot', term, leader: s.leader, lsn: 1_000_000, lastTerm: term, bytes: 4096, offset: 0, data: new Uint8Array(100), done: true });
+      assert.equal(cut.error?.code, 'bad_request', JSON.stringify(cut));
+      assert.match(cut.error!.message, /done: the image is 4096 bytes, this chunk ends at 100/);
+    }
+    assert.deepEqual(await restarts(), before, 'no replica was restarted');
+    assert.equal(await down(), 0);
+    await writeAndRead(6);
+  });
+
   it('appends in the leader\'s own term from another member, sent to the leader, six times: refused; no restart, the replica is not left down', async () => {
     const before = await restarts();
     for (let i = 0; i < 6; i++) {
