@@ -15,8 +15,12 @@ import { MESSAGE_BYTES_MAX } from './codec';
 export const PAGE_SIZES_BYTES = [4096, 8192] as const;
 /** Page size of a volume created without `pageSize`, in bytes. */
 export const PAGE_SIZE_BYTES_DEFAULT = 4096;
-/** Largest number of pages of a volume (2^40). */
-export const PAGE_COUNT_MAX = 2 ** 40;
+/**
+ * Largest number of pages of a volume (2^32 - 1: 16 TiB of 4 KiB pages, 32 TiB of 8 KiB): what
+ * a shard's image records (storage-engine/image.ts, IMAGE_PAGE_COUNT_MAX). A larger volume was
+ * accepted and then could not open a single shard.
+ */
+export const PAGE_COUNT_MAX = 0xffff_ffff;
 /** Largest number of shards of a volume. */
 export const SHARDS_MAX = 256;
 /** Shards of a volume created without `shards`. */

@@ -10,6 +10,7 @@
  */
 import { ProtocolError } from './errors';
 import { expectArray, expectId, expectInteger, expectMap, expectName, expectString } from './validate';
+import { PAGE_COUNT_MAX } from './api';
 
 /** Hosts per node at most. */
 export const HOSTS_PER_NODE_MAX = 64;
@@ -144,7 +145,7 @@ export function validateShardAssignment(v: unknown, path: string): ShardAssignme
     volumeName: expectName(o.volumeName, `${path}.volumeName`),
     shard: int(o.shard, `${path}.shard`, 0, shards - 1),
     shards,
-    pageCount: int(o.pageCount, `${path}.pageCount`, 1, 2 ** 40),
+    pageCount: int(o.pageCount, `${path}.pageCount`, 1, PAGE_COUNT_MAX),
     pageSize,
     stripePages: int(o.stripePages, `${path}.stripePages`, 1, 2 ** 20),
     hostId: int(o.hostId, `${path}.hostId`, 0, HOSTS_PER_NODE_MAX - 1),

@@ -90,6 +90,17 @@ describe('bad input over NATS gets a typed error and the node keeps serving', fu
     await stillServes();
   });
 
+  it('a volume of more pages than a shard can record → bad_request at once (it was accepted, then no shard opened: unavailable); the largest one serves its last page', async () => {
+    const e = await rawError(apiSubject(c.cluster, 'volume.create'), encode({ name: 'v-huge', pageCount: 2 ** 32, shards: 2 }), headers('volume.create'));
+    assert.equal(e.code, 'bad_request');
+    assert.match(e.message, /pageCount: expected an integer in 1\.\.4294967295, got 4294967296/);
+    const largest = await c.client.createVolume({ name: 'v-largest', pageCount: 2 ** 32 - 1, shards: 2 });
+    const data = demoPage(4096, 2 ** 32 - 2, 7);
+    await c.client.volume(largest.name).write(2 ** 32 - 2, data);
+    assert.deepEqual(Buffer.from((await c.client.volume(largest.name).readPages([2 ** 32 - 2])).pages[0]!), Buffer.from(data));
+    await c.client.deleteVolume(largest.name);
+  });
+
   it('malformed CBOR to a shard → bad_request', async () => {
     const e = await rawError(shard0, new Uint8Array([0xff, 0x00, 0x13, 0x37]), headers('shard.write'));
     assert.equal(e.code, 'bad_request');
