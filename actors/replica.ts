@@ -29,7 +29,7 @@ import { encodePageWrite, pageWriteBytes } from '../storage-engine/page-write';
 import { requestArena } from '../storage-engine/arena';
 import { RecordKind, type LogRecord, type LogRecordInput } from '../storage-engine/record';
 import { RECORD_HEADER_BYTES } from '../storage-engine/log-segment';
-import { IMAGE_HEADER_BYTES, isImagePath } from '../storage-engine/image';
+import { IMAGE_BYTES_MIN, isImagePath } from '../storage-engine/image';
 import { CorruptionError, StorageError, assert } from '../storage-engine/errors';
 import { ProtocolError } from '../messages/errors';
 import { checkReadReplyBytes } from '../messages/validate';
@@ -1359,8 +1359,8 @@ export class Replica {
   private async doSnapshot(req: SnapshotRequest): Promise<SnapshotReply> {
     // Shorter than an image's header and checksum: no leader sends that (refused before it can
     // move the term; an install would only find it short).
-    if (req.bytes < IMAGE_HEADER_BYTES + 4) {
-      throw new ProtocolError('bad_request', `bytes: an image is at least ${IMAGE_HEADER_BYTES + 4} bytes, got ${req.bytes}`, { path: 'bytes' });
+    if (req.bytes < IMAGE_BYTES_MIN) {
+      throw new ProtocolError('bad_request', `bytes: an image is at least ${IMAGE_BYTES_MIN} bytes, got ${req.bytes}`, { path: 'bytes' });
     }
     const termBefore = this.term;
     if (!this.acceptLeader(req.term, req.leader)) return { term: this.term, ok: false, nextOffset: 0 };
@@ -1404,9 +1404,9 @@ export class Replica {
     // the log: adopted, a term of 2^53 - 1 left the shard without a leader for good (no
     // election can go past it), and an append "from another leader" in the leader's own term
     // restarted the replica, five times a minute leaving it down.
-    const sender = msg.type === 'vote' || msg.type === 'prevote' ? msg.candidate : (msg as { leader: string }).leader;
+    const path = msg.type === 'vote' || msg.type === 'prevote' ? 'candidate' : 'leader';
+    const sender = (msg as { candidate?: string; leader?: string })[path]!;
     if (sender === this.self || !this.members.includes(sender)) {
-      const path = msg.type === 'vote' || msg.type === 'prevote' ? 'candidate' : 'leader';
       const g = this.geometry;
       return Promise.reject(new ProtocolError('bad_request', `${path}: '${sender}' is not another member of shard ${g.volumeId}/${g.shard} (members: ${this.members.join(', ')})`, { path }));
     }

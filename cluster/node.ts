@@ -1026,7 +1026,7 @@ export class StrataNode {
       const tombstones = from === 0 ? a.tombstones : [];
       // As many as the server's max_payload holds (a server with a small one takes more pages), at
       // most ASSIGNMENTS_PAGE_MAX, at least one (which, too large alone, is answered too_large).
-      const room = (serverMaxPayload(this.nc) ?? MESSAGE_BYTES_MAX) - STATUS_PART_ROOM_BYTES - encode({ epoch: a.epoch, tombstones, shards: [], next: ASSIGNMENTS_PER_NODE_MAX }).length;
+      const room = this.controlReplyBytesMax() - encode({ epoch: a.epoch, tombstones, shards: [], next: ASSIGNMENTS_PER_NODE_MAX }).length;
       const shards: ShardAssignment[] = [];
       let used = 0;
       for (const { volume, placement, hostId } of a.shards.slice(from, from + ASSIGNMENTS_PAGE_MAX)) {
@@ -1171,7 +1171,7 @@ export class StrataNode {
     // Every field; a status over one message in parts, asked for one at a time (nodeStatusPart).
     this.subscribe(subj('status'), async (body) => {
       const { part = 0 } = validateNodeStatusRequest(body);
-      return nodeStatusPart(await this.status(), part, (serverMaxPayload(this.nc) ?? MESSAGE_BYTES_MAX) - STATUS_PART_ROOM_BYTES);
+      return nodeStatusPart(await this.status(), part, this.controlReplyBytesMax());
     });
     // Every node answers the cluster-wide status scatter (no queue group).
     // The cluster status's gather: what its merge reads of each shard, so that a node of many
@@ -1179,10 +1179,15 @@ export class StrataNode {
     // A node of more shards than one message holds answers in parts (joined by the gather).
     const gather = `strata.${this.cluster}.nodes.status`;
     this.subscribe(gather, async (_body, msg) => {
-      const parts = splitNodeStatus(compactStatus(await this.status()), (serverMaxPayload(this.nc) ?? MESSAGE_BYTES_MAX) - STATUS_PART_ROOM_BYTES);
+      const parts = splitNodeStatus(compactStatus(await this.status()), this.controlReplyBytesMax());
       for (const part of parts.slice(0, -1)) this.respondControl(msg, gather, part);
       return parts[parts.length - 1];
     });
+  }
+
+  /** Bytes a control reply made to fit (a status part, a page of assignments) may take: the server's max_payload less room for its headers. */
+  private controlReplyBytesMax(): number {
+    return (serverMaxPayload(this.nc) ?? MESSAGE_BYTES_MAX) - STATUS_PART_ROOM_BYTES;
   }
 
   /** This node's view: hosts, devices and the shards it hosts. */
@@ -1342,10 +1347,10 @@ function describeClaim(r: ClaimReply): string {
   return `node '${r.nodeId}' (process ${r.pid} on host '${r.hostname}', started at ${new Date(r.sinceMs).toISOString()})`;
 }
 
-/** The fields of a shard's status that the cluster status merges (mergeClusterStatus, cluster/api-router.ts). */
 /** Room left in a control reply made to fit the server's max_payload (a status part, a page of assignments) for its headers. */
 const STATUS_PART_ROOM_BYTES = 4096;
 
+/** The fields of a shard's status that the cluster status merges (mergeClusterStatus, cluster/api-router.ts). */
 const MERGED_SHARD_FIELDS = ['volumeId', 'shard', 'role', 'state', 'term', 'commitLsn', 'appliedLsn', 'lag', 'downReason', 'repairing'] as const;
 
 /**

@@ -9,8 +9,8 @@
  * validate is answered with a bad_request error reply.
  */
 import { ProtocolError } from './errors';
-import { expectArray, expectId, expectInteger, expectMap, expectName, expectString } from './validate';
-import { PAGE_COUNT_MAX } from './api';
+import { expectArray, expectBoolean, expectId, expectInteger, expectMap, expectName, expectString } from './validate';
+import { PAGE_COUNT_MAX, SHARDS_MAX, STRIPE_PAGES_MAX } from './api';
 
 /** Hosts per node at most. */
 export const HOSTS_PER_NODE_MAX = 64;
@@ -131,7 +131,7 @@ export function validateNodeStatusRequest(body: unknown): NodeStatusRequest {
 
 export function validateShardAssignment(v: unknown, path: string): ShardAssignment {
   const o = obj(v, path);
-  const shards = int(o.shards, `${path}.shards`, 1, 256);
+  const shards = int(o.shards, `${path}.shards`, 1, SHARDS_MAX);
   const pageSize = int(o.pageSize, `${path}.pageSize`, 4096, 8192);
   if (pageSize !== 4096 && pageSize !== 8192) {
     throw new ProtocolError('bad_request', `${path}.pageSize: expected 4096 or 8192`, { path: `${path}.pageSize` });
@@ -147,7 +147,7 @@ export function validateShardAssignment(v: unknown, path: string): ShardAssignme
     shards,
     pageCount: int(o.pageCount, `${path}.pageCount`, 1, PAGE_COUNT_MAX),
     pageSize,
-    stripePages: int(o.stripePages, `${path}.stripePages`, 1, 2 ** 20),
+    stripePages: int(o.stripePages, `${path}.stripePages`, 1, STRIPE_PAGES_MAX),
     hostId: int(o.hostId, `${path}.hostId`, 0, HOSTS_PER_NODE_MAX - 1),
     members,
     ...(o.createdAt === undefined ? {} : { createdAt: int(o.createdAt, `${path}.createdAt`, 0, Number.MAX_SAFE_INTEGER) }),
@@ -233,8 +233,7 @@ export interface ClaimQuestion extends ClaimReply {
 
 export function validateClaimQuestion(body: unknown): ClaimQuestion {
   const o = obj(body, '');
-  if (typeof o.recheck !== 'boolean') throw new ProtocolError('bad_request', 'recheck: expected a boolean', { path: 'recheck' });
-  return { ...validateClaimReply(o), recheck: o.recheck };
+  return { ...validateClaimReply(o), recheck: expectBoolean(o.recheck, 'recheck') };
 }
 
 export function controllerSubject(cluster: string, verb: string): string {

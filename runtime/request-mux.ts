@@ -172,20 +172,18 @@ export class RequestMux {
     if (this.closed || this.nc.isClosed()) {
       return Promise.reject(new ProtocolError('unavailable', `request on ${subject} failed: the connection is closed`, { subject }));
     }
-    const waiting = this.connection !== undefined && !this.connection.connected && this.whileDisconnected === 'wait' && !this.connection.closed;
-    // Requests waiting for the reconnect count against the bound too: they hold their data.
-    if (waiting || this.connection?.connected !== false) {
-      if (this.pending.size + this.unsent.size >= this.pendingMax) {
-        return Promise.reject(new ProtocolError('overloaded', `${this.pending.size + this.unsent.size} requests already wait on this connection`, {
-          subject,
-          pendingMax: this.pendingMax,
-        }));
-      }
-    }
-    if (this.connection !== undefined && !this.connection.connected) {
-      if (waiting) return this.afterReconnect(subject, data, options);
+    const down = this.connection !== undefined && !this.connection.connected;
+    if (down && (this.whileDisconnected !== 'wait' || this.connection!.closed)) {
       return Promise.reject(new ProtocolError('unavailable', `request on ${subject} failed: disconnected from NATS (reconnecting)`, { subject }));
     }
+    // Requests waiting for the reconnect count against the bound too: they hold their data.
+    if (this.pending.size + this.unsent.size >= this.pendingMax) {
+      return Promise.reject(new ProtocolError('overloaded', `${this.pending.size + this.unsent.size} requests already wait on this connection`, {
+        subject,
+        pendingMax: this.pendingMax,
+      }));
+    }
+    if (down) return this.afterReconnect(subject, data, options);
     const sub = this.subscription();
     if (sub === undefined) {
       return Promise.reject(new ProtocolError('unavailable', `request on ${subject} failed: the connection is closed`, { subject }));
@@ -209,35 +207,28 @@ export class RequestMux {
   /** A request made while disconnected: sent once the connection is back, within its timeout. */
   private afterReconnect(subject: string, data: Uint8Array, options: MuxRequestOptions): Promise<Msg> {
     const start = performance.now();
+    const notSent = (why: string): ProtocolError => new ProtocolError('unavailable', `request on ${subject} not sent: ${why}`, { subject, notSent: true });
+    const wholeTimeout = `disconnected from NATS for its whole ${options.timeoutMs} ms`;
     return new Promise<void>((resolve, reject) => {
-      // Counted against pendingMax while it waits; failed at once by close().
-      const cancel = (reason: string): void => {
+      // Counted against pendingMax while it waits (`unsent`); failed at once by close().
+      const settle = (err?: ProtocolError): void => {
         clearTimeout(timer);
         off();
-        uncount();
-        reject(new ProtocolError('unavailable', `request on ${subject} not sent: ${reason}`, { subject, notSent: true }));
-      };
-      const uncount = (): void => {
         this.unsent.delete(cancel);
+        if (err === undefined) resolve();
+        else reject(err);
       };
+      const cancel = (reason: string): void => settle(notSent(reason));
       this.unsent.add(cancel);
-      const timer = setTimeout(() => {
-        off();
-        uncount();
-        reject(new ProtocolError('unavailable', `request on ${subject} not sent: disconnected from NATS for its whole ${options.timeoutMs} ms`, { subject, notSent: true }));
-      }, options.timeoutMs);
+      const timer = setTimeout(() => settle(notSent(wholeTimeout)), options.timeoutMs);
       timer.unref();
       const off = this.connection!.onChange((up) => {
-        if (!up && !this.connection!.closed) return;
-        clearTimeout(timer);
-        off();
-        uncount();
-        if (up) resolve();
-        else reject(new ProtocolError('unavailable', `request on ${subject} not sent: the connection is closed`, { subject, notSent: true }));
+        if (up) settle();
+        else if (this.connection!.closed) settle(notSent('the connection is closed'));
       });
     }).then(() => {
       const left = options.timeoutMs - (performance.now() - start);
-      if (left <= 0) throw new ProtocolError('unavailable', `request on ${subject} not sent: disconnected from NATS for its whole ${options.timeoutMs} ms`, { subject, notSent: true });
+      if (left <= 0) throw notSent(wholeTimeout);
       return this.request(subject, data, { ...options, timeoutMs: left });
     });
   }

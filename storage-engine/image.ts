@@ -51,6 +51,9 @@ function readScratch(bytes: number): Uint8Array {
 /** Abandoned image files moved aside while their flush ran (a counter for their names). */
 let abandonedImages = 0;
 
+/** Bytes of the smallest image (no pages): its header and the checksum after its empty table. */
+export const IMAGE_BYTES_MIN = IMAGE_HEADER_BYTES + 4;
+
 /** Bytes the writer buffers before one disk write (and one fdatasync). */
 export const IMAGE_WRITE_BUFFER_BYTES = 1024 * 1024;
 /** Bytes of the table the reader reads per disk read while validating it. */
