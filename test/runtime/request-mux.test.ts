@@ -122,6 +122,101 @@ describe('RequestMux (NATS request/reply over one reply subscription)', function
     assert.deepEqual([...(await mux.request('echo', Uint8Array.of(4), { timeoutMs: 2000 })).data], [4]);
   });
 
+  describe('requestEach: one message to several responders, one reply from each', () => {
+    /** Responders `a`, `b` (and `c` when asked) on `group.<name>`; each answers on the reply subject + `.<id>`, after `delayMs[id]` (never if negative). */
+    const group = async (name: string, delayMs: Record<string, number>): Promise<{ received: string[]; close: () => Promise<void> }> => {
+      const received: string[] = [];
+      const conns: NatsConnection[] = [];
+      for (const id of Object.keys(delayMs)) {
+        const c = await connect({ servers: server.url });
+        conns.push(c);
+        c.subscribe(`group.${name}`, {
+          callback: (_e, m) => {
+            received.push(id);
+            if (delayMs[id]! < 0) return;
+            setTimeout(() => c.publish(`${m.reply!}.${id}`, Uint8Array.of(...m.data, id.charCodeAt(0))), delayMs[id]);
+          },
+        });
+        await c.flush();
+      }
+      return { received, close: async () => void (await Promise.all(conns.map((c) => c.close()))) };
+    };
+
+    it('sends once, and each responder\'s reply reaches its own promise, in the order of the keys; many in flight', async () => {
+      const g = await group('ab', { a: 0, b: 5 });
+      try {
+        const mux = new RequestMux(nc);
+        const all = await Promise.all(Array.from({ length: 50 }, (_, i) => Promise.all(mux.requestEach('group.ab', Uint8Array.of(i), { timeoutMs: 5000 }, ['b', 'a']))));
+        all.forEach(([b, a], i) => {
+          assert.deepEqual([...b!.data], [i, 0x62], `request ${i}: b's reply`);
+          assert.deepEqual([...a!.data], [i, 0x61], `request ${i}: a's reply`);
+        });
+        assert.equal(g.received.length, 100, 'each responder got each request once');
+        assert.equal(mux.size, 0, 'nothing left waiting');
+      } finally {
+        await g.close();
+      }
+    });
+
+    it('a responder that does not answer fails its own promise with timeout at the deadline; the others resolve; a reply without the suffix is not taken', async () => {
+      const g = await group('silent', { a: 0, b: -1 });
+      const bare = await connect({ servers: server.url });
+      // A responder that answers on the bare reply subject: not one of the keys, so not taken.
+      bare.subscribe('group.silent', { callback: (_e, m) => m.respond(Uint8Array.of(9)) });
+      await bare.flush();
+      try {
+        const mux = new RequestMux(nc);
+        const t0 = performance.now();
+        const [a, b] = mux.requestEach('group.silent', Uint8Array.of(1), { timeoutMs: 200 }, ['a', 'b']);
+        assert.deepEqual([...(await a!).data], [1, 0x61]);
+        await rejectsWith(b!, 'timeout', /no reply on group.silent within 200 ms/);
+        assert.ok(performance.now() - t0 >= 195, 'b failed at its deadline');
+        assert.equal(mux.size, 0);
+      } finally {
+        await bare.close();
+        await g.close();
+      }
+    });
+
+    it('nobody subscribed fails every promise with NoRespondersError; bad keys, bad timeouts and pendingMax are refused before sending', async () => {
+      const mux = new RequestMux(nc, { pendingMax: 3 });
+      const none = mux.requestEach('nobody.here', Uint8Array.of(1), { timeoutMs: 2000 }, ['a', 'b']);
+      for (const p of none) {
+        const err = await p.then(() => assert.fail('no responder'), (e: unknown) => e);
+        assert.ok(err instanceof NoRespondersError, String(err));
+      }
+      assert.equal(mux.size, 0);
+      for (const keys of [[], ['a', 'a'], ['a.b'], [''], ['*']]) {
+        const ps = mux.requestEach('echo', Uint8Array.of(1), { timeoutMs: 1000 }, keys);
+        assert.equal(ps.length, keys.length);
+        for (const p of ps) await rejectsWith(p, 'bad_request', /keys/);
+      }
+      for (const p of mux.requestEach('echo', Uint8Array.of(1), { timeoutMs: 0 }, ['a'])) await rejectsWith(p, 'bad_request', /timeoutMs/);
+      // Each key counts against pendingMax.
+      const waiting = mux.request('silent', Uint8Array.of(1), { timeoutMs: 300 });
+      for (const p of mux.requestEach('silent', Uint8Array.of(1), { timeoutMs: 2000 }, ['a', 'b', 'c'])) await rejectsWith(p, 'overloaded', /already wait/);
+      const two = mux.requestEach('silent', Uint8Array.of(1), { timeoutMs: 100 }, ['a', 'b']);
+      assert.equal(mux.size, 3);
+      for (const p of two) await rejectsWith(p, 'timeout');
+      await rejectsWith(waiting, 'timeout');
+    });
+
+    it('closing the mux fails the promises still waiting with unavailable, at once', async () => {
+      const g = await group('close', { a: 0, b: -1 });
+      try {
+        const mux = new RequestMux(nc);
+        const [a, b] = mux.requestEach('group.close', Uint8Array.of(1), { timeoutMs: 10_000 }, ['a', 'b']);
+        await a;
+        const t0 = performance.now();
+        mux.close();
+        await rejectsWith(b!, 'unavailable', /closed/);
+        assert.ok(performance.now() - t0 < 1000);
+      } finally {
+        await g.close();
+      }
+    });
+  });
+
   it('closing the connection or the mux fails every waiting request with unavailable, at once', async () => {
     const mux = new RequestMux(nc);
     const waiting = mux.request('silent', new Uint8Array(1), { timeoutMs: 20_000 });
