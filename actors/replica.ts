@@ -45,6 +45,12 @@ export type Role = 'follower' | 'candidate' | 'leader';
 /** Sends a request to another replica of this shard; rejects on timeout or when unreachable. */
 export interface ReplicaTransport {
   send(to: string, msg: RaftRequest, timeoutMs: number): Promise<RaftReply>;
+  /**
+   * Sends one append to several followers as one message (the leader's bytes leave it once) and
+   * returns each one's answer, in the order of `to`, each failing on its own as `send` would.
+   * Optional: without it every follower is sent its own message.
+   */
+  sendEach?(to: readonly string[], msg: AppendRequest, timeoutMs: number): Promise<RaftReply>[];
 }
 
 /**
@@ -213,6 +219,10 @@ export interface ReplicaStats {
   checkpoints: number;
   snapshotsSent: number;
   snapshotsInstalled: number;
+  /** Leader: append messages with records sent, one per follower or one to all of them at once. */
+  appendsSent: number;
+  /** Of them, those sent to every follower as one message (ReplicaTransport.sendEach). */
+  appendsToAll: number;
   /** Checks of its own image after a follower found the copy it was sent damaged. */
   imageChecks: number;
   offloaded: number;
@@ -405,7 +415,7 @@ export class Replica {
   private preVote: { term: number; votes: Set<string> } | undefined;
   private readonly counters = {
     preVotes: 0, elections: 0, writes: 0, pagesWritten: 0, retriesMatched: 0, reads: 0, pagesRead: 0, checkpoints: 0,
-    snapshotsSent: 0, snapshotsInstalled: 0, imageChecks: 0, offloaded: 0,
+    snapshotsSent: 0, snapshotsInstalled: 0, appendsSent: 0, appendsToAll: 0, imageChecks: 0, offloaded: 0,
   };
 
   constructor(opts: ReplicaOptions) {
@@ -521,7 +531,7 @@ export class Replica {
         this.stepDown(this.term, null, 'lost contact with a majority');
         return;
       }
-      for (const id of this.peers()) this.replicateTo(id, true);
+      this.replicateAll(true);
       return;
     }
     if (nowMs >= this.electionDeadlineMs) this.startPreVote();
@@ -828,7 +838,7 @@ export class Replica {
     // A record of our own term: once it commits, every earlier record is committed too.
     this.termStartLsn = this.appendLocal([noop]);
     this.onRoleChange?.('leader', this.term);
-    for (const id of this.peers()) this.replicateTo(id, true);
+    this.replicateAll(true);
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -929,9 +939,65 @@ export class Replica {
     this.replicateScheduled = true;
     this.schedule(() => {
       this.replicateScheduled = false;
-      if (this.role !== 'leader') return;
-      for (const id of this.peers()) this.replicateTo(id, false);
+      if (this.role === 'leader' && !this.closed) this.replicateAll(false);
     });
+  }
+
+  /**
+   * Sends every follower what it lacks: first as messages to all of them (`sendToAll`), then
+   * each its own, with a heartbeat where one is due.
+   */
+  private replicateAll(heartbeat: boolean): void {
+    const peers = this.peers();
+    try {
+      for (let k = 0; k < APPEND_WINDOW; k++) if (!this.sendToAll(peers)) break;
+    } catch (e) {
+      // As in replicateTo: a record not readable yet or a log error.
+      if (!(e instanceof StorageError)) throw e;
+      this.reportDamage(e);
+    }
+    for (const id of peers) this.replicateTo(id, heartbeat);
+  }
+
+  /**
+   * Sends the next records to every follower in one message, when the transport can and every
+   * follower has room in its window. A follower behind the one furthest ahead (it was sent less
+   * while its window was full) is first sent, in a message of its own, the records up to there,
+   * when they fit in one message: so the followers come back to one position and stay there.
+   * Each follower's answer is taken as from its own message. False when nothing could be sent
+   * this way (each follower is then sent its own messages).
+   */
+  private sendToAll(peers: readonly string[]): boolean {
+    if (this.transport.sendEach === undefined || peers.length < 2 || this.role !== 'leader') return false;
+    const fs: FollowerState[] = [];
+    let ahead = 0;
+    for (const id of peers) {
+      const f = this.followers.get(id);
+      if (!f || f.inFlight >= APPEND_WINDOW || f.snapshot !== undefined || f.probing === true || f.next < this.log.firstLsn) return false;
+      fs.push(f);
+      ahead = Math.max(ahead, f.next);
+    }
+    if (ahead > this.lastLsn) return false;
+    const catchUp: Array<HeldRecord[] | undefined> = [];
+    for (const f of fs) {
+      if (f.next === ahead) {
+        catchUp.push(undefined);
+        continue;
+      }
+      if (f.inFlight + 2 > APPEND_WINDOW) return false;
+      const records = this.recordsFrom(f.next, this.appendBytesMax);
+      if (records.length === 0 || records[records.length - 1]!.lsn < ahead - 1) return false;
+      catchUp.push(records.slice(0, ahead - f.next));
+    }
+    const records = this.recordsFrom(ahead, this.appendBytesMax);
+    if (records.length === 0) return false;
+    fs.forEach((f, i) => {
+      const behind = catchUp[i];
+      if (behind !== undefined) this.sendAppend([peers[i]!], [f], f.next - 1, behind);
+    });
+    this.sendAppend(peers, fs, ahead - 1, records);
+    this.counters.appendsToAll++;
+    return true;
   }
 
   /** Sends the next append (or heartbeat, or snapshot chunk) to a follower if none is in flight. */
@@ -962,6 +1028,15 @@ export class Replica {
     const prevLsn = f.next - 1;
     const records = f.next <= this.lastLsn && f.probing !== true ? this.recordsFrom(f.next, this.appendBytesMax) : [];
     if (f.next <= this.lastLsn && records.length === 0 && f.probing !== true) return false; // Not readable yet; the next tick retries.
+    this.sendAppend([id], [f], prevLsn, records);
+    return records.length > 0;
+  }
+
+  /**
+   * Sends the append of `records` after `prevLsn` to the followers `ids` (states `fs`): one
+   * message to each, or one to all of them through the transport's `sendEach`.
+   */
+  private sendAppend(ids: readonly string[], fs: readonly FollowerState[], prevLsn: number, records: readonly HeldRecord[]): void {
     const req: AppendRequest = {
       type: 'append',
       term: this.term,
@@ -972,33 +1047,42 @@ export class Replica {
       commitLsn: this.commitLsn,
       leaderLastLsn: this.lastLsn,
     };
-    f.inFlight++;
-    f.next = prevLsn + records.length + 1;
     const sentMs = this.nowMs;
-    f.lastSentMs = sentMs;
     const term = this.term;
-    this.sendTraced(id, req, this.timing.rpcTimeoutMs, records).then(
-      (reply) => this.onAppendReply(id, f, term, sentMs, prevLsn, records.length, reply as AppendReply),
-      () => {
-        // Lost or unanswered: send again from here (never below what the follower acknowledged).
-        f.inFlight = Math.max(0, f.inFlight - 1);
-        f.next = Math.max(f.match + 1, Math.min(f.next, prevLsn + 1));
-      },
-    );
-    return records.length > 0;
+    if (records.length > 0) this.counters.appendsSent++;
+    for (const f of fs) {
+      f.inFlight++;
+      f.next = prevLsn + records.length + 1;
+      f.lastSentMs = sentMs;
+    }
+    const timeoutMs = this.timing.rpcTimeoutMs;
+    const replies = ids.length === 1
+      ? [this.traced(records, () => this.transport.send(ids[0]!, req, timeoutMs))]
+      : this.traced(records, () => this.transport.sendEach!(ids, req, timeoutMs));
+    ids.forEach((id, i) => {
+      const f = fs[i]!;
+      replies[i]!.then(
+        (reply) => this.onAppendReply(id, f, term, sentMs, prevLsn, records.length, reply as AppendReply),
+        () => {
+          // Lost or unanswered: send again from here (never below what the follower acknowledged).
+          f.inFlight = Math.max(0, f.inFlight - 1);
+          f.next = Math.max(f.match + 1, Math.min(f.next, prevLsn + 1));
+        },
+      );
+    });
   }
 
-  /** Sends to a follower; with a tracer, inside its `send` with the tracer values of the records' writes. */
-  private sendTraced(id: string, req: RaftRequest, timeoutMs: number, records: readonly HeldRecord[]): Promise<RaftReply> {
+  /** Runs a send; with a tracer, inside its `send` with the tracer values of the records' writes. */
+  private traced<T>(records: readonly HeldRecord[], run: () => T): T {
     const tracer = this.tracer;
-    if (tracer === undefined) return this.transport.send(id, req, timeoutMs);
+    if (tracer === undefined) return run();
     let tags = NO_TAGS;
     for (const r of records) {
       if (r.tag === undefined) continue;
       if (tags === NO_TAGS) tags = [];
       (tags as unknown[]).push(r.tag);
     }
-    return tracer.send(tags, () => this.transport.send(id, req, timeoutMs));
+    return tracer.send(tags, run);
   }
 
   private onAppendReply(id: string, f: FollowerState, term: number, sentMs: number, prevLsn: number, count: number, reply: AppendReply): void {
@@ -1031,7 +1115,11 @@ export class Replica {
       f.next = Math.max(f.match + 1, Math.min(f.next, prevLsn, reply.lastLsn + 1));
       f.probing = true;
     }
-    this.replicateTo(id, false);
+    // What this follower lacks goes at the end of this turn, with the other followers' (one
+    // message to all of them when they stand together): sent now, the records written in this
+    // turn would reach it alone, and the followers would part.
+    if (this.transport.sendEach !== undefined && this.members.length > 2) this.replicateSoon();
+    else this.replicateTo(id, false);
   }
 
   private sendSnapshotChunk(id: string, f: FollowerState): void {
@@ -1058,7 +1146,7 @@ export class Replica {
     const sentMs = this.nowMs;
     f.lastSentMs = sentMs;
     const term = this.term;
-    this.sendTraced(id, req, this.timing.rpcTimeoutMs * 5, []).then(
+    this.traced([], () => this.transport.send(id, req, this.timing.rpcTimeoutMs * 5)).then(
       (r) => {
         if (this.closed) return; // too late, as in onAppendReply
         f.inFlight = Math.max(0, f.inFlight - 1);

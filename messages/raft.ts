@@ -1,6 +1,9 @@
 /**
  * Replication messages between the replicas of a shard, on the subject
- * `strata.<cluster>.replica.<volumeId>.<shard>.<nodeId>` of the receiving replica.
+ * `strata.<cluster>.replica.<volumeId>.<shard>.<nodeId>` of the receiving replica. A leader sends
+ * an append its followers all need as one message, on `strata.<cluster>.followers.<volumeId>.
+ * <shard>.<leaderId>`, to which every other replica of the shard subscribes; each follower
+ * answers it on the message's reply subject followed by `.<its nodeId>`.
  *
  * Every message carries the sender's term; a receiver at a newer term answers with its term and
  * the sender steps down (fencing). Bodies are CBOR maps validated on receipt.
@@ -171,4 +174,12 @@ export function validateRaftReply(type: RaftRequest['type'], body: unknown): Raf
 /** Subject of one replica's replication mailbox. */
 export function replicaSubject(cluster: string, volumeId: string, shard: number, nodeId: string): string {
   return `strata.${cluster}.replica.${volumeId}.${shard}.${nodeId}`;
+}
+
+/**
+ * Subject of the appends a replica sends, as the shard's leader, to all its followers at once:
+ * every other replica of the shard subscribes to it.
+ */
+export function followersSubject(cluster: string, volumeId: string, shard: number, leaderId: string): string {
+  return `strata.${cluster}.followers.${volumeId}.${shard}.${leaderId}`;
 }

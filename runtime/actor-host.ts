@@ -3,7 +3,9 @@
  *
  * The main thread starts it (HostPool) and drives it over comlink with the `HostApi` below.
  * The host has its own NATS connection. Every replica it opens subscribes to its replication
- * mailbox `strata.<cluster>.replica.<volumeId>.<shard>.<nodeId>`; while a replica is its shard's
+ * mailbox `strata.<cluster>.replica.<volumeId>.<shard>.<nodeId>` and to the appends each other
+ * member sends, as leader, to all its followers (`strata.<cluster>.followers.<volumeId>.<shard>.
+ * <member>`, answered on the reply subject followed by `.<nodeId>`); while a replica is its shard's
  * leader it also subscribes to the shard's subject `strata.<cluster>.shard.<volumeId>.<shard>`
  * (so a failover only changes who subscribes). A request is admitted to the shard's mailbox,
  * which is bounded in requests and bytes (a full mailbox answers `overloaded` at once), decoded,
@@ -33,7 +35,7 @@ import { validateRequest } from '../messages/validate';
 import { messageHeaders, REPLY_HEADERS, wellFormed, type ReceivedHeaders } from './nats-headers';
 import { HEADER_DEADLINE, HEADER_TYPE, HEADER_SCHEMA, SCHEMA_VERSION, checkSchemaHeader, deadlineRemainingMs, parseDeadline } from '../messages/headers';
 import { shardSubject } from '../messages/subjects';
-import { validateRaftRequest, validateRaftReply, replicaSubject, type RaftRequest, type RaftReply } from '../messages/raft';
+import { validateRaftRequest, validateRaftReply, replicaSubject, followersSubject, type AppendRequest, type RaftRequest, type RaftReply } from '../messages/raft';
 import type { ForceVoteResult, ReplicaTransport, ReplicaTiming } from '../actors/replica';
 import { DeviceHost, deviceProblem, shardKey, type ShardSpec, type DeviceHostOptions, type DeviceHostStats, type ReplicaErrorOutcome } from './device-host';
 import { createLogger, type Logger } from '../observability/log';
@@ -158,6 +160,8 @@ interface Mailbox {
   spec: ShardSpec;
   /** Replication mailbox (always). */
   replicaSub: Subscription;
+  /** The appends each other member sends, as leader, to all its followers at once (always). */
+  followerSubs: Subscription[];
   /** Shard subject (while leader). */
   leaderSub: Subscription | undefined;
   depth: number;
@@ -186,6 +190,12 @@ function wireError(err: unknown): ProtocolError {
   return toProtocolError(err);
 }
 
+function unsubscribeAll(mb: Mailbox): void {
+  mb.replicaSub.unsubscribe();
+  for (const sub of mb.followerSubs) sub.unsubscribe();
+  mb.leaderSub?.unsubscribe();
+}
+
 function senderOf(req: RaftRequest): string {
   return 'candidate' in req ? req.candidate : req.leader;
 }
@@ -199,8 +209,8 @@ export class ActorHost implements HostApi {
   private stopping = false;
   private log: Logger = createLogger({ component: 'host' });
   private inFlight = 0;
-  /** Replies to send at the end of this event-loop turn: message, bytes, message, bytes… */
-  private replies: Array<Msg | Uint8Array> = [];
+  /** Replies to send at the end of this event-loop turn: reply subject, bytes, reply subject, bytes… */
+  private replies: Array<string | Uint8Array> = [];
   /** Replication requests (one reply subscription, one deadline timer). */
   private mux: RequestMux | undefined;
   /** Whether the connection is up (it reconnects for ever: closed says nothing while it tries). */
@@ -281,7 +291,7 @@ export class ActorHost implements HostApi {
     let created: Mailbox | undefined;
     if (!this.mailboxes.has(key)) {
       const mailbox: Mailbox = {
-        spec, replicaSub: undefined as unknown as Subscription, leaderSub: undefined,
+        spec, replicaSub: undefined as unknown as Subscription, followerSubs: [], leaderSub: undefined,
         depth: 0, bytes: 0, admitted: 0, rejectedOverloaded: 0, errors: 0,
       };
       mailbox.replicaSub = nc.subscribe(replicaSubject(config.cluster, spec.volumeId, spec.shard, config.nodeId), {
@@ -289,6 +299,14 @@ export class ActorHost implements HostApi {
           if (!err) this.onReplication(mailbox, msg);
         },
       });
+      for (const peer of spec.members) {
+        if (peer === config.nodeId) continue;
+        mailbox.followerSubs.push(nc.subscribe(followersSubject(config.cluster, spec.volumeId, spec.shard, peer), {
+          callback: (err, msg) => {
+            if (!err) this.onReplication(mailbox, msg, peer);
+          },
+        }));
+      }
       this.mailboxes.set(key, mailbox);
       created = mailbox;
     }
@@ -297,7 +315,7 @@ export class ActorHost implements HostApi {
     } catch (e) {
       // A spec the device refuses (this node not among the members…) leaves nothing behind.
       if (created) {
-        created.replicaSub.unsubscribe();
+        unsubscribeAll(created);
         this.mailboxes.delete(key);
       }
       throw e;
@@ -325,8 +343,7 @@ export class ActorHost implements HostApi {
     const key = shardKey(volumeId, shard);
     const mb = this.mailboxes.get(key);
     if (mb) {
-      mb.replicaSub.unsubscribe();
-      mb.leaderSub?.unsubscribe();
+      unsubscribeAll(mb);
       this.mailboxes.delete(key);
     }
     device.closeShard(volumeId, shard, { destroy });
@@ -424,10 +441,7 @@ export class ActorHost implements HostApi {
   async stop(): Promise<void> {
     if (this.stopping) return;
     this.stopping = true;
-    for (const m of this.mailboxes.values()) {
-      m.replicaSub.unsubscribe();
-      m.leaderSub?.unsubscribe();
-    }
+    for (const m of this.mailboxes.values()) unsubscribeAll(m);
     if (this.inFlight > 0) {
       await Promise.race([
         new Promise<void>((r) => this.idle.push(r)),
@@ -458,52 +472,86 @@ export class ActorHost implements HostApi {
   // ---------------------------------------------------------------------------------------------
 
   private transport(spec: ShardSpec): ReplicaTransport {
+    // A follower's reply: its error reply becomes `unavailable`, anything else is validated.
+    const answerOf = (to: string, msg: RaftRequest, r: Msg): RaftReply => {
+      const body = decode(r.data);
+      if (typeof body === 'object' && body !== null && 'error' in body) {
+        throw new ProtocolError('unavailable', `replica ${to} refused: ${JSON.stringify((body as { error: unknown }).error)}`);
+      }
+      return validateRaftReply(msg.type, body);
+    };
+    const send = async (to: string, msg: RaftRequest, timeoutMs: number): Promise<RaftReply> => {
+      const { mux, config } = this.ready();
+      const f = this.faults;
+      if (f.unreachable.has(to) || (f.dropRate > 0 && Math.random() < f.dropRate)) {
+        // As the network would: nothing comes back before the deadline.
+        await new Promise((r) => setTimeout(r, Math.min(timeoutMs, 50)));
+        throw new ProtocolError('timeout', `replica ${to} did not answer (unreachable)`);
+      }
+      if (f.delayMs > 0) {
+        // The delay is part of the send's time, as on a slow network: a message later than the
+        // send's timeout times out at its timeout.
+        await new Promise((r) => setTimeout(r, Math.min(f.delayMs, timeoutMs)));
+        if (f.delayMs >= timeoutMs) throw new ProtocolError('timeout', `replica ${to} did not answer within ${timeoutMs} ms (delayed ${f.delayMs} ms)`);
+        timeoutMs -= f.delayMs;
+      }
+      const subject = replicaSubject(config.cluster, spec.volumeId, spec.shard, to);
+      const data = encode(msg);
+      // A message that is part of a trace (a write's append, a read's quorum round) gets a
+      // CLIENT span and carries its traceparent; heartbeats and elections are not traced.
+      // The reply read inside the span: a refusal ends it with the error.
+      const answer = (r: Msg): RaftReply => answerOf(to, msg, r);
+      return this.traced && captureSpanContext() !== undefined
+        ? await clientSpan(subject, RAFT_OPS[msg.type], async (inject) => {
+          const h = raftHeaderEntries(msg.type);
+          inject({ set: (name, value) => void (h[name] = value) });
+          return answer(await mux.request(subject, data, { timeoutMs, headers: h }));
+        }, data.length, { ...this.spanAttrs, [ATTR.volume]: spec.volumeId, [ATTR.shard]: spec.shard })
+        : answer(await mux.request(subject, data, { timeoutMs, headers: RAFT_HEADERS[msg.type] }));
+    };
     return {
-      send: async (to: string, msg: RaftRequest, timeoutMs: number): Promise<RaftReply> => {
+      send,
+      sendEach: (to: readonly string[], msg: AppendRequest, timeoutMs: number): Promise<RaftReply>[] => {
         const { mux, config } = this.ready();
         const f = this.faults;
-        if (f.unreachable.has(to) || (f.dropRate > 0 && Math.random() < f.dropRate)) {
-          // As the network would: nothing comes back before the deadline.
-          await new Promise((r) => setTimeout(r, Math.min(timeoutMs, 50)));
-          throw new ProtocolError('timeout', `replica ${to} did not answer (unreachable)`);
-        }
-        if (f.delayMs > 0) {
-          // The delay is part of the send's time, as on a slow network: a message later than the
-          // send's timeout times out at its timeout.
-          await new Promise((r) => setTimeout(r, Math.min(f.delayMs, timeoutMs)));
-          if (f.delayMs >= timeoutMs) throw new ProtocolError('timeout', `replica ${to} did not answer within ${timeoutMs} ms (delayed ${f.delayMs} ms)`);
-          timeoutMs -= f.delayMs;
-        }
-        const subject = replicaSubject(config.cluster, spec.volumeId, spec.shard, to);
+        // Injected faults act on each follower's own message, as `send` makes them.
+        if (f.delayMs > 0 || f.dropRate > 0 || to.some((id) => f.unreachable.has(id))) return to.map((id) => send(id, msg, timeoutMs));
+        const subject = followersSubject(config.cluster, spec.volumeId, spec.shard, config.nodeId);
         const data = encode(msg);
-        // A message that is part of a trace (a write's append, a read's quorum round) gets a
-        // CLIENT span and carries its traceparent; heartbeats and elections are not traced.
-        // The reply read inside the span: a refusal ends it with the error.
-        const answer = (r: Msg): RaftReply => {
-          const body = decode(r.data);
-          if (typeof body === 'object' && body !== null && 'error' in body) {
-            throw new ProtocolError('unavailable', `replica ${to} refused: ${JSON.stringify((body as { error: unknown }).error)}`);
-          }
-          return validateRaftReply(msg.type, body);
-        };
-        return this.traced && captureSpanContext() !== undefined
-          ? await clientSpan(subject, RAFT_OPS[msg.type], async (inject) => {
-            const h = raftHeaderEntries(msg.type);
-            inject({ set: (name, value) => void (h[name] = value) });
-            return answer(await mux.request(subject, data, { timeoutMs, headers: h }));
-          }, data.length, { ...this.spanAttrs, [ATTR.volume]: spec.volumeId, [ATTR.shard]: spec.shard })
-          : answer(await mux.request(subject, data, { timeoutMs, headers: RAFT_HEADERS[msg.type] }));
+        const answers = (replies: Promise<Msg>[]): Promise<RaftReply>[] => replies.map((p, i) => p.then((r) => answerOf(to[i]!, msg, r)));
+        if (!this.traced || captureSpanContext() === undefined) return answers(mux.requestEach(subject, data, { timeoutMs, headers: RAFT_HEADERS.append }, to));
+        // One CLIENT span for the message, ended when every follower answered (failed if one
+        // did not); `clientSpan` runs its function at once, so `slots` is set when it returns.
+        let slots: Promise<RaftReply>[] = [];
+        void clientSpan(subject, RAFT_OPS.append, async (inject) => {
+          const h = raftHeaderEntries('append');
+          inject({ set: (name, value) => void (h[name] = value) });
+          slots = answers(mux.requestEach(subject, data, { timeoutMs, headers: h }, to));
+          const failed = (await Promise.allSettled(slots)).find((r) => r.status === 'rejected');
+          if (failed !== undefined) throw (failed as PromiseRejectedResult).reason;
+        }, data.length, { ...this.spanAttrs, [ATTR.volume]: spec.volumeId, [ATTR.shard]: spec.shard }).catch(() => undefined);
+        return slots;
       },
     };
   }
 
-  private onReplication(mb: Mailbox, msg: Msg): void {
+  /**
+   * A replication message: on the replica's own subject, or (`allFrom`) an append the member
+   * `allFrom` sends, as leader, to all its followers, answered on its reply subject followed by
+   * `.<this node>`.
+   */
+  private onReplication(mb: Mailbox, msg: Msg, allFrom?: string): void {
     if (!msg.reply) return;
+    const replyTo = allFrom === undefined ? msg.reply : `${msg.reply}.${this.config!.nodeId}`;
     let req: RaftRequest;
     try {
       req = validateRaftRequest(decode(msg.data));
+      // Only a leader's append goes to all followers, and only from the member it names.
+      if (allFrom !== undefined && (req.type !== 'append' || req.leader !== allFrom)) {
+        throw new ProtocolError('bad_request', `${msg.subject} takes appends from ${allFrom} only`, { subject: msg.subject });
+      }
     } catch (e) {
-      this.respond(msg, errorReply(e));
+      this.respond(replyTo, errorReply(e));
       return;
     }
     // A partition cuts both directions: what comes from an unreachable node is never seen.
@@ -512,7 +560,7 @@ export class ActorHost implements HostApi {
     try {
       replica = this.device!.replica(mb.spec.volumeId, mb.spec.shard);
     } catch (e) {
-      this.respond(msg, errorReply(wireError(e)));
+      this.respond(replyTo, errorReply(wireError(e)));
       return;
     }
     const op = RAFT_OPS[req.type];
@@ -523,13 +571,13 @@ export class ActorHost implements HostApi {
     handled.then(
       (reply) => {
         this.recorder?.requestDuration(op, 'ok', (performance.now() - t0) / 1000);
-        if (!this.faults.unreachable.has(senderOf(req))) this.respond(msg, reply);
+        if (!this.faults.unreachable.has(senderOf(req))) this.respond(replyTo, reply);
       },
       (err: unknown) => {
         const pe = wireError(err);
         this.recorder?.requestDuration(op, pe.code, (performance.now() - t0) / 1000);
         this.logReplicaError(mb.spec, this.device!.onReplicaError(mb.spec.volumeId, mb.spec.shard, err, replica), pe);
-        this.respond(msg, errorReply(pe));
+        this.respond(replyTo, errorReply(pe));
       },
     );
   }
@@ -688,11 +736,14 @@ export class ActorHost implements HostApi {
     else this.log.error('shard left down: its replica could not be restarted', { ...fields, downReason: outcome.downReason });
   }
 
-  private respond(msg: Msg, reply: unknown, encodeReply: (reply: unknown, options: CodecOptions) => Uint8Array = encode): void {
+  /** Answers a request on `to`: its message's reply subject, or that subject itself. */
+  private respond(to: Msg | string, reply: unknown, encodeReply: (reply: unknown, options: CodecOptions) => Uint8Array = encode): void {
+    const subject = typeof to === 'string' ? to : to.reply;
+    if (!subject) return;
     const { bytes } = encodeReplyWithin(this.nc, reply, (err) => this.log.error('reply encoding failed', { err }), encodeReply);
     // Replies wait for the end of this turn of the event loop and go out together: the requests
     // a device batch committed are answered with one socket write, not one each.
-    this.replies.push(msg, bytes);
+    this.replies.push(subject, bytes);
     if (this.replies.length === 2) setImmediate(this.flushReplies);
   }
 
@@ -703,7 +754,7 @@ export class ActorHost implements HostApi {
     this.replies = [];
     for (let i = 0; i < q.length; i += 2) {
       try {
-        (q[i] as Msg).respond(q[i + 1] as Uint8Array, { headers: REPLY_HEADERS });
+        this.nc?.publish(q[i] as string, q[i + 1] as Uint8Array, { headers: REPLY_HEADERS });
       } catch {
         // The connection is closing: the requester's deadline answers for this reply.
       }

@@ -8,7 +8,7 @@ import { ShardStorage } from '../../storage-engine/shard-storage';
 import { ProtocolError } from '../../messages/errors';
 import { encode } from '../../messages/codec';
 import type { CorruptionError, CorruptionReport, StorageError } from '../../storage-engine/errors';
-import type { RaftRequest, RaftReply } from '../../messages/raft';
+import type { AppendRequest, RaftRequest, RaftReply } from '../../messages/raft';
 import { DiskGates, geometry, page } from '../support/replica-harness';
 
 const timing = { electionTimeoutMinMs: 60, electionTimeoutMaxMs: 120, heartbeatMs: 10, rpcTimeoutMs: 100 };
@@ -70,6 +70,8 @@ class TestShard {
       manualClock?: boolean;
       /** Per member, the value of its election timeout's random draw (0..1). */
       randoms?: Record<string, number>;
+      /** false: the transport has no `sendEach` (every follower is sent its own appends). */
+      sendEach?: boolean;
     } = {},
   ) {
     for (const id of ids) this.start(id, new SimDisk());
@@ -156,30 +158,40 @@ class TestShard {
   /** Append messages that carried records: sender, receiver, record count. */
   readonly appendsSent: Array<{ from: string; to: string; records: number }> = [];
 
+  /** Appends sent to every follower as one message (`sendEach`): sender, receivers, record count. */
+  readonly appendsToAll: Array<{ from: string; to: string[]; records: number }> = [];
+
   private transport(from: string): ReplicaTransport {
+    const send = async (to: string, msg: RaftRequest, timeoutMs: number): Promise<RaftReply> => {
+      if (msg.type === 'append' && msg.records.length > 0) this.appendsSent.push({ from, to, records: msg.records.length });
+      if (this.opts.messageBytesMax !== undefined) {
+        const bytes = encode(msg).length;
+        this.largestMessage = Math.max(this.largestMessage, bytes);
+        if (bytes > this.opts.messageBytesMax) throw new ProtocolError('too_large', `message of ${bytes} bytes exceeds ${this.opts.messageBytesMax}`);
+      }
+      const target = this.members.get(to);
+      if (!target || this.cut.has(`${from}>${to}`) || this.drops.some((d) => d(from, to, msg))) {
+        await new Promise((r) => setTimeout(r, Math.min(timeoutMs, 5)));
+        throw new ProtocolError('timeout', `${from} cannot reach ${to}`);
+      }
+      const delivered = structuredClone(msg);
+      for (const t of this.tampers) t(from, to, delivered);
+      const reply = await target.replica.handle(delivered);
+      const h = this.holds.find((x) => !x.used && x.match(from, to, msg));
+      if (h) {
+        h.used = true;
+        await h.gate;
+      }
+      if (this.cut.has(`${to}>${from}`)) throw new ProtocolError('timeout', `${to} cannot answer ${from}`);
+      return structuredClone(reply);
+    };
+    if (this.opts.sendEach === false) return { send };
     return {
-      send: async (to: string, msg: RaftRequest, timeoutMs: number): Promise<RaftReply> => {
-        if (msg.type === 'append' && msg.records.length > 0) this.appendsSent.push({ from, to, records: msg.records.length });
-        if (this.opts.messageBytesMax !== undefined) {
-          const bytes = encode(msg).length;
-          this.largestMessage = Math.max(this.largestMessage, bytes);
-          if (bytes > this.opts.messageBytesMax) throw new ProtocolError('too_large', `message of ${bytes} bytes exceeds ${this.opts.messageBytesMax}`);
-        }
-        const target = this.members.get(to);
-        if (!target || this.cut.has(`${from}>${to}`) || this.drops.some((d) => d(from, to, msg))) {
-          await new Promise((r) => setTimeout(r, Math.min(timeoutMs, 5)));
-          throw new ProtocolError('timeout', `${from} cannot reach ${to}`);
-        }
-        const delivered = structuredClone(msg);
-        for (const t of this.tampers) t(from, to, delivered);
-        const reply = await target.replica.handle(delivered);
-        const h = this.holds.find((x) => !x.used && x.match(from, to, msg));
-        if (h) {
-          h.used = true;
-          await h.gate;
-        }
-        if (this.cut.has(`${to}>${from}`)) throw new ProtocolError('timeout', `${to} cannot answer ${from}`);
-        return structuredClone(reply);
+      send,
+      // One message to each receiver (each its own copy, with the same cuts, drops and holds).
+      sendEach: (to: readonly string[], msg: AppendRequest, timeoutMs: number): Promise<RaftReply>[] => {
+        this.appendsToAll.push({ from, to: [...to], records: msg.records.length });
+        return to.map((id) => send(id, msg, timeoutMs));
       },
     };
   }
@@ -580,6 +592,60 @@ describe('Replica (quorum replication of a shard log)', function () {
       // Sent at once, the first write would leave alone and the window fill with the next ones.
       assert.deepEqual(toF.map((m) => m.records), [12], `append messages to ${f}`);
     }
+  });
+
+  it('followers in step are sent each append as one message to all of them; without sendEach, each its own', async () => {
+    for (const sendEach of [true, false]) {
+      shard = new TestShard(['a', 'b', 'c'], { sendEach });
+      const l = await shard.leader();
+      await l.replica.write([{ page: 1, data: page(1) }]);
+      const [toAll, each] = [shard.appendsToAll.length, shard.appendsSent.length];
+      for (let i = 0; i < 20; i++) await l.replica.write([{ page: 30 + i, data: page(i) }]);
+      const all = shard.appendsToAll.slice(toAll);
+      const sent = shard.appendsSent.slice(each);
+      const followers = shard.ids.filter((x) => x !== l.id).sort();
+      if (sendEach) {
+        // Every record went out once, to both followers together.
+        assert.equal(all.reduce((n, m) => n + m.records, 0), 20, JSON.stringify(all));
+        for (const m of all) assert.deepEqual([...m.to].sort(), followers);
+      } else {
+        assert.equal(all.length, 0);
+        for (const f of followers) assert.equal(sent.filter((m) => m.to === f).reduce((n, m) => n + m.records, 0), 20, `records sent to ${f}`);
+      }
+      await shard.waitFor(() => [...shard!.members.values()].every((m) => m.replica.appliedLsn === l.replica.appliedLsn), 'every replica applies every write');
+      for (const m of shard.members.values()) assert.deepEqual(m.storage.store.getPage(49), page(19));
+      await shard.stop();
+      shard = undefined;
+    }
+  });
+
+  it('a follower that fell behind is sent what it lacks in its own message, and the next records go to both followers in one', async () => {
+    // The test moves the clock: no heartbeat catches the follower up behind the test's back.
+    shard = new TestShard(['a', 'b', 'c'], { manualClock: true, timing: { electionTimeoutMinMs: 300, electionTimeoutMaxMs: 600, heartbeatMs: 50, rpcTimeoutMs: 1000 }, randoms: { a: 0, b: 0.99, c: 0.99 } });
+    await shard.at(0);
+    await shard.at(300, ['a']);
+    await shard.at(350);
+    const a = shard.members.get('a')!.replica;
+    assert.equal(shard.leaders()[0]?.id, 'a');
+    await a.write([{ page: 1, data: page(1) }]);
+    // c loses its appends for a while: five writes commit on b alone.
+    let lose = true;
+    shard.drops.push((_from, to, msg) => lose && to === 'c' && msg.type === 'append');
+    for (let i = 0; i < 5; i++) await a.write([{ page: 10 + i, data: page(i) }]);
+    await new Promise((r) => setTimeout(r, 30)); // the lost appends have timed out
+    lose = false;
+    const behind = a.stats().lastLsn - shard.members.get('c')!.replica.stats().lastLsn;
+    assert.equal(behind, 5, 'c lacks the five records');
+    const [toAll, each] = [shard.appendsToAll.length, shard.appendsSent.length];
+    const w = await a.write([{ page: 20, data: page(20) }]);
+    // c was sent what it lacked in one message of its own, and the new record went to b and c in one.
+    // (appendsSent has each receiver of a message to all too: c's own message is the one of 5.)
+    assert.deepEqual(shard.appendsToAll.slice(toAll).map((m) => ({ to: [...m.to].sort(), records: m.records })), [{ to: ['b', 'c'], records: 1 }]);
+    assert.deepEqual(shard.appendsSent.slice(each).filter((m) => m.to === 'c').map((m) => m.records), [5, 1]);
+    for (let t = 360; t <= 500; t += 10) await shard.at(t);
+    await shard.waitFor(() => shard!.members.get('c')!.replica.appliedLsn >= w.lsn, 'c applies every write');
+    assert.deepEqual(shard.members.get('c')!.storage.store.getPage(14), page(4));
+    assert.deepEqual(shard.members.get('c')!.storage.store.getPage(20), page(20));
   });
 
   it('a write that cannot commit before its deadline is answered timeout (outcome unknown), not left waiting', async () => {

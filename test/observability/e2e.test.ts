@@ -165,20 +165,24 @@ describe('observability end to end (in-process cluster)', function () {
     assert.equal(attr(write, 'strata.lsn'), lsn);
     assert.equal(attr(write, 'thread.id'), leaderThread);
 
-    // → an append to each follower: CLIENT span on the leader, SERVER span on the follower's thread.
+    // → the append, to both followers in one message (followers in step), or to each in its own:
+    // CLIENT span on the leader, a SERVER span on each follower's thread.
     const sends = childrenOf(write, 'send replica.append');
-    assert.equal(sends.length, 2, 'one append per follower');
+    const toAll = `strata.obs.followers.${attr(write, 'strata.volume.id') as string}.0.${leaderNode}`;
+    const receives = sends.flatMap((send) => childrenOf(send, 'process replica.append').map((recv) => ({ send, recv })));
+    assert.equal(receives.length, 2, `each follower received the append once: ${sends.length} sends, ${receives.length} receives`);
     const followerNodes = new Set<string>();
     const followerThreads = new Set<unknown>();
-    for (const send of sends) {
+    for (const { send, recv } of receives) {
       assert.equal(send.kind, SpanKind.CLIENT);
       assert.equal(attr(send, 'thread.id'), leaderThread);
       assert.ok(send.links.some((l) => l.context.spanId === write.spanContext().spanId), 'the append links to the write it carries');
-      const recv = one(childrenOf(send, 'process replica.append'), 'process replica.append');
       assert.equal(recv.kind, SpanKind.SERVER);
       const node = attr(recv, 'strata.node.id') as string;
       assert.notEqual(node, leaderNode);
-      assert.ok(String(attr(send, 'messaging.destination.name')).endsWith(`.${node}`), 'sent to that follower\'s replica subject');
+      const destination = String(attr(send, 'messaging.destination.name'));
+      if (sends.length === 1) assert.equal(destination, toAll, 'one message on the leader\'s subject to all its followers');
+      else assert.ok(destination.endsWith(`.${node}`), 'sent to that follower\'s replica subject');
       followerNodes.add(node);
       followerThreads.add(attr(recv, 'thread.id'));
       // The follower's own group commit: a batch (child of its receive) with an fsync.
