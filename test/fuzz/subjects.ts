@@ -29,7 +29,7 @@ import { ERROR_CODES } from '../../messages/errors';
 import { API_VERBS, SHARD_VERBS, type MessageType } from '../../messages/api';
 import { readHeaders, checkSchemaHeader, parseDeadline, HEADER_DEADLINE, HEADER_SCHEMA, HEADER_TYPE, HEADER_TRACEPARENT } from '../../messages/headers';
 import { validateRequest } from '../../messages/validate';
-import { validateRaftRequest, replicaSubject } from '../../messages/raft';
+import { validateRaftRequest, replicaSubject, followersSubject } from '../../messages/raft';
 import {
   validateHeartbeat, validateAssignmentsRequest, validateNodeStatusRequest, validateShardsOpen, validateShardsDestroy,
   validateShardForceVote, controllerSubject, nodeSubject,
@@ -192,6 +192,8 @@ interface Target {
   check?(body: unknown, headers: Record<string, string> | undefined): void;
   /** Several replies are normal (scatter). */
   multi?: boolean;
+  /** With `multi`: the replies that complete a request, when known (more are a finding). */
+  replies?: number;
 }
 
 function hdrReader(h: Record<string, string> | undefined): { get(name: string): string } {
@@ -290,9 +292,7 @@ function replicaTargets(): Target[] {
         const term = (): number => pick([0, 1, 2, 3, 10, 1000, 2 ** 32, 2 ** 53 - 2, 2 ** 53 - 1]);
         const lsn = (): number => pick([0, 1, 2, 5, 100, 1e6, 2 ** 53 - 1]);
         const peer = (): string => pick([...facts.nodes, 'zz', 'n9']);
-        out.push({
-          kind: 'replica', subject, type: 'raft',
-          body: () => {
+        const body = (): unknown => {
             const which = isReal ? pick(['vote', 'prevote', 'vote', 'prevote']) : pick(['vote', 'prevote', 'append', 'snapshot']);
             if (which === 'vote' || which === 'prevote') return { type: which, term: term(), candidate: peer(), lastLsn: lsn(), lastTerm: term() };
             if (which === 'append') {
@@ -301,11 +301,20 @@ function replicaTargets(): Target[] {
             }
             const total = pick([0, 16, 4096, 1 << 20]);
             return { type: 'snapshot', term: term(), leader: peer(), lsn: lsn(), lastTerm: term(), bytes: total, offset: pick([0, 8, total]), data: randBytes(Math.min(total, pick([0, 8, 16]))), done: chance(0.5) };
+        };
+        // Forged appends and snapshots could change the real volume's data (replication is not
+        // authenticated, by design): the real volume's replicas get votes and garbage only.
+        const forbidden = isReal ? { forbidden: (b: unknown) => typeof b === 'object' && b !== null && ['append', 'snapshot'].includes(String((b as { type?: unknown }).type)) } : {};
+        out.push({ kind: 'replica', subject, type: 'raft', body, check: (b) => { validateRaftRequest(b); }, ...forbidden });
+        // The appends `node` sends, as leader, to all its followers: each other member answers
+        // (several replies), and takes only an append that names `node` as its leader.
+        out.push({
+          kind: 'replica', subject: followersSubject(CLUSTER, v.id, s, node), type: 'raft', body, multi: true, replies: facts.nodes.length - 1,
+          check: (b) => {
+            const r = validateRaftRequest(b);
+            if (r.type !== 'append' || r.leader !== node) throw new Error(`only appends from ${node} are taken here`);
           },
-          check: (b) => { validateRaftRequest(b); },
-          // Forged appends and snapshots could change the real volume's data (replication is not
-          // authenticated, by design): the real volume's replicas get votes and garbage only.
-          ...(isReal ? { forbidden: (b: unknown) => typeof b === 'object' && b !== null && ['append', 'snapshot'].includes(String((b as { type?: unknown }).type)) } : {}),
+          ...forbidden,
         });
       }
     }
@@ -560,7 +569,7 @@ class RawPublisher {
           this.buf = this.buf.subarray(i + 2);
           if (line.startsWith('INFO') && !connected) {
             connected = true;
-            s.write(`CONNECT {"verbose":false,"pedantic":false,"headers":true,"no_responders":true,"protocol":1}\r\nSUB ${RAW_REPLY_PREFIX}.* 1\r\nPING\r\n`);
+            s.write(`CONNECT {"verbose":false,"pedantic":false,"headers":true,"no_responders":true,"protocol":1}\r\nSUB ${RAW_REPLY_PREFIX}.> 1\r\nPING\r\n`);
             resolve();
           } else if (line === 'PING') s.write('PONG\r\n');
           else if (line.startsWith('-ERR')) { this.errors++; if (VERBOSE) console.log('raw socket:', line); }
@@ -651,6 +660,7 @@ function checkReply(s: Sent, msg: ReplyMsg): void {
   s.replies++;
   stats.replies++;
   if (s.replies > 1 && !s.target.multi) report('more than one reply', s, `reply #${s.replies}`);
+  if (s.target.replies !== undefined && s.replies > s.target.replies) report('more replies than responders', s, `reply #${s.replies} of ${s.target.replies}`);
   if (msg.data.length === 0) {
     const code = msg.status;
     if (code === 503) { stats.noResponders++; return; }
@@ -900,15 +910,18 @@ async function main(): Promise<void> {
       const s = pending.get(id) ?? late.get(id);
       if (!s) return;
       try { checkReply(s, m); } catch (e) { report('fuzzer could not check a reply', s, String(e)); }
-      if (!s.target.multi) { pending.delete(id); late.delete(id); }
+      if (!s.target.multi || s.replies === s.target.replies) { pending.delete(id); late.delete(id); }
     };
-    raw = new RawPublisher(c.natsUrl, (subject, status, data) => onReply(Number(subject.slice(RAW_REPLY_PREFIX.length + 1)), { data, status }));
-    nc.subscribe(`${REPLY_PREFIX}.*`, {
+    // A reply subject is `<prefix>.<id>`, or `<prefix>.<id>.<node>` from a follower answering an
+    // append sent to all of a leader's followers.
+    const idOf = (subject: string, prefix: string): number => Number(subject.slice(prefix.length + 1).split('.')[0]);
+    raw = new RawPublisher(c.natsUrl, (subject, status, data) => onReply(idOf(subject, RAW_REPLY_PREFIX), { data, status }));
+    nc.subscribe(`${REPLY_PREFIX}.>`, {
       callback: (err, msg) => {
         if (err) return;
         let status = 0;
         try { status = msg.headers?.code ?? 0; } catch { /* */ }
-        onReply(Number(msg.subject.slice(REPLY_PREFIX.length + 1)), { data: msg.data, status });
+        onReply(idOf(msg.subject, REPLY_PREFIX), { data: msg.data, status });
       },
     });
     await nc.flush();
@@ -965,7 +978,8 @@ async function main(): Promise<void> {
     }
     // The late ones.
     const lastDue = Math.max(0, ...[...pending.values(), ...late.values()].map((s) => s.dueBy));
-    while (Date.now() < Math.min(lastDue, Date.now() + 60_000) && (pending.size > 0 || late.size > 0)) {
+    const lateUntil = Math.min(lastDue, Date.now() + 60_000);
+    while (Date.now() < lateUntil && (pending.size > 0 || late.size > 0)) {
       await new Promise((r) => setTimeout(r, 200));
       expireHangs();
     }
