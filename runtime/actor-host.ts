@@ -509,28 +509,43 @@ export class ActorHost implements HostApi {
         }, data.length, { ...this.spanAttrs, [ATTR.volume]: spec.volumeId, [ATTR.shard]: spec.shard })
         : answer(await mux.request(subject, data, { timeoutMs, headers: RAFT_HEADERS[msg.type] }));
     };
+    // With faults injected (tests) every follower gets its own message, which `send` delays,
+    // drops or cuts: the replica is then shown no `sendEach`, so that it sends and counts
+    // (appendsSent, appendsToAll) each message itself.
+    const faulty = (): boolean => {
+      const f = this.faults;
+      return f.delayMs > 0 || f.dropRate > 0 || spec.members.some((id) => f.unreachable.has(id));
+    };
+    const sendEach = (to: readonly string[], msg: AppendRequest, timeoutMs: number): Promise<RaftReply>[] => {
+      // A host stopping (or not started) fails each follower's promise, as `send` does: thrown
+      // here, it would escape the replica (which already counted the message in each window).
+      let ready: ReturnType<ActorHost['ready']>;
+      try {
+        ready = this.ready();
+      } catch (e) {
+        return to.map(() => Promise.reject(e));
+      }
+      const { mux, config } = ready;
+      const subject = followersSubject(config.cluster, spec.volumeId, spec.shard, config.nodeId);
+      const data = encode(msg);
+      const answers = (replies: Promise<Msg>[]): Promise<RaftReply>[] => replies.map((p, i) => p.then((r) => answerOf(to[i]!, msg, r)));
+      if (!this.traced || captureSpanContext() === undefined) return answers(mux.requestEach(subject, data, { timeoutMs, headers: RAFT_HEADERS.append }, to));
+      // One CLIENT span for the message, ended when every follower answered (failed if one
+      // did not); `clientSpan` runs its function at once, so `slots` is set when it returns.
+      let slots: Promise<RaftReply>[] = [];
+      void clientSpan(subject, RAFT_OPS.append, async (inject) => {
+        const h = raftHeaderEntries('append');
+        inject({ set: (name, value) => void (h[name] = value) });
+        slots = answers(mux.requestEach(subject, data, { timeoutMs, headers: h }, to));
+        const failed = (await Promise.allSettled(slots)).find((r) => r.status === 'rejected');
+        if (failed !== undefined) throw (failed as PromiseRejectedResult).reason;
+      }, data.length, { ...this.spanAttrs, [ATTR.volume]: spec.volumeId, [ATTR.shard]: spec.shard }).catch(() => undefined);
+      return slots;
+    };
     return {
       send,
-      sendEach: (to: readonly string[], msg: AppendRequest, timeoutMs: number): Promise<RaftReply>[] => {
-        const { mux, config } = this.ready();
-        const f = this.faults;
-        // Injected faults act on each follower's own message, as `send` makes them.
-        if (f.delayMs > 0 || f.dropRate > 0 || to.some((id) => f.unreachable.has(id))) return to.map((id) => send(id, msg, timeoutMs));
-        const subject = followersSubject(config.cluster, spec.volumeId, spec.shard, config.nodeId);
-        const data = encode(msg);
-        const answers = (replies: Promise<Msg>[]): Promise<RaftReply>[] => replies.map((p, i) => p.then((r) => answerOf(to[i]!, msg, r)));
-        if (!this.traced || captureSpanContext() === undefined) return answers(mux.requestEach(subject, data, { timeoutMs, headers: RAFT_HEADERS.append }, to));
-        // One CLIENT span for the message, ended when every follower answered (failed if one
-        // did not); `clientSpan` runs its function at once, so `slots` is set when it returns.
-        let slots: Promise<RaftReply>[] = [];
-        void clientSpan(subject, RAFT_OPS.append, async (inject) => {
-          const h = raftHeaderEntries('append');
-          inject({ set: (name, value) => void (h[name] = value) });
-          slots = answers(mux.requestEach(subject, data, { timeoutMs, headers: h }, to));
-          const failed = (await Promise.allSettled(slots)).find((r) => r.status === 'rejected');
-          if (failed !== undefined) throw (failed as PromiseRejectedResult).reason;
-        }, data.length, { ...this.spanAttrs, [ATTR.volume]: spec.volumeId, [ATTR.shard]: spec.shard }).catch(() => undefined);
-        return slots;
+      get sendEach() {
+        return faulty() ? undefined : sendEach;
       },
     };
   }

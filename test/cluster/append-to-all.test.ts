@@ -67,6 +67,30 @@ describe('appends to all followers in one message, between hosts', function () {
     pages.forEach((p, i) => assert.equal(p[0], i + 1));
   });
 
+  it('a leader with faults injected sends each follower its own message, and counts none as a message to all', async () => {
+    const s = await led();
+    const leader = Number(s.leader!.slice(1)) - 1;
+    const stats = async (): Promise<{ appendsSent: number; appendsToAll: number }> => (await replicas()).find((r) => r.role === 'leader')!;
+    // A delay of 1 ms: each follower gets its own message (docs/replication.md).
+    await c.degrade(leader, { delayMs: 1 });
+    const seen: number[] = [];
+    const spy = nc.subscribe(followersSubject(c.cluster, info.id, 0, s.leader!), { callback: (_e, m) => void seen.push(m.data.length) });
+    await nc.flush();
+    try {
+      const before = await stats();
+      const vol = c.client.volume('v-all');
+      for (let i = 0; i < 20; i++) await vol.write(100 + i, new Uint8Array(4096).fill(i + 1));
+      await nc.flush();
+      const after = await stats();
+      assert.equal(seen.length, 0, 'nothing went on the followers subject');
+      assert.equal(after.appendsToAll - before.appendsToAll, 0, `appendsToAll grew by ${after.appendsToAll - before.appendsToAll}`);
+      assert.ok(after.appendsSent - before.appendsSent >= 20, `${after.appendsSent - before.appendsSent} append messages counted for 20 writes to two followers`);
+    } finally {
+      spy.unsubscribe();
+      await c.heal();
+    }
+  });
+
   it('on a leader\'s subject, a message that is not an append from that leader is refused by each follower, on its own reply subject', async () => {
     const s = await led();
     const followers = s.replicas.map((r) => r.node).filter((n) => n !== s.leader).sort();
