@@ -52,11 +52,17 @@ export class ApiRouter {
 
   /**
    * The deadline of a request routed at `nowMs` whose caller set `callerDeadlineMs` (its
-   * Strata-Deadline, if any): the earlier of that and the router's own timeout. A caller's
-   * deadline already passed throws ProtocolError('timeout').
+   * Strata-Deadline, if any): the earlier of that and the router's own timeout, except for a
+   * `volume.create` that has one (the caller's is kept). A caller's deadline already passed
+   * throws ProtocolError('timeout').
    */
-  deadline(callerDeadlineMs: number | undefined, nowMs: number): number {
-    return nowMs + Math.min(this.timeoutMs, deadlineRemainingMs(callerDeadlineMs, nowMs));
+  deadline(callerDeadlineMs: number | undefined, nowMs: number, verb?: string): number {
+    const remainingMs = deadlineRemainingMs(callerDeadlineMs, nowMs);
+    // A volume's creation takes its nodes time in proportion to its shards (a few fsyncs each):
+    // the caller's deadline is kept, up to DEADLINE_AHEAD_MS_MAX, and the router's timeout is
+    // only the default.
+    if (verb === 'volume.create' && callerDeadlineMs !== undefined) return nowMs + remainingMs;
+    return nowMs + Math.min(this.timeoutMs, remainingMs);
   }
 
   /**

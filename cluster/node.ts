@@ -149,7 +149,8 @@ export const HOST_STATUS_TIMEOUT_MS = 1000;
 
 /**
  * A volume.delete answers at the latest this long (or a tenth of the time it had, if less) before
- * its requester's deadline, whether or not every node has answered its destroy.
+ * its requester's deadline, whether or not every node has answered its destroy; a volume.create
+ * stops waiting for the nodes' opens as long before it.
  */
 const DELETE_REPLY_ROOM_MS_MAX = 250;
 
@@ -1039,7 +1040,7 @@ export class StrataNode {
       return { epoch: a.epoch, tombstones, shards, ...(next < a.shards.length ? { next } : {}) };
     });
     this.subscribe(subj('members'), async () => ({ members: this.allMembers() }));
-    this.subscribe(subj('volume.create'), (body, msg) => this.serial(msg, () => this.createVolume(validateVolumeCreateRequest(body))));
+    this.subscribe(subj('volume.create'), (body, msg) => this.serial(msg, (deadlineMs) => this.createVolume(validateVolumeCreateRequest(body), deadlineMs)));
     this.subscribe(subj('volume.delete'), (body, msg) => this.serial(msg, (deadlineMs) => this.deleteVolume(validateVolumeNameRequest(body).name, deadlineMs)));
     this.subscribe(subj('volume.info'), async (body) => ({ ...volumeInfo(c.get(validateVolumeNameRequest(body).name)) }));
     this.subscribe(subj('volume.list'), async (body) => {
@@ -1084,7 +1085,7 @@ export class StrataNode {
     };
   }
 
-  private async createVolume(spec: ReturnType<typeof validateVolumeCreateRequest>): Promise<unknown> {
+  private async createVolume(spec: ReturnType<typeof validateVolumeCreateRequest>, deadlineMs: number | undefined): Promise<unknown> {
     const c = this.controller!;
     const v = c.create(spec, Date.now());
     const byNode = new Map<string, ShardAssignment[]>();
@@ -1095,7 +1096,11 @@ export class StrataNode {
         byNode.set(r.nodeId, list);
       }
     }
-    const timeout = this.opts.requestTimeoutMs ?? 10_000;
+    // The nodes' opens are waited for as long as the requester waits, less room for the answer
+    // (opening a shard costs a few fsyncs: a node of many shards takes seconds); without a
+    // deadline, requestTimeoutMs.
+    const leftMs = deadlineMs === undefined ? undefined : deadlineMs - Date.now();
+    const timeout = leftMs === undefined ? (this.opts.requestTimeoutMs ?? 10_000) : Math.max(1, leftMs - Math.min(DELETE_REPLY_ROOM_MS_MAX, Math.max(0, leftMs) / 10));
     // Every node's answer is waited for before an undo: a destroy sent while another node's
     // open still runs could come first there, and leave that node's shard open.
     const opened = await Promise.allSettled(
@@ -1259,7 +1264,7 @@ export class StrataNode {
       // Strata-Type must name this subject's verb, as docs/protocol.md says; schema and deadline
       // are checked with it.
       const headers = readHeaders(wellFormed(messageHeaders(msg)), { expectType: verb as MessageType });
-      deadlineMs = this.router!.deadline(headers.deadlineMs, Date.now());
+      deadlineMs = this.router!.deadline(headers.deadlineMs, Date.now(), verb);
       body = decode(msg.data);
     } catch (e) {
       msg.respond(encode(errorReply(e)), { headers: REPLY_HEADERS });

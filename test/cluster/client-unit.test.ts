@@ -3,6 +3,7 @@ import {
   API_READ_TRIES,
   API_READ_TRY_MS_MIN,
   API_READ_VERBS,
+  CREATE_MS_PER_SHARD_REPLICA,
   CALL_PAGES_MAX,
   CLUSTER_DEFAULT,
   NoRespondersError,
@@ -209,6 +210,19 @@ describe('cluster/client (fake transport)', () => {
       assert.equal(seen!.headers[HEADER_SCHEMA], String(SCHEMA_VERSION));
       assert.equal(seen!.headers[HEADER_DEADLINE], String(NOW + 2500));
       assert.equal(seen!.timeoutMs, 2500, 'the NATS timeout is the time left before the deadline');
+    });
+
+    it('gives volume.create the client\'s timeout or CREATE_MS_PER_SHARD_REPLICA for each shard replica, whichever is longer, or an earlier deadline', async () => {
+      const t = new FakeTransport(() => volume({ name: 'db' }));
+      const client = createClient(t, { cluster: CLUSTER, timeoutMs: 10_000, nowMs: () => NOW });
+      await client.createVolume({ name: 'db', pageCount: 4096, shards: 256, stripePages: 16, replicas: 3 });
+      await client.createVolume({ name: 'db', pageCount: 4096, shards: 64, stripePages: 16 });
+      await client.createVolume({ name: 'db', pageCount: 4096, shards: 4, stripePages: 16, replicas: 3 });
+      await client.createVolume({ name: 'db', pageCount: 4096, shards: 256, stripePages: 16, replicas: 3 }, { deadlineMs: NOW + 5000 });
+      assert.deepEqual(t.apiRequests('volume.create').map((r) => Number(r.headers[HEADER_DEADLINE]) - NOW), [
+        256 * 3 * CREATE_MS_PER_SHARD_REPLICA, 10_000, 10_000, 5000,
+      ]);
+      await rejectsWith(client.createVolume({ name: 'db', pageCount: 1 }, { deadlineMs: -1 }), 'bad_request', /deadlineMs/);
     });
 
     it('asks a read again when a try gets no answer (a hung node of the API\'s queue group), within the deadline; a change only once', async () => {
