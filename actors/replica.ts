@@ -313,6 +313,8 @@ export interface ScrubStepResult {
 
 /** Append messages in flight to one follower at most (pipelining on top of batching). */
 const APPEND_WINDOW = 4;
+/** Doublings of the election timeout after elections that failed in a row, at most (8 times the timeout). */
+const ELECTION_BACKOFF_MAX = 3;
 
 const NO_TAGS: readonly unknown[] = [];
 
@@ -390,6 +392,15 @@ export class Replica {
   /** Highest LSN of this replica known durable. */
   private durableLsn: number;
   private electionDeadlineMs = 0;
+  /**
+   * Elections in a row that ended without a leader (the candidate's timer fired again): each
+   * doubles the next election timeout, up to ELECTION_BACKOFF_MAX times. Every election saves a
+   * term and a vote on each replica (fsyncs); hundreds of shards of one device electing at once
+   * otherwise keep its queue too busy for any of them to finish within a timeout, and elect
+   * again, for good (256 shards of 3 replicas on three nodes sharing a disk never elected most of
+   * their leaders).
+   */
+  private failedElections = 0;
   /**
    * When this replica last accepted a message of a leader (its clock), and which leader: kept
    * across term changes, since a leader's lease counts that acknowledgement whatever this
@@ -554,7 +565,8 @@ export class Replica {
 
   private resetElectionDeadline(): void {
     const { electionTimeoutMinMs: min, electionTimeoutMaxMs: max } = this.timing;
-    this.electionDeadlineMs = this.nowMs + min + this.random() * (max - min);
+    const backoff = 2 ** Math.min(this.failedElections, ELECTION_BACKOFF_MAX);
+    this.electionDeadlineMs = this.nowMs + (min + this.random() * (max - min)) * backoff;
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -684,6 +696,8 @@ export class Replica {
    */
   private startPreVote(): void {
     if (this.closed || this.role === 'leader') return;
+    // A candidate whose timer fired: its election ended without a leader.
+    if (this.role === 'candidate') this.failedElections++;
     this.resetElectionDeadline();
     // Its last LSN still counts records a queued truncation is cutting: it waits for the cut.
     if (this.truncating > 0) return;
@@ -833,6 +847,7 @@ export class Replica {
     } catch {
       return;
     }
+    this.failedElections = 0;
     this.role = 'leader';
     this.leaderSinceMs = this.nowMs;
     this.leader = this.self;
@@ -1347,6 +1362,7 @@ export class Replica {
     this.leader = leader;
     this.leaderContactMs = this.now();
     this.lastLeader = leader;
+    this.failedElections = 0;
     // A prevote round of this replica is over: it has a leader again.
     this.preVote = undefined;
     this.resetElectionDeadline();

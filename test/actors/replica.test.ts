@@ -796,6 +796,22 @@ describe('Replica (more cases)', function () {
     assert.deepEqual(r.pages[0], page(1));
   });
 
+  it('elections that fail in a row wait longer each time (up to 8 times the timeout), and a leader is elected once votes get through', async () => {
+    const slow = { electionTimeoutMinMs: 300, electionTimeoutMaxMs: 600, heartbeatMs: 50, rpcTimeoutMs: 1000 };
+    shard = new TestShard(['a', 'b', 'c'], { manualClock: true, timing: slow, randoms: { a: 0, b: 0.99, c: 0.99 } });
+    // Votes are lost (prevotes pass): every election fails, as on a device too busy to save votes in time.
+    let lose = true;
+    shard.drops.push((_from, _to, msg) => lose && msg.type === 'vote');
+    for (let t = 0; t <= 10_000; t += 10) await shard.at(t);
+    const elections = shard.members.get('a')!.replica.stats().elections;
+    // Without the back-off a's timer (300 ms) fires about 33 times in 10 s; with it: 300, 600,
+    // 1,200, then 2,400 ms apart.
+    assert.ok(elections >= 4 && elections <= 7, `a started ${elections} elections in 10 s`);
+    lose = false;
+    for (let t = 10_010; t <= 15_000 && shard.leaders().length === 0; t += 10) await shard.at(t);
+    assert.equal(shard.leaders().length, 1, 'a leader once votes get through');
+  });
+
   it('a follower that stalled past its election timeout does not depose a leader a majority follows, also when it led before that leader', async () => {
     shard = new TestShard(['a', 'b', 'c'], { manualClock: true, timing: slow, randoms: { a: 0, b: 0.3, c: 0.99 } });
     let t = 0;
