@@ -972,14 +972,23 @@ export class Replica {
    */
   private replicateAll(heartbeat: boolean): void {
     const peers = this.peers();
+    this.upToWindow(() => this.sendToAll(peers));
+    for (const id of peers) this.replicateTo(id, heartbeat);
+  }
+
+  /**
+   * Runs `sendOne` up to APPEND_WINDOW times, until it sends nothing: the next batch is on its way
+   * while a follower writes the previous one. A record not readable yet or a log error stops it:
+   * the next tick retries; a device failure reaches the host through the failed append, damage
+   * through reportDamage.
+   */
+  private upToWindow(sendOne: (k: number) => boolean): void {
     try {
-      for (let k = 0; k < APPEND_WINDOW; k++) if (!this.sendToAll(peers)) break;
+      for (let k = 0; k < APPEND_WINDOW; k++) if (!sendOne(k)) break;
     } catch (e) {
-      // As in replicateTo: a record not readable yet or a log error.
       if (!(e instanceof StorageError)) throw e;
       this.reportDamage(e);
     }
-    for (const id of peers) this.replicateTo(id, heartbeat);
   }
 
   /**
@@ -996,7 +1005,7 @@ export class Replica {
     let ahead = 0;
     for (const id of peers) {
       const f = this.followers.get(id);
-      if (!f || f.inFlight >= APPEND_WINDOW || f.snapshot !== undefined || f.probing === true || f.next < this.log.firstLsn || this.nowMs < (f.retryAtMs ?? 0)) return false;
+      if (!f || f.inFlight >= APPEND_WINDOW || f.snapshot !== undefined || f.probing === true || f.next < this.log.firstLsn || this.pausing(f)) return false;
       fs.push(f);
       ahead = Math.max(ahead, f.next);
     }
@@ -1025,22 +1034,13 @@ export class Replica {
 
   /** Sends the next append (or heartbeat, or snapshot chunk) to a follower if none is in flight. */
   private replicateTo(id: string, heartbeat: boolean): void {
-    try {
-      // Up to APPEND_WINDOW messages in flight: the follower's next batch is on its way while it
-      // writes the previous one.
-      for (let k = 0; k < APPEND_WINDOW; k++) if (!this.sendNext(id, heartbeat && k === 0)) break;
-    } catch (e) {
-      // A record not readable yet or a log error: the next tick retries; a device failure
-      // reaches the host through the failed append, damage through reportDamage.
-      if (!(e instanceof StorageError)) throw e;
-      this.reportDamage(e);
-    }
+    this.upToWindow((k) => this.sendNext(id, heartbeat && k === 0));
   }
 
   /** Sends one message to a follower if the window allows and there is something to send. */
   private sendNext(id: string, heartbeat: boolean): boolean {
     const f = this.followers.get(id);
-    if (!f || f.inFlight >= APPEND_WINDOW || this.role !== 'leader' || this.nowMs < (f.retryAtMs ?? 0)) return false;
+    if (!f || f.inFlight >= APPEND_WINDOW || this.role !== 'leader' || this.pausing(f)) return false;
     const due = this.nowMs - f.lastSentMs >= this.timing.heartbeatMs;
     if (f.next > this.lastLsn && !(heartbeat && due && f.inFlight === 0) && f.snapshot === undefined) return false;
     if (f.snapshot !== undefined || f.next < this.log.firstLsn) {
@@ -1091,16 +1091,21 @@ export class Replica {
           // a heartbeat interval later, first without records.
           f.inFlight = Math.max(0, f.inFlight - 1);
           f.next = Math.max(f.match + 1, Math.min(f.next, prevLsn + 1));
-          this.sendLater(f);
+          this.pause(f);
+          f.probing = true;
         },
       );
     });
   }
 
-  /** After a message to `f` was lost or refused: nothing to it for a heartbeat interval, then a probe without records. */
-  private sendLater(f: FollowerState): void {
+  /** After a message to `f` was lost or refused: nothing to it for a heartbeat interval (then an append without records, with `probing`). */
+  private pause(f: FollowerState): void {
     f.retryAtMs = this.nowMs + this.timing.heartbeatMs;
-    f.probing = true;
+  }
+
+  /** Whether nothing is sent to `f` now (`pause`). */
+  private pausing(f: FollowerState): boolean {
+    return this.nowMs < (f.retryAtMs ?? 0);
   }
 
   /** Runs a send; with a tracer, inside its `send` with the tracer values of the records' writes. */
@@ -1203,7 +1208,7 @@ export class Replica {
       },
       (err: unknown) => {
         f.inFlight = Math.max(0, f.inFlight - 1);
-        f.retryAtMs = this.nowMs + this.timing.heartbeatMs;
+        this.pause(f);
         // The follower checked the whole image it was sent and found it damaged: a transfer
         // error, or our image is damaged. Ours is checked; the next transfer starts again.
         if (req.done && (err as { code?: unknown } | undefined)?.code === 'corruption' && f.snapshot === s) {

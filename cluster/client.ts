@@ -290,10 +290,8 @@ export class StrataClient {
     const spec = validateVolumeCreateRequest(request);
     const body: Record<string, unknown> = {};
     for (const [key, value] of Object.entries(request)) if (value !== undefined) body[key] = value;
-    const earlierMs = optionsOf(options).deadlineMs;
     const sizedMs = Math.min(DEADLINE_AHEAD_MS_MAX, CREATE_MS_PER_SHARD_REPLICA * spec.shards * spec.replicas);
-    const ownMs = Math.max(this.deadline(), this.nowMs() + sizedMs);
-    const deadlineMs = earlierMs === undefined ? ownMs : Math.min(ownMs, expectInteger(earlierMs, 'deadlineMs', { min: 0, max: Number.MAX_SAFE_INTEGER }));
+    const deadlineMs = this.deadline(optionsOf(options).deadlineMs, Math.max(this.timeoutMs, sizedMs));
     return this.api('volume.create', body as unknown as VolumeCreateRequest, deadlineMs);
   }
 
@@ -388,9 +386,9 @@ export class StrataClient {
   // Internals shared with Volume
   // ------------------------------------------------------------------------------------------
 
-  /** The deadline of a call starting now: `timeoutMs` away, or `earlierMs` if sooner. @internal */
-  deadline(earlierMs?: number): number {
-    const ownMs = this.nowMs() + this.timeoutMs;
+  /** The deadline of a call starting now: `aheadMs` (default `timeoutMs`) away, or `earlierMs` if sooner. @internal */
+  deadline(earlierMs?: number, aheadMs: number = this.timeoutMs): number {
+    const ownMs = this.nowMs() + aheadMs;
     if (earlierMs === undefined) return ownMs;
     return Math.min(ownMs, expectInteger(earlierMs, 'deadlineMs', { min: 0, max: Number.MAX_SAFE_INTEGER }));
   }

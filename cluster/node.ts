@@ -152,7 +152,12 @@ export const HOST_STATUS_TIMEOUT_MS = 1000;
  * its requester's deadline, whether or not every node has answered its destroy; a volume.create
  * stops waiting for the nodes' opens as long before it.
  */
-const DELETE_REPLY_ROOM_MS_MAX = 250;
+const CATALOG_REPLY_ROOM_MS_MAX = 250;
+
+/** Of the `leftMs` a catalog operation has before its requester's deadline, what it may wait for the nodes (room left to answer). */
+function catalogWaitMs(leftMs: number): number {
+  return leftMs - Math.min(CATALOG_REPLY_ROOM_MS_MAX, Math.max(0, leftMs) / 10);
+}
 
 /** After a failed reconciliation the next waits this long, doubling on each failure up to the max. */
 export const RECONCILE_BACKOFF_MS_MIN = 1000;
@@ -1100,7 +1105,7 @@ export class StrataNode {
     // (opening a shard costs a few fsyncs: a node of many shards takes seconds); without a
     // deadline, requestTimeoutMs.
     const leftMs = deadlineMs === undefined ? undefined : deadlineMs - Date.now();
-    const timeout = leftMs === undefined ? (this.opts.requestTimeoutMs ?? 10_000) : Math.max(1, leftMs - Math.min(DELETE_REPLY_ROOM_MS_MAX, Math.max(0, leftMs) / 10));
+    const timeout = leftMs === undefined ? (this.opts.requestTimeoutMs ?? 10_000) : Math.max(1, catalogWaitMs(leftMs));
     // Every node's answer is waited for before an undo: a destroy sent while another node's
     // open still runs could come first there, and leave that node's shard open.
     const opened = await Promise.allSettled(
@@ -1128,7 +1133,7 @@ export class StrataNode {
     // destroys its replicas through the tombstone when it reconciles anyway.
     const timeoutMs = this.opts.requestTimeoutMs ?? 10_000;
     const leftMs = deadlineMs === undefined ? timeoutMs : deadlineMs - Date.now();
-    const waitMs = Math.max(0, Math.min(timeoutMs, leftMs - Math.min(DELETE_REPLY_ROOM_MS_MAX, Math.max(0, leftMs) / 10)));
+    const waitMs = Math.max(0, Math.min(timeoutMs, catalogWaitMs(leftMs)));
     await withTimeout(this.destroyEverywhere(v), waitMs, () => new ProtocolError('timeout', `the nodes did not all answer the destroy within ${Math.round(waitMs)} ms`))
       .catch((e: unknown) => this.log.warn('shard destruction deferred to reconciliation', { volume: v.id, err: e }));
     this.router?.forget(name);

@@ -472,6 +472,7 @@ export class ActorHost implements HostApi {
   // ---------------------------------------------------------------------------------------------
 
   private transport(spec: ShardSpec): ReplicaTransport {
+    const spanAttrs = { ...this.spanAttrs, [ATTR.volume]: spec.volumeId, [ATTR.shard]: spec.shard };
     // A follower's reply: its error reply becomes `unavailable`, anything else is validated.
     const answerOf = (to: string, msg: RaftRequest, r: Msg): RaftReply => {
       const body = decode(r.data);
@@ -500,14 +501,13 @@ export class ActorHost implements HostApi {
       // A message that is part of a trace (a write's append, a read's quorum round) gets a
       // CLIENT span and carries its traceparent; heartbeats and elections are not traced.
       // The reply read inside the span: a refusal ends it with the error.
-      const answer = (r: Msg): RaftReply => answerOf(to, msg, r);
       return this.traced && captureSpanContext() !== undefined
         ? await clientSpan(subject, RAFT_OPS[msg.type], async (inject) => {
           const h = raftHeaderEntries(msg.type);
           inject({ set: (name, value) => void (h[name] = value) });
-          return answer(await mux.request(subject, data, { timeoutMs, headers: h }));
-        }, data.length, { ...this.spanAttrs, [ATTR.volume]: spec.volumeId, [ATTR.shard]: spec.shard })
-        : answer(await mux.request(subject, data, { timeoutMs, headers: RAFT_HEADERS[msg.type] }));
+          return answerOf(to, msg, await mux.request(subject, data, { timeoutMs, headers: h }));
+        }, data.length, spanAttrs)
+        : answerOf(to, msg, await mux.request(subject, data, { timeoutMs, headers: RAFT_HEADERS[msg.type] }));
     };
     // With faults injected (tests) every follower gets its own message, which `send` delays,
     // drops or cuts: the replica is then shown no `sendEach`, so that it sends and counts
@@ -539,7 +539,7 @@ export class ActorHost implements HostApi {
         slots = answers(mux.requestEach(subject, data, { timeoutMs, headers: h }, to));
         const failed = (await Promise.allSettled(slots)).find((r) => r.status === 'rejected');
         if (failed !== undefined) throw (failed as PromiseRejectedResult).reason;
-      }, data.length, { ...this.spanAttrs, [ATTR.volume]: spec.volumeId, [ATTR.shard]: spec.shard }).catch(() => undefined);
+      }, data.length, spanAttrs).catch(() => undefined);
       return slots;
     };
     return {

@@ -6,9 +6,9 @@
  * subject `<inbox>.<token>` and waits in a map (a request to several responders at once,
  * `requestEach`, takes each one's reply on `<inbox>.<token>.<responder>`). Deadlines are kept
  * by one timer, set to the earliest deadline, instead of a timer per request; a reply costs a
- * map lookup and a promise resolution. (Measured on the benchmark client: the stock request path spent about 15 % of the
- * thread in building an error object for every request it completed, and more in per-request
- * timers.)
+ * map lookup and a promise resolution. (Measured on the benchmark client: the stock request path
+ * spent about 15 % of the thread in building an error object for every request it completed, and
+ * more in per-request timers.)
  *
  * Failures follow the transport contract of the Strata client (`ClientTransport`): no reply
  * before the deadline → ProtocolError('timeout'); nobody subscribed (the server's 503 status) →
@@ -168,43 +168,14 @@ export class RequestMux {
 
   /** Sends `data` to `subject` and resolves with the reply (see the module comment for failures). */
   request(subject: string, data: Uint8Array, options: MuxRequestOptions): Promise<Msg> {
-    const { timeoutMs } = options;
-    if (!(timeoutMs > 0) || !Number.isFinite(timeoutMs)) {
-      return Promise.reject(new ProtocolError('bad_request', `timeoutMs must be a positive number, got ${String(timeoutMs)}`));
-    }
-    if (this.closed || this.nc.isClosed()) {
-      return Promise.reject(new ProtocolError('unavailable', `request on ${subject} failed: the connection is closed`, { subject }));
-    }
-    const down = this.connection !== undefined && !this.connection.connected;
-    if (down && (this.whileDisconnected !== 'wait' || this.connection!.closed)) {
-      return Promise.reject(new ProtocolError('unavailable', `request on ${subject} failed: disconnected from NATS (reconnecting)`, { subject }));
-    }
-    // Requests waiting for the reconnect count against the bound too: they hold their data.
-    if (this.pending.size + this.unsent.size >= this.pendingMax) {
-      return Promise.reject(new ProtocolError('overloaded', `${this.pending.size + this.unsent.size} requests already wait on this connection`, {
-        subject,
-        pendingMax: this.pendingMax,
-      }));
-    }
-    if (down) return this.afterReconnect(subject, data, options);
-    const sub = this.subscription();
-    if (sub === undefined) {
-      return Promise.reject(new ProtocolError('unavailable', `request on ${subject} failed: the connection is closed`, { subject }));
-    }
+    const refused = this.refusal(subject, options.timeoutMs, 1, this.whileDisconnected === 'wait');
+    if (refused !== undefined) return Promise.reject(refused);
+    if (this.connection !== undefined && !this.connection.connected) return this.afterReconnect(subject, data, options);
     const token = (this.nextToken++).toString(36);
-    const h = toHeaders(options.headers);
-    return new Promise<Msg>((resolve, reject) => {
-      try {
-        this.nc.publish(subject, data, { reply: this.prefix + token, ...(h === undefined ? {} : { headers: h }) });
-      } catch (err) {
-        // Refused at once: too large for the server, or the connection is gone.
-        reject(fromNatsError(err, subject, timeoutMs));
-        return;
-      }
-      const deadline = performance.now() + timeoutMs;
-      this.pending.set(token, { subject, timeoutMs, deadline, resolve, reject });
-      if (deadline + TIMER_SLACK_MS < this.timerAt) this.arm(deadline + TIMER_SLACK_MS);
-    });
+    const failed = this.publish(subject, data, options, token);
+    if (failed !== undefined) return Promise.reject(failed);
+    const deadline = performance.now() + options.timeoutMs;
+    return new Promise<Msg>((resolve, reject) => this.track(token, { subject, timeoutMs: options.timeoutMs, deadline, resolve, reject }));
   }
 
   /**
@@ -219,28 +190,14 @@ export class RequestMux {
   requestEach(subject: string, data: Uint8Array, options: MuxRequestOptions, keys: readonly string[]): Promise<Msg>[] {
     const fail = (err: ProtocolError): Promise<Msg>[] => keys.map(() => Promise.reject(err));
     const { timeoutMs } = options;
-    if (!(timeoutMs > 0) || !Number.isFinite(timeoutMs)) {
-      return fail(new ProtocolError('bad_request', `timeoutMs must be a positive number, got ${String(timeoutMs)}`));
-    }
     if (keys.length === 0 || new Set(keys).size !== keys.length || keys.some((k) => k === '' || /[.*> \t\r\n]/.test(k))) {
       return fail(new ProtocolError('bad_request', `keys must be distinct subject tokens, got ${JSON.stringify(keys)}`));
     }
-    if (this.closed || this.nc.isClosed()) return fail(new ProtocolError('unavailable', `request on ${subject} failed: the connection is closed`, { subject }));
-    if (this.connection !== undefined && !this.connection.connected) {
-      return fail(new ProtocolError('unavailable', `request on ${subject} failed: disconnected from NATS (reconnecting)`, { subject }));
-    }
-    if (this.pending.size + this.unsent.size + keys.length > this.pendingMax) {
-      return fail(new ProtocolError('overloaded', `${this.pending.size + this.unsent.size} requests already wait on this connection`, { subject, pendingMax: this.pendingMax }));
-    }
-    const sub = this.subscription();
-    if (sub === undefined) return fail(new ProtocolError('unavailable', `request on ${subject} failed: the connection is closed`, { subject }));
+    const refused = this.refusal(subject, timeoutMs, keys.length, false);
+    if (refused !== undefined) return fail(refused);
     const token = (this.nextToken++).toString(36);
-    const h = toHeaders(options.headers);
-    try {
-      this.nc.publish(subject, data, { reply: this.prefix + token, ...(h === undefined ? {} : { headers: h }) });
-    } catch (err) {
-      return fail(fromNatsError(err, subject, timeoutMs));
-    }
+    const failed = this.publish(subject, data, options, token);
+    if (failed !== undefined) return fail(failed);
     const deadline = performance.now() + timeoutMs;
     // A status reply to the request itself (503: nobody subscribed) comes to the bare token: it
     // fails every responder's slot still waiting. The group goes when its last slot settles.
@@ -249,8 +206,8 @@ export class RequestMux {
     const settled = (): void => {
       if (--group.left === 0) this.groups.delete(token);
     };
-    const slots = keys.map((k) => new Promise<Msg>((resolve, reject) => {
-      this.pending.set(`${token}.${k}`, {
+    return keys.map((k) => new Promise<Msg>((resolve, reject) => {
+      this.track(`${token}.${k}`, {
         subject, timeoutMs, deadline,
         resolve: (msg) => {
           settled();
@@ -262,8 +219,49 @@ export class RequestMux {
         },
       });
     }));
-    if (deadline + TIMER_SLACK_MS < this.timerAt) this.arm(deadline + TIMER_SLACK_MS);
-    return slots;
+  }
+
+  /**
+   * Why a request for `replies` replies on `subject` is refused at once, if it is. `waitWhileDown`:
+   * one made while the connection is down (not closed) is not refused for it (it waits for the
+   * reconnect, `afterReconnect`).
+   */
+  private refusal(subject: string, timeoutMs: number, replies: number, waitWhileDown: boolean): ProtocolError | undefined {
+    if (!(timeoutMs > 0) || !Number.isFinite(timeoutMs)) {
+      return new ProtocolError('bad_request', `timeoutMs must be a positive number, got ${String(timeoutMs)}`);
+    }
+    if (this.closed || this.nc.isClosed()) return closedError(subject);
+    const down = this.connection !== undefined && !this.connection.connected;
+    if (down && (!waitWhileDown || this.connection!.closed)) {
+      return new ProtocolError('unavailable', `request on ${subject} failed: disconnected from NATS (reconnecting)`, { subject });
+    }
+    // Requests waiting for the reconnect count against the bound too: they hold their data.
+    if (this.pending.size + this.unsent.size + replies > this.pendingMax) {
+      return new ProtocolError('overloaded', `${this.pending.size + this.unsent.size} requests already wait on this connection`, {
+        subject,
+        pendingMax: this.pendingMax,
+      });
+    }
+    return undefined;
+  }
+
+  /** Publishes a request with the reply subject of `token`; the error when it could not be sent. */
+  private publish(subject: string, data: Uint8Array, options: MuxRequestOptions, token: string): ProtocolError | undefined {
+    if (this.subscription() === undefined) return closedError(subject);
+    const h = toHeaders(options.headers);
+    try {
+      this.nc.publish(subject, data, { reply: this.prefix + token, ...(h === undefined ? {} : { headers: h }) });
+      return undefined;
+    } catch (err) {
+      // Refused at once: too large for the server, or the connection is gone.
+      return fromNatsError(err, subject, options.timeoutMs);
+    }
+  }
+
+  /** Waits for the reply to `key` (a token, or a token and a responder), within its deadline. */
+  private track(key: string, p: Pending): void {
+    this.pending.set(key, p);
+    if (p.deadline + TIMER_SLACK_MS < this.timerAt) this.arm(p.deadline + TIMER_SLACK_MS);
   }
 
   /** A request made while disconnected: sent once the connection is back, within its timeout. */
@@ -489,6 +487,10 @@ export function fromNatsError(err: unknown, subject: string, timeoutMs: number):
 /** The error of a NATS status reply (no payload, a code of 400 or more). */
 function statusError(code: number, subject: string): ProtocolError {
   return code === 503 ? new NoRespondersError(subject) : new ProtocolError('unavailable', `request on ${subject} failed: NATS status ${code}`, { subject, natsCode: String(code) });
+}
+
+function closedError(subject: string): ProtocolError {
+  return new ProtocolError('unavailable', `request on ${subject} failed: the connection is closed`, { subject });
 }
 
 function timeoutError(subject: string, timeoutMs: number): ProtocolError {
