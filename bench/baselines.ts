@@ -12,6 +12,7 @@
 import * as crypto from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
+import { makeDirectory } from "../storage-engine/make-directory";
 import { connect, DiscardPolicy, StorageType, type NatsConnection } from "nats";
 import { Histogram } from "./histogram";
 import { RequestMux } from "../runtime/request-mux";
@@ -143,7 +144,7 @@ export async function rawAppendBaseline(options: RawAppendOptions): Promise<RawA
   assertInteger("rawAppendBaseline: fileBytesMax", fileBytesMax, batchBytes, Number.MAX_SAFE_INTEGER);
   const { countMax: batchesMax, durationMs } = resolveBounds("rawAppendBaseline", options.batches, options.durationMs);
 
-  fs.mkdirSync(dir, { recursive: true });
+  makeDirectory(dir);
   const file = path.join(dir, `strata-raw-append-${uniqueId()}.dat`);
   const buffer = crypto.randomFillSync(Buffer.allocUnsafe(batchBytes));
   const zeros = Buffer.alloc(LOG_PREALLOC_BYTES);

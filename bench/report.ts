@@ -4,6 +4,7 @@
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
+import { makeDirectory } from "../storage-engine/make-directory";
 
 /** A table cell: strings are left-aligned, numbers right-aligned and formatted. */
 export type Cell = string | number;
@@ -143,7 +144,7 @@ function writeFileAtomic(file: string, text: string): void {
  */
 export function writeJson(dir: string, name: string, data: unknown): string {
   if (!/^[A-Za-z0-9._-]+$/.test(name)) throw new RangeError(`writeJson: name must match [A-Za-z0-9._-]+, got ${JSON.stringify(name)}`);
-  fs.mkdirSync(dir, { recursive: true });
+  makeDirectory(dir);
   const text = JSON.stringify(data, (_key, value: unknown) => (typeof value === "bigint" ? value.toString() : value), 2) + "\n";
   const file = path.join(dir, `${name}-${timestamp(new Date())}.json`);
   writeFileAtomic(file, text);

@@ -9,6 +9,7 @@
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
+import { makeDirectory } from "../storage-engine/make-directory";
 
 /** What the plot needs of a latency histogram (a bench/histogram Histogram satisfies it). */
 export interface LatencySource {
@@ -157,7 +158,7 @@ function timestamp(date: Date): string {
  */
 export function writeSvg(dir: string, name: string, svg: string): string {
   if (!/^[A-Za-z0-9._-]+$/.test(name)) throw new RangeError(`writeSvg: name must match [A-Za-z0-9._-]+, got ${JSON.stringify(name)}`);
-  fs.mkdirSync(dir, { recursive: true });
+  makeDirectory(dir);
   const file = path.join(dir, `${name}-${timestamp(new Date())}.svg`);
   for (const target of [file, path.join(dir, `${name}-latest.svg`)]) {
     const temp = `${target}.${process.pid}.tmp`;

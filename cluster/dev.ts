@@ -19,6 +19,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { connect as natsConnect } from 'nats';
 import { startNatsServer, type NatsServerHandle } from '../runtime/nats-server';
 import { defaultHostsPerNode } from './config';
+import { makeDirectory } from '../storage-engine/make-directory';
 import { connect, type StrataClient } from './client';
 import { encode, decode } from '../messages/codec';
 import { throwIfError } from '../messages/errors';
@@ -191,7 +192,7 @@ export async function startDevCluster(opts: DevClusterOptions): Promise<DevClust
   if (!Number.isSafeInteger(opts.nodes) || opts.nodes < 1 || opts.nodes > 16) throw new Error(`--nodes must be 1..16, got ${opts.nodes}`);
   const ownDir = opts.dataDir === undefined;
   const root = opts.dataDir !== undefined ? path.resolve(opts.dataDir) : fs.mkdtempSync(path.join(os.tmpdir(), 'strata-dev-'));
-  fs.mkdirSync(root, { recursive: true });
+  makeDirectory(root);
   const hosts = opts.hosts ?? defaultHostsPerNode(os.availableParallelism(), opts.nodes);
   let nats: NatsServerHandle | undefined;
   const nodes: DevCluster['nodes'] = [];

@@ -15,7 +15,6 @@
  * source to the process's metrics (its hosts' stats and its API request durations) while it
  * runs, and every API request gets a SERVER span and a duration by verb and outcome.
  */
-import * as fs from 'node:fs';
 import * as crypto from 'node:crypto';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -55,6 +54,7 @@ import {
   validateClaimQuestion,
 } from '../messages/control';
 import { RealDisk } from '../storage-engine/real-disk';
+import { makeDirectory } from '../storage-engine/make-directory';
 import { MetaStore } from '../storage-engine/metadata';
 import { Controller, volumeInfo, type VolumeRecord } from '../actors/controller';
 import { HostPool } from '../runtime/host-pool';
@@ -318,7 +318,7 @@ export class StrataNode {
     this.heartbeatFailures = new FailureLog(this.log, 'heartbeat to the controller');
     this.reconcileFailures = new FailureLog(this.log, 'reconciliation with the catalog');
     this.claimFailures = new FailureLog(this.log, 'periodic check of the claim');
-    fs.mkdirSync(this.dataDir, { recursive: true });
+    makeDirectory(this.dataDir);
     // One node process per data directory: two would write the same shard logs.
     this.lock = DataDirLock.acquire(this.dataDir, opts.nodeId, {
       // Taken over while this node ran (it was frozen longer than a takeover watches, say): it

@@ -14,6 +14,7 @@ import * as net from "node:net";
 import * as os from "node:os";
 import * as path from "node:path";
 import { freePort } from "./free-port";
+import { makeDirectory } from "../storage-engine/make-directory";
 
 /** Options of {@link startNatsServer}. */
 export interface NatsServerOptions {
@@ -204,7 +205,7 @@ async function launch(
   const configFile = path.join(dir, "nats-server.conf");
   await fs.promises.writeFile(configFile, renderConfig(port, dir, opts.jetstream, opts.maxPayloadBytes));
   const logDir = opts.logDir ?? dir;
-  await fs.promises.mkdir(logDir, { recursive: true });
+  makeDirectory(logDir);
   const logFile = path.join(logDir, `nats-server-${port}.log`);
   const log = fs.createWriteStream(logFile, { flags: "a" });
   log.on("error", () => {

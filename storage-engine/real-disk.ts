@@ -10,6 +10,7 @@ import * as fs from 'node:fs';
 import * as nodePath from 'node:path';
 import type { Disk, FileHandle, OpenOptions } from './disk';
 import { StorageError } from './errors';
+import { makeDirectory } from './make-directory';
 
 /** Longest disk path accepted, in UTF-16 code units (well below Linux PATH_MAX with any root). */
 export const DISK_PATH_CHARS_MAX = 1024;
@@ -295,7 +296,7 @@ export class RealDisk implements Disk {
   mkdirp(dir: string): void {
     checkDiskPath(dir, true);
     try {
-      this.blocking(() => fs.mkdirSync(this.abs(dir), { recursive: true }));
+      this.blocking(() => makeDirectory(this.abs(dir)));
     } catch (e) {
       throw this.ioError('mkdir', dir, e);
     }

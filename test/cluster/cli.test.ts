@@ -454,6 +454,17 @@ describe('cluster/cli', () => {
       assert.equal(code, 2);
     });
 
+    it('ends `dev` with the error of a data directory that cannot be made, exit 1 (it used to spin on procfs)', async () => {
+      const bin = path.join(__dirname, '..', '..', '..', 'bin', 'strata');
+      const r = await new Promise<{ code: number; stderr: string }>((resolve) => {
+        execFile(process.execPath, [bin, 'dev', '--data-dir', '/proc/strata-no-such-dir'], { timeout: 15_000, killSignal: 'SIGKILL' }, (err, _out, stderr) => {
+          resolve({ code: err === null ? 0 : Number((err as { code?: unknown }).code ?? 1), stderr });
+        });
+      });
+      assert.equal(r.code, 1, r.stderr);
+      assert.equal(r.stderr, "strata dev: ENOENT: no such file or directory, mkdir '/proc/strata-no-such-dir'\n");
+    });
+
     it('exits after a NATS server that never answers, within the --timeout it was given (not when a socket the client library leaves open goes)', async () => {
       const bin = path.join(__dirname, '..', '..', '..', 'bin', 'strata');
       // Accepts connections and says nothing: connecting times out.
