@@ -5,13 +5,13 @@
  * controller, which validates and answers them. Page verbs (page.write, page.read, volume.flush)
  * are validated here and routed to the shards' subjects with the same code the TypeScript client
  * uses, so both paths split, bound and merge requests identically. `status` gathers every
- * node's view with one scatter request bounded by a deadline.
+ * node's view with one scatter request, until every live node has answered or a deadline.
  *
  * Every request is routed within its deadline: the caller's Strata-Deadline, at most the
  * router's own timeout away (`deadline`). A catalog request carries it on to the controller in
  * its own Strata-Deadline header, so the controller can skip one whose caller gave up.
  */
-import { headers as natsHeaders, type NatsConnection } from 'nats';
+import { createInbox, headers as natsHeaders, type NatsConnection, type Subscription } from 'nats';
 import { encode, decode, encodedErrorCode, MESSAGE_BYTES_MAX } from '../messages/codec';
 import { serverMaxPayload } from '../runtime/request-mux';
 import { errorReply, isPlainObject, ProtocolError, throwIfError } from '../messages/errors';
@@ -23,8 +23,8 @@ import { createClient, GEOMETRY_RECHECK_MS, NatsTransport, type StrataClient, ty
 
 /** Volumes whose routing info a node keeps at most. */
 const VOLUME_CACHE_MAX = 1024;
-/** Longest a status waits for the nodes' answers. */
-const STATUS_GATHER_MS_MAX = 2000;
+/** Longest a status waits for the nodes' answers (the live ones that answered end it sooner). */
+export const STATUS_GATHER_MS_MAX = 2000;
 /** Messages gathered by one status request at most (a node of many shards answers in parts). */
 const STATUS_REPLIES_MAX = 1024;
 /** Room left in a status reply's message for its headers. */
@@ -42,11 +42,14 @@ export class ApiRouter {
   private readonly timeoutMs: number;
   private readonly client: StrataClient;
   private readonly volumes = new Map<string, Volume>();
+  private readonly statusGatherMsMax: number;
 
-  constructor(nc: NatsConnection, cluster: string, timeoutMs: number) {
+  /** `statusGatherMsMax`: longest a status waits for the nodes' answers (STATUS_GATHER_MS_MAX). */
+  constructor(nc: NatsConnection, cluster: string, timeoutMs: number, options: { statusGatherMsMax?: number } = {}) {
     this.nc = nc;
     this.cluster = cluster;
     this.timeoutMs = timeoutMs;
+    this.statusGatherMsMax = options.statusGatherMsMax ?? STATUS_GATHER_MS_MAX;
     this.client = createClient(new NatsTransport(nc), { cluster, timeoutMs });
   }
 
@@ -150,32 +153,84 @@ export class ApiRouter {
 
   /** The cluster's status: every node's own view, the controller's membership and the catalog. */
   async clusterStatus(local: Record<string, unknown>, deadlineMs: number): Promise<unknown> {
-    // The controller's part goes at once, beside the gather of the nodes' answers (which waits
-    // its whole time: how many nodes answer is not known).
+    const selfId = (local.node as { id?: unknown } | undefined)?.id;
+    // The controller's part goes at once, beside the gather of the nodes' answers, which ends as
+    // soon as every node the controller counts live (and this one) has answered in full.
     const fromController = this.controllerView(deadlineMs);
-    const nodes: unknown[] = [];
-    try {
-      const it = await this.nc.requestMany(`strata.${this.cluster}.nodes.status`, encode({}), {
-        // Three quarters of the time left at most: the merged answer must still reach the caller.
-        maxWait: Math.max(1, Math.min(Math.floor((deadlineMs - Date.now()) * 0.75), STATUS_GATHER_MS_MAX)),
-        maxMessages: STATUS_REPLIES_MAX,
-      });
-      for await (const m of it) {
-        try {
-          const reply = throwIfError(decode(m.data));
-          // A node that answers garbage (or something of another shape) is reported by its absence.
-          if (nodeStatusShaped(reply)) nodes.push(reply);
-        } catch {
-          // Not even CBOR, or an error reply: the same.
-        }
-      }
-    } catch {
-      // The gather failed part way: this node's own view at least, once.
-      const id = (local.node as { id?: unknown } | undefined)?.id;
-      if (!nodes.some((n) => (n as { node?: { id?: unknown } }).node?.id === id)) nodes.push(local);
-    }
+    const expected = fromController.then((v) => {
+      if (!v.controllerReachable) return undefined;
+      const ids = new Set(v.members.filter((m) => m.live === true && typeof m.nodeId === 'string').map((m) => m.nodeId as string));
+      if (typeof selfId === 'string') ids.add(selfId);
+      return ids;
+    });
+    // Three quarters of the time left at most: the merged answer must still reach the caller.
+    const waitMs = Math.max(1, Math.min(Math.floor((deadlineMs - Date.now()) * 0.75), this.statusGatherMsMax));
+    const nodes = await this.gatherNodeStatus(waitMs, expected);
+    // The gather failed, or this node's answer did not come in time: its own view, once.
+    if (!nodes.some((n) => (n.node as { id?: unknown } | undefined)?.id === selfId)) nodes.push(local);
     const view = await fromController;
-    return mergeClusterStatus({ self: local.node as Record<string, unknown>, nodes: joinNodeStatus(nodes as Array<Record<string, unknown>>), ...view }, (serverMaxPayload(this.nc) ?? MESSAGE_BYTES_MAX) - STATUS_REPLY_ROOM_BYTES);
+    return mergeClusterStatus({ self: local.node as Record<string, unknown>, nodes: joinNodeStatus(nodes), ...view }, (serverMaxPayload(this.nc) ?? MESSAGE_BYTES_MAX) - STATUS_REPLY_ROOM_BYTES);
+  }
+
+  /**
+   * The nodes' answers to one `nodes.status` scatter request: gathered until every node of
+   * `expected` has answered all its parts, for `waitMs` at most (for all of it when `expected`
+   * is undefined: how many nodes answer is then not known), STATUS_REPLIES_MAX messages at most.
+   * Answers that are not a node's status (garbage, an error reply) are left out. Never rejects.
+   */
+  private gatherNodeStatus(waitMs: number, expected: Promise<ReadonlySet<string> | undefined>): Promise<Array<Record<string, unknown>>> {
+    return new Promise((resolve) => {
+      const nodes: Array<Record<string, unknown>> = [];
+      const answered = new StatusAnswers();
+      let expectedIds: ReadonlySet<string> | undefined;
+      let messages = 0;
+      let done = false;
+      let timer: NodeJS.Timeout | undefined;
+      let sub: Subscription | undefined;
+      const finish = (): void => {
+        if (done) return;
+        done = true;
+        clearTimeout(timer);
+        sub?.unsubscribe();
+        resolve(nodes);
+      };
+      const finishIfComplete = (): void => {
+        if (expectedIds !== undefined && answered.completeFor(expectedIds)) finish();
+      };
+      try {
+        sub = this.nc.subscribe(createInbox(), {
+          max: STATUS_REPLIES_MAX,
+          callback: (err, m) => {
+            if (done) return;
+            if (err !== null) {
+              finish();
+              return;
+            }
+            messages++;
+            try {
+              const reply = throwIfError(decode(m.data));
+              if (nodeStatusShaped(reply)) {
+                nodes.push(reply as Record<string, unknown>);
+                answered.add(reply as Record<string, unknown>);
+              }
+            } catch {
+              // Not even CBOR, or an error reply: the node is reported by its absence.
+            }
+            if (messages >= STATUS_REPLIES_MAX) finish();
+            else finishIfComplete();
+          },
+        });
+        timer = setTimeout(finish, waitMs);
+        this.nc.publish(`strata.${this.cluster}.nodes.status`, encode({}), { reply: sub.getSubject() });
+      } catch {
+        finish(); // the connection is closed or draining: what was gathered (nothing)
+        return;
+      }
+      void expected.then((ids) => {
+        expectedIds = ids;
+        finishIfComplete();
+      });
+    });
   }
 
   /** The controller's membership and catalog for a status; never rejects. */
@@ -247,6 +302,39 @@ export function splitNodeStatus(status: Record<string, unknown>, bytesMax: numbe
     used += size;
   }
   return chunks.map((chunk, part) => ({ ...status, shards: chunk, part, parts: chunks.length }));
+}
+
+/** Which nodes have answered a status gather in full (all the parts of splitNodeStatus). */
+class StatusAnswers {
+  /** Per node id: its count of parts, and the parts received. */
+  private readonly parts = new Map<string, { parts: number; got: Set<number> }>();
+
+  add(reply: Record<string, unknown>): void {
+    const id = (reply.node as { id?: unknown } | undefined)?.id;
+    if (typeof id !== 'string') return;
+    const { part, parts } = reply;
+    if (part === undefined && parts === undefined) {
+      this.parts.set(id, { parts: 1, got: new Set([0]) }); // whole in one message
+      return;
+    }
+    if (typeof parts !== 'number' || typeof part !== 'number' || !Number.isSafeInteger(parts) || parts < 1 || !Number.isSafeInteger(part) || part < 0 || part >= parts) return;
+    let entry = this.parts.get(id);
+    if (entry === undefined) {
+      entry = { parts, got: new Set() };
+      this.parts.set(id, entry);
+    }
+    // Parts of one answer agree on their count (as joinNodeStatus keeps them).
+    if (parts === entry.parts) entry.got.add(part);
+  }
+
+  /** True when every node of `ids` has answered all its parts. */
+  completeFor(ids: ReadonlySet<string>): boolean {
+    for (const id of ids) {
+      const entry = this.parts.get(id);
+      if (entry === undefined || entry.got.size < entry.parts) return false;
+    }
+    return true;
+  }
 }
 
 /**

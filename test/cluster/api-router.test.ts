@@ -61,3 +61,75 @@ describe('ApiRouter forwarding catalog requests to the controller', function () 
     assert.deepEqual(received, [String(deadlineMs)]);
   });
 });
+
+describe('ApiRouter gathering the nodes\' status', function () {
+  this.timeout(30_000);
+  let server: NatsServerHandle;
+  let nc: NatsConnection;
+  let others: NatsConnection;
+  /** The members the stand-in controller answers (undefined: no controller). */
+  let members: Array<{ nodeId: string; live: boolean }> | undefined;
+  let controllerSub: { unsubscribe(): void } | undefined;
+
+  before(async () => {
+    server = await startNatsServer({ jetstream: false });
+    nc = await connect({ servers: server.url });
+    others = await connect({ servers: server.url });
+    // Stand-in nodes: n1 answers whole and at once, n2 in two parts, the second 200 ms later.
+    others.subscribe('strata.test.nodes.status', {
+      callback: (_e, m) => {
+        m.respond(encode({ node: { id: 'n1' }, shards: [{ volumeId: 'v', shard: 0 }] }));
+        const reply = m.reply!;
+        others.publish(reply, encode({ node: { id: 'n2' }, shards: [{ volumeId: 'v', shard: 0 }], part: 0, parts: 2 }));
+        setTimeout(() => others.publish(reply, encode({ node: { id: 'n2' }, shards: [{ volumeId: 'v', shard: 1 }], part: 1, parts: 2 })), 200);
+      },
+    });
+    await others.flush();
+  });
+  afterEach(() => {
+    controllerSub?.unsubscribe();
+    controllerSub = undefined;
+  });
+  after(async () => {
+    await nc?.close();
+    await others?.close();
+    await server?.stop();
+  });
+
+  async function withController(list: Array<{ nodeId: string; live: boolean }>): Promise<void> {
+    members = list;
+    controllerSub = others.subscribe(controllerSubject('test', '>'), {
+      callback: (_e, m) => m.respond(encode(m.subject.endsWith('.members') ? { members } : { volumes: [] })),
+    });
+    await others.flush();
+  }
+
+  /** The status as n1's router answers it, the nodes' shard counts, and how long it took. */
+  async function status(router: ApiRouter): Promise<{ nodes: string[]; ms: number }> {
+    const t0 = performance.now();
+    const reply = (await router.clusterStatus({ node: { id: 'n1' } }, Date.now() + 25_000)) as { nodes: Array<{ node: { id: string }; shardCount: number; partsMissing?: number }> };
+    const nodes = reply.nodes.map((n) => `${n.node.id}:${n.shardCount}${n.partsMissing !== undefined ? ` (${n.partsMissing} missing)` : ''}`).sort();
+    return { nodes, ms: performance.now() - t0 };
+  }
+
+  it('ends once every live member has answered all its parts, not at the end of its wait', async () => {
+    await withController([{ nodeId: 'n1', live: true }, { nodeId: 'n2', live: true }, { nodeId: 'n3', live: false }]);
+    // A gather of up to 15 s: the answers are all in after ~200 ms.
+    const r = await status(new ApiRouter(nc, 'test', 30_000, { statusGatherMsMax: 15_000 }));
+    assert.deepEqual(r.nodes, ['n1:1', 'n2:2'], 'n2\'s second part is waited for');
+    assert.ok(r.ms < 10_000, `answered after ${r.ms.toFixed(0)} ms`);
+  });
+
+  it('waits its whole time for a live member that does not answer, and reports the others', async () => {
+    await withController([{ nodeId: 'n1', live: true }, { nodeId: 'n2', live: true }, { nodeId: 'n4', live: true }]);
+    const r = await status(new ApiRouter(nc, 'test', 30_000, { statusGatherMsMax: 600 }));
+    assert.deepEqual(r.nodes, ['n1:1', 'n2:2']);
+    assert.ok(r.ms >= 550, `answered after ${r.ms.toFixed(0)} ms, before the gather's 600`);
+  });
+
+  it('without a controller (the live members unknown), waits its whole time and reports who answered', async () => {
+    const r = await status(new ApiRouter(nc, 'test', 30_000, { statusGatherMsMax: 600 }));
+    assert.deepEqual(r.nodes, ['n1:1', 'n2:2']);
+    assert.ok(r.ms >= 550, `answered after ${r.ms.toFixed(0)} ms, before the gather's 600`);
+  });
+});
