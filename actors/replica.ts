@@ -119,6 +119,9 @@ export interface ReplicaTiming {
   leaseFraction: number;
 }
 
+/** Election timeouts a new replica other than its shard's chosen first candidate waits before its first election. */
+export const FIRST_ELECTION_WAIT = 3;
+
 export const DEFAULT_TIMING: ReplicaTiming = {
   electionTimeoutMinMs: 300,
   electionTimeoutMaxMs: 600,
@@ -141,8 +144,8 @@ export interface ReplicaOptions {
   timing?: Partial<ReplicaTiming>;
   /** Random numbers in [0, 1) for election timeouts (injected for deterministic tests). */
   random?: () => number;
-  /** Told when this replica becomes leader or stops being leader. */
-  onRoleChange?: (role: Role, term: number) => void;
+  /** Told when this replica becomes leader or stops being leader (with why it stopped). */
+  onRoleChange?: (role: Role, term: number, reason?: string) => void;
   /**
    * Told, once, when this replica finds its own storage damaged while it runs: an image page or a log record failed its checksum on a read, a checkpoint, a
    * catch-up or a scrub step, or a follower found the image it was sent damaged and ours is too.
@@ -353,7 +356,7 @@ export class Replica {
   private readonly snapshots: SnapshotIO | undefined;
   private readonly timing: ReplicaTiming;
   private readonly random: () => number;
-  private readonly onRoleChange: ((role: Role, term: number) => void) | undefined;
+  private readonly onRoleChange: ((role: Role, term: number, reason?: string) => void) | undefined;
   private readonly onDamage: ((err: CorruptionError) => void) | undefined;
   private readonly unrepairable: ReadonlySet<string>;
   private damageReported = false;
@@ -468,7 +471,8 @@ export class Replica {
     this.schedule = opts.schedule ?? ((run) => void setImmediate(run));
     this.pendingWritesMax = opts.pendingWritesMax ?? 4096;
     this.tracer = opts.tracer;
-    const hs: HardState = this.hard.load() ?? { term: 0, votedFor: null };
+    const saved = this.hard.load();
+    const hs: HardState = saved ?? { term: 0, votedFor: null };
     this.term = Math.max(hs.term, this.log.lastTerm);
     this.votedFor = hs.term === this.term ? hs.votedFor : null;
     this.repairTerm = hs.repairTerm;
@@ -485,6 +489,30 @@ export class Replica {
     this.resetElectionDeadline();
     // A replica set of one needs nobody's vote: it leads at once.
     if (this.members.length === 1) this.electionDeadlineMs = this.nowMs;
+    else if (saved === undefined && this.log.lastLsn === 0 && this.store.appliedLsn === 0) this.firstElection();
+  }
+
+  /**
+   * A new replica (no term ever saved, no record): its shard's first election is led by one
+   * chosen member, so that the shards of a new volume elect their leaders at once and without
+   * competing candidates, spread over the members (the member at `shard mod count` of the sorted
+   * set). The others wait FIRST_ELECTION_WAIT election timeouts for their first election, in case
+   * the chosen one is down.
+   *
+   * Such a replica has acknowledged no leader and voted for no one (both save the term first), so
+   * no leader's lease rests on it: it votes without waiting a minimum election timeout. Before
+   * this, the 768 replicas of a new volume of 256 shards × 3 all campaigned within the same
+   * 300–600 ms, and the fsyncs of their votes held the host threads past the next timeouts:
+   * leaders came and went for 15–60 s on one machine (docs/replication.md, "A new shard").
+   */
+  private firstElection(): void {
+    this.leaderContactMs = Number.NEGATIVE_INFINITY;
+    if (this.members[this.geometry.shard % this.members.length] === this.self) {
+      this.electionDeadlineMs = this.nowMs;
+      return;
+    }
+    const { electionTimeoutMinMs: min, electionTimeoutMaxMs: max } = this.timing;
+    this.electionDeadlineMs = this.nowMs + (min + this.random() * (max - min)) * FIRST_ELECTION_WAIT;
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -681,7 +709,7 @@ export class Replica {
     this.commitWaiters = [];
     for (const w of this.applyWaiters) w.reject(notLeader(this.leader, this.term));
     this.applyWaiters = [];
-    this.onRoleChange?.('follower', this.term);
+    this.onRoleChange?.('follower', this.term, reason);
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -1961,7 +1989,7 @@ export class Replica {
     for (const w of this.applyWaiters) w.reject(err);
     this.commitWaiters = [];
     this.applyWaiters = [];
-    if (this.role === 'leader') this.onRoleChange?.('follower', this.term);
+    if (this.role === 'leader') this.onRoleChange?.('follower', this.term, 'closed');
   }
 
 }

@@ -260,7 +260,7 @@ export class ActorHost implements HostApi {
       dir: config.deviceDir,
       self: config.nodeId,
       transportFor: (spec) => this.transport(spec),
-      onRoleChange: (spec, role) => this.onRoleChange(spec, role === 'leader'),
+      onRoleChange: (spec, role, term, reason) => this.onRoleChange(spec, role === 'leader', term, reason),
       onTickError: (spec, err) => this.log.error('replica failed on its clock tick; restarted from durable state', { volume: spec.volumeId, shard: spec.shard, err }),
       onRepaired: (spec, damage, lost) =>
         this.log.warn(lost ? 'replica storage was damaged: the damage is discarded and the peers give the lost records back (no vote until then)' : 'replica image was damaged: written again from the older image and the log (nothing lost)', {
@@ -603,7 +603,7 @@ export class ActorHost implements HostApi {
   }
 
   /** The leader serves the shard's subject; other replicas do not subscribe to it. */
-  private onRoleChange(spec: ShardSpec, leader: boolean): void {
+  private onRoleChange(spec: ShardSpec, leader: boolean, term: number, reason: string | undefined): void {
     const mb = this.mailboxes.get(shardKey(spec.volumeId, spec.shard));
     if (!mb || !this.nc || this.stopping) return;
     if (leader && mb.leaderSub === undefined) {
@@ -615,7 +615,7 @@ export class ActorHost implements HostApi {
           if (!err) this.admit(mb, msg);
         },
       });
-      this.log.info('leading shard', { volume: spec.volumeId, shard: spec.shard });
+      this.log.info('leading shard', { volume: spec.volumeId, shard: spec.shard, term });
     } else if (!leader && mb.leaderSub !== undefined) {
       // Drained, not dropped: requests the server already routed here are still answered (with
       // not_leader, which the client retries on the new leader) instead of vanishing into a
@@ -623,7 +623,7 @@ export class ActorHost implements HostApi {
       const sub = mb.leaderSub;
       void sub.drain().catch(() => sub.unsubscribe());
       mb.leaderSub = undefined;
-      this.log.info('no longer leading shard', { volume: spec.volumeId, shard: spec.shard });
+      this.log.info('no longer leading shard', { volume: spec.volumeId, shard: spec.shard, term, ...(reason !== undefined ? { reason } : {}) });
     }
   }
 

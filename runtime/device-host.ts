@@ -41,7 +41,7 @@ export interface DeviceHostOptions {
   /** How a replica of `spec` reaches its peers. */
   transportFor?: (spec: ShardSpec) => ReplicaTransport;
   /** Told when a replica becomes or stops being its shard's leader. */
-  onRoleChange?: (spec: ShardSpec, role: Role, term: number) => void;
+  onRoleChange?: (spec: ShardSpec, role: Role, term: number, reason?: string) => void;
   /**
    * Told when a replica threw on its clock tick (a bug): it is restarted from durable state
    * (within restartsMax) and the device's other replicas go on. For logging by the host.
@@ -540,7 +540,7 @@ export class DeviceHost {
         ...(this.opts.timing ? { timing: this.opts.timing } : {}),
         ...(this.offload ? { offload: this.offload } : {}),
         ...(this.opts.replicaTracer ? { tracer: this.opts.replicaTracer } : {}),
-        onRoleChange: (role, term) => this.opts.onRoleChange?.(spec, role, term),
+        onRoleChange: (role, term, reason) => this.opts.onRoleChange?.(spec, role, term, reason),
         unrepairable: entry.unrepairable,
         // Reopened after the call that found the damage has unwound.
         onDamage: (err) => queueMicrotask(() => this.repairDamage(entry, replica, err)),

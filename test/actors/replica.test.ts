@@ -1,5 +1,5 @@
 import { strict as assert } from 'node:assert';
-import { Replica, SCRUB_STEP_BYTES, type ReplicaTransport, type ScrubStepResult } from '../../actors/replica';
+import { FIRST_ELECTION_WAIT, Replica, SCRUB_STEP_BYTES, type ReplicaTransport, type ScrubStepResult } from '../../actors/replica';
 import { DeviceQueue } from '../../actors/device-queue';
 import { SimDisk } from '../../storage-engine/sim-disk';
 import type { Disk } from '../../storage-engine/disk';
@@ -72,6 +72,8 @@ class TestShard {
       randoms?: Record<string, number>;
       /** false: the transport has no `sendEach` (every follower is sent its own appends). */
       sendEach?: boolean;
+      /** The shard's number in its volume (default 0). */
+      shard?: number;
     } = {},
   ) {
     for (const id of ids) this.start(id, new SimDisk());
@@ -88,6 +90,9 @@ class TestShard {
       }
     }, 2);
   }
+
+  /** Every replica's role changes (onRoleChange), in order. */
+  readonly roleChanges: Array<{ id: string; role: string; term: number; reason: string | undefined }> = [];
 
   /** What replicas reported as damage of their own storage found while running (onDamage). */
   readonly damage: Array<{ id: string; err: CorruptionError }> = [];
@@ -109,7 +114,7 @@ class TestShard {
       },
     });
     const replica = new Replica({
-      geometry, self: id, members: this.ids, log: storage.log, store: storage.store, queue, hardState: storage,
+      geometry: { ...geometry, shard: this.opts.shard ?? 0, shards: Math.max(1, (this.opts.shard ?? 0) + 1) }, self: id, members: this.ids, log: storage.log, store: storage.store, queue, hardState: storage,
       transport: this.transport(id), snapshots: storage, timing: { ...timing, ...(this.opts.timing ?? {}) },
       nowMs: this.now,
       clock: () => this.now,
@@ -117,6 +122,7 @@ class TestShard {
       ...(this.opts.checkpointEveryRecords ? { checkpointEveryRecords: this.opts.checkpointEveryRecords } : {}),
       ...(this.opts.messageBytesMax ? { messageBytesMax: this.opts.messageBytesMax } : {}),
       onDamage: (err) => void this.damage.push({ id, err }),
+      onRoleChange: (role, term, reason) => void this.roleChanges.push({ id, role, term, reason }),
     });
     const m = { id, disk: sim, storage, queue, replica };
     this.members.set(id, m);
@@ -850,6 +856,41 @@ describe('Replica (more cases)', function () {
     // a wakes up with its election timer long fired, and campaigns.
     await run(t + 100);
     assert.deepEqual(shard.leaders().map((m) => `${m.id}@${m.replica.currentTerm}`), [`b@${term}`]);
+  });
+
+  it('a new shard is first led by its chosen member (the sorted members\' one at shard mod count), at its first ticks, with one election', async () => {
+    for (const [index, chosen] of [[0, 'a'], [1, 'b'], [2, 'c'], [3, 'a']] as const) {
+      // The chosen member's random draw would be the latest: only the choice makes it first.
+      const randoms = { a: 0, b: 0, c: 0, [chosen]: 0.99 };
+      shard = new TestShard(['c', 'a', 'b'], { manualClock: true, timing: slow, shard: index, randoms });
+      for (let t = 0; t <= 20; t += 10) await shard.at(t);
+      assert.deepEqual(shard.leaders().map((m) => m.id), [chosen], `shard ${index}`);
+      assert.deepEqual([...shard.members.values()].map((m) => `${m.id}:${m.replica.stats().elections}`).sort(), ['a', 'b', 'c'].map((id) => `${id}:${id === chosen ? 1 : 0}`));
+      await shard.stop();
+      shard = undefined;
+    }
+  });
+
+  it('a new shard whose chosen member is down: the others wait FIRST_ELECTION_WAIT election timeouts, then elect one of them', async () => {
+    shard = new TestShard(['a', 'b', 'c'], { manualClock: true, timing: slow, randoms: { b: 0, c: 0.99 } });
+    shard.isolate(['a']);
+    const firstMs = slow.electionTimeoutMinMs * FIRST_ELECTION_WAIT;
+    for (let t = 0; t < firstMs; t += 10) await shard.at(t, ['b', 'c']);
+    const b = shard.members.get('b')!.replica;
+    assert.equal(b.stats().preVotes + b.stats().elections, 0, 'b did not campaign before its first wait');
+    assert.deepEqual(shard.leaders(), []);
+    for (let t = firstMs; t <= firstMs + 100; t += 10) await shard.at(t, ['b', 'c']);
+    assert.deepEqual(shard.leaders().map((m) => m.id), ['b']);
+  });
+
+  it('a leader that steps down says why', async () => {
+    shard = new TestShard(['a', 'b', 'c'], { manualClock: true, timing: slow });
+    for (let t = 0; t <= 20; t += 10) await shard.at(t);
+    assert.equal(shard.leaders()[0]?.id, 'a');
+    shard.isolate(['a']);
+    for (let t = 30; t <= 700; t += 10) await shard.at(t, ['a']);
+    assert.equal(shard.leaders().length, 0);
+    assert.deepEqual(shard.roleChanges.filter((c) => c.id === 'a').map((c) => `${c.role}@${c.term}:${c.reason ?? '-'}`), ['leader@1:-', 'follower@1:lost contact with a majority']);
   });
 
   it('a follower restarted in place votes for no one for a minimum election timeout (it may have just answered the leader)', async () => {
