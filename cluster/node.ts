@@ -1236,6 +1236,8 @@ export class StrataNode {
         ...(h.device?.scrub ? { scrub: h.device.scrub } : {}),
         // Background removals of files let go (trimmed segments, old images, destroyed shards) that failed.
         discardFailures: h.device?.discardFailures ?? 0,
+        // The worst hold of the host's event loop in the last 10 s (its tick ran that late).
+        ...(h.loopDelay ? { loopDelayMaxMs: Math.round(h.loopDelay.recentMaxMs * 10) / 10 } : {}),
         mailbox: h.mailbox,
       })),
       shards,

@@ -28,6 +28,7 @@ import {
   type MetricProducer,
 } from '@opentelemetry/sdk-metrics';
 import { BATCH_OPS_BUCKETS, FSYNC_MS_BUCKETS } from '../actors/device-queue';
+import { LOOP_DELAY_MS_BUCKETS, type LoopDelayStats } from './loop-delay';
 import { REQUEST_DURATION_BUCKETS_S, RequestRecorder, cleanLabel, type RequestStatsSnapshot } from './request-recorder';
 
 export {
@@ -132,6 +133,8 @@ export interface HostSnapshot {
     | undefined;
   /** The host's RequestRecorder snapshot. */
   requests?: RequestStatsSnapshot;
+  /** How late the host's tick ran (LoopDelay). */
+  loopDelay?: LoopDelayStats;
 }
 
 /** What a stats source returns: one node's hosts. */
@@ -390,6 +393,7 @@ export class StrataMetrics {
     ];
     const batchPoints: DataPoint<Histogram>[] = [];
     const fsyncPoints: DataPoint<Histogram>[] = [];
+    const loopPoints: DataPoint<Histogram>[] = [];
     const startTime = hrTime(this.startedMs);
     for (const snap of snaps) {
       const node = cleanLabel(snap.node);
@@ -397,6 +401,10 @@ export class StrataMetrics {
       for (const h of snap.hosts) {
         const attrs = { node, host: String(h.hostId) };
         if (h.requests) requests.push({ attrs, snap: h.requests, startMs: this.startedMs });
+        if (h.loopDelay && loopPoints.length < SERIES_PER_METRIC_MAX) {
+          const l = bucketsOf(LOOP_DELAY_MS_BUCKETS, h.loopDelay.histogram, 1 / 1000);
+          loopPoints.push({ startTime, endTime, attributes: attrs, value: { buckets: { boundaries: l.boundaries, counts: l.counts }, count: l.count, sum: h.loopDelay.sumMs / 1000 } });
+        }
         const q = h.device?.queue;
         if (!q || batchPoints.length >= SERIES_PER_METRIC_MAX) continue;
         const b = bucketsOf(BATCH_OPS_BUCKETS, q.batchOpsHistogram, 1);
@@ -431,6 +439,7 @@ export class StrataMetrics {
       histogram('strata_request_duration_seconds', 'Time to handle a request, by operation and outcome (ok or the error code).', 's', durationPoints),
       histogram('strata_device_batch_ops', 'Operations per DeviceQueue batch.', '', batchPoints),
       histogram('strata_device_fsync_duration_seconds', 'Time of one fdatasync of a log in a DeviceQueue batch.', 's', fsyncPoints),
+      histogram('strata_host_event_loop_delay_seconds', 'How late a host thread\'s 10 ms tick ran: its event loop held, or the thread without CPU (a hold of an election timeout costs the host its leaders or followers).', 's', loopPoints),
       {
         descriptor: { name: 'strata_errors', description: 'Errors by protocol code (error replies and other counted failures).', unit: '', valueType: ValueType.INT },
         aggregationTemporality: AggregationTemporality.CUMULATIVE,

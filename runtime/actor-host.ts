@@ -30,6 +30,7 @@ import { connect, type NatsConnection, type Msg, type Subscription, type MsgHdrs
 import { encode, decode, encodeShardReadReply, type CodecOptions } from '../messages/codec';
 import type { ShardReadReply } from '../messages/api';
 import { allocRequestBytes } from '../storage-engine/arena';
+import { LoopDelay, type LoopDelayStats } from '../observability/loop-delay';
 import { errorReply, toProtocolError, ProtocolError, type ErrorCode } from '../messages/errors';
 import { validateRequest } from '../messages/validate';
 import { messageHeaders, REPLY_HEADERS, wellFormed, type ReceivedHeaders } from './nats-headers';
@@ -117,6 +118,8 @@ export interface HostStats {
   mailbox: MailboxStats[];
   /** Request durations and errors on this host (only with telemetry). */
   requests?: RequestStatsSnapshot;
+  /** How late the host's tick ran (its event loop held); absent before init. */
+  loopDelay?: LoopDelayStats;
 }
 
 export interface HostHealth {
@@ -206,6 +209,8 @@ export class ActorHost implements HostApi {
   private device: DeviceHost | undefined;
   private readonly mailboxes = new Map<string, Mailbox>();
   private timer: NodeJS.Timeout | undefined;
+  /** How late the tick runs: the event loop held (LoopDelay). */
+  private loopDelay: LoopDelay | undefined;
   private stopping = false;
   private log: Logger = createLogger({ component: 'host' });
   private inFlight = 0;
@@ -281,7 +286,13 @@ export class ActorHost implements HostApi {
           err: err.message,
         }),
     });
-    this.timer = setInterval(() => this.device?.tick(performance.now(), Date.now()), config.tickMs ?? 10);
+    const tickMs = config.tickMs ?? 10;
+    this.loopDelay = new LoopDelay(tickMs);
+    this.timer = setInterval(() => {
+      const now = performance.now();
+      this.loopDelay?.record(now);
+      this.device?.tick(now, Date.now());
+    }, tickMs);
     this.timer.unref();
   }
 
@@ -420,6 +431,7 @@ export class ActorHost implements HostApi {
       natsConnected: this.natsConnected(),
       mailbox,
       ...(this.recorder ? { requests: this.recorder.snapshot() } : {}),
+      ...(this.loopDelay ? { loopDelay: this.loopDelay.stats(performance.now()) } : {}),
     };
   }
 

@@ -279,6 +279,8 @@ describe('observability end to end (in-process cluster)', function () {
     assert.ok(after.includes('strata_replica_lag_records{'), 'the leader reports its followers\' lag');
     assert.ok(sum(after, 'strata_cache_hits_total', { volume: info.id }) + sum(after, 'strata_cache_misses_total', { volume: info.id }) >= READS, 'the reads went through the page cache');
     assert.ok(delta('strata_device_batch_ops_count', {}) > 0 && delta('strata_device_fsync_duration_seconds_count', {}) > 0);
+    // Every host's tick is timed: about 100 a second each.
+    assert.ok(delta('strata_host_event_loop_delay_seconds_count', {}) > 0, 'the hosts\' ticks are timed');
 
     if (!fs.existsSync(PROMTOOL)) {
       console.log(`      (skipped promtool check: ${PROMTOOL} not found; install Debian's prometheus package)`);

@@ -5,6 +5,7 @@ import * as fs from 'node:fs';
 import { startTelemetry, type Telemetry } from '../../observability/telemetry';
 import { RequestRecorder, REQUEST_DURATION_BUCKETS_S, REQUEST_SERIES_MAX, type StatsSnapshot, type HostSnapshot } from '../../observability/metrics';
 import { BATCH_OPS_BUCKETS, FSYNC_MS_BUCKETS } from '../../actors/device-queue';
+import { LOOP_DELAY_MS_BUCKETS } from '../../observability/loop-delay';
 import { freePort } from '../../runtime/free-port';
 
 const PROMTOOL = '/usr/bin/promtool';
@@ -49,6 +50,8 @@ function host(hostId: number, over: Partial<HostSnapshot> = {}): HostSnapshot {
       },
       shards: [{ volumeId: 'v1', shard: hostId, term: 1, appliedLsn: 10, state: 'up', cache: { hits: 7, misses: 2, evictions: 0, bytes: 8192 }, elections: 1, preVotes: 3, retriesMatched: 2, repairing: true, replicas: [{ replica: 'n2', lagRecords: 4 }] }],
     },
+    // 9 ticks on time (under 1 ms late) and one 300 ms late.
+    loopDelay: { histogram: LOOP_DELAY_MS_BUCKETS.map((b) => (b === 1 ? 9 : b === 500 ? 1 : 0)), sumMs: 302, recentMaxMs: 300 },
     ...over,
   };
 }
@@ -115,6 +118,10 @@ describe('observability/metrics', () => {
     assert.equal(sample(t1, 'strata_device_fsync_duration_seconds_count', { node: 'n1', host: '0' }), 3);
     assert.equal(sample(t1, 'strata_device_fsync_duration_seconds_sum', { node: 'n1', host: '0' }), 0.0015);
     assert.equal(sample(t1, 'strata_device_fsync_duration_seconds_bucket', { node: 'n1', host: '0', le: '0.001' }), 3);
+    assert.equal(sample(t1, 'strata_host_event_loop_delay_seconds_count', { node: 'n1', host: '0' }), 10);
+    assert.equal(sample(t1, 'strata_host_event_loop_delay_seconds_sum', { node: 'n1', host: '0' }), 0.302);
+    assert.equal(sample(t1, 'strata_host_event_loop_delay_seconds_bucket', { node: 'n1', host: '0', le: '0.25' }), 9);
+    assert.equal(sample(t1, 'strata_host_event_loop_delay_seconds_bucket', { node: 'n1', host: '0', le: '0.5' }), 10);
     assert.equal(sample(t1, 'strata_cache_hits_total', { node: 'n1', volume: 'v1', shard: '0' }), 7);
     assert.equal(sample(t1, 'strata_shard_commit_lsn', { node: 'n1', volume: 'v1', shard: '0' }), 10);
     assert.equal(sample(t1, 'strata_shard_current_term', { node: 'n1', volume: 'v1', shard: '0' }), 1);
