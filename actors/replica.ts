@@ -1069,8 +1069,10 @@ export class Replica {
   private sendNext(id: string, heartbeat: boolean): boolean {
     const f = this.followers.get(id);
     if (!f || f.inFlight >= APPEND_WINDOW || this.role !== 'leader' || this.pausing(f)) return false;
+    // A heartbeat goes also while appends wait for their answers (within the window): a follower
+    // whose disk is slow to make them durable still hears its leader, and does not campaign.
     const due = this.nowMs - f.lastSentMs >= this.timing.heartbeatMs;
-    if (f.next > this.lastLsn && !(heartbeat && due && f.inFlight === 0) && f.snapshot === undefined) return false;
+    if (f.next > this.lastLsn && !(heartbeat && due) && f.snapshot === undefined) return false;
     if (f.snapshot !== undefined || f.next < this.log.firstLsn) {
       if (f.inFlight === 0) this.sendSnapshotChunk(id, f);
       return false;
@@ -1484,23 +1486,26 @@ export class Replica {
         this.durableLsn = Math.max(this.durableLsn, lastLsn);
         for (let k = firstLsn; k <= lastLsn; k++) this.queuedTerms.delete(k);
       });
-    } else if (this.durableLsn < matchLsn) {
-      // Everything asked for is here but some of it is still queued: answer once it is durable.
-      durable = this.queue.task(() => undefined).then(() => {
-        this.durableLsn = Math.max(this.durableLsn, Math.min(this.log.syncedLsn, this.lastLsn));
-      });
     } else {
+      // Nothing to write (a heartbeat, or records already here): answered at once, with what is
+      // durable so far as its match. Records still queued are answered for by the append that
+      // brought them, once durable. (Waiting for them here, as before, held a heartbeat's answer
+      // behind a slow device: the leader's window filled with heartbeats, it sent nothing more,
+      // and the follower, hearing nothing, campaigned.)
       durable = Promise.resolve();
     }
     return async () => {
       await durable;
-      const newCommit = Math.min(commitLsn, matchLsn, this.durableLsn);
+      // Durable and matching the leader's log: the records below durableLsn were written by
+      // appends this replica took (a cut lowers it), and its log matches the leader's to matchLsn.
+      const durableMatch = Math.min(matchLsn, this.durableLsn);
+      const newCommit = Math.min(commitLsn, durableMatch);
       if (newCommit > this.commitLsn) {
         this.commitLsn = newCommit;
         this.applyCommitted();
       }
       this.checkRepaired(req.term);
-      return { term: this.term, success: true, matchLsn, lastLsn: this.lastLsn };
+      return { term: this.term, success: true, matchLsn: durableMatch, lastLsn: this.lastLsn };
     };
   }
 
@@ -1570,10 +1575,25 @@ export class Replica {
       case 'prevote':
         return Promise.resolve(this.handlePreVote(msg));
       case 'append':
+        this.heardLeader(msg.term);
         return this.handleAppend(msg);
       case 'snapshot':
+        this.heardLeader(msg.term);
         return this.handleSnapshot(msg);
     }
+  }
+
+  /**
+   * A leader's message arrived, to be taken in turn: after the messages before it, which may wait
+   * for a save of a new term on a busy device. A follower at its term or behind it waits a whole
+   * election timeout again before campaigning, as when it takes the message: its leader is alive.
+   * (Only its own election waits: it votes, and counts its leader's contact, as before, from the
+   * messages it has taken.) Before this, a term's first message waiting for its save on a device
+   * queue hundreds of operations deep (a new volume of 256 shards × 3 electing on one disk) held
+   * the leader's next messages past the follower's timeout, and the follower deposed its leader.
+   */
+  private heardLeader(term: number): void {
+    if (term >= this.term && this.role !== 'leader') this.resetElectionDeadline();
   }
 
   // ---------------------------------------------------------------------------------------------

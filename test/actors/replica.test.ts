@@ -883,6 +883,50 @@ describe('Replica (more cases)', function () {
     assert.deepEqual(shard.leaders().map((m) => m.id), ['b']);
   });
 
+  it('a follower whose leader\'s messages wait behind the save of a new term does not campaign while they keep coming', async () => {
+    shard = new TestShard(['a', 'b', 'c'], { manualClock: true, timing: slow, randoms: { b: 0.99 } });
+    for (let t = 0; t <= 20; t += 10) await shard.at(t);
+    assert.equal(shard.leaders()[0]?.id, 'a');
+    const b = shard.members.get('b')!.replica;
+    for (let t = 30; t <= 100 && b.stats().lastLsn < 1; t += 10) await shard.at(t);
+    assert.equal(b.stats().lastLsn, 1, 'b holds the leader\'s first record');
+    // b alone from here: a leader of term 2 (c, say) reaches it while its disk is stuck, so the
+    // save of term 2 waits, and every later message of c waits behind it.
+    shard.isolate(['b']);
+    const release = shard.stallDisk('b');
+    const append = { type: 'append' as const, term: 2, leader: 'c', prevLsn: 1, prevTerm: 1, records: [], commitLsn: 1 };
+    const answers: Array<Promise<unknown>> = [];
+    for (let t = 110; t <= 2000; t += 10) {
+      if (t % 50 === 0) answers.push(b.handle(append).catch(() => undefined));
+      await shard.at(t, ['b']);
+    }
+    assert.equal(b.currentTerm, 2);
+    assert.equal(b.stats().preVotes, 0, 'b did not campaign while its leader\'s messages kept coming');
+    // Once they stop, it does.
+    for (let t = 2010; t <= 2700; t += 10) await shard.at(t, ['b']);
+    assert.ok(b.stats().preVotes > 0, 'b campaigns once its leader is silent');
+    release();
+    await Promise.all(answers);
+  });
+
+  it('a follower whose disk is slow to make an append durable still gets heartbeats, and does not campaign', async () => {
+    shard = new TestShard(['a', 'b', 'c'], { manualClock: true, timing: slow, randoms: { b: 0, c: 0.99 } });
+    for (let t = 0; t <= 20; t += 10) await shard.at(t);
+    assert.equal(shard.leaders()[0]?.id, 'a');
+    const a = shard.members.get('a')!.replica;
+    const b = shard.members.get('b')!.replica;
+    for (let t = 30; t <= 100 && b.stats().lastLsn < 1; t += 10) await shard.at(t);
+    // b's disk holds every batch: the append of the next write waits for its answer (c's commits it).
+    const release = shard.stallDisk('b');
+    await a.write([{ page: 0, data: page(1) }]);
+    for (let t = 110; t <= 2000; t += 10) await shard.at(t);
+    assert.equal(b.stats().preVotes, 0, 'b heard its leader all along');
+    assert.deepEqual(shard.leaders().map((m) => `${m.id}@${m.replica.currentTerm}`), ['a@1']);
+    release();
+    for (let t = 2010; t <= 2100 && b.stats().lastLsn < 2; t += 10) await shard.at(t);
+    assert.equal(b.stats().lastLsn, 2);
+  });
+
   it('a leader that steps down says why', async () => {
     shard = new TestShard(['a', 'b', 'c'], { manualClock: true, timing: slow });
     for (let t = 0; t <= 20; t += 10) await shard.at(t);
