@@ -502,8 +502,9 @@ export class Replica {
    * Such a replica has acknowledged no leader and voted for no one (both save the term first), so
    * no leader's lease rests on it: it votes without waiting a minimum election timeout. Before
    * this, the 768 replicas of a new volume of 256 shards × 3 all campaigned within the same
-   * 300–600 ms, and the fsyncs of their votes held the host threads past the next timeouts:
-   * leaders came and went for 15–60 s on one machine (docs/replication.md, "A new shard").
+   * 300–600 ms, and the saves of their votes (fsyncs, through device queues hundreds of
+   * operations deep) outlasted the next timeouts: leaders came and went for 15–60 s on one
+   * machine (docs/replication.md, "A new shard").
    */
   private firstElection(): void {
     this.leaderContactMs = Number.NEGATIVE_INFINITY;
