@@ -155,11 +155,15 @@ export class ApiRouter {
   async clusterStatus(local: Record<string, unknown>, deadlineMs: number): Promise<unknown> {
     const selfId = (local.node as { id?: unknown } | undefined)?.id;
     // The controller's part goes at once, beside the gather of the nodes' answers, which ends as
-    // soon as every node the controller counts live (and this one) has answered in full.
+    // soon as every node the controller counts live (and this one) has answered in full. A node
+    // the controller has not heard from since it started (no lastSeenMs: the controller has just
+    // restarted, and the nodes' next heartbeats are up to a second away) is waited for too: it
+    // may well be up, and without it a status right after a restart of the controller showed
+    // only the node that answered it.
     const fromController = this.controllerView(deadlineMs);
     const expected = fromController.then((v) => {
       if (!v.controllerReachable) return undefined;
-      const ids = new Set(v.members.filter((m) => m.live === true && typeof m.nodeId === 'string').map((m) => m.nodeId as string));
+      const ids = new Set(v.members.filter((m) => typeof m.nodeId === 'string' && (m.live === true || m.lastSeenMs === undefined)).map((m) => m.nodeId as string));
       if (typeof selfId === 'string') ids.add(selfId);
       return ids;
     });
@@ -327,12 +331,14 @@ class StatusAnswers {
     if (parts === entry.parts) entry.got.add(part);
   }
 
-  /** True when every node of `ids` has answered all its parts. */
+  /**
+   * True when every node of `ids` has answered all its parts, and so has every node that sent
+   * some of them (a node that is answering is up, whatever the controller counts it: cut off
+   * after its first part, it would be reported with parts missing and without its shards).
+   */
   completeFor(ids: ReadonlySet<string>): boolean {
-    for (const id of ids) {
-      const entry = this.parts.get(id);
-      if (entry === undefined || entry.got.size < entry.parts) return false;
-    }
+    for (const id of ids) if (!this.parts.has(id)) return false;
+    for (const entry of this.parts.values()) if (entry.got.size < entry.parts) return false;
     return true;
   }
 }
