@@ -1,0 +1,139 @@
+/**
+ * How long the shards of a new volume take to elect their leaders (npm run bench:elections).
+ *
+ * Starts a local cluster of node processes (as `strata dev` does: its own nats-server, a
+ * temporary data directory), creates one volume of `--shards` × `--replicas`, and asks the status
+ * every `--poll-ms` (500 by default: the times are that coarse) until every shard has a leader,
+ * or `--timeout-s` passed. Prints the time of the create, the time to every leader after it,
+ * the worst event-loop delay of the hosts and the deepest device queue seen meanwhile, and the
+ * leaders deposed on the way (by reason, from the nodes' logs), and writes them as JSON to
+ * results/strata-elections-<time>.json. Exits 1 when not every shard had a leader in time, 2 for
+ * a bad flag.
+ *
+ *   node dist/bench/elections.js [--shards 256] [--replicas 3] [--nodes 3] [--poll-ms 500]
+ *                                [--timeout-s 120] [--results-dir results]
+ */
+import * as fs from 'node:fs';
+import { startDevCluster, type DevCluster } from '../cluster/dev';
+import { printTable, writeJson } from './report';
+import { SHARDS_MAX } from '../messages/api';
+
+interface Options {
+  shards: number;
+  replicas: number;
+  nodes: number;
+  pollMs: number;
+  timeoutS: number;
+  resultsDir: string;
+}
+
+const USAGE = 'usage: node dist/bench/elections.js [--shards 1..256] [--replicas 1|3|5] [--nodes 1..16] [--poll-ms 100..10000] [--timeout-s 10..600] [--results-dir DIR]';
+
+function parseOptions(argv: readonly string[]): Options {
+  const o: Options = { shards: 256, replicas: 3, nodes: 3, pollMs: 500, timeoutS: 120, resultsDir: 'results' };
+  const int = (flag: string, value: string | undefined, min: number, max: number): number => {
+    const n = Number(value);
+    if (value === undefined || !Number.isSafeInteger(n) || n < min || n > max) throw new Error(`${flag}: expected an integer in ${min}..${max}, got ${String(value)}`);
+    return n;
+  };
+  for (let i = 0; i < argv.length; i += 2) {
+    const [flag, value] = [argv[i]!, argv[i + 1]];
+    if (flag === '--shards') o.shards = int(flag, value, 1, SHARDS_MAX);
+    else if (flag === '--replicas') o.replicas = int(flag, value, 1, 5);
+    else if (flag === '--nodes') o.nodes = int(flag, value, 1, 16);
+    else if (flag === '--poll-ms') o.pollMs = int(flag, value, 100, 10_000);
+    else if (flag === '--timeout-s') o.timeoutS = int(flag, value, 10, 600);
+    else if (flag === '--results-dir' && value !== undefined && value !== '') o.resultsDir = value;
+    else throw new Error(`unknown flag or missing value: ${flag}`);
+  }
+  if (![1, 3, 5].includes(o.replicas)) throw new Error(`--replicas: expected 1, 3 or 5, got ${o.replicas}`);
+  if (o.replicas > o.nodes) throw new Error(`--replicas ${o.replicas} needs at least as many --nodes (got ${o.nodes})`);
+  return o;
+}
+
+/** The leaders deposed, by reason, from the nodes' logs ('no longer leading shard' lines). */
+function stepDowns(cluster: DevCluster): Record<string, number> {
+  const byReason: Record<string, number> = {};
+  for (const n of cluster.nodes) {
+    let text = '';
+    try {
+      text = fs.readFileSync(n.log, 'utf8');
+    } catch {
+      continue; // no log yet: nothing deposed there
+    }
+    for (const line of text.split('\n')) {
+      if (!line.includes('"no longer leading shard"')) continue;
+      let reason = 'unknown';
+      try {
+        reason = String((JSON.parse(line) as { reason?: unknown }).reason ?? 'unknown');
+      } catch {
+        // a line cut by a crash: counted without its reason
+      }
+      byReason[reason] = (byReason[reason] ?? 0) + 1;
+    }
+  }
+  return byReason;
+}
+
+async function main(): Promise<number> {
+  let opts: Options;
+  try {
+    opts = parseOptions(process.argv.slice(2));
+  } catch (e) {
+    process.stderr.write(`elections: ${(e as Error).message}\n${USAGE}\n`);
+    return 2;
+  }
+  const cluster = await startDevCluster({ nodes: opts.nodes, metricsPort: 0 });
+  try {
+    const name = `elections-${Date.now()}`;
+    const t0 = performance.now();
+    await cluster.client.createVolume({ name, pageCount: opts.shards * 16, shards: opts.shards, stripePages: 16, replicas: opts.replicas as 1 | 3 | 5 });
+    const createdS = (performance.now() - t0) / 1000;
+    const t1 = performance.now();
+    let leadersS: number | undefined;
+    let leaders = 0;
+    let loopDelayMaxMs = 0;
+    let queueOpsMax = 0;
+    const deadline = t1 + opts.timeoutS * 1000;
+    while (performance.now() < deadline) {
+      const status = await cluster.client.status();
+      const volume = status.volumes.find((v) => v.name === name);
+      leaders = (volume?.shards ?? []).filter((s) => typeof s.leader === 'string').length;
+      for (const n of status.nodes as Array<{ hosts?: Array<{ loopDelayMaxMs?: number; queue?: { queueOps?: number } }> }>) {
+        for (const h of n.hosts ?? []) {
+          loopDelayMaxMs = Math.max(loopDelayMaxMs, h.loopDelayMaxMs ?? 0);
+          queueOpsMax = Math.max(queueOpsMax, h.queue?.queueOps ?? 0);
+        }
+      }
+      if (leaders === opts.shards) {
+        leadersS = (performance.now() - t1) / 1000;
+        break;
+      }
+      await new Promise((r) => setTimeout(r, opts.pollMs));
+    }
+    const deposed = stepDowns(cluster);
+    const deposedTotal = Object.values(deposed).reduce((a, b) => a + b, 0);
+    printTable(`Strata elections: a new volume of ${opts.shards} shards × ${opts.replicas} replicas on ${opts.nodes} nodes (status every ${opts.pollMs} ms)`, [
+      { what: 'create answered after', value: `${createdS.toFixed(2)} s` },
+      { what: 'every shard led, after the create', value: leadersS === undefined ? `not within ${opts.timeoutS} s (${leaders} of ${opts.shards})` : `${leadersS.toFixed(2)} s` },
+      { what: 'leaders deposed on the way', value: `${deposedTotal}${deposedTotal > 0 ? ` (${Object.entries(deposed).map(([r, n]) => `${n} ${r}`).join(', ')})` : ''}` },
+      { what: 'worst host event-loop delay seen', value: `${loopDelayMaxMs.toFixed(1)} ms` },
+      { what: 'deepest device queue seen', value: `${queueOpsMax} operations` },
+    ]);
+    const file = writeJson(opts.resultsDir, 'strata-elections', {
+      options: opts, createdS, leadersS: leadersS ?? null, leaders, deposed, deposedTotal, loopDelayMaxMs, queueOpsMax, at: new Date().toISOString(),
+    });
+    process.stdout.write(`written: ${file}\n`);
+    return leadersS === undefined ? 1 : 0;
+  } finally {
+    await cluster.stop();
+  }
+}
+
+main().then(
+  (code) => process.exit(code),
+  (e: unknown) => {
+    process.stderr.write(`elections: ${e instanceof Error ? e.message : String(e)}\n`);
+    process.exit(1);
+  },
+);
