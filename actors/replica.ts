@@ -512,8 +512,7 @@ export class Replica {
       this.electionDeadlineMs = this.nowMs;
       return;
     }
-    const { electionTimeoutMinMs: min, electionTimeoutMaxMs: max } = this.timing;
-    this.electionDeadlineMs = this.nowMs + (min + this.random() * (max - min)) * FIRST_ELECTION_WAIT;
+    this.electionDeadlineMs = this.nowMs + this.electionTimeoutMs() * FIRST_ELECTION_WAIT;
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -593,9 +592,14 @@ export class Replica {
   }
 
   private resetElectionDeadline(): void {
-    const { electionTimeoutMinMs: min, electionTimeoutMaxMs: max } = this.timing;
     const backoff = 2 ** Math.min(this.failedElections, ELECTION_BACKOFF_MAX);
-    this.electionDeadlineMs = this.nowMs + (min + this.random() * (max - min)) * backoff;
+    this.electionDeadlineMs = this.nowMs + this.electionTimeoutMs() * backoff;
+  }
+
+  /** A randomized election timeout, in [min, max) of the timing. */
+  private electionTimeoutMs(): number {
+    const { electionTimeoutMinMs: min, electionTimeoutMaxMs: max } = this.timing;
+    return min + this.random() * (max - min);
   }
 
   // ---------------------------------------------------------------------------------------------

@@ -308,6 +308,15 @@ export function splitNodeStatus(status: Record<string, unknown>, bytesMax: numbe
   return chunks.map((chunk, part) => ({ ...status, shards: chunk, part, parts: chunks.length }));
 }
 
+/** The node id and `part` of `parts` a node's status answer names (splitNodeStatus); undefined when either is missing or malformed. */
+function statusPart(r: Record<string, unknown>): { id: string; part: number; parts: number } | undefined {
+  const id = (r.node as { id?: unknown } | undefined)?.id;
+  const { part, parts } = r;
+  if (typeof id !== 'string' || typeof parts !== 'number' || typeof part !== 'number') return undefined;
+  if (!Number.isSafeInteger(parts) || parts < 1 || !Number.isSafeInteger(part) || part < 0 || part >= parts) return undefined;
+  return { id, part, parts };
+}
+
 /** Which nodes have answered a status gather in full (all the parts of splitNodeStatus). */
 class StatusAnswers {
   /** Per node id: its count of parts, and the parts received. */
@@ -316,12 +325,13 @@ class StatusAnswers {
   add(reply: Record<string, unknown>): void {
     const id = (reply.node as { id?: unknown } | undefined)?.id;
     if (typeof id !== 'string') return;
-    const { part, parts } = reply;
-    if (part === undefined && parts === undefined) {
+    if (reply.part === undefined && reply.parts === undefined) {
       this.parts.set(id, { parts: 1, got: new Set([0]) }); // whole in one message
       return;
     }
-    if (typeof parts !== 'number' || typeof part !== 'number' || !Number.isSafeInteger(parts) || parts < 1 || !Number.isSafeInteger(part) || part < 0 || part >= parts) return;
+    const p = statusPart(reply);
+    if (p === undefined) return;
+    const { part, parts } = p;
     let entry = this.parts.get(id);
     if (entry === undefined) {
       entry = { parts, got: new Set() };
@@ -352,13 +362,12 @@ export function joinNodeStatus(replies: ReadonlyArray<Record<string, unknown>>):
   const out: Array<Record<string, unknown>> = [];
   const partsOf = new Map<string, { parts: number; got: Map<number, Record<string, unknown>> }>();
   for (const r of replies) {
-    const id = (r.node as { id?: unknown } | undefined)?.id;
-    const parts = r.parts;
-    const part = r.part;
-    if (typeof id !== 'string' || typeof parts !== 'number' || typeof part !== 'number' || !Number.isSafeInteger(parts) || parts < 1 || !Number.isSafeInteger(part) || part < 0 || part >= parts) {
+    const p = statusPart(r);
+    if (p === undefined) {
       out.push(r);
       continue;
     }
+    const { id, part, parts } = p;
     let entry = partsOf.get(id);
     if (!entry) {
       entry = { parts, got: new Map() };

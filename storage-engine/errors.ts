@@ -50,3 +50,11 @@ export class CorruptionError extends StorageError {
 export function assert(cond: unknown, message: string, details?: Record<string, unknown>): asserts cond {
   if (!cond) throw new StorageError('invariant', `invariant violated: ${message}`, details);
 }
+
+/** The OS error code of a failed `fs` call (`ENOENT`, `EIO`…), or 'EUNKNOWN' when it has none. */
+export function errnoOf(e: unknown): string {
+  if (e !== null && typeof e === 'object' && 'code' in e && typeof (e as { code: unknown }).code === 'string') {
+    return (e as { code: string }).code;
+  }
+  return 'EUNKNOWN';
+}

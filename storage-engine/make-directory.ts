@@ -10,10 +10,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-
-function errnoOf(e: unknown): string | undefined {
-  return typeof e === 'object' && e !== null && typeof (e as { code?: unknown }).code === 'string' ? (e as { code: string }).code : undefined;
-}
+import { errnoOf } from './errors';
 
 /** The ENOTDIR error for `p`, which exists and is not a directory. */
 function notADirectory(p: string): Error {

@@ -9,7 +9,7 @@
 import * as fs from 'node:fs';
 import * as nodePath from 'node:path';
 import type { Disk, FileHandle, OpenOptions } from './disk';
-import { StorageError } from './errors';
+import { errnoOf, StorageError } from './errors';
 import { makeDirectory } from './make-directory';
 
 /** Longest disk path accepted, in UTF-16 code units (well below Linux PATH_MAX with any root). */
@@ -91,13 +91,6 @@ export function checkDiskBuffer(buf: Uint8Array, what: string): void {
 interface OpenFile {
   fd: number;
   path: string;
-}
-
-function errnoOf(e: unknown): string {
-  if (e !== null && typeof e === 'object' && 'code' in e && typeof (e as { code: unknown }).code === 'string') {
-    return (e as { code: string }).code;
-  }
-  return 'EUNKNOWN';
 }
 
 /**
