@@ -74,6 +74,15 @@ export interface HardState {
    * committed with those acknowledgements (see Replica.checkRepaired).
    */
   repairTerm?: number;
+  /**
+   * Set when this replica's storage was lost (a wiped or replaced disk: its node held the replica,
+   * and the open found no term, vote, record or image). It may have voted, and acknowledged
+   * records, in terms it no longer knows of; with `repairTerm` also set, it neither votes nor
+   * campaigns. It first learns the term of every peer (Replica.probeTerms): each term it voted
+   * in was saved by its candidate first, so the highest of them bounds those terms. It then takes
+   * that term, as if it had voted in it, and is repaired as a replica that lost records.
+   */
+  lost?: boolean;
 }
 
 /** Durable term and vote; `save` returns once they are on disk. */
@@ -476,6 +485,10 @@ export class Replica {
     this.term = Math.max(hs.term, this.log.lastTerm);
     this.votedFor = hs.term === this.term ? hs.votedFor : null;
     this.repairTerm = hs.repairTerm;
+    if (hs.lost === true && this.members.length > 1) {
+      this.termsUnknown = new Set(this.peers());
+      this.repairTerm ??= 0;
+    }
     this.lastLsn = this.log.lastLsn;
     this.lastTerm = this.log.lastTerm;
     this.durableLsn = this.log.syncedLsn;
@@ -572,6 +585,7 @@ export class Replica {
     if (this.closed) return;
     this.nowMs = Math.max(this.nowMs, nowMs);
     nowMs = this.nowMs;
+    if (this.termsUnknown !== undefined && nowMs >= this.termsProbeDueMs) this.probeTerms();
     if (this.role === 'leader') {
       if (nowMs - this.leaderSinceMs > this.timing.electionTimeoutMaxMs && !this.hasMajorityContact(this.timing.electionTimeoutMaxMs)) {
         // Cut off from a majority for a whole election timeout: another leader may exist.
@@ -608,12 +622,66 @@ export class Replica {
 
   /** Saves term and vote through the device queue (so it is ordered with the device's other IO). */
   private async persistHardState(): Promise<void> {
-    const state: HardState = { term: this.term, votedFor: this.votedFor, ...(this.repairTerm !== undefined ? { repairTerm: this.repairTerm } : {}) };
+    const state: HardState = {
+      term: this.term, votedFor: this.votedFor,
+      ...(this.repairTerm !== undefined ? { repairTerm: this.repairTerm } : {}),
+      ...(this.termsUnknown !== undefined ? { lost: true } : {}),
+    };
     await this.queue.task(() => this.hard.save(state));
   }
 
   /** See HardState.repairTerm; undefined when the log lost nothing. */
   private repairTerm: number | undefined;
+
+  /** Its storage was lost (HardState.lost): the peers whose term it has not learned yet. */
+  private termsUnknown: Set<string> | undefined;
+  /** The highest term its peers answered so far (probeTerms). */
+  private termsFloor = 0;
+  /** When the peers still unknown are asked again. */
+  private termsProbeDueMs = Number.NEGATIVE_INFINITY;
+
+  /**
+   * A replica whose storage was lost (HardState.lost) asks each peer whose term it does not know
+   * yet for it, every minimum election timeout until all have answered: a prevote for term 0,
+   * which no replica grants and which changes nothing anywhere, and whose answer carries the
+   * peer's term. Every peer is needed: a term it voted in may be known to its candidate alone
+   * (a candidate saves its term before it asks for votes, so the candidate knows it for good).
+   */
+  private probeTerms(): void {
+    const unknown = this.termsUnknown;
+    if (unknown === undefined) return;
+    this.termsProbeDueMs = this.nowMs + this.timing.electionTimeoutMinMs;
+    const req: VoteRequest = { type: 'prevote', term: 0, candidate: this.self, lastLsn: 0, lastTerm: 0 };
+    for (const id of unknown) {
+      this.transport.send(id, req, this.timing.rpcTimeoutMs).then(
+        (reply) => this.onTermsProbeReply(id, reply as VoteReply),
+        () => undefined,
+      );
+    }
+  }
+
+  private onTermsProbeReply(from: string, reply: VoteReply): void {
+    if (this.closed || this.termsUnknown?.delete(from) !== true) return;
+    this.termsFloor = Math.max(this.termsFloor, reply.term);
+    if (this.termsUnknown.size > 0) return;
+    this.termsUnknown = undefined;
+    const floor = this.termsFloor;
+    if (floor === 0 && this.term === 0 && this.lastLsn === 0 && this.commitLsn === 0) {
+      // No replica of the shard ever campaigned (a candidate saves its term first): none ever
+      // had a vote or an acknowledgement of this one. It is a new replica after all.
+      this.repairTerm = undefined;
+      this.firstElection();
+    } else {
+      if (floor > this.term) this.adoptTerm(floor);
+      // It may have voted in `floor` before it lost its storage: it votes no more in it.
+      if (this.term === floor && this.votedFor === null) this.votedFor = this.self;
+      // Repaired as a replica that lost records at its term: by a leader of a later term, or
+      // one of this term once it holds that leader's last LSN (checkRepaired).
+      this.repairTerm = this.term;
+      this.repairTarget = undefined;
+    }
+    void this.persistHardState().catch(() => undefined);
+  }
 
   /**
    * While repairing, under a leader of the repair's own term: the leader's last LSN in the first
@@ -641,7 +709,7 @@ export class Replica {
    */
   private checkRepaired(leaderTerm: number): void {
     const repairTerm = this.repairTerm;
-    if (repairTerm === undefined || this.commitLsn === 0) return;
+    if (repairTerm === undefined || this.commitLsn === 0 || this.termsUnknown !== undefined) return;
     if (leaderTerm === repairTerm && (this.repairTarget === undefined || this.commitLsn < this.repairTarget)) return;
     let term: number;
     try {
@@ -667,6 +735,7 @@ export class Replica {
     if (this.repairTerm === undefined) return { wasRepairing: false, term: this.term };
     this.repairTerm = undefined;
     this.repairTarget = undefined;
+    this.termsUnknown = undefined;
     await this.persistHardState();
     return { wasRepairing: true, term: this.term };
   }

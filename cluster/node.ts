@@ -417,7 +417,7 @@ export class StrataNode {
     // not keep the others from serving: the pool tries it again with a back-off.
     for (const a of this.nodeMeta.shards) {
       this.checkStarting();
-      await this.pool.openShard(a.hostId, a).catch((err: unknown) =>
+      await this.pool.openShard(a.hostId, { ...a, existing: true }).catch((err: unknown) =>
         this.log.warn('could not open a shard; trying again', { hostId: a.hostId, volume: a.volumeId, shard: a.shard, err }),
       );
     }
@@ -851,7 +851,11 @@ export class StrataNode {
     }
     const have = new Set(this.nodeMeta.shards.map(shardId));
     const missing = a.shards.filter((s) => !have.has(shardId(s)) && !dead.has(s.volumeId));
-    if (missing.length > 0) await this.openShards(missing).catch((e: unknown) => failures.push(e));
+    // Opened as replicas that existed (ShardSpec.existing): one that finds no storage lost it.
+    // The catalog records a volume just before the create's opens, so a reconciliation between
+    // the two may open a new replica first: it then counts as lost until its peers answer that
+    // none of them ever campaigned (Replica.probeTerms), and votes from then on.
+    if (missing.length > 0) await this.openShards(missing, true).catch((e: unknown) => failures.push(e));
     // Replicas of deleted volumes still open on a host (their destroy failed half-way) and files
     // this node forgot but did not destroy (a crash between the two).
     if (dead.size > 0) {
@@ -871,11 +875,12 @@ export class StrataNode {
    * also when another failed: a create that failed part-way destroys what this node records,
    * so nothing it opened stays open unknown. Throws the first failure.
    */
-  private openShards(list: ShardAssignment[]): Promise<void> {
-    return this.shardOp(() => this.openShardsNow(list));
+  private openShards(list: ShardAssignment[], existing = false): Promise<void> {
+    return this.shardOp(() => this.openShardsNow(list, existing));
   }
 
-  private async openShardsNow(list: ShardAssignment[]): Promise<void> {
+  /** `existing`: the shards existed on this node before (ShardSpec.existing); not for a create's open. */
+  private async openShardsNow(list: ShardAssignment[], existing: boolean): Promise<void> {
     const known = new Set(this.nodeMeta.shards.map(shardId));
     const added: ShardAssignment[] = [];
     let failure: { error: unknown } | undefined;
@@ -884,7 +889,7 @@ export class StrataNode {
         if (a.hostId >= this.hosts) {
           throw new ProtocolError('bad_request', `shard ${shardId(a)} is placed on host ${a.hostId}, this node has ${this.hosts}`);
         }
-        await this.pool!.openShard(a.hostId, a);
+        await this.pool!.openShard(a.hostId, existing ? { ...a, existing: true } : a);
         if (!known.has(shardId(a))) {
           known.add(shardId(a));
           added.push(a);

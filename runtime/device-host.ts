@@ -27,6 +27,13 @@ export interface ShardSpec extends ShardGeometry {
   volumeName: string;
   /** Node ids of the shard's replicas (this node among them). */
   members: string[];
+  /**
+   * The replica existed on this node before this open (it is reopened from the node's record of
+   * its shards, or by a reconciliation with the catalog): an open that finds no trace of its
+   * storage means the storage was lost (ShardStorageOptions.expectExisting). Absent for the open
+   * of a volume's creation.
+   */
+  existing?: boolean;
 }
 
 export interface DeviceHostOptions {
@@ -53,6 +60,12 @@ export interface DeviceHostOptions {
    * damaged image was written again from what is left. For logging by the host.
    */
   onRepaired?: (spec: ShardSpec, damage: readonly CorruptionReport[], lost: boolean) => void;
+  /**
+   * Told when a replica that existed on this node opened with no trace of its storage (a wiped or
+   * replaced disk): a replica of several learns its peers' terms and is repaired by them before
+   * it votes again; a sole copy has lost its pages. For logging by the host.
+   */
+  onStorageLost?: (spec: ShardSpec) => void;
   /**
    * Told when a running replica found its own storage damaged in a way a reopen can repair: it is
    * reopened without the damaged images (ShardStorage `damaged`), which counts as a restart. For
@@ -111,6 +124,8 @@ interface ShardEntry {
   lastUnrepairable?: string;
   /** Image files of a sole copy that a reopen could not rebuild (no older image and log left): not reported again. */
   unrepairable: string[];
+  /** Its storage was opened before (on this node, or on this device since the host started): see ShardSpec.existing. */
+  existed: boolean;
 }
 
 export type ReplicaState = ReplicaStats & { state: 'up' | 'down'; downReason?: string; members: string[] };
@@ -260,7 +275,7 @@ export class DeviceHost {
     const key = shardKey(spec.volumeId, spec.shard);
     let entry = this.shards.get(key);
     if (!entry) {
-      entry = { spec, storage: undefined, replica: undefined, downReason: undefined, restarts: [], damaged: undefined, durableLsn: undefined, unrepairable: [] };
+      entry = { spec, storage: undefined, replica: undefined, downReason: undefined, restarts: [], damaged: undefined, durableLsn: undefined, unrepairable: [], existed: spec.existing === true };
       this.shards.set(key, entry);
     }
     if (!entry.replica) this.start(entry);
@@ -490,6 +505,7 @@ export class DeviceHost {
       repairFromPeers: spec.members.length > 1,
       ...(damaged ? { damaged } : {}),
       ...(entry.durableLsn !== undefined ? { durableLsn: entry.durableLsn } : {}),
+      expectExisting: entry.existed,
     });
   }
 
@@ -519,6 +535,8 @@ export class DeviceHost {
       }
       entry.storage = storage;
       entry.damaged = undefined;
+      entry.existed = true;
+      if (storage.storageLost) this.opts.onStorageLost?.(spec);
       if (storage.repaired.length > 0) {
         if (!sole || !storage.lostRecords) this.opts.onRepaired?.(spec, storage.repaired, storage.lostRecords);
         else this.opts.onUnrepairable?.(spec, new CorruptionError(`shard ${spec.volumeId}/${spec.shard}: ${storage.repaired.map((r) => r.reason).join('; ')}`, [...storage.repaired]));

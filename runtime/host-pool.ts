@@ -251,6 +251,8 @@ export class HostPool {
     try {
       await this.call(slot, (api) => api.openShard(spec));
       slot.reopenPending.delete(key);
+      // Its storage exists now: a restarted host that finds none reports it lost.
+      if (spec.existing !== true && slot.shards.get(key) === spec) slot.shards.set(key, { ...spec, existing: true });
     } catch (e) {
       // A spec the host refuses must not come back with every restart of the host.
       if (refused(e)) slot.shards.delete(key);

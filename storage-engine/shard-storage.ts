@@ -56,6 +56,15 @@ export interface ShardStorageOptions {
    * is marked to repair (no vote until it holds them again); a sole copy has lost them.
    */
   durableLsn?: number;
+  /**
+   * The replica was opened on this node before (its node's record of its shards, a
+   * reconciliation with the catalog, a restart of its host): its storage should be here. An open
+   * that finds no trace of it (no term or vote saved, no record, no image) reports `storageLost`,
+   * and with `repairFromPeers` marks the hard state `lost` before anything else: the replica
+   * may have voted and acknowledged records in a former life it no longer knows of (a wiped or
+   * replaced disk). Without it, such an open is a new replica's.
+   */
+  expectExisting?: boolean;
 }
 
 export interface HardStateRecord {
@@ -63,6 +72,8 @@ export interface HardStateRecord {
   votedFor: string | null;
   /** See the Replica's HardState.repairTerm: set when a repair discarded records (at this term). */
   repairTerm?: number;
+  /** See the Replica's HardState.lost: set when the open found no trace of a replica that existed. */
+  lost?: boolean;
 }
 
 interface InstallMarker {
@@ -162,8 +173,13 @@ export class ShardStorage {
    * marked to repair (no vote until given them back); a sole copy has lost them.
    */
   readonly lostRecords: boolean;
+  /**
+   * This open found no trace of a replica expected to exist (`expectExisting`): no term or vote,
+   * no record, no image. With `repairFromPeers` the hard state is marked `lost`.
+   */
+  readonly storageLost: boolean;
 
-  private constructor(disk: Disk, opts: ShardStorageOptions, log: SegmentLog, store: PageStore, repaired: readonly CorruptionReport[], lostRecords = false) {
+  private constructor(disk: Disk, opts: ShardStorageOptions, log: SegmentLog, store: PageStore, repaired: readonly CorruptionReport[], lostRecords = false, storageLost = false) {
     this.disk = disk;
     this.opts = opts;
     this.meta = new MetaStore(disk, opts.dir);
@@ -171,6 +187,7 @@ export class ShardStorage {
     this.store = store;
     this.repaired = repaired;
     this.lostRecords = lostRecords;
+    this.storageLost = storageLost;
   }
 
   static open(disk: Disk, opts: ShardStorageOptions): ShardStorage {
@@ -188,6 +205,10 @@ export class ShardStorage {
       // Without a readable checkpoint pointer, the newest image on disk (built from applied, so
       // committed, records) bounds the replay; PageStore.open then takes any image the log covers.
       const imageLsn = PageStore.imageLsn(disk, opts.dir) || PageStore.newestImageOnDisk(disk, opts.dir);
+      // Marked before anything else is written: a crash after this open's first write must not
+      // leave a replica that looks new (one that votes at once).
+      const storageLost = opts.expectExisting === true && imageLsn === 0 && log.lastLsn === 0 && meta.read<HardStateRecord>(RAFT) === undefined;
+      if (storageLost && opts.repairFromPeers) meta.write(RAFT, { term: 0, votedFor: null, repairTerm: 0, lost: true } satisfies HardStateRecord);
       const replayUpto = Math.max(log.firstLsn - 1, Math.min(imageLsn, log.lastLsn));
       let lost = repaired.length > 0;
       const found: CorruptionReport[] = [...repaired];
@@ -221,7 +242,7 @@ export class ShardStorage {
         store = PageStore.open(disk, log, storeOptions(opts), 0);
         return new ShardStorage(disk, opts, log, store, [...found, ...e.reports], true);
       }
-      return new ShardStorage(disk, opts, log, store, found, lost);
+      return new ShardStorage(disk, opts, log, store, found, lost, storageLost);
     } catch (e) {
       log.close();
       throw e;

@@ -97,12 +97,16 @@ class TestShard {
   /** What replicas reported as damage of their own storage found while running (onDamage). */
   readonly damage: Array<{ id: string; err: CorruptionError }> = [];
 
-  /** Opens a replica on `disk`; with `damaged`, as its host does after it reported damage. */
-  start(id: string, sim: SimDisk, opts: { damaged?: readonly CorruptionReport[] } = {}): Member {
+  /**
+   * Opens a replica on `disk`; with `damaged`, as its host does after it reported damage; with
+   * `existing`, as its node reopens a replica it held (ShardStorage `expectExisting`).
+   */
+  start(id: string, sim: SimDisk, opts: { damaged?: readonly CorruptionReport[]; existing?: boolean } = {}): Member {
     const disk: Disk = this.opts.asyncFlush === true ? withAsyncFlush(sim) : sim;
     const storage = ShardStorage.open(disk, {
       dir: 'shard', pageSize: 4096, pageCount: 256, cacheBytesMax: 1 << 20, slab: this.slab, segmentBytesMax: 64 * 1024, repairFromPeers: this.ids.length > 1,
       ...(opts.damaged ? { damaged: opts.damaged } : {}),
+      ...(opts.existing === true ? { expectExisting: true } : {}),
     });
     const queue = new DeviceQueue({
       disk,
@@ -1165,6 +1169,110 @@ describe('Replica (more cases)', function () {
       await shard!.crash(l.id);
       const neu = await shard!.leader(shard!.ids.filter((id) => id !== l.id));
       for (let i = 0; i < 40; i += 7) assert.deepEqual((await neu.replica.read([i], { deadlineMs: Date.now() + 1000, nowMs: Date.now() })).pages[0], page(i + 1));
+    });
+  });
+
+  describe('a follower whose storage was lost (a wiped or replaced disk)', function () {
+    /** Three replicas, 20 writes everywhere; then a follower crashes and its disk is gone. */
+    async function wiped(opts: ConstructorParameters<typeof TestShard>[1] = {}) {
+      shard = new TestShard(['a', 'b', 'c'], opts);
+      const l = await shard.leader();
+      let last = 0;
+      for (let i = 0; i < 20; i++) last = (await l.replica.write([{ page: i, data: page(i + 1) }])).lsn;
+      const f = shard.ids.find((id) => id !== l.id)!;
+      const other = shard.ids.find((id) => id !== l.id && id !== f)!;
+      await shard.waitFor(() => shard!.members.get(f)!.replica.appliedLsn >= last, 'the follower applies everything');
+      await shard.crash(f);
+      return { l, f, other, last, term: l.replica.currentTerm };
+    }
+
+    it('opens marked, votes in no term it may have voted in, learns its peers\' terms, and is given everything back', async () => {
+      const { l, f, other, last, term } = await wiped();
+      for (const id of shard!.ids) if (id !== f) shard!.cutLink(f, id);
+      const m = shard!.start(f, new SimDisk(), { existing: true });
+      assert.equal(m.storage.storageLost, true);
+      assert.deepEqual(m.storage.load(), { term: 0, votedFor: null, repairTerm: 0, lost: true }, 'marked before anything else');
+      assert.equal(m.replica.stats().repairing, true);
+      // Cut off, past its quiet time: it heard from no leader, yet grants nothing in the term it
+      // voted in before it lost its disk (as a new replica would), and does not campaign.
+      await shard!.elapse(400);
+      const ahead = { candidate: other, lastLsn: 1_000_000, lastTerm: term };
+      assert.equal(((await m.replica.handle({ type: 'prevote', term, ...ahead })) as { granted: boolean }).granted, false, 'no prevote granted');
+      assert.equal(((await m.replica.handle({ type: 'vote', term, ...ahead })) as { granted: boolean }).granted, false, 'no vote granted');
+      assert.equal(m.replica.stats().preVotes, 0, 'no campaign');
+      assert.equal(m.replica.stats().repairing, true, 'its peers\' terms are still unknown');
+      shard!.heal();
+      await shard!.waitFor(() => m.replica.appliedLsn >= last && !m.replica.stats().repairing, 'the follower holds everything again', 10_000);
+      for (let i = 0; i < 20; i++) assert.deepEqual(m.storage.store.getPage(i), page(i + 1), `page ${i}`);
+      assert.equal(m.replica.currentTerm, term);
+      // Reopened and cut off again, past its quiet time: still no vote in that term (it may have
+      // given it before), and the mark is gone durably.
+      const again = await shard!.restart(f);
+      assert.equal(again.storage.storageLost, false);
+      assert.equal(again.replica.stats().repairing, false);
+      for (const id of shard!.ids) if (id !== f) shard!.cutLink(f, id);
+      await shard!.elapse(400);
+      const vote = (await again.replica.handle({ type: 'vote', term, ...ahead })) as { granted: boolean; term: number };
+      assert.deepEqual(vote, { term, granted: false }, 'no second vote in the term it took from its peers');
+      shard!.heal();
+      // Without the old leader, the two others elect one: the repaired follower votes.
+      await shard!.crash(l.id);
+      const neu = await shard!.leader([f, other]);
+      assert.ok(neu.replica.currentTerm > term);
+      for (let i = 0; i < 20; i += 3) assert.deepEqual((await neu.replica.read([i], { deadlineMs: Date.now() + 1000, nowMs: Date.now() })).pages[0], page(i + 1));
+    });
+
+    it('with a peer that does not answer, it does not vote: records it alone acknowledged with the leader are not lost', async () => {
+      shard = new TestShard(['a', 'b', 'c']);
+      const l = await shard.leader();
+      const [f, behind] = shard.ids.filter((id) => id !== l.id) as [string, string];
+      await shard.waitFor(() => shard!.members.get(behind)!.replica.currentTerm === l.replica.currentTerm, 'both followers follow');
+      // `behind` misses the writes: they are committed by the leader and `f` alone.
+      shard.isolate([behind]);
+      let last = 0;
+      for (let i = 0; i < 20; i++) last = (await l.replica.write([{ page: i, data: page(i + 1) }])).lsn;
+      await shard.waitFor(() => shard!.members.get(f)!.replica.appliedLsn >= last, 'f applies everything');
+      await shard.crash(f);
+      const leaderDisk = await shard.crash(l.id);
+      shard.heal();
+      const m = shard.start(f, new SimDisk(), { existing: true });
+      // `behind` and the wiped `f` are a majority, but `f` knows nothing of the old leader's term
+      // and records: it does not vote, so no leader without the writes is elected.
+      await shard.elapse(1000);
+      assert.deepEqual(shard.leaders().map((x) => x.id), [], 'no leader while the old leader is down');
+      assert.equal(m.replica.stats().repairing, true);
+      assert.ok(shard.members.get(behind)!.replica.stats().preVotes > 0, 'the other follower did campaign');
+      // The old leader comes back: a leader with the writes is elected, and `f` is repaired.
+      shard.start(l.id, leaderDisk);
+      const neu = await shard.leader();
+      for (let i = 0; i < 20; i++) assert.deepEqual((await neu.replica.read([i], { deadlineMs: Date.now() + 1000, nowMs: Date.now() })).pages[0], page(i + 1), `page ${i}`);
+      await shard.waitFor(() => m.replica.appliedLsn >= last && !m.replica.stats().repairing, 'f is repaired', 10_000);
+    });
+
+    it('a replica marked lost whose peers never campaigned is a new replica (a reconciliation before the create\'s open)', async () => {
+      shard = new TestShard(['a', 'b', 'c'], { manualClock: true });
+      await shard.crash('c');
+      const m = shard.start('c', new SimDisk(), { existing: true });
+      assert.equal(m.replica.stats().repairing, true);
+      // Only c is ticked: it asks a and b, which never campaigned.
+      await shard.at(1, ['c']);
+      assert.equal(m.replica.stats().repairing, false, 'a new replica after all');
+      await shard.waitFor(() => m.storage.load()?.lost === undefined, 'the mark is gone durably');
+      assert.deepEqual(m.storage.load(), { term: 0, votedFor: null });
+      const vote = (await m.replica.handle({ type: 'vote', term: 1, candidate: 'a', lastLsn: 0, lastTerm: 0 })) as { granted: boolean };
+      assert.equal(vote.granted, true, 'it votes at once, as a new replica does');
+    });
+
+    it('forceVote lets it vote before its peers answered (operator override)', async () => {
+      const { f, other, term } = await wiped();
+      for (const id of shard!.ids) if (id !== f) shard!.cutLink(f, id);
+      const m = shard!.start(f, new SimDisk(), { existing: true });
+      await shard!.elapse(400);
+      assert.deepEqual(await m.replica.forceVote(), { wasRepairing: true, term: 0 });
+      assert.equal(m.replica.stats().repairing, false);
+      assert.equal(m.storage.load()!.lost, undefined, 'the mark is gone durably');
+      const vote = (await m.replica.handle({ type: 'vote', term: term + 1, candidate: other, lastLsn: 1_000_000, lastTerm: term })) as { granted: boolean };
+      assert.equal(vote.granted, true);
     });
   });
 

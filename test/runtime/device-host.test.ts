@@ -123,6 +123,32 @@ describe('DeviceHost supervision', () => {
     await host.close();
   });
 
+  it('a replica the node held (existing) that opens with no trace of its storage is reported lost, and one of several does not vote', async () => {
+    const disk = new SimDisk();
+    const lost: Array<{ shard: number; members: number }> = [];
+    const host = new DeviceHost({ dir: 'dev0', self: 'n1', disk, onStorageLost: (s) => void lost.push({ shard: s.shard, members: s.members.length }) });
+    const three = (shard: number): ShardSpec => ({ ...spec(shard), shards: 4, members: ['n1', 'n2', 'n3'] });
+    const repairing = (shard: number): boolean | undefined => host.stats().shards.find((x) => x.shard === shard)?.repairing;
+    try {
+      host.openShard({ ...three(0), existing: true });
+      host.openShard(three(1));
+      host.openShard({ ...spec(2), shards: 4, existing: true });
+      assert.deepEqual(lost, [{ shard: 0, members: 3 }, { shard: 2, members: 1 }], 'the new replica (a create\'s open) is not reported');
+      assert.equal(repairing(0), true, 'no vote until its peers answered and gave it the shard back');
+      assert.equal(repairing(1), false);
+      assert.equal(repairing(2), false, 'a sole copy has no peer to wait for');
+      // Opened once on this device, shard 1 existed from then on: its storage gone, the host's
+      // restart of it finds it lost although its spec was a create's.
+      disk.removeTree('shards/v1.1');
+      disk.fsyncDir('shards');
+      assert.deepEqual(host.onReplicaError('v1', 1, new StorageError('invariant', 'test: reopen'), host.currentReplica('v1', 1)), { restarted: true });
+      assert.deepEqual(lost.at(-1), { shard: 1, members: 3 });
+      assert.equal(repairing(1), true);
+    } finally {
+      await host.close();
+    }
+  });
+
   it('request errors are not fatal: no restart', async () => {
     const host = new DeviceHost({ dir: 'dev0', self: 'n1', disk: new SimDisk() });
     host.openShard(spec(0));

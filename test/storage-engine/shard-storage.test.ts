@@ -157,6 +157,72 @@ describe('ShardStorage', () => {
     });
   });
 
+  describe('a replica expected to exist (expectExisting)', () => {
+    const lostMark = { term: 0, votedFor: null, repairTerm: 0, lost: true };
+
+    it('with no trace of its storage: reported lost, and the hard state marked before anything else', () => {
+      const disk = new SimDisk();
+      const st = ShardStorage.open(disk, { ...options('S'), repairFromPeers: true, expectExisting: true });
+      assert.equal(st.storageLost, true);
+      assert.deepEqual(st.load(), lostMark);
+      st.close();
+      // Reopened: the mark is what it finds (it is not reported again).
+      const again = ShardStorage.open(disk, { ...options('S'), repairFromPeers: true, expectExisting: true });
+      assert.equal(again.storageLost, false);
+      assert.deepEqual(again.load(), lostMark);
+      again.close();
+    });
+
+    it('a power cut at any step of that open leaves a store whose next open marks it again', () => {
+      for (let steps = 0; ; steps++) {
+        assert.ok(steps < 100, 'the open finishes in a bounded number of steps');
+        const disk = new SimDisk();
+        disk.crashAfter(steps);
+        let finished = false;
+        try {
+          ShardStorage.open(disk, { ...options('S'), repairFromPeers: true, expectExisting: true }).close();
+          finished = true;
+        } catch (e) {
+          assert.ok(e instanceof SimulatedCrash, `crash expected, got ${String(e)}`);
+        }
+        disk.powerCut();
+        const again = ShardStorage.open(disk, { ...options('S'), repairFromPeers: true, expectExisting: true });
+        assert.deepEqual(again.load(), lostMark, `after ${steps} steps`);
+        again.close();
+        if (finished) break;
+      }
+    });
+
+    it('a sole copy is reported lost but not marked (no peer could give it back)', () => {
+      const st = ShardStorage.open(new SimDisk(), { ...options('S'), expectExisting: true });
+      assert.equal(st.storageLost, true);
+      assert.equal(st.load(), undefined);
+      st.close();
+    });
+
+    it('a replica with a saved term, a record or an image is not lost; without expectExisting, an empty one is new', () => {
+      const termOnly = new SimDisk();
+      const a = ShardStorage.open(termOnly, options('S'));
+      assert.equal(a.storageLost, false, 'a new replica');
+      assert.equal(a.load(), undefined);
+      a.save({ term: 2, votedFor: 'n1' });
+      a.close();
+      const b = ShardStorage.open(termOnly, { ...options('S'), repairFromPeers: true, expectExisting: true });
+      assert.equal(b.storageLost, false);
+      assert.deepEqual(b.load(), { term: 2, votedFor: 'n1' });
+      b.close();
+      // Records and an image, but no hard state file (it was never written on this device).
+      const filled = new SimDisk();
+      const c = ShardStorage.open(filled, options('S'));
+      fill(c, 1);
+      c.close();
+      const d = ShardStorage.open(filled, { ...options('S'), repairFromPeers: true, expectExisting: true });
+      assert.equal(d.storageLost, false);
+      assert.equal(d.load(), undefined);
+      d.close();
+    });
+  });
+
   describe('damage found at open', () => {
     /** Log segments by base LSN. */
     const segments = (disk: SimDisk, dir: string) =>
