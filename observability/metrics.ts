@@ -244,7 +244,7 @@ export class StrataMetrics {
       appliedLsn: gauge('strata_shard_applied_lsn', 'Highest LSN of a shard applied to its page store.'),
       term: gauge('strata_shard_current_term', 'Leader term of a shard.'),
       shardUp: gauge('strata_shard_up', '1 when a shard serves requests, 0 when down.'),
-      repairing: gauge('strata_replica_repairing', '1 while a replica whose log was damaged is given its lost records back by its peers (it does not vote meanwhile).'),
+      repairing: gauge('strata_replica_repairing', '1 while a replica whose log was damaged, or whose storage was lost, is given its lost records back by its peers (it does not vote meanwhile).'),
       replicaLag: gauge('strata_replica_lag_records', 'Records a replica log is behind the shard commit LSN.'),
       elections: counter('strata_elections', 'Leader elections started by a shard.'),
       preVotes: counter('strata_prevotes', 'Prevote rounds started by a shard (an election follows only when a majority would vote).'),

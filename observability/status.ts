@@ -189,7 +189,7 @@ function replicaRows(s: Rec, dead: ReadonlySet<string>): ReplicaRow[] {
     const repairing = r.repairing === true;
     rows.push({
       node, role: str(r.role), state: repairing && !down ? 'repairing' : reported, term: num(r.term), commitLsn: num(r.commitLsn), appliedLsn: num(r.appliedLsn),
-      lag: lagOf(node), note: repairing ? 'lost records: no vote until repaired' : str(r.reason), tone: down ? 'bad' : repairing ? 'warn' : undefined,
+      lag: lagOf(node), note: repairing ? 'lost records or storage: no vote until repaired' : str(r.reason), tone: down ? 'bad' : repairing ? 'warn' : undefined,
     });
   }
   for (const node of Object.keys(lagMap)) {

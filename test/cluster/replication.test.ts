@@ -274,6 +274,51 @@ describe('replication across three nodes', function () {
     await until('every page', 40_000, () => expectPages(vol, pages, 1).then(() => true));
   });
 
+  it('a node whose data directory was wiped comes back: its replica votes for no one until it learned every peer\'s term, so writes it acknowledged are not lost', async () => {
+    const { vol, pages, info } = await sixtyPages('wipe');
+    assert.ok(c);
+    await until('every replica applied every write', 20_000, async () => {
+      const reps = await replicasOf(c!, info.id, 0);
+      const l = reps.find((r) => r.role === 'leader');
+      return l && reps.length === 3 && reps.every((r) => r.appliedLsn >= l.commitLsn) ? true : undefined;
+    });
+    // Node 0 (the catalog's) goes down: one of the others leads, and writes of generation 2 are
+    // acknowledged by it and the third node alone.
+    c.kill(0);
+    const leader = await until('a leader on node 1 or 2', 20_000, async () => (await replicasOf(c!, info.id, 0)).find((r) => r.role === 'leader' && r.state === 'up')?.node);
+    const wiped = leader === 1 ? 2 : 1;
+    await until('the writes of generation 2', 20_000, () => writeAll(vol, pages, 2).then(() => true));
+    await until('the other node applied them', 20_000, async () => {
+      const reps = await replicasOf(c!, info.id, 0);
+      const l = reps.find((r) => r.node === leader);
+      const w = reps.find((r) => r.node === wiped);
+      return l && w && w.appliedLsn >= l.commitLsn ? true : undefined;
+    });
+    // That node's data directory is wiped while it is down, and the leader goes down too.
+    c.kill(wiped);
+    fs.rmSync(c.dataDirs[wiped]!, { recursive: true, force: true });
+    c.kill(leader);
+    // Node 0 (behind by generation 2) and the wiped node are a majority. The wiped node reopens
+    // its replica from the catalog, finds nothing, and does not vote: no leader without the writes.
+    await c.restart(0);
+    await c.restart(wiped);
+    await until('the wiped node\'s replica open, repairing', 20_000, async () => {
+      const w = (await replicasOf(c!, info.id, 0)).find((r) => r.node === wiped);
+      return w && w.state === 'up' && w.repairing ? true : undefined;
+    });
+    await new Promise((r) => setTimeout(r, 1500)); // several election timeouts
+    assert.deepEqual((await replicasOf(c, info.id, 0)).filter((r) => r.role === 'leader'), [], 'no leader while the last leader is down');
+    // The last leader comes back: it leads (it alone holds the writes), and the wiped node is repaired.
+    await c.restart(leader);
+    await until('every page of generation 2', 40_000, () => expectPages(vol, pages, 2).then(() => true));
+    await until('the wiped node holds everything again and votes', 30_000, async () => {
+      const reps = await replicasOf(c!, info.id, 0);
+      const l = reps.find((r) => r.role === 'leader');
+      const w = reps.find((r) => r.node === wiped);
+      return l && w && !w.repairing && w.appliedLsn >= l.commitLsn ? true : undefined;
+    });
+  });
+
   it('two replicas whose logs rotted, with the third down, elect no leader (unavailable, not wrong) until an operator lets them vote', async () => {
     const { vol, info } = await sixtyPages('fv');
     assert.ok(c);

@@ -55,7 +55,7 @@ describe('cluster status merge (mergeClusterStatus)', () => {
     const text = formatStatus(full, { nowMs: 0 });
     assert.match(text, /\n +0 .*degraded: n3 missing/);
     assert.match(text, /\n +1 .*degraded: n2 repairing/);
-    assert.match(text, /\n +1 +n2 +follower +repairing .*lost records: no vote until repaired/);
+    assert.match(text, /\n +1 +n2 +follower +repairing .*lost records or storage: no vote until repaired/);
     assert.match(text, /\(2 shards not ok\)/);
   });
 

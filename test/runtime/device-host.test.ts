@@ -104,6 +104,10 @@ describe('DeviceHost supervision', () => {
     host.openShard({ ...spec(0), members: ['n1', 'n2', 'n3'] });
     const old = host.currentReplica('v1', 0)!;
     now += 1000;
+    // A vote in term 4, saved: the replica has a hard state (reopened without one, it would count
+    // as a replica whose storage was lost, and vote for no one until its peers answered).
+    assert.deepEqual(await old.handle({ type: 'vote', term: 4, candidate: 'n3', lastLsn: 0, lastTerm: 0 }), { term: 4, granted: true });
+    now += 1000;
     // The vote's save waits in the device's queue; the replica is restarted before it runs.
     const first = old.handle({ type: 'vote', term: 5, candidate: 'n2', lastLsn: 0, lastTerm: 0 }).then(
       (r) => r,
