@@ -6,16 +6,18 @@
  * every `--poll-ms` (500 by default: the times are that coarse) until every shard has a leader,
  * or `--timeout-s` passed. Prints the time of the create, the time to every leader after it,
  * the worst event-loop delay of the hosts and the deepest device queue seen meanwhile, and the
- * leaders deposed on the way (by reason, from the nodes' logs), and writes them as JSON to
+ * leaders deposed on the way (by reason, from the nodes' logs). Then, with the volume idle (no
+ * request, no status), the CPU its node processes and nats-server spend over `--idle-s` (5 by
+ * default; 0 skips it): what the shards' heartbeats cost. Writes all of it as JSON to
  * results/strata-elections-<time>.json. Exits 1 when not every shard had a leader in time, 2 for
  * a bad flag.
  *
  *   node dist/bench/elections.js [--shards 256] [--replicas 3] [--nodes 3] [--poll-ms 500]
- *                                [--timeout-s 120] [--results-dir results]
+ *                                [--timeout-s 120] [--idle-s 5] [--results-dir results]
  */
 import * as fs from 'node:fs';
 import { startDevCluster, type DevCluster } from '../cluster/dev';
-import { printTable, writeJson } from './report';
+import { printTable, procCpuUs, writeJson } from './report';
 import { SHARDS_MAX } from '../messages/api';
 
 interface Options {
@@ -24,13 +26,17 @@ interface Options {
   nodes: number;
   pollMs: number;
   timeoutS: number;
+  idleS: number;
   resultsDir: string;
 }
 
-const USAGE = 'usage: node dist/bench/elections.js [--shards 1..256] [--replicas 1|3|5] [--nodes 1..16] [--poll-ms 100..10000] [--timeout-s 10..600] [--results-dir DIR]';
+/** Settling time after the last leader before the idle CPU is measured (the last status's work, the elections' saves). */
+const IDLE_SETTLE_MS = 1000;
+
+const USAGE = 'usage: node dist/bench/elections.js [--shards 1..256] [--replicas 1|3|5] [--nodes 1..16] [--poll-ms 100..10000] [--timeout-s 10..600] [--idle-s 0..60] [--results-dir DIR]';
 
 function parseOptions(argv: readonly string[]): Options {
-  const o: Options = { shards: 256, replicas: 3, nodes: 3, pollMs: 500, timeoutS: 120, resultsDir: 'results' };
+  const o: Options = { shards: 256, replicas: 3, nodes: 3, pollMs: 500, timeoutS: 120, idleS: 5, resultsDir: 'results' };
   const int = (flag: string, value: string | undefined, min: number, max: number): number => {
     const n = Number(value);
     if (value === undefined || !Number.isSafeInteger(n) || n < min || n > max) throw new Error(`${flag}: expected an integer in ${min}..${max}, got ${String(value)}`);
@@ -43,6 +49,7 @@ function parseOptions(argv: readonly string[]): Options {
     else if (flag === '--nodes') o.nodes = int(flag, value, 1, 16);
     else if (flag === '--poll-ms') o.pollMs = int(flag, value, 100, 10_000);
     else if (flag === '--timeout-s') o.timeoutS = int(flag, value, 10, 600);
+    else if (flag === '--idle-s') o.idleS = int(flag, value, 0, 60);
     else if (flag === '--results-dir' && value !== undefined && value !== '') o.resultsDir = value;
     else throw new Error(`unknown flag or missing value: ${flag}`);
   }
@@ -73,6 +80,28 @@ function stepDowns(cluster: DevCluster): Record<string, number> {
     }
   }
   return byReason;
+}
+
+/**
+ * Cores the node processes (all their threads) and nats-server use over `seconds` while nothing
+ * is asked of the cluster, from /proc/<pid>/stat. Undefined parts could not be read.
+ */
+async function idleCpu(cluster: DevCluster, seconds: number): Promise<{ nodeCores: number; natsCores: number | undefined }> {
+  await new Promise((r) => setTimeout(r, IDLE_SETTLE_MS));
+  const pids = cluster.nodes.map((n) => n.pid);
+  const read = (): { nodes: number; nats: number | undefined } => ({
+    nodes: pids.reduce((sum, pid) => sum + (procCpuUs(pid) ?? 0), 0),
+    nats: procCpuUs(cluster.natsPid),
+  });
+  const before = read();
+  const t0 = performance.now();
+  await new Promise((r) => setTimeout(r, seconds * 1000));
+  const after = read();
+  const us = (performance.now() - t0) * 1000;
+  return {
+    nodeCores: (after.nodes - before.nodes) / us,
+    natsCores: after.nats === undefined || before.nats === undefined ? undefined : (after.nats - before.nats) / us,
+  };
 }
 
 async function main(): Promise<number> {
@@ -111,6 +140,7 @@ async function main(): Promise<number> {
       }
       await new Promise((r) => setTimeout(r, opts.pollMs));
     }
+    const idle = leadersS === undefined || opts.idleS === 0 ? undefined : await idleCpu(cluster, opts.idleS);
     const deposed = stepDowns(cluster);
     const deposedTotal = Object.values(deposed).reduce((a, b) => a + b, 0);
     printTable(`Strata elections: a new volume of ${opts.shards} shards × ${opts.replicas} replicas on ${opts.nodes} nodes (status every ${opts.pollMs} ms)`, [
@@ -119,9 +149,14 @@ async function main(): Promise<number> {
       { what: 'leaders deposed on the way', value: `${deposedTotal}${deposedTotal > 0 ? ` (${Object.entries(deposed).map(([r, n]) => `${n} ${r}`).join(', ')})` : ''}` },
       { what: 'worst host event-loop delay seen', value: `${loopDelayMaxMs.toFixed(1)} ms` },
       { what: 'deepest device queue seen', value: `${queueOpsMax} operations` },
+      ...(idle === undefined ? [] : [{
+        what: `idle CPU over ${opts.idleS} s (nodes + nats-server)`,
+        value: idle.natsCores === undefined ? `${idle.nodeCores.toFixed(2)} cores (nodes; nats-server not readable)` : `${(idle.nodeCores + idle.natsCores).toFixed(2)} cores (nodes ${idle.nodeCores.toFixed(2)}, nats-server ${idle.natsCores.toFixed(2)})`,
+      }]),
     ]);
     const file = writeJson(opts.resultsDir, 'strata-elections', {
-      options: opts, createdS, leadersS: leadersS ?? null, leaders, deposed, deposedTotal, loopDelayMaxMs, queueOpsMax, at: new Date().toISOString(),
+      options: opts, createdS, leadersS: leadersS ?? null, leaders, deposed, deposedTotal, loopDelayMaxMs, queueOpsMax,
+      idleNodeCores: idle?.nodeCores ?? null, idleNatsCores: idle?.natsCores ?? null, at: new Date().toISOString(),
     });
     process.stdout.write(`written: ${file}\n`);
     return leadersS === undefined ? 1 : 0;

@@ -151,3 +151,20 @@ export function writeJson(dir: string, name: string, data: unknown): string {
   writeFileAtomic(path.join(dir, `${name}-latest.json`), text);
   return file;
 }
+
+/** Clock ticks per second of /proc/<pid>/stat times (USER_HZ; 100 on Linux). */
+const PROC_TICKS_PER_SECOND = 100;
+
+/** User + system CPU of a process from /proc, µs; undefined when it cannot be read. */
+export function procCpuUs(pid: number | undefined): number | undefined {
+  if (pid === undefined) return undefined;
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
+    // Fields after the command name (which may hold spaces), which ends with the last ')'.
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    const ticks = Number(fields[11]) + Number(fields[12]);
+    return Number.isFinite(ticks) ? (ticks * 1e6) / PROC_TICKS_PER_SECOND : undefined;
+  } catch {
+    return undefined;
+  }
+}

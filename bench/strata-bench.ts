@@ -32,7 +32,7 @@ import { ProtocolError } from "../messages/errors";
 import type { PageWrite, VolumeInfo } from "../messages/api";
 import { jetstreamNote, jetstreamPublishBaseline, natsEchoBaseline, rawAppendBaseline } from "./baselines";
 import { Histogram, type HistogramSummary } from "./histogram";
-import { clearProgress, formatNumber, formatUs, isTTY, printTable, progress, progressBar, writeJson, type Cell } from "./report";
+import { clearProgress, formatNumber, formatUs, isTTY, printTable, procCpuUs, progress, progressBar, writeJson, type Cell } from "./report";
 import { latencyCdfSvg, writeSvg, type LatencySeries } from "./svg";
 import { PAGES_PER_REQUEST_BENCH_MAX, WORKLOADS, WorkloadGenerator, payloadPages, readsPages, type Workload } from "./workloads";
 
@@ -196,23 +196,6 @@ class CpuMeter {
       cpuUsPerOp: (p.user + p.system) / ops,
       ...(this.nats0 !== undefined && nats1 !== undefined ? { natsCpuUsPerOp: (nats1 - this.nats0) / ops } : {}),
     };
-  }
-}
-
-/** Clock ticks per second of /proc/<pid>/stat times (USER_HZ; 100 on Linux). */
-const PROC_TICKS_PER_SECOND = 100;
-
-/** User + system CPU of a process from /proc, µs; undefined when it cannot be read. */
-function procCpuUs(pid: number | undefined): number | undefined {
-  if (pid === undefined) return undefined;
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
-    // Fields after the command name (which may hold spaces), which ends with the last ')'.
-    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    const ticks = Number(fields[11]) + Number(fields[12]);
-    return Number.isFinite(ticks) ? (ticks * 1e6) / PROC_TICKS_PER_SECOND : undefined;
-  } catch {
-    return undefined;
   }
 }
 

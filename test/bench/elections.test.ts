@@ -19,7 +19,7 @@ describe('bench/elections', function () {
   this.timeout(90_000);
 
   it('refuses a bad flag as usage (exit 2) before starting anything', async () => {
-    for (const args of [['--shards', '0'], ['--shards', '300'], ['--replicas', '2'], ['--replicas', '3', '--nodes', '2'], ['--poll-ms'], ['--bogus', '1']]) {
+    for (const args of [['--shards', '0'], ['--shards', '300'], ['--replicas', '2'], ['--replicas', '3', '--nodes', '2'], ['--poll-ms'], ['--idle-s', '61'], ['--bogus', '1']]) {
       const r = await run(args, 15_000);
       assert.equal(r.code, 2, `${args.join(' ')}: ${r.stderr}`);
       assert.match(r.stderr, /^elections: .+\nusage: /, args.join(' '));
@@ -30,11 +30,17 @@ describe('bench/elections', function () {
   it('creates a volume on three node processes and reports when every shard had a leader, with a JSON result', async () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'strata-elections-'));
     try {
-      const r = await run(['--shards', '4', '--poll-ms', '100', '--timeout-s', '30', '--results-dir', dir], 80_000);
+      const r = await run(['--shards', '4', '--poll-ms', '100', '--timeout-s', '30', '--idle-s', '1', '--results-dir', dir], 80_000);
       assert.equal(r.code, 0, r.stderr);
       assert.match(r.stdout, /every shard led, after the create +\d+\.\d\d s/);
-      const result = JSON.parse(fs.readFileSync(path.join(dir, 'strata-elections-latest.json'), 'utf8')) as { leaders: number; leadersS: number | null; deposedTotal: number };
+      assert.match(r.stdout, /idle CPU over 1 s \(nodes \+ nats-server\) +\d+\.\d\d cores \(nodes \d+\.\d\d, nats-server \d+\.\d\d\)/);
+      const result = JSON.parse(fs.readFileSync(path.join(dir, 'strata-elections-latest.json'), 'utf8')) as {
+        leaders: number; leadersS: number | null; deposedTotal: number; idleNodeCores: number | null; idleNatsCores: number | null;
+      };
       assert.equal(result.leaders, 4);
+      // Three idle node processes heartbeat their 4 shards: some CPU, less than the 2 cores.
+      assert.ok(typeof result.idleNodeCores === 'number' && result.idleNodeCores > 0 && result.idleNodeCores < 2, `idle node cores ${result.idleNodeCores}`);
+      assert.ok(typeof result.idleNatsCores === 'number' && result.idleNatsCores >= 0, `idle nats-server cores ${result.idleNatsCores}`);
       assert.ok(typeof result.leadersS === 'number' && result.leadersS >= 0);
       assert.ok(Number.isSafeInteger(result.deposedTotal));
     } finally {
