@@ -93,6 +93,8 @@ interface NodeRow {
   reason: string | undefined;
   hostsOk: number | undefined;
   hosts: number | undefined;
+  /** The worst of its hosts' event-loop delays over their last 10 s (hosts[].loopDelayMaxMs). */
+  loopDelayMaxMs: number | undefined;
   uptimeMs: number | undefined;
   version: string | undefined;
   controller: boolean | undefined;
@@ -107,7 +109,7 @@ function nodeRows(reply: Rec): NodeRow[] {
   const row = (id: string): NodeRow => {
     let r = byId.get(id);
     if (!r) {
-      r = { id, state: 'no reply', reason: undefined, hostsOk: undefined, hosts: undefined, uptimeMs: undefined, version: undefined, controller: undefined, lastSeenMs: undefined, silentMs: undefined };
+      r = { id, state: 'no reply', reason: undefined, hostsOk: undefined, hosts: undefined, loopDelayMaxMs: undefined, uptimeMs: undefined, version: undefined, controller: undefined, lastSeenMs: undefined, silentMs: undefined };
       byId.set(id, r);
     }
     return r;
@@ -129,6 +131,8 @@ function nodeRows(reply: Rec): NodeRow[] {
     const hosts = arr(n.hosts);
     r.hosts = hosts.length > 0 ? hosts.length : r.hosts;
     r.hostsOk = hosts.filter((h) => h.ok === true).length;
+    const delays = hosts.map((h) => num(h.loopDelayMaxMs)).filter((d): d is number => d !== undefined);
+    r.loopDelayMaxMs = delays.length > 0 ? Math.max(...delays) : undefined;
     r.uptimeMs = num(info.uptimeMs);
     r.version = str(info.version);
     r.controller = typeof info.controller === 'boolean' ? info.controller : undefined;
@@ -246,12 +250,13 @@ export function formatStatus(statusReply: unknown, options: FormatStatusOptions 
   out.push(
     ...renderTable(
       {
-        header: ['NODE', 'STATE', 'HOSTS OK', 'UPTIME', 'VERSION', 'CONTROLLER', 'LAST SEEN', 'REASON'],
+        header: ['NODE', 'STATE', 'HOSTS OK', 'LOOP DELAY', 'UPTIME', 'VERSION', 'CONTROLLER', 'LAST SEEN', 'REASON'],
         rows: nodes.map((n) => ({
           cells: [
             cell(n.id),
             n.state === 'dead' ? 'DEAD' : n.state,
             n.hostsOk !== undefined && n.hosts !== undefined ? `${n.hostsOk}/${n.hosts}` : n.hosts !== undefined ? `?/${n.hosts}` : '-',
+            n.loopDelayMaxMs === undefined ? '-' : `${n.loopDelayMaxMs < 10 ? n.loopDelayMaxMs.toFixed(1) : Math.round(n.loopDelayMaxMs)}ms`,
             duration(n.uptimeMs),
             cell(n.version),
             n.controller === undefined ? '-' : n.controller ? 'yes' : 'no',

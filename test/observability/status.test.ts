@@ -5,9 +5,9 @@ const NOW = 1_700_000_000_000;
 
 /** A status reply as ApiRouter.clusterStatus builds it: node n3 is dead, host 1 of n2 is down. */
 function sampleReply(): Record<string, unknown> {
-  const nodeStatus = (id: string, hosts: Array<{ ok: boolean; reason?: string }>, controller: boolean) => ({
+  const nodeStatus = (id: string, hosts: Array<{ ok: boolean; reason?: string; loopDelayMaxMs?: number }>, controller: boolean) => ({
     node: { id, cluster: 'dev', version: '0.1.0', uptimeMs: 3_725_000, controller, healthy: hosts.every((h) => h.ok) },
-    hosts: hosts.map((h, i) => ({ hostId: i, ok: h.ok, ...(h.reason ? { reason: h.reason } : {}), restarts: 0, deviceRestarts: 0, mailbox: [] })),
+    hosts: hosts.map((h, i) => ({ hostId: i, ok: h.ok, ...(h.reason ? { reason: h.reason } : {}), ...(h.loopDelayMaxMs !== undefined ? { loopDelayMaxMs: h.loopDelayMaxMs } : {}), restarts: 0, deviceRestarts: 0, mailbox: [] })),
     shards: [],
   });
   return {
@@ -18,7 +18,10 @@ function sampleReply(): Record<string, unknown> {
       { nodeId: 'n2', hosts: 2, lastSeenMs: NOW - 800, live: true },
       { nodeId: 'n3', hosts: 2, lastSeenMs: NOW - 42_000, live: false },
     ],
-    nodes: [nodeStatus('n1', [{ ok: true }, { ok: true }], true), nodeStatus('n2', [{ ok: true }, { ok: false, reason: 'device failed' }], false)],
+    nodes: [
+      nodeStatus('n1', [{ ok: true, loopDelayMaxMs: 2.5 }, { ok: true, loopDelayMaxMs: 312.4 }], true),
+      nodeStatus('n2', [{ ok: true, loopDelayMaxMs: 1.25 }, { ok: false, reason: 'device failed' }], false),
+    ],
     volumes: [
       {
         name: 'db', id: 'v7', pageCount: 1024, pageSize: 4096, shards: [
@@ -41,9 +44,10 @@ describe('observability/status', () => {
     const text = formatStatus(sampleReply(), { nowMs: NOW });
     assert.match(text, /^Strata cluster dev — answered by node n1 \(version 0\.1\.0\), controller reachable$/m);
     assert.match(text, /^NODES \(3, 1 dead, 1 degraded\)$/m);
-    assert.match(text, /^ {2}n1 +up +2\/2 +1h02m +0\.1\.0 +yes +0\.3s ago +-$/m);
-    assert.match(text, /^ {2}n2 +degraded +1\/2 .* host 1: device failed$/m);
-    assert.match(text, /^ {2}n3 +DEAD +\?\/2 +- +- +- +42\.0s ago +no heartbeat$/m);
+    assert.match(text, /^ {2}NODE +STATE +HOSTS OK +LOOP DELAY +UPTIME +VERSION +CONTROLLER +LAST SEEN +REASON$/m);
+    assert.match(text, /^ {2}n1 +up +2\/2 +312ms +1h02m +0\.1\.0 +yes +0\.3s ago +-$/m, 'the worst host\'s loop delay');
+    assert.match(text, /^ {2}n2 +degraded +1\/2 +1\.3ms .* host 1: device failed$/m);
+    assert.match(text, /^ {2}n3 +DEAD +\?\/2 +- +- +- +- +42\.0s ago +no heartbeat$/m);
     assert.match(text, /^VOLUMES \(1\)$/m);
     assert.match(text, /^ {2}db {2}id=v7 {2}1024 pages × 4096 B {2}shards=2 {2}replicas=3 {2}\(2 shards not ok\)$/m);
     assert.match(text, /^ {4}SHARD +LEADER +TERM +COMMIT LSN +APPLIED LSN +REPLICAS UP +REPLICA LAG +HEALTH$/m);
