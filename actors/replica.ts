@@ -120,7 +120,11 @@ export interface ReplicaTiming {
   /** Election timeout, randomized in [min, max); default 300..600 ms. */
   electionTimeoutMinMs: number;
   electionTimeoutMaxMs: number;
-  /** Heartbeat period of a leader; default 50 ms. */
+  /**
+   * Heartbeat period of a leader; default 100 ms: 3 within the minimum election timeout, and the
+   * lease (0.75 of it) is renewed twice within its span. An idle shard costs its heartbeats: 50 ms
+   * cost a cluster with an idle volume of 256 shards × 3 about 0.8 of a core (docs/replication.md).
+   */
   heartbeatMs: number;
   /** Deadline of one message to a peer; default 1000 ms. */
   rpcTimeoutMs: number;
@@ -134,7 +138,7 @@ export const FIRST_ELECTION_WAIT = 3;
 export const DEFAULT_TIMING: ReplicaTiming = {
   electionTimeoutMinMs: 300,
   electionTimeoutMaxMs: 600,
-  heartbeatMs: 50,
+  heartbeatMs: 100,
   rpcTimeoutMs: 1000,
   leaseFraction: 0.75,
 };
