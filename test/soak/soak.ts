@@ -10,7 +10,12 @@
  * - `freeze`: SIGSTOP of a node for 0.5–8 s (a stalled process or a paused VM), then SIGCONT;
  * - `nats-freeze`: SIGSTOP of the nats-server for 0.5–3 s (the transport stalls);
  * - `nats-restart`: SIGKILL of the nats-server, a new one on its port 0.5–2 s later (every
- *   connection drops and reconnects; every node asks its claim again).
+ *   connection drops and reconnects; every node asks its claim again);
+ * - `wipe`: SIGKILL of a node other than n1 (whose data directory holds the catalog), its data
+ *   directory removed, and the node started again 0.5–4 s later on an empty one (a replaced
+ *   disk): its replicas learn their peers' terms and are given their shards back. Only when no
+ *   replica is repairing: two replicas of a shard without their storage are more than a set of
+ *   three can lose. (Skipped, that round injects nothing.)
  *
  * When the time is up the faults end, and the run checks:
  * 1. the cluster converges: within CONVERGE_MS every shard has a leader and every replica is up,
@@ -41,11 +46,11 @@ import { prng } from '../support/prng';
 import { formatTable, writeJson } from '../../bench/report';
 
 /** The faults the nemesis knows. */
-export const FAULT_KINDS = ['kill', 'kill-majority', 'freeze', 'nats-freeze', 'nats-restart'] as const;
+export const FAULT_KINDS = ['kill', 'kill-majority', 'freeze', 'nats-freeze', 'nats-restart', 'wipe'] as const;
 export type FaultKind = (typeof FAULT_KINDS)[number];
 
 /** How often each fault is picked, relative to the others. */
-const FAULT_WEIGHTS: Record<FaultKind, number> = { kill: 35, 'kill-majority': 10, freeze: 35, 'nats-freeze': 15, 'nats-restart': 10 };
+const FAULT_WEIGHTS: Record<FaultKind, number> = { kill: 35, 'kill-majority': 10, freeze: 35, 'nats-freeze': 15, 'nats-restart': 10, wipe: 10 };
 
 export interface SoakOptions {
   /** How long faults are injected, ms: 1,000..3,600,000. */
@@ -420,12 +425,36 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
           }),
         );
       };
+      /** True when some replica of the volume is repairing, or the status does not say. */
+      const anyRepairing = async (): Promise<boolean> => {
+        try {
+          const st = (await cluster.client.status()) as unknown as { volumes: Array<{ name: string; shards: Array<{ replicas?: Array<{ repairing?: boolean }> }> }> };
+          const vol = st.volumes.find((v) => v.name === 'soak');
+          return vol === undefined || vol.shards.some((sh) => (sh.replicas ?? []).some((r) => r.repairing === true));
+        } catch {
+          return true;
+        }
+      };
       while (kinds.length > 0 && performance.now() < stopAt) {
         await sleep(1000 + rand() * 2000);
         if (performance.now() >= stopAt) break;
         const kind = choose();
         const ev: FaultEvent = { kind, nodes: [], startMs: Math.round(now()), endMs: 0 };
-        if (kind === 'kill' || kind === 'kill-majority') {
+        // Draws as any other fault does (the choices stay those of the seed), then skipped.
+        const wipeVictim = kind === 'wipe' ? 1 + pick(cluster.nodes.length - 1) : -1;
+        if (kind === 'wipe' && (await anyRepairing())) continue;
+        if (kind === 'wipe') {
+          const n = cluster.nodes[wipeVictim]!;
+          ev.nodes = [n.id];
+          await sampleNode(wipeVictim);
+          expectedExit.add(n.pid);
+          const exited = new Promise<void>((r) => n.process.once('exit', () => r()));
+          n.process.kill('SIGKILL');
+          await exited;
+          fs.rmSync(path.join(cluster.root, n.id), { recursive: true, force: true });
+          await sleep(500 + rand() * 3500);
+          await restart([wipeVictim], ev);
+        } else if (kind === 'kill' || kind === 'kill-majority') {
           const victims = distinct(kind === 'kill' ? 1 : 2);
           ev.nodes = victims.map((i) => cluster.nodes[i]!.id);
           await Promise.all(
