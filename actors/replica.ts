@@ -643,6 +643,8 @@ export class Replica {
   private termsFloor = 0;
   /** When the peers still unknown are asked again. */
   private termsProbeDueMs = Number.NEGATIVE_INFINITY;
+  /** Every peer that answered had no record (VoteReply.lastLsn 0; probeTerms). */
+  private termsPeersEmpty = true;
 
   /**
    * A replica whose storage was lost (HardState.lost) asks each peer whose term it does not know
@@ -667,6 +669,7 @@ export class Replica {
   private onTermsProbeReply(from: string, reply: VoteReply): void {
     if (this.closed || this.termsUnknown?.delete(from) !== true) return;
     this.termsFloor = Math.max(this.termsFloor, reply.term);
+    if (reply.lastLsn !== 0) this.termsPeersEmpty = false; // (absent from an older version's answer)
     if (this.termsUnknown.size > 0) return;
     this.termsUnknown = undefined;
     const floor = this.termsFloor;
@@ -675,6 +678,16 @@ export class Replica {
       // had a vote or an acknowledgement of this one. It is a new replica after all.
       this.repairTerm = undefined;
       this.firstElection();
+    } else if (this.termsPeersEmpty && this.lastLsn === 0 && this.commitLsn === 0) {
+      // No peer holds a record: none was ever committed (a majority holds each committed record,
+      // and at most a minority lost its storage), so no acknowledgement of this one counts. Only
+      // its votes matter: it takes the highest term, as if it had voted in it, and votes after.
+      // (Else the replicas of a shard restarted before any vote was saved, all but the first
+      // candidate finding nothing, would all wait for a leader only they could elect.)
+      if (floor > this.term) this.adoptTerm(floor);
+      if (this.term === floor && this.votedFor === null) this.votedFor = this.self;
+      this.repairTerm = undefined;
+      this.repairTarget = undefined;
     } else {
       if (floor > this.term) this.adoptTerm(floor);
       // It may have voted in `floor` before it lost its storage: it votes no more in it.
@@ -921,7 +934,11 @@ export class Replica {
    */
   private handlePreVote(req: VoteRequest): VoteReply {
     const granted = req.term > this.term && this.repairTerm === undefined && this.candidateUpToDate(req) && !this.ignoresCandidate(req);
-    return { term: this.term, granted };
+    // To the probe of a replica whose storage was lost (term 0, probeTerms), its last LSN too,
+    // unless it is repairing a log that lost records (it may have held committed ones). One whose
+    // storage was lost too held nothing since.
+    if (req.term !== 0 || (this.repairTerm !== undefined && this.termsUnknown === undefined)) return { term: this.term, granted };
+    return { term: this.term, granted, lastLsn: this.lastLsn };
   }
 
   /** Answers a vote request; the vote is durable before the reply. */
@@ -1495,7 +1512,21 @@ export class Replica {
   /** Terms of records queued on the device but maybe not written yet (follower appends). */
   private readonly queuedTerms = new Map<number, number>();
 
+  /**
+   * Its storage was lost and its peers' terms are not all known yet (probeTerms): it answers no
+   * leader, not even with a refusal. In its former life it may have voted in a term after this
+   * leader's (its candidate not heard from yet): an acknowledgement, or any answer the leader
+   * counts as contact, could let a deposed leader commit a write, or renew its lease, next to a
+   * leader that term elected with that vote.
+   */
+  private refuseWhileTermsUnknown(): void {
+    if (this.termsUnknown === undefined) return;
+    const g = this.geometry;
+    throw new ProtocolError('unavailable', `replica ${g.volumeId}/${g.shard} lost its storage and has not learned every peer's term yet`);
+  }
+
   private async acceptAppend(req: AppendRequest): Promise<() => Promise<AppendReply>> {
+    this.refuseWhileTermsUnknown();
     const now = (reply: AppendReply) => () => Promise.resolve(reply);
     const termBefore = this.term;
     if (!this.acceptLeader(req.term, req.leader)) return now({ term: this.term, success: false, lastLsn: this.lastLsn });
@@ -1599,6 +1630,7 @@ export class Replica {
     if (req.bytes < IMAGE_BYTES_MIN) {
       throw new ProtocolError('bad_request', `bytes: an image is at least ${IMAGE_BYTES_MIN} bytes, got ${req.bytes}`, { path: 'bytes' });
     }
+    this.refuseWhileTermsUnknown();
     const termBefore = this.term;
     if (!this.acceptLeader(req.term, req.leader)) return { term: this.term, ok: false, nextOffset: 0 };
     if (this.term !== termBefore) await this.persistHardState();

@@ -36,6 +36,11 @@ export interface VoteRequest {
 export interface VoteReply {
   term: number;
   granted: boolean;
+  /**
+   * The answering replica's last LSN (queued records counted), in answers to a prevote for term 0
+   * (Replica.probeTerms): 0 tells a replica whose storage was lost that this peer holds no record.
+   */
+  lastLsn?: number;
 }
 
 export interface AppendRequest {
@@ -158,7 +163,7 @@ export function validateRaftReply(type: RaftRequest['type'], body: unknown): Raf
   switch (type) {
     case 'vote':
     case 'prevote':
-      return { term: termOf(o.term, 'term'), granted: bool(o.granted, 'granted') };
+      return { term: termOf(o.term, 'term'), granted: bool(o.granted, 'granted'), ...(o.lastLsn !== undefined ? { lastLsn: counter(o.lastLsn, 'lastLsn') } : {}) };
     case 'append':
       return {
         term: termOf(o.term, 'term'), success: bool(o.success, 'success'),

@@ -91,7 +91,8 @@ function markRepair(meta: MetaStore, log: SegmentLog): void {
   // The hard state's term is at least the term of every record (a replica takes a record's
   // term, durably, before it accepts the record).
   const repairTerm = Math.max(hs?.term ?? 0, log.lastTerm, hs?.repairTerm ?? 0);
-  const marked: HardStateRecord = { term: hs?.term ?? 0, votedFor: hs?.votedFor ?? null, repairTerm };
+  // A replica marked lost (its storage was wiped) stays so: it has yet to learn its peers' terms.
+  const marked: HardStateRecord = { term: hs?.term ?? 0, votedFor: hs?.votedFor ?? null, repairTerm, ...(hs?.lost === true ? { lost: true } : {}) };
   meta.write(RAFT, marked);
 }
 

@@ -1263,6 +1263,65 @@ describe('Replica (more cases)', function () {
       assert.equal(vote.granted, true, 'it votes at once, as a new replica does');
     });
 
+    it('while its peers\' terms are unknown it acknowledges no leader: a stale leader does not commit with it (the write would be lost)', async () => {
+      const slow = { electionTimeoutMinMs: 300, electionTimeoutMaxMs: 600, heartbeatMs: 50, rpcTimeoutMs: 1000 };
+      shard = new TestShard(['a', 'b', 'c'], { manualClock: true, timing: slow, randoms: { a: 0, b: 0.99, c: 0 } });
+      let t = 0;
+      const run = async (until: number, ids?: string[]): Promise<void> => {
+        for (; t <= until; t += 10) await shard!.at(t, ids);
+      };
+      await run(400);
+      const a = shard.members.get('a')!.replica;
+      assert.equal(shard.leaders()[0]?.id, 'a');
+      const w0 = await a.write([{ page: 0, data: page(1) }]);
+      await run(450);
+      await shard.waitFor(() => ['b', 'c'].every((id) => shard!.members.get(id)!.replica.appliedLsn >= w0.lsn), 'b and c apply');
+      // a's thread stalls (no tick: it still believes it leads term 1); b votes c in at term 2.
+      shard.isolate(['a']);
+      await run(1500, ['b', 'c']);
+      const c = shard.members.get('c')!.replica;
+      assert.equal(c.isLeader, true);
+      assert.equal(c.currentTerm, 2);
+      await shard.waitFor(() => shard!.members.get('b')!.replica.stats().lastLsn === c.stats().lastLsn, 'b holds c\'s no-op');
+      // b's disk is wiped; c is cut off; a reaches b again.
+      await shard.crash('b');
+      shard.heal();
+      shard.isolate(['c']);
+      const b = shard.start('b', new SimDisk(), { existing: true });
+      await run(1600, ['b']);
+      assert.equal(b.replica.stats().repairing, true, 'c has not answered: b does not know term 2');
+      // The stale leader writes: b must not acknowledge it (it voted in term 2 in its former life).
+      const w1 = a.write([{ page: 0, data: page(2) }]).then(() => 'committed', () => 'failed');
+      await run(1700, ['b']);
+      const outcome = await Promise.race([w1, new Promise((r) => setTimeout(() => r('pending'), 50))]);
+      // Everyone is back: c (last term 2) is elected without a's record of term 1.
+      shard.heal();
+      await run(4000, ['a', 'b', 'c']);
+      const l = await shard.leader();
+      const r = await l.replica.read([0], { deadlineMs: Date.now() + 1000, nowMs: Date.now() });
+      if (outcome === 'committed') assert.deepEqual(r.pages[0], page(2), `the write committed in term 1 is lost under ${l.id}'s term ${l.replica.currentTerm}`);
+      assert.notEqual(outcome, 'committed', 'a stale leader committed a write with the acknowledgement of a replica that did not know its term');
+    });
+
+    it('a whole shard restarted before any vote was saved (only the first candidate saved its term) elects a leader', async () => {
+      // A new volume's chosen member campaigns at once and saves term 1; the votes of the others
+      // are lost (their device queues hundreds of operations deep, say) and every node stops.
+      const slow = { electionTimeoutMinMs: 300, electionTimeoutMaxMs: 600, heartbeatMs: 50, rpcTimeoutMs: 1000 };
+      shard = new TestShard(['a', 'b', 'c'], { manualClock: true, timing: slow });
+      let lose = true;
+      shard.drops.push((_f, _t, msg) => lose && msg.type === 'vote');
+      await shard.at(0, ['a']);
+      assert.equal(shard.members.get('a')!.replica.currentTerm, 1, 'a saved its candidacy');
+      const disks = new Map<string, SimDisk>();
+      for (const id of ['a', 'b', 'c']) disks.set(id, await shard.crash(id));
+      lose = false;
+      // Every node reopens the replicas it held: b and c find nothing saved (nothing lost either).
+      for (const id of ['a', 'b', 'c']) shard.start(id, disks.get(id)!, { existing: true });
+      assert.equal(shard.members.get('b')!.storage.storageLost, true);
+      for (let t = 10; t <= 20_000 && shard.leaders().length === 0; t += 10) await shard.at(t);
+      assert.equal(shard.leaders().length, 1, 'no leader: b and c wait to be repaired by a leader only they could elect');
+    });
+
     it('forceVote lets it vote before its peers answered (operator override)', async () => {
       const { f, other, term } = await wiped();
       for (const id of shard!.ids) if (id !== f) shard!.cutLink(f, id);

@@ -193,6 +193,16 @@ describe('ShardStorage', () => {
       }
     });
 
+    it('a reopen that also finds its log shorter than it was durable (a disk replaced under a running host) keeps the lost mark', () => {
+      // The host reopens after a device failure with the durable LSN it knew: the log's cut marks
+      // the replica to repair (markRepair), which must not drop `lost` (it would vote without
+      // having learned its peers' terms).
+      const st = ShardStorage.open(new SimDisk(), { ...options('S'), repairFromPeers: true, expectExisting: true, durableLsn: 5 });
+      assert.equal(st.storageLost, true);
+      assert.equal(st.load()?.lost, true);
+      st.close();
+    });
+
     it('a sole copy is reported lost but not marked (no peer could give it back)', () => {
       const st = ShardStorage.open(new SimDisk(), { ...options('S'), expectExisting: true });
       assert.equal(st.storageLost, true);
