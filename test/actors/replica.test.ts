@@ -1626,8 +1626,9 @@ describe('Replica (more cases)', function () {
  */
 describe('Replica (five replicas under random faults, appends to all followers)', function () {
   this.timeout(120_000);
-  for (const seed of [1, 2]) {
-    it(`seed ${seed}: drops, cuts, crashes; every acknowledged write is on every replica at the end`, async () => {
+  // With `wiped`, a crashed replica comes back on an empty disk (its storage lost, opened as existing).
+  for (const [seed, wiped] of [[1, false], [2, false], [3, true], [4, true]] as const) {
+    it(`seed ${seed}: drops, cuts, crashes${wiped ? ' that wipe the disk' : ''}; every acknowledged write is on every replica at the end`, async () => {
       let s = seed * 2654435761 % 2 ** 32;
       const rnd = (): number => ((s = (s * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
       const ids = ['a', 'b', 'c', 'd', 'e'];
@@ -1655,6 +1656,15 @@ describe('Replica (five replicas under random faults, appends to all followers)'
         };
         const writers = [0, 1, 2, 3].map((w) => writer(w));
         const disks = new Map<string, SimDisk>();
+        let wipes = 0;
+        const restart = (id: string, d: SimDisk): void => {
+          if (!wiped) {
+            shard.start(id, d);
+            return;
+          }
+          wipes++;
+          assert.equal(shard.start(id, new SimDisk(), { existing: true }).storage.storageLost, true);
+        };
         for (let step = 0; step < 40; step++) {
           await new Promise((r) => setTimeout(r, 25));
           const x = rnd();
@@ -1663,14 +1673,14 @@ describe('Replica (five replicas under random faults, appends to all followers)'
           if (x < 0.3 && a !== b) shard.cutLink(a, b);
           else if (x < 0.5) shard.heal();
           else if (x < 0.6 && !disks.has(a) && disks.size < 1) disks.set(a, await shard.crash(a));
-          else if (x < 0.75 && disks.size > 0) { const [id, d] = [...disks][0]!; disks.delete(id); shard.start(id, d); }
+          else if (x < 0.75 && disks.size > 0) { const [id, d] = [...disks][0]!; disks.delete(id); restart(id, d); }
         }
         stopWriting = true;
         // A writer with a write in flight may still be writing: its outcome is unknown, its page forgotten.
         await Promise.race([Promise.all(writers), new Promise((r) => setTimeout(r, 5000))]);
         dropRate = 0;
         shard.heal();
-        for (const [id, d] of disks) shard.start(id, d);
+        for (const [id, d] of disks) restart(id, d);
         const l = await shard.leader();
         const w = await l.replica.write([{ page: 255, data: page(255) }]);
         await shard.waitFor(() => [...shard.members.values()].every((m) => m.replica.appliedLsn >= w.lsn), 'every replica applies everything', 30_000);
@@ -1678,6 +1688,10 @@ describe('Replica (five replicas under random faults, appends to all followers)'
           for (const [p, v] of acked) assert.deepEqual(m.storage.store.getPage(p), page(v), `${m.id} page ${p}`);
         }
         assert.ok(acked.size > 0 && shard.appendsToAll.length > 0, `${acked.size} pages checked, ${shard.appendsToAll.length} appends to all`);
+        if (wiped) {
+          assert.ok(wipes > 0, 'a replica came back on an empty disk');
+          await shard.waitFor(() => [...shard.members.values()].every((m) => !m.replica.stats().repairing), 'every replica repaired', 30_000);
+        }
       } finally {
         await shard.stop();
       }
