@@ -277,6 +277,8 @@ export class DeviceHost {
     if (!entry) {
       entry = { spec, storage: undefined, replica: undefined, downReason: undefined, restarts: [], damaged: undefined, durableLsn: undefined, unrepairable: [], existed: spec.existing === true };
       this.shards.set(key, entry);
+    } else if (spec.existing === true) {
+      entry.existed = true;
     }
     if (!entry.replica) this.start(entry);
     return this.stateOf(entry);

@@ -251,8 +251,7 @@ export class HostPool {
     try {
       await this.call(slot, (api) => api.openShard(spec));
       slot.reopenPending.delete(key);
-      // Its storage exists now: a restarted host that finds none reports it lost.
-      if (spec.existing !== true && slot.shards.get(key) === spec) slot.shards.set(key, { ...spec, existing: true });
+      this.opened(slot, key, spec);
     } catch (e) {
       // A spec the host refuses must not come back with every restart of the host.
       if (refused(e)) slot.shards.delete(key);
@@ -461,6 +460,11 @@ export class HostPool {
     return this.opts.callTimeoutMs ?? 30_000;
   }
 
+  /** A shard's storage exists once a host opened it: a restarted host that finds none reports it lost (ShardSpec.existing). */
+  private opened(slot: HostSlot, key: string, spec: ShardSpec): void {
+    if (spec.existing !== true && slot.shards.get(key) === spec) slot.shards.set(key, { ...spec, existing: true });
+  }
+
   /**
    * Reopens shards on a (re)started host, each within the call deadline. One that fails does
    * not keep the host from serving the others: it is reported, and tried again with back-off
@@ -477,6 +481,7 @@ export class HostPool {
       try {
         await timed(this.untilExit(slot, api.openShard(spec)), this.callTimeoutMs, `reopening shard ${key} on host ${slot.config.hostId}`);
         slot.reopenPending.delete(key);
+        this.opened(slot, key, spec);
       } catch (e) {
         if (!current()) return;
         const err = e instanceof Error ? e : new Error(String(e));

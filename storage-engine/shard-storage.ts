@@ -59,10 +59,12 @@ export interface ShardStorageOptions {
   /**
    * The replica was opened on this node before (its node's record of its shards, a
    * reconciliation with the catalog, a restart of its host): its storage should be here. An open
-   * that finds no trace of it (no term or vote saved, no record, no image) reports `storageLost`,
-   * and with `repairFromPeers` marks the hard state `lost` before anything else: the replica
-   * may have voted and acknowledged records in a former life it no longer knows of (a wiped or
-   * replaced disk). Without it, such an open is a new replica's.
+   * that finds no term and vote saved reports `storageLost`, and with `repairFromPeers` marks the
+   * hard state `lost` before anything else: the replica may have voted and acknowledged records
+   * in a former life it no longer knows of (a wiped or replaced disk, or only its hard state lost:
+   * a replica saves its term before it takes a record or an image). Without it, such an open is a
+   * new replica's. (A term and vote that no longer read are marked `lost` too, with
+   * `repairFromPeers`, expected or not, and reported as damage.)
    */
   expectExisting?: boolean;
 }
@@ -79,6 +81,24 @@ export interface HardStateRecord {
 interface InstallMarker {
   lsn: number;
   term: number;
+}
+
+/** The hard state of a replica whose term and vote were lost (HardStateRecord.lost). */
+const LOST_MARK: HardStateRecord = { term: 0, votedFor: null, repairTerm: 0, lost: true };
+
+/**
+ * A term and vote that no longer read (a damaged file): replaced by the lost mark, so that the
+ * replica learns its peers' terms before it votes again; returns the damage (none: they read).
+ */
+function checkHardState(meta: MetaStore): CorruptionReport[] {
+  try {
+    meta.read<HardStateRecord>(RAFT);
+    return [];
+  } catch (e) {
+    if (!(e instanceof CorruptionError)) throw e;
+    meta.write(RAFT, LOST_MARK);
+    return [...e.reports];
+  }
 }
 
 const INCOMING = 'incoming.img.tmp';
@@ -175,8 +195,8 @@ export class ShardStorage {
    */
   readonly lostRecords: boolean;
   /**
-   * This open found no trace of a replica expected to exist (`expectExisting`): no term or vote,
-   * no record, no image. With `repairFromPeers` the hard state is marked `lost`.
+   * This open found no term and vote of a replica expected to exist (`expectExisting`). With
+   * `repairFromPeers` the hard state is marked `lost`.
    */
   readonly storageLost: boolean;
 
@@ -196,6 +216,8 @@ export class ShardStorage {
     const meta = new MetaStore(disk, opts.dir);
     const log = SegmentLog.open(disk, { dir: joinPath(opts.dir, 'log'), ...(opts.segmentBytesMax ? { segmentBytesMax: opts.segmentBytesMax } : {}) });
     try {
+      // Before anything else is written.
+      const hardStateDamage = opts.repairFromPeers ? checkHardState(meta) : [];
       const marker = meta.read<InstallMarker>(INSTALL);
       if (marker !== undefined) finishInstall(disk, opts.dir, log, marker);
       if (disk.exists(joinPath(opts.dir, INCOMING))) {
@@ -208,11 +230,11 @@ export class ShardStorage {
       const imageLsn = PageStore.imageLsn(disk, opts.dir) || PageStore.newestImageOnDisk(disk, opts.dir);
       // Marked before anything else is written: a crash after this open's first write must not
       // leave a replica that looks new (one that votes at once).
-      const storageLost = opts.expectExisting === true && imageLsn === 0 && log.lastLsn === 0 && meta.read<HardStateRecord>(RAFT) === undefined;
-      if (storageLost && opts.repairFromPeers) meta.write(RAFT, { term: 0, votedFor: null, repairTerm: 0, lost: true } satisfies HardStateRecord);
+      const storageLost = opts.expectExisting === true && meta.read<HardStateRecord>(RAFT) === undefined;
+      if (storageLost && opts.repairFromPeers) meta.write(RAFT, LOST_MARK);
       const replayUpto = Math.max(log.firstLsn - 1, Math.min(imageLsn, log.lastLsn));
-      let lost = repaired.length > 0;
-      const found: CorruptionReport[] = [...repaired];
+      let lost = repaired.length > 0 || hardStateDamage.length > 0;
+      const found: CorruptionReport[] = [...hardStateDamage, ...repaired];
       if (opts.durableLsn !== undefined && log.lastLsn < opts.durableLsn && !lost) {
         // Marked before anything else is done: a crash after the cut must not forget it.
         found.push({

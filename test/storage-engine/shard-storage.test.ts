@@ -210,7 +210,7 @@ describe('ShardStorage', () => {
       st.close();
     });
 
-    it('a replica with a saved term, a record or an image is not lost; without expectExisting, an empty one is new', () => {
+    it('a replica with a saved term is not lost; one with records and an image but no term and vote lost them; without expectExisting, an empty one is new', () => {
       const termOnly = new SimDisk();
       const a = ShardStorage.open(termOnly, options('S'));
       assert.equal(a.storageLost, false, 'a new replica');
@@ -221,15 +221,36 @@ describe('ShardStorage', () => {
       assert.equal(b.storageLost, false);
       assert.deepEqual(b.load(), { term: 2, votedFor: 'n1' });
       b.close();
-      // Records and an image, but no hard state file (it was never written on this device).
+      // Records and an image, but no hard state file: a replica saves its term before it takes
+      // a record or an image, so its term and vote were lost (not its records).
       const filled = new SimDisk();
       const c = ShardStorage.open(filled, options('S'));
-      fill(c, 1);
+      const last = fill(c, 1);
       c.close();
       const d = ShardStorage.open(filled, { ...options('S'), repairFromPeers: true, expectExisting: true });
-      assert.equal(d.storageLost, false);
-      assert.equal(d.load(), undefined);
+      assert.equal(d.storageLost, true);
+      assert.deepEqual(d.load(), lostMark);
+      assert.equal(d.log.lastLsn, last, 'the records stay');
       d.close();
+    });
+
+    it('a term and vote that no longer read are marked lost and reported as damage, expected or not; a sole copy\'s read of them fails as before', () => {
+      const disk = new SimDisk();
+      const st = ShardStorage.open(disk, options('S'));
+      const last = fill(st, 1);
+      st.save({ term: 3, votedFor: 'n2' });
+      st.close();
+      disk.flipBits('S/raft', disk.fileBytes('S/raft').length - 3, 1);
+      const sole = ShardStorage.open(disk, options('S'));
+      assert.throws(() => sole.load(), CorruptionError);
+      sole.close();
+      const again = ShardStorage.open(disk, { ...options('S'), repairFromPeers: true });
+      assert.equal(again.storageLost, false, 'reported as damage instead');
+      assert.equal(again.lostRecords, true);
+      assert.deepEqual(again.repaired.map((r) => r.file), ['S/raft']);
+      assert.deepEqual(again.load(), lostMark);
+      assert.equal(again.log.lastLsn, last, 'the records stay');
+      again.close();
     });
   });
 
