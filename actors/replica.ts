@@ -489,8 +489,10 @@ export class Replica {
     this.term = Math.max(hs.term, this.log.lastTerm);
     this.votedFor = hs.term === this.term ? hs.votedFor : null;
     this.repairTerm = hs.repairTerm;
-    if (hs.lost === true && this.members.length > 1) {
-      this.termsUnknown = new Set(this.peers());
+    if (hs.lost === true) {
+      // A sole copy has no peer to ask or to be given its pages by: it does not lead until an
+      // operator accepts the loss (forceVote), rather than serve its lost pages as never written.
+      if (this.members.length > 1) this.termsUnknown = new Set(this.peers());
       this.repairTerm ??= 0;
     }
     this.lastLsn = this.log.lastLsn;
@@ -821,7 +823,8 @@ export class Replica {
     // Its last LSN still counts records a queued truncation is cutting: it waits for the cut.
     if (this.truncating > 0) return;
     // A log that lost records could make a leader without them: it waits to be given them back.
-    if (this.repairTerm !== undefined && this.majority() > 1) return;
+    // (A sole copy is marked only when its storage was lost: it waits for an operator.)
+    if (this.repairTerm !== undefined) return;
     this.leader = null;
     if (this.majority() === 1) {
       void this.startElection();

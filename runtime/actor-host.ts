@@ -276,7 +276,7 @@ export class ActorHost implements HostApi {
       onStorageLost: (spec) =>
         spec.members.length > 1
           ? this.log.warn('replica opened without its saved term and vote although this node held it: a wiped or replaced disk (or its hard state alone lost), or a replica that had saved nothing yet; it takes no part in elections until it has learned its peers\' terms and been given the shard back', { volume: spec.volumeId, shard: spec.shard })
-          : this.log.error('the only copy of a shard opened without its saved term and vote although this node held it: a wiped or replaced disk, or a copy that had saved nothing yet; pages it no longer holds read as never written', { volume: spec.volumeId, shard: spec.shard }),
+          : this.log.error('the only copy of a shard opened without its saved term and vote although this node held it: a wiped or replaced disk, or a copy that had saved nothing yet; it serves nothing until an operator accepts the loss (strata shard force-vote), after which pages it no longer holds read as never written', { volume: spec.volumeId, shard: spec.shard }),
       onUnrepairable: (spec, err) =>
         this.log.error('replica storage is damaged and no peer holds a copy: reads of the damaged data fail with corruption', {
           volume: spec.volumeId,

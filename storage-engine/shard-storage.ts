@@ -59,8 +59,9 @@ export interface ShardStorageOptions {
   /**
    * The replica was opened on this node before (its node's record of its shards, a
    * reconciliation with the catalog, a restart of its host): its storage should be here. An open
-   * that finds no term and vote saved reports `storageLost`, and with `repairFromPeers` marks the
-   * hard state `lost` before anything else: the replica may have voted and acknowledged records
+   * that finds no term and vote saved reports `storageLost`, and marks the hard state `lost`
+   * before anything else (a sole copy too: it then serves nothing until an operator accepts the
+   * loss): the replica may have voted and acknowledged records
    * in a former life it no longer knows of (a wiped or replaced disk, or only its hard state lost:
    * a replica saves its term before it takes a record or an image). Without it, such an open is a
    * new replica's. (A term and vote that no longer read are marked `lost` too, with
@@ -194,10 +195,7 @@ export class ShardStorage {
    * marked to repair (no vote until given them back); a sole copy has lost them.
    */
   readonly lostRecords: boolean;
-  /**
-   * This open found no term and vote of a replica expected to exist (`expectExisting`). With
-   * `repairFromPeers` the hard state is marked `lost`.
-   */
+  /** This open found no term and vote of a replica expected to exist (`expectExisting`); the hard state is marked `lost`. */
   readonly storageLost: boolean;
 
   private constructor(disk: Disk, opts: ShardStorageOptions, log: SegmentLog, store: PageStore, repaired: readonly CorruptionReport[], lostRecords = false, storageLost = false) {
@@ -231,7 +229,7 @@ export class ShardStorage {
       // Marked before anything else is written: a crash after this open's first write must not
       // leave a replica that looks new (one that votes at once).
       const storageLost = opts.expectExisting === true && meta.read<HardStateRecord>(RAFT) === undefined;
-      if (storageLost && opts.repairFromPeers) meta.write(RAFT, LOST_MARK);
+      if (storageLost) meta.write(RAFT, LOST_MARK);
       const replayUpto = Math.max(log.firstLsn - 1, Math.min(imageLsn, log.lastLsn));
       let lost = repaired.length > 0 || hardStateDamage.length > 0;
       const found: CorruptionReport[] = [...hardStateDamage, ...repaired];

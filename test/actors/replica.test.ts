@@ -1322,6 +1322,26 @@ describe('Replica (more cases)', function () {
       assert.equal(shard.leaders().length, 1, 'no leader: b and c wait to be repaired by a leader only they could elect');
     });
 
+    it('a sole copy whose storage was lost does not lead until an operator accepts the loss', async () => {
+      shard = new TestShard(['a']);
+      const l = await shard.leader();
+      await l.replica.write([{ page: 0, data: page(7) }]);
+      await shard.crash('a');
+      const m = shard.start('a', new SimDisk(), { existing: true });
+      assert.equal(m.storage.storageLost, true);
+      await shard.elapse(400);
+      assert.equal(m.replica.isLeader, false, 'it does not serve its lost pages as never written');
+      assert.equal(m.replica.stats().repairing, true);
+      assert.deepEqual(await m.replica.forceVote(), { wasRepairing: true, term: 0 });
+      await shard.leader();
+      const r = await m.replica.read([0], { deadlineMs: Date.now() + 1000, nowMs: Date.now() });
+      assert.deepEqual(r.pages[0], new Uint8Array(4096), 'accepted: the lost page reads as never written');
+      // The acceptance is durable: reopened, it leads at once.
+      const again = await shard.restart('a');
+      assert.equal(again.replica.stats().repairing, false);
+      await shard.leader();
+    });
+
     it('forceVote lets it vote before its peers answered (operator override)', async () => {
       const { f, other, term } = await wiped();
       for (const id of shard!.ids) if (id !== f) shard!.cutLink(f, id);

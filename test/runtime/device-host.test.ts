@@ -140,7 +140,7 @@ describe('DeviceHost supervision', () => {
       assert.deepEqual(lost, [{ shard: 0, members: 3 }, { shard: 2, members: 1 }], 'the new replica (a create\'s open) is not reported');
       assert.equal(repairing(0), true, 'no vote until its peers answered and gave it the shard back');
       assert.equal(repairing(1), false);
-      assert.equal(repairing(2), false, 'a sole copy has no peer to wait for');
+      assert.equal(repairing(2), true, 'a sole copy waits for an operator to accept the loss');
       // Opened once on this device, shard 1 existed from then on: its storage gone, the host's
       // restart of it finds it lost although its spec was a create's.
       disk.removeTree('shards/v1.1');
