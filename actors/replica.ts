@@ -223,6 +223,8 @@ export interface ReplicaStats {
   heldBytes: number;
   /** Its log lost records to damage and is being given them back: it does not vote until then (HardState.repairTerm). */
   repairing: boolean;
+  /** Its storage was lost (HardState.lost) and these peers have not answered with their term yet (probeTerms); absent otherwise. */
+  awaitingTerms?: string[];
   /** Prevote rounds started (an election follows only when a majority would vote). */
   preVotes: number;
   elections: number;
@@ -569,6 +571,7 @@ export class Replica {
       heldRecords: this.recent.length,
       heldBytes: this.recentBytes,
       repairing: this.repairTerm !== undefined,
+      ...(this.termsUnknown !== undefined ? { awaitingTerms: [...this.termsUnknown].sort() } : {}),
       ...this.counters,
       cache: { hits: c.hits, misses: c.misses, evictions: c.evictions, bytes: c.bytes },
     };

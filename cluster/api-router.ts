@@ -426,6 +426,8 @@ export function mergeClusterStatus(input: StatusParts, bytesMax: number): Record
         ...(r.downReason ? { reason: r.downReason } : {}),
         // Its log lost records: it votes for no one until it has them again (docs/replication.md).
         ...(r.repairing === true ? { repairing: true } : {}),
+        // Its storage was lost: the peers whose term it waits for before anything else.
+        ...(Array.isArray(r.awaitingTerms) && r.awaitingTerms.length > 0 ? { awaitingTerms: r.awaitingTerms } : {}),
       }));
       if (!best) return { shard: i, role: 'none', term: 0, commitLsn: 0, appliedLsn: 0, state: 'unavailable', replicas };
       return {

@@ -191,9 +191,13 @@ function replicaRows(s: Rec, dead: ReadonlySet<string>): ReplicaRow[] {
     const down = reported !== 'up' && reported !== '-';
     // A replica whose log lost records votes for no one until it has them again.
     const repairing = r.repairing === true;
+    const awaiting = (Array.isArray(r.awaitingTerms) ? (r.awaitingTerms as unknown[]) : []).filter((x): x is string => typeof x === 'string' && x !== '').slice(0, 8).map(cell);
+    const repairNote = awaiting.length > 0
+      ? `storage lost: no vote before the term${awaiting.length === 1 ? '' : 's'} of ${awaiting.join(', ')}`
+      : 'lost records or storage: no vote until repaired';
     rows.push({
       node, role: str(r.role), state: repairing && !down ? 'repairing' : reported, term: num(r.term), commitLsn: num(r.commitLsn), appliedLsn: num(r.appliedLsn),
-      lag: lagOf(node), note: repairing ? 'lost records or storage: no vote until repaired' : str(r.reason), tone: down ? 'bad' : repairing ? 'warn' : undefined,
+      lag: lagOf(node), note: repairing ? repairNote : str(r.reason), tone: down ? 'bad' : repairing ? 'warn' : undefined,
     });
   }
   for (const node of Object.keys(lagMap)) {

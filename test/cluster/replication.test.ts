@@ -308,6 +308,9 @@ describe('replication across three nodes', function () {
     });
     await new Promise((r) => setTimeout(r, 1500)); // several election timeouts
     assert.deepEqual((await replicasOf(c, info.id, 0)).filter((r) => r.role === 'leader'), [], 'no leader while the last leader is down');
+    // The status says whose term it waits for: the last leader's (node 0 answered).
+    const view = (await shardView(c.client, 'wipe', 0)) as unknown as { replicas: Array<{ node: string; awaitingTerms?: string[] }> };
+    assert.deepEqual(view.replicas.find((r) => r.node === `n${wiped + 1}`)?.awaitingTerms, [`n${leader + 1}`]);
     // The last leader comes back: it leads (it alone holds the writes), and the wiped node is repaired.
     await c.restart(leader);
     await until('every page of generation 2', 40_000, () => expectPages(vol, pages, 2).then(() => true));

@@ -7,7 +7,7 @@ import { strict as assert } from 'node:assert';
 import { encode } from '../../messages/codec';
 import { joinNodeStatus, mergeClusterStatus, splitNodeStatus, type StatusParts } from '../../cluster/api-router';
 import { formatStatus } from '../../observability/status';
-import { nodeStatusPart } from '../../cluster/node';
+import { compactStatus, nodeStatusPart } from '../../cluster/node';
 import { validateNodeStatusRequest } from '../../messages/control';
 import { ProtocolError } from '../../messages/errors';
 
@@ -57,6 +57,21 @@ describe('cluster status merge (mergeClusterStatus)', () => {
     assert.match(text, /\n +1 .*degraded: n2 repairing/);
     assert.match(text, /\n +1 +n2 +follower +repairing .*lost records or storage: no vote until repaired/);
     assert.match(text, /\(2 shards not ok\)/);
+  });
+
+  it('a replica whose storage was lost names the peers whose term it waits for, through the node\'s compact status', () => {
+    const p = parts();
+    const n2 = p.nodes[1]!;
+    (n2.shards as Array<Record<string, unknown>>)[1] = replica('va', 1, 'follower', { repairing: true, awaitingTerms: ['n3'], lastLsn: 0 });
+    // As a node answers in parts: only the merged fields of each shard travel.
+    const compacted = compactStatus(n2);
+    const sent = (compacted.shards as Array<Record<string, unknown>>).find((sh) => sh.shard === 1)!;
+    assert.deepEqual(sent.awaitingTerms, ['n3']);
+    assert.equal(sent.lastLsn, undefined, 'not a merged field');
+    const full = mergeClusterStatus(p, 1 << 20);
+    const r = (full.volumes as Volume[])[0]!.shards[1]!.replicas!.find((x) => x.node === 'n2')!;
+    assert.deepEqual(r.awaitingTerms, ['n3']);
+    assert.match(formatStatus(full, { nowMs: 0 }), /\n +1 +n2 +follower +repairing .*storage lost: no vote before the term of n3$/m);
   });
 
   it('a member the controller has not heard from since it started (no last seen) is shown dead', () => {
