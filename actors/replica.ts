@@ -75,12 +75,15 @@ export interface HardState {
    */
   repairTerm?: number;
   /**
-   * Set when this replica's storage was lost (a wiped or replaced disk: its node held the replica,
-   * and the open found no term, vote, record or image). It may have voted, and acknowledged
-   * records, in terms it no longer knows of; with `repairTerm` also set, it neither votes nor
-   * campaigns. It first learns the term of every peer (Replica.probeTerms): each term it voted
-   * in was saved by its candidate first, so the highest of them bounds those terms. It then takes
-   * that term, as if it had voted in it, and is repaired as a replica that lost records.
+   * Set when this replica's term and vote were lost (its node held the replica, and the open
+   * found none saved, or found them unreadable: a wiped or replaced disk, or the hard state alone;
+   * its records, if any, are kept). It may have voted, and acknowledged records, in terms it no
+   * longer knows of; with `repairTerm` also set, it neither votes nor campaigns. It first learns
+   * the term of every peer (Replica.probeTerms): each term it voted in was saved by its candidate
+   * first, so the highest of them bounds those terms. It then takes that term, as if it had voted
+   * in it, and is repaired as a replica that lost records; unless no peer holds a record (it votes
+   * at once) or no peer ever campaigned (a new replica). A sole copy has no peer to ask: it waits
+   * for forceVote.
    */
   lost?: boolean;
 }
@@ -123,7 +126,7 @@ export interface ReplicaTiming {
   /**
    * Heartbeat period of a leader; default 100 ms: 3 within the minimum election timeout, and the
    * lease (0.75 of it) is renewed twice within its span. An idle shard costs its heartbeats: 50 ms
-   * cost a cluster with an idle volume of 256 shards × 3 about 0.8 of a core (docs/replication.md).
+   * cost a cluster with an idle volume of 256 shards × 3 0.78–0.92 of a core (100 ms: 0.50–0.54) (docs/replication.md).
    */
   heartbeatMs: number;
   /** Deadline of one message to a peer; default 1000 ms. */

@@ -29,8 +29,8 @@ export interface ShardSpec extends ShardGeometry {
   members: string[];
   /**
    * The replica existed on this node before this open (it is reopened from the node's record of
-   * its shards, or by a reconciliation with the catalog): an open that finds no trace of its
-   * storage means the storage was lost (ShardStorageOptions.expectExisting). Absent for the open
+   * its shards, or by a reconciliation with the catalog): an open that finds no term and vote
+   * saved means its storage (or its hard state alone) was lost (ShardStorageOptions.expectExisting). Absent for the open
    * of a volume's creation.
    */
   existing?: boolean;
@@ -61,9 +61,9 @@ export interface DeviceHostOptions {
    */
   onRepaired?: (spec: ShardSpec, damage: readonly CorruptionReport[], lost: boolean) => void;
   /**
-   * Told when a replica that existed on this node opened with no trace of its storage (a wiped or
-   * replaced disk): a replica of several learns its peers' terms and is repaired by them before
-   * it votes again; a sole copy has lost its pages. For logging by the host.
+   * Told when a replica that existed on this node opened with no term and vote saved (a wiped or
+   * replaced disk, or its hard state alone lost): a replica of several learns its peers' terms
+   * (and is repaired by them) before it votes again; a sole copy waits for strata shard force-vote. For logging by the host.
    */
   onStorageLost?: (spec: ShardSpec) => void;
   /**

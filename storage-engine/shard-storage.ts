@@ -75,7 +75,7 @@ export interface HardStateRecord {
   votedFor: string | null;
   /** See the Replica's HardState.repairTerm: set when a repair discarded records (at this term). */
   repairTerm?: number;
-  /** See the Replica's HardState.lost: set when the open found no trace of a replica that existed. */
+  /** See the Replica's HardState.lost: set when the open found no term and vote (none saved, or unreadable) of a replica that existed. */
   lost?: boolean;
 }
 
@@ -216,6 +216,11 @@ export class ShardStorage {
     try {
       // Before anything else is written.
       const hardStateDamage = opts.repairFromPeers ? checkHardState(meta) : [];
+      // Marked before anything else is written (repairLog's markRepair would otherwise save a
+      // hard state without `lost`): a crash after this open's first write must not leave a
+      // replica that looks new or merely repairing.
+      const storageLost = opts.expectExisting === true && hardStateDamage.length === 0 && meta.read<HardStateRecord>(RAFT) === undefined;
+      if (storageLost) meta.write(RAFT, LOST_MARK);
       const marker = meta.read<InstallMarker>(INSTALL);
       if (marker !== undefined) finishInstall(disk, opts.dir, log, marker);
       if (disk.exists(joinPath(opts.dir, INCOMING))) {
@@ -226,10 +231,6 @@ export class ShardStorage {
       // Without a readable checkpoint pointer, the newest image on disk (built from applied, so
       // committed, records) bounds the replay; PageStore.open then takes any image the log covers.
       const imageLsn = PageStore.imageLsn(disk, opts.dir) || PageStore.newestImageOnDisk(disk, opts.dir);
-      // Marked before anything else is written: a crash after this open's first write must not
-      // leave a replica that looks new (one that votes at once).
-      const storageLost = opts.expectExisting === true && meta.read<HardStateRecord>(RAFT) === undefined;
-      if (storageLost) meta.write(RAFT, LOST_MARK);
       const replayUpto = Math.max(log.firstLsn - 1, Math.min(imageLsn, log.lastLsn));
       let lost = repaired.length > 0 || hardStateDamage.length > 0;
       const found: CorruptionReport[] = [...hardStateDamage, ...repaired];

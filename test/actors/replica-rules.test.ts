@@ -16,7 +16,7 @@ import { ProtocolError } from '../../messages/errors';
 import type { AppendReply, AppendRequest, RaftReply, RaftRequest, WireRecord } from '../../messages/raft';
 import { DiskGates, geometry, page } from '../support/replica-harness';
 
-/** The default timing: 300–600 ms elections, 50 ms heartbeats, a lease of 0.75 × 300 ms. */
+/** The default timing before 5354581 (heartbeats 50 ms, now 100): 300–600 ms elections, a lease of 0.75 × 300 ms. */
 const timing = { electionTimeoutMinMs: 300, electionTimeoutMaxMs: 600, heartbeatMs: 50, rpcTimeoutMs: 1000 };
 
 

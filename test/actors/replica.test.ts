@@ -750,7 +750,7 @@ describe('Replica (more cases)', function () {
   });
 
   describe('on a clock the test moves (leader stickiness and the lease under stalls and restarts)', function () {
-    // The default timing: 300–600 ms elections, 50 ms heartbeats, a lease of 0.75 × 300 ms.
+    // The default timing before 5354581 (heartbeats 50 ms, now 100): 300–600 ms elections, a lease of 0.75 × 300 ms.
     const slow = { electionTimeoutMinMs: 300, electionTimeoutMaxMs: 600, heartbeatMs: 50, rpcTimeoutMs: 1000 };
 
     /** a leads from 300 ms, its link to c is cut at 450 ms; everyone ticks every 10 ms until `until`. */

@@ -13,9 +13,9 @@
  *   connection drops and reconnects; every node asks its claim again);
  * - `wipe`: SIGKILL of a node other than n1 (whose data directory holds the catalog), its data
  *   directory removed, and the node started again 0.5–4 s later on an empty one (a replaced
- *   disk): its replicas learn their peers' terms and are given their shards back. Only when no
- *   replica is repairing: two replicas of a shard without their storage are more than a set of
- *   three can lose. (Skipped, that round injects nothing.)
+ *   disk): its replicas learn their peers' terms and are given their shards back. Only when every
+ *   replica is reported up and none repairing: two replicas of a shard without their storage are
+ *   more than a set of three can lose. (Skipped, that round injects nothing.)
  *
  * When the time is up the faults end, and the run checks:
  * 1. the cluster converges: within CONVERGE_MS every shard has a leader and every replica is up,
@@ -425,12 +425,15 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
           }),
         );
       };
-      /** True when some replica of the volume is repairing, or the status does not say. */
+      /**
+       * True unless every shard of the volume reports its 3 replicas up and none repairing: a
+       * node wiped a moment ago may not report its replicas yet (its reconciliation pending).
+       */
       const anyRepairing = async (): Promise<boolean> => {
         try {
-          const st = (await cluster.client.status()) as unknown as { volumes: Array<{ name: string; shards: Array<{ replicas?: Array<{ repairing?: boolean }> }> }> };
+          const st = (await cluster.client.status()) as unknown as { volumes: Array<{ name: string; shards: Array<{ replicas?: Array<{ state?: string; repairing?: boolean }> }> }> };
           const vol = st.volumes.find((v) => v.name === 'soak');
-          return vol === undefined || vol.shards.some((sh) => (sh.replicas ?? []).some((r) => r.repairing === true));
+          return vol === undefined || vol.shards.some((sh) => (sh.replicas ?? []).length !== 3 || (sh.replicas ?? []).some((r) => r.state !== 'up' || r.repairing === true));
         } catch {
           return true;
         }

@@ -271,6 +271,21 @@ describe('ShardStorage', () => {
       return from + count - 1;
     };
 
+    it('an existing replica with no term and vote whose log is also damaged is marked lost, and the repair keeps the mark', () => {
+      const disk = new SimDisk();
+      const st = ShardStorage.open(disk, options('S'));
+      const imaged = fill(st, 1);
+      more(st, 30);
+      st.close(); // No hard state saved on this disk (as after losing that file alone).
+      const seg = segments(disk, 'S').find((x) => x.base > imaged + 3)!;
+      disk.flipBits(`S/log/${seg.name}`, 200, 1);
+      whileOpen(disk, { ...options('S'), repairFromPeers: true, expectExisting: true }, (st2) => {
+        assert.equal(st2.storageLost, true);
+        assert.equal(st2.repaired.length, 1, 'the damage is repaired too');
+        assert.deepEqual(st2.load(), { term: 0, votedFor: null, repairTerm: 2, lost: true }, 'repairTerm: its last record\'s term');
+      });
+    });
+
     it('opens read-only without repairFromPeers; with it, the damage goes, the valid prefix stays and the hard state is marked', () => {
       const disk = new SimDisk();
       const st = ShardStorage.open(disk, options('S'));
