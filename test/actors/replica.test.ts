@@ -4,6 +4,7 @@ import { DeviceQueue } from '../../actors/device-queue';
 import { SimDisk } from '../../storage-engine/sim-disk';
 import type { Disk } from '../../storage-engine/disk';
 import { Slab } from '../../storage-engine/slab';
+import { IMAGE_BYTES_MIN } from '../../storage-engine/image';
 import { ShardStorage } from '../../storage-engine/shard-storage';
 import { ProtocolError } from '../../messages/errors';
 import { encode } from '../../messages/codec';
@@ -1140,6 +1141,10 @@ describe('Replica (more cases)', function () {
       assert.equal(pre.granted, false, 'no prevote granted');
       const vote = (await m.replica.handle({ type: 'vote', term: m.replica.currentTerm + 1, ...ahead })) as { granted: boolean };
       assert.equal(vote.granted, false, 'no vote granted');
+      // Asked for its term by a replica whose storage was lost, it does not give its last LSN: it
+      // may have held committed records it lost (counted as holding records).
+      const probe = (await m.replica.handle({ type: 'prevote', term: 0, candidate: other, lastLsn: 0, lastTerm: 0 }));
+      assert.deepEqual(probe, { term: m.replica.currentTerm, granted: false });
     });
 
     it('with every image of a follower damaged it starts over from nothing, and is sent the leader\'s image and records', async () => {
@@ -1340,6 +1345,18 @@ describe('Replica (more cases)', function () {
       const again = await shard.restart('a');
       assert.equal(again.replica.stats().repairing, false);
       await shard.leader();
+    });
+
+    it('a term-0 probe is answered with the term and last LSN; while probing, it answers 0 and refuses a leader\'s image', async () => {
+      const { l, f, other, last, term } = await wiped();
+      const probe = { type: 'prevote' as const, term: 0, candidate: f, lastLsn: 0, lastTerm: 0 };
+      assert.deepEqual(await l.replica.handle(probe), { term, granted: false, lastLsn: last });
+      for (const id of shard!.ids) if (id !== f) shard!.cutLink(f, id);
+      const m = shard!.start(f, new SimDisk(), { existing: true });
+      assert.deepEqual(await m.replica.handle({ ...probe, candidate: other }), { term: 0, granted: false, lastLsn: 0 }, 'a lost replica holds nothing since');
+      const image = { type: 'snapshot' as const, term, leader: l.id, lsn: last, lastTerm: term, bytes: IMAGE_BYTES_MIN, offset: 0, data: new Uint8Array(0), done: false };
+      await assert.rejects(m.replica.handle(image), (e: ProtocolError) => e.code === 'unavailable' && /has not learned every peer's term/.test(e.message));
+      assert.equal(m.replica.currentTerm, 0, 'the image\'s term is not taken either');
     });
 
     it('forceVote lets it vote before its peers answered (operator override)', async () => {

@@ -72,6 +72,8 @@ describe('cluster status merge (mergeClusterStatus)', () => {
     const r = (full.volumes as Volume[])[0]!.shards[1]!.replicas!.find((x) => x.node === 'n2')!;
     assert.deepEqual(r.awaitingTerms, ['n3']);
     assert.match(formatStatus(full, { nowMs: 0 }), /\n +1 +n2 +follower +repairing .*storage lost: no vote before the term of n3$/m);
+    r.awaitingTerms = ['n1', 'n3'];
+    assert.match(formatStatus(full, { nowMs: 0 }), /\n +1 +n2 +follower +repairing .*storage lost: no vote before the terms of n1, n3$/m);
   });
 
   it('a member the controller has not heard from since it started (no last seen) is shown dead', () => {

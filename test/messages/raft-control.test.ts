@@ -24,6 +24,9 @@ describe('replication message validators', () => {
     assert.equal(snap.type, 'snapshot');
     assert.deepEqual(validateRaftReply('append', { term: 3, success: true, matchLsn: 6, lastLsn: 6 }), { term: 3, success: true, matchLsn: 6, lastLsn: 6 });
     assert.deepEqual(validateRaftReply('vote', { term: 3, granted: false }), { term: 3, granted: false });
+    // The answer to a term-0 prevote (the probe of a replica whose storage was lost) carries the last LSN.
+    assert.deepEqual(validateRaftReply('prevote', { term: 3, granted: false, lastLsn: 0 }), { term: 3, granted: false, lastLsn: 0 });
+    assert.deepEqual(validateRaftReply('prevote', { term: 3, granted: false, lastLsn: 12 }), { term: 3, granted: false, lastLsn: 12 });
   });
 
   it('refuse every malformed field with a typed error', () => {
@@ -40,6 +43,8 @@ describe('replication message validators', () => {
     assert.equal(code(() => validateRaftRequest(append({ records: new Array(RAFT_RECORDS_PER_APPEND_MAX + 1).fill(rec(3)) }))), 'too_large');
     assert.equal(code(() => validateRaftRequest({ type: 'snapshot', term: 3, leader: 'n1', lsn: 10, lastTerm: 2, bytes: 100, offset: 95, data: new Uint8Array(10), done: true })), 'out_of_range');
     assert.equal(code(() => validateRaftReply('append', { term: 3, success: 'yes', lastLsn: 1 })), 'bad_request');
+    assert.equal(code(() => validateRaftReply('prevote', { term: 3, granted: false, lastLsn: -1 })), 'bad_request');
+    assert.equal(code(() => validateRaftReply('prevote', { term: 3, granted: false, lastLsn: '0' })), 'bad_request');
   });
 });
 

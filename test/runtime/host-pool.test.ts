@@ -87,6 +87,13 @@ describe('HostPool supervision', function () {
     assert.match(failures[0]!, /^true: /, 'retried, not forgotten');
     fs.rmSync(shardDir);
     await waitFor('the shard opened by a later retry', async () => (await state()) === 'up', 15_000);
+    // Opened by that retry, its storage exists from then on: a restarted host that finds it gone
+    // reports it lost (ShardSpec.existing), and a sole copy then waits for an operator.
+    const repairing = async (): Promise<boolean | undefined> => (await pool!.stats())[0]!.device?.shards.find((x) => x.volumeId === 'v9')?.repairing;
+    assert.equal(await repairing(), false);
+    fs.rmSync(shardDir, { recursive: true, force: true });
+    await pool.crashHost(0);
+    await waitFor('reopened by the restarted host, as lost', async () => (await repairing()) === true, 15_000);
   });
 
   it('a host whose NATS server goes away says it is disconnected (it reconnects for ever, so it is not closed), and ok once back', async () => {
