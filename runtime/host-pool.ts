@@ -302,7 +302,7 @@ export class HostPool {
    * Every host's stats. A host that does not answer within `timeoutMs` (default: the call
    * deadline) is reported without them, `down` saying so, instead of holding up the others.
    */
-  async stats(opts: { timeoutMs?: number } = {}): Promise<Array<HostStats & { restarts: number; down?: string; lastExit?: HostExit }>> {
+  async stats(opts: { timeoutMs?: number } = {}): Promise<Array<HostStats & { restarts: number; reopensPending?: number; down?: string; lastExit?: HostExit }>> {
     return Promise.all(
       this.slots.map(async (s) => {
         const exit = s.lastExit ? { lastExit: s.lastExit } : {};
@@ -311,7 +311,8 @@ export class HostPool {
         if (s.down || !s.api) return without(s.down ?? 'starting');
         try {
           const st = await this.answerWithin(s, opts.timeoutMs, (api) => api.stats());
-          return { ...st, restarts: s.restartsTotal, ...exit };
+          // Shards whose open failed and is tried again with a back-off (0: none).
+          return { ...st, restarts: s.restartsTotal, reopensPending: s.reopenPending.size, ...exit };
         } catch (e) {
           return without(`not answering: ${(e as Error).message}`);
         }

@@ -87,6 +87,8 @@ describe('HostPool supervision', function () {
     assert.match(failures[0]!, /^true: /, 'retried, not forgotten');
     fs.rmSync(shardDir);
     await waitFor('the shard opened by a later retry', async () => (await state()) === 'up', 15_000);
+    // The retry's call returns once the sole copy leads: nothing is left to reopen then.
+    await waitFor('the retry done', async () => (await pool!.stats())[0]!.reopensPending === 0, 15_000);
     // Opened by that retry, its storage exists from then on: a restarted host that finds it gone
     // reports it lost (ShardSpec.existing), and a sole copy then waits for an operator.
     const repairing = async (): Promise<boolean | undefined> => (await pool!.stats())[0]!.device?.shards.find((x) => x.volumeId === 'v9')?.repairing;
