@@ -1101,16 +1101,22 @@ describe('Replica (more cases)', function () {
     });
   });
 
+  /** Three replicas; `count` one-page writes (page i holds i + 1) applied by a follower `f`. */
+  async function writtenEverywhere(count: number, opts: ConstructorParameters<typeof TestShard>[1] = {}) {
+    shard = new TestShard(['a', 'b', 'c'], opts);
+    const l = await shard.leader();
+    let last = 0;
+    for (let i = 0; i < count; i++) last = (await l.replica.write([{ page: i, data: page(i + 1) }])).lsn;
+    const f = shard.ids.find((id) => id !== l.id)!;
+    await shard.waitFor(() => shard!.members.get(f)!.replica.appliedLsn >= last, 'the follower applies everything');
+    return { l, f, last };
+  }
+
   describe('a follower whose log or images rotted', function () {
     /** Three replicas, 40 writes everywhere; then a follower crashes (its disk is returned). */
     async function crashedFollower(opts: ConstructorParameters<typeof TestShard>[1] = {}) {
-      shard = new TestShard(['a', 'b', 'c'], opts);
-      const l = await shard.leader();
-      let last = 0;
-      for (let i = 0; i < 40; i++) last = (await l.replica.write([{ page: i, data: page(i + 1) }])).lsn;
-      const f = shard.ids.find((id) => id !== l.id)!;
-      await shard.waitFor(() => shard!.members.get(f)!.replica.appliedLsn >= last, 'the follower applies everything');
-      return { l, f, disk: await shard.crash(f), last };
+      const { l, f, last } = await writtenEverywhere(40, opts);
+      return { l, f, disk: await shard!.crash(f), last };
     }
 
     /** As crashedFollower, and a record in the middle of the follower's log rots. */
@@ -1180,14 +1186,9 @@ describe('Replica (more cases)', function () {
   describe('a follower whose storage was lost (a wiped or replaced disk)', function () {
     /** Three replicas, 20 writes everywhere; then a follower crashes and its disk is gone. */
     async function wiped(opts: ConstructorParameters<typeof TestShard>[1] = {}) {
-      shard = new TestShard(['a', 'b', 'c'], opts);
-      const l = await shard.leader();
-      let last = 0;
-      for (let i = 0; i < 20; i++) last = (await l.replica.write([{ page: i, data: page(i + 1) }])).lsn;
-      const f = shard.ids.find((id) => id !== l.id)!;
-      const other = shard.ids.find((id) => id !== l.id && id !== f)!;
-      await shard.waitFor(() => shard!.members.get(f)!.replica.appliedLsn >= last, 'the follower applies everything');
-      await shard.crash(f);
+      const { l, f, last } = await writtenEverywhere(20, opts);
+      const other = shard!.ids.find((id) => id !== l.id && id !== f)!;
+      await shard!.crash(f);
       return { l, f, other, last, term: l.replica.currentTerm };
     }
 
