@@ -128,6 +128,8 @@ export interface HostSnapshot {
         damageReopens?: number;
         scrub?: { bytes: number; passes: number; damage: number };
         discardFailures?: number;
+        /** The page caches' slab memory made resident ahead of use (runtime/slab-warmer.ts). */
+        slabWarm?: { warmedSlots: number; failures: number } | undefined;
         shards: readonly ShardSnapshot[];
       }
     | undefined;
@@ -256,6 +258,8 @@ export class StrataMetrics {
       deviceFailures: counter('strata_device_failures', 'Times a device failed (a write or fdatasync): its replicas were reopened from what is durable, with a fresh queue.'),
       damageReopens: counter('strata_replica_damage_reopens', 'Replicas reopened because they found their own storage damaged while running (counted in strata_actor_restarts too).'),
       discardFailures: counter('strata_discard_failures', 'Background removals of files let go (trimmed log segments, images a checkpoint dropped, destroyed shards) that failed; each leftover is removed when its directory is next opened.'),
+      warmSlots: gauge('strata_cache_warm_slots', 'Slots of a device\'s page-cache slab whose memory the CPU pool made resident ahead of use (the first write to memory never used takes a page fault).'),
+      warmFailures: counter('strata_cache_warm_failures', 'Steps of warming a device\'s page-cache slab that failed (the CPU pool refused them or was closed); the next tick tries again.'),
     };
     this.observables = Object.values(o);
     this.batchCallback = async (r) => {
@@ -349,6 +353,10 @@ export class StrataMetrics {
       observe(o.damageReopens!, dev.damageReopens ?? 0, hostAttrs);
       observe(o.deviceFailures!, dev.failures ?? 0, hostAttrs);
       observe(o.discardFailures!, dev.discardFailures ?? 0, hostAttrs);
+      if (dev.slabWarm !== undefined) {
+        observe(o.warmSlots!, dev.slabWarm.warmedSlots, hostAttrs);
+        observe(o.warmFailures!, dev.slabWarm.failures, hostAttrs);
+      }
       if (dev.scrub !== undefined) {
         observe(o.scrubBytes!, dev.scrub.bytes, hostAttrs);
         observe(o.scrubPasses!, dev.scrub.passes, hostAttrs);

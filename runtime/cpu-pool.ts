@@ -6,8 +6,11 @@
  * log then combines it with the record header's checksum. The actor's thread keeps serving other
  * requests meanwhile. Piscina hosts no stateful actor (it may end idle workers).
  *
+ * It also makes the page caches' slab memory resident ahead of use (`touch`, runtime/slab-warmer.ts),
+ * so that the actor threads do not take a page fault for each page they cache.
+ *
  * Bounded: at most `maxQueue` tasks wait; past that a task is refused with `overloaded` and the
- * caller computes the checksum itself.
+ * caller computes the checksum itself (or warms later).
  */
 import * as path from 'node:path';
 import Piscina from 'piscina';
@@ -24,7 +27,9 @@ export interface CpuPoolOptions {
 }
 
 export interface CpuPoolStats {
+  /** Tasks run, of every kind; `checksums` of them CRC-32C (the rest warm slab memory). */
   tasks: number;
+  checksums: number;
   refused: number;
   queued: number;
   utilization: number;
@@ -34,6 +39,7 @@ export class CpuPool {
   private readonly pool: Piscina<CpuTask, number>;
   private readonly maxQueue: number;
   private tasks = 0;
+  private checksums = 0;
   private refused = 0;
   private closed = false;
 
@@ -50,17 +56,30 @@ export class CpuPool {
 
   /** CRC-32C of `length` bytes at `offset` of a SharedArrayBuffer, computed on a pool thread. */
   crc32c(sab: SharedArrayBuffer, offset: number, length: number): Promise<number> {
+    return this.submit({ op: 'crc32c', sab, offset, length });
+  }
+
+  /**
+   * Makes `count` regions of `bytes` bytes, `stride` apart from `offset` in a SharedArrayBuffer,
+   * resident on a pool thread (`touchForWrite`); resolves with the memory pages touched.
+   */
+  touch(sab: SharedArrayBuffer, offset: number, stride: number, count: number, bytes: number): Promise<number> {
+    return this.submit({ op: 'touch', sab, offset, stride, count, bytes });
+  }
+
+  private submit(task: CpuTask): Promise<number> {
     if (this.closed) return Promise.reject(new StorageError('closed', 'CPU pool is closed'));
     if (this.pool.queueSize >= this.maxQueue) {
       this.refused++;
       return Promise.reject(new StorageError('overloaded', 'CPU pool queue is full'));
     }
     this.tasks++;
-    return this.pool.run({ op: 'crc32c', sab, offset, length });
+    if (task.op === 'crc32c') this.checksums++;
+    return this.pool.run(task);
   }
 
   stats(): CpuPoolStats {
-    return { tasks: this.tasks, refused: this.refused, queued: this.pool.queueSize, utilization: this.pool.utilization };
+    return { tasks: this.tasks, checksums: this.checksums, refused: this.refused, queued: this.pool.queueSize, utilization: this.pool.utilization };
   }
 
   async close(): Promise<void> {

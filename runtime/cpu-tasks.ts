@@ -4,6 +4,7 @@
  * (buffer + offset + length), never as a copy.
  */
 import { crc32c } from '../storage-engine/crc32c';
+import { touchForWrite } from '../storage-engine/slab';
 
 export interface Crc32cTask {
   op: 'crc32c';
@@ -12,7 +13,17 @@ export interface Crc32cTask {
   length: number;
 }
 
-export type CpuTask = Crc32cTask;
+/** Makes slab memory resident ahead of use (`touchForWrite`); answers the memory pages touched. */
+export interface TouchTask {
+  op: 'touch';
+  sab: SharedArrayBuffer;
+  offset: number;
+  stride: number;
+  count: number;
+  bytes: number;
+}
+
+export type CpuTask = Crc32cTask | TouchTask;
 
 export default function run(task: CpuTask): number {
   switch (task.op) {
@@ -23,6 +34,8 @@ export default function run(task: CpuTask): number {
       }
       return crc32c(new Uint8Array(task.sab, task.offset, task.length));
     }
+    case 'touch':
+      return touchForWrite(task.sab, task.offset, task.stride, task.count, task.bytes);
     default:
       throw new TypeError(`unknown CPU task ${(task as { op: unknown }).op as string}`);
   }

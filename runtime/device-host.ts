@@ -14,6 +14,7 @@ import type { Disk } from '../storage-engine/disk';
 import { discardTree, isDiscardedName, joinPath, removeDiscarded, removeInBackground, type Discarded } from '../storage-engine/disk';
 import { RealDisk } from '../storage-engine/real-disk';
 import { Slab } from '../storage-engine/slab';
+import { SlabWarmer, type SlabWarmerStats } from './slab-warmer';
 import { ShardStorage } from '../storage-engine/shard-storage';
 import { CorruptionError, StorageError, type CorruptionReport } from '../storage-engine/errors';
 import { pageWriteBytes, PAGE_WRITE_PAGES_MAX } from '../storage-engine/page-write';
@@ -152,6 +153,8 @@ export interface DeviceHostStats {
   /** Times the device failed (a write or fdatasync failed): each reopened its replicas with a fresh queue. */
   failures: number;
   cpu: CpuPoolStats | undefined;
+  /** The page caches' slab memory made resident ahead of use on the CPU pool (none without a pool). */
+  slabWarm: SlabWarmerStats | undefined;
   restarts: number;
   /** Reopens of a running replica that found its storage damaged (counted in restarts too). */
   damageReopens: number;
@@ -239,6 +242,7 @@ export class DeviceHost {
   private readonly nowMs: () => number;
   private readonly cpu: CpuPool | undefined;
   private readonly offload: PayloadOffload | undefined;
+  private readonly warmer: SlabWarmer | undefined;
 
   constructor(opts: DeviceHostOptions) {
     this.opts = opts;
@@ -260,6 +264,7 @@ export class DeviceHost {
       const payloads = new Slab({ slotBytes: payloadBytes, slotCount: 16 });
       const cpu = this.cpu;
       this.offload = { bytesMin: offloadMin, slab: payloads, crc32c: (sab, offset, length) => cpu.crc32c(sab, offset, length) };
+      this.warmer = new SlabWarmer({ slab: this.slab, touch: (...args) => cpu.touch(...args) });
     }
     this.disk.mkdirp('shards');
     // Destroyed shards whose removal in the background a crash cut short.
@@ -398,6 +403,7 @@ export class DeviceHost {
       }
     }
     this.scrubTick(nowMs);
+    this.warmer?.poke();
   }
 
   /**
@@ -456,6 +462,7 @@ export class DeviceHost {
       queue: addQueueCounters(this.retiredQueue, this.queue.stats()),
       failures: this.deviceFailuresTotal,
       cpu: this.cpu?.stats(),
+      slabWarm: this.warmer?.stats(),
       restarts: this.restartsTotal,
       damageReopens: this.damageReopensTotal,
       scrub: { ...this.scrubCounters },
@@ -471,6 +478,7 @@ export class DeviceHost {
     await this.queue.drain();
     for (const e of this.shards.values()) this.stop(e);
     this.shards.clear();
+    this.warmer?.close();
     await this.cpu?.close();
   }
 

@@ -13,6 +13,11 @@
  *
  * alloc sets a bit with Atomics.compareExchange, free clears it with Atomics.and, so alloc and
  * free are lock-free and safe from any number of threads attached to the same SharedArrayBuffer.
+ *
+ * The first write to a page of memory the process never used costs a page fault (10–20 µs on the
+ * virtual machines Strata was measured on, against under 1 µs for copying 4 KiB); a slot of a
+ * page cache that is still filling up is such memory. `touchForWrite` takes those faults ahead
+ * of use, off the thread that copies pages in (runtime/slab-warmer.ts).
  */
 import { StorageError } from './errors';
 
@@ -123,6 +128,8 @@ export class Slab {
   private readonly words: Int32Array;
   private readonly bitmapWords: number;
   private readonly dataOffset: number;
+  /** One past the highest slot this instance (thread) has allocated. */
+  private reached = 0;
   /** Set only while `attach` constructs: the existing buffer to use instead of a new one. */
   private static attaching: SharedArrayBuffer | undefined = undefined;
 
@@ -218,7 +225,9 @@ export class Slab {
           if (seen === cur) {
             Atomics.add(words, W_USED, 1);
             if (w !== start) Atomics.store(words, W_HINT, w);
-            return w * 32 + (31 - Math.clz32(bit));
+            const slot = w * 32 + (31 - Math.clz32(bit));
+            if (slot >= this.reached) this.reached = slot + 1;
+            return slot;
           }
           contended = true;
           cur = seen;
@@ -255,6 +264,20 @@ export class Slab {
     return new Uint8Array(this.buffer, this.dataOffset + slot * this.slotBytes, this.slotBytes);
   }
 
+  /**
+   * One past the highest slot allocated through this instance: the slots a thread that allocates
+   * upwards from the hint (a page cache filling up) will use next start here.
+   */
+  get slotsReached(): number {
+    return this.reached;
+  }
+
+  /** Where slot `slot` starts in the SharedArrayBuffer, in bytes (the slot need not be allocated). */
+  byteOffsetOf(slot: number): number {
+    this.locate(slot);
+    return this.dataOffset + slot * this.slotBytes;
+  }
+
   /** Slot size, slot count and slots in use (a snapshot under concurrent use). */
   stats(): SlabStats {
     return { slotBytes: this.slotBytes, slotsTotal: this.slotCount, slotsUsed: Atomics.load(this.words, W_USED) };
@@ -266,4 +289,45 @@ export class Slab {
     }
     return { index: HEADER_WORDS + (slot >>> 5), bit: 1 << (slot & 31) };
   }
+}
+
+/** The memory page size `touchForWrite` steps by (the smallest of the platforms Node runs on). */
+export const MEMORY_PAGE_BYTES = 4096;
+
+/**
+ * Makes the memory of `count` regions of `bytes` bytes, `stride` bytes apart from `offset`,
+ * resident and writable, without changing a byte: an `Atomics.add(…, 0)` every MEMORY_PAGE_BYTES
+ * from a region's start, and on its last word. Where the buffer's memory starts within a memory
+ * page is not known here (an allocator puts a header in front of it), so memory pages are not
+ * located: words at most a page apart from the first to the last reach every page the region
+ * overlaps. The
+ * first write to a page takes its page fault here rather than in the thread that later copies
+ * data in. Safe while other threads use the same memory, allocated slots included: an atomic
+ * read-modify-write that adds 0 writes back, indivisibly, the value it read, so a concurrent
+ * write is ordered before it (and kept) or after it (and wins). Returns the words touched (one per
+ * memory page of a region and one more). RangeError for a region outside the buffer, or an
+ * offset, stride or size that is not a multiple of 4.
+ */
+export function touchForWrite(sab: SharedArrayBuffer, offset: number, stride: number, count: number, bytes: number): number {
+  const ints = (n: number): boolean => Number.isSafeInteger(n) && n >= 0;
+  if (!(sab instanceof SharedArrayBuffer)) throw new TypeError('touchForWrite: sab must be a SharedArrayBuffer');
+  if (!ints(offset) || !ints(stride) || !ints(count) || !ints(bytes) || offset % 4 !== 0 || stride % 4 !== 0 || bytes % 4 !== 0) {
+    throw new RangeError(`touchForWrite: offset ${offset}, stride ${stride}, count ${count} and bytes ${bytes} must be non-negative integers, all but count multiples of 4`);
+  }
+  if (count === 0 || bytes === 0) return 0;
+  const end = offset + (count - 1) * stride + bytes;
+  if (end > sab.byteLength) throw new RangeError(`touchForWrite: ${count} regions of ${bytes} bytes from ${offset}, ${stride} apart, end at ${end}, past the ${sab.byteLength}-byte buffer`);
+  const words = new Int32Array(sab, 0, sab.byteLength >> 2);
+  let touched = 0;
+  for (let i = 0; i < count; i++) {
+    const start = offset + i * stride;
+    const last = start + bytes - 4;
+    for (let at = start; at < last; at += MEMORY_PAGE_BYTES) {
+      Atomics.add(words, at >> 2, 0);
+      touched++;
+    }
+    Atomics.add(words, last >> 2, 0);
+    touched++;
+  }
+  return touched;
 }

@@ -48,6 +48,7 @@ function host(hostId: number, over: Partial<HostSnapshot> = {}): HostSnapshot {
         batchOpsHistogram: BATCH_OPS_BUCKETS.map((_, i) => (i === 0 ? 2 : i === 2 ? 1 : 0)),
         syncMsHistogram: FSYNC_MS_BUCKETS.map((_, i) => (i === 3 ? 3 : 0)),
       },
+      slabWarm: { warmedSlots: 512, failures: 1 },
       shards: [{ volumeId: 'v1', shard: hostId, term: 1, appliedLsn: 10, state: 'up', cache: { hits: 7, misses: 2, evictions: 0, bytes: 8192 }, elections: 1, preVotes: 3, retriesMatched: 2, repairing: true, replicas: [{ replica: 'n2', lagRecords: 4 }] }],
     },
     // 9 ticks on time (under 1 ms late) and one 300 ms late.
@@ -111,6 +112,8 @@ describe('observability/metrics', () => {
     assert.equal(sample(t1, 'strata_device_queue_depth', { node: 'n1', host: '0' }), 2);
     assert.equal(sample(t1, 'strata_device_up', { node: 'n1', host: '0' }), 1);
     assert.equal(sample(t1, 'strata_device_up', { node: 'n1', host: '1' }), 0);
+    assert.equal(sample(t1, 'strata_cache_warm_slots', { node: 'n1', host: '0' }), 512);
+    assert.equal(sample(t1, 'strata_cache_warm_failures_total', { node: 'n1', host: '0' }), 1);
     assert.equal(sample(t1, 'strata_device_written_bytes_total', { node: 'n1', host: '0' }), 20480);
     assert.equal(sample(t1, 'strata_device_read_bytes_total', { node: 'n1', host: '0' }), 4096);
     assert.equal(sample(t1, 'strata_device_batch_ops_count', { node: 'n1', host: '0' }), 3);

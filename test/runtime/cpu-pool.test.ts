@@ -16,6 +16,7 @@ describe('CpuPool', function () {
       const part = view.subarray(100, 60000);
       assert.equal(await pool.crc32c(slab.sab, part.byteOffset, part.length), crc32c(part));
       assert.equal(pool.stats().tasks, 1);
+      assert.equal(pool.stats().checksums, 1);
     } finally {
       await pool.close();
     }
@@ -36,5 +37,24 @@ describe('CpuPool', function () {
       await pool.close();
     }
     await assert.rejects(pool.crc32c(new SharedArrayBuffer(8), 0, 8), (e: StorageError) => e.code === 'closed');
+  });
+
+  it('touches slab memory on a pool thread without changing it; a bad range is refused, a closed pool refuses', async () => {
+    const pool = new CpuPool();
+    try {
+      const slab = new Slab({ slotBytes: 8192, slotCount: 64 });
+      const all = new Uint8Array(slab.sab);
+      for (let i = 0; i < all.length; i++) all[i] = (i * 7) & 0xff;
+      const before = Buffer.from(all);
+      // 64 slots, the first 4 KiB of each: its first and last word.
+      assert.equal(await pool.touch(slab.sab, slab.byteOffsetOf(0), 8192, 64, 4096), 128);
+      assert.deepEqual(Buffer.from(all), before, 'no byte changed');
+      await assert.rejects(pool.touch(slab.sab, slab.byteOffsetOf(63), 8192, 2, 4096), /past the/);
+      assert.equal(pool.stats().tasks, 2);
+      assert.equal(pool.stats().checksums, 0);
+    } finally {
+      await pool.close();
+    }
+    await assert.rejects(pool.touch(new SharedArrayBuffer(8), 0, 0, 1, 4), (e: StorageError) => e.code === 'closed');
   });
 });

@@ -479,7 +479,7 @@ describe('DeviceHost CPU offload of large write batches', function () {
     await (await leader(host, 0)).write([{ page: 16, data: page(99) }]); // 4 KiB: inline
     const st = host.stats();
     assert.equal(st.shards[0]?.offloaded, 1);
-    assert.equal(st.cpu?.tasks, 1);
+    assert.equal(st.cpu?.checksums, 1, 'one batch checksummed on the pool (its other tasks warm the slab)');
     await host.close();
     // Reopen from disk: recovery validates every record's checksum, so a wrong combined CRC
     // would show up here as a lost or corrupt record.
@@ -492,6 +492,31 @@ describe('DeviceHost CPU offload of large write batches', function () {
     assert.equal(again.stats().shards[0]?.lastLsn, 4);
     assert.equal(again.stats().cpu, undefined, 'crcOffloadBytesMin 0 turns the pool off');
     await again.close();
+  });
+
+  it('warms the page caches\' slab ahead of the slots the caches reached, on the CPU pool, from its tick', async () => {
+    const disk = new SimDisk();
+    const host = new DeviceHost({ dir: 'dev0', self: 'n1', disk });
+    host.openShard(spec(0));
+    host.tick(performance.now(), Date.now());
+    await new Promise((r) => setTimeout(r, 50));
+    assert.equal(host.stats().slabWarm?.steps, 0, 'nothing cached yet, nothing warmed');
+    await (await leader(host, 0)).write([0, 1, 2, 3].map((p) => ({ page: p, data: page(p + 1) })));
+    const deadline = Date.now() + 10_000;
+    while ((host.stats().slabWarm?.warmedSlots ?? 0) < 4 + 256 && Date.now() < deadline) {
+      host.tick(performance.now(), Date.now());
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    const warm = host.stats().slabWarm!;
+    assert.equal(warm.warmedSlots, 4 + 256, 'the four cached pages and 256 slots above them');
+    assert.equal(warm.failures, 0);
+    assert.ok(warm.touches >= 2 * warm.warmedSlots);
+    assert.equal(host.stats().cpu?.tasks, warm.steps, 'the steps ran on the pool');
+    assert.equal(host.stats().cpu?.checksums, 0);
+    await host.close();
+    const off = new DeviceHost({ dir: 'dev1', self: 'n1', disk, crcOffloadBytesMin: 0 });
+    assert.equal(off.stats().slabWarm, undefined, 'no pool, no warming');
+    await off.close();
   });
 });
 

@@ -2,7 +2,7 @@
 import { strict as assert } from 'node:assert';
 import * as nodePath from 'node:path';
 import { Worker } from 'node:worker_threads';
-import { Slab, SLAB_SLOT_COUNT_MAX, copyBytes } from '../../storage-engine/slab';
+import { MEMORY_PAGE_BYTES, Slab, SLAB_SLOT_COUNT_MAX, copyBytes, touchForWrite } from '../../storage-engine/slab';
 import { expectStorageError } from '../support/expect';
 
 describe('Slab', () => {
@@ -200,5 +200,91 @@ describe('copyBytes', () => {
     const dst = new Uint8Array(new SharedArrayBuffer(64));
     assert.throws(() => copyBytes(dst, new Uint8Array(60), 5), RangeError);
     assert.throws(() => copyBytes(dst, new Uint8Array(65)), RangeError);
+  });
+});
+
+describe('Slab.slotsReached and byteOffsetOf', () => {
+  it('slotsReached is one past the highest slot allocated through the instance; byteOffsetOf is where a view starts', () => {
+    const slab = new Slab({ slotBytes: 8192, slotCount: 100 });
+    assert.equal(slab.slotsReached, 0);
+    const a = slab.alloc();
+    const b = slab.alloc();
+    assert.equal(slab.slotsReached, Math.max(a, b) + 1);
+    slab.free(b);
+    assert.equal(slab.slotsReached, Math.max(a, b) + 1, 'a free does not lower it');
+    for (const s of [a, 57, 99]) {
+      const view = s === a ? slab.view(a) : undefined;
+      if (view !== undefined) assert.equal(slab.byteOffsetOf(s), view.byteOffset);
+      assert.equal(slab.byteOffsetOf(s), slab.byteOffsetOf(0) + s * 8192);
+    }
+    expectStorageError(() => slab.byteOffsetOf(100), 'invariant');
+    // Another thread's instance (attach) counts its own allocations only.
+    const other = Slab.attach(slab.sab);
+    assert.equal(other.slotsReached, 0);
+    assert.equal(other.alloc() >= 0, true);
+    assert.equal(other.slotsReached > 0, true);
+  });
+});
+
+describe('touchForWrite', () => {
+  const pattern = (n: number): Uint8Array => Uint8Array.from({ length: n }, (_, i) => (i * 131 + 7) & 0xff);
+
+  it('changes no byte, and touches a word every memory page of each region and its last word', () => {
+    const sab = new SharedArrayBuffer(64 * 1024);
+    const bytes = new Uint8Array(sab);
+    bytes.set(pattern(bytes.length));
+    // One region of a page: its first and last word. Three pages and a bit: four steps and the last word.
+    assert.equal(touchForWrite(sab, 64, 0, 1, MEMORY_PAGE_BYTES), 2);
+    assert.equal(touchForWrite(sab, 0, 0, 1, 3 * MEMORY_PAGE_BYTES + 8), 5);
+    // Eight regions of 100 bytes, 8 KiB apart: each its first and last word.
+    assert.equal(touchForWrite(sab, 4, 8192, 8, 100), 16);
+    // A region of one word: that word.
+    assert.equal(touchForWrite(sab, sab.byteLength - 4, 0, 1, 4), 1);
+    assert.equal(touchForWrite(sab, 0, 8, 0, 4096), 0);
+    assert.equal(touchForWrite(sab, 0, 8, 3, 0), 0);
+    assert.deepEqual(Buffer.from(bytes), Buffer.from(pattern(bytes.length)), 'no byte changed');
+  });
+
+  it('refuses a region past the buffer, an unaligned offset, stride or size, a negative count and a plain ArrayBuffer', () => {
+    const sab = new SharedArrayBuffer(16 * 1024);
+    assert.throws(() => touchForWrite(sab, 0, 8192, 2, 8200), /past the 16384-byte buffer/);
+    assert.throws(() => touchForWrite(sab, 16 * 1024 - 4, 0, 1, 8), /past the/);
+    assert.throws(() => touchForWrite(sab, 2, 0, 1, 4), /multiples of 4/);
+    assert.throws(() => touchForWrite(sab, 0, 6, 2, 4), /multiples of 4/);
+    assert.throws(() => touchForWrite(sab, 0, 8, 2, 6), /multiples of 4/);
+    assert.throws(() => touchForWrite(sab, 0, 8, -1, 4), RangeError);
+    assert.throws(() => touchForWrite(new ArrayBuffer(64) as unknown as SharedArrayBuffer, 0, 0, 1, 4), TypeError);
+  });
+
+  it('loses no write of another thread that writes the same memory meanwhile', async function () {
+    this.timeout(20_000);
+    const words = 4 * 1024; // 16 KiB: four memory pages
+    const rounds = 2000;
+    const sab = new SharedArrayBuffer(words * 4);
+    const ctl = new Int32Array(new SharedArrayBuffer(8));
+    // The writer adds 1 to every word, plainly (as a page copy writes), round after round, while
+    // this thread keeps touching: a touch that read a word and wrote it back plainly would now and
+    // then put back a value the writer had already added to, and that round would be lost for good.
+    const code = `
+      const { workerData } = require('node:worker_threads');
+      const w = new Int32Array(workerData.sab);
+      const ctl = new Int32Array(workerData.ctl);
+      Atomics.store(ctl, 0, 1);
+      for (let round = 1; round <= workerData.rounds; round++) for (let i = 0; i < w.length; i++) w[i] = w[i] + 1;
+      Atomics.store(ctl, 1, 1);
+    `;
+    const worker = new Worker(code, { eval: true, workerData: { sab, ctl: ctl.buffer, rounds } });
+    const exited = new Promise<number>((resolve, reject) => {
+      worker.once('exit', resolve);
+      worker.once('error', reject);
+    });
+    while (Atomics.load(ctl, 0) === 0) await new Promise((r) => setTimeout(r, 1));
+    // Every word, not only one per page: as many races as possible, until the writer is done.
+    let touches = 0;
+    while (Atomics.load(ctl, 1) === 0) touches += touchForWrite(sab, 0, 4, words, 4);
+    assert.equal(await exited, 0);
+    assert.ok(touches > words, 'the touches overlapped the writes');
+    const w = new Int32Array(sab);
+    for (let i = 0; i < words; i++) assert.equal(w[i], rounds, `word ${i} lost ${rounds - w[i]!} of the writer's rounds`);
   });
 });
