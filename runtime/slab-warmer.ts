@@ -4,19 +4,22 @@
  *
  * A page cache copies each page it caches into a slab slot (a written page is cached when it is
  * applied). Until the cache reaches its bound, that slot is one the process never used: the copy
- * takes a page fault, which cost 10–40 µs on the virtual machines Strata was measured on, several
- * times the rest of applying a 4 KiB write (docs/performance.md, "Memory the process never used").
+ * takes page faults (10–20 µs each on the virtual machines Strata was measured on, and a slot's
+ * 4 KiB usually straddle two memory pages), several times the rest of applying a 4 KiB write
+ * (docs/performance.md, "Memory the process never used").
  * The warmer keeps the slots just above the highest one allocated so far (`Slab.slotsReached`)
  * resident, by asking the CPU pool to touch them (`touchForWrite`): the faults are taken on a pool
  * thread, not on the actor thread that answers requests.
  *
- * Bounded: one step in flight, of at most `stepSlots` slots; the warmed slots stay at most
- * `aheadSlotsMax` above the slots reached (and at least `aheadSlotsMin`, or as many as are
+ * Bounded: one step in flight, of at most `stepSlots` slots (64 by default: about 1.5 ms of
+ * faults on the pool's thread, so that a checksum queued behind a step waits little); the warmed
+ * slots stay at most `aheadSlotsMax` above the slots reached (and at least `aheadSlotsMin`, or as many as are
  * reached, whichever is more, so a device with little cached warms little). Only the first
  * `bytesPerSlot` bytes of a slot are touched: 4096 by default, a 4 KiB page (an 8 KiB page's
  * second half faults where it is first written, as before). Nothing is warmed before the first
- * slot is allocated. A failed step (the pool refused it, or is closed) is counted and the next
- * `poke` tries again.
+ * slot is allocated. A step that leaves the window short is followed at once by the next; a failed
+ * step (the pool refused it, or is closed) is counted, and a later `poke` tries again. Once the
+ * caches are at their bound the warmed window above them stays resident, unused.
  */
 import type { Slab } from '../storage-engine/slab';
 
@@ -30,7 +33,7 @@ export interface SlabWarmerOptions {
   aheadSlotsMax?: number;
   /** Slots warmed above the slots reached at least (once one is); default 256. */
   aheadSlotsMin?: number;
-  /** Slots one step touches at most; default 256. */
+  /** Slots one step touches at most; default 64. */
   stepSlots?: number;
 }
 
@@ -53,7 +56,7 @@ export class SlabWarmer {
   private readonly step: number;
   private warmed = 0;
   private running = false;
-  /** A step left the warmed slots short of the window: the next one is due at once. */
+  /** A step left the warmed slots short of the window: the next one follows it at once. */
   private catchingUp = false;
   private closed = false;
   private readonly counters = { steps: 0, touches: 0, failures: 0 };
@@ -64,10 +67,11 @@ export class SlabWarmer {
     this.bytesPerSlot = Math.min(opts.bytesPerSlot ?? 4096, opts.slab.slotBytes);
     this.aheadMax = opts.aheadSlotsMax ?? 4096;
     this.aheadMin = Math.min(opts.aheadSlotsMin ?? 256, this.aheadMax);
-    this.step = opts.stepSlots ?? 256;
+    this.step = opts.stepSlots ?? 64;
     for (const [name, v, min] of [['bytesPerSlot', this.bytesPerSlot, 1], ['aheadSlotsMax', this.aheadMax, 0], ['aheadSlotsMin', this.aheadMin, 0], ['stepSlots', this.step, 1]] as const) {
       if (!Number.isSafeInteger(v) || v < min) throw new RangeError(`SlabWarmer: ${name} must be an integer >= ${min}, got ${String(v)}`);
     }
+    if (this.bytesPerSlot % 4 !== 0) throw new RangeError(`SlabWarmer: bytesPerSlot must be a multiple of 4, got ${this.bytesPerSlot}`);
   }
 
   /**
@@ -82,7 +86,8 @@ export class SlabWarmer {
     if (reached === 0) return;
     const ahead = Math.min(this.aheadMax, Math.max(this.aheadMin, reached));
     const target = Math.min(this.slab.slotCount, reached + ahead);
-    const from = this.warmed;
+    // Slots the caches reached already were faulted in by their use: warming goes on above them.
+    const from = Math.max(this.warmed, reached);
     if (from >= target || (!this.catchingUp && from - reached >= ahead / 2)) return;
     const count = Math.min(this.step, target - from);
     this.catchingUp = from + count < target;
@@ -101,9 +106,12 @@ export class SlabWarmer {
       },
       () => {
         this.counters.failures++;
+        // Not at once: a pool that refuses (or is gone) is asked again on a later tick.
+        this.catchingUp = false;
       },
     ).finally(() => {
       this.running = false;
+      if (this.catchingUp) this.poke();
     });
   }
 

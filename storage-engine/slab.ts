@@ -304,8 +304,11 @@ export const MEMORY_PAGE_BYTES = 4096;
  * first write to a page takes its page fault here rather than in the thread that later copies
  * data in. Safe while other threads use the same memory, allocated slots included: an atomic
  * read-modify-write that adds 0 writes back, indivisibly, the value it read, so a concurrent
- * write is ordered before it (and kept) or after it (and wins). Returns the words touched (one per
- * memory page of a region and one more). RangeError for a region outside the buffer, or an
+ * write is ordered before it (and kept) or after it (and wins). That is the hardware's guarantee
+ * (a locked add on x86-64; an atomic add, or a load/store-exclusive loop that retries when
+ * another core stores there, on ARM64), not the JavaScript memory model's, which leaves plain
+ * writes racing an atomic one unspecified. Returns the words touched: for each
+ * region ceil((bytes - 4) / 4096) + 1. RangeError for a region outside the buffer, or an
  * offset, stride or size that is not a multiple of 4.
  */
 export function touchForWrite(sab: SharedArrayBuffer, offset: number, stride: number, count: number, bytes: number): number {
@@ -317,16 +320,17 @@ export function touchForWrite(sab: SharedArrayBuffer, offset: number, stride: nu
   if (count === 0 || bytes === 0) return 0;
   const end = offset + (count - 1) * stride + bytes;
   if (end > sab.byteLength) throw new RangeError(`touchForWrite: ${count} regions of ${bytes} bytes from ${offset}, ${stride} apart, end at ${end}, past the ${sab.byteLength}-byte buffer`);
-  const words = new Int32Array(sab, 0, sab.byteLength >> 2);
+  // Divisions, not shifts: a slab may be up to 4 GiB, past the 32-bit range of `>>`.
+  const words = new Int32Array(sab, 0, Math.floor(sab.byteLength / 4));
   let touched = 0;
   for (let i = 0; i < count; i++) {
     const start = offset + i * stride;
     const last = start + bytes - 4;
     for (let at = start; at < last; at += MEMORY_PAGE_BYTES) {
-      Atomics.add(words, at >> 2, 0);
+      Atomics.add(words, at / 4, 0);
       touched++;
     }
-    Atomics.add(words, last >> 2, 0);
+    Atomics.add(words, last / 4, 0);
     touched++;
   }
   return touched;

@@ -24,7 +24,7 @@ function fakeTouch(): { calls: Call[]; touch: (sab: SharedArrayBuffer, offset: n
 const settle = (): Promise<void> => new Promise((r) => setImmediate(r));
 
 describe('SlabWarmer', () => {
-  it('warms nothing before the first slot is allocated, then the window above the slots reached, in steps, one at a time', async () => {
+  it('warms nothing before the first slot is allocated, then the window above the slots reached, in steps, one at a time, each following the last', async () => {
     const slab = new Slab({ slotBytes: 8192, slotCount: 10_000 });
     const { calls, touch } = fakeTouch();
     const warmer = new SlabWarmer({ slab, touch, aheadSlotsMin: 100, aheadSlotsMax: 1000, stepSlots: 64 });
@@ -33,21 +33,24 @@ describe('SlabWarmer', () => {
     for (let i = 0; i < 10; i++) slab.alloc();
     warmer.poke();
     assert.equal(calls.length, 1);
-    assert.deepEqual({ ...calls[0]!, resolve: undefined, reject: undefined }, { offset: slab.byteOffsetOf(0), stride: 8192, count: 64, bytes: 4096, resolve: undefined, reject: undefined });
+    // Above the 10 slots in use (their memory is resident since they were written).
+    assert.deepEqual({ ...calls[0]!, resolve: undefined, reject: undefined }, { offset: slab.byteOffsetOf(10), stride: 8192, count: 64, bytes: 4096, resolve: undefined, reject: undefined });
     warmer.poke();
     assert.equal(calls.length, 1, 'one step at a time');
     calls[0]!.resolve(128);
     await settle();
-    assert.deepEqual(warmer.stats(), { warmedSlots: 64, steps: 1, touches: 128, failures: 0 });
-    // The window: 10 reached + at least 100 ahead = 110; the next step ends there.
-    warmer.poke();
-    assert.equal(calls[1]!.offset, slab.byteOffsetOf(64));
-    assert.equal(calls[1]!.count, 110 - 64);
-    calls[1]!.resolve(92);
+    assert.deepEqual(warmer.stats(), { warmedSlots: 74, steps: 1, touches: 128, failures: 0 });
+    // The window: 10 reached + at least 100 ahead = 110; the next step, started by the first's
+    // end, ends there.
+    assert.equal(calls.length, 2);
+    assert.equal(calls[1]!.offset, slab.byteOffsetOf(74));
+    assert.equal(calls[1]!.count, 110 - 74);
+    calls[1]!.resolve(72);
     await settle();
     assert.equal(warmer.stats().warmedSlots, 110);
+    assert.equal(calls.length, 2, 'the window is warm: no step follows');
     warmer.poke();
-    assert.equal(calls.length, 2, 'the window is warm');
+    assert.equal(calls.length, 2);
   });
 
   it('waits until the lead falls under half the window, then warms the whole window again; the window grows with the slots reached up to its bound', async () => {
@@ -87,15 +90,17 @@ describe('SlabWarmer', () => {
     const warmer = new SlabWarmer({ slab, touch, aheadSlotsMin: 256, stepSlots: 1000, bytesPerSlot: 4096 });
     while (slab.slotsReached < 200) slab.alloc();
     warmer.poke();
-    assert.equal(calls[0]!.count, 300);
+    assert.equal(calls[0]!.offset, slab.byteOffsetOf(200));
+    assert.equal(calls[0]!.count, 100);
     assert.equal(calls[0]!.bytes, 64, 'never more than a slot');
-    calls[0]!.resolve(600);
+    calls[0]!.resolve(200);
     await settle();
+    assert.equal(warmer.stats().warmedSlots, 300);
     warmer.poke();
     assert.equal(calls.length, 1);
   });
 
-  it('counts a failed step, refused or thrown, and tries again on the next poke; after close it starts none', async () => {
+  it('counts a failed step, refused or thrown, and tries again on a later poke, not at once; after close it starts none', async () => {
     const slab = new Slab({ slotBytes: 8192, slotCount: 1000 });
     const { calls, touch } = fakeTouch();
     let throwNext = true;
@@ -115,24 +120,31 @@ describe('SlabWarmer', () => {
     await settle();
     assert.deepEqual(warmer.stats(), { warmedSlots: 0, steps: 0, touches: 0, failures: 1 });
     warmer.poke();
+    assert.equal(calls[0]!.count, 50);
     calls[0]!.reject(new Error('CPU pool queue is full'));
     await settle();
     assert.equal(warmer.stats().failures, 2);
+    assert.equal(calls.length, 1, 'a failed step is not followed at once, though the window is short');
     warmer.poke();
-    assert.equal(calls[1]!.offset, slab.byteOffsetOf(0), 'the failed slots are warmed again');
+    assert.equal(calls[1]!.offset, slab.byteOffsetOf(1), 'the failed slots above the one in use are warmed again');
     calls[1]!.resolve(100);
     await settle();
-    assert.equal(warmer.stats().warmedSlots, 50);
+    assert.equal(warmer.stats().warmedSlots, 51);
+    assert.equal(calls.length, 3, 'a step that succeeded and left the window short is followed at once');
     warmer.close();
+    calls[2]!.resolve(100);
+    await settle();
     warmer.poke();
-    assert.equal(calls.length, 2);
+    assert.equal(calls.length, 3, 'closed: no step follows, none starts');
+    assert.equal(warmer.stats().warmedSlots, 101, 'the step running at close still counts');
   });
 
-  it('refuses options that are not positive integers', () => {
+  it('refuses options that are not positive integers, and a size per slot that is not a multiple of 4', () => {
     const slab = new Slab({ slotBytes: 8192, slotCount: 10 });
     const touch = fakeTouch().touch;
     assert.throws(() => new SlabWarmer({ slab, touch, stepSlots: 0 }), /stepSlots/);
     assert.throws(() => new SlabWarmer({ slab, touch, bytesPerSlot: 0 }), /bytesPerSlot/);
     assert.throws(() => new SlabWarmer({ slab, touch, aheadSlotsMax: 1.5 }), /aheadSlotsMax/);
+    assert.throws(() => new SlabWarmer({ slab, touch, bytesPerSlot: 4094 }), /multiple of 4/);
   });
 });

@@ -245,6 +245,16 @@ describe('touchForWrite', () => {
     assert.deepEqual(Buffer.from(bytes), Buffer.from(pattern(bytes.length)), 'no byte changed');
   });
 
+  it('reaches regions past 2 GiB of a buffer (a slab may be up to 4 GiB)', () => {
+    // Address space only: nothing but the touched pages is ever committed.
+    const sab = new SharedArrayBuffer(2 ** 31 + 8192);
+    const tail = new Uint8Array(sab, 2 ** 31, 8192);
+    tail.set(pattern(8192));
+    assert.equal(touchForWrite(sab, 2 ** 31, 4096, 2, 4096), 4);
+    assert.equal(touchForWrite(sab, 0, 2 ** 31, 2, 4096), 4);
+    assert.deepEqual(Buffer.from(tail), Buffer.from(pattern(8192)));
+  });
+
   it('refuses a region past the buffer, an unaligned offset, stride or size, a negative count and a plain ArrayBuffer', () => {
     const sab = new SharedArrayBuffer(16 * 1024);
     assert.throws(() => touchForWrite(sab, 0, 8192, 2, 8200), /past the 16384-byte buffer/);
@@ -269,7 +279,8 @@ describe('touchForWrite', () => {
       const { workerData } = require('node:worker_threads');
       const w = new Int32Array(workerData.sab);
       const ctl = new Int32Array(workerData.ctl);
-      Atomics.store(ctl, 0, 1);
+      // Starts once this thread has begun touching, so that the two overlap however late it runs.
+      while (Atomics.load(ctl, 0) === 0);
       for (let round = 1; round <= workerData.rounds; round++) for (let i = 0; i < w.length; i++) w[i] = w[i] + 1;
       Atomics.store(ctl, 1, 1);
     `;
@@ -278,12 +289,12 @@ describe('touchForWrite', () => {
       worker.once('exit', resolve);
       worker.once('error', reject);
     });
-    while (Atomics.load(ctl, 0) === 0) await new Promise((r) => setTimeout(r, 1));
     // Every word, not only one per page: as many races as possible, until the writer is done.
-    let touches = 0;
+    let touches = touchForWrite(sab, 0, 4, words, 4);
+    Atomics.store(ctl, 0, 1);
     while (Atomics.load(ctl, 1) === 0) touches += touchForWrite(sab, 0, 4, words, 4);
     assert.equal(await exited, 0);
-    assert.ok(touches > words, 'the touches overlapped the writes');
+    assert.ok(touches > words, 'the touches went on while the writer wrote');
     const w = new Int32Array(sab);
     for (let i = 0; i < words; i++) assert.equal(w[i], rounds, `word ${i} lost ${rounds - w[i]!} of the writer's rounds`);
   });
