@@ -61,7 +61,7 @@ export class CpuPool {
 
   /**
    * Makes `count` regions of `bytes` bytes, `stride` apart from `offset` in a SharedArrayBuffer,
-   * resident on a pool thread (`touchForWrite`); resolves with the memory pages touched.
+   * resident on a pool thread (`touchForWrite`); resolves with the words touched.
    */
   touch(sab: SharedArrayBuffer, offset: number, stride: number, count: number, bytes: number): Promise<number> {
     return this.submit({ op: 'touch', sab, offset, stride, count, bytes });

@@ -13,7 +13,7 @@ export interface Crc32cTask {
   length: number;
 }
 
-/** Makes slab memory resident ahead of use (`touchForWrite`); answers the memory pages touched. */
+/** Makes slab memory resident ahead of use (`touchForWrite`); answers the words touched. */
 export interface TouchTask {
   op: 'touch';
   sab: SharedArrayBuffer;

@@ -6,20 +6,20 @@
  * applied). Until the cache reaches its bound, that slot is one the process never used: the copy
  * takes page faults (10–20 µs each on the virtual machines Strata was measured on, and a slot's
  * 4 KiB usually straddle two memory pages), several times the rest of applying a 4 KiB write
- * (docs/performance.md, "Memory the process never used").
- * The warmer keeps the slots just above the highest one allocated so far (`Slab.slotsReached`)
- * resident, by asking the CPU pool to touch them (`touchForWrite`): the faults are taken on a pool
- * thread, not on the actor thread that answers requests.
+ * (docs/performance.md, "Memory the process never used"). The warmer keeps the slots just above
+ * the highest one allocated so far (`Slab.slotsReached`) resident, by asking the CPU pool to
+ * touch them (`touchForWrite`): the faults are taken on a pool thread, not on the actor thread
+ * that answers requests.
  *
  * Bounded: one step in flight, of at most `stepSlots` slots (64 by default: about 1.5 ms of
- * faults on the pool's thread, so that a checksum queued behind a step waits little); the warmed
- * slots stay at most `aheadSlotsMax` above the slots reached (and at least `aheadSlotsMin`, or as many as are
- * reached, whichever is more, so a device with little cached warms little). Only the first
- * `bytesPerSlot` bytes of a slot are touched: 4096 by default, a 4 KiB page (an 8 KiB page's
- * second half faults where it is first written, as before). Nothing is warmed before the first
- * slot is allocated. A step that leaves the window short is followed at once by the next; a failed
- * step (the pool refused it, or is closed) is counted, and a later `poke` tries again. Once the
- * caches are at their bound the warmed window above them stays resident, unused.
+ * faults on the pool's thread, so that a checksum queued behind a step waits little). The warmed
+ * slots stay at most `aheadSlotsMax` above the slots reached, and at least `aheadSlotsMin` or as
+ * many as are reached, whichever is more (a device with little cached warms little). Only the
+ * first `bytesPerSlot` bytes of a slot are touched: 4096 by default, a 4 KiB page (an 8 KiB
+ * page's second half faults where it is first written, as before). Nothing is warmed before the
+ * first slot is allocated. A step that leaves the window short is followed at once by the next; a
+ * failed step (the pool refused it, or is closed) is counted, and a later `poke` tries again.
+ * Once the caches are at their bound the warmed window above them stays resident, unused.
  */
 import type { Slab } from '../storage-engine/slab';
 
@@ -40,7 +40,7 @@ export interface SlabWarmerOptions {
 export interface SlabWarmerStats {
   /** Slots from 0 whose first `bytesPerSlot` bytes are resident. */
   warmedSlots: number;
-  /** Steps completed, and the words they touched (one per memory page of a slot, and one more). */
+  /** Steps completed, and the words they touched (`touchForWrite`: about one per memory page of a slot, and one more). */
   steps: number;
   touches: number;
   /** Steps that failed (the pool refused them or was closed). */
@@ -68,9 +68,13 @@ export class SlabWarmer {
     this.aheadMax = opts.aheadSlotsMax ?? 4096;
     this.aheadMin = Math.min(opts.aheadSlotsMin ?? 256, this.aheadMax);
     this.step = opts.stepSlots ?? 64;
-    for (const [name, v, min] of [['bytesPerSlot', this.bytesPerSlot, 1], ['aheadSlotsMax', this.aheadMax, 0], ['aheadSlotsMin', this.aheadMin, 0], ['stepSlots', this.step, 1]] as const) {
+    const check = (name: string, v: number, min: number): void => {
       if (!Number.isSafeInteger(v) || v < min) throw new RangeError(`SlabWarmer: ${name} must be an integer >= ${min}, got ${String(v)}`);
-    }
+    };
+    check('bytesPerSlot', this.bytesPerSlot, 1);
+    check('aheadSlotsMax', this.aheadMax, 0);
+    check('aheadSlotsMin', this.aheadMin, 0);
+    check('stepSlots', this.step, 1);
     if (this.bytesPerSlot % 4 !== 0) throw new RangeError(`SlabWarmer: bytesPerSlot must be a multiple of 4, got ${this.bytesPerSlot}`);
   }
 

@@ -300,16 +300,18 @@ export const MEMORY_PAGE_BYTES = 4096;
  * from a region's start, and on its last word. Where the buffer's memory starts within a memory
  * page is not known here (an allocator puts a header in front of it), so memory pages are not
  * located: words at most a page apart from the first to the last reach every page the region
- * overlaps. The
- * first write to a page takes its page fault here rather than in the thread that later copies
- * data in. Safe while other threads use the same memory, allocated slots included: an atomic
+ * overlaps. The first write to a page takes its page fault here rather than in the thread that
+ * later copies data in.
+ *
+ * Safe while other threads use the same memory, allocated slots included: an atomic
  * read-modify-write that adds 0 writes back, indivisibly, the value it read, so a concurrent
  * write is ordered before it (and kept) or after it (and wins). That is the hardware's guarantee
  * (a locked add on x86-64; an atomic add, or a load/store-exclusive loop that retries when
  * another core stores there, on ARM64), not the JavaScript memory model's, which leaves plain
- * writes racing an atomic one unspecified. Returns the words touched: for each
- * region ceil((bytes - 4) / 4096) + 1. RangeError for a region outside the buffer, or an
- * offset, stride or size that is not a multiple of 4.
+ * writes racing an atomic one unspecified.
+ *
+ * Returns the words touched: ceil((bytes - 4) / 4096) + 1 for each region. RangeError for a
+ * region outside the buffer, or an offset, stride or size that is not a multiple of 4.
  */
 export function touchForWrite(sab: SharedArrayBuffer, offset: number, stride: number, count: number, bytes: number): number {
   const ints = (n: number): boolean => Number.isSafeInteger(n) && n >= 0;

@@ -502,11 +502,10 @@ describe('DeviceHost CPU offload of large write batches', function () {
     await new Promise((r) => setTimeout(r, 50));
     assert.equal(host.stats().slabWarm?.steps, 0, 'nothing cached yet, nothing warmed');
     await (await leader(host, 0)).write([0, 1, 2, 3].map((p) => ({ page: p, data: page(p + 1) })));
-    const deadline = Date.now() + 10_000;
-    while ((host.stats().slabWarm?.warmedSlots ?? 0) < 4 + 256 && Date.now() < deadline) {
+    await waitFor('the window above the cached pages warm', () => {
       host.tick(performance.now(), Date.now());
-      await new Promise((r) => setTimeout(r, 10));
-    }
+      return (host.stats().slabWarm?.warmedSlots ?? 0) >= 4 + 256;
+    });
     const warm = host.stats().slabWarm!;
     assert.equal(warm.warmedSlots, 4 + 256, 'the four cached pages and 256 slots above them');
     assert.equal(warm.failures, 0);
