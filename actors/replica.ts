@@ -247,6 +247,12 @@ export interface ReplicaStats {
   /** Checks of its own image after a follower found the copy it was sent damaged. */
   imageChecks: number;
   offloaded: number;
+  /**
+   * Committed records applied from the log, read back (and their checksums checked), because
+   * they were no longer held in memory: after an open, past the bound of what is held, or
+   * records a leader wrote before it stepped down. The rest are applied from memory.
+   */
+  appliedFromLog: number;
   /** This replica's page cache (cumulative counters, bytes held now). */
   cache: { hits: number; misses: number; evictions: number; bytes: number };
 }
@@ -297,6 +303,12 @@ const MISMATCH_STEP_BACK_MAX = 65_536;
 
 /** Records a leader keeps in memory for followers, at most (older ones are read from its log). */
 const RECENT_BYTES_MAX = 64 * 1024 * 1024;
+/**
+ * Records a follower keeps in memory until it applies them, at most (older ones are applied from
+ * its log). A follower applies a record once the next message tells it the record is committed,
+ * so a few appends' worth are held; the bound is for a follower whose commit LSN stops moving.
+ */
+const FOLLOWER_HELD_BYTES_MAX = 8 * 1024 * 1024;
 /** Image bytes in one snapshot message at most (less when messages hold less). */
 const SNAPSHOT_CHUNK_BYTES = 512 * 1024;
 /** Smallest `messageBytesMax`: a page write of one 8 KiB page, with room to spare. */
@@ -442,7 +454,11 @@ export class Replica {
   /** When this replica last became leader (a majority had just voted for it). */
   private leaderSinceMs = 0;
   private readonly followers = new Map<string, FollowerState>();
-  /** Leader: records not yet known durable everywhere, by LSN (bounded in bytes). */
+  /**
+   * The log's newest records, held in memory, contiguous up to lastLsn (or none), bounded in
+   * bytes. Leader: those not yet known durable everywhere, sent to followers from here. Follower:
+   * those it appended and has not applied yet, applied from here, not read back from its log.
+   */
   private recent: HeldRecord[] = [];
   private recentBytes = 0;
   private commitWaiters: Waiter[] = [];
@@ -455,7 +471,7 @@ export class Replica {
   private preVote: { term: number; votes: Set<string> } | undefined;
   private readonly counters = {
     preVotes: 0, elections: 0, writes: 0, pagesWritten: 0, retriesMatched: 0, reads: 0, pagesRead: 0, checkpoints: 0,
-    snapshotsSent: 0, snapshotsInstalled: 0, appendsSent: 0, appendsToAll: 0, imageChecks: 0, offloaded: 0,
+    snapshotsSent: 0, snapshotsInstalled: 0, appendsSent: 0, appendsToAll: 0, imageChecks: 0, offloaded: 0, appliedFromLog: 0,
   };
 
   constructor(opts: ReplicaOptions) {
@@ -1059,15 +1075,16 @@ export class Replica {
 
   /**
    * Records from `fromLsn` on (at least one when there is one), within `bytesMax` counting
-   * APPEND_RECORD_OVERHEAD_BYTES for each: what one append message carries.
+   * APPEND_RECORD_OVERHEAD_BYTES for each: what one append message carries. Of those not held,
+   * none past `lastLsnMax` is read from the log.
    */
-  private recordsFrom(fromLsn: number, bytesMax: number): HeldRecord[] {
+  private recordsFrom(fromLsn: number, bytesMax: number, lastLsnMax = Number.POSITIVE_INFINITY): HeldRecord[] {
     const out: HeldRecord[] = [];
     let bytes = 0;
     const head = this.recent.length > 0 ? this.recent[0]!.lsn : this.lastLsn + 1;
     if (fromLsn < head) {
       // Older than the in-memory window: from the log (durable part only).
-      const upto = Math.min(head - 1, this.log.lastLsn);
+      const upto = Math.min(head - 1, this.log.lastLsn, lastLsnMax);
       if (fromLsn <= upto) {
         for (const r of this.log.read(fromLsn, upto, { bytesMax })) {
           const b = r.payload.length + APPEND_RECORD_OVERHEAD_BYTES;
@@ -1364,6 +1381,29 @@ export class Replica {
     }
   }
 
+  /**
+   * Not leading: drops the held records up to `lsn`, and then the oldest while more than
+   * `bytesMax` are held (they stay in the log, or are queued for it: what is applied is
+   * durable, and read back when no longer held).
+   */
+  private dropHeld(lsn: number, bytesMax: number): void {
+    let drop = 0;
+    while (drop < this.recent.length && (this.recent[drop]!.lsn <= lsn || this.recentBytes > bytesMax)) {
+      this.recentBytes -= this.recent[drop]!.payload.length;
+      drop++;
+    }
+    if (drop > 0) this.recent = this.recent.slice(drop);
+  }
+
+  /** Drops the held records from `lsn` on (the log is cut there, or replaced). */
+  private cutHeld(lsn: number): void {
+    const head = this.recent.length > 0 ? this.recent[0]!.lsn : lsn;
+    const keep = Math.max(0, lsn - head);
+    if (keep >= this.recent.length) return;
+    for (let i = keep; i < this.recent.length; i++) this.recentBytes -= this.recent[i]!.payload.length;
+    this.recent = this.recent.slice(0, keep);
+  }
+
   /** Drops in-memory records every follower has durably (they stay in the log). */
   private trimRecent(): void {
     let minMatch = this.durableLsn;
@@ -1388,12 +1428,15 @@ export class Replica {
       const upto = Math.min(this.commitLsn, this.durableLsn);
       while (this.store.appliedLsn < upto) {
         const from = this.store.appliedLsn + 1;
-        const batch = this.role === 'leader' ? this.recordsFrom(from, 4 * 1024 * 1024) : this.log.read(from, upto, { bytesMax: 4 * 1024 * 1024 });
+        // Held records are applied from memory; older ones are read back from the log.
+        const held = this.recent.length > 0 ? this.recent[0]!.lsn : Number.POSITIVE_INFINITY;
+        const batch = this.recordsFrom(from, 4 * 1024 * 1024, upto);
         if (batch.length === 0) break;
         for (const r of batch) {
           if (r.lsn > upto) break;
           this.store.apply(r);
           this.recordsSinceCheckpoint++;
+          if (r.lsn < held) this.counters.appliedFromLog++;
         }
       }
     } catch (e) {
@@ -1405,6 +1448,7 @@ export class Replica {
       this.applying = false;
     }
     const applied = this.store.appliedLsn;
+    if (this.role !== 'leader') this.dropHeld(applied, Number.POSITIVE_INFINITY);
     this.commitWaiters = this.release(this.commitWaiters, applied);
     this.applyWaiters = this.release(this.applyWaiters, applied);
     this.maybeCheckpoint();
@@ -1578,6 +1622,7 @@ export class Replica {
           this.truncating--;
         }
         for (const k of [...this.queuedTerms.keys()]) if (k >= from) this.queuedTerms.delete(k);
+        this.cutHeld(from);
         this.lastLsn = from - 1;
         this.lastTerm = this.termOf(this.lastLsn);
         this.durableLsn = Math.min(this.durableLsn, this.lastLsn);
@@ -1596,7 +1641,12 @@ export class Replica {
       // position is unchanged: LSNs given to records the device never got would shift the next.
       this.queue.checkAppend(inputs);
       const first = this.lastLsn + 1;
-      inputs.forEach((r, k) => this.queuedTerms.set(first + k, r.term));
+      inputs.forEach((r, k) => {
+        this.queuedTerms.set(first + k, r.term);
+        this.recent.push({ lsn: first + k, term: r.term, kind: r.kind, payload: r.payload });
+        this.recentBytes += r.payload.length;
+      });
+      this.dropHeld(0, FOLLOWER_HELD_BYTES_MAX);
       this.lastLsn += inputs.length;
       this.lastTerm = inputs[inputs.length - 1]!.term;
       durable = this.queue.append(this.log, inputs).then(({ firstLsn, lastLsn }) => {
@@ -1663,6 +1713,7 @@ export class Replica {
       const { log, store } = await this.queue.task(() => this.snapshots!.install());
       this.log = log;
       this.store = store;
+      this.cutHeld(0);
       this.lastLsn = log.lastLsn;
       this.lastTerm = log.lastTerm;
       this.durableLsn = log.syncedLsn;

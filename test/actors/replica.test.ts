@@ -988,6 +988,87 @@ describe('Replica (more cases)', function () {
     });
   });
 
+  describe('a follower applying what it appended', function () {
+    const statsOf = (id: string) => shard!.members.get(id)!.replica.stats();
+
+    it('applies it from memory, none read back from its log, and holds none once applied; restarted, it reads them back', async () => {
+      shard = new TestShard(['a', 'b', 'c']);
+      const l = await shard.leader();
+      const followers = shard.ids.filter((id) => id !== l.id);
+      const readBefore = followers.map((id) => shard!.members.get(id)!.disk.counters.bytesRead);
+      let last = 0;
+      for (let i = 0; i < 30; i++) last = (await l.replica.write([{ page: i, data: page(i + 1) }])).lsn;
+      // Heartbeats carry the commit LSN: each follower applies the last write and lets go of it.
+      await shard.waitFor(() => followers.every((id) => statsOf(id).appliedLsn >= last && statsOf(id).heldRecords === 0), 'the followers apply every write');
+      followers.forEach((id, k) => {
+        assert.equal(shard!.members.get(id)!.disk.counters.bytesRead - readBefore[k]!, 0, `${id} read nothing from its disk`);
+        assert.equal(statsOf(id).appliedFromLog, 0, `${id} counts none read back`);
+        assert.equal(statsOf(id).heldBytes, 0);
+        for (let i = 0; i < 30; i++) assert.deepEqual(shard!.members.get(id)!.storage.store.getPage(i), page(i + 1), `${id} page ${i}`);
+      });
+      // Reopened from its disk, a follower holds nothing: it applies the committed records from its log.
+      const f = await shard.restart(followers[0]!);
+      await shard.waitFor(() => f.replica.appliedLsn >= last, 'the restarted follower applies them again');
+      assert.ok(f.replica.stats().appliedFromLog >= 30, `${f.replica.stats().appliedFromLog} records read back`);
+      for (let i = 0; i < 30; i++) assert.deepEqual(f.storage.store.getPage(i), page(i + 1), `page ${i}`);
+    });
+
+    it('whose commit LSN stops moving holds at most 8 MiB of them; the rest it reads back from its log once they commit', async () => {
+      shard = new TestShard(['a', 'b', 'c']);
+      const l = await shard.leader();
+      const b = shard.ids.find((id) => id !== l.id)!;
+      // b is told nothing commits: it appends every record and applies none.
+      let stalled = true;
+      shard.tampers.push((_from, to, msg) => {
+        if (stalled && to === b && msg.type === 'append') msg.commitLsn = 0;
+      });
+      const applied = statsOf(b).appliedLsn;
+      let last = 0;
+      // 48 writes of 64 pages: 12 MiB of records.
+      for (let i = 0; i < 48; i++) {
+        const pages = Array.from({ length: 64 }, (_, k) => ({ page: ((i % 4) * 64 + k) % 256, data: page(i + k) }));
+        last = (await l.replica.write(pages)).lsn;
+      }
+      await shard.waitFor(() => statsOf(b).lastLsn >= last, 'b appends every record');
+      assert.equal(statsOf(b).appliedLsn, applied, 'b applied nothing meanwhile');
+      assert.ok(statsOf(b).heldBytes <= 8 * 1024 * 1024, `${statsOf(b).heldBytes} bytes held`);
+      assert.ok(statsOf(b).heldBytes >= 7 * 1024 * 1024, `the newest are held: ${statsOf(b).heldBytes} bytes`);
+      stalled = false;
+      await shard.waitFor(() => statsOf(b).appliedLsn >= last && statsOf(b).heldRecords === 0, 'b applies every record');
+      const fromLog = statsOf(b).appliedFromLog;
+      assert.ok(fromLog > 0 && fromLog < 48, `${fromLog} records read back`);
+      const want = shard.members.get(l.id)!.storage.store;
+      for (let p = 0; p < 256; p++) assert.deepEqual(shard.members.get(b)!.storage.store.getPage(p), want.getPage(p), `page ${p}`);
+    });
+
+    it("cuts the records it holds where its log is cut: it applies the new leader's records at those LSNs, not the deposed leader's", async () => {
+      shard = new TestShard(['a', 'b', 'c', 'd', 'e']);
+      const old = await shard.leader();
+      const w0 = await old.replica.write([{ page: 1, data: page(1) }]);
+      await shard.waitFor(() => [...shard!.members.values()].every((m) => m.replica.appliedLsn >= w0.lsn), 'every replica applies the first write');
+      const [b, ...others] = shard.ids.filter((id) => id !== old.id) as [string, ...string[]];
+      // The old leader's next record reaches b alone, and b's answer is lost: it never commits.
+      for (const o of others) shard.cutLink(old.id, o);
+      shard.cutFrom(b, old.id);
+      const lost = old.replica.write([{ page: 1, data: page(50) }]).catch(() => undefined);
+      await shard.waitFor(() => statsOf(b).lastLsn > w0.lsn, 'b appends the record that will not commit');
+      assert.ok(statsOf(b).heldRecords >= 1, 'b holds it');
+      // The others elect a leader without it (b, whose log is ahead of theirs, is kept away meanwhile).
+      shard.isolate([old.id]);
+      shard.isolate([b]);
+      const x = await shard.leader(others);
+      const y = await x.replica.write([{ page: 1, data: page(60) }]);
+      const z = await x.replica.write([{ page: 2, data: page(61) }]);
+      await lost;
+      for (const o of others) shard.healLink(b, o);
+      await shard.waitFor(() => statsOf(b).appliedLsn >= z.lsn, 'b takes the new leader\'s records and applies them');
+      assert.ok(y.lsn > w0.lsn, 'the new leader wrote over the LSN b held');
+      const store = shard.members.get(b)!.storage.store;
+      assert.deepEqual(store.getPage(1), page(60));
+      assert.deepEqual(store.getPage(2), page(61));
+    });
+  });
+
   describe('whose checkpoints fail', function () {
     it('tries again after as many records again, not at every record', async () => {
       shard = new TestShard(['a'], { checkpointEveryRecords: 20 });
