@@ -221,7 +221,10 @@ export interface ReplicaStats {
   lastLsn: number;
   /** Per follower (leader only): how far behind the leader's last LSN its durable log is. */
   lag: Record<string, number>;
-  /** Leader: records (and their payload bytes) held in memory for followers that may not have them yet. */
+  /**
+   * Records (and their payload bytes) held in memory: a leader's for followers that may not have
+   * them yet, a follower's appended and not applied yet.
+   */
   heldRecords: number;
   heldBytes: number;
   /** Its log lost records to damage and is being given them back: it does not vote until then (HardState.repairTerm). */
@@ -249,8 +252,9 @@ export interface ReplicaStats {
   offloaded: number;
   /**
    * Committed records applied from the log, read back (and their checksums checked), because
-   * they were no longer held in memory: after an open, past the bound of what is held, or
-   * records a leader wrote before it stepped down. The rest are applied from memory.
+   * they were no longer held in memory: after an open, past the bound of what is held, records
+   * a leader wrote before it stepped down, or a follower appended before it was elected. The
+   * rest are applied from memory.
    */
   appliedFromLog: number;
   /** This replica's page cache (cumulative counters, bytes held now). */

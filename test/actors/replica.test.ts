@@ -990,9 +990,11 @@ describe('Replica (more cases)', function () {
 
   describe('a follower applying what it appended', function () {
     const statsOf = (id: string) => shard!.members.get(id)!.replica.stats();
+    // Elections slower than the default: a pause of the test process must not move the leadership.
+    const steady = { timing: { electionTimeoutMinMs: 400, electionTimeoutMaxMs: 600 } };
 
     it('applies it from memory, none read back from its log, and holds none once applied; restarted, it reads them back', async () => {
-      shard = new TestShard(['a', 'b', 'c']);
+      shard = new TestShard(['a', 'b', 'c'], steady);
       const l = await shard.leader();
       const followers = shard.ids.filter((id) => id !== l.id);
       const readBefore = followers.map((id) => shard!.members.get(id)!.disk.counters.bytesRead);
@@ -1014,7 +1016,7 @@ describe('Replica (more cases)', function () {
     });
 
     it('whose commit LSN stops moving holds at most 8 MiB of them; the rest it reads back from its log once they commit', async () => {
-      shard = new TestShard(['a', 'b', 'c']);
+      shard = new TestShard(['a', 'b', 'c'], steady);
       const l = await shard.leader();
       const b = shard.ids.find((id) => id !== l.id)!;
       // b is told nothing commits: it appends every record and applies none.
@@ -1050,7 +1052,8 @@ describe('Replica (more cases)', function () {
       // The old leader's next record reaches b alone, and b's answer is lost: it never commits.
       for (const o of others) shard.cutLink(old.id, o);
       shard.cutFrom(b, old.id);
-      const lost = old.replica.write([{ page: 1, data: page(50) }]).catch(() => undefined);
+      // (Page 3: no other write has it, so a record applied that should not have been shows.)
+      const lost = old.replica.write([{ page: 3, data: page(50) }]).catch(() => undefined);
       await shard.waitFor(() => statsOf(b).lastLsn > w0.lsn, 'b appends the record that will not commit');
       assert.ok(statsOf(b).heldRecords >= 1, 'b holds it');
       // The others elect a leader without it (b, whose log is ahead of theirs, is kept away meanwhile).
@@ -1066,6 +1069,33 @@ describe('Replica (more cases)', function () {
       const store = shard.members.get(b)!.storage.store;
       assert.deepEqual(store.getPage(1), page(60));
       assert.deepEqual(store.getPage(2), page(61));
+      assert.deepEqual(store.getPage(3), new Uint8Array(4096), "the deposed leader's record was not applied");
+    });
+
+    it('drops what it holds when it installs an image: it then follows from the image, and applies the records after it', async () => {
+      shard = new TestShard(['a', 'b', 'c'], { ...steady, checkpointEveryRecords: 10 });
+      const l = await shard.leader();
+      const b = shard.ids.find((id) => id !== l.id)!;
+      // b is told nothing commits (it holds what it appends), then is cut off while the leader
+      // writes on, checkpoints and trims its log: b needs the leader's image.
+      let stalled = true;
+      shard.tampers.push((_from, to, msg) => {
+        if (stalled && to === b && msg.type === 'append') msg.commitLsn = 0;
+      });
+      for (let i = 0; i < 5; i++) await l.replica.write([{ page: i, data: page(i + 1) }]);
+      await shard.waitFor(() => statsOf(b).lastLsn >= l.replica.stats().lastLsn, 'b appends them');
+      assert.ok(statsOf(b).heldRecords >= 5, `b holds ${statsOf(b).heldRecords} records`);
+      shard.isolate([b]);
+      for (let i = 5; i < 60; i++) await l.replica.write([{ page: i, data: page(i + 1) }]);
+      await shard.waitFor(() => l.storage.log.firstLsn > statsOf(b).lastLsn + 1, 'the leader trims past what b has');
+      stalled = false;
+      shard.heal();
+      const w = await l.replica.write([{ page: 200, data: page(9) }]);
+      await shard.waitFor(() => statsOf(b).snapshotsInstalled >= 1 && statsOf(b).appliedLsn >= w.lsn, 'b installs the image and applies what follows it', 10_000);
+      await shard.waitFor(() => statsOf(b).heldRecords === 0, 'b lets go of what it applied');
+      const store = shard.members.get(b)!.storage.store;
+      for (let i = 0; i < 60; i++) assert.deepEqual(store.getPage(i), page(i + 1), `page ${i}`);
+      assert.deepEqual(store.getPage(200), page(9));
     });
   });
 
