@@ -1386,13 +1386,12 @@ export class Replica {
   }
 
   /**
-   * Not leading: drops the held records up to `lsn`, and then the oldest while more than
-   * `bytesMax` are held (they stay in the log, or are queued for it: what is applied is
-   * durable, and read back when no longer held).
+   * Drops the held records up to `lsn`, and then the oldest while more than `bytesMax` are held,
+   * none past `lastLsnMax` (they stay in the log, or are queued for it; what is applied is durable).
    */
-  private dropHeld(lsn: number, bytesMax: number): void {
+  private dropHeld(lsn: number, bytesMax: number, lastLsnMax = Number.POSITIVE_INFINITY): void {
     let drop = 0;
-    while (drop < this.recent.length && (this.recent[drop]!.lsn <= lsn || this.recentBytes > bytesMax)) {
+    while (drop < this.recent.length && (this.recent[drop]!.lsn <= lsn || this.recentBytes > bytesMax) && this.recent[drop]!.lsn <= lastLsnMax) {
       this.recentBytes -= this.recent[drop]!.payload.length;
       drop++;
     }
@@ -1412,12 +1411,8 @@ export class Replica {
   private trimRecent(): void {
     let minMatch = this.durableLsn;
     for (const f of this.followers.values()) minMatch = Math.min(minMatch, f.match);
-    let drop = 0;
-    while (drop < this.recent.length && (this.recent[drop]!.lsn <= minMatch || this.recentBytes > RECENT_BYTES_MAX) && this.recent[drop]!.lsn <= this.log.lastLsn) {
-      this.recentBytes -= this.recent[drop]!.payload.length;
-      drop++;
-    }
-    if (drop > 0) this.recent = this.recent.slice(drop);
+    // A record not in the log yet stays: a follower may still need it, and it can be read nowhere else.
+    this.dropHeld(minMatch, RECENT_BYTES_MAX, this.log.lastLsn);
   }
 
   // ---------------------------------------------------------------------------------------------
