@@ -25,7 +25,7 @@
 import type { DeviceQueue } from './device-queue';
 import type { SegmentLog } from '../storage-engine/log';
 import type { PageStore } from '../storage-engine/page-store';
-import { encodePageWrite, pageWriteBytes } from '../storage-engine/page-write';
+import { encodePageWrite, pageWriteBytes, pagesOfPageWrite } from '../storage-engine/page-write';
 import { requestArena } from '../storage-engine/arena';
 import { RecordKind, type LogRecord, type LogRecordInput } from '../storage-engine/record';
 import { RECORD_HEADER_BYTES } from '../storage-engine/log-segment';
@@ -172,6 +172,15 @@ export interface ReplicaOptions {
    * back what was lost) its reads of the damaged data fail with `corruption`.
    */
   onDamage?: (err: CorruptionError) => void;
+  /**
+   * Told, once, when this replica cannot go on and the error reached no request that could carry
+   * it to the host: a committed record it cannot apply (a malformed page write, or one past the
+   * shard's pages; only a bug, or a forged append before followers checked their records, puts
+   * one in a log). The host restarts the replica, and leaves it down with this reason once it
+   * failed too often; the host's other replicas go on. Without it the error is thrown, which
+   * ends the thread.
+   */
+  onFailure?: (err: Error) => void;
   /** Files whose damage the host found it cannot repair (a sole copy): not reported again. */
   unrepairable?: readonly string[];
   offload?: PayloadOffload;
@@ -394,6 +403,8 @@ export class Replica {
   private readonly onDamage: ((err: CorruptionError) => void) | undefined;
   private readonly unrepairable: ReadonlySet<string>;
   private damageReported = false;
+  private readonly onFailure: ((err: Error) => void) | undefined;
+  private failureReported = false;
   /** A check of our own image is running (a follower found its copy damaged). */
   private checkingImage = false;
   /** LSN of our image last checked whole and found intact: not checked again for another complaint. */
@@ -494,6 +505,7 @@ export class Replica {
     this.random = opts.random ?? Math.random;
     this.onRoleChange = opts.onRoleChange;
     this.onDamage = opts.onDamage;
+    this.onFailure = opts.onFailure;
     this.unrepairable = new Set(opts.unrepairable ?? []);
     this.offload = opts.offload;
     this.checkpointEveryRecords = opts.checkpointEveryRecords ?? 0;
@@ -1440,8 +1452,10 @@ export class Replica {
       }
     } catch (e) {
       // A record read back from the log failed its checksum: the host reopens this replica,
-      // which is let be until then. (Thrown out of an answer's handler, it would end the thread.)
-      if (this.reportDamage(e)) return;
+      // which is let be until then. A record that cannot be applied (it would fail again after a
+      // reopen): the host restarts this replica, then leaves it down. Either way the replica
+      // stops applying here. (Thrown out of an answer's handler, it would end the thread.)
+      if (this.reportDamage(e) || this.reportFailure(e)) return;
       throw e;
     } finally {
       this.applying = false;
@@ -1577,8 +1591,42 @@ export class Replica {
     throw new ProtocolError('unavailable', `replica ${g.volumeId}/${g.shard} lost its storage and has not learned every peer's term yet`);
   }
 
+  /**
+   * Refuses (bad_request) an append carrying a record no leader of this shard writes: a page
+   * write that is malformed, of another page size, or writes a page outside this shard; a no-op
+   * with a payload; a record of any other kind. Checked before the append changes anything, its
+   * term included: appended and committed, such a record could not be applied, and each reopen
+   * of the replica would fail on it again. Replication is not authenticated, so a forged append
+   * can carry one; a leader checked its own records when its clients' writes made them.
+   */
+  private checkRecords(records: readonly WireRecord[]): void {
+    const g = this.geometry;
+    for (let i = 0; i < records.length; i++) {
+      const r = records[i]!;
+      const path = `records[${i}]`;
+      if (r.kind === RecordKind.PageWrite) {
+        let pages: number[];
+        try {
+          pages = pagesOfPageWrite(r.payload, g.pageSize);
+        } catch (e) {
+          throw new ProtocolError('bad_request', `${path}: ${e instanceof Error ? e.message : String(e)}`, { path });
+        }
+        for (const page of pages) {
+          if (page >= g.pageCount) throw new ProtocolError('bad_request', `${path}: writes page ${page}, outside 0..${g.pageCount - 1}`, { path, page });
+          const shard = shardOfPage(page, g);
+          if (shard !== g.shard) throw new ProtocolError('bad_request', `${path}: writes page ${page}, of shard ${shard}, not ${g.shard}`, { path, page });
+        }
+      } else if (r.kind === RecordKind.Noop) {
+        if (r.payload.length > 0) throw new ProtocolError('bad_request', `${path}: a no-op record carries no payload, this one ${r.payload.length} bytes`, { path });
+      } else {
+        throw new ProtocolError('bad_request', `${path}.kind: ${r.kind} is not a kind of record a leader writes (${RecordKind.PageWrite}: page write, ${RecordKind.Noop}: no-op)`, { path: `${path}.kind` });
+      }
+    }
+  }
+
   private async acceptAppend(req: AppendRequest): Promise<() => Promise<AppendReply>> {
     this.refuseWhileTermsUnknown();
+    this.checkRecords(req.records);
     const now = (reply: AppendReply) => () => Promise.resolve(reply);
     const termBefore = this.term;
     if (!this.acceptLeader(req.term, req.leader)) return now({ term: this.term, success: false, lastLsn: this.lastLsn });
@@ -1961,6 +2009,16 @@ export class Replica {
     if (!this.damageReported) {
       this.damageReported = true;
       this.onDamage(e);
+    }
+    return true;
+  }
+
+  /** Hands `e` to the host (onFailure), once; false when there is no host to take it, or this replica is closed. */
+  private reportFailure(e: unknown): boolean {
+    if (!this.onFailure || this.closed) return false;
+    if (!this.failureReported) {
+      this.failureReported = true;
+      this.onFailure(e instanceof Error ? e : new Error(String(e)));
     }
     return true;
   }

@@ -74,6 +74,12 @@ export interface DeviceHostOptions {
    */
   onDamage?: (spec: ShardSpec, err: CorruptionError) => void;
   /**
+   * Told when a running replica cannot go on (Replica `onFailure`: a committed record it cannot
+   * apply): it is restarted, and left down once it failed `restartsMax` times in the window; the
+   * device's other replicas go on. For logging by the host.
+   */
+  onFailure?: (spec: ShardSpec, err: Error, outcome: ReplicaErrorOutcome) => void;
+  /**
    * Background scrub: bytes of image pages and log records read and checked per second on this
    * device, one replica after another (Replica.scrubStep); default SCRUB_BYTES_PER_SECOND_DEFAULT;
    * 0 turns it off.
@@ -572,6 +578,7 @@ export class DeviceHost {
         unrepairable: entry.unrepairable,
         // Reopened after the call that found the damage has unwound.
         onDamage: (err) => queueMicrotask(() => this.repairDamage(entry, replica, err)),
+        onFailure: (err) => queueMicrotask(() => this.replicaFailed(entry, replica, err)),
       });
       entry.replica = replica;
       entry.downReason = undefined;
@@ -595,7 +602,8 @@ export class DeviceHost {
     entry.storage = undefined;
   }
 
-  private restart(entry: ShardEntry): void {
+  /** Stops the replica of `entry` and opens it again; left down (`downReason`) once it failed restartsMax times in the window. `cause`: what made it fail, named in that reason. */
+  private restart(entry: ShardEntry, cause?: Error): void {
     const now = this.nowMs();
     const windowMs = this.opts.restartWindowMs ?? 60_000;
     entry.restarts = entry.restarts.filter((t) => now - t < windowMs);
@@ -603,7 +611,7 @@ export class DeviceHost {
     if (entry.restarts.length >= (this.opts.restartsMax ?? 5)) {
       entry.downReason = new StorageError(
         'device_failed',
-        `shard ${entry.spec.volumeId}/${entry.spec.shard} failed ${entry.restarts.length} times in ${windowMs} ms; left down`,
+        `shard ${entry.spec.volumeId}/${entry.spec.shard} failed ${entry.restarts.length} times in ${windowMs} ms; left down${cause ? `; last: ${cause.message}` : ''}`,
       );
       return;
     }
@@ -622,6 +630,14 @@ export class DeviceHost {
     this.damageReopensTotal++;
     entry.damaged = [...(entry.damaged ?? []), ...err.reports];
     this.restart(entry);
+  }
+
+  /** A running replica cannot go on (Replica `onFailure`): restarted, or left down, as after a request's fatal error. */
+  private replicaFailed(entry: ShardEntry, replica: Replica, err: Error): void {
+    if (entry.replica !== replica || this.shards.get(shardKey(entry.spec.volumeId, entry.spec.shard)) !== entry) return;
+    this.restart(entry, err);
+    const downReason = entry.downReason?.message;
+    this.opts.onFailure?.(entry.spec, err, downReason === undefined ? { restarted: true } : { restarted: false, downReason });
   }
 
   private restartAll(): void {

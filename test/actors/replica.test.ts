@@ -6,6 +6,7 @@ import type { Disk } from '../../storage-engine/disk';
 import { Slab } from '../../storage-engine/slab';
 import { IMAGE_BYTES_MIN } from '../../storage-engine/image';
 import { ShardStorage } from '../../storage-engine/shard-storage';
+import { encodePageWrite } from '../../storage-engine/page-write';
 import { ProtocolError } from '../../messages/errors';
 import { encode } from '../../messages/codec';
 import type { CorruptionError, CorruptionReport, StorageError } from '../../storage-engine/errors';
@@ -736,7 +737,7 @@ describe('Replica (quorum replication of a shard log)', function () {
     const l = await shard.leader();
     const f = shard.members.get(shard.ids.find((x) => x !== l.id)!)!;
     const other = shard.ids.find((x) => x !== l.id && x !== f.id)!;
-    const reply = await f.replica.handle({ type: 'append', term: 0, leader: other, prevLsn: 0, prevTerm: 0, records: [{ term: 0, kind: 1, payload: new Uint8Array(8) }], commitLsn: 0 });
+    const reply = await f.replica.handle({ type: 'append', term: 0, leader: other, prevLsn: 0, prevTerm: 0, records: [{ term: 0, kind: 1, payload: encodePageWrite(4096, [{ page: 0, data: new Uint8Array(4096) }]) }], commitLsn: 0 });
     assert.equal((reply as { success: boolean }).success, false);
     assert.equal(f.replica.stats().leader, l.id, 'the follower still follows the real leader');
   });

@@ -5,9 +5,10 @@ import { encode, decode } from '../../messages/codec';
 import { replicaSubject, TERM_MAX } from '../../messages/raft';
 import { LSN_MAX, type VolumeInfo } from '../../messages/api';
 import { waitFor } from '../support/wait';
+import { encodePageWrite } from '../../storage-engine/page-write';
 
 type ShardView = { leader?: string; term: number; state: string; replicas: Array<{ node: string; term?: number }> };
-type NodeView = { hosts: Array<{ deviceRestarts: number }>; shards: Array<{ volumeId: string; state: string; term: number }> };
+type NodeView = { hosts: Array<{ deviceRestarts: number; restarts: number }>; shards: Array<{ volumeId: string; state: string; term: number }> };
 
 /**
  * Replication messages that no member of the shard could have sent (found by
@@ -30,6 +31,8 @@ describe('replication messages no member could have sent are refused, the shard 
     decode((await nc.request(replicaSubject(c.cluster, info.id, 0, node), encode(body), { timeout: 5000 })).data) as { error?: { code: string; message: string } };
   const restarts = async (): Promise<number[]> =>
     Promise.all(c.nodes.map(async (n) => ((await n!.status()) as unknown as NodeView).hosts.reduce((t, h) => t + h.deviceRestarts, 0)));
+  const hostRestarts = async (): Promise<number[]> =>
+    Promise.all(c.nodes.map(async (n) => ((await n!.status()) as unknown as NodeView).hosts.reduce((t, h) => t + h.restarts, 0)));
   const down = async (): Promise<number> =>
     (await Promise.all(c.nodes.map(async (n) => ((await n!.status()) as unknown as NodeView).shards.filter((s) => s.volumeId === info.id && s.state === 'down').length))).reduce((a, b) => a + b, 0);
   const writeAndRead = async (page: number): Promise<void> => {
@@ -122,15 +125,48 @@ describe('replication messages no member could have sent are refused, the shard 
       // LSN 1 is committed (term 1); a record of a newer term in its place. (The follower's
       // term may be ahead of the status's: sent again past the term it answers.)
       let term = Math.max(s.term, ...s.replicas.map((r) => r.term ?? 0)) + 1;
-      let reply = await send(follower, { type: 'append', term, leader: s.leader, prevLsn: 0, prevTerm: 0, records: [{ term, kind: 1, payload: new Uint8Array(8) }], commitLsn: 0 });
+      // (A well-formed page write: the record is refused for where it goes, not for what it is.)
+      const payload = encodePageWrite(4096, [{ page: 4, data: new Uint8Array(4096).fill(4) }]);
+      let reply = await send(follower, { type: 'append', term, leader: s.leader, prevLsn: 0, prevTerm: 0, records: [{ term, kind: 1, payload }], commitLsn: 0 });
       for (let k = 0; k < 3 && reply.error === undefined && typeof reply.term === 'number' && reply.term >= term; k++) {
         term = reply.term + 1;
-        reply = await send(follower, { type: 'append', term, leader: s.leader, prevLsn: 0, prevTerm: 0, records: [{ term, kind: 1, payload: new Uint8Array(8) }], commitLsn: 0 });
+        reply = await send(follower, { type: 'append', term, leader: s.leader, prevLsn: 0, prevTerm: 0, records: [{ term, kind: 1, payload }], commitLsn: 0 });
       }
       assert.equal(reply.error?.code, 'bad_request', JSON.stringify(reply));
+      assert.match(reply.error!.message, /the record at LSN 1 is committed with term/);
     }
     assert.deepEqual(await restarts(), before, 'no replica was restarted');
     assert.equal(await down(), 0);
     await writeAndRead(4);
+  });
+  it('appends whose records are not ones a leader writes (a page write cut short, of another page size, past the last page; an unknown kind; a no-op with data), in a newer term, matching the follower\'s log and committing them: refused before anything changes', async () => {
+    const good = (page: number, pageSize = 4096): Uint8Array => encodePageWrite(pageSize, [{ page, data: new Uint8Array(pageSize).fill(7) }]);
+    const cases: Array<{ what: string; kind: number; payload: Uint8Array; message: RegExp }> = [
+      { what: 'a page write of 6 bytes', kind: 1, payload: new Uint8Array(6), message: /records\[0\]: page write payload of 6 bytes is shorter than its header/ },
+      { what: 'a page write of 8 KiB pages', kind: 1, payload: good(3, 8192), message: /records\[0\]: page write page size 8192 differs from the store's 4096/ },
+      { what: 'a page write past the last page', kind: 1, payload: good(64), message: /records\[0\]: writes page 64, outside 0\.\.63/ },
+      { what: 'a record of kind 5', kind: 5, payload: new Uint8Array(4), message: /records\[0\]\.kind: 5 is not a kind of record a leader writes/ },
+      { what: 'a no-op with data', kind: 2, payload: new Uint8Array(3), message: /records\[0\]: a no-op record carries no payload, this one 3 bytes/ },
+    ];
+    const hostsBefore = await hostRestarts();
+    const before = await restarts();
+    for (const k of cases) {
+      const s = await led();
+      const follower = s.replicas.find((r) => r.node !== s.leader)!.node;
+      const info2 = (await c.client.status()) as unknown as { volumes: Array<{ name: string; shards: Array<{ commitLsn: number }> }> };
+      const commitLsn = info2.volumes.find((v) => v.name === 'v-forged')!.shards[0]!.commitLsn;
+      const term = Math.max(s.term, ...s.replicas.map((r) => r.term ?? 0)) + 1;
+      // A well-formed record after the bad one: neither is taken.
+      const records = [{ term, kind: k.kind, payload: k.payload }, { term, kind: 1, payload: good(9) }];
+      const reply = await send(follower, { type: 'append', term, leader: s.leader, prevLsn: commitLsn, prevTerm: s.term, records, commitLsn: commitLsn + 2 });
+      assert.equal(reply.error?.code, 'bad_request', `${k.what}: ${JSON.stringify(reply)}`);
+      assert.match(reply.error!.message, k.message, k.what);
+      const after = await led();
+      assert.equal(after.term, s.term, `${k.what}: no replica took the message's term`);
+    }
+    assert.deepEqual(await hostRestarts(), hostsBefore, 'no host thread exited');
+    assert.deepEqual(await restarts(), before, 'no replica was restarted');
+    assert.equal(await down(), 0);
+    await writeAndRead(9);
   });
 });

@@ -10,6 +10,9 @@ import { waitFor } from '../support/wait';
 import { StorageError } from '../../storage-engine/errors';
 import { ImageReader } from '../../storage-engine/image';
 import type { Replica } from '../../actors/replica';
+import { ShardStorage } from '../../storage-engine/shard-storage';
+import { Slab } from '../../storage-engine/slab';
+import { RecordKind } from '../../storage-engine/record';
 
 const spec = (shard = 0): ShardSpec => ({
   volumeId: 'v1', volumeName: 'vol', shard, shards: 2, pageCount: 64, pageSize: 4096, stripePages: 4, members: ['n1'],
@@ -200,6 +203,41 @@ describe('DeviceHost supervision', () => {
     host.tick(now, Date.now());
     assert.deepEqual(failures, ['v1/0: transport bug']);
     assert.equal(host.stats().restarts, 1, 'shard 0 was reopened from durable state');
+    const r1 = await leader(host, 1);
+    await r1.write([{ page: 4, data: page(9) }]);
+    assert.deepEqual((await r1.read([4], soon())).pages[0], page(9), 'shard 1 serves');
+    await host.close();
+  });
+
+  it('a committed record its replica cannot apply restarts that replica, then leaves it down with why; the thread and the device\'s other shards go on', async () => {
+    const disk = new SimDisk();
+    const failures: string[] = [];
+    const host = new DeviceHost({
+      dir: 'dev0', self: 'n1', disk, restartsMax: 2,
+      onFailure: (s, e, o) => failures.push(`${s.volumeId}/${s.shard} ${o.restarted ? 'restarted' : 'down'}: ${e.message}`),
+    });
+    host.openShard(spec(0));
+    host.openShard(spec(1));
+    const r0 = await leader(host, 0);
+    await r0.write([{ page: 0, data: page(1) }]);
+    const term = r0.stats().term;
+    // What no leader writes, put in shard 0's log while it is closed: a page write of 6 bytes.
+    host.closeShard('v1', 0);
+    const storage = ShardStorage.open(disk, { dir: 'shards/v1.0', pageSize: 4096, pageCount: 64, cacheBytesMax: 1 << 20, slab: new Slab({ slotBytes: 8192, slotCount: 64 }) });
+    storage.log.write([{ term, kind: RecordKind.PageWrite, payload: new Uint8Array(6) }]);
+    storage.log.sync();
+    storage.close();
+    // Reopened, it leads again and commits the record with its no-op; applying it fails, each time.
+    host.openShard(spec(0));
+    await waitFor('shard 0 is left down', () => {
+      host.tick(performance.now(), Date.now());
+      return host.stats().shards.find((x) => x.shard === 0)?.state === 'down';
+    });
+    const why = /page write payload of 6 bytes is shorter than its header/;
+    assert.equal(failures.length, 3, failures.join('\n'));
+    assert.ok(failures.slice(0, 2).every((f) => f.startsWith('v1/0 restarted: ') && why.test(f)), failures.join('\n'));
+    assert.ok(failures[2]!.startsWith('v1/0 down: ') && why.test(failures[2]!), failures[2]);
+    assert.throws(() => host.replica('v1', 0), (e: StorageError) => e.code === 'device_failed' && /left down; last: page write payload of 6 bytes/.test(e.message));
     const r1 = await leader(host, 1);
     await r1.write([{ page: 4, data: page(9) }]);
     assert.deepEqual((await r1.read([4], soon())).pages[0], page(9), 'shard 1 serves');
