@@ -11,7 +11,7 @@
  * line. `messageHeaders` gives what `msg.headers.get(name)` gives (the first value of an exact
  * name, trimmed; '' when absent) for every block it reads; it hands the message back to nats.js's
  * decoder when the block is not plain: a status line (`NATS/1.0 503`), a lone CR or LF, an empty
- * name, or a block over 4 KiB. It reads the fields nats.js keeps the raw message in (`_rdata`, `_msg.hdr`);
+ * name or one with a character outside '!'..'~', or a block over 4 KiB. It reads the fields nats.js keeps the raw message in (`_rdata`, `_msg.hdr`);
  * when a version of nats.js keeps them elsewhere, every message takes the decoder's path, which
  * is slower but the same (the tests check both paths against the decoder).
  */
@@ -110,6 +110,12 @@ export function parsePlainHeaderBlock(bytes: Uint8Array, end: number): ReceivedH
     if (line.includes('\r') || line.includes('\n')) return undefined;
     const colon = line.indexOf(':');
     if (colon === 0) return undefined; // an empty name: the decoder decides
+    // A name with a character outside '!'..'~' (a space, a control character, a letter outside
+    // ASCII) is for the decoder, which refuses it.
+    for (let k = 0; k < colon; k++) {
+      const c = line.charCodeAt(k);
+      if (c < 0x21 || c > 0x7e) return undefined;
+    }
     // A line without a colon is skipped, as the decoder does.
     if (colon > 0) pairs.push(line.slice(0, colon), line.slice(colon + 1).trim());
     at = eol + 2;

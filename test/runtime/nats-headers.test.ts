@@ -67,6 +67,23 @@ describe('messageHeaders (reading a request\'s headers without the nats.js decod
         assert.equal(parsePlainHeaderBlock(bytes, bytes.length), undefined);
       });
     }
+
+    // Names with a character outside '!'..'~' (found by the fuzzer: read here, such a block was
+    // served where nats.js's decoder refuses it, and the request answered as if well formed).
+    const badNames: Record<string, string> = {
+      'a space': 'NATS/1.0\r\nStrata-Type: shard.flush\r\nbad name: 1\r\n\r\n',
+      'a tab': 'NATS/1.0\r\nbad\tname: 1\r\n\r\n',
+      'a control character': 'NATS/1.0\r\nbad\u0001name: 1\r\n\r\n',
+      'a letter outside ASCII': 'NATS/1.0\r\ngröße: 1\r\n\r\n',
+      'DEL': 'NATS/1.0\r\nbad\u007fname: 1\r\n\r\n',
+    };
+    for (const [what, text] of Object.entries(badNames)) {
+      it(`leaves a name with ${what} to the nats.js decoder, which refuses it`, () => {
+        const bytes = block(text);
+        assert.equal(parsePlainHeaderBlock(bytes, bytes.length), undefined);
+        assert.throws(() => decodedByNats(bytes), /is not a valid character for a header key/);
+      });
+    }
   });
 
   describe('on messages from a NATS server', () => {
