@@ -20,6 +20,8 @@
 import type { Disk, FileHandle } from '../storage-engine/disk';
 import { StorageError, assert } from '../storage-engine/errors';
 import type { LogRecordInput } from '../storage-engine/record';
+import { recordBytes } from '../storage-engine/log-segment';
+import { LOG_WRITE_BATCH_BYTES_MAX, LOG_WRITE_BATCH_RECORDS_MAX } from '../storage-engine/log';
 
 /** A log on this device; SegmentLog satisfies it. */
 export interface AppendTarget {
@@ -475,11 +477,29 @@ export class DeviceQueue {
     const closed = new Set<AppendOp>();
     try {
       for (const [target, ops] of groups) {
-        const records: LogRecordInput[] = [];
-        for (const op of ops) for (const r of op.records) records.push(r);
-        let lastLsn: number;
+        const done: Array<[AppendOp, AppendResult]> = [];
         try {
-          lastLsn = target.write(records);
+          // One write per target, or as few as the log's bounds on one write allow (records and
+          // bytes; appends are not cut), all made durable by the one flush below.
+          let k = 0;
+          while (k < ops.length) {
+            const from = k;
+            const records: LogRecordInput[] = [];
+            let bytes = 0;
+            for (; k < ops.length; k++) {
+              const op = ops[k]!;
+              const opBytes = loggedBytes(op.records);
+              if (k > from && (records.length + op.records.length > LOG_WRITE_BATCH_RECORDS_MAX || bytes + opBytes > LOG_WRITE_BATCH_BYTES_MAX)) break;
+              for (const r of op.records) records.push(r);
+              bytes += opBytes;
+            }
+            let next = target.write(records) - records.length + 1;
+            for (let j = from; j < k; j++) {
+              const op = ops[j]!;
+              done.push([op, { firstLsn: next, lastLsn: next + op.records.length - 1 }]);
+              next += op.records.length;
+            }
+          }
         } catch (e) {
           // Its shard was closed (or deleted) while these waited: they fail alone, the device
           // and the other targets of the batch are fine.
@@ -493,10 +513,8 @@ export class DeviceQueue {
           throw e;
         }
         written.push(target);
-        let next = lastLsn - records.length + 1;
-        for (const op of ops) {
-          results.push([op, { firstLsn: next, lastLsn: next + op.records.length - 1 }]);
-          next += op.records.length;
+        for (const [op, r] of done) {
+          results.push([op, r]);
           this.counters.appendOps++;
           this.counters.appendRecords += op.records.length;
           this.counters.appendBytes += op.bytes;
@@ -605,6 +623,13 @@ export class DeviceQueue {
 }
 
 /** What an append counts against the queue's bytes bound: its payloads. */
+/** Bytes `records` take in a log (headers and alignment included), as the log bounds one write. */
+function loggedBytes(records: readonly LogRecordInput[]): number {
+  let bytes = 0;
+  for (const r of records) bytes += recordBytes(r.payload.length);
+  return bytes;
+}
+
 function appendBytes(records: readonly LogRecordInput[]): number {
   let bytes = 0;
   for (const r of records) bytes += r.payload.length;

@@ -3,6 +3,7 @@ import { DeviceQueue, type AppendTarget, BATCH_OPS_BUCKETS } from '../../actors/
 import type { Disk, FileHandle } from '../../storage-engine/disk';
 import { StorageError } from '../../storage-engine/errors';
 import type { LogRecordInput } from '../../storage-engine/record';
+import { LOG_WRITE_BATCH_RECORDS_MAX } from '../../storage-engine/log';
 
 /** A log that counts its writes and syncs and can be told to fail. */
 class FakeLog implements AppendTarget {
@@ -115,6 +116,27 @@ describe('DeviceQueue', () => {
     assert.equal(s.appendOps, 100);
     assert.equal(s.appendRecords, 200);
     assert.equal(s.batchOpsHistogram[BATCH_OPS_BUCKETS.findIndex((b) => b >= 100)], 1);
+  });
+
+  it('writes a target\'s appends in as many log writes as the log\'s bounds on one write need, flushed once: no failed device', async () => {
+    // Two appends of 40,000 empty records each are valid alone; one write of both is over the
+    // log's 65,536 records (found by a review: the device failed, and every shard on it restarted).
+    const sched = manualScheduler();
+    const log = new FakeLog();
+    const write = log.write.bind(log);
+    log.write = (records) => {
+      if (records.length > LOG_WRITE_BATCH_RECORDS_MAX) throw new StorageError('bad_request', `a write batch holds at most ${LOG_WRITE_BATCH_RECORDS_MAX} records, got ${records.length}`);
+      return write(records);
+    };
+    const q = new DeviceQueue({ disk: readOnlyDisk(new Map()), schedule: sched.schedule });
+    const empty = (n: number): LogRecordInput[] => Array.from({ length: n }, () => ({ term: 1, kind: 2, payload: new Uint8Array(0) }));
+    const done = [q.append(log, empty(40_000)), q.append(log, empty(40_000)), q.append(log, [rec(1)])];
+    sched.runAll();
+    assert.deepEqual(await Promise.all(done), [{ firstLsn: 1, lastLsn: 40_000 }, { firstLsn: 40_001, lastLsn: 80_000 }, { firstLsn: 80_001, lastLsn: 80_001 }]);
+    assert.equal(log.writes, 2, 'the first append alone, then the second with the third');
+    assert.equal(log.syncs, 1);
+    assert.equal(q.stats().state, 'ok');
+    assert.equal(q.stats().appendRecords, 80_001);
   });
 
   it('splits batches at batchOpsMax and batchBytesMax', async () => {
