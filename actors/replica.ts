@@ -266,6 +266,11 @@ export interface ReplicaStats {
    * rest are applied from memory.
    */
   appliedFromLog: number;
+  /**
+   * Answers to this leader's appends that acknowledged more than the append held (a match past
+   * prevLsn + its records): no follower answers so, and they are taken as no answer.
+   */
+  repliesIgnored: number;
   /** This replica's page cache (cumulative counters, bytes held now). */
   cache: { hits: number; misses: number; evictions: number; bytes: number };
 }
@@ -486,7 +491,7 @@ export class Replica {
   private preVote: { term: number; votes: Set<string> } | undefined;
   private readonly counters = {
     preVotes: 0, elections: 0, writes: 0, pagesWritten: 0, retriesMatched: 0, reads: 0, pagesRead: 0, checkpoints: 0,
-    snapshotsSent: 0, snapshotsInstalled: 0, appendsSent: 0, appendsToAll: 0, imageChecks: 0, offloaded: 0, appliedFromLog: 0,
+    snapshotsSent: 0, snapshotsInstalled: 0, appendsSent: 0, appendsToAll: 0, imageChecks: 0, offloaded: 0, appliedFromLog: 0, repliesIgnored: 0,
   };
 
   constructor(opts: ReplicaOptions) {
@@ -1145,14 +1150,19 @@ export class Replica {
    * Runs `sendOne` up to APPEND_WINDOW times, until it sends nothing: the next batch is on its way
    * while a follower writes the previous one. A record not readable yet or a log error stops it:
    * the next tick retries; a device failure reaches the host through the failed append, damage
-   * through reportDamage.
+   * through reportDamage, any other error through reportFailure.
    */
   private upToWindow(sendOne: (k: number) => boolean): void {
     try {
       for (let k = 0; k < APPEND_WINDOW; k++) if (!sendOne(k)) break;
     } catch (e) {
-      if (!(e instanceof StorageError)) throw e;
-      this.reportDamage(e);
+      if (e instanceof StorageError) {
+        this.reportDamage(e);
+        return;
+      }
+      // Anything else is a bug (or a transport that throws): the host restarts this replica. It
+      // runs from a timer or an answer's handler, where thrown it would end the thread.
+      if (!this.reportFailure(e)) throw e;
     }
   }
 
@@ -1252,7 +1262,14 @@ export class Replica {
     ids.forEach((id, i) => {
       const f = fs[i]!;
       replies[i]!.then(
-        (reply) => this.onAppendReply(id, f, term, sentMs, prevLsn, records.length, reply as AppendReply),
+        (reply) => {
+          try {
+            this.onAppendReply(id, f, term, sentMs, prevLsn, records.length, reply as AppendReply);
+          } catch (e) {
+            // Nothing awaits an answer's handler: what it throws goes to the host, not the thread.
+            if (!(this.reportDamage(e) || this.reportFailure(e))) throw e;
+          }
+        },
         () => {
           // Lost or unanswered: send again from here (never below what the follower acknowledged),
           // a heartbeat interval later, first without records.
@@ -1301,6 +1318,13 @@ export class Replica {
       return;
     }
     if (this.role !== 'leader' || this.term !== term) return;
+    // No follower acknowledges more than the message held (its match is at most prevLsn + count):
+    // such an answer did not come from one (replication is not authenticated), and is taken as
+    // none. Counted as an acknowledgement, it would commit records the leader does not have.
+    if (reply.success && reply.matchLsn !== undefined && reply.matchLsn > prevLsn + count) {
+      this.counters.repliesIgnored++;
+      return;
+    }
     f.ackedSentMs = Math.max(f.ackedSentMs, sentMs);
     if (reply.success) {
       f.match = Math.max(f.match, reply.matchLsn ?? prevLsn + count);

@@ -27,7 +27,7 @@ import { parentPort, isMainThread, workerData } from 'node:worker_threads';
 import * as Comlink from 'comlink';
 import nodeEndpoint from 'comlink/dist/umd/node-adapter';
 import { connect, type NatsConnection, type Msg, type Subscription, type MsgHdrs } from 'nats';
-import { encode, decode, encodeShardReadReply, type CodecOptions } from '../messages/codec';
+import { encode, decode, encodeShardReadReply, MESSAGE_BYTES_MAX, type CodecOptions } from '../messages/codec';
 import type { ShardReadReply } from '../messages/api';
 import { allocRequestBytes } from '../storage-engine/arena';
 import { LoopDelay, type LoopDelayStats } from '../observability/loop-delay';
@@ -220,6 +220,12 @@ export class ActorHost implements HostApi {
   private mux: RequestMux | undefined;
   /** Whether the connection is up (it reconnects for ever: closed says nothing while it tries). */
   private connection: ConnectionState | undefined;
+  /**
+   * Bounds of the messages this host encodes and decodes: the server's max_payload (learnt at
+   * connect). Replication messages are sized to it, so a server allowing more than
+   * MESSAGE_BYTES_MAX carries appends larger than that.
+   */
+  private codec: CodecOptions = { bytesMax: MESSAGE_BYTES_MAX };
   private idle: Array<() => void> = [];
   private faults: { unreachable: Set<string>; delayMs: number; dropRate: number } = { unreachable: new Set(), delayMs: 0, dropRate: 0 };
   /** Request durations and errors; only with telemetry. */
@@ -256,6 +262,7 @@ export class ActorHost implements HostApi {
     this.mux = new RequestMux(this.nc, { connection: this.connection });
     // Replication messages are sized to the server's max_payload (learnt at connect).
     const maxPayload = serverMaxPayload(this.nc);
+    this.codec = { bytesMax: maxPayload ?? MESSAGE_BYTES_MAX };
     this.device = new DeviceHost({
       ...(config.device ?? {}),
       ...(ioMarker ? { ioMarker } : {}),
@@ -496,7 +503,7 @@ export class ActorHost implements HostApi {
     const spanAttrs = { ...this.spanAttrs, [ATTR.volume]: spec.volumeId, [ATTR.shard]: spec.shard };
     // A follower's reply: its error reply becomes `unavailable`, anything else is validated.
     const answerOf = (to: string, msg: RaftRequest, r: Msg): RaftReply => {
-      const body = decode(r.data);
+      const body = decode(r.data, this.codec);
       if (typeof body === 'object' && body !== null && 'error' in body) {
         throw new ProtocolError('unavailable', `replica ${to} refused: ${JSON.stringify((body as { error: unknown }).error)}`);
       }
@@ -518,7 +525,7 @@ export class ActorHost implements HostApi {
         timeoutMs -= f.delayMs;
       }
       const subject = replicaSubject(config.cluster, spec.volumeId, spec.shard, to);
-      const data = encode(msg);
+      const data = encode(msg, this.codec);
       // A message that is part of a trace (a write's append, a read's quorum round) gets a
       // CLIENT span and carries its traceparent; heartbeats and elections are not traced.
       // The reply read inside the span: a refusal ends it with the error.
@@ -548,7 +555,13 @@ export class ActorHost implements HostApi {
       }
       const { mux, config } = ready;
       const subject = followersSubject(config.cluster, spec.volumeId, spec.shard, config.nodeId);
-      const data = encode(msg);
+      // A message that cannot be encoded fails each follower's promise too (never thrown).
+      let data: Uint8Array;
+      try {
+        data = encode(msg, this.codec);
+      } catch (e) {
+        return to.map(() => Promise.reject(e));
+      }
       const answers = (replies: Promise<Msg>[]): Promise<RaftReply>[] => replies.map((p, i) => p.then((r) => answerOf(to[i]!, msg, r)));
       if (!this.traced || captureSpanContext() === undefined) return answers(mux.requestEach(subject, data, { timeoutMs, headers: RAFT_HEADERS.append }, to));
       // One CLIENT span for the message, ended when every follower answered (failed if one
@@ -581,7 +594,7 @@ export class ActorHost implements HostApi {
     const replyTo = allFrom === undefined ? msg.reply : `${msg.reply}.${this.config!.nodeId}`;
     let req: RaftRequest;
     try {
-      req = validateRaftRequest(decode(msg.data));
+      req = validateRaftRequest(decode(msg.data, this.codec));
       // Only a leader's append goes to all followers, and only from the member it names.
       if (allFrom !== undefined && (req.type !== 'append' || req.leader !== allFrom)) {
         throw new ProtocolError('bad_request', `${msg.subject} takes appends from ${allFrom} only`, { subject: msg.subject });
@@ -728,7 +741,7 @@ export class ActorHost implements HostApi {
     // deadline turns the request into a bare transport timeout.
     const answerByMs = deadlineMs - Math.min(ANSWER_MARGIN_MS_MAX, Math.floor((deadlineMs - now) / 10));
     const type = headerView.get(HEADER_TYPE);
-    const body = decode(msg.data);
+    const body = decode(msg.data, this.codec);
     const replica = this.device!.replica(mb.spec.volumeId, mb.spec.shard);
     switch (type) {
       case 'shard.write': {

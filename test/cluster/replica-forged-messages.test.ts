@@ -2,13 +2,13 @@ import { strict as assert } from 'node:assert';
 import { connect as natsConnect, type NatsConnection } from 'nats';
 import { startCluster, type InProcessCluster } from '../../cluster/in-process-cluster';
 import { encode, decode } from '../../messages/codec';
-import { replicaSubject, TERM_MAX } from '../../messages/raft';
+import { followersSubject, replicaSubject, TERM_MAX } from '../../messages/raft';
 import { LSN_MAX, type VolumeInfo } from '../../messages/api';
 import { waitFor } from '../support/wait';
 import { encodePageWrite } from '../../storage-engine/page-write';
 
 type ShardView = { leader?: string; term: number; state: string; replicas: Array<{ node: string; term?: number }> };
-type NodeView = { hosts: Array<{ deviceRestarts: number; restarts: number }>; shards: Array<{ volumeId: string; state: string; term: number }> };
+type NodeView = { hosts: Array<{ deviceRestarts: number; restarts: number }>; shards: Array<{ volumeId: string; state: string; term: number; repliesIgnored?: number }> };
 
 /**
  * Replication messages that no member of the shard could have sent (found by
@@ -168,5 +168,42 @@ describe('replication messages no member could have sent are refused, the shard 
     assert.deepEqual(await restarts(), before, 'no replica was restarted');
     assert.equal(await down(), 0);
     await writeAndRead(9);
+  });
+  it('answers to the leader\'s appends that acknowledge more than the append held: taken as no answer; no thread ends, the shard serves once they stop', async () => {
+    const s = await led();
+    const leader = s.leader!;
+    const followers = s.replicas.map((r) => r.node).filter((n) => n !== leader);
+    const hostsBefore = await hostRestarts();
+    let forged = 0;
+    const answer = (to: string, term: number): void => {
+      nc.publish(to, encode({ term, success: true, matchLsn: 1_000_000_000, lastLsn: 1_000_000_000 }));
+      forged++;
+    };
+    // Anyone on the server sees the leader's appends and their reply subjects, and can answer
+    // before the followers, which answer once their records are durable.
+    const subs = [
+      nc.subscribe(replicaSubject(c.cluster, info.id, 0, '*'), { callback: (_e, m) => {
+        const body = decode(m.data) as { type?: string; term?: number; leader?: string };
+        if (body.type === 'append' && body.leader === leader && m.reply) answer(m.reply, body.term!);
+      } }),
+      nc.subscribe(followersSubject(c.cluster, info.id, 0, leader), { callback: (_e, m) => {
+        const body = decode(m.data) as { term?: number };
+        if (m.reply) for (const f of followers) answer(`${m.reply}.${f}`, body.term!);
+      } }),
+    ];
+    await nc.flush();
+    // A write while the answers are forged: its appends are answered wrongly first.
+    const vol = c.client.volume('v-forged');
+    const during = vol.write(10, new Uint8Array(4096).fill(10)).then(() => 'ok', (e: { code?: string }) => e.code ?? 'error');
+    await waitFor('forged answers were sent', () => forged >= 1);
+    await new Promise((r) => setTimeout(r, 1000));
+    for (const sub of subs) sub.unsubscribe();
+    await nc.flush();
+    const leaderNode = c.nodes.find((n) => n?.nodeId === leader)!;
+    const ignored = ((await leaderNode.status()) as unknown as NodeView).shards.find((x) => x.volumeId === info.id)?.repliesIgnored ?? 0;
+    assert.ok(ignored >= 1, `the leader counts the answers it ignored (${ignored} of ${forged})`);
+    assert.deepEqual(await hostRestarts(), hostsBefore, 'no host thread exited');
+    assert.ok(['ok', 'timeout', 'unavailable'].includes(await during), 'the write during the forging is answered');
+    await writeAndRead(11);
   });
 });
