@@ -44,6 +44,11 @@ export type Role = 'follower' | 'candidate' | 'leader';
 
 /** Sends a request to another replica of this shard; rejects on timeout or when unreachable. */
 export interface ReplicaTransport {
+  /**
+   * Sends a message to a peer and resolves with its answer. A peer that refuses it (answers an
+   * error) rejects with ProtocolError `unavailable` whose `details.refused` is the peer's error
+   * code: the peer's failure is not this replica's, and must not be taken for one of its own.
+   */
   send(to: string, msg: RaftRequest, timeoutMs: number): Promise<RaftReply>;
   /**
    * Sends one append to several followers as one message (the leader's bytes leave it once) and
@@ -1402,7 +1407,7 @@ export class Replica {
         this.pause(f);
         // The follower checked the whole image it was sent and found it damaged: a transfer
         // error, or our image is damaged. Ours is checked; the next transfer starts again.
-        if (req.done && (err as { code?: unknown } | undefined)?.code === 'corruption' && f.snapshot === s) {
+        if (req.done && (err as ProtocolError | undefined)?.details?.['refused'] === 'corruption' && f.snapshot === s) {
           f.snapshot = undefined;
           void this.checkOwnImage(s.lsn);
         }

@@ -501,11 +501,14 @@ export class ActorHost implements HostApi {
 
   private transport(spec: ShardSpec): ReplicaTransport {
     const spanAttrs = { ...this.spanAttrs, [ATTR.volume]: spec.volumeId, [ATTR.shard]: spec.shard };
-    // A follower's reply: its error reply becomes `unavailable`, anything else is validated.
+    // A follower's reply: its error reply becomes `unavailable`, with the follower's code in
+    // `details.refused` (ReplicaTransport); anything else is validated.
     const answerOf = (to: string, msg: RaftRequest, r: Msg): RaftReply => {
       const body = decode(r.data, this.codec);
       if (typeof body === 'object' && body !== null && 'error' in body) {
-        throw new ProtocolError('unavailable', `replica ${to} refused: ${JSON.stringify((body as { error: unknown }).error)}`);
+        const error = (body as { error: unknown }).error;
+        const code = typeof error === 'object' && error !== null ? (error as { code?: unknown }).code : undefined;
+        throw new ProtocolError('unavailable', `replica ${to} refused: ${JSON.stringify(error)}`, typeof code === 'string' ? { refused: code } : undefined);
       }
       return validateRaftReply(msg.type, body);
     };

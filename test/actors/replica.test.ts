@@ -200,7 +200,12 @@ class TestShard {
       }
       const delivered = structuredClone(msg);
       for (const t of this.tampers) t(from, to, delivered);
-      const reply = await target.replica.handle(delivered);
+      // A refusal comes back as the host's transport gives it (ReplicaTransport): unavailable,
+      // with the follower's code in details.refused.
+      const reply = await target.replica.handle(delivered).catch((e: unknown) => {
+        const code = (e as { code?: unknown }).code;
+        throw new ProtocolError('unavailable', `replica ${to} refused: ${(e as Error).message}`, typeof code === 'string' ? { refused: code } : undefined);
+      });
       const h = this.holds.find((x) => !x.used && x.match(from, to, msg));
       if (h) {
         h.used = true;
