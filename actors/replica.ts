@@ -2113,9 +2113,16 @@ export class Replica {
 
   /** Lets go of the image the scrub reads (its file handle) and starts the next pass from the image. */
   private releaseScrub(): void {
-    this.scrubImage?.return?.();
+    const image = this.scrubImage;
     this.scrubImage = undefined;
     this.scrubPhase = 'image';
+    try {
+      image?.return?.();
+    } catch {
+      // Closing the image's file failed (EIO from close(2)): the descriptor is released all the
+      // same, and nothing else is to be done with it. Thrown, it would stop close() half way
+      // (its waiters never told, its leadership kept) and escape to whoever closed it.
+    }
   }
 
   private startScrubOfLog(): void {

@@ -9,7 +9,7 @@ import { ShardStorage } from '../../storage-engine/shard-storage';
 import { encodePageWrite } from '../../storage-engine/page-write';
 import { ProtocolError } from '../../messages/errors';
 import { encode } from '../../messages/codec';
-import type { CorruptionError, CorruptionReport, StorageError } from '../../storage-engine/errors';
+import { StorageError, type CorruptionError, type CorruptionReport } from '../../storage-engine/errors';
 import type { AppendRequest, RaftRequest, RaftReply } from '../../messages/raft';
 import { DiskGates, geometry, page } from '../support/replica-harness';
 
@@ -1755,6 +1755,33 @@ describe('Replica (more cases)', function () {
         await l.queue.drain().catch(() => undefined);
         l.storage.close();
         assert.equal(l.disk.openFiles, 0, 'no file left open');
+        shard.members.delete('a');
+      });
+
+      it('a replica closed in the middle of an image whose file fails to close still closes: its waiting write is told, its leadership given up', async () => {
+        shard = new TestShard(['a'], steady);
+        const l = await shard.leader();
+        await imaged(l);
+        for (let i = 0; i < 200; i++) await l.replica.write([{ page: 40 + i, data: page(i) }]);
+        await l.replica.checkpoint();
+        assert.equal((await l.replica.scrubStep()).passDone, false, 'in the middle of the image');
+        const release = shard.stallDisk('a');
+        const waiting = l.replica.write([{ page: 7, data: page(7) }]).then(() => 'acknowledged', (e: StorageError) => e.code);
+        // close(2) fails (EIO): the image reader's file cannot be closed.
+        const close = l.disk.close.bind(l.disk);
+        l.disk.close = (): void => {
+          throw new StorageError('io_error', 'EIO: i/o error, close');
+        };
+        try {
+          assert.doesNotThrow(() => l.replica.close());
+        } finally {
+          l.disk.close = close;
+        }
+        assert.equal(await waiting, 'closed');
+        assert.deepEqual(shard.roleChanges.at(-1), { id: 'a', role: 'follower', term: l.replica.stats().term, reason: 'closed' });
+        release();
+        await l.queue.drain().catch(() => undefined);
+        l.storage.close();
         shard.members.delete('a');
       });
 
