@@ -161,12 +161,13 @@ export class ApiRouter {
     // may well be up, and without it a status right after a restart of the controller showed
     // only the node that answered it.
     const fromController = this.controllerView(deadlineMs);
+    // Never rejects: the gather waits on it where nothing would handle a rejection.
     const expected = fromController.then((v) => {
       if (!v.controllerReachable) return undefined;
       const ids = new Set(v.members.filter((m) => typeof m.nodeId === 'string' && (m.live === true || m.lastSeenMs === undefined)).map((m) => m.nodeId as string));
       if (typeof selfId === 'string') ids.add(selfId);
       return ids;
-    });
+    }).catch(() => undefined);
     // Three quarters of the time left at most: the merged answer must still reach the caller.
     const waitMs = Math.max(1, Math.min(Math.floor((deadlineMs - Date.now()) * 0.75), this.statusGatherMsMax));
     const nodes = await this.gatherNodeStatus(waitMs, expected);
@@ -245,9 +246,9 @@ export class ApiRouter {
     controllerReachable: boolean;
   }> {
     try {
-      const members = (throwIfError(decode(await this.forwardToController('members', encode({}), deadlineMs))) as { members: Array<Record<string, unknown>> }).members;
+      const members = listOfMaps(throwIfError(decode(await this.forwardToController('members', encode({}), deadlineMs))), 'members');
       try {
-        const catalog = (throwIfError(decode(await this.forwardToController('volume.list', encode({}), deadlineMs))) as { volumes: Array<Record<string, unknown>> }).volumes;
+        const catalog = listOfMaps(throwIfError(decode(await this.forwardToController('volume.list', encode({}), deadlineMs))), 'volumes');
         return { members, catalog, controllerReachable: true };
       } catch (e) {
         // The controller answered, but not with the list (more volumes than one message holds).
@@ -255,7 +256,8 @@ export class ApiRouter {
         return { members, catalog: [], catalogError: e.code, controllerReachable: true };
       }
     } catch {
-      // Without a controller the status still shows what the nodes say.
+      // Without a controller (or with an answer that is not one: anyone on the server can answer
+      // its subjects) the status still shows what the nodes say.
       return { members: [], catalog: [], controllerReachable: false };
     }
   }
@@ -476,4 +478,13 @@ export function mergeClusterStatus(input: StatusParts, bytesMax: number): Record
     shardsDegraded: shards.filter((sh) => sh.state === 'up' && !healthy(sh, replicasOf(v))).length,
     shardsUnavailable: shards.filter((sh) => sh.state !== 'up').length,
   })));
+}
+
+/** `body[field]`, a list of maps (a controller's answer); bad_request when it is not one. */
+function listOfMaps(body: unknown, field: string): Array<Record<string, unknown>> {
+  const list = typeof body === 'object' && body !== null ? (body as Record<string, unknown>)[field] : undefined;
+  if (!Array.isArray(list) || !list.every((m) => typeof m === 'object' && m !== null && !Array.isArray(m))) {
+    throw new ProtocolError('bad_request', `the controller's answer has no list of maps in '${field}'`);
+  }
+  return list as Array<Record<string, unknown>>;
 }

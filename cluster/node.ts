@@ -50,6 +50,7 @@ import {
   type AssignmentsReply,
   type ClaimReply,
   validateClaimReply,
+  validateHeartbeatReply,
   validateNodeStatusRequest,
   validateClaimQuestion,
 } from '../messages/control';
@@ -439,7 +440,10 @@ export class StrataNode {
     this.claimTimer = setInterval(() => {
       if (this.claimChecking || this.stopped) return;
       this.claimChecking = true;
-      void this.recheckClaim().finally(() => (this.claimChecking = false));
+      // Never rejected unhandled: a check that failed is logged, and the next one comes.
+      void this.recheckClaim()
+        .catch((e: unknown) => this.claimFailures.failed(e))
+        .finally(() => (this.claimChecking = false));
     }, this.opts.claimRecheckMs ?? CLAIM_RECHECK_MS);
     this.claimTimer.unref();
     if (telemetry && !this.stopped) {
@@ -777,7 +781,7 @@ export class StrataNode {
     let epoch: number;
     try {
       const r = await nc.request(controllerSubject(this.cluster, 'heartbeat'), encode({ nodeId: this.nodeId, hosts: this.hosts }), { timeout });
-      epoch = (throwIfError(decode(r.data)) as { epoch: number }).epoch;
+      epoch = validateHeartbeatReply(throwIfError(decode(r.data))).epoch;
       this.heartbeatFailures.succeeded();
     } catch (e) {
       // A NATS error ("503" when no controller runs) as the protocol error it means.

@@ -102,6 +102,12 @@ function list(v: unknown, path: string, max: number): unknown[] {
   return expectArray(v, path, { lengthMin: 0, lengthMax: max, maxCode: 'too_large' });
 }
 
+/** A controller's answer to a heartbeat. */
+export function validateHeartbeatReply(body: unknown): HeartbeatReply {
+  const o = obj(body, '');
+  return { epoch: int(o.epoch, 'epoch', 0, Number.MAX_SAFE_INTEGER) };
+}
+
 export function validateHeartbeat(body: unknown): HeartbeatRequest {
   const o = obj(body, '');
   return { nodeId: str(o.nodeId, 'nodeId'), hosts: int(o.hosts, 'hosts', 1, HOSTS_PER_NODE_MAX) };
@@ -216,9 +222,13 @@ export function validateClaimReply(body: unknown): ClaimReply {
     nodeId: str(o.nodeId, 'nodeId'),
     hostname: expectString(o.hostname, 'hostname', 255),
     pid: int(o.pid, 'pid', 0, Number.MAX_SAFE_INTEGER),
-    sinceMs: int(o.sinceMs, 'sinceMs', 0, Number.MAX_SAFE_INTEGER),
+    // At most the last millisecond a Date holds: it is shown as a date.
+    sinceMs: int(o.sinceMs, 'sinceMs', 0, DATE_MS_MAX),
   };
 }
+
+/** The largest time in ms since the epoch that a Date holds (8.64e15, year 275760). */
+export const DATE_MS_MAX = 8.64e15;
 
 /**
  * A claim's question: the asking node's own claim, and whether it asks while it runs

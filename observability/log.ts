@@ -21,6 +21,35 @@ export interface Logger {
   child(fields: Record<string, unknown>): Logger;
 }
 
+/** BigInts (a CBOR bignum decoded from a message) as decimal strings. */
+const bigints = (_key: string, v: unknown): unknown => (typeof v === 'bigint' ? v.toString() : v);
+
+/**
+ * A log line as JSON; never throws. Fields may hold values decoded from the network: a BigInt is
+ * written as a string, a value met again inside itself as "[Circular]", and a line that still
+ * cannot be written (a getter that throws) as its level and message with why. Thrown, the error
+ * would escape from the handler that logs it, often a timer's or a promise's, and end the process.
+ */
+function stringify(line: Record<string, unknown>): string {
+  try {
+    return JSON.stringify(line, bigints);
+  } catch {
+    const seen = new WeakSet<object>();
+    try {
+      return JSON.stringify(line, (key, value: unknown) => {
+        const v = bigints(key, value);
+        if (typeof v === 'object' && v !== null) {
+          if (seen.has(v)) return '[Circular]';
+          seen.add(v);
+        }
+        return v;
+      });
+    } catch (e) {
+      return JSON.stringify({ ts: line.ts, level: line.level, msg: line.msg, logError: `the line's fields could not be written: ${e instanceof Error ? e.message : String(e)}` });
+    }
+  }
+}
+
 export function createLogger(base: Record<string, unknown> = {}, level: LogLevel = levelFromEnv()): Logger {
   const max = LEVELS[level];
   const emit = (lvl: LogLevel, msg: string, fields?: Record<string, unknown>): void => {
@@ -29,7 +58,7 @@ export function createLogger(base: Record<string, unknown> = {}, level: LogLevel
     for (const [k, v] of Object.entries(line)) {
       if (v instanceof Error) line[k] = { name: v.name, message: v.message, code: (v as { code?: unknown }).code, stack: v.stack };
     }
-    process.stderr.write(JSON.stringify(line) + '\n');
+    process.stderr.write(stringify(line) + '\n');
   };
   return {
     error: (m, f) => emit('error', m, f),

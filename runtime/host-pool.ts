@@ -374,16 +374,26 @@ export class HostPool {
         s.stopping = true;
         clearTimeout(s.reopenTimer);
         clearTimeout(s.respawnTimer);
-        if (!s.worker || !s.api) return;
+        // Its own: a thread that exits during its stop clears the slot's (onExit).
+        const { worker, api } = s;
+        if (!worker || !api) return;
         try {
-          await timed(s.api.stop(), this.callTimeoutMs, `stop of host ${s.config.hostId}`);
+          // Raced against the thread's exit: one that ends during its drain is not waited for
+          // until the call's deadline.
+          await timed(this.untilExit(s, api.stop()), this.callTimeoutMs, `stop of host ${s.config.hostId}`);
         } catch {
           // A host that does not stop in time is terminated below; its device recovers on open.
         }
-        s.api[Comlink.releaseProxy]();
-        await s.worker.terminate();
-        s.worker = undefined;
-        s.api = undefined;
+        try {
+          api[Comlink.releaseProxy]();
+        } catch {
+          // The thread is gone already: nothing is left to release.
+        }
+        await worker.terminate();
+        if (s.worker === worker) {
+          s.worker = undefined;
+          s.api = undefined;
+        }
       }),
     );
   }
@@ -585,25 +595,44 @@ export class HostPool {
     if (!restarting) {
       const delay = backoffMs(this.opts.respawnMsMin ?? HOST_RESPAWN_MS_MIN, HOST_RESPAWN_MS_MAX, slot.respawns);
       slot.down = `host exited ${slot.restarts.length + 1} times within ${windowMs} ms (last code ${code}${error ? `: ${error.message}` : ''}); starting it again in ${delay / 1000} s`;
-      slot.respawns++;
-      clearTimeout(slot.respawnTimer);
-      slot.respawnTimer = setTimeout(() => {
-        slot.respawnTimer = undefined;
-        if (this.stopped || slot.stopping || slot.worker !== undefined) return;
-        slot.restarts = [];
-        this.restart(slot);
-      }, delay);
-      slot.respawnTimer.unref();
+      this.respawnLater(slot, delay);
       return;
     }
     slot.restarts.push(now);
     this.restart(slot);
   }
 
-  /** Starts a host thread again (after an exit); a start that fails ends in another exit. */
+  /** Starts the slot's thread again after `delayMs` (unless the pool stops, or a thread runs by then). */
+  private respawnLater(slot: HostSlot, delayMs: number): void {
+    slot.respawns++;
+    clearTimeout(slot.respawnTimer);
+    slot.respawnTimer = setTimeout(() => {
+      slot.respawnTimer = undefined;
+      if (this.stopped || slot.stopping || slot.worker !== undefined) return;
+      slot.restarts = [];
+      this.restart(slot);
+    }, delayMs);
+    slot.respawnTimer.unref();
+  }
+
+  /**
+   * Starts a host thread again (after an exit); a start that fails ends in another exit. A thread
+   * that cannot even be created (Node throws ERR_WORKER_INIT_FAILED when the system has no thread
+   * or memory for it) makes no exit: it is tried again after the respawn back-off. (Thrown from
+   * here, that error escaped the previous thread's exit listener and ended the process.)
+   */
   private restart(slot: HostSlot): void {
     slot.restartsTotal++;
-    this.spawn(slot).catch((e: Error) => {
+    let started: Promise<void>;
+    try {
+      started = this.spawn(slot);
+    } catch (e) {
+      const delay = backoffMs(this.opts.respawnMsMin ?? HOST_RESPAWN_MS_MIN, HOST_RESPAWN_MS_MAX, slot.respawns);
+      slot.down = `restart failed: ${e instanceof Error ? e.message : String(e)}; starting it again in ${delay / 1000} s`;
+      this.respawnLater(slot, delay);
+      return;
+    }
+    started.catch((e: Error) => {
       slot.down = `restart failed: ${e.message}`;
     });
   }
