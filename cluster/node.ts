@@ -21,7 +21,7 @@ import * as path from 'node:path';
 import { DataDirLock } from './data-dir-lock';
 import { withTimeout } from '../runtime/timeout';
 import { connect, createInbox, Events, type NatsConnection, type Msg, type Subscription } from 'nats';
-import { HEADER_DEADLINE, parseDeadline, readHeaders } from '../messages/headers';
+import { DEADLINE_AHEAD_MS_MAX, HEADER_DEADLINE, parseDeadline, readHeaders } from '../messages/headers';
 import type { MessageType, VolumeInfo } from '../messages/api';
 import type { Service } from 'nats';
 import { messageHeaders, REPLY_HEADERS, wellFormed } from '../runtime/nats-headers';
@@ -1002,8 +1002,11 @@ export class StrataNode {
     if (this.controlQueued >= CONTROL_QUEUE_MAX) {
       throw new ProtocolError('overloaded', `the controller has ${CONTROL_QUEUE_MAX} catalog operations queued, its limit; retry after a back-off`, { queueMax: CONTROL_QUEUE_MAX });
     }
-    const deadlineMs = parseDeadline(wellFormed(messageHeaders(msg)).get(HEADER_DEADLINE));
     const queuedAtMs = Date.now();
+    // At most DEADLINE_AHEAD_MS_MAX ahead, as on the API (a request can come here directly):
+    // waits derived from a deadline years away overflow Node's timers, which then fire at once.
+    const asked = parseDeadline(wellFormed(messageHeaders(msg)).get(HEADER_DEADLINE));
+    const deadlineMs = asked === undefined ? undefined : Math.min(asked, queuedAtMs + DEADLINE_AHEAD_MS_MAX);
     const run = (): Promise<T> => {
       const nowMs = Date.now();
       if (deadlineMs !== undefined && nowMs >= deadlineMs) {

@@ -235,6 +235,17 @@ describe('bad input over NATS gets a typed error and the node keeps serving', fu
     assert.deepEqual(await state(), before);
   });
 
+  it('a volume.create sent to the controller directly with a deadline years ahead is run with the API\'s longest (5 min), and creates the volume', async () => {
+    // Waits derived from such a deadline overflowed Node's timers, which fired at once: the
+    // create always failed, "could not be placed".
+    const reply = decode(await c.client.rawRequest(controllerSubject(c.cluster, 'volume.create'), encode({ name: 'v-far', pageCount: 16, shards: 1 }), headers('volume.create', { [HEADER_DEADLINE]: '9000000000000000' }))) as { id?: string; error?: unknown };
+    assert.equal(reply.error, undefined, JSON.stringify(reply));
+    assert.equal(typeof reply.id, 'string');
+    const data = demoPage(4096, 3, 5);
+    await c.client.volume('v-far').write(3, data);
+    assert.deepEqual(Buffer.from((await c.client.volume('v-far').readPages([3])).pages[0]!), Buffer.from(data));
+  });
+
   it('a shard request\'s Strata-Deadline is read as the API reads it: not a decimal integer → bad_request naming the header', async () => {
     const later = Date.now() + 60_000;
     for (const value of ['x', '0x10', '1e3', '-5', `${later}.5`, `+${later}`]) {
