@@ -390,6 +390,9 @@ export function joinNodeStatus(replies: ReadonlyArray<Record<string, unknown>>):
   return out;
 }
 
+/** Replicas of volumes the catalog does not list that a cluster status names (all are counted). */
+export const UNLISTED_REPLICAS_SHOWN_MAX = 64;
+
 /** What a cluster status merges: the answering node, the nodes' views, the controller's part. */
 export interface StatusParts {
   self: Record<string, unknown>;
@@ -447,8 +450,25 @@ export function mergeClusterStatus(input: StatusParts, bytesMax: number): Record
   }));
   // The nodes' own shard lists are in the volumes already: each node's is left out.
   const nodeViews = nodes.map(({ shards, ...rest }) => ({ ...rest, shardCount: Array.isArray(shards) ? shards.length : 0 }));
+  // Replicas nodes hold of volumes the catalog does not list: one being created or deleted
+  // (for a moment), or opened on a node by hand (shards.open). Nodes keep them (a node destroys
+  // a replica only for a volume the catalog deleted: so the replicas outlive a lost catalog),
+  // and the operator sees them here. Known only with the whole catalog at hand.
+  const listed = new Set(catalog.map((v) => String(v.id)));
+  const unlisted: Array<{ node: unknown; volumeId: unknown; shard: unknown }> = [];
+  let unlistedCount = 0;
+  if (controllerReachable && catalogError === undefined) {
+    for (const reps of reported.values()) {
+      if (listed.has(String(reps[0]!.volumeId))) continue;
+      for (const r of reps) {
+        unlistedCount++;
+        if (unlisted.length < UNLISTED_REPLICAS_SHOWN_MAX) unlisted.push({ node: r.node, volumeId: r.volumeId, shard: r.shard });
+      }
+    }
+  }
   const reply = (detail: StatusDetail, vols: unknown[]): Record<string, unknown> => ({
     node: self, detail, volumes: vols, nodes: nodeViews, members, controllerReachable, ...(catalogError !== undefined ? { catalogError } : {}),
+    ...(unlistedCount > 0 ? { unlistedReplicas: unlisted, unlistedReplicaCount: unlistedCount } : {}),
   });
   // One message holds it: with many shard replicas, less detail (docs/protocol.md, status).
   const fits = (r: Record<string, unknown>): boolean => encode(r).length <= bytesMax;

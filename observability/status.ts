@@ -335,6 +335,15 @@ export function formatStatus(statusReply: unknown, options: FormatStatusOptions 
     if (replicaTable.rows.length > 0) out.push(...renderTable(replicaTable, '    ', color));
   }
   if (volumes.length > STATUS_ROWS_MAX) out.push(`  … ${volumes.length - STATUS_ROWS_MAX} more volumes`);
+  // Replicas of volumes the catalog does not list (docs/protocol.md, status).
+  const unlistedCount = num(reply.unlistedReplicaCount) ?? 0;
+  if (unlistedCount > 0) {
+    const shown = arr(reply.unlistedReplicas);
+    out.push(bold(`REPLICAS OF VOLUMES THE CATALOG DOES NOT LIST (${unlistedCount})`));
+    out.push('  a volume being created or deleted (for a moment), or opened on a node by hand; nodes keep them until the catalog deletes their volume');
+    for (const r of shown) out.push(`  ${cell(r.node)}  volume ${cell(r.volumeId)} shard ${cell(r.shard)}`);
+    if (unlistedCount > shown.length) out.push(`  … ${unlistedCount - shown.length} more`);
+  }
   return out.join('\n') + '\n';
 }
 

@@ -5,7 +5,7 @@
  */
 import { strict as assert } from 'node:assert';
 import { encode } from '../../messages/codec';
-import { joinNodeStatus, mergeClusterStatus, splitNodeStatus, type StatusParts } from '../../cluster/api-router';
+import { joinNodeStatus, mergeClusterStatus, splitNodeStatus, UNLISTED_REPLICAS_SHOWN_MAX, type StatusParts } from '../../cluster/api-router';
 import { formatStatus } from '../../observability/status';
 import { compactStatus, nodeStatusPart } from '../../cluster/node';
 import { validateNodeStatusRequest } from '../../messages/control';
@@ -57,6 +57,31 @@ describe('cluster status merge (mergeClusterStatus)', () => {
     assert.match(text, /\n +1 .*degraded: n2 repairing/);
     assert.match(text, /\n +1 +n2 +follower +repairing .*lost records or storage: no vote until repaired/);
     assert.match(text, /\(2 shards not ok\)/);
+  });
+
+  it('replicas of volumes the catalog does not list are named (up to 64) and counted; none when the catalog is not at hand', () => {
+    const p = parts();
+    // A volume opened on n2 by hand (shards.open), of 70 shards, and one on n1.
+    for (let shard = 0; shard < 70; shard++) (p.nodes[1]!.shards as Array<Record<string, unknown>>).push(replica('vx', shard, 'leader'));
+    (p.nodes[0]!.shards as Array<Record<string, unknown>>).push(replica('vy', 0, 'leader'));
+    const full = mergeClusterStatus(p, 1 << 20);
+    assert.equal(full.unlistedReplicaCount, 71);
+    const named = full.unlistedReplicas as Array<{ node: string; volumeId: string; shard: number }>;
+    assert.equal(named.length, UNLISTED_REPLICAS_SHOWN_MAX);
+    assert.deepEqual(named.slice(0, 2), [{ node: 'n1', volumeId: 'vy', shard: 0 }, { node: 'n2', volumeId: 'vx', shard: 0 }]);
+    assert.ok(named.every((r) => r.volumeId !== 'va'), 'a listed volume\'s replicas are not among them');
+    const text = formatStatus(full, { nowMs: 0 });
+    assert.match(text, /REPLICAS OF VOLUMES THE CATALOG DOES NOT LIST \(71\)/);
+    assert.match(text, /\n +n2 +volume vx shard 0\n/);
+    assert.match(text, /… 7 more/);
+    // Without the controller, or without its whole list, nothing can be said to be unlisted.
+    for (const without of [{ controllerReachable: false, catalog: [] }, { catalogError: 'too_large', catalog: [] }]) {
+      const merged = mergeClusterStatus({ ...p, ...without }, 1 << 20);
+      assert.equal(merged.unlistedReplicaCount, undefined, JSON.stringify(without));
+      assert.doesNotMatch(formatStatus(merged, { nowMs: 0 }), /CATALOG DOES NOT LIST/);
+    }
+    // Every replica listed: no such part.
+    assert.equal(mergeClusterStatus(parts(), 1 << 20).unlistedReplicas, undefined);
   });
 
   it('a replica whose storage was lost names the peers whose term it waits for, through the node\'s compact status', () => {
