@@ -160,7 +160,12 @@ export class ApiRouter {
     // restarted, and the nodes' next heartbeats are up to a second away) is waited for too: it
     // may well be up, and without it a status right after a restart of the controller showed
     // only the node that answered it.
-    const fromController = this.controllerView(deadlineMs);
+    // Three quarters of the time left at most, for the gather and for the controller's part
+    // alike: the merged answer must still reach the caller. (A controller that takes requests
+    // and never answers, frozen, would otherwise hold the answer past the caller's deadline.)
+    const partMs = Math.max(1, Math.floor((deadlineMs - Date.now()) * 0.75));
+    const waitMs = Math.min(partMs, this.statusGatherMsMax);
+    const fromController = this.controllerView(Date.now() + partMs);
     // Never rejects: the gather waits on it where nothing would handle a rejection.
     const expected = fromController.then((v) => {
       if (!v.controllerReachable) return undefined;
@@ -168,8 +173,6 @@ export class ApiRouter {
       if (typeof selfId === 'string') ids.add(selfId);
       return ids;
     }).catch(() => undefined);
-    // Three quarters of the time left at most: the merged answer must still reach the caller.
-    const waitMs = Math.max(1, Math.min(Math.floor((deadlineMs - Date.now()) * 0.75), this.statusGatherMsMax));
     const nodes = await this.gatherNodeStatus(waitMs, expected);
     // The gather failed, or this node's answer did not come in time: its own view, once.
     if (!nodes.some((n) => (n.node as { id?: unknown } | undefined)?.id === selfId)) nodes.push(local);
@@ -245,10 +248,16 @@ export class ApiRouter {
     catalogError?: string;
     controllerReachable: boolean;
   }> {
+    // Both asked at once: their waits add up to one, not two.
+    const asked = (verb: string, field: string): Promise<Array<Record<string, unknown>>> =>
+      this.forwardToController(verb, encode({}), deadlineMs).then((r) => listOfMaps(throwIfError(decode(r)), field));
+    const membersAsked = asked('members', 'members');
+    const catalogAsked = asked('volume.list', 'volumes');
+    catalogAsked.catch(() => undefined); // read below, or left when the members failed
     try {
-      const members = listOfMaps(throwIfError(decode(await this.forwardToController('members', encode({}), deadlineMs))), 'members');
+      const members = await membersAsked;
       try {
-        const catalog = listOfMaps(throwIfError(decode(await this.forwardToController('volume.list', encode({}), deadlineMs))), 'volumes');
+        const catalog = await catalogAsked;
         return { members, catalog, controllerReachable: true };
       } catch (e) {
         // The controller answered, but not with the list (more volumes than one message holds).

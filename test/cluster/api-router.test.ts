@@ -146,6 +146,24 @@ describe('ApiRouter gathering the nodes\' status', function () {
     assert.ok(r.ms >= 550, `answered after ${r.ms.toFixed(0)} ms, before the gather's 600`);
   });
 
+  it('with a controller that takes the requests and never answers (frozen): answers before the caller\'s deadline, without the controller\'s part', async () => {
+    // Found by a review: the controller's part waited the caller's whole time, and the answer
+    // came after the caller had given up (every `strata status` timed out while it was frozen).
+    const frozen = others.subscribe(controllerSubject('test', '>'), { callback: () => undefined });
+    await others.flush();
+    try {
+      const router = new ApiRouter(nc, 'test', 30_000, { statusGatherMsMax: 600 });
+      const deadlineMs = Date.now() + 2000;
+      const reply = (await router.clusterStatus({ node: { id: 'n1' } }, deadlineMs)) as { controllerReachable: boolean; nodes: unknown[] };
+      const leftMs = deadlineMs - Date.now();
+      assert.ok(leftMs >= 300, `answered ${leftMs} ms before the deadline: a quarter of the time is left for the reply`);
+      assert.equal(reply.controllerReachable, false);
+      assert.equal(reply.nodes.length, 2, 'the nodes that answered');
+    } finally {
+      frozen.unsubscribe();
+    }
+  });
+
   it('without a controller (the live members unknown), waits its whole time and reports who answered', async () => {
     const r = await status(new ApiRouter(nc, 'test', 30_000, { statusGatherMsMax: 600 }));
     assert.deepEqual(r.nodes, ['n1:1', 'n2:2']);
