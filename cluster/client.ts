@@ -329,7 +329,20 @@ export class StrataClient {
     }
     const subject = nodeSubject(this.cluster, checkToken(node, 'node'), 'shard.forceVote');
     const replyBytes = await this.request(subject, encode({ volumeId: info.id, shard }), { timeoutMs: this.timeoutMs, headers: {} });
-    return validateShardForceVoteReply(throwIfError(decode(replyBytes)));
+    let body: unknown;
+    try {
+      body = decode(replyBytes);
+    } catch (e) {
+      throw new ProtocolError('internal', `malformed reply to shard.forceVote from ${subject}: ${(e as Error).message}`, { subject });
+    }
+    // An error reply is the node's answer (not_found: it holds no replica of the shard…).
+    throwIfError(body);
+    try {
+      return validateShardForceVoteReply(body);
+    } catch (e) {
+      // The request was fine, the reply is not: `internal`, as for every other reply.
+      throw new ProtocolError('internal', `malformed reply to shard.forceVote from ${subject}: ${(e as Error).message}`, { subject });
+    }
   }
 
   /**

@@ -248,7 +248,13 @@ export class RequestMux {
   /** Publishes a request with the reply subject of `token`; the error when it could not be sent. */
   private publish(subject: string, data: Uint8Array, options: MuxRequestOptions, token: string): ProtocolError | undefined {
     if (this.subscription() === undefined) return closedError(subject);
-    const h = toHeaders(options.headers);
+    let h: MsgHdrs | undefined;
+    try {
+      h = toHeaders(options.headers);
+    } catch (err) {
+      // A header NATS refuses (a name with a space, a value with a CR or LF): the caller's request is wrong.
+      return new ProtocolError('bad_request', `request headers: ${err instanceof Error ? err.message : String(err)}`, { subject });
+    }
     try {
       this.nc.publish(subject, data, { reply: this.prefix + token, ...(h === undefined ? {} : { headers: h }) });
       return undefined;

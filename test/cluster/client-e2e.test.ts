@@ -152,6 +152,26 @@ describe('cluster/client end to end (in-process cluster, real NATS)', function (
       assert.equal((client as unknown as { maxPayloadBytes: number }).maxPayloadBytes, MESSAGE_BYTES_MAX);
     });
 
+    it('a request header NATS refuses (a name with a space) is bad_request, the caller\'s error, not unavailable', async () => {
+      const err = await rejectsWith(client.rawRequest(`strata.${c.cluster}.shard.nobody.0`, encode({}), { 'bad name': 'x' }), 'bad_request');
+      assert.match(err.message, /request headers: .*header key/);
+    });
+
+    it('a force-vote answer that is not one is internal ("malformed reply"); an error answer is the node\'s own', async () => {
+      await client.createVolume({ name: 'ce-fv', pageCount: 8 });
+      let answer: unknown = { bogus: true };
+      const sub = nc.subscribe(`strata.${c.cluster}.node.zz.shard.forceVote`, { callback: (_e, m) => m.respond(encode(answer)) });
+      await nc.flush();
+      try {
+        const err = await rejectsWith(client.forceVote('ce-fv', 0, 'zz'), 'internal');
+        assert.match(err.message, /malformed reply to shard\.forceVote/);
+        answer = { error: { code: 'not_found', message: 'no replica of that shard here' } };
+        await rejectsWith(client.forceVote('ce-fv', 0, 'zz'), 'not_found');
+      } finally {
+        sub.unsubscribe();
+      }
+    });
+
     it('maps no responders to NoRespondersError (unavailable)', async () => {
       const err = await rejectsWith(client.rawRequest(`strata.${c.cluster}.shard.nobody.0`, encode({})), 'unavailable');
       assert.ok(err instanceof NoRespondersError);
