@@ -15,9 +15,10 @@ import { createInbox, headers as natsHeaders, type NatsConnection, type Subscrip
 import { encode, decode, encodedErrorCode, MESSAGE_BYTES_MAX } from '../messages/codec';
 import { serverMaxPayload } from '../runtime/request-mux';
 import { errorReply, isPlainObject, ProtocolError, throwIfError } from '../messages/errors';
-import { validatePageRead, validatePageWriteRequest, validatePageReadRequest, validateVolumeFlushRequest, validateVolumeNameRequest } from '../messages/validate';
+import { expectArray, expectMap, field, validatePageRead, validatePageWriteRequest, validatePageReadRequest, validateVolumeFlushRequest, validateVolumeNameRequest } from '../messages/validate';
 import { controllerSubject } from '../messages/control';
-import { SHARDS_MAX, type VolumeInfo } from '../messages/api';
+import { SHARDS_MAX, VOLUMES_PER_LIST_MAX, type VolumeInfo } from '../messages/api';
+import { NODES_MAX } from '../actors/controller';
 import { deadlineRemainingMs, HEADER_DEADLINE } from '../messages/headers';
 import { createClient, GEOMETRY_RECHECK_MS, NatsTransport, type StrataClient, type Volume } from './client';
 
@@ -249,10 +250,10 @@ export class ApiRouter {
     controllerReachable: boolean;
   }> {
     // Both asked at once: their waits add up to one, not two.
-    const asked = (verb: string, field: string): Promise<Array<Record<string, unknown>>> =>
-      this.forwardToController(verb, encode({}), deadlineMs).then((r) => listOfMaps(throwIfError(decode(r)), field));
-    const membersAsked = asked('members', 'members');
-    const catalogAsked = asked('volume.list', 'volumes');
+    const asked = (verb: string, key: string, lengthMax: number): Promise<Array<Record<string, unknown>>> =>
+      this.forwardToController(verb, encode({}), deadlineMs).then((r) => listOfMaps(throwIfError(decode(r)), key, lengthMax));
+    const membersAsked = asked('members', 'members', NODES_MAX);
+    const catalogAsked = asked('volume.list', 'volumes', VOLUMES_PER_LIST_MAX);
     catalogAsked.catch(() => undefined); // read below, or left when the members failed
     try {
       const members = await membersAsked;
@@ -509,11 +510,7 @@ export function mergeClusterStatus(input: StatusParts, bytesMax: number): Record
   })));
 }
 
-/** `body[field]`, a list of maps (a controller's answer); bad_request when it is not one. */
-function listOfMaps(body: unknown, field: string): Array<Record<string, unknown>> {
-  const list = typeof body === 'object' && body !== null ? (body as Record<string, unknown>)[field] : undefined;
-  if (!Array.isArray(list) || !list.every((m) => typeof m === 'object' && m !== null && !Array.isArray(m))) {
-    throw new ProtocolError('bad_request', `the controller's answer has no list of maps in '${field}'`);
-  }
-  return list as Array<Record<string, unknown>>;
+/** `body[key]`, a list of at most `lengthMax` maps (a controller's answer); bad_request when it is not one. */
+function listOfMaps(body: unknown, key: string, lengthMax: number): Array<Record<string, unknown>> {
+  return expectArray(field(expectMap(body, ''), key), key, { lengthMin: 0, lengthMax }).map((m, i) => expectMap(m, `${key}[${i}]`));
 }

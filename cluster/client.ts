@@ -239,7 +239,7 @@ function checkTimeoutMs(value: unknown): number {
 }
 
 /** Turns a failure to decode or validate a reply into `internal`: the request was fine, the reply is not. */
-function malformedReply(err: unknown, type: MessageType, subject: string): ProtocolError {
+function malformedReply(err: unknown, type: string, subject: string): ProtocolError {
   const reason = err instanceof Error ? err.message : String(err);
   const details = err instanceof ProtocolError ? err.details : undefined;
   return new ProtocolError('internal', `malformed reply to ${type} from ${subject}: ${reason}`, {
@@ -247,6 +247,27 @@ function malformedReply(err: unknown, type: MessageType, subject: string): Proto
     subject,
     type,
   });
+}
+
+/**
+ * Decodes and validates the reply to a `type` request: an error reply is thrown as the
+ * answerer's error, a reply that does not decode or validate as `internal` (malformedReply).
+ * The bytes are read through a plain Uint8Array view (no copy): decoding a Buffer would give
+ * Buffer pages, and the client promises plain Uint8Arrays.
+ */
+function readReply<T>(replyBytes: Uint8Array, type: string, subject: string, validate: (value: unknown) => T, bytesMax?: number): T {
+  let reply: unknown;
+  try {
+    reply = decode(new Uint8Array(replyBytes.buffer, replyBytes.byteOffset, replyBytes.byteLength), bytesMax === undefined ? undefined : { bytesMax });
+  } catch (err) {
+    throw malformedReply(err, type, subject);
+  }
+  const value = throwIfError(reply);
+  try {
+    return validate(value);
+  } catch (err) {
+    throw malformedReply(err, type, subject);
+  }
 }
 
 /** Writes the Strata headers of a request into a plain record. */
@@ -329,20 +350,8 @@ export class StrataClient {
     }
     const subject = nodeSubject(this.cluster, checkToken(node, 'node'), 'shard.forceVote');
     const replyBytes = await this.request(subject, encode({ volumeId: info.id, shard }), { timeoutMs: this.timeoutMs, headers: {} });
-    let body: unknown;
-    try {
-      body = decode(replyBytes);
-    } catch (e) {
-      throw new ProtocolError('internal', `malformed reply to shard.forceVote from ${subject}: ${(e as Error).message}`, { subject });
-    }
     // An error reply is the node's answer (not_found: it holds no replica of the shard…).
-    throwIfError(body);
-    try {
-      return validateShardForceVoteReply(body);
-    } catch (e) {
-      // The request was fine, the reply is not: `internal`, as for every other reply.
-      throw new ProtocolError('internal', `malformed reply to shard.forceVote from ${subject}: ${(e as Error).message}`, { subject });
-    }
+    return readReply(replyBytes, 'shard.forceVote', subject, validateShardForceVoteReply);
   }
 
   /**
@@ -453,22 +462,7 @@ export class StrataClient {
       type,
       async (inject) => {
         inject({ set: (name: string, value: string) => void (headers[name] = value) });
-        const replyBytes = await this.request(subject, data, { timeoutMs, headers });
-        let reply: unknown;
-        try {
-          // A plain Uint8Array view (no copy): decoding a Buffer would give Buffer pages, and the
-          // client promises plain Uint8Arrays.
-          const view = new Uint8Array(replyBytes.buffer, replyBytes.byteOffset, replyBytes.byteLength);
-          reply = decode(view, { bytesMax });
-        } catch (err) {
-          throw malformedReply(err, type, subject);
-        }
-        const value = throwIfError(reply);
-        try {
-          return validate(value);
-        } catch (err) {
-          throw malformedReply(err, type, subject);
-        }
+        return readReply(await this.request(subject, data, { timeoutMs, headers }), type, subject, validate, bytesMax);
       },
       data.length,
     );

@@ -296,11 +296,8 @@ export class ActorHost implements HostApi {
           shard: spec.shard,
           err: err.message,
         }),
-      onFailure: (spec, err, outcome) => {
-        const fields = { volume: spec.volumeId, shard: spec.shard, code: (err as { code?: unknown }).code, err: err.message };
-        if (outcome.restarted) this.log.warn('replica could not go on (a committed record it cannot apply): restarted', fields);
-        else this.log.error('shard left down: its replica could not go on (a committed record it cannot apply)', { ...fields, downReason: outcome.downReason });
-      },
+      // As a request's fatal error is: once, at warn when restarted, at error when left down.
+      onFailure: (spec, err, outcome) => this.logReplicaError(spec, outcome, wireError(err)),
     });
     const tickMs = config.tickMs ?? 10;
     this.loopDelay = new LoopDelay(tickMs);

@@ -209,6 +209,12 @@ export interface ReplicaErrorOutcome {
 /** Errors after which a replica's in-memory state cannot be trusted and is rebuilt from disk. */
 const FATAL_CODES = new Set(['device_failed', 'fsync_failed', 'invariant']);
 
+/** After a restart of `entry`'s replica: reopened, or left down with why. */
+function outcomeOf(entry: ShardEntry | undefined): ReplicaErrorOutcome {
+  const downReason = entry?.downReason?.message;
+  return downReason === undefined ? { restarted: true } : { restarted: false, downReason };
+}
+
 export function shardKey(volumeId: string, shard: number): string {
   return `${volumeId}.${shard}`;
 }
@@ -340,8 +346,7 @@ export class DeviceHost {
       else this.restartAll();
     }
     // Reopened, or left down (its open failed, or it failed too often): the caller says which.
-    const downReason = entry?.downReason?.message;
-    return downReason === undefined ? { restarted: true } : { restarted: false, downReason };
+    return outcomeOf(entry);
   }
 
   /** Closes a replica; with destroy, removes its files durably. */
@@ -636,8 +641,7 @@ export class DeviceHost {
   private replicaFailed(entry: ShardEntry, replica: Replica, err: Error): void {
     if (entry.replica !== replica || this.shards.get(shardKey(entry.spec.volumeId, entry.spec.shard)) !== entry) return;
     this.restart(entry, err);
-    const downReason = entry.downReason?.message;
-    this.opts.onFailure?.(entry.spec, err, downReason === undefined ? { restarted: true } : { restarted: false, downReason });
+    this.opts.onFailure?.(entry.spec, err, outcomeOf(entry));
   }
 
   private restartAll(): void {

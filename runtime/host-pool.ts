@@ -593,17 +593,20 @@ export class HostPool {
     const restarting = slot.restarts.length < (this.opts.restartsMax ?? 5);
     this.opts.onHostExit?.(slot.config.hostId, code, restarting, error);
     if (!restarting) {
-      const delay = backoffMs(this.opts.respawnMsMin ?? HOST_RESPAWN_MS_MIN, HOST_RESPAWN_MS_MAX, slot.respawns);
+      const delay = this.respawnLater(slot);
       slot.down = `host exited ${slot.restarts.length + 1} times within ${windowMs} ms (last code ${code}${error ? `: ${error.message}` : ''}); starting it again in ${delay / 1000} s`;
-      this.respawnLater(slot, delay);
       return;
     }
     slot.restarts.push(now);
     this.restart(slot);
   }
 
-  /** Starts the slot's thread again after `delayMs` (unless the pool stops, or a thread runs by then). */
-  private respawnLater(slot: HostSlot, delayMs: number): void {
+  /**
+   * Starts the slot's thread again after the respawn back-off (5 s doubling, by the respawns so
+   * far), unless the pool stops or a thread runs by then; returns the delay.
+   */
+  private respawnLater(slot: HostSlot): number {
+    const delayMs = backoffMs(this.opts.respawnMsMin ?? HOST_RESPAWN_MS_MIN, HOST_RESPAWN_MS_MAX, slot.respawns);
     slot.respawns++;
     clearTimeout(slot.respawnTimer);
     slot.respawnTimer = setTimeout(() => {
@@ -613,6 +616,7 @@ export class HostPool {
       this.restart(slot);
     }, delayMs);
     slot.respawnTimer.unref();
+    return delayMs;
   }
 
   /**
@@ -627,9 +631,8 @@ export class HostPool {
     try {
       started = this.spawn(slot);
     } catch (e) {
-      const delay = backoffMs(this.opts.respawnMsMin ?? HOST_RESPAWN_MS_MIN, HOST_RESPAWN_MS_MAX, slot.respawns);
+      const delay = this.respawnLater(slot);
       slot.down = `restart failed: ${e instanceof Error ? e.message : String(e)}; starting it again in ${delay / 1000} s`;
-      this.respawnLater(slot, delay);
       return;
     }
     started.catch((e: Error) => {
