@@ -130,7 +130,8 @@ export class ApiRouter {
       if (fresh === info) throw e;
       validatePageRead(req, fresh.pageSize, fresh.pageCount);
     }
-    const r = await volume.readPages(req.pages, req.lsn !== undefined ? { lsn: req.lsn, deadlineMs } : { deadlineMs });
+    const at = req.lsn !== undefined ? { lsn: req.lsn } : req.lsns !== undefined ? { lsns: req.lsns } : {};
+    const r = await volume.readPages(req.pages, { ...at, deadlineMs });
     return { pages: r.pages, lsn: r.lsn, lsns: r.lsns };
   }
 

@@ -16,8 +16,8 @@ import { DEADLINE_AHEAD_MS_MAX } from '../messages/headers';
 import { checkToken } from '../messages/subjects';
 import type { NodeConfig } from './config';
 import { ProtocolError } from '../messages/errors';
-import { PAGE_SIZES_BYTES } from '../messages/api';
-import type { VolumeCreateRequest, VolumeInfo } from '../messages/api';
+import { PAGE_SIZES_BYTES, SHARDS_MAX } from '../messages/api';
+import type { ShardLsn, VolumeCreateRequest, VolumeInfo } from '../messages/api';
 import { formatStatus, formatStatusJson } from '../observability/status';
 
 /** A bad command line. Exit code 2. */
@@ -72,8 +72,9 @@ Commands:
   put VOLUME PAGE FILE|-
         Write the bytes of FILE (or stdin) to pages PAGE, PAGE+1, …; the last page is
         padded with zeros.
-  get VOLUME PAGE [--count N] [--lsn L] FILE|-
-        Read N pages (default 1) from PAGE on, as of LSN L if given, into FILE (or stdout).
+  get VOLUME PAGE [--count N] [--lsn L|SHARD:LSN,…] FILE|-
+        Read N pages (default 1) from PAGE on into FILE (or stdout): as of LSN L on every
+        shard, or of each named shard's LSN (as put and get print them), if given.
   bench [--short] [--workload W] [--queue-depth N] [--pages-per-request N] [--replicas 1|3] [--nats URL --cluster C] …
         Benchmark a fresh in-process cluster (or a running one) against raw disk, NATS echo
         and JetStream baselines; without --workload runs the target suite. "strata bench --help".
@@ -133,7 +134,7 @@ const COMMANDS: Readonly<Record<string, CommandSpec>> = {
   'volume info': { positionals: ['NAME'], flags: {}, client: true },
   'volume delete': { positionals: ['NAME'], flags: {}, client: true },
   put: { positionals: ['VOLUME', 'PAGE', 'FILE'], flags: {}, client: true },
-  get: { positionals: ['VOLUME', 'PAGE', 'FILE'], flags: { count: 'integer', lsn: 'integer' }, client: true },
+  get: { positionals: ['VOLUME', 'PAGE', 'FILE'], flags: { count: 'integer', lsn: 'string' }, client: true },
   status: { positionals: [], flags: {}, client: true },
   'shard force-vote': { positionals: ['VOLUME', 'SHARD'], flags: { node: 'string' }, required: ['node'], client: true },
   help: { positionals: [], flags: {}, client: false },
@@ -156,6 +157,73 @@ function parseInteger(flag: string, value: string): number {
   const n = value.length <= 16 ? Number(value) : NaN;
   if (!Number.isSafeInteger(n)) throw new UsageError(`${flag}: ${value} is too large (at most ${Number.MAX_SAFE_INTEGER})`);
   return n;
+}
+
+/** Where `get --lsn` reads: one LSN for every shard (`L`), or one per shard named (`S:L,S:L…`). */
+export type ReadAt = { lsn: number } | { lsns: ShardLsn[] };
+
+/**
+ * Parses `--lsn`: `L`, or `SHARD:LSN` pairs separated by commas, each shard once (the form that
+ * `put` and `get` print). UsageError otherwise.
+ */
+export function parseReadAt(value: string): ReadAt {
+  if (DECIMAL_PATTERN.test(value)) return { lsn: parseInteger('--lsn', value) };
+  const parts = value.split(',');
+  if (parts.length > SHARDS_MAX) throw new UsageError(`--lsn: at most ${SHARDS_MAX} shards, got ${parts.length}`);
+  const seen = new Set<number>();
+  const lsns = parts.map((part) => {
+    const pair = part.split(':');
+    if (pair.length !== 2) {
+      throw new UsageError(`--lsn: expected L or SHARD:LSN[,SHARD:LSN…], got ${JSON.stringify(part)}${parts.length > 1 ? ` in ${JSON.stringify(value)}` : ''}`);
+    }
+    const shard = parseInteger('--lsn shard', pair[0]!);
+    if (shard >= SHARDS_MAX) throw new UsageError(`--lsn: shard ${shard} is out of range (at most ${SHARDS_MAX - 1})`);
+    if (seen.has(shard)) throw new UsageError(`--lsn: shard ${shard} given twice`);
+    seen.add(shard);
+    return { shard, lsn: parseInteger('--lsn', pair[1]!) };
+  });
+  return { lsns };
+}
+
+/** `S:L,S:L…` of each shard's LSN, the form `get --lsn` takes. */
+export function readAtText(lsns: readonly ShardLsn[]): string {
+  return lsns.map((entry) => `${entry.shard}:${entry.lsn}`).join(',');
+}
+
+/** The LSN a `put` or `get` prints: the highest, and each shard's when it touched several. */
+function lsnText(result: { lsn: number; lsns: readonly ShardLsn[] }): string {
+  return result.lsns.length > 1 ? `lsn ${result.lsn}; shard LSNs ${readAtText(result.lsns)}` : `lsn ${result.lsn}`;
+}
+
+/**
+ * Each shard's LSN over the batches of a `put` or `get`: the highest seen (a later write's; a
+ * read's is the same in every batch), starting from the ones asked for.
+ */
+class ShardLsns {
+  private readonly at = new Map<number, number>();
+  private readonly touched = new Set<number>();
+
+  constructor(given: readonly ShardLsn[] = []) {
+    for (const entry of given) this.at.set(entry.shard, entry.lsn);
+  }
+
+  add(lsns: readonly ShardLsn[]): void {
+    for (const entry of lsns) {
+      this.touched.add(entry.shard);
+      this.at.set(entry.shard, Math.max(this.at.get(entry.shard) ?? 0, entry.lsn));
+    }
+  }
+
+  /** Every shard's LSN known: given or seen. */
+  list(): ShardLsn[] {
+    return [...this.at].map(([shard, lsn]) => ({ shard, lsn })).sort((a, b) => a.shard - b.shard);
+  }
+
+  /** The shards touched: the highest LSN and each one's. */
+  result(): { lsn: number; lsns: ShardLsn[] } {
+    const lsns = this.list().filter((entry) => this.touched.has(entry.shard));
+    return { lsn: lsns.reduce((max, entry) => Math.max(max, entry.lsn), 0), lsns };
+  }
 }
 
 /**
@@ -262,6 +330,7 @@ export function parseArgs(argvIn: readonly string[]): ParsedArgs {
   if (flags['metrics-port'] !== undefined && (flags['metrics-port'] as number) > 0 && (flags['metrics-port'] as number) + devPorts - 1 > 65535) {
     throw new UsageError(`--metrics-port: the ${devPorts} nodes take ports ${String(flags['metrics-port'])}..${(flags['metrics-port'] as number) + devPorts - 1}, past 65535`);
   }
+  if (typeof flags.lsn === 'string') parseReadAt(flags.lsn);
   if (flags.count !== undefined && ((flags.count as number) < 1 || (flags.count as number) > GET_PAGES_MAX)) {
     throw new UsageError(`--count: expected 1..${GET_PAGES_MAX}, got ${String(flags.count)}`);
   }
@@ -476,7 +545,7 @@ async function put(ctx: Ctx): Promise<void> {
       }
       let page = first;
       let bytes = 0;
-      let lsn = 0;
+      const lsns = new ShardLsns();
       for (;;) {
         const chunk = await read(TRANSFER_PAGES_PER_CALL * info.pageSize);
         if (chunk.byteLength === 0) break;
@@ -498,13 +567,12 @@ async function put(ctx: Ctx): Promise<void> {
           padded.set(slice);
           return { page: page + i, data: padded };
         });
-        const written = await volume.writePages(pages);
-        lsn = Math.max(lsn, written.lsn);
+        lsns.add((await volume.writePages(pages)).lsns);
         page += count;
         bytes += chunk.byteLength;
         if (chunk.byteLength < TRANSFER_PAGES_PER_CALL * info.pageSize) break;
       }
-      return { volume: volumeName, page: first, pages: page - first, bytes, lsn };
+      return { volume: volumeName, page: first, pages: page - first, bytes, ...lsns.result() };
     });
     await writeOut(
       ctx.io.stdout,
@@ -512,7 +580,7 @@ async function put(ctx: Ctx): Promise<void> {
         ? jsonText(result)
         : result.pages === 0
           ? `wrote nothing: ${file === '-' ? 'stdin' : file} is empty\n`
-          : `wrote ${result.bytes} bytes to ${volumeName} pages ${first}..${first + result.pages - 1} (lsn ${result.lsn})\n`,
+          : `wrote ${result.bytes} bytes to ${volumeName} pages ${first}..${first + result.pages - 1} (${lsnText(result)})\n`,
     );
   } finally {
     await handle?.close();
@@ -523,7 +591,8 @@ async function get(ctx: Ctx): Promise<void> {
   const [volumeName, pageText, file] = ctx.args.positionals as [string, string, string];
   const first = parseInteger('PAGE', pageText);
   const count = (ctx.args.flags.count as number | undefined) ?? 1;
-  const lsnAt = ctx.args.flags.lsn as number | undefined;
+  const lsnFlag = ctx.args.flags.lsn as string | undefined;
+  const readAt = lsnFlag === undefined ? undefined : parseReadAt(lsnFlag);
   const toStdout = file === '-';
   let handle: fs.promises.FileHandle | undefined;
   try {
@@ -537,28 +606,31 @@ async function get(ctx: Ctx): Promise<void> {
           { page: first, pages: count, pageCount: info.pageCount },
         );
       }
-      let lsn = 0;
+      // Every batch reads a shard at one LSN: the one asked for, else the one its first batch
+      // was answered at, so that the pages are the volume as of one point on each shard's log.
+      const lsns = new ShardLsns(readAt !== undefined && 'lsns' in readAt ? readAt.lsns : []);
       for (let at = 0; at < count; at += TRANSFER_PAGES_PER_CALL) {
         const n = Math.min(TRANSFER_PAGES_PER_CALL, count - at);
+        const pinned = lsns.list();
         const got = await volume.readPages(
           Array.from({ length: n }, (_, i) => first + at + i),
-          lsnAt === undefined ? {} : { lsn: lsnAt },
+          readAt !== undefined && 'lsn' in readAt ? readAt : pinned.length > 0 ? { lsns: pinned } : {},
         );
         // Opened once the first read is answered, so that a request the cluster refuses (an
         // LSN it does not have, say) does not truncate the file.
         if (!toStdout && handle === undefined) handle = await fs.promises.open(file, 'w');
-        lsn = Math.max(lsn, got.lsn);
+        lsns.add(got.lsns);
         for (const data of got.pages) {
           if (handle === undefined) await writeOut(ctx.io.stdout, data);
           else await handle.write(data);
         }
       }
-      return { volume: volumeName, page: first, pages: count, bytes: count * info.pageSize, lsn };
+      return { volume: volumeName, page: first, pages: count, bytes: count * info.pageSize, ...lsns.result() };
     });
     if (toStdout) return;
     await writeOut(
       ctx.io.stdout,
-      ctx.json ? jsonText({ ...result, file }) : `read ${result.bytes} bytes from ${volumeName} pages ${first}..${first + count - 1} into ${file} (lsn ${result.lsn})\n`,
+      ctx.json ? jsonText({ ...result, file }) : `read ${result.bytes} bytes from ${volumeName} pages ${first}..${first + count - 1} into ${file} (${lsnText(result)})\n`,
     );
   } finally {
     await handle?.close();

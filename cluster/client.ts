@@ -74,12 +74,13 @@ import type {
 import {
   expectArray,
   expectBytes,
-  expectCounter,
   expectInteger,
   expectMap,
   expectName,
   fail,
   field,
+  checkReadLsnShards,
+  validateReadAt,
   validateReply,
   validateShardFlushReply,
   validateShardReadReply,
@@ -226,6 +227,12 @@ export interface CallOptions {
 export interface ReadOptions extends CallOptions {
   /** Read as of this LSN (GetPage@LSN) on every shard touched; default the latest commit. */
   lsn?: number;
+  /**
+   * Read each named shard as of its own LSN, e.g. the `lsns` a write or an earlier read returned
+   * (an entry's `term` is ignored); the shards touched that are not named are read at the latest
+   * commit. One entry per shard; not with `lsn`.
+   */
+  lsns?: readonly ShardLsn[];
 }
 
 /** Options of `rawRequest`. */
@@ -737,19 +744,22 @@ export class Volume {
     const numbers = list.map((page, i) =>
       expectInteger(page, `pages[${i}]`, { min: 0, max: PAGE_COUNT_MAX - 1, maxCode: 'out_of_range' }),
     );
-    const lsn = options.lsn === undefined ? undefined : expectCounter(options.lsn, 'lsn');
+    const { lsn, lsns } = validateReadAt(options.lsn, options.lsns);
+    const lsnOf = new Map((lsns ?? []).map((entry) => [entry.shard, entry.lsn]));
     const { calls, outcomes } = await this.run(deadlineMs, (info) => {
       numbers.forEach((page, i) =>
         expectInteger(page, `pages[${i}]`, { min: 0, max: info.pageCount - 1, maxCode: 'out_of_range' }),
       );
+      if (lsns !== undefined) checkReadLsnShards(lsns, info.shards, 'lsns');
       const chunkPages = pagesPerRequest(info.pageSize, this.client.maxPayloadBytes);
       return planChunks(numbers, info, chunkPages).map(({ shard, indices }) => {
         const body: ShardReadRequest = { pages: indices.map((i) => numbers[i]!) };
-        if (lsn !== undefined) body.lsn = lsn;
+        const at = lsnOf.get(shard) ?? lsn;
+        if (at !== undefined) body.lsn = at;
         return { shard, type: 'shard.read' as const, body, indices };
       });
     });
-    if (lsn === undefined) await this.oneLsnPerShard(calls, outcomes, deadlineMs);
+    await this.oneLsnPerShard(calls, outcomes, deadlineMs);
     const out = new Array<Uint8Array>(numbers.length);
     calls.forEach((call, c) => {
       const got = outcomes[c]!.pages!;
@@ -761,7 +771,8 @@ export class Volume {
   /**
    * A shard's pages read in several requests (more than one message holds) must reflect one
    * LSN, the one the result reports: the requests answered at an older LSN than the shard's
-   * newest are read again at that LSN (GetPage@LSN), in place in `outcomes`.
+   * newest are read again at that LSN (GetPage@LSN), in place in `outcomes`. (A shard read at an
+   * LSN the caller gave is answered at that LSN by every request: none is read again.)
    */
   private async oneLsnPerShard(calls: ShardCall[], outcomes: ShardOutcome[], deadlineMs: number): Promise<void> {
     const newest = new Map<number, number>();

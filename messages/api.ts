@@ -199,6 +199,12 @@ export interface PageReadRequest {
   pages: number[];
   /** Read as of this LSN (GetPage@LSN) on every shard touched; default: the latest commit. */
   lsn?: number;
+  /**
+   * Read each named shard as of its own LSN (GetPage@LSN per shard); the shards touched that are
+   * not named are read at the latest commit. 1..SHARDS_MAX entries, one per shard; not with
+   * `lsn`. An entry's `term` is ignored, so that the `lsns` of a reply can be given back as it is.
+   */
+  lsns?: ShardLsn[];
 }
 /** page.read reply. */
 export interface PageReadReply {

@@ -480,7 +480,47 @@ export function validatePageWriteReply(value: unknown): PageWriteReply {
   return withLsns({ lsn: expectCounter(field(map, 'lsn'), 'lsn') }, validateShardLsns(field(map, 'lsns'), 'lsns'));
 }
 
-const PAGE_READ_REQUEST_FIELDS = fields('volume', 'pages', 'lsn');
+const PAGE_READ_REQUEST_FIELDS = fields('volume', 'pages', 'lsn', 'lsns');
+const READ_LSN_FIELDS = fields('shard', 'lsn', 'term');
+
+/**
+ * The LSN to read each named shard at (a read's `lsns`): 1..SHARDS_MAX entries
+ * `{ shard, lsn, term? }`, one per shard (a second entry for a shard is `bad_request`). Whether
+ * each shard exists is the volume's to say (`checkReadLsnShards`).
+ */
+export function validateReadLsns(value: unknown, path: string): ShardLsn[] {
+  const list = expectArray(value, path, { lengthMin: 1, lengthMax: SHARDS_MAX });
+  const seen = new Map<number, number>();
+  return list.map((entry, i) => {
+    const at = `${path}[${i}]`;
+    expectKnownFields(expectMap(entry, at), READ_LSN_FIELDS, at);
+    const shardLsn = validateShardLsn(entry, at);
+    const first = seen.get(shardLsn.shard);
+    if (first !== undefined) fail('bad_request', fieldPath(at, 'shard'), `duplicate shard ${shardLsn.shard} (also at ${path}[${first}])`);
+    seen.set(shardLsn.shard, i);
+    return shardLsn;
+  });
+}
+
+/** Every shard a read's `lsns` names is one of the volume's `shards` (out_of_range otherwise). */
+export function checkReadLsnShards(lsns: readonly ShardLsn[], shards: number, path: string): void {
+  lsns.forEach((entry, i) => {
+    if (entry.shard >= shards) {
+      fail('out_of_range', fieldPath(`${path}[${i}]`, 'shard'), `shard ${entry.shard} is out of range (the volume has ${shards} shards)`, {
+        shard: entry.shard,
+        shards,
+      });
+    }
+  });
+}
+
+/** A read's `lsn` and `lsns`, each optional, not both (bad_request, path `lsns`). */
+export function validateReadAt(lsnValue: unknown, lsnsValue: unknown): { lsn?: number; lsns?: ShardLsn[] } {
+  const lsn = optional(lsnValue, (v) => expectCounter(v, 'lsn'));
+  const lsns = optional(lsnsValue, (v) => validateReadLsns(v, 'lsns'));
+  if (lsn !== undefined && lsns !== undefined) fail('bad_request', 'lsns', 'give lsn (one LSN for every shard) or lsns (one per shard), not both');
+  return lsn !== undefined ? { lsn } : lsns !== undefined ? { lsns } : {};
+}
 
 /** page.read request (without the volume's geometry; see `validatePageRead`). */
 export function validatePageReadRequest(value: unknown): PageReadRequest {
@@ -488,8 +528,7 @@ export function validatePageReadRequest(value: unknown): PageReadRequest {
   expectKnownFields(map, PAGE_READ_REQUEST_FIELDS, '');
   const volume = expectName(field(map, 'volume'), 'volume');
   const pages = validatePageNumbers(field(map, 'pages'), 'pages');
-  const lsn = optional(field(map, 'lsn'), (v) => expectCounter(v, 'lsn'));
-  return lsn === undefined ? { volume, pages } : { volume, pages, lsn };
+  return { volume, pages, ...validateReadAt(field(map, 'lsn'), field(map, 'lsns')) };
 }
 
 /**

@@ -5,7 +5,7 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Readable, Writable } from 'node:stream';
-import { HELP_TEXT, TRANSFER_PAGES_PER_CALL, UsageError, main, parseArgs } from '../../cluster/cli';
+import { HELP_TEXT, TRANSFER_PAGES_PER_CALL, UsageError, main, parseArgs, parseReadAt } from '../../cluster/cli';
 import type { CliIo } from '../../cluster/cli';
 import { createClient } from '../../cluster/client';
 import type { ClientTransport, ConnectOptions, StrataClient } from '../../cluster/client';
@@ -37,12 +37,20 @@ class Sink extends Writable {
   }
 }
 
-/** A one-node cluster in memory behind a fake transport: enough for every CLI command. */
+/**
+ * A one-node cluster in memory behind a fake transport: enough for every CLI command. Each shard
+ * has its own LSN, and every version of a page is kept, so that reads at an LSN (GetPage@LSN)
+ * answer as a shard does.
+ */
 class MemoryCluster implements ClientTransport {
   readonly maxPayloadBytes = 1024 * 1024;
   volumes = new Map<string, VolumeInfo>();
-  pages = new Map<string, Uint8Array>();
-  lsn = 0;
+  /** `volumeId:page` → its versions, oldest first. */
+  pages = new Map<string, Array<{ lsn: number; data: Uint8Array }>>();
+  /** `volumeId:shard` → the shard's last LSN. */
+  lsns = new Map<string, number>();
+  /** Called with the pages of each shard.read before it is answered. */
+  beforeRead: (pages: readonly number[]) => void = () => undefined;
   requests: string[] = [];
   connects: ConnectOptions[] = [];
   closes = 0;
@@ -87,12 +95,15 @@ class MemoryCluster implements ClientTransport {
         const info = [...this.volumes.values()].find((v) => v.id === volumeId)!;
         if (type === 'shard.write') {
           const req = validateShardWrite(validateShardWriteRequest(body), { ...info, shard });
-          for (const p of req.pages) this.pages.set(`${volumeId}:${p.page}`, Uint8Array.from(p.data));
-          return { lsn: ++this.lsn };
+          return { lsn: this.write(volumeId, shard, req.pages) };
         }
         const req = validateShardRead(validateShardReadRequest(body), { ...info, shard });
-        if (req.lsn !== undefined && req.lsn > this.lsn) throw new ProtocolError('future_lsn', `lsn ${req.lsn} is newer than the last LSN ${this.lsn}`);
-        return { pages: req.pages.map((p) => this.pages.get(`${volumeId}:${p}`) ?? new Uint8Array(info.pageSize)), lsn: this.lsn };
+        this.beforeRead(req.pages);
+        const last = this.lsns.get(`${volumeId}:${shard}`) ?? 0;
+        if (req.lsn !== undefined && req.lsn > last) throw new ProtocolError('future_lsn', `lsn ${req.lsn} is newer than the last LSN ${last}`);
+        const lsn = req.lsn ?? last;
+        const pages = req.pages.map((p) => (this.pages.get(`${volumeId}:${p}`) ?? []).filter((v) => v.lsn <= lsn).pop()?.data ?? new Uint8Array(info.pageSize));
+        return { pages, lsn };
       }
       default:
         throw new ProtocolError('internal', `unexpected ${type}`);
@@ -101,6 +112,31 @@ class MemoryCluster implements ClientTransport {
 
   async close(): Promise<void> {
     this.closes++;
+  }
+
+  /** Writes pages of one shard as one record; returns its LSN. */
+  write(volumeId: string, shard: number, pages: ReadonlyArray<{ page: number; data: Uint8Array }>): number {
+    const lsn = (this.lsns.get(`${volumeId}:${shard}`) ?? 0) + 1;
+    for (const p of pages) {
+      const versions = this.pages.get(`${volumeId}:${p.page}`) ?? [];
+      versions.push({ lsn, data: Uint8Array.from(p.data) });
+      this.pages.set(`${volumeId}:${p.page}`, versions);
+    }
+    this.lsns.set(`${volumeId}:${shard}`, lsn);
+    return lsn;
+  }
+
+  /** The newest data of a page. */
+  page(volumeId: string, page: number): Uint8Array | undefined {
+    return this.pages.get(`${volumeId}:${page}`)?.at(-1)?.data;
+  }
+
+  /** Each shard's last LSN of a volume, as `put` and `get` report them. */
+  shardLsns(volumeId: string): Array<{ shard: number; lsn: number }> {
+    return [...this.lsns]
+      .filter(([key]) => key.startsWith(`${volumeId}:`))
+      .map(([key, lsn]) => ({ shard: Number(key.slice(volumeId.length + 1)), lsn }))
+      .sort((a, b) => a.shard - b.shard);
   }
 
   connect = async (options: ConnectOptions): Promise<StrataClient> => {
@@ -135,9 +171,12 @@ describe('cluster/cli', () => {
       assert.deepEqual(parseArgs(['get', 'db', '3', '-', '--count', '2', '--lsn=7', '--nats', 'nats://h:1', '--cluster', 'c']), {
         command: 'get',
         positionals: ['db', '3', '-'],
-        flags: { count: 2, lsn: 7, nats: 'nats://h:1', cluster: 'c' },
+        flags: { count: 2, lsn: '7', nats: 'nats://h:1', cluster: 'c' },
         rest: [],
       });
+      assert.deepEqual(parseReadAt('7'), { lsn: 7 });
+      assert.deepEqual(parseReadAt('2:7,0:12'), { lsns: [{ shard: 2, lsn: 7 }, { shard: 0, lsn: 12 }] });
+      assert.throws(() => parseReadAt(Array.from({ length: 257 }, (_, i) => `${i}:1`).join(',')), /^UsageError: --lsn: at most 256 shards, got 257$/);
       assert.deepEqual(parseArgs(['put', '--', 'db', '0', '--weird-file-name']).positionals, ['db', '0', '--weird-file-name']);
       assert.deepEqual(parseArgs(['dev', '--demo', '--nodes', '3', '--data-dir', '/tmp/x', '--metrics-port', '0']).flags, {
         demo: true,
@@ -203,7 +242,13 @@ describe('cluster/cli', () => {
       [['put', 'db', '0'], /missing FILE/],
       [['put', 'db', 'zero', 'f'], /PAGE: expected a non-negative integer, got "zero"/],
       [['get', 'db', '0', 'f', '--count', '0'], /--count: expected 1\.\./],
-      [['get', 'db', '0', 'f', '--lsn', 'latest'], /--lsn: expected a non-negative integer/],
+      [['get', 'db', '0', 'f', '--lsn', 'latest'], /^--lsn: expected L or SHARD:LSN\[,SHARD:LSN…\], got "latest"$/],
+      [['get', 'db', '0', 'f', '--lsn', '0:5,1'], /^--lsn: expected L or SHARD:LSN\[,SHARD:LSN…\], got "1" in "0:5,1"$/],
+      [['get', 'db', '0', 'f', '--lsn', '0:5,0:6'], /^--lsn: shard 0 given twice$/],
+      [['get', 'db', '0', 'f', '--lsn', '256:5'], /^--lsn: shard 256 is out of range \(at most 255\)$/],
+      [['get', 'db', '0', 'f', '--lsn', '0:-1'], /^--lsn: expected a non-negative integer, got "-1"$/],
+      [['get', 'db', '0', 'f', '--lsn', 'x:1'], /^--lsn shard: expected a non-negative integer, got "x"$/],
+      [['get', 'db', '0', 'f', '--lsn', '99999999999999999'], /^--lsn: 99999999999999999 is too large/],
       [['dev', '--nodes', '0'], /--nodes: expected 1\.\.16/],
       [['dev', '--nodes', '17'], /--nodes: expected 1\.\.16/],
       [['dev', '--metrics-port', '70000'], /--metrics-port: expected 0\.\.65535/],
@@ -341,11 +386,16 @@ describe('cluster/cli', () => {
         let r = await run(['put', 'db', '10', input], mem);
         assert.equal(r.code, 0, r.err);
         const pages = TRANSFER_PAGES_PER_CALL + 6;
-        assert.equal(r.out, `wrote ${size} bytes to db pages 10..${10 + pages - 1} (lsn ${mem.lsn})\n`);
+        // Each of the three shards has its own LSN: the highest is printed, and each one's in
+        // the form `get --lsn` takes.
+        const lsns = mem.shardLsns('id-db');
+        assert.equal(lsns.length, 3);
+        const highest = Math.max(...lsns.map((e) => e.lsn));
+        assert.equal(r.out, `wrote ${size} bytes to db pages 10..${10 + pages - 1} (lsn ${highest}; shard LSNs ${lsns.map((e) => `${e.shard}:${e.lsn}`).join(',')})\n`);
         const output = path.join(dir, 'out.bin');
         r = await run(['get', 'db', '10', '--count', String(pages), output, '--json'], mem);
         assert.equal(r.code, 0, r.err);
-        assert.deepEqual(JSON.parse(r.out), { volume: 'db', page: 10, pages, bytes: pages * 4096, lsn: mem.lsn, file: output });
+        assert.deepEqual(JSON.parse(r.out), { volume: 'db', page: 10, pages, bytes: pages * 4096, lsn: highest, lsns, file: output });
         const back = fs.readFileSync(output);
         assert.equal(back.length, pages * 4096);
         assert.deepEqual(back.subarray(0, size), data);
@@ -362,8 +412,67 @@ describe('cluster/cli', () => {
         const data = bytes(5000, 2);
         const r = await run(['put', 'db', '0', '-', '--json'], mem, { stdin: Readable.from([data.subarray(0, 3000), data.subarray(3000)]) });
         assert.equal(r.code, 0, r.err);
-        assert.deepEqual(JSON.parse(r.out), { volume: 'db', page: 0, pages: 2, bytes: 5000, lsn: mem.lsn });
-        assert.deepEqual(Buffer.from(mem.pages.get('id-db:1')!).subarray(0, 904), data.subarray(4096));
+        assert.deepEqual(JSON.parse(r.out), { volume: 'db', page: 0, pages: 2, bytes: 5000, lsn: 1, lsns: [{ shard: 0, lsn: 1 }] });
+        assert.deepEqual(Buffer.from(mem.page('id-db', 1)!).subarray(0, 904), data.subarray(4096));
+      });
+
+      it('reads each shard at the LSNs put printed (--lsn S:L,…), after the pages were overwritten', async () => {
+        const mem = new MemoryCluster();
+        await run(['volume', 'create', 'db', '--pages', '64', '--shards', '3', '--stripe-pages', '4'], mem);
+        const first = path.join(dir, 'first.bin');
+        const second = path.join(dir, 'second.bin');
+        fs.writeFileSync(first, bytes(24 * 4096, 7));
+        fs.writeFileSync(second, bytes(24 * 4096, 8));
+        let r = await run(['put', 'db', '0', first, '--json'], mem);
+        assert.equal(r.code, 0, r.err);
+        const at = JSON.parse(r.out) as { lsns: Array<{ shard: number; lsn: number }> };
+        assert.equal(at.lsns.length, 3);
+        // A fourth write to shard 0 only: the shards' LSNs now differ.
+        mem.write('id-db', 0, [{ page: 40, data: new Uint8Array(4096) }]);
+        r = await run(['put', 'db', '0', second], mem);
+        assert.equal(r.code, 0, r.err);
+        const output = path.join(dir, 'out.bin');
+        const readAt = at.lsns.map((e) => `${e.shard}:${e.lsn}`).join(',');
+        r = await run(['get', 'db', '0', '--count', '24', '--lsn', readAt, output, '--json'], mem);
+        assert.equal(r.code, 0, r.err);
+        assert.deepEqual(fs.readFileSync(output), fs.readFileSync(first));
+        assert.deepEqual(JSON.parse(r.out).lsns, at.lsns);
+        // A shard named that the read does not touch is allowed; one the volume does not have is not.
+        r = await run(['get', 'db', '0', '--lsn', `0:${at.lsns[0]!.lsn},2:1`, '-'], mem);
+        assert.equal(r.code, 0, r.err);
+        assert.deepEqual(r.stdout.bytes(), fs.readFileSync(first).subarray(0, 4096));
+        fs.writeFileSync(output, 'precious');
+        r = await run(['get', 'db', '0', '--lsn', '0:1,3:1', output], mem);
+        assert.equal(r.code, 1);
+        assert.match(r.err, /^strata: out_of_range: lsns\[1\]\.shard: shard 3 is out of range \(the volume has 3 shards\)\n$/);
+        assert.equal(fs.readFileSync(output, 'utf8'), 'precious');
+      });
+
+      it('reads every batch of a long get at the LSN its shard was first read at, though writes land in between', async () => {
+        const mem = new MemoryCluster();
+        const pages = TRANSFER_PAGES_PER_CALL + 64;
+        await run(['volume', 'create', 'db', '--pages', String(pages), '--shards', '2', '--stripe-pages', '16'], mem);
+        const input = path.join(dir, 'in.bin');
+        fs.writeFileSync(input, bytes(pages * 4096, 9));
+        let r = await run(['put', 'db', '0', input, '--json'], mem);
+        assert.equal(r.code, 0, r.err);
+        const before = (JSON.parse(r.out) as { lsns: unknown }).lsns;
+        // Once the second batch is asked for, every page it covers is overwritten on both shards.
+        let overwritten = false;
+        mem.beforeRead = (asked) => {
+          if (overwritten || !asked.some((p) => p >= TRANSFER_PAGES_PER_CALL)) return;
+          overwritten = true;
+          for (const shard of [0, 1]) {
+            const later = Array.from({ length: 64 }, (_, i) => TRANSFER_PAGES_PER_CALL + i).filter((p) => Math.floor(p / 16) % 2 === shard);
+            mem.write('id-db', shard, later.map((page) => ({ page, data: new Uint8Array(4096).fill(0xee) })));
+          }
+        };
+        const output = path.join(dir, 'out.bin');
+        r = await run(['get', 'db', '0', '--count', String(pages), output, '--json'], mem);
+        assert.equal(r.code, 0, r.err);
+        assert.ok(overwritten, 'the writes landed during the get');
+        assert.deepEqual(fs.readFileSync(output), fs.readFileSync(input), 'the volume as of one LSN of each shard');
+        assert.deepEqual(JSON.parse(r.out).lsns, before);
       });
 
       it('refuses a file that does not fit in the volume before writing anything', async () => {

@@ -109,6 +109,34 @@ describe('cluster/client end to end (in-process cluster, real NATS)', function (
     assert.ok(flushed.lsn >= written.lsn);
   });
 
+  it('reads each shard at its own LSN (lsns), the point a multi-shard write left, on both paths', async () => {
+    await client.createVolume({ name: 'ce-lsns', pageCount: 64, shards: 3, stripePages: 4 });
+    const vol = client.volume('ce-lsns');
+    const numbers = Array.from({ length: 24 }, (_, i) => i);
+    // Shard 1 moves on alone first, so that the shards' LSNs differ.
+    for (let i = 0; i < 3; i++) await vol.write(4, page(4, 10 + i));
+    const first = await vol.writePages(numbers.map((n) => ({ page: n, data: page(n, 1) })));
+    assert.equal(first.lsns.length, 3);
+    // Then every page is overwritten.
+    await vol.writePages(numbers.map((n) => ({ page: n, data: page(n, 2) })));
+    const at = await vol.readPages(numbers, { lsns: first.lsns });
+    at.pages.forEach((data, i) => assert.deepEqual(data, page(numbers[i]!, 1), `page ${numbers[i]}`));
+    assert.deepEqual(at.lsns.map((l) => [l.shard, l.lsn]), first.lsns.map((l) => [l.shard, l.lsn]));
+    // One LSN for all three would be refused or read another point on some shard.
+    assert.notEqual(new Set(first.lsns.map((l) => l.lsn)).size, 1, 'the shards had different LSNs');
+    // A shard not named is read at the latest commit.
+    const mixed = await vol.readPages([0, 4], { lsns: [{ shard: 0, lsn: first.lsns[0]!.lsn }] });
+    assert.deepEqual(mixed.pages, [page(0, 1), page(4, 2)]);
+    // The API path (page.read through a node) takes the same field.
+    const api = await client.apiRequest('page.read', { volume: 'ce-lsns', pages: [0, 4, 8], lsns: first.lsns });
+    assert.deepEqual(api.pages, [page(0, 1), page(4, 1), page(8, 1)]);
+    await rejectsWith(vol.readPages([0], { lsns: [{ shard: 3, lsn: 1 }] }), 'out_of_range');
+    await rejectsWith(client.apiRequest('page.read', { volume: 'ce-lsns', pages: [0], lsns: [{ shard: 3, lsn: 1 }] }), 'out_of_range');
+    await rejectsWith(vol.readPages([0], { lsn: 1, lsns: [{ shard: 0, lsn: 1 }] }), 'bad_request');
+    await rejectsWith(vol.readPages([0], { lsns: [{ shard: 0, lsn: 1 }, { shard: 0, lsn: 2 }] }), 'bad_request');
+    await client.deleteVolume('ce-lsns');
+  });
+
   it('rejects bad arguments before the network and maps server errors', async () => {
     await client.createVolume({ name: 'ce-bad', pageCount: 16 });
     const vol = client.volume('ce-bad');

@@ -15,6 +15,7 @@ import { MESSAGE_BYTES_MAX, decode, encode } from '../../messages/codec';
 import {
   REPLY_VALIDATORS,
   REQUEST_VALIDATORS,
+  checkReadLsnShards,
   validatePageRead,
   validatePageReadReply,
   validatePageReadRequest,
@@ -241,6 +242,21 @@ describe('messages/validate', () => {
       assertProtocolError(() => validatePageReadRequest({ volume: 'a', pages: [2 ** 53] }), 'out_of_range', 'pages[0]');
       assertProtocolError(() => validatePageReadRequest({ volume: 'a', pages: [1], lsn: -1 }), 'bad_request', 'lsn');
       assertProtocolError(() => validatePageReadRequest({ volume: 'a', pages: [1], lsn: 2 ** 53 }), 'bad_request', 'lsn');
+      // One LSN per shard: 1..SHARDS_MAX entries, each shard once, not with `lsn`.
+      const lsns = Array.from({ length: SHARDS_MAX }, (_, shard) => ({ shard, lsn: shard * 3, term: 1 }));
+      assert.deepEqual(validatePageReadRequest({ volume: 'a', pages: [1], lsns }).lsns, lsns);
+      assertProtocolError(() => validatePageReadRequest({ volume: 'a', pages: [1], lsns: [] }), 'bad_request', 'lsns');
+      assertProtocolError(() => validatePageReadRequest({ volume: 'a', pages: [1], lsns: [...lsns, { shard: 0, lsn: 1 }] }), 'bad_request', 'lsns');
+      assertProtocolError(() => validatePageReadRequest({ volume: 'a', pages: [1], lsns: [{ shard: 2, lsn: 1 }, { shard: 2, lsn: 5 }] }), 'bad_request', 'lsns[1].shard');
+      assertProtocolError(() => validatePageReadRequest({ volume: 'a', pages: [1], lsns: [{ shard: SHARDS_MAX, lsn: 1 }] }), 'bad_request', 'lsns[0].shard');
+      assertProtocolError(() => validatePageReadRequest({ volume: 'a', pages: [1], lsns: [{ shard: 0, lsn: -1 }] }), 'bad_request', 'lsns[0].lsn');
+      assertProtocolError(() => validatePageReadRequest({ volume: 'a', pages: [1], lsns: [{ shard: 0 }] }), 'bad_request', 'lsns[0].lsn');
+      assertProtocolError(() => validatePageReadRequest({ volume: 'a', pages: [1], lsns: [{ shard: 0, lsn: 1, at: 2 }] }), 'bad_request', 'lsns[0].at');
+      assertProtocolError(() => validatePageReadRequest({ volume: 'a', pages: [1], lsns: [7] }), 'bad_request', 'lsns[0]');
+      assertProtocolError(() => validatePageReadRequest({ volume: 'a', pages: [1], lsn: 3, lsns: [{ shard: 0, lsn: 1 }] }), 'bad_request', 'lsns');
+      assert.deepEqual(validatePageReadRequest({ volume: 'a', pages: [1], lsn: null, lsns: [{ shard: 0, lsn: 1 }] }).lsns, [{ shard: 0, lsn: 1 }]);
+      assertProtocolError(() => checkReadLsnShards([{ shard: 0, lsn: 1 }, { shard: 4, lsn: 1 }], 4, 'lsns'), 'out_of_range', 'lsns[1].shard');
+      checkReadLsnShards([{ shard: 3, lsn: 1 }], 4, 'lsns');
       assertProtocolError(() => validateShardWriteRequest({ pages: writes(1), deadlineMs: 1.5 }), 'bad_request', 'deadlineMs');
       assertProtocolError(() => validateShardWriteRequest({ pages: writes(1), term: -1 }), 'bad_request', 'term');
       assertProtocolError(() => validateReply('page.write', { lsn: 1, lsns: [{ shard: SHARDS_MAX, lsn: 1 }] }), 'bad_request', 'lsns[0].shard');
