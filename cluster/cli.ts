@@ -19,6 +19,7 @@ import { ProtocolError } from '../messages/errors';
 import { PAGE_SIZES_BYTES, SHARDS_MAX } from '../messages/api';
 import type { ShardLsn, VolumeCreateRequest, VolumeInfo } from '../messages/api';
 import { formatStatus, formatStatusJson } from '../observability/status';
+import { NATS_ROLES, readNatsPassword, renderNatsAuthorization, type NatsUser } from './nats-auth';
 
 /** A bad command line. Exit code 2. */
 export class UsageError extends Error {
@@ -54,6 +55,7 @@ Commands:
         which volumes cannot be created, deleted or listed); --demo writes, reads back and
         verifies a replicated volume, then exits.
   node [--config F] [--node-id ID] [--cluster C] [--nats URL] [--data-dir D]
+       [--nats-user U --nats-password-file F]
        [--hosts N] [--controller|--no-controller] [--metrics-port N]
        [--trace-exporters otlp,console] [--sampling off|ratio|always] [--sampling-ratio R]
        [--cache-bytes-max-per-shard B] [--segment-bytes-max B]
@@ -85,11 +87,17 @@ Commands:
         Operator override: NODE's replica of the shard votes again although it is repairing
         (its log lost records to damage), accepting that records only it had acknowledged
         stay lost. For a shard left without a majority of whole replicas (docs/replication.md).
+  nats-auth [--cluster C]
+        Print the authorization block of a nats-server config that keeps applications
+        off the subjects the nodes trust each other on (docs/replication.md).
   help
         This text.
 
 Flags of the commands that talk to a cluster (volume, put, get, status, shard):
   --nats URL      NATS server (default $STRATA_NATS_URL or ${NATS_URL_DEFAULT})
+  --nats-user U --nats-password-file F
+                  NATS user and a file holding its password, for a server that asks
+                  (default $STRATA_NATS_USER and $STRATA_NATS_PASSWORD_FILE)
   --cluster C     cluster name (default $STRATA_CLUSTER or ${CLUSTER_DEFAULT})
   --timeout MS    bound on each operation in ms (default 10000)
   --json          print JSON instead of text
@@ -113,6 +121,8 @@ interface CommandSpec {
 
 const CLIENT_FLAGS: Readonly<Record<string, FlagKind>> = {
   nats: 'string',
+  'nats-user': 'string',
+  'nats-password-file': 'string',
   cluster: 'string',
   timeout: 'integer',
   json: 'boolean',
@@ -137,12 +147,13 @@ const COMMANDS: Readonly<Record<string, CommandSpec>> = {
   get: { positionals: ['VOLUME', 'PAGE', 'FILE'], flags: { count: 'integer', lsn: 'string' }, client: true },
   status: { positionals: [], flags: {}, client: true },
   'shard force-vote': { positionals: ['VOLUME', 'SHARD'], flags: { node: 'string' }, required: ['node'], client: true },
+  'nats-auth': { positionals: [], flags: { cluster: 'string' }, client: false },
   help: { positionals: [], flags: {}, client: false },
 };
 
 /** A parsed command line. `node` keeps its arguments raw (`rest`) for loadNodeConfig. */
 export interface ParsedArgs {
-  /** `dev`, `node`, `volume create`, `volume list`, `volume info`, `volume delete`, `put`, `get`, `status`, `shard force-vote`, `help`. */
+  /** `dev`, `node`, `volume create`, `volume list`, `volume info`, `volume delete`, `put`, `get`, `status`, `shard force-vote`, `nats-auth`, `help`. */
   command: string;
   positionals: string[];
   flags: Record<string, string | number | boolean>;
@@ -413,12 +424,39 @@ async function withClient<T>(ctx: Ctx, fn: (client: StrataClient) => Promise<T>)
   const cluster = (flags.cluster as string | undefined) ?? (env.STRATA_CLUSTER || CLUSTER_DEFAULT);
   const options: ConnectOptions = { servers: servers.split(',').map((s) => s.trim()), cluster, name: 'strata-cli' };
   if (flags.timeout !== undefined) options.timeoutMs = flags.timeout as number;
+  const user = (flags['nats-user'] as string | undefined) ?? (env.STRATA_NATS_USER || undefined);
+  const passwordFile = (flags['nats-password-file'] as string | undefined) ?? (env.STRATA_NATS_PASSWORD_FILE || undefined);
+  if (user !== undefined || passwordFile !== undefined) {
+    if (passwordFile === undefined) throw new UsageError('--nats-user needs --nats-password-file (or STRATA_NATS_PASSWORD_FILE)');
+    if (user === undefined) throw new UsageError('--nats-password-file needs --nats-user (or STRATA_NATS_USER)');
+    try {
+      Object.assign(options, { user, pass: readNatsPassword(passwordFile) });
+    } catch (e) {
+      throw new UsageError(`--nats-password-file: ${(e as Error).message}`);
+    }
+  }
   const client = await ctx.io.connect(options);
   try {
     return await fn(client);
   } finally {
     await client.close();
   }
+}
+
+/**
+ * The `authorization` block of a nats-server config for cluster `cluster`: a user for the nodes,
+ * one for applications and one for operators, whose passwords the server reads from its
+ * environment (cluster/nats-auth.ts).
+ */
+export function natsAuthText(cluster: string): string {
+  const users: NatsUser[] = NATS_ROLES.map((role) => ({ user: `strata-${role}`, role, password: { env: `STRATA_${role.toUpperCase()}_PASSWORD` } }));
+  return (
+    `# The users of Strata cluster ${cluster} (strata nats-auth): nodes connect as strata-node\n` +
+    `# (strata node --nats-user strata-node --nats-password-file F), applications as strata-client,\n` +
+    `# operators (strata shard force-vote) as strata-operator. nats-server reads the passwords from\n` +
+    `# the environment variables named; a connection without a user is refused.\n` +
+    renderNatsAuthorization(cluster, users)
+  );
 }
 
 async function volumeCreate(ctx: Ctx): Promise<void> {
@@ -735,6 +773,9 @@ export async function main(argv: readonly string[], io: Partial<CliIo> = {}): Pr
         return 0;
       case 'shard force-vote':
         await shardForceVote(ctx);
+        return 0;
+      case 'nats-auth':
+        await writeOut(fullIo.stdout, natsAuthText((args.flags.cluster as string | undefined) ?? (fullIo.env.STRATA_CLUSTER || CLUSTER_DEFAULT)));
         return 0;
       default:
         throw new UsageError(`unknown command ${JSON.stringify(args.command)}`);

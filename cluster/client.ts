@@ -189,6 +189,10 @@ export interface ConnectOptions {
   timeoutMs?: number;
   /** Connection name shown by the NATS server. */
   name?: string;
+  /** NATS user, for a server that asks for one (cluster/nats-auth.ts: a `client` or `operator`); with `pass`. */
+  user?: string;
+  /** That user's password. */
+  pass?: string;
 }
 
 /** Options of `createClient`. */
@@ -535,6 +539,8 @@ export async function connect(options: ConnectOptions): Promise<StrataClient> {
       reconnectTimeWait: RECONNECT_WAIT_MS,
       maxReconnectAttempts: -1,
       ...(options.name === undefined ? {} : { name: options.name }),
+      ...(options.user === undefined ? {} : { user: options.user }),
+      ...(options.pass === undefined ? {} : { pass: options.pass }),
     });
   } catch (err) {
     const reason = err instanceof Error ? err.message : String(err);

@@ -10,6 +10,8 @@
  * | nodeId | --node-id | STRATA_NODE_ID | nodeId | from the host name, else `n1` |
  * | cluster | --cluster | STRATA_CLUSTER | cluster | `dev` |
  * | natsUrl | --nats | STRATA_NATS_URL | natsUrl | `nats://127.0.0.1:4222` |
+ * | natsUser | --nats-user | STRATA_NATS_USER | natsUser | none (the server asks for no user) |
+ * | natsPasswordFile | --nats-password-file | STRATA_NATS_PASSWORD_FILE | natsPasswordFile | none; required with natsUser |
  * | dataDir | --data-dir | STRATA_DATA_DIR | dataDir | (required) |
  * | hosts | --hosts | STRATA_HOSTS | hosts | cores − 1 (at least 1, at most 64); see `defaultHostsPerNode` |
  * | controller | --controller / --no-controller | | controller | true |
@@ -32,6 +34,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { HOSTS_PER_NODE_MAX } from '../messages/control';
+import { readNatsPassword } from './nats-auth';
 
 /**
  * Actor hosts per node when none are configured: the machine's cores less one, shared among the
@@ -55,6 +58,12 @@ export interface NodeConfig {
   cluster: string;
   /** NATS server URL(s), comma-separated. */
   natsUrl: string;
+  /** The NATS user of the cluster's nodes (cluster/nats-auth.ts), with `natsPasswordFile`. */
+  natsUser?: string;
+  /** A file holding that user's password (absolute), so that it is in no command line. */
+  natsPasswordFile?: string;
+  /** The user and the password read from the file, to connect with. */
+  natsAuth?: { user: string; pass: string };
   /** The node's data directory (absolute). */
   dataDir: string;
   /** Actor hosts (one device each): 1..64. */
@@ -119,6 +128,7 @@ const GIB = 1024 * MIB;
 
 const NODE_ID_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
 const CLUSTER_PATTERN = /^[a-z0-9_-]{1,64}$/;
+const NATS_USER_PATTERN = /^[A-Za-z0-9_.-]{1,64}$/;
 const NATS_SCHEMES = ['nats:', 'tls:', 'ws:', 'wss:'];
 const DECIMAL_PATTERN = /^(0|[1-9][0-9]*)$/;
 const SIZE_PATTERN = /^(0|[1-9][0-9]*)\s*(k|kib|m|mib|g|gib)?$/i;
@@ -182,6 +192,21 @@ const FIELDS: readonly FieldSpec[] = [
     check: (v) => (CLUSTER_PATTERN.test(v) ? undefined : 'expected 1..64 characters of [a-z0-9_-]'),
   },
   { key: 'natsUrl', flag: '--nats', env: 'STRATA_NATS_URL', kind: 'string', check: checkNatsUrl },
+  {
+    key: 'natsUser',
+    flag: '--nats-user',
+    env: 'STRATA_NATS_USER',
+    kind: 'string',
+    check: (v) => (NATS_USER_PATTERN.test(v) ? undefined : 'expected 1..64 characters of [A-Za-z0-9_.-]'),
+  },
+  {
+    key: 'natsPasswordFile',
+    flag: '--nats-password-file',
+    env: 'STRATA_NATS_PASSWORD_FILE',
+    kind: 'string',
+    isPath: true,
+    check: (v) => (v.includes('\0') ? 'a path may not contain a NUL character' : undefined),
+  },
   {
     key: 'dataDir',
     flag: '--data-dir',
@@ -422,6 +447,17 @@ export function loadNodeConfig(
     controller: (merged.controller as boolean | undefined) ?? true,
     metricsPort: (merged.metricsPort as number | undefined) ?? METRICS_PORT_DEFAULT,
   };
+  const natsUser = merged.natsUser as string | undefined;
+  const natsPasswordFile = merged.natsPasswordFile as string | undefined;
+  if (natsUser !== undefined || natsPasswordFile !== undefined) {
+    if (natsPasswordFile === undefined) bad('natsUser', 'needs a password: pass --nats-password-file, set STRATA_NATS_PASSWORD_FILE or put natsPasswordFile in the config file');
+    if (natsUser === undefined) bad('natsPasswordFile', 'needs a user: pass --nats-user, set STRATA_NATS_USER or put natsUser in the config file');
+    try {
+      Object.assign(config, { natsUser, natsPasswordFile, natsAuth: { user: natsUser, pass: readNatsPassword(natsPasswordFile) } });
+    } catch (e) {
+      bad('natsPasswordFile', (e as Error).message);
+    }
+  }
   if (merged.traceExporters !== undefined) {
     const list = (merged.traceExporters as string).split(',').map((x) => x.trim());
     config.traceExporters = list.length === 1 && list[0] === 'none' ? [] : ([...new Set(list)] as TraceExporterChoice[]);

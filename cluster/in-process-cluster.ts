@@ -8,6 +8,7 @@
  * cluster starts one (no metrics endpoint and no span exporter unless asked) and shuts it down
  * in stop(); one that runs already (started by a test or a command) is used and left running.
  */
+import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -15,6 +16,7 @@ import { connect as natsConnect } from 'nats';
 import { startNatsServer, type NatsServerHandle } from '../runtime/nats-server';
 import { StrataNode, STRATA_VERSION, type StrataNodeOptions } from './node';
 import { connect, type StrataClient } from './client';
+import { NATS_ROLES, renderNatsAuthorization, type NatsRole } from './nats-auth';
 import { encode, decode } from '../messages/codec';
 import { throwIfError } from '../messages/errors';
 import { controllerSubject } from '../messages/control';
@@ -34,6 +36,11 @@ export interface ClusterOptions {
   jetstream?: boolean;
   /** The nats-server's max_payload in bytes; default that of `startNatsServer` (1 MiB). */
   maxPayloadBytes?: number;
+  /**
+   * The nats-server admits only the cluster's users (cluster/nats-auth.ts), with new random
+   * passwords: the nodes connect as its node user, `client` as its client user.
+   */
+  natsAuth?: boolean;
   /** Timeout of the cluster's client calls; default 10 s (crash tests use less). */
   clientTimeoutMs?: number;
   /** Deadline for the cluster to come up; default 30 s. */
@@ -53,6 +60,8 @@ export interface InProcessCluster {
   nodes: Array<StrataNode | undefined>;
   dataDirs: string[];
   nats: NatsServerHandle;
+  /** With `natsAuth`: each role's user and password. */
+  natsUsers?: Readonly<Record<NatsRole, { user: string; pass: string }>>;
   /** The process's telemetry the nodes report to (undefined when none runs). */
   telemetry: Telemetry | undefined;
   /** Forwards the spans every running node's host threads finished to the exporters now. */
@@ -77,6 +86,12 @@ export interface InProcessCluster {
   stop(): Promise<void>;
 }
 
+/** A user of each role with a new random password. */
+function newNatsUsers(): Record<NatsRole, { user: string; pass: string }> {
+  const user = (role: NatsRole): { user: string; pass: string } => ({ user: `strata-${role}`, pass: randomBytes(18).toString('base64url') });
+  return { node: user('node'), client: user('client'), operator: user('operator') };
+}
+
 export async function startCluster(opts: ClusterOptions = {}): Promise<InProcessCluster> {
   const count = opts.nodes ?? 1;
   if (!Number.isSafeInteger(count) || count < 1 || count > 16) throw new Error(`nodes must be 1..16, got ${count}`);
@@ -95,9 +110,16 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<InProcess
     }
   }
   const telemetry = currentTelemetry();
+  const natsUsers = opts.natsAuth === true ? newNatsUsers() : undefined;
   let nats: NatsServerHandle;
   try {
-    nats = await startNatsServer({ jetstream: opts.jetstream ?? false, ...(opts.maxPayloadBytes !== undefined ? { maxPayloadBytes: opts.maxPayloadBytes } : {}) });
+    nats = await startNatsServer({
+      jetstream: opts.jetstream ?? false,
+      ...(opts.maxPayloadBytes !== undefined ? { maxPayloadBytes: opts.maxPayloadBytes } : {}),
+      ...(natsUsers === undefined
+        ? {}
+        : { extraConfig: renderNatsAuthorization(cluster, NATS_ROLES.map((role) => ({ user: natsUsers[role].user, role, password: { text: natsUsers[role].pass } }))) }),
+    });
   } catch (e) {
     await ownTelemetry?.shutdown().catch(() => undefined);
     throw e;
@@ -111,6 +133,7 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<InProcess
     nodeId: `n${i + 1}`,
     cluster,
     natsUrl: nats.url,
+    ...(natsUsers === undefined ? {} : { natsAuth: natsUsers.node }),
     dataDir: dataDirs[i]!,
     controller: i === 0,
   });
@@ -125,7 +148,7 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<InProcess
   };
 
   const waitForMembers = async (want: number, timeoutMs = opts.startTimeoutMs ?? 30_000): Promise<void> => {
-    const nc = await natsConnect({ servers: nats.url, timeout: 5000 });
+    const nc = await natsConnect({ servers: nats.url, timeout: 5000, ...(natsUsers?.node ?? {}) });
     try {
       const deadline = Date.now() + timeoutMs;
       for (;;) {
@@ -149,7 +172,12 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<InProcess
     nodes[0] = await StrataNode.start(nodeOpts(0));
     for (let i = 1; i < count; i++) nodes[i] = await StrataNode.start(nodeOpts(i));
     await waitForMembers(count);
-    client = await connect({ servers: nats.url, cluster, ...(opts.clientTimeoutMs ? { timeoutMs: opts.clientTimeoutMs } : {}) });
+    client = await connect({
+      servers: nats.url,
+      cluster,
+      ...(opts.clientTimeoutMs ? { timeoutMs: opts.clientTimeoutMs } : {}),
+      ...(natsUsers?.client ?? {}),
+    });
   } catch (e) {
     await stopAll();
     throw e;
@@ -162,6 +190,7 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<InProcess
     nodes,
     dataDirs,
     nats,
+    ...(natsUsers === undefined ? {} : { natsUsers }),
     telemetry,
     async flushTelemetry(): Promise<void> {
       await Promise.all(nodes.map((n) => n?.flushTelemetry()));

@@ -31,6 +31,7 @@ export async function runNode(config: NodeConfig): Promise<{ stop(): Promise<voi
       nodeId: config.nodeId,
       cluster: config.cluster,
       natsUrl: config.natsUrl,
+      ...(config.natsAuth !== undefined ? { natsAuth: config.natsAuth } : {}),
       dataDir: config.dataDir,
       hosts: config.hosts,
       controller: config.controller,

@@ -73,6 +73,8 @@ export interface StrataNodeOptions {
   nodeId: string;
   cluster: string;
   natsUrl: string;
+  /** The NATS user and password of the cluster's nodes (cluster/nats-auth.ts), if the server asks for one. */
+  natsAuth?: { user: string; pass: string };
   dataDir: string;
   /** Actor hosts (= devices) of this node; default 2. */
   hosts?: number;
@@ -369,6 +371,7 @@ export class StrataNode {
         nodeId: this.nodeId,
         cluster: this.cluster,
         natsUrl: this.opts.natsUrl,
+        ...(this.opts.natsAuth ? { natsAuth: this.opts.natsAuth } : {}),
         deviceDir: path.join(this.dataDir, `dev${i}`),
         device: {
           ...(this.opts.cacheBytesMaxPerShard ? { cacheBytesMaxPerShard: this.opts.cacheBytesMaxPerShard } : {}),
@@ -385,6 +388,7 @@ export class StrataNode {
     if (telemetry) this.recorder = new RequestRecorder();
     this.nc = await connect({
       servers: this.opts.natsUrl,
+      ...(this.opts.natsAuth ?? {}),
       name: `strata-${this.nodeId}`,
       maxReconnectAttempts: -1,
       reconnectTimeWait: 250,

@@ -76,6 +76,8 @@ export interface HostConfig {
   nodeId: string;
   cluster: string;
   natsUrl: string;
+  /** The NATS user and password the host connects as (the node's; cluster/nats-auth.ts), if the server asks for one. */
+  natsAuth?: { user: string; pass: string };
   /** Directory of the device this host owns. */
   deviceDir: string;
   device?: Omit<DeviceHostOptions, 'dir' | 'disk' | 'nowMs' | 'self' | 'transportFor' | 'onRoleChange'>;
@@ -249,6 +251,7 @@ export class ActorHost implements HostApi {
     const recording = telemetryInit !== undefined && telemetryInit.sampling !== 'off';
     this.nc = await connect({
       servers: config.natsUrl,
+      ...(config.natsAuth ?? {}),
       name: `strata-${config.nodeId}-host${config.hostId}`,
       maxReconnectAttempts: -1,
       reconnectTimeWait: 250,

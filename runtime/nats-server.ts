@@ -32,6 +32,11 @@ export interface NatsServerOptions {
   stopTimeoutMs?: number;
   /** Listen on this loopback port (a server started again where its clients reconnect). Default: a free one. */
   port?: number;
+  /**
+   * A block of server configuration appended to the generated one: an `authorization { … }`
+   * with users and permissions (cluster/nats-auth.ts), say. Default: none, anyone may connect.
+   */
+  extraConfig?: string;
 }
 
 /** A running nats-server started by {@link startNatsServer}. */
@@ -200,10 +205,10 @@ async function launch(
   binary: string,
   dir: string,
   port: number,
-  opts: Required<Omit<NatsServerOptions, "binary" | "logDir" | "port">> & { logDir: string | undefined },
+  opts: Required<Omit<NatsServerOptions, "binary" | "logDir" | "port" | "extraConfig">> & { logDir: string | undefined; extraConfig: string | undefined },
 ): Promise<NatsServerHandle> {
   const configFile = path.join(dir, "nats-server.conf");
-  await fs.promises.writeFile(configFile, renderConfig(port, dir, opts.jetstream, opts.maxPayloadBytes));
+  await fs.promises.writeFile(configFile, renderConfig(port, dir, opts.jetstream, opts.maxPayloadBytes) + (opts.extraConfig ?? ""), { mode: 0o600 });
   const logDir = opts.logDir ?? dir;
   makeDirectory(logDir);
   const logFile = path.join(logDir, `nats-server-${port}.log`);
@@ -354,6 +359,7 @@ export async function startNatsServer(opts: NatsServerOptions = {}): Promise<Nat
     jetstream: opts.jetstream ?? true,
     maxPayloadBytes,
     logDir: opts.logDir,
+    extraConfig: opts.extraConfig,
     startTimeoutMs,
     stopTimeoutMs,
   };

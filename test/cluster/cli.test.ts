@@ -352,6 +352,41 @@ describe('cluster/cli', () => {
       ]);
     });
 
+    it('connects as a NATS user with the password in a file (flags, else the environment); one without the other is a usage error', async () => {
+      const mem = new MemoryCluster();
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'strata-cli-pw-'));
+      try {
+        const pw = path.join(dir, 'pw');
+        fs.writeFileSync(pw, 'app-secret\n');
+        let r = await run(['status', '--nats-user', 'strata-client', '--nats-password-file', pw], mem);
+        assert.equal(r.code, 0, r.err);
+        r = await run(['status'], mem, { env: { STRATA_NATS_USER: 'env-user', STRATA_NATS_PASSWORD_FILE: pw } });
+        assert.equal(r.code, 0, r.err);
+        assert.deepEqual(
+          mem.connects.map((o) => [o.user, o.pass]),
+          [['strata-client', 'app-secret'], ['env-user', 'app-secret']],
+        );
+        r = await run(['status', '--nats-user', 'u'], mem);
+        assert.equal(r.code, 2);
+        assert.match(r.err, /--nats-user needs --nats-password-file/);
+        r = await run(['status', '--nats-user', 'u', '--nats-password-file', path.join(dir, 'none')], mem);
+        assert.equal(r.code, 2);
+        assert.match(r.err, /--nats-password-file: can not read .*none: ENOENT/);
+        assert.equal(mem.connects.length, 2, 'nothing connects after a usage error');
+      } finally {
+        fs.rmSync(dir, { recursive: true, force: true });
+      }
+    });
+
+    it('prints the authorization block of a nats-server config for the cluster (nats-auth)', async () => {
+      const r = await run(['nats-auth', '--cluster', 'prod']);
+      assert.equal(r.code, 0, r.err);
+      assert.match(r.out, /^# The users of Strata cluster prod/);
+      assert.match(r.out, /\{ user: "strata-client", password: \$STRATA_CLIENT_PASSWORD,\n {6}permissions: \{ publish: \["strata\.prod\.api\.>", "strata\.prod\.shard\.\*\.\*", "\$SRV\.>"\], subscribe: \["_INBOX\.>"\] \} \}/);
+      assert.match((await run(['nats-auth'], new MemoryCluster(), { env: { STRATA_CLUSTER: 'envc' } })).out, /"strata\.envc\.>"/);
+      assert.equal((await run(['nats-auth', '--nats', 'nats://x:1'])).code, 2);
+    });
+
     it('prints status as text and JSON', async () => {
       let r = await run(['status']);
       // The terminal view (observability/status.ts): who answered, then the volume and its shard

@@ -171,6 +171,22 @@ describe('cluster/config', () => {
     assert.ok(NODE_FLAGS.includes('--mailbox-bytes-max'));
   });
 
+  it('connects as a NATS user whose password it reads from a file (flags, environment or config file)', () => {
+    const pw = file('nats-pw', 'node-secret\n');
+    const byFlags = load(['--data-dir', 'd', '--nats-user', 'strata-node', '--nats-password-file', pw]);
+    assert.deepEqual(byFlags.natsAuth, { user: 'strata-node', pass: 'node-secret' });
+    assert.equal(byFlags.natsPasswordFile, pw);
+    assert.deepEqual(load(['--data-dir', 'd'], { STRATA_NATS_USER: 'u', STRATA_NATS_PASSWORD_FILE: pw }).natsAuth, { user: 'u', pass: 'node-secret' });
+    const conf = file('auth.json', { dataDir: 'd', natsUser: 'f', natsPasswordFile: 'nats-pw' });
+    assert.deepEqual(load(['--config', conf]).natsAuth, { user: 'f', pass: 'node-secret' }, 'the file\'s path is relative to the config file');
+    assert.equal(load(['--data-dir', 'd']).natsAuth, undefined);
+    rejects(() => load(['--data-dir', 'd', '--nats-user', 'u']), /^natsUser: needs a password: pass --nats-password-file/);
+    rejects(() => load(['--data-dir', 'd', '--nats-password-file', pw]), /^natsPasswordFile: needs a user: pass --nats-user/);
+    rejects(() => load(['--data-dir', 'd', '--nats-user', 'u', '--nats-password-file', path.join(dir, 'none')]), /^natsPasswordFile: can not read .*none: ENOENT$/);
+    rejects(() => load(['--data-dir', 'd', '--nats-user', 'u', '--nats-password-file', file('empty-pw', '')]), /^natsPasswordFile: .*empty-pw is empty$/);
+    rejects(() => load(['--data-dir', 'd', '--nats-user', 'a b', '--nats-password-file', pw]), /^--nats-user: expected 1\.\.64 characters of \[A-Za-z0-9_.-\]/);
+  });
+
   it('requires dataDir', () => {
     rejects(() => load([]), /dataDir: required/);
   });

@@ -1,0 +1,112 @@
+/**
+ * Who may send what on a Strata cluster's NATS subjects.
+ *
+ * Replication and control messages (votes, appends and their answers, the controller's verbs,
+ * a node's `shards.open`) are not signed: a node believes the sender is a node. On a NATS server
+ * anyone may publish to, a forged vote answer can elect a leader without a majority and a forged
+ * append answer can commit records without one. The guard is the NATS server's authorization:
+ * nodes connect as a user that may use every subject of the cluster, applications as one that
+ * may only ask the public API and the shards, operators as one that may also force a vote.
+ * `strata nats-auth` prints the nats-server `authorization` block for a cluster
+ * (docs/replication.md, "Locking the subjects").
+ */
+import * as fs from 'node:fs';
+import { checkToken } from '../messages/subjects';
+
+/** The kinds of NATS users of a Strata cluster. */
+export type NatsRole = 'node' | 'client' | 'operator';
+
+export const NATS_ROLES: readonly NatsRole[] = ['node', 'client', 'operator'];
+
+/** The subjects a user may publish to and subscribe to (nats-server's `permissions`). */
+export interface NatsPermissions {
+  publish: string[];
+  subscribe: string[];
+}
+
+/** Where replies come back: the inboxes of the NATS clients (nats.js and the others). */
+const INBOXES = '_INBOX.>';
+/** The NATS service API's discovery (`$SRV.PING`, `$SRV.INFO`, `$SRV.STATS`). */
+const SERVICE_DISCOVERY = '$SRV.>';
+
+/** The permissions of `role` on cluster `cluster`. */
+export function natsPermissions(cluster: string, role: NatsRole): NatsPermissions {
+  const root = `strata.${checkToken(cluster, 'cluster')}`;
+  switch (role) {
+    case 'node':
+      // Everything of its cluster: the API and shard subjects it serves, replication, the
+      // controller, the other nodes; and answers to any inbox.
+      return { publish: [`${root}.>`, INBOXES, SERVICE_DISCOVERY], subscribe: [`${root}.>`, INBOXES, SERVICE_DISCOVERY] };
+    case 'client':
+      // The public API and the shards' request subjects, nothing a node listens to for its peers.
+      return { publish: [`${root}.api.>`, `${root}.shard.*.*`, SERVICE_DISCOVERY], subscribe: [INBOXES] };
+    case 'operator': {
+      const client = natsPermissions(cluster, 'client');
+      return { publish: [...client.publish, `${root}.node.*.shard.forceVote`], subscribe: client.subscribe };
+    }
+  }
+}
+
+/** One user of the `authorization` block: its password as text, or as an environment variable the server reads. */
+export interface NatsUser {
+  user: string;
+  role: NatsRole;
+  password: { text: string } | { env: string };
+}
+
+const USER_PATTERN = /^[A-Za-z0-9_.-]{1,64}$/;
+const ENV_PATTERN = /^[A-Za-z_][A-Za-z0-9_]{0,63}$/;
+
+/**
+ * The nats-server configuration block that gives each user its role's permissions on cluster
+ * `cluster`, for a server's config file (`include` it, or paste it). Throws RangeError for a
+ * user name or variable that is not a plain token, or a user named twice.
+ */
+export function renderNatsAuthorization(cluster: string, users: readonly NatsUser[]): string {
+  const seen = new Set<string>();
+  const lines = ['authorization {', '  users = ['];
+  for (const u of users) {
+    if (!USER_PATTERN.test(u.user)) throw new RangeError(`user: expected 1..64 characters of [A-Za-z0-9_.-], got ${JSON.stringify(u.user)}`);
+    if (seen.has(u.user)) throw new RangeError(`user ${u.user} given twice`);
+    seen.add(u.user);
+    let password: string;
+    if ('env' in u.password) {
+      if (!ENV_PATTERN.test(u.password.env)) throw new RangeError(`password variable: expected a name of [A-Za-z0-9_], got ${JSON.stringify(u.password.env)}`);
+      password = `$${u.password.env}`;
+    } else {
+      password = JSON.stringify(u.password.text);
+    }
+    const p = natsPermissions(cluster, u.role);
+    const list = (subjects: readonly string[]): string => `[${subjects.map((s) => JSON.stringify(s)).join(', ')}]`;
+    lines.push(
+      `    # ${u.role}`,
+      `    { user: ${JSON.stringify(u.user)}, password: ${password},`,
+      `      permissions: { publish: ${list(p.publish)}, subscribe: ${list(p.subscribe)} } }`,
+    );
+  }
+  lines.push('  ]', '}');
+  return `${lines.join('\n')}\n`;
+}
+
+/** Bound on a NATS password file, bytes. */
+export const NATS_PASSWORD_FILE_BYTES_MAX = 4096;
+
+/**
+ * The password in `file`: its text without one trailing newline. Throws an Error saying what is
+ * wrong (unreadable, empty, larger than NATS_PASSWORD_FILE_BYTES_MAX, or a line break inside).
+ */
+export function readNatsPassword(file: string): string {
+  let bytes: Buffer;
+  try {
+    const size = fs.statSync(file).size;
+    if (size > NATS_PASSWORD_FILE_BYTES_MAX) throw new Error(`${file} holds ${size} bytes, more than a password's ${NATS_PASSWORD_FILE_BYTES_MAX}`);
+    bytes = fs.readFileSync(file);
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException;
+    throw new Error(err.code === undefined ? err.message : `can not read ${file}: ${err.code}`);
+  }
+  const text = bytes.toString('utf8').replace(/\r?\n$/, '');
+  if (text === '') throw new Error(`${file} is empty`);
+  if (/[\r\n]/.test(text)) throw new Error(`${file} holds more than one line`);
+  return text;
+}

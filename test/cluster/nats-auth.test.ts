@@ -1,0 +1,148 @@
+import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { connect as natsConnect, type NatsConnection } from 'nats';
+import { startCluster, type InProcessCluster } from '../../cluster/in-process-cluster';
+import { connect } from '../../cluster/client';
+import { NATS_PASSWORD_FILE_BYTES_MAX, natsPermissions, readNatsPassword, renderNatsAuthorization } from '../../cluster/nats-auth';
+import { natsAuthText } from '../../cluster/cli';
+import { startNatsServer, type NatsServerHandle } from '../../runtime/nats-server';
+import { encode, decode } from '../../messages/codec';
+import { ProtocolError } from '../../messages/errors';
+import { replicaSubject } from '../../messages/raft';
+import type { VolumeInfo } from '../../messages/api';
+import { waitFor } from '../support/wait';
+
+type ShardView = { leader?: string; term: number; state: string; replicas: Array<{ node: string }> };
+
+describe('cluster/nats-auth', () => {
+  describe('permissions and the authorization block', () => {
+    it('gives applications the API and the shards, never a subject the nodes trust each other on', () => {
+      const client = natsPermissions('prod', 'client');
+      assert.deepEqual(client, { publish: ['strata.prod.api.>', 'strata.prod.shard.*.*', '$SRV.>'], subscribe: ['_INBOX.>'] });
+      const operator = natsPermissions('prod', 'operator');
+      assert.deepEqual(operator.publish, [...client.publish, 'strata.prod.node.*.shard.forceVote']);
+      assert.deepEqual(natsPermissions('prod', 'node').subscribe, ['strata.prod.>', '_INBOX.>', '$SRV.>']);
+      assert.throws(() => natsPermissions('a.b', 'node'), ProtocolError);
+    });
+
+    it('renders users with a password as text or from the environment, and refuses names that are not plain tokens', () => {
+      const text = renderNatsAuthorization('c1', [
+        { user: 'n', role: 'node', password: { text: 'p"w' } },
+        { user: 'app', role: 'client', password: { env: 'APP_PW' } },
+      ]);
+      assert.match(text, /\{ user: "n", password: "p\\"w",\n {6}permissions: \{ publish: \["strata\.c1\.>", "_INBOX\.>", "\$SRV\.>"\]/);
+      assert.match(text, /\{ user: "app", password: \$APP_PW,/);
+      assert.throws(() => renderNatsAuthorization('c1', [{ user: 'a b', role: 'node', password: { text: 'x' } }]), /user: expected 1\.\.64 characters/);
+      assert.throws(() => renderNatsAuthorization('c1', [{ user: 'a', role: 'node', password: { env: 'A-B' } }]), /password variable: expected a name/);
+      assert.throws(
+        () => renderNatsAuthorization('c1', [{ user: 'a', role: 'node', password: { text: 'x' } }, { user: 'a', role: 'client', password: { text: 'y' } }]),
+        /user a given twice/,
+      );
+      assert.match(natsAuthText('prod'), /user: "strata-operator", password: \$STRATA_OPERATOR_PASSWORD,/);
+    });
+
+    it('the block `strata nats-auth` prints works in a nats-server that reads the passwords from its environment', async () => {
+      const names = ['STRATA_NODE_PASSWORD', 'STRATA_CLIENT_PASSWORD', 'STRATA_OPERATOR_PASSWORD'];
+      const saved = names.map((n) => process.env[n]);
+      names.forEach((n) => (process.env[n] = `${n.toLowerCase()}-x`));
+      let server: NatsServerHandle | undefined;
+      try {
+        server = await startNatsServer({ jetstream: false, extraConfig: natsAuthText('dev') });
+        const nc = await natsConnect({ servers: server.url, user: 'strata-client', pass: 'strata_client_password-x' });
+        await nc.close();
+        await assert.rejects(natsConnect({ servers: server.url, user: 'strata-client', pass: '$STRATA_CLIENT_PASSWORD' }), /Authorization Violation/);
+      } finally {
+        names.forEach((n, i) => (saved[i] === undefined ? delete process.env[n] : (process.env[n] = saved[i])));
+        await server?.stop();
+      }
+    });
+
+    it('reads a password file: one line, its newline dropped; refuses an empty, a missing, a multi-line or a huge one', () => {
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'strata-pw-'));
+      try {
+        const file = (name: string, text: string): string => {
+          fs.writeFileSync(path.join(dir, name), text);
+          return path.join(dir, name);
+        };
+        assert.equal(readNatsPassword(file('a', 's3cret\n')), 's3cret');
+        assert.equal(readNatsPassword(file('b', 's3cret\r\n')), 's3cret');
+        assert.throws(() => readNatsPassword(file('c', '\n')), /is empty/);
+        assert.throws(() => readNatsPassword(file('d', 'a\nb\n')), /holds more than one line/);
+        assert.throws(() => readNatsPassword(file('e', 'x'.repeat(NATS_PASSWORD_FILE_BYTES_MAX + 1))), /more than a password's 4096/);
+        assert.throws(() => readNatsPassword(path.join(dir, 'missing')), /can not read .*missing: ENOENT/);
+      } finally {
+        fs.rmSync(dir, { recursive: true, force: true });
+      }
+    });
+  });
+
+  describe('a cluster whose nats-server admits only its users', function () {
+    this.timeout(90_000);
+    let c: InProcessCluster;
+    let app: NatsConnection;
+    let peer: NatsConnection;
+    let info: VolumeInfo;
+
+    const shard = async (): Promise<ShardView> =>
+      ((await c.client.status()) as unknown as { volumes: Array<{ name: string; shards: ShardView[] }> }).volumes.find((v) => v.name === 'v-auth')!.shards[0]!;
+    const led = async (): Promise<ShardView> => {
+      let s: ShardView | undefined;
+      await waitFor('the shard has a leader', async () => (s = await shard()).state === 'up' && s.leader !== undefined);
+      return s!;
+    };
+
+    before(async () => {
+      c = await startCluster({ nodes: 3, hosts: 1, natsAuth: true, clientTimeoutMs: 5000 });
+      app = await natsConnect({ servers: c.natsUrl, ...c.natsUsers!.client });
+      peer = await natsConnect({ servers: c.natsUrl, ...c.natsUsers!.node });
+      info = await c.client.createVolume({ name: 'v-auth', pageCount: 64, shards: 1, replicas: 3 });
+    });
+    after(async () => {
+      await app?.close();
+      await peer?.close();
+      await c?.stop();
+    });
+
+    it('serves: the nodes\' main and host threads connect as the node user, the application as the client user', async () => {
+      const vol = c.client.volume('v-auth');
+      const data = new Uint8Array(4096).fill(7);
+      await vol.write(3, data);
+      assert.deepEqual(Buffer.from(await vol.read(3)), Buffer.from(data));
+      assert.equal((await led()).replicas.length, 3);
+    });
+
+    it('refuses a connection without a user, or with a wrong password', async () => {
+      for (const auth of [{}, { user: 'strata-client', pass: 'wrong' }]) {
+        await assert.rejects(connect({ servers: c.natsUrl, cluster: c.cluster, timeoutMs: 3000, ...auth }), (e: unknown) => {
+          assert.ok(e instanceof ProtocolError && e.code === 'unavailable', String(e));
+          assert.match(e.message, /Authorization Violation/);
+          return true;
+        });
+      }
+    });
+
+    it('an append forged in a member\'s name: the server refuses it from the client user; from a node it is taken', async () => {
+      const s = await led();
+      const [a, b] = s.replicas.map((r) => r.node).filter((n) => n !== s.leader);
+      // In the name of follower b, a term ahead: follower a would take b as its leader.
+      const forged = encode({ type: 'append', term: s.term + 1, leader: b, prevLsn: 0, prevTerm: 0, records: [], commitLsn: 0 });
+      const subject = replicaSubject(c.cluster, info.id, 0, a!);
+      await assert.rejects(app.request(subject, forged, { timeout: 3000 }), (e: unknown) => {
+        assert.equal((e as { code?: string }).code, 'PERMISSIONS_VIOLATION', String(e));
+        return true;
+      });
+      // Nor may it take the shard's requests for itself.
+      const refused = new Promise<Error | null>((resolve) => app.subscribe(`strata.${c.cluster}.shard.*.*`, { callback: (err) => resolve(err) }));
+      await app.flush();
+      assert.match(String(await refused), /Permissions Violation for Subscription/);
+      assert.equal((await led()).term, s.term, 'no replica took the forged term');
+      // What the permissions keep out: the same message from a connection allowed to send it
+      // is taken, and the shard's term moves on.
+      const reply = decode((await peer.request(subject, forged, { timeout: 5000 })).data) as { error?: unknown };
+      assert.equal(reply.error, undefined, JSON.stringify(reply));
+      await waitFor('the shard moved past the forged term', async () => (await led()).term > s.term);
+    });
+  });
+});
