@@ -25,7 +25,7 @@ import { DEADLINE_AHEAD_MS_MAX, HEADER_DEADLINE, parseDeadline, readHeaders } fr
 import type { MessageType, VolumeInfo } from '../messages/api';
 import type { Service } from 'nats';
 import { messageHeaders, REPLY_HEADERS, wellFormed } from '../runtime/nats-headers';
-import { encodeReplyWithin, fromNatsError, natsErrorCode, serverMaxPayload } from '../runtime/request-mux';
+import { ConnectionState, encodeReplyWithin, fromNatsError, natsErrorCode, serverMaxPayload, watchDenials } from '../runtime/request-mux';
 import { encode, decode, encodedErrorCode, MESSAGE_BYTES_MAX } from '../messages/codec';
 import { errorReply, ProtocolError, toProtocolError, throwIfError, type ErrorCode } from '../messages/errors';
 import {
@@ -401,6 +401,9 @@ export class StrataNode {
     // Listening for reconnections from here: one while the node starts counts too (its claim
     // is asked again once it exists, and a refusal ends the start).
     void this.watchReconnects(this.nc);
+    watchDenials(new ConnectionState(this.nc), (denied, unreported) =>
+      this.log.error('the NATS server refuses this node\'s user (its permissions: strata nats-auth)', { ...denied, unreported }),
+    );
     // Before any host subscribes in this node's name.
     await this.checkAlone(this.nc);
     this.checkStarting();

@@ -36,6 +36,11 @@ export const ERROR_CODES = [
   'future_lsn',
   /** Fencing: the message carries a term (or generation) older than the receiver's. */
   'stale_term',
+  /**
+   * The NATS server does not let the caller's user send to the subject (its permissions,
+   * docs/replication.md "Locking the subjects"); raised by the client library, never sent.
+   */
+  'forbidden',
   /** Anything else: a bug or an unexpected exception. Details are logged by the server. */
   'internal',
 ] as const;
@@ -59,6 +64,7 @@ export const ERROR_CODE_RETRYABLE: Readonly<Record<ErrorCode, boolean>> = {
   trimmed: false,
   future_lsn: true,
   stale_term: true,
+  forbidden: false,
   internal: false,
 };
 

@@ -42,7 +42,7 @@ import { DeviceHost, deviceProblem, shardKey, type ShardSpec, type DeviceHostOpt
 import { createLogger, type Logger } from '../observability/log';
 import type { WorkerTelemetryInit, WorkerTracing } from '../observability/worker-tracing';
 import { ATTR, batchSendTracer, captureSpanContext, clientSpan, deviceQueueTracer, serverSpan, withSpan } from '../observability/tracing';
-import { ConnectionState, encodeReplyWithin, frozenHeaders, RequestMux, serverMaxPayload } from './request-mux';
+import { ConnectionState, encodeReplyWithin, frozenHeaders, RequestMux, serverMaxPayload, watchDenials } from './request-mux';
 import { withTimeout } from './timeout';
 import { RequestRecorder, type RequestStatsSnapshot } from '../observability/request-recorder';
 import type { Attributes } from '@opentelemetry/api';
@@ -262,6 +262,9 @@ export class ActorHost implements HostApi {
     // Replication requests share one reply subscription and one deadline timer; while the
     // connection is down they fail at once instead of piling up in the client's buffer.
     this.connection = new ConnectionState(this.nc);
+    watchDenials(this.connection, (denied, unreported) =>
+      this.log.error('the NATS server refuses this node\'s user (its permissions: strata nats-auth)', { ...denied, unreported }),
+    );
     this.mux = new RequestMux(this.nc, { connection: this.connection });
     // Replication messages are sized to the server's max_payload (learnt at connect).
     const maxPayload = serverMaxPayload(this.nc);

@@ -62,6 +62,39 @@ export interface RequestMuxOptions {
   failPendingOnDisconnect?: boolean;
 }
 
+/** A publish or subscription the NATS server refused this connection's user. */
+export interface PermissionDenied {
+  operation: 'publish' | 'subscription';
+  subject: string;
+}
+
+/** Shortest time between two lines about refusals (`watchDenials`), ms. */
+export const DENIAL_REPORT_MS = 60_000;
+
+/**
+ * Reports what the server refuses this connection's user: the first refusal at once, then at
+ * most one every `intervalMs` with how many more came since the last (a user without the right
+ * permissions is refused every message). Returns the removal.
+ */
+export function watchDenials(
+  connection: ConnectionState,
+  report: (denied: PermissionDenied, unreported: number) => void,
+  intervalMs = DENIAL_REPORT_MS,
+): () => void {
+  let lastAt = Number.NEGATIVE_INFINITY;
+  let unreported = 0;
+  return connection.onDenied((denied) => {
+    const now = performance.now();
+    if (now - lastAt < intervalMs) {
+      unreported++;
+      return;
+    }
+    report(denied, unreported);
+    unreported = 0;
+    lastAt = now;
+  });
+}
+
 /**
  * Whether a connection is up, from its status events: nats.js's `isClosed()` stays false while
  * it reconnects (for good, with maxReconnectAttempts -1), so it cannot tell.
@@ -72,6 +105,7 @@ export class ConnectionState {
   /** Disconnects seen so far. */
   disconnects = 0;
   private readonly listeners = new Set<(up: boolean) => void>();
+  private readonly deniedListeners = new Set<(denied: PermissionDenied) => void>();
 
   constructor(nc: NatsConnection) {
     void this.watch(nc);
@@ -92,6 +126,15 @@ export class ConnectionState {
     return () => this.listeners.delete(listener);
   }
 
+  /**
+   * Calls `listener` each time the server refuses this connection's user a publish or a
+   * subscription (its permissions, cluster/nats-auth.ts); returns its removal.
+   */
+  onDenied(listener: (denied: PermissionDenied) => void): () => void {
+    this.deniedListeners.add(listener);
+    return () => this.deniedListeners.delete(listener);
+  }
+
   private set(up: boolean): void {
     this.up = up;
     for (const l of [...this.listeners]) l(up);
@@ -103,7 +146,13 @@ export class ConnectionState {
         if (s.type === Events.Disconnect) {
           this.disconnects++;
           this.set(false);
-        } else if (s.type === Events.Reconnect) this.set(true);
+        } else if (s.type === Events.Reconnect) {
+          this.set(true);
+        } else if (s.type === Events.Error && s.permissionContext !== undefined) {
+          const { operation, subject } = s.permissionContext;
+          const denied: PermissionDenied = { operation: operation === 'publish' ? 'publish' : 'subscription', subject };
+          for (const l of [...this.deniedListeners]) l(denied);
+        }
       }
     } catch {
       // The status stream ends with the connection.
@@ -154,6 +203,10 @@ export class RequestMux {
     this.connection = opts.connection;
     this.whileDisconnected = opts.whileDisconnected ?? 'refuse';
     this.prefix = `${createInbox()}.`;
+    // A subject this user may not publish to: its requests fail now, not at their deadline.
+    this.connection?.onDenied((denied) => {
+      if (denied.operation === 'publish') this.failSubject(denied.subject);
+    });
     if (opts.failPendingOnDisconnect === true) {
       this.connection?.onChange((up) => {
         if (!up) this.failAll('the connection to NATS dropped before the reply (a write may or may not have been applied)', { disconnected: true });
@@ -375,6 +428,15 @@ export class RequestMux {
    * absent), the reply subscription went with it; after a drop (`details.disconnected`) it stays:
    * the client library subscribes it again on the reconnect.
    */
+  /** Fails the requests waiting on `subject`: the server refuses this user publishing there. */
+  private failSubject(subject: string): void {
+    for (const [key, p] of [...this.pending]) {
+      if (p.subject !== subject) continue;
+      this.pending.delete(key);
+      p.reject(deniedError(subject));
+    }
+  }
+
   private failAll(reason: string, details?: Record<string, unknown>): void {
     if (this.timer !== undefined) clearTimeout(this.timer);
     this.timer = undefined;
@@ -493,6 +555,14 @@ export function fromNatsError(err: unknown, subject: string, timeoutMs: number):
 /** The error of a NATS status reply (no payload, a code of 400 or more). */
 function statusError(code: number, subject: string): ProtocolError {
   return code === 503 ? new NoRespondersError(subject) : new ProtocolError('unavailable', `request on ${subject} failed: NATS status ${code}`, { subject, natsCode: String(code) });
+}
+
+/** The NATS server does not let this connection's user publish to `subject`. */
+export function deniedError(subject: string): ProtocolError {
+  return new ProtocolError('forbidden', `the NATS server does not let this connection's user publish to ${subject} (its permissions)`, {
+    subject,
+    natsCode: 'PERMISSIONS_VIOLATION',
+  });
 }
 
 function closedError(subject: string): ProtocolError {

@@ -113,6 +113,21 @@ describe('cluster/nats-auth', () => {
       assert.equal((await led()).replicas.length, 3);
     });
 
+    it('a request the client user may not send fails forbidden at once, not at its deadline; the operator user may send it', async () => {
+      await assert.rejects(c.client.forceVote('v-auth', 0, 'n1'), (e: unknown) => {
+        assert.ok(e instanceof ProtocolError && e.code === 'forbidden', String(e));
+        assert.match(e.message, /does not let this connection's user publish to strata\.test\.node\.n1\.shard\.forceVote/);
+        return true;
+      });
+      const operator = await connect({ servers: c.natsUrl, cluster: c.cluster, timeoutMs: 5000, ...c.natsUsers!.operator });
+      try {
+        const reply = await operator.forceVote('v-auth', 0, 'n1');
+        assert.equal(reply.wasRepairing, false);
+      } finally {
+        await operator.close();
+      }
+    });
+
     it('refuses a connection without a user, or with a wrong password', async () => {
       for (const auth of [{}, { user: 'strata-client', pass: 'wrong' }]) {
         await assert.rejects(connect({ servers: c.natsUrl, cluster: c.cluster, timeoutMs: 3000, ...auth }), (e: unknown) => {

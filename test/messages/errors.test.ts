@@ -26,7 +26,7 @@ describe('messages/errors', () => {
   it('lists the documented codes, each with a retry rule', () => {
     assert.deepEqual([...ERROR_CODES], [
       'bad_request', 'not_found', 'already_exists', 'out_of_range', 'too_large', 'overloaded', 'not_leader',
-      'timeout', 'unavailable', 'device_failed', 'corruption', 'trimmed', 'future_lsn', 'stale_term', 'internal',
+      'timeout', 'unavailable', 'device_failed', 'corruption', 'trimmed', 'future_lsn', 'stale_term', 'forbidden', 'internal',
     ]);
     assert.deepEqual(Object.keys(ERROR_CODE_RETRYABLE).sort(), [...ERROR_CODES].sort());
     assert.equal(isRetryable('overloaded'), true);
