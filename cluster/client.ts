@@ -844,16 +844,33 @@ export class Volume {
    */
   private async refreshInfo(stale: Promise<VolumeInfo>, deadlineMs: number): Promise<VolumeInfo> {
     if (this.infoPromise !== undefined && this.infoPromise !== stale) return this.within(this.infoPromise, deadlineMs);
+    const fetching = this.fetchInfo();
     try {
-      return await this.within(this.fetchInfo(), deadlineMs);
+      return await this.within(fetching, deadlineMs);
     } catch (e) {
       if (e instanceof ProtocolError && (e.code === 'unavailable' || e.code === 'timeout')) {
         const info = await stale;
-        this.infoPromise = stale;
+        this.keepInfo(stale, fetching);
         return info;
       }
       throw e;
     }
+  }
+
+  /**
+   * `stale` is the cached info again after `fetching` failed or did not come in a call's time:
+   * unless another fetch has started since (its info is newer). A fetch still in flight then
+   * replaces it when it answers after all (it goes on with the client's own timeout).
+   */
+  private keepInfo(stale: Promise<VolumeInfo>, fetching: Promise<VolumeInfo>): void {
+    if (this.infoPromise !== undefined && this.infoPromise !== fetching) return;
+    this.infoPromise = stale;
+    fetching.then(
+      () => {
+        if (this.infoPromise === stale) this.infoPromise = fetching;
+      },
+      () => undefined,
+    );
   }
 
   private async sendCalls(info: VolumeInfo, calls: readonly ShardCall[], deadlineMs: number): Promise<Settled[]> {

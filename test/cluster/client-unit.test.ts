@@ -884,6 +884,37 @@ describe('cluster/client (fake transport)', () => {
     });
   });
 
+  describe('Volume: the cached info while the catalog is slow', () => {
+    /** Holds every volume.info reply of `fc` until `release()`. */
+    function holdInfo(fc: FakeCluster): { release: () => void } {
+      let release!: () => void;
+      const released = new Promise<void>((r) => (release = r));
+      const handler = fc.transport.handler;
+      fc.transport.handler = async (subject, body, seen) => {
+        if (subject.endsWith('.api.volume.info')) await released;
+        return handler(subject, body, seen);
+      };
+      return { release };
+    }
+    const settle = (): Promise<void> => new Promise((r) => setTimeout(r, 10));
+
+    it('a fetch that answers after the call that started it gave up on it becomes the cached info', async () => {
+      const fc = new FakeCluster(volume({ pageCount: 16, shards: 1 }));
+      const vol = fc.client().volume('vol');
+      assert.equal((await vol.info()).id, 'v1');
+      fc.volumes.set('vol', volume({ id: 'v2', pageCount: 1024, shards: 1 }));
+      const { release } = holdInfo(fc);
+      // The refresh is not answered before its deadline: the cached info is kept for it.
+      assert.equal((await vol.info({ refresh: true, deadlineMs: NOW + 50 })).id, 'v1');
+      release();
+      await settle();
+      assert.equal((await vol.info()).id, 'v2', 'the answer that came later is the cached info');
+      await vol.write(500, pageData(500));
+      assert.equal(fc.transport.apiRequests('volume.info').length, 2, 'no fetch more');
+      assert.deepEqual(fc.transport.shardRequests().map((s) => s.subject), ['strata.test.shard.v2.0']);
+    });
+  });
+
   describe('Volume: options', () => {
     it('null options are none; options that are not a map are bad_request', async () => {
       const fc = new FakeCluster();
