@@ -849,7 +849,9 @@ export class Volume {
       return await this.within(fetching, deadlineMs);
     } catch (e) {
       if (e instanceof ProtocolError && (e.code === 'unavailable' || e.code === 'timeout')) {
-        const info = await stale;
+        // `stale` may itself not have come (a refresh asked before any info did): not waited
+        // for past the deadline either.
+        const info = await withTimeout(stale, Math.max(0, deadlineMs - this.client.nowMs()), () => e);
         this.keepInfo(stale, fetching);
         return info;
       }

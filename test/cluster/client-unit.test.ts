@@ -913,6 +913,19 @@ describe('cluster/client (fake transport)', () => {
       assert.equal(fc.transport.apiRequests('volume.info').length, 2, 'no fetch more');
       assert.deepEqual(fc.transport.shardRequests().map((s) => s.subject), ['strata.test.shard.v2.0']);
     });
+
+    it('a refresh with nothing cached ends at its deadline, not when the catalog gives up', async () => {
+      // The catalog takes requests without answering: each times out as NATS would, at its timeout.
+      const t = new FakeTransport(async (_subject, _body, seen) => {
+        await new Promise((r) => setTimeout(r, seen.timeoutMs));
+        throw new ProtocolError('timeout', 'no answer in time');
+      });
+      const vol = createClient(t, { cluster: CLUSTER, timeoutMs: 3000 }).volume('vol');
+      const t0 = Date.now();
+      await rejectsWith(vol.info({ refresh: true, deadlineMs: Date.now() + 100 }), 'timeout');
+      const tookMs = Date.now() - t0;
+      assert.ok(tookMs < 1000, `${tookMs} ms`);
+    });
   });
 
   describe('Volume: options', () => {
