@@ -843,8 +843,9 @@ export class Volume {
    * `not_found` once the catalog answers again.
    */
   private async refreshInfo(stale: Promise<VolumeInfo>, deadlineMs: number): Promise<VolumeInfo> {
-    if (this.infoPromise !== undefined && this.infoPromise !== stale) return this.within(this.infoPromise, deadlineMs);
-    const fetching = this.fetchInfo();
+    // Another call's fetch since is waited for as this call's own would be: one that does not
+    // come in time leaves this call with the cached info too.
+    const fetching = this.infoPromise !== undefined && this.infoPromise !== stale ? this.infoPromise : this.fetchInfo();
     try {
       return await this.within(fetching, deadlineMs);
     } catch (e) {

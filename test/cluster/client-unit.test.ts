@@ -926,6 +926,22 @@ describe('cluster/client (fake transport)', () => {
       const tookMs = Date.now() - t0;
       assert.ok(tookMs < 1000, `${tookMs} ms`);
     });
+
+    it('calls refused by the cached geometry at once, with a catalog that does not answer, are all refused as it did', async () => {
+      const fc = new FakeCluster(volume({ pageCount: 16, shards: 1 }));
+      const vol = fc.client().volume('vol');
+      await vol.write(3, pageData(3));
+      const { release } = holdInfo(fc);
+      try {
+        const results = await Promise.allSettled([vol.write(500, pageData(500)), vol.read(600)]);
+        assert.deepEqual(
+          results.map((r) => (r.status === 'rejected' && r.reason instanceof ProtocolError ? r.reason.code : r.status)),
+          ['out_of_range', 'out_of_range'],
+        );
+      } finally {
+        release();
+      }
+    });
   });
 
   describe('Volume: options', () => {
