@@ -752,7 +752,7 @@ export class Volume {
     );
     const { lsn, lsns } = validateReadAt(options.lsn, options.lsns);
     const lsnOf = new Map((lsns ?? []).map((entry) => [entry.shard, entry.lsn]));
-    const { calls, outcomes } = await this.run(deadlineMs, (info) => {
+    const plan = (info: VolumeInfo): ShardCall[] => {
       numbers.forEach((page, i) =>
         expectInteger(page, `pages[${i}]`, { min: 0, max: info.pageCount - 1, maxCode: 'out_of_range' }),
       );
@@ -764,8 +764,12 @@ export class Volume {
         if (at !== undefined) body.lsn = at;
         return { shard, type: 'shard.read' as const, body, indices };
       });
-    });
-    await this.oneLsnPerShard(calls, outcomes, deadlineMs);
+    };
+    let read = await this.run(deadlineMs, plan);
+    // The volume deleted and created again under its name between the reads: read again, all of
+    // it from the volume as it is now.
+    while (!(await this.oneLsnPerShard(read, deadlineMs))) read = await this.run(deadlineMs, plan);
+    const { calls, outcomes } = read;
     const out = new Array<Uint8Array>(numbers.length);
     calls.forEach((call, c) => {
       const got = outcomes[c]!.pages!;
@@ -779,16 +783,27 @@ export class Volume {
    * LSN, the one the result reports: the requests answered at an older LSN than the shard's
    * newest are read again at that LSN (GetPage@LSN), in place in `outcomes`. (A shard read at an
    * LSN the caller gave is answered at that LSN by every request: none is read again.)
+   * False, with nothing read again, if the volume's geometry is no longer the one `read` was
+   * planned by (the volume was created again under its name): its pages and LSNs are not the
+   * new volume's.
    */
-  private async oneLsnPerShard(calls: ShardCall[], outcomes: ShardOutcome[], deadlineMs: number): Promise<void> {
+  private async oneLsnPerShard(
+    read: { info: VolumeInfo; calls: ShardCall[]; outcomes: ShardOutcome[] },
+    deadlineMs: number,
+  ): Promise<boolean> {
+    const { calls, outcomes } = read;
     const newest = new Map<number, number>();
     calls.forEach((call, c) => newest.set(call.shard, Math.max(newest.get(call.shard) ?? 0, outcomes[c]!.lsn)));
     const older = calls.flatMap((call, c) => (outcomes[c]!.lsn < newest.get(call.shard)! ? [c] : []));
-    if (older.length === 0) return;
-    const again = await this.run(deadlineMs, () =>
-      older.map((c) => ({ ...calls[c]!, body: { pages: (calls[c]!.body as ShardReadRequest).pages, lsn: newest.get(calls[c]!.shard)! } })),
+    if (older.length === 0) return true;
+    const again = await this.run(deadlineMs, (info) =>
+      sameLayout(info, read.info)
+        ? older.map((c) => ({ ...calls[c]!, body: { pages: (calls[c]!.body as ShardReadRequest).pages, lsn: newest.get(calls[c]!.shard)! } }))
+        : [],
     );
+    if (!sameLayout(again.info, read.info)) return false;
     older.forEach((c, j) => (outcomes[c] = again.outcomes[j]!));
+    return true;
   }
 
   /** Makes every acknowledged write durable on every shard (shard.flush to each, concurrently). */
@@ -910,7 +925,7 @@ export class Volume {
   private async run(
     deadlineMs: number,
     plan: (info: VolumeInfo) => ShardCall[],
-  ): Promise<{ calls: ShardCall[]; outcomes: ShardOutcome[] }> {
+  ): Promise<{ info: VolumeInfo; calls: ShardCall[]; outcomes: ShardOutcome[] }> {
     let calls: ShardCall[] = [];
     let settled: Settled[] = [];
     try {
@@ -927,7 +942,7 @@ export class Volume {
     deadlineMs: number,
     plan: (info: VolumeInfo) => ShardCall[],
     progress: (calls: ShardCall[], settled: Settled[]) => void,
-  ): Promise<{ calls: ShardCall[]; outcomes: ShardOutcome[] }> {
+  ): Promise<{ info: VolumeInfo; calls: ShardCall[]; outcomes: ShardOutcome[] }> {
     const infoPromise = this.currentInfo();
     let info = await this.within(infoPromise, deadlineMs);
     let calls: ShardCall[];
@@ -992,7 +1007,7 @@ export class Volume {
         { volume: this.name, volumeId: info.id, shard },
       );
     }
-    return { calls, outcomes: settled.map((s) => (s as { ok: true; value: ShardOutcome }).value) };
+    return { info, calls, outcomes: settled.map((s) => (s as { ok: true; value: ShardOutcome }).value) };
   }
 }
 

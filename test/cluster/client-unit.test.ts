@@ -944,6 +944,32 @@ describe('cluster/client (fake transport)', () => {
     });
   });
 
+  describe('Volume: a shard read again at one LSN', () => {
+    it('a volume deleted and created again under its name between the reads: every page is of one volume', async () => {
+      const geometry: Partial<VolumeInfo> = { pageSize: 8192, shards: 1, stripePages: 1000 };
+      const fc = new FakeCluster(volume(geometry));
+      const chunk = pagesPerRequest(8192, MESSAGE_BYTES_MAX);
+      const pages = Array.from({ length: chunk + 10 }, (_, i) => i);
+      let v1Reads = 0;
+      fc.shardHook = (_shard, seen) => {
+        const body = seen.body as { pages: number[]; lsn?: number };
+        const { volumeId } = parseShardSubject(seen.subject);
+        let lsn = body.lsn ?? 20;
+        if (volumeId === 'v1') {
+          // v1's first request is answered at LSN 10, its second at 11; then v1 is deleted and
+          // created again (v2, the same geometry, its shard at LSN 20).
+          lsn = ++v1Reads === 1 ? 10 : 11;
+          if (v1Reads === 2) fc.volumes.set('vol', volume({ ...geometry, id: 'v2' }));
+        }
+        return { pages: body.pages.map(() => new Uint8Array(8192).fill(volumeId === 'v1' ? 1 : 2)), lsn };
+      };
+      const result = await fc.client().volume('vol').readPages(pages);
+      const from = new Set(result.pages.map((p) => p[0]));
+      assert.deepEqual([...from], [2], 'every page is of the volume as it is now');
+      assert.deepEqual(result.lsns, [{ shard: 0, lsn: 20 }]);
+    });
+  });
+
   describe('Volume: options', () => {
     it('null options are none; options that are not a map are bad_request', async () => {
       const fc = new FakeCluster();
