@@ -15,7 +15,7 @@ import * as path from "node:path";
 import { makeDirectory } from "../storage-engine/make-directory";
 import { connect, DiscardPolicy, StorageType, type NatsConnection } from "nats";
 import { Histogram } from "./histogram";
-import { RequestMux } from "../runtime/request-mux";
+import { ConnectionState, RequestMux } from "../runtime/request-mux";
 import { LOG_PREALLOC_BYTES, zerosAheadTo } from "../storage-engine/log";
 
 /** Cap on a baseline's duration when only an op/batch count was given. */
@@ -70,6 +70,8 @@ export interface RawAppendResult {
 export interface RequestBaselineOptions extends BaselineBounds {
   /** NATS server URL, e.g. `nats://127.0.0.1:4222`. */
   url: string;
+  /** NATS user and password, for a server that admits only its users; it must be allowed `strata.bench.>` (and `$JS.API.>` for JetStream). */
+  auth?: { user: string; pass: string };
   payloadBytes: number;
   /** Concurrent outstanding ops (closed loop): 1 .. 4096. */
   inFlight: number;
@@ -264,6 +266,7 @@ function runPhase(
 
 interface ResolvedRequestOptions {
   url: string;
+  auth: { user: string; pass: string } | undefined;
   payloadBytes: number;
   inFlight: number;
   warmupOps: number;
@@ -284,6 +287,7 @@ function resolveRequestOptions(what: string, options: RequestBaselineOptions): R
   assertInteger(`${what}: connectTimeoutMs`, connectTimeoutMs, 1, 600_000);
   return {
     url: options.url,
+    auth: options.auth,
     payloadBytes: options.payloadBytes,
     inFlight: options.inFlight,
     warmupOps,
@@ -297,7 +301,7 @@ async function connectTo(what: string, role: string, o: ResolvedRequestOptions):
   let nc: NatsConnection;
   try {
     // As Strata's client connects: without per-request async stack traces, so the ratios compare like with like.
-    nc = await connect({ servers: o.url, name: `strata-baseline-${role}`, timeout: o.connectTimeoutMs, reconnect: false, noAsyncTraces: true });
+    nc = await connect({ servers: o.url, ...(o.auth ?? {}), name: `strata-baseline-${role}`, timeout: o.connectTimeoutMs, reconnect: false, noAsyncTraces: true });
   } catch (err) {
     throw new Error(`${what}: cannot connect to ${o.url} within ${o.connectTimeoutMs} ms: ${(err as Error).message}`);
   }
@@ -336,15 +340,20 @@ export async function natsEchoBaseline(options: RequestBaselineOptions): Promise
   try {
     responder = await connectTo(what, "echo-responder", o);
     requester = await connectTo(what, "echo-requester", o);
+    let refused: Error | null = null;
     responder.subscribe(subject, {
       callback: (err, msg) => {
         if (err === null) msg.respond(msg.data);
+        else refused = err;
       },
     });
     await responder.flush();
-    // The request path of Strata's client (one reply subscription, one deadline timer), so the
-    // ceiling is the transport's, not that of a slower request path.
-    const mux = new RequestMux(requester);
+    // A server that admits only its users, as this one's user (its permissions): said at once.
+    if (refused !== null) throw new Error(`${what}: the server refuses the responder's subscription to ${subject}: ${(refused as Error).message}`);
+    // The request path of Strata's client (one reply subscription, one deadline timer, a subject
+    // the server refuses failing at once), so the ceiling is the transport's, not that of a
+    // slower request path.
+    const mux = new RequestMux(requester, { connection: new ConnectionState(requester) });
     const op = async (): Promise<void> => {
       const reply = await mux.request(subject, payload, { timeoutMs: o.requestTimeoutMs });
       if (reply.data.length !== o.payloadBytes) {

@@ -28,6 +28,7 @@ import * as path from "node:path";
 import { connect, type StrataClient, type Volume } from "../cluster/client";
 import { startCluster, type InProcessCluster } from "../cluster/in-process-cluster";
 import { defaultHostsPerNode } from "../cluster/config";
+import { readNatsPassword } from "../cluster/nats-auth";
 import { ProtocolError } from "../messages/errors";
 import type { PageWrite, VolumeInfo } from "../messages/api";
 import { jetstreamNote, jetstreamPublishBaseline, natsEchoBaseline, rawAppendBaseline } from "./baselines";
@@ -105,6 +106,8 @@ export interface BenchTarget {
   natsUrl: string;
   /** Strata cluster name. */
   cluster: string;
+  /** NATS user and password, for a server that admits only its users (cluster/nats-auth.ts). */
+  auth?: { user: string; pass: string };
 }
 
 /** Options of {@link runBench}. Every field is optional. */
@@ -542,6 +545,8 @@ function planGroups(o: ResolvedOptions): GroupSpec[] {
 interface Env {
   client: StrataClient;
   natsUrl: string;
+  /** The user the client and the baselines connect as, if any. */
+  auth: { user: string; pass: string } | undefined;
   cluster: string;
   scratchDir: string;
   /** Default shards of a volume. */
@@ -554,11 +559,12 @@ interface Env {
 
 async function openEnv(o: ResolvedOptions, target: BenchTarget | undefined, scratchDirOption: string | undefined, wantsReplicas3: boolean): Promise<Env> {
   if (target !== undefined) {
-    const client = await connect({ servers: target.natsUrl, cluster: target.cluster, timeoutMs: o.requestTimeoutMs, name: "strata-bench" });
+    const client = await connect({ servers: target.natsUrl, cluster: target.cluster, timeoutMs: o.requestTimeoutMs, name: "strata-bench", ...(target.auth ?? {}) });
     const scratchDir = scratchDirOption ?? os.tmpdir();
     return {
       client,
       natsUrl: target.natsUrl,
+      auth: target.auth,
       cluster: target.cluster,
       scratchDir,
       shards: o.shards ?? Math.max(1, os.cpus().length),
@@ -586,6 +592,7 @@ async function openEnv(o: ResolvedOptions, target: BenchTarget | undefined, scra
   return {
     client,
     natsUrl: cluster.natsUrl,
+    auth: undefined,
     cluster: cluster.cluster,
     scratchDir: scratchDirOption ?? dataDir,
     shards: o.shards ?? hosts,
@@ -881,6 +888,7 @@ async function baselineRound(env: Env, b: BaselineResult, durationMs: number, op
   }
   const options = {
     url: env.natsUrl,
+    ...(env.auth === undefined ? {} : { auth: env.auth }),
     payloadBytes: b.payloadBytes,
     inFlight: b.queueDepth,
     durationMs,
@@ -1439,6 +1447,9 @@ R=1 and R=3) with the target table. With --workload: that workload alone.
   --shards N              shards per volume (default: actor hosts)
   --baselines LIST        comma-separated: raw-append,nats-echo,jetstream-publish, or none
   --nats URL --cluster C  benchmark a running cluster (default: a fresh in-process cluster)
+  --nats-user U --nats-password-file F
+                          connect to it as a NATS user (strata nats-auth); the NATS baselines
+                          need one allowed strata.bench.> and, for JetStream, $JS.API.>
   --hosts N               in-process: actor hosts per node (default: (cores - 1) / nodes, at least 1)
   --nodes N               in-process: nodes (default 3 when R=3 is measured, else 1)
   --timeout MS            bound on each request attempt, 1..100000 (default 10000); a request
@@ -1478,6 +1489,8 @@ const FLAG_KINDS: Readonly<Record<string, "string" | "integer" | "number" | "boo
   shards: "integer",
   baselines: "string",
   nats: "string",
+  "nats-user": "string",
+  "nats-password-file": "string",
   cluster: "string",
   hosts: "integer",
   nodes: "integer",
@@ -1575,7 +1588,19 @@ export function parseBenchArgs(argv: readonly string[]): { options: BenchOptions
   const nats = str("nats");
   const cluster = str("cluster");
   if ((nats === undefined) !== (cluster === undefined)) throw new BenchUsageError("--nats and --cluster go together (a running cluster), or neither (in-process)");
-  if (nats !== undefined && cluster !== undefined) options.target = { natsUrl: nats, cluster };
+  const user = str("nats-user");
+  const passwordFile = str("nats-password-file");
+  if ((user === undefined) !== (passwordFile === undefined)) throw new BenchUsageError("--nats-user and --nats-password-file go together");
+  if (user !== undefined && nats === undefined) throw new BenchUsageError("--nats-user is for a running cluster (--nats and --cluster)");
+  let auth: { user: string; pass: string } | undefined;
+  if (user !== undefined) {
+    try {
+      auth = { user, pass: readNatsPassword(passwordFile!) };
+    } catch (err) {
+      throw new BenchUsageError(`--nats-password-file: ${(err as Error).message}`);
+    }
+  }
+  if (nats !== undefined && cluster !== undefined) options.target = { natsUrl: nats, cluster, ...(auth === undefined ? {} : { auth }) };
   const json = flags.json === true;
   if (json) options.quiet = true;
   const profileSummary = str("profile-summary");

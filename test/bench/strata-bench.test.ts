@@ -248,6 +248,35 @@ describe("bench/strata-bench", function () {
     }
   });
 
+  it("benchmarks a running cluster whose NATS server admits only its users, as the client user; the echo baseline needs more rights and says so", async function () {
+    this.timeout(60_000);
+    const cluster = await startCluster({ nodes: 1, hosts: 1, cluster: "locked", natsAuth: true });
+    try {
+      const r = await runBench({
+        workload: "randwrite",
+        queueDepth: 4,
+        ops: 40,
+        rounds: 1,
+        warmupMs: 0,
+        volumePages: 64,
+        shards: 1,
+        baselines: ["nats-echo"],
+        target: { natsUrl: cluster.natsUrl, cluster: "locked", auth: cluster.natsUsers!.client },
+        resultsDir: null,
+        quiet: true,
+      });
+      const s = r.groups[0]!.subjects[0]!;
+      assert.ok(s.available, s.unavailableReason);
+      assert.equal(s.ops, 40);
+      const echo = r.groups[0]!.baselines[0]!;
+      assert.equal(echo.available, false);
+      assert.match(echo.unavailableReason!, /Permissions Violation/);
+      assert.equal(JSON.stringify(r).includes(cluster.natsUsers!.client.pass), false, "no password in the result");
+    } finally {
+      await cluster.stop();
+    }
+  });
+
   it("parses the command line and refuses bad flags", () => {
     const p = parseBenchArgs(["--workload", "mixed", "--read-ratio=0.7", "--queue-depth", "64", "--baselines", "nats-echo", "--nats", "nats://x:4222", "--cluster", "c", "--no-results"]);
     assert.deepEqual(p.options, {
@@ -264,6 +293,17 @@ describe("bench/strata-bench", function () {
     assert.throws(() => parseBenchArgs(["--bogus"]), /unknown flag/);
     assert.throws(() => parseBenchArgs(["--ops", "0x10"]), /--ops: expected an integer, got "0x10"/);
     assert.throws(() => parseBenchArgs(["--read-ratio", "1e-1"]), /--read-ratio: expected a number/);
+    const pw = path.join(os.tmpdir(), `strata-bench-pw-${process.pid}`);
+    fs.writeFileSync(pw, "bench-secret\n");
+    try {
+      const auth = parseBenchArgs(["--nats", "nats://x:4222", "--cluster", "c", "--nats-user", "strata-client", "--nats-password-file", pw]);
+      assert.deepEqual(auth.options.target, { natsUrl: "nats://x:4222", cluster: "c", auth: { user: "strata-client", pass: "bench-secret" } });
+      assert.throws(() => parseBenchArgs(["--nats", "nats://x:4222", "--cluster", "c", "--nats-user", "u"]), /--nats-user and --nats-password-file go together/);
+      assert.throws(() => parseBenchArgs(["--nats-user", "u", "--nats-password-file", pw]), /--nats-user is for a running cluster/);
+      assert.throws(() => parseBenchArgs(["--nats", "nats://x:4222", "--cluster", "c", "--nats-user", "u", "--nats-password-file", `${pw}-none`]), /--nats-password-file: can not read .*ENOENT/);
+    } finally {
+      fs.rmSync(pw, { force: true });
+    }
   });
 
   it("refuses options that conflict or that the run would ignore, before starting anything", () => {
