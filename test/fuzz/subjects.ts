@@ -31,7 +31,7 @@ import { readHeaders, checkSchemaHeader, parseDeadline, HEADER_DEADLINE, HEADER_
 import { validateRequest } from '../../messages/validate';
 import { validateRaftRequest, replicaSubject, followersSubject } from '../../messages/raft';
 import {
-  validateHeartbeat, validateAssignmentsRequest, validateNodeStatusRequest, validateShardsOpen, validateShardsDestroy,
+  validateClaimQuestion, validateHeartbeat, validateAssignmentsRequest, validateNodeStatusRequest, validateShardsOpen, validateShardsDestroy,
   validateShardForceVote, controllerSubject, nodeSubject,
 } from '../../messages/control';
 import { validateVolumeCreateRequest, validateVolumeNameRequest, validateVolumeListRequest } from '../../messages/validate';
@@ -335,8 +335,18 @@ function controllerTargets(): Target[] {
     { kind: 'controller', subject: c('volume.delete'), body: () => ({ name: volumeNameFor('delete') }), check: (b) => void validateVolumeNameRequest(b), forbidden: deletesKept },
     { kind: 'controller', subject: c('volume.info'), body: () => ({ name: volumeNameFor('read') }), check: (b) => void validateVolumeNameRequest(b) },
     { kind: 'controller', subject: c('volume.list'), body: () => ({}), check: (b) => void validateVolumeListRequest(b) },
-    { kind: 'controller', subject: c('claim'), body: () => claimBody() },
+    { kind: 'controller', subject: c('claim'), body: () => claimBody(), forbidden: stopsByClaim },
   ];
+}
+
+/** A recheck from an instance that started first: it stops the node, by design (a mutation of `claimBody` can make one). */
+function stopsByClaim(body: unknown): boolean {
+  try {
+    const q = validateClaimQuestion(body);
+    return q.recheck && q.sinceMs <= Date.now();
+  } catch {
+    return false;
+  }
 }
 
 function claimBody(): unknown {
@@ -369,7 +379,7 @@ function nodeTargets(): Target[] {
         forbidden: (b) => { try { const r = validateShardsDestroy(b); return (r.volumeId === facts.real.id || r.volumeId === facts.aux.id) && r.shards.length > 0; } catch { return false; } } },
       { kind: 'node', subject: s('shard.forceVote'), body: () => ({ volumeId: pick([facts.real.id, facts.aux.id, 'nope']), shard: pick([0, 1, 255]) }), check: (b) => void validateShardForceVote(b) },
       { kind: 'node', subject: s('status'), body: () => (chance(0.5) ? {} : { part: pick([0, 1, 65535, 65536, -1]) }), check: (b) => void validateNodeStatusRequest(b) },
-      { kind: 'node', subject: s('claim'), body: () => claimBody() },
+      { kind: 'node', subject: s('claim'), body: () => claimBody(), forbidden: stopsByClaim },
     );
   }
   out.push({ kind: 'gather', subject: `strata.${CLUSTER}.nodes.status`, body: () => ({}), multi: true });
