@@ -49,11 +49,12 @@ export const HELP_TEXT = `strata — a replicated page/block storage cluster
 Usage: strata <command> [arguments] [flags]
 
 Commands:
-  dev [--demo] [--nodes N] [--data-dir D] [--metrics-port N]
+  dev [--demo] [--nodes N] [--data-dir D] [--metrics-port N] [--auth]
         Run a local cluster until interrupted: its own nats-server and N node processes
         (default 3; kill one with kill -9 to see failover; n1 is also the controller, without
         which volumes cannot be created, deleted or listed); --demo writes, reads back and
-        verifies a replicated volume, then exits.
+        verifies a replicated volume, then exits. --auth: the nats-server admits only the
+        cluster's users (strata nats-auth), whose passwords it writes under the data directory.
   node [--config F] [--node-id ID] [--cluster C] [--nats URL] [--data-dir D]
        [--nats-user U --nats-password-file F]
        [--hosts N] [--controller|--no-controller] [--metrics-port N]
@@ -131,7 +132,7 @@ const CLIENT_FLAGS: Readonly<Record<string, FlagKind>> = {
 const COMMANDS: Readonly<Record<string, CommandSpec>> = {
   dev: {
     positionals: [],
-    flags: { demo: 'boolean', nodes: 'integer', 'data-dir': 'string', 'metrics-port': 'integer' },
+    flags: { demo: 'boolean', nodes: 'integer', 'data-dir': 'string', 'metrics-port': 'integer', auth: 'boolean' },
     client: false,
   },
   'volume create': {
@@ -675,7 +676,7 @@ async function get(ctx: Ctx): Promise<void> {
   }
 }
 
-type RunDev = (opts: { demo: boolean; nodes: number; dataDir?: string; metricsPort?: number }) => Promise<number>;
+type RunDev = (opts: { demo: boolean; nodes: number; dataDir?: string; metricsPort?: number; auth?: boolean }) => Promise<number>;
 type RunNode = (config: NodeConfig) => Promise<{ stop(): Promise<void> }>;
 
 /** Loads a sibling module that may not be built yet. */
@@ -697,6 +698,7 @@ async function dev(ctx: Ctx): Promise<number> {
   const opts: Parameters<RunDev>[0] = { demo: flags.demo === true, nodes: (flags.nodes as number | undefined) ?? 3 };
   if (flags['data-dir'] !== undefined) opts.dataDir = flags['data-dir'] as string;
   if (flags['metrics-port'] !== undefined) opts.metricsPort = flags['metrics-port'] as number;
+  if (flags.auth === true) opts.auth = true;
   return runDev(opts);
 }
 

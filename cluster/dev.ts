@@ -12,6 +12,7 @@
  * writes, reads everything back and verifies it, reads at an older LSN (GetPage@LSN) and checks
  * that too, prints what it did, and exits 0 only if every check passed.
  */
+import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -21,6 +22,7 @@ import { startNatsServer, type NatsServerHandle } from '../runtime/nats-server';
 import { defaultHostsPerNode } from './config';
 import { makeDirectory } from '../storage-engine/make-directory';
 import { connect, type StrataClient } from './client';
+import { NATS_ROLES, renderNatsAuthorization, type NatsRole } from './nats-auth';
 import { encode, decode } from '../messages/codec';
 import { throwIfError } from '../messages/errors';
 import { controllerSubject } from '../messages/control';
@@ -34,6 +36,8 @@ export interface DevOptions {
   metricsPort?: number;
   /** Actor hosts per node; default `defaultHostsPerNode(cores, nodes)`: cores − 1 shared among the nodes, at least 1. */
   hosts?: number;
+  /** The nats-server admits only the cluster's users (`startDevCluster`'s `auth`). */
+  auth?: boolean;
   /** Where to print; default stdout. */
   out?: (line: string) => void;
 }
@@ -144,11 +148,17 @@ export interface DevCluster {
    */
   restartNats(downMs: number): Promise<void>;
   stop(): Promise<void>;
+  /** With `auth`: each role's user and its password file. */
+  natsUsers?: Readonly<Record<NatsRole, DevNatsUser>>;
+}
+
+function devUser(u: DevNatsUser): DevNatsUser {
+  return { user: u.user, passwordFile: u.passwordFile };
 }
 
 /** Waits until the controller sees `want` live nodes, or fails with the nodes' last log lines. */
-async function waitForNodes(natsUrl: string, want: number, timeoutMs: number): Promise<void> {
-  const nc = await natsConnect({ servers: natsUrl, timeout: 5000 });
+async function waitForNodes(natsUrl: string, want: number, timeoutMs: number, auth: { user?: string; pass?: string }): Promise<void> {
+  const nc = await natsConnect({ servers: natsUrl, timeout: 5000, ...auth });
   try {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
@@ -179,6 +189,35 @@ export interface DevClusterOptions {
   signal?: AbortSignal;
   /** More `strata node` flags for every node (e.g. `--checkpoint-every-records 500`). */
   nodeArgs?: readonly string[];
+  /**
+   * The nats-server admits only the cluster's users (cluster/nats-auth.ts), with new random
+   * passwords written to `<root>/nats-users/<user>.password` (mode 0600): the nodes connect as
+   * `strata-node`, the cluster's client as `strata-client`.
+   */
+  auth?: boolean;
+}
+
+/** A user of a dev cluster whose nats-server admits only its users, and the file holding its password. */
+export interface DevNatsUser {
+  user: string;
+  passwordFile: string;
+}
+
+/** New users of each role, their passwords written under `root`; and the server's authorization block. */
+function devNatsUsers(root: string): { users: Record<NatsRole, DevNatsUser & { pass: string }>; authorization: string } {
+  const dir = path.join(root, 'nats-users');
+  makeDirectory(dir);
+  const users = {} as Record<NatsRole, DevNatsUser & { pass: string }>;
+  for (const role of NATS_ROLES) {
+    const user = `strata-${role}`;
+    const pass = crypto.randomBytes(18).toString('base64url');
+    const passwordFile = path.join(dir, `${user}.password`);
+    fs.rmSync(passwordFile, { force: true });
+    fs.writeFileSync(passwordFile, `${pass}\n`, { mode: 0o600 });
+    users[role] = { user, pass, passwordFile };
+  }
+  const authorization = renderNatsAuthorization('dev', NATS_ROLES.map((role) => ({ user: users[role].user, role, password: { text: users[role].pass } })));
+  return { users, authorization };
 }
 
 /**
@@ -222,7 +261,10 @@ export async function startDevCluster(opts: DevClusterOptions): Promise<DevClust
   const onAbort = (): void => spawnFailed(new Error('interrupted'));
   if (opts.signal?.aborted) onAbort();
   opts.signal?.addEventListener('abort', onAbort, { once: true });
-  const natsStart = startNatsServer({ jetstream: false });
+  const auth = opts.auth === true ? devNatsUsers(root) : undefined;
+  const natsOptions = { jetstream: false, ...(auth === undefined ? {} : { extraConfig: auth.authorization }) };
+  const nodeAuth = auth === undefined ? {} : { user: auth.users.node.user, pass: auth.users.node.pass };
+  const natsStart = startNatsServer(natsOptions);
   natsStart.catch(() => undefined);
   try {
     nats = await Promise.race([natsStart, spawnFailure]);
@@ -235,6 +277,7 @@ export async function startDevCluster(opts: DevClusterOptions): Promise<DevClust
         STRATA_BIN, 'node', '--node-id', id, '--cluster', 'dev', '--nats', natsUrl, '--data-dir', path.join(root, id),
         '--hosts', String(hosts), i === 0 ? '--controller' : '--no-controller',
         '--metrics-port', String(opts.metricsPort ? opts.metricsPort + i : 0),
+        ...(auth === undefined ? [] : ['--nats-user', auth.users.node.user, '--nats-password-file', auth.users.node.passwordFile]),
         ...(opts.nodeArgs ?? []),
       ];
       const child = spawn(execPath, args, { stdio: ['ignore', logFd, logFd], env: { ...process.env, STRATA_LOG_LEVEL: process.env.STRATA_LOG_LEVEL ?? 'info' } });
@@ -262,15 +305,15 @@ export async function startDevCluster(opts: DevClusterOptions): Promise<DevClust
         node.process.once('spawn', () => resolve());
       });
     };
-    await Promise.race([waitForNodes(nats.url, opts.nodes, 30_000), spawnFailure]);
-    const client = await connect({ servers: nats.url, cluster: 'dev' });
+    await Promise.race([waitForNodes(nats.url, opts.nodes, 30_000, nodeAuth), spawnFailure]);
+    const client = await connect({ servers: nats.url, cluster: 'dev', ...(auth === undefined ? {} : { user: auth.users.client.user, pass: auth.users.client.pass }) });
     opts.signal?.removeEventListener('abort', onAbort);
     const restartNats = async (downMs: number): Promise<void> => {
       const old = nats!;
       old.kill();
       await old.stop();
       await new Promise((r) => setTimeout(r, downMs));
-      nats = await startNatsServer({ jetstream: false, port: old.port });
+      nats = await startNatsServer({ ...natsOptions, port: old.port });
     };
     return {
       natsUrl: nats.url,
@@ -278,6 +321,7 @@ export async function startDevCluster(opts: DevClusterOptions): Promise<DevClust
         return nats!.pid;
       },
       root, nodes, client, restart, restartNats, stop,
+      ...(auth === undefined ? {} : { natsUsers: { node: devUser(auth.users.node), client: devUser(auth.users.client), operator: devUser(auth.users.operator) } }),
     };
   } catch (e) {
     opts.signal?.removeEventListener('abort', onAbort);
@@ -312,6 +356,7 @@ export async function runDev(opts: DevOptions): Promise<number> {
         ...(opts.dataDir !== undefined ? { dataDir: opts.dataDir } : {}),
         ...(opts.metricsPort !== undefined ? { metricsPort: opts.metricsPort } : {}),
         ...(opts.hosts !== undefined ? { hosts: opts.hosts } : {}),
+        ...(opts.auth === true ? { auth: true } : {}),
       });
     } catch (e) {
       process.stderr.write(`strata dev: ${(e as Error).message}\n`);
@@ -352,7 +397,10 @@ export async function runDev(opts: DevOptions): Promise<number> {
       await shutDown();
       return code;
     }
-    out(`try: strata --nats ${cluster.natsUrl} volume create v1 --pages 1024 --replicas ${count >= 3 ? 3 : 1}`);
+    const users = cluster.natsUsers;
+    const as = (u: DevNatsUser | undefined): string => (u === undefined ? '' : ` --nats-user ${u.user} --nats-password-file ${u.passwordFile}`);
+    if (users !== undefined) out(`NATS admits only the cluster's users: nodes as ${users.node.user}, applications as ${users.client.user}, operators as ${users.operator.user} (passwords in ${path.dirname(users.client.passwordFile)})`);
+    out(`try: strata --nats ${cluster.natsUrl}${as(users?.client)} volume create v1 --pages 1024 --replicas ${count >= 3 ? 3 : 1}`);
     out('Ctrl-C stops the cluster');
     await interrupted;
     out('stopping…');

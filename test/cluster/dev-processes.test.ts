@@ -3,7 +3,10 @@ import { execFileSync, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { Writable } from 'node:stream';
+import { connect as natsConnect } from 'nats';
 import { startDevCluster, demoPage, type DevCluster } from '../../cluster/dev';
+import { main } from '../../cluster/cli';
 
 describe('strata dev: nodes as processes, one killed with SIGKILL while writing', function () {
   this.timeout(120_000);
@@ -47,6 +50,31 @@ describe('strata dev: nodes as processes, one killed with SIGKILL while writing'
       got.forEach((d, j) => assert.ok(Buffer.from(d).equals(Buffer.from(demoPage(4096, chunk[j]!, 1))), `acknowledged page ${chunk[j]} lost`));
     }
     process.stdout.write(`      (${acked.size} writes acknowledged, ${atKill} before node ${victim.id} was killed)\n`);
+  });
+});
+
+describe('strata dev --auth: a nats-server that admits only the cluster\'s users', function () {
+  this.timeout(60_000);
+  let c: DevCluster | undefined;
+  after(async () => {
+    await c?.client.close().catch(() => undefined);
+    await c?.stop();
+  });
+
+  it('the nodes and the client connect as their users with the password files it wrote; anyone else is refused', async () => {
+    c = await startDevCluster({ nodes: 1, hosts: 1, auth: true });
+    const users = c.natsUsers!;
+    for (const u of Object.values(users)) assert.equal(fs.statSync(u.passwordFile).mode & 0o777, 0o600, `${u.passwordFile} is the owner's only`);
+    await c.client.createVolume({ name: 'locked', pageCount: 16 });
+    await c.client.volume('locked').write(3, demoPage(4096, 3, 1));
+    assert.deepEqual(Buffer.from(await c.client.volume('locked').read(3)), Buffer.from(demoPage(4096, 3, 1)));
+    await assert.rejects(natsConnect({ servers: c.natsUrl, timeout: 3000 }), /Authorization Violation/);
+    // The CLI, as `strata dev` tells its user to run it.
+    const out: string[] = [];
+    const stdout = new Writable({ write: (chunk, _enc, done) => done(void out.push(String(chunk))) });
+    const code = await main(['--nats', c.natsUrl, '--nats-user', users.client.user, '--nats-password-file', users.client.passwordFile, 'volume', 'list'], { stdout, env: {} });
+    assert.equal(code, 0);
+    assert.match(out.join(''), /^locked\t/m);
   });
 });
 
