@@ -11,9 +11,9 @@
  * router's own timeout away (`deadline`). A catalog request carries it on to the controller in
  * its own Strata-Deadline header, so the controller can skip one whose caller gave up.
  */
-import { createInbox, headers as natsHeaders, type NatsConnection, type Subscription } from 'nats';
+import { headers as natsHeaders, type NatsConnection, type Subscription } from 'nats';
 import { encode, decode, encodedErrorCode, MESSAGE_BYTES_MAX } from '../messages/codec';
-import { serverMaxPayload } from '../runtime/request-mux';
+import { newInbox, serverMaxPayload } from '../runtime/request-mux';
 import { errorReply, isPlainObject, ProtocolError, throwIfError } from '../messages/errors';
 import { expectArray, expectMap, field, validatePageRead, validatePageWriteRequest, validatePageReadRequest, validateVolumeFlushRequest, validateVolumeNameRequest } from '../messages/validate';
 import { controllerSubject } from '../messages/control';
@@ -208,7 +208,7 @@ export class ApiRouter {
         if (expectedIds !== undefined && answered.completeFor(expectedIds)) finish();
       };
       try {
-        sub = this.nc.subscribe(createInbox(), {
+        sub = this.nc.subscribe(newInbox(this.nc), {
           max: STATUS_REPLIES_MAX,
           callback: (err, m) => {
             if (done) return;

@@ -35,7 +35,8 @@ export function natsPermissions(cluster: string, role: NatsRole): NatsPermission
   switch (role) {
     case 'node':
       // Everything of its cluster: the API and shard subjects it serves, replication, the
-      // controller, the other nodes; and answers to any inbox.
+      // controller, the other nodes, its own inboxes (`nodeInboxPrefix`, out of the clients'
+      // sight); and answers to any inbox.
       return { publish: [`${root}.>`, INBOXES, SERVICE_DISCOVERY], subscribe: [`${root}.>`, INBOXES, SERVICE_DISCOVERY] };
     case 'client':
       // The public API and the shards' request subjects, nothing a node listens to for its peers.

@@ -20,12 +20,12 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { DataDirLock } from './data-dir-lock';
 import { withTimeout } from '../runtime/timeout';
-import { connect, createInbox, Events, type NatsConnection, type Msg, type Subscription } from 'nats';
+import { connect, Events, type NatsConnection, type Msg, type Subscription } from 'nats';
 import { DEADLINE_AHEAD_MS_MAX, HEADER_DEADLINE, parseDeadline, readHeaders } from '../messages/headers';
 import type { MessageType, VolumeInfo } from '../messages/api';
 import type { Service } from 'nats';
 import { messageHeaders, REPLY_HEADERS, wellFormed } from '../runtime/nats-headers';
-import { ConnectionState, encodeReplyWithin, fromNatsError, natsErrorCode, serverMaxPayload, watchDenials } from '../runtime/request-mux';
+import { ConnectionState, encodeReplyWithin, fromNatsError, natsErrorCode, newInbox, serverMaxPayload, watchDenials } from '../runtime/request-mux';
 import { encode, decode, encodedErrorCode, MESSAGE_BYTES_MAX } from '../messages/codec';
 import { errorReply, ProtocolError, toProtocolError, throwIfError, type ErrorCode } from '../messages/errors';
 import {
@@ -54,6 +54,7 @@ import {
   validateNodeStatusRequest,
   validateClaimQuestion,
 } from '../messages/control';
+import { nodeInboxPrefix } from '../messages/subjects';
 import { RealDisk } from '../storage-engine/real-disk';
 import { makeDirectory } from '../storage-engine/make-directory';
 import { MetaStore } from '../storage-engine/metadata';
@@ -389,6 +390,7 @@ export class StrataNode {
     this.nc = await connect({
       servers: this.opts.natsUrl,
       ...(this.opts.natsAuth ?? {}),
+      inboxPrefix: nodeInboxPrefix(this.cluster),
       name: `strata-${this.nodeId}`,
       maxReconnectAttempts: -1,
       reconnectTimeWait: 250,
@@ -586,7 +588,7 @@ export class StrataNode {
    */
   private async askClaimsOnce(nc: NatsConnection, recheck = false): Promise<ProtocolError | undefined> {
     const { instance, subjects, idInUse, controllerInUse } = this.claim!;
-    const inbox = createInbox();
+    const inbox = newInbox(nc);
     const heard = new Set<string>();
     let other: { subject: string; reply: ClaimReply | undefined } | undefined;
     let answers = 0;

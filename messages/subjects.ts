@@ -8,6 +8,7 @@
  * `[A-Za-z0-9_-]` (kinds: lowercase, starting with a letter), so never a dot, a wildcard
  * (`*`, `>`) or white space. Anything else gives ProtocolError('bad_request') with `{ path }`.
  */
+import { randomBytes } from 'node:crypto';
 import { ID_LENGTH_MAX, SHARDS_MAX, isApiVerb } from './api';
 import type { ApiVerb } from './api';
 import { ProtocolError } from './errors';
@@ -70,6 +71,19 @@ export function apiSubject(cluster: string, verb: ApiVerb): string {
 /** `strata.<cluster>.api.>`: what the `strata` service of a node subscribes to. */
 export function apiWildcard(cluster: string): string {
   return `${SUBJECT_ROOT}.${checkToken(cluster, 'cluster')}.${API_TOKEN}.>`;
+}
+
+/**
+ * `strata.<cluster>.inbox.<random>`: the inbox prefix of a node's connection (nats.js
+ * `inboxPrefix`), where the answers to its requests come back: under the cluster's subjects,
+ * which only the node user may subscribe to (cluster/nats-auth.ts), and not `_INBOX.>`, which
+ * every client user may read. A client user that saw a node's inbox could answer the node's
+ * requests by way of any request a node answers, with that inbox as its reply subject (a claim
+ * taken for another node's stops a node). The random token (a new one per connection, not
+ * derived from the NATS client's nuid, which a node's service id shows) keeps it unguessable.
+ */
+export function nodeInboxPrefix(cluster: string): string {
+  return `${SUBJECT_ROOT}.${checkToken(cluster, 'cluster')}.inbox.${randomBytes(16).toString('hex')}`;
 }
 
 /** An actor's address: its kind and its id tokens. */

@@ -35,7 +35,7 @@ import { errorReply, toProtocolError, ProtocolError, type ErrorCode } from '../m
 import { validateRequest } from '../messages/validate';
 import { messageHeaders, REPLY_HEADERS, wellFormed, type ReceivedHeaders } from './nats-headers';
 import { HEADER_DEADLINE, HEADER_TYPE, HEADER_SCHEMA, SCHEMA_VERSION, checkSchemaHeader, deadlineRemainingMs, parseDeadline } from '../messages/headers';
-import { shardSubject } from '../messages/subjects';
+import { nodeInboxPrefix, shardSubject } from '../messages/subjects';
 import { validateRaftRequest, validateRaftReply, replicaSubject, followersSubject, type AppendRequest, type RaftRequest, type RaftReply } from '../messages/raft';
 import type { ForceVoteResult, ReplicaTransport, ReplicaTiming } from '../actors/replica';
 import { DeviceHost, deviceProblem, shardKey, type ShardSpec, type DeviceHostOptions, type DeviceHostStats, type ReplicaErrorOutcome } from './device-host';
@@ -252,6 +252,7 @@ export class ActorHost implements HostApi {
     this.nc = await connect({
       servers: config.natsUrl,
       ...(config.natsAuth ?? {}),
+      inboxPrefix: nodeInboxPrefix(config.cluster),
       name: `strata-${config.nodeId}-host${config.hostId}`,
       maxReconnectAttempts: -1,
       reconnectTimeWait: 250,

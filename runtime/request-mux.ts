@@ -62,6 +62,15 @@ export interface RequestMuxOptions {
   failPendingOnDisconnect?: boolean;
 }
 
+/**
+ * A new inbox subject under the connection's inbox prefix (nats.js `inboxPrefix`, `_INBOX` by
+ * default): a node's are under its own (messages/subjects.ts `nodeInboxPrefix`).
+ */
+export function newInbox(nc: NatsConnection): string {
+  const prefix = (nc as { options?: { inboxPrefix?: unknown } }).options?.inboxPrefix;
+  return createInbox(typeof prefix === 'string' ? prefix : '');
+}
+
 /** A publish or subscription the NATS server refused this connection's user. */
 export interface PermissionDenied {
   operation: 'publish' | 'subscription';
@@ -202,7 +211,7 @@ export class RequestMux {
     this.pendingMax = pendingMax;
     this.connection = opts.connection;
     this.whileDisconnected = opts.whileDisconnected ?? 'refuse';
-    this.prefix = `${createInbox()}.`;
+    this.prefix = `${newInbox(nc)}.`;
     // A subject this user may not publish to: its requests fail now, not at their deadline.
     this.connection?.onDenied((denied) => {
       if (denied.operation === 'publish') this.failSubject(denied.subject);

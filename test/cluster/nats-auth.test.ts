@@ -4,6 +4,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { connect as natsConnect, type NatsConnection } from 'nats';
 import { startCluster, type InProcessCluster } from '../../cluster/in-process-cluster';
+import { StrataNode } from '../../cluster/node';
 import { connect } from '../../cluster/client';
 import { NATS_PASSWORD_FILE_BYTES_MAX, natsPermissions, readNatsPassword, renderNatsAuthorization } from '../../cluster/nats-auth';
 import { natsAuthText } from '../../cluster/cli';
@@ -158,6 +159,37 @@ describe('cluster/nats-auth', () => {
       const reply = decode((await peer.request(subject, forged, { timeout: 5000 })).data) as { error?: unknown };
       assert.equal(reply.error, undefined, JSON.stringify(reply));
       await waitFor('the shard moved past the forged term', async () => (await led()).term > s.term);
+    });
+
+    it('a client user that watches its inboxes sees no node\'s replies, and cannot answer a node\'s claim for it', async () => {
+      // Every answer seen on the inboxes a client user may read is sent back to its subject, by
+      // way of a request any node answers ($SRV.PING with that reply subject): a node that took
+      // such an answer to its claim for another node's would refuse to start.
+      const claims: string[] = [];
+      const watcher = app.subscribe('_INBOX.>', {
+        callback: (_err, m) => {
+          let body: unknown;
+          try {
+            body = decode(m.data);
+          } catch {
+            return;
+          }
+          if (body !== null && typeof body === 'object' && 'instance' in body) {
+            claims.push(m.subject);
+            app.publish('$SRV.PING', new Uint8Array(0), { reply: m.subject });
+          }
+        },
+      });
+      await app.flush();
+      const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'strata-auth-n9-'));
+      try {
+        const node = await StrataNode.start({ nodeId: 'n9', cluster: c.cluster, natsUrl: c.natsUrl, natsAuth: c.natsUsers!.node, dataDir, hosts: 1, controller: false });
+        await node.stop();
+      } finally {
+        watcher.unsubscribe();
+        fs.rmSync(dataDir, { recursive: true, force: true });
+      }
+      assert.deepEqual(claims, [], 'the client user saw a node\'s answer to a claim');
     });
   });
 });
