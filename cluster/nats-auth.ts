@@ -95,16 +95,32 @@ export const NATS_PASSWORD_FILE_BYTES_MAX = 4096;
 /**
  * The password in `file`: its text without one trailing newline. Throws an Error saying what is
  * wrong (unreadable, empty, larger than NATS_PASSWORD_FILE_BYTES_MAX, or a line break inside).
+ * At most NATS_PASSWORD_FILE_BYTES_MAX + 1 bytes are read, also from a file that reports no size
+ * (a pipe such as `<(…)`, a device).
  */
 export function readNatsPassword(file: string): string {
   let bytes: Buffer;
+  let fd: number | undefined;
   try {
-    const size = fs.statSync(file).size;
-    if (size > NATS_PASSWORD_FILE_BYTES_MAX) throw new Error(`${file} holds ${size} bytes, more than a password's ${NATS_PASSWORD_FILE_BYTES_MAX}`);
-    bytes = fs.readFileSync(file);
+    fd = fs.openSync(file, 'r');
+    const stat = fs.fstatSync(fd);
+    if (stat.isFile() && stat.size > NATS_PASSWORD_FILE_BYTES_MAX) {
+      throw new Error(`${file} holds ${stat.size} bytes, more than a password's ${NATS_PASSWORD_FILE_BYTES_MAX}`);
+    }
+    const buffer = Buffer.alloc(NATS_PASSWORD_FILE_BYTES_MAX + 1);
+    let length = 0;
+    while (length < buffer.length) {
+      const got = fs.readSync(fd, buffer, length, buffer.length - length, null);
+      if (got === 0) break;
+      length += got;
+    }
+    if (length > NATS_PASSWORD_FILE_BYTES_MAX) throw new Error(`${file} holds more than a password's ${NATS_PASSWORD_FILE_BYTES_MAX} bytes`);
+    bytes = buffer.subarray(0, length);
   } catch (e) {
     const err = e as NodeJS.ErrnoException;
     throw new Error(err.code === undefined ? err.message : `can not read ${file}: ${err.code}`);
+  } finally {
+    if (fd !== undefined) fs.closeSync(fd);
   }
   const text = bytes.toString('utf8').replace(/\r?\n$/, '');
   if (text === '') throw new Error(`${file} is empty`);

@@ -1,4 +1,5 @@
 import { strict as assert } from 'node:assert';
+import { execFileSync, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -73,6 +74,24 @@ describe('cluster/nats-auth', () => {
         assert.throws(() => readNatsPassword(file('d', 'a\nb\n')), /holds more than one line/);
         assert.throws(() => readNatsPassword(file('e', 'x'.repeat(NATS_PASSWORD_FILE_BYTES_MAX + 1))), /more than a password's 4096/);
         assert.throws(() => readNatsPassword(path.join(dir, 'missing')), /can not read .*missing: ENOENT/);
+      } finally {
+        fs.rmSync(dir, { recursive: true, force: true });
+      }
+    });
+    it('reads at most a password\'s bytes from a file that is not a regular one (a pipe, a device), and refuses more', async () => {
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'strata-pw-'));
+      const fifo = path.join(dir, 'pw');
+      try {
+        execFileSync('mkfifo', [fifo]);
+        // A pipe reports no size: what it holds is only known by reading it.
+        const writer = spawn('sh', ['-c', `head -c ${NATS_PASSWORD_FILE_BYTES_MAX + 904} /dev/zero | tr '\\0' a > "$0"`, fifo], { stdio: 'ignore' });
+        const exited = new Promise((resolve) => writer.once('exit', resolve));
+        try {
+          assert.throws(() => readNatsPassword(fifo), /more than a password's 4096 bytes/);
+        } finally {
+          writer.kill('SIGKILL');
+          await exited;
+        }
       } finally {
         fs.rmSync(dir, { recursive: true, force: true });
       }
