@@ -538,6 +538,9 @@ export async function connect(options: ConnectOptions): Promise<StrataClient> {
       // times, held calls a further 2 s after a restart and then gave up for good.
       reconnectTimeWait: RECONNECT_WAIT_MS,
       maxReconnectAttempts: -1,
+      // Nor do two refusals of the user in a row (a server restarted without its password, say):
+      // the library would otherwise close the connection for good.
+      ignoreAuthErrorAbort: true,
       ...(options.name === undefined ? {} : { name: options.name }),
       ...(options.user === undefined ? {} : { user: options.user }),
       ...(options.pass === undefined ? {} : { pass: options.pass }),

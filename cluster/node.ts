@@ -393,6 +393,9 @@ export class StrataNode {
       inboxPrefix: nodeInboxPrefix(this.cluster),
       name: `strata-${this.nodeId}`,
       maxReconnectAttempts: -1,
+      // A server that refuses the user on two tries in a row (restarted without its password,
+      // say) would otherwise end the reconnections, and the node would run on without NATS.
+      ignoreAuthErrorAbort: true,
       reconnectTimeWait: 250,
       timeout: 10_000,
       // Failures become typed errors where they are handled; no stack trace per request.

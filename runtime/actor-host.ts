@@ -255,6 +255,8 @@ export class ActorHost implements HostApi {
       inboxPrefix: nodeInboxPrefix(config.cluster),
       name: `strata-${config.nodeId}-host${config.hostId}`,
       maxReconnectAttempts: -1,
+      // As the node's: refusals of the user while the server is misconfigured do not end them.
+      ignoreAuthErrorAbort: true,
       reconnectTimeWait: 250,
       timeout: 10_000,
       // Failures become typed errors where they are handled; no stack trace per request.

@@ -212,3 +212,50 @@ describe('cluster/nats-auth', () => {
     });
   });
 });
+
+describe('cluster/nats-auth: a node whose server refuses its user for a while', function () {
+  this.timeout(90_000);
+
+  it('connects again once the server admits it again, however many times it was refused meanwhile', async () => {
+    const cluster = 'reauth';
+    const users = (nodePass: string): string =>
+      renderNatsAuthorization(cluster, [
+        { user: 'strata-node', role: 'node', password: { text: nodePass } },
+        { user: 'strata-client', role: 'client', password: { text: 'client-pw' } },
+      ]);
+    const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'strata-reauth-'));
+    let server: NatsServerHandle | undefined = await startNatsServer({ jetstream: false, extraConfig: users('node-pw') });
+    const port = server.port;
+    let node: StrataNode | undefined;
+    let client: Awaited<ReturnType<typeof connect>> | undefined;
+    try {
+      node = await StrataNode.start({ nodeId: 'n1', cluster, natsUrl: server.url, natsAuth: { user: 'strata-node', pass: 'node-pw' }, dataDir, hosts: 1, controller: true });
+      client = await connect({ servers: server.url, cluster, timeoutMs: 3000, user: 'strata-client', pass: 'client-pw' });
+      await client.createVolume({ name: 'v', pageCount: 16, shards: 1, replicas: 1 });
+      await client.volume('v').write(0, new Uint8Array(4096).fill(5));
+      // The server comes back with a configuration that refuses the node's and the client's
+      // passwords (a password being changed, an environment variable missing): both are refused
+      // at every try.
+      await server.stop();
+      server = await startNatsServer({ jetstream: false, port, extraConfig: users('another-pw').replace('"client-pw"', '"another-pw"') });
+      await new Promise((r) => setTimeout(r, 2000));
+      await server.stop();
+      server = await startNatsServer({ jetstream: false, port, extraConfig: users('node-pw') });
+      const c = client;
+      await waitFor('the node (main and host threads) serves again, and the client connected before asks it', async () => {
+        try {
+          await c.listVolumes();
+          assert.equal((await c.volume('v').read(0))[0], 5);
+          return true;
+        } catch {
+          return false;
+        }
+      }, 20_000);
+    } finally {
+      await client?.close();
+      await node?.stop();
+      await server?.stop();
+      fs.rmSync(dataDir, { recursive: true, force: true });
+    }
+  });
+});
