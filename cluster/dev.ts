@@ -280,7 +280,10 @@ export async function startDevCluster(opts: DevClusterOptions): Promise<DevClust
         ...(auth === undefined ? [] : ['--nats-user', auth.users.node.user, '--nats-password-file', auth.users.node.passwordFile]),
         ...(opts.nodeArgs ?? []),
       ];
-      const child = spawn(execPath, args, { stdio: ['ignore', logFd, logFd], env: { ...process.env, STRATA_LOG_LEVEL: process.env.STRATA_LOG_LEVEL ?? 'info' } });
+      // The server is this one, with its own users or none: a NATS user the environment names
+      // (for the commands that talk to another cluster) is not the nodes'.
+      const { STRATA_NATS_USER: _user, STRATA_NATS_PASSWORD_FILE: _passwordFile, ...env } = process.env;
+      const child = spawn(execPath, args, { stdio: ['ignore', logFd, logFd], env: { ...env, STRATA_LOG_LEVEL: process.env.STRATA_LOG_LEVEL ?? 'info' } });
       fs.closeSync(logFd);
       // Also emitted when signalling a running node fails; after the start that is left to the
       // node's own exit (reported by runDev), as nothing waits on spawnFailure any more.

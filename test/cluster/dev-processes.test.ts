@@ -135,3 +135,22 @@ describe('strata dev: a start that does not finish', function () {
     assert.deepEqual(natsDirs(), [], 'the nats-server\'s directory removed');
   });
 });
+
+describe('strata dev: a NATS user named in the environment (for the commands that talk to a cluster)', function () {
+  this.timeout(60_000);
+  const names = ['STRATA_NATS_USER', 'STRATA_NATS_PASSWORD_FILE'] as const;
+  const saved = names.map((n) => process.env[n]);
+  after(() => names.forEach((n, i) => (saved[i] === undefined ? delete process.env[n] : (process.env[n] = saved[i]))));
+
+  it('is not the nodes\': they connect to the server strata dev runs, which asks for none', async () => {
+    process.env.STRATA_NATS_USER = 'strata-client';
+    process.env.STRATA_NATS_PASSWORD_FILE = path.join(os.tmpdir(), 'strata-dev-test-no-such-password-file');
+    const c = await startDevCluster({ nodes: 1, hosts: 1 });
+    try {
+      assert.deepEqual(await c.client.listVolumes(), []);
+    } finally {
+      await c.client.close().catch(() => undefined);
+      await c.stop();
+    }
+  });
+});
