@@ -432,11 +432,6 @@ export class RequestMux {
     if (next !== Number.POSITIVE_INFINITY) this.arm(next + TIMER_SLACK_MS);
   }
 
-  /**
-   * Fails every waiting request with `unavailable`. When the connection closed (`details`
-   * absent), the reply subscription went with it; after a drop (`details.disconnected`) it stays:
-   * the client library subscribes it again on the reconnect.
-   */
   /** Fails the requests waiting on `subject`: the server refuses this user publishing there. */
   private failSubject(subject: string): void {
     for (const [key, p] of [...this.pending]) {
@@ -446,6 +441,11 @@ export class RequestMux {
     }
   }
 
+  /**
+   * Fails every waiting request with `unavailable`. When the connection closed (`details`
+   * absent), the reply subscription went with it; after a drop (`details.disconnected`) it stays:
+   * the client library subscribes it again on the reconnect.
+   */
   private failAll(reason: string, details?: Record<string, unknown>): void {
     if (this.timer !== undefined) clearTimeout(this.timer);
     this.timer = undefined;
