@@ -547,7 +547,14 @@ export async function connect(options: ConnectOptions): Promise<StrataClient> {
     });
   } catch (err) {
     const reason = err instanceof Error ? err.message : String(err);
-    throw new ProtocolError('unavailable', `can not connect to NATS at ${servers.join(', ')}: ${reason}`, {
+    // A server that admits only its users (docs/replication.md, "Locking the subjects").
+    const hint =
+      natsErrorCode(err) !== 'AUTHORIZATION_VIOLATION'
+        ? ''
+        : options.user === undefined
+          ? ' (the server admits only its users: give one and its password, the CLI\'s --nats-user and --nats-password-file)'
+          : ` (user ${options.user} refused: a wrong password, or a user the server does not have)`;
+    throw new ProtocolError('unavailable', `can not connect to NATS at ${servers.join(', ')}: ${reason}${hint}`, {
       servers,
       ...(natsErrorCode(err) === undefined ? {} : { natsCode: natsErrorCode(err) }),
     });
