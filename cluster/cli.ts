@@ -19,7 +19,7 @@ import { ProtocolError } from '../messages/errors';
 import { PAGE_SIZES_BYTES, SHARDS_MAX } from '../messages/api';
 import type { ShardLsn, VolumeCreateRequest, VolumeInfo } from '../messages/api';
 import { formatStatus, formatStatusJson } from '../observability/status';
-import { NATS_ROLES, readNatsPassword, renderNatsAuthorization, type NatsUser } from './nats-auth';
+import { NATS_ROLES, checkNatsTlsFiles, readNatsPassword, renderNatsAuthorization, type NatsTlsFiles, type NatsUser } from './nats-auth';
 
 /** A bad command line. Exit code 2. */
 export class UsageError extends Error {
@@ -56,7 +56,7 @@ Commands:
         verifies a replicated volume, then exits. --auth: the nats-server admits only the
         cluster's users (strata nats-auth), whose passwords it writes under the data directory.
   node [--config F] [--node-id ID] [--cluster C] [--nats URL] [--data-dir D]
-       [--nats-user U --nats-password-file F]
+       [--nats-user U --nats-password-file F] [--nats-ca-file F] [--nats-cert-file F --nats-key-file F]
        [--hosts N] [--controller|--no-controller] [--metrics-port N]
        [--trace-exporters otlp,console] [--sampling off|ratio|always] [--sampling-ratio R]
        [--cache-bytes-max-per-shard B] [--segment-bytes-max B]
@@ -99,6 +99,9 @@ Flags of the commands that talk to a cluster (volume, put, get, status, shard):
   --nats-user U --nats-password-file F
                   NATS user and a file holding its password, for a server that asks
                   (default $STRATA_NATS_USER and $STRATA_NATS_PASSWORD_FILE)
+  --nats-ca-file F [--nats-cert-file F --nats-key-file F]
+                  TLS: the CA of the server's certificate, and this side's certificate
+                  and key for a server that verifies clients ($STRATA_NATS_CA_FILE, …)
   --cluster C     cluster name (default $STRATA_CLUSTER or ${CLUSTER_DEFAULT})
   --timeout MS    bound on each operation in ms (default 10000)
   --json          print JSON instead of text
@@ -124,6 +127,9 @@ const CLIENT_FLAGS: Readonly<Record<string, FlagKind>> = {
   nats: 'string',
   'nats-user': 'string',
   'nats-password-file': 'string',
+  'nats-ca-file': 'string',
+  'nats-cert-file': 'string',
+  'nats-key-file': 'string',
   cluster: 'string',
   timeout: 'integer',
   json: 'boolean',
@@ -434,6 +440,22 @@ async function withClient<T>(ctx: Ctx, fn: (client: StrataClient) => Promise<T>)
       Object.assign(options, { user, pass: readNatsPassword(passwordFile) });
     } catch (e) {
       throw new UsageError(`--nats-password-file: ${(e as Error).message}`);
+    }
+  }
+  const tls: NatsTlsFiles = {};
+  for (const [key, flag, variable] of [
+    ['caFile', 'nats-ca-file', 'STRATA_NATS_CA_FILE'],
+    ['certFile', 'nats-cert-file', 'STRATA_NATS_CERT_FILE'],
+    ['keyFile', 'nats-key-file', 'STRATA_NATS_KEY_FILE'],
+  ] as const) {
+    const file = (flags[flag] as string | undefined) ?? (env[variable] || undefined);
+    if (file !== undefined) tls[key] = file;
+  }
+  if (Object.keys(tls).length > 0) {
+    try {
+      options.tls = checkNatsTlsFiles(tls, { caFile: '--nats-ca-file', certFile: '--nats-cert-file', keyFile: '--nats-key-file' });
+    } catch (e) {
+      throw new UsageError((e as Error).message);
     }
   }
   const client = await ctx.io.connect(options);

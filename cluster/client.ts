@@ -193,6 +193,11 @@ export interface ConnectOptions {
   user?: string;
   /** That user's password. */
   pass?: string;
+  /**
+   * TLS files: the CA of the server's certificate when the system does not trust it, and this
+   * client's certificate and key for a server that verifies its clients (cluster/nats-auth.ts).
+   */
+  tls?: { caFile?: string; certFile?: string; keyFile?: string };
 }
 
 /** Options of `createClient`. */
@@ -544,6 +549,7 @@ export async function connect(options: ConnectOptions): Promise<StrataClient> {
       ...(options.name === undefined ? {} : { name: options.name }),
       ...(options.user === undefined ? {} : { user: options.user }),
       ...(options.pass === undefined ? {} : { pass: options.pass }),
+      ...(options.tls === undefined ? {} : { tls: options.tls }),
     });
   } catch (err) {
     const reason = err instanceof Error ? err.message : String(err);

@@ -12,6 +12,9 @@
  * | natsUrl | --nats | STRATA_NATS_URL | natsUrl | `nats://127.0.0.1:4222` |
  * | natsUser | --nats-user | STRATA_NATS_USER | natsUser | none (the server asks for no user) |
  * | natsPasswordFile | --nats-password-file | STRATA_NATS_PASSWORD_FILE | natsPasswordFile | none; required with natsUser |
+ * | natsCaFile | --nats-ca-file | STRATA_NATS_CA_FILE | natsCaFile | none (the system's CAs) |
+ * | natsCertFile | --nats-cert-file | STRATA_NATS_CERT_FILE | natsCertFile | none; with natsKeyFile, for a server that verifies clients |
+ * | natsKeyFile | --nats-key-file | STRATA_NATS_KEY_FILE | natsKeyFile | none; with natsCertFile |
  * | dataDir | --data-dir | STRATA_DATA_DIR | dataDir | (required) |
  * | hosts | --hosts | STRATA_HOSTS | hosts | cores − 1 (at least 1, at most 64); see `defaultHostsPerNode` |
  * | controller | --controller / --no-controller | | controller | true |
@@ -34,7 +37,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { HOSTS_PER_NODE_MAX } from '../messages/control';
-import { readNatsPassword } from './nats-auth';
+import { checkNatsTlsFiles, readNatsPassword, type NatsTlsFiles } from './nats-auth';
 
 /**
  * Actor hosts per node when none are configured: the machine's cores less one, shared among the
@@ -64,6 +67,13 @@ export interface NodeConfig {
   natsPasswordFile?: string;
   /** The user and the password read from the file, to connect with. */
   natsAuth?: { user: string; pass: string };
+  /** The CA of the NATS server's certificate (absolute), when the system does not trust it. */
+  natsCaFile?: string;
+  /** This node's certificate and key (absolute), for a NATS server that verifies its clients. */
+  natsCertFile?: string;
+  natsKeyFile?: string;
+  /** Those files, checked readable, to connect with. */
+  natsTls?: NatsTlsFiles;
   /** The node's data directory (absolute). */
   dataDir: string;
   /** Actor hosts (one device each): 1..64. */
@@ -198,6 +208,30 @@ const FIELDS: readonly FieldSpec[] = [
     env: 'STRATA_NATS_USER',
     kind: 'string',
     check: (v) => (NATS_USER_PATTERN.test(v) ? undefined : 'expected 1..64 characters of [A-Za-z0-9_.-]'),
+  },
+  {
+    key: 'natsCaFile',
+    flag: '--nats-ca-file',
+    env: 'STRATA_NATS_CA_FILE',
+    kind: 'string',
+    isPath: true,
+    check: (v) => (v.includes('\0') ? 'a path may not contain a NUL character' : undefined),
+  },
+  {
+    key: 'natsCertFile',
+    flag: '--nats-cert-file',
+    env: 'STRATA_NATS_CERT_FILE',
+    kind: 'string',
+    isPath: true,
+    check: (v) => (v.includes('\0') ? 'a path may not contain a NUL character' : undefined),
+  },
+  {
+    key: 'natsKeyFile',
+    flag: '--nats-key-file',
+    env: 'STRATA_NATS_KEY_FILE',
+    kind: 'string',
+    isPath: true,
+    check: (v) => (v.includes('\0') ? 'a path may not contain a NUL character' : undefined),
   },
   {
     key: 'natsPasswordFile',
@@ -449,6 +483,20 @@ export function loadNodeConfig(
   };
   const natsUser = merged.natsUser as string | undefined;
   const natsPasswordFile = merged.natsPasswordFile as string | undefined;
+  const tlsFiles: NatsTlsFiles = {};
+  for (const [key, field] of [['caFile', 'natsCaFile'], ['certFile', 'natsCertFile'], ['keyFile', 'natsKeyFile']] as const) {
+    const file = merged[field] as string | undefined;
+    if (file === undefined) continue;
+    tlsFiles[key] = file;
+    config[field] = file;
+  }
+  if (Object.keys(tlsFiles).length > 0) {
+    try {
+      config.natsTls = checkNatsTlsFiles(tlsFiles, { caFile: 'natsCaFile (--nats-ca-file)', certFile: 'natsCertFile (--nats-cert-file)', keyFile: 'natsKeyFile (--nats-key-file)' });
+    } catch (e) {
+      throw new ConfigError((e as Error).message);
+    }
+  }
   if (natsUser !== undefined || natsPasswordFile !== undefined) {
     if (natsPasswordFile === undefined) bad('natsUser', 'needs a password: pass --nats-password-file, set STRATA_NATS_PASSWORD_FILE or put natsPasswordFile in the config file');
     if (natsUser === undefined) bad('natsPasswordFile', 'needs a user: pass --nats-user, set STRATA_NATS_USER or put natsUser in the config file');

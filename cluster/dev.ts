@@ -280,9 +280,10 @@ export async function startDevCluster(opts: DevClusterOptions): Promise<DevClust
         ...(auth === undefined ? [] : ['--nats-user', auth.users.node.user, '--nats-password-file', auth.users.node.passwordFile]),
         ...(opts.nodeArgs ?? []),
       ];
-      // The server is this one, with its own users or none: a NATS user the environment names
-      // (for the commands that talk to another cluster) is not the nodes'.
-      const { STRATA_NATS_USER: _user, STRATA_NATS_PASSWORD_FILE: _passwordFile, ...env } = process.env;
+      // The server is this one, with its own users or none and without TLS: a NATS user or TLS
+      // files the environment names (for the commands that talk to another cluster) are not
+      // the nodes'.
+      const { STRATA_NATS_USER: _u, STRATA_NATS_PASSWORD_FILE: _p, STRATA_NATS_CA_FILE: _ca, STRATA_NATS_CERT_FILE: _c, STRATA_NATS_KEY_FILE: _k, ...env } = process.env;
       const child = spawn(execPath, args, { stdio: ['ignore', logFd, logFd], env: { ...env, STRATA_LOG_LEVEL: process.env.STRATA_LOG_LEVEL ?? 'info' } });
       fs.closeSync(logFd);
       // Also emitted when signalling a running node fails; after the start that is left to the

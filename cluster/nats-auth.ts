@@ -127,3 +127,35 @@ export function readNatsPassword(file: string): string {
   if (/[\r\n]/.test(text)) throw new Error(`${file} holds more than one line`);
   return text;
 }
+
+/**
+ * The TLS files a connection to a NATS server uses (nats.js reads them at connect): the CA that
+ * signed the server's certificate, when it is not one the system trusts, and this side's own
+ * certificate and key, for a server that verifies its clients (`tls { verify: true }`).
+ */
+export interface NatsTlsFiles {
+  caFile?: string;
+  certFile?: string;
+  keyFile?: string;
+}
+
+/**
+ * `files` as given, after checking that each can be read and that a certificate and its key
+ * come together. Throws an Error naming `names[field]` (a flag, say) otherwise.
+ */
+export function checkNatsTlsFiles(files: NatsTlsFiles, names: Readonly<Record<keyof NatsTlsFiles, string>>): NatsTlsFiles {
+  if ((files.certFile === undefined) !== (files.keyFile === undefined)) {
+    throw new Error(files.certFile === undefined ? `${names.keyFile} needs ${names.certFile}` : `${names.certFile} needs ${names.keyFile}`);
+  }
+  for (const key of ['caFile', 'certFile', 'keyFile'] as const) {
+    const file = files[key];
+    if (file === undefined) continue;
+    try {
+      fs.accessSync(file, fs.constants.R_OK);
+      if (!fs.statSync(file).isFile()) throw Object.assign(new Error('not a file'), { code: 'not a regular file' });
+    } catch (e) {
+      throw new Error(`${names[key]}: can not read ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    }
+  }
+  return files;
+}

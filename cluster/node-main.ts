@@ -32,6 +32,7 @@ export async function runNode(config: NodeConfig): Promise<{ stop(): Promise<voi
       cluster: config.cluster,
       natsUrl: config.natsUrl,
       ...(config.natsAuth !== undefined ? { natsAuth: config.natsAuth } : {}),
+      ...(config.natsTls !== undefined ? { natsTls: config.natsTls } : {}),
       dataDir: config.dataDir,
       hosts: config.hosts,
       controller: config.controller,

@@ -76,6 +76,8 @@ export interface StrataNodeOptions {
   natsUrl: string;
   /** The NATS user and password of the cluster's nodes (cluster/nats-auth.ts), if the server asks for one. */
   natsAuth?: { user: string; pass: string };
+  /** TLS files to connect to the NATS server with (cluster/nats-auth.ts `NatsTlsFiles`). */
+  natsTls?: { caFile?: string; certFile?: string; keyFile?: string };
   dataDir: string;
   /** Actor hosts (= devices) of this node; default 2. */
   hosts?: number;
@@ -373,6 +375,7 @@ export class StrataNode {
         cluster: this.cluster,
         natsUrl: this.opts.natsUrl,
         ...(this.opts.natsAuth ? { natsAuth: this.opts.natsAuth } : {}),
+        ...(this.opts.natsTls ? { natsTls: this.opts.natsTls } : {}),
         deviceDir: path.join(this.dataDir, `dev${i}`),
         device: {
           ...(this.opts.cacheBytesMaxPerShard ? { cacheBytesMaxPerShard: this.opts.cacheBytesMaxPerShard } : {}),
@@ -390,6 +393,7 @@ export class StrataNode {
     this.nc = await connect({
       servers: this.opts.natsUrl,
       ...(this.opts.natsAuth ?? {}),
+      ...(this.opts.natsTls ? { tls: this.opts.natsTls } : {}),
       inboxPrefix: nodeInboxPrefix(this.cluster),
       name: `strata-${this.nodeId}`,
       maxReconnectAttempts: -1,

@@ -78,6 +78,8 @@ export interface HostConfig {
   natsUrl: string;
   /** The NATS user and password the host connects as (the node's; cluster/nats-auth.ts), if the server asks for one. */
   natsAuth?: { user: string; pass: string };
+  /** TLS files to connect with (the node's). */
+  natsTls?: { caFile?: string; certFile?: string; keyFile?: string };
   /** Directory of the device this host owns. */
   deviceDir: string;
   device?: Omit<DeviceHostOptions, 'dir' | 'disk' | 'nowMs' | 'self' | 'transportFor' | 'onRoleChange'>;
@@ -252,6 +254,7 @@ export class ActorHost implements HostApi {
     this.nc = await connect({
       servers: config.natsUrl,
       ...(config.natsAuth ?? {}),
+      ...(config.natsTls ? { tls: config.natsTls } : {}),
       inboxPrefix: nodeInboxPrefix(config.cluster),
       name: `strata-${config.nodeId}-host${config.hostId}`,
       maxReconnectAttempts: -1,

@@ -352,7 +352,7 @@ describe('cluster/cli', () => {
       ]);
     });
 
-    it('connects as a NATS user with the password in a file (flags, else the environment); one without the other is a usage error', async () => {
+    it('connects as a NATS user with the password in a file, and with TLS files (flags, else the environment); one without the other is a usage error', async () => {
       const mem = new MemoryCluster();
       const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'strata-cli-pw-'));
       try {
@@ -373,6 +373,17 @@ describe('cluster/cli', () => {
         assert.equal(r.code, 2);
         assert.match(r.err, /--nats-password-file: can not read .*none: ENOENT/);
         assert.equal(mem.connects.length, 2, 'nothing connects after a usage error');
+        // TLS files: checked, then given to the client (flags, else the environment).
+        r = await run(['status', '--nats-ca-file', pw], mem, { env: { STRATA_NATS_CERT_FILE: pw, STRATA_NATS_KEY_FILE: pw } });
+        assert.equal(r.code, 0, r.err);
+        assert.deepEqual(mem.connects[2]!.tls, { caFile: pw, certFile: pw, keyFile: pw });
+        r = await run(['status', '--nats-cert-file', pw], mem);
+        assert.equal(r.code, 2);
+        assert.match(r.err, /--nats-cert-file needs --nats-key-file/);
+        r = await run(['status', '--nats-ca-file', path.join(dir, 'none')], mem);
+        assert.equal(r.code, 2);
+        assert.match(r.err, /--nats-ca-file: can not read .*none: ENOENT/);
+        assert.equal(mem.connects.length, 3);
       } finally {
         fs.rmSync(dir, { recursive: true, force: true });
       }

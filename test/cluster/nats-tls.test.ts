@@ -1,0 +1,80 @@
+import { strict as assert } from 'node:assert';
+import { execFileSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { connect } from '../../cluster/client';
+import { StrataNode } from '../../cluster/node';
+import { checkNatsTlsFiles } from '../../cluster/nats-auth';
+import { loadNodeConfig, ConfigError } from '../../cluster/config';
+import { ProtocolError } from '../../messages/errors';
+import { startNatsServer, type NatsServerHandle } from '../../runtime/nats-server';
+
+/** A CA, a certificate for 127.0.0.1 (and localhost, the name nats.js checks for it) and a client certificate, signed by it (openssl). */
+function makeCertificates(dir: string): { ca: string; serverCert: string; serverKey: string; clientCert: string; clientKey: string } {
+  const at = (name: string): string => path.join(dir, name);
+  const openssl = (...args: string[]): void => void execFileSync('openssl', args, { stdio: 'pipe' });
+  openssl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', at('ca.key'), '-out', at('ca.pem'), '-days', '2', '-subj', '/CN=strata-test-ca');
+  for (const [name, ext] of [['server', 'subjectAltName=IP:127.0.0.1,DNS:localhost'], ['client', 'extendedKeyUsage=clientAuth']] as const) {
+    openssl('req', '-newkey', 'rsa:2048', '-nodes', '-keyout', at(`${name}.key`), '-out', at(`${name}.csr`), '-subj', `/CN=strata-test-${name}`);
+    fs.writeFileSync(at(`${name}.ext`), `${ext}\n`);
+    openssl('x509', '-req', '-in', at(`${name}.csr`), '-CA', at('ca.pem'), '-CAkey', at('ca.key'), '-CAcreateserial', '-out', at(`${name}.pem`), '-days', '2', '-extfile', at(`${name}.ext`));
+  }
+  return { ca: at('ca.pem'), serverCert: at('server.pem'), serverKey: at('server.key'), clientCert: at('client.pem'), clientKey: at('client.key') };
+}
+
+describe('a cluster behind a NATS server that speaks only TLS and verifies its clients', function () {
+  this.timeout(60_000);
+  let dir: string;
+  let certs: ReturnType<typeof makeCertificates>;
+  let nats: NatsServerHandle;
+  let node: StrataNode | undefined;
+
+  before(async () => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'strata-tls-'));
+    certs = makeCertificates(dir);
+    nats = await startNatsServer({
+      jetstream: false,
+      extraConfig: `tls {\n  cert_file: ${JSON.stringify(certs.serverCert)}\n  key_file: ${JSON.stringify(certs.serverKey)}\n  ca_file: ${JSON.stringify(certs.ca)}\n  verify: true\n}\n`,
+    });
+  });
+  after(async () => {
+    await node?.stop();
+    await nats?.stop();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('a node (main and host threads) and a client connect with the CA and their certificate; without them they are refused', async () => {
+    const tls = { caFile: certs.ca, certFile: certs.clientCert, keyFile: certs.clientKey };
+    node = await StrataNode.start({ nodeId: 't1', cluster: 'tls', natsUrl: nats.url, natsTls: tls, dataDir: path.join(dir, 't1'), hosts: 1, controller: true });
+    const client = await connect({ servers: nats.url, cluster: 'tls', timeoutMs: 5000, tls });
+    try {
+      await client.createVolume({ name: 'secret', pageCount: 16 });
+      const page = new Uint8Array(4096).fill(9);
+      await client.volume('secret').write(2, page);
+      assert.deepEqual(Buffer.from(await client.volume('secret').read(2)), Buffer.from(page));
+    } finally {
+      await client.close();
+    }
+    for (const without of [{}, { caFile: certs.ca }]) {
+      await assert.rejects(connect({ servers: nats.url, cluster: 'tls', timeoutMs: 3000, tls: without }), (e: unknown) => {
+        assert.ok(e instanceof ProtocolError && e.code === 'unavailable', String(e));
+        assert.match(e.message, /^can not connect to NATS at /);
+        return true;
+      });
+    }
+  });
+
+  it('checks the files before connecting: each readable, a certificate with its key', () => {
+    const names = { caFile: '--nats-ca-file', certFile: '--nats-cert-file', keyFile: '--nats-key-file' };
+    assert.deepEqual(checkNatsTlsFiles({ caFile: certs.ca }, names), { caFile: certs.ca });
+    assert.throws(() => checkNatsTlsFiles({ caFile: path.join(dir, 'none.pem') }, names), /^Error: --nats-ca-file: can not read .*none\.pem: ENOENT$/);
+    assert.throws(() => checkNatsTlsFiles({ caFile: dir }, names), /^Error: --nats-ca-file: can not read .*: not a regular file$/);
+    assert.throws(() => checkNatsTlsFiles({ certFile: certs.clientCert }, names), /--nats-cert-file needs --nats-key-file/);
+    assert.throws(() => checkNatsTlsFiles({ keyFile: certs.clientKey }, names), /--nats-key-file needs --nats-cert-file/);
+    const config = loadNodeConfig(['--data-dir', dir, '--nats-ca-file', certs.ca, '--nats-cert-file', certs.clientCert, '--nats-key-file', certs.clientKey], {});
+    assert.deepEqual(config.natsTls, { caFile: certs.ca, certFile: certs.clientCert, keyFile: certs.clientKey });
+    assert.throws(() => loadNodeConfig(['--data-dir', dir, '--nats-cert-file', certs.clientCert], {}), (e: unknown) => e instanceof ConfigError && /natsCertFile \(--nats-cert-file\) needs natsKeyFile/.test(e.message));
+    assert.throws(() => loadNodeConfig(['--data-dir', dir], { STRATA_NATS_CA_FILE: path.join(dir, 'none.pem') }), (e: unknown) => e instanceof ConfigError && /can not read .*none\.pem: ENOENT/.test(e.message));
+  });
+});
