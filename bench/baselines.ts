@@ -72,6 +72,8 @@ export interface RequestBaselineOptions extends BaselineBounds {
   url: string;
   /** NATS user and password, for a server that admits only its users; it must be allowed `strata.bench.>` (and `$JS.API.>` for JetStream). */
   auth?: { user: string; pass: string };
+  /** TLS files (cluster/nats-auth.ts `NatsTlsFiles`), for a server that speaks TLS. */
+  tls?: { caFile?: string; certFile?: string; keyFile?: string };
   payloadBytes: number;
   /** Concurrent outstanding ops (closed loop): 1 .. 4096. */
   inFlight: number;
@@ -267,6 +269,7 @@ function runPhase(
 interface ResolvedRequestOptions {
   url: string;
   auth: { user: string; pass: string } | undefined;
+  tls: { caFile?: string; certFile?: string; keyFile?: string } | undefined;
   payloadBytes: number;
   inFlight: number;
   warmupOps: number;
@@ -288,6 +291,7 @@ function resolveRequestOptions(what: string, options: RequestBaselineOptions): R
   return {
     url: options.url,
     auth: options.auth,
+    tls: options.tls,
     payloadBytes: options.payloadBytes,
     inFlight: options.inFlight,
     warmupOps,
@@ -301,7 +305,7 @@ async function connectTo(what: string, role: string, o: ResolvedRequestOptions):
   let nc: NatsConnection;
   try {
     // As Strata's client connects: without per-request async stack traces, so the ratios compare like with like.
-    nc = await connect({ servers: o.url, ...(o.auth ?? {}), name: `strata-baseline-${role}`, timeout: o.connectTimeoutMs, reconnect: false, noAsyncTraces: true });
+    nc = await connect({ servers: o.url, ...(o.auth ?? {}), ...(o.tls === undefined ? {} : { tls: o.tls }), name: `strata-baseline-${role}`, timeout: o.connectTimeoutMs, reconnect: false, noAsyncTraces: true });
   } catch (err) {
     throw new Error(`${what}: cannot connect to ${o.url} within ${o.connectTimeoutMs} ms: ${(err as Error).message}`);
   }

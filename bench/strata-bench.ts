@@ -28,7 +28,7 @@ import * as path from "node:path";
 import { connect, type StrataClient, type Volume } from "../cluster/client";
 import { startCluster, type InProcessCluster } from "../cluster/in-process-cluster";
 import { defaultHostsPerNode } from "../cluster/config";
-import { readNatsPassword } from "../cluster/nats-auth";
+import { checkNatsTlsFiles, readNatsPassword, type NatsTlsFiles } from "../cluster/nats-auth";
 import { ProtocolError } from "../messages/errors";
 import type { PageWrite, VolumeInfo } from "../messages/api";
 import { jetstreamNote, jetstreamPublishBaseline, natsEchoBaseline, rawAppendBaseline } from "./baselines";
@@ -108,6 +108,8 @@ export interface BenchTarget {
   cluster: string;
   /** NATS user and password, for a server that admits only its users (cluster/nats-auth.ts). */
   auth?: { user: string; pass: string };
+  /** TLS files, for a server that speaks TLS (cluster/nats-auth.ts `NatsTlsFiles`). */
+  tls?: NatsTlsFiles;
 }
 
 /** Options of {@link runBench}. Every field is optional. */
@@ -545,8 +547,9 @@ function planGroups(o: ResolvedOptions): GroupSpec[] {
 interface Env {
   client: StrataClient;
   natsUrl: string;
-  /** The user the client and the baselines connect as, if any. */
+  /** The user the client and the baselines connect as, and their TLS files, if any. */
   auth: { user: string; pass: string } | undefined;
+  tls: NatsTlsFiles | undefined;
   cluster: string;
   scratchDir: string;
   /** Default shards of a volume. */
@@ -559,12 +562,13 @@ interface Env {
 
 async function openEnv(o: ResolvedOptions, target: BenchTarget | undefined, scratchDirOption: string | undefined, wantsReplicas3: boolean): Promise<Env> {
   if (target !== undefined) {
-    const client = await connect({ servers: target.natsUrl, cluster: target.cluster, timeoutMs: o.requestTimeoutMs, name: "strata-bench", ...(target.auth ?? {}) });
+    const client = await connect({ servers: target.natsUrl, cluster: target.cluster, timeoutMs: o.requestTimeoutMs, name: "strata-bench", ...(target.auth ?? {}), ...(target.tls === undefined ? {} : { tls: target.tls }) });
     const scratchDir = scratchDirOption ?? os.tmpdir();
     return {
       client,
       natsUrl: target.natsUrl,
       auth: target.auth,
+      tls: target.tls,
       cluster: target.cluster,
       scratchDir,
       shards: o.shards ?? Math.max(1, os.cpus().length),
@@ -593,6 +597,7 @@ async function openEnv(o: ResolvedOptions, target: BenchTarget | undefined, scra
     client,
     natsUrl: cluster.natsUrl,
     auth: undefined,
+    tls: undefined,
     cluster: cluster.cluster,
     scratchDir: scratchDirOption ?? dataDir,
     shards: o.shards ?? hosts,
@@ -889,6 +894,7 @@ async function baselineRound(env: Env, b: BaselineResult, durationMs: number, op
   const options = {
     url: env.natsUrl,
     ...(env.auth === undefined ? {} : { auth: env.auth }),
+    ...(env.tls === undefined ? {} : { tls: env.tls }),
     payloadBytes: b.payloadBytes,
     inFlight: b.queueDepth,
     durationMs,
@@ -1450,6 +1456,8 @@ R=1 and R=3) with the target table. With --workload: that workload alone.
   --nats-user U --nats-password-file F
                           connect to it as a NATS user (strata nats-auth); the NATS baselines
                           need one allowed strata.bench.> and, for JetStream, $JS.API.>
+  --nats-ca-file F [--nats-cert-file F --nats-key-file F]
+                          TLS to it: the CA of its certificate, this side's certificate and key
   --hosts N               in-process: actor hosts per node (default: (cores - 1) / nodes, at least 1)
   --nodes N               in-process: nodes (default 3 when R=3 is measured, else 1)
   --timeout MS            bound on each request attempt, 1..100000 (default 10000); a request
@@ -1491,6 +1499,9 @@ const FLAG_KINDS: Readonly<Record<string, "string" | "integer" | "number" | "boo
   nats: "string",
   "nats-user": "string",
   "nats-password-file": "string",
+  "nats-ca-file": "string",
+  "nats-cert-file": "string",
+  "nats-key-file": "string",
   cluster: "string",
   hosts: "integer",
   nodes: "integer",
@@ -1600,7 +1611,20 @@ export function parseBenchArgs(argv: readonly string[]): { options: BenchOptions
       throw new BenchUsageError(`--nats-password-file: ${(err as Error).message}`);
     }
   }
-  if (nats !== undefined && cluster !== undefined) options.target = { natsUrl: nats, cluster, ...(auth === undefined ? {} : { auth }) };
+  const tlsFiles: NatsTlsFiles = {};
+  if (str("nats-ca-file") !== undefined) tlsFiles.caFile = str("nats-ca-file")!;
+  if (str("nats-cert-file") !== undefined) tlsFiles.certFile = str("nats-cert-file")!;
+  if (str("nats-key-file") !== undefined) tlsFiles.keyFile = str("nats-key-file")!;
+  let tls: NatsTlsFiles | undefined;
+  if (Object.keys(tlsFiles).length > 0) {
+    if (nats === undefined) throw new BenchUsageError("--nats-ca-file, --nats-cert-file and --nats-key-file are for a running cluster (--nats and --cluster)");
+    try {
+      tls = checkNatsTlsFiles(tlsFiles, { caFile: "--nats-ca-file", certFile: "--nats-cert-file", keyFile: "--nats-key-file" });
+    } catch (err) {
+      throw new BenchUsageError((err as Error).message);
+    }
+  }
+  if (nats !== undefined && cluster !== undefined) options.target = { natsUrl: nats, cluster, ...(auth === undefined ? {} : { auth }), ...(tls === undefined ? {} : { tls }) };
   const json = flags.json === true;
   if (json) options.quiet = true;
   const profileSummary = str("profile-summary");

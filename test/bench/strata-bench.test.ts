@@ -301,6 +301,10 @@ describe("bench/strata-bench", function () {
       assert.throws(() => parseBenchArgs(["--nats", "nats://x:4222", "--cluster", "c", "--nats-user", "u"]), /--nats-user and --nats-password-file go together/);
       assert.throws(() => parseBenchArgs(["--nats-user", "u", "--nats-password-file", pw]), /--nats-user is for a running cluster/);
       assert.throws(() => parseBenchArgs(["--nats", "nats://x:4222", "--cluster", "c", "--nats-user", "u", "--nats-password-file", `${pw}-none`]), /--nats-password-file: can not read .*ENOENT/);
+      const tls = parseBenchArgs(["--nats", "nats://x:4222", "--cluster", "c", "--nats-ca-file", pw, "--nats-cert-file", pw, "--nats-key-file", pw]);
+      assert.deepEqual(tls.options.target, { natsUrl: "nats://x:4222", cluster: "c", tls: { caFile: pw, certFile: pw, keyFile: pw } });
+      assert.throws(() => parseBenchArgs(["--nats-ca-file", pw]), /are for a running cluster/);
+      assert.throws(() => parseBenchArgs(["--nats", "nats://x:4222", "--cluster", "c", "--nats-key-file", pw]), /--nats-key-file needs --nats-cert-file/);
     } finally {
       fs.rmSync(pw, { force: true });
     }

@@ -8,6 +8,7 @@ import { StrataNode } from '../../cluster/node';
 import { checkNatsTlsFiles } from '../../cluster/nats-auth';
 import { loadNodeConfig, ConfigError } from '../../cluster/config';
 import { ProtocolError } from '../../messages/errors';
+import { runBench } from '../../bench/strata-bench';
 import { startNatsServer, type NatsServerHandle } from '../../runtime/nats-server';
 
 /** A CA, a certificate for 127.0.0.1 (and localhost, the name nats.js checks for it) and a client certificate, signed by it (openssl). */
@@ -63,6 +64,19 @@ describe('a cluster behind a NATS server that speaks only TLS and verifies its c
         return true;
       });
     }
+  });
+
+  it('strata bench measures it with the same files, the NATS echo baseline too', async () => {
+    const tls = { caFile: certs.ca, certFile: certs.clientCert, keyFile: certs.clientKey };
+    const r = await runBench({
+      workload: 'randwrite', queueDepth: 2, ops: 20, rounds: 1, warmupMs: 0, volumePages: 16, shards: 1,
+      baselines: ['nats-echo'], target: { natsUrl: nats.url, cluster: 'tls', tls }, resultsDir: null, quiet: true,
+    });
+    const subject = r.groups[0]!.subjects[0]!;
+    assert.ok(subject.available, subject.unavailableReason);
+    assert.equal(subject.ops, 20);
+    const echo = r.groups[0]!.baselines[0]!;
+    assert.ok(echo.available, echo.unavailableReason);
   });
 
   it('checks the files before connecting: each readable, a certificate with its key', () => {
