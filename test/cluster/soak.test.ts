@@ -32,6 +32,7 @@ describe('soak: flags', () => {
     assert.deepEqual(o, { durationMs: 5000, seed: 9, nodes: 5, pages: 64, shards: 2, clients: 3, checkpointEveryRecords: 100, segmentBytesMax: 65536, faults: ['kill', 'freeze'], resultsDir: null, keep: true });
     assert.deepEqual((parseSoakArgs(['--faults', 'none']) as { faults: readonly string[] }).faults, []);
     assert.equal(parseSoakArgs(['--help']), 'help');
+    assert.equal((parseSoakArgs(['--auth']) as { auth?: boolean }).auth, true);
   });
 
   it('refuses bad flags, naming them', () => {

@@ -40,6 +40,8 @@ import { startDevCluster, type DevCluster } from '../../cluster/dev';
 import { connect, type StrataClient, type Volume } from '../../cluster/client';
 import { ProtocolError } from '../../messages/errors';
 import { nodeSubject } from '../../messages/control';
+import { nodeInboxPrefix } from '../../messages/subjects';
+import { readNatsPassword } from '../../cluster/nats-auth';
 import { encode, decode } from '../../messages/codec';
 import { checkLinearizable, HistoryRecorder, type Operation } from '../support/linearizability';
 import { prng } from '../support/prng';
@@ -78,6 +80,8 @@ export interface SoakOptions {
   resultsDir: string | null;
   /** Keep the data directory and logs even when the run passes. */
   keep: boolean;
+  /** The nats-server admits only the cluster's users (`strata dev --auth`): nodes, clients and this checker connect as theirs. */
+  auth?: boolean;
   /** Where progress and the summary go; default stdout. */
   out?: (line: string) => void;
 }
@@ -296,7 +300,13 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
     hosts: 1,
     dataDir,
     nodeArgs: ['--checkpoint-every-records', String(opts.checkpointEveryRecords), '--segment-bytes-max', String(opts.segmentBytesMax)],
+    ...(opts.auth === true ? { auth: true } : {}),
   });
+  // As a node (node status) and as an application (the clients), on a locked server.
+  const userOf = (role: 'node' | 'client'): { user?: string; pass?: string } => {
+    const u = cluster.natsUsers?.[role];
+    return u === undefined ? {} : { user: u.user, pass: readNatsPassword(u.passwordFile) };
+  };
   const expectedExit = new Set<number>(); // pids the nemesis killed
   const watchExits = (i: number): void => {
     const n = cluster.nodes[i]!;
@@ -305,7 +315,7 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
     });
   };
   cluster.nodes.forEach((_, i) => watchExits(i));
-  const nc = await natsConnect({ servers: cluster.natsUrl, timeout: 5000 });
+  const nc = await natsConnect({ servers: cluster.natsUrl, timeout: 5000, ...userOf('node'), inboxPrefix: nodeInboxPrefix('dev') });
   const clients: StrataClient[] = [];
   const faults: FaultEvent[] = [];
   const recorder = new HistoryRecorder();
@@ -344,7 +354,7 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
   try {
     await cluster.client.createVolume({ name: 'soak', pageCount: opts.pages, shards: opts.shards, stripePages: 8, replicas: 3 });
     // Two connections share the clients, as separate application processes would.
-    for (let i = 0; i < 2; i++) clients.push(await connect({ servers: cluster.natsUrl, cluster: 'dev', timeoutMs: CLIENT_TIMEOUT_MS, name: `soak-${i}` }));
+    for (let i = 0; i < 2; i++) clients.push(await connect({ servers: cluster.natsUrl, cluster: 'dev', timeoutMs: CLIENT_TIMEOUT_MS, name: `soak-${i}`, ...userOf('client') }));
     const volumes: Volume[] = clients.map((c) => c.volume('soak'));
     await volumes[0]!.readPages([0]); // the volume serves before the clock starts
     clientsStart = performance.now();
@@ -690,6 +700,7 @@ A Strata cluster of node processes under random faults, with checked clients (te
   --results-dir D   where the JSON summary goes (default ${SOAK_DEFAULTS.resultsDir})
   --no-results      write no JSON
   --keep            keep the data directory and node logs when the run passes
+  --auth            the nats-server admits only the cluster's users (strata dev --auth)
   --help            this text
 
 Exit status: 0 every check passed, 1 a check failed, 2 bad flags.`;
@@ -706,6 +717,7 @@ export function parseSoakArgs(argv: readonly string[]): Omit<SoakOptions, 'out'>
     if (flag === '--help' || flag === '-h') return 'help';
     if (flag === '--no-results') o.resultsDir = null;
     else if (flag === '--keep') o.keep = true;
+    else if (flag === '--auth') o.auth = true;
     else if (flag in numeric || flag === '--faults' || flag === '--results-dir') {
       const value = argv[++i];
       if (value === undefined || value.startsWith('--')) throw new RangeError(`${flag} needs a value`);
