@@ -16,6 +16,7 @@ import { makeDirectory } from "../storage-engine/make-directory";
 import { connect, DiscardPolicy, StorageType, type NatsConnection } from "nats";
 import { Histogram } from "./histogram";
 import { ConnectionState, RequestMux } from "../runtime/request-mux";
+import { clientInboxPrefix } from "../messages/subjects";
 import { LOG_PREALLOC_BYTES, zerosAheadTo } from "../storage-engine/log";
 
 /** Cap on a baseline's duration when only an op/batch count was given. */
@@ -305,7 +306,7 @@ async function connectTo(what: string, role: string, o: ResolvedRequestOptions):
   let nc: NatsConnection;
   try {
     // As Strata's client connects: without per-request async stack traces, so the ratios compare like with like.
-    nc = await connect({ servers: o.url, ...(o.auth ?? {}), ...(o.tls === undefined ? {} : { tls: o.tls }), name: `strata-baseline-${role}`, timeout: o.connectTimeoutMs, reconnect: false, noAsyncTraces: true });
+    nc = await connect({ servers: o.url, ...(o.auth === undefined ? {} : { ...o.auth, inboxPrefix: clientInboxPrefix(o.auth.user) }), ...(o.tls === undefined ? {} : { tls: o.tls }), name: `strata-baseline-${role}`, timeout: o.connectTimeoutMs, reconnect: false, noAsyncTraces: true });
   } catch (err) {
     throw new Error(`${what}: cannot connect to ${o.url} within ${o.connectTimeoutMs} ms: ${(err as Error).message}`);
   }

@@ -88,9 +88,10 @@ Commands:
         Operator override: NODE's replica of the shard votes again although it is repairing
         (its log lost records to damage), accepting that records only it had acknowledged
         stay lost. For a shard left without a majority of whole replicas (docs/replication.md).
-  nats-auth [--cluster C]
+  nats-auth [--cluster C] [--clients A,B,…]
         Print the authorization block of a nats-server config that keeps applications
-        off the subjects the nodes trust each other on (docs/replication.md).
+        off the subjects the nodes trust each other on, and each user off the replies
+        of the others; --clients adds application users (docs/replication.md).
   help
         This text.
 
@@ -154,7 +155,7 @@ const COMMANDS: Readonly<Record<string, CommandSpec>> = {
   get: { positionals: ['VOLUME', 'PAGE', 'FILE'], flags: { count: 'integer', lsn: 'string' }, client: true },
   status: { positionals: [], flags: {}, client: true },
   'shard force-vote': { positionals: ['VOLUME', 'SHARD'], flags: { node: 'string' }, required: ['node'], client: true },
-  'nats-auth': { positionals: [], flags: { cluster: 'string' }, client: false },
+  'nats-auth': { positionals: [], flags: { cluster: 'string', clients: 'string' }, client: false },
   help: { positionals: [], flags: {}, client: false },
 };
 
@@ -471,15 +472,37 @@ async function withClient<T>(ctx: Ctx, fn: (client: StrataClient) => Promise<T>)
  * one for applications and one for operators, whose passwords the server reads from its
  * environment (cluster/nats-auth.ts).
  */
-export function natsAuthText(cluster: string): string {
-  const users: NatsUser[] = NATS_ROLES.map((role) => ({ user: `strata-${role}`, role, password: { env: `STRATA_${role.toUpperCase()}_PASSWORD` } }));
+export function natsAuthText(cluster: string, clients: readonly string[] = []): string {
+  const passwordVariable = (user: string): string => `${user.toUpperCase().replace(/[^A-Z0-9]/g, '_')}_PASSWORD`;
+  const users: NatsUser[] = [
+    ...NATS_ROLES.map((role) => ({ user: `strata-${role}`, role, password: { env: passwordVariable(`strata-${role}`) } })),
+    ...clients.map((user) => ({ user, role: 'client' as const, password: { env: passwordVariable(user) } })),
+  ];
   return (
     `# The users of Strata cluster ${cluster} (strata nats-auth): nodes connect as strata-node\n` +
-    `# (strata node --nats-user strata-node --nats-password-file F), applications as strata-client,\n` +
-    `# operators (strata shard force-vote) as strata-operator. nats-server reads the passwords from\n` +
+    `# (strata node --nats-user strata-node --nats-password-file F), applications as strata-client\n` +
+    `# or one of their own (--clients), operators (strata shard force-vote) as strata-operator.\n` +
+    `# Each user reads only the replies to its own requests. nats-server reads the passwords from\n` +
     `# the environment variables named; a connection without a user is refused.\n` +
     renderNatsAuthorization(cluster, users)
   );
+}
+
+/** Bound on `nats-auth --clients`. */
+const NATS_AUTH_CLIENTS_MAX = 256;
+
+/** `--clients a,b`: more client users, each a plain token (UsageError otherwise). */
+function natsAuthClients(list: string | undefined): string[] {
+  if (list === undefined) return [];
+  const names = list.split(',').map((n) => n.trim());
+  if (names.length > NATS_AUTH_CLIENTS_MAX) throw new UsageError(`--clients: at most ${NATS_AUTH_CLIENTS_MAX} users, got ${names.length}`);
+  const seen = new Set<string>(NATS_ROLES.map((role) => `strata-${role}`));
+  for (const name of names) {
+    if (!/^[A-Za-z0-9_-]{1,64}$/.test(name)) throw new UsageError(`--clients: expected user names of 1..64 characters of [A-Za-z0-9_-], got ${JSON.stringify(name)}`);
+    if (seen.has(name)) throw new UsageError(`--clients: ${name} given twice (strata-node, strata-client and strata-operator are always there)`);
+    seen.add(name);
+  }
+  return names;
 }
 
 async function volumeCreate(ctx: Ctx): Promise<void> {
@@ -799,7 +822,7 @@ export async function main(argv: readonly string[], io: Partial<CliIo> = {}): Pr
         await shardForceVote(ctx);
         return 0;
       case 'nats-auth':
-        await writeOut(fullIo.stdout, natsAuthText((args.flags.cluster as string | undefined) ?? (fullIo.env.STRATA_CLUSTER || CLUSTER_DEFAULT)));
+        await writeOut(fullIo.stdout, natsAuthText((args.flags.cluster as string | undefined) ?? (fullIo.env.STRATA_CLUSTER || CLUSTER_DEFAULT), natsAuthClients(args.flags.clients as string | undefined)));
         return 0;
       default:
         throw new UsageError(`unknown command ${JSON.stringify(args.command)}`);

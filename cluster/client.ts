@@ -46,7 +46,7 @@ import { DEADLINE_AHEAD_MS_MAX, writeHeaders } from '../messages/headers';
 import { clientSpan } from '../observability/tracing';
 import { ConnectionState, NoRespondersError, RequestMux, fromNatsError, natsErrorCode, serverMaxPayload } from '../runtime/request-mux';
 import { withTimeout } from '../runtime/timeout';
-import { apiSubject, checkToken, shardSubject } from '../messages/subjects';
+import { apiSubject, checkToken, clientInboxPrefix, shardSubject } from '../messages/subjects';
 import { nodeSubject, validateShardForceVoteReply, type ShardForceVoteReply } from '../messages/control';
 import {
   EARLIER_ATTEMPTS_MAX,
@@ -547,7 +547,8 @@ export async function connect(options: ConnectOptions): Promise<StrataClient> {
       // the library would otherwise close the connection for good.
       ignoreAuthErrorAbort: true,
       ...(options.name === undefined ? {} : { name: options.name }),
-      ...(options.user === undefined ? {} : { user: options.user }),
+      // A user's replies come to inboxes only it may read (messages/subjects.ts clientInboxPrefix).
+      ...(options.user === undefined ? {} : { user: options.user, inboxPrefix: clientInboxPrefix(options.user) }),
       ...(options.pass === undefined ? {} : { pass: options.pass }),
       ...(options.tls === undefined ? {} : { tls: options.tls }),
     });

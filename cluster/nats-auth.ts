@@ -11,7 +11,7 @@
  * (docs/replication.md, "Locking the subjects").
  */
 import * as fs from 'node:fs';
-import { checkToken } from '../messages/subjects';
+import { checkToken, clientInboxPrefix } from '../messages/subjects';
 
 /** The kinds of NATS users of a Strata cluster. */
 export type NatsRole = 'node' | 'client' | 'operator';
@@ -29,8 +29,11 @@ const INBOXES = '_INBOX.>';
 /** The NATS service API's discovery (`$SRV.PING`, `$SRV.INFO`, `$SRV.STATS`). */
 const SERVICE_DISCOVERY = '$SRV.>';
 
-/** The permissions of `role` on cluster `cluster`. */
-export function natsPermissions(cluster: string, role: NatsRole): NatsPermissions {
+/**
+ * The permissions of `role` on cluster `cluster`; a client's or an operator's for user `user`,
+ * whose replies come to its own inboxes (`clientInboxPrefix`).
+ */
+export function natsPermissions(cluster: string, role: NatsRole, user = `strata-${role}`): NatsPermissions {
   const root = `strata.${checkToken(cluster, 'cluster')}`;
   switch (role) {
     case 'node':
@@ -40,9 +43,10 @@ export function natsPermissions(cluster: string, role: NatsRole): NatsPermission
       return { publish: [`${root}.>`, INBOXES, SERVICE_DISCOVERY], subscribe: [`${root}.>`, INBOXES, SERVICE_DISCOVERY] };
     case 'client':
       // The public API and the shards' request subjects, nothing a node listens to for its peers.
-      return { publish: [`${root}.api.>`, `${root}.shard.*.*`, SERVICE_DISCOVERY], subscribe: [INBOXES] };
+      // Replies only on its own inboxes: not the pages another client user reads.
+      return { publish: [`${root}.api.>`, `${root}.shard.*.*`, SERVICE_DISCOVERY], subscribe: [`${clientInboxPrefix(user)}.>`] };
     case 'operator': {
-      const client = natsPermissions(cluster, 'client');
+      const client = natsPermissions(cluster, 'client', user);
       return { publish: [...client.publish, `${root}.node.*.shard.forceVote`], subscribe: client.subscribe };
     }
   }
@@ -55,7 +59,8 @@ export interface NatsUser {
   password: { text: string } | { env: string };
 }
 
-const USER_PATTERN = /^[A-Za-z0-9_.-]{1,64}$/;
+// No dot: a user's inbox prefix (`_INBOX.<user>`) is one subject token.
+const USER_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
 const ENV_PATTERN = /^[A-Za-z_][A-Za-z0-9_]{0,63}$/;
 
 /**
@@ -67,7 +72,7 @@ export function renderNatsAuthorization(cluster: string, users: readonly NatsUse
   const seen = new Set<string>();
   const lines = ['authorization {', '  users = ['];
   for (const u of users) {
-    if (!USER_PATTERN.test(u.user)) throw new RangeError(`user: expected 1..64 characters of [A-Za-z0-9_.-], got ${JSON.stringify(u.user)}`);
+    if (!USER_PATTERN.test(u.user)) throw new RangeError(`user: expected 1..64 characters of [A-Za-z0-9_-], got ${JSON.stringify(u.user)}`);
     if (seen.has(u.user)) throw new RangeError(`user ${u.user} given twice`);
     seen.add(u.user);
     let password: string;
@@ -77,7 +82,7 @@ export function renderNatsAuthorization(cluster: string, users: readonly NatsUse
     } else {
       password = JSON.stringify(u.password.text);
     }
-    const p = natsPermissions(cluster, u.role);
+    const p = natsPermissions(cluster, u.role, u.user);
     const list = (subjects: readonly string[]): string => `[${subjects.map((s) => JSON.stringify(s)).join(', ')}]`;
     lines.push(
       `    # ${u.role}`,

@@ -86,6 +86,18 @@ export function nodeInboxPrefix(cluster: string): string {
   return `${SUBJECT_ROOT}.${checkToken(cluster, 'cluster')}.inbox.${randomBytes(16).toString('hex')}`;
 }
 
+/**
+ * `_INBOX.<user>`: the inbox prefix of a client that connects as NATS user `user` (characters
+ * outside [A-Za-z0-9_-] as `_`). A client user may subscribe under its own prefix only
+ * (cluster/nats-auth.ts), so that it cannot read the replies another user's requests get: the
+ * pages they read. Nodes answer any `_INBOX.>` subject.
+ */
+export function clientInboxPrefix(user: string): string {
+  const token = user.replace(/[^A-Za-z0-9_-]/g, '_');
+  if (token.length === 0 || token.length > ID_LENGTH_MAX) subjectError('user', `expected 1..${ID_LENGTH_MAX} characters, got ${token.length}`);
+  return `_INBOX.${token}`;
+}
+
 /** An actor's address: its kind and its id tokens. */
 export interface ActorAddress {
   kind: string;

@@ -13,6 +13,7 @@ import { startNatsServer, type NatsServerHandle } from '../../runtime/nats-serve
 import { encode, decode } from '../../messages/codec';
 import { ProtocolError } from '../../messages/errors';
 import { replicaSubject } from '../../messages/raft';
+import { clientInboxPrefix } from '../../messages/subjects';
 import type { VolumeInfo } from '../../messages/api';
 import { waitFor } from '../support/wait';
 
@@ -22,9 +23,11 @@ describe('cluster/nats-auth', () => {
   describe('permissions and the authorization block', () => {
     it('gives applications the API and the shards, never a subject the nodes trust each other on', () => {
       const client = natsPermissions('prod', 'client');
-      assert.deepEqual(client, { publish: ['strata.prod.api.>', 'strata.prod.shard.*.*', '$SRV.>'], subscribe: ['_INBOX.>'] });
+      assert.deepEqual(client, { publish: ['strata.prod.api.>', 'strata.prod.shard.*.*', '$SRV.>'], subscribe: ['_INBOX.strata-client.>'] });
+      assert.deepEqual(natsPermissions('prod', 'client', 'app-7').subscribe, ['_INBOX.app-7.>'], 'a client user reads the replies to its own requests only');
       const operator = natsPermissions('prod', 'operator');
       assert.deepEqual(operator.publish, [...client.publish, 'strata.prod.node.*.shard.forceVote']);
+      assert.deepEqual(operator.subscribe, ['_INBOX.strata-operator.>']);
       assert.deepEqual(natsPermissions('prod', 'node').subscribe, ['strata.prod.>', '_INBOX.>', '$SRV.>']);
       assert.throws(() => natsPermissions('a.b', 'node'), ProtocolError);
     });
@@ -115,7 +118,7 @@ describe('cluster/nats-auth', () => {
 
     before(async () => {
       c = await startCluster({ nodes: 3, hosts: 1, natsAuth: true, clientTimeoutMs: 5000 });
-      app = await natsConnect({ servers: c.natsUrl, ...c.natsUsers!.client });
+      app = await natsConnect({ servers: c.natsUrl, ...c.natsUsers!.client, inboxPrefix: clientInboxPrefix(c.natsUsers!.client.user) });
       peer = await natsConnect({ servers: c.natsUrl, ...c.natsUsers!.node });
       info = await c.client.createVolume({ name: 'v-auth', pageCount: 64, shards: 1, replicas: 3 });
     });
@@ -145,6 +148,29 @@ describe('cluster/nats-auth', () => {
         assert.equal(reply.wasRepairing, false);
       } finally {
         await operator.close();
+      }
+    });
+
+    it('one user cannot read the replies another user\'s requests get (the pages it reads): each has inboxes of its own', async () => {
+      const page = new Uint8Array(4096).fill(0x5a);
+      await c.client.volume('v-auth').write(5, page);
+      const other = await natsConnect({ servers: c.natsUrl, ...c.natsUsers!.operator, inboxPrefix: clientInboxPrefix(c.natsUsers!.operator.user) });
+      try {
+        for (const subject of ['_INBOX.>', `${clientInboxPrefix(c.natsUsers!.client.user)}.>`]) {
+          const refused = new Promise<Error | null>((resolve) => other.subscribe(subject, { callback: (err) => resolve(err) }));
+          await other.flush();
+          assert.match(String(await refused), /Permissions Violation for Subscription/, subject);
+        }
+        // Its own inboxes work: the client library takes them for a user.
+        const operator = await connect({ servers: c.natsUrl, cluster: c.cluster, timeoutMs: 5000, ...c.natsUsers!.operator });
+        try {
+          assert.deepEqual(Buffer.from(await operator.volume('v-auth').read(5)), Buffer.from(page));
+        } finally {
+          await operator.close();
+        }
+        assert.deepEqual(Buffer.from(await c.client.volume('v-auth').read(5)), Buffer.from(page));
+      } finally {
+        await other.close();
       }
     });
 
@@ -189,7 +215,7 @@ describe('cluster/nats-auth', () => {
       // way of a request any node answers ($SRV.PING with that reply subject): a node that took
       // such an answer to its claim for another node's would refuse to start.
       const claims: string[] = [];
-      const watcher = app.subscribe('_INBOX.>', {
+      const watcher = app.subscribe(`${clientInboxPrefix(c.natsUsers!.client.user)}.>`, {
         callback: (_err, m) => {
           let body: unknown;
           try {
