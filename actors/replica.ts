@@ -1753,6 +1753,16 @@ export class Replica {
     };
   }
 
+  /** Whether this log holds a record at `lsn` of `term`, durably (at or after the log's trimmed prefix). */
+  private holdsDurably(lsn: number, term: number): boolean {
+    if (lsn > this.durableLsn || lsn > this.lastLsn || lsn < this.log.firstLsn - 1) return false;
+    try {
+      return this.termOf(lsn) === term;
+    } catch {
+      return false; // Not readable: the image is installed as before.
+    }
+  }
+
   handleSnapshot(req: SnapshotRequest): Promise<SnapshotReply> {
     return this.serial(() => this.doSnapshot(req));
   }
@@ -1771,6 +1781,15 @@ export class Replica {
     if (this.term !== termBefore) await this.persistHardState();
     if (!this.snapshots) return { term: this.term, ok: false, nextOffset: 0 };
     if (req.lsn <= this.commitLsn) return { term: this.term, ok: true, nextOffset: req.bytes }; // Nothing to gain.
+    if (this.holdsDurably(req.lsn, req.lastTerm)) {
+      // Its log holds the image's last record durably, and so (log matching) everything the image
+      // holds: it goes on from its log. Installing would cut the records after it, which it may
+      // have acknowledged to an earlier leader that committed them: with them gone from its log,
+      // it could vote for a candidate without them (a leader's conflict hint steps back over a
+      // whole run of one term, to the follower's commit LSN, and so can fall below an image
+      // whose last record the follower holds).
+      return { term: this.term, ok: true, nextOffset: req.bytes };
+    }
     if (req.offset === 0) {
       await this.queue.task(() => this.snapshots!.begin(req.lsn, req.lastTerm, req.bytes));
       this.pendingSnapshot = { lsn: req.lsn, term: req.lastTerm, bytes: req.bytes, next: 0 };

@@ -13,7 +13,7 @@ import { ShardStorage } from '../../storage-engine/shard-storage';
 import { encodePageWrite } from '../../storage-engine/page-write';
 import { RecordKind } from '../../storage-engine/record';
 import { ProtocolError } from '../../messages/errors';
-import type { AppendReply, AppendRequest, RaftReply, RaftRequest, WireRecord } from '../../messages/raft';
+import type { AppendReply, AppendRequest, RaftReply, RaftRequest, SnapshotReply, VoteReply, WireRecord } from '../../messages/raft';
 import { DiskGates, geometry, page } from '../support/replica-harness';
 
 /** The default timing before 5354581 (heartbeats 50 ms, now 100): 300–600 ms elections, a lease of 0.75 × 300 ms. */
@@ -277,6 +277,42 @@ describe('Replica rules that hold only in particular interleavings', function ()
       sent.map((_, k) => [true, k + 1]),
     );
     assert.equal(b.stats().lastLsn, 64, 'the refused append left nothing');
+  });
+
+  it('a follower whose log holds the last record of the image it is sent keeps the records after it, which may be committed: a candidate without them does not get its vote', async () => {
+    // Five replicas. a leads term 1 and writes LSN 1..6; b gets all six, d LSN 1..4 (a counts
+    // LSN 1..4, and with a third replica more, committed, but b is told commit 0). d checkpoints
+    // at LSN 4 and trims, leads term 3 with another record of term 2 at LSN 6, and b's answer to
+    // its first probe (prevLsn 6, a mismatch) steps back over b's whole run of term 1, to b's
+    // commit LSN: d sends its image (LSN 4). LSN 5 may be committed (a, b and c held it): were b
+    // to cut it, d's crash would leave it on a alone, and e, whose log ends at LSN 4, could be
+    // elected by b and c (whose log also ends at LSN 4) and overwrite it.
+    shard = new Cluster(['a', 'b', 'c', 'd', 'e']);
+    const b = shard.replica('b');
+    const d = shard.members.get('d')!;
+    const ofA = (prevLsn: number, records: WireRecord[], commitLsn: number): AppendRequest => ({ ...append(prevLsn, records), commitLsn });
+    const records = Array.from({ length: 6 }, (_, i) => record(1, i + 1));
+    assert.deepEqual(await b.handle(ofA(0, records, 0)), { term: 1, success: true, matchLsn: 6, lastLsn: 6 });
+    await d.replica.handle(ofA(0, records.slice(0, 4), 4));
+    await shard.settle();
+    assert.equal(d.replica.appliedLsn, 4);
+    await d.replica.checkpoint();
+    const image = d.storage.newest()!;
+    assert.deepEqual([image.lsn, image.term], [4, 1]);
+
+    const probe: AppendRequest = { type: 'append', term: 3, leader: 'd', prevLsn: 6, prevTerm: 2, records: [], commitLsn: 5, leaderLastLsn: 7 };
+    assert.deepEqual(await b.handle(probe), { term: 3, success: false, lastLsn: 0, conflict: true });
+    const data = d.storage.read(image.lsn, 0, image.bytes);
+    const reply = (await b.handle({ type: 'snapshot', term: 3, leader: 'd', lsn: image.lsn, lastTerm: image.term, bytes: image.bytes, offset: 0, data, done: true })) as SnapshotReply;
+    assert.deepEqual([reply.ok, reply.nextOffset], [true, image.bytes]);
+    assert.deepEqual([b.stats().lastLsn, shard.members.get('b')!.storage.log.lastLsn], [6, 6], 'b keeps LSN 5 and 6');
+
+    // d is gone. Once b's stickiness to d has run out, e (log ending at LSN 4 of term 1) asks
+    // for its vote: b's log is more up to date.
+    shard.now += 1000;
+    const vote = (await b.handle({ type: 'vote', term: 4, candidate: 'e', lastLsn: 4, lastTerm: 1 })) as VoteReply;
+    assert.deepEqual([vote.term, vote.granted], [4, false]);
+
   });
 
   it('a follower answers an append only once its records are on disk', async () => {
