@@ -992,6 +992,12 @@ export class SegmentLog {
       this.syncedLsnValue = firstLsn - 1;
       return;
     }
+    // The entries listed may not be durable yet: a segment renamed into place, or one removed,
+    // just before a crash or a failed directory fsync (a host reopens the log of a failed device
+    // on the same page cache). Records appended and synced into such a segment would vanish with
+    // its name at a power cut, and a removed one could come back: the directory is made durable
+    // as it is read, before anything is acknowledged on it.
+    disk.fsyncDir(this.dir);
     this.recoverSegments(segNames);
   }
 

@@ -338,6 +338,66 @@ describe('SegmentLog recovery', () => {
     assert.equal(segBases(disk).length, 1);
   });
 
+  describe('(e) a reopen after a failed directory fsync (as a host reopens a failed device, or a process restarts)', () => {
+    /** A SimDisk whose next `failDirs` directory fsyncs fail (file fdatasyncs still work). */
+    class DirFsyncFails extends SimDisk {
+      failDirs = 0;
+      override fsyncDir(dir: string): void {
+        if (this.failDirs > 0) {
+          this.failDirs--;
+          throw new StorageError('fsync_failed', `fsyncDir ${dir}: EIO (test)`, { errno: 'EIO', path: dir });
+        }
+        super.fsyncDir(dir);
+      }
+    }
+
+    it('makes the new segment it finds durable: records appended to it and synced survive a power cut', () => {
+      const disk = new DirFsyncFails();
+      const log = SegmentLog.open(disk, { dir: DIR, segmentBytesMax: SEG });
+      log.write(history(1, 5));
+      log.sync();
+      const before = segBases(disk);
+      // A roll-over whose new segment is renamed into place, then the directory fsync fails.
+      disk.failDirs = 1;
+      let lsn = 5;
+      assert.throws(() => {
+        for (;;) log.write(history(++lsn, lsn));
+      }, isCode('fsync_failed'));
+      assert.equal(segBases(disk).length, before.length + 1, 'the new segment is in the directory, not yet durably');
+      const again = reopen(disk);
+      const acked = again.lastLsn + 3;
+      again.write(history(again.lastLsn + 1, acked));
+      again.sync(); // acknowledged from here on
+      disk.powerCut();
+      const third = reopen(disk);
+      assert.deepEqual(third.corruption, []);
+      assert.equal(third.lastLsn, acked, 'records synced after the reopen survive the power cut');
+      assertHistory(third, 1, acked);
+    });
+
+    it('makes the removals of a failed truncateSuffix durable: a power cut cannot bring back the records it cut', () => {
+      const disk = new DirFsyncFails();
+      const log = SegmentLog.open(disk, { dir: DIR, segmentBytesMax: SEG });
+      log.write(history(1, 40));
+      log.sync();
+      const bases = segBases(disk);
+      assert.ok(bases.length >= 3);
+      const from = bases[bases.length - 2]! + 1; // inside the segment before the newest: that one goes
+      disk.failDirs = 1;
+      assert.throws(() => log.truncateSuffix(from), isCode('fsync_failed'));
+      const again = reopen(disk);
+      assert.ok(again.lastLsn < bases[bases.length - 1]!, 'the newest segment is gone from the directory');
+      again.truncateSuffix(from);
+      again.write([{ term: 60, kind: 2, payload: new Uint8Array(0) }]);
+      again.sync();
+      disk.powerCut();
+      const third = reopen(disk);
+      assert.deepEqual(third.corruption, [], 'no removed segment came back');
+      assert.deepEqual([third.lastLsn, third.lastTerm], [from, 60]);
+      assertHistory(third, 1, from - 1);
+    });
+  });
+
   it('(f) a damaged header of a middle segment is corruption', () => {
     const { disk } = logWith(60, SEG);
     const bases = segBases(disk);
