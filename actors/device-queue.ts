@@ -11,7 +11,8 @@
  *   (bounded by readCoalesceBytesMax) and handed back as views of the merged buffer.
  * - Failure: if a write or fdatasync of a batch fails, EVERY append of that batch is failed with
  *   a typed error, the device is marked failed, and every later submission is refused with
- *   'device_failed'. Nothing that was not synced is ever acknowledged.
+ *   'device_failed'. Nothing that was not synced is ever acknowledged. A task that fails with
+ *   'fsync_failed' marks the device failed too.
  *
  * The queue does no IO of its own: appends go through the AppendTarget (a SegmentLog on this
  * device), reads and tasks through the Disk interface. Time comes from an injected clock and the
@@ -459,6 +460,12 @@ export class DeviceQueue {
     try {
       op.resolve(op.run());
     } catch (e) {
+      // A failed fsync in a task (a term and vote saved, an image, a trim, a truncation) leaves
+      // the device's state unknown, as a failed flush of a batch does: the device is fenced,
+      // whether or not the task's caller handles the error (a step-down's save of its new term
+      // is not awaited), so that nothing is acknowledged on it until its host reopens it. Other
+      // task errors (a full disk, a closed shard) fail the task alone.
+      if (e instanceof StorageError && e.code === 'fsync_failed') this.fail(e);
       op.reject(e instanceof Error ? e : new Error(String(e)));
     }
   }

@@ -434,6 +434,25 @@ describe('DeviceQueue', () => {
     assert.equal(q.failed, false, 'a failing task does not fail the device');
   });
 
+  it('a task whose fsync fails fences the device, as a failed flush of a batch does: nothing after it is acknowledged', async () => {
+    const sched = manualScheduler();
+    const log = new FakeLog();
+    const q = new DeviceQueue({ disk: readOnlyDisk(new Map()), schedule: sched.schedule });
+    // A save of a term and vote (a metadata file: write, fdatasync, rename, fsyncDir) whose fsync fails.
+    const save = q.task(() => {
+      throw new StorageError('fsync_failed', 'fsyncDir shard: EIO', { errno: 'EIO' });
+    });
+    const after = q.append(log, [rec(1)]);
+    const task = q.task(() => 1);
+    sched.runAll();
+    await assert.rejects(save, (e: StorageError) => e.code === 'fsync_failed');
+    await assert.rejects(after, (e: StorageError) => e.code === 'device_failed');
+    await assert.rejects(task, (e: StorageError) => e.code === 'device_failed');
+    assert.equal(q.failed, true);
+    assert.equal(log.syncs, 0, 'no later flush runs on the failed device');
+    assert.throws(() => q.checkAppend([rec(2)]), (e: StorageError) => e.code === 'device_failed');
+  });
+
   it('drain waits for queued work and then refuses new work', async () => {
     const log = new FakeLog();
     const q = new DeviceQueue({ disk: readOnlyDisk(new Map()) });

@@ -336,3 +336,55 @@ describe('Replica rules that hold only in particular interleavings', function ()
     assert.equal(syncedWhenAnswered, 2, 'when the answer came, both records were on disk');
   });
 });
+
+describe('Replica: a term whose save failed', function () {
+  this.timeout(20_000);
+
+  it('a step-down whose save of the new term fails fences the device: no record of that term is acknowledged on it', async () => {
+    const slab = new Slab({ slotBytes: 8192, slotCount: 256 });
+    const disk = new SimDisk();
+    const storage = ShardStorage.open(disk, {
+      dir: 'shard', pageSize: 4096, pageCount: 256, cacheBytesMax: 1 << 20, slab, segmentBytesMax: 64 * 1024, repairFromPeers: true,
+    });
+    storage.save({ term: 1, votedFor: null });
+    const queue = new DeviceQueue({ disk, name: 'a' });
+    let failArmed = false;
+    // Its peers grant its prevote, then refuse its vote from a newer term (7): it steps down to
+    // term 7, and the save of that term hits a failing fsync.
+    const transport: ReplicaTransport = {
+      send: async (_to: string, msg: RaftRequest): Promise<RaftReply> => {
+        await new Promise((r) => setImmediate(r));
+        if (msg.type === 'prevote') return { term: 1, granted: true };
+        if (msg.type === 'vote') {
+          if (!failArmed) {
+            failArmed = true;
+            disk.failFsync({ times: 1 });
+          }
+          return { term: 7, granted: false };
+        }
+        throw new ProtocolError('timeout', 'no such peer');
+      },
+    };
+    let now = 0;
+    const a = new Replica({
+      geometry, self: 'a', members: ['a', 'b', 'c'], log: storage.log, store: storage.store, queue, hardState: storage,
+      transport, snapshots: storage, timing, nowMs: 0, clock: () => now, random: () => 0,
+    });
+    now = timing.electionTimeoutMaxMs * 2;
+    a.tick(now);
+    for (let i = 0; i < 100 && a.stats().term !== 7; i++) await new Promise((r) => setImmediate(r));
+    for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
+    assert.equal(a.stats().term, 7, 'it stepped down to term 7');
+    assert.ok(storage.load()!.term < 7, 'the save of term 7 failed');
+    // The leader of term 7 sends it a record of its term.
+    const reply = await a
+      .handle({ type: 'append', term: 7, leader: 'b', prevLsn: 0, prevTerm: 0, records: [{ term: 7, kind: RecordKind.Noop, payload: new Uint8Array(0) }], commitLsn: 0 })
+      .then((r) => r as AppendReply, (e: unknown) => e);
+    assert.ok(
+      !(reply as AppendReply).success,
+      `a record of term 7 acknowledged while term 7 is not durable (the failed fsync was swallowed): ${JSON.stringify(reply)}`,
+    );
+    assert.equal(queue.failed, true, 'the device is fenced: its host reopens it from what is durable');
+    a.close();
+  });
+});
