@@ -127,6 +127,8 @@ interface ShardEntry {
   damaged: CorruptionReport[] | undefined;
   /** How far its log was durable when the replica was last stopped (ShardStorage `durableLsn`). */
   durableLsn: number | undefined;
+  /** Stopped because its device failed, not reopened since: its log is cut back to durableLsn (ShardStorage `afterDeviceFailure`). */
+  afterDeviceFailure: boolean;
   /** Damage the scrub found that cannot be repaired (a set of one), as last reported. */
   lastUnrepairable?: string;
   /** Image files of a sole copy that a reopen could not rebuild (no older image and log left): not reported again. */
@@ -292,7 +294,7 @@ export class DeviceHost {
     const key = shardKey(spec.volumeId, spec.shard);
     let entry = this.shards.get(key);
     if (!entry) {
-      entry = { spec, storage: undefined, replica: undefined, downReason: undefined, restarts: [], damaged: undefined, durableLsn: undefined, unrepairable: [], existed: spec.existing === true };
+      entry = { spec, storage: undefined, replica: undefined, downReason: undefined, restarts: [], damaged: undefined, durableLsn: undefined, afterDeviceFailure: false, unrepairable: [], existed: spec.existing === true };
       this.shards.set(key, entry);
     } else if (spec.existing === true) {
       entry.existed = true;
@@ -526,6 +528,7 @@ export class DeviceHost {
       repairFromPeers: spec.members.length > 1,
       ...(damaged ? { damaged } : {}),
       ...(entry.durableLsn !== undefined ? { durableLsn: entry.durableLsn } : {}),
+      ...(entry.afterDeviceFailure ? { afterDeviceFailure: true } : {}),
       expectExisting: entry.existed,
     });
   }
@@ -556,6 +559,7 @@ export class DeviceHost {
       }
       entry.storage = storage;
       entry.damaged = undefined;
+      entry.afterDeviceFailure = false;
       entry.existed = true;
       if (storage.storageLost) this.opts.onStorageLost?.(spec);
       if (storage.repaired.length > 0) {
@@ -646,7 +650,13 @@ export class DeviceHost {
 
   private restartAll(): void {
     for (const e of this.shards.values()) this.stop(e);
-    if (this.queue.failed) this.deviceFailuresTotal++;
+    if (this.queue.failed) {
+      this.deviceFailuresTotal++;
+      // What a log holds after its durable LSN came from the failed batch (or was never flushed):
+      // its reopen cuts it. Only on a failed queue: no flush of it can still end, and answer,
+      // after the cut.
+      for (const e of this.shards.values()) e.afterDeviceFailure = true;
+    }
     // The device's counters go on across its queues: only a host restart starts them over.
     this.retiredQueue = addQueueCounters(this.retiredQueue, this.queue.stats());
     this.queue = this.newQueue();

@@ -57,6 +57,14 @@ export interface ShardStorageOptions {
    */
   durableLsn?: number;
   /**
+   * The reopen follows a failure of the device (a write or an fsync failed; its host knows): the
+   * records after `durableLsn` were never made durable, and are cut. The page cache may still
+   * show them, but a failed fdatasync may have left them off the device, and on Linux no later
+   * fdatasync writes them (it marks them clean): kept, they would be served, committed and
+   * counted durable, and lost at the next power cut. None of them was acknowledged.
+   */
+  afterDeviceFailure?: boolean;
+  /**
    * The replica was opened on this node before (its node's record of its shards, a
    * reconciliation with the catalog, a restart of its host): its storage should be here. An open
    * that finds no term and vote saved reports `storageLost`, and marks the hard state `lost`
@@ -228,6 +236,9 @@ export class ShardStorage {
         disk.fsyncDir(opts.dir);
       }
       const repaired = opts.repairFromPeers && log.corruption.length > 0 ? repairLog(disk, opts.dir, meta, log) : [];
+      if (opts.afterDeviceFailure === true && opts.durableLsn !== undefined && log.corruption.length === 0 && log.lastLsn > opts.durableLsn) {
+        log.truncateSuffix(Math.max(opts.durableLsn, log.firstLsn - 1) + 1);
+      }
       // Without a readable checkpoint pointer, the newest image on disk (built from applied, so
       // committed, records) bounds the replay; PageStore.open then takes any image the log covers.
       const imageLsn = PageStore.imageLsn(disk, opts.dir) || PageStore.newestImageOnDisk(disk, opts.dir);

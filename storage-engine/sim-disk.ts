@@ -12,9 +12,11 @@
  *   that was not fsync'd reverts, unsynced writes are lost. Open handles become invalid.
  *
  * Faults: `failFsync`, `failWrite`, `flipBits`, `crashAfter` and a torn last write on `powerCut`.
- * A failed fsync leaves the data as it was (not durable); a later successful fsync of the same
- * file makes it durable again, which is kinder than some kernels: callers must treat a failed
- * fsync as fatal for the device, not retry it.
+ * A failed fsync leaves the data as it was (not durable); by default a later successful fsync of
+ * the same file makes it durable again, which is kinder than some kernels: callers must treat a
+ * failed fsync as fatal for the device, not retry it. With `fsyncFailureDropsData` the disk is
+ * as unkind as Linux: what a failed fdatasync did not write is marked clean, and no later
+ * fdatasync writes it (unless it is written again), while reads still return it until a power cut.
  *
  * Deterministic: no randomness, no clock. Not thread-safe.
  */
@@ -46,6 +48,13 @@ export type SimWriteErrno = 'EIO' | 'ENOSPC';
 export interface SimDiskOptions {
   /** Largest size of one file in bytes; a write past it fails with ENOSPC (default 256 MiB). */
   fileBytesMax?: number;
+  /**
+   * As Linux after a writeback error: the bytes of a file that a failed fdatasync did not make
+   * durable are marked clean, so later fdatasyncs of the file do not write them either (what the
+   * device holds there stays what it held), until they are written again. Reads see them until
+   * a power cut. Default false: a later fdatasync makes them durable.
+   */
+  fsyncFailureDropsData?: boolean;
 }
 
 /** Options of `failFsync`. */
@@ -92,6 +101,11 @@ interface Inode {
   len: number;
   durable: Uint8Array;
   lastWrite: LastWrite | undefined;
+  /**
+   * With `fsyncFailureDropsData`: 1 for each byte a failed fdatasync left out and nothing wrote
+   * since (no fdatasync writes it); undefined when there is none.
+   */
+  dropped?: Uint8Array;
 }
 
 interface Dir {
@@ -131,6 +145,7 @@ export class SimDisk implements Disk {
   /** IO counters since construction (failed calls included). */
   readonly counters: DiskCounters = newDiskCounters();
   private readonly fileBytesMax: number;
+  private readonly fsyncFailureDropsData: boolean;
   private readonly root: Dir = newDir();
   private readonly files = new Map<FileHandle, OpenSimFile>();
   private nextHandle: FileHandle = 1;
@@ -144,6 +159,7 @@ export class SimDisk implements Disk {
     const max = opts.fileBytesMax ?? SIM_FILE_BYTES_MAX_DEFAULT;
     checkDiskOffset(max, 'fileBytesMax');
     this.fileBytesMax = max;
+    this.fsyncFailureDropsData = opts.fsyncFailureDropsData === true;
   }
 
   // ---------------------------------------------------------------- Disk
@@ -217,8 +233,39 @@ export class SimDisk implements Disk {
     const f = this.file(fh);
     this.mutate();
     this.counters.fdatasyncs++;
-    this.checkFault(this.fsyncFaults, f.path, 'fdatasync', 'fsync_failed');
-    f.inode.durable = f.inode.buf.slice(0, f.inode.len);
+    const inode = f.inode;
+    try {
+      this.checkFault(this.fsyncFaults, f.path, 'fdatasync', 'fsync_failed');
+    } catch (e) {
+      if (this.fsyncFailureDropsData) this.dropUnsynced(inode);
+      throw e;
+    }
+    const durable = inode.buf.slice(0, inode.len);
+    const dropped = inode.dropped;
+    if (dropped !== undefined) {
+      // Marked clean by a failed fdatasync: the device keeps what it had there (zeros past it).
+      for (let i = 0; i < Math.min(dropped.length, durable.length); i++) {
+        if (dropped[i] === 1) durable[i] = i < inode.durable.length ? inode.durable[i]! : 0;
+      }
+    }
+    inode.durable = durable;
+  }
+
+  /** A failed fdatasync of `inode`: its bytes that differ from the durable content are marked clean. */
+  private dropUnsynced(inode: Inode): void {
+    const len = inode.len;
+    const dropped = new Uint8Array(Math.max(len, inode.dropped?.length ?? 0));
+    if (inode.dropped !== undefined) dropped.set(inode.dropped);
+    for (let i = 0; i < len; i++) {
+      if (i >= inode.durable.length || inode.buf[i] !== inode.durable[i]) dropped[i] = 1;
+    }
+    inode.dropped = dropped;
+  }
+
+  /** Bytes [from, to) of `inode` were written (or cut): none of them is marked clean any more. */
+  private undrop(inode: Inode, from: number, to: number): void {
+    const dropped = inode.dropped;
+    if (dropped !== undefined && from < dropped.length) dropped.fill(0, from, Math.min(to, dropped.length));
   }
 
   truncate(fh: FileHandle, length: number): void {
@@ -232,6 +279,7 @@ export class SimDisk implements Disk {
       this.reserve(inode, length);
       inode.buf.fill(0, inode.len, length);
     }
+    this.undrop(inode, Math.min(length, inode.len), Number.MAX_SAFE_INTEGER);
     inode.len = length;
   }
 
@@ -419,6 +467,7 @@ export class SimDisk implements Disk {
           const inode = e.inode;
           inode.buf = inode.durable.slice();
           inode.len = inode.durable.length;
+          inode.dropped = undefined;
         }
       }
     };
@@ -494,6 +543,7 @@ export class SimDisk implements Disk {
       inode.len = end;
     }
     inode.buf.set(data, offset);
+    this.undrop(inode, offset, end);
     inode.lastWrite = { offset, bytes: data.slice() };
     this.counters.bytesWritten += data.length;
   }

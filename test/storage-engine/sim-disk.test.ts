@@ -183,6 +183,28 @@ describe('SimDisk faults', () => {
     assert.equal(text(disk.durableBytes('f')), 'new');
   });
 
+  it('with fsyncFailureDropsData, what a failed fdatasync left out is never written by a later one, unless written again', () => {
+    const disk = new SimDisk({ fsyncFailureDropsData: true });
+    durableFile(disk, 'f', 'old');
+    const fh = disk.open('f');
+    disk.write(fh, bytes('new!'), 0);
+    disk.failFsync();
+    expectStorageError(() => disk.fdatasync(fh), 'fsync_failed', 'EIO');
+    assert.equal(text(disk.fileBytes('f')), 'new!', 'reads still see it');
+    disk.fdatasync(fh);
+    assert.deepEqual([...disk.durableBytes('f')], [...bytes('old'), 0], 'the later fdatasync succeeds and writes none of it');
+    disk.write(fh, bytes('N'), 0);
+    disk.write(fh, bytes('tail'), 4);
+    disk.fdatasync(fh);
+    assert.deepEqual([...disk.durableBytes('f')], [...bytes('Nld'), 0, ...bytes('tail')], 'bytes written again are written');
+    disk.truncate(fh, 2);
+    disk.truncate(fh, 4);
+    disk.fdatasync(fh);
+    assert.deepEqual([...disk.durableBytes('f')], [...bytes('Nl'), 0, 0], 'a cut and regrown range is zeros, written');
+    disk.powerCut();
+    assert.deepEqual([...disk.fileBytes('f')], [...bytes('Nl'), 0, 0]);
+  });
+
   it('failFsync for good keeps failing, on files and directories', () => {
     const disk = new SimDisk();
     durableFile(disk, 'f', 'old');
