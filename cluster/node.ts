@@ -42,6 +42,7 @@ import {
   validateAssignmentsReply,
   ASSIGNMENTS_PAGE_MAX,
   ASSIGNMENTS_PER_NODE_MAX,
+  ASSIGNMENTS_TOMBSTONES_MAX,
   validateShardsOpen,
   validateShardsDestroy,
   validateShardForceVote,
@@ -252,6 +253,18 @@ function openDataDir(dataDir: string, opts: StrataNodeOptions, hosts: number): {
     });
   }
   return { meta, nodeMeta, controller };
+}
+
+/** The ids of `ids` from index `from` on whose encoded size adds up to at most `bytesMax`; at least one when any is left. */
+function idsWithin(ids: readonly string[], from: number, bytesMax: number): string[] {
+  const out: string[] = [];
+  let used = 0;
+  for (let i = from; i < ids.length; i++) {
+    used += encode(ids[i]).length;
+    if (used > bytesMax && out.length > 0) break;
+    out.push(ids[i]!);
+  }
+  return out;
 }
 
 function shardId(a: { volumeId: string; shard: number }): string {
@@ -828,23 +841,38 @@ export class StrataNode {
 
   /**
    * This node's assignments, page by page, all of one catalog epoch: a catalog that changed
-   * between two pages is read again from the first (at most ASSIGNMENTS_FETCH_TRIES times).
+   * between two pages is read again from the first (at most ASSIGNMENTS_FETCH_TRIES times). The
+   * tombstones the first page did not hold come in pages of their own (`tombstonesFrom`).
    */
   private async fetchAssignments(): Promise<AssignmentsReply> {
     const timeout = this.opts.requestTimeoutMs ?? 10_000;
     const subject = controllerSubject(this.cluster, 'assignments');
-    const fetchPage = async (from?: number): Promise<AssignmentsReply> =>
-      validateAssignmentsReply(throwIfError(decode((await this.nc!.request(subject, encode({ nodeId: this.nodeId, ...(from === undefined ? {} : { from }) }), { timeout })).data)));
+    const fetchPage = async (ask: { from?: number; tombstonesFrom?: number } = {}): Promise<AssignmentsReply> =>
+      validateAssignmentsReply(throwIfError(decode((await this.nc!.request(subject, encode({ nodeId: this.nodeId, ...ask }), { timeout })).data)));
     for (let attempt = 0; attempt < ASSIGNMENTS_FETCH_TRIES; attempt++) {
       const first = await fetchPage();
       const shards = [...first.shards];
+      const tombstones = [...first.tombstones];
       let next = first.next;
       let changed = false;
+      let tombstonesNext = first.tombstonesNext;
+      while (tombstonesNext !== undefined && !changed) {
+        if (tombstonesNext !== tombstones.length || tombstones.length >= ASSIGNMENTS_TOMBSTONES_MAX) {
+          throw new ProtocolError('internal', `assignments: tombstones at ${tombstonesNext} after ${tombstones.length}`, { tombstonesNext });
+        }
+        const page = await fetchPage({ tombstonesFrom: tombstonesNext });
+        if (page.tombstones.length === 0) {
+          throw new ProtocolError('internal', `assignments: an empty page of tombstones at ${tombstonesNext}`, { tombstonesNext });
+        }
+        changed = page.epoch !== first.epoch;
+        tombstones.push(...page.tombstones);
+        tombstonesNext = page.tombstonesNext;
+      }
       while (next !== undefined && !changed) {
         if (next !== shards.length || shards.length >= ASSIGNMENTS_PER_NODE_MAX) {
           throw new ProtocolError('internal', `assignments: page at ${next} after ${shards.length} assignments`, { next });
         }
-        const page = await fetchPage(next);
+        const page = await fetchPage({ from: next });
         if (page.shards.length === 0 && page.next !== undefined) {
           throw new ProtocolError('internal', `assignments: an empty page at ${next} names a next one`, { next });
         }
@@ -852,7 +880,7 @@ export class StrataNode {
         shards.push(...page.shards);
         next = page.next;
       }
-      if (!changed) return { epoch: first.epoch, shards, tombstones: first.tombstones };
+      if (!changed) return { epoch: first.epoch, shards, tombstones };
     }
     throw new ProtocolError('unavailable', `the catalog changed while its assignments were read, ${ASSIGNMENTS_FETCH_TRIES} times`);
   }
@@ -1054,13 +1082,24 @@ export class StrataNode {
       { unbounded: true },
     );
     this.subscribe(subj('assignments'), async (body) => {
-      const { nodeId, from = 0 } = validateAssignmentsRequest(body);
+      const { nodeId, from = 0, tombstonesFrom } = validateAssignmentsRequest(body);
       const a = c.assignments(nodeId);
-      // With the first page: later ones would repeat them.
-      const tombstones = from === 0 ? a.tombstones : [];
+      const bytesMax = this.controlReplyBytesMax();
+      if (tombstonesFrom !== undefined) {
+        // A page of tombstones alone: those the first page did not hold.
+        const room = bytesMax - encode({ epoch: a.epoch, tombstones: [], shards: [], tombstonesNext: ASSIGNMENTS_TOMBSTONES_MAX }).length;
+        const page = idsWithin(a.tombstones, tombstonesFrom, room);
+        const after = tombstonesFrom + page.length;
+        return { epoch: a.epoch, tombstones: page, shards: [], ...(after < a.tombstones.length ? { tombstonesNext: after } : {}) };
+      }
+      // With the first page (later ones would repeat them), as many as half of it holds: the
+      // tombstones are kept by the thousand and a server's max_payload may be small (the rest
+      // come in pages of their own, `tombstonesNext`).
+      const tombstones = from === 0 ? idsWithin(a.tombstones, 0, Math.floor(bytesMax / 2)) : [];
+      const tombstonesNext = tombstones.length < (from === 0 ? a.tombstones.length : 0) ? { tombstonesNext: tombstones.length } : {};
       // As many as the server's max_payload holds (a server with a small one takes more pages), at
       // most ASSIGNMENTS_PAGE_MAX, at least one (which, too large alone, is answered too_large).
-      const room = this.controlReplyBytesMax() - encode({ epoch: a.epoch, tombstones, shards: [], next: ASSIGNMENTS_PER_NODE_MAX }).length;
+      const room = bytesMax - encode({ epoch: a.epoch, tombstones, shards: [], next: ASSIGNMENTS_PER_NODE_MAX, ...tombstonesNext }).length;
       const shards: ShardAssignment[] = [];
       let used = 0;
       for (const { volume, placement, hostId } of a.shards.slice(from, from + ASSIGNMENTS_PAGE_MAX)) {
@@ -1070,7 +1109,7 @@ export class StrataNode {
         shards.push(one);
       }
       const next = from + shards.length;
-      return { epoch: a.epoch, tombstones, shards, ...(next < a.shards.length ? { next } : {}) };
+      return { epoch: a.epoch, tombstones, shards, ...(next < a.shards.length ? { next } : {}), ...tombstonesNext };
     });
     this.subscribe(subj('members'), async () => ({ members: this.allMembers() }));
     this.subscribe(subj('volume.create'), (body, msg) => this.serial(msg, (deadlineMs) => this.createVolume(validateVolumeCreateRequest(body), deadlineMs)));

@@ -33,6 +33,11 @@ export interface HeartbeatReply {
 export interface AssignmentsRequest {
   nodeId: string;
   from?: number;
+  /**
+   * Asks for the tombstones from this index on instead (a page of them alone, `shards` empty):
+   * the ones the first page did not hold (`AssignmentsReply.tombstonesNext`).
+   */
+  tombstonesFrom?: number;
 }
 
 /** One shard a node must host, with the geometry of its volume. */
@@ -54,11 +59,19 @@ export interface ShardAssignment {
 export interface AssignmentsReply {
   epoch: number;
   shards: ShardAssignment[];
-  /** Ids of deleted volumes: a node destroys any shard of these it still holds. In the first page only. */
+  /**
+   * Ids of deleted volumes: a node destroys any shard of these it still holds. In the first page
+   * (as many as half of it holds) and in the pages asked with `tombstonesFrom`.
+   */
   tombstones: string[];
   /** Where the next page starts; absent on the last page. */
   next?: number;
+  /** Where the tombstones this page did not hold start (ask with `tombstonesFrom`); absent when it held the last. */
+  tombstonesNext?: number;
 }
+
+/** Tombstones in one catalog's assignments at most (all pages). */
+export const ASSIGNMENTS_TOMBSTONES_MAX = 65536;
 
 /** Assignments in one page of the reply: at most ~700 bytes each, so a page stays well under 1 MiB with the tombstones. */
 export const ASSIGNMENTS_PAGE_MAX = 512;
@@ -115,7 +128,11 @@ export function validateHeartbeat(body: unknown): HeartbeatRequest {
 
 export function validateAssignmentsRequest(body: unknown): AssignmentsRequest {
   const o = obj(body, '');
-  return { nodeId: str(o.nodeId, 'nodeId'), ...(o.from === undefined ? {} : { from: int(o.from, 'from', 0, ASSIGNMENTS_PER_NODE_MAX) }) };
+  return {
+    nodeId: str(o.nodeId, 'nodeId'),
+    ...(o.from === undefined ? {} : { from: int(o.from, 'from', 0, ASSIGNMENTS_PER_NODE_MAX) }),
+    ...(o.tombstonesFrom === undefined ? {} : { tombstonesFrom: int(o.tombstonesFrom, 'tombstonesFrom', 0, ASSIGNMENTS_TOMBSTONES_MAX) }),
+  };
 }
 
 /**
@@ -165,8 +182,9 @@ export function validateAssignmentsReply(body: unknown): AssignmentsReply {
   return {
     epoch: int(o.epoch, 'epoch', 0, Number.MAX_SAFE_INTEGER),
     shards: list(o.shards, 'shards', ASSIGNMENTS_PAGE_MAX).map((s, i) => validateShardAssignment(s, `shards[${i}]`)),
-    tombstones: list(o.tombstones, 'tombstones', 65536).map((t, i) => str(t, `tombstones[${i}]`)),
+    tombstones: list(o.tombstones, 'tombstones', ASSIGNMENTS_TOMBSTONES_MAX).map((t, i) => str(t, `tombstones[${i}]`)),
     ...(o.next === undefined ? {} : { next: int(o.next, 'next', 1, ASSIGNMENTS_PER_NODE_MAX) }),
+    ...(o.tombstonesNext === undefined ? {} : { tombstonesNext: int(o.tombstonesNext, 'tombstonesNext', 1, ASSIGNMENTS_TOMBSTONES_MAX) }),
   };
 }
 

@@ -1,0 +1,60 @@
+/**
+ * A node reads every tombstone of the catalog, however small the NATS server's max_payload: a
+ * catalog of many deleted volumes must not leave a node that missed a delete with the deleted
+ * volume's replica.
+ */
+import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { startCluster, type InProcessCluster } from '../../cluster/in-process-cluster';
+import { RealDisk } from '../../storage-engine/real-disk';
+import { MetaStore } from '../../storage-engine/metadata';
+import type { CatalogState } from '../../actors/controller';
+import type { ShardAssignment } from '../../messages/control';
+import { waitFor } from '../support/wait';
+
+describe('the tombstones of a catalog larger than one control message', function () {
+  this.timeout(90_000);
+  let c: InProcessCluster | undefined;
+  let root: string | undefined;
+  afterEach(async () => {
+    await c?.stop();
+    c = undefined;
+    if (root !== undefined) fs.rmSync(root, { recursive: true, force: true });
+    root = undefined;
+  });
+
+  it('reach a node through a 16 KiB max_payload: a replica of a volume deleted while its node was down is destroyed once it is back', async () => {
+    root = fs.mkdtempSync(path.join(os.tmpdir(), 'strata-tombstones-'));
+    // The controller's catalog holds 3000 tombstones of volumes deleted before (about 36 KB of
+    // ids, more than a 16 KiB message holds).
+    const disk = new RealDisk(path.join(root, 'node1'));
+    disk.mkdirp('controller');
+    const catalog: CatalogState = {
+      version: 1, epoch: 3000, nextId: 1, tag: 'pre', volumes: [],
+      tombstones: Array.from({ length: 3000 }, (_, i) => `vold${i}-pre`),
+    };
+    new MetaStore(disk, 'controller', { payloadBytesMax: 16 * 1024 * 1024 }).write('catalog', catalog);
+    c = await startCluster({ nodes: 2, hosts: 1, dataDir: root, maxPayloadBytes: 16 * 1024 });
+    // Volumes of one replica until one is placed on node 2.
+    const shardDir = (id: string): string => path.join(root!, 'node2', 'dev0', 'shards', `${id}.0`);
+    let doomed: string | undefined;
+    for (let i = 0; i < 4 && doomed === undefined; i++) {
+      const v = await c.client.createVolume({ name: `vol${i}`, pageCount: 16, shards: 1, replicas: 1 });
+      if (fs.existsSync(shardDir(v.id))) doomed = v.name;
+    }
+    assert.ok(doomed !== undefined, 'no volume placed on node 2');
+    const id = (await c.client.volume(doomed).info()).id;
+    await c.client.volume(doomed).write(0, new Uint8Array(4096).fill(9));
+    // Node 2 is down while the volume is deleted: its replica's destroy is left to its reconciliation.
+    c.kill(1);
+    // (Until the server has dropped its connection, a request may still be routed to it.)
+    await new Promise((r) => setTimeout(r, 500));
+    await c.client.deleteVolume(doomed);
+    assert.ok(fs.existsSync(shardDir(id)));
+    const n2 = await c.restart(1);
+    const recorded = (): string[] => (n2 as unknown as { nodeMeta: { shards: ShardAssignment[] } }).nodeMeta.shards.map((a) => a.volumeId);
+    await waitFor('the deleted volume\'s replica destroyed on node 2', () => !fs.existsSync(shardDir(id)) && !recorded().includes(id), 10_000);
+  });
+});
