@@ -1173,6 +1173,7 @@ export class StrataNode {
     // deadline, requestTimeoutMs.
     const leftMs = deadlineMs === undefined ? undefined : deadlineMs - Date.now();
     const timeout = leftMs === undefined ? (this.opts.requestTimeoutMs ?? 10_000) : Math.max(1, catalogWaitMs(leftMs));
+    const waitEndMs = Date.now() + timeout;
     // Every node's answer is waited for before an undo: a destroy sent while another node's
     // open still runs could come first there, and leave that node's shard open.
     const opened = await Promise.allSettled(
@@ -1184,9 +1185,14 @@ export class StrataNode {
     const failed = opened.find((r): r is PromiseRejectedResult => r.status === 'rejected');
     if (failed !== undefined) {
       // Undo: the volume is answered as not created. Nodes that opened shards destroy them now
-      // or, if unreachable, through the tombstone when they next reconcile.
+      // or, if unreachable, through the tombstone when they next reconcile. Their destroys are
+      // waited for until the opens' wait would have ended, as a delete's are within its
+      // deadline: a node that takes the request and does not answer (frozen) must not turn this
+      // answer into a `timeout`, nor hold the catalog's queue for another requestTimeoutMs.
       c.delete(v.name);
-      await this.destroyEverywhere(v).catch(() => undefined);
+      const waitMs = Math.max(0, waitEndMs - Date.now());
+      await withTimeout(this.destroyEverywhere(v), waitMs, () => new ProtocolError('timeout', `the nodes did not all answer the destroy within ${Math.round(waitMs)} ms`))
+        .catch((e: unknown) => this.log.warn('shard destruction of a volume whose create was undone deferred to reconciliation', { volume: v.id, err: e }));
       throw new ProtocolError('unavailable', `volume '${v.name}' could not be placed: ${(failed.reason as Error).message}`);
     }
     return volumeInfo(v);
