@@ -293,6 +293,12 @@ export class StrataNode {
   private shardOps: Promise<unknown> = Promise.resolve();
   /** Catalog operations queued or running (see CONTROL_QUEUE_MAX). */
   private controlQueued = 0;
+  /**
+   * The names of the volumes whose create runs: in the catalog already (the nodes' reconciliations
+   * open what they find missing), but neither described nor listed until the create is answered,
+   * since it may still be undone (a node that cannot open its shards).
+   */
+  private readonly creating = new Set<string>();
   /** Control requests being handled (CONTROL_IN_FLIGHT_MAX). */
   private controlInFlight = 0;
   private readonly startedAt = Date.now();
@@ -1114,10 +1120,14 @@ export class StrataNode {
     this.subscribe(subj('members'), async () => ({ members: this.allMembers() }));
     this.subscribe(subj('volume.create'), (body, msg) => this.serial(msg, (deadlineMs) => this.createVolume(validateVolumeCreateRequest(body), deadlineMs)));
     this.subscribe(subj('volume.delete'), (body, msg) => this.serial(msg, (deadlineMs) => this.deleteVolume(validateVolumeNameRequest(body).name, deadlineMs)));
-    this.subscribe(subj('volume.info'), async (body) => ({ ...volumeInfo(c.get(validateVolumeNameRequest(body).name)) }));
+    this.subscribe(subj('volume.info'), async (body) => {
+      const { name } = validateVolumeNameRequest(body);
+      if (this.creating.has(name)) throw new ProtocolError('not_found', `volume '${name}' does not exist (its create has not been answered yet)`, { name });
+      return { ...volumeInfo(c.get(name)) };
+    });
     this.subscribe(subj('volume.list'), async (body) => {
       validateVolumeListRequest(body);
-      return { volumes: c.list().map(volumeInfo) };
+      return { volumes: c.list().filter((v) => !this.creating.has(v.name)).map(volumeInfo) };
     });
   }
 
@@ -1158,8 +1168,18 @@ export class StrataNode {
   }
 
   private async createVolume(spec: ReturnType<typeof validateVolumeCreateRequest>, deadlineMs: number | undefined): Promise<unknown> {
+    const v = this.controller!.create(spec, Date.now());
+    this.creating.add(v.name);
+    try {
+      return await this.placeVolume(v, deadlineMs);
+    } finally {
+      this.creating.delete(v.name);
+    }
+  }
+
+  /** The opens of a volume just added to the catalog on its nodes, or its undo when one fails. */
+  private async placeVolume(v: VolumeRecord, deadlineMs: number | undefined): Promise<unknown> {
     const c = this.controller!;
-    const v = c.create(spec, Date.now());
     const byNode = new Map<string, ShardAssignment[]>();
     for (const p of v.placements) {
       for (const r of p.replicas) {
