@@ -1921,10 +1921,11 @@ export class Replica {
     const term = this.term;
     const tag = this.tracer?.capture();
     const payload = await this.encode(pages);
-    this.checkLeader();
-    if (this.term !== term) throw notLeader(this.leader, this.term);
     let lsn: number;
     try {
+      // Deposed while the payload was checksummed: its slot goes back all the same.
+      this.checkLeader();
+      if (this.term !== term) throw notLeader(this.leader, this.term);
       lsn = this.appendLocal([{ term, kind: RecordKind.PageWrite, payload: payload.payload, ...(payload.crc !== undefined ? { payloadCrc: payload.crc } : {}) }], tag);
     } finally {
       payload.release();

@@ -15,6 +15,7 @@ import { RecordKind } from '../../storage-engine/record';
 import { ProtocolError } from '../../messages/errors';
 import type { AppendReply, AppendRequest, RaftReply, RaftRequest, SnapshotReply, VoteReply, WireRecord } from '../../messages/raft';
 import { DiskGates, geometry, page } from '../support/replica-harness';
+import type { PayloadOffload } from '../../actors/shard';
 
 /** The default timing before 5354581 (heartbeats 50 ms, now 100): 300–600 ms elections, a lease of 0.75 × 300 ms. */
 const timing = { electionTimeoutMinMs: 300, electionTimeoutMaxMs: 600, heartbeatMs: 50, rpcTimeoutMs: 1000 };
@@ -45,7 +46,7 @@ class Cluster {
 
   constructor(
     readonly ids: string[],
-    opts: { randoms?: Record<string, number>; messageBytesMax?: number } = {},
+    opts: { randoms?: Record<string, number>; messageBytesMax?: number; offload?: Record<string, PayloadOffload> } = {},
   ) {
     for (const id of ids) {
       const disk = new SimDisk();
@@ -63,6 +64,7 @@ class Cluster {
         transport: this.transport(id), snapshots: storage, timing, nowMs: this.now, clock: () => this.now,
         ...(random !== undefined ? { random: () => random } : {}),
         ...(opts.messageBytesMax !== undefined ? { messageBytesMax: opts.messageBytesMax } : {}),
+        ...(opts.offload?.[id] !== undefined ? { offload: opts.offload[id] } : {}),
       });
       this.members.set(id, { id, storage, queue, replica });
     }
@@ -257,6 +259,29 @@ describe('Replica rules that hold only in particular interleavings', function ()
     assert.equal(a.currentTerm, newer);
     // Else the same answers would have renewed its lease, and it would serve page 0 as it was before b's write.
     await assert.rejects(a.read([0], { deadlineMs: Date.now() + 1000, nowMs: Date.now() }), (err: ProtocolError) => err.code === 'not_leader');
+  });
+
+  it('a leader deposed while a write\'s payload is checksummed off its thread gives the payload\'s slab slot back', async () => {
+    // One slot, a checksum that answers when the test says.
+    const slab = new Slab({ slotBytes: 64 * 1024, slotCount: 1 });
+    let answer: (crc: number) => void = () => undefined;
+    const offload: PayloadOffload = { bytesMin: 8192, slab, crc32c: () => new Promise<number>((resolve) => (answer = resolve)) };
+    shard = new Cluster(['a', 'b', 'c'], { randoms: { a: 0, b: 0.99, c: 0.99 }, offload: { a: offload } });
+    const a = shard.replica('a');
+    await shard.runUntil(() => a.isLeader, 'a leads');
+    const write = watch(a.write([0, 1, 2, 3].map((p) => ({ page: p, data: page(p + 1) }))));
+    await shard.settle();
+    assert.equal(slab.tryAlloc(), -1, 'the write holds the only slot');
+    // An append of b in a newer term: a steps down while the checksum runs.
+    const reply = (await a.handle({ type: 'append', term: a.currentTerm + 1, leader: 'b', prevLsn: 0, prevTerm: 0, records: [], commitLsn: 0, leaderLastLsn: 0 })) as AppendReply;
+    assert.equal(reply.term, a.currentTerm);
+    assert.equal(a.isLeader, false);
+    answer(0);
+    await shard.settle();
+    assert.ok(write.settled());
+    assert.equal((write.error() as ProtocolError).code, 'not_leader');
+    const slot = slab.tryAlloc();
+    assert.notEqual(slot, -1, 'the slot went back to the slab');
   });
 
   it('a follower holds at most 64 appends waiting their turn: the 65th is refused overloaded at once, and the 64 are answered once its disk is back', async () => {
