@@ -1300,11 +1300,13 @@ export class StrataNode {
       this.pool!.stats({ timeoutMs: HOST_STATUS_TIMEOUT_MS }),
       this.pool!.health({ timeoutMs: HOST_STATUS_TIMEOUT_MS }),
     ]);
+    // One lookup a shard: a node may hold tens of thousands.
+    const names = new Map(this.nodeMeta.shards.map((a) => [shardId(a), a.volumeName]));
     const shards = hosts.flatMap((h) =>
       (h.device?.shards ?? []).map((s) => ({
         ...s,
         hostId: h.hostId,
-        volumeName: this.nodeMeta.shards.find((a) => a.volumeId === s.volumeId && a.shard === s.shard)?.volumeName ?? '',
+        volumeName: names.get(shardId(s)) ?? '',
       })),
     );
     return {

@@ -216,13 +216,14 @@ describe('bad input over NATS gets a typed error and the node keeps serving', fu
   it('a malformed replication message to a replica → bad_request; the replica keeps its term and leads on, without an election or a restart', async () => {
     const node = c.nodes[0]!;
     /** The shard's replica and the host's restarts, from the node's own status. */
-    const state = async (): Promise<{ term: unknown; role: unknown; leader: unknown; elections: unknown; restarts: unknown }> => {
+    const state = async (): Promise<{ term: unknown; role: unknown; leader: unknown; elections: unknown; restarts: unknown; volumeName: unknown }> => {
       const st = (await node.status()) as unknown as { shards: Array<Record<string, unknown>>; hosts: Array<Record<string, unknown>> };
       const s = st.shards.find((x) => x['volumeId'] === info.id)!;
-      return { term: s['term'], role: s['role'], leader: s['leader'], elections: s['elections'], restarts: st.hosts[0]!['restarts'] };
+      return { term: s['term'], role: s['role'], leader: s['leader'], elections: s['elections'], restarts: st.hosts[0]!['restarts'], volumeName: s['volumeName'] };
     };
     const before = await state();
     assert.equal(before.role, 'leader');
+    assert.equal(before.volumeName, 'v-bad', 'the node names the volume of each shard it holds');
     const subject = replicaSubject(c.cluster, info.id, 0, node.nodeId);
     // A newer term and an unknown leader, with records that are not a list.
     const append = encode({ type: 'append', term: 99, leader: 'zz', prevLsn: 0, prevTerm: 0, records: 'not a list', commitLsn: 0 });
