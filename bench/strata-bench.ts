@@ -28,7 +28,7 @@ import * as path from "node:path";
 import { connect, type StrataClient, type Volume } from "../cluster/client";
 import { startCluster, type InProcessCluster } from "../cluster/in-process-cluster";
 import { defaultHostsPerNode } from "../cluster/config";
-import { checkNatsTlsFiles, readNatsPassword, type NatsTlsFiles } from "../cluster/nats-auth";
+import { NATS_TLS_FLAGS, natsTlsFromFlags, readNatsPassword, type NatsTlsFiles } from "../cluster/nats-auth";
 import { ProtocolError } from "../messages/errors";
 import type { PageWrite, VolumeInfo } from "../messages/api";
 import { jetstreamNote, jetstreamPublishBaseline, natsEchoBaseline, rawAppendBaseline } from "./baselines";
@@ -1611,18 +1611,14 @@ export function parseBenchArgs(argv: readonly string[]): { options: BenchOptions
       throw new BenchUsageError(`--nats-password-file: ${(err as Error).message}`);
     }
   }
-  const tlsFiles: NatsTlsFiles = {};
-  if (str("nats-ca-file") !== undefined) tlsFiles.caFile = str("nats-ca-file")!;
-  if (str("nats-cert-file") !== undefined) tlsFiles.certFile = str("nats-cert-file")!;
-  if (str("nats-key-file") !== undefined) tlsFiles.keyFile = str("nats-key-file")!;
+  if (nats === undefined && Object.values(NATS_TLS_FLAGS).some((f) => str(f) !== undefined)) {
+    throw new BenchUsageError("--nats-ca-file, --nats-cert-file and --nats-key-file are for a running cluster (--nats and --cluster)");
+  }
   let tls: NatsTlsFiles | undefined;
-  if (Object.keys(tlsFiles).length > 0) {
-    if (nats === undefined) throw new BenchUsageError("--nats-ca-file, --nats-cert-file and --nats-key-file are for a running cluster (--nats and --cluster)");
-    try {
-      tls = checkNatsTlsFiles(tlsFiles, { caFile: "--nats-ca-file", certFile: "--nats-cert-file", keyFile: "--nats-key-file" });
-    } catch (err) {
-      throw new BenchUsageError((err as Error).message);
-    }
+  try {
+    tls = natsTlsFromFlags(str);
+  } catch (err) {
+    throw new BenchUsageError((err as Error).message);
   }
   if (nats !== undefined && cluster !== undefined) options.target = { natsUrl: nats, cluster, ...(auth === undefined ? {} : { auth }), ...(tls === undefined ? {} : { tls }) };
   const json = flags.json === true;

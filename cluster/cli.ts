@@ -19,7 +19,7 @@ import { ProtocolError } from '../messages/errors';
 import { PAGE_SIZES_BYTES, SHARDS_MAX } from '../messages/api';
 import type { ShardLsn, VolumeCreateRequest, VolumeInfo } from '../messages/api';
 import { formatStatus, formatStatusJson } from '../observability/status';
-import { NATS_ROLES, checkNatsTlsFiles, readNatsPassword, renderNatsAuthorization, type NatsTlsFiles, type NatsUser } from './nats-auth';
+import { NATS_ROLES, natsTlsFromFlags, readNatsPassword, renderNatsAuthorization, type NatsUser } from './nats-auth';
 
 /** A bad command line. Exit code 2. */
 export class UsageError extends Error {
@@ -443,21 +443,12 @@ async function withClient<T>(ctx: Ctx, fn: (client: StrataClient) => Promise<T>)
       throw new UsageError(`--nats-password-file: ${(e as Error).message}`);
     }
   }
-  const tls: NatsTlsFiles = {};
-  for (const [key, flag, variable] of [
-    ['caFile', 'nats-ca-file', 'STRATA_NATS_CA_FILE'],
-    ['certFile', 'nats-cert-file', 'STRATA_NATS_CERT_FILE'],
-    ['keyFile', 'nats-key-file', 'STRATA_NATS_KEY_FILE'],
-  ] as const) {
-    const file = (flags[flag] as string | undefined) ?? (env[variable] || undefined);
-    if (file !== undefined) tls[key] = file;
-  }
-  if (Object.keys(tls).length > 0) {
-    try {
-      options.tls = checkNatsTlsFiles(tls, { caFile: '--nats-ca-file', certFile: '--nats-cert-file', keyFile: '--nats-key-file' });
-    } catch (e) {
-      throw new UsageError((e as Error).message);
-    }
+  try {
+    // A flag, else its variable: --nats-ca-file, STRATA_NATS_CA_FILE.
+    const tls = natsTlsFromFlags((flag) => (flags[flag] as string | undefined) ?? (env[`STRATA_${flag.toUpperCase().replace(/-/g, '_')}`] || undefined));
+    if (tls !== undefined) options.tls = tls;
+  } catch (e) {
+    throw new UsageError((e as Error).message);
   }
   const client = await ctx.io.connect(options);
   try {

@@ -12,7 +12,6 @@
  * writes, reads everything back and verifies it, reads at an older LSN (GetPage@LSN) and checks
  * that too, prints what it did, and exits 0 only if every check passed.
  */
-import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -22,7 +21,7 @@ import { startNatsServer, type NatsServerHandle } from '../runtime/nats-server';
 import { defaultHostsPerNode } from './config';
 import { makeDirectory } from '../storage-engine/make-directory';
 import { connect, type StrataClient } from './client';
-import { NATS_ROLES, renderNatsAuthorization, type NatsRole } from './nats-auth';
+import { NATS_ROLES, newNatsUsers, renderRoleUsers, type NatsRole } from './nats-auth';
 import { encode, decode } from '../messages/codec';
 import { throwIfError } from '../messages/errors';
 import { controllerSubject } from '../messages/control';
@@ -207,17 +206,16 @@ export interface DevNatsUser {
 function devNatsUsers(root: string): { users: Record<NatsRole, DevNatsUser & { pass: string }>; authorization: string } {
   const dir = path.join(root, 'nats-users');
   makeDirectory(dir);
+  const fresh = newNatsUsers();
   const users = {} as Record<NatsRole, DevNatsUser & { pass: string }>;
   for (const role of NATS_ROLES) {
-    const user = `strata-${role}`;
-    const pass = crypto.randomBytes(18).toString('base64url');
+    const { user, pass } = fresh[role];
     const passwordFile = path.join(dir, `${user}.password`);
     fs.rmSync(passwordFile, { force: true });
     fs.writeFileSync(passwordFile, `${pass}\n`, { mode: 0o600 });
     users[role] = { user, pass, passwordFile };
   }
-  const authorization = renderNatsAuthorization('dev', NATS_ROLES.map((role) => ({ user: users[role].user, role, password: { text: users[role].pass } })));
-  return { users, authorization };
+  return { users, authorization: renderRoleUsers('dev', fresh) };
 }
 
 /**

@@ -8,7 +8,6 @@
  * cluster starts one (no metrics endpoint and no span exporter unless asked) and shuts it down
  * in stop(); one that runs already (started by a test or a command) is used and left running.
  */
-import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -16,7 +15,7 @@ import { connect as natsConnect } from 'nats';
 import { startNatsServer, type NatsServerHandle } from '../runtime/nats-server';
 import { StrataNode, STRATA_VERSION, type StrataNodeOptions } from './node';
 import { connect, type StrataClient } from './client';
-import { NATS_ROLES, renderNatsAuthorization, type NatsRole } from './nats-auth';
+import { newNatsUsers, renderRoleUsers, type NatsRole } from './nats-auth';
 import { encode, decode } from '../messages/codec';
 import { throwIfError } from '../messages/errors';
 import { controllerSubject } from '../messages/control';
@@ -86,12 +85,6 @@ export interface InProcessCluster {
   stop(): Promise<void>;
 }
 
-/** A user of each role with a new random password. */
-function newNatsUsers(): Record<NatsRole, { user: string; pass: string }> {
-  const user = (role: NatsRole): { user: string; pass: string } => ({ user: `strata-${role}`, pass: randomBytes(18).toString('base64url') });
-  return { node: user('node'), client: user('client'), operator: user('operator') };
-}
-
 export async function startCluster(opts: ClusterOptions = {}): Promise<InProcessCluster> {
   const count = opts.nodes ?? 1;
   if (!Number.isSafeInteger(count) || count < 1 || count > 16) throw new Error(`nodes must be 1..16, got ${count}`);
@@ -118,7 +111,7 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<InProcess
       ...(opts.maxPayloadBytes !== undefined ? { maxPayloadBytes: opts.maxPayloadBytes } : {}),
       ...(natsUsers === undefined
         ? {}
-        : { extraConfig: renderNatsAuthorization(cluster, NATS_ROLES.map((role) => ({ user: natsUsers[role].user, role, password: { text: natsUsers[role].pass } }))) }),
+        : { extraConfig: renderRoleUsers(cluster, natsUsers) }),
     });
   } catch (e) {
     await ownTelemetry?.shutdown().catch(() => undefined);

@@ -10,6 +10,7 @@
  * `strata nats-auth` prints the nats-server `authorization` block for a cluster
  * (docs/replication.md, "Locking the subjects").
  */
+import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import { checkToken, clientInboxPrefix } from '../messages/subjects';
 
@@ -163,4 +164,32 @@ export function checkNatsTlsFiles(files: NatsTlsFiles, names: Readonly<Record<ke
     }
   }
   return files;
+}
+
+/** A user of each role (`strata-<role>`) with a new random password. */
+export function newNatsUsers(): Record<NatsRole, { user: string; pass: string }> {
+  const of = (role: NatsRole): { user: string; pass: string } => ({ user: `strata-${role}`, pass: randomBytes(18).toString('base64url') });
+  return { node: of('node'), client: of('client'), operator: of('operator') };
+}
+
+/** The `authorization` block that admits `users` (one a role) with their passwords as text. */
+export function renderRoleUsers(cluster: string, users: Readonly<Record<NatsRole, { user: string; pass: string }>>): string {
+  return renderNatsAuthorization(cluster, NATS_ROLES.map((role) => ({ user: users[role].user, role, password: { text: users[role].pass } })));
+}
+
+/** The command-line flags of the TLS files, by field. */
+export const NATS_TLS_FLAGS: Readonly<Record<keyof NatsTlsFiles, string>> = { caFile: 'nats-ca-file', certFile: 'nats-cert-file', keyFile: 'nats-key-file' };
+
+/**
+ * The TLS files given by flag (`value` of a flag name without `--`, undefined when not given),
+ * checked as `checkNatsTlsFiles` does (an Error naming the flag); undefined when none is.
+ */
+export function natsTlsFromFlags(value: (flag: string) => string | undefined): NatsTlsFiles | undefined {
+  const files: NatsTlsFiles = {};
+  for (const key of ['caFile', 'certFile', 'keyFile'] as const) {
+    const file = value(NATS_TLS_FLAGS[key]);
+    if (file !== undefined) files[key] = file;
+  }
+  if (Object.keys(files).length === 0) return undefined;
+  return checkNatsTlsFiles(files, { caFile: `--${NATS_TLS_FLAGS.caFile}`, certFile: `--${NATS_TLS_FLAGS.certFile}`, keyFile: `--${NATS_TLS_FLAGS.keyFile}` });
 }

@@ -1,0 +1,74 @@
+/**
+ * A controller node beside "ghost" nodes played by the test on one NATS connection: each ghost
+ * heartbeats (while `beating()`), and its `shards.open` and `shards.destroy` requests go to the
+ * test's handlers, which answer them, hold them, or never answer (a frozen node).
+ */
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { connect as natsConnect, type Msg, type NatsConnection } from 'nats';
+import { startNatsServer, type NatsServerHandle } from '../../runtime/nats-server';
+import { StrataNode } from '../../cluster/node';
+import { createClient, NatsTransport, type StrataClient } from '../../cluster/client';
+import { encode, decode } from '../../messages/codec';
+import { controllerSubject, nodeSubject } from '../../messages/control';
+import { waitFor } from './wait';
+
+export interface GhostHandlers {
+  open(ghost: string, msg: Msg): void;
+  destroy(ghost: string, msg: Msg): void;
+  /** Whether the ghosts heartbeat now; default always. */
+  beating?(): boolean;
+}
+
+export class GhostController {
+  private timer: NodeJS.Timeout | undefined;
+  node: StrataNode | undefined;
+
+  private constructor(
+    readonly cluster: string,
+    readonly nats: NatsServerHandle,
+    readonly fake: NatsConnection,
+    private readonly root: string,
+  ) {}
+
+  /** The NATS server, the ghosts and the controller node `ctl`; resolves once the controller counts every ghost live. */
+  static async start(cluster: string, ghosts: readonly string[], handlers: GhostHandlers): Promise<GhostController> {
+    const nats = await startNatsServer({ jetstream: false });
+    const g = new GhostController(cluster, nats, await natsConnect({ servers: nats.url }), fs.mkdtempSync(path.join(os.tmpdir(), `strata-${cluster}-`)));
+    for (const ghost of ghosts) {
+      g.fake.subscribe(nodeSubject(cluster, ghost, 'shards.open'), { callback: (_e, msg) => handlers.open(ghost, msg) });
+      g.fake.subscribe(nodeSubject(cluster, ghost, 'shards.destroy'), { callback: (_e, msg) => handlers.destroy(ghost, msg) });
+    }
+    const beat = (): void => {
+      if (handlers.beating?.() === false) return;
+      for (const ghost of ghosts) g.fake.request(controllerSubject(cluster, 'heartbeat'), encode({ nodeId: ghost, hosts: 1 })).catch(() => undefined);
+    };
+    beat();
+    g.timer = setInterval(beat, 200);
+    try {
+      g.node = await StrataNode.start({ nodeId: 'ctl', cluster, natsUrl: nats.url, dataDir: path.join(g.root, 'ctl'), hosts: 1, controller: true, heartbeatMs: 100 });
+      await waitFor(`${ghosts.length + 1} live members`, async () => {
+        const r = decode((await g.fake.request(controllerSubject(cluster, 'members'), encode({}))).data) as { members?: Array<{ live: boolean }> };
+        return Array.isArray(r.members) && r.members.filter((m) => m.live).length === ghosts.length + 1;
+      });
+    } catch (e) {
+      await g.stop();
+      throw e;
+    }
+    return g;
+  }
+
+  /** A client on the ghosts' connection. */
+  client(timeoutMs: number): StrataClient {
+    return createClient(new NatsTransport(this.fake), { cluster: this.cluster, timeoutMs });
+  }
+
+  async stop(): Promise<void> {
+    clearInterval(this.timer);
+    await this.node?.stop();
+    await this.fake.close();
+    await this.nats.stop();
+    fs.rmSync(this.root, { recursive: true, force: true });
+  }
+}
