@@ -46,6 +46,7 @@ import { DEADLINE_AHEAD_MS_MAX, writeHeaders } from '../messages/headers';
 import { clientSpan } from '../observability/tracing';
 import { ConnectionState, NoRespondersError, RequestMux, fromNatsError, natsErrorCode, serverMaxPayload } from '../runtime/request-mux';
 import { withTimeout } from '../runtime/timeout';
+import { natsConnectHint } from '../runtime/nats-connect-hint';
 import { apiSubject, checkToken, clientInboxPrefix, shardSubject } from '../messages/subjects';
 import { nodeSubject, validateShardForceVoteReply, type ShardForceVoteReply } from '../messages/control';
 import {
@@ -554,13 +555,8 @@ export async function connect(options: ConnectOptions): Promise<StrataClient> {
     });
   } catch (err) {
     const reason = err instanceof Error ? err.message : String(err);
-    // A server that admits only its users (docs/replication.md, "Locking the subjects").
-    const hint =
-      natsErrorCode(err) !== 'AUTHORIZATION_VIOLATION'
-        ? ''
-        : options.user === undefined
-          ? ' (the server admits only its users: give one and its password, the CLI\'s --nats-user and --nats-password-file)'
-          : ` (user ${options.user} refused: a wrong password, or a user the server does not have)`;
+    // What to give: a user (docs/replication.md, "Locking the subjects"), a CA, a certificate.
+    const hint = await natsConnectHint(err, { servers, ...(options.user === undefined ? {} : { user: options.user }), ...(options.tls === undefined ? {} : { tls: options.tls }) });
     throw new ProtocolError('unavailable', `can not connect to NATS at ${servers.join(', ')}: ${reason}${hint}`, {
       servers,
       ...(natsErrorCode(err) === undefined ? {} : { natsCode: natsErrorCode(err) }),

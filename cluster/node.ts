@@ -20,6 +20,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { DataDirLock } from './data-dir-lock';
 import { withTimeout } from '../runtime/timeout';
+import { natsConnectHint } from '../runtime/nats-connect-hint';
 import { connect, Events, type NatsConnection, type Msg, type Subscription } from 'nats';
 import { DEADLINE_AHEAD_MS_MAX, HEADER_DEADLINE, parseDeadline, readHeaders } from '../messages/headers';
 import type { MessageType, VolumeInfo } from '../messages/api';
@@ -423,8 +424,13 @@ export class StrataNode {
       timeout: 10_000,
       // Failures become typed errors where they are handled; no stack trace per request.
       noAsyncTraces: true,
-    }).catch((err: unknown) => {
-      throw new ProtocolError('unavailable', `can not connect to NATS at ${String(this.opts.natsUrl)}: ${(err as Error).message}`, { natsCode: natsErrorCode(err) });
+    }).catch(async (err: unknown) => {
+      const hint = await natsConnectHint(err, {
+        servers: [this.opts.natsUrl],
+        ...(this.opts.natsAuth ? { user: this.opts.natsAuth.user } : {}),
+        ...(this.opts.natsTls ? { tls: this.opts.natsTls } : {}),
+      });
+      throw new ProtocolError('unavailable', `can not connect to NATS at ${String(this.opts.natsUrl)}: ${(err as Error).message}${hint}`, { natsCode: natsErrorCode(err) });
     });
     // Listening for reconnections from here: one while the node starts counts too (its claim
     // is asked again once it exists, and a refusal ends the start).

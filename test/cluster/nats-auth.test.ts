@@ -176,7 +176,7 @@ describe('cluster/nats-auth', () => {
 
     it('refuses a connection without a user, or with a wrong password', async () => {
       const hints: Array<[Record<string, string>, RegExp]> = [
-        [{}, /Authorization Violation' \(the server admits only its users: give one and its password, the CLI's --nats-user and --nats-password-file\)$/],
+        [{}, /Authorization Violation' \(the server admits only its users: give one and its password, --nats-user and --nats-password-file\)$/],
         [{ user: 'strata-client', pass: 'wrong' }, /Authorization Violation' \(user strata-client refused: a wrong password, or a user the server does not have\)$/],
       ];
       for (const [auth, message] of hints) {

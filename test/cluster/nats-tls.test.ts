@@ -57,13 +57,26 @@ describe('a cluster behind a NATS server that speaks only TLS and verifies its c
     } finally {
       await client.close();
     }
-    for (const without of [{}, { caFile: certs.ca }]) {
-      await assert.rejects(connect({ servers: nats.url, cluster: 'tls', timeoutMs: 3000, tls: without }), (e: unknown) => {
+    // Refused, with what to give: nats.js itself says only "unable to verify the first
+    // certificate" for the first, and "TIMEOUT" for a server that refuses a client's handshake.
+    const refusals: [{ caFile?: string } | undefined, RegExp][] = [
+      [undefined, /: unable to verify the first certificate \(the server's certificate is not signed by a CA this machine trusts: give the CA that signed it, --nats-ca-file\)$/],
+      [{}, /: unable to verify the first certificate \(the server's certificate is not signed by a CA this machine trusts: give the CA that signed it, --nats-ca-file\)$/],
+      [{ caFile: certs.ca }, /: TIMEOUT \(the server verifies its clients' certificates: give one it trusts, --nats-cert-file and --nats-key-file\)$/],
+    ];
+    for (const [without, message] of refusals) {
+      await assert.rejects(connect({ servers: nats.url, cluster: 'tls', timeoutMs: 3000, ...(without === undefined ? {} : { tls: without }) }), (e: unknown) => {
         assert.ok(e instanceof ProtocolError && e.code === 'unavailable', String(e));
         assert.match(e.message, /^can not connect to NATS at /);
+        assert.match(e.message, message);
         return true;
       });
     }
+    // A node says the same when it can not start.
+    await assert.rejects(
+      StrataNode.start({ nodeId: 't2', cluster: 'tls', natsUrl: nats.url, natsTls: { caFile: certs.ca }, dataDir: path.join(dir, 't2'), hosts: 1, controller: false }),
+      /TIMEOUT \(the server verifies its clients' certificates: give one it trusts, --nats-cert-file and --nats-key-file\)$/,
+    );
   });
 
   it('strata bench measures it with the same files, the NATS echo baseline too', async () => {
