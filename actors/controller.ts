@@ -16,6 +16,7 @@ import { MetaStore } from '../storage-engine/metadata';
 import { StorageError } from '../storage-engine/errors';
 import { ProtocolError } from '../messages/errors';
 import type { VolumeInfo, VolumeSpec } from '../messages/api';
+import type { ShardAssignment } from '../messages/control';
 
 export interface ReplicaPlacement {
   nodeId: string;
@@ -248,6 +249,125 @@ export class Controller {
     return rec;
   }
 
+  /**
+   * What a recovery would add from the nodes' records of their replicas (`nodes`, one entry an
+   * answering node): every volume they hold that this catalog lacks, complete and consistent,
+   * and the ones left out with why. Changes nothing (`addRecovered` does).
+   *
+   * Left out: a volume this catalog issued the id of (its tag is this catalog's: it was deleted
+   * or its create undone, and its replicas are leftovers), one it holds a tombstone of, one
+   * whose records disagree (geometry, members), one with a shard no answering node holds, one
+   * whose name a volume of the catalog (or another found) has, and those past the catalog's
+   * bounds. A replica on a node that did not answer (or lost its records) is placed on the host
+   * its shard would get there (`shard mod hosts`, host 0 for a node never heard from): that
+   * node opens it as a replica that lost its storage, and its peers give it back.
+   */
+  planRecovery(nodes: readonly { nodeId: string; hosts: number; shards: readonly RecoveryRecord[] }[], nowMs: number): { add: VolumeRecord[]; skipped: Array<{ id: string; name: string; shards: number; replicas: number; reason: string }> } {
+    const byVolume = new Map<string, Array<{ nodeId: string; rec: RecoveryRecord }>>();
+    for (const n of nodes) {
+      for (const rec of n.shards) {
+        const list = byVolume.get(rec.volumeId) ?? [];
+        list.push({ nodeId: n.nodeId, rec });
+        byVolume.set(rec.volumeId, list);
+      }
+    }
+    const known = new Set(this.state.volumes.map((v) => v.id));
+    const dead = new Set(this.state.tombstones);
+    const hostsOf = new Map<string, number>();
+    for (const m of this.members.values()) hostsOf.set(m.nodeId, m.hosts);
+    for (const n of nodes) hostsOf.set(n.nodeId, n.hosts);
+    const skipped: Array<{ id: string; name: string; shards: number; replicas: number; reason: string }> = [];
+    const found: VolumeRecord[] = [];
+    for (const [id, held] of [...byVolume].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
+      if (known.has(id)) continue;
+      const first = held[0]!.rec;
+      const skip = (reason: string): void => void skipped.push({ id, name: first.volumeName, shards: first.shards, replicas: first.members.length, reason });
+      if (idTag(id) === this.state.tag) {
+        skip('its id was issued by this catalog, which no longer lists it (deleted, or its create undone): its replicas are leftovers');
+        continue;
+      }
+      if (dead.has(id)) {
+        skip('deleted (the catalog holds its tombstone)');
+        continue;
+      }
+      const replicas = first.members.length;
+      if (replicas !== 1 && replicas !== 3 && replicas !== 5) {
+        skip(`its records name ${replicas} members, not 1, 3 or 5`);
+        continue;
+      }
+      const disagree = (['volumeName', 'shards', 'pageCount', 'pageSize', 'stripePages', 'createdAt'] as const).find((k) => held.some((h) => h.rec[k] !== first[k]));
+      if (disagree !== undefined) {
+        skip(`the nodes' records disagree on its ${disagree}`);
+        continue;
+      }
+      const placements: ShardPlacement[] = [];
+      let problem: string | undefined;
+      for (let shard = 0; shard < first.shards && problem === undefined; shard++) {
+        const holders = held.filter((h) => h.rec.shard === shard);
+        if (holders.length === 0) {
+          problem = `shard ${shard}: no answering node holds a replica of it`;
+          break;
+        }
+        const members = holders[0]!.rec.members;
+        if (members.length !== first.members.length || holders.some((h) => h.rec.members.join(',') !== members.join(','))) {
+          problem = `shard ${shard}: the nodes' records disagree on its members`;
+          break;
+        }
+        if (holders.some((h) => !members.includes(h.nodeId))) {
+          problem = `shard ${shard}: a node holds a replica of it that is not a member`;
+          break;
+        }
+        placements.push({
+          shard,
+          replicas: members.map((nodeId) => ({
+            nodeId,
+            hostId: holders.find((h) => h.nodeId === nodeId)?.rec.hostId ?? shard % (hostsOf.get(nodeId) ?? 1),
+          })),
+        });
+      }
+      if (problem !== undefined) {
+        skip(problem);
+        continue;
+      }
+      found.push({
+        name: first.volumeName, id, pageCount: first.pageCount, pageSize: first.pageSize, shards: first.shards,
+        stripePages: first.stripePages, replicas, createdAt: first.createdAt ?? Math.floor(nowMs), placements,
+      });
+    }
+    const names = new Map<string, number>();
+    for (const v of found) names.set(v.name, (names.get(v.name) ?? 0) + 1);
+    const add: VolumeRecord[] = [];
+    let volumes = this.state.volumes.length;
+    let placed = this.state.volumes.reduce((n, v) => n + v.shards * v.replicas, 0);
+    for (const v of found) {
+      const skip = (reason: string): void => void skipped.push({ id: v.id, name: v.name, shards: v.shards, replicas: v.replicas, reason });
+      const taken = this.state.volumes.find((x) => x.name === v.name);
+      if (taken !== undefined) skip(`its name is taken by volume ${taken.id} of the catalog`);
+      else if (names.get(v.name)! > 1) skip(`the nodes hold ${names.get(v.name)} volumes of this name`);
+      else if (volumes >= this.volumesMax) skip(`the catalog holds ${this.volumesMax} volumes, its limit`);
+      else if (placed + v.shards * v.replicas > this.replicasMax) skip(`the catalog would hold more than ${this.replicasMax} shard replicas, its limit`);
+      else {
+        add.push(v);
+        volumes++;
+        placed += v.shards * v.replicas;
+      }
+    }
+    return { add, skipped };
+  }
+
+  /**
+   * Adds volumes a recovery found (`planRecovery`) in one durable change; refuses, changing
+   * nothing, when one of them now has an id or a name the catalog holds.
+   */
+  addRecovered(volumes: readonly VolumeRecord[]): void {
+    if (volumes.length === 0) return;
+    for (const v of volumes) {
+      const clash = this.state.volumes.find((x) => x.id === v.id || x.name === v.name);
+      if (clash !== undefined) throw new ProtocolError('already_exists', `volume '${v.name}' (${v.id}) clashes with volume '${clash.name}' (${clash.id}) of the catalog`, { name: v.name });
+    }
+    this.commit({ ...this.state, volumes: [...this.state.volumes, ...volumes] });
+  }
+
   /** Replicas placed on each host of the catalog, by `<nodeId>/<hostId>`. */
   private hostLoad(): Map<string, number> {
     const load = new Map<string, number>();
@@ -270,6 +390,15 @@ export class Controller {
     this.meta.write(CATALOG, s);
     this.state = s;
   }
+}
+
+/** A node's record of a replica it holds, as a recovery reads it. */
+export type RecoveryRecord = ShardAssignment;
+
+/** The catalog tag of a volume id (`v<n>-<tag>`), undefined for an id without one (`v<n>`). */
+export function idTag(id: string): string | undefined {
+  const dash = id.indexOf('-');
+  return dash < 0 ? undefined : id.slice(dash + 1);
 }
 
 /** The public view of a volume record (no placement). */

@@ -88,6 +88,11 @@ Commands:
         Operator override: NODE's replica of the shard votes again although it is repairing
         (its log lost records to damage), accepting that records only it had acknowledged
         stay lost. For a shard left without a majority of whole replicas (docs/replication.md).
+  catalog recover [--apply]
+        Operator action after the controller lost its data directory: find on the live
+        nodes the volumes they hold that the catalog lacks, and with --apply add them
+        (without: only say which). Each node reopens its replicas of them, and one that
+        lost its data is given them back by its peers (docs/replication.md).
   nats-auth [--cluster C] [--clients A,B,…]
         Print the authorization block of a nats-server config that keeps applications
         off the subjects the nodes trust each other on, and each user off the replies
@@ -95,7 +100,7 @@ Commands:
   help
         This text.
 
-Flags of the commands that talk to a cluster (volume, put, get, status, shard):
+Flags of the commands that talk to a cluster (volume, put, get, status, shard, catalog):
   --nats URL      NATS server (default $STRATA_NATS_URL or ${NATS_URL_DEFAULT})
   --nats-user U --nats-password-file F
                   NATS user and a file holding its password, for a server that asks
@@ -155,13 +160,14 @@ const COMMANDS: Readonly<Record<string, CommandSpec>> = {
   get: { positionals: ['VOLUME', 'PAGE', 'FILE'], flags: { count: 'integer', lsn: 'string' }, client: true },
   status: { positionals: [], flags: {}, client: true },
   'shard force-vote': { positionals: ['VOLUME', 'SHARD'], flags: { node: 'string' }, required: ['node'], client: true },
+  'catalog recover': { positionals: [], flags: { apply: 'boolean' }, client: true },
   'nats-auth': { positionals: [], flags: { cluster: 'string', clients: 'string' }, client: false },
   help: { positionals: [], flags: {}, client: false },
 };
 
 /** A parsed command line. `node` keeps its arguments raw (`rest`) for loadNodeConfig. */
 export interface ParsedArgs {
-  /** `dev`, `node`, `volume create`, `volume list`, `volume info`, `volume delete`, `put`, `get`, `status`, `shard force-vote`, `nats-auth`, `help`. */
+  /** `dev`, `node`, `volume create`, `volume list`, `volume info`, `volume delete`, `put`, `get`, `status`, `shard force-vote`, `catalog recover`, `nats-auth`, `help`. */
   command: string;
   positionals: string[];
   flags: Record<string, string | number | boolean>;
@@ -277,17 +283,19 @@ export function parseArgs(argvIn: readonly string[]): ParsedArgs {
 
   let command = first;
   let at = 1;
-  if (first === 'volume' || first === 'shard') {
+  if (first === 'volume' || first === 'shard' || first === 'catalog') {
     const sub = argv[1];
     // `strata volume --help` as any other command's: the list of commands.
     if (sub === '--help' || sub === '-h') return { command: 'help', positionals: [], flags: {}, rest: [] };
-    if (sub === undefined || sub.startsWith('-')) throw new UsageError(first === 'volume' ? 'volume: expected create, list, info or delete' : 'shard: expected force-vote');
+    if (sub === undefined || sub.startsWith('-')) {
+      throw new UsageError(first === 'volume' ? 'volume: expected create, list, info or delete' : first === 'shard' ? 'shard: expected force-vote' : 'catalog: expected recover');
+    }
     command = `${first} ${sub}`;
     at = 2;
   }
   const spec = COMMANDS[command];
   if (spec === undefined) {
-    throw new UsageError(first === 'volume' || first === 'shard' ? `${first}: unknown subcommand ${JSON.stringify(argv[1])}` : `unknown command ${JSON.stringify(first)}`);
+    throw new UsageError(first === 'volume' || first === 'shard' || first === 'catalog' ? `${first}: unknown subcommand ${JSON.stringify(argv[1])}` : `unknown command ${JSON.stringify(first)}`);
   }
   const allowed: Record<string, FlagKind> = { ...(spec.client ? CLIENT_FLAGS : {}), ...spec.flags };
   const positionals: string[] = [];
@@ -547,6 +555,29 @@ async function shardForceVote(ctx: Ctx): Promise<void> {
     ? `node ${r.node}: its replica of shard ${r.shard} of ${volume} votes again (term ${r.term}); records only it had acknowledged, and lost, stay lost\n`
     : `node ${r.node}: its replica of shard ${r.shard} of ${volume} was not repairing; nothing changed\n`;
   await writeOut(ctx.io.stdout, ctx.json ? jsonText(r) : text);
+}
+
+async function catalogRecover(ctx: Ctx): Promise<void> {
+  const apply = ctx.args.flags.apply === true;
+  const r = await withClient(ctx, (c) => c.recoverCatalog({ apply }));
+  if (ctx.json) {
+    await writeOut(ctx.io.stdout, jsonText(r));
+    return;
+  }
+  const lines: string[] = [];
+  const more = (shown: number, all: number): string => (all > shown ? `  … and ${all - shown} more\n` : '');
+  const geometry = (v: { shards: number; replicas: number }): string => `${v.shards} shard${v.shards === 1 ? '' : 's'}, ${v.replicas} replica${v.replicas === 1 ? '' : 's'}`;
+  lines.push(`asked ${r.nodesAsked} live node${r.nodesAsked === 1 ? '' : 's'} for their records${r.nodesFailed.length === 0 ? '' : `; ${r.nodesFailed.length} did not answer (what only they hold is not found)`}\n`);
+  for (const f of r.nodesFailed) lines.push(`  ${f.node}: ${f.error}\n`);
+  if (r.recoveredCount === 0) lines.push('no volume to recover: the catalog lists every volume the nodes hold\n');
+  else lines.push(`${apply ? 'recovered' : 'would recover'} ${r.recoveredCount} volume${r.recoveredCount === 1 ? '' : 's'}:\n`);
+  for (const v of r.recovered) lines.push(`  ${v.name} (${v.id}, ${geometry(v)})\n`);
+  lines.push(more(r.recovered.length, r.recoveredCount));
+  if (r.skippedCount > 0) lines.push(`left out ${r.skippedCount} volume${r.skippedCount === 1 ? '' : 's'}:\n`);
+  for (const v of r.skipped) lines.push(`  ${v.name} (${v.id}): ${v.reason ?? ''}\n`);
+  lines.push(more(r.skipped.length, r.skippedCount));
+  if (!apply && r.recoveredCount > 0) lines.push('nothing changed: run again with --apply to add them\n');
+  await writeOut(ctx.io.stdout, lines.join(''));
 }
 
 /** Reads up to `bytes` bytes from a source; fewer only at its end. */
@@ -811,6 +842,9 @@ export async function main(argv: readonly string[], io: Partial<CliIo> = {}): Pr
         return 0;
       case 'shard force-vote':
         await shardForceVote(ctx);
+        return 0;
+      case 'catalog recover':
+        await catalogRecover(ctx);
         return 0;
       case 'nats-auth':
         await writeOut(fullIo.stdout, natsAuthText((args.flags.cluster as string | undefined) ?? (fullIo.env.STRATA_CLUSTER || CLUSTER_DEFAULT), natsAuthClients(args.flags.clients as string | undefined)));

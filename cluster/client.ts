@@ -48,7 +48,7 @@ import { ConnectionState, NoRespondersError, RequestMux, fromNatsError, natsErro
 import { withTimeout } from '../runtime/timeout';
 import { natsConnectHint } from '../runtime/nats-connect-hint';
 import { apiSubject, checkToken, clientInboxPrefix, shardSubject } from '../messages/subjects';
-import { nodeSubject, validateShardForceVoteReply, type ShardForceVoteReply } from '../messages/control';
+import { controllerSubject, nodeSubject, validateCatalogRecoverReply, validateShardForceVoteReply, type CatalogRecoverReply, type ShardForceVoteReply } from '../messages/control';
 import {
   EARLIER_ATTEMPTS_MAX,
   PAGES_PER_REQUEST_MAX,
@@ -369,6 +369,18 @@ export class StrataClient {
     const replyBytes = await this.request(subject, encode({ volumeId: info.id, shard }), { timeoutMs: this.timeoutMs, headers: {} });
     // An error reply is the node's answer (not_found: it holds no replica of the shard…).
     return readReply(replyBytes, 'shard.forceVote', subject, validateShardForceVoteReply);
+  }
+
+  /**
+   * Operator action after the controller lost its catalog (docs/replication.md, "A lost
+   * catalog"): the controller reads the records of every live node and adds to its catalog the
+   * volumes they hold that it lacks; with `apply: false` (the default) it only says which. Sent
+   * to the controller's control subject, not through the API.
+   */
+  async recoverCatalog(options: { apply?: boolean } = {}): Promise<CatalogRecoverReply> {
+    const subject = controllerSubject(this.cluster, 'catalog.recover');
+    const replyBytes = await this.request(subject, encode({ apply: options.apply === true }), { timeoutMs: this.timeoutMs, headers: {} });
+    return readReply(replyBytes, 'catalog.recover', subject, validateCatalogRecoverReply);
   }
 
   /**

@@ -55,7 +55,11 @@ import {
   validateHeartbeatReply,
   validateNodeStatusRequest,
   validateClaimQuestion,
+  validateNodeRecordsRequest,
+  validateCatalogRecoverRequest,
+  type RecoveredVolume,
 } from '../messages/control';
+import { readNodeRecords, recordsPage, recoverReply } from './catalog-recovery';
 import { nodeInboxPrefix } from '../messages/subjects';
 import { RealDisk } from '../storage-engine/real-disk';
 import { makeDirectory } from '../storage-engine/make-directory';
@@ -1124,6 +1128,8 @@ export class StrataNode {
       return { epoch: a.epoch, tombstones, shards, ...(next < a.shards.length ? { next } : {}), ...tombstonesNext };
     });
     this.subscribe(subj('members'), async () => ({ members: this.allMembers() }));
+    // One at a time with creates and deletes: none changes the catalog while it is rebuilt.
+    this.subscribe(subj('catalog.recover'), (body, msg) => this.serial(msg, (deadlineMs) => this.recoverCatalog(validateCatalogRecoverRequest(body).apply === true, deadlineMs)));
     this.subscribe(subj('volume.create'), (body, msg) => this.serial(msg, (deadlineMs) => this.createVolume(validateVolumeCreateRequest(body), deadlineMs)));
     this.subscribe(subj('volume.delete'), (body, msg) => this.serial(msg, (deadlineMs) => this.deleteVolume(validateVolumeNameRequest(body).name, deadlineMs)));
     this.subscribe(subj('volume.info'), async (body) => {
@@ -1224,6 +1230,33 @@ export class StrataNode {
     return volumeInfo(v);
   }
 
+  /**
+   * Reads the records of every live node (this one's from memory) and adds to the catalog the
+   * volumes they hold that it lacks (`apply`), or only says which (cluster/catalog-recovery.ts).
+   * Nodes that do not answer within the requester's deadline are named in the reply; what they
+   * alone hold is not found.
+   */
+  private async recoverCatalog(apply: boolean, deadlineMs: number | undefined): Promise<unknown> {
+    const c = this.controller!;
+    const timeoutMs = this.opts.requestTimeoutMs ?? 10_000;
+    const endMs = Date.now() + Math.max(1, catalogWaitMs(deadlineMs === undefined ? timeoutMs : deadlineMs - Date.now()));
+    const live = c.liveNodes(Date.now()).filter((m) => m.nodeId !== this.nodeId);
+    const nodes = [{ nodeId: this.nodeId, hosts: this.hosts, shards: this.nodeMeta.shards }];
+    const nodesFailed: { node: string; error: unknown }[] = [];
+    const read = await Promise.allSettled(live.map((m) => readNodeRecords(this.nc!, this.cluster, m.nodeId, timeoutMs, endMs)));
+    read.forEach((r, i) => (r.status === 'fulfilled' ? nodes.push(r.value) : nodesFailed.push({ node: live[i]!.nodeId, error: r.reason })));
+    const plan = c.planRecovery(nodes, Date.now());
+    if (apply) c.addRecovered(plan.add);
+    if (apply && plan.add.length > 0) {
+      this.log.warn('catalog recovered from the nodes\' records', { volumes: plan.add.map((v) => `${v.name} (${v.id})`), skipped: plan.skipped.length, nodesFailed: nodesFailed.map((f) => f.node) });
+    }
+    const summary = (v: { id: string; name: string; shards: number; replicas: number }): RecoveredVolume => ({ id: v.id, name: v.name, shards: v.shards, replicas: v.replicas });
+    return recoverReply(
+      { applied: apply, epoch: c.epoch, nodesAsked: live.length + 1, nodesFailed, recovered: plan.add.map(summary), skipped: plan.skipped.map((v) => ({ ...summary(v), reason: v.reason })) },
+      this.controlReplyBytesMax(),
+    );
+  }
+
   private async deleteVolume(name: string, deadlineMs: number | undefined): Promise<unknown> {
     const v = this.controller!.delete(name);
     // Deleted (durably) from here. The destroys are waited for within the requester's deadline,
@@ -1257,6 +1290,8 @@ export class StrataNode {
       await this.openShards(validateShardsOpen(body).shards);
       return { ok: true };
     });
+    // This node's record of its replicas, page by page: what a lost catalog is recovered from.
+    this.subscribe(subj('records'), async (body) => recordsPage(this.nodeId, this.hosts, this.nodeMeta.shards, validateNodeRecordsRequest(body).from ?? 0, this.controlReplyBytesMax()));
     this.subscribe(subj('shards.destroy'), async (body) => {
       const r = validateShardsDestroy(body);
       await this.destroyShards(r.volumeId, r.shards);

@@ -2,8 +2,9 @@
  * Control messages between nodes and the controller (not part of the public API).
  *
  * Subjects:
- *   strata.<cluster>.controller.<verb>   heartbeat, assignments, volume.create|delete|info|list
- *   strata.<cluster>.node.<nodeId>.<verb> shards.open, shards.destroy, status, shard.forceVote
+ *   strata.<cluster>.controller.<verb>   heartbeat, assignments, volume.create|delete|info|list,
+ *                                        catalog.recover
+ *   strata.<cluster>.node.<nodeId>.<verb> shards.open, shards.destroy, status, shard.forceVote, records
  *
  * Like every Strata message they are CBOR maps, validated on receipt; a message that does not
  * validate is answered with a bad_request error reply.
@@ -270,4 +271,112 @@ export function controllerSubject(cluster: string, verb: string): string {
 
 export function nodeSubject(cluster: string, nodeId: string, verb: string): string {
   return `strata.${cluster}.node.${nodeId}.${verb}`;
+}
+
+/**
+ * A page of a node's own record of the replicas it holds (`node.<id>.records`), from index
+ * `from` (default 0): what `strata catalog recover` rebuilds a lost catalog from.
+ */
+export interface NodeRecordsRequest {
+  from?: number;
+}
+
+export interface NodeRecordsReply {
+  nodeId: string;
+  hosts: number;
+  shards: ShardAssignment[];
+  /** Index of the next page, when there is one. */
+  next?: number;
+}
+
+export function validateNodeRecordsRequest(body: unknown): NodeRecordsRequest {
+  const o = obj(body, '');
+  return o.from === undefined ? {} : { from: int(o.from, 'from', 0, ASSIGNMENTS_PER_NODE_MAX) };
+}
+
+export function validateNodeRecordsReply(body: unknown): NodeRecordsReply {
+  const o = obj(body, '');
+  return {
+    nodeId: str(o.nodeId, 'nodeId'),
+    hosts: int(o.hosts, 'hosts', 1, HOSTS_PER_NODE_MAX),
+    shards: list(o.shards, 'shards', ASSIGNMENTS_PAGE_MAX).map((s, i) => validateShardAssignment(s, `shards[${i}]`)),
+    ...(o.next === undefined ? {} : { next: int(o.next, 'next', 1, ASSIGNMENTS_PER_NODE_MAX) }),
+  };
+}
+
+/**
+ * `controller.catalog.recover`: the controller asks every live node for its records and adds to
+ * the catalog the volumes they hold that it lacks (docs/replication.md, "A lost catalog");
+ * `apply: false` (the default) only says what it would add.
+ */
+export interface CatalogRecoverRequest {
+  apply?: boolean;
+}
+
+/** A volume found on the nodes, and what became of it. */
+export interface RecoveredVolume {
+  id: string;
+  name: string;
+  shards: number;
+  replicas: number;
+  /** Why it was not (or would not be) added; absent for one added. */
+  reason?: string;
+}
+
+export interface CatalogRecoverReply {
+  applied: boolean;
+  /** The catalog's epoch after the recovery. */
+  epoch: number;
+  /** Live nodes asked, and those that did not answer (with why). */
+  nodesAsked: number;
+  nodesFailed: { node: string; error: string }[];
+  /** Volumes added (or that would be), and those left out with their reason; as many as fit. */
+  recovered: RecoveredVolume[];
+  skipped: RecoveredVolume[];
+  /** How many of each there were in all (the lists may be cut to fit one message). */
+  recoveredCount: number;
+  skippedCount: number;
+}
+
+/** Volumes a recovery may report at most (the catalog's bound on volumes, twice). */
+export const RECOVER_VOLUMES_MAX = 8192;
+/** Longest reason or error text in a recovery's reply. */
+export const RECOVER_TEXT_MAX = 512;
+
+export function validateCatalogRecoverRequest(body: unknown): CatalogRecoverRequest {
+  const o = obj(body, '');
+  for (const key of Object.keys(o)) if (key !== 'apply') throw new ProtocolError('bad_request', `${key}: unknown field`, { path: key });
+  return o.apply === undefined ? {} : { apply: expectBoolean(o.apply, 'apply') };
+}
+
+function recoveredVolume(v: unknown, path: string): RecoveredVolume {
+  const o = obj(v, path);
+  return {
+    id: str(o.id, `${path}.id`),
+    name: expectName(o.name, `${path}.name`),
+    shards: int(o.shards, `${path}.shards`, 1, SHARDS_MAX),
+    replicas: int(o.replicas, `${path}.replicas`, 1, 7),
+    ...(o.reason === undefined ? {} : { reason: text(o.reason, `${path}.reason`) }),
+  };
+}
+
+function text(v: unknown, path: string): string {
+  return expectString(v, path, RECOVER_TEXT_MAX);
+}
+
+export function validateCatalogRecoverReply(body: unknown): CatalogRecoverReply {
+  const o = obj(body, '');
+  return {
+    applied: expectBoolean(o.applied, 'applied'),
+    epoch: int(o.epoch, 'epoch', 0, Number.MAX_SAFE_INTEGER),
+    nodesAsked: int(o.nodesAsked, 'nodesAsked', 0, ASSIGNMENTS_PER_NODE_MAX),
+    nodesFailed: list(o.nodesFailed, 'nodesFailed', ASSIGNMENTS_PER_NODE_MAX).map((f, i) => {
+      const e = obj(f, `nodesFailed[${i}]`);
+      return { node: str(e.node, `nodesFailed[${i}].node`), error: text(e.error, `nodesFailed[${i}].error`) };
+    }),
+    recovered: list(o.recovered, 'recovered', RECOVER_VOLUMES_MAX).map((v, i) => recoveredVolume(v, `recovered[${i}]`)),
+    skipped: list(o.skipped, 'skipped', RECOVER_VOLUMES_MAX).map((v, i) => recoveredVolume(v, `skipped[${i}]`)),
+    recoveredCount: int(o.recoveredCount, 'recoveredCount', 0, RECOVER_VOLUMES_MAX),
+    skippedCount: int(o.skippedCount, 'skippedCount', 0, RECOVER_VOLUMES_MAX),
+  };
 }

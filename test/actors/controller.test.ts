@@ -135,3 +135,109 @@ describe('Controller catalog bounds', () => {
     assert.equal(c.create({ name: 'v', pageCount: 64, pageSize: 4096, shards: 1, stripePages: 16, replicas: 1 }, T0).placements[0]!.replicas.length, 1);
   });
 });
+
+describe('Controller recovery from the nodes\' records', () => {
+  type Rec = Parameters<Controller['planRecovery']>[0][number]['shards'][number];
+  const rec = (over: Partial<Rec> & { shard: number }): Rec => ({
+    volumeId: 'v1-old', volumeName: 'a', shards: 2, pageCount: 64, pageSize: 4096, stripePages: 4, hostId: 0, members: ['n1', 'n2', 'n3'], createdAt: T0, ...over,
+  });
+  const tagged = (tag: string): Controller => new Controller({ meta: new MetaStore(new SimDisk(), ''), newCatalogTag: tag });
+
+  it('adds a complete volume of another catalog, placing replicas on nodes that did not answer by shard mod hosts', () => {
+    const c = tagged('new');
+    c.heartbeat('n1', 2, T0);
+    const plan = c.planRecovery(
+      [
+        { nodeId: 'n2', hosts: 2, shards: [rec({ shard: 0, hostId: 1 }), rec({ shard: 1, hostId: 0 })] },
+        { nodeId: 'n3', hosts: 1, shards: [rec({ shard: 1, hostId: 0 })] },
+      ],
+      T0 + 5,
+    );
+    assert.deepEqual(plan.skipped, []);
+    assert.equal(plan.add.length, 1);
+    const v = plan.add[0]!;
+    assert.deepEqual({ ...v, placements: undefined }, { name: 'a', id: 'v1-old', pageCount: 64, pageSize: 4096, shards: 2, stripePages: 4, replicas: 3, createdAt: T0, placements: undefined });
+    // n1 (2 hosts, heard from) did not answer: shard s on host s mod 2; n3 (not holding shard 0) as n3 has 1 host.
+    assert.deepEqual(v.placements, [
+      { shard: 0, replicas: [{ nodeId: 'n1', hostId: 0 }, { nodeId: 'n2', hostId: 1 }, { nodeId: 'n3', hostId: 0 }] },
+      { shard: 1, replicas: [{ nodeId: 'n1', hostId: 1 }, { nodeId: 'n2', hostId: 0 }, { nodeId: 'n3', hostId: 0 }] },
+    ]);
+    const epoch = c.epoch;
+    c.addRecovered(plan.add);
+    assert.equal(c.epoch, epoch + 1);
+    assert.deepEqual(c.get('a').placements, v.placements);
+    assert.deepEqual(c.assignments('n1').shards.map((s) => [s.placement.shard, s.hostId]), [[0, 0], [1, 1]]);
+    // Found again: already in the catalog, neither added nor reported.
+    assert.deepEqual(c.planRecovery([{ nodeId: 'n2', hosts: 2, shards: [rec({ shard: 0 }), rec({ shard: 1 })] }], T0), { add: [], skipped: [] });
+  });
+
+  it('leaves out, with why: ids of this catalog, tombstones, disagreeing records, missing shards, taken or doubled names, bad replica counts, the catalog\'s bounds', () => {
+    const c = tagged('new');
+    c.heartbeat('n1', 1, T0);
+    const mine = c.create({ name: 'mine', pageCount: 8, pageSize: 4096, shards: 1, stripePages: 8, replicas: 1 }, T0);
+    const ownGone = c.create({ name: 'own-gone', pageCount: 8, pageSize: 4096, shards: 1, stripePages: 8, replicas: 1 }, T0);
+    c.delete('own-gone');
+    const one = (volumeId: string, volumeName: string, over: Partial<Rec> = {}): Rec => rec({ volumeId, volumeName, shard: 0, shards: 1, members: ['n1'], ...over });
+    const plan = c.planRecovery(
+      [
+        {
+          nodeId: 'n1',
+          hosts: 1,
+          shards: [
+            one(ownGone.id, 'own-gone'),
+            one('v9-new', 'undone'),
+            one('v2-old', 'mine'),
+            one('v3-old', 'twice'),
+            one('v4-old', 'twice'),
+            rec({ volumeId: 'v5-old', volumeName: 'half', shard: 0 }),
+            one('v6-old', 'split', { pageCount: 8 }),
+            one('v7-old', 'pair', { members: ['n1', 'n2'] }),
+            one('v8-old', 'ok'),
+          ],
+        },
+        { nodeId: 'n2', hosts: 1, shards: [one('v6-old', 'split', { pageCount: 16, members: ['n2'] })] },
+      ],
+      T0,
+    );
+    assert.deepEqual(plan.add.map((v) => v.name), ['ok']);
+    const why = Object.fromEntries(plan.skipped.map((s) => [s.id, s.reason]));
+    assert.match(why[ownGone.id]!, /issued by this catalog/);
+    assert.match(why['v9-new']!, /issued by this catalog/);
+    assert.match(why['v2-old']!, /name is taken by volume v1-new/);
+    assert.match(why['v3-old']!, /the nodes hold 2 volumes of this name/);
+    assert.match(why['v4-old']!, /the nodes hold 2 volumes of this name/);
+    assert.match(why['v5-old']!, /shard 1: no answering node holds a replica of it/);
+    assert.match(why['v6-old']!, /records disagree on its pageCount/);
+    assert.match(why['v7-old']!, /2 members, not 1, 3 or 5/);
+    assert.equal(plan.skipped.length, 8);
+    assert.equal(mine.id, 'v1-new');
+
+    // A tombstone of an id of another catalog (a catalog recovered once, then that volume deleted).
+    c.addRecovered(plan.add);
+    c.delete('ok');
+    assert.match(c.planRecovery([{ nodeId: 'n1', hosts: 1, shards: [one('v8-old', 'ok')] }], T0).skipped[0]!.reason, /tombstone/);
+
+    // A record of a member that is not among the shard's members.
+    const stray = c.planRecovery([{ nodeId: 'n9', hosts: 1, shards: [one('v10-old', 'stray')] }], T0);
+    assert.match(stray.skipped[0]!.reason, /not a member/);
+
+    // Bounds: a catalog of 2 volumes holds one more.
+    const small = new Controller({ meta: new MetaStore(new SimDisk(), ''), newCatalogTag: 'x', volumesMax: 2 });
+    small.heartbeat('n1', 1, T0);
+    small.create({ name: 'first', pageCount: 8, pageSize: 4096, shards: 1, stripePages: 8, replicas: 1 }, T0);
+    const bounded = small.planRecovery([{ nodeId: 'n1', hosts: 1, shards: [one('v1-old', 'b1'), one('v2-old', 'b2')] }], T0);
+    assert.deepEqual(bounded.add.map((v) => v.name), ['b1']);
+    assert.match(bounded.skipped[0]!.reason, /holds 2 volumes, its limit/);
+  });
+
+  it('addRecovered refuses, changing nothing, a volume whose name or id the catalog took meanwhile', () => {
+    const c = tagged('new');
+    c.heartbeat('n1', 1, T0);
+    const plan = c.planRecovery([{ nodeId: 'n1', hosts: 1, shards: [rec({ shard: 0, shards: 1, members: ['n1'] })] }], T0);
+    c.create({ name: 'a', pageCount: 8, pageSize: 4096, shards: 1, stripePages: 8, replicas: 1 }, T0);
+    const epoch = c.epoch;
+    assert.throws(() => c.addRecovered(plan.add), (e: unknown) => e instanceof ProtocolError && e.code === 'already_exists');
+    assert.equal(c.epoch, epoch);
+    assert.deepEqual(c.list().map((v) => v.id), ['v1-new']);
+  });
+});

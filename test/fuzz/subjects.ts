@@ -32,7 +32,7 @@ import { validateRequest } from '../../messages/validate';
 import { validateRaftRequest, replicaSubject, followersSubject } from '../../messages/raft';
 import {
   validateClaimQuestion, validateHeartbeat, validateAssignmentsRequest, validateNodeStatusRequest, validateShardsOpen, validateShardsDestroy,
-  validateShardForceVote, controllerSubject, nodeSubject,
+  validateShardForceVote, validateCatalogRecoverRequest, validateNodeRecordsRequest, controllerSubject, nodeSubject,
 } from '../../messages/control';
 import { validateVolumeCreateRequest, validateVolumeNameRequest, validateVolumeListRequest } from '../../messages/validate';
 import { shardSubject, apiSubject } from '../../messages/subjects';
@@ -336,6 +336,9 @@ function controllerTargets(): Target[] {
     { kind: 'controller', subject: c('volume.info'), body: () => ({ name: volumeNameFor('read') }), check: (b) => void validateVolumeNameRequest(b) },
     { kind: 'controller', subject: c('volume.list'), body: () => ({}), check: (b) => void validateVolumeListRequest(b) },
     { kind: 'controller', subject: c('claim'), body: () => claimBody(), forbidden: stopsByClaim },
+    // Applied, a recovery would add the fake volumes the fuzzer opens on the nodes: by design.
+    { kind: 'controller', subject: c('catalog.recover'), body: () => (chance(0.5) ? {} : { apply: false }), check: (b) => void validateCatalogRecoverRequest(b),
+      forbidden: (b) => { try { return validateCatalogRecoverRequest(b).apply === true; } catch { return false; } } },
   ];
 }
 
@@ -379,6 +382,7 @@ function nodeTargets(): Target[] {
         forbidden: (b) => { try { const r = validateShardsDestroy(b); return (r.volumeId === facts.real.id || r.volumeId === facts.aux.id) && r.shards.length > 0; } catch { return false; } } },
       { kind: 'node', subject: s('shard.forceVote'), body: () => ({ volumeId: pick([facts.real.id, facts.aux.id, 'nope']), shard: pick([0, 1, 255]) }), check: (b) => void validateShardForceVote(b) },
       { kind: 'node', subject: s('status'), body: () => (chance(0.5) ? {} : { part: pick([0, 1, 65535, 65536, -1]) }), check: (b) => void validateNodeStatusRequest(b) },
+      { kind: 'node', subject: s('records'), body: () => (chance(0.5) ? {} : { from: pick([0, 1, 512, 65536, 65537, -1]) }), check: (b) => void validateNodeRecordsRequest(b) },
       { kind: 'node', subject: s('claim'), body: () => claimBody(), forbidden: stopsByClaim },
     );
   }

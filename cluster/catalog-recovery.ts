@@ -1,0 +1,113 @@
+/**
+ * Recovery of a lost catalog from the nodes (docs/replication.md, "A lost catalog").
+ *
+ * The catalog is durable on the controller's node only. Every node keeps its own durable record
+ * of the replicas it holds, with each one's volume geometry and members: together, the live
+ * nodes' records describe every volume that has a replica on one of them. `strata catalog
+ * recover` has the controller read them (`node.<id>.records`, page by page) and add to its
+ * catalog what it lacks (Controller.planRecovery, addRecovered).
+ */
+import type { NatsConnection } from 'nats';
+import { decode, encode } from '../messages/codec';
+import { ProtocolError, throwIfError, toProtocolError } from '../messages/errors';
+import {
+  ASSIGNMENTS_PAGE_MAX,
+  ASSIGNMENTS_PER_NODE_MAX,
+  RECOVER_TEXT_MAX,
+  nodeSubject,
+  validateNodeRecordsReply,
+  type CatalogRecoverReply,
+  type NodeRecordsReply,
+  type RecoveredVolume,
+  type ShardAssignment,
+} from '../messages/control';
+import { fromNatsError } from '../runtime/request-mux';
+
+/**
+ * One page of a node's records from index `from`: as many as `bytesMax` holds (at most
+ * ASSIGNMENTS_PAGE_MAX, at least one), with the index of the next page when there is one.
+ */
+export function recordsPage(nodeId: string, hosts: number, shards: readonly ShardAssignment[], from: number, bytesMax: number): NodeRecordsReply {
+  const room = bytesMax - encode({ nodeId, hosts, shards: [], next: ASSIGNMENTS_PER_NODE_MAX }).length;
+  const page: ShardAssignment[] = [];
+  let used = 0;
+  for (const a of shards.slice(from, from + ASSIGNMENTS_PAGE_MAX)) {
+    used += encode(a).length;
+    if (used > room && page.length > 0) break;
+    page.push(a);
+  }
+  const next = from + page.length;
+  return { nodeId, hosts, shards: page, ...(next < shards.length ? { next } : {}) };
+}
+
+/**
+ * Reads every page of node `nodeId`'s records, each request within `timeoutMs`, the whole
+ * within `deadlineMs` (a clock time). Throws a ProtocolError (`timeout`, `unavailable`, or the
+ * node's error) when a page can not be had.
+ */
+export async function readNodeRecords(nc: NatsConnection, cluster: string, nodeId: string, timeoutMs: number, deadlineMs: number): Promise<NodeRecordsReply> {
+  const subject = nodeSubject(cluster, nodeId, 'records');
+  const shards: ShardAssignment[] = [];
+  let hosts = 1;
+  let from = 0;
+  for (;;) {
+    const leftMs = deadlineMs - Date.now();
+    if (leftMs <= 0) throw new ProtocolError('timeout', `node '${nodeId}' did not give all its records in time (${shards.length} read)`);
+    let page: NodeRecordsReply;
+    const waitMs = Math.max(1, Math.min(timeoutMs, leftMs));
+    try {
+      const r = await nc.request(subject, encode({ from }), { timeout: waitMs });
+      page = validateNodeRecordsReply(throwIfError(decode(r.data)));
+    } catch (e) {
+      throw fromNatsError(e, subject, waitMs);
+    }
+    if (page.nodeId !== nodeId) throw new ProtocolError('internal', `node '${nodeId}' answered as '${page.nodeId}'`);
+    hosts = page.hosts;
+    shards.push(...page.shards);
+    // A page must move on: a node answering the same `next` again would be asked for ever.
+    if (page.next === undefined) break;
+    if (page.next <= from || page.shards.length === 0) throw new ProtocolError('internal', `node '${nodeId}' answered page ${from} with next ${page.next}`);
+    from = page.next;
+  }
+  return { nodeId, hosts, shards };
+}
+
+/**
+ * The reply of a recovery, cut to `bytesMax` when its lists do not fit (the counts stay whole);
+ * reasons and errors at most RECOVER_TEXT_MAX characters.
+ */
+export function recoverReply(
+  r: {
+    applied: boolean;
+    epoch: number;
+    nodesAsked: number;
+    nodesFailed: { node: string; error: unknown }[];
+    recovered: RecoveredVolume[];
+    skipped: RecoveredVolume[];
+  },
+  bytesMax: number,
+): CatalogRecoverReply {
+  const clip = (s: string): string => (s.length <= RECOVER_TEXT_MAX ? s : `${s.slice(0, RECOVER_TEXT_MAX - 1)}…`);
+  const nodesFailed = r.nodesFailed.map((f) => ({ node: f.node, error: clip(toProtocolError(f.error).message) }));
+  const skipped = r.skipped.map((v) => ({ ...v, ...(v.reason === undefined ? {} : { reason: clip(v.reason) }) }));
+  const reply: CatalogRecoverReply = {
+    applied: r.applied,
+    epoch: r.epoch,
+    nodesAsked: r.nodesAsked,
+    nodesFailed,
+    recovered: r.recovered,
+    skipped,
+    recoveredCount: r.recovered.length,
+    skippedCount: r.skipped.length,
+  };
+  const fits = (r: CatalogRecoverReply): boolean => encode(r, { bytesMax: Number.MAX_SAFE_INTEGER }).length <= bytesMax;
+  if (fits(reply)) return reply;
+  // Halved until they fit (the counts say how many there were).
+  let keep = Math.max(r.recovered.length, skipped.length, nodesFailed.length);
+  while (keep > 0) {
+    keep = Math.floor(keep / 2);
+    const cut = { ...reply, nodesFailed: nodesFailed.slice(0, keep), recovered: r.recovered.slice(0, keep), skipped: skipped.slice(0, keep) };
+    if (fits(cut)) return cut;
+  }
+  return { ...reply, nodesFailed: [], recovered: [], skipped: [] };
+}
