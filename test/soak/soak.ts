@@ -16,6 +16,9 @@
  *   disk): its replicas learn their peers' terms and are given their shards back. Only when every
  *   replica is reported up and none repairing: two replicas of a shard without their storage are
  *   more than a set of three can lose. (Skipped, that round injects nothing.)
+ * - `wipe-controller`: the same for n1, whose catalog then starts again empty; once it is up,
+ *   the operator's `strata catalog recover --apply` (as the operator user with `--auth`) is sent
+ *   until the catalog lists the volume again, within RECOVER_MS. Under the same condition.
  *
  * When the time is up the faults end, and the run checks:
  * 1. the cluster converges: within CONVERGE_MS every shard has a leader and every replica is up,
@@ -48,11 +51,13 @@ import { prng } from '../support/prng';
 import { formatTable, writeJson } from '../../bench/report';
 
 /** The faults the nemesis knows. */
-export const FAULT_KINDS = ['kill', 'kill-majority', 'freeze', 'nats-freeze', 'nats-restart', 'wipe'] as const;
+export const FAULT_KINDS = ['kill', 'kill-majority', 'freeze', 'nats-freeze', 'nats-restart', 'wipe', 'wipe-controller'] as const;
 export type FaultKind = (typeof FAULT_KINDS)[number];
 
 /** How often each fault is picked, relative to the others. */
-const FAULT_WEIGHTS: Record<FaultKind, number> = { kill: 35, 'kill-majority': 10, freeze: 35, 'nats-freeze': 15, 'nats-restart': 10, wipe: 10 };
+const FAULT_WEIGHTS: Record<FaultKind, number> = { kill: 35, 'kill-majority': 10, freeze: 35, 'nats-freeze': 15, 'nats-restart': 10, wipe: 10, 'wipe-controller': 5 };
+/** How long after a wiped controller is up its catalog must list the volume again (recovered). */
+const RECOVER_MS = 30_000;
 
 export interface SoakOptions {
   /** How long faults are injected, ms: 1,000..3,600,000. */
@@ -124,6 +129,9 @@ export interface FaultEvent {
   endMs: number;
   /** For kills: ms from the restart until each node answered its status subject. */
   upMs?: Record<string, number>;
+  /** For wipe-controller: ms from its restart until the recovered catalog listed the volume, and the volumes recovered. */
+  recoveredMs?: number;
+  recovered?: string[];
 }
 
 export interface SoakResult {
@@ -303,7 +311,7 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
     ...(opts.auth === true ? { auth: true } : {}),
   });
   // As a node (node status) and as an application (the clients), on a locked server.
-  const userOf = (role: 'node' | 'client'): { user?: string; pass?: string } => {
+  const userOf = (role: 'node' | 'client' | 'operator'): { user?: string; pass?: string } => {
     const u = cluster.natsUsers?.[role];
     return u === undefined ? {} : { user: u.user, pass: readNatsPassword(u.passwordFile) };
   };
@@ -448,15 +456,38 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
           return true;
         }
       };
+      /** The operator's recovery of the wiped controller's catalog, until it lists the volume again. */
+      const recoverCatalog = async (ev: FaultEvent): Promise<void> => {
+        const started = performance.now();
+        const operator = await connect({ servers: cluster.natsUrl, cluster: 'dev', timeoutMs: 10_000, ...userOf('operator') });
+        try {
+          for (;;) {
+            const r = await operator.recoverCatalog({ apply: true }).catch((e: unknown) => e as Error);
+            const listed = await operator.listVolumes().then((l) => l.some((v) => v.name === 'soak'), () => false);
+            if (listed) {
+              ev.recoveredMs = Math.round(performance.now() - started);
+              if (!(r instanceof Error)) ev.recovered = r.recovered.map((v) => v.name);
+              return;
+            }
+            if (performance.now() - started > RECOVER_MS) {
+              problem(`the wiped controller's catalog did not list the volume again within ${RECOVER_MS / 1000} s of recovering (last: ${r instanceof Error ? r.message : JSON.stringify(r)})`);
+              return;
+            }
+            await sleep(500);
+          }
+        } finally {
+          await operator.close();
+        }
+      };
       while (kinds.length > 0 && performance.now() < stopAt) {
         await sleep(1000 + rand() * 2000);
         if (performance.now() >= stopAt) break;
         const kind = choose();
         const ev: FaultEvent = { kind, nodes: [], startMs: Math.round(now()), endMs: 0 };
         // Draws as any other fault does (the choices stay those of the seed), then skipped.
-        const wipeVictim = kind === 'wipe' ? 1 + pick(cluster.nodes.length - 1) : -1;
-        if (kind === 'wipe' && (await anyRepairing())) continue;
-        if (kind === 'wipe') {
+        const wipeVictim = kind === 'wipe' ? 1 + pick(cluster.nodes.length - 1) : kind === 'wipe-controller' ? 0 : -1;
+        if ((kind === 'wipe' || kind === 'wipe-controller') && (await anyRepairing())) continue;
+        if (kind === 'wipe' || kind === 'wipe-controller') {
           const n = cluster.nodes[wipeVictim]!;
           ev.nodes = [n.id];
           await sampleNode(wipeVictim);
@@ -467,6 +498,7 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
           fs.rmSync(path.join(cluster.root, n.id), { recursive: true, force: true });
           await sleep(500 + rand() * 3500);
           await restart([wipeVictim], ev);
+          if (kind === 'wipe-controller') await recoverCatalog(ev);
         } else if (kind === 'kill' || kind === 'kill-majority') {
           const victims = distinct(kind === 'kill' ? 1 : 2);
           ev.nodes = victims.map((i) => cluster.nodes[i]!.id);
@@ -504,7 +536,7 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
         }
         ev.endMs = Math.round(now());
         faults.push(ev);
-        out(`  ${(ev.startMs / 1000).toFixed(1)} s: ${ev.kind} ${ev.nodes.join(', ')} (${((ev.endMs - ev.startMs) / 1000).toFixed(1)} s)${ev.upMs ? `, up again after ${Object.entries(ev.upMs).map(([id, ms]) => `${id} ${(ms / 1000).toFixed(1)} s`).join(', ')}` : ''}`);
+        out(`  ${(ev.startMs / 1000).toFixed(1)} s: ${ev.kind} ${ev.nodes.join(', ')} (${((ev.endMs - ev.startMs) / 1000).toFixed(1)} s)${ev.upMs ? `, up again after ${Object.entries(ev.upMs).map(([id, ms]) => `${id} ${(ms / 1000).toFixed(1)} s`).join(', ')}` : ''}${ev.recoveredMs !== undefined ? `, catalog recovered ${(ev.recoveredMs / 1000).toFixed(1)} s later (${(ev.recovered ?? []).join(', ') || 'listed'})` : ''}`);
       }
     };
 
