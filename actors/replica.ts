@@ -2179,9 +2179,16 @@ export class Replica {
     return { bytes, passDone: false };
   }
 
-  /** Resolves with the commit LSN once everything accepted before is committed and applied. */
-  async flush(deadlineMs: number): Promise<{ lsn: number; term: number }> {
+  /**
+   * Resolves with the commit LSN once everything accepted before is committed and applied.
+   * Like a read at the latest LSN, it is answered only by a leader no other can have replaced
+   * (its lease, or a quorum round): a deposed leader that has not noticed yet would answer with
+   * its own last LSN, before writes the new leader acknowledged, and a read at the flush's LSN
+   * would not see them.
+   */
+  async flush(deadlineMs: number, nowMs: number = Date.now()): Promise<{ lsn: number; term: number }> {
     this.checkLeader();
+    if (!this.hasLease()) await this.confirmLeadership(deadlineMs - nowMs);
     const target = this.lastLsn;
     await this.waitApplied(target, deadlineMs);
     return { lsn: target, term: this.term };

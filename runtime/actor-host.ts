@@ -776,8 +776,8 @@ export class ActorHost implements HostApi {
       }
       case 'shard.flush': {
         validateRequest('shard.flush', body);
-        if (!this.traced) return replica.flush(answerByMs);
-        return withSpan('shard.flush', this.shardAttrs(mb), () => replica.flush(answerByMs));
+        if (!this.traced) return replica.flush(answerByMs, now);
+        return withSpan('shard.flush', this.shardAttrs(mb), () => replica.flush(answerByMs, now));
       }
       default:
         throw new ProtocolError('bad_request', `${HEADER_TYPE}: unknown message type '${type}' for a shard`, {

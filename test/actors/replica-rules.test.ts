@@ -261,6 +261,34 @@ describe('Replica rules that hold only in particular interleavings', function ()
     await assert.rejects(a.read([0], { deadlineMs: Date.now() + 1000, nowMs: Date.now() }), (err: ProtocolError) => err.code === 'not_leader');
   });
 
+  it('a deposed leader that has not noticed yet answers no flush: its LSN would leave out a write the new leader acknowledged before it', async () => {
+    shard = new Cluster(['a', 'b', 'c'], { randoms: { a: 0, b: 0, c: 0.99 } });
+    const [a, b] = ['a', 'b'].map((id) => shard!.replica(id)) as [Replica, Replica];
+    await shard.runUntil(() => a.isLeader, 'a leads');
+    await a.write([{ page: 0, data: page(1) }]);
+    await shard.run(50);
+
+    // a's messages stop reaching b and c, and theirs stop reaching a; b and c elect b.
+    const fromA = (from: string): boolean => from === 'a';
+    const toA = (_from: string, to: string): boolean => to === 'a';
+    shard.lost.push(fromA, toA);
+    await shard.runUntil(() => b.isLeader, 'b leads');
+    assert.equal(a.isLeader, true, 'a has not noticed yet: it still leads');
+    // Acknowledged by b: every flush asked from now on must cover it.
+    const acked = await b.write([{ page: 0, data: page(2) }]);
+    assert.ok(acked.lsn > a.stats().lastLsn);
+
+    // A flush that reaches a (both subscribe to the shard's subject until a notices).
+    const flush = a.flush(Date.now() + 1000).then(
+      (r) => r,
+      (err: ProtocolError) => err,
+    );
+    await shard.settle();
+    const got = await flush;
+    if (!(got instanceof ProtocolError)) assert.fail(`a answered the flush with LSN ${got.lsn}, before the LSN ${acked.lsn} of a write b acknowledged`);
+    assert.ok(['not_leader', 'timeout'].includes(got.code), got.code);
+  });
+
   it('a leader deposed while a write\'s payload is checksummed off its thread gives the payload\'s slab slot back', async () => {
     // One slot, a checksum that answers when the test says.
     const slab = new Slab({ slotBytes: 64 * 1024, slotCount: 1 });
