@@ -289,6 +289,11 @@ interface Waiter {
   deadlineMs?: number;
   /** A write's own record (at `lsn`) was appended in this term: a step-down names it to the client. */
   recordTerm?: number;
+  /**
+   * A read or flush waiting for `lsn` to be applied: the code it fails with at its deadline,
+   * `future_lsn` for a read at an LSN it asked for, `timeout` otherwise (it asked for no LSN).
+   */
+  expiredCode?: 'future_lsn' | 'timeout';
   resolve(): void;
   reject(e: Error): void;
 }
@@ -2200,14 +2205,16 @@ export class Replica {
       return Promise.reject(new StorageError('future_lsn', `lsn ${askedLsn} is newer than the last LSN ${this.lastLsn}`, { lsn: askedLsn }));
     }
     if (this.applyWaiters.length >= this.pendingWritesMax) return Promise.reject(new StorageError('overloaded', 'too many reads wait'));
+    const expiredCode = askedLsn !== undefined ? 'future_lsn' : 'timeout';
     return new Promise<void>((resolve, reject) => {
-      this.applyWaiters.push({ lsn, deadlineMs, resolve, reject });
+      this.applyWaiters.push({ lsn, deadlineMs, expiredCode, resolve, reject });
     });
   }
 
   /**
    * Fails waiting writes and reads whose deadline passed (the host calls this with wall-clock
-   * time): a write with `timeout` (its outcome is unknown), a read with `future_lsn`.
+   * time): a write with `timeout` (its outcome is unknown), a read at an LSN it asked for with
+   * `future_lsn`, a read at the latest LSN or a flush with `timeout`.
    */
   expireWaiters(wallMs: number): void {
     if (this.commitWaiters.length > 0) {
@@ -2232,7 +2239,7 @@ export class Replica {
     const keep: Waiter[] = [];
     for (const w of this.applyWaiters) {
       if (w.deadlineMs !== undefined && w.deadlineMs <= wallMs) {
-        w.reject(new ProtocolError('future_lsn', `lsn ${w.lsn} was not applied before the deadline (applied ${this.store.appliedLsn})`, { lsn: w.lsn }));
+        w.reject(new ProtocolError(w.expiredCode ?? 'future_lsn', `lsn ${w.lsn} was not applied before the deadline (applied ${this.store.appliedLsn})`, { lsn: w.lsn }));
       } else keep.push(w);
     }
     this.applyWaiters = keep;

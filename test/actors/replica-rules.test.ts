@@ -289,6 +289,27 @@ describe('Replica rules that hold only in particular interleavings', function ()
     assert.ok(['not_leader', 'timeout'].includes(got.code), got.code);
   });
 
+  it('a flush whose records do not commit before its deadline is answered timeout, not future_lsn (it asked for no LSN)', async () => {
+    shard = new Cluster(['a', 'b', 'c'], { randoms: { a: 0, b: 0.99, c: 0.99 } });
+    const a = shard.replica('a');
+    await shard.runUntil(() => a.isLeader, 'a leads');
+    await a.write([{ page: 0, data: page(1) }]);
+    // b's and c's disks are stuck: a's next write cannot commit (their heartbeats still renew a's lease).
+    const releases = [shard.stallDisk('b'), shard.stallDisk('c')];
+    const deadlineMs = Date.now() + 60_000;
+    const write = a.write([{ page: 1, data: page(2) }], { deadlineMs }).catch((err: ProtocolError) => err.code);
+    await shard.at(shard.now + 10);
+    const flush = a.flush(deadlineMs).then(
+      () => 'flushed',
+      (err: ProtocolError) => err.code,
+    );
+    await shard.settle();
+    a.expireWaiters(deadlineMs);
+    assert.equal(await flush, 'timeout');
+    assert.equal(await write, 'timeout');
+    for (const release of releases) release();
+  });
+
   it('a leader deposed while a write\'s payload is checksummed off its thread gives the payload\'s slab slot back', async () => {
     // One slot, a checksum that answers when the test says.
     const slab = new Slab({ slotBytes: 64 * 1024, slotCount: 1 });
