@@ -2273,7 +2273,8 @@ export class Replica {
     await new Promise<void>((resolve, reject) => {
       let pending = this.peers().length;
       const done = (): void => {
-        if (acks >= this.majority()) resolve();
+        if (this.role !== 'leader' || this.term !== term) reject(notLeader(this.leader, this.term));
+        else if (acks >= this.majority()) resolve();
         else if (--pending === 0) reject(new ProtocolError('timeout', 'leadership could not be confirmed by a majority'));
       };
       for (const id of this.peers()) {
@@ -2282,7 +2283,10 @@ export class Replica {
           (r) => {
             const reply = r as AppendReply;
             if (reply.term > this.term) this.stepDown(reply.term, null, 'a follower is at a newer term');
-            else if (reply.term === term) {
+            else if (reply.term === term && this.role === 'leader' && this.term === term) {
+              // Only while this replica still leads the round's term: the followers' states
+              // are then that term's. Counted toward the lease of a later term of its own, the
+              // answer would vouch for a term its follower had not heard of.
               acks++;
               const f = this.followers.get(id);
               if (f) f.ackedSentMs = Math.max(f.ackedSentMs, sentMs);

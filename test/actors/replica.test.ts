@@ -856,6 +856,50 @@ describe('Replica (more cases)', function () {
     assert.deepEqual(r.pages[0], page(1));
   });
 
+  it('an answer to a quorum round of an earlier term does not count toward the lease of the term the leader leads now', async () => {
+    const slow = { electionTimeoutMinMs: 300, electionTimeoutMaxMs: 600, heartbeatMs: 50, rpcTimeoutMs: 1000 };
+    shard = new TestShard(['a', 'b', 'c'], { manualClock: true, timing: slow, randoms: { a: 0, b: 0.99, c: 0.99 } });
+    for (let t = 0; t <= 100; t += 10) await shard.at(t);
+    const a = shard.members.get('a')!.replica;
+    assert.ok(a.isLeader);
+    const first = a.currentTerm;
+    await a.write([{ page: 0, data: page(1) }]);
+    // The quorum rounds a reads start (empty appends from LSN 0 that carry no commit), by term.
+    const rounds: number[] = [];
+    shard.drops.push((from, _to, msg) => {
+      if (from === 'a' && msg.type === 'append' && msg.prevLsn === 0 && msg.commitLsn === 0 && msg.records.length === 0) rounds.push(msg.term);
+      return false;
+    });
+    // a ticks no more (no heartbeats): at 450 ms its lease has run out, and a read starts a round.
+    // b's answer (of the first term) is held; c hears nothing of a from here.
+    const held = shard.hold((from, to, msg) => from === 'a' && to === 'b' && msg.type === 'append' && msg.prevLsn === 0 && msg.commitLsn === 0);
+    shard.drops.push((from, to) => from === 'a' && to === 'c');
+    await shard.at(450, ['b', 'c']);
+    const firstRead = a.read([0], { deadlineMs: Date.now() + 5000, nowMs: Date.now() }).catch((err: ProtocolError) => err.code);
+    for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
+    assert.deepEqual(rounds, [first, first]);
+    assert.ok(held.held());
+    // A candidate's vote request in a newer term moves a to it (a no longer heard a majority
+    // within an election timeout); its log is behind, so a does not vote for it.
+    await a.handle({ type: 'vote', term: first + 1, candidate: 'c', lastLsn: 0, lastTerm: 0 });
+    assert.equal(a.isLeader, false);
+    // a is elected again, with b's vote (b answered a's round: a was its last leader); b takes
+    // none of a's appends of the new term, so nothing b answers in it is an acknowledgement.
+    shard.drops.push((from, to, msg) => from === 'a' && to === 'b' && msg.type === 'append' && msg.term > first && !(msg.prevLsn === 0 && msg.commitLsn === 0));
+    for (let t = 460; t <= 480 && !a.isLeader; t += 10) await shard.at(t, ['a', 'b']);
+    assert.ok(a.isLeader && a.currentTerm > first + 1, 'a leads a newer term');
+    // b's answer of the first term comes now: the first read's round is over (a no longer leads that term).
+    held.release();
+    assert.equal(await firstRead, 'not_leader');
+    // A read in the new term: nobody acknowledged a message of it, so a asks a majority first.
+    rounds.length = 0;
+    const read = a.read([0], { deadlineMs: Date.now() + 60_000, nowMs: Date.now() }).catch((err: ProtocolError) => err.code);
+    for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
+    assert.deepEqual(rounds, [a.currentTerm, a.currentTerm], 'the read confirms a\'s leadership with a round of the new term');
+    a.expireWaiters(Date.now() + 60_000);
+    await read;
+  });
+
   it('elections that fail in a row wait longer each time (up to 8 times the timeout), and a leader is elected once votes get through', async () => {
     const slow = { electionTimeoutMinMs: 300, electionTimeoutMaxMs: 600, heartbeatMs: 50, rpcTimeoutMs: 1000 };
     shard = new TestShard(['a', 'b', 'c'], { manualClock: true, timing: slow, randoms: { a: 0, b: 0.99, c: 0.99 } });
