@@ -149,7 +149,8 @@ export { NoRespondersError };
  * (one reply subscription, one deadline timer) rather than `nc.request` each. While the
  * connection is down (the NATS server restarting, say), a request waits for the reconnect within
  * its timeout; the requests waiting for a reply when it drops fail at once (`unavailable`,
- * `details.disconnected`: their replies are lost) instead of at their deadline.
+ * `details.disconnected`: their replies are lost) instead of at their deadline; a write then
+ * fails `timeout` (its outcome is unknown), a read is sent again.
  */
 export class NatsTransport implements ClientTransport {
   private readonly mux: RequestMux;
@@ -1093,6 +1094,11 @@ function noteEarlierAttempt(body: ShardWriteRequest, failed: { ok: false; error:
   const e = failed.error;
   const record = recordOf(e);
   const earlier = body.earlier ?? [];
+  if (record === undefined && e instanceof ProtocolError && e.code === 'unavailable' && e.details?.['disconnected'] === true) {
+    // Its reply was lost with the connection: it may have been committed. `unavailable` would
+    // read as "not done, retry", and a retry could write the pages over a newer write of them.
+    return { ok: false, error: new ProtocolError('timeout', `${e.message}: the write may or may not be committed`, { ...(e.details ?? {}), code: e.code, ...(earlier.length > 0 ? { earlier } : {}) }) };
+  }
   if (record === undefined) {
     if (earlier.length === 0 || leaderless(e)) return failed;
     const message = e instanceof Error ? e.message : String(e);
