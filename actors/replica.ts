@@ -1870,6 +1870,20 @@ export class Replica {
   // Client requests (leader only)
   // ---------------------------------------------------------------------------------------------
 
+  /**
+   * The fence of a shard request that names the leader term its sender expects (`term`): a
+   * sender behind this replica's term is answered `stale_term`, one ahead of it (a newer leader
+   * exists that this replica has not heard of) `not_leader`; both with this replica's term and
+   * the leader it knows. Nothing is done for either.
+   */
+  checkTerm(expected: number | undefined): void {
+    if (expected === undefined || expected === this.term) return;
+    if (expected < this.term) {
+      throw new ProtocolError('stale_term', `the request expects term ${expected}; the shard is at term ${this.term}`, { term: this.term, ...(this.leader ? { leader: this.leader } : {}) });
+    }
+    throw notLeader(this.leader, this.term);
+  }
+
   private checkLeader(): void {
     if (this.closed) throw new StorageError('closed', `shard ${this.geometry.volumeId}/${this.geometry.shard} is closed`);
     if (this.role !== 'leader') throw notLeader(this.leader, this.term);

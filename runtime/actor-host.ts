@@ -758,6 +758,7 @@ export class ActorHost implements HostApi {
     switch (type) {
       case 'shard.write': {
         const req = validateRequest('shard.write', body);
+        replica.checkTerm(req.term);
         const opts = req.earlier === undefined ? { deadlineMs: answerByMs } : { deadlineMs: answerByMs, earlier: req.earlier };
         if (!this.traced) return replica.write(req.pages, opts);
         return withSpan('shard.write', { ...this.shardAttrs(mb), [ATTR.pages]: req.pages.length }, (span) =>
@@ -770,12 +771,13 @@ export class ActorHost implements HostApi {
       }
       case 'shard.read': {
         const req = validateRequest('shard.read', body);
+        replica.checkTerm(req.term);
         const opts = { ...(req.lsn !== undefined ? { lsn: req.lsn } : {}), deadlineMs: answerByMs, nowMs: now };
         if (!this.traced) return replica.read(req.pages, opts);
         return withSpan('shard.read', { ...this.shardAttrs(mb), [ATTR.pages]: req.pages.length }, () => replica.read(req.pages, opts));
       }
       case 'shard.flush': {
-        validateRequest('shard.flush', body);
+        replica.checkTerm(validateRequest('shard.flush', body).term);
         if (!this.traced) return replica.flush(answerByMs, now);
         return withSpan('shard.flush', this.shardAttrs(mb), () => replica.flush(answerByMs, now));
       }

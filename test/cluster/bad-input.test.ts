@@ -247,6 +247,25 @@ describe('bad input over NATS gets a typed error and the node keeps serving', fu
     assert.deepEqual(Buffer.from((await c.client.volume('v-far').readPages([3])).pages[0]!), Buffer.from(data));
   });
 
+  it('a shard request naming another leader term than the shard\'s is refused: stale_term behind it, not_leader ahead; nothing written', async () => {
+    const vol = c.client.volume('v-bad');
+    const before = demoPage(4096, 7, 1);
+    const { term } = await vol.writePages([{ page: 7, data: before }]).then((r) => ({ term: r.lsns[0]!.term! }));
+    assert.ok(term >= 1);
+    const other = demoPage(4096, 7, 2);
+    const behind = await rawError(shard0, encode({ pages: [{ page: 7, data: other }], term: term - 1 }), headers('shard.write'));
+    assert.equal(behind.code, 'stale_term');
+    assert.equal((behind.details as { term?: number }).term, term);
+    const ahead = await rawError(shard0, encode({ pages: [7], term: term + 1 }), headers('shard.read'));
+    assert.equal(ahead.code, 'not_leader');
+    assert.equal((await rawError(shard0, encode({ term: term + 5 }), headers('shard.flush'))).code, 'not_leader');
+    assert.deepEqual(Buffer.from((await vol.readPages([7])).pages[0]!), Buffer.from(before), 'the refused write wrote nothing');
+    // The shard's own term: served.
+    const ok = decode(await c.client.rawRequest(shard0, encode({ pages: [{ page: 7, data: other }], term }), headers('shard.write'))) as { lsn?: number; term?: number };
+    assert.equal(ok.term, term);
+    assert.deepEqual(Buffer.from((await vol.readPages([7])).pages[0]!), Buffer.from(other));
+  });
+
   it('a shard request\'s Strata-Deadline is read as the API reads it: not a decimal integer → bad_request naming the header', async () => {
     const later = Date.now() + 60_000;
     for (const value of ['x', '0x10', '1e3', '-5', `${later}.5`, `+${later}`]) {
