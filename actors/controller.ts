@@ -106,6 +106,8 @@ export class Controller {
   private readonly memberSilenceMsMax: number;
   private memberSweepMs = -Infinity;
   private placementCursor = 0;
+  /** Set when a catalog write failed after its rename (see `commit`). */
+  private fenced: string | undefined;
 
   constructor(opts: ControllerOptions) {
     this.meta = opts.meta;
@@ -385,10 +387,37 @@ export class Controller {
     return v;
   }
 
+  /**
+   * Makes `next` the catalog, durably. A write that failed before its rename left the old catalog
+   * in place: the change is refused and nothing else happens. One that failed after it (its
+   * directory's fsync) left the new one visible but maybe not durable: a restart reads whichever
+   * the disk kept, so the change is answered `timeout` (it may or may not be kept), and the
+   * catalog takes no change until then, none being made on a state that may not be the disk's.
+   */
   private commit(next: CatalogState): void {
+    if (this.fenced !== undefined) {
+      throw new ProtocolError('unavailable', `the catalog's storage failed (${this.fenced}): it takes no change until the controller's node restarts`);
+    }
     const s = { ...next, epoch: this.state.epoch + 1 };
-    this.meta.write(CATALOG, s);
+    try {
+      this.meta.write(CATALOG, s);
+    } catch (e) {
+      let visible: boolean;
+      try {
+        visible = this.meta.read<CatalogState>(CATALOG)?.epoch === s.epoch;
+      } catch {
+        visible = true; // Not even readable: nothing more is known.
+      }
+      if (!visible) throw e;
+      this.fenced = e instanceof Error ? e.message : String(e);
+      throw new ProtocolError('timeout', `the catalog change may or may not be durable: ${this.fenced}; the catalog takes no change until the controller's node restarts`);
+    }
     this.state = s;
+  }
+
+  /** Why the catalog takes no change (a write whose outcome on disk is unknown), or undefined. */
+  get storageFailure(): string | undefined {
+    return this.fenced;
   }
 }
 

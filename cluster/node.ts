@@ -316,6 +316,8 @@ export class StrataNode {
   private reconciling: Promise<void> | undefined;
   /** Back-off of reconciliation: 0 after a success, else the wait after the last failure. */
   private reconcileBackoffMs = 0;
+  /** The controller's catalog storage failure was logged. */
+  private catalogFailureLogged = false;
   /** No reconciliation is tried before this time (ms since the Unix epoch). */
   private reconcileNotBeforeMs = 0;
   /** API requests being handled (see API_REQUESTS_IN_FLIGHT_MAX). */
@@ -1075,7 +1077,14 @@ export class StrataNode {
       return fn(deadlineMs);
     };
     this.controlQueued++;
-    const next = this.controllerChain.then(run, run);
+    const next = this.controllerChain.then(run, run).finally(() => {
+      // A catalog write whose outcome on disk is unknown: said once, where it is found.
+      const failure = this.controller?.storageFailure;
+      if (failure !== undefined && !this.catalogFailureLogged) {
+        this.catalogFailureLogged = true;
+        this.log.error('the catalog\'s storage failed: it takes no change (create, delete, recover) until this node restarts', { err: failure });
+      }
+    });
     this.controllerChain = next.catch(() => undefined);
     try {
       return await next;

@@ -3,6 +3,7 @@ import { Controller, MEMBER_SILENCE_MS_MAX, NODES_MAX } from '../../actors/contr
 import { MetaStore } from '../../storage-engine/metadata';
 import { SimDisk } from '../../storage-engine/sim-disk';
 import { ProtocolError } from '../../messages/errors';
+import { StorageError } from '../../storage-engine/errors';
 
 function controller(): Controller {
   return new Controller({ meta: new MetaStore(new SimDisk(), '') });
@@ -239,5 +240,55 @@ describe('Controller recovery from the nodes\' records', () => {
     assert.throws(() => c.addRecovered(plan.add), (e: unknown) => e instanceof ProtocolError && e.code === 'already_exists');
     assert.equal(c.epoch, epoch);
     assert.deepEqual(c.list().map((v) => v.id), ['v1-new']);
+  });
+});
+
+describe('Controller catalog writes that fail', () => {
+  /** A controller on a simulated disk whose next directory fsync (`failDir`) or file fdatasync fails. */
+  function failing(): { c: Controller; disk: SimDisk; failDirOnce: () => void } {
+    const disk = new SimDisk();
+    disk.mkdirp('meta');
+    let failDir = false;
+    const fsyncDir = disk.fsyncDir.bind(disk);
+    disk.fsyncDir = (dir: string): void => {
+      if (failDir) {
+        failDir = false;
+        throw new StorageError('fsync_failed', `fsyncDir ${dir}: EIO (simulated)`, { errno: 'EIO' });
+      }
+      fsyncDir(dir);
+    };
+    const c = new Controller({ meta: new MetaStore(disk, 'meta'), newCatalogTag: 't' });
+    c.heartbeat('n1', 1, T0);
+    return { c, disk, failDirOnce: () => (failDir = true) };
+  }
+  const spec = (name: string) => ({ name, pageCount: 8, pageSize: 4096 as const, shards: 1, stripePages: 8, replicas: 1 as const });
+
+  it('one that failed before its rename changes nothing and refuses only that change', () => {
+    const { c, disk } = failing();
+    c.create(spec('a'), T0);
+    disk.failFsync({ path: 'meta/catalog.tmp' });
+    assert.throws(() => c.create(spec('b'), T0), (e: unknown) => e instanceof StorageError && e.code === 'fsync_failed');
+    assert.deepEqual(c.list().map((v) => v.name), ['a']);
+    c.create(spec('c'), T0);
+    assert.deepEqual(c.list().map((v) => v.name), ['a', 'c']);
+    assert.equal(c.storageFailure, undefined);
+  });
+
+  it('one whose directory fsync failed after the rename is answered timeout, and the catalog takes no change until a restart reads what the disk kept', () => {
+    const { c, disk, failDirOnce } = failing();
+    c.create(spec('a'), T0);
+    failDirOnce();
+    assert.throws(() => c.create(spec('b'), T0), (e: unknown) => e instanceof ProtocolError && e.code === 'timeout' && /may or may not be durable/.test(e.message));
+    assert.match(c.storageFailure!, /fsyncDir/);
+    // The answer was not "created": the catalog in memory does not list it, and takes nothing more.
+    assert.deepEqual(c.list().map((v) => v.name), ['a']);
+    assert.throws(() => c.create(spec('c'), T0), (e: unknown) => e instanceof ProtocolError && e.code === 'unavailable' && /takes no change until the controller's node restarts/.test(e.message));
+    assert.throws(() => c.delete('a'), (e: unknown) => e instanceof ProtocolError && e.code === 'unavailable');
+    // Restarted: whichever catalog the disk kept (here the new one, still visible), nothing else.
+    const again = new Controller({ meta: new MetaStore(disk, 'meta') });
+    assert.deepEqual(again.list().map((v) => v.name), ['a', 'b']);
+    again.heartbeat('n1', 1, T0);
+    again.create(spec('c'), T0);
+    assert.deepEqual(again.list().map((v) => v.name), ['a', 'b', 'c']);
   });
 });
