@@ -555,4 +555,41 @@ describe('SegmentLog', () => {
     assert.throws(() => log.write(history(4, 4)), isCode('device_failed'));
     await assert.rejects(log.syncAsync(), isCode('device_failed'));
   });
+
+  it('a syncAsync whose flush off the thread fails fails the log for good; what it did not make durable is not read', async () => {
+    const sim = new SimDisk();
+    // A disk that flushes off the thread, as RealDisk does; its asynchronous flush fails once.
+    let failAsync = false;
+    const disk = new Proxy(sim, {
+      get(target, prop) {
+        if (prop === 'fdatasyncAsync') {
+          return async (fh: number): Promise<void> => {
+            if (failAsync) {
+              failAsync = false;
+              throw new StorageError('fsync_failed', 'fdatasync: EIO (test)', { errno: 'EIO' });
+            }
+            target.fdatasync(fh);
+          };
+        }
+        const v = (target as unknown as Record<string | symbol, unknown>)[prop];
+        return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+      },
+    });
+    const log = SegmentLog.open(disk, { dir: DIR, segmentBytesMax: SEG });
+    log.write(history(1, 3));
+    await log.syncAsync();
+    assert.equal(log.syncedLsn, 3);
+    failAsync = true;
+    log.write(history(4, 6));
+    await assert.rejects(log.syncAsync(), isCode('fsync_failed'));
+    assert.equal(log.syncedLsn, 3);
+    assert.throws(() => log.write(history(7, 7)), isCode('device_failed'));
+    await assert.rejects(log.syncAsync(), isCode('device_failed'));
+    assert.throws(() => log.sync(), isCode('device_failed'));
+    assert.throws(() => log.truncateSuffix(4), isCode('device_failed'));
+    // The records the failed flush held may not be on the device: they are not served.
+    assert.throws(() => log.read(4, 4), isCode('device_failed'));
+    assert.throws(() => log.termAt(5), isCode('device_failed'));
+    assertHistory(log, 1, 3);
+  });
 });
