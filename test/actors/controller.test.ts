@@ -292,3 +292,66 @@ describe('Controller catalog writes that fail', () => {
     assert.deepEqual(again.list().map((v) => v.name), ['a', 'b', 'c']);
   });
 });
+
+describe('Controller catalog changes', () => {
+  const spec = { pageCount: 64, pageSize: 4096, shards: 1, stripePages: 16, replicas: 1 } as const;
+
+  it('refuses a second volume of the same name as already_exists, and keeps the first', () => {
+    const c = controller();
+    c.heartbeat('a', 1, T0);
+    const first = c.create({ name: 'v', ...spec }, T0);
+    const epoch = c.epoch;
+    assert.throws(
+      () => c.create({ name: 'v', ...spec, shards: 2 }, T0),
+      (e: unknown) => e instanceof ProtocolError && e.code === 'already_exists' && e.details?.['name'] === 'v',
+    );
+    assert.equal(c.list().length, 1);
+    assert.equal(c.get('v').id, first.id);
+    assert.equal(c.get('v').shards, 1);
+    assert.equal(c.epoch, epoch);
+  });
+
+  it('refuses a volume past volumesMax as too_large; one deleted makes room', () => {
+    const c = new Controller({ meta: new MetaStore(new SimDisk(), ''), volumesMax: 2 });
+    c.heartbeat('a', 1, T0);
+    c.create({ name: 'v1', ...spec }, T0);
+    c.create({ name: 'v2', ...spec }, T0);
+    assert.throws(
+      () => c.create({ name: 'v3', ...spec }, T0),
+      (e: unknown) => e instanceof ProtocolError && e.code === 'too_large' && /holds 2 volumes, its limit/.test(e.message),
+    );
+    assert.deepEqual(c.list().map((v) => v.name), ['v1', 'v2']);
+    c.delete('v1');
+    c.create({ name: 'v3', ...spec }, T0);
+    assert.deepEqual(c.list().map((v) => v.name), ['v2', 'v3']);
+  });
+
+  it('a catalog write that fails changes nothing: the volume is neither listed nor in the catalog on disk, and the epoch stays', () => {
+    const disk = new SimDisk();
+    const c = new Controller({ meta: new MetaStore(disk, '') });
+    c.heartbeat('a', 1, T0);
+    c.create({ name: 'v1', ...spec }, T0);
+    const epoch = c.epoch;
+    disk.failFsync({ times: 1 });
+    assert.throws(() => c.create({ name: 'v2', ...spec }, T0), (e: unknown) => e instanceof StorageError && e.code === 'fsync_failed');
+    assert.deepEqual(c.list().map((v) => v.name), ['v1']);
+    assert.throws(() => c.get('v2'), (e: unknown) => e instanceof ProtocolError && e.code === 'not_found');
+    assert.equal(c.epoch, epoch);
+    disk.failFsync({ times: 1 });
+    assert.throws(() => c.delete('v1'), (e: unknown) => e instanceof StorageError && e.code === 'fsync_failed');
+    assert.deepEqual(c.list().map((v) => v.name), ['v1']);
+    assert.deepEqual(c.assignments('a').tombstones, []);
+    assert.equal(c.epoch, epoch);
+    // The catalog on disk agrees with what the controller says.
+    disk.powerCut();
+    const reopened = new Controller({ meta: new MetaStore(disk, '') });
+    assert.deepEqual(reopened.list().map((v) => v.name), ['v1']);
+    assert.equal(reopened.epoch, epoch);
+  });
+
+  it('refuses to start on a catalog of an unknown version', () => {
+    const meta = new MetaStore(new SimDisk(), '');
+    meta.write('catalog', { version: 2, epoch: 5, nextId: 1, volumes: [], tombstones: [] });
+    assert.throws(() => new Controller({ meta }), (e: unknown) => e instanceof StorageError && e.code === 'corruption' && /unknown version 2/.test(e.message));
+  });
+});
