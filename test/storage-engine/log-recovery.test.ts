@@ -338,6 +338,22 @@ describe('SegmentLog recovery', () => {
     assert.equal(segBases(disk).length, 1);
   });
 
+  it('(e) a reopen after a process crash makes the records it reads durable before it counts them synced', () => {
+    const { disk, log } = logWith(5);
+    // Written, never synced: the process ends with them in the page cache only.
+    log.write(history(6, 9));
+    log.close();
+    const again = reopen(disk, 64 * 1024 * 1024);
+    assert.equal(again.lastLsn, 9);
+    assert.equal(again.syncedLsn, 9, 'every record read counts as durable');
+    // Nothing else is written or synced: the reopen's own flush is what keeps them.
+    disk.powerCut();
+    const third = reopen(disk, 64 * 1024 * 1024);
+    assert.deepEqual(third.corruption, []);
+    assert.equal(third.lastLsn, 9, 'records counted durable survive a power cut');
+    assertHistory(third, 1, 9);
+  });
+
   describe('(e) a reopen after a failed directory fsync (as a host reopens a failed device, or a process restarts)', () => {
     /** A SimDisk whose next `failDirs` directory fsyncs fail (file fdatasyncs still work). */
     class DirFsyncFails extends SimDisk {
