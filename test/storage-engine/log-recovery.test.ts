@@ -532,6 +532,43 @@ describe('SegmentLog recovery', () => {
     assert.deepEqual(disk.list(DIR), [segmentName(100)]);
   });
 
+  it('(g) a reset file whose header is damaged, or names another LSN, is removed and the log stays as it was', () => {
+    for (const damage of ['flipped bit', 'other LSN'] as const) {
+      const { disk, log } = logWith(30, SEG);
+      log.close();
+      const before = snapshot(disk);
+      const header = encodeSegmentHeader({ baseLsn: damage === 'other LSN' ? 101 : 100, prevTerm: 4, segmentBytesMax: SEG });
+      if (damage === 'flipped bit') header[20]! ^= 0x04;
+      const rfh = disk.open(pathOf(`${segmentName(100)}.reset`), { create: true });
+      disk.write(rfh, header, 0);
+      disk.fdatasync(rfh);
+      disk.close(rfh);
+      disk.fsyncDir(DIR);
+      const again = reopen(disk);
+      assert.deepEqual(again.corruption, [], damage);
+      assert.deepEqual([again.firstLsn, again.lastLsn], [1, 30], `${damage}: the log is not replaced by the damaged reset`);
+      assertHistory(again, 1, 30);
+      assert.deepEqual(snapshot(disk), before, `${damage}: the reset file is gone, the segments untouched`);
+      disk.powerCut();
+      assert.deepEqual(snapshot(disk), before, `${damage}: durably`);
+    }
+  });
+
+  it('(g) two reset files refuse the open and change nothing (only one reset can be committed at a time)', () => {
+    const { disk, log } = logWith(30, SEG);
+    log.close();
+    for (const base of [100, 200]) {
+      const rfh = disk.open(pathOf(`${segmentName(base)}.reset`), { create: true });
+      disk.write(rfh, encodeSegmentHeader({ baseLsn: base, prevTerm: 4, segmentBytesMax: SEG }), 0);
+      disk.fdatasync(rfh);
+      disk.close(rfh);
+    }
+    disk.fsyncDir(DIR);
+    const before = snapshot(disk);
+    assert.throws(() => reopen(disk), isCode('corruption'));
+    assert.deepEqual(snapshot(disk), before);
+  });
+
   it('refuses to open a segment of an unknown format version', () => {
     const { disk, log } = logWith(5);
     log.close();
