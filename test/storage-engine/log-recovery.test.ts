@@ -8,6 +8,7 @@ import { crc32c } from '../../storage-engine/crc32c';
 import { CorruptionError, StorageError, type CorruptionReport } from '../../storage-engine/errors';
 import { SegmentLog } from '../../storage-engine/log';
 import {
+  encodeRecord,
   encodeSegmentHeader,
   parseSegmentName,
   recordBytes,
@@ -495,6 +496,44 @@ describe('SegmentLog recovery', () => {
     assert.deepEqual([log.corruption[0]!.fromLsn, log.corruption[0]!.toLsn], [lastBase, 60]);
     assert.equal(log.lastLsn, lastBase - 1);
     assert.ok(segBases(disk).includes(lastBase), 'not deleted');
+  });
+
+  it('(b) a record with a valid checksum and the next LSN but a lower term than the one before it ends the valid prefix', () => {
+    const { disk, log } = logWith(12); // LSN 10..12 are of term 2
+    const end = log.stats().bytes;
+    log.close();
+    // Terms never decrease in a log: such a record is not one this log wrote after LSN 12.
+    const payload = payloadOf(13);
+    const buf = new Uint8Array(recordBytes(payload.length));
+    encodeRecord(buf, viewOf(buf), 0, 13, 1, 1, payload);
+    const fh = disk.open(pathOf(segmentName(1)));
+    disk.write(fh, buf, end);
+    disk.fdatasync(fh);
+    disk.close(fh);
+    const again = reopen(disk, 64 * 1024 * 1024);
+    assert.deepEqual([again.lastLsn, again.lastTerm], [12, 2]);
+    assertHistory(again, 1, 12);
+  });
+
+  it('(f) a segment whose header prevTerm differs from the term of the record before it is corruption', () => {
+    const { disk, log } = logWith(30, SEG);
+    log.close();
+    const bases = segBases(disk);
+    assert.ok(bases.length >= 3);
+    const base = bases[1]!;
+    const path = pathOf(segmentName(base));
+    const header = encodeSegmentHeader({ baseLsn: base, prevTerm: termOf(base - 1) + 1, segmentBytesMax: SEG });
+    const fh = disk.open(path);
+    disk.write(fh, header, 0);
+    disk.fdatasync(fh);
+    disk.close(fh);
+    const again = reopen(disk);
+    assert.equal(again.lastLsn, base - 1, 'the valid prefix ends before that segment');
+    assert.equal(again.corruption.length, 1);
+    assert.equal(again.corruption[0]!.file, path);
+    assert.equal(again.corruption[0]!.fromLsn, base);
+    assert.match(again.corruption[0]!.reason, /prevTerm/);
+    assert.throws(() => again.write(history(base, base)), (e: unknown) => e instanceof CorruptionError);
   });
 
   it('(f) a missing middle segment (a gap in LSNs) is corruption', () => {
