@@ -15,6 +15,7 @@ import { RecordKind } from '../../storage-engine/record';
 import { ProtocolError } from '../../messages/errors';
 import type { AppendReply, AppendRequest, RaftReply, RaftRequest, SnapshotReply, VoteReply, WireRecord } from '../../messages/raft';
 import { DiskGates, geometry, page } from '../support/replica-harness';
+import { rejectsWith } from '../support/expect';
 import type { PayloadOffload } from '../../actors/shard';
 
 /** The default timing before 5354581 (heartbeats 50 ms, now 100): 300–600 ms elections, a lease of 0.75 × 300 ms. */
@@ -408,6 +409,35 @@ describe('Replica rules that hold only in particular interleavings', function ()
     const r = await answer;
     assert.deepEqual([r.success, r.matchLsn], [true, 2]);
     assert.equal(syncedWhenAnswered, 2, 'when the answer came, both records were on disk');
+  });
+
+  it('a follower refuses an append that would overwrite a record it knows committed, and keeps that record', async () => {
+    shard = new Cluster(['a', 'b', 'c']);
+    const b = shard.members.get('b')!;
+    const first = (await b.replica.handle({ ...append(0, [record(1, 1), record(1, 2), record(1, 3)]), commitLsn: 3 })) as AppendReply;
+    assert.deepEqual([first.success, first.matchLsn], [true, 3]);
+    await shard.settle();
+    assert.equal(b.replica.stats().commitLsn, 3);
+    // A leader of term 2 whose log differs from LSN 2 on: no leader of a later term lacks a
+    // committed record, so the message is wrong, not b's log.
+    const forged: AppendRequest = { type: 'append', term: 2, leader: 'c', prevLsn: 1, prevTerm: 1, records: [record(2, 9)], commitLsn: 0, leaderLastLsn: 2 };
+    await rejectsWith(b.replica.handle(forged) as Promise<unknown>, 'bad_request', /LSN 2 is committed with term 1/);
+    await shard.settle();
+    assert.equal(b.storage.log.lastLsn, 3, 'nothing was cut');
+    assert.deepEqual([b.storage.log.termAt(2), b.storage.log.termAt(3)], [1, 1]);
+    assert.equal(b.replica.stats().lastLsn, 3);
+  });
+
+  it('a leader refuses an append of its own term from another leader, and goes on leading', async () => {
+    shard = new Cluster(['a', 'b', 'c']);
+    await shard.runUntil(() => shard!.ids.some((id) => shard!.replica(id).stats().role === 'leader'), 'a leader');
+    const id = shard.ids.find((x) => shard!.replica(x).stats().role === 'leader')!;
+    const leader = shard.replica(id);
+    const { term, lastLsn } = leader.stats();
+    const other = shard.ids.find((x) => x !== id)!;
+    const forged: AppendRequest = { type: 'append', term, leader: other, prevLsn: lastLsn, prevTerm: term, records: [], commitLsn: 0, leaderLastLsn: lastLsn };
+    await rejectsWith(leader.handle(forged) as Promise<unknown>, 'bad_request', /which this replica leads/);
+    assert.deepEqual([leader.stats().role, leader.stats().term], ['leader', term]);
   });
 });
 
