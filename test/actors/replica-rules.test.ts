@@ -13,6 +13,7 @@ import { ShardStorage } from '../../storage-engine/shard-storage';
 import { encodePageWrite } from '../../storage-engine/page-write';
 import { RecordKind } from '../../storage-engine/record';
 import { ProtocolError } from '../../messages/errors';
+import { StorageError } from '../../storage-engine/errors';
 import type { AppendReply, AppendRequest, RaftReply, RaftRequest, SnapshotReply, VoteReply, WireRecord } from '../../messages/raft';
 import { DiskGates, geometry, page } from '../support/replica-harness';
 import { rejectsWith } from '../support/expect';
@@ -41,13 +42,15 @@ class Cluster {
   private readonly cut = new Set<string>();
   /** Requests lost besides cut links. */
   readonly lost: Array<(from: string, to: string, msg: RaftRequest) => boolean> = [];
+  /** Answers changed on their way back (a forged or broken peer): each returns the answer `from` gets. */
+  readonly forged: Array<(from: string, to: string, msg: RaftRequest, reply: RaftReply) => RaftReply> = [];
   /** Members whose device queue starts no batch until the test releases it (a stuck disk). */
   private readonly diskGates = new DiskGates();
   private readonly slab = new Slab({ slotBytes: 8192, slotCount: 1024 });
 
   constructor(
     readonly ids: string[],
-    opts: { randoms?: Record<string, number>; messageBytesMax?: number; offload?: Record<string, PayloadOffload> } = {},
+    opts: { randoms?: Record<string, number>; messageBytesMax?: number; offload?: Record<string, PayloadOffload>; pendingWritesMax?: number } = {},
   ) {
     for (const id of ids) {
       const disk = new SimDisk();
@@ -66,6 +69,7 @@ class Cluster {
         ...(random !== undefined ? { random: () => random } : {}),
         ...(opts.messageBytesMax !== undefined ? { messageBytesMax: opts.messageBytesMax } : {}),
         ...(opts.offload?.[id] !== undefined ? { offload: opts.offload[id] } : {}),
+        ...(opts.pendingWritesMax !== undefined ? { pendingWritesMax: opts.pendingWritesMax } : {}),
       });
       this.members.set(id, { id, storage, queue, replica });
     }
@@ -81,8 +85,9 @@ class Cluster {
         // A message crosses the network in a turn of the event loop of its own, as it would.
         await new Promise((r) => setImmediate(r));
         if (this.cut.has(`${from}>${to}`) || this.lost.some((l) => l(from, to, msg))) throw new ProtocolError('timeout', `${from} cannot reach ${to}`);
-        const reply = await this.replica(to).handle(structuredClone(msg));
-        return structuredClone(reply);
+        let reply = structuredClone(await this.replica(to).handle(structuredClone(msg)));
+        for (const forge of this.forged) reply = forge(from, to, msg, reply);
+        return reply;
       },
     };
   }
@@ -426,6 +431,47 @@ describe('Replica rules that hold only in particular interleavings', function ()
     assert.equal(b.storage.log.lastLsn, 3, 'nothing was cut');
     assert.deepEqual([b.storage.log.termAt(2), b.storage.log.termAt(3)], [1, 1]);
     assert.equal(b.replica.stats().lastLsn, 3);
+  });
+
+  /** The id of the replica that leads, once one does. */
+  async function elected(c: Cluster): Promise<string> {
+    const lead = (): string | undefined => c.ids.find((id) => c.replica(id).stats().role === 'leader');
+    await c.runUntil(() => lead() !== undefined, 'a leader');
+    return lead()!;
+  }
+
+  it('a leader takes an answer that acknowledges more than its message held as no answer: nothing commits with it', async () => {
+    shard = new Cluster(['a', 'b', 'c']);
+    const id = await elected(shard);
+    const leader = shard.replica(id);
+    await leader.write([{ page: 1, data: page(1) }]);
+    const [f, g] = shard.ids.filter((x) => x !== id) as [string, string];
+    shard.isolate([g]);
+    // f is sent no records, and answers each message as if it held the leader's whole log.
+    shard.lost.push((_from, to, msg) => to === f && msg.type === 'append' && msg.records.length > 0);
+    shard.forged.push((_from, to, msg, reply) =>
+      to === f && msg.type === 'append' ? { ...(reply as AppendReply), success: true, matchLsn: leader.stats().lastLsn, lastLsn: leader.stats().lastLsn } : reply,
+    );
+    const commitBefore = leader.stats().commitLsn;
+    const write = watch(leader.write([{ page: 2, data: page(2) }]));
+    await shard.run(200);
+    assert.ok(!(write.settled() && write.error() === undefined), 'a write only the leader holds is not acknowledged');
+    assert.equal(leader.stats().commitLsn, commitBefore);
+    assert.ok(leader.stats().repliesIgnored > 0, 'the answers were counted as ignored');
+  });
+
+  it('a leader with pendingWritesMax writes waiting for commit refuses the next one overloaded, without giving it an LSN', async () => {
+    shard = new Cluster(['a', 'b', 'c'], { pendingWritesMax: 4 });
+    const id = await elected(shard);
+    const leader = shard.replica(id);
+    await leader.write([{ page: 1, data: page(1) }]);
+    shard.isolate([id]);
+    const waiting = Array.from({ length: 4 }, (_, k) => watch(leader.write([{ page: 2 + k, data: page(k) }])));
+    await shard.settle();
+    const lastLsn = leader.stats().lastLsn;
+    await assert.rejects(leader.write([{ page: 9, data: page(9) }]), (e: unknown) => e instanceof StorageError && e.code === 'overloaded');
+    assert.equal(leader.stats().lastLsn, lastLsn, 'the refused write has no record');
+    assert.equal(waiting.filter((w) => w.settled()).length, 0, 'the four still wait for commit');
   });
 
   it('a leader refuses an append of its own term from another leader, and goes on leading', async () => {
