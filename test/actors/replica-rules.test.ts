@@ -474,6 +474,47 @@ describe('Replica rules that hold only in particular interleavings', function ()
     assert.equal(waiting.filter((w) => w.settled()).length, 0, 'the four still wait for commit');
   });
 
+  it('a read at an LSN not applied yet waits only until its deadline (future_lsn), and at most pendingWritesMax such reads wait', async () => {
+    shard = new Cluster(['a', 'b', 'c'], { pendingWritesMax: 4 });
+    const id = await elected(shard);
+    const leader = shard.replica(id);
+    await leader.write([{ page: 1, data: page(1) }]);
+    shard.isolate([id]);
+    // A record that cannot commit: the reads at its LSN wait for it to be applied.
+    const write = watch(leader.write([{ page: 2, data: page(2) }]));
+    await shard.settle();
+    const lsn = leader.stats().lastLsn;
+    const reads = Array.from({ length: 4 }, () => watch(leader.read([1], { lsn, deadlineMs: 1000, nowMs: 0 })));
+    await shard.settle();
+    assert.equal(reads.filter((r) => r.settled()).length, 0, 'the reads wait');
+    await assert.rejects(leader.read([1], { lsn, deadlineMs: 1000, nowMs: 0 }), (e: unknown) => e instanceof StorageError && e.code === 'overloaded');
+    leader.expireWaiters(999);
+    await shard.settle();
+    assert.equal(reads.filter((r) => r.settled()).length, 0, 'not before the deadline');
+    leader.expireWaiters(1000);
+    await shard.settle();
+    for (const r of reads) {
+      assert.ok(r.settled(), 'answered at the deadline');
+      assert.ok(r.error() instanceof ProtocolError && (r.error() as ProtocolError).code === 'future_lsn', String(r.error()));
+    }
+    assert.equal(write.settled(), false, 'a write without a deadline still waits');
+  });
+
+  it('a leader whose lease ran out and that is deposed while it confirms its leadership for a read answers not_leader, not the read', async () => {
+    shard = new Cluster(['a', 'b', 'c']);
+    const id = await elected(shard);
+    const leader = shard.replica(id);
+    await leader.write([{ page: 1, data: page(1) }]);
+    const f = shard.ids.find((x) => x !== id)!;
+    // f answers the leader's confirmation round from a newer term; the third replica acknowledges it.
+    shard.forged.push((_from, to, msg, reply) =>
+      to === f && msg.type === 'append' && msg.prevLsn === 0 && msg.records.length === 0 ? { ...reply, term: reply.term + 1 } : reply,
+    );
+    shard.now += 1000; // no answer within the lease
+    await rejectsWith(leader.read([1], { deadlineMs: Date.now() + 5000, nowMs: Date.now() }), 'not_leader');
+    assert.equal(leader.stats().role, 'follower');
+  });
+
   it('a leader refuses an append of its own term from another leader, and goes on leading', async () => {
     shard = new Cluster(['a', 'b', 'c']);
     await shard.runUntil(() => shard!.ids.some((id) => shard!.replica(id).stats().role === 'leader'), 'a leader');
