@@ -17,7 +17,7 @@ import { StorageError } from '../../storage-engine/errors';
 import type { AppendReply, AppendRequest, RaftReply, RaftRequest, SnapshotReply, VoteReply, WireRecord } from '../../messages/raft';
 import { DiskGates, geometry, page } from '../support/replica-harness';
 import { rejectsWith } from '../support/expect';
-import type { PayloadOffload } from '../../actors/shard';
+import type { PayloadOffload, ShardGeometry } from '../../actors/shard';
 
 /** The default timing before 5354581 (heartbeats 50 ms, now 100): 300–600 ms elections, a lease of 0.75 × 300 ms. */
 const timing = { electionTimeoutMinMs: 300, electionTimeoutMaxMs: 600, heartbeatMs: 50, rpcTimeoutMs: 1000 };
@@ -50,12 +50,13 @@ class Cluster {
 
   constructor(
     readonly ids: string[],
-    opts: { randoms?: Record<string, number>; messageBytesMax?: number; offload?: Record<string, PayloadOffload>; pendingWritesMax?: number } = {},
+    opts: { randoms?: Record<string, number>; messageBytesMax?: number; offload?: Record<string, PayloadOffload>; pendingWritesMax?: number; geometry?: ShardGeometry } = {},
   ) {
+    const g = opts.geometry ?? geometry;
     for (const id of ids) {
       const disk = new SimDisk();
       const storage = ShardStorage.open(disk, {
-        dir: 'shard', pageSize: 4096, pageCount: 256, cacheBytesMax: 1 << 20, slab: this.slab, segmentBytesMax: 64 * 1024, repairFromPeers: ids.length > 1,
+        dir: 'shard', pageSize: 4096, pageCount: g.pageCount, cacheBytesMax: 1 << 20, slab: this.slab, segmentBytesMax: 64 * 1024, repairFromPeers: ids.length > 1,
       });
       const queue = new DeviceQueue({
         disk,
@@ -64,7 +65,7 @@ class Cluster {
       });
       const random = opts.randoms?.[id];
       const replica = new Replica({
-        geometry, self: id, members: ids, log: storage.log, store: storage.store, queue, hardState: storage,
+        geometry: g, self: id, members: ids, log: storage.log, store: storage.store, queue, hardState: storage,
         transport: this.transport(id), snapshots: storage, timing, nowMs: this.now, clock: () => this.now,
         ...(random !== undefined ? { random: () => random } : {}),
         ...(opts.messageBytesMax !== undefined ? { messageBytesMax: opts.messageBytesMax } : {}),
@@ -513,6 +514,28 @@ describe('Replica rules that hold only in particular interleavings', function ()
     shard.now += 1000; // no answer within the lease
     await rejectsWith(leader.read([1], { deadlineMs: Date.now() + 5000, nowMs: Date.now() }), 'not_leader');
     assert.equal(leader.stats().role, 'follower');
+  });
+
+  it('a follower refuses an append writing a page outside the volume or of another shard, before it changes anything, its term included', async () => {
+    shard = new Cluster(['a', 'b', 'c'], { geometry: { ...geometry, shards: 2, stripePages: 4 } });
+    const b = shard.members.get('b')!;
+    const of = (n: number): AppendRequest => ({ type: 'append', term: 2, leader: 'a', prevLsn: 0, prevTerm: 0, records: [record(2, n)], commitLsn: 0, leaderLastLsn: 1 });
+    await rejectsWith(b.replica.handle(of(256)) as Promise<unknown>, 'bad_request', /writes page 256, outside 0\.\.255/);
+    await rejectsWith(b.replica.handle(of(4)) as Promise<unknown>, 'bad_request', /writes page 4, of shard 1, not 0/);
+    await shard.settle();
+    assert.deepEqual([b.storage.log.lastLsn, b.replica.stats().term], [0, 0]);
+    assert.equal(b.storage.load()?.term ?? 0, 0, 'no term saved either');
+    // A page of its own shard is taken.
+    const ok = (await b.replica.handle(of(8))) as AppendReply;
+    assert.deepEqual([ok.success, ok.matchLsn], [true, 1]);
+  });
+
+  it('a follower saves the newer term of an append before it answers it', async () => {
+    shard = new Cluster(['a', 'b', 'c']);
+    const b = shard.members.get('b')!;
+    const reply = (await b.replica.handle({ ...append(0, []), term: 3 })) as AppendReply;
+    assert.deepEqual([reply.term, reply.success], [3, true]);
+    assert.equal(b.storage.load()?.term, 3, 'durable when answered: a restart cannot vote in an earlier term');
   });
 
   it('a leader refuses an append of its own term from another leader, and goes on leading', async () => {
