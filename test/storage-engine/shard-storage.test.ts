@@ -15,6 +15,7 @@ import { ShardStorage, type ShardStorageOptions } from '../../storage-engine/sha
 import { SimDisk, SimulatedCrash } from '../../storage-engine/sim-disk';
 import { Slab } from '../../storage-engine/slab';
 import { waitFor } from '../support/wait';
+import { expectStorageError } from '../support/expect';
 
 const PAGE = 4096;
 const PAGES = 64;
@@ -125,6 +126,55 @@ describe('ShardStorage', () => {
     whileOpen(disk, options('F'), (reopened) => {
       assert.equal(reopened.log.lastLsn, 1);
     });
+  });
+
+  it('an installed image survives a power cut right after install: the store opens on it and reads every page right', () => {
+    const { image, bytes } = leaderImage();
+    const disk = new SimDisk();
+    const follower = ShardStorage.open(disk, options('F'));
+    follower.begin(image.lsn, image.term, image.bytes);
+    follower.write(0, bytes.subarray(0, 5000));
+    follower.write(5000, bytes.subarray(5000));
+    follower.install();
+    follower.close();
+    disk.powerCut();
+    whileOpen(disk, options('F'), (reopened) => {
+      assert.deepEqual([reopened.log.lastLsn, reopened.store.appliedLsn, reopened.newestLsn()], [image.lsn, image.lsn, image.lsn]);
+      for (let p = 0; p < PAGES; p++) {
+        const lsn = image.lsn - ((image.lsn - p) % PAGES); // the last record that wrote page p
+        assert.deepEqual(reopened.store.getPage(p), new Uint8Array(PAGE).fill(lsn & 0xff), `page ${p}`);
+      }
+    });
+  });
+
+  it('refuses an image chunk that does not continue the image being received, or runs past its size', () => {
+    const { image, bytes } = leaderImage();
+    const disk = new SimDisk();
+    const follower = ShardStorage.open(disk, options('F'));
+    expectStorageError(() => follower.write(0, bytes.subarray(0, 10)), 'bad_request'); // nothing begun
+    follower.begin(image.lsn, image.term, image.bytes);
+    follower.write(0, bytes.subarray(0, 4096));
+    expectStorageError(() => follower.write(8192, bytes.subarray(8192, 12288)), 'bad_request'); // a gap
+    expectStorageError(() => follower.write(0, bytes.subarray(0, 4096)), 'bad_request'); // again
+    expectStorageError(() => follower.write(4096, new Uint8Array(image.bytes)), 'bad_request'); // past the end
+    follower.write(4096, bytes.subarray(4096));
+    follower.install();
+    assert.equal(follower.newestLsn(), image.lsn);
+    follower.close();
+  });
+
+  it('removes an image a crash left half received when it opens', () => {
+    const disk = new SimDisk();
+    const st = ShardStorage.open(disk, options('F'));
+    st.begin(200, 1, 100_000);
+    st.write(0, new Uint8Array(5000).fill(9));
+    st.close();
+    assert.equal(disk.exists('F/incoming.img.tmp'), true);
+    whileOpen(disk, options('F'), () => {
+      assert.equal(disk.exists('F/incoming.img.tmp'), false);
+    });
+    disk.powerCut();
+    assert.equal(disk.exists('F/incoming.img.tmp'), false, 'durably');
   });
 
   it('refuses an intact received image whose term is not the one announced: the log, the state and the image names stay as they were', () => {
