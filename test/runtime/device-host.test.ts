@@ -101,6 +101,43 @@ describe('DeviceHost supervision', () => {
     await host.close();
   });
 
+  it('a failed device whose errors nobody hands over is reopened by the next tick: a fresh queue, its replicas from durable state', async () => {
+    const disk = new SimDisk();
+    const host = new DeviceHost({ dir: 'dev0', self: 'n1', disk, scrubBytesPerSecond: 0 });
+    host.openShard(spec(0));
+    const a0 = await leader(host, 0);
+    await a0.write([{ page: 0, data: page(1) }]);
+    disk.failFsync({ times: 1 });
+    await assert.rejects(a0.write([{ page: 1, data: page(3) }]), (e: StorageError) => e.code === 'fsync_failed');
+    assert.equal(host.stats().queue.state, 'failed');
+    // The error is not handed to onReplicaError (say, a follower's failed append): the tick finds the failed queue.
+    host.tick(performance.now(), Date.now());
+    const st = host.stats();
+    assert.deepEqual([st.queue.state, st.failures, st.restarts], ['ok', 1, 1]);
+    const fresh = await leader(host, 0);
+    assert.notEqual(fresh, a0);
+    assert.deepEqual((await fresh.read([0], soon())).pages[0], page(1));
+    await host.close();
+  });
+
+  it('on a failed device, an error handed over without the replica that handled it still reopens the device', async () => {
+    const disk = new SimDisk();
+    const host = new DeviceHost({ dir: 'dev0', self: 'n1', disk, scrubBytesPerSecond: 0 });
+    host.openShard(spec(0));
+    const a0 = await leader(host, 0);
+    await a0.write([{ page: 0, data: page(1) }]);
+    disk.failFsync({ times: 1 });
+    const err = await a0.write([{ page: 1, data: page(3) }]).then(
+      () => assert.fail('a write whose fsync failed must not be acknowledged'),
+      (e: StorageError) => e,
+    );
+    // Handed over without the replica that handled it: the device failed, so it is reopened all the same.
+    assert.deepEqual(host.onReplicaError('v1', 0, err, undefined), { restarted: true });
+    const st = host.stats();
+    assert.deepEqual([st.queue.state, st.failures, st.restarts], ['ok', 1, 1]);
+    await host.close();
+  });
+
   it('a reopen after a failed fdatasync starts from what was durable: the records of the failed batch, which the page cache still shows, are not served', async () => {
     // As Linux: what the failed fdatasync did not write is marked clean, and no later one writes it.
     const disk = new SimDisk({ fsyncFailureDropsData: true });
