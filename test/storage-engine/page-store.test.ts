@@ -7,6 +7,7 @@ import { DISCARD_SUFFIX, isDiscardedName, type Disk } from '../../storage-engine
 import { CorruptionError, StorageError } from '../../storage-engine/errors';
 import { imageFileName } from '../../storage-engine/image';
 import { SegmentLog } from '../../storage-engine/log';
+import { MetaStore } from '../../storage-engine/metadata';
 import { encodePageWrite } from '../../storage-engine/page-write';
 import { CHECKPOINT_COLLECT_PAGES, GET_PAGES_MAX, PageStore, type CheckpointStep, type PageStoreOptions } from '../../storage-engine/page-store';
 import { RecordKind, type LogRecord } from '../../storage-engine/record';
@@ -404,6 +405,24 @@ describe('PageStore', () => {
     w.store.close();
     w.log.close();
     w.disk.flipBits(`${STORE_DIR}/checkpoint`, 25, 1);
+    w.log = openLog(w.disk);
+    w.store = PageStore.open(w.disk, w.log, w.opts);
+    assert.equal(w.store.stats().imageLsn, c2.lsn);
+    checkAll(w.store, w.model, w.store.oldestReadableLsn, w.model.lastLsn, w.opts.pageCount);
+  });
+
+  it('a checkpoint pointer that reads but does not hold together (its floor above its image) is taken as lost: the images on disk are used', () => {
+    const w = world(12, { imagesKeep: 2 });
+    writeRandom(w, 40);
+    w.store.checkpoint();
+    writeRandom(w, 40);
+    const c2 = w.store.checkpoint();
+    w.store.close();
+    w.log.close();
+    const meta = new MetaStore(w.disk, STORE_DIR);
+    const pointer = meta.read<{ floorLsn: number }>('checkpoint')!;
+    meta.write('checkpoint', { ...pointer, floorLsn: c2.lsn + 1000 });
+    assert.equal(PageStore.imageLsn(w.disk, STORE_DIR), 0, 'no image named');
     w.log = openLog(w.disk);
     w.store = PageStore.open(w.disk, w.log, w.opts);
     assert.equal(w.store.stats().imageLsn, c2.lsn);
