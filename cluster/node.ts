@@ -775,10 +775,15 @@ export class StrataNode {
     this.removeStatsSource?.();
     if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
     if (this.claimTimer) clearInterval(this.claimTimer);
+    // The service's stop drains its subscriptions, which waits for the server's answer to a
+    // ping: bounded, as the drain below is. A server that does not answer (hung) held it until
+    // the client's own ping check gave the connection up, minutes later.
+    let serverAnswers = true;
     try {
-      await this.service?.stop();
+      if (this.service) await withTimeout(this.service.stop(), NATS_DRAIN_MS, () => new Error('service stop timed out'));
     } catch {
-      // Already stopped.
+      // Already stopped, or the server does not answer: the connection's close ends it.
+      serverAnswers = false;
     }
     // The claim last (`claimSubs`): until its hosts have stopped, the node still acts in its name.
     for (const s of this.subs) s.unsubscribe();
@@ -786,7 +791,9 @@ export class StrataNode {
     for (const s of this.claimSubs) s.unsubscribe();
     this.lock.release();
     try {
-      // Bounded: a server that does not answer (hung) would hold the stop for a minute.
+      // Bounded: a server that does not answer (hung) would hold the stop for a minute. One
+      // that did not answer the service's stop is not waited for a second time.
+      if (!serverAnswers) throw new Error('the server does not answer');
       if (this.nc) await withTimeout(this.nc.drain(), NATS_DRAIN_MS, () => new Error('drain timed out'));
     } catch {
       // Already closed, or the server does not answer: closed without draining.

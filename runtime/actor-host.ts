@@ -490,9 +490,12 @@ export class ActorHost implements HostApi {
     await this.device?.close();
     this.mux?.close();
     try {
-      await this.nc?.drain();
+      // Bounded: the drain waits for the server's answer to a ping, which a server that does
+      // not answer (hung) never gives; the pool would wait its whole call deadline for it.
+      if (this.nc) await withTimeout(this.nc.drain(), HOST_NATS_DRAIN_MS, () => new Error('drain timed out'));
     } catch {
-      // Already closed.
+      // Already closed, or the server does not answer: closed without draining.
+      await this.nc?.close().catch(() => undefined);
     }
     // The thread ends after this: what it traced goes to the main thread first.
     await workerTracing?.forceFlush().catch(() => undefined);
@@ -824,6 +827,9 @@ export class ActorHost implements HostApi {
     }
   };
 }
+
+/** Longest wait for the host's NATS connection to drain at a stop. */
+const HOST_NATS_DRAIN_MS = 2000;
 
 /** Longest wait for the server to confirm a new shard's subscriptions (openShard). */
 const OPEN_FLUSH_MS = 2000;
