@@ -178,6 +178,10 @@ interface Mailbox {
   errors: number;
   /** Span attributes of its requests, made on first use. */
   spanAttrs?: Attributes;
+  /** When a write of this shard not committed before its deadline was last logged (performance.now() ms). */
+  commitTimeoutLoggedAt: number;
+  /** Such writes since that line, not logged each (`reportCommitTimeout`). */
+  commitTimeoutsUnreported: number;
 }
 
 /** Storage codes that are not protocol codes, mapped to what a client should do about them. */
@@ -329,6 +333,7 @@ export class ActorHost implements HostApi {
       const mailbox: Mailbox = {
         spec, replicaSub: undefined as unknown as Subscription, followerSubs: [], leaderSub: undefined,
         depth: 0, bytes: 0, admitted: 0, rejectedOverloaded: 0, errors: 0,
+        commitTimeoutLoggedAt: Number.NEGATIVE_INFINITY, commitTimeoutsUnreported: 0,
       };
       mailbox.replicaSub = nc.subscribe(replicaSubject(config.cluster, spec.volumeId, spec.shard, config.nodeId), {
         callback: (err, msg) => {
@@ -729,9 +734,7 @@ export class ActorHost implements HostApi {
           if (pe.code === 'internal') this.log.error('request failed', { volume: mb.spec.volumeId, shard: mb.spec.shard, err });
           // A write the shard could not commit in time: worth an operator's look (with where
           // replication stood), and logged here only, where it is answered.
-          else if (pe.code === 'timeout' && pe.details?.['commitLsn'] !== undefined) {
-            this.log.warn('write not committed before its deadline', { volume: mb.spec.volumeId, shard: mb.spec.shard, ...pe.details });
-          }
+          else if (pe.code === 'timeout' && pe.details?.['commitLsn'] !== undefined) this.reportCommitTimeout(mb, pe);
           this.logReplicaError(mb.spec, this.device!.onReplicaError(mb.spec.volumeId, mb.spec.shard, err, replica), pe);
           this.respond(msg, errorReply(pe));
         },
@@ -792,6 +795,24 @@ export class ActorHost implements HostApi {
   }
 
   /**
+   * Logs a write of `mb`'s shard not committed before its deadline: the first at once, then at
+   * most one line every COMMIT_TIMEOUT_REPORT_MS per shard, with how many more there were since
+   * the last (`unreported`). A shard that cannot commit (its followers stalled or cut off) fails
+   * every write it is sent: a line each would flood the log at the request rate.
+   */
+  private reportCommitTimeout(mb: Mailbox, pe: ProtocolError): void {
+    const now = performance.now();
+    if (now - mb.commitTimeoutLoggedAt < COMMIT_TIMEOUT_REPORT_MS) {
+      mb.commitTimeoutsUnreported++;
+      return;
+    }
+    const unreported = mb.commitTimeoutsUnreported;
+    mb.commitTimeoutLoggedAt = now;
+    mb.commitTimeoutsUnreported = 0;
+    this.log.warn('write not committed before its deadline', { volume: mb.spec.volumeId, shard: mb.spec.shard, ...pe.details, unreported });
+  }
+
+  /**
    * The log line of a request failure that restarted its shard (or the device): at warn when the
    * replica came back, at error, with why, when the shard is left down.
    */
@@ -840,6 +861,9 @@ const OPEN_FLUSH_MS = 2000;
  */
 const encodeReadReply = (reply: unknown, options: CodecOptions): Uint8Array =>
   encodeShardReadReply(reply as ShardReadReply, { ...options, alloc: allocRequestBytes });
+
+/** Shortest time between two lines about a shard's writes not committed before their deadline, ms. */
+const COMMIT_TIMEOUT_REPORT_MS = 60_000;
 
 /** Most a shard answers ahead of a request's deadline (at most a tenth of the time it was given). */
 const ANSWER_MARGIN_MS_MAX = 250;
