@@ -23,7 +23,7 @@ import { withTimeout } from '../runtime/timeout';
 import { natsConnectHint } from '../runtime/nats-connect-hint';
 import { connect, Events, type NatsConnection, type Msg, type Subscription } from 'nats';
 import { DEADLINE_AHEAD_MS_MAX, HEADER_DEADLINE, parseDeadline, readHeaders } from '../messages/headers';
-import type { MessageType, VolumeInfo } from '../messages/api';
+import { REQUEST_ITEMS_MAX, type MessageType, type VolumeInfo } from '../messages/api';
 import type { Service } from 'nats';
 import { messageHeaders, REPLY_HEADERS, wellFormed } from '../runtime/nats-headers';
 import { ConnectionState, encodeReplyWithin, fromNatsError, natsErrorCode, newInbox, serverMaxPayload, watchDenials } from '../runtime/request-mux';
@@ -1424,7 +1424,9 @@ export class StrataNode {
       // are checked with it.
       const headers = readHeaders(wellFormed(messageHeaders(msg)), { expectType: verb as MessageType });
       deadlineMs = this.router!.deadline(headers.deadlineMs, Date.now(), verb);
-      body = decode(msg.data);
+      // Within the bound on its items too: decoded on the node's thread, which answers the
+      // controller's heartbeats and the catalog meanwhile.
+      body = decode(msg.data, { itemsMax: REQUEST_ITEMS_MAX });
     } catch (e) {
       msg.respond(encode(errorReply(e)), { headers: REPLY_HEADERS });
       return toProtocolError(e).code;

@@ -40,6 +40,13 @@ export const ID_LENGTH_MAX = 64;
 /** Most pages in one page.write / page.read / shard.write / shard.read request. */
 export const PAGES_PER_REQUEST_MAX = 256;
 /**
+ * Most CBOR data items (each map, key, value and array element) of one client request, on a
+ * shard subject or the API: checked before it is decoded. The largest request that validates,
+ * a page.read of PAGES_PER_REQUEST_MAX pages with an LSN for each of SHARDS_MAX shards, holds
+ * about 2,100.
+ */
+export const REQUEST_ITEMS_MAX = 8192;
+/**
  * Room kept in a message for everything but page data (keys, page numbers, names), in bytes.
  * 256 page entries take under 7 KiB of envelope; 16 KiB leaves a wide margin.
  */

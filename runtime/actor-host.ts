@@ -28,7 +28,7 @@ import * as Comlink from 'comlink';
 import nodeEndpoint from 'comlink/dist/umd/node-adapter';
 import { connect, type NatsConnection, type Msg, type Subscription, type MsgHdrs } from 'nats';
 import { encode, decode, encodeShardReadReply, MESSAGE_BYTES_MAX, type CodecOptions } from '../messages/codec';
-import type { ShardReadReply } from '../messages/api';
+import { REQUEST_ITEMS_MAX, type ShardReadReply } from '../messages/api';
 import { allocRequestBytes } from '../storage-engine/arena';
 import { LoopDelay, type LoopDelayStats } from '../observability/loop-delay';
 import { errorReply, toProtocolError, ProtocolError, type ErrorCode } from '../messages/errors';
@@ -759,7 +759,9 @@ export class ActorHost implements HostApi {
     // deadline turns the request into a bare transport timeout.
     const answerByMs = deadlineMs - Math.min(ANSWER_MARGIN_MS_MAX, Math.floor((deadlineMs - now) / 10));
     const type = headerView.get(HEADER_TYPE);
-    const body = decode(msg.data, this.codec);
+    // Within the bound on its items too: a client's request is decoded on this thread, whose
+    // replicas' heartbeats wait meanwhile.
+    const body = decode(msg.data, { ...this.codec, itemsMax: REQUEST_ITEMS_MAX });
     const replica = this.device!.replica(mb.spec.volumeId, mb.spec.shard);
     switch (type) {
       case 'shard.write': {

@@ -9,7 +9,7 @@ import { HEADER_DEADLINE, HEADER_SCHEMA, HEADER_TYPE } from '../../messages/head
 import { shardSubject, apiSubject } from '../../messages/subjects';
 import { controllerSubject, nodeSubject } from '../../messages/control';
 import { replicaSubject } from '../../messages/raft';
-import type { VolumeInfo } from '../../messages/api';
+import { REQUEST_ITEMS_MAX, type VolumeInfo } from '../../messages/api';
 import { formatStatus } from '../../observability/status';
 import { waitFor } from '../support/wait';
 
@@ -172,6 +172,19 @@ describe('bad input over NATS gets a typed error and the node keeps serving', fu
     const pages = Array.from({ length: 300 }, (_, i) => i % 100);
     const e = await rawError(shard0, encode({ pages }), headers('shard.read'));
     assert.equal(e.code, 'too_large');
+  });
+
+  it('a request of a million empty maps (1 MB), to a shard and to the API → too_large, refused before it is decoded', async () => {
+    // Decoded, each item is an object: most of a second of the receiving thread's time each.
+    const items = 1_000_000 - 8;
+    const body = new Uint8Array(5 + items).fill(0xa0);
+    body[0] = 0x9a; // an array of `items` items, its length in 4 bytes
+    new DataView(body.buffer).setUint32(1, items);
+    const toShard = await rawError(shard0, body, headers('shard.write'));
+    assert.equal(toShard.code, 'too_large', toShard.message);
+    assert.match(toShard.message, new RegExp(`more than ${REQUEST_ITEMS_MAX} CBOR items`));
+    const toApi = await rawError(apiSubject(c.cluster, 'page.write'), body, headers('page.write'));
+    assert.equal(toApi.code, 'too_large', toApi.message);
   });
 
   it('a read of as many pages as a request may carry, whose reply would not fit a message → too_large', async () => {

@@ -1,6 +1,7 @@
 import * as assert from 'node:assert/strict';
 import { Decoder } from 'cbor-x';
-import { MESSAGE_BYTES_MAX, decode, encode, encodeShardReadReply, encodeShardWriteRequest } from '../../messages/codec';
+import { MESSAGE_BYTES_MAX, decode, encode, encodeShardReadReply, encodeShardWriteRequest, itemsWithin } from '../../messages/codec';
+import { EARLIER_ATTEMPTS_MAX, PAGES_PER_REQUEST_MAX, REQUEST_ITEMS_MAX, SHARDS_MAX } from '../../messages/api';
 import { validateShardReadReply, validateShardWriteRequest } from '../../messages/validate';
 import { ProtocolError } from '../../messages/errors';
 import { validatePageWriteRequest, validateVolumeCreateRequest } from '../../messages/validate';
@@ -59,6 +60,50 @@ describe('messages/codec', () => {
 
   it('a header declaring a huge array gives bad_request without allocating', () => {
     assertProtocolError(() => decode(Uint8Array.from([0x9a, 0x05, 0x00, 0x00, 0x00, 0x00])), 'bad_request');
+  });
+
+  it('counts CBOR items by their heads, skipping string contents (itemsWithin)', () => {
+    // map, "a", array, 1, 2, map, "b", "x"
+    const bytes = encode({ a: [1, 2, { b: 'x' }] });
+    assert.equal(itemsWithin(bytes, 8), true);
+    assert.equal(itemsWithin(bytes, 7), false);
+    // Byte and text strings whose contents look like heads count once each.
+    const strings = encode({ data: new Uint8Array(100_000).fill(0xa0), text: '\u00a0'.repeat(1000) });
+    assert.equal(itemsWithin(strings, 5), true);
+    assert.equal(itemsWithin(strings, 4), false);
+    // Floats, 64-bit integers, tags and indefinite lengths: each head once.
+    assert.equal(itemsWithin(encode([1.5, 2 ** 40, -(2 ** 40), new Date(0)]), 6), true);
+    assert.equal(itemsWithin(new Uint8Array([0x9f, 0x01, 0x02, 0xff]), 4), true);
+    assert.equal(itemsWithin(new Uint8Array([0x9f, 0x01, 0x02, 0xff]), 3), false);
+    // A head that runs past the end is left to the decoder.
+    assert.equal(itemsWithin(new Uint8Array([0x5a, 0xff, 0xff, 0xff, 0xff, 0x00]), 1), true);
+  });
+
+  it('the largest client requests hold fewer items than REQUEST_ITEMS_MAX', () => {
+    const pages = Array.from({ length: PAGES_PER_REQUEST_MAX }, (_, i) => i);
+    const lsns = Array.from({ length: SHARDS_MAX }, (_, shard) => ({ shard, lsn: 2 ** 40 + shard, term: 2 ** 31 }));
+    const read = encode({ volume: 'v'.repeat(64), pages, lsns });
+    const write = encode({ volume: 'v'.repeat(64), pages: pages.map((page) => ({ page, data: new Uint8Array(16) })), deadlineMs: Date.now() });
+    const earlier = Array.from({ length: EARLIER_ATTEMPTS_MAX }, (_, i) => ({ lsn: i + 1, term: i + 1 }));
+    const shardWrite = encodeShardWriteRequest({ pages: pages.map((page) => ({ page, data: new Uint8Array(16) })), earlier });
+    for (const bytes of [read, write, shardWrite]) {
+      assert.equal(itemsWithin(bytes, 2200), true);
+      assert.doesNotThrow(() => decode(bytes, { itemsMax: REQUEST_ITEMS_MAX }));
+    }
+  });
+
+  it('a message of more items than itemsMax gives too_large without being decoded', () => {
+    // A million empty maps in 1 MB: decoded, each would be an object.
+    const items = MESSAGE_BYTES_MAX - 8;
+    const body = new Uint8Array(5 + items).fill(0xa0);
+    body[0] = 0x9a;
+    new DataView(body.buffer).setUint32(1, items);
+    const t0 = performance.now();
+    const e = assertProtocolError(() => decode(body, { itemsMax: REQUEST_ITEMS_MAX }), 'too_large');
+    assert.match(e.message, /more than 8192 CBOR items/);
+    assert.ok(performance.now() - t0 < 100, `refused in ${performance.now() - t0} ms`);
+    // Without the bound it is decoded, as before.
+    assert.equal((decode(encode([{}, {}]), {}) as unknown[]).length, 2);
   });
 
   it('input over the bound gives too_large before parsing', () => {
