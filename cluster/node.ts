@@ -106,6 +106,8 @@ export interface StrataNodeOptions {
   requestTimeoutMs?: number;
   /** API requests handled at once at most; default API_REQUESTS_IN_FLIGHT_MAX. */
   apiRequestsInFlightMax?: number;
+  /** Bytes of the API requests handled at once at most; default API_BYTES_IN_FLIGHT_MAX. */
+  apiBytesInFlightMax?: number;
   /** Control requests (controller and node subjects) handled at once at most; default CONTROL_IN_FLIGHT_MAX. */
   controlInFlightMax?: number;
   /** Told when the node stopped itself for a reason it cannot run on (its data directory's lock was taken). */
@@ -128,6 +130,15 @@ export const CONTROL_IN_FLIGHT_MAX = 1024;
  * routing work, so this bounds what a burst of API requests costs the main thread.
  */
 export const API_REQUESTS_IN_FLIGHT_MAX = 4096;
+
+/**
+ * Bytes of the API requests (their messages) a node handles at once at most, by default: one
+ * more that would pass it is answered `overloaded` at once. A page.write of about 1 MiB held
+ * about 4 MiB of the node's memory while its shards answered (its message, its pages re-encoded
+ * for each shard, the buffers of the send): without this bound, API_REQUESTS_IN_FLIGHT_MAX of
+ * them, to a shard that was slow to answer, could hold 16 GiB.
+ */
+export const API_BYTES_IN_FLIGHT_MAX = 64 * 1024 * 1024;
 
 /**
  * Catalog operations (volume.create, volume.delete) queued or running on the controller at
@@ -320,8 +331,9 @@ export class StrataNode {
   private catalogFailureLogged = false;
   /** No reconciliation is tried before this time (ms since the Unix epoch). */
   private reconcileNotBeforeMs = 0;
-  /** API requests being handled (see API_REQUESTS_IN_FLIGHT_MAX). */
+  /** API requests being handled (see API_REQUESTS_IN_FLIGHT_MAX), and their bytes (API_BYTES_IN_FLIGHT_MAX). */
   private apiInFlight = 0;
+  private apiBytesInFlight = 0;
   private readonly heartbeatFailures: FailureLog;
   /** The periodic claim check (`recheckClaim`), and whether one runs. */
   private claimTimer: NodeJS.Timeout | undefined;
@@ -1397,21 +1409,28 @@ export class StrataNode {
   }
 
   /**
-   * Answers one API request unless API_REQUESTS_IN_FLIGHT_MAX are being handled already, then
-   * `overloaded` at once; resolves with its outcome: 'ok' or the error code answered.
+   * Answers one API request unless API_REQUESTS_IN_FLIGHT_MAX are being handled already, or
+   * their bytes and its own would pass API_BYTES_IN_FLIGHT_MAX, then `overloaded` at once;
+   * resolves with its outcome: 'ok' or the error code answered.
    */
   private async admitApi(verb: string, fn: ApiHandler, msg: Msg): Promise<'ok' | ErrorCode> {
     const max = this.opts.apiRequestsInFlightMax ?? API_REQUESTS_IN_FLIGHT_MAX;
-    if (this.apiInFlight >= max) {
-      const e = new ProtocolError('overloaded', `node '${this.nodeId}' is handling ${max} API requests, its limit; retry after a back-off`, { requestsMax: max });
+    const bytesMax = this.opts.apiBytesInFlightMax ?? API_BYTES_IN_FLIGHT_MAX;
+    const bytes = msg.data.length;
+    if (this.apiInFlight >= max || this.apiBytesInFlight + bytes > bytesMax) {
+      const e = this.apiInFlight >= max
+        ? new ProtocolError('overloaded', `node '${this.nodeId}' is handling ${max} API requests, its limit; retry after a back-off`, { requestsMax: max })
+        : new ProtocolError('overloaded', `node '${this.nodeId}' is handling ${this.apiBytesInFlight} bytes of API requests, at most ${bytesMax} with this one's ${bytes}; retry after a back-off`, { bytes: this.apiBytesInFlight, bytesMax });
       msg.respond(encode(errorReply(e)), { headers: REPLY_HEADERS });
       return e.code;
     }
     this.apiInFlight++;
+    this.apiBytesInFlight += bytes;
     try {
       return await this.handleApi(verb, fn, msg);
     } finally {
       this.apiInFlight--;
+      this.apiBytesInFlight -= bytes;
     }
   }
 

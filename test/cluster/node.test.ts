@@ -360,6 +360,37 @@ describe('StrataNode', function () {
       assert.equal(errorCode(await apiRequest(client, 'volume.info', { name: 'd' }, Date.now() + 4000)), 'not_found');
     });
 
+    it('answers overloaded at once beyond apiBytesInFlightMax bytes of requests in flight, and serves again once they end', async () => {
+      serveFakeMembership();
+      const info: VolumeInfo = { name: 'v', id: 'vb', pageCount: 256, pageSize: 4096, shards: 1, stripePages: 16, replicas: 1, createdAt: 1 };
+      serveFake('volume.info', (msg) => msg.respond(encode(info)));
+      // The shard's leader takes the writes, and answers them when the test says so.
+      const held: Msg[] = [];
+      fake.subscribe(shardSubject(CLUSTER, 'vb', 0), { callback: (_err, msg) => held.push(msg) });
+      await fake.flush();
+      const bytesMax = 1.5 * 1024 * 1024;
+      await startNode('api4', { apiBytesInFlightMax: bytesMax });
+      // About 800 KiB each: one is admitted, a second with it would pass the bound.
+      const pages = Array.from({ length: 200 }, (_, page) => ({ page, data: new Uint8Array(4096).fill(page) }));
+      const deadlineMs = Date.now() + 4000;
+      const first = apiRequest(client, 'page.write', { volume: 'v', pages }, deadlineMs);
+      await waitFor('the first write at the shard', () => held.length === 1);
+      const t0 = Date.now();
+      const second = await apiRequest(client, 'page.write', { volume: 'v', pages }, deadlineMs);
+      assert.equal(errorCode(second), 'overloaded', JSON.stringify(second));
+      assert.match((second as ErrorReply).error.message, new RegExp(`bytes of API requests, at most ${bytesMax} with this one's`));
+      assert.ok(Date.now() - t0 < 1000);
+      // A small request is admitted meanwhile.
+      assert.deepEqual(await apiRequest(client, 'volume.info', { name: 'v' }, deadlineMs), info);
+      held.splice(0)[0]!.respond(encode({ lsn: 1, term: 1 }));
+      assert.equal(errorCode(await first), undefined);
+      // Its bytes are let go with it: the next write is admitted.
+      const third = apiRequest(client, 'page.write', { volume: 'v', pages }, Date.now() + 4000);
+      await waitFor('the third write at the shard', () => held.length === 1);
+      held.splice(0)[0]!.respond(encode({ lsn: 2, term: 1 }));
+      assert.equal(errorCode(await third), undefined, JSON.stringify(await third));
+    });
+
     it("forwards a catalog request with the caller's Strata-Deadline and answers timeout when it passes", async () => {
       serveFakeMembership();
       const seen: string[] = [];
