@@ -127,7 +127,8 @@ export const CONTROL_IN_FLIGHT_MAX = 1024;
 /**
  * API requests (strata.<c>.api.*) a node handles at once at most, by default: one more is
  * answered `overloaded` at once. Each holds at most one request's pages (about 1 MiB) and the
- * routing work, so this bounds what a burst of API requests costs the main thread.
+ * routing work; with API_BYTES_IN_FLIGHT_MAX, this bounds what a burst of API requests costs the
+ * main thread.
  */
 export const API_REQUESTS_IN_FLIGHT_MAX = 4096;
 
