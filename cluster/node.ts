@@ -125,6 +125,13 @@ export interface StrataNodeOptions {
 export const CONTROL_IN_FLIGHT_MAX = 1024;
 
 /**
+ * CBOR data items of one control request at most, checked before it is decoded (as the API's
+ * REQUEST_ITEMS_MAX): the largest, a shards.open of SHARDS_PER_CONTROL_MAX assignments, holds
+ * about 110,000 (one a volume.create sends, of one volume's shards, about 7,000).
+ */
+export const CONTROL_REQUEST_ITEMS_MAX = 131_072;
+
+/**
  * API requests (strata.<c>.api.*) a node handles at once at most, by default: one more is
  * answered `overloaded` at once. Each holds at most one request's pages (about 1 MiB) and the
  * routing work; with API_BYTES_IN_FLIGHT_MAX, this bounds what a burst of API requests costs the
@@ -1038,7 +1045,7 @@ export class StrataNode {
         }
         let body: unknown;
         try {
-          body = decode(msg.data);
+          body = decode(msg.data, { itemsMax: CONTROL_REQUEST_ITEMS_MAX });
         } catch (e) {
           this.respondControl(msg, subject, errorReply(e));
           return;

@@ -11,6 +11,7 @@ import { controllerSubject, nodeSubject } from '../../messages/control';
 import { replicaSubject } from '../../messages/raft';
 import { REQUEST_ITEMS_MAX, type VolumeInfo } from '../../messages/api';
 import { formatStatus } from '../../observability/status';
+import { CONTROL_REQUEST_ITEMS_MAX } from '../../cluster/node';
 import { waitFor } from '../support/wait';
 
 function headers(type: string, extra: Record<string, string> = {}): Record<string, string> {
@@ -174,7 +175,7 @@ describe('bad input over NATS gets a typed error and the node keeps serving', fu
     assert.equal(e.code, 'too_large');
   });
 
-  it('a request of a million empty maps (1 MB), to a shard and to the API → too_large, refused before it is decoded', async () => {
+  it('a request of a million empty maps (1 MB), to a shard, the API, a node or the controller → too_large, refused before it is decoded', async () => {
     // Decoded, each item is an object: most of a second of the receiving thread's time each.
     const items = 1_000_000 - 8;
     const body = new Uint8Array(5 + items).fill(0xa0);
@@ -185,6 +186,12 @@ describe('bad input over NATS gets a typed error and the node keeps serving', fu
     assert.match(toShard.message, new RegExp(`more than ${REQUEST_ITEMS_MAX} CBOR items`));
     const toApi = await rawError(apiSubject(c.cluster, 'page.write'), body, headers('page.write'));
     assert.equal(toApi.code, 'too_large', toApi.message);
+    // And to the node's and the controller's own subjects (open to anyone on the NATS server).
+    const toNode = await rawError(nodeSubject(c.cluster, 'n1', 'status'), body, {});
+    assert.equal(toNode.code, 'too_large', toNode.message);
+    assert.match(toNode.message, new RegExp(`more than ${CONTROL_REQUEST_ITEMS_MAX} CBOR items`));
+    const toController = await rawError(controllerSubject(c.cluster, 'heartbeat'), body, {});
+    assert.equal(toController.code, 'too_large', toController.message);
   });
 
   it('a read of as many pages as a request may carry, whose reply would not fit a message → too_large', async () => {
