@@ -211,6 +211,18 @@ const CLAIM_RECHECK_MS = 5_000;
 /** Between the two rounds of a claim on a NATS cluster: longer than a subscription takes to cross the routes. */
 const CLAIM_CLUSTER_PAUSE_MS = 1500;
 
+/** Longest wait of a start for the NATS server to confirm the node's subscriptions. */
+const START_FLUSH_MS = 5000;
+
+/**
+ * The server's confirmation of what this connection sent (`what`, for the error), within
+ * START_FLUSH_MS: else ProtocolError('unavailable'). A server that does not answer (a frozen
+ * process) held a start until the client's ping check gave the connection up, minutes later.
+ */
+async function flushWithin(nc: NatsConnection, what: string): Promise<void> {
+  await withTimeout(nc.flush(), START_FLUSH_MS, () => new ProtocolError('unavailable', `the NATS server did not confirm ${what} within ${START_FLUSH_MS} ms; not starting`));
+}
+
 /** True when the NATS server this connection reached is one of a cluster (its subscriptions spread over routes). */
 function natsIsCluster(nc: NatsConnection): boolean {
   const info = nc.info;
@@ -494,7 +506,7 @@ export class StrataNode {
     this.serveNode();
     this.checkStarting();
     await this.serveApi();
-    await this.nc.flush();
+    await flushWithin(this.nc, 'its subscriptions');
     await this.heartbeat();
     await this.reconciling;
     this.checkStarting();
@@ -616,7 +628,7 @@ export class StrataNode {
         },
       }));
     }
-    await nc.flush();
+    await flushWithin(nc, 'its claim subscriptions');
     this.claim = {
       instance, sinceMs: claim.sinceMs, subjects, idInUse, controllerInUse,
       questions: { first: encode({ ...claim, recheck: false }), recheck: encode({ ...claim, recheck: true }) },

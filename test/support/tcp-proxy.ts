@@ -1,6 +1,8 @@
 /**
  * A TCP proxy on loopback for tests: to a target port, optionally delaying every chunk each way
- * (order kept), and able to cut every connection and take none until restored on its port.
+ * (order kept), and able to cut every connection and take none until restored on its port. With
+ * `freezeWhen`, a connection whose client sends a chunk it matches forwards nothing more either
+ * way from then on, its sockets left open: a server that stopped answering (a frozen process).
  */
 import * as net from 'node:net';
 
@@ -13,11 +15,17 @@ export interface TcpProxy {
   restore(): Promise<void>;
 }
 
-export async function startTcpProxy(target: number, opts: { delayMs?: number } = {}): Promise<TcpProxy> {
+export async function startTcpProxy(target: number, opts: { delayMs?: number; freezeWhen?: (clientChunk: Buffer) => boolean } = {}): Promise<TcpProxy> {
   const sockets = new Set<net.Socket>();
   let server: net.Server | undefined;
-  const forward = (from: net.Socket, to: net.Socket): void => {
-    if (opts.delayMs === undefined) from.pipe(to);
+  /** `frozen`: the connection's state (`freezeWhen`), and `when`, what freezes it in this direction. */
+  const forward = (from: net.Socket, to: net.Socket, frozen?: { is: boolean }, when?: (chunk: Buffer) => boolean): void => {
+    if (frozen !== undefined) {
+      from.on('data', (d: Buffer) => {
+        if (!frozen.is && when?.(d) === true) frozen.is = true;
+        if (!frozen.is && to.writable) to.write(d);
+      });
+    } else if (opts.delayMs === undefined) from.pipe(to);
     else from.on('data', (d) => setTimeout(() => to.writable && to.write(d), opts.delayMs));
   };
   const listen = (port: number): Promise<number> =>
@@ -33,8 +41,14 @@ export async function startTcpProxy(target: number, opts: { delayMs?: number } =
           s.on('error', end);
           s.on('close', end);
         }
-        forward(client, upstream);
-        forward(upstream, client);
+        if (opts.freezeWhen !== undefined) {
+          const frozen = { is: false };
+          forward(client, upstream, frozen, opts.freezeWhen);
+          forward(upstream, client, frozen);
+        } else {
+          forward(client, upstream);
+          forward(upstream, client);
+        }
       });
       server.once('error', reject);
       server.listen(port, '127.0.0.1', () => resolve((server!.address() as net.AddressInfo).port));
