@@ -234,6 +234,8 @@ export class ActorHost implements HostApi {
    * MESSAGE_BYTES_MAX carries appends larger than that.
    */
   private codec: CodecOptions = { bytesMax: MESSAGE_BYTES_MAX };
+  /** Those of a client's request on a shard subject: within REQUEST_ITEMS_MAX CBOR items too. */
+  private requestCodec: CodecOptions = { bytesMax: MESSAGE_BYTES_MAX, itemsMax: REQUEST_ITEMS_MAX };
   private idle: Array<() => void> = [];
   private faults: { unreachable: Set<string>; delayMs: number; dropRate: number } = { unreachable: new Set(), delayMs: 0, dropRate: 0 };
   /** Request durations and errors; only with telemetry. */
@@ -279,6 +281,7 @@ export class ActorHost implements HostApi {
     // Replication messages are sized to the server's max_payload (learnt at connect).
     const maxPayload = serverMaxPayload(this.nc);
     this.codec = { bytesMax: maxPayload ?? MESSAGE_BYTES_MAX };
+    this.requestCodec = { ...this.codec, itemsMax: REQUEST_ITEMS_MAX };
     this.device = new DeviceHost({
       ...(config.device ?? {}),
       ...(ioMarker ? { ioMarker } : {}),
@@ -761,7 +764,7 @@ export class ActorHost implements HostApi {
     const type = headerView.get(HEADER_TYPE);
     // Within the bound on its items too: a client's request is decoded on this thread, whose
     // replicas' heartbeats wait meanwhile.
-    const body = decode(msg.data, { ...this.codec, itemsMax: REQUEST_ITEMS_MAX });
+    const body = decode(msg.data, this.requestCodec);
     const replica = this.device!.replica(mb.spec.volumeId, mb.spec.shard);
     switch (type) {
       case 'shard.write': {
