@@ -166,6 +166,78 @@ describe("runtime/nats-server", function () {
     }
   });
 
+  it("refuses bad options before it starts anything or creates a directory", async () => {
+    const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "strata-nats-opts-"));
+    const saved = process.env.TMPDIR;
+    process.env.TMPDIR = tmp;
+    try {
+      const bad = [
+        [{ maxPayloadBytes: 0 }, /maxPayloadBytes must be an integer in 1\.\.67108864, got 0/],
+        [{ maxPayloadBytes: 64 * 1024 * 1024 + 1 }, /maxPayloadBytes must be an integer/],
+        [{ maxPayloadBytes: 1.5 }, /maxPayloadBytes must be an integer/],
+        [{ startTimeoutMs: 0 }, /startTimeoutMs and stopTimeoutMs must be > 0, got 0 and 5000/],
+        [{ stopTimeoutMs: Number.NaN }, /startTimeoutMs and stopTimeoutMs must be > 0/],
+        [{ port: 65536 }, /port must be an integer in 1\.\.65535, got 65536/],
+        [{ port: 0 }, /port must be an integer in 1\.\.65535, got 0/],
+      ] as const;
+      for (const [opts, message] of bad) {
+        await assert.rejects(startNatsServer({ jetstream: false, ...opts }), (err: unknown) => {
+          assert.ok(err instanceof RangeError, `${JSON.stringify(opts)}: ${String(err)}`);
+          assert.match(err.message, message);
+          return true;
+        });
+      }
+      assert.deepEqual(fs.readdirSync(tmp), [], "no directory was created");
+    } finally {
+      if (saved === undefined) delete process.env.TMPDIR;
+      else process.env.TMPDIR = saved;
+      fs.rmSync(tmp, { recursive: true, force: true });
+    }
+  });
+
+  it("a start that fails removes its temporary directory", async () => {
+    const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "strata-nats-tmp-"));
+    const saved = process.env.TMPDIR;
+    process.env.TMPDIR = tmp;
+    try {
+      await assert.rejects(startNatsServer({ binary: "/bin/false", startTimeoutMs: 2_000 }), /exited with code 1 before it was ready/);
+      assert.deepEqual(fs.readdirSync(tmp), [], "the server's directory is gone");
+    } finally {
+      if (saved === undefined) delete process.env.TMPDIR;
+      else process.env.TMPDIR = saved;
+      fs.rmSync(tmp, { recursive: true, force: true });
+    }
+  });
+
+  it("a server that ignores SIGTERM is killed once stopTimeoutMs has passed, and its directory removed", async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "strata-stubborn-nats-"));
+    const fake = path.join(dir, "nats-server");
+    // Listens where its config says, says it is ready, and ignores SIGTERM.
+    fs.writeFileSync(
+      fake,
+      `#!${process.execPath}
+const fs = require("node:fs");
+const conf = fs.readFileSync(process.argv[process.argv.indexOf("-c") + 1], "utf8");
+const port = Number(/listen: "127\\.0\\.0\\.1:(\\d+)"/.exec(conf)[1]);
+process.on("SIGTERM", () => undefined);
+require("node:net").createServer((s) => s.destroy()).listen(port, "127.0.0.1", () => process.stderr.write("Server is ready\\n"));
+`,
+      { mode: 0o755 },
+    );
+    try {
+      const server = await startNatsServer({ binary: fake, jetstream: false, stopTimeoutMs: 500 });
+      assert.ok(pidAlive(server.pid));
+      const t0 = performance.now();
+      await server.stop();
+      const ms = performance.now() - t0;
+      assert.ok(ms >= 450 && ms < 4_000, `stopped after ${ms.toFixed(0)} ms`);
+      assert.ok(!pidAlive(server.pid), "the server was killed");
+      assert.ok(!fs.existsSync(server.dir), "its temp dir removed");
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it("the server does not outlive its parent process", async function () {
     // A node process that starts a server (up to its 10 s start timeout) then exits, and the wait
     // for the orphan to go: generous bounds, returned from as soon as each step is done.
