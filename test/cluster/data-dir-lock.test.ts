@@ -95,6 +95,23 @@ describe('DataDirLock', () => {
     DataDirLock.acquire(dir, 'n1', { observeMs: 600 }).release();
   });
 
+  it('a stale lock that another node is taking over right now is refused; a takeover left by a crash is cleared and the lock taken', () => {
+    const dead = spawnSync(process.execPath, ['-e', '']).pid!;
+    plant({ pid: dead }, 0);
+    const takeover = `${lockFile()}.takeover`;
+    fs.mkdirSync(takeover);
+    assert.throws(() => DataDirLock.acquire(dir, 'n1'), refused(/another node is taking over .* now/));
+    assert.equal(fs.existsSync(takeover), true, 'the other node\'s takeover is left to it');
+    assert.equal((JSON.parse(fs.readFileSync(lockFile(), 'utf8')) as LockHolder).pid, dead, 'the stale lock is left to it too');
+    // The takeover of a node that died during it (older than 10 s): removed, and the lock taken.
+    const old = new Date(Date.now() - 60_000);
+    fs.utimesSync(takeover, old, old);
+    const a = DataDirLock.acquire(dir, 'n1');
+    assert.equal((JSON.parse(fs.readFileSync(lockFile(), 'utf8')) as LockHolder).nodeId, 'n1');
+    assert.deepEqual(fs.readdirSync(dir), [DATA_DIR_LOCK_NAME], 'nothing else is left');
+    a.release();
+  });
+
   it('a lock of an older Strata (no boot id) on this host is judged by its process, not by its age', () => {
     fs.writeFileSync(lockFile(), JSON.stringify({ pid: process.ppid, startTicks: startTicks(process.ppid), hostname: os.hostname(), nodeId: 'old', sinceMs: Date.now() - 600_000 }));
     const old = new Date(Date.now() - 600_000);
