@@ -162,6 +162,17 @@ describe('HostPool supervision', function () {
     assert.equal(st.down, undefined);
   });
 
+  it('a stop waits at most callTimeoutMs for a host that does not answer, then terminates its thread', async () => {
+    const stopping = await HostPool.start({ hosts: [host(path.join(dir, 'dev0'))], callTimeoutMs: 1000, hangMs: 0 });
+    // Blocked for 20 s: it cannot take the stop before then.
+    void stopping.stallHost(0, 20_000).catch(() => undefined);
+    await new Promise((r) => setTimeout(r, 100));
+    const t0 = performance.now();
+    await stopping.stop();
+    const ms = performance.now() - t0;
+    assert.ok(ms >= 900 && ms < 6000, `stopped after ${ms.toFixed(0)} ms, not after the 20 s stall`);
+  });
+
   it('a call in flight to a host whose thread exits fails at once, not at its deadline', async () => {
     pool = await HostPool.start({ hosts: [host(path.join(dir, 'dev0'))], callTimeoutMs: 20_000 });
     const t0 = performance.now();
