@@ -712,6 +712,21 @@ describe('cluster/client (fake transport)', () => {
       assert.equal(fc.transport.shardRequests().filter((s) => s.subject.endsWith('.0')).length, 1, 'the shard that answered is not asked again');
     });
 
+    it('a shard with no leader: the call ends by its deadline, no back-off pause is slept past it', async () => {
+      // The real clock: the back-off pauses (20 ms doubling to 250 ms) are timed by it.
+      const transport = new FakeTransport((subject) => {
+        if (subject.includes('.api.')) return volume();
+        throw new NoRespondersError(subject);
+      });
+      const timeoutMs = 600;
+      const client = createClient(transport, { cluster: CLUSTER, timeoutMs });
+      const t0 = performance.now();
+      await rejectsWith(client.volume('vol').read([0]), 'unavailable', /no host answers shard 0 of volume vol/);
+      const ms = performance.now() - t0;
+      assert.ok(ms < timeoutMs + 100, `ended ${(ms - timeoutMs).toFixed(0)} ms after its ${timeoutMs} ms deadline`);
+      assert.ok(transport.shardRequests().length > 3, 'retried meanwhile');
+    });
+
     it('a shard that gets a leader while the client backs off is served', async () => {
       const fc = new FakeCluster();
       let misses = 3;
