@@ -62,6 +62,64 @@ describe('ApiRouter forwarding catalog requests to the controller', function () 
   });
 });
 
+describe('ApiRouter when the controller or the catalog does not answer', function () {
+  this.timeout(30_000);
+  let server: NatsServerHandle;
+  let nc: NatsConnection;
+
+  before(async () => {
+    server = await startNatsServer({ jetstream: false });
+    nc = await connect({ servers: server.url });
+  });
+  after(async () => {
+    await nc?.close();
+    await server?.stop();
+  });
+
+  type Reply = { error?: { code?: string; message?: string } };
+
+  it('one that takes the request and never answers: timeout (the outcome is unknown), at the deadline', async () => {
+    const frozen = nc.subscribe(controllerSubject('test', 'volume.create'), { callback: () => undefined });
+    await nc.flush();
+    try {
+      const router = new ApiRouter(nc, 'test', 5000);
+      const t0 = performance.now();
+      const reply = decode(await router.forwardToController('volume.create', encode({}), Date.now() + 300)) as Reply;
+      const ms = performance.now() - t0;
+      assert.equal(reply.error?.code, 'timeout', reply.error?.message);
+      assert.match(reply.error?.message ?? '', /the controller did not answer within/);
+      assert.ok(ms >= 250 && ms < 3000, `answered after ${ms.toFixed(0)} ms`);
+    } finally {
+      frozen.unsubscribe();
+    }
+  });
+
+  it('none at all (no responders): unavailable, at once', async () => {
+    const router = new ApiRouter(nc, 'test', 5000);
+    const t0 = performance.now();
+    const reply = decode(await router.forwardToController('volume.create', encode({}), Date.now() + 5000)) as Reply;
+    assert.equal(reply.error?.code, 'unavailable', reply.error?.message);
+    assert.match(reply.error?.message ?? '', /no responders/);
+    assert.ok(performance.now() - t0 < 2500, 'not at the deadline');
+  });
+
+  it('page requests for ever new volume names keep the routing of at most 1024 volumes', async () => {
+    const router = new ApiRouter(nc, 'test', 5000);
+    const cached = (): Map<string, unknown> => (router as unknown as { volumes: Map<string, unknown> }).volumes;
+    // Nobody answers volume.info: each flush fails unavailable, its volume's routing stays cached.
+    for (let batch = 0; batch < 11; batch++) {
+      const calls = Array.from({ length: 100 }, (_, i) => router.flush({ volume: `v${batch * 100 + i}` }, Date.now() + 5000));
+      for (const outcome of await Promise.allSettled(calls)) {
+        assert.equal(outcome.status, 'rejected');
+        assert.equal((outcome as PromiseRejectedResult).reason.code, 'unavailable');
+      }
+    }
+    assert.equal(cached().size, 1024);
+    assert.equal(cached().has('v0'), false, 'the least recently used went first');
+    assert.equal(cached().has('v1099'), true);
+  });
+});
+
 describe('ApiRouter gathering the nodes\' status', function () {
   this.timeout(30_000);
   let server: NatsServerHandle;
