@@ -379,3 +379,26 @@ describe('RequestMux with a ConnectionState: a connection that is down', functio
     }
   });
 });
+
+describe('RequestMux: headers given as records', () => {
+  it('are prepared once while they repeat, and the prepared ones kept are bounded (each request has its own deadline header)', async () => {
+    // A connection that takes every publish and answers nothing: the headers each request went out with.
+    const sent: unknown[] = [];
+    const nc = {
+      options: {},
+      isClosed: () => false,
+      subscribe: () => ({ closed: new Promise<void>(() => undefined), unsubscribe: () => undefined }),
+      publish: (_subject: string, _data: Uint8Array, opts: { headers?: unknown }) => void sent.push(opts.headers),
+    } as unknown as NatsConnection;
+    const mux = new RequestMux(nc);
+    const send = (deadline: string): void => void mux.request('s', Uint8Array.of(1), { timeoutMs: 60_000, headers: { 'Strata-Deadline': deadline } }).catch(() => undefined);
+    send('first');
+    send('first');
+    assert.equal(sent.length, 2);
+    assert.equal(sent[0], sent[1], 'a record seen again is sent as prepared');
+    for (let i = 0; i < 1000; i++) send(`d${i}`);
+    send('first');
+    assert.notEqual(sent[sent.length - 1], sent[0], 'a record seen long ago was let go, and is prepared again');
+    mux.close();
+  });
+});
