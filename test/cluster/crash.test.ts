@@ -167,6 +167,8 @@ describe('crashes lose no acknowledged write', function () {
       assert.match(e.message, /not one of its replicas/);
       return true;
     });
+    const refusedBy = (await pool.stats()).find((s) => s.hostId === 0)!;
+    assert.deepEqual(refusedBy.mailbox.map((m) => m.volumeId), [info.id], 'the running host keeps no mailbox of the refused spec');
     await pool.crashHost(0);
     const got = (await readWhenBack(vol, [5]))[0]!;
     assert.ok(Buffer.from(got).equals(Buffer.from(page)), `volume ${info.id} serves after the restart`);
