@@ -118,6 +118,11 @@ export class ConnectionState {
 
   constructor(nc: NatsConnection) {
     void this.watch(nc);
+    // The status stream nats.js gives does not end when the connection closes: `closed()` tells.
+    void nc.closed().then(
+      () => this.end(),
+      () => this.end(),
+    );
   }
 
   get connected(): boolean {
@@ -164,8 +169,14 @@ export class ConnectionState {
         }
       }
     } catch {
-      // The status stream ends with the connection.
+      // The status stream failed: the connection is gone.
     }
+    this.end();
+  }
+
+  /** The connection is closed for good: once, down and closed. */
+  private end(): void {
+    if (this.ended) return;
     this.ended = true;
     this.set(false);
   }

@@ -62,6 +62,34 @@ describe('RequestMux pendingMax while the connection is down (whileDisconnected:
       await server.stop();
     }
   });
+
+  it('a connection closed for good while requests wait for the reconnect fails them at once, not at their deadline', async () => {
+    const server = await startNatsServer({ jetstream: false });
+    const nc = await connect({ servers: server.url, maxReconnectAttempts: -1, reconnectTimeWait: 100, noAsyncTraces: true });
+    try {
+      const connection = new ConnectionState(nc);
+      const mux = new RequestMux(nc, { connection, whileDisconnected: 'wait' });
+      await server.stop();
+      await waitFor('the client to see the disconnect', () => !connection.connected, 10_000);
+      const t0 = performance.now();
+      const waiting = mux.request('echo', Uint8Array.of(1), { timeoutMs: 10_000 }).then(
+        () => assert.fail('nothing can answer'),
+        (e: { code?: string; message?: string; details?: Record<string, unknown> }) => ({ e, ms: performance.now() - t0 }),
+      );
+      await new Promise((r) => setTimeout(r, 100));
+      await nc.close();
+      const { e, ms } = await waiting;
+      assert.equal(e.code, 'unavailable', e.message);
+      assert.match(e.message ?? '', /not sent: the connection is closed/);
+      assert.equal(e.details?.['notSent'], true);
+      assert.ok(ms < 3000, `failed after ${ms.toFixed(0)} ms, not at its 10 s deadline`);
+      assert.equal(connection.closed, true, 'the connection state knows it is closed for good');
+      assert.equal(connection.connected, false);
+    } finally {
+      await nc.close();
+      await server.stop();
+    }
+  });
 });
 
 function countOf(xs: string[]): Record<string, number> {
