@@ -401,4 +401,22 @@ describe('RequestMux: headers given as records', () => {
     assert.notEqual(sent[sent.length - 1], sent[0], 'a record seen long ago was let go, and is prepared again');
     mux.close();
   });
+
+  it('a record NATS cannot carry (a name with a space, a value with a line break) is bad_request, and nothing is sent', async () => {
+    let published = 0;
+    const nc = {
+      options: {},
+      isClosed: () => false,
+      subscribe: () => ({ closed: new Promise<void>(() => undefined), unsubscribe: () => undefined }),
+      publish: () => void published++,
+    } as unknown as NatsConnection;
+    const mux = new RequestMux(nc);
+    const bad: Array<Record<string, string>> = [{ 'Strata Type': 'shard.read' }, { 'Strata-Type': 'shard.read\r\nX: y' }];
+    for (const headers of bad) {
+      await rejectsWith(mux.request('s', Uint8Array.of(1), { timeoutMs: 1000, headers }), 'bad_request', /^request headers: /);
+    }
+    assert.equal(published, 0);
+    assert.equal(mux.size, 0);
+    mux.close();
+  });
 });
