@@ -73,6 +73,36 @@ describe('replication messages no member could have sent are refused, the shard 
     assert.equal((await led()).term, s.term);
   });
 
+  it("on a leader's subject to its followers, a vote or an append naming another member: refused by each follower, and the shard keeps its leader and term", async () => {
+    const s = await led();
+    const [a, b] = s.replicas.map((r) => r.node).filter((n) => n !== s.leader);
+    const toFollowers = async (body: unknown): Promise<Map<string, { error?: { code: string; message: string } }>> => {
+      const inbox = `_INBOX.forged${Math.random().toString(36).slice(2)}`;
+      const got = new Map<string, { error?: { code: string; message: string } }>();
+      const sub = nc.subscribe(`${inbox}.*`, { callback: (_e, m) => got.set(m.subject.slice(inbox.length + 1), decode(m.data) as { error?: { code: string; message: string } }) });
+      nc.publish(followersSubject(c.cluster, info.id, 0, s.leader!), encode(body), { reply: inbox });
+      await waitFor('both followers answer', () => got.size === 2, 5000);
+      sub.unsubscribe();
+      return got;
+    };
+    const forged = [
+      { type: 'vote', term: s.term + 1, candidate: a, lastLsn: LSN_MAX, lastTerm: TERM_MAX },
+      { type: 'append', term: s.term + 1, leader: b, prevLsn: 0, prevTerm: 0, records: [], commitLsn: 0 },
+    ];
+    for (const body of forged) {
+      const replies = await toFollowers(body);
+      assert.deepEqual([...replies.keys()].sort(), [a, b].sort());
+      for (const [node, reply] of replies) {
+        assert.equal(reply.error?.code, 'bad_request', `${node}: ${JSON.stringify(reply)}`);
+        assert.match(reply.error!.message, new RegExp(`takes appends from ${s.leader} only`));
+      }
+    }
+    const after = await led();
+    assert.equal(after.term, s.term, 'no replica took the message\'s term');
+    assert.equal(after.leader, s.leader);
+    await writeAndRead(3);
+  });
+
   it('a vote in the name of a member (the leader) with a term past TERM_MAX: refused, no replica takes the term', async () => {
     const s = await led();
     const follower = s.replicas.find((r) => r.node !== s.leader)!.node;
