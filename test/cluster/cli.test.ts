@@ -400,7 +400,8 @@ describe('cluster/cli', () => {
       assert.equal(more.code, 0, more.err);
       assert.match(more.out, /\{ user: "ml-jobs", password: \$ML_JOBS_PASSWORD,\n {6}permissions: \{ publish: \["strata\.dev\.api\.>", "strata\.dev\.shard\.\*\.\*", "\$SRV\.>"\], subscribe: \["_INBOX\.ml-jobs\.>"\] \} \}/);
       assert.match(more.out, /\{ user: "billing", password: \$BILLING_PASSWORD,/);
-      for (const [clients, message] of [['a.b', /--clients: expected user names/], ['x,x', /--clients: x given twice/], ['strata-node', /strata-node given twice/]] as const) {
+      const tooMany = Array.from({ length: 257 }, (_, i) => `c${i}`).join(',');
+      for (const [clients, message] of [['a.b', /--clients: expected user names/], ['x,x', /--clients: x given twice/], ['strata-node', /strata-node given twice/], [tooMany, /--clients: at most 256 users, got 257/]] as const) {
         const bad = await run(['nats-auth', '--clients', clients]);
         assert.equal(bad.code, 2);
         assert.match(bad.err, message);
