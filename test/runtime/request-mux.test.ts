@@ -1,9 +1,9 @@
 import { strict as assert } from 'node:assert';
 import * as net from 'node:net';
 import { connect, headers as natsHeaders, type NatsConnection } from 'nats';
-import { ConnectionState, frozenHeaders, NoRespondersError, RequestMux } from '../../runtime/request-mux';
+import { ConnectionState, encodeReplyWithin, frozenHeaders, NoRespondersError, RequestMux } from '../../runtime/request-mux';
 import { NatsTransport } from '../../cluster/client';
-import { MESSAGE_BYTES_MAX } from '../../messages/codec';
+import { MESSAGE_BYTES_MAX, decode } from '../../messages/codec';
 import { startNatsServer, type NatsServerHandle } from '../../runtime/nats-server';
 import { rejectsWith } from '../support/expect';
 import { waitFor } from '../support/wait';
@@ -418,5 +418,38 @@ describe('RequestMux: headers given as records', () => {
     assert.equal(published, 0);
     assert.equal(mux.size, 0);
     mux.close();
+  });
+});
+
+describe('encodeReplyWithin', () => {
+  const withMaxPayload = (maxPayload: number): NatsConnection => ({ info: { max_payload: maxPayload } }) as unknown as NatsConnection;
+  type Reply = { error?: { code?: string; message?: string }; data?: Uint8Array };
+
+  it("a reply within the server's max_payload is encoded as it is", () => {
+    const bugs: unknown[] = [];
+    const out = encodeReplyWithin(withMaxPayload(4096), { data: new Uint8Array(100) }, (e) => bugs.push(e));
+    assert.equal(out.code, 'ok');
+    assert.equal((decode(out.bytes) as Reply).data?.length, 100);
+    assert.deepEqual(bugs, []);
+  });
+
+  it("one over the server's max_payload becomes a too_large error reply within it, not a bug", () => {
+    const bugs: unknown[] = [];
+    const out = encodeReplyWithin(withMaxPayload(4096), { data: new Uint8Array(8192) }, (e) => bugs.push(e));
+    assert.equal(out.code, 'too_large');
+    assert.ok(out.bytes.length <= 4096);
+    assert.equal((decode(out.bytes) as Reply).error?.code, 'too_large');
+    assert.deepEqual(bugs, []);
+  });
+
+  it('any other failure to encode is handed to onBug and answered internal, never thrown', () => {
+    const bugs: unknown[] = [];
+    const broken = new Error('cannot encode this');
+    const out = encodeReplyWithin(withMaxPayload(4096), {}, (e) => bugs.push(e), () => {
+      throw broken;
+    });
+    assert.equal(out.code, 'internal');
+    assert.deepEqual(decode(out.bytes), { error: { code: 'internal', message: 'reply encoding failed' } });
+    assert.deepEqual(bugs, [broken]);
   });
 });
