@@ -120,7 +120,7 @@ describe('DeviceQueue', () => {
 
   it('writes a target\'s appends in as many log writes as the log\'s bounds on one write need, flushed once: no failed device', async () => {
     // Two appends of 40,000 empty records each are valid alone; one write of both is over the
-    // log's 65,536 records (found by a review: the device failed, and every shard on it restarted).
+    // log's 65,536 records (before the check, the device failed, and every shard on it restarted).
     const sched = manualScheduler();
     const log = new FakeLog();
     const write = log.write.bind(log);

@@ -205,7 +205,7 @@ describe('ApiRouter gathering the nodes\' status', function () {
   });
 
   it('with a controller that takes the requests and never answers (frozen): answers before the caller\'s deadline, without the controller\'s part', async () => {
-    // Found by a review: the controller's part waited the caller's whole time, and the answer
+    // Before: the controller's part waited the caller's whole time, and the answer
     // came after the caller had given up (every `strata status` timed out while it was frozen).
     const frozen = others.subscribe(controllerSubject('test', '>'), { callback: () => undefined });
     await others.flush();

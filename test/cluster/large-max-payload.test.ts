@@ -7,7 +7,7 @@ type NodeView = { hosts: Array<{ restarts: number; deviceRestarts: number }> };
 /**
  * A NATS server whose max_payload is larger than MESSAGE_BYTES_MAX (1 MiB): replication messages
  * are sized to the server's bound, so a leader sends appends larger than 1 MiB, and each host
- * encodes and decodes them within that bound. (Found by a review: encoded within 1 MiB, such an
+ * encodes and decodes them within that bound. (Before: encoded within 1 MiB, such an
  * append threw out of the leader's send, from a timer, and ended its host thread.)
  */
 describe('replicated writes through a NATS server with a max_payload of 4 MiB', function () {

@@ -1,7 +1,7 @@
 /**
  * Answers and events that ended a node's process: an error that escapes to the main thread's top
  * level (an unhandled rejection, a throw from a timer or an event listener) ends `strata node`,
- * and every replica on the node with it. Found by a review of the main thread's callbacks; each
+ * and every replica on the node with it. Each case was a callback of the main thread that could end it; each
  * test fails without its fix. Mocha handles unhandled rejections itself, so each test records
  * what escapes while it runs and asserts that nothing did.
  */
