@@ -1,0 +1,841 @@
+/**
+ * An NBD server exporting Strata volumes over TCP, so that block clients (qemu, nbdcopy, fio's
+ * nbd engine, the kernel's nbd-client) can use a volume as a disk. docs/nbd.md says what is
+ * supported; in short:
+ *
+ * - fixed newstyle negotiation only (NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES): options
+ *   EXPORT_NAME, INFO, GO, LIST and ABORT; every other option is answered NBD_REP_ERR_UNSUP
+ *   (structured replies among them: the replies are simple ones);
+ * - commands READ, WRITE (FUA accepted), FLUSH, TRIM and WRITE_ZEROES (both write zero pages),
+ *   DISC; anything else is EINVAL;
+ * - byte-granular offsets: a write that covers part of a page reads the page, patches it and
+ *   writes it whole (read-modify-write); every write holds the pages it touches until it is
+ *   answered, so that two writes to one page, on any connection, do not lose each other's bytes.
+ *
+ * Every Strata write is answered only once it is durable on a majority of the shard's replicas,
+ * so a write is answered when it is durable: FUA and FLUSH cost nothing beyond waiting for the
+ * writes received before the FLUSH.
+ *
+ * Bounds: connections (`connectionsMax`), requests in flight per connection and their bytes
+ * (`requestsInFlightMax`, `inFlightBytesMax`: the socket is not read while at either), option
+ * data (OPTION_BYTES_MAX), request length (BLOCK_BYTES_MAX for READ and WRITE), the handshake's
+ * time (`handshakeTimeoutMs`), the time `stop` waits for requests in flight (`stopTimeoutMs`).
+ * Each Strata call covers at most CALL_PAGES_MAX pages and is bounded by the client's deadline.
+ */
+import * as net from 'node:net';
+import { CALL_PAGES_MAX, type StrataClient, type Volume } from './client';
+import { ProtocolError } from '../messages/errors';
+import type { VolumeInfo } from '../messages/api';
+import { createLogger, type Logger } from '../observability/log';
+
+// ---------------------------------------------------------------------------------------------
+// Protocol constants (the NBD protocol's own names)
+// ---------------------------------------------------------------------------------------------
+
+const NBDMAGIC = 0x4e42444d41474943n;
+const IHAVEOPT = 0x49484156454f5054n;
+const OPTION_REPLY_MAGIC = 0x3e889045565a9n;
+const REQUEST_MAGIC = 0x25609513;
+const SIMPLE_REPLY_MAGIC = 0x67446698;
+
+const NBD_FLAG_FIXED_NEWSTYLE = 1 << 0;
+const NBD_FLAG_NO_ZEROES = 1 << 1;
+const NBD_FLAG_C_FIXED_NEWSTYLE = 1 << 0;
+const NBD_FLAG_C_NO_ZEROES = 1 << 1;
+
+export const NBD_OPT = {
+  EXPORT_NAME: 1,
+  ABORT: 2,
+  LIST: 3,
+  STARTTLS: 5,
+  INFO: 6,
+  GO: 7,
+  STRUCTURED_REPLY: 8,
+} as const;
+
+export const NBD_REP = {
+  ACK: 1,
+  SERVER: 2,
+  INFO: 3,
+  ERR_UNSUP: 0x80000001,
+  ERR_POLICY: 0x80000002,
+  ERR_INVALID: 0x80000003,
+  ERR_PLATFORM: 0x80000004,
+  ERR_UNKNOWN: 0x80000006,
+  ERR_SHUTDOWN: 0x80000007,
+  ERR_TOO_BIG: 0x80000009,
+} as const;
+
+export const NBD_INFO = { EXPORT: 0, NAME: 1, DESCRIPTION: 2, BLOCK_SIZE: 3 } as const;
+
+export const NBD_FLAG = {
+  HAS_FLAGS: 1 << 0,
+  READ_ONLY: 1 << 1,
+  SEND_FLUSH: 1 << 2,
+  SEND_FUA: 1 << 3,
+  SEND_TRIM: 1 << 5,
+  SEND_WRITE_ZEROES: 1 << 6,
+  CAN_MULTI_CONN: 1 << 8,
+} as const;
+
+export const NBD_CMD = { READ: 0, WRITE: 1, DISC: 2, FLUSH: 3, TRIM: 4, CACHE: 5, WRITE_ZEROES: 6 } as const;
+
+const NBD_CMD_NAMES: Readonly<Record<number, string>> = { 0: 'read', 1: 'write', 2: 'disc', 3: 'flush', 4: 'trim', 5: 'cache', 6: 'write_zeroes' };
+
+export const NBD_ERR = { EPERM: 1, EIO: 5, EINVAL: 22, ENOSPC: 28 } as const;
+
+// ---------------------------------------------------------------------------------------------
+// Limits
+// ---------------------------------------------------------------------------------------------
+
+/** Default TCP port of NBD. */
+export const NBD_PORT_DEFAULT = 10809;
+/** Most bytes of one READ or WRITE (NBD_INFO_BLOCK_SIZE maximum). TRIM and WRITE_ZEROES may be longer. */
+export const BLOCK_BYTES_MAX = 32 * 1024 * 1024;
+/** Most bytes of an option's data; a longer option is answered NBD_REP_ERR_TOO_BIG (its data skipped). */
+export const OPTION_BYTES_MAX = 4096;
+/** Default bound on connections served at once. */
+export const CONNECTIONS_MAX_DEFAULT = 16;
+/** Default bound on requests in flight per connection. */
+export const REQUESTS_IN_FLIGHT_MAX_DEFAULT = 64;
+/** Default bound on the data bytes (write payloads, read replies) in flight per connection. */
+export const IN_FLIGHT_BYTES_MAX_DEFAULT = 64 * 1024 * 1024;
+/** Default time a client has from connecting to entering transmission. */
+export const HANDSHAKE_TIMEOUT_MS_DEFAULT = 10_000;
+/** Default time `stop` waits for requests in flight before closing the sockets. */
+export const STOP_TIMEOUT_MS_DEFAULT = 10_000;
+/** Bytes the socket reader buffers ahead of what is asked before it pauses the socket. */
+const READ_AHEAD_BYTES = 256 * 1024;
+/** Most volumes answered to NBD_OPT_LIST (the catalog's own list bound). */
+const LIST_EXPORTS_MAX = 4096;
+
+// ---------------------------------------------------------------------------------------------
+// Public API
+// ---------------------------------------------------------------------------------------------
+
+export interface NbdServerOptions {
+  client: StrataClient;
+  /** The volume exported (also the default export, the empty name); omitted: every volume, by export name. */
+  volume?: string;
+  /** Address to listen on; default 127.0.0.1. */
+  host?: string;
+  /** TCP port; default 10809 (0: any free port, see `address`). */
+  port?: number;
+  /** Refuse writes (EPERM) and advertise NBD_FLAG_READ_ONLY. */
+  readOnly?: boolean;
+  connectionsMax?: number;
+  requestsInFlightMax?: number;
+  inFlightBytesMax?: number;
+  handshakeTimeoutMs?: number;
+  stopTimeoutMs?: number;
+  logger?: Logger;
+}
+
+export interface NbdServer {
+  /** The address listened on (the port chosen when 0 was asked). */
+  readonly address: { host: string; port: number };
+  /** Connections served now (in negotiation or transmission). */
+  connectionCount(): number;
+  /**
+   * Stops listening, stops reading requests, lets the requests in flight finish and answers them
+   * (at most `stopTimeoutMs`), then closes every socket. Idempotent.
+   */
+  stop(): Promise<void>;
+}
+
+/** `nbd://HOST:PORT/NAME` of an export (an IPv6 host in brackets). */
+export function nbdUri(host: string, port: number, name: string): string {
+  return `nbd://${host.includes(':') ? `[${host}]` : host}:${port}/${encodeURIComponent(name)}`;
+}
+
+/**
+ * Starts an NBD server. With `volume`, checks that the volume exists first (its `not_found`
+ * or other failure is thrown). Resolves once listening.
+ */
+export async function startNbdServer(options: NbdServerOptions): Promise<NbdServer> {
+  const server = new Server(options);
+  if (options.volume !== undefined) await options.client.volume(options.volume).info();
+  await server.listen(options.host ?? '127.0.0.1', options.port ?? NBD_PORT_DEFAULT);
+  return server;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Socket reading
+// ---------------------------------------------------------------------------------------------
+
+/** The peer closed the connection or broke the protocol: the connection ends, nothing to answer. */
+class ConnectionEnded extends Error {
+  override readonly name = 'ConnectionEnded';
+}
+
+/**
+ * Reads exact byte counts from a socket. It buffers at most what is asked plus READ_AHEAD_BYTES
+ * (and one chunk): past that the socket is paused until the buffer is read.
+ */
+class SocketReader {
+  private chunks: Buffer[] = [];
+  private buffered = 0;
+  private waiter: { bytes: number; resolve: (b: Buffer) => void; reject: (e: Error) => void } | undefined;
+  private ended: Error | undefined;
+
+  constructor(private readonly socket: net.Socket) {
+    socket.on('data', (chunk: Buffer) => {
+      this.chunks.push(chunk);
+      this.buffered += chunk.byteLength;
+      this.serve();
+      if (this.buffered >= (this.waiter?.bytes ?? 0) + READ_AHEAD_BYTES) socket.pause();
+    });
+    const end = (): void => this.end(new ConnectionEnded('the peer closed the connection'));
+    socket.on('end', end);
+    socket.on('close', end);
+  }
+
+  /** Fails the read waiting now and every later one. */
+  end(reason: Error): void {
+    if (this.ended !== undefined) return;
+    this.ended = reason;
+    const w = this.waiter;
+    this.waiter = undefined;
+    w?.reject(reason);
+  }
+
+  /** The next `bytes` bytes; rejects with ConnectionEnded if the connection ends first. */
+  read(bytes: number): Promise<Buffer> {
+    if (this.waiter !== undefined) throw new Error('SocketReader: one read at a time');
+    if (this.buffered >= bytes) return Promise.resolve(this.take(bytes));
+    if (this.ended !== undefined) return Promise.reject(this.ended);
+    return new Promise<Buffer>((resolve, reject) => {
+      this.waiter = { bytes, resolve, reject };
+      this.socket.resume();
+    });
+  }
+
+  /** Reads and drops `bytes` bytes, holding at most READ_AHEAD_BYTES of them at a time. */
+  async skip(bytes: number): Promise<void> {
+    for (let left = bytes; left > 0; ) {
+      const n = Math.min(left, READ_AHEAD_BYTES);
+      await this.read(n);
+      left -= n;
+    }
+  }
+
+  private serve(): void {
+    const w = this.waiter;
+    if (w === undefined || this.buffered < w.bytes) return;
+    this.waiter = undefined;
+    w.resolve(this.take(w.bytes));
+  }
+
+  private take(bytes: number): Buffer {
+    const all = this.chunks.length === 1 ? this.chunks[0]! : Buffer.concat(this.chunks, this.buffered);
+    const out = all.subarray(0, bytes);
+    const rest = all.subarray(bytes);
+    this.chunks = rest.byteLength > 0 ? [rest] : [];
+    this.buffered = rest.byteLength;
+    if (this.buffered < READ_AHEAD_BYTES) this.socket.resume();
+    return out;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-volume state shared by the connections
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * Exclusive locks on page ranges, granted in the order asked: a lock waits for every earlier
+ * one whose range overlaps its own. Entries are the locks held or waited for; their number is
+ * bounded by the requests in flight on every connection.
+ */
+class RangeLocks {
+  private readonly held = new Set<{ first: number; last: number; done: Promise<void> }>();
+
+  /** Resolves with the release function once pages first..last are this caller's. */
+  async lock(first: number, last: number): Promise<() => void> {
+    const earlier = [...this.held].filter((h) => h.first <= last && first <= h.last).map((h) => h.done);
+    let release!: () => void;
+    const entry = { first, last, done: new Promise<void>((r) => (release = r)) };
+    this.held.add(entry);
+    await Promise.all(earlier);
+    return () => {
+      this.held.delete(entry);
+      release();
+    };
+  }
+}
+
+interface Export {
+  name: string;
+  volume: Volume;
+  locks: RangeLocks;
+  /** Connections in transmission on it. */
+  refs: number;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Server
+// ---------------------------------------------------------------------------------------------
+
+/** A Strata error as an NBD errno: out of range is ENOSPC for a write, EINVAL otherwise; the rest EIO. */
+function errnoOf(err: unknown, write: boolean): number {
+  if (err instanceof ProtocolError && err.code === 'out_of_range') return write ? NBD_ERR.ENOSPC : NBD_ERR.EINVAL;
+  return NBD_ERR.EIO;
+}
+
+function checkCount(value: number | undefined, name: string, fallback: number): number {
+  const v = value ?? fallback;
+  if (!Number.isSafeInteger(v) || v < 1) throw new RangeError(`${name}: expected a positive integer, got ${String(value)}`);
+  return v;
+}
+
+class Server implements NbdServer {
+  readonly client: StrataClient;
+  readonly volumeName: string | undefined;
+  readonly readOnly: boolean;
+  readonly connectionsMax: number;
+  readonly requestsInFlightMax: number;
+  readonly inFlightBytesMax: number;
+  readonly handshakeTimeoutMs: number;
+  readonly stopTimeoutMs: number;
+  readonly log: Logger;
+  address = { host: '', port: 0 };
+  private readonly tcp: net.Server;
+  private readonly connections = new Set<Connection>();
+  /** Sockets refused for the connection bound, until they are closed. */
+  private readonly refused = new Set<Connection>();
+  private readonly exports = new Map<string, Export>();
+  private stopping: Promise<void> | undefined;
+
+  constructor(options: NbdServerOptions) {
+    this.client = options.client;
+    this.volumeName = options.volume;
+    this.readOnly = options.readOnly === true;
+    this.connectionsMax = checkCount(options.connectionsMax, 'connectionsMax', CONNECTIONS_MAX_DEFAULT);
+    this.requestsInFlightMax = checkCount(options.requestsInFlightMax, 'requestsInFlightMax', REQUESTS_IN_FLIGHT_MAX_DEFAULT);
+    this.inFlightBytesMax = checkCount(options.inFlightBytesMax, 'inFlightBytesMax', IN_FLIGHT_BYTES_MAX_DEFAULT);
+    this.handshakeTimeoutMs = checkCount(options.handshakeTimeoutMs, 'handshakeTimeoutMs', HANDSHAKE_TIMEOUT_MS_DEFAULT);
+    this.stopTimeoutMs = checkCount(options.stopTimeoutMs, 'stopTimeoutMs', STOP_TIMEOUT_MS_DEFAULT);
+    this.log = options.logger ?? createLogger({ component: 'nbd' });
+    // Half-open: a client that shuts down its side after its last request still gets the answers.
+    this.tcp = net.createServer({ allowHalfOpen: true }, (socket) => this.accept(socket));
+  }
+
+  listen(host: string, port: number): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.tcp.once('error', reject);
+      this.tcp.listen(port, host, () => {
+        this.tcp.off('error', reject);
+        this.tcp.on('error', (err) => this.log.warn('nbd listener error', { err }));
+        const a = this.tcp.address() as net.AddressInfo;
+        this.address = { host, port: a.port };
+        resolve();
+      });
+    });
+  }
+
+  connectionCount(): number {
+    return this.connections.size;
+  }
+
+  private accept(socket: net.Socket): void {
+    socket.setNoDelay(true);
+    socket.on('error', (err) => this.log.debug('nbd socket error', { err, remote: socket.remoteAddress }));
+    if (this.stopping !== undefined) {
+      socket.destroy();
+      return;
+    }
+    if (this.connections.size >= this.connectionsMax) {
+      // Refused: the greeting, then NBD_REP_ERR_SHUTDOWN to the first option, so that the client
+      // can say why. Sockets in that state are bounded too; past that they are dropped at once.
+      if (this.refused.size >= this.connectionsMax) {
+        socket.destroy();
+        return;
+      }
+      this.log.warn('nbd connection refused: too many connections', { remote: socket.remoteAddress, connectionsMax: this.connectionsMax });
+      const c = new Connection(this, socket, true);
+      this.refused.add(c);
+      void c.run().finally(() => this.refused.delete(c));
+      return;
+    }
+    const c = new Connection(this, socket, false);
+    this.connections.add(c);
+    void c.run().finally(() => this.connections.delete(c));
+  }
+
+  /** The volume an export name names: the exported one (also for ''), or any with `--all`; undefined if none. */
+  exportName(name: string): string | undefined {
+    if (this.volumeName !== undefined) return name === '' || name === this.volumeName ? this.volumeName : undefined;
+    return name === '' ? undefined : name;
+  }
+
+  /** Names of the exports, for NBD_OPT_LIST. */
+  async listExports(): Promise<string[]> {
+    if (this.volumeName !== undefined) return [this.volumeName];
+    return (await this.client.listVolumes()).map((v) => v.name).slice(0, LIST_EXPORTS_MAX);
+  }
+
+  /** Takes a reference on a volume's shared state (its locks). */
+  acquire(name: string): Export {
+    let e = this.exports.get(name);
+    if (e === undefined) {
+      e = { name, volume: this.client.volume(name), locks: new RangeLocks(), refs: 0 };
+      this.exports.set(name, e);
+    }
+    e.refs++;
+    return e;
+  }
+
+  release(e: Export): void {
+    if (--e.refs === 0) this.exports.delete(e.name);
+  }
+
+  stop(): Promise<void> {
+    this.stopping ??= (async () => {
+      const closed = new Promise<void>((resolve) => this.tcp.close(() => resolve()));
+      await Promise.all([...this.connections, ...this.refused].map((c) => c.stop()));
+      await closed;
+    })();
+    return this.stopping;
+  }
+}
+
+/** A parsed transmission request. */
+interface Request {
+  flags: number;
+  type: number;
+  cookie: Buffer;
+  offset: number;
+  length: number;
+}
+
+class Connection {
+  private readonly reader: SocketReader;
+  private readonly log: Logger;
+  private noZeroes = false;
+  private exp: Export | undefined;
+  private info: VolumeInfo | undefined;
+  private inFlight = 0;
+  private inFlightBytes = 0;
+  /** Resolves the wait of the request loop for room (inFlight below its bounds) or for stop. */
+  private wake: (() => void) | undefined;
+  /** Writes in flight (WRITE, TRIM, WRITE_ZEROES), for FLUSH. */
+  private readonly writes = new Set<Promise<void>>();
+  /** Every request in flight, for DISC and stop. */
+  private readonly requests = new Set<Promise<void>>();
+  private stopping = false;
+  private transmitting = false;
+  /** Why the last `open` failed: no such export, or the cluster's failure. */
+  private openError: 'unknown' | 'failed' = 'unknown';
+  private finished: Promise<void> | undefined;
+
+  constructor(
+    private readonly server: Server,
+    private readonly socket: net.Socket,
+    private readonly refuse: boolean,
+  ) {
+    this.reader = new SocketReader(socket);
+    this.log = server.log.child({ remote: `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}` });
+  }
+
+  run(): Promise<void> {
+    this.finished ??= this.serve();
+    return this.finished;
+  }
+
+  private async serve(): Promise<void> {
+    try {
+      const timer = setTimeout(() => {
+        this.log.info('nbd handshake not completed in time: closing', { handshakeTimeoutMs: this.server.handshakeTimeoutMs });
+        this.reader.end(new ConnectionEnded('handshake timeout'));
+        // Also ends a reply the client does not read.
+        this.socket.destroy();
+      }, this.server.handshakeTimeoutMs);
+      let entered: boolean;
+      try {
+        entered = await this.handshake();
+      } finally {
+        clearTimeout(timer);
+      }
+      if (entered) await this.transmission();
+    } catch (err) {
+      if (!(err instanceof ConnectionEnded)) this.log.warn('nbd connection failed', { err, volume: this.exp?.name });
+    } finally {
+      await this.drain(this.server.stopTimeoutMs);
+      if (this.exp !== undefined) this.server.release(this.exp);
+      this.socket.end();
+      // A peer that does not read what is left is not waited for.
+      setTimeout(() => this.socket.destroy(), 1000).unref();
+    }
+  }
+
+  /** Stop: no more requests are read; in-flight ones finish (bounded by the server's stopTimeoutMs). */
+  async stop(): Promise<void> {
+    this.stopping = true;
+    this.wake?.();
+    // The negotiation or the request loop's wait for the next request ends; the requests in
+    // flight are still answered.
+    this.reader.end(new ConnectionEnded('server stopping'));
+    if (!this.transmitting) this.socket.destroy();
+    await this.run();
+  }
+
+  private async drain(timeoutMs: number): Promise<void> {
+    if (this.requests.size === 0) return;
+    let timer: NodeJS.Timeout | undefined;
+    const timedOut = new Promise<void>((resolve) => (timer = setTimeout(resolve, timeoutMs)));
+    await Promise.race([Promise.allSettled([...this.requests]), timedOut]);
+    clearTimeout(timer);
+  }
+
+  private send(...parts: Buffer[]): Promise<void> {
+    return new Promise((resolve) => {
+      if (this.socket.destroyed || !this.socket.writable) return resolve();
+      this.socket.cork();
+      for (let i = 0; i < parts.length - 1; i++) this.socket.write(parts[i]!);
+      this.socket.write(parts[parts.length - 1]!, () => resolve());
+      this.socket.uncork();
+    });
+  }
+
+  // -- negotiation ------------------------------------------------------------------------------
+
+  private optionReply(option: number, type: number, data: Buffer = Buffer.alloc(0)): Promise<void> {
+    const h = Buffer.alloc(20);
+    h.writeBigUInt64BE(OPTION_REPLY_MAGIC, 0);
+    h.writeUInt32BE(option, 8);
+    h.writeUInt32BE(type >>> 0, 12);
+    h.writeUInt32BE(data.byteLength, 16);
+    return this.send(h, data);
+  }
+
+  private optionError(option: number, type: number, message: string): Promise<void> {
+    return this.optionReply(option, type, Buffer.from(message, 'utf8'));
+  }
+
+  /** Negotiation; true once in transmission, false when the connection is to end. */
+  private async handshake(): Promise<boolean> {
+    const greeting = Buffer.alloc(18);
+    greeting.writeBigUInt64BE(NBDMAGIC, 0);
+    greeting.writeBigUInt64BE(IHAVEOPT, 8);
+    greeting.writeUInt16BE(NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES, 16);
+    await this.send(greeting);
+    const clientFlags = (await this.reader.read(4)).readUInt32BE(0);
+    if ((clientFlags & NBD_FLAG_C_FIXED_NEWSTYLE) === 0 || (clientFlags & ~(NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES)) !== 0) {
+      this.log.warn('nbd client refused: not fixed newstyle, or unknown client flags', { clientFlags });
+      return false;
+    }
+    this.noZeroes = (clientFlags & NBD_FLAG_C_NO_ZEROES) !== 0;
+    for (;;) {
+      const head = await this.reader.read(16);
+      if (head.readBigUInt64BE(0) !== IHAVEOPT) {
+        this.log.warn('nbd client refused: bad option magic');
+        return false;
+      }
+      const option = head.readUInt32BE(8);
+      const length = head.readUInt32BE(12);
+      if (length > OPTION_BYTES_MAX) {
+        await this.reader.skip(length);
+        await this.optionError(option, NBD_REP.ERR_TOO_BIG, `option data of ${length} bytes is over the limit of ${OPTION_BYTES_MAX}`);
+        continue;
+      }
+      const data = await this.reader.read(length);
+      if (this.refuse || this.stopping) {
+        if (option !== NBD_OPT.EXPORT_NAME) await this.optionError(option, NBD_REP.ERR_SHUTDOWN, this.refuse ? `the server serves at most ${this.server.connectionsMax} connections` : 'the server is stopping');
+        return false;
+      }
+      switch (option) {
+        case NBD_OPT.EXPORT_NAME: {
+          const info = await this.open(data.toString('utf8'));
+          if (typeof info === 'string') {
+            // No error reply exists for this option: the connection is closed.
+            this.log.info('nbd export refused', { reason: info });
+            return false;
+          }
+          const reply = Buffer.alloc(this.noZeroes ? 10 : 134);
+          reply.writeBigUInt64BE(BigInt(info.pageCount * info.pageSize), 0);
+          reply.writeUInt16BE(this.transmissionFlags(), 8);
+          await this.send(reply);
+          return true;
+        }
+        case NBD_OPT.ABORT:
+          await this.optionReply(option, NBD_REP.ACK);
+          return false;
+        case NBD_OPT.LIST: {
+          if (length !== 0) {
+            await this.optionError(option, NBD_REP.ERR_INVALID, 'NBD_OPT_LIST takes no data');
+            break;
+          }
+          let names: string[];
+          try {
+            names = await this.server.listExports();
+          } catch (err) {
+            this.log.warn('nbd list of volumes failed', { err });
+            await this.optionError(option, NBD_REP.ERR_PLATFORM, `the volumes could not be listed: ${(err as Error).message}`);
+            break;
+          }
+          for (const name of names) {
+            const n = Buffer.from(name, 'utf8');
+            const len = Buffer.alloc(4);
+            len.writeUInt32BE(n.byteLength, 0);
+            await this.optionReply(option, NBD_REP.SERVER, Buffer.concat([len, n]));
+          }
+          await this.optionReply(option, NBD_REP.ACK);
+          break;
+        }
+        case NBD_OPT.INFO:
+        case NBD_OPT.GO:
+          if (await this.infoOrGo(option, data)) return true;
+          break;
+        default:
+          await this.optionError(option, NBD_REP.ERR_UNSUP, `option ${option} is not supported`);
+      }
+    }
+  }
+
+  /** NBD_OPT_INFO and NBD_OPT_GO; true when GO succeeded (transmission starts). */
+  private async infoOrGo(option: number, data: Buffer): Promise<boolean> {
+    const nameLength = data.byteLength >= 4 ? data.readUInt32BE(0) : -1;
+    const infoCount = nameLength >= 0 && data.byteLength >= 4 + nameLength + 2 ? data.readUInt16BE(4 + nameLength) : -1;
+    if (infoCount < 0 || data.byteLength !== 4 + nameLength + 2 + 2 * infoCount) {
+      await this.optionError(option, NBD_REP.ERR_INVALID, 'malformed NBD_OPT_INFO/GO data');
+      return false;
+    }
+    const name = data.subarray(4, 4 + nameLength).toString('utf8');
+    const asked = new Set(Array.from({ length: infoCount }, (_, i) => data.readUInt16BE(4 + nameLength + 2 + 2 * i)));
+    const info = await this.open(name, option === NBD_OPT.INFO);
+    if (typeof info === 'string') {
+      await this.optionError(option, this.openError === 'unknown' ? NBD_REP.ERR_UNKNOWN : NBD_REP.ERR_PLATFORM, info);
+      return false;
+    }
+    const exportInfo = Buffer.alloc(12);
+    exportInfo.writeUInt16BE(NBD_INFO.EXPORT, 0);
+    exportInfo.writeBigUInt64BE(BigInt(info.pageCount * info.pageSize), 2);
+    exportInfo.writeUInt16BE(this.transmissionFlags(), 10);
+    await this.optionReply(option, NBD_REP.INFO, exportInfo);
+    // Sent whether asked or not: a minimum of 1 asks nothing of the client.
+    const blockSize = Buffer.alloc(14);
+    blockSize.writeUInt16BE(NBD_INFO.BLOCK_SIZE, 0);
+    blockSize.writeUInt32BE(1, 2);
+    blockSize.writeUInt32BE(info.pageSize, 6);
+    blockSize.writeUInt32BE(BLOCK_BYTES_MAX, 10);
+    await this.optionReply(option, NBD_REP.INFO, blockSize);
+    if (asked.has(NBD_INFO.NAME)) {
+      const n = Buffer.from(info.name, 'utf8');
+      const head = Buffer.alloc(2);
+      head.writeUInt16BE(NBD_INFO.NAME, 0);
+      await this.optionReply(option, NBD_REP.INFO, Buffer.concat([head, n]));
+    }
+    if (asked.has(NBD_INFO.DESCRIPTION)) {
+      const text = `Strata volume ${info.name}: ${info.pageCount} pages of ${info.pageSize} bytes, ${info.shards} shard(s), ${info.replicas} replica(s)`;
+      const head = Buffer.alloc(2);
+      head.writeUInt16BE(NBD_INFO.DESCRIPTION, 0);
+      await this.optionReply(option, NBD_REP.INFO, Buffer.concat([head, Buffer.from(text, 'utf8')]));
+    }
+    await this.optionReply(option, NBD_REP.ACK);
+    if (option === NBD_OPT.INFO) {
+      this.server.release(this.exp!);
+      this.exp = undefined;
+      this.info = undefined;
+      return false;
+    }
+    return true;
+  }
+
+  /** Looks the export up and takes it (`this.exp`, `this.info`); a string says why it cannot be. */
+  private async open(name: string, infoOnly = false): Promise<VolumeInfo | string> {
+    const volumeName = this.server.exportName(name);
+    if (volumeName === undefined) {
+      this.openError = 'unknown';
+      return name === '' ? 'no default export: name a volume' : `no export named ${JSON.stringify(name)}`;
+    }
+    let exp: Export | undefined;
+    try {
+      exp = this.server.acquire(volumeName);
+      // Fetched again, not the cached geometry: the volume may have been created again.
+      const info = await exp.volume.info({ refresh: true });
+      this.exp = exp;
+      this.info = info;
+      if (!infoOnly) this.log.info('nbd export opened', { volume: volumeName });
+      return info;
+    } catch (err) {
+      if (exp !== undefined) this.server.release(exp);
+      // bad_request: not a volume name at all.
+      if (err instanceof ProtocolError && (err.code === 'not_found' || err.code === 'bad_request')) {
+        this.openError = 'unknown';
+        return `no export named ${JSON.stringify(name)}: ${err.message}`;
+      }
+      this.openError = 'failed';
+      this.log.warn('nbd export could not be opened', { volume: volumeName, err });
+      return `volume ${volumeName} could not be opened: ${err instanceof Error ? err.message : String(err)}`;
+    }
+  }
+
+  private transmissionFlags(): number {
+    let flags = NBD_FLAG.HAS_FLAGS | NBD_FLAG.SEND_FLUSH | NBD_FLAG.SEND_FUA | NBD_FLAG.CAN_MULTI_CONN;
+    flags |= this.server.readOnly ? NBD_FLAG.READ_ONLY : NBD_FLAG.SEND_TRIM | NBD_FLAG.SEND_WRITE_ZEROES;
+    return flags;
+  }
+
+  // -- transmission -----------------------------------------------------------------------------
+
+  private async transmission(): Promise<void> {
+    this.transmitting = true;
+    for (;;) {
+      while (!this.stopping && (this.inFlight >= this.server.requestsInFlightMax || this.inFlightBytes >= this.server.inFlightBytesMax)) {
+        await new Promise<void>((resolve) => (this.wake = resolve));
+        this.wake = undefined;
+      }
+      if (this.stopping) return;
+      const head = await this.reader.read(28);
+      if (head.readUInt32BE(0) !== REQUEST_MAGIC) {
+        this.log.warn('nbd request with a bad magic: closing the connection', { volume: this.exp!.name });
+        return;
+      }
+      const request: Request = {
+        flags: head.readUInt16BE(4),
+        type: head.readUInt16BE(6),
+        cookie: Buffer.from(head.subarray(8, 16)),
+        offset: Number(head.readBigUInt64BE(16)),
+        length: head.readUInt32BE(24),
+      };
+      if (request.type === NBD_CMD.DISC) return;
+      let payload: Buffer | undefined;
+      if (request.type === NBD_CMD.WRITE) {
+        if (request.length > BLOCK_BYTES_MAX) {
+          // Read and dropped to stay in step with the stream.
+          await this.reader.skip(request.length);
+          await this.reply(request, NBD_ERR.EINVAL);
+          continue;
+        }
+        payload = await this.reader.read(request.length);
+      }
+      const bytes = request.type === NBD_CMD.READ || request.type === NBD_CMD.WRITE ? request.length : 0;
+      this.inFlight++;
+      this.inFlightBytes += bytes;
+      const isWrite = request.type === NBD_CMD.WRITE || request.type === NBD_CMD.TRIM || request.type === NBD_CMD.WRITE_ZEROES;
+      const done: Promise<void> = this.handle(request, payload).finally(() => {
+        this.inFlight--;
+        this.inFlightBytes -= bytes;
+        this.requests.delete(done);
+        this.writes.delete(done);
+        this.wake?.();
+      });
+      this.requests.add(done);
+      if (isWrite) this.writes.add(done);
+    }
+  }
+
+  private reply(request: Request, error: number, data?: Buffer): Promise<void> {
+    const h = Buffer.alloc(16);
+    h.writeUInt32BE(SIMPLE_REPLY_MAGIC, 0);
+    h.writeUInt32BE(error, 4);
+    request.cookie.copy(h, 8);
+    return data === undefined || error !== 0 ? this.send(h) : this.send(h, data);
+  }
+
+  /** Answers one request; never rejects. */
+  private async handle(request: Request, payload: Buffer | undefined): Promise<void> {
+    const name = NBD_CMD_NAMES[request.type];
+    const isWrite = request.type === NBD_CMD.WRITE || request.type === NBD_CMD.TRIM || request.type === NBD_CMD.WRITE_ZEROES;
+    try {
+      if (name === undefined || request.type === NBD_CMD.CACHE) return await this.reply(request, NBD_ERR.EINVAL);
+      if (request.type === NBD_CMD.FLUSH) {
+        // Every write is durable once answered: FLUSH waits for the writes received before it.
+        await Promise.allSettled([...this.writes]);
+        return await this.reply(request, 0);
+      }
+      const info = this.info!;
+      const size = info.pageCount * info.pageSize;
+      if (request.length === 0 || ((request.type === NBD_CMD.READ || request.type === NBD_CMD.WRITE) && request.length > BLOCK_BYTES_MAX)) {
+        return await this.reply(request, NBD_ERR.EINVAL);
+      }
+      if (isWrite && this.server.readOnly) return await this.reply(request, NBD_ERR.EPERM);
+      if (request.offset + request.length > size) {
+        return await this.reply(request, request.type === NBD_CMD.WRITE || request.type === NBD_CMD.WRITE_ZEROES ? NBD_ERR.ENOSPC : NBD_ERR.EINVAL);
+      }
+      if (request.type === NBD_CMD.READ) {
+        const data = await readBytes(this.exp!.volume, info.pageSize, request.offset, request.length);
+        return await this.reply(request, 0, data);
+      }
+      const release = await this.exp!.locks.lock(Math.floor(request.offset / info.pageSize), Math.floor((request.offset + request.length - 1) / info.pageSize));
+      try {
+        await writeBytes(this.exp!.volume, info.pageSize, request.offset, request.length, payload);
+      } finally {
+        release();
+      }
+      return await this.reply(request, 0);
+    } catch (err) {
+      const errno = errnoOf(err, isWrite);
+      this.log.warn('nbd request failed', {
+        volume: this.exp?.name,
+        command: name ?? request.type,
+        offset: request.offset,
+        length: request.length,
+        code: err instanceof ProtocolError ? err.code : 'internal',
+        errno,
+        err,
+      });
+      await this.reply(request, errno);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Byte ranges over pages
+// ---------------------------------------------------------------------------------------------
+
+/** Reads pages first..first+count-1 into one buffer, in calls of at most CALL_PAGES_MAX pages. */
+async function readRange(volume: Volume, pageSize: number, first: number, count: number): Promise<Buffer> {
+  const out = Buffer.allocUnsafe(count * pageSize);
+  for (let at = 0; at < count; at += CALL_PAGES_MAX) {
+    const n = Math.min(CALL_PAGES_MAX, count - at);
+    const { pages } = await volume.readPages(Array.from({ length: n }, (_, i) => first + at + i));
+    pages.forEach((p, i) => out.set(p, (at + i) * pageSize));
+  }
+  return out;
+}
+
+/** Bytes offset..offset+length-1 of a volume. */
+async function readBytes(volume: Volume, pageSize: number, offset: number, length: number): Promise<Buffer> {
+  const first = Math.floor(offset / pageSize);
+  const last = Math.floor((offset + length - 1) / pageSize);
+  const pages = await readRange(volume, pageSize, first, last - first + 1);
+  const start = offset - first * pageSize;
+  return pages.subarray(start, start + length);
+}
+
+/**
+ * Writes `data` (or zeros, without it) at offset..offset+length-1. Whole pages are written as
+ * they are; a page covered in part is read, patched and written whole (the caller holds its
+ * lock). Calls of at most CALL_PAGES_MAX pages, one after another.
+ */
+async function writeBytes(volume: Volume, pageSize: number, offset: number, length: number, data: Buffer | undefined): Promise<void> {
+  const first = Math.floor(offset / pageSize);
+  const last = Math.floor((offset + length - 1) / pageSize);
+  const end = offset + length;
+  const zero = data === undefined ? new Uint8Array(pageSize) : undefined;
+  // The edge pages covered in part, read once (both in one call).
+  const partial = [first, last].filter((p, i, all) => all.indexOf(p) === i && (offset > p * pageSize || end < (p + 1) * pageSize));
+  const edges = new Map<number, Uint8Array>();
+  if (partial.length > 0) {
+    const { pages } = await volume.readPages(partial);
+    partial.forEach((p, i) => edges.set(p, Uint8Array.from(pages[i]!)));
+  }
+  for (let at = first; at <= last; at += CALL_PAGES_MAX) {
+    const upTo = Math.min(last, at + CALL_PAGES_MAX - 1);
+    const pages = [];
+    for (let p = at; p <= upTo; p++) {
+      const pageStart = p * pageSize;
+      const edge = edges.get(p);
+      if (edge !== undefined) {
+        const from = Math.max(offset, pageStart);
+        const to = Math.min(end, pageStart + pageSize);
+        if (data === undefined) edge.fill(0, from - pageStart, to - pageStart);
+        else edge.set(data.subarray(from - offset, to - offset), from - pageStart);
+        pages.push({ page: p, data: edge });
+      } else {
+        pages.push({ page: p, data: zero ?? data!.subarray(pageStart - offset, pageStart - offset + pageSize) });
+      }
+    }
+    await volume.writePages(pages);
+  }
+}
