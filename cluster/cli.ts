@@ -19,6 +19,7 @@ import { ProtocolError } from '../messages/errors';
 import { PAGE_SIZES_BYTES, SHARDS_MAX } from '../messages/api';
 import type { ShardLsn, VolumeCreateRequest, VolumeInfo } from '../messages/api';
 import { formatStatus, formatStatusJson } from '../observability/status';
+import { NBD_PORT_DEFAULT, nbdUri, startNbdServer } from './nbd';
 import { NATS_ROLES, natsTlsFromFlags, readNatsPassword, renderNatsAuthorization, type NatsUser } from './nats-auth';
 
 /** A bad command line. Exit code 2. */
@@ -81,6 +82,10 @@ Commands:
   bench [--short] [--workload W] [--queue-depth N] [--pages-per-request N] [--replicas 1|3] [--nats URL --cluster C] …
         Benchmark a fresh in-process cluster (or a running one) against raw disk, NATS echo
         and JetStream baselines; without --workload runs the target suite. "strata bench --help".
+  nbd VOLUME|--all [--listen HOST:PORT] [--read-only]
+        Export VOLUME (or, with --all, every volume, by export name) over NBD until
+        SIGINT/SIGTERM, for qemu, nbdcopy, nbd-client or fio (docs/nbd.md); listens on
+        127.0.0.1:10809 unless told otherwise; --read-only refuses writes.
   status [--json]
         Status of the cluster: nodes (a dead one shows DEAD), volumes, and per shard its
         leader, term, commit LSN, replicas and their lag and health.
@@ -100,7 +105,7 @@ Commands:
   help
         This text.
 
-Flags of the commands that talk to a cluster (volume, put, get, status, shard, catalog):
+Flags of the commands that talk to a cluster (volume, put, get, nbd, status, shard, catalog):
   --nats URL      NATS server (default $STRATA_NATS_URL or ${NATS_URL_DEFAULT})
   --nats-user U --nats-password-file F
                   NATS user and a file holding its password, for a server that asks
@@ -123,6 +128,8 @@ type FlagKind = 'boolean' | 'string' | 'integer';
 
 interface CommandSpec {
   positionals: readonly string[];
+  /** Positionals that must be given; default all of them. */
+  positionalsMin?: number;
   flags: Readonly<Record<string, FlagKind>>;
   required?: readonly string[];
   /** Accepts the global client flags (--nats, --cluster, --timeout, --json). */
@@ -158,6 +165,7 @@ const COMMANDS: Readonly<Record<string, CommandSpec>> = {
   'volume delete': { positionals: ['NAME'], flags: {}, client: true },
   put: { positionals: ['VOLUME', 'PAGE', 'FILE'], flags: {}, client: true },
   get: { positionals: ['VOLUME', 'PAGE', 'FILE'], flags: { count: 'integer', lsn: 'string' }, client: true },
+  nbd: { positionals: ['VOLUME'], positionalsMin: 0, flags: { listen: 'string', 'read-only': 'boolean', all: 'boolean' }, client: true },
   status: { positionals: [], flags: {}, client: true },
   'shard force-vote': { positionals: ['VOLUME', 'SHARD'], flags: { node: 'string' }, required: ['node'], client: true },
   'catalog recover': { positionals: [], flags: { apply: 'boolean' }, client: true },
@@ -167,7 +175,7 @@ const COMMANDS: Readonly<Record<string, CommandSpec>> = {
 
 /** A parsed command line. `node` keeps its arguments raw (`rest`) for loadNodeConfig. */
 export interface ParsedArgs {
-  /** `dev`, `node`, `volume create`, `volume list`, `volume info`, `volume delete`, `put`, `get`, `status`, `shard force-vote`, `catalog recover`, `nats-auth`, `help`. */
+  /** `dev`, `node`, `volume create`, `volume list`, `volume info`, `volume delete`, `put`, `get`, `nbd`, `status`, `shard force-vote`, `catalog recover`, `nats-auth`, `help`. */
   command: string;
   positionals: string[];
   flags: Record<string, string | number | boolean>;
@@ -208,6 +216,18 @@ export function parseReadAt(value: string): ReadAt {
     return { shard, lsn: parseInteger('--lsn', pair[1]!) };
   });
   return { lsns };
+}
+
+/**
+ * Parses `--listen HOST:PORT` (an IPv6 host in brackets: `[::1]:10809`); PORT 0 takes a free
+ * one. UsageError otherwise.
+ */
+export function parseListen(value: string): { host: string; port: number } {
+  const match = /^(?:\[([0-9A-Fa-f:.]+)\]|([^:\[\]]+)):([0-9]+)$/.exec(value);
+  if (match === null) throw new UsageError(`--listen: expected HOST:PORT or [IPV6]:PORT, got ${JSON.stringify(value)}`);
+  const port = parseInteger('--listen port', match[3]!);
+  if (port > 65535) throw new UsageError(`--listen: port ${port} is out of range (0..65535)`);
+  return { host: match[1] ?? match[2]!, port };
 }
 
 /** `S:L,S:L…` of each shard's LSN, the form `get --lsn` takes. */
@@ -334,7 +354,7 @@ export function parseArgs(argvIn: readonly string[]): ParsedArgs {
     if (value === '') throw new UsageError(`--${name}: expected a value`);
     flags[name] = kind === 'integer' ? parseInteger(`--${name}`, value) : value;
   }
-  if (positionals.length < spec.positionals.length) {
+  if (positionals.length < (spec.positionalsMin ?? spec.positionals.length)) {
     throw new UsageError(`${command}: missing ${spec.positionals.slice(positionals.length).join(' ')}`);
   }
   if (positionals.length > spec.positionals.length) {
@@ -377,6 +397,10 @@ export function parseArgs(argvIn: readonly string[]): ParsedArgs {
   }
   if (command === 'put' || command === 'get') parseInteger('PAGE', positionals[1]!);
   if (command === 'shard force-vote') parseInteger('SHARD', positionals[1]!);
+  if (command === 'nbd') {
+    if ((positionals.length === 1) === (flags.all === true)) throw new UsageError('nbd: expected VOLUME or --all');
+    if (typeof flags.listen === 'string') parseListen(flags.listen);
+  }
   return { command, positionals, flags, rest: [] };
 }
 
@@ -434,6 +458,16 @@ interface Ctx {
 }
 
 async function withClient<T>(ctx: Ctx, fn: (client: StrataClient) => Promise<T>): Promise<T> {
+  const client = await ctx.io.connect(connectOptions(ctx));
+  try {
+    return await fn(client);
+  } finally {
+    await client.close();
+  }
+}
+
+/** The client's connect options from the flags and the environment. */
+function connectOptions(ctx: Ctx): ConnectOptions {
   const { flags } = ctx.args;
   const env = ctx.io.env;
   const servers = (flags.nats as string | undefined) ?? (env.STRATA_NATS_URL || NATS_URL_DEFAULT);
@@ -458,12 +492,7 @@ async function withClient<T>(ctx: Ctx, fn: (client: StrataClient) => Promise<T>)
   } catch (e) {
     throw new UsageError((e as Error).message);
   }
-  const client = await ctx.io.connect(options);
-  try {
-    return await fn(client);
-  } finally {
-    await client.close();
-  }
+  return options;
 }
 
 /**
@@ -743,6 +772,44 @@ async function get(ctx: Ctx): Promise<void> {
   }
 }
 
+/**
+ * `strata nbd`: serves the NBD export until SIGINT or SIGTERM, then stops it (the requests in
+ * flight answered) and exits 0.
+ */
+async function nbd(ctx: Ctx): Promise<void> {
+  const { flags, positionals } = ctx.args;
+  const volume = positionals[0];
+  const listen = typeof flags.listen === 'string' ? parseListen(flags.listen) : { host: '127.0.0.1', port: NBD_PORT_DEFAULT };
+  const readOnly = flags['read-only'] === true;
+  await withClient(ctx, async (client) => {
+    const server = await startNbdServer({ client, ...(volume === undefined ? {} : { volume }), host: listen.host, port: listen.port, readOnly });
+    const { host, port } = server.address;
+    const name = volume ?? 'VOLUME';
+    const uri = nbdUri(host, port, name);
+    const what = volume === undefined ? 'every volume of the cluster (the export name picks it)' : `volume ${volume}`;
+    await writeOut(
+      ctx.io.stdout,
+      `strata: serving ${what} over NBD${readOnly ? ' (read-only)' : ''}; Ctrl-C stops it\n` +
+        `${uri}\n` +
+        `  qemu-img info ${uri}\n` +
+        `  nbdcopy ${uri} ./copy.img\n` +
+        `  qemu-io -f raw -c 'read -v 0 512' ${uri}\n` +
+        `  nbd-client -N ${name} ${host} ${port} /dev/nbd0    (as root, after modprobe nbd)\n`,
+    );
+    const signal = await new Promise<string>((resolve) => {
+      const on = (sig: NodeJS.Signals): void => {
+        process.off('SIGINT', on);
+        process.off('SIGTERM', on);
+        resolve(sig);
+      };
+      process.on('SIGINT', on);
+      process.on('SIGTERM', on);
+    });
+    await writeOut(ctx.io.stderr, `strata: ${signal}: stopping the NBD server\n`);
+    await server.stop();
+  });
+}
+
 type RunDev = (opts: { demo: boolean; nodes: number; dataDir?: string; metricsPort?: number; auth?: boolean }) => Promise<number>;
 type RunNode = (config: NodeConfig) => Promise<{ stop(): Promise<void> }>;
 
@@ -836,6 +903,9 @@ export async function main(argv: readonly string[], io: Partial<CliIo> = {}): Pr
         return 0;
       case 'get':
         await get(ctx);
+        return 0;
+      case 'nbd':
+        await nbd(ctx);
         return 0;
       case 'status':
         await status(ctx);

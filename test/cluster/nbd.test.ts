@@ -1,0 +1,665 @@
+import { strict as assert } from 'node:assert';
+import { execFile, spawn, spawnSync } from 'node:child_process';
+import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { startCluster, type InProcessCluster } from '../../cluster/in-process-cluster';
+import { BLOCK_BYTES_MAX, NBD_CMD, NBD_ERR, NBD_FLAG, NBD_INFO, NBD_OPT, NBD_REP, OPTION_BYTES_MAX, nbdUri, startNbdServer, type NbdServer } from '../../cluster/nbd';
+import type { StrataClient } from '../../cluster/client';
+import { ProtocolError } from '../../messages/errors';
+import type { VolumeInfo } from '../../messages/api';
+import type { Logger } from '../../observability/log';
+import { waitFor } from '../support/wait';
+
+const TOOLS: ReadonlyArray<[string, string]> = [
+  ['qemu-io', 'qemu-utils'],
+  ['qemu-img', 'qemu-utils'],
+  ['nbdinfo', 'libnbd-bin'],
+  ['nbdcopy', 'libnbd-bin'],
+];
+
+/** Fails (does not skip) when an NBD client tool is missing, saying how to install it. */
+function requireTools(): void {
+  const missing = TOOLS.filter(([tool]) => spawnSync(tool, ['--version'], { stdio: 'ignore' }).error !== undefined);
+  if (missing.length === 0) return;
+  const packages = [...new Set(missing.map(([, pkg]) => pkg))].join(' ');
+  assert.fail(
+    `missing NBD client tools: ${missing.map(([tool]) => tool).join(', ')}. Install them with ` +
+      `"bash scripts/ensure-nats-server.sh --with-nbd-tools" as root (npm test does), or "sudo apt-get install -y ${packages}"`,
+  );
+}
+
+/** Runs a tool; resolves with its exit code and output (never rejects). */
+function tool(cmd: string, args: string[], timeoutMs = 20_000): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(cmd, args, { timeout: timeoutMs, maxBuffer: 16 * 1024 * 1024 }, (err, stdout, stderr) => {
+      resolve({ code: err === null ? 0 : typeof err.code === 'number' ? err.code : 1, stdout, stderr });
+    });
+  });
+}
+
+/** qemu-io commands on an export; fails the test if any of them fails. */
+async function qemuIo(uri: string, commands: string[]): Promise<string> {
+  const r = await tool('qemu-io', ['-f', 'raw', ...commands.flatMap((c) => ['-c', c]), uri]);
+  const out = r.stdout + r.stderr;
+  assert.equal(r.code, 0, out);
+  assert.doesNotMatch(out, /fail|error|Pattern verification/i, out);
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// A small NBD client speaking the protocol byte by byte
+// ---------------------------------------------------------------------------------------------
+
+class Peer {
+  readonly socket: net.Socket;
+  private buf = Buffer.alloc(0);
+  private waiter: (() => void) | undefined;
+  ended = false;
+  readonly closed: Promise<void>;
+
+  private constructor(socket: net.Socket) {
+    this.socket = socket;
+    socket.on('data', (d: Buffer) => {
+      this.buf = Buffer.concat([this.buf, d]);
+      this.waiter?.();
+    });
+    this.closed = new Promise((resolve) =>
+      socket.on('close', () => {
+        this.ended = true;
+        this.waiter?.();
+        resolve();
+      }),
+    );
+    socket.on('error', () => undefined);
+  }
+
+  static connect(port: number): Promise<Peer> {
+    return new Promise((resolve, reject) => {
+      const s = net.connect(port, '127.0.0.1', () => resolve(new Peer(s)));
+      s.once('error', reject);
+    });
+  }
+
+  async read(n: number): Promise<Buffer> {
+    while (this.buf.byteLength < n) {
+      if (this.ended) throw new Error(`connection closed with ${this.buf.byteLength} of ${n} bytes`);
+      await new Promise<void>((r) => (this.waiter = r));
+    }
+    const out = this.buf.subarray(0, n);
+    this.buf = this.buf.subarray(n);
+    return out;
+  }
+
+  write(...parts: Buffer[]): void {
+    this.socket.write(Buffer.concat(parts));
+  }
+
+  /** The connection is closed by the server within `ms`, with nothing more sent. */
+  async expectClosed(ms = 3000): Promise<void> {
+    const timer = setTimeout(() => this.socket.destroy(new Error('not closed')), ms);
+    await this.closed;
+    clearTimeout(timer);
+    assert.equal(this.buf.byteLength, 0, 'nothing more sent');
+    assert.ok(this.socket.destroyed && this.socket.readableEnded, 'closed by the server, not by the timeout');
+  }
+
+  close(): void {
+    this.socket.destroy();
+  }
+}
+
+const u32 = (n: number): Buffer => {
+  const b = Buffer.alloc(4);
+  b.writeUInt32BE(n >>> 0, 0);
+  return b;
+};
+const u16 = (n: number): Buffer => {
+  const b = Buffer.alloc(2);
+  b.writeUInt16BE(n, 0);
+  return b;
+};
+const IHAVEOPT = Buffer.from('IHAVEOPT', 'latin1');
+
+/** Reads the greeting and sends the client flags (default fixed newstyle + no zeroes). */
+async function greet(port: number, clientFlags = 3): Promise<Peer> {
+  const p = await Peer.connect(port);
+  const g = await p.read(18);
+  assert.equal(g.subarray(0, 8).toString('latin1'), 'NBDMAGIC');
+  assert.equal(g.subarray(8, 16).toString('latin1'), 'IHAVEOPT', 'newstyle only: no oldstyle export size in the greeting');
+  assert.equal(g.readUInt16BE(16), 3, 'FIXED_NEWSTYLE | NO_ZEROES');
+  p.write(u32(clientFlags));
+  return p;
+}
+
+interface OptionReply {
+  type: number;
+  data: Buffer;
+}
+
+/** Sends an option and reads its replies up to the last (ACK or an error). */
+async function option(p: Peer, opt: number, data: Buffer = Buffer.alloc(0)): Promise<OptionReply[]> {
+  p.write(IHAVEOPT, u32(opt), u32(data.byteLength), data);
+  const replies: OptionReply[] = [];
+  for (;;) {
+    const h = await p.read(20);
+    assert.equal(h.readBigUInt64BE(0), 0x3e889045565a9n, 'option reply magic');
+    assert.equal(h.readUInt32BE(8), opt, 'the option answered');
+    const type = h.readUInt32BE(12);
+    replies.push({ type, data: Buffer.from(await p.read(h.readUInt32BE(16))) });
+    if (type !== NBD_REP.SERVER && type !== NBD_REP.INFO) return replies;
+  }
+}
+
+function goData(name: string, infos: number[] = []): Buffer {
+  const n = Buffer.from(name, 'utf8');
+  return Buffer.concat([u32(n.byteLength), n, u16(infos.length), ...infos.map(u16)]);
+}
+
+interface Reply {
+  error: number;
+  data: Buffer;
+}
+
+/** A connection in transmission: requests with cookies, replies matched to them in any order. */
+class Session {
+  private cookie = 0n;
+  private readonly pending = new Map<bigint, { length: number; resolve: (r: Reply) => void }>();
+  readonly order: bigint[] = [];
+  private reading = false;
+
+  constructor(readonly peer: Peer, readonly size: number, readonly flags: number) {}
+
+  static async open(port: number, name: string): Promise<Session> {
+    const p = await greet(port);
+    const replies = await option(p, NBD_OPT.GO, goData(name));
+    assert.equal(replies.at(-1)!.type, NBD_REP.ACK, replies.at(-1)!.data.toString());
+    const exp = replies.find((r) => r.type === NBD_REP.INFO && r.data.readUInt16BE(0) === NBD_INFO.EXPORT)!;
+    return new Session(p, Number(exp.data.readBigUInt64BE(2)), exp.data.readUInt16BE(10));
+  }
+
+  send(type: number, offset: number, length: number, opts: { data?: Buffer; flags?: number } = {}): { cookie: bigint; reply: Promise<Reply> } {
+    const cookie = ++this.cookie;
+    const h = Buffer.alloc(28);
+    h.writeUInt32BE(0x25609513, 0);
+    h.writeUInt16BE(opts.flags ?? 0, 4);
+    h.writeUInt16BE(type, 6);
+    h.writeBigUInt64BE(cookie, 8);
+    h.writeBigUInt64BE(BigInt(offset), 16);
+    h.writeUInt32BE(length, 24);
+    const reply = new Promise<Reply>((resolve) => this.pending.set(cookie, { length: type === NBD_CMD.READ ? length : 0, resolve }));
+    this.peer.write(h, opts.data ?? Buffer.alloc(0));
+    if (type !== NBD_CMD.DISC) void this.readReplies();
+    return { cookie, reply };
+  }
+
+  request(type: number, offset: number, length: number, opts: { data?: Buffer; flags?: number } = {}): Promise<Reply> {
+    return this.send(type, offset, length, opts).reply;
+  }
+
+  private async readReplies(): Promise<void> {
+    if (this.reading) return;
+    this.reading = true;
+    try {
+      while (this.pending.size > 0) {
+        const h = await this.peer.read(16);
+        assert.equal(h.readUInt32BE(0), 0x67446698, 'simple reply magic');
+        const cookie = h.readBigUInt64BE(8);
+        const entry = this.pending.get(cookie);
+        assert.ok(entry !== undefined, `a reply to cookie ${cookie}, which is not pending`);
+        this.pending.delete(cookie);
+        this.order.push(cookie);
+        const error = h.readUInt32BE(4);
+        entry.resolve({ error, data: error === 0 && entry.length > 0 ? Buffer.from(await this.peer.read(entry.length)) : Buffer.alloc(0) });
+      }
+    } finally {
+      this.reading = false;
+    }
+  }
+}
+
+/** A logger that keeps its lines. */
+function captureLogger(lines: Array<{ level: string; msg: string; fields: Record<string, unknown> }>): Logger {
+  const at =
+    (level: string) =>
+    (msg: string, fields: Record<string, unknown> = {}): void =>
+      void lines.push({ level, msg, fields });
+  const logger: Logger = { error: at('error'), warn: at('warn'), info: at('info'), debug: at('debug'), child: () => logger };
+  return logger;
+}
+
+/**
+ * A stand-in for the Strata client: one volume of 16 pages of 4 KiB whose calls wait on
+ * `gate` (when set) and fail with `failWith` (when set).
+ */
+function stubClient(): { client: StrataClient; calls: number; active: number; gate: Promise<void> | undefined; failWith: Error | undefined } {
+  const info: VolumeInfo = { name: 'stub', id: 'stub-id', pageCount: 16, pageSize: 4096, shards: 1, stripePages: 256, replicas: 1, createdAt: 0 };
+  const state = {
+    client: undefined as unknown as StrataClient,
+    calls: 0,
+    active: 0,
+    gate: undefined as Promise<void> | undefined,
+    failWith: undefined as Error | undefined,
+  };
+  const call = async <T>(value: T): Promise<T> => {
+    state.calls++;
+    state.active++;
+    try {
+      await state.gate;
+      if (state.failWith !== undefined) throw state.failWith;
+      return value;
+    } finally {
+      state.active--;
+    }
+  };
+  const volume = {
+    info: async () => info,
+    readPages: (pages: number[]) => call({ pages: pages.map(() => new Uint8Array(4096)), lsn: 1, lsns: [] }),
+    writePages: () => call({ lsn: 1, lsns: [] }),
+  };
+  state.client = { volume: () => volume, listVolumes: async () => [info] } as unknown as StrataClient;
+  return state;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+describe('cluster/nbd: NBD export of Strata volumes', function () {
+  this.timeout(30_000);
+  let c: InProcessCluster;
+  let all: NbdServer;
+  let single: NbdServer;
+  let readOnly: NbdServer;
+  const logLines: Array<{ level: string; msg: string; fields: Record<string, unknown> }> = [];
+  const uri = (name: string): string => nbdUri('127.0.0.1', all.address.port, name);
+
+  before(async function () {
+    this.timeout(60_000);
+    requireTools();
+    c = await startCluster({ nodes: 1, hosts: 1 });
+    await c.client.createVolume({ name: 'v', pageCount: 1024, shards: 2, stripePages: 4 });
+    await c.client.createVolume({ name: 'big', pageCount: 4096, pageSize: 8192 });
+    await c.client.createVolume({ name: 'copy', pageCount: 256, shards: 2, stripePages: 16 });
+    all = await startNbdServer({ client: c.client, port: 0, logger: captureLogger(logLines) });
+    single = await startNbdServer({ client: c.client, volume: 'v', port: 0, logger: captureLogger(logLines) });
+    readOnly = await startNbdServer({ client: c.client, volume: 'v', port: 0, readOnly: true, logger: captureLogger(logLines) });
+  });
+
+  after(async () => {
+    await Promise.all([all, single, readOnly].map((s) => s?.stop()));
+    await c?.stop();
+  });
+
+  describe('with the NBD client tools', () => {
+    it('nbdinfo sees the size, the block sizes (1, the page size, 32 MiB) and the flags', async () => {
+      const r = await tool('nbdinfo', ['--json', uri('v')]);
+      assert.equal(r.code, 0, r.stderr);
+      const e = (JSON.parse(r.stdout) as { exports: Array<Record<string, unknown>> }).exports[0]!;
+      assert.equal(e['export-size'], 1024 * 4096);
+      assert.equal(e['block_size_minimum'], 1);
+      assert.equal(e['block_size_preferred'], 4096);
+      assert.equal(e['block_size_maximum'], BLOCK_BYTES_MAX);
+      assert.equal(e['is_read_only'], false);
+      assert.equal(e['can_flush'], true);
+      assert.equal(e['can_fua'], true);
+      assert.equal(e['can_multi_conn'], true);
+      assert.equal(e['can_zero'], true);
+      assert.equal(e['can_trim'], true);
+      const big = JSON.parse((await tool('nbdinfo', ['--json', uri('big')])).stdout) as { exports: Array<Record<string, unknown>> };
+      assert.equal(big.exports[0]!['export-size'], 4096 * 8192);
+      assert.equal(big.exports[0]!['block_size_preferred'], 8192);
+      const ro = JSON.parse((await tool('nbdinfo', ['--json', nbdUri('127.0.0.1', readOnly.address.port, '')])).stdout) as { exports: Array<Record<string, unknown>> };
+      assert.equal(ro.exports[0]!['is_read_only'], true);
+      assert.equal(ro.exports[0]!['export-size'], 1024 * 4096, 'the empty name is the exported volume');
+    });
+
+    it('nbdinfo --list lists the cluster\'s volumes; an unknown export is refused by name', async () => {
+      const r = await tool('nbdinfo', ['--list', '--json', nbdUri('127.0.0.1', all.address.port, '')]);
+      assert.equal(r.code, 0, r.stderr);
+      const names = (JSON.parse(r.stdout) as { exports: Array<{ 'export-name': string }> }).exports.map((e) => e['export-name']).sort();
+      assert.deepEqual(names, ['big', 'copy', 'v']);
+      const nope = await tool('nbdinfo', [uri('nope')]);
+      assert.notEqual(nope.code, 0);
+      assert.match(nope.stderr, /unknown|nope/i);
+    });
+
+    it('qemu-img info reads the virtual size', async () => {
+      const r = await tool('qemu-img', ['info', '-f', 'raw', uri('v')]);
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(r.stdout, /virtual size: 4 MiB \(4194304 bytes\)/);
+    });
+
+    it('qemu-io writes and reads patterns, writes zeroes, discards and flushes', async () => {
+      await qemuIo(uri('v'), ['write -P 0xab 0 64k', 'read -P 0xab 0 64k', 'write -P 0xcd 1M 128k', 'write -z 1M 64k', 'read -P 0 1M 64k', 'read -P 0xcd 1088k 64k']);
+      await qemuIo(uri('v'), ['discard 0 4k', 'read -P 0 0 4k', 'read -P 0xab 4k 60k', 'flush', 'write -f -P 0x5a 2M 4k', 'read -P 0x5a 2M 4k']);
+      const pages = await c.client.volume('v').read([0, 1, 256, 272, 512]);
+      assert.ok(pages[0]!.every((b) => b === 0), 'discarded page reads zero');
+      assert.ok(pages[1]!.every((b) => b === 0xab));
+      assert.ok(pages[2]!.every((b) => b === 0), 'write zeroes landed');
+      assert.ok(pages[3]!.every((b) => b === 0xcd));
+      assert.ok(pages[4]!.every((b) => b === 0x5a));
+    });
+
+    it('an unaligned qemu-io write keeps the bytes around it (read-modify-write of the edge pages)', async () => {
+      const vol = c.client.volume('v');
+      await vol.writePages([0, 1, 2].map((page) => ({ page: 600 + page, data: new Uint8Array(4096).fill(0x77) })));
+      const base = 600 * 4096;
+      await qemuIo(uri('v'), [`write -P 0x11 ${base + 100} 1000`, `write -P 0x22 ${base + 4000} 5000`, `read -P 0x11 ${base + 100} 1000`]);
+      const [p0, p1, p2] = await vol.read([600, 601, 602]);
+      const bytes = Buffer.concat([p0!, p1!, p2!]);
+      const expected = Buffer.alloc(3 * 4096, 0x77);
+      expected.fill(0x11, 100, 1100);
+      expected.fill(0x22, 4000, 9000);
+      assert.ok(bytes.equals(expected), 'only the written bytes changed');
+    });
+
+    it('nbdcopy copies a random 1 MiB file in and back out, byte for byte', async () => {
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'strata-nbd-'));
+      try {
+        const input = path.join(dir, 'in.bin');
+        const output = path.join(dir, 'out.bin');
+        const data = crypto.randomBytes(1024 * 1024);
+        fs.writeFileSync(input, data);
+        const w = await tool('nbdcopy', [input, uri('copy')]);
+        assert.equal(w.code, 0, w.stderr);
+        const r = await tool('nbdcopy', [uri('copy'), output]);
+        assert.equal(r.code, 0, r.stderr);
+        assert.ok(fs.readFileSync(output).equals(data));
+        const first = await c.client.volume('copy').read(0);
+        assert.ok(Buffer.from(first).equals(data.subarray(0, 4096)), 'the volume holds the file');
+      } finally {
+        fs.rmSync(dir, { recursive: true, force: true });
+      }
+    });
+  });
+
+  describe('negotiation', () => {
+    it('refuses a client that is not fixed newstyle, and one with unknown flags, by closing', async () => {
+      for (const flags of [0, 2, 1 | 4]) {
+        const p = await greet(all.address.port, flags);
+        await p.expectClosed();
+      }
+    });
+
+    it('closes on a bad option magic', async () => {
+      const p = await greet(all.address.port);
+      p.write(Buffer.from('IHAVEOPX'), u32(NBD_OPT.LIST), u32(0));
+      await p.expectClosed();
+    });
+
+    it('answers an unknown option, and structured replies, NBD_REP_ERR_UNSUP, and goes on', async () => {
+      const p = await greet(all.address.port);
+      assert.deepEqual((await option(p, 99, Buffer.from('xyz'))).map((r) => r.type), [NBD_REP.ERR_UNSUP]);
+      assert.deepEqual((await option(p, NBD_OPT.STRUCTURED_REPLY)).map((r) => r.type), [NBD_REP.ERR_UNSUP]);
+      assert.deepEqual((await option(p, NBD_OPT.STARTTLS)).map((r) => r.type), [NBD_REP.ERR_UNSUP]);
+      const list = await option(p, NBD_OPT.LIST);
+      assert.equal(list.at(-1)!.type, NBD_REP.ACK);
+      assert.deepEqual((await option(p, NBD_OPT.ABORT)).map((r) => r.type), [NBD_REP.ACK]);
+      await p.expectClosed();
+    });
+
+    it('answers an unknown export NBD_REP_ERR_UNKNOWN and goes on; EXPORT_NAME of one closes', async () => {
+      const p = await greet(all.address.port);
+      const r = await option(p, NBD_OPT.GO, goData('nope'));
+      assert.deepEqual(r.map((x) => x.type), [NBD_REP.ERR_UNKNOWN]);
+      assert.match(r[0]!.data.toString(), /nope/);
+      assert.deepEqual((await option(p, NBD_OPT.INFO, goData(''))).map((x) => x.type), [NBD_REP.ERR_UNKNOWN], 'no default export when every volume is exported');
+      assert.deepEqual((await option(p, NBD_OPT.GO, goData('Bad Name!'))).map((x) => x.type), [NBD_REP.ERR_UNKNOWN]);
+      const ok = await option(p, NBD_OPT.GO, goData('v'));
+      assert.equal(ok.at(-1)!.type, NBD_REP.ACK);
+      p.close();
+
+      const q = await greet(single.address.port);
+      q.write(IHAVEOPT, u32(NBD_OPT.EXPORT_NAME), u32(4), Buffer.from('nope'));
+      await q.expectClosed();
+    });
+
+    it('EXPORT_NAME enters transmission with the size and flags (124 zero bytes unless NO_ZEROES)', async () => {
+      for (const [flags, tail] of [[3, 0], [1, 124]] as const) {
+        const p = await greet(single.address.port, flags);
+        p.write(IHAVEOPT, u32(NBD_OPT.EXPORT_NAME), u32(1), Buffer.from('v'));
+        const r = await p.read(10 + tail);
+        assert.equal(r.readBigUInt64BE(0), BigInt(1024 * 4096));
+        assert.ok((r.readUInt16BE(8) & NBD_FLAG.SEND_FLUSH) !== 0);
+        assert.ok(r.subarray(10).every((b) => b === 0));
+        const s = new Session(p, 1024 * 4096, r.readUInt16BE(8));
+        assert.equal((await s.request(NBD_CMD.READ, 0, 512)).error, 0);
+        p.close();
+      }
+    });
+
+    it('refuses option data over the limit (NBD_REP_ERR_TOO_BIG), skips it and goes on; LIST with data is ERR_INVALID', async () => {
+      const p = await greet(all.address.port);
+      assert.deepEqual((await option(p, NBD_OPT.GO, Buffer.alloc(OPTION_BYTES_MAX + 1000, 1))).map((r) => r.type), [NBD_REP.ERR_TOO_BIG]);
+      assert.deepEqual((await option(p, NBD_OPT.LIST, Buffer.from('x'))).map((r) => r.type), [NBD_REP.ERR_INVALID]);
+      assert.deepEqual((await option(p, NBD_OPT.GO, Buffer.from([0, 0, 0, 9, 1]))).map((r) => r.type), [NBD_REP.ERR_INVALID], 'a name longer than the data');
+      const info = await option(p, NBD_OPT.INFO, goData('v', [NBD_INFO.NAME, NBD_INFO.DESCRIPTION, NBD_INFO.BLOCK_SIZE]));
+      assert.equal(info.at(-1)!.type, NBD_REP.ACK);
+      const kinds = info.filter((r) => r.type === NBD_REP.INFO).map((r) => r.data.readUInt16BE(0));
+      assert.deepEqual(kinds.sort(), [NBD_INFO.EXPORT, NBD_INFO.NAME, NBD_INFO.DESCRIPTION, NBD_INFO.BLOCK_SIZE].sort());
+      assert.equal((await option(p, NBD_OPT.GO, goData('v'))).at(-1)!.type, NBD_REP.ACK, 'the session went on to GO');
+      p.close();
+    });
+  });
+
+  describe('transmission', () => {
+    it('out of range: a read or trim is EINVAL, a write or write-zeroes ENOSPC; the connection goes on', async () => {
+      const s = await Session.open(all.address.port, 'v');
+      const size = 1024 * 4096;
+      assert.equal((await s.request(NBD_CMD.READ, size - 100, 200)).error, NBD_ERR.EINVAL);
+      assert.equal((await s.request(NBD_CMD.WRITE, size - 100, 200, { data: Buffer.alloc(200, 1) })).error, NBD_ERR.ENOSPC);
+      assert.equal((await s.request(NBD_CMD.TRIM, size, 4096)).error, NBD_ERR.EINVAL);
+      assert.equal((await s.request(NBD_CMD.WRITE_ZEROES, 2 ** 60, 4096)).error, NBD_ERR.ENOSPC);
+      assert.equal((await s.request(NBD_CMD.READ, 0, 0)).error, NBD_ERR.EINVAL, 'length 0');
+      assert.equal((await s.request(NBD_CMD.READ, 0, BLOCK_BYTES_MAX + 1)).error, NBD_ERR.EINVAL, 'longer than the maximum');
+      assert.equal((await s.request(NBD_CMD.WRITE, 0, BLOCK_BYTES_MAX + 1, { data: Buffer.alloc(BLOCK_BYTES_MAX + 1, 9) })).error, NBD_ERR.EINVAL, 'its payload skipped');
+      const r = await s.request(NBD_CMD.READ, size - 4096, 4096);
+      assert.equal(r.error, 0, 'the connection goes on');
+      assert.equal(r.data.byteLength, 4096);
+      s.peer.close();
+    });
+
+    it('answers an unknown command, and CACHE, EINVAL', async () => {
+      const s = await Session.open(all.address.port, 'v');
+      assert.equal((await s.request(99, 0, 4096)).error, NBD_ERR.EINVAL);
+      assert.equal((await s.request(NBD_CMD.CACHE, 0, 4096)).error, NBD_ERR.EINVAL);
+      assert.equal((await s.request(NBD_CMD.READ, 0, 4096)).error, 0);
+      s.peer.close();
+    });
+
+    it('a read-only export refuses writes, trims and write-zeroes with EPERM and serves reads', async () => {
+      const s = await Session.open(readOnly.address.port, 'v');
+      assert.ok((s.flags & NBD_FLAG.READ_ONLY) !== 0);
+      assert.equal((await s.request(NBD_CMD.WRITE, 0, 100, { data: Buffer.alloc(100, 3) })).error, NBD_ERR.EPERM);
+      assert.equal((await s.request(NBD_CMD.TRIM, 0, 4096)).error, NBD_ERR.EPERM);
+      assert.equal((await s.request(NBD_CMD.WRITE_ZEROES, 0, 4096)).error, NBD_ERR.EPERM);
+      assert.equal((await s.request(NBD_CMD.READ, 0, 100)).error, 0);
+      assert.equal((await s.request(NBD_CMD.FLUSH, 0, 0)).error, 0);
+      s.peer.close();
+    });
+
+    it('concurrent unaligned writes to one page, on two connections to one server, all land', async () => {
+      const page = 700;
+      await c.client.volume('v').write(page, new Uint8Array(4096).fill(0xee));
+      const a = await Session.open(all.address.port, 'v');
+      const b = await Session.open(all.address.port, 'v');
+      const replies = Array.from({ length: 32 }, (_, i) =>
+        (i % 2 === 0 ? a : b).request(NBD_CMD.WRITE, page * 4096 + 1 + i * 100, 50, { data: Buffer.alloc(50, i + 1) }),
+      );
+      for (const r of await Promise.all(replies)) assert.equal(r.error, 0);
+      const got = await c.client.volume('v').read(page);
+      const expected = Buffer.alloc(4096, 0xee);
+      for (let i = 0; i < 32; i++) expected.fill(i + 1, 1 + i * 100, 1 + i * 100 + 50);
+      assert.ok(Buffer.from(got).equals(expected), 'every write kept the others\' bytes');
+      a.peer.close();
+      b.peer.close();
+    });
+
+    it('an unaligned write-zeroes and trim zero only their bytes; writes over several calls land', async () => {
+      const s = await Session.open(all.address.port, 'big');
+      const data = crypto.randomBytes(20 * 1024 * 1024);
+      assert.equal((await s.request(NBD_CMD.WRITE, 8192 * 3 + 5, data.byteLength, { data })).error, 0, 'more pages than one client call takes');
+      assert.equal((await s.request(NBD_CMD.WRITE_ZEROES, 8192 * 3 + 10, 20, { flags: 2 /* NO_HOLE */ })).error, 0);
+      assert.equal((await s.request(NBD_CMD.TRIM, 8192 * 3 + 40, 8192)).error, 0);
+      const back = await s.request(NBD_CMD.READ, 8192 * 3 + 5, data.byteLength);
+      const expected = Buffer.from(data);
+      expected.fill(0, 5, 25);
+      expected.fill(0, 35, 35 + 8192);
+      assert.ok(back.data.equals(expected));
+      s.peer.close();
+    });
+
+    it('FLUSH is answered after the writes received before it', async () => {
+      const s = await Session.open(all.address.port, 'v');
+      const writes = Array.from({ length: 4 }, (_, i) => s.send(NBD_CMD.WRITE, (300 + i * 64) * 4096, 256 * 1024, { data: Buffer.alloc(256 * 1024, i) }));
+      const flush = s.send(NBD_CMD.FLUSH, 0, 0);
+      assert.equal((await flush.reply).error, 0);
+      for (const w of writes) assert.equal((await w.reply).error, 0);
+      assert.equal(s.order.at(-1), flush.cookie, `replies in order ${s.order.join(',')}`);
+      s.peer.close();
+    });
+
+    it('DISC answers the requests before it, then closes', async () => {
+      const s = await Session.open(all.address.port, 'v');
+      const w = s.send(NBD_CMD.WRITE, 900 * 4096, 4096, { data: Buffer.alloc(4096, 0x42) });
+      s.send(NBD_CMD.DISC, 0, 0);
+      assert.equal((await w.reply).error, 0);
+      await s.peer.closed;
+      assert.ok((await c.client.volume('v').read(900)).every((b) => b === 0x42));
+    });
+
+    it('a volume deleted under a connection: EIO, logged once at warn with the volume and command, and the connection goes on', async () => {
+      await c.client.createVolume({ name: 'gone', pageCount: 16 });
+      const s = await Session.open(all.address.port, 'gone');
+      assert.equal((await s.request(NBD_CMD.READ, 0, 4096)).error, 0);
+      await c.client.deleteVolume('gone');
+      logLines.length = 0;
+      assert.equal((await s.request(NBD_CMD.READ, 0, 4096)).error, NBD_ERR.EIO);
+      const warned = logLines.filter((l) => l.level === 'warn');
+      assert.equal(warned.length, 1, JSON.stringify(logLines));
+      assert.equal(warned[0]!.fields['volume'], 'gone');
+      assert.equal(warned[0]!.fields['command'], 'read');
+      assert.equal(warned[0]!.fields['code'], 'not_found');
+      assert.equal((await s.request(NBD_CMD.FLUSH, 0, 0)).error, 0, 'the connection goes on');
+      s.peer.close();
+    });
+  });
+
+  describe('bounds and stopping (a stand-in client)', () => {
+    it('a Strata timeout is EIO', async () => {
+      const stub = stubClient();
+      const lines: Array<{ level: string; msg: string; fields: Record<string, unknown> }> = [];
+      const server = await startNbdServer({ client: stub.client, volume: 'stub', port: 0, logger: captureLogger(lines) });
+      try {
+        const s = await Session.open(server.address.port, 'stub');
+        stub.failWith = new ProtocolError('timeout', 'no reply before the deadline: the write may or may not be committed');
+        assert.equal((await s.request(NBD_CMD.WRITE, 0, 4096, { data: Buffer.alloc(4096) })).error, NBD_ERR.EIO);
+        assert.equal((await s.request(NBD_CMD.READ, 0, 4096)).error, NBD_ERR.EIO);
+        assert.deepEqual(lines.filter((l) => l.level === 'warn').map((l) => [l.fields['command'], l.fields['code']]), [['write', 'timeout'], ['read', 'timeout']]);
+        s.peer.close();
+      } finally {
+        await server.stop();
+      }
+    });
+
+    it('reads no more requests while requestsInFlightMax are in flight', async () => {
+      const stub = stubClient();
+      let open!: () => void;
+      stub.gate = new Promise((r) => (open = r));
+      const server = await startNbdServer({ client: stub.client, volume: 'stub', port: 0, requestsInFlightMax: 3 });
+      try {
+        const s = await Session.open(server.address.port, 'stub');
+        const replies = Array.from({ length: 10 }, (_, i) => s.request(NBD_CMD.READ, i * 4096, 4096));
+        await waitFor('3 calls', () => stub.active === 3);
+        await new Promise((r) => setTimeout(r, 100));
+        assert.equal(stub.calls, 3, 'no fourth request taken');
+        open();
+        for (const r of await Promise.all(replies)) assert.equal(r.error, 0);
+        assert.equal(stub.calls, 10);
+        s.peer.close();
+      } finally {
+        await server.stop();
+      }
+    });
+
+    it('refuses connections over connectionsMax (NBD_REP_ERR_SHUTDOWN) and serves again once one closes', async () => {
+      const stub = stubClient();
+      const server = await startNbdServer({ client: stub.client, volume: 'stub', port: 0, connectionsMax: 2, logger: captureLogger([]) });
+      try {
+        const a = await Session.open(server.address.port, 'stub');
+        const b = await greet(server.address.port);
+        const refused = await greet(server.address.port);
+        const r = await option(refused, NBD_OPT.GO, goData('stub'));
+        assert.deepEqual(r.map((x) => x.type), [NBD_REP.ERR_SHUTDOWN]);
+        assert.match(r[0]!.data.toString(), /at most 2 connections/);
+        await refused.expectClosed();
+        a.peer.close();
+        b.close();
+        await waitFor('connections closed', () => server.connectionCount() === 0);
+        const again = await Session.open(server.address.port, 'stub');
+        again.peer.close();
+      } finally {
+        await server.stop();
+      }
+    });
+
+    it('closes a connection whose handshake does not complete by the deadline', async () => {
+      const stub = stubClient();
+      const server = await startNbdServer({ client: stub.client, volume: 'stub', port: 0, handshakeTimeoutMs: 200 });
+      try {
+        const t0 = Date.now();
+        const p = await greet(server.address.port);
+        await p.closed;
+        assert.ok(Date.now() - t0 >= 150 && Date.now() - t0 < 2000, `closed after ${Date.now() - t0} ms`);
+        const s = await Session.open(server.address.port, 'stub');
+        await new Promise((r) => setTimeout(r, 400));
+        assert.equal((await s.request(NBD_CMD.READ, 0, 4096)).error, 0, 'a connection in transmission is not closed by the handshake deadline');
+        s.peer.close();
+      } finally {
+        await server.stop();
+      }
+    });
+
+    it('stop answers the requests in flight, closes the connections and stops listening', async () => {
+      const stub = stubClient();
+      let open!: () => void;
+      stub.gate = new Promise((r) => (open = r));
+      const server = await startNbdServer({ client: stub.client, volume: 'stub', port: 0 });
+      const s = await Session.open(server.address.port, 'stub');
+      const pending = [s.request(NBD_CMD.READ, 0, 4096), s.request(NBD_CMD.WRITE, 4096, 10, { data: Buffer.alloc(10) })];
+      await waitFor('2 calls', () => stub.active === 2);
+      const stopped = server.stop();
+      setTimeout(open, 100);
+      for (const r of await Promise.all(pending)) assert.equal(r.error, 0);
+      await stopped;
+      await s.peer.closed;
+      await assert.rejects(Peer.connect(server.address.port), /ECONNREFUSED/);
+    });
+  });
+
+  describe('strata nbd', () => {
+    it('serves a volume until SIGINT, printing its URI, then exits 0', async () => {
+      const bin = path.join(__dirname, '..', '..', '..', 'bin', 'strata');
+      const child = spawn(process.execPath, [bin, 'nbd', 'v', '--nats', c.natsUrl, '--cluster', c.cluster, '--listen', '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'pipe'] });
+      let out = '';
+      let err = '';
+      child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+      child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+      const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+      try {
+        await waitFor('the URI printed', () => /nbd:\/\/127\.0\.0\.1:\d+\/v\n/.test(out), 15_000);
+        const served = /nbd:\/\/127\.0\.0\.1:(\d+)\/v/.exec(out)![0];
+        assert.match(out, /qemu-img info/);
+        assert.match(out, /nbdcopy/);
+        assert.match(out, /nbd-client/);
+        const r = await tool('nbdinfo', ['--size', served]);
+        assert.equal(r.stdout.trim(), String(1024 * 4096), r.stderr);
+        child.kill('SIGINT');
+        assert.equal(await exited, 0, err);
+      } finally {
+        child.kill('SIGKILL');
+      }
+    });
+  });
+});
