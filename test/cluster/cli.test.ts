@@ -5,7 +5,7 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Readable, Writable } from 'node:stream';
-import { HELP_TEXT, TRANSFER_PAGES_PER_CALL, UsageError, main, parseArgs, parseReadAt } from '../../cluster/cli';
+import { HELP_TEXT, TRANSFER_PAGES_PER_CALL, UsageError, main, parseArgs, parseListen, parseReadAt } from '../../cluster/cli';
 import type { CliIo } from '../../cluster/cli';
 import { createClient } from '../../cluster/client';
 import type { ClientTransport, ConnectOptions, StrataClient } from '../../cluster/client';
@@ -193,6 +193,18 @@ describe('cluster/cli', () => {
       });
     });
 
+    it('parses nbd: a volume or --all, --listen HOST:PORT ([IPV6]:PORT), --read-only and the client flags', () => {
+      assert.deepEqual(parseArgs(['nbd', 'db', '--listen', '0.0.0.0:10810', '--read-only', '--nats', 'nats://h:1']), {
+        command: 'nbd',
+        positionals: ['db'],
+        flags: { listen: '0.0.0.0:10810', 'read-only': true, nats: 'nats://h:1' },
+        rest: [],
+      });
+      assert.deepEqual(parseArgs(['nbd', '--all']).positionals, []);
+      assert.deepEqual(parseListen('[::1]:0'), { host: '::1', port: 0 });
+      assert.deepEqual(parseListen('localhost:10809'), { host: 'localhost', port: 10809 });
+    });
+
     it('keeps the arguments of node raw', () => {
       assert.deepEqual(parseArgs(['node', '--config', 'f.json', '--hosts', '2']), {
         command: 'node',
@@ -259,6 +271,13 @@ describe('cluster/cli', () => {
       [['shard', 'force-vote', 'db', '0'], /--node is required/],
       [['shard', 'force-vote', 'db', '--node', 'n1'], /missing SHARD/],
       [['shard', 'force-vote', 'db', 'first', '--node', 'n1'], /SHARD: expected a non-negative integer, got "first"/],
+      [['nbd'], /^nbd: expected VOLUME or --all$/],
+      [['nbd', 'db', '--all'], /^nbd: expected VOLUME or --all$/],
+      [['nbd', 'db', 'other'], /unexpected argument "other"/],
+      [['nbd', 'db', '--listen', '10809'], /^--listen: expected HOST:PORT or \[IPV6\]:PORT, got "10809"$/],
+      [['nbd', 'db', '--listen', '::1:10809'], /^--listen: expected HOST:PORT or \[IPV6\]:PORT/],
+      [['nbd', 'db', '--listen', 'localhost:70000'], /^--listen: port 70000 is out of range \(0\.\.65535\)$/],
+      [['nbd', 'db', '--read-only=yes'], /--read-only takes no value/],
     ];
     for (const [argv, pattern] of usage) {
       it(`rejects \`${argv.join(' ')}\``, () => {
@@ -272,10 +291,17 @@ describe('cluster/cli', () => {
       const r = await run(['help']);
       assert.equal(r.code, 0);
       assert.equal(r.out, HELP_TEXT);
-      for (const command of ['dev', 'node', 'volume create', 'volume list', 'volume info', 'volume delete', 'put', 'get', 'status', 'help']) {
+      for (const command of ['dev', 'node', 'volume create', 'volume list', 'volume info', 'volume delete', 'put', 'get', 'nbd', 'status', 'help']) {
         assert.match(HELP_TEXT, new RegExp(`^  ${command}\\b`, 'm'), command);
       }
       assert.equal((await run(['--help'])).code, 0);
+    });
+
+    it('nbd of a volume that does not exist fails not_found before listening, exit 1', async () => {
+      const r = await run(['nbd', 'nope', '--listen', '127.0.0.1:0']);
+      assert.equal(r.code, 1);
+      assert.match(r.err, /^strata: not_found: .*nope/);
+      assert.equal(r.out, '');
     });
 
     it('exits 2 with a usage message on stderr for a usage error, without connecting', async () => {

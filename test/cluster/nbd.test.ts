@@ -522,8 +522,11 @@ describe('cluster/nbd: NBD export of Strata volumes', function () {
 
     it('DISC answers the requests before it, then closes', async () => {
       const s = await Session.open(all.address.port, 'v');
+      // In one segment: the DISC is read while the write is in flight.
+      s.peer.socket.cork();
       const w = s.send(NBD_CMD.WRITE, 900 * 4096, 4096, { data: Buffer.alloc(4096, 0x42) });
       s.send(NBD_CMD.DISC, 0, 0);
+      s.peer.socket.uncork();
       assert.equal((await w.reply).error, 0);
       await s.peer.closed;
       assert.ok((await c.client.volume('v').read(900)).every((b) => b === 0x42));
