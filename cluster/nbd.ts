@@ -226,12 +226,26 @@ class SocketReader {
     w.resolve(this.take(w.bytes));
   }
 
+  /** The first `bytes` buffered bytes: a view of one chunk when they lie in it, else a copy of only those. */
   private take(bytes: number): Buffer {
-    const all = this.chunks.length === 1 ? this.chunks[0]! : Buffer.concat(this.chunks, this.buffered);
-    const out = all.subarray(0, bytes);
-    const rest = all.subarray(bytes);
-    this.chunks = rest.byteLength > 0 ? [rest] : [];
-    this.buffered = rest.byteLength;
+    const head = this.chunks[0];
+    let out: Buffer;
+    if (head !== undefined && head.byteLength >= bytes) {
+      out = head.subarray(0, bytes);
+      if (head.byteLength === bytes) this.chunks.shift();
+      else this.chunks[0] = head.subarray(bytes);
+    } else {
+      out = Buffer.allocUnsafe(bytes);
+      for (let filled = 0; filled < bytes; ) {
+        const chunk = this.chunks[0]!;
+        const n = Math.min(chunk.byteLength, bytes - filled);
+        chunk.copy(out, filled, 0, n);
+        filled += n;
+        if (n === chunk.byteLength) this.chunks.shift();
+        else this.chunks[0] = chunk.subarray(n);
+      }
+    }
+    this.buffered -= bytes;
     if (this.buffered < READ_AHEAD_BYTES) this.socket.resume();
     return out;
   }
@@ -460,7 +474,10 @@ class Connection {
       if (!(err instanceof ConnectionEnded)) this.log.warn('nbd connection failed', { err, volume: this.exp?.name });
     } finally {
       await this.drain(this.server.stopTimeoutMs);
-      if (this.exp !== undefined) this.server.release(this.exp);
+      // The volume's locks are let go only once no request of this connection holds one, even
+      // past the drain's bound.
+      const exp = this.exp;
+      if (exp !== undefined) void Promise.allSettled([...this.requests]).then(() => this.server.release(exp));
       this.socket.end();
       // A peer that does not read what is left is not waited for.
       setTimeout(() => this.socket.destroy(), 1000).unref();
