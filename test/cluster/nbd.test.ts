@@ -666,3 +666,30 @@ describe('cluster/nbd: NBD export of Strata volumes', function () {
     });
   });
 });
+
+describe('cluster/nbd: a volume of 3 replicas', function () {
+  this.timeout(60_000);
+  let c: InProcessCluster;
+  let server: NbdServer;
+
+  before(async () => {
+    requireTools();
+    c = await startCluster({ nodes: 3, hosts: 1 });
+    await c.client.createVolume({ name: 'r3', pageCount: 256, shards: 2, stripePages: 8, replicas: 3 });
+    server = await startNbdServer({ client: c.client, volume: 'r3', port: 0 });
+  });
+
+  after(async () => {
+    await server?.stop();
+    await c?.stop();
+  });
+
+  it('qemu-io writes, an unaligned one among them, are answered once on a majority and read back', async () => {
+    const uri = nbdUri('127.0.0.1', server.address.port, 'r3');
+    await qemuIo(uri, ['write -P 0x3c 0 256k', 'write -P 0x11 1000 10', 'flush', 'read -P 0x3c 0 1000', 'read -P 0x11 1000 10', 'read -P 0x3c 1010 255k']);
+    const page = await c.client.volume('r3').read(0);
+    assert.equal(page[999], 0x3c);
+    assert.equal(page[1000], 0x11);
+    assert.equal(page[1010], 0x3c);
+  });
+});
