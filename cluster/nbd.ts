@@ -82,7 +82,10 @@ export const NBD_CMD = { READ: 0, WRITE: 1, DISC: 2, FLUSH: 3, TRIM: 4, CACHE: 5
 
 const NBD_CMD_NAMES: Readonly<Record<number, string>> = { 0: 'read', 1: 'write', 2: 'disc', 3: 'flush', 4: 'trim', 5: 'cache', 6: 'write_zeroes' };
 
-export const NBD_ERR = { EPERM: 1, EIO: 5, EINVAL: 22, ENOSPC: 28 } as const;
+/** Command flags. */
+export const NBD_CMD_FLAG = { FUA: 1 << 0, NO_HOLE: 1 << 1, FAST_ZERO: 1 << 4 } as const;
+
+export const NBD_ERR = { EPERM: 1, EIO: 5, EINVAL: 22, ENOSPC: 28, ENOTSUP: 95 } as const;
 
 // ---------------------------------------------------------------------------------------------
 // Limits
@@ -760,6 +763,12 @@ class Connection {
         await Promise.allSettled([...this.writes]);
         return await this.reply(request, 0);
       }
+      // FUA on any command (every write is durable when answered; clients set it on others
+      // too); NO_HOLE and FAST_ZERO on WRITE_ZEROES only; no other flag was negotiated.
+      const known = NBD_CMD_FLAG.FUA | (request.type === NBD_CMD.WRITE_ZEROES ? NBD_CMD_FLAG.NO_HOLE | NBD_CMD_FLAG.FAST_ZERO : 0);
+      if ((request.flags & ~known) !== 0) return await this.reply(request, NBD_ERR.EINVAL);
+      // Zeros are written as any data: not fast, which a client asking for a fast zero is told.
+      if ((request.flags & NBD_CMD_FLAG.FAST_ZERO) !== 0) return await this.reply(request, NBD_ERR.ENOTSUP);
       const info = this.info!;
       const size = info.pageCount * info.pageSize;
       if (request.length === 0 || ((request.type === NBD_CMD.READ || request.type === NBD_CMD.WRITE) && request.length > BLOCK_BYTES_MAX)) {

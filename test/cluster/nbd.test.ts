@@ -6,7 +6,7 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { startCluster, type InProcessCluster } from '../../cluster/in-process-cluster';
-import { BLOCK_BYTES_MAX, NBD_CMD, NBD_ERR, NBD_FLAG, NBD_INFO, NBD_OPT, NBD_REP, OPTION_BYTES_MAX, nbdUri, startNbdServer, type NbdServer } from '../../cluster/nbd';
+import { BLOCK_BYTES_MAX, NBD_CMD, NBD_CMD_FLAG, NBD_ERR, NBD_FLAG, NBD_INFO, NBD_OPT, NBD_REP, OPTION_BYTES_MAX, nbdUri, startNbdServer, type NbdServer } from '../../cluster/nbd';
 import type { StrataClient } from '../../cluster/client';
 import { ProtocolError } from '../../messages/errors';
 import type { VolumeInfo } from '../../messages/api';
@@ -460,10 +460,15 @@ describe('cluster/nbd: NBD export of Strata volumes', function () {
       s.peer.close();
     });
 
-    it('answers an unknown command, and CACHE, EINVAL', async () => {
+    it('answers an unknown command, CACHE, and a flag not for the command EINVAL; FUA anywhere is accepted, FAST_ZERO is ENOTSUP', async () => {
       const s = await Session.open(all.address.port, 'v');
       assert.equal((await s.request(99, 0, 4096)).error, NBD_ERR.EINVAL);
       assert.equal((await s.request(NBD_CMD.CACHE, 0, 4096)).error, NBD_ERR.EINVAL);
+      assert.equal((await s.request(NBD_CMD.READ, 0, 4096, { flags: 1 << 9 })).error, NBD_ERR.EINVAL, 'an unknown flag');
+      assert.equal((await s.request(NBD_CMD.WRITE, 0, 10, { data: Buffer.alloc(10), flags: NBD_CMD_FLAG.NO_HOLE })).error, NBD_ERR.EINVAL, 'NO_HOLE on a write');
+      assert.equal((await s.request(NBD_CMD.WRITE_ZEROES, 0, 4096, { flags: NBD_CMD_FLAG.FAST_ZERO })).error, NBD_ERR.ENOTSUP);
+      assert.equal((await s.request(NBD_CMD.READ, 0, 4096, { flags: NBD_CMD_FLAG.FUA })).error, 0);
+      assert.equal((await s.request(NBD_CMD.FLUSH, 0, 0, { flags: NBD_CMD_FLAG.FUA })).error, 0);
       assert.equal((await s.request(NBD_CMD.READ, 0, 4096)).error, 0);
       s.peer.close();
     });
@@ -500,7 +505,7 @@ describe('cluster/nbd: NBD export of Strata volumes', function () {
       const s = await Session.open(all.address.port, 'big');
       const data = crypto.randomBytes(20 * 1024 * 1024);
       assert.equal((await s.request(NBD_CMD.WRITE, 8192 * 3 + 5, data.byteLength, { data })).error, 0, 'more pages than one client call takes');
-      assert.equal((await s.request(NBD_CMD.WRITE_ZEROES, 8192 * 3 + 10, 20, { flags: 2 /* NO_HOLE */ })).error, 0);
+      assert.equal((await s.request(NBD_CMD.WRITE_ZEROES, 8192 * 3 + 10, 20, { flags: NBD_CMD_FLAG.NO_HOLE | NBD_CMD_FLAG.FUA })).error, 0);
       assert.equal((await s.request(NBD_CMD.TRIM, 8192 * 3 + 40, 8192)).error, 0);
       const back = await s.request(NBD_CMD.READ, 8192 * 3 + 5, data.byteLength);
       const expected = Buffer.from(data);
