@@ -537,6 +537,19 @@ describe('cluster/nbd: NBD export of Strata volumes', function () {
       assert.ok((await c.client.volume('v').read(900)).every((b) => b === 0x42));
     });
 
+    it('a request with a bad magic closes its connection, after answering the ones before it; the server serves on', async () => {
+      const s = await Session.open(all.address.port, 'v');
+      s.peer.socket.cork();
+      const r = s.send(NBD_CMD.READ, 0, 4096);
+      s.peer.write(Buffer.alloc(28, 0x55));
+      s.peer.socket.uncork();
+      assert.equal((await r.reply).error, 0);
+      await s.peer.closed;
+      const again = await Session.open(all.address.port, 'v');
+      assert.equal((await again.request(NBD_CMD.READ, 0, 4096)).error, 0);
+      again.peer.close();
+    });
+
     it('a volume deleted under a connection: EIO, logged once at warn with the volume and command, and the connection goes on', async () => {
       await c.client.createVolume({ name: 'gone', pageCount: 16 });
       const s = await Session.open(all.address.port, 'gone');
