@@ -584,24 +584,42 @@ describe('cluster/nbd: NBD export of Strata volumes', function () {
       }
     });
 
-    it('reads no more requests while requestsInFlightMax are in flight', async () => {
+    for (const [bound, options] of [
+      ['requestsInFlightMax requests', { requestsInFlightMax: 3 }],
+      ['inFlightBytesMax bytes', { inFlightBytesMax: 3 * 4096 }],
+    ] as const) {
+      it(`reads no more requests while ${bound} are in flight`, async () => {
+        const stub = stubClient();
+        let open!: () => void;
+        stub.gate = new Promise((r) => (open = r));
+        const server = await startNbdServer({ client: stub.client, volume: 'stub', port: 0, ...options });
+        try {
+          const s = await Session.open(server.address.port, 'stub');
+          const replies = Array.from({ length: 10 }, (_, i) => s.request(NBD_CMD.READ, i * 4096, 4096));
+          await waitFor('3 calls', () => stub.active === 3);
+          await new Promise((r) => setTimeout(r, 100));
+          assert.equal(stub.calls, 3, 'no fourth request taken');
+          open();
+          for (const r of await Promise.all(replies)) assert.equal(r.error, 0);
+          assert.equal(stub.calls, 10);
+          s.peer.close();
+        } finally {
+          await server.stop();
+        }
+      });
+    }
+
+    it('stop waits at most stopTimeoutMs for requests that do not finish, then closes', async () => {
       const stub = stubClient();
-      let open!: () => void;
-      stub.gate = new Promise((r) => (open = r));
-      const server = await startNbdServer({ client: stub.client, volume: 'stub', port: 0, requestsInFlightMax: 3 });
-      try {
-        const s = await Session.open(server.address.port, 'stub');
-        const replies = Array.from({ length: 10 }, (_, i) => s.request(NBD_CMD.READ, i * 4096, 4096));
-        await waitFor('3 calls', () => stub.active === 3);
-        await new Promise((r) => setTimeout(r, 100));
-        assert.equal(stub.calls, 3, 'no fourth request taken');
-        open();
-        for (const r of await Promise.all(replies)) assert.equal(r.error, 0);
-        assert.equal(stub.calls, 10);
-        s.peer.close();
-      } finally {
-        await server.stop();
-      }
+      stub.gate = new Promise(() => undefined);
+      const server = await startNbdServer({ client: stub.client, volume: 'stub', port: 0, stopTimeoutMs: 200 });
+      const s = await Session.open(server.address.port, 'stub');
+      void s.request(NBD_CMD.READ, 0, 4096);
+      await waitFor('1 call', () => stub.active === 1);
+      const t0 = Date.now();
+      await server.stop();
+      await s.peer.closed;
+      assert.ok(Date.now() - t0 < 2000, `stopped after ${Date.now() - t0} ms`);
     });
 
     it('refuses connections over connectionsMax (NBD_REP_ERR_SHUTDOWN) and serves again once one closes', async () => {
