@@ -111,6 +111,9 @@ export const STOP_TIMEOUT_MS_DEFAULT = 10_000;
 const READ_AHEAD_BYTES = 256 * 1024;
 /** Most volumes answered to NBD_OPT_LIST (the catalog's own list bound). */
 const LIST_EXPORTS_MAX = 4096;
+/** First and longest wait before a Strata call answered `overloaded` is made again. */
+const OVERLOADED_BACKOFF_MS_MIN = 5;
+const OVERLOADED_BACKOFF_MS_MAX = 250;
 
 // ---------------------------------------------------------------------------------------------
 // Public API
@@ -298,6 +301,28 @@ function errnoOf(err: unknown, write: boolean): number {
   return NBD_ERR.EIO;
 }
 
+/**
+ * Runs a Strata call, making it again after a back-off while it is answered `overloaded` (a
+ * bounded queue of the cluster was full: nothing was done, or, for a write split over shards,
+ * some of its pages were written, which writing them again under the same page locks repeats),
+ * for at most `budgetMs` in all; then the last failure is thrown. Other failures are thrown at
+ * once: `timeout` (outcome unknown) among them.
+ */
+export async function retryOverloaded<T>(call: () => Promise<T>, budgetMs: number, sleep: (ms: number) => Promise<void> = (ms) => new Promise((r) => setTimeout(r, ms))): Promise<T> {
+  const endMs = Date.now() + budgetMs;
+  for (let waitMs = OVERLOADED_BACKOFF_MS_MIN; ; waitMs = Math.min(OVERLOADED_BACKOFF_MS_MAX, waitMs * 2)) {
+    try {
+      return await call();
+    } catch (err) {
+      if (!(err instanceof ProtocolError && err.code === 'overloaded')) throw err;
+      // Spread over [waitMs/2, waitMs): the connections that met a full queue together do not come back together.
+      const jittered = Math.ceil(waitMs / 2 + (Math.random() * waitMs) / 2);
+      if (Date.now() + jittered >= endMs) throw err;
+      await sleep(jittered);
+    }
+  }
+}
+
 function checkCount(value: number | undefined, name: string, fallback: number): number {
   const v = value ?? fallback;
   if (!Number.isSafeInteger(v) || v < 1) throw new RangeError(`${name}: expected a positive integer, got ${String(value)}`);
@@ -313,6 +338,8 @@ class Server implements NbdServer {
   readonly inFlightBytesMax: number;
   readonly handshakeTimeoutMs: number;
   readonly stopTimeoutMs: number;
+  /** How long a Strata call answered `overloaded` is made again: the client's timeout. */
+  readonly overloadedRetryMs: number;
   readonly log: Logger;
   address = { host: '', port: 0 };
   private readonly tcp: net.Server;
@@ -331,6 +358,7 @@ class Server implements NbdServer {
     this.inFlightBytesMax = checkCount(options.inFlightBytesMax, 'inFlightBytesMax', IN_FLIGHT_BYTES_MAX_DEFAULT);
     this.handshakeTimeoutMs = checkCount(options.handshakeTimeoutMs, 'handshakeTimeoutMs', HANDSHAKE_TIMEOUT_MS_DEFAULT);
     this.stopTimeoutMs = checkCount(options.stopTimeoutMs, 'stopTimeoutMs', STOP_TIMEOUT_MS_DEFAULT);
+    this.overloadedRetryMs = typeof options.client.timeoutMs === 'number' ? options.client.timeoutMs : 10_000;
     this.log = options.logger ?? createLogger({ component: 'nbd' });
     // Half-open: a client that shuts down its side after its last request still gets the answers.
     this.tcp = net.createServer({ allowHalfOpen: true }, (socket) => this.accept(socket));
@@ -752,6 +780,16 @@ class Connection {
     return data === undefined || error !== 0 ? this.send(h) : this.send(h, data);
   }
 
+  /** The export's page calls, each made again while answered `overloaded` (`retryOverloaded`). */
+  private pageCalls(): PageCalls {
+    const volume = this.exp!.volume;
+    const budgetMs = this.server.overloadedRetryMs;
+    return {
+      readPages: (pages) => retryOverloaded(() => volume.readPages(pages), budgetMs),
+      writePages: (pages) => retryOverloaded(() => volume.writePages(pages), budgetMs),
+    };
+  }
+
   /** Answers one request; never rejects. */
   private async handle(request: Request, payload: Buffer | undefined): Promise<void> {
     const name = NBD_CMD_NAMES[request.type];
@@ -779,12 +817,12 @@ class Connection {
         return await this.reply(request, request.type === NBD_CMD.WRITE || request.type === NBD_CMD.WRITE_ZEROES ? NBD_ERR.ENOSPC : NBD_ERR.EINVAL);
       }
       if (request.type === NBD_CMD.READ) {
-        const data = await readBytes(this.exp!.volume, info.pageSize, request.offset, request.length);
+        const data = await readBytes(this.pageCalls(), info.pageSize, request.offset, request.length);
         return await this.reply(request, 0, data);
       }
       const release = await this.exp!.locks.lock(Math.floor(request.offset / info.pageSize), Math.floor((request.offset + request.length - 1) / info.pageSize));
       try {
-        await writeBytes(this.exp!.volume, info.pageSize, request.offset, request.length, payload);
+        await writeBytes(this.pageCalls(), info.pageSize, request.offset, request.length, payload);
       } finally {
         release();
       }
@@ -809,8 +847,14 @@ class Connection {
 // Byte ranges over pages
 // ---------------------------------------------------------------------------------------------
 
+/** The page calls of a volume that reads and writes of byte ranges make. */
+type PageCalls = {
+  readPages(pages: number[]): Promise<{ pages: Uint8Array[] }>;
+  writePages(pages: Array<{ page: number; data: Uint8Array }>): Promise<unknown>;
+};
+
 /** Reads pages first..first+count-1 into one buffer, in calls of at most CALL_PAGES_MAX pages. */
-async function readRange(volume: Volume, pageSize: number, first: number, count: number): Promise<Buffer> {
+async function readRange(volume: PageCalls, pageSize: number, first: number, count: number): Promise<Buffer> {
   const out = Buffer.allocUnsafe(count * pageSize);
   for (let at = 0; at < count; at += CALL_PAGES_MAX) {
     const n = Math.min(CALL_PAGES_MAX, count - at);
@@ -821,7 +865,7 @@ async function readRange(volume: Volume, pageSize: number, first: number, count:
 }
 
 /** Bytes offset..offset+length-1 of a volume. */
-async function readBytes(volume: Volume, pageSize: number, offset: number, length: number): Promise<Buffer> {
+async function readBytes(volume: PageCalls, pageSize: number, offset: number, length: number): Promise<Buffer> {
   const first = Math.floor(offset / pageSize);
   const last = Math.floor((offset + length - 1) / pageSize);
   const pages = await readRange(volume, pageSize, first, last - first + 1);
@@ -834,7 +878,7 @@ async function readBytes(volume: Volume, pageSize: number, offset: number, lengt
  * they are; a page covered in part is read, patched and written whole (the caller holds its
  * lock). Calls of at most CALL_PAGES_MAX pages, one after another.
  */
-async function writeBytes(volume: Volume, pageSize: number, offset: number, length: number, data: Buffer | undefined): Promise<void> {
+async function writeBytes(volume: PageCalls, pageSize: number, offset: number, length: number, data: Buffer | undefined): Promise<void> {
   const first = Math.floor(offset / pageSize);
   const last = Math.floor((offset + length - 1) / pageSize);
   const end = offset + length;

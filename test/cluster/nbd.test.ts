@@ -584,6 +584,44 @@ describe('cluster/nbd: NBD export of Strata volumes', function () {
       }
     });
 
+    it('a Strata call answered overloaded is made again after a back-off, not answered EIO', async () => {
+      const stub = stubClient();
+      const lines: Array<{ level: string; msg: string; fields: Record<string, unknown> }> = [];
+      const server = await startNbdServer({ client: stub.client, volume: 'stub', port: 0, logger: captureLogger(lines) });
+      try {
+        const s = await Session.open(server.address.port, 'stub');
+        stub.failWith = new ProtocolError('overloaded', 'device queue is full; retry after a back-off');
+        // A partial page (read, then written) and a read, both refused until the queue drains.
+        const write = s.request(NBD_CMD.WRITE, 100, 1000, { data: Buffer.alloc(1000, 7) });
+        const read = s.request(NBD_CMD.READ, 8192, 4096);
+        await waitFor('several refused calls', () => stub.calls >= 6);
+        stub.failWith = undefined;
+        assert.equal((await write).error, 0);
+        assert.equal((await read).error, 0);
+        assert.deepEqual(lines.filter((l) => l.level === 'warn'), []);
+        s.peer.close();
+      } finally {
+        await server.stop();
+      }
+    });
+
+    it('a Strata call still answered overloaded after the client\'s timeout is EIO', async () => {
+      const stub = stubClient();
+      (stub.client as unknown as { timeoutMs: number }).timeoutMs = 300;
+      const server = await startNbdServer({ client: stub.client, volume: 'stub', port: 0, logger: captureLogger([]) });
+      try {
+        const s = await Session.open(server.address.port, 'stub');
+        stub.failWith = new ProtocolError('overloaded', 'device queue is full; retry after a back-off');
+        const t0 = Date.now();
+        assert.equal((await s.request(NBD_CMD.WRITE, 0, 4096, { data: Buffer.alloc(4096) })).error, NBD_ERR.EIO);
+        assert.ok(Date.now() - t0 < 2000, `answered after ${Date.now() - t0} ms`);
+        assert.ok(stub.calls > 1, `${stub.calls} calls`);
+        s.peer.close();
+      } finally {
+        await server.stop();
+      }
+    });
+
     for (const [bound, options] of [
       ['requestsInFlightMax requests', { requestsInFlightMax: 3 }],
       ['inFlightBytesMax bytes', { inFlightBytesMax: 3 * 4096 }],
