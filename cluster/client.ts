@@ -42,7 +42,7 @@ import type { NatsConnection } from 'nats';
 import { MESSAGE_BYTES_MAX, decode, encode, encodeShardWriteRequest } from '../messages/codec';
 import { allocRequestBytes } from '../storage-engine/arena';
 import { ProtocolError, throwIfError } from '../messages/errors';
-import { DEADLINE_AHEAD_MS_MAX, writeHeaders } from '../messages/headers';
+import { DEADLINE_AHEAD_MS_MAX, HEADER_DEADLINE, writeHeaders } from '../messages/headers';
 import { clientSpan } from '../observability/tracing';
 import { ConnectionState, NoRespondersError, RequestMux, fromNatsError, natsErrorCode, serverMaxPayload } from '../runtime/request-mux';
 import { withTimeout } from '../runtime/timeout';
@@ -380,7 +380,11 @@ export class StrataClient {
    */
   async recoverCatalog(options: { apply?: boolean } = {}): Promise<CatalogRecoverReply> {
     const subject = controllerSubject(this.cluster, 'catalog.recover');
-    const replyBytes = await this.request(subject, encode({ apply: options.apply === true }), { timeoutMs: this.timeoutMs, headers: {} });
+    // With this call's deadline, as the API's catalog verbs: the controller reads the nodes'
+    // records within it (less room for its answer), and does not start a recovery, `apply` or
+    // not, that has waited past it in its queue.
+    const headers = { [HEADER_DEADLINE]: String(this.deadline()) };
+    const replyBytes = await this.request(subject, encode({ apply: options.apply === true }), { timeoutMs: this.timeoutMs, headers });
     return readReply(replyBytes, 'catalog.recover', subject, validateCatalogRecoverReply);
   }
 

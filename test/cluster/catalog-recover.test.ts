@@ -7,7 +7,10 @@
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import { startCluster, type InProcessCluster } from '../../cluster/in-process-cluster';
+import { connect as natsConnect } from 'nats';
 import { connect, type StrataClient } from '../../cluster/client';
+import { encode } from '../../messages/codec';
+import { controllerSubject, nodeSubject } from '../../messages/control';
 import { ProtocolError } from '../../messages/errors';
 import { main } from '../../cluster/cli';
 import { waitFor } from '../support/wait';
@@ -111,5 +114,28 @@ describe('a lost catalog recovered from the nodes', function () {
     const noSub = await cli(['catalog']);
     assert.equal(noSub.code, 2);
     assert.match(noSub.stderr, /catalog: expected recover/);
+  });
+
+  it("a node that does not give its records is named in the answer, which comes within the requester's timeout", async () => {
+    // A node the controller hears heartbeats from but whose records never come.
+    const nc = await natsConnect({ servers: c.natsUrl });
+    const quick = await connect({ servers: c.natsUrl, cluster: c.cluster, timeoutMs: 2500 });
+    const beat = (): void => void nc.request(controllerSubject(c.cluster, 'heartbeat'), encode({ nodeId: 'silent', hosts: 1 }), { timeout: 1000 }).catch(() => undefined);
+    const beats = setInterval(beat, 200);
+    try {
+      nc.subscribe(nodeSubject(c.cluster, 'silent', 'records'));
+      beat();
+      await nc.flush();
+      await new Promise((r) => setTimeout(r, 500));
+      const t0 = Date.now();
+      const r = await quick.recoverCatalog();
+      assert.ok(Date.now() - t0 < 2500, `answered after ${Date.now() - t0} ms`);
+      assert.deepEqual(r.nodesFailed.map((f) => f.node), ['silent']);
+      assert.equal(r.nodesAsked, 4);
+    } finally {
+      clearInterval(beats);
+      await quick.close();
+      await nc.close();
+    }
   });
 });
