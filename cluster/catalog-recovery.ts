@@ -23,12 +23,16 @@ import {
 } from '../messages/control';
 import { fromNatsError } from '../runtime/request-mux';
 
+/** Reads of a node's records (all pages) before a recovery gives that node up: its records kept changing. */
+export const RECORDS_READ_TRIES = 3;
+
 /**
  * One page of a node's records from index `from`: as many as `bytesMax` holds (at most
- * ASSIGNMENTS_PAGE_MAX, at least one), with the index of the next page when there is one.
+ * ASSIGNMENTS_PAGE_MAX, at least one), with the index of the next page when there is one, and
+ * the records' `version` when given.
  */
-export function recordsPage(nodeId: string, hosts: number, shards: readonly ShardAssignment[], from: number, bytesMax: number): NodeRecordsReply {
-  const room = bytesMax - encode({ nodeId, hosts, shards: [], next: ASSIGNMENTS_PER_NODE_MAX }).length;
+export function recordsPage(nodeId: string, hosts: number, shards: readonly ShardAssignment[], from: number, bytesMax: number, version?: number): NodeRecordsReply {
+  const room = bytesMax - encode({ nodeId, hosts, shards: [], next: ASSIGNMENTS_PER_NODE_MAX, ...(version === undefined ? {} : { version: Number.MAX_SAFE_INTEGER }) }).length;
   const page: ShardAssignment[] = [];
   let used = 0;
   for (const a of shards.slice(from, from + ASSIGNMENTS_PAGE_MAX)) {
@@ -37,19 +41,33 @@ export function recordsPage(nodeId: string, hosts: number, shards: readonly Shar
     page.push(a);
   }
   const next = from + page.length;
-  return { nodeId, hosts, shards: page, ...(next < shards.length ? { next } : {}) };
+  return { nodeId, hosts, shards: page, ...(next < shards.length ? { next } : {}), ...(version === undefined ? {} : { version }) };
 }
 
 /**
  * Reads every page of node `nodeId`'s records, each request within `timeoutMs`, the whole
- * within `deadlineMs` (a clock time). Throws a ProtocolError (`timeout`, `unavailable`, or the
- * node's error) when a page can not be had.
+ * within `deadlineMs` (a clock time). Records that changed between two pages (their `version`)
+ * are read again from the first page, at most RECORDS_READ_TRIES times in all: a record removed
+ * meanwhile moves the ones after it to lower indexes, and the next page would miss one. Throws a
+ * ProtocolError (`timeout`, `unavailable`, or the node's error) when a page can not be had.
  */
 export async function readNodeRecords(nc: NatsConnection, cluster: string, nodeId: string, timeoutMs: number, deadlineMs: number): Promise<NodeRecordsReply> {
+  for (let attempt = 1; ; attempt++) {
+    const read = await readNodeRecordsOnce(nc, cluster, nodeId, timeoutMs, deadlineMs);
+    if (read !== undefined) return read;
+    if (attempt >= RECORDS_READ_TRIES) {
+      throw new ProtocolError('unavailable', `node '${nodeId}''s records changed while they were read, ${RECORDS_READ_TRIES} times`);
+    }
+  }
+}
+
+/** One read of every page of a node's records; undefined if they changed between two pages. */
+async function readNodeRecordsOnce(nc: NatsConnection, cluster: string, nodeId: string, timeoutMs: number, deadlineMs: number): Promise<NodeRecordsReply | undefined> {
   const subject = nodeSubject(cluster, nodeId, 'records');
   const shards: ShardAssignment[] = [];
   let hosts = 1;
   let from = 0;
+  let version: number | undefined;
   for (;;) {
     const leftMs = deadlineMs - Date.now();
     if (leftMs <= 0) throw new ProtocolError('timeout', `node '${nodeId}' did not give all its records in time (${shards.length} read)`);
@@ -62,6 +80,8 @@ export async function readNodeRecords(nc: NatsConnection, cluster: string, nodeI
       throw fromNatsError(e, subject, waitMs);
     }
     if (page.nodeId !== nodeId) throw new ProtocolError('internal', `node '${nodeId}' answered as '${page.nodeId}'`);
+    if (from === 0) version = page.version;
+    else if (page.version !== version) return undefined;
     hosts = page.hosts;
     shards.push(...page.shards);
     // A page must move on: a node answering the same `next` again would be asked for ever.
@@ -69,7 +89,7 @@ export async function readNodeRecords(nc: NatsConnection, cluster: string, nodeI
     if (page.next <= from || page.shards.length === 0) throw new ProtocolError('internal', `node '${nodeId}' answered page ${from} with next ${page.next}`);
     from = page.next;
   }
-  return { nodeId, hosts, shards };
+  return { nodeId, hosts, shards, ...(version === undefined ? {} : { version }) };
 }
 
 /**

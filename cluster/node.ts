@@ -341,6 +341,11 @@ export class StrataNode {
   private readonly log: Logger;
   private stopped = false;
   private reconciledEpoch = -1;
+  /**
+   * The `version` of this node's records' pages (`records`): one more at each change of
+   * `nodeMeta`, from the clock at start, so that a restart between two pages is seen too.
+   */
+  private recordsVersion = Date.now();
   /** A heartbeat is waiting for its answer: the timer's tick is skipped. */
   private heartbeatRunning = false;
   /** The reconciliation running, if any (one at a time). */
@@ -1037,6 +1042,7 @@ export class StrataNode {
   private persist(next: NodeMeta): void {
     this.meta.write(NODE_META, next);
     this.nodeMeta = next;
+    this.recordsVersion++;
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -1339,7 +1345,9 @@ export class StrataNode {
       return { ok: true };
     });
     // This node's record of its replicas, page by page: what a lost catalog is recovered from.
-    this.subscribe(subj('records'), async (body) => recordsPage(this.nodeId, this.hosts, this.nodeMeta.shards, validateNodeRecordsRequest(body).from ?? 0, this.controlReplyBytesMax()));
+    this.subscribe(subj('records'), async (body) =>
+      recordsPage(this.nodeId, this.hosts, this.nodeMeta.shards, validateNodeRecordsRequest(body).from ?? 0, this.controlReplyBytesMax(), this.recordsVersion),
+    );
     this.subscribe(subj('shards.destroy'), async (body) => {
       const r = validateShardsDestroy(body);
       await this.destroyShards(r.volumeId, r.shards);

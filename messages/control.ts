@@ -287,6 +287,11 @@ export interface NodeRecordsReply {
   shards: ShardAssignment[];
   /** Index of the next page, when there is one. */
   next?: number;
+  /**
+   * How many times the node's records changed (since it started): the pages of one read carry
+   * the same, or the records changed between them (an index may then name another record).
+   */
+  version?: number;
 }
 
 export function validateNodeRecordsRequest(body: unknown): NodeRecordsRequest {
@@ -301,6 +306,7 @@ export function validateNodeRecordsReply(body: unknown): NodeRecordsReply {
     hosts: int(o.hosts, 'hosts', 1, HOSTS_PER_NODE_MAX),
     shards: list(o.shards, 'shards', ASSIGNMENTS_PAGE_MAX).map((s, i) => validateShardAssignment(s, `shards[${i}]`)),
     ...(o.next === undefined ? {} : { next: int(o.next, 'next', 1, ASSIGNMENTS_PER_NODE_MAX) }),
+    ...(o.version === undefined ? {} : { version: int(o.version, 'version', 0, Number.MAX_SAFE_INTEGER) }),
   };
 }
 

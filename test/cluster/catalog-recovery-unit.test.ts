@@ -36,6 +36,26 @@ describe('cluster/catalog-recovery', () => {
     assert.equal(recordsPage('n2', 2, all, 0, 10).shards.length, 1);
   });
 
+  it('reads the records again from the first page when they changed between two pages', async () => {
+    let held = Array.from({ length: 300 }, (_, i) => assignment(i));
+    let version = 7;
+    let pages = 0;
+    const nc = fakeNc((_subject, body) => {
+      const page = recordsPage('n2', 1, held, Number(body.from ?? 0), 4096, version);
+      // After the first page, the node destroys the replica of its first record.
+      if (++pages === 1) {
+        held = held.slice(1);
+        version++;
+      }
+      return page;
+    });
+    const r = await readNodeRecords(nc, 'c', 'n2', 1000, Date.now() + 10_000);
+    assert.deepEqual(r.shards.map((a) => a.volumeId), held.map((a) => a.volumeId));
+    // Records that change between every two pages: given up after RECORDS_READ_TRIES reads.
+    const restless = fakeNc((_subject, body) => recordsPage('n2', 1, held, Number(body.from ?? 0), 4096, version++));
+    await assert.rejects(readNodeRecords(restless, 'c', 'n2', 1000, Date.now() + 10_000), (e: unknown) => e instanceof ProtocolError && e.code === 'unavailable' && /changed while they were read/.test(e.message));
+  });
+
   it('fails on a page that does not move on, an answer in another name, an error reply, or a deadline passed', async () => {
     // `next` 1 from 0 moves on; from 1, `next` 1 again does not.
     const stuck = fakeNc(() => ({ nodeId: 'n2', hosts: 1, shards: [assignment(1)], next: 1 }));
