@@ -598,7 +598,10 @@ async function catalogRecover(ctx: Ctx): Promise<void> {
   const geometry = (v: { shards: number; replicas: number }): string => `${v.shards} shard${v.shards === 1 ? '' : 's'}, ${v.replicas} replica${v.replicas === 1 ? '' : 's'}`;
   lines.push(`asked ${r.nodesAsked} live node${r.nodesAsked === 1 ? '' : 's'} for their records${r.nodesFailed.length === 0 ? '' : `; ${r.nodesFailed.length} did not answer (what only they hold is not found)`}\n`);
   for (const f of r.nodesFailed) lines.push(`  ${f.node}: ${f.error}\n`);
-  if (r.recoveredCount === 0) lines.push('no volume to recover: the catalog lists every volume the nodes hold\n');
+  if (r.recoveredCount === 0) {
+    // "Every volume" only when no node failed and none was left out.
+    lines.push(r.nodesFailed.length === 0 && r.skippedCount === 0 ? 'no volume to recover: the catalog lists every volume the nodes hold\n' : 'no volume to recover\n');
+  }
   else lines.push(`${apply ? 'recovered' : 'would recover'} ${r.recoveredCount} volume${r.recoveredCount === 1 ? '' : 's'}:\n`);
   for (const v of r.recovered) lines.push(`  ${v.name} (${v.id}, ${geometry(v)})\n`);
   lines.push(more(r.recovered.length, r.recoveredCount));
