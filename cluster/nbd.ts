@@ -6,7 +6,7 @@
  * - fixed newstyle negotiation only (NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES): options
  *   EXPORT_NAME, INFO, GO, LIST and ABORT; every other option is answered NBD_REP_ERR_UNSUP
  *   (structured replies among them: the replies are simple ones);
- * - commands READ, WRITE (FUA accepted), FLUSH, TRIM and WRITE_ZEROES (both write zero pages),
+ * - commands READ, WRITE (FUA accepted), FLUSH, TRIM (a hint: nothing changes) and WRITE_ZEROES (zero pages),
  *   DISC; anything else is EINVAL;
  * - byte-granular offsets: a write that covers part of a page reads the page, patches it and
  *   writes it whole (read-modify-write); every write holds the pages it touches until it is
@@ -816,6 +816,11 @@ class Connection {
       if (request.offset + request.length > size) {
         return await this.reply(request, request.type === NBD_CMD.WRITE || request.type === NBD_CMD.WRITE_ZEROES ? NBD_ERR.ENOSPC : NBD_ERR.EINVAL);
       }
+      // A hint that the range is not needed (the NBD spec lets the server do nothing, and the
+      // client may assume nothing of the range's bytes until it writes them): Strata keeps them.
+      // Writing zeros instead would hold the range's locks and cost as much as writing it, for
+      // hours on a whole-device discard as mkfs sends.
+      if (request.type === NBD_CMD.TRIM) return await this.reply(request, 0);
       if (request.type === NBD_CMD.READ) {
         const data = await readBytes(this.pageCalls(), info.pageSize, request.offset, request.length);
         return await this.reply(request, 0, data);
