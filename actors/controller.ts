@@ -131,6 +131,11 @@ export class Controller {
     return this.state.epoch;
   }
 
+  /** The tag this catalog was created with (undefined for a catalog of before tags). */
+  get tag(): string | undefined {
+    return this.state.tag;
+  }
+
   /**
    * Records a heartbeat (or registration) of a node. A node not yet a member while `nodesMax`
    * are is refused `too_large`. Once a minute (by `nowMs`), members silent for long are

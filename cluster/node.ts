@@ -341,6 +341,8 @@ export class StrataNode {
   private readonly log: Logger;
   private stopped = false;
   private reconciledEpoch = -1;
+  /** The tag of the catalog reconciled with (HeartbeatReply.catalog). */
+  private reconciledCatalog: string | undefined;
   /**
    * The `version` of this node's records' pages (`records`): one more at each change of
    * `nodeMeta`, from the clock at start, so that a restart between two pages is seen too.
@@ -870,17 +872,20 @@ export class StrataNode {
     const nc = this.nc!;
     const timeout = this.opts.requestTimeoutMs ?? 10_000;
     let epoch: number;
+    let catalog: string | undefined;
     try {
       const r = await nc.request(controllerSubject(this.cluster, 'heartbeat'), encode({ nodeId: this.nodeId, hosts: this.hosts }), { timeout });
-      epoch = validateHeartbeatReply(throwIfError(decode(r.data))).epoch;
+      ({ epoch, catalog } = validateHeartbeatReply(throwIfError(decode(r.data))));
       this.heartbeatFailures.succeeded();
     } catch (e) {
       // A NATS error ("503" when no controller runs) as the protocol error it means.
       if (!this.stopped) this.heartbeatFailures.failed(fromNatsError(e, controllerSubject(this.cluster, 'heartbeat'), timeout));
       return;
     }
-    if (epoch === this.reconciledEpoch || this.reconciling !== undefined || Date.now() < this.reconcileNotBeforeMs) return;
-    this.reconciling = this.reconcileWithCatalog(epoch).finally(() => (this.reconciling = undefined));
+    // The same epoch of another catalog (one created again after its controller lost its data,
+    // whose epochs start over) is a catalog this node has not reconciled with.
+    if ((epoch === this.reconciledEpoch && catalog === this.reconciledCatalog) || this.reconciling !== undefined || Date.now() < this.reconcileNotBeforeMs) return;
+    this.reconciling = this.reconcileWithCatalog(epoch, catalog).finally(() => (this.reconciling = undefined));
   }
 
   /**
@@ -888,9 +893,12 @@ export class StrataNode {
    * logged (FailureLog) and the next try waits a back-off, RECONCILE_BACKOFF_MS_MIN doubling to
    * RECONCILE_BACKOFF_MS_MAX.
    */
-  private async reconcileWithCatalog(epoch: number): Promise<void> {
+  private async reconcileWithCatalog(epoch: number, catalog: string | undefined): Promise<void> {
     try {
       await this.reconcile(await this.fetchAssignments());
+      // Of the catalog the heartbeat named: if another answered the assignments meanwhile, the
+      // next heartbeat differs again, and the node reconciles once more.
+      this.reconciledCatalog = catalog;
       this.reconcileBackoffMs = 0;
       this.reconcileFailures.succeeded();
     } catch (e) {
@@ -1146,7 +1154,7 @@ export class StrataNode {
       async (body) => {
         const hb = validateHeartbeat(body);
         c.heartbeat(hb.nodeId, hb.hosts, Date.now());
-        return { epoch: c.epoch };
+        return { epoch: c.epoch, ...(c.tag === undefined ? {} : { catalog: c.tag }) };
       },
       undefined,
       { unbounded: true },

@@ -24,6 +24,12 @@ export interface HeartbeatRequest {
 }
 export interface HeartbeatReply {
   epoch: number;
+  /**
+   * The catalog's tag (absent for a catalog without one): a catalog created again (its
+   * controller's data lost) counts its epochs from 0 again, so an epoch alone does not tell it
+   * from the one a node last reconciled with.
+   */
+  catalog?: string;
 }
 
 /**
@@ -119,7 +125,7 @@ function list(v: unknown, path: string, max: number): unknown[] {
 /** A controller's answer to a heartbeat. */
 export function validateHeartbeatReply(body: unknown): HeartbeatReply {
   const o = obj(body, '');
-  return { epoch: int(o.epoch, 'epoch', 0, Number.MAX_SAFE_INTEGER) };
+  return { epoch: int(o.epoch, 'epoch', 0, Number.MAX_SAFE_INTEGER), ...(o.catalog === undefined ? {} : { catalog: str(o.catalog, 'catalog') }) };
 }
 
 export function validateHeartbeat(body: unknown): HeartbeatRequest {

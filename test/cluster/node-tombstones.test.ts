@@ -57,4 +57,26 @@ describe('the tombstones of a catalog larger than one control message', function
     const recorded = (): string[] => (n2 as unknown as { nodeMeta: { shards: ShardAssignment[] } }).nodeMeta.shards.map((a) => a.volumeId);
     await waitFor('the deleted volume\'s replica destroyed on node 2', () => !fs.existsSync(shardDir(id)) && !recorded().includes(id), 10_000);
   });
+
+  it('a catalog created again at the epoch a running node last reconciled with is still reconciled with: the epoch alone does not tell two catalogs apart', async () => {
+    root = fs.mkdtempSync(path.join(os.tmpdir(), 'strata-tombstones-'));
+    c = await startCluster({ nodes: 2, hosts: 1, dataDir: root });
+    const shardDir = (id: string): string => path.join(root!, 'node2', 'dev0', 'shards', `${id}.0`);
+    let id: string | undefined;
+    for (let i = 0; i < 4 && id === undefined; i++) {
+      const v = await c.client.createVolume({ name: `vol${i}`, pageCount: 16, shards: 1, replicas: 1 });
+      if (fs.existsSync(shardDir(v.id))) id = v.id;
+    }
+    assert.ok(id !== undefined, 'no volume placed on node 2');
+    type Peek = { reconciledEpoch: number; controller?: { epoch: number } };
+    const epoch = (c.nodes[0] as unknown as Peek).controller!.epoch;
+    await waitFor('node 2 reconciled with the catalog\'s epoch', () => (c!.nodes[1] as unknown as Peek).reconciledEpoch === epoch, 10_000);
+    // The controller's node starts again on a catalog of another tag at that same epoch, which
+    // deleted the volume (as a catalog created again, and changed as often, would have).
+    c.kill(0);
+    const catalog: CatalogState = { version: 1, epoch, nextId: 1, tag: 'again', volumes: [], tombstones: [id] };
+    new MetaStore(new RealDisk(path.join(root, 'node1')), 'controller').write('catalog', catalog);
+    await c.restart(0);
+    await waitFor('the deleted volume\'s replica destroyed on node 2', () => !fs.existsSync(shardDir(id!)), 10_000);
+  });
 });
