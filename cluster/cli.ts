@@ -398,7 +398,7 @@ export function parseArgs(argvIn: readonly string[]): ParsedArgs {
   if (command === 'put' || command === 'get') parseInteger('PAGE', positionals[1]!);
   if (command === 'shard force-vote') parseInteger('SHARD', positionals[1]!);
   if (command === 'nbd') {
-    if ((positionals.length === 1) === (flags.all === true)) throw new UsageError('nbd: expected VOLUME or --all');
+    if ((positionals.length === 1) === (flags.all === true)) throw new UsageError(positionals.length === 1 ? 'nbd: give VOLUME or --all, not both' : 'nbd: expected VOLUME or --all');
     if (typeof flags.listen === 'string') parseListen(flags.listen);
   }
   return { command, positionals, flags, rest: [] };
@@ -785,7 +785,9 @@ async function nbd(ctx: Ctx): Promise<void> {
   const listen = typeof flags.listen === 'string' ? parseListen(flags.listen) : { host: '127.0.0.1', port: NBD_PORT_DEFAULT };
   const readOnly = flags['read-only'] === true;
   await withClient(ctx, async (client) => {
-    const server = await startNbdServer({ client, ...(volume === undefined ? {} : { volume }), host: listen.host, port: listen.port, readOnly });
+    const server = await startNbdServer({ client, ...(volume === undefined ? {} : { volume }), host: listen.host, port: listen.port, readOnly }).catch((err: unknown) => {
+      throw listenError(err, listen.host, listen.port);
+    });
     const { host, port } = server.address;
     const name = volume ?? 'VOLUME';
     const uri = nbdUri(host, port, name);
@@ -811,6 +813,19 @@ async function nbd(ctx: Ctx): Promise<void> {
     await writeOut(ctx.io.stderr, `strata: ${signal}: stopping the NBD server\n`);
     await server.stop();
   });
+}
+
+/** Why the NBD server could not listen on HOST:PORT, in words (the error keeps its code). */
+function listenError(err: unknown, host: string, port: number): unknown {
+  const code = (err as NodeJS.ErrnoException).code;
+  const where = host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
+  const why: Record<string, string> = {
+    EADDRINUSE: `${where} is already in use (another strata nbd?): give another with --listen HOST:PORT (port 0 takes a free one)`,
+    EADDRNOTAVAIL: `${where}: no interface of this machine has that address`,
+    EACCES: `${where}: not allowed to listen there (a port below 1024 needs privileges)`,
+  };
+  if (code === undefined || why[code] === undefined) return err;
+  return Object.assign(new Error(why[code]), { code });
 }
 
 type RunDev = (opts: { demo: boolean; nodes: number; dataDir?: string; metricsPort?: number; auth?: boolean }) => Promise<number>;

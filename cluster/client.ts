@@ -384,7 +384,14 @@ export class StrataClient {
     // records within it (less room for its answer), and does not start a recovery, `apply` or
     // not, that has waited past it in its queue.
     const headers = { [HEADER_DEADLINE]: String(this.deadline()) };
-    const replyBytes = await this.request(subject, encode({ apply: options.apply === true }), { timeoutMs: this.timeoutMs, headers });
+    let replyBytes: Uint8Array;
+    try {
+      replyBytes = await this.request(subject, encode({ apply: options.apply === true }), { timeoutMs: this.timeoutMs, headers });
+    } catch (err) {
+      // No controller subscribes: say so, as the API's catalog verbs do.
+      if (err instanceof NoRespondersError) throw new ProtocolError('unavailable', `the controller is not reachable (no responders on ${subject}): is the controller node running?`, { subject });
+      throw err;
+    }
     return readReply(replyBytes, 'catalog.recover', subject, validateCatalogRecoverReply);
   }
 

@@ -7,7 +7,7 @@ import * as path from 'node:path';
 import { Readable, Writable } from 'node:stream';
 import { HELP_TEXT, TRANSFER_PAGES_PER_CALL, UsageError, main, parseArgs, parseListen, parseReadAt } from '../../cluster/cli';
 import type { CliIo } from '../../cluster/cli';
-import { createClient } from '../../cluster/client';
+import { NoRespondersError, createClient } from '../../cluster/client';
 import type { ClientTransport, ConnectOptions, StrataClient } from '../../cluster/client';
 import { decode, encode } from '../../messages/codec';
 import { ProtocolError, errorReply } from '../../messages/errors';
@@ -272,7 +272,7 @@ describe('cluster/cli', () => {
       [['shard', 'force-vote', 'db', '--node', 'n1'], /missing SHARD/],
       [['shard', 'force-vote', 'db', 'first', '--node', 'n1'], /SHARD: expected a non-negative integer, got "first"/],
       [['nbd'], /^nbd: expected VOLUME or --all$/],
-      [['nbd', 'db', '--all'], /^nbd: expected VOLUME or --all$/],
+      [['nbd', 'db', '--all'], /^nbd: give VOLUME or --all, not both$/],
       [['nbd', 'db', 'other'], /unexpected argument "other"/],
       [['nbd', 'db', '--listen', '10809'], /^--listen: expected HOST:PORT or \[IPV6\]:PORT, got "10809"$/],
       [['nbd', 'db', '--listen', '::1:10809'], /^--listen: expected HOST:PORT or \[IPV6\]:PORT/],
@@ -302,6 +302,34 @@ describe('cluster/cli', () => {
       assert.equal(r.code, 1);
       assert.match(r.err, /^strata: not_found: .*nope/);
       assert.equal(r.out, '');
+    });
+
+    it('nbd on a port in use says which and how to pick another, exit 1', async () => {
+      const holder = net.createServer();
+      await new Promise<void>((resolve) => holder.listen(0, '127.0.0.1', resolve));
+      const port = (holder.address() as net.AddressInfo).port;
+      try {
+        const mem = new MemoryCluster();
+        mem.volumes.set('db', { name: 'db', id: 'id-db', pageCount: 16, pageSize: 4096, shards: 1, stripePages: 256, replicas: 1, createdAt: 0 });
+        const r = await run(['nbd', 'db', '--listen', `127.0.0.1:${port}`], mem);
+        assert.equal(r.code, 1);
+        assert.equal(r.err, `strata: EADDRINUSE: 127.0.0.1:${port} is already in use (another strata nbd?): give another with --listen HOST:PORT (port 0 takes a free one)\n`);
+        assert.equal(r.out, '');
+      } finally {
+        await new Promise<void>((resolve) => holder.close(() => resolve()));
+      }
+    });
+
+    it('catalog recover with no controller running says the controller is not reachable, exit 1', async () => {
+      const mem = new MemoryCluster();
+      const request = mem.request.bind(mem);
+      mem.request = async (subject, data, options) => {
+        if (subject.endsWith('.controller.catalog.recover')) throw new NoRespondersError(subject);
+        return request(subject, data, options);
+      };
+      const r = await run(['catalog', 'recover'], mem);
+      assert.equal(r.code, 1);
+      assert.equal(r.err, 'strata: unavailable: the controller is not reachable (no responders on strata.dev.controller.catalog.recover): is the controller node running?\n');
     });
 
     it('exits 2 with a usage message on stderr for a usage error, without connecting', async () => {
