@@ -8,7 +8,7 @@
  * catalog what it lacks (Controller.planRecovery, addRecovered).
  */
 import type { NatsConnection } from 'nats';
-import { decode, encode } from '../messages/codec';
+import { decode, encode, pageWithin } from '../messages/codec';
 import { ProtocolError, throwIfError, toProtocolError } from '../messages/errors';
 import {
   ASSIGNMENTS_PAGE_MAX,
@@ -33,13 +33,7 @@ export const RECORDS_READ_TRIES = 3;
  */
 export function recordsPage(nodeId: string, hosts: number, shards: readonly ShardAssignment[], from: number, bytesMax: number, version?: number): NodeRecordsReply {
   const room = bytesMax - encode({ nodeId, hosts, shards: [], next: ASSIGNMENTS_PER_NODE_MAX, ...(version === undefined ? {} : { version: Number.MAX_SAFE_INTEGER }) }).length;
-  const page: ShardAssignment[] = [];
-  let used = 0;
-  for (const a of shards.slice(from, from + ASSIGNMENTS_PAGE_MAX)) {
-    used += encode(a).length;
-    if (used > room && page.length > 0) break;
-    page.push(a);
-  }
+  const page = pageWithin(shards, from, room, ASSIGNMENTS_PAGE_MAX);
   const next = from + page.length;
   return { nodeId, hosts, shards: page, ...(next < shards.length ? { next } : {}), ...(version === undefined ? {} : { version }) };
 }

@@ -27,6 +27,7 @@ import { CALL_PAGES_MAX, type StrataClient, type Volume } from './client';
 import { ProtocolError } from '../messages/errors';
 import type { VolumeInfo } from '../messages/api';
 import { createLogger, type Logger } from '../observability/log';
+import { withTimeout } from '../runtime/timeout';
 
 // ---------------------------------------------------------------------------------------------
 // Protocol constants (the NBD protocol's own names)
@@ -528,10 +529,8 @@ class Connection {
 
   private async drain(timeoutMs: number): Promise<void> {
     if (this.requests.size === 0) return;
-    let timer: NodeJS.Timeout | undefined;
-    const timedOut = new Promise<void>((resolve) => (timer = setTimeout(resolve, timeoutMs)));
-    await Promise.race([Promise.allSettled([...this.requests]), timedOut]);
-    clearTimeout(timer);
+    // Past the bound, the requests left go on; their locks are let go when they end (serve).
+    await withTimeout(Promise.allSettled([...this.requests]), timeoutMs, () => new Error('drain timed out')).catch(() => undefined);
   }
 
   private send(...parts: Buffer[]): Promise<void> {

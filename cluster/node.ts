@@ -27,7 +27,7 @@ import { REQUEST_ITEMS_MAX, type MessageType, type VolumeInfo } from '../message
 import type { Service } from 'nats';
 import { messageHeaders, REPLY_HEADERS, wellFormed } from '../runtime/nats-headers';
 import { ConnectionState, encodeReplyWithin, fromNatsError, natsErrorCode, newInbox, serverMaxPayload, watchDenials } from '../runtime/request-mux';
-import { encode, decode, encodedErrorCode, MESSAGE_BYTES_MAX } from '../messages/codec';
+import { encode, decode, encodedErrorCode, pageWithin, MESSAGE_BYTES_MAX } from '../messages/codec';
 import { errorReply, ProtocolError, toProtocolError, throwIfError, type ErrorCode } from '../messages/errors';
 import {
   validateVolumeCreateRequest,
@@ -289,18 +289,6 @@ function openDataDir(dataDir: string, opts: StrataNodeOptions, hosts: number): {
     });
   }
   return { meta, nodeMeta, controller };
-}
-
-/** The ids of `ids` from index `from` on whose encoded size adds up to at most `bytesMax`; at least one when any is left. */
-function idsWithin(ids: readonly string[], from: number, bytesMax: number): string[] {
-  const out: string[] = [];
-  let used = 0;
-  for (let i = from; i < ids.length; i++) {
-    used += encode(ids[i]).length;
-    if (used > bytesMax && out.length > 0) break;
-    out.push(ids[i]!);
-  }
-  return out;
 }
 
 function shardId(a: { volumeId: string; shard: number }): string {
@@ -1166,26 +1154,20 @@ export class StrataNode {
       if (tombstonesFrom !== undefined) {
         // A page of tombstones alone: those the first page did not hold.
         const room = bytesMax - encode({ epoch: a.epoch, tombstones: [], shards: [], tombstonesNext: ASSIGNMENTS_TOMBSTONES_MAX }).length;
-        const page = idsWithin(a.tombstones, tombstonesFrom, room);
+        const page = pageWithin(a.tombstones, tombstonesFrom, room);
         const after = tombstonesFrom + page.length;
         return { epoch: a.epoch, tombstones: page, shards: [], ...(after < a.tombstones.length ? { tombstonesNext: after } : {}) };
       }
       // With the first page (later ones would repeat them), as many as half of it holds: the
       // tombstones are kept by the thousand and a server's max_payload may be small (the rest
       // come in pages of their own, `tombstonesNext`).
-      const tombstones = from === 0 ? idsWithin(a.tombstones, 0, Math.floor(bytesMax / 2)) : [];
+      const tombstones = from === 0 ? pageWithin(a.tombstones, 0, Math.floor(bytesMax / 2)) : [];
       const tombstonesNext = tombstones.length < (from === 0 ? a.tombstones.length : 0) ? { tombstonesNext: tombstones.length } : {};
       // As many as the server's max_payload holds (a server with a small one takes more pages), at
       // most ASSIGNMENTS_PAGE_MAX, at least one (which, too large alone, is answered too_large).
       const room = bytesMax - encode({ epoch: a.epoch, tombstones, shards: [], next: ASSIGNMENTS_PER_NODE_MAX, ...tombstonesNext }).length;
-      const shards: ShardAssignment[] = [];
-      let used = 0;
-      for (const { volume, placement, hostId } of a.shards.slice(from, from + ASSIGNMENTS_PAGE_MAX)) {
-        const one = this.assignmentOf(volume, placement.shard, hostId);
-        used += encode(one).length;
-        if (used > room && shards.length > 0) break;
-        shards.push(one);
-      }
+      const candidates = a.shards.slice(from, from + ASSIGNMENTS_PAGE_MAX).map(({ volume, placement, hostId }) => this.assignmentOf(volume, placement.shard, hostId));
+      const shards = pageWithin(candidates, 0, room);
       const next = from + shards.length;
       return { epoch: a.epoch, tombstones, shards, ...(next < a.shards.length ? { next } : {}), ...tombstonesNext };
     });

@@ -185,6 +185,22 @@ export function itemsWithin(bytes: Uint8Array, itemsMax: number): boolean {
   return true;
 }
 
+/**
+ * The values of `values` from index `from` on, at most `countMax` of them, whose encoded sizes
+ * add up to at most `bytesMax`: a page of a list made to fit one message. At least one when any
+ * is left (one too large alone is then refused where the page is encoded).
+ */
+export function pageWithin<T>(values: readonly T[], from: number, bytesMax: number, countMax = Number.POSITIVE_INFINITY): T[] {
+  const page: T[] = [];
+  let used = 0;
+  for (let i = from; i < values.length && page.length < countMax; i++) {
+    used += encode(values[i], { bytesMax: Number.MAX_SAFE_INTEGER }).length;
+    if (used > bytesMax && page.length > 0) break;
+    page.push(values[i]!);
+  }
+  return page;
+}
+
 /** Bytes of a CBOR head (major type and argument) whose argument is `n`. */
 function headBytes(n: number): number {
   return n < 24 ? 1 : n < 0x100 ? 2 : n < 0x10000 ? 3 : n < 0x100000000 ? 5 : 9;

@@ -68,3 +68,23 @@ export function createLogger(base: Record<string, unknown> = {}, level: LogLevel
     child: (f) => createLogger({ ...base, ...f }, level),
   };
 }
+
+/**
+ * A reporter for an event that can repeat at the request rate (a refused permission, a write
+ * that missed its deadline): the first is passed on at once, then at most one every
+ * `intervalMs`, with how many came since the last one passed on (`unreported`).
+ */
+export function throttled<T>(report: (event: T, unreported: number) => void, intervalMs: number): (event: T) => void {
+  let lastAt = Number.NEGATIVE_INFINITY;
+  let unreported = 0;
+  return (event) => {
+    const now = performance.now();
+    if (now - lastAt < intervalMs) {
+      unreported++;
+      return;
+    }
+    report(event, unreported);
+    unreported = 0;
+    lastAt = now;
+  };
+}

@@ -39,7 +39,7 @@ import { nodeInboxPrefix, shardSubject } from '../messages/subjects';
 import { validateRaftRequest, validateRaftReply, replicaSubject, followersSubject, type AppendRequest, type RaftRequest, type RaftReply } from '../messages/raft';
 import type { ForceVoteResult, ReplicaTransport, ReplicaTiming } from '../actors/replica';
 import { DeviceHost, deviceProblem, shardKey, type ShardSpec, type DeviceHostOptions, type DeviceHostStats, type ReplicaErrorOutcome } from './device-host';
-import { createLogger, type Logger } from '../observability/log';
+import { createLogger, throttled, type Logger } from '../observability/log';
 import type { WorkerTelemetryInit, WorkerTracing } from '../observability/worker-tracing';
 import { ATTR, batchSendTracer, captureSpanContext, clientSpan, deviceQueueTracer, serverSpan, withSpan } from '../observability/tracing';
 import { ConnectionState, encodeReplyWithin, frozenHeaders, RequestMux, serverMaxPayload, watchDenials } from './request-mux';
@@ -178,10 +178,12 @@ interface Mailbox {
   errors: number;
   /** Span attributes of its requests, made on first use. */
   spanAttrs?: Attributes;
-  /** When a write of this shard not committed before its deadline was last logged (performance.now() ms). */
-  commitTimeoutLoggedAt: number;
-  /** Such writes since that line, not logged each (`reportCommitTimeout`). */
-  commitTimeoutsUnreported: number;
+  /**
+   * Logs a write of this shard not committed before its deadline: the first at once, then at
+   * most one line every COMMIT_TIMEOUT_REPORT_MS with how many more there were (a shard that
+   * cannot commit, its followers stalled or cut off, fails every write it is sent).
+   */
+  reportCommitTimeout: (pe: ProtocolError) => void;
 }
 
 /** Storage codes that are not protocol codes, mapped to what a client should do about them. */
@@ -336,7 +338,10 @@ export class ActorHost implements HostApi {
       const mailbox: Mailbox = {
         spec, replicaSub: undefined as unknown as Subscription, followerSubs: [], leaderSub: undefined,
         depth: 0, bytes: 0, admitted: 0, rejectedOverloaded: 0, errors: 0,
-        commitTimeoutLoggedAt: Number.NEGATIVE_INFINITY, commitTimeoutsUnreported: 0,
+        reportCommitTimeout: throttled<ProtocolError>(
+          (pe, unreported) => this.log.warn('write not committed before its deadline', { volume: spec.volumeId, shard: spec.shard, ...pe.details, unreported }),
+          COMMIT_TIMEOUT_REPORT_MS,
+        ),
       };
       mailbox.replicaSub = nc.subscribe(replicaSubject(config.cluster, spec.volumeId, spec.shard, config.nodeId), {
         callback: (err, msg) => {
@@ -737,7 +742,7 @@ export class ActorHost implements HostApi {
           if (pe.code === 'internal') this.log.error('request failed', { volume: mb.spec.volumeId, shard: mb.spec.shard, err });
           // A write the shard could not commit in time: worth an operator's look (with where
           // replication stood), and logged here only, where it is answered.
-          else if (pe.code === 'timeout' && pe.details?.['commitLsn'] !== undefined) this.reportCommitTimeout(mb, pe);
+          else if (pe.code === 'timeout' && pe.details?.['commitLsn'] !== undefined) mb.reportCommitTimeout(pe);
           this.logReplicaError(mb.spec, this.device!.onReplicaError(mb.spec.volumeId, mb.spec.shard, err, replica), pe);
           this.respond(msg, errorReply(pe));
         },
@@ -797,24 +802,6 @@ export class ActorHost implements HostApi {
           supported: ['shard.write', 'shard.read', 'shard.flush'],
         });
     }
-  }
-
-  /**
-   * Logs a write of `mb`'s shard not committed before its deadline: the first at once, then at
-   * most one line every COMMIT_TIMEOUT_REPORT_MS per shard, with how many more there were since
-   * the last (`unreported`). A shard that cannot commit (its followers stalled or cut off) fails
-   * every write it is sent: a line each would flood the log at the request rate.
-   */
-  private reportCommitTimeout(mb: Mailbox, pe: ProtocolError): void {
-    const now = performance.now();
-    if (now - mb.commitTimeoutLoggedAt < COMMIT_TIMEOUT_REPORT_MS) {
-      mb.commitTimeoutsUnreported++;
-      return;
-    }
-    const unreported = mb.commitTimeoutsUnreported;
-    mb.commitTimeoutLoggedAt = now;
-    mb.commitTimeoutsUnreported = 0;
-    this.log.warn('write not committed before its deadline', { volume: mb.spec.volumeId, shard: mb.spec.shard, ...pe.details, unreported });
   }
 
   /**

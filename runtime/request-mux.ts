@@ -22,6 +22,7 @@
 import { Events, createInbox, headers as natsHeaders, type Msg, type MsgHdrs, type NatsConnection, type Subscription } from 'nats';
 import { ProtocolError, errorReply, toProtocolError, type ErrorCode } from '../messages/errors';
 import { encode, type CodecOptions } from '../messages/codec';
+import { throttled } from '../observability/log';
 
 /** Nobody subscribes to the subject of a request (NATS "503 no responders"); code `unavailable`. */
 export class NoRespondersError extends ProtocolError {
@@ -90,18 +91,7 @@ export function watchDenials(
   report: (denied: PermissionDenied, unreported: number) => void,
   intervalMs = DENIAL_REPORT_MS,
 ): () => void {
-  let lastAt = Number.NEGATIVE_INFINITY;
-  let unreported = 0;
-  return connection.onDenied((denied) => {
-    const now = performance.now();
-    if (now - lastAt < intervalMs) {
-      unreported++;
-      return;
-    }
-    report(denied, unreported);
-    unreported = 0;
-    lastAt = now;
-  });
+  return connection.onDenied(throttled(report, intervalMs));
 }
 
 /**
