@@ -97,6 +97,46 @@ export interface HardState {
 export interface HardStateStore {
   load(): HardState | undefined;
   save(state: HardState): void;
+  /**
+   * The replica-set configurations its log recorded (ConfigState), kept beside the term and vote
+   * in their own file; absent from a store that keeps none (the set given at creation holds).
+   */
+  loadConfig?(): ConfigState | undefined;
+  /** Replaces them atomically; returns once they are on disk. */
+  saveConfig?(state: ConfigState): void;
+}
+
+/**
+ * A replica set: its `members`, and during a change (joint consensus) the set it is changing
+ * from, `prior`. A decision (a vote, a commit, a lease) then needs a majority of each.
+ */
+export interface ReplicaConfig {
+  members: string[];
+  prior?: string[];
+}
+
+/**
+ * The configurations of a replica's log: `base`, in force up to the first of `changes`, and
+ * each change with the LSN and term of its Config record. The configuration in force is the
+ * last one (a record counts from the moment it is in the log, committed or not, as Raft's
+ * configuration entries do). Saved before a Config record is appended, so a change the log
+ * holds is always known; one whose record the log does not hold (cut, or never written) is
+ * dropped at the next open.
+ */
+export interface ConfigState {
+  base: ReplicaConfig;
+  changes: Array<{ lsn: number; term: number; config: ReplicaConfig }>;
+}
+
+/** What Replica.reconfigure did. */
+export interface ReconfigureResult {
+  /** The replica set in force now, committed. */
+  members: string[];
+  term: number;
+  /** LSN of the record that made it (or of the leader's last record when nothing changed). */
+  lsn: number;
+  /** False when the set already was `members` and nothing was written. */
+  changed: boolean;
 }
 
 /** Newest checkpoint image of this replica, to send to a follower that needs it. */
@@ -156,6 +196,13 @@ export interface ReplicaOptions {
   /** This replica's id (its node id) and every replica's id, itself included. */
   self: string;
   members: readonly string[];
+  /**
+   * For a replica that joins a shard whose set changes from `priorMembers` to `members` (it is
+   * created on a new node): it starts under that joint configuration, until its log or an image
+   * it is sent says otherwise. `members` must then hold `self`. Ignored when its storage
+   * recorded a configuration.
+   */
+  priorMembers?: readonly string[];
   log: SegmentLog;
   store: PageStore;
   queue: DeviceQueue;
@@ -245,6 +292,8 @@ export interface ReplicaStats {
   repairing: boolean;
   /** Its storage was lost (HardState.lost) and these peers have not answered with their term yet (probeTerms); absent otherwise. */
   awaitingTerms?: string[];
+  /** The replica set in force in its log (with `prior` during a change). */
+  config: ReplicaConfig;
   /** Prevote rounds started (an election follows only when a majority would vote). */
   preVotes: number;
   elections: number;
@@ -598,6 +647,25 @@ export class Replica {
     return this.term;
   }
 
+  /** The replica set in force in this replica's log (see ConfigState), with `prior` during a change. */
+  configuration(): ReplicaConfig {
+    return { members: [...this.members] };
+  }
+
+  /**
+   * Leader only: changes the replica set to `members` through a joint configuration (a Config
+   * record of both sets, then one of `members` alone once the first is committed); resolves
+   * once the second is committed. A leader that is not in `members` then steps down. Fails
+   * `not_leader` (with the leader it knows), `bad_request` for a set that is not 1..7 distinct
+   * ids, `unavailable` while another change is under way, `timeout` past `deadlineMs` (the
+   * change may still be made: its records are in the log).
+   */
+  async reconfigure(members: readonly string[], opts: { deadlineMs?: number } = {}): Promise<ReconfigureResult> {
+    void members;
+    void opts;
+    throw new ProtocolError('unavailable', 'membership change is not built yet');
+  }
+
   get appliedLsn(): number {
     return this.store.appliedLsn;
   }
@@ -621,6 +689,7 @@ export class Replica {
       heldRecords: this.recent.length,
       heldBytes: this.recentBytes,
       repairing: this.repairTerm !== undefined,
+      config: this.configuration(),
       ...(this.termsUnknown !== undefined ? { awaitingTerms: [...this.termsUnknown].sort() } : {}),
       ...this.counters,
       cache: { hits: c.hits, misses: c.misses, evictions: c.evictions, bytes: c.bytes },
