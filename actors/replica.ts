@@ -34,10 +34,11 @@ import { CorruptionError, StorageError, assert } from '../storage-engine/errors'
 import { ProtocolError } from '../messages/errors';
 import { checkReadReplyBytes } from '../messages/validate';
 import type { WriteRecordRef } from '../messages/api';
-import { MESSAGE_BYTES_MAX } from '../messages/codec';
+import { MESSAGE_BYTES_MAX, decode, encode } from '../messages/codec';
 import type {
   RaftRequest, RaftReply, VoteRequest, VoteReply, AppendRequest, AppendReply, SnapshotRequest, SnapshotReply, WireRecord,
 } from '../messages/raft';
+import { validateConfig } from '../messages/raft';
 import { shardOfPage, type ShardGeometry, type PageData, type PayloadOffload } from './shard';
 
 export type Role = 'follower' | 'candidate' | 'leader';
@@ -125,7 +126,42 @@ export interface ReplicaConfig {
  */
 export interface ConfigState {
   base: ReplicaConfig;
-  changes: Array<{ lsn: number; term: number; config: ReplicaConfig }>;
+  changes: ConfigChange[];
+}
+
+/**
+ * The configuration in force from the record at (`lsn`, `term`) on: a Config record's, or, with
+ * `image`, the one an installed image was sent with (the record at its LSN is of any kind).
+ */
+export interface ConfigChange {
+  lsn: number;
+  term: number;
+  config: ReplicaConfig;
+  image?: boolean;
+}
+
+/** How long a membership change may take when the caller gives no deadline. */
+const RECONFIGURE_DEADLINE_MS = 30_000;
+
+/** Changes a replica keeps at most; older committed ones fold into the base. */
+const CONFIG_CHANGES_KEPT = 16;
+
+function sameSet(a: readonly string[], b: readonly string[]): boolean {
+  return a.length === b.length && a.every((m, i) => m === b[i]);
+}
+
+function sameConfig(a: ReplicaConfig, b: ReplicaConfig): boolean {
+  return sameSet(a.members, b.members) && sameSet(a.prior ?? [], b.prior ?? []);
+}
+
+/** The payload of a Config record: the CBOR of the replica set. */
+export function encodeConfig(config: ReplicaConfig): Uint8Array {
+  return encode(config.prior !== undefined ? { members: config.members, prior: config.prior } : { members: config.members });
+}
+
+/** Reads a Config record's payload; ProtocolError `bad_request` when it is not a replica set. */
+export function decodeConfig(payload: Uint8Array): ReplicaConfig {
+  return validateConfig(decode(payload));
 }
 
 /** What Replica.reconfigure did. */
@@ -454,7 +490,15 @@ function recordNote(lsn: number, term: number): string {
 export class Replica {
   readonly geometry: ShardGeometry;
   readonly self: string;
-  readonly members: readonly string[];
+  /** The configurations of its log (see ConfigState); `config` is the one in force. */
+  private configState!: ConfigState;
+  private config!: ReplicaConfig;
+  /** Every member of `config` but itself (both sets during a change). */
+  private peerList: string[] = [];
+  /** Nodes whose messages as a leader it takes besides its configuration's (setKnownMembers). */
+  private knownMembers: ReadonlySet<string> = new Set();
+  /** A leader's Config record being saved and appended: client writes wait for it (appendConfig). */
+  private configAppending: Promise<void> | undefined;
   private log: SegmentLog;
   private store: PageStore;
   private readonly queue: DeviceQueue;
@@ -558,7 +602,6 @@ export class Replica {
     assert(new Set(opts.members).size === opts.members.length, 'replica set members are distinct');
     this.geometry = opts.geometry;
     this.self = opts.self;
-    this.members = [...opts.members].sort();
     this.log = opts.log;
     this.store = opts.store;
     this.queue = opts.queue;
@@ -585,6 +628,11 @@ export class Replica {
     this.schedule = opts.schedule ?? ((run) => void setImmediate(run));
     this.pendingWritesMax = opts.pendingWritesMax ?? 4096;
     this.tracer = opts.tracer;
+    const members = [...opts.members].sort();
+    const prior = opts.priorMembers !== undefined ? [...opts.priorMembers].sort() : undefined;
+    assert(prior === undefined || (prior.length > 0 && new Set(prior).size === prior.length), 'prior members are distinct');
+    this.setConfigState(this.loadConfigState(prior !== undefined && !sameSet(prior, members) ? { members, prior } : { members }));
+    this.knownMembers = new Set([...members, ...(prior ?? [])]);
     const saved = this.hard.load();
     const hs: HardState = saved ?? { term: 0, votedFor: null };
     this.term = Math.max(hs.term, this.log.lastTerm);
@@ -593,7 +641,7 @@ export class Replica {
     if (hs.lost === true) {
       // A sole copy has no peer to ask or to be given its pages by: it does not lead until an
       // operator accepts the loss (forceVote), rather than serve its lost pages as never written.
-      if (this.members.length > 1) this.termsUnknown = new Set(this.peers());
+      if (this.peers().length > 0) this.termsUnknown = new Set(this.peers());
       this.repairTerm ??= 0;
     }
     this.lastLsn = this.log.lastLsn;
@@ -608,7 +656,7 @@ export class Replica {
     this.leaderContactMs = this.now();
     this.resetElectionDeadline();
     // A replica set of one needs nobody's vote: it leads at once.
-    if (this.members.length === 1) this.electionDeadlineMs = this.nowMs;
+    if (this.peers().length === 0) this.electionDeadlineMs = this.nowMs;
     else if (saved === undefined && this.log.lastLsn === 0 && this.store.appliedLsn === 0) this.firstElection();
   }
 
@@ -628,7 +676,8 @@ export class Replica {
    */
   private firstElection(): void {
     this.leaderContactMs = Number.NEGATIVE_INFINITY;
-    if (this.members[this.geometry.shard % this.members.length] === this.self) {
+    const members = this.config.members;
+    if (members[this.geometry.shard % members.length] === this.self) {
       this.electionDeadlineMs = this.nowMs;
       return;
     }
@@ -649,7 +698,23 @@ export class Replica {
 
   /** The replica set in force in this replica's log (see ConfigState), with `prior` during a change. */
   configuration(): ReplicaConfig {
-    return { members: [...this.members] };
+    const c = this.config;
+    return c.prior !== undefined ? { members: [...c.members], prior: [...c.prior] } : { members: [...c.members] };
+  }
+
+  /** The members of the replica set in force (both sets during a change). */
+  get members(): readonly string[] {
+    return this.config.prior === undefined ? this.config.members : [...new Set([...this.config.members, ...this.config.prior])].sort();
+  }
+
+  /**
+   * Nodes whose messages as a leader this replica takes although its configuration does not
+   * name them (the host gives the catalog's members of the shard): a replica cut off through a
+   * change of its set learns the new set from the new set's leader, which it would refuse as no
+   * member. Votes are still asked and given within the configuration only.
+   */
+  setKnownMembers(ids: readonly string[]): void {
+    this.knownMembers = new Set(ids);
   }
 
   /**
@@ -661,9 +726,54 @@ export class Replica {
    * change may still be made: its records are in the log).
    */
   async reconfigure(members: readonly string[], opts: { deadlineMs?: number } = {}): Promise<ReconfigureResult> {
-    void members;
-    void opts;
-    throw new ProtocolError('unavailable', 'membership change is not built yet');
+    this.checkLeader();
+    let target: string[];
+    try {
+      target = validateConfig({ members }, 'members').members;
+    } catch (e) {
+      throw e instanceof ProtocolError ? new ProtocolError('bad_request', e.message.replace(/^members\.members/, 'members'), { path: 'members' }) : e;
+    }
+    const deadlineMs = opts.deadlineMs ?? Date.now() + RECONFIGURE_DEADLINE_MS;
+    // Its term's first record applied: every record of earlier terms is decided, a change an
+    // earlier leader began among them.
+    await this.waitApplied(this.termStartLsn, deadlineMs);
+    let changed = false;
+    // Each turn moves the change one step: begun, joint committed (the set alone appended), done.
+    for (let step = 0; step < 6; step++) {
+      this.checkLeader();
+      const c = this.config;
+      const lastLsn = this.lastConfigChange()?.lsn ?? 0;
+      if (c.prior === undefined && sameSet(c.members, target)) {
+        // Answered once committed (a leader not in the set steps down after that: not checked again).
+        if (this.store.appliedLsn < lastLsn) await this.waitApplied(lastLsn, deadlineMs);
+        return { members: target, term: this.term, lsn: lastLsn, changed };
+      }
+      if (c.prior !== undefined && !sameSet(c.members, target)) {
+        const g = this.geometry;
+        throw new ProtocolError('unavailable', `shard ${g.volumeId}/${g.shard} is changing its replica set from ${c.prior.join(',')} to ${c.members.join(',')}; retry once that is done`, {
+          members: c.members,
+          prior: c.prior,
+        });
+      }
+      if (this.store.appliedLsn < lastLsn) {
+        // A change not committed yet: the joint one toward this set (the leader then appends the
+        // set alone), or an earlier one.
+        changed ||= c.prior !== undefined;
+        await this.waitApplied(lastLsn, deadlineMs);
+        while (this.configAppending !== undefined) await this.configAppending;
+        continue;
+      }
+      if (c.prior !== undefined) {
+        // Joint and committed: the set alone is being appended (afterConfigCommitted).
+        changed = true;
+        this.afterConfigCommitted();
+        while (this.configAppending !== undefined) await this.configAppending;
+        continue;
+      }
+      await this.appendConfig({ members: target, prior: c.members });
+      changed = true;
+    }
+    throw new ProtocolError('unavailable', 'the replica set kept changing; retry');
   }
 
   get appliedLsn(): number {
@@ -696,12 +806,152 @@ export class Replica {
     };
   }
 
-  private majority(): number {
-    return Math.floor(this.members.length / 2) + 1;
+  private peers(): string[] {
+    return this.peerList;
   }
 
-  private peers(): string[] {
-    return this.members.filter((m) => m !== this.self);
+  /** The sets a decision needs a majority of: the members, and the prior set during a change. */
+  private sets(): readonly string[][] {
+    return this.config.prior !== undefined ? [this.config.members, this.config.prior] : [this.config.members];
+  }
+
+  /** Whether the replicas `has` names hold a majority of every set of the configuration in force. */
+  private quorumOf(has: (id: string) => boolean): boolean {
+    for (const set of this.sets()) {
+      let n = 0;
+      for (const id of set) if (has(id)) n++;
+      if (n < Math.floor(set.length / 2) + 1) return false;
+    }
+    return true;
+  }
+
+  /** Whether this replica is a member of the configuration in force (one that is not never campaigns). */
+  private isVoter(): boolean {
+    return this.sets().some((set) => set.includes(this.self));
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // The replica set (membership change by joint consensus)
+  // ---------------------------------------------------------------------------------------------
+
+  /**
+   * The configurations saved beside the log, less the changes the log does not hold (saved
+   * before a record that was never written, or cut since): a change counts only while the log
+   * holds its record, at its LSN and term (a Config record of that set; for an image's, any
+   * record). Nothing saved, or a file that no longer reads: the set given at creation.
+   */
+  private loadConfigState(initial: ReplicaConfig): ConfigState {
+    let saved: ConfigState | undefined;
+    try {
+      saved = this.hard.loadConfig?.();
+    } catch {
+      saved = undefined;
+    }
+    if (saved === undefined) return { base: initial, changes: [] };
+    return { base: saved.base, changes: saved.changes.filter((c) => this.logHolds(c)) };
+  }
+
+  private logHolds(c: ConfigChange): boolean {
+    const log = this.log;
+    if (c.lsn > log.lastLsn) return false;
+    // Folded into the image: committed, and kept as the base of what follows.
+    if (c.lsn < log.firstLsn - 1) return true;
+    try {
+      if (log.termAt(c.lsn) !== c.term) return false;
+      if (c.image === true || c.lsn < log.firstLsn) return true;
+      const r = log.read(c.lsn, c.lsn)[0];
+      return r !== undefined && r.kind === RecordKind.Config && sameConfig(decodeConfig(r.payload), c.config);
+    } catch {
+      return false;
+    }
+  }
+
+  /** Makes `state` the configurations in force in memory (the caller saved it, or saves it). */
+  private setConfigState(state: ConfigState): void {
+    // Changes at or below the commit LSN beyond the newest such one fold into the base.
+    let changes = state.changes;
+    let base = state.base;
+    while (changes.length > CONFIG_CHANGES_KEPT && changes[1]!.lsn <= (this.commitLsn ?? 0)) {
+      base = changes[0]!.config;
+      changes = changes.slice(1);
+    }
+    this.configState = { base, changes };
+    this.config = changes.length > 0 ? changes[changes.length - 1]!.config : base;
+    const all = new Set([...this.config.members, ...(this.config.prior ?? [])]);
+    all.delete(this.self);
+    this.peerList = [...all].sort();
+    if (this.role !== 'leader') return;
+    // A leader replicates to the members of the configuration in force, and to them only.
+    for (const id of [...this.followers.keys()]) if (!all.has(id)) this.followers.delete(id);
+    for (const id of this.peerList) {
+      if (!this.followers.has(id)) {
+        this.followers.set(id, { next: this.lastLsn + 1, match: 0, inFlight: 0, lastSentMs: 0, ackedSentMs: Number.NEGATIVE_INFINITY, snapshot: undefined, probing: true });
+      }
+    }
+  }
+
+  /** Saves the configurations through the device queue (in order with its appends). */
+  private saveConfigState(state: ConfigState): Promise<void> {
+    const save = this.hard.saveConfig;
+    if (save === undefined) return Promise.resolve();
+    return this.queue.task(() => save.call(this.hard, state));
+  }
+
+  /** The configuration in force at `lsn`: of the last change at or below it. */
+  private configAt(lsn: number): ReplicaConfig {
+    const changes = this.configState.changes;
+    for (let i = changes.length - 1; i >= 0; i--) if (changes[i]!.lsn <= lsn) return changes[i]!.config;
+    return this.configState.base;
+  }
+
+  /** The newest change, if any. */
+  private lastConfigChange(): ConfigChange | undefined {
+    const changes = this.configState.changes;
+    return changes[changes.length - 1];
+  }
+
+  /**
+   * Leader: appends a Config record of `config`, in force from then on. The change is saved
+   * first, so a log that holds the record always knows it; client writes wait meanwhile, so the
+   * record takes the LSN the change was saved with. Returns its LSN.
+   */
+  private async appendConfig(config: ReplicaConfig): Promise<number> {
+    while (this.configAppending !== undefined) await this.configAppending;
+    this.checkLeader();
+    const term = this.term;
+    const lsn = this.lastLsn + 1;
+    const change: ConfigChange = { lsn, term, config };
+    const state: ConfigState = { base: this.configState.base, changes: [...this.configState.changes, change] };
+    let done!: () => void;
+    this.configAppending = new Promise<void>((resolve) => (done = resolve));
+    try {
+      await this.saveConfigState(state);
+      this.checkLeader();
+      // Writes waited; only a new term (a step-down and an election) moves the log meanwhile.
+      if (this.term !== term || this.lastLsn + 1 !== lsn) throw notLeader(this.leader, this.term);
+      this.appendLocal([{ term, kind: RecordKind.Config, payload: encodeConfig(config) }]);
+      this.setConfigState(state);
+      return lsn;
+    } finally {
+      this.configAppending = undefined;
+      done();
+    }
+  }
+
+  /**
+   * Leader: once the joint configuration in force is committed, appends the new set alone (a
+   * leader elected during a change finishes it); once that is committed, a leader that is not
+   * in it steps down.
+   */
+  private afterConfigCommitted(): void {
+    if (this.role !== 'leader' || this.configAppending !== undefined) return;
+    const last = this.lastConfigChange();
+    if (last === undefined || last.lsn > this.store.appliedLsn) return;
+    if (this.config.prior !== undefined) {
+      void this.appendConfig({ members: this.config.members }).catch(() => undefined);
+      return;
+    }
+    if (!this.config.members.includes(this.self)) this.stepDown(this.term, null, 'removed from the replica set');
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -721,6 +971,8 @@ export class Replica {
         return;
       }
       this.replicateAll(true);
+      // A change whose next step failed (the device refused it) is taken up again.
+      this.afterConfigCommitted();
       return;
     }
     if (nowMs >= this.electionDeadlineMs) this.startPreVote();
@@ -947,8 +1199,10 @@ export class Replica {
     // A log that lost records could make a leader without them: it waits to be given them back.
     // (A sole copy is marked only when its storage was lost: it waits for an operator.)
     if (this.repairTerm !== undefined) return;
+    // Removed from the replica set (the change committed without it): it waits to be destroyed.
+    if (!this.isVoter()) return;
     this.leader = null;
-    if (this.majority() === 1) {
+    if (this.quorumOf((id) => id === this.self)) {
       void this.startElection();
       return;
     }
@@ -973,7 +1227,7 @@ export class Replica {
     // Still the round of this term, with nothing heard from a leader since it started.
     if (this.role === 'leader' || this.term + 1 !== round.term || this.leader !== null || this.truncating > 0) return;
     round.votes.add(from);
-    if (round.votes.size >= this.majority()) {
+    if (this.quorumOf((id) => round.votes.has(id))) {
       this.preVote = undefined;
       void this.startElection();
     }
@@ -1006,7 +1260,7 @@ export class Replica {
     }
     // Closed meanwhile (restarted): the replica that took its place campaigns for itself.
     if (this.closed || this.term !== term || this.role !== 'candidate') return;
-    if (this.votes.size >= this.majority()) {
+    if (this.quorumOf((id) => this.votes.has(id))) {
       this.becomeLeader();
       return;
     }
@@ -1022,7 +1276,7 @@ export class Replica {
     }
     if (this.role !== 'candidate' || this.term !== term || !reply.granted) return;
     this.votes.add(from);
-    if (this.votes.size >= this.majority()) this.becomeLeader();
+    if (this.quorumOf((id) => this.votes.has(id))) this.becomeLeader();
   }
 
   /**
@@ -1424,7 +1678,7 @@ export class Replica {
     // What this follower lacks goes at the end of this turn, with the other followers' (one
     // message to all of them when they stand together): sent now, the records written in this
     // turn would reach it alone, and the followers would part.
-    if (this.transport.sendEach !== undefined && this.members.length > 2) this.replicateSoon();
+    if (this.transport.sendEach !== undefined && this.peers().length >= 2) this.replicateSoon();
     else this.replicateTo(id, false);
   }
 
@@ -1444,9 +1698,10 @@ export class Replica {
       f.snapshot = undefined; // The image went away (a newer checkpoint): start over with the newest.
       return;
     }
+    const done = s.offset + length >= s.bytes;
     const req: SnapshotRequest = {
       type: 'snapshot', term: this.term, leader: this.self, lsn: s.lsn, lastTerm: s.term, bytes: s.bytes,
-      offset: s.offset, data, done: s.offset + length >= s.bytes,
+      offset: s.offset, data, done, ...(done ? { config: this.configAt(s.lsn) } : {}),
     };
     f.inFlight++;
     const sentMs = this.nowMs;
@@ -1491,8 +1746,12 @@ export class Replica {
 
   private advanceCommit(): void {
     if (this.role !== 'leader') return;
-    const matches = [this.durableLsn, ...[...this.followers.values()].map((f) => f.match)].sort((a, b) => b - a);
-    const candidate = matches[this.majority() - 1]!;
+    // The highest LSN a majority of every set holds (both sets during a change).
+    let candidate = Number.POSITIVE_INFINITY;
+    for (const set of this.sets()) {
+      const matches = set.map((id) => (id === this.self ? this.durableLsn : this.followers.get(id)?.match ?? 0)).sort((a, b) => b - a);
+      candidate = Math.min(candidate, matches[Math.floor(set.length / 2)]!);
+    }
     // Only a record of the current term commits by counting (earlier ones commit with it).
     if (candidate > this.commitLsn && this.termOf(candidate) === this.term) {
       this.commitLsn = candidate;
@@ -1567,6 +1826,7 @@ export class Replica {
     if (this.role !== 'leader') this.dropHeld(applied, Number.POSITIVE_INFINITY);
     this.commitWaiters = this.release(this.commitWaiters, applied);
     this.applyWaiters = this.release(this.applyWaiters, applied);
+    this.afterConfigCommitted();
     this.maybeCheckpoint();
   }
 
@@ -1721,8 +1981,14 @@ export class Replica {
         }
       } else if (r.kind === RecordKind.Noop) {
         if (r.payload.length > 0) throw new ProtocolError('bad_request', `${path}: a no-op record carries no payload, this one ${r.payload.length} bytes`, { path });
+      } else if (r.kind === RecordKind.Config) {
+        try {
+          decodeConfig(r.payload);
+        } catch (e) {
+          throw new ProtocolError('bad_request', `${path}: not a replica set: ${e instanceof Error ? e.message : String(e)}`, { path });
+        }
       } else {
-        throw new ProtocolError('bad_request', `${path}.kind: ${r.kind} is not a kind of record a leader writes (${RecordKind.PageWrite}: page write, ${RecordKind.Noop}: no-op)`, { path: `${path}.kind` });
+        throw new ProtocolError('bad_request', `${path}.kind: ${r.kind} is not a kind of record a leader writes (${RecordKind.PageWrite}: page write, ${RecordKind.Noop}: no-op, ${RecordKind.Config}: replica set)`, { path: `${path}.kind` });
       }
     }
   }
@@ -1776,6 +2042,12 @@ export class Replica {
         this.lastLsn = from - 1;
         this.lastTerm = this.termOf(this.lastLsn);
         this.durableLsn = Math.min(this.durableLsn, this.lastLsn);
+        if (this.configState.changes.some((c) => c.lsn >= from)) {
+          // A change cut with its record: the set before it is in force again.
+          const state: ConfigState = { base: this.configState.base, changes: this.configState.changes.filter((c) => c.lsn < from) };
+          this.setConfigState(state);
+          await this.saveConfigState(state);
+        }
         break;
       }
       i++;
@@ -1784,6 +2056,19 @@ export class Replica {
     const matchLsn = req.prevLsn + req.records.length;
     const commitLsn = req.commitLsn;
     const fresh = req.records.slice(i);
+    const changes: ConfigChange[] = [];
+    fresh.forEach((r, k) => {
+      if (r.kind === RecordKind.Config) changes.push({ lsn: this.lastLsn + 1 + k, term: r.term, config: decodeConfig(r.payload) });
+    });
+    let configState: ConfigState | undefined;
+    if (changes.length > 0) {
+      // Saved before the records are written: a log that holds a Config record knows its set.
+      configState = { base: this.configState.base, changes: [...this.configState.changes, ...changes] };
+      const lastLsn = this.lastLsn;
+      await this.saveConfigState(configState);
+      // A newer term meanwhile (a vote), or an election of its own: this leader's message is stale.
+      if (this.term !== req.term || this.role !== 'follower' || this.lastLsn !== lastLsn) return now({ term: this.term, success: false, lastLsn: this.lastLsn });
+    }
     let durable: Promise<void>;
     if (fresh.length > 0) {
       const inputs: LogRecordInput[] = fresh.map((r) => ({ term: r.term, kind: r.kind, payload: r.payload }));
@@ -1799,6 +2084,8 @@ export class Replica {
       this.dropHeld(0, FOLLOWER_HELD_BYTES_MAX);
       this.lastLsn += inputs.length;
       this.lastTerm = inputs[inputs.length - 1]!.term;
+      // In force from now on, committed or not (as Raft's configuration entries are).
+      if (configState !== undefined) this.setConfigState(configState);
       durable = this.queue.append(this.log, inputs).then(({ firstLsn, lastLsn }) => {
         assert(firstLsn === first, 'follower log position', { firstLsn, expected: first });
         this.durableLsn = Math.max(this.durableLsn, lastLsn);
@@ -1879,6 +2166,11 @@ export class Replica {
     await this.queue.task(() => this.snapshots!.write(req.offset, req.data));
     p.next += req.data.length;
     if (req.done) {
+      // The image's set, saved first as a change at its LSN: kept if the install is, dropped at
+      // the next open if not (the log then does not hold that LSN and term).
+      const config = req.config ?? this.configAt(req.lsn);
+      const imageChange: ConfigChange = { lsn: req.lsn, term: req.lastTerm, config, image: true };
+      await this.saveConfigState({ base: this.configState.base, changes: [...this.configState.changes, imageChange] });
       const { log, store } = await this.queue.task(() => this.snapshots!.install());
       this.log = log;
       this.store = store;
@@ -1889,6 +2181,9 @@ export class Replica {
       this.commitLsn = Math.max(this.commitLsn, store.appliedLsn);
       this.pendingSnapshot = undefined;
       this.counters.snapshotsInstalled++;
+      const state: ConfigState = { base: config, changes: [] };
+      this.setConfigState(state);
+      await this.saveConfigState(state);
       this.checkRepaired(req.term);
     }
     return { term: this.term, ok: true, nextOffset: p.next };
@@ -1904,7 +2199,10 @@ export class Replica {
     // restarted the replica, five times a minute leaving it down.
     const path = msg.type === 'vote' || msg.type === 'prevote' ? 'candidate' : 'leader';
     const sender = (msg as { candidate?: string; leader?: string })[path]!;
-    if (sender === this.self || !this.members.includes(sender)) {
+    // A leader's message is taken also from a node the host knows as a member (setKnownMembers):
+    // one elected in a set this replica has not learned of yet.
+    const member = this.peerList.includes(sender) || (path === 'leader' && this.knownMembers.has(sender));
+    if (sender === this.self || !member) {
       const g = this.geometry;
       return Promise.reject(new ProtocolError('bad_request', `${path}: '${sender}' is not another member of shard ${g.volumeId}/${g.shard} (members: ${this.members.join(', ')})`, { path }));
     }
@@ -2011,6 +2309,8 @@ export class Replica {
     const payload = await this.encode(pages);
     let lsn: number;
     try {
+      // A Config record is being saved: it takes the next LSN first (appendConfig).
+      while (this.configAppending !== undefined) await this.configAppending;
       // Deposed while the payload was checksummed: its slot goes back all the same.
       this.checkLeader();
       if (this.term !== term) throw notLeader(this.leader, this.term);
@@ -2329,11 +2629,13 @@ export class Replica {
   }
 
   private hasMajorityContact(windowMs: number): boolean {
-    if (this.members.length === 1) return true;
+    if (this.peers().length === 0) return true;
     const now = this.now();
-    let contacts = 1;
-    for (const f of this.followers.values()) if (now - f.ackedSentMs < windowMs) contacts++;
-    return contacts >= this.majority();
+    return this.quorumOf((id) => {
+      if (id === this.self) return true;
+      const f = this.followers.get(id);
+      return f !== undefined && now - f.ackedSentMs < windowMs;
+    });
   }
 
   /** A majority answered within the lease: no other leader can have been elected meanwhile. */
@@ -2351,13 +2653,13 @@ export class Replica {
     const term = this.term;
     const req = (): AppendRequest => ({ type: 'append', term, leader: this.self, prevLsn: 0, prevTerm: 0, records: [], commitLsn: 0, leaderLastLsn: this.lastLsn });
     const wait = Math.max(1, Math.min(this.timing.rpcTimeoutMs, budgetMs));
-    let acks = 1;
+    const acks = new Set([this.self]);
     const sentMs = this.nowMs;
     await new Promise<void>((resolve, reject) => {
       let pending = this.peers().length;
       const done = (): void => {
         if (this.role !== 'leader' || this.term !== term) reject(notLeader(this.leader, this.term));
-        else if (acks >= this.majority()) resolve();
+        else if (this.quorumOf((id) => acks.has(id))) resolve();
         else if (--pending === 0) reject(new ProtocolError('timeout', 'leadership could not be confirmed by a majority'));
       };
       for (const id of this.peers()) {
@@ -2370,7 +2672,7 @@ export class Replica {
               // Only while this replica still leads the round's term: the followers' states
               // are then that term's. Counted toward the lease of a later term of its own, the
               // answer would vouch for a term its follower had not heard of.
-              acks++;
+              acks.add(id);
               const f = this.followers.get(id);
               if (f) f.ackedSentMs = Math.max(f.ackedSentMs, sentMs);
             }

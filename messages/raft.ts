@@ -83,6 +83,37 @@ export interface SnapshotRequest {
   offset: number;
   data: Uint8Array;
   done: boolean;
+  /**
+   * The replica set in force at the image's LSN (the leader's configuration as of that record):
+   * the follower takes it with the image. Absent from a leader of an earlier version.
+   */
+  config?: WireConfig;
+}
+
+/** A replica set in a message or a Config record: `members`, and `prior` during a change (joint consensus). */
+export interface WireConfig {
+  members: string[];
+  prior?: string[];
+}
+
+/** Members of a replica set at most (a volume has 1, 3 or 5 replicas; a change from 5 to 5 others names 10 in all). */
+export const CONFIG_MEMBERS_MAX = 7;
+
+function membersOf(v: unknown, path: string): string[] {
+  const list = expectArray(v, path, { lengthMin: 1, lengthMax: CONFIG_MEMBERS_MAX }).map((m, i) => expectId(m, `${path}[${i}]`));
+  if (list.length === 0 || new Set(list).size !== list.length) {
+    throw new ProtocolError('bad_request', `${path}: expected 1..${CONFIG_MEMBERS_MAX} distinct node ids`, { path });
+  }
+  return list.sort();
+}
+
+/** Validates a replica set (WireConfig): members sorted, `prior` kept only when it differs. */
+export function validateConfig(v: unknown, path = 'config'): WireConfig {
+  const o = expectMap(v, path);
+  const members = membersOf(o.members, `${path}.members`);
+  if (o.prior === undefined) return { members };
+  const prior = membersOf(o.prior, `${path}.prior`);
+  return prior.join(',') === members.join(',') ? { members } : { members, prior };
 }
 export interface SnapshotReply {
   term: number;
@@ -150,6 +181,7 @@ export function validateRaftRequest(body: unknown): RaftRequest {
       return {
         type: 'snapshot', term: termOf(o.term, 'term'), leader: id(o.leader, 'leader'), lsn: counter(o.lsn, 'lsn'),
         lastTerm: termOf(o.lastTerm, 'lastTerm'), bytes: total, offset, data, done: bool(o.done, 'done'),
+        ...(o.config !== undefined ? { config: validateConfig(o.config) } : {}),
       };
     }
     default:

@@ -110,9 +110,43 @@ function checkHardState(meta: MetaStore): CorruptionReport[] {
   }
 }
 
+/** A replica set: members, and the prior set during a change. */
+export interface ConfigSetRecord {
+  members: string[];
+  prior?: string[];
+}
+
+/** The replica-set configurations of a replica's log (see the Replica's ConfigState). */
+export interface ConfigRecord {
+  base: ConfigSetRecord;
+  changes: Array<{ lsn: number; term: number; config: ConfigSetRecord; image?: boolean }>;
+}
+
+function isIdList(v: unknown): v is string[] {
+  return Array.isArray(v) && v.length > 0 && v.every((m) => typeof m === 'string');
+}
+
+function isConfigSet(v: unknown): v is ConfigSetRecord {
+  if (v === null || typeof v !== 'object') return false;
+  const o = v as Record<string, unknown>;
+  return isIdList(o['members']) && (o['prior'] === undefined || isIdList(o['prior']));
+}
+
+function isConfigRecord(v: unknown): v is ConfigRecord {
+  if (v === null || typeof v !== 'object') return false;
+  const o = v as Record<string, unknown>;
+  const changes = o['changes'];
+  return isConfigSet(o['base']) && Array.isArray(changes) && changes.every((c: unknown) => {
+    if (c === null || typeof c !== 'object') return false;
+    const x = c as Record<string, unknown>;
+    return Number.isSafeInteger(x['lsn']) && Number.isSafeInteger(x['term']) && isConfigSet(x['config']) && (x['image'] === undefined || x['image'] === true);
+  });
+}
+
 const INCOMING = 'incoming.img.tmp';
 const INSTALL = 'install';
 const RAFT = 'raft';
+const CONFIG = 'config';
 
 /** Marks the hard state: this replica's log is losing records it may have acknowledged (HardStateRecord.repairTerm). */
 function markRepair(meta: MetaStore, log: SegmentLog): void {
@@ -297,6 +331,29 @@ export class ShardStorage {
   save(state: HardStateRecord): void {
     this.checkOpen();
     this.meta.write(RAFT, state);
+  }
+
+  // --- replica-set configurations --------------------------------------------------------------
+
+  /**
+   * The replica-set configurations its log recorded (the Replica's ConfigState), in their own
+   * file beside the term and vote; undefined when none was saved. A file that does not read
+   * throws CorruptionError (the replica then takes the set its node gives it).
+   */
+  loadConfig(): ConfigRecord | undefined {
+    this.checkOpen();
+    const state = this.meta.read<ConfigRecord>(CONFIG);
+    if (state === undefined) return undefined;
+    if (!isConfigRecord(state)) {
+      throw new StorageError('corruption', `the replica-set configuration file '${CONFIG}' holds no configuration`);
+    }
+    return state;
+  }
+
+  /** Replaces them atomically (refused once closed, as `save`). */
+  saveConfig(state: ConfigRecord): void {
+    this.checkOpen();
+    this.meta.write(CONFIG, state);
   }
 
   // --- images for followers ----------------------------------------------------------------------

@@ -111,7 +111,7 @@ class TestShard {
    * Opens a replica on `disk`; with `damaged`, as its host does after it reported damage; with
    * `existing`, as its node reopens a replica it held (ShardStorage `expectExisting`).
    */
-  start(id: string, sim: SimDisk, opts: { damaged?: readonly CorruptionReport[]; existing?: boolean } = {}): Member {
+  start(id: string, sim: SimDisk, opts: { damaged?: readonly CorruptionReport[]; existing?: boolean; members?: string[]; priorMembers?: string[] } = {}): Member {
     const disk: Disk = this.opts.asyncFlush === true ? withAsyncFlush(sim) : sim;
     const storage = ShardStorage.open(disk, {
       dir: 'shard', pageSize: 4096, pageCount: 256, cacheBytesMax: 1 << 20, slab: this.slab, segmentBytesMax: 64 * 1024, repairFromPeers: this.ids.length > 1,
@@ -128,7 +128,8 @@ class TestShard {
       },
     });
     const replica = new Replica({
-      geometry: { ...geometry, shard: this.opts.shard ?? 0, shards: Math.max(1, (this.opts.shard ?? 0) + 1) }, self: id, members: this.ids, log: storage.log, store: storage.store, queue, hardState: storage,
+      geometry: { ...geometry, shard: this.opts.shard ?? 0, shards: Math.max(1, (this.opts.shard ?? 0) + 1) }, self: id, members: opts.members ?? this.ids, log: storage.log,
+      ...(opts.priorMembers !== undefined ? { priorMembers: opts.priorMembers } : {}), store: storage.store, queue, hardState: storage,
       transport: this.transport(id), snapshots: storage, timing: { ...timing, ...(this.opts.timing ?? {}) },
       nowMs: this.now,
       clock: () => this.now,
@@ -1893,6 +1894,158 @@ describe('Replica (more cases)', function () {
  * Five replicas under lost appends, cut links and crashes, with appends to all followers in one
  * message: every acknowledged write is on every replica once the faults end.
  */
+describe('Replica (membership change by joint consensus)', function () {
+  this.timeout(30_000);
+  let shard: TestShard | undefined;
+  afterEach(async () => {
+    await shard?.stop();
+    shard = undefined;
+  });
+  const deadline = (ms = 10_000): number => Date.now() + ms;
+  const read = async (m: Member, p: number): Promise<number> => (await m.replica.read([p], { deadlineMs: deadline(), nowMs: Date.now() })).pages[0]![0]!;
+
+  it('a dead member replaced by a new one: the new one is given the shard (by image) and votes; the shard then survives losing another original member', async () => {
+    shard = new TestShard(['a', 'b', 'c'], { checkpointEveryRecords: 20 });
+    const l = await shard.leader(['a', 'b']);
+    for (let i = 0; i < 60; i++) await l.replica.write([{ page: i % 8, data: page(i) }]);
+    const dead = ['a', 'b', 'c'].find((id) => id !== l.id && id !== 'a' && id !== 'b') ?? 'c';
+    await shard.crash(dead);
+    const target = ['a', 'b', 'd'];
+    shard.ids.push('d');
+    shard.start('d', new SimDisk(), { members: target, priorMembers: ['a', 'b', 'c'] });
+    const leader = await shard.leader();
+    const r = await leader.replica.reconfigure(['d', 'b', 'a'], { deadlineMs: deadline() });
+    assert.deepEqual(r.members, target);
+    assert.equal(r.changed, true);
+    for (const id of target) {
+      await shard.waitFor(() => shard!.members.get(id)!.replica.appliedLsn >= r.lsn, `${id} applied the change`);
+      assert.deepEqual(shard.members.get(id)!.replica.configuration(), { members: target }, id);
+    }
+    const d = shard.members.get('d')!;
+    assert.ok(d.replica.stats().snapshotsInstalled > 0, 'the new member was sent an image: the log was trimmed');
+    // Again: nothing to do.
+    const again = await leader.replica.reconfigure(target, { deadlineMs: deadline() });
+    assert.equal(again.changed, false);
+    // The other original follower goes too: the leader and d are a majority of {a, b, d}.
+    const other = ['a', 'b'].find((id) => id !== leader.id)!;
+    const otherDisk = await shard.crash(other);
+    await leader.replica.write([{ page: 3, data: page(200) }]);
+    // The leader goes, the other comes back: it and d are a majority of {a, b, d}, and d, which
+    // holds the last write, leads.
+    await shard.crash(leader.id);
+    shard.start(other, otherDisk, { members: target, existing: true });
+    const next = await shard.leader([other, 'd']);
+    assert.equal(await read(next, 3), 200);
+  });
+
+  it('a change needs a majority of both sets: with the new members down it does not complete, and does once they come', async () => {
+    shard = new TestShard(['a', 'b', 'c']);
+    const l = await shard.leader();
+    await l.replica.write([{ page: 1, data: page(1) }]);
+    const others = ['a', 'b', 'c'].filter((id) => id !== l.id);
+    const target = [l.id, 'd', 'e'].sort();
+    shard.ids.push('d', 'e');
+    await assert.rejects(l.replica.reconfigure(target, { deadlineMs: deadline(600) }), (e: ProtocolError) => e.code === 'timeout' || e.code === 'not_leader');
+    assert.deepEqual(l.replica.configuration(), { members: target, prior: ['a', 'b', 'c'] }, 'the joint configuration is in force, not committed');
+    // Writes need both majorities too: the new set's is missing.
+    await assert.rejects(l.replica.write([{ page: 2, data: page(2) }], { deadlineMs: deadline(300) }), (e: ProtocolError) => e.code === 'timeout' || e.code === 'not_leader');
+    // Without a majority of the new set the leader steps down, and no one can be elected.
+    await shard.waitFor(() => shard!.leaders().length === 0, 'no leader');
+    await shard.elapse(300);
+    assert.equal(shard.leaders().length, 0);
+    shard.start('d', new SimDisk(), { members: target, priorMembers: ['a', 'b', 'c'] });
+    // With d, a majority of both: a leader is elected, and it finishes the change.
+    await shard.waitFor(() => shard!.leaders().some((m) => m.replica.configuration().prior === undefined && m.replica.appliedLsn >= m.replica.stats().lastLsn), 'a leader under the new set');
+    const n = shard.leaders()[0]!;
+    assert.deepEqual(n.replica.configuration(), { members: target });
+    await n.replica.write([{ page: 2, data: page(3) }]);
+    for (const id of others) await shard.crash(id);
+    // {l, d} is a majority of the new set: the shard goes on without the old members.
+    await n.replica.write([{ page: 2, data: page(4) }]);
+    assert.equal(await read(n, 2), 4);
+  });
+
+  it('a leader that is not in the new set steps down once it is committed, and campaigns no more; the new set elects', async () => {
+    shard = new TestShard(['a', 'b', 'c']);
+    const l = await shard.leader();
+    await l.replica.write([{ page: 5, data: page(5) }]);
+    const target = ['a', 'b', 'c', 'd'].filter((id) => id !== l.id).sort();
+    shard.ids.push('d');
+    shard.start('d', new SimDisk(), { members: target, priorMembers: ['a', 'b', 'c'] });
+    const r = await l.replica.reconfigure(target, { deadlineMs: deadline() });
+    assert.deepEqual(r.members, target);
+    await shard.waitFor(() => !l.replica.isLeader, 'the old leader steps down');
+    assert.ok(shard.roleChanges.some((c) => c.id === l.id && c.reason === 'removed from the replica set'));
+    const next = await shard.leader(target);
+    await next.replica.write([{ page: 5, data: page(6) }]);
+    assert.equal(await read(next, 5), 6);
+    const elections = l.replica.stats().preVotes;
+    await shard.elapse(400);
+    assert.equal(l.replica.stats().preVotes, elections, 'a removed replica does not campaign');
+    assert.ok(!l.replica.isLeader);
+  });
+
+  it('the set in force is kept across a restart, whatever set the node opens it with', async () => {
+    shard = new TestShard(['a', 'b', 'c']);
+    const l = await shard.leader();
+    const target = ['a', 'b', 'c', 'd'].filter((id) => id !== 'c' || l.id === 'c').slice(0, 2).concat('d').sort();
+    shard.ids.push('d');
+    shard.start('d', new SimDisk(), { members: target, priorMembers: ['a', 'b', 'c'] });
+    await l.replica.reconfigure(target, { deadlineMs: deadline() });
+    const f = target.find((id) => id !== l.id && id !== 'd')!;
+    await shard.waitFor(() => shard!.members.get(f)!.replica.configuration().prior === undefined && shard!.members.get(f)!.replica.configuration().members.includes('d'), `${f} took the change`);
+    const m = shard.members.get(f)!;
+    m.replica.close();
+    await m.queue.drain().catch(() => undefined);
+    m.storage.close();
+    // Opened with the set of the volume's creation: the saved change wins.
+    const back = shard.start(f, m.disk, { members: ['a', 'b', 'c'] });
+    assert.deepEqual(back.replica.configuration(), { members: target });
+  });
+
+  it('a change cut from a follower\'s log with its record (a deposed leader\'s) is no longer in force, also after a restart', async () => {
+    shard = new TestShard(['a', 'b', 'c']);
+    const old = await shard.leader();
+    await old.replica.write([{ page: 1, data: page(1) }]);
+    shard.isolate([old.id]);
+    const others = ['a', 'b', 'c'].filter((id) => id !== old.id);
+    const target = [...others, 'd'].sort();
+    const change = old.replica.reconfigure(target, { deadlineMs: deadline(2000) }).catch((e: unknown) => e);
+    await shard.waitFor(() => old.replica.configuration().prior !== undefined, 'the deposed leader appended the joint set');
+    const x = await shard.leader(others);
+    await x.replica.write([{ page: 1, data: page(2) }]);
+    shard.heal();
+    await shard.waitFor(() => old.replica.configuration().prior === undefined && !old.replica.isLeader, 'the old leader cut the change');
+    assert.equal(((await change) as ProtocolError).code, 'not_leader');
+    assert.deepEqual(old.replica.configuration(), { members: ['a', 'b', 'c'] });
+    await shard.waitFor(() => old.replica.appliedLsn >= x.replica.appliedLsn, 'caught up');
+    const m = shard.members.get(old.id)!;
+    m.replica.close();
+    await m.queue.drain().catch(() => undefined);
+    m.storage.close();
+    const back = shard.start(old.id, m.disk);
+    assert.deepEqual(back.replica.configuration(), { members: ['a', 'b', 'c'] });
+  });
+
+  it('refuses: a change asked of a follower, a set with a duplicate, another change while one is under way; a Config record that is not a set', async () => {
+    // Slow elections: the leader keeps leading through a change that cannot commit.
+    shard = new TestShard(['a', 'b', 'c'], { timing: { electionTimeoutMinMs: 2000, electionTimeoutMaxMs: 3000 } });
+    const l = await shard.leader();
+    const f = shard.members.get(['a', 'b', 'c'].find((id) => id !== l.id)!)!;
+    await assert.rejects(f.replica.reconfigure(['a', 'b', 'd']), (e: ProtocolError) => e.code === 'not_leader');
+    await assert.rejects(l.replica.reconfigure(['a', 'a', 'b']), (e: ProtocolError) => e.code === 'bad_request' && /members/.test(e.message));
+    await assert.rejects(l.replica.reconfigure([]), (e: ProtocolError) => e.code === 'bad_request');
+    // A change to a set two of whose members are not there: its joint configuration cannot commit.
+    const pending = l.replica.reconfigure([l.id, 'x', 'y'], { deadlineMs: deadline(400) }).catch((e: unknown) => e);
+    await shard.waitFor(() => l.replica.configuration().prior !== undefined, 'joint');
+    await assert.rejects(l.replica.reconfigure(['a', 'b', 'y'], { deadlineMs: deadline(500) }), (e: ProtocolError) => e.code === 'unavailable' && /changing its replica set/.test(e.message));
+    assert.equal(((await pending) as ProtocolError).code, 'timeout');
+    const bad = await f.replica.handle({ type: 'append', term: l.replica.currentTerm, leader: l.id, prevLsn: f.replica.stats().lastLsn, prevTerm: l.replica.currentTerm, records: [{ term: l.replica.currentTerm, kind: 3, payload: encode({ members: 'a' }) }], commitLsn: 0 }).catch((e: unknown) => e);
+    assert.equal((bad as ProtocolError).code, 'bad_request');
+    assert.match((bad as ProtocolError).message, /not a replica set/);
+  });
+});
+
 describe('Replica (five replicas under random faults, appends to all followers)', function () {
   this.timeout(120_000);
   // With `wiped`, a crashed replica comes back on an empty disk (its storage lost, opened as existing).
