@@ -2027,6 +2027,40 @@ describe('Replica (membership change by joint consensus)', function () {
     assert.deepEqual(back.replica.configuration(), { members: ['a', 'b', 'c'] });
   });
 
+  it('a change needs a majority of the old set too: with only the leader left of it, it does not complete', async () => {
+    // Slow elections: the leader keeps leading while it waits.
+    shard = new TestShard(['a', 'b', 'c'], { timing: { electionTimeoutMinMs: 2000, electionTimeoutMaxMs: 3000 } });
+    const l = await shard.leader();
+    await l.replica.write([{ page: 1, data: page(1) }]);
+    const target = [l.id, 'd', 'e'].sort();
+    shard.ids.push('d', 'e');
+    shard.start('d', new SimDisk(), { members: target, priorMembers: ['a', 'b', 'c'] });
+    shard.start('e', new SimDisk(), { members: target, priorMembers: ['a', 'b', 'c'] });
+    for (const id of ['a', 'b', 'c'].filter((x) => x !== l.id)) shard.isolate([id]);
+    await assert.rejects(l.replica.reconfigure(target, { deadlineMs: deadline(500) }), (e: ProtocolError) => e.code === 'timeout' || e.code === 'not_leader');
+    assert.deepEqual(l.replica.configuration(), { members: target, prior: ['a', 'b', 'c'] }, 'the joint set did not commit without a majority of the old one');
+  });
+
+  it('a follower that missed the change (down) and is sent an image takes the set the image was made under', async () => {
+    shard = new TestShard(['a', 'b', 'c'], { checkpointEveryRecords: 20 });
+    const l = await shard.leader(['a', 'b']);
+    await l.replica.write([{ page: 1, data: page(1) }]);
+    const down = ['a', 'b', 'c'].find((id) => id !== l.id && id !== 'a') ?? 'c';
+    const disk = await shard.crash(down);
+    const target = ['a', 'b', 'c', 'd', 'e'];
+    shard.ids.push('d', 'e');
+    shard.start('d', new SimDisk(), { members: target, priorMembers: ['a', 'b', 'c'] });
+    shard.start('e', new SimDisk(), { members: target, priorMembers: ['a', 'b', 'c'] });
+    const r = await l.replica.reconfigure(target, { deadlineMs: deadline() });
+    assert.deepEqual(r.members, target);
+    // Enough writes that the log is trimmed past the change's records.
+    for (let i = 0; i < 80; i++) await l.replica.write([{ page: i % 8, data: page(i) }]);
+    await shard.waitFor(() => l.replica.stats().firstLsn > r.lsn, 'the log trimmed past the change');
+    const back = shard.start(down, disk, { members: ['a', 'b', 'c'], existing: true });
+    await shard.waitFor(() => back.replica.stats().snapshotsInstalled > 0 && back.replica.appliedLsn >= l.replica.appliedLsn, 'the returning follower installed an image');
+    assert.deepEqual(back.replica.configuration(), { members: target });
+  });
+
   it('refuses: a change asked of a follower, a set with a duplicate, another change while one is under way; a Config record that is not a set', async () => {
     // Slow elections: the leader keeps leading through a change that cannot commit.
     shard = new TestShard(['a', 'b', 'c'], { timing: { electionTimeoutMinMs: 2000, electionTimeoutMaxMs: 3000 } });
