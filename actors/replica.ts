@@ -140,6 +140,9 @@ export interface ConfigChange {
   image?: boolean;
 }
 
+/** Replicas a replica whose storage was lost asks for their term at most (its peers, and the members they name). */
+const TERMS_PROBED_MAX = 16;
+
 /** How long a membership change may take when the caller gives no deadline. */
 const RECONFIGURE_DEADLINE_MS = 30_000;
 
@@ -1019,6 +1022,8 @@ export class Replica {
   private termsFloor = 0;
   /** When the peers still unknown are asked again. */
   private termsProbeDueMs = Number.NEGATIVE_INFINITY;
+  /** The peers that answered with their term (probeTerms). */
+  private readonly termsAnswered = new Set<string>();
   /** Every peer that answered had no record (VoteReply.lastLsn 0; probeTerms). */
   private termsPeersEmpty = true;
 
@@ -1044,8 +1049,16 @@ export class Replica {
 
   private onTermsProbeReply(from: string, reply: VoteReply): void {
     if (this.closed || this.termsUnknown?.delete(from) !== true) return;
+    this.termsAnswered.add(from);
     this.termsFloor = Math.max(this.termsFloor, reply.term);
     if (reply.lastLsn !== 0) this.termsPeersEmpty = false; // (absent from an older version's answer)
+    // A member its peer knows of and it does not (its set changed while its storage was lost:
+    // it may have voted for that one, in a term only that one knows): asked too, at once.
+    for (const id of reply.members ?? []) {
+      if (id === this.self || this.termsAnswered.has(id) || this.termsUnknown.has(id) || this.termsAnswered.size + this.termsUnknown.size >= TERMS_PROBED_MAX) continue;
+      this.termsUnknown.add(id);
+      this.termsProbeDueMs = Number.NEGATIVE_INFINITY;
+    }
     if (this.termsUnknown.size > 0) return;
     this.termsUnknown = undefined;
     const floor = this.termsFloor;
@@ -1316,8 +1329,11 @@ export class Replica {
     // To the probe of a replica whose storage was lost (term 0, probeTerms), its last LSN too,
     // unless it is repairing a log that lost records (it may have held committed ones). One whose
     // storage was lost too held nothing since.
-    if (req.term !== 0 || (this.repairTerm !== undefined && this.termsUnknown === undefined)) return { term: this.term, granted };
-    return { term: this.term, granted, lastLsn: this.lastLsn };
+    if (req.term !== 0) return { term: this.term, granted };
+    // Its members too: the prober asks each of them (a set changed while its storage was lost).
+    const members = [...this.members];
+    if (this.repairTerm !== undefined && this.termsUnknown === undefined) return { term: this.term, granted, members };
+    return { term: this.term, granted, lastLsn: this.lastLsn, members };
   }
 
   /** Answers a vote request; the vote is durable before the reply. */

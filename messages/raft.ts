@@ -41,6 +41,12 @@ export interface VoteReply {
    * (Replica.probeTerms): 0 tells a replica whose storage was lost that this peer holds no record.
    */
   lastLsn?: number;
+  /**
+   * In the same answers: the members of the answering replica's replica set (both sets during a
+   * change). A replica whose storage was lost asks every one of them for its term too: its node
+   * may know an older set than its peers, without a member it may have voted for.
+   */
+  members?: string[];
 }
 
 export interface AppendRequest {
@@ -195,7 +201,11 @@ export function validateRaftReply(type: RaftRequest['type'], body: unknown): Raf
   switch (type) {
     case 'vote':
     case 'prevote':
-      return { term: termOf(o.term, 'term'), granted: bool(o.granted, 'granted'), ...(o.lastLsn !== undefined ? { lastLsn: counter(o.lastLsn, 'lastLsn') } : {}) };
+      return {
+        term: termOf(o.term, 'term'), granted: bool(o.granted, 'granted'), ...(o.lastLsn !== undefined ? { lastLsn: counter(o.lastLsn, 'lastLsn') } : {}),
+        // Both sets of a change: at most twice a set's members.
+        ...(o.members !== undefined ? { members: expectArray(o.members, 'members', { lengthMin: 1, lengthMax: 2 * CONFIG_MEMBERS_MAX }).map((m, i) => expectId(m, `members[${i}]`)) } : {}),
+      };
     case 'append':
       return {
         term: termOf(o.term, 'term'), success: bool(o.success, 'success'),

@@ -1355,7 +1355,7 @@ describe('Replica (more cases)', function () {
       // Asked for its term by a replica whose storage was lost, it does not give its last LSN: it
       // may have held committed records it lost (counted as holding records).
       const probe = (await m.replica.handle({ type: 'prevote', term: 0, candidate: other, lastLsn: 0, lastTerm: 0 }));
-      assert.deepEqual(probe, { term: m.replica.currentTerm, granted: false });
+      assert.deepEqual(probe, { term: m.replica.currentTerm, granted: false, members: ['a', 'b', 'c'] });
     });
 
     it('with every image of a follower damaged it starts over from nothing, and is sent the leader\'s image and records', async () => {
@@ -1556,10 +1556,10 @@ describe('Replica (more cases)', function () {
     it('a term-0 probe is answered with the term and last LSN; while probing, it answers 0 and refuses a leader\'s image', async () => {
       const { l, f, other, last, term } = await wiped();
       const probe = { type: 'prevote' as const, term: 0, candidate: f, lastLsn: 0, lastTerm: 0 };
-      assert.deepEqual(await l.replica.handle(probe), { term, granted: false, lastLsn: last });
+      assert.deepEqual(await l.replica.handle(probe), { term, granted: false, lastLsn: last, members: ['a', 'b', 'c'] });
       for (const id of shard!.ids) if (id !== f) shard!.cutLink(f, id);
       const m = shard!.start(f, new SimDisk(), { existing: true });
-      assert.deepEqual(await m.replica.handle({ ...probe, candidate: other }), { term: 0, granted: false, lastLsn: 0 }, 'a lost replica holds nothing since');
+      assert.deepEqual(await m.replica.handle({ ...probe, candidate: other }), { term: 0, granted: false, lastLsn: 0, members: ['a', 'b', 'c'] }, 'a lost replica holds nothing since');
       const image = { type: 'snapshot' as const, term, leader: l.id, lsn: last, lastTerm: term, bytes: IMAGE_BYTES_MIN, offset: 0, data: new Uint8Array(0), done: false };
       await assert.rejects(m.replica.handle(image), (e: ProtocolError) => e.code === 'unavailable' && /has not learned every peer's term/.test(e.message));
       assert.equal(m.replica.currentTerm, 0, 'the image\'s term is not taken either');
@@ -2059,6 +2059,31 @@ describe('Replica (membership change by joint consensus)', function () {
     const back = shard.start(down, disk, { members: ['a', 'b', 'c'], existing: true });
     await shard.waitFor(() => back.replica.stats().snapshotsInstalled > 0 && back.replica.appliedLsn >= l.replica.appliedLsn, 'the returning follower installed an image');
     assert.deepEqual(back.replica.configuration(), { members: target });
+  });
+
+  it('a replica whose storage was lost, opened with the set before a change, asks the members its peers name for their term too', async () => {
+    shard = new TestShard(['a', 'b', 'c']);
+    const l = await shard.leader();
+    await l.replica.write([{ page: 1, data: page(1) }]);
+    const target = ['a', 'b', 'd'];
+    shard.ids.push('d');
+    shard.start('d', new SimDisk(), { members: target, priorMembers: ['a', 'b', 'c'] });
+    const r = await (await shard.leader()).replica.reconfigure(target, { deadlineMs: deadline() });
+    await shard.waitFor(() => ['a', 'b', 'c'].every((id) => shard!.members.get(id)!.replica.configuration().members.includes('d')), 'every replica knows d');
+    // d alone learns of a newer term (a candidate's vote request it refused): b may have voted
+    // in it before it lost its storage.
+    shard.isolate(['d']);
+    const d = shard.members.get('d')!;
+    await shard.elapse(200);
+    const high = r.term + 5;
+    await d.replica.handle({ type: 'vote', term: high, candidate: 'a', lastLsn: 0, lastTerm: 0 });
+    assert.equal(d.replica.currentTerm, high);
+    await shard.crash('b');
+    // Its node still knows the set before the change (a move not finished in its catalog).
+    const b = shard.start('b', new SimDisk(), { members: ['a', 'b', 'c'], existing: true });
+    shard.healLink('b', 'd');
+    await shard.waitFor(() => b.replica.stats().awaitingTerms === undefined, 'b learned its peers\' terms');
+    assert.ok(b.replica.currentTerm >= high, `b took d's term ${high} (it has ${b.replica.currentTerm}): d was asked, named by its peers`);
   });
 
   it('refuses: a change asked of a follower, a set with a duplicate, another change while one is under way; a Config record that is not a set', async () => {

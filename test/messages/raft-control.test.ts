@@ -1,5 +1,5 @@
 import { strict as assert } from 'node:assert';
-import { validateRaftRequest, validateRaftReply, RAFT_RECORDS_PER_APPEND_MAX } from '../../messages/raft';
+import { validateConfig, validateRaftRequest, validateRaftReply, RAFT_RECORDS_PER_APPEND_MAX } from '../../messages/raft';
 import { ASSIGNMENTS_PAGE_MAX, validateHeartbeat, validateShardsOpen, validateShardsDestroy, validateAssignmentsReply } from '../../messages/control';
 import { ProtocolError } from '../../messages/errors';
 
@@ -27,6 +27,12 @@ describe('replication message validators', () => {
     // The answer to a term-0 prevote (the probe of a replica whose storage was lost) carries the last LSN.
     assert.deepEqual(validateRaftReply('prevote', { term: 3, granted: false, lastLsn: 0 }), { term: 3, granted: false, lastLsn: 0 });
     assert.deepEqual(validateRaftReply('prevote', { term: 3, granted: false, lastLsn: 12 }), { term: 3, granted: false, lastLsn: 12 });
+    // With the answering replica's members (both sets during a change).
+    assert.deepEqual(validateRaftReply('prevote', { term: 3, granted: false, lastLsn: 0, members: ['n1', 'n4'] }), { term: 3, granted: false, lastLsn: 0, members: ['n1', 'n4'] });
+    // The last chunk of an image carries the replica set at its LSN: sorted, a prior set equal to it dropped.
+    const withConfig = validateRaftRequest({ type: 'snapshot', term: 3, leader: 'n1', lsn: 10, lastTerm: 2, bytes: 10, offset: 0, data: new Uint8Array(10), done: true, config: { members: ['n4', 'n1', 'n2'], prior: ['n3', 'n2', 'n1'] } });
+    assert.deepEqual((withConfig as { config?: unknown }).config, { members: ['n1', 'n2', 'n4'], prior: ['n1', 'n2', 'n3'] });
+    assert.deepEqual(validateConfig({ members: ['n2', 'n1'], prior: ['n1', 'n2'] }), { members: ['n1', 'n2'] });
   });
 
   it('refuse every malformed field with a typed error', () => {
@@ -45,6 +51,14 @@ describe('replication message validators', () => {
     assert.equal(code(() => validateRaftReply('append', { term: 3, success: 'yes', lastLsn: 1 })), 'bad_request');
     assert.equal(code(() => validateRaftReply('prevote', { term: 3, granted: false, lastLsn: -1 })), 'bad_request');
     assert.equal(code(() => validateRaftReply('prevote', { term: 3, granted: false, lastLsn: '0' })), 'bad_request');
+    assert.equal(code(() => validateRaftReply('prevote', { term: 3, granted: false, members: ['n.1'] })), 'bad_request');
+    assert.equal(code(() => validateRaftReply('prevote', { term: 3, granted: false, members: new Array(15).fill('n1') })), 'bad_request');
+    // A replica set: 1..7 distinct ids.
+    assert.equal(code(() => validateConfig({ members: [] })), 'bad_request');
+    assert.equal(code(() => validateConfig({ members: ['n1', 'n1'] })), 'bad_request');
+    assert.equal(code(() => validateConfig({ members: new Array(8).fill(0).map((_, i) => `n${i}`) })), 'bad_request');
+    assert.equal(code(() => validateConfig({ members: ['n1'], prior: 'n2' })), 'bad_request');
+    assert.equal(code(() => validateRaftRequest({ type: 'snapshot', term: 3, leader: 'n1', lsn: 10, lastTerm: 2, bytes: 10, offset: 0, data: new Uint8Array(10), done: true, config: { members: 'n1' } })), 'bad_request');
   });
 });
 
