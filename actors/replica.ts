@@ -743,9 +743,14 @@ export class Replica {
     let changed = false;
     // Each turn moves the change one step: begun, joint committed (the set alone appended), done.
     for (let step = 0; step < 6; step++) {
-      this.checkLeader();
       const c = this.config;
       const lastLsn = this.lastConfigChange()?.lsn ?? 0;
+      // Done and committed: answered so also by a leader the change removed, which finished it
+      // meanwhile (a leader elected during it) and has stepped down since.
+      if (c.prior === undefined && sameSet(c.members, target) && this.store.appliedLsn >= lastLsn && (changed || !this.isVoter() || this.role === 'leader')) {
+        return { members: target, term: this.term, lsn: lastLsn, changed };
+      }
+      this.checkLeader();
       if (c.prior === undefined && sameSet(c.members, target)) {
         // Answered once committed (a leader not in the set steps down after that: not checked again).
         if (this.store.appliedLsn < lastLsn) await this.waitApplied(lastLsn, deadlineMs);
