@@ -3,8 +3,9 @@
  *
  * Subjects:
  *   strata.<cluster>.controller.<verb>   heartbeat, assignments, volume.create|delete|info|list,
- *                                        catalog.recover
- *   strata.<cluster>.node.<nodeId>.<verb> shards.open, shards.destroy, status, shard.forceVote, records
+ *                                        catalog.recover, shard.move
+ *   strata.<cluster>.node.<nodeId>.<verb> shards.open, shards.destroy, status, shard.forceVote,
+ *                                        shard.reconfigure, records
  *
  * Like every Strata message they are CBOR maps, validated on receipt; a message that does not
  * validate is answered with a bad_request error reply.
@@ -61,6 +62,17 @@ export interface ShardAssignment {
   members: string[];
   /** The volume's creation time (ms since the Unix epoch); absent in assignments of older controllers. */
   createdAt?: number;
+  /**
+   * A move of one of the shard's replicas is under way and this node is the one it adds: the set
+   * the shard changes from (`members` is the set it changes to). The node opens the replica as a
+   * new one that joins under the joint configuration (ReplicaOptions.priorMembers).
+   */
+  priorMembers?: string[];
+  /**
+   * This node no longer holds a replica of the shard: a move took it off, and finished. The node
+   * destroys its replica (`members` is the shard's set now, without it).
+   */
+  removed?: boolean;
 }
 
 export interface AssignmentsReply {
@@ -166,10 +178,8 @@ export function validateShardAssignment(v: unknown, path: string): ShardAssignme
   if (pageSize !== 4096 && pageSize !== 8192) {
     throw new ProtocolError('bad_request', `${path}.pageSize: expected 4096 or 8192`, { path: `${path}.pageSize` });
   }
-  const members = list(o.members, `${path}.members`, 7).map((m, i) => str(m, `${path}.members[${i}]`));
-  if (members.length === 0 || new Set(members).size !== members.length) {
-    throw new ProtocolError('bad_request', `${path}.members: expected 1..7 distinct node ids`, { path: `${path}.members` });
-  }
+  const members = memberList(o.members, `${path}.members`);
+  const priorMembers = o.priorMembers === undefined ? undefined : memberList(o.priorMembers, `${path}.priorMembers`);
   return {
     volumeId: str(o.volumeId, `${path}.volumeId`),
     volumeName: expectName(o.volumeName, `${path}.volumeName`),
@@ -181,7 +191,21 @@ export function validateShardAssignment(v: unknown, path: string): ShardAssignme
     hostId: int(o.hostId, `${path}.hostId`, 0, HOSTS_PER_NODE_MAX - 1),
     members,
     ...(o.createdAt === undefined ? {} : { createdAt: int(o.createdAt, `${path}.createdAt`, 0, Number.MAX_SAFE_INTEGER) }),
+    ...(priorMembers === undefined ? {} : { priorMembers }),
+    ...(o.removed === undefined ? {} : { removed: expectBoolean(o.removed, `${path}.removed`) }),
   };
+}
+
+/** Replicas of a shard at most (a set of 5 during a change: the two sets together). */
+export const SHARD_MEMBERS_MAX = 7;
+
+/** A replica set: 1..SHARD_MEMBERS_MAX distinct node ids. */
+function memberList(v: unknown, path: string): string[] {
+  const members = list(v, path, SHARD_MEMBERS_MAX).map((m, i) => str(m, `${path}[${i}]`));
+  if (members.length === 0 || new Set(members).size !== members.length) {
+    throw new ProtocolError('bad_request', `${path}: expected 1..${SHARD_MEMBERS_MAX} distinct node ids`, { path });
+  }
+  return members;
 }
 
 export function validateAssignmentsReply(body: unknown): AssignmentsReply {
@@ -222,6 +246,91 @@ export function validateShardForceVoteReply(body: unknown): ShardForceVoteReply 
     shard: int(o.shard, 'shard', 0, 255),
     wasRepairing: o.wasRepairing,
     term: int(o.term, 'term', 0, Number.MAX_SAFE_INTEGER),
+  };
+}
+
+/**
+ * shard.reconfigure (`node.<id>.shard.reconfigure`): the node's replica of a shard, if it leads
+ * it, changes the shard's replica set to `members` (Replica.reconfigure). The request's
+ * Strata-Deadline header bounds the wait (default: the node's request timeout). Fails as
+ * Replica.reconfigure does (`not_leader` with `details.leader` when it knows the leader);
+ * `not_found` when the node holds no replica of the shard.
+ */
+export interface ShardReconfigureRequest {
+  volumeId: string;
+  shard: number;
+  members: string[];
+}
+export interface ShardReconfigureReply {
+  node: string;
+  volumeId: string;
+  shard: number;
+  /** The replica set in force now, committed. */
+  members: string[];
+  term: number;
+  lsn: number;
+  /** False when the set already was `members` (a move asked again after it was done). */
+  changed: boolean;
+}
+
+export function validateShardReconfigure(body: unknown): ShardReconfigureRequest {
+  const o = obj(body, '');
+  return { volumeId: str(o.volumeId, 'volumeId'), shard: int(o.shard, 'shard', 0, SHARDS_MAX - 1), members: memberList(o.members, 'members') };
+}
+
+export function validateShardReconfigureReply(body: unknown): ShardReconfigureReply {
+  const o = obj(body, '');
+  return {
+    node: str(o.node, 'node'),
+    volumeId: str(o.volumeId, 'volumeId'),
+    shard: int(o.shard, 'shard', 0, SHARDS_MAX - 1),
+    members: memberList(o.members, 'members'),
+    term: int(o.term, 'term', 0, Number.MAX_SAFE_INTEGER),
+    lsn: int(o.lsn, 'lsn', 0, Number.MAX_SAFE_INTEGER),
+    changed: expectBoolean(o.changed, 'changed'),
+  };
+}
+
+/**
+ * `controller.shard.move` (operator): moves shard `shard` of volume `volume`'s replica on node
+ * `from` to node `to` (docs/replication.md, "Moving a replica"). The request's Strata-Deadline
+ * bounds it; asked again with the same nodes, it resumes a move that did not finish (or answers
+ * one that did).
+ */
+export interface ShardMoveRequest {
+  volume: string;
+  shard: number;
+  from: string;
+  to: string;
+}
+export interface ShardMoveReply {
+  volume: string;
+  shard: number;
+  /** The shard's replica set now. */
+  members: string[];
+  /** The term and LSN of the leader that made the change (or found it made). */
+  term: number;
+  lsn: number;
+}
+
+const MOVE_FIELDS = new Set(['volume', 'shard', 'from', 'to']);
+
+export function validateShardMove(body: unknown): ShardMoveRequest {
+  const o = obj(body, '');
+  for (const key of Object.keys(o)) if (!MOVE_FIELDS.has(key)) throw new ProtocolError('bad_request', `${key}: unknown field`, { path: key });
+  const r = { volume: expectName(o.volume, 'volume'), shard: int(o.shard, 'shard', 0, SHARDS_MAX - 1), from: str(o.from, 'from'), to: str(o.to, 'to') };
+  if (r.from === r.to) throw new ProtocolError('bad_request', `from and to are the same node '${r.from}': name the node to take the replica off and another to put it on`, { path: 'to' });
+  return r;
+}
+
+export function validateShardMoveReply(body: unknown): ShardMoveReply {
+  const o = obj(body, '');
+  return {
+    volume: expectName(o.volume, 'volume'),
+    shard: int(o.shard, 'shard', 0, SHARDS_MAX - 1),
+    members: memberList(o.members, 'members'),
+    term: int(o.term, 'term', 0, Number.MAX_SAFE_INTEGER),
+    lsn: int(o.lsn, 'lsn', 0, Number.MAX_SAFE_INTEGER),
   };
 }
 

@@ -37,7 +37,7 @@ import { messageHeaders, REPLY_HEADERS, wellFormed, type ReceivedHeaders } from 
 import { HEADER_DEADLINE, HEADER_TYPE, HEADER_SCHEMA, SCHEMA_VERSION, checkSchemaHeader, deadlineRemainingMs, parseDeadline } from '../messages/headers';
 import { nodeInboxPrefix, shardSubject } from '../messages/subjects';
 import { validateRaftRequest, validateRaftReply, replicaSubject, followersSubject, type AppendRequest, type RaftRequest, type RaftReply } from '../messages/raft';
-import type { ForceVoteResult, ReplicaTransport, ReplicaTiming } from '../actors/replica';
+import type { ForceVoteResult, ReconfigureResult, ReplicaTransport, ReplicaTiming } from '../actors/replica';
 import { DeviceHost, deviceProblem, shardKey, type ShardSpec, type DeviceHostOptions, type DeviceHostStats, type ReplicaErrorOutcome } from './device-host';
 import { createLogger, throttled, type Logger } from '../observability/log';
 import type { WorkerTelemetryInit, WorkerTracing } from '../observability/worker-tracing';
@@ -145,6 +145,11 @@ export interface HostApi {
   destroyLeftovers(volumeIds: string[]): Promise<string[]>;
   /** Replica.forceVote of this host's replica of a shard (operator override of a repair). */
   forceVote(volumeId: string, shard: number): Promise<ForceVoteResult>;
+  /**
+   * Replica.reconfigure of this host's replica of a shard (a move of a replica): the shard's set
+   * becomes `members`, if this replica leads it; `deadlineMs` is a wall-clock time.
+   */
+  reconfigure(volumeId: string, shard: number, members: string[], deadlineMs: number): Promise<ReconfigureResult>;
   checkpoint(): Promise<void>;
   stats(): Promise<HostStats>;
   health(): Promise<HostHealth>;
@@ -167,8 +172,14 @@ interface Mailbox {
   spec: ShardSpec;
   /** Replication mailbox (always). */
   replicaSub: Subscription;
-  /** The appends each other member sends, as leader, to all its followers at once (always). */
-  followerSubs: Subscription[];
+  /**
+   * The appends each other member sends, as leader, to all its followers at once (always), by
+   * member: every node of the shard's set and, during a move, of the set it changes from
+   * (`syncPeers`), so that whichever of them leads reaches this replica.
+   */
+  followerSubs: Map<string, Subscription>;
+  /** The peers `followerSubs` were last synced with, joined (a cheap check of a change). */
+  peersKey: string;
   /** Shard subject (while leader). */
   leaderSub: Subscription | undefined;
   depth: number;
@@ -205,7 +216,8 @@ function wireError(err: unknown): ProtocolError {
 
 function unsubscribeAll(mb: Mailbox): void {
   mb.replicaSub.unsubscribe();
-  for (const sub of mb.followerSubs) sub.unsubscribe();
+  for (const sub of mb.followerSubs.values()) sub.unsubscribe();
+  mb.followerSubs.clear();
   mb.leaderSub?.unsubscribe();
 }
 
@@ -322,10 +334,15 @@ export class ActorHost implements HostApi {
     });
     const tickMs = config.tickMs ?? 10;
     this.loopDelay = new LoopDelay(tickMs);
+    let peersSyncedAt = performance.now();
     this.timer = setInterval(() => {
       const now = performance.now();
       this.loopDelay?.record(now);
       this.device?.tick(now, Date.now());
+      if (now - peersSyncedAt >= PEERS_SYNC_MS) {
+        peersSyncedAt = now;
+        for (const mb of this.mailboxes.values()) this.syncPeers(mb);
+      }
     }, tickMs);
     this.timer.unref();
   }
@@ -336,7 +353,7 @@ export class ActorHost implements HostApi {
     let created: Mailbox | undefined;
     if (!this.mailboxes.has(key)) {
       const mailbox: Mailbox = {
-        spec, replicaSub: undefined as unknown as Subscription, followerSubs: [], leaderSub: undefined,
+        spec, replicaSub: undefined as unknown as Subscription, followerSubs: new Map(), peersKey: '', leaderSub: undefined,
         depth: 0, bytes: 0, admitted: 0, rejectedOverloaded: 0, errors: 0,
         reportCommitTimeout: throttled<ProtocolError>(
           (pe, unreported) => this.log.warn('write not committed before its deadline', { volume: spec.volumeId, shard: spec.shard, ...pe.details, unreported }),
@@ -348,19 +365,15 @@ export class ActorHost implements HostApi {
           if (!err) this.onReplication(mailbox, msg);
         },
       });
-      for (const peer of spec.members) {
-        if (peer === config.nodeId) continue;
-        mailbox.followerSubs.push(nc.subscribe(followersSubject(config.cluster, spec.volumeId, spec.shard, peer), {
-          callback: (err, msg) => {
-            if (!err) this.onReplication(mailbox, msg, peer);
-          },
-        }));
-      }
       this.mailboxes.set(key, mailbox);
       created = mailbox;
     }
+    const mailbox = this.mailboxes.get(key)!;
     try {
       device.openShard(spec);
+      // An open of a shard open already takes its spec (the node's record after a move).
+      mailbox.spec = spec;
+      this.syncPeers(mailbox);
     } catch (e) {
       // A spec the device refuses (this node not among the members…) leaves nothing behind.
       if (created) {
@@ -415,6 +428,51 @@ export class ActorHost implements HostApi {
 
   async forceVote(volumeId: string, shard: number): Promise<ForceVoteResult> {
     return this.ready().device.replica(volumeId, shard).forceVote();
+  }
+
+  async reconfigure(volumeId: string, shard: number, members: string[], deadlineMs: number): Promise<ReconfigureResult> {
+    const result = await this.ready().device.replica(volumeId, shard).reconfigure(members, { deadlineMs });
+    // The new members' appends are heard from now on, not at the next periodic sync.
+    const mb = this.mailboxes.get(shardKey(volumeId, shard));
+    if (mb !== undefined && !this.stopping) this.syncPeers(mb);
+    return result;
+  }
+
+  /**
+   * Subscribes a shard's mailbox to the appends of every node that may lead it and unsubscribes
+   * from the others: the members of its spec (and, for a replica a move creates, the set it
+   * moves from), and those of its replica's configuration, which a move changes while it runs
+   * (both sets during the change). Cheap when nothing changed; run at an open, after a
+   * reconfigure and every PEERS_SYNC_MS.
+   */
+  private syncPeers(mb: Mailbox): void {
+    const nc = this.nc;
+    const config = this.config;
+    if (nc === undefined || config === undefined || nc.isClosed() || this.stopping) return;
+    const peers = new Set<string>([...mb.spec.members, ...(mb.spec.priorMembers ?? [])]);
+    const replica = this.device?.currentReplica(mb.spec.volumeId, mb.spec.shard);
+    if (replica !== undefined) {
+      const c = replica.configuration();
+      for (const id of c.members) peers.add(id);
+      for (const id of c.prior ?? []) peers.add(id);
+    }
+    peers.delete(config.nodeId);
+    const key = [...peers].sort().join(',');
+    if (key === mb.peersKey) return;
+    mb.peersKey = key;
+    for (const [peer, sub] of mb.followerSubs) {
+      if (peers.has(peer)) continue;
+      sub.unsubscribe();
+      mb.followerSubs.delete(peer);
+    }
+    for (const peer of peers) {
+      if (mb.followerSubs.has(peer)) continue;
+      mb.followerSubs.set(peer, nc.subscribe(followersSubject(config.cluster, mb.spec.volumeId, mb.spec.shard, peer), {
+        callback: (err, msg) => {
+          if (!err) this.onReplication(mb, msg, peer);
+        },
+      }));
+    }
   }
 
   async checkpoint(): Promise<void> {
@@ -568,9 +626,15 @@ export class ActorHost implements HostApi {
     // With faults injected (tests) every follower gets its own message, which `send` delays,
     // drops or cuts: the replica is then shown no `sendEach`, so that it sends and counts
     // (appendsSent, appendsToAll) each message itself.
+    const key = shardKey(spec.volumeId, spec.shard);
     const faulty = (): boolean => {
       const f = this.faults;
-      return f.delayMs > 0 || f.dropRate > 0 || spec.members.some((id) => f.unreachable.has(id));
+      if (f.delayMs > 0 || f.dropRate > 0) return true;
+      if (f.unreachable.size === 0) return false;
+      // The peers of the replica now (a move changes them), as its mailbox follows them.
+      const peers = this.mailboxes.get(key)?.followerSubs.keys() ?? spec.members.values();
+      for (const id of peers) if (f.unreachable.has(id)) return true;
+      return false;
     };
     const sendEach = (to: readonly string[], msg: AppendRequest, timeoutMs: number): Promise<RaftReply>[] => {
       // A host stopping (or not started) fails each follower's promise, as `send` does: thrown
@@ -841,6 +905,12 @@ export class ActorHost implements HostApi {
   };
 }
 
+/**
+ * Period of the check of each shard's peers against its replica's configuration (`syncPeers`):
+ * a move changes who may lead the shard.
+ */
+const PEERS_SYNC_MS = 250;
+
 /** Longest wait for the host's NATS connection to drain at a stop. */
 const HOST_NATS_DRAIN_MS = 2000;
 
@@ -885,6 +955,15 @@ function keepErrorCodes(): void {
       const value = (thrown as { value?: unknown }).value;
       const code = value instanceof Error ? (value as { code?: unknown }).code : undefined;
       if (typeof code === 'string') ((wire as { value: Record<string, unknown> }).value).code = code;
+      // And their details (the leader a `not_leader` names), when they are plain data.
+      const details = value instanceof Error ? (value as { details?: unknown }).details : undefined;
+      if (typeof details === 'object' && details !== null) {
+        try {
+          ((wire as { value: Record<string, unknown> }).value).details = structuredClone(details);
+        } catch {
+          // Not cloneable: the code and message go alone.
+        }
+      }
       return [wire, transfer];
     },
   });

@@ -29,6 +29,12 @@ export interface ShardSpec extends ShardGeometry {
   /** Node ids of the shard's replicas (this node among them). */
   members: string[];
   /**
+   * A replica created on this node by a move (docs/replication.md, "Moving a replica"): the set
+   * the shard changes from, `members` being the set it changes to. The replica starts under that
+   * joint configuration (ReplicaOptions.priorMembers) until its log says otherwise.
+   */
+  priorMembers?: string[];
+  /**
    * The replica existed on this node before this open (it is reopened from the node's record of
    * its shards, or by a reconciliation with the catalog): an open that finds no term and vote
    * saved means its storage (or its hard state alone) was lost (ShardStorageOptions.expectExisting). Absent for the open
@@ -229,6 +235,11 @@ export function parseShardKey(key: string): { volumeId: string; shard: number } 
   return { volumeId: key.slice(0, dot), shard: Number(shard) };
 }
 
+/** The other nodes a replica of `spec` may hold the shard with: both sets of a move. */
+function peersOf(spec: ShardSpec): number {
+  return new Set([...spec.members, ...(spec.priorMembers ?? [])]).size - 1;
+}
+
 const unreachable: ReplicaTransport = {
   send: () => Promise.reject(new StorageError('closed', 'no transport to peers')),
 };
@@ -286,18 +297,25 @@ export class DeviceHost {
     removeDiscarded(this.disk, 'shards', this.disk.list('shards'));
   }
 
-  /** Opens (creating or recovering) a replica on this device. Idempotent. */
+  /**
+   * Opens (creating or recovering) a replica on this device. Idempotent; an open of a replica
+   * already open takes the spec's members (the node's record after a move) for its next reopen.
+   */
   openShard(spec: ShardSpec): ReplicaState {
     if (!spec.members.includes(this.self)) {
       throw new StorageError('bad_request', `shard ${spec.volumeId}/${spec.shard}: node ${this.self} is not one of its replicas`);
+    }
+    if (spec.priorMembers !== undefined && spec.priorMembers.includes(this.self)) {
+      throw new StorageError('bad_request', `shard ${spec.volumeId}/${spec.shard}: node ${this.self} joins the shard in a move, so it is not one of the set it moves from`);
     }
     const key = shardKey(spec.volumeId, spec.shard);
     let entry = this.shards.get(key);
     if (!entry) {
       entry = { spec, storage: undefined, replica: undefined, downReason: undefined, restarts: [], damaged: undefined, durableLsn: undefined, afterDeviceFailure: false, unrepairable: [], existed: spec.existing === true };
       this.shards.set(key, entry);
-    } else if (spec.existing === true) {
-      entry.existed = true;
+    } else {
+      if (spec.existing === true) entry.existed = true;
+      entry.spec = { ...spec, existing: entry.existed };
     }
     if (!entry.replica) this.start(entry);
     return this.stateOf(entry);
@@ -496,7 +514,11 @@ export class DeviceHost {
   }
 
   private stateOf(e: ShardEntry): ReplicaState {
-    if (e.replica) return { ...e.replica.stats(), state: 'up', members: e.spec.members };
+    // Up, the replica's own configuration: after a move, the set its log holds.
+    if (e.replica) {
+      const st = e.replica.stats();
+      return { ...st, state: 'up', members: st.config.members };
+    }
     return {
       volumeId: e.spec.volumeId, shard: e.spec.shard, self: this.self, role: 'follower', term: 0, leader: null,
       commitLsn: 0, appliedLsn: 0, firstLsn: 0, lastLsn: 0, lag: {}, heldRecords: 0, heldBytes: 0, repairing: false, config: { members: [...e.spec.members] }, preVotes: 0, elections: 0, writes: 0, pagesWritten: 0, retriesMatched: 0,
@@ -525,7 +547,7 @@ export class DeviceHost {
       slab: this.slab,
       ...(this.opts.segmentBytesMax ? { segmentBytesMax: this.opts.segmentBytesMax } : {}),
       // A sole copy keeps damage of its log (read-only, reported): nobody could give the records back.
-      repairFromPeers: spec.members.length > 1,
+      repairFromPeers: peersOf(spec) > 0,
       ...(damaged ? { damaged } : {}),
       ...(entry.durableLsn !== undefined ? { durableLsn: entry.durableLsn } : {}),
       ...(entry.afterDeviceFailure ? { afterDeviceFailure: true } : {}),
@@ -537,7 +559,7 @@ export class DeviceHost {
     const spec = entry.spec;
     try {
       let storage: ShardStorage;
-      const sole = spec.members.length === 1;
+      const sole = peersOf(spec) === 0;
       const damaged = entry.damaged;
       try {
         storage = this.openStorage(entry, damaged);
@@ -570,6 +592,7 @@ export class DeviceHost {
         geometry: spec,
         self: this.self,
         members: spec.members,
+        ...(spec.priorMembers !== undefined ? { priorMembers: spec.priorMembers } : {}),
         log: storage.log,
         store: storage.store,
         queue: this.queue,

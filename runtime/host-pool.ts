@@ -18,7 +18,7 @@ import type { HostApi, HostConfig, HostStats, HostHealth, HostWorkerData, Transp
 import { shardKey, type ShardSpec } from './device-host';
 import { withTimeout } from './timeout';
 import { currentTelemetry } from '../observability/telemetry';
-import type { ForceVoteResult } from '../actors/replica';
+import type { ForceVoteResult, ReconfigureResult } from '../actors/replica';
 
 export interface HostPoolOptions {
   /** One config per host; host i owns device hosts[i].deviceDir. */
@@ -126,6 +126,9 @@ function backoffMs(firstMs: number, maxMs: number, attempt: number): number {
 function timed<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   return withTimeout(p, ms, () => Object.assign(new Error(`${what} timed out after ${ms} ms`), { code: 'timeout' }));
 }
+
+/** How long past a reconfigure's deadline its host's answer is waited for (its own `timeout`). */
+const RECONFIGURE_ANSWER_MS = 1000;
 
 /** Bound on a host's destroyLeftovers: a reconciliation does not wait longer for a host that is stuck. */
 const LEFTOVERS_TIMEOUT_MS = 5000;
@@ -266,6 +269,16 @@ export class HostPool {
   /** HostApi.forceVote on the host that holds the shard's replica. */
   async forceVote(hostId: number, volumeId: string, shard: number): Promise<ForceVoteResult> {
     return this.call(this.slot(hostId), (api) => api.forceVote(volumeId, shard));
+  }
+
+  /**
+   * HostApi.reconfigure on the host that holds the shard's replica: waited for until `deadlineMs`
+   * (a wall-clock time) and a moment more, for the replica's own `timeout` to come back first,
+   * at most the call deadline.
+   */
+  async reconfigure(hostId: number, volumeId: string, shard: number, members: string[], deadlineMs: number): Promise<ReconfigureResult> {
+    const waitMs = Math.max(1, deadlineMs - Date.now()) + RECONFIGURE_ANSWER_MS;
+    return this.answerWithin(this.slot(hostId), waitMs, (api) => api.reconfigure(volumeId, shard, [...members], deadlineMs));
   }
 
   /**
