@@ -27,7 +27,39 @@ export interface ReplicaPlacement {
 export interface ShardPlacement {
   shard: number;
   replicas: ReplicaPlacement[];
+  /**
+   * A move under way (docs/replication.md, "Moving a replica"): the replica it adds, on a node
+   * not in `replicas`, and the node of `replicas` it takes off (`removing`). Both or neither.
+   * `replicas` stays the set before the move until the shard's leader has committed the new one.
+   */
+  adding?: ReplicaPlacement;
+  removing?: string;
+  /**
+   * Nodes finished moves took off the shard, newest last (at most REMOVED_PER_SHARD_MAX): each
+   * destroys its replica when it next reconciles. A node a later move adds again leaves it.
+   */
+  removed?: string[];
 }
+
+/** Nodes a shard's placement remembers as moved off it, at most (`ShardPlacement.removed`). */
+export const REMOVED_PER_SHARD_MAX = 8;
+
+/** A move of a shard's replica, as the controller runs it (`beginMove`). */
+export interface ShardMove {
+  volume: VolumeRecord;
+  shard: number;
+  from: string;
+  to: ReplicaPlacement;
+  /** The shard's set before the move, and after it. */
+  priorMembers: string[];
+  members: string[];
+  /** The catalog held this move already (it is resumed), or held it done (nothing to record). */
+  resumed: boolean;
+  done: boolean;
+}
+
+/** How a shard's assignment reaches a node: a member, the node a move adds, or one a move took off. */
+export type AssignmentRole = 'member' | 'adding' | 'removed';
 
 export interface VolumeRecord extends VolumeInfo {
   placements: ShardPlacement[];
@@ -156,7 +188,7 @@ export class Controller {
   private sweep(nowMs: number): void {
     this.memberSweepMs = nowMs;
     const placed = new Set<string>();
-    for (const v of this.state.volumes) for (const p of v.placements) for (const r of p.replicas) placed.add(r.nodeId);
+    for (const v of this.state.volumes) for (const p of v.placements) for (const r of placedOn(p)) placed.add(r.nodeId);
     for (const [id, m] of this.members) {
       if (nowMs - m.lastSeenMs > this.memberSilenceMsMax && !placed.has(id)) this.members.delete(id);
     }
@@ -174,7 +206,7 @@ export class Controller {
    */
   placedUnheard(): string[] {
     const placed = new Set<string>();
-    for (const v of this.state.volumes) for (const p of v.placements) for (const r of p.replicas) if (!this.members.has(r.nodeId)) placed.add(r.nodeId);
+    for (const v of this.state.volumes) for (const p of v.placements) for (const r of placedOn(p)) if (!this.members.has(r.nodeId)) placed.add(r.nodeId);
     return [...placed].sort();
   }
 
@@ -193,16 +225,118 @@ export class Controller {
     return v;
   }
 
-  /** Shards placed on a node, and ids of deleted volumes whose leftovers it must destroy. */
-  assignments(nodeId: string): { epoch: number; shards: Array<{ volume: VolumeRecord; placement: ShardPlacement; hostId: number }>; tombstones: string[] } {
-    const shards: Array<{ volume: VolumeRecord; placement: ShardPlacement; hostId: number }> = [];
+  /**
+   * Shards placed on a node, and ids of deleted volumes whose leftovers it must destroy. With the
+   * shards it holds, those a move under way adds to it (`adding`) and those a finished move took
+   * off it (`removed`: it destroys its replica).
+   */
+  assignments(nodeId: string): { epoch: number; shards: Array<{ volume: VolumeRecord; placement: ShardPlacement; hostId: number; role: AssignmentRole }>; tombstones: string[] } {
+    const shards: Array<{ volume: VolumeRecord; placement: ShardPlacement; hostId: number; role: AssignmentRole }> = [];
     for (const v of this.state.volumes) {
       for (const p of v.placements) {
         const mine = p.replicas.find((r) => r.nodeId === nodeId);
-        if (mine) shards.push({ volume: v, placement: p, hostId: mine.hostId });
+        if (mine) shards.push({ volume: v, placement: p, hostId: mine.hostId, role: 'member' });
+        else if (p.adding?.nodeId === nodeId) shards.push({ volume: v, placement: p, hostId: p.adding.hostId, role: 'adding' });
+        else if (p.removed?.includes(nodeId) === true) shards.push({ volume: v, placement: p, hostId: 0, role: 'removed' });
       }
     }
     return { epoch: this.state.epoch, shards, tombstones: [...this.state.tombstones] };
+  }
+
+  /**
+   * Records durably the move of shard `shard` of volume `name`'s replica on node `from` to node
+   * `to` (a live member, placed on its least loaded host), and returns what the node running it
+   * needs. Once recorded, `to`'s reconciliation opens the new replica, and a node that held
+   * the shard keeps it until the move is finished (`finishMove`).
+   *
+   * Asked again while the catalog holds the same move, it changes nothing (`resumed`); asked
+   * once it is finished (a move took `from` off the shard, `to` is on it), nothing either (`done`: the leader
+   * answers that the set is already the new one). Refused, changing nothing: `not_found` (no
+   * such volume), `out_of_range` (no such shard), `bad_request` (`from` not a member, `to`
+   * one already, the same node), `unavailable` (another move of the shard under way, or `to`
+   * not live).
+   */
+  beginMove(name: string, shard: number, from: string, to: string, nowMs: number): ShardMove {
+    const v = this.get(name);
+    if (!Number.isSafeInteger(shard) || shard < 0 || shard >= v.shards) {
+      throw new ProtocolError('out_of_range', `shard ${shard}: volume '${name}' has shards 0..${v.shards - 1}`, { shard, shards: v.shards });
+    }
+    if (from === to) throw new ProtocolError('bad_request', `from and to are the same node '${from}': name the node to take the replica off and another to put it on`, { path: 'to' });
+    const p = v.placements.find((x) => x.shard === shard)!;
+    const members = p.replicas.map((r) => r.nodeId);
+    const describe = (f: string, t: string): string => `the move of shard ${shard} of volume '${name}' from node '${f}' to node '${t}'`;
+    if (p.adding !== undefined) {
+      const removing = p.removing!;
+      if (removing !== from || p.adding.nodeId !== to) {
+        throw new ProtocolError('unavailable', `${describe(removing, p.adding.nodeId)} is under way, one move of a shard at a time: run that one again to finish it (strata shard move ${name} ${shard} --from ${removing} --to ${p.adding.nodeId})`, {
+          from: removing, to: p.adding.nodeId,
+        });
+      }
+      const next = members.map((m) => (m === from ? to : m));
+      return { volume: v, shard, from, to: p.adding, priorMembers: members, members: next, resumed: true, done: false };
+    }
+    if (!members.includes(from) && members.includes(to) && p.removed?.includes(from) === true) {
+      // Done before: the leader answers that its set is this one already.
+      const prior = members.map((m) => (m === to ? from : m));
+      return { volume: v, shard, from, to: p.replicas.find((r) => r.nodeId === to)!, priorMembers: prior, members, resumed: true, done: true };
+    }
+    if (!members.includes(from)) {
+      throw new ProtocolError('bad_request', `node '${from}' holds no replica of shard ${shard} of volume '${name}': its replicas are on ${members.join(', ')}`, { path: 'from', members });
+    }
+    if (members.includes(to)) {
+      throw new ProtocolError('bad_request', `node '${to}' holds a replica of shard ${shard} of volume '${name}' already (its replicas are on ${members.join(', ')}): move it to a node that holds none`, { path: 'to', members });
+    }
+    const live = this.liveNodes(nowMs);
+    const target = live.find((m) => m.nodeId === to);
+    if (target === undefined) {
+      const others = live.map((m) => m.nodeId).filter((id) => !members.includes(id));
+      throw new ProtocolError('unavailable', `node '${to}' is not live (the controller has not heard from it within ${this.liveWindowMs} ms): start it, or move the replica to a live node that holds none of the shard${others.length > 0 ? ` (${others.join(', ')})` : ' (there is none)'}`, {
+        path: 'to', liveNodes: others,
+      });
+    }
+    const load = this.hostLoad();
+    let h = 0;
+    for (let i = 1; i < target.hosts; i++) if ((load.get(`${to}/${i}`) ?? 0) < (load.get(`${to}/${h}`) ?? 0)) h = i;
+    const adding: ReplicaPlacement = { nodeId: to, hostId: h };
+    const removed = p.removed?.filter((n) => n !== to);
+    const placement: ShardPlacement = { shard, replicas: p.replicas, adding, removing: from, ...(removed !== undefined && removed.length > 0 ? { removed } : {}) };
+    const volume = this.withPlacement(v, placement);
+    const next = members.map((m) => (m === from ? to : m));
+    return { volume, shard, from, to: adding, priorMembers: members, members: next, resumed: false, done: false };
+  }
+
+  /**
+   * Finishes, durably, the move `beginMove` recorded, once the shard's leader has committed the
+   * new set: `to` replaces `from` among the shard's replicas, and `from` is remembered as moved
+   * off (it destroys its replica when it next reconciles). Changes nothing when the catalog holds
+   * the move done already. `not_found` when the volume was deleted meanwhile, `unavailable`
+   * when the catalog holds no such move any more.
+   */
+  finishMove(name: string, shard: number, from: string, to: string): VolumeRecord {
+    const v = this.get(name);
+    const p = v.placements.find((x) => x.shard === shard);
+    if (p === undefined) throw new ProtocolError('out_of_range', `shard ${shard}: volume '${name}' has shards 0..${v.shards - 1}`, { shard });
+    const members = p.replicas.map((r) => r.nodeId);
+    if (p.adding === undefined && members.includes(to) && !members.includes(from)) return v;
+    if (p.adding?.nodeId !== to || p.removing !== from) {
+      throw new ProtocolError('unavailable', `the catalog holds no move of shard ${shard} of volume '${name}' from node '${from}' to node '${to}' any more`, { from, to });
+    }
+    // In the order of before, `to` where `from` was: the shard's first replica stays first.
+    const replicas = p.replicas.map((r) => (r.nodeId === from ? p.adding! : r));
+    const removed = [...(p.removed ?? []).filter((n) => n !== from && n !== to), from].slice(-REMOVED_PER_SHARD_MAX);
+    return this.withPlacement(v, { shard, replicas, removed });
+  }
+
+  /** The move under way of each shard of volume `name` (none: an empty list). */
+  moves(name: string): Array<{ shard: number; from: string; to: string }> {
+    return this.get(name).placements.flatMap((p) => (p.adding === undefined ? [] : [{ shard: p.shard, from: p.removing!, to: p.adding.nodeId }]));
+  }
+
+  /** Volume `v` with `placement` replacing its shard's, committed; the new record. */
+  private withPlacement(v: VolumeRecord, placement: ShardPlacement): VolumeRecord {
+    const next: VolumeRecord = { ...v, placements: v.placements.map((p) => (p.shard === placement.shard ? placement : p)) };
+    this.commit({ ...this.state, volumes: this.state.volumes.map((x) => (x.id === v.id ? next : x)) });
+    return next;
   }
 
   /**
@@ -379,7 +513,7 @@ export class Controller {
   private hostLoad(): Map<string, number> {
     const load = new Map<string, number>();
     for (const v of this.state.volumes) {
-      for (const p of v.placements) for (const r of p.replicas) load.set(`${r.nodeId}/${r.hostId}`, (load.get(`${r.nodeId}/${r.hostId}`) ?? 0) + 1);
+      for (const p of v.placements) for (const r of placedOn(p)) load.set(`${r.nodeId}/${r.hostId}`, (load.get(`${r.nodeId}/${r.hostId}`) ?? 0) + 1);
     }
     return load;
   }
@@ -424,6 +558,11 @@ export class Controller {
   get storageFailure(): string | undefined {
     return this.fenced;
   }
+}
+
+/** The replicas of a shard's placement and the one a move under way adds. */
+function placedOn(p: ShardPlacement): ReplicaPlacement[] {
+  return p.adding === undefined ? p.replicas : [...p.replicas, p.adding];
 }
 
 /** A node's record of a replica it holds, as a recovery reads it. */

@@ -93,6 +93,12 @@ Commands:
         Operator override: NODE's replica of the shard votes again although it is repairing
         (its log lost records to damage), accepting that records only it had acknowledged
         stay lost. For a shard left without a majority of whole replicas (docs/replication.md).
+  shard move VOLUME SHARD --from NODE --to NODE
+        Operator action: move the shard's replica on node NODE (--from) to another, live
+        node (--to) that holds none of it, to replace a dead node's replica or to drain a
+        node. Done once the shard's leader has committed the new set; the replica on
+        --from is then destroyed. Run again with the same nodes, it finishes a move that
+        was cut short (docs/replication.md).
   catalog recover [--apply]
         Operator action after the controller lost its data directory: find on the live
         nodes the volumes they hold that the catalog lacks, and with --apply add them
@@ -168,6 +174,7 @@ const COMMANDS: Readonly<Record<string, CommandSpec>> = {
   nbd: { positionals: ['VOLUME'], positionalsMin: 0, flags: { listen: 'string', 'read-only': 'boolean', all: 'boolean' }, client: true },
   status: { positionals: [], flags: {}, client: true },
   'shard force-vote': { positionals: ['VOLUME', 'SHARD'], flags: { node: 'string' }, required: ['node'], client: true },
+  'shard move': { positionals: ['VOLUME', 'SHARD'], flags: { from: 'string', to: 'string' }, required: ['from', 'to'], client: true },
   'catalog recover': { positionals: [], flags: { apply: 'boolean' }, client: true },
   'nats-auth': { positionals: [], flags: { cluster: 'string', clients: 'string' }, client: false },
   help: { positionals: [], flags: {}, client: false },
@@ -175,7 +182,7 @@ const COMMANDS: Readonly<Record<string, CommandSpec>> = {
 
 /** A parsed command line. `node` keeps its arguments raw (`rest`) for loadNodeConfig. */
 export interface ParsedArgs {
-  /** `dev`, `node`, `volume create`, `volume list`, `volume info`, `volume delete`, `put`, `get`, `nbd`, `status`, `shard force-vote`, `catalog recover`, `nats-auth`, `help`. */
+  /** `dev`, `node`, `volume create`, `volume list`, `volume info`, `volume delete`, `put`, `get`, `nbd`, `status`, `shard force-vote`, `shard move`, `catalog recover`, `nats-auth`, `help`. */
   command: string;
   positionals: string[];
   flags: Record<string, string | number | boolean>;
@@ -308,7 +315,7 @@ export function parseArgs(argvIn: readonly string[]): ParsedArgs {
     // `strata volume --help` as any other command's: the list of commands.
     if (sub === '--help' || sub === '-h') return { command: 'help', positionals: [], flags: {}, rest: [] };
     if (sub === undefined || sub.startsWith('-')) {
-      throw new UsageError(first === 'volume' ? 'volume: expected create, list, info or delete' : first === 'shard' ? 'shard: expected force-vote' : 'catalog: expected recover');
+      throw new UsageError(first === 'volume' ? 'volume: expected create, list, info or delete' : first === 'shard' ? 'shard: expected force-vote or move' : 'catalog: expected recover');
     }
     command = `${first} ${sub}`;
     at = 2;
@@ -396,7 +403,17 @@ export function parseArgs(argvIn: readonly string[]): ParsedArgs {
     if (problem !== undefined) throw new UsageError(`--nats: ${problem}, got ${JSON.stringify(flags.nats)}`);
   }
   if (command === 'put' || command === 'get') parseInteger('PAGE', positionals[1]!);
-  if (command === 'shard force-vote') parseInteger('SHARD', positionals[1]!);
+  if (command === 'shard force-vote' || command === 'shard move') parseInteger('SHARD', positionals[1]!);
+  if (command === 'shard move') {
+    for (const flag of ['from', 'to'] as const) {
+      try {
+        checkToken(flags[flag] as string, flag);
+      } catch (e) {
+        throw new UsageError(`--${(e as Error).message}`);
+      }
+    }
+    if (flags.from === flags.to) throw new UsageError(`shard move: --from and --to name the same node ${JSON.stringify(flags.from)}`);
+  }
   if (command === 'nbd') {
     if ((positionals.length === 1) === (flags.all === true)) throw new UsageError(positionals.length === 1 ? 'nbd: give VOLUME or --all, not both' : 'nbd: expected VOLUME or --all');
     if (typeof flags.listen === 'string') parseListen(flags.listen);
@@ -444,6 +461,9 @@ function volumeText(v: VolumeInfo): string {
     `stripe pages: ${v.stripePages}`,
     `replicas:     ${v.replicas}`,
     `created:      ${new Date(v.createdAt).toISOString()}`,
+    // The controller's answer names each shard's nodes (one of a node that hosts the volume, answering for a controller that is down, does not).
+    ...(v.replicaSets === undefined ? [] : v.replicaSets.map((r, i) =>
+      `${i === 0 ? 'replicas on: ' : '              '}shard ${r.shard}: ${r.members.join(', ')}${r.moving === undefined ? '' : ` (moving: ${r.moving.from} -> ${r.moving.to})`}`)),
   ].join('\n') + '\n';
 }
 
@@ -584,6 +604,15 @@ async function shardForceVote(ctx: Ctx): Promise<void> {
     ? `node ${r.node}: its replica of shard ${r.shard} of ${volume} votes again (term ${r.term}); records only it had acknowledged, and lost, stay lost\n`
     : `node ${r.node}: its replica of shard ${r.shard} of ${volume} was not repairing; nothing changed\n`;
   await writeOut(ctx.io.stdout, ctx.json ? jsonText(r) : text);
+}
+
+async function shardMove(ctx: Ctx): Promise<void> {
+  const [volume, shardText] = ctx.args.positionals as [string, string];
+  const from = ctx.args.flags.from as string;
+  const to = ctx.args.flags.to as string;
+  const r = await withClient(ctx, (c) => c.moveReplica(volume, parseInteger('SHARD', shardText), { from, to }));
+  const text = `moved shard ${r.shard} of ${r.volume} from ${from} to ${to}: its replicas are on ${r.members.join(', ')} (term ${r.term}, lsn ${r.lsn})\n`;
+  await writeOut(ctx.io.stdout, ctx.json ? jsonText({ ...r, from, to }) : text);
 }
 
 async function catalogRecover(ctx: Ctx): Promise<void> {
@@ -930,6 +959,9 @@ export async function main(argv: readonly string[], io: Partial<CliIo> = {}): Pr
         return 0;
       case 'shard force-vote':
         await shardForceVote(ctx);
+        return 0;
+      case 'shard move':
+        await shardMove(ctx);
         return 0;
       case 'catalog recover':
         await catalogRecover(ctx);

@@ -48,7 +48,16 @@ import { ConnectionState, NoRespondersError, RequestMux, fromNatsError, natsErro
 import { withTimeout } from '../runtime/timeout';
 import { natsConnectHint } from '../runtime/nats-connect-hint';
 import { apiSubject, checkToken, clientInboxPrefix, shardSubject } from '../messages/subjects';
-import { controllerSubject, nodeSubject, validateCatalogRecoverReply, validateShardForceVoteReply, type CatalogRecoverReply, type ShardForceVoteReply } from '../messages/control';
+import {
+  controllerSubject,
+  nodeSubject,
+  validateCatalogRecoverReply,
+  validateShardForceVoteReply,
+  validateShardMoveReply,
+  type CatalogRecoverReply,
+  type ShardForceVoteReply,
+  type ShardMoveReply,
+} from '../messages/control';
 import {
   EARLIER_ATTEMPTS_MAX,
   PAGES_PER_REQUEST_MAX,
@@ -373,6 +382,41 @@ export class StrataClient {
   }
 
   /**
+   * Operator action (docs/replication.md, "Moving a replica"): moves the replica of shard
+   * `shard` of the volume called `name` from node `from` to node `to` (a live node that holds
+   * none of the shard), to replace a dead node's replica or to drain a node. Resolves once the
+   * shard's leader has committed the new set and the catalog records it: the new replica is
+   * then a member (it is given the shard by its leader), and `from` destroys its replica. Asked
+   * again with the same nodes, it resumes a move that was cut short (a deadline, a restart of the
+   * controller) or answers one that is done. Sent to the controller's control subject, not
+   * through the API. Waits at least MOVE_TIMEOUT_MS_MIN unless `options.deadlineMs` says less.
+   * Fails `not_found` (no such volume), `out_of_range` (no such shard), `bad_request` (`from`
+   * holds no replica of the shard, or `to` does), `unavailable` (`to` not live, another move of
+   * the shard under way, no leader found), `timeout` (the move stays recorded).
+   */
+  async moveReplica(name: string, shard: number, move: { from: string; to: string }, options: CallOptions | null = {}): Promise<ShardMoveReply> {
+    this.checkOpen();
+    const m = expectMap(move, 'move');
+    const body = {
+      volume: expectName(name, 'name'),
+      shard: expectInteger(shard, 'shard', { min: 0, max: Number.MAX_SAFE_INTEGER }),
+      from: checkToken(m.from as string, 'from'),
+      to: checkToken(m.to as string, 'to'),
+    };
+    const subject = controllerSubject(this.cluster, 'shard.move');
+    const deadlineMs = this.deadline(optionsOf(options).deadlineMs, Math.max(this.timeoutMs, MOVE_TIMEOUT_MS_MIN));
+    const timeoutMs = Math.max(1, deadlineMs - this.nowMs());
+    let replyBytes: Uint8Array;
+    try {
+      replyBytes = await this.request(subject, encode(body), { timeoutMs, headers: { [HEADER_DEADLINE]: String(deadlineMs) } });
+    } catch (err) {
+      if (err instanceof NoRespondersError) throw new ProtocolError('unavailable', `the controller is not reachable (no responders on ${subject}): is the controller node running?`, { subject });
+      throw err;
+    }
+    return readReply(replyBytes, 'shard.move', subject, validateShardMoveReply);
+  }
+
+  /**
    * Operator action after the controller lost its catalog (docs/replication.md, "A lost
    * catalog"): the controller reads the records of every live node and adds to its catalog the
    * volumes they hold that it lacks; with `apply: false` (the default) it only says which. Sent
@@ -540,6 +584,13 @@ export class StrataClient {
  * takes 14–20 ms on one node of a 2-core machine (nearly all of it fsyncs), more when loaded.
  */
 export const CREATE_MS_PER_SHARD_REPLICA = 40;
+
+/**
+ * Least time a move of a replica (`moveReplica`) is given without a deadline of its own: a node
+ * opens the new replica and the shard's leader changes its set, which waits for the new replica
+ * to take the shard's log.
+ */
+export const MOVE_TIMEOUT_MS_MIN = 60_000;
 
 /** API verbs that change nothing: asked again when a try gets no answer (`StrataClient.api`). */
 export const API_READ_VERBS: ReadonlySet<ApiVerb> = new Set<ApiVerb>(['volume.info', 'volume.list', 'status']);

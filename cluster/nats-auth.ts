@@ -6,8 +6,8 @@
  * anyone may publish to, a forged vote answer can elect a leader without a majority and a forged
  * append answer can commit records without one. The guard is the NATS server's authorization:
  * nodes connect as a user that may use every subject of the cluster, applications as one that
- * may only ask the public API and the shards, operators as one that may also force a vote and
- * recover a lost catalog.
+ * may only ask the public API and the shards, operators as one that may also force a vote,
+ * recover a lost catalog and move a shard's replica.
  * `strata nats-auth` prints the nats-server `authorization` block for a cluster
  * (docs/replication.md, "Locking the subjects").
  */
@@ -49,7 +49,7 @@ export function natsPermissions(cluster: string, role: NatsRole, user = `strata-
       return { publish: [`${root}.api.>`, `${root}.shard.*.*`, SERVICE_DISCOVERY], subscribe: [`${clientInboxPrefix(user)}.>`] };
     case 'operator': {
       const client = natsPermissions(cluster, 'client', user);
-      return { publish: [...client.publish, `${root}.node.*.shard.forceVote`, `${root}.controller.catalog.recover`], subscribe: client.subscribe };
+      return { publish: [...client.publish, `${root}.node.*.shard.forceVote`, `${root}.controller.catalog.recover`, `${root}.controller.shard.move`], subscribe: client.subscribe };
     }
   }
 }

@@ -21,7 +21,7 @@ import * as path from 'node:path';
 import { DataDirLock } from './data-dir-lock';
 import { withTimeout } from '../runtime/timeout';
 import { natsConnectHint } from '../runtime/nats-connect-hint';
-import { connect, Events, type NatsConnection, type Msg, type Subscription } from 'nats';
+import { connect, Events, headers as natsHeaders, type NatsConnection, type Msg, type Subscription } from 'nats';
 import { DEADLINE_AHEAD_MS_MAX, HEADER_DEADLINE, parseDeadline, readHeaders } from '../messages/headers';
 import { REQUEST_ITEMS_MAX, type MessageType, type VolumeInfo } from '../messages/api';
 import type { Service } from 'nats';
@@ -57,14 +57,20 @@ import {
   validateClaimQuestion,
   validateNodeRecordsRequest,
   validateCatalogRecoverRequest,
+  validateShardReconfigure,
+  validateShardReconfigureReply,
+  validateShardMove,
   type RecoveredVolume,
+  type ShardMoveRequest,
+  type ShardMoveReply,
+  type ShardReconfigureReply,
 } from '../messages/control';
 import { readNodeRecords, recordsPage, recoverReply } from './catalog-recovery';
 import { nodeInboxPrefix } from '../messages/subjects';
 import { RealDisk } from '../storage-engine/real-disk';
 import { makeDirectory } from '../storage-engine/make-directory';
 import { MetaStore } from '../storage-engine/metadata';
-import { Controller, volumeInfo, type VolumeRecord } from '../actors/controller';
+import { Controller, volumeInfo, type AssignmentRole, type ShardMove, type VolumeRecord } from '../actors/controller';
 import { HostPool } from '../runtime/host-pool';
 import type { HostConfig, TransportFaults } from '../runtime/actor-host';
 import type { ReplicaTiming } from '../actors/replica';
@@ -190,6 +196,19 @@ function catalogWaitMs(leftMs: number): number {
   return leftMs - Math.min(CATALOG_REPLY_ROOM_MS_MAX, Math.max(0, leftMs) / 10);
 }
 
+/**
+ * Moves of replicas (controller.shard.move) the controller runs at once at most: one more is
+ * answered `overloaded` at once. Each waits for a node's open and a shard leader's change of
+ * its set, within its requester's deadline.
+ */
+export const MOVES_IN_FLIGHT_MAX = 64;
+
+/** Requests to the shard's nodes a move makes at most to find the leader that changes its set. */
+const MOVE_LEADER_TRIES_MAX = 64;
+/** A move's pause after asking every node of the shard without finding its leader: doubling from the min to the max. */
+const MOVE_RETRY_MS_MIN = 100;
+const MOVE_RETRY_MS_MAX = 1000;
+
 /** After a failed reconciliation the next waits this long, doubling on each failure up to the max. */
 export const RECONCILE_BACKOFF_MS_MIN = 1000;
 export const RECONCILE_BACKOFF_MS_MAX = 30_000;
@@ -295,6 +314,25 @@ function shardId(a: { volumeId: string; shard: number }): string {
   return `${a.volumeId}.${a.shard}`;
 }
 
+/** Two sets of node ids hold the same ids (in any order). */
+function sameSet(a: readonly string[], b: readonly string[]): boolean {
+  return a.length === b.length && a.every((x) => b.includes(x));
+}
+
+/** A node's record of a shard and its assignment name the same members (and set moved from). */
+function sameMembers(rec: ShardAssignment, a: ShardAssignment): boolean {
+  return rec.members.join(',') === a.members.join(',') && (rec.priorMembers ?? []).join(',') === (a.priorMembers ?? []).join(',');
+}
+
+/** Where each shard of a volume has its replicas, and the move under way, for volume.info. */
+function replicaSets(v: VolumeRecord): NonNullable<VolumeInfo['replicaSets']> {
+  return v.placements.map((p) => ({
+    shard: p.shard,
+    members: p.replicas.map((r) => r.nodeId),
+    ...(p.adding === undefined ? {} : { moving: { from: p.removing!, to: p.adding.nodeId } }),
+  }));
+}
+
 export class StrataNode {
   readonly nodeId: string;
   readonly cluster: string;
@@ -325,6 +363,8 @@ export class StrataNode {
   private readonly creating = new Set<string>();
   /** Control requests being handled (CONTROL_IN_FLIGHT_MAX). */
   private controlInFlight = 0;
+  /** The moves of replicas this controller runs, by shard (`<volumeId>.<shard>`): one at a time each. */
+  private readonly moving = new Map<string, Promise<ShardMoveReply>>();
   private readonly startedAt = Date.now();
   private readonly log: Logger;
   private stopped = false;
@@ -955,13 +995,36 @@ export class StrataNode {
     for (const s of this.nodeMeta.shards.filter((x) => dead.has(x.volumeId))) {
       await this.destroyShards(s.volumeId, [s.shard]).catch((e: unknown) => failures.push(e));
     }
+    const held = a.shards.filter((s) => s.removed !== true && !dead.has(s.volumeId));
+    const heldIds = new Set(held.map(shardId));
+    // Replicas a finished move took off this node (never one the catalog still places here, as a
+    // member or as the node a move adds): destroyed. The catalog names them only once the
+    // shard's leader has committed the set without this node.
+    const movedOff = new Set(a.shards.filter((s) => s.removed === true && !heldIds.has(shardId(s)) && !dead.has(s.volumeId)).map(shardId));
+    for (const s of this.nodeMeta.shards.filter((x) => movedOff.has(shardId(x)))) {
+      await this.destroyShards(s.volumeId, [s.shard])
+        .then(() => this.log.info('destroyed a replica a move took off this node', { volume: s.volumeId, shard: s.shard }))
+        .catch((e: unknown) => failures.push(e));
+    }
     const have = new Set(this.nodeMeta.shards.map(shardId));
-    const missing = a.shards.filter((s) => !have.has(shardId(s)) && !dead.has(s.volumeId));
+    const missing = held.filter((s) => !have.has(shardId(s)));
     // Opened as replicas that existed (ShardSpec.existing): one that finds no storage lost it.
     // The catalog records a volume just before the create's opens, so a reconciliation between
     // the two may open a new replica first: it then counts as lost until its peers answer that
     // none of them ever campaigned (Replica.probeTerms), and votes from then on.
-    if (missing.length > 0) await this.openShards(missing, true).catch((e: unknown) => failures.push(e));
+    const existing = missing.filter((s) => s.priorMembers === undefined);
+    if (existing.length > 0) await this.openShards(existing, true).catch((e: unknown) => failures.push(e));
+    // The replica a move adds to this node is new (it never held the shard, so it cannot have
+    // voted or acknowledged anything): opened as such, under the move's joint configuration.
+    const joining = missing.filter((s) => s.priorMembers !== undefined);
+    if (joining.length > 0) await this.openShards(joining, false).catch((e: unknown) => failures.push(e));
+    // Records whose members a finished move changed: what a restart opens and a lost catalog is
+    // recovered from.
+    const stale = held.filter((s) => {
+      const rec = this.nodeMeta.shards.find((x) => x.volumeId === s.volumeId && x.shard === s.shard);
+      return rec !== undefined && !sameMembers(rec, s);
+    });
+    if (stale.length > 0) await this.updateRecords(stale).catch((e: unknown) => failures.push(e));
     // Replicas of deleted volumes still open on a host (their destroy failed half-way) and files
     // this node forgot but did not destroy (a crash between the two).
     if (dead.size > 0) {
@@ -1006,6 +1069,30 @@ export class StrataNode {
     }
     if (added.length > 0) this.persist({ ...this.nodeMeta, shards: [...this.nodeMeta.shards, ...added] });
     if (failure !== undefined) throw failure.error;
+  }
+
+  /**
+   * Takes the members (and, for a replica a move adds, the set it moves from) of `list` into
+   * this node's records of those shards, durably, then into its hosts' specs (what a restarted
+   * host reopens them with). The files stay where they are (the record's host).
+   */
+  private updateRecords(list: ShardAssignment[]): Promise<void> {
+    return this.shardOp(async () => {
+      const byId = new Map(list.map((a) => [shardId(a), a]));
+      const next = this.nodeMeta.shards.map((rec) => {
+        const a = byId.get(shardId(rec));
+        if (a === undefined) return rec;
+        const { priorMembers: _, removed: __, ...base } = rec;
+        return { ...base, members: [...a.members], ...(a.priorMembers !== undefined ? { priorMembers: [...a.priorMembers] } : {}) };
+      });
+      this.persist({ ...this.nodeMeta, shards: next });
+      let failure: { error: unknown } | undefined;
+      for (const rec of next) {
+        if (!byId.has(shardId(rec))) continue;
+        await this.pool!.openShard(rec.hostId, { ...rec, existing: true }).catch((e: unknown) => (failure ??= { error: e }));
+      }
+      if (failure !== undefined) throw failure.error;
+    });
   }
 
   private destroyShards(volumeId: string, shards: number[]): Promise<void> {
@@ -1166,7 +1253,7 @@ export class StrataNode {
       // As many as the server's max_payload holds (a server with a small one takes more pages), at
       // most ASSIGNMENTS_PAGE_MAX, at least one (which, too large alone, is answered too_large).
       const room = bytesMax - encode({ epoch: a.epoch, tombstones, shards: [], next: ASSIGNMENTS_PER_NODE_MAX, ...tombstonesNext }).length;
-      const candidates = a.shards.slice(from, from + ASSIGNMENTS_PAGE_MAX).map(({ volume, placement, hostId }) => this.assignmentOf(volume, placement.shard, hostId));
+      const candidates = a.shards.slice(from, from + ASSIGNMENTS_PAGE_MAX).map(({ volume, placement, hostId, role }) => this.assignmentOf(volume, placement.shard, hostId, role));
       const shards = pageWithin(candidates, 0, room);
       const next = from + shards.length;
       return { epoch: a.epoch, tombstones, shards, ...(next < a.shards.length ? { next } : {}), ...tombstonesNext };
@@ -1179,8 +1266,13 @@ export class StrataNode {
     this.subscribe(subj('volume.info'), async (body) => {
       const { name } = validateVolumeNameRequest(body);
       if (this.creating.has(name)) throw new ProtocolError('not_found', `volume '${name}' does not exist (its create has not been answered yet)`, { name });
-      return { ...volumeInfo(c.get(name)) };
+      const v = c.get(name);
+      // With where each shard's replicas are, and the moves under way.
+      return { ...volumeInfo(v), replicaSets: replicaSets(v) };
     });
+    // Not in the catalog's queue: a move waits for a node and a shard's leader, and its catalog
+    // changes are made at once (one move per shard, recorded in the catalog).
+    this.subscribe(subj('shard.move'), async (body, msg) => this.moveShard(validateShardMove(body), this.controlDeadline(msg)));
     this.subscribe(subj('volume.list'), async (body) => {
       validateVolumeListRequest(body);
       return { volumes: c.list().filter((v) => !this.creating.has(v.name)).map(volumeInfo) };
@@ -1215,12 +1307,136 @@ export class StrataNode {
     };
   }
 
-  private assignmentOf(v: VolumeRecord, shard: number, hostId: number): ShardAssignment {
+  /**
+   * A shard's assignment to a node: as a member, with the shard's replicas; as the node a move
+   * adds (`adding`), with the set the move makes and the one it changes from; as a node a move
+   * took off (`removed`), with the shard's replicas now.
+   */
+  private assignmentOf(v: VolumeRecord, shard: number, hostId: number, role: AssignmentRole = 'member'): ShardAssignment {
     const p = v.placements.find((x) => x.shard === shard)!;
-    return {
+    const members = p.replicas.map((r) => r.nodeId);
+    const base = {
       volumeId: v.id, volumeName: v.name, shard, shards: v.shards, pageCount: v.pageCount,
-      pageSize: v.pageSize, stripePages: v.stripePages, hostId, members: p.replicas.map((r) => r.nodeId), createdAt: v.createdAt,
+      pageSize: v.pageSize, stripePages: v.stripePages, hostId, createdAt: v.createdAt,
     };
+    // The new set in the order the catalog gives it once the move is done (`to` where `from` was).
+    if (role === 'adding') return { ...base, members: members.map((m) => (m === p.removing ? p.adding!.nodeId : m)), priorMembers: members };
+    if (role === 'removed') return { ...base, members, removed: true };
+    return { ...base, members };
+  }
+
+  /** A control request's deadline: its Strata-Deadline, at most DEADLINE_AHEAD_MS_MAX ahead; without one, the node's request timeout. */
+  private controlDeadline(msg: Msg): number {
+    const now = Date.now();
+    const asked = parseDeadline(wellFormed(messageHeaders(msg)).get(HEADER_DEADLINE));
+    return asked === undefined ? now + (this.opts.requestTimeoutMs ?? 10_000) : Math.min(asked, now + DEADLINE_AHEAD_MS_MAX);
+  }
+
+  /**
+   * controller.shard.move: records the move in the catalog (Controller.beginMove), has node `to`
+   * open the new replica, has the shard's leader change its set (`reconfigureShard`), and
+   * records the move finished. A move of a shard this controller runs already is joined (the
+   * same one) or refused (another, by beginMove). Every wait is within `deadlineMs`, less room
+   * for the answer; a move cut short stays recorded, and asked again, goes on from there.
+   */
+  private async moveShard(req: ShardMoveRequest, deadlineMs: number): Promise<ShardMoveReply> {
+    const c = this.controller!;
+    if (this.creating.has(req.volume)) throw new ProtocolError('not_found', `volume '${req.volume}' does not exist (its create has not been answered yet)`, { name: req.volume });
+    const v = c.get(req.volume);
+    const key = `${v.id}.${req.shard}`;
+    const running = this.moving.get(key);
+    if (running === undefined && this.moving.size >= MOVES_IN_FLIGHT_MAX) {
+      throw new ProtocolError('overloaded', `the controller runs ${MOVES_IN_FLIGHT_MAX} moves of replicas, its limit; retry after a back-off`, { movesMax: MOVES_IN_FLIGHT_MAX });
+    }
+    // Validated (and, for a new move, recorded durably) before anything is asked of a node.
+    const move = c.beginMove(req.volume, req.shard, req.from, req.to, Date.now());
+    const waitMs = catalogWaitMs(deadlineMs - Date.now());
+    const late = (): ProtocolError => new ProtocolError('timeout', `the move of shard ${req.shard} of volume '${req.volume}' from node '${req.from}' to node '${req.to}' did not finish within the deadline; it is recorded: run it again to finish it`, { from: req.from, to: req.to });
+    if (running !== undefined) return withTimeout(running, Math.max(1, waitMs), late);
+    if (!move.resumed) this.log.info('moving a replica', { volume: v.id, shard: req.shard, from: req.from, to: req.to, hostId: move.to.hostId });
+    const run = this.runMove(move, Date.now() + Math.max(1, waitMs)).finally(() => this.moving.delete(key));
+    this.moving.set(key, run);
+    return run;
+  }
+
+  private async runMove(move: ShardMove, endMs: number): Promise<ShardMoveReply> {
+    const { volume: v, shard, from } = move;
+    const to = move.to.nodeId;
+    const again = `; the move is recorded: run it again to finish it (strata shard move ${v.name} ${shard} --from ${from} --to ${to})`;
+    if (!move.done) {
+      // Now rather than at `to`'s next reconciliation (which opens it too, if this fails).
+      const openMs = Math.min(this.opts.requestTimeoutMs ?? 10_000, endMs - Date.now());
+      const subject = nodeSubject(this.cluster, to, 'shards.open');
+      try {
+        if (openMs <= 0) throw new ProtocolError('timeout', 'no time left');
+        const r = await this.nc!.request(subject, encode({ shards: [this.assignmentOf(v, shard, move.to.hostId, 'adding')] }), { timeout: openMs });
+        throwIfError(decode(r.data));
+      } catch (e) {
+        const pe = fromNatsError(e, subject, Math.max(0, openMs));
+        throw new ProtocolError(pe.code === 'timeout' ? 'timeout' : 'unavailable', `node '${to}' did not open the new replica: ${pe.message}${again}`, { node: to });
+      }
+    }
+    let r: ShardReconfigureReply;
+    try {
+      r = await this.reconfigureShard(v.id, shard, move.priorMembers, move.members, endMs);
+    } catch (e) {
+      const pe = toProtocolError(e);
+      throw new ProtocolError(pe.code, `${pe.message}${again}`, pe.details);
+    }
+    if (!sameSet(r.members, move.members)) {
+      throw new ProtocolError('unavailable', `the leader of shard ${shard} of volume '${v.name}' (node '${r.node}') holds the set ${r.members.join(', ')}, not ${move.members.join(', ')}${again}`, { members: r.members });
+    }
+    const done = this.controller!.finishMove(v.name, shard, from, to);
+    if (!move.done) this.log.info('moved a replica', { volume: v.id, shard, from, to, term: r.term, lsn: r.lsn, changed: r.changed });
+    const members = done.placements.find((p) => p.shard === shard)!.replicas.map((x) => x.nodeId);
+    return { volume: v.name, shard, members, term: r.term, lsn: r.lsn };
+  }
+
+  /**
+   * Asks the leader of a shard to change its set to `members` (`node.<id>.shard.reconfigure`):
+   * the node a `not_leader` names first, else each node of both sets in turn, pausing between
+   * rounds (MOVE_RETRY_MS_MIN doubling to MOVE_RETRY_MS_MAX), at most MOVE_LEADER_TRIES_MAX
+   * requests, each and all within `endMs`. A refusal (`bad_request`) ends it at once.
+   */
+  private async reconfigureShard(volumeId: string, shard: number, prior: readonly string[], members: readonly string[], endMs: number): Promise<ShardReconfigureReply> {
+    const nodes = [...prior, ...members.filter((m) => !prior.includes(m))];
+    let hint: string | undefined;
+    let last: ProtocolError | undefined;
+    let round = 0;
+    for (let tries = 0; tries < MOVE_LEADER_TRIES_MAX;) {
+      const order = hint === undefined ? nodes : [hint, ...nodes.filter((n) => n !== hint)];
+      hint = undefined;
+      for (const node of order) {
+        const leftMs = endMs - Date.now();
+        if (leftMs <= 0 || tries >= MOVE_LEADER_TRIES_MAX) break;
+        tries++;
+        const subject = nodeSubject(this.cluster, node, 'shard.reconfigure');
+        const headers = natsHeaders();
+        headers.set(HEADER_DEADLINE, String(endMs));
+        try {
+          const reply = await this.nc!.request(subject, encode({ volumeId, shard, members: [...members] }), { timeout: leftMs, headers });
+          return validateShardReconfigureReply(throwIfError(decode(reply.data)));
+        } catch (e) {
+          last = fromNatsError(e, subject, leftMs);
+          if (last.code === 'bad_request') throw last;
+          const leader = last.code === 'not_leader' ? last.details?.['leader'] : undefined;
+          if (typeof leader === 'string' && leader !== node && nodes.includes(leader)) {
+            hint = leader;
+            break;
+          }
+        }
+      }
+      const leftMs = endMs - Date.now();
+      if (leftMs <= 0) break;
+      if (hint === undefined) {
+        await new Promise((res) => setTimeout(res, Math.min(leftMs, MOVE_RETRY_MS_MIN * 2 ** Math.min(round, 10), MOVE_RETRY_MS_MAX)));
+        round++;
+      }
+    }
+    const why = last === undefined ? '' : `: ${last.message}`;
+    throw new ProtocolError(last?.code === 'timeout' || Date.now() >= endMs ? 'timeout' : 'unavailable', `no leader of shard ${shard} of volume ${volumeId} changed its set to ${members.join(', ')} in time${why}`, {
+      ...(last === undefined ? {} : { last: last.code }),
+    });
   }
 
   private async createVolume(spec: ReturnType<typeof validateVolumeCreateRequest>, deadlineMs: number | undefined): Promise<unknown> {
@@ -1357,6 +1573,24 @@ export class StrataNode {
         });
       }
       return { node: this.nodeId, volumeId: r.volumeId, shard: r.shard, wasRepairing, term };
+    });
+    // A move of a replica: this node's replica of the shard, if it leads, changes the shard's set.
+    this.subscribe(subj('shard.reconfigure'), async (body, msg): Promise<ShardReconfigureReply> => {
+      const r = validateShardReconfigure(body);
+      const a = this.nodeMeta.shards.find((s) => s.volumeId === r.volumeId && s.shard === r.shard);
+      if (!a) throw new ProtocolError('not_found', `node '${this.nodeId}' holds no replica of shard ${r.shard} of volume ${r.volumeId}`, { volumeId: r.volumeId, shard: r.shard });
+      try {
+        const done = await this.pool!.reconfigure(a.hostId, r.volumeId, r.shard, r.members, this.controlDeadline(msg));
+        if (done.changed) this.log.info('changed a shard\'s replica set', { volume: r.volumeId, shard: r.shard, members: done.members, term: done.term, lsn: done.lsn });
+        return { node: this.nodeId, volumeId: r.volumeId, shard: r.shard, ...done };
+      } catch (e) {
+        // A replica closed or down (storage codes) is one to ask elsewhere.
+        const code = (e as { code?: unknown }).code;
+        if (code === 'closed' || code === 'device_failed' || code === 'fsync_failed' || code === 'io_error') {
+          throw new ProtocolError('unavailable', `node '${this.nodeId}': ${(e as Error).message}`, { refused: code });
+        }
+        throw e;
+      }
     });
     // Every field; a status over one message in parts, asked for one at a time (nodeStatusPart).
     this.subscribe(subj('status'), async (body) => {

@@ -144,6 +144,20 @@ export interface VolumeInfo extends VolumeSpec {
   id: string;
   /** Creation time, ms since the Unix epoch. */
   createdAt: number;
+  /**
+   * volume.info from the controller only: the nodes of each shard's replicas, and the move of
+   * one of them under way (`strata shard move`), if any.
+   */
+  replicaSets?: ReplicaSetInfo[];
+}
+
+/** Where a shard's replicas are (VolumeInfo.replicaSets). */
+export interface ReplicaSetInfo {
+  shard: number;
+  /** Node ids, 1..7. */
+  members: string[];
+  /** A move under way: the replica on `from` goes to `to`. */
+  moving?: { from: string; to: string };
 }
 
 /** volume.list request (no fields). */

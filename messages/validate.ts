@@ -62,6 +62,7 @@ import type {
   VolumeFlushReply,
   VolumeFlushRequest,
   VolumeInfo,
+  ReplicaSetInfo,
   VolumeLayout,
   VolumeListReply,
   VolumeListRequest,
@@ -375,7 +376,27 @@ export function validateVolumeInfo(value: unknown, path = ''): VolumeInfo {
     stripePages: expectInteger(field(map, 'stripePages'), at('stripePages'), { min: 1, max: STRIPE_PAGES_MAX }),
     replicas: expectOneOf<ReplicaCount>(field(map, 'replicas'), REPLICA_COUNTS, at('replicas')),
     createdAt: expectCounter(field(map, 'createdAt'), at('createdAt')),
+    ...optionalEntry('replicaSets', optional(field(map, 'replicaSets'), (v) => validateReplicaSets(v, at('replicaSets')))),
   };
+}
+
+function optionalEntry<K extends string, V>(key: K, value: V | undefined): { [P in K]?: V } {
+  return (value === undefined ? {} : { [key]: value }) as { [P in K]?: V };
+}
+
+/** VolumeInfo.replicaSets: one entry a shard, at most SHARDS_MAX. */
+function validateReplicaSets(value: unknown, path: string): ReplicaSetInfo[] {
+  const list = expectArray(value, path, { lengthMin: 0, lengthMax: SHARDS_MAX });
+  return list.map((entry, i) => {
+    const at = (key: string): string => fieldPath(`${path}[${i}]`, key);
+    const map = expectMap(entry, `${path}[${i}]`);
+    const members = expectArray(field(map, 'members'), at('members'), { lengthMin: 1, lengthMax: 7 }).map((m, j) => expectId(m, `${at('members')}[${j}]`));
+    const moving = optional(field(map, 'moving'), (v) => {
+      const m = expectMap(v, at('moving'));
+      return { from: expectId(field(m, 'from'), fieldPath(at('moving'), 'from')), to: expectId(field(m, 'to'), fieldPath(at('moving'), 'to')) };
+    });
+    return { shard: expectInteger(field(map, 'shard'), at('shard'), { min: 0, max: SHARDS_MAX - 1 }), members, ...(moving === undefined ? {} : { moving }) };
+  });
 }
 
 const NO_FIELDS = fields();
