@@ -355,3 +355,147 @@ describe('Controller catalog changes', () => {
     assert.throws(() => new Controller({ meta }), (e: unknown) => e instanceof StorageError && e.code === 'corruption' && /unknown version 2/.test(e.message));
   });
 });
+
+describe('Controller moves of a replica', () => {
+  const spec = { pageCount: 64, pageSize: 4096, shards: 2, stripePages: 16, replicas: 3 } as const;
+
+  /** A catalog of nodes a..d (2 hosts each) with volume 'v' placed on a, b, c: shard 0 on a, b, c. */
+  function fourNodes(disk = new SimDisk()): { c: Controller; disk: SimDisk } {
+    const c = new Controller({ meta: new MetaStore(disk, '') });
+    for (const id of ['a', 'b', 'c']) c.heartbeat(id, 2, T0);
+    c.create({ name: 'v', ...spec }, T0);
+    c.heartbeat('d', 2, T0);
+    return { c, disk };
+  }
+
+  const members = (c: Controller, shard = 0): string[] => c.get('v').placements[shard]!.replicas.map((r) => r.nodeId);
+  const refused = (code: string, pattern: RegExp) => (e: unknown): boolean => {
+    assert.ok(e instanceof ProtocolError, String(e));
+    assert.equal(e.code, code);
+    assert.match(e.message, pattern);
+    return true;
+  };
+
+  it('records a move durably: the node it adds is assigned the shard with both sets, the members keep theirs', () => {
+    const { c, disk } = fourNodes();
+    assert.deepEqual(members(c), ['a', 'b', 'c']);
+    const epoch = c.epoch;
+    const m = c.beginMove('v', 0, 'a', 'd', T0 + 1);
+    assert.equal(m.resumed, false);
+    assert.equal(m.done, false);
+    assert.deepEqual(m.priorMembers, ['a', 'b', 'c']);
+    assert.deepEqual(m.members, ['d', 'b', 'c']);
+    assert.equal(c.epoch, epoch + 1);
+    // Durable: a controller started again on the disk holds it.
+    const again = new Controller({ meta: new MetaStore(disk, '') });
+    const p = again.get('v').placements[0]!;
+    assert.deepEqual(p.adding, { nodeId: 'd', hostId: 0 });
+    assert.equal(p.removing, 'a');
+    assert.deepEqual(p.replicas.map((r) => r.nodeId), ['a', 'b', 'c']);
+    assert.deepEqual(again.moves('v'), [{ shard: 0, from: 'a', to: 'd' }]);
+    // 'd' is given the shard as the node the move adds; 'a' keeps it until the move is done.
+    const d = again.assignments('d').shards;
+    assert.deepEqual(d.map((s) => [s.placement.shard, s.role, s.hostId]), [[0, 'adding', 0]]);
+    assert.deepEqual(again.assignments('a').shards.filter((s) => s.placement.shard === 0).map((s) => s.role), ['member']);
+  });
+
+  it('finishes a move durably: the new node replaces the old in place, which is told to destroy its replica', () => {
+    const { c, disk } = fourNodes();
+    c.beginMove('v', 0, 'a', 'd', T0 + 1);
+    const v = c.finishMove('v', 0, 'a', 'd');
+    assert.deepEqual(v.placements[0]!.replicas.map((r) => r.nodeId), ['d', 'b', 'c']);
+    const again = new Controller({ meta: new MetaStore(disk, '') });
+    const p = again.get('v').placements[0]!;
+    assert.equal(p.adding, undefined);
+    assert.equal(p.removing, undefined);
+    assert.deepEqual(p.removed, ['a']);
+    assert.deepEqual(again.moves('v'), []);
+    assert.deepEqual(again.assignments('d').shards.map((s) => [s.placement.shard, s.role]), [[0, 'member']]);
+    // 'a' still holds shard 1 as a member, and is told shard 0 was moved off it.
+    assert.deepEqual(again.assignments('a').shards.map((s) => [s.placement.shard, s.role]).sort(), [[0, 'removed'], [1, 'member']]);
+    // Finishing it again changes nothing.
+    const epoch = again.epoch;
+    again.finishMove('v', 0, 'a', 'd');
+    assert.equal(again.epoch, epoch);
+  });
+
+  it('the same move asked again resumes it (nothing written); once done, it is answered done', () => {
+    const { c } = fourNodes();
+    c.beginMove('v', 0, 'a', 'd', T0 + 1);
+    const epoch = c.epoch;
+    const again = c.beginMove('v', 0, 'a', 'd', T0 + 2);
+    assert.equal(again.resumed, true);
+    assert.equal(again.done, false);
+    assert.deepEqual(again.members, ['d', 'b', 'c']);
+    assert.equal(c.epoch, epoch);
+    c.finishMove('v', 0, 'a', 'd');
+    // 'a' is dead by now: a finished move does not need it, nor 'd' to be live.
+    const done = c.beginMove('v', 0, 'a', 'd', T0 + 60_000);
+    assert.equal(done.done, true);
+    assert.deepEqual(done.members, ['d', 'b', 'c']);
+    assert.deepEqual(done.priorMembers, ['a', 'b', 'c']);
+  });
+
+  it('one move per shard: another move of the shard under way is refused unavailable, naming the one to finish; another shard may move', () => {
+    const { c } = fourNodes();
+    c.beginMove('v', 0, 'a', 'd', T0 + 1);
+    c.heartbeat('e', 1, T0 + 1);
+    assert.throws(() => c.beginMove('v', 0, 'b', 'e', T0 + 2), refused('unavailable', /the move of shard 0 of volume 'v' from node 'a' to node 'd' is under way, one move of a shard at a time: run that one again to finish it \(strata shard move v 0 --from a --to d\)/));
+    assert.throws(() => c.beginMove('v', 0, 'a', 'e', T0 + 2), refused('unavailable', /from node 'a' to node 'd' is under way/));
+    assert.throws(() => c.finishMove('v', 0, 'a', 'e'), refused('unavailable', /holds no move of shard 0 of volume 'v' from node 'a' to node 'e'/));
+    const other = c.beginMove('v', 1, members(c, 1)[0]!, members(c, 1).includes('d') ? 'e' : 'd', T0 + 2);
+    assert.equal(other.resumed, false);
+  });
+
+  it('refuses, changing nothing: an unknown volume, a shard out of range, a from that is not a member, a to that is, the same node, a to not live', () => {
+    const { c } = fourNodes();
+    const epoch = c.epoch;
+    assert.throws(() => c.beginMove('nope', 0, 'a', 'd', T0 + 1), refused('not_found', /volume 'nope' does not exist/));
+    assert.throws(() => c.beginMove('v', 2, 'a', 'd', T0 + 1), refused('out_of_range', /shard 2: volume 'v' has shards 0\.\.1/));
+    assert.throws(() => c.beginMove('v', 0, 'd', 'a', T0 + 1), refused('bad_request', /node 'd' holds no replica of shard 0 of volume 'v': its replicas are on a, b, c/));
+    assert.throws(() => c.beginMove('v', 0, 'a', 'b', T0 + 1), refused('bad_request', /node 'b' holds a replica of shard 0 of volume 'v' already/));
+    assert.throws(() => c.beginMove('v', 0, 'a', 'a', T0 + 1), refused('bad_request', /the same node 'a'/));
+    assert.throws(() => c.beginMove('v', 0, 'a', 'zz', T0 + 1), refused('unavailable', /node 'zz' is not live .*start it, or move the replica to a live node that holds none of the shard \(d\)/));
+    // 'd' silent past the live window.
+    assert.throws(() => c.beginMove('v', 0, 'a', 'd', T0 + 60_000), refused('unavailable', /node 'd' is not live/));
+    assert.equal(c.epoch, epoch);
+    assert.deepEqual(c.moves('v'), []);
+  });
+
+  it('a finished move takes the node it adds off the nodes moved off the shard; one moved back is not destroyed', () => {
+    const { c } = fourNodes();
+    c.beginMove('v', 0, 'a', 'd', T0 + 1);
+    c.finishMove('v', 0, 'a', 'd');
+    c.heartbeat('a', 2, T0 + 2);
+    c.beginMove('v', 0, 'd', 'a', T0 + 2);
+    // While 'a' is added again it is assigned the shard as the node added, not as one moved off.
+    assert.deepEqual(c.assignments('a').shards.filter((s) => s.placement.shard === 0).map((s) => s.role), ['adding']);
+    c.finishMove('v', 0, 'd', 'a');
+    assert.deepEqual(c.get('v').placements[0]!.removed, ['d']);
+    assert.deepEqual(members(c), ['a', 'b', 'c']);
+  });
+
+  it('the node a move adds counts for placement and membership: its host takes load, and it is not forgotten', () => {
+    const { c } = fourNodes();
+    const m = c.beginMove('v', 0, 'a', 'd', T0 + 1);
+    assert.equal(m.to.hostId, 0);
+    c.beginMove('v', 1, members(c, 1).find((n) => n !== 'd')!, members(c, 1).includes('d') ? 'a' : 'd', T0 + 1);
+    // A silent 'd' that is only being added to a shard is still placed on: not forgotten.
+    c.heartbeat('a', 2, T0 + MEMBER_SILENCE_MS_MAX + 120_000);
+    assert.ok(c.knownNodes().some((n) => n.nodeId === 'd'));
+  });
+
+  it('a catalog write that fails refuses the move, and the catalog holds none (nor any finish of one)', () => {
+    const disk = new SimDisk();
+    const { c } = fourNodes(disk);
+    disk.failFsync({ path: 'catalog.tmp' });
+    assert.throws(() => c.beginMove('v', 0, 'a', 'd', T0 + 1), (e: unknown) => e instanceof StorageError && e.code === 'fsync_failed');
+    assert.deepEqual(c.moves('v'), []);
+    assert.deepEqual(c.assignments('d').shards, []);
+    c.beginMove('v', 0, 'a', 'd', T0 + 1);
+    disk.failFsync({ path: 'catalog.tmp' });
+    assert.throws(() => c.finishMove('v', 0, 'a', 'd'), (e: unknown) => e instanceof StorageError && e.code === 'fsync_failed');
+    assert.deepEqual(c.moves('v'), [{ shard: 0, from: 'a', to: 'd' }]);
+    assert.deepEqual(members(c), ['a', 'b', 'c']);
+  });
+});
