@@ -20,7 +20,10 @@ describe('cluster end to end (one node, real NATS)', function () {
     assert.equal(info.pageSize, 4096);
     assert.equal(info.shards, 3);
     assert.ok((await c.client.listVolumes()).some((v) => v.name === 'v-admin'));
-    assert.deepEqual(await c.client.volumeInfo('v-admin'), info);
+    // The controller's answer also names each shard's replicas (one node here).
+    const { replicaSets, ...described } = await c.client.volumeInfo('v-admin');
+    assert.deepEqual(described, info);
+    assert.deepEqual(replicaSets, [0, 1, 2].map((shard) => ({ shard, members: ['n1'] })));
     await assert.rejects(c.client.createVolume({ name: 'v-admin', pageCount: 10 }), (e: ProtocolError) => e.code === 'already_exists');
     await c.client.deleteVolume('v-admin');
     await assert.rejects(c.client.volumeInfo('v-admin'), (e: ProtocolError) => e.code === 'not_found');

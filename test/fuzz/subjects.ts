@@ -32,7 +32,7 @@ import { validateRequest } from '../../messages/validate';
 import { validateRaftRequest, replicaSubject, followersSubject } from '../../messages/raft';
 import {
   validateClaimQuestion, validateHeartbeat, validateAssignmentsRequest, validateNodeStatusRequest, validateShardsOpen, validateShardsDestroy,
-  validateShardForceVote, validateCatalogRecoverRequest, validateNodeRecordsRequest, controllerSubject, nodeSubject,
+  validateShardForceVote, validateCatalogRecoverRequest, validateNodeRecordsRequest, validateShardMove, validateShardReconfigure, controllerSubject, nodeSubject,
 } from '../../messages/control';
 import { validateVolumeCreateRequest, validateVolumeNameRequest, validateVolumeListRequest } from '../../messages/validate';
 import { shardSubject, apiSubject } from '../../messages/subjects';
@@ -339,6 +339,9 @@ function controllerTargets(): Target[] {
     // Applied, a recovery would add the fake volumes the fuzzer opens on the nodes: by design.
     { kind: 'controller', subject: c('catalog.recover'), body: () => (chance(0.5) ? {} : { apply: false }), check: (b) => void validateCatalogRecoverRequest(b),
       forbidden: (b) => { try { return validateCatalogRecoverRequest(b).apply === true; } catch { return false; } } },
+    // A move to a node that does not run ('zz') is refused before anything is recorded; one to a real node would move a replica.
+    { kind: 'controller', subject: c('shard.move'), body: () => ({ volume: pick([REAL, AUX, 'nope']), shard: pick([0, 1, 255]), from: pick([...facts.nodes, 'zz']), to: pick([...facts.nodes, 'zz']) }), check: (b) => void validateShardMove(b),
+      forbidden: (b) => { try { return facts.nodes.includes(validateShardMove(b).to); } catch { return false; } } },
   ];
 }
 
@@ -381,6 +384,9 @@ function nodeTargets(): Target[] {
       { kind: 'node', subject: s('shards.destroy'), body: () => ({ volumeId: pick([`fzv${int(4)}`, 'nope', facts.aux.id]), shards: [0] }), check: (b) => void validateShardsDestroy(b),
         forbidden: (b) => { try { const r = validateShardsDestroy(b); return (r.volumeId === facts.real.id || r.volumeId === facts.aux.id) && r.shards.length > 0; } catch { return false; } } },
       { kind: 'node', subject: s('shard.forceVote'), body: () => ({ volumeId: pick([facts.real.id, facts.aux.id, 'nope']), shard: pick([0, 1, 255]) }), check: (b) => void validateShardForceVote(b) },
+      // A valid one would change the replica set of a shard the node leads: only the malformed are sent.
+      { kind: 'node', subject: s('shard.reconfigure'), body: () => ({ volumeId: pick([facts.real.id, facts.aux.id, 'nope']), shard: pick([0, 1, 255]), members: pick([[node], [], [node, node], ['a.b']]) }), check: (b) => void validateShardReconfigure(b),
+        forbidden: (b) => { try { validateShardReconfigure(b); return true; } catch { return false; } } },
       { kind: 'node', subject: s('status'), body: () => (chance(0.5) ? {} : { part: pick([0, 1, 65535, 65536, -1]) }), check: (b) => void validateNodeStatusRequest(b) },
       { kind: 'node', subject: s('records'), body: () => (chance(0.5) ? {} : { from: pick([0, 1, 512, 65536, 65537, -1]) }), check: (b) => void validateNodeRecordsRequest(b) },
       { kind: 'node', subject: s('claim'), body: () => claimBody(), forbidden: stopsByClaim },
