@@ -39,6 +39,8 @@ export interface ShardPlacement {
    * destroys its replica when it next reconciles. A node a later move adds again leaves it.
    */
   removed?: string[];
+  /** The last move of the shard that finished: asked again, it is answered done. */
+  moved?: { from: string; to: string };
 }
 
 /** Nodes a shard's placement remembers as moved off it, at most (`ShardPlacement.removed`). */
@@ -250,7 +252,7 @@ export class Controller {
    * the shard keeps it until the move is finished (`finishMove`).
    *
    * Asked again while the catalog holds the same move, it changes nothing (`resumed`); asked
-   * once it is finished (a move took `from` off the shard, `to` is on it), nothing either (`done`: the leader
+   * once it is finished (the shard's last move, from `from` to `to`), nothing either (`done`: the leader
    * answers that the set is already the new one). Refused, changing nothing: `not_found` (no
    * such volume), `out_of_range` (no such shard), `bad_request` (`from` not a member, `to`
    * one already, the same node), `unavailable` (another move of the shard under way, or `to`
@@ -275,7 +277,7 @@ export class Controller {
       const next = members.map((m) => (m === from ? to : m));
       return { volume: v, shard, from, to: p.adding, priorMembers: members, members: next, resumed: true, done: false };
     }
-    if (!members.includes(from) && members.includes(to) && p.removed?.includes(from) === true) {
+    if (p.moved?.from === from && p.moved.to === to && !members.includes(from) && members.includes(to)) {
       // Done before: the leader answers that its set is this one already.
       const prior = members.map((m) => (m === to ? from : m));
       return { volume: v, shard, from, to: p.replicas.find((r) => r.nodeId === to)!, priorMembers: prior, members, resumed: true, done: true };
@@ -299,7 +301,7 @@ export class Controller {
     for (let i = 1; i < target.hosts; i++) if ((load.get(`${to}/${i}`) ?? 0) < (load.get(`${to}/${h}`) ?? 0)) h = i;
     const adding: ReplicaPlacement = { nodeId: to, hostId: h };
     const removed = p.removed?.filter((n) => n !== to);
-    const placement: ShardPlacement = { shard, replicas: p.replicas, adding, removing: from, ...(removed !== undefined && removed.length > 0 ? { removed } : {}) };
+    const placement: ShardPlacement = { shard, replicas: p.replicas, adding, removing: from, ...(removed !== undefined && removed.length > 0 ? { removed } : {}), ...(p.moved ? { moved: p.moved } : {}) };
     const volume = this.withPlacement(v, placement);
     const next = members.map((m) => (m === from ? to : m));
     return { volume, shard, from, to: adding, priorMembers: members, members: next, resumed: false, done: false };
@@ -324,7 +326,7 @@ export class Controller {
     // In the order of before, `to` where `from` was: the shard's first replica stays first.
     const replicas = p.replicas.map((r) => (r.nodeId === from ? p.adding! : r));
     const removed = [...(p.removed ?? []).filter((n) => n !== from && n !== to), from].slice(-REMOVED_PER_SHARD_MAX);
-    return this.withPlacement(v, { shard, replicas, removed });
+    return this.withPlacement(v, { shard, replicas, removed, moved: { from, to } });
   }
 
   /** The move under way of each shard of volume `name` (none: an empty list). */

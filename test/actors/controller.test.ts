@@ -434,6 +434,8 @@ describe('Controller moves of a replica', () => {
     assert.equal(done.done, true);
     assert.deepEqual(done.members, ['d', 'b', 'c']);
     assert.deepEqual(done.priorMembers, ['a', 'b', 'c']);
+    // Only that move: another from the node moved off, to a member, is refused as it was before.
+    assert.throws(() => c.beginMove('v', 0, 'a', 'b', T0 + 60_000), refused('bad_request', /node 'a' holds no replica of shard 0/));
   });
 
   it('one move per shard: another move of the shard under way is refused unavailable, naming the one to finish; another shard may move', () => {

@@ -1,0 +1,201 @@
+/**
+ * Moving a replica of a shard from one node to another (strata shard move): to replace a dead
+ * node's replica, and to drain a live node. Four nodes, a volume of 2 shards × 3 replicas: the
+ * fourth node is given a replica by a move, takes the shard's data from its leader, and counts
+ * as a voter; the node moved off destroys its replica once the move is done.
+ */
+import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { connect as natsConnect, type NatsConnection } from 'nats';
+import { startCluster, type InProcessCluster } from '../../cluster/in-process-cluster';
+import { main } from '../../cluster/cli';
+import { readNodeRecords } from '../../cluster/catalog-recovery';
+import { ProtocolError } from '../../messages/errors';
+import type { VolumeInfo } from '../../messages/api';
+import { waitFor } from '../support/wait';
+
+const page = (b: number): Uint8Array => new Uint8Array(4096).fill(b);
+
+/** Runs the CLI with its output captured. */
+async function cli(argv: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  let stdout = '';
+  let stderr = '';
+  const sink = (append: (s: string) => void) => ({ write: (chunk: string | Uint8Array, cb?: (e?: Error | null) => void) => (append(String(chunk)), cb?.(), true) });
+  const code = await main(argv, {
+    stdout: sink((s) => (stdout += s)) as unknown as NodeJS.WritableStream,
+    stderr: sink((s) => (stderr += s)) as unknown as NodeJS.WritableStream,
+    env: {},
+  } as never);
+  return { code, stdout, stderr };
+}
+
+/** A shard's replica as its node reports it (StrataNode.status). */
+type ReplicaView = { volumeId: string; shard: number; role: string; state: string; appliedLsn: number; commitLsn: number; members: string[]; config?: { members: string[]; prior?: string[] } };
+
+/** True for the errors a request may meet while a shard has no leader for a moment. */
+const transient = (e: unknown): boolean => e instanceof ProtocolError && ['unavailable', 'timeout', 'not_leader', 'overloaded'].includes(e.code);
+
+describe('moving a replica of a shard (strata shard move)', function () {
+  this.timeout(240_000);
+  let c: InProcessCluster;
+  let nc: NatsConnection;
+  let info: VolumeInfo;
+  const idx = (nodeId: string): number => Number(nodeId.slice(1)) - 1;
+  const replicaDir = (nodeId: string, volumeId: string, shard: number): string => path.join(c.dataDirs[idx(nodeId)]!, 'dev0', 'shards', `${volumeId}.${shard}`);
+  const membersOf = async (shard: number): Promise<string[]> => (await c.client.volumeInfo('mv')).replicaSets!.find((r) => r.shard === shard)!.members;
+  const replicaOn = async (nodeId: string, shard: number): Promise<ReplicaView | undefined> =>
+    ((await c.nodes[idx(nodeId)]!.status()) as unknown as { shards: ReplicaView[] }).shards.find((s) => s.volumeId === info.id && s.shard === shard);
+
+  before(async () => {
+    c = await startCluster({ nodes: 4, hosts: 1, clientTimeoutMs: 5000 });
+    nc = await natsConnect({ servers: c.natsUrl });
+    info = await c.client.createVolume({ name: 'mv', pageCount: 64, shards: 2, stripePages: 4, replicas: 3 });
+  });
+  after(async () => {
+    await nc?.close();
+    await c?.stop();
+  });
+
+  it('replaces a dead node\'s replica: the new node takes the shard\'s data and votes (a second member down, writes and reads go on)', async () => {
+    const vol = c.client.volume('mv');
+    // Pages 0..3 are shard 0's, 4..7 shard 1's.
+    await vol.writePages([{ page: 0, data: page(1) }, { page: 1, data: page(2) }, { page: 4, data: page(3) }]);
+    const before = await membersOf(0);
+    assert.equal(before.length, 3);
+    // The node that holds none of shard 0 takes the replica of a member that dies (not n1: the controller's node).
+    const to = ['n1', 'n2', 'n3', 'n4'].find((n) => !before.includes(n))!;
+    const from = before.find((n) => n !== 'n1')!;
+    c.kill(idx(from));
+
+    const moved = await c.client.moveReplica('mv', 0, { from, to });
+    assert.deepEqual([...moved.members].sort(), before.map((n) => (n === from ? to : n)).sort());
+    assert.equal(moved.volume, 'mv');
+    assert.equal(moved.shard, 0);
+    assert.ok(moved.term > 0 && moved.lsn > 0, JSON.stringify(moved));
+    // The catalog says so, with no move under way.
+    const after = (await c.client.volumeInfo('mv')).replicaSets!.find((r) => r.shard === 0)!;
+    assert.deepEqual(after, { shard: 0, members: moved.members });
+    // The same move asked again is answered done, changing nothing.
+    const again = await c.client.moveReplica('mv', 0, { from, to });
+    assert.deepEqual(again.members, moved.members);
+
+    // The pages written before read back.
+    const r = await vol.readPages([0, 1, 4]);
+    assert.deepEqual(r.pages.map((p) => p[0]), [1, 2, 3]);
+    // The new replica holds the shard (its leader gave it the log), and its configuration is the new set.
+    await waitFor(`${to}'s replica of shard 0 holds the shard`, async () => {
+      const rep = await replicaOn(to, 0);
+      return rep !== undefined && rep.state === 'up' && rep.appliedLsn >= moved.lsn && rep.config?.prior === undefined;
+    }, 30_000);
+    assert.deepEqual([...(await replicaOn(to, 0))!.members].sort(), [...moved.members].sort());
+    // Every live member's record of the shard names the new set (what a restart opens and a lost catalog is recovered from).
+    for (const n of moved.members) {
+      await waitFor(`${n}'s record of shard 0 names the new set`, async () => {
+        const recs = await readNodeRecords(nc, c.cluster, n, 5000, Date.now() + 5000);
+        const rec = recs.shards.find((s) => s.volumeId === info.id && s.shard === 0);
+        return rec !== undefined && rec.members.join(',') === moved.members.join(',') && rec.priorMembers === undefined;
+      }, 15_000);
+    }
+
+    // A second original member down: the new one and the last make a majority.
+    const second = moved.members.find((n) => n !== to && n !== 'n1')!;
+    c.kill(idx(second));
+    await waitFor('a write to shard 0 with two of its three replicas', async () => {
+      try {
+        await vol.writePages([{ page: 2, data: page(9) }]);
+        return true;
+      } catch (e) {
+        if (transient(e)) return false;
+        throw e;
+      }
+    }, 30_000);
+    const read = await vol.readPages([0, 1, 2]);
+    assert.deepEqual(read.pages.map((p) => p[0]), [1, 2, 9]);
+
+    // The dead node comes back: it destroys the replica the move took off it, once it reconciles.
+    await c.restart(idx(second));
+    await c.restart(idx(from));
+    await waitFor(`${from} destroyed its replica of shard 0`, () => !fs.existsSync(replicaDir(from, info.id, 0)), 30_000);
+    assert.equal(await replicaOn(from, 0), undefined);
+  });
+
+  it('drains a live node (the CLI, text and JSON): its replica is destroyed once the move is done, and volume info names the new node', async () => {
+    const flags = ['--nats', c.natsUrl, '--cluster', c.cluster];
+    const vol = c.client.volume('mv');
+    await waitFor('a write to shard 1', async () => {
+      try {
+        await vol.writePages([{ page: 5, data: page(5) }]);
+        return true;
+      } catch (e) {
+        if (transient(e)) return false;
+        throw e;
+      }
+    }, 30_000);
+    const before = await membersOf(1);
+    const to = ['n1', 'n2', 'n3', 'n4'].find((n) => !before.includes(n))!;
+    const from = before.find((n) => n !== 'n1')!;
+    assert.ok(fs.existsSync(replicaDir(from, info.id, 1)));
+
+    const out = await cli(['shard', 'move', 'mv', '1', '--from', from, '--to', to, '--json', ...flags]);
+    assert.equal(out.code, 0, out.stderr);
+    const r = JSON.parse(out.stdout) as { volume: string; shard: number; members: string[]; term: number; lsn: number; from: string; to: string };
+    assert.equal(r.volume, 'mv');
+    assert.equal(r.shard, 1);
+    assert.equal(r.from, from);
+    assert.equal(r.to, to);
+    assert.deepEqual(r.members, before.map((n) => (n === from ? to : n)));
+
+    // The node moved off destroys its replica (its files go), once the move is done.
+    await waitFor(`${from} destroyed its replica of shard 1`, () => !fs.existsSync(replicaDir(from, info.id, 1)), 30_000);
+    const text = await cli(['volume', 'info', 'mv', ...flags]);
+    assert.equal(text.code, 0, text.stderr);
+    assert.match(text.stdout, new RegExp(`shard 1: ${r.members.join(', ')}\\n`));
+    assert.doesNotMatch(text.stdout, /moving/);
+    const rd = await vol.readPages([4, 5]);
+    assert.deepEqual(rd.pages.map((p) => p[0]), [3, 5]);
+
+    // Asked again (text): done already, the same set.
+    const again = await cli(['shard', 'move', 'mv', '1', '--from', from, '--to', to, ...flags]);
+    assert.equal(again.code, 0, again.stderr);
+    assert.match(again.stdout, new RegExp(`^moved shard 1 of mv from ${from} to ${to}: its replicas are on ${r.members.join(', ')} \\(term \\d+, lsn \\d+\\)\n$`));
+  });
+
+  it('refuses with what to do: an unknown volume, a shard out of range, a from that holds none, a to that holds one, a to that is not live', async () => {
+    const members = await membersOf(0);
+    const outside = ['n1', 'n2', 'n3', 'n4'].find((n) => !members.includes(n))!;
+    const expectCode = (code: string, pattern: RegExp) => (e: unknown): boolean => {
+      assert.ok(e instanceof ProtocolError, String(e));
+      assert.equal(e.code, code, e.message);
+      assert.match(e.message, pattern);
+      return true;
+    };
+    await assert.rejects(c.client.moveReplica('nope', 0, { from: 'n1', to: 'n2' }), expectCode('not_found', /volume 'nope' does not exist/));
+    await assert.rejects(c.client.moveReplica('mv', 2, { from: 'n1', to: 'n2' }), expectCode('out_of_range', /shard 2: volume 'mv' has shards 0\.\.1/));
+    await assert.rejects(c.client.moveReplica('mv', 0, { from: outside, to: members[0]! }), expectCode('bad_request', new RegExp(`node '${outside}' holds no replica of shard 0`)));
+    await assert.rejects(c.client.moveReplica('mv', 0, { from: members[0]!, to: members[1]! }), expectCode('bad_request', new RegExp(`node '${members[1]}' holds a replica of shard 0 of volume 'mv' already`)));
+    await assert.rejects(c.client.moveReplica('mv', 0, { from: members[0]!, to: 'n9' }), expectCode('unavailable', new RegExp(`node 'n9' is not live .*start it, or move the replica to a live node that holds none of the shard \\(${outside}\\)`)));
+    assert.deepEqual(await membersOf(0), members, 'nothing changed');
+    assert.equal((await c.client.volumeInfo('mv')).replicaSets!.some((r) => r.moving !== undefined), false);
+  });
+
+  it('strata shard move: usage errors exit 2, the cluster\'s refusals 1', async () => {
+    const flags = ['--nats', c.natsUrl, '--cluster', c.cluster];
+    for (const [argv, pattern] of [
+      [['shard', 'move', 'mv', '0', '--from', 'n1', ...flags], /--to/],
+      [['shard', 'move', 'mv', 'x', '--from', 'n1', '--to', 'n2', ...flags], /SHARD: expected a non-negative integer/],
+      [['shard', 'move', 'mv', '0', '--from', 'n1', '--to', 'n1', ...flags], /--from and --to name the same node "n1"/],
+      [['shard', 'move', 'mv', '0', '--from', 'a.b', '--to', 'n1', ...flags], /--from: expected 1\.\./],
+      [['shard', 'move', 'mv', '--from', 'n1', '--to', 'n2', ...flags], /SHARD/],
+      [['shard', 'moves', 'mv', '0'], /shard: unknown subcommand "moves"/],
+      [['shard'], /shard: expected force-vote or move/],
+    ] as const) {
+      const r = await cli([...argv]);
+      assert.equal(r.code, 2, `${argv.join(' ')}: ${r.stdout}${r.stderr}`);
+      assert.match(r.stderr, pattern);
+    }
+    const refused = await cli(['shard', 'move', 'nope', '0', '--from', 'n1', '--to', 'n2', ...flags]);
+    assert.equal(refused.code, 1);
+    assert.equal(refused.stderr, "strata: not_found: volume 'nope' does not exist\n");
+  });
+});
