@@ -446,6 +446,11 @@ export function mergeClusterStatus(input: StatusParts, bytesMax: number): Record
         ...(Array.isArray(r.awaitingTerms) && r.awaitingTerms.length > 0 ? { awaitingTerms: r.awaitingTerms } : {}),
       }));
       if (!best) return { shard: i, role: 'none', term: 0, commitLsn: 0, appliedLsn: 0, state: 'unavailable', replicas };
+      // The leader's replica set: the one in force (a move changes it), and the set it changes
+      // from while a change is under way.
+      const config = (leader?.config ?? undefined) as { members?: unknown; prior?: unknown } | undefined;
+      const members = Array.isArray(config?.members) ? (config.members as unknown[]).filter((m): m is string => typeof m === 'string') : undefined;
+      const prior = Array.isArray(config?.prior) ? (config.prior as unknown[]).filter((m): m is string => typeof m === 'string') : undefined;
       return {
         shard: i,
         role: leader ? 'leader' : 'none',
@@ -455,6 +460,8 @@ export function mergeClusterStatus(input: StatusParts, bytesMax: number): Record
         ...(leader ? { leader: leader.node } : {}),
         state: leader ? 'up' : 'no_leader',
         lag: leader?.lag ?? {},
+        ...(members !== undefined ? { members } : {}),
+        ...(prior !== undefined ? { priorMembers: prior } : {}),
         replicas,
       };
     }),

@@ -195,9 +195,12 @@ function replicaRows(s: Rec, dead: ReadonlySet<string>): ReplicaRow[] {
     const repairNote = awaiting.length > 0
       ? `storage lost: no vote before the term${awaiting.length === 1 ? '' : 's'} of ${awaiting.join(', ')}`
       : 'lost records or storage: no vote until repaired';
+    // A replica the leader's set does not hold (any more): a move took it off, and its node destroys it.
+    const members = strings(s.members);
+    const outside = members.length > 0 && !members.includes(node) && !strings(s.priorMembers).includes(node);
     rows.push({
       node, role: str(r.role), state: repairing && !down ? 'repairing' : reported, term: num(r.term), commitLsn: num(r.commitLsn), appliedLsn: num(r.appliedLsn),
-      lag: lagOf(node), note: repairing ? repairNote : str(r.reason), tone: down ? 'bad' : repairing ? 'warn' : undefined,
+      lag: lagOf(node), note: repairing ? repairNote : outside ? 'not a member: moved off (destroyed soon)' : str(r.reason), tone: down ? 'bad' : repairing || outside ? 'warn' : undefined,
     });
   }
   for (const node of Object.keys(lagMap)) {
@@ -209,6 +212,11 @@ function replicaRows(s: Rec, dead: ReadonlySet<string>): ReplicaRow[] {
     });
   }
   return rows.sort((a, b) => (a.node < b.node ? -1 : a.node > b.node ? 1 : 0));
+}
+
+/** The strings of a list (node ids), none when it is not one. */
+function strings(v: unknown): string[] {
+  return Array.isArray(v) ? (v as unknown[]).filter((x): x is string => typeof x === 'string').map(cell) : [];
 }
 
 function shardLag(s: Rec, replicas: readonly ReplicaRow[]): string {
@@ -227,6 +235,10 @@ function shardHealth(s: Rec, replicas: readonly ReplicaRow[], expected: number |
   }
   const notUp = replicas.filter((r) => r.state !== 'up');
   if (notUp.length > 0) return { text: `degraded: ${notUp.map((r) => `${r.node} ${r.state}`).join(', ')}`, tone: 'warn' };
+  // A move of a replica under way (docs/replication.md, "Moving a replica"): the leader's set changes.
+  const prior = strings(s.priorMembers);
+  const members = strings(s.members);
+  if (prior.length > 0 && members.length > 0) return { text: `moving: ${prior.join(',')} -> ${members.join(',')}`, tone: 'warn' };
   const counted = num(s.replicaCount);
   if (counted !== undefined && expected !== undefined && counted < expected) return { text: `degraded: ${expected - counted} replica(s) not reported`, tone: 'warn' };
   const up = replicas.length;

@@ -101,6 +101,29 @@ describe('cluster status merge (mergeClusterStatus)', () => {
     assert.match(formatStatus(full, { nowMs: 0 }), /\n +1 +n2 +follower +repairing .*storage lost: no vote before the terms of n1, n3$/m);
   });
 
+  it('a move of a replica: the leader\'s set and the one it changes from, through the node\'s compact status; a replica moved off is named so', () => {
+    const p = parts();
+    const joint = { members: ['n1', 'n2', 'n4'], prior: ['n1', 'n2', 'n3'] };
+    // Shard 2 is changing its set (n3 to n4); shard 3's change is done, and n3 still holds its replica.
+    const n1 = [replica('va', 2, 'leader', { config: joint }), replica('va', 3, 'leader', { config: { members: ['n1', 'n2', 'n4'] } })];
+    const n2 = [replica('va', 2, 'follower', { config: joint }), replica('va', 3, 'follower', { config: { members: ['n1', 'n2', 'n4'] } })];
+    const n3 = [replica('va', 2, 'follower', { config: { members: ['n1', 'n2', 'n3'] } }), replica('va', 3, 'follower', { config: { members: ['n1', 'n2', 'n3'] } })];
+    const n4 = [replica('va', 2, 'follower', { config: joint }), replica('va', 3, 'follower', { config: { members: ['n1', 'n2', 'n4'] } })];
+    p.nodes = [nodeView('n1', n1), nodeView('n2', n2), nodeView('n3', n3), nodeView('n4', n4)].map((n) => compactStatus(n));
+    // The compact status keeps a leader's set, and a follower's during a change only.
+    assert.deepEqual((p.nodes[1]!.shards as Array<Record<string, unknown>>).map((sh) => sh.config), [joint, undefined]);
+    const full = mergeClusterStatus(p, 1 << 20);
+    const shards = (full.volumes as Array<{ shards: Array<Record<string, unknown>> }>)[0]!.shards;
+    assert.deepEqual(shards[2]!.members, ['n1', 'n2', 'n4']);
+    assert.deepEqual(shards[2]!.priorMembers, ['n1', 'n2', 'n3']);
+    assert.deepEqual(shards[3]!.members, ['n1', 'n2', 'n4']);
+    assert.equal(shards[3]!.priorMembers, undefined);
+    const text = formatStatus(full, { nowMs: 0 });
+    assert.match(text, /\n +2 .*moving: n1,n2,n3 -> n1,n2,n4/);
+    assert.match(text, /\n +3 +n3 +follower +up .*not a member: moved off \(destroyed soon\)/);
+    assert.doesNotMatch(text, /\n +2 +n3 .*not a member/);
+  });
+
   it('a member the controller has not heard from since it started (no last seen) is shown dead', () => {
     const p = parts();
     p.nodes = p.nodes.slice(0, 2);
