@@ -403,7 +403,9 @@ export class Controller {
    * whose name a volume of the catalog (or another found) has, and those past the catalog's
    * bounds. A replica on a node that did not answer (or lost its records) is placed on the host
    * its shard would get there (`shard mod hosts`, host 0 for a node never heard from): that
-   * node opens it as a replica that lost its storage, and its peers give it back.
+   * node opens it as a replica that lost its storage, and its peers give it back. A shard whose
+   * records show a move under way (the node it adds records the set before as `priorMembers`,
+   * the others that set) is added with that move under way, to be run again.
    */
   planRecovery(nodes: readonly { nodeId: string; hosts: number; shards: readonly RecoveryRecord[] }[], nowMs: number): { add: VolumeRecord[]; skipped: Array<{ id: string; name: string; shards: number; replicas: number; reason: string }> } {
     const byVolume = new Map<string, Array<{ nodeId: string; rec: RecoveryRecord }>>();
@@ -451,12 +453,30 @@ export class Controller {
           problem = `shard ${shard}: no answering node holds a replica of it`;
           break;
         }
-        const members = holders[0]!.rec.members;
-        if (members.length !== first.members.length || holders.some((h) => h.rec.members.join(',') !== members.join(','))) {
+        // A move under way when the catalog was lost: the node it adds records both sets (the
+        // set before as `priorMembers`), the others the set before. It is recovered under way,
+        // and the operator runs it again to finish it.
+        const joining = holders.filter((h) => h.rec.priorMembers !== undefined);
+        const settled = holders.filter((h) => h.rec.priorMembers === undefined);
+        let move: { adding: ReplicaPlacement; removing: string } | undefined;
+        if (joining.length > 0) {
+          const j = joining[0]!;
+          const prior = j.rec.priorMembers!;
+          const added = j.rec.members.filter((n) => !prior.includes(n));
+          const removing = prior.filter((n) => !j.rec.members.includes(n));
+          const agree = joining.length === 1 && added.length === 1 && added[0] === j.nodeId && removing.length === 1 && j.rec.members.length === prior.length && settled.every((h) => h.rec.members.join(',') === prior.join(','));
+          if (!agree) {
+            problem = `shard ${shard}: the nodes' records disagree on its members (a move of one of its replicas was under way)`;
+            break;
+          }
+          move = { adding: { nodeId: j.nodeId, hostId: j.rec.hostId }, removing: removing[0]! };
+        }
+        const members = move === undefined ? holders[0]!.rec.members : joining[0]!.rec.priorMembers!;
+        if (members.length !== first.members.length || settled.some((h) => h.rec.members.join(',') !== members.join(','))) {
           problem = `shard ${shard}: the nodes' records disagree on its members`;
           break;
         }
-        if (holders.some((h) => !members.includes(h.nodeId))) {
+        if (settled.some((h) => !members.includes(h.nodeId))) {
           problem = `shard ${shard}: a node holds a replica of it that is not a member`;
           break;
         }
@@ -464,8 +484,9 @@ export class Controller {
           shard,
           replicas: members.map((nodeId) => ({
             nodeId,
-            hostId: holders.find((h) => h.nodeId === nodeId)?.rec.hostId ?? shard % (hostsOf.get(nodeId) ?? 1),
+            hostId: settled.find((h) => h.nodeId === nodeId)?.rec.hostId ?? shard % (hostsOf.get(nodeId) ?? 1),
           })),
+          ...(move ?? {}),
         });
       }
       if (problem !== undefined) {

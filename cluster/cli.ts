@@ -463,7 +463,7 @@ function volumeText(v: VolumeInfo): string {
     `created:      ${new Date(v.createdAt).toISOString()}`,
     // The controller's answer names each shard's nodes (one of a node that hosts the volume, answering for a controller that is down, does not).
     ...(v.replicaSets === undefined ? [] : v.replicaSets.map((r, i) =>
-      `${i === 0 ? 'replicas on: ' : '              '}shard ${r.shard}: ${r.members.join(', ')}${r.moving === undefined ? '' : ` (moving: ${r.moving.from} -> ${r.moving.to})`}`)),
+      `${i === 0 ? 'replicas on:  ' : '              '}shard ${r.shard}: ${r.members.join(', ')}${r.moving === undefined ? '' : ` (moving: ${r.moving.from} -> ${r.moving.to})`}`)),
   ].join('\n') + '\n';
 }
 

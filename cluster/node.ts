@@ -1510,6 +1510,8 @@ export class StrataNode {
     if (apply && plan.add.length > 0) {
       this.log.warn('catalog recovered from the nodes\' records', { volumes: plan.add.map((v) => `${v.name} (${v.id})`), skipped: plan.skipped.length, nodesFailed: nodesFailed.map((f) => f.node) });
     }
+    const moves = plan.add.flatMap((v) => v.placements.filter((p) => p.adding !== undefined).map((p) => `strata shard move ${v.name} ${p.shard} --from ${p.removing!} --to ${p.adding!.nodeId}`));
+    if (apply && moves.length > 0) this.log.warn('recovered moves of replicas that were under way: run each again to finish it', { moves });
     const summary = (v: { id: string; name: string; shards: number; replicas: number }): RecoveredVolume => ({ id: v.id, name: v.name, shards: v.shards, replicas: v.replicas });
     return recoverReply(
       { applied: apply, epoch: c.epoch, nodesAsked: live.length + 1, nodesFailed, recovered: plan.add.map(summary), skipped: plan.skipped.map((v) => ({ ...summary(v), reason: v.reason })) },

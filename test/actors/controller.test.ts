@@ -231,6 +231,41 @@ describe('Controller recovery from the nodes\' records', () => {
     assert.match(bounded.skipped[0]!.reason, /holds 2 volumes, its limit/);
   });
 
+  it('a volume whose records show a move under way is added with the move under way; records that disagree otherwise are left out', () => {
+    const c = tagged('new');
+    // n4 joins shard 0 (n3 to n4): it records both sets; the others the set before.
+    const joining = rec({ shard: 0, hostId: 1, members: ['n1', 'n2', 'n4'], priorMembers: ['n1', 'n2', 'n3'] });
+    const plan = c.planRecovery(
+      [
+        { nodeId: 'n1', hosts: 1, shards: [rec({ shard: 0 }), rec({ shard: 1 })] },
+        { nodeId: 'n2', hosts: 1, shards: [rec({ shard: 0 }), rec({ shard: 1 })] },
+        { nodeId: 'n4', hosts: 2, shards: [joining] },
+      ],
+      T0,
+    );
+    assert.deepEqual(plan.skipped, []);
+    const p0 = plan.add[0]!.placements[0]!;
+    assert.deepEqual(p0.replicas.map((r) => r.nodeId), ['n1', 'n2', 'n3']);
+    assert.deepEqual(p0.adding, { nodeId: 'n4', hostId: 1 });
+    assert.equal(p0.removing, 'n3');
+    c.addRecovered(plan.add);
+    assert.deepEqual(c.moves('a'), [{ shard: 0, from: 'n3', to: 'n4' }]);
+    // Run again, the move is resumed (nothing written).
+    c.heartbeat('n4', 2, T0);
+    assert.equal(c.beginMove('a', 0, 'n3', 'n4', T0).resumed, true);
+
+    // A record of both sets that the others' records do not match is not a move: left out.
+    const odd = tagged('other').planRecovery(
+      [
+        { nodeId: 'n1', hosts: 1, shards: [rec({ shard: 0, members: ['n1', 'n2', 'n5'] }), rec({ shard: 1 })] },
+        { nodeId: 'n4', hosts: 1, shards: [joining] },
+      ],
+      T0,
+    );
+    assert.deepEqual(odd.add, []);
+    assert.match(odd.skipped[0]!.reason, /shard 0: the nodes' records disagree on its members \(a move of one of its replicas was under way\)/);
+  });
+
   it('addRecovered refuses, changing nothing, a volume whose name or id the catalog took meanwhile', () => {
     const c = tagged('new');
     c.heartbeat('n1', 1, T0);
