@@ -470,7 +470,8 @@ export function mergeClusterStatus(input: StatusParts, bytesMax: number): Record
   const nodeViews = nodes.map(({ shards, ...rest }) => ({ ...rest, shardCount: Array.isArray(shards) ? shards.length : 0 }));
   // Replicas nodes hold of volumes the catalog does not list: one being created or deleted
   // (for a moment), or opened on a node by hand (shards.open). Nodes keep them (a node destroys
-  // a replica only for a volume the catalog deleted: so the replicas outlive a lost catalog),
+  // a replica only for a volume the catalog deleted, or a shard a finished move took off it: so
+  // the replicas outlive a lost catalog),
   // and the operator sees them here. Known only with the whole catalog at hand.
   const listed = new Set(catalog.map((v) => String(v.id)));
   const unlisted: Array<{ node: unknown; volumeId: unknown; shard: unknown }> = [];

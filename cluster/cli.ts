@@ -70,7 +70,7 @@ Commands:
   volume list
         List the volumes.
   volume info NAME
-        Show a volume's geometry.
+        Show a volume's geometry and the nodes of each shard's replicas.
   volume delete NAME
         Delete a volume and its data.
   put VOLUME PAGE FILE|-
