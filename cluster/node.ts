@@ -204,7 +204,7 @@ function catalogWaitMs(leftMs: number): number {
 export const MOVES_IN_FLIGHT_MAX = 64;
 
 /** Requests to the shard's nodes a move makes at most to find the leader that changes its set. */
-const MOVE_LEADER_TRIES_MAX = 64;
+const MOVE_LEADER_TRIES_MAX = 512;
 /** A move's pause after asking every node of the shard without finding its leader: doubling from the min to the max. */
 const MOVE_RETRY_MS_MIN = 100;
 const MOVE_RETRY_MS_MAX = 1000;
