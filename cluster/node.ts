@@ -378,6 +378,13 @@ export class StrataNode {
   private recordsVersion = Date.now();
   /** A heartbeat is waiting for its answer: the timer's tick is skipped. */
   private heartbeatRunning = false;
+  /**
+   * Opens of shards counted (`openSeq`), and the count at each shard's last open: a
+   * reconciliation destroys no replica opened after it read the catalog (a move that adds the
+   * node again, recorded meanwhile).
+   */
+  private openSeq = 0;
+  private readonly openedAt = new Map<string, number>();
   /** The reconciliation running, if any (one at a time). */
   private reconciling: Promise<void> | undefined;
   /** Back-off of reconciliation: 0 after a success, else the wait after the last failure. */
@@ -923,7 +930,8 @@ export class StrataNode {
    */
   private async reconcileWithCatalog(epoch: number, catalog: string | undefined): Promise<void> {
     try {
-      await this.reconcile(await this.fetchAssignments());
+      const seq = this.openSeq;
+      await this.reconcile(await this.fetchAssignments(), seq);
       // Of the catalog the heartbeat named: if another answered the assignments meanwhile, the
       // next heartbeat differs again, and the node reconciles once more.
       this.reconciledCatalog = catalog;
@@ -989,7 +997,7 @@ export class StrataNode {
    * does not keep a deleted volume's replica serving writes. The first failure is thrown at the
    * end (the reconciliation is tried again after a back-off).
    */
-  private async reconcile(a: AssignmentsReply): Promise<void> {
+  private async reconcile(a: AssignmentsReply, openSeq = this.openSeq): Promise<void> {
     const failures: unknown[] = [];
     const dead = new Set(a.tombstones);
     for (const s of this.nodeMeta.shards.filter((x) => dead.has(x.volumeId))) {
@@ -1002,8 +1010,8 @@ export class StrataNode {
     // shard's leader has committed the set without this node.
     const movedOff = new Set(a.shards.filter((s) => s.removed === true && !heldIds.has(shardId(s)) && !dead.has(s.volumeId)).map(shardId));
     for (const s of this.nodeMeta.shards.filter((x) => movedOff.has(shardId(x)))) {
-      await this.destroyShards(s.volumeId, [s.shard])
-        .then(() => this.log.info('destroyed a replica a move took off this node', { volume: s.volumeId, shard: s.shard }))
+      await this.destroyShards(s.volumeId, [s.shard], openSeq)
+        .then((n) => (n > 0 ? this.log.info('destroyed a replica a move took off this node', { volume: s.volumeId, shard: s.shard }) : undefined))
         .catch((e: unknown) => failures.push(e));
     }
     const have = new Set(this.nodeMeta.shards.map(shardId));
@@ -1059,6 +1067,7 @@ export class StrataNode {
           throw new ProtocolError('bad_request', `shard ${shardId(a)} is placed on host ${a.hostId}, this node has ${this.hosts}`);
         }
         await this.pool!.openShard(a.hostId, existing ? { ...a, existing: true } : a);
+        this.openedAt.set(shardId(a), ++this.openSeq);
         if (!known.has(shardId(a))) {
           known.add(shardId(a));
           added.push(a);
@@ -1095,8 +1104,15 @@ export class StrataNode {
     });
   }
 
-  private destroyShards(volumeId: string, shards: number[]): Promise<void> {
-    return this.shardOp(() => this.destroyShardsNow(volumeId, shards));
+  /**
+   * Destroys this node's replicas of `shards` of a volume; with `unlessOpenedAfter`, not those
+   * opened after that count of opens (`openSeq`). Resolves with how many it destroyed.
+   */
+  private destroyShards(volumeId: string, shards: number[], unlessOpenedAfter?: number): Promise<number> {
+    return this.shardOp(() => {
+      const keep = unlessOpenedAfter === undefined ? [] : shards.filter((s) => (this.openedAt.get(`${volumeId}.${s}`) ?? 0) > unlessOpenedAfter);
+      return this.destroyShardsNow(volumeId, shards.filter((s) => !keep.includes(s)));
+    });
   }
 
   /**
@@ -1112,14 +1128,17 @@ export class StrataNode {
     return run;
   }
 
-  private async destroyShardsNow(volumeId: string, shards: number[]): Promise<void> {
+  private async destroyShardsNow(volumeId: string, shards: number[]): Promise<number> {
     const drop = new Set(shards.map((s) => `${volumeId}.${s}`));
     const victims = this.nodeMeta.shards.filter((a) => drop.has(shardId(a)));
+    if (victims.length === 0) return 0;
+    for (const a of victims) this.openedAt.delete(shardId(a));
     // Forget them durably first: a crash half-way leaves files that nothing references (the next
     // reconciliation destroys them: destroyLeftovers), never a catalog entry pointing at
     // destroyed files.
     this.persist({ ...this.nodeMeta, shards: this.nodeMeta.shards.filter((a) => !drop.has(shardId(a))) });
     for (const a of victims) await this.pool!.closeShard(a.hostId, a.volumeId, a.shard, true);
+    return victims.length;
   }
 
   private persist(next: NodeMeta): void {

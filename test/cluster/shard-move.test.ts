@@ -11,7 +11,8 @@ import { connect as natsConnect, type NatsConnection } from 'nats';
 import { startCluster, type InProcessCluster } from '../../cluster/in-process-cluster';
 import { main } from '../../cluster/cli';
 import { readNodeRecords } from '../../cluster/catalog-recovery';
-import { ProtocolError } from '../../messages/errors';
+import { ProtocolError, errorReply } from '../../messages/errors';
+import { encode } from '../../messages/codec';
 import type { VolumeInfo } from '../../messages/api';
 import { waitFor } from '../support/wait';
 
@@ -177,6 +178,61 @@ describe('moving a replica of a shard (strata shard move)', function () {
     await assert.rejects(c.client.moveReplica('mv', 0, { from: members[0]!, to: 'n9' }), expectCode('unavailable', new RegExp(`node 'n9' is not live .*start it, or move the replica to a live node that holds none of the shard \\(${outside}\\)`)));
     assert.deepEqual(await membersOf(0), members, 'nothing changed');
     assert.equal((await c.client.volumeInfo('mv')).replicaSets!.some((r) => r.moving !== undefined), false);
+  });
+
+  it('a move whose new replica is not opened stays recorded: volume info shows it, another move of the shard waits for it, and run again it finishes', async () => {
+    const flags = ['--nats', c.natsUrl, '--cluster', c.cluster];
+    await c.client.createVolume({ name: 'mv2', pageCount: 16, shards: 1, stripePages: 16, replicas: 3 });
+    await c.client.volume('mv2').writePages([{ page: 3, data: page(7) }]);
+    const before = (await c.client.volumeInfo('mv2')).replicaSets![0]!.members;
+    // A node 'nx' the controller hears from, whose open fails until told otherwise.
+    let opens = 0;
+    let openFails = true;
+    const beat = (): void => void nc.request('strata.' + c.cluster + '.controller.heartbeat', encode({ nodeId: 'nx', hosts: 1 }), { timeout: 1000 }).catch(() => undefined);
+    const beats = setInterval(beat, 200);
+    const sub = nc.subscribe(`strata.${c.cluster}.node.nx.shards.open`, {
+      callback: (_e, m) => {
+        opens++;
+        m.respond(encode(openFails ? errorReply(new ProtocolError('device_failed', 'the disk of nx failed')) : { ok: true }));
+      },
+    });
+    try {
+      beat();
+      await nc.flush();
+      await new Promise((r) => setTimeout(r, 300));
+      const from = before.find((n) => n !== 'n1')!;
+      await assert.rejects(c.client.moveReplica('mv2', 0, { from, to: 'nx' }), (e: unknown) => {
+        assert.ok(e instanceof ProtocolError, String(e));
+        assert.equal(e.code, 'unavailable');
+        assert.match(e.message, new RegExp(`node 'nx' did not open the new replica: the disk of nx failed; the move is recorded: run it again to finish it \\(strata shard move mv2 0 --from ${from} --to nx\\)`));
+        return true;
+      });
+      assert.equal(opens, 1);
+      const info = (await c.client.volumeInfo('mv2')).replicaSets![0]!;
+      assert.deepEqual(info, { shard: 0, members: before, moving: { from, to: 'nx' } });
+      const text = await cli(['volume', 'info', 'mv2', ...flags]);
+      assert.match(text.stdout, new RegExp(`replicas on:  shard 0: ${before.join(', ')} \\(moving: ${from} -> nx\\)\n`));
+      // Another move of the shard is refused, naming the one under way.
+      const other = ['n1', 'n2', 'n3', 'n4'].find((n) => !before.includes(n))!;
+      await assert.rejects(c.client.moveReplica('mv2', 0, { from, to: other }), (e: unknown) =>
+        e instanceof ProtocolError && e.code === 'unavailable' && new RegExp(`the move of shard 0 of volume 'mv2' from node '${from}' to node 'nx' is under way`).test(e.message));
+
+      // nx's disk is back: the same move, run again, finishes.
+      openFails = false;
+      const done = await c.client.moveReplica('mv2', 0, { from, to: 'nx' });
+      assert.deepEqual(done.members, before.map((n) => (n === from ? 'nx' : n)));
+      assert.equal((await c.client.volumeInfo('mv2')).replicaSets![0]!.moving, undefined);
+      // nx never holds anything: moved again, to a real node, the shard's pages are all there.
+      sub.unsubscribe();
+      clearInterval(beats);
+      const back = await c.client.moveReplica('mv2', 0, { from: 'nx', to: from });
+      assert.deepEqual(back.members, before);
+      const r = await c.client.volume('mv2').readPages([3]);
+      assert.equal(r.pages[0]![0], 7);
+    } finally {
+      clearInterval(beats);
+      sub.unsubscribe();
+    }
   });
 
   it('strata shard move: usage errors exit 2, the cluster\'s refusals 1', async () => {
