@@ -316,6 +316,9 @@ export class DeviceHost {
     } else {
       if (spec.existing === true) entry.existed = true;
       entry.spec = { ...spec, existing: entry.existed };
+      // The node's record after a move names the new set: a replica that missed the change (down
+      // while it was made) takes the new set's leader's messages, and learns the change from them.
+      entry.replica?.setKnownMembers([...new Set([...spec.members, ...(spec.priorMembers ?? [])])]);
     }
     if (!entry.replica) this.start(entry);
     return this.stateOf(entry);
