@@ -226,6 +226,30 @@ describe('DeviceHost supervision', () => {
     }
   });
 
+  it('a replica a move adds opens under both sets; a replica open already takes the members of its node\'s record after a move (the new set\'s leader is heard)', async () => {
+    const host = new DeviceHost({ dir: 'dev0', self: 'n1', disk: new SimDisk() });
+    const set = (shard: number, members: string[], priorMembers?: string[]): ShardSpec => ({ ...spec(shard), shards: 4, members, ...(priorMembers ? { priorMembers } : {}) });
+    const append = (leader: string) => ({ type: 'append' as const, term: 1, leader, prevLsn: 0, prevTerm: 0, records: [], commitLsn: 0, leaderLastLsn: 0 });
+    const state = (shard: number) => host.stats().shards.find((x) => x.shard === shard)!;
+    try {
+      // n1 joins {n2,n3,n4} -> {n1,n2,n3}.
+      host.openShard(set(0, ['n1', 'n2', 'n3'], ['n2', 'n3', 'n4']));
+      assert.deepEqual(state(0).config, { members: ['n1', 'n2', 'n3'], prior: ['n2', 'n3', 'n4'] });
+      assert.deepEqual(state(0).members, ['n1', 'n2', 'n3'], 'the members reported are its own configuration\'s');
+      // A node of neither set is refused; n1 cannot be of the set it moves from.
+      assert.throws(() => host.openShard(set(1, ['n1', 'n2', 'n3'], ['n1', 'n2', 'n4'])), (e: unknown) => e instanceof StorageError && e.code === 'bad_request' && /not one of the set it moves from/.test(e.message));
+
+      // A replica of {n1,n2,n3} that missed a move (n3 to n5): it refuses n5 as a leader until its node's record names n5.
+      host.openShard(set(2, ['n1', 'n2', 'n3']));
+      await assert.rejects(host.replica('v1', 2).handle(append('n5')), (e: unknown) => (e as { code?: string }).code === 'bad_request');
+      host.openShard({ ...set(2, ['n1', 'n2', 'n5']), existing: true });
+      const r = await host.replica('v1', 2).handle(append('n5'));
+      assert.equal((r as { success?: boolean }).success, true, JSON.stringify(r));
+    } finally {
+      await host.close();
+    }
+  });
+
   it('request errors are not fatal: no restart', async () => {
     const host = new DeviceHost({ dir: 'dev0', self: 'n1', disk: new SimDisk() });
     host.openShard(spec(0));
