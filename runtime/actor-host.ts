@@ -431,11 +431,14 @@ export class ActorHost implements HostApi {
   }
 
   async reconfigure(volumeId: string, shard: number, members: string[], deadlineMs: number): Promise<ReconfigureResult> {
-    const result = await this.ready().device.replica(volumeId, shard).reconfigure(members, { deadlineMs });
-    // The new members' appends are heard from now on, not at the next periodic sync.
-    const mb = this.mailboxes.get(shardKey(volumeId, shard));
-    if (mb !== undefined && !this.stopping) this.syncPeers(mb);
-    return result;
+    try {
+      return await this.ready().device.replica(volumeId, shard).reconfigure(members, { deadlineMs });
+    } finally {
+      // The new members' appends are heard from now on, not at the next periodic sync (also
+      // after a failure: the joint configuration may be in the log).
+      const mb = this.mailboxes.get(shardKey(volumeId, shard));
+      if (mb !== undefined && !this.stopping) this.syncPeers(mb);
+    }
   }
 
   /**

@@ -46,7 +46,7 @@ describe('a host follows the leaders of its shards\' sets', function () {
   }
 
   /** Whether node `self`'s host answers an append `leader` sends to all its followers (any answer: a refusal is one). */
-  async function answers(leader: string, self: string): Promise<boolean> {
+  async function answers(leader: string, self: string, volumeId = 'v1'): Promise<boolean> {
     const inbox = createInbox();
     const got = new Promise<boolean>((resolve) => {
       const sub = nc.subscribe(`${inbox}.${self}`, { max: 1, callback: () => resolve(true) });
@@ -56,7 +56,7 @@ describe('a host follows the leaders of its shards\' sets', function () {
       }, 1000);
     });
     const append = { type: 'append', term: 1, leader, prevLsn: 0, prevTerm: 0, records: [], commitLsn: 0, leaderLastLsn: 0 };
-    nc.publish(followersSubject(CLUSTER, 'v1', 0, leader), encode(append), { reply: inbox });
+    nc.publish(followersSubject(CLUSTER, volumeId, 0, leader), encode(append), { reply: inbox });
     return got;
   }
 
@@ -81,5 +81,16 @@ describe('a host follows the leaders of its shards\' sets', function () {
     });
     // Only the member a subject names may send on it.
     assert.match(JSON.stringify(reply), /takes appends from n2 only/);
+  });
+
+  it('a replica whose set its leader changes hears the new members once the change is in its log, before its node\'s record names them', async () => {
+    const m1 = await host('m1');
+    // A set of one, which leads itself; its change to {m1, m2} stays joint (m2 never answers).
+    await m1.openShard({ ...spec(['m1']), volumeId: 'v2' });
+    assert.equal(await answers('m2', 'm1', 'v2'), false);
+    // Without m2 the joint set has no majority: the leader does not finish, and steps down.
+    await assert.rejects(m1.reconfigure('v2', 0, ['m1', 'm2'], Date.now() + 500), (e: unknown) => ['timeout', 'not_leader'].includes(String((e as { code?: string }).code)));
+    assert.deepEqual((await m1.stats()).device?.shards.find((x) => x.volumeId === 'v2')?.config, { members: ['m1', 'm2'], prior: ['m1'] });
+    assert.equal(await answers('m2', 'm1', 'v2'), true, 'm1 hears m2, of the joint configuration in force');
   });
 });
