@@ -180,7 +180,7 @@ describe('moving a replica of a shard (strata shard move)', function () {
     assert.equal((await c.client.volumeInfo('mv')).replicaSets!.some((r) => r.moving !== undefined), false);
   });
 
-  it('a move whose new replica is not opened stays recorded: volume info shows it, another move of the shard waits for it, and run again it finishes', async () => {
+  it('a move whose new replica is not opened stays recorded (also through a restart of the controller): volume info shows it, another move of the shard waits for it, and run again it finishes', async () => {
     const flags = ['--nats', c.natsUrl, '--cluster', c.cluster];
     await c.client.createVolume({ name: 'mv2', pageCount: 16, shards: 1, stripePages: 16, replicas: 3 });
     await c.client.volume('mv2').writePages([{ page: 3, data: page(7) }]);
@@ -216,6 +216,11 @@ describe('moving a replica of a shard (strata shard move)', function () {
       const other = ['n1', 'n2', 'n3', 'n4'].find((n) => !before.includes(n))!;
       await assert.rejects(c.client.moveReplica('mv2', 0, { from, to: other }), (e: unknown) =>
         e instanceof ProtocolError && e.code === 'unavailable' && new RegExp(`the move of shard 0 of volume 'mv2' from node '${from}' to node 'nx' is under way`).test(e.message));
+
+      // The controller's node restarts meanwhile: the move is in its catalog still.
+      c.kill(0);
+      await c.restart(0);
+      assert.deepEqual((await c.client.volumeInfo('mv2')).replicaSets![0]!.moving, { from, to: 'nx' });
 
       // nx's disk is back: the same move, run again, finishes.
       openFails = false;
