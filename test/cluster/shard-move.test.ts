@@ -121,7 +121,7 @@ describe('moving a replica of a shard (strata shard move)', function () {
     assert.equal(await replicaOn(from, 0), undefined);
   });
 
-  it('drains a live node (the CLI, text and JSON): its replica is destroyed once the move is done, and volume info names the new node', async () => {
+  it('drains a live node, the shard\'s leader (the CLI, text and JSON): its replica is destroyed once the move is done, a leader of the new set serves, and volume info names the new node', async () => {
     const flags = ['--nats', c.natsUrl, '--cluster', c.cluster];
     const vol = c.client.volume('mv');
     await waitFor('a write to shard 1', async () => {
@@ -135,7 +135,12 @@ describe('moving a replica of a shard (strata shard move)', function () {
     }, 30_000);
     const before = await membersOf(1);
     const to = ['n1', 'n2', 'n3', 'n4'].find((n) => !before.includes(n))!;
-    const from = before.find((n) => n !== 'n1')!;
+    // The node drained is the shard's leader: it steps down once the new set is committed.
+    let from = '';
+    await waitFor('shard 1 has a leader', async () => {
+      for (const n of before) if ((await replicaOn(n, 1))?.role === 'leader') from = n;
+      return from !== '';
+    }, 30_000);
     assert.ok(fs.existsSync(replicaDir(from, info.id, 1)));
 
     const out = await cli(['shard', 'move', 'mv', '1', '--from', from, '--to', to, '--json', ...flags]);
@@ -155,6 +160,11 @@ describe('moving a replica of a shard (strata shard move)', function () {
     assert.doesNotMatch(text.stdout, /moving/);
     const rd = await vol.readPages([4, 5]);
     assert.deepEqual(rd.pages.map((p) => p[0]), [3, 5]);
+    // A leader of the new set serves the shard.
+    await vol.writePages([{ page: 6, data: page(6) }]);
+    const leaders: string[] = [];
+    for (const n of r.members) if ((await replicaOn(n, 1))?.role === 'leader') leaders.push(n);
+    assert.equal(leaders.length, 1, JSON.stringify(leaders));
 
     // Asked again (text): done already, the same set.
     const again = await cli(['shard', 'move', 'mv', '1', '--from', from, '--to', to, ...flags]);
