@@ -116,6 +116,8 @@ export interface StrataNodeOptions {
   apiBytesInFlightMax?: number;
   /** Control requests (controller and node subjects) handled at once at most; default CONTROL_IN_FLIGHT_MAX. */
   controlInFlightMax?: number;
+  /** Moves of replicas the controller runs at once at most; default MOVES_IN_FLIGHT_MAX. */
+  movesInFlightMax?: number;
   /** Told when the node stopped itself for a reason it cannot run on (its data directory's lock was taken). */
   onFatal?: (err: Error) => void;
   /** Period of the claim's check while the node runs; default CLAIM_RECHECK_MS. */
@@ -1364,8 +1366,9 @@ export class StrataNode {
     const v = c.get(req.volume);
     const key = `${v.id}.${req.shard}`;
     const running = this.moving.get(key);
-    if (running === undefined && this.moving.size >= MOVES_IN_FLIGHT_MAX) {
-      throw new ProtocolError('overloaded', `the controller runs ${MOVES_IN_FLIGHT_MAX} moves of replicas, its limit; retry after a back-off`, { movesMax: MOVES_IN_FLIGHT_MAX });
+    const movesMax = this.opts.movesInFlightMax ?? MOVES_IN_FLIGHT_MAX;
+    if (running === undefined && this.moving.size >= movesMax) {
+      throw new ProtocolError('overloaded', `the controller runs ${movesMax} moves of replicas, its limit; retry after a back-off`, { movesMax });
     }
     // Validated (and, for a new move, recorded durably) before anything is asked of a node.
     const move = c.beginMove(req.volume, req.shard, req.from, req.to, Date.now());

@@ -4,6 +4,7 @@ import {
   API_READ_TRY_MS_MIN,
   API_READ_VERBS,
   CREATE_MS_PER_SHARD_REPLICA,
+  MOVE_TIMEOUT_MS_MIN,
   CALL_PAGES_MAX,
   CLUSTER_DEFAULT,
   NoRespondersError,
@@ -255,6 +256,28 @@ describe('cluster/client (fake transport)', () => {
       await rejectsWith(client.deleteVolume(''), 'bad_request');
       throwsWith(() => client.volume('UPPER'), 'bad_request');
       assert.equal(t.seen.length, 0);
+    });
+
+    it('moveReplica: to the controller\'s subject with its deadline (at least MOVE_TIMEOUT_MS_MIN), arguments checked before sending, the reply validated', async () => {
+      const t = new FakeTransport((subject, body) => {
+        assert.equal(subject, 'strata.test.controller.shard.move');
+        assert.deepEqual(body, { volume: 'db', shard: 1, from: 'n2', to: 'n4' });
+        return { volume: 'db', shard: 1, members: ['n1', 'n3', 'n4'], term: 3, lsn: 17 };
+      });
+      const client = createClient(t, { cluster: CLUSTER, timeoutMs: 2500, nowMs: () => NOW });
+      assert.deepEqual(await client.moveReplica('db', 1, { from: 'n2', to: 'n4' }), { volume: 'db', shard: 1, members: ['n1', 'n3', 'n4'], term: 3, lsn: 17 });
+      await client.moveReplica('db', 1, { from: 'n2', to: 'n4' }, { deadlineMs: NOW + 1000 });
+      assert.deepEqual(t.seen.map((r) => [Number(r.headers[HEADER_DEADLINE]) - NOW, r.timeoutMs]), [[MOVE_TIMEOUT_MS_MIN, MOVE_TIMEOUT_MS_MIN], [1000, 1000]]);
+      await rejectsWith(client.moveReplica('Bad Name', 0, { from: 'n1', to: 'n2' }), 'bad_request', /name/);
+      await rejectsWith(client.moveReplica('db', -1, { from: 'n1', to: 'n2' }), 'bad_request', /shard/);
+      await rejectsWith(client.moveReplica('db', 0, { from: 'a.b', to: 'n2' }), 'bad_request', /from/);
+      await rejectsWith(client.moveReplica('db', 0, { from: 'n1', to: '' }), 'bad_request', /to/);
+      assert.equal(t.seen.length, 2, 'nothing more was sent');
+      // An answer that is not a move's is internal, naming the field; an error answer is the controller's own.
+      const odd = createClient(new FakeTransport(() => ({ volume: 'db', shard: 1, members: [], term: 3, lsn: 17 })), { cluster: CLUSTER, nowMs: () => NOW });
+      await rejectsWith(odd.moveReplica('db', 1, { from: 'n2', to: 'n4' }), 'internal', /members/);
+      const refused = createClient(new FakeTransport(() => errorReply(new ProtocolError('unavailable', 'the move of shard 1 is under way'))), { cluster: CLUSTER, nowMs: () => NOW });
+      await rejectsWith(refused.moveReplica('db', 1, { from: 'n2', to: 'n4' }), 'unavailable', /under way/);
     });
 
     it('lists, describes, deletes and reports status with validated replies', async () => {

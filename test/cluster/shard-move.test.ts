@@ -49,7 +49,8 @@ describe('moving a replica of a shard (strata shard move)', function () {
     ((await c.nodes[idx(nodeId)]!.status()) as unknown as { shards: ReplicaView[] }).shards.find((s) => s.volumeId === info.id && s.shard === shard);
 
   before(async () => {
-    c = await startCluster({ nodes: 4, hosts: 1, clientTimeoutMs: 5000 });
+    // One move at a time (they run one after the other here): the bound is tested too.
+    c = await startCluster({ nodes: 4, hosts: 1, clientTimeoutMs: 5000, node: { movesInFlightMax: 1 } });
     nc = await natsConnect({ servers: c.natsUrl });
     info = await c.client.createVolume({ name: 'mv', pageCount: 64, shards: 2, stripePages: 4, replicas: 3 });
   });
@@ -192,6 +193,8 @@ describe('moving a replica of a shard (strata shard move)', function () {
 
   it('a move whose new replica is not opened stays recorded (also through a restart of the controller): volume info shows it, another move of the shard waits for it, and run again it finishes', async () => {
     const flags = ['--nats', c.natsUrl, '--cluster', c.cluster];
+    // Placed on the four nodes only (not on a fake node of another test that the controller still counts live).
+    await c.waitForMembers(4);
     await c.client.createVolume({ name: 'mv2', pageCount: 16, shards: 1, stripePages: 16, replicas: 3 });
     await c.client.volume('mv2').writePages([{ page: 3, data: page(7) }]);
     const before = (await c.client.volumeInfo('mv2')).replicaSets![0]!.members;
@@ -244,6 +247,41 @@ describe('moving a replica of a shard (strata shard move)', function () {
       assert.deepEqual(back.members, before);
       const r = await c.client.volume('mv2').readPages([3]);
       assert.equal(r.pages[0]![0], 7);
+    } finally {
+      clearInterval(beats);
+      sub.unsubscribe();
+    }
+  });
+
+  it('the same move asked while it runs joins it (one open of the new replica); beyond the moves the controller runs at once, another is refused overloaded', async () => {
+    // Placed on the four nodes only (not on a fake node of another test that the controller still counts live).
+    await c.waitForMembers(4);
+    await c.client.createVolume({ name: 'mv3', pageCount: 16, shards: 2, stripePages: 8, replicas: 3 });
+    const sets = (await c.client.volumeInfo('mv3')).replicaSets!;
+    // A node 'ny' the controller hears from, whose open never answers.
+    let opens = 0;
+    const beat = (): void => void nc.request(`strata.${c.cluster}.controller.heartbeat`, encode({ nodeId: 'ny', hosts: 1 }), { timeout: 1000 }).catch(() => undefined);
+    const beats = setInterval(beat, 200);
+    const sub = nc.subscribe(`strata.${c.cluster}.node.ny.shards.open`, { callback: () => void opens++ });
+    try {
+      beat();
+      await nc.flush();
+      await new Promise((r) => setTimeout(r, 300));
+      const from0 = sets[0]!.members[0]!;
+      const from1 = sets[1]!.members[0]!;
+      const deadlineMs = Date.now() + 3000;
+      const first = c.client.moveReplica('mv3', 0, { from: from0, to: 'ny' }, { deadlineMs }).catch((e: unknown) => e);
+      await waitFor('the first move asks ny to open', () => opens === 1, 5000);
+      const second = c.client.moveReplica('mv3', 0, { from: from0, to: 'ny' }, { deadlineMs }).catch((e: unknown) => e);
+      await assert.rejects(c.client.moveReplica('mv3', 1, { from: from1, to: 'ny' }), (e: unknown) =>
+        e instanceof ProtocolError && e.code === 'overloaded' && /the controller runs 1 moves of replicas, its limit/.test(e.message));
+      for (const outcome of [await first, await second]) {
+        assert.ok(outcome instanceof ProtocolError && outcome.code === 'timeout', String(outcome));
+        assert.match(outcome.message, /run it again to finish it/);
+      }
+      assert.equal(opens, 1, 'the second request joined the first');
+      // The refused move recorded nothing; the other is recorded, to be run again.
+      assert.deepEqual((await c.client.volumeInfo('mv3')).replicaSets!.map((r) => r.moving), [{ from: from0, to: 'ny' }, undefined]);
     } finally {
       clearInterval(beats);
       sub.unsubscribe();
