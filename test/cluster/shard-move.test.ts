@@ -12,7 +12,7 @@ import { startCluster, type InProcessCluster } from '../../cluster/in-process-cl
 import { main } from '../../cluster/cli';
 import { readNodeRecords } from '../../cluster/catalog-recovery';
 import { ProtocolError, errorReply } from '../../messages/errors';
-import { encode } from '../../messages/codec';
+import { decode, encode } from '../../messages/codec';
 import type { VolumeInfo } from '../../messages/api';
 import { waitFor } from '../support/wait';
 
@@ -32,7 +32,7 @@ async function cli(argv: string[]): Promise<{ code: number; stdout: string; stde
 }
 
 /** A shard's replica as its node reports it (StrataNode.status). */
-type ReplicaView = { volumeId: string; shard: number; role: string; state: string; appliedLsn: number; commitLsn: number; members: string[]; config?: { members: string[]; prior?: string[] } };
+type ReplicaView = { volumeId: string; shard: number; role: string; state: string; term: number; appliedLsn: number; commitLsn: number; members: string[]; config?: { members: string[]; prior?: string[] } };
 
 /** True for the errors a request may meet while a shard has no leader for a moment. */
 const transient = (e: unknown): boolean => e instanceof ProtocolError && ['unavailable', 'timeout', 'not_leader', 'overloaded'].includes(e.code);
@@ -286,6 +286,31 @@ describe('moving a replica of a shard (strata shard move)', function () {
       clearInterval(beats);
       sub.unsubscribe();
     }
+  });
+
+  it('a node\'s shard.reconfigure: a follower names its leader (details.leader), a node without the replica answers not_found, a bad set bad_request', async () => {
+    const ask = async (node: string, body: unknown): Promise<unknown> =>
+      decode((await nc.request(`strata.${c.cluster}.node.${node}.shard.reconfigure`, encode(body), { timeout: 5000 })).data);
+    const members = await membersOf(1);
+    let leader = '';
+    await waitFor('shard 1 has a leader', async () => {
+      for (const n of members) if ((await replicaOn(n, 1))?.role === 'leader') leader = n;
+      return leader !== '';
+    }, 30_000);
+    const follower = members.find((n) => n !== leader)!;
+    const outside = ['n1', 'n2', 'n3', 'n4'].find((n) => !members.includes(n))!;
+    const same = { volumeId: info.id, shard: 1, members };
+    assert.deepEqual((await ask(follower, same)) as Record<string, unknown>, { error: { code: 'not_leader', message: `not the leader; the leader is ${leader}`, details: { leader, term: (await replicaOn(follower, 1))!.term } } });
+    const none = (await ask(outside, same)) as { error: { code: string; message: string } };
+    assert.equal(none.error.code, 'not_found');
+    assert.match(none.error.message, new RegExp(`node '${outside}' holds no replica of shard 1`));
+    const bad = (await ask(leader, { ...same, members: [leader, leader] })) as { error: { code: string } };
+    assert.equal(bad.error.code, 'bad_request');
+    // The leader asked for the set it holds: done, nothing written.
+    const done = (await ask(leader, same)) as { changed: boolean; members: string[]; node: string };
+    assert.equal(done.changed, false);
+    assert.equal(done.node, leader);
+    assert.deepEqual([...done.members].sort(), [...members].sort());
   });
 
   it('strata shard move: usage errors exit 2, the cluster\'s refusals 1', async () => {
