@@ -211,6 +211,9 @@ const MOVE_LEADER_TRIES_MAX = 512;
 const MOVE_RETRY_MS_MIN = 100;
 const MOVE_RETRY_MS_MAX = 1000;
 
+/** Destroys of shards a node remembers, for its reconciliations (StrataNode `destroyedAt`). */
+const DESTROYS_REMEMBERED_MAX = 65_536;
+
 /** After a failed reconciliation the next waits this long, doubling on each failure up to the max. */
 export const RECONCILE_BACKOFF_MS_MIN = 1000;
 export const RECONCILE_BACKOFF_MS_MAX = 30_000;
@@ -387,6 +390,13 @@ export class StrataNode {
    */
   private openSeq = 0;
   private readonly openedAt = new Map<string, number>();
+  /**
+   * Destroys of shards counted (`destroySeq`), and the count at each shard's last destroy (the
+   * newest DESTROYS_REMEMBERED_MAX): a reconciliation opens no replica destroyed after it read
+   * the catalog (a volume deleted meanwhile, whose tombstone the next reconciliation reads).
+   */
+  private destroySeq = 0;
+  private readonly destroyedAt = new Map<string, number>();
   /** The reconciliation running, if any (one at a time). */
   private reconciling: Promise<void> | undefined;
   /** Back-off of reconciliation: 0 after a success, else the wait after the last failure. */
@@ -932,7 +942,7 @@ export class StrataNode {
    */
   private async reconcileWithCatalog(epoch: number, catalog: string | undefined): Promise<void> {
     try {
-      const seq = this.openSeq;
+      const seq = { opens: this.openSeq, destroys: this.destroySeq };
       await this.reconcile(await this.fetchAssignments(), seq);
       // Of the catalog the heartbeat named: if another answered the assignments meanwhile, the
       // next heartbeat differs again, and the node reconciles once more.
@@ -999,7 +1009,7 @@ export class StrataNode {
    * does not keep a deleted volume's replica serving writes. The first failure is thrown at the
    * end (the reconciliation is tried again after a back-off).
    */
-  private async reconcile(a: AssignmentsReply, openSeq = this.openSeq): Promise<void> {
+  private async reconcile(a: AssignmentsReply, seq = { opens: this.openSeq, destroys: this.destroySeq }): Promise<void> {
     const failures: unknown[] = [];
     const dead = new Set(a.tombstones);
     for (const s of this.nodeMeta.shards.filter((x) => dead.has(x.volumeId))) {
@@ -1012,7 +1022,7 @@ export class StrataNode {
     // shard's leader has committed the set without this node.
     const movedOff = new Set(a.shards.filter((s) => s.removed === true && !heldIds.has(shardId(s)) && !dead.has(s.volumeId)).map(shardId));
     for (const s of this.nodeMeta.shards.filter((x) => movedOff.has(shardId(x)))) {
-      await this.destroyShards(s.volumeId, [s.shard], openSeq)
+      await this.destroyShards(s.volumeId, [s.shard], seq.opens)
         .then((n) => (n > 0 ? this.log.info('destroyed a replica a move took off this node', { volume: s.volumeId, shard: s.shard }) : undefined))
         .catch((e: unknown) => failures.push(e));
     }
@@ -1023,11 +1033,11 @@ export class StrataNode {
     // the two may open a new replica first: it then counts as lost until its peers answer that
     // none of them ever campaigned (Replica.probeTerms), and votes from then on.
     const existing = missing.filter((s) => s.priorMembers === undefined);
-    if (existing.length > 0) await this.openShards(existing, true).catch((e: unknown) => failures.push(e));
+    if (existing.length > 0) await this.openShards(existing, true, seq.destroys).catch((e: unknown) => failures.push(e));
     // The replica a move adds to this node is new (it never held the shard, so it cannot have
     // voted or acknowledged anything): opened as such, under the move's joint configuration.
     const joining = missing.filter((s) => s.priorMembers !== undefined);
-    if (joining.length > 0) await this.openShards(joining, false).catch((e: unknown) => failures.push(e));
+    if (joining.length > 0) await this.openShards(joining, false, seq.destroys).catch((e: unknown) => failures.push(e));
     // Records whose members a finished move changed: what a restart opens and a lost catalog is
     // recovered from.
     const stale = held.filter((s) => {
@@ -1054,8 +1064,13 @@ export class StrataNode {
    * also when another failed: a create that failed part-way destroys what this node records,
    * so nothing it opened stays open unknown. Throws the first failure.
    */
-  private openShards(list: ShardAssignment[], existing = false): Promise<void> {
-    return this.shardOp(() => this.openShardsNow(list, existing));
+  private openShards(list: ShardAssignment[], existing = false, unlessDestroyedAfter?: number): Promise<void> {
+    return this.shardOp(() => {
+      // A reconciliation's opens: not of a shard destroyed since it read the catalog (a delete
+      // that came meanwhile; the reconciliation of its catalog comes next).
+      const open = unlessDestroyedAfter === undefined ? list : list.filter((a) => (this.destroyedAt.get(shardId(a)) ?? 0) <= unlessDestroyedAfter);
+      return this.openShardsNow(open, existing);
+    });
   }
 
   /** `existing`: the shards existed on this node before (ShardSpec.existing); not for a create's open. */
@@ -1132,6 +1147,12 @@ export class StrataNode {
 
   private async destroyShardsNow(volumeId: string, shards: number[]): Promise<number> {
     const drop = new Set(shards.map((s) => `${volumeId}.${s}`));
+    // Also when this node does not hold it yet: an open a reconciliation decided before is not made.
+    for (const id of drop) {
+      this.destroyedAt.delete(id);
+      this.destroyedAt.set(id, ++this.destroySeq);
+      if (this.destroyedAt.size > DESTROYS_REMEMBERED_MAX) this.destroyedAt.delete(this.destroyedAt.keys().next().value!);
+    }
     const victims = this.nodeMeta.shards.filter((a) => drop.has(shardId(a)));
     if (victims.length === 0) return 0;
     for (const a of victims) this.openedAt.delete(shardId(a));
