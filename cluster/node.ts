@@ -1436,22 +1436,27 @@ export class StrataNode {
   }
 
   /**
-   * Asks the leader of a shard to change its set to `members` (`node.<id>.shard.reconfigure`):
-   * the node a `not_leader` names first, else each node of both sets in turn, pausing between
-   * rounds (MOVE_RETRY_MS_MIN doubling to MOVE_RETRY_MS_MAX), at most MOVE_LEADER_TRIES_MAX
-   * requests, each and all within `endMs`. A refusal (`bad_request`) ends it at once.
+   * Asks the leader of a shard to change its set to `members` (`node.<id>.shard.reconfigure`), in
+   * rounds: each asks the nodes of both sets once at most, the node a `not_leader` names first
+   * (the last one named, at the next round's start), and is followed by a pause
+   * (MOVE_RETRY_MS_MIN doubling to MOVE_RETRY_MS_MAX): two nodes that name each other do not make
+   * it ask in a loop. At most MOVE_LEADER_TRIES_MAX requests, each and all within `endMs`. A
+   * refusal (`bad_request`) ends it at once.
    */
   private async reconfigureShard(volumeId: string, shard: number, prior: readonly string[], members: readonly string[], endMs: number): Promise<ShardReconfigureReply> {
     const nodes = [...prior, ...members.filter((m) => !prior.includes(m))];
     let hint: string | undefined;
     let last: ProtocolError | undefined;
-    let round = 0;
-    for (let tries = 0; tries < MOVE_LEADER_TRIES_MAX;) {
-      const order = hint === undefined ? nodes : [hint, ...nodes.filter((n) => n !== hint)];
-      hint = undefined;
-      for (const node of order) {
+    let tries = 0;
+    for (let round = 0; tries < MOVE_LEADER_TRIES_MAX; round++) {
+      const asked = new Set<string>();
+      const queue = hint === undefined ? [...nodes] : [hint, ...nodes.filter((n) => n !== hint)];
+      while (queue.length > 0) {
+        const node = queue.shift()!;
         const leftMs = endMs - Date.now();
         if (leftMs <= 0 || tries >= MOVE_LEADER_TRIES_MAX) break;
+        if (asked.has(node)) continue;
+        asked.add(node);
         tries++;
         const subject = nodeSubject(this.cluster, node, 'shard.reconfigure');
         const headers = natsHeaders();
@@ -1463,18 +1468,16 @@ export class StrataNode {
           last = fromNatsError(e, subject, leftMs);
           if (last.code === 'bad_request') throw last;
           const leader = last.code === 'not_leader' ? last.details?.['leader'] : undefined;
-          if (typeof leader === 'string' && leader !== node && nodes.includes(leader)) {
+          if (typeof leader === 'string' && nodes.includes(leader)) {
             hint = leader;
-            break;
+            // Asked next, unless this round asked it already (it then waits for the next round).
+            if (!asked.has(leader)) queue.unshift(leader);
           }
         }
       }
       const leftMs = endMs - Date.now();
       if (leftMs <= 0) break;
-      if (hint === undefined) {
-        await new Promise((res) => setTimeout(res, Math.min(leftMs, MOVE_RETRY_MS_MIN * 2 ** Math.min(round, 10), MOVE_RETRY_MS_MAX)));
-        round++;
-      }
+      await new Promise((res) => setTimeout(res, Math.min(leftMs, MOVE_RETRY_MS_MIN * 2 ** Math.min(round, 10), MOVE_RETRY_MS_MAX)));
     }
     const why = last === undefined ? '' : `: ${last.message}`;
     throw new ProtocolError(last?.code === 'timeout' || Date.now() >= endMs ? 'timeout' : 'unavailable', `no leader of shard ${shard} of volume ${volumeId} changed its set to ${members.join(', ')} in time${why}`, {

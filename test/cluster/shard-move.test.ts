@@ -48,6 +48,19 @@ describe('moving a replica of a shard (strata shard move)', function () {
   const replicaOn = async (nodeId: string, shard: number): Promise<ReplicaView | undefined> =>
     ((await c.nodes[idx(nodeId)]!.status()) as unknown as { shards: ReplicaView[] }).shards.find((s) => s.volumeId === info.id && s.shard === shard);
 
+  /** Waits until the nodes the controller counts live are exactly `ids`. */
+  const waitLive = async (ids: string[]): Promise<void> => {
+    const want = [...ids].sort().join(',');
+    await waitFor(`the controller counts ${want} live`, async () => {
+      try {
+        const r = decode((await nc.request(`strata.${c.cluster}.controller.members`, encode({}), { timeout: 1000 })).data) as { members: Array<{ nodeId: string; live: boolean }> };
+        return r.members.filter((m) => m.live).map((m) => m.nodeId).sort().join(',') === want;
+      } catch {
+        return false; // The controller may be restarting.
+      }
+    }, 30_000);
+  };
+
   before(async () => {
     // One move at a time (they run one after the other here): the bound is tested too.
     c = await startCluster({ nodes: 4, hosts: 1, clientTimeoutMs: 5000, node: { movesInFlightMax: 1 } });
@@ -194,7 +207,7 @@ describe('moving a replica of a shard (strata shard move)', function () {
   it('a move whose new replica is not opened stays recorded (also through a restart of the controller): volume info shows it, another move of the shard waits for it, and run again it finishes', async () => {
     const flags = ['--nats', c.natsUrl, '--cluster', c.cluster];
     // Placed on the four nodes only (not on a fake node of another test that the controller still counts live).
-    await c.waitForMembers(4);
+    await waitLive(['n1', 'n2', 'n3', 'n4']);
     await c.client.createVolume({ name: 'mv2', pageCount: 16, shards: 1, stripePages: 16, replicas: 3 });
     await c.client.volume('mv2').writePages([{ page: 3, data: page(7) }]);
     const before = (await c.client.volumeInfo('mv2')).replicaSets![0]!.members;
@@ -233,6 +246,8 @@ describe('moving a replica of a shard (strata shard move)', function () {
       // The controller's node restarts meanwhile: the move is in its catalog still.
       c.kill(0);
       await c.restart(0);
+      // A node's heartbeat sent as the controller went down waits for its deadline: every node is heard again first.
+      await waitLive(['n1', 'n2', 'n3', 'n4', 'nx']);
       assert.deepEqual((await c.client.volumeInfo('mv2')).replicaSets![0]!.moving, { from, to: 'nx' });
 
       // nx's disk is back: the same move, run again, finishes.
@@ -255,7 +270,7 @@ describe('moving a replica of a shard (strata shard move)', function () {
 
   it('the same move asked while it runs joins it (one open of the new replica); beyond the moves the controller runs at once, another is refused overloaded', async () => {
     // Placed on the four nodes only (not on a fake node of another test that the controller still counts live).
-    await c.waitForMembers(4);
+    await waitLive(['n1', 'n2', 'n3', 'n4']);
     await c.client.createVolume({ name: 'mv3', pageCount: 16, shards: 2, stripePages: 8, replicas: 3 });
     const sets = (await c.client.volumeInfo('mv3')).replicaSets!;
     // A node 'ny' the controller hears from, whose open never answers.
