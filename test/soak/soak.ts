@@ -19,6 +19,11 @@
  * - `wipe-controller`: the same for n1, whose catalog then starts again empty; once it is up,
  *   the operator's `strata catalog recover --apply` (as the operator user with `--auth`) is sent
  *   until the catalog lists the volume again, within RECOVER_MS. Under the same condition.
+ * - `move`: the operator's `strata shard move` of a random shard's replica from one of its nodes
+ *   to a node outside its set (with 4 or 5 nodes; with 3 there is none, and the round injects
+ *   nothing). It must finish within MOVE_MS, or fail with an error that says to retry
+ *   (`unavailable`, `timeout`, `overloaded`: a node down meanwhile), which is counted; any other
+ *   refusal is a problem. The faults that follow hit the shard's new set.
  *
  * When the time is up the faults end, and the run checks:
  * 1. the cluster converges: within CONVERGE_MS every shard has a leader and every replica is up,
@@ -51,11 +56,15 @@ import { prng } from '../support/prng';
 import { formatTable, writeJson } from '../../bench/report';
 
 /** The faults the nemesis knows. */
-export const FAULT_KINDS = ['kill', 'kill-majority', 'freeze', 'nats-freeze', 'nats-restart', 'wipe', 'wipe-controller'] as const;
+export const FAULT_KINDS = ['kill', 'kill-majority', 'freeze', 'nats-freeze', 'nats-restart', 'wipe', 'wipe-controller', 'move'] as const;
 export type FaultKind = (typeof FAULT_KINDS)[number];
 
 /** How often each fault is picked, relative to the others. */
-const FAULT_WEIGHTS: Record<FaultKind, number> = { kill: 35, 'kill-majority': 10, freeze: 35, 'nats-freeze': 15, 'nats-restart': 10, wipe: 10, 'wipe-controller': 5 };
+const FAULT_WEIGHTS: Record<FaultKind, number> = { kill: 35, 'kill-majority': 10, freeze: 35, 'nats-freeze': 15, 'nats-restart': 10, wipe: 10, 'wipe-controller': 5, move: 15 };
+/** How long the operator's move of a replica may take. */
+const MOVE_MS = 20_000;
+/** Errors of a move that say to try again later (a node down or restarting meanwhile). */
+const MOVE_RETRYABLE = new Set(['unavailable', 'timeout', 'overloaded', 'not_leader']);
 /** How long after a wiped controller is up its catalog must list the volume again (recovered). */
 const RECOVER_MS = 30_000;
 
@@ -132,6 +141,9 @@ export interface FaultEvent {
   /** For wipe-controller: ms from its restart until the recovered catalog listed the volume, and the volumes recovered. */
   recoveredMs?: number;
   recovered?: string[];
+  /** For move: the shard, and how it ended (`done`, or the code of an error that says to retry). */
+  shard?: number;
+  outcome?: string;
 }
 
 export interface SoakResult {
@@ -479,6 +491,37 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
           await operator.close();
         }
       };
+      /**
+       * The operator moves a replica of a random shard to a node outside its set; false when
+       * there is none (3 nodes) or the volume's sets are not known now (nothing is injected).
+       */
+      const moveReplica = async (ev: FaultEvent): Promise<boolean> => {
+        const shard = pick(opts.shards);
+        const draw = rand();
+        const operator = await connect({ servers: cluster.natsUrl, cluster: 'dev', timeoutMs: MOVE_MS, ...userOf('operator') });
+        try {
+          const info = await operator.volumeInfo('soak').catch(() => undefined);
+          const set = info?.replicaSets?.find((r) => r.shard === shard);
+          if (set === undefined || set.moving !== undefined) return false;
+          const outside = cluster.nodes.map((n) => n.id).filter((id) => !set.members.includes(id));
+          if (outside.length === 0) return false;
+          const from = set.members[Math.floor(draw * set.members.length)]!;
+          const to = outside[Math.floor(draw * outside.length)]!;
+          ev.nodes = [from, to];
+          ev.shard = shard;
+          try {
+            await operator.moveReplica('soak', shard, { from, to }, { deadlineMs: Date.now() + MOVE_MS });
+            ev.outcome = 'done';
+          } catch (e) {
+            const code = e instanceof ProtocolError ? e.code : 'error';
+            ev.outcome = code;
+            if (!MOVE_RETRYABLE.has(code)) problem(`the move of shard ${shard}'s replica from ${from} to ${to} was refused: ${(e as Error).message}`);
+          }
+          return true;
+        } finally {
+          await operator.close();
+        }
+      };
       while (kinds.length > 0 && performance.now() < stopAt) {
         await sleep(1000 + rand() * 2000);
         if (performance.now() >= stopAt) break;
@@ -487,7 +530,9 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
         // Draws as any other fault does (the choices stay those of the seed), then skipped.
         const wipeVictim = kind === 'wipe' ? 1 + pick(cluster.nodes.length - 1) : kind === 'wipe-controller' ? 0 : -1;
         if ((kind === 'wipe' || kind === 'wipe-controller') && (await anyRepairing())) continue;
-        if (kind === 'wipe' || kind === 'wipe-controller') {
+        if (kind === 'move') {
+          if (!(await moveReplica(ev))) continue;
+        } else if (kind === 'wipe' || kind === 'wipe-controller') {
           const n = cluster.nodes[wipeVictim]!;
           ev.nodes = [n.id];
           await sampleNode(wipeVictim);
@@ -536,7 +581,7 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
         }
         ev.endMs = Math.round(now());
         faults.push(ev);
-        out(`  ${(ev.startMs / 1000).toFixed(1)} s: ${ev.kind} ${ev.nodes.join(', ')} (${((ev.endMs - ev.startMs) / 1000).toFixed(1)} s)${ev.upMs ? `, up again after ${Object.entries(ev.upMs).map(([id, ms]) => `${id} ${(ms / 1000).toFixed(1)} s`).join(', ')}` : ''}${ev.recoveredMs !== undefined ? `, catalog recovered ${(ev.recoveredMs / 1000).toFixed(1)} s later (${(ev.recovered ?? []).join(', ') || 'listed'})` : ''}`);
+        out(`  ${(ev.startMs / 1000).toFixed(1)} s: ${ev.kind} ${ev.nodes.join(', ')} (${((ev.endMs - ev.startMs) / 1000).toFixed(1)} s)${ev.upMs ? `, up again after ${Object.entries(ev.upMs).map(([id, ms]) => `${id} ${(ms / 1000).toFixed(1)} s`).join(', ')}` : ''}${ev.recoveredMs !== undefined ? `, catalog recovered ${(ev.recoveredMs / 1000).toFixed(1)} s later (${(ev.recovered ?? []).join(', ') || 'listed'})` : ''}${ev.outcome !== undefined ? `, shard ${ev.shard}: ${ev.outcome}` : ''}`);
       }
     };
 
