@@ -2086,6 +2086,21 @@ describe('Replica (membership change by joint consensus)', function () {
     assert.ok(b.replica.currentTerm >= high, `b took d's term ${high} (it has ${b.replica.currentTerm}): d was asked, named by its peers`);
   });
 
+  it('a sole replica moved to another node: both hold the shard through the joint set, then the new one leads alone', async () => {
+    shard = new TestShard(['a'], { checkpointEveryRecords: 20 });
+    const a = await shard.leader();
+    for (let i = 0; i < 50; i++) await a.replica.write([{ page: i % 8, data: page(i) }]);
+    shard.ids.push('b');
+    shard.start('b', new SimDisk(), { members: ['b'], priorMembers: ['a'] });
+    const r = await a.replica.reconfigure(['b'], { deadlineMs: deadline() });
+    assert.deepEqual(r.members, ['b']);
+    const b = await shard.leader(['b']);
+    assert.ok(!a.replica.isLeader);
+    assert.equal(await read(b, 7), 47);
+    await b.replica.write([{ page: 7, data: page(99) }]);
+    assert.equal(await read(b, 7), 99);
+  });
+
   it('refuses: a change asked of a follower, a set with a duplicate, another change while one is under way; a Config record that is not a set', async () => {
     // Slow elections: the leader keeps leading through a change that cannot commit.
     shard = new TestShard(['a', 'b', 'c'], { timing: { electionTimeoutMinMs: 2000, electionTimeoutMaxMs: 3000 } });
