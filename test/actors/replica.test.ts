@@ -2101,6 +2101,55 @@ describe('Replica (membership change by joint consensus)', function () {
     assert.equal(await read(b, 7), 99);
   });
 
+  it('a leader the change removes, asked again as the answer that commits the change comes in, answers the change done (not not_leader)', async () => {
+    // Slow elections: the leader keeps leading while a follower's answers are held back.
+    shard = new TestShard(['a', 'b', 'c'], { sendEach: false, timing: { electionTimeoutMinMs: 2000, electionTimeoutMaxMs: 3000 } });
+    const l = await shard.leader();
+    await l.replica.write([{ page: 1, data: page(1) }]);
+    const [b, c] = ['a', 'b', 'c'].filter((id) => id !== l.id) as [string, string];
+    // The new set without the leader; d is not there: b and c are the new set's majority.
+    const target = [b, c, 'd'].sort();
+    shard.ids.push('d');
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    let held = false;
+    let again: Promise<unknown> | undefined;
+    const transport = (l.replica as unknown as { transport: ReplicaTransport }).transport;
+    const send = transport.send;
+    transport.send = (to, msg, timeoutMs) => {
+      const inForce = l.replica.configuration();
+      if (to !== b || inForce.prior !== undefined || inForce.members.join(',') !== target.join(',')) return send(to, msg, timeoutMs);
+      // Under the new set alone: b's answers are lost but the first to an append of the set
+      // alone, held until the test lets it through.
+      if (held || msg.type !== 'append' || msg.records.length === 0) {
+        return new Promise((_, reject) => setTimeout(() => reject(new ProtocolError('timeout', `${l.id} cannot reach ${b}`)), 5));
+      }
+      held = true;
+      const answer = (async () => {
+        const r = await send(to, msg, timeoutMs);
+        await gate;
+        return r;
+      })();
+      // The change asked again as the answer arrives: before the leader takes the answer in.
+      void answer.then(() => {
+        again = l.replica.reconfigure(target, { deadlineMs: deadline() }).catch((e: unknown) => e);
+      });
+      return answer;
+    };
+    const first = l.replica.reconfigure(target, { deadlineMs: deadline() });
+    await shard.waitFor(() => held && l.replica.stats().lag[c] === 0, `the set alone appended, ${c} has it, ${b}'s answer held`);
+    assert.ok(l.replica.isLeader);
+    release();
+    const r = await first;
+    assert.equal(r.changed, true);
+    await shard.waitFor(() => again !== undefined, 'asked again');
+    const second = await again!;
+    assert.ok(!l.replica.isLeader, 'the leader stepped down once the change was committed');
+    assert.ok(!(second instanceof Error), `answered ${String(second)}`);
+    assert.deepEqual(second, { members: target, term: r.term, lsn: r.lsn, changed: false });
+    transport.send = send;
+  });
+
   it('refuses: a change asked of a follower, a set with a duplicate, another change while one is under way; a Config record that is not a set', async () => {
     // Slow elections: the leader keeps leading through a change that cannot commit.
     shard = new TestShard(['a', 'b', 'c'], { timing: { electionTimeoutMinMs: 2000, electionTimeoutMaxMs: 3000 } });
