@@ -1915,6 +1915,7 @@ describe('Replica (membership change by joint consensus)', function () {
     shard.start('d', new SimDisk(), { members: target, priorMembers: ['a', 'b', 'c'] });
     const leader = await shard.leader();
     const r = await leader.replica.reconfigure(['d', 'b', 'a'], { deadlineMs: deadline() });
+    assert.ok(leader.replica.appliedLsn >= r.lsn, `answered once the new set is committed (applied ${leader.replica.appliedLsn}, lsn ${r.lsn})`);
     assert.deepEqual(r.members, target);
     assert.equal(r.changed, true);
     for (const id of target) {
