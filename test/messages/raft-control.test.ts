@@ -33,6 +33,10 @@ describe('replication message validators', () => {
     const withConfig = validateRaftRequest({ type: 'snapshot', term: 3, leader: 'n1', lsn: 10, lastTerm: 2, bytes: 10, offset: 0, data: new Uint8Array(10), done: true, config: { members: ['n4', 'n1', 'n2'], prior: ['n3', 'n2', 'n1'] } });
     assert.deepEqual((withConfig as { config?: unknown }).config, { members: ['n1', 'n2', 'n4'], prior: ['n1', 'n2', 'n3'] });
     assert.deepEqual(validateConfig({ members: ['n2', 'n1'], prior: ['n1', 'n2'] }), { members: ['n1', 'n2'] });
+    // At the bounds: a set of 7, and an answer naming both sets of a change of 7 to 7 others.
+    const seven = (from: number): string[] => Array.from({ length: 7 }, (_, i) => `n${String.fromCharCode(97 + from + i)}`);
+    assert.deepEqual(validateConfig({ members: seven(0), prior: seven(7) }), { members: seven(0), prior: seven(7) });
+    assert.deepEqual(validateRaftReply('vote', { term: 3, granted: true, members: [...seven(0), ...seven(7)] }), { term: 3, granted: true, members: [...seven(0), ...seven(7)] });
   });
 
   it('refuse every malformed field with a typed error', () => {
