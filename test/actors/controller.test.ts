@@ -1,5 +1,5 @@
 import { strict as assert } from 'node:assert';
-import { Controller, MEMBER_SILENCE_MS_MAX, NODES_MAX } from '../../actors/controller';
+import { Controller, MEMBER_SILENCE_MS_MAX, NODES_MAX, REMOVED_PER_SHARD_MAX } from '../../actors/controller';
 import { MetaStore } from '../../storage-engine/metadata';
 import { SimDisk } from '../../storage-engine/sim-disk';
 import { ProtocolError } from '../../messages/errors';
@@ -507,6 +507,7 @@ describe('Controller moves of a replica', () => {
     c.beginMove('v', 0, 'd', 'a', T0 + 2);
     // While 'a' is added again it is assigned the shard as the node added, not as one moved off.
     assert.deepEqual(c.assignments('a').shards.filter((s) => s.placement.shard === 0).map((s) => s.role), ['adding']);
+    assert.equal(c.get('v').placements[0]!.removed, undefined, 'the node added again is no longer recorded as moved off');
     c.finishMove('v', 0, 'd', 'a');
     assert.deepEqual(c.get('v').placements[0]!.removed, ['d']);
     assert.deepEqual(members(c), ['a', 'b', 'c']);
@@ -520,6 +521,27 @@ describe('Controller moves of a replica', () => {
     // A silent 'd' that is only being added to a shard is still placed on: not forgotten.
     c.heartbeat('a', 2, T0 + MEMBER_SILENCE_MS_MAX + 120_000);
     assert.ok(c.knownNodes().some((n) => n.nodeId === 'd'));
+  });
+
+  it('the node a move adds is given its least loaded host', () => {
+    const { c } = fourNodes();
+    assert.equal(c.beginMove('v', 0, 'a', 'd', T0 + 1).to.hostId, 0);
+    // Host 0 of 'd' takes shard 0: shard 1 goes to host 1.
+    assert.equal(c.beginMove('v', 1, 'a', 'd', T0 + 1).to.hostId, 1);
+  });
+
+  it('the nodes moved off a shard are bounded (REMOVED_PER_SHARD_MAX), the newest kept', () => {
+    const { c } = fourNodes();
+    const fresh = Array.from({ length: REMOVED_PER_SHARD_MAX + 2 }, (_, i) => `m${i}`);
+    let from = 'a';
+    for (const to of fresh) {
+      c.heartbeat(to, 1, T0 + 1);
+      c.beginMove('v', 0, from, to, T0 + 1);
+      c.finishMove('v', 0, from, to);
+      from = to;
+    }
+    const offs = ['a', ...fresh.slice(0, -1)];
+    assert.deepEqual(c.get('v').placements[0]!.removed, offs.slice(-REMOVED_PER_SHARD_MAX));
   });
 
   it('a catalog write that fails refuses the move, and the catalog holds none (nor any finish of one)', () => {
