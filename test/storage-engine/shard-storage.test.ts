@@ -590,4 +590,35 @@ describe('ShardStorage', () => {
       });
     });
   });
+
+  it('keeps the replica-set configurations across a reopen; a file that holds no configuration is corruption', () => {
+    const disk = new SimDisk();
+    whileOpen(disk, options('S'), (st) => assert.equal(st.loadConfig(), undefined));
+    const good = { base: { members: ['a', 'b', 'c'] }, changes: [{ lsn: 4, term: 2, config: { members: ['a', 'b', 'd'], prior: ['a', 'b', 'c'] } }, { lsn: 9, term: 2, config: { members: ['a', 'b', 'd'] }, image: true as const }] };
+    whileOpen(disk, options('S'), (st) => st.saveConfig(good));
+    whileOpen(disk, options('S'), (st) => assert.deepEqual(st.loadConfig(), good));
+    const change = good.changes[0]!;
+    for (const bad of [
+      'config',
+      { changes: [] },
+      { base: { members: [] }, changes: [] },
+      { base: { members: ['a', 1] }, changes: [] },
+      { base: { members: ['a'], prior: 'b' }, changes: [] },
+      { base: good.base },
+      { base: good.base, changes: [null] },
+      { base: good.base, changes: [{ ...change, lsn: 1.5 }] },
+      { base: good.base, changes: [{ ...change, term: '2' }] },
+      { base: good.base, changes: [{ ...change, config: { members: 'a' } }] },
+      { base: good.base, changes: [{ ...change, image: false }] },
+    ]) {
+      whileOpen(disk, options('S'), (st) => {
+        st.saveConfig(bad as never);
+        expectStorageError(() => st.loadConfig(), 'corruption');
+      });
+    }
+    // Refused once closed.
+    const st = ShardStorage.open(disk, options('S'));
+    st.close();
+    assert.throws(() => st.saveConfig(good), (e: unknown) => e instanceof StorageError);
+  });
 });
