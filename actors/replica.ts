@@ -38,7 +38,7 @@ import { MESSAGE_BYTES_MAX, decode, encode } from '../messages/codec';
 import type {
   RaftRequest, RaftReply, VoteRequest, VoteReply, AppendRequest, AppendReply, SnapshotRequest, SnapshotReply, WireRecord,
 } from '../messages/raft';
-import { validateConfig } from '../messages/raft';
+import { sameNodeSet as sameSet, validateConfig } from '../messages/raft';
 import { shardOfPage, type ShardGeometry, type PageData, type PayloadOffload } from './shard';
 
 export type Role = 'follower' | 'candidate' | 'leader';
@@ -148,10 +148,6 @@ const RECONFIGURE_DEADLINE_MS = 30_000;
 
 /** Changes a replica keeps at most; older committed ones fold into the base. */
 const CONFIG_CHANGES_KEPT = 16;
-
-function sameSet(a: readonly string[], b: readonly string[]): boolean {
-  return a.length === b.length && a.every((m, i) => m === b[i]);
-}
 
 function sameConfig(a: ReplicaConfig, b: ReplicaConfig): boolean {
   return sameSet(a.members, b.members) && sameSet(a.prior ?? [], b.prior ?? []);

@@ -67,6 +67,7 @@ import {
 } from '../messages/control';
 import { readNodeRecords, recordsPage, recoverReply } from './catalog-recovery';
 import { nodeInboxPrefix } from '../messages/subjects';
+import { sameNodeSet as sameSet } from '../messages/raft';
 import { RealDisk } from '../storage-engine/real-disk';
 import { makeDirectory } from '../storage-engine/make-directory';
 import { MetaStore } from '../storage-engine/metadata';
@@ -317,11 +318,6 @@ function openDataDir(dataDir: string, opts: StrataNodeOptions, hosts: number): {
 
 function shardId(a: { volumeId: string; shard: number }): string {
   return `${a.volumeId}.${a.shard}`;
-}
-
-/** Two sets of node ids hold the same ids (in any order). */
-function sameSet(a: readonly string[], b: readonly string[]): boolean {
-  return a.length === b.length && a.every((x) => b.includes(x));
 }
 
 /** A node's record of a shard and its assignment name the same members (and set moved from). */

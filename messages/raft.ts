@@ -113,6 +113,11 @@ function membersOf(v: unknown, path: string): string[] {
   return list.sort();
 }
 
+/** Two lists of node ids hold the same ids, in any order (replica sets are a few ids). */
+export function sameNodeSet(a: readonly string[], b: readonly string[]): boolean {
+  return a.length === b.length && a.every((x) => b.includes(x));
+}
+
 /** Validates a replica set (WireConfig): members sorted, `prior` kept only when it differs. */
 export function validateConfig(v: unknown, path = 'config'): WireConfig {
   const o = expectMap(v, path);

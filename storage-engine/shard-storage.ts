@@ -16,6 +16,7 @@
  * moved to the image, marker removed). A crash before the marker leaves the old state intact.
  */
 import type { Disk } from './disk';
+import { validateConfig } from '../messages/raft';
 import { joinPath } from './disk';
 import { SegmentLog } from './log';
 import { PageStore } from './page-store';
@@ -122,14 +123,14 @@ export interface ConfigRecord {
   changes: Array<{ lsn: number; term: number; config: ConfigSetRecord; image?: boolean }>;
 }
 
-function isIdList(v: unknown): v is string[] {
-  return Array.isArray(v) && v.length > 0 && v.every((m) => typeof m === 'string');
-}
-
+/** A replica set as saved (messages/raft validateConfig); false for anything else. */
 function isConfigSet(v: unknown): v is ConfigSetRecord {
-  if (v === null || typeof v !== 'object') return false;
-  const o = v as Record<string, unknown>;
-  return isIdList(o['members']) && (o['prior'] === undefined || isIdList(o['prior']));
+  try {
+    validateConfig(v);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 function isConfigRecord(v: unknown): v is ConfigRecord {

@@ -12,23 +12,11 @@ import { connect, type StrataClient } from '../../cluster/client';
 import { encode } from '../../messages/codec';
 import { controllerSubject, nodeSubject } from '../../messages/control';
 import { ProtocolError } from '../../messages/errors';
-import { main } from '../../cluster/cli';
+import { runCli } from '../support/cli';
 import { waitFor } from '../support/wait';
 
 const page = (b: number): Uint8Array => new Uint8Array(4096).fill(b);
 
-/** Runs the CLI with its output captured. */
-async function cli(argv: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  let stdout = '';
-  let stderr = '';
-  const sink = (append: (s: string) => void) => ({ write: (chunk: string | Uint8Array, cb?: (e?: Error | null) => void) => (append(String(chunk)), cb?.(), true) });
-  const code = await main(argv, {
-    stdout: sink((s) => (stdout += s)) as unknown as NodeJS.WritableStream,
-    stderr: sink((s) => (stderr += s)) as unknown as NodeJS.WritableStream,
-    env: {},
-  } as never);
-  return { code, stdout, stderr };
-}
 
 describe('a lost catalog recovered from the nodes', function () {
   this.timeout(120_000);
@@ -105,15 +93,15 @@ describe('a lost catalog recovered from the nodes', function () {
 
   it('strata catalog recover says what it would add, and adds it with --apply', async () => {
     const flags = ['--nats', c.natsUrl, '--cluster', c.cluster];
-    const dry = await cli(['catalog', 'recover', ...flags]);
+    const dry = await runCli(['catalog', 'recover', ...flags]);
     assert.equal(dry.code, 0, dry.stderr);
     assert.match(dry.stdout, /^asked 3 live nodes for their records\nno volume to recover: the catalog lists every volume the nodes hold\n$/);
-    const json = await cli(['catalog', 'recover', '--json', ...flags]);
+    const json = await runCli(['catalog', 'recover', '--json', ...flags]);
     assert.equal(json.code, 0, json.stderr);
     assert.equal(JSON.parse(json.stdout).recoveredCount, 0);
-    const bad = await cli(['catalog', 'recover', '--force', ...flags]);
+    const bad = await runCli(['catalog', 'recover', '--force', ...flags]);
     assert.equal(bad.code, 2);
-    const noSub = await cli(['catalog']);
+    const noSub = await runCli(['catalog']);
     assert.equal(noSub.code, 2);
     assert.match(noSub.stderr, /catalog: expected recover/);
   });
@@ -135,7 +123,7 @@ describe('a lost catalog recovered from the nodes', function () {
       assert.deepEqual(r.nodesFailed.map((f) => f.node), ['silent']);
       assert.equal(r.nodesAsked, 4);
       // The command says so, and does not claim that the catalog lists every volume.
-      const out = await cli(['catalog', 'recover', '--timeout', '2500', '--nats', c.natsUrl, '--cluster', c.cluster]);
+      const out = await runCli(['catalog', 'recover', '--timeout', '2500', '--nats', c.natsUrl, '--cluster', c.cluster]);
       assert.equal(out.code, 0, out.stderr);
       assert.match(out.stdout, /^asked 4 live nodes for their records; 1 did not answer \(what only they hold is not found\)\n  silent: .*\nno volume to recover\n$/);
     } finally {

@@ -9,7 +9,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { connect as natsConnect, type NatsConnection } from 'nats';
 import { startCluster, type InProcessCluster } from '../../cluster/in-process-cluster';
-import { main } from '../../cluster/cli';
+import type { Volume } from '../../cluster/client';
+import { runCli } from '../support/cli';
 import { readNodeRecords } from '../../cluster/catalog-recovery';
 import { ProtocolError, errorReply } from '../../messages/errors';
 import { decode, encode } from '../../messages/codec';
@@ -18,24 +19,25 @@ import { waitFor } from '../support/wait';
 
 const page = (b: number): Uint8Array => new Uint8Array(4096).fill(b);
 
-/** Runs the CLI with its output captured. */
-async function cli(argv: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  let stdout = '';
-  let stderr = '';
-  const sink = (append: (s: string) => void) => ({ write: (chunk: string | Uint8Array, cb?: (e?: Error | null) => void) => (append(String(chunk)), cb?.(), true) });
-  const code = await main(argv, {
-    stdout: sink((s) => (stdout += s)) as unknown as NodeJS.WritableStream,
-    stderr: sink((s) => (stderr += s)) as unknown as NodeJS.WritableStream,
-    env: {},
-  } as never);
-  return { code, stdout, stderr };
-}
 
 /** A shard's replica as its node reports it (StrataNode.status). */
 type ReplicaView = { volumeId: string; shard: number; role: string; state: string; term: number; appliedLsn: number; commitLsn: number; members: string[]; config?: { members: string[]; prior?: string[] } };
 
 /** True for the errors a request may meet while a shard has no leader for a moment. */
 const transient = (e: unknown): boolean => e instanceof ProtocolError && ['unavailable', 'timeout', 'not_leader', 'overloaded'].includes(e.code);
+
+/** Writes `page` (filled with `value`) once the shard serves it, within 30 s: transient errors are waited out. */
+async function writeOnceServed(vol: Volume, p: number, value: number, what: string): Promise<void> {
+  await waitFor(what, async () => {
+    try {
+      await vol.writePages([{ page: p, data: page(value) }]);
+      return true;
+    } catch (e) {
+      if (transient(e)) return false;
+      throw e;
+    }
+  }, 30_000);
+}
 
 describe('moving a replica of a shard (strata shard move)', function () {
   this.timeout(240_000);
@@ -116,15 +118,7 @@ describe('moving a replica of a shard (strata shard move)', function () {
     // A second original member down: the new one and the last make a majority.
     const second = moved.members.find((n) => n !== to && n !== 'n1')!;
     c.kill(idx(second));
-    await waitFor('a write to shard 0 with two of its three replicas', async () => {
-      try {
-        await vol.writePages([{ page: 2, data: page(9) }]);
-        return true;
-      } catch (e) {
-        if (transient(e)) return false;
-        throw e;
-      }
-    }, 30_000);
+    await writeOnceServed(vol, 2, 9, 'a write to shard 0 with two of its three replicas');
     const read = await vol.readPages([0, 1, 2]);
     assert.deepEqual(read.pages.map((p) => p[0]), [1, 2, 9]);
 
@@ -138,15 +132,7 @@ describe('moving a replica of a shard (strata shard move)', function () {
   it('drains a live node, the shard\'s leader (the CLI, text and JSON): its replica is destroyed once the move is done, a leader of the new set serves, and volume info names the new node', async () => {
     const flags = ['--nats', c.natsUrl, '--cluster', c.cluster];
     const vol = c.client.volume('mv');
-    await waitFor('a write to shard 1', async () => {
-      try {
-        await vol.writePages([{ page: 5, data: page(5) }]);
-        return true;
-      } catch (e) {
-        if (transient(e)) return false;
-        throw e;
-      }
-    }, 30_000);
+    await writeOnceServed(vol, 5, 5, 'a write to shard 1');
     const before = await membersOf(1);
     const to = ['n1', 'n2', 'n3', 'n4'].find((n) => !before.includes(n))!;
     // The node drained is the shard's leader: it steps down once the new set is committed.
@@ -157,7 +143,7 @@ describe('moving a replica of a shard (strata shard move)', function () {
     }, 30_000);
     assert.ok(fs.existsSync(replicaDir(from, info.id, 1)));
 
-    const out = await cli(['shard', 'move', 'mv', '1', '--from', from, '--to', to, '--json', ...flags]);
+    const out = await runCli(['shard', 'move', 'mv', '1', '--from', from, '--to', to, '--json', ...flags]);
     assert.equal(out.code, 0, out.stderr);
     const r = JSON.parse(out.stdout) as { volume: string; shard: number; members: string[]; term: number; lsn: number; from: string; to: string };
     assert.equal(r.volume, 'mv');
@@ -168,7 +154,7 @@ describe('moving a replica of a shard (strata shard move)', function () {
 
     // The node moved off destroys its replica (its files go), once the move is done.
     await waitFor(`${from} destroyed its replica of shard 1`, () => !fs.existsSync(replicaDir(from, info.id, 1)), 30_000);
-    const text = await cli(['volume', 'info', 'mv', ...flags]);
+    const text = await runCli(['volume', 'info', 'mv', ...flags]);
     assert.equal(text.code, 0, text.stderr);
     assert.match(text.stdout, new RegExp(`shard 1: ${r.members.join(', ')}\\n`));
     assert.doesNotMatch(text.stdout, /moving/);
@@ -181,7 +167,7 @@ describe('moving a replica of a shard (strata shard move)', function () {
     assert.equal(leaders.length, 1, JSON.stringify(leaders));
 
     // Asked again (text): done already, the same set.
-    const again = await cli(['shard', 'move', 'mv', '1', '--from', from, '--to', to, ...flags]);
+    const again = await runCli(['shard', 'move', 'mv', '1', '--from', from, '--to', to, ...flags]);
     assert.equal(again.code, 0, again.stderr);
     assert.match(again.stdout, new RegExp(`^moved shard 1 of mv from ${from} to ${to}: its replicas are on ${r.members.join(', ')} \\(term \\d+, lsn \\d+\\)\n$`));
   });
@@ -236,7 +222,7 @@ describe('moving a replica of a shard (strata shard move)', function () {
       assert.equal(opens, 1);
       const info = (await c.client.volumeInfo('mv2')).replicaSets![0]!;
       assert.deepEqual(info, { shard: 0, members: before, moving: { from, to: 'nx' } });
-      const text = await cli(['volume', 'info', 'mv2', ...flags]);
+      const text = await runCli(['volume', 'info', 'mv2', ...flags]);
       assert.match(text.stdout, new RegExp(`replicas on:  shard 0: ${before.join(', ')} \\(moving: ${from} -> nx\\)\n`));
       // Another move of the shard is refused, naming the one under way.
       const other = ['n1', 'n2', 'n3', 'n4'].find((n) => !before.includes(n))!;
@@ -339,11 +325,11 @@ describe('moving a replica of a shard (strata shard move)', function () {
       [['shard', 'moves', 'mv', '0'], /shard: unknown subcommand "moves"/],
       [['shard'], /shard: expected force-vote or move/],
     ] as const) {
-      const r = await cli([...argv]);
+      const r = await runCli([...argv]);
       assert.equal(r.code, 2, `${argv.join(' ')}: ${r.stdout}${r.stderr}`);
       assert.match(r.stderr, pattern);
     }
-    const refused = await cli(['shard', 'move', 'nope', '0', '--from', 'n1', '--to', 'n2', ...flags]);
+    const refused = await runCli(['shard', 'move', 'nope', '0', '--from', 'n1', '--to', 'n2', ...flags]);
     assert.equal(refused.code, 1);
     assert.equal(refused.stderr, "strata: not_found: volume 'nope' does not exist\n");
   });
