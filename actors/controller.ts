@@ -46,6 +46,23 @@ export interface ShardPlacement {
 /** Nodes a shard's placement remembers as moved off it, at most (`ShardPlacement.removed`). */
 export const REMOVED_PER_SHARD_MAX = 8;
 
+/** A move `repairPlan` proposes: one that replaces a dead node's replica, or one under way to resume. */
+export interface RepairMove {
+  volume: string;
+  volumeId: string;
+  shard: number;
+  from: string;
+  to: string;
+  /** The catalog holds this move under way already. */
+  resumed: boolean;
+  /**
+   * The node the move adds died meanwhile: the move is finished without it (a majority of each
+   * set is live without it), and its replica is then replaced as any dead node's. It opens the
+   * replica if it comes back first, as one that lost its storage.
+   */
+  withoutOpen?: true;
+}
+
 /** A move of a shard's replica, as the controller runs it (`beginMove`). */
 export interface ShardMove {
   volume: VolumeRecord;
@@ -332,6 +349,64 @@ export class Controller {
   /** The move under way of each shard of volume `name` (none: an empty list). */
   moves(name: string): Array<{ shard: number; from: string; to: string }> {
     return this.get(name).placements.flatMap((p) => (p.adding === undefined ? [] : [{ shard: p.shard, from: p.removing!, to: p.adding.nodeId }]));
+  }
+
+  /**
+   * The moves that replace replicas on dead nodes (docs/replication.md, "Replacing a dead node's
+   * replicas"), at most `max`, in catalog order; changes nothing (`beginMove` records each).
+   *
+   * A node is dead once it is not live and has been silent longer than `afterMs`: since its last
+   * heartbeat, or, for a node the catalog places replicas on that this controller has not heard
+   * from, since `sinceMs` (when the controller started). For each shard (but those `skip` names):
+   * - a move under way is resumed as it was recorded when each of its two sets has a live
+   *   majority and the node it adds is live or dead (`withoutOpen`), not while it is only silent;
+   * - else its first member on a dead node is replaced, when a majority of its members is live
+   *   (a shard without one has no leader to change its set, and a sole replica's data is on the
+   *   dead node alone), by the live node outside the shard's set that holds the fewest replicas
+   *   (the first by id among equals; counting the ones this plan adds).
+   */
+  repairPlan(nowMs: number, opts: { afterMs: number; sinceMs: number; max: number; skip?: (volumeId: string, shard: number) => boolean }): RepairMove[] {
+    const out: RepairMove[] = [];
+    if (opts.max <= 0) return out;
+    const live = this.liveNodes(nowMs);
+    const liveIds = new Set(live.map((m) => m.nodeId));
+    const dead = (nodeId: string): boolean => {
+      if (liveIds.has(nodeId)) return false;
+      const since = this.members.get(nodeId)?.lastSeenMs ?? opts.sinceMs;
+      return nowMs - since > opts.afterMs;
+    };
+    const majorityLive = (set: readonly string[]): boolean => set.filter((n) => liveIds.has(n)).length >= Math.floor(set.length / 2) + 1;
+    let load: Map<string, number> | undefined;
+    for (const v of this.state.volumes) {
+      for (const p of v.placements) {
+        if (out.length >= opts.max) return out;
+        if (opts.skip?.(v.id, p.shard) === true) continue;
+        const members = p.replicas.map((r) => r.nodeId);
+        if (p.adding !== undefined) {
+          const next = members.map((m) => (m === p.removing ? p.adding!.nodeId : m));
+          const adds = p.adding.nodeId;
+          if ((liveIds.has(adds) || dead(adds)) && majorityLive(members) && majorityLive(next)) {
+            out.push({ volume: v.name, volumeId: v.id, shard: p.shard, from: p.removing!, to: adds, resumed: true, ...(liveIds.has(adds) ? {} : { withoutOpen: true }) });
+          }
+          continue;
+        }
+        const from = members.find(dead);
+        if (from === undefined || !majorityLive(members)) continue;
+        if (load === undefined) {
+          load = new Map<string, number>();
+          for (const x of this.state.volumes) for (const q of x.placements) for (const r of placedOn(q)) load.set(r.nodeId, (load.get(r.nodeId) ?? 0) + 1);
+        }
+        let to: string | undefined;
+        for (const m of live) {
+          if (members.includes(m.nodeId)) continue;
+          if (to === undefined || (load.get(m.nodeId) ?? 0) < (load.get(to) ?? 0)) to = m.nodeId;
+        }
+        if (to === undefined) continue;
+        load.set(to, (load.get(to) ?? 0) + 1);
+        out.push({ volume: v.name, volumeId: v.id, shard: p.shard, from, to, resumed: false });
+      }
+    }
+    return out;
   }
 
   /** Volume `v` with `placement` replacing its shard's, committed; the new record. */

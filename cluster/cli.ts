@@ -62,9 +62,11 @@ Commands:
        [--trace-exporters otlp,console] [--sampling off|ratio|always] [--sampling-ratio R]
        [--cache-bytes-max-per-shard B] [--segment-bytes-max B]
        [--checkpoint-every-records N] [--scrub-bytes-per-second B] [--mailbox-requests-max N]
-       [--mailbox-bytes-max B] [--host-heap-initial B]
+       [--mailbox-bytes-max B] [--host-heap-initial B] [--repair-after-seconds S]
         Run one node until SIGINT/SIGTERM (environment: STRATA_NATS_URL, STRATA_CLUSTER,
-        STRATA_DATA_DIR, STRATA_NODE_ID, STRATA_HOSTS, STRATA_METRICS_PORT).
+        STRATA_DATA_DIR, STRATA_NODE_ID, STRATA_HOSTS, STRATA_METRICS_PORT,
+        STRATA_REPAIR_AFTER_SECONDS). The controller's node replaces the replicas of a node
+        silent for --repair-after-seconds (default 600; 0 = never).
   volume create NAME --pages N [--page-size 4096|8192] [--shards S] [--stripe-pages P] [--replicas R]
         Create a volume of N pages.
   volume list

@@ -29,6 +29,7 @@
  * | mailboxRequestsMax | --mailbox-requests-max | | mailboxRequestsMax | runtime default |
  * | mailboxBytesMax | --mailbox-bytes-max | | mailboxBytesMax | runtime default |
  * | hostHeapInitial | --host-heap-initial | | hostHeapInitial | 128 MiB |
+ * | repairAfterSeconds | --repair-after-seconds | STRATA_REPAIR_AFTER_SECONDS | repairAfterSeconds | 600 (0 = never) |
  *
  * Trace exporters are a comma list of `otlp` and `console`, or `none`; sampling is `off`,
  * `ratio` or `always` (see docs/observability.md). Byte sizes accept a suffix: `64KiB`, `32MiB`, `1GiB` (or `K`, `M`, `G`; powers of 1024).
@@ -102,6 +103,11 @@ export interface NodeConfig {
   mailboxBytesMax?: number;
   /** Heap a host thread fills before its first full GC, bytes (whole MiB); undefined = 128 MiB. */
   hostHeapInitial?: number;
+  /**
+   * The controller replaces the replicas of a node silent this long, seconds (0 = never: an
+   * operator moves them); undefined = 600. Read by the controller's node only.
+   */
+  repairAfterSeconds?: number;
 }
 
 /** Span exporters a node can be configured with. */
@@ -275,6 +281,7 @@ const FIELDS: readonly FieldSpec[] = [
     max: 64 * GIB,
     check: (v) => (Number(v) % MIB === 0 ? undefined : 'expected whole MiB'),
   },
+  { key: 'repairAfterSeconds', flag: '--repair-after-seconds', env: 'STRATA_REPAIR_AFTER_SECONDS', kind: 'integer', min: 0, max: 7 * 24 * 3600 },
 ];
 
 /** The flags `strata node` accepts (besides `--config`). */
@@ -520,6 +527,7 @@ export function loadNodeConfig(
     'mailboxRequestsMax',
     'mailboxBytesMax',
     'hostHeapInitial',
+    'repairAfterSeconds',
   ] as const) {
     const value = merged[key];
     if (value !== undefined) config[key] = value as number;

@@ -42,6 +42,7 @@ export async function runNode(config: NodeConfig): Promise<{ stop(): Promise<voi
       ...(config.scrubBytesPerSecond !== undefined ? { scrubBytesPerSecond: config.scrubBytesPerSecond } : {}),
       ...(config.mailboxRequestsMax !== undefined ? { mailboxRequestsMax: config.mailboxRequestsMax } : {}),
       ...(config.mailboxBytesMax !== undefined ? { mailboxBytesMax: config.mailboxBytesMax } : {}),
+      ...(config.repairAfterSeconds !== undefined ? { repairAfterMs: config.repairAfterSeconds * 1000 } : {}),
       ...(config.hostHeapInitial !== undefined ? { hostHeapInitialMiB: Math.floor(config.hostHeapInitial / (1024 * 1024)) } : {}),
       // The node stopped itself (logged there): the process ends, for its supervisor to see.
       onFatal: () => process.exit(1),

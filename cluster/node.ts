@@ -71,7 +71,7 @@ import { sameNodeSet as sameSet } from '../messages/raft';
 import { RealDisk } from '../storage-engine/real-disk';
 import { makeDirectory } from '../storage-engine/make-directory';
 import { MetaStore } from '../storage-engine/metadata';
-import { Controller, volumeInfo, type AssignmentRole, type ShardMove, type VolumeRecord } from '../actors/controller';
+import { CATALOG_REPLICAS_MAX, Controller, volumeInfo, type AssignmentRole, type ShardMove, type VolumeRecord } from '../actors/controller';
 import { HostPool } from '../runtime/host-pool';
 import type { HostConfig, TransportFaults } from '../runtime/actor-host';
 import type { ReplicaTiming } from '../actors/replica';
@@ -119,6 +119,12 @@ export interface StrataNodeOptions {
   controlInFlightMax?: number;
   /** Moves of replicas the controller runs at once at most; default MOVES_IN_FLIGHT_MAX. */
   movesInFlightMax?: number;
+  /**
+   * The controller replaces the replicas of a node silent this long (docs/replication.md,
+   * "Replacing a dead node's replicas"); 0 = never (an operator moves them). Default
+   * REPAIR_AFTER_MS_DEFAULT.
+   */
+  repairAfterMs?: number;
   /** Told when the node stopped itself for a reason it cannot run on (its data directory's lock was taken). */
   onFatal?: (err: Error) => void;
   /** Period of the claim's check while the node runs; default CLAIM_RECHECK_MS. */
@@ -205,6 +211,22 @@ function catalogWaitMs(leftMs: number): number {
  * its set, within its requester's deadline.
  */
 export const MOVES_IN_FLIGHT_MAX = 64;
+
+/**
+ * A node silent this long has its replicas replaced by the controller, by default (10 minutes):
+ * long enough for a restart or a reboot, after which its replicas would only have to catch up,
+ * short enough that a second failure is unlikely to come first.
+ */
+export const REPAIR_AFTER_MS_DEFAULT = 10 * 60 * 1000;
+/** Moves replacing dead nodes' replicas the controller runs at once at most (each copies a shard). */
+export const REPAIRS_IN_FLIGHT_MAX = 4;
+/** The deadline of one such move. */
+const REPAIR_MOVE_DEADLINE_MS = 60_000;
+/** After a failed repair of a shard, the next waits this long, doubling on each failure up to the max. */
+export const REPAIR_BACKOFF_MS_MIN = 5000;
+export const REPAIR_BACKOFF_MS_MAX = 5 * 60 * 1000;
+/** Period of the controller's check for replicas to replace: at most this, and at most half the wait before a repair. */
+const REPAIR_CHECK_MS_MAX = 5000;
 
 /** Requests to the shard's nodes a move makes at most to find the leader that changes its set. */
 const MOVE_LEADER_TRIES_MAX = 512;
@@ -366,6 +388,15 @@ export class StrataNode {
   private controlInFlight = 0;
   /** The moves of replicas this controller runs, by shard (`<volumeId>.<shard>`): one at a time each. */
   private readonly moving = new Map<string, Promise<ShardMoveReply>>();
+  /** The controller's periodic check for dead nodes' replicas to replace (`repairTick`). */
+  private repairTimer: NodeJS.Timeout | undefined;
+  /** The shards (`<volumeId>.<shard>`) whose replica on a dead node this controller is replacing. */
+  private readonly repairing = new Set<string>();
+  /**
+   * Shards whose last repair failed: no other is tried before `notBeforeMs`; `waitMs` doubles on
+   * each failure (REPAIR_BACKOFF_MS_MIN to _MAX). At most CATALOG_REPLICAS_MAX, oldest dropped.
+   */
+  private readonly repairBackoff = new Map<string, { notBeforeMs: number; waitMs: number; message: string }>();
   private readonly startedAt = Date.now();
   private readonly log: Logger;
   private stopped = false;
@@ -575,6 +606,11 @@ export class StrataNode {
         .finally(() => (this.claimChecking = false));
     }, this.opts.claimRecheckMs ?? CLAIM_RECHECK_MS);
     this.claimTimer.unref();
+    const repairAfterMs = this.opts.repairAfterMs ?? REPAIR_AFTER_MS_DEFAULT;
+    if (this.controller !== undefined && repairAfterMs > 0) {
+      this.repairTimer = setInterval(() => this.repairTick(repairAfterMs), Math.max(1, Math.min(REPAIR_CHECK_MS_MAX, repairAfterMs / 2)));
+      this.repairTimer.unref();
+    }
     if (telemetry && !this.stopped) {
       const recorder = this.recorder!;
       const pool = this.pool;
@@ -857,6 +893,7 @@ export class StrataNode {
     this.removeStatsSource?.();
     if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
     if (this.claimTimer) clearInterval(this.claimTimer);
+    if (this.repairTimer) clearInterval(this.repairTimer);
     // The service's stop drains its subscriptions, which waits for the server's answer to a
     // ping: bounded, as the drain below is. A server that does not answer (hung) held it until
     // the client's own ping check gave the connection up, minutes later.
@@ -889,6 +926,7 @@ export class StrataNode {
     this.removeStatsSource?.();
     if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
     if (this.claimTimer) clearInterval(this.claimTimer);
+    if (this.repairTimer) clearInterval(this.repairTimer);
     this.threadsGone = this.pool?.kill() ?? Promise.resolve();
     // Its handlers answer nothing more, also before the connection's close completes (a node
     // started again at once must not hear this one answer its start-up probe).
@@ -1377,7 +1415,7 @@ export class StrataNode {
    * same one) or refused (another, by beginMove). Every wait is within `deadlineMs`, less room
    * for the answer; a move cut short stays recorded, and asked again, goes on from there.
    */
-  private async moveShard(req: ShardMoveRequest, deadlineMs: number): Promise<ShardMoveReply> {
+  private async moveShard(req: ShardMoveRequest, deadlineMs: number, repair?: { withoutOpen: boolean }): Promise<ShardMoveReply> {
     const c = this.controller!;
     if (this.creating.has(req.volume)) throw new ProtocolError('not_found', `volume '${req.volume}' does not exist (its create has not been answered yet)`, { name: req.volume });
     const v = c.get(req.volume);
@@ -1392,17 +1430,68 @@ export class StrataNode {
     const waitMs = catalogWaitMs(deadlineMs - Date.now());
     const late = (): ProtocolError => new ProtocolError('timeout', `the move of shard ${req.shard} of volume '${req.volume}' from node '${req.from}' to node '${req.to}' did not finish within the deadline; it is recorded: run it again to finish it`, { from: req.from, to: req.to });
     if (running !== undefined) return withTimeout(running, Math.max(1, waitMs), late);
-    if (!move.resumed) this.log.info('moving a replica', { volume: v.id, shard: req.shard, from: req.from, to: req.to, hostId: move.to.hostId });
-    const run = this.runMove(move, Date.now() + Math.max(1, waitMs)).finally(() => this.moving.delete(key));
+    if (!move.resumed) this.log.info(repair !== undefined ? "replacing a dead node's replica" : 'moving a replica', { volume: v.id, shard: req.shard, from: req.from, to: req.to, hostId: move.to.hostId });
+    if (repair?.withoutOpen === true) this.log.warn("finishing a move without the node it adds, which is dead: its replica is replaced next", { volume: v.id, shard: req.shard, from: req.from, to: req.to });
+    const run = this.runMove(move, Date.now() + Math.max(1, waitMs), repair?.withoutOpen === true).finally(() => this.moving.delete(key));
     this.moving.set(key, run);
     return run;
   }
 
-  private async runMove(move: ShardMove, endMs: number): Promise<ShardMoveReply> {
+  /**
+   * The controller's check for replicas to replace (docs/replication.md, "Replacing a dead
+   * node's replicas"): starts the moves `Controller.repairPlan` proposes, REPAIRS_IN_FLIGHT_MAX
+   * at once at most, none of a shard another move of this controller runs or whose last repair
+   * failed less than its back-off ago. Each is the move an operator would run, within
+   * REPAIR_MOVE_DEADLINE_MS; one cut short stays recorded, and the next check resumes it.
+   */
+  private repairTick(afterMs: number): void {
+    const c = this.controller;
+    if (c === undefined || this.stopped || c.storageFailure !== undefined) return;
+    const room = REPAIRS_IN_FLIGHT_MAX - this.repairing.size;
+    if (room <= 0) return;
+    const now = Date.now();
+    const plan = c.repairPlan(now, {
+      afterMs,
+      sinceMs: this.startedAt,
+      max: room,
+      skip: (volumeId, shard) => {
+        const key = `${volumeId}.${shard}`;
+        return this.moving.has(key) || this.repairing.has(key) || (this.repairBackoff.get(key)?.notBeforeMs ?? 0) > now;
+      },
+    });
+    for (const m of plan) {
+      if (this.creating.has(m.volume)) continue;
+      const key = `${m.volumeId}.${m.shard}`;
+      this.repairing.add(key);
+      const fields = { volume: m.volumeId, shard: m.shard, from: m.from, to: m.to };
+      void this.moveShard({ volume: m.volume, shard: m.shard, from: m.from, to: m.to }, Date.now() + REPAIR_MOVE_DEADLINE_MS, { withoutOpen: m.withoutOpen === true })
+        .then(() => {
+          if (this.repairBackoff.delete(key)) this.log.info("replaced a dead node's replica after failed tries", fields);
+        })
+        .catch((e: unknown) => {
+          if (this.stopped) return;
+          const prev = this.repairBackoff.get(key);
+          const waitMs = prev === undefined ? REPAIR_BACKOFF_MS_MIN : Math.min(REPAIR_BACKOFF_MS_MAX, prev.waitMs * 2);
+          const message = e instanceof Error ? e.message : String(e);
+          // Once per shard and message: a repair that keeps failing the same way is not logged again.
+          if (message !== prev?.message) this.log.warn("could not replace a dead node's replica; trying again after a back-off", { ...fields, retryInMs: waitMs, err: e });
+          this.repairBackoff.delete(key);
+          if (this.repairBackoff.size >= CATALOG_REPLICAS_MAX) this.repairBackoff.delete(this.repairBackoff.keys().next().value!);
+          this.repairBackoff.set(key, { notBeforeMs: Date.now() + waitMs, waitMs, message });
+        })
+        .finally(() => this.repairing.delete(key));
+    }
+  }
+
+  /**
+   * Runs a move `beginMove` recorded: opens the new replica on its node (but `withoutOpen`: that
+   * node is dead, see RepairMove), has the shard's leader change its set, records it finished.
+   */
+  private async runMove(move: ShardMove, endMs: number, withoutOpen = false): Promise<ShardMoveReply> {
     const { volume: v, shard, from } = move;
     const to = move.to.nodeId;
     const again = `; the move is recorded: run it again to finish it (strata shard move ${v.name} ${shard} --from ${from} --to ${to})`;
-    if (!move.done) {
+    if (!move.done && !withoutOpen) {
       // Now rather than at `to`'s next reconciliation (which opens it too, if this fails).
       const openMs = Math.min(this.opts.requestTimeoutMs ?? 10_000, endMs - Date.now());
       const subject = nodeSubject(this.cluster, to, 'shards.open');

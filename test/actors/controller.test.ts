@@ -558,3 +558,126 @@ describe('Controller moves of a replica', () => {
     assert.deepEqual(members(c), ['a', 'b', 'c']);
   });
 });
+
+describe("Controller replacement of dead nodes' replicas (repairPlan)", () => {
+  const AFTER = 60_000;
+  const spec = (name: string, shards: number, replicas: 1 | 3 | 5) => ({ name, pageCount: 64, pageSize: 4096 as const, shards, stripePages: 16, replicas });
+  /** A controller that heard from `ids` at T0 and placed volumes then. */
+  function cluster(ids: string[]): Controller {
+    const c = controller();
+    for (const id of ids) c.heartbeat(id, 1, T0);
+    return c;
+  }
+  const beat = (c: Controller, ids: string[], at: number): void => ids.forEach((id) => c.heartbeat(id, 1, at));
+
+  it('replaces the replica of a node silent longer than the wait, by the least loaded live node outside the set', () => {
+    const c = cluster(['a', 'b', 'c', 'd', 'e']);
+    // Shard 0 on a, b, c; shard 1 on b, c, d (placement rotates over the live nodes).
+    c.create(spec('v', 2, 3), T0);
+    assert.deepEqual(c.get('v').placements.map((p) => p.replicas.map((r) => r.nodeId)), [['a', 'b', 'c'], ['b', 'c', 'd']]);
+    // 'c' goes silent; the others heartbeat on.
+    const opts = { afterMs: AFTER, sinceMs: T0, max: 8 };
+    beat(c, ['a', 'b', 'd', 'e'], T0 + AFTER);
+    assert.deepEqual(c.repairPlan(T0 + AFTER, opts), [], 'silent, but not longer than the wait');
+    beat(c, ['a', 'b', 'd', 'e'], T0 + AFTER + 1);
+    const plan = c.repairPlan(T0 + AFTER + 1, opts);
+    // Shard 0: d holds 1 replica and e none, so e; shard 1 (b, c, d): e holds one now, a holds
+    // one: the first by id among equals, a.
+    assert.deepEqual(plan, [
+      { volume: 'v', volumeId: c.get('v').id, shard: 0, from: 'c', to: 'e', resumed: false },
+      { volume: 'v', volumeId: c.get('v').id, shard: 1, from: 'c', to: 'a', resumed: false },
+    ]);
+    // Bounded, and shards the caller names are left for later.
+    assert.deepEqual(c.repairPlan(T0 + AFTER + 1, { ...opts, max: 1 }).map((m) => m.shard), [0]);
+    assert.deepEqual(c.repairPlan(T0 + AFTER + 1, { ...opts, skip: (_, shard) => shard === 0 }).map((m) => [m.shard, m.to]), [[1, 'e']]);
+    assert.deepEqual(c.repairPlan(T0 + AFTER + 1, { ...opts, max: 0 }), []);
+    // Nothing is recorded until the move begins.
+    assert.deepEqual(c.moves('v'), []);
+  });
+
+  it('a node that heartbeats again, or was heard from recently enough, is not replaced', () => {
+    const c = cluster(['a', 'b', 'c', 'd']);
+    c.create(spec('v', 1, 3), T0);
+    beat(c, ['a', 'b', 'd'], T0 + AFTER + 1);
+    assert.equal(c.repairPlan(T0 + AFTER + 1, { afterMs: AFTER, sinceMs: T0, max: 8 }).length, 1);
+    c.heartbeat('c', 1, T0 + AFTER + 2);
+    assert.deepEqual(c.repairPlan(T0 + AFTER + 2, { afterMs: AFTER, sinceMs: T0, max: 8 }), []);
+    // A wait shorter than the live window (5 s): a node is live, so not dead, for the whole window.
+    beat(c, ['a', 'b', 'd'], T0 + AFTER + 4000);
+    assert.deepEqual(c.repairPlan(T0 + AFTER + 5002, { afterMs: 1000, sinceMs: T0, max: 8 }), []);
+    assert.deepEqual(c.repairPlan(T0 + AFTER + 5003, { afterMs: 1000, sinceMs: T0, max: 8 }).map((m) => [m.from, m.to]), [['c', 'd']]);
+  });
+
+  it('a shard without a live majority, a sole replica, and a shard with no live node outside its set are left alone', () => {
+    const c = cluster(['a', 'b', 'c']);
+    c.create(spec('three', 1, 3), T0);
+    c.create(spec('one', 1, 1), T0);
+    const at = T0 + AFTER + 1;
+    const opts = { afterMs: AFTER, sinceMs: T0, max: 8 };
+    // 'c' dead, but every live node holds a replica of 'three' already; 'one' is on a live node.
+    beat(c, ['a', 'b'], at);
+    assert.deepEqual(c.repairPlan(at, opts), []);
+    // A fourth node: 'three' gets it for 'c'.
+    c.heartbeat('d', 1, at);
+    assert.deepEqual(c.repairPlan(at, opts).map((m) => [m.volume, m.from, m.to]), [['three', 'c', 'd']]);
+    // 'b' dead too: 'three' has one live member of three, no majority to change its set.
+    const later = at + AFTER + 1;
+    beat(c, ['a', 'd'], later);
+    const one = c.get('one').placements[0]!.replicas[0]!.nodeId;
+    const plan = c.repairPlan(later, opts);
+    assert.deepEqual(plan.filter((m) => m.volume === 'three'), []);
+    // The sole replica of 'one' is on a dead node or a live one: never moved either way.
+    assert.deepEqual(plan.filter((m) => m.volume === 'one'), [], `sole replica on ${one}`);
+  });
+
+  it('counts a node it has not heard from since it started as silent since then', () => {
+    const disk = new SimDisk();
+    const first = new Controller({ meta: new MetaStore(disk, '') });
+    beat(first, ['a', 'b', 'c', 'd'], T0);
+    first.create(spec('v', 1, 3), T0);
+    // Started again at T1: 'c' never heartbeats.
+    const T1 = T0 + 10 * AFTER;
+    const again = new Controller({ meta: new MetaStore(disk, '') });
+    beat(again, ['a', 'b', 'd'], T1 + AFTER);
+    assert.deepEqual(again.repairPlan(T1 + AFTER, { afterMs: AFTER, sinceMs: T1, max: 8 }), []);
+    beat(again, ['a', 'b', 'd'], T1 + AFTER + 1);
+    assert.deepEqual(again.repairPlan(T1 + AFTER + 1, { afterMs: AFTER, sinceMs: T1, max: 8 }).map((m) => [m.from, m.to]), [['c', 'd']]);
+  });
+
+  it('resumes a move under way once the node it adds is live and both sets have a live majority', () => {
+    const c = cluster(['a', 'b', 'c', 'd', 'e']);
+    c.create(spec('v', 1, 3), T0);
+    c.beginMove('v', 0, 'c', 'd', T0);
+    const opts = { afterMs: AFTER, sinceMs: T0, max: 8 };
+    // Every node live: the recorded move is proposed as it is (not another one).
+    beat(c, ['a', 'b', 'c', 'd', 'e'], T0 + 1000);
+    assert.deepEqual(c.repairPlan(T0 + 1000, opts), [{ volume: 'v', volumeId: c.get('v').id, shard: 0, from: 'c', to: 'd', resumed: true }]);
+    // The node it adds is dead: nothing (the move cannot open its replica).
+    const at = T0 + AFTER + 2000;
+    beat(c, ['a', 'b', 'c', 'e'], at);
+    assert.deepEqual(c.repairPlan(at, opts), []);
+    // d back, but a and b dead: the set before (a, b, c) has one live member.
+    const later = at + AFTER + 1;
+    beat(c, ['c', 'd', 'e'], later);
+    assert.deepEqual(c.repairPlan(later, opts), []);
+    // Finished, it is no longer proposed.
+    beat(c, ['a', 'b', 'c', 'd', 'e'], later + 1);
+    c.finishMove('v', 0, 'c', 'd');
+    assert.deepEqual(c.repairPlan(later + 1, opts), []);
+  });
+
+  it('after a finished repair, a node that comes back is not a member and is not replaced again', () => {
+    const c = cluster(['a', 'b', 'c', 'd']);
+    c.create(spec('v', 1, 3), T0);
+    const at = T0 + AFTER + 1;
+    beat(c, ['a', 'b', 'd'], at);
+    const [m] = c.repairPlan(at, { afterMs: AFTER, sinceMs: T0, max: 8 });
+    c.beginMove(m!.volume, m!.shard, m!.from, m!.to, at);
+    c.finishMove(m!.volume, m!.shard, m!.from, m!.to);
+    assert.deepEqual(c.get('v').placements[0]!.replicas.map((r) => r.nodeId), ['a', 'b', 'd']);
+    assert.deepEqual(c.repairPlan(at + 1, { afterMs: AFTER, sinceMs: T0, max: 8 }), []);
+    c.heartbeat('c', 1, at + 2);
+    assert.deepEqual(c.repairPlan(at + 2, { afterMs: AFTER, sinceMs: T0, max: 8 }), []);
+    assert.deepEqual(c.assignments('c').shards.map((s) => s.role), ['removed']);
+  });
+});

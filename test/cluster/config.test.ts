@@ -150,6 +150,8 @@ describe('cluster/config', () => {
       '1M',
       '--host-heap-initial',
       '256MiB',
+      '--repair-after-seconds',
+      '0',
     ]);
     assert.deepEqual(got, {
       nodeId: 'n2',
@@ -165,7 +167,10 @@ describe('cluster/config', () => {
       mailboxRequestsMax: 5,
       mailboxBytesMax: 1024 ** 2,
       hostHeapInitial: 256 * 1024 ** 2,
+      repairAfterSeconds: 0,
     });
+    assert.equal(load(['--data-dir', 'd'], { STRATA_REPAIR_AFTER_SECONDS: '120' }).repairAfterSeconds, 120);
+    assert.equal(load(['--data-dir', 'd']).repairAfterSeconds, undefined);
     assert.equal(load(['--data-dir', 'd', '--controller=false']).controller, false);
     assert.equal(load(['--data-dir', 'd', '--nats', 'tls://h:1']).natsUrl, 'tls://h:1');
     assert.ok(NODE_FLAGS.includes('--mailbox-bytes-max'));
@@ -215,6 +220,9 @@ describe('cluster/config', () => {
     [['--mailbox-bytes-max', '100'], /^--mailbox-bytes-max:/],
     [['--host-heap-initial', '8MiB'], /^--host-heap-initial: expected a size in bytes in 16777216\.\./],
     [['--host-heap-initial', '20000000'], /^--host-heap-initial: expected whole MiB, got "20000000"/],
+    [['--repair-after-seconds', '-1'], /^--repair-after-seconds: expected an integer in 0\.\.604800, got "-1"/],
+    [['--repair-after-seconds', '604801'], /^--repair-after-seconds: expected an integer in 0\.\.604800/],
+    [['--repair-after-seconds', '10m'], /^--repair-after-seconds: expected an integer/],
     [['--data-dir', ''], /^--data-dir: expected a non-empty value/],
     [['--data-dir'], /^--data-dir: expected a value/],
     [['--bogus', '1'], /^--bogus: unknown flag/],

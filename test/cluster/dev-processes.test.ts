@@ -8,7 +8,7 @@ import { connect as natsConnect } from 'nats';
 import { startDevCluster, demoPage, type DevCluster } from '../../cluster/dev';
 import { main } from '../../cluster/cli';
 
-describe('strata dev: nodes as processes, one killed with SIGKILL while writing', function () {
+describe('strata dev: nodes as processes, one killed with SIGKILL while writing, its replicas then replaced', function () {
   this.timeout(120_000);
   let c: DevCluster | undefined;
   after(async () => {
@@ -16,8 +16,8 @@ describe('strata dev: nodes as processes, one killed with SIGKILL while writing'
     await c?.stop();
   });
 
-  it('every acknowledged write is read back after a node process is killed -9 mid-stream', async () => {
-    c = await startDevCluster({ nodes: 3, hosts: 1 });
+  it('every acknowledged write is read back after a node process is killed -9 mid-stream, and again once the controller moved its replicas to the fourth node (--repair-after-seconds 1)', async () => {
+    c = await startDevCluster({ nodes: 4, hosts: 1, nodeArgs: ['--repair-after-seconds', '1'] });
     await c.client.createVolume({ name: 'k9', pageCount: 4096, shards: 3, stripePages: 16, replicas: 3 });
     const vol = c.client.volume('k9');
     const acked = new Set<number>();
@@ -44,11 +44,24 @@ describe('strata dev: nodes as processes, one killed with SIGKILL while writing'
     stop = true;
     await Promise.all(writers);
     const pages = [...acked].sort((a, b) => a - b);
-    for (let i = 0; i < pages.length; i += 64) {
-      const chunk = pages.slice(i, i + 64);
-      const got = (await vol.readPages(chunk)).pages;
-      got.forEach((d, j) => assert.ok(Buffer.from(d).equals(Buffer.from(demoPage(4096, chunk[j]!, 1))), `acknowledged page ${chunk[j]} lost`));
+    const readBack = async (): Promise<void> => {
+      for (let i = 0; i < pages.length; i += 64) {
+        const chunk = pages.slice(i, i + 64);
+        const got = (await vol.readPages(chunk)).pages;
+        got.forEach((d, j) => assert.ok(Buffer.from(d).equals(Buffer.from(demoPage(4096, chunk[j]!, 1))), `acknowledged page ${chunk[j]} lost`));
+      }
+    };
+    await readBack();
+    // The killed node stays down: past the controller's live window (5 s) and the second
+    // configured, each of its replicas is moved to a live node outside its shard's set.
+    const client = c.client;
+    const victimHeld = async (): Promise<number> => (await client.volumeInfo('k9')).replicaSets!.filter((r) => r.members.includes(victim.id) || r.moving !== undefined).length;
+    const deadline = Date.now() + 60_000;
+    while ((await victimHeld()) > 0) {
+      assert.ok(Date.now() < deadline, `the replicas of ${victim.id} were not replaced within 60 s: ${JSON.stringify((await client.volumeInfo('k9')).replicaSets)}`);
+      await new Promise((r) => setTimeout(r, 200));
     }
+    await readBack();
     process.stdout.write(`      (${acked.size} writes acknowledged, ${atKill} before node ${victim.id} was killed)\n`);
   });
 });

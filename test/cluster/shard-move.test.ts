@@ -9,35 +9,19 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { connect as natsConnect, type NatsConnection } from 'nats';
 import { startCluster, type InProcessCluster } from '../../cluster/in-process-cluster';
-import type { Volume } from '../../cluster/client';
 import { runCli } from '../support/cli';
 import { readNodeRecords } from '../../cluster/catalog-recovery';
 import { ProtocolError, errorReply } from '../../messages/errors';
 import { decode, encode } from '../../messages/codec';
 import type { VolumeInfo } from '../../messages/api';
 import { waitFor } from '../support/wait';
+import { writeOnceServed } from '../support/served';
 
 const page = (b: number): Uint8Array => new Uint8Array(4096).fill(b);
 
 
 /** A shard's replica as its node reports it (StrataNode.status). */
 type ReplicaView = { volumeId: string; shard: number; role: string; state: string; term: number; appliedLsn: number; commitLsn: number; members: string[]; config?: { members: string[]; prior?: string[] } };
-
-/** True for the errors a request may meet while a shard has no leader for a moment. */
-const transient = (e: unknown): boolean => e instanceof ProtocolError && ['unavailable', 'timeout', 'not_leader', 'overloaded'].includes(e.code);
-
-/** Writes `page` (filled with `value`) once the shard serves it, within 30 s: transient errors are waited out. */
-async function writeOnceServed(vol: Volume, p: number, value: number, what: string): Promise<void> {
-  await waitFor(what, async () => {
-    try {
-      await vol.writePages([{ page: p, data: page(value) }]);
-      return true;
-    } catch (e) {
-      if (transient(e)) return false;
-      throw e;
-    }
-  }, 30_000);
-}
 
 describe('moving a replica of a shard (strata shard move)', function () {
   this.timeout(240_000);
