@@ -206,8 +206,7 @@ export class Controller {
   /** Forgets members silent longer than memberSilenceMsMax that hold no shard placement. */
   private sweep(nowMs: number): void {
     this.memberSweepMs = nowMs;
-    const placed = new Set<string>();
-    for (const v of this.state.volumes) for (const p of v.placements) for (const r of placedOn(p)) placed.add(r.nodeId);
+    const placed = this.placedNodes();
     for (const [id, m] of this.members) {
       if (nowMs - m.lastSeenMs > this.memberSilenceMsMax && !placed.has(id)) this.members.delete(id);
     }
@@ -224,9 +223,14 @@ export class Controller {
    * started (after a restart of the controller, a node that died before it), sorted.
    */
   placedUnheard(): string[] {
+    return [...this.placedNodes()].filter((id) => !this.members.has(id)).sort();
+  }
+
+  /** The nodes the catalog places replicas on (a move under way's added node too). */
+  placedNodes(): Set<string> {
     const placed = new Set<string>();
-    for (const v of this.state.volumes) for (const p of v.placements) for (const r of placedOn(p)) if (!this.members.has(r.nodeId)) placed.add(r.nodeId);
-    return [...placed].sort();
+    for (const v of this.state.volumes) for (const p of v.placements) for (const r of placedOn(p)) placed.add(r.nodeId);
+    return placed;
   }
 
   /** Every member: each node heard from since this controller started, live or not, until forgotten. */

@@ -1360,11 +1360,18 @@ export class StrataNode {
    * has not heard from since it started (not live, last seen unknown): a node that died before a
    * restart of the controller is still shown, as dead.
    */
-  private allMembers(): Array<{ nodeId: string; hosts?: number; lastSeenMs?: number; silentMs?: number; live: boolean }> {
+  private allMembers(): Array<{ nodeId: string; hosts?: number; lastSeenMs?: number; silentMs?: number; live: boolean; repairInMs?: number }> {
     const now = Date.now();
-    const live = new Set(this.controller!.liveNodes(now).map((m) => m.nodeId));
-    const heard = this.controller!.knownNodes().map((m) => ({ ...m, silentMs: Math.max(0, now - m.lastSeenMs), live: live.has(m.nodeId) }));
-    const unheard = this.controller!.placedUnheard().map((nodeId) => ({ nodeId, live: false }));
+    const c = this.controller!;
+    const live = new Set(c.liveNodes(now).map((m) => m.nodeId));
+    // For a node that is not live and holds replicas: when the controller replaces them (0: it
+    // does so now), with repairs on.
+    const afterMs = this.opts.repairAfterMs ?? REPAIR_AFTER_MS_DEFAULT;
+    const placed = afterMs > 0 ? c.placedNodes() : new Set<string>();
+    const repairIn = (nodeId: string, silentMs: number): { repairInMs?: number } =>
+      live.has(nodeId) || !placed.has(nodeId) ? {} : { repairInMs: Math.max(0, afterMs - silentMs) };
+    const heard = c.knownNodes().map((m) => ({ ...m, silentMs: Math.max(0, now - m.lastSeenMs), live: live.has(m.nodeId), ...repairIn(m.nodeId, now - m.lastSeenMs) }));
+    const unheard = c.placedUnheard().map((nodeId) => ({ nodeId, live: false, ...repairIn(nodeId, now - this.startedAt) }));
     return [...heard, ...unheard];
   }
 

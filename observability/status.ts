@@ -101,6 +101,8 @@ interface NodeRow {
   lastSeenMs: number | undefined;
   /** How long the controller had not heard from it when it answered (its own clock). */
   silentMs: number | undefined;
+  /** A dead node holding replicas: time until the controller replaces them (0: it does now); undefined when repairs are off. */
+  repairInMs: number | undefined;
 }
 
 /** Nodes: the controller's members (with liveness) merged with the nodes that answered. */
@@ -109,7 +111,7 @@ function nodeRows(reply: Rec): NodeRow[] {
   const row = (id: string): NodeRow => {
     let r = byId.get(id);
     if (!r) {
-      r = { id, state: 'no reply', reason: undefined, hostsOk: undefined, hosts: undefined, loopDelayMaxMs: undefined, uptimeMs: undefined, version: undefined, controller: undefined, lastSeenMs: undefined, silentMs: undefined };
+      r = { id, state: 'no reply', reason: undefined, hostsOk: undefined, hosts: undefined, loopDelayMaxMs: undefined, uptimeMs: undefined, version: undefined, controller: undefined, lastSeenMs: undefined, silentMs: undefined, repairInMs: undefined };
       byId.set(id, r);
     }
     return r;
@@ -120,6 +122,7 @@ function nodeRows(reply: Rec): NodeRow[] {
     const r = row(id);
     r.lastSeenMs = num(m.lastSeenMs);
     r.silentMs = num(m.silentMs);
+    r.repairInMs = num(m.repairInMs);
     r.hosts = num(m.hosts);
     if (m.live === false) r.state = 'dead';
   }
@@ -279,7 +282,9 @@ export function formatStatus(statusReply: unknown, options: FormatStatusOptions 
             // The controller's own measure when it has one: the status's clock may differ, and
             // the reply is formatted after the nodes' gather.
             n.silentMs !== undefined ? `${duration(n.silentMs)} ago` : n.lastSeenMs !== undefined ? `${duration(nowMs - n.lastSeenMs)} ago` : '-',
-            n.state === 'dead' ? 'no heartbeat' : n.state === 'no reply' ? 'did not answer status' : cell(n.reason),
+            n.state === 'dead'
+              ? `no heartbeat${n.repairInMs === undefined ? '' : n.repairInMs > 0 ? `; replicas replaced in ${duration(n.repairInMs)}` : '; replacing its replicas'}`
+              : n.state === 'no reply' ? 'did not answer status' : cell(n.reason),
           ],
           tone: n.state === 'dead' ? 'bad' : n.state === 'up' ? undefined : 'warn',
         })),

@@ -48,6 +48,11 @@ describe('observability/status', () => {
     assert.match(text, /^ {2}n1 +up +2\/2 +312ms +1h02m +0\.1\.0 +yes +0\.3s ago +-$/m, 'the worst host\'s loop delay');
     assert.match(text, /^ {2}n2 +degraded +1\/2 +1\.3ms .* host 1: device failed$/m);
     assert.match(text, /^ {2}n3 +DEAD +\?\/2 +- +- +- +- +42\.0s ago +no heartbeat$/m);
+    // With the controller's time until it replaces the node's replicas, or its saying it does now.
+    const members = (r: ReturnType<typeof sampleReply>, repairInMs: number) =>
+      ({ ...r, members: (r.members as Array<Record<string, unknown>>).map((m) => (m.nodeId === 'n3' ? { ...m, repairInMs } : m)) });
+    assert.match(formatStatus(members(sampleReply(), 558_000), { nowMs: NOW }), /^ {2}n3 +DEAD .* 42\.0s ago +no heartbeat; replicas replaced in 9m18s$/m);
+    assert.match(formatStatus(members(sampleReply(), 0), { nowMs: NOW }), /^ {2}n3 +DEAD .* 42\.0s ago +no heartbeat; replacing its replicas$/m);
     assert.match(text, /^VOLUMES \(1\)$/m);
     assert.match(text, /^ {2}db {2}id=v7 {2}1024 pages × 4096 B {2}shards=2 {2}replicas=3 {2}\(2 shards not ok\)$/m);
     assert.match(text, /^ {4}SHARD +LEADER +TERM +COMMIT LSN +APPLIED LSN +REPLICAS UP +REPLICA LAG +HEALTH$/m);
