@@ -24,6 +24,12 @@
  *   nothing). It must finish within MOVE_MS, or fail with an error that says to retry
  *   (`unavailable`, `timeout`, `overloaded`: a node down meanwhile), which is counted; any other
  *   refusal is a problem. The faults that follow hit the shard's new set.
+ * - `down`: SIGKILL of a node other than n1 (the controller's), kept down until the controller
+ *   has replaced its every replica by itself (the nodes run with `--repair-after-seconds`, 2 by
+ *   default), then started again: it destroys the replicas it was moved off. With 4 or 5 nodes
+ *   (with 3 there is no node to move to, and the round injects nothing); the replicas not
+ *   replaced within DOWN_MS are a problem. (A `freeze` longer than the controller's live window,
+ *   5 s, and that wait gets its node's replicas moved too.)
  *
  * When the time is up the faults end, and the run checks:
  * 1. the cluster converges: within CONVERGE_MS every shard has a leader and every replica is up,
@@ -56,15 +62,17 @@ import { prng } from '../support/prng';
 import { formatTable, writeJson } from '../../bench/report';
 
 /** The faults the nemesis knows. */
-export const FAULT_KINDS = ['kill', 'kill-majority', 'freeze', 'nats-freeze', 'nats-restart', 'wipe', 'wipe-controller', 'move'] as const;
+export const FAULT_KINDS = ['kill', 'kill-majority', 'freeze', 'nats-freeze', 'nats-restart', 'wipe', 'wipe-controller', 'move', 'down'] as const;
 export type FaultKind = (typeof FAULT_KINDS)[number];
 
 /** How often each fault is picked, relative to the others. */
-const FAULT_WEIGHTS: Record<FaultKind, number> = { kill: 35, 'kill-majority': 10, freeze: 35, 'nats-freeze': 15, 'nats-restart': 10, wipe: 10, 'wipe-controller': 5, move: 15 };
+const FAULT_WEIGHTS: Record<FaultKind, number> = { kill: 35, 'kill-majority': 10, freeze: 35, 'nats-freeze': 15, 'nats-restart': 10, wipe: 10, 'wipe-controller': 5, move: 15, down: 10 };
 /** How long the operator's move of a replica may take. */
 const MOVE_MS = 20_000;
 /** Errors of a move that say to try again later (a node down or restarting meanwhile). */
 const MOVE_RETRYABLE = new Set(['unavailable', 'timeout', 'overloaded', 'not_leader']);
+/** How long after a `down` node's kill the controller must have replaced its every replica. */
+const DOWN_MS = 60_000;
 /** How long after a wiped controller is up its catalog must list the volume again (recovered). */
 const RECOVER_MS = 30_000;
 
@@ -88,6 +96,8 @@ export interface SoakOptions {
   checkpointEveryRecords: number;
   /** Largest log segment, bytes (`--segment-bytes-max`): small, so that segments roll over and are trimmed. */
   segmentBytesMax: number;
+  /** The controller replaces the replicas of a node silent this long, seconds (`strata node --repair-after-seconds`; 0 = never). */
+  repairAfterSeconds: number;
   /** The faults to inject (an empty list: none, a baseline run). */
   faults: readonly FaultKind[];
   /** Where to write the JSON summary; null: nowhere. */
@@ -109,6 +119,7 @@ export const SOAK_DEFAULTS: Omit<SoakOptions, 'out'> = {
   clients: 8,
   checkpointEveryRecords: 100,
   segmentBytesMax: 256 * 1024,
+  repairAfterSeconds: 2,
   faults: FAULT_KINDS,
   resultsDir: 'results',
   keep: false,
@@ -144,6 +155,8 @@ export interface FaultEvent {
   /** For move: the shard, and how it ended (`done`, or the code of an error that says to retry). */
   shard?: number;
   outcome?: string;
+  /** For down: ms from the kill until the catalog placed none of the node's replicas. */
+  replacedMs?: number;
 }
 
 export interface SoakResult {
@@ -284,6 +297,7 @@ export function checkSoakOptions(o: Omit<SoakOptions, 'out'>): string | undefine
     int(o.clients, 1, 64, '--clients') ??
     int(o.checkpointEveryRecords, 1, 1_000_000_000, '--checkpoint-every-records') ??
     int(o.segmentBytesMax, 4096, 1 << 30, '--segment-bytes-max') ??
+    int(o.repairAfterSeconds, 0, 3600, '--repair-after-seconds') ??
     (o.shards > o.pages ? `--shards (${o.shards}) must not exceed --pages (${o.pages})` : undefined) ??
     o.faults.map((f) => ((FAULT_KINDS as readonly string[]).includes(f) ? undefined : `unknown fault '${f}': one of ${FAULT_KINDS.join(', ')}`)).find((m) => m)
   );
@@ -319,7 +333,7 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
     nodes: opts.nodes,
     hosts: 1,
     dataDir,
-    nodeArgs: ['--checkpoint-every-records', String(opts.checkpointEveryRecords), '--segment-bytes-max', String(opts.segmentBytesMax)],
+    nodeArgs: ['--checkpoint-every-records', String(opts.checkpointEveryRecords), '--segment-bytes-max', String(opts.segmentBytesMax), '--repair-after-seconds', String(opts.repairAfterSeconds)],
     ...(opts.auth === true ? { auth: true } : {}),
   });
   // As a node (node status) and as an application (the clients), on a locked server.
@@ -522,13 +536,33 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
           await operator.close();
         }
       };
+      /**
+       * Waits until the catalog places no replica on `id` and no move is under way (the
+       * controller replaced them); a problem after DOWN_MS. The time taken, or undefined.
+       */
+      const waitReplaced = async (id: string, sinceMs: number): Promise<number | undefined> => {
+        let last = '';
+        for (;;) {
+          const sets = await cluster.client.volumeInfo('soak').then((v) => v.replicaSets ?? [], () => undefined);
+          if (sets !== undefined) {
+            if (sets.every((r) => !r.members.includes(id) && r.moving === undefined)) return Math.round(performance.now() - sinceMs);
+            last = JSON.stringify(sets);
+          }
+          if (performance.now() - sinceMs > DOWN_MS) {
+            problem(`the replicas of node ${id}, down, were not replaced within ${DOWN_MS / 1000} s (replica sets: ${last || 'not read'})`);
+            return undefined;
+          }
+          await sleep(250);
+        }
+      };
       while (kinds.length > 0 && performance.now() < stopAt) {
         await sleep(1000 + rand() * 2000);
         if (performance.now() >= stopAt) break;
         const kind = choose();
         const ev: FaultEvent = { kind, nodes: [], startMs: Math.round(now()), endMs: 0 };
         // Draws as any other fault does (the choices stay those of the seed), then skipped.
-        const wipeVictim = kind === 'wipe' ? 1 + pick(cluster.nodes.length - 1) : kind === 'wipe-controller' ? 0 : -1;
+        const wipeVictim = kind === 'wipe' || kind === 'down' ? 1 + pick(cluster.nodes.length - 1) : kind === 'wipe-controller' ? 0 : -1;
+        if (kind === 'down' && (cluster.nodes.length < 4 || opts.repairAfterSeconds === 0)) continue;
         if ((kind === 'wipe' || kind === 'wipe-controller') && (await anyRepairing())) continue;
         if (kind === 'move') {
           if (!(await moveReplica(ev))) continue;
@@ -544,6 +578,18 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
           await sleep(500 + rand() * 3500);
           await restart([wipeVictim], ev);
           if (kind === 'wipe-controller') await recoverCatalog(ev);
+        } else if (kind === 'down') {
+          const n = cluster.nodes[wipeVictim]!;
+          ev.nodes = [n.id];
+          await sampleNode(wipeVictim);
+          expectedExit.add(n.pid);
+          const exited = new Promise<void>((r) => n.process.once('exit', () => r()));
+          const killedAt = performance.now();
+          n.process.kill('SIGKILL');
+          await exited;
+          const took = await waitReplaced(n.id, killedAt);
+          if (took !== undefined) ev.replacedMs = took;
+          await restart([wipeVictim], ev);
         } else if (kind === 'kill' || kind === 'kill-majority') {
           const victims = distinct(kind === 'kill' ? 1 : 2);
           ev.nodes = victims.map((i) => cluster.nodes[i]!.id);
@@ -581,7 +627,7 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
         }
         ev.endMs = Math.round(now());
         faults.push(ev);
-        out(`  ${(ev.startMs / 1000).toFixed(1)} s: ${ev.kind} ${ev.nodes.join(', ')} (${((ev.endMs - ev.startMs) / 1000).toFixed(1)} s)${ev.upMs ? `, up again after ${Object.entries(ev.upMs).map(([id, ms]) => `${id} ${(ms / 1000).toFixed(1)} s`).join(', ')}` : ''}${ev.recoveredMs !== undefined ? `, catalog recovered ${(ev.recoveredMs / 1000).toFixed(1)} s later (${(ev.recovered ?? []).join(', ') || 'listed'})` : ''}${ev.outcome !== undefined ? `, shard ${ev.shard}: ${ev.outcome}` : ''}`);
+        out(`  ${(ev.startMs / 1000).toFixed(1)} s: ${ev.kind} ${ev.nodes.join(', ')} (${((ev.endMs - ev.startMs) / 1000).toFixed(1)} s)${ev.upMs ? `, up again after ${Object.entries(ev.upMs).map(([id, ms]) => `${id} ${(ms / 1000).toFixed(1)} s`).join(', ')}` : ''}${ev.recoveredMs !== undefined ? `, catalog recovered ${(ev.recoveredMs / 1000).toFixed(1)} s later (${(ev.recovered ?? []).join(', ') || 'listed'})` : ''}${ev.outcome !== undefined ? `, shard ${ev.shard}: ${ev.outcome}` : ''}${ev.replacedMs !== undefined ? `, its replicas replaced ${(ev.replacedMs / 1000).toFixed(1)} s after the kill` : ''}`);
       }
     };
 
@@ -773,6 +819,9 @@ A Strata cluster of node processes under random faults, with checked clients (te
                     log trims and catch-up by image happen under the faults)
   --segment-bytes-max N
                     largest log segment in bytes, 4096..2^30 (default ${SOAK_DEFAULTS.segmentBytesMax})
+  --repair-after-seconds N
+                    the controller replaces the replicas of a node silent this long, 0..3600
+                    (default ${SOAK_DEFAULTS.repairAfterSeconds}; 0: never, and no down fault)
   --faults LIST     comma-separated of ${FAULT_KINDS.join(', ')}, or none (default: all)
   --results-dir D   where the JSON summary goes (default ${SOAK_DEFAULTS.resultsDir})
   --no-results      write no JSON
@@ -785,9 +834,9 @@ Exit status: 0 every check passed, 1 a check failed, 2 bad flags.`;
 /** Parses flags; throws a RangeError naming the bad one. */
 export function parseSoakArgs(argv: readonly string[]): Omit<SoakOptions, 'out'> | 'help' {
   const o: Omit<SoakOptions, 'out'> = { ...SOAK_DEFAULTS };
-  const numeric: Record<string, 'durationMs' | 'seed' | 'nodes' | 'pages' | 'shards' | 'clients' | 'checkpointEveryRecords' | 'segmentBytesMax'> = {
+  const numeric: Record<string, 'durationMs' | 'seed' | 'nodes' | 'pages' | 'shards' | 'clients' | 'checkpointEveryRecords' | 'segmentBytesMax' | 'repairAfterSeconds'> = {
     '--duration-ms': 'durationMs', '--seed': 'seed', '--nodes': 'nodes', '--pages': 'pages', '--shards': 'shards', '--clients': 'clients',
-    '--checkpoint-every-records': 'checkpointEveryRecords', '--segment-bytes-max': 'segmentBytesMax',
+    '--checkpoint-every-records': 'checkpointEveryRecords', '--segment-bytes-max': 'segmentBytesMax', '--repair-after-seconds': 'repairAfterSeconds',
   };
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i]!;
