@@ -104,6 +104,13 @@ export interface NodeMember {
   nodeId: string;
   hosts: number;
   lastSeenMs: number;
+  /** Its failure domain, as its heartbeats name it (HeartbeatRequest.zone); absent: a domain of its own. */
+  zone?: string;
+}
+
+/** The failure domain of a member: its zone, or the node alone. */
+function domainOf(m: NodeMember): string {
+  return m.zone === undefined ? `node:${m.nodeId}` : `zone:${m.zone}`;
 }
 
 /** Members (nodes heard from) the controller keeps at most, by default. */
@@ -192,7 +199,7 @@ export class Controller {
    * are is refused `too_large`. Once a minute (by `nowMs`), members silent for long are
    * forgotten first (see `sweep`): a heartbeat may not cost a walk over every placement.
    */
-  heartbeat(nodeId: string, hosts: number, nowMs: number): void {
+  heartbeat(nodeId: string, hosts: number, nowMs: number, zone?: string): void {
     if (nowMs - this.memberSweepMs >= MEMBER_SWEEP_EVERY_MS) this.sweep(nowMs);
     if (!this.members.has(nodeId) && this.members.size >= this.nodesMax) {
       throw new ProtocolError('too_large', `the controller knows ${this.nodesMax} nodes, its limit; node '${nodeId}' is not admitted (a member silent ${this.memberSilenceMsMax} ms that holds no shards is forgotten, checked every minute)`, {
@@ -200,7 +207,7 @@ export class Controller {
         nodesMax: this.nodesMax,
       });
     }
-    this.members.set(nodeId, { nodeId, hosts, lastSeenMs: nowMs });
+    this.members.set(nodeId, { nodeId, hosts, lastSeenMs: nowMs, ...(zone === undefined ? {} : { zone }) });
   }
 
   /** Forgets members silent longer than memberSilenceMsMax that hold no shard placement. */
@@ -366,8 +373,9 @@ export class Controller {
    *   majority and the node it adds is live or dead (`withoutOpen`), not while it is only silent;
    * - else its first member on a dead node is replaced, when a majority of its members is live
    *   (a shard without one has no leader to change its set, and a sole replica's data is on the
-   *   dead node alone), by the live node outside the shard's set that holds the fewest replicas
-   *   (the first by id among equals; counting the ones this plan adds).
+   *   dead node alone), by a live node outside the shard's set: one in a failure domain none of
+   *   the shard's other members is in first, then the one that holds the fewest replicas (the
+   *   first by id among equals; counting the ones this plan adds).
    */
   repairPlan(nowMs: number, opts: { afterMs: number; sinceMs: number; max: number; skip?: (volumeId: string, shard: number) => boolean }): RepairMove[] {
     const out: RepairMove[] = [];
@@ -400,12 +408,21 @@ export class Controller {
           load = new Map<string, number>();
           for (const x of this.state.volumes) for (const q of x.placements) for (const r of placedOn(q)) load.set(r.nodeId, (load.get(r.nodeId) ?? 0) + 1);
         }
-        let to: string | undefined;
+        // The failure domains of the replicas that stay (a member never heard from: its own).
+        const kept = new Set(members.filter((n) => n !== from).map((n) => domainOf(this.members.get(n) ?? { nodeId: n, hosts: 1, lastSeenMs: 0 })));
+        const rank = (m: NodeMember): [number, number] => [kept.has(domainOf(m)) ? 1 : 0, load!.get(m.nodeId) ?? 0];
+        let best: NodeMember | undefined;
         for (const m of live) {
           if (members.includes(m.nodeId)) continue;
-          if (to === undefined || (load.get(m.nodeId) ?? 0) < (load.get(to) ?? 0)) to = m.nodeId;
+          if (best === undefined) best = m;
+          else {
+            const [d, l] = rank(m);
+            const [bd, bl] = rank(best);
+            if (d < bd || (d === bd && l < bl)) best = m;
+          }
         }
-        if (to === undefined) continue;
+        if (best === undefined) continue;
+        const to = best.nodeId;
         load.set(to, (load.get(to) ?? 0) + 1);
         out.push({ volume: v.name, volumeId: v.id, shard: p.shard, from, to, resumed: false });
       }
@@ -447,16 +464,22 @@ export class Controller {
         liveNodes: live.length,
       });
     }
-    // Shard s gets `replicas` consecutive nodes starting at a rotating offset, so leaders and
-    // load spread over the nodes; on each node, the host with the fewest replicas in the
-    // catalog (the lowest id among equals). A rotation of hosts alone started every volume of
-    // one shard on host 0 of a node, leaving its other hosts idle.
+    // Shard s takes the live nodes in order from a rotating offset, so leaders and load spread
+    // over the nodes: first one per failure domain (a node without a zone is a domain of its
+    // own), then, with fewer domains than replicas, the next nodes not taken. On each node, the
+    // host with the fewest replicas in the catalog (the lowest id among equals). A rotation of
+    // hosts alone started every volume of one shard on host 0 of a node, leaving its other
+    // hosts idle.
     const load = this.hostLoad();
     const placements: ShardPlacement[] = [];
     for (let s = 0; s < spec.shards; s++) {
       const replicas: ReplicaPlacement[] = [];
-      for (let r = 0; r < spec.replicas; r++) {
-        const m = live[(this.placementCursor + s + r) % live.length]!;
+      const ring = live.map((_, k) => live[(this.placementCursor + s + k) % live.length]!);
+      const domains = new Set<string>();
+      const chosen: NodeMember[] = [];
+      for (const m of ring) if (chosen.length < spec.replicas && !domains.has(domainOf(m))) (domains.add(domainOf(m)), chosen.push(m));
+      for (const m of ring) if (chosen.length < spec.replicas && !chosen.includes(m)) chosen.push(m);
+      for (const m of chosen) {
         let h = 0;
         for (let i = 1; i < m.hosts; i++) if ((load.get(`${m.nodeId}/${i}`) ?? 0) < (load.get(`${m.nodeId}/${h}`) ?? 0)) h = i;
         load.set(`${m.nodeId}/${h}`, (load.get(`${m.nodeId}/${h}`) ?? 0) + 1);

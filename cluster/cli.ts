@@ -58,7 +58,7 @@ Commands:
         cluster's users (strata nats-auth), whose passwords it writes under the data directory.
   node [--config F] [--node-id ID] [--cluster C] [--nats URL] [--data-dir D]
        [--nats-user U --nats-password-file F] [--nats-ca-file F] [--nats-cert-file F --nats-key-file F]
-       [--hosts N] [--controller|--no-controller] [--metrics-port N]
+       [--hosts N] [--zone Z] [--controller|--no-controller] [--metrics-port N]
        [--trace-exporters otlp,console] [--sampling off|ratio|always] [--sampling-ratio R]
        [--cache-bytes-max-per-shard B] [--segment-bytes-max B]
        [--checkpoint-every-records N] [--scrub-bytes-per-second B] [--mailbox-requests-max N]

@@ -17,6 +17,7 @@
  * | natsKeyFile | --nats-key-file | STRATA_NATS_KEY_FILE | natsKeyFile | none; with natsCertFile |
  * | dataDir | --data-dir | STRATA_DATA_DIR | dataDir | (required) |
  * | hosts | --hosts | STRATA_HOSTS | hosts | cores − 1 (at least 1, at most 64); see `defaultHostsPerNode` |
+ * | zone | --zone | STRATA_ZONE | zone | none (the node is a failure domain of its own) |
  * | controller | --controller / --no-controller | | controller | true |
  * | metricsPort | --metrics-port | STRATA_METRICS_PORT | metricsPort | 9464 (0 = off) |
  * | traceExporters | --trace-exporters | STRATA_TRACE_EXPORTERS | traceExporters | OTEL_TRACES_EXPORTER, else none |
@@ -79,6 +80,8 @@ export interface NodeConfig {
   dataDir: string;
   /** Actor hosts (one device each): 1..64. */
   hosts: number;
+  /** The node's failure domain (a rack, a zone): 1..64 characters of [A-Za-z0-9_-]; undefined = a domain of its own. */
+  zone?: string;
   /** This node keeps the volume catalog (the controller). Exactly one node of a cluster should. */
   controller: boolean;
   /** Port of the Prometheus endpoint `/metrics`; 0 = no endpoint. */
@@ -256,6 +259,7 @@ const FIELDS: readonly FieldSpec[] = [
     check: (v) => (v.includes('\0') ? 'a path may not contain a NUL character' : undefined),
   },
   { key: 'hosts', flag: '--hosts', env: 'STRATA_HOSTS', kind: 'integer', min: 1, max: HOSTS_PER_NODE_MAX },
+  { key: 'zone', flag: '--zone', env: 'STRATA_ZONE', kind: 'string', check: (v) => (NODE_ID_PATTERN.test(v) ? undefined : 'expected 1..64 characters of [A-Za-z0-9_-]') },
   { key: 'controller', flag: '--controller', kind: 'boolean' },
   { key: 'metricsPort', flag: '--metrics-port', env: 'STRATA_METRICS_PORT', kind: 'integer', min: 0, max: 65535 },
   { key: 'traceExporters', flag: '--trace-exporters', env: 'STRATA_TRACE_EXPORTERS', kind: 'string', check: checkTraceExporters },
@@ -517,6 +521,7 @@ export function loadNodeConfig(
     const list = (merged.traceExporters as string).split(',').map((x) => x.trim());
     config.traceExporters = list.length === 1 && list[0] === 'none' ? [] : ([...new Set(list)] as TraceExporterChoice[]);
   }
+  if (merged.zone !== undefined) config.zone = merged.zone as string;
   if (merged.sampling !== undefined) config.sampling = merged.sampling as NodeConfig['sampling'];
   if (merged.samplingRatio !== undefined) config.samplingRatio = merged.samplingRatio as number;
   for (const key of [

@@ -29,6 +29,8 @@ export interface ClusterOptions {
   cluster?: string;
   /** Parent of the nodes' data directories; default a new temporary directory, removed by stop(). */
   dataDir?: string;
+  /** The failure domain of each node by index (StrataNodeOptions.zone); default none. */
+  zones?: readonly string[];
   /** Extra options for every node. */
   node?: Partial<Omit<StrataNodeOptions, 'nodeId' | 'cluster' | 'natsUrl' | 'dataDir' | 'controller'>>;
   /** Start the nats-server with JetStream (for benchmarks comparing against it). */
@@ -124,6 +126,7 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<InProcess
     ...(opts.node ?? {}),
     hosts: opts.hosts ?? opts.node?.hosts ?? 1,
     nodeId: `n${i + 1}`,
+    ...(opts.zones?.[i] === undefined ? {} : { zone: opts.zones[i] }),
     cluster,
     natsUrl: nats.url,
     ...(natsUsers === undefined ? {} : { natsAuth: natsUsers.node }),

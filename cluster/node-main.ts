@@ -35,6 +35,7 @@ export async function runNode(config: NodeConfig): Promise<{ stop(): Promise<voi
       ...(config.natsTls !== undefined ? { natsTls: config.natsTls } : {}),
       dataDir: config.dataDir,
       hosts: config.hosts,
+      ...(config.zone !== undefined ? { zone: config.zone } : {}),
       controller: config.controller,
       ...(config.cacheBytesMaxPerShard !== undefined ? { cacheBytesMaxPerShard: config.cacheBytesMaxPerShard } : {}),
       ...(config.segmentBytesMax !== undefined ? { segmentBytesMax: config.segmentBytesMax } : {}),

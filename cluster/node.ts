@@ -94,6 +94,8 @@ export interface StrataNodeOptions {
   dataDir: string;
   /** Actor hosts (= devices) of this node; default 2. */
   hosts?: number;
+  /** This node's failure domain (a rack, a zone), sent with its heartbeats (HeartbeatRequest.zone); default none. */
+  zone?: string;
   /** This node keeps the volume catalog. */
   controller: boolean;
   cacheBytesMaxPerShard?: number;
@@ -955,7 +957,7 @@ export class StrataNode {
     let epoch: number;
     let catalog: string | undefined;
     try {
-      const r = await nc.request(controllerSubject(this.cluster, 'heartbeat'), encode({ nodeId: this.nodeId, hosts: this.hosts }), { timeout });
+      const r = await nc.request(controllerSubject(this.cluster, 'heartbeat'), encode({ nodeId: this.nodeId, hosts: this.hosts, ...(this.opts.zone === undefined ? {} : { zone: this.opts.zone }) }), { timeout });
       ({ epoch, catalog } = validateHeartbeatReply(throwIfError(decode(r.data))));
       this.heartbeatFailures.succeeded();
     } catch (e) {
@@ -1304,7 +1306,7 @@ export class StrataNode {
       subj('heartbeat'),
       async (body) => {
         const hb = validateHeartbeat(body);
-        c.heartbeat(hb.nodeId, hb.hosts, Date.now());
+        c.heartbeat(hb.nodeId, hb.hosts, Date.now(), hb.zone);
         return { epoch: c.epoch, ...(c.tag === undefined ? {} : { catalog: c.tag }) };
       },
       undefined,

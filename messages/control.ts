@@ -22,6 +22,12 @@ export const SHARDS_PER_CONTROL_MAX = 4096;
 export interface HeartbeatRequest {
   nodeId: string;
   hosts: number;
+  /**
+   * The node's failure domain (a rack, a zone; `strata node --zone`): the controller places a
+   * shard's replicas in distinct ones first, and replaces a dead node's replica in one its other
+   * replicas are not in. Absent: the node is a domain of its own.
+   */
+  zone?: string;
 }
 export interface HeartbeatReply {
   epoch: number;
@@ -142,7 +148,7 @@ export function validateHeartbeatReply(body: unknown): HeartbeatReply {
 
 export function validateHeartbeat(body: unknown): HeartbeatRequest {
   const o = obj(body, '');
-  return { nodeId: str(o.nodeId, 'nodeId'), hosts: int(o.hosts, 'hosts', 1, HOSTS_PER_NODE_MAX) };
+  return { nodeId: str(o.nodeId, 'nodeId'), hosts: int(o.hosts, 'hosts', 1, HOSTS_PER_NODE_MAX), ...(o.zone === undefined ? {} : { zone: str(o.zone, 'zone') }) };
 }
 
 export function validateAssignmentsRequest(body: unknown): AssignmentsRequest {

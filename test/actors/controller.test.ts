@@ -644,7 +644,7 @@ describe("Controller replacement of dead nodes' replicas (repairPlan)", () => {
     assert.deepEqual(again.repairPlan(T1 + AFTER + 1, { afterMs: AFTER, sinceMs: T1, max: 8 }).map((m) => [m.from, m.to]), [['c', 'd']]);
   });
 
-  it('resumes a move under way once the node it adds is live and both sets have a live majority', () => {
+  it('resumes a move under way once both sets have a live majority and the node it adds is live, or dead (then without it)', () => {
     const c = cluster(['a', 'b', 'c', 'd', 'e']);
     c.create(spec('v', 1, 3), T0);
     c.beginMove('v', 0, 'c', 'd', T0);
@@ -652,10 +652,13 @@ describe("Controller replacement of dead nodes' replicas (repairPlan)", () => {
     // Every node live: the recorded move is proposed as it is (not another one).
     beat(c, ['a', 'b', 'c', 'd', 'e'], T0 + 1000);
     assert.deepEqual(c.repairPlan(T0 + 1000, opts), [{ volume: 'v', volumeId: c.get('v').id, shard: 0, from: 'c', to: 'd', resumed: true }]);
-    // The node it adds is dead: nothing (the move cannot open its replica).
+    // The node it adds is silent, not live, but not yet for longer than the wait: nothing.
+    beat(c, ['a', 'b', 'c', 'e'], T0 + 7000);
+    assert.deepEqual(c.repairPlan(T0 + 7000, opts), []);
+    // Dead: the move is finished without it (its replica is then replaced in turn).
     const at = T0 + AFTER + 2000;
     beat(c, ['a', 'b', 'c', 'e'], at);
-    assert.deepEqual(c.repairPlan(at, opts), []);
+    assert.deepEqual(c.repairPlan(at, opts), [{ volume: 'v', volumeId: c.get('v').id, shard: 0, from: 'c', to: 'd', resumed: true, withoutOpen: true }]);
     // d back, but a and b dead: the set before (a, b, c) has one live member.
     const later = at + AFTER + 1;
     beat(c, ['c', 'd', 'e'], later);
@@ -679,5 +682,53 @@ describe("Controller replacement of dead nodes' replicas (repairPlan)", () => {
     c.heartbeat('c', 1, at + 2);
     assert.deepEqual(c.repairPlan(at + 2, { afterMs: AFTER, sinceMs: T0, max: 8 }), []);
     assert.deepEqual(c.assignments('c').shards.map((s) => s.role), ['removed']);
+  });
+});
+
+describe('Controller failure domains (zones)', () => {
+  const spec = (name: string, shards: number) => ({ name, pageCount: 64, pageSize: 4096 as const, shards, stripePages: 16, replicas: 3 as const });
+
+  it("places a shard's replicas in distinct zones first, then on the next nodes when there are fewer zones than replicas", () => {
+    const c = controller();
+    // n1, n2 in zone a; n3 in b; n4 in c.
+    for (const [id, zone] of [['n1', 'a'], ['n2', 'a'], ['n3', 'b'], ['n4', 'c']] as const) c.heartbeat(id, 1, T0, zone);
+    const v = c.create(spec('v', 4), T0);
+    for (const p of v.placements) {
+      const ids = p.replicas.map((r) => r.nodeId);
+      assert.equal(new Set(ids).size, 3);
+      assert.equal(ids.filter((id) => id === 'n1' || id === 'n2').length, 1, `shard ${p.shard}: ${ids.join(',')} holds one replica in zone a`);
+    }
+    // Two zones for three replicas: both, then the next node.
+    const d = controller();
+    for (const [id, zone] of [['n1', 'a'], ['n2', 'a'], ['n3', 'a'], ['n4', 'b']] as const) d.heartbeat(id, 1, T0, zone);
+    for (const p of d.create(spec('w', 4), T0).placements) {
+      const ids = p.replicas.map((r) => r.nodeId);
+      assert.equal(new Set(ids).size, 3);
+      assert.ok(ids.includes('n4'), `shard ${p.shard}: ${ids.join(',')} has its zone b replica`);
+    }
+    // Without zones, each node is a domain: consecutive nodes, as before.
+    const e = controller();
+    for (const id of ['n1', 'n2', 'n3', 'n4']) e.heartbeat(id, 1, T0);
+    assert.deepEqual(e.create(spec('x', 2), T0).placements.map((p) => p.replicas.map((r) => r.nodeId)), [['n1', 'n2', 'n3'], ['n2', 'n3', 'n4']]);
+  });
+
+  it("replaces a dead node's replica in a zone the shard's other replicas are not in, before a less loaded node", () => {
+    const c = controller();
+    const zones = [['n1', 'a'], ['n2', 'b'], ['n3', 'c'], ['n4', 'a'], ['n5', 'd']] as const;
+    for (const [id, zone] of zones) c.heartbeat(id, 1, T0, zone);
+    c.create(spec('v', 1), T0);
+    assert.deepEqual(c.get('v').placements[0]!.replicas.map((r) => r.nodeId), ['n1', 'n2', 'n3']);
+    // n5 holds more replicas than n4 (another volume's, placed while n4 was silent), but n4 is
+    // in zone a, where n1 is.
+    for (const [id, zone] of zones) if (id !== 'n4') c.heartbeat(id, 1, T0 + 10_000, zone);
+    c.create({ ...spec('other', 4), replicas: 1 }, T0 + 10_000);
+    const load = (id: string): number => c.list().reduce((n, v) => n + v.placements.filter((p) => p.replicas.some((r) => r.nodeId === id)).length, 0);
+    assert.ok(load('n5') > load('n4'), `n5 holds ${load('n5')}, n4 ${load('n4')}`);
+    const at = T0 + 120_000;
+    for (const [id, zone] of zones) if (id !== 'n3') c.heartbeat(id, 1, at, zone);
+    assert.deepEqual(c.repairPlan(at, { afterMs: 60_000, sinceMs: T0, max: 8 }).filter((m) => m.volume === 'v').map((m) => [m.from, m.to]), [['n3', 'n5']]);
+    // Zone d gone too: n4 (zone a, like n1) is the only node left outside the set.
+    for (const [id, zone] of zones) if (id !== 'n3' && id !== 'n5') c.heartbeat(id, 1, at + 120_000, zone);
+    assert.deepEqual(c.repairPlan(at + 120_000, { afterMs: 60_000, sinceMs: T0, max: 8 }).filter((m) => m.volume === 'v').map((m) => [m.from, m.to]), [['n3', 'n4']]);
   });
 });

@@ -170,6 +170,9 @@ describe('cluster/config', () => {
       repairAfterSeconds: 0,
     });
     assert.equal(load(['--data-dir', 'd'], { STRATA_REPAIR_AFTER_SECONDS: '120' }).repairAfterSeconds, 120);
+    assert.equal(load(['--data-dir', 'd', '--zone', 'rack-2']).zone, 'rack-2');
+    assert.equal(load(['--data-dir', 'd'], { STRATA_ZONE: 'eu_1' }).zone, 'eu_1');
+    assert.equal(load(['--data-dir', 'd']).zone, undefined);
     assert.equal(load(['--data-dir', 'd']).repairAfterSeconds, undefined);
     assert.equal(load(['--data-dir', 'd', '--controller=false']).controller, false);
     assert.equal(load(['--data-dir', 'd', '--nats', 'tls://h:1']).natsUrl, 'tls://h:1');
@@ -220,6 +223,7 @@ describe('cluster/config', () => {
     [['--mailbox-bytes-max', '100'], /^--mailbox-bytes-max:/],
     [['--host-heap-initial', '8MiB'], /^--host-heap-initial: expected a size in bytes in 16777216\.\./],
     [['--host-heap-initial', '20000000'], /^--host-heap-initial: expected whole MiB, got "20000000"/],
+    [['--zone', 'eu.west'], /^--zone: expected 1\.\.64 characters of \[A-Za-z0-9_-\], got "eu\.west"/],
     [['--repair-after-seconds', '-1'], /^--repair-after-seconds: expected an integer in 0\.\.604800, got "-1"/],
     [['--repair-after-seconds', '604801'], /^--repair-after-seconds: expected an integer in 0\.\.604800/],
     [['--repair-after-seconds', '10m'], /^--repair-after-seconds: expected an integer/],

@@ -1,6 +1,7 @@
 /**
  * The controller replaces the replicas of a dead node by itself (docs/replication.md, "Replacing
- * a dead node's replicas"): four nodes, a volume of 2 shards × 3 replicas; a node that stays
+ * a dead node's replicas"): four nodes in three zones, a volume of 2 shards × 3 replicas placed
+ * one per zone; a node that stays
  * down longer than the wait has each of its replicas moved to the node outside the shard's set,
  * and the shards then survive losing a second original member. A repair whose new replica is
  * not opened is tried again after a back-off, and one whose new node dies is finished without it
@@ -28,7 +29,8 @@ describe("the controller replaces a dead node's replicas", function () {
   this.timeout(180_000);
   let c: InProcessCluster;
   before(async () => {
-    c = await startCluster({ nodes: 4, hosts: 1, clientTimeoutMs: 5000, node: { repairAfterMs: 1000 } });
+    // n1 and n2 in one failure domain: a shard has a replica on one of them only.
+    c = await startCluster({ nodes: 4, hosts: 1, clientTimeoutMs: 5000, zones: ['a', 'a', 'b', 'c'], node: { repairAfterMs: 1000 } });
   });
   after(async () => {
     await c?.stop();
@@ -40,6 +42,7 @@ describe("the controller replaces a dead node's replicas", function () {
     // Pages 0..3 are shard 0's, 4..7 shard 1's.
     await vol.writePages([{ page: 0, data: page(1) }, { page: 4, data: page(2) }]);
     const before = await replicaSets(c, 'rp');
+    for (const set of before) assert.equal(set.filter((n) => n === 'n1' || n === 'n2').length, 1, `${JSON.stringify(set)}: one replica in zone a`);
     // A node holding both shards, not n1 (the controller's).
     const dead = ['n2', 'n3', 'n4'].find((n) => before.every((set) => set.includes(n)))!;
     assert.ok(dead !== undefined, JSON.stringify(before));

@@ -71,6 +71,9 @@ describe('control message validators', () => {
 
   it('accept well-formed heartbeats, assignments and destroy requests', () => {
     assert.deepEqual(validateHeartbeat({ nodeId: 'n1', hosts: 2 }), { nodeId: 'n1', hosts: 2 });
+    assert.deepEqual(validateHeartbeat({ nodeId: 'n1', hosts: 2, zone: 'eu-west-1a' }), { nodeId: 'n1', hosts: 2, zone: 'eu-west-1a' });
+    assert.equal(code(() => validateHeartbeat({ nodeId: 'n1', hosts: 2, zone: 'rack 1' })), 'bad_request');
+    assert.equal(code(() => validateHeartbeat({ nodeId: 'n1', hosts: 2, zone: 7 })), 'bad_request');
     assert.deepEqual(validateShardsOpen({ shards: [assignment] }).shards[0], assignment);
     assert.deepEqual(validateShardsDestroy({ volumeId: 'v1', shards: [0, 1] }), { volumeId: 'v1', shards: [0, 1] });
     assert.equal(validateAssignmentsReply({ epoch: 3, shards: [assignment], tombstones: ['v9'] }).epoch, 3);
