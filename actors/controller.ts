@@ -189,6 +189,11 @@ export class Controller {
     return this.state.epoch;
   }
 
+  /** The number of the next volume id this catalog issues: every id it issued is below it. */
+  get nextId(): number {
+    return this.state.nextId;
+  }
+
   /** The tag this catalog was created with (undefined for a catalog of before tags). */
   get tag(): string | undefined {
     return this.state.tag;
@@ -692,6 +697,12 @@ function placedOn(p: ShardPlacement): ReplicaPlacement[] {
 
 /** A node's record of a replica it holds, as a recovery reads it. */
 export type RecoveryRecord = ShardAssignment;
+
+/** The number of a volume id (`v<n>` or `v<n>-<tag>`, n in base 36), or undefined for an id of another form. */
+export function idNumber(id: string): number | undefined {
+  const m = /^v([0-9a-z]{1,10})(?:-|$)/.exec(id);
+  return m === null ? undefined : parseInt(m[1]!, 36);
+}
 
 /** The catalog tag of a volume id (`v<n>-<tag>`), undefined for an id without one (`v<n>`). */
 export function idTag(id: string): string | undefined {

@@ -71,7 +71,7 @@ import { sameNodeSet as sameSet } from '../messages/raft';
 import { RealDisk } from '../storage-engine/real-disk';
 import { makeDirectory } from '../storage-engine/make-directory';
 import { MetaStore } from '../storage-engine/metadata';
-import { CATALOG_REPLICAS_MAX, Controller, volumeInfo, type AssignmentRole, type ShardMove, type VolumeRecord } from '../actors/controller';
+import { CATALOG_REPLICAS_MAX, Controller, idNumber, idTag, volumeInfo, type AssignmentRole, type ShardMove, type VolumeRecord } from '../actors/controller';
 import { HostPool } from '../runtime/host-pool';
 import type { HostConfig, TransportFaults } from '../runtime/actor-host';
 import type { ReplicaTiming } from '../actors/replica';
@@ -1034,7 +1034,7 @@ export class StrataNode {
         shards.push(...page.shards);
         next = page.next;
       }
-      if (!changed) return { epoch: first.epoch, shards, tombstones };
+      if (!changed) return { epoch: first.epoch, shards, tombstones, ...(first.catalog === undefined ? {} : { catalog: first.catalog }), ...(first.issuedBelow === undefined ? {} : { issuedBelow: first.issuedBelow }) };
     }
     throw new ProtocolError('unavailable', `the catalog changed while its assignments were read, ${ASSIGNMENTS_FETCH_TRIES} times`);
   }
@@ -1061,6 +1061,27 @@ export class StrataNode {
       await this.destroyShards(s.volumeId, [s.shard], seq.opens)
         .then((n) => (n > 0 ? this.log.info('destroyed a replica a move took off this node', { volume: s.volumeId, shard: s.shard }) : undefined))
         .catch((e: unknown) => failures.push(e));
+    }
+    // Replicas of volumes this catalog issued the ids of that it places here no more, and no
+    // tombstone or moved-off record named (those are bounded: a node down while more volumes
+    // were deleted, or more moves made, than they keep would hold them for ever). A volume is in
+    // the catalog before any replica of it is opened, and leaves it only once deleted (or its
+    // create undone); a replica leaves a shard's placement only once its leader committed a set
+    // without it. Never one of another catalog's ids (a catalog created again: `strata catalog
+    // recover` adds those), nor one the catalog has not issued yet (a catalog older than the
+    // node's records, restored from a copy, must not destroy newer volumes).
+    if (a.catalog !== undefined && a.issuedBelow !== undefined) {
+      const tag = a.catalog;
+      const below = a.issuedBelow;
+      const gone = this.nodeMeta.shards.filter((x) => {
+        const n = idNumber(x.volumeId);
+        return !heldIds.has(shardId(x)) && !dead.has(x.volumeId) && !movedOff.has(shardId(x)) && idTag(x.volumeId) === tag && n !== undefined && n < below;
+      });
+      for (const x of gone) {
+        await this.destroyShards(x.volumeId, [x.shard], seq.opens)
+          .then((n) => (n > 0 ? this.log.info('destroyed a replica the catalog no longer places on this node', { volume: x.volumeId, shard: x.shard }) : undefined))
+          .catch((e: unknown) => failures.push(e));
+      }
     }
     const have = new Set(this.nodeMeta.shards.map(shardId));
     const missing = held.filter((s) => !have.has(shardId(s)));
@@ -1334,7 +1355,8 @@ export class StrataNode {
       const candidates = a.shards.slice(from, from + ASSIGNMENTS_PAGE_MAX).map(({ volume, placement, hostId, role }) => this.assignmentOf(volume, placement.shard, hostId, role));
       const shards = pageWithin(candidates, 0, room);
       const next = from + shards.length;
-      return { epoch: a.epoch, tombstones, shards, ...(next < a.shards.length ? { next } : {}), ...tombstonesNext };
+      const issued = from === 0 ? { ...(c.tag === undefined ? {} : { catalog: c.tag }), issuedBelow: c.nextId } : {};
+      return { epoch: a.epoch, tombstones, shards, ...(next < a.shards.length ? { next } : {}), ...tombstonesNext, ...issued };
     });
     this.subscribe(subj('members'), async () => ({ members: this.allMembers() }));
     // One at a time with creates and deletes: none changes the catalog while it is rebuilt.

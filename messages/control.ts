@@ -93,6 +93,15 @@ export interface AssignmentsReply {
   next?: number;
   /** Where the tombstones this page did not hold start (ask with `tombstonesFrom`); absent when it held the last. */
   tombstonesNext?: number;
+  /**
+   * In the first page: the catalog's tag (absent for a catalog without one) and the number of
+   * the next volume id it will issue. A replica of a volume whose id this catalog issued
+   * (`v<n>-<tag>`, n below `issuedBelow`) that the shards of the reply do not place on the node
+   * is a leftover (a volume deleted, a create undone, a move finished) whether or not a
+   * tombstone names it: the node destroys it.
+   */
+  catalog?: string;
+  issuedBelow?: number;
 }
 
 /** Tombstones in one catalog's assignments at most (all pages). */
@@ -222,6 +231,8 @@ export function validateAssignmentsReply(body: unknown): AssignmentsReply {
     tombstones: list(o.tombstones, 'tombstones', ASSIGNMENTS_TOMBSTONES_MAX).map((t, i) => str(t, `tombstones[${i}]`)),
     ...(o.next === undefined ? {} : { next: int(o.next, 'next', 1, ASSIGNMENTS_PER_NODE_MAX) }),
     ...(o.tombstonesNext === undefined ? {} : { tombstonesNext: int(o.tombstonesNext, 'tombstonesNext', 1, ASSIGNMENTS_TOMBSTONES_MAX) }),
+    ...(o.catalog === undefined ? {} : { catalog: str(o.catalog, 'catalog') }),
+    ...(o.issuedBelow === undefined ? {} : { issuedBelow: int(o.issuedBelow, 'issuedBelow', 1, Number.MAX_SAFE_INTEGER) }),
   };
 }
 

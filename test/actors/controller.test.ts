@@ -1,5 +1,5 @@
 import { strict as assert } from 'node:assert';
-import { Controller, MEMBER_SILENCE_MS_MAX, NODES_MAX, REMOVED_PER_SHARD_MAX } from '../../actors/controller';
+import { Controller, MEMBER_SILENCE_MS_MAX, NODES_MAX, REMOVED_PER_SHARD_MAX, idNumber } from '../../actors/controller';
 import { MetaStore } from '../../storage-engine/metadata';
 import { SimDisk } from '../../storage-engine/sim-disk';
 import { ProtocolError } from '../../messages/errors';
@@ -730,5 +730,14 @@ describe('Controller failure domains (zones)', () => {
     // Zone d gone too: n4 (zone a, like n1) is the only node left outside the set.
     for (const [id, zone] of zones) if (id !== 'n3' && id !== 'n5') c.heartbeat(id, 1, at + 120_000, zone);
     assert.deepEqual(c.repairPlan(at + 120_000, { afterMs: 60_000, sinceMs: T0, max: 8 }).filter((m) => m.volume === 'v').map((m) => [m.from, m.to]), [['n3', 'n4']]);
+  });
+});
+
+describe('volume id numbers (idNumber)', () => {
+  it('reads the base-36 number of an id with or without a tag, and nothing of another form', () => {
+    assert.equal(idNumber('v1'), 1);
+    assert.equal(idNumber('vz-ab12'), 35);
+    assert.equal(idNumber('v10-x'), 36);
+    for (const id of ['x1', 'v', 'v-1', 'vA-1', 'v1_2', `v${'1'.repeat(11)}`]) assert.equal(idNumber(id), undefined, id);
   });
 });

@@ -97,5 +97,10 @@ describe('control message validators', () => {
     assert.equal(code(() => validateAssignmentsReply({ epoch: 3, shards: new Array(ASSIGNMENTS_PAGE_MAX + 1).fill(assignment), tombstones: [] })), 'too_large');
     assert.equal(code(() => validateAssignmentsReply({ epoch: 3, shards: [], tombstones: [], next: 0 })), 'bad_request');
     assert.equal(validateAssignmentsReply({ epoch: 3, shards: [assignment], tombstones: [], next: 1 }).next, 1);
+    const issued = validateAssignmentsReply({ epoch: 3, shards: [], tombstones: [], catalog: 'a1b2', issuedBelow: 40 });
+    assert.equal(issued.catalog, 'a1b2');
+    assert.equal(issued.issuedBelow, 40);
+    assert.equal(code(() => validateAssignmentsReply({ epoch: 3, shards: [], tombstones: [], catalog: 'a b' })), 'bad_request');
+    assert.equal(code(() => validateAssignmentsReply({ epoch: 3, shards: [], tombstones: [], issuedBelow: 0 })), 'bad_request');
   });
 });
