@@ -245,6 +245,14 @@ export class Controller {
     return placed;
   }
 
+  /** The shards of the catalog with at least one replica on a node that is not live (`liveNodes`). */
+  underReplicated(nowMs: number): number {
+    const live = new Set(this.liveNodes(nowMs).map((m) => m.nodeId));
+    let n = 0;
+    for (const v of this.state.volumes) for (const p of v.placements) if (p.replicas.some((r) => !live.has(r.nodeId))) n++;
+    return n;
+  }
+
   /** Every member: each node heard from since this controller started, live or not, until forgotten. */
   knownNodes(): NodeMember[] {
     return [...this.members.values()].sort((a, b) => (a.nodeId < b.nodeId ? -1 : a.nodeId > b.nodeId ? 1 : 0));

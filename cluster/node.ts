@@ -28,7 +28,7 @@ import type { Service } from 'nats';
 import { messageHeaders, REPLY_HEADERS, wellFormed } from '../runtime/nats-headers';
 import { ConnectionState, encodeReplyWithin, fromNatsError, natsErrorCode, newInbox, serverMaxPayload, watchDenials } from '../runtime/request-mux';
 import { encode, decode, encodedErrorCode, pageWithin, MESSAGE_BYTES_MAX } from '../messages/codec';
-import { errorReply, ProtocolError, toProtocolError, throwIfError, type ErrorCode } from '../messages/errors';
+import { errorReply, isErrorCode, ProtocolError, toProtocolError, throwIfError, type ErrorCode } from '../messages/errors';
 import {
   validateVolumeCreateRequest,
   validateVolumeNameRequest,
@@ -78,6 +78,7 @@ import type { ReplicaTiming } from '../actors/replica';
 import { createLogger, type Logger } from '../observability/log';
 import { currentTelemetry } from '../observability/telemetry';
 import { RequestRecorder } from '../observability/request-recorder';
+import type { ControllerSnapshot, MoveTrigger } from '../observability/metrics';
 import { ATTR, recordSpanError, serverSpan } from '../observability/tracing';
 import { ApiRouter, splitNodeStatus } from './api-router';
 
@@ -399,6 +400,11 @@ export class StrataNode {
    * each failure (REPAIR_BACKOFF_MS_MIN to _MAX). At most CATALOG_REPLICAS_MAX, oldest dropped.
    */
   private readonly repairBackoff = new Map<string, { notBeforeMs: number; waitMs: number; message: string }>();
+  /**
+   * Runs of moves this controller ended, by trigger, then outcome (`done` or the error code):
+   * strata_replica_moves. `done` is there from the start, so that its series start at 0.
+   */
+  private readonly movesEnded: Record<MoveTrigger, Map<string, number>> = { operator: new Map([['done', 0]]), repair: new Map([['done', 0]]) };
   private readonly startedAt = Date.now();
   private readonly log: Logger;
   private stopped = false;
@@ -616,7 +622,10 @@ export class StrataNode {
     if (telemetry && !this.stopped) {
       const recorder = this.recorder!;
       const pool = this.pool;
-      this.removeStatsSource = telemetry.metrics.addStatsSource(async () => ({ node: this.nodeId, hosts: await pool.stats({ timeoutMs: HOST_STATUS_TIMEOUT_MS }), requests: recorder.snapshot() }));
+      this.removeStatsSource = telemetry.metrics.addStatsSource(async () => {
+        const controller = this.controllerStats();
+        return { node: this.nodeId, hosts: await pool.stats({ timeoutMs: HOST_STATUS_TIMEOUT_MS }), requests: recorder.snapshot(), ...(controller ? { controller } : {}) };
+      });
     }
   }
 
@@ -1399,6 +1408,25 @@ export class StrataNode {
     return [...heard, ...unheard];
   }
 
+  /** The controller's view for the metrics (StatsSnapshot.controller); undefined on a node that runs no controller. */
+  private controllerStats(): ControllerSnapshot | undefined {
+    const c = this.controller;
+    if (c === undefined) return undefined;
+    const now = Date.now();
+    const members = this.allMembers();
+    const live = members.filter((m) => m.live).length;
+    let backingOff = 0;
+    for (const b of this.repairBackoff.values()) if (b.notBeforeMs > now) backingOff++;
+    return {
+      nodesLive: live,
+      nodesDead: members.length - live,
+      shardsUnderReplicated: c.underReplicated(now),
+      movesRunning: this.moving.size,
+      repairsBackingOff: backingOff,
+      moves: (['operator', 'repair'] as const).flatMap((trigger) => [...this.movesEnded[trigger]].map(([outcome, count]) => ({ trigger, outcome, count }))),
+    };
+  }
+
   /**
    * The geometry of volume `name` as this node's assignments record it (it hosts a replica of
    * one of its shards), or undefined: not hosted here, or two volumes of that name recorded (one
@@ -1465,6 +1493,16 @@ export class StrataNode {
     if (repair?.withoutOpen === true) this.log.warn("finishing a move without the node it adds, which is dead: its replica is replaced next", { volume: v.id, shard: req.shard, from: req.from, to: req.to });
     const run = this.runMove(move, Date.now() + Math.max(1, waitMs), repair?.withoutOpen === true).finally(() => this.moving.delete(key));
     this.moving.set(key, run);
+    // Counted once, when the run ends: requests that join it are not counted again.
+    const ended = this.movesEnded[repair !== undefined ? 'repair' : 'operator'];
+    const count = (outcome: string): void => void ended.set(outcome, (ended.get(outcome) ?? 0) + 1);
+    run.then(
+      () => count('done'),
+      (e: unknown) => {
+        const code = (e as { code?: unknown } | null | undefined)?.code;
+        count(isErrorCode(code) ? code : 'error');
+      },
+    );
     return run;
   }
 

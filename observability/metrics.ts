@@ -28,6 +28,7 @@ import {
   type MetricProducer,
 } from '@opentelemetry/sdk-metrics';
 import { BATCH_OPS_BUCKETS, FSYNC_MS_BUCKETS } from '../actors/device-queue';
+import { isErrorCode } from '../messages/errors';
 import { LOOP_DELAY_MS_BUCKETS, type LoopDelayStats } from './loop-delay';
 import { REQUEST_DURATION_BUCKETS_S, RequestRecorder, cleanLabel, type RequestStatsSnapshot } from './request-recorder';
 
@@ -139,12 +140,37 @@ export interface HostSnapshot {
   loopDelay?: LoopDelayStats;
 }
 
+/** What a move of a replica was started by: an operator's request, or the controller's repair of a dead node's replicas. */
+export const MOVE_TRIGGERS = ['operator', 'repair'] as const;
+export type MoveTrigger = (typeof MOVE_TRIGGERS)[number];
+
+/** The controller's view of the cluster (cluster/node.ts): reported by the node that runs it only. */
+export interface ControllerSnapshot {
+  /** Members heard from within the live window. */
+  nodesLive: number;
+  /** Members not live, and nodes the catalog places replicas on that the controller has not heard from. */
+  nodesDead: number;
+  /** Shards of the catalog with at least one replica on a node that is not live. */
+  shardsUnderReplicated: number;
+  /** Moves of replicas the controller runs now. */
+  movesRunning: number;
+  /** Shards whose last repair failed and that wait for their back-off. */
+  repairsBackingOff: number;
+  /**
+   * Runs of moves the controller ended (cumulative), by trigger and outcome: `done` or the
+   * protocol error code of the failure (another outcome is reported as `error`).
+   */
+  moves: ReadonlyArray<{ trigger: MoveTrigger; outcome: string; count: number }>;
+}
+
 /** What a stats source returns: one node's hosts. */
 export interface StatsSnapshot {
   node: string;
   hosts: readonly HostSnapshot[];
   /** The node's main-thread requests (its API service), labelled host="main". */
   requests?: RequestStatsSnapshot;
+  /** The controller's view, from the node that runs the controller only. */
+  controller?: ControllerSnapshot;
 }
 
 export type StatsSource = () => StatsSnapshot | Promise<StatsSnapshot>;
@@ -260,6 +286,11 @@ export class StrataMetrics {
       discardFailures: counter('strata_discard_failures', 'Background removals of files let go (trimmed log segments, images a checkpoint dropped, destroyed shards) that failed; each leftover is removed when its directory is next opened.'),
       warmSlots: gauge('strata_cache_warm_slots', 'Slots of a device\'s page-cache slab whose memory the CPU pool made resident ahead of use (the first write to memory never used takes a page fault).'),
       warmFailures: counter('strata_cache_warm_failures', 'Steps of warming a device\'s page-cache slab that failed (the CPU pool refused them or was closed); the next tick tries again.'),
+      controllerNodes: gauge('strata_controller_nodes', 'Nodes the controller knows, by state: live (heard from within the live window) or dead (members not live, and nodes the catalog places replicas on that it has not heard from since it started).'),
+      underReplicated: gauge('strata_shards_under_replicated', 'Shards of the catalog with at least one replica on a node that is not live.'),
+      moves: counter('strata_replica_moves', 'Moves of replicas the controller ran, counted once when each run ends, by trigger (operator or repair) and outcome (done, or the error code of the failure); a request that joins a move under way, or that is refused before a run starts, is not counted.'),
+      movesRunning: gauge('strata_replica_moves_running', 'Moves of replicas the controller runs now.'),
+      repairsBackingOff: gauge('strata_replica_repairs_backing_off', 'Shards whose last repair (the move of a dead node\'s replica) failed and that wait for their back-off before the next try.'),
     };
     this.observables = Object.values(o);
     this.batchCallback = async (r) => {
@@ -336,6 +367,7 @@ export class StrataMetrics {
       counts.set(inst, n + 1);
       r.observe(inst, value, attrs);
     };
+    if (snap.controller !== undefined) this.observeController(observe, o, node, snap.controller);
     for (const h of snap.hosts) {
       const host = String(h.hostId);
       const hostAttrs = { node, host };
@@ -389,6 +421,25 @@ export class StrataMetrics {
         if (s.lag) for (const [replica, lag] of Object.entries(s.lag)) observe(o.replicaLag!, lag, { ...a, replica: cleanLabel(replica) });
       }
     }
+  }
+
+  /** The controller's metrics; labels are bounded: a trigger of MOVE_TRIGGERS, an outcome `done`, an error code or `error`. */
+  private observeController(observe: (inst: Observable, value: number, attrs: Attributes) => void, o: Record<string, Observable>, node: string, c: ControllerSnapshot): void {
+    observe(o.controllerNodes!, c.nodesLive, { node, state: 'live' });
+    observe(o.controllerNodes!, c.nodesDead, { node, state: 'dead' });
+    observe(o.underReplicated!, c.shardsUnderReplicated, { node });
+    observe(o.movesRunning!, c.movesRunning, { node });
+    observe(o.repairsBackingOff!, c.repairsBackingOff, { node });
+    // Outcomes folded into `error` are summed: one observation per series.
+    const moves = new Map<string, { trigger: MoveTrigger; outcome: string; count: number }>();
+    for (const m of c.moves) {
+      if (!MOVE_TRIGGERS.includes(m.trigger)) continue;
+      const outcome = m.outcome === 'done' || isErrorCode(m.outcome) ? m.outcome : 'error';
+      const key = `${m.trigger} ${outcome}`;
+      const prev = moves.get(key);
+      moves.set(key, { trigger: m.trigger, outcome, count: (prev?.count ?? 0) + m.count });
+    }
+    for (const m of moves.values()) observe(o.moves!, m.count, { node, trigger: m.trigger, outcome: m.outcome });
   }
 
   /** The MetricProducer's collection: histograms and request/error counters, exactly as counted. */
