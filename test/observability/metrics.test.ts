@@ -3,7 +3,7 @@ import * as http from 'node:http';
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import { startTelemetry, type Telemetry } from '../../observability/telemetry';
-import { RequestRecorder, REQUEST_DURATION_BUCKETS_S, REQUEST_SERIES_MAX, type StatsSnapshot, type HostSnapshot } from '../../observability/metrics';
+import { RequestRecorder, REQUEST_DURATION_BUCKETS_S, REQUEST_SERIES_MAX, type StatsSnapshot, type HostSnapshot, type ControllerSnapshot, type MoveTrigger } from '../../observability/metrics';
 import { BATCH_OPS_BUCKETS, FSYNC_MS_BUCKETS } from '../../actors/device-queue';
 import { LOOP_DELAY_MS_BUCKETS } from '../../observability/loop-delay';
 import { freePort } from '../../runtime/free-port';
@@ -163,6 +163,71 @@ describe('observability/metrics', () => {
     }
     const check = spawnSync(PROMTOOL, ['check', 'metrics'], { input: t2, encoding: 'utf8', timeout: 10_000 });
     assert.equal(check.status, 0, `promtool check metrics:\n${check.stdout}\n${check.stderr}\n---\n${t2}`);
+  });
+
+  it("the controller's view: nodes by state, shards under-replicated, moves by trigger and outcome (bounded), moves running, repairs backing off", async function () {
+    this.timeout(20_000);
+    const port = await freePort();
+    telemetry = startTelemetry({ nodeId: 'n1', cluster: 'test', traceExporters: [], metricsPort: port, metricsHost: '127.0.0.1' });
+    await telemetry.ready;
+    const m = telemetry.metrics;
+    const controller: ControllerSnapshot = {
+      nodesLive: 3,
+      nodesDead: 1,
+      shardsUnderReplicated: 2,
+      movesRunning: 1,
+      repairsBackingOff: 1,
+      moves: [
+        { trigger: 'operator', outcome: 'done', count: 4 },
+        { trigger: 'repair', outcome: 'done', count: 2 },
+        { trigger: 'repair', outcome: 'timeout', count: 3 },
+        // Not error codes: folded into one `error` series, summed.
+        { trigger: 'repair', outcome: 'something else', count: 1 },
+        { trigger: 'repair', outcome: 'x'.repeat(200), count: 2 },
+        // Not a trigger: left out.
+        { trigger: 'cron' as MoveTrigger, outcome: 'done', count: 9 },
+      ],
+    };
+    m.addStatsSource(() => ({ node: 'n1', hosts: [], controller }));
+    // Another node: no controller, no controller series.
+    m.addStatsSource(() => ({ node: 'n2', hosts: [host(0)] }));
+    const text = (await get(port, '/metrics')).body;
+    assert.equal(sample(text, 'strata_controller_nodes', { node: 'n1', state: 'live' }), 3);
+    assert.equal(sample(text, 'strata_controller_nodes', { node: 'n1', state: 'dead' }), 1);
+    assert.equal(sample(text, 'strata_shards_under_replicated', { node: 'n1' }), 2);
+    assert.equal(sample(text, 'strata_replica_moves_running', { node: 'n1' }), 1);
+    assert.equal(sample(text, 'strata_replica_repairs_backing_off', { node: 'n1' }), 1);
+    assert.equal(sample(text, 'strata_replica_moves_total', { node: 'n1', trigger: 'operator', outcome: 'done' }), 4);
+    assert.equal(sample(text, 'strata_replica_moves_total', { node: 'n1', trigger: 'repair', outcome: 'done' }), 2);
+    assert.equal(sample(text, 'strata_replica_moves_total', { node: 'n1', trigger: 'repair', outcome: 'timeout' }), 3);
+    assert.equal(sample(text, 'strata_replica_moves_total', { node: 'n1', trigger: 'repair', outcome: 'error' }), 3);
+    const moveLines = text.split('\n').filter((l) => l.startsWith('strata_replica_moves_total{'));
+    assert.equal(moveLines.length, 4, moveLines.join('\n'));
+    for (const name of ['strata_controller_nodes', 'strata_shards_under_replicated', 'strata_replica_moves_total', 'strata_replica_moves_running', 'strata_replica_repairs_backing_off']) {
+      assert.equal(sample(text, name, { node: 'n2' }), undefined, `${name} of a node without the controller`);
+    }
+
+    // The repair is done: the next scrape shows it.
+    controller.nodesDead = 0;
+    controller.nodesLive = 4;
+    controller.shardsUnderReplicated = 0;
+    controller.movesRunning = 0;
+    controller.repairsBackingOff = 0;
+    controller.moves = [{ trigger: 'operator', outcome: 'done', count: 4 }, { trigger: 'repair', outcome: 'done', count: 3 }, { trigger: 'repair', outcome: 'timeout', count: 3 }];
+    await new Promise((r) => setTimeout(r, 300)); // past the snapshot reuse window
+    const t2 = (await get(port, '/metrics')).body;
+    assert.equal(sample(t2, 'strata_controller_nodes', { node: 'n1', state: 'dead' }), 0);
+    assert.equal(sample(t2, 'strata_shards_under_replicated', { node: 'n1' }), 0);
+    assert.equal(sample(t2, 'strata_replica_moves_total', { node: 'n1', trigger: 'repair', outcome: 'done' }), 3);
+    assert.equal(sample(t2, 'strata_replica_moves_running', { node: 'n1' }), 0);
+    assert.equal(sample(t2, 'strata_replica_repairs_backing_off', { node: 'n1' }), 0);
+
+    if (!fs.existsSync(PROMTOOL)) {
+      console.log(`      (skipped promtool check: ${PROMTOOL} not found; install Debian's prometheus package)`);
+      return;
+    }
+    const check = spawnSync(PROMTOOL, ['check', 'metrics'], { input: text, encoding: 'utf8', timeout: 10_000 });
+    assert.equal(check.status, 0, `promtool check metrics:\n${check.stdout}\n${check.stderr}\n---\n${text}`);
   });
 
   it('OTEL_SDK_DISABLED=true: no span is recorded and no metrics endpoint listens, whatever the options say', async () => {
