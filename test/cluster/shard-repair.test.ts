@@ -5,10 +5,12 @@
  * down longer than the wait has each of its replicas moved to the node outside the shard's set,
  * and the shards then survive losing a second original member. A repair whose new replica is
  * not opened is tried again after a back-off, and one whose new node dies is finished without it
- * and then repaired in turn. With the wait set to 0 nothing is moved.
+ * and then repaired in turn. With the wait set to 0 nothing is moved. The controller's metrics
+ * show the dead node, the shards under-replicated until their repair, and each move once.
  */
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
+import * as http from 'node:http';
 import * as path from 'node:path';
 import { connect as natsConnect } from 'nats';
 import { decode, encode } from '../../messages/codec';
@@ -17,9 +19,60 @@ import { ProtocolError, errorReply } from '../../messages/errors';
 import { waitFor } from '../support/wait';
 import { writeOnceServed } from '../support/served';
 import { REPAIR_BACKOFF_MS_MIN } from '../../cluster/node';
+import { freePort } from '../../runtime/free-port';
 
 const page = (b: number): Uint8Array => new Uint8Array(4096).fill(b);
 const idx = (nodeId: string): number => Number(nodeId.slice(1)) - 1;
+
+/** The Prometheus text of the process's metrics endpoint. */
+function scrape(port: number): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const req = http.get({ host: '127.0.0.1', port, path: '/metrics', timeout: 5000 }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => (body += c));
+      res.on('end', () => (res.statusCode === 200 ? resolve(body) : reject(new Error(`HTTP ${res.statusCode}`))));
+    });
+    req.on('timeout', () => req.destroy(new Error('scrape timed out')));
+    req.on('error', reject);
+  });
+}
+
+/** The values of the samples of `name` whose labels include `labels`. */
+function samples(text: string, name: string, labels: Record<string, string> = {}): number[] {
+  const out: number[] = [];
+  for (const line of text.split('\n')) {
+    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)/.exec(line);
+    if (!m || m[1] !== name) continue;
+    const have = new Map<string, string>();
+    for (const kv of (m[3] ?? '').matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g)) have.set(kv[1]!, kv[2]!);
+    if (Object.entries(labels).every(([k, v]) => have.get(k) === v)) out.push(Number(m[4]));
+  }
+  return out;
+}
+
+/** One metric of the controller's node (n1) in a scrape. */
+type Read = (name: string, labels?: Record<string, string>) => number | undefined;
+
+/** A scrape of the metrics once `cond` holds of it; the controller's metrics come from its node (n1) alone. */
+async function scrapeUntil(port: number, what: string, cond: (m: Read) => boolean): Promise<Read> {
+  let read: Read = () => undefined;
+  await waitFor(what, async () => {
+    const text = await scrape(port);
+    read = (name, labels = {}) => {
+      assert.deepEqual(samples(text, name, { ...labels, node: 'n2' }), [], `${name} of a node without the controller`);
+      const v = samples(text, name, { ...labels, node: 'n1' });
+      assert.ok(v.length <= 1, `${name} ${JSON.stringify(labels)}: ${v.length} series`);
+      return v[0];
+    };
+    if (cond(read)) return true;
+    await new Promise((r) => setTimeout(r, 100));
+    return false;
+  }, 60_000);
+  return read;
+}
+
+const moves = (m: Read, trigger: string, outcome: string): number | undefined => m('strata_replica_moves_total', { trigger, outcome });
 
 async function replicaSets(c: InProcessCluster, name: string): Promise<string[][]> {
   return (await c.client.volumeInfo(name)).replicaSets!.map((r) => [...r.members]);
@@ -85,6 +138,68 @@ describe("the controller replaces a dead node's replicas", function () {
   });
 });
 
+describe("the controller's metrics of a repair and of an operator's move", function () {
+  this.timeout(120_000);
+  let c: InProcessCluster;
+  before(async () => {
+    // A wait (8 s) longer than the live window (5 s): the node is dead, and its shards
+    // under-replicated, for a few seconds before their repair starts.
+    c = await startCluster({ nodes: 4, hosts: 1, clientTimeoutMs: 5000, node: { repairAfterMs: 8000 }, telemetry: { metricsPort: await freePort(), metricsHost: '127.0.0.1' } });
+  });
+  after(async () => {
+    await c?.stop();
+  });
+
+  it('nodes dead and shards under-replicated while a node is down, then each repair counted once, and a move by the operator under its own trigger', async () => {
+    const port = c.telemetry?.metricsPort ?? 0;
+    assert.ok(port > 0, 'the process serves its metrics');
+
+    await c.client.createVolume({ name: 'mm', pageCount: 64, shards: 2, stripePages: 4, replicas: 3 });
+    await c.client.volume('mm').writePages([{ page: 0, data: page(1) }, { page: 4, data: page(2) }]);
+    let m = await scrapeUntil(port, 'every node live', (m) => m('strata_controller_nodes', { state: 'live' }) === 4);
+    assert.equal(m('strata_controller_nodes', { state: 'dead' }), 0);
+    assert.equal(m('strata_shards_under_replicated'), 0);
+    assert.equal(moves(m, 'operator', 'done'), 0);
+    assert.equal(moves(m, 'repair', 'done'), 0);
+
+    // The operator moves shard 0's replica off a member (not n1) to the node outside its set.
+    const sets = await replicaSets(c, 'mm');
+    const from = sets[0]!.find((n) => n !== 'n1')!;
+    const to = ['n1', 'n2', 'n3', 'n4'].find((n) => !sets[0]!.includes(n))!;
+    await c.client.moveReplica('mm', 0, { from, to });
+    // A move refused before it runs (to a member already) is not counted.
+    await assert.rejects(c.client.moveReplica('mm', 1, { from: sets[1]![0]!, to: sets[1]![1]! }), (e: { code?: string }) => e.code === 'bad_request');
+    m = await scrapeUntil(port, "the operator's move counted", (m) => moves(m, 'operator', 'done') === 1);
+    assert.equal(moves(m, 'operator', 'bad_request'), undefined);
+    assert.equal(moves(m, 'repair', 'done'), 0);
+    assert.equal(m('strata_replica_moves_running'), 0);
+
+    // A node holding a replica of both shards, not n1 (the controller's), is killed.
+    const before = await replicaSets(c, 'mm');
+    const dead = ['n2', 'n3', 'n4'].find((n) => before.every((set) => set.includes(n)))!;
+    assert.ok(dead !== undefined, JSON.stringify(before));
+    c.kill(idx(dead));
+    m = await scrapeUntil(port, `${dead} dead to the controller`, (m) => m('strata_controller_nodes', { state: 'dead' }) === 1);
+    assert.equal(m('strata_controller_nodes', { state: 'live' }), 3);
+    // Before the repair (8 s of silence): both shards hold a replica on the dead node.
+    assert.equal(moves(m, 'repair', 'done'), 0, 'no repair yet');
+    assert.equal(m('strata_shards_under_replicated'), 2);
+
+    m = await scrapeUntil(port, 'both shards repaired', (m) => m('strata_shards_under_replicated') === 0 && m('strata_replica_moves_running') === 0);
+    assert.ok((await replicaSets(c, 'mm')).every((set) => set.length === 3 && !set.includes(dead)));
+    assert.equal(moves(m, 'repair', 'done'), 2, 'one move per shard moved');
+    assert.equal(moves(m, 'operator', 'done'), 1);
+    assert.equal(m('strata_replica_repairs_backing_off'), 0);
+    assert.equal(m('strata_controller_nodes', { state: 'dead' }), 1, 'still down');
+
+    // Back, it is live again.
+    await c.restart(idx(dead));
+    m = await scrapeUntil(port, `${dead} live again`, (m) => m('strata_controller_nodes', { state: 'dead' }) === 0);
+    assert.equal(m('strata_controller_nodes', { state: 'live' }), 4);
+    assert.equal(moves(m, 'repair', 'done'), 2);
+  });
+});
+
 describe('with the wait before a repair set to 0, the controller moves no replica', function () {
   this.timeout(120_000);
   let c: InProcessCluster;
@@ -123,7 +238,7 @@ describe("a repair whose new node fails: tried again after a back-off, finished 
   this.timeout(180_000);
   let c: InProcessCluster;
   before(async () => {
-    c = await startCluster({ nodes: 3, hosts: 1, clientTimeoutMs: 5000, node: { repairAfterMs: 1000 } });
+    c = await startCluster({ nodes: 3, hosts: 1, clientTimeoutMs: 5000, node: { repairAfterMs: 1000 }, telemetry: { metricsPort: await freePort(), metricsHost: '127.0.0.1' } });
   });
   after(async () => {
     await c?.stop();
@@ -160,6 +275,9 @@ describe("a repair whose new node fails: tried again after a back-off, finished 
       // The second try waited for the back-off after the first failure.
       assert.ok(opens[1]! - opens[0]! >= REPAIR_BACKOFF_MS_MIN - 100, `tries ${opens[1]! - opens[0]!} ms apart`);
       assert.deepEqual((await c.client.volumeInfo('fx')).replicaSets![0]!.moving, { from: 'n3', to: 'nx' });
+      // Each failed try counted under its error code; the shard waits for its back-off.
+      const port = c.telemetry?.metricsPort ?? 0;
+      await scrapeUntil(port, 'two failed repairs counted, the shard backing off', (m) => (moves(m, 'repair', 'unavailable') ?? 0) >= 2 && m('strata_replica_repairs_backing_off') === 1);
 
       // nx dies: the move is finished without it (n1 and n2 are a majority of both sets).
       clearInterval(beats);
@@ -174,6 +292,10 @@ describe("a repair whose new node fails: tried again after a back-off, finished 
       await c.restart(2);
       await waitSet('n1,n2,n3');
       assert.equal(opens.length, before, 'nx was not asked to open once dead');
+      // Finished without nx, then nx replaced by n3: two repairs done, none waiting.
+      const m = await scrapeUntil(port, 'the repairs done counted', (m) => moves(m, 'repair', 'done') === 2);
+      assert.equal(m('strata_replica_repairs_backing_off'), 0);
+      assert.equal(m('strata_shards_under_replicated'), 0);
       const r = await vol.readPages([3, 4]);
       assert.deepEqual(r.pages.map((x) => x[0]), [7, 8]);
       // n3 holds the shard again and serves as a member: with n2 down, n1 and n3 carry writes.
