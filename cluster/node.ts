@@ -78,7 +78,7 @@ import type { ReplicaTiming } from '../actors/replica';
 import { createLogger, type Logger } from '../observability/log';
 import { currentTelemetry } from '../observability/telemetry';
 import { RequestRecorder } from '../observability/request-recorder';
-import type { ControllerSnapshot, MoveTrigger } from '../observability/metrics';
+import { MOVE_TRIGGERS, type ControllerSnapshot, type MoveTrigger } from '../observability/metrics';
 import { ATTR, recordSpanError, serverSpan } from '../observability/tracing';
 import { ApiRouter, splitNodeStatus } from './api-router';
 
@@ -1423,7 +1423,7 @@ export class StrataNode {
       shardsUnderReplicated: c.underReplicated(now),
       movesRunning: this.moving.size,
       repairsBackingOff: backingOff,
-      moves: (['operator', 'repair'] as const).flatMap((trigger) => [...this.movesEnded[trigger]].map(([outcome, count]) => ({ trigger, outcome, count }))),
+      moves: MOVE_TRIGGERS.flatMap((trigger) => [...this.movesEnded[trigger]].map(([outcome, count]) => ({ trigger, outcome, count }))),
     };
   }
 
