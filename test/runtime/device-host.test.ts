@@ -250,6 +250,73 @@ describe('DeviceHost supervision', () => {
     }
   });
 
+  it('a replica open already that its node\'s record then names in a move\'s both sets takes the messages of a leader of the set before too', async () => {
+    const host = new DeviceHost({ dir: 'dev0', self: 'n1', disk: new SimDisk() });
+    const append = (leader: string) => ({ type: 'append' as const, term: 1, leader, prevLsn: 0, prevTerm: 0, records: [], commitLsn: 0, leaderLastLsn: 0 });
+    try {
+      host.openShard({ ...spec(0), members: ['n1', 'n2', 'n3'] });
+      await assert.rejects(host.replica('v1', 0).handle(append('n4')), (e: unknown) => (e as { code?: string }).code === 'bad_request');
+      // The record of a move {n2,n3,n4} -> {n1,n2,n3}: n4, of the set before only, may still lead.
+      host.openShard({ ...spec(0), members: ['n1', 'n2', 'n3'], priorMembers: ['n2', 'n3', 'n4'], existing: true });
+      const r = await host.replica('v1', 0).handle(append('n4'));
+      assert.equal((r as { success?: boolean }).success, true, JSON.stringify(r));
+    } finally {
+      await host.close();
+    }
+  });
+
+  it('a replica a move adds keeps both sets through a restart, also once its node opened it again with its record', async () => {
+    const host = new DeviceHost({ dir: 'dev0', self: 'n1', disk: new SimDisk() });
+    const move: ShardSpec = { ...spec(0), members: ['n1', 'n2', 'n3'], priorMembers: ['n2', 'n3', 'n4'] };
+    const append = (leader: string, term: number) => ({ type: 'append' as const, term, leader, prevLsn: 0, prevTerm: 0, records: [], commitLsn: 0, leaderLastLsn: 0 });
+    const success = (r: unknown): boolean | undefined => (r as { success?: boolean }).success;
+    const config = () => host.stats().shards.find((x) => x.shard === 0)!.config;
+    try {
+      host.openShard(move);
+      host.openShard({ ...move, existing: true });
+      // A leader heard: its term is saved, so the restart finds the replica's storage as it was.
+      assert.equal(success(await host.replica('v1', 0).handle(append('n2', 1))), true);
+      assert.deepEqual(host.onReplicaError('v1', 0, new StorageError('invariant', 'test: reopen'), host.currentReplica('v1', 0)), { restarted: true });
+      assert.equal(host.stats().restarts, 1);
+      // Its log holds no Config record yet: the sets are those its node opens it with.
+      assert.deepEqual(config(), { members: ['n1', 'n2', 'n3'], prior: ['n2', 'n3', 'n4'] });
+      const r = await host.replica('v1', 0).handle(append('n4', 2));
+      assert.equal(success(r), true, `a leader of the set before is still heard: ${JSON.stringify(r)}`);
+      // A second restart, from the restarted replica.
+      assert.deepEqual(host.onReplicaError('v1', 0, new StorageError('invariant', 'test: reopen again'), host.currentReplica('v1', 0)), { restarted: true });
+      assert.deepEqual(config(), { members: ['n1', 'n2', 'n3'], prior: ['n2', 'n3', 'n4'] });
+    } finally {
+      await host.close();
+    }
+  });
+
+  it('a sole replica moved to this node is not a sole copy while the move runs: a log damaged in the middle is repaired at its reopen, the node it moves from holding the records', async () => {
+    const disk = new SimDisk();
+    const log = 'shards/v1.0/log';
+    const writer = new DeviceHost({ dir: 'dev0', self: 'n1', disk });
+    writer.openShard(spec(0));
+    const l = await leader(writer, 0);
+    for (let i = 0; i < 30; i++) await l.write([{ page: i % 4, data: page(i) }]);
+    await writer.close();
+    const [segment] = disk.list(log).filter((n) => n.endsWith('.log'));
+    disk.flipBits(`${log}/${segment}`, 40_000, 1);
+    const before = disk.list(log).map((n) => disk.fileBytes(`${log}/${n}`));
+
+    const repairs: boolean[] = [];
+    const host = new DeviceHost({ dir: 'dev0', self: 'n1', disk, onRepaired: (_s, _damage, lost) => repairs.push(lost) });
+    try {
+      // Its node's record of the move of the shard's one replica from n2 to n1.
+      host.openShard({ ...spec(0), members: ['n1'], priorMembers: ['n2'], existing: true });
+      assert.deepEqual(repairs, [true], 'repaired, reported once: the records after the damage were discarded');
+      assert.notDeepEqual(disk.list(log).map((n) => disk.fileBytes(`${log}/${n}`)), before, 'its log was cut');
+      const st = host.stats().shards.find((x) => x.shard === 0)!;
+      assert.equal(st.state, 'up');
+      assert.equal(st.repairing, true, 'it waits for its peer to give the records back before it votes');
+    } finally {
+      await host.close();
+    }
+  });
+
   it('request errors are not fatal: no restart', async () => {
     const host = new DeviceHost({ dir: 'dev0', self: 'n1', disk: new SimDisk() });
     host.openShard(spec(0));
