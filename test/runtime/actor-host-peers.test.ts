@@ -95,4 +95,46 @@ describe('a host follows the leaders of its shards\' sets', function () {
     // Within a sync of the host (every 250 ms, and after the reconfigure): it may have ended before the change was in the log.
     await waitFor('m1 hears m2, of the joint configuration in force', () => answers('m2', 'm1', 'v2'), 5000);
   });
+
+  it('a follower hears the member its leader adds once the change is in its log, though its own host neither opens the shard again nor changes its set', async () => {
+    const hosts = new Map([['p1', await host('p1')], ['p2', await host('p2')]]);
+    const s = (members: string[]) => ({ ...spec(members), volumeId: 'v3' });
+    for (const h of hosts.values()) await h.openShard(s(['p1', 'p2']));
+    const shardOn = async (id: string) => (await hosts.get(id)!.stats()).device?.shards.find((x) => x.volumeId === 'v3');
+    let leader = '';
+    await waitFor('v3 has a leader', async () => {
+      for (const id of hosts.keys()) if ((await shardOn(id))?.role === 'leader') leader = id;
+      return leader !== '';
+    }, 10_000);
+    const follower = leader === 'p1' ? 'p2' : 'p1';
+    assert.equal(await answers('p3', follower, 'v3'), false, `p3 is not in the set ${follower} was opened with`);
+    // p1 and p2 are a majority of both {p1,p2} and {p1,p2,p3}: the change is done without p3.
+    await hosts.get(leader)!.reconfigure('v3', 0, ['p1', 'p2', 'p3'], Date.now() + 10_000);
+    await waitFor(`${follower} has the new set in its log`, async () => JSON.stringify((await shardOn(follower))?.config) === JSON.stringify({ members: ['p1', 'p2', 'p3'] }), 10_000);
+    await waitFor(`${follower} hears p3, a member of the set in force`, () => answers('p3', follower, 'v3'), 5000);
+  });
+
+  it('a replica a move adds, opened again with the new set alone while its log still holds the joint configuration, still hears the nodes of the set before', async () => {
+    const q1 = await host('q1');
+    const s = (members: string[], priorMembers?: string[]) => ({ ...spec(members, priorMembers), volumeId: 'v4' });
+    // q1 joins {q2,q3} -> {q1,q2}.
+    await q1.openShard({ ...s(['q1', 'q2'], ['q2', 'q3']), existing: false });
+    assert.equal(await answers('q3', 'q1', 'v4'), true);
+    // Its node's record once the move is done names the new set alone; the replica has not learned that the change is done.
+    await q1.openShard({ ...s(['q1', 'q2']), existing: true });
+    assert.deepEqual((await q1.stats()).device?.shards.find((x) => x.volumeId === 'v4')?.config, { members: ['q1', 'q2'], prior: ['q2', 'q3'] });
+    assert.equal(await answers('q3', 'q1', 'v4'), true, 'q3, of the set before, may still lead the joint configuration');
+    assert.equal(await answers('q4', 'q1', 'v4'), false, 'q4 is in neither set');
+  });
+
+  it('a replica a move adds whose storage cannot be opened: a leader of either set is answered why it is down', async () => {
+    const r1 = await host('r1');
+    // A file where the replica's directory goes: its storage cannot be made.
+    fs.mkdirSync(path.join(dir, 'r1', 'shards'), { recursive: true });
+    fs.writeFileSync(path.join(dir, 'r1', 'shards', 'v5.0'), 'not a directory');
+    // r1 joins {r2,r3} -> {r1,r2}.
+    await assert.rejects(r1.openShard({ ...spec(['r1', 'r2'], ['r2', 'r3']), volumeId: 'v5', existing: false }), (e: unknown) => (e as { code?: string }).code === 'io_error');
+    assert.equal((await r1.stats()).device?.shards.find((x) => x.volumeId === 'v5')?.state, 'down');
+    for (const leader of ['r2', 'r3']) assert.equal(await answers(leader, 'r1', 'v5'), true, `r1 answers ${leader}`);
+  });
 });
