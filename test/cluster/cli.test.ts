@@ -271,6 +271,12 @@ describe('cluster/cli', () => {
       [['shard', 'force-vote', 'db', '0'], /--node is required/],
       [['shard', 'force-vote', 'db', '--node', 'n1'], /missing SHARD/],
       [['shard', 'force-vote', 'db', 'first', '--node', 'n1'], /SHARD: expected a non-negative integer, got "first"/],
+      [['shard', 'move', 'db', '0', '--from', 'n1'], /^shard move: --to is required$/],
+      [['shard', 'move', 'db', '0', '--to', 'n2'], /^shard move: --from is required$/],
+      [['shard', 'move', 'db', '1.5', '--from', 'n1', '--to', 'n2'], /^SHARD: expected a non-negative integer, got "1\.5"$/],
+      [['shard', 'move', 'db', '99999999999999999', '--from', 'n1', '--to', 'n2'], /^SHARD: 99999999999999999 is too large/],
+      [['shard', 'move', 'db', '0', '--from', 'n1', '--to', 'a.b'], /^--to: expected 1\.\.64 characters .*got "a\.b"$/],
+      [['shard', 'move', 'db', '0', '--from', 'n1', '--to', 'n1'], /^shard move: --from and --to name the same node "n1"$/],
       [['nbd'], /^nbd: expected VOLUME or --all$/],
       [['nbd', 'db', '--all'], /^nbd: give VOLUME or --all, not both$/],
       [['nbd', 'db', 'other'], /unexpected argument "other"/],
@@ -330,6 +336,42 @@ describe('cluster/cli', () => {
       const r = await run(['catalog', 'recover'], mem);
       assert.equal(r.code, 1);
       assert.equal(r.err, 'strata: unavailable: the controller is not reachable (no responders on strata.dev.controller.catalog.recover): is the controller node running?\n');
+    });
+
+    it('shard move prints the set the move made (text and JSON), exits 1 when the controller refuses it, and 2 for a bad SHARD before connecting', async () => {
+      const mem = new MemoryCluster();
+      const asked: unknown[] = [];
+      let answer: unknown = { volume: 'db', shard: 1, members: ['n3', 'n1', 'n4'], term: 7, lsn: 42 };
+      const request = mem.request.bind(mem);
+      mem.request = async (subject, data, options) => {
+        if (!subject.endsWith('.controller.shard.move')) return request(subject, data, options);
+        asked.push(decode(data));
+        return encode(answer);
+      };
+      const argv = ['shard', 'move', 'db', '1', '--from', 'n2', '--to', 'n4'];
+      let r = await run(argv, mem);
+      assert.equal(r.code, 0, r.err);
+      // The members in the order the catalog gives them: n4 where n2 was.
+      assert.equal(r.out, 'moved shard 1 of db from n2 to n4: its replicas are on n3, n1, n4 (term 7, lsn 42)\n');
+      assert.deepEqual(asked, [{ volume: 'db', shard: 1, from: 'n2', to: 'n4' }]);
+      r = await run([...argv, '--json'], mem);
+      assert.equal(r.code, 0, r.err);
+      assert.deepEqual(JSON.parse(r.out), { volume: 'db', shard: 1, members: ['n3', 'n1', 'n4'], term: 7, lsn: 42, from: 'n2', to: 'n4' });
+
+      const refusal = "a move of shard 1 of volume 'db' from n3 to n5 is under way, one move of a shard at a time";
+      answer = errorReply(new ProtocolError('unavailable', refusal));
+      r = await run(argv, mem);
+      assert.equal(r.code, 1);
+      assert.equal(r.err, `strata: unavailable: ${refusal}\n`);
+      assert.equal(r.out, '');
+      assert.equal(mem.closes, mem.connects.length, 'every client is closed');
+
+      const connects = mem.connects.length;
+      r = await run(['shard', 'move', 'db', 'one', '--from', 'n2', '--to', 'n4'], mem);
+      assert.equal(r.code, 2);
+      assert.match(r.err, /^strata: usage: SHARD: expected a non-negative integer, got "one"\n/);
+      assert.equal(mem.connects.length, connects, 'not connected');
+      assert.equal(asked.length, 3);
     });
 
     it('exits 2 with a usage message on stderr for a usage error, without connecting', async () => {
