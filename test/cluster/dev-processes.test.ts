@@ -139,8 +139,14 @@ describe('strata dev: a start that does not finish', function () {
     fs.mkdirSync(tmp);
     const natsDirs = (): string[] => fs.readdirSync(tmp).filter((n) => n.startsWith('strata-nats-'));
     const child = spawn(process.execPath, [bin, 'dev', '--nodes', '2', '--data-dir', path.join(dir, 'data')], { stdio: 'ignore', env: { ...process.env, TMPDIR: tmp } });
-    // Half a second in: the nats-server or the nodes are starting (a start takes seconds here).
-    await new Promise((r) => setTimeout(r, 500));
+    // Once the nats-server's directory is there (strata dev handles signals from before it starts
+    // the server): the server or the nodes are starting. A fixed wait could end before the
+    // process had loaded its modules on a busy machine, and the signal then ended it untouched.
+    const until = Date.now() + 30_000;
+    while (natsDirs().length === 0 && child.exitCode === null) {
+      assert.ok(Date.now() < until, 'strata dev started no nats-server within 30 s');
+      await new Promise((r) => setTimeout(r, 20));
+    }
     child.kill('SIGTERM');
     const code = await new Promise<number | null>((resolve) => child.once('exit', (c) => resolve(c)));
     assert.ok(code === 130 || code === 0, `exit code ${String(code)}: interrupted (130), or stopped once up (0)`);
