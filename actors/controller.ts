@@ -16,7 +16,7 @@ import { MetaStore } from '../storage-engine/metadata';
 import { StorageError } from '../storage-engine/errors';
 import { ProtocolError } from '../messages/errors';
 import type { VolumeInfo, VolumeSpec } from '../messages/api';
-import type { ShardAssignment } from '../messages/control';
+import { DRAINING_NODES_MAX, type ShardAssignment } from '../messages/control';
 
 export interface ReplicaPlacement {
   nodeId: string;
@@ -55,6 +55,8 @@ export interface RepairMove {
   to: string;
   /** The catalog holds this move under way already. */
   resumed: boolean;
+  /** Why: `from` is dead, or draining (for a move under way: why it was begun is not known, `resumed`). */
+  reason: 'dead' | 'draining' | 'resumed';
   /**
    * The node the move adds died meanwhile: the move is finished without it (a majority of each
    * set is live without it), and its replica is then replaced as any dead node's. It opens the
@@ -98,6 +100,11 @@ export interface CatalogState {
   volumes: VolumeRecord[];
   /** Ids of deleted volumes whose shards nodes must destroy (newest last, bounded). */
   tombstones: string[];
+  /**
+   * Nodes an operator marked draining (`drain`), sorted, at most DRAINING_NODES_MAX: their
+   * replicas are moved to other nodes, and nothing new is placed on them. Absent: none.
+   */
+  draining?: string[];
 }
 
 export interface NodeMember {
@@ -329,6 +336,9 @@ export class Controller {
     if (members.includes(to)) {
       throw new ProtocolError('bad_request', `node '${to}' holds a replica of shard ${shard} of volume '${name}' already (its replicas are on ${members.join(', ')}): move it to a node that holds none`, { path: 'to', members });
     }
+    if ((this.state.draining ?? []).includes(to)) {
+      throw new ProtocolError('bad_request', `node '${to}' is draining: move the replica to another node, or take the mark off first (strata node drain ${to} --undo)`, { path: 'to' });
+    }
     const live = this.liveNodes(nowMs);
     const target = live.find((m) => m.nodeId === to);
     if (target === undefined) {
@@ -375,28 +385,63 @@ export class Controller {
     return this.get(name).placements.flatMap((p) => (p.adding === undefined ? [] : [{ shard: p.shard, from: p.removing!, to: p.adding.nodeId }]));
   }
 
+  /** The nodes marked draining, sorted. */
+  draining(): string[] {
+    return [...(this.state.draining ?? [])];
+  }
+
+  /**
+   * Marks node `nodeId` draining (`undo`: no longer), durably; nothing changes (and nothing is
+   * written) when it is so already. `too_large` past DRAINING_NODES_MAX nodes. Returns whether
+   * it is draining now and the replicas the catalog still places on it.
+   */
+  drain(nodeId: string, undo: boolean): { draining: boolean; replicas: number } {
+    const now = new Set(this.state.draining ?? []);
+    if (undo ? now.has(nodeId) : !now.has(nodeId)) {
+      if (!undo && now.size >= DRAINING_NODES_MAX) {
+        throw new ProtocolError('too_large', `${DRAINING_NODES_MAX} nodes are draining, the limit: wait for one to be empty and take its mark off (strata node drain NODE --undo)`, { drainingMax: DRAINING_NODES_MAX });
+      }
+      if (undo) now.delete(nodeId);
+      else now.add(nodeId);
+      const { draining: _, ...rest } = this.state;
+      this.commit({ ...rest, ...(now.size === 0 ? {} : { draining: [...now].sort() }) });
+    }
+    return { draining: !undo, replicas: this.replicasOn(nodeId) };
+  }
+
+  /** Shard replicas the catalog places on `nodeId` (the one a move under way adds counted). */
+  replicasOn(nodeId: string): number {
+    let n = 0;
+    for (const v of this.state.volumes) for (const p of v.placements) for (const r of placedOn(p)) if (r.nodeId === nodeId) n++;
+    return n;
+  }
+
   /**
    * The moves that replace replicas on dead nodes (docs/replication.md, "Replacing a dead node's
-   * replicas"), at most `max`, in catalog order; changes nothing (`beginMove` records each).
+   * replicas") and move them off draining ones ("Draining a node"), at most `max`, in catalog
+   * order; changes nothing (`beginMove` records each). With `afterMs` 0, no node counts as dead.
    *
    * A node is dead once it is not live and has been silent longer than `afterMs`: since its last
    * heartbeat, or, for a node the catalog places replicas on that this controller has not heard
    * from, since `sinceMs` (when the controller started). For each shard (but those `skip` names):
    * - a move under way is resumed as it was recorded when each of its two sets has a live
    *   majority and the node it adds is live or dead (`withoutOpen`), not while it is only silent;
-   * - else its first member on a dead node is replaced, when a majority of its members is live
+   * - else its first member on a dead node, or else on a draining node, is replaced, when a
+   *   majority of its members is live
    *   (a shard without one has no leader to change its set, and a sole replica's data is on the
-   *   dead node alone), by a live node outside the shard's set: one in a failure domain none of
+   *   dead node alone), by a live node outside the shard's set and not draining: one in a failure domain none of
    *   the shard's other members is in first, then the one that holds the fewest replicas (the
    *   first by id among equals; counting the ones this plan adds).
    */
   repairPlan(nowMs: number, opts: { afterMs: number; sinceMs: number; max: number; skip?: (volumeId: string, shard: number) => boolean }): RepairMove[] {
     const out: RepairMove[] = [];
     if (opts.max <= 0) return out;
-    const live = this.liveNodes(nowMs);
-    const liveIds = new Set(live.map((m) => m.nodeId));
+    const draining = new Set(this.state.draining ?? []);
+    // Nodes a replica may move to: live, and not draining.
+    const live = this.liveNodes(nowMs).filter((m) => !draining.has(m.nodeId));
+    const liveIds = new Set(this.liveNodes(nowMs).map((m) => m.nodeId));
     const dead = (nodeId: string): boolean => {
-      if (liveIds.has(nodeId)) return false;
+      if (opts.afterMs <= 0 || liveIds.has(nodeId)) return false;
       const since = this.members.get(nodeId)?.lastSeenMs ?? opts.sinceMs;
       return nowMs - since > opts.afterMs;
     };
@@ -411,11 +456,13 @@ export class Controller {
           const next = members.map((m) => (m === p.removing ? p.adding!.nodeId : m));
           const adds = p.adding.nodeId;
           if ((liveIds.has(adds) || dead(adds)) && majorityLive(members) && majorityLive(next)) {
-            out.push({ volume: v.name, volumeId: v.id, shard: p.shard, from: p.removing!, to: adds, resumed: true, ...(liveIds.has(adds) ? {} : { withoutOpen: true }) });
+            out.push({ volume: v.name, volumeId: v.id, shard: p.shard, from: p.removing!, to: adds, resumed: true, reason: 'resumed', ...(liveIds.has(adds) ? {} : { withoutOpen: true }) });
           }
           continue;
         }
-        const from = members.find(dead);
+        // A dead node's replica first, then a draining node's.
+        const deadOne = members.find(dead);
+        const from = deadOne ?? members.find((n) => draining.has(n));
         if (from === undefined || !majorityLive(members)) continue;
         if (load === undefined) {
           load = new Map<string, number>();
@@ -437,7 +484,7 @@ export class Controller {
         if (best === undefined) continue;
         const to = best.nodeId;
         load.set(to, (load.get(to) ?? 0) + 1);
-        out.push({ volume: v.name, volumeId: v.id, shard: p.shard, from, to, resumed: false });
+        out.push({ volume: v.name, volumeId: v.id, shard: p.shard, from, to, resumed: false, reason: deadOne !== undefined ? 'dead' : 'draining' });
       }
     }
     return out;
@@ -469,10 +516,13 @@ export class Controller {
         { replicas: spec.shards * spec.replicas, placed, replicasMax: this.replicasMax },
       );
     }
-    const live = this.liveNodes(nowMs);
-    if (live.length === 0) throw new ProtocolError('unavailable', 'no live node to place the volume on');
+    const draining = new Set(this.state.draining ?? []);
+    const live = this.liveNodes(nowMs).filter((m) => !draining.has(m.nodeId));
+    const drainingLive = this.liveNodes(nowMs).length - live.length;
+    const but = drainingLive > 0 ? ` (not counting ${drainingLive} draining)` : '';
+    if (live.length === 0) throw new ProtocolError('unavailable', `no live node to place the volume on${but}`);
     if (spec.replicas > live.length) {
-      throw new ProtocolError('unavailable', `replicas=${spec.replicas} needs ${spec.replicas} live nodes, ${live.length} are live`, {
+      throw new ProtocolError('unavailable', `replicas=${spec.replicas} needs ${spec.replicas} live nodes, ${live.length} are live${but}`, {
         path: 'replicas',
         liveNodes: live.length,
       });

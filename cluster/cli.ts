@@ -101,6 +101,11 @@ Commands:
         node. Done once the shard's leader has committed the new set; the replica on
         --from is then destroyed. Run again with the same nodes, it finishes a move that
         was cut short (docs/replication.md).
+  drain NODE [--undo]
+        Operator action: mark NODE draining (durably, in the catalog). The controller moves
+        each of its replicas to another node, as it replaces a dead node's, and places
+        nothing new on it; answered at once with the replicas still on it (strata status
+        and volume info show the moves). --undo takes the mark off (docs/replication.md).
   catalog recover [--apply]
         Operator action after the controller lost its data directory: find on the live
         nodes the volumes they hold that the catalog lacks, and with --apply add them
@@ -178,13 +183,14 @@ const COMMANDS: Readonly<Record<string, CommandSpec>> = {
   'shard force-vote': { positionals: ['VOLUME', 'SHARD'], flags: { node: 'string' }, required: ['node'], client: true },
   'shard move': { positionals: ['VOLUME', 'SHARD'], flags: { from: 'string', to: 'string' }, required: ['from', 'to'], client: true },
   'catalog recover': { positionals: [], flags: { apply: 'boolean' }, client: true },
+  drain: { positionals: ['NODE'], flags: { undo: 'boolean' }, client: true },
   'nats-auth': { positionals: [], flags: { cluster: 'string', clients: 'string' }, client: false },
   help: { positionals: [], flags: {}, client: false },
 };
 
 /** A parsed command line. `node` keeps its arguments raw (`rest`) for loadNodeConfig. */
 export interface ParsedArgs {
-  /** `dev`, `node`, `volume create`, `volume list`, `volume info`, `volume delete`, `put`, `get`, `nbd`, `status`, `shard force-vote`, `shard move`, `catalog recover`, `nats-auth`, `help`. */
+  /** `dev`, `node`, `volume create`, `volume list`, `volume info`, `volume delete`, `put`, `get`, `nbd`, `status`, `shard force-vote`, `shard move`, `drain`, `catalog recover`, `nats-auth`, `help`. */
   command: string;
   positionals: string[];
   flags: Record<string, string | number | boolean>;
@@ -416,6 +422,13 @@ export function parseArgs(argvIn: readonly string[]): ParsedArgs {
     }
     if (flags.from === flags.to) throw new UsageError(`shard move: --from and --to name the same node ${JSON.stringify(flags.from)}`);
   }
+  if (command === 'drain') {
+    try {
+      checkToken(positionals[0]!, 'NODE');
+    } catch (e) {
+      throw new UsageError((e as Error).message);
+    }
+  }
   if (command === 'nbd') {
     if ((positionals.length === 1) === (flags.all === true)) throw new UsageError(positionals.length === 1 ? 'nbd: give VOLUME or --all, not both' : 'nbd: expected VOLUME or --all');
     if (typeof flags.listen === 'string') parseListen(flags.listen);
@@ -615,6 +628,19 @@ async function shardMove(ctx: Ctx): Promise<void> {
   const r = await withClient(ctx, (c) => c.moveReplica(volume, parseInteger('SHARD', shardText), { from, to }));
   const text = `moved shard ${r.shard} of ${r.volume} from ${from} to ${to}: its replicas are on ${r.members.join(', ')} (term ${r.term}, lsn ${r.lsn})\n`;
   await writeOut(ctx.io.stdout, ctx.json ? jsonText({ ...r, from, to }) : text);
+}
+
+async function drain(ctx: Ctx): Promise<void> {
+  const [node] = ctx.args.positionals as [string];
+  const undo = ctx.args.flags.undo === true;
+  const r = await withClient(ctx, (c) => c.drainNode(node, { undo }));
+  const held = `${r.replicas} replica${r.replicas === 1 ? '' : 's'}`;
+  const text = r.draining
+    ? r.replicas === 0
+      ? `node ${r.node} is draining: it holds no replica, nothing new is placed on it\n`
+      : `node ${r.node} is draining: the controller moves its ${held} to other nodes (strata status shows the moves; run again to see how many are left)\n`
+    : `node ${r.node} is no longer draining: it holds ${held}\n`;
+  await writeOut(ctx.io.stdout, ctx.json ? jsonText(r) : text);
 }
 
 async function catalogRecover(ctx: Ctx): Promise<void> {
@@ -967,6 +993,9 @@ export async function main(argv: readonly string[], io: Partial<CliIo> = {}): Pr
         return 0;
       case 'catalog recover':
         await catalogRecover(ctx);
+        return 0;
+      case 'drain':
+        await drain(ctx);
         return 0;
       case 'nats-auth':
         await writeOut(fullIo.stdout, natsAuthText((args.flags.cluster as string | undefined) ?? (fullIo.env.STRATA_CLUSTER || CLUSTER_DEFAULT), natsAuthClients(args.flags.clients as string | undefined)));

@@ -54,6 +54,8 @@ import {
   validateCatalogRecoverReply,
   validateShardForceVoteReply,
   validateShardMoveReply,
+  validateNodeDrainReply,
+  type NodeDrainReply,
   type CatalogRecoverReply,
   type ShardForceVoteReply,
   type ShardMoveReply,
@@ -414,6 +416,29 @@ export class StrataClient {
       throw err;
     }
     return readReply(replyBytes, 'shard.move', subject, validateShardMoveReply);
+  }
+
+  /**
+   * Operator action (docs/replication.md, "Draining a node"): marks node `node` draining, durably
+   * in the catalog (with `undo`: no longer). The controller then moves each of its replicas to
+   * another node, one shard at a time, and places nothing new on it; the answer comes at once,
+   * with the replicas still placed on the node (`strata status` and `volume info` show the moves;
+   * the node is empty once `replicas` reads 0). Sent to the controller's control subject.
+   * Fails `too_large` (64 nodes draining already), `unavailable` (no controller).
+   */
+  async drainNode(node: string, options: { undo?: boolean } & CallOptions = {}): Promise<NodeDrainReply> {
+    this.checkOpen();
+    const body = { node: checkToken(node, 'node'), ...(options.undo === true ? { undo: true } : {}) };
+    const subject = controllerSubject(this.cluster, 'node.drain');
+    const deadlineMs = this.deadline(options.deadlineMs);
+    let replyBytes: Uint8Array;
+    try {
+      replyBytes = await this.request(subject, encode(body), { timeoutMs: Math.max(1, deadlineMs - this.nowMs()), headers: { [HEADER_DEADLINE]: String(deadlineMs) } });
+    } catch (err) {
+      if (err instanceof NoRespondersError) throw new ProtocolError('unavailable', `the controller is not reachable (no responders on ${subject}): is the controller node running?`, { subject });
+      throw err;
+    }
+    return readReply(replyBytes, 'node.drain', subject, validateNodeDrainReply);
   }
 
   /**

@@ -60,6 +60,7 @@ import {
   validateShardReconfigure,
   validateShardReconfigureReply,
   validateShardMove,
+  validateNodeDrain,
   type RecoveredVolume,
   type ShardMoveRequest,
   type ShardMoveReply,
@@ -71,7 +72,7 @@ import { sameNodeSet as sameSet } from '../messages/raft';
 import { RealDisk } from '../storage-engine/real-disk';
 import { makeDirectory } from '../storage-engine/make-directory';
 import { MetaStore } from '../storage-engine/metadata';
-import { CATALOG_REPLICAS_MAX, Controller, idNumber, idTag, volumeInfo, type AssignmentRole, type ShardMove, type VolumeRecord } from '../actors/controller';
+import { CATALOG_REPLICAS_MAX, Controller, idNumber, idTag, volumeInfo, type RepairMove, type AssignmentRole, type ShardMove, type VolumeRecord } from '../actors/controller';
 import { HostPool } from '../runtime/host-pool';
 import type { HostConfig, TransportFaults } from '../runtime/actor-host';
 import type { ReplicaTiming } from '../actors/replica';
@@ -614,9 +615,10 @@ export class StrataNode {
         .finally(() => (this.claimChecking = false));
     }, this.opts.claimRecheckMs ?? CLAIM_RECHECK_MS);
     this.claimTimer.unref();
-    const repairAfterMs = this.opts.repairAfterMs ?? REPAIR_AFTER_MS_DEFAULT;
-    if (this.controller !== undefined && repairAfterMs > 0) {
-      this.repairTimer = setInterval(() => this.repairTick(repairAfterMs), Math.max(1, Math.min(REPAIR_CHECK_MS_MAX, repairAfterMs / 2)));
+    if (this.controller !== undefined) {
+      // Also with repairs off: the replicas of draining nodes are moved by the same check.
+      const repairAfterMs = this.opts.repairAfterMs ?? REPAIR_AFTER_MS_DEFAULT;
+      this.repairTimer = setInterval(() => this.repairTick(), repairAfterMs > 0 ? Math.max(1, Math.min(REPAIR_CHECK_MS_MAX, repairAfterMs / 2)) : REPAIR_CHECK_MS_MAX);
       this.repairTimer.unref();
     }
     if (telemetry && !this.stopped) {
@@ -1382,6 +1384,17 @@ export class StrataNode {
     // Not in the catalog's queue: a move waits for a node and a shard's leader, and its catalog
     // changes are made at once (one move per shard, recorded in the catalog).
     this.subscribe(subj('shard.move'), async (body, msg) => this.moveShard(validateShardMove(body), this.controlDeadline(msg)));
+    // In the catalog's queue: a durable change of the catalog, answered at once; the moves
+    // follow from the next check, made now.
+    this.subscribe(subj('node.drain'), (body, msg) =>
+      this.serial(msg, async () => {
+        const req = validateNodeDrain(body);
+        const r = c.drain(req.node, req.undo === true);
+        this.log.info(r.draining ? 'node marked draining: its replicas are moved off' : 'node no longer marked draining', { drained: req.node, replicas: r.replicas });
+        if (r.draining) setImmediate(() => this.repairTick());
+        return { node: req.node, ...r };
+      }),
+    );
     this.subscribe(subj('volume.list'), async (body) => {
       validateVolumeListRequest(body);
       return { volumes: c.list().filter((v) => !this.creating.has(v.name)).map(volumeInfo) };
@@ -1393,7 +1406,7 @@ export class StrataNode {
    * has not heard from since it started (not live, last seen unknown): a node that died before a
    * restart of the controller is still shown, as dead.
    */
-  private allMembers(): Array<{ nodeId: string; hosts?: number; lastSeenMs?: number; silentMs?: number; live: boolean; repairInMs?: number }> {
+  private allMembers(): Array<{ nodeId: string; hosts?: number; lastSeenMs?: number; silentMs?: number; live: boolean; repairInMs?: number; draining?: true }> {
     const now = Date.now();
     const c = this.controller!;
     const live = new Set(c.liveNodes(now).map((m) => m.nodeId));
@@ -1403,8 +1416,10 @@ export class StrataNode {
     const placed = afterMs > 0 ? c.placedNodes() : new Set<string>();
     const repairIn = (nodeId: string, silentMs: number): { repairInMs?: number } =>
       live.has(nodeId) || !placed.has(nodeId) ? {} : { repairInMs: Math.max(0, afterMs - silentMs) };
-    const heard = c.knownNodes().map((m) => ({ ...m, silentMs: Math.max(0, now - m.lastSeenMs), live: live.has(m.nodeId), ...repairIn(m.nodeId, now - m.lastSeenMs) }));
-    const unheard = c.placedUnheard().map((nodeId) => ({ nodeId, live: false, ...repairIn(nodeId, now - this.startedAt) }));
+    const draining = new Set(c.draining());
+    const drain = (nodeId: string): { draining?: true } => (draining.has(nodeId) ? { draining: true } : {});
+    const heard = c.knownNodes().map((m) => ({ ...m, silentMs: Math.max(0, now - m.lastSeenMs), live: live.has(m.nodeId), ...repairIn(m.nodeId, now - m.lastSeenMs), ...drain(m.nodeId) }));
+    const unheard = c.placedUnheard().map((nodeId) => ({ nodeId, live: false, ...repairIn(nodeId, now - this.startedAt), ...drain(nodeId) }));
     return [...heard, ...unheard];
   }
 
@@ -1474,7 +1489,7 @@ export class StrataNode {
    * same one) or refused (another, by beginMove). Every wait is within `deadlineMs`, less room
    * for the answer; a move cut short stays recorded, and asked again, goes on from there.
    */
-  private async moveShard(req: ShardMoveRequest, deadlineMs: number, repair?: { withoutOpen: boolean }): Promise<ShardMoveReply> {
+  private async moveShard(req: ShardMoveRequest, deadlineMs: number, repair?: { withoutOpen: boolean; reason: RepairMove['reason'] }): Promise<ShardMoveReply> {
     const c = this.controller!;
     if (this.creating.has(req.volume)) throw new ProtocolError('not_found', `volume '${req.volume}' does not exist (its create has not been answered yet)`, { name: req.volume });
     const v = c.get(req.volume);
@@ -1489,7 +1504,7 @@ export class StrataNode {
     const waitMs = catalogWaitMs(deadlineMs - Date.now());
     const late = (): ProtocolError => new ProtocolError('timeout', `the move of shard ${req.shard} of volume '${req.volume}' from node '${req.from}' to node '${req.to}' did not finish within the deadline; it is recorded: run it again to finish it`, { from: req.from, to: req.to });
     if (running !== undefined) return withTimeout(running, Math.max(1, waitMs), late);
-    if (!move.resumed) this.log.info(repair !== undefined ? "replacing a dead node's replica" : 'moving a replica', { volume: v.id, shard: req.shard, from: req.from, to: req.to, hostId: move.to.hostId });
+    if (!move.resumed) this.log.info(repair === undefined ? 'moving a replica' : repair.reason === 'draining' ? "moving a draining node's replica" : "replacing a dead node's replica", { volume: v.id, shard: req.shard, from: req.from, to: req.to, hostId: move.to.hostId });
     if (repair?.withoutOpen === true) this.log.warn("finishing a move without the node it adds, which is dead: its replica is replaced next", { volume: v.id, shard: req.shard, from: req.from, to: req.to });
     const run = this.runMove(move, Date.now() + Math.max(1, waitMs), repair?.withoutOpen === true).finally(() => this.moving.delete(key));
     this.moving.set(key, run);
@@ -1508,12 +1523,13 @@ export class StrataNode {
 
   /**
    * The controller's check for replicas to replace (docs/replication.md, "Replacing a dead
-   * node's replicas"): starts the moves `Controller.repairPlan` proposes, REPAIRS_IN_FLIGHT_MAX
+   * node's replicas", "Draining a node"): starts the moves `Controller.repairPlan` proposes, REPAIRS_IN_FLIGHT_MAX
    * at once at most, none of a shard another move of this controller runs or whose last repair
    * failed less than its back-off ago. Each is the move an operator would run, within
    * REPAIR_MOVE_DEADLINE_MS; one cut short stays recorded, and the next check resumes it.
    */
-  private repairTick(afterMs: number): void {
+  private repairTick(): void {
+    const afterMs = this.opts.repairAfterMs ?? REPAIR_AFTER_MS_DEFAULT;
     const c = this.controller;
     if (c === undefined || this.stopped || c.storageFailure !== undefined) return;
     const room = REPAIRS_IN_FLIGHT_MAX - this.repairing.size;
@@ -1533,9 +1549,9 @@ export class StrataNode {
       const key = `${m.volumeId}.${m.shard}`;
       this.repairing.add(key);
       const fields = { volume: m.volumeId, shard: m.shard, from: m.from, to: m.to };
-      void this.moveShard({ volume: m.volume, shard: m.shard, from: m.from, to: m.to }, Date.now() + REPAIR_MOVE_DEADLINE_MS, { withoutOpen: m.withoutOpen === true })
+      void this.moveShard({ volume: m.volume, shard: m.shard, from: m.from, to: m.to }, Date.now() + REPAIR_MOVE_DEADLINE_MS, { withoutOpen: m.withoutOpen === true, reason: m.reason })
         .then(() => {
-          if (this.repairBackoff.delete(key)) this.log.info("replaced a dead node's replica after failed tries", fields);
+          if (this.repairBackoff.delete(key)) this.log.info("moved a dead or draining node's replica after failed tries", fields);
         })
         .catch((e: unknown) => {
           if (this.stopped) return;
@@ -1543,7 +1559,7 @@ export class StrataNode {
           const waitMs = prev === undefined ? REPAIR_BACKOFF_MS_MIN : Math.min(REPAIR_BACKOFF_MS_MAX, prev.waitMs * 2);
           const message = e instanceof Error ? e.message : String(e);
           // Once per shard and message: a repair that keeps failing the same way is not logged again.
-          if (message !== prev?.message) this.log.warn("could not replace a dead node's replica; trying again after a back-off", { ...fields, retryInMs: waitMs, err: e });
+          if (message !== prev?.message) this.log.warn("could not move a dead or draining node's replica; trying again after a back-off", { ...fields, retryInMs: waitMs, err: e });
           this.repairBackoff.delete(key);
           if (this.repairBackoff.size >= CATALOG_REPLICAS_MAX) this.repairBackoff.delete(this.repairBackoff.keys().next().value!);
           this.repairBackoff.set(key, { notBeforeMs: Date.now() + waitMs, waitMs, message });

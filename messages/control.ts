@@ -3,7 +3,7 @@
  *
  * Subjects:
  *   strata.<cluster>.controller.<verb>   heartbeat, assignments, volume.create|delete|info|list,
- *                                        catalog.recover, shard.move
+ *                                        catalog.recover, shard.move, node.drain
  *   strata.<cluster>.node.<nodeId>.<verb> shards.open, shards.destroy, status, shard.forceVote,
  *                                        shard.reconfigure, records
  *
@@ -349,6 +349,40 @@ export function validateShardMoveReply(body: unknown): ShardMoveReply {
     term: int(o.term, 'term', 0, Number.MAX_SAFE_INTEGER),
     lsn: int(o.lsn, 'lsn', 0, Number.MAX_SAFE_INTEGER),
   };
+}
+
+/**
+ * `controller.node.drain` (operator): marks node `node` as draining, durably in the catalog
+ * (docs/replication.md, "Draining a node"): the controller moves each of its replicas to
+ * another node, as it replaces a dead node's, and places nothing new on it. With `undo`, the
+ * mark is taken off (moves already done stay done). Answered at once, with what is left.
+ */
+export interface NodeDrainRequest {
+  node: string;
+  undo?: boolean;
+}
+export interface NodeDrainReply {
+  node: string;
+  /** The node is marked draining now. */
+  draining: boolean;
+  /** Shard replicas the catalog still places on the node (a move under way that adds one to it counted). */
+  replicas: number;
+}
+
+/** Nodes marked draining at once at most. */
+export const DRAINING_NODES_MAX = 64;
+
+const DRAIN_FIELDS = new Set(['node', 'undo']);
+
+export function validateNodeDrain(body: unknown): NodeDrainRequest {
+  const o = obj(body, '');
+  for (const key of Object.keys(o)) if (!DRAIN_FIELDS.has(key)) throw new ProtocolError('bad_request', `${key}: unknown field`, { path: key });
+  return { node: str(o.node, 'node'), ...(o.undo === undefined ? {} : { undo: expectBoolean(o.undo, 'undo') }) };
+}
+
+export function validateNodeDrainReply(body: unknown): NodeDrainReply {
+  const o = obj(body, '');
+  return { node: str(o.node, 'node'), draining: expectBoolean(o.draining, 'draining'), replicas: int(o.replicas, 'replicas', 0, Number.MAX_SAFE_INTEGER) };
 }
 
 /**

@@ -103,6 +103,8 @@ interface NodeRow {
   silentMs: number | undefined;
   /** A dead node holding replicas: time until the controller replaces them (0: it does now); undefined when repairs are off. */
   repairInMs: number | undefined;
+  /** An operator marked it draining (strata drain): its replicas are moved off. */
+  draining: boolean;
 }
 
 /** Nodes: the controller's members (with liveness) merged with the nodes that answered. */
@@ -111,7 +113,7 @@ function nodeRows(reply: Rec): NodeRow[] {
   const row = (id: string): NodeRow => {
     let r = byId.get(id);
     if (!r) {
-      r = { id, state: 'no reply', reason: undefined, hostsOk: undefined, hosts: undefined, loopDelayMaxMs: undefined, uptimeMs: undefined, version: undefined, controller: undefined, lastSeenMs: undefined, silentMs: undefined, repairInMs: undefined };
+      r = { id, state: 'no reply', reason: undefined, hostsOk: undefined, hosts: undefined, loopDelayMaxMs: undefined, uptimeMs: undefined, version: undefined, controller: undefined, lastSeenMs: undefined, silentMs: undefined, repairInMs: undefined, draining: false };
       byId.set(id, r);
     }
     return r;
@@ -123,6 +125,7 @@ function nodeRows(reply: Rec): NodeRow[] {
     r.lastSeenMs = num(m.lastSeenMs);
     r.silentMs = num(m.silentMs);
     r.repairInMs = num(m.repairInMs);
+    r.draining = m.draining === true;
     r.hosts = num(m.hosts);
     if (m.live === false) r.state = 'dead';
   }
@@ -284,7 +287,7 @@ export function formatStatus(statusReply: unknown, options: FormatStatusOptions 
             n.silentMs !== undefined ? `${duration(n.silentMs)} ago` : n.lastSeenMs !== undefined ? `${duration(nowMs - n.lastSeenMs)} ago` : '-',
             n.state === 'dead'
               ? `no heartbeat${n.repairInMs === undefined ? '' : n.repairInMs > 0 ? `; replicas replaced in ${duration(n.repairInMs)}` : '; replacing its replicas'}`
-              : n.state === 'no reply' ? 'did not answer status' : cell(n.reason),
+              : n.state === 'no reply' ? 'did not answer status' : n.draining ? `draining${n.reason === undefined ? '' : `; ${cell(n.reason)}`}` : cell(n.reason),
           ],
           tone: n.state === 'dead' ? 'bad' : n.state === 'up' ? undefined : 'warn',
         })),

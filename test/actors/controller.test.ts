@@ -584,8 +584,8 @@ describe("Controller replacement of dead nodes' replicas (repairPlan)", () => {
     // Shard 0: d holds 1 replica and e none, so e; shard 1 (b, c, d): e holds one now, a holds
     // one: the first by id among equals, a.
     assert.deepEqual(plan, [
-      { volume: 'v', volumeId: c.get('v').id, shard: 0, from: 'c', to: 'e', resumed: false },
-      { volume: 'v', volumeId: c.get('v').id, shard: 1, from: 'c', to: 'a', resumed: false },
+      { volume: 'v', volumeId: c.get('v').id, shard: 0, from: 'c', to: 'e', resumed: false, reason: 'dead' },
+      { volume: 'v', volumeId: c.get('v').id, shard: 1, from: 'c', to: 'a', resumed: false, reason: 'dead' },
     ]);
     // Bounded, and shards the caller names are left for later.
     assert.deepEqual(c.repairPlan(T0 + AFTER + 1, { ...opts, max: 1 }).map((m) => m.shard), [0]);
@@ -651,14 +651,14 @@ describe("Controller replacement of dead nodes' replicas (repairPlan)", () => {
     const opts = { afterMs: AFTER, sinceMs: T0, max: 8 };
     // Every node live: the recorded move is proposed as it is (not another one).
     beat(c, ['a', 'b', 'c', 'd', 'e'], T0 + 1000);
-    assert.deepEqual(c.repairPlan(T0 + 1000, opts), [{ volume: 'v', volumeId: c.get('v').id, shard: 0, from: 'c', to: 'd', resumed: true }]);
+    assert.deepEqual(c.repairPlan(T0 + 1000, opts), [{ volume: 'v', volumeId: c.get('v').id, shard: 0, from: 'c', to: 'd', resumed: true, reason: 'resumed' }]);
     // The node it adds is silent, not live, but not yet for longer than the wait: nothing.
     beat(c, ['a', 'b', 'c', 'e'], T0 + 7000);
     assert.deepEqual(c.repairPlan(T0 + 7000, opts), []);
     // Dead: the move is finished without it (its replica is then replaced in turn).
     const at = T0 + AFTER + 2000;
     beat(c, ['a', 'b', 'c', 'e'], at);
-    assert.deepEqual(c.repairPlan(at, opts), [{ volume: 'v', volumeId: c.get('v').id, shard: 0, from: 'c', to: 'd', resumed: true, withoutOpen: true }]);
+    assert.deepEqual(c.repairPlan(at, opts), [{ volume: 'v', volumeId: c.get('v').id, shard: 0, from: 'c', to: 'd', resumed: true, reason: 'resumed', withoutOpen: true }]);
     // d back, but a and b dead: the set before (a, b, c) has one live member.
     const later = at + AFTER + 1;
     beat(c, ['c', 'd', 'e'], later);
@@ -739,5 +739,63 @@ describe('volume id numbers (idNumber)', () => {
     assert.equal(idNumber('vz-ab12'), 35);
     assert.equal(idNumber('v10-x'), 36);
     for (const id of ['x1', 'v', 'v-1', 'vA-1', 'v1_2', `v${'1'.repeat(11)}`]) assert.equal(idNumber(id), undefined, id);
+  });
+});
+
+describe('Controller draining nodes', () => {
+  const spec = (name: string, shards: number, replicas: 1 | 3 = 3) => ({ name, pageCount: 64, pageSize: 4096 as const, shards, stripePages: 16, replicas });
+  const opts = { afterMs: 0, sinceMs: T0, max: 8 };
+
+  it("a draining node's replicas are moved off (with repairs of dead nodes off), to nodes not draining; its mark survives a restart and is taken off with undo", () => {
+    const disk = new SimDisk();
+    const c = new Controller({ meta: new MetaStore(disk, '') });
+    for (const id of ['a', 'b', 'c', 'd', 'e']) c.heartbeat(id, 1, T0);
+    c.create(spec('v', 2), T0);
+    assert.deepEqual(c.get('v').placements.map((p) => p.replicas.map((r) => r.nodeId)), [['a', 'b', 'c'], ['b', 'c', 'd']]);
+    assert.deepEqual(c.repairPlan(T0, opts), []);
+    const epoch = c.epoch;
+    assert.deepEqual(c.drain('c', false), { draining: true, replicas: 2 });
+    assert.equal(c.epoch, epoch + 1, 'recorded');
+    assert.deepEqual(c.drain('c', false), { draining: true, replicas: 2 });
+    assert.equal(c.epoch, epoch + 1, 'asked again, nothing written');
+    // Both of c's replicas, to the live nodes outside each set that are not draining; e drains too.
+    c.drain('e', false);
+    assert.deepEqual(c.repairPlan(T0, opts).map((m) => [m.shard, m.from, m.to, m.reason]), [[0, 'c', 'd', 'draining'], [1, 'c', 'a', 'draining']]);
+    // Also e's (it holds none); and a new volume is placed on neither.
+    assert.deepEqual(new Controller({ meta: new MetaStore(disk, '') }).draining(), ['c', 'e'], 'durable');
+    for (const p of c.create(spec('w', 4), T0).placements) for (const r of p.replicas) assert.ok(r.nodeId !== 'c' && r.nodeId !== 'e', JSON.stringify(p));
+    // An operator's move to a draining node is refused, naming the undo.
+    assert.throws(() => c.beginMove('v', 0, 'a', 'e', T0), (e: unknown) => e instanceof ProtocolError && e.code === 'bad_request' && /node 'e' is draining.*strata node drain e --undo/.test(e.message));
+    // A dead node's replica goes first where a shard has both.
+    assert.deepEqual(c.drain('c', true), { draining: false, replicas: 2 });
+    assert.deepEqual(c.draining(), ['e']);
+    assert.deepEqual(c.repairPlan(T0, opts), []);
+    c.drain('e', true);
+    assert.equal(new Controller({ meta: new MetaStore(disk, '') }).draining().length, 0);
+  });
+
+  it('refuses to place a volume when the live nodes not draining are too few, saying so; bounded', () => {
+    const c = controller();
+    for (const id of ['a', 'b', 'c']) c.heartbeat(id, 1, T0);
+    c.drain('a', false);
+    assert.throws(() => c.create(spec('v', 1), T0), (e: unknown) => e instanceof ProtocolError && e.code === 'unavailable' && /replicas=3 needs 3 live nodes, 2 are live \(not counting 1 draining\)/.test(e.message));
+    c.create(spec('one', 1, 1), T0);
+    for (let i = 1; i < 64; i++) c.drain(`x${i}`, false);
+    assert.throws(() => c.drain('y', false), (e: unknown) => e instanceof ProtocolError && e.code === 'too_large');
+    assert.deepEqual(c.drain('x1', true), { draining: false, replicas: 0 });
+    assert.equal(c.drain('y', false).draining, true);
+  });
+
+  it('a dead node is moved off before a draining one, and a shard whose draining member is its only way to a majority keeps it until then', () => {
+    const c = controller();
+    for (const id of ['a', 'b', 'c', 'd']) c.heartbeat(id, 1, T0);
+    c.create(spec('v', 1), T0);
+    c.drain('a', false);
+    const at = T0 + 120_000;
+    for (const id of ['a', 'b', 'd']) c.heartbeat(id, 1, at);
+    assert.deepEqual(c.repairPlan(at, { afterMs: 60_000, sinceMs: T0, max: 8 }).map((m) => [m.from, m.to, m.reason]), [['c', 'd', 'dead']]);
+    // b dead too: a (draining, live) and c, b dead: no live majority, nothing moves.
+    for (const id of ['a', 'd']) c.heartbeat(id, 1, at + 120_000);
+    assert.deepEqual(c.repairPlan(at + 120_000, { afterMs: 60_000, sinceMs: T0, max: 8 }), []);
   });
 });

@@ -276,6 +276,10 @@ describe('cluster/cli', () => {
       [['shard', 'move', 'db', '1.5', '--from', 'n1', '--to', 'n2'], /^SHARD: expected a non-negative integer, got "1\.5"$/],
       [['shard', 'move', 'db', '99999999999999999', '--from', 'n1', '--to', 'n2'], /^SHARD: 99999999999999999 is too large/],
       [['shard', 'move', 'db', '0', '--from', 'n1', '--to', 'a.b'], /^--to: expected 1\.\.64 characters .*got "a\.b"$/],
+      [['drain'], /^drain: missing NODE$/],
+      [['drain', 'a.b'], /^NODE: expected 1\.\.64 characters .*got "a\.b"$/],
+      [['drain', 'n1', 'n2'], /^drain: unexpected argument "n2"$/],
+      [['drain', 'n1', '--undo=maybe'], /^--undo takes no value$/],
       [['shard', 'move', 'db', '0', '--from', 'n1', '--to', 'n1'], /^shard move: --from and --to name the same node "n1"$/],
       [['nbd'], /^nbd: expected VOLUME or --all$/],
       [['nbd', 'db', '--all'], /^nbd: give VOLUME or --all, not both$/],
@@ -372,6 +376,34 @@ describe('cluster/cli', () => {
       assert.match(r.err, /^strata: usage: SHARD: expected a non-negative integer, got "one"\n/);
       assert.equal(mem.connects.length, connects, 'not connected');
       assert.equal(asked.length, 3);
+    });
+
+    it('drain marks a node draining and prints what is left (text and JSON), --undo takes the mark off, a refusal exits 1', async () => {
+      const mem = new MemoryCluster();
+      const asked: unknown[] = [];
+      let answer: unknown = { node: 'n4', draining: true, replicas: 12 };
+      const request = mem.request.bind(mem);
+      mem.request = async (subject, data, options) => {
+        if (!subject.endsWith('.controller.node.drain')) return request(subject, data, options);
+        asked.push(decode(data));
+        return encode(answer);
+      };
+      let r = await run(['drain', 'n4'], mem);
+      assert.equal(r.code, 0, r.err);
+      assert.equal(r.out, 'node n4 is draining: the controller moves its 12 replicas to other nodes (strata status shows the moves; run again to see how many are left)\n');
+      answer = { node: 'n4', draining: true, replicas: 0 };
+      r = await run(['drain', 'n4', '--json'], mem);
+      assert.deepEqual(JSON.parse(r.out), { node: 'n4', draining: true, replicas: 0 });
+      r = await run(['drain', 'n4'], mem);
+      assert.equal(r.out, 'node n4 is draining: it holds no replica, nothing new is placed on it\n');
+      answer = { node: 'n4', draining: false, replicas: 1 };
+      r = await run(['drain', 'n4', '--undo'], mem);
+      assert.equal(r.out, 'node n4 is no longer draining: it holds 1 replica\n');
+      assert.deepEqual(asked, [{ node: 'n4' }, { node: 'n4' }, { node: 'n4' }, { node: 'n4', undo: true }]);
+      answer = errorReply(new ProtocolError('too_large', '64 nodes are draining, the limit'));
+      r = await run(['drain', 'n5'], mem);
+      assert.equal(r.code, 1);
+      assert.equal(r.err, 'strata: too_large: 64 nodes are draining, the limit\n');
     });
 
     it('exits 2 with a usage message on stderr for a usage error, without connecting', async () => {

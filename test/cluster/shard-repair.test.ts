@@ -200,7 +200,7 @@ describe("the controller's metrics of a repair and of an operator's move", funct
   });
 });
 
-describe('with the wait before a repair set to 0, the controller moves no replica', function () {
+describe('with the wait before a repair set to 0, the controller moves no replica of a dead node, and moves those of a node an operator drains', function () {
   this.timeout(120_000);
   let c: InProcessCluster;
   before(async () => {
@@ -231,6 +231,37 @@ describe('with the wait before a repair set to 0, the controller moves no replic
     await new Promise((r) => setTimeout(r, 3000));
     assert.deepEqual(await replicaSets(c, 'np'), before);
     assert.equal((await c.client.volumeInfo('np')).replicaSets!.some((r) => r.moving !== undefined), false);
+    await c.restart(idx(dead));
+  });
+
+  it("strata drain moves a live node's replicas off it (repairs off), places nothing new on it, and --undo takes the mark off", async () => {
+    const vol = c.client.volume('np');
+    await writeOnceServed(vol, 2, 6, 'a write to np');
+    const before = await replicaSets(c, 'np');
+    const drained = before[0]!.find((n) => n !== 'n1')!;
+    const first = await c.client.drainNode(drained);
+    assert.deepEqual(first, { node: drained, draining: true, replicas: 1 });
+    await waitFor(`${drained} holds no replica`, async () => (await c.client.drainNode(drained)).replicas === 0, 60_000);
+    const after = await replicaSets(c, 'np');
+    assert.equal(after[0]!.includes(drained), false, JSON.stringify(after));
+    assert.equal(after[0]!.length, 3);
+    for (const n of before[0]!) if (n !== drained) assert.ok(after[0]!.includes(n), `${n} kept: ${JSON.stringify(after)}`);
+    assert.equal((await vol.readPages([2])).pages[0]![0], 6);
+    // Nothing new on it: a volume of 3 replicas on 4 nodes takes the other three.
+    await c.client.createVolume({ name: 'np2', pageCount: 16, shards: 2, stripePages: 8, replicas: 3 });
+    for (const set of await replicaSets(c, 'np2')) assert.equal(set.includes(drained), false, JSON.stringify(set));
+    // The controller's members say so (strata status shows it).
+    const nc = await natsConnect({ servers: c.natsUrl });
+    try {
+      const r = decode((await nc.request(`strata.${c.cluster}.controller.members`, encode({}), { timeout: 2000 })).data) as { members: Array<{ nodeId: string; draining?: boolean }> };
+      assert.deepEqual(r.members.filter((m) => m.draining === true).map((m) => m.nodeId), [drained]);
+    } finally {
+      await nc.close();
+    }
+    assert.deepEqual(await c.client.drainNode(drained, { undo: true }), { node: drained, draining: false, replicas: 0 });
+    // Placed on again: a volume of 4 shards × 3 replicas on 4 nodes uses every node.
+    await c.client.createVolume({ name: 'np3', pageCount: 16, shards: 4, stripePages: 4, replicas: 3 });
+    assert.ok((await replicaSets(c, 'np3')).some((set) => set.includes(drained)));
   });
 });
 

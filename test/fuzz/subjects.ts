@@ -32,7 +32,7 @@ import { validateRequest } from '../../messages/validate';
 import { validateRaftRequest, replicaSubject, followersSubject } from '../../messages/raft';
 import {
   validateClaimQuestion, validateHeartbeat, validateAssignmentsRequest, validateNodeStatusRequest, validateShardsOpen, validateShardsDestroy,
-  validateShardForceVote, validateCatalogRecoverRequest, validateNodeRecordsRequest, validateShardMove, validateShardReconfigure, controllerSubject, nodeSubject,
+  validateShardForceVote, validateCatalogRecoverRequest, validateNodeRecordsRequest, validateShardMove, validateNodeDrain, validateShardReconfigure, controllerSubject, nodeSubject,
 } from '../../messages/control';
 import { validateVolumeCreateRequest, validateVolumeNameRequest, validateVolumeListRequest } from '../../messages/validate';
 import { shardSubject, apiSubject } from '../../messages/subjects';
@@ -342,6 +342,9 @@ function controllerTargets(): Target[] {
     // A move to a node that does not run ('zz') is refused before anything is recorded; one to a real node would move a replica.
     { kind: 'controller', subject: c('shard.move'), body: () => ({ volume: pick([REAL, AUX, 'nope']), shard: pick([0, 1, 255]), from: pick([...facts.nodes, 'zz']), to: pick([...facts.nodes, 'zz']) }), check: (b) => void validateShardMove(b),
       forbidden: (b) => { try { return facts.nodes.includes(validateShardMove(b).to); } catch { return false; } } },
+    // Draining a real node would move its replicas: only a node that does not run, marked and unmarked.
+    { kind: 'controller', subject: c('node.drain'), body: () => ({ node: pick([...facts.nodes, 'zz']), ...(chance(0.5) ? { undo: chance(0.5) } : {}) }), check: (b) => void validateNodeDrain(b),
+      forbidden: (b) => { try { return facts.nodes.includes(validateNodeDrain(b).node); } catch { return false; } } },
   ];
 }
 

@@ -53,6 +53,11 @@ describe('observability/status', () => {
       ({ ...r, members: (r.members as Array<Record<string, unknown>>).map((m) => (m.nodeId === 'n3' ? { ...m, repairInMs } : m)) });
     assert.match(formatStatus(members(sampleReply(), 558_000), { nowMs: NOW }), /^ {2}n3 +DEAD .* 42\.0s ago +no heartbeat; replicas replaced in 9m18s$/m);
     assert.match(formatStatus(members(sampleReply(), 0), { nowMs: NOW }), /^ {2}n3 +DEAD .* 42\.0s ago +no heartbeat; replacing its replicas$/m);
+    // A node an operator drains (strata drain), with the reason it is degraded if it is.
+    const draining = (r: ReturnType<typeof sampleReply>, id: string) =>
+      ({ ...r, members: (r.members as Array<Record<string, unknown>>).map((m) => (m.nodeId === id ? { ...m, draining: true } : m)) });
+    assert.match(formatStatus(draining(sampleReply(), 'n1'), { nowMs: NOW }), /^ {2}n1 +up .* 0\.3s ago +draining$/m);
+    assert.match(formatStatus(draining(sampleReply(), 'n2'), { nowMs: NOW }), /^ {2}n2 +degraded .* draining; host 1: device failed$/m);
     assert.match(text, /^VOLUMES \(1\)$/m);
     assert.match(text, /^ {2}db {2}id=v7 {2}1024 pages × 4096 B {2}shards=2 {2}replicas=3 {2}\(2 shards not ok\)$/m);
     assert.match(text, /^ {4}SHARD +LEADER +TERM +COMMIT LSN +APPLIED LSN +REPLICAS UP +REPLICA LAG +HEALTH$/m);
