@@ -1,6 +1,6 @@
 import { strict as assert } from 'node:assert';
 import { validateConfig, validateRaftRequest, validateRaftReply, RAFT_RECORDS_PER_APPEND_MAX } from '../../messages/raft';
-import { ASSIGNMENTS_PAGE_MAX, validateHeartbeat, validateShardsOpen, validateShardsDestroy, validateAssignmentsReply } from '../../messages/control';
+import { ASSIGNMENTS_PAGE_MAX, validateNodeDrain, validateNodeDrainReply, validateHeartbeat, validateShardsOpen, validateShardsDestroy, validateAssignmentsReply } from '../../messages/control';
 import { ProtocolError } from '../../messages/errors';
 
 function code(fn: () => unknown): string {
@@ -102,5 +102,16 @@ describe('control message validators', () => {
     assert.equal(issued.issuedBelow, 40);
     assert.equal(code(() => validateAssignmentsReply({ epoch: 3, shards: [], tombstones: [], catalog: 'a b' })), 'bad_request');
     assert.equal(code(() => validateAssignmentsReply({ epoch: 3, shards: [], tombstones: [], issuedBelow: 0 })), 'bad_request');
+  });
+
+  it('node.drain: a node id and an optional boolean undo, nothing else; its reply', () => {
+    assert.deepEqual(validateNodeDrain({ node: 'n4' }), { node: 'n4' });
+    assert.deepEqual(validateNodeDrain({ node: 'n4', undo: true }), { node: 'n4', undo: true });
+    assert.equal(code(() => validateNodeDrain({})), 'bad_request');
+    assert.equal(code(() => validateNodeDrain({ node: 'a.b' })), 'bad_request');
+    assert.equal(code(() => validateNodeDrain({ node: 'n4', undo: 'yes' })), 'bad_request');
+    assert.equal(code(() => validateNodeDrain({ node: 'n4', force: true })), 'bad_request');
+    assert.deepEqual(validateNodeDrainReply({ node: 'n4', draining: false, replicas: 3 }), { node: 'n4', draining: false, replicas: 3 });
+    assert.equal(code(() => validateNodeDrainReply({ node: 'n4', draining: true, replicas: -1 })), 'bad_request');
   });
 });
