@@ -30,6 +30,9 @@
  *   (with 3 there is no node to move to, and the round injects nothing); the replicas not
  *   replaced within DOWN_MS are a problem. (A `freeze` longer than the controller's live window,
  *   5 s, and that wait gets its node's replicas moved too.)
+ * - `drain`: the operator's `strata drain` of a random node (with 4 or 5 nodes), until it holds
+ *   no replica, within DOWN_MS (otherwise a problem), then `--undo`: the controller moves a live
+ *   node's replicas while clients write.
  *
  * When the time is up the faults end, and the run checks:
  * 1. the cluster converges: within CONVERGE_MS every shard has a leader and every replica is up,
@@ -62,11 +65,11 @@ import { prng } from '../support/prng';
 import { formatTable, writeJson } from '../../bench/report';
 
 /** The faults the nemesis knows. */
-export const FAULT_KINDS = ['kill', 'kill-majority', 'freeze', 'nats-freeze', 'nats-restart', 'wipe', 'wipe-controller', 'move', 'down'] as const;
+export const FAULT_KINDS = ['kill', 'kill-majority', 'freeze', 'nats-freeze', 'nats-restart', 'wipe', 'wipe-controller', 'move', 'down', 'drain'] as const;
 export type FaultKind = (typeof FAULT_KINDS)[number];
 
 /** How often each fault is picked, relative to the others. */
-const FAULT_WEIGHTS: Record<FaultKind, number> = { kill: 35, 'kill-majority': 10, freeze: 35, 'nats-freeze': 15, 'nats-restart': 10, wipe: 10, 'wipe-controller': 5, move: 15, down: 10 };
+const FAULT_WEIGHTS: Record<FaultKind, number> = { kill: 35, 'kill-majority': 10, freeze: 35, 'nats-freeze': 15, 'nats-restart': 10, wipe: 10, 'wipe-controller': 5, move: 15, down: 10, drain: 10 };
 /** How long the operator's move of a replica may take. */
 const MOVE_MS = 20_000;
 /** Errors of a move that say to try again later (a node down or restarting meanwhile). */
@@ -155,7 +158,7 @@ export interface FaultEvent {
   /** For move: the shard, and how it ended (`done`, or the code of an error that says to retry). */
   shard?: number;
   outcome?: string;
-  /** For down: ms from the kill until the catalog placed none of the node's replicas. */
+  /** For down: ms from the kill until the catalog placed none of the node's replicas; for drain, from the mark. */
   replacedMs?: number;
 }
 
@@ -563,6 +566,7 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
         // Draws as any other fault does (the choices stay those of the seed), then skipped.
         const wipeVictim = kind === 'wipe' || kind === 'down' ? 1 + pick(cluster.nodes.length - 1) : kind === 'wipe-controller' ? 0 : -1;
         if (kind === 'down' && (cluster.nodes.length < 4 || opts.repairAfterSeconds === 0)) continue;
+        if (kind === 'drain' && cluster.nodes.length < 4) continue;
         if ((kind === 'wipe' || kind === 'wipe-controller') && (await anyRepairing())) continue;
         if (kind === 'move') {
           if (!(await moveReplica(ev))) continue;
@@ -578,6 +582,33 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
           await sleep(500 + rand() * 3500);
           await restart([wipeVictim], ev);
           if (kind === 'wipe-controller') await recoverCatalog(ev);
+        } else if (kind === 'drain') {
+          // Any node, n1 too: the controller's node drains as any other.
+          const n = cluster.nodes[pick(cluster.nodes.length)]!;
+          ev.nodes = [n.id];
+          const operator = await connect({ servers: cluster.natsUrl, cluster: 'dev', timeoutMs: 10_000, ...userOf('operator') });
+          try {
+            const startedAt = performance.now();
+            let left = -1;
+            while (left !== 0) {
+              left = await operator.drainNode(n.id).then((r) => r.replicas, () => -1);
+              if (left === 0) break;
+              if (performance.now() - startedAt > DOWN_MS) {
+                problem(`node ${n.id}, draining, still held replicas ${DOWN_MS / 1000} s later (${left} when last asked)`);
+                break;
+              }
+              await sleep(250);
+            }
+            if (left === 0) ev.replacedMs = Math.round(performance.now() - startedAt);
+            // The mark off, until it is (the controller may be restarting after another fault: not here, one fault at a time).
+            for (let i = 0; i < 20; i++) {
+              const r = await operator.drainNode(n.id, { undo: true }).then(() => true, () => false);
+              if (r) break;
+              await sleep(500);
+            }
+          } finally {
+            await operator.close();
+          }
         } else if (kind === 'down') {
           const n = cluster.nodes[wipeVictim]!;
           ev.nodes = [n.id];
@@ -627,7 +658,7 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
         }
         ev.endMs = Math.round(now());
         faults.push(ev);
-        out(`  ${(ev.startMs / 1000).toFixed(1)} s: ${ev.kind} ${ev.nodes.join(', ')} (${((ev.endMs - ev.startMs) / 1000).toFixed(1)} s)${ev.upMs ? `, up again after ${Object.entries(ev.upMs).map(([id, ms]) => `${id} ${(ms / 1000).toFixed(1)} s`).join(', ')}` : ''}${ev.recoveredMs !== undefined ? `, catalog recovered ${(ev.recoveredMs / 1000).toFixed(1)} s later (${(ev.recovered ?? []).join(', ') || 'listed'})` : ''}${ev.outcome !== undefined ? `, shard ${ev.shard}: ${ev.outcome}` : ''}${ev.replacedMs !== undefined ? `, its replicas replaced ${(ev.replacedMs / 1000).toFixed(1)} s after the kill` : ''}`);
+        out(`  ${(ev.startMs / 1000).toFixed(1)} s: ${ev.kind} ${ev.nodes.join(', ')} (${((ev.endMs - ev.startMs) / 1000).toFixed(1)} s)${ev.upMs ? `, up again after ${Object.entries(ev.upMs).map(([id, ms]) => `${id} ${(ms / 1000).toFixed(1)} s`).join(', ')}` : ''}${ev.recoveredMs !== undefined ? `, catalog recovered ${(ev.recoveredMs / 1000).toFixed(1)} s later (${(ev.recovered ?? []).join(', ') || 'listed'})` : ''}${ev.outcome !== undefined ? `, shard ${ev.shard}: ${ev.outcome}` : ''}${ev.replacedMs !== undefined ? `, its replicas ${ev.kind === 'drain' ? 'moved off' : 'replaced'} ${(ev.replacedMs / 1000).toFixed(1)} s after the ${ev.kind === 'drain' ? 'mark' : 'kill'}` : ''}`);
       }
     };
 
