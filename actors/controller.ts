@@ -56,7 +56,7 @@ export interface RepairMove {
   /** The catalog holds this move under way already. */
   resumed: boolean;
   /** Why: `from` is dead, or draining (for a move under way: why it was begun is not known, `resumed`). */
-  reason: 'dead' | 'draining' | 'resumed';
+  reason: 'dead' | 'draining' | 'resumed' | 'balance';
   /**
    * The node the move adds died meanwhile: the move is finished without it (a majority of each
    * set is live without it), and its replica is then replaced as any dead node's. It opens the
@@ -105,6 +105,8 @@ export interface CatalogState {
    * replicas are moved to other nodes, and nothing new is placed on them. Absent: none.
    */
   draining?: string[];
+  /** An operator asked for the replicas to be spread evenly (`setRebalance`); absent: not asked. */
+  rebalance?: true;
 }
 
 export interface NodeMember {
@@ -488,6 +490,69 @@ export class Controller {
       }
     }
     return out;
+  }
+
+  /** An operator asked for the replicas to be spread evenly, and it is not done yet. */
+  get rebalancing(): boolean {
+    return this.state.rebalance === true;
+  }
+
+  /** Asks for a rebalance (`on`) or calls it off / records it done, durably; nothing is written when so already. */
+  setRebalance(on: boolean): void {
+    if (this.rebalancing === on) return;
+    const { rebalance: _, ...rest } = this.state;
+    this.commit({ ...rest, ...(on ? { rebalance: true as const } : {}) });
+  }
+
+  /**
+   * Shard replicas the catalog places on each live node that is not draining (the replica a move
+   * under way adds counted), by node id: what a rebalance evens out.
+   */
+  spread(nowMs: number): Map<string, number> {
+    const draining = new Set(this.state.draining ?? []);
+    const load = new Map<string, number>();
+    for (const m of this.liveNodes(nowMs)) if (!draining.has(m.nodeId)) load.set(m.nodeId, 0);
+    for (const v of this.state.volumes) for (const p of v.placements) for (const r of placedOn(p)) if (load.has(r.nodeId)) load.set(r.nodeId, load.get(r.nodeId)! + 1);
+    return load;
+  }
+
+  /**
+   * One move that evens out the replicas over the live nodes that are not draining
+   * (docs/replication.md, "Rebalancing"), or undefined when there is none: the most loaded and
+   * the least loaded differ by at most one replica, or no shard of the most loaded node can move
+   * to a less loaded one under the rules. From the most loaded node (the first by id among
+   * equals) to the least loaded one that holds fewer by two or more, a shard in catalog order
+   * that: has no move under way, is not named by `skip`, has a live majority, does not hold a
+   * replica there already, and whose other replicas are in no failure domain of that node's
+   * (unless the replica moved off was in it too: the spread over domains never gets worse).
+   */
+  balancePlan(nowMs: number, skip?: (volumeId: string, shard: number) => boolean): RepairMove | undefined {
+    const load = this.spread(nowMs);
+    if (load.size < 2) return undefined;
+    const liveIds = new Set(this.liveNodes(nowMs).map((m) => m.nodeId));
+    const byId = (a: string, b: string): number => (a < b ? -1 : a > b ? 1 : 0);
+    const nodes = [...load.keys()].sort(byId);
+    const domain = (n: string): string => domainOf(this.members.get(n) ?? { nodeId: n, hosts: 1, lastSeenMs: 0 });
+    // From the most loaded nodes down, to the least loaded up: the first pair with a shard that may move.
+    const fromOrder = [...nodes].sort((a, b) => load.get(b)! - load.get(a)! || byId(a, b));
+    const toOrder = [...nodes].sort((a, b) => load.get(a)! - load.get(b)! || byId(a, b));
+    for (const from of fromOrder) {
+      for (const to of toOrder) {
+        if (load.get(from)! - load.get(to)! < 2) break;
+        for (const v of this.state.volumes) {
+          for (const p of v.placements) {
+            if (p.adding !== undefined || skip?.(v.id, p.shard) === true) continue;
+            const members = p.replicas.map((r) => r.nodeId);
+            if (!members.includes(from) || members.includes(to)) continue;
+            if (members.filter((n) => liveIds.has(n)).length < Math.floor(members.length / 2) + 1) continue;
+            const others = new Set(members.filter((n) => n !== from).map(domain));
+            if (others.has(domain(to)) && !others.has(domain(from))) continue;
+            return { volume: v.name, volumeId: v.id, shard: p.shard, from, to, resumed: false, reason: 'balance' };
+          }
+        }
+      }
+    }
+    return undefined;
   }
 
   /** Volume `v` with `placement` replacing its shard's, committed; the new record. */

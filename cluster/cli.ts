@@ -106,6 +106,11 @@ Commands:
         each of its replicas to another node, as it replaces a dead node's, and places
         nothing new on it; answered at once with the replicas still on it (strata status
         and volume info show the moves). --undo takes the mark off (docs/replication.md).
+  rebalance [--stop]
+        Operator action: have the controller even out the replicas over the live nodes that
+        are not draining (after nodes were added, or repairs emptied some), one move at a
+        time, until the most and the least loaded differ by at most one. Answered at once
+        with each node's count; run again to follow. --stop calls it off.
   catalog recover [--apply]
         Operator action after the controller lost its data directory: find on the live
         nodes the volumes they hold that the catalog lacks, and with --apply add them
@@ -184,13 +189,14 @@ const COMMANDS: Readonly<Record<string, CommandSpec>> = {
   'shard move': { positionals: ['VOLUME', 'SHARD'], flags: { from: 'string', to: 'string' }, required: ['from', 'to'], client: true },
   'catalog recover': { positionals: [], flags: { apply: 'boolean' }, client: true },
   drain: { positionals: ['NODE'], flags: { undo: 'boolean' }, client: true },
+  rebalance: { positionals: [], flags: { stop: 'boolean' }, client: true },
   'nats-auth': { positionals: [], flags: { cluster: 'string', clients: 'string' }, client: false },
   help: { positionals: [], flags: {}, client: false },
 };
 
 /** A parsed command line. `node` keeps its arguments raw (`rest`) for loadNodeConfig. */
 export interface ParsedArgs {
-  /** `dev`, `node`, `volume create`, `volume list`, `volume info`, `volume delete`, `put`, `get`, `nbd`, `status`, `shard force-vote`, `shard move`, `drain`, `catalog recover`, `nats-auth`, `help`. */
+  /** `dev`, `node`, `volume create`, `volume list`, `volume info`, `volume delete`, `put`, `get`, `nbd`, `status`, `shard force-vote`, `shard move`, `drain`, `rebalance`, `catalog recover`, `nats-auth`, `help`. */
   command: string;
   positionals: string[];
   flags: Record<string, string | number | boolean>;
@@ -643,6 +649,18 @@ async function drain(ctx: Ctx): Promise<void> {
   await writeOut(ctx.io.stdout, ctx.json ? jsonText(r) : text);
 }
 
+async function rebalance(ctx: Ctx): Promise<void> {
+  const stop = ctx.args.flags.stop === true;
+  const r = await withClient(ctx, (c) => c.rebalance({ stop }));
+  const counts = r.nodes.map((n) => `${n.node} ${n.replicas}`).join(', ') || 'no live node';
+  const text = r.rebalancing
+    ? `rebalancing: replicas per node ${counts} (one move at a time; run again to follow, --stop to call it off)\n`
+    : stop
+      ? `no rebalance under way: replicas per node ${counts}\n`
+      : `balanced: replicas per node ${counts}\n`;
+  await writeOut(ctx.io.stdout, ctx.json ? jsonText(r) : text);
+}
+
 async function catalogRecover(ctx: Ctx): Promise<void> {
   const apply = ctx.args.flags.apply === true;
   const r = await withClient(ctx, (c) => c.recoverCatalog({ apply }));
@@ -996,6 +1014,9 @@ export async function main(argv: readonly string[], io: Partial<CliIo> = {}): Pr
         return 0;
       case 'drain':
         await drain(ctx);
+        return 0;
+      case 'rebalance':
+        await rebalance(ctx);
         return 0;
       case 'nats-auth':
         await writeOut(fullIo.stdout, natsAuthText((args.flags.cluster as string | undefined) ?? (fullIo.env.STRATA_CLUSTER || CLUSTER_DEFAULT), natsAuthClients(args.flags.clients as string | undefined)));

@@ -56,6 +56,8 @@ import {
   validateShardMoveReply,
   validateNodeDrainReply,
   type NodeDrainReply,
+  validateRebalanceReply,
+  type RebalanceReply,
   type CatalogRecoverReply,
   type ShardForceVoteReply,
   type ShardMoveReply,
@@ -429,8 +431,14 @@ export class StrataClient {
   async drainNode(node: string, options: { undo?: boolean } & CallOptions = {}): Promise<NodeDrainReply> {
     this.checkOpen();
     const body = { node: checkToken(node, 'node'), ...(options.undo === true ? { undo: true } : {}) };
-    const subject = controllerSubject(this.cluster, 'node.drain');
-    const deadlineMs = this.deadline(options.deadlineMs);
+    return this.controlRequest('node.drain', body, options.deadlineMs, validateNodeDrainReply);
+  }
+
+  /** A request to the controller's control subject `verb`, within the client's timeout (or `deadlineMs`). */
+  private async controlRequest<T>(verb: string, body: unknown, deadlineMsAsked: number | undefined, validate: (b: unknown) => T): Promise<T> {
+    this.checkOpen();
+    const subject = controllerSubject(this.cluster, verb);
+    const deadlineMs = this.deadline(deadlineMsAsked);
     let replyBytes: Uint8Array;
     try {
       replyBytes = await this.request(subject, encode(body), { timeoutMs: Math.max(1, deadlineMs - this.nowMs()), headers: { [HEADER_DEADLINE]: String(deadlineMs) } });
@@ -438,7 +446,17 @@ export class StrataClient {
       if (err instanceof NoRespondersError) throw new ProtocolError('unavailable', `the controller is not reachable (no responders on ${subject}): is the controller node running?`, { subject });
       throw err;
     }
-    return readReply(replyBytes, 'node.drain', subject, validateNodeDrainReply);
+    return readReply(replyBytes, verb, subject, validate);
+  }
+
+  /**
+   * Operator action (docs/replication.md, "Rebalancing"): asks the controller to even out the
+   * replicas over the live nodes that are not draining, one move at a time, until the most and
+   * the least loaded differ by at most one (with `stop`: calls it off). Answered at once with
+   * each node's count and whether the rebalance is still under way (asked again, it says).
+   */
+  async rebalance(options: { stop?: boolean } & CallOptions = {}): Promise<RebalanceReply> {
+    return this.controlRequest('rebalance', options.stop === true ? { stop: true } : {}, options.deadlineMs, validateRebalanceReply);
   }
 
   /**

@@ -61,6 +61,8 @@ import {
   validateShardReconfigureReply,
   validateShardMove,
   validateNodeDrain,
+  validateRebalance,
+  REBALANCE_NODES_MAX,
   type RecoveredVolume,
   type ShardMoveRequest,
   type ShardMoveReply,
@@ -1386,6 +1388,18 @@ export class StrataNode {
     this.subscribe(subj('shard.move'), async (body, msg) => this.moveShard(validateShardMove(body), this.controlDeadline(msg)));
     // In the catalog's queue: a durable change of the catalog, answered at once; the moves
     // follow from the next check, made now.
+    this.subscribe(subj('rebalance'), (body, msg) =>
+      this.serial(msg, async () => {
+        const req = validateRebalance(body);
+        const was = c.rebalancing;
+        // Nothing to move (and no move running that may change that): done at once.
+        c.setRebalance(req.stop !== true && (this.moving.size > 0 || c.balancePlan(Date.now()) !== undefined));
+        if (was !== c.rebalancing) this.log.info(c.rebalancing ? 'rebalance asked for' : 'rebalance called off', {});
+        if (c.rebalancing) setImmediate(() => this.repairTick());
+        const nodes = [...c.spread(Date.now())].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).slice(0, REBALANCE_NODES_MAX).map(([node, replicas]) => ({ node, replicas }));
+        return { rebalancing: c.rebalancing, nodes };
+      }),
+    );
     this.subscribe(subj('node.drain'), (body, msg) =>
       this.serial(msg, async () => {
         const req = validateNodeDrain(body);
@@ -1504,7 +1518,7 @@ export class StrataNode {
     const waitMs = catalogWaitMs(deadlineMs - Date.now());
     const late = (): ProtocolError => new ProtocolError('timeout', `the move of shard ${req.shard} of volume '${req.volume}' from node '${req.from}' to node '${req.to}' did not finish within the deadline; it is recorded: run it again to finish it`, { from: req.from, to: req.to });
     if (running !== undefined) return withTimeout(running, Math.max(1, waitMs), late);
-    if (!move.resumed) this.log.info(repair === undefined ? 'moving a replica' : repair.reason === 'draining' ? "moving a draining node's replica" : "replacing a dead node's replica", { volume: v.id, shard: req.shard, from: req.from, to: req.to, hostId: move.to.hostId });
+    if (!move.resumed) this.log.info(repair === undefined ? 'moving a replica' : repair.reason === 'draining' ? "moving a draining node's replica" : repair.reason === 'balance' ? 'moving a replica to even out the nodes' : "replacing a dead node's replica", { volume: v.id, shard: req.shard, from: req.from, to: req.to, hostId: move.to.hostId });
     if (repair?.withoutOpen === true) this.log.warn("finishing a move without the node it adds, which is dead: its replica is replaced next", { volume: v.id, shard: req.shard, from: req.from, to: req.to });
     const run = this.runMove(move, Date.now() + Math.max(1, waitMs), repair?.withoutOpen === true).finally(() => this.moving.delete(key));
     this.moving.set(key, run);
@@ -1544,6 +1558,21 @@ export class StrataNode {
         return this.moving.has(key) || this.repairing.has(key) || (this.repairBackoff.get(key)?.notBeforeMs ?? 0) > now;
       },
     });
+    // A rebalance an operator asked for: one move at a time, once nothing else is to be done.
+    if (plan.length === 0 && c.rebalancing && this.moving.size === 0) {
+      const skip = (volumeId: string, shard: number): boolean => (this.repairBackoff.get(`${volumeId}.${shard}`)?.notBeforeMs ?? 0) > now;
+      const m = c.balancePlan(now, skip);
+      if (m !== undefined) plan.push(m);
+      else if (c.balancePlan(now) === undefined) {
+        // None left, not even one waiting for its back-off: done.
+        try {
+          c.setRebalance(false);
+          this.log.info('rebalanced the replicas', { nodes: Object.fromEntries(c.spread(now)) });
+        } catch (e) {
+          this.log.warn('could not record the rebalance done', { err: e });
+        }
+      }
+    }
     for (const m of plan) {
       if (this.creating.has(m.volume)) continue;
       const key = `${m.volumeId}.${m.shard}`;

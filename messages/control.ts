@@ -3,7 +3,7 @@
  *
  * Subjects:
  *   strata.<cluster>.controller.<verb>   heartbeat, assignments, volume.create|delete|info|list,
- *                                        catalog.recover, shard.move, node.drain
+ *                                        catalog.recover, shard.move, node.drain, rebalance
  *   strata.<cluster>.node.<nodeId>.<verb> shards.open, shards.destroy, status, shard.forceVote,
  *                                        shard.reconfigure, records
  *
@@ -383,6 +383,43 @@ export function validateNodeDrain(body: unknown): NodeDrainRequest {
 export function validateNodeDrainReply(body: unknown): NodeDrainReply {
   const o = obj(body, '');
   return { node: str(o.node, 'node'), draining: expectBoolean(o.draining, 'draining'), replicas: int(o.replicas, 'replicas', 0, Number.MAX_SAFE_INTEGER) };
+}
+
+/**
+ * `controller.rebalance` (operator): asks the controller to even out the replicas over the live
+ * nodes that are not draining, one move at a time, until the most and the least loaded differ by
+ * at most one (docs/replication.md, "Rebalancing"); durable in the catalog until done. With
+ * `stop`, it is called off (the move running finishes). Answered at once, with each node's count.
+ */
+export interface RebalanceRequest {
+  stop?: boolean;
+}
+export interface RebalanceReply {
+  /** A rebalance is asked for and not done. */
+  rebalancing: boolean;
+  /** Shard replicas on each live node that is not draining, by node id. */
+  nodes: Array<{ node: string; replicas: number }>;
+}
+
+const REBALANCE_FIELDS = new Set(['stop']);
+/** Nodes in a rebalance reply at most. */
+export const REBALANCE_NODES_MAX = 1024;
+
+export function validateRebalance(body: unknown): RebalanceRequest {
+  const o = obj(body, '');
+  for (const key of Object.keys(o)) if (!REBALANCE_FIELDS.has(key)) throw new ProtocolError('bad_request', `${key}: unknown field`, { path: key });
+  return o.stop === undefined ? {} : { stop: expectBoolean(o.stop, 'stop') };
+}
+
+export function validateRebalanceReply(body: unknown): RebalanceReply {
+  const o = obj(body, '');
+  return {
+    rebalancing: expectBoolean(o.rebalancing, 'rebalancing'),
+    nodes: list(o.nodes, 'nodes', REBALANCE_NODES_MAX).map((n, i) => {
+      const m = obj(n, `nodes[${i}]`);
+      return { node: str(m.node, `nodes[${i}].node`), replicas: int(m.replicas, `nodes[${i}].replicas`, 0, Number.MAX_SAFE_INTEGER) };
+    }),
+  };
 }
 
 /**

@@ -799,3 +799,64 @@ describe('Controller draining nodes', () => {
     assert.deepEqual(c.repairPlan(at + 120_000, { afterMs: 60_000, sinceMs: T0, max: 8 }), []);
   });
 });
+
+describe('Controller rebalance (balancePlan)', () => {
+  const spec = (name: string, shards: number) => ({ name, pageCount: 64, pageSize: 4096 as const, shards, stripePages: 16, replicas: 3 as const });
+
+  it('moves from the most loaded node to the least loaded while they differ by two or more; none then; durable flag', () => {
+    const disk = new SimDisk();
+    const c = new Controller({ meta: new MetaStore(disk, '') });
+    for (const id of ['a', 'b', 'c']) c.heartbeat(id, 1, T0);
+    c.create(spec('v', 4), T0);
+    // d joins later: it holds nothing, the others 4 each.
+    for (const id of ['a', 'b', 'c', 'd']) c.heartbeat(id, 1, T0 + 1000);
+    assert.deepEqual(Object.fromEntries(c.spread(T0 + 1000)), { a: 4, b: 4, c: 4, d: 0 });
+    const moves: string[] = [];
+    for (let i = 0; i < 10; i++) {
+      const m = c.balancePlan(T0 + 1000);
+      if (m === undefined) break;
+      assert.equal(m.reason, 'balance');
+      moves.push(`${m.from}->${m.to}`);
+      c.beginMove(m.volume, m.shard, m.from, m.to, T0 + 1000);
+      // While it runs, the shard is not proposed again.
+      assert.notEqual(c.balancePlan(T0 + 1000)?.shard, m.shard);
+      c.finishMove(m.volume, m.shard, m.from, m.to);
+    }
+    // 12 replicas over 4 nodes: 3 each, by three moves to d (from a, then b, then c: the most loaded, first by id).
+    assert.deepEqual(moves, ['a->d', 'b->d', 'c->d']);
+    assert.deepEqual(Object.fromEntries(c.spread(T0 + 1000)), { a: 3, b: 3, c: 3, d: 3 });
+    assert.equal(c.balancePlan(T0 + 1000), undefined);
+    assert.equal(c.rebalancing, false);
+    c.setRebalance(true);
+    assert.equal(new Controller({ meta: new MetaStore(disk, '') }).rebalancing, true, 'durable');
+    c.setRebalance(false);
+    assert.equal(new Controller({ meta: new MetaStore(disk, '') }).rebalancing, false);
+  });
+
+  it('never puts two replicas of a shard in one zone that were apart, skips draining and dead nodes, and a shard without a live majority', () => {
+    const c = controller();
+    const zones = [['a', 'z1'], ['b', 'z2'], ['c', 'z3'], ['d', 'z1']] as const;
+    for (const [id, zone] of zones.slice(0, 3)) c.heartbeat(id, 1, T0, zone);
+    c.create(spec('v', 2), T0);
+    // d is in a's zone: a's replicas may go there (a was that zone already), b's and c's may not.
+    for (const [id, zone] of zones) c.heartbeat(id, 1, T0 + 1000, zone);
+    const m = c.balancePlan(T0 + 1000);
+    assert.deepEqual([m?.from, m?.to], ['a', 'd']);
+    c.beginMove(m!.volume, m!.shard, m!.from, m!.to, T0 + 1000);
+    c.finishMove(m!.volume, m!.shard, m!.from, m!.to);
+    // a 1, b 2, c 2, d 1: b and c may not move to d (z1 holds a's or d's replica of each shard), and differ by one from a.
+    assert.equal(c.balancePlan(T0 + 1000), undefined);
+    // A draining node is neither source nor target; a node not live is no target.
+    const e = controller();
+    for (const id of ['a', 'b', 'c']) e.heartbeat(id, 1, T0);
+    e.create(spec('w', 4), T0);
+    e.heartbeat('d', 1, T0 + 1000);
+    e.drain('d', false);
+    assert.equal(e.balancePlan(T0 + 1000), undefined, 'd draining');
+    e.drain('d', true);
+    assert.equal(e.balancePlan(T0 + 10_000), undefined, 'no node live by then');
+    for (const id of ['a', 'd']) e.heartbeat(id, 1, T0 + 20_000);
+    // b and c silent: no shard has a live majority (a and d only: each shard has a and two of b, c... a alone live of its set).
+    assert.equal(e.balancePlan(T0 + 20_000), undefined);
+  });
+});

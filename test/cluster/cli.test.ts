@@ -280,6 +280,7 @@ describe('cluster/cli', () => {
       [['drain', 'a.b'], /^NODE: expected 1\.\.64 characters .*got "a\.b"$/],
       [['drain', 'n1', 'n2'], /^drain: unexpected argument "n2"$/],
       [['drain', 'n1', '--undo=maybe'], /^--undo takes no value$/],
+      [['rebalance', 'now'], /^rebalance: unexpected argument "now"$/],
       [['shard', 'move', 'db', '0', '--from', 'n1', '--to', 'n1'], /^shard move: --from and --to name the same node "n1"$/],
       [['nbd'], /^nbd: expected VOLUME or --all$/],
       [['nbd', 'db', '--all'], /^nbd: give VOLUME or --all, not both$/],
@@ -404,6 +405,29 @@ describe('cluster/cli', () => {
       r = await run(['drain', 'n5'], mem);
       assert.equal(r.code, 1);
       assert.equal(r.err, 'strata: too_large: 64 nodes are draining, the limit\n');
+    });
+
+    it('rebalance asks for it and prints each node\'s count (text and JSON), says when balanced, and --stop calls it off', async () => {
+      const mem = new MemoryCluster();
+      const asked: unknown[] = [];
+      let answer: unknown = { rebalancing: true, nodes: [{ node: 'n1', replicas: 4 }, { node: 'n2', replicas: 0 }] };
+      const request = mem.request.bind(mem);
+      mem.request = async (subject, data, options) => {
+        if (!subject.endsWith('.controller.rebalance')) return request(subject, data, options);
+        asked.push(decode(data));
+        return encode(answer);
+      };
+      let r = await run(['rebalance'], mem);
+      assert.equal(r.code, 0, r.err);
+      assert.equal(r.out, 'rebalancing: replicas per node n1 4, n2 0 (one move at a time; run again to follow, --stop to call it off)\n');
+      r = await run(['rebalance', '--json'], mem);
+      assert.deepEqual(JSON.parse(r.out), answer);
+      answer = { rebalancing: false, nodes: [{ node: 'n1', replicas: 2 }, { node: 'n2', replicas: 2 }] };
+      r = await run(['rebalance'], mem);
+      assert.equal(r.out, 'balanced: replicas per node n1 2, n2 2\n');
+      r = await run(['rebalance', '--stop'], mem);
+      assert.equal(r.out, 'no rebalance under way: replicas per node n1 2, n2 2\n');
+      assert.deepEqual(asked, [{}, {}, {}, { stop: true }]);
     });
 
     it('exits 2 with a usage message on stderr for a usage error, without connecting', async () => {

@@ -26,7 +26,7 @@ describe('cluster/nats-auth', () => {
       assert.deepEqual(client, { publish: ['strata.prod.api.>', 'strata.prod.shard.*.*', '$SRV.>'], subscribe: ['_INBOX.strata-client.>'] });
       assert.deepEqual(natsPermissions('prod', 'client', 'app-7').subscribe, ['_INBOX.app-7.>'], 'a client user reads the replies to its own requests only');
       const operator = natsPermissions('prod', 'operator');
-      assert.deepEqual(operator.publish, [...client.publish, 'strata.prod.node.*.shard.forceVote', 'strata.prod.controller.catalog.recover', 'strata.prod.controller.shard.move', 'strata.prod.controller.node.drain']);
+      assert.deepEqual(operator.publish, [...client.publish, 'strata.prod.node.*.shard.forceVote', 'strata.prod.controller.catalog.recover', 'strata.prod.controller.shard.move', 'strata.prod.controller.node.drain', 'strata.prod.controller.rebalance']);
       assert.deepEqual(operator.subscribe, ['_INBOX.strata-operator.>']);
       assert.deepEqual(natsPermissions('prod', 'node').subscribe, ['strata.prod.>', '_INBOX.>', '$SRV.>']);
       assert.throws(() => natsPermissions('a.b', 'node'), ProtocolError);
@@ -145,6 +145,7 @@ describe('cluster/nats-auth', () => {
       await assert.rejects(c.client.recoverCatalog(), (e: unknown) => e instanceof ProtocolError && e.code === 'forbidden' && /publish to strata\.test\.controller\.catalog\.recover/.test(e.message));
       await assert.rejects(c.client.moveReplica('v-auth', 0, { from: 'n1', to: 'n2' }), (e: unknown) => e instanceof ProtocolError && e.code === 'forbidden' && /publish to strata\.test\.controller\.shard\.move/.test(e.message));
       await assert.rejects(c.client.drainNode('n9'), (e: unknown) => e instanceof ProtocolError && e.code === 'forbidden' && /publish to strata\.test\.controller\.node\.drain/.test(e.message));
+      await assert.rejects(c.client.rebalance(), (e: unknown) => e instanceof ProtocolError && e.code === 'forbidden' && /publish to strata\.test\.controller\.rebalance/.test(e.message));
       const operator = await connect({ servers: c.natsUrl, cluster: c.cluster, timeoutMs: 5000, ...c.natsUsers!.operator });
       try {
         const reply = await operator.forceVote('v-auth', 0, 'n1');
@@ -155,6 +156,7 @@ describe('cluster/nats-auth', () => {
         // A node that does not run, marked draining and unmarked: nothing to move.
         assert.deepEqual(await operator.drainNode('n9'), { node: 'n9', draining: true, replicas: 0 });
         assert.deepEqual(await operator.drainNode('n9', { undo: true }), { node: 'n9', draining: false, replicas: 0 });
+        assert.equal((await operator.rebalance({ stop: true })).rebalancing, false);
       } finally {
         await operator.close();
       }

@@ -136,6 +136,24 @@ describe("the controller replaces a dead node's replicas", function () {
     }
     assert.deepEqual(await replicaSets(c, 'rp'), after, 'nothing moved back');
   });
+
+  it('strata rebalance gives the node that came back replicas again, one move at a time, until the nodes differ by at most one; then it is done', async () => {
+    const vol = c.client.volume('rp');
+    const before = (await c.client.rebalance({ stop: true })).nodes;
+    assert.equal(before.length, 4);
+    const counts = (nodes: Array<{ replicas: number }>): number[] => nodes.map((n) => n.replicas);
+    assert.ok(Math.max(...counts(before)) - Math.min(...counts(before)) >= 2, JSON.stringify(before));
+    const first = await c.client.rebalance();
+    assert.equal(first.rebalancing, true);
+    await waitFor('the rebalance done', async () => !(await c.client.rebalance({ stop: false })).rebalancing, 60_000);
+    const done = await c.client.rebalance({ stop: true });
+    assert.ok(Math.max(...counts(done.nodes)) - Math.min(...counts(done.nodes)) <= 1, JSON.stringify(done));
+    assert.equal(counts(done.nodes).reduce((a, b) => a + b, 0), 6, 'two shards of three replicas');
+    for (const set of await replicaSets(c, 'rp')) assert.equal(new Set(set).size, 3);
+    assert.deepEqual((await vol.readPages([0, 4])).pages.map((x) => x[0]), [1, 2]);
+    // Asked when balanced: done at once.
+    assert.equal((await c.client.rebalance()).rebalancing, false);
+  });
 });
 
 describe("the controller's metrics of a repair and of an operator's move", function () {

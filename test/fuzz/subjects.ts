@@ -32,7 +32,7 @@ import { validateRequest } from '../../messages/validate';
 import { validateRaftRequest, replicaSubject, followersSubject } from '../../messages/raft';
 import {
   validateClaimQuestion, validateHeartbeat, validateAssignmentsRequest, validateNodeStatusRequest, validateShardsOpen, validateShardsDestroy,
-  validateShardForceVote, validateCatalogRecoverRequest, validateNodeRecordsRequest, validateShardMove, validateNodeDrain, validateShardReconfigure, controllerSubject, nodeSubject,
+  validateShardForceVote, validateCatalogRecoverRequest, validateNodeRecordsRequest, validateShardMove, validateNodeDrain, validateRebalance, validateShardReconfigure, controllerSubject, nodeSubject,
 } from '../../messages/control';
 import { validateVolumeCreateRequest, validateVolumeNameRequest, validateVolumeListRequest } from '../../messages/validate';
 import { shardSubject, apiSubject } from '../../messages/subjects';
@@ -345,6 +345,9 @@ function controllerTargets(): Target[] {
     // Draining a real node would move its replicas: only a node that does not run, marked and unmarked.
     { kind: 'controller', subject: c('node.drain'), body: () => ({ node: pick([...facts.nodes, 'zz']), ...(chance(0.5) ? { undo: chance(0.5) } : {}) }), check: (b) => void validateNodeDrain(b),
       forbidden: (b) => { try { return facts.nodes.includes(validateNodeDrain(b).node); } catch { return false; } } },
+    // Asked for, a rebalance would move replicas: only its call-off.
+    { kind: 'controller', subject: c('rebalance'), body: () => ({ stop: true }), check: (b) => void validateRebalance(b),
+      forbidden: (b) => { try { return validateRebalance(b).stop !== true; } catch { return false; } } },
   ];
 }
 

@@ -1,6 +1,6 @@
 import { strict as assert } from 'node:assert';
 import { validateConfig, validateRaftRequest, validateRaftReply, RAFT_RECORDS_PER_APPEND_MAX } from '../../messages/raft';
-import { ASSIGNMENTS_PAGE_MAX, validateNodeDrain, validateNodeDrainReply, validateHeartbeat, validateShardsOpen, validateShardsDestroy, validateAssignmentsReply } from '../../messages/control';
+import { ASSIGNMENTS_PAGE_MAX, validateNodeDrain, validateNodeDrainReply, validateRebalance, validateRebalanceReply, validateHeartbeat, validateShardsOpen, validateShardsDestroy, validateAssignmentsReply } from '../../messages/control';
 import { ProtocolError } from '../../messages/errors';
 
 function code(fn: () => unknown): string {
@@ -113,5 +113,15 @@ describe('control message validators', () => {
     assert.equal(code(() => validateNodeDrain({ node: 'n4', force: true })), 'bad_request');
     assert.deepEqual(validateNodeDrainReply({ node: 'n4', draining: false, replicas: 3 }), { node: 'n4', draining: false, replicas: 3 });
     assert.equal(code(() => validateNodeDrainReply({ node: 'n4', draining: true, replicas: -1 })), 'bad_request');
+  });
+
+  it('rebalance: an optional boolean stop, nothing else; its reply names each node with its count', () => {
+    assert.deepEqual(validateRebalance({}), {});
+    assert.deepEqual(validateRebalance({ stop: true }), { stop: true });
+    assert.equal(code(() => validateRebalance({ stop: 1 })), 'bad_request');
+    assert.equal(code(() => validateRebalance({ now: true })), 'bad_request');
+    assert.deepEqual(validateRebalanceReply({ rebalancing: true, nodes: [{ node: 'n1', replicas: 4 }] }), { rebalancing: true, nodes: [{ node: 'n1', replicas: 4 }] });
+    assert.equal(code(() => validateRebalanceReply({ rebalancing: true, nodes: [{ node: 'n 1', replicas: 4 }] })), 'bad_request');
+    assert.equal(code(() => validateRebalanceReply({ rebalancing: true, nodes: new Array(1025).fill({ node: 'n1', replicas: 0 }) })), 'too_large');
   });
 });
