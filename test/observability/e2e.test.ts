@@ -6,6 +6,7 @@
 import * as assert from 'node:assert/strict';
 import * as http from 'node:http';
 import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { threadId } from 'node:worker_threads';
 import { SpanKind, SpanStatusCode } from '@opentelemetry/api';
@@ -288,6 +289,13 @@ describe('observability end to end (in-process cluster)', function () {
     }
     const check = spawnSync(PROMTOOL, ['check', 'metrics'], { input: after, encoding: 'utf8' });
     assert.equal(check.status, 0, `promtool check metrics:\n${check.stdout}\n${check.stderr}`);
+    // The alerting rules Strata ships are valid, and every metric they use is one a cluster exports.
+    const rules = path.join(__dirname, '..', '..', '..', 'observability', 'alerts.yml');
+    const ruleCheck = spawnSync(PROMTOOL, ['check', 'rules', rules], { encoding: 'utf8' });
+    assert.equal(ruleCheck.status, 0, `promtool check rules:\n${ruleCheck.stdout}\n${ruleCheck.stderr}`);
+    const used = [...new Set([...fs.readFileSync(rules, 'utf8').matchAll(/\b(strata_[a-z_]+)/g)].map((m) => m[1]!))];
+    assert.ok(used.length >= 5, used.join(', '));
+    for (const name of used) assert.match(after, new RegExp(`^${name}[{ ]`, 'm'), `${name}, used by an alert, is exported`);
   });
 
   it('strata status shows a killed node not live and its replicas missing', async () => {

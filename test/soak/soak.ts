@@ -33,6 +33,9 @@
  * - `drain`: the operator's `strata drain` of a random node (with 4 or 5 nodes), until it holds
  *   no replica, within DOWN_MS (otherwise a problem), then `--undo`: the controller moves a live
  *   node's replicas while clients write.
+ * - `rebalance`: the operator's `strata rebalance`, asked again until it says it is done, within
+ *   DOWN_MS (otherwise a problem): the controller moves replicas to the nodes repairs and drains
+ *   left with fewer (with 4 or 5 nodes).
  *
  * When the time is up the faults end, and the run checks:
  * 1. the cluster converges: within CONVERGE_MS every shard has a leader and every replica is up,
@@ -65,11 +68,11 @@ import { prng } from '../support/prng';
 import { formatTable, writeJson } from '../../bench/report';
 
 /** The faults the nemesis knows. */
-export const FAULT_KINDS = ['kill', 'kill-majority', 'freeze', 'nats-freeze', 'nats-restart', 'wipe', 'wipe-controller', 'move', 'down', 'drain'] as const;
+export const FAULT_KINDS = ['kill', 'kill-majority', 'freeze', 'nats-freeze', 'nats-restart', 'wipe', 'wipe-controller', 'move', 'down', 'drain', 'rebalance'] as const;
 export type FaultKind = (typeof FAULT_KINDS)[number];
 
 /** How often each fault is picked, relative to the others. */
-const FAULT_WEIGHTS: Record<FaultKind, number> = { kill: 35, 'kill-majority': 10, freeze: 35, 'nats-freeze': 15, 'nats-restart': 10, wipe: 10, 'wipe-controller': 5, move: 15, down: 10, drain: 10 };
+const FAULT_WEIGHTS: Record<FaultKind, number> = { kill: 35, 'kill-majority': 10, freeze: 35, 'nats-freeze': 15, 'nats-restart': 10, wipe: 10, 'wipe-controller': 5, move: 15, down: 10, drain: 10, rebalance: 10 };
 /** How long the operator's move of a replica may take. */
 const MOVE_MS = 20_000;
 /** Errors of a move that say to try again later (a node down or restarting meanwhile). */
@@ -566,7 +569,7 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
         // Draws as any other fault does (the choices stay those of the seed), then skipped.
         const wipeVictim = kind === 'wipe' || kind === 'down' ? 1 + pick(cluster.nodes.length - 1) : kind === 'wipe-controller' ? 0 : -1;
         if (kind === 'down' && (cluster.nodes.length < 4 || opts.repairAfterSeconds === 0)) continue;
-        if (kind === 'drain' && cluster.nodes.length < 4) continue;
+        if ((kind === 'drain' || kind === 'rebalance') && cluster.nodes.length < 4) continue;
         if ((kind === 'wipe' || kind === 'wipe-controller') && (await anyRepairing())) continue;
         if (kind === 'move') {
           if (!(await moveReplica(ev))) continue;
@@ -582,6 +585,28 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
           await sleep(500 + rand() * 3500);
           await restart([wipeVictim], ev);
           if (kind === 'wipe-controller') await recoverCatalog(ev);
+        } else if (kind === 'rebalance') {
+          ev.nodes = ['controller'];
+          const operator = await connect({ servers: cluster.natsUrl, cluster: 'dev', timeoutMs: 10_000, ...userOf('operator') });
+          try {
+            const startedAt = performance.now();
+            for (;;) {
+              const r = await operator.rebalance().catch(() => undefined);
+              if (r !== undefined && !r.rebalancing) {
+                ev.replacedMs = Math.round(performance.now() - startedAt);
+                ev.outcome = r.nodes.map((n) => `${n.node} ${n.replicas}`).join(', ');
+                break;
+              }
+              if (performance.now() - startedAt > DOWN_MS) {
+                problem(`the rebalance was not done ${DOWN_MS / 1000} s after it was asked for (${r === undefined ? 'no answer' : r.nodes.map((n) => `${n.node} ${n.replicas}`).join(', ')})`);
+                await operator.rebalance({ stop: true }).catch(() => undefined);
+                break;
+              }
+              await sleep(500);
+            }
+          } finally {
+            await operator.close();
+          }
         } else if (kind === 'drain') {
           // Any node, n1 too: the controller's node drains as any other.
           const n = cluster.nodes[pick(cluster.nodes.length)]!;
@@ -658,7 +683,7 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
         }
         ev.endMs = Math.round(now());
         faults.push(ev);
-        out(`  ${(ev.startMs / 1000).toFixed(1)} s: ${ev.kind} ${ev.nodes.join(', ')} (${((ev.endMs - ev.startMs) / 1000).toFixed(1)} s)${ev.upMs ? `, up again after ${Object.entries(ev.upMs).map(([id, ms]) => `${id} ${(ms / 1000).toFixed(1)} s`).join(', ')}` : ''}${ev.recoveredMs !== undefined ? `, catalog recovered ${(ev.recoveredMs / 1000).toFixed(1)} s later (${(ev.recovered ?? []).join(', ') || 'listed'})` : ''}${ev.outcome !== undefined ? `, shard ${ev.shard}: ${ev.outcome}` : ''}${ev.replacedMs !== undefined ? `, its replicas ${ev.kind === 'drain' ? 'moved off' : 'replaced'} ${(ev.replacedMs / 1000).toFixed(1)} s after the ${ev.kind === 'drain' ? 'mark' : 'kill'}` : ''}`);
+        out(`  ${(ev.startMs / 1000).toFixed(1)} s: ${ev.kind} ${ev.nodes.join(', ')} (${((ev.endMs - ev.startMs) / 1000).toFixed(1)} s)${ev.upMs ? `, up again after ${Object.entries(ev.upMs).map(([id, ms]) => `${id} ${(ms / 1000).toFixed(1)} s`).join(', ')}` : ''}${ev.recoveredMs !== undefined ? `, catalog recovered ${(ev.recoveredMs / 1000).toFixed(1)} s later (${(ev.recovered ?? []).join(', ') || 'listed'})` : ''}${ev.outcome !== undefined ? (ev.kind === 'rebalance' ? `, done in ${((ev.replacedMs ?? 0) / 1000).toFixed(1)} s: replicas per node ${ev.outcome}` : `, shard ${ev.shard}: ${ev.outcome}`) : ''}${ev.replacedMs !== undefined && ev.kind !== 'rebalance' ? `, its replicas ${ev.kind === 'drain' ? 'moved off' : 'replaced'} ${(ev.replacedMs / 1000).toFixed(1)} s after the ${ev.kind === 'drain' ? 'mark' : 'kill'}` : ''}`);
       }
     };
 
