@@ -105,6 +105,8 @@ interface NodeRow {
   repairInMs: number | undefined;
   /** An operator marked it draining (strata drain): its replicas are moved off. */
   draining: boolean;
+  /** Its failure domain (strata node --zone), as the controller knows it. */
+  zone: string | undefined;
 }
 
 /** Nodes: the controller's members (with liveness) merged with the nodes that answered. */
@@ -113,7 +115,7 @@ function nodeRows(reply: Rec): NodeRow[] {
   const row = (id: string): NodeRow => {
     let r = byId.get(id);
     if (!r) {
-      r = { id, state: 'no reply', reason: undefined, hostsOk: undefined, hosts: undefined, loopDelayMaxMs: undefined, uptimeMs: undefined, version: undefined, controller: undefined, lastSeenMs: undefined, silentMs: undefined, repairInMs: undefined, draining: false };
+      r = { id, state: 'no reply', reason: undefined, hostsOk: undefined, hosts: undefined, loopDelayMaxMs: undefined, uptimeMs: undefined, version: undefined, controller: undefined, lastSeenMs: undefined, silentMs: undefined, repairInMs: undefined, draining: false, zone: undefined };
       byId.set(id, r);
     }
     return r;
@@ -126,6 +128,7 @@ function nodeRows(reply: Rec): NodeRow[] {
     r.silentMs = num(m.silentMs);
     r.repairInMs = num(m.repairInMs);
     r.draining = m.draining === true;
+    r.zone = str(m.zone);
     r.hosts = num(m.hosts);
     if (m.live === false) r.state = 'dead';
   }
@@ -266,16 +269,19 @@ export function formatStatus(statusReply: unknown, options: FormatStatusOptions 
   out.push('');
 
   const nodes = nodeRows(reply);
+  // A ZONE column only in a cluster whose nodes name their failure domains.
+  const zoned = nodes.some((n) => n.zone !== undefined);
   const dead = nodes.filter((n) => n.state === 'dead').length;
   const degraded = nodes.filter((n) => n.state === 'degraded' || n.state === 'no reply').length;
   out.push(bold(`NODES (${nodes.length}${dead > 0 ? `, ${dead} dead` : ''}${degraded > 0 ? `, ${degraded} degraded` : ''})`));
   out.push(
     ...renderTable(
       {
-        header: ['NODE', 'STATE', 'HOSTS OK', 'LOOP DELAY', 'UPTIME', 'VERSION', 'CONTROLLER', 'LAST SEEN', 'REASON'],
+        header: ['NODE', ...(zoned ? ['ZONE'] : []), 'STATE', 'HOSTS OK', 'LOOP DELAY', 'UPTIME', 'VERSION', 'CONTROLLER', 'LAST SEEN', 'REASON'],
         rows: nodes.map((n) => ({
           cells: [
             cell(n.id),
+            ...(zoned ? [cell(n.zone)] : []),
             n.state === 'dead' ? 'DEAD' : n.state,
             n.hostsOk !== undefined && n.hosts !== undefined ? `${n.hostsOk}/${n.hosts}` : n.hosts !== undefined ? `?/${n.hosts}` : '-',
             n.loopDelayMaxMs === undefined ? '-' : `${n.loopDelayMaxMs < 10 ? n.loopDelayMaxMs.toFixed(1) : Math.round(n.loopDelayMaxMs)}ms`,

@@ -96,6 +96,9 @@ describe("the controller replaces a dead node's replicas", function () {
     await vol.writePages([{ page: 0, data: page(1) }, { page: 4, data: page(2) }]);
     const before = await replicaSets(c, 'rp');
     for (const set of before) assert.equal(set.filter((n) => n === 'n1' || n === 'n2').length, 1, `${JSON.stringify(set)}: one replica in zone a`);
+    // The status names each node's zone (strata status shows a ZONE column).
+    const st = (await c.client.status()) as unknown as { members: Array<{ nodeId: string; zone?: string }> };
+    assert.deepEqual(st.members.map((m) => [m.nodeId, m.zone]).sort(), [['n1', 'a'], ['n2', 'a'], ['n3', 'b'], ['n4', 'c']]);
     // A node holding both shards, not n1 (the controller's).
     const dead = ['n2', 'n3', 'n4'].find((n) => before.every((set) => set.includes(n)))!;
     assert.ok(dead !== undefined, JSON.stringify(before));

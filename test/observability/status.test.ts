@@ -58,6 +58,14 @@ describe('observability/status', () => {
       ({ ...r, members: (r.members as Array<Record<string, unknown>>).map((m) => (m.nodeId === id ? { ...m, draining: true } : m)) });
     assert.match(formatStatus(draining(sampleReply(), 'n1'), { nowMs: NOW }), /^ {2}n1 +up .* 0\.3s ago +draining$/m);
     assert.match(formatStatus(draining(sampleReply(), 'n2'), { nowMs: NOW }), /^ {2}n2 +degraded .* draining; host 1: device failed$/m);
+    // Nodes that name their failure domain: a ZONE column ('-' for one that names none).
+    const zoned = sampleReply();
+    zoned.members = (zoned.members as Array<Record<string, unknown>>).map((m) => (m.nodeId === 'n3' ? m : { ...m, zone: m.nodeId === 'n1' ? 'rack-a' : 'rack-b' }));
+    const zt = formatStatus(zoned, { nowMs: NOW });
+    assert.match(zt, /^ {2}NODE +ZONE +STATE +HOSTS OK/m);
+    assert.match(zt, /^ {2}n1 +rack-a +up +2\/2 /m);
+    assert.match(zt, /^ {2}n3 +- +DEAD /m);
+    assert.doesNotMatch(formatStatus(sampleReply(), { nowMs: NOW }), /ZONE/);
     assert.match(text, /^VOLUMES \(1\)$/m);
     assert.match(text, /^ {2}db {2}id=v7 {2}1024 pages × 4096 B {2}shards=2 {2}replicas=3 {2}\(2 shards not ok\)$/m);
     assert.match(text, /^ {4}SHARD +LEADER +TERM +COMMIT LSN +APPLIED LSN +REPLICAS UP +REPLICA LAG +HEALTH$/m);
