@@ -1452,6 +1452,8 @@ export class StrataNode {
       shardsUnderReplicated: c.underReplicated(now),
       movesRunning: this.moving.size,
       repairsBackingOff: backingOff,
+      nodesDraining: c.draining().length,
+      rebalancing: c.rebalancing,
       moves: MOVE_TRIGGERS.flatMap((trigger) => [...this.movesEnded[trigger]].map(([outcome, count]) => ({ trigger, outcome, count }))),
     };
   }

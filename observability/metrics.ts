@@ -156,6 +156,10 @@ export interface ControllerSnapshot {
   movesRunning: number;
   /** Shards whose last repair failed and that wait for their back-off. */
   repairsBackingOff: number;
+  /** Nodes an operator marked draining (strata drain). */
+  nodesDraining: number;
+  /** A rebalance an operator asked for is under way (strata rebalance). */
+  rebalancing: boolean;
   /**
    * Runs of moves the controller ended (cumulative), by trigger and outcome: `done` or the
    * protocol error code of the failure (another outcome is reported as `error`).
@@ -291,6 +295,8 @@ export class StrataMetrics {
       moves: counter('strata_replica_moves', 'Moves of replicas the controller ran, counted once when each run ends, by trigger (operator or repair) and outcome (done, or the error code of the failure); a request that joins a move under way, or that is refused before a run starts, is not counted.'),
       movesRunning: gauge('strata_replica_moves_running', 'Moves of replicas the controller runs now.'),
       repairsBackingOff: gauge('strata_replica_repairs_backing_off', 'Shards whose last repair (the move of a dead node\'s replica) failed and that wait for their back-off before the next try.'),
+      nodesDraining: gauge('strata_controller_nodes_draining', 'Nodes an operator marked draining (strata drain): the controller moves their replicas off and places nothing new on them.'),
+      rebalancing: gauge('strata_controller_rebalancing', '1 while a rebalance an operator asked for (strata rebalance) is under way, else 0.'),
     };
     this.observables = Object.values(o);
     this.batchCallback = async (r) => {
@@ -430,6 +436,8 @@ export class StrataMetrics {
     observe(o.underReplicated!, c.shardsUnderReplicated, { node });
     observe(o.movesRunning!, c.movesRunning, { node });
     observe(o.repairsBackingOff!, c.repairsBackingOff, { node });
+    observe(o.nodesDraining!, c.nodesDraining, { node });
+    observe(o.rebalancing!, c.rebalancing ? 1 : 0, { node });
     // Outcomes folded into `error` are summed: one observation per series.
     const moves = new Map<string, { trigger: MoveTrigger; outcome: string; count: number }>();
     for (const m of c.moves) {

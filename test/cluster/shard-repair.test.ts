@@ -218,6 +218,18 @@ describe("the controller's metrics of a repair and of an operator's move", funct
     m = await scrapeUntil(port, `${dead} live again`, (m) => m('strata_controller_nodes', { state: 'dead' }) === 0);
     assert.equal(m('strata_controller_nodes', { state: 'live' }), 4);
     assert.equal(moves(m, 'repair', 'done'), 2);
+    assert.equal(m('strata_controller_nodes_draining'), 0);
+    assert.equal(m('strata_controller_rebalancing'), 0);
+
+    // A node marked draining is counted until the mark is taken off (one that runs no replica: nothing moves).
+    await c.client.drainNode('n9');
+    await scrapeUntil(port, 'one node draining', (m) => m('strata_controller_nodes_draining') === 1);
+    await c.client.drainNode('n9', { undo: true });
+    await scrapeUntil(port, 'no node draining', (m) => m('strata_controller_nodes_draining') === 0);
+    // The node back holds nothing: a rebalance moves replicas to it, counted as the controller's own moves, and ends.
+    assert.equal((await c.client.rebalance()).rebalancing, true);
+    m = await scrapeUntil(port, 'the rebalance done', (m) => m('strata_controller_rebalancing') === 0 && m('strata_replica_moves_running') === 0 && (moves(m, 'repair', 'done') ?? 0) > 2);
+    assert.equal((await c.client.rebalance({ stop: true })).rebalancing, false);
   });
 });
 

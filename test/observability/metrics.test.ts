@@ -177,6 +177,8 @@ describe('observability/metrics', () => {
       shardsUnderReplicated: 2,
       movesRunning: 1,
       repairsBackingOff: 1,
+      nodesDraining: 2,
+      rebalancing: true,
       moves: [
         { trigger: 'operator', outcome: 'done', count: 4 },
         { trigger: 'repair', outcome: 'done', count: 2 },
@@ -197,13 +199,15 @@ describe('observability/metrics', () => {
     assert.equal(sample(text, 'strata_shards_under_replicated', { node: 'n1' }), 2);
     assert.equal(sample(text, 'strata_replica_moves_running', { node: 'n1' }), 1);
     assert.equal(sample(text, 'strata_replica_repairs_backing_off', { node: 'n1' }), 1);
+    assert.equal(sample(text, 'strata_controller_nodes_draining', { node: 'n1' }), 2);
+    assert.equal(sample(text, 'strata_controller_rebalancing', { node: 'n1' }), 1);
     assert.equal(sample(text, 'strata_replica_moves_total', { node: 'n1', trigger: 'operator', outcome: 'done' }), 4);
     assert.equal(sample(text, 'strata_replica_moves_total', { node: 'n1', trigger: 'repair', outcome: 'done' }), 2);
     assert.equal(sample(text, 'strata_replica_moves_total', { node: 'n1', trigger: 'repair', outcome: 'timeout' }), 3);
     assert.equal(sample(text, 'strata_replica_moves_total', { node: 'n1', trigger: 'repair', outcome: 'error' }), 3);
     const moveLines = text.split('\n').filter((l) => l.startsWith('strata_replica_moves_total{'));
     assert.equal(moveLines.length, 4, moveLines.join('\n'));
-    for (const name of ['strata_controller_nodes', 'strata_shards_under_replicated', 'strata_replica_moves_total', 'strata_replica_moves_running', 'strata_replica_repairs_backing_off']) {
+    for (const name of ['strata_controller_nodes', 'strata_shards_under_replicated', 'strata_replica_moves_total', 'strata_replica_moves_running', 'strata_replica_repairs_backing_off', 'strata_controller_nodes_draining', 'strata_controller_rebalancing']) {
       assert.equal(sample(text, name, { node: 'n2' }), undefined, `${name} of a node without the controller`);
     }
 
@@ -213,6 +217,8 @@ describe('observability/metrics', () => {
     controller.shardsUnderReplicated = 0;
     controller.movesRunning = 0;
     controller.repairsBackingOff = 0;
+    controller.nodesDraining = 0;
+    controller.rebalancing = false;
     controller.moves = [{ trigger: 'operator', outcome: 'done', count: 4 }, { trigger: 'repair', outcome: 'done', count: 3 }, { trigger: 'repair', outcome: 'timeout', count: 3 }];
     await new Promise((r) => setTimeout(r, 300)); // past the snapshot reuse window
     const t2 = (await get(port, '/metrics')).body;
@@ -221,6 +227,8 @@ describe('observability/metrics', () => {
     assert.equal(sample(t2, 'strata_replica_moves_total', { node: 'n1', trigger: 'repair', outcome: 'done' }), 3);
     assert.equal(sample(t2, 'strata_replica_moves_running', { node: 'n1' }), 0);
     assert.equal(sample(t2, 'strata_replica_repairs_backing_off', { node: 'n1' }), 0);
+    assert.equal(sample(t2, 'strata_controller_nodes_draining', { node: 'n1' }), 0);
+    assert.equal(sample(t2, 'strata_controller_rebalancing', { node: 'n1' }), 0);
 
     if (!fs.existsSync(PROMTOOL)) {
       console.log(`      (skipped promtool check: ${PROMTOOL} not found; install Debian's prometheus package)`);
