@@ -1583,6 +1583,8 @@ export class StrataNode {
       void this.moveShard({ volume: m.volume, shard: m.shard, from: m.from, to: m.to }, Date.now() + REPAIR_MOVE_DEADLINE_MS, { withoutOpen: m.withoutOpen === true, reason: m.reason })
         .then(() => {
           if (this.repairBackoff.delete(key)) this.log.info("moved a dead or draining node's replica after failed tries", fields);
+          // The next move of a drain or a rebalance starts now rather than at the next check.
+          setImmediate(() => this.repairTick());
         })
         .catch((e: unknown) => {
           if (this.stopped) return;
