@@ -669,6 +669,47 @@ describe("Controller replacement of dead nodes' replicas (repairPlan)", () => {
     assert.deepEqual(c.repairPlan(later + 1, opts), []);
   });
 
+  it('with the wait 0, a node silent however long keeps its replicas', () => {
+    const c = cluster(['a', 'b', 'c', 'd']);
+    c.create(spec('v', 1, 3), T0);
+    const at = T0 + 10 * AFTER;
+    beat(c, ['a', 'b', 'd'], at);
+    assert.deepEqual(c.repairPlan(at, { afterMs: 0, sinceMs: T0, max: 8 }), []);
+    // The same silence with a wait: replaced.
+    assert.deepEqual(c.repairPlan(at, { afterMs: AFTER, sinceMs: T0, max: 8 }).map((m) => [m.from, m.to]), [['c', 'd']]);
+  });
+
+  it('does not resume a move under way while either set, the one before or the one after, lacks a live majority', () => {
+    const c = cluster(['a', 'b', 'c', 'd', 'e']);
+    c.create(spec('v', 1, 3), T0);
+    c.beginMove('v', 0, 'c', 'd', T0);
+    const opts = { afterMs: AFTER, sinceMs: T0, max: 8 };
+    // b and d dead: the set before (a, b, c) has a and c live, the set after (a, b, d) a alone.
+    const at = T0 + AFTER + 1000;
+    beat(c, ['a', 'c', 'e'], at);
+    assert.deepEqual(c.repairPlan(at, opts), []);
+    // a and d live, b and c not: the set after has a majority, the set before a alone.
+    const later = at + 10_000;
+    beat(c, ['a', 'd', 'e'], later);
+    assert.deepEqual(c.repairPlan(later, opts), []);
+    // All live again: resumed.
+    beat(c, ['a', 'b', 'c', 'd', 'e'], later + 1);
+    assert.deepEqual(c.repairPlan(later + 1, opts).map((m) => [m.from, m.to, m.reason]), [['c', 'd', 'resumed']]);
+  });
+
+  it('counts the replica a move under way adds in the load of its node when choosing where a dead replica goes', () => {
+    const c = cluster(['a', 'b', 'c', 'd', 'e']);
+    c.create(spec('v', 1, 3), T0);
+    // A volume of one replica, on b, being moved to d: d holds one replica (the one it adds), e none.
+    const w = c.create(spec('w', 1, 1), T0);
+    assert.deepEqual(w.placements[0]!.replicas.map((r) => r.nodeId), ['b']);
+    c.beginMove('w', 0, 'b', 'd', T0);
+    assert.deepEqual(c.get('v').placements[0]!.replicas.map((r) => r.nodeId), ['a', 'b', 'c']);
+    const at = T0 + AFTER + 1;
+    beat(c, ['a', 'b', 'd', 'e'], at);
+    assert.deepEqual(c.repairPlan(at, { afterMs: AFTER, sinceMs: T0, max: 8 }).filter((m) => m.volume === 'v').map((m) => [m.from, m.to]), [['c', 'e']]);
+  });
+
   it('after a finished repair, a node that comes back is not a member and is not replaced again', () => {
     const c = cluster(['a', 'b', 'c', 'd']);
     c.create(spec('v', 1, 3), T0);
@@ -731,6 +772,18 @@ describe('Controller failure domains (zones)', () => {
     for (const [id, zone] of zones) if (id !== 'n3' && id !== 'n5') c.heartbeat(id, 1, at + 120_000, zone);
     assert.deepEqual(c.repairPlan(at + 120_000, { afterMs: 60_000, sinceMs: T0, max: 8 }).filter((m) => m.volume === 'v').map((m) => [m.from, m.to]), [['n3', 'n4']]);
   });
+
+  it("a dead node's replica may go to a node of the dead node's own zone: only the zones of the replicas that stay count", () => {
+    const c = controller();
+    // n4 is in zone a, where n1 is; n5 in zone c, the dead n3's.
+    const zones = [['n1', 'a'], ['n2', 'b'], ['n3', 'c'], ['n4', 'a'], ['n5', 'c']] as const;
+    for (const [id, zone] of zones) c.heartbeat(id, 1, T0, zone);
+    c.create(spec('v', 1), T0);
+    assert.deepEqual(c.get('v').placements[0]!.replicas.map((r) => r.nodeId), ['n1', 'n2', 'n3']);
+    const at = T0 + 120_000;
+    for (const [id, zone] of zones) if (id !== 'n3') c.heartbeat(id, 1, at, zone);
+    assert.deepEqual(c.repairPlan(at, { afterMs: 60_000, sinceMs: T0, max: 8 }).map((m) => [m.from, m.to]), [['n3', 'n5']]);
+  });
 });
 
 describe('volume id numbers (idNumber)', () => {
@@ -772,6 +825,17 @@ describe('Controller draining nodes', () => {
     assert.deepEqual(c.repairPlan(T0, opts), []);
     c.drain('e', true);
     assert.equal(new Controller({ meta: new MetaStore(disk, '') }).draining().length, 0);
+  });
+
+  it('the undo of a node not draining writes nothing; the draining nodes are kept sorted', () => {
+    const c = controller();
+    const epoch = c.epoch;
+    assert.deepEqual(c.drain('a', true), { draining: false, replicas: 0 });
+    assert.equal(c.epoch, epoch);
+    c.drain('e', false);
+    c.drain('c', false);
+    assert.deepEqual(c.draining(), ['c', 'e']);
+    assert.equal(c.epoch, epoch + 2);
   });
 
   it('refuses to place a volume when the live nodes not draining are too few, saying so; bounded', () => {
@@ -858,5 +922,83 @@ describe('Controller rebalance (balancePlan)', () => {
     for (const id of ['a', 'd']) e.heartbeat(id, 1, T0 + 20_000);
     // b and c silent: no shard has a live majority (a and d only: each shard has a and two of b, c... a alone live of its set).
     assert.equal(e.balancePlan(T0 + 20_000), undefined);
+  });
+
+  it('nodes that differ by one replica are balanced', () => {
+    const c = controller();
+    for (const id of ['a', 'b', 'c']) c.heartbeat(id, 1, T0);
+    c.create(spec('v', 1), T0);
+    for (const id of ['a', 'b', 'c', 'd']) c.heartbeat(id, 1, T0 + 1000);
+    assert.deepEqual(Object.fromEntries(c.spread(T0 + 1000)), { a: 1, b: 1, c: 1, d: 0 });
+    assert.equal(c.balancePlan(T0 + 1000), undefined);
+  });
+
+  it('moves a shard the most loaded node holds, leaves the shards skip names, and counts the replica a move under way adds', () => {
+    const c = controller();
+    const one = { pageCount: 64, pageSize: 4096 as const, stripePages: 16, replicas: 1 as const };
+    // 'first' on a, alone live then; 'many' (3 shards) on b, alone live then.
+    c.heartbeat('a', 1, T0);
+    c.create({ name: 'first', shards: 1, ...one }, T0);
+    c.heartbeat('b', 1, T0 + 10_000);
+    c.create({ name: 'many', shards: 3, ...one }, T0 + 10_000);
+    const at = T0 + 20_000;
+    for (const id of ['a', 'b', 'c']) c.heartbeat(id, 1, at);
+    assert.deepEqual(Object.fromEntries(c.spread(at)), { a: 1, b: 3, c: 0 });
+    // From b, the most loaded: a shard of 'many' (the first in catalog order, 'first', is not on b).
+    const m = c.balancePlan(at);
+    assert.deepEqual([m?.volume, m?.shard, m?.from, m?.to], ['many', 0, 'b', 'c']);
+    assert.deepEqual([c.balancePlan(at, (_, shard) => shard === 0)?.volume, c.balancePlan(at, (_, shard) => shard === 0)?.shard], ['many', 1]);
+    assert.equal(c.balancePlan(at, () => true), undefined);
+    // Under way, the replica the move adds counts for c: b 3, a 1, c 1.
+    c.beginMove('many', 0, 'b', 'c', at);
+    assert.deepEqual(Object.fromEntries(c.spread(at)), { a: 1, b: 3, c: 1 });
+  });
+
+  it("never moves a replica to a node that holds one of the shard already, even in the same zone", () => {
+    const c = controller();
+    // Two zones for three replicas: a and b share z1.
+    for (const [id, zone] of [['a', 'z1'], ['b', 'z1'], ['c', 'z2']] as const) c.heartbeat(id, 1, T0, zone);
+    c.create(spec('v', 1), T0);
+    assert.deepEqual(c.get('v').placements[0]!.replicas.map((r) => r.nodeId), ['a', 'c', 'b']);
+    // Two volumes of one replica on a, alone live then: a 3, b 1, c 1.
+    c.heartbeat('a', 1, T0 + 10_000, 'z1');
+    for (const name of ['x1', 'x2']) c.create({ ...spec(name, 1), replicas: 1 }, T0 + 10_000);
+    const at = T0 + 20_000;
+    for (const [id, zone] of [['a', 'z1'], ['b', 'z1'], ['c', 'z2']] as const) c.heartbeat(id, 1, at, zone);
+    assert.deepEqual(Object.fromEntries(c.spread(at)), { a: 3, b: 1, c: 1 });
+    // Not v's (b holds one): x1's.
+    const m = c.balancePlan(at);
+    assert.deepEqual([m?.volume, m?.from, m?.to], ['x1', 'a', 'b']);
+  });
+
+  it("moves a replica into a zone another of the shard's replicas is in only when the one moved off was in it too", () => {
+    // b and d in z2: a's replica may not go to d (b's zone), b's may.
+    const c = controller();
+    const zones = [['a', 'z1'], ['b', 'z2'], ['c', 'z3'], ['d', 'z2']] as const;
+    for (const [id, zone] of zones.slice(0, 3)) c.heartbeat(id, 1, T0, zone);
+    c.create(spec('v', 2), T0);
+    for (const [id, zone] of zones) c.heartbeat(id, 1, T0 + 1000, zone);
+    assert.deepEqual(Object.fromEntries(c.spread(T0 + 1000)), { a: 2, b: 2, c: 2, d: 0 });
+    const m = c.balancePlan(T0 + 1000);
+    assert.deepEqual([m?.from, m?.to], ['b', 'd']);
+    // Two zones for three replicas (a, b in z1): a's replica may go to d in z1, where b stays.
+    const e = controller();
+    const two = [['a', 'z1'], ['b', 'z1'], ['c', 'z2'], ['d', 'z1']] as const;
+    for (const [id, zone] of two.slice(0, 3)) e.heartbeat(id, 1, T0, zone);
+    e.create(spec('w', 2), T0);
+    for (const [id, zone] of two) e.heartbeat(id, 1, T0 + 1000, zone);
+    const n = e.balancePlan(T0 + 1000);
+    assert.deepEqual([n?.from, n?.to], ['a', 'd']);
+  });
+
+  it('a rebalance asked for or called off when it is so already writes nothing', () => {
+    const c = controller();
+    const epoch = c.epoch;
+    c.setRebalance(false);
+    assert.equal(c.epoch, epoch);
+    c.setRebalance(true);
+    c.setRebalance(true);
+    assert.equal(c.epoch, epoch + 1);
+    assert.equal(c.rebalancing, true);
   });
 });
