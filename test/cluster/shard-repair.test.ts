@@ -142,7 +142,10 @@ describe("the controller replaces a dead node's replicas", function () {
 
   it('strata rebalance gives the node that came back replicas again, one move at a time, until the nodes differ by at most one; then it is done', async () => {
     const vol = c.client.volume('rp');
-    const before = (await c.client.rebalance({ stop: true })).nodes;
+    // Asked with --stop, nothing is asked for, however uneven the nodes.
+    const stopped = await c.client.rebalance({ stop: true });
+    assert.equal(stopped.rebalancing, false);
+    const before = stopped.nodes;
     assert.equal(before.length, 4);
     const counts = (nodes: Array<{ replicas: number }>): number[] => nodes.map((n) => n.replicas);
     assert.ok(Math.max(...counts(before)) - Math.min(...counts(before)) >= 2, JSON.stringify(before));
@@ -323,6 +326,15 @@ describe("a repair whose new node fails: tried again after a back-off, finished 
     // A node 'nx' the controller hears from (the only live node outside the shard once n3 is
     // down), whose opens fail.
     const opens: number[] = [];
+    // The controller's warnings of a failed repair (its node writes its log to stderr).
+    const warned: string[] = [];
+    const write = process.stderr.write;
+    process.stderr.write = function (this: NodeJS.WriteStream, chunk: unknown, ...rest: unknown[]): boolean {
+      if (typeof chunk === 'string' && chunk.includes("could not move a dead or draining node's replica")) warned.push(chunk);
+      return (write as (...a: unknown[]) => boolean).call(this, chunk, ...rest);
+    } as typeof process.stderr.write;
+    const members = async (): Promise<Array<{ nodeId: string; live: boolean; repairInMs?: number }>> =>
+      (decode((await nc.request(`strata.${c.cluster}.controller.members`, encode({}), { timeout: 2000 })).data) as { members: Array<{ nodeId: string; live: boolean; repairInMs?: number }> }).members;
     const beat = (): void => void nc.request(`strata.${c.cluster}.controller.heartbeat`, encode({ nodeId: 'nx', hosts: 1 }), { timeout: 1000 }).catch(() => undefined);
     let beats: NodeJS.Timeout | undefined = setInterval(beat, 200);
     const sub = nc.subscribe(`strata.${c.cluster}.node.nx.shards.open`, {
@@ -342,6 +354,13 @@ describe("a repair whose new node fails: tried again after a back-off, finished 
       // Each failed try counted under its error code; the shard waits for its back-off.
       const port = c.telemetry?.metricsPort ?? 0;
       await scrapeUntil(port, 'two failed repairs counted, the shard backing off', (m) => (moves(m, 'repair', 'unavailable') ?? 0) >= 2 && m('strata_replica_repairs_backing_off') === 1);
+      // The back-off doubled on the second failure; the repair failing the same way was logged once.
+      const { id } = await c.client.volumeInfo('fx');
+      const backoff = (c.nodes[0] as unknown as { repairBackoff: Map<string, { waitMs: number }> }).repairBackoff.get(`${id}.0`);
+      assert.equal(backoff?.waitMs, 2 * REPAIR_BACKOFF_MS_MIN);
+      assert.equal(warned.length, 1, warned.join(''));
+      // n3, dead and still holding its replica, is being replaced now (strata status).
+      assert.deepEqual((await members()).filter((x) => x.nodeId === 'n3').map((x) => [x.live, x.repairInMs]), [[false, 0]]);
 
       // nx dies: the move is finished without it (n1 and n2 are a majority of both sets).
       clearInterval(beats);
@@ -358,6 +377,8 @@ describe("a repair whose new node fails: tried again after a back-off, finished 
       assert.equal(opens.length, before, 'nx was not asked to open once dead');
       // Finished without nx, then nx replaced by n3: two repairs done, none waiting.
       const m = await scrapeUntil(port, 'the repairs done counted', (m) => moves(m, 'repair', 'done') === 2);
+      // nx, dead and holding no replica now, has none to replace.
+      assert.deepEqual((await members()).filter((x) => x.nodeId === 'nx').map((x) => [x.live, x.repairInMs]), [[false, undefined]]);
       assert.equal(m('strata_replica_repairs_backing_off'), 0);
       assert.equal(m('strata_shards_under_replicated'), 0);
       const r = await vol.readPages([3, 4]);
@@ -368,6 +389,7 @@ describe("a repair whose new node fails: tried again after a back-off, finished 
       assert.deepEqual((await vol.readPages([3, 4, 5])).pages.map((x) => x[0]), [7, 8, 9]);
     } finally {
       if (beats !== undefined) clearInterval(beats);
+      process.stderr.write = write;
       sub.unsubscribe();
       await nc.close();
     }
