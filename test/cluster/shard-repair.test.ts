@@ -395,3 +395,56 @@ describe("a repair whose new node fails: tried again after a back-off, finished 
     }
   });
 });
+
+describe('a rebalance runs one move at a time', function () {
+  this.timeout(60_000);
+  let c: InProcessCluster;
+  before(async () => {
+    c = await startCluster({ nodes: 3, hosts: 1, clientTimeoutMs: 5000, node: { repairAfterMs: 1000 } });
+  });
+  after(async () => {
+    await c?.stop();
+  });
+
+  it('to a node nx that takes a second to open a replica: the next move starts only once the one before has ended', async () => {
+    // 4 shards × 3 replicas on the three nodes: 4 each, nx none.
+    await c.client.createVolume({ name: 'rb', pageCount: 16, shards: 4, stripePages: 4, replicas: 3 });
+    const nc = await natsConnect({ servers: c.natsUrl });
+    const beat = (): void => void nc.request(`strata.${c.cluster}.controller.heartbeat`, encode({ nodeId: 'nx', hosts: 1 }), { timeout: 1000 }).catch(() => undefined);
+    const beats = setInterval(beat, 200);
+    let opening = 0;
+    let openingMax = 0;
+    let opens = 0;
+    const sub = nc.subscribe(`strata.${c.cluster}.node.nx.shards.open`, {
+      callback: (_e, m) => {
+        opens++;
+        openingMax = Math.max(openingMax, ++opening);
+        setTimeout(() => {
+          opening--;
+          try {
+            m.respond(encode(errorReply(new ProtocolError('device_failed', 'the disk of nx failed'))));
+          } catch {
+            // The connection closed at the end of the test.
+          }
+        }, 1000);
+      },
+    });
+    try {
+      beat();
+      await nc.flush();
+      await waitFor('nx live to the controller', async () => {
+        const r = decode((await nc.request(`strata.${c.cluster}.controller.members`, encode({}), { timeout: 1000 })).data) as { members: Array<{ nodeId: string; live: boolean }> };
+        return r.members.some((m) => m.nodeId === 'nx' && m.live);
+      }, 10_000);
+      const asked = await c.client.rebalance();
+      assert.equal(asked.rebalancing, true);
+      assert.deepEqual(asked.nodes.map((n) => [n.node, n.replicas]), [['n1', 4], ['n2', 4], ['n3', 4], ['nx', 0]]);
+      await waitFor('nx asked to open two replicas', () => opens >= 2, 30_000);
+      assert.equal(openingMax, 1, 'one open at a time');
+    } finally {
+      clearInterval(beats);
+      sub.unsubscribe();
+      await nc.close();
+    }
+  });
+});
