@@ -18,7 +18,7 @@ import { startCluster, type InProcessCluster } from '../../cluster/in-process-cl
 import { ProtocolError, errorReply } from '../../messages/errors';
 import { waitFor } from '../support/wait';
 import { writeOnceServed } from '../support/served';
-import { REPAIR_BACKOFF_MS_MIN } from '../../cluster/node';
+import { REPAIRS_IN_FLIGHT_MAX, REPAIR_BACKOFF_MS_MIN } from '../../cluster/node';
 import { freePort } from '../../runtime/free-port';
 
 const page = (b: number): Uint8Array => new Uint8Array(4096).fill(b);
@@ -441,6 +441,53 @@ describe('a rebalance runs one move at a time', function () {
       assert.deepEqual(asked.nodes.map((n) => [n.node, n.replicas]), [['n1', 4], ['n2', 4], ['n3', 4], ['nx', 0]]);
       await waitFor('nx asked to open two replicas', () => opens >= 2, 30_000);
       assert.equal(openingMax, 1, 'one open at a time');
+    } finally {
+      clearInterval(beats);
+      sub.unsubscribe();
+      await nc.close();
+    }
+  });
+});
+
+describe('the repairs of a dead node run REPAIRS_IN_FLIGHT_MAX at once at most', function () {
+  this.timeout(60_000);
+  let c: InProcessCluster;
+  before(async () => {
+    c = await startCluster({ nodes: 3, hosts: 1, clientTimeoutMs: 5000, node: { repairAfterMs: 1000 } });
+  });
+  after(async () => {
+    await c?.stop();
+  });
+
+  it(`n3 dead with ${REPAIRS_IN_FLIGHT_MAX + 1} shards to replace on nx, which takes a second to open a replica: ${REPAIRS_IN_FLIGHT_MAX} opens at once, then the next`, async () => {
+    const shards = REPAIRS_IN_FLIGHT_MAX + 1;
+    await c.client.createVolume({ name: 'rq', pageCount: 16, shards, stripePages: 1, replicas: 3 });
+    const nc = await natsConnect({ servers: c.natsUrl });
+    const beat = (): void => void nc.request(`strata.${c.cluster}.controller.heartbeat`, encode({ nodeId: 'nx', hosts: 1 }), { timeout: 1000 }).catch(() => undefined);
+    const beats = setInterval(beat, 200);
+    let opening = 0;
+    let openingMax = 0;
+    let opens = 0;
+    const sub = nc.subscribe(`strata.${c.cluster}.node.nx.shards.open`, {
+      callback: (_e, m) => {
+        opens++;
+        openingMax = Math.max(openingMax, ++opening);
+        setTimeout(() => {
+          opening--;
+          try {
+            m.respond(encode(errorReply(new ProtocolError('device_failed', 'the disk of nx failed'))));
+          } catch {
+            // The connection closed at the end of the test.
+          }
+        }, 1000);
+      },
+    });
+    try {
+      beat();
+      await nc.flush();
+      c.kill(2);
+      await waitFor(`nx asked to open a replica of each of the ${shards} shards`, () => opens >= shards, 30_000);
+      assert.equal(openingMax, REPAIRS_IN_FLIGHT_MAX);
     } finally {
       clearInterval(beats);
       sub.unsubscribe();
