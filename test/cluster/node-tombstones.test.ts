@@ -79,25 +79,28 @@ describe('the tombstones of a catalog larger than one control message', function
     await c.restart(0);
     await waitFor('the deleted volume\'s replica destroyed on node 2', () => !fs.existsSync(shardDir(id!)), 10_000);
   });
-  it('a replica of a volume the catalog issued and no longer lists is destroyed without a tombstone (tombstones are bounded); one whose id it has not issued yet is kept', async () => {
+  it('a replica of a volume the catalog issued and no longer lists is destroyed without a tombstone (tombstones are bounded); one whose id it has not issued yet is kept, and one it lists', async () => {
     root = fs.mkdtempSync(path.join(os.tmpdir(), 'strata-tombstones-'));
     c = await startCluster({ nodes: 2, hosts: 1, dataDir: root });
     const shardDir = (id: string): string => path.join(root!, 'node2', 'dev0', 'shards', `${id}.0`);
     const onNode2: string[] = [];
-    for (let i = 0; i < 8 && onNode2.length < 2; i++) {
+    for (let i = 0; i < 12 && onNode2.length < 3; i++) {
       const v = await c.client.createVolume({ name: `vol${i}`, pageCount: 16, shards: 1, replicas: 1 });
       if (fs.existsSync(shardDir(v.id))) onNode2.push(v.id);
     }
-    assert.equal(onNode2.length, 2, 'two volumes placed on node 2');
-    const [gone, newer] = onNode2 as [string, string];
+    assert.equal(onNode2.length, 3, 'three volumes placed on node 2');
+    const [listed, gone, newer] = onNode2 as [string, string, string];
     const { epoch, tag } = (c.nodes[0] as unknown as { controller: { epoch: number; tag: string } }).controller;
-    // The controller's node starts again on a catalog that lists neither volume and holds no
-    // tombstone of either: `gone`'s was dropped (tombstones are kept by the thousand), and
-    // `newer` was issued after this catalog was written (an older copy of it, restored).
+    const before = new MetaStore(new RealDisk(path.join(root, 'node1')), 'controller').read<CatalogState>('catalog')!;
+    // The controller's node starts again on a catalog that lists `listed` but neither of the
+    // others and holds no tombstone of either: `gone`'s was dropped (tombstones are kept by the
+    // thousand), and `newer` was issued after this catalog was written (an older copy of it, restored).
     c.kill(0);
     const issuedBelow = parseInt(newer.slice(1, newer.indexOf('-')), 36);
     assert.ok(parseInt(gone.slice(1, gone.indexOf('-')), 36) < issuedBelow);
-    const catalog: CatalogState = { version: 1, epoch: epoch + 1, nextId: issuedBelow, tag, volumes: [], tombstones: [] };
+    const volumes = before.volumes.filter((v) => v.id === listed);
+    assert.equal(volumes.length, 1);
+    const catalog: CatalogState = { version: 1, epoch: epoch + 1, nextId: issuedBelow, tag, volumes, tombstones: [] };
     new MetaStore(new RealDisk(path.join(root, 'node1')), 'controller').write('catalog', catalog);
     await c.restart(0);
     await waitFor(`the replica of ${gone} destroyed on node 2`, () => !fs.existsSync(shardDir(gone)), 15_000);
@@ -107,6 +110,8 @@ describe('the tombstones of a catalog larger than one control message', function
     await waitFor('node 2 reconciled with the catalog', () => n2.reconciledEpoch === epoch + 1, 10_000);
     assert.ok(fs.existsSync(shardDir(newer)), `${newer} kept`);
     assert.ok(n2.nodeMeta.shards.some((a) => a.volumeId === newer));
+    assert.ok(fs.existsSync(shardDir(listed)), `${listed} kept`);
+    assert.ok(n2.nodeMeta.shards.some((a) => a.volumeId === listed));
     assert.equal(n2.nodeMeta.shards.some((a) => a.volumeId === gone), false);
   });
 
