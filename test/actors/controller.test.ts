@@ -838,6 +838,17 @@ describe('Controller draining nodes', () => {
     assert.equal(c.epoch, epoch + 2);
   });
 
+  it("counts, in a draining node's replicas, the one a move under way adds to it and the one it takes off it", () => {
+    const c = controller();
+    for (const id of ['a', 'b', 'c', 'd']) c.heartbeat(id, 1, T0);
+    c.create(spec('v', 1), T0);
+    c.beginMove('v', 0, 'c', 'd', T0);
+    assert.deepEqual(c.drain('d', false), { draining: true, replicas: 1 });
+    assert.deepEqual(c.drain('c', false), { draining: true, replicas: 1 });
+    c.finishMove('v', 0, 'c', 'd');
+    assert.deepEqual(c.drain('c', false), { draining: true, replicas: 0 });
+  });
+
   it('refuses to place a volume when the live nodes not draining are too few, saying so; bounded', () => {
     const c = controller();
     for (const id of ['a', 'b', 'c']) c.heartbeat(id, 1, T0);
