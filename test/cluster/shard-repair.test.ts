@@ -6,7 +6,8 @@
  * and the shards then survive losing a second original member. A repair whose new replica is
  * not opened is tried again after a back-off, and one whose new node dies is finished without it
  * and then repaired in turn. With the wait set to 0 nothing is moved. The controller's metrics
- * show the dead node, the shards under-replicated until their repair, and each move once.
+ * show the dead node, the shards under-replicated until their repair, and each move once. A
+ * rebalance makes one move at a time, and a dead node's repairs run REPAIRS_IN_FLIGHT_MAX at once.
  */
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
