@@ -138,6 +138,10 @@ describe("the controller replaces a dead node's replicas", function () {
       const dir = path.join(c.dataDirs[idx(dead)]!, 'dev0', 'shards', `${info.id}.${s}`);
       await waitFor(`${dead} destroyed its replica of shard ${s}`, () => !fs.existsSync(dir), 30_000);
     }
+    // Nothing moves a replica to it because it holds none, until a rebalance is asked for: after
+    // a few of the controller's checks (every 0.5 s), no move under way and none made.
+    await new Promise((r) => setTimeout(r, 2000));
+    assert.equal((await c.client.volumeInfo('rp')).replicaSets!.some((r) => r.moving !== undefined), false, 'no move under way');
     assert.deepEqual(await replicaSets(c, 'rp'), after, 'nothing moved back');
   });
 
