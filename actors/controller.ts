@@ -249,9 +249,19 @@ export class Controller {
 
   /** The nodes the catalog places replicas on (a move under way's added node too). */
   placedNodes(): Set<string> {
-    const placed = new Set<string>();
-    for (const v of this.state.volumes) for (const p of v.placements) for (const r of placedOn(p)) placed.add(r.nodeId);
-    return placed;
+    return new Set(this.replicasByNode().keys());
+  }
+
+  /** Shard replicas the catalog places on each node that holds any (the one a move under way adds counted). */
+  private replicasByNode(): Map<string, number> {
+    const load = new Map<string, number>();
+    for (const v of this.state.volumes) for (const p of v.placements) for (const r of placedOn(p)) load.set(r.nodeId, (load.get(r.nodeId) ?? 0) + 1);
+    return load;
+  }
+
+  /** The failure domain of node `nodeId` (a node never heard from: its own). */
+  private domainOfNode(nodeId: string): string {
+    return domainOf(this.members.get(nodeId) ?? { nodeId, hosts: 1, lastSeenMs: 0 });
   }
 
   /** The shards of the catalog with at least one replica on a node that is not live (`liveNodes`). */
@@ -413,9 +423,7 @@ export class Controller {
 
   /** Shard replicas the catalog places on `nodeId` (the one a move under way adds counted). */
   replicasOn(nodeId: string): number {
-    let n = 0;
-    for (const v of this.state.volumes) for (const p of v.placements) for (const r of placedOn(p)) if (r.nodeId === nodeId) n++;
-    return n;
+    return this.replicasByNode().get(nodeId) ?? 0;
   }
 
   /**
@@ -447,7 +455,7 @@ export class Controller {
       const since = this.members.get(nodeId)?.lastSeenMs ?? opts.sinceMs;
       return nowMs - since > opts.afterMs;
     };
-    const majorityLive = (set: readonly string[]): boolean => set.filter((n) => liveIds.has(n)).length >= Math.floor(set.length / 2) + 1;
+    const majorityLive = (set: readonly string[]): boolean => hasMajority(set, liveIds);
     let load: Map<string, number> | undefined;
     for (const v of this.state.volumes) {
       for (const p of v.placements) {
@@ -466,12 +474,9 @@ export class Controller {
         const deadOne = members.find(dead);
         const from = deadOne ?? members.find((n) => draining.has(n));
         if (from === undefined || !majorityLive(members)) continue;
-        if (load === undefined) {
-          load = new Map<string, number>();
-          for (const x of this.state.volumes) for (const q of x.placements) for (const r of placedOn(q)) load.set(r.nodeId, (load.get(r.nodeId) ?? 0) + 1);
-        }
-        // The failure domains of the replicas that stay (a member never heard from: its own).
-        const kept = new Set(members.filter((n) => n !== from).map((n) => domainOf(this.members.get(n) ?? { nodeId: n, hosts: 1, lastSeenMs: 0 })));
+        load ??= this.replicasByNode();
+        // The failure domains of the replicas that stay.
+        const kept = new Set(members.filter((n) => n !== from).map((n) => this.domainOfNode(n)));
         const rank = (m: NodeMember): [number, number] => [kept.has(domainOf(m)) ? 1 : 0, load!.get(m.nodeId) ?? 0];
         let best: NodeMember | undefined;
         for (const m of live) {
@@ -510,9 +515,9 @@ export class Controller {
    */
   spread(nowMs: number): Map<string, number> {
     const draining = new Set(this.state.draining ?? []);
+    const placed = this.replicasByNode();
     const load = new Map<string, number>();
-    for (const m of this.liveNodes(nowMs)) if (!draining.has(m.nodeId)) load.set(m.nodeId, 0);
-    for (const v of this.state.volumes) for (const p of v.placements) for (const r of placedOn(p)) if (load.has(r.nodeId)) load.set(r.nodeId, load.get(r.nodeId)! + 1);
+    for (const m of this.liveNodes(nowMs)) if (!draining.has(m.nodeId)) load.set(m.nodeId, placed.get(m.nodeId) ?? 0);
     return load;
   }
 
@@ -532,7 +537,6 @@ export class Controller {
     const liveIds = new Set(this.liveNodes(nowMs).map((m) => m.nodeId));
     const byId = (a: string, b: string): number => (a < b ? -1 : a > b ? 1 : 0);
     const nodes = [...load.keys()].sort(byId);
-    const domain = (n: string): string => domainOf(this.members.get(n) ?? { nodeId: n, hosts: 1, lastSeenMs: 0 });
     // From the most loaded nodes down, to the least loaded up: the first pair with a shard that may move.
     const fromOrder = [...nodes].sort((a, b) => load.get(b)! - load.get(a)! || byId(a, b));
     const toOrder = [...nodes].sort((a, b) => load.get(a)! - load.get(b)! || byId(a, b));
@@ -544,9 +548,9 @@ export class Controller {
             if (p.adding !== undefined || skip?.(v.id, p.shard) === true) continue;
             const members = p.replicas.map((r) => r.nodeId);
             if (!members.includes(from) || members.includes(to)) continue;
-            if (members.filter((n) => liveIds.has(n)).length < Math.floor(members.length / 2) + 1) continue;
-            const others = new Set(members.filter((n) => n !== from).map(domain));
-            if (others.has(domain(to)) && !others.has(domain(from))) continue;
+            if (!hasMajority(members, liveIds)) continue;
+            const others = new Set(members.filter((n) => n !== from).map((n) => this.domainOfNode(n)));
+            if (others.has(this.domainOfNode(to)) && !others.has(this.domainOfNode(from))) continue;
             return { volume: v.name, volumeId: v.id, shard: p.shard, from, to, resumed: false, reason: 'balance' };
           }
         }
@@ -811,6 +815,11 @@ export class Controller {
   get storageFailure(): string | undefined {
     return this.fenced;
   }
+}
+
+/** A majority of the node set `set` is among `live`. */
+function hasMajority(set: readonly string[], live: ReadonlySet<string>): boolean {
+  return set.filter((n) => live.has(n)).length >= Math.floor(set.length / 2) + 1;
 }
 
 /** The replicas of a shard's placement and the one a move under way adds. */

@@ -14,6 +14,22 @@ import type { CatalogState } from '../../actors/controller';
 import type { ShardAssignment } from '../../messages/control';
 import { waitFor } from '../support/wait';
 
+/** The directory of node 2's replica of shard 0 of volume `id`, in a cluster under `root`. */
+function node2ShardDir(root: string, id: string): string {
+  return path.join(root, 'node2', 'dev0', 'shards', `${id}.0`);
+}
+
+/** Creates volumes of one shard and one replica (`vol0`, `vol1`…) until `count` are placed on node 2. */
+async function volumesOnNode2(c: InProcessCluster, root: string, count: number): Promise<Array<{ name: string; id: string }>> {
+  const found: Array<{ name: string; id: string }> = [];
+  for (let i = 0; i < 4 * count && found.length < count; i++) {
+    const v = await c.client.createVolume({ name: `vol${i}`, pageCount: 16, shards: 1, replicas: 1 });
+    if (fs.existsSync(node2ShardDir(root, v.id))) found.push({ name: v.name, id: v.id });
+  }
+  assert.equal(found.length, count, `volumes placed on node 2: ${found.length} of ${count}`);
+  return found;
+}
+
 describe('the tombstones of a catalog larger than one control message', function () {
   this.timeout(90_000);
   let c: InProcessCluster | undefined;
@@ -37,15 +53,8 @@ describe('the tombstones of a catalog larger than one control message', function
     };
     new MetaStore(disk, 'controller', { payloadBytesMax: 16 * 1024 * 1024 }).write('catalog', catalog);
     c = await startCluster({ nodes: 2, hosts: 1, dataDir: root, maxPayloadBytes: 16 * 1024 });
-    // Volumes of one replica until one is placed on node 2.
-    const shardDir = (id: string): string => path.join(root!, 'node2', 'dev0', 'shards', `${id}.0`);
-    let doomed: string | undefined;
-    for (let i = 0; i < 4 && doomed === undefined; i++) {
-      const v = await c.client.createVolume({ name: `vol${i}`, pageCount: 16, shards: 1, replicas: 1 });
-      if (fs.existsSync(shardDir(v.id))) doomed = v.name;
-    }
-    assert.ok(doomed !== undefined, 'no volume placed on node 2');
-    const id = (await c.client.volume(doomed).info()).id;
+    const shardDir = (id: string): string => node2ShardDir(root!, id);
+    const [{ name: doomed, id }] = await volumesOnNode2(c, root, 1);
     await c.client.volume(doomed).write(0, new Uint8Array(4096).fill(9));
     // Node 2 is down while the volume is deleted: its replica's destroy is left to its reconciliation.
     c.kill(1);
@@ -61,13 +70,8 @@ describe('the tombstones of a catalog larger than one control message', function
   it('a catalog created again at the epoch a running node last reconciled with is still reconciled with: the epoch alone does not tell two catalogs apart', async () => {
     root = fs.mkdtempSync(path.join(os.tmpdir(), 'strata-tombstones-'));
     c = await startCluster({ nodes: 2, hosts: 1, dataDir: root });
-    const shardDir = (id: string): string => path.join(root!, 'node2', 'dev0', 'shards', `${id}.0`);
-    let id: string | undefined;
-    for (let i = 0; i < 4 && id === undefined; i++) {
-      const v = await c.client.createVolume({ name: `vol${i}`, pageCount: 16, shards: 1, replicas: 1 });
-      if (fs.existsSync(shardDir(v.id))) id = v.id;
-    }
-    assert.ok(id !== undefined, 'no volume placed on node 2');
+    const shardDir = (id: string): string => node2ShardDir(root!, id);
+    const [{ id }] = await volumesOnNode2(c, root, 1);
     type Peek = { reconciledEpoch: number; controller?: { epoch: number } };
     const epoch = (c.nodes[0] as unknown as Peek).controller!.epoch;
     await waitFor('node 2 reconciled with the catalog\'s epoch', () => (c!.nodes[1] as unknown as Peek).reconciledEpoch === epoch, 10_000);
@@ -82,14 +86,8 @@ describe('the tombstones of a catalog larger than one control message', function
   it('a replica of a volume the catalog issued and no longer lists is destroyed without a tombstone (tombstones are bounded); one whose id it has not issued yet is kept, and one it lists', async () => {
     root = fs.mkdtempSync(path.join(os.tmpdir(), 'strata-tombstones-'));
     c = await startCluster({ nodes: 2, hosts: 1, dataDir: root });
-    const shardDir = (id: string): string => path.join(root!, 'node2', 'dev0', 'shards', `${id}.0`);
-    const onNode2: string[] = [];
-    for (let i = 0; i < 12 && onNode2.length < 3; i++) {
-      const v = await c.client.createVolume({ name: `vol${i}`, pageCount: 16, shards: 1, replicas: 1 });
-      if (fs.existsSync(shardDir(v.id))) onNode2.push(v.id);
-    }
-    assert.equal(onNode2.length, 3, 'three volumes placed on node 2');
-    const [listed, gone, newer] = onNode2 as [string, string, string];
+    const shardDir = (id: string): string => node2ShardDir(root!, id);
+    const [listed, gone, newer] = (await volumesOnNode2(c, root, 3)).map((v) => v.id) as [string, string, string];
     const { epoch, tag } = (c.nodes[0] as unknown as { controller: { epoch: number; tag: string } }).controller;
     const before = new MetaStore(new RealDisk(path.join(root, 'node1')), 'controller').read<CatalogState>('catalog')!;
     // The controller's node starts again on a catalog that lists `listed` but neither of the
@@ -118,13 +116,8 @@ describe('the tombstones of a catalog larger than one control message', function
   it("a replica of another catalog's volume is kept, whatever ids the catalog has issued", async () => {
     root = fs.mkdtempSync(path.join(os.tmpdir(), 'strata-tombstones-'));
     c = await startCluster({ nodes: 2, hosts: 1, dataDir: root });
-    const shardDir = (id: string): string => path.join(root!, 'node2', 'dev0', 'shards', `${id}.0`);
-    let id: string | undefined;
-    for (let i = 0; i < 4 && id === undefined; i++) {
-      const v = await c.client.createVolume({ name: `vol${i}`, pageCount: 16, shards: 1, replicas: 1 });
-      if (fs.existsSync(shardDir(v.id))) id = v.id;
-    }
-    assert.ok(id !== undefined, 'no volume placed on node 2');
+    const shardDir = (id: string): string => node2ShardDir(root!, id);
+    const [{ id }] = await volumesOnNode2(c, root, 1);
     const { epoch } = (c.nodes[0] as unknown as { controller: { epoch: number } }).controller;
     // The controller's node starts again on a catalog of another tag (a catalog created again)
     // that has issued more ids than the volume's number, lists no volume and holds no tombstone:

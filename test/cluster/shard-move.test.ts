@@ -16,6 +16,7 @@ import { decode, encode } from '../../messages/codec';
 import type { VolumeInfo } from '../../messages/api';
 import { waitFor } from '../support/wait';
 import { writeOnceServed } from '../support/served';
+import { controllerMembers, fakeNode } from '../support/controller';
 
 const page = (b: number): Uint8Array => new Uint8Array(4096).fill(b);
 
@@ -39,8 +40,7 @@ describe('moving a replica of a shard (strata shard move)', function () {
     const want = [...ids].sort().join(',');
     await waitFor(`the controller counts ${want} live`, async () => {
       try {
-        const r = decode((await nc.request(`strata.${c.cluster}.controller.members`, encode({}), { timeout: 1000 })).data) as { members: Array<{ nodeId: string; live: boolean }> };
-        return r.members.filter((m) => m.live).map((m) => m.nodeId).sort().join(',') === want;
+        return (await controllerMembers(nc, c.cluster)).filter((m) => m.live).map((m) => m.nodeId).sort().join(',') === want;
       } catch {
         return false; // The controller may be restarting.
       }
@@ -184,17 +184,11 @@ describe('moving a replica of a shard (strata shard move)', function () {
     // A node 'nx' the controller hears from, whose open fails until told otherwise.
     let opens = 0;
     let openFails = true;
-    const beat = (): void => void nc.request('strata.' + c.cluster + '.controller.heartbeat', encode({ nodeId: 'nx', hosts: 1 }), { timeout: 1000 }).catch(() => undefined);
-    const beats = setInterval(beat, 200);
-    const sub = nc.subscribe(`strata.${c.cluster}.node.nx.shards.open`, {
-      callback: (_e, m) => {
-        opens++;
-        m.respond(encode(openFails ? errorReply(new ProtocolError('device_failed', 'the disk of nx failed')) : { ok: true }));
-      },
+    const nx = await fakeNode(nc, c.cluster, 'nx', (m) => {
+      opens++;
+      m.respond(encode(openFails ? errorReply(new ProtocolError('device_failed', 'the disk of nx failed')) : { ok: true }));
     });
     try {
-      beat();
-      await nc.flush();
       await new Promise((r) => setTimeout(r, 300));
       const from = before.find((n) => n !== 'n1')!;
       await assert.rejects(c.client.moveReplica('mv2', 0, { from, to: 'nx' }), (e: unknown) => {
@@ -226,15 +220,13 @@ describe('moving a replica of a shard (strata shard move)', function () {
       assert.deepEqual(done.members, before.map((n) => (n === from ? 'nx' : n)));
       assert.equal((await c.client.volumeInfo('mv2')).replicaSets![0]!.moving, undefined);
       // nx never holds anything: moved again, to a real node, the shard's pages are all there.
-      sub.unsubscribe();
-      clearInterval(beats);
+      nx.stop();
       const back = await c.client.moveReplica('mv2', 0, { from: 'nx', to: from });
       assert.deepEqual(back.members, before);
       const r = await c.client.volume('mv2').readPages([3]);
       assert.equal(r.pages[0]![0], 7);
     } finally {
-      clearInterval(beats);
-      sub.unsubscribe();
+      nx.stop();
     }
   });
 
@@ -245,12 +237,8 @@ describe('moving a replica of a shard (strata shard move)', function () {
     const sets = (await c.client.volumeInfo('mv3')).replicaSets!;
     // A node 'ny' the controller hears from, whose open never answers.
     let opens = 0;
-    const beat = (): void => void nc.request(`strata.${c.cluster}.controller.heartbeat`, encode({ nodeId: 'ny', hosts: 1 }), { timeout: 1000 }).catch(() => undefined);
-    const beats = setInterval(beat, 200);
-    const sub = nc.subscribe(`strata.${c.cluster}.node.ny.shards.open`, { callback: () => void opens++ });
+    const ny = await fakeNode(nc, c.cluster, 'ny', () => void opens++);
     try {
-      beat();
-      await nc.flush();
       await new Promise((r) => setTimeout(r, 300));
       const from0 = sets[0]!.members[0]!;
       const from1 = sets[1]!.members[0]!;
@@ -268,8 +256,7 @@ describe('moving a replica of a shard (strata shard move)', function () {
       // The refused move recorded nothing; the other is recorded, to be run again.
       assert.deepEqual((await c.client.volumeInfo('mv3')).replicaSets!.map((r) => r.moving), [{ from: from0, to: 'ny' }, undefined]);
     } finally {
-      clearInterval(beats);
-      sub.unsubscribe();
+      ny.stop();
     }
   });
 

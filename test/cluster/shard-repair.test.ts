@@ -11,46 +11,20 @@
  */
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
-import * as http from 'node:http';
 import * as path from 'node:path';
-import { connect as natsConnect } from 'nats';
-import { decode, encode } from '../../messages/codec';
+import { connect as natsConnect, type NatsConnection } from 'nats';
+import { encode } from '../../messages/codec';
 import { startCluster, type InProcessCluster } from '../../cluster/in-process-cluster';
 import { ProtocolError, errorReply } from '../../messages/errors';
 import { waitFor } from '../support/wait';
+import { samples, scrapeMetrics } from '../support/prometheus';
+import { controllerMembers, fakeNode, type MemberView } from '../support/controller';
 import { writeOnceServed } from '../support/served';
 import { REPAIRS_IN_FLIGHT_MAX, REPAIR_BACKOFF_MS_MIN } from '../../cluster/node';
 import { freePort } from '../../runtime/free-port';
 
 const page = (b: number): Uint8Array => new Uint8Array(4096).fill(b);
 const idx = (nodeId: string): number => Number(nodeId.slice(1)) - 1;
-
-/** The Prometheus text of the process's metrics endpoint. */
-function scrape(port: number): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const req = http.get({ host: '127.0.0.1', port, path: '/metrics', timeout: 5000 }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (c: string) => (body += c));
-      res.on('end', () => (res.statusCode === 200 ? resolve(body) : reject(new Error(`HTTP ${res.statusCode}`))));
-    });
-    req.on('timeout', () => req.destroy(new Error('scrape timed out')));
-    req.on('error', reject);
-  });
-}
-
-/** The values of the samples of `name` whose labels include `labels`. */
-function samples(text: string, name: string, labels: Record<string, string> = {}): number[] {
-  const out: number[] = [];
-  for (const line of text.split('\n')) {
-    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)/.exec(line);
-    if (!m || m[1] !== name) continue;
-    const have = new Map<string, string>();
-    for (const kv of (m[3] ?? '').matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g)) have.set(kv[1]!, kv[2]!);
-    if (Object.entries(labels).every(([k, v]) => have.get(k) === v)) out.push(Number(m[4]));
-  }
-  return out;
-}
 
 /** One metric of the controller's node (n1) in a scrape. */
 type Read = (name: string, labels?: Record<string, string>) => number | undefined;
@@ -59,7 +33,7 @@ type Read = (name: string, labels?: Record<string, string>) => number | undefine
 async function scrapeUntil(port: number, what: string, cond: (m: Read) => boolean): Promise<Read> {
   let read: Read = () => undefined;
   await waitFor(what, async () => {
-    const text = await scrape(port);
+    const text = await scrapeMetrics(port);
     read = (name, labels = {}) => {
       assert.deepEqual(samples(text, name, { ...labels, node: 'n2' }), [], `${name} of a node without the controller`);
       const v = samples(text, name, { ...labels, node: 'n1' });
@@ -77,6 +51,28 @@ const moves = (m: Read, trigger: string, outcome: string): number | undefined =>
 
 async function replicaSets(c: InProcessCluster, name: string): Promise<string[][]> {
   return (await c.client.volumeInfo(name)).replicaSets!.map((r) => [...r.members]);
+}
+
+/**
+ * A node that takes a second to answer each open of a replica, with a failure: how many opens it
+ * was asked, and the most it held at once.
+ */
+async function slowFailingNode(nc: NatsConnection, cluster: string, nodeId: string): Promise<{ opens: number; openingMax: number; stop(): void }> {
+  let opening = 0;
+  const counts = { opens: 0, openingMax: 0 };
+  const node = await fakeNode(nc, cluster, nodeId, (m) => {
+    counts.opens++;
+    counts.openingMax = Math.max(counts.openingMax, ++opening);
+    setTimeout(() => {
+      opening--;
+      try {
+        m.respond(encode(errorReply(new ProtocolError('device_failed', `the disk of ${nodeId} failed`))));
+      } catch {
+        // The connection closed at the end of the test.
+      }
+    }, 1000);
+  });
+  return { get opens() { return counts.opens; }, get openingMax() { return counts.openingMax; }, stop: () => node.stop() };
 }
 
 describe("the controller replaces a dead node's replicas", function () {
@@ -260,8 +256,7 @@ describe('with the wait before a repair set to 0, the controller moves no replic
     const nc = await natsConnect({ servers: c.natsUrl });
     try {
       await waitFor(`the controller counts ${dead} dead`, async () => {
-        const r = decode((await nc.request(`strata.${c.cluster}.controller.members`, encode({}), { timeout: 1000 })).data) as { members: Array<{ nodeId: string; live: boolean; repairInMs?: number }> };
-        const m = r.members.find((x) => x.nodeId === dead);
+        const m = (await controllerMembers(nc, c.cluster)).find((x) => x.nodeId === dead);
         // With repairs off, no time until its replicas are replaced is given (strata status).
         assert.equal(m?.repairInMs, undefined);
         return m !== undefined && !m.live;
@@ -294,8 +289,7 @@ describe('with the wait before a repair set to 0, the controller moves no replic
     // The controller's members say so (strata status shows it).
     const nc = await natsConnect({ servers: c.natsUrl });
     try {
-      const r = decode((await nc.request(`strata.${c.cluster}.controller.members`, encode({}), { timeout: 2000 })).data) as { members: Array<{ nodeId: string; draining?: boolean }> };
-      assert.deepEqual(r.members.filter((m) => m.draining === true).map((m) => m.nodeId), [drained]);
+      assert.deepEqual((await controllerMembers(nc, c.cluster, 2000)).filter((m) => m.draining === true).map((m) => m.nodeId), [drained]);
     } finally {
       await nc.close();
     }
@@ -338,19 +332,12 @@ describe("a repair whose new node fails: tried again after a back-off, finished 
       if (typeof chunk === 'string' && chunk.includes("could not move a dead or draining node's replica")) warned.push(chunk);
       return (write as (...a: unknown[]) => boolean).call(this, chunk, ...rest);
     } as typeof process.stderr.write;
-    const members = async (): Promise<Array<{ nodeId: string; live: boolean; repairInMs?: number }>> =>
-      (decode((await nc.request(`strata.${c.cluster}.controller.members`, encode({}), { timeout: 2000 })).data) as { members: Array<{ nodeId: string; live: boolean; repairInMs?: number }> }).members;
-    const beat = (): void => void nc.request(`strata.${c.cluster}.controller.heartbeat`, encode({ nodeId: 'nx', hosts: 1 }), { timeout: 1000 }).catch(() => undefined);
-    let beats: NodeJS.Timeout | undefined = setInterval(beat, 200);
-    const sub = nc.subscribe(`strata.${c.cluster}.node.nx.shards.open`, {
-      callback: (_e, m) => {
-        opens.push(Date.now());
-        m.respond(encode(errorReply(new ProtocolError('device_failed', 'the disk of nx failed'))));
-      },
+    const members = (): Promise<MemberView[]> => controllerMembers(nc, c.cluster, 2000);
+    const nx = await fakeNode(nc, c.cluster, 'nx', (m) => {
+      opens.push(Date.now());
+      m.respond(encode(errorReply(new ProtocolError('device_failed', 'the disk of nx failed'))));
     });
     try {
-      beat();
-      await nc.flush();
       c.kill(2);
       await waitFor('the repair asked nx twice to open the new replica', () => opens.length >= 2, 60_000);
       // The second try waited for the back-off after the first failure.
@@ -368,9 +355,7 @@ describe("a repair whose new node fails: tried again after a back-off, finished 
       assert.deepEqual((await members()).filter((x) => x.nodeId === 'n3').map((x) => [x.live, x.repairInMs]), [[false, 0]]);
 
       // nx dies: the move is finished without it (n1 and n2 are a majority of both sets).
-      clearInterval(beats);
-      beats = undefined;
-      sub.unsubscribe();
+      nx.stop();
       await waitSet('n1,n2,nx');
       const before = opens.length;
       // Served meanwhile by n1 and n2.
@@ -393,9 +378,8 @@ describe("a repair whose new node fails: tried again after a back-off, finished 
       await writeOnceServed(vol, 5, 9, 'a write with n1 and n3');
       assert.deepEqual((await vol.readPages([3, 4, 5])).pages.map((x) => x[0]), [7, 8, 9]);
     } finally {
-      if (beats !== undefined) clearInterval(beats);
+      nx.stop();
       process.stderr.write = write;
-      sub.unsubscribe();
       await nc.close();
     }
   });
@@ -415,40 +399,16 @@ describe('a rebalance runs one move at a time', function () {
     // 4 shards × 3 replicas on the three nodes: 4 each, nx none.
     await c.client.createVolume({ name: 'rb', pageCount: 16, shards: 4, stripePages: 4, replicas: 3 });
     const nc = await natsConnect({ servers: c.natsUrl });
-    const beat = (): void => void nc.request(`strata.${c.cluster}.controller.heartbeat`, encode({ nodeId: 'nx', hosts: 1 }), { timeout: 1000 }).catch(() => undefined);
-    const beats = setInterval(beat, 200);
-    let opening = 0;
-    let openingMax = 0;
-    let opens = 0;
-    const sub = nc.subscribe(`strata.${c.cluster}.node.nx.shards.open`, {
-      callback: (_e, m) => {
-        opens++;
-        openingMax = Math.max(openingMax, ++opening);
-        setTimeout(() => {
-          opening--;
-          try {
-            m.respond(encode(errorReply(new ProtocolError('device_failed', 'the disk of nx failed'))));
-          } catch {
-            // The connection closed at the end of the test.
-          }
-        }, 1000);
-      },
-    });
+    const nx = await slowFailingNode(nc, c.cluster, 'nx');
     try {
-      beat();
-      await nc.flush();
-      await waitFor('nx live to the controller', async () => {
-        const r = decode((await nc.request(`strata.${c.cluster}.controller.members`, encode({}), { timeout: 1000 })).data) as { members: Array<{ nodeId: string; live: boolean }> };
-        return r.members.some((m) => m.nodeId === 'nx' && m.live);
-      }, 10_000);
+      await waitFor('nx live to the controller', async () => (await controllerMembers(nc, c.cluster)).some((m) => m.nodeId === 'nx' && m.live), 10_000);
       const asked = await c.client.rebalance();
       assert.equal(asked.rebalancing, true);
       assert.deepEqual(asked.nodes.map((n) => [n.node, n.replicas]), [['n1', 4], ['n2', 4], ['n3', 4], ['nx', 0]]);
-      await waitFor('nx asked to open two replicas', () => opens >= 2, 30_000);
-      assert.equal(openingMax, 1, 'one open at a time');
+      await waitFor('nx asked to open two replicas', () => nx.opens >= 2, 30_000);
+      assert.equal(nx.openingMax, 1, 'one open at a time');
     } finally {
-      clearInterval(beats);
-      sub.unsubscribe();
+      nx.stop();
       await nc.close();
     }
   });
@@ -468,34 +428,13 @@ describe('the repairs of a dead node run REPAIRS_IN_FLIGHT_MAX at once at most',
     const shards = REPAIRS_IN_FLIGHT_MAX + 1;
     await c.client.createVolume({ name: 'rq', pageCount: 16, shards, stripePages: 1, replicas: 3 });
     const nc = await natsConnect({ servers: c.natsUrl });
-    const beat = (): void => void nc.request(`strata.${c.cluster}.controller.heartbeat`, encode({ nodeId: 'nx', hosts: 1 }), { timeout: 1000 }).catch(() => undefined);
-    const beats = setInterval(beat, 200);
-    let opening = 0;
-    let openingMax = 0;
-    let opens = 0;
-    const sub = nc.subscribe(`strata.${c.cluster}.node.nx.shards.open`, {
-      callback: (_e, m) => {
-        opens++;
-        openingMax = Math.max(openingMax, ++opening);
-        setTimeout(() => {
-          opening--;
-          try {
-            m.respond(encode(errorReply(new ProtocolError('device_failed', 'the disk of nx failed'))));
-          } catch {
-            // The connection closed at the end of the test.
-          }
-        }, 1000);
-      },
-    });
+    const nx = await slowFailingNode(nc, c.cluster, 'nx');
     try {
-      beat();
-      await nc.flush();
       c.kill(2);
-      await waitFor(`nx asked to open a replica of each of the ${shards} shards`, () => opens >= shards, 30_000);
-      assert.equal(openingMax, REPAIRS_IN_FLIGHT_MAX);
+      await waitFor(`nx asked to open a replica of each of the ${shards} shards`, () => nx.opens >= shards, 30_000);
+      assert.equal(nx.openingMax, REPAIRS_IN_FLIGHT_MAX);
     } finally {
-      clearInterval(beats);
-      sub.unsubscribe();
+      nx.stop();
       await nc.close();
     }
   });

@@ -4,7 +4,6 @@
  * status` after a node is killed.
  */
 import * as assert from 'node:assert/strict';
-import * as http from 'node:http';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
@@ -15,6 +14,7 @@ import { startCluster, type InProcessCluster } from '../../cluster/in-process-cl
 import { startTelemetry, currentTelemetry, type Telemetry } from '../../observability/telemetry';
 import { formatStatus, formatStatusJson } from '../../observability/status';
 import { freePort } from '../../runtime/free-port';
+import { httpGet, samples } from '../support/prometheus';
 
 const PROMTOOL = '/usr/bin/promtool';
 const PAGE = 4096;
@@ -38,47 +38,22 @@ async function until<T>(what: string, timeoutMs: number, probe: () => Promise<T 
   }
 }
 
-function get(port: number, urlPath: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const req = http.get({ host: '127.0.0.1', port, path: urlPath, timeout: 5000 }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (c: string) => (body += c));
-      res.on('end', () => (res.statusCode === 200 ? resolve(body) : reject(new Error(`HTTP ${res.statusCode}`))));
-    });
-    req.on('timeout', () => req.destroy(new Error('scrape timed out')));
-    req.on('error', reject);
-  });
+/** GET `urlPath`; anything but HTTP 200 fails. */
+async function get(port: number, urlPath: string): Promise<string> {
+  const r = await httpGet(port, urlPath);
+  if (r.status !== 200) throw new Error(`HTTP ${r.status}`);
+  return r.body;
 }
 
 /** Sum of the samples of `name` whose labels include `labels`. */
 function sum(text: string, name: string, labels: Record<string, string> = {}): number {
-  let total = 0;
-  for (const line of text.split('\n')) {
-    if (line.startsWith('#')) continue;
-    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)/.exec(line);
-    if (!m || m[1] !== name) continue;
-    const have = new Map<string, string>();
-    for (const kv of (m[3] ?? '').matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g)) have.set(kv[1]!, kv[2]!);
-    if (Object.entries(labels).every(([k, v]) => have.get(k) === v)) total += Number(m[4]);
-  }
-  return total;
+  return samples(text, name, labels).reduce((a, b) => a + b, 0);
 }
 
 /** Largest sample of `name` whose labels include `labels` (undefined when none). */
 function max(text: string, name: string, labels: Record<string, string> = {}): number | undefined {
-  let best: number | undefined;
-  for (const line of text.split('\n')) {
-    if (line.startsWith('#')) continue;
-    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)/.exec(line);
-    if (!m || m[1] !== name) continue;
-    const have = new Map<string, string>();
-    for (const kv of (m[3] ?? '').matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g)) have.set(kv[1]!, kv[2]!);
-    if (!Object.entries(labels).every(([k, v]) => have.get(k) === v)) continue;
-    const v = Number(m[4]);
-    if (best === undefined || v > best) best = v;
-  }
-  return best;
+  const v = samples(text, name, labels);
+  return v.length === 0 ? undefined : Math.max(...v);
 }
 
 /** Writes until the shard has a leader that commits (a fresh replica set elects one first). */

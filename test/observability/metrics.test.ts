@@ -1,5 +1,4 @@
 import * as assert from 'node:assert/strict';
-import * as http from 'node:http';
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import { startTelemetry, type Telemetry } from '../../observability/telemetry';
@@ -7,33 +6,15 @@ import { RequestRecorder, REQUEST_DURATION_BUCKETS_S, REQUEST_SERIES_MAX, type S
 import { BATCH_OPS_BUCKETS, FSYNC_MS_BUCKETS } from '../../actors/device-queue';
 import { LOOP_DELAY_MS_BUCKETS } from '../../observability/loop-delay';
 import { freePort } from '../../runtime/free-port';
+import { httpGet, samples } from '../support/prometheus';
 
 const PROMTOOL = '/usr/bin/promtool';
 
-function get(port: number, urlPath: string): Promise<{ status: number; body: string; contentType: string | undefined }> {
-  return new Promise((resolve, reject) => {
-    const req = http.get({ host: '127.0.0.1', port, path: urlPath, timeout: 5000 }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (c: string) => (body += c));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body, contentType: res.headers['content-type'] }));
-    });
-    req.on('timeout', () => req.destroy(new Error('scrape timed out')));
-    req.on('error', reject);
-  });
-}
+const get = httpGet;
 
-/** The value of one sample line `name{labels} value`, labels given in any order. */
+/** The value of the first sample `name{labels}`, labels given in any order. */
 function sample(text: string, name: string, labels: Record<string, string>): number | undefined {
-  for (const line of text.split('\n')) {
-    if (line.startsWith('#')) continue;
-    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)/.exec(line);
-    if (!m || m[1] !== name) continue;
-    const have = new Map<string, string>();
-    for (const kv of (m[3] ?? '').matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g)) have.set(kv[1]!, kv[2]!);
-    if (Object.entries(labels).every(([k, v]) => have.get(k) === v)) return Number(m[4]);
-  }
-  return undefined;
+  return samples(text, name, labels)[0];
 }
 
 function host(hostId: number, over: Partial<HostSnapshot> = {}): HostSnapshot {
