@@ -7,11 +7,10 @@ import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { connect as natsConnect } from 'nats';
 import { StrataNode } from '../../cluster/node';
 import { encode } from '../../messages/codec';
-import { resolveNatsServerBinary } from '../../runtime/nats-server';
+import { startNatsServer, type NatsServerHandle } from '../../runtime/nats-server';
 import { freePort } from '../../runtime/free-port';
 import { waitFor } from '../support/wait';
 import { startTcpProxy, type TcpProxy } from '../support/tcp-proxy';
@@ -20,7 +19,7 @@ const ROUTE_DELAY_MS = 20;
 
 describe('node claim on a NATS cluster of two servers', function () {
   this.timeout(120_000);
-  const servers: ChildProcess[] = [];
+  const servers: NatsServerHandle[] = [];
   let proxy: TcpProxy | undefined;
   let root: string;
   const urls: string[] = [];
@@ -47,18 +46,29 @@ describe('node claim on a NATS cluster of two servers', function () {
 
   before(async () => {
     root = fs.mkdtempSync(path.join(os.tmpdir(), 'strata-claim-'));
-    const binary = resolveNatsServerBinary();
-    const [p1, c1, p2, c2] = [await freePort(), await freePort(), await freePort(), await freePort()];
+    // Server 1 first, ready before server 2 asks for its route (through the delaying proxy); each
+    // started like a cluster's own server: retried on a port taken meanwhile, its log kept to explain a failure.
+    const c1 = await freePort();
     proxy = await startTcpProxy(c1, { delayMs: ROUTE_DELAY_MS });
-    const routeVia = proxy.port;
-    servers.push(spawn(binary, ['-a', '127.0.0.1', '-p', String(p1), '--cluster_name', 'claim', '--cluster', `nats://127.0.0.1:${c1}`], { stdio: 'ignore' }));
-    servers.push(spawn(binary, ['-a', '127.0.0.1', '-p', String(p2), '--cluster_name', 'claim', '--cluster', `nats://127.0.0.1:${c2}`, '--routes', `nats://127.0.0.1:${routeVia}`], { stdio: 'ignore' }));
-    urls.push(`nats://127.0.0.1:${p1}`, `nats://127.0.0.1:${p2}`);
-    await waitFor('both servers, and the route between them', routeCarries, 20_000);
+    servers.push(await startNatsServer({ jetstream: false, extraConfig: `\ncluster { name: claim, listen: "127.0.0.1:${c1}" }\n` }));
+    const c2 = await freePort();
+    servers.push(
+      await startNatsServer({
+        jetstream: false,
+        extraConfig: `\ncluster { name: claim, listen: "127.0.0.1:${c2}", routes: ["nats://127.0.0.1:${proxy.port}"] }\n`,
+      }),
+    );
+    urls.push(servers[0]!.url, servers[1]!.url);
+    try {
+      await waitFor('the route between the two servers', routeCarries, 30_000);
+    } catch (err) {
+      const logs = servers.map((s, i) => `server ${i + 1}:\n${fs.readFileSync(s.logFile, 'utf8').split('\n').slice(-15).join('\n')}`);
+      throw new Error(`${(err as Error).message}\n${logs.join('\n')}`);
+    }
   });
   after(async () => {
     for (const n of nodes.splice(0)) await n.stop().catch(() => undefined);
-    for (const s of servers) s.kill('SIGKILL');
+    for (const s of servers) await s.stop();
     await proxy?.cut();
     fs.rmSync(root, { recursive: true, force: true });
   });
