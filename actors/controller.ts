@@ -16,7 +16,7 @@ import { MetaStore } from '../storage-engine/metadata';
 import { StorageError } from '../storage-engine/errors';
 import { ProtocolError } from '../messages/errors';
 import type { VolumeInfo, VolumeSpec } from '../messages/api';
-import { DRAINING_NODES_MAX, type ShardAssignment } from '../messages/control';
+import { DRAINING_NODES_MAX, type DownReplica, type ShardAssignment } from '../messages/control';
 
 export interface ReplicaPlacement {
   nodeId: string;
@@ -55,8 +55,11 @@ export interface RepairMove {
   to: string;
   /** The catalog holds this move under way already. */
   resumed: boolean;
-  /** Why: `from` is dead, or draining (for a move under way: why it was begun is not known, `resumed`). */
-  reason: 'dead' | 'draining' | 'resumed' | 'balance';
+  /**
+   * Why: `from` is dead, its replica there is down (`failed`: its node reports it down), or
+   * `from` is draining (for a move under way: why it was begun is not known, `resumed`).
+   */
+  reason: 'dead' | 'failed' | 'draining' | 'resumed' | 'balance';
   /**
    * The node the move adds died meanwhile: the move is finished without it (a majority of each
    * set is live without it), and its replica is then replaced as any dead node's. It opens the
@@ -115,6 +118,16 @@ export interface NodeMember {
   lastSeenMs: number;
   /** Its failure domain, as its heartbeats name it (HeartbeatRequest.zone); absent: a domain of its own. */
   zone?: string;
+  /**
+   * The replicas its last heartbeat reported down (HeartbeatRequest.down), by `volumeId.shard`:
+   * since when, by this controller's clock, without a break in the reports. Absent: none.
+   */
+  down?: ReadonlyMap<string, number>;
+}
+
+/** The key of a shard's replica in `NodeMember.down`. */
+function replicaKey(volumeId: string, shard: number): string {
+  return `${volumeId}.${shard}`;
 }
 
 /** The failure domain of a member: its zone, or the node alone. */
@@ -213,7 +226,7 @@ export class Controller {
    * are is refused `too_large`. Once a minute (by `nowMs`), members silent for long are
    * forgotten first (see `sweep`): a heartbeat may not cost a walk over every placement.
    */
-  heartbeat(nodeId: string, hosts: number, nowMs: number, zone?: string): void {
+  heartbeat(nodeId: string, hosts: number, nowMs: number, zone?: string, down?: readonly DownReplica[]): void {
     if (nowMs - this.memberSweepMs >= MEMBER_SWEEP_EVERY_MS) this.sweep(nowMs);
     if (!this.members.has(nodeId) && this.members.size >= this.nodesMax) {
       throw new ProtocolError('too_large', `the controller knows ${this.nodesMax} nodes, its limit; node '${nodeId}' is not admitted (a member silent ${this.memberSilenceMsMax} ms that holds no shards is forgotten, checked every minute)`, {
@@ -221,7 +234,29 @@ export class Controller {
         nodesMax: this.nodesMax,
       });
     }
-    this.members.set(nodeId, { nodeId, hosts, lastSeenMs: nowMs, ...(zone === undefined ? {} : { zone }) });
+    // A replica reported down in the heartbeat before too keeps the earlier start: a node's
+    // clock restarts with the node, the controller's does not.
+    const before = this.members.get(nodeId)?.down;
+    let downSince: Map<string, number> | undefined;
+    for (const d of down ?? []) {
+      const key = replicaKey(d.volumeId, d.shard);
+      downSince ??= new Map();
+      downSince.set(key, Math.min(before?.get(key) ?? Infinity, nowMs - d.forMs));
+    }
+    this.members.set(nodeId, { nodeId, hosts, lastSeenMs: nowMs, ...(zone === undefined ? {} : { zone }), ...(downSince === undefined ? {} : { down: downSince }) });
+  }
+
+  /**
+   * Whether node `nodeId`'s replica of the shard serves, as far as this controller knows: its node
+   * is live (`liveIds`) and its last heartbeat did not report the replica down.
+   */
+  private replicaUp(nodeId: string, volumeId: string, shard: number, liveIds: ReadonlySet<string>): boolean {
+    return liveIds.has(nodeId) && this.members.get(nodeId)?.down?.has(replicaKey(volumeId, shard)) !== true;
+  }
+
+  /** Whether a majority of `set` are replicas of the shard that serve (`replicaUp`). */
+  private majorityUp(set: readonly string[], volumeId: string, shard: number, liveIds: ReadonlySet<string>): boolean {
+    return set.filter((n) => this.replicaUp(n, volumeId, shard, liveIds)).length >= Math.floor(set.length / 2) + 1;
   }
 
   /** Forgets members silent longer than memberSilenceMsMax that hold no shard placement. */
@@ -264,11 +299,14 @@ export class Controller {
     return domainOf(this.members.get(nodeId) ?? { nodeId, hosts: 1, lastSeenMs: 0 });
   }
 
-  /** The shards of the catalog with at least one replica on a node that is not live (`liveNodes`). */
+  /**
+   * The shards of the catalog with at least one replica on a node that is not live (`liveNodes`)
+   * or that its node reports down.
+   */
   underReplicated(nowMs: number): number {
     const live = new Set(this.liveNodes(nowMs).map((m) => m.nodeId));
     let n = 0;
-    for (const v of this.state.volumes) for (const p of v.placements) if (p.replicas.some((r) => !live.has(r.nodeId))) n++;
+    for (const v of this.state.volumes) for (const p of v.placements) if (p.replicas.some((r) => !this.replicaUp(r.nodeId, v.id, p.shard, live))) n++;
     return n;
   }
 
@@ -428,16 +466,22 @@ export class Controller {
 
   /**
    * The moves that replace replicas on dead nodes (docs/replication.md, "Replacing a dead node's
-   * replicas") and move them off draining ones ("Draining a node"), at most `max`, in catalog
-   * order; changes nothing (`beginMove` records each). With `afterMs` 0, no node counts as dead.
+   * replicas"), replicas live nodes report down ("Replacing a replica its node reports down") and
+   * move them off draining nodes ("Draining a node"), at most `max`, in catalog order; changes
+   * nothing (`beginMove` records each). With `afterMs` 0, no node counts as dead and no replica
+   * as failed.
    *
    * A node is dead once it is not live and has been silent longer than `afterMs`: since its last
    * heartbeat, or, for a node the catalog places replicas on that this controller has not heard
-   * from, since `sinceMs` (when the controller started). For each shard (but those `skip` names):
-   * - a move under way is resumed as it was recorded when each of its two sets has a live
-   *   majority and the node it adds is live or dead (`withoutOpen`), not while it is only silent;
-   * - else its first member on a dead node, or else on a draining node, is replaced, when a
-   *   majority of its members is live
+   * from, since `sinceMs` (when the controller started). A live node's replica has failed once its
+   * heartbeats have reported it down (HeartbeatRequest.down) for longer than `afterMs`. A replica
+   * serves when its node is live and does not report it down. For each shard (but those `skip`
+   * names):
+   * - a move under way is resumed as it was recorded when each of its two sets has a majority of
+   *   replicas that serve and the node it adds is live or dead (`withoutOpen`), not while it is
+   *   only silent;
+   * - else its first member on a dead node, or else its first failed replica, or else its first
+   *   member on a draining node, is replaced, when a majority of its replicas serve
    *   (a shard without one has no leader to change its set, and a sole replica's data is on the
    *   dead node alone), by a live node outside the shard's set and not draining: one in a failure domain none of
    *   the shard's other members is in first, then the one that holds the fewest replicas (the
@@ -455,7 +499,12 @@ export class Controller {
       const since = this.members.get(nodeId)?.lastSeenMs ?? opts.sinceMs;
       return nowMs - since > opts.afterMs;
     };
-    const majorityLive = (set: readonly string[]): boolean => hasMajority(set, liveIds);
+    // A live node's replica it has reported down for longer than the wait.
+    const failed = (nodeId: string, volumeId: string, shard: number): boolean => {
+      if (opts.afterMs <= 0 || !liveIds.has(nodeId)) return false;
+      const since = this.members.get(nodeId)?.down?.get(replicaKey(volumeId, shard));
+      return since !== undefined && nowMs - since > opts.afterMs;
+    };
     let load: Map<string, number> | undefined;
     for (const v of this.state.volumes) {
       for (const p of v.placements) {
@@ -465,15 +514,16 @@ export class Controller {
         if (p.adding !== undefined) {
           const next = members.map((m) => (m === p.removing ? p.adding!.nodeId : m));
           const adds = p.adding.nodeId;
-          if ((liveIds.has(adds) || dead(adds)) && majorityLive(members) && majorityLive(next)) {
+          if ((liveIds.has(adds) || dead(adds)) && this.majorityUp(members, v.id, p.shard, liveIds) && this.majorityUp(next, v.id, p.shard, liveIds)) {
             out.push({ volume: v.name, volumeId: v.id, shard: p.shard, from: p.removing!, to: adds, resumed: true, reason: 'resumed', ...(liveIds.has(adds) ? {} : { withoutOpen: true }) });
           }
           continue;
         }
-        // A dead node's replica first, then a draining node's.
+        // A dead node's replica first, then one its live node reports down, then a draining node's.
         const deadOne = members.find(dead);
-        const from = deadOne ?? members.find((n) => draining.has(n));
-        if (from === undefined || !majorityLive(members)) continue;
+        const failedOne = deadOne === undefined ? members.find((n) => failed(n, v.id, p.shard)) : undefined;
+        const from = deadOne ?? failedOne ?? members.find((n) => draining.has(n));
+        if (from === undefined || !this.majorityUp(members, v.id, p.shard, liveIds)) continue;
         load ??= this.replicasByNode();
         // The failure domains of the replicas that stay.
         const kept = new Set(members.filter((n) => n !== from).map((n) => this.domainOfNode(n)));
@@ -491,7 +541,7 @@ export class Controller {
         if (best === undefined) continue;
         const to = best.nodeId;
         load.set(to, (load.get(to) ?? 0) + 1);
-        out.push({ volume: v.name, volumeId: v.id, shard: p.shard, from, to, resumed: false, reason: deadOne !== undefined ? 'dead' : 'draining' });
+        out.push({ volume: v.name, volumeId: v.id, shard: p.shard, from, to, resumed: false, reason: deadOne !== undefined ? 'dead' : failedOne !== undefined ? 'failed' : 'draining' });
       }
     }
     return out;
@@ -527,7 +577,7 @@ export class Controller {
    * the least loaded differ by at most one replica, or no shard of the most loaded node can move
    * to a less loaded one under the rules. From the most loaded node (the first by id among
    * equals) to the least loaded one that holds fewer by two or more, a shard in catalog order
-   * that: has no move under way, is not named by `skip`, has a live majority, does not hold a
+   * that: has no move under way, is not named by `skip`, has a majority of replicas that serve, does not hold a
    * replica there already, and whose other replicas are in no failure domain of that node's
    * (unless the replica moved off was in it too: the spread over domains never gets worse).
    */
@@ -548,7 +598,7 @@ export class Controller {
             if (p.adding !== undefined || skip?.(v.id, p.shard) === true) continue;
             const members = p.replicas.map((r) => r.nodeId);
             if (!members.includes(from) || members.includes(to)) continue;
-            if (!hasMajority(members, liveIds)) continue;
+            if (!this.majorityUp(members, v.id, p.shard, liveIds)) continue;
             const others = new Set(members.filter((n) => n !== from).map((n) => this.domainOfNode(n)));
             if (others.has(this.domainOfNode(to)) && !others.has(this.domainOfNode(from))) continue;
             return { volume: v.name, volumeId: v.id, shard: p.shard, from, to, resumed: false, reason: 'balance' };
@@ -818,10 +868,6 @@ export class Controller {
 }
 
 /** A majority of the node set `set` is among `live`. */
-function hasMajority(set: readonly string[], live: ReadonlySet<string>): boolean {
-  return set.filter((n) => live.has(n)).length >= Math.floor(set.length / 2) + 1;
-}
-
 /** The replicas of a shard's placement and the one a move under way adds. */
 function placedOn(p: ShardPlacement): ReplicaPlacement[] {
   return p.adding === undefined ? p.replicas : [...p.replicas, p.adding];

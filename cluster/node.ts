@@ -39,6 +39,7 @@ import {
   controllerSubject,
   nodeSubject,
   validateHeartbeat,
+  DOWN_REPLICAS_PER_HEARTBEAT_MAX,
   validateAssignmentsRequest,
   validateAssignmentsReply,
   ASSIGNMENTS_PAGE_MAX,
@@ -74,7 +75,7 @@ import { sameNodeSet as sameSet } from '../messages/raft';
 import { RealDisk } from '../storage-engine/real-disk';
 import { makeDirectory } from '../storage-engine/make-directory';
 import { MetaStore } from '../storage-engine/metadata';
-import { CATALOG_REPLICAS_MAX, Controller, idNumber, idTag, volumeInfo, type RepairMove, type AssignmentRole, type ShardMove, type VolumeRecord } from '../actors/controller';
+import { CATALOG_REPLICAS_MAX, Controller, idNumber, idTag, volumeInfo, type NodeMember, type RepairMove, type AssignmentRole, type ShardMove, type VolumeRecord } from '../actors/controller';
 import { HostPool } from '../runtime/host-pool';
 import type { HostConfig, TransportFaults } from '../runtime/actor-host';
 import type { ReplicaTiming } from '../actors/replica';
@@ -233,6 +234,11 @@ export const REPAIR_BACKOFF_MS_MIN = 5000;
 export const REPAIR_BACKOFF_MS_MAX = 5 * 60 * 1000;
 /** Period of the controller's check for replicas to replace: at most this, and at most half the wait before a repair. */
 const REPAIR_CHECK_MS_MAX = 5000;
+/**
+ * How often a node looks for its replicas that are down (HostPool.downShards), to report them in
+ * its heartbeats (HeartbeatRequest.down): at most this often, from a heartbeat.
+ */
+export const DOWN_CHECK_MS = 2000;
 
 /** Requests to the shard's nodes a move makes at most to find the leader that changes its set. */
 const MOVE_LEADER_TRIES_MAX = 512;
@@ -396,6 +402,14 @@ export class StrataNode {
   private readonly moving = new Map<string, Promise<ShardMoveReply>>();
   /** The controller's periodic check for dead nodes' replicas to replace (`repairTick`). */
   private repairTimer: NodeJS.Timeout | undefined;
+  /**
+   * This node's replicas that are down (`checkDownReplicas`), by `<volumeId>.<shard>`: since when,
+   * by this node's clock, without a break in the checks.
+   */
+  private readonly replicasDown = new Map<string, { volumeId: string; shard: number; sinceMs: number }>();
+  /** The check for replicas that are down is running. */
+  private downCheck: Promise<void> | undefined;
+  private downCheckedMs = 0;
   /** The shards (`<volumeId>.<shard>`) whose replica on a dead node this controller is replacing. */
   private readonly repairing = new Set<string>();
   /**
@@ -969,8 +983,16 @@ export class StrataNode {
     const timeout = this.opts.requestTimeoutMs ?? 10_000;
     let epoch: number;
     let catalog: string | undefined;
+    this.checkDownReplicas();
+    const now = Date.now();
+    // The longest down first: those the controller replaces first once past its wait.
+    const down = [...this.replicasDown.values()]
+      .sort((a, b) => a.sinceMs - b.sinceMs)
+      .slice(0, DOWN_REPLICAS_PER_HEARTBEAT_MAX)
+      .map((d) => ({ volumeId: d.volumeId, shard: d.shard, forMs: Math.max(0, now - d.sinceMs) }));
     try {
-      const r = await nc.request(controllerSubject(this.cluster, 'heartbeat'), encode({ nodeId: this.nodeId, hosts: this.hosts, ...(this.opts.zone === undefined ? {} : { zone: this.opts.zone }) }), { timeout });
+      const body = { nodeId: this.nodeId, hosts: this.hosts, ...(this.opts.zone === undefined ? {} : { zone: this.opts.zone }), ...(down.length > 0 ? { down } : {}) };
+      const r = await nc.request(controllerSubject(this.cluster, 'heartbeat'), encode(body), { timeout });
       ({ epoch, catalog } = validateHeartbeatReply(throwIfError(decode(r.data))));
       this.heartbeatFailures.succeeded();
     } catch (e) {
@@ -982,6 +1004,33 @@ export class StrataNode {
     // whose epochs start over) is a catalog this node has not reconciled with.
     if ((epoch === this.reconciledEpoch && catalog === this.reconciledCatalog) || this.reconciling !== undefined || Date.now() < this.reconcileNotBeforeMs) return;
     this.reconciling = this.reconcileWithCatalog(epoch, catalog).finally(() => (this.reconciling = undefined));
+  }
+
+  /**
+   * Starts a check for this node's replicas that are down (HostPool.downShards, each host within
+   * HOST_STATUS_TIMEOUT_MS) unless one runs or one ended less than DOWN_CHECK_MS ago; its
+   * outcome updates `replicasDown` (the replicas this node holds for the catalog only), which the
+   * next heartbeat reports. It runs beside the heartbeats, never holding one up.
+   */
+  private checkDownReplicas(): void {
+    if (this.downCheck !== undefined || this.pool === undefined || Date.now() - this.downCheckedMs < DOWN_CHECK_MS) return;
+    this.downCheck = this.pool
+      .downShards({ timeoutMs: HOST_STATUS_TIMEOUT_MS })
+      .then((down) => {
+        const now = Date.now();
+        this.downCheckedMs = now;
+        const held = new Set(this.nodeMeta.shards.map(shardId));
+        const keys = new Set<string>();
+        for (const d of down) {
+          const key = shardId(d);
+          if (!held.has(key)) continue;
+          keys.add(key);
+          if (!this.replicasDown.has(key)) this.replicasDown.set(key, { volumeId: d.volumeId, shard: d.shard, sinceMs: now });
+        }
+        for (const key of [...this.replicasDown.keys()]) if (!keys.has(key)) this.replicasDown.delete(key);
+      })
+      .catch((e: unknown) => this.log.debug('could not check for replicas that are down', { err: e }))
+      .finally(() => (this.downCheck = undefined));
   }
 
   /**
@@ -1340,7 +1389,7 @@ export class StrataNode {
       subj('heartbeat'),
       async (body) => {
         const hb = validateHeartbeat(body);
-        c.heartbeat(hb.nodeId, hb.hosts, Date.now(), hb.zone);
+        c.heartbeat(hb.nodeId, hb.hosts, Date.now(), hb.zone, hb.down);
         return { epoch: c.epoch, ...(c.tag === undefined ? {} : { catalog: c.tag }) };
       },
       undefined,
@@ -1420,7 +1469,7 @@ export class StrataNode {
    * has not heard from since it started (not live, last seen unknown): a node that died before a
    * restart of the controller is still shown, as dead.
    */
-  private allMembers(): Array<{ nodeId: string; hosts?: number; lastSeenMs?: number; silentMs?: number; live: boolean; repairInMs?: number; draining?: true }> {
+  private allMembers(): Array<{ nodeId: string; hosts?: number; lastSeenMs?: number; silentMs?: number; live: boolean; repairInMs?: number; draining?: true; replicasDown?: number; replicasDownRepairInMs?: number }> {
     const now = Date.now();
     const c = this.controller!;
     const live = new Set(c.liveNodes(now).map((m) => m.nodeId));
@@ -1432,7 +1481,17 @@ export class StrataNode {
       live.has(nodeId) || !placed.has(nodeId) ? {} : { repairInMs: Math.max(0, afterMs - silentMs) };
     const draining = new Set(c.draining());
     const drain = (nodeId: string): { draining?: true } => (draining.has(nodeId) ? { draining: true } : {});
-    const heard = c.knownNodes().map((m) => ({ ...m, silentMs: Math.max(0, now - m.lastSeenMs), live: live.has(m.nodeId), ...repairIn(m.nodeId, now - m.lastSeenMs), ...drain(m.nodeId) }));
+    // A live node's replicas it reports down: how many, and when the first is replaced (with repairs on).
+    const down = ({ nodeId, down }: NodeMember): { replicasDown?: number; replicasDownRepairInMs?: number } => {
+      if (!live.has(nodeId) || down === undefined || down.size === 0) return {};
+      const since = Math.min(...down.values());
+      return { replicasDown: down.size, ...(afterMs > 0 ? { replicasDownRepairInMs: Math.max(0, afterMs - (now - since)) } : {}) };
+    };
+    const heard = c.knownNodes().map((member) => {
+      // The map of replicas down is summed (`down`), not sent.
+      const { down: _, ...m } = member;
+      return { ...m, silentMs: Math.max(0, now - m.lastSeenMs), live: live.has(m.nodeId), ...repairIn(m.nodeId, now - m.lastSeenMs), ...drain(m.nodeId), ...down(member) };
+    });
     const unheard = c.placedUnheard().map((nodeId) => ({ nodeId, live: false, ...repairIn(nodeId, now - this.startedAt), ...drain(nodeId) }));
     return [...heard, ...unheard];
   }
@@ -1520,7 +1579,7 @@ export class StrataNode {
     const waitMs = catalogWaitMs(deadlineMs - Date.now());
     const late = (): ProtocolError => new ProtocolError('timeout', `the move of shard ${req.shard} of volume '${req.volume}' from node '${req.from}' to node '${req.to}' did not finish within the deadline; it is recorded: run it again to finish it`, { from: req.from, to: req.to });
     if (running !== undefined) return withTimeout(running, Math.max(1, waitMs), late);
-    if (!move.resumed) this.log.info(repair === undefined ? 'moving a replica' : repair.reason === 'draining' ? "moving a draining node's replica" : repair.reason === 'balance' ? 'moving a replica to even out the nodes' : "replacing a dead node's replica", { volume: v.id, shard: req.shard, from: req.from, to: req.to, hostId: move.to.hostId });
+    if (!move.resumed) this.log.info(repair === undefined ? 'moving a replica' : repair.reason === 'draining' ? "moving a draining node's replica" : repair.reason === 'balance' ? 'moving a replica to even out the nodes' : repair.reason === 'failed' ? 'replacing a replica its node reports down' : "replacing a dead node's replica", { volume: v.id, shard: req.shard, from: req.from, to: req.to, hostId: move.to.hostId });
     if (repair?.withoutOpen === true) this.log.warn("finishing a move without the node it adds, which is dead: its replica is replaced next", { volume: v.id, shard: req.shard, from: req.from, to: req.to });
     const run = this.runMove(move, Date.now() + Math.max(1, waitMs), repair?.withoutOpen === true).finally(() => this.moving.delete(key));
     this.moving.set(key, run);

@@ -28,7 +28,21 @@ export interface HeartbeatRequest {
    * replicas are not in. Absent: the node is a domain of its own.
    */
   zone?: string;
+  /**
+   * Replicas the node holds that do not serve (docs/replication.md, "Replacing a replica its
+   * node reports down"): its host or device failed, or the replica was left down after failing
+   * again and again; the longest down first, at most DOWN_REPLICAS_PER_HEARTBEAT_MAX. Absent: none.
+   */
+  down?: DownReplica[];
 }
+/** A replica a node reports down in its heartbeat, and for how long without a break (ms, by the node's clock). */
+export interface DownReplica {
+  volumeId: string;
+  shard: number;
+  forMs: number;
+}
+/** Replicas a heartbeat reports down at most: more than the controller replaces at once, and a heartbeat stays small. */
+export const DOWN_REPLICAS_PER_HEARTBEAT_MAX = 64;
 export interface HeartbeatReply {
   epoch: number;
   /**
@@ -157,7 +171,19 @@ export function validateHeartbeatReply(body: unknown): HeartbeatReply {
 
 export function validateHeartbeat(body: unknown): HeartbeatRequest {
   const o = obj(body, '');
-  return { nodeId: str(o.nodeId, 'nodeId'), hosts: int(o.hosts, 'hosts', 1, HOSTS_PER_NODE_MAX), ...(o.zone === undefined ? {} : { zone: str(o.zone, 'zone') }) };
+  const down =
+    o.down === undefined
+      ? undefined
+      : list(o.down, 'down', DOWN_REPLICAS_PER_HEARTBEAT_MAX).map((d, i): DownReplica => {
+          const e = obj(d, `down[${i}]`);
+          return { volumeId: str(e.volumeId, `down[${i}].volumeId`), shard: int(e.shard, `down[${i}].shard`, 0, SHARDS_MAX - 1), forMs: int(e.forMs, `down[${i}].forMs`, 0, Number.MAX_SAFE_INTEGER) };
+        });
+  return {
+    nodeId: str(o.nodeId, 'nodeId'),
+    hosts: int(o.hosts, 'hosts', 1, HOSTS_PER_NODE_MAX),
+    ...(o.zone === undefined ? {} : { zone: str(o.zone, 'zone') }),
+    ...(down === undefined ? {} : { down }),
+  };
 }
 
 export function validateAssignmentsRequest(body: unknown): AssignmentsRequest {

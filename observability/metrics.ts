@@ -291,7 +291,7 @@ export class StrataMetrics {
       warmSlots: gauge('strata_cache_warm_slots', 'Slots of a device\'s page-cache slab whose memory the CPU pool made resident ahead of use (the first write to memory never used takes a page fault).'),
       warmFailures: counter('strata_cache_warm_failures', 'Steps of warming a device\'s page-cache slab that failed (the CPU pool refused them or was closed); the next tick tries again.'),
       controllerNodes: gauge('strata_controller_nodes', 'Nodes the controller knows, by state: live (heard from within the live window) or dead (members not live, and nodes the catalog places replicas on that it has not heard from since it started).'),
-      underReplicated: gauge('strata_shards_under_replicated', 'Shards of the catalog with at least one replica on a node that is not live.'),
+      underReplicated: gauge('strata_shards_under_replicated', 'Shards of the catalog with at least one replica on a node that is not live, or that its node reports down.'),
       moves: counter('strata_replica_moves', 'Moves of replicas the controller ran, counted once when each run ends, by trigger (operator or repair) and outcome (done, or the error code of the failure); a request that joins a move under way, or that is refused before a run starts, is not counted.'),
       movesRunning: gauge('strata_replica_moves_running', 'Moves of replicas the controller runs now.'),
       repairsBackingOff: gauge('strata_replica_repairs_backing_off', 'Shards whose last repair (the move of a dead node\'s replica) failed and that wait for their back-off before the next try.'),

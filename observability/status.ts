@@ -105,8 +105,19 @@ interface NodeRow {
   repairInMs: number | undefined;
   /** An operator marked it draining (strata drain): its replicas are moved off. */
   draining: boolean;
+  /** A live node's replicas it reports down, and the time until the controller replaces the first (0: it does now; undefined: repairs off). */
+  replicasDown: number | undefined;
+  replicasDownRepairInMs: number | undefined;
   /** Its failure domain (strata node --zone), as the controller knows it. */
   zone: string | undefined;
+}
+
+/** A live node's replicas it reports down, as the controller knows them: how many, and when they are replaced. */
+function replicasDownText(n: NodeRow): string | undefined {
+  if (n.replicasDown === undefined || n.replicasDown === 0) return undefined;
+  const what = `${n.replicasDown} replica${n.replicasDown === 1 ? '' : 's'} down`;
+  if (n.replicasDownRepairInMs === undefined) return what;
+  return n.replicasDownRepairInMs > 0 ? `${what}, replaced in ${duration(n.replicasDownRepairInMs)}` : `${what}, replacing`;
 }
 
 /** Nodes: the controller's members (with liveness) merged with the nodes that answered. */
@@ -115,7 +126,7 @@ function nodeRows(reply: Rec): NodeRow[] {
   const row = (id: string): NodeRow => {
     let r = byId.get(id);
     if (!r) {
-      r = { id, state: 'no reply', reason: undefined, hostsOk: undefined, hosts: undefined, loopDelayMaxMs: undefined, uptimeMs: undefined, version: undefined, controller: undefined, lastSeenMs: undefined, silentMs: undefined, repairInMs: undefined, draining: false, zone: undefined };
+      r = { id, state: 'no reply', reason: undefined, hostsOk: undefined, hosts: undefined, loopDelayMaxMs: undefined, uptimeMs: undefined, version: undefined, controller: undefined, lastSeenMs: undefined, silentMs: undefined, repairInMs: undefined, draining: false, replicasDown: undefined, replicasDownRepairInMs: undefined, zone: undefined };
       byId.set(id, r);
     }
     return r;
@@ -128,6 +139,8 @@ function nodeRows(reply: Rec): NodeRow[] {
     r.silentMs = num(m.silentMs);
     r.repairInMs = num(m.repairInMs);
     r.draining = m.draining === true;
+    r.replicasDown = num(m.replicasDown);
+    r.replicasDownRepairInMs = num(m.replicasDownRepairInMs);
     r.zone = str(m.zone);
     r.hosts = num(m.hosts);
     if (m.live === false) r.state = 'dead';
@@ -293,7 +306,7 @@ export function formatStatus(statusReply: unknown, options: FormatStatusOptions 
             n.silentMs !== undefined ? `${duration(n.silentMs)} ago` : n.lastSeenMs !== undefined ? `${duration(nowMs - n.lastSeenMs)} ago` : '-',
             n.state === 'dead'
               ? `no heartbeat${n.repairInMs === undefined ? '' : n.repairInMs > 0 ? `; replicas replaced in ${duration(n.repairInMs)}` : '; replacing its replicas'}`
-              : n.state === 'no reply' ? 'did not answer status' : n.draining ? `draining${n.reason === undefined ? '' : `; ${cell(n.reason)}`}` : cell(n.reason),
+              : n.state === 'no reply' ? 'did not answer status' : cell([n.draining ? 'draining' : undefined, replicasDownText(n), n.reason].filter((t) => t !== undefined).join('; ')),
           ],
           tone: n.state === 'dead' ? 'bad' : n.state === 'up' ? undefined : 'warn',
         })),

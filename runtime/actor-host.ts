@@ -153,6 +153,8 @@ export interface HostApi {
   checkpoint(): Promise<void>;
   stats(): Promise<HostStats>;
   health(): Promise<HostHealth>;
+  /** DeviceHost.downShards: this host's replicas that are down. */
+  downShards(): Promise<Array<{ volumeId: string; shard: number }>>;
   setFaults(faults: TransportFaults): Promise<void>;
   failFsync(times: number): Promise<void>;
   /** Fault injection: throws an error with this message outside any handler, ending the thread. */
@@ -532,6 +534,10 @@ export class ActorHost implements HostApi {
       ...(this.recorder ? { requests: this.recorder.snapshot() } : {}),
       ...(this.loopDelay ? { loopDelay: this.loopDelay.stats(performance.now()) } : {}),
     };
+  }
+
+  async downShards(): Promise<Array<{ volumeId: string; shard: number }>> {
+    return this.device?.downShards() ?? [];
   }
 
   async ping(): Promise<void> {

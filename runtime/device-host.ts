@@ -506,6 +506,13 @@ export class DeviceHost {
     };
   }
 
+  /** The shards whose replica is down (opened, not running: failed to open, or left down), without the cost of `stats()`. */
+  downShards(): Array<{ volumeId: string; shard: number }> {
+    const out: Array<{ volumeId: string; shard: number }> = [];
+    for (const e of this.shards.values()) if (!e.replica) out.push({ volumeId: e.spec.volumeId, shard: e.spec.shard });
+    return out;
+  }
+
   /** Drains the queue and closes every replica. */
   async close(): Promise<void> {
     for (const e of this.shards.values()) e.replica?.close();

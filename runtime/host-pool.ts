@@ -348,6 +348,33 @@ export class HostPool {
     );
   }
 
+  /**
+   * The shards opened on a host whose replica does not serve: down on its host
+   * (HostApi.downShards), waiting to be opened again after a failed open, or on a host that is
+   * down, starting, or does not answer within `timeoutMs` (every shard of it).
+   */
+  async downShards(opts: { timeoutMs?: number } = {}): Promise<Array<{ volumeId: string; shard: number }>> {
+    const perHost = await Promise.all(
+      this.slots.map(async (s) => {
+        const all = (): Array<{ volumeId: string; shard: number }> => [...s.shards.values()].map((spec) => ({ volumeId: spec.volumeId, shard: spec.shard }));
+        if (s.down || !s.api) return all();
+        let down: Array<{ volumeId: string; shard: number }>;
+        try {
+          down = await this.answerWithin(s, opts.timeoutMs, (api) => api.downShards());
+        } catch {
+          return all();
+        }
+        const keys = new Set(down.map((d) => shardKey(d.volumeId, d.shard)));
+        for (const key of s.reopenPending) {
+          const spec = s.shards.get(key);
+          if (spec !== undefined && !keys.has(key)) down.push({ volumeId: spec.volumeId, shard: spec.shard });
+        }
+        return down;
+      }),
+    );
+    return perHost.flat();
+  }
+
   /** A call to a host with a deadline of its own (at most the call deadline). */
   private answerWithin<T>(slot: HostSlot, timeoutMs: number | undefined, fn: (api: Comlink.Remote<HostApi>) => Promise<T>): Promise<T> {
     const ms = Math.min(timeoutMs ?? this.callTimeoutMs, this.callTimeoutMs);

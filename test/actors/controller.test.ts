@@ -724,6 +724,63 @@ describe("Controller replacement of dead nodes' replicas (repairPlan)", () => {
     assert.deepEqual(c.repairPlan(at + 2, { afterMs: AFTER, sinceMs: T0, max: 8 }), []);
     assert.deepEqual(c.assignments('c').shards.map((s) => s.role), ['removed']);
   });
+
+  it('replaces a replica a live node reports down for longer than the wait, not before, and not once the reports stop', () => {
+    const c = cluster(['a', 'b', 'c', 'd', 'e']);
+    c.create(spec('v', 2, 3), T0);
+    const id = c.get('v').id;
+    assert.deepEqual(c.get('v').placements.map((p) => p.replicas.map((r) => r.nodeId)), [['a', 'b', 'c'], ['b', 'c', 'd']]);
+    const opts = { afterMs: AFTER, sinceMs: T0, max: 8 };
+    const downFor = (forMs: number) => [{ volumeId: id, shard: 0, forMs }];
+    // c reports its replica of shard 0 down from T0 + 1000 on; every node heartbeats.
+    c.heartbeat('c', 1, T0 + 1000, undefined, downFor(0));
+    assert.equal(c.underReplicated(T0 + 1000), 1, 'a replica reported down leaves its shard under-replicated');
+    beat(c, ['a', 'b', 'd', 'e'], T0 + AFTER + 1000);
+    c.heartbeat('c', 1, T0 + AFTER + 1000, undefined, downFor(AFTER));
+    assert.deepEqual(c.repairPlan(T0 + AFTER + 1000, opts), [], 'down, but not longer than the wait');
+    beat(c, ['a', 'b', 'd', 'e'], T0 + AFTER + 1001);
+    c.heartbeat('c', 1, T0 + AFTER + 1001, undefined, downFor(AFTER + 1));
+    // Shard 0 only (c's replica of shard 1 serves), to e: d holds one replica, e none.
+    const failed = [{ volume: 'v', volumeId: id, shard: 0, from: 'c', to: 'e', resumed: false, reason: 'failed' }];
+    assert.deepEqual(c.repairPlan(T0 + AFTER + 1001, opts), failed);
+    // The node restarted and counts from 0 again: the controller keeps the earlier start.
+    c.heartbeat('c', 1, T0 + AFTER + 1002, undefined, downFor(0));
+    assert.deepEqual(c.repairPlan(T0 + AFTER + 1002, opts), failed);
+    // Without repairs, never.
+    assert.deepEqual(c.repairPlan(T0 + AFTER + 1002, { ...opts, afterMs: 0 }), []);
+    // The replica serves again: no longer reported, nothing to do, and the count starts over.
+    c.heartbeat('c', 1, T0 + AFTER + 1003);
+    assert.deepEqual(c.repairPlan(T0 + AFTER + 1003, opts), []);
+    assert.equal(c.underReplicated(T0 + AFTER + 1003), 0);
+    c.heartbeat('c', 1, T0 + AFTER + 1004, undefined, downFor(0));
+    assert.deepEqual(c.repairPlan(T0 + AFTER + 1004, opts), []);
+  });
+
+  it("a replica reported down does not count toward its shard's majority; a dead node's replica is replaced before it", () => {
+    const c = cluster(['a', 'b', 'c', 'd']);
+    c.create(spec('v', 1, 3), T0);
+    const id = c.get('v').id;
+    const at = T0 + AFTER + 1;
+    const opts = { afterMs: AFTER, sinceMs: T0, max: 8 };
+    // c dead; b live but reports its replica down (not yet past the wait): a alone serves.
+    beat(c, ['a', 'd'], at);
+    c.heartbeat('b', 1, at, undefined, [{ volumeId: id, shard: 0, forMs: 10 }]);
+    assert.deepEqual(c.repairPlan(at, opts), [], 'one replica of three serves: no majority to change the set');
+    c.heartbeat('b', 1, at);
+    assert.deepEqual(c.repairPlan(at, opts).map((m) => [m.from, m.to, m.reason]), [['c', 'd', 'dead']]);
+    // Five replicas, one on a dead node and one reported down past the wait: the dead node's first.
+    const f = cluster(['a', 'b', 'c', 'd', 'e', 'f']);
+    f.create(spec('w', 1, 5), T0);
+    assert.deepEqual(f.get('w').placements[0]!.replicas.map((r) => r.nodeId), ['a', 'b', 'c', 'd', 'e']);
+    beat(f, ['a', 'd', 'e', 'f'], at);
+    f.heartbeat('b', 1, at, undefined, [{ volumeId: f.get('w').id, shard: 0, forMs: AFTER + 1 }]);
+    assert.deepEqual(f.repairPlan(at, opts).map((m) => [m.from, m.to, m.reason]), [['c', 'f', 'dead']]);
+    // A move under way from b is resumed only while each set has a majority that serves.
+    f.beginMove('w', 0, 'b', 'f', at);
+    assert.deepEqual(f.repairPlan(at, opts).map((m) => [m.from, m.to, m.reason]), [['b', 'f', 'resumed']]);
+    f.heartbeat('d', 1, at, undefined, [{ volumeId: f.get('w').id, shard: 0, forMs: 0 }]);
+    assert.deepEqual(f.repairPlan(at, opts), [], 'a, e (and f) serve: two of five in the old set');
+  });
 });
 
 describe('Controller failure domains (zones)', () => {

@@ -439,3 +439,53 @@ describe('the repairs of a dead node run REPAIRS_IN_FLIGHT_MAX at once at most',
     }
   });
 });
+
+describe('a replica its live node reports down is replaced', function () {
+  this.timeout(120_000);
+  let c: InProcessCluster;
+  before(async () => {
+    c = await startCluster({ nodes: 4, hosts: 1, clientTimeoutMs: 5000, node: { repairAfterMs: 1000 } });
+  });
+  after(async () => {
+    await c?.stop();
+  });
+
+  it("a node whose disk fails for good keeps heartbeating; its replica, left down, is moved to the fourth node and the pages read back", async () => {
+    await c.client.createVolume({ name: 'fd', pageCount: 16, shards: 1, stripePages: 16, replicas: 3 });
+    const vol = c.client.volume('fd');
+    await writeOnceServed(vol, 1, 3, 'a write to fd');
+    const [before] = await replicaSets(c, 'fd');
+    const broken = before!.find((n) => n !== 'n1')!;
+    const spare = ['n1', 'n2', 'n3', 'n4'].find((n) => !before!.includes(n))!;
+    // Every fdatasync of its device fails from now on: each reopen of the replica fails again,
+    // until it is left down. Writes go on on the other two.
+    await c.failFsync(idx(broken), Infinity);
+    let value = 4;
+    // What the controller's members say of the node meanwhile (strata status shows it).
+    const seen: MemberView[] = [];
+    const nc = await natsConnect({ servers: c.natsUrl });
+    try {
+      await waitFor(`the replica on ${broken} replaced by one on ${spare}`, async () => {
+        await writeOnceServed(vol, 2, value++ % 256, 'a write to fd while a replica is broken');
+        seen.push((await controllerMembers(nc, c.cluster, 2000)).find((m) => m.nodeId === broken)!);
+        const [set] = await replicaSets(c, 'fd');
+        return set!.length === 3 && !set!.includes(broken);
+      }, 90_000);
+      // The node stayed live all along: its replica, not the node, was replaced.
+      assert.ok(seen.every((m) => m.live), JSON.stringify(seen));
+      assert.ok(seen.some((m) => m.replicasDown === 1 && m.replicasDownRepairInMs !== undefined), `the replica reported down: ${JSON.stringify(seen)}`);
+      // Once replaced, the node holds no replica to report down.
+      await waitFor(`${broken} reports no replica down`, async () => (await controllerMembers(nc, c.cluster, 2000)).find((m) => m.nodeId === broken)?.replicasDown === undefined, 30_000);
+    } finally {
+      await nc.close();
+    }
+    const [after] = await replicaSets(c, 'fd');
+    assert.deepEqual([...after!].sort(), [...before!.filter((n) => n !== broken), spare].sort());
+    const read = await vol.readPages([1, 2]);
+    assert.equal(read.pages[0]![0], 3);
+    assert.equal(read.pages[1]![0], (value - 1) % 256);
+    // The new set serves without the broken node: a majority of it (the spare among them) acknowledges.
+    await writeOnceServed(vol, 3, 9, 'a write to fd after the repair');
+    assert.equal((await vol.readPages([3])).pages[0]![0], 9);
+  });
+});

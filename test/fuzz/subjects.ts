@@ -326,9 +326,10 @@ function controllerTargets(): Target[] {
   const c = (verb: string): string => controllerSubject(CLUSTER, verb);
   const deletesKept = (b: unknown): boolean => typeof b === 'object' && b !== null && ((b as { name?: unknown }).name === REAL || (b as { name?: unknown }).name === AUX);
   return [
-    // Heartbeats of unknown node ids would add members (placement then fails unavailable): by design.
+    // Heartbeats of unknown node ids would add members (placement then fails unavailable), and ones
+    // reporting replicas down would have them replaced: by design (only nodes may send them).
     { kind: 'controller', subject: c('heartbeat'), body: () => ({ nodeId: pick(facts.nodes), hosts: 1 }), check: (b) => void validateHeartbeat(b),
-      forbidden: (b) => { try { const h = validateHeartbeat(b); return !facts.nodes.includes(h.nodeId) || h.hosts !== 1; } catch { return false; } } },
+      forbidden: (b) => { try { const h = validateHeartbeat(b); return !facts.nodes.includes(h.nodeId) || h.hosts !== 1 || h.down !== undefined; } catch { return false; } } },
     { kind: 'controller', subject: c('assignments'), body: () => ({ nodeId: pick([...facts.nodes, 'zz']), ...(chance(0.5) ? { from: pick([0, 1, 511, 512, 65536, 65537]) } : {}) }), check: (b) => void validateAssignmentsRequest(b) },
     { kind: 'controller', subject: c('members'), body: () => ({}) },
     { kind: 'controller', subject: c('volume.create'), body: () => apiTargets()[0]!.body(), check: (b) => void validateVolumeCreateRequest(b) },

@@ -1,6 +1,6 @@
 import { strict as assert } from 'node:assert';
 import { validateConfig, validateRaftRequest, validateRaftReply, RAFT_RECORDS_PER_APPEND_MAX } from '../../messages/raft';
-import { ASSIGNMENTS_PAGE_MAX, validateNodeDrain, validateNodeDrainReply, validateRebalance, validateRebalanceReply, validateHeartbeat, validateShardsOpen, validateShardsDestroy, validateAssignmentsReply } from '../../messages/control';
+import { ASSIGNMENTS_PAGE_MAX, DOWN_REPLICAS_PER_HEARTBEAT_MAX, validateNodeDrain, validateNodeDrainReply, validateRebalance, validateRebalanceReply, validateHeartbeat, validateShardsOpen, validateShardsDestroy, validateAssignmentsReply } from '../../messages/control';
 import { ProtocolError } from '../../messages/errors';
 
 function code(fn: () => unknown): string {
@@ -74,6 +74,13 @@ describe('control message validators', () => {
     assert.deepEqual(validateHeartbeat({ nodeId: 'n1', hosts: 2, zone: 'eu-west-1a' }), { nodeId: 'n1', hosts: 2, zone: 'eu-west-1a' });
     assert.equal(code(() => validateHeartbeat({ nodeId: 'n1', hosts: 2, zone: 'rack 1' })), 'bad_request');
     assert.equal(code(() => validateHeartbeat({ nodeId: 'n1', hosts: 2, zone: 7 })), 'bad_request');
+    const down = [{ volumeId: 'v1', shard: 3, forMs: 12_000 }];
+    assert.deepEqual(validateHeartbeat({ nodeId: 'n1', hosts: 2, down }), { nodeId: 'n1', hosts: 2, down });
+    assert.equal(code(() => validateHeartbeat({ nodeId: 'n1', hosts: 2, down: Array(DOWN_REPLICAS_PER_HEARTBEAT_MAX + 1).fill(down[0]) })), 'too_large');
+    assert.equal(code(() => validateHeartbeat({ nodeId: 'n1', hosts: 2, down: [{ ...down[0], shard: 256 }] })), 'out_of_range');
+    assert.equal(code(() => validateHeartbeat({ nodeId: 'n1', hosts: 2, down: [{ ...down[0], forMs: -1 }] })), 'bad_request');
+    assert.equal(code(() => validateHeartbeat({ nodeId: 'n1', hosts: 2, down: [{ shard: 1, forMs: 0 }] })), 'bad_request');
+    assert.equal(code(() => validateHeartbeat({ nodeId: 'n1', hosts: 2, down: { volumeId: 'v1' } })), 'bad_request');
     assert.deepEqual(validateShardsOpen({ shards: [assignment] }).shards[0], assignment);
     assert.deepEqual(validateShardsDestroy({ volumeId: 'v1', shards: [0, 1] }), { volumeId: 'v1', shards: [0, 1] });
     assert.equal(validateAssignmentsReply({ epoch: 3, shards: [assignment], tombstones: ['v9'] }).epoch, 3);

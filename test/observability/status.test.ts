@@ -58,6 +58,12 @@ describe('observability/status', () => {
       ({ ...r, members: (r.members as Array<Record<string, unknown>>).map((m) => (m.nodeId === id ? { ...m, draining: true } : m)) });
     assert.match(formatStatus(draining(sampleReply(), 'n1'), { nowMs: NOW }), /^ {2}n1 +up .* 0\.3s ago +draining$/m);
     assert.match(formatStatus(draining(sampleReply(), 'n2'), { nowMs: NOW }), /^ {2}n2 +degraded .* draining; host 1: device failed$/m);
+    // A live node's replicas it reports down: how many, and when the controller replaces them.
+    const down = (r: ReturnType<typeof sampleReply>, extra: Record<string, unknown>) =>
+      ({ ...r, members: (r.members as Array<Record<string, unknown>>).map((m) => (m.nodeId === 'n2' ? { ...m, ...extra } : m)) });
+    assert.match(formatStatus(down(sampleReply(), { replicasDown: 2, replicasDownRepairInMs: 61_000 }), { nowMs: NOW }), /^ {2}n2 +degraded .* 2 replicas down, replaced in 1m01s; host 1: dev…$/m);
+    assert.match(formatStatus(down(sampleReply(), { replicasDown: 1, replicasDownRepairInMs: 0 }), { nowMs: NOW }), /^ {2}n2 +degraded .* 1 replica down, replacing; host 1: device failed$/m);
+    assert.match(formatStatus(down(sampleReply(), { replicasDown: 1 }), { nowMs: NOW }), /^ {2}n2 +degraded .* 1 replica down; host 1: device failed$/m);
     // Nodes that name their failure domain: a ZONE column ('-' for one that names none).
     const zoned = sampleReply();
     zoned.members = (zoned.members as Array<Record<string, unknown>>).map((m) => (m.nodeId === 'n3' ? m : { ...m, zone: m.nodeId === 'n1' ? 'rack-a' : 'rack-b' }));

@@ -9,6 +9,8 @@ export interface MemberView {
   zone?: string;
   repairInMs?: number;
   draining?: boolean;
+  replicasDown?: number;
+  replicasDownRepairInMs?: number;
 }
 
 /** The controller's members (`strata.<cluster>.controller.members`). */
