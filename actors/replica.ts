@@ -36,7 +36,7 @@ import { checkReadReplyBytes } from '../messages/validate';
 import type { WriteRecordRef } from '../messages/api';
 import { MESSAGE_BYTES_MAX, decode, encode } from '../messages/codec';
 import type {
-  RaftRequest, RaftReply, VoteRequest, VoteReply, AppendRequest, AppendReply, SnapshotRequest, SnapshotReply, WireRecord,
+  RaftRequest, RaftReply, VoteRequest, VoteReply, AppendRequest, AppendReply, SnapshotRequest, SnapshotReply, WireRecord, TimeoutNowRequest, TimeoutNowReply,
 } from '../messages/raft';
 import { sameNodeSet as sameSet, validateConfig } from '../messages/raft';
 import { shardOfPage, type ShardGeometry, type PageData, type PayloadOffload } from './shard';
@@ -161,6 +161,12 @@ export function encodeConfig(config: ReplicaConfig): Uint8Array {
 /** Reads a Config record's payload; ProtocolError `bad_request` when it is not a replica set. */
 export function decodeConfig(payload: Uint8Array): ReplicaConfig {
   return validateConfig(decode(payload));
+}
+
+/** What Replica.transferLeadership did: the term this replica led, and the follower it handed it to. */
+export interface TransferResult {
+  term: number;
+  to: string;
 }
 
 /** What Replica.reconfigure did. */
@@ -332,6 +338,10 @@ export interface ReplicaStats {
   /** Prevote rounds started (an election follows only when a majority would vote). */
   preVotes: number;
   elections: number;
+  /** Leader: handovers of its leadership that the follower took (it was asked `timeoutNow` and answered yes). */
+  handovers: number;
+  /** Elections this replica started because its leader handed leadership to it (`timeoutNow`). */
+  electionsHandedOver: number;
   writes: number;
   pagesWritten: number;
   /** Retried writes answered with the record of an earlier attempt instead of written again. */
@@ -498,6 +508,12 @@ export class Replica {
   private knownMembers: ReadonlySet<string> = new Set();
   /** A leader's Config record being saved and appended: client writes wait for it (appendConfig). */
   private configAppending: Promise<void> | undefined;
+  /**
+   * A handover of this leader's leadership under way (`transferLeadership`): to `to`, given up at
+   * `untilMs` (this replica's clock) if no other leader came; `asked` once `timeoutNow` was sent.
+   * While it runs, requests of clients are refused `unavailable` and no read is served from the lease.
+   */
+  private handover: { to: string; term: number; untilMs: number; asked: boolean; done: Array<{ resolve(r: TransferResult): void; reject(e: Error): void }> } | undefined;
   private log: SegmentLog;
   private store: PageStore;
   private readonly queue: DeviceQueue;
@@ -592,7 +608,7 @@ export class Replica {
   /** The prevote round in progress, if any: the term it asks about and the yes so far. */
   private preVote: { term: number; votes: Set<string> } | undefined;
   private readonly counters = {
-    preVotes: 0, elections: 0, writes: 0, pagesWritten: 0, retriesMatched: 0, reads: 0, pagesRead: 0, checkpoints: 0,
+    preVotes: 0, elections: 0, handovers: 0, electionsHandedOver: 0, writes: 0, pagesWritten: 0, retriesMatched: 0, reads: 0, pagesRead: 0, checkpoints: 0,
     snapshotsSent: 0, snapshotsInstalled: 0, appendsSent: 0, appendsToAll: 0, imageChecks: 0, offloaded: 0, appliedFromLog: 0, repliesIgnored: 0,
   };
 
@@ -778,6 +794,99 @@ export class Replica {
       changed = true;
     }
     throw new ProtocolError('unavailable', 'the replica set kept changing; retry');
+  }
+
+  /**
+   * Leader only: hands its leadership to follower `to` (default: the one whose log holds the
+   * most, the first by id among equals; docs/replication.md, "Handing leadership over"). From
+   * now on it refuses requests of clients (`unavailable`, to be retried) and serves no read from
+   * its lease; once every record it wrote is committed and held by `to`, it sends `to` a
+   * `timeoutNow`, on which `to` starts an election at once that the others vote in despite
+   * knowing this leader live. Resolves when this replica is no longer leader (a newer term came).
+   * Fails, and this replica leads on, taking requests again: `unavailable` with no other member
+   * to hand to, during a change of the replica set, or when `to` refused; `timeout` when no
+   * other leader came within a maximum election timeout; `bad_request` for a `to` that is not
+   * another member of the set in force.
+   */
+  transferLeadership(to?: string): Promise<TransferResult> {
+    const g = this.geometry;
+    if (this.closed) throw new StorageError('closed', `shard ${g.volumeId}/${g.shard} is closed`);
+    if (this.role !== 'leader') throw notLeader(this.leader, this.term);
+    if (this.handover !== undefined) {
+      if (to !== undefined && to !== this.handover.to) {
+        throw new ProtocolError('unavailable', `shard ${g.volumeId}/${g.shard} is handing its leadership to '${this.handover.to}' already`, { to: this.handover.to });
+      }
+      const h = this.handover;
+      return new Promise((resolve, reject) => h.done.push({ resolve, reject }));
+    }
+    if (this.config.prior !== undefined || this.configAppending !== undefined) {
+      throw new ProtocolError('unavailable', `shard ${g.volumeId}/${g.shard} is changing its replica set; hand its leadership over once that is done`);
+    }
+    const candidates = this.config.members.filter((id) => id !== this.self);
+    if (to !== undefined && !candidates.includes(to)) {
+      throw new ProtocolError('bad_request', `to: '${to}' is not another member of shard ${g.volumeId}/${g.shard} (members: ${this.config.members.join(', ')})`, { path: 'to' });
+    }
+    const match = (id: string): number => this.followers.get(id)?.match ?? 0;
+    const target = to ?? [...candidates].sort((a, b) => match(b) - match(a) || (a < b ? -1 : a > b ? 1 : 0))[0];
+    if (target === undefined) throw new ProtocolError('unavailable', `shard ${g.volumeId}/${g.shard} has no other replica to hand its leadership to`);
+    const h = { to: target, term: this.term, untilMs: this.nowMs + this.timing.electionTimeoutMaxMs, asked: false, done: [] as Array<{ resolve(r: TransferResult): void; reject(e: Error): void }> };
+    this.handover = h;
+    const result = new Promise<TransferResult>((resolve, reject) => h.done.push({ resolve, reject }));
+    this.replicateTo(target, false);
+    this.askToTakeOver();
+    return result;
+  }
+
+  /**
+   * Sends the `timeoutNow` of the handover under way, once: when every record this leader wrote
+   * is committed and its target holds them all (the target then wins any election it starts).
+   */
+  private askToTakeOver(): void {
+    const h = this.handover;
+    if (h === undefined || h.asked || this.role !== 'leader' || this.term !== h.term) return;
+    if (this.commitLsn < this.lastLsn || (this.followers.get(h.to)?.match ?? 0) < this.lastLsn) return;
+    h.asked = true;
+    const req: TimeoutNowRequest = { type: 'timeoutNow', term: h.term, leader: this.self };
+    this.transport.send(h.to, req, this.timing.rpcTimeoutMs).then(
+      (r) => {
+        const reply = r as TimeoutNowReply;
+        if (this.handover !== h) return;
+        if (reply.ok) {
+          this.counters.handovers++;
+          return;
+        }
+        if (reply.term > this.term) this.stepDown(reply.term, null, 'a follower is at a newer term');
+        else this.endHandover(new ProtocolError('unavailable', `'${h.to}' did not take the leadership over (it is not a follower of this term that may vote)`));
+      },
+      (e: unknown) => {
+        if (this.handover === h) this.endHandover(new ProtocolError('unavailable', `'${h.to}' did not take the leadership over: ${(e as Error).message}`));
+      },
+    );
+  }
+
+  /** Ends the handover under way: failed with `err` (this replica leads on), or done (it no longer leads). */
+  private endHandover(err?: Error): void {
+    const h = this.handover;
+    if (h === undefined) return;
+    this.handover = undefined;
+    for (const d of h.done) {
+      if (err !== undefined) d.reject(err);
+      else d.resolve({ term: h.term, to: h.to });
+    }
+  }
+
+  /**
+   * A follower whose leader hands its leadership over (`timeoutNow`): starts an election at once,
+   * without a prevote, when the message comes from the leader it follows in its term and it may
+   * vote and lead (a voter, not repairing its log, no cut of its log queued).
+   */
+  private handleTimeoutNow(req: TimeoutNowRequest): TimeoutNowReply {
+    const ok = req.term === this.term && this.role === 'follower' && this.leader === req.leader && this.isVoter() &&
+      this.repairTerm === undefined && this.termsUnknown === undefined && this.truncating === 0;
+    if (!ok) return { term: this.term, ok: false };
+    this.counters.electionsHandedOver++;
+    void this.startElection(true);
+    return { term: this.term, ok: true };
   }
 
   get appliedLsn(): number {
@@ -969,6 +1078,9 @@ export class Replica {
     nowMs = this.nowMs;
     if (this.termsUnknown !== undefined && nowMs >= this.termsProbeDueMs) this.probeTerms();
     if (this.role === 'leader') {
+      if (this.handover !== undefined && nowMs >= this.handover.untilMs) {
+        this.endHandover(new ProtocolError('timeout', `'${this.handover.to}' did not take the leadership over within ${this.timing.electionTimeoutMaxMs} ms; this replica leads on`));
+      }
       if (nowMs - this.leaderSinceMs > this.timing.electionTimeoutMaxMs && !this.hasMajorityContact(this.timing.electionTimeoutMaxMs)) {
         // Cut off from a majority for a whole election timeout: another leader may exist.
         this.stepDown(this.term, null, 'lost contact with a majority');
@@ -1155,7 +1267,7 @@ export class Replica {
     this.votedFor = null;
     this.role = 'follower';
     this.leader = null;
-    if (wasLeader) this.leaderStopped('a newer term exists');
+    if (wasLeader) this.leaderStopped(this.handover !== undefined ? `handed its leadership to '${this.handover.to}'` : 'a newer term exists');
   }
 
   private stepDown(term: number, leader: string | null, reason: string): void {
@@ -1172,6 +1284,7 @@ export class Replica {
   }
 
   private leaderStopped(reason: string): void {
+    this.endHandover();
     this.followers.clear();
     this.recent = [];
     this.recentBytes = 0;
@@ -1257,7 +1370,7 @@ export class Replica {
     }
   }
 
-  private async startElection(): Promise<void> {
+  private async startElection(handedOver = false): Promise<void> {
     if (this.closed || this.role === 'leader') return;
     this.role = 'candidate';
     this.term += 1;
@@ -1278,7 +1391,7 @@ export class Replica {
       this.becomeLeader();
       return;
     }
-    const req: VoteRequest = { type: 'vote', term, candidate: this.self, lastLsn: this.lastLsn, lastTerm: this.lastTerm };
+    const req: VoteRequest = { type: 'vote', term, candidate: this.self, lastLsn: this.lastLsn, lastTerm: this.lastTerm, ...(handedOver ? { transfer: true as const } : {}) };
     this.askPeers(req, (id, reply) => this.onVoteReply(id, term, reply));
   }
 
@@ -1313,6 +1426,8 @@ export class Replica {
    * is itself, so no candidate is exempt while a majority follows it.)
    */
   private ignoresCandidate(req: VoteRequest): boolean {
+    // A candidate a leader handed its leadership to: that leader gave up its lease first.
+    if (req.type === 'vote' && req.transfer === true) return false;
     return req.candidate !== this.lastLeader && this.knowsLiveLeader();
   }
 
@@ -1774,6 +1889,8 @@ export class Replica {
       this.commitLsn = candidate;
       this.applyCommitted();
     }
+    // A handover waits for every record committed and held by its target: maybe now.
+    if (this.handover !== undefined) this.askToTakeOver();
   }
 
   /**
@@ -2234,6 +2351,8 @@ export class Replica {
       case 'snapshot':
         this.heardLeader(msg.term);
         return this.handleSnapshot(msg);
+      case 'timeoutNow':
+        return Promise.resolve(this.handleTimeoutNow(msg));
     }
   }
 
@@ -2271,6 +2390,9 @@ export class Replica {
   private checkLeader(): void {
     if (this.closed) throw new StorageError('closed', `shard ${this.geometry.volumeId}/${this.geometry.shard} is closed`);
     if (this.role !== 'leader') throw notLeader(this.leader, this.term);
+    if (this.handover !== undefined) {
+      throw new ProtocolError('unavailable', `shard ${this.geometry.volumeId}/${this.geometry.shard} is handing its leadership to '${this.handover.to}'; retry`, { to: this.handover.to });
+    }
   }
 
   private checkPage(page: number, path: string): void {
@@ -2712,6 +2834,7 @@ export class Replica {
     for (const w of this.applyWaiters) w.reject(err);
     this.commitWaiters = [];
     this.applyWaiters = [];
+    this.endHandover(err);
     if (this.role === 'leader') this.onRoleChange?.('follower', this.term, 'closed');
   }
 

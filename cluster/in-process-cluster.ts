@@ -69,6 +69,8 @@ export interface InProcessCluster {
   flushTelemetry(): Promise<void>;
   /** Crashes node i without any clean shutdown. */
   kill(i: number): void;
+  /** Stops node i cleanly (StrataNode.stop: its hosts hand their shards' leadership over first). */
+  stopNode(i: number): Promise<void>;
   /** Starts node i again on its data directory; resolves once it has joined. */
   restart(i: number): Promise<StrataNode>;
   /**
@@ -196,6 +198,12 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<InProcess
       if (!n) throw new Error(`node ${i} is not running`);
       n.kill();
       nodes[i] = undefined;
+    },
+    async stopNode(i: number): Promise<void> {
+      const n = nodes[i];
+      if (!n) throw new Error(`node ${i} is not running`);
+      nodes[i] = undefined;
+      await n.stop();
     },
     async restart(i: number): Promise<StrataNode> {
       if (nodes[i]) throw new Error(`node ${i} is running`);

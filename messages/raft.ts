@@ -32,6 +32,27 @@ export interface VoteRequest {
   candidate: string;
   lastLsn: number;
   lastTerm: number;
+  /**
+   * A vote asked by a candidate its leader handed leadership to (`timeoutNow`): voters that know
+   * of a live leader vote all the same (leader stickiness does not apply), since that leader gave
+   * up its lease before asking. Only in `vote` requests.
+   */
+  transfer?: true;
+}
+
+/**
+ * `timeoutNow`: a leader hands its leadership to a follower whose log holds every record it
+ * wrote (docs/replication.md, "Handing leadership over"): the follower starts an election at
+ * once, without a prevote, asking for votes with `transfer`. `ok`: it did.
+ */
+export interface TimeoutNowRequest {
+  type: 'timeoutNow';
+  term: number;
+  leader: string;
+}
+export interface TimeoutNowReply {
+  term: number;
+  ok: boolean;
 }
 export interface VoteReply {
   term: number;
@@ -132,8 +153,8 @@ export interface SnapshotReply {
   nextOffset: number;
 }
 
-export type RaftRequest = VoteRequest | AppendRequest | SnapshotRequest;
-export type RaftReply = VoteReply | AppendReply | SnapshotReply;
+export type RaftRequest = VoteRequest | AppendRequest | SnapshotRequest | TimeoutNowRequest;
+export type RaftReply = VoteReply | AppendReply | SnapshotReply | TimeoutNowReply;
 
 /**
  * Largest term a replication message may carry (2^48: an election every millisecond would take
@@ -157,10 +178,16 @@ export function validateRaftRequest(body: unknown): RaftRequest {
   switch (o.type) {
     case 'vote':
     case 'prevote':
+      if (o.transfer !== undefined && (o.type !== 'vote' || o.transfer !== true)) {
+        throw new ProtocolError('bad_request', 'transfer: only true, and only in a vote request', { path: 'transfer' });
+      }
       return {
         type: o.type, term: termOf(o.term, 'term'), candidate: id(o.candidate, 'candidate'),
         lastLsn: counter(o.lastLsn, 'lastLsn'), lastTerm: termOf(o.lastTerm, 'lastTerm'),
+        ...(o.transfer === true ? { transfer: true as const } : {}),
       };
+    case 'timeoutNow':
+      return { type: 'timeoutNow', term: termOf(o.term, 'term'), leader: id(o.leader, 'leader') };
     case 'append': {
       const records = expectArray(o.records, 'records', { lengthMin: 0, lengthMax: RAFT_RECORDS_PER_APPEND_MAX, maxCode: 'too_large' }).map((r, i) => {
         const m = map(r, `records[${i}]`);
@@ -196,7 +223,7 @@ export function validateRaftRequest(body: unknown): RaftRequest {
       };
     }
     default:
-      throw new ProtocolError('bad_request', `type: expected vote, prevote, append or snapshot`, { path: 'type' });
+      throw new ProtocolError('bad_request', `type: expected vote, prevote, append, snapshot or timeoutNow`, { path: 'type' });
   }
 }
 
@@ -220,6 +247,8 @@ export function validateRaftReply(type: RaftRequest['type'], body: unknown): Raf
       };
     case 'snapshot':
       return { term: termOf(o.term, 'term'), ok: bool(o.ok, 'ok'), nextOffset: counter(o.nextOffset, 'nextOffset') };
+    case 'timeoutNow':
+      return { term: termOf(o.term, 'term'), ok: bool(o.ok, 'ok') };
   }
 }
 

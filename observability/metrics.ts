@@ -99,6 +99,8 @@ export interface ShardSnapshot {
   elections?: number;
   /** Prevote rounds this shard's actor started (cumulative); an election follows only a won one. */
   preVotes?: number;
+  /** Leaderships this replica handed over to a follower that took them (cumulative; Replica.transferLeadership). */
+  handovers?: number;
   /** True while the replica's log, found damaged at open, is being given its lost records back. */
   repairing?: boolean;
   /** Retried writes a shard leader answered with an earlier attempt's record instead of writing them again (cumulative). */
@@ -280,6 +282,7 @@ export class StrataMetrics {
       replicaLag: gauge('strata_replica_lag_records', 'Records a replica log is behind the shard commit LSN.'),
       elections: counter('strata_elections', 'Leader elections started by a shard.'),
       preVotes: counter('strata_prevotes', 'Prevote rounds started by a shard (an election follows only when a majority would vote).'),
+      handovers: counter('strata_leadership_handovers', 'Leaderships a shard replica handed over to a follower that took them (a host stopping cleanly hands over the shards it leads).'),
       retriesMatched: counter('strata_write_retries_matched', 'Retried writes answered with the record an earlier attempt left with a deposed leader, not written twice.'),
       restarts: counter('strata_actor_restarts', 'Restarts of actor hosts (kind=host) and of shard actors from durable state (kind=shard).'),
       scrubBytes: counter('strata_scrub_read_bytes', 'Bytes of image pages and log records the background scrub read and checked.'),
@@ -416,6 +419,7 @@ export class StrataMetrics {
         observe(o.term!, s.term, a);
         if (s.elections !== undefined) observe(o.elections!, s.elections, a);
         if (s.preVotes !== undefined) observe(o.preVotes!, s.preVotes, a);
+        if (s.handovers !== undefined) observe(o.handovers!, s.handovers, a);
         if (s.retriesMatched !== undefined) observe(o.retriesMatched!, s.retriesMatched, a);
         if (s.cache) {
           observe(o.cacheHits!, s.cache.hits, a);

@@ -68,7 +68,7 @@ const workerTracing: WorkerTracing | undefined = telemetryInit === undefined
 /** Message types a shard subject serves; anything else is named `unknown` in spans and metrics. */
 const SHARD_TYPES = new Set(['shard.write', 'shard.read', 'shard.flush']);
 const RAFT_OPS: Record<RaftRequest['type'], string> = {
-  vote: 'replica.vote', prevote: 'replica.prevote', append: 'replica.append', snapshot: 'replica.snapshot',
+  vote: 'replica.vote', prevote: 'replica.prevote', append: 'replica.append', snapshot: 'replica.snapshot', timeoutNow: 'replica.timeoutNow',
 };
 
 export interface HostConfig {
@@ -236,6 +236,8 @@ export class ActorHost implements HostApi {
   /** How late the tick runs: the event loop held (LoopDelay). */
   private loopDelay: LoopDelay | undefined;
   private stopping = false;
+  /** `stop` is handing the leadership of its shards over (DeviceHost.handOffLeadership): it takes none over meanwhile. */
+  private handingOff = false;
   private log: Logger = createLogger({ component: 'host' });
   private inFlight = 0;
   /** Replies to send at the end of this event-loop turn: reply subject, bytes, reply subject, bytes… */
@@ -556,7 +558,13 @@ export class ActorHost implements HostApi {
   }
 
   async stop(): Promise<void> {
-    if (this.stopping) return;
+    if (this.stopping || this.handingOff) return;
+    // Its shards' leadership to their other replicas first, while replication still flows (its
+    // clients are refused `unavailable` meanwhile, and retry): no shard waits an election
+    // timeout for a leader because this host stopped.
+    this.handingOff = true;
+    const handOff = await this.device?.handOffLeadership(LEADERSHIP_HANDOFF_MS).catch(() => undefined);
+    if (handOff !== undefined && handOff.handed + handOff.kept > 0) this.log.info('handed the leadership of its shards over before stopping', handOff);
     this.stopping = true;
     for (const m of this.mailboxes.values()) unsubscribeAll(m);
     if (this.inFlight > 0) {
@@ -700,6 +708,8 @@ export class ActorHost implements HostApi {
       if (allFrom !== undefined && (req.type !== 'append' || req.leader !== allFrom)) {
         throw new ProtocolError('bad_request', `${msg.subject} takes appends from ${allFrom} only`, { subject: msg.subject });
       }
+      // A stopping host takes no shard's leadership over: it is handing its own away.
+      if (req.type === 'timeoutNow' && (this.stopping || this.handingOff)) throw new ProtocolError('unavailable', `host ${this.config!.hostId} of node '${this.config!.nodeId}' is stopping`);
     } catch (e) {
       this.respond(replyTo, errorReply(e));
       return;
@@ -922,6 +932,12 @@ const PEERS_SYNC_MS = 250;
 
 /** Longest wait for the host's NATS connection to drain at a stop. */
 const HOST_NATS_DRAIN_MS = 2000;
+/**
+ * How long a stopping host waits for its shards' followers to take their leadership over
+ * (DeviceHost.handOffLeadership): about a maximum election timeout with the default timing, after
+ * which a handover that has not happened is given up anyway.
+ */
+export const LEADERSHIP_HANDOFF_MS = 1000;
 
 /** Longest wait for the server to confirm a new shard's subscriptions (openShard). */
 const OPEN_FLUSH_MS = 2000;

@@ -506,6 +506,33 @@ export class DeviceHost {
     };
   }
 
+  /**
+   * Hands the leadership of every shard led here to another of its replicas, all at once
+   * (Replica.transferLeadership; docs/replication.md, "Handing leadership over"), waiting at most
+   * `waitMs`: before the host stops, so that the shards do not wait an election timeout for a
+   * leader. How many the followers took over, and how many did not (those lead on until the stop,
+   * then elect as after any leader's end).
+   */
+  async handOffLeadership(waitMs: number): Promise<{ handed: number; kept: number }> {
+    const leading = [...this.shards.values()].flatMap((e) => (e.replica !== undefined && e.replica.isLeader && e.replica.members.length > 1 ? [e.replica] : []));
+    if (leading.length === 0) return { handed: 0, kept: 0 };
+    let handed = 0;
+    const all = Promise.all(
+      leading.map(async (r) => {
+        try {
+          await r.transferLeadership();
+          handed++;
+        } catch {
+          // Leads on: it refused (a change of its set under way, say) or its follower did not take over.
+        }
+      }),
+    );
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([all, new Promise<void>((resolve) => (timer = setTimeout(resolve, waitMs)))]);
+    clearTimeout(timer);
+    return { handed, kept: leading.length - handed };
+  }
+
   /** The shards whose replica is down (opened, not running: failed to open, or left down), without the cost of `stats()`. */
   downShards(): Array<{ volumeId: string; shard: number }> {
     const out: Array<{ volumeId: string; shard: number }> = [];
@@ -531,7 +558,7 @@ export class DeviceHost {
     }
     return {
       volumeId: e.spec.volumeId, shard: e.spec.shard, self: this.self, role: 'follower', term: 0, leader: null,
-      commitLsn: 0, appliedLsn: 0, firstLsn: 0, lastLsn: 0, lag: {}, heldRecords: 0, heldBytes: 0, repairing: false, config: { members: [...e.spec.members] }, preVotes: 0, elections: 0, writes: 0, pagesWritten: 0, retriesMatched: 0,
+      commitLsn: 0, appliedLsn: 0, firstLsn: 0, lastLsn: 0, lag: {}, heldRecords: 0, heldBytes: 0, repairing: false, config: { members: [...e.spec.members] }, preVotes: 0, elections: 0, handovers: 0, electionsHandedOver: 0, writes: 0, pagesWritten: 0, retriesMatched: 0,
       reads: 0, pagesRead: 0, checkpoints: 0, snapshotsSent: 0, snapshotsInstalled: 0, appendsSent: 0, appendsToAll: 0, imageChecks: 0, offloaded: 0, appliedFromLog: 0, repliesIgnored: 0,
       cache: { hits: 0, misses: 0, evictions: 0, bytes: 0 }, state: 'down', members: e.spec.members, ...(e.downReason ? { downReason: e.downReason.message } : {}),
     };

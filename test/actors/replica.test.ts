@@ -2249,3 +2249,118 @@ describe('Replica (five replicas under random faults, appends to all followers)'
     });
   }
 });
+
+describe('Replica handing its leadership over (transferLeadership, timeoutNow)', function () {
+  this.timeout(30_000);
+  // Elections of 300–600 ms on a clock only the test moves: whatever happens while it stands
+  // still happened without waiting for an election timeout.
+  const slow = { electionTimeoutMinMs: 300, electionTimeoutMaxMs: 600, heartbeatMs: 50, rpcTimeoutMs: 1000 };
+  let shard: TestShard | undefined;
+  afterEach(async () => {
+    await shard?.stop();
+    shard = undefined;
+  });
+
+  /** a leads from 300 ms and has written page 0; every replica ticked up to 400 ms. */
+  async function aLeads(): Promise<TestShard> {
+    const s = new TestShard(['a', 'b', 'c'], { manualClock: true, timing: slow, randoms: { a: 0, b: 0.5, c: 0.99 } });
+    for (let t = 0; t <= 400; t += 10) await s.at(t);
+    assert.equal(s.leaders()[0]?.id, 'a');
+    await s.members.get('a')!.replica.write([{ page: 0, data: page(1) }]);
+    await s.at(400);
+    return s;
+  }
+
+  it('the follower it names leads the next term at once, without a prevote, elected by a follower that knows the old leader live; the old one follows', async () => {
+    shard = await aLeads();
+    const [a, b, c] = ['a', 'b', 'c'].map((id) => shard!.members.get(id)!.replica) as [Replica, Replica, Replica];
+    const term = a.currentTerm;
+    const preVotes = b.stats().preVotes;
+    // a's vote never reaches b: b is elected only if c votes, which c, having heard a less than
+    // a minimum election timeout ago, does only for a candidate a handed its leadership to.
+    shard.drops.push((from, to, msg) => from === 'b' && to === 'a' && msg.type === 'vote');
+    const handed = a.transferLeadership('b');
+    // The clock stands still: no election timeout runs out, no heartbeat is due.
+    await shard.waitFor(() => b.isLeader, 'b leads', 5000);
+    assert.deepEqual(await handed, { term, to: 'b' });
+    assert.equal(b.currentTerm, term + 1);
+    assert.equal(b.stats().preVotes, preVotes, 'no prevote');
+    assert.equal(b.stats().electionsHandedOver, 1);
+    assert.equal(a.stats().handovers, 1);
+    assert.equal(a.isLeader, false);
+    assert.deepEqual(shard.leaders().map((m) => m.id), ['b']);
+    assert.equal(c.currentTerm, term + 1);
+    // Every write of a's is b's: read at once, and b takes writes.
+    assert.deepEqual((await b.read([0], { deadlineMs: Date.now() + 1000, nowMs: Date.now() })).pages[0], page(1));
+    await b.write([{ page: 0, data: page(2) }]);
+    await assert.rejects(a.write([{ page: 0, data: page(3) }]), (e: ProtocolError) => e.code === 'not_leader');
+  });
+
+  it('while it runs, requests are refused unavailable; a target that cannot catch up: given up after a maximum election timeout, and the leader takes requests again in its term', async () => {
+    shard = await aLeads();
+    const a = shard.members.get('a')!.replica;
+    const term = a.currentTerm;
+    // c hears nothing more from a: the write commits with b, and c lacks it.
+    shard.cutLink('a', 'c');
+    await a.write([{ page: 0, data: page(2) }]);
+    // (Their outcomes taken at once: they fail, later.)
+    const handed = a.transferLeadership('c').then(() => undefined, (e: unknown) => e as ProtocolError);
+    // Joined by a second call for the same target; refused for another.
+    const again = a.transferLeadership('c').then(() => undefined, (e: unknown) => e as ProtocolError);
+    assert.throws(() => a.transferLeadership('b'), (e: ProtocolError) => e.code === 'unavailable' && /handing its leadership to 'c' already/.test(e.message));
+    await assert.rejects(a.write([{ page: 0, data: page(3) }]), (e: ProtocolError) => e.code === 'unavailable' && /handing its leadership to 'c'/.test(e.message));
+    await assert.rejects(a.read([0], { deadlineMs: Date.now() + 1000, nowMs: Date.now() }), (e: ProtocolError) => e.code === 'unavailable');
+    // c's election timer fires meanwhile; b knows a live, so c's prevotes fail.
+    for (let t = 410; t <= 990; t += 10) await shard.at(t);
+    assert.equal(a.isLeader, true, 'not given up before a maximum election timeout');
+    await shard.at(1010);
+    const [e1, e2] = [await handed, await again];
+    assert.ok(e1?.code === 'timeout' && /did not take the leadership over within 600 ms/.test(e1.message), String(e1));
+    assert.equal(e2?.code, 'timeout');
+    assert.equal(a.isLeader, true);
+    assert.equal(a.currentTerm, term);
+    assert.equal(a.stats().handovers, 0);
+    await a.write([{ page: 0, data: page(4) }]);
+    assert.deepEqual((await a.read([0], { deadlineMs: Date.now() + 1000, nowMs: Date.now() })).pages[0], page(4));
+  });
+
+  it('a target that does not answer ends it at once, and the leader leads on; bad targets, a follower and a set of one are refused', async () => {
+    shard = await aLeads();
+    const a = shard.members.get('a')!.replica;
+    const term = a.currentTerm;
+    // c holds every record, but a's timeoutNow does not reach it.
+    shard.drops.push((from, to, msg) => from === 'a' && to === 'c' && msg.type === 'timeoutNow');
+    await assert.rejects(a.transferLeadership('c'), (e: ProtocolError) => e.code === 'unavailable' && /'c' did not take the leadership over/.test(e.message));
+    assert.equal(a.isLeader, true);
+    assert.equal(a.currentTerm, term);
+    await a.write([{ page: 0, data: page(5) }]);
+    for (const to of ['z', 'a']) assert.throws(() => a.transferLeadership(to), (e: ProtocolError) => e.code === 'bad_request' && /to: '.' is not another member/.test(e.message), to);
+    assert.throws(() => shard!.members.get('b')!.replica.transferLeadership('c'), (e: ProtocolError) => e.code === 'not_leader');
+    const one = new TestShard(['s']);
+    try {
+      const s = await one.leader();
+      assert.throws(() => s.replica.transferLeadership(), (e: ProtocolError) => e.code === 'unavailable' && /no other replica/.test(e.message));
+    } finally {
+      await one.stop();
+    }
+  });
+
+  it('without a target named, the follower whose log holds the most; a timeoutNow not from the leader of the term is refused and changes nothing', async () => {
+    shard = await aLeads();
+    const [a, b, c] = ['a', 'b', 'c'].map((id) => shard!.members.get(id)!.replica) as [Replica, Replica, Replica];
+    const term = a.currentTerm;
+    // Of another member, or of an older term: no election.
+    assert.deepEqual(await c.handle({ type: 'timeoutNow', term, leader: 'b' }), { term, ok: false });
+    assert.deepEqual(await c.handle({ type: 'timeoutNow', term: term - 1, leader: 'a' }), { term, ok: false });
+    assert.deepEqual(await a.handle({ type: 'timeoutNow', term, leader: 'b' }), { term, ok: false }, 'the leader itself');
+    assert.equal(c.stats().elections + b.stats().elections, 0);
+    assert.equal(c.currentTerm, term);
+    // b lacks a's last write (its link cut): c holds the most.
+    shard.cutLink('a', 'b');
+    await a.write([{ page: 0, data: page(6) }]);
+    shard.healLink('a', 'b');
+    assert.deepEqual(await a.transferLeadership(), { term, to: 'c' });
+    await shard.waitFor(() => c.isLeader, 'c leads', 5000);
+    assert.deepEqual((await c.read([0], { deadlineMs: Date.now() + 1000, nowMs: Date.now() })).pages[0], page(6));
+  });
+});

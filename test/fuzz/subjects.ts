@@ -293,8 +293,9 @@ function replicaTargets(): Target[] {
         const lsn = (): number => pick([0, 1, 2, 5, 100, 1e6, 2 ** 53 - 1]);
         const peer = (): string => pick([...facts.nodes, 'zz', 'n9']);
         const body = (): unknown => {
-            const which = isReal ? pick(['vote', 'prevote', 'vote', 'prevote']) : pick(['vote', 'prevote', 'append', 'snapshot']);
-            if (which === 'vote' || which === 'prevote') return { type: which, term: term(), candidate: peer(), lastLsn: lsn(), lastTerm: term() };
+            const which = isReal ? pick(['vote', 'prevote', 'vote', 'prevote']) : pick(['vote', 'prevote', 'append', 'snapshot', 'timeoutNow']);
+            if (which === 'vote' || which === 'prevote') return { type: which, term: term(), candidate: peer(), lastLsn: lsn(), lastTerm: term(), ...(!isReal && chance(0.3) ? { transfer: true } : {}) };
+            if (which === 'timeoutNow') return { type: 'timeoutNow', term: term(), leader: peer() };
             if (which === 'append') {
               const t = term();
               return { type: 'append', term: t, leader: peer(), prevLsn: lsn(), prevTerm: pick([0, 1, t]), records: Array.from({ length: int(3) }, () => ({ term: t, kind: int(6), payload: randBytes(int(64)) })), commitLsn: lsn(), ...(chance(0.3) ? { leaderLastLsn: lsn() } : {}) };
@@ -303,8 +304,11 @@ function replicaTargets(): Target[] {
             return { type: 'snapshot', term: term(), leader: peer(), lsn: lsn(), lastTerm: term(), bytes: total, offset: pick([0, 8, total]), data: randBytes(Math.min(total, pick([0, 8, 16]))), done: chance(0.5) };
         };
         // Forged appends and snapshots could change the real volume's data (replication is not
-        // authenticated, by design): the real volume's replicas get votes and garbage only.
-        const forbidden = isReal ? { forbidden: (b: unknown) => typeof b === 'object' && b !== null && ['append', 'snapshot'].includes(String((b as { type?: unknown }).type)) } : {};
+        // authenticated, by design), and forged handovers its leader: the real volume's replicas
+        // get votes (not marked as handed over) and garbage only.
+        const forbidden = isReal
+          ? { forbidden: (b: unknown) => typeof b === 'object' && b !== null && (['append', 'snapshot', 'timeoutNow'].includes(String((b as { type?: unknown }).type)) || (b as { transfer?: unknown }).transfer !== undefined) }
+          : {};
         out.push({ kind: 'replica', subject, type: 'raft', body, check: (b) => { validateRaftRequest(b); }, ...forbidden });
         // The appends `node` sends, as leader, to all its followers: each other member answers
         // (several replies), and takes only an append that names `node` as its leader.

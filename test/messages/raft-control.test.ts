@@ -19,6 +19,9 @@ const append = (extra: Record<string, unknown> = {}) => ({ type: 'append', term:
 describe('replication message validators', () => {
   it('accept well-formed vote, append and snapshot requests and their replies', () => {
     assert.deepEqual(validateRaftRequest({ type: 'vote', term: 2, candidate: 'n2', lastLsn: 9, lastTerm: 1 }), { type: 'vote', term: 2, candidate: 'n2', lastLsn: 9, lastTerm: 1 });
+    assert.deepEqual(validateRaftRequest({ type: 'vote', term: 2, candidate: 'n2', lastLsn: 9, lastTerm: 1, transfer: true }), { type: 'vote', term: 2, candidate: 'n2', lastLsn: 9, lastTerm: 1, transfer: true });
+    assert.deepEqual(validateRaftRequest({ type: 'timeoutNow', term: 4, leader: 'n1' }), { type: 'timeoutNow', term: 4, leader: 'n1' });
+    assert.deepEqual(validateRaftReply('timeoutNow', { term: 4, ok: true }), { term: 4, ok: true });
     assert.equal((validateRaftRequest(append()) as { records: unknown[] }).records.length, 2);
     const snap = validateRaftRequest({ type: 'snapshot', term: 3, leader: 'n1', lsn: 10, lastTerm: 2, bytes: 100, offset: 90, data: new Uint8Array(10), done: true });
     assert.equal(snap.type, 'snapshot');
@@ -44,6 +47,11 @@ describe('replication message validators', () => {
     assert.equal(code(() => validateRaftRequest({ type: 'gossip' })), 'bad_request');
     assert.equal(code(() => validateRaftRequest({ type: 'vote', term: -1, candidate: 'n2', lastLsn: 0, lastTerm: 0 })), 'bad_request');
     assert.equal(code(() => validateRaftRequest({ type: 'vote', term: 1, candidate: 'n.2', lastLsn: 0, lastTerm: 0 })), 'bad_request');
+    assert.equal(code(() => validateRaftRequest({ type: 'vote', term: 1, candidate: 'n2', lastLsn: 0, lastTerm: 0, transfer: false })), 'bad_request');
+    assert.equal(code(() => validateRaftRequest({ type: 'prevote', term: 1, candidate: 'n2', lastLsn: 0, lastTerm: 0, transfer: true })), 'bad_request', 'a prevote is never handed over');
+    assert.equal(code(() => validateRaftRequest({ type: 'timeoutNow', term: 1 })), 'bad_request');
+    assert.equal(code(() => validateRaftRequest({ type: 'timeoutNow', term: 2 ** 49, leader: 'n1' })), 'out_of_range');
+    assert.equal(code(() => validateRaftReply('timeoutNow', { term: 1, ok: 'yes' })), 'bad_request');
     assert.equal(code(() => validateRaftRequest(append({ records: 'x' }))), 'bad_request');
     assert.equal(code(() => validateRaftRequest(append({ records: [{ term: 3, kind: 256, payload: new Uint8Array(1) }] }))), 'bad_request');
     assert.equal(code(() => validateRaftRequest(append({ records: [{ term: 3, kind: 1, payload: 'not bytes' }] }))), 'bad_request');
