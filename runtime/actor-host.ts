@@ -389,7 +389,11 @@ export class ActorHost implements HostApi {
     // A replica whose storage could not be opened: the shard stays known (requests are answered
     // why it is down), and the caller hears why, to log it and open it again later.
     const down = device.downReason(spec.volumeId, spec.shard);
-    if (down !== undefined) throw down;
+    if (down !== undefined) {
+      // Its subscriptions reach the server first all the same: the leaders are answered why.
+      await withTimeout(nc.flush(), OPEN_FLUSH_MS, () => new Error('flush not confirmed')).catch(() => undefined);
+      throw down;
+    }
     if (spec.members.length === 1) {
       // A replica set of one elects itself on its first tick: report the shard open once it
       // serves, so a request sent right after creation finds it.
