@@ -7,6 +7,8 @@
  * writes (single and vectored) on its pages while a nemesis, one fault at a time:
  * - `kill`: SIGKILL of a node (the controller's too), started again 0.5–4 s later;
  * - `kill-majority`: SIGKILL of two nodes at once (the shards stop serving), both started again;
+ * - `stop`: SIGTERM of a node (the controller's too), which must exit 0 within STOP_MS, having
+ *   handed the shards it led over to their followers; started again 0.5–4 s later;
  * - `freeze`: SIGSTOP of a node for 0.5–8 s (a stalled process or a paused VM), then SIGCONT;
  * - `nats-freeze`: SIGSTOP of the nats-server for 0.5–3 s (the transport stalls);
  * - `nats-restart`: SIGKILL of the nats-server, a new one on its port 0.5–2 s later (every
@@ -68,17 +70,19 @@ import { prng } from '../support/prng';
 import { formatTable, writeJson } from '../../bench/report';
 
 /** The faults the nemesis knows. */
-export const FAULT_KINDS = ['kill', 'kill-majority', 'freeze', 'nats-freeze', 'nats-restart', 'wipe', 'wipe-controller', 'move', 'down', 'drain', 'rebalance'] as const;
+export const FAULT_KINDS = ['kill', 'kill-majority', 'stop', 'freeze', 'nats-freeze', 'nats-restart', 'wipe', 'wipe-controller', 'move', 'down', 'drain', 'rebalance'] as const;
 export type FaultKind = (typeof FAULT_KINDS)[number];
 
 /** How often each fault is picked, relative to the others. */
-const FAULT_WEIGHTS: Record<FaultKind, number> = { kill: 35, 'kill-majority': 10, freeze: 35, 'nats-freeze': 15, 'nats-restart': 10, wipe: 10, 'wipe-controller': 5, move: 15, down: 10, drain: 10, rebalance: 10 };
+const FAULT_WEIGHTS: Record<FaultKind, number> = { kill: 35, 'kill-majority': 10, stop: 20, freeze: 35, 'nats-freeze': 15, 'nats-restart': 10, wipe: 10, 'wipe-controller': 5, move: 15, down: 10, drain: 10, rebalance: 10 };
 /** How long the operator's move of a replica may take. */
 const MOVE_MS = 20_000;
 /** Errors of a move that say to try again later (a node down or restarting meanwhile). */
 const MOVE_RETRYABLE = new Set(['unavailable', 'timeout', 'overloaded', 'not_leader']);
 /** How long after a `down` node's kill the controller must have replaced its every replica. */
 const DOWN_MS = 60_000;
+/** How long a node stopped by SIGTERM (`stop`) may take to exit: its hand-overs (1 s at most) and a clean stop. */
+const STOP_MS = 20_000;
 /** How long after a wiped controller is up its catalog must list the volume again (recovered). */
 const RECOVER_MS = 30_000;
 
@@ -661,6 +665,22 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
           );
           await sleep(500 + rand() * 3500);
           await restart(victims, ev);
+        } else if (kind === 'stop') {
+          const [i] = distinct(1);
+          const n = cluster.nodes[i!]!;
+          ev.nodes = [n.id];
+          await sampleNode(i!);
+          expectedExit.add(n.pid);
+          const exited = new Promise<number | null>((r) => n.process.once('exit', (code) => r(code)));
+          n.process.kill('SIGTERM');
+          const code = await Promise.race([exited, sleep(STOP_MS).then(() => 'late' as const)]);
+          if (code === 'late') {
+            problem(`node ${n.id} did not exit within ${STOP_MS / 1000} s of SIGTERM`);
+            n.process.kill('SIGKILL');
+            await exited;
+          } else if (code !== 0) problem(`node ${n.id} exited ${String(code)} after SIGTERM, not 0`);
+          await sleep(500 + rand() * 3500);
+          await restart([i!], ev);
         } else if (kind === 'freeze') {
           const [i] = distinct(1);
           const n = cluster.nodes[i!]!;
