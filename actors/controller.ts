@@ -123,6 +123,8 @@ export interface NodeMember {
    * since when, by this controller's clock, without a break in the reports. Absent: none.
    */
   down?: ReadonlyMap<string, number>;
+  /** How many shards its replicas lead, as its last heartbeat said (HeartbeatRequest.leading). */
+  leading?: number;
 }
 
 /** The key of a shard's replica in `NodeMember.down`. */
@@ -226,7 +228,8 @@ export class Controller {
    * are is refused `too_large`. Once a minute (by `nowMs`), members silent for long are
    * forgotten first (see `sweep`): a heartbeat may not cost a walk over every placement.
    */
-  heartbeat(nodeId: string, hosts: number, nowMs: number, zone?: string, down?: readonly DownReplica[]): void {
+  heartbeat(nodeId: string, hosts: number, nowMs: number, zone?: string, report: { down?: readonly DownReplica[]; leading?: number } = {}): void {
+    const { down, leading } = report;
     if (nowMs - this.memberSweepMs >= MEMBER_SWEEP_EVERY_MS) this.sweep(nowMs);
     if (!this.members.has(nodeId) && this.members.size >= this.nodesMax) {
       throw new ProtocolError('too_large', `the controller knows ${this.nodesMax} nodes, its limit; node '${nodeId}' is not admitted (a member silent ${this.memberSilenceMsMax} ms that holds no shards is forgotten, checked every minute)`, {
@@ -243,7 +246,12 @@ export class Controller {
       downSince ??= new Map();
       downSince.set(key, Math.min(before?.get(key) ?? Infinity, nowMs - d.forMs));
     }
-    this.members.set(nodeId, { nodeId, hosts, lastSeenMs: nowMs, ...(zone === undefined ? {} : { zone }), ...(downSince === undefined ? {} : { down: downSince }) });
+    this.members.set(nodeId, {
+      nodeId, hosts, lastSeenMs: nowMs,
+      ...(zone === undefined ? {} : { zone }),
+      ...(downSince === undefined ? {} : { down: downSince }),
+      ...(leading === undefined || leading === 0 ? {} : { leading }),
+    });
   }
 
   /**
@@ -582,30 +590,43 @@ export class Controller {
    * (unless the replica moved off was in it too: the spread over domains never gets worse).
    */
   balancePlan(nowMs: number, skip?: (volumeId: string, shard: number) => boolean): RepairMove | undefined {
-    const load = this.spread(nowMs);
-    if (load.size < 2) return undefined;
     const liveIds = new Set(this.liveNodes(nowMs).map((m) => m.nodeId));
-    const byId = (a: string, b: string): number => (a < b ? -1 : a > b ? 1 : 0);
-    const nodes = [...load.keys()].sort(byId);
-    // From the most loaded nodes down, to the least loaded up: the first pair with a shard that may move.
-    const fromOrder = [...nodes].sort((a, b) => load.get(b)! - load.get(a)! || byId(a, b));
-    const toOrder = [...nodes].sort((a, b) => load.get(a)! - load.get(b)! || byId(a, b));
-    for (const from of fromOrder) {
-      for (const to of toOrder) {
-        if (load.get(from)! - load.get(to)! < 2) break;
-        for (const v of this.state.volumes) {
-          for (const p of v.placements) {
-            if (p.adding !== undefined || skip?.(v.id, p.shard) === true) continue;
-            const members = p.replicas.map((r) => r.nodeId);
-            if (!members.includes(from) || members.includes(to)) continue;
-            if (!this.majorityUp(members, v.id, p.shard, liveIds)) continue;
-            const others = new Set(members.filter((n) => n !== from).map((n) => this.domainOfNode(n)));
-            if (others.has(this.domainOfNode(to)) && !others.has(this.domainOfNode(from))) continue;
-            return { volume: v.name, volumeId: v.id, shard: p.shard, from, to, resumed: false, reason: 'balance' };
-          }
+    // The first pair with a shard that may move.
+    for (const [from, to] of unevenPairs(this.spread(nowMs))) {
+      for (const v of this.state.volumes) {
+        for (const p of v.placements) {
+          if (p.adding !== undefined || skip?.(v.id, p.shard) === true) continue;
+          const members = p.replicas.map((r) => r.nodeId);
+          if (!members.includes(from) || members.includes(to)) continue;
+          if (!this.majorityUp(members, v.id, p.shard, liveIds)) continue;
+          const others = new Set(members.filter((n) => n !== from).map((n) => this.domainOfNode(n)));
+          if (others.has(this.domainOfNode(to)) && !others.has(this.domainOfNode(from))) continue;
+          return { volume: v.name, volumeId: v.id, shard: p.shard, from, to, resumed: false, reason: 'balance' };
         }
       }
     }
+    return undefined;
+  }
+
+  /**
+   * Shards led by each live node that is not draining, as their heartbeats say, by node id: what
+   * a rebalance evens out once the replicas are (docs/replication.md, "Rebalancing").
+   */
+  leaders(nowMs: number): Map<string, number> {
+    const draining = new Set(this.state.draining ?? []);
+    const out = new Map<string, number>();
+    for (const m of this.liveNodes(nowMs)) if (!draining.has(m.nodeId)) out.set(m.nodeId, m.leading ?? 0);
+    return out;
+  }
+
+  /**
+   * The next handover of a rebalance of leaders, or undefined when there is none: from the live,
+   * not draining node that leads the most shards (the first by id among equals) to the one that
+   * leads the fewest, at least two fewer, but the pairs `skip` names (`from>to`: the node leads no
+   * shard with a replica on the other).
+   */
+  leaderBalancePlan(nowMs: number, skip: ReadonlySet<string> = new Set()): { from: string; to: string } | undefined {
+    for (const [from, to] of unevenPairs(this.leaders(nowMs))) if (!skip.has(`${from}>${to}`)) return { from, to };
     return undefined;
   }
 
@@ -868,6 +889,23 @@ export class Controller {
 }
 
 /** A majority of the node set `set` is among `live`. */
+/**
+ * The pairs of nodes whose counts differ by two or more, in the order a rebalance tries them:
+ * from the highest count down (the first by id among equals), and for each, to the lowest up.
+ */
+function* unevenPairs(count: ReadonlyMap<string, number>): Generator<[string, string]> {
+  const byId = (a: string, b: string): number => (a < b ? -1 : a > b ? 1 : 0);
+  const nodes = [...count.keys()].sort(byId);
+  const fromOrder = [...nodes].sort((a, b) => count.get(b)! - count.get(a)! || byId(a, b));
+  const toOrder = [...nodes].sort((a, b) => count.get(a)! - count.get(b)! || byId(a, b));
+  for (const from of fromOrder) {
+    for (const to of toOrder) {
+      if (count.get(from)! - count.get(to)! < 2) break;
+      yield [from, to];
+    }
+  }
+}
+
 /** The replicas of a shard's placement and the one a move under way adds. */
 function placedOn(p: ShardPlacement): ReplicaPlacement[] {
   return p.adding === undefined ? p.replicas : [...p.replicas, p.adding];

@@ -101,6 +101,11 @@ Commands:
         node. Done once the shard's leader has committed the new set; the replica on
         --from is then destroyed. Run again with the same nodes, it finishes a move that
         was cut short (docs/replication.md).
+  shard handover VOLUME SHARD [--to NODE]
+        Operator action: the shard's leader hands its leadership to the replica on NODE (by
+        default the one whose log holds the most), which leads the next term at once, without
+        an election timeout: before maintenance of the leader's node, say. A node stopped
+        cleanly does so for every shard it leads (docs/replication.md).
   drain NODE [--undo]
         Operator action: mark NODE draining (durably, in the catalog). The controller moves
         each of its replicas to another node, as it replaces a dead node's, and places
@@ -187,6 +192,7 @@ const COMMANDS: Readonly<Record<string, CommandSpec>> = {
   status: { positionals: [], flags: {}, client: true },
   'shard force-vote': { positionals: ['VOLUME', 'SHARD'], flags: { node: 'string' }, required: ['node'], client: true },
   'shard move': { positionals: ['VOLUME', 'SHARD'], flags: { from: 'string', to: 'string' }, required: ['from', 'to'], client: true },
+  'shard handover': { positionals: ['VOLUME', 'SHARD'], flags: { to: 'string' }, client: true },
   'catalog recover': { positionals: [], flags: { apply: 'boolean' }, client: true },
   drain: { positionals: ['NODE'], flags: { undo: 'boolean' }, client: true },
   rebalance: { positionals: [], flags: { stop: 'boolean' }, client: true },
@@ -196,7 +202,7 @@ const COMMANDS: Readonly<Record<string, CommandSpec>> = {
 
 /** A parsed command line. `node` keeps its arguments raw (`rest`) for loadNodeConfig. */
 export interface ParsedArgs {
-  /** `dev`, `node`, `volume create`, `volume list`, `volume info`, `volume delete`, `put`, `get`, `nbd`, `status`, `shard force-vote`, `shard move`, `drain`, `rebalance`, `catalog recover`, `nats-auth`, `help`. */
+  /** `dev`, `node`, `volume create`, `volume list`, `volume info`, `volume delete`, `put`, `get`, `nbd`, `status`, `shard force-vote`, `shard move`, `shard handover`, `drain`, `rebalance`, `catalog recover`, `nats-auth`, `help`. */
   command: string;
   positionals: string[];
   flags: Record<string, string | number | boolean>;
@@ -329,7 +335,7 @@ export function parseArgs(argvIn: readonly string[]): ParsedArgs {
     // `strata volume --help` as any other command's: the list of commands.
     if (sub === '--help' || sub === '-h') return { command: 'help', positionals: [], flags: {}, rest: [] };
     if (sub === undefined || sub.startsWith('-')) {
-      throw new UsageError(first === 'volume' ? 'volume: expected create, list, info or delete' : first === 'shard' ? 'shard: expected force-vote or move' : 'catalog: expected recover');
+      throw new UsageError(first === 'volume' ? 'volume: expected create, list, info or delete' : first === 'shard' ? 'shard: expected force-vote, move or handover' : 'catalog: expected recover');
     }
     command = `${first} ${sub}`;
     at = 2;
@@ -417,7 +423,14 @@ export function parseArgs(argvIn: readonly string[]): ParsedArgs {
     if (problem !== undefined) throw new UsageError(`--nats: ${problem}, got ${JSON.stringify(flags.nats)}`);
   }
   if (command === 'put' || command === 'get') parseInteger('PAGE', positionals[1]!);
-  if (command === 'shard force-vote' || command === 'shard move') parseInteger('SHARD', positionals[1]!);
+  if (command === 'shard force-vote' || command === 'shard move' || command === 'shard handover') parseInteger('SHARD', positionals[1]!);
+  if (command === 'shard handover' && flags.to !== undefined) {
+    try {
+      checkToken(flags.to as string, 'to');
+    } catch (e) {
+      throw new UsageError(`--${(e as Error).message}`);
+    }
+  }
   if (command === 'shard move') {
     for (const flag of ['from', 'to'] as const) {
       try {
@@ -636,6 +649,14 @@ async function shardMove(ctx: Ctx): Promise<void> {
   await writeOut(ctx.io.stdout, ctx.json ? jsonText({ ...r, from, to }) : text);
 }
 
+async function shardHandover(ctx: Ctx): Promise<void> {
+  const [volume, shardText] = ctx.args.positionals as [string, string];
+  const to = ctx.args.flags.to as string | undefined;
+  const r = await withClient(ctx, (c) => c.handOver(volume, parseInteger('SHARD', shardText), to === undefined ? {} : { to }));
+  const text = `node ${r.node} handed the leadership of shard ${r.shard} of ${volume} (term ${r.term}) to ${r.to}\n`;
+  await writeOut(ctx.io.stdout, ctx.json ? jsonText({ ...r, volume }) : text);
+}
+
 async function drain(ctx: Ctx): Promise<void> {
   const [node] = ctx.args.positionals as [string];
   const undo = ctx.args.flags.undo === true;
@@ -652,7 +673,9 @@ async function drain(ctx: Ctx): Promise<void> {
 async function rebalance(ctx: Ctx): Promise<void> {
   const stop = ctx.args.flags.stop === true;
   const r = await withClient(ctx, (c) => c.rebalance({ stop }));
-  const counts = r.nodes.map((n) => `${n.node} ${n.replicas}`).join(', ') || 'no live node';
+  // The shards each node leads, from a controller that counts them.
+  const leaders = r.nodes.length > 0 && r.nodes.every((n) => n.leaders !== undefined) ? `; leaders ${r.nodes.map((n) => `${n.node} ${n.leaders}`).join(', ')}` : '';
+  const counts = (r.nodes.map((n) => `${n.node} ${n.replicas}`).join(', ') || 'no live node') + leaders;
   const text = r.rebalancing
     ? `rebalancing: replicas per node ${counts} (one move at a time; run again to follow, --stop to call it off)\n`
     : stop
@@ -1008,6 +1031,9 @@ export async function main(argv: readonly string[], io: Partial<CliIo> = {}): Pr
         return 0;
       case 'shard move':
         await shardMove(ctx);
+        return 0;
+      case 'shard handover':
+        await shardHandover(ctx);
         return 0;
       case 'catalog recover':
         await catalogRecover(ctx);

@@ -53,6 +53,7 @@ import {
   nodeSubject,
   validateCatalogRecoverReply,
   validateShardForceVoteReply,
+  validateShardHandoverReply,
   validateShardMoveReply,
   validateNodeDrainReply,
   type NodeDrainReply,
@@ -60,6 +61,7 @@ import {
   type RebalanceReply,
   type CatalogRecoverReply,
   type ShardForceVoteReply,
+  type ShardHandoverReply,
   type ShardMoveReply,
 } from '../messages/control';
 import {
@@ -383,6 +385,43 @@ export class StrataClient {
     const replyBytes = await this.request(subject, encode({ volumeId: info.id, shard }), { timeoutMs: this.timeoutMs, headers: {} });
     // An error reply is the node's answer (not_found: it holds no replica of the shard…).
     return readReply(replyBytes, 'shard.forceVote', subject, validateShardForceVoteReply);
+  }
+
+  /**
+   * Operator action (docs/replication.md, "Handing leadership over"): the leader of shard `shard`
+   * of the volume called `name` hands its leadership to the replica on node `to` (default: the
+   * one whose log holds the most). Asked of each member's node at once: the one whose replica
+   * leads answers; the others refuse (`not_leader`). `unavailable` when none leads now (an
+   * election under way: retry), `bad_request` for a `to` that holds no replica of the shard.
+   */
+  async handOver(name: string, shard: number, opts: { to?: string } = {}): Promise<ShardHandoverReply> {
+    const info = await this.volumeInfo(name);
+    if (!Number.isSafeInteger(shard) || shard < 0 || shard >= info.shards) {
+      throw new ProtocolError('out_of_range', `shard ${shard}: volume ${name} has shards 0..${info.shards - 1}`, { shard });
+    }
+    const members = info.replicaSets?.find((r) => r.shard === shard)?.members;
+    if (members === undefined) throw new ProtocolError('unavailable', `the controller did not say where shard ${shard} of volume ${name} is`, { shard });
+    if (opts.to !== undefined && !members.includes(checkToken(opts.to, 'to'))) {
+      throw new ProtocolError('bad_request', `to: node '${opts.to}' holds no replica of shard ${shard} of volume ${name} (${members.join(', ')})`, { path: 'to' });
+    }
+    const body = encode({ volumeId: info.id, shard, ...(opts.to === undefined ? {} : { to: opts.to }) });
+    // The first answer that is not a refusal settles it: a member's node that is down is not waited for.
+    return new Promise<ShardHandoverReply>((resolve, reject) => {
+      const refusals: unknown[] = [];
+      for (const m of members) {
+        const subject = nodeSubject(this.cluster, m, 'shard.handover');
+        this.request(subject, body, { timeoutMs: this.timeoutMs, headers: {} })
+          .then((bytes) => readReply(bytes, 'shard.handover', subject, validateShardHandoverReply))
+          .then(resolve, (e: unknown) => {
+            refusals.push(e);
+            if (refusals.length < members.length) return;
+            // The leader's refusal says why (a change of its set under way, its follower not
+            // taking over); the others only that they do not lead.
+            const telling = refusals.find((x) => !(x instanceof ProtocolError && x.code === 'not_leader'));
+            reject(telling ?? new ProtocolError('unavailable', `no replica of shard ${shard} of volume ${name} leads it now (an election may be under way); retry`, { shard }));
+          });
+      }
+    });
   }
 
   /**

@@ -49,7 +49,7 @@ export function natsPermissions(cluster: string, role: NatsRole, user = `strata-
       return { publish: [`${root}.api.>`, `${root}.shard.*.*`, SERVICE_DISCOVERY], subscribe: [`${clientInboxPrefix(user)}.>`] };
     case 'operator': {
       const client = natsPermissions(cluster, 'client', user);
-      return { publish: [...client.publish, `${root}.node.*.shard.forceVote`, `${root}.controller.catalog.recover`, `${root}.controller.shard.move`, `${root}.controller.node.drain`, `${root}.controller.rebalance`], subscribe: client.subscribe };
+      return { publish: [...client.publish, `${root}.node.*.shard.forceVote`, `${root}.node.*.shard.handover`, `${root}.controller.catalog.recover`, `${root}.controller.shard.move`, `${root}.controller.node.drain`, `${root}.controller.rebalance`], subscribe: client.subscribe };
     }
   }
 }

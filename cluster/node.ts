@@ -48,6 +48,9 @@ import {
   validateShardsOpen,
   validateShardsDestroy,
   validateShardForceVote,
+  validateShardHandover,
+  validateShardHandoverReply,
+  type ShardHandoverReply,
   type ShardAssignment,
   type ShardForceVoteReply,
   type AssignmentsReply,
@@ -239,6 +242,10 @@ const REPAIR_CHECK_MS_MAX = 5000;
  * its heartbeats (HeartbeatRequest.down): at most this often, from a heartbeat.
  */
 export const DOWN_CHECK_MS = 2000;
+/** How long a rebalance waits after a handover of leadership for the nodes' heartbeats to count it (two checks and a heartbeat). */
+const LEADER_SETTLE_MS = 2 * DOWN_CHECK_MS + 1000;
+/** Deadline of a rebalance's request to a node to hand a shard's leadership over (a handover takes at most a maximum election timeout). */
+const LEADER_HANDOVER_TIMEOUT_MS = 5000;
 
 /** Requests to the shard's nodes a move makes at most to find the leader that changes its set. */
 const MOVE_LEADER_TRIES_MAX = 512;
@@ -407,6 +414,14 @@ export class StrataNode {
    * by this node's clock, without a break in the checks.
    */
   private readonly replicasDown = new Map<string, { volumeId: string; shard: number; sinceMs: number }>();
+  /** How many shards this node's replicas lead, as the last check found (`checkDownReplicas`). */
+  private leadingCount = 0;
+  /**
+   * The controller's rebalance of leaders (`balanceLeaders`): a handover asked for is running; the
+   * next waits until `notBeforeMs` (the nodes' heartbeats counting the last); `exhausted`, the
+   * pairs `from>to` where `from` leads no shard with a replica on `to`.
+   */
+  private readonly leaderBalance = { running: false, notBeforeMs: 0, exhausted: new Set<string>(), lastError: '' };
   /** The check for replicas that are down is running. */
   private downCheck: Promise<void> | undefined;
   private downCheckedMs = 0;
@@ -991,7 +1006,13 @@ export class StrataNode {
       .slice(0, DOWN_REPLICAS_PER_HEARTBEAT_MAX)
       .map((d) => ({ volumeId: d.volumeId, shard: d.shard, forMs: Math.max(0, now - d.sinceMs) }));
     try {
-      const body = { nodeId: this.nodeId, hosts: this.hosts, ...(this.opts.zone === undefined ? {} : { zone: this.opts.zone }), ...(down.length > 0 ? { down } : {}) };
+      const body = {
+        nodeId: this.nodeId,
+        hosts: this.hosts,
+        ...(this.opts.zone === undefined ? {} : { zone: this.opts.zone }),
+        ...(down.length > 0 ? { down } : {}),
+        ...(this.leadingCount > 0 ? { leading: this.leadingCount } : {}),
+      };
       const r = await nc.request(controllerSubject(this.cluster, 'heartbeat'), encode(body), { timeout });
       ({ epoch, catalog } = validateHeartbeatReply(throwIfError(decode(r.data))));
       this.heartbeatFailures.succeeded();
@@ -1015,10 +1036,11 @@ export class StrataNode {
   private checkDownReplicas(): void {
     if (this.downCheck !== undefined || this.pool === undefined || Date.now() - this.downCheckedMs < DOWN_CHECK_MS) return;
     this.downCheck = this.pool
-      .downShards({ timeoutMs: HOST_STATUS_TIMEOUT_MS })
-      .then((down) => {
+      .replicaRoles({ timeoutMs: HOST_STATUS_TIMEOUT_MS })
+      .then(({ down, leading }) => {
         const now = Date.now();
         this.downCheckedMs = now;
+        this.leadingCount = leading.length;
         const held = new Set(this.nodeMeta.shards.map(shardId));
         const keys = new Set<string>();
         for (const d of down) {
@@ -1389,7 +1411,7 @@ export class StrataNode {
       subj('heartbeat'),
       async (body) => {
         const hb = validateHeartbeat(body);
-        c.heartbeat(hb.nodeId, hb.hosts, Date.now(), hb.zone, hb.down);
+        c.heartbeat(hb.nodeId, hb.hosts, Date.now(), hb.zone, { ...(hb.down === undefined ? {} : { down: hb.down }), ...(hb.leading === undefined ? {} : { leading: hb.leading }) });
         return { epoch: c.epoch, ...(c.tag === undefined ? {} : { catalog: c.tag }) };
       },
       undefined,
@@ -1442,10 +1464,12 @@ export class StrataNode {
         const req = validateRebalance(body);
         const was = c.rebalancing;
         // Nothing to move (and no move running that may change that): done at once.
-        c.setRebalance(req.stop !== true && (this.moving.size > 0 || c.balancePlan(Date.now()) !== undefined));
+        c.setRebalance(req.stop !== true && (this.moving.size > 0 || c.balancePlan(Date.now()) !== undefined || c.leaderBalancePlan(Date.now()) !== undefined));
+        if (!c.rebalancing) this.leaderBalance.exhausted.clear();
         if (was !== c.rebalancing) this.log.info(c.rebalancing ? 'rebalance asked for' : 'rebalance called off', {});
         if (c.rebalancing) setImmediate(() => this.repairTick());
-        const nodes = [...c.spread(Date.now())].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).slice(0, REBALANCE_NODES_MAX).map(([node, replicas]) => ({ node, replicas }));
+        const leaders = c.leaders(Date.now());
+        const nodes = [...c.spread(Date.now())].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).slice(0, REBALANCE_NODES_MAX).map(([node, replicas]) => ({ node, replicas, leaders: leaders.get(node) ?? 0 }));
         return { rebalancing: c.rebalancing, nodes };
       }),
     );
@@ -1624,11 +1648,12 @@ export class StrataNode {
       const skip = (volumeId: string, shard: number): boolean => (this.repairBackoff.get(`${volumeId}.${shard}`)?.notBeforeMs ?? 0) > now;
       const m = c.balancePlan(now, skip);
       if (m !== undefined) plan.push(m);
-      else if (c.balancePlan(now) === undefined) {
-        // None left, not even one waiting for its back-off: done.
+      else if (c.balancePlan(now) === undefined && !this.balanceLeaders(now)) {
+        // None left, not even one waiting for its back-off, and the leaders even: done.
         try {
           c.setRebalance(false);
-          this.log.info('rebalanced the replicas', { nodes: Object.fromEntries(c.spread(now)) });
+          this.leaderBalance.exhausted.clear();
+          this.log.info('rebalanced the replicas and their leaders', { nodes: Object.fromEntries(c.spread(now)), leaders: Object.fromEntries(c.leaders(now)) });
         } catch (e) {
           this.log.warn('could not record the rebalance done', { err: e });
         }
@@ -1658,6 +1683,46 @@ export class StrataNode {
         })
         .finally(() => this.repairing.delete(key));
     }
+  }
+
+  /**
+   * A rebalance's step for the leaders, once the replicas are even (docs/replication.md,
+   * "Rebalancing"): asks the node that leads the most shards to hand one with a replica on the node
+   * that leads the fewest over to it (`node.<id>.shard.handover`), one at a time, the next once
+   * the nodes' heartbeats count the last (LEADER_SETTLE_MS). False when there is nothing left to
+   * do (the leaders differ by at most one, or no pair has a shard to hand over).
+   */
+  private balanceLeaders(now: number): boolean {
+    const c = this.controller!;
+    const lb = this.leaderBalance;
+    if (lb.running || now < lb.notBeforeMs) return true;
+    const pair = c.leaderBalancePlan(now, lb.exhausted);
+    if (pair === undefined) return false;
+    lb.running = true;
+    const subject = nodeSubject(this.cluster, pair.from, 'shard.handover');
+    const timeout = LEADER_HANDOVER_TIMEOUT_MS;
+    this.nc!.request(subject, encode({ to: pair.to }), { timeout })
+      .then((r) => {
+        const done = validateShardHandoverReply(throwIfError(decode(r.data)));
+        this.log.info('handed a shard\'s leadership over to even out the leaders', { from: pair.from, ...done });
+        lb.lastError = '';
+        lb.notBeforeMs = Date.now() + LEADER_SETTLE_MS;
+      })
+      .catch((e: unknown) => {
+        const pe = fromNatsError(e, subject, timeout);
+        if (pe.code === 'not_found') lb.exhausted.add(`${pair.from}>${pair.to}`);
+        else {
+          // Once per message: a handover that keeps failing the same way is not logged again.
+          if (pe.message !== lb.lastError) this.log.warn('could not hand a shard\'s leadership over to even out the leaders; trying again after a back-off', { from: pair.from, to: pair.to, err: pe });
+          lb.lastError = pe.message;
+          lb.notBeforeMs = Date.now() + REPAIR_BACKOFF_MS_MIN;
+        }
+      })
+      .finally(() => {
+        lb.running = false;
+        setImmediate(() => this.repairTick());
+      });
+    return true;
   }
 
   /**
@@ -1883,6 +1948,24 @@ export class StrataNode {
         });
       }
       return { node: this.nodeId, volumeId: r.volumeId, shard: r.shard, wasRepairing, term };
+    });
+    // A handover of a shard's leadership (an operator's, or a rebalance's for any shard led here with a replica on `to`).
+    this.subscribe(subj('shard.handover'), async (body): Promise<ShardHandoverReply> => {
+      const r = validateShardHandover(body);
+      let target: { hostId: number; volumeId: string; shard: number };
+      if (r.volumeId !== undefined) {
+        const a = this.nodeMeta.shards.find((s) => s.volumeId === r.volumeId && s.shard === r.shard);
+        if (!a) throw new ProtocolError('not_found', `node '${this.nodeId}' holds no replica of shard ${r.shard} of volume ${r.volumeId}`, { volumeId: r.volumeId, shard: r.shard });
+        target = { hostId: a.hostId, volumeId: a.volumeId, shard: a.shard };
+      } else {
+        const { leading } = await this.pool!.replicaRoles({ timeoutMs: HOST_STATUS_TIMEOUT_MS });
+        const pick = leading.find((l) => l.members.includes(r.to!));
+        if (pick === undefined) throw new ProtocolError('not_found', `node '${this.nodeId}' leads no shard with a replica on node '${r.to}'`, { to: r.to });
+        target = pick;
+      }
+      const done = await this.pool!.handOver(target.hostId, target.volumeId, target.shard, r.to);
+      this.log.info("handed a shard's leadership over", { volume: target.volumeId, shard: target.shard, term: done.term, to: done.to });
+      return { node: this.nodeId, volumeId: target.volumeId, shard: target.shard, term: done.term, to: done.to };
     });
     // A move of a replica: this node's replica of the shard, if it leads, changes the shard's set.
     this.subscribe(subj('shard.reconfigure'), async (body, msg): Promise<ShardReconfigureReply> => {

@@ -4,7 +4,7 @@
  * Subjects:
  *   strata.<cluster>.controller.<verb>   heartbeat, assignments, volume.create|delete|info|list,
  *                                        catalog.recover, shard.move, node.drain, rebalance
- *   strata.<cluster>.node.<nodeId>.<verb> shards.open, shards.destroy, status, shard.forceVote,
+ *   strata.<cluster>.node.<nodeId>.<verb> shards.open, shards.destroy, status, shard.forceVote, shard.handover,
  *                                        shard.reconfigure, records
  *
  * Like every Strata message they are CBOR maps, validated on receipt; a message that does not
@@ -34,6 +34,8 @@ export interface HeartbeatRequest {
    * again and again; the longest down first, at most DOWN_REPLICAS_PER_HEARTBEAT_MAX. Absent: none.
    */
   down?: DownReplica[];
+  /** How many shards the node's replicas lead (a rebalance evens them out over the nodes). Absent: 0. */
+  leading?: number;
 }
 /** A replica a node reports down in its heartbeat, and for how long without a break (ms, by the node's clock). */
 export interface DownReplica {
@@ -134,6 +136,26 @@ export interface ShardsDestroyRequest {
   shards: number[];
 }
 
+/**
+ * shard.handover: the node's replica of a shard, which leads it, hands its leadership to another
+ * replica (docs/replication.md, "Handing leadership over"): to `to`, or the follower whose log
+ * holds the most. Without `volumeId` and `shard` (a rebalance of leaders), any shard the node leads
+ * that has a replica on `to` (then required).
+ */
+export interface ShardHandoverRequest {
+  volumeId?: string;
+  shard?: number;
+  to?: string;
+}
+export interface ShardHandoverReply {
+  node: string;
+  volumeId: string;
+  shard: number;
+  /** The term the node's replica led, and the replica it handed the leadership to. */
+  term: number;
+  to: string;
+}
+
 /** shard.forceVote: the node's replica of a shard votes again although it is repairing (operator override). */
 export interface ShardForceVoteRequest {
   volumeId: string;
@@ -183,6 +205,7 @@ export function validateHeartbeat(body: unknown): HeartbeatRequest {
     hosts: int(o.hosts, 'hosts', 1, HOSTS_PER_NODE_MAX),
     ...(o.zone === undefined ? {} : { zone: str(o.zone, 'zone') }),
     ...(down === undefined ? {} : { down }),
+    ...(o.leading === undefined ? {} : { leading: int(o.leading, 'leading', 0, ASSIGNMENTS_PER_NODE_MAX) }),
   };
 }
 
@@ -273,6 +296,22 @@ export function validateShardsDestroy(body: unknown): ShardsDestroyRequest {
     volumeId: str(o.volumeId, 'volumeId'),
     shards: list(o.shards, 'shards', SHARDS_PER_CONTROL_MAX).map((s, i) => int(s, `shards[${i}]`, 0, 255)),
   };
+}
+
+export function validateShardHandover(body: unknown): ShardHandoverRequest {
+  const o = obj(body, '');
+  for (const k of Object.keys(o)) if (k !== 'volumeId' && k !== 'shard' && k !== 'to') throw new ProtocolError('bad_request', `${k}: not a field of shard.handover`, { path: k });
+  if ((o.volumeId === undefined) !== (o.shard === undefined)) throw new ProtocolError('bad_request', 'volumeId and shard: both or neither', { path: o.volumeId === undefined ? 'volumeId' : 'shard' });
+  if (o.volumeId === undefined && o.to === undefined) throw new ProtocolError('bad_request', 'to: required without volumeId and shard', { path: 'to' });
+  return {
+    ...(o.volumeId === undefined ? {} : { volumeId: str(o.volumeId, 'volumeId'), shard: int(o.shard, 'shard', 0, SHARDS_MAX - 1) }),
+    ...(o.to === undefined ? {} : { to: str(o.to, 'to') }),
+  };
+}
+
+export function validateShardHandoverReply(body: unknown): ShardHandoverReply {
+  const o = obj(body, '');
+  return { node: str(o.node, 'node'), volumeId: str(o.volumeId, 'volumeId'), shard: int(o.shard, 'shard', 0, SHARDS_MAX - 1), term: int(o.term, 'term', 0, Number.MAX_SAFE_INTEGER), to: str(o.to, 'to') };
 }
 
 export function validateShardForceVote(body: unknown): ShardForceVoteRequest {
@@ -423,8 +462,8 @@ export interface RebalanceRequest {
 export interface RebalanceReply {
   /** A rebalance is asked for and not done. */
   rebalancing: boolean;
-  /** Shard replicas on each live node that is not draining, by node id. */
-  nodes: Array<{ node: string; replicas: number }>;
+  /** Shard replicas on each live node that is not draining, by node id, and the shards it leads (absent from older controllers). */
+  nodes: Array<{ node: string; replicas: number; leaders?: number }>;
 }
 
 const REBALANCE_FIELDS = new Set(['stop']);
@@ -443,7 +482,11 @@ export function validateRebalanceReply(body: unknown): RebalanceReply {
     rebalancing: expectBoolean(o.rebalancing, 'rebalancing'),
     nodes: list(o.nodes, 'nodes', REBALANCE_NODES_MAX).map((n, i) => {
       const m = obj(n, `nodes[${i}]`);
-      return { node: str(m.node, `nodes[${i}].node`), replicas: int(m.replicas, `nodes[${i}].replicas`, 0, Number.MAX_SAFE_INTEGER) };
+      return {
+        node: str(m.node, `nodes[${i}].node`),
+        replicas: int(m.replicas, `nodes[${i}].replicas`, 0, Number.MAX_SAFE_INTEGER),
+        ...(m.leaders === undefined ? {} : { leaders: int(m.leaders, `nodes[${i}].leaders`, 0, Number.MAX_SAFE_INTEGER) }),
+      };
     }),
   };
 }

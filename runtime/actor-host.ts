@@ -37,8 +37,8 @@ import { messageHeaders, REPLY_HEADERS, wellFormed, type ReceivedHeaders } from 
 import { HEADER_DEADLINE, HEADER_TYPE, HEADER_SCHEMA, SCHEMA_VERSION, checkSchemaHeader, deadlineRemainingMs, parseDeadline } from '../messages/headers';
 import { nodeInboxPrefix, shardSubject } from '../messages/subjects';
 import { validateRaftRequest, validateRaftReply, replicaSubject, followersSubject, type AppendRequest, type RaftRequest, type RaftReply } from '../messages/raft';
-import type { ForceVoteResult, ReconfigureResult, ReplicaTransport, ReplicaTiming } from '../actors/replica';
-import { DeviceHost, deviceProblem, shardKey, type ShardSpec, type DeviceHostOptions, type DeviceHostStats, type ReplicaErrorOutcome } from './device-host';
+import type { ForceVoteResult, ReconfigureResult, ReplicaTransport, ReplicaTiming, TransferResult } from '../actors/replica';
+import { DeviceHost, deviceProblem, shardKey, type ShardSpec, type ReplicaRoles, type DeviceHostOptions, type DeviceHostStats, type ReplicaErrorOutcome } from './device-host';
 import { createLogger, throttled, type Logger } from '../observability/log';
 import type { WorkerTelemetryInit, WorkerTracing } from '../observability/worker-tracing';
 import { ATTR, batchSendTracer, captureSpanContext, clientSpan, deviceQueueTracer, serverSpan, withSpan } from '../observability/tracing';
@@ -153,8 +153,10 @@ export interface HostApi {
   checkpoint(): Promise<void>;
   stats(): Promise<HostStats>;
   health(): Promise<HostHealth>;
-  /** DeviceHost.downShards: this host's replicas that are down. */
-  downShards(): Promise<Array<{ volumeId: string; shard: number }>>;
+  /** DeviceHost.replicaRoles: this host's replicas that are down, and those that lead. */
+  replicaRoles(): Promise<ReplicaRoles>;
+  /** Replica.transferLeadership of this host's replica of a shard: hands its leadership over (to `to`, or the follower holding the most). */
+  handOver(volumeId: string, shard: number, to?: string): Promise<TransferResult>;
   setFaults(faults: TransportFaults): Promise<void>;
   failFsync(times: number): Promise<void>;
   /** Fault injection: throws an error with this message outside any handler, ending the thread. */
@@ -542,8 +544,12 @@ export class ActorHost implements HostApi {
     };
   }
 
-  async downShards(): Promise<Array<{ volumeId: string; shard: number }>> {
-    return this.device?.downShards() ?? [];
+  async replicaRoles(): Promise<ReplicaRoles> {
+    return this.device?.replicaRoles() ?? { down: [], leading: [] };
+  }
+
+  async handOver(volumeId: string, shard: number, to?: string): Promise<TransferResult> {
+    return this.ready().device.replica(volumeId, shard).transferLeadership(to);
   }
 
   async ping(): Promise<void> {

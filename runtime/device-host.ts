@@ -143,6 +143,12 @@ interface ShardEntry {
   existed: boolean;
 }
 
+/** DeviceHost.replicaRoles: the replicas of a device that are down, and those that lead (with their set's members). */
+export interface ReplicaRoles {
+  down: Array<{ volumeId: string; shard: number }>;
+  leading: Array<{ volumeId: string; shard: number; members: string[] }>;
+}
+
 export type ReplicaState = ReplicaStats & { state: 'up' | 'down'; downReason?: string; members: string[] };
 
 /** A batch (writes and fdatasync) running longer than this makes its host unhealthy. */
@@ -533,10 +539,16 @@ export class DeviceHost {
     return { handed, kept: leading.length - handed };
   }
 
-  /** The shards whose replica is down (opened, not running: failed to open, or left down), without the cost of `stats()`. */
-  downShards(): Array<{ volumeId: string; shard: number }> {
-    const out: Array<{ volumeId: string; shard: number }> = [];
-    for (const e of this.shards.values()) if (!e.replica) out.push({ volumeId: e.spec.volumeId, shard: e.spec.shard });
+  /**
+   * Without the cost of `stats()`: the shards whose replica is down (opened, not running: failed
+   * to open, or left down), and those whose replica leads, with the members of its set in force.
+   */
+  replicaRoles(): ReplicaRoles {
+    const out: ReplicaRoles = { down: [], leading: [] };
+    for (const e of this.shards.values()) {
+      if (!e.replica) out.down.push({ volumeId: e.spec.volumeId, shard: e.spec.shard });
+      else if (e.replica.isLeader) out.leading.push({ volumeId: e.spec.volumeId, shard: e.spec.shard, members: [...e.replica.members] });
+    }
     return out;
   }
 

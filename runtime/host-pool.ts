@@ -15,10 +15,10 @@ import * as v8 from 'node:v8';
 import * as Comlink from 'comlink';
 import nodeEndpoint from 'comlink/dist/umd/node-adapter';
 import type { HostApi, HostConfig, HostStats, HostHealth, HostWorkerData, TransportFaults } from './actor-host';
-import { shardKey, type ShardSpec } from './device-host';
+import { shardKey, type ReplicaRoles, type ShardSpec } from './device-host';
 import { withTimeout } from './timeout';
 import { currentTelemetry } from '../observability/telemetry';
-import type { ForceVoteResult, ReconfigureResult } from '../actors/replica';
+import type { ForceVoteResult, ReconfigureResult, TransferResult } from '../actors/replica';
 
 export interface HostPoolOptions {
   /** One config per host; host i owns device hosts[i].deviceDir. */
@@ -349,30 +349,41 @@ export class HostPool {
   }
 
   /**
-   * The shards opened on a host whose replica does not serve: down on its host
-   * (HostApi.downShards), waiting to be opened again after a failed open, or on a host that is
-   * down, starting, or does not answer within `timeoutMs` (every shard of it).
+   * The shards opened on a host whose replica does not serve (`down`): down on its host
+   * (HostApi.replicaRoles), waiting to be opened again after a failed open, or on a host that is
+   * down, starting, or does not answer within `timeoutMs` (every shard of it); and those whose
+   * replica leads (`leading`, with the host's id).
    */
-  async downShards(opts: { timeoutMs?: number } = {}): Promise<Array<{ volumeId: string; shard: number }>> {
+  async replicaRoles(opts: { timeoutMs?: number } = {}): Promise<{ down: ReplicaRoles['down']; leading: Array<ReplicaRoles['leading'][number] & { hostId: number }> }> {
     const perHost = await Promise.all(
-      this.slots.map(async (s) => {
-        const all = (): Array<{ volumeId: string; shard: number }> => [...s.shards.values()].map((spec) => ({ volumeId: spec.volumeId, shard: spec.shard }));
-        if (s.down || !s.api) return all();
-        let down: Array<{ volumeId: string; shard: number }>;
+      this.slots.map(async (s): Promise<{ down: ReplicaRoles['down']; leading: Array<ReplicaRoles['leading'][number] & { hostId: number }> }> => {
+        const all = { down: [...s.shards.values()].map((spec) => ({ volumeId: spec.volumeId, shard: spec.shard })), leading: [] };
+        if (s.down || !s.api) return all;
+        let roles: ReplicaRoles;
         try {
-          down = await this.answerWithin(s, opts.timeoutMs, (api) => api.downShards());
+          roles = await this.answerWithin(s, opts.timeoutMs, (api) => api.replicaRoles());
         } catch {
-          return all();
+          return all;
         }
-        const keys = new Set(down.map((d) => shardKey(d.volumeId, d.shard)));
+        const keys = new Set(roles.down.map((d) => shardKey(d.volumeId, d.shard)));
         for (const key of s.reopenPending) {
           const spec = s.shards.get(key);
-          if (spec !== undefined && !keys.has(key)) down.push({ volumeId: spec.volumeId, shard: spec.shard });
+          if (spec !== undefined && !keys.has(key)) roles.down.push({ volumeId: spec.volumeId, shard: spec.shard });
         }
-        return down;
+        return { down: roles.down, leading: roles.leading.map((l) => ({ ...l, hostId: s.config.hostId })) };
       }),
     );
-    return perHost.flat();
+    return { down: perHost.flatMap((h) => h.down), leading: perHost.flatMap((h) => h.leading) };
+  }
+
+  /** The shards opened on a host whose replica does not serve (`replicaRoles`). */
+  async downShards(opts: { timeoutMs?: number } = {}): Promise<ReplicaRoles['down']> {
+    return (await this.replicaRoles(opts)).down;
+  }
+
+  /** HostApi.handOver on the host that holds the shard's replica. */
+  async handOver(hostId: number, volumeId: string, shard: number, to?: string): Promise<TransferResult> {
+    return this.call(this.slot(hostId), (api) => api.handOver(volumeId, shard, to));
   }
 
   /** A call to a host with a deadline of its own (at most the call deadline). */

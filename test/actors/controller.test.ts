@@ -733,18 +733,18 @@ describe("Controller replacement of dead nodes' replicas (repairPlan)", () => {
     const opts = { afterMs: AFTER, sinceMs: T0, max: 8 };
     const downFor = (forMs: number) => [{ volumeId: id, shard: 0, forMs }];
     // c reports its replica of shard 0 down from T0 + 1000 on; every node heartbeats.
-    c.heartbeat('c', 1, T0 + 1000, undefined, downFor(0));
+    c.heartbeat('c', 1, T0 + 1000, undefined, { down: downFor(0) });
     assert.equal(c.underReplicated(T0 + 1000), 1, 'a replica reported down leaves its shard under-replicated');
     beat(c, ['a', 'b', 'd', 'e'], T0 + AFTER + 1000);
-    c.heartbeat('c', 1, T0 + AFTER + 1000, undefined, downFor(AFTER));
+    c.heartbeat('c', 1, T0 + AFTER + 1000, undefined, { down: downFor(AFTER) });
     assert.deepEqual(c.repairPlan(T0 + AFTER + 1000, opts), [], 'down, but not longer than the wait');
     beat(c, ['a', 'b', 'd', 'e'], T0 + AFTER + 1001);
-    c.heartbeat('c', 1, T0 + AFTER + 1001, undefined, downFor(AFTER + 1));
+    c.heartbeat('c', 1, T0 + AFTER + 1001, undefined, { down: downFor(AFTER + 1) });
     // Shard 0 only (c's replica of shard 1 serves), to e: d holds one replica, e none.
     const failed = [{ volume: 'v', volumeId: id, shard: 0, from: 'c', to: 'e', resumed: false, reason: 'failed' }];
     assert.deepEqual(c.repairPlan(T0 + AFTER + 1001, opts), failed);
     // The node restarted and counts from 0 again: the controller keeps the earlier start.
-    c.heartbeat('c', 1, T0 + AFTER + 1002, undefined, downFor(0));
+    c.heartbeat('c', 1, T0 + AFTER + 1002, undefined, { down: downFor(0) });
     assert.deepEqual(c.repairPlan(T0 + AFTER + 1002, opts), failed);
     // Without repairs, never.
     assert.deepEqual(c.repairPlan(T0 + AFTER + 1002, { ...opts, afterMs: 0 }), []);
@@ -752,7 +752,7 @@ describe("Controller replacement of dead nodes' replicas (repairPlan)", () => {
     c.heartbeat('c', 1, T0 + AFTER + 1003);
     assert.deepEqual(c.repairPlan(T0 + AFTER + 1003, opts), []);
     assert.equal(c.underReplicated(T0 + AFTER + 1003), 0);
-    c.heartbeat('c', 1, T0 + AFTER + 1004, undefined, downFor(0));
+    c.heartbeat('c', 1, T0 + AFTER + 1004, undefined, { down: downFor(0) });
     assert.deepEqual(c.repairPlan(T0 + AFTER + 1004, opts), []);
   });
 
@@ -764,7 +764,7 @@ describe("Controller replacement of dead nodes' replicas (repairPlan)", () => {
     const opts = { afterMs: AFTER, sinceMs: T0, max: 8 };
     // c dead; b live but reports its replica down (not yet past the wait): a alone serves.
     beat(c, ['a', 'd'], at);
-    c.heartbeat('b', 1, at, undefined, [{ volumeId: id, shard: 0, forMs: 10 }]);
+    c.heartbeat('b', 1, at, undefined, { down: [{ volumeId: id, shard: 0, forMs: 10 }] });
     assert.deepEqual(c.repairPlan(at, opts), [], 'one replica of three serves: no majority to change the set');
     c.heartbeat('b', 1, at);
     assert.deepEqual(c.repairPlan(at, opts).map((m) => [m.from, m.to, m.reason]), [['c', 'd', 'dead']]);
@@ -773,12 +773,12 @@ describe("Controller replacement of dead nodes' replicas (repairPlan)", () => {
     f.create(spec('w', 1, 5), T0);
     assert.deepEqual(f.get('w').placements[0]!.replicas.map((r) => r.nodeId), ['a', 'b', 'c', 'd', 'e']);
     beat(f, ['a', 'd', 'e', 'f'], at);
-    f.heartbeat('b', 1, at, undefined, [{ volumeId: f.get('w').id, shard: 0, forMs: AFTER + 1 }]);
+    f.heartbeat('b', 1, at, undefined, { down: [{ volumeId: f.get('w').id, shard: 0, forMs: AFTER + 1 }] });
     assert.deepEqual(f.repairPlan(at, opts).map((m) => [m.from, m.to, m.reason]), [['c', 'f', 'dead']]);
     // A move under way from b is resumed only while each set has a majority that serves.
     f.beginMove('w', 0, 'b', 'f', at);
     assert.deepEqual(f.repairPlan(at, opts).map((m) => [m.from, m.to, m.reason]), [['b', 'f', 'resumed']]);
-    f.heartbeat('d', 1, at, undefined, [{ volumeId: f.get('w').id, shard: 0, forMs: 0 }]);
+    f.heartbeat('d', 1, at, undefined, { down: [{ volumeId: f.get('w').id, shard: 0, forMs: 0 }] });
     assert.deepEqual(f.repairPlan(at, opts), [], 'a, e (and f) serve: two of five in the old set');
   });
 });
@@ -840,6 +840,33 @@ describe('Controller failure domains (zones)', () => {
     const at = T0 + 120_000;
     for (const [id, zone] of zones) if (id !== 'n3') c.heartbeat(id, 1, at, zone);
     assert.deepEqual(c.repairPlan(at, { afterMs: 60_000, sinceMs: T0, max: 8 }).map((m) => [m.from, m.to]), [['n3', 'n5']]);
+  });
+});
+
+describe('Controller rebalance of leaders (leaderBalancePlan)', () => {
+  it('from the node that leads the most to the one that leads the fewest, two fewer at least, but the pairs it is told to skip; draining and silent nodes left out', () => {
+    const c = controller();
+    const beat = (at: number, leading: Record<string, number>): void => {
+      for (const [id, n] of Object.entries(leading)) c.heartbeat(id, 1, at, undefined, { leading: n });
+    };
+    beat(T0, { a: 5, b: 1, c: 0 });
+    assert.deepEqual(Object.fromEntries(c.leaders(T0)), { a: 5, b: 1, c: 0 });
+    assert.deepEqual(c.leaderBalancePlan(T0), { from: 'a', to: 'c' });
+    // a leads no shard with a replica on c: then b.
+    assert.deepEqual(c.leaderBalancePlan(T0, new Set(['a>c'])), { from: 'a', to: 'b' });
+    assert.equal(c.leaderBalancePlan(T0, new Set(['a>c', 'a>b'])), undefined, 'b leads 1, c 0: no pair two apart but those');
+    // Even to one: nothing.
+    beat(T0 + 1000, { a: 2, b: 2, c: 1 });
+    assert.equal(c.leaderBalancePlan(T0 + 1000), undefined);
+    // A heartbeat without a count: it leads none.
+    beat(T0 + 2000, { a: 4, b: 2 });
+    c.heartbeat('c', 1, T0 + 2000);
+    assert.deepEqual(c.leaderBalancePlan(T0 + 2000), { from: 'a', to: 'c' });
+    // A draining node neither gives nor takes; a silent one is not counted.
+    c.drain('c', false);
+    assert.deepEqual(Object.fromEntries(c.leaders(T0 + 2000)), { a: 4, b: 2 });
+    assert.deepEqual(c.leaderBalancePlan(T0 + 2000), { from: 'a', to: 'b' });
+    assert.deepEqual(Object.keys(Object.fromEntries(c.leaders(T0 + 60_000))), [], 'none live a minute later');
   });
 });
 

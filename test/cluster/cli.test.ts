@@ -266,7 +266,10 @@ describe('cluster/cli', () => {
       [['dev', '--metrics-port', '70000'], /--metrics-port: expected 0\.\.65535/],
       [['dev', '--nats', 'nats://x:1'], /unknown flag --nats/],
       [['help', 'me'], /unexpected argument "me"/],
-      [['shard'], /shard: expected force-vote/],
+      [['shard'], /shard: expected force-vote, move or handover/],
+      [['shard', 'handover', 'db'], /missing SHARD/],
+      [['shard', 'handover', 'db', 'x'], /^SHARD: expected a non-negative integer, got "x"$/],
+      [['shard', 'handover', 'db', '0', '--to', 'a.b'], /^--to: expected 1\.\.64 characters .*got "a\.b"$/],
       [['shard', 'split'], /shard: unknown subcommand "split"/],
       [['shard', 'force-vote', 'db', '0'], /--node is required/],
       [['shard', 'force-vote', 'db', '--node', 'n1'], /missing SHARD/],
@@ -341,6 +344,41 @@ describe('cluster/cli', () => {
       const r = await run(['catalog', 'recover'], mem);
       assert.equal(r.code, 1);
       assert.equal(r.err, 'strata: unavailable: the controller is not reachable (no responders on strata.dev.controller.catalog.recover): is the controller node running?\n');
+    });
+
+    it("shard handover asks each member's node, prints the leader's answer (text and JSON), and exits 1 when no replica leads", async () => {
+      const mem = new MemoryCluster();
+      const created = await run(['volume', 'create', 'db', '--pages', '64', '--shards', '2', '--stripe-pages', '16'], mem);
+      assert.equal(created.code, 0, created.err);
+      mem.volumes.set('db', { ...mem.volumes.get('db')!, replicaSets: [{ shard: 0, members: ['n1', 'n2'] }, { shard: 1, members: ['n1', 'n2', 'n3'] }] });
+      const asked: Array<{ subject: string; body: unknown }> = [];
+      let leader: string | undefined = 'n2';
+      const request = mem.request.bind(mem);
+      mem.request = async (subject, data, options) => {
+        const m = /\.node\.(\w+)\.shard\.handover$/.exec(subject);
+        if (m === null) return request(subject, data, options);
+        asked.push({ subject, body: decode(data) });
+        const b = decode(data) as { volumeId: string; shard: number; to?: string };
+        return encode(m[1] === leader ? { node: m[1], volumeId: b.volumeId, shard: b.shard, term: 4, to: b.to ?? 'n3' } : errorReply(new ProtocolError('not_leader', `node ${m[1]} does not lead`)));
+      };
+      let r = await run(['shard', 'handover', 'db', '1', '--to', 'n3'], mem);
+      assert.equal(r.code, 0, r.err);
+      assert.equal(r.out, 'node n2 handed the leadership of shard 1 of db (term 4) to n3\n');
+      assert.deepEqual(asked.map((a) => a.subject).sort(), ['strata.dev.node.n1.shard.handover', 'strata.dev.node.n2.shard.handover', 'strata.dev.node.n3.shard.handover']);
+      assert.deepEqual(asked[0]!.body, { volumeId: 'id-db', shard: 1, to: 'n3' });
+      r = await run(['shard', 'handover', 'db', '1', '--json'], mem);
+      assert.deepEqual(JSON.parse(r.out), { node: 'n2', volumeId: 'id-db', shard: 1, term: 4, to: 'n3', volume: 'db' });
+      // A node outside the shard's set: refused before any node is asked.
+      asked.length = 0;
+      r = await run(['shard', 'handover', 'db', '0', '--to', 'n3'], mem);
+      assert.equal(r.code, 1);
+      assert.match(r.err, /^strata: bad_request: to: node 'n3' holds no replica of shard 0 of volume db \(n1, n2\)\n$/);
+      assert.deepEqual(asked, []);
+      // No member leads (an election under way).
+      leader = undefined;
+      r = await run(['shard', 'handover', 'db', '1'], mem);
+      assert.equal(r.code, 1);
+      assert.equal(r.err, 'strata: unavailable: no replica of shard 1 of volume db leads it now (an election may be under way); retry\n');
     });
 
     it('shard move prints the set the move made (text and JSON), exits 1 when the controller refuses it, and 2 for a bad SHARD before connecting', async () => {
@@ -428,6 +466,10 @@ describe('cluster/cli', () => {
       r = await run(['rebalance', '--stop'], mem);
       assert.equal(r.out, 'no rebalance under way: replicas per node n1 2, n2 2\n');
       assert.deepEqual(asked, [{}, {}, {}, { stop: true }]);
+      // A controller that counts the leaders: they follow the replicas.
+      answer = { rebalancing: false, nodes: [{ node: 'n1', replicas: 2, leaders: 1 }, { node: 'n2', replicas: 2, leaders: 0 }] };
+      r = await run(['rebalance'], mem);
+      assert.equal(r.out, 'balanced: replicas per node n1 2, n2 2; leaders n1 1, n2 0\n');
     });
 
     it('exits 2 with a usage message on stderr for a usage error, without connecting', async () => {

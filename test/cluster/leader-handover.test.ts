@@ -1,14 +1,16 @@
 /**
- * A node stopped cleanly hands the leadership of the shards it leads to their other replicas
- * before it goes (docs/replication.md, "Handing leadership over"): each such shard is led in the
- * next term by a follower that was handed it (no election timeout waited), with every write, and
- * takes writes at once.
+ * Handing a shard's leadership over (docs/replication.md, "Handing leadership over"):
+ * `strata shard handover` hands it to the replica named, and a rebalance evens out the leaders of
+ * a volume all handed to one node. A node stopped cleanly hands the shards it leads to their
+ * other replicas before it goes: each is led in the next term by a follower that was handed it
+ * (no election timeout waited), with every write, and takes writes at once.
  */
 import { strict as assert } from 'node:assert';
 import { startCluster, type InProcessCluster } from '../../cluster/in-process-cluster';
 import type { ReplicaState } from '../../runtime/device-host';
 import { writeOnceServed } from '../support/served';
 import { waitFor } from '../support/wait';
+import type { ProtocolError } from '../../messages/errors';
 
 /** Every running node's replicas of volume `volumeId`, with the node's index. */
 async function replicas(c: InProcessCluster, volumeId: string): Promise<Array<ReplicaState & { node: number }>> {
@@ -21,7 +23,7 @@ async function replicas(c: InProcessCluster, volumeId: string): Promise<Array<Re
   return out;
 }
 
-describe("a node stopped cleanly hands its shards' leadership over", function () {
+describe("handing a shard's leadership over", function () {
   this.timeout(120_000);
   let c: InProcessCluster;
   before(async () => {
@@ -29,6 +31,42 @@ describe("a node stopped cleanly hands its shards' leadership over", function ()
   });
   after(async () => {
     await c?.stop();
+  });
+
+  /** Shards of the volume each node leads (by node id), as the nodes say. */
+  async function leading(volumeId: string): Promise<Record<string, number>> {
+    const out: Record<string, number> = { n1: 0, n2: 0, n3: 0 };
+    for (const r of await replicas(c, volumeId)) if (r.role === 'leader') out[`n${r.node + 1}`]!++;
+    return out;
+  }
+
+  it('hands a shard to the node named, or refuses a node without a replica; every shard handed to n1, a rebalance spreads the leaders again', async () => {
+    const info = await c.client.createVolume({ name: 'lb', pageCount: 96, shards: 6, stripePages: 4, replicas: 3 });
+    const vol = c.client.volume('lb');
+    for (let s = 0; s < 6; s++) await writeOnceServed(vol, s * 4, s + 1, `a write to shard ${s}`);
+    await assert.rejects(c.client.handOver('lb', 0, { to: 'n9' }), (e: ProtocolError) => e.code === 'bad_request' && /'n9' holds no replica/.test(e.message));
+    await assert.rejects(c.client.handOver('lb', 6), (e: ProtocolError) => e.code === 'out_of_range');
+    // Each shard not led by n1 handed to it.
+    for (let s = 0; s < 6; s++) {
+      const leader = (await replicas(c, info.id)).find((r) => r.shard === s && r.role === 'leader');
+      if (leader === undefined || leader.node === 0) continue;
+      const r = await c.client.handOver('lb', s, { to: 'n1' });
+      assert.deepEqual([r.node, r.shard, r.to, r.term], [`n${leader.node + 1}`, s, 'n1', leader.term]);
+      await waitFor(`n1 leads shard ${s}`, async () => (await replicas(c, info.id)).some((x) => x.shard === s && x.node === 0 && x.role === 'leader' && x.term === leader.term + 1), 10_000);
+    }
+    assert.deepEqual(await leading(info.id), { n1: 6, n2: 0, n3: 0 });
+    // Asked of every member, only the leader hands over: once more, to whoever holds the most.
+    const again = await c.client.handOver('lb', 5);
+    assert.equal(again.node, 'n1');
+    await waitFor('shard 5 led by another node', async () => (await replicas(c, info.id)).some((x) => x.shard === 5 && x.node !== 0 && x.role === 'leader'), 10_000);
+    // The controller hears the counts in the heartbeats; the replicas are even, the leaders are not.
+    await waitFor('the controller counts 5 leaders on n1', async () => (await c.client.rebalance({ stop: true })).nodes.find((n) => n.node === 'n1')?.leaders === 5, 20_000);
+    const asked = await c.client.rebalance();
+    assert.equal(asked.rebalancing, true, JSON.stringify(asked));
+    await waitFor('the rebalance done', async () => !(await c.client.rebalance()).rebalancing, 60_000);
+    const spread = await leading(info.id);
+    assert.ok(Math.max(...Object.values(spread)) - Math.min(...Object.values(spread)) <= 1, JSON.stringify(spread));
+    for (let s = 0; s < 6; s++) assert.equal((await vol.readPages([s * 4])).pages[0]![0], s + 1);
   });
 
   it('each shard it led is led in the next term by a follower it handed it to, with every write; writes go on', async () => {

@@ -26,7 +26,7 @@ describe('cluster/nats-auth', () => {
       assert.deepEqual(client, { publish: ['strata.prod.api.>', 'strata.prod.shard.*.*', '$SRV.>'], subscribe: ['_INBOX.strata-client.>'] });
       assert.deepEqual(natsPermissions('prod', 'client', 'app-7').subscribe, ['_INBOX.app-7.>'], 'a client user reads the replies to its own requests only');
       const operator = natsPermissions('prod', 'operator');
-      assert.deepEqual(operator.publish, [...client.publish, 'strata.prod.node.*.shard.forceVote', 'strata.prod.controller.catalog.recover', 'strata.prod.controller.shard.move', 'strata.prod.controller.node.drain', 'strata.prod.controller.rebalance']);
+      assert.deepEqual(operator.publish, [...client.publish, 'strata.prod.node.*.shard.forceVote', 'strata.prod.node.*.shard.handover', 'strata.prod.controller.catalog.recover', 'strata.prod.controller.shard.move', 'strata.prod.controller.node.drain', 'strata.prod.controller.rebalance']);
       assert.deepEqual(operator.subscribe, ['_INBOX.strata-operator.>']);
       assert.deepEqual(natsPermissions('prod', 'node').subscribe, ['strata.prod.>', '_INBOX.>', '$SRV.>']);
       assert.throws(() => natsPermissions('a.b', 'node'), ProtocolError);
@@ -146,6 +146,7 @@ describe('cluster/nats-auth', () => {
       await assert.rejects(c.client.moveReplica('v-auth', 0, { from: 'n1', to: 'n2' }), (e: unknown) => e instanceof ProtocolError && e.code === 'forbidden' && /publish to strata\.test\.controller\.shard\.move/.test(e.message));
       await assert.rejects(c.client.drainNode('n9'), (e: unknown) => e instanceof ProtocolError && e.code === 'forbidden' && /publish to strata\.test\.controller\.node\.drain/.test(e.message));
       await assert.rejects(c.client.rebalance(), (e: unknown) => e instanceof ProtocolError && e.code === 'forbidden' && /publish to strata\.test\.controller\.rebalance/.test(e.message));
+      await assert.rejects(c.client.handOver('v-auth', 0), (e: unknown) => e instanceof ProtocolError && e.code === 'forbidden' && /publish to strata\.test\.node\.n\d\.shard\.handover/.test(e.message));
       const operator = await connect({ servers: c.natsUrl, cluster: c.cluster, timeoutMs: 5000, ...c.natsUsers!.operator });
       try {
         const reply = await operator.forceVote('v-auth', 0, 'n1');
@@ -157,6 +158,9 @@ describe('cluster/nats-auth', () => {
         assert.deepEqual(await operator.drainNode('n9'), { node: 'n9', draining: true, replicas: 0 });
         assert.deepEqual(await operator.drainNode('n9', { undo: true }), { node: 'n9', draining: false, replicas: 0 });
         assert.equal((await operator.rebalance({ stop: true })).rebalancing, false);
+        // The shard's leader hands it over; its new leader is another of the three nodes.
+        const handed = await operator.handOver('v-auth', 0);
+        assert.notEqual(handed.to, handed.node);
       } finally {
         await operator.close();
       }

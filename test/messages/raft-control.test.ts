@@ -1,6 +1,6 @@
 import { strict as assert } from 'node:assert';
 import { validateConfig, validateRaftRequest, validateRaftReply, RAFT_RECORDS_PER_APPEND_MAX } from '../../messages/raft';
-import { ASSIGNMENTS_PAGE_MAX, DOWN_REPLICAS_PER_HEARTBEAT_MAX, validateNodeDrain, validateNodeDrainReply, validateRebalance, validateRebalanceReply, validateHeartbeat, validateShardsOpen, validateShardsDestroy, validateAssignmentsReply } from '../../messages/control';
+import { ASSIGNMENTS_PAGE_MAX, DOWN_REPLICAS_PER_HEARTBEAT_MAX, validateShardHandover, validateShardHandoverReply, validateNodeDrain, validateNodeDrainReply, validateRebalance, validateRebalanceReply, validateHeartbeat, validateShardsOpen, validateShardsDestroy, validateAssignmentsReply } from '../../messages/control';
 import { ProtocolError } from '../../messages/errors';
 
 function code(fn: () => unknown): string {
@@ -138,5 +138,23 @@ describe('control message validators', () => {
     assert.deepEqual(validateRebalanceReply({ rebalancing: true, nodes: [{ node: 'n1', replicas: 4 }] }), { rebalancing: true, nodes: [{ node: 'n1', replicas: 4 }] });
     assert.equal(code(() => validateRebalanceReply({ rebalancing: true, nodes: [{ node: 'n 1', replicas: 4 }] })), 'bad_request');
     assert.equal(code(() => validateRebalanceReply({ rebalancing: true, nodes: new Array(1025).fill({ node: 'n1', replicas: 0 }) })), 'too_large');
+    assert.deepEqual(validateRebalanceReply({ rebalancing: false, nodes: [{ node: 'n1', replicas: 4, leaders: 2 }] }).nodes, [{ node: 'n1', replicas: 4, leaders: 2 }]);
+    assert.equal(code(() => validateRebalanceReply({ rebalancing: false, nodes: [{ node: 'n1', replicas: 4, leaders: -1 }] })), 'bad_request');
+  });
+
+  it("shard.handover: a shard (volumeId and shard) and an optional target, or a target alone; its reply; a heartbeat's count of leaders", () => {
+    assert.deepEqual(validateShardHandover({ volumeId: 'v1', shard: 3 }), { volumeId: 'v1', shard: 3 });
+    assert.deepEqual(validateShardHandover({ volumeId: 'v1', shard: 3, to: 'n2' }), { volumeId: 'v1', shard: 3, to: 'n2' });
+    assert.deepEqual(validateShardHandover({ to: 'n2' }), { to: 'n2' });
+    assert.equal(code(() => validateShardHandover({})), 'bad_request', 'neither a shard nor a target');
+    assert.equal(code(() => validateShardHandover({ volumeId: 'v1' })), 'bad_request', 'a volume without its shard');
+    assert.equal(code(() => validateShardHandover({ shard: 1, to: 'n2' })), 'bad_request', 'a shard without its volume');
+    assert.equal(code(() => validateShardHandover({ volumeId: 'v1', shard: 256 })), 'out_of_range');
+    assert.equal(code(() => validateShardHandover({ to: 'n 2' })), 'bad_request');
+    assert.equal(code(() => validateShardHandover({ to: 'n2', now: true })), 'bad_request');
+    assert.deepEqual(validateShardHandoverReply({ node: 'n1', volumeId: 'v1', shard: 3, term: 7, to: 'n2' }), { node: 'n1', volumeId: 'v1', shard: 3, term: 7, to: 'n2' });
+    assert.equal(code(() => validateShardHandoverReply({ node: 'n1', volumeId: 'v1', shard: 3, term: 7 })), 'bad_request');
+    assert.deepEqual(validateHeartbeat({ nodeId: 'n1', hosts: 1, leading: 12 }), { nodeId: 'n1', hosts: 1, leading: 12 });
+    assert.equal(code(() => validateHeartbeat({ nodeId: 'n1', hosts: 1, leading: -1 })), 'bad_request');
   });
 });
