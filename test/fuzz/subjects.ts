@@ -32,7 +32,7 @@ import { validateRequest } from '../../messages/validate';
 import { validateRaftRequest, replicaSubject, followersSubject } from '../../messages/raft';
 import {
   validateClaimQuestion, validateHeartbeat, validateAssignmentsRequest, validateNodeStatusRequest, validateShardsOpen, validateShardsDestroy,
-  validateShardForceVote, validateCatalogRecoverRequest, validateNodeRecordsRequest, validateShardMove, validateNodeDrain, validateRebalance, validateShardReconfigure, controllerSubject, nodeSubject,
+  validateShardForceVote, validateShardHandover, validateCatalogRecoverRequest, validateNodeRecordsRequest, validateShardMove, validateNodeDrain, validateRebalance, validateShardReconfigure, controllerSubject, nodeSubject,
 } from '../../messages/control';
 import { validateVolumeCreateRequest, validateVolumeNameRequest, validateVolumeListRequest } from '../../messages/validate';
 import { shardSubject, apiSubject } from '../../messages/subjects';
@@ -395,6 +395,8 @@ function nodeTargets(): Target[] {
       { kind: 'node', subject: s('shards.destroy'), body: () => ({ volumeId: pick([`fzv${int(4)}`, 'nope', facts.aux.id]), shards: [0] }), check: (b) => void validateShardsDestroy(b),
         forbidden: (b) => { try { const r = validateShardsDestroy(b); return (r.volumeId === facts.real.id || r.volumeId === facts.aux.id) && r.shards.length > 0; } catch { return false; } } },
       { kind: 'node', subject: s('shard.forceVote'), body: () => ({ volumeId: pick([facts.real.id, facts.aux.id, 'nope']), shard: pick([0, 1, 255]) }), check: (b) => void validateShardForceVote(b) },
+      // A handover moves a shard's leader (the real volume's too): nothing lost, writes retried meanwhile.
+      { kind: 'node', subject: s('shard.handover'), body: () => ({ ...(chance(0.7) ? { volumeId: pick([facts.real.id, facts.aux.id, 'nope']), shard: pick([0, 1, 255]) } : {}), ...(chance(0.6) ? { to: pick([...facts.nodes, 'n9', 'a.b']) } : {}) }), check: (b) => void validateShardHandover(b) },
       // A valid one would change the replica set of a shard the node leads: only the malformed are sent.
       { kind: 'node', subject: s('shard.reconfigure'), body: () => ({ volumeId: pick([facts.real.id, facts.aux.id, 'nope']), shard: pick([0, 1, 255]), members: pick([[node], [], [node, node], ['a.b']]) }), check: (b) => void validateShardReconfigure(b),
         forbidden: (b) => { try { validateShardReconfigure(b); return true; } catch { return false; } } },
