@@ -513,6 +513,8 @@ export class Replica {
    * `untilMs` (this replica's clock) if no other leader came; `asked` once `timeoutNow` was sent.
    * While it runs, requests of clients are refused `unavailable` and no read is served from the lease.
    */
+  /** The term in which this leader, left out of the set by a committed change, tried to hand its leadership over (`leaveSet`). */
+  private leftSetTerm = -1;
   private handover: { to: string; term: number; untilMs: number; asked: boolean; done: Array<{ resolve(r: TransferResult): void; reject(e: Error): void }> } | undefined;
   private log: SegmentLog;
   private store: PageStore;
@@ -1064,7 +1066,29 @@ export class Replica {
       void this.appendConfig({ members: this.config.members }).catch(() => undefined);
       return;
     }
-    if (!this.config.members.includes(this.self)) this.stepDown(this.term, null, 'removed from the replica set');
+    if (!this.config.members.includes(this.self)) this.leaveSet();
+  }
+
+  /**
+   * A leader the committed change left out of the set: hands its leadership to a member of the
+   * new set ("Handing leadership over"), so that the shard need not wait an election timeout for
+   * a leader; steps down when that cannot be done or does not happen. Once per term.
+   */
+  private leaveSet(): void {
+    if (this.handover !== undefined) return;
+    const removed = (): void => {
+      if (this.role === 'leader' && !this.config.members.includes(this.self)) this.stepDown(this.term, null, 'removed from the replica set');
+    };
+    if (this.leftSetTerm === this.term) {
+      removed();
+      return;
+    }
+    this.leftSetTerm = this.term;
+    try {
+      this.transferLeadership().catch(removed);
+    } catch {
+      removed();
+    }
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -1267,7 +1291,7 @@ export class Replica {
     this.votedFor = null;
     this.role = 'follower';
     this.leader = null;
-    if (wasLeader) this.leaderStopped(this.handover !== undefined ? `handed its leadership to '${this.handover.to}'` : 'a newer term exists');
+    if (wasLeader) this.leaderStopped('a newer term exists');
   }
 
   private stepDown(term: number, leader: string | null, reason: string): void {
@@ -1284,6 +1308,8 @@ export class Replica {
   }
 
   private leaderStopped(reason: string): void {
+    // Deposed by the term of the follower it handed its leadership to: said so.
+    if (this.handover !== undefined && this.term > this.handover.term) reason = `handed its leadership to '${this.handover.to}'`;
     this.endHandover();
     this.followers.clear();
     this.recent = [];

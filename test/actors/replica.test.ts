@@ -1966,7 +1966,7 @@ describe('Replica (membership change by joint consensus)', function () {
     assert.equal(await read(n, 2), 4);
   });
 
-  it('a leader that is not in the new set steps down once it is committed, and campaigns no more; the new set elects', async () => {
+  it('a leader that is not in the new set hands its leadership to a member of it once it is committed, and campaigns no more', async () => {
     shard = new TestShard(['a', 'b', 'c']);
     const l = await shard.leader();
     await l.replica.write([{ page: 5, data: page(5) }]);
@@ -1976,14 +1976,35 @@ describe('Replica (membership change by joint consensus)', function () {
     const r = await l.replica.reconfigure(target, { deadlineMs: deadline() });
     assert.deepEqual(r.members, target);
     await shard.waitFor(() => !l.replica.isLeader, 'the old leader steps down');
-    assert.ok(shard.roleChanges.some((c) => c.id === l.id && c.reason === 'removed from the replica set'));
+    assert.ok(shard.roleChanges.some((c) => c.id === l.id && /^handed its leadership to '.'$/.test(c.reason ?? '')), JSON.stringify(shard.roleChanges));
+    assert.equal(l.replica.stats().handovers, 1);
     const next = await shard.leader(target);
+    assert.equal(next.replica.stats().electionsHandedOver, 1, 'the new leader was handed the shard, not elected after a timeout');
     await next.replica.write([{ page: 5, data: page(6) }]);
     assert.equal(await read(next, 5), 6);
     const elections = l.replica.stats().preVotes;
     await shard.elapse(400);
     assert.equal(l.replica.stats().preVotes, elections, 'a removed replica does not campaign');
     assert.ok(!l.replica.isLeader);
+  });
+
+  it('a leader left out of the new set whose handover is not taken steps down all the same; the new set elects', async () => {
+    shard = new TestShard(['a', 'b', 'c']);
+    const l = await shard.leader();
+    await l.replica.write([{ page: 5, data: page(5) }]);
+    const target = ['a', 'b', 'c', 'd'].filter((id) => id !== l.id).sort();
+    shard.ids.push('d');
+    shard.start('d', new SimDisk(), { members: target, priorMembers: ['a', 'b', 'c'] });
+    // No timeoutNow gets through.
+    shard.drops.push((_from, _to, msg) => msg.type === 'timeoutNow');
+    await l.replica.reconfigure(target, { deadlineMs: deadline() });
+    await shard.waitFor(() => !l.replica.isLeader, 'the old leader steps down');
+    assert.ok(shard.roleChanges.some((c) => c.id === l.id && c.reason === 'removed from the replica set'), JSON.stringify(shard.roleChanges));
+    assert.equal(l.replica.stats().handovers, 0);
+    const next = await shard.leader(target);
+    assert.equal(next.replica.stats().electionsHandedOver, 0);
+    await next.replica.write([{ page: 5, data: page(6) }]);
+    assert.equal(await read(next, 5), 6);
   });
 
   it('the set in force is kept across a restart, whatever set the node opens it with', async () => {
@@ -2096,7 +2117,9 @@ describe('Replica (membership change by joint consensus)', function () {
     const r = await a.replica.reconfigure(['b'], { deadlineMs: deadline() });
     assert.deepEqual(r.members, ['b']);
     const b = await shard.leader(['b']);
-    assert.ok(!a.replica.isLeader);
+    // a handed the shard to b: it hears of b's term a moment after b leads.
+    await shard.waitFor(() => !a.replica.isLeader, 'a no longer leads');
+    assert.equal(b.replica.stats().electionsHandedOver, 1);
     assert.equal(await read(b, 7), 47);
     await b.replica.write([{ page: 7, data: page(99) }]);
     assert.equal(await read(b, 7), 99);
@@ -2145,7 +2168,7 @@ describe('Replica (membership change by joint consensus)', function () {
     assert.equal(r.changed, true);
     await shard.waitFor(() => again !== undefined, 'asked again');
     const second = await again!;
-    assert.ok(!l.replica.isLeader, 'the leader stepped down once the change was committed');
+    await shard.waitFor(() => !l.replica.isLeader, 'the leader stepped down once the change was committed (having handed the shard over)');
     assert.ok(!(second instanceof Error), `answered ${String(second)}`);
     assert.deepEqual(second, { members: target, term: r.term, lsn: r.lsn, changed: false });
     transport.send = send;
