@@ -15,6 +15,7 @@
 import { MetaStore } from '../storage-engine/metadata';
 import { StorageError } from '../storage-engine/errors';
 import { ProtocolError } from '../messages/errors';
+import { idNumber, idTag } from '../messages/volume-id';
 import type { VolumeInfo, VolumeSpec } from '../messages/api';
 import { DRAINING_NODES_MAX, type DownReplica, type ShardAssignment } from '../messages/control';
 
@@ -914,17 +915,7 @@ function placedOn(p: ShardPlacement): ReplicaPlacement[] {
 /** A node's record of a replica it holds, as a recovery reads it. */
 export type RecoveryRecord = ShardAssignment;
 
-/** The number of a volume id (`v<n>` or `v<n>-<tag>`, n in base 36), or undefined for an id of another form. */
-export function idNumber(id: string): number | undefined {
-  const m = /^v([0-9a-z]{1,10})(?:-|$)/.exec(id);
-  return m === null ? undefined : parseInt(m[1]!, 36);
-}
-
-/** The catalog tag of a volume id (`v<n>-<tag>`), undefined for an id without one (`v<n>`). */
-export function idTag(id: string): string | undefined {
-  const dash = id.indexOf('-');
-  return dash < 0 ? undefined : id.slice(dash + 1);
-}
+export { idNumber, idTag };
 
 /** The public view of a volume record (no placement). */
 export function volumeInfo(v: VolumeRecord): VolumeInfo {

@@ -1186,15 +1186,22 @@ export class StrataNode {
       return rec !== undefined && !sameMembers(rec, s);
     });
     if (stale.length > 0) await this.updateRecords(stale).catch((e: unknown) => failures.push(e));
-    // Replicas of deleted volumes still open on a host (their destroy failed half-way) and files
-    // this node forgot but did not destroy (a crash between the two).
-    if (dead.size > 0) {
-      const { destroyed, hostsFailed } = await this.pool!.destroyLeftovers([...dead]);
-      if (destroyed.length > 0) this.log.info('destroyed the leftover files of deleted volumes', { shards: destroyed });
+    // Replicas of deleted volumes still open on a host (their destroy failed half-way), and files
+    // this node forgot but did not destroy (a crash between the two): of deleted volumes, and of
+    // any volume this catalog issued that the node neither records nor is assigned (the same rule
+    // as for the records above; never a shard open on its host, and with `below` as of these
+    // assignments, never one of a volume created since they were read).
+    const forgotten = a.catalog !== undefined && a.issuedBelow !== undefined
+      ? { tag: a.catalog, below: a.issuedBelow, keep: [...new Set([...heldIds, ...this.nodeMeta.shards.map(shardId)])] }
+      : undefined;
+    if (dead.size > 0 || forgotten !== undefined) {
+      const { destroyed, hostsFailed } = await this.pool!.destroyLeftovers([...dead], forgotten);
+      if (destroyed.length > 0) this.log.info('destroyed leftover replica files: of deleted volumes, or forgotten by this node', { shards: destroyed });
       // A host down or stuck says so elsewhere; its leftovers go at a later reconciliation, so
       // this one does not count as done: the epoch reconciled would not come back to them (a
       // host that is down when its replica's destroy comes, and back later, kept its files).
-      if (hostsFailed > 0) failures.push(new ProtocolError('unavailable', `leftover files of deleted volumes not checked on ${hostsFailed} host(s); tried again later`, { hosts: hostsFailed }));
+      // (Forgotten files alone do not hold the epoch back: the next reconciliation looks again.)
+      if (hostsFailed > 0 && dead.size > 0) failures.push(new ProtocolError('unavailable', `leftover files of deleted volumes not checked on ${hostsFailed} host(s); tried again later`, { hosts: hostsFailed }));
     }
     if (failures.length > 0) throw failures[0];
     this.reconciledEpoch = a.epoch;

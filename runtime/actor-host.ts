@@ -38,7 +38,7 @@ import { HEADER_DEADLINE, HEADER_TYPE, HEADER_SCHEMA, SCHEMA_VERSION, checkSchem
 import { nodeInboxPrefix, shardSubject } from '../messages/subjects';
 import { validateRaftRequest, validateRaftReply, replicaSubject, followersSubject, type AppendRequest, type RaftRequest, type RaftReply } from '../messages/raft';
 import type { ForceVoteResult, ReconfigureResult, ReplicaTransport, ReplicaTiming, TransferResult } from '../actors/replica';
-import { DeviceHost, deviceProblem, shardKey, type ShardSpec, type ReplicaRoles, type DeviceHostOptions, type DeviceHostStats, type ReplicaErrorOutcome } from './device-host';
+import { DeviceHost, deviceProblem, shardKey, type ShardSpec, type ReplicaRoles, type ForgottenRule, type DeviceHostOptions, type DeviceHostStats, type ReplicaErrorOutcome } from './device-host';
 import { createLogger, throttled, type Logger } from '../observability/log';
 import type { WorkerTelemetryInit, WorkerTracing } from '../observability/worker-tracing';
 import { ATTR, batchSendTracer, captureSpanContext, clientSpan, deviceQueueTracer, serverSpan, withSpan } from '../observability/tracing';
@@ -141,8 +141,8 @@ export interface HostApi {
   ping(): Promise<void>;
   openShard(spec: ShardSpec): Promise<void>;
   closeShard(volumeId: string, shard: number, destroy: boolean): Promise<void>;
-  /** DeviceHost.destroyLeftovers: shard directories of deleted volumes that no replica uses. */
-  destroyLeftovers(volumeIds: string[]): Promise<string[]>;
+  /** DeviceHost.destroyLeftovers: shard directories of deleted volumes, or forgotten by the node (`forgotten`), that no replica uses. */
+  destroyLeftovers(volumeIds: string[], forgotten?: ForgottenRule): Promise<string[]>;
   /** Replica.forceVote of this host's replica of a shard (operator override of a repair). */
   forceVote(volumeId: string, shard: number): Promise<ForceVoteResult>;
   /**
@@ -425,7 +425,7 @@ export class ActorHost implements HostApi {
    * Replicas of deleted volumes still open here are closed and destroyed (with their
    * subscriptions), then DeviceHost.destroyLeftovers: the shards destroyed.
    */
-  async destroyLeftovers(volumeIds: string[]): Promise<string[]> {
+  async destroyLeftovers(volumeIds: string[], forgotten?: ForgottenRule): Promise<string[]> {
     const { device } = this.ready();
     const dead = new Set(volumeIds);
     const closed: string[] = [];
@@ -433,7 +433,7 @@ export class ActorHost implements HostApi {
       await this.closeShard(volumeId, shard, true);
       closed.push(shardKey(volumeId, shard));
     }
-    return [...closed, ...device.destroyLeftovers(dead)];
+    return [...closed, ...device.destroyLeftovers(dead, forgotten === undefined ? undefined : { ...forgotten, keep: new Set(forgotten.keep) })];
   }
 
   async forceVote(volumeId: string, shard: number): Promise<ForceVoteResult> {

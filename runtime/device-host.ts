@@ -23,6 +23,7 @@ import { Replica, type ReplicaTransport, type ScrubStepResult, type ReplicaStats
 import type { ShardGeometry, PayloadOffload } from '../actors/shard';
 import { CpuPool, type CpuPoolStats } from './cpu-pool';
 import { FaultyDisk } from './faulty-disk';
+import { idNumber, idTag } from '../messages/volume-id';
 
 export interface ShardSpec extends ShardGeometry {
   volumeName: string;
@@ -141,6 +142,17 @@ interface ShardEntry {
   unrepairable: string[];
   /** Its storage was opened before (on this node, or on this device since the host started): see ShardSpec.existing. */
   existed: boolean;
+}
+
+/**
+ * The second rule of DeviceHost.destroyLeftovers: a shard directory of a volume whose id catalog
+ * `tag` issued (number below `below`), not among `keep` (the shards the node records or is
+ * assigned, by `shardKey`), is a leftover of the node's own.
+ */
+export interface ForgottenRule {
+  tag: string;
+  below: number;
+  keep: readonly string[];
 }
 
 /** DeviceHost.replicaRoles: the replicas of a device that are down, and those that lead (with their set's members). */
@@ -401,19 +413,23 @@ export class DeviceHost {
   }
 
   /**
-   * Destroys the shard directories of deleted volumes (`volumeIds`) that no open replica of this
-   * device uses: leftovers of a destroy a crash cut short (the node forgets a shard durably
-   * before it destroys its files). Renamed away and removed in the background, as `closeShard`
-   * with destroy does. Returns the directories destroyed.
+   * Destroys the shard directories that no open replica of this device uses and that are
+   * leftovers of a destroy a crash cut short (the node forgets a shard durably before it
+   * destroys its files): of deleted volumes (`volumeIds`), and, with `forgotten`, of a volume
+   * whose id the catalog `forgotten.tag` issued (its number below `forgotten.below`) that the node
+   * neither records nor is assigned (`forgotten.keep`, by `shardKey`). Renamed away and removed in
+   * the background, as `closeShard` with destroy does. Returns the directories destroyed.
    */
-  destroyLeftovers(volumeIds: ReadonlySet<string>): string[] {
+  destroyLeftovers(volumeIds: ReadonlySet<string>, forgotten?: Omit<ForgottenRule, 'keep'> & { keep: ReadonlySet<string> }): string[] {
     const gone: Discarded[] = [];
     const names: string[] = [];
     try {
       for (const name of this.disk.list('shards')) {
         if (isDiscardedName(name)) continue;
         const key = parseShardKey(name);
-        if (key === undefined || !volumeIds.has(key.volumeId) || this.shards.has(name)) continue;
+        if (key === undefined || this.shards.has(name)) continue;
+        const forgot = forgotten !== undefined && !forgotten.keep.has(name) && idTag(key.volumeId) === forgotten.tag && (idNumber(key.volumeId) ?? Number.POSITIVE_INFINITY) < forgotten.below;
+        if (!volumeIds.has(key.volumeId) && !forgot) continue;
         const g = discardTree(this.disk, joinPath('shards', name));
         if (g !== undefined) gone.push(g);
         names.push(name);

@@ -15,7 +15,7 @@ import * as v8 from 'node:v8';
 import * as Comlink from 'comlink';
 import nodeEndpoint from 'comlink/dist/umd/node-adapter';
 import type { HostApi, HostConfig, HostStats, HostHealth, HostWorkerData, TransportFaults } from './actor-host';
-import { shardKey, type ReplicaRoles, type ShardSpec } from './device-host';
+import { shardKey, type ForgottenRule, type ReplicaRoles, type ShardSpec } from './device-host';
 import { withTimeout } from './timeout';
 import { currentTelemetry } from '../observability/telemetry';
 import type { ForceVoteResult, ReconfigureResult, TransferResult } from '../actors/replica';
@@ -286,7 +286,7 @@ export class HostPool {
    * not answer within LEFTOVERS_TIMEOUT_MS (down, restarting, busy). Best effort: their leftovers
    * go at a later call.
    */
-  async destroyLeftovers(volumeIds: string[]): Promise<{ destroyed: string[]; hostsFailed: number }> {
+  async destroyLeftovers(volumeIds: string[], forgotten?: ForgottenRule): Promise<{ destroyed: string[]; hostsFailed: number }> {
     // A restarted host must not reopen a deleted volume's shard.
     const dead = new Set(volumeIds);
     for (const slot of this.slots) {
@@ -296,7 +296,7 @@ export class HostPool {
         slot.reopenPending.delete(key);
       }
     }
-    const settled = await Promise.allSettled(this.slots.map((slot) => this.answerWithin(slot, LEFTOVERS_TIMEOUT_MS, (api) => api.destroyLeftovers(volumeIds))));
+    const settled = await Promise.allSettled(this.slots.map((slot) => this.answerWithin(slot, LEFTOVERS_TIMEOUT_MS, (api) => api.destroyLeftovers(volumeIds, forgotten))));
     return {
       destroyed: settled.flatMap((r) => (r.status === 'fulfilled' ? r.value : [])),
       hostsFailed: settled.filter((r) => r.status === 'rejected').length,

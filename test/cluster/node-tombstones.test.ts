@@ -1,7 +1,8 @@
 /**
  * A node reads every tombstone of the catalog, however small the NATS server's max_payload: a
  * catalog of many deleted volumes must not leave a node that missed a delete with the deleted
- * volume's replica.
+ * volume's replica. Without a tombstone, a replica (its record, or its files alone) of a volume
+ * the catalog issued and no longer lists or places on the node is destroyed too.
  */
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
@@ -111,6 +112,35 @@ describe('the tombstones of a catalog larger than one control message', function
     assert.ok(fs.existsSync(shardDir(listed)), `${listed} kept`);
     assert.ok(n2.nodeMeta.shards.some((a) => a.volumeId === listed));
     assert.equal(n2.nodeMeta.shards.some((a) => a.volumeId === gone), false);
+  });
+
+  it('files of a replica the node forgot but did not destroy (a crash between the two) are destroyed when the catalog neither lists nor places it; files of another catalog or of an id not issued yet are kept', async () => {
+    root = fs.mkdtempSync(path.join(os.tmpdir(), 'strata-tombstones-'));
+    c = await startCluster({ nodes: 2, hosts: 1, dataDir: root });
+    const shardDir = (id: string): string => node2ShardDir(root!, id);
+    const vols = await volumesOnNode2(c, root, 2);
+    const [forgot, kept] = vols.map((v) => v.id) as [string, string];
+    const { epoch, tag, nextId } = (c.nodes[0] as unknown as { controller: { epoch: number; tag: string; nextId: number } }).controller;
+    const before = new MetaStore(new RealDisk(path.join(root, 'node1')), 'controller').read<CatalogState>('catalog')!;
+    c.kill(0);
+    c.kill(1);
+    // The catalog lists `kept` and no longer `forgot`, without its tombstone; node 2 has forgotten
+    // `forgot` too (its record gone, its files left: a crash between the two).
+    const catalog: CatalogState = { version: 1, epoch: epoch + 1, nextId, tag, volumes: before.volumes.filter((v) => v.id !== forgot), tombstones: [] };
+    new MetaStore(new RealDisk(path.join(root, 'node1')), 'controller').write('catalog', catalog);
+    const nodeMeta = new MetaStore(new RealDisk(path.join(root, 'node2')), '', { payloadBytesMax: 16 * 1024 * 1024 });
+    const rec = nodeMeta.read<{ shards: ShardAssignment[] }>('node')!;
+    nodeMeta.write('node', { ...rec, shards: rec.shards.filter((a) => a.volumeId !== forgot) });
+    // Directories of the same shape: another catalog's volume, and one of an id this catalog has not issued.
+    const foreign = `v1-elsewhere`;
+    const notIssued = `v${nextId.toString(36)}-${tag}`;
+    for (const id of [foreign, notIssued]) fs.cpSync(shardDir(forgot), shardDir(id), { recursive: true });
+    await c.restart(0);
+    await c.restart(1);
+    await waitFor(`the forgotten files of ${forgot} destroyed on node 2`, () => !fs.existsSync(shardDir(forgot)), 15_000);
+    for (const id of [kept, foreign, notIssued]) assert.ok(fs.existsSync(shardDir(id)), `${id} kept`);
+    // The volume the catalog lists still serves from node 2.
+    assert.equal((await c.client.volume(vols[1]!.name).readPages([0])).pages.length, 1);
   });
 
   it("a replica of another catalog's volume is kept, whatever ids the catalog has issued", async () => {
