@@ -534,8 +534,12 @@ export class DeviceQueue {
       const flushAsync = this.asyncSync && !this.forceSync && appends.length >= this.asyncSyncMinOps && targets.every((t) => t.syncAsync !== undefined);
       if (flushAsync) {
         return this.flushAsync(targets).then(
-          () => {
-            for (const [op, r] of results) op.resolve(r);
+          (closedMeanwhile) => {
+            for (const [op, r] of results) {
+              const err = closedMeanwhile.get(op.target);
+              if (err !== undefined) op.reject(err);
+              else op.resolve(r);
+            }
           },
           (e: unknown) => this.failAppends(appends.filter((op) => !closed.has(op)), e),
         );
@@ -555,14 +559,29 @@ export class DeviceQueue {
     return undefined;
   }
 
-  /** The targets' syncAsync, one after the other (counted and traced like blocking flushes). */
-  private async flushAsync(targets: readonly AppendTarget[]): Promise<void> {
+  /**
+   * The targets' syncAsync, one after the other (counted and traced like blocking flushes). A
+   * target whose shard was closed while the flushes before it ran (its replica destroyed or
+   * stopped: this thread runs meanwhile) is not flushed: its appends fail alone, with the error
+   * returned for it, and the device and the other targets are fine.
+   */
+  private async flushAsync(targets: readonly AppendTarget[]): Promise<Map<AppendTarget, StorageError>> {
+    const closed = new Map<AppendTarget, StorageError>();
     for (const target of targets) {
       const t0 = this.clock.nowMs();
       this.counters.syncs++;
-      await (this.tracer ? this.tracer.sync(() => target.syncAsync!()) : target.syncAsync!());
+      try {
+        await (this.tracer ? this.tracer.sync(() => target.syncAsync!()) : target.syncAsync!());
+      } catch (e) {
+        if (e instanceof StorageError && e.code === 'closed') {
+          closed.set(target, e);
+          continue;
+        }
+        throw e;
+      }
       this.countSync(this.clock.nowMs() - t0);
     }
+    return closed;
   }
 
   private countSync(ms: number): void {

@@ -353,6 +353,31 @@ describe('DeviceQueue', () => {
     }
   });
 
+  it('a target closed while the asynchronous flush of another in its batch runs (its replica destroyed meanwhile): its appends fail alone with closed, the others are acknowledged, the device goes on', async () => {
+    const sched = manualScheduler();
+    const first = new AsyncFakeLog();
+    const second = new AsyncFakeLog();
+    let secondClosed = false;
+    const flushSecond = second.syncAsync.bind(second);
+    second.syncAsync = () => (secondClosed ? Promise.reject(new StorageError('closed', 'log shards/v1.0 is closed')) : flushSecond());
+    const q = new DeviceQueue({ disk: readOnlyDisk(new Map()), schedule: sched.schedule });
+    const kept = [q.append(first, [rec(1)]), q.append(first, [rec(2)])];
+    const gone = q.append(second, [rec(3)]).then(() => 'acknowledged', (e: StorageError) => e.code);
+    sched.runAll();
+    await settle();
+    assert.equal(first.pendingFlushes.length, 1, "the first target's flush is in flight");
+    // The second target's shard is closed meanwhile, before its flush is asked for.
+    secondClosed = true;
+    first.pendingFlushes[0]!.resolve();
+    assert.deepEqual((await Promise.all(kept)).map((r) => r.lastLsn), [1, 2]);
+    assert.equal(await gone, 'closed');
+    assert.equal(q.failed, false, 'the device is not failed by a shard closed during a flush');
+    const later = q.append(first, [rec(4)]);
+    sched.runAll();
+    assert.equal((await later).lastLsn, 3);
+    await q.drain();
+  });
+
   it('fails the batch and the device on a write error (ENOSPC)', async () => {
     const sched = manualScheduler();
     const log = new FakeLog();
