@@ -15,7 +15,7 @@
 import { MetaStore } from '../storage-engine/metadata';
 import { StorageError } from '../storage-engine/errors';
 import { ProtocolError } from '../messages/errors';
-import { idNumber, idTag } from '../messages/volume-id';
+import { idNumber, idTag, shardKey } from '../messages/volume-id';
 import type { VolumeInfo, VolumeSpec } from '../messages/api';
 import { DRAINING_NODES_MAX, type DownReplica, type ShardAssignment } from '../messages/control';
 
@@ -128,11 +128,6 @@ export interface NodeMember {
   leading?: number;
 }
 
-/** The key of a shard's replica in `NodeMember.down`. */
-function replicaKey(volumeId: string, shard: number): string {
-  return `${volumeId}.${shard}`;
-}
-
 /** The failure domain of a member: its zone, or the node alone. */
 function domainOf(m: NodeMember): string {
   return m.zone === undefined ? `node:${m.nodeId}` : `zone:${m.zone}`;
@@ -243,7 +238,7 @@ export class Controller {
     const before = this.members.get(nodeId)?.down;
     let downSince: Map<string, number> | undefined;
     for (const d of down ?? []) {
-      const key = replicaKey(d.volumeId, d.shard);
+      const key = shardKey(d.volumeId, d.shard);
       downSince ??= new Map();
       downSince.set(key, Math.min(before?.get(key) ?? Infinity, nowMs - d.forMs));
     }
@@ -260,7 +255,7 @@ export class Controller {
    * is live (`liveIds`) and its last heartbeat did not report the replica down.
    */
   private replicaUp(nodeId: string, volumeId: string, shard: number, liveIds: ReadonlySet<string>): boolean {
-    return liveIds.has(nodeId) && this.members.get(nodeId)?.down?.has(replicaKey(volumeId, shard)) !== true;
+    return liveIds.has(nodeId) && this.members.get(nodeId)?.down?.has(shardKey(volumeId, shard)) !== true;
   }
 
   /** Whether a majority of `set` are replicas of the shard that serve (`replicaUp`). */
@@ -281,6 +276,12 @@ export class Controller {
     return [...this.members.values()]
       .filter((m) => nowMs - m.lastSeenMs <= this.liveWindowMs)
       .sort((a, b) => (a.nodeId < b.nodeId ? -1 : a.nodeId > b.nodeId ? 1 : 0));
+  }
+
+  /** The live nodes that are not draining, sorted: those a new replica, a moved one or a leadership may go to. */
+  private liveNotDraining(nowMs: number): NodeMember[] {
+    const draining = new Set(this.state.draining ?? []);
+    return this.liveNodes(nowMs).filter((m) => !draining.has(m.nodeId));
   }
 
   /**
@@ -500,8 +501,8 @@ export class Controller {
     const out: RepairMove[] = [];
     if (opts.max <= 0) return out;
     const draining = new Set(this.state.draining ?? []);
-    // Nodes a replica may move to: live, and not draining.
-    const live = this.liveNodes(nowMs).filter((m) => !draining.has(m.nodeId));
+    // Nodes a replica may move to.
+    const live = this.liveNotDraining(nowMs);
     const liveIds = new Set(this.liveNodes(nowMs).map((m) => m.nodeId));
     const dead = (nodeId: string): boolean => {
       if (opts.afterMs <= 0 || liveIds.has(nodeId)) return false;
@@ -511,7 +512,7 @@ export class Controller {
     // A live node's replica it has reported down for longer than the wait.
     const failed = (nodeId: string, volumeId: string, shard: number): boolean => {
       if (opts.afterMs <= 0 || !liveIds.has(nodeId)) return false;
-      const since = this.members.get(nodeId)?.down?.get(replicaKey(volumeId, shard));
+      const since = this.members.get(nodeId)?.down?.get(shardKey(volumeId, shard));
       return since !== undefined && nowMs - since > opts.afterMs;
     };
     let load: Map<string, number> | undefined;
@@ -573,11 +574,8 @@ export class Controller {
    * under way adds counted), by node id: what a rebalance evens out.
    */
   spread(nowMs: number): Map<string, number> {
-    const draining = new Set(this.state.draining ?? []);
     const placed = this.replicasByNode();
-    const load = new Map<string, number>();
-    for (const m of this.liveNodes(nowMs)) if (!draining.has(m.nodeId)) load.set(m.nodeId, placed.get(m.nodeId) ?? 0);
-    return load;
+    return new Map(this.liveNotDraining(nowMs).map((m) => [m.nodeId, placed.get(m.nodeId) ?? 0]));
   }
 
   /**
@@ -614,10 +612,7 @@ export class Controller {
    * a rebalance evens out once the replicas are (docs/replication.md, "Rebalancing").
    */
   leaders(nowMs: number): Map<string, number> {
-    const draining = new Set(this.state.draining ?? []);
-    const out = new Map<string, number>();
-    for (const m of this.liveNodes(nowMs)) if (!draining.has(m.nodeId)) out.set(m.nodeId, m.leading ?? 0);
-    return out;
+    return new Map(this.liveNotDraining(nowMs).map((m) => [m.nodeId, m.leading ?? 0]));
   }
 
   /**
@@ -657,8 +652,7 @@ export class Controller {
         { replicas: spec.shards * spec.replicas, placed, replicasMax: this.replicasMax },
       );
     }
-    const draining = new Set(this.state.draining ?? []);
-    const live = this.liveNodes(nowMs).filter((m) => !draining.has(m.nodeId));
+    const live = this.liveNotDraining(nowMs);
     const drainingLive = this.liveNodes(nowMs).length - live.length;
     const but = drainingLive > 0 ? ` (not counting ${drainingLive} draining)` : '';
     if (live.length === 0) throw new ProtocolError('unavailable', `no live node to place the volume on${but}`);
@@ -889,7 +883,6 @@ export class Controller {
   }
 }
 
-/** A majority of the node set `set` is among `live`. */
 /**
  * The pairs of nodes whose counts differ by two or more, in the order a rebalance tries them:
  * from the highest count down (the first by id among equals), and for each, to the lowest up.

@@ -163,6 +163,12 @@ export function decodeConfig(payload: Uint8Array): ReplicaConfig {
   return validateConfig(decode(payload));
 }
 
+/** The two ends of a promise someone waits on. */
+interface Settle<T> {
+  resolve(value: T): void;
+  reject(e: Error): void;
+}
+
 /** What Replica.transferLeadership did: the term this replica led, and the follower it handed it to. */
 export interface TransferResult {
   term: number;
@@ -508,14 +514,15 @@ export class Replica {
   private knownMembers: ReadonlySet<string> = new Set();
   /** A leader's Config record being saved and appended: client writes wait for it (appendConfig). */
   private configAppending: Promise<void> | undefined;
-  /**
-   * A handover of this leader's leadership under way (`transferLeadership`): to `to`, given up at
-   * `untilMs` (this replica's clock) if no other leader came; `asked` once `timeoutNow` was sent.
-   * While it runs, requests of clients are refused `unavailable` and no read is served from the lease.
-   */
   /** The term in which this leader, left out of the set by a committed change, tried to hand its leadership over (`leaveSet`). */
   private leftSetTerm = -1;
-  private handover: { to: string; term: number; untilMs: number; asked: boolean; done: Array<{ resolve(r: TransferResult): void; reject(e: Error): void }> } | undefined;
+  /**
+   * A handover of this leader's leadership under way (`transferLeadership`): to `to`, given up at
+   * `untilMs` (this replica's clock) if no other leader came; `asked` once `timeoutNow` was sent;
+   * `done`, whoever waits for its outcome. While it runs, requests of clients are refused
+   * `unavailable` and no read is served from the lease.
+   */
+  private handover: { to: string; term: number; untilMs: number; asked: boolean; done: Array<Settle<TransferResult>> } | undefined;
   private log: SegmentLog;
   private store: PageStore;
   private readonly queue: DeviceQueue;
@@ -812,8 +819,7 @@ export class Replica {
    */
   transferLeadership(to?: string): Promise<TransferResult> {
     const g = this.geometry;
-    if (this.closed) throw new StorageError('closed', `shard ${g.volumeId}/${g.shard} is closed`);
-    if (this.role !== 'leader') throw notLeader(this.leader, this.term);
+    this.checkLeading();
     if (this.handover !== undefined) {
       if (to !== undefined && to !== this.handover.to) {
         throw new ProtocolError('unavailable', `shard ${g.volumeId}/${g.shard} is handing its leadership to '${this.handover.to}' already`, { to: this.handover.to });
@@ -831,7 +837,7 @@ export class Replica {
     const match = (id: string): number => this.followers.get(id)?.match ?? 0;
     const target = to ?? [...candidates].sort((a, b) => match(b) - match(a) || (a < b ? -1 : a > b ? 1 : 0))[0];
     if (target === undefined) throw new ProtocolError('unavailable', `shard ${g.volumeId}/${g.shard} has no other replica to hand its leadership to`);
-    const h = { to: target, term: this.term, untilMs: this.nowMs + this.timing.electionTimeoutMaxMs, asked: false, done: [] as Array<{ resolve(r: TransferResult): void; reject(e: Error): void }> };
+    const h = { to: target, term: this.term, untilMs: this.nowMs + this.timing.electionTimeoutMaxMs, asked: false, done: [] as Array<Settle<TransferResult>> };
     this.handover = h;
     const result = new Promise<TransferResult>((resolve, reject) => h.done.push({ resolve, reject }));
     this.replicateTo(target, false);
@@ -2413,9 +2419,15 @@ export class Replica {
     throw notLeader(this.leader, this.term);
   }
 
-  private checkLeader(): void {
+  /** Open and leading (a handover under way or not). */
+  private checkLeading(): void {
     if (this.closed) throw new StorageError('closed', `shard ${this.geometry.volumeId}/${this.geometry.shard} is closed`);
     if (this.role !== 'leader') throw notLeader(this.leader, this.term);
+  }
+
+  /** Open, leading, and taking requests: no handover of its leadership under way. */
+  private checkLeader(): void {
+    this.checkLeading();
     if (this.handover !== undefined) {
       throw new ProtocolError('unavailable', `shard ${this.geometry.volumeId}/${this.geometry.shard} is handing its leadership to '${this.handover.to}'; retry`, { to: this.handover.to });
     }

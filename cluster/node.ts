@@ -78,6 +78,7 @@ import { sameNodeSet as sameSet } from '../messages/raft';
 import { RealDisk } from '../storage-engine/real-disk';
 import { makeDirectory } from '../storage-engine/make-directory';
 import { MetaStore } from '../storage-engine/metadata';
+import { shardKey } from '../messages/volume-id';
 import { CATALOG_REPLICAS_MAX, Controller, idNumber, idTag, volumeInfo, type NodeMember, type RepairMove, type AssignmentRole, type ShardMove, type VolumeRecord } from '../actors/controller';
 import { HostPool } from '../runtime/host-pool';
 import type { HostConfig, TransportFaults } from '../runtime/actor-host';
@@ -238,12 +239,13 @@ export const REPAIR_BACKOFF_MS_MAX = 5 * 60 * 1000;
 /** Period of the controller's check for replicas to replace: at most this, and at most half the wait before a repair. */
 const REPAIR_CHECK_MS_MAX = 5000;
 /**
- * How often a node looks for its replicas that are down (HostPool.downShards), to report them in
- * its heartbeats (HeartbeatRequest.down): at most this often, from a heartbeat.
+ * How often a node asks its hosts which of its replicas are down and which lead
+ * (HostPool.replicaRoles), to report them in its heartbeats (HeartbeatRequest.down and
+ * `leading`): at most this often, from a heartbeat.
  */
-export const DOWN_CHECK_MS = 2000;
+const ROLES_CHECK_MS = 2000;
 /** How long a rebalance waits after a handover of leadership for the nodes' heartbeats to count it (two checks and a heartbeat). */
-const LEADER_SETTLE_MS = 2 * DOWN_CHECK_MS + 1000;
+const LEADER_SETTLE_MS = 2 * ROLES_CHECK_MS + 1000;
 /** Deadline of a rebalance's request to a node to hand a shard's leadership over (a handover takes at most a maximum election timeout). */
 const LEADER_HANDOVER_TIMEOUT_MS = 5000;
 
@@ -358,7 +360,7 @@ function openDataDir(dataDir: string, opts: StrataNodeOptions, hosts: number): {
 }
 
 function shardId(a: { volumeId: string; shard: number }): string {
-  return `${a.volumeId}.${a.shard}`;
+  return shardKey(a.volumeId, a.shard);
 }
 
 /** A node's record of a shard and its assignment name the same members (and set moved from). */
@@ -410,11 +412,11 @@ export class StrataNode {
   /** The controller's periodic check for dead nodes' replicas to replace (`repairTick`). */
   private repairTimer: NodeJS.Timeout | undefined;
   /**
-   * This node's replicas that are down (`checkDownReplicas`), by `<volumeId>.<shard>`: since when,
+   * This node's replicas that are down (`checkReplicaRoles`), by `<volumeId>.<shard>`: since when,
    * by this node's clock, without a break in the checks.
    */
   private readonly replicasDown = new Map<string, { volumeId: string; shard: number; sinceMs: number }>();
-  /** How many shards this node's replicas lead, as the last check found (`checkDownReplicas`). */
+  /** How many shards this node's replicas lead, as the last check found (`checkReplicaRoles`). */
   private leadingCount = 0;
   /**
    * The controller's rebalance of leaders (`balanceLeaders`): a handover asked for is running; the
@@ -422,9 +424,9 @@ export class StrataNode {
    * pairs `from>to` where `from` leads no shard with a replica on `to`.
    */
   private readonly leaderBalance = { running: false, notBeforeMs: 0, exhausted: new Set<string>(), lastError: '' };
-  /** The check for replicas that are down is running. */
-  private downCheck: Promise<void> | undefined;
-  private downCheckedMs = 0;
+  /** The check of the replicas' roles (`checkReplicaRoles`) is running. */
+  private rolesCheck: Promise<void> | undefined;
+  private rolesCheckedMs = 0;
   /** The shards (`<volumeId>.<shard>`) whose replica on a dead node this controller is replacing. */
   private readonly repairing = new Set<string>();
   /**
@@ -998,7 +1000,7 @@ export class StrataNode {
     const timeout = this.opts.requestTimeoutMs ?? 10_000;
     let epoch: number;
     let catalog: string | undefined;
-    this.checkDownReplicas();
+    this.checkReplicaRoles();
     const now = Date.now();
     // The longest down first: those the controller replaces first once past its wait.
     const down = [...this.replicasDown.values()]
@@ -1028,18 +1030,19 @@ export class StrataNode {
   }
 
   /**
-   * Starts a check for this node's replicas that are down (HostPool.downShards, each host within
-   * HOST_STATUS_TIMEOUT_MS) unless one runs or one ended less than DOWN_CHECK_MS ago; its
-   * outcome updates `replicasDown` (the replicas this node holds for the catalog only), which the
-   * next heartbeat reports. It runs beside the heartbeats, never holding one up.
+   * Starts a check of this node's replicas (HostPool.replicaRoles, each host within
+   * HOST_STATUS_TIMEOUT_MS) unless one runs or one ended less than ROLES_CHECK_MS ago; its
+   * outcome updates `replicasDown` (the replicas this node holds for the catalog only) and
+   * `leadingCount`, which the next heartbeat reports. It runs beside the heartbeats, never
+   * holding one up.
    */
-  private checkDownReplicas(): void {
-    if (this.downCheck !== undefined || this.pool === undefined || Date.now() - this.downCheckedMs < DOWN_CHECK_MS) return;
-    this.downCheck = this.pool
+  private checkReplicaRoles(): void {
+    if (this.rolesCheck !== undefined || this.pool === undefined || Date.now() - this.rolesCheckedMs < ROLES_CHECK_MS) return;
+    this.rolesCheck = this.pool
       .replicaRoles({ timeoutMs: HOST_STATUS_TIMEOUT_MS })
       .then(({ down, leading }) => {
         const now = Date.now();
-        this.downCheckedMs = now;
+        this.rolesCheckedMs = now;
         this.leadingCount = leading.length;
         const held = new Set(this.nodeMeta.shards.map(shardId));
         const keys = new Set<string>();
@@ -1051,8 +1054,8 @@ export class StrataNode {
         }
         for (const key of [...this.replicasDown.keys()]) if (!keys.has(key)) this.replicasDown.delete(key);
       })
-      .catch((e: unknown) => this.log.debug('could not check for replicas that are down', { err: e }))
-      .finally(() => (this.downCheck = undefined));
+      .catch((e: unknown) => this.log.debug("could not check the replicas' roles", { err: e }))
+      .finally(() => (this.rolesCheck = undefined));
   }
 
   /**
@@ -1418,7 +1421,7 @@ export class StrataNode {
       subj('heartbeat'),
       async (body) => {
         const hb = validateHeartbeat(body);
-        c.heartbeat(hb.nodeId, hb.hosts, Date.now(), hb.zone, { ...(hb.down === undefined ? {} : { down: hb.down }), ...(hb.leading === undefined ? {} : { leading: hb.leading }) });
+        c.heartbeat(hb.nodeId, hb.hosts, Date.now(), hb.zone, hb);
         return { epoch: c.epoch, ...(c.tag === undefined ? {} : { catalog: c.tag }) };
       },
       undefined,

@@ -10,6 +10,14 @@ export function idNumber(id: string): number | undefined {
   return m === null ? undefined : parseInt(m[1]!, 36);
 }
 
+/**
+ * The key of a shard's replica, `<volumeId>.<shard>`: its directory's name on a device, and how
+ * the node, its hosts and the controller name it.
+ */
+export function shardKey(volumeId: string, shard: number): string {
+  return `${volumeId}.${shard}`;
+}
+
 /** The catalog tag of a volume id (`v<n>-<tag>`), undefined for an id without one (`v<n>`). */
 export function idTag(id: string): string | undefined {
   const dash = id.indexOf('-');

@@ -433,7 +433,7 @@ export class ActorHost implements HostApi {
       await this.closeShard(volumeId, shard, true);
       closed.push(shardKey(volumeId, shard));
     }
-    return [...closed, ...device.destroyLeftovers(dead, forgotten === undefined ? undefined : { ...forgotten, keep: new Set(forgotten.keep) })];
+    return [...closed, ...device.destroyLeftovers(dead, forgotten)];
   }
 
   async forceVote(volumeId: string, shard: number): Promise<ForceVoteResult> {

@@ -23,7 +23,10 @@ import { Replica, type ReplicaTransport, type ScrubStepResult, type ReplicaStats
 import type { ShardGeometry, PayloadOffload } from '../actors/shard';
 import { CpuPool, type CpuPoolStats } from './cpu-pool';
 import { FaultyDisk } from './faulty-disk';
-import { idNumber, idTag } from '../messages/volume-id';
+import { withTimeout } from './timeout';
+import { idNumber, idTag, shardKey } from '../messages/volume-id';
+
+export { shardKey };
 
 export interface ShardSpec extends ShardGeometry {
   volumeName: string;
@@ -241,10 +244,6 @@ function outcomeOf(entry: ShardEntry | undefined): ReplicaErrorOutcome {
   return downReason === undefined ? { restarted: true } : { restarted: false, downReason };
 }
 
-export function shardKey(volumeId: string, shard: number): string {
-  return `${volumeId}.${shard}`;
-}
-
 /** The volume id and shard of a `shardKey` (a replica's directory name); undefined for any other name. */
 export function parseShardKey(key: string): { volumeId: string; shard: number } | undefined {
   const dot = key.lastIndexOf('.');
@@ -420,7 +419,8 @@ export class DeviceHost {
    * neither records nor is assigned (`forgotten.keep`, by `shardKey`). Renamed away and removed in
    * the background, as `closeShard` with destroy does. Returns the directories destroyed.
    */
-  destroyLeftovers(volumeIds: ReadonlySet<string>, forgotten?: Omit<ForgottenRule, 'keep'> & { keep: ReadonlySet<string> }): string[] {
+  destroyLeftovers(volumeIds: ReadonlySet<string>, forgotten?: ForgottenRule): string[] {
+    const keep = new Set(forgotten?.keep);
     const gone: Discarded[] = [];
     const names: string[] = [];
     try {
@@ -428,7 +428,7 @@ export class DeviceHost {
         if (isDiscardedName(name)) continue;
         const key = parseShardKey(name);
         if (key === undefined || this.shards.has(name)) continue;
-        const forgot = forgotten !== undefined && !forgotten.keep.has(name) && idTag(key.volumeId) === forgotten.tag && (idNumber(key.volumeId) ?? Number.POSITIVE_INFINITY) < forgotten.below;
+        const forgot = forgotten !== undefined && !keep.has(name) && idTag(key.volumeId) === forgotten.tag && (idNumber(key.volumeId) ?? Number.POSITIVE_INFINITY) < forgotten.below;
         if (!volumeIds.has(key.volumeId) && !forgot) continue;
         const g = discardTree(this.disk, joinPath('shards', name));
         if (g !== undefined) gone.push(g);
@@ -549,9 +549,8 @@ export class DeviceHost {
         }
       }),
     );
-    let timer: NodeJS.Timeout | undefined;
-    await Promise.race([all, new Promise<void>((resolve) => (timer = setTimeout(resolve, waitMs)))]);
-    clearTimeout(timer);
+    // Those not handed over by then lead on until the stop.
+    await withTimeout(all, waitMs, () => new Error('handovers not done')).catch(() => undefined);
     return { handed, kept: leading.length - handed };
   }
 

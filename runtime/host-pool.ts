@@ -148,6 +148,12 @@ export const HOST_HANG_MS = 20_000;
 /** How often each host is pinged. */
 const PING_EVERY_MS = 1000;
 
+/** HostPool.replicaRoles: the replicas of every host that are down, and those that lead (with their host). */
+export interface NodeReplicaRoles {
+  down: ReplicaRoles['down'];
+  leading: Array<ReplicaRoles['leading'][number] & { hostId: number }>;
+}
+
 export class HostPool {
   private readonly slots: HostSlot[];
   private readonly opts: HostPoolOptions;
@@ -354,9 +360,9 @@ export class HostPool {
    * down, starting, or does not answer within `timeoutMs` (every shard of it); and those whose
    * replica leads (`leading`, with the host's id).
    */
-  async replicaRoles(opts: { timeoutMs?: number } = {}): Promise<{ down: ReplicaRoles['down']; leading: Array<ReplicaRoles['leading'][number] & { hostId: number }> }> {
+  async replicaRoles(opts: { timeoutMs?: number } = {}): Promise<NodeReplicaRoles> {
     const perHost = await Promise.all(
-      this.slots.map(async (s): Promise<{ down: ReplicaRoles['down']; leading: Array<ReplicaRoles['leading'][number] & { hostId: number }> }> => {
+      this.slots.map(async (s): Promise<NodeReplicaRoles> => {
         const all = { down: [...s.shards.values()].map((spec) => ({ volumeId: spec.volumeId, shard: spec.shard })), leading: [] };
         if (s.down || !s.api) return all;
         let roles: ReplicaRoles;
@@ -374,11 +380,6 @@ export class HostPool {
       }),
     );
     return { down: perHost.flatMap((h) => h.down), leading: perHost.flatMap((h) => h.leading) };
-  }
-
-  /** The shards opened on a host whose replica does not serve (`replicaRoles`). */
-  async downShards(opts: { timeoutMs?: number } = {}): Promise<ReplicaRoles['down']> {
-    return (await this.replicaRoles(opts)).down;
   }
 
   /** HostApi.handOver on the host that holds the shard's replica. */

@@ -783,13 +783,18 @@ describe("Controller replacement of dead nodes' replicas (repairPlan)", () => {
   });
 });
 
+/** Heartbeats at `at` from each node of `zones` ([id, zone]) but those of `but`. */
+function beatZones(c: Controller, zones: ReadonlyArray<readonly [string, string]>, at: number, but: readonly string[] = []): void {
+  for (const [id, zone] of zones) if (!but.includes(id)) c.heartbeat(id, 1, at, zone);
+}
+
 describe('Controller failure domains (zones)', () => {
   const spec = (name: string, shards: number) => ({ name, pageCount: 64, pageSize: 4096 as const, shards, stripePages: 16, replicas: 3 as const });
 
   it("places a shard's replicas in distinct zones first, then on the next nodes when there are fewer zones than replicas", () => {
     const c = controller();
     // n1, n2 in zone a; n3 in b; n4 in c.
-    for (const [id, zone] of [['n1', 'a'], ['n2', 'a'], ['n3', 'b'], ['n4', 'c']] as const) c.heartbeat(id, 1, T0, zone);
+    beatZones(c, [['n1', 'a'], ['n2', 'a'], ['n3', 'b'], ['n4', 'c']] as const, T0);
     const v = c.create(spec('v', 4), T0);
     for (const p of v.placements) {
       const ids = p.replicas.map((r) => r.nodeId);
@@ -798,7 +803,7 @@ describe('Controller failure domains (zones)', () => {
     }
     // Two zones for three replicas: both, then the next node.
     const d = controller();
-    for (const [id, zone] of [['n1', 'a'], ['n2', 'a'], ['n3', 'a'], ['n4', 'b']] as const) d.heartbeat(id, 1, T0, zone);
+    beatZones(d, [['n1', 'a'], ['n2', 'a'], ['n3', 'a'], ['n4', 'b']] as const, T0);
     for (const p of d.create(spec('w', 4), T0).placements) {
       const ids = p.replicas.map((r) => r.nodeId);
       assert.equal(new Set(ids).size, 3);
@@ -813,20 +818,20 @@ describe('Controller failure domains (zones)', () => {
   it("replaces a dead node's replica in a zone the shard's other replicas are not in, before a less loaded node", () => {
     const c = controller();
     const zones = [['n1', 'a'], ['n2', 'b'], ['n3', 'c'], ['n4', 'a'], ['n5', 'd']] as const;
-    for (const [id, zone] of zones) c.heartbeat(id, 1, T0, zone);
+    beatZones(c, zones, T0);
     c.create(spec('v', 1), T0);
     assert.deepEqual(c.get('v').placements[0]!.replicas.map((r) => r.nodeId), ['n1', 'n2', 'n3']);
     // n5 holds more replicas than n4 (another volume's, placed while n4 was silent), but n4 is
     // in zone a, where n1 is.
-    for (const [id, zone] of zones) if (id !== 'n4') c.heartbeat(id, 1, T0 + 10_000, zone);
+    beatZones(c, zones, T0 + 10_000, ['n4']);
     c.create({ ...spec('other', 4), replicas: 1 }, T0 + 10_000);
     const load = (id: string): number => c.list().reduce((n, v) => n + v.placements.filter((p) => p.replicas.some((r) => r.nodeId === id)).length, 0);
     assert.ok(load('n5') > load('n4'), `n5 holds ${load('n5')}, n4 ${load('n4')}`);
     const at = T0 + 120_000;
-    for (const [id, zone] of zones) if (id !== 'n3') c.heartbeat(id, 1, at, zone);
+    beatZones(c, zones, at, ['n3']);
     assert.deepEqual(c.repairPlan(at, { afterMs: 60_000, sinceMs: T0, max: 8 }).filter((m) => m.volume === 'v').map((m) => [m.from, m.to]), [['n3', 'n5']]);
     // Zone d gone too: n4 (zone a, like n1) is the only node left outside the set.
-    for (const [id, zone] of zones) if (id !== 'n3' && id !== 'n5') c.heartbeat(id, 1, at + 120_000, zone);
+    beatZones(c, zones, at + 120_000, ['n3', 'n5']);
     assert.deepEqual(c.repairPlan(at + 120_000, { afterMs: 60_000, sinceMs: T0, max: 8 }).filter((m) => m.volume === 'v').map((m) => [m.from, m.to]), [['n3', 'n4']]);
   });
 
@@ -834,11 +839,11 @@ describe('Controller failure domains (zones)', () => {
     const c = controller();
     // n4 is in zone a, where n1 is; n5 in zone c, the dead n3's.
     const zones = [['n1', 'a'], ['n2', 'b'], ['n3', 'c'], ['n4', 'a'], ['n5', 'c']] as const;
-    for (const [id, zone] of zones) c.heartbeat(id, 1, T0, zone);
+    beatZones(c, zones, T0);
     c.create(spec('v', 1), T0);
     assert.deepEqual(c.get('v').placements[0]!.replicas.map((r) => r.nodeId), ['n1', 'n2', 'n3']);
     const at = T0 + 120_000;
-    for (const [id, zone] of zones) if (id !== 'n3') c.heartbeat(id, 1, at, zone);
+    beatZones(c, zones, at, ['n3']);
     assert.deepEqual(c.repairPlan(at, { afterMs: 60_000, sinceMs: T0, max: 8 }).map((m) => [m.from, m.to]), [['n3', 'n5']]);
   });
 });
@@ -995,10 +1000,10 @@ describe('Controller rebalance (balancePlan)', () => {
   it('never puts two replicas of a shard in one zone that were apart, skips draining and dead nodes, and a shard without a live majority', () => {
     const c = controller();
     const zones = [['a', 'z1'], ['b', 'z2'], ['c', 'z3'], ['d', 'z1']] as const;
-    for (const [id, zone] of zones.slice(0, 3)) c.heartbeat(id, 1, T0, zone);
+    beatZones(c, zones.slice(0, 3), T0);
     c.create(spec('v', 2), T0);
     // d is in a's zone: a's replicas may go there (a was that zone already), b's and c's may not.
-    for (const [id, zone] of zones) c.heartbeat(id, 1, T0 + 1000, zone);
+    beatZones(c, zones, T0 + 1000);
     const m = c.balancePlan(T0 + 1000);
     assert.deepEqual([m?.from, m?.to], ['a', 'd']);
     c.beginMove(m!.volume, m!.shard, m!.from, m!.to, T0 + 1000);
@@ -1052,14 +1057,14 @@ describe('Controller rebalance (balancePlan)', () => {
   it("never moves a replica to a node that holds one of the shard already, even in the same zone", () => {
     const c = controller();
     // Two zones for three replicas: a and b share z1.
-    for (const [id, zone] of [['a', 'z1'], ['b', 'z1'], ['c', 'z2']] as const) c.heartbeat(id, 1, T0, zone);
+    beatZones(c, [['a', 'z1'], ['b', 'z1'], ['c', 'z2']] as const, T0);
     c.create(spec('v', 1), T0);
     assert.deepEqual(c.get('v').placements[0]!.replicas.map((r) => r.nodeId), ['a', 'c', 'b']);
     // Two volumes of one replica on a, alone live then: a 3, b 1, c 1.
     c.heartbeat('a', 1, T0 + 10_000, 'z1');
     for (const name of ['x1', 'x2']) c.create({ ...spec(name, 1), replicas: 1 }, T0 + 10_000);
     const at = T0 + 20_000;
-    for (const [id, zone] of [['a', 'z1'], ['b', 'z1'], ['c', 'z2']] as const) c.heartbeat(id, 1, at, zone);
+    beatZones(c, [['a', 'z1'], ['b', 'z1'], ['c', 'z2']] as const, at);
     assert.deepEqual(Object.fromEntries(c.spread(at)), { a: 3, b: 1, c: 1 });
     // Not v's (b holds one): x1's.
     const m = c.balancePlan(at);
@@ -1070,18 +1075,18 @@ describe('Controller rebalance (balancePlan)', () => {
     // b and d in z2: a's replica may not go to d (b's zone), b's may.
     const c = controller();
     const zones = [['a', 'z1'], ['b', 'z2'], ['c', 'z3'], ['d', 'z2']] as const;
-    for (const [id, zone] of zones.slice(0, 3)) c.heartbeat(id, 1, T0, zone);
+    beatZones(c, zones.slice(0, 3), T0);
     c.create(spec('v', 2), T0);
-    for (const [id, zone] of zones) c.heartbeat(id, 1, T0 + 1000, zone);
+    beatZones(c, zones, T0 + 1000);
     assert.deepEqual(Object.fromEntries(c.spread(T0 + 1000)), { a: 2, b: 2, c: 2, d: 0 });
     const m = c.balancePlan(T0 + 1000);
     assert.deepEqual([m?.from, m?.to], ['b', 'd']);
     // Two zones for three replicas (a, b in z1): a's replica may go to d in z1, where b stays.
     const e = controller();
     const two = [['a', 'z1'], ['b', 'z1'], ['c', 'z2'], ['d', 'z1']] as const;
-    for (const [id, zone] of two.slice(0, 3)) e.heartbeat(id, 1, T0, zone);
+    beatZones(e, two.slice(0, 3), T0);
     e.create(spec('w', 2), T0);
-    for (const [id, zone] of two) e.heartbeat(id, 1, T0 + 1000, zone);
+    beatZones(e, two, T0 + 1000);
     const n = e.balancePlan(T0 + 1000);
     assert.deepEqual([n?.from, n?.to], ['a', 'd']);
   });

@@ -1903,6 +1903,19 @@ describe('Replica (membership change by joint consensus)', function () {
   });
   const deadline = (ms = 10_000): number => Date.now() + ms;
   const read = async (m: Member, p: number): Promise<number> => (await m.replica.read([p], { deadlineMs: deadline(), nowMs: Date.now() })).pages[0]![0]!;
+  /**
+   * A set of a, b and c whose leader has written page 5, and the set a change to `target` makes:
+   * the other two and a new member d (started under the joint configuration), the leader left out.
+   */
+  async function leaderLeftOut(): Promise<{ s: TestShard; l: Member; target: string[] }> {
+    shard = new TestShard(['a', 'b', 'c']);
+    const l = await shard.leader();
+    await l.replica.write([{ page: 5, data: page(5) }]);
+    const target = ['a', 'b', 'c', 'd'].filter((id) => id !== l.id).sort();
+    shard.ids.push('d');
+    shard.start('d', new SimDisk(), { members: target, priorMembers: ['a', 'b', 'c'] });
+    return { s: shard, l, target };
+  }
 
   it('a dead member replaced by a new one: the new one is given the shard (by image) and votes; the shard then survives losing another original member', async () => {
     shard = new TestShard(['a', 'b', 'c'], { checkpointEveryRecords: 20 });
@@ -1967,41 +1980,31 @@ describe('Replica (membership change by joint consensus)', function () {
   });
 
   it('a leader that is not in the new set hands its leadership to a member of it once it is committed, and campaigns no more', async () => {
-    shard = new TestShard(['a', 'b', 'c']);
-    const l = await shard.leader();
-    await l.replica.write([{ page: 5, data: page(5) }]);
-    const target = ['a', 'b', 'c', 'd'].filter((id) => id !== l.id).sort();
-    shard.ids.push('d');
-    shard.start('d', new SimDisk(), { members: target, priorMembers: ['a', 'b', 'c'] });
+    const { s, l, target } = await leaderLeftOut();
     const r = await l.replica.reconfigure(target, { deadlineMs: deadline() });
     assert.deepEqual(r.members, target);
-    await shard.waitFor(() => !l.replica.isLeader, 'the old leader steps down');
-    assert.ok(shard.roleChanges.some((c) => c.id === l.id && /^handed its leadership to '.'$/.test(c.reason ?? '')), JSON.stringify(shard.roleChanges));
+    await s.waitFor(() => !l.replica.isLeader, 'the old leader steps down');
+    assert.ok(s.roleChanges.some((c) => c.id === l.id && /^handed its leadership to '.'$/.test(c.reason ?? '')), JSON.stringify(s.roleChanges));
     assert.equal(l.replica.stats().handovers, 1);
-    const next = await shard.leader(target);
+    const next = await s.leader(target);
     assert.equal(next.replica.stats().electionsHandedOver, 1, 'the new leader was handed the shard, not elected after a timeout');
     await next.replica.write([{ page: 5, data: page(6) }]);
     assert.equal(await read(next, 5), 6);
     const elections = l.replica.stats().preVotes;
-    await shard.elapse(400);
+    await s.elapse(400);
     assert.equal(l.replica.stats().preVotes, elections, 'a removed replica does not campaign');
     assert.ok(!l.replica.isLeader);
   });
 
   it('a leader left out of the new set whose handover is not taken steps down all the same; the new set elects', async () => {
-    shard = new TestShard(['a', 'b', 'c']);
-    const l = await shard.leader();
-    await l.replica.write([{ page: 5, data: page(5) }]);
-    const target = ['a', 'b', 'c', 'd'].filter((id) => id !== l.id).sort();
-    shard.ids.push('d');
-    shard.start('d', new SimDisk(), { members: target, priorMembers: ['a', 'b', 'c'] });
+    const { s, l, target } = await leaderLeftOut();
     // No timeoutNow gets through.
-    shard.drops.push((_from, _to, msg) => msg.type === 'timeoutNow');
+    s.drops.push((_from, _to, msg) => msg.type === 'timeoutNow');
     await l.replica.reconfigure(target, { deadlineMs: deadline() });
-    await shard.waitFor(() => !l.replica.isLeader, 'the old leader steps down');
-    assert.ok(shard.roleChanges.some((c) => c.id === l.id && c.reason === 'removed from the replica set'), JSON.stringify(shard.roleChanges));
+    await s.waitFor(() => !l.replica.isLeader, 'the old leader steps down');
+    assert.ok(s.roleChanges.some((c) => c.id === l.id && c.reason === 'removed from the replica set'), JSON.stringify(s.roleChanges));
     assert.equal(l.replica.stats().handovers, 0);
-    const next = await shard.leader(target);
+    const next = await s.leader(target);
     assert.equal(next.replica.stats().electionsHandedOver, 0);
     await next.replica.write([{ page: 5, data: page(6) }]);
     assert.equal(await read(next, 5), 6);

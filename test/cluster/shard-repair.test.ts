@@ -75,6 +75,18 @@ async function slowFailingNode(nc: NatsConnection, cluster: string, nodeId: stri
   return { get opens() { return counts.opens; }, get openingMax() { return counts.openingMax; }, stop: () => node.stop() };
 }
 
+/** Runs `fn` with a node `nx` of cluster `c` whose opens take a second and fail (`slowFailingNode`); ends it after. */
+async function withSlowNode(c: InProcessCluster, fn: (nx: Awaited<ReturnType<typeof slowFailingNode>>, nc: NatsConnection) => Promise<void>): Promise<void> {
+  const nc = await natsConnect({ servers: c.natsUrl });
+  const nx = await slowFailingNode(nc, c.cluster, 'nx');
+  try {
+    await fn(nx, nc);
+  } finally {
+    nx.stop();
+    await nc.close();
+  }
+}
+
 describe("the controller replaces a dead node's replicas", function () {
   this.timeout(180_000);
   let c: InProcessCluster;
@@ -398,19 +410,14 @@ describe('a rebalance runs one move at a time', function () {
   it('to a node nx that takes a second to open a replica: the next move starts only once the one before has ended', async () => {
     // 4 shards × 3 replicas on the three nodes: 4 each, nx none.
     await c.client.createVolume({ name: 'rb', pageCount: 16, shards: 4, stripePages: 4, replicas: 3 });
-    const nc = await natsConnect({ servers: c.natsUrl });
-    const nx = await slowFailingNode(nc, c.cluster, 'nx');
-    try {
+    await withSlowNode(c, async (nx, nc) => {
       await waitFor('nx live to the controller', async () => (await controllerMembers(nc, c.cluster)).some((m) => m.nodeId === 'nx' && m.live), 10_000);
       const asked = await c.client.rebalance();
       assert.equal(asked.rebalancing, true);
       assert.deepEqual(asked.nodes.map((n) => [n.node, n.replicas]), [['n1', 4], ['n2', 4], ['n3', 4], ['nx', 0]]);
       await waitFor('nx asked to open two replicas', () => nx.opens >= 2, 30_000);
       assert.equal(nx.openingMax, 1, 'one open at a time');
-    } finally {
-      nx.stop();
-      await nc.close();
-    }
+    });
   });
 });
 
@@ -427,16 +434,11 @@ describe('the repairs of a dead node run REPAIRS_IN_FLIGHT_MAX at once at most',
   it(`n3 dead with ${REPAIRS_IN_FLIGHT_MAX + 1} shards to replace on nx, which takes a second to open a replica: ${REPAIRS_IN_FLIGHT_MAX} opens at once, then the next`, async () => {
     const shards = REPAIRS_IN_FLIGHT_MAX + 1;
     await c.client.createVolume({ name: 'rq', pageCount: 16, shards, stripePages: 1, replicas: 3 });
-    const nc = await natsConnect({ servers: c.natsUrl });
-    const nx = await slowFailingNode(nc, c.cluster, 'nx');
-    try {
+    await withSlowNode(c, async (nx) => {
       c.kill(2);
       await waitFor(`nx asked to open a replica of each of the ${shards} shards`, () => nx.opens >= shards, 30_000);
       assert.equal(nx.openingMax, REPAIRS_IN_FLIGHT_MAX);
-    } finally {
-      nx.stop();
-      await nc.close();
-    }
+    });
   });
 });
 

@@ -53,7 +53,7 @@ describe('HostPool supervision', function () {
       onHostExit: (_id, _code, restarting, err) => exits.push({ restarting, err: err?.message }),
     });
     await pool.openShard(0, { volumeId: 'v8', volumeName: 'v8', shard: 1, shards: 2, pageCount: 64, pageSize: 4096, stripePages: 16, members: ['n1'] });
-    assert.deepEqual(await pool.downShards(), [], 'its replica serves');
+    assert.deepEqual((await pool.replicaRoles()).down, [], 'its replica serves');
     // Its device cannot be opened for a while: every start fails.
     fs.renameSync(dev, `${dev}.away`);
     fs.writeFileSync(dev, 'not a directory');
@@ -64,12 +64,12 @@ describe('HostPool supervision', function () {
     assert.ok(exits.some((e) => !e.restarting), 'told that it is down');
     assert.ok(exits.slice(1).every((e) => e.err !== undefined && /ENOTDIR/.test(e.err)), `each failed start's exit says why: ${JSON.stringify(exits)}`);
     assert.equal((await pool.health())[0]!.ok, false);
-    assert.deepEqual(await pool.downShards(), [{ volumeId: 'v8', shard: 1 }], 'the replica of a host that is down is down');
+    assert.deepEqual((await pool.replicaRoles()).down, [{ volumeId: 'v8', shard: 1 }], 'the replica of a host that is down is down');
     // The cause goes: the next start after the back-off works, and nothing says it is down.
     fs.rmSync(dev);
     fs.renameSync(`${dev}.away`, dev);
     await waitFor('the host started again', async () => (await pool!.stats())[0]!.down === undefined && (await pool!.health())[0]!.ok, 20_000);
-    await waitFor('its replica reopened', async () => (await pool!.downShards()).length === 0, 20_000);
+    await waitFor('its replica reopened', async () => (await pool!.replicaRoles()).down.length === 0, 20_000);
     await pool.checkpointAll();
   });
 
@@ -87,14 +87,14 @@ describe('HostPool supervision', function () {
     });
     const state = async (): Promise<string | undefined> => (await pool!.stats())[0]!.device?.shards.find((x) => x.volumeId === 'v9')?.state;
     assert.equal(await state(), 'down', 'known, and down');
-    assert.deepEqual(await pool.downShards(), [{ volumeId: 'v9', shard: 0 }]);
+    assert.deepEqual((await pool.replicaRoles()).down, [{ volumeId: 'v9', shard: 0 }]);
     await waitFor('a retry that failed too', () => failures.length > 0, 10_000);
     assert.match(failures[0]!, /^true: /, 'retried, not forgotten');
     fs.rmSync(shardDir);
     await waitFor('the shard opened by a later retry', async () => (await state()) === 'up', 15_000);
     // The retry's call returns once the sole copy leads: nothing is left to reopen then.
     await waitFor('the retry done', async () => (await pool!.stats())[0]!.reopensPending === 0, 15_000);
-    assert.deepEqual(await pool.downShards(), []);
+    assert.deepEqual((await pool.replicaRoles()).down, []);
     // Opened by that retry, its storage exists from then on: a restarted host that finds it gone
     // reports it lost (ShardSpec.existing), and a sole copy then waits for an operator.
     const repairing = async (): Promise<boolean | undefined> => (await pool!.stats())[0]!.device?.shards.find((x) => x.volumeId === 'v9')?.repairing;
@@ -148,7 +148,7 @@ describe('HostPool supervision', function () {
     // Blocked for 20 s (a wait that does not return): without the watchdog, back only then.
     void pool.stallHost(0, 20_000).catch(() => undefined);
     // Meanwhile it does not answer: its replicas count as down.
-    assert.deepEqual(await pool.downShards({ timeoutMs: 300 }), [{ volumeId: 'v7', shard: 0 }]);
+    assert.deepEqual((await pool.replicaRoles({ timeoutMs: 300 })).down, [{ volumeId: 'v7', shard: 0 }]);
     await waitFor('the host found hung', () => hung.length > 0, 10_000);
     assert.ok(hung[0]! >= 1500, `silent for ${hung[0]} ms`);
     await waitFor('the host started again and answering', async () => (await pool!.health({ timeoutMs: 500 }))[0]!.ok, 15_000);
