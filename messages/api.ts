@@ -69,6 +69,7 @@ export const LSN_MAX = Number.MAX_SAFE_INTEGER;
 /** Verbs of the public API; the subject is `strata.<cluster>.api.<verb>`. */
 export const API_VERBS = [
   'volume.create',
+  'volume.branch',
   'volume.list',
   'volume.info',
   'volume.delete',
@@ -125,6 +126,35 @@ export interface VolumeCreateRequest {
   replicas?: ReplicaCount;
 }
 
+/**
+ * volume.branch request: a new volume `name` created from volume `parent` as each of its shards
+ * was at an LSN. The branch has the parent's geometry (pageCount, pageSize, shards, stripePages,
+ * replicas); its shard `i` starts as the parent's shard `i` was at `lsns[i]`, and its log goes on
+ * from `lsns[i] + 1`. Once created it is independent of the parent (which may be deleted).
+ */
+export interface VolumeBranchRequest {
+  /** The new volume: as volume.create's `name`. */
+  name: string;
+  /** The volume branched from. */
+  parent: string;
+  /**
+   * The branch point of each shard of the parent, by shard: one LSN (0..LSN_MAX) per shard, at
+   * most SHARDS_MAX (the count must be the parent's shards: `bad_request`, path `lsns`).
+   * Default: each shard's commit LSN when the request is served (the parent is flushed first).
+   */
+  lsns?: number[];
+}
+
+/** Where a branch volume came from (VolumeInfo.branch). */
+export interface BranchPoint {
+  /** The parent's name when the branch was made (the parent may be deleted or its name reused since). */
+  parent: string;
+  /** The parent's id: the volume whose replicas the branch's shards were copied from. */
+  parentId: string;
+  /** The LSN of each of the parent's shards the branch started from, by shard. */
+  lsns: number[];
+}
+
 /** The geometry of a volume: a validated volume.create request with every default filled in. */
 export interface VolumeSpec {
   name: string;
@@ -138,7 +168,7 @@ export interface VolumeSpec {
 /** The page layout of a volume: what is needed to map a page to its shard and check a request. */
 export type VolumeLayout = Pick<VolumeSpec, 'pageCount' | 'pageSize' | 'shards' | 'stripePages'>;
 
-/** A volume as the cluster knows it (reply of volume.create and volume.info). */
+/** A volume as the cluster knows it (reply of volume.create, volume.branch and volume.info). */
 export interface VolumeInfo extends VolumeSpec {
   /** Cluster-assigned id, used in shard subjects: 1..ID_LENGTH_MAX of `[A-Za-z0-9_-]`. */
   id: string;
@@ -149,6 +179,8 @@ export interface VolumeInfo extends VolumeSpec {
    * one of them under way (`strata shard move`), if any.
    */
   replicaSets?: ReplicaSetInfo[];
+  /** A volume made by volume.branch: what it was branched from, and at which LSNs. */
+  branch?: BranchPoint;
 }
 
 /** Where a shard's replicas are (VolumeInfo.replicaSets). */
@@ -369,6 +401,7 @@ export interface ShardFlushReply {
 /** Request body of each message type, as a sender writes it. */
 export interface RequestMap {
   'volume.create': VolumeCreateRequest;
+  'volume.branch': VolumeBranchRequest;
   'volume.list': VolumeListRequest;
   'volume.info': VolumeInfoRequest;
   'volume.delete': VolumeDeleteRequest;
@@ -389,6 +422,7 @@ export interface ValidRequestMap extends Omit<RequestMap, 'volume.create'> {
 /** Reply body of each message type. */
 export interface ReplyMap {
   'volume.create': VolumeInfo;
+  'volume.branch': VolumeInfo;
   'volume.list': VolumeListReply;
   'volume.info': VolumeInfo;
   'volume.delete': VolumeDeleteReply;

@@ -11,7 +11,7 @@
  * validate is answered with a bad_request error reply.
  */
 import { ProtocolError } from './errors';
-import { expectArray, expectBoolean, expectId, expectInteger, expectMap, expectName, expectString } from './validate';
+import { expectArray, expectBoolean, expectCounter, expectId, expectInteger, expectMap, expectName, expectString } from './validate';
 import { PAGE_COUNT_MAX, SHARDS_MAX, STRIPE_PAGES_MAX } from './api';
 
 /** Hosts per node at most. */
@@ -95,6 +95,20 @@ export interface ShardAssignment {
    * destroys its replica (`members` is the shard's set now, without it).
    */
   removed?: boolean;
+  /**
+   * The shard is one of a branch volume (volume.branch): the parent's volume id, and the LSN of
+   * the parent's shard (this same shard number) that the branch starts from. The node opens a
+   * new replica of this shard from the parent's replica on the same host at that LSN (its log
+   * then goes on from `lsn + 1`); if it cannot (the parent's replica is not there, or no longer
+   * holds that LSN), the replica stays out of elections until a peer sends it the shard.
+   */
+  seed?: ShardSeed;
+}
+
+/** Where a new replica of a branch volume's shard copies its pages from (ShardAssignment.seed). */
+export interface ShardSeed {
+  volumeId: string;
+  lsn: number;
 }
 
 export interface AssignmentsReply {
@@ -257,7 +271,14 @@ export function validateShardAssignment(v: unknown, path: string): ShardAssignme
     ...(o.createdAt === undefined ? {} : { createdAt: int(o.createdAt, `${path}.createdAt`, 0, Number.MAX_SAFE_INTEGER) }),
     ...(priorMembers === undefined ? {} : { priorMembers }),
     ...(o.removed === undefined ? {} : { removed: expectBoolean(o.removed, `${path}.removed`) }),
+    ...(o.seed === undefined ? {} : { seed: validateShardSeed(o.seed, `${path}.seed`) }),
   };
+}
+
+/** ShardAssignment.seed: `{ volumeId, lsn }`, an id and an LSN (0..LSN_MAX). */
+export function validateShardSeed(v: unknown, path: string): ShardSeed {
+  const o = obj(v, path);
+  return { volumeId: str(o.volumeId, `${path}.volumeId`), lsn: expectCounter(o.lsn, `${path}.lsn`) };
 }
 
 /** Replicas of a shard at most (a set of 5 during a change: the two sets together). */

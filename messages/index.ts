@@ -69,6 +69,7 @@ export {
   validateShardWriteRequest,
   validateStatusReply,
   validateStatusRequest,
+  validateVolumeBranchRequest,
   validateVolumeCreateRequest,
   validateVolumeDeleteReply,
   validateVolumeDeleteRequest,

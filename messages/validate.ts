@@ -58,6 +58,8 @@ import type {
   StatusReply,
   StatusRequest,
   ValidRequestMap,
+  BranchPoint,
+  VolumeBranchRequest,
   VolumeDeleteReply,
   VolumeFlushReply,
   VolumeFlushRequest,
@@ -347,6 +349,43 @@ export function validateVolumeCreateRequest(value: unknown): VolumeSpec {
   return spec;
 }
 
+const VOLUME_BRANCH_FIELDS = fields('name', 'parent', 'lsns');
+
+/**
+ * The LSN of each shard of a branch point (`lsns` of volume.branch, VolumeInfo.branch): 1..SHARDS_MAX
+ * counters (0..LSN_MAX), by shard. Whether there is one per shard of the parent is the catalog's to
+ * say. Returns a copy.
+ */
+export function validateBranchLsns(value: unknown, path: string): number[] {
+  const list = expectArray(value, path, { lengthMin: 1, lengthMax: SHARDS_MAX });
+  return list.map((v, i) => expectCounter(v, `${path}[${i}]`));
+}
+
+/**
+ * volume.branch request: `name` as volume.create's, `parent` a volume name, `lsns` (optional)
+ * 1..SHARDS_MAX LSNs; `bad_request` naming the field otherwise. Whether `parent` exists, `name`
+ * is free (a name taken, the parent's too, is `already_exists`) and `lsns` holds one LSN per shard
+ * of the parent is the catalog's to say.
+ */
+export function validateVolumeBranchRequest(value: unknown): VolumeBranchRequest {
+  const map = expectMap(value, '');
+  expectKnownFields(map, VOLUME_BRANCH_FIELDS, '');
+  const name = expectName(field(map, 'name'), 'name');
+  const parent = expectName(field(map, 'parent'), 'parent');
+  const lsns = optional(field(map, 'lsns'), (v) => validateBranchLsns(v, 'lsns'));
+  return lsns === undefined ? { name, parent } : { name, parent, lsns };
+}
+
+/** VolumeInfo.branch (read tolerantly, as a reply). */
+function validateBranchPoint(value: unknown, path: string): BranchPoint {
+  const map = expectMap(value, path);
+  return {
+    parent: expectName(field(map, 'parent'), fieldPath(path, 'parent')),
+    parentId: expectId(field(map, 'parentId'), fieldPath(path, 'parentId')),
+    lsns: validateBranchLsns(field(map, 'lsns'), fieldPath(path, 'lsns')),
+  };
+}
+
 function volumeCreateSpec(map: Record<string, unknown>): VolumeSpec {
   return {
     name: expectName(field(map, 'name'), 'name'),
@@ -363,7 +402,7 @@ function volumeCreateSpec(map: Record<string, unknown>): VolumeSpec {
   };
 }
 
-/** A VolumeInfo (reply of volume.create and volume.info, entry of volume.list). */
+/** A VolumeInfo (reply of volume.create, volume.branch and volume.info, entry of volume.list). */
 export function validateVolumeInfo(value: unknown, path = ''): VolumeInfo {
   const map = expectMap(value, path);
   const at = (key: string): string => fieldPath(path, key);
@@ -377,6 +416,7 @@ export function validateVolumeInfo(value: unknown, path = ''): VolumeInfo {
     replicas: expectOneOf<ReplicaCount>(field(map, 'replicas'), REPLICA_COUNTS, at('replicas')),
     createdAt: expectCounter(field(map, 'createdAt'), at('createdAt')),
     ...optionalEntry('replicaSets', optional(field(map, 'replicaSets'), (v) => validateReplicaSets(v, at('replicaSets')))),
+    ...optionalEntry('branch', optional(field(map, 'branch'), (v) => validateBranchPoint(v, at('branch')))),
   };
 }
 
@@ -781,6 +821,7 @@ export function validateShardRead(req: ShardReadRequest, layout: ShardLayout): S
 /** The request validator of every message type. */
 export const REQUEST_VALIDATORS: { readonly [T in MessageType]: Validator<ValidRequestMap[T]> } = {
   'volume.create': validateVolumeCreateRequest,
+  'volume.branch': validateVolumeBranchRequest,
   'volume.list': validateVolumeListRequest,
   'volume.info': validateVolumeInfoRequest,
   'volume.delete': validateVolumeDeleteRequest,
@@ -796,6 +837,7 @@ export const REQUEST_VALIDATORS: { readonly [T in MessageType]: Validator<ValidR
 /** The reply validator of every message type (call `throwIfError` first). */
 export const REPLY_VALIDATORS: { readonly [T in MessageType]: Validator<ReplyMap[T]> } = {
   'volume.create': validateVolumeInfo,
+  'volume.branch': validateVolumeInfo,
   'volume.list': validateVolumeListReply,
   'volume.info': validateVolumeInfo,
   'volume.delete': validateVolumeDeleteReply,

@@ -1,6 +1,6 @@
 import { strict as assert } from 'node:assert';
 import { validateConfig, validateRaftRequest, validateRaftReply, RAFT_RECORDS_PER_APPEND_MAX } from '../../messages/raft';
-import { ASSIGNMENTS_PAGE_MAX, DOWN_REPLICAS_PER_HEARTBEAT_MAX, validateShardHandover, validateShardHandoverReply, validateNodeDrain, validateNodeDrainReply, validateRebalance, validateRebalanceReply, validateHeartbeat, validateShardsOpen, validateShardsDestroy, validateAssignmentsReply } from '../../messages/control';
+import { ASSIGNMENTS_PAGE_MAX, DOWN_REPLICAS_PER_HEARTBEAT_MAX, validateShardHandover, validateShardHandoverReply, validateNodeDrain, validateNodeDrainReply, validateRebalance, validateRebalanceReply, validateHeartbeat, validateShardsOpen, validateShardsDestroy, validateAssignmentsReply, validateNodeRecordsReply, validateShardSeed } from '../../messages/control';
 import { ProtocolError } from '../../messages/errors';
 
 function code(fn: () => unknown): string {
@@ -117,6 +117,25 @@ describe('control message validators', () => {
     assert.equal(issued.issuedBelow, 40);
     assert.equal(code(() => validateAssignmentsReply({ epoch: 3, shards: [], tombstones: [], catalog: 'a b' })), 'bad_request');
     assert.equal(code(() => validateAssignmentsReply({ epoch: 3, shards: [], tombstones: [], issuedBelow: 0 })), 'bad_request');
+  });
+
+  it("a branch volume's assignment names its seed: the parent's volume id and the shard's LSN, each checked with its path", () => {
+    const seeded = { ...assignment, seed: { volumeId: 'v0-ab12', lsn: 40 } };
+    assert.deepEqual(validateShardsOpen({ shards: [seeded] }).shards[0], seeded);
+    assert.deepEqual(validateAssignmentsReply({ epoch: 3, shards: [seeded], tombstones: [] }).shards[0]!.seed, { volumeId: 'v0-ab12', lsn: 40 });
+    assert.deepEqual(validateNodeRecordsReply({ nodeId: 'n1', hosts: 1, shards: [seeded] }).shards[0]!.seed, { volumeId: 'v0-ab12', lsn: 40 });
+    assert.deepEqual(validateShardSeed({ volumeId: 'v1', lsn: 0 }, 'seed'), { volumeId: 'v1', lsn: 0 });
+    assert.equal('seed' in validateShardsOpen({ shards: [assignment] }).shards[0]!, false);
+    const refused = (seed: unknown, path: string): void => {
+      assert.throws(() => validateShardsOpen({ shards: [{ ...assignment, seed }] }), (e: unknown) => e instanceof ProtocolError && e.code === 'bad_request' && (e.details as { path?: string }).path === `shards[0].seed${path}`, JSON.stringify(seed));
+    };
+    refused('v1', '');
+    refused({ lsn: 4 }, '.volumeId');
+    refused({ volumeId: 'v.1', lsn: 4 }, '.volumeId');
+    refused({ volumeId: 'v1' }, '.lsn');
+    refused({ volumeId: 'v1', lsn: -1 }, '.lsn');
+    refused({ volumeId: 'v1', lsn: 2 ** 53 }, '.lsn');
+    refused({ volumeId: 'v1', lsn: '4' }, '.lsn');
   });
 
   it('node.drain: a node id and an optional boolean undo, nothing else; its reply', () => {

@@ -28,6 +28,7 @@ import {
   validateShardWrite,
   validateShardWriteRequest,
   validateStatusReply,
+  validateVolumeBranchRequest,
   validateVolumeCreateRequest,
   validateVolumeDeleteReply,
   validateVolumeInfo,
@@ -56,6 +57,10 @@ const EXAMPLES: { [T in MessageType]: { request: RequestMap[T]; reply: ReplyMap[
   'volume.create': {
     request: { name: 'db-1.data', pageCount: 1 << 20, pageSize: 4096, shards: 4, stripePages: 256, replicas: 3 },
     reply: volumeInfo,
+  },
+  'volume.branch': {
+    request: { name: 'db-1.test', parent: 'db-1.data', lsns: [42, 0, 7, 9] },
+    reply: { ...volumeInfo, name: 'db-1.test', id: 'v_0002', branch: { parent: 'db-1.data', parentId: 'v_0001', lsns: [42, 0, 7, 9] } },
   },
   'volume.list': { request: {}, reply: { volumes: [volumeInfo, { ...volumeInfo, name: 'other', id: 'v2' }] } },
   'volume.info': { request: { name: 'db-1.data' }, reply: volumeInfo },
@@ -156,6 +161,44 @@ describe('messages/validate', () => {
         const reply = encode({ pages: pages.map((p) => p.data), lsn: Number.MAX_SAFE_INTEGER });
         assert.ok(reply.byteLength <= MESSAGE_BYTES_MAX);
       }
+    });
+  });
+
+  describe('volume.branch', () => {
+    it('takes a name, a parent, and optionally one LSN per shard (0 and LSN_MAX included); null lsns is absent', () => {
+      assert.deepEqual(validateVolumeBranchRequest({ name: 'b', parent: 'a' }), { name: 'b', parent: 'a' });
+      assert.deepEqual(validateVolumeBranchRequest({ name: 'b', parent: 'a', lsns: null }), { name: 'b', parent: 'a' });
+      assert.deepEqual(validateVolumeBranchRequest({ name: 'b', parent: 'a', lsns: [0, Number.MAX_SAFE_INTEGER] }), { name: 'b', parent: 'a', lsns: [0, Number.MAX_SAFE_INTEGER] });
+      const full = Array.from({ length: SHARDS_MAX }, (_, i) => i);
+      assert.deepEqual(validateVolumeBranchRequest({ name: 'b', parent: 'a', lsns: full }).lsns, full);
+    });
+
+    it('names the field that is wrong', () => {
+      assertProtocolError(() => validateVolumeBranchRequest({ parent: 'a' }), 'bad_request', 'name', /required field is missing/);
+      assertProtocolError(() => validateVolumeBranchRequest({ name: 'Bad Name', parent: 'a' }), 'bad_request', 'name', /\[a-z0-9\]\[a-z0-9._-\]\*/);
+      assertProtocolError(() => validateVolumeBranchRequest({ name: 'x'.repeat(65), parent: 'a' }), 'bad_request', 'name');
+      assertProtocolError(() => validateVolumeBranchRequest({ name: 'b' }), 'bad_request', 'parent', /required field is missing/);
+      assertProtocolError(() => validateVolumeBranchRequest({ name: 'b', parent: 7 }), 'bad_request', 'parent', /got the number 7/);
+      assertProtocolError(() => validateVolumeBranchRequest({ name: 'b', parent: 'a', lsns: 5 }), 'bad_request', 'lsns', /expected an array/);
+      assertProtocolError(() => validateVolumeBranchRequest({ name: 'b', parent: 'a', lsns: [] }), 'bad_request', 'lsns', /at least 1 entries/);
+      assertProtocolError(() => validateVolumeBranchRequest({ name: 'b', parent: 'a', lsns: Array.from({ length: SHARDS_MAX + 1 }, () => 1) }), 'bad_request', 'lsns', /at most 256 entries, got 257/);
+      assertProtocolError(() => validateVolumeBranchRequest({ name: 'b', parent: 'a', lsns: [3, -1] }), 'bad_request', 'lsns[1]', /0\.\.9007199254740991, got -1/);
+      assertProtocolError(() => validateVolumeBranchRequest({ name: 'b', parent: 'a', lsns: [1.5] }), 'bad_request', 'lsns[0]', /got the number 1\.5/);
+      assertProtocolError(() => validateVolumeBranchRequest({ name: 'b', parent: 'a', lsns: [2 ** 53] }), 'bad_request', 'lsns[0]');
+      assertProtocolError(() => validateVolumeBranchRequest({ name: 'b', parent: 'a', lsns: ['1'] }), 'bad_request', 'lsns[0]', /got the string "1"/);
+      assertProtocolError(() => validateVolumeBranchRequest({ name: 'b', parent: 'a', at: 3 }), 'bad_request', 'at', /unknown field \(allowed: name, parent, lsns\)/);
+      assertProtocolError(() => validateRequest('volume.branch', []), 'bad_request', '', /expected a map/);
+    });
+
+    it("a VolumeInfo's branch point is checked field by field", () => {
+      const branch = { parent: 'a', parentId: 'v1', lsns: [3] };
+      assert.deepEqual(validateVolumeInfo({ ...volumeInfo, branch }).branch, branch);
+      assert.equal('branch' in validateVolumeInfo({ ...volumeInfo, branch: null }), false);
+      assertProtocolError(() => validateVolumeInfo({ ...volumeInfo, branch: 'a' }), 'bad_request', 'branch', /expected a map/);
+      assertProtocolError(() => validateVolumeInfo({ ...volumeInfo, branch: { ...branch, parent: 'A A' } }), 'bad_request', 'branch.parent');
+      assertProtocolError(() => validateVolumeInfo({ ...volumeInfo, branch: { ...branch, parentId: 'v.1' } }), 'bad_request', 'branch.parentId');
+      assertProtocolError(() => validateVolumeInfo({ ...volumeInfo, branch: { ...branch, lsns: [-1] } }), 'bad_request', 'branch.lsns[0]');
+      assertProtocolError(() => validateVolumeListReply({ volumes: [{ ...volumeInfo, branch: { parent: 'a', parentId: 'v1' } }] }), 'bad_request', 'volumes[0].branch.lsns', /required field is missing/);
     });
   });
 
