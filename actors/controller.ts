@@ -16,7 +16,8 @@ import { MetaStore } from '../storage-engine/metadata';
 import { StorageError } from '../storage-engine/errors';
 import { ProtocolError } from '../messages/errors';
 import { idNumber, idTag, shardKey } from '../messages/volume-id';
-import type { VolumeInfo, VolumeSpec } from '../messages/api';
+import type { BranchPoint, VolumeInfo, VolumeSpec } from '../messages/api';
+import { expectCounter, expectName } from '../messages/validate';
 import { DRAINING_NODES_MAX, type DownReplica, type ShardAssignment } from '../messages/control';
 
 export interface ReplicaPlacement {
@@ -638,20 +639,7 @@ export class Controller {
    * live nodes, so consecutive shards land on different nodes first. Durable when it returns.
    */
   create(spec: VolumeSpec, nowMs: number): VolumeRecord {
-    if (this.state.volumes.some((v) => v.name === spec.name)) {
-      throw new ProtocolError('already_exists', `volume '${spec.name}' already exists`, { name: spec.name });
-    }
-    if (this.state.volumes.length >= this.volumesMax) {
-      throw new ProtocolError('too_large', `the cluster holds ${this.volumesMax} volumes, its limit`);
-    }
-    const placed = this.state.volumes.reduce((n, v) => n + v.shards * v.replicas, 0);
-    if (placed + spec.shards * spec.replicas > this.replicasMax) {
-      throw new ProtocolError(
-        'too_large',
-        `the volume needs ${spec.shards * spec.replicas} shard replicas and the cluster holds ${placed} of its limit of ${this.replicasMax}`,
-        { replicas: spec.shards * spec.replicas, placed, replicasMax: this.replicasMax },
-      );
-    }
+    this.checkRoomFor(spec);
     const live = this.liveNotDraining(nowMs);
     const drainingLive = this.liveNodes(nowMs).length - live.length;
     const but = drainingLive > 0 ? ` (not counting ${drainingLive} draining)` : '';
@@ -686,10 +674,124 @@ export class Controller {
       placements.push({ shard: s, replicas });
     }
     this.placementCursor = (this.placementCursor + spec.shards) % Math.max(1, live.length);
+    return this.add(spec, placements, nowMs);
+  }
+
+  /**
+   * Refuses a volume of `spec`'s name and size that the catalog cannot take: its name is taken
+   * (`already_exists`), or the catalog holds volumesMax volumes or would hold more than
+   * replicasMax shard replicas with it (`too_large`).
+   */
+  private checkRoomFor(spec: Pick<VolumeSpec, 'name' | 'shards' | 'replicas'>): void {
+    if (this.state.volumes.some((v) => v.name === spec.name)) {
+      throw new ProtocolError('already_exists', `volume '${spec.name}' already exists`, { name: spec.name });
+    }
+    if (this.state.volumes.length >= this.volumesMax) {
+      throw new ProtocolError('too_large', `the cluster holds ${this.volumesMax} volumes, its limit`);
+    }
+    const placed = this.state.volumes.reduce((n, v) => n + v.shards * v.replicas, 0);
+    if (placed + spec.shards * spec.replicas > this.replicasMax) {
+      throw new ProtocolError(
+        'too_large',
+        `the volume needs ${spec.shards * spec.replicas} shard replicas and the cluster holds ${placed} of its limit of ${this.replicasMax}`,
+        { replicas: spec.shards * spec.replicas, placed, replicasMax: this.replicasMax },
+      );
+    }
+  }
+
+  /** Adds a volume of `spec` placed as `placements` (and `branch`, if any) under a new id, durably; the new record. */
+  private add(spec: VolumeSpec, placements: ShardPlacement[], nowMs: number, branch?: BranchPoint): VolumeRecord {
     const id = `v${this.state.nextId.toString(36)}${this.state.tag === undefined ? '' : `-${this.state.tag}`}`;
-    const rec: VolumeRecord = { ...spec, id, createdAt: Math.floor(nowMs), placements };
+    const rec: VolumeRecord = { ...spec, id, createdAt: Math.floor(nowMs), placements, ...(branch === undefined ? {} : { branch }) };
     this.commit({ ...this.state, nextId: this.state.nextId + 1, volumes: [...this.state.volumes, rec] });
     return rec;
+  }
+
+  /**
+   * Adds a branch of volume `req.parent` (docs/protocol.md, volume.branch): a volume `req.name`
+   * of the parent's geometry whose shard `i` starts as the parent's shard `i` was at
+   * `req.lsns[i]`, recorded as its `branch`. Durable when it returns; after that the two are
+   * independent (deleting either leaves the other).
+   *
+   * Each shard's replicas go where the parent's are (the same nodes and hosts, so that each host
+   * copies the parent's pages locally: `seedOf`): the parent's set, or while a move of one of its
+   * replicas is under way, the set the move changes it to. A replica whose node is not live, or
+   * is draining, goes instead where `create` would put a new one (a live node that is not
+   * draining and holds none of the shard, in a failure domain the shard's other replicas are
+   * not in first, then the node with the fewest replicas; its least loaded host): its peers give
+   * it the shard.
+   *
+   * Refused, changing nothing: `bad_request` for a name that is not one (path `name`) or `lsns`
+   * that are not one LSN per shard of the parent (path `lsns`); `not_found` when the parent does
+   * not exist (path `parent`); `already_exists` and `too_large` as `create`; `unavailable` when a
+   * shard of the parent has fewer replicas on live nodes that are not draining than a majority
+   * (the branch would have no majority of replicas with the shard's pages to elect a leader from),
+   * or when there are too few such nodes to place every replica.
+   */
+  branch(req: { name: string; parent: string; lsns: readonly number[] }, nowMs: number): VolumeRecord {
+    const name = expectName(req.name, 'name');
+    const parent = this.state.volumes.find((x) => x.name === req.parent);
+    if (parent === undefined) throw new ProtocolError('not_found', `parent: volume '${req.parent}' does not exist`, { name: req.parent, path: 'parent' });
+    if (!Array.isArray(req.lsns) || req.lsns.length !== parent.shards) {
+      const count = Array.isArray(req.lsns) ? req.lsns.length : 0;
+      throw new ProtocolError('bad_request', `lsns: volume '${parent.name}' has ${parent.shards} shard${parent.shards === 1 ? '' : 's'}, so a branch of it takes ${parent.shards} LSN${parent.shards === 1 ? '' : 's'} (one per shard, in shard order), got ${count}`, {
+        path: 'lsns', shards: parent.shards, lsns: count,
+      });
+    }
+    const lsns = req.lsns.map((lsn, i) => expectCounter(lsn, `lsns[${i}]`));
+    const spec: VolumeSpec = { name, pageCount: parent.pageCount, pageSize: parent.pageSize, shards: parent.shards, stripePages: parent.stripePages, replicas: parent.replicas };
+    this.checkRoomFor(spec);
+    const live = this.liveNotDraining(nowMs);
+    const liveIds = new Set(live.map((m) => m.nodeId));
+    const majority = Math.floor(parent.replicas / 2) + 1;
+    const load = this.replicasByNode();
+    const hostLoad = this.hostLoad();
+    const placements: ShardPlacement[] = [];
+    for (const p of parent.placements) {
+      // The set the parent's shard has, or is changing to.
+      const set = p.adding === undefined ? p.replicas : p.replicas.map((r) => (r.nodeId === p.removing ? p.adding! : r));
+      const kept = set.filter((r) => liveIds.has(r.nodeId));
+      if (kept.length < majority) {
+        throw new ProtocolError('unavailable', `shard ${p.shard} of volume '${parent.name}' has ${kept.length} of its ${set.length} replicas on live nodes that are not draining (${set.map((r) => r.nodeId).join(', ')}), fewer than a majority: the branch would have no majority to start from; retry once they are back, or the shard's replicas have been moved`, {
+          shard: p.shard, members: set.map((r) => r.nodeId),
+        });
+      }
+      const replicas: ReplicaPlacement[] = [];
+      for (const r of set) {
+        if (liveIds.has(r.nodeId)) {
+          replicas.push({ nodeId: r.nodeId, hostId: r.hostId });
+          continue;
+        }
+        // As `create` would place a new replica: a live node, not draining, outside the shard's
+        // set; in a failure domain of none of the shard's other replicas first, then the one
+        // that holds the fewest replicas (the first by id among equals).
+        const taken = new Set([...set.map((x) => x.nodeId), ...replicas.map((x) => x.nodeId)]);
+        const domains = new Set([...kept, ...replicas].map((x) => this.domainOfNode(x.nodeId)));
+        let best: NodeMember | undefined;
+        for (const m of live) {
+          if (taken.has(m.nodeId)) continue;
+          const rank = (x: NodeMember): [number, number] => [domains.has(domainOf(x)) ? 1 : 0, load.get(x.nodeId) ?? 0];
+          if (best === undefined) best = m;
+          else {
+            const [d, l] = rank(m);
+            const [bd, bl] = rank(best);
+            if (d < bd || (d === bd && l < bl)) best = m;
+          }
+        }
+        if (best === undefined) {
+          throw new ProtocolError('unavailable', `the replica of shard ${p.shard} on node '${r.nodeId}' (not live, or draining) has no live node that is not draining and holds none of the shard to go to`, {
+            shard: p.shard, node: r.nodeId,
+          });
+        }
+        let h = 0;
+        for (let i = 1; i < best.hosts; i++) if ((hostLoad.get(`${best.nodeId}/${i}`) ?? 0) < (hostLoad.get(`${best.nodeId}/${h}`) ?? 0)) h = i;
+        hostLoad.set(`${best.nodeId}/${h}`, (hostLoad.get(`${best.nodeId}/${h}`) ?? 0) + 1);
+        load.set(best.nodeId, (load.get(best.nodeId) ?? 0) + 1);
+        replicas.push({ nodeId: best.nodeId, hostId: h });
+      }
+      placements.push({ shard: p.shard, replicas });
+    }
+    return this.add(spec, placements, nowMs, { parent: parent.name, parentId: parent.id, lsns });
   }
 
   /**
@@ -705,7 +807,10 @@ export class Controller {
    * its shard would get there (`shard mod hosts`, host 0 for a node never heard from): that
    * node opens it as a replica that lost its storage, and its peers give it back. A shard whose
    * records show a move under way (the node it adds records the set before as `priorMembers`,
-   * the others that set) is added with that move under way, to be run again.
+   * the others that set) is added with that move under way, to be run again. A branch volume
+   * is added with its branch point when every record of it names the same parent id and one LSN
+   * per shard (their `seed`) and the parent's name is known (the catalog holds the parent, or
+   * the nodes do); without it otherwise (`branchOfRecords`).
    */
   planRecovery(nodes: readonly { nodeId: string; hosts: number; shards: readonly RecoveryRecord[] }[], nowMs: number): { add: VolumeRecord[]; skipped: Array<{ id: string; name: string; shards: number; replicas: number; reason: string }> } {
     const byVolume = new Map<string, Array<{ nodeId: string; rec: RecoveryRecord }>>();
@@ -796,6 +901,7 @@ export class Controller {
       found.push({
         name: first.volumeName, id, pageCount: first.pageCount, pageSize: first.pageSize, shards: first.shards,
         stripePages: first.stripePages, replicas, createdAt: first.createdAt ?? Math.floor(nowMs), placements,
+        ...branchOfRecords(held.map((h) => h.rec), first.shards, (parentId) => this.state.volumes.find((v) => v.id === parentId)?.name ?? byVolume.get(parentId)?.[0]?.rec.volumeName),
       });
     }
     const names = new Map<string, number>();
@@ -908,12 +1014,47 @@ function placedOn(p: ShardPlacement): ReplicaPlacement[] {
 /** A node's record of a replica it holds, as a recovery reads it. */
 export type RecoveryRecord = ShardAssignment;
 
+/**
+ * The branch point of a volume as its replicas' records give it (`{}` when they do not): every
+ * record has a `seed`, all of the same parent id, those of one shard of the same LSN, every
+ * shard of the volume named, and `parentName` knows the parent's name. The name is the
+ * parent's now, which may not be the one it had when the branch was made.
+ */
+export function branchOfRecords(records: readonly RecoveryRecord[], shards: number, parentName: (parentId: string) => string | undefined): { branch?: BranchPoint } {
+  const parentId = records[0]?.seed?.volumeId;
+  if (parentId === undefined) return {};
+  const lsns: Array<number | undefined> = new Array<number | undefined>(shards).fill(undefined);
+  for (const r of records) {
+    if (r.seed === undefined || r.seed.volumeId !== parentId || r.shard >= shards) return {};
+    if (lsns[r.shard] !== undefined && lsns[r.shard] !== r.seed.lsn) return {};
+    lsns[r.shard] = r.seed.lsn;
+  }
+  if (lsns.some((l) => l === undefined)) return {};
+  const parent = parentName(parentId);
+  return parent === undefined ? {} : { branch: { parent, parentId, lsns: lsns as number[] } };
+}
+
 export { idNumber, idTag };
 
-/** The public view of a volume record (no placement). */
+/** The public view of a volume record (no placement; a branch's branch point). */
 export function volumeInfo(v: VolumeRecord): VolumeInfo {
   return {
     name: v.name, id: v.id, pageCount: v.pageCount, pageSize: v.pageSize, shards: v.shards,
     stripePages: v.stripePages, replicas: v.replicas, createdAt: v.createdAt,
+    ...(v.branch === undefined ? {} : { branch: { parent: v.branch.parent, parentId: v.branch.parentId, lsns: [...v.branch.lsns] } }),
   };
+}
+
+/**
+ * The seed of shard `shard` of volume `v` (ShardAssignment.seed): for a branch volume, the
+ * parent's id and the LSN of the parent's shard `shard` the branch starts from; undefined for a
+ * volume that is not a branch (or a shard it does not have). A node opening a new replica of the
+ * shard copies the parent's replica on the same host at that LSN, or, when it cannot, waits for a
+ * peer to send it the shard.
+ */
+export function seedOf(v: Pick<VolumeRecord, 'branch' | 'shards'>, shard: number): { volumeId: string; lsn: number } | undefined {
+  const b = v.branch;
+  if (b === undefined || !Number.isSafeInteger(shard) || shard < 0 || shard >= v.shards) return undefined;
+  const lsn = b.lsns[shard];
+  return lsn === undefined ? undefined : { volumeId: b.parentId, lsn };
 }
