@@ -1,7 +1,7 @@
 /**
  * ApiRouter: what a node does with requests to the public API subjects.
  *
- * Catalog verbs (volume.create|list|info|delete) are forwarded, bytes as they came, to the
+ * Catalog verbs (volume.create|branch|list|info|delete) are forwarded, bytes as they came, to the
  * controller, which validates and answers them. Page verbs (page.write, page.read, volume.flush)
  * are validated here and routed to the shards' subjects with the same code the TypeScript client
  * uses, so both paths split, bound and merge requests identically. `status` gathers every
@@ -32,6 +32,12 @@ const STATUS_REPLIES_MAX = 1024;
 const STATUS_REPLY_ROOM_BYTES = 4096;
 
 /**
+ * Catalog verbs whose caller's deadline is kept as it is, not cut to the router's timeout: they
+ * open a replica of every shard of a volume (`ApiRouter.deadline`).
+ */
+export const SIZED_DEADLINE_VERBS: ReadonlySet<string> = new Set(['volume.create', 'volume.branch']);
+
+/**
  * How much of each shard a status reply holds: every replica of every shard; the replicas of
  * the shards that are not healthy (the others counted); per volume, counts of its shards by state.
  */
@@ -57,15 +63,15 @@ export class ApiRouter {
   /**
    * The deadline of a request routed at `nowMs` whose caller set `callerDeadlineMs` (its
    * Strata-Deadline, if any): the earlier of that and the router's own timeout, except for a
-   * `volume.create` that has one (the caller's is kept). A caller's deadline already passed
-   * throws ProtocolError('timeout').
+   * `volume.create` or `volume.branch` that has one (the caller's is kept). A caller's deadline
+   * already passed throws ProtocolError('timeout').
    */
   deadline(callerDeadlineMs: number | undefined, nowMs: number, verb?: string): number {
     const remainingMs = deadlineRemainingMs(callerDeadlineMs, nowMs);
-    // A volume's creation takes its nodes time in proportion to its shards (a few fsyncs each):
-    // the caller's deadline is kept, up to DEADLINE_AHEAD_MS_MAX, and the router's timeout is
-    // only the default.
-    if (verb === 'volume.create' && callerDeadlineMs !== undefined) return nowMs + remainingMs;
+    // A volume's creation (or a branch's) takes its nodes time in proportion to its shards (a few
+    // fsyncs each): the caller's deadline is kept, up to DEADLINE_AHEAD_MS_MAX, and the router's
+    // timeout is only the default.
+    if (SIZED_DEADLINE_VERBS.has(verb ?? '') && callerDeadlineMs !== undefined) return nowMs + remainingMs;
     return nowMs + Math.min(this.timeoutMs, remainingMs);
   }
 

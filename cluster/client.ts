@@ -10,7 +10,7 @@
  * await client.close();
  * ```
  *
- * Volume-level calls (create, list, info, delete, status) go to the public API
+ * Volume-level calls (create, branch, list, info, delete, status) go to the public API
  * (`strata.<cluster>.api.<verb>`). Page calls go straight to the shards
  * (`strata.<cluster>.shard.<volumeId>.<shard>`): a `Volume` fetches the volume's geometry once
  * (volume.info), splits a call by shard and by message size, sends the pieces concurrently and
@@ -101,6 +101,7 @@ import {
   validateShardFlushReply,
   validateShardReadReply,
   validateShardWriteReply,
+  validateVolumeBranchRequest,
   validateVolumeCreateRequest,
   validatePageWrite,
 } from '../messages/validate';
@@ -347,6 +348,26 @@ export class StrataClient {
     const sizedMs = Math.min(DEADLINE_AHEAD_MS_MAX, CREATE_MS_PER_SHARD_REPLICA * spec.shards * spec.replicas);
     const deadlineMs = this.deadline(optionsOf(options).deadlineMs, Math.max(this.timeoutMs, sizedMs));
     return this.api('volume.create', body as unknown as VolumeCreateRequest, deadlineMs);
+  }
+
+  /**
+   * Creates volume `name` as a branch of volume `parent` (volume.branch): a volume of the
+   * parent's geometry whose shard `i` starts as the parent's shard `i` was at `opts.lsns[i]`
+   * (default: each shard's commit LSN when the request is served). Arguments are validated
+   * before sending (`bad_request` naming the field). The parent's geometry is read first
+   * (volume.info: `not_found` when there is no such volume), so that the call waits as a
+   * `createVolume` of that geometry would: the client's timeout or CREATE_MS_PER_SHARD_REPLICA
+   * for each shard replica, whichever is longer, or until an earlier `opts.deadlineMs`. The
+   * controller checks the rest (one LSN per shard of the parent: `bad_request`, path `lsns`; the
+   * name taken: `already_exists`).
+   */
+  async branchVolume(name: string, parent: string, opts: ({ lsns?: number[] } & CallOptions) | null = {}): Promise<VolumeInfo> {
+    const { lsns, deadlineMs: earlierMs } = optionsOf(opts);
+    const request = validateVolumeBranchRequest({ name, parent, ...(lsns === undefined ? {} : { lsns }) });
+    const info = await this.api('volume.info', { name: request.parent }, this.deadline(earlierMs));
+    const sizedMs = Math.min(DEADLINE_AHEAD_MS_MAX, CREATE_MS_PER_SHARD_REPLICA * info.shards * info.replicas);
+    const deadlineMs = this.deadline(earlierMs, Math.max(this.timeoutMs, sizedMs));
+    return this.api('volume.branch', request, deadlineMs);
   }
 
   /** Every volume of the cluster (volume.list). */

@@ -33,6 +33,17 @@ describe('ApiRouter forwarding catalog requests to the controller', function () 
     await server?.stop();
   });
 
+  it("keeps the caller's deadline of a volume.create or volume.branch past the router's timeout; cuts every other verb's to it", () => {
+    const router = new ApiRouter(nc, 'test', 1000);
+    const now = 1_700_000_000_000;
+    for (const verb of ['volume.create', 'volume.branch']) {
+      assert.equal(router.deadline(now + 60_000, now, verb), now + 60_000, verb);
+      assert.equal(router.deadline(undefined, now, verb), now + 1000, `${verb} without a deadline of its caller's`);
+    }
+    for (const verb of ['volume.info', 'volume.list', 'volume.delete', undefined]) assert.equal(router.deadline(now + 60_000, now, verb), now + 1000, String(verb));
+    assert.throws(() => router.deadline(now - 1, now, 'volume.branch'), (e: unknown) => (e as { code?: unknown }).code === 'timeout');
+  });
+
   it('a request whose deadline has passed, or is this very millisecond, is answered timeout and never reaches the controller', async () => {
     const router = new ApiRouter(nc, 'test', 5000);
     type Reply = { error?: { code?: string; message?: string } };

@@ -227,6 +227,50 @@ describe('cluster/client (fake transport)', () => {
       await rejectsWith(client.createVolume({ name: 'db', pageCount: 1 }, { deadlineMs: -1 }), 'bad_request', /deadlineMs/);
     });
 
+    it("branchVolume: reads the parent's geometry, then sends volume.branch with the deadline a create of that geometry gets", async () => {
+      const parent = volume({ name: 'db', id: 'v7', shards: 256, replicas: 3, pageCount: 4096, stripePages: 16 });
+      const t = new FakeTransport((subject, body) => {
+        if (subject.endsWith('.volume.info')) return (body as { name: string }).name === 'db' ? parent : errorReply(new ProtocolError('not_found', `volume '${(body as { name: string }).name}' does not exist`));
+        assert.equal(subject, 'strata.test.api.volume.branch');
+        const b = body as { name: string; lsns?: number[] };
+        return { ...parent, name: b.name, id: 'v8', branch: { parent: 'db', parentId: 'v7', lsns: b.lsns ?? new Array(256).fill(3) } };
+      });
+      const client = createClient(t, { cluster: CLUSTER, timeoutMs: 10_000, nowMs: () => NOW });
+      const lsns = Array.from({ length: 256 }, (_, i) => i);
+      const info = await client.branchVolume('db-test', 'db', { lsns });
+      assert.deepEqual(info.branch, { parent: 'db', parentId: 'v7', lsns });
+      await client.branchVolume('db-test2', 'db');
+      await client.branchVolume('db-test3', 'db', { deadlineMs: NOW + 5000 });
+      const sent = t.apiRequests('volume.branch');
+      assert.deepEqual(sent.map((r) => r.body), [{ name: 'db-test', parent: 'db', lsns }, { name: 'db-test2', parent: 'db' }, { name: 'db-test3', parent: 'db' }]);
+      assert.deepEqual(sent.map((r) => r.headers[HEADER_TYPE]), ['volume.branch', 'volume.branch', 'volume.branch']);
+      assert.deepEqual(sent.map((r) => Number(r.headers[HEADER_DEADLINE]) - NOW), [256 * 3 * CREATE_MS_PER_SHARD_REPLICA, 256 * 3 * CREATE_MS_PER_SHARD_REPLICA, 5000]);
+      assert.deepEqual(t.apiRequests('volume.info').map((r) => r.body), [{ name: 'db' }, { name: 'db' }, { name: 'db' }]);
+      // A parent of few shards: the client's timeout.
+      parent.shards = 2;
+      await client.branchVolume('db-test4', 'db');
+      assert.equal(Number(t.apiRequests('volume.branch').at(-1)!.headers[HEADER_DEADLINE]) - NOW, 10_000);
+      // No such parent: not_found, and no volume.branch sent.
+      await rejectsWith(client.branchVolume('x', 'nope'), 'not_found', /volume 'nope' does not exist/);
+      assert.equal(t.apiRequests('volume.branch').length, 4);
+    });
+
+    it('branchVolume validates its arguments before sending anything', async () => {
+      const t = new FakeTransport(() => assert.fail('nothing may be sent'));
+      const client = createClient(t, { cluster: CLUSTER, nowMs: () => NOW });
+      await rejectsWith(client.branchVolume('Bad Name', 'db'), 'bad_request', /^name: /);
+      await rejectsWith(client.branchVolume('ok', ''), 'bad_request', /^parent: /);
+      await rejectsWith(client.branchVolume('ok', 7 as unknown as string), 'bad_request', /^parent: .*got the number 7/);
+      await rejectsWith(client.branchVolume('ok', 'db', { lsns: [] }), 'bad_request', /^lsns: expected at least 1 entries/);
+      await rejectsWith(client.branchVolume('ok', 'db', { lsns: [1, -1] }), 'bad_request', /^lsns\[1\]: /);
+      await rejectsWith(client.branchVolume('ok', 'db', { lsns: [2 ** 53] }), 'bad_request', /^lsns\[0\]: /);
+      await rejectsWith(client.branchVolume('ok', 'db', { lsns: new Array(257).fill(0) }), 'bad_request', /^lsns: expected at most 256 entries/);
+      await rejectsWith(client.branchVolume('ok', 'db', { lsns: 'x' as unknown as number[] }), 'bad_request', /^lsns: expected an array/);
+      await rejectsWith(client.branchVolume('ok', 'db', { deadlineMs: -1 }), 'bad_request', /deadlineMs/);
+      await rejectsWith(client.branchVolume('ok', 'db', 'x' as unknown as { lsns?: number[] }), 'bad_request', /options/);
+      assert.equal(t.seen.length, 0);
+    });
+
     it('asks a read again when a try gets no answer (a hung node of the API\'s queue group), within the deadline; a change only once', async () => {
       let infoTries = 0;
       const t = new FakeTransport((subject) => {
