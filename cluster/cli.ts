@@ -69,6 +69,10 @@ Commands:
         silent for --repair-after-seconds (default 600; 0 = never).
   volume create NAME --pages N [--page-size 4096|8192] [--shards S] [--stripe-pages P] [--replicas R]
         Create a volume of N pages.
+  volume branch PARENT NAME [--lsns L,L,…]
+        Create volume NAME as a branch of volume PARENT: the same geometry, each shard
+        starting from PARENT's shard as it was at its LSN (one per shard, in shard order;
+        default each shard's latest commit). The branch is a volume of its own from then on.
   volume list
         List the volumes.
   volume info NAME
@@ -183,6 +187,7 @@ const COMMANDS: Readonly<Record<string, CommandSpec>> = {
     required: ['pages'],
     client: true,
   },
+  'volume branch': { positionals: ['PARENT', 'NAME'], flags: { lsns: 'string' }, client: true },
   'volume list': { positionals: [], flags: {}, client: true },
   'volume info': { positionals: ['NAME'], flags: {}, client: true },
   'volume delete': { positionals: ['NAME'], flags: {}, client: true },
@@ -202,7 +207,7 @@ const COMMANDS: Readonly<Record<string, CommandSpec>> = {
 
 /** A parsed command line. `node` keeps its arguments raw (`rest`) for loadNodeConfig. */
 export interface ParsedArgs {
-  /** `dev`, `node`, `volume create`, `volume list`, `volume info`, `volume delete`, `put`, `get`, `nbd`, `status`, `shard force-vote`, `shard move`, `shard handover`, `drain`, `rebalance`, `catalog recover`, `nats-auth`, `help`. */
+  /** `dev`, `node`, `volume create`, `volume branch`, `volume list`, `volume info`, `volume delete`, `put`, `get`, `nbd`, `status`, `shard force-vote`, `shard move`, `shard handover`, `drain`, `rebalance`, `catalog recover`, `nats-auth`, `help`. */
   command: string;
   positionals: string[];
   flags: Record<string, string | number | boolean>;
@@ -243,6 +248,21 @@ export function parseReadAt(value: string): ReadAt {
     return { shard, lsn: parseInteger('--lsn', pair[1]!) };
   });
   return { lsns };
+}
+
+/**
+ * Parses `volume branch --lsns`: 1..SHARDS_MAX LSNs separated by commas, one per shard of the
+ * parent in shard order (the number is the cluster's to check). UsageError otherwise.
+ */
+export function parseBranchLsns(value: string): number[] {
+  const parts = value.split(',').map((part) => part.trim());
+  if (parts.length > SHARDS_MAX) throw new UsageError(`--lsns: at most ${SHARDS_MAX} LSNs (one per shard), got ${parts.length}`);
+  return parts.map((part) => {
+    if (!DECIMAL_PATTERN.test(part)) {
+      throw new UsageError(`--lsns: expected LSN[,LSN…] (one per shard, in shard order), got ${JSON.stringify(part)}${parts.length > 1 ? ` in ${JSON.stringify(value)}` : ''}`);
+    }
+    return parseInteger('--lsns', part);
+  });
 }
 
 /**
@@ -335,7 +355,7 @@ export function parseArgs(argvIn: readonly string[]): ParsedArgs {
     // `strata volume --help` as any other command's: the list of commands.
     if (sub === '--help' || sub === '-h') return { command: 'help', positionals: [], flags: {}, rest: [] };
     if (sub === undefined || sub.startsWith('-')) {
-      throw new UsageError(first === 'volume' ? 'volume: expected create, list, info or delete' : first === 'shard' ? 'shard: expected force-vote, move or handover' : 'catalog: expected recover');
+      throw new UsageError(first === 'volume' ? 'volume: expected create, branch, list, info or delete' : first === 'shard' ? 'shard: expected force-vote, move or handover' : 'catalog: expected recover');
     }
     command = `${first} ${sub}`;
     at = 2;
@@ -405,6 +425,7 @@ export function parseArgs(argvIn: readonly string[]): ParsedArgs {
     throw new UsageError(`--metrics-port: the ${devPorts} nodes take ports ${String(flags['metrics-port'])}..${(flags['metrics-port'] as number) + devPorts - 1}, past 65535`);
   }
   if (typeof flags.lsn === 'string') parseReadAt(flags.lsn);
+  if (typeof flags.lsns === 'string') parseBranchLsns(flags.lsns);
   if (flags.count !== undefined && ((flags.count as number) < 1 || (flags.count as number) > GET_PAGES_MAX)) {
     throw new UsageError(`--count: expected 1..${GET_PAGES_MAX}, got ${String(flags.count)}`);
   }
@@ -495,6 +516,7 @@ function volumeText(v: VolumeInfo): string {
     `stripe pages: ${v.stripePages}`,
     `replicas:     ${v.replicas}`,
     `created:      ${new Date(v.createdAt).toISOString()}`,
+    ...(v.branch === undefined ? [] : [`branch of:    ${branchPointText(v.branch)}`]),
     // The controller's answer names each shard's nodes (one of a node that hosts the volume, answering for a controller that is down, does not).
     ...(v.replicaSets === undefined ? [] : v.replicaSets.map((r, i) =>
       `${i === 0 ? 'replicas on:  ' : '              '}shard ${r.shard}: ${r.members.join(', ')}${r.moving === undefined ? '' : ` (moving: ${r.moving.from} -> ${r.moving.to})`}`)),
@@ -601,6 +623,25 @@ async function volumeCreate(ctx: Ctx): Promise<void> {
       ? jsonText(info)
       : `created volume ${info.name} (id ${info.id}): ${info.pageCount} pages of ${info.pageSize} bytes, ` +
           `${info.shards} shard(s), stripe ${info.stripePages} pages, ${info.replicas} replica(s)\n`,
+  );
+}
+
+/** A branch's branch point as `volume branch` and `volume info` print it: `PARENT (id ID) at lsns L, L…`. */
+function branchPointText(b: NonNullable<VolumeInfo['branch']>): string {
+  return `${b.parent} (id ${b.parentId}) at lsn${b.lsns.length === 1 ? '' : 's'} ${b.lsns.join(', ')}`;
+}
+
+async function volumeBranch(ctx: Ctx): Promise<void> {
+  const [parent, name] = ctx.args.positionals as [string, string];
+  const lsns = typeof ctx.args.flags.lsns === 'string' ? parseBranchLsns(ctx.args.flags.lsns) : undefined;
+  const info = await withClient(ctx, (c) => c.branchVolume(name, parent, lsns === undefined ? {} : { lsns }));
+  await writeOut(
+    ctx.io.stdout,
+    ctx.json
+      ? jsonText(info)
+      : `created volume ${info.name} (id ${info.id}): ${info.pageCount} pages of ${info.pageSize} bytes, ` +
+          `${info.shards} shard(s), stripe ${info.stripePages} pages, ${info.replicas} replica(s)\n` +
+          (info.branch === undefined ? '' : `branch of ${branchPointText(info.branch)}\n`),
   );
 }
 
@@ -1004,6 +1045,9 @@ export async function main(argv: readonly string[], io: Partial<CliIo> = {}): Pr
         return await loadModule<(argv: readonly string[]) => Promise<number>>('../bench/strata-bench', 'main')(args.rest);
       case 'volume create':
         await volumeCreate(ctx);
+        return 0;
+      case 'volume branch':
+        await volumeBranch(ctx);
         return 0;
       case 'volume list':
         await volumeList(ctx);

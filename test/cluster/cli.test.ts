@@ -5,7 +5,7 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Readable, Writable } from 'node:stream';
-import { HELP_TEXT, TRANSFER_PAGES_PER_CALL, UsageError, main, parseArgs, parseListen, parseReadAt } from '../../cluster/cli';
+import { HELP_TEXT, TRANSFER_PAGES_PER_CALL, UsageError, main, parseArgs, parseBranchLsns, parseListen, parseReadAt } from '../../cluster/cli';
 import type { CliIo } from '../../cluster/cli';
 import { NoRespondersError, createClient } from '../../cluster/client';
 import type { ClientTransport, ConnectOptions, StrataClient } from '../../cluster/client';
@@ -19,6 +19,7 @@ import {
   validateShardReadRequest,
   validateShardWrite,
   validateShardWriteRequest,
+  validateVolumeBranchRequest,
   validateVolumeCreateRequest,
 } from '../../messages/validate';
 
@@ -72,6 +73,19 @@ class MemoryCluster implements ClientTransport {
         if (this.volumes.has(spec.name)) throw new ProtocolError('already_exists', `volume ${spec.name} exists`);
         const info: VolumeInfo = { ...spec, id: `id-${spec.name}`, createdAt: 0 };
         this.volumes.set(spec.name, info);
+        return info;
+      }
+      case 'volume.branch': {
+        // As the controller answers it: the parent's geometry, one LSN per shard (default: each shard's last).
+        const req = validateVolumeBranchRequest(body);
+        const parent = this.volumes.get(req.parent);
+        if (parent === undefined) throw new ProtocolError('not_found', `parent: volume '${req.parent}' does not exist`, { path: 'parent' });
+        if (this.volumes.has(req.name)) throw new ProtocolError('already_exists', `volume '${req.name}' already exists`);
+        if (req.lsns !== undefined && req.lsns.length !== parent.shards) throw new ProtocolError('bad_request', `lsns: volume '${parent.name}' has ${parent.shards} shards, got ${req.lsns.length}`, { path: 'lsns' });
+        const lsns = req.lsns ?? Array.from({ length: parent.shards }, (_, i) => this.lsns.get(`${parent.id}:${i}`) ?? 0);
+        const { replicaSets: _, ...geometry } = parent;
+        const info: VolumeInfo = { ...geometry, name: req.name, id: `id-${req.name}`, createdAt: 0, branch: { parent: parent.name, parentId: parent.id, lsns } };
+        this.volumes.set(req.name, info);
         return info;
       }
       case 'volume.list':
@@ -228,7 +242,17 @@ describe('cluster/cli', () => {
       [[], /no command/],
       [['--json'], /expected a command before --json/],
       [['frobnicate'], /unknown command "frobnicate"/],
-      [['volume'], /volume: expected create, list, info or delete/],
+      [['volume'], /volume: expected create, branch, list, info or delete/],
+      [['volume', 'branch', 'db'], /^volume branch: missing NAME$/],
+      [['volume', 'branch'], /^volume branch: missing PARENT NAME$/],
+      [['volume', 'branch', 'db', 'b', 'c'], /^volume branch: unexpected argument "c"$/],
+      [['volume', 'branch', 'db', 'b', '--lsns'], /^--lsns: expected a value$/],
+      [['volume', 'branch', 'db', 'b', '--lsns', '1,,2'], /^--lsns: expected LSN\[,LSN…\] \(one per shard, in shard order\), got "" in "1,,2"$/],
+      [['volume', 'branch', 'db', 'b', '--lsns', '1:5'], /^--lsns: expected LSN\[,LSN…\] \(one per shard, in shard order\), got "1:5"$/],
+      [['volume', 'branch', 'db', 'b', '--lsns', '-1'], /^--lsns: expected LSN\[,LSN…\] .*got "-1"$/],
+      [['volume', 'branch', 'db', 'b', '--lsns=-1'], /^--lsns: expected LSN\[,LSN…\] .*got "-1"$/],
+      [['volume', 'branch', 'db', 'b', '--lsns', '3,99999999999999999'], /^--lsns: 99999999999999999 is too large/],
+      [['volume', 'branch', 'db', 'b', '--pages', '3'], /^volume branch: unknown flag --pages$/],
       [['volume', 'grow'], /volume: unknown subcommand "grow"/],
       [['volume', 'create', 'db'], /--pages is required/],
       [['volume', 'create', '--pages', '10'], /missing NAME/],
@@ -305,7 +329,7 @@ describe('cluster/cli', () => {
       const r = await run(['help']);
       assert.equal(r.code, 0);
       assert.equal(r.out, HELP_TEXT);
-      for (const command of ['dev', 'node', 'volume create', 'volume list', 'volume info', 'volume delete', 'put', 'get', 'nbd', 'status', 'help']) {
+      for (const command of ['dev', 'node', 'volume create', 'volume branch', 'volume list', 'volume info', 'volume delete', 'put', 'get', 'nbd', 'status', 'help']) {
         assert.match(HELP_TEXT, new RegExp(`^  ${command}\\b`, 'm'), command);
       }
       assert.equal((await run(['--help'])).code, 0);
@@ -509,6 +533,54 @@ describe('cluster/cli', () => {
       assert.equal(r.out, 'deleted volume db\n');
       assert.equal(mem.volumes.size, 0);
       assert.equal(mem.closes, mem.connects.length, 'every client is closed');
+    });
+
+    it('branches a volume: at the LSNs given or at the latest; prints it as create does with its branch point, or the reply as JSON; volume info shows it', async () => {
+      const mem = new MemoryCluster();
+      await run(['volume', 'create', 'db', '--pages', '64', '--shards', '2', '--stripe-pages', '4', '--replicas', '3'], mem);
+      mem.write('id-db', 0, [{ page: 0, data: new Uint8Array(4096) }]);
+      mem.write('id-db', 0, [{ page: 0, data: new Uint8Array(4096) }]);
+      let r = await run(['volume', 'branch', 'db', 'db-test', '--lsns', '12,40'], mem);
+      assert.equal(r.code, 0, r.err);
+      assert.equal(r.out, 'created volume db-test (id id-db-test): 64 pages of 4096 bytes, 2 shard(s), stripe 4 pages, 3 replica(s)\nbranch of db (id id-db) at lsns 12, 40\n');
+      r = await run(['volume', 'branch', 'db', 'db-now', '--json'], mem);
+      assert.equal(r.code, 0, r.err);
+      assert.deepEqual(JSON.parse(r.out), { name: 'db-now', id: 'id-db-now', pageCount: 64, pageSize: 4096, shards: 2, stripePages: 4, replicas: 3, createdAt: 0, branch: { parent: 'db', parentId: 'id-db', lsns: [2, 0] } });
+      r = await run(['volume', 'info', 'db-test'], mem);
+      assert.match(r.out, /\ncreated: +1970-01-01T00:00:00\.000Z\nbranch of:    db \(id id-db\) at lsns 12, 40\n$/);
+      r = await run(['volume', 'info', 'db'], mem);
+      assert.doesNotMatch(r.out, /branch/, 'a volume that is no branch shows none');
+      r = await run(['volume', 'info', 'db-test', '--json'], mem);
+      assert.deepEqual(JSON.parse(r.out).branch, { parent: 'db', parentId: 'id-db', lsns: [12, 40] });
+      r = await run(['volume', 'list', '--json'], mem);
+      assert.deepEqual(JSON.parse(r.out).map((v: VolumeInfo) => v.branch?.lsns ?? null), [null, [12, 40], [2, 0]]);
+      // The cluster's refusals: exit 1 with its code and message.
+      r = await run(['volume', 'branch', 'nope', 'x'], mem);
+      assert.equal(r.code, 1);
+      assert.equal(r.err, "strata: not_found: no volume nope\n", 'the parent is looked up first');
+      r = await run(['volume', 'branch', 'db', 'x', '--lsns', '1'], mem);
+      assert.equal(r.code, 1);
+      assert.equal(r.err, "strata: bad_request: lsns: volume 'db' has 2 shards, got 1\n");
+      r = await run(['volume', 'branch', 'db', 'db-test'], mem);
+      assert.equal(r.code, 1);
+      assert.match(r.err, /^strata: already_exists: volume 'db-test' already exists\n$/);
+      r = await run(['volume', 'branch', 'db', 'Bad Name'], mem);
+      assert.equal(r.code, 1);
+      assert.match(r.err, /^strata: bad_request: name: /);
+      assert.equal(mem.closes, mem.connects.length, 'every client is closed');
+    });
+
+    it('parses --lsns of volume branch: one LSN per shard, in shard order', () => {
+      assert.deepEqual(parseArgs(['volume', 'branch', 'db', 'db-test', '--lsns', '12,40', '--json']), {
+        command: 'volume branch',
+        positionals: ['db', 'db-test'],
+        flags: { lsns: '12,40', json: true },
+        rest: [],
+      });
+      assert.deepEqual(parseBranchLsns('12, 40,0'), [12, 40, 0]);
+      assert.deepEqual(parseBranchLsns('9007199254740991'), [Number.MAX_SAFE_INTEGER]);
+      assert.equal(parseBranchLsns(new Array(256).fill('7').join(',')).length, 256);
+      assert.throws(() => parseArgs(['volume', 'branch', 'db', 'b', '--lsns', new Array(257).fill('1').join(',')]), /^UsageError: --lsns: at most 256 LSNs \(one per shard\), got 257$/);
     });
 
     it('prints `strata: <code>: <message>` and exits 1 when the operation fails', async () => {
