@@ -34,7 +34,7 @@ import {
   validateClaimQuestion, validateHeartbeat, validateAssignmentsRequest, validateNodeStatusRequest, validateShardsOpen, validateShardsDestroy,
   validateShardForceVote, validateShardHandover, validateCatalogRecoverRequest, validateNodeRecordsRequest, validateShardMove, validateNodeDrain, validateRebalance, validateShardReconfigure, controllerSubject, nodeSubject,
 } from '../../messages/control';
-import { validateVolumeCreateRequest, validateVolumeNameRequest, validateVolumeListRequest } from '../../messages/validate';
+import { validateVolumeBranchRequest, validateVolumeCreateRequest, validateVolumeNameRequest, validateVolumeListRequest } from '../../messages/validate';
 import { shardSubject, apiSubject } from '../../messages/subjects';
 import type { VolumeInfo } from '../../messages/api';
 import { prng } from '../support/prng';
@@ -212,6 +212,7 @@ function apiTargets(): Target[] {
   const deletesKept = (b: unknown): boolean => typeof b === 'object' && b !== null && ((b as { name?: unknown }).name === REAL || (b as { name?: unknown }).name === AUX);
   return [
     t('volume.create', () => ({ name: createName(), pageCount: pick([1, 16, 64, 2 ** 40, 0]), ...(chance(0.5) ? { shards: pick([1, 2, 256, 257]) } : {}), ...(chance(0.3) ? { replicas: pick([1, 3, 5, 2]) } : {}), ...(chance(0.3) ? { pageSize: pick([4096, 8192, 1024]) } : {}), ...(chance(0.3) ? { stripePages: pick([1, 4, 2 ** 20, 2 ** 20 + 1]) } : {}) })),
+    t('volume.branch', branchBody),
     t('volume.list', () => ({})),
     t('volume.info', () => ({ name: volumeNameFor('read') })),
     t('volume.delete', () => ({ name: volumeNameFor('delete') }), deletesKept),
@@ -226,6 +227,16 @@ function apiTargets(): Target[] {
     }),
     t('status', () => ({})),
   ];
+}
+
+/**
+ * A volume.branch body: a new name (as a create's), a parent (the real volumes, one that does not
+ * exist, names that are not names), and sometimes LSNs: one per shard of the real volumes (2) or
+ * not, at the bounds or past them.
+ */
+function branchBody(): unknown {
+  const lsns = (): unknown => pick<unknown>([[0, 0], [1, 0], [0], [], [0, 0, 0], [1e6, 0], [-1, 0], [0.5, 0], [2 ** 53 - 1, 0], [2 ** 53, 0], ['1', 0], new Array(257).fill(0), 7]);
+  return { name: createName(), parent: pick([REAL, AUX, 'nope', '', 'X'.repeat(3), 'a'.repeat(65)]), ...(chance(0.6) ? { lsns: lsns() } : {}) };
 }
 
 function createName(): string {
@@ -337,6 +348,7 @@ function controllerTargets(): Target[] {
     { kind: 'controller', subject: c('assignments'), body: () => ({ nodeId: pick([...facts.nodes, 'zz']), ...(chance(0.5) ? { from: pick([0, 1, 511, 512, 65536, 65537]) } : {}) }), check: (b) => void validateAssignmentsRequest(b) },
     { kind: 'controller', subject: c('members'), body: () => ({}) },
     { kind: 'controller', subject: c('volume.create'), body: () => apiTargets()[0]!.body(), check: (b) => void validateVolumeCreateRequest(b) },
+    { kind: 'controller', subject: c('volume.branch'), body: branchBody, check: (b) => void validateVolumeBranchRequest(b) },
     { kind: 'controller', subject: c('volume.delete'), body: () => ({ name: volumeNameFor('delete') }), check: (b) => void validateVolumeNameRequest(b), forbidden: deletesKept },
     { kind: 'controller', subject: c('volume.info'), body: () => ({ name: volumeNameFor('read') }), check: (b) => void validateVolumeNameRequest(b) },
     { kind: 'controller', subject: c('volume.list'), body: () => ({}), check: (b) => void validateVolumeListRequest(b) },
@@ -738,6 +750,7 @@ function shapeCheck(s: Sent, r: Record<string, unknown>): void {
       case 'page.read': case 'shard.read': ok = num(r.lsn) && Array.isArray(r.pages) && r.pages.every((p) => p instanceof Uint8Array); break;
       case 'volume.list': ok = Array.isArray(r.volumes); break;
       case 'volume.info': case 'volume.create': ok = typeof r.id === 'string' && typeof r.name === 'string'; break;
+      case 'volume.branch': ok = typeof r.id === 'string' && typeof r.name === 'string' && typeof r.branch === 'object' && r.branch !== null; break;
       case 'volume.delete': ok = r.deleted === true; break;
       case 'status': ok = typeof r.node === 'object'; break;
     }
@@ -801,7 +814,7 @@ async function sendOne(targets: Target[]): Promise<void> {
       }
     }
   }
-  if (value !== undefined && typeof value === 'object' && value !== null && 'name' in value && typeof (value as { name: unknown }).name === 'string' && String((value as { name: string }).name).startsWith('fzc-') && target.subject.endsWith('volume.create')) {
+  if (value !== undefined && typeof value === 'object' && value !== null && 'name' in value && typeof (value as { name: unknown }).name === 'string' && String((value as { name: string }).name).startsWith('fzc-') && (target.subject.endsWith('volume.create') || target.subject.endsWith('volume.branch'))) {
     createdCount++;
     facts.created.add((value as { name: string }).name);
   }
