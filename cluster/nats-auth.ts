@@ -44,7 +44,9 @@ export function natsPermissions(cluster: string, role: NatsRole, user = `strata-
       // sight); and answers to any inbox.
       return { publish: [`${root}.>`, INBOXES, SERVICE_DISCOVERY], subscribe: [`${root}.>`, INBOXES, SERVICE_DISCOVERY] };
     case 'client':
-      // The public API and the shards' request subjects, nothing a node listens to for its peers.
+      // The public API (every verb: volume.create and volume.branch as the others; their
+      // controller subjects are the nodes' alone) and the shards' request subjects, nothing a
+      // node listens to for its peers.
       // Replies only on its own inboxes: not the pages another client user reads.
       return { publish: [`${root}.api.>`, `${root}.shard.*.*`, SERVICE_DISCOVERY], subscribe: [`${clientInboxPrefix(user)}.>`] };
     case 'operator': {

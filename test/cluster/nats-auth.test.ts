@@ -32,6 +32,28 @@ describe('cluster/nats-auth', () => {
       assert.throws(() => natsPermissions('a.b', 'node'), ProtocolError);
     });
 
+    it('volume.branch may be sent by exactly the users that may send volume.create: any on the API subject, nodes only on the controller\'s', () => {
+      // nats-server's subject match: `*` one token, `>` one or more at the end.
+      const matches = (pattern: string, subject: string): boolean => {
+        const p = pattern.split('.');
+        const s = subject.split('.');
+        for (let i = 0; i < p.length; i++) {
+          if (p[i] === '>') return s.length > i;
+          if (i >= s.length || (p[i] !== '*' && p[i] !== s[i])) return false;
+        }
+        return p.length === s.length;
+      };
+      const may = (role: 'node' | 'client' | 'operator', subject: string): boolean => natsPermissions('prod', role).publish.some((p) => matches(p, subject));
+      assert.equal(matches('strata.prod.api.>', 'strata.prod.api.volume.branch'), true);
+      assert.equal(matches('strata.prod.shard.*.*', 'strata.prod.shard.v1.0.x'), false);
+      for (const role of ['node', 'client', 'operator'] as const) {
+        assert.equal(may(role, 'strata.prod.api.volume.branch'), may(role, 'strata.prod.api.volume.create'), role);
+        assert.equal(may(role, 'strata.prod.controller.volume.branch'), may(role, 'strata.prod.controller.volume.create'), role);
+      }
+      assert.deepEqual((['node', 'client', 'operator'] as const).filter((r) => may(r, 'strata.prod.api.volume.branch')), ['node', 'client', 'operator']);
+      assert.deepEqual((['node', 'client', 'operator'] as const).filter((r) => may(r, 'strata.prod.controller.volume.branch')), ['node'], 'the controller\'s subject: nodes only');
+    });
+
     it('renders users with a password as text or from the environment, and refuses names that are not plain tokens', () => {
       const text = renderNatsAuthorization('c1', [
         { user: 'n', role: 'node', password: { text: 'p"w' } },
