@@ -4,7 +4,9 @@
  * State: checkpoint images on the device (image.ts), a per-page version index (the LSNs of the
  * retained log records that wrote each page) and a byte-bounded page cache. `apply` only indexes
  * a record; page contents are materialized lazily by `getPage` (GetPage@LSN) and folded into a
- * new image by `checkpoint`. See docs/page-store.md for the resolution and retention rules.
+ * new image by `checkpoint` (or, as of any readable LSN, into an image in another shard's
+ * directory by `exportImage`, for a branch). See docs/page-store.md for the resolution and
+ * retention rules.
  *
  * Resolution of (page, lsn): let `img` be the newest retained image with img.lsn <= lsn (or the
  * empty volume at LSN 0 while the log still starts at LSN 1) and `v` the newest version of the
@@ -109,7 +111,7 @@ export class PageStore {
   private readonly imagesKeep: number;
   private readonly retainLsns: number;
   private readonly cache: PageCache;
-  /** A checkpoint is between its steps. */
+  /** A checkpoint or an image export is between its steps (one at a time). */
   private checkpointing = false;
   /** Retained images, ascending LSN, all >= floorLsn. */
   private images: ImageReader[];
@@ -243,6 +245,11 @@ export class PageStore {
       if (e instanceof StorageError && e.code === 'corruption') return 0;
       throw e;
     }
+  }
+
+  /** Whether `dir` holds a 'checkpoint' pointer, readable or not (a store's state). */
+  static hasPointer(disk: Disk, dir: string): boolean {
+    return disk.exists(joinPath(dir, POINTER_NAME));
   }
 
   /** LSN of the newest image file in `dir` by its name (0 if none); its content is not checked here. */
@@ -469,7 +476,8 @@ export class PageStore {
    * anything to clean up, one that lets go of the images retention no longer keeps, and one per
    * log segment trimmed. Between steps the store may apply records and serve reads: the image
    * is of the applied LSN when the first step ran, and nothing but the checkpoint changes the
-   * images, the floor or the log's prefix. One checkpoint at a time ('invariant' otherwise).
+   * images, the floor or the log's prefix. One checkpoint at a time, and none while an image
+   * export runs (`exportImageSteps`): 'invariant' otherwise.
    * The store closed between steps before the switch: the next step throws 'closed'; after it,
    * the checkpoint ends with its result and the next checkpoint cleans up. Ended early
    * (`return()`, a failed step), the half-written image is removed (or, when that fails too,
@@ -481,7 +489,7 @@ export class PageStore {
    */
   *checkpointSteps(opts: { flushOffThread?: boolean } = {}): Generator<CheckpointStep, { lsn: number; file: string }, void> {
     this.checkOpen();
-    assert(!this.checkpointing, 'one checkpoint at a time');
+    assert(!this.checkpointing, 'one checkpoint or image export at a time');
     const lsn = this.applied;
     const term = this.appliedTerm;
     const newest = this.images[this.images.length - 1];
@@ -490,11 +498,79 @@ export class PageStore {
     assert(this.log.syncedLsn >= lsn, 'the log is durable up to the image', { syncedLsn: this.log.syncedLsn, lsn });
     this.checkpointing = true;
     try {
-      const written = yield* this.buildImageSteps(lsn, term, newest ?? null, opts.flushOffThread === true);
+      const written = yield* this.buildImageSteps(this.dir, lsn, term, newest ?? null, opts.flushOffThread === true);
       // Closed while the image was finished: it stays unused (the next checkpoint removes it).
       yield;
       this.checkOpen();
       return yield* this.switchToImageSteps(lsn, term, written);
+    } finally {
+      this.checkpointing = false;
+    }
+  }
+
+  /**
+   * Writes this store's pages as of `lsn` into a new image file `image-<lsn>.img` in `destDir`:
+   * the start of a branch, a volume created from this one at `lsn`, whose replica on this device
+   * starts from that image in its own shard directory (`destDir`, on the same disk, created by
+   * the caller; then ShardStorage.seedFromImage). Runs `exportImageSteps` to the end.
+   */
+  exportImage(lsn: number, destDir: string, opts: { term?: number } = {}): { lsn: number; path: string } {
+    const steps = this.exportImageSteps(lsn, destDir, opts.term === undefined ? {} : { term: opts.term });
+    for (;;) {
+      const r = steps.next();
+      if (r.done === true) return r.value;
+    }
+  }
+
+  /**
+   * `exportImage` in steps. The image holds every page as of `lsn` (all-zero pages left out:
+   * at LSN 0, or with every page zero, it holds none), in its header `lsn`, `opts.term` (default
+   * 0; the term of the record at `lsn` is what a branch gives, and LSN 0 has term 0) and this
+   * store's page size and count. It is built as a checkpoint's is, in the same bounded steps
+   * (see `checkpointSteps`, `flushOffThread` included): the fold of the newest image at or below
+   * `lsn` (the empty volume when there is none, which only happens while the floor is 0) with
+   * the versions of the pages up to `lsn`, written under a temporary name, flushed, renamed into
+   * place and its directory fsync'd by the last step, which returns the LSN and the path.
+   *
+   * `lsn` must be readable, `oldestReadableLsn <= lsn <= appliedLsn`: 'trimmed' below,
+   * 'future_lsn' above, 'bad_request' for an LSN, term or destination that is malformed (or is
+   * this store's own directory, or does not exist); the first step throws them, before anything
+   * is created.
+   *
+   * It changes nothing of this store: no image, pointer, floor, version, cache entry or log
+   * segment. Between steps the store may apply records and serve reads; the image is still of
+   * `lsn` (the fold takes each page's newest version at or below it, and records applied
+   * meanwhile only add newer ones). The images and the versions it folds stay because it
+   * counts as a checkpoint for the one-at-a-time rule: a checkpoint started while an export
+   * runs, or an export started while a checkpoint or another export runs, fails with
+   * 'invariant', as a second checkpoint does. The store closed between steps: the next step
+   * throws 'closed'. Ended early (`return()`, a failed step), the partial image is removed (or,
+   * when that fails too, its temporary file is left; the next open of the store in `destDir`
+   * removes it): a file under the image's name is always complete.
+   *
+   * The records up to `lsn` are applied, hence committed: unlike a checkpoint, the export does
+   * not sync this store's log first (the image does not become this store's state).
+   */
+  *exportImageSteps(lsn: number, destDir: string, opts: { term?: number; flushOffThread?: boolean } = {}): Generator<CheckpointStep, { lsn: number; path: string }, void> {
+    this.checkOpen();
+    assert(!this.checkpointing, 'one checkpoint or image export at a time');
+    if (typeof lsn !== 'number') throw new StorageError('bad_request', `export lsn ${String(lsn)} is not a non-negative integer`);
+    const at = this.checkLsn(lsn);
+    const term = opts.term ?? 0;
+    if (!Number.isSafeInteger(term) || term < 0) throw new StorageError('bad_request', `export term ${String(term)} is not a non-negative integer`);
+    if (at === 0 && term !== 0) throw new StorageError('bad_request', `export term ${term} at LSN 0, whose term is 0`);
+    if (typeof destDir !== 'string' || destDir.length === 0) throw new StorageError('bad_request', 'export destination dir is empty');
+    if (destDir.replace(/\/+$/, '') === this.dir.replace(/\/+$/, '')) {
+      throw new StorageError('bad_request', `export destination ${destDir} is the page store's own dir`);
+    }
+    if (!this.disk.exists(destDir)) throw new StorageError('bad_request', `export destination dir ${destDir} does not exist`);
+    let base: ImageReader | null = null;
+    for (const r of this.images) if (r.lsn <= at) base = r;
+    assert(base !== null || this.floorLsn === 0, 'a readable LSN has a base', { lsn: at });
+    this.checkpointing = true;
+    try {
+      const path = yield* this.buildImageSteps(destDir, at, term, base, opts.flushOffThread === true);
+      return { lsn: at, path };
     } finally {
       this.checkpointing = false;
     }
@@ -693,10 +769,12 @@ export class PageStore {
   }
 
   /**
-   * Folds `base` (null: the empty volume) with the versions after it into an image at `lsn`,
-   * yielding between bounded steps (see `checkpointSteps`); returns the image's path.
+   * Folds `base` (null: the empty volume) with the versions after it into an image at `lsn` in
+   * `dir` (the store's own for a checkpoint, another shard's for an export), yielding between
+   * bounded steps (see `checkpointSteps`); returns the image's path. The caller holds the
+   * one-at-a-time flag (`checkpointing`), so that the images and the versions up to `lsn` stay.
    */
-  private *buildImageSteps(lsn: number, term: number, base: ImageReader | null, flushOffThread: boolean): Generator<CheckpointStep, string, void> {
+  private *buildImageSteps(dir: string, lsn: number, term: number, base: ImageReader | null, flushOffThread: boolean): Generator<CheckpointStep, string, void> {
     const baseLsn = base?.lsn ?? 0;
     // The pages written after the base as of `lsn`, in sorted runs. Records applied between
     // steps only add versions newer than `lsn` (and pages with no other), which the image leaves
@@ -731,7 +809,7 @@ export class PageStore {
     const entriesMax = baseCount + changedCount - inBase;
     yield;
     this.checkOpen();
-    const writer = ImageWriter.create(this.disk, { dir: this.dir, lsn, term, pageSize: this.pageSize, pageCount: this.pageCount, entriesMax, flushOffThread });
+    const writer = ImageWriter.create(this.disk, { dir, lsn, term, pageSize: this.pageSize, pageCount: this.pageCount, entriesMax, flushOffThread });
     let finished = false;
     try {
       const bufs = Array.from({ length: FOLD_BATCH_PAGES }, () => new Uint8Array(this.pageSize));

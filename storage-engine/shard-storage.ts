@@ -14,6 +14,10 @@
  * under its final name, then the marker `install` {lsn, term} is written; from there on the
  * installation is redone on open until it completes (log reset to continue at lsn + 1, pointer
  * moved to the image, marker removed). A crash before the marker leaves the old state intact.
+ *
+ * A branch's replica is seeded the same way (`seedFromImage`): its parent's page store exports
+ * the image at the branch point into the new replica's directory, the seed writes the marker,
+ * and the next open finishes the installation.
  */
 import type { Disk } from './disk';
 import { validateConfig } from '../messages/raft';
@@ -21,7 +25,8 @@ import { joinPath } from './disk';
 import { SegmentLog } from './log';
 import { PageStore } from './page-store';
 import { MetaStore } from './metadata';
-import { ImageReader, imageFileName } from './image';
+import { ImageReader, imageFileName, parseImageFileName } from './image';
+import { parseSegmentName } from './log-segment';
 import type { Slab } from './slab';
 import { CorruptionError, StorageError, assert, type CorruptionReport } from './errors';
 
@@ -317,6 +322,71 @@ export class ShardStorage {
     }
   }
 
+  /**
+   * Seeds a new replica of a branch (a volume created from another at the branch point `lsn`)
+   * in `dir`, into which the parent shard's replica on this device has just exported its pages
+   * as of `lsn` (PageStore.exportImage: `image-<lsn>.img`, complete and durable, with header
+   * `lsn` and `term`). The directory must hold no replica state yet: no term and vote (`raft`),
+   * no checkpoint pointer, no install marker, and a log that is absent or empty at LSN 0 (as a
+   * first open leaves it); otherwise 'invariant', naming the directory and what it holds.
+   * 'bad_request' for an LSN or term that is malformed (LSN 0 has term 0), or an image that is
+   * missing or whose header holds another LSN or term; CorruptionError if it does not open.
+   * Image files at other LSNs (an earlier attempt's: no pointer names them) are removed.
+   *
+   * The seed writes the install marker {lsn, term}, as a received image's installation does:
+   * the next `open` (with the shard's own options) finishes it as it finishes an interrupted
+   * installation. The log is reset to continue at `lsn + 1` after term `term` (at LSN 0 the new
+   * log at LSN 1 already does), the checkpoint pointer names the image and the oldest readable
+   * LSN is `lsn`; the replica then holds the parent's pages as of `lsn`. The image's page size
+   * and count must be the shard's (the open throws 'bad_request' otherwise).
+   *
+   * Crash safety. The image is complete and durable under its final name before the seed
+   * starts (written under a temporary name, fdatasync'd, renamed, the directory fsync'd). The
+   * marker is written atomically (MetaStore: temporary file, fdatasync, rename, directory
+   * fsync): that is the commit point.
+   * - A crash before the marker is durable leaves no seed: image files that no pointer or marker
+   *   names, and perhaps an empty log. An open then finds neither: its log is empty, so it
+   *   replays up to LSN 0, and the store uses only images up to the pointer's LSN, none without
+   *   one: an empty replica at LSN 0, the image not taken as state (the replica's first
+   *   checkpoint removes it). The seed is done again, export included: that directory still
+   *   holds nothing a seed refuses, as long as no term and vote was saved in it meanwhile.
+   * - A crash after it leaves a seed that every open finishes until the marker is removed: the
+   *   log reset (its own commit point is the `.reset` segment), the pointer (atomic) and the
+   *   marker's removal are each idempotent, redone in that order.
+   */
+  static seedFromImage(disk: Disk, dir: string, lsn: number, term: number): void {
+    if (!Number.isSafeInteger(lsn) || lsn < 0 || !Number.isSafeInteger(term) || term < 0) {
+      throw new StorageError('bad_request', `seed of ${dir}: lsn ${String(lsn)} and term ${String(term)} are not non-negative integers`);
+    }
+    if (lsn === 0 && term !== 0) throw new StorageError('bad_request', `seed of ${dir}: term ${term} at LSN 0, whose term is 0`);
+    const held = [RAFT, INSTALL].filter((name) => disk.exists(joinPath(dir, name)));
+    if (PageStore.hasPointer(disk, dir)) held.push('checkpoint pointer');
+    if (held.length > 0) {
+      throw new StorageError('invariant', `cannot seed ${dir} from an image: it holds a replica's state (${held.join(', ')})`, { dir, held });
+    }
+    checkLogEmpty(disk, dir);
+    const file = imageFileName(lsn);
+    const path = joinPath(dir, file);
+    if (!disk.exists(path)) throw new StorageError('bad_request', `cannot seed ${dir}: it holds no ${file} (export the image first)`, { dir, lsn });
+    const r = ImageReader.open(disk, path);
+    try {
+      if (r.lsn !== lsn || r.term !== term) {
+        throw new StorageError('bad_request', `cannot seed ${dir}: ${file} holds lsn ${r.lsn} term ${r.term}, not ${lsn}/${term}`, { dir, lsn, term });
+      }
+    } finally {
+      r.close();
+    }
+    let removed = false;
+    for (const name of disk.list(dir)) {
+      const l = parseImageFileName(name);
+      if (l === undefined || l === lsn) continue;
+      disk.remove(joinPath(dir, name));
+      removed = true;
+    }
+    if (removed) disk.fsyncDir(dir);
+    new MetaStore(disk, dir).write(INSTALL, { lsn, term } satisfies InstallMarker);
+  }
+
   // --- term and vote ---------------------------------------------------------------------------
 
   load(): HardStateRecord | undefined {
@@ -495,6 +565,29 @@ export class ShardStorage {
 
 function storeOptions(o: ShardStorageOptions): { dir: string; pageSize: 4096 | 8192; pageCount: number; cacheBytesMax: number; slab: Slab } {
   return { dir: o.dir, pageSize: o.pageSize, pageCount: o.pageCount, cacheBytesMax: o.cacheBytesMax, slab: o.slab };
+}
+
+/**
+ * Throws 'invariant' unless the log of the replica in `dir` is absent or empty at LSN 0 (a
+ * seed's precondition). A log with segments is opened (and recovered) to be looked at.
+ */
+function checkLogEmpty(disk: Disk, dir: string): void {
+  const logDir = joinPath(dir, 'log');
+  if (!disk.exists(logDir)) return;
+  const segments = disk.list(logDir).filter((name) => parseSegmentName(name.endsWith('.reset') ? name.slice(0, -'.reset'.length) : name) !== undefined);
+  if (segments.length === 0) return;
+  const log = SegmentLog.open(disk, { dir: logDir });
+  try {
+    if (log.corruption.length > 0 || log.firstLsn !== 1 || log.lastLsn !== 0 || log.lastTerm !== 0) {
+      throw new StorageError(
+        'invariant',
+        `cannot seed ${dir} from an image: its log is not empty at LSN 0 (it holds LSNs ${log.firstLsn}..${log.lastLsn}, last term ${log.lastTerm}${log.corruption.length > 0 ? ', damaged' : ''})`,
+        { dir, firstLsn: log.firstLsn, lastLsn: log.lastLsn },
+      );
+    }
+  } finally {
+    log.close();
+  }
 }
 
 /** The redo part of an installation: idempotent. */
