@@ -285,6 +285,14 @@ export interface ReplicaOptions {
   offload?: PayloadOffload;
   checkpointEveryRecords?: number;
   /**
+   * For a replica of a branch's shard (docs/branches.md): the branch point, the LSN at which the
+   * shard's history starts (its first image, a copy of the parent shard's pages at that LSN). A
+   * replica whose log ends below it was not given that copy (its host had none to take it from):
+   * it votes, but neither campaigns nor takes a handed-over leadership until a peer sends it the
+   * shard. Otherwise an empty replica could lead the branch, and serve a volume without its data.
+   */
+  seedLsn?: number;
+  /**
    * The most one replication message may hold, in bytes: the NATS server's max_payload (default
    * MESSAGE_BYTES_MAX, 1 MiB; at least MESSAGE_BYTES_MIN). Appends, snapshot chunks and the
    * writes a leader accepts are sized to fit it: a message the transport refuses for its size
@@ -553,6 +561,7 @@ export class Replica {
   private scrubbing = false;
   private readonly offload: PayloadOffload | undefined;
   private readonly checkpointEveryRecords: number;
+  private readonly seedLsn: number;
   private readonly messageBytesMax: number;
   private readonly appendBytesMax: number;
   private readonly snapshotChunkBytes: number;
@@ -640,6 +649,7 @@ export class Replica {
     this.unrepairable = new Set(opts.unrepairable ?? []);
     this.offload = opts.offload;
     this.checkpointEveryRecords = opts.checkpointEveryRecords ?? 0;
+    this.seedLsn = opts.seedLsn ?? 0;
     this.messageBytesMax = opts.messageBytesMax ?? MESSAGE_BYTES_MAX;
     if (!Number.isSafeInteger(this.messageBytesMax) || this.messageBytesMax < MESSAGE_BYTES_MIN) {
       throw new StorageError('bad_request', `messageBytesMax must be an integer >= ${MESSAGE_BYTES_MIN}, got ${String(opts.messageBytesMax)}`);
@@ -890,7 +900,7 @@ export class Replica {
    */
   private handleTimeoutNow(req: TimeoutNowRequest): TimeoutNowReply {
     const ok = req.term === this.term && this.role === 'follower' && this.leader === req.leader && this.isVoter() &&
-      this.repairTerm === undefined && this.termsUnknown === undefined && this.truncating === 0;
+      this.repairTerm === undefined && this.termsUnknown === undefined && this.truncating === 0 && !this.awaitingSeed();
     if (!ok) return { term: this.term, ok: false };
     this.counters.electionsHandedOver++;
     void this.startElection(true);
@@ -944,6 +954,11 @@ export class Replica {
       if (n < Math.floor(set.length / 2) + 1) return false;
     }
     return true;
+  }
+
+  /** A branch's replica whose log ends below the branch point (ReplicaOptions.seedLsn): it does not lead. */
+  private awaitingSeed(): boolean {
+    return this.lastLsn < this.seedLsn;
   }
 
   /** Whether this replica is a member of the configuration in force (one that is not never campaigns). */
@@ -1360,6 +1375,8 @@ export class Replica {
     if (this.repairTerm !== undefined) return;
     // Removed from the replica set (the change committed without it): it waits to be destroyed.
     if (!this.isVoter()) return;
+    // A branch's replica without the branch point's pages: it waits to be sent the shard.
+    if (this.awaitingSeed()) return;
     this.leader = null;
     if (this.quorumOf((id) => id === this.self)) {
       void this.startElection();
@@ -2041,6 +2058,36 @@ export class Replica {
         throw e;
       } finally {
         // Ended early (the queue refused a step, a step failed): the half-written image goes.
+        steps.return(undefined as never);
+      }
+    } finally {
+      this.checkpointing = false;
+    }
+  }
+
+  /**
+   * Writes an image of this replica's pages as of `lsn` into `destDir` (`image-<lsn>.img`, term 0),
+   * through the device queue in bounded steps like a checkpoint, for a branch's replica on the
+   * same device (docs/branches.md). `lsn` must be applied here and not below the oldest readable
+   * LSN (StorageError `future_lsn`, `trimmed`); a checkpoint running refuses it (`unavailable`,
+   * asked again by the caller), and none starts while it runs. Changes nothing of this replica.
+   */
+  async exportImage(lsn: number, destDir: string): Promise<{ lsn: number; path: string }> {
+    if (this.closed) throw new StorageError('closed', `replica ${this.geometry.volumeId}/${this.geometry.shard} is closed`);
+    if (this.checkpointing) throw new ProtocolError('unavailable', 'a checkpoint is running: asked again once it ends');
+    this.checkpointing = true;
+    try {
+      const steps = this.store.exportImageSteps(lsn, destDir, { term: 0, flushOffThread: true });
+      try {
+        for (;;) {
+          const r = await this.queue.task(() => steps.next());
+          if (r.done === true) return r.value;
+          if (r.value !== undefined) await r.value;
+        }
+      } catch (e) {
+        this.reportDamage(e); // The fold reads the pages of an image, and records of the log.
+        throw e;
+      } finally {
         steps.return(undefined as never);
       }
     } finally {

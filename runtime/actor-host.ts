@@ -376,6 +376,12 @@ export class ActorHost implements HostApi {
     }
     const mailbox = this.mailboxes.get(key)!;
     try {
+      if (spec.seed !== undefined && spec.seed.lsn > 0 && created !== undefined) {
+        // A branch's new replica: the parent's pages at the branch point, copied on this device.
+        const seeded = await device.seedShard(spec);
+        if (seeded.seeded) this.log.info('branch replica copied from its parent', { volume: spec.volumeId, shard: spec.shard, parent: spec.seed.volumeId, lsn: seeded.lsn });
+        else if (spec.existing !== true) this.log.warn('branch replica not copied from its parent here: it waits for a peer to send it the shard', { volume: spec.volumeId, shard: spec.shard, parent: spec.seed.volumeId, lsn: spec.seed.lsn, reason: seeded.reason });
+      }
       device.openShard(spec);
       // An open of a shard open already takes its spec (the node's record after a move).
       mailbox.spec = spec;

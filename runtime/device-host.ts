@@ -24,6 +24,7 @@ import type { ShardGeometry, PayloadOffload } from '../actors/shard';
 import { CpuPool, type CpuPoolStats } from './cpu-pool';
 import { FaultyDisk } from './faulty-disk';
 import { withTimeout } from './timeout';
+import { ProtocolError } from '../messages/errors';
 import { idNumber, idTag, shardKey } from '../messages/volume-id';
 
 export { shardKey };
@@ -45,7 +46,19 @@ export interface ShardSpec extends ShardGeometry {
    * of a volume's creation.
    */
   existing?: boolean;
+  /**
+   * A shard of a branch (docs/branches.md): the parent volume's id and the branch point, the
+   * LSN of the parent's shard the branch starts from. A new replica copies the parent's pages at
+   * that LSN from the parent's replica on this device (`seedShard`); its log continues after it.
+   */
+  seed?: { volumeId: string; lsn: number };
 }
+
+/** How long `seedShard` waits for the parent's replica to apply the branch point, or to end a checkpoint. */
+export const SEED_WAIT_MS = 5_000;
+
+/** What `seedShard` did: copied the parent's pages, or why not (the replica is then sent the shard by a peer). */
+export type SeedResult = { seeded: true; lsn: number } | { seeded: false; reason: string };
 
 export interface DeviceHostOptions {
   /** Directory of the device (created if missing). */
@@ -339,6 +352,46 @@ export class DeviceHost {
     }
     if (!entry.replica) this.start(entry);
     return this.stateOf(entry);
+  }
+
+  /**
+   * Before the first open of a branch's replica (`spec.seed`, not `existing`, not joining in a
+   * move, not open here): writes the parent shard's pages as of the branch point into the new
+   * replica's directory, from the parent's replica on this device, and marks them its state
+   * (ShardStorage.seedFromImage): the open then starts the replica at that LSN. Waits up to
+   * SEED_WAIT_MS for the parent's replica to apply the branch point (a follower behind) or to
+   * end a checkpoint. Nothing is written when it cannot copy: no replica of the parent here
+   * (down, or placed elsewhere), the branch point no longer readable (`trimmed`), or the wait
+   * ran out; the replica then opens empty and waits for a peer to send it the shard
+   * (ReplicaOptions.seedLsn keeps it from leading meanwhile).
+   */
+  async seedShard(spec: ShardSpec, clock: () => number = Date.now): Promise<SeedResult> {
+    const seed = spec.seed;
+    if (seed === undefined || seed.lsn === 0) return { seeded: false, reason: 'nothing to copy' };
+    const key = shardKey(spec.volumeId, spec.shard);
+    if (spec.existing === true || spec.priorMembers !== undefined || this.shards.has(key)) return { seeded: false, reason: 'not a new replica of the branch' };
+    const dir = joinPath('shards', key);
+    if (this.disk.exists(joinPath(dir, 'raft')) || this.disk.exists(joinPath(dir, 'checkpoint')) || this.disk.exists(joinPath(dir, 'install'))) {
+      return { seeded: false, reason: 'its directory holds a replica already' };
+    }
+    const endMs = clock() + SEED_WAIT_MS;
+    for (;;) {
+      const parent = this.shards.get(shardKey(seed.volumeId, spec.shard))?.replica;
+      if (parent === undefined) return { seeded: false, reason: `no replica of shard ${spec.shard} of volume ${seed.volumeId} on this device` };
+      try {
+        if (parent.appliedLsn >= seed.lsn) {
+          this.disk.mkdirp(dir);
+          await parent.exportImage(seed.lsn, dir);
+          ShardStorage.seedFromImage(this.disk, dir, seed.lsn, 0);
+          return { seeded: true, lsn: seed.lsn };
+        }
+      } catch (e) {
+        // A checkpoint running on the parent's replica: asked again. Anything else is final.
+        if (!(e instanceof ProtocolError && e.code === 'unavailable')) return { seeded: false, reason: (e as Error).message };
+      }
+      if (clock() >= endMs) return { seeded: false, reason: `the parent's replica did not reach LSN ${seed.lsn} (applied ${parent.appliedLsn}) within ${SEED_WAIT_MS} ms` };
+      await new Promise((r) => setTimeout(r, 10));
+    }
   }
 
   /** The replica of a shard, or a typed error saying why there is none. */
@@ -666,6 +719,7 @@ export class DeviceHost {
         nowMs: this.nowMs(),
         clock: this.nowMs,
         checkpointEveryRecords: this.opts.checkpointEveryRecords ?? 65536,
+        ...(spec.seed !== undefined ? { seedLsn: spec.seed.lsn } : {}),
         ...(this.opts.messageBytesMax !== undefined ? { messageBytesMax: this.opts.messageBytesMax } : {}),
         ...(this.opts.timing ? { timing: this.opts.timing } : {}),
         ...(this.offload ? { offload: this.offload } : {}),

@@ -111,7 +111,7 @@ class TestShard {
    * Opens a replica on `disk`; with `damaged`, as its host does after it reported damage; with
    * `existing`, as its node reopens a replica it held (ShardStorage `expectExisting`).
    */
-  start(id: string, sim: SimDisk, opts: { damaged?: readonly CorruptionReport[]; existing?: boolean; members?: string[]; priorMembers?: string[] } = {}): Member {
+  start(id: string, sim: SimDisk, opts: { damaged?: readonly CorruptionReport[]; existing?: boolean; members?: string[]; priorMembers?: string[]; seedLsn?: number } = {}): Member {
     const disk: Disk = this.opts.asyncFlush === true ? withAsyncFlush(sim) : sim;
     const storage = ShardStorage.open(disk, {
       dir: 'shard', pageSize: 4096, pageCount: 256, cacheBytesMax: 1 << 20, slab: this.slab, segmentBytesMax: 64 * 1024, repairFromPeers: this.ids.length > 1,
@@ -130,6 +130,7 @@ class TestShard {
     const replica = new Replica({
       geometry: { ...geometry, shard: this.opts.shard ?? 0, shards: Math.max(1, (this.opts.shard ?? 0) + 1) }, self: id, members: opts.members ?? this.ids, log: storage.log,
       ...(opts.priorMembers !== undefined ? { priorMembers: opts.priorMembers } : {}), store: storage.store, queue, hardState: storage,
+      ...(opts.seedLsn !== undefined ? { seedLsn: opts.seedLsn } : {}),
       transport: this.transport(id), snapshots: storage, timing: { ...timing, ...(this.opts.timing ?? {}) },
       nowMs: this.now,
       clock: () => this.now,
@@ -1968,8 +1969,9 @@ describe('Replica (membership change by joint consensus)', function () {
     await shard.elapse(300);
     assert.equal(shard.leaders().length, 0);
     shard.start('d', new SimDisk(), { members: target, priorMembers: ['a', 'b', 'c'] });
-    // With d, a majority of both: a leader is elected, and it finishes the change.
-    await shard.waitFor(() => shard!.leaders().some((m) => m.replica.configuration().prior === undefined && m.replica.appliedLsn >= m.replica.stats().lastLsn), 'a leader under the new set');
+    // With d, a majority of both: a leader is elected, and it finishes the change (one of the old
+    // set that was elected hands the shard to a member of the new set once the change commits).
+    await shard.waitFor(() => shard!.leaders().some((m) => target.includes(m.id) && m.replica.configuration().prior === undefined && m.replica.appliedLsn >= m.replica.stats().lastLsn), 'a leader of the new set under it');
     const n = shard.leaders()[0]!;
     assert.deepEqual(n.replica.configuration(), { members: target });
     await n.replica.write([{ page: 2, data: page(3) }]);
@@ -2348,6 +2350,29 @@ describe('Replica handing its leadership over (transferLeadership, timeoutNow)',
     assert.equal(a.stats().handovers, 0);
     await a.write([{ page: 0, data: page(4) }]);
     assert.deepEqual((await a.read([0], { deadlineMs: Date.now() + 1000, nowMs: Date.now() })).pages[0], page(4));
+  });
+
+  it("a branch's replica without the branch point's pages neither campaigns nor takes a handover, until a peer sends it the shard", async () => {
+    shard = await aLeads();
+    const a = shard.members.get('a')!.replica;
+    const seedLsn = a.stats().lastLsn;
+    // c's host had no copy of the parent to give it: c starts empty, its branch point ahead.
+    await shard.crash('c');
+    shard.cutLink('a', 'c');
+    shard.cutLink('b', 'c');
+    const c = shard.start('c', new SimDisk(), { seedLsn }).replica;
+    for (let t = 410; t <= 4000; t += 10) await shard.at(t);
+    assert.equal(c.stats().preVotes + c.stats().elections, 0, 'c never campaigned, its leader silent for many election timeouts');
+    await assert.rejects(a.transferLeadership('c'), (e: ProtocolError) => e.code === 'unavailable' && /'c' did not take the leadership over/.test(e.message));
+    assert.equal(a.isLeader, true);
+    // Given the shard by its leader, it may lead.
+    shard.heal();
+    for (let t = 4010; t <= 4400; t += 10) await shard.at(t);
+    assert.ok(c.stats().lastLsn >= seedLsn, `c holds the shard (${c.stats().lastLsn})`);
+    const term = a.currentTerm;
+    assert.deepEqual(await a.transferLeadership('c'), { term, to: 'c' });
+    await shard.waitFor(() => c.isLeader, 'c leads', 5000);
+    assert.deepEqual((await c.read([0], { deadlineMs: Date.now() + 1000, nowMs: Date.now() })).pages[0], page(1));
   });
 
   it('a target that does not answer ends it at once, and the leader leads on; bad targets, a follower and a set of one are refused', async () => {

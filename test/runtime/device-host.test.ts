@@ -997,3 +997,59 @@ describe('DeviceHost: a replica that finds its storage damaged while running', f
     }
   });
 });
+
+describe('DeviceHost seeding a branch replica from its parent (seedShard)', () => {
+  const child = (lsn: number, extra: Partial<ShardSpec> = {}): ShardSpec => ({
+    volumeId: 'v2', volumeName: 'kid', shard: 0, shards: 2, pageCount: 64, pageSize: 4096, stripePages: 4, members: ['n1'], seed: { volumeId: 'v1', lsn }, ...extra,
+  });
+
+  it('copies the parent replica on this device at the branch point: the branch replica starts there, and goes on after it', async () => {
+    const host = new DeviceHost({ dir: 'dev0', self: 'n1', disk: new SimDisk() });
+    host.openShard(spec(0));
+    const p = await leader(host, 0);
+    await p.write([{ page: 0, data: page(1) }, { page: 1, data: page(1) }]);
+    const at = p.stats().commitLsn;
+    await p.write([{ page: 1, data: page(2) }, { page: 2, data: page(2) }]);
+    assert.deepEqual(await host.seedShard(child(at)), { seeded: true, lsn: at });
+    host.openShard(child(at));
+    const k = host.replica('v2', 0);
+    for (let i = 0; i < 1000 && !k.isLeader; i++) {
+      host.tick(performance.now(), Date.now());
+      await new Promise((res) => setImmediate(res));
+    }
+    assert.ok(k.isLeader, 'the branch replica, holding the branch point, leads');
+    assert.deepEqual((await k.read([0, 1, 2], soon())).pages, [page(1), page(1), new Uint8Array(4096)]);
+    await k.write([{ page: 2, data: page(3) }]);
+    assert.ok(k.stats().lastLsn > at);
+    assert.deepEqual((await p.read([0, 1, 2], soon())).pages, [page(1), page(2), page(2)], 'the parent is unchanged');
+    await host.close();
+  });
+
+  it('copies nothing for a replica that is not new, or without a parent replica here, or a branch point no longer held; such a replica does not lead', async () => {
+    const host = new DeviceHost({ dir: 'dev0', self: 'n1', disk: new SimDisk(), checkpointEveryRecords: 1_000_000 });
+    host.openShard(spec(0));
+    const p = await leader(host, 0);
+    await p.write([{ page: 0, data: page(1) }]);
+    const first = p.stats().commitLsn;
+    assert.match(String((await host.seedShard(child(first, { existing: true })) as { reason: string }).reason), /not a new replica/);
+    assert.match(String((await host.seedShard(child(first, { shard: 1 })) as { reason: string }).reason), /no replica of shard 1 of volume v1 on this device/);
+    // Two checkpoints later the first write is below the parent's oldest readable LSN.
+    for (let k = 0; k < 2; k++) {
+      await p.write([{ page: 0, data: page(2 + k) }]);
+      await p.checkpoint();
+    }
+    const r = await host.seedShard(child(first));
+    assert.equal(r.seeded, false);
+    assert.match((r as { reason: string }).reason, /oldest readable/);
+    // Opened all the same, empty: with its log below the branch point it never campaigns.
+    host.openShard(child(first));
+    const k = host.replica('v2', 0);
+    for (let i = 0; i < 300; i++) {
+      host.tick(performance.now(), Date.now());
+      await new Promise((res) => setTimeout(res, 2));
+    }
+    assert.equal(k.isLeader, false);
+    assert.equal(k.stats().elections, 0);
+    await host.close();
+  });
+});
