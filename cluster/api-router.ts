@@ -15,7 +15,7 @@ import { headers as natsHeaders, type NatsConnection, type Subscription } from '
 import { encode, decode, encodedErrorCode, MESSAGE_BYTES_MAX } from '../messages/codec';
 import { newInbox, serverMaxPayload } from '../runtime/request-mux';
 import { errorReply, isPlainObject, ProtocolError, throwIfError } from '../messages/errors';
-import { expectArray, expectMap, field, validatePageRead, validatePageWriteRequest, validatePageReadRequest, validateVolumeFlushRequest, validateVolumeNameRequest } from '../messages/validate';
+import { expectArray, expectMap, field, validatePageRead, validatePageWriteRequest, validatePageReadRequest, validateVolumeBranchRequest, validateVolumeFlushRequest, validateVolumeNameRequest } from '../messages/validate';
 import { controllerSubject } from '../messages/control';
 import { SHARDS_MAX, VOLUMES_PER_LIST_MAX, type VolumeInfo } from '../messages/api';
 import { NODES_MAX } from '../actors/controller';
@@ -112,6 +112,53 @@ export class ApiRouter {
     if (encodedErrorCode(reply) !== 'unavailable') return reply;
     const info = local(name);
     return info === undefined ? reply : encode(info);
+  }
+
+  /**
+   * volume.branch (docs/branches.md): without `lsns`, the branch point is the parent's commit LSN
+   * of every shard now (a flush of the parent), filled in before the request goes to the
+   * controller, which creates the branch and has its nodes copy the parent's pages. The branch is
+   * answered once every shard of it serves (a flush of the branch: a replica of each shard holds
+   * the copy and leads). When that does not happen within the deadline, no replica could copy
+   * its shard (the branch point no longer readable, the parent's replicas down), and none ever
+   * will: the branch is deleted, and the answer says why (`unavailable`).
+   */
+  async branch(body: unknown, data: Uint8Array, deadlineMs: number): Promise<Uint8Array> {
+    const req = validateVolumeBranchRequest(body);
+    let sent = data;
+    try {
+      // A share of the time: the rest is the copy's and the check's.
+      const partMs = Date.now() + Math.max(1, Math.floor((deadlineMs - Date.now()) / 4));
+      const parent = this.volume(req.parent);
+      if (req.lsns === undefined) {
+        const flushed = await parent.flush({ deadlineMs: partMs });
+        sent = encode({ ...req, lsns: flushed.lsns.map((s) => s.lsn) });
+      } else {
+        // A branch point the parent's leaders cannot read (no longer retained, or not written
+        // yet) is refused before anything is created: a read of a page of each shard at it.
+        const info = await parent.info({ deadlineMs: partMs });
+        if (req.lsns.length !== info.shards) {
+          throw new ProtocolError('bad_request', `lsns: volume '${req.parent}' has ${info.shards} shards, ${req.lsns.length} LSNs given`, { path: 'lsns' });
+        }
+        const firsts = Array.from({ length: info.shards }, (_, shard) => shard * info.stripePages).filter((p) => p < info.pageCount);
+        await parent.readPages(firsts, { lsns: req.lsns.map((lsn, shard) => ({ shard, lsn })), deadlineMs: partMs });
+      }
+    } catch (e) {
+      return encode(errorReply(e instanceof ProtocolError ? e : new ProtocolError('unavailable', (e as Error).message)));
+    }
+    const reply = await this.forwardToController('volume.branch', sent, deadlineMs);
+    if (encodedErrorCode(reply) !== undefined) return reply;
+    try {
+      // Room for a delete and the answer, if it comes to that.
+      await this.volume(req.name).flush({ deadlineMs: Date.now() + Math.max(1, Math.floor((deadlineMs - Date.now()) * 0.75)) });
+      return reply;
+    } catch (e) {
+      const why = (e as Error).message;
+      const undone = await this.forwardToController('volume.delete', encode({ name: req.name }), deadlineMs);
+      const code = encodedErrorCode(undone);
+      throw new ProtocolError('unavailable', `branch '${req.name}' of '${req.parent}' was created, but a shard of it did not serve in time, its replicas without the parent's pages at the branch point (${why}): ` +
+        (code === undefined ? 'it was deleted' : `deleting it failed too (${code}): delete it with strata volume delete ${req.name}`));
+    }
   }
 
   async pageWrite(body: unknown, deadlineMs: number): Promise<unknown> {

@@ -30,6 +30,7 @@ import { ConnectionState, encodeReplyWithin, fromNatsError, natsErrorCode, newIn
 import { encode, decode, encodedErrorCode, pageWithin, MESSAGE_BYTES_MAX } from '../messages/codec';
 import { errorReply, isErrorCode, ProtocolError, toProtocolError, throwIfError, type ErrorCode } from '../messages/errors';
 import {
+  validateVolumeBranchRequest,
   validateVolumeCreateRequest,
   validateVolumeNameRequest,
   validateVolumeListRequest,
@@ -79,7 +80,7 @@ import { RealDisk } from '../storage-engine/real-disk';
 import { makeDirectory } from '../storage-engine/make-directory';
 import { MetaStore } from '../storage-engine/metadata';
 import { shardKey } from '../messages/volume-id';
-import { CATALOG_REPLICAS_MAX, Controller, idNumber, idTag, volumeInfo, type NodeMember, type RepairMove, type AssignmentRole, type ShardMove, type VolumeRecord } from '../actors/controller';
+import { CATALOG_REPLICAS_MAX, Controller, idNumber, idTag, seedOf, volumeInfo, type NodeMember, type RepairMove, type AssignmentRole, type ShardMove, type VolumeRecord } from '../actors/controller';
 import { HostPool } from '../runtime/host-pool';
 import type { HostConfig, TransportFaults } from '../runtime/actor-host';
 import type { ReplicaTiming } from '../actors/replica';
@@ -1456,6 +1457,7 @@ export class StrataNode {
     // One at a time with creates and deletes: none changes the catalog while it is rebuilt.
     this.subscribe(subj('catalog.recover'), (body, msg) => this.serial(msg, (deadlineMs) => this.recoverCatalog(validateCatalogRecoverRequest(body).apply === true, deadlineMs)));
     this.subscribe(subj('volume.create'), (body, msg) => this.serial(msg, (deadlineMs) => this.createVolume(validateVolumeCreateRequest(body), deadlineMs)));
+    this.subscribe(subj('volume.branch'), (body, msg) => this.serial(msg, (deadlineMs) => this.branchVolume(validateVolumeBranchRequest(body), deadlineMs)));
     this.subscribe(subj('volume.delete'), (body, msg) => this.serial(msg, (deadlineMs) => this.deleteVolume(validateVolumeNameRequest(body).name, deadlineMs)));
     this.subscribe(subj('volume.info'), async (body) => {
       const { name } = validateVolumeNameRequest(body);
@@ -1574,9 +1576,11 @@ export class StrataNode {
   private assignmentOf(v: VolumeRecord, shard: number, hostId: number, role: AssignmentRole = 'member'): ShardAssignment {
     const p = v.placements.find((x) => x.shard === shard)!;
     const members = p.replicas.map((r) => r.nodeId);
+    const seed = seedOf(v, shard);
     const base = {
       volumeId: v.id, volumeName: v.name, shard, shards: v.shards, pageCount: v.pageCount,
       pageSize: v.pageSize, stripePages: v.stripePages, hostId, createdAt: v.createdAt,
+      ...(seed !== undefined ? { seed } : {}),
     };
     // The new set in the order the catalog gives it once the move is done (`to` where `from` was).
     if (role === 'adding') return { ...base, members: members.map((m) => (m === p.removing ? p.adding!.nodeId : m)), priorMembers: members };
@@ -1824,6 +1828,23 @@ export class StrataNode {
 
   private async createVolume(spec: ReturnType<typeof validateVolumeCreateRequest>, deadlineMs: number | undefined): Promise<unknown> {
     const v = this.controller!.create(spec, Date.now());
+    this.creating.add(v.name);
+    try {
+      return await this.placeVolume(v, deadlineMs);
+    } finally {
+      this.creating.delete(v.name);
+    }
+  }
+
+  /**
+   * controller.volume.branch: adds the branch to the catalog (Controller.branch: the parent's
+   * geometry, its replicas' nodes and hosts) and has its nodes open its shards, each new replica
+   * copying the parent's pages at the branch point on its device (DeviceHost.seedShard). The API
+   * router fills in `lsns` when the requester left them out.
+   */
+  private async branchVolume(req: ReturnType<typeof validateVolumeBranchRequest>, deadlineMs: number | undefined): Promise<unknown> {
+    if (req.lsns === undefined) throw new ProtocolError('bad_request', 'lsns: the controller needs the branch point of every shard (the API router fills them in)', { path: 'lsns' });
+    const v = this.controller!.branch({ name: req.name, parent: req.parent, lsns: req.lsns }, Date.now());
     this.creating.add(v.name);
     try {
       return await this.placeVolume(v, deadlineMs);
@@ -2165,6 +2186,7 @@ export class StrataNode {
     for (const verb of ['volume.create', 'volume.list', 'volume.delete']) {
       endpoint(verb, async (_body, req) => router.forwardToController(verb, req.data, req.deadlineMs));
     }
+    endpoint('volume.branch', (body, req) => router.branch(body, req.data, req.deadlineMs));
     endpoint('volume.info', async (body, req) => router.volumeInfo(body, req.data, req.deadlineMs, (name) => this.localVolumeInfo(name)));
     endpoint('page.write', (body, req) => router.pageWrite(body, req.deadlineMs));
     endpoint('page.read', (body, req) => router.pageRead(body, req.deadlineMs));

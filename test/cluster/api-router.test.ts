@@ -5,6 +5,8 @@ import { controllerSubject } from '../../messages/control';
 import { decode, encode } from '../../messages/codec';
 import { HEADER_DEADLINE } from '../../messages/headers';
 import { startNatsServer, type NatsServerHandle } from '../../runtime/nats-server';
+import { apiSubject, shardSubject } from '../../messages/subjects';
+import { ProtocolError } from '../../messages/errors';
 
 describe('ApiRouter forwarding catalog requests to the controller', function () {
   this.timeout(30_000);
@@ -237,5 +239,61 @@ describe('ApiRouter gathering the nodes\' status', function () {
     const r = await status(new ApiRouter(nc, 'test', 30_000, { statusGatherMsMax: 600 }));
     assert.deepEqual(r.nodes, ['n1:1', 'n2:2']);
     assert.ok(r.ms >= 550, `answered after ${r.ms.toFixed(0)} ms, before the gather's 600`);
+  });
+});
+
+describe('ApiRouter branching a volume', function () {
+  this.timeout(30_000);
+  let server: NatsServerHandle;
+  let nc: NatsConnection;
+  let stand: NatsConnection;
+  /** What the stand-in controller was sent: volume.branch bodies, names deleted. */
+  const branched: Array<Record<string, unknown>> = [];
+  const deleted: string[] = [];
+  const info = (name: string, id: string): Record<string, unknown> => ({ name, id, pageCount: 16, pageSize: 4096, shards: 1, stripePages: 4, replicas: 3, createdAt: 1 });
+
+  before(async () => {
+    server = await startNatsServer({ jetstream: false });
+    nc = await connect({ servers: server.url });
+    stand = await connect({ servers: server.url });
+    // The catalog: the parent 'par' (id vp) and, once branched, 'kid' (id vk).
+    stand.subscribe(controllerSubject('test', 'volume.branch'), {
+      callback: (_e, m) => {
+        branched.push(decode(m.data) as Record<string, unknown>);
+        m.respond(encode({ ...info('kid', 'vk'), branch: { parent: 'par', parentId: 'vp', lsns: [7] } }));
+      },
+    });
+    stand.subscribe(controllerSubject('test', 'volume.delete'), {
+      callback: (_e, m) => {
+        deleted.push((decode(m.data) as { name: string }).name);
+        m.respond(encode({}));
+      },
+    });
+    stand.subscribe(apiSubject('test', 'volume.info'), {
+      callback: (_e, m) => {
+        const { name } = decode(m.data) as { name: string };
+        m.respond(encode(name === 'par' ? info('par', 'vp') : info('kid', 'vk')));
+      },
+    });
+    // The parent's shard answers a flush at its commit LSN 7; nothing serves the branch's shard
+    // (none of its replicas holds the copy).
+    stand.subscribe(shardSubject('test', 'vp', 0), { callback: (_e, m) => m.respond(encode({ lsn: 7, term: 1 })) });
+    await stand.flush();
+  });
+  after(async () => {
+    await nc?.close();
+    await stand?.close();
+    await server?.stop();
+  });
+
+  it('fills in the branch point from a flush of the parent; a branch whose shard does not serve by the deadline is deleted, and answered unavailable', async () => {
+    const router = new ApiRouter(nc, 'test', 5000);
+    const body = { name: 'kid', parent: 'par' };
+    const t0 = Date.now();
+    await assert.rejects(router.branch(body, encode(body), t0 + 3000), (e: unknown) =>
+      e instanceof ProtocolError && e.code === 'unavailable' && /branch 'kid' of 'par' was created, but a shard of it did not serve in time/.test(e.message) && /it was deleted/.test(e.message));
+    assert.deepEqual(branched, [{ name: 'kid', parent: 'par', lsns: [7] }]);
+    assert.deepEqual(deleted, ['kid']);
+    assert.ok(Date.now() - t0 < 3000, 'answered within the deadline');
   });
 });

@@ -32,7 +32,7 @@ describe('the public API is a discoverable NATS service ($SRV ping, info, stats)
     const infos = await collect(await nc.services.client({ maxWait: 1000, strategy: RequestStrategy.Timer }).info('strata'));
     assert.equal(infos.length, 2);
     const subjects = infos[0]!.endpoints.map((e) => e.subject).sort();
-    for (const verb of ['page.read', 'page.write', 'status', 'volume.create', 'volume.delete', 'volume.flush', 'volume.info', 'volume.list']) {
+    for (const verb of ['page.read', 'page.write', 'status', 'volume.branch', 'volume.create', 'volume.delete', 'volume.flush', 'volume.info', 'volume.list']) {
       assert.ok(subjects.includes(`strata.${c.cluster}.api.${verb}`), `missing ${verb} in ${subjects.join(', ')}`);
     }
     for (const e of infos[0]!.endpoints) assert.equal(e.queue_group, 'strata-api');
