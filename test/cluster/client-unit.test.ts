@@ -4,6 +4,7 @@ import {
   API_READ_TRY_MS_MIN,
   API_READ_VERBS,
   CREATE_MS_PER_SHARD_REPLICA,
+  BRANCH_COPY_BYTES_PER_MS,
   MOVE_TIMEOUT_MS_MIN,
   CALL_PAGES_MAX,
   CLUSTER_DEFAULT,
@@ -244,15 +245,20 @@ describe('cluster/client (fake transport)', () => {
       const sent = t.apiRequests('volume.branch');
       assert.deepEqual(sent.map((r) => r.body), [{ name: 'db-test', parent: 'db', lsns }, { name: 'db-test2', parent: 'db' }, { name: 'db-test3', parent: 'db' }]);
       assert.deepEqual(sent.map((r) => r.headers[HEADER_TYPE]), ['volume.branch', 'volume.branch', 'volume.branch']);
-      assert.deepEqual(sent.map((r) => Number(r.headers[HEADER_DEADLINE]) - NOW), [256 * 3 * CREATE_MS_PER_SHARD_REPLICA, 256 * 3 * CREATE_MS_PER_SHARD_REPLICA, 5000]);
+      // A create's wait, and the copy of the parent's 4096 pages of 4 KiB on each of 3 replicas.
+      const sized = 256 * 3 * CREATE_MS_PER_SHARD_REPLICA + Math.ceil((4096 * 4096 * 3) / BRANCH_COPY_BYTES_PER_MS);
+      assert.deepEqual(sent.map((r) => Number(r.headers[HEADER_DEADLINE]) - NOW), [sized, sized, 5000]);
       assert.deepEqual(t.apiRequests('volume.info').map((r) => r.body), [{ name: 'db' }, { name: 'db' }, { name: 'db' }]);
-      // A parent of few shards: the client's timeout.
+      // A parent of few shards: the client's timeout; of many pages, the time for their copy.
       parent.shards = 2;
       await client.branchVolume('db-test4', 'db');
       assert.equal(Number(t.apiRequests('volume.branch').at(-1)!.headers[HEADER_DEADLINE]) - NOW, 10_000);
+      parent.pageCount = 1 << 20;
+      await client.branchVolume('db-test5', 'db');
+      assert.equal(Number(t.apiRequests('volume.branch').at(-1)!.headers[HEADER_DEADLINE]) - NOW, 2 * 3 * CREATE_MS_PER_SHARD_REPLICA + Math.ceil((4096 * 2 ** 20 * 3) / BRANCH_COPY_BYTES_PER_MS));
       // No such parent: not_found, and no volume.branch sent.
       await rejectsWith(client.branchVolume('x', 'nope'), 'not_found', /volume 'nope' does not exist/);
-      assert.equal(t.apiRequests('volume.branch').length, 4);
+      assert.equal(t.apiRequests('volume.branch').length, 5);
     });
 
     it('branchVolume validates its arguments before sending anything', async () => {
