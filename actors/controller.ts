@@ -809,8 +809,8 @@ export class Controller {
    * records show a move under way (the node it adds records the set before as `priorMembers`,
    * the others that set) is added with that move under way, to be run again. A branch volume
    * is added with its branch point when every record of it names the same parent id and one LSN
-   * per shard (their `seed`) and the parent's name is known (the catalog holds the parent, or
-   * the nodes do); without it otherwise (`branchOfRecords`).
+   * per shard (their `seed`), under the parent's name if the catalog or the nodes know it, else
+   * its id; without it otherwise (`branchOfRecords`).
    */
   planRecovery(nodes: readonly { nodeId: string; hosts: number; shards: readonly RecoveryRecord[] }[], nowMs: number): { add: VolumeRecord[]; skipped: Array<{ id: string; name: string; shards: number; replicas: number; reason: string }> } {
     const byVolume = new Map<string, Array<{ nodeId: string; rec: RecoveryRecord }>>();
@@ -1016,9 +1016,9 @@ export type RecoveryRecord = ShardAssignment;
 
 /**
  * The branch point of a volume as its replicas' records give it (`{}` when they do not): every
- * record has a `seed`, all of the same parent id, those of one shard of the same LSN, every
- * shard of the volume named, and `parentName` knows the parent's name. The name is the
- * parent's now, which may not be the one it had when the branch was made.
+ * record has a `seed`, all of the same parent id, those of one shard of the same LSN, and every
+ * shard of the volume named. The parent's name is `parentName`'s (the parent's now, which may
+ * not be the one it had when the branch was made), else its id.
  */
 export function branchOfRecords(records: readonly RecoveryRecord[], shards: number, parentName: (parentId: string) => string | undefined): { branch?: BranchPoint } {
   const parentId = records[0]?.seed?.volumeId;
@@ -1030,8 +1030,10 @@ export function branchOfRecords(records: readonly RecoveryRecord[], shards: numb
     lsns[r.shard] = r.seed.lsn;
   }
   if (lsns.some((l) => l === undefined)) return {};
-  const parent = parentName(parentId);
-  return parent === undefined ? {} : { branch: { parent, parentId, lsns: lsns as number[] } };
+  // A parent no one knows the name of (deleted since): its id stands for its name. The branch
+  // point is kept all the same: without it, the branch's replicas that never got the parent's
+  // pages would be free to lead the branch empty (DeviceHost.seedShard, ReplicaOptions.seedLsn).
+  return { branch: { parent: parentName(parentId) ?? parentId, parentId, lsns: lsns as number[] } };
 }
 
 export { idNumber, idTag };

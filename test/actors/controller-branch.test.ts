@@ -174,7 +174,7 @@ describe('Controller branches (volume.branch)', () => {
     assert.deepEqual(placed(bb, 2), placed(b1, 2));
   });
 
-  it("a recovery gives a branch its branch point back from its replicas' seeds when the parent's name is known", () => {
+  it("a recovery gives a branch its branch point back from its replicas' seeds, under the parent's name when it is known", () => {
     type Rec = Parameters<Controller['planRecovery']>[0][number]['shards'][number];
     const rec = (volumeId: string, volumeName: string, shard: number, seed?: { volumeId: string; lsn: number }): Rec => ({
       volumeId, volumeName, shard, shards: 2, pageCount: 64, pageSize: 4096, stripePages: 4, hostId: 0, members: ['n1'], createdAt: T0, ...(seed === undefined ? {} : { seed }),
@@ -189,7 +189,7 @@ describe('Controller branches (volume.branch)', () => {
     const by = new Map(plan.add.map((v) => [v.name, v]));
     assert.deepEqual(by.get('b')!.branch, { parent: 'p', parentId: 'v1-old', lsns: [4, 9] });
     assert.equal(by.get('p')!.branch, undefined);
-    assert.equal(by.get('orphan')!.branch, undefined, 'a parent no one knows the name of: no branch point');
+    assert.deepEqual(by.get('orphan')!.branch, { parent: 'v9-old', parentId: 'v9-old', lsns: [1, 1] }, 'a parent no one knows the name of: its id for its name, the branch point kept');
     // Records that disagree, or a shard without a seed: none either.
     assert.deepEqual(branchOfRecords([rec('v2', 'b', 0, { volumeId: 'v1', lsn: 4 }), rec('v2', 'b', 1, { volumeId: 'v7', lsn: 4 })], 2, () => 'p'), {});
     assert.deepEqual(branchOfRecords([rec('v2', 'b', 0, { volumeId: 'v1', lsn: 4 }), rec('v2', 'b', 0, { volumeId: 'v1', lsn: 5 }), rec('v2', 'b', 1, { volumeId: 'v1', lsn: 4 })], 2, () => 'p'), {});
