@@ -70,11 +70,11 @@ import { prng } from '../support/prng';
 import { formatTable, writeJson } from '../../bench/report';
 
 /** The faults the nemesis knows. */
-export const FAULT_KINDS = ['kill', 'kill-majority', 'stop', 'freeze', 'nats-freeze', 'nats-restart', 'wipe', 'wipe-controller', 'move', 'down', 'drain', 'rebalance'] as const;
+export const FAULT_KINDS = ['kill', 'kill-majority', 'stop', 'freeze', 'nats-freeze', 'nats-restart', 'wipe', 'wipe-controller', 'move', 'down', 'drain', 'rebalance', 'branch'] as const;
 export type FaultKind = (typeof FAULT_KINDS)[number];
 
 /** How often each fault is picked, relative to the others. */
-const FAULT_WEIGHTS: Record<FaultKind, number> = { kill: 35, 'kill-majority': 10, stop: 20, freeze: 35, 'nats-freeze': 15, 'nats-restart': 10, wipe: 10, 'wipe-controller': 5, move: 15, down: 10, drain: 10, rebalance: 10 };
+const FAULT_WEIGHTS: Record<FaultKind, number> = { kill: 35, 'kill-majority': 10, stop: 20, freeze: 35, 'nats-freeze': 15, 'nats-restart': 10, wipe: 10, 'wipe-controller': 5, move: 15, down: 10, drain: 10, rebalance: 10, branch: 10 };
 /** How long the operator's move of a replica may take. */
 const MOVE_MS = 20_000;
 /** Errors of a move that say to try again later (a node down or restarting meanwhile). */
@@ -83,6 +83,12 @@ const MOVE_RETRYABLE = new Set(['unavailable', 'timeout', 'overloaded', 'not_lea
 const DOWN_MS = 60_000;
 /** How long a node stopped by SIGTERM (`stop`) may take to exit: its hand-overs (1 s at most) and a clean stop. */
 const STOP_MS = 20_000;
+/**
+ * Outcomes of a `branch` that say nothing of the branch's pages: the branch point no longer held
+ * by the time it was asked (the soak's checkpoints are frequent), or a node still coming back
+ * from the fault before.
+ */
+const BRANCH_INCONCLUSIVE = new Set(['trimmed', 'unavailable', 'timeout', 'overloaded', 'not_leader']);
 /** How long after a wiped controller is up its catalog must list the volume again (recovered). */
 const RECOVER_MS = 30_000;
 
@@ -565,6 +571,44 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
           await sleep(250);
         }
       };
+      /**
+       * A branch of the volume at the LSNs of a flush, whose pages must be the parent's as read at
+       * those LSNs just before (docs/branches.md); then deleted. Made while the clients write on.
+       */
+      const branchVolume = async (ev: FaultEvent): Promise<void> => {
+        ev.nodes = ['controller'];
+        const name = `soak-branch-${faults.length}`;
+        const parent = cluster.client.volume('soak');
+        const chunks = Array.from({ length: Math.ceil(opts.pages / 128) }, (_, c) => Array.from({ length: Math.min(128, opts.pages - c * 128) }, (__, k) => c * 128 + k));
+        try {
+          const at = (await parent.flush()).lsns;
+          const before: Uint8Array[] = [];
+          for (const chunk of chunks) before.push(...(await parent.readPages(chunk, { lsns: at })).pages);
+          const lsns = Array.from({ length: opts.shards }, (_, shard) => at.find((x) => x.shard === shard)!.lsn);
+          await cluster.client.branchVolume(name, 'soak', { lsns });
+          const kid = cluster.client.volume(name);
+          for (const chunk of chunks) {
+            const got = (await kid.readPages(chunk)).pages;
+            const differs = chunk.find((p, k) => !Buffer.from(got[k]!).equals(Buffer.from(before[p]!)));
+            if (differs !== undefined) {
+              problem(`branch ${name} of the volume at lsns ${lsns.join(', ')}: page ${differs} holds ${soakValue(got[chunk.indexOf(differs)]!)}, the parent held ${soakValue(before[differs]!)} there`);
+              break;
+            }
+          }
+          ev.outcome = `${opts.pages} pages as the parent's at lsns ${lsns.join(', ')}`;
+        } catch (e) {
+          const code = e instanceof ProtocolError ? e.code : 'error';
+          ev.outcome = code;
+          if (!BRANCH_INCONCLUSIVE.has(code)) problem(`branch ${name} of the volume failed: ${(e as Error).message}`);
+        } finally {
+          // Deleted (an undone or failed branch may exist all the same), retried while the controller is busy.
+          for (let i = 0; i < 40; i++) {
+            const r = await cluster.client.deleteVolume(name).then(() => 'done', (e: unknown) => (e instanceof ProtocolError ? e.code : 'error'));
+            if (r === 'done' || r === 'not_found') break;
+            await sleep(500);
+          }
+        }
+      };
       while (kinds.length > 0 && performance.now() < stopAt) {
         await sleep(1000 + rand() * 2000);
         if (performance.now() >= stopAt) break;
@@ -611,6 +655,8 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
           } finally {
             await operator.close();
           }
+        } else if (kind === 'branch') {
+          await branchVolume(ev);
         } else if (kind === 'drain') {
           // Any node, n1 too: the controller's node drains as any other.
           const n = cluster.nodes[pick(cluster.nodes.length)]!;
@@ -703,7 +749,7 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
         }
         ev.endMs = Math.round(now());
         faults.push(ev);
-        out(`  ${(ev.startMs / 1000).toFixed(1)} s: ${ev.kind} ${ev.nodes.join(', ')} (${((ev.endMs - ev.startMs) / 1000).toFixed(1)} s)${ev.upMs ? `, up again after ${Object.entries(ev.upMs).map(([id, ms]) => `${id} ${(ms / 1000).toFixed(1)} s`).join(', ')}` : ''}${ev.recoveredMs !== undefined ? `, catalog recovered ${(ev.recoveredMs / 1000).toFixed(1)} s later (${(ev.recovered ?? []).join(', ') || 'listed'})` : ''}${ev.outcome !== undefined ? (ev.kind === 'rebalance' ? `, done in ${((ev.replacedMs ?? 0) / 1000).toFixed(1)} s: replicas per node ${ev.outcome}` : `, shard ${ev.shard}: ${ev.outcome}`) : ''}${ev.replacedMs !== undefined && ev.kind !== 'rebalance' ? `, its replicas ${ev.kind === 'drain' ? 'moved off' : 'replaced'} ${(ev.replacedMs / 1000).toFixed(1)} s after the ${ev.kind === 'drain' ? 'mark' : 'kill'}` : ''}`);
+        out(`  ${(ev.startMs / 1000).toFixed(1)} s: ${ev.kind} ${ev.nodes.join(', ')} (${((ev.endMs - ev.startMs) / 1000).toFixed(1)} s)${ev.upMs ? `, up again after ${Object.entries(ev.upMs).map(([id, ms]) => `${id} ${(ms / 1000).toFixed(1)} s`).join(', ')}` : ''}${ev.recoveredMs !== undefined ? `, catalog recovered ${(ev.recoveredMs / 1000).toFixed(1)} s later (${(ev.recovered ?? []).join(', ') || 'listed'})` : ''}${ev.outcome !== undefined ? (ev.kind === 'rebalance' ? `, done in ${((ev.replacedMs ?? 0) / 1000).toFixed(1)} s: replicas per node ${ev.outcome}` : ev.kind === 'branch' ? `: ${ev.outcome}` : `, shard ${ev.shard}: ${ev.outcome}`) : ''}${ev.replacedMs !== undefined && ev.kind !== 'rebalance' && ev.kind !== 'branch' ? `, its replicas ${ev.kind === 'drain' ? 'moved off' : 'replaced'} ${(ev.replacedMs / 1000).toFixed(1)} s after the ${ev.kind === 'drain' ? 'mark' : 'kill'}` : ''}`);
       }
     };
 
