@@ -131,6 +131,8 @@ export interface HostSnapshot {
         damageReopens?: number;
         scrub?: { bytes: number; passes: number; damage: number };
         discardFailures?: number;
+        /** New replicas of branches that copied their parent's pages on this device, and that could not. */
+        branchCopies?: { copied: number; notCopied: number };
         /** The page caches' slab memory made resident ahead of use (runtime/slab-warmer.ts). */
         slabWarm?: { warmedSlots: number; failures: number } | undefined;
         shards: readonly ShardSnapshot[];
@@ -290,6 +292,7 @@ export class StrataMetrics {
       scrubDamage: counter('strata_scrub_damage', 'Damage the background scrub found (a replica of several then reopens without the damaged images; a sole copy is reported once per change).'),
       deviceFailures: counter('strata_device_failures', 'Times a device failed (a write or fdatasync): its replicas were reopened from what is durable, with a fresh queue.'),
       damageReopens: counter('strata_replica_damage_reopens', 'Replicas reopened because they found their own storage damaged while running (counted in strata_actor_restarts too).'),
+      branchCopies: counter('strata_branch_copies', 'New replicas of branches that copied their parent\'s pages on this device (outcome copied), and that could not and were sent the shard by a peer instead (outcome not_copied).'),
       discardFailures: counter('strata_discard_failures', 'Background removals of files let go (trimmed log segments, images a checkpoint dropped, destroyed shards) that failed; each leftover is removed when its directory is next opened.'),
       warmSlots: gauge('strata_cache_warm_slots', 'Slots of a device\'s page-cache slab whose memory the CPU pool made resident ahead of use (the first write to memory never used takes a page fault).'),
       warmFailures: counter('strata_cache_warm_failures', 'Steps of warming a device\'s page-cache slab that failed (the CPU pool refused them or was closed); the next tick tries again.'),
@@ -394,6 +397,10 @@ export class StrataMetrics {
       observe(o.damageReopens!, dev.damageReopens ?? 0, hostAttrs);
       observe(o.deviceFailures!, dev.failures ?? 0, hostAttrs);
       observe(o.discardFailures!, dev.discardFailures ?? 0, hostAttrs);
+      if (dev.branchCopies !== undefined) {
+        observe(o.branchCopies!, dev.branchCopies.copied, { ...hostAttrs, outcome: 'copied' });
+        observe(o.branchCopies!, dev.branchCopies.notCopied, { ...hostAttrs, outcome: 'not_copied' });
+      }
       if (dev.slabWarm !== undefined) {
         observe(o.warmSlots!, dev.slabWarm.warmedSlots, hostAttrs);
         observe(o.warmFailures!, dev.slabWarm.failures, hostAttrs);

@@ -214,6 +214,8 @@ export interface DeviceHostStats {
    * go, destroyed shards); each leftover is removed when its directory is next opened.
    */
   discardFailures: number;
+  /** New replicas of branches that copied their parent's pages here (`seedShard`), and that could not (sent the shard by a peer instead). */
+  branchCopies: { copied: number; notCopied: number };
   shards: ReplicaState[];
 }
 
@@ -294,6 +296,7 @@ export class DeviceHost {
   private scrubNextAtMs = 0;
   private scrubTurn = 0;
   private readonly scrubCounters = { bytes: 0, passes: 0, damage: 0 };
+  private readonly branchCopies = { copied: 0, notCopied: 0 };
   private readonly nowMs: () => number;
   private readonly cpu: CpuPool | undefined;
   private readonly offload: PayloadOffload | undefined;
@@ -374,6 +377,14 @@ export class DeviceHost {
     if (this.disk.exists(joinPath(dir, 'raft')) || this.disk.exists(joinPath(dir, 'checkpoint')) || this.disk.exists(joinPath(dir, 'install'))) {
       return { seeded: false, reason: 'its directory holds a replica already' };
     }
+    const r = await this.copyFromParent(spec, seed, dir, clock);
+    if (r.seeded) this.branchCopies.copied++;
+    else this.branchCopies.notCopied++;
+    return r;
+  }
+
+  /** seedShard's copy, once it is known to be wanted. */
+  private async copyFromParent(spec: ShardSpec, seed: { volumeId: string; lsn: number }, dir: string, clock: () => number): Promise<SeedResult> {
     const endMs = clock() + SEED_WAIT_MS;
     for (;;) {
       const parent = this.shards.get(shardKey(seed.volumeId, spec.shard))?.replica;
@@ -577,6 +588,7 @@ export class DeviceHost {
       scrub: { ...this.scrubCounters },
       fsyncFaultsInjected: this.faulty.injected,
       discardFailures: this.faulty.backgroundRemoveFailures,
+      branchCopies: { ...this.branchCopies },
       shards: [...this.shards.values()].map((e) => this.stateOf(e)),
     };
   }

@@ -122,13 +122,15 @@ describe('observability/metrics', () => {
     const h0 = snapshot.hosts[0]!;
     // A device failure: counted; its shard is down, with placeholder zeros.
     const downShard = { volumeId: 'v1', shard: 0, term: 0, appliedLsn: 0, commitLsn: 0, state: 'down', cache: { hits: 0, misses: 0, evictions: 0, bytes: 0 } };
-    snapshot.hosts[0] = { ...h0, mailbox: [{ ...h0.mailbox[0]!, depth: 0 }], device: { ...h0.device!, failures: 1, shards: [downShard], queue: { ...h0.device!.queue, appendBytes: 40960 } } };
+    snapshot.hosts[0] = { ...h0, mailbox: [{ ...h0.mailbox[0]!, depth: 0 }], device: { ...h0.device!, failures: 1, branchCopies: { copied: 3, notCopied: 1 }, shards: [downShard], queue: { ...h0.device!.queue, appendBytes: 40960 } } };
     await new Promise((r) => setTimeout(r, 300)); // past the snapshot reuse window
     const t2 = (await get(port, '/metrics')).body;
     assert.equal(sample(t2, 'strata_request_duration_seconds_count', reqLabels), 3);
     assert.equal(sample(t2, 'strata_mailbox_depth', { node: 'n1', volume: 'v1', shard: '0' }), 0);
     assert.equal(sample(t2, 'strata_device_written_bytes_total', { node: 'n1', host: '0' }), 40960);
     assert.equal(sample(t2, 'strata_device_failures_total', { node: 'n1', host: '0' }), 1);
+    assert.equal(sample(t2, 'strata_branch_copies_total', { node: 'n1', host: '0', outcome: 'copied' }), 3);
+    assert.equal(sample(t2, 'strata_branch_copies_total', { node: 'n1', host: '0', outcome: 'not_copied' }), 1);
     const shard0 = { node: 'n1', volume: 'v1', shard: '0' };
     assert.equal(sample(t2, 'strata_shard_up', shard0), 0);
     // Not the placeholder zeros of a shard that is down: its last known values (or none).

@@ -1022,6 +1022,7 @@ describe('DeviceHost seeding a branch replica from its parent (seedShard)', () =
     await k.write([{ page: 2, data: page(3) }]);
     assert.ok(k.stats().lastLsn > at);
     assert.deepEqual((await p.read([0, 1, 2], soon())).pages, [page(1), page(2), page(2)], 'the parent is unchanged');
+    assert.deepEqual(host.stats().branchCopies, { copied: 1, notCopied: 0 });
     await host.close();
   });
 
@@ -1050,6 +1051,8 @@ describe('DeviceHost seeding a branch replica from its parent (seedShard)', () =
     }
     assert.equal(k.isLeader, false);
     assert.equal(k.stats().elections, 0);
+    // Counted: the two copies tried (not the replica that was not new).
+    assert.deepEqual(host.stats().branchCopies, { copied: 0, notCopied: 2 });
     await host.close();
   });
 });
