@@ -26,6 +26,7 @@
  * | cacheBytesMaxPerShard | --cache-bytes-max-per-shard | | cacheBytesMaxPerShard | runtime default |
  * | segmentBytesMax | --segment-bytes-max | | segmentBytesMax | runtime default |
  * | checkpointEveryRecords | --checkpoint-every-records | | checkpointEveryRecords | runtime default |
+ * | retainRecords | --retain-records | | retainRecords | 0 (the history since the second newest image) |
  * | scrubBytesPerSecond | --scrub-bytes-per-second | | scrubBytesPerSecond | 4 MiB (0 = off) |
  * | mailboxRequestsMax | --mailbox-requests-max | | mailboxRequestsMax | runtime default |
  * | mailboxBytesMax | --mailbox-bytes-max | | mailboxBytesMax | runtime default |
@@ -98,6 +99,11 @@ export interface NodeConfig {
   segmentBytesMax?: number;
   /** Log records between checkpoints (images); undefined = the runtime's default. */
   checkpointEveryRecords?: number;
+  /**
+   * Records of history each shard replica keeps readable at least (reads at an LSN, branch
+   * points), behind its newest image; undefined = 0 (the history since its second newest image).
+   */
+  retainRecords?: number;
   /** Background scrub per device, bytes checked per second (0 = off); undefined = the runtime's default. */
   scrubBytesPerSecond?: number;
   /** Bound on queued requests per shard mailbox; undefined = the runtime's default. */
@@ -274,6 +280,7 @@ const FIELDS: readonly FieldSpec[] = [
   { key: 'cacheBytesMaxPerShard', flag: '--cache-bytes-max-per-shard', kind: 'bytes', min: MIB, max: 1024 * GIB },
   { key: 'segmentBytesMax', flag: '--segment-bytes-max', kind: 'bytes', min: 4 * KIB, max: GIB },
   { key: 'checkpointEveryRecords', flag: '--checkpoint-every-records', kind: 'integer', min: 1, max: 1_000_000_000 },
+  { key: 'retainRecords', flag: '--retain-records', kind: 'integer', min: 0, max: 1_000_000_000 },
   { key: 'scrubBytesPerSecond', flag: '--scrub-bytes-per-second', kind: 'bytes', min: 0, max: 64 * GIB },
   { key: 'mailboxRequestsMax', flag: '--mailbox-requests-max', kind: 'integer', min: 1, max: 1_000_000 },
   { key: 'mailboxBytesMax', flag: '--mailbox-bytes-max', kind: 'bytes', min: MIB, max: 64 * GIB },
@@ -528,6 +535,7 @@ export function loadNodeConfig(
     'cacheBytesMaxPerShard',
     'segmentBytesMax',
     'checkpointEveryRecords',
+    'retainRecords',
     'scrubBytesPerSecond',
     'mailboxRequestsMax',
     'mailboxBytesMax',

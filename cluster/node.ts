@@ -111,6 +111,8 @@ export interface StrataNodeOptions {
   cacheBytesMaxPerShard?: number;
   segmentBytesMax?: number;
   checkpointEveryRecords?: number;
+  /** Records of history each replica keeps readable behind its newest image (default 0; runtime/device-host.ts). */
+  retainRecords?: number;
   /** Background scrub per device, bytes per second (0 = off; default in runtime/device-host.ts). */
   scrubBytesPerSecond?: number;
   mailboxRequestsMax?: number;
@@ -564,6 +566,7 @@ export class StrataNode {
           ...(this.opts.segmentBytesMax ? { segmentBytesMax: this.opts.segmentBytesMax } : {}),
           ...(this.opts.checkpointEveryRecords !== undefined ? { checkpointEveryRecords: this.opts.checkpointEveryRecords } : {}),
           ...(this.opts.scrubBytesPerSecond !== undefined ? { scrubBytesPerSecond: this.opts.scrubBytesPerSecond } : {}),
+          ...(this.opts.retainRecords !== undefined ? { retainRecords: this.opts.retainRecords } : {}),
         },
         ...(this.opts.timing ? { timing: this.opts.timing } : {}),
         ...(this.opts.mailboxRequestsMax ? { mailboxRequestsMax: this.opts.mailboxRequestsMax } : {}),

@@ -120,6 +120,12 @@ export interface DeviceHostOptions {
   segmentBytesMax?: number;
   /** Checkpoint a shard after this many records applied; default 65536 (0 = never). */
   checkpointEveryRecords?: number;
+  /**
+   * Records of history each replica keeps readable at least, behind its newest image (reads at
+   * an LSN, branch points): PageStore `retainLsns`. Default 0: the history since the second
+   * newest image (between one and two checkpoints' worth).
+   */
+  retainRecords?: number;
   queue?: Omit<DeviceQueueOptions, 'disk' | 'name' | 'tracer'>;
   /** Traces the device queue's batches and fdatasyncs (actor hosts pass one when tracing is on). */
   queueTracer?: QueueTracer;
@@ -675,6 +681,7 @@ export class DeviceHost {
       cacheBytesMax: this.opts.cacheBytesMaxPerShard ?? 32 * 1024 * 1024,
       slab: this.slab,
       ...(this.opts.segmentBytesMax ? { segmentBytesMax: this.opts.segmentBytesMax } : {}),
+      ...(this.opts.retainRecords ? { retainLsns: this.opts.retainRecords } : {}),
       // A sole copy keeps damage of its log (read-only, reported): nobody could give the records back.
       repairFromPeers: peersOf(spec) > 0,
       ...(damaged ? { damaged } : {}),

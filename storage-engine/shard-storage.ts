@@ -37,6 +37,8 @@ export interface ShardStorageOptions {
   cacheBytesMax: number;
   slab: Slab;
   segmentBytesMax?: number;
+  /** Records of history kept readable behind the newest image (PageStore `retainLsns`); default 0. */
+  retainLsns?: number;
   /**
    * Repair a damaged log at open (a replica of a set of several, whose peers hold the records it
    * lost): discard the damage, keeping the valid prefix (or restart the log after the newest image
@@ -563,8 +565,8 @@ export class ShardStorage {
   }
 }
 
-function storeOptions(o: ShardStorageOptions): { dir: string; pageSize: 4096 | 8192; pageCount: number; cacheBytesMax: number; slab: Slab } {
-  return { dir: o.dir, pageSize: o.pageSize, pageCount: o.pageCount, cacheBytesMax: o.cacheBytesMax, slab: o.slab };
+function storeOptions(o: ShardStorageOptions): { dir: string; pageSize: 4096 | 8192; pageCount: number; cacheBytesMax: number; slab: Slab; retainLsns?: number } {
+  return { dir: o.dir, pageSize: o.pageSize, pageCount: o.pageCount, cacheBytesMax: o.cacheBytesMax, slab: o.slab, ...(o.retainLsns !== undefined ? { retainLsns: o.retainLsns } : {}) };
 }
 
 /**

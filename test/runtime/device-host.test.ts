@@ -1055,4 +1055,26 @@ describe('DeviceHost seeding a branch replica from its parent (seedShard)', () =
     assert.deepEqual(host.stats().branchCopies, { copied: 0, notCopied: 2 });
     await host.close();
   });
+
+  it('with retainRecords, a branch point two checkpoints back is still held, and copied', async () => {
+    const host = new DeviceHost({ dir: 'dev0', self: 'n1', disk: new SimDisk(), checkpointEveryRecords: 1_000_000, retainRecords: 1000 });
+    host.openShard(spec(0));
+    const p = await leader(host, 0);
+    await p.write([{ page: 0, data: page(1) }]);
+    const first = p.stats().commitLsn;
+    for (let k = 0; k < 2; k++) {
+      await p.write([{ page: 0, data: page(2 + k) }]);
+      await p.checkpoint();
+    }
+    assert.deepEqual((await p.read([0], { ...soon(), lsn: first })).pages[0], page(1), 'the parent reads the old LSN');
+    assert.deepEqual(await host.seedShard(child(first)), { seeded: true, lsn: first });
+    host.openShard(child(first));
+    const k = host.replica('v2', 0);
+    for (let i = 0; i < 1000 && !k.isLeader; i++) {
+      host.tick(performance.now(), Date.now());
+      await new Promise((res) => setImmediate(res));
+    }
+    assert.deepEqual((await k.read([0], soon())).pages[0], page(1));
+    await host.close();
+  });
 });
