@@ -825,11 +825,13 @@ export class Replica {
    * Fails, and this replica leads on, taking requests again: `unavailable` with no other member
    * to hand to, during a change of the replica set, or when `to` refused; `timeout` when no
    * other leader came within a maximum election timeout; `bad_request` for a `to` that is not
-   * another member of the set in force.
+   * a member of the set in force. Asked to hand it to itself (`to` is this replica), it has
+   * nothing to do: it resolves at once with its term, and leads on.
    */
   transferLeadership(to?: string): Promise<TransferResult> {
     const g = this.geometry;
     this.checkLeading();
+    if (to === this.self && this.handover === undefined) return Promise.resolve({ term: this.term, to });
     if (this.handover !== undefined) {
       if (to !== undefined && to !== this.handover.to) {
         throw new ProtocolError('unavailable', `shard ${g.volumeId}/${g.shard} is handing its leadership to '${this.handover.to}' already`, { to: this.handover.to });

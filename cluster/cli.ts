@@ -694,7 +694,9 @@ async function shardHandover(ctx: Ctx): Promise<void> {
   const [volume, shardText] = ctx.args.positionals as [string, string];
   const to = ctx.args.flags.to as string | undefined;
   const r = await withClient(ctx, (c) => c.handOver(volume, parseInteger('SHARD', shardText), to === undefined ? {} : { to }));
-  const text = `node ${r.node} handed the leadership of shard ${r.shard} of ${volume} (term ${r.term}) to ${r.to}\n`;
+  const text = r.to === r.node
+    ? `node ${r.node} leads shard ${r.shard} of ${volume} already (term ${r.term}): nothing to hand over\n`
+    : `node ${r.node} handed the leadership of shard ${r.shard} of ${volume} (term ${r.term}) to ${r.to}\n`;
   await writeOut(ctx.io.stdout, ctx.json ? jsonText({ ...r, volume }) : text);
 }
 

@@ -1998,7 +1998,8 @@ export class StrataNode {
         target = pick;
       }
       const done = await this.pool!.handOver(target.hostId, target.volumeId, target.shard, r.to);
-      this.log.info("handed a shard's leadership over", { volume: target.volumeId, shard: target.shard, term: done.term, to: done.to });
+      // Asked to hand it to this node, which leads it: nothing was done.
+      if (done.to !== this.nodeId) this.log.info("handed a shard's leadership over", { volume: target.volumeId, shard: target.shard, term: done.term, to: done.to });
       return { node: this.nodeId, volumeId: target.volumeId, shard: target.shard, term: done.term, to: done.to };
     });
     // A move of a replica: this node's replica of the shard, if it leads, changes the shard's set.

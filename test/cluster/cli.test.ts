@@ -392,6 +392,10 @@ describe('cluster/cli', () => {
       assert.deepEqual(asked[0]!.body, { volumeId: 'id-db', shard: 1, to: 'n3' });
       r = await run(['shard', 'handover', 'db', '1', '--json'], mem);
       assert.deepEqual(JSON.parse(r.out), { node: 'n2', volumeId: 'id-db', shard: 1, term: 4, to: 'n3', volume: 'db' });
+      // To the node that leads it: nothing to hand over, said so.
+      r = await run(['shard', 'handover', 'db', '1', '--to', 'n2'], mem);
+      assert.equal(r.code, 0, r.err);
+      assert.equal(r.out, 'node n2 leads shard 1 of db already (term 4): nothing to hand over\n');
       // A node outside the shard's set: refused before any node is asked.
       asked.length = 0;
       r = await run(['shard', 'handover', 'db', '0', '--to', 'n3'], mem);
