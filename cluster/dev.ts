@@ -10,7 +10,8 @@
  * Without --demo it runs until interrupted (Ctrl-C stops every node cleanly, then the server).
  * With --demo it creates a volume replicated on min(3, N) nodes, writes a workload of vectored
  * writes, reads everything back and verifies it, reads at an older LSN (GetPage@LSN) and checks
- * that too, prints what it did, and exits 0 only if every check passed.
+ * that too, branches the volume as of the LSNs of its first write generation and checks the
+ * branch holds that generation, prints what it did, and exits 0 only if every check passed.
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -95,6 +96,8 @@ export async function runDemo(
   };
   let t0 = performance.now();
   await writeGen(1, pageCount);
+  // Every shard's LSN once generation 1 is written: the branch point of the branch below.
+  const gen1 = (await vol.flush()).lsns;
   lines.push(`wrote ${pageCount} pages (${((pageCount * info.pageSize) / 1048576).toFixed(1)} MiB) in ${(performance.now() - t0).toFixed(0)} ms with vectored writes of ${batch} pages`);
   t0 = performance.now();
   await writeGen(2, pageCount / 2);
@@ -119,10 +122,26 @@ export async function runDemo(
   const atLsnOk = equalBytes(before[0]!, demoPage(info.pageSize, 0, 2)) && equalBytes(now[0]!, demoPage(info.pageSize, 0, 3));
   lines.push(`read page 0 at lsn ${w.lsn - 1} (before its last write) and at lsn ${w.lsn}: ${atLsnOk ? 'both as written' : 'WRONG'}`);
 
+  // A branch as of generation 1 (docs/branches.md): its own volume, holding every page as it was then.
+  t0 = performance.now();
+  const branchName = `${name}-gen1`;
+  await client.branchVolume(branchName, name, { lsns: Array.from({ length: shards }, (_, s) => gen1.find((x) => x.shard === s)!.lsn) });
+  const branch = client.volume(branchName);
+  let branchBad = 0;
+  for (let p = 0; p < pageCount; p += 256) {
+    const want = Array.from({ length: Math.min(256, pageCount - p) }, (_, i) => p + i);
+    const got = (await branch.readPages(want)).pages;
+    got.forEach((data, i) => {
+      if (!equalBytes(data, demoPage(info.pageSize, want[i]!, 1))) branchBad++;
+    });
+  }
+  lines.push(`branched ${branchName} as of the first write of every page, and read it back in ${(performance.now() - t0).toFixed(0)} ms: ${branchBad === 0 ? 'all as first written' : `${branchBad} MISMATCHED`}`);
+
   await vol.flush();
+  await client.deleteVolume(branchName);
   await client.deleteVolume(name);
-  lines.push(`deleted volume ${name}`);
-  return { ok: bad === 0 && atLsnOk, lines };
+  lines.push(`deleted volumes ${branchName} and ${name}`);
+  return { ok: bad === 0 && atLsnOk && branchBad === 0, lines };
 }
 
 /** The `strata` launcher next to this build (bin/strata). */
