@@ -11,6 +11,7 @@ import type { Volume } from '../../cluster/client';
 import { ProtocolError } from '../../messages/errors';
 import { transient } from '../support/served';
 import { waitFor } from '../support/wait';
+import { runDemo } from '../../cluster/dev';
 
 const PAGES = 64;
 
@@ -100,6 +101,14 @@ describe('branches', function () {
     assert.deepEqual(await firstBytes(c.client.volume('past')), pastNow);
     await c.client.volume('now').writePages([{ page: 1, data: page(6) }]);
     assert.deepEqual(await firstBytes(c.client.volume('now')), expectedNow.map((v, p) => (p === 1 ? 6 : v)));
+  });
+
+  it("the demo's workload (npm run demo) passes every check, its branch among them, and leaves no volume", async () => {
+    const before = (await c.client.listVolumes()).map((v) => v.name);
+    const r = await runDemo(c.client, { pages: 512, shards: 2, batchPages: 16, replicas: 3 });
+    assert.ok(r.ok, r.lines.join('\n'));
+    assert.ok(r.lines.some((l) => /^branched demo-.*-gen1 .*: all as first written$/.test(l)), r.lines.join('\n'));
+    assert.deepEqual((await c.client.listVolumes()).map((v) => v.name), before);
   });
 
   it('refuses a branch point below what the parent retains, a count of LSNs other than its shards, an unknown parent or a taken name, and creates nothing', async () => {
