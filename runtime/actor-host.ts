@@ -234,6 +234,12 @@ export class ActorHost implements HostApi {
   private nc: NatsConnection | undefined;
   private device: DeviceHost | undefined;
   private readonly mailboxes = new Map<string, Mailbox>();
+  /**
+   * Opens of a shard under way, by shard key: a second open of the shard waits for the first (a
+   * branch's new replica copies its parent's pages before its storage opens, and an open meanwhile
+   * would find the directory half made).
+   */
+  private readonly opening = new Map<string, Promise<void>>();
   private timer: NodeJS.Timeout | undefined;
   /** How late the tick runs: the event loop held (LoopDelay). */
   private loopDelay: LoopDelay | undefined;
@@ -354,6 +360,19 @@ export class ActorHost implements HostApi {
   }
 
   async openShard(spec: ShardSpec): Promise<void> {
+    const key = shardKey(spec.volumeId, spec.shard);
+    const before = this.opening.get(key);
+    const run = (before ?? Promise.resolve()).catch(() => undefined).then(() => this.openShardNow(spec));
+    const settled = run.catch(() => undefined);
+    this.opening.set(key, settled);
+    try {
+      await run;
+    } finally {
+      if (this.opening.get(key) === settled) this.opening.delete(key);
+    }
+  }
+
+  private async openShardNow(spec: ShardSpec): Promise<void> {
     const { device, nc, config } = this.ready();
     const key = shardKey(spec.volumeId, spec.shard);
     let created: Mailbox | undefined;

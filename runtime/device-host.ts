@@ -303,6 +303,8 @@ export class DeviceHost {
   private scrubTurn = 0;
   private readonly scrubCounters = { bytes: 0, passes: 0, damage: 0 };
   private readonly branchCopies = { copied: 0, notCopied: 0 };
+  /** Shards whose new replica `seedShard` is copying from its parent now: not opened meanwhile. */
+  private readonly seeding = new Set<string>();
   private readonly nowMs: () => number;
   private readonly cpu: CpuPool | undefined;
   private readonly offload: PayloadOffload | undefined;
@@ -348,6 +350,9 @@ export class DeviceHost {
       throw new StorageError('bad_request', `shard ${spec.volumeId}/${spec.shard}: node ${this.self} joins the shard in a move, so it is not one of the set it moves from`);
     }
     const key = shardKey(spec.volumeId, spec.shard);
+    if (this.seeding.has(key)) {
+      throw new ProtocolError('unavailable', `shard ${spec.volumeId}/${spec.shard}: its replica is being copied from its parent's here; open it once that is done`);
+    }
     let entry = this.shards.get(key);
     if (!entry) {
       entry = { spec, storage: undefined, replica: undefined, downReason: undefined, restarts: [], damaged: undefined, durableLsn: undefined, afterDeviceFailure: false, unrepairable: [], existed: spec.existing === true };
@@ -383,10 +388,16 @@ export class DeviceHost {
     if (this.disk.exists(joinPath(dir, 'raft')) || this.disk.exists(joinPath(dir, 'checkpoint')) || this.disk.exists(joinPath(dir, 'install'))) {
       return { seeded: false, reason: 'its directory holds a replica already' };
     }
-    const r = await this.copyFromParent(spec, seed, dir, clock);
-    if (r.seeded) this.branchCopies.copied++;
-    else this.branchCopies.notCopied++;
-    return r;
+    if (this.seeding.has(key)) return { seeded: false, reason: 'a copy of it is under way already' };
+    this.seeding.add(key);
+    try {
+      const r = await this.copyFromParent(spec, seed, dir, clock);
+      if (r.seeded) this.branchCopies.copied++;
+      else this.branchCopies.notCopied++;
+      return r;
+    } finally {
+      this.seeding.delete(key);
+    }
   }
 
   /** seedShard's copy, once it is known to be wanted. */

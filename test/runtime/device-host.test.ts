@@ -8,6 +8,7 @@ import { SimDisk } from '../../storage-engine/sim-disk';
 import type { Disk } from '../../storage-engine/disk';
 import { waitFor } from '../support/wait';
 import { StorageError } from '../../storage-engine/errors';
+import { ProtocolError } from '../../messages/errors';
 import { ImageReader } from '../../storage-engine/image';
 import type { Replica } from '../../actors/replica';
 import { ShardStorage } from '../../storage-engine/shard-storage';
@@ -1010,7 +1011,11 @@ describe('DeviceHost seeding a branch replica from its parent (seedShard)', () =
     await p.write([{ page: 0, data: page(1) }, { page: 1, data: page(1) }]);
     const at = p.stats().commitLsn;
     await p.write([{ page: 1, data: page(2) }, { page: 2, data: page(2) }]);
-    assert.deepEqual(await host.seedShard(child(at)), { seeded: true, lsn: at });
+    // Neither opened nor copied a second time while the copy runs.
+    const copying = host.seedShard(child(at));
+    assert.throws(() => host.openShard(child(at)), (e: ProtocolError) => e.code === 'unavailable' && /being copied from its parent/.test(e.message));
+    assert.deepEqual(await host.seedShard(child(at)), { seeded: false, reason: 'a copy of it is under way already' });
+    assert.deepEqual(await copying, { seeded: true, lsn: at });
     host.openShard(child(at));
     const k = host.replica('v2', 0);
     for (let i = 0; i < 1000 && !k.isLeader; i++) {
@@ -1022,7 +1027,7 @@ describe('DeviceHost seeding a branch replica from its parent (seedShard)', () =
     await k.write([{ page: 2, data: page(3) }]);
     assert.ok(k.stats().lastLsn > at);
     assert.deepEqual((await p.read([0, 1, 2], soon())).pages, [page(1), page(2), page(2)], 'the parent is unchanged');
-    assert.deepEqual(host.stats().branchCopies, { copied: 1, notCopied: 0 });
+    assert.deepEqual(host.stats().branchCopies, { copied: 1, notCopied: 0 }, 'the copy refused as under way already is not counted');
     await host.close();
   });
 
