@@ -502,7 +502,7 @@ function jsonText(value: unknown): string {
 }
 
 function volumeLine(v: VolumeInfo): string {
-  return `${v.name}\t${v.id}\t${v.pageCount}\t${v.pageSize}\t${v.shards}\t${v.stripePages}\t${v.replicas}`;
+  return `${v.name}\t${v.id}\t${v.pageCount}\t${v.pageSize}\t${v.shards}\t${v.stripePages}\t${v.replicas}\t${v.branch?.parent ?? '-'}`;
 }
 
 function volumeText(v: VolumeInfo): string {
@@ -648,7 +648,8 @@ async function volumeBranch(ctx: Ctx): Promise<void> {
 async function volumeList(ctx: Ctx): Promise<void> {
   const volumes = await withClient(ctx, (c) => c.listVolumes());
   if (ctx.json) return writeOut(ctx.io.stdout, jsonText(volumes));
-  const header = 'NAME\tID\tPAGES\tPAGE_SIZE\tSHARDS\tSTRIPE_PAGES\tREPLICAS';
+  // BRANCH_OF: the parent of a branch (`strata volume info` gives its branch point), `-` for none.
+  const header = 'NAME\tID\tPAGES\tPAGE_SIZE\tSHARDS\tSTRIPE_PAGES\tREPLICAS\tBRANCH_OF';
   await writeOut(ctx.io.stdout, [header, ...volumes.map(volumeLine)].join('\n') + '\n');
 }
 

@@ -528,7 +528,7 @@ describe('cluster/cli', () => {
       r = await run(['volume', 'list', '--json'], mem);
       assert.equal(JSON.parse(r.out)[0].name, 'db');
       r = await run(['volume', 'list'], mem);
-      assert.match(r.out, /^NAME\tID\tPAGES.*\ndb\tid-db\t64\t4096\t2\t4\t1\n$/);
+      assert.match(r.out, /^NAME\tID\tPAGES.*\tBRANCH_OF\ndb\tid-db\t64\t4096\t2\t4\t1\t-\n$/);
       r = await run(['volume', 'info', 'db'], mem);
       assert.match(r.out, /^name: +db\n.*pages: +64\n/s);
       r = await run(['volume', 'info', 'db', '--json'], mem);
@@ -558,6 +558,8 @@ describe('cluster/cli', () => {
       assert.deepEqual(JSON.parse(r.out).branch, { parent: 'db', parentId: 'id-db', lsns: [12, 40] });
       r = await run(['volume', 'list', '--json'], mem);
       assert.deepEqual(JSON.parse(r.out).map((v: VolumeInfo) => v.branch?.lsns ?? null), [null, [12, 40], [2, 0]]);
+      r = await run(['volume', 'list'], mem);
+      assert.deepEqual(r.out.trim().split('\n').map((l) => l.split('\t').at(-1)), ['BRANCH_OF', '-', 'db', 'db']);
       // The cluster's refusals: exit 1 with its code and message.
       r = await run(['volume', 'branch', 'nope', 'x'], mem);
       assert.equal(r.code, 1);
