@@ -134,6 +134,37 @@ function domainOf(m: NodeMember): string {
   return m.zone === undefined ? `node:${m.nodeId}` : `zone:${m.zone}`;
 }
 
+/**
+ * Where a replica taken off a shard's node goes: among `live`, a node `taken` does not rule out,
+ * in none of `domains` (the failure domains of the shard's replicas that stay) first, then the
+ * one holding the fewest replicas by `load`, the first in `live` among equals; undefined when
+ * there is none.
+ */
+function replacementNode(live: readonly NodeMember[], taken: (nodeId: string) => boolean, domains: ReadonlySet<string>, load: ReadonlyMap<string, number>): NodeMember | undefined {
+  const rank = (m: NodeMember): [number, number] => [domains.has(domainOf(m)) ? 1 : 0, load.get(m.nodeId) ?? 0];
+  let best: NodeMember | undefined;
+  for (const m of live) {
+    if (taken(m.nodeId)) continue;
+    if (best === undefined) best = m;
+    else {
+      const [d, l] = rank(m);
+      const [bd, bl] = rank(best);
+      if (d < bd || (d === bd && l < bl)) best = m;
+    }
+  }
+  return best;
+}
+
+/**
+ * The host of `node` with the fewest replicas by `load` (keyed `<nodeId>/<hostId>`; the lowest id
+ * among equals).
+ */
+function leastLoadedHost(node: { nodeId: string; hosts: number }, load: ReadonlyMap<string, number>): number {
+  let h = 0;
+  for (let i = 1; i < node.hosts; i++) if ((load.get(`${node.nodeId}/${i}`) ?? 0) < (load.get(`${node.nodeId}/${h}`) ?? 0)) h = i;
+  return h;
+}
+
 /** Members (nodes heard from) the controller keeps at most, by default. */
 export const NODES_MAX = 1024;
 /** A member silent this long that holds no shard placement is forgotten, by default (24 h). */
@@ -408,10 +439,7 @@ export class Controller {
         path: 'to', liveNodes: others,
       });
     }
-    const load = this.hostLoad();
-    let h = 0;
-    for (let i = 1; i < target.hosts; i++) if ((load.get(`${to}/${i}`) ?? 0) < (load.get(`${to}/${h}`) ?? 0)) h = i;
-    const adding: ReplicaPlacement = { nodeId: to, hostId: h };
+    const adding: ReplicaPlacement = { nodeId: to, hostId: leastLoadedHost(target, this.hostLoad()) };
     const removed = p.removed?.filter((n) => n !== to);
     const placement: ShardPlacement = { shard, replicas: p.replicas, adding, removing: from, ...(removed !== undefined && removed.length > 0 ? { removed } : {}), ...(p.moved ? { moved: p.moved } : {}) };
     const volume = this.withPlacement(v, placement);
@@ -538,17 +566,7 @@ export class Controller {
         load ??= this.replicasByNode();
         // The failure domains of the replicas that stay.
         const kept = new Set(members.filter((n) => n !== from).map((n) => this.domainOfNode(n)));
-        const rank = (m: NodeMember): [number, number] => [kept.has(domainOf(m)) ? 1 : 0, load!.get(m.nodeId) ?? 0];
-        let best: NodeMember | undefined;
-        for (const m of live) {
-          if (members.includes(m.nodeId)) continue;
-          if (best === undefined) best = m;
-          else {
-            const [d, l] = rank(m);
-            const [bd, bl] = rank(best);
-            if (d < bd || (d === bd && l < bl)) best = m;
-          }
-        }
+        const best = replacementNode(live, (n) => members.includes(n), kept, load);
         if (best === undefined) continue;
         const to = best.nodeId;
         load.set(to, (load.get(to) ?? 0) + 1);
@@ -666,8 +684,7 @@ export class Controller {
       for (const m of ring) if (chosen.length < spec.replicas && !domains.has(domainOf(m))) (domains.add(domainOf(m)), chosen.push(m));
       for (const m of ring) if (chosen.length < spec.replicas && !chosen.includes(m)) chosen.push(m);
       for (const m of chosen) {
-        let h = 0;
-        for (let i = 1; i < m.hosts; i++) if ((load.get(`${m.nodeId}/${i}`) ?? 0) < (load.get(`${m.nodeId}/${h}`) ?? 0)) h = i;
+        const h = leastLoadedHost(m, load);
         load.set(`${m.nodeId}/${h}`, (load.get(`${m.nodeId}/${h}`) ?? 0) + 1);
         replicas.push({ nodeId: m.nodeId, hostId: h });
       }
@@ -716,7 +733,7 @@ export class Controller {
    * Each shard's replicas go where the parent's are (the same nodes and hosts, so that each host
    * copies the parent's pages locally: `seedOf`): the parent's set, or while a move of one of its
    * replicas is under way, the set the move changes it to. A replica whose node is not live, or
-   * is draining, goes instead where `create` would put a new one (a live node that is not
+   * is draining, goes instead where a repair would move it (a live node that is not
    * draining and holds none of the shard, in a failure domain the shard's other replicas are
    * not in first, then the node with the fewest replicas; its least loaded host): its peers give
    * it the shard.
@@ -762,29 +779,18 @@ export class Controller {
           replicas.push({ nodeId: r.nodeId, hostId: r.hostId });
           continue;
         }
-        // As `create` would place a new replica: a live node, not draining, outside the shard's
-        // set; in a failure domain of none of the shard's other replicas first, then the one
-        // that holds the fewest replicas (the first by id among equals).
+        // As a repair replaces a replica (`replacementNode`): a live node, not draining, outside
+        // the shard's set; in a failure domain of none of the shard's other replicas first, then
+        // the one that holds the fewest replicas.
         const taken = new Set([...set.map((x) => x.nodeId), ...replicas.map((x) => x.nodeId)]);
         const domains = new Set([...kept, ...replicas].map((x) => this.domainOfNode(x.nodeId)));
-        let best: NodeMember | undefined;
-        for (const m of live) {
-          if (taken.has(m.nodeId)) continue;
-          const rank = (x: NodeMember): [number, number] => [domains.has(domainOf(x)) ? 1 : 0, load.get(x.nodeId) ?? 0];
-          if (best === undefined) best = m;
-          else {
-            const [d, l] = rank(m);
-            const [bd, bl] = rank(best);
-            if (d < bd || (d === bd && l < bl)) best = m;
-          }
-        }
+        const best = replacementNode(live, (n) => taken.has(n), domains, load);
         if (best === undefined) {
           throw new ProtocolError('unavailable', `the replica of shard ${p.shard} on node '${r.nodeId}' (not live, or draining) has no live node that is not draining and holds none of the shard to go to`, {
             shard: p.shard, node: r.nodeId,
           });
         }
-        let h = 0;
-        for (let i = 1; i < best.hosts; i++) if ((hostLoad.get(`${best.nodeId}/${i}`) ?? 0) < (hostLoad.get(`${best.nodeId}/${h}`) ?? 0)) h = i;
+        const h = leastLoadedHost(best, hostLoad);
         hostLoad.set(`${best.nodeId}/${h}`, (hostLoad.get(`${best.nodeId}/${h}`) ?? 0) + 1);
         load.set(best.nodeId, (load.get(best.nodeId) ?? 0) + 1);
         replicas.push({ nodeId: best.nodeId, hostId: h });

@@ -24,7 +24,7 @@
  */
 import type { DeviceQueue } from './device-queue';
 import type { SegmentLog } from '../storage-engine/log';
-import type { PageStore } from '../storage-engine/page-store';
+import type { CheckpointStep, PageStore } from '../storage-engine/page-store';
 import { encodePageWrite, pageWriteBytes, pagesOfPageWrite } from '../storage-engine/page-write';
 import { requestArena } from '../storage-engine/arena';
 import { RecordKind, type LogRecord, type LogRecordInput } from '../storage-engine/record';
@@ -2036,32 +2036,15 @@ export class Replica {
     if (this.checkpointing) return { lsn: this.store.appliedLsn };
     this.checkpointing = true;
     try {
-      // One device task per step (a batch of pages): writes, flushes and reads of the shards on
-      // this device go on between the steps, instead of waiting for the whole image. (A follower
-      // behind what the image lets the log trim gets the image instead: catch-up by snapshot.)
-      // The image's buffers are flushed off the thread: the queue runs other work meanwhile,
-      // and the next step waits for the flush.
-      const steps = this.store.checkpointSteps({ flushOffThread: true });
-      try {
-        for (;;) {
-          const r = await this.queue.task(() => steps.next());
-          if (r.done === true) {
-            this.counters.checkpoints++;
-            this.recordsSinceCheckpoint = 0;
-            return { lsn: r.value.lsn };
-          }
-          if (r.value !== undefined) await r.value;
-        }
-      } catch (e) {
-        this.reportDamage(e); // The fold reads every page of the newest image it does not replace.
-        // Tried again after as many records again, not at the next apply: a checkpoint that
-        // keeps failing (a full disk, say) would otherwise build an image after every record.
-        this.recordsSinceCheckpoint = 0;
-        throw e;
-      } finally {
-        // Ended early (the queue refused a step, a step failed): the half-written image goes.
-        steps.return(undefined as never);
-      }
+      const r = await this.runImageSteps(this.store.checkpointSteps({ flushOffThread: true }));
+      this.counters.checkpoints++;
+      this.recordsSinceCheckpoint = 0;
+      return { lsn: r.lsn };
+    } catch (e) {
+      // Tried again after as many records again, not at the next apply: a checkpoint that
+      // keeps failing (a full disk, say) would otherwise build an image after every record.
+      this.recordsSinceCheckpoint = 0;
+      throw e;
     } finally {
       this.checkpointing = false;
     }
@@ -2079,21 +2062,32 @@ export class Replica {
     if (this.checkpointing) throw new ProtocolError('unavailable', 'a checkpoint is running: asked again once it ends');
     this.checkpointing = true;
     try {
-      const steps = this.store.exportImageSteps(lsn, destDir, { term: 0, flushOffThread: true });
-      try {
-        for (;;) {
-          const r = await this.queue.task(() => steps.next());
-          if (r.done === true) return r.value;
-          if (r.value !== undefined) await r.value;
-        }
-      } catch (e) {
-        this.reportDamage(e); // The fold reads the pages of an image, and records of the log.
-        throw e;
-      } finally {
-        steps.return(undefined as never);
-      }
+      return await this.runImageSteps(this.store.exportImageSteps(lsn, destDir, { term: 0, flushOffThread: true }));
     } finally {
       this.checkpointing = false;
+    }
+  }
+
+  /**
+   * Runs the steps of an image the store builds (a checkpoint's, an export's), one device task
+   * each: writes, flushes and reads of the shards on this device go on between the steps,
+   * instead of waiting for the whole image. The image's buffers are flushed off the thread: the
+   * queue runs other work meanwhile, and the next step waits for the flush a step yields. Damage
+   * found on the way is reported (the fold reads the pages of an image and records of the log);
+   * ended early (the queue refused a step, a step failed), the half-written image goes.
+   */
+  private async runImageSteps<T>(steps: Generator<CheckpointStep, T, void>): Promise<T> {
+    try {
+      for (;;) {
+        const r = await this.queue.task(() => steps.next());
+        if (r.done === true) return r.value;
+        if (r.value !== undefined) await r.value;
+      }
+    } catch (e) {
+      this.reportDamage(e);
+      throw e;
+    } finally {
+      steps.return(undefined as never);
     }
   }
 

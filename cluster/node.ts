@@ -1830,7 +1830,11 @@ export class StrataNode {
   }
 
   private async createVolume(spec: ReturnType<typeof validateVolumeCreateRequest>, deadlineMs: number | undefined): Promise<unknown> {
-    const v = this.controller!.create(spec, Date.now());
+    return this.placeNew(this.controller!.create(spec, Date.now()), deadlineMs);
+  }
+
+  /** `placeVolume` of a volume just added to the catalog, counted as being created meanwhile (`creating`). */
+  private async placeNew(v: VolumeRecord, deadlineMs: number | undefined): Promise<unknown> {
     this.creating.add(v.name);
     try {
       return await this.placeVolume(v, deadlineMs);
@@ -1847,13 +1851,7 @@ export class StrataNode {
    */
   private async branchVolume(req: ReturnType<typeof validateVolumeBranchRequest>, deadlineMs: number | undefined): Promise<unknown> {
     if (req.lsns === undefined) throw new ProtocolError('bad_request', 'lsns: the controller needs the branch point of every shard (the API router fills them in)', { path: 'lsns' });
-    const v = this.controller!.branch({ name: req.name, parent: req.parent, lsns: req.lsns }, Date.now());
-    this.creating.add(v.name);
-    try {
-      return await this.placeVolume(v, deadlineMs);
-    } finally {
-      this.creating.delete(v.name);
-    }
+    return this.placeNew(this.controller!.branch({ name: req.name, parent: req.parent, lsns: req.lsns }, Date.now()), deadlineMs);
   }
 
   /** The opens of a volume just added to the catalog on its nodes, or its undo when one fails. */

@@ -385,9 +385,7 @@ export class DeviceHost {
     const key = shardKey(spec.volumeId, spec.shard);
     if (spec.existing === true || spec.priorMembers !== undefined || this.shards.has(key)) return { seeded: false, reason: 'not a new replica of the branch' };
     const dir = joinPath('shards', key);
-    if (this.disk.exists(joinPath(dir, 'raft')) || this.disk.exists(joinPath(dir, 'checkpoint')) || this.disk.exists(joinPath(dir, 'install'))) {
-      return { seeded: false, reason: 'its directory holds a replica already' };
-    }
+    if (ShardStorage.heldState(this.disk, dir).length > 0) return { seeded: false, reason: 'its directory holds a replica already' };
     if (this.seeding.has(key)) return { seeded: false, reason: 'a copy of it is under way already' };
     this.seeding.add(key);
     try {

@@ -325,6 +325,17 @@ export class ShardStorage {
   }
 
   /**
+   * What of a replica's state `dir` holds, by name (its term and vote `raft`, an `install`
+   * marker, a `checkpoint pointer`); empty for a directory no replica has used yet (its log
+   * aside: see `seedFromImage`).
+   */
+  static heldState(disk: Disk, dir: string): string[] {
+    const held = [RAFT, INSTALL].filter((name) => disk.exists(joinPath(dir, name)));
+    if (PageStore.hasPointer(disk, dir)) held.push('checkpoint pointer');
+    return held;
+  }
+
+  /**
    * Seeds a new replica of a branch (a volume created from another at the branch point `lsn`)
    * in `dir`, into which the parent shard's replica on this device has just exported its pages
    * as of `lsn` (PageStore.exportImage: `image-<lsn>.img`, complete and durable, with header
@@ -361,8 +372,7 @@ export class ShardStorage {
       throw new StorageError('bad_request', `seed of ${dir}: lsn ${String(lsn)} and term ${String(term)} are not non-negative integers`);
     }
     if (lsn === 0 && term !== 0) throw new StorageError('bad_request', `seed of ${dir}: term ${term} at LSN 0, whose term is 0`);
-    const held = [RAFT, INSTALL].filter((name) => disk.exists(joinPath(dir, name)));
-    if (PageStore.hasPointer(disk, dir)) held.push('checkpoint pointer');
+    const held = ShardStorage.heldState(disk, dir);
     if (held.length > 0) {
       throw new StorageError('invariant', `cannot seed ${dir} from an image: it holds a replica's state (${held.join(', ')})`, { dir, held });
     }

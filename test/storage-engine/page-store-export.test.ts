@@ -79,6 +79,18 @@ function write(p: Parent, n: number, term: number): void {
   for (const r of p.st.log.read(from, p.st.log.lastLsn, { bytesMax: 64 * 1024 * 1024 })) p.st.store.apply(r);
 }
 
+/**
+ * A parent (`parent(seed)`) whose history crosses an image: `before` records in term 1, a
+ * checkpoint, then `after` records in term `afterTerm`; its applied LSN is returned beside it.
+ */
+function parentAcrossAnImage(seed: number, before: number, after: number, afterTerm = 1): { p: Parent; lsn: number } {
+  const p = parent(seed);
+  write(p, before, 1);
+  p.st.store.checkpoint();
+  write(p, after, afterTerm);
+  return { p, lsn: p.st.store.appliedLsn };
+}
+
 /** Every page of `store` as of `lsn` (default its applied LSN). */
 function pagesOf(store: PageStore, lsn?: number): Uint8Array[] {
   return store.getPages(ALL, lsn);
@@ -224,11 +236,7 @@ describe('PageStore export and ShardStorage seed (branches)', () => {
   });
 
   it('records applied to the parent between the steps of an export are not in the image; a checkpoint meanwhile is refused, and runs after it', () => {
-    const p = parent(3);
-    write(p, 80, 1);
-    p.st.store.checkpoint();
-    write(p, 60, 1);
-    const lsn = p.st.store.appliedLsn;
+    const { p, lsn } = parentAcrossAnImage(3, 80, 60);
     const expected = pagesOf(p.st.store, lsn);
     childDir(p.disk, 'C');
     const { result, steps } = runSteps(p.st.store.exportImageSteps(lsn, 'C', { term: 1 }), () => {
@@ -312,11 +320,8 @@ describe('PageStore export and ShardStorage seed (branches)', () => {
   });
 
   it('an export ended early (return(), the store closed, a failed write) leaves no image file; the next export runs', () => {
-    const p = parent(7);
-    write(p, 80, 1);
-    p.st.store.checkpoint();
-    write(p, 40, 1);
-    const lsn = p.st.store.appliedLsn - 5;
+    const { p, lsn: applied } = parentAcrossAnImage(7, 80, 40);
+    const lsn = applied - 5;
     childDir(p.disk, 'C');
     const before = parentState(p);
     const files = (): string[] => p.disk.list('C');
@@ -418,11 +423,7 @@ describe('PageStore export and ShardStorage seed (branches)', () => {
   });
 
   it('a seed after an open of the empty replica (its log created at LSN 0) is accepted; image files of another LSN are removed', () => {
-    const p = parent(9);
-    write(p, 60, 1);
-    p.st.store.checkpoint();
-    write(p, 20, 1);
-    const lsn = p.st.store.appliedLsn;
+    const { p, lsn } = parentAcrossAnImage(9, 60, 20);
     childDir(p.disk, 'C');
     ShardStorage.open(p.disk, options('C', p.slab)).close(); // a new replica's log, empty at LSN 0
     p.st.store.exportImage(lsn - 10, 'C', { term: 1 }); // an earlier attempt at another LSN
@@ -434,11 +435,7 @@ describe('PageStore export and ShardStorage seed (branches)', () => {
   });
 
   it('a crash with the image written but no marker: the open is an empty replica at LSN 0, the image not its state; the seed done again then opens on it', () => {
-    const p = parent(10);
-    write(p, 60, 1);
-    p.st.store.checkpoint();
-    write(p, 20, 1);
-    const lsn = p.st.store.appliedLsn;
+    const { p, lsn } = parentAcrossAnImage(10, 60, 20);
     const expected = pagesOf(p.st.store, lsn);
     childDir(p.disk, 'C');
     p.st.store.exportImage(lsn, 'C', { term: 1 });
@@ -494,11 +491,7 @@ describe('PageStore export and ShardStorage seed (branches)', () => {
     let seeded = 0;
     for (let n = 0; !completed; n++) {
       assert.ok(n < 200, 'the export and the seed finish in a bounded number of steps');
-      const p = parent(12);
-      write(p, 60, 1);
-      p.st.store.checkpoint();
-      write(p, 30, 2);
-      const lsn = p.st.store.appliedLsn;
+      const { p, lsn } = parentAcrossAnImage(12, 60, 30, 2);
       const expected = pagesOf(p.st.store, lsn);
       childDir(p.disk, 'C');
       let seededBeforeCrash = false;
