@@ -2,15 +2,16 @@
  * Controller: the volume catalog and the placement of shards on nodes.
  *
  * The catalog (volumes, their ids, geometry and where each shard lives, and tombstones of
- * deleted volumes) is durable: every change is written with MetaStore's atomic replacement
- * before it is acknowledged. Node membership is soft state rebuilt from heartbeats, bounded:
+ * deleted volumes) is durable: every change is written (MetaStore's atomic replacement, or the
+ * catalog shard's commit) before it is acknowledged. Node membership is soft state rebuilt from heartbeats, bounded:
  * at most `nodesMax` members (a heartbeat from one more node is refused `too_large`), and a
  * member silent for `memberSilenceMsMax` that holds no shard placement is forgotten.
  *
  * This is logic only: it does no messaging and reads no clock. The node hosting it passes the
  * current time in and carries out the effects (telling nodes to open or destroy shards).
- * A controller with a replicated log of its own (like a shard's) replaces the single durable
- * catalog when the controller itself is replicated.
+ * The catalog is kept in one of two ways: in a MetaStore on the controller's node (one copy),
+ * or replicated, in the catalog shard (cluster/catalog-shard.ts), whose leader's node runs the
+ * controller (docs/replication.md, "A replicated controller").
  */
 import { MetaStore } from '../storage-engine/metadata';
 import { StorageError } from '../storage-engine/errors';
@@ -172,8 +173,20 @@ export const MEMBER_SILENCE_MS_MAX = 24 * 60 * 60 * 1000;
 /** Members are checked for forgetting at most this often (by the heartbeats' clock). */
 const MEMBER_SWEEP_EVERY_MS = 60 * 1000;
 
+/**
+ * A catalog kept elsewhere than in a local MetaStore: in the catalog shard, replicated like any
+ * shard's log (cluster/catalog-shard.ts). `state` is the catalog as read when this controller took
+ * over (undefined: none yet); `write` makes one durably the catalog, after the ones before it.
+ */
+export interface ReplicatedCatalog {
+  state: CatalogState | undefined;
+  write(state: CatalogState): Promise<void>;
+}
+
 export interface ControllerOptions {
-  meta: MetaStore;
+  /** The catalog's local, single-copy storage; or, instead, `replicated`. */
+  meta?: MetaStore;
+  replicated?: ReplicatedCatalog;
   /** A node is live if heard from within this long; default 5 s. */
   liveWindowMs?: number;
   /** Members at most; default NODES_MAX. */
@@ -193,7 +206,8 @@ export interface ControllerOptions {
   newCatalogTag?: string;
 }
 
-const CATALOG = 'catalog';
+/** The catalog's name in its MetaStore (a controller node that keeps it alone: `<dataDir>/controller/catalog`). */
+export const CATALOG = 'catalog';
 
 /**
  * Shard replicas the catalog holds at most (every shard of every volume, times its replicas).
@@ -206,7 +220,10 @@ export const CATALOG_REPLICAS_MAX = 65536;
 
 export class Controller {
   private state: CatalogState;
-  private readonly meta: MetaStore;
+  private readonly meta: MetaStore | undefined;
+  private readonly replicated: ReplicatedCatalog | undefined;
+  /** Replicated: the writes of the changes made so far, one after another; never rejected. */
+  private writes: Promise<void> = Promise.resolve();
   private readonly members = new Map<string, NodeMember>();
   private readonly liveWindowMs: number;
   private readonly volumesMax: number;
@@ -220,7 +237,11 @@ export class Controller {
   private fenced: string | undefined;
 
   constructor(opts: ControllerOptions) {
+    if ((opts.meta === undefined) === (opts.replicated === undefined)) {
+      throw new StorageError('bad_request', 'a controller keeps its catalog in a MetaStore or replicated, one of the two');
+    }
     this.meta = opts.meta;
+    this.replicated = opts.replicated;
     this.liveWindowMs = opts.liveWindowMs ?? 5000;
     this.volumesMax = opts.volumesMax ?? 4096;
     this.replicasMax = opts.replicasMax ?? CATALOG_REPLICAS_MAX;
@@ -231,7 +252,7 @@ export class Controller {
     if (tag !== undefined && !/^[a-z0-9]{1,16}$/.test(tag)) {
       throw new StorageError('bad_request', `newCatalogTag must be 1..16 of [a-z0-9], got ${JSON.stringify(tag)}`);
     }
-    this.state = this.meta.read<CatalogState>(CATALOG) ?? { version: 1, epoch: 0, nextId: 1, ...(tag === undefined ? {} : { tag }), volumes: [], tombstones: [] };
+    this.state = (this.meta !== undefined ? this.meta.read<CatalogState>(CATALOG) : this.replicated!.state) ?? { version: 1, epoch: 0, nextId: 1, ...(tag === undefined ? {} : { tag }), volumes: [], tombstones: [] };
     if (this.state.version !== 1) {
       throw new StorageError('corruption', `catalog has unknown version ${String(this.state.version)}`);
     }
@@ -967,18 +988,34 @@ export class Controller {
    * directory's fsync) left the new one visible but maybe not durable: a restart reads whichever
    * the disk kept, so the change is answered `timeout` (it may or may not be kept), and the
    * catalog takes no change until then, none being made on a state that may not be the disk's.
+   *
+   * Replicated, the change is made at once in memory and written after the changes before it;
+   * whoever acts on it or answers for it waits for `settled` first. A write that fails leaves
+   * its outcome unknown (the catalog shard's next leader may commit it or not): the controller
+   * then takes no change, and `settled` rejects, for this one and every later one. Its node
+   * gives up its seat; the next controller reads the catalog from the shard.
    */
   private commit(next: CatalogState): void {
     if (this.fenced !== undefined) {
-      throw new ProtocolError('unavailable', `the catalog's storage failed (${this.fenced}): it takes no change until the controller's node restarts`);
+      throw new ProtocolError('unavailable', this.replicated !== undefined
+        ? `a write of the catalog failed (${this.fenced}): this controller takes no change; the next one reads the catalog again`
+        : `the catalog's storage failed (${this.fenced}): it takes no change until the controller's node restarts`);
     }
     const s = { ...next, epoch: this.state.epoch + 1 };
+    if (this.replicated !== undefined) {
+      const { write } = this.replicated;
+      this.state = s;
+      this.writes = this.writes.then(() => (this.fenced === undefined ? write(s) : undefined)).catch((e: unknown) => {
+        this.fenced ??= e instanceof Error ? e.message : String(e);
+      });
+      return;
+    }
     try {
-      this.meta.write(CATALOG, s);
+      this.meta!.write(CATALOG, s);
     } catch (e) {
       let visible: boolean;
       try {
-        visible = this.meta.read<CatalogState>(CATALOG)?.epoch === s.epoch;
+        visible = this.meta!.read<CatalogState>(CATALOG)?.epoch === s.epoch;
       } catch {
         visible = true; // Not even readable: nothing more is known.
       }
@@ -987,6 +1024,18 @@ export class Controller {
       throw new ProtocolError('timeout', `the catalog change may or may not be durable: ${this.fenced}; the catalog takes no change until the controller's node restarts`);
     }
     this.state = s;
+  }
+
+  /**
+   * Resolves once every change made so far is durable (at once with a MetaStore, whose changes
+   * are durable when made). Replicated, rejects `timeout` once a write failed: the changes since
+   * the last that was written may or may not be kept.
+   */
+  async settled(): Promise<void> {
+    await this.writes;
+    if (this.fenced !== undefined && this.replicated !== undefined) {
+      throw new ProtocolError('timeout', `the catalog change may or may not be kept: a write of the catalog failed (${this.fenced}); this node no longer serves as the controller`);
+    }
   }
 
   /** Why the catalog takes no change (a write whose outcome on disk is unknown), or undefined. */

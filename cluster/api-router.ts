@@ -21,6 +21,7 @@ import { SHARDS_MAX, VOLUMES_PER_LIST_MAX, type VolumeInfo } from '../messages/a
 import { NODES_MAX } from '../actors/controller';
 import { deadlineRemainingMs, HEADER_DEADLINE } from '../messages/headers';
 import { createClient, GEOMETRY_RECHECK_MS, NatsTransport, type StrataClient, type Volume } from './client';
+import { CATALOG_PAGE_COUNT, CATALOG_PAGE_SIZE, CATALOG_VOLUME_ID, CATALOG_VOLUME_NAME } from './catalog-shard';
 
 /** Volumes whose routing info a node keeps at most. */
 const VOLUME_CACHE_MAX = 1024;
@@ -467,22 +468,9 @@ export interface StatusParts {
   controllerReachable: boolean;
 }
 
-/**
- * The cluster status from its parts: each volume of the catalog with, per shard, what its
- * replicas report; in at most `bytesMax` encoded bytes, with less detail when it must be
- * (`StatusDetail`, docs/protocol.md).
- */
-export function mergeClusterStatus(input: StatusParts, bytesMax: number): Record<string, unknown> {
-  const { self, nodes, members, catalog, catalogError, controllerReachable } = input;
-  // Each volume of the catalog with, per shard, what its replicas report (the leader's view first).
-  const reported = new Map<string, Array<Record<string, unknown>>>();
-  for (const n of nodes as Array<{ node?: { id?: string }; shards?: Array<Record<string, unknown>> }>) {
-    for (const sh of n.shards ?? []) {
-      const key = `${String(sh.volumeId)}.${String(sh.shard)}`;
-      reported.set(key, [...(reported.get(key) ?? []), { ...sh, node: n.node?.id }]);
-    }
-  }
-  const volumes = catalog.map((v) => ({
+/** A volume's status: per shard, what its replicas report (`reported`, by `<volumeId>.<shard>`; the leader's view first). */
+function volumeStatus(v: Record<string, unknown>, reported: ReadonlyMap<string, Array<Record<string, unknown>>>) {
+  return {
     ...v,
     shards: Array.from({ length: Math.min(SHARDS_MAX, Math.max(0, Math.trunc(Number(v.shards)) || 0)) }, (_, i) => {
       const reps = reported.get(`${String(v.id)}.${i}`) ?? [];
@@ -518,7 +506,36 @@ export function mergeClusterStatus(input: StatusParts, bytesMax: number): Record
         replicas,
       };
     }),
-  }));
+  };
+}
+
+/**
+ * The cluster status from its parts: each volume of the catalog with, per shard, what its
+ * replicas report; in at most `bytesMax` encoded bytes, with less detail when it must be
+ * (`StatusDetail`, docs/protocol.md).
+ */
+export function mergeClusterStatus(input: StatusParts, bytesMax: number): Record<string, unknown> {
+  const { self, nodes, members, catalog, catalogError, controllerReachable } = input;
+  // Each volume of the catalog with, per shard, what its replicas report (the leader's view first).
+  const reported = new Map<string, Array<Record<string, unknown>>>();
+  for (const n of nodes as Array<{ node?: { id?: string }; shards?: Array<Record<string, unknown>> }>) {
+    for (const sh of n.shards ?? []) {
+      const key = `${String(sh.volumeId)}.${String(sh.shard)}`;
+      reported.set(key, [...(reported.get(key) ?? []), { ...sh, node: n.node?.id }]);
+    }
+  }
+  const volumes = catalog.map((v) => volumeStatus(v, reported));
+  // The catalog shard of a replicated controller, which no catalog lists: its own entry.
+  const catalogReplicas = reported.get(`${CATALOG_VOLUME_ID}.0`);
+  // Its replicas are the controller nodes, as its leader knows them (some may not report).
+  const catalogLeader = catalogReplicas?.find((r) => r.role === 'leader' && r.state === 'up');
+  const catalogMembers = (catalogLeader?.config as { members?: unknown } | undefined)?.members;
+  const catalogShard = catalogReplicas === undefined
+    ? undefined
+    : volumeStatus({
+        id: CATALOG_VOLUME_ID, name: CATALOG_VOLUME_NAME, pageCount: CATALOG_PAGE_COUNT, pageSize: CATALOG_PAGE_SIZE, shards: 1,
+        replicas: Array.isArray(catalogMembers) ? catalogMembers.length : catalogReplicas.length,
+      }, reported);
   // The nodes' own shard lists are in the volumes already: each node's is left out.
   const nodeViews = nodes.map(({ shards, ...rest }) => ({ ...rest, shardCount: Array.isArray(shards) ? shards.length : 0 }));
   // Replicas nodes hold of volumes the catalog does not list: one being created or deleted
@@ -531,7 +548,7 @@ export function mergeClusterStatus(input: StatusParts, bytesMax: number): Record
   let unlistedCount = 0;
   if (controllerReachable && catalogError === undefined) {
     for (const reps of reported.values()) {
-      if (listed.has(String(reps[0]!.volumeId))) continue;
+      if (listed.has(String(reps[0]!.volumeId)) || reps[0]!.volumeId === CATALOG_VOLUME_ID) continue;
       for (const r of reps) {
         unlistedCount++;
         if (unlisted.length < UNLISTED_REPLICAS_SHOWN_MAX) unlisted.push({ node: r.node, volumeId: r.volumeId, shard: r.shard });
@@ -541,6 +558,7 @@ export function mergeClusterStatus(input: StatusParts, bytesMax: number): Record
   const reply = (detail: StatusDetail, vols: unknown[]): Record<string, unknown> => ({
     node: self, detail, volumes: vols, nodes: nodeViews, members, controllerReachable, ...(catalogError !== undefined ? { catalogError } : {}),
     ...(unlistedCount > 0 ? { unlistedReplicas: unlisted, unlistedReplicaCount: unlistedCount } : {}),
+    ...(catalogShard !== undefined ? { catalogShard } : {}),
   });
   // One message holds it: with many shard replicas, less detail (docs/protocol.md, status).
   const fits = (r: Record<string, unknown>): boolean => encode(r).length <= bytesMax;

@@ -52,20 +52,23 @@ Usage: strata <command> [arguments] [flags]
 Commands:
   dev [--demo] [--nodes N] [--data-dir D] [--metrics-port N] [--auth]
         Run a local cluster until interrupted: its own nats-server and N node processes
-        (default 3; kill one with kill -9 to see failover; n1 is also the controller, without
-        which volumes cannot be created, deleted or listed); --demo writes, reads back and
+        (default 3; kill one with kill -9 to see failover; n1, n2 and n3 hold the replicated
+        volume catalog, and one of them runs the controller); --demo writes, reads back and
         verifies a replicated volume, then exits. --auth: the nats-server admits only the
         cluster's users (strata nats-auth), whose passwords it writes under the data directory.
   node [--config F] [--node-id ID] [--cluster C] [--nats URL] [--data-dir D]
        [--nats-user U --nats-password-file F] [--nats-ca-file F] [--nats-cert-file F --nats-key-file F]
-       [--hosts N] [--zone Z] [--controller|--no-controller] [--metrics-port N]
+       [--hosts N] [--zone Z] [--controller|--no-controller|--controllers ID,ID,ID] [--metrics-port N]
        [--trace-exporters otlp,console] [--sampling off|ratio|always] [--sampling-ratio R]
        [--cache-bytes-max-per-shard B] [--segment-bytes-max B]
        [--checkpoint-every-records N] [--scrub-bytes-per-second B] [--mailbox-requests-max N]
-       [--mailbox-bytes-max B] [--host-heap-initial B] [--repair-after-seconds S]
+       [--mailbox-bytes-max B] [--host-heap-initial B] [--repair-after-seconds S] [--retain-records N]
         Run one node until SIGINT/SIGTERM (environment: STRATA_NATS_URL, STRATA_CLUSTER,
         STRATA_DATA_DIR, STRATA_NODE_ID, STRATA_HOSTS, STRATA_METRICS_PORT,
-        STRATA_REPAIR_AFTER_SECONDS). The controller's node replaces the replicas of a node
+        STRATA_REPAIR_AFTER_SECONDS, STRATA_CONTROLLERS). With --controllers (3..7 node ids,
+        the same list on every node) the catalog is replicated on those nodes and the one
+        whose replica leads it runs the controller; without, the one node started with
+        --controller keeps it alone. The controller's node replaces the replicas of a node
         silent for --repair-after-seconds (default 600; 0 = never).
   volume create NAME --pages N [--page-size 4096|8192] [--shards S] [--stripe-pages P] [--replicas R]
         Create a volume of N pages.

@@ -19,6 +19,7 @@
  * | hosts | --hosts | STRATA_HOSTS | hosts | cores − 1 (at least 1, at most 64); see `defaultHostsPerNode` |
  * | zone | --zone | STRATA_ZONE | zone | none (the node is a failure domain of its own) |
  * | controller | --controller / --no-controller | | controller | true |
+ * | controllers | --controllers | STRATA_CONTROLLERS | controllers | none (one controller node, `controller`) |
  * | metricsPort | --metrics-port | STRATA_METRICS_PORT | metricsPort | 9464 (0 = off) |
  * | traceExporters | --trace-exporters | STRATA_TRACE_EXPORTERS | traceExporters | OTEL_TRACES_EXPORTER, else none |
  * | sampling | --sampling | STRATA_SAMPLING | sampling | OTEL_TRACES_SAMPLER, else ratio |
@@ -40,6 +41,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { HOSTS_PER_NODE_MAX } from '../messages/control';
+import { CONTROLLERS_MAX, CONTROLLERS_MIN } from './catalog-shard';
 import { checkNatsTlsFiles, readNatsPassword, type NatsTlsFiles } from './nats-auth';
 
 /**
@@ -83,8 +85,18 @@ export interface NodeConfig {
   hosts: number;
   /** The node's failure domain (a rack, a zone): 1..64 characters of [A-Za-z0-9_-]; undefined = a domain of its own. */
   zone?: string;
-  /** This node keeps the volume catalog (the controller). Exactly one node of a cluster should. */
+  /**
+   * This node keeps the volume catalog (the controller). Without `controllers`, exactly one node
+   * of a cluster should; with them, it is whether this node is one of them.
+   */
   controller: boolean;
+  /**
+   * The controller nodes of a replicated controller (docs/replication.md, "A replicated
+   * controller"): 3..7 distinct node ids, the same list on every node of the cluster. The
+   * catalog is then a shard replicated on them, and the one whose replica leads it runs the
+   * controller. Undefined: one controller node (`controller`), whose catalog is one local copy.
+   */
+  controllers?: string[];
   /** Port of the Prometheus endpoint `/metrics`; 0 = no endpoint. */
   metricsPort: number;
   /** Span exporters (empty: none); undefined = from OTEL_TRACES_EXPORTER. */
@@ -159,6 +171,18 @@ const DECIMAL_PATTERN = /^(0|[1-9][0-9]*)$/;
 const SIZE_PATTERN = /^(0|[1-9][0-9]*)\s*(k|kib|m|mib|g|gib)?$/i;
 const SIZE_UNITS: Record<string, number> = { '': 1, k: KIB, kib: KIB, m: MIB, mib: MIB, g: GIB, gib: GIB };
 const FRACTION_PATTERN = /^(0|1|0?\.[0-9]{1,12}|1\.0*)$/;
+
+/** `controllers`: a comma list of CONTROLLERS_MIN..CONTROLLERS_MAX distinct node ids. */
+function checkControllers(value: string): string | undefined {
+  const list = value.split(',').map((x) => x.trim());
+  const badId = list.find((id) => !NODE_ID_PATTERN.test(id));
+  if (badId !== undefined) return `${JSON.stringify(badId)} is not a node id (1..64 characters of [A-Za-z0-9_-])`;
+  if (new Set(list).size !== list.length) return 'a node id is listed twice';
+  if (list.length < CONTROLLERS_MIN || list.length > CONTROLLERS_MAX) {
+    return `expected ${CONTROLLERS_MIN}..${CONTROLLERS_MAX} node ids, got ${list.length} (a single controller node is --controller)`;
+  }
+  return undefined;
+}
 
 function checkTraceExporters(value: string): string | undefined {
   const names = value.split(',').map((x) => x.trim());
@@ -267,6 +291,7 @@ const FIELDS: readonly FieldSpec[] = [
   { key: 'hosts', flag: '--hosts', env: 'STRATA_HOSTS', kind: 'integer', min: 1, max: HOSTS_PER_NODE_MAX },
   { key: 'zone', flag: '--zone', env: 'STRATA_ZONE', kind: 'string', check: (v) => (NODE_ID_PATTERN.test(v) ? undefined : 'expected 1..64 characters of [A-Za-z0-9_-]') },
   { key: 'controller', flag: '--controller', kind: 'boolean' },
+  { key: 'controllers', flag: '--controllers', env: 'STRATA_CONTROLLERS', kind: 'string', check: checkControllers },
   { key: 'metricsPort', flag: '--metrics-port', env: 'STRATA_METRICS_PORT', kind: 'integer', min: 0, max: 65535 },
   { key: 'traceExporters', flag: '--trace-exporters', env: 'STRATA_TRACE_EXPORTERS', kind: 'string', check: checkTraceExporters },
   {
@@ -529,6 +554,15 @@ export function loadNodeConfig(
     config.traceExporters = list.length === 1 && list[0] === 'none' ? [] : ([...new Set(list)] as TraceExporterChoice[]);
   }
   if (merged.zone !== undefined) config.zone = merged.zone as string;
+  if (merged.controllers !== undefined) {
+    const list = (merged.controllers as string).split(',').map((x) => x.trim());
+    const member = list.includes(config.nodeId);
+    if (merged.controller !== undefined && merged.controller !== member) {
+      bad('controller', `${member ? '--no-controller' : '--controller'} contradicts controllers (${list.join(',')}), which ${member ? 'list' : 'do not list'} node '${config.nodeId}': with controllers, leave it out`);
+    }
+    config.controllers = list;
+    config.controller = member;
+  }
   if (merged.sampling !== undefined) config.sampling = merged.sampling as NodeConfig['sampling'];
   if (merged.samplingRatio !== undefined) config.samplingRatio = merged.samplingRatio as number;
   for (const key of [

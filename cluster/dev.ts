@@ -3,7 +3,8 @@
  *
  * It starts its own nats-server (the system's binary, on a free loopback port, in a temporary
  * directory) and N nodes, each a separate `strata node` process with its own data directory and
- * log file, node 1 keeping the catalog. Because the nodes are processes, any of them can be killed
+ * log file; with 3 nodes or more the catalog is replicated on n1, n2 and n3 (one of them runs the
+ * controller), with fewer node 1 keeps it. Because the nodes are processes, any of them can be killed
  * (`kill -9 PID`) while clients write: the cluster carries on as long as a majority of each
  * shard's replicas is alive. The pids are printed as `node nK pid P`.
  *
@@ -196,6 +197,11 @@ async function waitForNodes(natsUrl: string, want: number, timeoutMs: number, au
 }
 
 /** Options of `startDevCluster`. */
+/** The controller nodes of a dev cluster of `nodes`: n1, n2 and n3 with 3 or more (replicated), else n1 alone. */
+export function devControllers(nodes: number): string[] {
+  return nodes >= 3 ? ['n1', 'n2', 'n3'] : ['n1'];
+}
+
 export interface DevClusterOptions {
   nodes: number;
   dataDir?: string;
@@ -286,13 +292,18 @@ export async function startDevCluster(opts: DevClusterOptions): Promise<DevClust
   try {
     nats = await Promise.race([natsStart, spawnFailure]);
     const natsUrl = nats.url;
+    // With 3 nodes or more, the catalog is replicated on the first 3 (a replicated controller);
+    // fewer, node 1 keeps it alone.
+    const controllers = devControllers(opts.nodes);
+    const controllerArgs = (i: number): string[] =>
+      controllers.length > 1 ? ['--controllers', controllers.join(',')] : [i === 0 ? '--controller' : '--no-controller'];
     const spawnNode = (i: number, onError: (e: Error) => void): DevCluster['nodes'][number] => {
       const id = `n${i + 1}`;
       const log = path.join(root, `${id}.log`);
       const logFd = fs.openSync(log, 'a');
       const args = [
         STRATA_BIN, 'node', '--node-id', id, '--cluster', 'dev', '--nats', natsUrl, '--data-dir', path.join(root, id),
-        '--hosts', String(hosts), i === 0 ? '--controller' : '--no-controller',
+        '--hosts', String(hosts), ...controllerArgs(i),
         '--metrics-port', String(opts.metricsPort ? opts.metricsPort + i : 0),
         ...(auth === undefined ? [] : ['--nats-user', auth.users.node.user, '--nats-password-file', auth.users.node.passwordFile]),
         ...(opts.nodeArgs ?? []),
@@ -312,8 +323,8 @@ export async function startDevCluster(opts: DevClusterOptions): Promise<DevClust
       const node = spawnNode(i, spawnFailed);
       node.process.once('exit', (code, signal) => spawnFailed(new Error(`node ${node.id} exited during the start (${signal ?? `code ${String(code)}`})`)));
       nodes.push(node);
-      // The controller first: the others register with it.
-      if (i === 0) await Promise.race([new Promise((r) => setTimeout(r, 200)), spawnFailure]);
+      // A controller that keeps the catalog alone first: the others register with it.
+      if (i === 0 && controllers.length === 1) await Promise.race([new Promise((r) => setTimeout(r, 200)), spawnFailure]);
     }
     const restart = async (index: number): Promise<void> => {
       const old = nodes[index];
@@ -384,13 +395,20 @@ export async function runDev(opts: DevOptions): Promise<number> {
       return interrupt.signal.aborted ? 130 : 1;
     }
     out(`Strata dev cluster 'dev' is up: ${count} node(s), NATS at ${cluster.natsUrl}`);
-    cluster.nodes.forEach((n, i) => out(`node ${n.id} pid ${n.pid} log ${n.log}${opts.metricsPort ? ` metrics http://127.0.0.1:${opts.metricsPort + i}/metrics` : ''}${i === 0 ? ' (controller: keeps the volume catalog)' : ''}`));
+    const controllers = devControllers(count);
+    const role = (id: string): string =>
+      !controllers.includes(id) ? '' : controllers.length > 1 ? ' (controller node: holds a replica of the volume catalog)' : ' (controller: keeps the volume catalog)';
+    cluster.nodes.forEach((n, i) => out(`node ${n.id} pid ${n.pid} log ${n.log}${opts.metricsPort ? ` metrics http://127.0.0.1:${opts.metricsPort + i}/metrics` : ''}${role(n.id)}`));
     out(`data: ${cluster.root}${opts.dataDir ? '' : ' (temporary, removed on exit)'}`);
     for (const n of cluster.nodes) {
       n.process.once('exit', (code, signal) => {
         out(
           `node ${n.id} (pid ${n.pid}) exited (${signal ?? `code ${code}`}); the others carry on while each shard keeps a majority` +
-            (n === cluster.nodes[0] ? ': it was the controller, without which no volume can be created, deleted or listed (put and get go on)' : ''),
+            (!controllers.includes(n.id)
+              ? ''
+              : controllers.length > 1
+                ? ': it was a controller node; while two of n1, n2 and n3 run, one of them runs the controller'
+                : ': it was the controller, without which no volume can be created, deleted or listed (put and get go on)'),
         );
       });
     }

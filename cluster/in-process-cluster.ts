@@ -22,8 +22,13 @@ import { controllerSubject } from '../messages/control';
 import { currentTelemetry, startTelemetry, type Telemetry, type TelemetryOptions } from '../observability/telemetry';
 
 export interface ClusterOptions {
-  /** Nodes; default 1. Node 0 keeps the catalog (the controller). */
+  /** Nodes; default 1. Node 0 keeps the catalog (the controller), unless `controllers`. */
   nodes?: number;
+  /**
+   * A replicated controller: the first `controllers` nodes (3..7, at most `nodes`) are its
+   * controller nodes (StrataNodeOptions.controllers). Default: node 0 alone keeps the catalog.
+   */
+  controllers?: number;
   /** Actor hosts (devices) per node; default 1. */
   hosts?: number;
   cluster?: string;
@@ -32,7 +37,7 @@ export interface ClusterOptions {
   /** The failure domain of each node by index (StrataNodeOptions.zone); default none. */
   zones?: readonly string[];
   /** Extra options for every node. */
-  node?: Partial<Omit<StrataNodeOptions, 'nodeId' | 'cluster' | 'natsUrl' | 'dataDir' | 'controller'>>;
+  node?: Partial<Omit<StrataNodeOptions, 'nodeId' | 'cluster' | 'natsUrl' | 'dataDir' | 'controller' | 'controllers'>>;
   /** Start the nats-server with JetStream (for benchmarks comparing against it). */
   jetstream?: boolean;
   /** The nats-server's max_payload in bytes; default that of `startNatsServer` (1 MiB). */
@@ -91,6 +96,7 @@ export interface InProcessCluster {
 
 export async function startCluster(opts: ClusterOptions = {}): Promise<InProcessCluster> {
   const count = opts.nodes ?? 1;
+  if (opts.controllers !== undefined && opts.controllers > count) throw new RangeError(`controllers (${opts.controllers}) exceed the nodes (${count})`);
   if (!Number.isSafeInteger(count) || count < 1 || count > 16) throw new Error(`nodes must be 1..16, got ${count}`);
   const cluster = opts.cluster ?? 'test';
   const ownDir = opts.dataDir === undefined;
@@ -123,6 +129,7 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<InProcess
   }
   const dataDirs = Array.from({ length: count }, (_, i) => path.join(root, `node${i + 1}`));
   const nodes: Array<StrataNode | undefined> = new Array(count).fill(undefined);
+  const controllers = opts.controllers === undefined ? undefined : Array.from({ length: opts.controllers }, (_, i) => `n${i + 1}`);
   const nodeOpts = (i: number): StrataNodeOptions => ({
     heartbeatMs: 250,
     ...(opts.node ?? {}),
@@ -133,7 +140,7 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<InProcess
     natsUrl: nats.url,
     ...(natsUsers === undefined ? {} : { natsAuth: natsUsers.node }),
     dataDir: dataDirs[i]!,
-    controller: i === 0,
+    ...(controllers === undefined ? { controller: i === 0 } : { controller: i < controllers.length, controllers }),
   });
 
   let client: StrataClient | undefined;

@@ -37,6 +37,7 @@ export async function runNode(config: NodeConfig): Promise<{ stop(): Promise<voi
       hosts: config.hosts,
       ...(config.zone !== undefined ? { zone: config.zone } : {}),
       controller: config.controller,
+      ...(config.controllers !== undefined ? { controllers: config.controllers } : {}),
       ...(config.cacheBytesMaxPerShard !== undefined ? { cacheBytesMaxPerShard: config.cacheBytesMaxPerShard } : {}),
       ...(config.segmentBytesMax !== undefined ? { segmentBytesMax: config.segmentBytesMax } : {}),
       ...(config.checkpointEveryRecords !== undefined ? { checkpointEveryRecords: config.checkpointEveryRecords } : {}),

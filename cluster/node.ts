@@ -17,6 +17,7 @@
  */
 import * as crypto from 'node:crypto';
 import * as os from 'node:os';
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { DataDirLock } from './data-dir-lock';
 import { withTimeout } from '../runtime/timeout';
@@ -80,7 +81,7 @@ import { RealDisk } from '../storage-engine/real-disk';
 import { makeDirectory } from '../storage-engine/make-directory';
 import { MetaStore } from '../storage-engine/metadata';
 import { shardKey } from '../messages/volume-id';
-import { CATALOG_REPLICAS_MAX, Controller, idNumber, idTag, seedOf, volumeInfo, type NodeMember, type RepairMove, type AssignmentRole, type ShardMove, type VolumeRecord } from '../actors/controller';
+import { CATALOG, CATALOG_REPLICAS_MAX, Controller, idNumber, idTag, seedOf, volumeInfo, type NodeMember, type RepairMove, type AssignmentRole, type CatalogState, type ShardMove, type VolumeRecord } from '../actors/controller';
 import { HostPool } from '../runtime/host-pool';
 import type { HostConfig, TransportFaults } from '../runtime/actor-host';
 import type { ReplicaTiming } from '../actors/replica';
@@ -90,6 +91,8 @@ import { RequestRecorder } from '../observability/request-recorder';
 import { MOVE_TRIGGERS, type ControllerSnapshot, type MoveTrigger } from '../observability/metrics';
 import { ATTR, recordSpanError, serverSpan } from '../observability/tracing';
 import { ApiRouter, splitNodeStatus } from './api-router';
+import { CATALOG_VOLUME_ID, CatalogShard, catalogAssignment } from './catalog-shard';
+import { createClient, NatsTransport, type StrataClient } from './client';
 
 export const STRATA_VERSION = '0.1.0';
 
@@ -106,8 +109,14 @@ export interface StrataNodeOptions {
   hosts?: number;
   /** This node's failure domain (a rack, a zone), sent with its heartbeats (HeartbeatRequest.zone); default none. */
   zone?: string;
-  /** This node keeps the volume catalog. */
+  /** This node keeps the volume catalog (alone, without `controllers`; ignored with them). */
   controller: boolean;
+  /**
+   * The controller nodes of a replicated controller (cluster/catalog-shard.ts): the catalog is a
+   * shard replicated on them, and the node whose replica leads it runs the controller. The same
+   * list on every node; undefined: `controller` alone decides.
+   */
+  controllers?: string[];
   cacheBytesMaxPerShard?: number;
   segmentBytesMax?: number;
   checkpointEveryRecords?: number;
@@ -274,6 +283,19 @@ const NATS_DRAIN_MS = 5000;
 const CHECK_ALONE_TRIES = 3;
 const CHECK_ALONE_PAUSE_MS = 300;
 const CHECK_ALONE_TIMEOUT_MS = 2000;
+/** Period of a controller node's check of its replica of the catalog shard (`checkSeat`). */
+const SEAT_CHECK_MS = 200;
+/** A node of a cluster with a replicated controller does not report failed heartbeats this long after its start. */
+const CONTROLLER_ELECTION_GRACE_MS = 10_000;
+/** A heartbeat's wait for its answer, at least (and two periods, at most a request's timeout). */
+const HEARTBEAT_TIMEOUT_MS_MIN = 2000;
+/** A controller just started or taken over waits this long at most for the nodes' heartbeats before it places a volume (`heardFromNodes`). */
+const MEMBERS_WARMUP_MS = 3000;
+/** Where a controller node without `controllers` keeps its catalog: a MetaStore directory of the data directory. */
+const LOCAL_CATALOG_DIR = 'controller';
+/** Each read or write of the catalog shard, at most. */
+const CATALOG_IO_TIMEOUT_MS = 10_000;
+
 /** claimAlone: answers taken after a node has heard its own claim, and answers read at most. */
 const CLAIM_GRACE_MS = 200;
 const CLAIM_ANSWERS_MAX = 64;
@@ -350,11 +372,12 @@ function openDataDir(dataDir: string, opts: StrataNodeOptions, hosts: number): {
     meta.write(NODE_META, nodeMeta);
   }
   let controller: Controller | undefined;
-  if (opts.controller) {
-    disk.mkdirp('controller');
+  // A replicated controller's catalog is in the catalog shard: the node runs one while its replica leads it (takeSeat).
+  if (opts.controller && opts.controllers === undefined) {
+    disk.mkdirp(LOCAL_CATALOG_DIR);
     disk.fsyncDir('');
     controller = new Controller({
-      meta: new MetaStore(disk, 'controller', { payloadBytesMax: 16 * 1024 * 1024 }),
+      meta: new MetaStore(disk, LOCAL_CATALOG_DIR, { payloadBytesMax: 16 * 1024 * 1024 }),
       // Used only if no catalog exists yet: volume ids of a catalog created again never repeat.
       newCatalogTag: crypto.randomBytes(4).toString('hex'),
     });
@@ -391,6 +414,17 @@ export class StrataNode {
   private pool: HostPool | undefined;
   private nc: NatsConnection | undefined;
   private controller: Controller | undefined;
+  /**
+   * A replicated controller (`controllers`): the term of the catalog shard this node runs the
+   * controller in (undefined: it does not), the subscriptions of its subjects, a takeover under
+   * way, the check of the replica's role (`checkSeat`), and whether the replica is open.
+   */
+  private seat: { term: number; subs: Subscription[]; sinceMs: number } | undefined;
+  private seatTaking = false;
+  private catalogClient: StrataClient | undefined;
+  private seatTimer: NodeJS.Timeout | undefined;
+  private catalogReplicaOpen = false;
+  private readonly seatFailures: FailureLog;
   /** This node's hold on its data directory (released by stop, abandoned by kill). */
   private readonly lock: DataDirLock;
   private service: Service | undefined;
@@ -508,6 +542,7 @@ export class StrataNode {
     this.heartbeatFailures = new FailureLog(this.log, 'heartbeat to the controller');
     this.reconcileFailures = new FailureLog(this.log, 'reconciliation with the catalog');
     this.claimFailures = new FailureLog(this.log, 'periodic check of the claim');
+    this.seatFailures = new FailureLog(this.log, 'taking over as the controller');
     makeDirectory(this.dataDir);
     // One node process per data directory: two would write the same shard logs.
     this.lock = DataDirLock.acquire(this.dataDir, opts.nodeId, {
@@ -630,6 +665,7 @@ export class StrataNode {
     }
     this.router = new ApiRouter(this.nc, this.cluster, this.opts.requestTimeoutMs ?? 10_000);
     if (this.controller) this.serveController();
+    if (this.opts.controllers?.includes(this.nodeId) === true) await this.openCatalogReplica();
     this.serveNode();
     this.checkStarting();
     await this.serveApi();
@@ -652,11 +688,14 @@ export class StrataNode {
         .finally(() => (this.claimChecking = false));
     }, this.opts.claimRecheckMs ?? CLAIM_RECHECK_MS);
     this.claimTimer.unref();
-    if (this.controller !== undefined) {
-      // Also with repairs off: the replicas of draining nodes are moved by the same check.
-      const repairAfterMs = this.opts.repairAfterMs ?? REPAIR_AFTER_MS_DEFAULT;
-      this.repairTimer = setInterval(() => this.repairTick(), repairAfterMs > 0 ? Math.max(1, Math.min(REPAIR_CHECK_MS_MAX, repairAfterMs / 2)) : REPAIR_CHECK_MS_MAX);
-      this.repairTimer.unref();
+    if (this.controller !== undefined) this.startRepairs();
+    if (this.opts.controllers?.includes(this.nodeId) === true) {
+      this.seatTimer = setInterval(() => {
+        if (this.seatTaking || this.stopped) return;
+        this.seatTaking = true;
+        void this.checkSeat().finally(() => (this.seatTaking = false));
+      }, SEAT_CHECK_MS);
+      this.seatTimer.unref();
     }
     if (telemetry && !this.stopped) {
       const recorder = this.recorder!;
@@ -713,6 +752,10 @@ export class StrataNode {
       { subject: nodeSubject(this.cluster, this.nodeId, 'status'), message: idInUse('answers') },
     ];
     if (this.controller) probes.push({ subject: controllerSubject(this.cluster, 'members'), message: controllerInUse });
+    // A controller node that keeps the catalog alone answers its claim; replicated controllers do not claim.
+    if (this.opts.controllers !== undefined) {
+      probes.push({ subject: controllerSubject(this.cluster, 'claim'), message: `cluster '${this.cluster}' has a controller node that keeps the catalog alone (started with --controller, without --controllers): a cluster has one or the other` });
+    }
     for (const { subject, message } of probes) {
       for (let i = 0; i < CHECK_ALONE_TRIES; i++) {
         if (i > 0) await new Promise((r) => setTimeout(r, CHECK_ALONE_PAUSE_MS));
@@ -944,6 +987,7 @@ export class StrataNode {
     if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
     if (this.claimTimer) clearInterval(this.claimTimer);
     if (this.repairTimer) clearInterval(this.repairTimer);
+    if (this.seatTimer) clearInterval(this.seatTimer);
     // The service's stop drains its subscriptions, which waits for the server's answer to a
     // ping: bounded, as the drain below is. A server that does not answer (hung) held it until
     // the client's own ping check gave the connection up, minutes later.
@@ -955,7 +999,7 @@ export class StrataNode {
       serverAnswers = false;
     }
     // The claim last (`claimSubs`): until its hosts have stopped, the node still acts in its name.
-    for (const s of this.subs) s.unsubscribe();
+    for (const s of [...this.subs, ...(this.seat?.subs ?? [])]) s.unsubscribe();
     await this.pool?.stop();
     for (const s of this.claimSubs) s.unsubscribe();
     this.lock.release();
@@ -977,10 +1021,11 @@ export class StrataNode {
     if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
     if (this.claimTimer) clearInterval(this.claimTimer);
     if (this.repairTimer) clearInterval(this.repairTimer);
+    if (this.seatTimer) clearInterval(this.seatTimer);
     this.threadsGone = this.pool?.kill() ?? Promise.resolve();
     // Its handlers answer nothing more, also before the connection's close completes (a node
     // started again at once must not hear this one answer its start-up probe).
-    for (const sub of [...this.subs, ...this.claimSubs]) sub.unsubscribe();
+    for (const sub of [...this.subs, ...(this.seat?.subs ?? []), ...this.claimSubs]) sub.unsubscribe();
     void this.nc?.close().catch(() => undefined);
     // The lock file stays, as after a crash; a node started on the directory takes it over.
     this.lock.abandon();
@@ -1001,7 +1046,10 @@ export class StrataNode {
    */
   private async heartbeat(): Promise<void> {
     const nc = this.nc!;
-    const timeout = this.opts.requestTimeoutMs ?? 10_000;
+    // Shorter than a request's: one sent to a controller that died just then is never answered,
+    // and no heartbeat goes out while it waits, so the next controller would not hear of this
+    // node for that long.
+    const timeout = Math.min(this.opts.requestTimeoutMs ?? 10_000, Math.max(HEARTBEAT_TIMEOUT_MS_MIN, 2 * (this.opts.heartbeatMs ?? 1000)));
     let epoch: number;
     let catalog: string | undefined;
     this.checkReplicaRoles();
@@ -1024,7 +1072,10 @@ export class StrataNode {
       this.heartbeatFailures.succeeded();
     } catch (e) {
       // A NATS error ("503" when no controller runs) as the protocol error it means.
-      if (!this.stopped) this.heartbeatFailures.failed(fromNatsError(e, controllerSubject(this.cluster, 'heartbeat'), timeout));
+      // With a replicated controller, nobody answers until the controller nodes have elected the
+      // catalog shard's leader: not a failure while the cluster starts.
+      const starting = this.opts.controllers !== undefined && Date.now() - this.startedAt < CONTROLLER_ELECTION_GRACE_MS;
+      if (!this.stopped && !starting) this.heartbeatFailures.failed(fromNatsError(e, controllerSubject(this.cluster, 'heartbeat'), timeout));
       return;
     }
     // The same epoch of another catalog (one created again after its controller lost its data,
@@ -1047,7 +1098,8 @@ export class StrataNode {
       .then(({ down, leading }) => {
         const now = Date.now();
         this.rolesCheckedMs = now;
-        this.leadingCount = leading.length;
+        // The catalog shard's leader runs the controller: not a shard a rebalance hands over.
+        this.leadingCount = leading.filter((l) => l.volumeId !== CATALOG_VOLUME_ID).length;
         const held = new Set(this.nodeMeta.shards.map(shardId));
         const keys = new Set<string>();
         for (const d of down) {
@@ -1070,7 +1122,14 @@ export class StrataNode {
   private async reconcileWithCatalog(epoch: number, catalog: string | undefined): Promise<void> {
     try {
       const seq = { opens: this.openSeq, destroys: this.destroySeq };
-      await this.reconcile(await this.fetchAssignments(), seq);
+      const a = await this.fetchAssignments();
+      // A replicated catalog's epochs only grow: assignments of an older epoch of the catalog this
+      // node reconciled with come from a controller that was deposed and has not noticed yet. They
+      // are not acted on (they could have this node destroy a replica a later change gave it).
+      if (this.opts.controllers !== undefined && a.catalog !== undefined && a.catalog === this.reconciledCatalog && a.epoch < this.reconciledEpoch) {
+        throw new ProtocolError('unavailable', `the controller answered catalog epoch ${a.epoch}, older than epoch ${this.reconciledEpoch} this node reconciled with (a controller deposed a moment ago); asked again`);
+      }
+      await this.reconcile(a, seq);
       // Of the catalog the heartbeat named: if another answered the assignments meanwhile, the
       // next heartbeat differs again, and the node reconciles once more.
       this.reconciledCatalog = catalog;
@@ -1329,7 +1388,7 @@ export class StrataNode {
   // Subjects served
   // ---------------------------------------------------------------------------------------------
 
-  private subscribe(subject: string, handler: (body: unknown, msg: Msg) => Promise<unknown>, queue?: string, opts: { unbounded?: boolean } = {}): void {
+  private subscribe(subject: string, handler: (body: unknown, msg: Msg) => Promise<unknown>, queue?: string, opts: { unbounded?: boolean; into?: Subscription[] } = {}): void {
     // Heartbeats are answered whatever else is in flight: refused, they would make live nodes
     // look dead to placement and status. (They are cheap, and the membership is bounded.)
     const inFlightMax = opts.unbounded === true ? Number.POSITIVE_INFINITY : (this.opts.controlInFlightMax ?? CONTROL_IN_FLIGHT_MAX);
@@ -1361,7 +1420,7 @@ export class StrataNode {
           .finally(() => this.controlInFlight--);
       },
     });
-    this.subs.push(sub);
+    (opts.into ?? this.subs).push(sub);
   }
 
   /**
@@ -1418,20 +1477,207 @@ export class StrataNode {
     }
   }
 
+  // ---------------------------------------------------------------------------------------------
+  // A replicated controller: the node whose replica leads the catalog shard runs it
+  // ---------------------------------------------------------------------------------------------
+
+  /**
+   * Opens this node's replica of the catalog shard, on its first host. Always as a replica that
+   * existed: a controller node cannot tell a first start from one after its data directory was
+   * lost, and one that lost it must not vote as new (docs/replication.md, "A replica whose
+   * storage was lost"); a new cluster's first election needs every controller node's answer.
+   * A failure is logged, and the open tried again at the next check of the seat.
+   */
+  private async openCatalogReplica(): Promise<void> {
+    try {
+      await this.pool!.openShard(0, { ...catalogAssignment(this.opts.controllers!), existing: true });
+      this.catalogReplicaOpen = true;
+    } catch (e) {
+      this.seatFailures.failed(e, { step: 'opening its replica of the catalog shard' });
+    }
+  }
+
+  /**
+   * Every SEAT_CHECK_MS: takes the controller's seat when this node's replica of the catalog shard
+   * leads it (`takeSeat`), and gives it up when it no longer does, or leads in another term (the
+   * seat is of one term: a controller whose writes name a term no longer led would be refused),
+   * or when a write of the catalog failed (its outcome is unknown: the catalog is read again).
+   */
+  private async checkSeat(): Promise<void> {
+    if (!this.catalogReplicaOpen) return this.openCatalogReplica();
+    let term: number | undefined;
+    try {
+      term = await this.pool!.leaderTerm(0, CATALOG_VOLUME_ID, 0, { timeoutMs: HOST_STATUS_TIMEOUT_MS });
+    } catch {
+      term = undefined; // The host does not answer: it leads nothing this node can act for.
+    }
+    if (this.stopped) return;
+    const seat = this.seat;
+    if (seat !== undefined) {
+      const failure = this.controller?.storageFailure;
+      if (term !== seat.term) this.leaveSeat(term === undefined ? 'its replica of the catalog shard no longer leads it' : `its replica of the catalog shard leads it in another term (${term})`);
+      else if (failure !== undefined) this.leaveSeat(`a write of the catalog failed: ${failure}`);
+      else return;
+    }
+    if (term === undefined) return;
+    try {
+      await this.takeSeat(term);
+      this.seatFailures.succeeded();
+    } catch (e) {
+      this.seatFailures.failed(e, { term });
+    }
+  }
+
+  /**
+   * Runs the controller in `term`: the catalog shard's leader (this node's replica) is asked to
+   * commit everything its log holds (a flush: also what a controller before wrote that had not
+   * committed), the catalog is read, and the controller serves from it, writing every change
+   * to the shard with `term` (CatalogShard). No catalog yet: an empty one, with a new tag.
+   */
+  private async takeSeat(term: number): Promise<void> {
+    const client = (this.catalogClient ??= createClient(new NatsTransport(this.nc!), { cluster: this.cluster, timeoutMs: CATALOG_IO_TIMEOUT_MS }));
+    // A node started with --controller alone (while no controller ran, say) keeps a catalog of
+    // its own: this node does not run a second one beside it.
+    const alone = await this.nc!.request(controllerSubject(this.cluster, 'claim'), encode({}), { timeout: HOST_STATUS_TIMEOUT_MS }).then(
+      (m) => m,
+      () => undefined,
+    );
+    if (alone !== undefined) {
+      let who = 'a subscriber that is not a Strata node';
+      try {
+        who = describeClaim(validateClaimReply(decode(alone.data)));
+      } catch {
+        // As said.
+      }
+      throw new ProtocolError('unavailable', `a controller node that keeps the catalog alone runs in cluster '${this.cluster}' (${who}): stop it; this node runs the controller once it is gone`);
+    }
+    const shard = new CatalogShard(client, { term, timeoutMs: CATALOG_IO_TIMEOUT_MS });
+    await shard.flush();
+    let state = await shard.load();
+    // The catalog this node kept alone before the cluster had a replicated controller: written to
+    // the empty shard, then set aside (never read again: a catalog read twice would issue ids twice).
+    const local = this.localCatalog();
+    if (state === undefined && local !== undefined) {
+      await shard.write(local);
+      state = local;
+      this.log.info('wrote the catalog this node kept alone into the catalog shard', { term, epoch: local.epoch, volumes: local.volumes.length });
+    }
+    if (local !== undefined && state !== undefined) this.setLocalCatalogAside();
+    // Still leading in that term, and nobody took the seat meanwhile.
+    const still = await this.pool!.leaderTerm(0, CATALOG_VOLUME_ID, 0, { timeoutMs: HOST_STATUS_TIMEOUT_MS });
+    if (still !== term || this.stopped || this.seat !== undefined) return;
+    this.controller = new Controller({
+      replicated: { state, write: (next) => shard.write(next) },
+      newCatalogTag: crypto.randomBytes(4).toString('hex'),
+    });
+    this.seat = { term, subs: [], sinceMs: Date.now() };
+    this.catalogFailureLogged = false;
+    this.serveController();
+    this.startRepairs();
+    this.log.info('runs the controller: its replica leads the catalog shard', { term, epoch: this.controller.epoch, volumes: this.controller.list().length, ...(state === undefined ? { catalog: 'new' } : {}) });
+  }
+
+  /** The catalog this node kept alone (`dataDir/controller`, as a controller node without `controllers`), if any. */
+  private localCatalog(): CatalogState | undefined {
+    if (!fs.existsSync(path.join(this.dataDir, LOCAL_CATALOG_DIR))) return undefined;
+    return new MetaStore(new RealDisk(this.dataDir), LOCAL_CATALOG_DIR, { payloadBytesMax: 16 * 1024 * 1024 }).read<CatalogState>(CATALOG);
+  }
+
+  /** Renames `dataDir/controller` away (`controller.imported`, then `.2`…), durably. */
+  private setLocalCatalogAside(): void {
+    let to = `${LOCAL_CATALOG_DIR}.imported`;
+    for (let i = 2; fs.existsSync(path.join(this.dataDir, to)); i++) to = `${LOCAL_CATALOG_DIR}.imported.${i}`;
+    fs.renameSync(path.join(this.dataDir, LOCAL_CATALOG_DIR), path.join(this.dataDir, to));
+    new RealDisk(this.dataDir).fsyncDir('');
+    this.log.info('set the catalog this node kept alone aside: the catalog shard holds the catalog', { dir: path.join(this.dataDir, to) });
+  }
+
+  /** Gives the seat up: the controller's subjects are no longer served here, its repairs stop. */
+  private leaveSeat(why: string): void {
+    const seat = this.seat;
+    if (seat === undefined) return;
+    this.seat = undefined;
+    this.controller = undefined;
+    for (const sub of seat.subs) sub.unsubscribe();
+    if (this.repairTimer) clearInterval(this.repairTimer);
+    this.repairTimer = undefined;
+    this.log.warn('no longer runs the controller', { term: seat.term, why });
+  }
+
+  /** Waits until `c`'s changes so far are durable; when a write failed, this node gives its seat up. */
+  private async settle(c: Controller): Promise<void> {
+    try {
+      await c.settled();
+    } catch (e) {
+      if (this.controller === c) this.leaveSeat(`a write of the catalog failed: ${(e as Error).message}`);
+      throw e;
+    }
+  }
+
+  /** The controller this node runs now, or `unavailable` (a replicated controller's seat was given up). */
+  private seated(): Controller {
+    const c = this.controller;
+    if (c === undefined) throw new ProtocolError('unavailable', `node '${this.nodeId}' no longer runs the controller; retry`);
+    return c;
+  }
+
+  /**
+   * Membership is soft state, rebuilt from heartbeats: a controller that just took over (or
+   * started) knows none of the nodes until they next beat. A placement waits, at most
+   * MEMBERS_WARMUP_MS after the start and within `deadlineMs`, until every node the catalog
+   * places replicas on, and at least `want` nodes, have been heard from; then it places on the
+   * nodes it knows.
+   */
+  private async heardFromNodes(c: Controller, want: number, deadlineMs: number | undefined): Promise<void> {
+    const untilMs = Math.min(this.controllerSinceMs() + MEMBERS_WARMUP_MS, deadlineMs ?? Number.POSITIVE_INFINITY);
+    for (;;) {
+      const now = Date.now();
+      const live = new Set(c.liveNodes(now).map((m) => m.nodeId));
+      if (now >= untilMs || this.stopped || (live.size >= want && [...c.placedNodes()].every((n) => live.has(n)))) return;
+      await new Promise((r) => setTimeout(r, Math.min(50, untilMs - now)));
+    }
+  }
+
+  /** Since when this node runs the controller: a node silent since then may be dead. */
+  private controllerSinceMs(): number {
+    return this.seat?.sinceMs ?? this.startedAt;
+  }
+
+  /** The controller's periodic check for replicas to replace, also with repairs off (the replicas of draining nodes are moved by the same check). */
+  private startRepairs(): void {
+    const repairAfterMs = this.opts.repairAfterMs ?? REPAIR_AFTER_MS_DEFAULT;
+    if (this.repairTimer) clearInterval(this.repairTimer);
+    this.repairTimer = setInterval(() => this.repairTick(), repairAfterMs > 0 ? Math.max(1, Math.min(REPAIR_CHECK_MS_MAX, repairAfterMs / 2)) : REPAIR_CHECK_MS_MAX);
+    this.repairTimer.unref();
+  }
+
   private serveController(): void {
     const c = this.controller!;
     const subj = (v: string): string => controllerSubject(this.cluster, v);
-    this.subscribe(
+    // Replicated: the seat's subscriptions, in a queue group (while a deposed controller has not
+    // noticed, each request reaches one of the two), each answer once its changes are durable.
+    const seat = this.seat;
+    const sub = (subject: string, handler: (body: unknown, msg: Msg) => Promise<unknown>, opts: { unbounded?: boolean } = {}): void =>
+      this.subscribe(
+        subject,
+        async (body, msg) => {
+          const reply = await handler(body, msg);
+          await this.settle(c);
+          return reply;
+        },
+        seat === undefined ? undefined : 'controller',
+        { ...opts, ...(seat === undefined ? {} : { into: seat.subs }) },
+      );
+    sub(
       subj('heartbeat'),
       async (body) => {
         const hb = validateHeartbeat(body);
         c.heartbeat(hb.nodeId, hb.hosts, Date.now(), hb.zone, hb);
         return { epoch: c.epoch, ...(c.tag === undefined ? {} : { catalog: c.tag }) };
       },
-      undefined,
       { unbounded: true },
     );
-    this.subscribe(subj('assignments'), async (body) => {
+    sub(subj('assignments'), async (body) => {
       const { nodeId, from = 0, tombstonesFrom } = validateAssignmentsRequest(body);
       const a = c.assignments(nodeId);
       const bytesMax = this.controlReplyBytesMax();
@@ -1456,13 +1702,13 @@ export class StrataNode {
       const issued = from === 0 ? { ...(c.tag === undefined ? {} : { catalog: c.tag }), issuedBelow: c.nextId } : {};
       return { epoch: a.epoch, tombstones, shards, ...(next < a.shards.length ? { next } : {}), ...tombstonesNext, ...issued };
     });
-    this.subscribe(subj('members'), async () => ({ members: this.allMembers() }));
+    sub(subj('members'), async () => ({ members: this.allMembers() }));
     // One at a time with creates and deletes: none changes the catalog while it is rebuilt.
-    this.subscribe(subj('catalog.recover'), (body, msg) => this.serial(msg, (deadlineMs) => this.recoverCatalog(validateCatalogRecoverRequest(body).apply === true, deadlineMs)));
-    this.subscribe(subj('volume.create'), (body, msg) => this.serial(msg, (deadlineMs) => this.createVolume(validateVolumeCreateRequest(body), deadlineMs)));
-    this.subscribe(subj('volume.branch'), (body, msg) => this.serial(msg, (deadlineMs) => this.branchVolume(validateVolumeBranchRequest(body), deadlineMs)));
-    this.subscribe(subj('volume.delete'), (body, msg) => this.serial(msg, (deadlineMs) => this.deleteVolume(validateVolumeNameRequest(body).name, deadlineMs)));
-    this.subscribe(subj('volume.info'), async (body) => {
+    sub(subj('catalog.recover'), (body, msg) => this.serial(msg, (deadlineMs) => this.recoverCatalog(c, validateCatalogRecoverRequest(body).apply === true, deadlineMs)));
+    sub(subj('volume.create'), (body, msg) => this.serial(msg, (deadlineMs) => this.createVolume(c, validateVolumeCreateRequest(body), deadlineMs)));
+    sub(subj('volume.branch'), (body, msg) => this.serial(msg, (deadlineMs) => this.branchVolume(c, validateVolumeBranchRequest(body), deadlineMs)));
+    sub(subj('volume.delete'), (body, msg) => this.serial(msg, (deadlineMs) => this.deleteVolume(c, validateVolumeNameRequest(body).name, deadlineMs)));
+    sub(subj('volume.info'), async (body) => {
       const { name } = validateVolumeNameRequest(body);
       if (this.creating.has(name)) throw new ProtocolError('not_found', `volume '${name}' does not exist (its create has not been answered yet)`, { name });
       const v = c.get(name);
@@ -1471,10 +1717,10 @@ export class StrataNode {
     });
     // Not in the catalog's queue: a move waits for a node and a shard's leader, and its catalog
     // changes are made at once (one move per shard, recorded in the catalog).
-    this.subscribe(subj('shard.move'), async (body, msg) => this.moveShard(validateShardMove(body), this.controlDeadline(msg)));
+    sub(subj('shard.move'), async (body, msg) => this.moveShard(validateShardMove(body), this.controlDeadline(msg)));
     // In the catalog's queue: a durable change of the catalog, answered at once; the moves
     // follow from the next check, made now.
-    this.subscribe(subj('rebalance'), (body, msg) =>
+    sub(subj('rebalance'), (body, msg) =>
       this.serial(msg, async () => {
         const req = validateRebalance(body);
         const was = c.rebalancing;
@@ -1488,7 +1734,7 @@ export class StrataNode {
         return { rebalancing: c.rebalancing, nodes };
       }),
     );
-    this.subscribe(subj('node.drain'), (body, msg) =>
+    sub(subj('node.drain'), (body, msg) =>
       this.serial(msg, async () => {
         const req = validateNodeDrain(body);
         const r = c.drain(req.node, req.undo === true);
@@ -1497,7 +1743,7 @@ export class StrataNode {
         return { node: req.node, ...r };
       }),
     );
-    this.subscribe(subj('volume.list'), async (body) => {
+    sub(subj('volume.list'), async (body) => {
       validateVolumeListRequest(body);
       return { volumes: c.list().filter((v) => !this.creating.has(v.name)).map(volumeInfo) };
     });
@@ -1510,7 +1756,7 @@ export class StrataNode {
    */
   private allMembers(): Array<{ nodeId: string; hosts?: number; lastSeenMs?: number; silentMs?: number; live: boolean; repairInMs?: number; draining?: true; replicasDown?: number; replicasDownRepairInMs?: number }> {
     const now = Date.now();
-    const c = this.controller!;
+    const c = this.seated();
     const live = new Set(c.liveNodes(now).map((m) => m.nodeId));
     // For a node that is not live and holds replicas: when the controller replaces them (0: it
     // does so now), with repairs on.
@@ -1531,7 +1777,7 @@ export class StrataNode {
       const { down: _, ...m } = member;
       return { ...m, silentMs: Math.max(0, now - m.lastSeenMs), live: live.has(m.nodeId), ...repairIn(m.nodeId, now - m.lastSeenMs), ...drain(m.nodeId), ...down(member) };
     });
-    const unheard = c.placedUnheard().map((nodeId) => ({ nodeId, live: false, ...repairIn(nodeId, now - this.startedAt), ...drain(nodeId) }));
+    const unheard = c.placedUnheard().map((nodeId) => ({ nodeId, live: false, ...repairIn(nodeId, now - this.controllerSinceMs()), ...drain(nodeId) }));
     return [...heard, ...unheard];
   }
 
@@ -1606,7 +1852,7 @@ export class StrataNode {
    * for the answer; a move cut short stays recorded, and asked again, goes on from there.
    */
   private async moveShard(req: ShardMoveRequest, deadlineMs: number, repair?: { withoutOpen: boolean; reason: RepairMove['reason'] }): Promise<ShardMoveReply> {
-    const c = this.controller!;
+    const c = this.seated();
     if (this.creating.has(req.volume)) throw new ProtocolError('not_found', `volume '${req.volume}' does not exist (its create has not been answered yet)`, { name: req.volume });
     const v = c.get(req.volume);
     const key = `${v.id}.${req.shard}`;
@@ -1622,7 +1868,9 @@ export class StrataNode {
     if (running !== undefined) return withTimeout(running, Math.max(1, waitMs), late);
     if (!move.resumed) this.log.info(repair === undefined ? 'moving a replica' : repair.reason === 'draining' ? "moving a draining node's replica" : repair.reason === 'balance' ? 'moving a replica to even out the nodes' : repair.reason === 'failed' ? 'replacing a replica its node reports down' : "replacing a dead node's replica", { volume: v.id, shard: req.shard, from: req.from, to: req.to, hostId: move.to.hostId });
     if (repair?.withoutOpen === true) this.log.warn("finishing a move without the node it adds, which is dead: its replica is replaced next", { volume: v.id, shard: req.shard, from: req.from, to: req.to });
-    const run = this.runMove(move, Date.now() + Math.max(1, waitMs), repair?.withoutOpen === true).finally(() => this.moving.delete(key));
+    const run = this.settle(c)
+      .then(() => this.runMove(c, move, { endMs: Date.now() + Math.max(1, waitMs), withoutOpen: repair?.withoutOpen === true }))
+      .finally(() => this.moving.delete(key));
     this.moving.set(key, run);
     // Counted once, when the run ends: requests that join it are not counted again.
     const ended = this.movesEnded[repair !== undefined ? 'repair' : 'operator'];
@@ -1653,7 +1901,7 @@ export class StrataNode {
     const now = Date.now();
     const plan = c.repairPlan(now, {
       afterMs,
-      sinceMs: this.startedAt,
+      sinceMs: this.controllerSinceMs(),
       max: room,
       skip: (volumeId, shard) => {
         const key = `${volumeId}.${shard}`;
@@ -1746,7 +1994,7 @@ export class StrataNode {
    * Runs a move `beginMove` recorded: opens the new replica on its node (but `withoutOpen`: that
    * node is dead, see RepairMove), has the shard's leader change its set, records it finished.
    */
-  private async runMove(move: ShardMove, endMs: number, withoutOpen = false): Promise<ShardMoveReply> {
+  private async runMove(c: Controller, move: ShardMove, { endMs, withoutOpen }: { endMs: number; withoutOpen: boolean }): Promise<ShardMoveReply> {
     const { volume: v, shard, from } = move;
     const to = move.to.nodeId;
     const again = `; the move is recorded: run it again to finish it (strata shard move ${v.name} ${shard} --from ${from} --to ${to})`;
@@ -1773,7 +2021,8 @@ export class StrataNode {
     if (!sameSet(r.members, move.members)) {
       throw new ProtocolError('unavailable', `the leader of shard ${shard} of volume '${v.name}' (node '${r.node}') holds the set ${r.members.join(', ')}, not ${move.members.join(', ')}${again}`, { members: r.members });
     }
-    const done = this.controller!.finishMove(v.name, shard, from, to);
+    const done = c.finishMove(v.name, shard, from, to);
+    await this.settle(c);
     if (!move.done) this.log.info('moved a replica', { volume: v.id, shard, from, to, term: r.term, lsn: r.lsn, changed: r.changed });
     const members = done.placements.find((p) => p.shard === shard)!.replicas.map((x) => x.nodeId);
     return { volume: v.name, shard, members, term: r.term, lsn: r.lsn };
@@ -1829,15 +2078,16 @@ export class StrataNode {
     });
   }
 
-  private async createVolume(spec: ReturnType<typeof validateVolumeCreateRequest>, deadlineMs: number | undefined): Promise<unknown> {
-    return this.placeNew(this.controller!.create(spec, Date.now()), deadlineMs);
+  private async createVolume(c: Controller, spec: ReturnType<typeof validateVolumeCreateRequest>, deadlineMs: number | undefined): Promise<unknown> {
+    await this.heardFromNodes(c, spec.replicas ?? 3, deadlineMs);
+    return this.placeNew(c, c.create(spec, Date.now()), deadlineMs);
   }
 
   /** `placeVolume` of a volume just added to the catalog, counted as being created meanwhile (`creating`). */
-  private async placeNew(v: VolumeRecord, deadlineMs: number | undefined): Promise<unknown> {
+  private async placeNew(c: Controller, v: VolumeRecord, deadlineMs: number | undefined): Promise<unknown> {
     this.creating.add(v.name);
     try {
-      return await this.placeVolume(v, deadlineMs);
+      return await this.placeVolume(c, v, deadlineMs);
     } finally {
       this.creating.delete(v.name);
     }
@@ -1849,14 +2099,16 @@ export class StrataNode {
    * copying the parent's pages at the branch point on its device (DeviceHost.seedShard). The API
    * router fills in `lsns` when the requester left them out.
    */
-  private async branchVolume(req: ReturnType<typeof validateVolumeBranchRequest>, deadlineMs: number | undefined): Promise<unknown> {
+  private async branchVolume(c: Controller, req: ReturnType<typeof validateVolumeBranchRequest>, deadlineMs: number | undefined): Promise<unknown> {
     if (req.lsns === undefined) throw new ProtocolError('bad_request', 'lsns: the controller needs the branch point of every shard (the API router fills them in)', { path: 'lsns' });
-    return this.placeNew(this.controller!.branch({ name: req.name, parent: req.parent, lsns: req.lsns }, Date.now()), deadlineMs);
+    await this.heardFromNodes(c, 1, deadlineMs);
+    return this.placeNew(c, c.branch({ name: req.name, parent: req.parent, lsns: req.lsns }, Date.now()), deadlineMs);
   }
 
   /** The opens of a volume just added to the catalog on its nodes, or its undo when one fails. */
-  private async placeVolume(v: VolumeRecord, deadlineMs: number | undefined): Promise<unknown> {
-    const c = this.controller!;
+  private async placeVolume(c: Controller, v: VolumeRecord, deadlineMs: number | undefined): Promise<unknown> {
+    // Durable before any node opens a replica of it.
+    await this.settle(c);
     const byNode = new Map<string, ShardAssignment[]>();
     for (const p of v.placements) {
       for (const r of p.replicas) {
@@ -1887,6 +2139,8 @@ export class StrataNode {
       // deadline: a node that takes the request and does not answer (frozen) must not turn this
       // answer into a `timeout`, nor hold the catalog's queue for another requestTimeoutMs.
       c.delete(v.name);
+      // Durable before the destroys: a delete whose write failed may not be kept.
+      await this.settle(c);
       const waitMs = Math.max(0, waitEndMs - Date.now());
       await withTimeout(this.destroyEverywhere(v), waitMs, () => new ProtocolError('timeout', `the nodes did not all answer the destroy within ${Math.round(waitMs)} ms`))
         .catch((e: unknown) => this.log.warn('shard destruction of a volume whose create was undone deferred to reconciliation', { volume: v.id, err: e }));
@@ -1901,8 +2155,7 @@ export class StrataNode {
    * Nodes that do not answer within the requester's deadline are named in the reply; what they
    * alone hold is not found.
    */
-  private async recoverCatalog(apply: boolean, deadlineMs: number | undefined): Promise<unknown> {
-    const c = this.controller!;
+  private async recoverCatalog(c: Controller, apply: boolean, deadlineMs: number | undefined): Promise<unknown> {
     const timeoutMs = this.opts.requestTimeoutMs ?? 10_000;
     const endMs = Date.now() + Math.max(1, catalogWaitMs(deadlineMs === undefined ? timeoutMs : deadlineMs - Date.now()));
     const live = c.liveNodes(Date.now()).filter((m) => m.nodeId !== this.nodeId);
@@ -1924,8 +2177,9 @@ export class StrataNode {
     );
   }
 
-  private async deleteVolume(name: string, deadlineMs: number | undefined): Promise<unknown> {
-    const v = this.controller!.delete(name);
+  private async deleteVolume(c: Controller, name: string, deadlineMs: number | undefined): Promise<unknown> {
+    const v = c.delete(name);
+    await this.settle(c);
     // Deleted (durably) from here. The destroys are waited for within the requester's deadline,
     // with room for the answer to reach it: a node that takes the request and does not answer (a
     // frozen process) must not turn a done delete into a `timeout` for the requester, and it
@@ -1991,7 +2245,7 @@ export class StrataNode {
         target = { hostId: a.hostId, volumeId: a.volumeId, shard: a.shard };
       } else {
         const { leading } = await this.pool!.replicaRoles({ timeoutMs: HOST_STATUS_TIMEOUT_MS });
-        const pick = leading.find((l) => l.members.includes(r.to!));
+        const pick = leading.find((l) => l.volumeId !== CATALOG_VOLUME_ID && l.members.includes(r.to!));
         if (pick === undefined) throw new ProtocolError('not_found', `node '${this.nodeId}' leads no shard with a replica on node '${r.to}'`, { to: r.to });
         target = pick;
       }
@@ -2063,6 +2317,8 @@ export class StrataNode {
         version: STRATA_VERSION,
         uptimeMs: Date.now() - this.startedAt,
         controller: this.controller !== undefined,
+        // A replicated controller: the term of the catalog shard this node runs it in.
+        ...(this.seat !== undefined ? { controllerTerm: this.seat.term } : {}),
         healthy: health.every((h) => h.ok),
       },
       hosts: hosts.map((h, i) => ({

@@ -268,6 +268,57 @@ function shardHealth(s: Rec, replicas: readonly ReplicaRow[], expected: number |
   return { text: 'ok', tone: undefined };
 }
 
+/** A volume's lines: its header, a line per shard, and a line per replica (when listed). */
+function volumeLines(v: Rec, deadIds: ReadonlySet<string>, color: boolean): string[] {
+  const bold = (s: string): string => (color ? `${ANSI.bold}${s}${ANSI.reset}` : s);
+  const out: string[] = [];
+  const shards = arr(v.shards).map((s) => {
+    const replicas = replicaRows(s, deadIds);
+    return { s, replicas, health: shardHealth(s, replicas, num(v.replicas)) };
+  });
+  // A summary counts the shards that are not ok instead of listing them.
+  const counted = num(v.shardCount);
+  const bad = counted === undefined ? shards.filter((x) => x.health.text !== 'ok').length : (num(v.shardsDegraded) ?? 0) + (num(v.shardsUnavailable) ?? 0);
+  out.push(
+    `  ${bold(cell(v.name))}  id=${cell(v.id)}  ${cell(v.pageCount)} pages × ${cell(v.pageSize)} B  shards=${cell(counted ?? (Array.isArray(v.shards) ? shards.length : v.shards))}` +
+      `  replicas=${cell(v.replicas)}${bad > 0 ? `  (${bad} shard${bad === 1 ? '' : 's'} not ok)` : ''}`,
+  );
+  out.push(
+    ...renderTable(
+      {
+        header: ['SHARD', 'LEADER', 'TERM', 'COMMIT LSN', 'APPLIED LSN', 'REPLICAS UP', 'REPLICA LAG', 'HEALTH'],
+        rows: shards.map(({ s, replicas, health }) => {
+          const counted = num(s.replicaCount);
+          const up = counted ?? replicas.filter((r) => r.state === 'up').length;
+          const total = Math.max(counted ?? replicas.length, num(v.replicas) ?? 0);
+          // No replica up answered for it: its term and LSNs are not known (the reply's zeros are placeholders).
+          const known = s.state !== 'unavailable';
+          return {
+            cells: [
+              cell(s.shard), cell(s.leader), known ? cell(s.term) : '-', known ? cell(s.commitLsn) : '-', known ? cell(s.appliedLsn) : '-',
+              total > 0 ? `${up}/${total}` : '-', shardLag(s, replicas), cell(health.text),
+            ],
+            tone: health.tone,
+          };
+        }),
+      },
+      '    ',
+      color,
+    ),
+  );
+  const replicaTable: Table = { header: ['SHARD', 'REPLICA', 'ROLE', 'STATE', 'TERM', 'COMMIT LSN', 'APPLIED LSN', 'LAG', 'NOTE'], rows: [] };
+  for (const { s, replicas } of shards) {
+    for (const r of replicas) {
+      replicaTable.rows.push({
+        cells: [cell(s.shard), cell(r.node), cell(r.role), cell(r.state), cell(r.term), cell(r.commitLsn), cell(r.appliedLsn), cell(r.lag), cell(r.note)],
+        tone: r.tone,
+      });
+    }
+  }
+  if (replicaTable.rows.length > 0) out.push(...renderTable(replicaTable, '    ', color));
+  return out;
+}
+
 /** The status reply as a readable terminal view. */
 export function formatStatus(statusReply: unknown, options: FormatStatusOptions = {}): string {
   const color = options.color === true;
@@ -318,6 +369,13 @@ export function formatStatus(statusReply: unknown, options: FormatStatusOptions 
   out.push('');
 
   const deadIds = new Set(nodes.filter((n) => n.state === 'dead').map((n) => n.id));
+  // A replicated controller's catalog shard: the controller runs on its leader's node.
+  const catalogShard = rec(reply.catalogShard);
+  if (catalogShard !== undefined) {
+    out.push(bold('CATALOG (replicated on the controller nodes; the controller runs on its leader\'s node)'));
+    out.push(...volumeLines(catalogShard, deadIds, color));
+    out.push('');
+  }
   const volumes = arr(reply.volumes);
   // Without the controller there is no catalog: the volumes are not known, not absent.
   const noCatalog = reply.controllerReachable === false && volumes.length === 0;
@@ -327,52 +385,7 @@ export function formatStatus(statusReply: unknown, options: FormatStatusOptions 
   else if (volumes.length === 0) out.push('  (none)');
   if (reply.detail === 'degraded-replicas') out.push('  (the replicas of healthy shards are counted, not listed: the full status is larger than one NATS message)');
   if (reply.detail === 'summary') out.push('  (shards are counted, not listed: the status is larger than one NATS message)');
-  for (const v of volumes.slice(0, STATUS_ROWS_MAX)) {
-    const shards = arr(v.shards).map((s) => {
-      const replicas = replicaRows(s, deadIds);
-      return { s, replicas, health: shardHealth(s, replicas, num(v.replicas)) };
-    });
-    // A summary counts the shards that are not ok instead of listing them.
-    const counted = num(v.shardCount);
-    const bad = counted === undefined ? shards.filter((x) => x.health.text !== 'ok').length : (num(v.shardsDegraded) ?? 0) + (num(v.shardsUnavailable) ?? 0);
-    out.push(
-      `  ${bold(cell(v.name))}  id=${cell(v.id)}  ${cell(v.pageCount)} pages × ${cell(v.pageSize)} B  shards=${cell(counted ?? (Array.isArray(v.shards) ? shards.length : v.shards))}` +
-        `  replicas=${cell(v.replicas)}${bad > 0 ? `  (${bad} shard${bad === 1 ? '' : 's'} not ok)` : ''}`,
-    );
-    out.push(
-      ...renderTable(
-        {
-          header: ['SHARD', 'LEADER', 'TERM', 'COMMIT LSN', 'APPLIED LSN', 'REPLICAS UP', 'REPLICA LAG', 'HEALTH'],
-          rows: shards.map(({ s, replicas, health }) => {
-            const counted = num(s.replicaCount);
-            const up = counted ?? replicas.filter((r) => r.state === 'up').length;
-            const total = Math.max(counted ?? replicas.length, num(v.replicas) ?? 0);
-            // No replica up answered for it: its term and LSNs are not known (the reply's zeros are placeholders).
-            const known = s.state !== 'unavailable';
-            return {
-              cells: [
-                cell(s.shard), cell(s.leader), known ? cell(s.term) : '-', known ? cell(s.commitLsn) : '-', known ? cell(s.appliedLsn) : '-',
-                total > 0 ? `${up}/${total}` : '-', shardLag(s, replicas), cell(health.text),
-              ],
-              tone: health.tone,
-            };
-          }),
-        },
-        '    ',
-        color,
-      ),
-    );
-    const replicaTable: Table = { header: ['SHARD', 'REPLICA', 'ROLE', 'STATE', 'TERM', 'COMMIT LSN', 'APPLIED LSN', 'LAG', 'NOTE'], rows: [] };
-    for (const { s, replicas } of shards) {
-      for (const r of replicas) {
-        replicaTable.rows.push({
-          cells: [cell(s.shard), cell(r.node), cell(r.role), cell(r.state), cell(r.term), cell(r.commitLsn), cell(r.appliedLsn), cell(r.lag), cell(r.note)],
-          tone: r.tone,
-        });
-      }
-    }
-    if (replicaTable.rows.length > 0) out.push(...renderTable(replicaTable, '    ', color));
-  }
+  for (const v of volumes.slice(0, STATUS_ROWS_MAX)) out.push(...volumeLines(v, deadIds, color));
   if (volumes.length > STATUS_ROWS_MAX) out.push(`  … ${volumes.length - STATUS_ROWS_MAX} more volumes`);
   // Replicas of volumes the catalog does not list (docs/protocol.md, status).
   const unlistedCount = num(reply.unlistedReplicaCount) ?? 0;

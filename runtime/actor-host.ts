@@ -155,6 +155,8 @@ export interface HostApi {
   health(): Promise<HostHealth>;
   /** DeviceHost.replicaRoles: this host's replicas that are down, and those that lead. */
   replicaRoles(): Promise<ReplicaRoles>;
+  /** The term this host's replica of a shard leads in; undefined when it does not lead, or is not open or up here. */
+  leaderTerm(volumeId: string, shard: number): Promise<number | undefined>;
   /** Replica.transferLeadership of this host's replica of a shard: hands its leadership over (to `to`, or the follower holding the most). */
   handOver(volumeId: string, shard: number, to?: string): Promise<TransferResult>;
   setFaults(faults: TransportFaults): Promise<void>;
@@ -571,6 +573,16 @@ export class ActorHost implements HostApi {
 
   async replicaRoles(): Promise<ReplicaRoles> {
     return this.device?.replicaRoles() ?? { down: [], leading: [] };
+  }
+
+  async leaderTerm(volumeId: string, shard: number): Promise<number | undefined> {
+    let replica;
+    try {
+      replica = this.device?.replica(volumeId, shard);
+    } catch {
+      return undefined; // Not open here, or down.
+    }
+    return replica?.isLeader === true ? replica.currentTerm : undefined;
   }
 
   async handOver(volumeId: string, shard: number, to?: string): Promise<TransferResult> {

@@ -382,6 +382,13 @@ export class HostPool {
     return { down: perHost.flatMap((h) => h.down), leading: perHost.flatMap((h) => h.leading) };
   }
 
+  /** HostApi.leaderTerm on host `hostId`, within `timeoutMs`: undefined also when the host is down or starting. */
+  async leaderTerm(hostId: number, volumeId: string, shard: number, opts: { timeoutMs?: number } = {}): Promise<number | undefined> {
+    const s = this.slot(hostId);
+    if (s.down || !s.api) return undefined;
+    return this.answerWithin(s, opts.timeoutMs, (api) => api.leaderTerm(volumeId, shard));
+  }
+
   /** HostApi.handOver on the host that holds the shard's replica. */
   async handOver(hostId: number, volumeId: string, shard: number, to?: string): Promise<TransferResult> {
     return this.call(this.slot(hostId), (api) => api.handOver(volumeId, shard, to));

@@ -198,6 +198,21 @@ describe('cluster/config', () => {
     rejects(() => load(['--data-dir', 'd', '--nats-user', 'a b', '--nats-password-file', pw]), /^--nats-user: expected 1\.\.64 characters of \[A-Za-z0-9_.-\]/);
   });
 
+  it('controllers: the controller nodes of a replicated controller; controller is whether this node is one', () => {
+    const member = load(['--data-dir', 'd', '--node-id', 'b', '--controllers', 'a, b,c']);
+    assert.deepEqual([member.controllers, member.controller], [['a', 'b', 'c'], true]);
+    const other = load(['--data-dir', 'd', '--node-id', 'z'], { STRATA_CONTROLLERS: 'a,b,c' });
+    assert.deepEqual([other.controllers, other.controller], [['a', 'b', 'c'], false]);
+    assert.equal(load(['--data-dir', 'd']).controllers, undefined);
+    assert.ok(NODE_FLAGS.includes('--controllers'));
+    rejects(() => load(['--data-dir', 'd', '--controllers', 'a,b']), /^--controllers: expected 3\.\.7 node ids, got 2 \(a single controller node is --controller\)/);
+    rejects(() => load(['--data-dir', 'd', '--controllers', 'a,b,c,d,e,f,g,h']), /expected 3\.\.7 node ids, got 8/);
+    rejects(() => load(['--data-dir', 'd', '--controllers', 'a,b,a']), /a node id is listed twice/);
+    rejects(() => load(['--data-dir', 'd', '--controllers', 'a,b,c.d']), /"c\.d" is not a node id/);
+    rejects(() => load(['--data-dir', 'd', '--node-id', 'a', '--controllers', 'a,b,c', '--no-controller']), /--no-controller contradicts controllers \(a,b,c\), which list node 'a'/);
+    rejects(() => load(['--data-dir', 'd', '--node-id', 'z', '--controllers', 'a,b,c', '--controller']), /--controller contradicts controllers \(a,b,c\), which do not list node 'z'/);
+  });
+
   it('requires dataDir', () => {
     rejects(() => load([]), /dataDir: required/);
   });

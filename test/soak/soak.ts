@@ -18,9 +18,13 @@
  *   disk): its replicas learn their peers' terms and are given their shards back. Only when every
  *   replica is reported up and none repairing: two replicas of a shard without their storage are
  *   more than a set of three can lose. (Skipped, that round injects nothing.)
- * - `wipe-controller`: the same for n1, whose catalog then starts again empty; once it is up,
- *   the operator's `strata catalog recover --apply` (as the operator user with `--auth`) is sent
- *   until the catalog lists the volume again, within RECOVER_MS. Under the same condition.
+ * - `wipe-controller`: the same for n1. With 3 nodes or more n1 is one of the three controller
+ *   nodes of a replicated controller, and the catalog must still list the volume; with fewer its
+ *   catalog starts again empty. Once it is up, the operator's `strata catalog recover --apply`
+ *   (as the operator user with `--auth`) is sent until the catalog lists the volume again, within
+ *   RECOVER_MS (replicated, it finds nothing to add). Under the same condition, which also
+ *   covers the catalog shard's replicas: two controller nodes that lost their data at once are
+ *   more than its set of three can lose.
  * - `move`: the operator's `strata shard move` of a random shard's replica from one of its nodes
  *   to a node outside its set (with 4 or 5 nodes; with 3 there is none, and the round injects
  *   nothing). It must finish within MOVE_MS, or fail with an error that says to retry
@@ -491,9 +495,12 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
        */
       const anyRepairing = async (): Promise<boolean> => {
         try {
-          const st = (await cluster.client.status()) as unknown as { volumes: Array<{ name: string; shards: Array<{ replicas?: Array<{ state?: string; repairing?: boolean }> }> }> };
+          type Vol = { name: string; shards: Array<{ replicas?: Array<{ state?: string; repairing?: boolean; awaitingTerms?: unknown[] }> }> };
+          const st = (await cluster.client.status()) as unknown as { volumes: Vol[]; catalogShard?: Vol };
           const vol = st.volumes.find((v) => v.name === 'soak');
-          return vol === undefined || vol.shards.some((sh) => (sh.replicas ?? []).length !== 3 || (sh.replicas ?? []).some((r) => r.state !== 'up' || r.repairing === true));
+          const repairing = (v: Vol): boolean =>
+            v.shards.some((sh) => (sh.replicas ?? []).length !== 3 || (sh.replicas ?? []).some((r) => r.state !== 'up' || r.repairing === true || (r.awaitingTerms ?? []).length > 0));
+          return vol === undefined || repairing(vol) || (st.catalogShard !== undefined && repairing(st.catalogShard));
         } catch {
           return true;
         }

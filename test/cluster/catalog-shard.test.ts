@@ -1,0 +1,93 @@
+/**
+ * The catalog shard's layout (cluster/catalog-shard.ts): a header page naming the region that
+ * holds the catalog, two regions written in turn; everything read back is checked.
+ */
+import { strict as assert } from 'node:assert';
+import {
+  CATALOG_PAGE_SIZE,
+  CATALOG_REGION_PAGES,
+  catalogAssignment,
+  catalogPages,
+  decodeCatalog,
+  decodeHeader,
+  encodeHeader,
+  regionStart,
+} from '../../cluster/catalog-shard';
+import type { CatalogState } from '../../actors/controller';
+import { ProtocolError } from '../../messages/errors';
+
+const state = (epoch: number, extra: Partial<CatalogState> = {}): CatalogState => ({ version: 1, epoch, nextId: 3, tag: 'abcd1234', volumes: [], tombstones: ['v1-abcd1234'], ...extra });
+const isCode = (code: string, re?: RegExp) => (e: unknown) => e instanceof ProtocolError && e.code === code && (re === undefined || re.test(e.message));
+const pagesOf = (w: ReturnType<typeof catalogPages>) => w.data.map((p) => p.data);
+
+describe('catalog shard layout', () => {
+  it('a header of zeros is no catalog; a header reads back as written', () => {
+    assert.equal(decodeHeader(new Uint8Array(CATALOG_PAGE_SIZE)), undefined);
+    const h = { region: 1 as const, bytes: 12345, crc: 0xdeadbeef, epoch: 2 ** 40 + 7 };
+    assert.deepEqual(decodeHeader(encodeHeader(h)), h);
+  });
+
+  it('a page that is not a header is corruption, naming why', () => {
+    const h = encodeHeader({ region: 0, bytes: 10, crc: 1, epoch: 1 });
+    const with_ = (at: number, value: number): Uint8Array => {
+      const p = h.slice();
+      p[at] = value;
+      return p;
+    };
+    assert.throws(() => decodeHeader(with_(0, 0x41)), isCode('corruption', /magic/));
+    assert.throws(() => decodeHeader(with_(4, 2)), isCode('corruption', /layout version 2/));
+    assert.throws(() => decodeHeader(with_(8, 2)), isCode('corruption', /region 2/));
+    assert.throws(() => decodeHeader(with_(100, 1)), isCode('corruption', /byte 100 is not zero/));
+    const empty = h.slice();
+    empty.fill(0, 12, 16);
+    assert.throws(() => decodeHeader(empty), isCode('corruption', /length 0/));
+    assert.throws(() => decodeHeader(new Uint8Array(100)), isCode('corruption', /100 bytes/));
+  });
+
+  it('changes go to the region the header does not name, in turn; each reads back whole', () => {
+    const first = catalogPages(state(1), undefined);
+    assert.equal(first.region, 0);
+    assert.equal(first.data[0]!.page, regionStart(0));
+    assert.equal(first.header.page, 0);
+    const h1 = decodeHeader(first.header.data)!;
+    assert.deepEqual(decodeCatalog(h1, pagesOf(first)), state(1));
+    const second = catalogPages(state(2), 0);
+    assert.equal(second.region, 1);
+    assert.equal(second.data[0]!.page, regionStart(1));
+    assert.equal(regionStart(1), 1 + CATALOG_REGION_PAGES);
+    assert.equal(catalogPages(state(3), 1).region, 0);
+  });
+
+  it('a catalog of many pages: pages in order, the last padded with zeros', () => {
+    const big = state(5, { tombstones: Array.from({ length: 4000 }, (_, i) => `v${i.toString(36)}-abcd1234`) });
+    const w = catalogPages(big, undefined);
+    const h = decodeHeader(w.header.data)!;
+    assert.equal(w.data.length, Math.ceil(h.bytes / CATALOG_PAGE_SIZE));
+    assert.ok(w.data.length > 3);
+    w.data.forEach((p, i) => assert.equal(p.page, regionStart(0) + i));
+    assert.deepEqual(decodeCatalog(h, pagesOf(w)), big);
+  });
+
+  it('a region that does not match its header is corruption: a changed byte, a missing page, another epoch', () => {
+    const w = catalogPages(state(7, { tombstones: Array.from({ length: 2000 }, (_, i) => `v${i}-abcd1234`) }), undefined);
+    const h = decodeHeader(w.header.data)!;
+    const flipped = pagesOf(w).map((p) => p.slice());
+    flipped[1]![10]! ^= 1;
+    assert.throws(() => decodeCatalog(h, flipped), isCode('corruption', /CRC-32C/));
+    assert.throws(() => decodeCatalog(h, pagesOf(w).slice(0, -1)), isCode('corruption', /holds \d+ of the catalog's \d+ bytes/));
+    const other = catalogPages(state(8), undefined);
+    const h8 = decodeHeader(other.header.data)!;
+    assert.throws(() => decodeCatalog({ ...h8, epoch: 9 }, pagesOf(other)), isCode('corruption', /epoch 8, header 9/));
+  });
+
+  it('a catalog beyond a region is refused too_large', () => {
+    const huge = state(1, { tombstones: [('x').repeat(CATALOG_REGION_PAGES * CATALOG_PAGE_SIZE)] });
+    assert.throws(() => catalogPages(huge, undefined), isCode('too_large'));
+  });
+
+  it('its assignment: one shard of 8 KiB pages on the first host of each controller node', () => {
+    const a = catalogAssignment(['c1', 'c2', 'c3']);
+    assert.deepEqual([a.shards, a.shard, a.pageSize, a.hostId, a.members], [1, 0, 8192, 0, ['c1', 'c2', 'c3']]);
+    assert.equal(a.pageCount, 1 + 2 * CATALOG_REGION_PAGES);
+  });
+});

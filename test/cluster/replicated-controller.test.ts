@@ -1,0 +1,280 @@
+/**
+ * A replicated controller (docs/replication.md, "A replicated controller"): the catalog is the
+ * catalog shard, replicated on the controller nodes; the node whose replica leads it runs the
+ * controller. Its node killed, another runs it with the same catalog; a controller of a term
+ * that has passed cannot write the catalog; a majority of the controller nodes down leaves the
+ * pages served and the catalog unavailable until one comes back; a controller node whose data
+ * directory was lost rejoins without losing the catalog.
+ */
+import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { startCluster, type InProcessCluster } from '../../cluster/in-process-cluster';
+import { StrataNode } from '../../cluster/node';
+import { CatalogShard } from '../../cluster/catalog-shard';
+import { ProtocolError } from '../../messages/errors';
+import { connect as natsConnect, type NatsConnection } from 'nats';
+import { startNatsServer, type NatsServerHandle } from '../../runtime/nats-server';
+import { encode } from '../../messages/codec';
+import { waitFor } from '../support/wait';
+
+const page = (b: number): Uint8Array => new Uint8Array(4096).fill(b);
+const retriable = (e: unknown): boolean => e instanceof ProtocolError && ['unavailable', 'timeout', 'not_leader', 'stale_term'].includes(e.code);
+
+/** The index of the node that runs the controller, and its term; undefined while none does. */
+async function controllerOf(c: InProcessCluster): Promise<{ index: number; term: number } | undefined> {
+  const found: Array<{ index: number; term: number }> = [];
+  await Promise.all(
+    c.nodes.map(async (n, index) => {
+      const st = (await n?.status()) as { node: { controller: boolean; controllerTerm?: number } } | undefined;
+      if (st?.node.controller === true) found.push({ index, term: st.node.controllerTerm! });
+    }),
+  );
+  assert.ok(found.length <= 1, `one node runs the controller at most, found ${JSON.stringify(found)}`);
+  return found[0];
+}
+
+async function names(c: InProcessCluster): Promise<string[]> {
+  return (await c.client.listVolumes()).map((v) => v.name).sort();
+}
+
+/** Until `fn` succeeds, retrying what a controller change answers. */
+async function eventually<T>(what: string, fn: () => Promise<T>, ms = 30_000): Promise<T> {
+  let out: T | undefined;
+  await waitFor(what, async () => {
+    try {
+      out = await fn();
+      return true;
+    } catch (e) {
+      if (retriable(e)) return false;
+      throw e;
+    }
+  }, ms);
+  return out!;
+}
+
+describe('a replicated controller', function () {
+  this.timeout(180_000);
+  let c: InProcessCluster;
+
+  before(async () => {
+    // n1..n3 are the controller nodes; n4 is not.
+    c = await startCluster({ nodes: 4, controllers: 3, hosts: 1, clientTimeoutMs: 5000 });
+  });
+  after(async () => {
+    await c?.stop();
+  });
+
+  it('one controller node runs it; killed, another runs it with the same catalog, and a controller of a past term cannot write the catalog', async () => {
+    await c.client.createVolume({ name: 'a', pageCount: 64, shards: 2, stripePages: 4, replicas: 3 });
+    await c.client.volume('a').writePages([{ page: 0, data: page(1) }, { page: 4, data: page(2) }]);
+    const first = (await controllerOf(c))!;
+    assert.ok(first.index < 3, 'a controller node runs it');
+    c.kill(first.index);
+    const second = await eventually('another controller', async () => {
+      const now = await controllerOf(c);
+      if (now === undefined) throw new ProtocolError('unavailable', 'none yet');
+      return now;
+    });
+    assert.notEqual(second.index, first.index);
+    assert.ok(second.index < 3 && second.term > first.term);
+    assert.deepEqual(await eventually('the catalog listed', () => names(c)), ['a']);
+    // It places volumes once it has heard from the nodes, and the old volume's pages read.
+    await eventually('a create', () => c.client.createVolume({ name: 'b', pageCount: 64, shards: 1, replicas: 3 }));
+    const r = await eventually('a read', () => c.client.volume('a').readPages([0, 4]));
+    assert.deepEqual(r.pages.map((p) => p[0]), [1, 2]);
+    // The past term's writes are refused by the catalog shard's leader; so are its reads.
+    const stale = new CatalogShard(c.client, { term: first.term, timeoutMs: 5000 });
+    await assert.rejects(stale.write({ version: 1, epoch: 99, nextId: 1, volumes: [], tombstones: [] }), (e: unknown) => e instanceof ProtocolError && (e.code === 'stale_term' || e.code === 'not_leader'));
+    await assert.rejects(stale.load(), (e: unknown) => e instanceof ProtocolError && (e.code === 'stale_term' || e.code === 'not_leader'));
+    const current = new CatalogShard(c.client, { term: second.term, timeoutMs: 5000 });
+    const held = await current.load();
+    assert.deepEqual(held!.volumes.map((v) => v.name).sort(), ['a', 'b']);
+    // The killed node comes back as a follower: still one controller, the same catalog.
+    await c.restart(first.index);
+    await c.waitForMembers(4);
+    assert.equal((await controllerOf(c))!.index, second.index);
+    assert.deepEqual(await names(c), ['a', 'b']);
+  });
+
+  it('a majority of the controller nodes down: pages still served, the catalog unavailable; one back, the controller runs again', async () => {
+    // A volume of one replica, and two controller nodes killed that do not hold it.
+    await eventually('a create', () => c.client.createVolume({ name: 'solo', pageCount: 64, shards: 1, replicas: 1 }));
+    await c.client.volume('solo').write(3, page(9));
+    const info = await c.client.volume('solo').info({ refresh: true });
+    const holder = info.replicaSets![0]!.members[0]!;
+    const killed = [0, 1, 2].filter((i) => `n${i + 1}` !== holder).slice(0, 2);
+    for (const i of killed) c.kill(i);
+    assert.deepEqual((await eventually('a read without the controller', () => c.client.volume('solo').read([3])))[0]![0], 9);
+    // Once the survivor's replica has noticed it leads no majority (an election timeout), no
+    // node runs the controller, and the catalog's verbs fail.
+    await waitFor('no controller', async () => (await controllerOf(c)) === undefined, 10_000);
+    await assert.rejects(c.client.listVolumes(), (e: unknown) => e instanceof ProtocolError && (e.code === 'unavailable' || e.code === 'timeout'));
+    await c.restart(killed[0]!);
+    assert.deepEqual(await eventually('the catalog listed again', () => names(c)), ['a', 'b', 'solo']);
+    await c.restart(killed[1]!);
+    await c.waitForMembers(4);
+  });
+
+  it('a controller node whose data directory was lost rejoins; the catalog is kept when the controller then moves', async () => {
+    const at = (await controllerOf(c))!;
+    const wiped = [0, 1, 2].find((i) => i !== at.index)!;
+    await c.stopNode(wiped);
+    fs.rmSync(c.dataDirs[wiped]!, { recursive: true, force: true });
+    await c.restart(wiped);
+    await c.waitForMembers(4);
+    // The lost replica is given the shard back by its leader before it votes; then the
+    // controller's node is killed, and the wiped one and the third elect a leader between them.
+    await eventually('a change after the rejoin', () => c.client.createVolume({ name: 'c', pageCount: 64, shards: 1, replicas: 3 }));
+    await new Promise((r) => setTimeout(r, 1000));
+    c.kill(at.index);
+    assert.deepEqual(await eventually('the catalog listed', () => names(c), 60_000), ['a', 'b', 'c', 'solo']);
+    await c.restart(at.index);
+    await c.waitForMembers(4);
+  });
+
+  it("the controller's catalog write fails (its disk): that change is answered with an error, another node runs the controller, and the catalog takes changes again", async () => {
+    const at = (await controllerOf(c))!;
+    // Every fdatasync of the device holding its replica of the catalog shard fails from now on.
+    await c.failFsync(at.index, Infinity, 0);
+    await assert.rejects(
+      c.client.createVolume({ name: 'd', pageCount: 64, shards: 1, replicas: 3 }),
+      (e: unknown) => e instanceof ProtocolError && ['timeout', 'unavailable'].includes(e.code),
+    );
+    const next = await eventually('another controller', async () => {
+      const now = await controllerOf(c);
+      if (now === undefined || now.index === at.index) throw new ProtocolError('unavailable', 'not yet');
+      return now;
+    });
+    assert.ok(next.term > at.term);
+    // The failed change may or may not have been kept (its record may have reached a majority):
+    // asked again, it is made, or found made.
+    await eventually('the change made', async () => {
+      try {
+        await c.client.createVolume({ name: 'd', pageCount: 64, shards: 1, replicas: 3 });
+      } catch (e) {
+        if (!(e instanceof ProtocolError && e.code === 'already_exists')) throw e;
+      }
+    });
+    assert.ok((await names(c)).includes('d'));
+    c.kill(at.index);
+    await c.restart(at.index);
+    await c.waitForMembers(4);
+  });
+
+  it('a node that would keep the catalog alone does not start in the cluster', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'strata-alone-'));
+    try {
+      await assert.rejects(
+        StrataNode.start({ nodeId: 'n9', cluster: c.cluster, natsUrl: c.natsUrl, dataDir: dir, hosts: 1, controller: true }),
+        (e: unknown) => e instanceof ProtocolError && e.code === 'bad_request' && /has a controller already/.test(e.message),
+      );
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('a replicated controller beside a controller node that keeps the catalog alone', function () {
+  this.timeout(60_000);
+  let c: InProcessCluster;
+  before(async () => {
+    c = await startCluster({ nodes: 1, hosts: 1 });
+  });
+  after(async () => {
+    await c?.stop();
+  });
+
+  it('a node with controllers does not start', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'strata-replicated-'));
+    try {
+      await assert.rejects(
+        StrataNode.start({ nodeId: 'n2', cluster: c.cluster, natsUrl: c.natsUrl, dataDir: dir, hosts: 1, controller: true, controllers: ['n2', 'n3', 'n4'] }),
+        (e: unknown) => e instanceof ProtocolError && e.code === 'bad_request' && /keeps the catalog alone/.test(e.message),
+      );
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('a cluster that had one controller node, started again with a replicated controller', function () {
+  this.timeout(120_000);
+  let dir: string;
+  let c: InProcessCluster | undefined;
+  before(() => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'strata-import-'));
+  });
+  after(async () => {
+    await c?.stop();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('the catalog n1 kept alone is written to the catalog shard and set aside; its volumes read on', async () => {
+    c = await startCluster({ nodes: 3, hosts: 1, dataDir: dir, cluster: 'imp', clientTimeoutMs: 5000 });
+    const before = await c.client.createVolume({ name: 'old', pageCount: 64, shards: 2, stripePages: 4, replicas: 3 });
+    await c.client.volume('old').writePages([{ page: 0, data: page(5) }, { page: 4, data: page(6) }]);
+    await c.stop();
+    c = undefined;
+    assert.ok(fs.existsSync(path.join(dir, 'node1', 'controller')));
+    c = await startCluster({ nodes: 3, hosts: 1, dataDir: dir, cluster: 'imp', controllers: 3, clientTimeoutMs: 5000 });
+    const listed = await eventually('the catalog listed', () => c!.client.listVolumes());
+    assert.deepEqual(listed.map((v) => [v.name, v.id]), [['old', before.id]]);
+    const r = await eventually('a read', () => c!.client.volume('old').readPages([0, 4]));
+    assert.deepEqual(r.pages.map((p) => p[0]), [5, 6]);
+    // Set aside once in the shard: a later catalog shard emptied would never take it again.
+    assert.equal(fs.existsSync(path.join(dir, 'node1', 'controller')), false);
+    assert.ok(fs.existsSync(path.join(dir, 'node1', 'controller.imported')));
+    // New volumes take ids the old catalog never issued.
+    const next = await eventually('a create', () => c!.client.createVolume({ name: 'new', pageCount: 64, shards: 1, replicas: 3 }));
+    assert.notEqual(next.id, before.id);
+    assert.equal(next.id.split('-')[1], before.id.split('-')[1]);
+  });
+});
+
+describe('a node of a cluster with a replicated controller, and a deposed controller', function () {
+  this.timeout(60_000);
+  let server: NatsServerHandle | undefined;
+  let nc: NatsConnection | undefined;
+  let node: StrataNode | undefined;
+  let dir: string;
+  after(async () => {
+    await node?.stop();
+    await nc?.close();
+    await server?.stop();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('does not act on assignments of an older epoch of the catalog it reconciled with; a newer one it does', async () => {
+    server = await startNatsServer({ jetstream: false });
+    nc = await natsConnect({ servers: server.url });
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'strata-deposed-'));
+    // The controller here is the test: it answers heartbeats and assignments with `epoch`.
+    let epoch = 5;
+    let shards: unknown[] = [
+      { volumeId: 'v1-t', volumeName: 'x', shard: 0, shards: 1, pageCount: 16, pageSize: 4096, stripePages: 16, hostId: 0, members: ['n2'] },
+    ];
+    nc.subscribe('strata.dep.controller.heartbeat', { callback: (_e, m) => m.respond(encode({ epoch, catalog: 't' })) });
+    nc.subscribe('strata.dep.controller.assignments', {
+      callback: (_e, m) => m.respond(encode({ epoch, tombstones: [], shards, catalog: 't', issuedBelow: 10 })),
+    });
+    await nc.flush();
+    // n2 is not a controller node: it opens no replica of the catalog shard, and follows the test.
+    node = await StrataNode.start({ nodeId: 'n2', cluster: 'dep', natsUrl: server.url, dataDir: dir, hosts: 1, controller: false, controllers: ['c1', 'c2', 'c3'], heartbeatMs: 100 });
+    const replicaDir = path.join(dir, 'dev0', 'shards', 'v1-t.0');
+    await waitFor('the replica opened', () => fs.existsSync(replicaDir), 10_000);
+    type Peek = { reconciledEpoch: number };
+    await waitFor('reconciled with epoch 5', () => (node as unknown as Peek).reconciledEpoch === 5, 10_000);
+    // A controller deposed a moment ago answers an older epoch, which no longer places the volume
+    // here: the replica of a volume the catalog issued and does not place would be destroyed.
+    epoch = 3;
+    shards = [];
+    await new Promise((r) => setTimeout(r, 1500));
+    assert.ok(fs.existsSync(replicaDir), 'the replica is kept');
+    assert.equal((node as unknown as Peek).reconciledEpoch, 5);
+    // A newer epoch that no longer places it: destroyed.
+    epoch = 6;
+    await waitFor('the replica destroyed', () => !fs.existsSync(replicaDir), 10_000);
+  });
+});
