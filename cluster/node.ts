@@ -1463,7 +1463,8 @@ export class StrataNode {
     this.controlQueued++;
     const next = this.controllerChain.then(run, run).finally(() => {
       // A catalog write whose outcome on disk is unknown: said once, where it is found.
-      const failure = this.controller?.storageFailure;
+      // (Replicated, the node gives its seat up instead, and says so: `leaveSeat`.)
+      const failure = this.seat === undefined ? this.controller?.storageFailure : undefined;
       if (failure !== undefined && !this.catalogFailureLogged) {
         this.catalogFailureLogged = true;
         this.log.error('the catalog\'s storage failed: it takes no change (create, delete, recover) until this node restarts', { err: failure });
@@ -1571,7 +1572,6 @@ export class StrataNode {
       newCatalogTag: crypto.randomBytes(4).toString('hex'),
     });
     this.seat = { term, subs: [], sinceMs: Date.now() };
-    this.catalogFailureLogged = false;
     this.serveController();
     this.startRepairs();
     this.log.info('runs the controller: its replica leads the catalog shard', { term, epoch: this.controller.epoch, volumes: this.controller.list().length, ...(state === undefined ? { catalog: 'new' } : {}) });
