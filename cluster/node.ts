@@ -289,8 +289,11 @@ const SEAT_CHECK_MS = 200;
 const CONTROLLER_ELECTION_GRACE_MS = 10_000;
 /** A heartbeat's wait for its answer, at least (and two periods, at most a request's timeout). */
 const HEARTBEAT_TIMEOUT_MS_MIN = 2000;
-/** A controller just started or taken over waits this long at most for the nodes' heartbeats before it places a volume (`heardFromNodes`). */
-const MEMBERS_WARMUP_MS = 3000;
+/**
+ * A controller just started or taken over waits this long at most for the nodes' heartbeats before
+ * it places a volume (`heardFromNodes`); it asks every node for one as it starts (`seated`).
+ */
+const MEMBERS_WARMUP_MS = 1000;
 /** Where a controller node without `controllers` keeps its catalog: a MetaStore directory of the data directory. */
 const LOCAL_CATALOG_DIR = 'controller';
 /** Each read or write of the catalog shard, at most. */
@@ -664,7 +667,10 @@ export class StrataNode {
       );
     }
     this.router = new ApiRouter(this.nc, this.cluster, this.opts.requestTimeoutMs ?? 10_000);
-    if (this.controller) this.serveController();
+    if (this.controller) {
+      this.serveController();
+      this.nc.publish(controllerSubject(this.cluster, 'seated'), encode({ node: this.nodeId }));
+    }
     if (this.opts.controllers?.includes(this.nodeId) === true) await this.openCatalogReplica();
     this.serveNode();
     this.checkStarting();
@@ -673,11 +679,7 @@ export class StrataNode {
     await this.heartbeat();
     await this.reconciling;
     this.checkStarting();
-    this.heartbeatTimer = setInterval(() => {
-      if (this.heartbeatRunning || this.stopped) return;
-      this.heartbeatRunning = true;
-      void this.heartbeat().finally(() => (this.heartbeatRunning = false));
-    }, this.opts.heartbeatMs ?? 1000);
+    this.heartbeatTimer = setInterval(() => this.beatNow(), this.opts.heartbeatMs ?? 1000);
     this.heartbeatTimer.unref();
     this.claimTimer = setInterval(() => {
       if (this.claimChecking || this.stopped) return;
@@ -1574,6 +1576,7 @@ export class StrataNode {
     this.seat = { term, subs: [], sinceMs: Date.now() };
     this.serveController();
     this.startRepairs();
+    this.nc!.publish(controllerSubject(this.cluster, 'seated'), encode({ node: this.nodeId, term }));
     this.log.info('runs the controller: its replica leads the catalog shard', { term, epoch: this.controller.epoch, volumes: this.controller.list().length, ...(state === undefined ? { catalog: 'new' } : {}) });
   }
 
@@ -2205,8 +2208,19 @@ export class StrataNode {
     );
   }
 
+  /** A heartbeat now, unless one is under way. */
+  private beatNow(): void {
+    if (this.heartbeatRunning || this.stopped) return;
+    this.heartbeatRunning = true;
+    void this.heartbeat().finally(() => (this.heartbeatRunning = false));
+  }
+
   private serveNode(): void {
     const subj = (v: string): string => nodeSubject(this.cluster, this.nodeId, v);
+    // A controller that starts or takes over asks every node for a heartbeat at once: it knows
+    // no member until then (`heardFromNodes`). Its content does not matter; a flood of them
+    // makes one heartbeat at a time, as the timer does.
+    this.subs.push(this.nc!.subscribe(controllerSubject(this.cluster, 'seated'), { callback: () => this.beatNow() }));
     this.subscribe(subj('shards.open'), async (body) => {
       await this.openShards(validateShardsOpen(body).shards);
       return { ok: true };

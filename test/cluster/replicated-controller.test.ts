@@ -16,7 +16,7 @@ import { CatalogShard } from '../../cluster/catalog-shard';
 import { ProtocolError } from '../../messages/errors';
 import { connect as natsConnect, type NatsConnection } from 'nats';
 import { startNatsServer, type NatsServerHandle } from '../../runtime/nats-server';
-import { encode } from '../../messages/codec';
+import { decode, encode } from '../../messages/codec';
 import { waitFor } from '../support/wait';
 
 const page = (b: number): Uint8Array => new Uint8Array(4096).fill(b);
@@ -276,5 +276,23 @@ describe('a node of a cluster with a replicated controller, and a deposed contro
     // A newer epoch that no longer places it: destroyed.
     epoch = 6;
     await waitFor('the replica destroyed', () => !fs.existsSync(replicaDir), 10_000);
+  });
+
+  it('beats at once when a controller says it took over (controller.seated), whatever its period', async () => {
+    const beats: string[] = [];
+    nc!.subscribe('strata.dep2.controller.heartbeat', { callback: (_e, m) => (beats.push(String((decode(m.data) as { nodeId: string }).nodeId)), m.respond(encode({ epoch: 0 }))) });
+    nc!.subscribe('strata.dep2.controller.assignments', { callback: (_e, m) => m.respond(encode({ epoch: 0, tombstones: [], shards: [] })) });
+    await nc!.flush();
+    const dir2 = path.join(dir, 'slow');
+    const slow = await StrataNode.start({ nodeId: 'n3', cluster: 'dep2', natsUrl: server!.url, dataDir: dir2, hosts: 1, controller: false, controllers: ['c1', 'c2', 'c3'], heartbeatMs: 600_000 });
+    try {
+      // Its start beats once; the next would be ten minutes later.
+      await waitFor('the first heartbeat', () => beats.length === 1, 5000);
+      nc!.publish('strata.dep2.controller.seated', encode({ node: 'c2', term: 4 }));
+      await waitFor('a heartbeat on the new controller\'s word', () => beats.length === 2, 5000);
+      assert.deepEqual(beats, ['n3', 'n3']);
+    } finally {
+      await slow.stop();
+    }
   });
 });
