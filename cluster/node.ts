@@ -1558,14 +1558,17 @@ export class StrataNode {
     await shard.flush();
     let state = await shard.load();
     // The catalog this node kept alone before the cluster had a replicated controller: written to
-    // the empty shard, then set aside (never read again: a catalog read twice would issue ids twice).
-    const local = this.localCatalog();
-    if (state === undefined && local !== undefined) {
+    // the empty shard, then set aside (never read again: a catalog read twice would issue ids
+    // twice). Read only for an empty shard: one that cannot be read then stops the takeover, and
+    // the error says which file.
+    const hasLocal = fs.existsSync(path.join(this.dataDir, LOCAL_CATALOG_DIR));
+    const local = state === undefined && hasLocal ? this.localCatalog() : undefined;
+    if (local !== undefined) {
       await shard.write(local);
       state = local;
       this.log.info('wrote the catalog this node kept alone into the catalog shard', { term, epoch: local.epoch, volumes: local.volumes.length });
     }
-    if (local !== undefined && state !== undefined) this.setLocalCatalogAside();
+    if (hasLocal && state !== undefined) this.setLocalCatalogAside();
     // Still leading in that term, and nobody took the seat meanwhile.
     const still = await this.pool!.leaderTerm(0, CATALOG_VOLUME_ID, 0, { timeoutMs: HOST_STATUS_TIMEOUT_MS });
     if (still !== term || this.stopped || this.seat !== undefined) return;
@@ -1582,7 +1585,6 @@ export class StrataNode {
 
   /** The catalog this node kept alone (`dataDir/controller`, as a controller node without `controllers`), if any. */
   private localCatalog(): CatalogState | undefined {
-    if (!fs.existsSync(path.join(this.dataDir, LOCAL_CATALOG_DIR))) return undefined;
     return new MetaStore(new RealDisk(this.dataDir), LOCAL_CATALOG_DIR, { payloadBytesMax: 16 * 1024 * 1024 }).read<CatalogState>(CATALOG);
   }
 
