@@ -12,7 +12,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { startCluster, type InProcessCluster } from '../../cluster/in-process-cluster';
 import { StrataNode } from '../../cluster/node';
-import { CatalogShard } from '../../cluster/catalog-shard';
+import { CATALOG_PAGE_SIZE, CatalogShard } from '../../cluster/catalog-shard';
+import { pagesPerRequest } from '../../cluster/client';
 import { ProtocolError } from '../../messages/errors';
 import { connect as natsConnect, type NatsConnection } from 'nats';
 import { startNatsServer, type NatsServerHandle } from '../../runtime/nats-server';
@@ -173,6 +174,64 @@ describe('a replicated controller', function () {
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe('a replicated controller whose catalog takes several shard writes', function () {
+  this.timeout(180_000);
+  let c: InProcessCluster;
+  before(async () => {
+    // A 16 KiB max_payload: one 8 KiB page a request, so a catalog of a few volumes is several
+    // writes of one region before its header's.
+    c = await startCluster({ nodes: 3, controllers: 3, hosts: 1, maxPayloadBytes: 16 * 1024, clientTimeoutMs: 5000 });
+  });
+  after(async () => {
+    await c?.stop();
+  });
+
+  it('keeps every change through takeovers, by a kill and by a clean stop (which hands the catalog shard over)', async () => {
+    const want: string[] = [];
+    const createSome = async (from: number, count: number): Promise<void> => {
+      for (let i = from; i < from + count; i++) {
+        const name = `volume-with-a-long-name-to-fill-the-catalog-${String(i).padStart(3, '0')}`;
+        await eventually('a create', async () => {
+          try {
+            await c.client.createVolume({ name, pageCount: 64, shards: 4, stripePages: 16, replicas: 1 });
+          } catch (e) {
+            if (!(e instanceof ProtocolError && e.code === 'already_exists')) throw e;
+          }
+        });
+        want.push(name);
+      }
+    };
+    await createSome(0, 30);
+    const first = (await controllerOf(c))!;
+    const held = await new CatalogShard(c.client, { term: first.term, timeoutMs: 5000 }).load();
+    assert.equal(held!.volumes.length, 30);
+    // Two pages of a region or more, each its own write, then the header's.
+    assert.ok(encode(held).length > CATALOG_PAGE_SIZE, `a catalog of ${encode(held).length} bytes`);
+    assert.equal(pagesPerRequest(CATALOG_PAGE_SIZE, c.client.maxPayloadBytes), 1);
+    c.kill(first.index);
+    assert.deepEqual(await eventually('the catalog listed', () => names(c)), [...want].sort());
+    await createSome(30, 10);
+    await c.restart(first.index);
+    await c.waitForMembers(3);
+    // A clean stop hands the shard's leadership over at once: the controller moves with it.
+    const second = (await controllerOf(c))!;
+    const stopped = Date.now();
+    await c.stopNode(second.index);
+    await eventually('another controller', async () => {
+      const now = await controllerOf(c);
+      if (now === undefined) throw new ProtocolError('unavailable', 'none yet');
+      return now;
+    });
+    const tookMs = Date.now() - stopped;
+    assert.deepEqual(await eventually('the catalog listed', () => names(c)), [...want].sort());
+    await createSome(40, 5);
+    assert.deepEqual(await names(c), [...want].sort());
+    await c.restart(second.index);
+    await c.waitForMembers(3);
+    console.log(`      (the controller ran on another node ${tookMs} ms after the clean stop began)`);
   });
 });
 
