@@ -328,11 +328,14 @@ export function formatStatus(statusReply: unknown, options: FormatStatusOptions 
   const bold = (s: string): string => (color ? `${ANSI.bold}${s}${ANSI.reset}` : s);
   const out: string[] = [];
 
-  const controller = reply.controllerReachable === false ? 'controller NOT reachable' : 'controller reachable';
+  const nodes = nodeRows(reply);
+  // The node that runs the controller, as the nodes say (with a replicated controller, the term of the catalog shard it runs it in).
+  const runner = arr(reply.nodes).map((n) => rec(n.node)).find((n) => n?.controller === true);
+  const where = runner === undefined ? '' : ` (on ${cell(runner.id)}${num(runner.controllerTerm) === undefined ? '' : `, term ${cell(runner.controllerTerm)}`})`;
+  const controller = reply.controllerReachable === false ? 'controller NOT reachable' : `controller reachable${where}`;
   out.push(bold(`Strata cluster ${cell(self.cluster)}`) + ` — answered by node ${cell(self.id)} (version ${cell(self.version)}), ${controller}`);
   out.push('');
 
-  const nodes = nodeRows(reply);
   // A ZONE column only in a cluster whose nodes name their failure domains.
   const zoned = nodes.some((n) => n.zone !== undefined);
   const dead = nodes.filter((n) => n.state === 'dead').length;

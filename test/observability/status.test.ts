@@ -42,7 +42,7 @@ function sampleReply(): Record<string, unknown> {
 describe('observability/status', () => {
   it('renders nodes with health (a dead one), volumes and shards', () => {
     const text = formatStatus(sampleReply(), { nowMs: NOW });
-    assert.match(text, /^Strata cluster dev — answered by node n1 \(version 0\.1\.0\), controller reachable$/m);
+    assert.match(text, /^Strata cluster dev — answered by node n1 \(version 0\.1\.0\), controller reachable \(on n1\)$/m);
     assert.match(text, /^NODES \(3, 1 dead, 1 degraded\)$/m);
     assert.match(text, /^ {2}NODE +STATE +HOSTS OK +LOOP DELAY +UPTIME +VERSION +CONTROLLER +LAST SEEN +REASON$/m);
     assert.match(text, /^ {2}n1 +up +2\/2 +312ms +1h02m +0\.1\.0 +yes +0\.3s ago +-$/m, 'the worst host\'s loop delay');
@@ -83,6 +83,34 @@ describe('observability/status', () => {
     assert.match(text, /^ {4}0 +n3 +- +missing +- +- +- +40 +node DEAD$/m);
     assert.match(text, /^ {4}1 +n2 +follower +down +0 +0 +0 +- +device failed$/m);
     assert.ok(!text.includes('\u001b['), 'no colors unless asked');
+  });
+
+  it('a replicated controller: the node that runs it and its term in the first line, and the catalog shard as a section of its own', () => {
+    const reply = sampleReply();
+    const nodes = reply.nodes as Array<{ node: Record<string, unknown> }>;
+    nodes[0]!.node.controller = false;
+    nodes[1]!.node.controller = true;
+    nodes[1]!.node.controllerTerm = 7;
+    reply.catalogShard = {
+      name: 'strata-catalog', id: 'v0-catalog', pageCount: 4097, pageSize: 8192, replicas: 3, shards: [
+        {
+          shard: 0, role: 'leader', term: 7, commitLsn: 40, appliedLsn: 40, leader: 'n2', state: 'up', lag: { n1: 0, n3: 12 }, members: ['n1', 'n2', 'n3'],
+          replicas: [
+            { node: 'n1', role: 'follower', state: 'up', term: 7, commitLsn: 40, appliedLsn: 40 },
+            { node: 'n2', role: 'leader', state: 'up', term: 7, commitLsn: 40, appliedLsn: 40 },
+          ],
+        },
+      ],
+    };
+    const text = formatStatus(reply, { nowMs: NOW });
+    assert.match(text, /controller reachable \(on n2, term 7\)$/m);
+    const lines = text.split('\n');
+    const at = lines.indexOf("CATALOG (replicated on the controller nodes; the controller runs on its leader's node)");
+    assert.ok(at > 0 && at < lines.findIndex((l) => l.startsWith('VOLUMES (')), 'between the nodes and the volumes');
+    assert.match(lines[at + 1]!, /^ {2}strata-catalog +id=v0-catalog +4097 pages × 8192 B +shards=1 +replicas=3 +\(1 shard not ok\)$/);
+    assert.match(text, /^ {4}0 +n3 +- +missing +- +- +- +12 +node DEAD$/m, 'the dead controller node\'s replica, missing');
+    // The volumes' count leaves it out.
+    assert.match(text, /^VOLUMES \(1\)$/m);
   });
 
   it('a node whose answer arrived in part is degraded, saying its shards are not all reported', () => {
