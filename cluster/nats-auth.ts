@@ -14,6 +14,7 @@
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import { checkToken, clientInboxPrefix } from '../messages/subjects';
+import { CATALOG_VOLUME_ID } from './catalog-shard';
 
 /** The kinds of NATS users of a Strata cluster. */
 export type NatsRole = 'node' | 'client' | 'operator';
@@ -23,6 +24,8 @@ export const NATS_ROLES: readonly NatsRole[] = ['node', 'client', 'operator'];
 /** The subjects a user may publish to and subscribe to (nats-server's `permissions`). */
 export interface NatsPermissions {
   publish: string[];
+  /** Subjects of `publish` the user may not publish to all the same (nats-server's `deny`, which wins). */
+  publishDeny?: string[];
   subscribe: string[];
 }
 
@@ -47,11 +50,21 @@ export function natsPermissions(cluster: string, role: NatsRole, user = `strata-
       // The public API (every verb: volume.create and volume.branch as the others; their
       // controller subjects are the nodes' alone) and the shards' request subjects, nothing a
       // node listens to for its peers.
-      // Replies only on its own inboxes: not the pages another client user reads.
-      return { publish: [`${root}.api.>`, `${root}.shard.*.*`, SERVICE_DISCOVERY], subscribe: [`${clientInboxPrefix(user)}.>`] };
+      // Replies only on its own inboxes: not the pages another client user reads. Never the
+      // catalog shard's: only the controller writes the catalog (docs/replication.md, "A
+      // replicated controller").
+      return {
+        publish: [`${root}.api.>`, `${root}.shard.*.*`, SERVICE_DISCOVERY],
+        publishDeny: [`${root}.shard.${CATALOG_VOLUME_ID}.*`],
+        subscribe: [`${clientInboxPrefix(user)}.>`],
+      };
     case 'operator': {
       const client = natsPermissions(cluster, 'client', user);
-      return { publish: [...client.publish, `${root}.node.*.shard.forceVote`, `${root}.node.*.shard.handover`, `${root}.controller.catalog.recover`, `${root}.controller.shard.move`, `${root}.controller.node.drain`, `${root}.controller.rebalance`], subscribe: client.subscribe };
+      return {
+        publish: [...client.publish, `${root}.node.*.shard.forceVote`, `${root}.node.*.shard.handover`, `${root}.controller.catalog.recover`, `${root}.controller.shard.move`, `${root}.controller.node.drain`, `${root}.controller.rebalance`],
+        publishDeny: client.publishDeny!,
+        subscribe: client.subscribe,
+      };
     }
   }
 }
@@ -91,7 +104,7 @@ export function renderNatsAuthorization(cluster: string, users: readonly NatsUse
     lines.push(
       `    # ${u.role}`,
       `    { user: ${JSON.stringify(u.user)}, password: ${password},`,
-      `      permissions: { publish: ${list(p.publish)}, subscribe: ${list(p.subscribe)} } }`,
+      `      permissions: { publish: ${p.publishDeny === undefined ? list(p.publish) : `{ allow: ${list(p.publish)}, deny: ${list(p.publishDeny)} }`}, subscribe: ${list(p.subscribe)} } }`,
     );
   }
   lines.push('  ]', '}');

@@ -9,6 +9,7 @@ import { StrataNode } from '../../cluster/node';
 import { connect } from '../../cluster/client';
 import { NATS_PASSWORD_FILE_BYTES_MAX, natsPermissions, readNatsPassword, renderNatsAuthorization } from '../../cluster/nats-auth';
 import { natsAuthText } from '../../cluster/cli';
+import { CatalogShard } from '../../cluster/catalog-shard';
 import { startNatsServer, type NatsServerHandle } from '../../runtime/nats-server';
 import { encode, decode } from '../../messages/codec';
 import { ProtocolError } from '../../messages/errors';
@@ -23,11 +24,13 @@ describe('cluster/nats-auth', () => {
   describe('permissions and the authorization block', () => {
     it('gives applications the API and the shards, never a subject the nodes trust each other on', () => {
       const client = natsPermissions('prod', 'client');
-      assert.deepEqual(client, { publish: ['strata.prod.api.>', 'strata.prod.shard.*.*', '$SRV.>'], subscribe: ['_INBOX.strata-client.>'] });
+      assert.deepEqual(client, { publish: ['strata.prod.api.>', 'strata.prod.shard.*.*', '$SRV.>'], publishDeny: ['strata.prod.shard.v0-catalog.*'], subscribe: ['_INBOX.strata-client.>'] });
       assert.deepEqual(natsPermissions('prod', 'client', 'app-7').subscribe, ['_INBOX.app-7.>'], 'a client user reads the replies to its own requests only');
       const operator = natsPermissions('prod', 'operator');
       assert.deepEqual(operator.publish, [...client.publish, 'strata.prod.node.*.shard.forceVote', 'strata.prod.node.*.shard.handover', 'strata.prod.controller.catalog.recover', 'strata.prod.controller.shard.move', 'strata.prod.controller.node.drain', 'strata.prod.controller.rebalance']);
       assert.deepEqual(operator.subscribe, ['_INBOX.strata-operator.>']);
+      assert.deepEqual(operator.publishDeny, ['strata.prod.shard.v0-catalog.*'], 'nor may an operator write the catalog shard');
+      assert.equal(natsPermissions('prod', 'node').publishDeny, undefined);
       assert.deepEqual(natsPermissions('prod', 'node').subscribe, ['strata.prod.>', '_INBOX.>', '$SRV.>']);
       assert.throws(() => natsPermissions('a.b', 'node'), ProtocolError);
     });
@@ -61,6 +64,7 @@ describe('cluster/nats-auth', () => {
       ]);
       assert.match(text, /\{ user: "n", password: "p\\"w",\n {6}permissions: \{ publish: \["strata\.c1\.>", "_INBOX\.>", "\$SRV\.>"\]/);
       assert.match(text, /\{ user: "app", password: \$APP_PW,/);
+      assert.match(text, /permissions: \{ publish: \{ allow: \["strata\.c1\.api\.>", "strata\.c1\.shard\.\*\.\*", "\$SRV\.>"\], deny: \["strata\.c1\.shard\.v0-catalog\.\*"\] \}, subscribe: \["_INBOX\.app\.>"\] \} \}/);
       assert.throws(() => renderNatsAuthorization('c1', [{ user: 'a b', role: 'node', password: { text: 'x' } }]), /user: expected 1\.\.64 characters/);
       assert.throws(() => renderNatsAuthorization('c1', [{ user: 'a', role: 'node', password: { env: 'A-B' } }]), /password variable: expected a name/);
       assert.throws(
@@ -169,6 +173,8 @@ describe('cluster/nats-auth', () => {
       await assert.rejects(c.client.drainNode('n9'), (e: unknown) => e instanceof ProtocolError && e.code === 'forbidden' && /publish to strata\.test\.controller\.node\.drain/.test(e.message));
       await assert.rejects(c.client.rebalance(), (e: unknown) => e instanceof ProtocolError && e.code === 'forbidden' && /publish to strata\.test\.controller\.rebalance/.test(e.message));
       await assert.rejects(c.client.handOver('v-auth', 0), (e: unknown) => e instanceof ProtocolError && e.code === 'forbidden' && /publish to strata\.test\.node\.n\d\.shard\.handover/.test(e.message));
+      // The catalog shard's subject: neither the client nor the operator (only the controller writes the catalog).
+      await assert.rejects(new CatalogShard(c.client, { term: 1, timeoutMs: 5000 }).load(), (e: unknown) => e instanceof ProtocolError && e.code === 'forbidden' && /publish to strata\.test\.shard\.v0-catalog\.0/.test(e.message));
       const operator = await connect({ servers: c.natsUrl, cluster: c.cluster, timeoutMs: 5000, ...c.natsUsers!.operator });
       try {
         const reply = await operator.forceVote('v-auth', 0, 'n1');
@@ -183,6 +189,7 @@ describe('cluster/nats-auth', () => {
         // The shard's leader hands it over; its new leader is another of the three nodes.
         const handed = await operator.handOver('v-auth', 0);
         assert.notEqual(handed.to, handed.node);
+        await assert.rejects(new CatalogShard(operator, { term: 1, timeoutMs: 5000 }).write({ version: 1, epoch: 1, nextId: 1, volumes: [], tombstones: [] }), (e: unknown) => e instanceof ProtocolError && e.code === 'forbidden');
       } finally {
         await operator.close();
       }
