@@ -138,7 +138,8 @@ export function decodeCatalog(h: CatalogHeader, pages: readonly Uint8Array[]): C
   if (at < h.bytes) throw new ProtocolError('corruption', `the catalog shard holds ${at} of the catalog's ${h.bytes} bytes`);
   const crc = crc32c(bytes);
   if (crc !== h.crc) throw new ProtocolError('corruption', `the catalog in region ${h.region} does not match its header's CRC-32C (0x${crc.toString(16)}, header 0x${h.crc.toString(16)})`);
-  const state = decode(bytes) as CatalogState;
+  // Bounded by its region, not by a message's 1 MiB: a catalog of many volumes is larger.
+  const state = decode(bytes, { bytesMax: CATALOG_REGION_PAGES * CATALOG_PAGE_SIZE }) as CatalogState;
   if (state === null || typeof state !== 'object' || state.version !== 1 || state.epoch !== h.epoch) {
     throw new ProtocolError('corruption', `the catalog in region ${h.region} is not the header's (epoch ${String((state as { epoch?: unknown } | null)?.epoch)}, header ${h.epoch})`);
   }

@@ -68,6 +68,15 @@ describe('catalog shard layout', () => {
     assert.deepEqual(decodeCatalog(h, pagesOf(w)), big);
   });
 
+  it('a catalog larger than a message (1 MiB) reads back: a catalog is bounded by its region, not by NATS', () => {
+    const big = state(6, { tombstones: Array.from({ length: 80_000 }, (_, i) => `v${i.toString(36)}-abcd1234`) });
+    const w = catalogPages(big, 1);
+    const h = decodeHeader(w.header.data)!;
+    assert.ok(h.bytes > 1024 * 1024, `${h.bytes} bytes`);
+    assert.equal(w.region, 0);
+    assert.deepEqual(decodeCatalog(h, pagesOf(w)), big);
+  });
+
   it('a region that does not match its header is corruption: a changed byte, a missing page, another epoch', () => {
     const w = catalogPages(state(7, { tombstones: Array.from({ length: 2000 }, (_, i) => `v${i}-abcd1234`) }), undefined);
     const h = decodeHeader(w.header.data)!;
