@@ -110,23 +110,34 @@ export function decodeHeader(page: Uint8Array): CatalogHeader | undefined {
 
 /**
  * The pages that make `state` the catalog, in the region `current` does not name (region 0 when
- * there is no catalog yet): the region's pages, then the header, last. `too_large` for a catalog
- * beyond a region.
+ * there is no catalog yet): the region's pages, then the header, last, and the catalog's bytes.
+ * `held`: the bytes of the catalog that region holds (the one before the current), when known:
+ * its pages that the new catalog leaves as they are are not written again (a catalog of many
+ * volumes changes in a few pages, and a new volume at its end). A region's page past `held`'s
+ * last may hold an older catalog's bytes, and is always written. `too_large` for a catalog beyond
+ * a region.
  */
-export function catalogPages(state: CatalogState, current: 0 | 1 | undefined): { data: PageWrite[]; header: PageWrite; region: 0 | 1 } {
+export function catalogPages(state: CatalogState, current: 0 | 1 | undefined, held?: Uint8Array): { data: PageWrite[]; header: PageWrite; region: 0 | 1; bytes: Uint8Array } {
   const bytes = encode(state, { bytesMax: CATALOG_REGION_PAGES * CATALOG_PAGE_SIZE });
   const region: 0 | 1 = current === 0 ? 1 : 0;
   const data: PageWrite[] = [];
   for (let at = 0, page = regionStart(region); at < bytes.length; at += CATALOG_PAGE_SIZE, page++) {
     const p = new Uint8Array(CATALOG_PAGE_SIZE);
     p.set(bytes.subarray(at, Math.min(bytes.length, at + CATALOG_PAGE_SIZE)));
+    if (held !== undefined && at < held.length && samePage(p, held.subarray(at, Math.min(held.length, at + CATALOG_PAGE_SIZE)))) continue;
     data.push({ page, data: p });
   }
-  return { data, header: { page: 0, data: encodeHeader({ region, bytes: bytes.length, crc: crc32c(bytes), epoch: state.epoch }) }, region };
+  return { data, header: { page: 0, data: encodeHeader({ region, bytes: bytes.length, crc: crc32c(bytes), epoch: state.epoch }) }, region, bytes };
 }
 
-/** The catalog from its header and the pages of its region (from the region's first, in order). */
-export function decodeCatalog(h: CatalogHeader, pages: readonly Uint8Array[]): CatalogState {
+/** Whether a page (zero-padded) holds `chunk` and zeros after it, as a written page of `chunk` does. */
+function samePage(page: Uint8Array, chunk: Uint8Array): boolean {
+  for (let i = 0; i < page.length; i++) if (page[i] !== (i < chunk.length ? chunk[i] : 0)) return false;
+  return true;
+}
+
+/** The catalog's bytes (`h.bytes` of them) from the pages of its region, in order; `corruption` when they hold fewer. */
+function catalogBytes(h: CatalogHeader, pages: readonly Uint8Array[]): Uint8Array {
   const bytes = new Uint8Array(h.bytes);
   let at = 0;
   for (const p of pages) {
@@ -136,6 +147,12 @@ export function decodeCatalog(h: CatalogHeader, pages: readonly Uint8Array[]): C
     at += n;
   }
   if (at < h.bytes) throw new ProtocolError('corruption', `the catalog shard holds ${at} of the catalog's ${h.bytes} bytes`);
+  return bytes;
+}
+
+/** The catalog from its header and the pages of its region (from the region's first, in order). */
+export function decodeCatalog(h: CatalogHeader, pages: readonly Uint8Array[]): CatalogState {
+  const bytes = catalogBytes(h, pages);
   const crc = crc32c(bytes);
   if (crc !== h.crc) throw new ProtocolError('corruption', `the catalog in region ${h.region} does not match its header's CRC-32C (0x${crc.toString(16)}, header 0x${h.crc.toString(16)})`);
   // Bounded by its region, not by a message's 1 MiB: a catalog of many volumes is larger.
@@ -154,6 +171,10 @@ export function decodeCatalog(h: CatalogHeader, pages: readonly Uint8Array[]): C
 export class CatalogShard {
   /** The region the header names, as of the last load or write; undefined: no catalog yet. */
   private region: 0 | 1 | undefined;
+  /** The catalog bytes each region holds, as this instance read or wrote them (undefined: not known). */
+  private readonly held: [Uint8Array | undefined, Uint8Array | undefined] = [undefined, undefined];
+  /** Region pages written (the header's not counted), for the tests and the log. */
+  pagesWritten = 0;
 
   constructor(
     private readonly client: StrataClient,
@@ -187,13 +208,15 @@ export class CatalogShard {
     }
     const state = decodeCatalog(h, pages);
     this.region = h.region;
+    this.held[h.region] = catalogBytes(h, pages);
     return state;
   }
 
   /** Makes `state` the catalog: its region's pages, then the header; resolves once committed. */
   async write(state: CatalogState): Promise<void> {
     const deadlineMs = Date.now() + this.opts.timeoutMs;
-    const { data, header, region } = catalogPages(state, this.region);
+    const target = this.region === 0 ? 1 : 0;
+    const { data, header, region, bytes } = catalogPages(state, this.region, this.held[target]);
     const per = this.perRequest();
     if (data.length + 1 <= per) {
       await this.send([...data, header], deadlineMs);
@@ -201,7 +224,9 @@ export class CatalogShard {
       for (let i = 0; i < data.length; i += per) await this.send(data.slice(i, i + per), deadlineMs);
       await this.send([header], deadlineMs);
     }
+    this.pagesWritten += data.length;
     this.region = region;
+    this.held[region] = bytes;
   }
 
   private perRequest(): number {

@@ -77,6 +77,43 @@ describe('catalog shard layout', () => {
     assert.deepEqual(decodeCatalog(h, pagesOf(w)), big);
   });
 
+  it('a change leaves the pages of its region that hold its bytes already: the shard read back holds each catalog whole', () => {
+    // The shard as a map of pages, written as the controller writes them.
+    const shard = new Map<number, Uint8Array>();
+    const apply = (w: ReturnType<typeof catalogPages>): void => {
+      for (const p of [...w.data, w.header]) shard.set(p.page, p.data);
+    };
+    const readBack = (): CatalogState => {
+      const h = decodeHeader(shard.get(0)!)!;
+      const count = Math.ceil(h.bytes / CATALOG_PAGE_SIZE);
+      return decodeCatalog(h, Array.from({ length: count }, (_, i) => shard.get(regionStart(h.region) + i) ?? new Uint8Array(CATALOG_PAGE_SIZE)));
+    };
+    const names = (n: number): string[] => Array.from({ length: n }, (_, i) => `v${i.toString(36).padStart(4, '0')}-abcd1234`);
+    // An older, longer catalog in region 0 first: its last pages stay behind the next ones there.
+    const c0 = catalogPages(state(1, { tombstones: names(3000) }), undefined);
+    apply(c0);
+    const c1 = catalogPages(state(2, { tombstones: names(2000) }), 0);
+    apply(c1);
+    assert.deepEqual(readBack(), state(2, { tombstones: names(2000) }));
+    // Region 0 holds c0's bytes: the first pages of c2 are the same (the same leading tombstones).
+    const c2 = catalogPages(state(3, { tombstones: names(2100) }), 1, c0.bytes);
+    assert.equal(c2.region, 0);
+    const pages2 = Math.ceil(c2.bytes.length / CATALOG_PAGE_SIZE);
+    assert.ok(c2.data.length < pages2, `${c2.data.length} of ${pages2} pages written`);
+    apply(c2);
+    assert.deepEqual(readBack(), state(3, { tombstones: names(2100) }));
+    // Region 1 holds c1's: a change of the epoch alone (its first page) and a longer list.
+    const c3 = catalogPages(state(4, { tombstones: names(2200) }), 0, c1.bytes);
+    apply(c3);
+    assert.deepEqual(readBack(), state(4, { tombstones: names(2200) }));
+    // A catalog shorter than what the region held: what it wrote reads back, and nothing past it.
+    const c4 = catalogPages(state(5, { tombstones: names(10) }), 1, c2.bytes);
+    apply(c4);
+    assert.deepEqual(readBack(), state(5, { tombstones: names(10) }));
+    // Without what the region holds, every page is written.
+    assert.equal(catalogPages(state(6, { tombstones: names(2100) }), 1).data.length, Math.ceil(c2.bytes.length / CATALOG_PAGE_SIZE));
+  });
+
   it('a region that does not match its header is corruption: a changed byte, a missing page, another epoch', () => {
     const w = catalogPages(state(7, { tombstones: Array.from({ length: 2000 }, (_, i) => `v${i}-abcd1234`) }), undefined);
     const h = decodeHeader(w.header.data)!;
