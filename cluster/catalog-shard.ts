@@ -173,8 +173,6 @@ export class CatalogShard {
   private region: 0 | 1 | undefined;
   /** The catalog bytes each region holds, as this instance read or wrote them (undefined: not known). */
   private readonly held: [Uint8Array | undefined, Uint8Array | undefined] = [undefined, undefined];
-  /** Region pages written (the header's not counted), for the tests and the log. */
-  pagesWritten = 0;
 
   constructor(
     private readonly client: StrataClient,
@@ -224,7 +222,6 @@ export class CatalogShard {
       for (let i = 0; i < data.length; i += per) await this.send(data.slice(i, i + per), deadlineMs);
       await this.send([header], deadlineMs);
     }
-    this.pagesWritten += data.length;
     this.region = region;
     this.held[region] = bytes;
   }
