@@ -665,12 +665,12 @@ describe('cluster/cli', () => {
       const r = await run(['nats-auth', '--cluster', 'prod']);
       assert.equal(r.code, 0, r.err);
       assert.match(r.out, /^# The users of Strata cluster prod/);
-      assert.match(r.out, /\{ user: "strata-client", password: \$STRATA_CLIENT_PASSWORD,\n {6}permissions: \{ publish: \["strata\.prod\.api\.>", "strata\.prod\.shard\.\*\.\*", "\$SRV\.>"\], subscribe: \["_INBOX\.strata-client\.>"\] \} \}/);
+      assert.match(r.out, /\{ user: "strata-client", password: \$STRATA_CLIENT_PASSWORD,\n {6}permissions: \{ publish: \{ allow: \["strata\.prod\.api\.>", "strata\.prod\.shard\.\*\.\*", "\$SRV\.>"\], deny: \["strata\.prod\.shard\.v0-catalog\.\*"\] \}, subscribe: \["_INBOX\.strata-client\.>"\] \} \}/);
       assert.match((await run(['nats-auth'], new MemoryCluster(), { env: { STRATA_CLUSTER: 'envc' } })).out, /"strata\.envc\.>"/);
       assert.equal((await run(['nats-auth', '--nats', 'nats://x:1'])).code, 2);
       const more = await run(['nats-auth', '--clients', 'billing,ml-jobs']);
       assert.equal(more.code, 0, more.err);
-      assert.match(more.out, /\{ user: "ml-jobs", password: \$ML_JOBS_PASSWORD,\n {6}permissions: \{ publish: \["strata\.dev\.api\.>", "strata\.dev\.shard\.\*\.\*", "\$SRV\.>"\], subscribe: \["_INBOX\.ml-jobs\.>"\] \} \}/);
+      assert.match(more.out, /\{ user: "ml-jobs", password: \$ML_JOBS_PASSWORD,\n {6}permissions: \{ publish: \{ allow: \["strata\.dev\.api\.>", "strata\.dev\.shard\.\*\.\*", "\$SRV\.>"\], deny: \["strata\.dev\.shard\.v0-catalog\.\*"\] \}, subscribe: \["_INBOX\.ml-jobs\.>"\] \} \}/);
       assert.match(more.out, /\{ user: "billing", password: \$BILLING_PASSWORD,/);
       const tooMany = Array.from({ length: 257 }, (_, i) => `c${i}`).join(',');
       for (const [clients, message] of [['a.b', /--clients: expected user names/], ['x,x', /--clients: x given twice/], ['strata-node', /strata-node given twice/], [tooMany, /--clients: at most 256 users, got 257/]] as const) {
