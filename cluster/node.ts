@@ -1803,6 +1803,7 @@ export class StrataNode {
       repairsBackingOff: backingOff,
       nodesDraining: c.draining().length,
       rebalancing: c.rebalancing,
+      ...(this.seat !== undefined ? { term: this.seat.term } : {}),
       moves: MOVE_TRIGGERS.flatMap((trigger) => [...this.movesEnded[trigger]].map(([outcome, count]) => ({ trigger, outcome, count }))),
     };
   }

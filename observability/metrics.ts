@@ -16,7 +16,7 @@
  * capped; what exceeds a cap is folded into `other` or left out (see the constants below).
  * Names follow Prometheus conventions; the exporter appends `_total` to counters.
  */
-import { ValueType, type Attributes, type BatchObservableResult, type Meter, type MeterProvider, type Observable } from '@opentelemetry/api';
+import { ValueType, type Attributes, type BatchObservableResult, type HrTime, type Meter, type MeterProvider, type Observable } from '@opentelemetry/api';
 import { emptyResource } from '@opentelemetry/resources';
 import {
   AggregationTemporality,
@@ -149,6 +149,8 @@ export const MOVE_TRIGGERS = ['operator', 'repair'] as const;
 export type MoveTrigger = (typeof MOVE_TRIGGERS)[number];
 
 /** The controller's view of the cluster (cluster/node.ts): reported by the node that runs it only. */
+const CONTROLLER_NODES_HELP = 'Nodes the controller knows, by state: live (heard from within the live window) or dead (members not live, and nodes the catalog places replicas on that it has not heard from since it started).';
+
 export interface ControllerSnapshot {
   /** Members heard from within the live window. */
   nodesLive: number;
@@ -164,6 +166,8 @@ export interface ControllerSnapshot {
   nodesDraining: number;
   /** A rebalance an operator asked for is under way (strata rebalance). */
   rebalancing: boolean;
+  /** A replicated controller: the term of the catalog shard it runs in (a takeover raises it). */
+  term?: number;
   /**
    * Runs of moves the controller ended (cumulative), by trigger and outcome: `done` or the
    * protocol error code of the failure (another outcome is reported as `error`).
@@ -296,13 +300,6 @@ export class StrataMetrics {
       discardFailures: counter('strata_discard_failures', 'Background removals of files let go (trimmed log segments, images a checkpoint dropped, destroyed shards) that failed; each leftover is removed when its directory is next opened.'),
       warmSlots: gauge('strata_cache_warm_slots', 'Slots of a device\'s page-cache slab whose memory the CPU pool made resident ahead of use (the first write to memory never used takes a page fault).'),
       warmFailures: counter('strata_cache_warm_failures', 'Steps of warming a device\'s page-cache slab that failed (the CPU pool refused them or was closed); the next tick tries again.'),
-      controllerNodes: gauge('strata_controller_nodes', 'Nodes the controller knows, by state: live (heard from within the live window) or dead (members not live, and nodes the catalog places replicas on that it has not heard from since it started).'),
-      underReplicated: gauge('strata_shards_under_replicated', 'Shards of the catalog with at least one replica on a node that is not live, or that its node reports down.'),
-      moves: counter('strata_replica_moves', 'Moves of replicas the controller ran, counted once when each run ends, by trigger (operator or repair) and outcome (done, or the error code of the failure); a request that joins a move under way, or that is refused before a run starts, is not counted.'),
-      movesRunning: gauge('strata_replica_moves_running', 'Moves of replicas the controller runs now.'),
-      repairsBackingOff: gauge('strata_replica_repairs_backing_off', 'Shards whose last repair (the move of a dead node\'s replica) failed and that wait for their back-off before the next try.'),
-      nodesDraining: gauge('strata_controller_nodes_draining', 'Nodes an operator marked draining (strata drain): the controller moves their replicas off and places nothing new on them.'),
-      rebalancing: gauge('strata_controller_rebalancing', '1 while a rebalance an operator asked for (strata rebalance) is under way, else 0.'),
     };
     this.observables = Object.values(o);
     this.batchCallback = async (r) => {
@@ -379,7 +376,6 @@ export class StrataMetrics {
       counts.set(inst, n + 1);
       r.observe(inst, value, attrs);
     };
-    if (snap.controller !== undefined) this.observeController(observe, o, node, snap.controller);
     for (const h of snap.hosts) {
       const host = String(h.hostId);
       const hostAttrs = { node, host };
@@ -440,25 +436,59 @@ export class StrataMetrics {
     }
   }
 
-  /** The controller's metrics; labels are bounded: a trigger of MOVE_TRIGGERS, an outcome `done`, an error code or `error`. */
-  private observeController(observe: (inst: Observable, value: number, attrs: Attributes) => void, o: Record<string, Observable>, node: string, c: ControllerSnapshot): void {
-    observe(o.controllerNodes!, c.nodesLive, { node, state: 'live' });
-    observe(o.controllerNodes!, c.nodesDead, { node, state: 'dead' });
-    observe(o.underReplicated!, c.shardsUnderReplicated, { node });
-    observe(o.movesRunning!, c.movesRunning, { node });
-    observe(o.repairsBackingOff!, c.repairsBackingOff, { node });
-    observe(o.nodesDraining!, c.nodesDraining, { node });
-    observe(o.rebalancing!, c.rebalancing ? 1 : 0, { node });
-    // Outcomes folded into `error` are summed: one observation per series.
-    const moves = new Map<string, { trigger: MoveTrigger; outcome: string; count: number }>();
-    for (const m of c.moves) {
-      if (!MOVE_TRIGGERS.includes(m.trigger)) continue;
-      const outcome = m.outcome === 'done' || isErrorCode(m.outcome) ? m.outcome : 'error';
-      const key = `${m.trigger} ${outcome}`;
-      const prev = moves.get(key);
-      moves.set(key, { trigger: m.trigger, outcome, count: (prev?.count ?? 0) + m.count });
+  /**
+   * The controller's metrics, from the snapshots of the nodes that run it now: produced at each
+   * collection, so that a node that no longer runs the controller (a replicated controller's
+   * seat moved) reports none, rather than its last values for ever. Labels are bounded: a trigger
+   * of MOVE_TRIGGERS, an outcome `done`, an error code or `error`.
+   */
+  private controllerMetrics(snaps: readonly StatsSnapshot[], startTime: HrTime, endTime: HrTime): MetricData[] {
+    const gauges = new Map<string, { description: string; points: DataPoint<number>[] }>();
+    const point = (name: string, description: string, value: number, attributes: Attributes): void => {
+      const g = gauges.get(name) ?? { description, points: [] };
+      gauges.set(name, g);
+      if (g.points.length < SERIES_PER_METRIC_MAX) g.points.push({ startTime, endTime, attributes, value });
+    };
+    const movePoints: DataPoint<number>[] = [];
+    for (const snap of snaps) {
+      const c = snap.controller;
+      if (c === undefined) continue;
+      const node = cleanLabel(snap.node);
+      point('strata_controller_nodes', CONTROLLER_NODES_HELP, c.nodesLive, { node, state: 'live' });
+      point('strata_controller_nodes', CONTROLLER_NODES_HELP, c.nodesDead, { node, state: 'dead' });
+      point('strata_shards_under_replicated', 'Shards of the catalog with at least one replica on a node that is not live, or that its node reports down.', c.shardsUnderReplicated, { node });
+      point('strata_replica_moves_running', 'Moves of replicas the controller runs now.', c.movesRunning, { node });
+      point('strata_replica_repairs_backing_off', 'Shards whose last repair (the move of a dead node\'s replica) failed and that wait for their back-off before the next try.', c.repairsBackingOff, { node });
+      point('strata_controller_nodes_draining', 'Nodes an operator marked draining (strata drain): the controller moves their replicas off and places nothing new on them.', c.nodesDraining, { node });
+      point('strata_controller_rebalancing', '1 while a rebalance an operator asked for (strata rebalance) is under way, else 0.', c.rebalancing ? 1 : 0, { node });
+      if (c.term !== undefined) point('strata_controller_term', 'A replicated controller: the term of the catalog shard in which this node runs the controller; a takeover by another node, or a new term, raises it.', c.term, { node });
+      // Outcomes folded into `error` are summed: one point per series.
+      const moves = new Map<string, { trigger: MoveTrigger; outcome: string; count: number }>();
+      for (const m of c.moves) {
+        if (!MOVE_TRIGGERS.includes(m.trigger)) continue;
+        const outcome = m.outcome === 'done' || isErrorCode(m.outcome) ? m.outcome : 'error';
+        const key = `${m.trigger} ${outcome}`;
+        const prev = moves.get(key);
+        moves.set(key, { trigger: m.trigger, outcome, count: (prev?.count ?? 0) + m.count });
+      }
+      for (const m of moves.values()) {
+        if (movePoints.length < SERIES_PER_METRIC_MAX) movePoints.push({ startTime, endTime, attributes: { node, trigger: m.trigger, outcome: m.outcome }, value: m.count });
+      }
     }
-    for (const m of moves.values()) observe(o.moves!, m.count, { node, trigger: m.trigger, outcome: m.outcome });
+    const out: MetricData[] = [...gauges].map(([name, g]) => ({
+      descriptor: { name, description: g.description, unit: '', valueType: ValueType.DOUBLE },
+      aggregationTemporality: AggregationTemporality.CUMULATIVE,
+      dataPointType: DataPointType.GAUGE,
+      dataPoints: g.points,
+    }));
+    out.push({
+      descriptor: { name: 'strata_replica_moves', description: 'Moves of replicas the controller ran, counted once when each run ends, by trigger (operator or repair) and outcome (done, or the error code of the failure); a request that joins a move under way, or that is refused before a run starts, is not counted.', unit: '', valueType: ValueType.INT },
+      aggregationTemporality: AggregationTemporality.CUMULATIVE,
+      dataPointType: DataPointType.SUM,
+      isMonotonic: true,
+      dataPoints: movePoints,
+    });
+    return out;
   }
 
   /** The MetricProducer's collection: histograms and request/error counters, exactly as counted. */
@@ -525,6 +555,7 @@ export class StrataMetrics {
         isMonotonic: true,
         dataPoints: errorPoints,
       },
+      ...this.controllerMetrics(snaps, startTime, endTime),
     ];
     return {
       resourceMetrics: { resource: emptyResource(), scopeMetrics: [{ scope: { name: 'strata' }, metrics: metricsOut.filter((x) => x.dataPoints.length > 0) }] },

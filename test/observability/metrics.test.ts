@@ -162,6 +162,7 @@ describe('observability/metrics', () => {
       repairsBackingOff: 1,
       nodesDraining: 2,
       rebalancing: true,
+      term: 7,
       moves: [
         { trigger: 'operator', outcome: 'done', count: 4 },
         { trigger: 'repair', outcome: 'done', count: 2 },
@@ -173,7 +174,8 @@ describe('observability/metrics', () => {
         { trigger: 'cron' as MoveTrigger, outcome: 'done', count: 9 },
       ],
     };
-    m.addStatsSource(() => ({ node: 'n1', hosts: [], controller }));
+    let runsController = true;
+    m.addStatsSource(() => ({ node: 'n1', hosts: [], ...(runsController ? { controller } : {}) }));
     // Another node: no controller, no controller series.
     m.addStatsSource(() => ({ node: 'n2', hosts: [host(0)] }));
     const text = (await get(port, '/metrics')).body;
@@ -184,13 +186,14 @@ describe('observability/metrics', () => {
     assert.equal(sample(text, 'strata_replica_repairs_backing_off', { node: 'n1' }), 1);
     assert.equal(sample(text, 'strata_controller_nodes_draining', { node: 'n1' }), 2);
     assert.equal(sample(text, 'strata_controller_rebalancing', { node: 'n1' }), 1);
+    assert.equal(sample(text, 'strata_controller_term', { node: 'n1' }), 7);
     assert.equal(sample(text, 'strata_replica_moves_total', { node: 'n1', trigger: 'operator', outcome: 'done' }), 4);
     assert.equal(sample(text, 'strata_replica_moves_total', { node: 'n1', trigger: 'repair', outcome: 'done' }), 2);
     assert.equal(sample(text, 'strata_replica_moves_total', { node: 'n1', trigger: 'repair', outcome: 'timeout' }), 3);
     assert.equal(sample(text, 'strata_replica_moves_total', { node: 'n1', trigger: 'repair', outcome: 'error' }), 3);
     const moveLines = text.split('\n').filter((l) => l.startsWith('strata_replica_moves_total{'));
     assert.equal(moveLines.length, 4, moveLines.join('\n'));
-    for (const name of ['strata_controller_nodes', 'strata_shards_under_replicated', 'strata_replica_moves_total', 'strata_replica_moves_running', 'strata_replica_repairs_backing_off', 'strata_controller_nodes_draining', 'strata_controller_rebalancing']) {
+    for (const name of ['strata_controller_nodes', 'strata_shards_under_replicated', 'strata_replica_moves_total', 'strata_replica_moves_running', 'strata_replica_repairs_backing_off', 'strata_controller_nodes_draining', 'strata_controller_rebalancing', 'strata_controller_term']) {
       assert.equal(sample(text, name, { node: 'n2' }), undefined, `${name} of a node without the controller`);
     }
 
@@ -202,6 +205,8 @@ describe('observability/metrics', () => {
     controller.repairsBackingOff = 0;
     controller.nodesDraining = 0;
     controller.rebalancing = false;
+    // A controller that keeps the catalog alone has no term: no series.
+    delete controller.term;
     controller.moves = [{ trigger: 'operator', outcome: 'done', count: 4 }, { trigger: 'repair', outcome: 'done', count: 3 }, { trigger: 'repair', outcome: 'timeout', count: 3 }];
     await new Promise((r) => setTimeout(r, 300)); // past the snapshot reuse window
     const t2 = (await get(port, '/metrics')).body;
@@ -212,7 +217,16 @@ describe('observability/metrics', () => {
     assert.equal(sample(t2, 'strata_replica_repairs_backing_off', { node: 'n1' }), 0);
     assert.equal(sample(t2, 'strata_controller_nodes_draining', { node: 'n1' }), 0);
     assert.equal(sample(t2, 'strata_controller_rebalancing', { node: 'n1' }), 0);
+    assert.equal(sample(t2, 'strata_controller_term', { node: 'n1' }), undefined);
 
+    // n1 no longer runs the controller (a replicated controller's seat moved to another node):
+    // none of its series are reported any more, not their last values.
+    runsController = false;
+    await new Promise((r) => setTimeout(r, 300));
+    const t3 = (await get(port, '/metrics')).body;
+    for (const name of ['strata_controller_nodes', 'strata_shards_under_replicated', 'strata_replica_moves_total', 'strata_replica_moves_running', 'strata_replica_repairs_backing_off', 'strata_controller_nodes_draining', 'strata_controller_rebalancing']) {
+      assert.equal(sample(t3, name, { node: 'n1' }), undefined, `${name} of a node that no longer runs the controller`);
+    }
     if (!fs.existsSync(PROMTOOL)) {
       console.log(`      (skipped promtool check: ${PROMTOOL} not found; install Debian's prometheus package)`);
       return;
