@@ -48,7 +48,8 @@ export class ApiRouter {
   private readonly nc: NatsConnection;
   private readonly cluster: string;
   private readonly timeoutMs: number;
-  private readonly client: StrataClient;
+  /** The client it routes with, over the node's connection (the node reads and writes the catalog shard with it). */
+  readonly client: StrataClient;
   private readonly volumes = new Map<string, Volume>();
   private readonly statusGatherMsMax: number;
 

@@ -152,7 +152,11 @@ function catalogBytes(h: CatalogHeader, pages: readonly Uint8Array[]): Uint8Arra
 
 /** The catalog from its header and the pages of its region (from the region's first, in order). */
 export function decodeCatalog(h: CatalogHeader, pages: readonly Uint8Array[]): CatalogState {
-  const bytes = catalogBytes(h, pages);
+  return decodeCatalogBytes(h, catalogBytes(h, pages));
+}
+
+/** The catalog from its bytes, checked against its header. */
+function decodeCatalogBytes(h: CatalogHeader, bytes: Uint8Array): CatalogState {
   const crc = crc32c(bytes);
   if (crc !== h.crc) throw new ProtocolError('corruption', `the catalog in region ${h.region} does not match its header's CRC-32C (0x${crc.toString(16)}, header 0x${h.crc.toString(16)})`);
   // Bounded by its region, not by a message's 1 MiB: a catalog of many volumes is larger.
@@ -204,9 +208,10 @@ export class CatalogShard {
       const numbers = Array.from({ length: Math.min(per, count - i) }, (_, k) => regionStart(h.region) + i + k);
       pages.push(...(await this.read(numbers, deadlineMs)));
     }
-    const state = decodeCatalog(h, pages);
+    const bytes = catalogBytes(h, pages);
+    const state = decodeCatalogBytes(h, bytes);
     this.region = h.region;
-    this.held[h.region] = catalogBytes(h, pages);
+    this.held[h.region] = bytes;
     return state;
   }
 

@@ -17,7 +17,6 @@
  */
 import * as crypto from 'node:crypto';
 import * as os from 'node:os';
-import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { DataDirLock } from './data-dir-lock';
 import { withTimeout } from '../runtime/timeout';
@@ -92,7 +91,6 @@ import { MOVE_TRIGGERS, type ControllerSnapshot, type MoveTrigger } from '../obs
 import { ATTR, recordSpanError, serverSpan } from '../observability/tracing';
 import { ApiRouter, splitNodeStatus } from './api-router';
 import { CATALOG_VOLUME_ID, CatalogShard, catalogAssignment } from './catalog-shard';
-import { createClient, NatsTransport, type StrataClient } from './client';
 
 export const STRATA_VERSION = '0.1.0';
 
@@ -380,12 +378,17 @@ function openDataDir(dataDir: string, opts: StrataNodeOptions, hosts: number): {
     disk.mkdirp(LOCAL_CATALOG_DIR);
     disk.fsyncDir('');
     controller = new Controller({
-      meta: new MetaStore(disk, LOCAL_CATALOG_DIR, { payloadBytesMax: 16 * 1024 * 1024 }),
+      meta: localCatalogStore(disk),
       // Used only if no catalog exists yet: volume ids of a catalog created again never repeat.
       newCatalogTag: crypto.randomBytes(4).toString('hex'),
     });
   }
   return { meta, nodeMeta, controller };
+}
+
+/** The MetaStore of the catalog a controller node keeps alone (`dataDir/controller`). */
+function localCatalogStore(disk: RealDisk): MetaStore {
+  return new MetaStore(disk, LOCAL_CATALOG_DIR, { payloadBytesMax: 16 * 1024 * 1024 });
 }
 
 function shardId(a: { volumeId: string; shard: number }): string {
@@ -424,7 +427,6 @@ export class StrataNode {
    */
   private seat: { term: number; subs: Subscription[]; sinceMs: number } | undefined;
   private seatTaking = false;
-  private catalogClient: StrataClient | undefined;
   private seatTimer: NodeJS.Timeout | undefined;
   private catalogReplicaOpen = false;
   private readonly seatFailures: FailureLog;
@@ -1508,12 +1510,7 @@ export class StrataNode {
    */
   private async checkSeat(): Promise<void> {
     if (!this.catalogReplicaOpen) return this.openCatalogReplica();
-    let term: number | undefined;
-    try {
-      term = await this.pool!.leaderTerm(0, CATALOG_VOLUME_ID, 0, { timeoutMs: HOST_STATUS_TIMEOUT_MS });
-    } catch {
-      term = undefined; // The host does not answer: it leads nothing this node can act for.
-    }
+    const term = await this.catalogTerm();
     if (this.stopped) return;
     const seat = this.seat;
     if (seat !== undefined) {
@@ -1538,7 +1535,6 @@ export class StrataNode {
    * to the shard with `term` (CatalogShard). No catalog yet: an empty one, with a new tag.
    */
   private async takeSeat(term: number): Promise<void> {
-    const client = (this.catalogClient ??= createClient(new NatsTransport(this.nc!), { cluster: this.cluster, timeoutMs: CATALOG_IO_TIMEOUT_MS }));
     // A node started with --controller alone (while no controller ran, say) keeps a catalog of
     // its own: this node does not run a second one beside it.
     const alone = await this.nc!.request(controllerSubject(this.cluster, 'claim'), encode({}), { timeout: HOST_STATUS_TIMEOUT_MS }).then(
@@ -1554,14 +1550,15 @@ export class StrataNode {
       }
       throw new ProtocolError('unavailable', `a controller node that keeps the catalog alone runs in cluster '${this.cluster}' (${who}): stop it; this node runs the controller once it is gone`);
     }
-    const shard = new CatalogShard(client, { term, timeoutMs: CATALOG_IO_TIMEOUT_MS });
+    // The API router's client: every catalog request carries its own deadline.
+    const shard = new CatalogShard(this.router!.client, { term, timeoutMs: CATALOG_IO_TIMEOUT_MS });
     await shard.flush();
     let state = await shard.load();
     // The catalog this node kept alone before the cluster had a replicated controller: written to
     // the empty shard, then set aside (never read again: a catalog read twice would issue ids
     // twice). Read only for an empty shard: one that cannot be read then stops the takeover, and
     // the error says which file.
-    const hasLocal = fs.existsSync(path.join(this.dataDir, LOCAL_CATALOG_DIR));
+    const hasLocal = new RealDisk(this.dataDir).exists(LOCAL_CATALOG_DIR);
     const local = state === undefined && hasLocal ? this.localCatalog() : undefined;
     if (local !== undefined) {
       await shard.write(local);
@@ -1570,7 +1567,7 @@ export class StrataNode {
     }
     if (hasLocal && state !== undefined) this.setLocalCatalogAside();
     // Still leading in that term, and nobody took the seat meanwhile.
-    const still = await this.pool!.leaderTerm(0, CATALOG_VOLUME_ID, 0, { timeoutMs: HOST_STATUS_TIMEOUT_MS });
+    const still = await this.catalogTerm();
     if (still !== term || this.stopped || this.seat !== undefined) return;
     this.controller = new Controller({
       replicated: { state, write: (next) => shard.write(next) },
@@ -1583,17 +1580,23 @@ export class StrataNode {
     this.log.info('runs the controller: its replica leads the catalog shard', { term, epoch: this.controller.epoch, volumes: this.controller.list().length, ...(state === undefined ? { catalog: 'new' } : {}) });
   }
 
-  /** The catalog this node kept alone (`dataDir/controller`, as a controller node without `controllers`), if any. */
-  private localCatalog(): CatalogState | undefined {
-    return new MetaStore(new RealDisk(this.dataDir), LOCAL_CATALOG_DIR, { payloadBytesMax: 16 * 1024 * 1024 }).read<CatalogState>(CATALOG);
+  /** The term this node's replica of the catalog shard leads in; undefined when it does not lead, or its host does not answer (it leads nothing this node can act for). */
+  private async catalogTerm(): Promise<number | undefined> {
+    return this.pool!.leaderTerm(0, CATALOG_VOLUME_ID, 0, { timeoutMs: HOST_STATUS_TIMEOUT_MS }).catch(() => undefined);
   }
 
-  /** Renames `dataDir/controller` away (`controller.imported`, then `.2`…), durably. */
+  /** The catalog this node kept alone (`dataDir/controller`, as a controller node without `controllers`), if any. */
+  private localCatalog(): CatalogState | undefined {
+    return localCatalogStore(new RealDisk(this.dataDir)).read<CatalogState>(CATALOG);
+  }
+
+  /** Renames `dataDir/controller` away (`controller.imported`, then `.2`…), durably (a failure is a typed StorageError). */
   private setLocalCatalogAside(): void {
+    const disk = new RealDisk(this.dataDir);
     let to = `${LOCAL_CATALOG_DIR}.imported`;
-    for (let i = 2; fs.existsSync(path.join(this.dataDir, to)); i++) to = `${LOCAL_CATALOG_DIR}.imported.${i}`;
-    fs.renameSync(path.join(this.dataDir, LOCAL_CATALOG_DIR), path.join(this.dataDir, to));
-    new RealDisk(this.dataDir).fsyncDir('');
+    for (let i = 2; disk.exists(to); i++) to = `${LOCAL_CATALOG_DIR}.imported.${i}`;
+    disk.rename(LOCAL_CATALOG_DIR, to);
+    disk.fsyncDir('');
     this.log.info('set the catalog this node kept alone aside: the catalog shard holds the catalog', { dir: path.join(this.dataDir, to) });
   }
 

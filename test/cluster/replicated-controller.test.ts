@@ -36,6 +36,25 @@ async function controllerOf(c: InProcessCluster): Promise<{ index: number; term:
   return found[0];
 }
 
+/** The node that runs the controller once one does, other than node `except` if given. */
+function controllerOnceOne(c: InProcessCluster, except?: number): Promise<{ index: number; term: number }> {
+  return eventually('another controller', async () => {
+    const now = await controllerOf(c);
+    if (now === undefined || now.index === except) throw new ProtocolError('unavailable', 'not yet');
+    return now;
+  });
+}
+
+/** Starts a node with `opts` in a new data directory, which must refuse to start `bad_request`, saying `why`. */
+async function refusedToStart(opts: Omit<Parameters<typeof StrataNode.start>[0], 'dataDir'>, why: RegExp): Promise<void> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'strata-refused-'));
+  try {
+    await assert.rejects(StrataNode.start({ ...opts, dataDir: dir }), (e: unknown) => e instanceof ProtocolError && e.code === 'bad_request' && why.test(e.message));
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 async function names(c: InProcessCluster): Promise<string[]> {
   return (await c.client.listVolumes()).map((v) => v.name).sort();
 }
@@ -73,11 +92,7 @@ describe('a replicated controller', function () {
     const first = (await controllerOf(c))!;
     assert.ok(first.index < 3, 'a controller node runs it');
     c.kill(first.index);
-    const second = await eventually('another controller', async () => {
-      const now = await controllerOf(c);
-      if (now === undefined) throw new ProtocolError('unavailable', 'none yet');
-      return now;
-    });
+    const second = await controllerOnceOne(c);
     assert.notEqual(second.index, first.index);
     assert.ok(second.index < 3 && second.term > first.term);
     assert.deepEqual(await eventually('the catalog listed', () => names(c)), ['a']);
@@ -143,11 +158,7 @@ describe('a replicated controller', function () {
       c.client.createVolume({ name: 'd', pageCount: 64, shards: 1, replicas: 3 }),
       (e: unknown) => e instanceof ProtocolError && ['timeout', 'unavailable'].includes(e.code),
     );
-    const next = await eventually('another controller', async () => {
-      const now = await controllerOf(c);
-      if (now === undefined || now.index === at.index) throw new ProtocolError('unavailable', 'not yet');
-      return now;
-    });
+    const next = await controllerOnceOne(c, at.index);
     assert.ok(next.term > at.term);
     // The failed change may or may not have been kept (its record may have reached a majority):
     // asked again, it is made, or found made.
@@ -165,15 +176,7 @@ describe('a replicated controller', function () {
   });
 
   it('a node that would keep the catalog alone does not start in the cluster', async () => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'strata-alone-'));
-    try {
-      await assert.rejects(
-        StrataNode.start({ nodeId: 'n9', cluster: c.cluster, natsUrl: c.natsUrl, dataDir: dir, hosts: 1, controller: true }),
-        (e: unknown) => e instanceof ProtocolError && e.code === 'bad_request' && /has a controller already/.test(e.message),
-      );
-    } finally {
-      fs.rmSync(dir, { recursive: true, force: true });
-    }
+    await refusedToStart({ nodeId: 'n9', cluster: c.cluster, natsUrl: c.natsUrl, hosts: 1, controller: true }, /has a controller already/);
   });
 });
 
@@ -220,11 +223,7 @@ describe('a replicated controller whose catalog takes several shard writes', fun
     const second = (await controllerOf(c))!;
     const stopped = Date.now();
     await c.stopNode(second.index);
-    await eventually('another controller', async () => {
-      const now = await controllerOf(c);
-      if (now === undefined) throw new ProtocolError('unavailable', 'none yet');
-      return now;
-    });
+    await controllerOnceOne(c);
     const tookMs = Date.now() - stopped;
     assert.deepEqual(await eventually('the catalog listed', () => names(c)), [...want].sort());
     await createSome(40, 5);
@@ -246,15 +245,7 @@ describe('a replicated controller beside a controller node that keeps the catalo
   });
 
   it('a node with controllers does not start', async () => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'strata-replicated-'));
-    try {
-      await assert.rejects(
-        StrataNode.start({ nodeId: 'n2', cluster: c.cluster, natsUrl: c.natsUrl, dataDir: dir, hosts: 1, controller: true, controllers: ['n2', 'n3', 'n4'] }),
-        (e: unknown) => e instanceof ProtocolError && e.code === 'bad_request' && /keeps the catalog alone/.test(e.message),
-      );
-    } finally {
-      fs.rmSync(dir, { recursive: true, force: true });
-    }
+    await refusedToStart({ nodeId: 'n2', cluster: c.cluster, natsUrl: c.natsUrl, hosts: 1, controller: true, controllers: ['n2', 'n3', 'n4'] }, /keeps the catalog alone/);
   });
 });
 
