@@ -17,7 +17,7 @@
  */
 import * as fs from 'node:fs';
 import { startDevCluster, type DevCluster } from '../cluster/dev';
-import { printTable, procCpuUs, writeJson } from './report';
+import { intFlag, printTable, procCpuUs, writeJson } from './report';
 import { SHARDS_MAX } from '../messages/api';
 
 interface Options {
@@ -37,19 +37,14 @@ const USAGE = 'usage: node dist/bench/elections.js [--shards 1..256] [--replicas
 
 function parseOptions(argv: readonly string[]): Options {
   const o: Options = { shards: 256, replicas: 3, nodes: 3, pollMs: 500, timeoutS: 120, idleS: 5, resultsDir: 'results' };
-  const int = (flag: string, value: string | undefined, min: number, max: number): number => {
-    const n = Number(value);
-    if (value === undefined || !Number.isSafeInteger(n) || n < min || n > max) throw new Error(`${flag}: expected an integer in ${min}..${max}, got ${String(value)}`);
-    return n;
-  };
   for (let i = 0; i < argv.length; i += 2) {
     const [flag, value] = [argv[i]!, argv[i + 1]];
-    if (flag === '--shards') o.shards = int(flag, value, 1, SHARDS_MAX);
-    else if (flag === '--replicas') o.replicas = int(flag, value, 1, 5);
-    else if (flag === '--nodes') o.nodes = int(flag, value, 1, 16);
-    else if (flag === '--poll-ms') o.pollMs = int(flag, value, 100, 10_000);
-    else if (flag === '--timeout-s') o.timeoutS = int(flag, value, 10, 600);
-    else if (flag === '--idle-s') o.idleS = int(flag, value, 0, 60);
+    if (flag === '--shards') o.shards = intFlag(flag, value, 1, SHARDS_MAX);
+    else if (flag === '--replicas') o.replicas = intFlag(flag, value, 1, 5);
+    else if (flag === '--nodes') o.nodes = intFlag(flag, value, 1, 16);
+    else if (flag === '--poll-ms') o.pollMs = intFlag(flag, value, 100, 10_000);
+    else if (flag === '--timeout-s') o.timeoutS = intFlag(flag, value, 10, 600);
+    else if (flag === '--idle-s') o.idleS = intFlag(flag, value, 0, 60);
     else if (flag === '--results-dir' && value !== undefined && value !== '') o.resultsDir = value;
     else throw new Error(`unknown flag or missing value: ${flag}`);
   }

@@ -120,6 +120,13 @@ export function formatTable(title: string, rows: ReadonlyArray<Readonly<Record<s
   return out.join("\n");
 }
 
+/** A flag's integer value in `min..max` (a bench's command line); an Error naming the flag otherwise. */
+export function intFlag(flag: string, value: string | undefined, min: number, max: number): number {
+  const n = Number(value);
+  if (value === undefined || !Number.isSafeInteger(n) || n < min || n > max) throw new Error(`${flag}: expected an integer in ${min}..${max}, got ${String(value)}`);
+  return n;
+}
+
 /** Prints {@link formatTable} to stdout (clearing a progress line first), followed by a blank line. */
 export function printTable(title: string, rows: ReadonlyArray<Readonly<Record<string, Cell>>>): void {
   clearProgress();
