@@ -4,9 +4,12 @@
  * Two sources feed them, so that the hot path changes little:
  * - **Stats snapshots** pulled at every scrape from `statsSource()` callbacks that return the
  *   stats objects the node already keeps (HostPool.stats(): each host's mailboxes, DeviceQueue
- *   stats, shard stats). Gauges and counters are OpenTelemetry observable instruments read from
- *   the snapshot; the DeviceQueue's own pre-bucketed histograms (batch size, fdatasync latency)
- *   are passed on exactly, bucket for bucket, by a MetricProducer.
+ *   stats, shard stats). A MetricProducer turns each collection's snapshots into gauges and
+ *   counters, and passes the DeviceQueue's own pre-bucketed histograms (batch size, fdatasync
+ *   latency) on exactly, bucket for bucket. Only what the snapshots hold now is reported: the
+ *   series of a shard deleted or moved away, of a host down, or of a node that stopped running
+ *   the controller end with it (OpenTelemetry's observable instruments would report a series'
+ *   last value for ever once seen).
  * - **Request recorders**: a `RequestRecorder` counts request durations (fixed buckets) and
  *   errors by code. It has no OpenTelemetry dependency and costs a few array writes per request,
  *   so it runs anywhere: actor hosts on worker threads keep one and return its `snapshot()` with
@@ -16,7 +19,7 @@
  * capped; what exceeds a cap is folded into `other` or left out (see the constants below).
  * Names follow Prometheus conventions; the exporter appends `_total` to counters.
  */
-import { ValueType, type Attributes, type BatchObservableResult, type HrTime, type Meter, type MeterProvider, type Observable } from '@opentelemetry/api';
+import { ValueType, type Attributes, type HrTime } from '@opentelemetry/api';
 import { emptyResource } from '@opentelemetry/resources';
 import {
   AggregationTemporality,
@@ -42,7 +45,7 @@ export {
   type RequestStatsSnapshot,
 } from './request-recorder';
 
-/** Series one observable metric reports per scrape at most (per-shard metrics on a big node). */
+/** Series one metric reports per scrape at most (per-shard metrics on a big node). */
 export const SERIES_PER_METRIC_MAX = 1500;
 /** Stats sources registered at most (one per node of the process). */
 export const STATS_SOURCES_MAX = 64;
@@ -149,6 +152,9 @@ export const MOVE_TRIGGERS = ['operator', 'repair'] as const;
 export type MoveTrigger = (typeof MOVE_TRIGGERS)[number];
 
 /** The controller's view of the cluster (cluster/node.ts): reported by the node that runs it only. */
+const RESTARTS_HELP = 'Restarts of actor hosts (kind=host) and of shard actors from durable state (kind=shard).';
+const BRANCH_COPIES_HELP = 'New replicas of branches that copied their parent\'s pages on this device (outcome copied), and that could not and were sent the shard by a peer instead (outcome not_copied).';
+const REPLICA_LAG_HELP = 'Records a replica log is behind the shard commit LSN.';
 const CONTROLLER_NODES_HELP = 'Nodes the controller knows, by state: live (heard from within the live window) or dead (members not live, and nodes the catalog places replicas on that it has not heard from since it started).';
 
 export interface ControllerSnapshot {
@@ -193,8 +199,6 @@ export type StatsSource = () => StatsSnapshot | Promise<StatsSnapshot>;
 
 /** Options of `StrataMetrics`. */
 export interface StrataMetricsOptions {
-  /** Where the observable instruments live (telemetry's MeterProvider; a no-op one works). */
-  meterProvider: MeterProvider;
   /** Node id used as the `node` label of this thread's own requests. */
   nodeId: string;
   /** Bound on one stats source call; default STATS_TIMEOUT_MS_DEFAULT. */
@@ -235,6 +239,51 @@ interface SourceEntry {
   addedMs: Ms;
 }
 
+/** A gauge (a value now) or a counter (cumulative since its source started; `_total` appended). */
+type SeriesKind = 'gauge' | 'counter';
+
+/**
+ * The gauges and counters of one collection, built from that collection's snapshots only: a
+ * series whose source is gone (a shard deleted or moved away, a host down, a node that no longer
+ * runs the controller, a stats source that did not answer) is not reported, rather than its last
+ * value for ever. Each metric reports at most SERIES_PER_METRIC_MAX series; non-finite values are
+ * left out.
+ */
+class SeriesSet {
+  private readonly metrics = new Map<string, { kind: SeriesKind; description: string; unit: string; points: DataPoint<number>[] }>();
+
+  constructor(
+    private readonly startTime: HrTime,
+    private readonly endTime: HrTime,
+  ) {}
+
+  gauge(name: string, description: string, value: number, attributes: Attributes, unit = ''): void {
+    this.add('gauge', name, description, unit, value, attributes);
+  }
+
+  counter(name: string, description: string, value: number, attributes: Attributes, unit = ''): void {
+    this.add('counter', name, description, unit, value, attributes);
+  }
+
+  metricData(): MetricData[] {
+    return [...this.metrics].map(([name, m]): MetricData =>
+      m.kind === 'gauge'
+        ? { descriptor: { name, description: m.description, unit: m.unit, valueType: ValueType.DOUBLE }, aggregationTemporality: AggregationTemporality.CUMULATIVE, dataPointType: DataPointType.GAUGE, dataPoints: m.points }
+        : { descriptor: { name, description: m.description, unit: m.unit, valueType: ValueType.INT }, aggregationTemporality: AggregationTemporality.CUMULATIVE, dataPointType: DataPointType.SUM, isMonotonic: true, dataPoints: m.points },
+    );
+  }
+
+  private add(kind: SeriesKind, name: string, description: string, unit: string, value: number, attributes: Attributes): void {
+    if (!Number.isFinite(value)) return;
+    let m = this.metrics.get(name);
+    if (m === undefined) {
+      m = { kind, description, unit, points: [] };
+      this.metrics.set(name, m);
+    }
+    if (m.points.length < SERIES_PER_METRIC_MAX) m.points.push({ startTime: this.startTime, endTime: this.endTime, attributes, value });
+  }
+}
+
 /**
  * The metrics of one process (one Strata node, or every node of an in-process cluster).
  *
@@ -245,67 +294,19 @@ interface SourceEntry {
  * ```
  */
 export class StrataMetrics {
-  /** Pass to every MetricReader (`metricProducers`): it yields the bucketed histograms and request counters. */
+  /** Pass to every MetricReader (`metricProducers`): it yields every Strata metric at each collection. */
   readonly producer: MetricProducer;
-  private readonly meter: Meter;
   private readonly nodeId: string;
   private readonly statsTimeoutMs: number;
   private readonly recorder = new RequestRecorder();
   private readonly startedMs: Ms = Date.now();
   private readonly sources: SourceEntry[] = [];
   private cached: { atMs: Ms; snapshots: Promise<StatsSnapshot[]> } | undefined;
-  private readonly observables: Observable[];
-  private readonly batchCallback: (r: BatchObservableResult) => Promise<void>;
   private closed = false;
 
   constructor(opts: StrataMetricsOptions) {
-    this.meter = opts.meterProvider.getMeter('strata');
     this.nodeId = opts.nodeId;
     this.statsTimeoutMs = opts.statsTimeoutMs ?? STATS_TIMEOUT_MS_DEFAULT;
-    const m = this.meter;
-    const gauge = (name: string, description: string, unit = ''): Observable =>
-      m.createObservableGauge(name, { description, unit, valueType: ValueType.DOUBLE });
-    const counter = (name: string, description: string, unit = ''): Observable =>
-      m.createObservableCounter(name, { description, unit, valueType: ValueType.INT });
-    const o = {
-      mailboxDepth: gauge('strata_mailbox_depth', 'Requests admitted to a shard mailbox and not yet answered.'),
-      mailboxBytes: gauge('strata_mailbox_bytes', 'Request bytes admitted to a shard mailbox and not yet answered.', 'By'),
-      mailboxRejected: counter('strata_mailbox_rejected', 'Requests refused with overloaded because the shard mailbox was full.'),
-      queueDepth: gauge('strata_device_queue_depth', 'Operations queued on a device and not yet started.'),
-      queueBytes: gauge('strata_device_queue_bytes', 'Payload bytes queued on a device and not yet started.', 'By'),
-      deviceUp: gauge('strata_device_up', '1 when the host and its device serve requests, 0 when down or failed.'),
-      written: counter('strata_device_written_bytes', 'Log payload bytes appended and made durable on a device.', 'By'),
-      read: counter('strata_device_read_bytes', 'Bytes read from a device.', 'By'),
-      cacheHits: counter('strata_cache_hits', 'Page cache hits of a shard.'),
-      cacheMisses: counter('strata_cache_misses', 'Page cache misses of a shard.'),
-      cacheEvictions: counter('strata_cache_evictions', 'Pages evicted from a shard page cache.'),
-      cacheBytes: gauge('strata_cache_bytes', 'Page bytes held by a shard page cache.', 'By'),
-      commitLsn: gauge('strata_shard_commit_lsn', 'Highest LSN of a shard known committed.'),
-      appliedLsn: gauge('strata_shard_applied_lsn', 'Highest LSN of a shard applied to its page store.'),
-      term: gauge('strata_shard_current_term', 'Leader term of a shard.'),
-      shardUp: gauge('strata_shard_up', '1 when a shard serves requests, 0 when down.'),
-      repairing: gauge('strata_replica_repairing', '1 while a replica whose log was damaged, or whose storage was lost, is given its lost records back by its peers (it does not vote meanwhile).'),
-      replicaLag: gauge('strata_replica_lag_records', 'Records a replica log is behind the shard commit LSN.'),
-      elections: counter('strata_elections', 'Leader elections started by a shard.'),
-      preVotes: counter('strata_prevotes', 'Prevote rounds started by a shard (an election follows only when a majority would vote).'),
-      handovers: counter('strata_leadership_handovers', 'Leaderships a shard replica handed over to a follower that took them (a host stopping cleanly hands over the shards it leads).'),
-      retriesMatched: counter('strata_write_retries_matched', 'Retried writes answered with the record an earlier attempt left with a deposed leader, not written twice.'),
-      restarts: counter('strata_actor_restarts', 'Restarts of actor hosts (kind=host) and of shard actors from durable state (kind=shard).'),
-      scrubBytes: counter('strata_scrub_read_bytes', 'Bytes of image pages and log records the background scrub read and checked.'),
-      scrubPasses: counter('strata_scrub_passes', 'Passes of the background scrub over a replica (its newest image, then its durable log) completed.'),
-      scrubDamage: counter('strata_scrub_damage', 'Damage the background scrub found (a replica of several then reopens without the damaged images; a sole copy is reported once per change).'),
-      deviceFailures: counter('strata_device_failures', 'Times a device failed (a write or fdatasync): its replicas were reopened from what is durable, with a fresh queue.'),
-      damageReopens: counter('strata_replica_damage_reopens', 'Replicas reopened because they found their own storage damaged while running (counted in strata_actor_restarts too).'),
-      branchCopies: counter('strata_branch_copies', 'New replicas of branches that copied their parent\'s pages on this device (outcome copied), and that could not and were sent the shard by a peer instead (outcome not_copied).'),
-      discardFailures: counter('strata_discard_failures', 'Background removals of files let go (trimmed log segments, images a checkpoint dropped, destroyed shards) that failed; each leftover is removed when its directory is next opened.'),
-      warmSlots: gauge('strata_cache_warm_slots', 'Slots of a device\'s page-cache slab whose memory the CPU pool made resident ahead of use (the first write to memory never used takes a page fault).'),
-      warmFailures: counter('strata_cache_warm_failures', 'Steps of warming a device\'s page-cache slab that failed (the CPU pool refused them or was closed); the next tick tries again.'),
-    };
-    this.observables = Object.values(o);
-    this.batchCallback = async (r) => {
-      for (const snap of await this.snapshots()) this.observeSnapshot(r, o, snap);
-    };
-    m.addBatchObservableCallback(this.batchCallback, this.observables);
     this.producer = { collect: () => this.collectProduced() };
   }
 
@@ -340,11 +341,10 @@ export class StrataMetrics {
     return this.recorder.observe(operation, request);
   }
 
-  /** Stops observing (the instruments stay registered but report nothing). */
+  /** Stops observing: later collections report nothing. */
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    this.meter.removeBatchObservableCallback(this.batchCallback, this.observables);
     this.sources.length = 0;
     this.cached = undefined;
   }
@@ -366,132 +366,101 @@ export class StrataMetrics {
     return snapshots;
   }
 
-  private observeSnapshot(r: BatchObservableResult, o: Record<string, Observable>, snap: StatsSnapshot): void {
+  /** One node's hosts, devices and shards. */
+  private nodeSeries(out: SeriesSet, snap: StatsSnapshot): void {
     const node = cleanLabel(snap.node);
-    const counts = new Map<Observable, number>();
-    const observe = (inst: Observable, value: number, attrs: Attributes): void => {
-      if (!Number.isFinite(value)) return;
-      const n = counts.get(inst) ?? 0;
-      if (n >= SERIES_PER_METRIC_MAX) return;
-      counts.set(inst, n + 1);
-      r.observe(inst, value, attrs);
-    };
     for (const h of snap.hosts) {
       const host = String(h.hostId);
       const hostAttrs = { node, host };
-      observe(o.restarts!, h.restarts ?? 0, { ...hostAttrs, kind: 'host' });
+      out.counter('strata_actor_restarts', RESTARTS_HELP, h.restarts ?? 0, { ...hostAttrs, kind: 'host' });
       const dev = h.device;
-      observe(o.deviceUp!, h.down === undefined && dev !== undefined && dev.queue.state === 'ok' ? 1 : 0, hostAttrs);
+      out.gauge('strata_device_up', '1 when the host and its device serve requests, 0 when down or failed.', h.down === undefined && dev !== undefined && dev.queue.state === 'ok' ? 1 : 0, hostAttrs);
       for (const mb of h.mailbox) {
         const a = { node, volume: cleanLabel(mb.volumeId), shard: String(mb.shard) };
-        observe(o.mailboxDepth!, mb.depth, a);
-        if (mb.bytes !== undefined) observe(o.mailboxBytes!, mb.bytes, a);
-        if (mb.rejectedOverloaded !== undefined) observe(o.mailboxRejected!, mb.rejectedOverloaded, a);
+        out.gauge('strata_mailbox_depth', 'Requests admitted to a shard mailbox and not yet answered.', mb.depth, a);
+        if (mb.bytes !== undefined) out.gauge('strata_mailbox_bytes', 'Request bytes admitted to a shard mailbox and not yet answered.', mb.bytes, a, 'By');
+        if (mb.rejectedOverloaded !== undefined) out.counter('strata_mailbox_rejected', 'Requests refused with overloaded because the shard mailbox was full.', mb.rejectedOverloaded, a);
       }
       if (dev === undefined) continue;
-      observe(o.restarts!, dev.restarts, { ...hostAttrs, kind: 'shard' });
-      observe(o.damageReopens!, dev.damageReopens ?? 0, hostAttrs);
-      observe(o.deviceFailures!, dev.failures ?? 0, hostAttrs);
-      observe(o.discardFailures!, dev.discardFailures ?? 0, hostAttrs);
+      out.counter('strata_actor_restarts', RESTARTS_HELP, dev.restarts, { ...hostAttrs, kind: 'shard' });
+      out.counter('strata_replica_damage_reopens', 'Replicas reopened because they found their own storage damaged while running (counted in strata_actor_restarts too).', dev.damageReopens ?? 0, hostAttrs);
+      out.counter('strata_device_failures', 'Times a device failed (a write or fdatasync): its replicas were reopened from what is durable, with a fresh queue.', dev.failures ?? 0, hostAttrs);
+      out.counter('strata_discard_failures', 'Background removals of files let go (trimmed log segments, images a checkpoint dropped, destroyed shards) that failed; each leftover is removed when its directory is next opened.', dev.discardFailures ?? 0, hostAttrs);
       if (dev.branchCopies !== undefined) {
-        observe(o.branchCopies!, dev.branchCopies.copied, { ...hostAttrs, outcome: 'copied' });
-        observe(o.branchCopies!, dev.branchCopies.notCopied, { ...hostAttrs, outcome: 'not_copied' });
+        out.counter('strata_branch_copies', BRANCH_COPIES_HELP, dev.branchCopies.copied, { ...hostAttrs, outcome: 'copied' });
+        out.counter('strata_branch_copies', BRANCH_COPIES_HELP, dev.branchCopies.notCopied, { ...hostAttrs, outcome: 'not_copied' });
       }
       if (dev.slabWarm !== undefined) {
-        observe(o.warmSlots!, dev.slabWarm.warmedSlots, hostAttrs);
-        observe(o.warmFailures!, dev.slabWarm.failures, hostAttrs);
+        out.gauge('strata_cache_warm_slots', 'Slots of a device\'s page-cache slab whose memory the CPU pool made resident ahead of use (the first write to memory never used takes a page fault).', dev.slabWarm.warmedSlots, hostAttrs);
+        out.counter('strata_cache_warm_failures', 'Steps of warming a device\'s page-cache slab that failed (the CPU pool refused them or was closed); the next tick tries again.', dev.slabWarm.failures, hostAttrs);
       }
       if (dev.scrub !== undefined) {
-        observe(o.scrubBytes!, dev.scrub.bytes, hostAttrs);
-        observe(o.scrubPasses!, dev.scrub.passes, hostAttrs);
-        observe(o.scrubDamage!, dev.scrub.damage, hostAttrs);
+        out.counter('strata_scrub_read_bytes', 'Bytes of image pages and log records the background scrub read and checked.', dev.scrub.bytes, hostAttrs, 'By');
+        out.counter('strata_scrub_passes', 'Passes of the background scrub over a replica (its newest image, then its durable log) completed.', dev.scrub.passes, hostAttrs);
+        out.counter('strata_scrub_damage', 'Damage the background scrub found (a replica of several then reopens without the damaged images; a sole copy is reported once per change).', dev.scrub.damage, hostAttrs);
       }
-      observe(o.queueDepth!, dev.queue.queueOps, hostAttrs);
-      observe(o.queueBytes!, dev.queue.queueBytes, hostAttrs);
-      observe(o.written!, dev.queue.appendBytes, hostAttrs);
-      observe(o.read!, dev.queue.readBytes, hostAttrs);
+      out.gauge('strata_device_queue_depth', 'Operations queued on a device and not yet started.', dev.queue.queueOps, hostAttrs);
+      out.gauge('strata_device_queue_bytes', 'Payload bytes queued on a device and not yet started.', dev.queue.queueBytes, hostAttrs, 'By');
+      out.counter('strata_device_written_bytes', 'Log payload bytes appended and made durable on a device.', dev.queue.appendBytes, hostAttrs, 'By');
+      out.counter('strata_device_read_bytes', 'Bytes read from a device.', dev.queue.readBytes, hostAttrs, 'By');
       for (const s of dev.shards) {
         const a = { node, volume: cleanLabel(s.volumeId), shard: String(s.shard) };
         const up = s.state === undefined || s.state === 'up';
-        observe(o.shardUp!, up ? 1 : 0, a);
+        out.gauge('strata_shard_up', '1 when a shard serves requests, 0 when down.', up ? 1 : 0, a);
         // A shard that is down has no replica to read the rest from (its zeros are placeholders).
         if (!up) continue;
-        if (s.repairing !== undefined) observe(o.repairing!, s.repairing ? 1 : 0, a);
-        observe(o.appliedLsn!, s.appliedLsn, a);
-        observe(o.commitLsn!, s.commitLsn ?? s.appliedLsn, a);
-        observe(o.term!, s.term, a);
-        if (s.elections !== undefined) observe(o.elections!, s.elections, a);
-        if (s.preVotes !== undefined) observe(o.preVotes!, s.preVotes, a);
-        if (s.handovers !== undefined) observe(o.handovers!, s.handovers, a);
-        if (s.retriesMatched !== undefined) observe(o.retriesMatched!, s.retriesMatched, a);
+        if (s.repairing !== undefined) out.gauge('strata_replica_repairing', '1 while a replica whose log was damaged, or whose storage was lost, is given its lost records back by its peers (it does not vote meanwhile).', s.repairing ? 1 : 0, a);
+        out.gauge('strata_shard_applied_lsn', 'Highest LSN of a shard applied to its page store.', s.appliedLsn, a);
+        out.gauge('strata_shard_commit_lsn', 'Highest LSN of a shard known committed.', s.commitLsn ?? s.appliedLsn, a);
+        out.gauge('strata_shard_current_term', 'Leader term of a shard.', s.term, a);
+        if (s.elections !== undefined) out.counter('strata_elections', 'Leader elections started by a shard.', s.elections, a);
+        if (s.preVotes !== undefined) out.counter('strata_prevotes', 'Prevote rounds started by a shard (an election follows only when a majority would vote).', s.preVotes, a);
+        if (s.handovers !== undefined) out.counter('strata_leadership_handovers', 'Leaderships a shard replica handed over to a follower that took them (a host stopping cleanly hands over the shards it leads).', s.handovers, a);
+        if (s.retriesMatched !== undefined) out.counter('strata_write_retries_matched', 'Retried writes answered with the record an earlier attempt left with a deposed leader, not written twice.', s.retriesMatched, a);
         if (s.cache) {
-          observe(o.cacheHits!, s.cache.hits, a);
-          observe(o.cacheMisses!, s.cache.misses, a);
-          observe(o.cacheEvictions!, s.cache.evictions, a);
-          observe(o.cacheBytes!, s.cache.bytes, a);
+          out.counter('strata_cache_hits', 'Page cache hits of a shard.', s.cache.hits, a);
+          out.counter('strata_cache_misses', 'Page cache misses of a shard.', s.cache.misses, a);
+          out.counter('strata_cache_evictions', 'Pages evicted from a shard page cache.', s.cache.evictions, a);
+          out.gauge('strata_cache_bytes', 'Page bytes held by a shard page cache.', s.cache.bytes, a, 'By');
         }
-        for (const rep of s.replicas ?? []) observe(o.replicaLag!, rep.lagRecords, { ...a, replica: cleanLabel(rep.replica) });
-        if (s.lag) for (const [replica, lag] of Object.entries(s.lag)) observe(o.replicaLag!, lag, { ...a, replica: cleanLabel(replica) });
+        for (const rep of s.replicas ?? []) out.gauge('strata_replica_lag_records', REPLICA_LAG_HELP, rep.lagRecords, { ...a, replica: cleanLabel(rep.replica) });
+        if (s.lag) for (const [replica, lag] of Object.entries(s.lag)) out.gauge('strata_replica_lag_records', REPLICA_LAG_HELP, lag, { ...a, replica: cleanLabel(replica) });
       }
     }
   }
 
   /**
-   * The controller's metrics, from the snapshots of the nodes that run it now: produced at each
-   * collection, so that a node that no longer runs the controller (a replicated controller's
-   * seat moved) reports none, rather than its last values for ever. Labels are bounded: a trigger
-   * of MOVE_TRIGGERS, an outcome `done`, an error code or `error`.
+   * The controller's metrics, from the snapshot of a node that runs it now: a node that no longer
+   * runs the controller (a replicated controller's seat moved) reports none. Labels are bounded:
+   * a trigger of MOVE_TRIGGERS, an outcome `done`, an error code or `error`.
    */
-  private controllerMetrics(snaps: readonly StatsSnapshot[], startTime: HrTime, endTime: HrTime): MetricData[] {
-    const gauges = new Map<string, { description: string; points: DataPoint<number>[] }>();
-    const point = (name: string, description: string, value: number, attributes: Attributes): void => {
-      const g = gauges.get(name) ?? { description, points: [] };
-      gauges.set(name, g);
-      if (g.points.length < SERIES_PER_METRIC_MAX) g.points.push({ startTime, endTime, attributes, value });
-    };
-    const movePoints: DataPoint<number>[] = [];
-    for (const snap of snaps) {
-      const c = snap.controller;
-      if (c === undefined) continue;
-      const node = cleanLabel(snap.node);
-      point('strata_controller_nodes', CONTROLLER_NODES_HELP, c.nodesLive, { node, state: 'live' });
-      point('strata_controller_nodes', CONTROLLER_NODES_HELP, c.nodesDead, { node, state: 'dead' });
-      point('strata_shards_under_replicated', 'Shards of the catalog with at least one replica on a node that is not live, or that its node reports down.', c.shardsUnderReplicated, { node });
-      point('strata_replica_moves_running', 'Moves of replicas the controller runs now.', c.movesRunning, { node });
-      point('strata_replica_repairs_backing_off', 'Shards whose last repair (the move of a dead node\'s replica) failed and that wait for their back-off before the next try.', c.repairsBackingOff, { node });
-      point('strata_controller_nodes_draining', 'Nodes an operator marked draining (strata drain): the controller moves their replicas off and places nothing new on them.', c.nodesDraining, { node });
-      point('strata_controller_rebalancing', '1 while a rebalance an operator asked for (strata rebalance) is under way, else 0.', c.rebalancing ? 1 : 0, { node });
-      if (c.term !== undefined) point('strata_controller_term', 'A replicated controller: the term of the catalog shard in which this node runs the controller; a takeover by another node, or a new term, raises it.', c.term, { node });
-      // Outcomes folded into `error` are summed: one point per series.
-      const moves = new Map<string, { trigger: MoveTrigger; outcome: string; count: number }>();
-      for (const m of c.moves) {
-        if (!MOVE_TRIGGERS.includes(m.trigger)) continue;
-        const outcome = m.outcome === 'done' || isErrorCode(m.outcome) ? m.outcome : 'error';
-        const key = `${m.trigger} ${outcome}`;
-        const prev = moves.get(key);
-        moves.set(key, { trigger: m.trigger, outcome, count: (prev?.count ?? 0) + m.count });
-      }
-      for (const m of moves.values()) {
-        if (movePoints.length < SERIES_PER_METRIC_MAX) movePoints.push({ startTime, endTime, attributes: { node, trigger: m.trigger, outcome: m.outcome }, value: m.count });
-      }
+  private controllerSeries(out: SeriesSet, snap: StatsSnapshot): void {
+    const c = snap.controller;
+    if (c === undefined) return;
+    const node = cleanLabel(snap.node);
+    out.gauge('strata_controller_nodes', CONTROLLER_NODES_HELP, c.nodesLive, { node, state: 'live' });
+    out.gauge('strata_controller_nodes', CONTROLLER_NODES_HELP, c.nodesDead, { node, state: 'dead' });
+    out.gauge('strata_shards_under_replicated', 'Shards of the catalog with at least one replica on a node that is not live, or that its node reports down.', c.shardsUnderReplicated, { node });
+    out.gauge('strata_replica_moves_running', 'Moves of replicas the controller runs now.', c.movesRunning, { node });
+    out.gauge('strata_replica_repairs_backing_off', 'Shards whose last repair (the move of a dead node\'s replica) failed and that wait for their back-off before the next try.', c.repairsBackingOff, { node });
+    out.gauge('strata_controller_nodes_draining', 'Nodes an operator marked draining (strata drain): the controller moves their replicas off and places nothing new on them.', c.nodesDraining, { node });
+    out.gauge('strata_controller_rebalancing', '1 while a rebalance an operator asked for (strata rebalance) is under way, else 0.', c.rebalancing ? 1 : 0, { node });
+    if (c.term !== undefined) out.gauge('strata_controller_term', 'A replicated controller: the term of the catalog shard in which this node runs the controller; a takeover by another node, or a new term, raises it.', c.term, { node });
+    // Outcomes folded into `error` are summed: one point per series.
+    const moves = new Map<string, { trigger: MoveTrigger; outcome: string; count: number }>();
+    for (const m of c.moves) {
+      if (!MOVE_TRIGGERS.includes(m.trigger)) continue;
+      const outcome = m.outcome === 'done' || isErrorCode(m.outcome) ? m.outcome : 'error';
+      const key = `${m.trigger} ${outcome}`;
+      const prev = moves.get(key);
+      moves.set(key, { trigger: m.trigger, outcome, count: (prev?.count ?? 0) + m.count });
     }
-    const out: MetricData[] = [...gauges].map(([name, g]) => ({
-      descriptor: { name, description: g.description, unit: '', valueType: ValueType.DOUBLE },
-      aggregationTemporality: AggregationTemporality.CUMULATIVE,
-      dataPointType: DataPointType.GAUGE,
-      dataPoints: g.points,
-    }));
-    out.push({
-      descriptor: { name: 'strata_replica_moves', description: 'Moves of replicas the controller ran, counted once when each run ends, by trigger (operator or repair) and outcome (done, or the error code of the failure); a request that joins a move under way, or that is refused before a run starts, is not counted.', unit: '', valueType: ValueType.INT },
-      aggregationTemporality: AggregationTemporality.CUMULATIVE,
-      dataPointType: DataPointType.SUM,
-      isMonotonic: true,
-      dataPoints: movePoints,
-    });
-    return out;
+    for (const m of moves.values()) {
+      out.counter('strata_replica_moves', 'Moves of replicas the controller ran, counted once when each run ends, by trigger (operator or repair) and outcome (done, or the error code of the failure); a request that joins a move under way, or that is refused before a run starts, is not counted.', m.count, { node, trigger: m.trigger, outcome: m.outcome });
+    }
   }
 
-  /** The MetricProducer's collection: histograms and request/error counters, exactly as counted. */
+  /** The MetricProducer's collection: every metric, from this collection's snapshots (histograms exactly as counted). */
   private async collectProduced(): Promise<CollectionResult> {
     const snaps = this.closed ? [] : await this.snapshots();
     const nowMs = Date.now();
@@ -555,8 +524,13 @@ export class StrataMetrics {
         isMonotonic: true,
         dataPoints: errorPoints,
       },
-      ...this.controllerMetrics(snaps, startTime, endTime),
     ];
+    const series = new SeriesSet(startTime, endTime);
+    for (const snap of snaps) {
+      this.nodeSeries(series, snap);
+      this.controllerSeries(series, snap);
+    }
+    metricsOut.push(...series.metricData());
     return {
       resourceMetrics: { resource: emptyResource(), scopeMetrics: [{ scope: { name: 'strata' }, metrics: metricsOut.filter((x) => x.dataPoints.length > 0) }] },
       errors: [],

@@ -307,10 +307,10 @@ export function startTelemetry(opts: TelemetryOptions): Telemetry {
     }
   }
 
-  // The metrics need the reader's producer before the provider exists: the Prometheus exporter
-  // gets a producer that delegates to StrataMetrics once it is created below.
-  let strataMetrics: StrataMetrics | undefined;
-  const producer = { collect: () => strataMetrics!.producer.collect() };
+  // Every Strata metric comes from StrataMetrics' producer, built from the nodes' stats at each
+  // collection (metrics.ts); the SDK's own instruments are not used.
+  const strataMetrics = new StrataMetrics({ nodeId: opts.nodeId });
+  const producer = strataMetrics.producer;
   const readers: IMetricReader[] = [...(opts.metricReaders ?? [])];
   let prometheus: PrometheusExporter | undefined;
   if (metricsPort > 0) {
@@ -337,7 +337,6 @@ export function startTelemetry(opts: TelemetryOptions): Telemetry {
     instrumentations: [],
   });
   sdk.start();
-  strataMetrics = new StrataMetrics({ meterProvider: metrics.getMeterProvider(), nodeId: opts.nodeId });
   const relay = new SpanRelay(processors, resource);
 
   const ready = prometheus ? prometheus.startServer() : Promise.resolve();
@@ -364,7 +363,7 @@ export function startTelemetry(opts: TelemetryOptions): Telemetry {
     async shutdown() {
       if (stopped) return;
       stopped = true;
-      strataMetrics!.close();
+      strataMetrics.close();
       relay.close();
       try {
         await sdk.shutdown();

@@ -133,11 +133,10 @@ describe('observability/metrics', () => {
     assert.equal(sample(t2, 'strata_branch_copies_total', { node: 'n1', host: '0', outcome: 'not_copied' }), 1);
     const shard0 = { node: 'n1', volume: 'v1', shard: '0' };
     assert.equal(sample(t2, 'strata_shard_up', shard0), 0);
-    // Not the placeholder zeros of a shard that is down: its last known values (or none).
-    for (const name of ['strata_shard_commit_lsn', 'strata_shard_applied_lsn', 'strata_shard_current_term', 'strata_cache_bytes']) {
-      assert.notEqual(sample(t2, name, shard0), 0, name);
+    // Not the placeholder zeros of a shard that is down, nor its last values: none.
+    for (const name of ['strata_shard_commit_lsn', 'strata_shard_applied_lsn', 'strata_shard_current_term', 'strata_cache_bytes', 'strata_cache_hits_total', 'strata_elections_total']) {
+      assert.equal(sample(t2, name, shard0), undefined, name);
     }
-    assert.equal(sample(t2, 'strata_shard_commit_lsn', shard0), 10);
     assert.equal((await get(port, '/other')).status, 404);
 
     if (!fs.existsSync(PROMTOOL)) {
@@ -146,6 +145,45 @@ describe('observability/metrics', () => {
     }
     const check = spawnSync(PROMTOOL, ['check', 'metrics'], { input: t2, encoding: 'utf8', timeout: 10_000 });
     assert.equal(check.status, 0, `promtool check metrics:\n${check.stdout}\n${check.stderr}\n---\n${t2}`);
+  });
+
+  it('a shard deleted or moved away, and a host down, report no series any more (not their last values)', async function () {
+    this.timeout(20_000);
+    const port = await freePort();
+    telemetry = startTelemetry({ nodeId: 'n1', cluster: 'test', traceExporters: [], metricsPort: port, metricsHost: '127.0.0.1' });
+    await telemetry.ready;
+    const hosts: HostSnapshot[] = [host(0), host(1)];
+    telemetry.metrics.addStatsSource(() => ({ node: 'n1', hosts }));
+    const shard = (n: number): Record<string, string> => ({ node: 'n1', volume: 'v1', shard: String(n) });
+    const perShard = ['strata_shard_up', 'strata_shard_commit_lsn', 'strata_shard_applied_lsn', 'strata_shard_current_term', 'strata_cache_hits_total', 'strata_cache_bytes', 'strata_elections_total', 'strata_prevotes_total', 'strata_replica_repairing', 'strata_write_retries_matched_total', 'strata_mailbox_depth'];
+    const t1 = (await get(port, '/metrics')).body;
+    for (const name of perShard) {
+      assert.notEqual(sample(t1, name, shard(0)), undefined, name);
+      assert.notEqual(sample(t1, name, shard(1)), undefined, name);
+    }
+    assert.equal(sample(t1, 'strata_replica_lag_records', { ...shard(1), replica: 'n2' }), 4);
+    assert.equal(sample(t1, 'strata_device_queue_depth', { node: 'n1', host: '1' }), 2);
+
+    // Host 0's shard is deleted (or moved to another node); host 1 goes down.
+    hosts[0] = host(0, { mailbox: [], device: { ...host(0).device!, shards: [] } });
+    hosts[1] = host(1, { down: 'host exited', device: undefined, mailbox: [], restarts: 1 });
+    await new Promise((r) => setTimeout(r, 300)); // past the snapshot reuse window
+    const t2 = (await get(port, '/metrics')).body;
+    for (const name of perShard) {
+      assert.equal(sample(t2, name, shard(0)), undefined, `${name} of a shard no longer on the node`);
+      assert.equal(sample(t2, name, shard(1)), undefined, `${name} of a shard on a host that is down`);
+    }
+    assert.equal(sample(t2, 'strata_replica_lag_records', { ...shard(1), replica: 'n2' }), undefined);
+    for (const name of ['strata_device_queue_depth', 'strata_device_written_bytes_total', 'strata_cache_warm_slots']) {
+      assert.equal(sample(t2, name, { node: 'n1', host: '1' }), undefined, `${name} of a host that is down`);
+      assert.notEqual(sample(t2, name, { node: 'n1', host: '0' }), undefined, `${name} of a host that is up`);
+    }
+    assert.equal(sample(t2, 'strata_device_up', { node: 'n1', host: '1' }), 0);
+    assert.equal(sample(t2, 'strata_actor_restarts_total', { node: 'n1', host: '1', kind: 'host' }), 1);
+    if (fs.existsSync(PROMTOOL)) {
+      const check = spawnSync(PROMTOOL, ['check', 'metrics'], { input: t2, encoding: 'utf8', timeout: 10_000 });
+      assert.equal(check.status, 0, `promtool check metrics:\n${check.stdout}\n${check.stderr}\n---\n${t2}`);
+    }
   });
 
   it("the controller's view: nodes by state, shards under-replicated, moves by trigger and outcome (bounded), moves running, repairs backing off", async function () {
