@@ -2802,6 +2802,19 @@ export class Replica {
     return { lsn: target, term: this.term };
   }
 
+  /**
+   * Resolves once this replica is known to lead in `term` now: under its lease, or after a quorum
+   * round (as a read at the latest LSN). Otherwise `not_leader` (another term, or a round that
+   * found a newer one) or `timeout` (no majority answered before the deadline). A replicated
+   * controller asks this before it answers a read of the catalog it holds in memory: a deposed
+   * leader that has not noticed yet cannot pass it, so neither can a deposed controller.
+   */
+  async confirmLeads(term: number, deadlineMs: number, nowMs: number = Date.now()): Promise<void> {
+    this.checkLeading();
+    if (this.term !== term) throw notLeader(this.leader, this.term);
+    if (!this.hasLease()) await this.confirmLeadership(deadlineMs - nowMs);
+  }
+
   private waitApplied(lsn: number, deadlineMs: number, askedLsn?: number): Promise<void> {
     if (this.store.appliedLsn >= lsn) return Promise.resolve();
     if (askedLsn !== undefined && askedLsn > this.lastLsn) {

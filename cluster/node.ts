@@ -213,6 +213,8 @@ const NODE_META = 'node';
  * does not answer in time is shown not answering, under the cluster status's own 2 s gather.
  */
 export const HOST_STATUS_TIMEOUT_MS = 1000;
+/** Longest a replicated controller waits to confirm its seat before it answers a read (confirmSeat). */
+const CONFIRM_SEAT_MS_MAX = 1000;
 
 /**
  * A volume.delete answers at the latest this long (or a tenth of the time it had, if less) before
@@ -1612,6 +1614,22 @@ export class StrataNode {
     this.log.warn('no longer runs the controller', { term: seat.term, why });
   }
 
+  /**
+   * Resolves once this node's replica of the catalog shard is known to lead it in `seat`'s term
+   * now (Replica.confirmLeads: its lease, or a quorum round), within CONFIRM_SEAT_MS_MAX and
+   * `deadlineMs`; otherwise `unavailable` (retryable: the next controller answers), and, when the
+   * replica no longer leads that term, the seat is given up at once.
+   */
+  private async confirmSeat(seat: { term: number }, deadlineMs: number): Promise<void> {
+    try {
+      await this.pool!.confirmLeads(0, CATALOG_VOLUME_ID, 0, seat.term, Math.min(deadlineMs, Date.now() + CONFIRM_SEAT_MS_MAX));
+    } catch (e) {
+      const code = (e as { code?: unknown }).code;
+      if ((code === 'not_leader' || code === 'closed') && this.seat === seat) this.leaveSeat(`its replica no longer leads the catalog shard in term ${seat.term}`);
+      throw new ProtocolError('unavailable', `node '${this.nodeId}' could not confirm that it still runs the controller (${(e as Error).message}); retry`);
+    }
+  }
+
   /** Waits until `c`'s changes so far are durable; when a write failed, this node gives its seat up. */
   private async settle(c: Controller): Promise<void> {
     try {
@@ -1665,16 +1683,20 @@ export class StrataNode {
     // Replicated: the seat's subscriptions, in a queue group (while a deposed controller has not
     // noticed, each request reaches one of the two), each answer once its changes are durable.
     const seat = this.seat;
-    const sub = (subject: string, handler: (body: unknown, msg: Msg) => Promise<unknown>, opts: { unbounded?: boolean } = {}): void =>
+    // A read (`read`) is answered from memory only once this node's replica is known to lead the
+    // catalog shard in the seat's term still: a deposed controller that has not noticed yet
+    // would answer with a catalog that misses its successor's changes.
+    const sub = (subject: string, handler: (body: unknown, msg: Msg) => Promise<unknown>, opts: { unbounded?: boolean; read?: boolean } = {}): void =>
       this.subscribe(
         subject,
         async (body, msg) => {
           const reply = await handler(body, msg);
           await this.settle(c);
+          if (seat !== undefined && opts.read === true) await this.confirmSeat(seat, this.controlDeadline(msg));
           return reply;
         },
         seat === undefined ? undefined : 'controller',
-        { ...opts, ...(seat === undefined ? {} : { into: seat.subs }) },
+        { ...(opts.unbounded === true ? { unbounded: true } : {}), ...(seat === undefined ? {} : { into: seat.subs }) },
       );
     sub(
       subj('heartbeat'),
@@ -1709,8 +1731,8 @@ export class StrataNode {
       const next = from + shards.length;
       const issued = from === 0 ? { ...(c.tag === undefined ? {} : { catalog: c.tag }), issuedBelow: c.nextId } : {};
       return { epoch: a.epoch, tombstones, shards, ...(next < a.shards.length ? { next } : {}), ...tombstonesNext, ...issued };
-    });
-    sub(subj('members'), async () => ({ members: this.allMembers() }));
+    }, { read: true });
+    sub(subj('members'), async () => ({ members: this.allMembers() }), { read: true });
     // One at a time with creates and deletes: none changes the catalog while it is rebuilt.
     sub(subj('catalog.recover'), (body, msg) => this.serial(msg, (deadlineMs) => this.recoverCatalog(c, validateCatalogRecoverRequest(body).apply === true, deadlineMs)));
     sub(subj('volume.create'), (body, msg) => this.serial(msg, (deadlineMs) => this.createVolume(c, validateVolumeCreateRequest(body), deadlineMs)));
@@ -1722,7 +1744,7 @@ export class StrataNode {
       const v = c.get(name);
       // With where each shard's replicas are, and the moves under way.
       return { ...volumeInfo(v), replicaSets: replicaSets(v) };
-    });
+    }, { read: true });
     // Not in the catalog's queue: a move waits for a node and a shard's leader, and its catalog
     // changes are made at once (one move per shard, recorded in the catalog).
     sub(subj('shard.move'), async (body, msg) => this.moveShard(validateShardMove(body), this.controlDeadline(msg)));
@@ -1754,7 +1776,7 @@ export class StrataNode {
     sub(subj('volume.list'), async (body) => {
       validateVolumeListRequest(body);
       return { volumes: c.list().filter((v) => !this.creating.has(v.name)).map(volumeInfo) };
-    });
+    }, { read: true });
   }
 
   /**

@@ -157,6 +157,8 @@ export interface HostApi {
   replicaRoles(): Promise<ReplicaRoles>;
   /** The term this host's replica of a shard leads in; undefined when it does not lead, or is not open or up here. */
   leaderTerm(volumeId: string, shard: number): Promise<number | undefined>;
+  /** Replica.confirmLeads of this host's replica of a shard: resolves once it is known to lead in `term` now (its lease, or a quorum round before `deadlineMs`). */
+  confirmLeads(volumeId: string, shard: number, term: number, deadlineMs: number): Promise<void>;
   /** Replica.transferLeadership of this host's replica of a shard: hands its leadership over (to `to`, or the follower holding the most). */
   handOver(volumeId: string, shard: number, to?: string): Promise<TransferResult>;
   setFaults(faults: TransportFaults): Promise<void>;
@@ -583,6 +585,10 @@ export class ActorHost implements HostApi {
       return undefined; // Not open here, or down.
     }
     return replica?.isLeader === true ? replica.currentTerm : undefined;
+  }
+
+  async confirmLeads(volumeId: string, shard: number, term: number, deadlineMs: number): Promise<void> {
+    await this.ready().device.replica(volumeId, shard).confirmLeads(term, deadlineMs);
   }
 
   async handOver(volumeId: string, shard: number, to?: string): Promise<TransferResult> {

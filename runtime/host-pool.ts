@@ -389,6 +389,11 @@ export class HostPool {
     return this.answerWithin(s, opts.timeoutMs, (api) => api.leaderTerm(volumeId, shard));
   }
 
+  /** HostApi.confirmLeads on host `hostId`, bounded by `deadlineMs` (a wall-clock time). */
+  async confirmLeads(hostId: number, volumeId: string, shard: number, term: number, deadlineMs: number): Promise<void> {
+    await this.answerWithin(this.slot(hostId), Math.max(1, deadlineMs - Date.now()), (api) => api.confirmLeads(volumeId, shard, term, deadlineMs));
+  }
+
   /** HostApi.handOver on the host that holds the shard's replica. */
   async handOver(hostId: number, volumeId: string, shard: number, to?: string): Promise<TransferResult> {
     return this.call(this.slot(hostId), (api) => api.handOver(volumeId, shard, to));

@@ -858,6 +858,35 @@ describe('Replica (more cases)', function () {
     assert.deepEqual(r.pages[0], page(1));
   });
 
+  it('confirmLeads: under the lease at once; a deposed leader that has not noticed (its thread stalled) cannot pass it, nor can another term', async () => {
+    const slow = { electionTimeoutMinMs: 300, electionTimeoutMaxMs: 600, heartbeatMs: 50, rpcTimeoutMs: 1000 };
+    shard = new TestShard(['a', 'b', 'c'], { manualClock: true, timing: slow, randoms: { a: 0, b: 0.5, c: 0.99 } });
+    for (let t = 0; t <= 100; t += 10) await shard.at(t);
+    const a = shard.members.get('a')!.replica;
+    assert.ok(a.isLeader);
+    const term = a.currentTerm;
+    await a.write([{ page: 0, data: page(1) }]);
+    await a.confirmLeads(term, Date.now() + 1000);
+    await assert.rejects(a.confirmLeads(term + 1, Date.now() + 1000), (e: ProtocolError) => e.code === 'not_leader');
+    const b = shard.members.get('b')!.replica;
+    await assert.rejects(b.confirmLeads(term, Date.now() + 1000), (e: ProtocolError) => e.code === 'not_leader');
+    // a is cut off and ticks no more (a stalled thread): b and c elect a leader of their own.
+    shard.isolate(['a']);
+    for (let t = 110; t <= 1500 && shard.leaders(['b', 'c']).length === 0; t += 10) await shard.at(t, ['b', 'c']);
+    const neu = (await shard.leader(['b', 'c'])).replica;
+    await neu.write([{ page: 0, data: page(2) }]);
+    // a still takes itself for the leader of its term: only the lease check stops it.
+    assert.equal(a.isLeader, true);
+    assert.equal(a.currentTerm, term);
+    const code = await a.confirmLeads(term, Date.now() + 1000).then(() => 'confirmed', (e: ProtocolError) => e.code);
+    assert.ok(code === 'timeout' || code === 'not_leader', code);
+    await neu.confirmLeads(neu.currentTerm, Date.now() + 1000);
+    // Healed, a's round meets the newer term: not_leader, and a steps down.
+    shard.heal();
+    await assert.rejects(a.confirmLeads(term, Date.now() + 1000), (e: ProtocolError) => e.code === 'not_leader');
+    assert.equal(a.isLeader, false);
+  });
+
   it('an answer to a quorum round of an earlier term does not count toward the lease of the term the leader leads now', async () => {
     const slow = { electionTimeoutMinMs: 300, electionTimeoutMaxMs: 600, heartbeatMs: 50, rpcTimeoutMs: 1000 };
     shard = new TestShard(['a', 'b', 'c'], { manualClock: true, timing: slow, randoms: { a: 0, b: 0.99, c: 0.99 } });

@@ -18,6 +18,7 @@ import { ProtocolError } from '../../messages/errors';
 import { connect as natsConnect, type NatsConnection } from 'nats';
 import { startNatsServer, type NatsServerHandle } from '../../runtime/nats-server';
 import { decode, encode } from '../../messages/codec';
+import { controllerSubject } from '../../messages/control';
 import { waitFor } from '../support/wait';
 
 const page = (b: number): Uint8Array => new Uint8Array(4096).fill(b);
@@ -112,6 +113,27 @@ describe('a replicated controller', function () {
     await c.waitForMembers(4);
     assert.equal((await controllerOf(c))!.index, second.index);
     assert.deepEqual(await names(c), ['a', 'b']);
+  });
+
+  it('a controller that cannot confirm that its replica still leads the catalog shard (its host stalled) answers no read from memory; the next controller does', async () => {
+    await eventually('a create', () => c.client.createVolume({ name: 'confirm', pageCount: 64, shards: 1, replicas: 3 }));
+    const first = (await controllerOf(c))!;
+    const nc = await natsConnect({ servers: c.natsUrl });
+    try {
+      // Its replica can neither renew its lease nor answer: a deposed leader that has not noticed.
+      const stalled = c.nodes[first.index]!.hostPool.stallHost(0, 2500);
+      // Sent at once: the node still serves the controller's subjects (it notices within a second).
+      const reply = decode((await nc.request(controllerSubject(c.cluster, 'volume.list'), encode({}), { timeout: 5000 })).data) as { error?: { code: string; message: string }; volumes?: unknown[] };
+      assert.equal(reply.volumes, undefined, 'no catalog from memory');
+      assert.equal(reply.error?.code, 'unavailable', JSON.stringify(reply));
+      assert.match(reply.error.message, /could not confirm that it still runs the controller/);
+      await stalled;
+      await controllerOnceOne(c);
+      assert.ok((await eventually('the catalog listed', () => names(c))).includes('confirm'));
+      await eventually('a delete', () => c.client.deleteVolume('confirm'));
+    } finally {
+      await nc.close();
+    }
   });
 
   it('a majority of the controller nodes down: pages still served, the catalog unavailable; one back, the controller runs again', async () => {
