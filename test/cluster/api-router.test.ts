@@ -147,11 +147,13 @@ describe('ApiRouter gathering the nodes\' status', function () {
     nc = await connect({ servers: server.url });
     others = await connect({ servers: server.url });
     // Stand-in nodes: n1 answers whole and at once, n2 in two parts, the second 200 ms later.
+    // n2's first part goes first: a gather may end as soon as n1 (live) has answered, and a member
+    // not counted live is waited for only once it has begun answering.
     others.subscribe('strata.test.nodes.status', {
       callback: (_e, m) => {
-        m.respond(encode({ node: { id: 'n1' }, shards: [{ volumeId: 'v', shard: 0 }] }));
         const reply = m.reply!;
         others.publish(reply, encode({ node: { id: 'n2' }, shards: [{ volumeId: 'v', shard: 0 }], part: 0, parts: 2 }));
+        m.respond(encode({ node: { id: 'n1' }, shards: [{ volumeId: 'v', shard: 0 }] }));
         setTimeout(() => others.publish(reply, encode({ node: { id: 'n2' }, shards: [{ volumeId: 'v', shard: 1 }], part: 1, parts: 2 })), 200);
       },
     });
