@@ -1734,7 +1734,12 @@ export class Replica {
     if (!f || f.inFlight >= APPEND_WINDOW || this.role !== 'leader' || this.pausing(f)) return false;
     // A heartbeat goes also while appends wait for their answers (within the window): a follower
     // whose disk is slow to make them durable still hears its leader, and does not campaign.
-    const due = this.nowMs - f.lastSentMs >= this.timing.heartbeatMs;
+    // Due at the first tick of each period of the clock, when nothing was sent in it: the
+    // heartbeats of every shard a host leads go out in the same turn, so that the transport can
+    // carry those to one node in one message (runtime/heartbeat-batcher.ts). A follower then
+    // hears its leader at least every period and a tick.
+    const hb = this.timing.heartbeatMs;
+    const due = Math.floor(this.nowMs / hb) > Math.floor(f.lastSentMs / hb);
     if (f.next > this.lastLsn && !(heartbeat && due) && f.snapshot === undefined) return false;
     if (f.snapshot !== undefined || f.next < this.log.firstLsn) {
       if (f.inFlight === 0) this.sendSnapshotChunk(id, f);

@@ -42,6 +42,7 @@ import { DeviceHost, deviceProblem, shardKey, type ShardSpec, type ReplicaRoles,
 import { createLogger, throttled, type Logger } from '../observability/log';
 import type { WorkerTelemetryInit, WorkerTracing } from '../observability/worker-tracing';
 import { ATTR, batchSendTracer, captureSpanContext, clientSpan, deviceQueueTracer, serverSpan, withSpan } from '../observability/tracing';
+import { HeartbeatSender, chunkEntries, heartbeatsSubject, validateHeartbeatBatch, type HeartbeatBatch, type HeartbeatBatchReply, type HeartbeatEntry } from './heartbeat-batcher';
 import { ConnectionState, encodeReplyWithin, frozenHeaders, RequestMux, serverMaxPayload, watchDenials } from './request-mux';
 import { withTimeout } from './timeout';
 import { RequestRecorder, type RequestStatsSnapshot } from '../observability/request-recorder';
@@ -256,6 +257,9 @@ export class ActorHost implements HostApi {
   private replies: Array<string | Uint8Array> = [];
   /** Replication requests (one reply subscription, one deadline timer). */
   private mux: RequestMux | undefined;
+  /** Appends without records to one node, made in one turn, go as one message (heartbeat-batcher.ts). */
+  private heartbeats: HeartbeatSender | undefined;
+  private heartbeatsSub: Subscription | undefined;
   /** Whether the connection is up (it reconnects for ever: closed says nothing while it tries). */
   private connection: ConnectionState | undefined;
   /**
@@ -312,6 +316,13 @@ export class ActorHost implements HostApi {
     const maxPayload = serverMaxPayload(this.nc);
     this.codec = { bytesMax: maxPayload ?? MESSAGE_BYTES_MAX };
     this.requestCodec = { ...this.codec, itemsMax: REQUEST_ITEMS_MAX };
+    this.heartbeats = new HeartbeatSender(this.nc, { cluster: config.cluster, nodeId: config.nodeId, codec: this.codec });
+    // Every host of the node takes the heartbeats sent to it and answers those of its own shards.
+    this.heartbeatsSub = this.nc.subscribe(heartbeatsSubject(config.cluster, config.nodeId), {
+      callback: (err, msg) => {
+        if (!err) this.onHeartbeats(msg);
+      },
+    });
     this.device = new DeviceHost({
       ...(config.device ?? {}),
       ...(ioMarker ? { ioMarker } : {}),
@@ -620,6 +631,8 @@ export class ActorHost implements HostApi {
     if (handOff !== undefined && handOff.handed + handOff.kept > 0) this.log.info('handed the leadership of its shards over before stopping', handOff);
     this.stopping = true;
     for (const m of this.mailboxes.values()) unsubscribeAll(m);
+    this.heartbeatsSub?.unsubscribe();
+    this.heartbeats?.close();
     if (this.inFlight > 0) {
       await Promise.race([
         new Promise<void>((r) => this.idle.push(r)),
@@ -656,8 +669,8 @@ export class ActorHost implements HostApi {
     const spanAttrs = { ...this.spanAttrs, [ATTR.volume]: spec.volumeId, [ATTR.shard]: spec.shard };
     // A follower's reply: its error reply becomes `unavailable`, with the follower's code in
     // `details.refused` (ReplicaTransport); anything else is validated.
-    const answerOf = (to: string, msg: RaftRequest, r: Msg): RaftReply => {
-      const body = decode(r.data, this.codec);
+    const answerOf = (to: string, msg: RaftRequest, r: Msg): RaftReply => answerOfBody(to, msg, decode(r.data, this.codec));
+    const answerOfBody = (to: string, msg: RaftRequest, body: unknown): RaftReply => {
       if (typeof body === 'object' && body !== null && 'error' in body) {
         const error = (body as { error: unknown }).error;
         const code = typeof error === 'object' && error !== null ? (error as { code?: unknown }).code : undefined;
@@ -682,6 +695,12 @@ export class ActorHost implements HostApi {
       }
       const subject = replicaSubject(config.cluster, spec.volumeId, spec.shard, to);
       const data = encode(msg, this.codec);
+      // An append without records (a heartbeat, a probe, a read's quorum round) that is not part
+      // of a trace goes with the other such messages to that node (heartbeat-batcher.ts).
+      if (msg.type === 'append' && msg.records.length === 0 && !(this.traced && captureSpanContext() !== undefined)) {
+        const batched = this.heartbeats?.send(to, spec.volumeId, spec.shard, data, timeoutMs);
+        if (batched !== undefined) return answerOfBody(to, msg, await batched);
+      }
       // A message that is part of a trace (a write's append, a read's quorum round) gets a
       // CLIENT span and carries its traceparent; heartbeats and elections are not traced.
       // The reply read inside the span: a refusal ends it with the error.
@@ -769,30 +788,87 @@ export class ActorHost implements HostApi {
     }
     // A partition cuts both directions: what comes from an unreachable node is never seen.
     if (this.faults.unreachable.has(senderOf(req))) return;
+    void this.answerRaft(mb, req, msg).then((answer) => {
+      if (answer !== undefined) this.respond(replyTo, answer);
+    });
+  }
+
+  /**
+   * The answer of this host's replica of `mb` to a replication message `req` (carried by `msg`):
+   * its reply, or an error reply; undefined when it must go unanswered (its sender was made
+   * unreachable meanwhile, tests).
+   */
+  private answerRaft(mb: Mailbox, req: RaftRequest, msg: Msg): Promise<unknown> {
     let replica: ReturnType<DeviceHost['replica']>;
     try {
       replica = this.device!.replica(mb.spec.volumeId, mb.spec.shard);
     } catch (e) {
-      this.respond(replyTo, errorReply(wireError(e)));
-      return;
+      return Promise.resolve(errorReply(wireError(e)));
     }
     const op = RAFT_OPS[req.type];
     const t0 = this.recorder ? performance.now() : 0;
     const handled = this.traced
       ? serverSpan(msg.subject, op, messageHeaders(msg), () => replica.handle(req), msg.data.length, this.shardAttrs(mb))
       : replica.handle(req);
-    handled.then(
+    return handled.then(
       (reply) => {
         this.recorder?.requestDuration(op, 'ok', (performance.now() - t0) / 1000);
-        if (!this.faults.unreachable.has(senderOf(req))) this.respond(replyTo, reply);
+        return this.faults.unreachable.has(senderOf(req)) ? undefined : reply;
       },
       (err: unknown) => {
         const pe = wireError(err);
         this.recorder?.requestDuration(op, pe.code, (performance.now() - t0) / 1000);
         this.logReplicaError(mb.spec, this.device!.onReplicaError(mb.spec.volumeId, mb.spec.shard, err, replica), pe);
-        this.respond(replyTo, errorReply(pe));
+        return errorReply(pe);
       },
     );
+  }
+
+  /**
+   * A heartbeats message (heartbeat-batcher.ts): each entry of a shard this host holds is
+   * handled as the same message on the replica's own subject would be, and the answers go back
+   * together (in as many messages as the server's max_payload needs). Entries of shards this host
+   * does not hold are left to the node's other hosts. Host 0 answers every message: `{ r: [] }`
+   * when it holds none of its shards, an error reply (`bad_request`) when it is not well formed.
+   */
+  private onHeartbeats(msg: Msg): void {
+    if (!msg.reply || this.stopping) return;
+    const first = this.config!.hostId === 0;
+    let batch: HeartbeatBatch;
+    try {
+      batch = validateHeartbeatBatch(decode(msg.data, this.codec));
+    } catch (e) {
+      if (first) this.respond(msg, errorReply(e));
+      return;
+    }
+    if (this.faults.unreachable.has(batch.from)) return;
+    const answers: Array<Promise<HeartbeatEntry | undefined>> = [];
+    for (const [volumeId, shard, data] of batch.e) {
+      const mb = this.mailboxes.get(shardKey(volumeId, shard));
+      if (mb === undefined) continue;
+      let answer: Promise<unknown>;
+      try {
+        const req = validateRaftRequest(decode(data, this.codec));
+        // Appends without records only, each from the node that sent the message.
+        if (req.type !== 'append' || req.records.length > 0 || req.leader !== batch.from) {
+          throw new ProtocolError('bad_request', `${msg.subject} takes appends without records from their leader only`, { subject: msg.subject });
+        }
+        answer = this.answerRaft(mb, req, msg);
+      } catch (e) {
+        answer = Promise.resolve(errorReply(e));
+      }
+      answers.push(answer.then((a): HeartbeatEntry | undefined => (a === undefined ? undefined : [volumeId, shard, encode(a, this.codec)])).catch(() => undefined));
+    }
+    if (answers.length === 0) {
+      if (first) this.respond(msg, { r: [] } satisfies HeartbeatBatchReply);
+      return;
+    }
+    const replyTo = msg.reply;
+    void Promise.all(answers).then((all) => {
+      const entries = all.filter((a): a is HeartbeatEntry => a !== undefined);
+      // Within the server's max_payload, with room for the message's own heads.
+      for (const r of chunkEntries(entries, Math.floor((this.codec.bytesMax ?? MESSAGE_BYTES_MAX) / 2))) this.respond(replyTo, { r } satisfies HeartbeatBatchReply);
+    });
   }
 
   /** Span attributes of a shard's requests (made once per mailbox). */

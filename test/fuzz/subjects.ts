@@ -30,6 +30,7 @@ import { API_VERBS, SHARD_VERBS, type MessageType } from '../../messages/api';
 import { readHeaders, checkSchemaHeader, parseDeadline, HEADER_DEADLINE, HEADER_SCHEMA, HEADER_TYPE, HEADER_TRACEPARENT } from '../../messages/headers';
 import { validateRequest } from '../../messages/validate';
 import { validateRaftRequest, replicaSubject, followersSubject } from '../../messages/raft';
+import { heartbeatsSubject, validateHeartbeatBatch } from '../../runtime/heartbeat-batcher';
 import {
   validateClaimQuestion, validateHeartbeat, validateAssignmentsRequest, validateNodeStatusRequest, validateShardsOpen, validateShardsDestroy,
   validateShardForceVote, validateShardHandover, validateCatalogRecoverRequest, validateNodeRecordsRequest, validateShardMove, validateNodeDrain, validateRebalance, validateShardReconfigure, controllerSubject, nodeSubject,
@@ -334,7 +335,30 @@ function replicaTargets(): Target[] {
       }
     }
   }
+  // The heartbeats sent to `node` (runtime/heartbeat-batcher.ts): entries of the scratch volume
+  // (forged ones could depose its leaders, as above) and of no volume; host 0 answers each
+  // message, `{ r }` or bad_request.
+  for (const node of facts.nodes) {
+    const entry = (): unknown[] => {
+      const append = { type: 'append', term: pick([0, 1, 2, 1000]), leader: pick([...facts.nodes, 'zz']), prevLsn: pick([0, 1, 100]), prevTerm: pick([0, 1]), records: chance(0.9) ? [] : [{ term: 1, kind: 0, payload: randBytes(8) }], commitLsn: pick([0, 1, 100]) };
+      return [pick([facts.aux.id, facts.aux.id, 'v9-zz']), int(3), chance(0.8) ? encode(append) : randBytes(int(32))];
+    };
+    out.push({
+      kind: 'replica', subject: heartbeatsSubject(CLUSTER, node), type: 'raft', multi: true, replies: 1,
+      body: () => ({ from: pick([...facts.nodes, 'zz']), e: Array.from({ length: int(4) }, entry) }),
+      check: (b) => void validateHeartbeatBatch(b),
+      forbidden: (b) => mentions(b, facts.real.id),
+    });
+  }
   return out;
+}
+
+/** Whether `value` holds the string `s` anywhere (decoded CBOR may share, even cycle, its parts). */
+function mentions(value: unknown, s: string, seen = new Set<unknown>()): boolean {
+  if (typeof value === 'string') return value.includes(s);
+  if (typeof value !== 'object' || value === null || seen.has(value) || seen.size > 10_000) return false;
+  seen.add(value);
+  return Object.values(value as Record<string, unknown>).some((v) => mentions(v, s, seen));
 }
 
 function controllerTargets(): Target[] {
@@ -755,7 +779,8 @@ function shapeCheck(s: Sent, r: Record<string, unknown>): void {
       case 'status': ok = typeof r.node === 'object'; break;
     }
   } else if (t.kind === 'replica') {
-    ok = num(r.term);
+    // A heartbeats message is answered with its entries' replies, each encoded on its own.
+    ok = t.subject.startsWith(heartbeatsSubject(CLUSTER, '')) ? Array.isArray(r.r) : num(r.term);
   }
   if (!ok) report('reply of the wrong shape', s, JSON.stringify(r, (_k, v) => (v instanceof Uint8Array ? `<${v.length} bytes>` : v)).slice(0, 300));
 }

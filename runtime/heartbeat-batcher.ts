@@ -1,0 +1,290 @@
+/**
+ * Heartbeats coalesced per pair of nodes.
+ *
+ * A shard's leader sends each follower an append without records every heartbeat period (and
+ * the same message probes a follower whose place in the log is unknown, and confirms a
+ * leadership before a read). Sent one by one, an idle cluster of S shards costs 4·S·(R−1)
+ * NATS messages per heartbeat period (a request and a reply each way), whatever the shards do.
+ * Here a host's appends without records to one node, made in one turn of its event loop, go as
+ * one message, `strata.<cluster>.heartbeats.<node>`, which every host of that node receives;
+ * each host answers the entries of the shards it holds, in one message (or a few, within the
+ * server's max_payload). What each replica sends and receives is unchanged: the same append,
+ * handled by the same code, its answer routed back to the replica's own promise.
+ *
+ * Bounded: entries per message (HEARTBEAT_BATCH_ENTRIES_MAX), bytes per message (a quarter of
+ * the server's max_payload, so that the answers, error replies included, fit), batches waiting
+ * for their answers (HEARTBEAT_BATCHES_PENDING_MAX; beyond it `send` declines and the caller
+ * sends on its own), and each entry's wait (its own timeout, as a request's). A node whose
+ * hosts do not take these messages (nobody subscribed: a node of an older version, or one that
+ * is down) is declined for HEARTBEAT_DECLINE_MS, so that a cluster upgraded one node at a time
+ * keeps its heartbeats.
+ */
+import type { Msg, NatsConnection, Subscription } from 'nats';
+import { decode, encode, type CodecOptions } from '../messages/codec';
+import { ProtocolError } from '../messages/errors';
+import { newInbox } from './request-mux';
+
+/** Entries of one heartbeats message at most. */
+export const HEARTBEAT_BATCH_ENTRIES_MAX = 1024;
+/** Messages of heartbeats a host waits for answers to at most; beyond, `send` declines. */
+export const HEARTBEAT_BATCHES_PENDING_MAX = 256;
+/**
+ * After a node's hosts were found not to take heartbeats messages (nobody subscribed: a node
+ * of a version before them, or down), `send` declines for it this long: its replicas' own
+ * subjects carry the heartbeats meanwhile, as before.
+ */
+export const HEARTBEAT_DECLINE_MS = 10_000;
+/** Nodes remembered as declining at most. */
+const DECLINED_NODES_MAX = 1024;
+
+/** Subject of the heartbeats (appends without records) sent to the replicas of node `nodeId`. */
+export function heartbeatsSubject(cluster: string, nodeId: string): string {
+  return `strata.${cluster}.heartbeats.${nodeId}`;
+}
+
+/** One entry: the shard, and its replication message as encoded for the replica's own subject. */
+export type HeartbeatEntry = [volumeId: string, shard: number, message: Uint8Array];
+
+/** A heartbeats message: from node `from`, entries of distinct shards. */
+export interface HeartbeatBatch {
+  from: string;
+  e: HeartbeatEntry[];
+}
+
+/** An answer: entries `[volumeId, shard, reply]`, each reply encoded on its own (a RaftReply or an error reply). */
+export interface HeartbeatBatchReply {
+  r: HeartbeatEntry[];
+}
+
+/** A heartbeats message as received, checked for form (each entry's message is checked by its handler). */
+export function validateHeartbeatBatch(body: unknown): HeartbeatBatch {
+  const o = body as { from?: unknown; e?: unknown };
+  if (typeof o !== 'object' || o === null || typeof o.from !== 'string' || o.from === '' || !Array.isArray(o.e)) {
+    throw new ProtocolError('bad_request', 'a heartbeats message is { from, e: [[volumeId, shard, message]...] }');
+  }
+  if (o.e.length > HEARTBEAT_BATCH_ENTRIES_MAX) throw new ProtocolError('bad_request', `a heartbeats message holds at most ${HEARTBEAT_BATCH_ENTRIES_MAX} entries, got ${o.e.length}`);
+  for (const x of o.e as unknown[]) checkEntry(x);
+  return { from: o.from, e: o.e as HeartbeatEntry[] };
+}
+
+function checkEntry(x: unknown): void {
+  if (!Array.isArray(x) || x.length !== 3 || typeof x[0] !== 'string' || !Number.isSafeInteger(x[1]) || (x[1] as number) < 0 || !(x[2] instanceof Uint8Array)) {
+    throw new ProtocolError('bad_request', 'a heartbeats entry is [volumeId, shard, message bytes]');
+  }
+}
+
+/** Splits encoded entries into groups of at most `bytesMax` bytes each (an entry larger alone is a group of its own). */
+export function chunkEntries(entries: readonly HeartbeatEntry[], bytesMax: number): HeartbeatEntry[][] {
+  const out: HeartbeatEntry[][] = [];
+  let cur: HeartbeatEntry[] = [];
+  let bytes = 0;
+  for (const e of entries) {
+    const size = entryBytes(e);
+    if (cur.length > 0 && (bytes + size > bytesMax || cur.length >= HEARTBEAT_BATCH_ENTRIES_MAX)) {
+      out.push(cur);
+      cur = [];
+      bytes = 0;
+    }
+    cur.push(e);
+    bytes += size;
+  }
+  if (cur.length > 0) out.push(cur);
+  return out;
+}
+
+/** An entry's encoded size, bounded above (CBOR heads and the shard number). */
+function entryBytes(e: HeartbeatEntry): number {
+  return e[0].length + e[2].length + 16;
+}
+
+interface Slot {
+  resolve(body: unknown): void;
+  reject(err: Error): void;
+}
+
+interface OpenBatch {
+  entries: HeartbeatEntry[];
+  slots: Map<string, Slot>;
+  bytes: number;
+  timeoutMs: number;
+}
+
+interface WaitingBatch {
+  slots: Map<string, Slot>;
+  timer: NodeJS.Timeout;
+  to: string;
+}
+
+const keyOf = (volumeId: string, shard: number): string => `${volumeId}\u0000${shard}`;
+
+/**
+ * The sending side, one per host: `send` adds a message to the batch for its node, sent at the
+ * end of this turn of the event loop, and resolves with the replica's decoded reply.
+ */
+export class HeartbeatSender {
+  private readonly prefix: string;
+  private readonly sub: Subscription;
+  private readonly open = new Map<string, OpenBatch>();
+  private readonly waiting = new Map<string, WaitingBatch>();
+  /** Nodes whose hosts did not take a heartbeats message, until when `send` declines for them. */
+  private readonly declined = new Map<string, number>();
+  private nextToken = 0;
+  private scheduled = false;
+  private closed = false;
+
+  constructor(
+    private readonly nc: NatsConnection,
+    private readonly opts: { cluster: string; nodeId: string; codec: CodecOptions },
+  ) {
+    this.prefix = `${newInbox(nc)}.`;
+    this.sub = nc.subscribe(`${this.prefix}*`, { callback: (err, msg) => err === null && this.onReply(msg) });
+  }
+
+  /** Batches sent and not yet fully answered (tests, stats). */
+  get pending(): number {
+    return this.waiting.size;
+  }
+
+  /**
+   * Sends `message` (an encoded append without records of shard `volumeId`/`shard`) to node `to`
+   * with the other heartbeats of this turn; resolves with the decoded reply, or fails with
+   * `timeout` after `timeoutMs`. Undefined when it cannot take it now (closed, too many batches
+   * waiting): the caller sends the message on its own.
+   */
+  send(to: string, volumeId: string, shard: number, message: Uint8Array, timeoutMs: number): Promise<unknown> | undefined {
+    if (this.closed || this.nc.isClosed() || this.waiting.size >= HEARTBEAT_BATCHES_PENDING_MAX) return undefined;
+    const until = this.declined.get(to);
+    if (until !== undefined) {
+      if (performance.now() < until) return undefined;
+      this.declined.delete(to);
+    }
+    const key = keyOf(volumeId, shard);
+    const entry: HeartbeatEntry = [volumeId, shard, message];
+    const size = entryBytes(entry);
+    let b = this.open.get(to);
+    // One entry per shard per message (answers are matched by shard), within the bounds.
+    if (b !== undefined && (b.slots.has(key) || b.entries.length >= HEARTBEAT_BATCH_ENTRIES_MAX || b.bytes + size > this.bytesMax())) {
+      this.flush(to, b);
+      b = undefined;
+      if (this.waiting.size >= HEARTBEAT_BATCHES_PENDING_MAX) return undefined;
+    }
+    if (b === undefined) {
+      b = { entries: [], slots: new Map(), bytes: 64, timeoutMs };
+      this.open.set(to, b);
+    }
+    const batch = b;
+    batch.entries.push(entry);
+    batch.bytes += size;
+    batch.timeoutMs = Math.max(batch.timeoutMs, timeoutMs);
+    const p = new Promise<unknown>((resolve, reject) => batch.slots.set(key, { resolve, reject }));
+    if (!this.scheduled) {
+      this.scheduled = true;
+      setImmediate(this.flushAll);
+    }
+    // An entry whose own timeout is shorter than its batch's fails at its own.
+    if (timeoutMs < batch.timeoutMs) return withTimeout(p, timeoutMs, to);
+    return p;
+  }
+
+  /** Fails every heartbeat waiting (the host is stopping); later sends decline. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    const err = new ProtocolError('unavailable', 'host is stopping');
+    for (const b of this.open.values()) for (const s of b.slots.values()) s.reject(err);
+    this.open.clear();
+    for (const w of this.waiting.values()) {
+      clearTimeout(w.timer);
+      for (const s of w.slots.values()) s.reject(err);
+    }
+    this.waiting.clear();
+    this.sub.unsubscribe();
+  }
+
+  private bytesMax(): number {
+    return Math.max(1024, Math.floor((this.opts.codec.bytesMax ?? 1024 * 1024) / 4));
+  }
+
+  private readonly flushAll = (): void => {
+    this.scheduled = false;
+    for (const [to, b] of [...this.open]) this.flush(to, b);
+  };
+
+  private flush(to: string, b: OpenBatch): void {
+    this.open.delete(to);
+    if (b.entries.length === 0) return;
+    const token = (this.nextToken++).toString(36);
+    let data: Uint8Array;
+    try {
+      data = encode({ from: this.opts.nodeId, e: b.entries } satisfies HeartbeatBatch, this.opts.codec);
+      this.nc.publish(heartbeatsSubject(this.opts.cluster, to), data, { reply: `${this.prefix}${token}` });
+    } catch (e) {
+      const err = e instanceof ProtocolError ? e : new ProtocolError('unavailable', `heartbeats to ${to} not sent: ${(e as Error).message}`);
+      for (const s of b.slots.values()) s.reject(err);
+      return;
+    }
+    const timer = setTimeout(() => this.expire(token), b.timeoutMs);
+    this.waiting.set(token, { slots: b.slots, timer, to });
+  }
+
+  private expire(token: string): void {
+    const w = this.waiting.get(token);
+    if (w === undefined) return;
+    this.waiting.delete(token);
+    for (const s of w.slots.values()) s.reject(new ProtocolError('timeout', `replica on ${w.to} did not answer its heartbeat`));
+  }
+
+  private onReply(msg: Msg): void {
+    const token = msg.subject.slice(this.prefix.length);
+    const w = this.waiting.get(token);
+    if (w === undefined) return; // Late: its entries timed out already.
+    if (msg.data.length === 0) {
+      // A status: nobody on that node subscribes (503), or another refusal; every entry fails.
+      const code = Number(msg.headers?.code ?? 0);
+      if (code >= 400) {
+        clearTimeout(w.timer);
+        this.waiting.delete(token);
+        if (code === 503) {
+          if (this.declined.size >= DECLINED_NODES_MAX) this.declined.clear();
+          this.declined.set(w.to, performance.now() + HEARTBEAT_DECLINE_MS);
+        }
+        for (const s of w.slots.values()) s.reject(new ProtocolError(code === 503 ? 'unavailable' : 'timeout', `heartbeats to ${w.to}: status ${code}`));
+      }
+      return;
+    }
+    let reply: HeartbeatBatchReply;
+    try {
+      const body = decode(msg.data, this.opts.codec) as { r?: unknown };
+      if (typeof body !== 'object' || body === null || !Array.isArray(body.r)) throw new Error('not { r: [...] }');
+      for (const x of body.r as unknown[]) checkEntry(x);
+      reply = body as HeartbeatBatchReply;
+    } catch {
+      return; // Not an answer this host sent for: its entries time out.
+    }
+    for (const [volumeId, shard, bytes] of reply.r) {
+      const key = keyOf(volumeId, shard);
+      const s = w.slots.get(key);
+      if (s === undefined) continue;
+      w.slots.delete(key);
+      try {
+        s.resolve(decode(bytes, this.opts.codec));
+      } catch (e) {
+        s.reject(new ProtocolError('bad_request', `heartbeat reply of ${volumeId}/${shard} from ${w.to} does not decode: ${(e as Error).message}`));
+      }
+    }
+    if (w.slots.size === 0) {
+      clearTimeout(w.timer);
+      this.waiting.delete(token);
+    }
+  }
+}
+
+function withTimeout<T>(p: Promise<T>, ms: number, to: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([
+    p,
+    new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new ProtocolError('timeout', `replica on ${to} did not answer its heartbeat within ${ms} ms`)), ms);
+    }),
+  ]).finally(() => clearTimeout(timer));
+}

@@ -1,0 +1,184 @@
+/**
+ * Heartbeats coalesced per pair of nodes (runtime/heartbeat-batcher.ts), against a nats-server:
+ * one message per node per turn, each answer routed to its own entry, the bounds, and every way
+ * an entry fails (no answer, nobody subscribed, an answer that is not one).
+ */
+import { strict as assert } from 'node:assert';
+import { connect, type Msg, type NatsConnection } from 'nats';
+import {
+  HEARTBEAT_BATCH_ENTRIES_MAX,
+  HEARTBEAT_BATCHES_PENDING_MAX,
+  HeartbeatSender,
+  chunkEntries,
+  heartbeatsSubject,
+  validateHeartbeatBatch,
+  type HeartbeatBatch,
+  type HeartbeatEntry,
+} from '../../runtime/heartbeat-batcher';
+import { decode, encode } from '../../messages/codec';
+import { ProtocolError } from '../../messages/errors';
+import { startNatsServer, type NatsServerHandle } from '../../runtime/nats-server';
+import { waitFor } from '../support/wait';
+
+const MAX_PAYLOAD = 64 * 1024;
+const codec = { bytesMax: MAX_PAYLOAD };
+
+describe('HeartbeatSender (appends without records to one node, one message per turn)', function () {
+  this.timeout(30_000);
+  let server: NatsServerHandle;
+  let nc: NatsConnection;
+  let node: NatsConnection;
+  let sender: HeartbeatSender;
+  /** The heartbeats messages node n2 received. */
+  let received: HeartbeatBatch[];
+  /** How n2 answers an entry: its reply (encoded), or undefined for none. */
+  let answer: (volumeId: string, shard: number, body: unknown) => unknown;
+
+  before(async () => {
+    server = await startNatsServer({ jetstream: false, maxPayloadBytes: MAX_PAYLOAD });
+  });
+  after(async () => {
+    await server?.stop();
+  });
+  beforeEach(async () => {
+    nc = await connect({ servers: server.url });
+    node = await connect({ servers: server.url });
+    received = [];
+    answer = (_v, _s, body) => ({ echoed: body });
+    node.subscribe(heartbeatsSubject('t', 'n2'), {
+      callback: (_e, m: Msg) => {
+        const batch = validateHeartbeatBatch(decode(m.data));
+        received.push(batch);
+        const r: HeartbeatEntry[] = [];
+        for (const [v, s, data] of batch.e) {
+          const a = answer(v, s, decode(data));
+          if (a !== undefined) r.push([v, s, encode(a)]);
+        }
+        m.respond(encode({ r }));
+      },
+    });
+    await node.flush();
+    sender = new HeartbeatSender(nc, { cluster: 't', nodeId: 'n1', codec });
+  });
+  afterEach(async () => {
+    sender.close();
+    await nc.close();
+    await node.close();
+  });
+
+  it('the heartbeats of one turn to one node go as one message, and each gets its own answer', async () => {
+    const sent = Array.from({ length: 50 }, (_, i) => sender.send('n2', `v${i % 5}`, i, encode({ n: i }), 2000)!);
+    const replies = await Promise.all(sent);
+    assert.equal(received.length, 1, 'one message');
+    assert.equal(received[0]!.from, 'n1');
+    assert.equal(received[0]!.e.length, 50);
+    replies.forEach((r, i) => assert.deepEqual(r, { echoed: { n: i } }));
+    assert.equal(sender.pending, 0, 'nothing left waiting');
+    // The next turn: a message of its own.
+    await sender.send('n2', 'v0', 0, encode({ n: 'again' }), 2000);
+    assert.equal(received.length, 2);
+  });
+
+  it('a second heartbeat of the same shard in one turn starts a new message (answers are matched by shard)', async () => {
+    const a = sender.send('n2', 'v', 0, encode({ n: 1 }), 2000)!;
+    const b = sender.send('n2', 'v', 0, encode({ n: 2 }), 2000)!;
+    assert.deepEqual(await Promise.all([a, b]), [{ echoed: { n: 1 } }, { echoed: { n: 2 } }]);
+    assert.equal(received.length, 2);
+  });
+
+  it('messages stay within a quarter of max_payload and HEARTBEAT_BATCH_ENTRIES_MAX entries', async () => {
+    const big = encode('x'.repeat(1000));
+    const sent = Array.from({ length: 100 }, (_, i) => sender.send('n2', 'v', i, big, 5000)!);
+    await Promise.all(sent);
+    assert.ok(received.length >= 6, `${received.length} messages for 100 kB`);
+    for (const b of received) assert.ok(encode(b).length <= MAX_PAYLOAD / 4 + 64, String(encode(b).length));
+    assert.equal(received.reduce((n, b) => n + b.e.length, 0), 100);
+    received.length = 0;
+    // With room for more bytes (a larger max_payload), the entries' bound.
+    const roomy = new HeartbeatSender(nc, { cluster: 't', nodeId: 'n1', codec: { bytesMax: 8 * 1024 * 1024 } });
+    const many = Array.from({ length: HEARTBEAT_BATCH_ENTRIES_MAX + 5 }, (_, i) => roomy.send('n2', 'v', i, encode(1), 5000)!);
+    await Promise.all(many);
+    roomy.close();
+    assert.deepEqual(received.map((b) => b.e.length), [HEARTBEAT_BATCH_ENTRIES_MAX, 5]);
+  });
+
+  it('an entry its node does not answer fails with timeout; the others of its message are answered', async () => {
+    answer = (_v, s, body) => (s === 1 ? undefined : { echoed: body });
+    const t0 = Date.now();
+    const [a, b] = [sender.send('n2', 'v', 0, encode(0), 300)!, sender.send('n2', 'v', 1, encode(1), 300)!];
+    assert.deepEqual(await a, { echoed: 0 });
+    await assert.rejects(b, (e: unknown) => e instanceof ProtocolError && e.code === 'timeout');
+    assert.ok(Date.now() - t0 >= 250);
+    assert.equal(sender.pending, 0);
+  });
+
+  it('an entry with a shorter timeout than its message fails at its own', async () => {
+    answer = () => undefined;
+    const t0 = Date.now();
+    const long = sender.send('n2', 'v', 0, encode(0), 3000)!;
+    const short = sender.send('n2', 'v', 1, encode(1), 200)!;
+    await assert.rejects(short, (e: unknown) => e instanceof ProtocolError && e.code === 'timeout');
+    assert.ok(Date.now() - t0 < 2000, 'at its own timeout, not its message\'s');
+    await assert.rejects(long, (e: unknown) => e instanceof ProtocolError && e.code === 'timeout');
+  });
+
+  it('nobody subscribed for that node: every entry fails at once (no responders), and the node is declined for a while (its replicas send on their own)', async () => {
+    const t0 = Date.now();
+    const sent = [sender.send('n9', 'v', 0, encode(0), 10_000)!, sender.send('n9', 'v', 1, encode(1), 10_000)!];
+    for (const p of sent) await assert.rejects(p, (e: unknown) => e instanceof ProtocolError && e.code === 'unavailable');
+    assert.ok(Date.now() - t0 < 5000);
+    assert.equal(sender.pending, 0);
+    assert.equal(sender.send('n9', 'v', 0, encode(0), 1000), undefined, 'declined: a node that takes no heartbeats messages');
+    assert.notEqual(sender.send('n2', 'v', 0, encode(0), 1000), undefined, 'the other nodes are not');
+  });
+
+  it('an answer that is not one is ignored: its entries time out', async () => {
+    const liar = await connect({ servers: server.url });
+    try {
+      liar.subscribe(heartbeatsSubject('t', 'n3'), { callback: (_e, m) => m.respond(encode({ nope: true })) });
+      await liar.flush();
+      await assert.rejects(sender.send('n3', 'v', 0, encode(0), 300)!, (e: unknown) => e instanceof ProtocolError && e.code === 'timeout');
+    } finally {
+      await liar.close();
+    }
+  });
+
+  it('declines (the caller sends on its own) while HEARTBEAT_BATCHES_PENDING_MAX messages wait, and once closed', async () => {
+    answer = () => undefined;
+    // Each message waits: one per shard sent twice in a turn.
+    const waiting: Array<Promise<unknown>> = [];
+    for (let i = 0; i <= HEARTBEAT_BATCHES_PENDING_MAX; i++) {
+      const p = sender.send('n2', 'v', 0, encode(i), 1000);
+      if (p === undefined) break;
+      waiting.push(p.catch(() => undefined));
+    }
+    assert.equal(sender.pending, HEARTBEAT_BATCHES_PENDING_MAX);
+    assert.equal(sender.send('n2', 'v', 0, encode('more'), 1000), undefined);
+    await Promise.all(waiting);
+    await waitFor('nothing waiting', () => sender.pending === 0, 5000);
+    assert.notEqual(sender.send('n2', 'w', 0, encode(1), 1000), undefined);
+    const open = sender.send('n2', 'w', 1, encode(1), 1000)!;
+    sender.close();
+    await assert.rejects(open, (e: unknown) => e instanceof ProtocolError && e.code === 'unavailable');
+    assert.equal(sender.send('n2', 'v', 0, encode(1), 1000), undefined);
+  });
+});
+
+describe('heartbeats messages: form and chunks', () => {
+  it('validateHeartbeatBatch takes { from, e: [[volumeId, shard, bytes]...] } only, and bounds the entries', () => {
+    const ok = { from: 'n1', e: [['v', 0, Uint8Array.of(1)]] };
+    assert.deepEqual(validateHeartbeatBatch(ok), ok);
+    for (const bad of [null, {}, { from: '', e: [] }, { from: 'n1', e: {} }, { from: 'n1', e: [['v', -1, Uint8Array.of(1)]] }, { from: 'n1', e: [['v', 0, 'x']] }, { from: 'n1', e: [[1, 0, Uint8Array.of(1)]] }, { from: 'n1', e: [['v', 0]] }]) {
+      assert.throws(() => validateHeartbeatBatch(bad), (e: unknown) => e instanceof ProtocolError && e.code === 'bad_request', JSON.stringify(bad));
+    }
+    const tooMany = { from: 'n1', e: Array.from({ length: HEARTBEAT_BATCH_ENTRIES_MAX + 1 }, (_, i) => ['v', i, Uint8Array.of(1)]) };
+    assert.throws(() => validateHeartbeatBatch(tooMany), /at most/);
+  });
+
+  it('chunkEntries keeps each group within its bytes (an entry larger alone is a group of its own)', () => {
+    const e = (n: number, bytes: number): HeartbeatEntry => ['v', n, new Uint8Array(bytes)];
+    const groups = chunkEntries([e(0, 100), e(1, 100), e(2, 100), e(3, 1000), e(4, 10)], 300);
+    assert.deepEqual(groups.map((g) => g.map((x) => x[1])), [[0, 1], [2], [3], [4]]);
+    assert.deepEqual(chunkEntries([], 300), []);
+  });
+});
