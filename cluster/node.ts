@@ -597,6 +597,7 @@ export class StrataNode {
     for (let i = 0; i < this.hosts; i++) {
       hostConfigs.push({
         hostId: i,
+        hostCount: this.hosts,
         nodeId: this.nodeId,
         cluster: this.cluster,
         natsUrl: this.opts.natsUrl,

@@ -93,6 +93,8 @@ export interface HostConfig {
   defaultDeadlineMs?: number;
   /** Period of the replicas' clock (elections, heartbeats); default 10 ms. */
   tickMs?: number;
+  /** Hosts of this node (each answers every heartbeats message sent to the node); default 1. */
+  hostCount?: number;
 }
 
 /** Faults of the replication transport, as seen from this node. */
@@ -828,21 +830,48 @@ export class ActorHost implements HostApi {
    * A heartbeats message (heartbeat-batcher.ts): each entry of a shard this host holds is
    * handled as the same message on the replica's own subject would be, and the answers go back
    * together (in as many messages as the server's max_payload needs). Entries of shards this host
-   * does not hold are left to the node's other hosts. Host 0 answers every message: `{ r: [] }`
-   * when it holds none of its shards, an error reply (`bad_request`) when it is not well formed.
+   * does not hold are left to the node's other hosts; every host answers, with none of them if it
+   * holds none (HeartbeatBatchReply). A message that is not well formed is answered `bad_request`
+   * by host 0.
    */
   private onHeartbeats(msg: Msg): void {
     if (!msg.reply || this.stopping) return;
-    const first = this.config!.hostId === 0;
+    const { hostId } = this.config!;
+    const hosts = this.config!.hostCount ?? 1;
     let batch: HeartbeatBatch;
     try {
       batch = validateHeartbeatBatch(decode(msg.data, this.codec));
     } catch (e) {
-      if (first) this.respond(msg, errorReply(e));
+      if (hostId === 0) this.respond(msg, errorReply(e));
       return;
     }
     if (this.faults.unreachable.has(batch.from)) return;
-    const answers: Array<Promise<HeartbeatEntry | undefined>> = [];
+    // Answers go out at the end of the turn in which they are ready: one that waits (a new term
+    // saved first, behind the device's queue) does not hold the others back, which would keep
+    // their leaders from sending more (their windows full) and let their followers campaign.
+    const replyTo = msg.reply;
+    const ready: HeartbeatEntry[] = [];
+    let left = 0;
+    let scheduled = false;
+    const flush = (): void => {
+      scheduled = false;
+      const last = left === 0;
+      // Within the server's max_payload, with room for the message's own heads.
+      const chunks = chunkEntries(ready.splice(0), Math.floor((this.codec.bytesMax ?? MESSAGE_BYTES_MAX) / 2));
+      if (chunks.length === 0) {
+        if (!last) return;
+        chunks.push([]);
+      }
+      chunks.forEach((r, i) => this.respond(replyTo, { host: hostId, hosts, r, ...(last && i === chunks.length - 1 ? {} : { more: true as const }) } satisfies HeartbeatBatchReply));
+    };
+    const settled = (entry: HeartbeatEntry | undefined): void => {
+      left--;
+      if (entry !== undefined) ready.push(entry);
+      if (!scheduled) {
+        scheduled = true;
+        setImmediate(flush);
+      }
+    };
     for (const [volumeId, shard, data] of batch.e) {
       const mb = this.mailboxes.get(shardKey(volumeId, shard));
       if (mb === undefined) continue;
@@ -857,18 +886,14 @@ export class ActorHost implements HostApi {
       } catch (e) {
         answer = Promise.resolve(errorReply(e));
       }
-      answers.push(answer.then((a): HeartbeatEntry | undefined => (a === undefined ? undefined : [volumeId, shard, encode(a, this.codec)])).catch(() => undefined));
+      left++;
+      void answer
+        .then((a): HeartbeatEntry | undefined => (a === undefined ? undefined : [volumeId, shard, encode(a, this.codec)]))
+        .catch(() => undefined)
+        .then(settled);
     }
-    if (answers.length === 0) {
-      if (first) this.respond(msg, { r: [] } satisfies HeartbeatBatchReply);
-      return;
-    }
-    const replyTo = msg.reply;
-    void Promise.all(answers).then((all) => {
-      const entries = all.filter((a): a is HeartbeatEntry => a !== undefined);
-      // Within the server's max_payload, with room for the message's own heads.
-      for (const r of chunkEntries(entries, Math.floor((this.codec.bytesMax ?? MESSAGE_BYTES_MAX) / 2))) this.respond(replyTo, { r } satisfies HeartbeatBatchReply);
-    });
+    // None of its shards here: this host's answer says so at once.
+    if (left === 0) flush();
   }
 
   /** Span attributes of a shard's requests (made once per mailbox). */

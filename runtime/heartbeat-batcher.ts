@@ -8,8 +8,10 @@
  * Here a host's appends without records to one node, made in one turn of its event loop, go as
  * one message, `strata.<cluster>.heartbeats.<node>`, which every host of that node receives;
  * each host answers the entries of the shards it holds, in one message (or a few, within the
- * server's max_payload). What each replica sends and receives is unchanged: the same append,
- * handled by the same code, its answer routed back to the replica's own promise.
+ * server's max_payload), and every host answers, so that an entry of a shard the node does not
+ * hold fails at once, as a message on a subject nobody takes does. What each replica sends and
+ * receives is unchanged: the same append, handled by the same code, its answer routed back to
+ * the replica's own promise.
  *
  * Bounded: entries per message (HEARTBEAT_BATCH_ENTRIES_MAX), bytes per message (a quarter of
  * the server's max_payload, so that the answers, error replies included, fit), batches waiting
@@ -51,10 +53,21 @@ export interface HeartbeatBatch {
   e: HeartbeatEntry[];
 }
 
-/** An answer: entries `[volumeId, shard, reply]`, each reply encoded on its own (a RaftReply or an error reply). */
+/**
+ * A host's answer: entries `[volumeId, shard, reply]`, each reply encoded on its own (a RaftReply
+ * or an error reply), from host `host` of the node's `hosts`; `more` on every answer of a host
+ * but its last. Every host answers every message, so that once all have, an entry none answered
+ * (its shard is not open on that node) fails at once, as a message to nobody does.
+ */
 export interface HeartbeatBatchReply {
+  host: number;
+  hosts: number;
   r: HeartbeatEntry[];
+  more?: true;
 }
+
+/** Hosts of one node at most, as a heartbeats answer names them. */
+const HOSTS_MAX = 1024;
 
 /** A heartbeats message as received, checked for form (each entry's message is checked by its handler). */
 export function validateHeartbeatBatch(body: unknown): HeartbeatBatch {
@@ -113,6 +126,8 @@ interface WaitingBatch {
   slots: Map<string, Slot>;
   timer: NodeJS.Timeout;
   to: string;
+  /** Hosts of the node that have answered in full. */
+  done: Set<number>;
 }
 
 const keyOf = (volumeId: string, shard: number): string => `${volumeId}\u0000${shard}`;
@@ -224,7 +239,7 @@ export class HeartbeatSender {
       return;
     }
     const timer = setTimeout(() => this.expire(token), b.timeoutMs);
-    this.waiting.set(token, { slots: b.slots, timer, to });
+    this.waiting.set(token, { slots: b.slots, timer, to, done: new Set() });
   }
 
   private expire(token: string): void {
@@ -254,12 +269,14 @@ export class HeartbeatSender {
     }
     let reply: HeartbeatBatchReply;
     try {
-      const body = decode(msg.data, this.opts.codec) as { r?: unknown };
+      const body = decode(msg.data, this.opts.codec) as Partial<Record<keyof HeartbeatBatchReply, unknown>>;
       if (typeof body !== 'object' || body === null || !Array.isArray(body.r)) throw new Error('not { r: [...] }');
+      const { host, hosts } = body;
+      if (!Number.isSafeInteger(hosts) || (hosts as number) < 1 || (hosts as number) > HOSTS_MAX || !Number.isSafeInteger(host) || (host as number) < 0 || (host as number) >= (hosts as number)) throw new Error('no host of hosts');
       for (const x of body.r as unknown[]) checkEntry(x);
       reply = body as HeartbeatBatchReply;
     } catch {
-      return; // Not an answer this host sent for: its entries time out.
+      return; // Not an answer to what this host sent: its entries time out.
     }
     for (const [volumeId, shard, bytes] of reply.r) {
       const key = keyOf(volumeId, shard);
@@ -271,6 +288,12 @@ export class HeartbeatSender {
       } catch (e) {
         s.reject(new ProtocolError('bad_request', `heartbeat reply of ${volumeId}/${shard} from ${w.to} does not decode: ${(e as Error).message}`));
       }
+    }
+    if (reply.more !== true) w.done.add(reply.host);
+    // Every host of the node answered: the entries none answered have no replica there.
+    if (w.slots.size > 0 && w.done.size >= reply.hosts) {
+      for (const [key, s] of w.slots) s.reject(new ProtocolError('unavailable', `no replica of ${key.replace('\u0000', '/')} on ${w.to} took its heartbeat`));
+      w.slots.clear();
     }
     if (w.slots.size === 0) {
       clearTimeout(w.timer);

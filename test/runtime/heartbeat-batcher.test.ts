@@ -33,6 +33,8 @@ describe('HeartbeatSender (appends without records to one node, one message per 
   let received: HeartbeatBatch[];
   /** How n2 answers an entry: its reply (encoded), or undefined for none. */
   let answer: (volumeId: string, shard: number, body: unknown) => unknown;
+  /** How n2 answers a message: as the last of its `hosts` hosts to, or not at all (a host that is down). */
+  let answers: { hosts: number; silent: boolean };
 
   before(async () => {
     server = await startNatsServer({ jetstream: false, maxPayloadBytes: MAX_PAYLOAD });
@@ -45,6 +47,7 @@ describe('HeartbeatSender (appends without records to one node, one message per 
     node = await connect({ servers: server.url });
     received = [];
     answer = (_v, _s, body) => ({ echoed: body });
+    answers = { hosts: 1, silent: true };
     node.subscribe(heartbeatsSubject('t', 'n2'), {
       callback: (_e, m: Msg) => {
         const batch = validateHeartbeatBatch(decode(m.data));
@@ -54,7 +57,9 @@ describe('HeartbeatSender (appends without records to one node, one message per 
           const a = answer(v, s, decode(data));
           if (a !== undefined) r.push([v, s, encode(a)]);
         }
-        m.respond(encode({ r }));
+        // One host's answer; the node's other hosts (if any) answer nothing here, or nothing at all.
+        m.respond(encode({ host: answers.hosts - 1, hosts: answers.hosts, r }));
+        if (!answers.silent) for (let h = 0; h < answers.hosts - 1; h++) m.respond(encode({ host: h, hosts: answers.hosts, r: [] }));
       },
     });
     await node.flush();
@@ -102,7 +107,21 @@ describe('HeartbeatSender (appends without records to one node, one message per 
     assert.deepEqual(received.map((b) => b.e.length), [HEARTBEAT_BATCH_ENTRIES_MAX, 5]);
   });
 
-  it('an entry its node does not answer fails with timeout; the others of its message are answered', async () => {
+  it('an entry none of its node\'s hosts answers fails at once once they all have (no replica there); the others of its message are answered', async () => {
+    answer = (_v, s, body) => (s === 1 ? undefined : { echoed: body });
+    for (const hosts of [1, 3]) {
+      answers = { hosts, silent: false };
+      const t0 = Date.now();
+      const [a, b] = [sender.send('n2', 'v', 0, encode(0), 5000)!, sender.send('n2', 'v', 1, encode(1), 5000)!];
+      assert.deepEqual(await a, { echoed: 0 });
+      await assert.rejects(b, (e: unknown) => e instanceof ProtocolError && e.code === 'unavailable' && /no replica of v\/1 on n2/.test(e.message));
+      assert.ok(Date.now() - t0 < 2000, `failed after ${Date.now() - t0} ms, not at its timeout`);
+      assert.equal(sender.pending, 0);
+    }
+  });
+
+  it('an entry its node does not answer, a host of it silent (down), fails with timeout; the others of its message are answered', async () => {
+    answers = { hosts: 2, silent: true };
     answer = (_v, s, body) => (s === 1 ? undefined : { echoed: body });
     const t0 = Date.now();
     const [a, b] = [sender.send('n2', 'v', 0, encode(0), 300)!, sender.send('n2', 'v', 1, encode(1), 300)!];
@@ -113,6 +132,7 @@ describe('HeartbeatSender (appends without records to one node, one message per 
   });
 
   it('an entry with a shorter timeout than its message fails at its own', async () => {
+    answers = { hosts: 2, silent: true };
     answer = () => undefined;
     const t0 = Date.now();
     const long = sender.send('n2', 'v', 0, encode(0), 3000)!;
@@ -135,7 +155,14 @@ describe('HeartbeatSender (appends without records to one node, one message per 
   it('an answer that is not one is ignored: its entries time out', async () => {
     const liar = await connect({ servers: server.url });
     try {
-      liar.subscribe(heartbeatsSubject('t', 'n3'), { callback: (_e, m) => m.respond(encode({ nope: true })) });
+      // Not an answer, and answers of a host that is not one of the node's.
+      liar.subscribe(heartbeatsSubject('t', 'n3'), {
+        callback: (_e, m) => {
+          m.respond(encode({ nope: true }));
+          m.respond(encode({ host: 3, hosts: 2, r: [] }));
+          m.respond(encode({ host: 0, hosts: 0, r: [] }));
+        },
+      });
       await liar.flush();
       await assert.rejects(sender.send('n3', 'v', 0, encode(0), 300)!, (e: unknown) => e instanceof ProtocolError && e.code === 'timeout');
     } finally {
@@ -144,6 +171,7 @@ describe('HeartbeatSender (appends without records to one node, one message per 
   });
 
   it('declines (the caller sends on its own) while HEARTBEAT_BATCHES_PENDING_MAX messages wait, and once closed', async () => {
+    answers = { hosts: 2, silent: true };
     answer = () => undefined;
     // Each message waits: one per shard sent twice in a turn.
     const waiting: Array<Promise<unknown>> = [];
