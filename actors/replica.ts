@@ -293,6 +293,14 @@ export interface ReplicaOptions {
    */
   seedLsn?: number;
   /**
+   * Its operator says the shard is new (the catalog shard of a cluster started with
+   * `--new-cluster`): when its storage was lost (absent although expected), a majority of its set,
+   * itself included, answering the probe of their terms with term 0 and no record is enough to
+   * take it for a new replica; without, every peer must answer (probeTerms). Wrong, when a
+   * majority's storage is gone, it may vote twice in a term.
+   */
+  newIfMajorityEmpty?: boolean;
+  /**
    * The most one replication message may hold, in bytes: the NATS server's max_payload (default
    * MESSAGE_BYTES_MAX, 1 MiB; at least MESSAGE_BYTES_MIN). Appends, snapshot chunks and the
    * writes a leader accepts are sized to fit it: a message the transport refuses for its size
@@ -661,6 +669,7 @@ export class Replica {
     this.snapshotChunkBytes = Math.min(SNAPSHOT_CHUNK_BYTES, this.messageBytesMax - MESSAGE_OVERHEAD_BYTES);
     this.schedule = opts.schedule ?? ((run) => void setImmediate(run));
     this.pendingWritesMax = opts.pendingWritesMax ?? 4096;
+    this.newIfMajorityEmpty = opts.newIfMajorityEmpty === true;
     this.tracer = opts.tracer;
     const members = [...opts.members].sort();
     const prior = opts.priorMembers !== undefined ? [...opts.priorMembers].sort() : undefined;
@@ -1186,6 +1195,8 @@ export class Replica {
   private readonly termsAnswered = new Set<string>();
   /** Every peer that answered had no record (VoteReply.lastLsn 0; probeTerms). */
   private termsPeersEmpty = true;
+  /** ReplicaOptions.newIfMajorityEmpty. */
+  private readonly newIfMajorityEmpty: boolean;
 
   /**
    * A replica whose storage was lost (HardState.lost) asks each peer whose term it does not know
@@ -1218,6 +1229,11 @@ export class Replica {
       if (id === this.self || this.termsAnswered.has(id) || this.termsUnknown.has(id) || this.termsAnswered.size + this.termsUnknown.size >= TERMS_PROBED_MAX) continue;
       this.termsUnknown.add(id);
       this.termsProbeDueMs = Number.NEGATIVE_INFINITY;
+    }
+    // A shard its operator says is new: a majority at term 0 without a record will do (the
+    // peers still silent are taken for new ones too).
+    if (this.termsUnknown.size > 0 && this.newIfMajorityEmpty && this.termsFloor === 0 && this.termsPeersEmpty && this.term === 0 && this.lastLsn === 0 && this.commitLsn === 0 && this.quorumOf((id) => id === this.self || this.termsAnswered.has(id))) {
+      this.termsUnknown.clear();
     }
     if (this.termsUnknown.size > 0) return;
     this.termsUnknown = undefined;

@@ -58,7 +58,7 @@ Commands:
         cluster's users (strata nats-auth), whose passwords it writes under the data directory.
   node [--config F] [--node-id ID] [--cluster C] [--nats URL] [--data-dir D]
        [--nats-user U --nats-password-file F] [--nats-ca-file F] [--nats-cert-file F --nats-key-file F]
-       [--hosts N] [--zone Z] [--controller|--no-controller|--controllers ID,ID,ID] [--metrics-port N]
+       [--hosts N] [--zone Z] [--controller|--no-controller|--controllers ID,ID,ID [--new-cluster]] [--metrics-port N]
        [--trace-exporters otlp,console] [--sampling off|ratio|always] [--sampling-ratio R]
        [--cache-bytes-max-per-shard B] [--segment-bytes-max B]
        [--checkpoint-every-records N] [--scrub-bytes-per-second B] [--mailbox-requests-max N]
@@ -67,8 +67,9 @@ Commands:
         STRATA_DATA_DIR, STRATA_NODE_ID, STRATA_HOSTS, STRATA_METRICS_PORT,
         STRATA_REPAIR_AFTER_SECONDS, STRATA_CONTROLLERS). With --controllers (3..7 node ids,
         the same list on every node) the catalog is replicated on those nodes and the one
-        whose replica leads it runs the controller; without, the one node started with
-        --controller keeps it alone. The controller's node replaces the replicas of a node
+        whose replica leads it runs the controller (--new-cluster on the first start of a new
+        cluster: a majority of them elect without waiting for all); without, the one node
+        started with --controller keeps it alone. The controller's node replaces the replicas of a node
         silent for --repair-after-seconds (default 600; 0 = never).
   volume create NAME --pages N [--page-size 4096|8192] [--shards S] [--stripe-pages P] [--replicas R]
         Create a volume of N pages.

@@ -20,6 +20,7 @@
  * | zone | --zone | STRATA_ZONE | zone | none (the node is a failure domain of its own) |
  * | controller | --controller / --no-controller | | controller | true |
  * | controllers | --controllers | STRATA_CONTROLLERS | controllers | none (one controller node, `controller`) |
+ * | newCluster | --new-cluster | | newCluster | false; with controllers only |
  * | metricsPort | --metrics-port | STRATA_METRICS_PORT | metricsPort | 9464 (0 = off) |
  * | traceExporters | --trace-exporters | STRATA_TRACE_EXPORTERS | traceExporters | OTEL_TRACES_EXPORTER, else none |
  * | sampling | --sampling | STRATA_SAMPLING | sampling | OTEL_TRACES_SAMPLER, else ratio |
@@ -97,6 +98,12 @@ export interface NodeConfig {
    * controller. Undefined: one controller node (`controller`), whose catalog is one local copy.
    */
   controllers?: string[];
+  /**
+   * The cluster is new (`--new-cluster`, with `controllers`): a controller node whose replica of
+   * the catalog shard has no storage takes it for a new one once a majority of the controller
+   * nodes answer with none either, rather than waiting for all of them (docs/replication.md).
+   */
+  newCluster?: boolean;
   /** Port of the Prometheus endpoint `/metrics`; 0 = no endpoint. */
   metricsPort: number;
   /** Span exporters (empty: none); undefined = from OTEL_TRACES_EXPORTER. */
@@ -292,6 +299,7 @@ const FIELDS: readonly FieldSpec[] = [
   { key: 'zone', flag: '--zone', env: 'STRATA_ZONE', kind: 'string', check: (v) => (NODE_ID_PATTERN.test(v) ? undefined : 'expected 1..64 characters of [A-Za-z0-9_-]') },
   { key: 'controller', flag: '--controller', kind: 'boolean' },
   { key: 'controllers', flag: '--controllers', env: 'STRATA_CONTROLLERS', kind: 'string', check: checkControllers },
+  { key: 'newCluster', flag: '--new-cluster', kind: 'boolean' },
   { key: 'metricsPort', flag: '--metrics-port', env: 'STRATA_METRICS_PORT', kind: 'integer', min: 0, max: 65535 },
   { key: 'traceExporters', flag: '--trace-exporters', env: 'STRATA_TRACE_EXPORTERS', kind: 'string', check: checkTraceExporters },
   {
@@ -562,6 +570,10 @@ export function loadNodeConfig(
     }
     config.controllers = list;
     config.controller = member;
+  }
+  if (merged.newCluster === true) {
+    if (config.controllers === undefined) bad('--new-cluster', 'needs --controllers: it is for a replicated controller (a single controller node starts its catalog alone)');
+    config.newCluster = true;
   }
   if (merged.sampling !== undefined) config.sampling = merged.sampling as NodeConfig['sampling'];
   if (merged.samplingRatio !== undefined) config.samplingRatio = merged.samplingRatio as number;

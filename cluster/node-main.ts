@@ -38,6 +38,7 @@ export async function runNode(config: NodeConfig): Promise<{ stop(): Promise<voi
       ...(config.zone !== undefined ? { zone: config.zone } : {}),
       controller: config.controller,
       ...(config.controllers !== undefined ? { controllers: config.controllers } : {}),
+      ...(config.newCluster === true ? { newCluster: true } : {}),
       ...(config.cacheBytesMaxPerShard !== undefined ? { cacheBytesMaxPerShard: config.cacheBytesMaxPerShard } : {}),
       ...(config.segmentBytesMax !== undefined ? { segmentBytesMax: config.segmentBytesMax } : {}),
       ...(config.checkpointEveryRecords !== undefined ? { checkpointEveryRecords: config.checkpointEveryRecords } : {}),

@@ -115,6 +115,12 @@ export interface StrataNodeOptions {
    * list on every node; undefined: `controller` alone decides.
    */
   controllers?: string[];
+  /**
+   * The cluster is new (`--new-cluster`): this controller node's replica of the catalog shard,
+   * when it has no storage, is taken for a new one once a majority of the controller nodes
+   * answer with none either (ReplicaOptions.newIfMajorityEmpty), not only once all have.
+   */
+  newCluster?: boolean;
   cacheBytesMaxPerShard?: number;
   segmentBytesMax?: number;
   checkpointEveryRecords?: number;
@@ -1498,7 +1504,7 @@ export class StrataNode {
    */
   private async openCatalogReplica(): Promise<void> {
     try {
-      await this.pool!.openShard(0, { ...catalogAssignment(this.opts.controllers!), existing: true });
+      await this.pool!.openShard(0, { ...catalogAssignment(this.opts.controllers!), existing: true, ...(this.opts.newCluster === true ? { newCluster: true } : {}) });
       this.catalogReplicaOpen = true;
     } catch (e) {
       this.seatFailures.failed(e, { step: 'opening its replica of the catalog shard' });

@@ -52,6 +52,8 @@ export interface ShardSpec extends ShardGeometry {
    * that LSN from the parent's replica on this device (`seedShard`); its log continues after it.
    */
   seed?: { volumeId: string; lsn: number };
+  /** The catalog shard of a cluster its operator starts new (`--new-cluster`): ReplicaOptions.newIfMajorityEmpty. */
+  newCluster?: boolean;
 }
 
 /** How long `seedShard` waits for the parent's replica to apply the branch point, or to end a checkpoint. */
@@ -748,6 +750,7 @@ export class DeviceHost {
         clock: this.nowMs,
         checkpointEveryRecords: this.opts.checkpointEveryRecords ?? 65536,
         ...(spec.seed !== undefined ? { seedLsn: spec.seed.lsn } : {}),
+        ...(spec.newCluster === true ? { newIfMajorityEmpty: true } : {}),
         ...(this.opts.messageBytesMax !== undefined ? { messageBytesMax: this.opts.messageBytesMax } : {}),
         ...(this.opts.timing ? { timing: this.opts.timing } : {}),
         ...(this.offload ? { offload: this.offload } : {}),

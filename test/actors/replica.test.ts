@@ -111,7 +111,7 @@ class TestShard {
    * Opens a replica on `disk`; with `damaged`, as its host does after it reported damage; with
    * `existing`, as its node reopens a replica it held (ShardStorage `expectExisting`).
    */
-  start(id: string, sim: SimDisk, opts: { damaged?: readonly CorruptionReport[]; existing?: boolean; members?: string[]; priorMembers?: string[]; seedLsn?: number } = {}): Member {
+  start(id: string, sim: SimDisk, opts: { damaged?: readonly CorruptionReport[]; existing?: boolean; newCluster?: boolean; members?: string[]; priorMembers?: string[]; seedLsn?: number } = {}): Member {
     const disk: Disk = this.opts.asyncFlush === true ? withAsyncFlush(sim) : sim;
     const storage = ShardStorage.open(disk, {
       dir: 'shard', pageSize: 4096, pageCount: 256, cacheBytesMax: 1 << 20, slab: this.slab, segmentBytesMax: 64 * 1024, repairFromPeers: this.ids.length > 1,
@@ -131,6 +131,7 @@ class TestShard {
       geometry: { ...geometry, shard: this.opts.shard ?? 0, shards: Math.max(1, (this.opts.shard ?? 0) + 1) }, self: id, members: opts.members ?? this.ids, log: storage.log,
       ...(opts.priorMembers !== undefined ? { priorMembers: opts.priorMembers } : {}), store: storage.store, queue, hardState: storage,
       ...(opts.seedLsn !== undefined ? { seedLsn: opts.seedLsn } : {}),
+      ...(opts.newCluster === true ? { newIfMajorityEmpty: true } : {}),
       transport: this.transport(id), snapshots: storage, timing: { ...timing, ...(this.opts.timing ?? {}) },
       nowMs: this.now,
       clock: () => this.now,
@@ -1461,6 +1462,41 @@ describe('Replica (more cases)', function () {
       const neu = await shard!.leader([f, other]);
       assert.ok(neu.replica.currentTerm > term);
       for (let i = 0; i < 20; i += 3) assert.deepEqual((await neu.replica.read([i], { deadlineMs: Date.now() + 1000, nowMs: Date.now() })).pages[0], page(i + 1));
+    });
+
+    it('a new shard its operator says is new (newIfMajorityEmpty): two of three replicas, every storage absent, elect without the third; without the flag they wait for it', async () => {
+      for (const newCluster of [false, true]) {
+        shard = new TestShard(['a', 'b', 'c']);
+        // Every replica opened as one that existed, as a controller node opens the catalog
+        // shard's: c never starts.
+        for (const id of shard.ids) await shard.crash(id);
+        shard.start('a', new SimDisk(), { existing: true, newCluster });
+        shard.start('b', new SimDisk(), { existing: true, newCluster });
+        if (!newCluster) {
+          await shard.elapse(1500);
+          assert.deepEqual(shard.leaders(), [], 'no leader while c has not answered');
+          assert.deepEqual(shard.members.get('a')!.replica.stats().awaitingTerms, ['c']);
+        } else {
+          const l = await shard.leader(['a', 'b']);
+          const w = await l.replica.write([{ page: 0, data: page(7) }]);
+          assert.ok(w.lsn > 0);
+        }
+        await shard.stop();
+        shard = undefined;
+      }
+    });
+
+    it('the flag does not make a replica new where a peer holds the shard: it waits for every peer, and is given the shard back', async () => {
+      const { l, f, other, last } = await wiped();
+      // The other follower is down too: only the leader answers, and it holds records.
+      const otherDisk = await shard!.crash(other);
+      const m = shard!.start(f, new SimDisk(), { existing: true, newCluster: true });
+      await shard!.elapse(1500);
+      assert.deepEqual(m.replica.stats().awaitingTerms, [other], 'still waiting for the peer that is down');
+      assert.equal(m.replica.stats().repairing, true);
+      shard!.start(other, otherDisk);
+      await shard!.waitFor(() => m.replica.appliedLsn >= last && !m.replica.stats().repairing, 'given everything back', 10_000);
+      assert.ok(l.replica.isLeader || shard!.leaders().length === 1);
     });
 
     it('with a peer that does not answer, it does not vote: records it alone acknowledged with the leader are not lost', async () => {

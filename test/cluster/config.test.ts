@@ -209,6 +209,10 @@ describe('cluster/config', () => {
     rejects(() => load(['--data-dir', 'd', '--controllers', 'a,b,c,d,e,f,g,h']), /expected 3\.\.7 node ids, got 8/);
     rejects(() => load(['--data-dir', 'd', '--controllers', 'a,b,a']), /a node id is listed twice/);
     rejects(() => load(['--data-dir', 'd', '--controllers', 'a,b,c.d']), /"c\.d" is not a node id/);
+    // A new cluster: only with controllers.
+    assert.equal(load(['--data-dir', 'd', '--node-id', 'b', '--controllers', 'a,b,c', '--new-cluster']).newCluster, true);
+    assert.equal(load(['--data-dir', 'd', '--node-id', 'b', '--controllers', 'a,b,c']).newCluster, undefined);
+    rejects(() => load(['--data-dir', 'd', '--new-cluster']), /^--new-cluster: needs --controllers/);
     rejects(() => load(['--data-dir', 'd', '--node-id', 'a', '--controllers', 'a,b,c', '--no-controller']), /--no-controller contradicts controllers \(a,b,c\), which list node 'a'/);
     rejects(() => load(['--data-dir', 'd', '--node-id', 'z', '--controllers', 'a,b,c', '--controller']), /--controller contradicts controllers \(a,b,c\), which do not list node 'z'/);
   });

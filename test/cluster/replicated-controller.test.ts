@@ -13,7 +13,7 @@ import * as path from 'node:path';
 import { startCluster, type InProcessCluster } from '../../cluster/in-process-cluster';
 import { StrataNode } from '../../cluster/node';
 import { CATALOG_PAGE_SIZE, CatalogShard } from '../../cluster/catalog-shard';
-import { pagesPerRequest } from '../../cluster/client';
+import { connect as connectClient, pagesPerRequest } from '../../cluster/client';
 import { ProtocolError } from '../../messages/errors';
 import { connect as natsConnect, type NatsConnection } from 'nats';
 import { startNatsServer, type NatsServerHandle } from '../../runtime/nats-server';
@@ -268,6 +268,38 @@ describe('a replicated controller beside a controller node that keeps the catalo
 
   it('a node with controllers does not start', async () => {
     await refusedToStart({ nodeId: 'n2', cluster: c.cluster, natsUrl: c.natsUrl, hosts: 1, controller: true, controllers: ['n2', 'n3', 'n4'] }, /keeps the catalog alone/);
+  });
+});
+
+describe('a new cluster started with --new-cluster', function () {
+  this.timeout(120_000);
+  let server: NatsServerHandle | undefined;
+  let dir: string;
+  const nodes: StrataNode[] = [];
+  before(async () => {
+    server = await startNatsServer({ jetstream: false });
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'strata-new-'));
+  });
+  after(async () => {
+    for (const n of nodes) await n.stop().catch(() => undefined);
+    await server?.stop();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('two of its three controller nodes run the controller without the third; a majority of the cluster is enough', async () => {
+    const start = (id: string): Promise<StrataNode> =>
+      StrataNode.start({ nodeId: id, cluster: 'nc', natsUrl: server!.url, dataDir: path.join(dir, id), hosts: 1, controller: true, controllers: ['n1', 'n2', 'n3'], newCluster: true });
+    nodes.push(await start('n1'), await start('n2'));
+    const client = await connectClient({ servers: server!.url, cluster: 'nc', timeoutMs: 5000 });
+    try {
+      // n3 never starts: the catalog shard elects on n1 and n2, and the controller takes changes.
+      await eventually('a create', () => client.createVolume({ name: 'first', pageCount: 64, shards: 1, replicas: 1 }));
+      await client.volume('first').write(1, page(3));
+      assert.deepEqual((await client.listVolumes()).map((v) => v.name), ['first']);
+      assert.equal((await client.volume('first').readPages([1])).pages[0]![0], 3);
+    } finally {
+      await client.close();
+    }
   });
 });
 
