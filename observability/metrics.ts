@@ -145,6 +145,8 @@ export interface HostSnapshot {
   requests?: RequestStatsSnapshot;
   /** How late the host's tick ran (LoopDelay). */
   loopDelay?: LoopDelayStats;
+  /** The heartbeats it sent per pair of nodes (runtime/heartbeat-batcher.ts HeartbeatStats fits). */
+  heartbeats?: { messages: number; entries: number; declined: number };
 }
 
 /** What a move of a replica was started by: an operator's request, or the controller's repair of a dead node's replicas. */
@@ -373,6 +375,11 @@ export class StrataMetrics {
       const host = String(h.hostId);
       const hostAttrs = { node, host };
       out.counter('strata_actor_restarts', RESTARTS_HELP, h.restarts ?? 0, { ...hostAttrs, kind: 'host' });
+      if (h.heartbeats !== undefined) {
+        out.counter('strata_heartbeat_messages', 'Heartbeats messages a host sent: the appends without records of its shards to one node, made in one turn, in one message.', h.heartbeats.messages, hostAttrs);
+        out.counter('strata_heartbeat_entries', 'Appends without records (heartbeats, probes, quorum rounds) a host sent in heartbeats messages; entries per message is how well they are coalesced.', h.heartbeats.entries, hostAttrs);
+        out.counter('strata_heartbeats_declined', 'Appends without records a host sent on the replica\'s own subject instead of in a heartbeats message (a node that takes none, for 10 s after no responders; too many messages waiting).', h.heartbeats.declined, hostAttrs);
+      }
       const dev = h.device;
       out.gauge('strata_device_up', '1 when the host and its device serve requests, 0 when down or failed.', h.down === undefined && dev !== undefined && dev.queue.state === 'ok' ? 1 : 0, hostAttrs);
       for (const mb of h.mailbox) {

@@ -42,7 +42,7 @@ import { DeviceHost, deviceProblem, shardKey, type ShardSpec, type ReplicaRoles,
 import { createLogger, throttled, type Logger } from '../observability/log';
 import type { WorkerTelemetryInit, WorkerTracing } from '../observability/worker-tracing';
 import { ATTR, batchSendTracer, captureSpanContext, clientSpan, deviceQueueTracer, serverSpan, withSpan } from '../observability/tracing';
-import { HeartbeatSender, chunkEntries, heartbeatsSubject, validateHeartbeatBatch, type HeartbeatBatch, type HeartbeatBatchReply, type HeartbeatEntry } from './heartbeat-batcher';
+import { HeartbeatSender, chunkEntries, heartbeatsSubject, validateHeartbeatBatch, type HeartbeatBatch, type HeartbeatBatchReply, type HeartbeatEntry, type HeartbeatStats } from './heartbeat-batcher';
 import { ConnectionState, encodeReplyWithin, frozenHeaders, RequestMux, serverMaxPayload, watchDenials } from './request-mux';
 import { withTimeout } from './timeout';
 import { RequestRecorder, type RequestStatsSnapshot } from '../observability/request-recorder';
@@ -127,6 +127,8 @@ export interface HostStats {
   requests?: RequestStatsSnapshot;
   /** How late the host's tick ran (its event loop held); absent before init. */
   loopDelay?: LoopDelayStats;
+  /** The heartbeats it sent per pair of nodes (runtime/heartbeat-batcher.ts); absent before init. */
+  heartbeats?: HeartbeatStats;
 }
 
 export interface HostHealth {
@@ -583,6 +585,7 @@ export class ActorHost implements HostApi {
       mailbox,
       ...(this.recorder ? { requests: this.recorder.snapshot() } : {}),
       ...(this.loopDelay ? { loopDelay: this.loopDelay.stats(performance.now()) } : {}),
+      ...(this.heartbeats ? { heartbeats: this.heartbeats.stats() } : {}),
     };
   }
 

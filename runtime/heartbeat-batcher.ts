@@ -110,6 +110,16 @@ function entryBytes(e: HeartbeatEntry): number {
   return e[0].length + e[2].length + 16;
 }
 
+/** What a host's HeartbeatSender did since it started (cumulative). */
+export interface HeartbeatStats {
+  /** Heartbeats messages sent. */
+  messages: number;
+  /** Entries they carried (each an append without records of one shard to one node). */
+  entries: number;
+  /** Appends without records it declined, sent on the replicas' own subjects instead. */
+  declined: number;
+}
+
 interface Slot {
   resolve(body: unknown): void;
   reject(err: Error): void;
@@ -146,6 +156,7 @@ export class HeartbeatSender {
   private nextToken = 0;
   private scheduled = false;
   private closed = false;
+  private readonly counts: HeartbeatStats = { messages: 0, entries: 0, declined: 0 };
 
   constructor(
     private readonly nc: NatsConnection,
@@ -160,6 +171,10 @@ export class HeartbeatSender {
     return this.waiting.size;
   }
 
+  stats(): HeartbeatStats {
+    return { ...this.counts };
+  }
+
   /**
    * Sends `message` (an encoded append without records of shard `volumeId`/`shard`) to node `to`
    * with the other heartbeats of this turn; resolves with the decoded reply, or fails with
@@ -167,6 +182,12 @@ export class HeartbeatSender {
    * waiting): the caller sends the message on its own.
    */
   send(to: string, volumeId: string, shard: number, message: Uint8Array, timeoutMs: number): Promise<unknown> | undefined {
+    const p = this.add(to, volumeId, shard, message, timeoutMs);
+    if (p === undefined) this.counts.declined++;
+    return p;
+  }
+
+  private add(to: string, volumeId: string, shard: number, message: Uint8Array, timeoutMs: number): Promise<unknown> | undefined {
     if (this.closed || this.nc.isClosed() || this.waiting.size >= HEARTBEAT_BATCHES_PENDING_MAX) return undefined;
     const until = this.declined.get(to);
     if (until !== undefined) {
@@ -238,6 +259,8 @@ export class HeartbeatSender {
       for (const s of b.slots.values()) s.reject(err);
       return;
     }
+    this.counts.messages++;
+    this.counts.entries += b.entries.length;
     const timer = setTimeout(() => this.expire(token), b.timeoutMs);
     this.waiting.set(token, { slots: b.slots, timer, to, done: new Set() });
   }

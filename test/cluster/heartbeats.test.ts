@@ -58,6 +58,13 @@ describe('heartbeats coalesced per pair of nodes', function () {
     assert.ok(entries >= 100, `${entries} heartbeats in ${batches.length} messages`);
     assert.ok(batches.length * 2 <= entries, `${entries} heartbeats in ${batches.length} messages: coalesced`);
     assert.deepEqual((await shards()).map((s) => `${s.leader}@${s.term}`), terms, 'no shard changed leader or term');
+    // The hosts count what they sent (strata_heartbeat_messages, strata_heartbeat_entries).
+    const counted = { messages: 0, entries: 0 };
+    for (const n of c.nodes) for (const h of await n!.hostPool.stats()) {
+      counted.messages += h.heartbeats?.messages ?? 0;
+      counted.entries += h.heartbeats?.entries ?? 0;
+    }
+    assert.ok(counted.messages > 0 && counted.entries >= 2 * counted.messages, JSON.stringify(counted));
     // Writes replicate as before.
     const vol = c.client.volume('idle');
     await Promise.all(Array.from({ length: 32 }, (_, i) => vol.write(i * 7, new Uint8Array(4096).fill(i + 1))));

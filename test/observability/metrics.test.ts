@@ -34,6 +34,7 @@ function host(hostId: number, over: Partial<HostSnapshot> = {}): HostSnapshot {
     },
     // 9 ticks on time (under 1 ms late) and one 300 ms late.
     loopDelay: { histogram: LOOP_DELAY_MS_BUCKETS.map((b) => (b === 1 ? 9 : b === 500 ? 1 : 0)), sumMs: 302, recentMaxMs: 300 },
+    heartbeats: { messages: 20, entries: 170, declined: 3 },
     ...over,
   };
 }
@@ -115,6 +116,9 @@ describe('observability/metrics', () => {
     assert.equal(sample(t1, 'strata_write_retries_matched_total', { node: 'n1', volume: 'v1', shard: '0' }), 2);
     assert.equal(sample(t1, 'strata_replica_repairing', { node: 'n1', volume: 'v1', shard: '0' }), 1);
     assert.equal(sample(t1, 'strata_actor_restarts_total', { node: 'n1', host: '1', kind: 'host' }), 2);
+    assert.equal(sample(t1, 'strata_heartbeat_messages_total', { node: 'n1', host: '0' }), 20);
+    assert.equal(sample(t1, 'strata_heartbeat_entries_total', { node: 'n1', host: '0' }), 170);
+    assert.equal(sample(t1, 'strata_heartbeats_declined_total', { node: 'n1', host: '0' }), 3);
     assert.ok(/^target_info\{.*strata_node_id="n1"/m.test(t1), 'target_info carries the resource');
 
     // Things change; the next scrape shows it.

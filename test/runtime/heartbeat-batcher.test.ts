@@ -82,6 +82,7 @@ describe('HeartbeatSender (appends without records to one node, one message per 
     // The next turn: a message of its own.
     await sender.send('n2', 'v0', 0, encode({ n: 'again' }), 2000);
     assert.equal(received.length, 2);
+    assert.deepEqual(sender.stats(), { messages: 2, entries: 51, declined: 0 });
   });
 
   it('a second heartbeat of the same shard in one turn starts a new message (answers are matched by shard)', async () => {
@@ -149,6 +150,7 @@ describe('HeartbeatSender (appends without records to one node, one message per 
     assert.ok(Date.now() - t0 < 5000);
     assert.equal(sender.pending, 0);
     assert.equal(sender.send('n9', 'v', 0, encode(0), 1000), undefined, 'declined: a node that takes no heartbeats messages');
+    assert.equal(sender.stats().declined, 1);
     assert.notEqual(sender.send('n2', 'v', 0, encode(0), 1000), undefined, 'the other nodes are not');
   });
 
