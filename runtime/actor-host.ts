@@ -93,8 +93,8 @@ export interface HostConfig {
   defaultDeadlineMs?: number;
   /** Period of the replicas' clock (elections, heartbeats); default 10 ms. */
   tickMs?: number;
-  /** Hosts of this node (each answers every heartbeats message sent to the node); default 1. */
-  hostCount?: number;
+  /** Hosts of this node: each answers every heartbeats message sent to the node, naming their number (HeartbeatBatchReply). */
+  hostCount: number;
 }
 
 /** Faults of the replication transport, as seen from this node. */
@@ -840,7 +840,7 @@ export class ActorHost implements HostApi {
   private onHeartbeats(msg: Msg): void {
     if (!msg.reply || this.stopping) return;
     const { hostId } = this.config!;
-    const hosts = this.config!.hostCount ?? 1;
+    const hosts = this.config!.hostCount;
     let batch: HeartbeatBatch;
     try {
       batch = validateHeartbeatBatch(decode(msg.data, this.codec));

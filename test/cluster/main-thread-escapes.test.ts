@@ -137,7 +137,7 @@ describe('HostPool: a thread that ends during its stop, or cannot be created aga
   });
 
   it('a host that ends with an uncaught error while it drains for the stop: stop() resolves at its exit, not at the call deadline', async () => {
-    const host: HostConfig = { hostId: 0, nodeId: 'n1', cluster: 'pool', natsUrl: server.url, deviceDir: path.join(dir, 'dev0') };
+    const host: HostConfig = { hostId: 0, hostCount: 1, nodeId: 'n1', cluster: 'pool', natsUrl: server.url, deviceDir: path.join(dir, 'dev0') };
     const pool = await HostPool.start({ hosts: [host], callTimeoutMs: 20_000 });
     const slot = (pool as unknown as { slots: Array<{ api: { throwUncaught(m: string): Promise<void> } }> }).slots[0]!;
     void slot.api.throwUncaught('a bug while draining').catch(() => undefined);
@@ -148,7 +148,7 @@ describe('HostPool: a thread that ends during its stop, or cannot be created aga
   });
 
   it('a restart whose thread cannot be created (ERR_WORKER_INIT_FAILED) is tried again later: nothing escapes the exit listener', async () => {
-    const host: HostConfig = { hostId: 0, nodeId: 'n1', cluster: 'pool', natsUrl: server.url, deviceDir: path.join(dir, 'dev5') };
+    const host: HostConfig = { hostId: 0, hostCount: 1, nodeId: 'n1', cluster: 'pool', natsUrl: server.url, deviceDir: path.join(dir, 'dev5') };
     const pool = await HostPool.start({ hosts: [host], callTimeoutMs: 5000, respawnMsMin: 200 });
     // eslint-disable-next-line @typescript-eslint/no-require-imports
     const threads = require('node:worker_threads') as { Worker: unknown };

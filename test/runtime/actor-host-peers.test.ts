@@ -42,7 +42,7 @@ describe('a host follows the leaders of its shards\' sets', function () {
   async function host(nodeId: string): Promise<ActorHost> {
     const h = new ActorHost();
     hosts.push(h);
-    await h.init({ hostId: 0, nodeId, cluster: CLUSTER, natsUrl: server.url, deviceDir: path.join(dir, nodeId), device: { crcOffloadBytesMin: 0, scrubBytesPerSecond: 0 } });
+    await h.init({ hostId: 0, hostCount: 1, nodeId, cluster: CLUSTER, natsUrl: server.url, deviceDir: path.join(dir, nodeId), device: { crcOffloadBytesMin: 0, scrubBytesPerSecond: 0 } });
     return h;
   }
 

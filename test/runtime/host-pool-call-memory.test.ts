@@ -32,7 +32,7 @@ describe('HostPool control calls over a host thread\'s lifetime', function () {
   });
 
   it('keeps nothing of a call once it is answered (the heap does not grow with the calls a running host answered)', async () => {
-    const host: HostConfig = { hostId: 0, nodeId: 'n1', cluster: 'poolmem', natsUrl: server.url, deviceDir: path.join(dir, 'dev0') };
+    const host: HostConfig = { hostId: 0, hostCount: 1, nodeId: 'n1', cluster: 'poolmem', natsUrl: server.url, deviceDir: path.join(dir, 'dev0') };
     pool = await HostPool.start({ hosts: [host], hangMs: 0 });
     const calls = async (n: number): Promise<void> => {
       for (let i = 0; i < n; i += 50) await Promise.all(Array.from({ length: 50 }, () => pool!.stats()));

@@ -41,7 +41,7 @@ describe('HostPool supervision', function () {
     await server?.stop();
   });
 
-  const host = (deviceDir: string): HostConfig => ({ hostId: 0, nodeId: 'n1', cluster: 'pooltest', natsUrl: server.url, deviceDir });
+  const host = (deviceDir: string): HostConfig => ({ hostId: 0, hostCount: 1, nodeId: 'n1', cluster: 'pooltest', natsUrl: server.url, deviceDir });
 
   it('a host that cannot start is down with the reason its start failed, and is started again after a back-off once the cause is gone', async () => {
     const dev = path.join(dir, 'dev0');

@@ -30,7 +30,7 @@ describe('replication transport of a host', function () {
 
   it('a send whose delay is longer than its timeout fails with timeout at its timeout, as over a slow network', async () => {
     host = new ActorHost();
-    await host.init({ hostId: 0, nodeId: 'n1', cluster: 'delay', natsUrl: server.url, deviceDir: path.join(dir, 'dev0'), device: { crcOffloadBytesMin: 0, scrubBytesPerSecond: 0 } });
+    await host.init({ hostId: 0, hostCount: 1, nodeId: 'n1', cluster: 'delay', natsUrl: server.url, deviceDir: path.join(dir, 'dev0'), device: { crcOffloadBytesMin: 0, scrubBytesPerSecond: 0 } });
     await host.setFaults({ delayMs: 3000 });
     const transport = transportOf(host, spec);
     const t0 = performance.now();
@@ -46,7 +46,7 @@ describe('replication transport of a host', function () {
 
   it('one append to all followers, while the host stops: fails each follower\'s promise as send does, instead of throwing at the caller (the replica has already counted the message in each window)', async () => {
     const stopping = new ActorHost();
-    await stopping.init({ hostId: 0, nodeId: 'n1', cluster: 'rv', natsUrl: server.url, deviceDir: path.join(dir, 'dev1'), device: { crcOffloadBytesMin: 0, scrubBytesPerSecond: 0 } });
+    await stopping.init({ hostId: 0, hostCount: 1, nodeId: 'n1', cluster: 'rv', natsUrl: server.url, deviceDir: path.join(dir, 'dev1'), device: { crcOffloadBytesMin: 0, scrubBytesPerSecond: 0 } });
     const transport = transportOf(stopping, spec);
     const stopped = stopping.stop(); // stopping: the replicas still run until the device closes
     const append = { type: 'append', term: 1, leader: 'n1', prevLsn: 0, prevTerm: 0, records: [{ term: 1, kind: 0, payload: new Uint8Array(1) }], commitLsn: 0, leaderLastLsn: 1 };
