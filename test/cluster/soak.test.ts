@@ -28,8 +28,8 @@ describe('soak: the pages it writes and reads', () => {
 describe('soak: flags', () => {
   it('defaults, and each flag read', () => {
     assert.deepEqual(parseSoakArgs([]), SOAK_DEFAULTS);
-    const o = parseSoakArgs(['--duration-ms', '5000', '--seed', '9', '--nodes', '5', '--pages', '64', '--shards', '2', '--clients', '3', '--checkpoint-every-records', '100', '--segment-bytes-max', '65536', '--repair-after-seconds', '0', '--faults', 'kill,freeze', '--no-results', '--keep']);
-    assert.deepEqual(o, { durationMs: 5000, seed: 9, nodes: 5, pages: 64, shards: 2, clients: 3, checkpointEveryRecords: 100, segmentBytesMax: 65536, repairAfterSeconds: 0, faults: ['kill', 'freeze'], resultsDir: null, keep: true });
+    const o = parseSoakArgs(['--duration-ms', '5000', '--seed', '9', '--nodes', '5', '--hosts', '2', '--pages', '64', '--shards', '2', '--clients', '3', '--checkpoint-every-records', '100', '--segment-bytes-max', '65536', '--repair-after-seconds', '0', '--faults', 'kill,freeze', '--no-results', '--keep']);
+    assert.deepEqual(o, { durationMs: 5000, seed: 9, nodes: 5, hosts: 2, pages: 64, shards: 2, clients: 3, checkpointEveryRecords: 100, segmentBytesMax: 65536, repairAfterSeconds: 0, faults: ['kill', 'freeze'], resultsDir: null, keep: true });
     assert.deepEqual((parseSoakArgs(['--faults', 'none']) as { faults: readonly string[] }).faults, []);
     assert.equal(parseSoakArgs(['--help']), 'help');
     assert.equal((parseSoakArgs(['--auth']) as { auth?: boolean }).auth, true);
@@ -40,6 +40,7 @@ describe('soak: flags', () => {
       [['--duration-ms', '999'], /--duration-ms must be an integer in 1000\.\.3600000, got 999/],
       [['--duration-ms', '1e4'], /--duration-ms must be a non-negative integer, got '1e4'/],
       [['--nodes', '2'], /--nodes must be an integer in 3\.\.5/],
+      [['--hosts', '5'], /--hosts must be an integer in 1\.\.4, got 5/],
       [['--pages', '16', '--shards', '32'], /--shards \(32\) must not exceed --pages \(16\)/],
       [['--segment-bytes-max', '100'], /--segment-bytes-max must be an integer in 4096\.\./],
       [['--faults', 'kill,reboot'], /unknown fault 'reboot'/],

@@ -103,6 +103,8 @@ export interface SoakOptions {
   seed: number;
   /** Node processes: 3..5. */
   nodes: number;
+  /** Actor hosts (devices) per node: 1..4. With several, a node's shards are spread over its hosts. */
+  hosts: number;
   /** Pages of the volume: 16..65,536. Fewer pages, more contention per page. */
   pages: number;
   /** Shards of the volume: 1..64. */
@@ -134,6 +136,7 @@ export const SOAK_DEFAULTS: Omit<SoakOptions, 'out'> = {
   durationMs: 120_000,
   seed: 1,
   nodes: 3,
+  hosts: 1,
   pages: 512,
   shards: 4,
   clients: 8,
@@ -312,6 +315,7 @@ export function checkSoakOptions(o: Omit<SoakOptions, 'out'>): string | undefine
     int(o.durationMs, 1000, 3_600_000, '--duration-ms') ??
     int(o.seed, 0, 0xffffffff, '--seed') ??
     int(o.nodes, 3, 5, '--nodes') ??
+    int(o.hosts, 1, 4, '--hosts') ??
     int(o.pages, 16, 65_536, '--pages') ??
     int(o.shards, 1, 64, '--shards') ??
     int(o.clients, 1, 64, '--clients') ??
@@ -348,10 +352,10 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
   };
 
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'strata-soak-'));
-  out(`Strata soak: ${opts.nodes} nodes, ${opts.pages} pages in ${opts.shards} shards × 3 replicas, ${opts.clients} clients, ${(opts.durationMs / 1000).toFixed(0)} s of faults (${opts.faults.join(', ') || 'none'}), seed ${opts.seed}; data in ${dataDir}`);
+  out(`Strata soak: ${opts.nodes} nodes${opts.hosts > 1 ? ` of ${opts.hosts} hosts` : ''}, ${opts.pages} pages in ${opts.shards} shards × 3 replicas, ${opts.clients} clients, ${(opts.durationMs / 1000).toFixed(0)} s of faults (${opts.faults.join(', ') || 'none'}), seed ${opts.seed}; data in ${dataDir}`);
   const cluster = await startDevCluster({
     nodes: opts.nodes,
-    hosts: 1,
+    hosts: opts.hosts,
     dataDir,
     nodeArgs: ['--checkpoint-every-records', String(opts.checkpointEveryRecords), '--segment-bytes-max', String(opts.segmentBytesMax), '--repair-after-seconds', String(opts.repairAfterSeconds)],
     ...(opts.auth === true ? { auth: true } : {}),
@@ -940,6 +944,7 @@ A Strata cluster of node processes under random faults, with checked clients (te
   --duration-ms N   how long faults are injected (1000..3600000; default ${SOAK_DEFAULTS.durationMs})
   --seed N          seed of every random choice (default ${SOAK_DEFAULTS.seed})
   --nodes N         node processes, 3..5 (default ${SOAK_DEFAULTS.nodes})
+  --hosts N         actor hosts (devices) per node, 1..4 (default ${SOAK_DEFAULTS.hosts}): a node's shards spread over them
   --pages N         pages of the volume, 16..65536 (default ${SOAK_DEFAULTS.pages})
   --shards N        shards of the volume, 1..64 (default ${SOAK_DEFAULTS.shards})
   --clients N       concurrent clients, 1..64 (default ${SOAK_DEFAULTS.clients})
@@ -963,8 +968,8 @@ Exit status: 0 every check passed, 1 a check failed, 2 bad flags.`;
 /** Parses flags; throws a RangeError naming the bad one. */
 export function parseSoakArgs(argv: readonly string[]): Omit<SoakOptions, 'out'> | 'help' {
   const o: Omit<SoakOptions, 'out'> = { ...SOAK_DEFAULTS };
-  const numeric: Record<string, 'durationMs' | 'seed' | 'nodes' | 'pages' | 'shards' | 'clients' | 'checkpointEveryRecords' | 'segmentBytesMax' | 'repairAfterSeconds'> = {
-    '--duration-ms': 'durationMs', '--seed': 'seed', '--nodes': 'nodes', '--pages': 'pages', '--shards': 'shards', '--clients': 'clients',
+  const numeric: Record<string, 'durationMs' | 'seed' | 'nodes' | 'hosts' | 'pages' | 'shards' | 'clients' | 'checkpointEveryRecords' | 'segmentBytesMax' | 'repairAfterSeconds'> = {
+    '--duration-ms': 'durationMs', '--seed': 'seed', '--nodes': 'nodes', '--hosts': 'hosts', '--pages': 'pages', '--shards': 'shards', '--clients': 'clients',
     '--checkpoint-every-records': 'checkpointEveryRecords', '--segment-bytes-max': 'segmentBytesMax', '--repair-after-seconds': 'repairAfterSeconds',
   };
   for (let i = 0; i < argv.length; i++) {
