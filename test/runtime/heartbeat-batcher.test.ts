@@ -121,6 +121,35 @@ describe('HeartbeatSender (appends without records to one node, one message per 
     }
   });
 
+  it('a host that answers in several messages (more) has answered in full only with its last: an entry none answered fails then, not before', async () => {
+    const parts = await connect({ servers: server.url });
+    try {
+      let last: (() => void) | undefined;
+      parts.subscribe(heartbeatsSubject('t', 'n4'), {
+        callback: (_e, m) => {
+          const batch = validateHeartbeatBatch(decode(m.data));
+          const reply = (i: number): HeartbeatEntry => [batch.e[i]![0], batch.e[i]![1], encode({ part: i })];
+          m.respond(encode({ host: 0, hosts: 1, r: [reply(0)], more: true }));
+          // Its last answer (entry 1; entry 2 none) comes when the test says.
+          last = () => m.respond(encode({ host: 0, hosts: 1, r: [reply(1)] }));
+        },
+      });
+      await parts.flush();
+      const [a, b, c] = [0, 1, 2].map((i) => sender.send('n4', 'v', i, encode(i), 5000)!) as [Promise<unknown>, Promise<unknown>, Promise<unknown>];
+      let cSettled = false;
+      c.then(() => (cSettled = true), () => (cSettled = true));
+      assert.deepEqual(await a, { part: 0 });
+      await new Promise((r) => setTimeout(r, 200));
+      assert.equal(cSettled, false, 'not failed while its host may still answer it');
+      last!();
+      assert.deepEqual(await b, { part: 1 });
+      await assert.rejects(c, (e: unknown) => e instanceof ProtocolError && e.code === 'unavailable');
+      assert.equal(sender.pending, 0);
+    } finally {
+      await parts.close();
+    }
+  });
+
   it('an entry its node does not answer, a host of it silent (down), fails with timeout; the others of its message are answered', async () => {
     answers = { hosts: 2, silent: true };
     answer = (_v, s, body) => (s === 1 ? undefined : { echoed: body });
