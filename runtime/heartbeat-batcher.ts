@@ -22,9 +22,10 @@
  * keeps its heartbeats.
  */
 import type { Msg, NatsConnection, Subscription } from 'nats';
-import { decode, encode, type CodecOptions } from '../messages/codec';
+import { decode, encode, MESSAGE_BYTES_MAX, type CodecOptions } from '../messages/codec';
 import { ProtocolError } from '../messages/errors';
-import { newInbox } from './request-mux';
+import { newInbox, statusCode } from './request-mux';
+import { withTimeout } from './timeout';
 
 /** Entries of one heartbeats message at most. */
 export const HEARTBEAT_BATCH_ENTRIES_MAX = 1024;
@@ -178,7 +179,8 @@ export class HeartbeatSender {
   /**
    * Sends `message` (an encoded append without records of shard `volumeId`/`shard`) to node `to`
    * with the other heartbeats of this turn; resolves with the decoded reply, or fails with
-   * `timeout` after `timeoutMs`. Undefined when it cannot take it now (closed, too many batches
+   * `timeout` after `timeoutMs` (`unavailable` when no host of that node holds the shard, or
+   * nobody takes the message). Undefined when it cannot take it now (closed, too many batches
    * waiting): the caller sends the message on its own.
    */
   send(to: string, volumeId: string, shard: number, message: Uint8Array, timeoutMs: number): Promise<unknown> | undefined {
@@ -218,7 +220,7 @@ export class HeartbeatSender {
       setImmediate(this.flushAll);
     }
     // An entry whose own timeout is shorter than its batch's fails at its own.
-    if (timeoutMs < batch.timeoutMs) return withTimeout(p, timeoutMs, to);
+    if (timeoutMs < batch.timeoutMs) return withTimeout(p, timeoutMs, () => new ProtocolError('timeout', `replica on ${to} did not answer its heartbeat within ${timeoutMs} ms`));
     return p;
   }
 
@@ -238,7 +240,7 @@ export class HeartbeatSender {
   }
 
   private bytesMax(): number {
-    return Math.max(1024, Math.floor((this.opts.codec.bytesMax ?? 1024 * 1024) / 4));
+    return Math.max(1024, Math.floor((this.opts.codec.bytesMax ?? MESSAGE_BYTES_MAX) / 4));
   }
 
   private readonly flushAll = (): void => {
@@ -278,7 +280,8 @@ export class HeartbeatSender {
     if (w === undefined) return; // Late: its entries timed out already.
     if (msg.data.length === 0) {
       // A status: nobody on that node subscribes (503), or another refusal; every entry fails.
-      const code = Number(msg.headers?.code ?? 0);
+      // (A header block nats.js cannot decode reads as 0, rather than end the reader.)
+      const code = statusCode(msg);
       if (code >= 400) {
         clearTimeout(w.timer);
         this.waiting.delete(token);
@@ -323,14 +326,4 @@ export class HeartbeatSender {
       this.waiting.delete(token);
     }
   }
-}
-
-function withTimeout<T>(p: Promise<T>, ms: number, to: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  return Promise.race([
-    p,
-    new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new ProtocolError('timeout', `replica on ${to} did not answer its heartbeat within ${ms} ms`)), ms);
-    }),
-  ]).finally(() => clearTimeout(timer));
 }

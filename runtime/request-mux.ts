@@ -495,7 +495,7 @@ function toHeaders(h: MuxRequestOptions['headers']): MsgHdrs | undefined {
 }
 
 /** The NATS status of a reply without payload (503: no responders); 0 when its headers are malformed. */
-function statusCode(msg: Msg): number {
+export function statusCode(msg: Msg): number {
   try {
     return msg.headers?.code ?? 0;
   } catch {
