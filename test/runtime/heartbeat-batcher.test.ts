@@ -4,7 +4,7 @@
  * an entry fails (no answer, nobody subscribed, an answer that is not one).
  */
 import { strict as assert } from 'node:assert';
-import { connect, type Msg, type NatsConnection } from 'nats';
+import { connect, headers as natsHeaders, type Msg, type NatsConnection } from 'nats';
 import {
   HEARTBEAT_BATCH_ENTRIES_MAX,
   HEARTBEAT_BATCHES_PENDING_MAX,
@@ -18,6 +18,7 @@ import {
 import { decode, encode } from '../../messages/codec';
 import { ProtocolError } from '../../messages/errors';
 import { startNatsServer, type NatsServerHandle } from '../../runtime/nats-server';
+import { startBadHeadersResponder } from '../support/bad-headers-responder';
 import { waitFor } from '../support/wait';
 
 const MAX_PAYLOAD = 64 * 1024;
@@ -198,6 +199,38 @@ describe('HeartbeatSender (appends without records to one node, one message per 
       await assert.rejects(sender.send('n3', 'v', 0, encode(0), 300)!, (e: unknown) => e instanceof ProtocolError && e.code === 'timeout');
     } finally {
       await liar.close();
+    }
+  });
+
+  it('a status other than 503 fails the message\'s entries at once with timeout, naming it; the node is not declined', async () => {
+    const refuser = await connect({ servers: server.url });
+    try {
+      refuser.subscribe(heartbeatsSubject('t', 'n5'), { callback: (_e, m) => m.respond(new Uint8Array(0), { headers: natsHeaders(408, 'Request Timeout') }) });
+      await refuser.flush();
+      const t0 = Date.now();
+      await assert.rejects(sender.send('n5', 'v', 0, encode(0), 20_000)!, (e: unknown) => e instanceof ProtocolError && e.code === 'timeout' && /status 408/.test(e.message));
+      assert.ok(Date.now() - t0 < 10_000, 'at once, not at its timeout');
+      assert.equal(sender.pending, 0);
+      const again = sender.send('n5', 'v', 0, encode(0), 20_000);
+      assert.notEqual(again, undefined, 'not declined: only "no responders" declines a node');
+      await assert.rejects(again!, /status 408/);
+      assert.deepEqual(sender.stats(), { messages: 2, entries: 2, declined: 0 });
+    } finally {
+      await refuser.close();
+    }
+  });
+
+  it('an empty answer whose header block nats.js cannot decode is ignored (its entries time out), and the sender keeps working', async () => {
+    // A responder on a raw connection (nats.js sends no such headers): an empty payload and a
+    // header value holding a lone LF. Read unguarded, it would throw in the connection's reader.
+    const socket = await startBadHeadersResponder(server.url, heartbeatsSubject('t', 'n6'));
+    try {
+      await assert.rejects(sender.send('n6', 'v', 0, encode(0), 500)!, (e: unknown) => e instanceof ProtocolError && e.code === 'timeout');
+      assert.equal(sender.pending, 0);
+      // The reply subscription and the connection's reader are still there.
+      assert.deepEqual(await sender.send('n2', 'v', 0, encode('after'), 5000), { echoed: 'after' });
+    } finally {
+      socket.destroy();
     }
   });
 

@@ -1,11 +1,11 @@
 import { strict as assert } from 'node:assert';
-import * as net from 'node:net';
 import { connect, headers as natsHeaders, type NatsConnection } from 'nats';
 import { ConnectionState, encodeReplyWithin, frozenHeaders, NoRespondersError, RequestMux } from '../../runtime/request-mux';
 import { NatsTransport } from '../../cluster/client';
 import { MESSAGE_BYTES_MAX, decode } from '../../messages/codec';
 import { startNatsServer, type NatsServerHandle } from '../../runtime/nats-server';
 import { rejectsWith } from '../support/expect';
+import { startBadHeadersResponder } from '../support/bad-headers-responder';
 import { waitFor } from '../support/wait';
 
 describe('RequestMux (NATS request/reply over one reply subscription)', function () {
@@ -238,30 +238,8 @@ describe('RequestMux (NATS request/reply over one reply subscription)', function
   it('an empty reply whose header block nats.js cannot decode is handed over, and the connection keeps working', async () => {
     // A responder on a raw connection (nats.js will not send such headers) that answers every
     // request on `bad-headers` with an empty payload and a value holding a lone LF.
-    const socket = net.connect(Number(new URL(server.url).port), '127.0.0.1');
+    const socket = await startBadHeadersResponder(server.url, 'bad-headers');
     try {
-      await new Promise<void>((resolve, reject) => {
-        socket.once('error', reject);
-        let buffered = '';
-        socket.on('data', (d) => {
-          buffered += d.toString('latin1');
-          if (buffered.startsWith('INFO')) {
-            buffered = '';
-            socket.write('CONNECT {"verbose":false,"headers":true}\r\nSUB bad-headers 1\r\nPING\r\n');
-            return;
-          }
-          if (buffered.includes('PONG')) {
-            buffered = buffered.replace(/PONG\r\n/g, '');
-            resolve();
-          }
-          const m = /MSG bad-headers 1 (\S+) \d+\r\n[^]*?\r\n/.exec(buffered);
-          if (m) {
-            buffered = buffered.slice(m.index + m[0].length);
-            const hdr = 'NATS/1.0\r\nx: a\nb\r\n\r\n';
-            socket.write(`HPUB ${m[1]} ${hdr.length} ${hdr.length}\r\n${hdr}\r\n`);
-          }
-        });
-      });
       const mux = new RequestMux(nc);
       const reply = await mux.request('bad-headers', Uint8Array.of(1), { timeoutMs: 5000 });
       assert.equal(reply.data.length, 0);
