@@ -872,7 +872,9 @@ export class Controller {
         skip(`its records name ${replicas} members, not 1, 3 or 5`);
         continue;
       }
-      const disagree = (['volumeName', 'shards', 'pageCount', 'pageSize', 'stripePages', 'createdAt'] as const).find((k) => held.some((h) => h.rec[k] !== first[k]));
+      // Not pageCount: a node down while the volume grew records the size before (it takes the
+      // new one when it next reconciles); the volume has the largest any record gives.
+      const disagree = (['volumeName', 'shards', 'pageSize', 'stripePages', 'createdAt'] as const).find((k) => held.some((h) => h.rec[k] !== first[k]));
       if (disagree !== undefined) {
         skip(`the nodes' records disagree on its ${disagree}`);
         continue;
@@ -926,7 +928,7 @@ export class Controller {
         continue;
       }
       found.push({
-        name: first.volumeName, id, pageCount: first.pageCount, pageSize: first.pageSize, shards: first.shards,
+        name: first.volumeName, id, pageCount: Math.max(...held.map((h) => h.rec.pageCount)), pageSize: first.pageSize, shards: first.shards,
         stripePages: first.stripePages, replicas, createdAt: first.createdAt ?? Math.floor(nowMs), placements,
         ...branchOfRecords(held.map((h) => h.rec), first.shards, (parentId) => this.state.volumes.find((v) => v.id === parentId)?.name ?? byVolume.get(parentId)?.[0]?.rec.volumeName),
       });
@@ -975,6 +977,31 @@ export class Controller {
   }
 
   /** Removes a volume and leaves a tombstone for its shards. Durable when it returns. */
+  /**
+   * The volume called `name` as it would be grown to `pageCount` pages, checked and not yet
+   * recorded (`resize` records it): `not_found` (no such volume), `bad_request` (fewer pages than
+   * it has: a volume never shrinks, the pages past the new end would be lost). The same record
+   * when it has that size already.
+   */
+  checkResize(name: string, pageCount: number): VolumeRecord {
+    const v = this.get(name);
+    if (pageCount < v.pageCount) {
+      throw new ProtocolError('bad_request', `pageCount: volume '${name}' has ${v.pageCount} pages; a volume grows, it does not shrink (the pages past ${pageCount - 1} would be lost)`, {
+        path: 'pageCount', pageCount: v.pageCount,
+      });
+    }
+    return v;
+  }
+
+  /** Records, durably, that the volume called `name` has `pageCount` pages (checked as `checkResize`). */
+  resize(name: string, pageCount: number): VolumeRecord {
+    const v = this.checkResize(name, pageCount);
+    if (v.pageCount === pageCount) return v;
+    const next: VolumeRecord = { ...v, pageCount };
+    this.commit({ ...this.state, volumes: this.state.volumes.map((x) => (x.id === v.id ? next : x)) });
+    return next;
+  }
+
   delete(name: string): VolumeRecord {
     const v = this.get(name);
     const tombstones = [...this.state.tombstones, v.id].slice(-this.tombstonesMax);

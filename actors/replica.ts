@@ -29,7 +29,7 @@ import { encodePageWrite, pageWriteBytes, pagesOfPageWrite } from '../storage-en
 import { requestArena } from '../storage-engine/arena';
 import { RecordKind, type LogRecord, type LogRecordInput } from '../storage-engine/record';
 import { RECORD_HEADER_BYTES } from '../storage-engine/log-segment';
-import { IMAGE_BYTES_MIN, isImagePath } from '../storage-engine/image';
+import { IMAGE_BYTES_MIN, imagePageCountOf, isImagePath } from '../storage-engine/image';
 import { CorruptionError, StorageError, assert } from '../storage-engine/errors';
 import { ProtocolError } from '../messages/errors';
 import { checkReadReplyBytes } from '../messages/validate';
@@ -519,7 +519,8 @@ function recordNote(lsn: number, term: number): string {
 }
 
 export class Replica {
-  readonly geometry: ShardGeometry;
+  /** Its pageCount grows (`grow`). */
+  private shape: ShardGeometry;
   readonly self: string;
   /** The configurations of its log (see ConfigState); `config` is the one in force. */
   private configState!: ConfigState;
@@ -638,10 +639,25 @@ export class Replica {
     snapshotsSent: 0, snapshotsInstalled: 0, appendsSent: 0, appendsToAll: 0, imageChecks: 0, offloaded: 0, appliedFromLog: 0, repliesIgnored: 0,
   };
 
+  /** The shard's volume, shard number and address space. */
+  get geometry(): ShardGeometry {
+    return this.shape;
+  }
+
+  /**
+   * Its volume grew to `pageCount` pages (volume.resize): pages up to `pageCount - 1` are taken
+   * from now on, in writes, reads and the records of appends. Fewer pages than it has change
+   * nothing. The host grows the replica's storage first (ShardStorage.grow), so that what this
+   * replica takes, its store can apply.
+   */
+  grow(pageCount: number): void {
+    if (pageCount > this.shape.pageCount) this.shape = { ...this.shape, pageCount };
+  }
+
   constructor(opts: ReplicaOptions) {
     assert(opts.members.includes(opts.self), 'a replica is a member of its own replica set');
     assert(new Set(opts.members).size === opts.members.length, 'replica set members are distinct');
-    this.geometry = opts.geometry;
+    this.shape = { ...opts.geometry };
     this.self = opts.self;
     this.log = opts.log;
     this.store = opts.store;
@@ -2382,6 +2398,13 @@ export class Replica {
       return { term: this.term, ok: true, nextOffset: req.bytes };
     }
     if (req.offset === 0) {
+      // An image of the volume as it grew since this replica took its size: refused until its
+      // node gives it the new size (volume.grow, or its next reconciliation); the leader sends again.
+      const pages = imagePageCountOf(req.data);
+      if (pages !== undefined && pages > this.geometry.pageCount) {
+        const g = this.geometry;
+        throw new ProtocolError('unavailable', `replica ${g.volumeId}/${g.shard} has ${g.pageCount} pages, the image sent ${pages}: its volume grew, and this replica has not taken the new size yet`, { pageCount: g.pageCount, imagePageCount: pages });
+      }
       await this.queue.task(() => this.snapshots!.begin(req.lsn, req.lastTerm, req.bytes));
       this.pendingSnapshot = { lsn: req.lsn, term: req.lastTerm, bytes: req.bytes, next: 0 };
     }

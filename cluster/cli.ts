@@ -83,6 +83,9 @@ Commands:
         Show a volume's geometry and the nodes of each shard's replicas.
   volume delete NAME
         Delete a volume and its data.
+  volume resize NAME --pages N
+        Grow a volume to N pages (never fewer than it has); the pages added read as zeros
+        until written. An NBD client connected to it sees the new size once it reconnects.
   put VOLUME PAGE FILE|-
         Write the bytes of FILE (or stdin) to pages PAGE, PAGE+1, …; the last page is
         padded with zeros.
@@ -195,6 +198,7 @@ const COMMANDS: Readonly<Record<string, CommandSpec>> = {
   'volume list': { positionals: [], flags: {}, client: true },
   'volume info': { positionals: ['NAME'], flags: {}, client: true },
   'volume delete': { positionals: ['NAME'], flags: {}, client: true },
+  'volume resize': { positionals: ['NAME'], flags: { pages: 'integer' }, required: ['pages'], client: true },
   put: { positionals: ['VOLUME', 'PAGE', 'FILE'], flags: {}, client: true },
   get: { positionals: ['VOLUME', 'PAGE', 'FILE'], flags: { count: 'integer', lsn: 'string' }, client: true },
   nbd: { positionals: ['VOLUME'], positionalsMin: 0, flags: { listen: 'string', 'read-only': 'boolean', all: 'boolean' }, client: true },
@@ -211,7 +215,7 @@ const COMMANDS: Readonly<Record<string, CommandSpec>> = {
 
 /** A parsed command line. `node` keeps its arguments raw (`rest`) for loadNodeConfig. */
 export interface ParsedArgs {
-  /** `dev`, `node`, `volume create`, `volume branch`, `volume list`, `volume info`, `volume delete`, `put`, `get`, `nbd`, `status`, `shard force-vote`, `shard move`, `shard handover`, `drain`, `rebalance`, `catalog recover`, `nats-auth`, `help`. */
+  /** `dev`, `node`, `volume create`, `volume branch`, `volume list`, `volume info`, `volume delete`, `volume resize`, `put`, `get`, `nbd`, `status`, `shard force-vote`, `shard move`, `shard handover`, `drain`, `rebalance`, `catalog recover`, `nats-auth`, `help`. */
   command: string;
   positionals: string[];
   flags: Record<string, string | number | boolean>;
@@ -359,7 +363,7 @@ export function parseArgs(argvIn: readonly string[]): ParsedArgs {
     // `strata volume --help` as any other command's: the list of commands.
     if (sub === '--help' || sub === '-h') return { command: 'help', positionals: [], flags: {}, rest: [] };
     if (sub === undefined || sub.startsWith('-')) {
-      throw new UsageError(first === 'volume' ? 'volume: expected create, branch, list, info or delete' : first === 'shard' ? 'shard: expected force-vote, move or handover' : 'catalog: expected recover');
+      throw new UsageError(first === 'volume' ? 'volume: expected create, branch, list, info, delete or resize' : first === 'shard' ? 'shard: expected force-vote, move or handover' : 'catalog: expected recover');
     }
     command = `${first} ${sub}`;
     at = 2;
@@ -666,6 +670,12 @@ async function volumeDelete(ctx: Ctx): Promise<void> {
   const name = ctx.args.positionals[0]!;
   await withClient(ctx, (c) => c.deleteVolume(name));
   await writeOut(ctx.io.stdout, ctx.json ? jsonText({ deleted: name }) : `deleted volume ${name}\n`);
+}
+
+async function volumeResize(ctx: Ctx): Promise<void> {
+  const name = ctx.args.positionals[0]!;
+  const info = await withClient(ctx, (c) => c.resizeVolume(name, ctx.args.flags.pages as number));
+  await writeOut(ctx.io.stdout, ctx.json ? jsonText(info) : `volume ${info.name} (id ${info.id}) has ${info.pageCount} pages of ${info.pageSize} bytes (${info.pageCount * info.pageSize} bytes)\n`);
 }
 
 async function status(ctx: Ctx): Promise<void> {
@@ -1064,6 +1074,9 @@ export async function main(argv: readonly string[], io: Partial<CliIo> = {}): Pr
         return 0;
       case 'volume delete':
         await volumeDelete(ctx);
+        return 0;
+      case 'volume resize':
+        await volumeResize(ctx);
         return 0;
       case 'put':
         await put(ctx);

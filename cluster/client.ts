@@ -387,6 +387,18 @@ export class StrataClient {
     await this.api('volume.delete', { name: expectName(name, 'name') }, this.deadline());
   }
 
+  /**
+   * Grows the volume called `name` to `pageCount` pages (volume.resize); resolves with its info.
+   * The pages added read as zeros until written. `not_found` if there is no such volume,
+   * `bad_request` for fewer pages than it has (a volume never shrinks), `unavailable` when a
+   * node holding a replica of it did not take the new size (nothing is recorded: retry). A
+   * `Volume` handle that read the size before takes the new one when it is first refused by it.
+   */
+  async resizeVolume(name: string, pageCount: number): Promise<VolumeInfo> {
+    const request = { name: expectName(name, 'name'), pageCount: expectInteger(pageCount, 'pageCount', { min: 1, max: PAGE_COUNT_MAX }) };
+    return this.api('volume.resize', request, this.deadline());
+  }
+
   /** Status of the node that answers (status). */
   async status(): Promise<StatusReply> {
     return this.api('status', {}, this.deadline());

@@ -23,7 +23,7 @@ import { withTimeout } from '../runtime/timeout';
 import { natsConnectHint } from '../runtime/nats-connect-hint';
 import { connect, Events, headers as natsHeaders, type NatsConnection, type Msg, type Subscription } from 'nats';
 import { DEADLINE_AHEAD_MS_MAX, HEADER_DEADLINE, parseDeadline, readHeaders } from '../messages/headers';
-import { REQUEST_ITEMS_MAX, type MessageType, type VolumeInfo } from '../messages/api';
+import { REQUEST_ITEMS_MAX, type MessageType, type VolumeInfo, type VolumeResizeRequest } from '../messages/api';
 import type { Service } from 'nats';
 import { messageHeaders, REPLY_HEADERS, wellFormed } from '../runtime/nats-headers';
 import { ConnectionState, encodeReplyWithin, fromNatsError, natsErrorCode, newInbox, serverMaxPayload, watchDenials } from '../runtime/request-mux';
@@ -33,6 +33,7 @@ import {
   validateVolumeBranchRequest,
   validateVolumeCreateRequest,
   validateVolumeNameRequest,
+  validateVolumeResizeRequest,
   validateVolumeListRequest,
   validateStatusRequest,
 } from '../messages/validate';
@@ -48,6 +49,10 @@ import {
   ASSIGNMENTS_TOMBSTONES_MAX,
   validateShardsOpen,
   validateShardsDestroy,
+  validateVolumeGrow,
+  validateVolumeGrowReply,
+  type VolumeGrowReply,
+  type VolumeGrowRequest,
   validateShardForceVote,
   validateShardHandover,
   validateShardHandoverReply,
@@ -1262,7 +1267,7 @@ export class StrataNode {
     // recovered from.
     const stale = held.filter((s) => {
       const rec = this.nodeMeta.shards.find((x) => x.volumeId === s.volumeId && x.shard === s.shard);
-      return rec !== undefined && !sameMembers(rec, s);
+      return rec !== undefined && (!sameMembers(rec, s) || rec.pageCount < s.pageCount);
     });
     if (stale.length > 0) await this.updateRecords(stale).catch((e: unknown) => failures.push(e));
     // Replicas of deleted volumes still open on a host (their destroy failed half-way), and files
@@ -1336,7 +1341,9 @@ export class StrataNode {
         const a = byId.get(shardId(rec));
         if (a === undefined) return rec;
         const { priorMembers: _, removed: __, ...base } = rec;
-        return { ...base, members: [...a.members], ...(a.priorMembers !== undefined ? { priorMembers: [...a.priorMembers] } : {}) };
+        // A volume grows and never shrinks: a catalog that has not recorded a resize yet (its
+        // nodes take the size first) does not take the size back.
+        return { ...base, members: [...a.members], pageCount: Math.max(rec.pageCount, a.pageCount), ...(a.priorMembers !== undefined ? { priorMembers: [...a.priorMembers] } : {}) };
       });
       this.persist({ ...this.nodeMeta, shards: next });
       let failure: { error: unknown } | undefined;
@@ -1745,6 +1752,7 @@ export class StrataNode {
     sub(subj('volume.create'), (body, msg) => this.serial(msg, (deadlineMs) => this.createVolume(c, validateVolumeCreateRequest(body), deadlineMs)));
     sub(subj('volume.branch'), (body, msg) => this.serial(msg, (deadlineMs) => this.branchVolume(c, validateVolumeBranchRequest(body), deadlineMs)));
     sub(subj('volume.delete'), (body, msg) => this.serial(msg, (deadlineMs) => this.deleteVolume(c, validateVolumeNameRequest(body).name, deadlineMs)));
+    sub(subj('volume.resize'), (body, msg) => this.serial(msg, (deadlineMs) => this.resizeVolume(c, validateVolumeResizeRequest(body), deadlineMs)));
     sub(subj('volume.info'), async (body) => {
       const { name } = validateVolumeNameRequest(body);
       if (this.creating.has(name)) throw new ProtocolError('not_found', `volume '${name}' does not exist (its create has not been answered yet)`, { name });
@@ -2231,6 +2239,68 @@ export class StrataNode {
     return { deleted: true };
   }
 
+  /**
+   * controller.volume.resize: grows a volume (docs/protocol.md, "volume.resize"). The nodes that
+   * hold its replicas take the new size first (volume.grow: their records, durably, then their
+   * hosts), and only then does the catalog record it: no page the catalog admits is one a
+   * replica would refuse as past the end. Every live node holding a replica must answer within
+   * the requester's deadline, or nothing is recorded (`unavailable`: the nodes that answered keep
+   * the larger size, which admits nothing the catalog does not, and a retry finishes). A node
+   * that is not live takes the size from its assignments when it next reconciles.
+   */
+  private async resizeVolume(c: Controller, req: VolumeResizeRequest, deadlineMs: number | undefined): Promise<unknown> {
+    const v = c.checkResize(req.name, req.pageCount);
+    if (v.pageCount === req.pageCount) return volumeInfo(v);
+    const holders = new Set<string>();
+    for (const p of v.placements) {
+      for (const r of p.replicas) holders.add(r.nodeId);
+      if (p.adding !== undefined) holders.add(p.adding.nodeId);
+    }
+    const live = new Set(c.liveNodes(Date.now()).map((m) => m.nodeId));
+    const asked = [...holders].filter((n) => live.has(n)).sort();
+    const leftMs = deadlineMs === undefined ? undefined : deadlineMs - Date.now();
+    const timeout = leftMs === undefined ? (this.opts.requestTimeoutMs ?? 10_000) : Math.max(1, catalogWaitMs(leftMs));
+    const body = encode({ volumeId: v.id, pageCount: req.pageCount } satisfies VolumeGrowRequest);
+    const answers = await Promise.allSettled(
+      asked.map(async (nodeId) => {
+        const r = await this.nc!.request(nodeSubject(this.cluster, nodeId, 'volume.grow'), body, { timeout });
+        return validateVolumeGrowReply(throwIfError(decode(r.data)));
+      }),
+    );
+    const failed = asked.flatMap((nodeId, i) => {
+      const a = answers[i]!;
+      return a.status === 'rejected' ? [`${nodeId} (${a.reason instanceof Error ? a.reason.message : String(a.reason)})`] : [];
+    });
+    if (failed.length > 0) {
+      throw new ProtocolError('unavailable', `volume '${v.name}' was not resized: not every node holding a replica of it took the new size: ${failed.join('; ')}; retry`, { nodes: failed.length });
+    }
+    const next = c.resize(req.name, req.pageCount);
+    await this.settle(c);
+    this.log.info('volume resized', { volume: v.name, id: v.id, pageCount: next.pageCount, from: v.pageCount, nodesNotLive: [...holders].filter((n) => !live.has(n)) });
+    return volumeInfo(next);
+  }
+
+  /**
+   * node.volume.grow: this node's replicas of a volume take `pageCount` pages (never fewer than
+   * they have): its records first, durably (what a restarted host reopens them with), then its
+   * hosts. Every replica of the volume is given its size again, also one its record had already:
+   * a host that failed a grow before takes it now. Resolves with the replicas it holds of it.
+   */
+  private growVolume(volumeId: string, pageCount: number): Promise<number> {
+    return this.shardOp(async () => {
+      const grows = (r: ShardAssignment): boolean => r.volumeId === volumeId && r.pageCount < pageCount;
+      if (this.nodeMeta.shards.some(grows)) this.persist({ ...this.nodeMeta, shards: this.nodeMeta.shards.map((r) => (grows(r) ? { ...r, pageCount } : r)) });
+      const held = this.nodeMeta.shards.filter((r) => r.volumeId === volumeId);
+      let failure: { error: unknown } | undefined;
+      for (const rec of held) {
+        if (rec.removed === true) continue; // A move took it off: destroyed when this node reconciles.
+        await this.pool!.openShard(rec.hostId, { ...rec, existing: true }).catch((e: unknown) => (failure ??= { error: e }));
+      }
+      if (failure !== undefined) throw failure.error;
+      return held.length;
+    });
+  }
+
   private async destroyEverywhere(v: VolumeRecord): Promise<void> {
     const byNode = new Map<string, number[]>();
     for (const p of v.placements) for (const r of p.replicas) byNode.set(r.nodeId, [...(byNode.get(r.nodeId) ?? []), p.shard]);
@@ -2264,6 +2334,12 @@ export class StrataNode {
     this.subscribe(subj('records'), async (body) =>
       recordsPage(this.nodeId, this.hosts, this.nodeMeta.shards, validateNodeRecordsRequest(body).from ?? 0, this.controlReplyBytesMax(), this.recordsVersion),
     );
+    this.subscribe(subj('volume.grow'), async (body): Promise<VolumeGrowReply> => {
+      const r = validateVolumeGrow(body);
+      const shards = await this.growVolume(r.volumeId, r.pageCount);
+      if (shards > 0) this.log.info('replicas of a volume grown', { volume: r.volumeId, pageCount: r.pageCount, shards });
+      return { node: this.nodeId, shards };
+    });
     this.subscribe(subj('shards.destroy'), async (body) => {
       const r = validateShardsDestroy(body);
       await this.destroyShards(r.volumeId, r.shards);
@@ -2490,7 +2566,7 @@ export class StrataNode {
     // Catalog verbs go to the controller as they came (it validates them). A volume's info is
     // also known to the nodes that host its replicas: answered from there when the controller
     // cannot be reached, so that page requests go on without it (localVolumeInfo).
-    for (const verb of ['volume.create', 'volume.list', 'volume.delete']) {
+    for (const verb of ['volume.create', 'volume.list', 'volume.delete', 'volume.resize']) {
       endpoint(verb, async (_body, req) => router.forwardToController(verb, req.data, req.deadlineMs));
     }
     endpoint('volume.branch', (body, req) => router.branch(body, req.data, req.deadlineMs));

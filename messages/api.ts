@@ -73,6 +73,7 @@ export const API_VERBS = [
   'volume.list',
   'volume.info',
   'volume.delete',
+  'volume.resize',
   'volume.flush',
   'page.write',
   'page.read',
@@ -211,6 +212,16 @@ export type VolumeDeleteRequest = VolumeNameRequest;
 /** volume.delete reply. */
 export interface VolumeDeleteReply {
   deleted: true;
+}
+
+/**
+ * volume.resize request: the volume called `name` grows to `pageCount` pages (never shrinks: the
+ * pages past a smaller count would be lost). The pages added read as zeros until written. The
+ * reply is the volume's info with the new size.
+ */
+export interface VolumeResizeRequest {
+  name: string;
+  pageCount: number;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -405,6 +416,7 @@ export interface RequestMap {
   'volume.list': VolumeListRequest;
   'volume.info': VolumeInfoRequest;
   'volume.delete': VolumeDeleteRequest;
+  'volume.resize': VolumeResizeRequest;
   'volume.flush': VolumeFlushRequest;
   'page.write': PageWriteRequest;
   'page.read': PageReadRequest;
@@ -426,6 +438,7 @@ export interface ReplyMap {
   'volume.list': VolumeListReply;
   'volume.info': VolumeInfo;
   'volume.delete': VolumeDeleteReply;
+  'volume.resize': VolumeInfo;
   'volume.flush': VolumeFlushReply;
   'page.write': PageWriteReply;
   'page.read': PageReadReply;

@@ -2,10 +2,10 @@
  * Control messages between nodes and the controller (not part of the public API).
  *
  * Subjects:
- *   strata.<cluster>.controller.<verb>   heartbeat, assignments, volume.create|delete|info|list,
+ *   strata.<cluster>.controller.<verb>   heartbeat, assignments, volume.create|delete|info|list|resize,
  *                                        catalog.recover, shard.move, node.drain, rebalance
- *   strata.<cluster>.node.<nodeId>.<verb> shards.open, shards.destroy, status, shard.forceVote, shard.handover,
- *                                        shard.reconfigure, records
+ *   strata.<cluster>.node.<nodeId>.<verb> shards.open, shards.destroy, volume.grow, status, shard.forceVote,
+ *                                        shard.handover, shard.reconfigure, records
  *
  * Like every Strata message they are CBOR maps, validated on receipt; a message that does not
  * validate is answered with a bad_request error reply.
@@ -148,6 +148,20 @@ export interface ShardsOpenRequest {
 export interface ShardsDestroyRequest {
   volumeId: string;
   shards: number[];
+}
+
+/**
+ * volume.grow: the node's replicas of the volume take `pageCount` pages (a volume.resize), in its
+ * records first, durably, then on their hosts. A replica never shrinks: a smaller count changes
+ * nothing. Answered with the replicas the node holds of the volume.
+ */
+export interface VolumeGrowRequest {
+  volumeId: string;
+  pageCount: number;
+}
+export interface VolumeGrowReply {
+  node: string;
+  shards: number;
 }
 
 /**
@@ -317,6 +331,17 @@ export function validateShardsDestroy(body: unknown): ShardsDestroyRequest {
     volumeId: str(o.volumeId, 'volumeId'),
     shards: list(o.shards, 'shards', SHARDS_PER_CONTROL_MAX).map((s, i) => int(s, `shards[${i}]`, 0, 255)),
   };
+}
+
+export function validateVolumeGrow(body: unknown): VolumeGrowRequest {
+  const o = obj(body, '');
+  for (const k of Object.keys(o)) if (k !== 'volumeId' && k !== 'pageCount') throw new ProtocolError('bad_request', `${k}: not a field of volume.grow`, { path: k });
+  return { volumeId: str(o.volumeId, 'volumeId'), pageCount: int(o.pageCount, 'pageCount', 1, PAGE_COUNT_MAX) };
+}
+
+export function validateVolumeGrowReply(body: unknown): VolumeGrowReply {
+  const o = obj(body, '');
+  return { node: str(o.node, 'node'), shards: int(o.shards, 'shards', 0, Number.MAX_SAFE_INTEGER) };
 }
 
 export function validateShardHandover(body: unknown): ShardHandoverRequest {

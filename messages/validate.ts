@@ -69,6 +69,7 @@ import type {
   VolumeListReply,
   VolumeListRequest,
   VolumeNameRequest,
+  VolumeResizeRequest,
   VolumeSpec,
   VolumeStatus,
 } from './api';
@@ -479,6 +480,18 @@ export function validateVolumeDeleteReply(value: unknown): VolumeDeleteReply {
   return { deleted: true };
 }
 
+const RESIZE_FIELDS = fields('name', 'pageCount');
+
+/** volume.resize request (that it grows the volume is the controller's check, which knows its size). */
+export function validateVolumeResizeRequest(value: unknown): VolumeResizeRequest {
+  const map = expectMap(value, '');
+  expectKnownFields(map, RESIZE_FIELDS, '');
+  return {
+    name: expectName(field(map, 'name'), 'name'),
+    pageCount: expectInteger(field(map, 'pageCount'), 'pageCount', { min: 1, max: PAGE_COUNT_MAX }),
+  };
+}
+
 const VOLUME_FIELDS = fields('volume');
 
 /** volume.flush request. */
@@ -825,6 +838,7 @@ export const REQUEST_VALIDATORS: { readonly [T in MessageType]: Validator<ValidR
   'volume.list': validateVolumeListRequest,
   'volume.info': validateVolumeInfoRequest,
   'volume.delete': validateVolumeDeleteRequest,
+  'volume.resize': validateVolumeResizeRequest,
   'volume.flush': validateVolumeFlushRequest,
   'page.write': validatePageWriteRequest,
   'page.read': validatePageReadRequest,
@@ -841,6 +855,7 @@ export const REPLY_VALIDATORS: { readonly [T in MessageType]: Validator<ReplyMap
   'volume.list': validateVolumeListReply,
   'volume.info': validateVolumeInfo,
   'volume.delete': validateVolumeDeleteReply,
+  'volume.resize': validateVolumeInfo,
   'volume.flush': validateVolumeFlushReply,
   'page.write': validatePageWriteReply,
   'page.read': validatePageReadReply,

@@ -342,7 +342,8 @@ export class DeviceHost {
 
   /**
    * Opens (creating or recovering) a replica on this device. Idempotent; an open of a replica
-   * already open takes the spec's members (the node's record after a move) for its next reopen.
+   * already open takes the spec's members (the node's record after a move) for its next reopen,
+   * and its page count when larger (a volume that grew), at once.
    */
   openShard(spec: ShardSpec): ReplicaState {
     if (!spec.members.includes(this.self)) {
@@ -361,7 +362,12 @@ export class DeviceHost {
       this.shards.set(key, entry);
     } else {
       if (spec.existing === true) entry.existed = true;
-      entry.spec = { ...spec, existing: entry.existed };
+      // A volume grows and never shrinks (volume.resize): its storage first, so that whatever the
+      // replica then takes, the store can apply.
+      const pageCount = Math.max(entry.spec.pageCount, spec.pageCount);
+      entry.spec = { ...spec, pageCount, existing: entry.existed };
+      entry.storage?.grow(pageCount);
+      entry.replica?.grow(pageCount);
       // The node's record after a move names the new set: a replica that missed the change (down
       // while it was made) takes the new set's leader's messages, and learns the change from them.
       entry.replica?.setKnownMembers([...new Set([...spec.members, ...(spec.priorMembers ?? [])])]);

@@ -107,7 +107,8 @@ export class PageStore {
   private readonly meta: MetaStore;
   private readonly dir: string;
   private readonly pageSize: 4096 | 8192;
-  private readonly pageCount: number;
+  /** Grows (`grow`), never shrinks. */
+  private pageCount: number;
   private readonly imagesKeep: number;
   private readonly retainLsns: number;
   private readonly cache: PageCache;
@@ -303,6 +304,24 @@ export class PageStore {
   /** Oldest LSN `getPage` answers; older ones are 'trimmed'. */
   get oldestReadableLsn(): number {
     return this.floorLsn;
+  }
+
+  /** Pages in the shard's address space now (page numbers 0..pageCount-1). */
+  get pages(): number {
+    return this.pageCount;
+  }
+
+  /**
+   * The volume grew: pages up to `pageCount - 1` are in the address space from now on, and read
+   * as zeros at every LSN until written. Fewer pages than it has change nothing (a volume never
+   * shrinks). Images written from now on record the new count; older ones keep theirs.
+   */
+  grow(pageCount: number): void {
+    this.checkOpen();
+    if (!Number.isSafeInteger(pageCount) || pageCount < 1 || pageCount > IMAGE_PAGE_COUNT_MAX) {
+      throw new StorageError('bad_request', `page count ${String(pageCount)} out of 1..${IMAGE_PAGE_COUNT_MAX}`);
+    }
+    if (pageCount > this.pageCount) this.pageCount = pageCount;
   }
 
   /**
@@ -930,7 +949,8 @@ function openImage(disk: Disk, log: SegmentLog, path: string, lsn: number, opts:
     return new CorruptionError(`image ${path}: ${reason}`, [{ file: path, offset: 0, fromLsn: lsn, toLsn: lsn, reason }]);
   };
   if (r.lsn !== lsn) throw corrupt(`header LSN ${r.lsn} differs from the file name's ${lsn}`);
-  if (r.pageSize !== opts.pageSize || r.pageCount !== opts.pageCount) {
+  // An image made before its volume grew has fewer pages than the store: the others read as zeros.
+  if (r.pageSize !== opts.pageSize || r.pageCount > opts.pageCount) {
     r.close();
     throw new StorageError('bad_request', `image ${path} is ${r.pageCount} pages of ${r.pageSize} bytes, the store ${opts.pageCount} of ${opts.pageSize}`);
   }

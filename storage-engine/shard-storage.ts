@@ -250,7 +250,7 @@ export class ShardStorage {
 
   private constructor(disk: Disk, opts: ShardStorageOptions, log: SegmentLog, store: PageStore, repaired: readonly CorruptionReport[], lostRecords = false, storageLost = false) {
     this.disk = disk;
-    this.opts = opts;
+    this.opts = { ...opts }; // Its pageCount grows (`grow`).
     this.meta = new MetaStore(disk, opts.dir);
     this.log = log;
     this.store = store;
@@ -536,8 +536,14 @@ export class ShardStorage {
     const incoming = joinPath(this.opts.dir, INCOMING);
     const r = ImageReader.open(this.disk, incoming);
     try {
-      if (r.lsn !== inc.lsn || r.term !== inc.term || r.pageSize !== this.opts.pageSize || r.pageCount !== this.opts.pageCount) {
+      if (r.lsn !== inc.lsn || r.term !== inc.term || r.pageSize !== this.opts.pageSize) {
         throw new StorageError('corruption', `received image does not match: lsn ${r.lsn}/${inc.lsn}, term ${r.term}/${inc.term}`);
+      }
+      // Of a volume grown since this replica took its size (it takes the new one from its node):
+      // not installed until then (the replica refuses such a transfer at its first chunk). One
+      // made before it grew has fewer pages, the others read as zeros.
+      if (r.pageCount > this.opts.pageCount) {
+        throw new StorageError('bad_request', `received image has ${r.pageCount} pages, this replica ${this.opts.pageCount}: its volume grew, and this replica has not taken the new size yet`);
       }
       r.verifyPages();
     } finally {
@@ -551,6 +557,14 @@ export class ShardStorage {
     finishInstall(this.disk, this.opts.dir, this.log, { lsn: inc.lsn, term: inc.term });
     this.store = PageStore.open(this.disk, this.log, storeOptions(this.opts), inc.lsn);
     return { log: this.log, store: this.store };
+  }
+
+  /** The volume grew to `pageCount` pages (fewer than it has changes nothing): the store, and every store it opens from now on. */
+  grow(pageCount: number): void {
+    this.checkOpen();
+    if (pageCount <= this.opts.pageCount) return;
+    this.opts.pageCount = pageCount;
+    this.store.grow(pageCount);
   }
 
   private checkOpen(): void {

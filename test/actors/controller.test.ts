@@ -25,6 +25,24 @@ describe('Controller membership is bounded', () => {
     assert.equal(c.knownNodes().some((m) => m.nodeId === 'one-too-many'), false);
   });
 
+  it('resizes: grows durably, the same size changes nothing, never shrinks, an unknown volume is not found', () => {
+    const disk = new SimDisk();
+    const c = new Controller({ meta: new MetaStore(disk, '') });
+    c.heartbeat('n1', 1, T0);
+    c.create({ name: 'v', pageCount: 64, pageSize: 4096, shards: 2, stripePages: 4, replicas: 1 }, T0);
+    const epoch = c.epoch;
+    assert.equal(c.checkResize('v', 128).pageCount, 64, 'checked, not recorded');
+    assert.equal(c.epoch, epoch);
+    assert.equal(c.resize('v', 64).pageCount, 64);
+    assert.equal(c.epoch, epoch, 'the same size: no change');
+    assert.equal(c.resize('v', 128).pageCount, 128);
+    assert.equal(c.epoch, epoch + 1);
+    assert.equal(c.get('v').placements.length, 2, 'the placements stay');
+    assert.throws(() => c.resize('v', 127), (e: unknown) => e instanceof ProtocolError && e.code === 'bad_request' && /does not shrink/.test(e.message));
+    assert.throws(() => c.checkResize('w', 256), (e: unknown) => e instanceof ProtocolError && e.code === 'not_found');
+    assert.equal(new Controller({ meta: new MetaStore(disk, '') }).get('v').pageCount, 128, 'durable');
+  });
+
   it('forgets a member silent longer than MEMBER_SILENCE_MS_MAX unless it holds shard placements', () => {
     const c = controller();
     c.heartbeat('a', 1, T0);
@@ -144,6 +162,17 @@ describe('Controller recovery from the nodes\' records', () => {
   });
   const tagged = (tag: string): Controller => new Controller({ meta: new MetaStore(new SimDisk(), ''), newCatalogTag: tag });
 
+  it('recovers a volume whose records differ in size (a node down while it grew) with the largest', () => {
+    const c = controller();
+    const three = { members: ['n1', 'n2', 'n3'] };
+    const plan = c.planRecovery(
+      [1, 2, 3].map((n) => ({ nodeId: `n${n}`, hosts: 1, shards: [0, 1].map((shard) => rec({ shard, ...three, pageCount: n === 3 ? 64 : 256 })) })),
+      T0,
+    );
+    assert.deepEqual(plan.skipped, []);
+    assert.equal(plan.add[0]!.pageCount, 256);
+  });
+
   it('adds a complete volume of another catalog, placing replicas on nodes that did not answer by shard mod hosts', () => {
     const c = tagged('new');
     c.heartbeat('n1', 2, T0);
@@ -191,12 +220,12 @@ describe('Controller recovery from the nodes\' records', () => {
             one('v3-old', 'twice'),
             one('v4-old', 'twice'),
             rec({ volumeId: 'v5-old', volumeName: 'half', shard: 0 }),
-            one('v6-old', 'split', { pageCount: 8 }),
+            one('v6-old', 'split', { stripePages: 8 }),
             one('v7-old', 'pair', { members: ['n1', 'n2'] }),
             one('v8-old', 'ok'),
           ],
         },
-        { nodeId: 'n2', hosts: 1, shards: [one('v6-old', 'split', { pageCount: 16, members: ['n2'] })] },
+        { nodeId: 'n2', hosts: 1, shards: [one('v6-old', 'split', { members: ['n2'] })] },
       ],
       T0,
     );
@@ -208,7 +237,7 @@ describe('Controller recovery from the nodes\' records', () => {
     assert.match(why['v3-old']!, /the nodes hold 2 volumes of this name/);
     assert.match(why['v4-old']!, /the nodes hold 2 volumes of this name/);
     assert.match(why['v5-old']!, /shard 1: no answering node holds a replica of it/);
-    assert.match(why['v6-old']!, /records disagree on its pageCount/);
+    assert.match(why['v6-old']!, /records disagree on its stripePages/);
     assert.match(why['v7-old']!, /2 members, not 1, 3 or 5/);
     assert.equal(plan.skipped.length, 8);
     assert.equal(mine.id, 'v1-new');

@@ -396,6 +396,35 @@ describe('Replica rules that hold only in particular interleavings', function ()
 
   });
 
+  it('a volume that grew: a replica refuses the records and the image of pages past its size until it grows, then takes them', async () => {
+    shard = new Cluster(['a', 'b', 'c']);
+    const b = shard.replica('b');
+    const c = shard.members.get('c')!;
+    const records = [record(1, 1), record(1, 2), record(1, 300), record(1, 3)];
+    // c grew to 512 pages (its storage first, as its host does): it takes page 300, and its image says 512.
+    c.storage.grow(512);
+    c.replica.grow(512);
+    c.replica.grow(128); // fewer: nothing changes
+    assert.equal(c.replica.geometry.pageCount, 512);
+    assert.equal((await c.replica.handle({ ...append(0, records), commitLsn: 4 }) as AppendReply).success, true);
+    await shard.settle();
+    await c.replica.checkpoint();
+    const image = c.storage.newest()!;
+    const data = c.storage.read(image.lsn, 0, image.bytes);
+    // b still has 256 pages: the records are refused before anything changes, and so is the image.
+    await assert.rejects(b.handle(append(0, records)), (e: ProtocolError) => e.code === 'bad_request' && /page 300, outside 0\.\.255/.test(e.message));
+    const snapshot = { type: 'snapshot' as const, term: 1, leader: 'a', lsn: image.lsn, lastTerm: image.term, bytes: image.bytes, offset: 0, data, done: true };
+    await assert.rejects(b.handle(snapshot), (e: ProtocolError) => e.code === 'unavailable' && /has 256 pages, the image sent 512/.test(e.message));
+    assert.equal(b.stats().lastLsn, 0);
+    // Grown, it takes the image, and reads page 300 from it.
+    shard.members.get('b')!.storage.grow(512);
+    b.grow(512);
+    const reply = (await b.handle(snapshot)) as SnapshotReply;
+    assert.deepEqual([reply.ok, reply.nextOffset], [true, image.bytes]);
+    assert.equal(b.stats().lastLsn, 4);
+    assert.deepEqual(shard.members.get('b')!.storage.store.getPage(300), page(300));
+  });
+
   it('a follower answers an append only once its records are on disk', async () => {
     shard = new Cluster(['a', 'b', 'c']);
     const b = shard.members.get('b')!;

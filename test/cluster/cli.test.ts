@@ -90,6 +90,13 @@ class MemoryCluster implements ClientTransport {
       }
       case 'volume.list':
         return { volumes: [...this.volumes.values()] };
+      case 'volume.resize': {
+        const info = this.volumes.get(b.name as string);
+        if (info === undefined) throw new ProtocolError('not_found', `no volume ${String(b.name)}`);
+        const grown = { ...info, pageCount: b.pageCount as number };
+        this.volumes.set(info.name, grown);
+        return grown;
+      }
       case 'volume.info':
       case 'volume.delete': {
         const info = this.volumes.get(b.name as string);
@@ -242,7 +249,7 @@ describe('cluster/cli', () => {
       [[], /no command/],
       [['--json'], /expected a command before --json/],
       [['frobnicate'], /unknown command "frobnicate"/],
-      [['volume'], /volume: expected create, branch, list, info or delete/],
+      [['volume'], /volume: expected create, branch, list, info, delete or resize/],
       [['volume', 'branch', 'db'], /^volume branch: missing NAME$/],
       [['volume', 'branch'], /^volume branch: missing PARENT NAME$/],
       [['volume', 'branch', 'db', 'b', 'c'], /^volume branch: unexpected argument "c"$/],
@@ -255,6 +262,9 @@ describe('cluster/cli', () => {
       [['volume', 'branch', 'db', 'b', '--pages', '3'], /^volume branch: unknown flag --pages$/],
       [['volume', 'grow'], /volume: unknown subcommand "grow"/],
       [['volume', 'create', 'db'], /--pages is required/],
+      [['volume', 'resize', 'db'], /--pages is required/],
+      [['volume', 'resize', '--pages', '10'], /missing NAME/],
+      [['volume', 'resize', 'db', '--pages', 'ten'], /--pages: expected a non-negative integer, got "ten"/],
       [['volume', 'create', '--pages', '10'], /missing NAME/],
       [['volume', 'create', 'db', '--pages', 'ten'], /--pages: expected a non-negative integer, got "ten"/],
       [['volume', 'create', 'db', '--pages', '-5'], /--pages: expected a non-negative integer, got "-5"/],
@@ -329,7 +339,7 @@ describe('cluster/cli', () => {
       const r = await run(['help']);
       assert.equal(r.code, 0);
       assert.equal(r.out, HELP_TEXT);
-      for (const command of ['dev', 'node', 'volume create', 'volume branch', 'volume list', 'volume info', 'volume delete', 'put', 'get', 'nbd', 'status', 'help']) {
+      for (const command of ['dev', 'node', 'volume create', 'volume branch', 'volume list', 'volume info', 'volume delete', 'volume resize', 'put', 'get', 'nbd', 'status', 'help']) {
         assert.match(HELP_TEXT, new RegExp(`^  ${command}\\b`, 'm'), command);
       }
       assert.equal((await run(['--help'])).code, 0);
@@ -533,6 +543,14 @@ describe('cluster/cli', () => {
       assert.match(r.out, /^name: +db\n.*pages: +64\n/s);
       r = await run(['volume', 'info', 'db', '--json'], mem);
       assert.equal(JSON.parse(r.out).id, 'id-db');
+      r = await run(['volume', 'resize', 'db', '--pages', '256'], mem);
+      assert.equal(r.code, 0, r.err);
+      assert.equal(r.out, 'volume db (id id-db) has 256 pages of 4096 bytes (1048576 bytes)\n');
+      r = await run(['volume', 'resize', 'db', '--pages', '512', '--json'], mem);
+      assert.equal(JSON.parse(r.out).pageCount, 512);
+      r = await run(['volume', 'resize', 'nope', '--pages', '512'], mem);
+      assert.equal(r.code, 1);
+      assert.match(r.err, /not_found/);
       r = await run(['volume', 'delete', 'db'], mem);
       assert.equal(r.out, 'deleted volume db\n');
       assert.equal(mem.volumes.size, 0);

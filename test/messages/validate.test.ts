@@ -65,6 +65,7 @@ const EXAMPLES: { [T in MessageType]: { request: RequestMap[T]; reply: ReplyMap[
   'volume.list': { request: {}, reply: { volumes: [volumeInfo, { ...volumeInfo, name: 'other', id: 'v2' }] } },
   'volume.info': { request: { name: 'db-1.data' }, reply: volumeInfo },
   'volume.delete': { request: { name: 'db-1.data' }, reply: { deleted: true } },
+  'volume.resize': { request: { name: 'db-1.data', pageCount: 1 << 21 }, reply: { ...volumeInfo, pageCount: 1 << 21 } },
   'volume.flush': { request: { volume: 'db-1.data' }, reply: { lsn: 42, lsns: [{ shard: 0, lsn: 42, term: 3 }] } },
   'page.write': {
     request: { volume: 'db-1.data', pages: [{ page: 0, data: page(1) }, { page: 300, data: page(2) }] },

@@ -268,6 +268,39 @@ describe('PageStore', () => {
     assert.ok(w.log.firstLsn > 1);
   });
 
+  it('grows: pages past the old end are taken and read as zeros until written, at every LSN; images of fewer pages open in a larger store, never the reverse', () => {
+    const w = world(12);
+    writeRandom(w, 40);
+    w.store.checkpoint();
+    const small = w.model.lastLsn;
+    const grownBy = 16;
+    expectCode(() => w.store.apply({ lsn: small + 1, term: 1, kind: RecordKind.PageWrite, payload: encodePageWrite(PAGE, [{ page: 48, data: content(1) }]) }), 'out_of_range');
+    w.store.grow(40); // fewer: nothing changes
+    assert.equal(w.store.pages, 48);
+    expectCode(() => w.store.grow(0), 'bad_request');
+    w.store.grow(48 + grownBy);
+    assert.equal(w.store.pages, 64);
+    w.opts = { ...w.opts, pageCount: 64 };
+    writeRandom(w, 60); // pages 0..63 now
+    assert.ok([...w.model.history.keys()].some((p) => p >= 48), 'pages past the old end were written');
+    // At an LSN before the growth, the new pages read as zeros.
+    assert.deepEqual(w.store.getPage(63, small), ZERO);
+    checkAll(w.store, w.model, w.store.oldestReadableLsn, w.model.lastLsn, 64);
+    // The image of 48 pages, then one of 64: both open in a store of 64 (a restart of the grown replica).
+    reopen(w, small + 5);
+    checkAll(w.store, w.model, w.store.oldestReadableLsn, small + 5, 64);
+    reopen(w);
+    w.store.checkpoint();
+    reopen(w);
+    checkAll(w.store, w.model, w.store.oldestReadableLsn, w.model.lastLsn, 64);
+    // A store of fewer pages than its newest image (a size taken back) is refused, not read short.
+    w.store.close();
+    w.log.close();
+    w.log = openLog(w.disk);
+    expectCode(() => PageStore.open(w.disk, w.log, { ...w.opts, pageCount: 48 }), 'bad_request');
+    w.store = PageStore.open(w.disk, w.log, w.opts);
+  });
+
   it('restart = newest image + log suffix, and replayUptoLsn stops early', () => {
     const w = world(5);
     writeRandom(w, 50);
@@ -921,7 +954,7 @@ describe('PageStore', () => {
     expectCode(() => w.store.getPagesCached([0]), 'closed');
   });
 
-  it('rejects bad options and an image of another geometry', () => {
+  it('rejects bad options and an image of another page size or of more pages (one of fewer is a volume that grew since)', () => {
     const w = world(15);
     writeRandom(w, 10);
     w.store.checkpoint();
@@ -933,7 +966,12 @@ describe('PageStore', () => {
     ]) {
       expectCode(() => PageStore.open(w.disk, w.log, bad), 'bad_request');
     }
-    expectCode(() => PageStore.open(w.disk, w.log, { ...o, pageCount: 64 }), 'bad_request');
+    expectCode(() => PageStore.open(w.disk, w.log, { ...o, pageCount: 32 }), 'bad_request');
+    expectCode(() => PageStore.open(w.disk, w.log, { ...o, pageSize: 8192, slab: new Slab({ slotBytes: 8192, slotCount: 64 }) }), 'bad_request');
+    const grown = PageStore.open(w.disk, w.log, { ...o, pageCount: 64 });
+    assert.equal(grown.pages, 64);
+    checkAll(grown, w.model, grown.oldestReadableLsn, w.model.lastLsn, 64);
+    grown.close();
   });
 
   it('checkpoint is a no-op when the newest image is at appliedLsn', () => {

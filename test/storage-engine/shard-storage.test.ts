@@ -207,6 +207,31 @@ describe('ShardStorage', () => {
     });
   });
 
+  it('grows: a received image of more pages than it has is refused until it grows, then installs; its stores from then on have the new size', () => {
+    const { image, bytes } = leaderImage();
+    const disk = new SimDisk();
+    const follower = ShardStorage.open(disk, { ...options('F'), pageCount: PAGES / 2 });
+    follower.begin(image.lsn, image.term, image.bytes);
+    follower.write(0, bytes);
+    assert.throws(() => follower.install(), (e: Error) => e instanceof StorageError && e.code === 'bad_request' && /has 64 pages, this replica 32/.test(e.message));
+    assert.equal(disk.exists(`F/${imageFileName(image.lsn)}`), false, 'no file under an image name');
+    follower.grow(PAGES / 4); // fewer: nothing changes
+    assert.equal(follower.store.pages, PAGES / 2);
+    follower.grow(PAGES);
+    assert.equal(follower.store.pages, PAGES);
+    follower.begin(image.lsn, image.term, image.bytes);
+    follower.write(0, bytes);
+    const { store } = follower.install();
+    assert.equal(store.pages, PAGES, 'the store it opens on the image has the new size');
+    follower.close();
+    // A replica of more pages than the image (its volume grew after the image was made) installs it as it is.
+    const larger = ShardStorage.open(new SimDisk(), { ...options('G'), pageCount: PAGES * 2 });
+    larger.begin(image.lsn, image.term, image.bytes);
+    larger.write(0, bytes);
+    assert.equal(larger.install().store.pages, PAGES * 2);
+    larger.close();
+  });
+
   describe('a replica expected to exist (expectExisting)', () => {
     const lostMark = { term: 0, votedFor: null, repairTerm: 0, lost: true };
 
