@@ -138,11 +138,22 @@ export async function runDemo(
   }
   lines.push(`branched ${branchName} as of the first write of every page, and read it back in ${(performance.now() - t0).toFixed(0)} ms: ${branchBad === 0 ? 'all as first written' : `${branchBad} MISMATCHED`}`);
 
+  // Grown online (volume.resize): the pages added read as zeros until written, the old ones stay.
+  t0 = performance.now();
+  const grown = await client.resizeVolume(name, pageCount * 2);
+  const edge = [pageCount - 1, pageCount, pageCount * 2 - 1];
+  const fresh = (await vol.readPages(edge)).pages;
+  await vol.writePages([{ page: pageCount * 2 - 1, data: demoPage(info.pageSize, pageCount * 2 - 1, 4) }]);
+  const last = (await vol.readPages([pageCount * 2 - 1])).pages[0]!;
+  const growOk = grown.pageCount === pageCount * 2 && equalBytes(fresh[0]!, demoPage(info.pageSize, pageCount - 1, 1)) &&
+    fresh[1]!.every((b) => b === 0) && fresh[2]!.every((b) => b === 0) && equalBytes(last, demoPage(info.pageSize, pageCount * 2 - 1, 4));
+  lines.push(`grew ${name} to ${grown.pageCount} pages in ${(performance.now() - t0).toFixed(0)} ms, wrote and read its last page: ${growOk ? 'new pages zero until written, old ones kept' : 'WRONG'}`);
+
   await vol.flush();
   await client.deleteVolume(branchName);
   await client.deleteVolume(name);
   lines.push(`deleted volumes ${branchName} and ${name}`);
-  return { ok: bad === 0 && atLsnOk && branchBad === 0, lines };
+  return { ok: bad === 0 && atLsnOk && branchBad === 0 && growOk, lines };
 }
 
 /** The `strata` launcher next to this build (bin/strata). */

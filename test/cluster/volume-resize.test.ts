@@ -106,11 +106,16 @@ describe('growing a volume (volume.resize)', function () {
     await assert.rejects(c.client.apiRequest('volume.resize', { name: 'fixed', pageCount: 64, extra: 1 } as never), (e: ProtocolError) => e.code === 'bad_request');
   });
 
-  it('a node down while the volume grew takes the size when it is back, catches up with the new pages, and leads with them', async () => {
+  it('a node that does not answer: nothing recorded; once it is not live, the resize goes on; back, it takes the size, catches up with the new pages, and leads with them', async () => {
     await c.client.createVolume({ name: 'later', pageCount: 64, shards: SHARDS, stripePages: 4, replicas: 3 });
     const vol = c.client.volume('later');
     await fill(vol, 0, 64, 1);
-    await c.stopNode(2);
+    c.kill(2);
+    // n3 is still live to the controller (it heard from it within its live window), and does not
+    // answer: nothing is recorded, and the catalog still refuses the new pages.
+    await assert.rejects(c.client.resizeVolume('later', 512), (e: ProtocolError) => e.code === 'unavailable' && /not every node holding a replica of it took the new size: n3 /.test(e.message));
+    assert.equal((await c.client.volumeInfo('later')).pageCount, 64, 'nothing recorded');
+    await assert.rejects(vol.writePages([{ page: 100, data: page(9) }]), (e: ProtocolError) => e.code === 'out_of_range');
     // Once the controller no longer counts n3 live, the resize goes on without it.
     await waitFor('the resize without n3', async () => {
       try {

@@ -32,10 +32,10 @@ import { validateRequest } from '../../messages/validate';
 import { validateRaftRequest, replicaSubject, followersSubject } from '../../messages/raft';
 import { heartbeatsSubject, validateHeartbeatBatch } from '../../runtime/heartbeat-batcher';
 import {
-  validateClaimQuestion, validateHeartbeat, validateAssignmentsRequest, validateNodeStatusRequest, validateShardsOpen, validateShardsDestroy,
+  validateClaimQuestion, validateHeartbeat, validateAssignmentsRequest, validateNodeStatusRequest, validateShardsOpen, validateShardsDestroy, validateVolumeGrow,
   validateShardForceVote, validateShardHandover, validateCatalogRecoverRequest, validateNodeRecordsRequest, validateShardMove, validateNodeDrain, validateRebalance, validateShardReconfigure, controllerSubject, nodeSubject,
 } from '../../messages/control';
-import { validateVolumeBranchRequest, validateVolumeCreateRequest, validateVolumeNameRequest, validateVolumeListRequest } from '../../messages/validate';
+import { validateVolumeBranchRequest, validateVolumeCreateRequest, validateVolumeNameRequest, validateVolumeListRequest, validateVolumeResizeRequest } from '../../messages/validate';
 import { shardSubject, apiSubject } from '../../messages/subjects';
 import type { VolumeInfo } from '../../messages/api';
 import { prng } from '../support/prng';
@@ -217,6 +217,8 @@ function apiTargets(): Target[] {
     t('volume.list', () => ({})),
     t('volume.info', () => ({ name: volumeNameFor('read') })),
     t('volume.delete', () => ({ name: volumeNameFor('delete') }), deletesKept),
+    // A volume only grows, so a resize of the real volumes loses nothing.
+    t('volume.resize', resizeBody),
     t('volume.flush', () => ({ volume: volumeNameFor('read') })),
     t('page.write', () => {
       const v = facts.aux;
@@ -228,6 +230,11 @@ function apiTargets(): Target[] {
     }),
     t('status', () => ({})),
   ];
+}
+
+/** A volume.resize body: the real volumes or another name, sizes at and past the bounds (a volume only grows: nothing is lost). */
+function resizeBody(): unknown {
+  return { name: volumeNameFor('read'), pageCount: pick([0, 1, 16, 64, 4096, 2 ** 32 - 1, 2 ** 32, 2 ** 40, -1, 1.5]) };
 }
 
 /**
@@ -375,6 +382,7 @@ function controllerTargets(): Target[] {
     { kind: 'controller', subject: c('volume.branch'), body: branchBody, check: (b) => void validateVolumeBranchRequest(b) },
     { kind: 'controller', subject: c('volume.delete'), body: () => ({ name: volumeNameFor('delete') }), check: (b) => void validateVolumeNameRequest(b), forbidden: deletesKept },
     { kind: 'controller', subject: c('volume.info'), body: () => ({ name: volumeNameFor('read') }), check: (b) => void validateVolumeNameRequest(b) },
+    { kind: 'controller', subject: c('volume.resize'), body: resizeBody, check: (b) => void validateVolumeResizeRequest(b) },
     { kind: 'controller', subject: c('volume.list'), body: () => ({}), check: (b) => void validateVolumeListRequest(b) },
     { kind: 'controller', subject: c('claim'), body: () => claimBody(), forbidden: stopsByClaim },
     // Applied, a recovery would add the fake volumes the fuzzer opens on the nodes: by design.
@@ -430,6 +438,7 @@ function nodeTargets(): Target[] {
         } },
       { kind: 'node', subject: s('shards.destroy'), body: () => ({ volumeId: pick([`fzv${int(4)}`, 'nope', facts.aux.id]), shards: [0] }), check: (b) => void validateShardsDestroy(b),
         forbidden: (b) => { try { const r = validateShardsDestroy(b); return (r.volumeId === facts.real.id || r.volumeId === facts.aux.id) && r.shards.length > 0; } catch { return false; } } },
+      { kind: 'node', subject: s('volume.grow'), body: () => ({ volumeId: pick([facts.real.id, facts.aux.id, 'nope', `fzv${int(4)}`, 'a.b']), pageCount: pick([0, 1, 64, 2 ** 32 - 1, 2 ** 32, -1]) }), check: (b) => void validateVolumeGrow(b) },
       { kind: 'node', subject: s('shard.forceVote'), body: () => ({ volumeId: pick([facts.real.id, facts.aux.id, 'nope']), shard: pick([0, 1, 255]) }), check: (b) => void validateShardForceVote(b) },
       // A handover moves a shard's leader (the real volume's too): nothing lost, writes retried meanwhile.
       { kind: 'node', subject: s('shard.handover'), body: () => ({ ...(chance(0.7) ? { volumeId: pick([facts.real.id, facts.aux.id, 'nope']), shard: pick([0, 1, 255]) } : {}), ...(chance(0.6) ? { to: pick([...facts.nodes, 'n9', 'a.b']) } : {}) }), check: (b) => void validateShardHandover(b) },

@@ -74,11 +74,15 @@ import { prng } from '../support/prng';
 import { formatTable, writeJson } from '../../bench/report';
 
 /** The faults the nemesis knows. */
-export const FAULT_KINDS = ['kill', 'kill-majority', 'stop', 'freeze', 'nats-freeze', 'nats-restart', 'wipe', 'wipe-controller', 'move', 'down', 'drain', 'rebalance', 'branch'] as const;
+export const FAULT_KINDS = ['kill', 'kill-majority', 'stop', 'freeze', 'nats-freeze', 'nats-restart', 'wipe', 'wipe-controller', 'move', 'down', 'drain', 'rebalance', 'branch', 'resize'] as const;
 export type FaultKind = (typeof FAULT_KINDS)[number];
 
 /** How often each fault is picked, relative to the others. */
-const FAULT_WEIGHTS: Record<FaultKind, number> = { kill: 35, 'kill-majority': 10, stop: 20, freeze: 35, 'nats-freeze': 15, 'nats-restart': 10, wipe: 10, 'wipe-controller': 5, move: 15, down: 10, drain: 10, rebalance: 10, branch: 10 };
+const FAULT_WEIGHTS: Record<FaultKind, number> = { kill: 35, 'kill-majority': 10, stop: 20, freeze: 35, 'nats-freeze': 15, 'nats-restart': 10, wipe: 10, 'wipe-controller': 5, move: 15, down: 10, drain: 10, rebalance: 10, branch: 10, resize: 5 };
+/** Pages a `resize` adds to the volume; the clients write and read them from then on. */
+const RESIZE_STEP_PAGES = 64;
+/** How long a `resize` is asked again while a node holding a replica does not answer (a node coming back from the fault before). */
+const RESIZE_MS = 30_000;
 /** How long the operator's move of a replica may take. */
 const MOVE_MS = 20_000;
 /** Errors of a move that say to try again later (a node down or restarting meanwhile). */
@@ -202,6 +206,8 @@ export interface SoakResult {
   /** ms from the end of the faults until the cluster converged (undefined: it did not). */
   convergedMs?: number;
   finalReadPages: number;
+  /** The volume's pages at the end (more than `options.pages` after a `resize`). */
+  volumePages: number;
   linearizability: { ok: boolean; pages: number; operations: number; failure?: string; exhausted?: boolean };
   /** What the nodes did (checkpoints, images sent, elections) and what should not have happened. */
   activity: NodeActivity;
@@ -381,6 +387,8 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
   const writeAcks: number[] = [];
   let convergedMs: number | undefined;
   let finalReadPages = 0;
+  /** The volume's pages now: a `resize` adds RESIZE_STEP_PAGES. */
+  let pagesNow = opts.pages;
   let linearizability: SoakResult['linearizability'] = { ok: false, pages: 0, operations: 0, failure: 'not checked' };
   const frozen = new Set<number>(); // pids stopped with SIGSTOP, continued at the end whatever happens
   let natsFrozen = false;
@@ -439,7 +447,7 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
       const clientId = (k: number): number => w * VECTOR_MAX + k;
       while (performance.now() < stopAt) {
         const count = r() < 0.25 ? 2 + Math.floor(r() * (VECTOR_MAX - 1)) : 1;
-        const first = Math.floor(r() * (opts.pages - count + 1));
+        const first = Math.floor(r() * (pagesNow - count + 1));
         const pages = Array.from({ length: count }, (_, k) => first + k);
         if (r() < 0.5) {
           const values = pages.map((p) => `w${w}.${seq++}.p${p}`);
@@ -590,7 +598,8 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
         ev.nodes = ['controller'];
         const name = `soak-branch-${faults.length}`;
         const parent = cluster.client.volume('soak');
-        const chunks = Array.from({ length: Math.ceil(opts.pages / 128) }, (_, c) => Array.from({ length: Math.min(128, opts.pages - c * 128) }, (__, k) => c * 128 + k));
+        const size = pagesNow;
+        const chunks = Array.from({ length: Math.ceil(size / 128) }, (_, c) => Array.from({ length: Math.min(128, size - c * 128) }, (__, k) => c * 128 + k));
         try {
           const at = (await parent.flush()).lsns;
           const before: Uint8Array[] = [];
@@ -606,7 +615,7 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
               break;
             }
           }
-          ev.outcome = `${opts.pages} pages as the parent's at lsns ${lsns.join(', ')}`;
+          ev.outcome = `${size} pages as the parent's at lsns ${lsns.join(', ')}`;
         } catch (e) {
           const code = e instanceof ProtocolError ? e.code : 'error';
           ev.outcome = code;
@@ -668,6 +677,24 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
           }
         } else if (kind === 'branch') {
           await branchVolume(ev);
+        } else if (kind === 'resize') {
+          // The volume grows while the clients write; once it has, they use the new pages too.
+          ev.nodes = ['controller'];
+          const to = pagesNow + RESIZE_STEP_PAGES;
+          const startedAt = performance.now();
+          for (;;) {
+            const code = await cluster.client.resizeVolume('soak', to).then((info) => (info.pageCount === to ? 'done' : `${info.pageCount} pages`), (e: unknown) => (e instanceof ProtocolError ? e.code : (e as Error).message));
+            if (code === 'done') {
+              ev.outcome = `${pagesNow} -> ${to} pages`;
+              pagesNow = to;
+              break;
+            }
+            if (!MOVE_RETRYABLE.has(code) || performance.now() - startedAt > RESIZE_MS) {
+              problem(`the volume was not resized to ${to} pages within ${RESIZE_MS / 1000} s: ${code}`);
+              break;
+            }
+            await sleep(500);
+          }
         } else if (kind === 'drain') {
           // Any node, n1 too: the controller's node drains as any other.
           const n = cluster.nodes[pick(cluster.nodes.length)]!;
@@ -760,7 +787,7 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
         }
         ev.endMs = Math.round(now());
         faults.push(ev);
-        out(`  ${(ev.startMs / 1000).toFixed(1)} s: ${ev.kind} ${ev.nodes.join(', ')} (${((ev.endMs - ev.startMs) / 1000).toFixed(1)} s)${ev.upMs ? `, up again after ${Object.entries(ev.upMs).map(([id, ms]) => `${id} ${(ms / 1000).toFixed(1)} s`).join(', ')}` : ''}${ev.recoveredMs !== undefined ? `, catalog recovered ${(ev.recoveredMs / 1000).toFixed(1)} s later (${(ev.recovered ?? []).join(', ') || 'listed'})` : ''}${ev.outcome !== undefined ? (ev.kind === 'rebalance' ? `, done in ${((ev.replacedMs ?? 0) / 1000).toFixed(1)} s: replicas per node ${ev.outcome}` : ev.kind === 'branch' ? `: ${ev.outcome}` : `, shard ${ev.shard}: ${ev.outcome}`) : ''}${ev.replacedMs !== undefined && ev.kind !== 'rebalance' && ev.kind !== 'branch' ? `, its replicas ${ev.kind === 'drain' ? 'moved off' : 'replaced'} ${(ev.replacedMs / 1000).toFixed(1)} s after the ${ev.kind === 'drain' ? 'mark' : 'kill'}` : ''}`);
+        out(`  ${(ev.startMs / 1000).toFixed(1)} s: ${ev.kind} ${ev.nodes.join(', ')} (${((ev.endMs - ev.startMs) / 1000).toFixed(1)} s)${ev.upMs ? `, up again after ${Object.entries(ev.upMs).map(([id, ms]) => `${id} ${(ms / 1000).toFixed(1)} s`).join(', ')}` : ''}${ev.recoveredMs !== undefined ? `, catalog recovered ${(ev.recoveredMs / 1000).toFixed(1)} s later (${(ev.recovered ?? []).join(', ') || 'listed'})` : ''}${ev.outcome !== undefined ? (ev.kind === 'rebalance' ? `, done in ${((ev.replacedMs ?? 0) / 1000).toFixed(1)} s: replicas per node ${ev.outcome}` : ev.kind === 'branch' || ev.kind === 'resize' ? `: ${ev.outcome}` : `, shard ${ev.shard}: ${ev.outcome}`) : ''}${ev.replacedMs !== undefined && ev.kind !== 'rebalance' && ev.kind !== 'branch' ? `, its replicas ${ev.kind === 'drain' ? 'moved off' : 'replaced'} ${(ev.replacedMs / 1000).toFixed(1)} s after the ${ev.kind === 'drain' ? 'mark' : 'kill'}` : ''}`);
       }
     };
 
@@ -801,8 +828,8 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
     // 2. Every page read back, as one more client's reads (retried until each call succeeds).
     const finalClient = opts.clients * VECTOR_MAX;
     const finalDeadline = performance.now() + FINAL_READ_MS;
-    for (let p = 0; p < opts.pages && performance.now() < finalDeadline; p += 64) {
-      const pages = Array.from({ length: Math.min(64, opts.pages - p) }, (_, k) => p + k);
+    for (let p = 0; p < pagesNow && performance.now() < finalDeadline; p += 64) {
+      const pages = Array.from({ length: Math.min(64, pagesNow - p) }, (_, k) => p + k);
       for (;;) {
         const ids = pages.map((pg, k) => recorder.invoke(finalClient + k, pg, 'read'));
         try {
@@ -820,7 +847,7 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
         }
       }
     }
-    if (finalReadPages < opts.pages) problem(`the final read covered ${finalReadPages} of ${opts.pages} pages`);
+    if (finalReadPages < pagesNow) problem(`the final read covered ${finalReadPages} of ${pagesNow} pages`);
 
     // 3. Linearizability, page by page.
     const history: Operation[] = recorder.history();
@@ -896,6 +923,7 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
     longestWriteGapAtMs: Math.round(gapAt),
     ...(convergedMs !== undefined ? { convergedMs: Math.round(convergedMs) } : {}),
     finalReadPages,
+    volumePages: pagesNow,
     linearizability,
     activity,
     nodeLogErrors,
@@ -925,7 +953,7 @@ export function formatSoak(r: SoakResult): string {
     `longest time without an acknowledged write: ${(r.longestWriteGapMs / 1000).toFixed(1)} s (from ${(r.longestWriteGapAtMs / 1000).toFixed(1)} s)`,
     `restarted nodes up again after: ${ups.length ? `${(Math.min(...ups) / 1000).toFixed(1)}–${(Math.max(...ups) / 1000).toFixed(1)} s` : '-'}`,
     `converged after the faults: ${r.convergedMs !== undefined ? `${(r.convergedMs / 1000).toFixed(1)} s` : 'NO'}`,
-    `final read: ${r.finalReadPages} of ${r.options.pages} pages`,
+    `final read: ${r.finalReadPages} of ${r.volumePages} pages${r.volumePages > r.options.pages ? ` (${r.options.pages} at the start, then resized)` : ''}`,
     `linearizable: ${r.linearizability.ok ? 'yes' : 'NO'} (${r.linearizability.pages} pages, ${r.linearizability.operations} operations)${r.linearizability.failure && !r.linearizability.ok ? `: ${r.linearizability.failure}` : ''}`,
     `the nodes did: ${r.activity.checkpoints} checkpoints, ${r.activity.snapshotsSent} images sent and ${r.activity.snapshotsInstalled} installed, ${r.activity.elections} elections (counted as last sampled, per process)`,
     `error lines in node logs: ${Object.entries(r.nodeLogErrors).map(([id, e]) => `${id} ${e.count}`).join(', ')}`,
