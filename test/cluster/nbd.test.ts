@@ -444,6 +444,25 @@ describe('cluster/nbd: NBD export of Strata volumes', function () {
   });
 
   describe('transmission', () => {
+    it('a volume grown (volume.resize): a connection made before keeps its size; one made after has the new size and its last block', async () => {
+      await c.client.createVolume({ name: 'grows', pageCount: 256, shards: 2, stripePages: 4 });
+      const before = await Session.open(all.address.port, 'grows');
+      assert.equal(before.size, 256 * 4096);
+      await c.client.resizeVolume('grows', 512);
+      // The size a client was given stands for its connection (NBD tells no size change).
+      assert.equal((await before.request(NBD_CMD.WRITE, 256 * 4096, 4096, { data: Buffer.alloc(4096, 5) })).error, NBD_ERR.ENOSPC);
+      before.peer.close();
+      const after = await Session.open(all.address.port, 'grows');
+      assert.equal(after.size, 512 * 4096);
+      assert.equal((await after.request(NBD_CMD.WRITE, 512 * 4096 - 4096, 4096, { data: Buffer.alloc(4096, 6) })).error, 0);
+      const read = await after.request(NBD_CMD.READ, 256 * 4096 - 512, 1024);
+      assert.equal(read.error, 0);
+      assert.ok(read.data.every((b) => b === 0), 'the old end and the new pages after it, zeros as never written');
+      assert.ok((await after.request(NBD_CMD.READ, 512 * 4096 - 4096, 4096)).data.every((b) => b === 6));
+      after.peer.close();
+      await c.client.deleteVolume('grows');
+    });
+
     it('out of range: a read or trim is EINVAL, a write or write-zeroes ENOSPC; the connection goes on', async () => {
       const s = await Session.open(all.address.port, 'v');
       const size = 1024 * 4096;
