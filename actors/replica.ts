@@ -2093,13 +2093,15 @@ export class Replica {
    * same device (docs/branches.md). `lsn` must be applied here and not below the oldest readable
    * LSN (StorageError `future_lsn`, `trimmed`); a checkpoint running refuses it (`unavailable`,
    * asked again by the caller), and none starts while it runs. Changes nothing of this replica.
+   * `pageCount`: the branch's size, for its image's header, when this replica has more pages
+   * (its volume grew after the branch's size was taken; `out_of_range` if a page past it is held).
    */
-  async exportImage(lsn: number, destDir: string): Promise<{ lsn: number; path: string }> {
+  async exportImage(lsn: number, destDir: string, pageCount?: number): Promise<{ lsn: number; path: string }> {
     if (this.closed) throw new StorageError('closed', `replica ${this.geometry.volumeId}/${this.geometry.shard} is closed`);
     if (this.checkpointing) throw new ProtocolError('unavailable', 'a checkpoint is running: asked again once it ends');
     this.checkpointing = true;
     try {
-      return await this.runImageSteps(this.store.exportImageSteps(lsn, destDir, { term: 0, flushOffThread: true }));
+      return await this.runImageSteps(this.store.exportImageSteps(lsn, destDir, { term: 0, flushOffThread: true, ...(pageCount === undefined ? {} : { pageCount }) }));
     } finally {
       this.checkpointing = false;
     }

@@ -415,7 +415,9 @@ export class DeviceHost {
       try {
         if (parent.appliedLsn >= seed.lsn) {
           this.disk.mkdirp(dir);
-          await parent.exportImage(seed.lsn, dir);
+          // In the branch's size, which its storage opens with (the parent's replica may have
+          // grown past it: a resize whose nodes took the size and whose catalog did not yet).
+          await parent.exportImage(seed.lsn, dir, Math.min(spec.pageCount, parent.geometry.pageCount));
           ShardStorage.seedFromImage(this.disk, dir, seed.lsn, 0);
           return { seeded: true, lsn: seed.lsn };
         }

@@ -533,8 +533,8 @@ export class PageStore {
    * starts from that image in its own shard directory (`destDir`, on the same disk, created by
    * the caller; then ShardStorage.seedFromImage). Runs `exportImageSteps` to the end.
    */
-  exportImage(lsn: number, destDir: string, opts: { term?: number } = {}): { lsn: number; path: string } {
-    const steps = this.exportImageSteps(lsn, destDir, opts.term === undefined ? {} : { term: opts.term });
+  exportImage(lsn: number, destDir: string, opts: { term?: number; pageCount?: number } = {}): { lsn: number; path: string } {
+    const steps = this.exportImageSteps(lsn, destDir, opts);
     for (;;) {
       const r = steps.next();
       if (r.done === true) return r.value;
@@ -570,7 +570,7 @@ export class PageStore {
    * The records up to `lsn` are applied, hence committed: unlike a checkpoint, the export does
    * not sync this store's log first (the image does not become this store's state).
    */
-  *exportImageSteps(lsn: number, destDir: string, opts: { term?: number; flushOffThread?: boolean } = {}): Generator<CheckpointStep, { lsn: number; path: string }, void> {
+  *exportImageSteps(lsn: number, destDir: string, opts: { term?: number; flushOffThread?: boolean; pageCount?: number } = {}): Generator<CheckpointStep, { lsn: number; path: string }, void> {
     this.checkOpen();
     assert(!this.checkpointing, 'one checkpoint or image export at a time');
     if (typeof lsn !== 'number') throw new StorageError('bad_request', `export lsn ${String(lsn)} is not a non-negative integer`);
@@ -583,12 +583,18 @@ export class PageStore {
       throw new StorageError('bad_request', `export destination ${destDir} is the page store's own dir`);
     }
     if (!this.disk.exists(destDir)) throw new StorageError('bad_request', `export destination dir ${destDir} does not exist`);
+    // The branch's size in its header, when it has fewer pages than this store (it grew since the
+    // branch's size was taken): every page the image holds is within it, or the export fails.
+    const pageCount = opts.pageCount ?? this.pageCount;
+    if (!Number.isSafeInteger(pageCount) || pageCount < 1 || pageCount > this.pageCount) {
+      throw new StorageError('bad_request', `export page count ${String(pageCount)} out of 1..${this.pageCount}`);
+    }
     let base: ImageReader | null = null;
     for (const r of this.images) if (r.lsn <= at) base = r;
     assert(base !== null || this.floorLsn === 0, 'a readable LSN has a base', { lsn: at });
     this.checkpointing = true;
     try {
-      const path = yield* this.buildImageSteps(destDir, at, term, base, opts.flushOffThread === true);
+      const path = yield* this.buildImageSteps(destDir, at, term, base, opts.flushOffThread === true, pageCount);
       return { lsn: at, path };
     } finally {
       this.checkpointing = false;
@@ -793,7 +799,7 @@ export class PageStore {
    * bounded steps (see `checkpointSteps`); returns the image's path. The caller holds the
    * one-at-a-time flag (`checkpointing`), so that the images and the versions up to `lsn` stay.
    */
-  private *buildImageSteps(dir: string, lsn: number, term: number, base: ImageReader | null, flushOffThread: boolean): Generator<CheckpointStep, string, void> {
+  private *buildImageSteps(dir: string, lsn: number, term: number, base: ImageReader | null, flushOffThread: boolean, pageCount = this.pageCount): Generator<CheckpointStep, string, void> {
     const baseLsn = base?.lsn ?? 0;
     // The pages written after the base as of `lsn`, in sorted runs. Records applied between
     // steps only add versions newer than `lsn` (and pages with no other), which the image leaves
@@ -828,7 +834,7 @@ export class PageStore {
     const entriesMax = baseCount + changedCount - inBase;
     yield;
     this.checkOpen();
-    const writer = ImageWriter.create(this.disk, { dir, lsn, term, pageSize: this.pageSize, pageCount: this.pageCount, entriesMax, flushOffThread });
+    const writer = ImageWriter.create(this.disk, { dir, lsn, term, pageSize: this.pageSize, pageCount, entriesMax: Math.min(entriesMax, pageCount), flushOffThread });
     let finished = false;
     try {
       const bufs = Array.from({ length: FOLD_BATCH_PAGES }, () => new Uint8Array(this.pageSize));
@@ -880,6 +886,7 @@ export class PageStore {
         for (let k = 0; k < batch.length; k++) {
           const { page, v } = batch[k]!;
           if (v !== undefined) bufs[k]!.set(this.recordPage(payloadOf(v), v, page));
+          if (page >= pageCount) throw new StorageError('out_of_range', `page ${page} is past the ${pageCount} pages of the image`, { page, pageCount });
           writer.addPage(page, bufs[k]!);
         }
       }

@@ -194,6 +194,29 @@ describe('PageStore export and ShardStorage seed (branches)', () => {
     p.st.close();
   });
 
+  it('exports in a size smaller than the store (a branch of a volume whose replica grew since): its header says it, a page past it fails the export, a larger size is refused', () => {
+    const p = parent(31);
+    write(p, 50, 1);
+    p.st.grow(PAGES * 2);
+    const lsn = p.st.store.appliedLsn;
+    const expected = pagesOf(p.st.store, lsn);
+    const out = p.st.store.exportImage(lsn, childDir(p.disk, 'S'), { pageCount: PAGES });
+    const r = ImageReader.open(p.disk, out.path);
+    assert.equal(r.pageCount, PAGES);
+    r.close();
+    ShardStorage.seedFromImage(p.disk, 'S', lsn, 0);
+    checkSeeded(p.disk, p.slab, 'S', lsn, 0, expected, 'in the smaller size');
+    // A page past that size, written once the replica grew: not in an image of the smaller size.
+    p.st.log.write([{ term: 1, kind: RecordKind.PageWrite, payload: encodePageWrite(PAGE, [{ page: PAGES + 7, data: content(7) }]) }]);
+    p.st.log.sync();
+    p.st.store.apply(p.st.log.read(lsn + 1, lsn + 1)[0]!);
+    expectCode(() => p.st.store.exportImage(lsn + 1, childDir(p.disk, 'T'), { pageCount: PAGES }), 'out_of_range');
+    assert.deepEqual(p.disk.list('T').filter((n) => !n.endsWith('.discard')), [], 'no image left behind');
+    expectCode(() => p.st.store.exportImage(lsn + 1, childDir(p.disk, 'U'), { pageCount: PAGES * 2 + 1 }), 'bad_request');
+    assert.equal(ImageReader.open(p.disk, p.st.store.exportImage(lsn + 1, 'U').path).pageCount, PAGES * 2, 'by default, the store\'s size');
+    p.st.close();
+  });
+
   it('exports at the floor, between two images, at the newest image and at the applied LSN of a store with checkpoints and a trimmed log; the seeds survive a power cut', () => {
     const p = parent(2);
     const images: number[] = [];
