@@ -976,7 +976,6 @@ export class Controller {
     return load;
   }
 
-  /** Removes a volume and leaves a tombstone for its shards. Durable when it returns. */
   /**
    * The volume called `name` as it would be grown to `pageCount` pages, checked and not yet
    * recorded (`resize` records it): `not_found` (no such volume), `bad_request` (fewer pages than
@@ -1002,6 +1001,7 @@ export class Controller {
     return next;
   }
 
+  /** Removes a volume and leaves a tombstone for its shards. Durable when it returns. */
   delete(name: string): VolumeRecord {
     const v = this.get(name);
     const tombstones = [...this.state.tombstones, v.id].slice(-this.tombstonesMax);

@@ -64,7 +64,6 @@ export const IMAGE_PAGE_COUNT_MAX = 0xffff_ffff;
 const MAGIC_BYTES = new TextEncoder().encode(IMAGE_MAGIC);
 const IMAGE_NAME_RE = /^image-([0-9a-f]{16})\.img$/;
 
-/** File name of the image at `lsn`: `image-<lsn as 16 hex digits>.img`. */
 /**
  * The page count an image's header gives, from its first bytes (a transfer's first chunk);
  * undefined when they hold no whole header start. Not checked: the image is, whole, before use.
@@ -74,6 +73,7 @@ export function imagePageCountOf(head: Uint8Array): number | undefined {
   return new DataView(head.buffer, head.byteOffset, head.byteLength).getUint32(32, true);
 }
 
+/** File name of the image at `lsn`: `image-<lsn as 16 hex digits>.img`. */
 export function imageFileName(lsn: number): string {
   assert(Number.isSafeInteger(lsn) && lsn >= 0, 'image lsn is a non-negative integer', { lsn });
   return `image-${lsn.toString(16).padStart(16, '0')}.img`;
