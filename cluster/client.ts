@@ -430,11 +430,21 @@ export class StrataClient {
    * election under way: retry), `bad_request` for a `to` that holds no replica of the shard.
    */
   async handOver(name: string, shard: number, opts: { to?: string } = {}): Promise<ShardHandoverReply> {
-    const info = await this.volumeInfo(name);
+    let info: { id: string; shards: number; members?: string[] };
+    try {
+      const v = await this.volumeInfo(name);
+      info = { id: v.id, shards: v.shards, ...(v.replicaSets === undefined ? {} : { members: v.replicaSets.find((r) => r.shard === shard)?.members }) };
+    } catch (e) {
+      // The catalog shard of a replicated controller, which no catalog lists: where it is, the
+      // status says (its replicas are the controller nodes). Handed over, the controller moves.
+      const catalog = e instanceof ProtocolError && e.code === 'not_found' ? await this.catalogShardOf(name) : undefined;
+      if (catalog === undefined) throw e;
+      info = catalog;
+    }
     if (!Number.isSafeInteger(shard) || shard < 0 || shard >= info.shards) {
       throw new ProtocolError('out_of_range', `shard ${shard}: volume ${name} has shards 0..${info.shards - 1}`, { shard });
     }
-    const members = info.replicaSets?.find((r) => r.shard === shard)?.members;
+    const members = info.members;
     if (members === undefined) throw new ProtocolError('unavailable', `the controller did not say where shard ${shard} of volume ${name} is`, { shard });
     if (opts.to !== undefined && !members.includes(checkToken(opts.to, 'to'))) {
       throw new ProtocolError('bad_request', `to: node '${opts.to}' holds no replica of shard ${shard} of volume ${name} (${members.join(', ')})`, { path: 'to' });
@@ -457,6 +467,22 @@ export class StrataClient {
           });
       }
     });
+  }
+
+  /**
+   * The catalog shard of a replicated controller when it is called `name` (the status names it,
+   * with the nodes of its replicas: the controller nodes that report it, and its leader's set),
+   * else undefined.
+   */
+  private async catalogShardOf(name: string): Promise<{ id: string; shards: number; members: string[] } | undefined> {
+    const entry = (await this.status()).catalogShard as { id?: unknown; name?: unknown; shards?: unknown } | undefined;
+    if (entry === undefined || entry.name !== name || typeof entry.id !== 'string' || !Array.isArray(entry.shards)) return undefined;
+    const members = new Set<string>();
+    for (const sh of entry.shards as Array<{ members?: unknown; replicas?: unknown }>) {
+      for (const m of Array.isArray(sh.members) ? sh.members : []) if (typeof m === 'string') members.add(m);
+      for (const r of Array.isArray(sh.replicas) ? (sh.replicas as Array<{ node?: unknown }>) : []) if (typeof r.node === 'string') members.add(r.node);
+    }
+    return { id: entry.id, shards: entry.shards.length, members: [...members].sort() };
   }
 
   /**

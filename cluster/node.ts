@@ -2364,7 +2364,11 @@ export class StrataNode {
     this.subscribe(subj('shard.handover'), async (body): Promise<ShardHandoverReply> => {
       const r = validateShardHandover(body);
       let target: { hostId: number; volumeId: string; shard: number };
-      if (r.volumeId !== undefined) {
+      if (r.volumeId === CATALOG_VOLUME_ID && r.shard === 0 && this.opts.controllers?.includes(this.nodeId) === true) {
+        // The catalog shard of a replicated controller, on host 0 of each controller node: handed
+        // over, the controller moves to the node of its new leader.
+        target = { hostId: 0, volumeId: CATALOG_VOLUME_ID, shard: 0 };
+      } else if (r.volumeId !== undefined) {
         const a = this.nodeMeta.shards.find((s) => s.volumeId === r.volumeId && s.shard === r.shard);
         if (!a) throw new ProtocolError('not_found', `node '${this.nodeId}' holds no replica of shard ${r.shard} of volume ${r.volumeId}`, { volumeId: r.volumeId, shard: r.shard });
         target = { hostId: a.hostId, volumeId: a.volumeId, shard: a.shard };

@@ -115,6 +115,23 @@ describe('a replicated controller', function () {
     assert.deepEqual(await names(c), ['a', 'b']);
   });
 
+  it('strata shard handover of the catalog shard moves the controller to the node named, at once; a node that is not a controller node is refused', async () => {
+    await eventually('a create', () => c.client.createVolume({ name: 'seat', pageCount: 64, shards: 1, replicas: 3 }));
+    const first = (await controllerOf(c))!;
+    const to = [0, 1, 2].find((i) => i !== first.index)!;
+    const catalogName = (await c.client.status()).catalogShard as { name: string };
+    await assert.rejects(c.client.handOver(catalogName.name, 0, { to: 'n4' }), (e: unknown) => e instanceof ProtocolError && e.code === 'bad_request' && /'n4' holds no replica/.test(e.message));
+    const r = await eventually('the handover', () => c.client.handOver(catalogName.name, 0, { to: `n${to + 1}` }));
+    assert.equal(r.to, `n${to + 1}`);
+    assert.equal(r.volumeId, 'v0-catalog');
+    const next = await controllerOnceOne(c, first.index);
+    assert.equal(next.index, to, 'the controller runs where the catalog shard now leads');
+    assert.ok(next.term > first.term);
+    // The new controller has the catalog, and changes it.
+    assert.ok((await eventually('the catalog listed', () => names(c))).includes('seat'));
+    await eventually('a delete', () => c.client.deleteVolume('seat'));
+  });
+
   it('a controller that cannot confirm that its replica still leads the catalog shard (its host stalled) answers no read from memory; the next controller does', async () => {
     await eventually('a create', () => c.client.createVolume({ name: 'confirm', pageCount: 64, shards: 1, replicas: 3 }));
     const first = (await controllerOf(c))!;
