@@ -116,7 +116,8 @@ Commands:
         Operator action: the shard's leader hands its leadership to the replica on NODE (by
         default the one whose log holds the most), which leads the next term at once, without
         an election timeout: before maintenance of the leader's node, say. A node stopped
-        cleanly does so for every shard it leads (docs/replication.md).
+        cleanly does so for every shard it leads (docs/replication.md). With a replicated
+        controller, strata-catalog 0 is the catalog shard: handed over, the controller moves.
   drain NODE [--undo]
         Operator action: mark NODE draining (durably, in the catalog). The controller moves
         each of its replicas to another node, as it replaces a dead node's, and places
