@@ -428,6 +428,8 @@ export class StrataClient {
    * one whose log holds the most). Asked of each member's node at once: the one whose replica
    * leads answers; the others refuse (`not_leader`). `unavailable` when none leads now (an
    * election under way: retry), `bad_request` for a `to` that holds no replica of the shard.
+   * With a replicated controller, the catalog shard (`strata-catalog`, shard 0, as the status
+   * names it) is handed over the same way, and the controller moves with it.
    */
   async handOver(name: string, shard: number, opts: { to?: string } = {}): Promise<ShardHandoverReply> {
     let info: { id: string; shards: number; members?: string[] };
@@ -445,7 +447,8 @@ export class StrataClient {
       throw new ProtocolError('out_of_range', `shard ${shard}: volume ${name} has shards 0..${info.shards - 1}`, { shard });
     }
     const members = info.members;
-    if (members === undefined) throw new ProtocolError('unavailable', `the controller did not say where shard ${shard} of volume ${name} is`, { shard });
+    // (None at all: a catalog shard no controller node reports now. Asked of nobody, it would never be answered.)
+    if (members === undefined || members.length === 0) throw new ProtocolError('unavailable', `the controller did not say where shard ${shard} of volume ${name} is`, { shard });
     if (opts.to !== undefined && !members.includes(checkToken(opts.to, 'to'))) {
       throw new ProtocolError('bad_request', `to: node '${opts.to}' holds no replica of shard ${shard} of volume ${name} (${members.join(', ')})`, { path: 'to' });
     }

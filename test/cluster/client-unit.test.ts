@@ -1086,3 +1086,49 @@ describe('cluster/client (fake transport)', () => {
     });
   });
 });
+
+describe('cluster/client: handOver of the catalog shard, as the status names it', () => {
+  const status = (catalogShard: unknown): unknown => ({ node: { id: 'n1', cluster: CLUSTER, version: '0.1.0', uptimeMs: 1 }, volumes: [], ...(catalogShard === undefined ? {} : { catalogShard }) });
+  const catalog = (replicas: string[], members?: string[]): unknown => ({
+    id: 'v0-catalog', name: 'strata-catalog', shards: [{ shard: 0, ...(members === undefined ? {} : { members }), replicas: replicas.map((node) => ({ node, role: 'follower', state: 'up' })) }],
+  });
+  /** A cluster whose catalog has no volume called so, whose status says `catalogShard`, and whose nodes answer a handover with `answer`. */
+  const cluster = (catalogShard: unknown, answer: (node: string, body: unknown) => unknown): FakeTransport =>
+    new FakeTransport((subject, body) => {
+      if (subject.endsWith('.api.volume.info')) return errorReply(new ProtocolError('not_found', 'no such volume'));
+      if (subject.endsWith('.api.status')) return status(catalogShard);
+      const node = /^strata\.test\.node\.([^.]+)\.shard\.handover$/.exec(subject)?.[1];
+      if (node !== undefined) return answer(node, body);
+      return errorReply(new ProtocolError('internal', `unexpected ${subject}`));
+    });
+  const leaderN2 = (node: string, body: unknown): unknown =>
+    node === 'n2' ? { node, volumeId: 'v0-catalog', shard: 0, term: 3, to: (body as { to?: string }).to ?? 'n1' } : errorReply(new ProtocolError('not_leader', 'not the leader'));
+
+  it('asks each node the status names (its replicas and its leader\'s set) and answers with the leader\'s reply', async () => {
+    const t = cluster(catalog(['n1', 'n2'], ['n1', 'n2', 'n3']), leaderN2);
+    const r = await createClient(t, { cluster: CLUSTER, timeoutMs: 5000 }).handOver('strata-catalog', 0, { to: 'n3' });
+    assert.deepEqual(r, { node: 'n2', volumeId: 'v0-catalog', shard: 0, term: 3, to: 'n3' });
+    const asked = t.seen.filter((s) => s.subject.endsWith('.shard.handover')).map((s) => s.subject.split('.')[3]).sort();
+    assert.deepEqual(asked, ['n1', 'n2', 'n3']);
+    assert.deepEqual(t.seen.find((s) => s.subject.endsWith('.shard.handover'))!.body, { volumeId: 'v0-catalog', shard: 0, to: 'n3' });
+  });
+
+  it('refuses a shard other than 0 and a node that holds no replica, asking no node', async () => {
+    const t = cluster(catalog(['n1', 'n2', 'n3']), leaderN2);
+    const c = createClient(t, { cluster: CLUSTER, timeoutMs: 5000 });
+    await rejectsWith(c.handOver('strata-catalog', 1), 'out_of_range');
+    await rejectsWith(c.handOver('strata-catalog', 0, { to: 'n4' }), 'bad_request', /'n4' holds no replica/);
+    assert.equal(t.seen.filter((s) => s.subject.endsWith('.shard.handover')).length, 0);
+  });
+
+  it('a catalog shard the status names with no replica: unavailable at once, not a wait for an answer nobody was asked for', async () => {
+    const t = cluster(catalog([]), leaderN2);
+    await rejectsWith(createClient(t, { cluster: CLUSTER, timeoutMs: 5000 }).handOver('strata-catalog', 0), 'unavailable', /did not say where shard 0/);
+  });
+
+  it('a name that is no volume and not the catalog shard (or no replicated controller): not_found, as before', async () => {
+    const c = createClient(cluster(catalog(['n1']), leaderN2), { cluster: CLUSTER, timeoutMs: 5000 });
+    await rejectsWith(c.handOver('other', 0), 'not_found');
+    await rejectsWith(createClient(cluster(undefined, leaderN2), { cluster: CLUSTER, timeoutMs: 5000 }).handOver('strata-catalog', 0), 'not_found');
+  });
+});
