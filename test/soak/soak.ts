@@ -78,7 +78,7 @@ export const FAULT_KINDS = ['kill', 'kill-majority', 'stop', 'freeze', 'nats-fre
 export type FaultKind = (typeof FAULT_KINDS)[number];
 
 /** How often each fault is picked, relative to the others. */
-const FAULT_WEIGHTS: Record<FaultKind, number> = { kill: 35, 'kill-majority': 10, stop: 20, freeze: 35, 'nats-freeze': 15, 'nats-restart': 10, wipe: 10, 'wipe-controller': 5, move: 15, down: 10, drain: 10, rebalance: 10, branch: 10, resize: 5 };
+const FAULT_WEIGHTS: Record<FaultKind, number> = { kill: 35, 'kill-majority': 10, stop: 20, freeze: 35, 'nats-freeze': 15, 'nats-restart': 10, wipe: 10, 'wipe-controller': 5, move: 15, down: 10, drain: 10, rebalance: 10, branch: 10, resize: 10 };
 /** Pages a `resize` adds to the volume; the clients write and read them from then on. */
 const RESIZE_STEP_PAGES = 64;
 /** How long a `resize` is asked again while a node holding a replica does not answer (a node coming back from the fault before). */
