@@ -234,6 +234,9 @@ const CONFIRM_SEAT_MS_MAX = 1000;
  */
 const CATALOG_REPLY_ROOM_MS_MAX = 250;
 
+/** The host of a controller node that holds its replica of the catalog shard. */
+const CATALOG_HOST_ID = 0;
+
 /** Of the `leftMs` a catalog operation has before its requester's deadline, what it may wait for the nodes (room left to answer). */
 function catalogWaitMs(leftMs: number): number {
   return leftMs - Math.min(CATALOG_REPLY_ROOM_MS_MAX, Math.max(0, leftMs) / 10);
@@ -1346,13 +1349,21 @@ export class StrataNode {
         return { ...base, members: [...a.members], pageCount: Math.max(rec.pageCount, a.pageCount), ...(a.priorMembers !== undefined ? { priorMembers: [...a.priorMembers] } : {}) };
       });
       this.persist({ ...this.nodeMeta, shards: next });
-      let failure: { error: unknown } | undefined;
-      for (const rec of next) {
-        if (!byId.has(shardId(rec))) continue;
-        await this.pool!.openShard(rec.hostId, { ...rec, existing: true }).catch((e: unknown) => (failure ??= { error: e }));
-      }
-      if (failure !== undefined) throw failure.error;
+      await this.reopenOnHosts(next.filter((rec) => byId.has(shardId(rec))));
     });
+  }
+
+  /**
+   * Gives each record's replica, open on its host, the record as it is now (its members, its
+   * size): an open of a shard open already (HostPool.openShard, `existing`), which a restarted
+   * host reopens it with too. A failure does not stop the others; the first is thrown.
+   */
+  private async reopenOnHosts(records: readonly ShardAssignment[]): Promise<void> {
+    let failure: { error: unknown } | undefined;
+    for (const rec of records) {
+      await this.pool!.openShard(rec.hostId, { ...rec, existing: true }).catch((e: unknown) => (failure ??= { error: e }));
+    }
+    if (failure !== undefined) throw failure.error;
   }
 
   /**
@@ -1511,7 +1522,7 @@ export class StrataNode {
    */
   private async openCatalogReplica(): Promise<void> {
     try {
-      await this.pool!.openShard(0, { ...catalogAssignment(this.opts.controllers!), existing: true, ...(this.opts.newCluster === true ? { newCluster: true } : {}) });
+      await this.pool!.openShard(CATALOG_HOST_ID, { ...catalogAssignment(this.opts.controllers!), existing: true, ...(this.opts.newCluster === true ? { newCluster: true } : {}) });
       this.catalogReplicaOpen = true;
     } catch (e) {
       this.seatFailures.failed(e, { step: 'opening its replica of the catalog shard' });
@@ -2151,6 +2162,14 @@ export class StrataNode {
     return this.placeNew(c, c.branch({ name: req.name, parent: req.parent, lsns: req.lsns }, Date.now()), deadlineMs);
   }
 
+  /**
+   * How long the controller waits for its requests to nodes on a catalog change: as long as the
+   * requester waits, less room for the answer (catalogWaitMs); without a deadline, requestTimeoutMs.
+   */
+  private nodesWaitMs(deadlineMs: number | undefined): number {
+    return deadlineMs === undefined ? (this.opts.requestTimeoutMs ?? 10_000) : Math.max(1, catalogWaitMs(deadlineMs - Date.now()));
+  }
+
   /** The opens of a volume just added to the catalog on its nodes, or its undo when one fails. */
   private async placeVolume(c: Controller, v: VolumeRecord, deadlineMs: number | undefined): Promise<unknown> {
     // Durable before any node opens a replica of it.
@@ -2166,8 +2185,7 @@ export class StrataNode {
     // The nodes' opens are waited for as long as the requester waits, less room for the answer
     // (opening a shard costs a few fsyncs: a node of many shards takes seconds); without a
     // deadline, requestTimeoutMs.
-    const leftMs = deadlineMs === undefined ? undefined : deadlineMs - Date.now();
-    const timeout = leftMs === undefined ? (this.opts.requestTimeoutMs ?? 10_000) : Math.max(1, catalogWaitMs(leftMs));
+    const timeout = this.nodesWaitMs(deadlineMs);
     const waitEndMs = Date.now() + timeout;
     // Every node's answer is waited for before an undo: a destroy sent while another node's
     // open still runs could come first there, and leave that node's shard open.
@@ -2258,8 +2276,7 @@ export class StrataNode {
     }
     const live = new Set(c.liveNodes(Date.now()).map((m) => m.nodeId));
     const asked = [...holders].filter((n) => live.has(n)).sort();
-    const leftMs = deadlineMs === undefined ? undefined : deadlineMs - Date.now();
-    const timeout = leftMs === undefined ? (this.opts.requestTimeoutMs ?? 10_000) : Math.max(1, catalogWaitMs(leftMs));
+    const timeout = this.nodesWaitMs(deadlineMs);
     const body = encode({ volumeId: v.id, pageCount: req.pageCount } satisfies VolumeGrowRequest);
     const answers = await Promise.allSettled(
       asked.map(async (nodeId) => {
@@ -2291,12 +2308,8 @@ export class StrataNode {
       const grows = (r: ShardAssignment): boolean => r.volumeId === volumeId && r.pageCount < pageCount;
       if (this.nodeMeta.shards.some(grows)) this.persist({ ...this.nodeMeta, shards: this.nodeMeta.shards.map((r) => (grows(r) ? { ...r, pageCount } : r)) });
       const held = this.nodeMeta.shards.filter((r) => r.volumeId === volumeId);
-      let failure: { error: unknown } | undefined;
-      for (const rec of held) {
-        if (rec.removed === true) continue; // A move took it off: destroyed when this node reconciles.
-        await this.pool!.openShard(rec.hostId, { ...rec, existing: true }).catch((e: unknown) => (failure ??= { error: e }));
-      }
-      if (failure !== undefined) throw failure.error;
+      // Not one a move took off: it is destroyed when this node reconciles.
+      await this.reopenOnHosts(held.filter((r) => r.removed !== true));
       return held.length;
     });
   }
@@ -2365,9 +2378,9 @@ export class StrataNode {
       const r = validateShardHandover(body);
       let target: { hostId: number; volumeId: string; shard: number };
       if (r.volumeId === CATALOG_VOLUME_ID && r.shard === 0 && this.opts.controllers?.includes(this.nodeId) === true) {
-        // The catalog shard of a replicated controller, on host 0 of each controller node: handed
-        // over, the controller moves to the node of its new leader.
-        target = { hostId: 0, volumeId: CATALOG_VOLUME_ID, shard: 0 };
+        // The catalog shard of a replicated controller: handed over, the controller moves to the
+        // node of its new leader.
+        target = { hostId: CATALOG_HOST_ID, volumeId: CATALOG_VOLUME_ID, shard: 0 };
       } else if (r.volumeId !== undefined) {
         const a = this.nodeMeta.shards.find((s) => s.volumeId === r.volumeId && s.shard === r.shard);
         if (!a) throw new ProtocolError('not_found', `node '${this.nodeId}' holds no replica of shard ${r.shard} of volume ${r.volumeId}`, { volumeId: r.volumeId, shard: r.shard });
