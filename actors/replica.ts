@@ -2518,7 +2518,8 @@ export class Replica {
   private checkLeader(): void {
     this.checkLeading();
     if (this.handover !== undefined) {
-      throw new ProtocolError('unavailable', `shard ${this.geometry.volumeId}/${this.geometry.shard} is handing its leadership to '${this.handover.to}'; retry`, { to: this.handover.to });
+      // Nothing of the request was taken: a client sends it again, to the new leader (client.ts, handingOver).
+      throw new ProtocolError('unavailable', `shard ${this.geometry.volumeId}/${this.geometry.shard} is handing its leadership to '${this.handover.to}'; retry`, { to: this.handover.to, handingOver: true });
     }
   }
 

@@ -1239,7 +1239,7 @@ export class Volume {
           { ...(failed.error instanceof ProtocolError ? (failed.error.details ?? {}) : {}), earlier },
         );
       }
-      if (failed.error instanceof ProtocolError && failed.error.code === 'not_leader') throw failed.error;
+      if (failed.error instanceof ProtocolError && (failed.error.code === 'not_leader' || handingOver(failed.error))) throw failed.error;
       const shard = calls[still]!.shard;
       throw new ProtocolError(
         'unavailable',
@@ -1288,7 +1288,8 @@ function recordOf(error: unknown): WriteRecordRef | undefined {
 const RECORD_NAMING_CODES: ReadonlySet<string> = new Set(['not_leader', 'device_failed', 'unavailable']);
 
 /**
- * Failures after which a request is sent again: no leader answered it, or its record was named
+ * Failures after which a request is sent again: no leader answered it (none did, one that does
+ * not lead, one handing its leadership over), or its record was named
  * (sent with `earlier`); a read also when its reply was lost with a dropped NATS connection (a
  * write then has an unknown outcome, final).
  */
@@ -1346,7 +1347,17 @@ function noteEarlierAttempt(body: ShardWriteRequest, failed: { ok: false; error:
  * safe: a page write's effect does not depend on how often it is applied.
  */
 function leaderless(error: unknown): boolean {
-  return error instanceof NoRespondersError || (error instanceof ProtocolError && error.code === 'not_leader');
+  return error instanceof NoRespondersError || (error instanceof ProtocolError && error.code === 'not_leader') || handingOver(error);
+}
+
+/**
+ * A leader handing its leadership to a follower (a clean stop, a rebalance, an operator's
+ * handover) refuses requests until the follower leads, within an election timeout: `unavailable`
+ * with `details.handingOver`. It took nothing of the request, so the request is sent again like
+ * one that found no leader, and reaches the new leader.
+ */
+function handingOver(error: unknown): boolean {
+  return error instanceof ProtocolError && error.code === 'unavailable' && error.details?.['handingOver'] === true && error.details['recordLsn'] === undefined;
 }
 
 /**

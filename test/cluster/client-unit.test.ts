@@ -943,6 +943,53 @@ describe('cluster/client (fake transport)', () => {
     });
   });
 
+  describe('Volume: a leader handing its leadership over', () => {
+    // What a leader answers while it hands its leadership to a follower (Replica.checkLeader).
+    const handing = () => errorReply(new ProtocolError('unavailable', "shard v1/0 is handing its leadership to 'n2'; retry", { to: 'n2', handingOver: true }));
+    const earlierOf = (s: { body: unknown }) => (s.body as { earlier?: unknown }).earlier;
+
+    it('a write and a read it refused are sent again, and answered by the new leader', async () => {
+      const fc = new FakeCluster();
+      let refusals = 2;
+      fc.shardHook = () => (refusals-- > 0 ? handing() : undefined);
+      const vol = fc.client().volume('vol');
+      await vol.write(0, pageData(0));
+      assert.deepEqual(fc.transport.shardRequests().map(earlierOf), [undefined, undefined, undefined], 'sent again as it was: nothing was written');
+      refusals = 1;
+      assert.deepEqual(await vol.read(0), pageData(0));
+      assert.equal(fc.transport.shardRequests().length, 5);
+    });
+
+    it('a write with an earlier attempt keeps naming it when sent again, and is not made an unknown outcome', async () => {
+      const fc = new FakeCluster();
+      let n = 0;
+      fc.shardHook = () => {
+        n++;
+        if (n === 1) return errorReply(new ProtocolError('not_leader', 'not the leader (stepped down)', { term: 3, recordLsn: 7, recordTerm: 2 }));
+        return n === 2 ? handing() : undefined;
+      };
+      await fc.client().volume('vol').write(0, pageData(0));
+      assert.deepEqual(fc.transport.shardRequests().map(earlierOf), [undefined, [{ lsn: 7, term: 2 }], [{ lsn: 7, term: 2 }]]);
+    });
+
+    it('still handing over at its deadline: the refusal itself, naming the follower', async () => {
+      const fc = new FakeCluster();
+      fc.shardHook = () => handing();
+      const started = Date.now();
+      const client = createClient(fc.transport, { cluster: CLUSTER, timeoutMs: 10_000, nowMs: () => NOW + Math.max(0, Date.now() - started - 50) * 20 });
+      const err = await rejectsWith(client.volume('vol').read(0), 'unavailable', /handing its leadership to 'n2'/);
+      assert.equal(err.details?.['to'], 'n2');
+      assert.ok(fc.transport.shardRequests().length > 2);
+    });
+
+    it('an unavailable that is not a handover (no quorum) is not sent again', async () => {
+      const fc = new FakeCluster();
+      fc.shardHook = () => errorReply(new ProtocolError('unavailable', 'no quorum', { to: 'n2' }));
+      await rejectsWith(fc.client().volume('vol').read(0), 'unavailable', /no quorum/);
+      assert.equal(fc.transport.shardRequests().length, 1);
+    });
+  });
+
   describe('Volume: found again when the catalog changed it', () => {
     it('a volume deleted and created again larger under its name: a page past the old end is written and read, not refused', async () => {
       const fc = new FakeCluster(volume({ pageCount: 16, shards: 1 }));
