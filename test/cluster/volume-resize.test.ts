@@ -9,6 +9,9 @@ import { strict as assert } from 'node:assert';
 import { startCluster, type InProcessCluster } from '../../cluster/in-process-cluster';
 import type { Volume } from '../../cluster/client';
 import { ProtocolError } from '../../messages/errors';
+import { encode } from '../../messages/codec';
+import { nodeSubject } from '../../messages/control';
+import { connect as natsConnect } from 'nats';
 import { transient } from '../support/served';
 import { waitFor } from '../support/wait';
 
@@ -31,6 +34,28 @@ async function fill(vol: Volume, from: number, to: number, value: number): Promi
         throw e;
       }
     }, 30_000);
+  }
+}
+
+/**
+ * Resolves once the NATS server no longer routes requests to a node just killed: a request to the
+ * node's own subject finds no responders. (The node drops its subscriptions as it dies, its API
+ * router's among them, in one write; until the server has read it, a request to the API may still
+ * be given to the dead router, and its caller would wait out its whole timeout.)
+ */
+async function goneFromServer(c: InProcessCluster, nodeId: string): Promise<void> {
+  const nc = await natsConnect({ servers: c.natsUrl });
+  try {
+    await waitFor(`${nodeId} gone from the NATS server`, async () => {
+      try {
+        await nc.request(nodeSubject(c.cluster, nodeId, 'status'), encode({}), { timeout: 1000 });
+        return false;
+      } catch (e) {
+        return (e as { code?: unknown }).code === '503';
+      }
+    }, 5000);
+  } finally {
+    await nc.close();
   }
 }
 
@@ -111,6 +136,7 @@ describe('growing a volume (volume.resize)', function () {
     const vol = c.client.volume('later');
     await fill(vol, 0, 64, 1);
     c.kill(2);
+    await goneFromServer(c, 'n3');
     // n3 is still live to the controller (it heard from it within its live window), and does not
     // answer: nothing is recorded, and the catalog still refuses the new pages.
     await assert.rejects(c.client.resizeVolume('later', 512), (e: ProtocolError) => e.code === 'unavailable' && /not every node holding a replica of it took the new size: n3 /.test(e.message));
