@@ -470,7 +470,7 @@ export const MESSAGE_OVERHEAD_BYTES = 256;
  */
 export const SCRUB_STEP_BYTES = 256 * 1024;
 
-/** What Replica.forceVote did: whether the replica was repairing (if not, nothing changed), and its term. */
+/** What Replica.forceVote did: whether the replica was repairing (if not, nothing changed), and its term then. */
 export interface ForceVoteResult {
   wasRepairing: boolean;
   term: number;
@@ -1334,8 +1334,11 @@ export class Replica {
     this.repairTerm = undefined;
     this.repairTarget = undefined;
     this.termsUnknown = undefined;
+    // The term of the override: while it is saved, the replica may already campaign (a set of
+    // one elects itself at once), in a later term.
+    const term = this.term;
     await this.persistHardState();
-    return { wasRepairing: true, term: this.term };
+    return { wasRepairing: true, term };
   }
 
   /** Moves to a newer term as a follower (vote cleared); the caller persists. */
