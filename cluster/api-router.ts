@@ -94,7 +94,7 @@ export class ApiRouter {
       const err = e instanceof ProtocolError
         ? e
         : code === '503'
-          ? new ProtocolError('unavailable', 'the controller is not reachable (no responders)')
+          ? new ProtocolError('unavailable', 'the controller is not reachable (no responders)', { noController: true })
           : code === 'TIMEOUT'
             ? new ProtocolError('timeout', `the controller did not answer within ${timeout} ms`)
             : new ProtocolError('unavailable', `the controller is not reachable: ${(e as Error).message}`);

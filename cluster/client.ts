@@ -31,6 +31,10 @@
  *   fails with `timeout` (outcome unknown) if no leader answers it by the deadline;
  * - a read of the API (volume.info, volume.list, status) with no reply is asked again, up to
  *   API_READ_TRIES times within the deadline (a node that hangs gets its share of them);
+ * - a request of the API that a node answered as no longer (or not surely) the controller, having
+ *   done nothing (`unavailable` with `details.notController`), is sent again with back-off until
+ *   the deadline: while the controller moves, the deposed one may take a request before it notices;
+ *   so is one the router found no controller for (`details.noController`), for CONTROLLER_GAP_MS;
  * - a reply that does not decode or validate is `internal` ("malformed reply …");
  * - arguments are checked with the validators of messages/ before anything is sent.
  *
@@ -706,9 +710,29 @@ export class StrataClient {
    * answering them (hung) gets its share. A read (volume.info, volume.list, status) is therefore
    * asked up to API_READ_TRIES times within the call's deadline, each try with a part of the time
    * left (at least API_READ_TRY_MS_MIN), and the server picks a node for each; a change is sent
-   * once (asked again it could be applied twice).
+   * once (asked again it could be applied twice). Either is sent again, with back-off until the
+   * deadline, when a node answered that it did nothing as it no longer (or not surely) runs the
+   * controller (`notController`): the controller is moving, and the next one will answer. Also for
+   * CONTROLLER_GAP_MS when no node served the controller's subjects (`noController`).
    */
   async api<V extends ApiVerb>(verb: V, body: RequestMap[V], deadlineMs: number): Promise<ReplyMap[V]> {
+    let pauseMs = CONTROLLER_RETRY_MS_MIN;
+    const startMs = this.nowMs();
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.apiOnce(verb, body, deadlineMs);
+      } catch (e) {
+        const moving = notController(e) || (noController(e) && this.nowMs() - startMs < CONTROLLER_GAP_MS);
+        if (!moving || attempt > CONTROLLER_RETRIES_MAX || this.nowMs() + pauseMs >= deadlineMs) throw e;
+        await new Promise((r) => setTimeout(r, pauseMs));
+        // A clock that went past the deadline meanwhile: the node's answer, not a bare timeout.
+        if (this.nowMs() >= deadlineMs) throw e;
+      }
+      pauseMs = Math.min(2 * pauseMs, CONTROLLER_RETRY_MS_MAX);
+    }
+  }
+
+  private async apiOnce<V extends ApiVerb>(verb: V, body: RequestMap[V], deadlineMs: number): Promise<ReplyMap[V]> {
     const subject = apiSubject(this.cluster, verb);
     const validate = (value: unknown): ReplyMap[V] => validateReply(verb, value);
     if (!API_READ_VERBS.has(verb)) return this.send(subject, verb, body, deadlineMs, validate);
@@ -749,6 +773,32 @@ export const API_READ_VERBS: ReadonlySet<ApiVerb> = new Set<ApiVerb>(['volume.in
 /** Tries of a read API verb within its call's deadline, and the shortest try. */
 export const API_READ_TRIES = 3;
 export const API_READ_TRY_MS_MIN = 1000;
+
+/**
+ * First and largest pause before an API request is sent again after a node answered that it no
+ * longer runs the controller (`notController`): a new controller takes its seat within an
+ * election timeout and a check of the seat (200 ms). At most CONTROLLER_RETRIES_MAX times.
+ */
+const CONTROLLER_RETRY_MS_MIN = 50;
+const CONTROLLER_RETRY_MS_MAX = 500;
+const CONTROLLER_RETRIES_MAX = 40;
+
+/** A node's answer that it does not run the controller (any more, or surely) and did nothing. */
+function notController(error: unknown): boolean {
+  return error instanceof ProtocolError && error.code === 'unavailable' && error.details?.['notController'] === true;
+}
+
+/**
+ * How long an API request is sent again while no node serves the controller's subjects (the
+ * router's `noController`): between a controller giving its seat up and the next taking it. Past
+ * that, no controller runs (a majority of the controller nodes down, say), which is the answer.
+ */
+const CONTROLLER_GAP_MS = 2000;
+
+/** The API router's answer that no node serves the controller's subjects now. */
+function noController(error: unknown): boolean {
+  return error instanceof ProtocolError && error.code === 'unavailable' && error.details?.['noController'] === true;
+}
 
 /** Connects to the NATS servers and returns a client of the Strata cluster `cluster`. */
 export async function connect(options: ConnectOptions): Promise<StrataClient> {

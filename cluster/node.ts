@@ -1651,7 +1651,8 @@ export class StrataNode {
     } catch (e) {
       const code = (e as { code?: unknown }).code;
       if ((code === 'not_leader' || code === 'closed') && this.seat === seat) this.leaveSeat(`its replica no longer leads the catalog shard in term ${seat.term}`);
-      throw new ProtocolError('unavailable', `node '${this.nodeId}' could not confirm that it still runs the controller (${(e as Error).message}); retry`);
+      // Nothing was done (a read): a client asks again, and may reach the next controller.
+      throw new ProtocolError('unavailable', `node '${this.nodeId}' could not confirm that it still runs the controller (${(e as Error).message}); retry`, { notController: true });
     }
   }
 
@@ -1668,7 +1669,7 @@ export class StrataNode {
   /** The controller this node runs now, or `unavailable` (a replicated controller's seat was given up). */
   private seated(): Controller {
     const c = this.controller;
-    if (c === undefined) throw new ProtocolError('unavailable', `node '${this.nodeId}' no longer runs the controller; retry`);
+    if (c === undefined) throw new ProtocolError('unavailable', `node '${this.nodeId}' no longer runs the controller; retry`, { notController: true });
     return c;
   }
 

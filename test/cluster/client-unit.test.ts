@@ -295,6 +295,49 @@ describe('cluster/client (fake transport)', () => {
       assert.equal(t.apiRequests('volume.list').length, 1);
     });
 
+    it('sends a read or a change again when a node answered that it no longer runs the controller and did nothing (notController), until the next one answers', async () => {
+      const moved = () => errorReply(new ProtocolError('unavailable', "node 'n1' no longer runs the controller; retry", { notController: true }));
+      let refusals = 2;
+      const t = new FakeTransport((subject) => {
+        if (refusals-- > 0) return moved();
+        return subject.endsWith('.volume.list') ? { volumes: [volume({ name: 'db' })] } : volume({ name: 'x', pageCount: 10 });
+      });
+      const client = createClient(t, { cluster: CLUSTER, timeoutMs: 10_000, nowMs: () => NOW });
+      assert.deepEqual((await client.listVolumes()).map((v) => v.name), ['db']);
+      assert.equal(t.apiRequests('volume.list').length, 3);
+      refusals = 1;
+      assert.equal((await client.createVolume({ name: 'x', pageCount: 10 })).name, 'x');
+      assert.equal(t.apiRequests('volume.create').length, 2, 'a change that was not done is sent again');
+      // Any other unavailable is the answer at once.
+      const other = createClient(new FakeTransport(() => errorReply(new ProtocolError('unavailable', 'no quorum'))), { cluster: CLUSTER, nowMs: () => NOW });
+      await rejectsWith(other.listVolumes(), 'unavailable', /no quorum/);
+    });
+
+    it('sends a request again while the router finds no controller (noController), for CONTROLLER_GAP_MS: the gap between two controllers; then that is the answer', async () => {
+      const gone = () => errorReply(new ProtocolError('unavailable', 'the controller is not reachable (no responders)', { noController: true }));
+      let gaps = 2;
+      const t = new FakeTransport(() => (gaps-- > 0 ? gone() : { volumes: [] }));
+      assert.deepEqual(await createClient(t, { cluster: CLUSTER, timeoutMs: 10_000, nowMs: () => NOW }).listVolumes(), []);
+      assert.equal(t.apiRequests('volume.list').length, 3);
+      // No controller at all (a majority of the controller nodes down): the answer after 2 s, well before the deadline.
+      const none = new FakeTransport(() => gone());
+      const started = Date.now();
+      let now = NOW;
+      const client = createClient(none, { cluster: CLUSTER, timeoutMs: 60_000, nowMs: () => (now = NOW + Math.max(0, Date.now() - started) * 10) });
+      await rejectsWith(client.listVolumes(), 'unavailable', /not reachable/);
+      assert.ok(now - NOW >= 2000 && now - NOW < 60_000, `given up after ${now - NOW} ms`);
+      assert.ok(none.apiRequests('volume.list').length > 2);
+    });
+
+    it('still no controller at the deadline: the last node\'s answer, after a bounded number of tries', async () => {
+      const t = new FakeTransport(() => errorReply(new ProtocolError('unavailable', "node 'n1' could not confirm that it still runs the controller (timeout); retry", { notController: true })));
+      const started = Date.now();
+      const client = createClient(t, { cluster: CLUSTER, timeoutMs: 10_000, nowMs: () => NOW + Math.max(0, Date.now() - started) * 20 });
+      await rejectsWith(client.createVolume({ name: 'x', pageCount: 10 }), 'unavailable', /could not confirm/);
+      const tries = t.apiRequests('volume.create').length;
+      assert.ok(tries > 2 && tries <= 41, `${tries} tries`);
+    });
+
     it('validates createVolume, volumeInfo and deleteVolume arguments before sending', async () => {
       const t = new FakeTransport(() => assert.fail('nothing may be sent'));
       const client = createClient(t, { cluster: CLUSTER });

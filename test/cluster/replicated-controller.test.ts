@@ -150,6 +150,14 @@ describe('a replicated controller', function () {
       assert.equal(reply.volumes, undefined, 'no catalog from memory');
       assert.equal(reply.error?.code, 'unavailable', JSON.stringify(reply));
       assert.match(reply.error.message, /could not confirm that it still runs the controller/);
+      assert.equal((reply.error as { details?: { notController?: boolean } }).details?.notController, true, 'it says it did nothing');
+      // Strata's client sends such a request again, and the next controller answers it.
+      const client = await connectClient({ servers: c.natsUrl, cluster: c.cluster, timeoutMs: 20_000 });
+      try {
+        assert.ok((await client.listVolumes()).some((v) => v.name === 'confirm'));
+      } finally {
+        await client.close();
+      }
       await stalled;
       await controllerOnceOne(c);
       assert.ok((await eventually('the catalog listed', () => names(c))).includes('confirm'));
