@@ -722,7 +722,7 @@ export class StrataClient {
       try {
         return await this.apiOnce(verb, body, deadlineMs);
       } catch (e) {
-        const moving = notController(e) || (noController(e) && this.nowMs() - startMs < CONTROLLER_GAP_MS);
+        const moving = unavailableSaying(e, 'notController') || (unavailableSaying(e, 'noController') && this.nowMs() - startMs < CONTROLLER_GAP_MS);
         if (!moving || attempt > CONTROLLER_RETRIES_MAX || this.nowMs() + pauseMs >= deadlineMs) throw e;
         await new Promise((r) => setTimeout(r, pauseMs));
         // A clock that went past the deadline meanwhile: the node's answer, not a bare timeout.
@@ -783,9 +783,14 @@ const CONTROLLER_RETRY_MS_MIN = 50;
 const CONTROLLER_RETRY_MS_MAX = 500;
 const CONTROLLER_RETRIES_MAX = 40;
 
-/** A node's answer that it does not run the controller (any more, or surely) and did nothing. */
-function notController(error: unknown): boolean {
-  return error instanceof ProtocolError && error.code === 'unavailable' && error.details?.['notController'] === true;
+/**
+ * An `unavailable` whose details say what it is (`mark`: true), and that nothing was done:
+ * - `notController`: a node's answer that it does not run the controller (any more, or surely);
+ * - `noController`: the API router's answer that no node serves the controller's subjects now;
+ * - `handingOver`: a shard leader's refusal while it hands its leadership over.
+ */
+function unavailableSaying(error: unknown, mark: 'notController' | 'noController' | 'handingOver'): boolean {
+  return error instanceof ProtocolError && error.code === 'unavailable' && error.details?.[mark] === true;
 }
 
 /**
@@ -794,11 +799,6 @@ function notController(error: unknown): boolean {
  * that, no controller runs (a majority of the controller nodes down, say), which is the answer.
  */
 const CONTROLLER_GAP_MS = 2000;
-
-/** The API router's answer that no node serves the controller's subjects now. */
-function noController(error: unknown): boolean {
-  return error instanceof ProtocolError && error.code === 'unavailable' && error.details?.['noController'] === true;
-}
 
 /** Connects to the NATS servers and returns a client of the Strata cluster `cluster`. */
 export async function connect(options: ConnectOptions): Promise<StrataClient> {
@@ -1407,7 +1407,7 @@ function leaderless(error: unknown): boolean {
  * one that found no leader, and reaches the new leader.
  */
 function handingOver(error: unknown): boolean {
-  return error instanceof ProtocolError && error.code === 'unavailable' && error.details?.['handingOver'] === true && error.details['recordLsn'] === undefined;
+  return unavailableSaying(error, 'handingOver') && (error as ProtocolError).details!['recordLsn'] === undefined;
 }
 
 /**
