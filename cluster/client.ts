@@ -31,10 +31,12 @@
  *   fails with `timeout` (outcome unknown) if no leader answers it by the deadline;
  * - a read of the API (volume.info, volume.list, status) with no reply is asked again, up to
  *   API_READ_TRIES times within the deadline (a node that hangs gets its share of them);
- * - a request of the API that a node answered as no longer (or not surely) the controller, having
- *   done nothing (`unavailable` with `details.notController`), is sent again with back-off until
- *   the deadline: while the controller moves, the deposed one may take a request before it notices;
- *   so is one the router found no controller for (`details.noController`), for CONTROLLER_GAP_MS;
+ * - a request of the API, or an operator's request to the controller (a move, a drain, a
+ *   rebalance, a catalog recovery), that a node answered as no longer (or not surely) the
+ *   controller, having done nothing (`unavailable` with `details.notController`), is sent again
+ *   with back-off until the deadline: while the controller moves, the deposed one may take a
+ *   request before it notices; so is one that found no controller (the router's
+ *   `details.noController`, or no responders on the controller's subject), for CONTROLLER_GAP_MS;
  * - a reply that does not decode or validate is `internal` ("malformed reply …");
  * - arguments are checked with the validators of messages/ before anything is sent.
  *
@@ -514,17 +516,8 @@ export class StrataClient {
       from: checkToken(m.from as string, 'from'),
       to: checkToken(m.to as string, 'to'),
     };
-    const subject = controllerSubject(this.cluster, 'shard.move');
     const deadlineMs = this.deadline(optionsOf(options).deadlineMs, Math.max(this.timeoutMs, MOVE_TIMEOUT_MS_MIN));
-    const timeoutMs = Math.max(1, deadlineMs - this.nowMs());
-    let replyBytes: Uint8Array;
-    try {
-      replyBytes = await this.request(subject, encode(body), { timeoutMs, headers: { [HEADER_DEADLINE]: String(deadlineMs) } });
-    } catch (err) {
-      if (err instanceof NoRespondersError) throw new ProtocolError('unavailable', `the controller is not reachable (no responders on ${subject}): is the controller node running?`, { subject });
-      throw err;
-    }
-    return readReply(replyBytes, 'shard.move', subject, validateShardMoveReply);
+    return this.controlRequest('shard.move', body, deadlineMs, validateShardMoveReply);
   }
 
   /**
@@ -538,22 +531,29 @@ export class StrataClient {
   async drainNode(node: string, options: { undo?: boolean } & CallOptions = {}): Promise<NodeDrainReply> {
     this.checkOpen();
     const body = { node: checkToken(node, 'node'), ...(options.undo === true ? { undo: true } : {}) };
-    return this.controlRequest('node.drain', body, options.deadlineMs, validateNodeDrainReply);
+    return this.controlRequest('node.drain', body, this.deadline(options.deadlineMs), validateNodeDrainReply);
   }
 
-  /** A request to the controller's control subject `verb`, within the client's timeout (or `deadlineMs`). */
-  private async controlRequest<T>(verb: string, body: unknown, deadlineMsAsked: number | undefined, validate: (b: unknown) => T): Promise<T> {
+  /**
+   * A request to the controller's control subject `verb`, with deadline `deadlineMs`; sent again
+   * while the controller moves (`whileControllerMoves`). Each of these verbs may be asked again:
+   * a move resumes or answers the one done, a drain or a rebalance sets what it set.
+   */
+  private async controlRequest<T>(verb: string, body: unknown, deadlineMs: number, validate: (b: unknown) => T): Promise<T> {
     this.checkOpen();
     const subject = controllerSubject(this.cluster, verb);
-    const deadlineMs = this.deadline(deadlineMsAsked);
-    let replyBytes: Uint8Array;
-    try {
-      replyBytes = await this.request(subject, encode(body), { timeoutMs: Math.max(1, deadlineMs - this.nowMs()), headers: { [HEADER_DEADLINE]: String(deadlineMs) } });
-    } catch (err) {
-      if (err instanceof NoRespondersError) throw new ProtocolError('unavailable', `the controller is not reachable (no responders on ${subject}): is the controller node running?`, { subject });
-      throw err;
-    }
-    return readReply(replyBytes, verb, subject, validate);
+    return this.whileControllerMoves(deadlineMs, async () => {
+      let replyBytes: Uint8Array;
+      try {
+        replyBytes = await this.request(subject, encode(body), { timeoutMs: Math.max(1, deadlineMs - this.nowMs()), headers: { [HEADER_DEADLINE]: String(deadlineMs) } });
+      } catch (err) {
+        if (err instanceof NoRespondersError) {
+          throw new ProtocolError('unavailable', `the controller is not reachable (no responders on ${subject}): is the controller node running?`, { subject, noController: true });
+        }
+        throw err;
+      }
+      return readReply(replyBytes, verb, subject, validate);
+    });
   }
 
   /**
@@ -563,7 +563,7 @@ export class StrataClient {
    * each node's count and whether the rebalance is still under way (asked again, it says).
    */
   async rebalance(options: { stop?: boolean } & CallOptions = {}): Promise<RebalanceReply> {
-    return this.controlRequest('rebalance', options.stop === true ? { stop: true } : {}, options.deadlineMs, validateRebalanceReply);
+    return this.controlRequest('rebalance', options.stop === true ? { stop: true } : {}, this.deadline(options.deadlineMs), validateRebalanceReply);
   }
 
   /**
@@ -573,20 +573,10 @@ export class StrataClient {
    * to the controller's control subject, not through the API.
    */
   async recoverCatalog(options: { apply?: boolean } = {}): Promise<CatalogRecoverReply> {
-    const subject = controllerSubject(this.cluster, 'catalog.recover');
     // With this call's deadline, as the API's catalog verbs: the controller reads the nodes'
     // records within it (less room for its answer), and does not start a recovery, `apply` or
     // not, that has waited past it in its queue.
-    const headers = { [HEADER_DEADLINE]: String(this.deadline()) };
-    let replyBytes: Uint8Array;
-    try {
-      replyBytes = await this.request(subject, encode({ apply: options.apply === true }), { timeoutMs: this.timeoutMs, headers });
-    } catch (err) {
-      // No controller subscribes: say so, as the API's catalog verbs do.
-      if (err instanceof NoRespondersError) throw new ProtocolError('unavailable', `the controller is not reachable (no responders on ${subject}): is the controller node running?`, { subject });
-      throw err;
-    }
-    return readReply(replyBytes, 'catalog.recover', subject, validateCatalogRecoverReply);
+    return this.controlRequest('catalog.recover', { apply: options.apply === true }, this.deadline(), validateCatalogRecoverReply);
   }
 
   /**
@@ -716,11 +706,21 @@ export class StrataClient {
    * CONTROLLER_GAP_MS when no node served the controller's subjects (`noController`).
    */
   async api<V extends ApiVerb>(verb: V, body: RequestMap[V], deadlineMs: number): Promise<ReplyMap[V]> {
+    return this.whileControllerMoves(deadlineMs, () => this.apiOnce(verb, body, deadlineMs));
+  }
+
+  /**
+   * `once` (a request served by the controller), tried again with back-off within `deadlineMs`
+   * when the answer says the controller is moving and nothing was done: `notController`, at most
+   * CONTROLLER_RETRIES_MAX times; `noController`, for CONTROLLER_GAP_MS. Any other answer, or the
+   * last of these, is the call's.
+   */
+  private async whileControllerMoves<T>(deadlineMs: number, once: () => Promise<T>): Promise<T> {
     let pauseMs = CONTROLLER_RETRY_MS_MIN;
     const startMs = this.nowMs();
     for (let attempt = 1; ; attempt++) {
       try {
-        return await this.apiOnce(verb, body, deadlineMs);
+        return await once();
       } catch (e) {
         const moving = unavailableSaying(e, 'notController') || (unavailableSaying(e, 'noController') && this.nowMs() - startMs < CONTROLLER_GAP_MS);
         if (!moving || attempt > CONTROLLER_RETRIES_MAX || this.nowMs() + pauseMs >= deadlineMs) throw e;

@@ -338,6 +338,58 @@ describe('cluster/client (fake transport)', () => {
       assert.ok(tries > 2 && tries <= 41, `${tries} tries`);
     });
 
+    it('an operator\'s request to the controller (move, drain, rebalance, catalog recovery) is sent again while the controller moves: notController until the deadline, no responders for CONTROLLER_GAP_MS', async () => {
+      const moved = () => errorReply(new ProtocolError('unavailable', "node 'n1' no longer runs the controller; retry", { notController: true }));
+      const answers: Record<string, unknown> = {
+        'shard.move': { volume: 'db', shard: 1, members: ['n1', 'n3', 'n4'], term: 3, lsn: 17 },
+        'node.drain': { node: 'n2', draining: true, replicas: 4 },
+        rebalance: { rebalancing: false, nodes: [] },
+        'catalog.recover': { applied: false, epoch: 4, nodesAsked: 3, nodesFailed: [], recovered: [], skipped: [], recoveredCount: 0, skippedCount: 0 },
+      };
+      let refusals = 0;
+      let gaps = 0;
+      const t = new FakeTransport((subject) => {
+        const verb = subject.slice('strata.test.controller.'.length);
+        if (refusals > 0) {
+          refusals--;
+          return moved();
+        }
+        if (gaps > 0) {
+          gaps--;
+          throw new NoRespondersError(subject);
+        }
+        return answers[verb];
+      });
+      const client = createClient(t, { cluster: CLUSTER, timeoutMs: 10_000, nowMs: () => NOW });
+      const calls: Array<[string, () => Promise<unknown>]> = [
+        ['shard.move', () => client.moveReplica('db', 1, { from: 'n2', to: 'n4' })],
+        ['node.drain', () => client.drainNode('n2')],
+        ['rebalance', () => client.rebalance()],
+        ['catalog.recover', () => client.recoverCatalog()],
+      ];
+      for (const [verb, call] of calls) {
+        refusals = 2;
+        gaps = 1;
+        t.seen = [];
+        assert.deepEqual(await call(), answers[verb], verb);
+        assert.deepEqual(t.seen.map((s) => s.subject), Array(4).fill(`strata.test.controller.${verb}`), `${verb}: two refusals, one gap, then the answer`);
+      }
+      // No controller at all: `unavailable` once the gap is over, well before the deadline.
+      const started = Date.now();
+      let now = NOW;
+      const none = new FakeTransport((subject) => {
+        throw new NoRespondersError(subject);
+      });
+      const alone = createClient(none, { cluster: CLUSTER, timeoutMs: 60_000, nowMs: () => (now = NOW + Math.max(0, Date.now() - started) * 10) });
+      await rejectsWith(alone.drainNode('n2'), 'unavailable', /not reachable \(no responders on strata\.test\.controller\.node\.drain\)/);
+      assert.ok(now - NOW >= 2000 && now - NOW < 60_000, `given up after ${now - NOW} ms`);
+      assert.ok(none.seen.length > 2, `${none.seen.length} tries`);
+      // Another unavailable is the answer at once.
+      const other = new FakeTransport(() => errorReply(new ProtocolError('unavailable', 'the move of shard 1 is under way')));
+      await rejectsWith(createClient(other, { cluster: CLUSTER, nowMs: () => NOW }).moveReplica('db', 1, { from: 'n2', to: 'n4' }), 'unavailable', /under way/);
+      assert.equal(other.seen.length, 1);
+    });
+
     it('validates createVolume, volumeInfo and deleteVolume arguments before sending', async () => {
       const t = new FakeTransport(() => assert.fail('nothing may be sent'));
       const client = createClient(t, { cluster: CLUSTER });
