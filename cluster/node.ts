@@ -299,6 +299,12 @@ const CHECK_ALONE_PAUSE_MS = 300;
 const CHECK_ALONE_TIMEOUT_MS = 2000;
 /** Period of a controller node's check of its replica of the catalog shard (`checkSeat`). */
 const SEAT_CHECK_MS = 200;
+/**
+ * Longest wait of a controller giving its seat up before a handover of the catalog shard
+ * (`releaseSeat`) for the change it runs and its catalog writes: meanwhile no node serves the
+ * controller's subjects, which a client bridges for 2 s (CONTROLLER_GAP_MS in cluster/client.ts).
+ */
+const SEAT_RELEASE_WAIT_MS = 1000;
 /** A node of a cluster with a replicated controller does not report failed heartbeats this long after its start. */
 const CONTROLLER_ELECTION_GRACE_MS = 10_000;
 /** A heartbeat's wait for its answer, at least (and two periods, at most a request's timeout). */
@@ -439,10 +445,12 @@ export class StrataNode {
   /**
    * A replicated controller (`controllers`): the term of the catalog shard this node runs the
    * controller in (undefined: it does not), the subscriptions of its subjects, a takeover under
-   * way, the check of the replica's role (`checkSeat`), and whether the replica is open.
+   * way, a seat given up for a handover of the catalog shard (`releaseSeat`: not taken again
+   * meanwhile), the check of the replica's role (`checkSeat`), and whether the replica is open.
    */
   private seat: { term: number; subs: Subscription[]; sinceMs: number } | undefined;
   private seatTaking = false;
+  private seatReleasing = false;
   private seatTimer: NodeJS.Timeout | undefined;
   private catalogReplicaOpen = false;
   private readonly seatFailures: FailureLog;
@@ -1019,8 +1027,10 @@ export class StrataNode {
       // Already stopped, or the server does not answer: the connection's close ends it.
       serverAnswers = false;
     }
+    // The controller first: its catalog shard is handed over as the hosts stop (`releaseSeat`).
+    await this.releaseSeat('the node stops');
     // The claim last (`claimSubs`): until its hosts have stopped, the node still acts in its name.
-    for (const s of [...this.subs, ...(this.seat?.subs ?? [])]) s.unsubscribe();
+    for (const s of this.subs) s.unsubscribe();
     await this.pool?.stop();
     for (const s of this.claimSubs) s.unsubscribe();
     this.lock.release();
@@ -1479,6 +1489,9 @@ export class StrataNode {
     if (this.controlQueued >= CONTROL_QUEUE_MAX) {
       throw new ProtocolError('overloaded', `the controller has ${CONTROL_QUEUE_MAX} catalog operations queued, its limit; retry after a back-off`, { queueMax: CONTROL_QUEUE_MAX });
     }
+    // Replicated: the seat it was queued under. Given up before its turn, the operation is not
+    // run (its catalog write would be refused, or its outcome unknown): the next controller runs it.
+    const seat = this.seat;
     const queuedAtMs = Date.now();
     // At most DEADLINE_AHEAD_MS_MAX ahead, as on the API (a request can come here directly):
     // waits derived from a deadline years away overflow Node's timers, which then fire at once.
@@ -1486,6 +1499,9 @@ export class StrataNode {
     const deadlineMs = asked === undefined ? undefined : Math.min(asked, queuedAtMs + DEADLINE_AHEAD_MS_MAX);
     const run = (): Promise<T> => {
       const nowMs = Date.now();
+      if (seat !== undefined && this.seat !== seat) {
+        return Promise.reject(new ProtocolError('unavailable', `node '${this.nodeId}' gave up running the controller before the operation's turn; it was not run; retry`, { notController: true }));
+      }
       if (deadlineMs !== undefined && nowMs >= deadlineMs) {
         return Promise.reject(new ProtocolError('timeout', `the deadline passed while the operation waited ${nowMs - queuedAtMs} ms in the controller's queue; it was not run`));
       }
@@ -1537,6 +1553,7 @@ export class StrataNode {
    */
   private async checkSeat(): Promise<void> {
     if (!this.catalogReplicaOpen) return this.openCatalogReplica();
+    if (this.seatReleasing) return;
     const term = await this.catalogTerm();
     if (this.stopped) return;
     const seat = this.seat;
@@ -1627,8 +1644,12 @@ export class StrataNode {
     this.log.info('set the catalog this node kept alone aside: the catalog shard holds the catalog', { dir: path.join(this.dataDir, to) });
   }
 
-  /** Gives the seat up: the controller's subjects are no longer served here, its repairs stop. */
-  private leaveSeat(why: string): void {
+  /**
+   * Gives the seat up: the controller's subjects are no longer served here, its repairs stop, and
+   * the catalog operations queued and not started are refused `notController` (`serial`). Said as
+   * a warning, or (`planned`: a handover of the catalog shard) as information.
+   */
+  private leaveSeat(why: string, planned = false): void {
     const seat = this.seat;
     if (seat === undefined) return;
     this.seat = undefined;
@@ -1636,7 +1657,23 @@ export class StrataNode {
     for (const sub of seat.subs) sub.unsubscribe();
     if (this.repairTimer) clearInterval(this.repairTimer);
     this.repairTimer = undefined;
-    this.log.warn('no longer runs the controller', { term: seat.term, why });
+    this.log[planned ? 'info' : 'warn']('no longer runs the controller', { term: seat.term, why });
+  }
+
+  /**
+   * Before this node's replica hands the catalog shard over (an operator's handover, a clean
+   * stop): gives the seat up (`leaveSeat`), so that no request reaches this controller any more
+   * and those queued go to the next one, and waits, at most SEAT_RELEASE_WAIT_MS, for the
+   * catalog operation it runs and for its catalog writes. Those then find the catalog shard still
+   * led here, and are answered done, not refused by a leader handing over (an outcome unknown).
+   * Never rejects.
+   */
+  private async releaseSeat(why: string): Promise<void> {
+    const c = this.controller;
+    if (this.seat === undefined || c === undefined) return;
+    this.leaveSeat(why, true);
+    const finished = this.controllerChain.then(() => c.settled()).catch(() => undefined);
+    await withTimeout(finished, SEAT_RELEASE_WAIT_MS, () => new Error('still running')).catch(() => undefined);
   }
 
   /**
@@ -2392,7 +2429,14 @@ export class StrataNode {
         if (pick === undefined) throw new ProtocolError('not_found', `node '${this.nodeId}' leads no shard with a replica on node '${r.to}'`, { to: r.to });
         target = pick;
       }
-      const done = await this.pool!.handOver(target.hostId, target.volumeId, target.shard, r.to);
+      // The catalog shard led here: the controller gives its seat up first (not to itself: nothing is done).
+      const seatGoes = target.volumeId === CATALOG_VOLUME_ID && r.to !== this.nodeId && this.seat !== undefined;
+      if (seatGoes) {
+        this.seatReleasing = true;
+        await this.releaseSeat(`its replica hands the catalog shard over${r.to === undefined ? '' : ` to '${r.to}'`}`);
+      }
+      // Not handed over after all: the next check takes the seat again.
+      const done = await this.pool!.handOver(target.hostId, target.volumeId, target.shard, r.to).finally(() => seatGoes && (this.seatReleasing = false));
       // Asked to hand it to this node, which leads it: nothing was done.
       if (done.to !== this.nodeId) this.log.info("handed a shard's leadership over", { volume: target.volumeId, shard: target.shard, term: done.term, to: done.to });
       return { node: this.nodeId, volumeId: target.volumeId, shard: target.shard, term: done.term, to: done.to };
