@@ -26,7 +26,7 @@ import { DEADLINE_AHEAD_MS_MAX, HEADER_DEADLINE, parseDeadline, readHeaders } fr
 import { REQUEST_ITEMS_MAX, type MessageType, type VolumeInfo, type VolumeResizeRequest } from '../messages/api';
 import type { Service } from 'nats';
 import { messageHeaders, REPLY_HEADERS, wellFormed } from '../runtime/nats-headers';
-import { ConnectionState, encodeReplyWithin, fromNatsError, natsErrorCode, newInbox, serverMaxPayload, watchDenials } from '../runtime/request-mux';
+import { ConnectionState, encodeReplyWithin, fromNatsError, natsErrorCode, newInbox, NoRespondersError, serverMaxPayload, watchDenials } from '../runtime/request-mux';
 import { encode, decode, encodedErrorCode, pageWithin, MESSAGE_BYTES_MAX } from '../messages/codec';
 import { errorReply, isErrorCode, ProtocolError, toProtocolError, throwIfError, type ErrorCode } from '../messages/errors';
 import {
@@ -347,10 +347,14 @@ function natsIsCluster(nc: NatsConnection): boolean {
 
 /**
  * Logs a failure that repeats (every heartbeat, every retry) quietly: at warn the first time
- * and whenever its message changes, at info once when the operation works again.
+ * and whenever its message changes, at info once when the operation works again. A failure that
+ * says the controller is moving (`controllerMoving`: nobody serves its subjects, or a deposed
+ * controller answered) is expected for a moment: during the first CONTROLLER_MOVE_QUIET_MS of
+ * a run of failures it is logged at debug only, and at warn once it lasts longer.
  */
 class FailureLog {
   private lastMessage: string | undefined;
+  private failingSinceMs: number | undefined;
 
   constructor(
     private readonly log: Logger,
@@ -358,17 +362,37 @@ class FailureLog {
   ) {}
 
   failed(err: unknown, fields: Record<string, unknown> = {}): void {
+    const now = Date.now();
+    this.failingSinceMs ??= now;
     const message = err instanceof Error ? err.message : String(err);
     if (message === this.lastMessage) return;
+    if (controllerMoving(err) && now - this.failingSinceMs < CONTROLLER_MOVE_QUIET_MS) {
+      this.log.debug(`${this.what} failed (the controller may be moving)`, { ...fields, err });
+      return;
+    }
     this.lastMessage = message;
-    this.log.warn(`${this.what} failed`, { ...fields, err });
+    this.log.warn(`${this.what} failed`, { ...fields, ...(now > this.failingSinceMs ? { failingForMs: now - this.failingSinceMs } : {}), err });
   }
 
   succeeded(): void {
+    this.failingSinceMs = undefined;
     if (this.lastMessage === undefined) return;
     this.log.info(`${this.what} works again`, { lastErr: this.lastMessage });
     this.lastMessage = undefined;
   }
+}
+
+/**
+ * How long a run of failures that say the controller is moving is logged at debug only
+ * (FailureLog): a planned move leaves the controller's subjects unserved for up to about 1.5 s
+ * (SEAT_RELEASE_WAIT_MS, the handover, the next node's check of its seat), a killed controller's
+ * successor is elected within a few hundred ms after its lease runs out.
+ */
+export const CONTROLLER_MOVE_QUIET_MS = 3000;
+
+/** No responders on a controller's subject, or a node's answer that it does not run the controller (any more). */
+function controllerMoving(err: unknown): boolean {
+  return err instanceof NoRespondersError || (err instanceof ProtocolError && err.code === 'unavailable' && err.details?.['notController'] === true);
 }
 
 type ApiHandler = (body: unknown, req: ApiRequest) => Promise<unknown>;
@@ -1182,8 +1206,11 @@ export class StrataNode {
   private async fetchAssignments(): Promise<AssignmentsReply> {
     const timeout = this.opts.requestTimeoutMs ?? 10_000;
     const subject = controllerSubject(this.cluster, 'assignments');
-    const fetchPage = async (ask: { from?: number; tombstonesFrom?: number } = {}): Promise<AssignmentsReply> =>
-      validateAssignmentsReply(throwIfError(decode((await this.nc!.request(subject, encode({ nodeId: this.nodeId, ...ask }), { timeout })).data)));
+    const fetchPage = async (ask: { from?: number; tombstonesFrom?: number } = {}): Promise<AssignmentsReply> => {
+      // A NATS error ("503": no controller serves now) as the protocol error it means.
+      const reply = await this.nc!.request(subject, encode({ nodeId: this.nodeId, ...ask }), { timeout }).catch((e: unknown) => Promise.reject(fromNatsError(e, subject, timeout)));
+      return validateAssignmentsReply(throwIfError(decode(reply.data)));
+    };
     for (let attempt = 0; attempt < ASSIGNMENTS_FETCH_TRIES; attempt++) {
       const first = await fetchPage();
       const shards = [...first.shards];

@@ -4,7 +4,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { connect as natsConnect, type Msg, type NatsConnection } from 'nats';
 import { startNatsServer, type NatsServerHandle } from '../../runtime/nats-server';
-import { StrataNode, CONTROL_QUEUE_MAX, RECONCILE_BACKOFF_MS_MIN, type StrataNodeOptions } from '../../cluster/node';
+import { StrataNode, CONTROL_QUEUE_MAX, CONTROLLER_MOVE_QUIET_MS, RECONCILE_BACKOFF_MS_MIN, type StrataNodeOptions } from '../../cluster/node';
 import { createClient, NatsTransport, type StrataClient } from '../../cluster/client';
 import { encode, decode } from '../../messages/codec';
 import { errorReply, ProtocolError, type ErrorReply } from '../../messages/errors';
@@ -726,6 +726,43 @@ describe('StrataNode', function () {
       const recovered = lines.filter((l) => l.msg === 'reconciliation with the catalog works again');
       assert.equal(recovered.length, 1, JSON.stringify(lines));
       assert.equal(recovered[0]!.level, 'info');
+    });
+
+    it('does not warn of a controller moving (a deposed one answering, or nobody serving its subjects) for its first seconds; lasting longer, warns once', async () => {
+      let answer: 'catalog' | 'notController' = 'catalog';
+      const moved = errorReply(new ProtocolError('unavailable', "node 'c1' no longer runs the controller; retry", { notController: true }));
+      const serveHeartbeats = () => fake.subscribe(controllerSubject(CLUSTER, 'heartbeat'), { callback: (_err, msg) => msg.respond(encode(answer === 'catalog' ? { epoch: 0 } : moved)) });
+      let heartbeats = serveHeartbeats();
+      serveFake('assignments', (msg) => msg.respond(encode({ epoch: 0, shards: [], tombstones: [] })));
+      await startNode('mv1');
+      const failures = (lines: ReadonlyArray<Record<string, unknown>>) => lines.filter((l) => String(l.msg).startsWith('heartbeat to the controller failed') && l.level !== 'debug');
+      // A move: the deposed controller answers, then nobody does for a moment, then the next one.
+      const quiet = await nodeLogLines(async () => {
+        answer = 'notController';
+        await sleep(400);
+        heartbeats.unsubscribe();
+        await fake.flush();
+        await sleep(400);
+        answer = 'catalog';
+        heartbeats = serveHeartbeats();
+        await fake.flush();
+        await sleep(300);
+      });
+      assert.deepEqual(failures(quiet), [], 'nothing at warn for a move');
+      // No controller for longer: one warning, saying for how long, then that it works again.
+      const loud = await nodeLogLines(async (seen) => {
+        heartbeats.unsubscribe();
+        await fake.flush();
+        await waitFor('the warning', () => failures(seen).length > 0, 15_000);
+        heartbeats = serveHeartbeats();
+        await fake.flush();
+        await waitFor('heartbeats work again', () => seen.some((l) => l.msg === 'heartbeat to the controller works again'), 15_000);
+      });
+      const warned = failures(loud);
+      assert.equal(warned.length, 1, JSON.stringify(warned));
+      assert.equal(warned[0]!.level, 'warn');
+      assert.ok(Number(warned[0]!.failingForMs) >= CONTROLLER_MOVE_QUIET_MS, JSON.stringify(warned[0]));
+      assert.match(JSON.stringify(warned[0]!.err), /no responders/);
     });
   });
 });
