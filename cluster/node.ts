@@ -401,7 +401,7 @@ type ApiHandler = (body: unknown, req: ApiRequest) => Promise<unknown>;
  * The node's metadata in `dataDir` (created on first start, checked against the options after)
  * and the controller's catalog, when the node runs one.
  */
-function openDataDir(dataDir: string, opts: StrataNodeOptions, hosts: number): { meta: MetaStore; nodeMeta: NodeMeta; controller: Controller | undefined } {
+function openDataDir(dataDir: string, opts: StrataNodeOptions, hosts: number): { meta: MetaStore; nodeMeta: NodeMeta; controller: Controller | undefined; created: boolean } {
   const disk = new RealDisk(dataDir);
   const meta = new MetaStore(disk, '', { payloadBytesMax: 16 * 1024 * 1024 });
   const existing = meta.read<NodeMeta>(NODE_META);
@@ -429,7 +429,7 @@ function openDataDir(dataDir: string, opts: StrataNodeOptions, hosts: number): {
       newCatalogTag: crypto.randomBytes(4).toString('hex'),
     });
   }
-  return { meta, nodeMeta, controller };
+  return { meta, nodeMeta, controller, created: existing === undefined };
 }
 
 /** The MetaStore of the catalog a controller node keeps alone (`dataDir/controller`). */
@@ -463,6 +463,8 @@ export class StrataNode {
   private readonly hosts: number;
   private readonly meta: MetaStore;
   private nodeMeta: NodeMeta;
+  /** This start created the node's record in its data directory: a first start, or one after the directory was lost. */
+  private dataDirCreated = false;
   private pool: HostPool | undefined;
   private nc: NatsConnection | undefined;
   private controller: Controller | undefined;
@@ -605,7 +607,7 @@ export class StrataNode {
         this.stopSelf('the data directory lock was taken by another node; stopping', { dataDir: this.dataDir, why }, new ProtocolError('unavailable', `data dir ${this.dataDir}: lock lost (${why})`)),
     });
     try {
-      ({ meta: this.meta, nodeMeta: this.nodeMeta, controller: this.controller } = openDataDir(this.dataDir, opts, this.hosts));
+      ({ meta: this.meta, nodeMeta: this.nodeMeta, controller: this.controller, created: this.dataDirCreated } = openDataDir(this.dataDir, opts, this.hosts));
     } catch (e) {
       this.lock.release();
       throw e;
@@ -1565,7 +1567,12 @@ export class StrataNode {
    */
   private async openCatalogReplica(): Promise<void> {
     try {
-      await this.pool!.openShard(CATALOG_HOST_ID, { ...catalogAssignment(this.opts.controllers!), existing: true, ...(this.opts.newCluster === true ? { newCluster: true } : {}) });
+      await this.pool!.openShard(CATALOG_HOST_ID, {
+        ...catalogAssignment(this.opts.controllers!),
+        existing: true,
+        ...(this.opts.newCluster === true ? { newCluster: true } : {}),
+        ...(this.dataDirCreated ? { dataDirCreated: true } : {}),
+      });
       this.catalogReplicaOpen = true;
     } catch (e) {
       this.seatFailures.failed(e, { step: 'opening its replica of the catalog shard' });

@@ -345,7 +345,9 @@ export class ActorHost implements HostApi {
           damage: damage.map((d) => ({ file: d.file, offset: d.offset, fromLsn: d.fromLsn, toLsn: d.toLsn, reason: d.reason })),
         }),
       onStorageLost: (spec) =>
-        spec.members.length > 1
+        spec.dataDirCreated === true
+          ? this.log.info('replica opened without a saved term and vote in a data directory this start created (a first start, or one after the directory was lost); it takes no part in elections until it has learned its peers\' terms and been given the shard', { volume: spec.volumeId, shard: spec.shard })
+          : spec.members.length > 1
           ? this.log.warn('replica opened without its saved term and vote although this node held it: a wiped or replaced disk (or its hard state alone lost), or a replica that had saved nothing yet; it takes no part in elections until it has learned its peers\' terms and been given the shard back', { volume: spec.volumeId, shard: spec.shard })
           : this.log.error('the only copy of a shard opened without its saved term and vote although this node held it: a wiped or replaced disk, or a copy that had saved nothing yet; it serves nothing until an operator accepts the loss (strata shard force-vote), after which pages it no longer holds read as never written', { volume: spec.volumeId, shard: spec.shard }),
       onUnrepairable: (spec, err) =>

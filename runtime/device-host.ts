@@ -54,6 +54,12 @@ export interface ShardSpec extends ShardGeometry {
   seed?: { volumeId: string; lsn: number };
   /** The catalog shard of a cluster its operator starts new (`--new-cluster`): ReplicaOptions.newIfMajorityEmpty. */
   newCluster?: boolean;
+  /**
+   * The node's data directory was created by this start (its first, or one after the directory
+   * was lost: the node cannot tell them apart). An `existing` replica found without saved state
+   * is then said at info, not as a loss (`onStorageLost` reads it).
+   */
+  dataDirCreated?: boolean;
 }
 
 /** How long `seedShard` waits for the parent's replica to apply the branch point, or to end a checkpoint. */

@@ -19,6 +19,11 @@ describe('strata dev: nodes as processes, one killed with SIGKILL while writing,
   it('every acknowledged write is read back after a node process is killed -9 mid-stream, and again once the controller moved its replicas to the fourth node (--repair-after-seconds 1)', async () => {
     c = await startDevCluster({ nodes: 4, hosts: 1, nodeArgs: ['--repair-after-seconds', '1'] });
     await c.client.createVolume({ name: 'k9', pageCount: 4096, shards: 3, stripePages: 16, replicas: 3 });
+    // A new cluster is quiet: its nodes (at the default level, warn) have logged nothing so far.
+    // (Its controller nodes' replicas of the catalog shard open without saved state in their new
+    // data directories: said at info.)
+    const loud = c.nodes.flatMap((n) => fs.readFileSync(n.log, 'utf8').split('\n').filter((l) => /"level":"(warn|error)"/.test(l)));
+    assert.deepEqual(loud, [], 'no warning or error from a new cluster');
     const vol = c.client.volume('k9');
     const acked = new Set<number>();
     let next = 0;
