@@ -348,8 +348,8 @@ function natsIsCluster(nc: NatsConnection): boolean {
 /**
  * Logs a failure that repeats (every heartbeat, every retry) quietly: at warn the first time
  * and whenever its message changes, at info once when the operation works again. A failure that
- * says the controller is moving (`controllerMoving`: nobody serves its subjects, or a deposed
- * controller answered) is expected for a moment: during the first CONTROLLER_MOVE_QUIET_MS of
+ * says the controller may be moving (`controllerMoving`: nobody serves its subjects, a deposed
+ * controller answered, or none in time) is expected for a moment: during the first CONTROLLER_MOVE_QUIET_MS of
  * a run of failures it is logged at debug only, and at warn once it lasts longer.
  */
 class FailureLog {
@@ -390,9 +390,13 @@ class FailureLog {
  */
 export const CONTROLLER_MOVE_QUIET_MS = 3000;
 
-/** No responders on a controller's subject, or a node's answer that it does not run the controller (any more). */
+/**
+ * What a request to the controller meets while it moves: no responders on its subject, a node's
+ * answer that it does not run the controller (any more), or no answer in time (sent to a
+ * controller killed with it).
+ */
 function controllerMoving(err: unknown): boolean {
-  return err instanceof NoRespondersError || (err instanceof ProtocolError && err.code === 'unavailable' && err.details?.['notController'] === true);
+  return err instanceof NoRespondersError || (err instanceof ProtocolError && (err.code === 'timeout' || (err.code === 'unavailable' && err.details?.['notController'] === true)));
 }
 
 type ApiHandler = (body: unknown, req: ApiRequest) => Promise<unknown>;
