@@ -128,6 +128,11 @@ export interface NodeMember {
   down?: ReadonlyMap<string, number>;
   /** How many shards its replicas lead, as its last heartbeat said (HeartbeatRequest.leading). */
   leading?: number;
+  /**
+   * Not live until its next heartbeat, whatever its last one (`gone`): it said it stops, or did
+   * not answer a request to open a new volume's replicas (no responders).
+   */
+  gone?: true;
 }
 
 /** The failure domain of a member: its zone, or the node alone. */
@@ -325,9 +330,21 @@ export class Controller {
     }
   }
 
+  /**
+   * Node `nodeId` is not live until its next heartbeat (NodeMember.gone): nothing new is placed on
+   * it meanwhile. Its last heartbeat still dates its silence (the wait before its replicas are
+   * replaced). False when the node is no member.
+   */
+  gone(nodeId: string): boolean {
+    const m = this.members.get(nodeId);
+    if (m === undefined) return false;
+    this.members.set(nodeId, { ...m, gone: true });
+    return true;
+  }
+
   liveNodes(nowMs: number): NodeMember[] {
     return [...this.members.values()]
-      .filter((m) => nowMs - m.lastSeenMs <= this.liveWindowMs)
+      .filter((m) => nowMs - m.lastSeenMs <= this.liveWindowMs && m.gone !== true)
       .sort((a, b) => (a.nodeId < b.nodeId ? -1 : a.nodeId > b.nodeId ? 1 : 0));
   }
 

@@ -41,6 +41,7 @@ import {
   controllerSubject,
   nodeSubject,
   validateHeartbeat,
+  validateLeaving,
   DOWN_REPLICAS_PER_HEARTBEAT_MAX,
   validateAssignmentsRequest,
   validateAssignmentsReply,
@@ -305,6 +306,8 @@ const SEAT_CHECK_MS = 200;
  * controller's subjects, which a client bridges for 2 s (CONTROLLER_GAP_MS in cluster/client.ts).
  */
 const SEAT_RELEASE_WAIT_MS = 1000;
+/** Longest wait of a node that stops for the controller's answer to its `controller.leaving`. */
+const LEAVING_TIMEOUT_MS = 1000;
 /** A node of a cluster with a replicated controller does not report failed heartbeats this long after its start. */
 const CONTROLLER_ELECTION_GRACE_MS = 10_000;
 /** A heartbeat's wait for its answer, at least (and two periods, at most a request's timeout). */
@@ -1047,6 +1050,7 @@ export class StrataNode {
     if (this.claimTimer) clearInterval(this.claimTimer);
     if (this.repairTimer) clearInterval(this.repairTimer);
     if (this.seatTimer) clearInterval(this.seatTimer);
+    await this.sayLeaving();
     // The service's stop drains its subscriptions, which waits for the server's answer to a
     // ping: bounded, as the drain below is. A server that does not answer (hung) held it until
     // the client's own ping check gave the connection up, minutes later.
@@ -1072,6 +1076,22 @@ export class StrataNode {
     } catch {
       // Already closed, or the server does not answer: closed without draining.
       await this.nc?.close().catch(() => undefined);
+    }
+  }
+
+  /**
+   * Tells the controller that this node stops (controller.leaving), so that it places nothing
+   * more on it, within LEAVING_TIMEOUT_MS. A controller that does not answer finds the node gone
+   * by its silence, as after a crash: said at debug only.
+   */
+  private async sayLeaving(): Promise<void> {
+    const nc = this.nc;
+    if (nc === undefined || nc.isClosed()) return;
+    const subject = controllerSubject(this.cluster, 'leaving');
+    try {
+      throwIfError(decode((await nc.request(subject, encode({ nodeId: this.nodeId }), { timeout: LEAVING_TIMEOUT_MS })).data));
+    } catch (e) {
+      this.log.debug('could not tell the controller that this node stops', { err: fromNatsError(e, subject, LEAVING_TIMEOUT_MS) });
     }
   }
 
@@ -1834,6 +1854,11 @@ export class StrataNode {
       return { epoch: a.epoch, tombstones, shards, ...(next < a.shards.length ? { next } : {}), ...tombstonesNext, ...issued };
     }, { read: true });
     sub(subj('members'), async () => ({ members: this.allMembers() }), { read: true });
+    sub(subj('leaving'), async (body) => {
+      const { nodeId } = validateLeaving(body);
+      if (c.gone(nodeId)) this.log.info('a node stops: nothing new is placed on it until it beats again', { stopping: nodeId });
+      return {};
+    });
     // One at a time with creates and deletes: none changes the catalog while it is rebuilt.
     sub(subj('catalog.recover'), (body, msg) => this.serial(msg, (deadlineMs) => this.recoverCatalog(c, validateCatalogRecoverRequest(body).apply === true, deadlineMs)));
     sub(subj('volume.create'), (body, msg) => this.serial(msg, (deadlineMs) => this.createVolume(c, validateVolumeCreateRequest(body), deadlineMs)));
@@ -2213,7 +2238,16 @@ export class StrataNode {
 
   private async createVolume(c: Controller, spec: ReturnType<typeof validateVolumeCreateRequest>, deadlineMs: number | undefined): Promise<unknown> {
     await this.heardFromNodes(c, spec.replicas ?? 3, deadlineMs);
-    return this.placeNew(c, c.create(spec, Date.now()), deadlineMs);
+    try {
+      return await this.placeNew(c, c.create(spec, Date.now()), deadlineMs);
+    } catch (e) {
+      // Placed on a node that no longer answers (stopped or dead since its last heartbeat, and
+      // now not live: `placeVolume`): undone, and placed once more, on the live nodes.
+      const unreachable = e instanceof ProtocolError ? e.details?.['unreachable'] : undefined;
+      if (!Array.isArray(unreachable) || (deadlineMs !== undefined && Date.now() >= deadlineMs)) throw e;
+      this.log.info('a create placed replicas on nodes that do not answer: placed again on the live nodes', { name: spec.name, unreachable });
+      return this.placeNew(c, c.create(spec, Date.now()), deadlineMs);
+    }
   }
 
   /** `placeVolume` of a volume just added to the catalog, counted as being created meanwhile (`creating`). */
@@ -2265,10 +2299,19 @@ export class StrataNode {
     const waitEndMs = Date.now() + timeout;
     // Every node's answer is waited for before an undo: a destroy sent while another node's
     // open still runs could come first there, and leave that node's shard open.
+    // A node nobody answers for (no responders: stopped or dead since its last heartbeat) is not
+    // live from now until its next heartbeat (Controller.gone): nothing more is placed on it.
+    const unreachable = new Set<string>();
     const opened = await Promise.allSettled(
       [...byNode].map(async ([nodeId, shards]) => {
-        const r = await this.nc!.request(nodeSubject(this.cluster, nodeId, 'shards.open'), encode({ shards }), { timeout });
-        throwIfError(decode(r.data));
+        const subject = nodeSubject(this.cluster, nodeId, 'shards.open');
+        try {
+          throwIfError(decode((await this.nc!.request(subject, encode({ shards }), { timeout })).data));
+        } catch (e) {
+          const err = fromNatsError(e, subject, timeout);
+          if (err instanceof NoRespondersError && c.gone(nodeId)) unreachable.add(nodeId);
+          throw new ProtocolError(err.code, `node '${nodeId}': ${err.message}`, err.details);
+        }
       }),
     );
     const failed = opened.find((r): r is PromiseRejectedResult => r.status === 'rejected');
@@ -2282,9 +2325,9 @@ export class StrataNode {
       // Durable before the destroys: a delete whose write failed may not be kept.
       await this.settle(c);
       const waitMs = Math.max(0, waitEndMs - Date.now());
-      await withTimeout(this.destroyEverywhere(v), waitMs, () => new ProtocolError('timeout', `the nodes did not all answer the destroy within ${Math.round(waitMs)} ms`))
+      await withTimeout(this.destroyEverywhere(v, unreachable), waitMs, () => new ProtocolError('timeout', `the nodes did not all answer the destroy within ${Math.round(waitMs)} ms`))
         .catch((e: unknown) => this.log.warn('shard destruction of a volume whose create was undone deferred to reconciliation', { volume: v.id, err: e }));
-      throw new ProtocolError('unavailable', `volume '${v.name}' could not be placed: ${(failed.reason as Error).message}`);
+      throw new ProtocolError('unavailable', `volume '${v.name}' could not be placed: ${(failed.reason as Error).message}`, unreachable.size > 0 ? { unreachable: [...unreachable].sort() } : undefined);
     }
     return volumeInfo(v);
   }
@@ -2390,9 +2433,10 @@ export class StrataNode {
     });
   }
 
-  private async destroyEverywhere(v: VolumeRecord): Promise<void> {
+  /** Has the node of each replica of `v` destroy it, but the nodes `except` (those that opened none). */
+  private async destroyEverywhere(v: VolumeRecord, except: ReadonlySet<string> = new Set()): Promise<void> {
     const byNode = new Map<string, number[]>();
-    for (const p of v.placements) for (const r of p.replicas) byNode.set(r.nodeId, [...(byNode.get(r.nodeId) ?? []), p.shard]);
+    for (const p of v.placements) for (const r of p.replicas) if (!except.has(r.nodeId)) byNode.set(r.nodeId, [...(byNode.get(r.nodeId) ?? []), p.shard]);
     const timeout = this.opts.requestTimeoutMs ?? 10_000;
     await Promise.all(
       [...byNode].map(async ([nodeId, shards]) => {

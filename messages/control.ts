@@ -2,7 +2,7 @@
  * Control messages between nodes and the controller (not part of the public API).
  *
  * Subjects:
- *   strata.<cluster>.controller.<verb>   heartbeat, assignments, volume.create|delete|info|list|resize,
+ *   strata.<cluster>.controller.<verb>   heartbeat, leaving, assignments, volume.create|delete|info|list|resize,
  *                                        catalog.recover, shard.move, node.drain, rebalance
  *   strata.<cluster>.node.<nodeId>.<verb> shards.open, shards.destroy, volume.grow, status, shard.forceVote,
  *                                        shard.handover, shard.reconfigure, records
@@ -211,6 +211,19 @@ function str(v: unknown, path: string): string {
 
 function list(v: unknown, path: string, max: number): unknown[] {
   return expectArray(v, path, { lengthMin: 0, lengthMax: max, maxCode: 'too_large' });
+}
+
+/**
+ * controller.leaving: a node that stops cleanly says so (`nodeId`) before it goes, so that the
+ * controller places nothing more on it; it is live again at its next heartbeat. Answered `{}`.
+ */
+export interface LeavingRequest {
+  nodeId: string;
+}
+
+export function validateLeaving(body: unknown): LeavingRequest {
+  const o = obj(body, '');
+  return { nodeId: str(o.nodeId, 'nodeId') };
 }
 
 /** A controller's answer to a heartbeat. */

@@ -126,6 +126,22 @@ describe('Controller placement', () => {
     c.delete('v3');
     assert.deepEqual(hosts('v6', 1), [2]);
   });
+
+  it('a node gone (it said it stops, or did not answer) is not live, and nothing is placed on it, until its next heartbeat', () => {
+    const c = controller();
+    for (const n of ['a', 'b', 'c']) c.heartbeat(n, 1, T0);
+    const nodes = (name: string): string[] => c.create({ name, pageCount: 64, pageSize: 4096, shards: 3, stripePages: 16, replicas: 1 }, T0).placements.map((p) => p.replicas[0]!.nodeId).sort();
+    assert.deepEqual(nodes('v1'), ['a', 'b', 'c']);
+    assert.equal(c.gone('c'), true);
+    assert.equal(c.gone('x'), false, 'no member');
+    assert.deepEqual(c.liveNodes(T0 + 1).map((m) => m.nodeId), ['a', 'b']);
+    assert.deepEqual(nodes('v2'), ['a', 'a', 'b']);
+    // Its silence still dates from its last heartbeat (the wait before its replicas are replaced).
+    assert.equal(c.knownNodes().find((m) => m.nodeId === 'c')?.lastSeenMs, T0);
+    c.heartbeat('c', 1, T0 + 2);
+    assert.deepEqual(c.liveNodes(T0 + 3).map((m) => m.nodeId), ['a', 'b', 'c']);
+    assert.deepEqual(nodes('v3'), ['a', 'b', 'c']);
+  });
 });
 
 describe('Controller catalog bounds', () => {
