@@ -222,18 +222,22 @@ describe('replication messages no member could have sent are refused, the shard 
       } }),
     ];
     await nc.flush();
-    // A write while the answers are forged: its appends are answered wrongly first.
+    // Writes while the answers are forged: their appends are answered wrongly, most often first
+    // (a follower answers once its record is durable). Written until the leader has met one
+    // (on a loaded machine the followers' answers may come first now and then).
     const vol = c.client.volume('v-forged');
-    const during = vol.write(10, new Uint8Array(4096).fill(10)).then(() => 'ok', (e: { code?: string }) => e.code ?? 'error');
-    await waitFor('forged answers were sent', () => forged >= 1);
-    await new Promise((r) => setTimeout(r, 1000));
+    const leaderNode = c.nodes.find((n) => n?.nodeId === leader)!;
+    const ignoredNow = async (): Promise<number> => ((await leaderNode.status()) as unknown as NodeView).shards.find((x) => x.volumeId === info.id)?.repliesIgnored ?? 0;
+    const outcomes: string[] = [];
+    for (let i = 0; i < 20 && (await ignoredNow()) === 0; i++) {
+      outcomes.push(await vol.write(10, new Uint8Array(4096).fill(10 + i)).then(() => 'ok', (e: { code?: string }) => e.code ?? 'error'));
+    }
     for (const sub of subs) sub.unsubscribe();
     await nc.flush();
-    const leaderNode = c.nodes.find((n) => n?.nodeId === leader)!;
-    const ignored = ((await leaderNode.status()) as unknown as NodeView).shards.find((x) => x.volumeId === info.id)?.repliesIgnored ?? 0;
-    assert.ok(ignored >= 1, `the leader counts the answers it ignored (${ignored} of ${forged})`);
+    const ignored = await ignoredNow();
+    assert.ok(ignored >= 1, `the leader counts the answers it ignored (${ignored} of ${forged}, ${outcomes.length} writes)`);
     assert.deepEqual(await hostRestarts(), hostsBefore, 'no host thread exited');
-    assert.ok(['ok', 'timeout', 'unavailable'].includes(await during), 'the write during the forging is answered');
+    assert.deepEqual(outcomes.filter((o) => !['ok', 'timeout', 'unavailable'].includes(o)), [], 'each write during the forging is answered');
     await writeAndRead(11);
   });
 });
