@@ -1863,7 +1863,14 @@ export class StrataNode {
     sub(subj('catalog.recover'), (body, msg) => this.serial(msg, (deadlineMs) => this.recoverCatalog(c, validateCatalogRecoverRequest(body).apply === true, deadlineMs)));
     sub(subj('volume.create'), (body, msg) => this.serial(msg, (deadlineMs) => this.createVolume(c, validateVolumeCreateRequest(body), deadlineMs)));
     sub(subj('volume.branch'), (body, msg) => this.serial(msg, (deadlineMs) => this.branchVolume(c, validateVolumeBranchRequest(body), deadlineMs)));
-    sub(subj('volume.delete'), (body, msg) => this.serial(msg, (deadlineMs) => this.deleteVolume(c, validateVolumeNameRequest(body).name, deadlineMs)));
+    // The catalog's change in its queue; the nodes' destroys after it, out of the queue (a node
+    // that died with a destroy in hand holds the requester up to its deadline, not the catalog).
+    sub(subj('volume.delete'), async (body, msg) => {
+      const { name } = validateVolumeNameRequest(body);
+      const { v, deadlineMs } = await this.serial(msg, async (deadlineMs) => ({ v: await this.deleteVolume(c, name), deadlineMs }));
+      await this.destroyDeleted(v, deadlineMs);
+      return { deleted: true };
+    });
     sub(subj('volume.resize'), (body, msg) => this.serial(msg, (deadlineMs) => this.resizeVolume(c, validateVolumeResizeRequest(body), deadlineMs)));
     sub(subj('volume.info'), async (body) => {
       const { name } = validateVolumeNameRequest(body);
@@ -2360,20 +2367,26 @@ export class StrataNode {
     );
   }
 
-  private async deleteVolume(c: Controller, name: string, deadlineMs: number | undefined): Promise<unknown> {
+  private async deleteVolume(c: Controller, name: string): Promise<VolumeRecord> {
     const v = c.delete(name);
     await this.settle(c);
-    // Deleted (durably) from here. The destroys are waited for within the requester's deadline,
-    // with room for the answer to reach it: a node that takes the request and does not answer (a
-    // frozen process) must not turn a done delete into a `timeout` for the requester, and it
-    // destroys its replicas through the tombstone when it reconciles anyway.
+    this.router?.forget(name);
+    return v;
+  }
+
+  /**
+   * The destroys of a deleted volume's replicas (deleted durably already: `deleteVolume`), waited
+   * for within the requester's deadline, with room for the answer to reach it: a node that takes
+   * the request and does not answer (a frozen process, one killed with it) must not turn a done
+   * delete into a `timeout` for the requester, and it destroys its replicas through the tombstone
+   * when it reconciles anyway.
+   */
+  private async destroyDeleted(v: VolumeRecord, deadlineMs: number | undefined): Promise<void> {
     const timeoutMs = this.opts.requestTimeoutMs ?? 10_000;
     const leftMs = deadlineMs === undefined ? timeoutMs : deadlineMs - Date.now();
     const waitMs = Math.max(0, Math.min(timeoutMs, catalogWaitMs(leftMs)));
     await withTimeout(this.destroyEverywhere(v), waitMs, () => new ProtocolError('timeout', `the nodes did not all answer the destroy within ${Math.round(waitMs)} ms`))
       .catch((e: unknown) => this.log.warn('shard destruction deferred to reconciliation', { volume: v.id, err: e }));
-    this.router?.forget(name);
-    return { deleted: true };
   }
 
   /**

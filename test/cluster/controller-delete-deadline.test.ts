@@ -41,7 +41,7 @@ describe('catalog changes within their deadline while a node is frozen', functio
     await g?.stop();
   });
 
-  it('a volume.delete is answered deleted before its deadline, its destroy on the frozen node deferred to reconciliation', async () => {
+  it('a volume.delete is answered deleted before its deadline, its destroy on the frozen node deferred to reconciliation; another delete sent meanwhile does not wait behind it', async () => {
     // Two nodes that heartbeat and open their shards, then freeze: they stop heartbeating and
     // take every request without answering it.
     const ghosts = await freezingGhosts(['ghost1', 'ghost2']);
@@ -53,12 +53,21 @@ describe('catalog changes within their deadline while a node is frozen', functio
     }
     ghosts.freeze();
     const t0 = Date.now();
-    const reply = await apiRequest(client, 'volume.delete', { name: 'a' }, Date.now() + 3000);
+    // Both wait for their destroys until near their deadline, each on its own: the catalog's
+    // queue holds a delete only while it changes the catalog (b, of the shorter deadline, queued
+    // behind a's wait would find its deadline passed).
+    const [reply, other] = await Promise.all([
+      apiRequest(client, 'volume.delete', { name: 'a' }, Date.now() + 5000),
+      new Promise((r) => setTimeout(r, 50)).then(() => apiRequest(client, 'volume.delete', { name: 'b' }, Date.now() + 3000)),
+    ]);
     const tookMs = Date.now() - t0;
     // Deleted from the catalog all the same:
-    const info = await apiRequest(client, 'volume.info', { name: 'a' }, Date.now() + 3000);
-    assert.equal((info as ErrorReply).error?.code, 'not_found');
+    for (const name of ['a', 'b']) {
+      const info = await apiRequest(client, 'volume.info', { name }, Date.now() + 3000);
+      assert.equal((info as ErrorReply).error?.code, 'not_found');
+    }
     assert.deepEqual(reply, { deleted: true }, `after ${tookMs} ms: ${JSON.stringify(reply)}`);
+    assert.deepEqual(other, { deleted: true }, `after ${tookMs} ms: ${JSON.stringify(other)}`);
   });
 });
 
