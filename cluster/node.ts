@@ -302,12 +302,14 @@ const CHECK_ALONE_TIMEOUT_MS = 2000;
 const SEAT_CHECK_MS = 200;
 /**
  * Longest wait of a controller giving its seat up before a handover of the catalog shard
- * (`releaseSeat`) for the change it runs and its catalog writes: meanwhile no node serves the
- * controller's subjects, which a client bridges for 2 s (CONTROLLER_GAP_MS in cluster/client.ts).
+ * (`releaseSeat`) for the catalog operation it runs and its catalog writes. Meanwhile it answers
+ * every other catalog operation `notController`, which a client sends again until its deadline.
  */
-const SEAT_RELEASE_WAIT_MS = 1000;
+const SEAT_RELEASE_WAIT_MS = 5000;
 /** Longest wait of a node that stops for the controller's answer to its `controller.leaving`. */
 const LEAVING_TIMEOUT_MS = 1000;
+/** Period of the controller's check that a node it waits for still serves its subjects (`askNode`). */
+const NODE_PROBE_MS = 1000;
 /** A node of a cluster with a replicated controller does not report failed heartbeats this long after its start. */
 const CONTROLLER_ELECTION_GRACE_MS = 10_000;
 /** A heartbeat's wait for its answer, at least (and two periods, at most a request's timeout). */
@@ -541,6 +543,9 @@ export class StrataNode {
   private readonly startedAt = Date.now();
   private readonly log: Logger;
   private stopped = false;
+  /** Resolved when a clean stop begins: waits that may end early (a delete's destroys) end then. */
+  private signalStopping!: () => void;
+  private readonly stopping = new Promise<void>((resolve) => (this.signalStopping = resolve));
   private reconciledEpoch = -1;
   /** The tag of the catalog reconciled with (HeartbeatReply.catalog). */
   private reconciledCatalog: string | undefined;
@@ -1045,6 +1050,7 @@ export class StrataNode {
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
+    this.signalStopping();
     this.removeStatsSource?.();
     if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
     if (this.claimTimer) clearInterval(this.claimTimer);
@@ -1552,8 +1558,8 @@ export class StrataNode {
     const deadlineMs = asked === undefined ? undefined : Math.min(asked, queuedAtMs + DEADLINE_AHEAD_MS_MAX);
     const run = (): Promise<T> => {
       const nowMs = Date.now();
-      if (seat !== undefined && this.seat !== seat) {
-        return Promise.reject(new ProtocolError('unavailable', `node '${this.nodeId}' gave up running the controller before the operation's turn; it was not run; retry`, { notController: true }));
+      if (seat !== undefined && (this.seat !== seat || this.seatReleasing)) {
+        return Promise.reject(new ProtocolError('unavailable', `node '${this.nodeId}' gave up running the controller (or is giving it up) before the operation's turn; it was not run; retry`, { notController: true }));
       }
       if (deadlineMs !== undefined && nowMs >= deadlineMs) {
         return Promise.reject(new ProtocolError('timeout', `the deadline passed while the operation waited ${nowMs - queuedAtMs} ms in the controller's queue; it was not run`));
@@ -1712,7 +1718,18 @@ export class StrataNode {
     if (seat === undefined) return;
     this.seat = undefined;
     this.controller = undefined;
-    for (const sub of seat.subs) sub.unsubscribe();
+    // Drained, not dropped: a request the server already routed here is still answered (that this
+    // node no longer runs the controller, `notController`: sent again to the next one) instead of
+    // vanishing, which would leave its requester waiting out its timeout.
+    for (const sub of seat.subs) {
+      void sub.drain().catch(() => {
+        try {
+          sub.unsubscribe();
+        } catch {
+          // The connection is closed: nothing is delivered any more.
+        }
+      });
+    }
     if (this.repairTimer) clearInterval(this.repairTimer);
     this.repairTimer = undefined;
     this.log[planned ? 'info' : 'warn']('no longer runs the controller', { term: seat.term, why });
@@ -1720,18 +1737,20 @@ export class StrataNode {
 
   /**
    * Before this node's replica hands the catalog shard over (an operator's handover, a clean
-   * stop): gives the seat up (`leaveSeat`), so that no request reaches this controller any more
-   * and those queued go to the next one, and waits, at most SEAT_RELEASE_WAIT_MS, for the
-   * catalog operation it runs and for its catalog writes. Those then find the catalog shard still
-   * led here, and are answered done, not refused by a leader handing over (an outcome unknown).
-   * Never rejects.
+   * stop): from now on every catalog operation not started is refused `notController` (`serial`;
+   * a client sends it again, to the next controller), and the one it runs, with its catalog
+   * writes, is waited for, at most SEAT_RELEASE_WAIT_MS. Those then find the catalog shard still
+   * led here and are answered done, not refused by a leader handing over (an outcome unknown).
+   * Then the seat is given up (`leaveSeat`). The seat is not taken again until `seatReleasing`
+   * is cleared (the caller's, once the handover is done or refused). Never rejects.
    */
   private async releaseSeat(why: string): Promise<void> {
     const c = this.controller;
     if (this.seat === undefined || c === undefined) return;
-    this.leaveSeat(why, true);
+    this.seatReleasing = true;
     const finished = this.controllerChain.then(() => c.settled()).catch(() => undefined);
     await withTimeout(finished, SEAT_RELEASE_WAIT_MS, () => new Error('still running')).catch(() => undefined);
+    this.leaveSeat(why, true);
   }
 
   /**
@@ -2313,7 +2332,7 @@ export class StrataNode {
       [...byNode].map(async ([nodeId, shards]) => {
         const subject = nodeSubject(this.cluster, nodeId, 'shards.open');
         try {
-          throwIfError(decode((await this.nc!.request(subject, encode({ shards }), { timeout })).data));
+          throwIfError(decode((await this.askNode(nodeId, subject, encode({ shards }), timeout)).data));
         } catch (e) {
           const err = fromNatsError(e, subject, timeout);
           if (err instanceof NoRespondersError && c.gone(nodeId)) unreachable.add(nodeId);
@@ -2379,13 +2398,15 @@ export class StrataNode {
    * for within the requester's deadline, with room for the answer to reach it: a node that takes
    * the request and does not answer (a frozen process, one killed with it) must not turn a done
    * delete into a `timeout` for the requester, and it destroys its replicas through the tombstone
-   * when it reconciles anyway.
+   * when it reconciles anyway. Nor is the answer held past the start of this node's clean stop,
+   * whose connection then closes within NATS_DRAIN_MS.
    */
   private async destroyDeleted(v: VolumeRecord, deadlineMs: number | undefined): Promise<void> {
     const timeoutMs = this.opts.requestTimeoutMs ?? 10_000;
     const leftMs = deadlineMs === undefined ? timeoutMs : deadlineMs - Date.now();
     const waitMs = Math.max(0, Math.min(timeoutMs, catalogWaitMs(leftMs)));
-    await withTimeout(this.destroyEverywhere(v), waitMs, () => new ProtocolError('timeout', `the nodes did not all answer the destroy within ${Math.round(waitMs)} ms`))
+    const stopping = this.stopping.then(() => Promise.reject(new ProtocolError('unavailable', `node '${this.nodeId}' stops`)));
+    await Promise.race([withTimeout(this.destroyEverywhere(v), waitMs, () => new ProtocolError('timeout', `the nodes did not all answer the destroy within ${Math.round(waitMs)} ms`)), stopping])
       .catch((e: unknown) => this.log.warn('shard destruction deferred to reconciliation', { volume: v.id, err: e }));
   }
 
@@ -2412,7 +2433,7 @@ export class StrataNode {
     const body = encode({ volumeId: v.id, pageCount: req.pageCount } satisfies VolumeGrowRequest);
     const answers = await Promise.allSettled(
       asked.map(async (nodeId) => {
-        const r = await this.nc!.request(nodeSubject(this.cluster, nodeId, 'volume.grow'), body, { timeout });
+        const r = await this.askNode(nodeId, nodeSubject(this.cluster, nodeId, 'volume.grow'), body, timeout);
         return validateVolumeGrowReply(throwIfError(decode(r.data)));
       }),
     );
@@ -2444,6 +2465,41 @@ export class StrataNode {
       await this.reopenOnHosts(held.filter((r) => r.removed !== true));
       return held.length;
     });
+  }
+
+  /**
+   * A request to node `nodeId` on `subject`, answered or timed out as NATS does, but failed with
+   * NoRespondersError as soon as the node no longer serves its subjects: it stopped or died with
+   * the request in hand, which would otherwise hold the caller (a catalog operation, in the
+   * controller's queue) until `timeoutMs`. Checked every NODE_PROBE_MS on the node's claim
+   * subject, which every node answers; a node that takes it and does not answer (frozen) is
+   * waited for.
+   */
+  private async askNode(nodeId: string, subject: string, data: Uint8Array, timeoutMs: number): Promise<Msg> {
+    const nc = this.nc!;
+    let timer: NodeJS.Timeout | undefined;
+    let done = false;
+    const gone = new Promise<never>((_, reject) => {
+      const probeLater = (): void => {
+        timer = setTimeout(() => {
+          nc.request(nodeSubject(this.cluster, nodeId, 'claim'), encode({}), { timeout: NODE_PROBE_MS }).then(
+            () => done || probeLater(),
+            (e: unknown) => {
+              if (done) return;
+              if (fromNatsError(e, subject, NODE_PROBE_MS) instanceof NoRespondersError) reject(new NoRespondersError(subject));
+              else probeLater();
+            },
+          );
+        }, NODE_PROBE_MS);
+      };
+      probeLater();
+    });
+    try {
+      return await Promise.race([nc.request(subject, data, { timeout: timeoutMs }), gone]);
+    } finally {
+      done = true;
+      clearTimeout(timer);
+    }
   }
 
   /** Has the node of each replica of `v` destroy it, but the nodes `except` (those that opened none). */
@@ -2527,7 +2583,6 @@ export class StrataNode {
       // The catalog shard led here: the controller gives its seat up first (not to itself: nothing is done).
       const seatGoes = target.volumeId === CATALOG_VOLUME_ID && r.to !== this.nodeId && this.seat !== undefined;
       if (seatGoes) {
-        this.seatReleasing = true;
         await this.releaseSeat(`its replica hands the catalog shard over${r.to === undefined ? '' : ` to '${r.to}'`}`);
       }
       // Not handed over after all: the next check takes the seat again.

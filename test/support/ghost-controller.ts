@@ -1,12 +1,14 @@
 /**
  * A controller node beside "ghost" nodes played by the test on one NATS connection: each ghost
  * heartbeats (while `beating()`), and its `shards.open` and `shards.destroy` requests go to the
- * test's handlers, which answer them, hold them, or never answer (a frozen node).
+ * test's handlers, which answer them, hold them, or never answer (a frozen node). Each answers
+ * its claim subject as a node does (the test's `claim` handler, if given, instead), and `kill`
+ * makes one vanish as a killed node does: its subscriptions and heartbeats end.
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { connect as natsConnect, type Msg, type NatsConnection } from 'nats';
+import { connect as natsConnect, type Msg, type NatsConnection, type Subscription } from 'nats';
 import { startNatsServer, type NatsServerHandle } from '../../runtime/nats-server';
 import { StrataNode } from '../../cluster/node';
 import { createClient, NatsTransport, type StrataClient } from '../../cluster/client';
@@ -17,12 +19,16 @@ import { waitFor } from './wait';
 export interface GhostHandlers {
   open(ghost: string, msg: Msg): void;
   destroy(ghost: string, msg: Msg): void;
+  /** A question on its claim subject (the controller's check that it is still there); default: answered. */
+  claim?(ghost: string, msg: Msg): void;
   /** Whether the ghosts heartbeat now; default always. */
   beating?(): boolean;
 }
 
 export class GhostController {
   private timer: NodeJS.Timeout | undefined;
+  private readonly subs = new Map<string, Subscription[]>();
+  private readonly killed = new Set<string>();
   node: StrataNode | undefined;
 
   private constructor(
@@ -36,13 +42,17 @@ export class GhostController {
   static async start(cluster: string, ghosts: readonly string[], handlers: GhostHandlers): Promise<GhostController> {
     const nats = await startNatsServer({ jetstream: false });
     const g = new GhostController(cluster, nats, await natsConnect({ servers: nats.url }), fs.mkdtempSync(path.join(os.tmpdir(), `strata-${cluster}-`)));
+    const claim = handlers.claim ?? ((_ghost: string, msg: Msg): void => void msg.respond(encode({})));
     for (const ghost of ghosts) {
-      g.fake.subscribe(nodeSubject(cluster, ghost, 'shards.open'), { callback: (_e, msg) => handlers.open(ghost, msg) });
-      g.fake.subscribe(nodeSubject(cluster, ghost, 'shards.destroy'), { callback: (_e, msg) => handlers.destroy(ghost, msg) });
+      g.subs.set(ghost, [
+        g.fake.subscribe(nodeSubject(cluster, ghost, 'shards.open'), { callback: (_e, msg) => handlers.open(ghost, msg) }),
+        g.fake.subscribe(nodeSubject(cluster, ghost, 'shards.destroy'), { callback: (_e, msg) => handlers.destroy(ghost, msg) }),
+        g.fake.subscribe(nodeSubject(cluster, ghost, 'claim'), { callback: (_e, msg) => claim(ghost, msg) }),
+      ]);
     }
     const beat = (): void => {
       if (handlers.beating?.() === false) return;
-      for (const ghost of ghosts) g.fake.request(controllerSubject(cluster, 'heartbeat'), encode({ nodeId: ghost, hosts: 1 })).catch(() => undefined);
+      for (const ghost of ghosts.filter((x) => !g.killed.has(x))) g.fake.request(controllerSubject(cluster, 'heartbeat'), encode({ nodeId: ghost, hosts: 1 })).catch(() => undefined);
     };
     beat();
     g.timer = setInterval(beat, 200);
@@ -57,6 +67,13 @@ export class GhostController {
       throw e;
     }
     return g;
+  }
+
+  /** Ghost `ghost` is gone as a killed node is: its subscriptions and heartbeats end, nothing it held is answered. */
+  async kill(ghost: string): Promise<void> {
+    this.killed.add(ghost);
+    for (const sub of this.subs.get(ghost) ?? []) sub.unsubscribe();
+    await this.fake.flush();
   }
 
   /** A client on the ghosts' connection. */
