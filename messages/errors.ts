@@ -135,19 +135,32 @@ export function isPlainObject(value: unknown): value is Record<string, unknown> 
 }
 
 /**
+ * The storage engine's codes that are not protocol codes (storage-engine/errors.ts), as the
+ * protocol code a client acts on: a failed write or flush of a device is `device_failed` (the
+ * shard fails over or is repaired), a replica closed under the request (its volume deleted, its
+ * host stopping) `unavailable`. `invariant` (a bug) stays `internal`.
+ */
+const STORAGE_CODES: ReadonlyMap<string, ErrorCode> = new Map<string, ErrorCode>([
+  ['io_error', 'device_failed'],
+  ['fsync_failed', 'device_failed'],
+  ['closed', 'unavailable'],
+]);
+
+/**
  * Maps any thrown value to a ProtocolError: a ProtocolError is returned as is; an Error (of any
  * layer) whose string `code` is a protocol code keeps that code, its message and plain-object
- * `details`; anything else becomes `internal` with the message "internal error" (the original is
- * for the server's log, not for the client).
+ * `details`; one with a storage code of STORAGE_CODES takes the protocol code it stands for, and
+ * says which in `details.storageCode`; anything else becomes `internal` with the message
+ * "internal error" (the original is for the server's log, not for the client).
  */
 export function toProtocolError(err: unknown): ProtocolError {
   if (err instanceof ProtocolError) return err;
   if (err instanceof Error) {
     const code: unknown = (err as { code?: unknown }).code;
-    if (isErrorCode(code)) {
-      const details: unknown = (err as { details?: unknown }).details;
-      return new ProtocolError(code, err.message, isPlainObject(details) ? details : undefined);
-    }
+    const details: unknown = (err as { details?: unknown }).details;
+    if (isErrorCode(code)) return new ProtocolError(code, err.message, isPlainObject(details) ? details : undefined);
+    const mapped = typeof code === 'string' ? STORAGE_CODES.get(code) : undefined;
+    if (mapped !== undefined) return new ProtocolError(mapped, err.message, { ...(isPlainObject(details) ? details : {}), storageCode: code });
   }
   return new ProtocolError('internal', 'internal error');
 }

@@ -80,6 +80,18 @@ describe('messages/errors', () => {
     assert.equal(toProtocolError(pe), pe);
   });
 
+  it('a storage code that is no protocol code takes the one it stands for, and is named in details.storageCode; invariant stays internal', () => {
+    const fsync = Object.assign(new Error('fdatasync of dev0: EIO'), { code: 'fsync_failed', details: { errno: 'EIO' } });
+    assert.deepEqual(errorReply(fsync), { error: { code: 'device_failed', message: 'fdatasync of dev0: EIO', details: { errno: 'EIO', storageCode: 'fsync_failed' } } });
+    const io = Object.assign(new Error('read of seg 3: EIO'), { code: 'io_error' });
+    assert.deepEqual(errorReply(io), { error: { code: 'device_failed', message: 'read of seg 3: EIO', details: { storageCode: 'io_error' } } });
+    const closed = Object.assign(new Error('the shard is closed'), { code: 'closed' });
+    assert.deepEqual(errorReply(closed), { error: { code: 'unavailable', message: 'the shard is closed', details: { storageCode: 'closed' } } });
+    for (const code of ['invariant', '__proto__', 'constructor', 'toString']) {
+      assert.deepEqual(errorReply(Object.assign(new Error('x'), { code })), { error: { code: 'internal', message: 'internal error' } }, code);
+    }
+  });
+
   it('long messages are cut on the wire', () => {
     const reply = errorReply(new ProtocolError('bad_request', 'x'.repeat(10_000)));
     assert.equal(reply.error.message.length, ERROR_MESSAGE_LENGTH_MAX);
