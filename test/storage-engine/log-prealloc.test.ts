@@ -9,7 +9,7 @@ import { encodeRecord, LOG_BLOCK_BYTES, recordBytes, segmentName, viewOf } from 
 import type { FileHandle } from '../../storage-engine/disk';
 import { StorageError } from '../../storage-engine/errors';
 import { SimDisk } from '../../storage-engine/sim-disk';
-import { assertHistory, history } from './log.test';
+import { assertHistory, history } from '../support/log-history';
 
 const DIR = 'log';
 const FIRST = `${DIR}/${segmentName(1)}`;

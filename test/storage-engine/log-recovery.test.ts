@@ -17,7 +17,7 @@ import {
   viewOf,
 } from '../../storage-engine/log-segment';
 import { SimDisk, SimulatedCrash } from '../../storage-engine/sim-disk';
-import { assertHistory, history, payloadOf, termOf } from './log.test';
+import { assertHistory, history, payloadOf, termOf } from '../support/log-history';
 
 const DIR = 'shard-7/log';
 const SEG = 4096;
