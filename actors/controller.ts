@@ -129,7 +129,7 @@ export interface NodeMember {
   /** How many shards its replicas lead, as its last heartbeat said (HeartbeatRequest.leading). */
   leading?: number;
   /**
-   * Not live until its next heartbeat, whatever its last one (`gone`): it said it stops, or did
+   * Not live until its next heartbeat, whatever its last one (`markGone`): it said it stops, or did
    * not answer a request to open a new volume's replicas (no responders).
    */
   gone?: true;
@@ -335,7 +335,7 @@ export class Controller {
    * it meanwhile. Its last heartbeat still dates its silence (the wait before its replicas are
    * replaced). False when the node is no member.
    */
-  gone(nodeId: string): boolean {
+  markGone(nodeId: string): boolean {
     const m = this.members.get(nodeId);
     if (m === undefined) return false;
     this.members.set(nodeId, { ...m, gone: true });

@@ -354,8 +354,9 @@ function natsIsCluster(nc: NatsConnection): boolean {
  * Logs a failure that repeats (every heartbeat, every retry) quietly: at warn the first time
  * and whenever its message changes, at info once when the operation works again. A failure that
  * says the controller may be moving (`controllerMoving`: nobody serves its subjects, a deposed
- * controller answered, or none in time) is expected for a moment: during the first CONTROLLER_MOVE_QUIET_MS of
- * a run of failures it is logged at debug only, and at warn once it lasts longer.
+ * controller answered, or none in time) is expected for a moment: during the first
+ * CONTROLLER_MOVE_QUIET_MS of a run of failures it is logged at debug only, and at warn once it
+ * lasts longer.
  */
 class FailureLog {
   private lastMessage: string | undefined;
@@ -389,9 +390,9 @@ class FailureLog {
 
 /**
  * How long a run of failures that say the controller is moving is logged at debug only
- * (FailureLog): a planned move leaves the controller's subjects unserved for up to about 1.5 s
- * (SEAT_RELEASE_WAIT_MS, the handover, the next node's check of its seat), a killed controller's
- * successor is elected within a few hundred ms after its lease runs out.
+ * (FailureLog): a planned move leaves the controller's subjects unserved from the handover of the
+ * catalog shard to the next node's check of its seat (SEAT_CHECK_MS) and takeover, a few hundred
+ * ms; a killed controller's successor is elected within a few hundred ms after its lease runs out.
  */
 export const CONTROLLER_MOVE_QUIET_MS = 3000;
 
@@ -543,9 +544,8 @@ export class StrataNode {
   private readonly startedAt = Date.now();
   private readonly log: Logger;
   private stopped = false;
-  /** Resolved when a clean stop begins: waits that may end early (a delete's destroys) end then. */
-  private signalStopping!: () => void;
-  private readonly stopping = new Promise<void>((resolve) => (this.signalStopping = resolve));
+  /** Told when a clean stop begins: waits that end early then (a delete's for its destroys), each removed once it ends. */
+  private readonly onStopping = new Set<() => void>();
   private reconciledEpoch = -1;
   /** The tag of the catalog reconciled with (HeartbeatReply.catalog). */
   private reconciledCatalog: string | undefined;
@@ -1050,7 +1050,7 @@ export class StrataNode {
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
-    this.signalStopping();
+    for (const told of [...this.onStopping]) told();
     this.removeStatsSource?.();
     if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
     if (this.claimTimer) clearInterval(this.claimTimer);
@@ -1875,7 +1875,7 @@ export class StrataNode {
     sub(subj('members'), async () => ({ members: this.allMembers() }), { read: true });
     sub(subj('leaving'), async (body) => {
       const { nodeId } = validateLeaving(body);
-      if (c.gone(nodeId)) this.log.info('a node stops: nothing new is placed on it until it beats again', { stopping: nodeId });
+      if (c.markGone(nodeId)) this.log.info('a node stops: nothing new is placed on it until it beats again', { stopping: nodeId });
       return {};
     });
     // One at a time with creates and deletes: none changes the catalog while it is rebuilt.
@@ -2326,7 +2326,7 @@ export class StrataNode {
     // Every node's answer is waited for before an undo: a destroy sent while another node's
     // open still runs could come first there, and leave that node's shard open.
     // A node nobody answers for (no responders: stopped or dead since its last heartbeat) is not
-    // live from now until its next heartbeat (Controller.gone): nothing more is placed on it.
+    // live from now until its next heartbeat (Controller.markGone): nothing more is placed on it.
     const unreachable = new Set<string>();
     const opened = await Promise.allSettled(
       [...byNode].map(async ([nodeId, shards]) => {
@@ -2335,7 +2335,7 @@ export class StrataNode {
           throwIfError(decode((await this.askNode(nodeId, subject, encode({ shards }), timeout)).data));
         } catch (e) {
           const err = fromNatsError(e, subject, timeout);
-          if (err instanceof NoRespondersError && c.gone(nodeId)) unreachable.add(nodeId);
+          if (err instanceof NoRespondersError && c.markGone(nodeId)) unreachable.add(nodeId);
           throw new ProtocolError(err.code, `node '${nodeId}': ${err.message}`, err.details);
         }
       }),
@@ -2405,9 +2405,17 @@ export class StrataNode {
     const timeoutMs = this.opts.requestTimeoutMs ?? 10_000;
     const leftMs = deadlineMs === undefined ? timeoutMs : deadlineMs - Date.now();
     const waitMs = Math.max(0, Math.min(timeoutMs, catalogWaitMs(leftMs)));
-    const stopping = this.stopping.then(() => Promise.reject(new ProtocolError('unavailable', `node '${this.nodeId}' stops`)));
-    await Promise.race([withTimeout(this.destroyEverywhere(v), waitMs, () => new ProtocolError('timeout', `the nodes did not all answer the destroy within ${Math.round(waitMs)} ms`)), stopping])
-      .catch((e: unknown) => this.log.warn('shard destruction deferred to reconciliation', { volume: v.id, err: e }));
+    let told = (): void => undefined;
+    const stopping = new Promise<never>((_, reject) => {
+      told = () => reject(new ProtocolError('unavailable', `node '${this.nodeId}' stops`));
+      this.onStopping.add(told);
+    });
+    try {
+      await Promise.race([withTimeout(this.destroyEverywhere(v), waitMs, () => new ProtocolError('timeout', `the nodes did not all answer the destroy within ${Math.round(waitMs)} ms`)), stopping])
+        .catch((e: unknown) => this.log.warn('shard destruction deferred to reconciliation', { volume: v.id, err: e }));
+    } finally {
+      this.onStopping.delete(told);
+    }
   }
 
   /**

@@ -132,8 +132,8 @@ describe('Controller placement', () => {
     for (const n of ['a', 'b', 'c']) c.heartbeat(n, 1, T0);
     const nodes = (name: string): string[] => c.create({ name, pageCount: 64, pageSize: 4096, shards: 3, stripePages: 16, replicas: 1 }, T0).placements.map((p) => p.replicas[0]!.nodeId).sort();
     assert.deepEqual(nodes('v1'), ['a', 'b', 'c']);
-    assert.equal(c.gone('c'), true);
-    assert.equal(c.gone('x'), false, 'no member');
+    assert.equal(c.markGone('c'), true);
+    assert.equal(c.markGone('x'), false, 'no member');
     assert.deepEqual(c.liveNodes(T0 + 1).map((m) => m.nodeId), ['a', 'b']);
     assert.deepEqual(nodes('v2'), ['a', 'a', 'b']);
     // Its silence still dates from its last heartbeat (the wait before its replicas are replaced).
