@@ -9,6 +9,7 @@ import { strict as assert } from 'node:assert';
 import { startCluster, type InProcessCluster } from '../../cluster/in-process-cluster';
 import { decode, encode } from '../../messages/codec';
 import { controllerSubject } from '../../messages/control';
+import { goneFromServer } from '../support/served';
 
 interface Member {
   nodeId: string;
@@ -58,6 +59,9 @@ describe('a node that goes while volumes are created', function () {
   it('killed: a create placed on it meets no responders there, and is placed again on the live nodes; the node is not live from then on', async () => {
     await c.waitForMembers(4);
     c.kill(3);
+    // The API's requests no longer go to n4's router (which died with them); the controller still
+    // counts n4 live (it heard from it within its live window).
+    await goneFromServer(c, 'n4');
     // n4 holds the fewest replicas: the first placement puts a shard on it.
     assert.deepEqual(await createSpread('after-kill'), ['n1', 'n2', 'n3']);
     const gone = await member('n4');

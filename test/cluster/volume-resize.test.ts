@@ -9,10 +9,7 @@ import { strict as assert } from 'node:assert';
 import { startCluster, type InProcessCluster } from '../../cluster/in-process-cluster';
 import type { Volume } from '../../cluster/client';
 import { ProtocolError } from '../../messages/errors';
-import { encode } from '../../messages/codec';
-import { nodeSubject } from '../../messages/control';
-import { connect as natsConnect } from 'nats';
-import { transient } from '../support/served';
+import { goneFromServer, transient } from '../support/served';
 import { waitFor } from '../support/wait';
 
 const SHARDS = 4;
@@ -34,28 +31,6 @@ async function fill(vol: Volume, from: number, to: number, value: number): Promi
         throw e;
       }
     }, 30_000);
-  }
-}
-
-/**
- * Resolves once the NATS server no longer routes requests to a node just killed: a request to the
- * node's own subject finds no responders. (The node drops its subscriptions as it dies, its API
- * router's among them, in one write; until the server has read it, a request to the API may still
- * be given to the dead router, and its caller would wait out its whole timeout.)
- */
-async function goneFromServer(c: InProcessCluster, nodeId: string): Promise<void> {
-  const nc = await natsConnect({ servers: c.natsUrl });
-  try {
-    await waitFor(`${nodeId} gone from the NATS server`, async () => {
-      try {
-        await nc.request(nodeSubject(c.cluster, nodeId, 'status'), encode({}), { timeout: 1000 });
-        return false;
-      } catch (e) {
-        return (e as { code?: unknown }).code === '503';
-      }
-    }, 5000);
-  } finally {
-    await nc.close();
   }
 }
 
