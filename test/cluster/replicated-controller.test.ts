@@ -311,16 +311,23 @@ describe('a replicated controller whose catalog takes several shard writes', fun
   /**
    * Deletes each of `doomed` at once through a client of its own (queued at the controller, each a
    * few catalog writes here) while `move` moves the controller; every delete must be answered
-   * done (one done twice would be answered not_found the second time), and none be left.
+   * done (one done twice would be answered not_found the second time), and none be left. With
+   * `unansweredMax`, that many may get no answer at all (a request that reached the stopping node
+   * as its connection closed: a known limit of a clean stop, docs/replication.md), and are asked
+   * again; a change refused or of unknown outcome on the catalog ("may or may not be kept") fails.
    */
-  async function deletedWhile(doomed: string[], move: () => Promise<unknown>): Promise<void> {
+  async function deletedWhile(doomed: string[], move: () => Promise<unknown>, unansweredMax = 0): Promise<void> {
     const client = await connectClient({ servers: c.natsUrl, cluster: c.cluster, timeoutMs: 30_000 });
     try {
       const deletes = Promise.allSettled(doomed.map((name) => client.deleteVolume(name)));
       await new Promise((r) => setTimeout(r, 20));
       await move();
       const outcomes = await deletes;
-      assert.deepEqual(outcomes.flatMap((o, i) => (o.status === 'rejected' ? [`${doomed[i]}: ${String(o.reason)}`] : [])), [], 'every delete was answered done');
+      const unanswered = (r: unknown): boolean => r instanceof ProtocolError && r.code === 'timeout' && /did not answer within|no reply on/.test(r.message);
+      const lost = doomed.filter((_, i) => outcomes[i]!.status === 'rejected' && unanswered((outcomes[i] as PromiseRejectedResult).reason));
+      assert.ok(lost.length <= unansweredMax, `unanswered: ${lost.join(', ')}`);
+      assert.deepEqual(outcomes.flatMap((o, i) => (o.status === 'rejected' && !lost.includes(doomed[i]!) ? [`${doomed[i]}: ${String(o.reason)}`] : [])), [], 'every delete was answered done');
+      for (const name of lost) await client.deleteVolume(name).catch((e: unknown) => assert.ok(e instanceof ProtocolError && e.code === 'not_found', String(e)));
       const listed = await client.listVolumes();
       assert.deepEqual(doomed.filter((n) => listed.some((v) => v.name === n)), [], 'none is left');
     } finally {
@@ -340,7 +347,7 @@ describe('a replicated controller whose catalog takes several shard writes', fun
   it("changes sent while the controller's node stops cleanly are all done and answered, each once", async () => {
     const doomed = await volumesToDelete('stopping', 8);
     const first = await controllerOnceOne(c);
-    await deletedWhile(doomed, () => c.stopNode(first.index));
+    await deletedWhile(doomed, () => c.stopNode(first.index), 1);
     await c.restart(first.index);
     await c.waitForMembers(3);
   });
