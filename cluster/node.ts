@@ -294,6 +294,12 @@ const ASSIGNMENTS_FETCH_TRIES = 3;
 const NODE_KILL_WAIT_MS = 5000;
 /** Longest wait for the NATS connection to drain at a stop. */
 const NATS_DRAIN_MS = 5000;
+/**
+ * Longest wait of a clean stop, its hosts stopped, for the API and control requests this node
+ * still answers (a catalog change its API router forwarded waits for the controller's answer)
+ * before its connection closes: an answer not sent by then is never sent.
+ */
+const STOP_ANSWERS_WAIT_MS = 3000;
 /** checkAlone: probes of each subject, the pause between them, and each one's deadline. */
 const CHECK_ALONE_TRIES = 3;
 const CHECK_ALONE_PAUSE_MS = 300;
@@ -1074,6 +1080,7 @@ export class StrataNode {
     await this.pool?.stop();
     for (const s of this.claimSubs) s.unsubscribe();
     this.lock.release();
+    if (serverAnswers) await this.answersSent(STOP_ANSWERS_WAIT_MS);
     try {
       // Bounded: a server that does not answer (hung) would hold the stop for a minute. One
       // that did not answer the service's stop is not waited for a second time.
@@ -1083,6 +1090,16 @@ export class StrataNode {
       // Already closed, or the server does not answer: closed without draining.
       await this.nc?.close().catch(() => undefined);
     }
+  }
+
+  /**
+   * Resolves once this node answers no API or control request (each counted from its arrival to
+   * its answer), or after `ms`.
+   */
+  private async answersSent(ms: number): Promise<void> {
+    const untilMs = Date.now() + ms;
+    while ((this.apiInFlight > 0 || this.controlInFlight > 0) && Date.now() < untilMs) await new Promise((r) => setTimeout(r, 10));
+    if (this.apiInFlight > 0 || this.controlInFlight > 0) this.log.warn('stops with requests unanswered: their requesters meet their deadlines', { api: this.apiInFlight, control: this.controlInFlight, waitedMs: ms });
   }
 
   /**
@@ -1830,6 +1847,15 @@ export class StrataNode {
       this.subscribe(
         subject,
         async (body, msg) => {
+          // A request the seat's subscriptions still deliver once the seat is given up (they are
+          // drained: `leaveSeat`) is refused, not run on this seat's controller. That one is no
+          // longer the catalog's: its change would be written in a term no longer led (a leader
+          // handing over refuses it, or the write waits until the node's connection closes and
+          // the requester hears nothing), or, the seat taken again in the same term, beside the
+          // next seat's controller, whose changes it would overwrite.
+          if (seat !== undefined && this.seat !== seat) {
+            throw new ProtocolError('unavailable', `node '${this.nodeId}' no longer runs the controller (it gave its seat of term ${seat.term} up); retry`, { notController: true });
+          }
           const reply = await handler(body, msg);
           await this.settle(c);
           if (seat !== undefined && opts.read === true) await this.confirmSeat(seat, this.controlDeadline(msg));
@@ -2408,11 +2434,15 @@ export class StrataNode {
     let told = (): void => undefined;
     const stopping = new Promise<never>((_, reject) => {
       told = () => reject(new ProtocolError('unavailable', `node '${this.nodeId}' stops`));
-      this.onStopping.add(told);
+      // A delete whose change was made after the stop began (the one the controller ran as its
+      // node began to stop) does not wait either: the stop signal is past.
+      if (this.stopped) told();
+      else this.onStopping.add(told);
     });
     try {
       await Promise.race([withTimeout(this.destroyEverywhere(v), waitMs, () => new ProtocolError('timeout', `the nodes did not all answer the destroy within ${Math.round(waitMs)} ms`)), stopping])
-        .catch((e: unknown) => this.log.warn('shard destruction deferred to reconciliation', { volume: v.id, err: e }));
+        // At a clean stop, expected: said as information.
+        .catch((e: unknown) => this.log[this.stopped ? 'info' : 'warn']('shard destruction deferred to reconciliation', { volume: v.id, err: e }));
     } finally {
       this.onStopping.delete(told);
     }
