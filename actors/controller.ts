@@ -90,7 +90,12 @@ export type AssignmentRole = 'member' | 'adding' | 'removed';
 
 export interface VolumeRecord extends VolumeInfo {
   placements: ShardPlacement[];
+  /** The id of the create or branch that added it (RequestId), if it had one: `madeBy`. */
+  requestId?: string;
 }
+
+/** The deletes with a request id the catalog remembers (`deletedBy`), newest last. */
+export const DELETES_REMEMBERED_MAX = 256;
 
 export interface CatalogState {
   version: 1;
@@ -113,6 +118,12 @@ export interface CatalogState {
   draining?: string[];
   /** An operator asked for the replicas to be spread evenly (`setRebalance`); absent: not asked. */
   rebalance?: true;
+  /**
+   * The last DELETES_REMEMBERED_MAX deletes that came with a request id (RequestId), newest last:
+   * a delete sent again is answered done without deleting a volume of that name made since
+   * (`deletedBy`). Absent: none.
+   */
+  deletedBy?: Array<{ requestId: string; name: string }>;
 }
 
 export interface NodeMember {
@@ -694,7 +705,7 @@ export class Controller {
    * Adds a volume: picks an id and places its shards round-robin over the (node, host) pairs of
    * live nodes, so consecutive shards land on different nodes first. Durable when it returns.
    */
-  create(spec: VolumeSpec, nowMs: number): VolumeRecord {
+  create(spec: VolumeSpec, nowMs: number, requestId?: string): VolumeRecord {
     this.checkRoomFor(spec);
     const live = this.liveNotDraining(nowMs);
     const drainingLive = this.liveNodes(nowMs).length - live.length;
@@ -729,7 +740,24 @@ export class Controller {
       placements.push({ shard: s, replicas });
     }
     this.placementCursor = (this.placementCursor + spec.shards) % Math.max(1, live.length);
-    return this.add(spec, placements, nowMs);
+    return this.add(spec, placements, nowMs, undefined, requestId);
+  }
+
+  /**
+   * The volume called `name` that a create or branch with `requestId` added, if the catalog
+   * holds it: that request sent again (its answer was lost), to be answered with it rather than
+   * `already_exists`. Undefined without a request id, or when no such volume is there (never made,
+   * or its create undone: made anew).
+   */
+  madeBy(requestId: string | undefined, name: string): VolumeRecord | undefined {
+    if (requestId === undefined) return undefined;
+    return this.state.volumes.find((v) => v.name === name && v.requestId === requestId);
+  }
+
+  /** True when a delete of volume `name` with `requestId` was made: that request sent again, answered done (`DELETES_REMEMBERED_MAX`). */
+  deletedBy(requestId: string | undefined, name: string): boolean {
+    if (requestId === undefined) return false;
+    return (this.state.deletedBy ?? []).some((d) => d.requestId === requestId && d.name === name);
   }
 
   /**
@@ -755,9 +783,10 @@ export class Controller {
   }
 
   /** Adds a volume of `spec` placed as `placements` (and `branch`, if any) under a new id, durably; the new record. */
-  private add(spec: VolumeSpec, placements: ShardPlacement[], nowMs: number, branch?: BranchPoint): VolumeRecord {
+  private add(spec: VolumeSpec, placements: ShardPlacement[], nowMs: number, branch?: BranchPoint, requestId?: string): VolumeRecord {
     const id = `v${this.state.nextId.toString(36)}${this.state.tag === undefined ? '' : `-${this.state.tag}`}`;
-    const rec: VolumeRecord = { ...spec, id, createdAt: Math.floor(nowMs), placements, ...(branch === undefined ? {} : { branch }) };
+    const geometry: VolumeSpec = { name: spec.name, pageCount: spec.pageCount, pageSize: spec.pageSize, shards: spec.shards, stripePages: spec.stripePages, replicas: spec.replicas };
+    const rec: VolumeRecord = { ...geometry, id, createdAt: Math.floor(nowMs), placements, ...(branch === undefined ? {} : { branch }), ...(requestId === undefined ? {} : { requestId }) };
     this.commit({ ...this.state, nextId: this.state.nextId + 1, volumes: [...this.state.volumes, rec] });
     return rec;
   }
@@ -783,7 +812,7 @@ export class Controller {
    * (the branch would have no majority of replicas with the shard's pages to elect a leader from),
    * or when there are too few such nodes to place every replica.
    */
-  branch(req: { name: string; parent: string; lsns: readonly number[] }, nowMs: number): VolumeRecord {
+  branch(req: { name: string; parent: string; lsns: readonly number[]; requestId?: string }, nowMs: number): VolumeRecord {
     const name = expectName(req.name, 'name');
     const parent = this.state.volumes.find((x) => x.name === req.parent);
     if (parent === undefined) throw new ProtocolError('not_found', `parent: volume '${req.parent}' does not exist`, { name: req.parent, path: 'parent' });
@@ -835,7 +864,7 @@ export class Controller {
       }
       placements.push({ shard: p.shard, replicas });
     }
-    return this.add(spec, placements, nowMs, { parent: parent.name, parentId: parent.id, lsns });
+    return this.add(spec, placements, nowMs, { parent: parent.name, parentId: parent.id, lsns }, req.requestId);
   }
 
   /**
@@ -1018,11 +1047,15 @@ export class Controller {
     return next;
   }
 
-  /** Removes a volume and leaves a tombstone for its shards. Durable when it returns. */
-  delete(name: string): VolumeRecord {
+  /**
+   * Removes a volume and leaves a tombstone for its shards, and remembers `requestId` with its name
+   * (`deletedBy`), if given. Durable when it returns.
+   */
+  delete(name: string, requestId?: string): VolumeRecord {
     const v = this.get(name);
     const tombstones = [...this.state.tombstones, v.id].slice(-this.tombstonesMax);
-    this.commit({ ...this.state, volumes: this.state.volumes.filter((x) => x.name !== name), tombstones });
+    const remembered = requestId === undefined ? {} : { deletedBy: [...(this.state.deletedBy ?? []), { requestId, name }].slice(-DELETES_REMEMBERED_MAX) };
+    this.commit({ ...this.state, volumes: this.state.volumes.filter((x) => x.name !== name), tombstones, ...remembered });
     return v;
   }
 

@@ -15,7 +15,7 @@ import { headers as natsHeaders, type NatsConnection, type Subscription } from '
 import { encode, decode, encodedErrorCode, MESSAGE_BYTES_MAX } from '../messages/codec';
 import { newInbox, serverMaxPayload } from '../runtime/request-mux';
 import { errorReply, isPlainObject, ProtocolError, throwIfError } from '../messages/errors';
-import { expectArray, expectMap, field, validatePageRead, validatePageWriteRequest, validatePageReadRequest, validateVolumeBranchRequest, validateVolumeFlushRequest, validateVolumeNameRequest } from '../messages/validate';
+import { expectArray, expectMap, field, hasRequestId, validatePageRead, validatePageWriteRequest, validatePageReadRequest, validateVolumeBranchRequest, validateVolumeFlushRequest, validateVolumeNameRequest } from '../messages/validate';
 import { controllerSubject } from '../messages/control';
 import { SHARDS_MAX, VOLUMES_PER_LIST_MAX, type VolumeInfo } from '../messages/api';
 import { NODES_MAX } from '../actors/controller';
@@ -38,6 +38,9 @@ const STATUS_REPLY_ROOM_BYTES = 4096;
  */
 export const SIZED_DEADLINE_VERBS: ReadonlySet<string> = new Set(['volume.create', 'volume.branch']);
 
+/** Times one catalog change with a request id is sent again to a controller just seated, at most (`forwardToController`). */
+export const CHANGE_RESENDS_MAX = 8;
+
 /**
  * How much of each shard a status reply holds: every replica of every shard; the replicas of
  * the shards that are not healthy (the others counted); per volume, counts of its shards by state.
@@ -52,6 +55,12 @@ export class ApiRouter {
   readonly client: StrataClient;
   private readonly volumes = new Map<string, Volume>();
   private readonly statusGatherMsMax: number;
+  /**
+   * Told when a controller takes its seat (`controllerSeated`): one for each catalog change that
+   * may be sent again and waits for its answer (at most the node's API requests in flight),
+   * removed when the wait ends.
+   */
+  private readonly onSeated = new Set<() => void>();
 
   /** `statusGatherMsMax`: longest a status waits for the nodes' answers (STATUS_GATHER_MS_MAX). */
   constructor(nc: NatsConnection, cluster: string, timeoutMs: number, options: { statusGatherMsMax?: number } = {}) {
@@ -78,17 +87,45 @@ export class ApiRouter {
   }
 
   /**
+   * A controller took its seat (`controller.seated`): the catalog changes waiting for an answer
+   * that may send again are sent to it (`forwardToController`).
+   */
+  controllerSeated(): void {
+    for (const told of [...this.onSeated]) told();
+  }
+
+  /**
    * Forwards a catalog request to the controller, with `deadlineMs` as its Strata-Deadline, and
    * returns its reply bytes unchanged (an error reply when none came before the deadline).
+   *
+   * `resend` (a change with a request id: `hasRequestId`): when a controller takes its seat while
+   * the answer is awaited, the request is sent again, to it, at most CHANGE_RESENDS_MAX times,
+   * and that answer is the one returned. The controller it went to may have died with it (no
+   * answer would ever come); the catalog answers a change sent again as it was made, and the
+   * controller before, if it still answers, finished that change before its seat was taken.
    */
-  async forwardToController(verb: string, data: Uint8Array, deadlineMs: number): Promise<Uint8Array> {
-    const timeout = deadlineMs - Date.now();
+  async forwardToController(verb: string, data: Uint8Array, deadlineMs: number, resend = false): Promise<Uint8Array> {
+    let timeout = deadlineMs - Date.now();
     try {
-      if (timeout <= 0) throw new ProtocolError('timeout', `the deadline passed before ${verb} reached the controller`);
-      const headers = natsHeaders();
-      headers.set(HEADER_DEADLINE, String(deadlineMs));
-      const r = await this.nc.request(controllerSubject(this.cluster, verb), data, { timeout, headers });
-      return r.data;
+      for (let sent = 1; ; sent++) {
+        timeout = deadlineMs - Date.now();
+        if (timeout <= 0) throw new ProtocolError('timeout', `the deadline passed before ${verb} reached the controller`);
+        const headers = natsHeaders();
+        headers.set(HEADER_DEADLINE, String(deadlineMs));
+        const request = this.nc.request(controllerSubject(this.cluster, verb), data, { timeout, headers });
+        if (!resend || sent > CHANGE_RESENDS_MAX) return (await request).data;
+        let told = (): void => undefined;
+        const seated = new Promise<undefined>((resolve) => (told = () => resolve(undefined)));
+        this.onSeated.add(told);
+        try {
+          const answer = await Promise.race([request.then((r) => r.data), seated]);
+          if (answer !== undefined) return answer;
+        } finally {
+          this.onSeated.delete(told);
+        }
+        // A controller was seated meanwhile: its answer (any) is the one waited for.
+        request.catch(() => undefined);
+      }
     } catch (e) {
       const code = (e as { code?: unknown }).code;
       const err = e instanceof ProtocolError
@@ -148,7 +185,7 @@ export class ApiRouter {
     } catch (e) {
       return encode(errorReply(e instanceof ProtocolError ? e : new ProtocolError('unavailable', (e as Error).message)));
     }
-    const reply = await this.forwardToController('volume.branch', sent, deadlineMs);
+    const reply = await this.forwardToController('volume.branch', sent, deadlineMs, hasRequestId(req));
     if (encodedErrorCode(reply) !== undefined) return reply;
     try {
       // Room for a delete and the answer, if it comes to that.

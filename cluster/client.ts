@@ -43,6 +43,7 @@
  * The NATS calls go through the small `ClientTransport` interface, so tests can run the client
  * over a fake transport (`createClient`).
  */
+import { randomUUID } from 'node:crypto';
 import { connect as natsConnect } from 'nats';
 import type { NatsConnection } from 'nats';
 import { MESSAGE_BYTES_MAX, decode, encode, encodeShardWriteRequest } from '../messages/codec';
@@ -109,6 +110,8 @@ import {
   validateShardWriteReply,
   validateVolumeBranchRequest,
   validateVolumeCreateRequest,
+  validateVolumeDeleteRequest,
+  hasRequestId,
   validatePageWrite,
 } from '../messages/validate';
 
@@ -346,10 +349,14 @@ export class StrataClient {
    * its replicas of the new shards (a few fsyncs each) before the answer, so the call waits the
    * client's timeout or CREATE_MS_PER_SHARD_REPLICA for each shard replica, whichever is longer
    * (30.7 s for 256 shards of 3 replicas), or until an earlier `options.deadlineMs`.
+   *
+   * The request goes with a request id (`request.requestId`, a new random one when absent): the
+   * same call made again with it after a `timeout` (its outcome unknown) is answered as the
+   * first was made, not `already_exists` (docs/protocol.md, "Sent again").
    */
   async createVolume(request: VolumeCreateRequest, options: CallOptions | null = {}): Promise<VolumeInfo> {
     const spec = validateVolumeCreateRequest(request);
-    const body: Record<string, unknown> = {};
+    const body: Record<string, unknown> = { requestId: newRequestId() };
     for (const [key, value] of Object.entries(request)) if (value !== undefined) body[key] = value;
     const sizedMs = Math.min(DEADLINE_AHEAD_MS_MAX, CREATE_MS_PER_SHARD_REPLICA * spec.shards * spec.replicas);
     const deadlineMs = this.deadline(optionsOf(options).deadlineMs, Math.max(this.timeoutMs, sizedMs));
@@ -366,11 +373,12 @@ export class StrataClient {
    * replica at BRANCH_COPY_BYTES_PER_MS (12.6 s more for a 256 MiB volume of 3 replicas): the
    * client's timeout or that, whichever is longer (at most DEADLINE_AHEAD_MS_MAX), or until an
    * earlier `opts.deadlineMs`. The controller checks the rest (one LSN per shard of the parent:
-   * `bad_request`, path `lsns`; the name taken: `already_exists`).
+   * `bad_request`, path `lsns`; the name taken: `already_exists`). With a request id as
+   * `createVolume`'s (`opts.requestId`).
    */
-  async branchVolume(name: string, parent: string, opts: ({ lsns?: number[] } & CallOptions) | null = {}): Promise<VolumeInfo> {
-    const { lsns, deadlineMs: earlierMs } = optionsOf(opts);
-    const request = validateVolumeBranchRequest({ name, parent, ...(lsns === undefined ? {} : { lsns }) });
+  async branchVolume(name: string, parent: string, opts: ({ lsns?: number[]; requestId?: string } & CallOptions) | null = {}): Promise<VolumeInfo> {
+    const { lsns, requestId, deadlineMs: earlierMs } = optionsOf(opts);
+    const request = validateVolumeBranchRequest({ name, parent, ...(lsns === undefined ? {} : { lsns }), requestId: requestId ?? newRequestId() });
     const info = await this.api('volume.info', { name: request.parent }, this.deadline(earlierMs));
     const copyMs = Math.ceil((info.pageCount * info.pageSize * info.replicas) / BRANCH_COPY_BYTES_PER_MS);
     const sizedMs = Math.min(DEADLINE_AHEAD_MS_MAX, CREATE_MS_PER_SHARD_REPLICA * info.shards * info.replicas + copyMs);
@@ -388,9 +396,15 @@ export class StrataClient {
     return this.api('volume.info', { name: expectName(name, 'name') }, this.deadline());
   }
 
-  /** Deletes the volume called `name` (volume.delete); `not_found` if there is none. */
-  async deleteVolume(name: string): Promise<void> {
-    await this.api('volume.delete', { name: expectName(name, 'name') }, this.deadline());
+  /**
+   * Deletes the volume called `name` (volume.delete); `not_found` if there is none. With a request
+   * id as `createVolume`'s (`options.requestId`): made again with it, the call is answered done,
+   * and deletes no volume of that name created since.
+   */
+  async deleteVolume(name: string, options: ({ requestId?: string } & CallOptions) | null = {}): Promise<void> {
+    const { requestId, deadlineMs } = optionsOf(options);
+    const request = validateVolumeDeleteRequest({ name, requestId: requestId ?? newRequestId() });
+    await this.api('volume.delete', request, this.deadline(deadlineMs));
   }
 
   /**
@@ -668,13 +682,14 @@ export class StrataClient {
     body: unknown,
     deadlineMs: number,
     validate: (value: unknown) => T,
+    waitUntilMs = deadlineMs,
   ): Promise<T> {
     this.checkOpen();
     const bytesMax = this.transport.maxPayloadBytes;
     // A write's pages go into an exact-size buffer from the request arena (it lives until the
     // NATS client has copied it out), not through cbor-x's growing buffer.
     const data = type === 'shard.write' ? encodeShardWriteRequest(body as ShardWriteRequest, { bytesMax, alloc: allocRequestBytes }) : encode(body, { bytesMax });
-    const timeoutMs = deadlineMs - this.nowMs();
+    const timeoutMs = Math.min(deadlineMs, waitUntilMs) - this.nowMs();
     if (timeoutMs <= 0) {
       throw new ProtocolError('timeout', `deadline passed before ${type} was sent to ${subject}`, { subject, deadlineMs });
     }
@@ -697,10 +712,12 @@ export class StrataClient {
    * An API request with a typed, validated reply. @internal
    *
    * The API is served by every node (a queue group): a node that takes requests without
-   * answering them (hung) gets its share. A read (volume.info, volume.list, status) is therefore
-   * asked up to API_READ_TRIES times within the call's deadline, each try with a part of the time
-   * left (at least API_READ_TRY_MS_MIN), and the server picks a node for each; a change is sent
-   * once (asked again it could be applied twice). Either is sent again, with back-off until the
+   * answering them (hung, or killed with them) gets its share. A read (volume.info, volume.list,
+   * status) is therefore asked up to API_READ_TRIES times within the call's deadline, each try
+   * waiting a part of the time left (at least API_READ_TRY_MS_MIN), and the server picks a node
+   * for each. So is a change with a request id (hasRequestId: the catalog answers it sent again as
+   * it was made), its Strata-Deadline the call's each time (a create's nodes take the time it
+   * gives them); a change without one is sent once (asked again it could be made twice). Either is sent again, with back-off until the
    * deadline, when a node answered that it did nothing as it no longer (or not surely) runs the
    * controller (`notController`): the controller is moving, and the next one will answer. Also for
    * CONTROLLER_GAP_MS when no node served the controller's subjects (`noController`).
@@ -735,13 +752,14 @@ export class StrataClient {
   private async apiOnce<V extends ApiVerb>(verb: V, body: RequestMap[V], deadlineMs: number): Promise<ReplyMap[V]> {
     const subject = apiSubject(this.cluster, verb);
     const validate = (value: unknown): ReplyMap[V] => validateReply(verb, value);
-    if (!API_READ_VERBS.has(verb)) return this.send(subject, verb, body, deadlineMs, validate);
+    const read = API_READ_VERBS.has(verb);
+    if (!read && !hasRequestId(body)) return this.send(subject, verb, body, deadlineMs, validate);
     for (let attempt = 1; ; attempt++) {
       const left = deadlineMs - this.nowMs();
       const last = attempt >= API_READ_TRIES || left < 2 * API_READ_TRY_MS_MIN;
       const tryDeadlineMs = last ? deadlineMs : this.nowMs() + Math.max(API_READ_TRY_MS_MIN, Math.floor(left / (API_READ_TRIES - attempt + 1)));
       try {
-        return await this.send(subject, verb, body, tryDeadlineMs, validate);
+        return await this.send(subject, verb, body, read ? tryDeadlineMs : deadlineMs, validate, tryDeadlineMs);
       } catch (e) {
         if (last || !(e instanceof ProtocolError && e.code === 'timeout')) throw e;
       }
@@ -767,6 +785,11 @@ export const BRANCH_COPY_BYTES_PER_MS = 64_000;
  * to take the shard's log.
  */
 export const MOVE_TIMEOUT_MS_MIN = 60_000;
+
+/** A new request id (RequestId) for a catalog change: a random UUID. */
+export function newRequestId(): string {
+  return randomUUID();
+}
 
 /** API verbs that change nothing: asked again when a try gets no answer (`StrataClient.api`). */
 export const API_READ_VERBS: ReadonlySet<ApiVerb> = new Set<ApiVerb>(['volume.info', 'volume.list', 'status']);

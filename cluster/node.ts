@@ -33,7 +33,9 @@ import {
   validateVolumeBranchRequest,
   validateVolumeCreateRequest,
   validateVolumeNameRequest,
+  validateVolumeDeleteRequest,
   validateVolumeResizeRequest,
+  hasRequestId,
   validateVolumeListRequest,
   validateStatusRequest,
 } from '../messages/validate';
@@ -1910,10 +1912,12 @@ export class StrataNode {
     sub(subj('volume.branch'), (body, msg) => this.serial(msg, (deadlineMs) => this.branchVolume(c, validateVolumeBranchRequest(body), deadlineMs)));
     // The catalog's change in its queue; the nodes' destroys after it, out of the queue (a node
     // that died with a destroy in hand holds the requester up to its deadline, not the catalog).
+    // One sent again (its `requestId` in the catalog: its answer was lost) is answered done
+    // without deleting a volume of that name made since.
     sub(subj('volume.delete'), async (body, msg) => {
-      const { name } = validateVolumeNameRequest(body);
-      const { v, deadlineMs } = await this.serial(msg, async (deadlineMs) => ({ v: await this.deleteVolume(c, name), deadlineMs }));
-      await this.destroyDeleted(v, deadlineMs);
+      const { name, requestId } = validateVolumeDeleteRequest(body);
+      const { v, deadlineMs } = await this.serial(msg, async (deadlineMs) => ({ v: c.deletedBy(requestId, name) ? undefined : await this.deleteVolume(c, name, requestId), deadlineMs }));
+      if (v !== undefined) await this.destroyDeleted(v, deadlineMs);
       return { deleted: true };
     });
     sub(subj('volume.resize'), (body, msg) => this.serial(msg, (deadlineMs) => this.resizeVolume(c, validateVolumeResizeRequest(body), deadlineMs)));
@@ -2288,25 +2292,42 @@ export class StrataNode {
     });
   }
 
-  private async createVolume(c: Controller, spec: ReturnType<typeof validateVolumeCreateRequest>, deadlineMs: number | undefined): Promise<unknown> {
+  private async createVolume(c: Controller, req: ReturnType<typeof validateVolumeCreateRequest>, deadlineMs: number | undefined): Promise<unknown> {
+    const { requestId, ...spec } = req;
     await this.heardFromNodes(c, spec.replicas ?? 3, deadlineMs);
+    const again = this.madeAgain(c, requestId, spec.name, deadlineMs);
+    if (again !== undefined) return again;
     try {
-      return await this.placeNew(c, c.create(spec, Date.now()), deadlineMs);
+      return await this.placeNew(c, c.create(spec, Date.now(), requestId), deadlineMs);
     } catch (e) {
       // Placed on a node that no longer answers (stopped or dead since its last heartbeat, and
       // now not live: `placeVolume`): undone, and placed once more, on the live nodes.
       const unreachable = e instanceof ProtocolError ? e.details?.['unreachable'] : undefined;
       if (!Array.isArray(unreachable) || (deadlineMs !== undefined && Date.now() >= deadlineMs)) throw e;
       this.log.info('a create placed replicas on nodes that do not answer: placed again on the live nodes', { name: spec.name, unreachable });
-      return this.placeNew(c, c.create(spec, Date.now()), deadlineMs);
+      return this.placeNew(c, c.create(spec, Date.now(), requestId), deadlineMs);
     }
   }
 
-  /** `placeVolume` of a volume just added to the catalog, counted as being created meanwhile (`creating`). */
-  private async placeNew(c: Controller, v: VolumeRecord, deadlineMs: number | undefined): Promise<unknown> {
+  /**
+   * A create or branch sent again, whose volume the catalog holds (Controller.madeBy): its
+   * replicas are opened again (a node opens only what it lacks: the controller that made it may
+   * have stopped before every node had), and it is answered with the volume, as the first one
+   * would have been; an open that fails now does not undo it (`placeVolume`). Undefined when the
+   * request is not one sent again.
+   */
+  private madeAgain(c: Controller, requestId: string | undefined, name: string, deadlineMs: number | undefined): Promise<unknown> | undefined {
+    const v = c.madeBy(requestId, name);
+    if (v === undefined) return undefined;
+    this.log.info('a create sent again: its volume is in the catalog already, its replicas opened again', { name, volume: v.id, requestId });
+    return this.placeNew(c, v, deadlineMs, true);
+  }
+
+  /** `placeVolume` of a volume just added to the catalog (or `again`: `madeAgain`), counted as being created meanwhile (`creating`). */
+  private async placeNew(c: Controller, v: VolumeRecord, deadlineMs: number | undefined, again = false): Promise<unknown> {
     this.creating.add(v.name);
     try {
-      return await this.placeVolume(c, v, deadlineMs);
+      return await this.placeVolume(c, v, deadlineMs, again);
     } finally {
       this.creating.delete(v.name);
     }
@@ -2321,7 +2342,9 @@ export class StrataNode {
   private async branchVolume(c: Controller, req: ReturnType<typeof validateVolumeBranchRequest>, deadlineMs: number | undefined): Promise<unknown> {
     if (req.lsns === undefined) throw new ProtocolError('bad_request', 'lsns: the controller needs the branch point of every shard (the API router fills them in)', { path: 'lsns' });
     await this.heardFromNodes(c, 1, deadlineMs);
-    return this.placeNew(c, c.branch({ name: req.name, parent: req.parent, lsns: req.lsns }, Date.now()), deadlineMs);
+    const again = this.madeAgain(c, req.requestId, req.name, deadlineMs);
+    if (again !== undefined) return again;
+    return this.placeNew(c, c.branch({ name: req.name, parent: req.parent, lsns: req.lsns, ...(req.requestId === undefined ? {} : { requestId: req.requestId }) }, Date.now()), deadlineMs);
   }
 
   /**
@@ -2333,7 +2356,7 @@ export class StrataNode {
   }
 
   /** The opens of a volume just added to the catalog on its nodes, or its undo when one fails. */
-  private async placeVolume(c: Controller, v: VolumeRecord, deadlineMs: number | undefined): Promise<unknown> {
+  private async placeVolume(c: Controller, v: VolumeRecord, deadlineMs: number | undefined, again = false): Promise<unknown> {
     // Durable before any node opens a replica of it.
     await this.settle(c);
     const byNode = new Map<string, ShardAssignment[]>();
@@ -2367,7 +2390,12 @@ export class StrataNode {
       }),
     );
     const failed = opened.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-    if (failed !== undefined) {
+    if (failed !== undefined && again) {
+      // A create sent again (`madeAgain`): the volume was made, and may be in use already (listed
+      // since its first controller stopped). Not undone: the node opens its replicas when it next
+      // reconciles with the catalog.
+      this.log.info('a create sent again: a node did not open its replicas now; it opens them when it reconciles', { volume: v.id, err: failed.reason });
+    } else if (failed !== undefined) {
       // Undo: the volume is answered as not created. Nodes that opened shards destroy them now
       // or, if unreachable, through the tombstone when they next reconcile. Their destroys are
       // waited for until the opens' wait would have ended, as a delete's are within its
@@ -2412,8 +2440,8 @@ export class StrataNode {
     );
   }
 
-  private async deleteVolume(c: Controller, name: string): Promise<VolumeRecord> {
-    const v = c.delete(name);
+  private async deleteVolume(c: Controller, name: string, requestId?: string): Promise<VolumeRecord> {
+    const v = c.delete(name, requestId);
     await this.settle(c);
     this.router?.forget(name);
     return v;
@@ -2565,7 +2593,14 @@ export class StrataNode {
     // A controller that starts or takes over asks every node for a heartbeat at once: it knows
     // no member until then (`heardFromNodes`). Its content does not matter; a flood of them
     // makes one heartbeat at a time, as the timer does.
-    this.subs.push(this.nc!.subscribe(controllerSubject(this.cluster, 'seated'), { callback: () => this.beatNow() }));
+    // And a catalog change this node's API router forwarded goes to it if its predecessor had not
+    // answered (ApiRouter.forwardToController).
+    this.subs.push(this.nc!.subscribe(controllerSubject(this.cluster, 'seated'), {
+      callback: () => {
+        this.beatNow();
+        this.router?.controllerSeated();
+      },
+    }));
     this.subscribe(subj('shards.open'), async (body) => {
       await this.openShards(validateShardsOpen(body).shards);
       return { ok: true };
@@ -2817,7 +2852,7 @@ export class StrataNode {
     // also known to the nodes that host its replicas: answered from there when the controller
     // cannot be reached, so that page requests go on without it (localVolumeInfo).
     for (const verb of ['volume.create', 'volume.list', 'volume.delete', 'volume.resize']) {
-      endpoint(verb, async (_body, req) => router.forwardToController(verb, req.data, req.deadlineMs));
+      endpoint(verb, async (body, req) => router.forwardToController(verb, req.data, req.deadlineMs, hasRequestId(body)));
     }
     endpoint('volume.branch', (body, req) => router.branch(body, req.data, req.deadlineMs));
     endpoint('volume.info', async (body, req) => router.volumeInfo(body, req.data, req.deadlineMs, (name) => this.localVolumeInfo(name)));

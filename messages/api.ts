@@ -125,7 +125,19 @@ export interface VolumeCreateRequest {
   /** 1..STRIPE_PAGES_MAX. */
   stripePages?: number;
   replicas?: ReplicaCount;
+  /** The request's own id (RequestId): the same request sent again is answered, not made twice. */
+  requestId?: RequestId;
 }
+
+/**
+ * The id a requester gives a catalog change (volume.create, volume.branch, volume.delete):
+ * 1..ID_LENGTH_MAX characters of `[A-Za-z0-9_-]`, unique to that request (Strata's client uses a
+ * random UUID), the same each time the request is sent again. The catalog records it with the
+ * change, so a change sent again after its answer was lost (its controller's node died, say) is
+ * answered as the first one was made, and not made twice: a create or branch with the volume it
+ * added, a delete `deleted` even once the name is taken again (docs/protocol.md, "Sent again").
+ */
+export type RequestId = string;
 
 /**
  * volume.branch request: a new volume `name` created from volume `parent` as each of its shards
@@ -144,6 +156,8 @@ export interface VolumeBranchRequest {
    * Default: each shard's commit LSN when the request is served (the parent is flushed first).
    */
   lsns?: number[];
+  /** As volume.create's. */
+  requestId?: RequestId;
 }
 
 /** Where a branch volume came from (VolumeInfo.branch). */
@@ -201,14 +215,17 @@ export interface VolumeListReply {
   volumes: VolumeInfo[];
 }
 
-/** volume.info and volume.delete request. */
+/** volume.info request (and the name of volume.delete's). */
 export interface VolumeNameRequest {
   name: string;
 }
 /** volume.info request. */
 export type VolumeInfoRequest = VolumeNameRequest;
 /** volume.delete request. */
-export type VolumeDeleteRequest = VolumeNameRequest;
+export interface VolumeDeleteRequest extends VolumeNameRequest {
+  /** As volume.create's. */
+  requestId?: RequestId;
+}
 /** volume.delete reply. */
 export interface VolumeDeleteReply {
   deleted: true;
@@ -428,7 +445,7 @@ export interface RequestMap {
 
 /** Request body of each message type after validation (defaults filled in). */
 export interface ValidRequestMap extends Omit<RequestMap, 'volume.create'> {
-  'volume.create': VolumeSpec;
+  'volume.create': VolumeSpec & { requestId?: RequestId };
 }
 
 /** Reply body of each message type. */

@@ -61,6 +61,8 @@ import type {
   BranchPoint,
   VolumeBranchRequest,
   VolumeDeleteReply,
+  VolumeDeleteRequest,
+  RequestId,
   VolumeFlushReply,
   VolumeFlushRequest,
   VolumeInfo,
@@ -335,13 +337,27 @@ function withTerm<T extends object>(base: T, term: number | undefined): T & { te
 // Volumes
 // ---------------------------------------------------------------------------------------------
 
-const VOLUME_CREATE_FIELDS = fields('name', 'pageCount', 'pageSize', 'shards', 'stripePages', 'replicas');
+const VOLUME_CREATE_FIELDS = fields('name', 'pageCount', 'pageSize', 'shards', 'stripePages', 'replicas', 'requestId');
 
-/** volume.create request → its VolumeSpec with defaults filled in. */
-export function validateVolumeCreateRequest(value: unknown): VolumeSpec {
+/**
+ * True when a catalog change's body carries a request id (RequestId): the catalog answers it sent
+ * again as it was made, so it may be sent again when its answer does not come.
+ */
+export function hasRequestId(body: unknown): boolean {
+  return typeof body === 'object' && body !== null && typeof (body as { requestId?: unknown }).requestId === 'string';
+}
+
+/** A change's `requestId` (RequestId), if any: `{ requestId }` or `{}`. */
+function requestIdOf(map: Record<string, unknown>): { requestId?: RequestId } {
+  const requestId = optional(field(map, 'requestId'), (v) => expectId(v, 'requestId'));
+  return requestId === undefined ? {} : { requestId };
+}
+
+/** volume.create request → its VolumeSpec with defaults filled in (and its requestId, if any). */
+export function validateVolumeCreateRequest(value: unknown): VolumeSpec & { requestId?: RequestId } {
   const map = expectMap(value, '');
   expectKnownFields(map, VOLUME_CREATE_FIELDS, '');
-  const spec = volumeCreateSpec(map);
+  const spec = { ...volumeCreateSpec(map), ...requestIdOf(map) };
   // Every shard holds pages: a shard beyond the volume's stripes would hold none.
   const stripes = Math.ceil(spec.pageCount / spec.stripePages);
   if (spec.shards > stripes) {
@@ -350,7 +366,7 @@ export function validateVolumeCreateRequest(value: unknown): VolumeSpec {
   return spec;
 }
 
-const VOLUME_BRANCH_FIELDS = fields('name', 'parent', 'lsns');
+const VOLUME_BRANCH_FIELDS = fields('name', 'parent', 'lsns', 'requestId');
 
 /**
  * The LSN of each shard of a branch point (`lsns` of volume.branch, VolumeInfo.branch): 1..SHARDS_MAX
@@ -374,7 +390,7 @@ export function validateVolumeBranchRequest(value: unknown): VolumeBranchRequest
   const name = expectName(field(map, 'name'), 'name');
   const parent = expectName(field(map, 'parent'), 'parent');
   const lsns = optional(field(map, 'lsns'), (v) => validateBranchLsns(v, 'lsns'));
-  return lsns === undefined ? { name, parent } : { name, parent, lsns };
+  return { name, parent, ...(lsns === undefined ? {} : { lsns }), ...requestIdOf(map) };
 }
 
 /** VolumeInfo.branch (read tolerantly, as a reply). */
@@ -461,7 +477,7 @@ export function validateVolumeListReply(value: unknown): VolumeListReply {
 
 const NAME_FIELDS = fields('name');
 
-/** volume.info / volume.delete request. */
+/** volume.info request. */
 export function validateVolumeNameRequest(value: unknown): VolumeNameRequest {
   const map = expectMap(value, '');
   expectKnownFields(map, NAME_FIELDS, '');
@@ -470,8 +486,15 @@ export function validateVolumeNameRequest(value: unknown): VolumeNameRequest {
 
 /** volume.info request. */
 export const validateVolumeInfoRequest: Validator<VolumeNameRequest> = validateVolumeNameRequest;
+
+const DELETE_FIELDS = fields('name', 'requestId');
+
 /** volume.delete request. */
-export const validateVolumeDeleteRequest: Validator<VolumeNameRequest> = validateVolumeNameRequest;
+export function validateVolumeDeleteRequest(value: unknown): VolumeDeleteRequest {
+  const map = expectMap(value, '');
+  expectKnownFields(map, DELETE_FIELDS, '');
+  return { name: expectName(field(map, 'name'), 'name'), ...requestIdOf(map) };
+}
 
 /** volume.delete reply. */
 export function validateVolumeDeleteReply(value: unknown): VolumeDeleteReply {

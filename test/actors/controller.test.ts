@@ -1,5 +1,5 @@
 import { strict as assert } from 'node:assert';
-import { Controller, MEMBER_SILENCE_MS_MAX, NODES_MAX, REMOVED_PER_SHARD_MAX, idNumber } from '../../actors/controller';
+import { Controller, DELETES_REMEMBERED_MAX, MEMBER_SILENCE_MS_MAX, NODES_MAX, REMOVED_PER_SHARD_MAX, idNumber, volumeInfo } from '../../actors/controller';
 import { MetaStore } from '../../storage-engine/metadata';
 import { SimDisk } from '../../storage-engine/sim-disk';
 import { ProtocolError } from '../../messages/errors';
@@ -389,6 +389,48 @@ describe('Controller catalog changes', () => {
     assert.equal(c.get('v').id, first.id);
     assert.equal(c.get('v').shards, 1);
     assert.equal(c.epoch, epoch);
+  });
+
+  it('remembers the request id of a create, a branch and a delete with the change, durably: the same request sent again is known (madeBy, deletedBy), another is not', () => {
+    const disk = new SimDisk();
+    const c = new Controller({ meta: new MetaStore(disk, '') });
+    c.heartbeat('a', 1, T0);
+    const made = c.create({ name: 'v', ...spec }, T0, 'req-1');
+    const branch = c.branch({ name: 'b', parent: 'v', lsns: [0], requestId: 'req-2' }, T0);
+    assert.equal(c.madeBy('req-1', 'v')?.id, made.id);
+    assert.equal(c.madeBy('req-2', 'b')?.id, branch.id);
+    assert.equal(c.madeBy('req-1', 'b'), undefined, 'another name');
+    assert.equal(c.madeBy('req-9', 'v'), undefined, 'another request');
+    assert.equal(c.madeBy(undefined, 'v'), undefined, 'no request id');
+    assert.equal(c.create({ name: 'w', ...spec }, T0).requestId, undefined);
+    // Kept in the catalog's record, not in what a volume is answered with.
+    assert.equal(c.list().find((x) => x.name === 'v')!.requestId, 'req-1');
+    assert.equal('requestId' in volumeInfo(made), false);
+    c.delete('v', 'req-3');
+    c.delete('w');
+    assert.equal(c.deletedBy('req-3', 'v'), true);
+    assert.equal(c.deletedBy('req-3', 'w'), false, 'another name');
+    assert.equal(c.deletedBy(undefined, 'w'), false);
+    // A volume of that name made since: the delete sent again is still known as done.
+    c.create({ name: 'v', ...spec }, T0, 'req-4');
+    assert.equal(c.deletedBy('req-3', 'v'), true);
+    assert.equal(c.madeBy('req-1', 'v'), undefined, 'the volume req-1 made is gone');
+    // Durable: a controller started again on the catalog knows them.
+    const again = new Controller({ meta: new MetaStore(disk, '') });
+    assert.equal(again.madeBy('req-2', 'b')?.id, branch.id);
+    assert.equal(again.deletedBy('req-3', 'v'), true);
+  });
+
+  it(`remembers the last DELETES_REMEMBERED_MAX (${DELETES_REMEMBERED_MAX}) deletes with a request id`, () => {
+    const c = new Controller({ meta: new MetaStore(new SimDisk(), '') });
+    c.heartbeat('a', 1, T0);
+    for (let i = 0; i <= DELETES_REMEMBERED_MAX; i++) {
+      c.create({ name: `v${i}`, ...spec }, T0);
+      c.delete(`v${i}`, `del-${i}`);
+    }
+    assert.equal(c.deletedBy('del-0', 'v0'), false, 'the oldest is forgotten');
+    assert.equal(c.deletedBy('del-1', 'v1'), true);
+    assert.equal(c.deletedBy(`del-${DELETES_REMEMBERED_MAX}`, `v${DELETES_REMEMBERED_MAX}`), true);
   });
 
   it('refuses a volume past volumesMax as too_large; one deleted makes room', () => {

@@ -1,12 +1,13 @@
 import { strict as assert } from 'node:assert';
 import { connect, type NatsConnection } from 'nats';
-import { ApiRouter } from '../../cluster/api-router';
+import { ApiRouter, CHANGE_RESENDS_MAX } from '../../cluster/api-router';
 import { controllerSubject } from '../../messages/control';
 import { decode, encode } from '../../messages/codec';
 import { HEADER_DEADLINE } from '../../messages/headers';
 import { startNatsServer, type NatsServerHandle } from '../../runtime/nats-server';
 import { apiSubject, shardSubject } from '../../messages/subjects';
 import { ProtocolError } from '../../messages/errors';
+import { waitFor } from '../support/wait';
 
 describe('ApiRouter forwarding catalog requests to the controller', function () {
   this.timeout(30_000);
@@ -104,6 +105,55 @@ describe('ApiRouter when the controller or the catalog does not answer', functio
       assert.ok(ms >= 250 && ms < 3000, `answered after ${ms.toFixed(0)} ms`);
     } finally {
       frozen.unsubscribe();
+    }
+  });
+
+  it('a change with a request id taken by a controller that dies with it: sent again, the same bytes, to the controller seated next, whose answer is returned; one without is not', async () => {
+    // The first controller takes every change and never answers (its node died with them).
+    const bodies: unknown[] = [];
+    let dead = true;
+    const sub = nc.subscribe(controllerSubject('test', 'volume.delete'), {
+      callback: (_e, m) => {
+        bodies.push(decode(m.data));
+        if (!dead) m.respond(encode({ deleted: true }));
+      },
+    });
+    await nc.flush();
+    try {
+      const router = new ApiRouter(nc, 'test', 5000);
+      const withId = router.forwardToController('volume.delete', encode({ name: 'a', requestId: 'r1' }), Date.now() + 4000, true);
+      const without = router.forwardToController('volume.delete', encode({ name: 'b' }), Date.now() + 1500, false);
+      await waitFor('both delivered', () => bodies.length === 2);
+      // The next controller takes its seat.
+      dead = false;
+      router.controllerSeated();
+      assert.deepEqual(decode(await withId), { deleted: true });
+      assert.deepEqual(bodies, [{ name: 'a', requestId: 'r1' }, { name: 'b' }, { name: 'a', requestId: 'r1' }]);
+      const lost = decode(await without) as Reply;
+      assert.equal(lost.error?.code, 'timeout', 'a change without a request id is not sent again');
+      assert.equal(bodies.length, 3);
+      // Nothing of the waits is kept once they ended.
+      assert.equal((router as unknown as { onSeated: Set<unknown> }).onSeated.size, 0);
+    } finally {
+      sub.unsubscribe();
+    }
+  });
+
+  it(`a change with a request id is sent again at most CHANGE_RESENDS_MAX (${CHANGE_RESENDS_MAX}) times, then waits for that answer until its deadline`, async () => {
+    let received = 0;
+    const sub = nc.subscribe(controllerSubject('test', 'volume.delete'), { callback: () => void received++ });
+    await nc.flush();
+    try {
+      const router = new ApiRouter(nc, 'test', 5000);
+      const answer = router.forwardToController('volume.delete', encode({ name: 'a', requestId: 'r2' }), Date.now() + 3000, true);
+      for (let i = 1; i <= CHANGE_RESENDS_MAX + 3; i++) {
+        await waitFor(`send ${i}`, () => received >= Math.min(i, CHANGE_RESENDS_MAX + 1));
+        router.controllerSeated();
+      }
+      assert.equal(((decode(await answer)) as Reply).error?.code, 'timeout');
+      assert.equal(received, CHANGE_RESENDS_MAX + 1);
+    } finally {
+      sub.unsubscribe();
     }
   });
 

@@ -33,6 +33,8 @@ import { rejectsWith } from '../support/expect';
 
 const CLUSTER = 'test';
 const NOW = 1_700_000_000_000;
+/** A request id the client makes (newRequestId): a random UUID. */
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 interface Seen {
   subject: string;
@@ -208,11 +210,15 @@ describe('cluster/client (fake transport)', () => {
       assert.equal(t.seen.length, 1);
       const [seen] = t.seen;
       assert.equal(seen!.subject, 'strata.test.api.volume.create');
-      assert.deepEqual(seen!.body, { name: 'db', pageCount: 1000, shards: 4 }, 'undefined fields are not sent');
+      const { requestId, ...rest } = seen!.body as { requestId: string };
+      assert.deepEqual(rest, { name: 'db', pageCount: 1000, shards: 4 }, 'undefined fields are not sent');
+      assert.match(requestId, UUID, 'a new request id');
       assert.equal(seen!.headers[HEADER_TYPE], 'volume.create');
       assert.equal(seen!.headers[HEADER_SCHEMA], String(SCHEMA_VERSION));
       assert.equal(seen!.headers[HEADER_DEADLINE], String(NOW + 2500));
-      assert.equal(seen!.timeoutMs, 2500, 'the NATS timeout is the time left before the deadline');
+      // A change with a request id may be sent again (as a read is): its first try waits a part
+      // of the time left, at least API_READ_TRY_MS_MIN.
+      assert.equal(seen!.timeoutMs, API_READ_TRY_MS_MIN, 'the NATS timeout is the first try\'s part of the time left');
     });
 
     it('gives volume.create the client\'s timeout or CREATE_MS_PER_SHARD_REPLICA for each shard replica, whichever is longer, or an earlier deadline', async () => {
@@ -243,7 +249,9 @@ describe('cluster/client (fake transport)', () => {
       await client.branchVolume('db-test2', 'db');
       await client.branchVolume('db-test3', 'db', { deadlineMs: NOW + 5000 });
       const sent = t.apiRequests('volume.branch');
-      assert.deepEqual(sent.map((r) => r.body), [{ name: 'db-test', parent: 'db', lsns }, { name: 'db-test2', parent: 'db' }, { name: 'db-test3', parent: 'db' }]);
+      const ids = sent.map((r) => (r.body as { requestId: string }).requestId);
+      assert.deepEqual(sent.map((r, i) => ({ ...(r.body as object), requestId: ids[i] })), [{ name: 'db-test', parent: 'db', lsns, requestId: ids[0] }, { name: 'db-test2', parent: 'db', requestId: ids[1] }, { name: 'db-test3', parent: 'db', requestId: ids[2] }]);
+      assert.ok(ids.every((id) => UUID.test(id)) && new Set(ids).size === 3, 'a new request id for each');
       assert.deepEqual(sent.map((r) => r.headers[HEADER_TYPE]), ['volume.branch', 'volume.branch', 'volume.branch']);
       // A create's wait, and the copy of the parent's 4096 pages of 4 KiB on each of 3 replicas.
       const sized = 256 * 3 * CREATE_MS_PER_SHARD_REPLICA + Math.ceil((4096 * 4096 * 3) / BRANCH_COPY_BYTES_PER_MS);
@@ -277,7 +285,7 @@ describe('cluster/client (fake transport)', () => {
       assert.equal(t.seen.length, 0);
     });
 
-    it('asks a read again when a try gets no answer (a hung node of the API\'s queue group), within the deadline; a change only once', async () => {
+    it('asks a read, or a change with a request id, again when a try gets no answer (a hung or killed node of the API\'s queue group), within the deadline; a change without one only once', async () => {
       let infoTries = 0;
       const t = new FakeTransport((subject) => {
         if (subject.endsWith('.volume.info') && ++infoTries === API_READ_TRIES) return volume({ name: 'db' });
@@ -287,8 +295,19 @@ describe('cluster/client (fake transport)', () => {
       assert.equal((await client.volumeInfo('db')).name, 'db');
       // Each try a part of the time left, the last one the call's own deadline.
       assert.deepEqual(t.apiRequests('volume.info').map((r) => Number(r.headers[HEADER_DEADLINE]) - NOW), [3000, 4500, 9000]);
+      // A change with a request id: the same bytes each try, the call's deadline in each (the
+      // controller gives the nodes that time), each try waiting its part of it.
       await rejectsWith(client.createVolume({ name: 'x', pageCount: 10 }), 'timeout');
-      assert.equal(t.apiRequests('volume.create').length, 1, 'a change is not sent again');
+      const creates = t.apiRequests('volume.create');
+      assert.equal(creates.length, API_READ_TRIES, 'a change with a request id is sent again');
+      assert.deepEqual(creates.map((r) => Number(r.headers[HEADER_DEADLINE]) - NOW), [9000, 9000, 9000]);
+      assert.deepEqual(creates.map((r) => r.timeoutMs), [3000, 4500, 9000]);
+      assert.equal(new Set(creates.map((r) => JSON.stringify(r.body))).size, 1, 'the same request each time');
+      await rejectsWith(client.deleteVolume('x'), 'timeout');
+      assert.equal(t.apiRequests('volume.delete').length, API_READ_TRIES);
+      // Without a request id (sent by hand, or by a client before them): once.
+      await rejectsWith(client.api('volume.delete', { name: 'x' }, NOW + 9000), 'timeout');
+      assert.equal(t.apiRequests('volume.delete').length, API_READ_TRIES + 1, 'a change without a request id is not sent again');
       // A short call is tried once: no try would be shorter than API_READ_TRY_MS_MIN.
       const short = createClient(t, { cluster: CLUSTER, timeoutMs: 2 * API_READ_TRY_MS_MIN - 1, nowMs: () => NOW });
       await rejectsWith(short.listVolumes(), 'timeout');
@@ -438,16 +457,24 @@ describe('cluster/client (fake transport)', () => {
       assert.deepEqual(await client.listVolumes(), [volume()]);
       assert.deepEqual(await client.volumeInfo('vol'), volume());
       assert.equal(await client.deleteVolume('vol'), undefined);
+      assert.equal(await client.deleteVolume('vol', { requestId: 'mine-1' }), undefined);
       assert.deepEqual(await client.status(), status);
+      const deleteId = (t.seen[2]!.body as { requestId: string }).requestId;
+      assert.match(deleteId, UUID);
       assert.deepEqual(
         t.seen.map((s) => [s.subject, s.body]),
         [
           ['strata.test.api.volume.list', {}],
           ['strata.test.api.volume.info', { name: 'vol' }],
-          ['strata.test.api.volume.delete', { name: 'vol' }],
+          ['strata.test.api.volume.delete', { name: 'vol', requestId: deleteId }],
+          ['strata.test.api.volume.delete', { name: 'vol', requestId: 'mine-1' }],
           ['strata.test.api.status', {}],
         ],
       );
+      // A request id that is not one is refused before anything is sent.
+      await rejectsWith(client.deleteVolume('vol', { requestId: 'has space' }), 'bad_request', /requestId/);
+      await rejectsWith(client.createVolume({ name: 'x', pageCount: 1, requestId: '' }), 'bad_request', /requestId/);
+      assert.equal(t.seen.length, 5);
     });
 
     it('turns an error reply into a ProtocolError with its code and details', async () => {

@@ -35,7 +35,7 @@ import {
   validateClaimQuestion, validateHeartbeat, validateAssignmentsRequest, validateNodeStatusRequest, validateShardsOpen, validateShardsDestroy, validateVolumeGrow,
   validateShardForceVote, validateShardHandover, validateCatalogRecoverRequest, validateNodeRecordsRequest, validateShardMove, validateNodeDrain, validateRebalance, validateShardReconfigure, controllerSubject, nodeSubject,
 } from '../../messages/control';
-import { validateVolumeBranchRequest, validateVolumeCreateRequest, validateVolumeNameRequest, validateVolumeListRequest, validateVolumeResizeRequest } from '../../messages/validate';
+import { validateVolumeBranchRequest, validateVolumeCreateRequest, validateVolumeNameRequest, validateVolumeDeleteRequest, validateVolumeListRequest, validateVolumeResizeRequest } from '../../messages/validate';
 import { shardSubject, apiSubject } from '../../messages/subjects';
 import type { VolumeInfo } from '../../messages/api';
 import { prng } from '../support/prng';
@@ -380,7 +380,7 @@ function controllerTargets(): Target[] {
     { kind: 'controller', subject: c('members'), body: () => ({}) },
     { kind: 'controller', subject: c('volume.create'), body: () => apiTargets()[0]!.body(), check: (b) => void validateVolumeCreateRequest(b) },
     { kind: 'controller', subject: c('volume.branch'), body: branchBody, check: (b) => void validateVolumeBranchRequest(b) },
-    { kind: 'controller', subject: c('volume.delete'), body: () => ({ name: volumeNameFor('delete') }), check: (b) => void validateVolumeNameRequest(b), forbidden: deletesKept },
+    { kind: 'controller', subject: c('volume.delete'), body: () => ({ name: volumeNameFor('delete') }), check: (b) => void validateVolumeDeleteRequest(b), forbidden: deletesKept },
     { kind: 'controller', subject: c('volume.info'), body: () => ({ name: volumeNameFor('read') }), check: (b) => void validateVolumeNameRequest(b) },
     { kind: 'controller', subject: c('volume.resize'), body: resizeBody, check: (b) => void validateVolumeResizeRequest(b) },
     { kind: 'controller', subject: c('volume.list'), body: () => ({}), check: (b) => void validateVolumeListRequest(b) },

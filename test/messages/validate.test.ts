@@ -1,6 +1,7 @@
 import * as assert from 'node:assert/strict';
 import {
   ENVELOPE_BYTES_RESERVE,
+  ID_LENGTH_MAX,
   MESSAGE_TYPES,
   PAGE_COUNT_MAX,
   PAGES_PER_REQUEST_MAX,
@@ -31,6 +32,7 @@ import {
   validateVolumeBranchRequest,
   validateVolumeCreateRequest,
   validateVolumeDeleteReply,
+  validateVolumeDeleteRequest,
   validateVolumeInfo,
   validateVolumeListReply,
 } from '../../messages/validate';
@@ -165,6 +167,27 @@ describe('messages/validate', () => {
     });
   });
 
+  describe('a change\'s request id (requestId)', () => {
+    it('volume.create, volume.branch and volume.delete take one (1..64 of [A-Za-z0-9_-]); null is absent; volume.info and volume.resize take none', () => {
+      const id = 'a'.repeat(ID_LENGTH_MAX);
+      assert.equal(validateVolumeCreateRequest({ name: 'a', pageCount: 1, requestId: id }).requestId, id);
+      assert.equal('requestId' in validateVolumeCreateRequest({ name: 'a', pageCount: 1, requestId: null }), false);
+      assert.equal(validateVolumeBranchRequest({ name: 'b', parent: 'a', requestId: 'x_1-Y' }).requestId, 'x_1-Y');
+      assert.deepEqual(validateVolumeDeleteRequest({ name: 'a', requestId: 'r' }), { name: 'a', requestId: 'r' });
+      assert.deepEqual(validateVolumeDeleteRequest({ name: 'a' }), { name: 'a' });
+      assertProtocolError(() => validateRequest('volume.info', { name: 'a', requestId: 'r' }), 'bad_request', 'requestId', /unknown field/);
+      assertProtocolError(() => validateRequest('volume.resize', { name: 'a', pageCount: 2, requestId: 'r' }), 'bad_request', 'requestId', /unknown field/);
+    });
+
+    it('refuses one that is not an id, naming requestId', () => {
+      for (const bad of ['', 'a'.repeat(ID_LENGTH_MAX + 1), 'a b', 'a.b', 7, ['r']]) {
+        assertProtocolError(() => validateVolumeCreateRequest({ name: 'a', pageCount: 1, requestId: bad }), 'bad_request', 'requestId');
+        assertProtocolError(() => validateVolumeBranchRequest({ name: 'b', parent: 'a', requestId: bad }), 'bad_request', 'requestId');
+        assertProtocolError(() => validateVolumeDeleteRequest({ name: 'a', requestId: bad }), 'bad_request', 'requestId');
+      }
+    });
+  });
+
   describe('volume.branch', () => {
     it('takes a name, a parent, and optionally one LSN per shard (0 and LSN_MAX included); null lsns is absent', () => {
       assert.deepEqual(validateVolumeBranchRequest({ name: 'b', parent: 'a' }), { name: 'b', parent: 'a' });
@@ -187,7 +210,7 @@ describe('messages/validate', () => {
       assertProtocolError(() => validateVolumeBranchRequest({ name: 'b', parent: 'a', lsns: [1.5] }), 'bad_request', 'lsns[0]', /got the number 1\.5/);
       assertProtocolError(() => validateVolumeBranchRequest({ name: 'b', parent: 'a', lsns: [2 ** 53] }), 'bad_request', 'lsns[0]');
       assertProtocolError(() => validateVolumeBranchRequest({ name: 'b', parent: 'a', lsns: ['1'] }), 'bad_request', 'lsns[0]', /got the string "1"/);
-      assertProtocolError(() => validateVolumeBranchRequest({ name: 'b', parent: 'a', at: 3 }), 'bad_request', 'at', /unknown field \(allowed: name, parent, lsns\)/);
+      assertProtocolError(() => validateVolumeBranchRequest({ name: 'b', parent: 'a', at: 3 }), 'bad_request', 'at', /unknown field \(allowed: name, parent, lsns, requestId\)/);
       assertProtocolError(() => validateRequest('volume.branch', []), 'bad_request', '', /expected a map/);
     });
 
