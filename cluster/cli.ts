@@ -71,9 +71,10 @@ Commands:
         cluster: a majority of them elect without waiting for all); without, the one node
         started with --controller keeps it alone. The controller's node replaces the replicas of a node
         silent for --repair-after-seconds (default 600; 0 = never).
-  volume create NAME --pages N [--page-size 4096|8192] [--shards S] [--stripe-pages P] [--replicas R]
-        Create a volume of N pages.
-  volume branch PARENT NAME [--lsns L,L,…]
+  volume create NAME --pages N [--page-size 4096|8192] [--shards S] [--stripe-pages P] [--replicas R] [--request-id ID]
+        Create a volume of N pages. After a timeout (its outcome unknown), the same command
+        with the same --request-id is answered as the first was made (default: a new id).
+  volume branch PARENT NAME [--lsns L,L,…] [--request-id ID]
         Create volume NAME as a branch of volume PARENT: the same geometry, each shard
         starting from PARENT's shard as it was at its LSN (one per shard, in shard order;
         default each shard's latest commit). The branch is a volume of its own from then on.
@@ -81,7 +82,7 @@ Commands:
         List the volumes.
   volume info NAME
         Show a volume's geometry and the nodes of each shard's replicas.
-  volume delete NAME
+  volume delete NAME [--request-id ID]
         Delete a volume and its data.
   volume resize NAME --pages N
         Grow a volume to N pages (never fewer than it has); the pages added read as zeros
@@ -191,14 +192,14 @@ const COMMANDS: Readonly<Record<string, CommandSpec>> = {
   },
   'volume create': {
     positionals: ['NAME'],
-    flags: { pages: 'integer', 'page-size': 'integer', shards: 'integer', 'stripe-pages': 'integer', replicas: 'integer' },
+    flags: { pages: 'integer', 'page-size': 'integer', shards: 'integer', 'stripe-pages': 'integer', replicas: 'integer', 'request-id': 'string' },
     required: ['pages'],
     client: true,
   },
-  'volume branch': { positionals: ['PARENT', 'NAME'], flags: { lsns: 'string' }, client: true },
+  'volume branch': { positionals: ['PARENT', 'NAME'], flags: { lsns: 'string', 'request-id': 'string' }, client: true },
   'volume list': { positionals: [], flags: {}, client: true },
   'volume info': { positionals: ['NAME'], flags: {}, client: true },
-  'volume delete': { positionals: ['NAME'], flags: {}, client: true },
+  'volume delete': { positionals: ['NAME'], flags: { 'request-id': 'string' }, client: true },
   'volume resize': { positionals: ['NAME'], flags: { pages: 'integer' }, required: ['pages'], client: true },
   put: { positionals: ['VOLUME', 'PAGE', 'FILE'], flags: {}, client: true },
   get: { positionals: ['VOLUME', 'PAGE', 'FILE'], flags: { count: 'integer', lsn: 'string' }, client: true },
@@ -625,6 +626,7 @@ async function volumeCreate(ctx: Ctx): Promise<void> {
   if (flags.shards !== undefined) request.shards = flags.shards as number;
   if (flags['stripe-pages'] !== undefined) request.stripePages = flags['stripe-pages'] as number;
   if (flags.replicas !== undefined) request.replicas = flags.replicas as VolumeCreateRequest['replicas'];
+  if (flags['request-id'] !== undefined) request.requestId = flags['request-id'] as string;
   const info = await withClient(ctx, (c) => c.createVolume(request));
   await writeOut(
     ctx.io.stdout,
@@ -643,7 +645,8 @@ function branchPointText(b: NonNullable<VolumeInfo['branch']>): string {
 async function volumeBranch(ctx: Ctx): Promise<void> {
   const [parent, name] = ctx.args.positionals as [string, string];
   const lsns = typeof ctx.args.flags.lsns === 'string' ? parseBranchLsns(ctx.args.flags.lsns) : undefined;
-  const info = await withClient(ctx, (c) => c.branchVolume(name, parent, lsns === undefined ? {} : { lsns }));
+  const requestId = ctx.args.flags['request-id'] as string | undefined;
+  const info = await withClient(ctx, (c) => c.branchVolume(name, parent, { ...(lsns === undefined ? {} : { lsns }), ...(requestId === undefined ? {} : { requestId }) }));
   await writeOut(
     ctx.io.stdout,
     ctx.json
@@ -669,7 +672,8 @@ async function volumeInfo(ctx: Ctx): Promise<void> {
 
 async function volumeDelete(ctx: Ctx): Promise<void> {
   const name = ctx.args.positionals[0]!;
-  await withClient(ctx, (c) => c.deleteVolume(name));
+  const requestId = ctx.args.flags['request-id'] as string | undefined;
+  await withClient(ctx, (c) => c.deleteVolume(name, requestId === undefined ? {} : { requestId }));
   await writeOut(ctx.io.stdout, ctx.json ? jsonText({ deleted: name }) : `deleted volume ${name}\n`);
 }
 

@@ -53,11 +53,14 @@ class MemoryCluster implements ClientTransport {
   /** Called with the pages of each shard.read before it is answered. */
   beforeRead: (pages: readonly number[]) => void = () => undefined;
   requests: string[] = [];
+  /** The body of each request, as `requests`. */
+  bodies: unknown[] = [];
   connects: ConnectOptions[] = [];
   closes = 0;
 
   async request(subject: string, data: Uint8Array, options: { headers: Readonly<Record<string, string>> }): Promise<Uint8Array> {
     this.requests.push(subject);
+    this.bodies.push(decode(data));
     try {
       return encode(this.answer(subject, decode(data), readHeaders({ get: (n: string) => options.headers[n] ?? '' }).type));
     } catch (err) {
@@ -555,6 +558,27 @@ describe('cluster/cli', () => {
       assert.equal(r.out, 'deleted volume db\n');
       assert.equal(mem.volumes.size, 0);
       assert.equal(mem.closes, mem.connects.length, 'every client is closed');
+    });
+
+    it('sends a create, a branch and a delete with the --request-id given, else a new one each; refuses one that is not an id', async () => {
+      const mem = new MemoryCluster();
+      const sent = (verb: string): Array<Record<string, unknown>> => mem.requests.flatMap((subject, i) => (subject.endsWith(`.api.${verb}`) ? [mem.bodies[i] as Record<string, unknown>] : []));
+      assert.equal((await run(['volume', 'create', 'db', '--pages', '64', '--request-id', 'make-db-1'], mem)).code, 0);
+      assert.equal((await run(['volume', 'create', 'db2', '--pages', '64'], mem)).code, 0);
+      assert.equal((await run(['volume', 'branch', 'db', 'db-b', '--request-id', 'branch-1'], mem)).code, 0);
+      assert.equal((await run(['volume', 'delete', 'db2', '--request-id', 'drop-1'], mem)).code, 0);
+      assert.equal((await run(['volume', 'delete', 'db-b'], mem)).code, 0);
+      const creates = sent('volume.create');
+      assert.equal(creates[0]!.requestId, 'make-db-1');
+      assert.match(String(creates[1]!.requestId), /^[0-9a-f-]{36}$/);
+      assert.equal(sent('volume.branch')[0]!.requestId, 'branch-1');
+      const deletes = sent('volume.delete');
+      assert.equal(deletes[0]!.requestId, 'drop-1');
+      assert.match(String(deletes[1]!.requestId), /^[0-9a-f-]{36}$/);
+      const bad = await run(['volume', 'delete', 'db', '--request-id', 'not an id'], mem);
+      assert.equal(bad.code, 1);
+      assert.match(bad.err, /bad_request: requestId/);
+      assert.equal(sent('volume.delete').length, 2, 'nothing sent');
     });
 
     it('branches a volume: at the LSNs given or at the latest; prints it as create does with its branch point, or the reply as JSON; volume info shows it', async () => {
