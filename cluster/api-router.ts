@@ -61,6 +61,8 @@ export class ApiRouter {
    * removed when the wait ends.
    */
   private readonly onSeated = new Set<() => void>();
+  /** Catalog changes sent again to a controller just seated (`forwardToController`), since the start. */
+  changesSentAgain = 0;
 
   /** `statusGatherMsMax`: longest a status waits for the nodes' answers (STATUS_GATHER_MS_MAX). */
   constructor(nc: NatsConnection, cluster: string, timeoutMs: number, options: { statusGatherMsMax?: number } = {}) {
@@ -113,6 +115,7 @@ export class ApiRouter {
         const headers = natsHeaders();
         headers.set(HEADER_DEADLINE, String(deadlineMs));
         const request = this.nc.request(controllerSubject(this.cluster, verb), data, { timeout, headers });
+        if (sent > 1) this.changesSentAgain++;
         if (!resend || sent > CHANGE_RESENDS_MAX) return (await request).data;
         let told = (): void => undefined;
         const seated = new Promise<undefined>((resolve) => (told = () => resolve(undefined)));

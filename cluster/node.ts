@@ -777,7 +777,13 @@ export class StrataNode {
       const pool = this.pool;
       this.removeStatsSource = telemetry.metrics.addStatsSource(async () => {
         const controller = this.controllerStats();
-        return { node: this.nodeId, hosts: await pool.stats({ timeoutMs: HOST_STATUS_TIMEOUT_MS }), requests: recorder.snapshot(), ...(controller ? { controller } : {}) };
+        return {
+          node: this.nodeId,
+          hosts: await pool.stats({ timeoutMs: HOST_STATUS_TIMEOUT_MS }),
+          requests: recorder.snapshot(),
+          catalogChangesSentAgain: this.router?.changesSentAgain ?? 0,
+          ...(controller ? { controller } : {}),
+        };
       });
     }
   }

@@ -190,6 +190,11 @@ export interface StatsSnapshot {
   hosts: readonly HostSnapshot[];
   /** The node's main-thread requests (its API service), labelled host="main". */
   requests?: RequestStatsSnapshot;
+  /**
+   * Catalog changes the node's API router sent again to a controller that took its seat while
+   * it waited for their answer (cumulative since the node started).
+   */
+  catalogChangesSentAgain?: number;
   /** The controller's view, from the node that runs the controller only. */
   controller?: ControllerSnapshot;
 }
@@ -372,6 +377,9 @@ export class StrataMetrics {
   /** One node's hosts, devices and shards. */
   private nodeSeries(out: SeriesSet, snap: StatsSnapshot): void {
     const node = cleanLabel(snap.node);
+    if (snap.catalogChangesSentAgain !== undefined) {
+      out.counter('strata_catalog_changes_sent_again', 'Catalog changes (with a request id) this node\'s API router sent again to a controller that took its seat while it waited for their answer: the controller before may have died with them.', snap.catalogChangesSentAgain, { node });
+    }
     for (const h of snap.hosts) {
       const host = String(h.hostId);
       const hostAttrs = { node, host };

@@ -134,6 +134,7 @@ describe('ApiRouter when the controller or the catalog does not answer', functio
       assert.equal(bodies.length, 3);
       // Nothing of the waits is kept once they ended.
       assert.equal((router as unknown as { onSeated: Set<unknown> }).onSeated.size, 0);
+      assert.equal(router.changesSentAgain, 1, 'counted (strata_catalog_changes_sent_again_total)');
     } finally {
       sub.unsubscribe();
     }
@@ -152,6 +153,7 @@ describe('ApiRouter when the controller or the catalog does not answer', functio
       }
       assert.equal(((decode(await answer)) as Reply).error?.code, 'timeout');
       assert.equal(received, CHANGE_RESENDS_MAX + 1);
+      assert.equal(router.changesSentAgain, CHANGE_RESENDS_MAX);
     } finally {
       sub.unsubscribe();
     }

@@ -218,9 +218,12 @@ describe('observability/metrics', () => {
     };
     let runsController = true;
     m.addStatsSource(() => ({ node: 'n1', hosts: [], ...(runsController ? { controller } : {}) }));
-    // Another node: no controller, no controller series.
-    m.addStatsSource(() => ({ node: 'n2', hosts: [host(0)] }));
+    // Another node: no controller, no controller series; its API router sent 5 catalog changes
+    // again to a new controller.
+    m.addStatsSource(() => ({ node: 'n2', hosts: [host(0)], catalogChangesSentAgain: 5 }));
     const text = (await get(port, '/metrics')).body;
+    assert.equal(sample(text, 'strata_catalog_changes_sent_again_total', { node: 'n2' }), 5);
+    assert.equal(sample(text, 'strata_catalog_changes_sent_again_total', { node: 'n1' }), undefined, 'a source that does not report it has no series');
     assert.equal(sample(text, 'strata_controller_nodes', { node: 'n1', state: 'live' }), 3);
     assert.equal(sample(text, 'strata_controller_nodes', { node: 'n1', state: 'dead' }), 1);
     assert.equal(sample(text, 'strata_shards_under_replicated', { node: 'n1' }), 2);
