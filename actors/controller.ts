@@ -96,6 +96,8 @@ export interface VolumeRecord extends VolumeInfo {
 
 /** The deletes with a request id the catalog remembers (`deletedBy`), newest last. */
 export const DELETES_REMEMBERED_MAX = 256;
+/** The resizes with a request id the catalog remembers (`resizedBy`), newest last. */
+export const RESIZES_REMEMBERED_MAX = 256;
 
 export interface CatalogState {
   version: 1;
@@ -124,6 +126,12 @@ export interface CatalogState {
    * (`deletedBy`). Absent: none.
    */
   deletedBy?: Array<{ requestId: string; name: string }>;
+  /**
+   * The last RESIZES_REMEMBERED_MAX resizes that came with a request id and grew a volume, newest
+   * last: one sent again after the volume grew further is answered with it (`resizedBy`), not
+   * refused as a shrink. Absent: none.
+   */
+  resizedBy?: Array<{ requestId: string; volumeId: string }>;
 }
 
 export interface NodeMember {
@@ -1038,12 +1046,28 @@ export class Controller {
     return v;
   }
 
-  /** Records, durably, that the volume called `name` has `pageCount` pages (checked as `checkResize`). */
-  resize(name: string, pageCount: number): VolumeRecord {
+  /**
+   * The volume called `name` if a resize with `requestId` grew it (RESIZES_REMEMBERED_MAX): that
+   * request sent again, answered with the volume as it is (also when it has grown further since).
+   * Undefined without a request id, or when no such resize grew this volume (one of that name
+   * made since is another).
+   */
+  resizedBy(requestId: string | undefined, name: string): VolumeRecord | undefined {
+    if (requestId === undefined) return undefined;
+    const v = this.state.volumes.find((x) => x.name === name);
+    return v !== undefined && (this.state.resizedBy ?? []).some((r) => r.requestId === requestId && r.volumeId === v.id) ? v : undefined;
+  }
+
+  /**
+   * Records, durably, that the volume called `name` has `pageCount` pages (checked as
+   * `checkResize`), and `requestId` as the resize that set it (`resizedBy`), if given.
+   */
+  resize(name: string, pageCount: number, requestId?: string): VolumeRecord {
     const v = this.checkResize(name, pageCount);
     if (v.pageCount === pageCount) return v;
     const next: VolumeRecord = { ...v, pageCount };
-    this.commit({ ...this.state, volumes: this.state.volumes.map((x) => (x.id === v.id ? next : x)) });
+    const remembered = requestId === undefined ? {} : { resizedBy: [...(this.state.resizedBy ?? []), { requestId, volumeId: v.id }].slice(-RESIZES_REMEMBERED_MAX) };
+    this.commit({ ...this.state, volumes: this.state.volumes.map((x) => (x.id === v.id ? next : x)), ...remembered });
     return next;
   }
 

@@ -84,7 +84,7 @@ Commands:
         Show a volume's geometry and the nodes of each shard's replicas.
   volume delete NAME [--request-id ID]
         Delete a volume and its data.
-  volume resize NAME --pages N
+  volume resize NAME --pages N [--request-id ID]
         Grow a volume to N pages (never fewer than it has); the pages added read as zeros
         until written. An NBD client connected to it sees the new size once it reconnects.
   put VOLUME PAGE FILE|-
@@ -200,7 +200,7 @@ const COMMANDS: Readonly<Record<string, CommandSpec>> = {
   'volume list': { positionals: [], flags: {}, client: true },
   'volume info': { positionals: ['NAME'], flags: {}, client: true },
   'volume delete': { positionals: ['NAME'], flags: { 'request-id': 'string' }, client: true },
-  'volume resize': { positionals: ['NAME'], flags: { pages: 'integer' }, required: ['pages'], client: true },
+  'volume resize': { positionals: ['NAME'], flags: { pages: 'integer', 'request-id': 'string' }, required: ['pages'], client: true },
   put: { positionals: ['VOLUME', 'PAGE', 'FILE'], flags: {}, client: true },
   get: { positionals: ['VOLUME', 'PAGE', 'FILE'], flags: { count: 'integer', lsn: 'string' }, client: true },
   nbd: { positionals: ['VOLUME'], positionalsMin: 0, flags: { listen: 'string', 'read-only': 'boolean', all: 'boolean' }, client: true },
@@ -679,7 +679,8 @@ async function volumeDelete(ctx: Ctx): Promise<void> {
 
 async function volumeResize(ctx: Ctx): Promise<void> {
   const name = ctx.args.positionals[0]!;
-  const info = await withClient(ctx, (c) => c.resizeVolume(name, ctx.args.flags.pages as number));
+  const requestId = ctx.args.flags['request-id'] as string | undefined;
+  const info = await withClient(ctx, (c) => c.resizeVolume(name, ctx.args.flags.pages as number, requestId === undefined ? {} : { requestId }));
   await writeOut(ctx.io.stdout, ctx.json ? jsonText(info) : `volume ${info.name} (id ${info.id}) has ${info.pageCount} pages of ${info.pageSize} bytes (${info.pageCount * info.pageSize} bytes)\n`);
 }
 

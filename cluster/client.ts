@@ -111,6 +111,7 @@ import {
   validateVolumeBranchRequest,
   validateVolumeCreateRequest,
   validateVolumeDeleteRequest,
+  validateVolumeResizeRequest,
   hasRequestId,
   validatePageWrite,
 } from '../messages/validate';
@@ -413,10 +414,13 @@ export class StrataClient {
    * `bad_request` for fewer pages than it has (a volume never shrinks), `unavailable` when a
    * node holding a replica of it did not take the new size (nothing is recorded: retry). A
    * `Volume` handle that read the size before takes the new one when it is first refused by it.
+   * With a request id as `createVolume`'s (`options.requestId`): made again with it after the
+   * volume grew further, the call is answered with the volume, not `bad_request`.
    */
-  async resizeVolume(name: string, pageCount: number): Promise<VolumeInfo> {
-    const request = { name: expectName(name, 'name'), pageCount: expectInteger(pageCount, 'pageCount', { min: 1, max: PAGE_COUNT_MAX }) };
-    return this.api('volume.resize', request, this.deadline());
+  async resizeVolume(name: string, pageCount: number, options: ({ requestId?: string } & CallOptions) | null = {}): Promise<VolumeInfo> {
+    const { requestId, deadlineMs } = optionsOf(options);
+    const request = validateVolumeResizeRequest({ name, pageCount, requestId: requestId ?? newRequestId() });
+    return this.api('volume.resize', request, this.deadline(deadlineMs));
   }
 
   /** Status of the node that answers (status). */

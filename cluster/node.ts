@@ -2492,6 +2492,9 @@ export class StrataNode {
    * that is not live takes the size from its assignments when it next reconciles.
    */
   private async resizeVolume(c: Controller, req: VolumeResizeRequest, deadlineMs: number | undefined): Promise<unknown> {
+    // Sent again (its answer lost) after the volume grew further: answered done, not refused as a shrink.
+    const again = c.resizedBy(req.requestId, req.name);
+    if (again !== undefined) return volumeInfo(again);
     const v = c.checkResize(req.name, req.pageCount);
     if (v.pageCount === req.pageCount) return volumeInfo(v);
     const holders = new Set<string>();
@@ -2516,7 +2519,7 @@ export class StrataNode {
     if (failed.length > 0) {
       throw new ProtocolError('unavailable', `volume '${v.name}' was not resized: not every node holding a replica of it took the new size: ${failed.join('; ')}; retry`, { nodes: failed.length });
     }
-    const next = c.resize(req.name, req.pageCount);
+    const next = c.resize(req.name, req.pageCount, req.requestId);
     await this.settle(c);
     this.log.info('volume resized', { volume: v.name, id: v.id, pageCount: next.pageCount, from: v.pageCount, nodesNotLive: [...holders].filter((n) => !live.has(n)) });
     return volumeInfo(next);

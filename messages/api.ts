@@ -239,6 +239,8 @@ export interface VolumeDeleteReply {
 export interface VolumeResizeRequest {
   name: string;
   pageCount: number;
+  /** As volume.create's: sent again after the volume grew further, it is answered done, not `bad_request`. */
+  requestId?: RequestId;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -503,7 +503,7 @@ export function validateVolumeDeleteReply(value: unknown): VolumeDeleteReply {
   return { deleted: true };
 }
 
-const RESIZE_FIELDS = fields('name', 'pageCount');
+const RESIZE_FIELDS = fields('name', 'pageCount', 'requestId');
 
 /** volume.resize request (that it grows the volume is the controller's check, which knows its size). */
 export function validateVolumeResizeRequest(value: unknown): VolumeResizeRequest {
@@ -512,6 +512,7 @@ export function validateVolumeResizeRequest(value: unknown): VolumeResizeRequest
   return {
     name: expectName(field(map, 'name'), 'name'),
     pageCount: expectInteger(field(map, 'pageCount'), 'pageCount', { min: 1, max: PAGE_COUNT_MAX }),
+    ...requestIdOf(map),
   };
 }
 

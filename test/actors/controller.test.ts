@@ -1,5 +1,5 @@
 import { strict as assert } from 'node:assert';
-import { Controller, DELETES_REMEMBERED_MAX, MEMBER_SILENCE_MS_MAX, NODES_MAX, REMOVED_PER_SHARD_MAX, idNumber, volumeInfo } from '../../actors/controller';
+import { Controller, DELETES_REMEMBERED_MAX, RESIZES_REMEMBERED_MAX, MEMBER_SILENCE_MS_MAX, NODES_MAX, REMOVED_PER_SHARD_MAX, idNumber, volumeInfo } from '../../actors/controller';
 import { MetaStore } from '../../storage-engine/metadata';
 import { SimDisk } from '../../storage-engine/sim-disk';
 import { ProtocolError } from '../../messages/errors';
@@ -419,6 +419,34 @@ describe('Controller catalog changes', () => {
     const again = new Controller({ meta: new MetaStore(disk, '') });
     assert.equal(again.madeBy('req-2', 'b')?.id, branch.id);
     assert.equal(again.deletedBy('req-3', 'v'), true);
+  });
+
+  it(`remembers the request ids of the last RESIZES_REMEMBERED_MAX (${RESIZES_REMEMBERED_MAX}) resizes that grew a volume: one sent again after the volume grew further is known (resizedBy), another is not, nor one of a volume of that name made since`, () => {
+    const disk = new SimDisk();
+    const c = new Controller({ meta: new MetaStore(disk, '') });
+    c.heartbeat('a', 1, T0);
+    c.create({ name: 'v', ...spec }, T0);
+    c.resize('v', 128, 'grow-1');
+    assert.equal(c.resizedBy('grow-1', 'v')?.pageCount, 128);
+    // Grown further since: still known, answered with the volume as it is.
+    c.resize('v', 256);
+    assert.equal(c.resizedBy('grow-1', 'v')?.pageCount, 256);
+    assert.equal(c.resizedBy('grow-1', 'w'), undefined, 'another name');
+    assert.equal(c.resizedBy('grow-9', 'v'), undefined, 'another request');
+    assert.equal(c.resizedBy(undefined, 'v'), undefined);
+    // The same size asked again changes nothing, and is not remembered.
+    c.resize('v', 256, 'same');
+    assert.equal(c.resizedBy('same', 'v'), undefined);
+    assert.equal(new Controller({ meta: new MetaStore(disk, '') }).resizedBy('grow-1', 'v')?.pageCount, 256, 'durable');
+    // Deleted and made again: another volume, which that resize did not grow.
+    c.delete('v');
+    c.create({ name: 'v', ...spec }, T0);
+    assert.equal(c.resizedBy('grow-1', 'v'), undefined);
+    for (let i = 0; i < RESIZES_REMEMBERED_MAX; i++) c.resize('v', 65 + i, `r-${i}`);
+    assert.equal(c.resizedBy('r-0', 'v')?.pageCount, 64 + RESIZES_REMEMBERED_MAX);
+    c.resize('v', 1000, 'last');
+    assert.equal(c.resizedBy('r-0', 'v'), undefined, 'the oldest is forgotten');
+    assert.equal(c.resizedBy('r-1', 'v')?.pageCount, 1000);
   });
 
   it(`remembers the last DELETES_REMEMBERED_MAX (${DELETES_REMEMBERED_MAX}) deletes with a request id`, () => {

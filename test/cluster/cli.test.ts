@@ -560,7 +560,7 @@ describe('cluster/cli', () => {
       assert.equal(mem.closes, mem.connects.length, 'every client is closed');
     });
 
-    it('sends a create, a branch and a delete with the --request-id given, else a new one each; refuses one that is not an id', async () => {
+    it('sends a create, a branch, a delete and a resize with the --request-id given, else a new one each; refuses one that is not an id', async () => {
       const mem = new MemoryCluster();
       const sent = (verb: string): Array<Record<string, unknown>> => mem.requests.flatMap((subject, i) => (subject.endsWith(`.api.${verb}`) ? [mem.bodies[i] as Record<string, unknown>] : []));
       assert.equal((await run(['volume', 'create', 'db', '--pages', '64', '--request-id', 'make-db-1'], mem)).code, 0);
@@ -568,6 +568,8 @@ describe('cluster/cli', () => {
       assert.equal((await run(['volume', 'branch', 'db', 'db-b', '--request-id', 'branch-1'], mem)).code, 0);
       assert.equal((await run(['volume', 'delete', 'db2', '--request-id', 'drop-1'], mem)).code, 0);
       assert.equal((await run(['volume', 'delete', 'db-b'], mem)).code, 0);
+      assert.equal((await run(['volume', 'resize', 'db', '--pages', '128', '--request-id', 'grow-1'], mem)).code, 0);
+      assert.equal(sent('volume.resize')[0]!.requestId, 'grow-1');
       const creates = sent('volume.create');
       assert.equal(creates[0]!.requestId, 'make-db-1');
       assert.match(String(creates[1]!.requestId), /^[0-9a-f-]{36}$/);

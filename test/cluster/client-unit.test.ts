@@ -305,6 +305,8 @@ describe('cluster/client (fake transport)', () => {
       assert.equal(new Set(creates.map((r) => JSON.stringify(r.body))).size, 1, 'the same request each time');
       await rejectsWith(client.deleteVolume('x'), 'timeout');
       assert.equal(t.apiRequests('volume.delete').length, API_READ_TRIES);
+      await rejectsWith(client.resizeVolume('x', 20, { requestId: 'grow-x' }), 'timeout');
+      assert.deepEqual(t.apiRequests('volume.resize').map((r) => r.body), new Array(API_READ_TRIES).fill({ name: 'x', pageCount: 20, requestId: 'grow-x' }));
       // Without a request id (sent by hand, or by a client before them): once.
       await rejectsWith(client.api('volume.delete', { name: 'x' }, NOW + 9000), 'timeout');
       assert.equal(t.apiRequests('volume.delete').length, API_READ_TRIES + 1, 'a change without a request id is not sent again');

@@ -106,6 +106,16 @@ describe('growing a volume (volume.resize)', function () {
     await assert.rejects(c.client.apiRequest('volume.resize', { name: 'fixed', pageCount: 64, extra: 1 } as never), (e: ProtocolError) => e.code === 'bad_request');
   });
 
+  it('a resize sent again with its request id after the volume grew further is answered with the volume, not refused as a shrink; another request to that size is', async () => {
+    await c.client.createVolume({ name: 'again', pageCount: 32, shards: 2, stripePages: 4, replicas: 3 });
+    assert.equal((await c.client.resizeVolume('again', 64, { requestId: 'grow-to-64' })).pageCount, 64);
+    // Grown further by another resize; then the first is sent again (its answer lost, say).
+    assert.equal((await c.client.resizeVolume('again', 128)).pageCount, 128);
+    assert.equal((await c.client.resizeVolume('again', 64, { requestId: 'grow-to-64' })).pageCount, 128, 'answered with the volume as it is');
+    assert.equal((await c.client.volumeInfo('again')).pageCount, 128);
+    await assert.rejects(c.client.resizeVolume('again', 64, { requestId: 'another' }), (e: ProtocolError) => e.code === 'bad_request' && /does not shrink/.test(e.message));
+  });
+
   it('a node that does not answer: nothing recorded; once it is not live, the resize goes on; back, it takes the size, catches up with the new pages, and leads with them', async () => {
     await c.client.createVolume({ name: 'later', pageCount: 64, shards: SHARDS, stripePages: 4, replicas: 3 });
     const vol = c.client.volume('later');

@@ -168,7 +168,7 @@ describe('messages/validate', () => {
   });
 
   describe('a change\'s request id (requestId)', () => {
-    it('volume.create, volume.branch and volume.delete take one (1..64 of [A-Za-z0-9_-]); null is absent; volume.info and volume.resize take none', () => {
+    it('volume.create, volume.branch, volume.delete and volume.resize take one (1..64 of [A-Za-z0-9_-]); null is absent; volume.info takes none', () => {
       const id = 'a'.repeat(ID_LENGTH_MAX);
       assert.equal(validateVolumeCreateRequest({ name: 'a', pageCount: 1, requestId: id }).requestId, id);
       assert.equal('requestId' in validateVolumeCreateRequest({ name: 'a', pageCount: 1, requestId: null }), false);
@@ -176,7 +176,7 @@ describe('messages/validate', () => {
       assert.deepEqual(validateVolumeDeleteRequest({ name: 'a', requestId: 'r' }), { name: 'a', requestId: 'r' });
       assert.deepEqual(validateVolumeDeleteRequest({ name: 'a' }), { name: 'a' });
       assertProtocolError(() => validateRequest('volume.info', { name: 'a', requestId: 'r' }), 'bad_request', 'requestId', /unknown field/);
-      assertProtocolError(() => validateRequest('volume.resize', { name: 'a', pageCount: 2, requestId: 'r' }), 'bad_request', 'requestId', /unknown field/);
+      assert.deepEqual(validateRequest('volume.resize', { name: 'a', pageCount: 2, requestId: 'r' }), { name: 'a', pageCount: 2, requestId: 'r' });
     });
 
     it('refuses one that is not an id, naming requestId', () => {
@@ -184,6 +184,7 @@ describe('messages/validate', () => {
         assertProtocolError(() => validateVolumeCreateRequest({ name: 'a', pageCount: 1, requestId: bad }), 'bad_request', 'requestId');
         assertProtocolError(() => validateVolumeBranchRequest({ name: 'b', parent: 'a', requestId: bad }), 'bad_request', 'requestId');
         assertProtocolError(() => validateVolumeDeleteRequest({ name: 'a', requestId: bad }), 'bad_request', 'requestId');
+        assertProtocolError(() => validateRequest('volume.resize', { name: 'a', pageCount: 2, requestId: bad }), 'bad_request', 'requestId');
       }
     });
   });
