@@ -1060,7 +1060,8 @@ export class Controller {
 
   /**
    * Records, durably, that the volume called `name` has `pageCount` pages (checked as
-   * `checkResize`), and `requestId` as the resize that set it (`resizedBy`), if given.
+   * `checkResize`), and remembers `requestId` with the volume's id (`resizedBy`), if given and the
+   * volume grew.
    */
   resize(name: string, pageCount: number, requestId?: string): VolumeRecord {
     const v = this.checkResize(name, pageCount);
