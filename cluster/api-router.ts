@@ -14,6 +14,7 @@
 import { headers as natsHeaders, type NatsConnection, type Subscription } from 'nats';
 import { encode, decode, encodedErrorCode, MESSAGE_BYTES_MAX } from '../messages/codec';
 import { newInbox, serverMaxPayload } from '../runtime/request-mux';
+import { Notice, NOTICED } from '../runtime/notice';
 import { errorReply, isPlainObject, ProtocolError, throwIfError } from '../messages/errors';
 import { expectArray, expectMap, field, hasRequestId, validatePageRead, validatePageWriteRequest, validatePageReadRequest, validateVolumeBranchRequest, validateVolumeFlushRequest, validateVolumeNameRequest } from '../messages/validate';
 import { controllerSubject } from '../messages/control';
@@ -56,11 +57,10 @@ export class ApiRouter {
   private readonly volumes = new Map<string, Volume>();
   private readonly statusGatherMsMax: number;
   /**
-   * Told when a controller takes its seat (`controllerSeated`): one for each catalog change that
-   * may be sent again and waits for its answer (at most the node's API requests in flight),
-   * removed when the wait ends.
+   * Given when a controller takes its seat (`controllerSeated`): it ends the wait of each catalog
+   * change that may be sent again (at most the node's API requests in flight).
    */
-  private readonly onSeated = new Set<() => void>();
+  readonly seated = new Notice();
   /** Catalog changes sent again to a controller just seated (`forwardToController`), since the start. */
   changesSentAgain = 0;
 
@@ -93,7 +93,7 @@ export class ApiRouter {
    * that may send again are sent to it (`forwardToController`).
    */
   controllerSeated(): void {
-    for (const told of [...this.onSeated]) told();
+    this.seated.notify();
   }
 
   /**
@@ -117,17 +117,9 @@ export class ApiRouter {
         const request = this.nc.request(controllerSubject(this.cluster, verb), data, { timeout, headers });
         if (sent > 1) this.changesSentAgain++;
         if (!resend || sent > CHANGE_RESENDS_MAX) return (await request).data;
-        let told = (): void => undefined;
-        const seated = new Promise<undefined>((resolve) => (told = () => resolve(undefined)));
-        this.onSeated.add(told);
-        try {
-          const answer = await Promise.race([request.then((r) => r.data), seated]);
-          if (answer !== undefined) return answer;
-        } finally {
-          this.onSeated.delete(told);
-        }
+        const answer = await this.seated.race(request.then((r) => r.data));
+        if (answer !== NOTICED) return answer;
         // A controller was seated meanwhile: its answer (any) is the one waited for.
-        request.catch(() => undefined);
       }
     } catch (e) {
       const code = (e as { code?: unknown }).code;

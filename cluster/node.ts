@@ -20,6 +20,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { DataDirLock } from './data-dir-lock';
 import { withTimeout } from '../runtime/timeout';
+import { Notice, NOTICED } from '../runtime/notice';
 import { natsConnectHint } from '../runtime/nats-connect-hint';
 import { connect, Events, headers as natsHeaders, type NatsConnection, type Msg, type Subscription } from 'nats';
 import { DEADLINE_AHEAD_MS_MAX, HEADER_DEADLINE, parseDeadline, readHeaders } from '../messages/headers';
@@ -552,8 +553,8 @@ export class StrataNode {
   private readonly startedAt = Date.now();
   private readonly log: Logger;
   private stopped = false;
-  /** Told when a clean stop begins: waits that end early then (a delete's for its destroys), each removed once it ends. */
-  private readonly onStopping = new Set<() => void>();
+  /** Given when a clean stop begins: waits that end early then (a delete's for its destroys). */
+  private readonly stopping = new Notice(true);
   private reconciledEpoch = -1;
   /** The tag of the catalog reconciled with (HeartbeatReply.catalog). */
   private reconciledCatalog: string | undefined;
@@ -1064,7 +1065,7 @@ export class StrataNode {
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
-    for (const told of [...this.onStopping]) told();
+    this.stopping.notify();
     this.removeStatsSource?.();
     if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
     if (this.claimTimer) clearInterval(this.claimTimer);
@@ -2465,20 +2466,14 @@ export class StrataNode {
     const timeoutMs = this.opts.requestTimeoutMs ?? 10_000;
     const leftMs = deadlineMs === undefined ? timeoutMs : deadlineMs - Date.now();
     const waitMs = Math.max(0, Math.min(timeoutMs, catalogWaitMs(leftMs)));
-    let told = (): void => undefined;
-    const stopping = new Promise<never>((_, reject) => {
-      told = () => reject(new ProtocolError('unavailable', `node '${this.nodeId}' stops`));
-      // A delete whose change was made after the stop began (the one the controller ran as its
-      // node began to stop) does not wait either: the stop signal is past.
-      if (this.stopped) told();
-      else this.onStopping.add(told);
-    });
+    // The stop's notice is latched: a delete whose change was made after the stop began (the one
+    // the controller ran as its node began to stop) does not wait either.
+    const destroyed = withTimeout(this.destroyEverywhere(v), waitMs, () => new ProtocolError('timeout', `the nodes did not all answer the destroy within ${Math.round(waitMs)} ms`));
+    // At a clean stop, expected: said as information.
     try {
-      await Promise.race([withTimeout(this.destroyEverywhere(v), waitMs, () => new ProtocolError('timeout', `the nodes did not all answer the destroy within ${Math.round(waitMs)} ms`)), stopping])
-        // At a clean stop, expected: said as information.
-        .catch((e: unknown) => this.log[this.stopped ? 'info' : 'warn']('shard destruction deferred to reconciliation', { volume: v.id, err: e }));
-    } finally {
-      this.onStopping.delete(told);
+      if ((await this.stopping.race(destroyed)) === NOTICED) this.log.info('shard destruction deferred to reconciliation', { volume: v.id, why: `node '${this.nodeId}' stops` });
+    } catch (e) {
+      this.log[this.stopped ? 'info' : 'warn']('shard destruction deferred to reconciliation', { volume: v.id, err: e });
     }
   }
 

@@ -133,7 +133,7 @@ describe('ApiRouter when the controller or the catalog does not answer', functio
       assert.equal(lost.error?.code, 'timeout', 'a change without a request id is not sent again');
       assert.equal(bodies.length, 3);
       // Nothing of the waits is kept once they ended.
-      assert.equal((router as unknown as { onSeated: Set<unknown> }).onSeated.size, 0);
+      assert.equal(router.seated.waits, 0);
       assert.equal(router.changesSentAgain, 1, 'counted (strata_catalog_changes_sent_again_total)');
     } finally {
       sub.unsubscribe();

@@ -12,6 +12,7 @@ import { apiSubject } from '../../messages/subjects';
 import type { ApiVerb } from '../../messages/api';
 import type { ErrorReply } from '../../messages/errors';
 import { GhostController } from '../support/ghost-controller';
+import { controllerSubject } from '../../messages/control';
 
 const CLUSTER = 'deletedl';
 
@@ -125,5 +126,40 @@ describe('a volume.create whose open was in the hands of a node that died', func
     assert.equal(dies, undefined, 'ghost5 was sent an open');
     const info = (await apiRequest(client, 'volume.info', { name: 'c' }, Date.now() + 3000)) as { replicaSets: Array<{ members: string[] }> };
     assert.deepEqual([...new Set(info.replicaSets.flatMap((r) => r.members))].sort(), ['ctl', 'ghost6']);
+  });
+});
+
+describe('a volume.delete the controller makes after its node began a clean stop', function () {
+  this.timeout(60_000);
+  let g: GhostController | undefined;
+
+  after(async () => {
+    await g?.stop();
+  });
+
+  it('does not wait for the destroys (the stop is past): it is answered deleted before the node\'s connection closes', async () => {
+    // Three nodes that answer their opens (slowly once `slowOpens`) and never their destroys;
+    // the controller's node is draining, so the volumes' replicas are all on them.
+    let slowOpens = false;
+    const ok = (msg: Msg): void => void msg.respond(encode({ ok: true }));
+    g = await GhostController.start('stopdel', ['ghost1', 'ghost2', 'ghost3'], {
+      open: (_ghost, msg) => (slowOpens ? void setTimeout(() => ok(msg), 1500) : ok(msg)),
+      destroy: () => undefined,
+    });
+    const client = g.client(10_000);
+    await client.drainNode('ctl');
+    const created = await client.createVolume({ name: 'a', pageCount: 64, replicas: 3 });
+    assert.equal(created.name, 'a');
+    // The controller's queue: a create whose opens take 1.5 s, then the delete of `a` behind it.
+    slowOpens = true;
+    const create = client.createVolume({ name: 'b', pageCount: 64, replicas: 3 }).catch((e: unknown) => e);
+    await new Promise((r) => setTimeout(r, 100));
+    const deleted = g.fake.request(controllerSubject('stopdel', 'volume.delete'), encode({ name: 'a' }), { timeout: 12_000 }).then((m) => decode(m.data));
+    await new Promise((r) => setTimeout(r, 200));
+    // The clean stop begins while the delete waits its turn: its change is made after that.
+    const stopped = g.node!.stop();
+    assert.deepEqual(await deleted, { deleted: true });
+    await stopped;
+    await create;
   });
 });
