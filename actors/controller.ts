@@ -361,9 +361,15 @@ export class Controller {
     return true;
   }
 
+  /** Whether node `nodeId` is among `liveNodes(nowMs)`. */
+  isLive(nodeId: string, nowMs: number): boolean {
+    const m = this.members.get(nodeId);
+    return m !== undefined && nowMs - m.lastSeenMs <= this.liveWindowMs && m.gone !== true;
+  }
+
   liveNodes(nowMs: number): NodeMember[] {
     return [...this.members.values()]
-      .filter((m) => nowMs - m.lastSeenMs <= this.liveWindowMs && m.gone !== true)
+      .filter((m) => this.isLive(m.nodeId, nowMs))
       .sort((a, b) => (a.nodeId < b.nodeId ? -1 : a.nodeId > b.nodeId ? 1 : 0));
   }
 

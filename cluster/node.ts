@@ -319,6 +319,17 @@ const SEAT_RELEASE_WAIT_MS = 5000;
 const LEAVING_TIMEOUT_MS = 1000;
 /** Period of the controller's check that a node it waits for still serves its subjects (`askNode`). */
 const NODE_PROBE_MS = 1000;
+/**
+ * A node the controller waited for that is gone without closing its connection: frozen (SIGSTOP,
+ * a paused VM) or cut off from the controller. Its heartbeats stopped (it is not live) and its
+ * claim went unanswered (`askNode`); NATS would route requests to its subscriptions until the
+ * server's ping check dropped them, minutes later.
+ */
+class NodeSilentError extends ProtocolError {
+  constructor(nodeId: string, subject: string) {
+    super('unavailable', `node '${nodeId}' is silent: no heartbeat within the controller's live window and its claim unanswered within ${NODE_PROBE_MS} ms (frozen, or cut off); request on ${subject} not waited for any longer`, { subject, silent: nodeId });
+  }
+}
 /** A node of a cluster with a replicated controller does not report failed heartbeats this long after its start. */
 const CONTROLLER_ELECTION_GRACE_MS = 10_000;
 /** A heartbeat's wait for its answer, at least (and two periods, at most a request's timeout). */
@@ -1924,7 +1935,7 @@ export class StrataNode {
     sub(subj('volume.delete'), async (body, msg) => {
       const { name, requestId } = validateVolumeDeleteRequest(body);
       const { v, deadlineMs } = await this.serial(msg, async (deadlineMs) => ({ v: c.deletedBy(requestId, name) ? undefined : await this.deleteVolume(c, name, requestId), deadlineMs }));
-      if (v !== undefined) await this.destroyDeleted(v, deadlineMs);
+      if (v !== undefined) await this.destroyDeleted(c, v, deadlineMs);
       return { deleted: true };
     });
     sub(subj('volume.resize'), (body, msg) => this.serial(msg, (deadlineMs) => this.resizeVolume(c, validateVolumeResizeRequest(body), deadlineMs)));
@@ -2307,8 +2318,9 @@ export class StrataNode {
     try {
       return await this.placeNew(c, c.create(spec, Date.now(), requestId), deadlineMs);
     } catch (e) {
-      // Placed on a node that no longer answers (stopped or dead since its last heartbeat, and
-      // now not live: `placeVolume`): undone, and placed once more, on the live nodes.
+      // Placed on a node that no longer answers (stopped, dead or frozen since its last
+      // heartbeat, and now not live: `placeVolume`): undone, and placed once more, on the live
+      // nodes.
       const unreachable = e instanceof ProtocolError ? e.details?.['unreachable'] : undefined;
       if (!Array.isArray(unreachable) || (deadlineMs !== undefined && Date.now() >= deadlineMs)) throw e;
       this.log.info('a create placed replicas on nodes that do not answer: placed again on the live nodes', { name: spec.name, unreachable });
@@ -2381,17 +2393,18 @@ export class StrataNode {
     const waitEndMs = Date.now() + timeout;
     // Every node's answer is waited for before an undo: a destroy sent while another node's
     // open still runs could come first there, and leave that node's shard open.
-    // A node nobody answers for (no responders: stopped or dead since its last heartbeat) is not
-    // live from now until its next heartbeat (Controller.markGone): nothing more is placed on it.
+    // A node found gone (no responders: stopped or dead since its last heartbeat; or silent:
+    // frozen or cut off, `askNode`) is not live from now until its next heartbeat
+    // (Controller.markGone): nothing more is placed on it.
     const unreachable = new Set<string>();
     const opened = await Promise.allSettled(
       [...byNode].map(async ([nodeId, shards]) => {
         const subject = nodeSubject(this.cluster, nodeId, 'shards.open');
         try {
-          throwIfError(decode((await this.askNode(nodeId, subject, encode({ shards }), timeout)).data));
+          throwIfError(decode((await this.askNode(c, nodeId, subject, encode({ shards }), timeout)).data));
         } catch (e) {
           const err = fromNatsError(e, subject, timeout);
-          if (err instanceof NoRespondersError && c.markGone(nodeId)) unreachable.add(nodeId);
+          if ((err instanceof NoRespondersError || err instanceof NodeSilentError) && c.markGone(nodeId)) unreachable.add(nodeId);
           throw new ProtocolError(err.code, `node '${nodeId}': ${err.message}`, err.details);
         }
       }),
@@ -2412,7 +2425,7 @@ export class StrataNode {
       // Durable before the destroys: a delete whose write failed may not be kept.
       await this.settle(c);
       const waitMs = Math.max(0, waitEndMs - Date.now());
-      await withTimeout(this.destroyEverywhere(v, unreachable), waitMs, () => new ProtocolError('timeout', `the nodes did not all answer the destroy within ${Math.round(waitMs)} ms`))
+      await withTimeout(this.destroyEverywhere(c, v, unreachable), waitMs, () => new ProtocolError('timeout', `the nodes did not all answer the destroy within ${Math.round(waitMs)} ms`))
         .catch((e: unknown) => this.log.warn('shard destruction of a volume whose create was undone deferred to reconciliation', { volume: v.id, err: e }));
       throw new ProtocolError('unavailable', `volume '${v.name}' could not be placed: ${(failed.reason as Error).message}`, unreachable.size > 0 ? { unreachable: [...unreachable].sort() } : undefined);
     }
@@ -2459,16 +2472,17 @@ export class StrataNode {
    * for within the requester's deadline, with room for the answer to reach it: a node that takes
    * the request and does not answer (a frozen process, one killed with it) must not turn a done
    * delete into a `timeout` for the requester, and it destroys its replicas through the tombstone
-   * when it reconciles anyway. Nor is the answer held past the start of this node's clean stop,
-   * whose connection then closes within NATS_DRAIN_MS.
+   * when it reconciles anyway. A node not live is not asked, and one found gone meanwhile is
+   * waited for no longer (`destroyEverywhere`). Nor is the answer held past the start of this
+   * node's clean stop, whose connection then closes within NATS_DRAIN_MS.
    */
-  private async destroyDeleted(v: VolumeRecord, deadlineMs: number | undefined): Promise<void> {
+  private async destroyDeleted(c: Controller, v: VolumeRecord, deadlineMs: number | undefined): Promise<void> {
     const timeoutMs = this.opts.requestTimeoutMs ?? 10_000;
     const leftMs = deadlineMs === undefined ? timeoutMs : deadlineMs - Date.now();
     const waitMs = Math.max(0, Math.min(timeoutMs, catalogWaitMs(leftMs)));
     // The stop's notice is latched: a delete whose change was made after the stop began (the one
     // the controller ran as its node began to stop) does not wait either.
-    const destroyed = withTimeout(this.destroyEverywhere(v), waitMs, () => new ProtocolError('timeout', `the nodes did not all answer the destroy within ${Math.round(waitMs)} ms`));
+    const destroyed = withTimeout(this.destroyEverywhere(c, v), waitMs, () => new ProtocolError('timeout', `the nodes did not all answer the destroy within ${Math.round(waitMs)} ms`));
     // At a clean stop, expected: said as information.
     try {
       if ((await this.stopping.race(destroyed)) === NOTICED) this.log.info('shard destruction deferred to reconciliation', { volume: v.id, why: `node '${this.nodeId}' stops` });
@@ -2503,7 +2517,7 @@ export class StrataNode {
     const body = encode({ volumeId: v.id, pageCount: req.pageCount } satisfies VolumeGrowRequest);
     const answers = await Promise.allSettled(
       asked.map(async (nodeId) => {
-        const r = await this.askNode(nodeId, nodeSubject(this.cluster, nodeId, 'volume.grow'), body, timeout);
+        const r = await this.askNode(c, nodeId, nodeSubject(this.cluster, nodeId, 'volume.grow'), body, timeout);
         return validateVolumeGrowReply(throwIfError(decode(r.data)));
       }),
     );
@@ -2538,14 +2552,17 @@ export class StrataNode {
   }
 
   /**
-   * A request to node `nodeId` on `subject`, answered or timed out as NATS does, but failed with
-   * NoRespondersError as soon as the node no longer serves its subjects: it stopped or died with
-   * the request in hand, which would otherwise hold the caller (a catalog operation, in the
-   * controller's queue) until `timeoutMs`. Checked every NODE_PROBE_MS on the node's claim
-   * subject, which every node answers; a node that takes it and does not answer (frozen) is
-   * waited for.
+   * A request to node `nodeId` on `subject`, answered or timed out as NATS does, but failed as
+   * soon as the node is found gone, which would otherwise hold the caller (a catalog operation,
+   * in the controller's queue, or a delete's answer) until `timeoutMs`. Checked every
+   * NODE_PROBE_MS on the node's claim subject, which every node answers:
+   * - no responders: it stopped or died with the request in hand (NoRespondersError);
+   * - no answer within NODE_PROBE_MS while the controller `c` no longer counts it live (no
+   *   heartbeat within its live window): it is frozen (SIGSTOP, a paused VM) or cut off, and is
+   *   waited for no longer (NodeSilentError). A node whose claim goes unanswered but whose
+   *   heartbeats still come is slow, not gone: it is waited for.
    */
-  private async askNode(nodeId: string, subject: string, data: Uint8Array, timeoutMs: number): Promise<Msg> {
+  private async askNode(c: Controller, nodeId: string, subject: string, data: Uint8Array, timeoutMs: number): Promise<Msg> {
     const nc = this.nc!;
     let timer: NodeJS.Timeout | undefined;
     let done = false;
@@ -2557,6 +2574,7 @@ export class StrataNode {
             (e: unknown) => {
               if (done) return;
               if (fromNatsError(e, subject, NODE_PROBE_MS) instanceof NoRespondersError) reject(new NoRespondersError(subject));
+              else if (!c.isLive(nodeId, Date.now())) reject(new NodeSilentError(nodeId, subject));
               else probeLater();
             },
           );
@@ -2572,14 +2590,28 @@ export class StrataNode {
     }
   }
 
-  /** Has the node of each replica of `v` destroy it, but the nodes `except` (those that opened none). */
-  private async destroyEverywhere(v: VolumeRecord, except: ReadonlySet<string> = new Set()): Promise<void> {
+  /**
+   * Has the node of each replica of `v` destroy it, but the nodes `except` (those that opened
+   * none) and those `c` does not count live: they destroy it through the catalog's tombstone when
+   * they next reconcile, and a frozen one would take the request and hold the caller. A node
+   * found gone meanwhile (`askNode`) fails it at once.
+   */
+  private async destroyEverywhere(c: Controller, v: VolumeRecord, except: ReadonlySet<string> = new Set()): Promise<void> {
+    const live = new Set(c.liveNodes(Date.now()).map((m) => m.nodeId));
     const byNode = new Map<string, number[]>();
-    for (const p of v.placements) for (const r of p.replicas) if (!except.has(r.nodeId)) byNode.set(r.nodeId, [...(byNode.get(r.nodeId) ?? []), p.shard]);
+    const notLive = new Set<string>();
+    for (const p of v.placements) {
+      for (const r of p.replicas) {
+        if (except.has(r.nodeId)) continue;
+        if (!live.has(r.nodeId)) notLive.add(r.nodeId);
+        else byNode.set(r.nodeId, [...(byNode.get(r.nodeId) ?? []), p.shard]);
+      }
+    }
+    if (notLive.size > 0) this.log.info('shard destruction on nodes that are not live deferred to their reconciliation', { volume: v.id, nodes: [...notLive].sort() });
     const timeout = this.opts.requestTimeoutMs ?? 10_000;
     await Promise.all(
       [...byNode].map(async ([nodeId, shards]) => {
-        const r = await this.nc!.request(nodeSubject(this.cluster, nodeId, 'shards.destroy'), encode({ volumeId: v.id, shards }), { timeout });
+        const r = await this.askNode(c, nodeId, nodeSubject(this.cluster, nodeId, 'shards.destroy'), encode({ volumeId: v.id, shards }), timeout);
         throwIfError(decode(r.data));
       }),
     );

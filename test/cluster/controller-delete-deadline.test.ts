@@ -1,7 +1,8 @@
 /**
  * The controller's catalog changes answer within their caller's deadline when a node
  * holding replicas takes requests and does not answer them (a frozen process: NATS keeps its
- * subscriptions until its ping check drops it, minutes later).
+ * subscriptions until its ping check drops it, minutes later), and stop waiting for it once it
+ * is silent (not live, its claim unanswered).
  */
 import { strict as assert } from 'node:assert';
 import type { Msg } from 'nats';
@@ -13,12 +14,18 @@ import type { ApiVerb } from '../../messages/api';
 import type { ErrorReply } from '../../messages/errors';
 import { GhostController } from '../support/ghost-controller';
 import { controllerSubject } from '../../messages/control';
+import { waitFor } from '../support/wait';
 
 const CLUSTER = 'deletedl';
 
 async function apiRequest(client: StrataClient, verb: ApiVerb, body: unknown, deadlineMs: number): Promise<unknown> {
+  return apiRequestIn(CLUSTER, client, verb, body, deadlineMs);
+}
+
+/** One API request to cluster `cluster`, its Strata-Deadline `deadlineMs`, sent once; the reply's body, an error reply included. */
+async function apiRequestIn(cluster: string, client: StrataClient, verb: ApiVerb, body: unknown, deadlineMs: number): Promise<unknown> {
   const headers = { [HEADER_TYPE]: verb, [HEADER_SCHEMA]: '1', [HEADER_DEADLINE]: String(deadlineMs) };
-  return decode(await client.rawRequest(apiSubject(CLUSTER, verb), encode(body), headers, { timeoutMs: 15_000 }));
+  return decode(await client.rawRequest(apiSubject(cluster, verb), encode(body), headers, { timeoutMs: Math.max(15_000, deadlineMs - Date.now() + 2000) }));
 }
 
 /**
@@ -126,6 +133,75 @@ describe('a volume.create whose open was in the hands of a node that died', func
     assert.equal(dies, undefined, 'ghost5 was sent an open');
     const info = (await apiRequest(client, 'volume.info', { name: 'c' }, Date.now() + 3000)) as { replicaSets: Array<{ members: string[] }> };
     assert.deepEqual([...new Set(info.replicaSets.flatMap((r) => r.members))].sort(), ['ctl', 'ghost6']);
+  });
+});
+
+/**
+ * Ghosts that heartbeat and answer their opens, destroys, grows and claims until each is frozen
+ * (`freeze(ghost)`): it then stops heartbeating and takes every request without answering it.
+ * `asked` counts the requests each was sent, by verb.
+ */
+async function ghostsFrozenOneByOne(cluster: string, ghosts: readonly string[]): Promise<{ g: GhostController; freeze: (ghost: string) => void; asked: Map<string, number> }> {
+  const frozen = new Set<string>();
+  const asked = new Map<string, number>();
+  const answer = (verb: string) => (ghost: string, msg: Msg): void => {
+    asked.set(`${ghost} ${verb}`, (asked.get(`${ghost} ${verb}`) ?? 0) + 1);
+    if (!frozen.has(ghost)) msg.respond(encode(verb === 'grow' ? { node: ghost, shards: 1 } : verb === 'claim' ? {} : { ok: true }));
+  };
+  const g = await GhostController.start(cluster, ghosts, { open: answer('open'), destroy: answer('destroy'), grow: answer('grow'), claim: answer('claim'), beating: (ghost) => !frozen.has(ghost) });
+  return { g, freeze: (ghost) => void frozen.add(ghost), asked };
+}
+
+describe('a node frozen for longer than the controller\'s live window', function () {
+  this.timeout(60_000);
+  let g: GhostController | undefined;
+
+  afterEach(async () => {
+    await g?.stop();
+    g = undefined;
+  });
+
+  it('is not sent the destroys of a volume.delete: answered deleted, the live nodes\' destroys made, the frozen node\'s deferred to its reconciliation', async () => {
+    const ghosts = await ghostsFrozenOneByOne('frozendel', ['ghost7', 'ghost8']);
+    g = ghosts.g;
+    const client = g.client(20_000);
+    await client.createVolume({ name: 'a', pageCount: 64, replicas: 3 });
+    ghosts.freeze('ghost7');
+    await waitFor('ghost7 not live', async () => !(await g!.counted('ghost7')));
+    // A deadline far off: asked, the frozen node would hold the answer until near it.
+    assert.deepEqual(await apiRequestIn('frozendel', client, 'volume.delete', { name: 'a' }, Date.now() + 18_000), { deleted: true });
+    assert.equal(ghosts.asked.get('ghost7 destroy'), undefined, 'the frozen node was not asked');
+    assert.equal(ghosts.asked.get('ghost8 destroy'), 1, 'the live one was');
+  });
+
+  it('holding an open of a volume.create: found silent once it is not live, and the volume placed again on the live nodes', async () => {
+    const ghosts = await ghostsFrozenOneByOne('frozencreate', ['ghost9', 'ghost10']);
+    g = ghosts.g;
+    const client = g.client(25_000);
+    // Frozen just before the create: still live when the controller places one shard on each of
+    // ctl, ghost9 and ghost10, and then silent (no heartbeat within the live window, its claim
+    // unanswered) while the controller waits for its open.
+    ghosts.freeze('ghost9');
+    const created = await apiRequestIn('frozencreate', client, 'volume.create', { name: 'c', pageCount: 96, shards: 3, stripePages: 16, replicas: 1 }, Date.now() + 20_000);
+    assert.equal((created as Partial<ErrorReply>).error, undefined, JSON.stringify(created));
+    assert.equal(ghosts.asked.get('ghost9 open'), 1, 'ghost9 was sent an open first');
+    const info = (await apiRequestIn('frozencreate', client, 'volume.info', { name: 'c' }, Date.now() + 3000)) as { replicaSets: Array<{ members: string[] }> };
+    assert.deepEqual([...new Set(info.replicaSets.flatMap((r) => r.members))].sort(), ['ctl', 'ghost10']);
+  });
+
+  it('holding a grow of a volume.resize: the resize is refused unavailable, naming it silent, and made when sent again (a node not live takes the size when it reconciles)', async () => {
+    const ghosts = await ghostsFrozenOneByOne('frozenresize', ['ghost11', 'ghost12']);
+    g = ghosts.g;
+    const client = g.client(25_000);
+    await client.createVolume({ name: 'r', pageCount: 64, replicas: 3 });
+    ghosts.freeze('ghost11');
+    const refused = (await apiRequestIn('frozenresize', client, 'volume.resize', { name: 'r', pageCount: 128 }, Date.now() + 20_000)) as ErrorReply;
+    assert.equal(refused.error?.code, 'unavailable', JSON.stringify(refused));
+    assert.match(refused.error.message, /node 'ghost11' is silent/);
+    assert.equal(ghosts.asked.get('ghost11 grow'), 1);
+    const resized = (await apiRequestIn('frozenresize', client, 'volume.resize', { name: 'r', pageCount: 128 }, Date.now() + 10_000)) as { pageCount?: number };
+    assert.equal(resized.pageCount, 128, JSON.stringify(resized));
+    assert.equal(ghosts.asked.get('ghost11 grow'), 1, 'not asked again once not live');
   });
 });
 

@@ -1,9 +1,10 @@
 /**
  * A controller node beside "ghost" nodes played by the test on one NATS connection: each ghost
- * heartbeats (while `beating()`), and its `shards.open` and `shards.destroy` requests go to the
- * test's handlers, which answer them, hold them, or never answer (a frozen node). Each answers
- * its claim subject as a node does (the test's `claim` handler, if given, instead), and `kill`
- * makes one vanish as a killed node does: its subscriptions and heartbeats end.
+ * heartbeats (while `beating(ghost)`), and its `shards.open`, `shards.destroy` (and, if given,
+ * `volume.grow`) requests go to the test's handlers, which answer them, hold them, or never
+ * answer (a frozen node). Each answers its claim subject as a node does (the test's `claim`
+ * handler, if given, instead), and `kill` makes one vanish as a killed node does: its
+ * subscriptions and heartbeats end.
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -21,8 +22,10 @@ export interface GhostHandlers {
   destroy(ghost: string, msg: Msg): void;
   /** A question on its claim subject (the controller's check that it is still there); default: answered. */
   claim?(ghost: string, msg: Msg): void;
-  /** Whether the ghosts heartbeat now; default always. */
-  beating?(): boolean;
+  /** A `volume.grow` (a resize of a volume it holds); default: not served (no responders). */
+  grow?(ghost: string, msg: Msg): void;
+  /** Whether ghost `ghost` heartbeats now; default always. */
+  beating?(ghost: string): boolean;
 }
 
 export class GhostController {
@@ -48,11 +51,11 @@ export class GhostController {
         g.fake.subscribe(nodeSubject(cluster, ghost, 'shards.open'), { callback: (_e, msg) => handlers.open(ghost, msg) }),
         g.fake.subscribe(nodeSubject(cluster, ghost, 'shards.destroy'), { callback: (_e, msg) => handlers.destroy(ghost, msg) }),
         g.fake.subscribe(nodeSubject(cluster, ghost, 'claim'), { callback: (_e, msg) => claim(ghost, msg) }),
+        ...(handlers.grow === undefined ? [] : [g.fake.subscribe(nodeSubject(cluster, ghost, 'volume.grow'), { callback: (_e, msg) => handlers.grow!(ghost, msg) })]),
       ]);
     }
     const beat = (): void => {
-      if (handlers.beating?.() === false) return;
-      for (const ghost of ghosts.filter((x) => !g.killed.has(x))) g.fake.request(controllerSubject(cluster, 'heartbeat'), encode({ nodeId: ghost, hosts: 1 })).catch(() => undefined);
+      for (const ghost of ghosts.filter((x) => !g.killed.has(x) && handlers.beating?.(x) !== false)) g.fake.request(controllerSubject(cluster, 'heartbeat'), encode({ nodeId: ghost, hosts: 1 })).catch(() => undefined);
     };
     beat();
     g.timer = setInterval(beat, 200);
@@ -74,6 +77,12 @@ export class GhostController {
     this.killed.add(ghost);
     for (const sub of this.subs.get(ghost) ?? []) sub.unsubscribe();
     await this.fake.flush();
+  }
+
+  /** Whether the controller counts node `nodeId` live now (its `members`). */
+  async counted(nodeId: string): Promise<boolean> {
+    const r = decode((await this.fake.request(controllerSubject(this.cluster, 'members'), encode({}))).data) as { members?: Array<{ nodeId: string; live: boolean }> };
+    return r.members?.find((m) => m.nodeId === nodeId)?.live === true;
   }
 
   /** A client on the ghosts' connection. */
