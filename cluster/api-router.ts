@@ -11,6 +11,7 @@
  * router's own timeout away (`deadline`). A catalog request carries it on to the controller in
  * its own Strata-Deadline header, so the controller can skip one whose caller gave up.
  */
+import { randomUUID } from 'node:crypto';
 import { headers as natsHeaders, type NatsConnection, type Subscription } from 'nats';
 import { encode, decode, encodedErrorCode, MESSAGE_BYTES_MAX } from '../messages/codec';
 import { newInbox, serverMaxPayload } from '../runtime/request-mux';
@@ -135,6 +136,18 @@ export class ApiRouter {
   }
 
   /**
+   * A catalog change from the API (volume.create, volume.delete, volume.resize) forwarded to the
+   * controller. One without a request id is given one here (`withRequestId`), so that this router
+   * may send it again to a controller seated while it waits (`forwardToController`): the catalog
+   * answers the same request sent again as it was made. A requester that sends the change again
+   * itself still sends a new request (another id).
+   */
+  forwardChange(verb: string, body: unknown, data: Uint8Array, deadlineMs: number): Promise<Uint8Array> {
+    const sent = withRequestId(body, data);
+    return this.forwardToController(verb, sent, deadlineMs, sent !== data || hasRequestId(body));
+  }
+
+  /**
    * volume.info: the controller's answer; when the controller is not reachable (`unavailable`),
    * the geometry `local` knows (the assignments of this node, which hosts a replica of the
    * volume), so that page requests of a volume go on while the catalog is down. The catalog's
@@ -158,8 +171,10 @@ export class ApiRouter {
    * will: the branch is deleted, and the answer says why (`unavailable`).
    */
   async branch(body: unknown, data: Uint8Array, deadlineMs: number): Promise<Uint8Array> {
-    const req = validateVolumeBranchRequest(body);
-    let sent = data;
+    // Given a request id when it has none, as a change is (`forwardChange`).
+    const asked = validateVolumeBranchRequest(body);
+    const req = asked.requestId === undefined ? { ...asked, requestId: randomUUID() } : asked;
+    let sent = req === asked ? data : encode(req);
     try {
       // A share of the time: the rest is the copy's and the check's.
       const partMs = Date.now() + Math.max(1, Math.floor((deadlineMs - Date.now()) / 4));
@@ -180,7 +195,7 @@ export class ApiRouter {
     } catch (e) {
       return encode(errorReply(e instanceof ProtocolError ? e : new ProtocolError('unavailable', (e as Error).message)));
     }
-    const reply = await this.forwardToController('volume.branch', sent, deadlineMs, hasRequestId(req));
+    const reply = await this.forwardToController('volume.branch', sent, deadlineMs, true);
     if (encodedErrorCode(reply) !== undefined) return reply;
     try {
       // Room for a delete and the answer, if it comes to that.
@@ -188,7 +203,7 @@ export class ApiRouter {
       return reply;
     } catch (e) {
       const why = (e as Error).message;
-      const undone = await this.forwardToController('volume.delete', encode({ name: req.name }), deadlineMs);
+      const undone = await this.forwardToController('volume.delete', encode({ name: req.name, requestId: randomUUID() }), deadlineMs, true);
       const code = encodedErrorCode(undone);
       throw new ProtocolError('unavailable', `branch '${req.name}' of '${req.parent}' was created, but a shard of it did not serve in time, its replicas without the parent's pages at the branch point (${why}): ` +
         (code === undefined ? 'it was deleted' : `deleting it failed too (${code}): delete it with strata volume delete ${req.name}`));
@@ -626,4 +641,14 @@ export function mergeClusterStatus(input: StatusParts, bytesMax: number): Record
 /** `body[key]`, a list of at most `lengthMax` maps (a controller's answer); bad_request when it is not one. */
 function listOfMaps(body: unknown, key: string, lengthMax: number): Array<Record<string, unknown>> {
   return expectArray(field(expectMap(body, ''), key), key, { lengthMin: 0, lengthMax }).map((m, i) => expectMap(m, `${key}[${i}]`));
+}
+
+/**
+ * `data` (the encoded `body` of a catalog change) with a new request id (a random UUID) when the
+ * body is a map without `requestId`; else `data` itself. A body that is not a map, or whose
+ * `requestId` is not valid, goes as it came: the controller refuses it (`bad_request`).
+ */
+export function withRequestId(body: unknown, data: Uint8Array): Uint8Array {
+  if (!isPlainObject(body) || 'requestId' in body) return data;
+  return encode({ ...body, requestId: randomUUID() });
 }

@@ -36,7 +36,6 @@ import {
   validateVolumeNameRequest,
   validateVolumeDeleteRequest,
   validateVolumeResizeRequest,
-  hasRequestId,
   validateVolumeListRequest,
   validateStatusRequest,
 } from '../messages/validate';
@@ -2884,11 +2883,13 @@ export class StrataNode {
         },
       });
     };
-    // Catalog verbs go to the controller as they came (it validates them). A volume's info is
+    // Catalog verbs go to the controller as they came (it validates them), a change given a
+    // request id when it has none (ApiRouter.forwardChange). A volume's info is
     // also known to the nodes that host its replicas: answered from there when the controller
     // cannot be reached, so that page requests go on without it (localVolumeInfo).
-    for (const verb of ['volume.create', 'volume.list', 'volume.delete', 'volume.resize']) {
-      endpoint(verb, async (body, req) => router.forwardToController(verb, req.data, req.deadlineMs, hasRequestId(body)));
+    endpoint('volume.list', async (_body, req) => router.forwardToController('volume.list', req.data, req.deadlineMs));
+    for (const verb of ['volume.create', 'volume.delete', 'volume.resize']) {
+      endpoint(verb, async (body, req) => router.forwardChange(verb, body, req.data, req.deadlineMs));
     }
     endpoint('volume.branch', (body, req) => router.branch(body, req.data, req.deadlineMs));
     endpoint('volume.info', async (body, req) => router.volumeInfo(body, req.data, req.deadlineMs, (name) => this.localVolumeInfo(name)));

@@ -7,6 +7,7 @@ import { HEADER_DEADLINE } from '../../messages/headers';
 import { startNatsServer, type NatsServerHandle } from '../../runtime/nats-server';
 import { apiSubject, shardSubject } from '../../messages/subjects';
 import { ProtocolError } from '../../messages/errors';
+import { hasRequestId } from '../../messages/validate';
 import { waitFor } from '../support/wait';
 
 describe('ApiRouter forwarding catalog requests to the controller', function () {
@@ -135,6 +136,40 @@ describe('ApiRouter when the controller or the catalog does not answer', functio
       // Nothing of the waits is kept once they ended.
       assert.equal(router.seated.waits, 0);
       assert.equal(router.changesSentAgain, 1, 'counted (strata_catalog_changes_sent_again_total)');
+    } finally {
+      sub.unsubscribe();
+    }
+  });
+
+  it('a change from the API without a request id is given one, sent again with it to the controller seated next; one with an id, or a body that is no map, goes as it came', async () => {
+    const bodies: unknown[] = [];
+    let dead = true;
+    const sub = nc.subscribe(controllerSubject('test', 'volume.create'), {
+      callback: (_e, m) => {
+        bodies.push(decode(m.data));
+        if (!dead) m.respond(encode({ created: true }));
+      },
+    });
+    await nc.flush();
+    try {
+      const router = new ApiRouter(nc, 'test', 5000);
+      const body = { name: 'c', pageCount: 8 };
+      const answer = router.forwardChange('volume.create', body, encode(body), Date.now() + 4000);
+      await waitFor('delivered', () => bodies.length === 1);
+      dead = false;
+      router.controllerSeated();
+      assert.deepEqual(decode(await answer), { created: true });
+      assert.equal(bodies.length, 2);
+      const first = bodies[0] as { requestId?: unknown };
+      assert.ok(hasRequestId(first), JSON.stringify(first));
+      assert.deepEqual(bodies[1], first, 'the same request id each time');
+      assert.deepEqual({ ...first, requestId: undefined }, { ...body, requestId: undefined });
+      // Its own id kept; a body that is not a map (the controller refuses it) unchanged.
+      const own = { name: 'd', pageCount: 8, requestId: 'mine' };
+      assert.deepEqual(decode(await router.forwardChange('volume.create', own, encode(own), Date.now() + 2000)), { created: true });
+      assert.deepEqual(bodies[2], own);
+      assert.deepEqual(decode(await router.forwardChange('volume.create', [1], encode([1]), Date.now() + 2000)), { created: true });
+      assert.deepEqual(bodies[3], [1]);
     } finally {
       sub.unsubscribe();
     }
@@ -346,7 +381,11 @@ describe('ApiRouter branching a volume', function () {
     const t0 = Date.now();
     await assert.rejects(router.branch(body, encode(body), t0 + 3000), (e: unknown) =>
       e instanceof ProtocolError && e.code === 'unavailable' && /branch 'kid' of 'par' was created, but a shard of it did not serve in time/.test(e.message) && /it was deleted/.test(e.message));
-    assert.deepEqual(branched, [{ name: 'kid', parent: 'par', lsns: [7] }]);
+    // Given a request id by the router (it had none), as the delete that undid it was.
+    assert.equal(branched.length, 1);
+    const { requestId, ...sent } = branched[0] as { requestId?: unknown };
+    assert.deepEqual(sent, { name: 'kid', parent: 'par', lsns: [7] });
+    assert.ok(hasRequestId({ requestId }), `a request id: ${String(requestId)}`);
     assert.deepEqual(deleted, ['kid']);
     assert.ok(Date.now() - t0 < 3000, 'answered within the deadline');
   });
