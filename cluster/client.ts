@@ -76,6 +76,7 @@ import {
   PAGES_PER_REQUEST_MAX,
   PAGE_COUNT_MAX,
   REQUEST_DATA_BYTES_MAX,
+  VOLUMES_PER_LIST_MAX,
   shardOfPage,
 } from '../messages/api';
 import type {
@@ -93,6 +94,7 @@ import type {
   StatusReply,
   VolumeCreateRequest,
   VolumeInfo,
+  VolumeListReply,
 } from '../messages/api';
 import {
   expectArray,
@@ -111,6 +113,7 @@ import {
   validateVolumeBranchRequest,
   validateVolumeCreateRequest,
   validateVolumeDeleteRequest,
+  validateVolumeListRequest,
   validateVolumeResizeRequest,
   hasRequestId,
   validatePageWrite,
@@ -387,9 +390,48 @@ export class StrataClient {
     return this.api('volume.branch', request, deadlineMs);
   }
 
-  /** Every volume of the cluster (volume.list). */
-  async listVolumes(): Promise<VolumeInfo[]> {
-    return (await this.api('volume.list', {}, this.deadline())).volumes;
+  /**
+   * Every volume of the cluster (volume.list), within one deadline. Asked whole first; a list
+   * larger than one message (`too_large`) is read in pages (`listVolumesPage`), in name order.
+   * Pages read at different catalog epochs (the catalog changed between two) start the list
+   * again, at most LIST_RESTARTS_MAX times; after that the list is the pages as read, each volume
+   * as its page found it (one created or deleted meanwhile may be missing, or listed).
+   */
+  async listVolumes(opts: CallOptions | null = {}): Promise<VolumeInfo[]> {
+    const deadlineMs = this.deadline(optionsOf(opts).deadlineMs);
+    try {
+      return (await this.api('volume.list', {}, deadlineMs)).volumes;
+    } catch (e) {
+      if (!(e instanceof ProtocolError && e.code === 'too_large')) throw e;
+    }
+    for (let restarts = 0; ; restarts++) {
+      const volumes: VolumeInfo[] = [];
+      let epoch: number | undefined;
+      let after: string | undefined;
+      // Each page holds names after the last one's: at most one page per volume.
+      for (let pages = 1; ; pages++) {
+        const page = await this.listVolumesPage({ ...(after === undefined ? {} : { after }), deadlineMs });
+        if (page.volumes.length === 0 && page.next !== undefined) throw new ProtocolError('unavailable', 'volume.list: a page without volumes names a next one');
+        if (epoch !== undefined && page.epoch !== epoch && restarts < LIST_RESTARTS_MAX) break;
+        epoch ??= page.epoch;
+        volumes.push(...page.volumes);
+        if (page.next === undefined) return volumes;
+        if (pages >= VOLUMES_PER_LIST_MAX) throw new ProtocolError('unavailable', `volume.list: more than ${VOLUMES_PER_LIST_MAX} pages`);
+        after = page.next;
+      }
+    }
+  }
+
+  /**
+   * A page of the volume list (volume.list with `after` and `limit`): the volumes named after
+   * `after` (from the first without it), in name order, at most `limit` (default, and at most,
+   * VOLUMES_PER_LIST_MAX) and as many as fit one message; `next` is the `after` of the next page,
+   * absent on the last; `epoch` the catalog's when the page was read.
+   */
+  async listVolumesPage(opts: ({ after?: string; limit?: number } & CallOptions) | null = {}): Promise<VolumeListReply> {
+    const { after, limit, deadlineMs } = optionsOf(opts);
+    const request = validateVolumeListRequest({ ...(after === undefined ? {} : { after }), limit: limit ?? VOLUMES_PER_LIST_MAX });
+    return this.api('volume.list', request, this.deadline(deadlineMs));
   }
 
   /** The volume called `name` (volume.info); `not_found` if there is none. */
@@ -794,6 +836,9 @@ export const MOVE_TIMEOUT_MS_MIN = 60_000;
 export function newRequestId(): string {
   return randomUUID();
 }
+
+/** Times `listVolumes` starts a paged list again when the catalog changed between its pages. */
+export const LIST_RESTARTS_MAX = 3;
 
 /** API verbs that change nothing: asked again when a try gets no answer (`StrataClient.api`). */
 export const API_READ_VERBS: ReadonlySet<ApiVerb> = new Set<ApiVerb>(['volume.info', 'volume.list', 'status']);

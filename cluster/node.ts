@@ -24,7 +24,7 @@ import { Notice, NOTICED } from '../runtime/notice';
 import { natsConnectHint } from '../runtime/nats-connect-hint';
 import { connect, Events, headers as natsHeaders, type NatsConnection, type Msg, type Subscription } from 'nats';
 import { DEADLINE_AHEAD_MS_MAX, HEADER_DEADLINE, parseDeadline, readHeaders } from '../messages/headers';
-import { REQUEST_ITEMS_MAX, type MessageType, type VolumeInfo, type VolumeResizeRequest } from '../messages/api';
+import { NAME_LENGTH_MAX, REQUEST_ITEMS_MAX, VOLUMES_PER_LIST_MAX, type MessageType, type VolumeInfo, type VolumeResizeRequest } from '../messages/api';
 import type { Service } from 'nats';
 import { messageHeaders, REPLY_HEADERS, wellFormed } from '../runtime/nats-headers';
 import { ConnectionState, encodeReplyWithin, fromNatsError, natsErrorCode, newInbox, NoRespondersError, serverMaxPayload, watchDenials } from '../runtime/request-mux';
@@ -1974,8 +1974,14 @@ export class StrataNode {
       }),
     );
     sub(subj('volume.list'), async (body) => {
-      validateVolumeListRequest(body);
-      return { volumes: c.list().filter((v) => !this.creating.has(v.name)).map(volumeInfo) };
+      const req = validateVolumeListRequest(body);
+      const listed = c.list().filter((v) => !this.creating.has(v.name));
+      if (req.after === undefined && req.limit === undefined) return { volumes: listed.map(volumeInfo) };
+      // A page: in name order from after `after`, at most `limit`, and what fits one message.
+      const sorted = listed.filter((v) => req.after === undefined || v.name > req.after).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)).map(volumeInfo);
+      const room = this.controlReplyBytesMax() - encode({ volumes: [], next: 'n'.repeat(NAME_LENGTH_MAX), epoch: Number.MAX_SAFE_INTEGER }).length;
+      const page = pageWithin(sorted, 0, room, req.limit ?? VOLUMES_PER_LIST_MAX);
+      return { volumes: page, ...(page.length < sorted.length ? { next: page[page.length - 1]!.name } : {}), epoch: c.epoch };
     }, { read: true });
   }
 

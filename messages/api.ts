@@ -207,12 +207,24 @@ export interface ReplicaSetInfo {
   moving?: { from: string; to: string };
 }
 
-/** volume.list request (no fields). */
-export type VolumeListRequest = Record<string, never>;
+/**
+ * volume.list request. Without fields: every volume, in one reply (`too_large` when they do not
+ * fit one message). With `limit` or `after`: a page of the list in name order.
+ */
+export interface VolumeListRequest {
+  /** The page starts after this volume name (the `next` of the page before). */
+  after?: string;
+  /** At most this many volumes in the page (1..VOLUMES_PER_LIST_MAX), fewer when they do not fit one message. */
+  limit?: number;
+}
 /** volume.list reply. */
 export interface VolumeListReply {
-  /** At most VOLUMES_PER_LIST_MAX entries. */
+  /** At most VOLUMES_PER_LIST_MAX entries; a page (asked with `limit` or `after`): in name order. */
   volumes: VolumeInfo[];
+  /** A page that is not the last: the name to ask the next page `after`. */
+  next?: string;
+  /** A page: the catalog's epoch it was read at (pages of one epoch make a list of one moment). */
+  epoch?: number;
 }
 
 /** volume.info request (and the name of volume.delete's). */

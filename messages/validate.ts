@@ -463,16 +463,28 @@ function validateEmpty(value: unknown): Record<string, never> {
   return {};
 }
 
-/** volume.list request (an empty map). */
+const LIST_FIELDS = fields('after', 'limit');
+
+/** volume.list request: `{}`, or a page (`after`, `limit`). */
 export function validateVolumeListRequest(value: unknown): VolumeListRequest {
-  return validateEmpty(value);
+  const map = expectMap(value, '');
+  expectKnownFields(map, LIST_FIELDS, '');
+  const after = optional(field(map, 'after'), (v) => expectName(v, 'after'));
+  const limit = optional(field(map, 'limit'), (v) => expectInteger(v, 'limit', { min: 1, max: VOLUMES_PER_LIST_MAX }));
+  return { ...(after === undefined ? {} : { after }), ...(limit === undefined ? {} : { limit }) };
 }
 
-/** volume.list reply. */
+/** volume.list reply. A page with `next` holds at least one volume, the last before `next`'s page. */
 export function validateVolumeListReply(value: unknown): VolumeListReply {
   const map = expectMap(value, '');
   const list = expectArray(field(map, 'volumes'), 'volumes', { lengthMin: 0, lengthMax: VOLUMES_PER_LIST_MAX });
-  return { volumes: list.map((entry, i) => validateVolumeInfo(entry, `volumes[${i}]`)) };
+  const volumes = list.map((entry, i) => validateVolumeInfo(entry, `volumes[${i}]`));
+  const next = optional(field(map, 'next'), (v) => expectName(v, 'next'));
+  const epoch = optional(field(map, 'epoch'), (v) => expectInteger(v, 'epoch', { min: 0, max: Number.MAX_SAFE_INTEGER }));
+  if (next !== undefined && volumes[volumes.length - 1]?.name !== next) {
+    fail('bad_request', 'next', 'expected the name of the page\'s last volume');
+  }
+  return { volumes, ...(next === undefined ? {} : { next }), ...(epoch === undefined ? {} : { epoch }) };
 }
 
 const NAME_FIELDS = fields('name');

@@ -4,6 +4,7 @@ import {
   API_READ_TRY_MS_MIN,
   API_READ_VERBS,
   CREATE_MS_PER_SHARD_REPLICA,
+  LIST_RESTARTS_MAX,
   BRANCH_COPY_BYTES_PER_MS,
   MOVE_TIMEOUT_MS_MIN,
   CALL_PAGES_MAX,
@@ -332,6 +333,44 @@ describe('cluster/client (fake transport)', () => {
       // Any other unavailable is the answer at once.
       const other = createClient(new FakeTransport(() => errorReply(new ProtocolError('unavailable', 'no quorum'))), { cluster: CLUSTER, nowMs: () => NOW });
       await rejectsWith(other.listVolumes(), 'unavailable', /no quorum/);
+    });
+
+    it('lists a catalog larger than one message in pages (after, limit), starting again when the catalog changed between two pages, at most LIST_RESTARTS_MAX times', async () => {
+      const names = Array.from({ length: 10 }, (_, i) => `v${String(i).padStart(2, '0')}`);
+      let epoch = 5;
+      let changeAt: number | undefined; // the page request after which the epoch moves on
+      let pageRequests = 0;
+      const t = new FakeTransport((_subject, body) => {
+        const { after, limit } = body as { after?: string; limit?: number };
+        if (after === undefined && limit === undefined) return errorReply(new ProtocolError('too_large', 'the reply does not fit one message'));
+        pageRequests++;
+        const rest = names.filter((n) => after === undefined || n > after);
+        const page = rest.slice(0, Math.min(3, limit ?? 3)); // 3: what "fits"
+        const reply = { volumes: page.map((name) => volume({ name })), ...(page.length < rest.length ? { next: page[page.length - 1] } : {}), epoch };
+        if (changeAt !== undefined && pageRequests >= changeAt) epoch++;
+        return reply;
+      });
+      const client = createClient(t, { cluster: CLUSTER, timeoutMs: 10_000, nowMs: () => NOW });
+      assert.deepEqual((await client.listVolumes()).map((v) => v.name), names);
+      assert.deepEqual(t.apiRequests('volume.list').map((r) => r.body), [{}, { limit: 4096 }, { after: 'v02', limit: 4096 }, { after: 'v05', limit: 4096 }, { after: 'v08', limit: 4096 }]);
+      // The catalog changes after the second page of each pass: the list starts again, and after
+      // LIST_RESTARTS_MAX passes it is the pages as read.
+      t.seen = [];
+      pageRequests = 0;
+      changeAt = 2;
+      assert.deepEqual((await client.listVolumes()).map((v) => v.name), names);
+      const starts = t.apiRequests('volume.list').filter((r) => (r.body as { after?: string }).after === undefined).length;
+      assert.equal(starts, 1 + 1 + LIST_RESTARTS_MAX, 'asked whole once, then a first page per pass');
+      // One page, by hand.
+      changeAt = undefined;
+      const page = await client.listVolumesPage({ after: 'v03', limit: 2 });
+      assert.deepEqual(page.volumes.map((v) => v.name), ['v04', 'v05']);
+      assert.equal(page.next, 'v05');
+      await rejectsWith(client.listVolumesPage({ limit: 0 }), 'bad_request', /limit/);
+      await rejectsWith(client.listVolumesPage({ after: 'Not A Name' }), 'bad_request', /after/);
+      // A reply whose `next` is not its last volume's name is refused.
+      const odd = createClient(new FakeTransport(() => ({ volumes: [volume({ name: 'a' })], next: 'b', epoch: 1 })), { cluster: CLUSTER, nowMs: () => NOW });
+      await rejectsWith(odd.listVolumesPage({}), 'internal', /malformed reply to volume.list.*next/);
     });
 
     it('sends a request again while the router finds no controller (noController), for CONTROLLER_GAP_MS: the gap between two controllers; then that is the answer', async () => {

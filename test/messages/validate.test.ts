@@ -401,6 +401,22 @@ describe('messages/validate', () => {
       assertProtocolError(() => validateVolumeListReply({ volumes: [volumeInfo, { ...volumeInfo, pageSize: 1 }] }), 'bad_request', 'volumes[1].pageSize');
     });
 
+    it('a page of the volume list: after a name, at most limit; its next is its last volume', () => {
+      assert.deepEqual(validateRequest('volume.list', {}), {});
+      assert.deepEqual(validateRequest('volume.list', { after: 'db-1', limit: 10 }), { after: 'db-1', limit: 10 });
+      assert.deepEqual(validateRequest('volume.list', { limit: VOLUMES_PER_LIST_MAX }), { limit: VOLUMES_PER_LIST_MAX });
+      assertProtocolError(() => validateRequest('volume.list', { limit: 0 }), 'bad_request', 'limit');
+      assertProtocolError(() => validateRequest('volume.list', { limit: VOLUMES_PER_LIST_MAX + 1 }), 'bad_request', 'limit');
+      assertProtocolError(() => validateRequest('volume.list', { limit: 1.5 }), 'bad_request', 'limit');
+      assertProtocolError(() => validateRequest('volume.list', { after: 'Bad Name' }), 'bad_request', 'after');
+      assertProtocolError(() => validateRequest('volume.list', { after: '' }), 'bad_request', 'after');
+      const other = { ...volumeInfo, name: 'other', id: 'v2' };
+      assert.deepEqual(validateVolumeListReply({ volumes: [volumeInfo, other], next: 'other', epoch: 4 }), { volumes: [volumeInfo, other], next: 'other', epoch: 4 });
+      assertProtocolError(() => validateVolumeListReply({ volumes: [volumeInfo, other], next: volumeInfo.name }), 'bad_request', 'next');
+      assertProtocolError(() => validateVolumeListReply({ volumes: [], next: 'other' }), 'bad_request', 'next');
+      assertProtocolError(() => validateVolumeListReply({ volumes: [], epoch: -1 }), 'bad_request', 'epoch');
+    });
+
     it('read replies can be checked against what was asked', () => {
       const reply = { pages: [page(0), page(0)], lsn: 1 };
       assert.equal(validatePageReadReply(reply, { count: 2, pageSize: 4096 }).pages.length, 2);
