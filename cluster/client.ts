@@ -760,8 +760,8 @@ export class StrataClient {
    * The API is served by every node (a queue group): a node that takes requests without
    * answering them (hung, or killed with them) gets its share. A read (volume.info, volume.list,
    * status) is therefore asked up to API_READ_TRIES times within the call's deadline, each try
-   * waiting a part of the time left (at least API_READ_TRY_MS_MIN), and the server picks a node
-   * for each. So is a change with a request id (hasRequestId: the catalog answers it sent again as
+   * waiting a part of the time left (at least API_READ_TRY_MS_MIN; the first try of volume.info
+   * and volume.list at most that: API_QUICK_READ_VERBS), and the server picks a node for each. So is a change with a request id (hasRequestId: the catalog answers it sent again as
    * it was made), its Strata-Deadline the call's each time (a create's nodes take the time it
    * gives them); a change without one is sent once (asked again it could be made twice). Either is sent again, with back-off until the
    * deadline, when a node answered that it did nothing as it no longer (or not surely) runs the
@@ -803,7 +803,10 @@ export class StrataClient {
     for (let attempt = 1; ; attempt++) {
       const left = deadlineMs - this.nowMs();
       const last = attempt >= API_READ_TRIES || left < 2 * API_READ_TRY_MS_MIN;
-      const tryDeadlineMs = last ? deadlineMs : this.nowMs() + Math.max(API_READ_TRY_MS_MIN, Math.floor(left / (API_READ_TRIES - attempt + 1)));
+      const share = Math.max(API_READ_TRY_MS_MIN, Math.floor(left / (API_READ_TRIES - attempt + 1)));
+      // The catalog's quick reads: their first try is short (a node that takes requests and
+      // does not answer, frozen, costs that much), the next ones their part of what is left.
+      const tryDeadlineMs = last ? deadlineMs : this.nowMs() + (attempt === 1 && API_QUICK_READ_VERBS.has(verb) ? Math.min(share, API_READ_TRY_MS_MIN) : share);
       try {
         return await this.send(subject, verb, body, read ? tryDeadlineMs : deadlineMs, validate, tryDeadlineMs);
       } catch (e) {
@@ -842,6 +845,12 @@ export const LIST_RESTARTS_MAX = 3;
 
 /** API verbs that change nothing: asked again when a try gets no answer (`StrataClient.api`). */
 export const API_READ_VERBS: ReadonlySet<ApiVerb> = new Set<ApiVerb>(['volume.info', 'volume.list', 'status']);
+/**
+ * Reads the controller answers from memory (volume.info, volume.list): their first try waits
+ * API_READ_TRY_MS_MIN at most. A status gathers every node's answer within its try's deadline,
+ * so its tries keep their even parts.
+ */
+export const API_QUICK_READ_VERBS: ReadonlySet<ApiVerb> = new Set<ApiVerb>(['volume.info', 'volume.list']);
 /** Tries of a read API verb within its call's deadline, and the shortest try. */
 export const API_READ_TRIES = 3;
 export const API_READ_TRY_MS_MIN = 1000;

@@ -294,8 +294,15 @@ describe('cluster/client (fake transport)', () => {
       });
       const client = createClient(t, { cluster: CLUSTER, timeoutMs: 9000, nowMs: () => NOW });
       assert.equal((await client.volumeInfo('db')).name, 'db');
-      // Each try a part of the time left, the last one the call's own deadline.
-      assert.deepEqual(t.apiRequests('volume.info').map((r) => Number(r.headers[HEADER_DEADLINE]) - NOW), [3000, 4500, 9000]);
+      // A quick read's first try API_READ_TRY_MS_MIN, the next a part of the time left, the last
+      // one the call's own deadline.
+      assert.deepEqual(t.apiRequests('volume.info').map((r) => Number(r.headers[HEADER_DEADLINE]) - NOW), [API_READ_TRY_MS_MIN, 4500, 9000]);
+      // A status's tries: even parts (its router gathers the nodes' answers within each).
+      const statusTries = new FakeTransport((subject) => {
+        throw new ProtocolError('timeout', `no reply on ${subject}`);
+      });
+      await rejectsWith(createClient(statusTries, { cluster: CLUSTER, timeoutMs: 9000, nowMs: () => NOW }).status(), 'timeout');
+      assert.deepEqual(statusTries.apiRequests('status').map((r) => Number(r.headers[HEADER_DEADLINE]) - NOW), [3000, 4500, 9000]);
       // A change with a request id: the same bytes each try, the call's deadline in each (the
       // controller gives the nodes that time), each try waiting its part of it.
       await rejectsWith(client.createVolume({ name: 'x', pageCount: 10 }), 'timeout');
