@@ -11,7 +11,9 @@ import { connect as natsConnect, type NatsConnection } from 'nats';
 import { startNatsServer, type NatsServerHandle } from '../../runtime/nats-server';
 import { StrataNode } from '../../cluster/node';
 import { connect as connectClient } from '../../cluster/client';
-import { encode } from '../../messages/codec';
+import { decode, encode } from '../../messages/codec';
+import { HEADER_DEADLINE, HEADER_SCHEMA, HEADER_TYPE } from '../../messages/headers';
+import { apiSubject } from '../../messages/subjects';
 import { controllerSubject } from '../../messages/control';
 import { waitFor } from '../support/wait';
 
@@ -48,10 +50,12 @@ describe("a node's clean stop", function () {
     const node = await StrataNode.start({ nodeId: 's1', cluster: CLUSTER, natsUrl: nats.url, dataDir: path.join(root, 's1'), hosts: 1, controller: false, heartbeatMs: 50 });
     const client = await connectClient({ servers: nats.url, cluster: CLUSTER, timeoutMs: 8000 });
     try {
-      const listed = client.listVolumes();
+      // One request, sent once (the client's own tries would go around a node that stops).
+      const headers = { [HEADER_TYPE]: 'volume.list', [HEADER_SCHEMA]: '1', [HEADER_DEADLINE]: String(Date.now() + 8000) };
+      const listed = client.rawRequest(apiSubject(CLUSTER, 'volume.list'), encode({}), headers, { timeoutMs: 8000 });
       await waitFor('the listing forwarded to the controller', () => asked === 1);
       await node.stop();
-      assert.deepEqual((await listed).map((v) => v.name), ['slow']);
+      assert.deepEqual((decode(await listed) as { volumes: Array<{ name: string }> }).volumes.map((v) => v.name), ['slow']);
     } finally {
       await client.close();
       await node.stop();
