@@ -22,7 +22,7 @@ import { DataDirLock } from './data-dir-lock';
 import { withTimeout } from '../runtime/timeout';
 import { Notice, NOTICED } from '../runtime/notice';
 import { natsConnectHint } from '../runtime/nats-connect-hint';
-import { connect, Events, headers as natsHeaders, type NatsConnection, type Msg, type Subscription } from 'nats';
+import { connect, Events, headers as natsHeaders, type NatsConnection, type Msg, type MsgHdrs, type Subscription } from 'nats';
 import { DEADLINE_AHEAD_MS_MAX, HEADER_DEADLINE, parseDeadline, readHeaders } from '../messages/headers';
 import { NAME_LENGTH_MAX, REQUEST_ITEMS_MAX, VOLUMES_PER_LIST_MAX, type MessageType, type VolumeInfo, type VolumeResizeRequest } from '../messages/api';
 import type { Service } from 'nats';
@@ -2241,7 +2241,7 @@ export class StrataNode {
       const subject = nodeSubject(this.cluster, to, 'shards.open');
       try {
         if (openMs <= 0) throw new ProtocolError('timeout', 'no time left');
-        const r = await this.nc!.request(subject, encode({ shards: [this.assignmentOf(v, shard, move.to.hostId, 'adding')] }), { timeout: openMs });
+        const r = await this.askNode(c, to, subject, encode({ shards: [this.assignmentOf(v, shard, move.to.hostId, 'adding')] }), openMs);
         throwIfError(decode(r.data));
       } catch (e) {
         const pe = fromNatsError(e, subject, Math.max(0, openMs));
@@ -2250,7 +2250,7 @@ export class StrataNode {
     }
     let r: ShardReconfigureReply;
     try {
-      r = await this.reconfigureShard(v.id, shard, move.priorMembers, move.members, endMs);
+      r = await this.reconfigureShard(c, v.id, shard, move.priorMembers, move.members, endMs);
     } catch (e) {
       const pe = toProtocolError(e);
       throw new ProtocolError(pe.code, `${pe.message}${again}`, pe.details);
@@ -2271,10 +2271,15 @@ export class StrataNode {
    * (the last one named, at the next round's start), and is followed by a pause
    * (MOVE_RETRY_MS_MIN doubling to MOVE_RETRY_MS_MAX): two nodes that name each other do not make
    * it ask in a loop. At most MOVE_LEADER_TRIES_MAX requests, each and all within `endMs`. A
-   * refusal (`bad_request`) ends it at once.
+   * refusal (`bad_request`) ends it at once. The nodes `c` counts live are asked first, and a node
+   * found gone while asked (`askNode`: stopped, dead, or frozen) is waited for no longer: a move
+   * off a frozen node, which takes requests and answers none, would otherwise spend its whole
+   * time on that node's answer whenever it is asked first.
    */
-  private async reconfigureShard(volumeId: string, shard: number, prior: readonly string[], members: readonly string[], endMs: number): Promise<ShardReconfigureReply> {
-    const nodes = [...prior, ...members.filter((m) => !prior.includes(m))];
+  private async reconfigureShard(c: Controller, volumeId: string, shard: number, prior: readonly string[], members: readonly string[], endMs: number): Promise<ShardReconfigureReply> {
+    const all = [...prior, ...members.filter((m) => !prior.includes(m))];
+    const live = new Set(c.liveNodes(Date.now()).map((m) => m.nodeId));
+    const nodes = [...all.filter((n) => live.has(n)), ...all.filter((n) => !live.has(n))];
     let hint: string | undefined;
     let last: ProtocolError | undefined;
     let tries = 0;
@@ -2292,7 +2297,7 @@ export class StrataNode {
         const headers = natsHeaders();
         headers.set(HEADER_DEADLINE, String(endMs));
         try {
-          const reply = await this.nc!.request(subject, encode({ volumeId, shard, members: [...members] }), { timeout: leftMs, headers });
+          const reply = await this.askNode(c, node, subject, encode({ volumeId, shard, members: [...members] }), leftMs, headers);
           return validateShardReconfigureReply(throwIfError(decode(reply.data)));
         } catch (e) {
           last = fromNatsError(e, subject, leftMs);
@@ -2567,7 +2572,7 @@ export class StrataNode {
    *   waited for no longer (NodeSilentError). A node whose claim goes unanswered but whose
    *   heartbeats still come is slow, not gone: it is waited for.
    */
-  private async askNode(c: Controller, nodeId: string, subject: string, data: Uint8Array, timeoutMs: number): Promise<Msg> {
+  private async askNode(c: Controller, nodeId: string, subject: string, data: Uint8Array, timeoutMs: number, headers?: MsgHdrs): Promise<Msg> {
     const nc = this.nc!;
     let timer: NodeJS.Timeout | undefined;
     let done = false;
@@ -2588,7 +2593,7 @@ export class StrataNode {
       probeLater();
     });
     try {
-      return await Promise.race([nc.request(subject, data, { timeout: timeoutMs }), gone]);
+      return await Promise.race([nc.request(subject, data, { timeout: timeoutMs, ...(headers === undefined ? {} : { headers }) }), gone]);
     } finally {
       done = true;
       clearTimeout(timer);
