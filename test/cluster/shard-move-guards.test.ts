@@ -31,7 +31,8 @@ interface NodeInside {
   reconciling: Promise<void> | undefined;
   openShards(list: Assignment[], existing?: boolean): Promise<void>;
   destroyShards(volumeId: string, shards: number[]): Promise<number>;
-  reconfigureShard(volumeId: string, shard: number, prior: readonly string[], members: readonly string[], endMs: number): Promise<unknown>;
+  controller: unknown;
+  reconfigureShard(c: unknown, volumeId: string, shard: number, prior: readonly string[], members: readonly string[], endMs: number): Promise<unknown>;
 }
 
 describe('moving a replica: the guards of the move and of the reconciliations around it', function () {
@@ -115,7 +116,7 @@ describe('moving a replica: the guards of the move and of the reconciliations ar
     await nc.flush();
     try {
       const started = Date.now();
-      const e = await inside('n1').reconfigureShard(volumeId, 0, prior, members, Date.now() + 1500).catch((err: unknown) => err);
+      const e = await inside('n1').reconfigureShard(inside('n1').controller, volumeId, 0, prior, members, Date.now() + 1500).catch((err: unknown) => err);
       assert.ok(e instanceof ProtocolError && e.code === 'timeout', String(e));
       assert.ok(Date.now() - started >= 1400, 'asked until the deadline');
       // Within 1.5 s the pauses (100, 200, 400, 800 ms) leave room for 5 rounds at most.

@@ -19,13 +19,16 @@ export async function controllerMembers(nc: NatsConnection, cluster: string, tim
 }
 
 /**
- * A node `nodeId` that the controller hears from (a heartbeat every 200 ms, one sent now) and
- * whose `shards.open` requests `onOpen` answers; it hosts nothing. `stop` ends both.
+ * A node `nodeId` that the controller hears from (a heartbeat every 200 ms, one sent now), whose
+ * `shards.open` requests `onOpen` answers and whose claim is answered; it hosts nothing. `stop`
+ * ends all three.
  */
 export async function fakeNode(nc: NatsConnection, cluster: string, nodeId: string, onOpen: (m: Msg) => void): Promise<{ stop(): void }> {
   const beat = (): void => void nc.request(`strata.${cluster}.controller.heartbeat`, encode({ nodeId, hosts: 1 }), { timeout: 1000 }).catch(() => undefined);
   const beats = setInterval(beat, 200);
   const sub = nc.subscribe(`strata.${cluster}.node.${nodeId}.shards.open`, { callback: (_e, m) => onOpen(m) });
+  // Its claim answered, as every node's is: the controller's check that it is still there.
+  const claim = nc.subscribe(`strata.${cluster}.node.${nodeId}.claim`, { callback: (_e, m) => void m.respond(encode({})) });
   beat();
   await nc.flush();
   let stopped = false;
@@ -35,6 +38,7 @@ export async function fakeNode(nc: NatsConnection, cluster: string, nodeId: stri
       stopped = true;
       clearInterval(beats);
       sub.unsubscribe();
+      claim.unsubscribe();
     },
   };
 }
