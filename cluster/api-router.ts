@@ -11,7 +11,6 @@
  * router's own timeout away (`deadline`). A catalog request carries it on to the controller in
  * its own Strata-Deadline header, so the controller can skip one whose caller gave up.
  */
-import { randomUUID } from 'node:crypto';
 import { headers as natsHeaders, type NatsConnection, type Subscription } from 'nats';
 import { encode, decode, encodedErrorCode, MESSAGE_BYTES_MAX } from '../messages/codec';
 import { newInbox, serverMaxPayload } from '../runtime/request-mux';
@@ -22,7 +21,7 @@ import { controllerSubject } from '../messages/control';
 import { SHARDS_MAX, VOLUMES_PER_LIST_MAX, type VolumeInfo } from '../messages/api';
 import { NODES_MAX } from '../actors/controller';
 import { deadlineRemainingMs, HEADER_DEADLINE } from '../messages/headers';
-import { createClient, GEOMETRY_RECHECK_MS, NatsTransport, type StrataClient, type Volume } from './client';
+import { createClient, GEOMETRY_RECHECK_MS, NatsTransport, newRequestId, type StrataClient, type Volume } from './client';
 import { CATALOG_PAGE_COUNT, CATALOG_PAGE_SIZE, CATALOG_VOLUME_ID, CATALOG_VOLUME_NAME } from './catalog-shard';
 
 /** Volumes whose routing info a node keeps at most. */
@@ -173,7 +172,7 @@ export class ApiRouter {
   async branch(body: unknown, data: Uint8Array, deadlineMs: number): Promise<Uint8Array> {
     // Given a request id when it has none, as a change is (`forwardChange`).
     const asked = validateVolumeBranchRequest(body);
-    const req = asked.requestId === undefined ? { ...asked, requestId: randomUUID() } : asked;
+    const req = asked.requestId === undefined ? { ...asked, requestId: newRequestId() } : asked;
     let sent = req === asked ? data : encode(req);
     try {
       // A share of the time: the rest is the copy's and the check's.
@@ -203,7 +202,7 @@ export class ApiRouter {
       return reply;
     } catch (e) {
       const why = (e as Error).message;
-      const undone = await this.forwardToController('volume.delete', encode({ name: req.name, requestId: randomUUID() }), deadlineMs, true);
+      const undone = await this.forwardToController('volume.delete', encode({ name: req.name, requestId: newRequestId() }), deadlineMs, true);
       const code = encodedErrorCode(undone);
       throw new ProtocolError('unavailable', `branch '${req.name}' of '${req.parent}' was created, but a shard of it did not serve in time, its replicas without the parent's pages at the branch point (${why}): ` +
         (code === undefined ? 'it was deleted' : `deleting it failed too (${code}): delete it with strata volume delete ${req.name}`));
@@ -650,5 +649,5 @@ function listOfMaps(body: unknown, key: string, lengthMax: number): Array<Record
  */
 export function withRequestId(body: unknown, data: Uint8Array): Uint8Array {
   if (!isPlainObject(body) || 'requestId' in body) return data;
-  return encode({ ...body, requestId: randomUUID() });
+  return encode({ ...body, requestId: newRequestId() });
 }

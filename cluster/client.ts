@@ -410,8 +410,8 @@ export class StrataClient {
       let after: string | undefined;
       // Each page holds names after the last one's: at most one page per volume.
       for (let pages = 1; ; pages++) {
+        // Its `next`, if any, is its last volume's name (validateVolumeListReply).
         const page = await this.listVolumesPage({ ...(after === undefined ? {} : { after }), deadlineMs });
-        if (page.volumes.length === 0 && page.next !== undefined) throw new ProtocolError('unavailable', 'volume.list: a page without volumes names a next one');
         if (epoch !== undefined && page.epoch !== epoch && restarts < LIST_RESTARTS_MAX) break;
         epoch ??= page.epoch;
         volumes.push(...page.volumes);
@@ -761,12 +761,14 @@ export class StrataClient {
    * answering them (hung, or killed with them) gets its share. A read (volume.info, volume.list,
    * status) is therefore asked up to API_READ_TRIES times within the call's deadline, each try
    * waiting a part of the time left (at least API_READ_TRY_MS_MIN; the first try of volume.info
-   * and volume.list at most that: API_QUICK_READ_VERBS), and the server picks a node for each. So is a change with a request id (hasRequestId: the catalog answers it sent again as
-   * it was made), its Strata-Deadline the call's each time (a create's nodes take the time it
-   * gives them); a change without one is sent once (asked again it could be made twice). Either is sent again, with back-off until the
-   * deadline, when a node answered that it did nothing as it no longer (or not surely) runs the
-   * controller (`notController`): the controller is moving, and the next one will answer. Also for
-   * CONTROLLER_GAP_MS when no node served the controller's subjects (`noController`).
+   * and volume.list at most that: API_QUICK_READ_VERBS), and the server picks a node for each. So
+   * is a change with a request id (hasRequestId: the catalog answers it sent again as it was
+   * made), its Strata-Deadline the call's each time (a create's nodes take the time it gives
+   * them); a change without one is sent once (asked again it could be made twice). Either is sent
+   * again, with back-off until the deadline, when a node answered that it did nothing as it no
+   * longer (or not surely) runs the controller (`notController`): the controller is moving, and
+   * the next one will answer. Also for CONTROLLER_GAP_MS when no node served the controller's
+   * subjects (`noController`).
    */
   async api<V extends ApiVerb>(verb: V, body: RequestMap[V], deadlineMs: number): Promise<ReplyMap[V]> {
     return this.whileControllerMoves(deadlineMs, () => this.apiOnce(verb, body, deadlineMs));

@@ -2278,8 +2278,8 @@ export class StrataNode {
    */
   private async reconfigureShard(c: Controller, volumeId: string, shard: number, prior: readonly string[], members: readonly string[], endMs: number): Promise<ShardReconfigureReply> {
     const all = [...prior, ...members.filter((m) => !prior.includes(m))];
-    const live = new Set(c.liveNodes(Date.now()).map((m) => m.nodeId));
-    const nodes = [...all.filter((n) => live.has(n)), ...all.filter((n) => !live.has(n))];
+    const nowMs = Date.now();
+    const nodes = [...all.filter((n) => c.isLive(n, nowMs)), ...all.filter((n) => !c.isLive(n, nowMs))];
     let hint: string | undefined;
     let last: ProtocolError | undefined;
     let tries = 0;
@@ -2607,13 +2607,13 @@ export class StrataNode {
    * found gone meanwhile (`askNode`) fails it at once.
    */
   private async destroyEverywhere(c: Controller, v: VolumeRecord, except: ReadonlySet<string> = new Set()): Promise<void> {
-    const live = new Set(c.liveNodes(Date.now()).map((m) => m.nodeId));
+    const nowMs = Date.now();
     const byNode = new Map<string, number[]>();
     const notLive = new Set<string>();
     for (const p of v.placements) {
       for (const r of p.replicas) {
         if (except.has(r.nodeId)) continue;
-        if (!live.has(r.nodeId)) notLive.add(r.nodeId);
+        if (!c.isLive(r.nodeId, nowMs)) notLive.add(r.nodeId);
         else byNode.set(r.nodeId, [...(byNode.get(r.nodeId) ?? []), p.shard]);
       }
     }

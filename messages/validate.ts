@@ -471,7 +471,7 @@ export function validateVolumeListRequest(value: unknown): VolumeListRequest {
   expectKnownFields(map, LIST_FIELDS, '');
   const after = optional(field(map, 'after'), (v) => expectName(v, 'after'));
   const limit = optional(field(map, 'limit'), (v) => expectInteger(v, 'limit', { min: 1, max: VOLUMES_PER_LIST_MAX }));
-  return { ...(after === undefined ? {} : { after }), ...(limit === undefined ? {} : { limit }) };
+  return { ...optionalEntry('after', after), ...optionalEntry('limit', limit) };
 }
 
 /** volume.list reply. A page with `next` holds at least one volume, the last before `next`'s page. */
@@ -484,7 +484,7 @@ export function validateVolumeListReply(value: unknown): VolumeListReply {
   if (next !== undefined && volumes[volumes.length - 1]?.name !== next) {
     fail('bad_request', 'next', 'expected the name of the page\'s last volume');
   }
-  return { volumes, ...(next === undefined ? {} : { next }), ...(epoch === undefined ? {} : { epoch }) };
+  return { volumes, ...optionalEntry('next', next), ...optionalEntry('epoch', epoch) };
 }
 
 const NAME_FIELDS = fields('name');

@@ -8,38 +8,27 @@ import { strict as assert } from 'node:assert';
 import type { Msg } from 'nats';
 import type { StrataClient } from '../../cluster/client';
 import { encode, decode } from '../../messages/codec';
-import { HEADER_DEADLINE, HEADER_SCHEMA, HEADER_TYPE } from '../../messages/headers';
-import { apiSubject } from '../../messages/subjects';
 import type { ApiVerb } from '../../messages/api';
 import type { ErrorReply } from '../../messages/errors';
 import { GhostController } from '../support/ghost-controller';
 import { controllerSubject } from '../../messages/control';
 import { waitFor } from '../support/wait';
+import { apiRequestOnce } from '../support/api';
 
 const CLUSTER = 'deletedl';
 
-async function apiRequest(client: StrataClient, verb: ApiVerb, body: unknown, deadlineMs: number): Promise<unknown> {
-  return apiRequestIn(CLUSTER, client, verb, body, deadlineMs);
-}
-
-/** One API request to cluster `cluster`, its Strata-Deadline `deadlineMs`, sent once; the reply's body, an error reply included. */
-async function apiRequestIn(cluster: string, client: StrataClient, verb: ApiVerb, body: unknown, deadlineMs: number): Promise<unknown> {
-  const headers = { [HEADER_TYPE]: verb, [HEADER_SCHEMA]: '1', [HEADER_DEADLINE]: String(deadlineMs) };
-  return decode(await client.rawRequest(apiSubject(cluster, verb), encode(body), headers, { timeoutMs: Math.max(15_000, deadlineMs - Date.now() + 2000) }));
+function apiRequest(client: StrataClient, verb: ApiVerb, body: unknown, deadlineMs: number): Promise<unknown> {
+  return apiRequestOnce(client, CLUSTER, verb, body, deadlineMs);
 }
 
 /**
- * Two ghosts that heartbeat and answer their shards' opens and destroys until `freeze()`; then
- * they stop heartbeating and take every request without answering it.
+ * Ghosts that heartbeat and answer their shards' opens and destroys until `freeze()`; then they
+ * all stop heartbeating and take every request without answering it, their claims too (the
+ * controller cannot tell them from slow nodes until their heartbeats are missed).
  */
 async function freezingGhosts(ghosts: readonly string[]): Promise<{ g: GhostController; freeze: () => void }> {
-  let frozen = false;
-  const answer = (_ghost: string, msg: Msg): void => {
-    if (!frozen) msg.respond(encode({ ok: true }));
-  };
-  // Frozen, a node's claim is not answered either: the controller cannot tell it from a slow one.
-  const g = await GhostController.start(CLUSTER, ghosts, { open: answer, destroy: answer, claim: answer, beating: () => !frozen });
-  return { g, freeze: () => void (frozen = true) };
+  const { g, freeze } = await ghostsFrozenOneByOne(CLUSTER, ghosts);
+  return { g, freeze: () => ghosts.forEach(freeze) };
 }
 
 describe('catalog changes within their deadline while a node is frozen', function () {
@@ -169,7 +158,7 @@ describe('a node frozen for longer than the controller\'s live window', function
     ghosts.freeze('ghost7');
     await waitFor('ghost7 not live', async () => !(await g!.counted('ghost7')));
     // A deadline far off: asked, the frozen node would hold the answer until near it.
-    assert.deepEqual(await apiRequestIn('frozendel', client, 'volume.delete', { name: 'a' }, Date.now() + 18_000), { deleted: true });
+    assert.deepEqual(await apiRequestOnce(client, 'frozendel', 'volume.delete', { name: 'a' }, Date.now() + 18_000), { deleted: true });
     assert.equal(ghosts.asked.get('ghost7 destroy'), undefined, 'the frozen node was not asked');
     assert.equal(ghosts.asked.get('ghost8 destroy'), 1, 'the live one was');
   });
@@ -182,10 +171,10 @@ describe('a node frozen for longer than the controller\'s live window', function
     // ctl, ghost9 and ghost10, and then silent (no heartbeat within the live window, its claim
     // unanswered) while the controller waits for its open.
     ghosts.freeze('ghost9');
-    const created = await apiRequestIn('frozencreate', client, 'volume.create', { name: 'c', pageCount: 96, shards: 3, stripePages: 16, replicas: 1 }, Date.now() + 20_000);
+    const created = await apiRequestOnce(client, 'frozencreate', 'volume.create', { name: 'c', pageCount: 96, shards: 3, stripePages: 16, replicas: 1 }, Date.now() + 20_000);
     assert.equal((created as Partial<ErrorReply>).error, undefined, JSON.stringify(created));
     assert.equal(ghosts.asked.get('ghost9 open'), 1, 'ghost9 was sent an open first');
-    const info = (await apiRequestIn('frozencreate', client, 'volume.info', { name: 'c' }, Date.now() + 3000)) as { replicaSets: Array<{ members: string[] }> };
+    const info = (await apiRequestOnce(client, 'frozencreate', 'volume.info', { name: 'c' }, Date.now() + 3000)) as { replicaSets: Array<{ members: string[] }> };
     assert.deepEqual([...new Set(info.replicaSets.flatMap((r) => r.members))].sort(), ['ctl', 'ghost10']);
   });
 
@@ -195,11 +184,11 @@ describe('a node frozen for longer than the controller\'s live window', function
     const client = g.client(25_000);
     await client.createVolume({ name: 'r', pageCount: 64, replicas: 3 });
     ghosts.freeze('ghost11');
-    const refused = (await apiRequestIn('frozenresize', client, 'volume.resize', { name: 'r', pageCount: 128 }, Date.now() + 20_000)) as ErrorReply;
+    const refused = (await apiRequestOnce(client, 'frozenresize', 'volume.resize', { name: 'r', pageCount: 128 }, Date.now() + 20_000)) as ErrorReply;
     assert.equal(refused.error?.code, 'unavailable', JSON.stringify(refused));
     assert.match(refused.error.message, /node 'ghost11' is silent/);
     assert.equal(ghosts.asked.get('ghost11 grow'), 1);
-    const resized = (await apiRequestIn('frozenresize', client, 'volume.resize', { name: 'r', pageCount: 128 }, Date.now() + 10_000)) as { pageCount?: number };
+    const resized = (await apiRequestOnce(client, 'frozenresize', 'volume.resize', { name: 'r', pageCount: 128 }, Date.now() + 10_000)) as { pageCount?: number };
     assert.equal(resized.pageCount, 128, JSON.stringify(resized));
     assert.equal(ghosts.asked.get('ghost11 grow'), 1, 'not asked again once not live');
   });

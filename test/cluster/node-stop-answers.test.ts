@@ -11,9 +11,8 @@ import { connect as natsConnect, type NatsConnection } from 'nats';
 import { startNatsServer, type NatsServerHandle } from '../../runtime/nats-server';
 import { StrataNode } from '../../cluster/node';
 import { connect as connectClient } from '../../cluster/client';
-import { decode, encode } from '../../messages/codec';
-import { HEADER_DEADLINE, HEADER_SCHEMA, HEADER_TYPE } from '../../messages/headers';
-import { apiSubject } from '../../messages/subjects';
+import { encode } from '../../messages/codec';
+import { apiRequestOnce } from '../support/api';
 import { controllerSubject } from '../../messages/control';
 import { waitFor } from '../support/wait';
 
@@ -51,11 +50,10 @@ describe("a node's clean stop", function () {
     const client = await connectClient({ servers: nats.url, cluster: CLUSTER, timeoutMs: 8000 });
     try {
       // One request, sent once (the client's own tries would go around a node that stops).
-      const headers = { [HEADER_TYPE]: 'volume.list', [HEADER_SCHEMA]: '1', [HEADER_DEADLINE]: String(Date.now() + 8000) };
-      const listed = client.rawRequest(apiSubject(CLUSTER, 'volume.list'), encode({}), headers, { timeoutMs: 8000 });
+      const listed = apiRequestOnce(client, CLUSTER, 'volume.list', {}, Date.now() + 8000, 8000);
       await waitFor('the listing forwarded to the controller', () => asked === 1);
       await node.stop();
-      assert.deepEqual((decode(await listed) as { volumes: Array<{ name: string }> }).volumes.map((v) => v.name), ['slow']);
+      assert.deepEqual(((await listed) as { volumes: Array<{ name: string }> }).volumes.map((v) => v.name), ['slow']);
     } finally {
       await client.close();
       await node.stop();

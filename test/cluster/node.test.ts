@@ -9,10 +9,11 @@ import { createClient, NatsTransport, type StrataClient } from '../../cluster/cl
 import { encode, decode } from '../../messages/codec';
 import { errorReply, ProtocolError, type ErrorReply } from '../../messages/errors';
 import { controllerSubject, nodeSubject } from '../../messages/control';
-import { HEADER_DEADLINE, HEADER_SCHEMA, HEADER_TYPE } from '../../messages/headers';
-import { apiSubject, shardSubject } from '../../messages/subjects';
+import { HEADER_DEADLINE } from '../../messages/headers';
+import { shardSubject } from '../../messages/subjects';
 import type { ApiVerb, VolumeInfo } from '../../messages/api';
 import { waitFor } from '../support/wait';
+import { apiRequestOnce } from '../support/api';
 import { startTcpProxy } from '../support/tcp-proxy';
 import type { ShardSpec } from '../../runtime/device-host';
 
@@ -98,9 +99,8 @@ describe('StrataNode', function () {
   }
 
   /** Sends an API request with the Strata headers and `deadlineMs`; waits for the reply up to 5 s. */
-  async function apiRequest(client: StrataClient, verb: ApiVerb, body: unknown, deadlineMs: number): Promise<unknown> {
-    const headers = { [HEADER_TYPE]: verb, [HEADER_SCHEMA]: '1', [HEADER_DEADLINE]: String(deadlineMs) };
-    return decode(await client.rawRequest(apiSubject(CLUSTER, verb), encode(body), headers, { timeoutMs: 5000 }));
+  function apiRequest(client: StrataClient, verb: ApiVerb, body: unknown, deadlineMs: number): Promise<unknown> {
+    return apiRequestOnce(client, CLUSTER, verb, body, deadlineMs, 5000);
   }
 
   function errorCode(reply: unknown): string | undefined {

@@ -1,10 +1,8 @@
 import { strict as assert } from 'node:assert';
 import { startCluster, type InProcessCluster } from '../../cluster/in-process-cluster';
-import { decode, encode } from '../../messages/codec';
-import { apiSubject } from '../../messages/subjects';
-import { HEADER_DEADLINE, HEADER_SCHEMA, HEADER_TYPE } from '../../messages/headers';
 import type { ErrorReply } from '../../messages/errors';
 import { rejectsWith } from '../support/expect';
+import { apiRequestOnce } from '../support/api';
 
 /**
  * A catalog whose volume list does not fit one message (a NATS server with a max_payload of
@@ -27,10 +25,7 @@ describe('volume.list in pages, through a NATS server with a max_payload of 16 K
     await c?.stop();
   });
 
-  const raw = async (body: unknown): Promise<unknown> => {
-    const headers = { [HEADER_TYPE]: 'volume.list', [HEADER_SCHEMA]: '1', [HEADER_DEADLINE]: String(Date.now() + 10_000) };
-    return decode(await c.client.rawRequest(apiSubject(c.cluster, 'volume.list'), encode(body), headers, { timeoutMs: 10_000 }));
-  };
+  const raw = (body: unknown): Promise<unknown> => apiRequestOnce(c.client, c.cluster, 'volume.list', body, Date.now() + 10_000, 10_000);
 
   it('asked whole it is too_large; the client reads it in pages, every volume once, in name order', async () => {
     const whole = (await raw({})) as ErrorReply;
