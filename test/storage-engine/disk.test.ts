@@ -11,20 +11,8 @@ import { StorageError } from '../../storage-engine/errors';
 import { RealDisk, REMOVE_QUEUE_MAX, REMOVE_STEP_BYTES } from '../../storage-engine/real-disk';
 import { SimDisk } from '../../storage-engine/sim-disk';
 import { expectStorageError } from '../support/expect';
+import { bytes, readAll, text } from '../support/disk';
 
-const bytes = (s: string): Uint8Array => new TextEncoder().encode(s);
-const text = (b: Uint8Array): string => new TextDecoder().decode(b);
-
-function readAll(disk: Disk, path: string): string {
-  const fh = disk.open(path);
-  try {
-    const buf = new Uint8Array(disk.size(fh));
-    assert.equal(disk.read(fh, buf, 0), buf.length);
-    return text(buf);
-  } finally {
-    disk.close(fh);
-  }
-}
 
 function writeFile(disk: Disk, path: string, content: string): void {
   const fh = disk.open(path, { create: true, truncate: true });
