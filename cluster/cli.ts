@@ -134,6 +134,14 @@ Commands:
         nodes the volumes they hold that the catalog lacks, and with --apply add them
         (without: only say which). Each node reopens its replicas of them, and one that
         lost its data is given them back by its peers (docs/replication.md).
+  inspect PATH [--shard VOLUME/SHARD] [--verify] [--records [--from L] [--to L] [--limit N]]
+          [--page P [--lsn L] [--out FILE]] [--catalog [--lsn L]] [--json]
+        Read a node's data directory (or one replica's) offline, changing nothing: each
+        replica's term and vote, replica set, log, images and damage, and what the node's
+        next open would change (a torn tail cut); --verify checks every image page too.
+        --records lists a replica's log records, --page shows a page as of an LSN
+        (GetPage@LSN), --catalog the volume catalog a controller node holds (as of an LSN).
+        Exit code 1 when a replica is damaged (docs/cli.md).
   nats-auth [--cluster C] [--clients A,B,…]
         Print the authorization block of a nats-server config that keeps applications
         off the subjects the nodes trust each other on, and each user off the replies
@@ -212,12 +220,17 @@ const COMMANDS: Readonly<Record<string, CommandSpec>> = {
   drain: { positionals: ['NODE'], flags: { undo: 'boolean' }, client: true },
   rebalance: { positionals: [], flags: { stop: 'boolean' }, client: true },
   'nats-auth': { positionals: [], flags: { cluster: 'string', clients: 'string' }, client: false },
+  inspect: {
+    positionals: ['PATH'],
+    flags: { shard: 'string', verify: 'boolean', records: 'boolean', from: 'integer', to: 'integer', limit: 'integer', page: 'integer', lsn: 'integer', out: 'string', catalog: 'boolean', json: 'boolean' },
+    client: false,
+  },
   help: { positionals: [], flags: {}, client: false },
 };
 
 /** A parsed command line. `node` keeps its arguments raw (`rest`) for loadNodeConfig. */
 export interface ParsedArgs {
-  /** `dev`, `node`, `volume create`, `volume branch`, `volume list`, `volume info`, `volume delete`, `volume resize`, `put`, `get`, `nbd`, `status`, `shard force-vote`, `shard move`, `shard handover`, `drain`, `rebalance`, `catalog recover`, `nats-auth`, `help`. */
+  /** `dev`, `node`, `volume create`, `volume branch`, `volume list`, `volume info`, `volume delete`, `volume resize`, `put`, `get`, `nbd`, `status`, `shard force-vote`, `shard move`, `shard handover`, `drain`, `rebalance`, `catalog recover`, `nats-auth`, `inspect`, `help`. */
   command: string;
   positionals: string[];
   flags: Record<string, string | number | boolean>;
@@ -1025,6 +1038,34 @@ async function node(ctx: Ctx): Promise<number> {
   return new Promise<number>(() => undefined);
 }
 
+/**
+ * `strata inspect PATH`: a node's data directory (or a device's, or a replica's) read offline
+ * (cluster/inspect.ts). Exit code 1 when a replica is damaged or does not open.
+ */
+async function inspectCommand(ctx: Ctx): Promise<number> {
+  const { flags, positionals } = ctx.args;
+  const has = (name: string): boolean => flags[name] !== undefined;
+  if ((has('from') || has('to') || has('limit')) && flags.records !== true) throw new UsageError('inspect: --from, --to and --limit go with --records');
+  if (has('lsn') && !has('page') && flags.catalog !== true) throw new UsageError('inspect: --lsn goes with --page or --catalog');
+  if (has('out') && !has('page')) throw new UsageError('inspect: --out goes with --page');
+  const { inspect, inspectJson, inspectText } = await import('./inspect');
+  const report = inspect(positionals[0]!, {
+    ...(has('shard') ? { shard: flags.shard as string } : {}),
+    ...(flags.verify === true ? { verify: true } : {}),
+    ...(flags.records === true
+      ? { records: { ...(has('from') ? { fromLsn: flags.from as number } : {}), ...(has('to') ? { toLsn: flags.to as number } : {}), ...(has('limit') ? { limit: flags.limit as number } : {}) } }
+      : {}),
+    ...(has('page') ? { page: { page: flags.page as number, ...(has('lsn') ? { lsn: flags.lsn as number } : {}) } } : {}),
+    ...(flags.catalog === true ? { catalog: has('lsn') ? { lsn: flags.lsn as number } : {} } : {}),
+  });
+  if (has('out') && report.page !== undefined) await fs.promises.writeFile(flags.out as string, report.page.data);
+  await writeOut(ctx.io.stdout, ctx.json ? jsonText(inspectJson(report)) : inspectText(report));
+  const bad = report.replicas.filter((r) => r.state === 'damaged' || r.state === 'unreadable');
+  if (bad.length === 0) return 0;
+  await writeOut(ctx.io.stderr, `strata: corruption: ${bad.length} of ${report.replicas.length} replica(s) damaged or not opening: ${bad.map((r) => `${r.volumeId}/${r.shard}`).join(', ')}\n`);
+  return 1;
+}
+
 function defaultIo(): CliIo {
   return { stdout: process.stdout, stderr: process.stderr, stdin: process.stdin, env: process.env, connect: connectClient };
 }
@@ -1114,6 +1155,8 @@ export async function main(argv: readonly string[], io: Partial<CliIo> = {}): Pr
       case 'rebalance':
         await rebalance(ctx);
         return 0;
+      case 'inspect':
+        return await inspectCommand(ctx);
       case 'nats-auth':
         await writeOut(fullIo.stdout, natsAuthText((args.flags.cluster as string | undefined) ?? (fullIo.env.STRATA_CLUSTER || CLUSTER_DEFAULT), natsAuthClients(args.flags.clients as string | undefined)));
         return 0;

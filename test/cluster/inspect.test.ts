@@ -1,0 +1,325 @@
+import { strict as assert } from 'node:assert';
+import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { startCluster, type InProcessCluster } from '../../cluster/in-process-cluster';
+import { inspect, pageRanges } from '../../cluster/inspect';
+import { runCli } from '../support/cli';
+
+/** Every file under `dir`: size, mtime and content hash, by relative path. */
+function snapshot(dir: string): Map<string, string> {
+  const out = new Map<string, string>();
+  const walk = (d: string): void => {
+    for (const e of fs.readdirSync(d, { withFileTypes: true })) {
+      const p = path.join(d, e.name);
+      if (e.isDirectory()) {
+        out.set(path.relative(dir, p) + '/', 'dir');
+        walk(p);
+      } else {
+        const st = fs.statSync(p);
+        out.set(path.relative(dir, p), `${st.size} ${st.mtimeMs} ${crypto.createHash('sha256').update(fs.readFileSync(p)).digest('hex')}`);
+      }
+    }
+  };
+  walk(dir);
+  return out;
+}
+
+function page(fill: number): Uint8Array {
+  const p = new Uint8Array(4096);
+  for (let i = 0; i < p.length; i++) p[i] = (fill + i * 7) & 0xff;
+  return p;
+}
+
+/** A copy of the data directory `from` that a test may damage. */
+function copyDir(from: string): string {
+  const to = fs.mkdtempSync(path.join(os.tmpdir(), 'strata-inspect-copy-'));
+  fs.cpSync(from, to, { recursive: true });
+  return to;
+}
+
+function lastSegment(replicaDir: string): string {
+  const names = fs.readdirSync(path.join(replicaDir, 'log')).filter((n) => n.endsWith('.log')).sort();
+  return path.join(replicaDir, 'log', names[names.length - 1]!);
+}
+
+describe('strata inspect (a data directory read offline)', function () {
+  this.timeout(60_000);
+  let root: string;
+  let c: InProcessCluster | undefined;
+  let dataDir: string;
+  let volumeId: string;
+  /** LSN of each write to shard 0, and what it wrote on page 3. */
+  const writes: Array<{ lsn: number; fill: number }> = [];
+  const copies: string[] = [];
+
+  before(async () => {
+    root = fs.mkdtempSync(path.join(os.tmpdir(), 'strata-inspect-'));
+    // Images every 8 records: the replica reads from an image and the log after it.
+    c = await startCluster({ nodes: 1, dataDir: root, node: { checkpointEveryRecords: 8 } });
+    const info = await c.client.createVolume({ name: 'db', pageCount: 512, shards: 2, stripePages: 256, replicas: 1 });
+    volumeId = info.id;
+    const vol = c.client.volume('db');
+    for (let k = 1; k <= 20; k++) {
+      const r = await vol.writePages([{ page: 3, data: page(k) }, { page: 4, data: page(100 + k) }]);
+      writes.push({ lsn: r.lsns.find((x) => x.shard === 0)!.lsn, fill: k });
+    }
+    await vol.write(300, page(200)); // shard 1
+    dataDir = c.dataDirs[0]!;
+    await c.stopNode(0);
+  });
+
+  after(async () => {
+    await c?.stop();
+    for (const d of [root, ...copies]) fs.rmSync(d, { recursive: true, force: true });
+  });
+
+  it('lists every replica of the node, as it would open, and changes nothing', async () => {
+    const before = snapshot(dataDir);
+    const r = await runCli(['inspect', dataDir]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /^node n1 of cluster test, /);
+    assert.match(r.stdout, new RegExp(`${volumeId}/0 +db +dev0 .* ok\\n`));
+    assert.match(r.stdout, new RegExp(`${volumeId}/1 +db +dev0 .* ok\\n`));
+    const report = inspect(dataDir);
+    assert.equal(report.kind, 'node');
+    assert.deepEqual(report.node, { nodeId: 'n1', cluster: 'test', hosts: report.node!.hosts });
+    const s0 = report.replicas.find((x) => x.volumeId === volumeId && x.shard === 0)!;
+    assert.equal(s0.state, 'ok');
+    assert.equal(s0.pageSize, 4096);
+    assert.equal(s0.pageCount, 512);
+    assert.deepEqual(s0.members, ['n1']);
+    assert.equal(s0.votedFor, 'n1');
+    assert.ok(s0.term! >= 1);
+    assert.equal(s0.log!.lastLsn, writes[writes.length - 1]!.lsn, 'the log ends at the last write');
+    assert.ok(s0.imageLsn! > 0, 'a checkpoint image was written');
+    assert.ok(s0.images.length > 0 && s0.images.every((i) => i.damage === undefined));
+    assert.deepEqual(s0.damage, []);
+    assert.deepEqual(snapshot(dataDir), before, 'nothing under the data directory changed');
+  });
+
+  it('lists a replica’s log records', async () => {
+    const r = await runCli(['inspect', dataDir, '--shard', 'db/0', '--records']);
+    assert.equal(r.code, 0, r.stderr);
+    const report = inspect(dataDir, { shard: `${volumeId}/0`, records: {} });
+    const records = report.records!;
+    const log = report.replicas[0]!.log!;
+    assert.equal(records.length, log.lastLsn - log.firstLsn + 1);
+    for (const w of writes.filter((x) => x.lsn >= log.firstLsn)) {
+      const line = records.find((x) => x.lsn === w.lsn)!;
+      assert.equal(line.kind, 'page-write');
+      assert.deepEqual(line.pages, [3, 4]);
+      assert.match(r.stdout, new RegExp(`\\n${w.lsn} +\\d+ +page-write +\\d+ +2 page\\(s\\): 3-4\\n`));
+    }
+    // A range, and a limit: the rest is named.
+    const last = writes[writes.length - 1]!.lsn;
+    const some = inspect(dataDir, { shard: 'db/0', records: { fromLsn: last - 3, limit: 2 } });
+    assert.deepEqual(some.records!.map((x) => x.lsn), [last - 3, last - 2]);
+    assert.equal(some.recordsNext, last - 1);
+  });
+
+  it('reads a page as of an LSN, as the replica would serve it', async () => {
+    const out = path.join(root, 'page.bin');
+    for (const w of [writes[writes.length - 1]!, writes[writes.length - 3]!]) {
+      const r = await runCli(['inspect', dataDir, '--shard', 'db/0', '--page', '3', '--lsn', String(w.lsn), '--out', out]);
+      assert.equal(r.code, 0, r.stderr);
+      assert.deepEqual(new Uint8Array(fs.readFileSync(out)), page(w.fill));
+      assert.match(r.stdout, new RegExp(`page 3 as of LSN ${w.lsn}: written by LSN ${w.lsn} `));
+    }
+    // Without --lsn: the log's end. A page never written: zeros.
+    const latest = inspect(dataDir, { shard: 'db/0', page: { page: 3 } }).page!;
+    assert.deepEqual(latest.data, page(writes[writes.length - 1]!.fill));
+    const never = inspect(dataDir, { shard: 'db/0', page: { page: 9 } }).page!;
+    assert.deepEqual(never.source, { kind: 'zeros' });
+    assert.ok(never.data.every((b) => b === 0));
+    // As JSON, the bytes in hex.
+    // Pages by the volume's numbers: page 300 is on shard 1.
+    const j = await runCli(['inspect', dataDir, '--shard', 'db/1', '--page', '300', '--json']);
+    assert.equal(j.code, 0, j.stderr);
+    const parsed = JSON.parse(j.stdout) as { page: { dataHex: string; source: { kind: string } } };
+    assert.equal(parsed.page.dataHex, Buffer.from(page(200)).toString('hex'));
+    assert.equal(parsed.page.source.kind, 'record');
+  });
+
+  it('refuses what it cannot answer, each with its reason', async () => {
+    const oldest = inspect(dataDir, { shard: 'db/0' }).replicas[0]!.oldestReadableLsn!;
+    const end = writes[writes.length - 1]!.lsn;
+    const cases: Array<[string[], number, RegExp]> = [
+      [['inspect', path.join(root, 'nope')], 1, /^strata: not_found: .*nope: ENOENT/],
+      [['inspect', os.tmpdir() + '/'], 1, /^strata: bad_request: .* is not a Strata data directory/],
+      [['inspect', dataDir, '--records'], 1, /^strata: bad_request: .* holds \d+ replicas: name one with --shard/],
+      [['inspect', dataDir, '--shard', 'db/7'], 1, /^strata: not_found: .* no replica of shard 7 of volume db/],
+      [['inspect', dataDir, '--shard', 'db'], 1, /^strata: bad_request: --shard: expected VOLUME\/SHARD/],
+      [['inspect', dataDir, '--shard', 'db/0', '--page', '3', '--lsn', String(end + 1)], 1, /^strata: future_lsn: --lsn \d+: the log ends at LSN/],
+      [['inspect', dataDir, '--shard', 'db/0', '--lsn', '3'], 2, /^strata: usage: inspect: --lsn goes with --page or --catalog/],
+      [['inspect', dataDir, '--out', 'x'], 2, /^strata: usage: inspect: --out goes with --page/],
+      [['inspect', dataDir, '--catalog', '--shard', 'db/0'], 1, /^strata: bad_request: --catalog reads the catalog shard: --shard, --records and --page go without it/],
+      [['inspect', dataDir, '--limit', '3'], 2, /^strata: usage: inspect: --from, --to and --limit go with --records/],
+      [['inspect', dataDir, '--shard', 'db/0', '--records', '--limit', '0'], 1, /^strata: bad_request: --limit: 0 is out of range/],
+    ];
+    if (oldest > 1) cases.push([['inspect', dataDir, '--shard', 'db/0', '--page', '3', '--lsn', '1'], 1, /^strata: trimmed: --lsn 1: the oldest LSN readable is/]);
+    for (const [argv, code, err] of cases) {
+      const r = await runCli(argv);
+      assert.equal(r.code, code, `${argv.join(' ')}: ${r.stdout}${r.stderr}`);
+      assert.match(r.stderr, err, argv.join(' '));
+    }
+  });
+
+  it('reports a damaged record with its LSNs, exits 1, and does not repair it', async () => {
+    const copy = copyDir(dataDir);
+    copies.push(copy);
+    const replica = path.join(copy, 'dev0', 'shards', `${volumeId}.0`);
+    const seg = lastSegment(replica);
+    const bytes = fs.readFileSync(seg);
+    // The term field of a record after the newest image: its checksum fails, and the records
+    // after it are evidence of damage (not a torn tail). The replica opens, read-only, as a
+    // node opens a sole copy.
+    const damaged = writes[writes.length - 3]!.lsn;
+    const at = recordOffsets(bytes).get(damaged)!;
+    bytes[at + 16] = bytes[at + 16]! ^ 0xff;
+    fs.writeFileSync(seg, bytes);
+    const before = snapshot(copy);
+    const r = await runCli(['inspect', copy]);
+    assert.equal(r.code, 1);
+    assert.match(r.stdout, new RegExp(`${volumeId}/0 .* damaged\\n`));
+    assert.match(r.stdout, new RegExp(`${volumeId}/0: damage: .*seg-[0-9a-f]{16}\\.log.*: record checksum mismatch`));
+    assert.match(r.stderr, new RegExp(`^strata: corruption: 1 of 2 replica\\(s\\) damaged or not opening: ${volumeId}/0\\n$`));
+    const rep = inspect(copy, { shard: 'db/0' }).replicas[0]!;
+    assert.equal(rep.state, 'damaged');
+    assert.equal(rep.error, undefined, 'it opens');
+    assert.deepEqual([rep.damage[0]!.fromLsn, rep.damage[0]!.toLsn], [damaged, damaged], JSON.stringify(rep.damage));
+    assert.equal(rep.log!.lastLsn, damaged - 1, 'the log reads up to the damage');
+    assert.deepEqual(snapshot(copy), before, 'the damage is reported, not cut');
+  });
+
+  it('shows a torn tail as what the next open cuts, and leaves it', async () => {
+    const copy = copyDir(dataDir);
+    copies.push(copy);
+    const replica = path.join(copy, 'dev0', 'shards', `${volumeId}.1`);
+    const seg = lastSegment(replica);
+    const size = fs.statSync(seg).size;
+    // A record header cut short past the last record (the zeros written ahead are overwritten).
+    const at = inspectEnd(copy, volumeId);
+    const fh = fs.openSync(seg, 'r+');
+    fs.writeSync(fh, Buffer.from([0x10, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 0x55]), 0, 9, at);
+    fs.closeSync(fh);
+    const before = snapshot(copy);
+    const r = await runCli(['inspect', copy]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, new RegExp(`${volumeId}/1: the node's next open changes log/seg-[0-9a-f]{16}\\.log \\(a torn tail cut\\)`));
+    assert.deepEqual(snapshot(copy), before, 'the tail is still there');
+    assert.equal(fs.statSync(seg).size, Math.max(size, at + 9));
+  });
+
+  it('--verify reads every image page against its checksum', async () => {
+    const copy = copyDir(dataDir);
+    copies.push(copy);
+    const replica = path.join(copy, 'dev0', 'shards', `${volumeId}.0`);
+    const image = fs.readdirSync(replica).filter((n) => /^image-.*\.img$/.test(n)).sort().pop()!;
+    const file = path.join(replica, image);
+    const bytes = fs.readFileSync(file);
+    bytes[bytes.length - 100] = bytes[bytes.length - 100]! ^ 0x01; // In the last page's data.
+    fs.writeFileSync(file, bytes);
+    const plain = await runCli(['inspect', copy]);
+    assert.equal(plain.code, 0, 'the header and table still check out');
+    const r = await runCli(['inspect', copy, '--verify']);
+    assert.equal(r.code, 1);
+    assert.match(r.stdout, new RegExp(`${volumeId}/0: damage: .*${image}.*`));
+    assert.match(r.stderr, /^strata: corruption: 1 of 2 replica/);
+  });
+
+  it('says so when a node runs on the directory', async () => {
+    await c!.restart(0);
+    const r = await runCli(['inspect', dataDir]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, new RegExp(`note: the directory is in use by node n1, process ${process.pid}: what is read may be changing under it`));
+    await c!.stopNode(0);
+    const after = await runCli(['inspect', dataDir]);
+    assert.doesNotMatch(after.stdout, /note:/);
+  });
+
+  it('--catalog reads the catalog of a controller node that keeps it alone', async () => {
+    const r = await runCli(['inspect', dataDir, '--catalog']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /catalog \(the file of a controller node that keeps it alone \(controller\/catalog\)\): epoch \d+/);
+    assert.match(r.stdout, new RegExp(`\ndb +${volumeId} +512 +4096 +2 +1 +- +0:n1 1:n1\n`));
+    const bad = await runCli(['inspect', dataDir, '--catalog', '--lsn', '3']);
+    assert.equal(bad.code, 1);
+    assert.match(bad.stderr, /^strata: bad_request: --lsn: the catalog of .* is a file/);
+  });
+
+  it('pageRanges folds page numbers into ranges', () => {
+    assert.equal(pageRanges([5, 1, 2, 3, 9, 10]), '1-3, 5, 9-10');
+    assert.equal(pageRanges([1, 3, 5, 7], 2), '1, 3, … (2 more ranges)');
+  });
+});
+
+/** The offset of each record of a segment's bytes, by LSN. */
+function recordOffsets(b: Buffer): Map<number, number> {
+  const out = new Map<number, number>();
+  for (let p = 64; p + 32 <= b.length; ) {
+    const len = b.readUInt32LE(p);
+    const lsn = b.readUInt32LE(p + 8);
+    if (len === 0 && lsn === 0 && b.readUInt32LE(p + 4) === 0) break;
+    if (lsn !== 0) out.set(lsn, p);
+    p += 32 + len + ((8 - ((32 + len) % 8)) % 8);
+  }
+  return out;
+}
+
+/** The offset just past the last record of shard 1's last segment (where a torn write would land). */
+function inspectEnd(copy: string, volumeId: string): number {
+  const seg = lastSegment(path.join(copy, 'dev0', 'shards', `${volumeId}.1`));
+  const b = fs.readFileSync(seg);
+  let p = 64;
+  for (;;) {
+    if (p + 32 > b.length) return p;
+    const len = b.readUInt32LE(p);
+    const lsnLo = b.readUInt32LE(p + 8);
+    if (len === 0 && lsnLo === 0 && b.readUInt32LE(p + 4) === 0) return p; // The zeros written ahead.
+    p += 32 + len + ((8 - ((32 + len) % 8)) % 8);
+  }
+}
+
+describe('strata inspect --catalog (a replicated controller)', function () {
+  this.timeout(60_000);
+  let root: string;
+  let c: InProcessCluster | undefined;
+
+  after(async () => {
+    await c?.stop();
+    fs.rmSync(root, { recursive: true, force: true });
+  });
+
+  it('reads the catalog from the catalog shard, as of any LSN it holds', async () => {
+    root = fs.mkdtempSync(path.join(os.tmpdir(), 'strata-inspect-catalog-'));
+    c = await startCluster({ nodes: 3, controllers: 3, dataDir: root });
+    await c.client.createVolume({ name: 'a', pageCount: 64, replicas: 3 });
+    await c.client.createVolume({ name: 'b', pageCount: 64, replicas: 3 });
+    await c.client.deleteVolume('a');
+    const dir = c.dataDirs[1]!;
+    for (let i = 2; i >= 0; i--) await c.stopNode(i);
+
+    const now = inspect(dir, { catalog: {} });
+    assert.equal(now.catalog!.source, 'catalog shard');
+    const state = now.catalog!.state!;
+    assert.deepEqual(state.volumes.map((v) => v.name), ['b']);
+    assert.equal(state.tombstones.length, 1);
+    const r = await runCli(['inspect', dir, '--catalog']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, new RegExp(`catalog \\(the catalog shard as of LSN ${now.catalog!.lsn}\\): epoch ${state.epoch}, .* 1 volume\\(s\\), 1 tombstone\\(s\\)`));
+
+    // Each write of the header page (page 0) is a catalog: their epochs grow, and the first
+    // holds no volume yet or one.
+    const records = inspect(dir, { shard: 'strata-catalog/0', records: {} }).records!;
+    const headers = records.filter((x) => x.pages?.includes(0)).map((x) => x.lsn);
+    assert.ok(headers.length >= 3, `catalog writes: ${headers.join(',')}`);
+    const epochs = headers.map((lsn) => inspect(dir, { catalog: { lsn } }).catalog!.state!.epoch);
+    for (let i = 1; i < epochs.length; i++) assert.ok(epochs[i]! > epochs[i - 1]!, `epochs ${epochs.join(',')}`);
+    const before = inspect(dir, { catalog: { lsn: headers[0]! - 1 } }).catalog!;
+    assert.equal(before.state, null, 'before its first write the shard holds no catalog');
+    const withA = headers.map((lsn) => inspect(dir, { catalog: { lsn } }).catalog!.state!).find((s) => s.volumes.some((v) => v.name === 'a'));
+    assert.ok(withA !== undefined, 'an earlier catalog still lists the deleted volume');
+  });
+});
