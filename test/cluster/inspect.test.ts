@@ -99,6 +99,22 @@ describe('strata inspect (a data directory read offline)', function () {
     assert.deepEqual(snapshot(dataDir), before, 'nothing under the data directory changed');
   });
 
+  it('reads a device directory, and one replica’s directory alone', async () => {
+    const device = inspect(path.join(dataDir, 'dev0'));
+    assert.equal(device.kind, 'device');
+    assert.deepEqual(device.replicas.map((x) => `${x.volumeId}/${x.shard}`).sort(), [`${volumeId}/0`, `${volumeId}/1`]);
+    const dir = path.join(dataDir, 'dev0', 'shards', `${volumeId}.0`);
+    const alone = inspect(dir, { page: { page: 3 } });
+    assert.equal(alone.kind, 'replica');
+    const rep = alone.replicas[0]!;
+    assert.deepEqual([rep.volumeId, rep.shard, rep.state, rep.volumeName], [volumeId, 0, 'ok', undefined]);
+    assert.equal(rep.pageSize, 4096, 'the page size, from its images');
+    assert.deepEqual(alone.page!.data, page(writes[writes.length - 1]!.fill));
+    const r = await runCli(['inspect', dir]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, new RegExp(`^replica directory: ${dir}\n`));
+  });
+
   it('lists a replica’s log records', async () => {
     const r = await runCli(['inspect', dataDir, '--shard', 'db/0', '--records']);
     assert.equal(r.code, 0, r.stderr);
