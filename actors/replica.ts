@@ -926,7 +926,9 @@ export class Replica {
    * vote and lead (a voter, not repairing its log, no cut of its log queued).
    */
   private handleTimeoutNow(req: TimeoutNowRequest): TimeoutNowReply {
-    const ok = req.term === this.term && this.role === 'follower' && this.leader === req.leader && this.isVoter() &&
+    // A follower that knows no leader of the term (the leader's messages came late, and it began
+    // a prevote, which leaves its term as it is) takes it too: a term has one leader.
+    const ok = req.term === this.term && this.role === 'follower' && (this.leader === req.leader || this.leader === null) && this.isVoter() &&
       this.repairTerm === undefined && this.termsUnknown === undefined && this.truncating === 0 && !this.awaitingSeed();
     if (!ok) return { term: this.term, ok: false };
     this.counters.electionsHandedOver++;

@@ -2466,6 +2466,25 @@ describe('Replica handing its leadership over (transferLeadership, timeoutNow)',
     }
   });
 
+  it('a follower whose leader\'s messages came late, and that began a prevote (it knows no leader of the term), takes the handover', async () => {
+    shard = await aLeads();
+    const [a, c] = ['a', 'c'].map((id) => shard!.members.get(id)!.replica) as [Replica, Replica];
+    const term = a.currentTerm;
+    // c hears nothing of a for longer than an election timeout: it asks for prevotes, which b
+    // (hearing a) refuses. It is still at a's term, and knows no leader of it.
+    shard.cutLink('a', 'c');
+    const preVotes = c.stats().preVotes;
+    for (let t = 410; t <= 1400; t += 10) await shard.at(t);
+    assert.ok(c.stats().preVotes > preVotes, 'c asked for prevotes');
+    assert.equal(c.currentTerm, term);
+    assert.equal(a.isLeader, true);
+    // a's timeoutNow reaching it now: it starts the election a handed it.
+    const reply = (await c.handle({ type: 'timeoutNow', term, leader: 'a' })) as { term: number; ok: boolean };
+    assert.equal(reply.ok, true);
+    assert.equal(c.stats().electionsHandedOver, 1);
+    assert.equal(c.currentTerm, term + 1, 'its election is of the next term');
+  });
+
   it('without a target named, the follower whose log holds the most; a timeoutNow not from the leader of the term is refused and changes nothing', async () => {
     shard = await aLeads();
     const [a, b, c] = ['a', 'b', 'c'].map((id) => shard!.members.get(id)!.replica) as [Replica, Replica, Replica];
