@@ -142,6 +142,10 @@ Commands:
         --records lists a replica's log records, --page shows a page as of an LSN
         (GetPage@LSN), --catalog the volume catalog a controller node holds (as of an LSN).
         Exit code 1 when a replica is damaged (docs/cli.md).
+  inspect PATH PATH… --compare [--shard VOLUME/SHARD]
+        Compare the replicas of a shard in several nodes' data directories (of a stopped
+        cluster), offline: their logs record for record where they hold an LSN in the same
+        term, and every page as of the last such LSN. Exit code 1 when they differ.
   nats-auth [--cluster C] [--clients A,B,…]
         Print the authorization block of a nats-server config that keeps applications
         off the subjects the nodes trust each other on, and each user off the replies
@@ -174,6 +178,8 @@ interface CommandSpec {
   positionals: readonly string[];
   /** Positionals that must be given; default all of them. */
   positionalsMin?: number;
+  /** The last positional may be given up to this many times in all; default once. */
+  positionalsMax?: number;
   flags: Readonly<Record<string, FlagKind>>;
   required?: readonly string[];
   /** Accepts the global client flags (--nats, --cluster, --timeout, --json). */
@@ -222,7 +228,8 @@ const COMMANDS: Readonly<Record<string, CommandSpec>> = {
   'nats-auth': { positionals: [], flags: { cluster: 'string', clients: 'string' }, client: false },
   inspect: {
     positionals: ['PATH'],
-    flags: { shard: 'string', verify: 'boolean', records: 'boolean', from: 'integer', to: 'integer', limit: 'integer', page: 'integer', lsn: 'integer', out: 'string', catalog: 'boolean', json: 'boolean' },
+    positionalsMax: 16,
+    flags: { compare: 'boolean', shard: 'string', verify: 'boolean', records: 'boolean', from: 'integer', to: 'integer', limit: 'integer', page: 'integer', lsn: 'integer', out: 'string', catalog: 'boolean', json: 'boolean' },
     client: false,
   },
   help: { positionals: [], flags: {}, client: false },
@@ -427,7 +434,7 @@ export function parseArgs(argvIn: readonly string[]): ParsedArgs {
   if (positionals.length < (spec.positionalsMin ?? spec.positionals.length)) {
     throw new UsageError(`${command}: missing ${spec.positionals.slice(positionals.length).join(' ')}`);
   }
-  if (positionals.length > spec.positionals.length) {
+  if (positionals.length > (spec.positionalsMax ?? spec.positionals.length)) {
     throw new UsageError(`${command}: unexpected argument ${JSON.stringify(positionals[spec.positionals.length])}`);
   }
   for (const name of spec.required ?? []) {
@@ -1048,7 +1055,19 @@ async function inspectCommand(ctx: Ctx): Promise<number> {
   if ((has('from') || has('to') || has('limit')) && flags.records !== true) throw new UsageError('inspect: --from, --to and --limit go with --records');
   if (has('lsn') && !has('page') && flags.catalog !== true) throw new UsageError('inspect: --lsn goes with --page or --catalog');
   if (has('out') && !has('page')) throw new UsageError('inspect: --out goes with --page');
-  const { inspect, inspectJson, inspectText } = await import('./inspect');
+  const { compareReplicas, compareText, inspect, inspectJson, inspectText } = await import('./inspect');
+  if (flags.compare === true) {
+    for (const name of ['verify', 'records', 'page', 'catalog', 'lsn', 'out', 'from', 'to', 'limit']) {
+      if (has(name)) throw new UsageError(`inspect: --${name} does not go with --compare`);
+    }
+    const compared = compareReplicas(positionals, flags.shard as string | undefined);
+    await writeOut(ctx.io.stdout, ctx.json ? jsonText(compared) : compareText(compared));
+    if (compared.ok) return 0;
+    const bad = compared.others.filter((o) => o.diverged !== undefined || (o.pages?.differing ?? 0) > 0).map((o) => o.path);
+    await writeOut(ctx.io.stderr, `strata: corruption: ${bad.length > 0 ? `the replicas under ${bad.join(', ')} differ from the one under ${positionals[0]}` : 'a replica is damaged or does not open'}\n`);
+    return 1;
+  }
+  if (positionals.length > 1) throw new UsageError('inspect: several PATHs go with --compare');
   const report = inspect(positionals[0]!, {
     ...(has('shard') ? { shard: flags.shard as string } : {}),
     ...(flags.verify === true ? { verify: true } : {}),

@@ -348,7 +348,17 @@ function guessPageSize(disk: OverlayDisk, name: string, log: SegmentLog | undefi
   return undefined;
 }
 
-function inspectReplica(f: Found, opts: InspectOptions, detail: InspectReport | undefined): ReplicaReport {
+/**
+ * Opens the replica `f` (over an OverlayDisk), reports on it, and, when it opens, hands its
+ * storage to `visit` (with every record applied: any LSN the log holds can be read) before
+ * closing it.
+ */
+function inspectReplica(
+  f: Found,
+  opts: InspectOptions,
+  detail: InspectReport | undefined,
+  visit?: (storage: ShardStorage, disk: OverlayDisk, name: string) => void,
+): ReplicaReport {
   const dir = path.join(f.parent, f.name);
   const rep: ReplicaReport = {
     dir,
@@ -411,6 +421,7 @@ function inspectReplica(f: Found, opts: InspectOptions, detail: InspectReport | 
       rep.damage.push(...storage.store.damagedImages.filter((d) => !rep.damage.some((x) => x.file === d.file && x.reason === d.reason)));
     }
     listImages(disk, name, dir, rep, opts.verify === true);
+    if (visit !== undefined && storage !== undefined) visit(storage, disk, name);
     if (detail !== undefined && storage !== undefined) {
       if (opts.records !== undefined) listRecords(storage, opts.records, detail);
       if (opts.page !== undefined) detail.page = readPage(disk, name, storage, opts.page.page, opts.page.lsn);
@@ -636,6 +647,220 @@ function imageStores(disk: OverlayDisk, file: string, page: number): boolean {
   } finally {
     reader.close();
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Comparing the replicas of a shard
+// ---------------------------------------------------------------------------------------------
+
+/** Most directories one comparison reads. */
+export const COMPARE_PATHS_MAX = 16;
+/** Page numbers of differing pages a comparison names (the count is whole). */
+const DIFFERING_NAMED_MAX = 16;
+
+/** One replica compared with the reference (the first path's). */
+export interface CompareEntry {
+  path: string;
+  /** The node whose data directory holds it, when known. */
+  node?: string;
+  replica: ReplicaReport;
+  /**
+   * The last LSN of the LSNs both logs hold at which both have the same term: by the log
+   * matching rule the two logs are the same record for record up to it, which the comparison
+   * checks. Undefined when they hold no LSN in common.
+   */
+  agreedTo?: number;
+  /** From this LSN on, the two logs hold records of different terms: a tail written by a leader that was deposed before committing it. Allowed. */
+  tailFrom?: number;
+  /** Two logs that differ where they must not: same LSN and term, or an agreement after a difference. A bug or damage the checksums did not catch. */
+  diverged?: { lsn: number; reason: string };
+  /** Every page either replica holds, compared as of `agreedTo` (when both can read that LSN). */
+  pages?: { lsn: number; compared: number; differing: number; named: number[] };
+}
+
+export interface CompareReport {
+  volumeId: string;
+  shard: number;
+  /** The first path's replica, the one the others are compared with. */
+  reference: { path: string; node?: string; replica: ReplicaReport };
+  others: CompareEntry[];
+  /** No replica diverged, no page differs, every replica opened. */
+  ok: boolean;
+}
+
+/**
+ * The replica directories of every node's data directory under `root` (a cluster's, as `strata
+ * dev` lays it out: `<root>/<node>/dev<n>/shards/<volumeId>.<shard>`), by replica name.
+ */
+export function replicaDirsByShard(root: string): Map<string, string[]> {
+  const out = new Map<string, string[]>();
+  for (const node of fs.readdirSync(root).sort()) {
+    const dir = path.join(root, node);
+    if (!fs.existsSync(path.join(dir, 'node'))) continue;
+    for (const f of findReplicas(dir, dir).found) {
+      const list = out.get(f.name) ?? [];
+      list.push(path.join(f.parent, f.name));
+      out.set(f.name, list);
+    }
+  }
+  return out;
+}
+
+/** A replica the comparison reads: found under `path` (of the shard `shard` names, or the only one there). */
+function compareTarget(p: string, shard: string | undefined): { found: Found; node?: string } {
+  const abs = path.resolve(p);
+  if (!fs.existsSync(abs) || !fs.statSync(abs).isDirectory()) throw new InspectError('not_found', `${p}: not a directory`);
+  const r = findReplicas(abs, p);
+  if (shard !== undefined) return { found: pick(r.found, shard, p), ...(r.node ? { node: r.node.nodeId } : {}) };
+  if (r.found.length !== 1) throw new InspectError('bad_request', `${p} holds ${r.found.length} replicas: name the shard to compare with --shard VOLUME/SHARD`);
+  return { found: r.found[0]!, ...(r.node ? { node: r.node.nodeId } : {}) };
+}
+
+/** (term, kind, CRC-32C of the payload) of each record of a log, read in steps. */
+function* fingerprints(log: SegmentLog, from: number, to: number): Generator<{ lsn: number; term: number; kind: number; crc: number; pages: number[] | undefined }> {
+  for (let lsn = from; lsn <= to; ) {
+    const records = log.read(lsn, to, { bytesMax: READ_STEP_BYTES });
+    for (const r of records) yield { lsn: r.lsn, term: r.term, kind: r.kind, crc: crc32c(r.payload), pages: r.kind === RecordKind.PageWrite ? pagesOfPageWrite(r.payload) : undefined };
+    lsn = records[records.length - 1]!.lsn + 1;
+  }
+}
+
+/** Every page a replica holds data of (in its images, in its log's page writes). */
+function pagesHeld(disk: OverlayDisk, name: string, log: SegmentLog): Set<number> {
+  const pages = new Set<number>();
+  for (const file of disk.list(name)) {
+    if (parseImageFileName(file) === undefined) continue;
+    let reader: ImageReader | undefined;
+    try {
+      reader = ImageReader.open(disk, `${name}/${file}`);
+      for (let i = 0; i < reader.entries; i++) pages.add(reader.pageAt(i));
+    } catch (e) {
+      if (!(e instanceof CorruptionError)) throw e; // Damage: reported by the open's summary.
+    } finally {
+      reader?.close();
+    }
+  }
+  for (const f of fingerprints(log, log.firstLsn, log.lastLsn)) for (const p of f.pages ?? []) pages.add(p);
+  return pages;
+}
+
+/** CRC-32C of each of `pages` as of `lsn`. */
+function pageCrcs(storage: ShardStorage, pages: readonly number[], lsn: number): number[] {
+  const out: number[] = [];
+  for (let i = 0; i < pages.length; i += GET_PAGES_MAX) {
+    for (const data of storage.store.getPages(pages.slice(i, i + GET_PAGES_MAX), lsn)) out.push(crc32c(data));
+  }
+  return out;
+}
+
+/**
+ * Compares the replicas of one shard held under `paths` (nodes' data directories with `shard`
+ * named, or the replicas' own directories), each with the first: their logs record for record
+ * where both hold an LSN in the same term, and every page either holds as of the last such LSN.
+ * Read offline and changing nothing, as `inspect`. For the replicas of a stopped cluster (or a
+ * copy of their directories): a running node's files may change while they are read.
+ */
+export function compareReplicas(paths: readonly string[], shard?: string): CompareReport {
+  if (paths.length < 2 || paths.length > COMPARE_PATHS_MAX) throw new InspectError('bad_request', `--compare: 2..${COMPARE_PATHS_MAX} directories, got ${paths.length}`);
+  const targets = paths.map((p) => compareTarget(p, shard));
+  const ref = targets[0]!;
+  for (const [k, t] of targets.entries()) {
+    if (t.found.volumeId !== ref.found.volumeId || t.found.shard !== ref.found.shard) {
+      throw new InspectError('bad_request', `${paths[k]} holds shard ${t.found.shard} of ${t.found.volumeId}, not shard ${ref.found.shard} of ${ref.found.volumeId}`);
+    }
+  }
+  let refReport: ReplicaReport | undefined;
+  const others: CompareEntry[] = [];
+  for (let k = 1; k < targets.length; k++) {
+    const t = targets[k]!;
+    let pair: Omit<CompareEntry, 'path' | 'replica'> = {};
+    let rep: ReplicaReport | undefined;
+    // The reference is opened again for each: two replicas open at a time.
+    const refRep = inspectReplica(ref.found, {}, undefined, (a, aDisk, aName) => {
+      rep = inspectReplica(t.found, {}, undefined, (b, bDisk, bName) => {
+        pair = comparePair(a, aDisk, aName, b, bDisk, bName);
+      });
+    });
+    refReport ??= refRep;
+    // The reference did not open: the other is reported on its own.
+    rep ??= inspectReplica(t.found, {}, undefined);
+    others.push({ ...pair, path: paths[k]!, replica: rep, ...(t.node !== undefined ? { node: t.node } : {}) });
+  }
+  const all = [refReport!, ...others.map((o) => o.replica)];
+  const ok = all.every((r) => r.state !== 'damaged' && r.state !== 'unreadable') && others.every((o) => o.diverged === undefined && (o.pages?.differing ?? 0) === 0);
+  return {
+    volumeId: ref.found.volumeId,
+    shard: ref.found.shard,
+    reference: { path: paths[0]!, replica: refReport!, ...(ref.node !== undefined ? { node: ref.node } : {}) },
+    others,
+    ok,
+  };
+}
+
+function comparePair(a: ShardStorage, aDisk: OverlayDisk, aName: string, b: ShardStorage, bDisk: OverlayDisk, bName: string): Omit<CompareEntry, 'path' | 'replica'> {
+  const out: Omit<CompareEntry, 'path' | 'replica'> = {};
+  const lo = Math.max(a.log.firstLsn, b.log.firstLsn);
+  const hi = Math.min(a.log.lastLsn, b.log.lastLsn);
+  if (lo <= hi) {
+    const ia = fingerprints(a.log, lo, hi);
+    const ib = fingerprints(b.log, lo, hi);
+    for (let x = ia.next(), y = ib.next(); !x.done && !y.done; x = ia.next(), y = ib.next()) {
+      const ra = x.value;
+      const rb = y.value;
+      if (ra.term !== rb.term) {
+        out.tailFrom ??= ra.lsn;
+        continue;
+      }
+      if (out.tailFrom !== undefined) {
+        out.diverged = { lsn: ra.lsn, reason: `both hold LSN ${ra.lsn} in term ${ra.term}, but their records differ in term from LSN ${out.tailFrom} before it` };
+        break;
+      }
+      if (ra.kind !== rb.kind || ra.crc !== rb.crc) {
+        out.diverged = { lsn: ra.lsn, reason: `both hold LSN ${ra.lsn} in term ${ra.term}, with different records (kind ${ra.kind}, CRC-32C ${ra.crc.toString(16)} against kind ${rb.kind}, ${rb.crc.toString(16)})` };
+        break;
+      }
+      out.agreedTo = ra.lsn;
+    }
+  }
+  const at = out.agreedTo;
+  if (out.diverged === undefined && at !== undefined && at >= a.store.oldestReadableLsn && at >= b.store.oldestReadableLsn) {
+    const pages = [...new Set([...pagesHeld(aDisk, aName, a.log), ...pagesHeld(bDisk, bName, b.log)])].sort((p, q) => p - q);
+    const ca = pageCrcs(a, pages, at);
+    const cb = pageCrcs(b, pages, at);
+    const differ = pages.filter((_, i) => ca[i] !== cb[i]);
+    out.pages = { lsn: at, compared: pages.length, differing: differ.length, named: differ.slice(0, DIFFERING_NAMED_MAX) };
+  }
+  return out;
+}
+
+/** A comparison as text: a line per replica. */
+export function compareText(r: CompareReport): string {
+  const ref = r.reference.replica;
+  const rows = [['NODE', 'PATH', 'LOG', 'LAST TERM', 'READABLE FROM', 'AGREES UP TO', 'PAGES', 'STATE']];
+  const logText = (x: ReplicaReport): string => (x.log === undefined ? '-' : x.log.lastLsn < x.log.firstLsn ? `empty from ${x.log.firstLsn}` : `${x.log.firstLsn}..${x.log.lastLsn}`);
+  rows.push([r.reference.node ?? '-', r.reference.path, logText(ref), ref.log ? String(ref.log.lastTerm) : '-', ref.oldestReadableLsn === undefined ? '-' : String(ref.oldestReadableLsn), '-', '-', ref.state === 'ok' ? 'reference' : `reference, ${ref.state}`]);
+  for (const o of r.others) {
+    const x = o.replica;
+    const state =
+      x.state === 'damaged' || x.state === 'unreadable' ? x.state
+        : o.diverged !== undefined ? 'DIVERGED'
+        : (o.pages?.differing ?? 0) > 0 ? 'PAGES DIFFER'
+        : o.tailFrom !== undefined ? `same; its tail from LSN ${o.tailFrom} is of another term`
+        : o.agreedTo === undefined ? 'no LSN in common'
+        : 'same';
+    const pages = o.pages === undefined ? '-' : `${o.pages.compared - o.pages.differing}/${o.pages.compared} equal at ${o.pages.lsn}`;
+    rows.push([o.node ?? '-', o.path, logText(x), x.log ? String(x.log.lastTerm) : '-', x.oldestReadableLsn === undefined ? '-' : String(x.oldestReadableLsn), o.agreedTo === undefined ? '-' : String(o.agreedTo), pages, state]);
+  }
+  const lines = [`shard ${r.shard} of ${r.volumeId}${ref.volumeName !== undefined ? ` (${ref.volumeName})` : ''}: ${r.others.length + 1} replicas, each compared with the first`, '', table(rows).trimEnd()];
+  for (const o of r.others) {
+    if (o.diverged !== undefined) lines.push(`${o.path}: ${o.diverged.reason}`);
+    if (o.pages !== undefined && o.pages.differing > 0) lines.push(`${o.path}: ${o.pages.differing} page(s) differ as of LSN ${o.pages.lsn}: ${pageRanges(o.pages.named)}${o.pages.differing > o.pages.named.length ? ', …' : ''}`);
+  }
+  for (const x of [ref, ...r.others.map((o) => o.replica)]) {
+    for (const d of x.damage) lines.push(`${x.dir}: damage: ${d.file}${d.offset > 0 ? ` at offset ${d.offset}` : ''}: ${d.reason}`);
+    if (x.error !== undefined) lines.push(`${x.dir}: does not open: ${x.error}`);
+  }
+  return lines.join('\n') + '\n';
 }
 
 // ---------------------------------------------------------------------------------------------

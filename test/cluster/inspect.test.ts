@@ -4,8 +4,14 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { startCluster, type InProcessCluster } from '../../cluster/in-process-cluster';
-import { inspect, pageRanges } from '../../cluster/inspect';
+import { compareReplicas, inspect, pageRanges } from '../../cluster/inspect';
+import { crc32c } from '../../storage-engine/crc32c';
+import { SegmentLog } from '../../storage-engine/log';
+import { encodePageWrite } from '../../storage-engine/page-write';
+import { RealDisk } from '../../storage-engine/real-disk';
+import { RecordKind } from '../../storage-engine/record';
 import { runCli } from '../support/cli';
+import { compareEveryShard } from '../soak/soak';
 
 /** Every file under `dir`: size, mtime and content hash, by relative path. */
 function snapshot(dir: string): Map<string, string> {
@@ -337,5 +343,155 @@ describe('strata inspect --catalog (a replicated controller)', function () {
     assert.equal(before.state, null, 'before its first write the shard holds no catalog');
     const withA = headers.map((lsn) => inspect(dir, { catalog: { lsn } }).catalog!.state!).find((s) => s.volumes.some((v) => v.name === 'a'));
     assert.ok(withA !== undefined, 'an earlier catalog still lists the deleted volume');
+  });
+});
+
+/** Rewrites `page` in the image file `file` with other bytes, its checksums made to match: damage no checksum catches. */
+function rewriteImagePage(file: string, page: number): void {
+  const b = fs.readFileSync(file);
+  const entries = b.readUInt32LE(36);
+  let e = 0;
+  while (e < entries && b.readUInt32LE(40 + 20 * e) !== page) e++;
+  assert.ok(e < entries, `the image stores page ${page}`);
+  const offset = b.readUInt32LE(40 + 20 * e + 8);
+  const pageSize = b.readUInt32LE(28);
+  for (let i = 0; i < pageSize; i++) b[offset + i] = b[offset + i]! ^ 0x5a;
+  b.writeUInt32LE(crc32c(b.subarray(offset, offset + pageSize)), 40 + 20 * e + 16);
+  const end = 40 + 20 * entries;
+  b.writeUInt32LE(crc32c(b.subarray(0, end)), end);
+  fs.writeFileSync(file, b);
+}
+
+describe('strata inspect --compare (the replicas of a shard on several nodes)', function () {
+  this.timeout(60_000);
+  let root: string;
+  let c: InProcessCluster | undefined;
+  let dirs: string[];
+  let volumeId: string;
+  let last: number;
+  let lastTerm: number;
+  const copies: string[] = [];
+
+  before(async () => {
+    root = fs.mkdtempSync(path.join(os.tmpdir(), 'strata-inspect-compare-'));
+    // Small segments: the log is trimmed behind each image, and the pages it held are read from the image.
+    c = await startCluster({ nodes: 3, dataDir: root, node: { checkpointEveryRecords: 8, segmentBytesMax: 16384 } });
+    volumeId = (await c.client.createVolume({ name: 'db', pageCount: 256, shards: 2, stripePages: 128, replicas: 3 })).id;
+    const vol = c.client.volume('db');
+    // Pages 1..4 once, then page 0 again and again: two images (the log trimmed behind the older), the newest holding pages 1..4 as read at the end.
+    for (let k = 1; k <= 20; k++) last = (await vol.writePages([{ page: k <= 4 ? k : 0, data: page(k) }])).lsn;
+    // Every follower has every record (the write answered once a majority had it).
+    await vol.flush();
+    await new Promise((r) => setTimeout(r, 300));
+    dirs = [...c.dataDirs];
+    for (let i = 2; i >= 0; i--) await c.stopNode(i);
+    lastTerm = inspect(dirs[0]!, { shard: 'db/0' }).replicas[0]!.log!.lastTerm;
+  });
+
+  after(async () => {
+    await c?.stop();
+    for (const d of [root, ...copies]) fs.rmSync(d, { recursive: true, force: true });
+  });
+
+  /** A copy of node i's data directory whose replica of shard 0 ends, at LSN `last`, with a record of `term` (a page write of other bytes, or a no-op). */
+  function withLastRecord(i: number, term: number, kind: 'page-write' | 'noop'): string {
+    const copy = copyDir(dirs[i]!);
+    copies.push(copy);
+    replaceLastRecord(path.join(copy, 'dev0', 'shards', `${volumeId}.0`), term, kind);
+    return copy;
+  }
+
+  /** Makes the replica in `dir` end, at LSN `last`, with a record of `term`. */
+  function replaceLastRecord(dir: string, term: number, kind: 'page-write' | 'noop'): void {
+    const disk = new RealDisk(dir);
+    const log = SegmentLog.open(disk, { dir: 'log' });
+    log.truncateSuffix(last);
+    log.write([kind === 'noop' ? { term, kind: RecordKind.Noop, payload: new Uint8Array(0) } : { term, kind: RecordKind.PageWrite, payload: encodePageWrite(4096, [{ page: 1, data: page(99) }]) }]);
+    log.sync();
+    log.close();
+    disk.closeAll();
+  }
+
+  it('finds the replicas the same, record for record and page for page', async () => {
+    const r = await runCli(['inspect', ...dirs, '--compare', '--shard', 'db/0']);
+    assert.equal(r.code, 0, r.stdout + r.stderr);
+    const report = compareReplicas(dirs, 'db/0');
+    assert.equal(report.ok, true);
+    for (const o of report.others) {
+      assert.equal(o.agreedTo, last);
+      assert.equal(o.diverged, undefined);
+      assert.deepEqual([o.pages!.lsn, o.pages!.differing], [last, 0]);
+      assert.equal(o.pages!.compared, 5, 'pages 0..4 were written');
+    }
+    assert.match(r.stdout, new RegExp(`\\nn2 +${dirs[1]} +.* ${last} +5/5 equal at ${last} +same\\n`));
+  });
+
+  it('takes a tail of another term for what a deposed leader left, not for a difference', async () => {
+    const copy = withLastRecord(2, lastTerm + 1, 'noop');
+    const report = compareReplicas([dirs[0]!, dirs[1]!, copy], 'db/0');
+    assert.equal(report.ok, true);
+    const o = report.others[1]!;
+    assert.deepEqual([o.agreedTo, o.tailFrom, o.diverged], [last - 1, last, undefined]);
+    const r = await runCli(['inspect', dirs[0]!, copy, '--compare', '--shard', 'db/0']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, new RegExp(`same; its tail from LSN ${last} is of another term`));
+  });
+
+  it('reports two records of one LSN and term that differ: exit 1', async () => {
+    const copy = withLastRecord(1, lastTerm, 'page-write');
+    const report = compareReplicas([dirs[0]!, copy], 'db/0');
+    assert.equal(report.ok, false);
+    assert.equal(report.others[0]!.diverged!.lsn, last);
+    const r = await runCli(['inspect', dirs[0]!, copy, '--compare', '--shard', 'db/0']);
+    assert.equal(r.code, 1);
+    assert.match(r.stdout, new RegExp(`DIVERGED\\n.*both hold LSN ${last} in term ${lastTerm}, with different records`));
+    assert.match(r.stderr, new RegExp(`^strata: corruption: the replicas under ${copy} differ from the one under ${dirs[0]}\\n$`));
+  });
+
+  it('reports a page that differs where the records agree (an image with wrong bytes and matching checksums)', async () => {
+    const copy = copyDir(dirs[1]!);
+    copies.push(copy);
+    const replica = path.join(copy, 'dev0', 'shards', `${volumeId}.0`);
+    const image = fs.readdirSync(replica).filter((n) => /^image-.*\.img$/.test(n)).sort().pop()!;
+    const changed = 3;
+    rewriteImagePage(path.join(replica, image), changed);
+    assert.equal(inspect(copy, { shard: 'db/0', verify: true }).replicas[0]!.state, 'ok', 'no checksum finds it');
+    const report = compareReplicas([dirs[0]!, copy], 'db/0');
+    assert.equal(report.ok, false);
+    const o = report.others[0]!;
+    assert.equal(o.diverged, undefined);
+    assert.equal(inspect(copy, { shard: 'db/0', page: { page: changed } }).page!.source.kind, 'image', 'as of the end, the page is read from the image');
+    assert.deepEqual([o.pages!.differing, o.pages!.named], [1, [changed]]);
+    const r = await runCli(['inspect', dirs[0]!, copy, '--compare', '--shard', 'db/0']);
+    assert.equal(r.code, 1);
+    assert.match(r.stdout, new RegExp(`PAGES DIFFER\\n.*1 page\\(s\\) differ as of LSN ${last}: ${changed}\\n`));
+  });
+
+  it('the soak\'s last check compares every shard of a stopped cluster, and fails on a difference', () => {
+    const problems: string[] = [];
+    assert.deepEqual(compareEveryShard(root, (p) => problems.push(p)).shards, 2);
+    assert.equal(problems.length, 0, problems.join('\n'));
+    const copy = copyDir(root);
+    copies.push(copy);
+    replaceLastRecord(path.join(copy, path.basename(dirs[2]!), 'dev0', 'shards', `${volumeId}.0`), lastTerm, 'page-write');
+    const counted = compareEveryShard(copy, (p) => problems.push(p));
+    assert.equal(counted.shards, 2);
+    assert.equal(problems.length, 1, problems.join('\n'));
+    assert.match(problems[0]!, new RegExp(`^the replicas of ${volumeId}\\.0 differ or do not open:\n[^]*DIVERGED`));
+  });
+
+  it('refuses a comparison it cannot make', async () => {
+    const cases: Array<[string[], number, RegExp]> = [
+      [['inspect', dirs[0]!, '--compare'], 1, /^strata: bad_request: --compare: 2\.\.16 directories, got 1/],
+      [['inspect', dirs[0]!, dirs[1]!, '--compare'], 1, /^strata: bad_request: .* holds \d+ replicas: name the shard to compare with --shard/],
+      [['inspect', dirs[0]!, dirs[1]!], 2, /^strata: usage: inspect: several PATHs go with --compare/],
+      [['inspect', dirs[0]!, dirs[1]!, '--compare', '--shard', 'db/0', '--records'], 2, /^strata: usage: inspect: --records does not go with --compare/],
+      [['inspect', path.join(dirs[0]!, 'dev0', 'shards', `${volumeId}.0`), path.join(dirs[1]!, 'dev0', 'shards', `${volumeId}.1`), '--compare'], 1, /^strata: bad_request: .* holds shard 1 of .*, not shard 0 of/],
+    ];
+    for (const [argv, code, err] of cases) {
+      const r = await runCli(argv);
+      assert.equal(r.code, code, `${argv.join(' ')}: ${r.stdout}${r.stderr}`);
+      assert.match(r.stderr, err, argv.join(' '));
+    }
   });
 });

@@ -68,6 +68,9 @@ describe('soak: a short run of node processes under kills and freezes', function
     assert.equal(r.finalReadPages, 128);
     assert.ok(r.linearizability.ok && r.linearizability.pages === 128);
     assert.ok(r.convergedMs !== undefined);
+    // Check 6: every shard's replicas compared once the cluster stopped.
+    assert.equal(r.replicasCompared.shards, 2 + 1, 'the two shards of the volume, and the catalog shard');
+    assert.ok(r.replicasCompared.replicas >= 9 && r.replicasCompared.pages > 0, JSON.stringify(r.replicasCompared));
     assert.match(summary, /soak: PASS/);
   });
 });

@@ -51,7 +51,10 @@
  *    acknowledged write is never lost, a read never returns a value overwritten before it began
  *    or never written, and a page's bytes are exactly what one write wrote;
  * 4. no node process exited that the nemesis did not kill, and every restarted node came up;
- * 5. no operation was refused with an error that says the request was wrong.
+ * 5. no operation was refused with an error that says the request was wrong;
+ * 6. once the cluster has stopped, the replicas of every shard agree (cluster/inspect.ts,
+ *    `strata inspect --compare`): their logs record for record where they hold an LSN in the
+ *    same term, and their pages as of the last such LSN.
  *
  * It prints a summary, writes it as JSON to results/strata-soak-<time>.json, and exits 0 only if
  * every check passed (1 otherwise, 2 for bad flags). A failed run keeps its data directory and
@@ -63,6 +66,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { connect as natsConnect, type NatsConnection } from 'nats';
 import { startDevCluster, type DevCluster } from '../../cluster/dev';
+import { COMPARE_PATHS_MAX, compareReplicas, compareText, replicaDirsByShard } from '../../cluster/inspect';
 import { connect, type StrataClient, type Volume } from '../../cluster/client';
 import { ProtocolError } from '../../messages/errors';
 import { nodeSubject } from '../../messages/control';
@@ -213,8 +217,31 @@ export interface SoakResult {
   activity: NodeActivity;
   /** Lines at level error in each node's log, and the first few of them. */
   nodeLogErrors: Record<string, { count: number; first: string[] }>;
+  /** The replicas compared once the cluster stopped: shards with two or more, replicas, pages read. */
+  replicasCompared: { shards: number; replicas: number; pages: number };
   dataDir: string;
   elapsedMs: number;
+}
+
+/**
+ * Compares the replicas of every shard the stopped cluster's nodes hold (check 6), each with the
+ * first node's; a difference, a damaged replica or one that does not open is a problem.
+ */
+export function compareEveryShard(dataDir: string, problem: (text: string) => void): SoakResult['replicasCompared'] {
+  const counted = { shards: 0, replicas: 0, pages: 0 };
+  try {
+    for (const [name, dirs] of replicaDirsByShard(dataDir)) {
+      if (dirs.length < 2) continue;
+      const r = compareReplicas(dirs.slice(0, COMPARE_PATHS_MAX));
+      counted.shards++;
+      counted.replicas += dirs.length;
+      for (const o of r.others) counted.pages += o.pages?.compared ?? 0;
+      if (!r.ok) problem(`the replicas of ${name} differ or do not open:\n${compareText(r)}`);
+    }
+  } catch (e) {
+    problem(`comparing the replicas failed: ${(e as Error).stack ?? String(e)}`);
+  }
+  return counted;
 }
 
 /** FNV-1a of a string: the seed of a page's filler bytes. */
@@ -905,6 +932,7 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
   for (const n of cluster.nodes) n.process.removeAllListeners('exit');
   const nodeLogErrors = Object.fromEntries(cluster.nodes.map((n) => [n.id, logErrors(n.log)]));
   await cluster.stop();
+  const replicasCompared = compareEveryShard(dataDir, problem);
 
   const result: SoakResult = {
     ok: problemCount === 0,
@@ -927,6 +955,7 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
     linearizability,
     activity,
     nodeLogErrors,
+    replicasCompared,
     dataDir,
     elapsedMs: Math.round(performance.now() - t0),
   };
@@ -956,6 +985,7 @@ export function formatSoak(r: SoakResult): string {
     `final read: ${r.finalReadPages} of ${r.volumePages} pages${r.volumePages > r.options.pages ? ` (${r.options.pages} at the start, then resized)` : ''}`,
     `linearizable: ${r.linearizability.ok ? 'yes' : 'NO'} (${r.linearizability.pages} pages, ${r.linearizability.operations} operations)${r.linearizability.failure && !r.linearizability.ok ? `: ${r.linearizability.failure}` : ''}`,
     `the nodes did: ${r.activity.checkpoints} checkpoints, ${r.activity.snapshotsSent} images sent and ${r.activity.snapshotsInstalled} installed, ${r.activity.elections} elections (counted as last sampled, per process)`,
+    `replicas compared once stopped: ${r.replicasCompared.shards} shards, ${r.replicasCompared.replicas} replicas, ${r.replicasCompared.pages} pages read (strata inspect --compare)`,
     `error lines in node logs: ${Object.entries(r.nodeLogErrors).map(([id, e]) => `${id} ${e.count}`).join(', ')}`,
   ];
   if (r.problemCount > 0) {
