@@ -11,7 +11,7 @@ import { encodePageWrite } from '../../storage-engine/page-write';
 import { RealDisk } from '../../storage-engine/real-disk';
 import { RecordKind } from '../../storage-engine/record';
 import { runCli } from '../support/cli';
-import { compareEveryShard } from '../soak/soak';
+import { compareEveryShard } from '../support/replicas';
 
 /** Every file under `dir`: size, mtime and content hash, by relative path. */
 function snapshot(dir: string): Map<string, string> {

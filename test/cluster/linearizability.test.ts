@@ -3,6 +3,7 @@ import { startCluster, type InProcessCluster } from '../../cluster/in-process-cl
 import { connect, type StrataClient } from '../../cluster/client';
 import { ProtocolError } from '../../messages/errors';
 import { HistoryRecorder, checkLinearizable } from '../support/linearizability';
+import { stopAndCompareReplicas } from '../support/replicas';
 
 const node = { timing: { electionTimeoutMinMs: 150, electionTimeoutMaxMs: 300, heartbeatMs: 25, rpcTimeoutMs: 500 } };
 /**
@@ -155,6 +156,7 @@ describe('linearizability of page reads and writes under faults', function () {
     process.stdout.write(`      (faults: ${events.join(', ')}; term ${termBefore} → ${termAfter})\n`);
     assert.ok(termAfter >= termBefore + 1, 'the faults made the shard elect a new leader');
     checkHistory(history);
+    await stopAndCompareReplicas(c);
   });
 
   it('concurrent clients, the link between the leader and one follower cut: the leader keeps leading, the history is linearizable', async () => {

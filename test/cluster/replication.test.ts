@@ -5,6 +5,7 @@ import { startCluster, type InProcessCluster } from '../../cluster/in-process-cl
 import { demoPage } from '../../cluster/dev';
 import type { StrataClient, Volume } from '../../cluster/client';
 import { ProtocolError } from '../../messages/errors';
+import { stopAndCompareReplicas } from '../support/replicas';
 
 /** Fast elections so failures are found and repaired within a test's time. */
 const node = { timing: { electionTimeoutMinMs: 150, electionTimeoutMaxMs: 300, heartbeatMs: 25, rpcTimeoutMs: 500 } };
@@ -155,6 +156,8 @@ describe('replication across three nodes', function () {
       const mine = reps.find((r) => r.node === before);
       return leader && mine && mine.state === 'up' && mine.appliedLsn >= leader.commitLsn ? true : undefined;
     });
+    // Stopped, every shard's replicas agree, record for record and page for page.
+    await stopAndCompareReplicas(c);
   });
 
   it('a partitioned leader cannot commit: clients get success only from the majority side, and nothing acknowledged is lost', async () => {
@@ -183,6 +186,8 @@ describe('replication across three nodes', function () {
       const vv = await shardView(c!.client, 'rp', 0);
       return vv.replicas.every((r) => r.appliedLsn >= vv.commitLsn) ? true : undefined;
     });
+    // The records the cut-off leader could not commit are gone from its log: stopped, the replicas agree.
+    await stopAndCompareReplicas(c);
   });
 
   it('a write the shard cannot commit in time gets the shard\'s own timeout (outcome unknown) before the client gives up', async () => {
@@ -320,6 +325,7 @@ describe('replication across three nodes', function () {
       const w = reps.find((r) => r.node === wiped);
       return l && w && !w.repairing && w.appliedLsn >= l.commitLsn ? true : undefined;
     });
+    await stopAndCompareReplicas(c);
   });
 
   it('two replicas whose logs rotted, with the third down, elect no leader (unavailable, not wrong) until an operator lets them vote', async () => {

@@ -66,7 +66,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { connect as natsConnect, type NatsConnection } from 'nats';
 import { startDevCluster, type DevCluster } from '../../cluster/dev';
-import { COMPARE_PATHS_MAX, compareReplicas, compareText, replicaDirsByShard } from '../../cluster/inspect';
+import { compareEveryShard, type ReplicasCompared } from '../support/replicas';
 import { connect, type StrataClient, type Volume } from '../../cluster/client';
 import { ProtocolError } from '../../messages/errors';
 import { nodeSubject } from '../../messages/control';
@@ -217,31 +217,10 @@ export interface SoakResult {
   activity: NodeActivity;
   /** Lines at level error in each node's log, and the first few of them. */
   nodeLogErrors: Record<string, { count: number; first: string[] }>;
-  /** The replicas compared once the cluster stopped: shards with two or more, replicas, pages read. */
-  replicasCompared: { shards: number; replicas: number; pages: number };
+  /** The replicas compared once the cluster stopped (check 6). */
+  replicasCompared: ReplicasCompared;
   dataDir: string;
   elapsedMs: number;
-}
-
-/**
- * Compares the replicas of every shard the stopped cluster's nodes hold (check 6), each with the
- * first node's; a difference, a damaged replica or one that does not open is a problem.
- */
-export function compareEveryShard(dataDir: string, problem: (text: string) => void): SoakResult['replicasCompared'] {
-  const counted = { shards: 0, replicas: 0, pages: 0 };
-  try {
-    for (const [name, dirs] of replicaDirsByShard(dataDir)) {
-      if (dirs.length < 2) continue;
-      const r = compareReplicas(dirs.slice(0, COMPARE_PATHS_MAX));
-      counted.shards++;
-      counted.replicas += dirs.length;
-      for (const o of r.others) counted.pages += o.pages?.compared ?? 0;
-      if (!r.ok) problem(`the replicas of ${name} differ or do not open:\n${compareText(r)}`);
-    }
-  } catch (e) {
-    problem(`comparing the replicas failed: ${(e as Error).stack ?? String(e)}`);
-  }
-  return counted;
 }
 
 /** FNV-1a of a string: the seed of a page's filler bytes. */
