@@ -163,7 +163,7 @@ interface Found {
   volumeId: string;
   shard: number;
   device?: string;
-  assignment?: Pick<ShardAssignment, 'volumeName' | 'pageSize' | 'pageCount'> & { members?: string[] };
+  assignment?: Pick<ShardAssignment, 'volumeName' | 'pageSize' | 'pageCount'> & { members?: string[]; shards?: number; stripePages?: number };
 }
 
 const REPLICA_NAME = /^(v[0-9]+(?:-[0-9a-z]+)?|v0-catalog)\.(0|[1-9][0-9]{0,5})$/;
@@ -260,7 +260,7 @@ function replicasIn(dir: string, device: string | undefined, byKey: ReadonlyMap<
     const shard = Number(m[2]);
     const a = byKey.get(name);
     const f: Found = { parent: dir, name, volumeId, shard, ...(device !== undefined ? { device } : {}) };
-    if (a !== undefined) f.assignment = { volumeName: a.volumeName, pageSize: a.pageSize, pageCount: a.pageCount, members: [...a.members] };
+    if (a !== undefined) f.assignment = { volumeName: a.volumeName, pageSize: a.pageSize, pageCount: a.pageCount, members: [...a.members], shards: a.shards, stripePages: a.stripePages };
     else if (volumeId === CATALOG_VOLUME_ID) f.assignment = { volumeName: CATALOG_VOLUME_NAME, pageSize: CATALOG_PAGE_SIZE, pageCount: CATALOG_PAGE_COUNT };
     found.push(f);
   }
@@ -424,7 +424,10 @@ function inspectReplica(
     if (visit !== undefined && storage !== undefined) visit(storage, disk, name);
     if (detail !== undefined && storage !== undefined) {
       if (opts.records !== undefined) listRecords(storage, opts.records, detail);
-      if (opts.page !== undefined) detail.page = readPage(disk, name, storage, opts.page.page, opts.page.lsn);
+      if (opts.page !== undefined) {
+        checkPageOf(f, opts.page.page);
+        detail.page = readPage(disk, name, storage, opts.page.page, opts.page.lsn);
+      }
       if (opts.catalog !== undefined) detail.catalog = readCatalog(storage, opts.catalog.lsn);
     } else if (detail !== undefined) {
       throw new InspectError('bad_request', `${dir} does not open (${rep.error ?? rep.damage.map((d) => d.reason).join('; ')}): its records and pages cannot be read`);
@@ -569,6 +572,7 @@ function listRecords(storage: ShardStorage, want: NonNullable<InspectOptions['re
   if (from > to && want.fromLsn !== undefined && want.toLsn !== undefined) throw new InspectError('bad_request', `--from ${from} is above --to ${to}`);
   if (want.fromLsn !== undefined && from < log.firstLsn) throw new InspectError('trimmed', `--from ${from}: the log starts at LSN ${log.firstLsn} (the records before are in the images)`);
   if (want.toLsn !== undefined && to > log.lastLsn) throw new InspectError('out_of_range', `--to ${to}: the log ends at LSN ${log.lastLsn}`);
+  if (want.fromLsn !== undefined && from > log.lastLsn) throw new InspectError('out_of_range', `--from ${from}: the log ends at LSN ${log.lastLsn}`);
   const lines: RecordLine[] = [];
   let lsn = from;
   while (lsn <= to && lines.length < limit) {
@@ -637,6 +641,20 @@ function readCatalog(storage: ShardStorage, lsn: number | undefined): NonNullabl
     pages.push(...store.getPages(Array.from({ length: n }, (_, i) => first + i), at));
   }
   return { source: 'catalog shard', lsn: at, state: decodeCatalog(header, pages) };
+}
+
+/**
+ * A page of the volume that the replica `f` holds, when the node's record gives the volume's
+ * geometry: below its page count, and on this shard (`floor(page / stripePages) mod shards`).
+ */
+function checkPageOf(f: Found, page: number): void {
+  const a = f.assignment;
+  if (a === undefined) return;
+  if (page >= a.pageCount) throw new InspectError('out_of_range', `--page ${page}: volume ${a.volumeName} has ${a.pageCount} pages (0..${a.pageCount - 1})`);
+  if (a.shards !== undefined && a.stripePages !== undefined) {
+    const shard = Math.floor(page / a.stripePages) % a.shards;
+    if (shard !== f.shard) throw new InspectError('bad_request', `--page ${page}: page ${page} of volume ${a.volumeName} is on shard ${shard}, not on shard ${f.shard} (--shard ${a.volumeName}/${shard})`);
+  }
 }
 
 /** Whether the image file `file` stores `page` (an image stores the pages that are not zeros). */

@@ -179,6 +179,9 @@ describe('strata inspect (a data directory read offline)', function () {
       [['inspect', dataDir, '--catalog', '--shard', 'db/0'], 1, /^strata: bad_request: --catalog reads the catalog shard: --shard, --records and --page go without it/],
       [['inspect', dataDir, '--limit', '3'], 2, /^strata: usage: inspect: --from, --to and --limit go with --records/],
       [['inspect', dataDir, '--shard', 'db/0', '--records', '--limit', '0'], 1, /^strata: bad_request: --limit: 0 is out of range/],
+      [['inspect', dataDir, '--shard', 'db/0', '--records', '--from', String(end + 1)], 1, /^strata: out_of_range: --from \d+: the log ends at LSN/],
+      [['inspect', dataDir, '--shard', 'db/0', '--page', '512'], 1, /^strata: out_of_range: --page 512: volume db has 512 pages \(0\.\.511\)/],
+      [['inspect', dataDir, '--shard', 'db/0', '--page', '300'], 1, /^strata: bad_request: --page 300: page 300 of volume db is on shard 1, not on shard 0 \(--shard db\/1\)/],
     ];
     if (oldest > 1) cases.push([['inspect', dataDir, '--shard', 'db/0', '--page', '3', '--lsn', '1'], 1, /^strata: trimmed: --lsn 1: the oldest LSN readable is/]);
     for (const [argv, code, err] of cases) {
