@@ -222,6 +222,14 @@ function pick(found: readonly Found[], spec: string, root: string): Found {
 function findReplicas(abs: string, shown: string): { kind: InspectReport['kind']; node?: InspectReport['node']; found: Found[] } {
   const names = fs.readdirSync(abs);
   if (names.includes('log') || names.includes('raft')) {
+    // A replica's own directory; inside a node's data directory (<node>/dev<n>/shards/<name>),
+    // the node's record gives it its volume's name and geometry.
+    const device = path.dirname(path.dirname(abs));
+    const nodeDir = path.dirname(device);
+    if (path.basename(path.dirname(abs)) === 'shards' && /^dev[0-9]+$/.test(path.basename(device)) && fs.existsSync(path.join(nodeDir, 'node'))) {
+      const mine = findReplicas(nodeDir, nodeDir).found.find((f) => f.parent === path.dirname(abs) && f.name === path.basename(abs));
+      if (mine !== undefined) return { kind: 'replica', found: [mine] };
+    }
     const m = REPLICA_NAME.exec(path.basename(abs));
     return {
       kind: 'replica',

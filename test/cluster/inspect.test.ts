@@ -110,15 +110,23 @@ describe('strata inspect (a data directory read offline)', function () {
     assert.equal(device.kind, 'device');
     assert.deepEqual(device.replicas.map((x) => `${x.volumeId}/${x.shard}`).sort(), [`${volumeId}/0`, `${volumeId}/1`]);
     const dir = path.join(dataDir, 'dev0', 'shards', `${volumeId}.0`);
-    const alone = inspect(dir, { page: { page: 3 } });
+    // In its node's data directory: named from the node's record.
+    const inNode = inspect(dir).replicas[0]!;
+    assert.deepEqual([inNode.volumeName, inNode.pageCount, inNode.device], ['db', 512, 'dev0']);
+    // Alone (a copy of the directory), with nothing but its own files.
+    const loneRoot = fs.mkdtempSync(path.join(os.tmpdir(), 'strata-inspect-lone-'));
+    copies.push(loneRoot);
+    const lone = path.join(loneRoot, `${volumeId}.0`);
+    fs.cpSync(dir, lone, { recursive: true });
+    const alone = inspect(lone, { page: { page: 3 } });
     assert.equal(alone.kind, 'replica');
     const rep = alone.replicas[0]!;
     assert.deepEqual([rep.volumeId, rep.shard, rep.state, rep.volumeName], [volumeId, 0, 'ok', undefined]);
     assert.equal(rep.pageSize, 4096, 'the page size, from its images');
     assert.deepEqual(alone.page!.data, page(writes[writes.length - 1]!.fill));
-    const r = await runCli(['inspect', dir]);
+    const r = await runCli(['inspect', lone]);
     assert.equal(r.code, 0, r.stderr);
-    assert.match(r.stdout, new RegExp(`^replica directory: ${dir}\n`));
+    assert.match(r.stdout, new RegExp(`^replica directory: ${lone}\n`));
   });
 
   it('lists a replica’s log records', async () => {
