@@ -24,6 +24,7 @@
  */
 import type { DeviceQueue } from './device-queue';
 import type { SegmentLog } from '../storage-engine/log';
+import { digestRecords, type LogDigest } from '../storage-engine/log-digest';
 import type { CheckpointStep, PageStore } from '../storage-engine/page-store';
 import { encodePageWrite, pageWriteBytes, pagesOfPageWrite } from '../storage-engine/page-write';
 import { requestArena } from '../storage-engine/arena';
@@ -474,6 +475,18 @@ export const SCRUB_STEP_BYTES = 256 * 1024;
 export interface ForceVoteResult {
   wasRepairing: boolean;
   term: number;
+}
+
+/** What Replica.digest answers: where its log stands, and the digest of the records asked for. */
+export interface ReplicaDigest {
+  role: Role;
+  term: number;
+  firstLsn: number;
+  /** The last record of its log (written; maybe not fsync'd yet). */
+  lastLsn: number;
+  commitLsn: number;
+  /** With a range asked: the records digested (LogDigest; cut after DIGEST_BYTES_MAX of payloads). */
+  digest?: LogDigest;
 }
 
 /** What one background scrub step did (Replica.scrubStep). */
@@ -1321,6 +1334,19 @@ export class Replica {
     this.repairTerm = undefined;
     this.repairTarget = undefined;
     void this.persistHardState().catch(() => undefined);
+  }
+
+  /**
+   * Where this replica's log stands and, with `range`, the digest of its records there
+   * (`strata shard check`: the committed records every replica holds must be the same). Reads
+   * the log on the caller's thread, at most DIGEST_BYTES_MAX of payloads. Errors: those of
+   * digestRecords (`trimmed`, `out_of_range`, `corruption`, `bad_request`), `closed`.
+   */
+  digest(range?: { fromLsn: number; toLsn: number }): ReplicaDigest {
+    if (this.closed) throw new StorageError('closed', `replica ${this.geometry.volumeId}/${this.geometry.shard} closed`);
+    const out: ReplicaDigest = { role: this.role, term: this.term, firstLsn: this.log.firstLsn, lastLsn: this.log.lastLsn, commitLsn: this.commitLsn };
+    if (range !== undefined) out.digest = digestRecords(this.log, range.fromLsn, range.toLsn);
+    return out;
   }
 
   /**

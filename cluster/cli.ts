@@ -10,7 +10,7 @@
 import * as fs from 'node:fs';
 import type { Readable, Writable } from 'node:stream';
 import { connect as connectClient } from './client';
-import type { ConnectOptions, StrataClient } from './client';
+import type { ConnectOptions, ShardCheck, StrataClient } from './client';
 import { ConfigError, NATS_URL_DEFAULT, CLUSTER_DEFAULT, checkNatsUrl, loadNodeConfig } from './config';
 import { DEADLINE_AHEAD_MS_MAX } from '../messages/headers';
 import { checkToken } from '../messages/subjects';
@@ -20,6 +20,7 @@ import { PAGE_SIZES_BYTES, SHARDS_MAX } from '../messages/api';
 import type { ShardLsn, VolumeCreateRequest, VolumeInfo } from '../messages/api';
 import { formatStatus, formatStatusJson } from '../observability/status';
 import { NBD_PORT_DEFAULT, nbdUri, startNbdServer } from './nbd';
+import { textTable } from './text-table';
 import { NATS_ROLES, natsTlsFromFlags, readNatsPassword, renderNatsAuthorization, type NatsUser } from './nats-auth';
 
 /** A bad command line. Exit code 2. */
@@ -119,6 +120,10 @@ Commands:
         an election timeout: before maintenance of the leader's node, say. A node stopped
         cleanly does so for every shard it leads (docs/replication.md). With a replicated
         controller, strata-catalog 0 is the catalog shard: handed over, the controller moves.
+  shard check VOLUME SHARD
+        Operator check: do the shard's replicas hold the same committed records? Each
+        replica's node digests the LSNs they all hold, in steps; a step that differs is
+        halved down to the first LSN that differs. Exit code 1 when they differ.
   drain NODE [--undo]
         Operator action: mark NODE draining (durably, in the catalog). The controller moves
         each of its replicas to another node, as it replaces a dead node's, and places
@@ -222,6 +227,7 @@ const COMMANDS: Readonly<Record<string, CommandSpec>> = {
   'shard force-vote': { positionals: ['VOLUME', 'SHARD'], flags: { node: 'string' }, required: ['node'], client: true },
   'shard move': { positionals: ['VOLUME', 'SHARD'], flags: { from: 'string', to: 'string' }, required: ['from', 'to'], client: true },
   'shard handover': { positionals: ['VOLUME', 'SHARD'], flags: { to: 'string' }, client: true },
+  'shard check': { positionals: ['VOLUME', 'SHARD'], flags: {}, client: true },
   'catalog recover': { positionals: [], flags: { apply: 'boolean' }, client: true },
   drain: { positionals: ['NODE'], flags: { undo: 'boolean' }, client: true },
   rebalance: { positionals: [], flags: { stop: 'boolean' }, client: true },
@@ -237,7 +243,7 @@ const COMMANDS: Readonly<Record<string, CommandSpec>> = {
 
 /** A parsed command line. `node` keeps its arguments raw (`rest`) for loadNodeConfig. */
 export interface ParsedArgs {
-  /** `dev`, `node`, `volume create`, `volume branch`, `volume list`, `volume info`, `volume delete`, `volume resize`, `put`, `get`, `nbd`, `status`, `shard force-vote`, `shard move`, `shard handover`, `drain`, `rebalance`, `catalog recover`, `nats-auth`, `inspect`, `help`. */
+  /** `dev`, `node`, `volume create`, `volume branch`, `volume list`, `volume info`, `volume delete`, `volume resize`, `put`, `get`, `nbd`, `status`, `shard force-vote`, `shard move`, `shard handover`, `shard check`, `drain`, `rebalance`, `catalog recover`, `nats-auth`, `inspect`, `help`. */
   command: string;
   positionals: string[];
   flags: Record<string, string | number | boolean>;
@@ -385,7 +391,7 @@ export function parseArgs(argvIn: readonly string[]): ParsedArgs {
     // `strata volume --help` as any other command's: the list of commands.
     if (sub === '--help' || sub === '-h') return { command: 'help', positionals: [], flags: {}, rest: [] };
     if (sub === undefined || sub.startsWith('-')) {
-      throw new UsageError(first === 'volume' ? 'volume: expected create, branch, list, info, delete or resize' : first === 'shard' ? 'shard: expected force-vote, move or handover' : 'catalog: expected recover');
+      throw new UsageError(first === 'volume' ? 'volume: expected create, branch, list, info, delete or resize' : first === 'shard' ? 'shard: expected force-vote, move, handover or check' : 'catalog: expected recover');
     }
     command = `${first} ${sub}`;
     at = 2;
@@ -739,6 +745,38 @@ async function shardHandover(ctx: Ctx): Promise<void> {
     ? `node ${r.node} leads shard ${r.shard} of ${volume} already (term ${r.term}): nothing to hand over\n`
     : `node ${r.node} handed the leadership of shard ${r.shard} of ${volume} (term ${r.term}) to ${r.to}\n`;
   await writeOut(ctx.io.stdout, ctx.json ? jsonText({ ...r, volume }) : text);
+}
+
+/** `strata shard check VOLUME SHARD`: exit 1 when the replicas' committed records differ, or fewer than two answered. */
+async function shardCheck(ctx: Ctx): Promise<number> {
+  const [name, shardText] = ctx.args.positionals as [string, string];
+  const shard = parseInteger('SHARD', shardText);
+  const r = await withClient(ctx, (client) => client.checkShard(name, shard));
+  await writeOut(ctx.io.stdout, ctx.json ? jsonText(r) : shardCheckText(r));
+  if (r.differs !== undefined) {
+    await writeOut(ctx.io.stderr, `strata: corruption: the replicas of shard ${shard} of ${name} hold different records at LSN ${r.differs.lsn}\n`);
+    return 1;
+  }
+  if (r.replicas.filter((x) => x.error === undefined).length < 2) {
+    await writeOut(ctx.io.stderr, `strata: unavailable: fewer than two replicas of shard ${shard} of ${name} answered: nothing compared\n`);
+    return 1;
+  }
+  return 0;
+}
+
+function shardCheckText(r: ShardCheck): string {
+  const hex = (d: number | undefined): string => (d === undefined ? '-' : d.toString(16).padStart(8, '0'));
+  const head =
+    r.differs !== undefined ? `DIFFER at LSN ${r.differs.lsn}: ${Object.entries(r.differs.digests).map(([n, d]) => `${n} ${hex(d)}`).join(', ')}`
+      : r.range === undefined ? 'nothing compared (fewer than two replicas answered, or they hold no committed LSN in common)'
+      : 'the same';
+  const rows = [
+    ['NODE', 'ROLE', 'TERM', 'LOG', 'COMMIT', 'DIGEST'],
+    ...r.replicas.map((x) =>
+      x.error !== undefined ? [x.node, '-', '-', '-', '-', `no answer: ${x.error}`] : [x.node, x.role!, String(x.term), `${x.firstLsn}..${x.lastLsn}`, String(x.commitLsn), hex(x.digest)],
+    ),
+  ];
+  return `shard ${r.shard} of ${r.volume} (${r.volumeId})${r.range !== undefined ? `: committed LSNs ${r.range.fromLsn}..${r.range.toLsn}` : ''}, ${r.steps} step(s): ${head}\n${textTable(rows)}`;
 }
 
 async function drain(ctx: Ctx): Promise<void> {
@@ -1165,6 +1203,8 @@ export async function main(argv: readonly string[], io: Partial<CliIo> = {}): Pr
       case 'shard handover':
         await shardHandover(ctx);
         return 0;
+      case 'shard check':
+        return await shardCheck(ctx);
       case 'catalog recover':
         await catalogRecover(ctx);
         return 0;

@@ -48,6 +48,7 @@ import { connect as natsConnect } from 'nats';
 import type { NatsConnection } from 'nats';
 import { MESSAGE_BYTES_MAX, decode, encode, encodeShardWriteRequest } from '../messages/codec';
 import { allocRequestBytes } from '../storage-engine/arena';
+import { crc32c } from '../storage-engine/crc32c';
 import { ProtocolError, throwIfError } from '../messages/errors';
 import { DEADLINE_AHEAD_MS_MAX, HEADER_DEADLINE, writeHeaders } from '../messages/headers';
 import { clientSpan } from '../observability/tracing';
@@ -59,6 +60,7 @@ import {
   controllerSubject,
   nodeSubject,
   validateCatalogRecoverReply,
+  validateShardDigestReply,
   validateShardForceVoteReply,
   validateShardHandoverReply,
   validateShardMoveReply,
@@ -67,6 +69,7 @@ import {
   validateRebalanceReply,
   type RebalanceReply,
   type CatalogRecoverReply,
+  type ShardDigestReply,
   type ShardForceVoteReply,
   type ShardHandoverReply,
   type ShardMoveReply,
@@ -239,6 +242,34 @@ export interface ClientOptions {
   timeoutMs?: number;
   /** Clock, ms since the Unix epoch (for deadlines). Default `Date.now`. */
   nowMs?: () => number;
+}
+
+/** Most digest requests one `checkShard` sends to each replica (steps of 16 MiB of payloads, and the halvings of one). */
+export const SHARD_CHECK_STEPS_MAX = 4096;
+
+/** What `checkShard` found. */
+export interface ShardCheck {
+  volume: string;
+  volumeId: string;
+  shard: number;
+  /**
+   * Each replica's node, as it answered (its role and term, the LSNs its log holds, the commit
+   * LSN it knows, and the digest of the LSNs compared when they were the same), or why it did not.
+   */
+  replicas: Array<{ node: string; role?: string; term?: number; firstLsn?: number; lastLsn?: number; commitLsn?: number; digest?: number; error?: string }>;
+  /** The committed LSNs every replica that answered holds, compared; absent when fewer than two answered or they hold none in common. */
+  range?: { fromLsn: number; toLsn: number };
+  /** The first LSN whose record differs between replicas, and each one's digest of it. */
+  differs?: { lsn: number; digests: Record<string, number> };
+  /** Digest requests sent to each replica. */
+  steps: number;
+}
+
+/** A u32, little-endian. */
+function u32le(v: number): Uint8Array {
+  const b = new Uint8Array(4);
+  new DataView(b.buffer).setUint32(0, v, true);
+  return b;
 }
 
 /** Result of a write or flush: the highest LSN among the shards touched, and each shard's LSN. */
@@ -498,23 +529,7 @@ export class StrataClient {
    * names it) is handed over the same way, and the controller moves with it.
    */
   async handOver(name: string, shard: number, opts: { to?: string } = {}): Promise<ShardHandoverReply> {
-    let info: { id: string; shards: number; members?: string[] };
-    try {
-      const v = await this.volumeInfo(name);
-      info = { id: v.id, shards: v.shards, ...(v.replicaSets === undefined ? {} : { members: v.replicaSets.find((r) => r.shard === shard)?.members }) };
-    } catch (e) {
-      // The catalog shard of a replicated controller, which no catalog lists: where it is, the
-      // status says (its replicas are the controller nodes). Handed over, the controller moves.
-      const catalog = e instanceof ProtocolError && e.code === 'not_found' ? await this.catalogShardOf(name) : undefined;
-      if (catalog === undefined) throw e;
-      info = catalog;
-    }
-    if (!Number.isSafeInteger(shard) || shard < 0 || shard >= info.shards) {
-      throw new ProtocolError('out_of_range', `shard ${shard}: volume ${name} has shards 0..${info.shards - 1}`, { shard });
-    }
-    const members = info.members;
-    // (None at all: a catalog shard no controller node reports now. Asked of nobody, it would never be answered.)
-    if (members === undefined || members.length === 0) throw new ProtocolError('unavailable', `the controller did not say where shard ${shard} of volume ${name} is`, { shard });
+    const { info, members } = await this.shardMembers(name, shard);
     if (opts.to !== undefined && !members.includes(checkToken(opts.to, 'to'))) {
       throw new ProtocolError('bad_request', `to: node '${opts.to}' holds no replica of shard ${shard} of volume ${name} (${members.join(', ')})`, { path: 'to' });
     }
@@ -536,6 +551,98 @@ export class StrataClient {
           });
       }
     });
+  }
+
+  /**
+   * The volume id of shard `shard` of the volume called `name`, and the nodes of its replicas
+   * (the controller's answer); for the catalog shard of a replicated controller, which no catalog
+   * lists, the status's (its replicas are the controller nodes). `out_of_range` for no such
+   * shard, `unavailable` when nobody says where it is.
+   */
+  private async shardMembers(name: string, shard: number): Promise<{ info: { id: string; shards: number }; members: string[] }> {
+    let info: { id: string; shards: number; members?: string[] };
+    try {
+      const v = await this.volumeInfo(name);
+      const set = v.replicaSets?.find((r) => r.shard === shard);
+      // A replica a move adds is one of the shard's too.
+      const members = set === undefined ? undefined : [...set.members, ...(set.moving !== undefined && !set.members.includes(set.moving.to) ? [set.moving.to] : [])];
+      info = { id: v.id, shards: v.shards, ...(members === undefined ? {} : { members }) };
+    } catch (e) {
+      const catalog = e instanceof ProtocolError && e.code === 'not_found' ? await this.catalogShardOf(name) : undefined;
+      if (catalog === undefined) throw e;
+      info = catalog;
+    }
+    if (!Number.isSafeInteger(shard) || shard < 0 || shard >= info.shards) {
+      throw new ProtocolError('out_of_range', `shard ${shard}: volume ${name} has shards 0..${info.shards - 1}`, { shard });
+    }
+    // (None at all: a catalog shard no controller node reports now. Asked of nobody, it would never be answered.)
+    if (info.members === undefined || info.members.length === 0) throw new ProtocolError('unavailable', `the controller did not say where shard ${shard} of volume ${name} is`, { shard });
+    return { info: { id: info.id, shards: info.shards }, members: info.members };
+  }
+
+  /** The digest request of `shard.digest` to `node` (the node's replica of a shard; with `range`, the digest of its records there). */
+  async shardDigest(node: string, volumeId: string, shard: number, range?: { fromLsn: number; toLsn: number }): Promise<ShardDigestReply> {
+    const subject = nodeSubject(this.cluster, checkToken(node, 'node'), 'shard.digest');
+    const bytes = await this.request(subject, encode({ volumeId, shard, ...(range ?? {}) }), { timeoutMs: this.timeoutMs, headers: {} });
+    return readReply(bytes, 'shard.digest', subject, validateShardDigestReply);
+  }
+
+  /**
+   * Operator check (`strata shard check`): do the replicas of shard `shard` of the volume called
+   * `name` hold the same committed records? Each replica's node is asked where its log stands;
+   * the LSNs every replica that answered holds, up to the highest commit LSN any knows, are then
+   * digested on each (storage-engine/log-digest.ts) in steps of at most 16 MiB of payloads, and
+   * the digests compared. A step that differs is halved until one LSN is left: the first record
+   * that differs. By Raft's log matching rule committed records never differ; one that does is
+   * damage the checksums did not catch, or a bug. Replicas that do not answer are named and left
+   * out. At most SHARD_CHECK_STEPS_MAX steps.
+   */
+  async checkShard(name: string, shard: number): Promise<ShardCheck> {
+    const { info, members } = await this.shardMembers(name, shard);
+    const first = await Promise.allSettled(members.map((m) => this.shardDigest(m, info.id, shard)));
+    const replicas: ShardCheck['replicas'] = members.map((node, i) => {
+      const r = first[i]!;
+      if (r.status === 'rejected') return { node, error: r.reason instanceof Error ? r.reason.message : String(r.reason) };
+      const d = r.value;
+      return { node, role: d.role, term: d.term, firstLsn: d.firstLsn, lastLsn: d.lastLsn, commitLsn: d.commitLsn };
+    });
+    const out: ShardCheck = { volume: name, volumeId: info.id, shard, replicas, steps: 0 };
+    const answered = replicas.filter((r) => r.error === undefined);
+    if (answered.length < 2) return out;
+    const commit = Math.max(...answered.map((r) => r.commitLsn!));
+    const lo = Math.max(1, ...answered.map((r) => r.firstLsn!));
+    const hi = Math.min(commit, ...answered.map((r) => r.lastLsn!));
+    if (lo > hi) return out;
+    out.range = { fromLsn: lo, toLsn: hi };
+    const nodes = answered.map((r) => r.node);
+    const digests = new Map(nodes.map((n) => [n, 0]));
+    const ask = (from: number, to: number): Promise<ShardDigestReply[]> => Promise.all(nodes.map((n) => this.shardDigest(n, info.id, shard, { fromLsn: from, toLsn: to })));
+    const same = (rs: readonly ShardDigestReply[]): boolean => rs.every((r) => r.digest === rs[0]!.digest && r.toLsn === rs[0]!.toLsn);
+    for (let from = lo; from <= hi; ) {
+      if (++out.steps > SHARD_CHECK_STEPS_MAX) throw new ProtocolError('too_large', `shard ${shard} of volume ${name}: more than ${SHARD_CHECK_STEPS_MAX} steps to compare LSNs ${lo}..${hi}`);
+      let rs = await ask(from, hi);
+      const end = Math.min(...rs.map((r) => r.toLsn!));
+      // Cut at different LSNs (by payload bytes): asked again to the same end.
+      if (rs.some((r) => r.toLsn !== end)) rs = await ask(from, end);
+      if (!same(rs)) {
+        // Halved until one LSN: [from, a) is the same everywhere, [a, b] holds a difference.
+        let a = from;
+        let b = end;
+        while (a < b) {
+          if (++out.steps > SHARD_CHECK_STEPS_MAX) throw new ProtocolError('too_large', `shard ${shard} of volume ${name}: more than ${SHARD_CHECK_STEPS_MAX} steps to compare LSNs ${lo}..${hi}`);
+          const m = Math.floor((a + b) / 2);
+          if (same(await ask(a, m))) a = m + 1;
+          else b = m;
+        }
+        const one = await ask(a, a);
+        out.differs = { lsn: a, digests: Object.fromEntries(one.map((r, i) => [nodes[i]!, r.digest!])) };
+        return out;
+      }
+      for (const [i, n] of nodes.entries()) digests.set(n, crc32c(u32le(rs[i]!.digest!), digests.get(n)!));
+      from = end + 1;
+    }
+    for (const r of replicas) if (r.error === undefined) r.digest = digests.get(r.node)!;
+    return out;
   }
 
   /**

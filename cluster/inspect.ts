@@ -34,6 +34,7 @@ import type { ShardAssignment } from '../messages/control';
 import { CATALOG_VOLUME_ID, CATALOG_VOLUME_NAME, CATALOG_PAGE_SIZE, CATALOG_PAGE_COUNT, decodeCatalog, decodeHeader, regionStart } from './catalog-shard';
 import { CATALOG, type CatalogState } from '../actors/controller';
 import { GET_PAGES_MAX } from '../storage-engine/page-store';
+import { textTable } from './text-table';
 
 /** Most records one `inspect --records` lists. */
 export const INSPECT_RECORDS_MAX = 100_000;
@@ -877,7 +878,7 @@ export function compareText(r: CompareReport): string {
     const pages = o.pages === undefined ? '-' : `${o.pages.compared - o.pages.differing}/${o.pages.compared} equal at ${o.pages.lsn}`;
     rows.push([o.node ?? '-', o.path, logText(x), x.log ? String(x.log.lastTerm) : '-', x.oldestReadableLsn === undefined ? '-' : String(x.oldestReadableLsn), o.agreedTo === undefined ? '-' : String(o.agreedTo), pages, state]);
   }
-  const lines = [`shard ${r.shard} of ${r.volumeId}${ref.volumeName !== undefined ? ` (${ref.volumeName})` : ''}: ${r.others.length + 1} replicas, each compared with the first`, '', table(rows).trimEnd()];
+  const lines = [`shard ${r.shard} of ${r.volumeId}${ref.volumeName !== undefined ? ` (${ref.volumeName})` : ''}: ${r.others.length + 1} replicas, each compared with the first`, '', textTable(rows).trimEnd()];
   for (const o of r.others) {
     if (o.diverged !== undefined) lines.push(`${o.path}: ${o.diverged.reason}`);
     if (o.pages !== undefined && o.pages.differing > 0) lines.push(`${o.path}: ${o.pages.differing} page(s) differ as of LSN ${o.pages.lsn}: ${pageRanges(o.pages.named)}${o.pages.differing > o.pages.named.length ? ', …' : ''}`);
@@ -906,10 +907,6 @@ export function pageRanges(pages: readonly number[], max = 8): string {
   return ranges.length > max ? `${ranges.slice(0, max).join(', ')}, … (${ranges.length - max} more ranges)` : ranges.join(', ');
 }
 
-function table(rows: string[][]): string {
-  const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => r[c]!.length)));
-  return rows.map((r) => r.map((cell, c) => (c === r.length - 1 ? cell : cell.padEnd(widths[c]!))).join('  ').trimEnd()).join('\n') + '\n';
-}
 
 function mib(bytes: number): string {
   return bytes >= 1024 * 1024 ? `${(bytes / 1024 / 1024).toFixed(1)} MiB` : `${Math.ceil(bytes / 1024)} KiB`;
@@ -955,7 +952,7 @@ export function inspectText(r: InspectReport): string {
       x.state,
     ]);
   }
-  lines.push('', table(rows).trimEnd());
+  lines.push('', textTable(rows).trimEnd());
   for (const x of r.replicas) {
     const name = `${x.volumeId}/${x.shard}`;
     for (const d of x.damage) lines.push(`${name}: damage: ${d.file}${d.offset > 0 ? ` at offset ${d.offset}` : ''}${d.toLsn >= d.fromLsn && d.fromLsn > 0 ? `, LSNs ${d.fromLsn}..${d.toLsn}` : ''}: ${d.reason}`);
@@ -975,7 +972,7 @@ export function inspectText(r: InspectReport): string {
       const what = l.pages !== undefined ? `${l.pages.length} page(s): ${pageRanges(l.pages)}` : l.members !== undefined ? `set ${l.members.join(',')}${l.prior !== undefined ? ` (joint, from ${l.prior.join(',')})` : ''}` : '';
       rows2.push([String(l.lsn), String(l.term), l.kind, String(l.bytes), what]);
     }
-    lines.push('', table(rows2).trimEnd());
+    lines.push('', textTable(rows2).trimEnd());
     if (r.recordsNext !== undefined) lines.push(`… more from LSN ${r.recordsNext} (--from ${r.recordsNext})`);
   }
   if (r.catalog !== undefined) lines.push('', catalogText(r.catalog));
@@ -999,7 +996,7 @@ function catalogText(c: NonNullable<InspectReport['catalog']>): string {
       const sets = v.placements.map((p) => `${p.shard}:${p.replicas.map((r) => r.nodeId).join(',')}${p.adding !== undefined ? `(+${p.adding.nodeId} -${p.removing ?? '?'})` : ''}`);
       rows.push([v.name, v.id, String(v.pageCount), String(v.pageSize), String(v.shards), String(v.replicas), v.branch?.parent ?? '-', sets.length > 4 ? `${sets.slice(0, 4).join(' ')} … (${sets.length} shards)` : sets.join(' ')]);
     }
-    lines.push(table(rows).trimEnd());
+    lines.push(textTable(rows).trimEnd());
   }
   return lines.join('\n');
 }

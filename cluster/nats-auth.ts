@@ -61,7 +61,7 @@ export function natsPermissions(cluster: string, role: NatsRole, user = `strata-
     case 'operator': {
       const client = natsPermissions(cluster, 'client', user);
       return {
-        publish: [...client.publish, `${root}.node.*.shard.forceVote`, `${root}.node.*.shard.handover`, `${root}.controller.catalog.recover`, `${root}.controller.shard.move`, `${root}.controller.node.drain`, `${root}.controller.rebalance`],
+        publish: [...client.publish, `${root}.node.*.shard.forceVote`, `${root}.node.*.shard.handover`, `${root}.node.*.shard.digest`, `${root}.controller.catalog.recover`, `${root}.controller.shard.move`, `${root}.controller.node.drain`, `${root}.controller.rebalance`],
         publishDeny: client.publishDeny!,
         subscribe: client.subscribe,
       };

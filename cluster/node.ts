@@ -56,11 +56,13 @@ import {
   validateVolumeGrowReply,
   type VolumeGrowReply,
   type VolumeGrowRequest,
+  validateShardDigest,
   validateShardForceVote,
   validateShardHandover,
   validateShardHandoverReply,
   type ShardHandoverReply,
   type ShardAssignment,
+  type ShardDigestReply,
   type ShardForceVoteReply,
   type AssignmentsReply,
   type ClaimReply,
@@ -2666,6 +2668,30 @@ export class StrataNode {
       await this.destroyShards(r.volumeId, r.shards);
       this.router?.forgetId(r.volumeId);
       return { ok: true };
+    });
+    // `strata shard check`: where this node's replica of a shard has its log, and the digest of its records in a range.
+    this.subscribe(subj('shard.digest'), async (body): Promise<ShardDigestReply> => {
+      const r = validateShardDigest(body);
+      let hostId: number;
+      if (r.volumeId === CATALOG_VOLUME_ID && r.shard === 0 && this.opts.controllers?.includes(this.nodeId) === true) {
+        hostId = CATALOG_HOST_ID;
+      } else {
+        const a = this.nodeMeta.shards.find((s) => s.volumeId === r.volumeId && s.shard === r.shard);
+        if (!a) throw new ProtocolError('not_found', `node '${this.nodeId}' holds no replica of shard ${r.shard} of volume ${r.volumeId}`, { volumeId: r.volumeId, shard: r.shard });
+        hostId = a.hostId;
+      }
+      const d = await this.pool!.shardDigest(hostId, r.volumeId, r.shard, r.fromLsn !== undefined ? { fromLsn: r.fromLsn, toLsn: r.toLsn! } : undefined);
+      return {
+        node: this.nodeId,
+        volumeId: r.volumeId,
+        shard: r.shard,
+        role: d.role,
+        term: d.term,
+        firstLsn: d.firstLsn,
+        lastLsn: d.lastLsn,
+        commitLsn: d.commitLsn,
+        ...(d.digest !== undefined ? { fromLsn: d.digest.fromLsn, toLsn: d.digest.toLsn, records: d.digest.records, digest: d.digest.digest } : {}),
+      };
     });
     this.subscribe(subj('shard.forceVote'), async (body): Promise<ShardForceVoteReply> => {
       const r = validateShardForceVote(body);

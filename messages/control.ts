@@ -5,7 +5,7 @@
  *   strata.<cluster>.controller.<verb>   heartbeat, leaving, assignments, volume.create|delete|info|list|resize,
  *                                        catalog.recover, shard.move, node.drain, rebalance
  *   strata.<cluster>.node.<nodeId>.<verb> shards.open, shards.destroy, volume.grow, status, shard.forceVote,
- *                                        shard.handover, shard.reconfigure, records
+ *                                        shard.handover, shard.reconfigure, shard.digest, records
  *
  * Like every Strata message they are CBOR maps, validated on receipt; a message that does not
  * validate is answered with a bad_request error reply.
@@ -388,6 +388,74 @@ export function validateShardForceVoteReply(body: unknown): ShardForceVoteReply 
     wasRepairing: o.wasRepairing,
     term: int(o.term, 'term', 0, Number.MAX_SAFE_INTEGER),
   };
+}
+
+/**
+ * shard.digest (`node.<id>.shard.digest`, `strata shard check`): where the node's replica of a
+ * shard has its log, and with `fromLsn` and `toLsn` the digest of its records there
+ * (storage-engine/log-digest.ts), cut after 16 MiB of payloads.
+ */
+export interface ShardDigestRequest {
+  volumeId: string;
+  shard: number;
+  fromLsn?: number;
+  toLsn?: number;
+}
+export interface ShardDigestReply {
+  node: string;
+  volumeId: string;
+  shard: number;
+  role: 'follower' | 'candidate' | 'leader';
+  term: number;
+  firstLsn: number;
+  lastLsn: number;
+  commitLsn: number;
+  /** With a range asked: the LSNs digested (`toLsn` may be below the one asked), how many, and the digest. */
+  fromLsn?: number;
+  toLsn?: number;
+  records?: number;
+  digest?: number;
+}
+
+const LSN_MAX = Number.MAX_SAFE_INTEGER;
+const DIGEST_FIELDS = new Set(['volumeId', 'shard', 'fromLsn', 'toLsn']);
+
+export function validateShardDigest(body: unknown): ShardDigestRequest {
+  const o = obj(body, '');
+  for (const k of Object.keys(o)) if (!DIGEST_FIELDS.has(k)) throw new ProtocolError('bad_request', `${k}: not a field of shard.digest`, { path: k });
+  const r: ShardDigestRequest = { volumeId: str(o.volumeId, 'volumeId'), shard: int(o.shard, 'shard', 0, SHARDS_MAX - 1) };
+  const given = (v: unknown): boolean => v !== undefined && v !== null;
+  if (given(o.fromLsn) !== given(o.toLsn)) throw new ProtocolError('bad_request', `${given(o.fromLsn) ? 'toLsn' : 'fromLsn'}: fromLsn and toLsn go together`, { path: given(o.fromLsn) ? 'toLsn' : 'fromLsn' });
+  if (given(o.fromLsn)) {
+    r.fromLsn = int(o.fromLsn, 'fromLsn', 1, LSN_MAX);
+    r.toLsn = int(o.toLsn, 'toLsn', 1, LSN_MAX);
+    if (r.toLsn < r.fromLsn) throw new ProtocolError('bad_request', `toLsn: ${r.toLsn} is below fromLsn ${r.fromLsn}`, { path: 'toLsn' });
+  }
+  return r;
+}
+
+export function validateShardDigestReply(body: unknown): ShardDigestReply {
+  const o = obj(body, '');
+  const role = o.role;
+  if (role !== 'follower' && role !== 'candidate' && role !== 'leader') throw new ProtocolError('bad_request', 'role: expected follower, candidate or leader');
+  const r: ShardDigestReply = {
+    node: str(o.node, 'node'),
+    volumeId: str(o.volumeId, 'volumeId'),
+    shard: int(o.shard, 'shard', 0, SHARDS_MAX - 1),
+    role,
+    term: int(o.term, 'term', 0, LSN_MAX),
+    firstLsn: int(o.firstLsn, 'firstLsn', 0, LSN_MAX),
+    lastLsn: int(o.lastLsn, 'lastLsn', 0, LSN_MAX),
+    commitLsn: int(o.commitLsn, 'commitLsn', 0, LSN_MAX),
+  };
+  if (o.digest !== undefined && o.digest !== null) {
+    r.fromLsn = int(o.fromLsn, 'fromLsn', 1, LSN_MAX);
+    r.toLsn = int(o.toLsn, 'toLsn', r.fromLsn, LSN_MAX);
+    r.records = int(o.records, 'records', 1, LSN_MAX);
+    r.digest = int(o.digest, 'digest', 0, 0xffff_ffff);
+    if (r.records !== r.toLsn - r.fromLsn + 1) throw new ProtocolError('bad_request', `records: ${r.records} is not the count of LSNs ${r.fromLsn}..${r.toLsn}`);
+  }
+  return r;
 }
 
 /**

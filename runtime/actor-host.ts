@@ -37,7 +37,7 @@ import { messageHeaders, REPLY_HEADERS, wellFormed, type ReceivedHeaders } from 
 import { HEADER_DEADLINE, HEADER_TYPE, HEADER_SCHEMA, SCHEMA_VERSION, checkSchemaHeader, deadlineRemainingMs, parseDeadline } from '../messages/headers';
 import { nodeInboxPrefix, shardSubject } from '../messages/subjects';
 import { validateRaftRequest, validateRaftReply, replicaSubject, followersSubject, type AppendRequest, type RaftRequest, type RaftReply } from '../messages/raft';
-import type { ForceVoteResult, ReconfigureResult, ReplicaTransport, ReplicaTiming, TransferResult } from '../actors/replica';
+import type { ForceVoteResult, ReconfigureResult, ReplicaDigest, ReplicaTransport, ReplicaTiming, TransferResult } from '../actors/replica';
 import { DeviceHost, deviceProblem, shardKey, type ShardSpec, type ReplicaRoles, type ForgottenRule, type DeviceHostOptions, type DeviceHostStats, type ReplicaErrorOutcome } from './device-host';
 import { createLogger, throttled, type Logger } from '../observability/log';
 import type { WorkerTelemetryInit, WorkerTracing } from '../observability/worker-tracing';
@@ -150,6 +150,8 @@ export interface HostApi {
   destroyLeftovers(volumeIds: string[], forgotten?: ForgottenRule): Promise<string[]>;
   /** Replica.forceVote of this host's replica of a shard (operator override of a repair). */
   forceVote(volumeId: string, shard: number): Promise<ForceVoteResult>;
+  /** Replica.digest of this host's replica of a shard (`strata shard check`). */
+  shardDigest(volumeId: string, shard: number, range?: { fromLsn: number; toLsn: number }): Promise<ReplicaDigest>;
   /**
    * Replica.reconfigure of this host's replica of a shard (a move of a replica): the shard's set
    * becomes `members`, if this replica leads it; `deadlineMs` is a wall-clock time.
@@ -484,6 +486,10 @@ export class ActorHost implements HostApi {
 
   async forceVote(volumeId: string, shard: number): Promise<ForceVoteResult> {
     return this.ready().device.replica(volumeId, shard).forceVote();
+  }
+
+  async shardDigest(volumeId: string, shard: number, range?: { fromLsn: number; toLsn: number }): Promise<ReplicaDigest> {
+    return this.ready().device.replica(volumeId, shard).digest(range);
   }
 
   async reconfigure(volumeId: string, shard: number, members: string[], deadlineMs: number): Promise<ReconfigureResult> {

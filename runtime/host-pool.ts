@@ -18,7 +18,7 @@ import type { HostApi, HostConfig, HostStats, HostHealth, HostWorkerData, Transp
 import { shardKey, type ForgottenRule, type ReplicaRoles, type ShardSpec } from './device-host';
 import { withTimeout } from './timeout';
 import { currentTelemetry } from '../observability/telemetry';
-import type { ForceVoteResult, ReconfigureResult, TransferResult } from '../actors/replica';
+import type { ForceVoteResult, ReconfigureResult, ReplicaDigest, TransferResult } from '../actors/replica';
 
 export interface HostPoolOptions {
   /** One config per host; host i owns device hosts[i].deviceDir. */
@@ -275,6 +275,11 @@ export class HostPool {
   /** HostApi.forceVote on the host that holds the shard's replica. */
   async forceVote(hostId: number, volumeId: string, shard: number): Promise<ForceVoteResult> {
     return this.call(this.slot(hostId), (api) => api.forceVote(volumeId, shard));
+  }
+
+  /** HostApi.shardDigest on the host that holds the shard's replica. */
+  async shardDigest(hostId: number, volumeId: string, shard: number, range?: { fromLsn: number; toLsn: number }): Promise<ReplicaDigest> {
+    return this.call(this.slot(hostId), (api) => api.shardDigest(volumeId, shard, range));
   }
 
   /**

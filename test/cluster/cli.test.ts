@@ -303,7 +303,7 @@ describe('cluster/cli', () => {
       [['dev', '--metrics-port', '70000'], /--metrics-port: expected 0\.\.65535/],
       [['dev', '--nats', 'nats://x:1'], /unknown flag --nats/],
       [['help', 'me'], /unexpected argument "me"/],
-      [['shard'], /shard: expected force-vote, move or handover/],
+      [['shard'], /shard: expected force-vote, move, handover or check/],
       [['shard', 'handover', 'db'], /missing SHARD/],
       [['shard', 'handover', 'db', 'x'], /^SHARD: expected a non-negative integer, got "x"$/],
       [['shard', 'handover', 'db', '0', '--to', 'a.b'], /^--to: expected 1\.\.64 characters .*got "a\.b"$/],

@@ -294,7 +294,7 @@ describe('moving a replica of a shard (strata shard move)', function () {
       [['shard', 'move', 'mv', '0', '--from', 'a.b', '--to', 'n1', ...flags], /--from: expected 1\.\./],
       [['shard', 'move', 'mv', '--from', 'n1', '--to', 'n2', ...flags], /SHARD/],
       [['shard', 'moves', 'mv', '0'], /shard: unknown subcommand "moves"/],
-      [['shard'], /shard: expected force-vote, move or handover/],
+      [['shard'], /shard: expected force-vote, move, handover or check/],
     ] as const) {
       const r = await runCli([...argv]);
       assert.equal(r.code, 2, `${argv.join(' ')}: ${r.stdout}${r.stderr}`);

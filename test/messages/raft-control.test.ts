@@ -1,6 +1,6 @@
 import { strict as assert } from 'node:assert';
 import { validateConfig, validateRaftRequest, validateRaftReply, RAFT_RECORDS_PER_APPEND_MAX } from '../../messages/raft';
-import { ASSIGNMENTS_PAGE_MAX, DOWN_REPLICAS_PER_HEARTBEAT_MAX, validateShardHandover, validateShardHandoverReply, validateNodeDrain, validateNodeDrainReply, validateRebalance, validateRebalanceReply, validateHeartbeat, validateShardsOpen, validateShardsDestroy, validateAssignmentsReply, validateNodeRecordsReply, validateShardSeed } from '../../messages/control';
+import { ASSIGNMENTS_PAGE_MAX, DOWN_REPLICAS_PER_HEARTBEAT_MAX, validateShardDigest, validateShardDigestReply, validateShardHandover, validateShardHandoverReply, validateNodeDrain, validateNodeDrainReply, validateRebalance, validateRebalanceReply, validateHeartbeat, validateShardsOpen, validateShardsDestroy, validateAssignmentsReply, validateNodeRecordsReply, validateShardSeed } from '../../messages/control';
 import { ProtocolError } from '../../messages/errors';
 
 function code(fn: () => unknown): string {
@@ -175,5 +175,27 @@ describe('control message validators', () => {
     assert.equal(code(() => validateShardHandoverReply({ node: 'n1', volumeId: 'v1', shard: 3, term: 7 })), 'bad_request');
     assert.deepEqual(validateHeartbeat({ nodeId: 'n1', hosts: 1, leading: 12 }), { nodeId: 'n1', hosts: 1, leading: 12 });
     assert.equal(code(() => validateHeartbeat({ nodeId: 'n1', hosts: 1, leading: -1 })), 'bad_request');
+  });
+
+  it('shard.digest: a shard, and a range of LSNs or none; its reply, whose count must be the range\'s', () => {
+    assert.deepEqual(validateShardDigest({ volumeId: 'v1', shard: 3 }), { volumeId: 'v1', shard: 3 });
+    assert.deepEqual(validateShardDigest({ volumeId: 'v1', shard: 3, fromLsn: 5, toLsn: 5 }), { volumeId: 'v1', shard: 3, fromLsn: 5, toLsn: 5 });
+    assert.deepEqual(validateShardDigest({ volumeId: 'v1', shard: 3, fromLsn: null, toLsn: null }), { volumeId: 'v1', shard: 3 });
+    assert.equal(code(() => validateShardDigest({ volumeId: 'v1', shard: 3, fromLsn: 5 })), 'bad_request', 'fromLsn without toLsn');
+    assert.equal(code(() => validateShardDigest({ volumeId: 'v1', shard: 3, toLsn: 5 })), 'bad_request', 'toLsn without fromLsn');
+    assert.equal(code(() => validateShardDigest({ volumeId: 'v1', shard: 3, fromLsn: 6, toLsn: 5 })), 'bad_request', 'reversed');
+    assert.equal(code(() => validateShardDigest({ volumeId: 'v1', shard: 3, fromLsn: 0, toLsn: 5 })), 'bad_request', 'LSN 0');
+    assert.equal(code(() => validateShardDigest({ volumeId: 'v1', shard: 3, fromLsn: 1.5, toLsn: 5 })), 'bad_request');
+    assert.equal(code(() => validateShardDigest({ volumeId: 'v1', shard: 256 })), 'out_of_range');
+    assert.equal(code(() => validateShardDigest({ volumeId: 'v1', shard: 3, lsn: 4 })), 'bad_request', 'an unknown field');
+    assert.equal(code(() => validateShardDigest({ shard: 3 })), 'bad_request');
+    const reply = { node: 'n1', volumeId: 'v1', shard: 3, role: 'leader', term: 2, firstLsn: 1, lastLsn: 9, commitLsn: 9 };
+    assert.deepEqual(validateShardDigestReply(reply), reply);
+    const withDigest = { ...reply, fromLsn: 2, toLsn: 5, records: 4, digest: 0xfeedbeef };
+    assert.deepEqual(validateShardDigestReply(withDigest), withDigest);
+    assert.equal(code(() => validateShardDigestReply({ ...withDigest, records: 3 })), 'bad_request', 'a count that is not the range\'s');
+    assert.equal(code(() => validateShardDigestReply({ ...withDigest, toLsn: 1 })), 'bad_request', 'toLsn below fromLsn');
+    assert.equal(code(() => validateShardDigestReply({ ...withDigest, digest: 2 ** 32 })), 'out_of_range');
+    assert.equal(code(() => validateShardDigestReply({ ...reply, role: 'boss' })), 'bad_request');
   });
 });
