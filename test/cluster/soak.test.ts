@@ -68,7 +68,9 @@ describe('soak: a short run of node processes under kills and freezes', function
     assert.equal(r.finalReadPages, 128);
     assert.ok(r.linearizability.ok && r.linearizability.pages === 128);
     assert.ok(r.convergedMs !== undefined);
-    // Check 6: every shard's replicas compared once the cluster stopped.
+    // Every shard checked online (the two of the volume and the catalog shard), then compared once the cluster stopped (check 6).
+    assert.equal(r.shardsChecked.shards, 3);
+    assert.ok(r.shardsChecked.compared >= 2 && r.shardsChecked.records > 0, JSON.stringify(r.shardsChecked));
     assert.equal(r.replicasCompared.shards, 2 + 1, 'the two shards of the volume, and the catalog shard');
     assert.ok(r.replicasCompared.replicas >= 9 && r.replicasCompared.pages > 0, JSON.stringify(r.replicasCompared));
     assert.match(summary, /soak: PASS/);

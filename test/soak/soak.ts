@@ -46,7 +46,8 @@
  * When the time is up the faults end, and the run checks:
  * 1. the cluster converges: within CONVERGE_MS every shard has a leader and every replica is up,
  *    not repairing, in the leader's term and applied to its commit LSN;
- * 2. every page is read back (recorded as one more client's reads);
+ * 2. every page is read back (recorded as one more client's reads), and every shard's replicas
+ *    hold the same committed records, asked of the running nodes (`strata shard check`);
  * 3. the history of every page is linearizable (test/support/linearizability.ts): an
  *    acknowledged write is never lost, a read never returns a value overwritten before it began
  *    or never written, and a page's bytes are exactly what one write wrote;
@@ -217,6 +218,8 @@ export interface SoakResult {
   activity: NodeActivity;
   /** Lines at level error in each node's log, and the first few of them. */
   nodeLogErrors: Record<string, { count: number; first: string[] }>;
+  /** Shards checked online before the cluster stopped (`strata shard check`): asked, with LSNs in common, the LSNs compared. */
+  shardsChecked: { shards: number; compared: number; records: number };
   /** The replicas compared once the cluster stopped (check 6). */
   replicasCompared: ReplicasCompared;
   dataDir: string;
@@ -393,6 +396,7 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
   const writeAcks: number[] = [];
   let convergedMs: number | undefined;
   let finalReadPages = 0;
+  const shardsChecked = { shards: 0, compared: 0, records: 0 };
   /** The volume's pages now: a `resize` adds RESIZE_STEP_PAGES. */
   let pagesNow = opts.pages;
   let linearizability: SoakResult['linearizability'] = { ok: false, pages: 0, operations: 0, failure: 'not checked' };
@@ -855,6 +859,28 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
     }
     if (finalReadPages < pagesNow) problem(`the final read covered ${finalReadPages} of ${pagesNow} pages`);
 
+    // 2b. Every shard's replicas hold the same committed records, asked of the running nodes
+    // (`strata shard check`, as the operator); the catalog shard's too.
+    const operator = await connect({ servers: cluster.natsUrl, cluster: 'dev', timeoutMs: 10_000, ...userOf('operator') });
+    try {
+      for (const [name, shard] of [...Array.from({ length: opts.shards }, (_, k) => ['soak', k] as const), ['strata-catalog', 0] as const]) {
+        const r = await operator.checkShard(name, shard).catch((e: unknown) => e as Error);
+        if (r instanceof Error) {
+          problem(`strata shard check ${name} ${shard} failed: ${r.message}`);
+          continue;
+        }
+        shardsChecked.shards++;
+        if (r.range !== undefined) {
+          shardsChecked.compared++;
+          shardsChecked.records += r.range.toLsn - r.range.fromLsn + 1;
+        }
+        if (r.differs !== undefined) problem(`the replicas of shard ${shard} of ${name} hold different committed records at LSN ${r.differs.lsn} (strata shard check)`);
+        for (const x of r.replicas) if (x.error !== undefined) problem(`strata shard check ${name} ${shard}: ${x.node} did not answer: ${x.error}`);
+      }
+    } finally {
+      await operator.close();
+    }
+
     // 3. Linearizability, page by page.
     const history: Operation[] = recorder.history();
     const check = checkLinearizable(history);
@@ -934,6 +960,7 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
     linearizability,
     activity,
     nodeLogErrors,
+    shardsChecked,
     replicasCompared,
     dataDir,
     elapsedMs: Math.round(performance.now() - t0),
@@ -964,6 +991,7 @@ export function formatSoak(r: SoakResult): string {
     `final read: ${r.finalReadPages} of ${r.volumePages} pages${r.volumePages > r.options.pages ? ` (${r.options.pages} at the start, then resized)` : ''}`,
     `linearizable: ${r.linearizability.ok ? 'yes' : 'NO'} (${r.linearizability.pages} pages, ${r.linearizability.operations} operations)${r.linearizability.failure && !r.linearizability.ok ? `: ${r.linearizability.failure}` : ''}`,
     `the nodes did: ${r.activity.checkpoints} checkpoints, ${r.activity.snapshotsSent} images sent and ${r.activity.snapshotsInstalled} installed, ${r.activity.elections} elections (counted as last sampled, per process)`,
+    `shards checked online: ${r.shardsChecked.shards} (${r.shardsChecked.compared} with committed LSNs in common, ${r.shardsChecked.records} LSNs compared; strata shard check)`,
     `replicas compared once stopped: ${r.replicasCompared.shards} shards, ${r.replicasCompared.replicas} replicas, ${r.replicasCompared.pages} pages read (strata inspect --compare)`,
     `error lines in node logs: ${Object.entries(r.nodeLogErrors).map(([id, e]) => `${id} ${e.count}`).join(', ')}`,
   ];
