@@ -555,17 +555,18 @@ export class StrataClient {
 
   /**
    * The volume id of shard `shard` of the volume called `name`, and the nodes of its replicas
-   * (the controller's answer); for the catalog shard of a replicated controller, which no catalog
+   * (the controller's answer; with `adding`, the one a move under way adds too); for the catalog shard of a replicated controller, which no catalog
    * lists, the status's (its replicas are the controller nodes). `out_of_range` for no such
    * shard, `unavailable` when nobody says where it is.
    */
-  private async shardMembers(name: string, shard: number): Promise<{ info: { id: string; shards: number }; members: string[] }> {
+  private async shardMembers(name: string, shard: number, opts: { adding?: boolean } = {}): Promise<{ info: { id: string; shards: number }; members: string[] }> {
     let info: { id: string; shards: number; members?: string[] };
     try {
       const v = await this.volumeInfo(name);
       const set = v.replicaSets?.find((r) => r.shard === shard);
-      // A replica a move adds is one of the shard's too.
-      const members = set === undefined ? undefined : [...set.members, ...(set.moving !== undefined && !set.members.includes(set.moving.to) ? [set.moving.to] : [])];
+      // With `adding`, the replica a move under way adds too.
+      const adding = opts.adding === true && set?.moving !== undefined && !set.members.includes(set.moving.to) ? [set.moving.to] : [];
+      const members = set === undefined ? undefined : [...set.members, ...adding];
       info = { id: v.id, shards: v.shards, ...(members === undefined ? {} : { members }) };
     } catch (e) {
       const catalog = e instanceof ProtocolError && e.code === 'not_found' ? await this.catalogShardOf(name) : undefined;
@@ -598,7 +599,7 @@ export class StrataClient {
    * out. At most SHARD_CHECK_STEPS_MAX steps.
    */
   async checkShard(name: string, shard: number): Promise<ShardCheck> {
-    const { info, members } = await this.shardMembers(name, shard);
+    const { info, members } = await this.shardMembers(name, shard, { adding: true });
     const first = await Promise.allSettled(members.map((m) => this.shardDigest(m, info.id, shard)));
     const replicas: ShardCheck['replicas'] = members.map((node, i) => {
       const r = first[i]!;

@@ -398,6 +398,8 @@ function inspectReplica(
       try {
         log = SegmentLog.open(disk, { dir: `${name}/log` });
         pageSize = guessPageSize(disk, name, log);
+      } catch {
+        // A log that does not open, or reads short: the open below reports why.
       } finally {
         log?.close();
       }
@@ -423,7 +425,7 @@ function inspectReplica(
       const log = storage.log;
       rep.damage.push(...log.corruption, ...storage.repaired);
       rep.log = { ...logFiles(path.join(dir, 'log')), firstLsn: log.firstLsn, lastLsn: log.lastLsn, lastTerm: log.lastTerm };
-      applyToEnd(storage);
+      applyToEnd(storage, rep);
       const s = storage.store.stats();
       rep.imageLsn = s.imageLsn;
       rep.oldestReadableLsn = s.oldestReadableLsn;
@@ -515,10 +517,17 @@ function summarizeLogAlone(disk: OverlayDisk, name: string, rep: ReplicaReport):
  * Applies the records after the newest image (the open stops there: a node applies the rest once
  * its leader says they are committed), so that every LSN the log holds can be read.
  */
-function applyToEnd(storage: ShardStorage): void {
+function applyToEnd(storage: ShardStorage, rep: ReplicaReport): void {
   const { log, store } = storage;
-  while (store.appliedLsn < log.lastLsn) {
-    for (const r of log.read(store.appliedLsn + 1, log.lastLsn, { bytesMax: READ_STEP_BYTES })) store.apply(r);
+  try {
+    while (store.appliedLsn < log.lastLsn) {
+      for (const r of log.read(store.appliedLsn + 1, log.lastLsn, { bytesMax: READ_STEP_BYTES })) store.apply(r);
+    }
+  } catch (e) {
+    // A record that does not read back, or does not apply: what is before it can still be read.
+    if (e instanceof CorruptionError) rep.damage.push(...e.reports);
+    else if (e instanceof StorageError) rep.damage.push({ file: path.join(rep.dir, 'log'), offset: 0, fromLsn: store.appliedLsn + 1, toLsn: store.appliedLsn + 1, reason: `LSN ${store.appliedLsn + 1} does not apply: ${e.message}` });
+    else throw e;
   }
 }
 

@@ -245,6 +245,43 @@ describe('strata inspect (a data directory read offline)', function () {
     assert.equal(fs.statSync(seg).size, Math.max(size, at + 9));
   });
 
+  it('a record that reads back but does not apply (a page write that is not one) is damage; what is before it still reads', async () => {
+    const copy = copyDir(dataDir);
+    copies.push(copy);
+    const disk = new RealDisk(path.join(copy, 'dev0', 'shards', `${volumeId}.0`));
+    const log = SegmentLog.open(disk, { dir: 'log' });
+    const bad = log.lastLsn + 1;
+    log.write([{ term: log.lastTerm, kind: RecordKind.PageWrite, payload: new Uint8Array(40) }]);
+    log.sync();
+    log.close();
+    disk.closeAll();
+    const report = inspect(copy, { shard: 'db/0', page: { page: 3 } });
+    const rep = report.replicas[0]!;
+    assert.equal(rep.state, 'damaged');
+    assert.match(rep.damage[0]!.reason, new RegExp(`^LSN ${bad} does not apply: `));
+    assert.deepEqual(report.page!.data, page(writes[writes.length - 1]!.fill), 'the page as of the record before');
+  });
+
+  it('a replica whose log does not open is unreadable, with the reason; exit 1', async () => {
+    const loneRoot = fs.mkdtempSync(path.join(os.tmpdir(), 'strata-inspect-lone-'));
+    copies.push(loneRoot);
+    const lone = path.join(loneRoot, `${volumeId}.1`);
+    fs.cpSync(path.join(dataDir, 'dev0', 'shards', `${volumeId}.1`), lone, { recursive: true });
+    // A segment header of another format version, with a valid checksum.
+    const seg = lastSegment(lone);
+    const b = fs.readFileSync(seg);
+    b.writeUInt32LE(2, 8);
+    b.writeUInt32LE(crc32c(b.subarray(0, 60)), 60);
+    fs.writeFileSync(seg, b);
+    const rep = inspect(lone).replicas[0]!;
+    assert.equal(rep.state, 'unreadable');
+    assert.match(rep.error!, /unsupported segment format version/);
+    const r = await runCli(['inspect', lone]);
+    assert.equal(r.code, 1);
+    assert.match(r.stdout, /does not open: .*unsupported segment format version/);
+    assert.match(r.stderr, /^strata: corruption: 1 of 1 replica\(s\) damaged or not opening/);
+  });
+
   it('--verify reads every image page against its checksum', async () => {
     const copy = copyDir(dataDir);
     copies.push(copy);
