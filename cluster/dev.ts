@@ -23,7 +23,7 @@ import { startNatsServer, type NatsServerHandle } from '../runtime/nats-server';
 import { defaultHostsPerNode } from './config';
 import { makeDirectory } from '../storage-engine/make-directory';
 import { connect, type StrataClient } from './client';
-import { NATS_ROLES, newNatsUsers, renderRoleUsers, type NatsRole } from './nats-auth';
+import { NATS_ROLES, newNatsUsers, readNatsPassword, renderRoleUsers, type NatsRole } from './nats-auth';
 import { encode, decode } from '../messages/codec';
 import { throwIfError } from '../messages/errors';
 import { controllerSubject } from '../messages/control';
@@ -73,7 +73,7 @@ interface DemoResult {
 /** The demo workload against a running cluster. */
 export async function runDemo(
   client: StrataClient,
-  opts: { pages?: number; shards?: number; batchPages?: number; replicas?: 1 | 3 } = {},
+  opts: { pages?: number; shards?: number; batchPages?: number; replicas?: 1 | 3; operator?: StrataClient } = {},
 ): Promise<DemoResult> {
   const lines: string[] = [];
   const pageCount = opts.pages ?? 4096;
@@ -149,11 +149,29 @@ export async function runDemo(
     fresh[1]!.every((b) => b === 0) && fresh[2]!.every((b) => b === 0) && equalBytes(last, demoPage(info.pageSize, pageCount * 2 - 1, 4));
   lines.push(`grew ${name} to ${grown.pageCount} pages in ${(performance.now() - t0).toFixed(0)} ms, wrote and read its last page: ${growOk ? 'new pages zero until written, old ones kept' : 'WRONG'}`);
 
+  // The replicas of every shard hold the same committed records (`strata shard check`, which
+  // the operator's user may ask of the nodes where NATS admits only the cluster's users).
+  let checkOk = true;
+  if (replicas > 1) {
+    await vol.flush();
+    t0 = performance.now();
+    const checks = [];
+    for (let s = 0; s < shards; s++) checks.push(await (opts.operator ?? client).checkShard(name, s));
+    const differ = checks.filter((c) => c.differs !== undefined).map((c) => `shard ${c.shard} at LSN ${c.differs!.lsn}`);
+    const missing = checks.flatMap((c) => c.replicas.filter((x) => x.error !== undefined).map((x) => `shard ${c.shard} on ${x.node}: ${x.error}`));
+    const lsns = checks.reduce((n, c) => n + (c.range === undefined ? 0 : c.range.toLsn - c.range.fromLsn + 1), 0);
+    checkOk = differ.length === 0 && missing.length === 0 && checks.every((c) => c.range !== undefined);
+    lines.push(
+      `compared the ${replicas} replicas of every shard in ${(performance.now() - t0).toFixed(0)} ms (strata shard check): ` +
+        (checkOk ? `the same committed records, ${lsns} LSNs` : differ.length > 0 ? `DIFFER: ${differ.join(', ')}` : `NOT COMPARED: ${missing.join('; ') || 'no LSNs in common'}`),
+    );
+  }
+
   await vol.flush();
   await client.deleteVolume(branchName);
   await client.deleteVolume(name);
   lines.push(`deleted volumes ${branchName} and ${name}`);
-  return { ok: bad === 0 && atLsnOk && branchBad === 0 && growOk, lines };
+  return { ok: bad === 0 && atLsnOk && branchBad === 0 && growOk && checkOk, lines };
 }
 
 /** The `strata` launcher next to this build (bin/strata). */
@@ -431,7 +449,10 @@ export async function runDev(opts: DevOptions): Promise<number> {
     if (opts.demo) {
       let code = 0;
       try {
-        const r = await Promise.race([runDemo(cluster.client, { replicas: count >= 3 ? 3 : 1 }), interrupted]);
+        // With --auth the demo's client is the application user; the operator user checks the replicas.
+        const users = cluster.natsUsers;
+        const operator = users === undefined ? undefined : await connect({ servers: cluster.natsUrl, cluster: 'dev', user: users.operator.user, pass: readNatsPassword(users.operator.passwordFile) });
+        const r = await Promise.race([runDemo(cluster.client, { replicas: count >= 3 ? 3 : 1, ...(operator !== undefined ? { operator } : {}) }), interrupted]).finally(() => operator?.close());
         if (r === 'interrupted') {
           out('interrupted; stopping…');
           code = 130;

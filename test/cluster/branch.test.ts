@@ -109,6 +109,7 @@ describe('branches', function () {
     assert.ok(r.ok, r.lines.join('\n'));
     assert.ok(r.lines.some((l) => /^branched demo-.*-gen1 .*: all as first written$/.test(l)), r.lines.join('\n'));
     assert.ok(r.lines.some((l) => /^grew demo-\S+ to 1024 pages in \d+ ms, .*: new pages zero until written, old ones kept$/.test(l)), r.lines.join('\n'));
+    assert.ok(r.lines.some((l) => /^compared the 3 replicas of every shard in \d+ ms \(strata shard check\): the same committed records, \d+ LSNs$/.test(l)), r.lines.join('\n'));
     assert.deepEqual((await c.client.listVolumes()).map((v) => v.name), before);
   });
 
