@@ -120,10 +120,11 @@ Commands:
         an election timeout: before maintenance of the leader's node, say. A node stopped
         cleanly does so for every shard it leads (docs/replication.md). With a replicated
         controller, strata-catalog 0 is the catalog shard: handed over, the controller moves.
-  shard check VOLUME SHARD
-        Operator check: do the shard's replicas hold the same committed records? Each
-        replica's node digests the LSNs they all hold, in steps; a step that differs is
-        halved down to the first LSN that differs. Exit code 1 when they differ.
+  shard check VOLUME [SHARD]
+        Operator check: do the shard's replicas (without SHARD: every shard's) hold the same
+        committed records? Each replica's node digests the LSNs they all hold, in steps; a
+        step that differs is halved down to the first LSN that differs. Exit code 1 when
+        they differ.
   drain NODE [--undo]
         Operator action: mark NODE draining (durably, in the catalog). The controller moves
         each of its replicas to another node, as it replaces a dead node's, and places
@@ -227,7 +228,7 @@ const COMMANDS: Readonly<Record<string, CommandSpec>> = {
   'shard force-vote': { positionals: ['VOLUME', 'SHARD'], flags: { node: 'string' }, required: ['node'], client: true },
   'shard move': { positionals: ['VOLUME', 'SHARD'], flags: { from: 'string', to: 'string' }, required: ['from', 'to'], client: true },
   'shard handover': { positionals: ['VOLUME', 'SHARD'], flags: { to: 'string' }, client: true },
-  'shard check': { positionals: ['VOLUME', 'SHARD'], flags: {}, client: true },
+  'shard check': { positionals: ['VOLUME', 'SHARD'], positionalsMin: 1, flags: {}, client: true },
   'catalog recover': { positionals: [], flags: { apply: 'boolean' }, client: true },
   drain: { positionals: ['NODE'], flags: { undo: 'boolean' }, client: true },
   rebalance: { positionals: [], flags: { stop: 'boolean' }, client: true },
@@ -749,19 +750,27 @@ async function shardHandover(ctx: Ctx): Promise<void> {
 
 /** `strata shard check VOLUME SHARD`: exit 1 when the replicas' committed records differ, or fewer than two answered. */
 async function shardCheck(ctx: Ctx): Promise<number> {
-  const [name, shardText] = ctx.args.positionals as [string, string];
-  const shard = parseInteger('SHARD', shardText);
-  const r = await withClient(ctx, (client) => client.checkShard(name, shard));
-  await writeOut(ctx.io.stdout, ctx.json ? jsonText(r) : shardCheckText(r));
-  if (r.differs !== undefined) {
-    await writeOut(ctx.io.stderr, `strata: corruption: the replicas of shard ${shard} of ${name} hold different records at LSN ${r.differs.lsn}\n`);
-    return 1;
+  const [name, shardText] = ctx.args.positionals as [string, string | undefined];
+  const shard = shardText === undefined ? undefined : parseInteger('SHARD', shardText);
+  // Without SHARD: every shard of the volume, one after another.
+  const results = await withClient(ctx, async (client) => {
+    const shards = shard !== undefined ? [shard] : Array.from({ length: (await client.volumeInfo(name)).shards }, (_, s) => s);
+    const out: ShardCheck[] = [];
+    for (const s of shards) out.push(await client.checkShard(name, s));
+    return out;
+  });
+  await writeOut(ctx.io.stdout, ctx.json ? jsonText(shard !== undefined ? results[0] : results) : results.map(shardCheckText).join('\n'));
+  let code = 0;
+  for (const r of results) {
+    if (r.differs !== undefined) {
+      await writeOut(ctx.io.stderr, `strata: corruption: the replicas of shard ${r.shard} of ${name} hold different records at LSN ${r.differs.lsn}\n`);
+      code = 1;
+    } else if (r.replicas.filter((x) => x.error === undefined).length < 2) {
+      await writeOut(ctx.io.stderr, `strata: unavailable: fewer than two replicas of shard ${r.shard} of ${name} answered: nothing compared\n`);
+      code = 1;
+    }
   }
-  if (r.replicas.filter((x) => x.error === undefined).length < 2) {
-    await writeOut(ctx.io.stderr, `strata: unavailable: fewer than two replicas of shard ${shard} of ${name} answered: nothing compared\n`);
-    return 1;
-  }
-  return 0;
+  return code;
 }
 
 function shardCheckText(r: ShardCheck): string {

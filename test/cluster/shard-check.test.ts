@@ -56,6 +56,12 @@ describe('strata shard check (a running shard\'s replicas compared by digests of
     assert.match(cli.stdout, new RegExp(`^shard 0 of db \\(${volumeId}\\): committed LSNs 1\\.\\.${last}, 1 step\\(s\\): the same\\n`));
     // Of a shard no write went to: its first record (a new leader's no-op) on every replica.
     assert.equal((await c!.client.checkShard('db', 1)).differs, undefined);
+    // Without SHARD: every shard of the volume.
+    const all = await runCli(['--nats', c!.natsUrl, '--cluster', c!.cluster, 'shard', 'check', 'db']);
+    assert.equal(all.code, 0, all.stderr);
+    assert.match(all.stdout, /^shard 0 of db .*: the same\n[^]*\nshard 1 of db .*: the same\n/);
+    const json = await runCli(['--nats', c!.natsUrl, '--cluster', c!.cluster, 'shard', 'check', 'db', '--json']);
+    assert.deepEqual((JSON.parse(json.stdout) as Array<{ shard: number }>).map((x) => x.shard), [0, 1]);
     await assert.rejects(c!.client.checkShard('db', 2), (e: unknown) => e instanceof ProtocolError && e.code === 'out_of_range');
     await assert.rejects(c!.client.checkShard('nope', 0), (e: unknown) => e instanceof ProtocolError && e.code === 'not_found');
   });
@@ -91,6 +97,11 @@ describe('strata shard check (a running shard\'s replicas compared by digests of
     assert.equal(cli.code, 1);
     assert.match(cli.stdout, new RegExp(`: DIFFER at LSN ${target}: `));
     assert.match(cli.stderr, new RegExp(`^strata: corruption: the replicas of shard 0 of db hold different records at LSN ${target}\\n$`));
+    // Every shard: shard 1 the same, shard 0 not: exit 1.
+    const all = await runCli(['--nats', c!.natsUrl, '--cluster', c!.cluster, 'shard', 'check', 'db']);
+    assert.equal(all.code, 1);
+    assert.match(all.stdout, /\nshard 1 of db .*: the same\n/);
+    assert.match(all.stderr, new RegExp(`^strata: corruption: the replicas of shard 0 of db hold different records at LSN ${target}\\n$`));
   });
 
   it('names a replica whose node does not answer and compares the others; with one left, exits 1', async () => {
