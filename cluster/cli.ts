@@ -439,7 +439,7 @@ export function parseArgs(argvIn: readonly string[]): ParsedArgs {
     flags[name] = kind === 'integer' ? parseInteger(`--${name}`, value) : value;
   }
   if (positionals.length < (spec.positionalsMin ?? spec.positionals.length)) {
-    throw new UsageError(`${command}: missing ${spec.positionals.slice(positionals.length).join(' ')}`);
+    throw new UsageError(`${command}: missing ${spec.positionals.slice(positionals.length, spec.positionalsMin ?? spec.positionals.length).join(' ')}`);
   }
   if (positionals.length > (spec.positionalsMax ?? spec.positionals.length)) {
     throw new UsageError(`${command}: unexpected argument ${JSON.stringify(positionals[spec.positionals.length])}`);

@@ -255,6 +255,10 @@ describe('cluster/cli', () => {
       [['volume'], /volume: expected create, branch, list, info, delete or resize/],
       [['volume', 'branch', 'db'], /^volume branch: missing NAME$/],
       [['volume', 'branch'], /^volume branch: missing PARENT NAME$/],
+      // SHARD may be left out: only VOLUME is missing.
+      [['shard', 'check'], /^shard check: missing VOLUME$/],
+      [['shard', 'check', 'db', '0', '1'], /^shard check: unexpected argument "1"$/],
+      [['inspect'], /^inspect: missing PATH$/],
       [['volume', 'branch', 'db', 'b', 'c'], /^volume branch: unexpected argument "c"$/],
       [['volume', 'branch', 'db', 'b', '--lsns'], /^--lsns: expected a value$/],
       [['volume', 'branch', 'db', 'b', '--lsns', '1,,2'], /^--lsns: expected LSN\[,LSN…\] \(one per shard, in shard order\), got "" in "1,,2"$/],

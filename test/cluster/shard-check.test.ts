@@ -64,6 +64,9 @@ describe('strata shard check (a running shard\'s replicas compared by digests of
     assert.deepEqual((JSON.parse(json.stdout) as Array<{ shard: number }>).map((x) => x.shard), [0, 1]);
     await assert.rejects(c!.client.checkShard('db', 2), (e: unknown) => e instanceof ProtocolError && e.code === 'out_of_range');
     await assert.rejects(c!.client.checkShard('nope', 0), (e: unknown) => e instanceof ProtocolError && e.code === 'not_found');
+    const bad = await runCli(['--nats', c!.natsUrl, '--cluster', c!.cluster, 'shard', 'check', 'db', 'x']);
+    assert.equal(bad.code, 2);
+    assert.match(bad.stderr, /^strata: usage: SHARD: expected a non-negative integer, got "x"\n/);
   });
 
   it('finds the first committed record that differs on one replica, and exits 1', async () => {
