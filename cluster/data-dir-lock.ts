@@ -193,6 +193,20 @@ function takeOver(file: string, seen: LockHolder | undefined, dataDir: string): 
 }
 
 /** The holder a lock file names, or undefined if it cannot be read as one. */
+/**
+ * The lock of `dataDir`, for a reader of the directory that takes no lock (`strata inspect`):
+ * undefined when there is none; else its holder (undefined while the file is being written) and
+ * whether that node still runs, as a node starting on the directory would judge it here
+ * (undefined when it cannot be told without watching the lease: another machine or namespace).
+ */
+export function lockOf(dataDir: string): { holder?: LockHolder; runs?: boolean } | undefined {
+  const file = path.join(dataDir, DATA_DIR_LOCK_NAME);
+  const holder = readHolder(file);
+  if (holder === undefined) return fs.existsSync(file) ? {} : undefined;
+  const runs = localHolderRuns(holder, file);
+  return { holder, ...(runs !== undefined ? { runs } : {}) };
+}
+
 function readHolder(file: string): LockHolder | undefined {
   let text: string;
   try {
@@ -215,9 +229,17 @@ function sameHolder(a: LockHolder | undefined, b: LockHolder): boolean {
 
 /** Whether the node a lock names still runs (see the module comment). */
 function holderRuns(holder: LockHolder, file: string, observeMs: number): boolean {
+  return localHolderRuns(holder, file) ?? touchedWithin(file, observeMs);
+}
+
+/**
+ * Whether the node a lock names still runs, where its process id can be looked up (this machine
+ * and pid namespace); undefined elsewhere, where only the lock's lease tells (`touchedWithin`).
+ */
+function localHolderRuns(holder: LockHolder, file: string): boolean | undefined {
   // An older Strata wrote no boot id or namespace: on this host its process id is looked up.
   const local = sameMachineAndNamespace(holder) || (holder.bootId === undefined && holder.hostname === os.hostname());
-  if (!local) return touchedWithin(file, observeMs);
+  if (!local) return undefined;
   if (holder.pid === process.pid) return heldHere.has(file);
   const now = processIdentity(holder.pid);
   if (now.startTicks !== undefined && holder.startTicks !== undefined) return now.startTicks === holder.startTicks;

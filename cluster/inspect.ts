@@ -35,6 +35,10 @@ import { CATALOG_VOLUME_ID, CATALOG_VOLUME_NAME, CATALOG_PAGE_SIZE, CATALOG_PAGE
 import { CATALOG, type CatalogState } from '../actors/controller';
 import { GET_PAGES_MAX } from '../storage-engine/page-store';
 import { textTable } from './text-table';
+import { lockOf } from './data-dir-lock';
+import { LOCAL_CATALOG_DIR, NODE_META, deviceOfDirName, localCatalogStore, type NodeMeta } from './data-dir-layout';
+import { parseShardKey, shardKey } from '../messages/volume-id';
+import { isDiscardedName } from '../storage-engine/disk';
 
 /** Most records one `inspect --records` lists. */
 export const INSPECT_RECORDS_MAX = 100_000;
@@ -148,14 +152,6 @@ export class InspectError extends Error {
   }
 }
 
-interface NodeRecord {
-  version: 1;
-  nodeId: string;
-  cluster: string;
-  hosts: number;
-  shards: ShardAssignment[];
-}
-
 /** A replica directory found, with what the node's record says of it. */
 interface Found {
   /** Real path of the directory holding the replica's directory, and its name there. */
@@ -167,7 +163,6 @@ interface Found {
   assignment?: Pick<ShardAssignment, 'volumeName' | 'pageSize' | 'pageCount'> & { members?: string[]; shards?: number; stripePages?: number };
 }
 
-const REPLICA_NAME = /^(v[0-9]+(?:-[0-9a-z]+)?|v0-catalog)\.(0|[1-9][0-9]{0,5})$/;
 
 /** Inspects `root`. Never writes under it. Throws InspectError for input that is not what it should be. */
 export function inspect(root: string, opts: InspectOptions = {}): InspectReport {
@@ -198,8 +193,13 @@ export function inspect(root: string, opts: InspectOptions = {}): InspectReport 
   }
   const out: InspectReport = { kind: report.kind, path: root, replicas: [] };
   if (report.node !== undefined) out.node = report.node;
-  const inUse = lockHolder(report.kind === 'node' ? abs : undefined);
-  if (inUse !== undefined) out.inUse = inUse;
+  const lock = report.kind === 'node' ? lockOf(abs) : undefined;
+  if (lock !== undefined) {
+    out.inUse = {
+      ...(lock.holder !== undefined ? { nodeId: lock.holder.nodeId, pid: lock.holder.pid } : {}),
+      ...(lock.runs !== undefined ? { running: lock.runs } : {}),
+    };
+  }
   for (const f of chosen) {
     const detail = chosen.length === 1 && (opts.records !== undefined || opts.page !== undefined || opts.catalog !== undefined);
     out.replicas.push(inspectReplica(f, opts, detail ? out : undefined));
@@ -227,25 +227,25 @@ function findReplicas(abs: string, shown: string): { kind: InspectReport['kind']
     // the node's record gives it its volume's name and geometry.
     const device = path.dirname(path.dirname(abs));
     const nodeDir = path.dirname(device);
-    if (path.basename(path.dirname(abs)) === 'shards' && /^dev[0-9]+$/.test(path.basename(device)) && fs.existsSync(path.join(nodeDir, 'node'))) {
+    if (path.basename(path.dirname(abs)) === 'shards' && deviceOfDirName(path.basename(device)) !== undefined && fs.existsSync(path.join(nodeDir, NODE_META))) {
       const mine = findReplicas(nodeDir, nodeDir).found.find((f) => f.parent === path.dirname(abs) && f.name === path.basename(abs));
       if (mine !== undefined) return { kind: 'replica', found: [mine] };
     }
-    const m = REPLICA_NAME.exec(path.basename(abs));
+    const key = parseShardKey(path.basename(abs));
     return {
       kind: 'replica',
-      found: [{ parent: path.dirname(abs), name: path.basename(abs), volumeId: m?.[1] ?? path.basename(abs), shard: m ? Number(m[2]) : 0 }],
+      found: [{ parent: path.dirname(abs), name: path.basename(abs), volumeId: key?.volumeId ?? path.basename(abs), shard: key?.shard ?? 0 }],
     };
   }
-  if (names.includes('shards') && !names.includes('node')) {
+  if (names.includes('shards') && !names.includes(NODE_META)) {
     return { kind: 'device', found: replicasIn(path.join(abs, 'shards'), undefined, new Map()) };
   }
-  if (names.includes('node')) {
-    const rec = readNodeRecord(abs);
+  if (names.includes(NODE_META)) {
+    const rec = readNodeMeta(abs);
     const byKey = new Map<string, ShardAssignment>();
-    for (const a of rec.shards) byKey.set(`${a.volumeId}.${a.shard}`, a);
+    for (const a of rec.shards) byKey.set(shardKey(a.volumeId, a.shard), a);
     const found: Found[] = [];
-    for (const dev of names.filter((n) => /^dev[0-9]+$/.test(n)).sort((a, b) => Number(a.slice(3)) - Number(b.slice(3)))) {
+    for (const dev of names.filter((n) => deviceOfDirName(n) !== undefined).sort((a, b) => deviceOfDirName(a)! - deviceOfDirName(b)!)) {
       found.push(...replicasIn(path.join(abs, dev, 'shards'), dev, byKey));
     }
     return { kind: 'node', node: { nodeId: rec.nodeId, cluster: rec.cluster, hosts: rec.hosts }, found };
@@ -262,11 +262,11 @@ function replicasIn(dir: string, device: string | undefined, byKey: ReadonlyMap<
   }
   const found: Found[] = [];
   for (const name of names.sort()) {
-    const m = REPLICA_NAME.exec(name);
-    if (m === null) continue; // A replica being removed (`….discard`), or not Strata's.
+    // A replica being removed (`….discard`), or not a replica's name.
+    const key = isDiscardedName(name) ? undefined : parseShardKey(name);
+    if (key === undefined) continue;
     if (found.length >= INSPECT_REPLICAS_MAX) throw new InspectError('bad_request', `${dir} holds more than ${INSPECT_REPLICAS_MAX} replicas`);
-    const volumeId = m[1]!;
-    const shard = Number(m[2]);
+    const { volumeId, shard } = key;
     const a = byKey.get(name);
     const f: Found = { parent: dir, name, volumeId, shard, ...(device !== undefined ? { device } : {}) };
     if (a !== undefined) f.assignment = { volumeName: a.volumeName, pageSize: a.pageSize, pageCount: a.pageCount, members: [...a.members], shards: a.shards, stripePages: a.stripePages };
@@ -276,10 +276,10 @@ function replicasIn(dir: string, device: string | undefined, byKey: ReadonlyMap<
   return found;
 }
 
-function readNodeRecord(abs: string): NodeRecord {
+function readNodeMeta(abs: string): NodeMeta {
   const disk = new OverlayDisk(abs);
   try {
-    const rec = new MetaStore(disk, '').read<NodeRecord>('node');
+    const rec = new MetaStore(disk, '').read<NodeMeta>(NODE_META);
     if (rec === undefined || typeof rec !== 'object' || !Array.isArray(rec.shards)) throw new InspectError('bad_request', `${abs}/node is not a node's record`);
     return rec;
   } catch (e) {
@@ -287,38 +287,6 @@ function readNodeRecord(abs: string): NodeRecord {
     throw e;
   } finally {
     disk.closeAll();
-  }
-}
-
-/** The holder of the data directory's lock, when there is one. */
-function lockHolder(dataDir: string | undefined): InspectReport['inUse'] {
-  if (dataDir === undefined) return undefined;
-  let text: string;
-  try {
-    text = fs.readFileSync(path.join(dataDir, 'lock'), 'utf8');
-  } catch {
-    return undefined;
-  }
-  const out: NonNullable<InspectReport['inUse']> = {};
-  try {
-    const h = JSON.parse(text) as { nodeId?: unknown; pid?: unknown };
-    if (typeof h.nodeId === 'string') out.nodeId = h.nodeId;
-    if (typeof h.pid === 'number' && Number.isSafeInteger(h.pid) && h.pid > 0) {
-      out.pid = h.pid;
-      out.running = pidRunning(h.pid);
-    }
-  } catch {
-    // A lock being written: in use all the same.
-  }
-  return out;
-}
-
-function pidRunning(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
 
@@ -631,11 +599,11 @@ function readPage(disk: OverlayDisk, name: string, storage: ShardStorage, page: 
 
 /** The catalog a controller node that keeps it alone holds in `controller/catalog`; undefined when there is no such file. */
 function localCatalog(dataDir: string, lsn: number | undefined): InspectReport['catalog'] {
-  if (!fs.existsSync(path.join(dataDir, 'controller', CATALOG))) return undefined;
+  if (!fs.existsSync(path.join(dataDir, LOCAL_CATALOG_DIR, CATALOG))) return undefined;
   if (lsn !== undefined) throw new InspectError('bad_request', `--lsn: the catalog of ${dataDir} is a file (a controller node that keeps it alone), not a shard: it has no LSNs`);
   const disk = new OverlayDisk(dataDir);
   try {
-    return { source: 'controller file', state: new MetaStore(disk, 'controller').read<CatalogState>(CATALOG) ?? null };
+    return { source: 'controller file', state: localCatalogStore(disk).read<CatalogState>(CATALOG) ?? null };
   } catch (e) {
     if (e instanceof CorruptionError) throw new InspectError('bad_request', `${dataDir}/controller/${CATALOG}: ${e.message}`);
     throw e;
@@ -732,7 +700,7 @@ export function replicaDirsByShard(root: string): Map<string, string[]> {
   const out = new Map<string, string[]>();
   for (const node of fs.readdirSync(root).sort()) {
     const dir = path.join(root, node);
-    if (!fs.existsSync(path.join(dir, 'node'))) continue;
+    if (!fs.existsSync(path.join(dir, NODE_META))) continue;
     for (const f of findReplicas(dir, dir).found) {
       const list = out.get(f.name) ?? [];
       list.push(path.join(f.parent, f.name));

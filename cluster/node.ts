@@ -15,6 +15,7 @@
  * source to the process's metrics (its hosts' stats and its API request durations) while it
  * runs, and every API request gets a SERVER span and a duration by verb and outcome.
  */
+import { LOCAL_CATALOG_DIR, NODE_META, deviceDirName, localCatalogStore, type NodeMeta } from './data-dir-layout';
 import * as crypto from 'node:crypto';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -215,15 +216,6 @@ interface ApiRequest {
   deadlineMs: number;
 }
 
-interface NodeMeta {
-  version: 1;
-  nodeId: string;
-  cluster: string;
-  hosts: number;
-  shards: ShardAssignment[];
-}
-
-const NODE_META = 'node';
 /**
  * How long the status (and a metrics scrape) waits for each host's stats and health: a host that
  * does not answer in time is shown not answering, under the cluster status's own 2 s gather.
@@ -340,8 +332,6 @@ const HEARTBEAT_TIMEOUT_MS_MIN = 2000;
  * it places a volume (`heardFromNodes`); it asks every node for one as it starts (`seated`).
  */
 const MEMBERS_WARMUP_MS = 1000;
-/** Where a controller node without `controllers` keeps its catalog: a MetaStore directory of the data directory. */
-const LOCAL_CATALOG_DIR = 'controller';
 /** Each read or write of the catalog shard, at most. */
 const CATALOG_IO_TIMEOUT_MS = 10_000;
 
@@ -461,11 +451,6 @@ function openDataDir(dataDir: string, opts: StrataNodeOptions, hosts: number): {
     });
   }
   return { meta, nodeMeta, controller, created: existing === undefined };
-}
-
-/** The MetaStore of the catalog a controller node keeps alone (`dataDir/controller`). */
-function localCatalogStore(disk: RealDisk): MetaStore {
-  return new MetaStore(disk, LOCAL_CATALOG_DIR, { payloadBytesMax: 16 * 1024 * 1024 });
 }
 
 function shardId(a: { volumeId: string; shard: number }): string {
@@ -684,7 +669,7 @@ export class StrataNode {
         natsUrl: this.opts.natsUrl,
         ...(this.opts.natsAuth ? { natsAuth: this.opts.natsAuth } : {}),
         ...(this.opts.natsTls ? { natsTls: this.opts.natsTls } : {}),
-        deviceDir: path.join(this.dataDir, `dev${i}`),
+        deviceDir: path.join(this.dataDir, deviceDirName(i)),
         device: {
           ...(this.opts.cacheBytesMaxPerShard ? { cacheBytesMaxPerShard: this.opts.cacheBytesMaxPerShard } : {}),
           ...(this.opts.segmentBytesMax ? { segmentBytesMax: this.opts.segmentBytesMax } : {}),

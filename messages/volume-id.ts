@@ -18,6 +18,14 @@ export function shardKey(volumeId: string, shard: number): string {
   return `${volumeId}.${shard}`;
 }
 
+/** The volume id and shard of a `shardKey` (a replica's directory name); undefined for any other name. */
+export function parseShardKey(key: string): { volumeId: string; shard: number } | undefined {
+  const dot = key.lastIndexOf('.');
+  const shard = key.slice(dot + 1);
+  if (dot <= 0 || !/^(0|[1-9]\d*)$/.test(shard)) return undefined;
+  return { volumeId: key.slice(0, dot), shard: Number(shard) };
+}
+
 /** The catalog tag of a volume id (`v<n>-<tag>`), undefined for an id without one (`v<n>`). */
 export function idTag(id: string): string | undefined {
   const dash = id.indexOf('-');

@@ -25,9 +25,9 @@ import { CpuPool, type CpuPoolStats } from './cpu-pool';
 import { FaultyDisk } from './faulty-disk';
 import { withTimeout } from './timeout';
 import { ProtocolError } from '../messages/errors';
-import { idNumber, idTag, shardKey } from '../messages/volume-id';
+import { idNumber, idTag, parseShardKey, shardKey } from '../messages/volume-id';
 
-export { shardKey };
+export { parseShardKey, shardKey };
 
 export interface ShardSpec extends ShardGeometry {
   volumeName: string;
@@ -271,14 +271,6 @@ const FATAL_CODES = new Set(['device_failed', 'fsync_failed', 'invariant']);
 function outcomeOf(entry: ShardEntry | undefined): ReplicaErrorOutcome {
   const downReason = entry?.downReason?.message;
   return downReason === undefined ? { restarted: true } : { restarted: false, downReason };
-}
-
-/** The volume id and shard of a `shardKey` (a replica's directory name); undefined for any other name. */
-export function parseShardKey(key: string): { volumeId: string; shard: number } | undefined {
-  const dot = key.lastIndexOf('.');
-  const shard = key.slice(dot + 1);
-  if (dot <= 0 || !/^(0|[1-9]\d*)$/.test(shard)) return undefined;
-  return { volumeId: key.slice(0, dot), shard: Number(shard) };
 }
 
 /** The other nodes a replica of `spec` may hold the shard with: both sets of a move. */

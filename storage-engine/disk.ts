@@ -13,6 +13,8 @@
  * Errors are thrown as `StorageError` with code `io_error` (or `fsync_failed` from the sync
  * calls), with the OS error code (`EIO`, `ENOSPC`, `ENOENT`…) in `details.errno`.
  */
+import { errnoOf, StorageError } from './errors';
+
 export type FileHandle = number;
 
 export interface OpenOptions {
@@ -65,6 +67,22 @@ export interface Disk {
   /** Optional: `removeTree` off the calling thread, as `removeAsync` (see `discardTree`). */
   removeTreeAsync?(dir: string): Promise<void>;
   exists(path: string): boolean;
+}
+
+/** The open file of handle `fh` in a Disk's table of them; `io_error` (EBADF) for a handle not in it. */
+export function openFileOf<T>(files: ReadonlyMap<FileHandle, T>, fh: FileHandle): T {
+  const f = files.get(fh);
+  if (f === undefined) throw new StorageError('io_error', `bad file handle ${fh}`, { errno: 'EBADF', fh });
+  return f;
+}
+
+/**
+ * A Disk's error for `op` on `path`: `cause` is the OS error it failed with, or the errno alone
+ * (`ENOENT`…, for a failure the Disk found itself), in `details.errno` either way.
+ */
+export function diskError(op: string, path: string, cause: unknown, code: 'io_error' | 'fsync_failed' = 'io_error', extra: Record<string, unknown> = {}): StorageError {
+  const errno = typeof cause === 'string' ? cause : errnoOf(cause);
+  return new StorageError(code, `${op} ${path}: ${errno}`, { errno, path, ...extra }, typeof cause === 'string' ? undefined : cause);
 }
 
 /** Parent directory of a disk path ('' for the root). */

@@ -27,9 +27,10 @@
  */
 import * as fs from 'node:fs';
 import * as nodePath from 'node:path';
-import { joinPath, parentDir, type Disk, type FileHandle, type OpenOptions } from './disk';
+import { diskError, joinPath, openFileOf, parentDir, type Disk, type FileHandle, type OpenOptions } from './disk';
 import { assert, errnoOf, StorageError } from './errors';
-import { checkDiskBuffer, checkDiskOffset, checkDiskPath, DISK_OPEN_FILES_MAX } from './real-disk';
+import { checkDiskBuffer, checkDiskOffset, checkDiskPath, DISK_OPEN_FILES_MAX, pathUnder } from './real-disk';
+import { writeBytes, zeroTo } from './mem-bytes';
 
 /** Default largest file an OverlayDisk holds in memory: as large as a log segment can be made. */
 export const OVERLAY_COPY_UP_BYTES_MAX_DEFAULT = 256 * 1024 * 1024;
@@ -192,13 +193,7 @@ export class OverlayDisk implements Disk {
     const end = offset + data.length;
     this.checkGrowth(f, end, 'write');
     this.copyUp(f, undefined);
-    const node = f.node;
-    if (end > node.len) {
-      this.reserve(node, end);
-      node.buf.fill(0, node.len, offset > node.len ? offset : node.len);
-      node.len = end;
-    }
-    node.buf.set(data, offset);
+    writeBytes(f.node, data, offset, this.copyUpBytesMax);
     this.changed.add(f.path);
   }
 
@@ -250,10 +245,7 @@ export class OverlayDisk implements Disk {
     if (length === size) return;
     this.checkGrowth(f, length, 'truncate');
     this.copyUp(f, length);
-    if (length > node.len) {
-      this.reserve(node, length);
-      node.buf.fill(0, node.len, length);
-    }
+    zeroTo(node, length, this.copyUpBytesMax);
     node.len = length;
     this.changed.add(f.path);
   }
@@ -325,10 +317,8 @@ export class OverlayDisk implements Disk {
   /** Drops the entry from the overlay's namespace (a real file is hidden, not removed). */
   remove(path: string): void {
     checkDiskPath(path, false);
-    const dir = this.resolve(parentDir(path));
-    if (dir === 'ENOENT') return;
-    if (dir === 'ENOTDIR' || dir.kind !== 'dir') throw this.ioError('remove', path, 'ENOTDIR');
-    const entries = this.entriesOf(dir);
+    const entries = this.parentEntries(path, 'remove');
+    if (entries === undefined) return;
     const name = path.slice(path.lastIndexOf('/') + 1);
     const node = entries.get(name);
     if (node === undefined) return;
@@ -340,10 +330,8 @@ export class OverlayDisk implements Disk {
   /** Drops the entry and everything under it from the overlay's namespace. */
   removeTree(dir: string): void {
     checkDiskPath(dir, false);
-    const parent = this.resolve(parentDir(dir));
-    if (parent === 'ENOENT') return;
-    if (parent === 'ENOTDIR' || parent.kind !== 'dir') throw this.ioError('removeTree', dir, 'ENOTDIR');
-    const entries = this.entriesOf(parent);
+    const entries = this.parentEntries(dir, 'removeTree');
+    if (entries === undefined) return;
     const name = dir.slice(dir.lastIndexOf('/') + 1);
     if (!entries.delete(name)) return;
     this.changed.add(dir);
@@ -396,15 +384,11 @@ export class OverlayDisk implements Disk {
   // ---------------------------------------------------------------- internals
 
   private abs(path: string): string {
-    return path === '' ? this.rootDir : nodePath.join(this.rootDir, ...path.split('/'));
+    return pathUnder(this.rootDir, path);
   }
 
   private file(fh: FileHandle): OverlayHandle {
-    const f = this.files.get(fh);
-    if (f === undefined) {
-      throw new StorageError('io_error', `bad file handle ${fh}`, { errno: 'EBADF', fh });
-    }
-    return f;
+    return openFileOf(this.files, fh);
   }
 
   /** The real descriptor of a handle whose node is still read from its real file. */
@@ -476,13 +460,12 @@ export class OverlayDisk implements Disk {
     node.real = undefined;
   }
 
-  /** Grows a file node's buffer to hold at least `bytes` (geometric growth, capped at copyUpBytesMax). */
-  private reserve(node: FileNode, bytes: number): void {
-    if (bytes <= node.buf.length) return;
-    const capacity = Math.min(this.copyUpBytesMax, Math.max(bytes, node.buf.length * 2, 4096));
-    const buf = new Uint8Array(capacity);
-    buf.set(node.buf.subarray(0, node.len));
-    node.buf = buf;
+  /** The entries of the directory holding `path`: undefined when it does not exist, ENOTDIR when it is a file. */
+  private parentEntries(path: string, op: string): Map<string, OverlayNode> | undefined {
+    const dir = this.resolve(parentDir(path));
+    if (dir === 'ENOENT') return undefined;
+    if (dir === 'ENOTDIR' || dir.kind !== 'dir') throw this.ioError(op, path, 'ENOTDIR');
+    return this.entriesOf(dir);
   }
 
   /** The entries of a directory node, read from its real directory the first time. */
@@ -541,14 +524,7 @@ export class OverlayDisk implements Disk {
   }
 
   /** A StorageError for `op` on `path`; `cause` is an `fs` error or an errno. */
-  private ioError(
-    op: string,
-    path: string,
-    cause: unknown,
-    code: 'io_error' | 'fsync_failed' = 'io_error',
-    extra: Record<string, unknown> = {},
-  ): StorageError {
-    const errno = typeof cause === 'string' ? cause : errnoOf(cause);
-    return new StorageError(code, `${op} ${path}: ${errno}`, { errno, path, ...extra }, typeof cause === 'string' ? undefined : cause);
+  private ioError(op: string, path: string, cause: unknown, code: 'io_error' | 'fsync_failed' = 'io_error', extra: Record<string, unknown> = {}): StorageError {
+    return diskError(op, path, cause, code, extra);
   }
 }

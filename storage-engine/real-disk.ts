@@ -8,7 +8,7 @@
  */
 import * as fs from 'node:fs';
 import * as nodePath from 'node:path';
-import type { Disk, FileHandle, OpenOptions } from './disk';
+import { diskError, openFileOf, type Disk, type FileHandle, type OpenOptions } from './disk';
 import { errnoOf, StorageError } from './errors';
 import { makeDirectory } from './make-directory';
 
@@ -442,25 +442,19 @@ export class RealDisk implements Disk {
   }
 
   private abs(path: string): string {
-    return path === '' ? this.rootDir : nodePath.join(this.rootDir, ...path.split('/'));
+    return pathUnder(this.rootDir, path);
   }
 
   private file(fh: FileHandle): OpenFile {
-    const f = this.files.get(fh);
-    if (f === undefined) {
-      throw new StorageError('io_error', `bad file handle ${fh}`, { errno: 'EBADF', fh });
-    }
-    return f;
+    return openFileOf(this.files, fh);
   }
 
-  private ioError(
-    op: string,
-    path: string,
-    cause: unknown,
-    code: 'io_error' | 'fsync_failed' = 'io_error',
-    extra: Record<string, unknown> = {},
-  ): StorageError {
-    const errno = errnoOf(cause);
-    return new StorageError(code, `${op} ${path}: ${errno}`, { errno, path, ...extra }, cause);
+  private ioError(op: string, path: string, cause: unknown, code: 'io_error' | 'fsync_failed' = 'io_error', extra: Record<string, unknown> = {}): StorageError {
+    return diskError(op, path, cause, code, extra);
   }
+}
+
+/** The real path of disk path `path` under `rootDir` (`path` checked by checkDiskPath). */
+export function pathUnder(rootDir: string, path: string): string {
+  return path === '' ? rootDir : nodePath.join(rootDir, ...path.split('/'));
 }

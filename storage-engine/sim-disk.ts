@@ -20,7 +20,8 @@
  *
  * Deterministic: no randomness, no clock. Not thread-safe.
  */
-import type { Disk, FileHandle, OpenOptions } from './disk';
+import { diskError, openFileOf, type Disk, type FileHandle, type OpenOptions } from './disk';
+import { writeBytes, zeroTo } from './mem-bytes';
 import { StorageError } from './errors';
 import {
   checkDiskBuffer,
@@ -275,10 +276,7 @@ export class SimDisk implements Disk {
     this.mutate();
     if (length > this.fileBytesMax) throw this.ioError('truncate', f.path, 'ENOSPC');
     const inode = f.inode;
-    if (length > inode.len) {
-      this.reserve(inode, length);
-      inode.buf.fill(0, inode.len, length);
-    }
+    zeroTo(inode, length, this.fileBytesMax);
     this.undrop(inode, Math.min(length, inode.len), Number.MAX_SAFE_INTEGER);
     inode.len = length;
   }
@@ -483,13 +481,7 @@ export class SimDisk implements Disk {
         const inode = entry.inode;
         const w = inode.lastWrite!;
         tornBytes = Math.min(tear.keepBytes, w.bytes.length);
-        const end = w.offset + tornBytes;
-        if (end > inode.len) {
-          this.reserve(inode, end);
-          inode.buf.fill(0, inode.len, end);
-          inode.len = end;
-        }
-        inode.buf.set(w.bytes.subarray(0, tornBytes), w.offset);
+        writeBytes(inode, w.bytes.subarray(0, tornBytes), w.offset, this.fileBytesMax);
         inode.durable = inode.buf.slice(0, inode.len);
       }
     }
@@ -537,24 +529,10 @@ export class SimDisk implements Disk {
     const end = offset + data.length;
     if (end > this.fileBytesMax) throw this.ioError(op, f.path, 'ENOSPC');
     const inode = f.inode;
-    if (end > inode.len) {
-      this.reserve(inode, end);
-      inode.buf.fill(0, inode.len, offset > inode.len ? offset : inode.len);
-      inode.len = end;
-    }
-    inode.buf.set(data, offset);
+    writeBytes(inode, data, offset, this.fileBytesMax);
     this.undrop(inode, offset, end);
     inode.lastWrite = { offset, bytes: data.slice() };
     this.counters.bytesWritten += data.length;
-  }
-
-  /** Grows an inode's buffer to hold at least `bytes` (geometric growth, capped at fileBytesMax). */
-  private reserve(inode: Inode, bytes: number): void {
-    if (bytes <= inode.buf.length) return;
-    const capacity = Math.min(this.fileBytesMax, Math.max(bytes, inode.buf.length * 2, 4096));
-    const buf = new Uint8Array(capacity);
-    buf.set(inode.buf.subarray(0, inode.len));
-    inode.buf = buf;
   }
 
   private checkFault(rules: FaultRule[], path: string, op: string, code: 'io_error' | 'fsync_failed'): void {
@@ -567,15 +545,11 @@ export class SimDisk implements Disk {
   }
 
   private file(fh: FileHandle): OpenSimFile {
-    const f = this.files.get(fh);
-    if (f === undefined) {
-      throw new StorageError('io_error', `bad file handle ${fh}`, { errno: 'EBADF', fh });
-    }
-    return f;
+    return openFileOf(this.files, fh);
   }
 
   private ioError(op: string, path: string, errno: string, extra: Record<string, unknown> = {}): StorageError {
-    return new StorageError('io_error', `${op} ${path}: ${errno}`, { errno, path, ...extra });
+    return diskError(op, path, errno, 'io_error', extra);
   }
 
   private lookupOrUndefined(path: string): Entry | undefined {

@@ -109,24 +109,34 @@ describe('ApiRouter when the controller or the catalog does not answer', functio
     }
   });
 
-  it('a change with a request id taken by a controller that dies with it: sent again, the same bytes, to the controller seated next, whose answer is returned; one without is not', async () => {
-    // The first controller takes every change and never answers (its node died with them).
+  /**
+   * A controller on `verb` that takes every change (their bodies, in `bodies`) and answers none,
+   * as one whose node died with them, until `seatNext()`: from then on the next one, seated, answers
+   * `answer`.
+   */
+  async function dyingController(verb: string, answer: unknown): Promise<{ bodies: unknown[]; seatNext: () => void; sub: { unsubscribe(): void } }> {
     const bodies: unknown[] = [];
     let dead = true;
-    const sub = nc.subscribe(controllerSubject('test', 'volume.delete'), {
+    const sub = nc.subscribe(controllerSubject('test', verb), {
       callback: (_e, m) => {
         bodies.push(decode(m.data));
-        if (!dead) m.respond(encode({ deleted: true }));
+        if (!dead) m.respond(encode(answer));
       },
     });
     await nc.flush();
+    return { bodies, seatNext: () => (dead = false), sub };
+  }
+
+  it('a change with a request id taken by a controller that dies with it: sent again, the same bytes, to the controller seated next, whose answer is returned; one without is not', async () => {
+    // The first controller takes every change and never answers (its node died with them).
+    const { bodies, seatNext, sub } = await dyingController('volume.delete', { deleted: true });
     try {
       const router = new ApiRouter(nc, 'test', 5000);
       const withId = router.forwardToController('volume.delete', encode({ name: 'a', requestId: 'r1' }), Date.now() + 4000, true);
       const without = router.forwardToController('volume.delete', encode({ name: 'b' }), Date.now() + 1500, false);
       await waitFor('both delivered', () => bodies.length === 2);
       // The next controller takes its seat.
-      dead = false;
+      seatNext();
       router.controllerSeated();
       assert.deepEqual(decode(await withId), { deleted: true });
       assert.deepEqual(bodies, [{ name: 'a', requestId: 'r1' }, { name: 'b' }, { name: 'a', requestId: 'r1' }]);
@@ -142,21 +152,13 @@ describe('ApiRouter when the controller or the catalog does not answer', functio
   });
 
   it('a change from the API without a request id is given one, sent again with it to the controller seated next; one with an id, or a body that is no map, goes as it came', async () => {
-    const bodies: unknown[] = [];
-    let dead = true;
-    const sub = nc.subscribe(controllerSubject('test', 'volume.create'), {
-      callback: (_e, m) => {
-        bodies.push(decode(m.data));
-        if (!dead) m.respond(encode({ created: true }));
-      },
-    });
-    await nc.flush();
+    const { bodies, seatNext, sub } = await dyingController('volume.create', { created: true });
     try {
       const router = new ApiRouter(nc, 'test', 5000);
       const body = { name: 'c', pageCount: 8 };
       const answer = router.forwardChange('volume.create', body, encode(body), Date.now() + 4000);
       await waitFor('delivered', () => bodies.length === 1);
-      dead = false;
+      seatNext();
       router.controllerSeated();
       assert.deepEqual(decode(await answer), { created: true });
       assert.equal(bodies.length, 2);
