@@ -1082,6 +1082,12 @@ export class Replica {
     return this.configState.base;
   }
 
+  /** Whether `id` is a member of a configuration this replica keeps (its base, or a change since). */
+  private inKeptConfig(id: string): boolean {
+    const has = (c: ReplicaConfig): boolean => c.members.includes(id) || (c.prior?.includes(id) ?? false);
+    return has(this.configState.base) || this.configState.changes.some((ch) => has(ch.config));
+  }
+
   /** The newest change, if any. */
   private lastConfigChange(): ConfigChange | undefined {
     const changes = this.configState.changes;
@@ -2486,8 +2492,10 @@ export class Replica {
     const path = msg.type === 'vote' || msg.type === 'prevote' ? 'candidate' : 'leader';
     const sender = (msg as { candidate?: string; leader?: string })[path]!;
     // A leader's message is taken also from a node the host knows as a member (setKnownMembers):
-    // one elected in a set this replica has not learned of yet.
-    const member = this.peerList.includes(sender) || (path === 'leader' && this.knownMembers.has(sender));
+    // one elected in a set this replica has not learned of yet; and from a member of a set this
+    // replica's log still holds: a leader that a change took out leads until the new set alone is
+    // committed, and its followers hold that set before it is.
+    const member = this.peerList.includes(sender) || (path === 'leader' && (this.knownMembers.has(sender) || this.inKeptConfig(sender)));
     if (sender === this.self || !member) {
       const g = this.geometry;
       return Promise.reject(new ProtocolError('bad_request', `${path}: '${sender}' is not another member of shard ${g.volumeId}/${g.shard} (members: ${this.members.join(', ')})`, { path }));

@@ -37,9 +37,7 @@ export const CATALOG_PAGE_SIZE = 8192;
 /** Pages of a region: 16 MiB, the bound of a catalog kept in a local file (MetaStore). */
 export const CATALOG_REGION_PAGES = 2048;
 export const CATALOG_PAGE_COUNT = 1 + 2 * CATALOG_REGION_PAGES;
-/** Controller nodes at least (a catalog shard of fewer survives no failure) and at most. */
-export const CONTROLLERS_MIN = 3;
-export const CONTROLLERS_MAX = 7;
+export { CONTROLLERS_MAX, CONTROLLERS_MIN } from '../messages/control';
 
 const MAGIC = 0x54414353; // 'SCAT', little-endian
 const LAYOUT_VERSION = 1;

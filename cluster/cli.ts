@@ -11,7 +11,7 @@ import * as fs from 'node:fs';
 import type { Readable, Writable } from 'node:stream';
 import { connect as connectClient } from './client';
 import type { ConnectOptions, ShardCheck, StrataClient } from './client';
-import { ConfigError, NATS_URL_DEFAULT, CLUSTER_DEFAULT, checkNatsUrl, loadNodeConfig } from './config';
+import { ConfigError, NATS_URL_DEFAULT, CLUSTER_DEFAULT, checkControllersList, checkNatsUrl, loadNodeConfig } from './config';
 import { DEADLINE_AHEAD_MS_MAX } from '../messages/headers';
 import { checkToken } from '../messages/subjects';
 import type { NodeConfig } from './config';
@@ -135,6 +135,13 @@ Commands:
         are not draining (after nodes were added, or repairs emptied some), one move at a
         time, until the most and the least loaded differ by at most one. Answered at once
         with each node's count; run again to follow. --stop calls it off.
+  controllers [ID,ID,ID]
+        With a replicated controller: the controller nodes in force (without IDs), or
+        changed to IDs (3..7 node ids): each node added must be live and opens a replica
+        of the catalog shard, which then changes its replica set through a joint
+        configuration; the nodes taken out destroy theirs. Run again with the same IDs, it
+        answers the change done. List the new set in --controllers of every node
+        (docs/replication.md, "Changing the controller nodes").
   catalog recover [--apply]
         Operator action after the controller lost its data directory: find on the live
         nodes the volumes they hold that the catalog lacks, and with --apply add them
@@ -231,6 +238,7 @@ const COMMANDS: Readonly<Record<string, CommandSpec>> = {
   'shard check': { positionals: ['VOLUME', 'SHARD'], positionalsMin: 1, flags: {}, client: true },
   'catalog recover': { positionals: [], flags: { apply: 'boolean' }, client: true },
   drain: { positionals: ['NODE'], flags: { undo: 'boolean' }, client: true },
+  controllers: { positionals: ['IDS'], positionalsMin: 0, flags: {}, client: true },
   rebalance: { positionals: [], flags: { stop: 'boolean' }, client: true },
   'nats-auth': { positionals: [], flags: { cluster: 'string', clients: 'string' }, client: false },
   inspect: {
@@ -244,7 +252,7 @@ const COMMANDS: Readonly<Record<string, CommandSpec>> = {
 
 /** A parsed command line. `node` keeps its arguments raw (`rest`) for loadNodeConfig. */
 export interface ParsedArgs {
-  /** `dev`, `node`, `volume create`, `volume branch`, `volume list`, `volume info`, `volume delete`, `volume resize`, `put`, `get`, `nbd`, `status`, `shard force-vote`, `shard move`, `shard handover`, `shard check`, `drain`, `rebalance`, `catalog recover`, `nats-auth`, `inspect`, `help`. */
+  /** `dev`, `node`, `volume create`, `volume branch`, `volume list`, `volume info`, `volume delete`, `volume resize`, `put`, `get`, `nbd`, `status`, `shard force-vote`, `shard move`, `shard handover`, `shard check`, `drain`, `rebalance`, `controllers`, `catalog recover`, `nats-auth`, `inspect`, `help`. */
   command: string;
   positionals: string[];
   flags: Record<string, string | number | boolean>;
@@ -498,6 +506,10 @@ export function parseArgs(argvIn: readonly string[]): ParsedArgs {
       }
     }
     if (flags.from === flags.to) throw new UsageError(`shard move: --from and --to name the same node ${JSON.stringify(flags.from)}`);
+  }
+  if (command === 'controllers' && positionals.length === 1) {
+    const problem = checkControllersList(positionals[0]!);
+    if (problem !== undefined) throw new UsageError(`controllers: ${problem}, got ${JSON.stringify(positionals[0])}`);
   }
   if (command === 'drain') {
     try {
@@ -798,6 +810,23 @@ async function drain(ctx: Ctx): Promise<void> {
       ? `node ${r.node} is draining: it holds no replica, nothing new is placed on it\n`
       : `node ${r.node} is draining: the controller moves its ${held} to other nodes (strata status shows the moves; run again to see how many are left)\n`
     : `node ${r.node} is no longer draining: it holds ${held}\n`;
+  await writeOut(ctx.io.stdout, ctx.json ? jsonText(r) : text);
+}
+
+async function controllers(ctx: Ctx): Promise<void> {
+  const [ids] = ctx.args.positionals;
+  const r = await withClient(ctx, (c) => c.controllers(ids === undefined ? undefined : ids.split(',').map((x) => x.trim())));
+  let text: string;
+  if (ids === undefined) {
+    text = `controller nodes: ${r.members.join(', ')} (the controller runs on ${r.node}, term ${r.term})\n`;
+  } else if (!r.changed) {
+    text = `controller nodes: ${r.members.join(', ')}, unchanged (the controller runs on ${r.node})\n`;
+  } else {
+    text = `controller nodes: ${r.members.join(', ')}, were ${r.prior.join(', ')} (committed at LSN ${r.lsn} of the catalog shard, term ${r.term})\n`;
+    if (r.left.length > 0) text += `taken out, their replica of the catalog shard destroyed: ${r.left.join(', ')}\n`;
+    if (r.leaving.length > 0) text += `taken out, destroying their replica once they hear from the controller: ${r.leaving.join(', ')}\n`;
+    text += `list them in --controllers of every node: --controllers ${r.members.join(',')}\n`;
+  }
   await writeOut(ctx.io.stdout, ctx.json ? jsonText(r) : text);
 }
 
@@ -1222,6 +1251,9 @@ export async function main(argv: readonly string[], io: Partial<CliIo> = {}): Pr
         return 0;
       case 'rebalance':
         await rebalance(ctx);
+        return 0;
+      case 'controllers':
+        await controllers(ctx);
         return 0;
       case 'inspect':
         return await inspectCommand(ctx);

@@ -65,6 +65,10 @@ import {
   validateShardHandoverReply,
   validateShardMoveReply,
   validateNodeDrainReply,
+  validateControllersReply,
+  type ControllersReply,
+  CONTROLLERS_MAX,
+  CONTROLLERS_MIN,
   type NodeDrainReply,
   validateRebalanceReply,
   type RebalanceReply,
@@ -700,6 +704,32 @@ export class StrataClient {
     this.checkOpen();
     const body = { node: checkToken(node, 'node'), ...(options.undo === true ? { undo: true } : {}) };
     return this.controlRequest('node.drain', body, this.deadline(options.deadlineMs), validateNodeDrainReply);
+  }
+
+  /**
+   * Operator action (docs/replication.md, "Changing the controller nodes"): with a replicated
+   * controller, changes the controller nodes (the catalog shard's replica set) to `members`,
+   * CONTROLLERS_MIN..CONTROLLERS_MAX node ids; without `members`, answers the set in force. Each
+   * node added must be live, and so must a majority of the new set. Answered once the change is
+   * committed, with the nodes taken out that destroyed their replica of the catalog shard (`left`)
+   * and those that will once they hear from the controller (`leaving`). Asked again with the same
+   * set, it answers the change done. Waits at least MOVE_TIMEOUT_MS_MIN unless
+   * `options.deadlineMs` says less (the nodes added catch up on the catalog first). Fails
+   * `bad_request` (a node not in the cluster, a cluster with a single controller node),
+   * `unavailable` (a node added not live, a change under way, no controller).
+   */
+  async controllers(members?: readonly string[], options: CallOptions = {}): Promise<ControllersReply> {
+    this.checkOpen();
+    let body = {};
+    if (members !== undefined) {
+      const ids = members.map((m, i) => checkToken(m, `members[${i}]`));
+      if (ids.length < CONTROLLERS_MIN || ids.length > CONTROLLERS_MAX || new Set(ids).size !== ids.length) {
+        throw new ProtocolError('bad_request', `members: expected ${CONTROLLERS_MIN}..${CONTROLLERS_MAX} distinct node ids, got ${ids.join(',') || 'none'}`, { path: 'members' });
+      }
+      body = { members: ids };
+    }
+    const deadlineMs = this.deadline(options.deadlineMs, members === undefined ? this.timeoutMs : Math.max(this.timeoutMs, MOVE_TIMEOUT_MS_MIN));
+    return this.controlRequest('controllers', body, deadlineMs, validateControllersReply);
   }
 
   /**

@@ -179,8 +179,8 @@ const SIZE_PATTERN = /^(0|[1-9][0-9]*)\s*(k|kib|m|mib|g|gib)?$/i;
 const SIZE_UNITS: Record<string, number> = { '': 1, k: KIB, kib: KIB, m: MIB, mib: MIB, g: GIB, gib: GIB };
 const FRACTION_PATTERN = /^(0|1|0?\.[0-9]{1,12}|1\.0*)$/;
 
-/** `controllers`: a comma list of CONTROLLERS_MIN..CONTROLLERS_MAX distinct node ids. */
-function checkControllers(value: string): string | undefined {
+/** `controllers` (also `strata controllers IDS`): a comma list of CONTROLLERS_MIN..CONTROLLERS_MAX distinct node ids. */
+export function checkControllersList(value: string): string | undefined {
   const list = value.split(',').map((x) => x.trim());
   const badId = list.find((id) => !NODE_ID_PATTERN.test(id));
   if (badId !== undefined) return `${JSON.stringify(badId)} is not a node id (1..64 characters of [A-Za-z0-9_-])`;
@@ -298,7 +298,7 @@ const FIELDS: readonly FieldSpec[] = [
   { key: 'hosts', flag: '--hosts', env: 'STRATA_HOSTS', kind: 'integer', min: 1, max: HOSTS_PER_NODE_MAX },
   { key: 'zone', flag: '--zone', env: 'STRATA_ZONE', kind: 'string', check: (v) => (NODE_ID_PATTERN.test(v) ? undefined : 'expected 1..64 characters of [A-Za-z0-9_-]') },
   { key: 'controller', flag: '--controller', kind: 'boolean' },
-  { key: 'controllers', flag: '--controllers', env: 'STRATA_CONTROLLERS', kind: 'string', check: checkControllers },
+  { key: 'controllers', flag: '--controllers', env: 'STRATA_CONTROLLERS', kind: 'string', check: checkControllersList },
   { key: 'newCluster', flag: '--new-cluster', kind: 'boolean' },
   { key: 'metricsPort', flag: '--metrics-port', env: 'STRATA_METRICS_PORT', kind: 'integer', min: 0, max: 65535 },
   { key: 'traceExporters', flag: '--trace-exporters', env: 'STRATA_TRACE_EXPORTERS', kind: 'string', check: checkTraceExporters },

@@ -20,6 +20,12 @@ export interface NodeMeta {
   cluster: string;
   hosts: number;
   shards: ShardAssignment[];
+  /**
+   * With a replicated controller, once a change of the controller nodes added this node or took
+   * it out (`strata controllers`): whether it is a controller node (it holds a replica of the
+   * catalog shard), and the controller nodes it was told of. Absent: `--controllers` says.
+   */
+  catalog?: { member: boolean; members: string[] };
 }
 
 /** Where a controller node without `controllers` keeps its catalog: a MetaStore directory of the data directory. */

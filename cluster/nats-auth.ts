@@ -7,7 +7,7 @@
  * append answer can commit records without one. The guard is the NATS server's authorization:
  * nodes connect as a user that may use every subject of the cluster, applications as one that
  * may only ask the public API and the shards, operators as one that may also force a vote,
- * recover a lost catalog and move a shard's replica.
+ * recover a lost catalog, move a shard's replica and change the controller nodes.
  * `strata nats-auth` prints the nats-server `authorization` block for a cluster
  * (docs/replication.md, "Locking the subjects").
  */
@@ -61,7 +61,7 @@ export function natsPermissions(cluster: string, role: NatsRole, user = `strata-
     case 'operator': {
       const client = natsPermissions(cluster, 'client', user);
       return {
-        publish: [...client.publish, `${root}.node.*.shard.forceVote`, `${root}.node.*.shard.handover`, `${root}.node.*.shard.digest`, `${root}.controller.catalog.recover`, `${root}.controller.shard.move`, `${root}.controller.node.drain`, `${root}.controller.rebalance`],
+        publish: [...client.publish, `${root}.node.*.shard.forceVote`, `${root}.node.*.shard.handover`, `${root}.node.*.shard.digest`, `${root}.controller.catalog.recover`, `${root}.controller.shard.move`, `${root}.controller.node.drain`, `${root}.controller.rebalance`, `${root}.controller.controllers`],
         publishDeny: client.publishDeny!,
         subscribe: client.subscribe,
       };

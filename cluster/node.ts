@@ -83,6 +83,13 @@ import {
   type ShardMoveRequest,
   type ShardMoveReply,
   type ShardReconfigureReply,
+  validateControllers,
+  validateCatalogJoin,
+  validateCatalogLeave,
+  validateCatalogMembershipReply,
+  type CatalogMembershipReply,
+  type ControllersReply,
+  type ControllersRequest,
 } from '../messages/control';
 import { readNodeRecords, recordsPage, recoverReply } from './catalog-recovery';
 import { nodeInboxPrefix } from '../messages/subjects';
@@ -93,8 +100,8 @@ import { MetaStore } from '../storage-engine/metadata';
 import { shardKey } from '../messages/volume-id';
 import { CATALOG, CATALOG_REPLICAS_MAX, Controller, idNumber, idTag, seedOf, volumeInfo, type NodeMember, type RepairMove, type AssignmentRole, type CatalogState, type ShardMove, type VolumeRecord } from '../actors/controller';
 import { HostPool } from '../runtime/host-pool';
-import type { HostConfig, TransportFaults } from '../runtime/actor-host';
-import type { ReplicaTiming } from '../actors/replica';
+import type { HostConfig, LeaderConfig, TransportFaults } from '../runtime/actor-host';
+import type { ReconfigureResult, ReplicaTiming } from '../actors/replica';
 import { createLogger, type Logger } from '../observability/log';
 import { currentTelemetry } from '../observability/telemetry';
 import { RequestRecorder } from '../observability/request-recorder';
@@ -303,6 +310,14 @@ const CHECK_ALONE_TIMEOUT_MS = 2000;
 /** Period of a controller node's check of its replica of the catalog shard (`checkSeat`). */
 const SEAT_CHECK_MS = 200;
 /**
+ * A node that joined the catalog shard (`catalog.join`) does not leave it on a controller's word
+ * (`controllers` of its assignments) for this long after: the change that adds it is made after
+ * the join, and a controller may answer the set before it meanwhile.
+ */
+const CATALOG_JOIN_GRACE_MS = 60_000;
+/** How long the controller waits for a node taken out of the controller nodes to destroy its replica of the catalog shard (it does so later otherwise). */
+const CATALOG_LEAVE_ASK_MS = 2000;
+/**
  * Longest wait of a controller giving its seat up before a handover of the catalog shard
  * (`releaseSeat`) for the catalog operation it runs and its catalog writes. Meanwhile it answers
  * every other catalog operation `notController`, which a client sends again until its deadline.
@@ -495,6 +510,21 @@ export class StrataNode {
   private seatReleasing = false;
   private seatTimer: NodeJS.Timeout | undefined;
   private catalogReplicaOpen = false;
+  /**
+   * With `controllers`: whether this node is a controller node now, holding a replica of the
+   * catalog shard, and the controller nodes it last knew. From its record (NodeMeta.catalog, once
+   * a change of the controller nodes added it or took it out), else from `controllers`.
+   */
+  private catalogMember = false;
+  private catalogMembers: string[] = [];
+  /** When this node last joined the catalog shard (CATALOG_JOIN_GRACE_MS). */
+  private catalogJoinedMs = Number.NEGATIVE_INFINITY;
+  /** Opens, joins and leaves of the catalog shard's replica, one at a time. */
+  private catalogChain: Promise<unknown> = Promise.resolve();
+  /** The catalog shard's leader term and set in force, as this node's replica had them at the last seat check (undefined: it did not lead). */
+  private catalogConfig: LeaderConfig | undefined;
+  /** This node's controller is changing the controller nodes: it names none to the nodes meanwhile. */
+  private controllersChanging = false;
   private readonly seatFailures: FailureLog;
   /** This node's hold on its data directory (released by stop, abandoned by kill). */
   private readonly lock: DataDirLock;
@@ -630,6 +660,11 @@ export class StrataNode {
       this.lock.release();
       throw e;
     }
+    if (opts.controllers !== undefined) {
+      const rec = this.nodeMeta.catalog;
+      this.catalogMember = rec !== undefined ? rec.member : opts.controllers.includes(opts.nodeId);
+      this.catalogMembers = rec !== undefined ? [...rec.members] : [...opts.controllers];
+    }
   }
 
   /** Starts a node: hosts, NATS, controller (if any), API service, heartbeats. */
@@ -742,7 +777,7 @@ export class StrataNode {
       this.serveController();
       this.nc.publish(controllerSubject(this.cluster, 'seated'), encode({ node: this.nodeId }));
     }
-    if (this.opts.controllers?.includes(this.nodeId) === true) await this.openCatalogReplica();
+    if (this.opts.controllers !== undefined) await this.startAsControllerNode(this.opts.controllers);
     this.serveNode();
     this.checkStarting();
     await this.serveApi();
@@ -762,14 +797,7 @@ export class StrataNode {
     }, this.opts.claimRecheckMs ?? CLAIM_RECHECK_MS);
     this.claimTimer.unref();
     if (this.controller !== undefined) this.startRepairs();
-    if (this.opts.controllers?.includes(this.nodeId) === true) {
-      this.seatTimer = setInterval(() => {
-        if (this.seatTaking || this.stopped) return;
-        this.seatTaking = true;
-        void this.checkSeat().finally(() => (this.seatTaking = false));
-      }, SEAT_CHECK_MS);
-      this.seatTimer.unref();
-    }
+    if (this.catalogMember) this.startSeatChecks();
     if (telemetry && !this.stopped) {
       const recorder = this.recorder!;
       const pool = this.pool;
@@ -1162,6 +1190,7 @@ export class StrataNode {
     const timeout = Math.min(this.opts.requestTimeoutMs ?? 10_000, Math.max(HEARTBEAT_TIMEOUT_MS_MIN, 2 * (this.opts.heartbeatMs ?? 1000)));
     let epoch: number;
     let catalog: string | undefined;
+    let controllers: string[] | undefined;
     this.checkReplicaRoles();
     const now = Date.now();
     // The longest down first: those the controller replaces first once past its wait.
@@ -1178,7 +1207,7 @@ export class StrataNode {
         ...(this.leadingCount > 0 ? { leading: this.leadingCount } : {}),
       };
       const r = await nc.request(controllerSubject(this.cluster, 'heartbeat'), encode(body), { timeout });
-      ({ epoch, catalog } = validateHeartbeatReply(throwIfError(decode(r.data))));
+      ({ epoch, catalog, controllers } = validateHeartbeatReply(throwIfError(decode(r.data))));
       this.heartbeatFailures.succeeded();
     } catch (e) {
       // A NATS error ("503" when no controller runs) as the protocol error it means.
@@ -1190,7 +1219,11 @@ export class StrataNode {
     }
     // The same epoch of another catalog (one created again after its controller lost its data,
     // whose epochs start over) is a catalog this node has not reconciled with.
-    if ((epoch === this.reconciledEpoch && catalog === this.reconciledCatalog) || this.reconciling !== undefined || Date.now() < this.reconcileNotBeforeMs) return;
+    // A controller that names the controller nodes otherwise than this node holds itself: the
+    // assignments say for sure (`followControllers`).
+    const controllersDiffer =
+      controllers !== undefined && this.opts.controllers !== undefined && controllers.includes(this.nodeId) !== this.catalogMember && Date.now() - this.catalogJoinedMs > CATALOG_JOIN_GRACE_MS;
+    if ((epoch === this.reconciledEpoch && catalog === this.reconciledCatalog && !controllersDiffer) || this.reconciling !== undefined || Date.now() < this.reconcileNotBeforeMs) return;
     this.reconciling = this.reconcileWithCatalog(epoch, catalog).finally(() => (this.reconciling = undefined));
   }
 
@@ -1240,6 +1273,7 @@ export class StrataNode {
         throw new ProtocolError('unavailable', `the controller answered catalog epoch ${a.epoch}, older than epoch ${this.reconciledEpoch} this node reconciled with (a controller deposed a moment ago); asked again`);
       }
       await this.reconcile(a, seq);
+      if (a.controllers !== undefined) await this.followControllers(a.controllers);
       // Of the catalog the heartbeat named: if another answered the assignments meanwhile, the
       // next heartbeat differs again, and the node reconciles once more.
       this.reconciledCatalog = catalog;
@@ -1297,7 +1331,16 @@ export class StrataNode {
         shards.push(...page.shards);
         next = page.next;
       }
-      if (!changed) return { epoch: first.epoch, shards, tombstones, ...(first.catalog === undefined ? {} : { catalog: first.catalog }), ...(first.issuedBelow === undefined ? {} : { issuedBelow: first.issuedBelow }) };
+      if (!changed) {
+        return {
+          epoch: first.epoch,
+          shards,
+          tombstones,
+          ...(first.catalog === undefined ? {} : { catalog: first.catalog }),
+          ...(first.issuedBelow === undefined ? {} : { issuedBelow: first.issuedBelow }),
+          ...(first.controllers === undefined ? {} : { controllers: first.controllers }),
+        };
+      }
     }
     throw new ProtocolError('unavailable', `the catalog changed while its assignments were read, ${ASSIGNMENTS_FETCH_TRIES} times`);
   }
@@ -1620,15 +1663,129 @@ export class StrataNode {
    */
   private async openCatalogReplica(): Promise<void> {
     try {
-      await this.pool!.openShard(CATALOG_HOST_ID, {
-        ...catalogAssignment(this.opts.controllers!),
-        existing: true,
-        ...(this.opts.newCluster === true ? { newCluster: true } : {}),
-        ...(this.dataDirCreated ? { dataDirCreated: true } : {}),
+      await this.catalogSerial(async () => {
+        if (!this.catalogMember || this.catalogReplicaOpen) return;
+        await this.pool!.openShard(CATALOG_HOST_ID, {
+          ...catalogAssignment(this.catalogMembers),
+          existing: true,
+          ...(this.opts.newCluster === true ? { newCluster: true } : {}),
+          ...(this.dataDirCreated ? { dataDirCreated: true } : {}),
+        });
+        this.catalogReplicaOpen = true;
       });
-      this.catalogReplicaOpen = true;
     } catch (e) {
       this.seatFailures.failed(e, { step: 'opening its replica of the catalog shard' });
+    }
+  }
+
+  /** Runs `fn` after the opens, joins and leaves of the catalog shard's replica before it. */
+  private catalogSerial<T>(fn: () => Promise<T>): Promise<T> {
+    const next = this.catalogChain.then(fn, fn);
+    this.catalogChain = next.catch(() => undefined);
+    return next;
+  }
+
+  /**
+   * At the start of a node of a cluster with a replicated controller: a controller node opens
+   * its replica of the catalog shard; a node a change took out destroys what a crash may have
+   * left of its replica. Where its record and `controllers` disagree (a change of the controller
+   * nodes made since the list was written), the record holds, and the node says so once.
+   */
+  private async startAsControllerNode(listed: readonly string[]): Promise<void> {
+    const rec = this.nodeMeta.catalog;
+    if (rec !== undefined && rec.member !== listed.includes(this.nodeId)) {
+      this.log.warn(
+        rec.member
+          ? 'a change of the controller nodes made this node one, although --controllers does not list it: it holds a replica of the catalog shard (list the controller nodes in force on every node: strata controllers)'
+          : 'a change of the controller nodes took this node out, although --controllers lists it: it holds no replica of the catalog shard (list the controller nodes in force on every node: strata controllers)',
+        { controllers: rec.members, listed },
+      );
+    }
+    if (this.catalogMember) {
+      await this.openCatalogReplica();
+    } else if (rec?.member === false) {
+      await this.pool!.closeShard(CATALOG_HOST_ID, CATALOG_VOLUME_ID, 0, true).catch((e: unknown) =>
+        this.log.warn('could not destroy what is left of its replica of the catalog shard; tried again at the next start', { err: e }),
+      );
+    }
+  }
+
+  private startSeatChecks(): void {
+    if (this.seatTimer !== undefined || this.stopped) return;
+    this.seatTimer = setInterval(() => {
+      if (this.seatTaking || this.stopped) return;
+      this.seatTaking = true;
+      void this.checkSeat().finally(() => (this.seatTaking = false));
+    }, SEAT_CHECK_MS);
+    this.seatTimer.unref();
+  }
+
+  /**
+   * Makes this node a controller node (`catalog.join` from a controller changing the set to
+   * `members` from `prior`; or, without `prior`, a controller's assignments listing it while it
+   * holds no replica): recorded durably first, then its replica of the catalog shard is opened,
+   * new and joining the change (with `prior`) or as one whose storage was lost (without: it
+   * may have held one, and acknowledged records with it). False when it is one already.
+   */
+  private joinCatalog(members: string[], prior: string[] | undefined): Promise<boolean> {
+    return this.catalogSerial(async () => {
+      if (this.stopped) throw new ProtocolError('unavailable', `node '${this.nodeId}' stops`);
+      if (this.catalogMember) {
+        if (prior !== undefined) this.catalogJoinedMs = Date.now();
+        return false;
+      }
+      this.persist({ ...this.nodeMeta, catalog: { member: true, members: [...members] } });
+      this.catalogMember = true;
+      this.catalogMembers = [...members];
+      this.catalogJoinedMs = Date.now();
+      // What a leave left (a crash between its record and its destroy) is no replica of this set.
+      await this.pool!.closeShard(CATALOG_HOST_ID, CATALOG_VOLUME_ID, 0, true);
+      await this.pool!.openShard(CATALOG_HOST_ID, { ...catalogAssignment(members), ...(prior !== undefined ? { priorMembers: [...prior] } : { existing: true }) });
+      this.catalogReplicaOpen = true;
+      this.startSeatChecks();
+      this.log.info('is a controller node now: opened a replica of the catalog shard', { controllers: members, ...(prior !== undefined ? { prior } : { asLost: true }) });
+      return true;
+    });
+  }
+
+  /**
+   * Takes this node out of the controller nodes (`catalog.leave` once a change that took it out
+   * is committed; or a controller's assignments leaving it out): recorded durably first, then the
+   * seat is given up and its replica of the catalog shard destroyed (a crash between the two
+   * leaves a directory the next start destroys). False when it is not one.
+   */
+  private leaveCatalog(members: string[], why: string): Promise<boolean> {
+    return this.catalogSerial(async () => {
+      if (!this.catalogMember) return false;
+      this.persist({ ...this.nodeMeta, catalog: { member: false, members: [...members] } });
+      this.catalogMember = false;
+      this.catalogMembers = [...members];
+      if (this.seatTimer !== undefined) clearInterval(this.seatTimer);
+      this.seatTimer = undefined;
+      this.leaveSeat(`this node is no longer a controller node (${why})`);
+      this.catalogReplicaOpen = false;
+      await this.pool!.closeShard(CATALOG_HOST_ID, CATALOG_VOLUME_ID, 0, true);
+      this.log.info('is no longer a controller node: destroyed its replica of the catalog shard', { controllers: members, why });
+      return true;
+    });
+  }
+
+  /**
+   * Acts on the controller nodes a controller's assignments name (AssignmentsReply.controllers,
+   * from a controller known to lead the catalog shard, with no change under way): this node
+   * leaves the catalog shard when left out (not within CATALOG_JOIN_GRACE_MS of a join), and
+   * joins it, as a replica whose storage was lost, when listed and holding none (its data
+   * directory was lost, or it was down when told).
+   */
+  private async followControllers(controllers: string[]): Promise<void> {
+    if (this.opts.controllers === undefined) return;
+    const listed = controllers.includes(this.nodeId);
+    if (listed === this.catalogMember) return;
+    if (!listed) {
+      if (Date.now() - this.catalogJoinedMs <= CATALOG_JOIN_GRACE_MS) return;
+      await this.leaveCatalog(controllers, 'the controller nodes in force do not name it');
+    } else {
+      await this.joinCatalog(controllers, undefined);
     }
   }
 
@@ -1639,6 +1796,7 @@ export class StrataNode {
    * or when a write of the catalog failed (its outcome is unknown: the catalog is read again).
    */
   private async checkSeat(): Promise<void> {
+    if (!this.catalogMember) return;
     if (!this.catalogReplicaOpen) return this.openCatalogReplica();
     if (this.seatReleasing) return;
     const term = await this.catalogTerm();
@@ -1711,9 +1869,29 @@ export class StrataNode {
     this.log.info('runs the controller: its replica leads the catalog shard', { term, epoch: this.controller.epoch, volumes: this.controller.list().length, ...(state === undefined ? { catalog: 'new' } : {}) });
   }
 
-  /** The term this node's replica of the catalog shard leads in; undefined when it does not lead, or its host does not answer (it leads nothing this node can act for). */
+  /**
+   * The term this node's replica of the catalog shard leads in; undefined when it does not lead,
+   * or its host does not answer (it leads nothing this node can act for). Keeps its set in force
+   * (`catalogConfig`).
+   */
   private async catalogTerm(): Promise<number | undefined> {
-    return this.pool!.leaderTerm(0, CATALOG_VOLUME_ID, 0, { timeoutMs: HOST_STATUS_TIMEOUT_MS }).catch(() => undefined);
+    const config = await this.catalogLeaderConfig();
+    this.catalogConfig = config;
+    return config?.term;
+  }
+
+  private catalogLeaderConfig(): Promise<LeaderConfig | undefined> {
+    return this.pool!.leaderConfig(CATALOG_HOST_ID, CATALOG_VOLUME_ID, 0, { timeoutMs: HOST_STATUS_TIMEOUT_MS }).catch(() => undefined);
+  }
+
+  /**
+   * The controller nodes as this seat's replica has them, for the nodes (HeartbeatReply and
+   * AssignmentsReply `controllers`): the set in force of the seat's term, none while it changes.
+   */
+  private controllersFor(config: LeaderConfig | undefined): { controllers?: string[] } {
+    const seat = this.seat;
+    if (seat === undefined || config === undefined || config.term !== seat.term || config.prior !== undefined || this.controllersChanging) return {};
+    return { controllers: [...config.members] };
   }
 
   /** The catalog this node kept alone (`dataDir/controller`, as a controller node without `controllers`), if any. */
@@ -1875,7 +2053,7 @@ export class StrataNode {
       async (body) => {
         const hb = validateHeartbeat(body);
         c.heartbeat(hb.nodeId, hb.hosts, Date.now(), hb.zone, hb);
-        return { epoch: c.epoch, ...(c.tag === undefined ? {} : { catalog: c.tag }) };
+        return { epoch: c.epoch, ...(c.tag === undefined ? {} : { catalog: c.tag }), ...this.controllersFor(this.catalogConfig) };
       },
       { unbounded: true },
     );
@@ -1901,7 +2079,7 @@ export class StrataNode {
       const candidates = a.shards.slice(from, from + ASSIGNMENTS_PAGE_MAX).map(({ volume, placement, hostId, role }) => this.assignmentOf(volume, placement.shard, hostId, role));
       const shards = pageWithin(candidates, 0, room);
       const next = from + shards.length;
-      const issued = from === 0 ? { ...(c.tag === undefined ? {} : { catalog: c.tag }), issuedBelow: c.nextId } : {};
+      const issued = from === 0 ? { ...(c.tag === undefined ? {} : { catalog: c.tag }), issuedBelow: c.nextId, ...this.controllersFor(await this.catalogLeaderConfig()) } : {};
       return { epoch: a.epoch, tombstones, shards, ...(next < a.shards.length ? { next } : {}), ...tombstonesNext, ...issued };
     }, { read: true });
     sub(subj('members'), async () => ({ members: this.allMembers() }), { read: true });
@@ -1960,6 +2138,12 @@ export class StrataNode {
         return { node: req.node, ...r };
       }),
     );
+    // In the catalog's queue: one change of the controller nodes at a time, none beside a catalog change.
+    sub(subj('controllers'), (body, msg) => {
+      const req = validateControllers(body);
+      if (seat === undefined) throw new ProtocolError('bad_request', `cluster '${this.cluster}' has a single controller node ('${this.nodeId}', started with --controller): its controller nodes can not be changed; a cluster with a replicated controller is started with --controllers`);
+      return this.serial(msg, () => this.changeControllers(c, seat, req, this.controlDeadline(msg)));
+    });
     sub(subj('volume.list'), async (body) => {
       const req = validateVolumeListRequest(body);
       const listed = c.list().filter((v) => !this.creating.has(v.name));
@@ -2305,6 +2489,89 @@ export class StrataNode {
     throw new ProtocolError(last?.code === 'timeout' || Date.now() >= endMs ? 'timeout' : 'unavailable', `no leader of shard ${shard} of volume ${volumeId} changed its set to ${members.join(', ')} in time${why}`, {
       ...(last === undefined ? {} : { last: last.code }),
     });
+  }
+
+  /**
+   * `controller.controllers`: the controller nodes, changed to `req.members` (docs/replication.md,
+   * "Changing the controller nodes"). Each node added must be live, and so must a majority of the
+   * new set; each opens a new replica of the catalog shard (`catalog.join`) before this node's
+   * replica, the catalog shard's leader, changes its set through a joint configuration. Once that
+   * is committed, each node taken out is told to destroy its replica (`catalog.leave`); one that
+   * cannot be told, and this node when taken out (its replica hands its leadership over), does so
+   * once a controller's heartbeat answer leaves it out. Without `members`: the set in force.
+   */
+  private async changeControllers(c: Controller, seat: { term: number }, req: ControllersRequest, endMs: number): Promise<ControllersReply> {
+    const config = await this.catalogLeaderConfig();
+    if (config === undefined || config.term !== seat.term || this.seat !== seat) {
+      throw new ProtocolError('unavailable', `node '${this.nodeId}' no longer leads the catalog shard in term ${seat.term}; retry`, { notController: true });
+    }
+    const prior = config.prior ?? config.members;
+    const target = req.members ?? config.members;
+    if (config.prior !== undefined && !sameSet(config.members, target)) {
+      throw new ProtocolError('unavailable', `the controller nodes are changing from ${config.prior.join(',')} to ${config.members.join(',')}; retry once that is done`, { members: config.members, prior: config.prior });
+    }
+    const added = target.filter((n) => !prior.includes(n));
+    const removed = prior.filter((n) => !target.includes(n));
+    if (added.length > 0 || removed.length > 0) {
+      // A controller that just took its seat knows the nodes once they beat (MEMBERS_WARMUP_MS).
+      const warmMs = Math.min(this.controllerSinceMs() + MEMBERS_WARMUP_MS, endMs);
+      while (Date.now() < warmMs && !added.every((n) => c.isLive(n, Date.now()))) await new Promise((r) => setTimeout(r, 50));
+      const nowMs = Date.now();
+      const known = new Map(this.allMembers().map((m) => [m.nodeId, m]));
+      for (const n of added) {
+        const m = known.get(n);
+        if (m === undefined) throw new ProtocolError('bad_request', `members: node '${n}' is not a node of cluster '${this.cluster}' (the controller has not heard from it; strata status lists the nodes)`, { path: 'members', node: n });
+        if (!c.isLive(n, nowMs)) throw new ProtocolError('unavailable', `node '${n}' is not live (no heartbeat for ${m.silentMs ?? '?'} ms): a node added to the controller nodes must be live; nothing was changed`, { node: n });
+      }
+      const live = target.filter((n) => c.isLive(n, nowMs));
+      const majority = Math.floor(target.length / 2) + 1;
+      if (live.length < majority) {
+        throw new ProtocolError('unavailable', `${live.length} of the new controller nodes are live (${live.join(', ') || 'none'}), a majority of ${target.length} is ${majority}: the catalog shard would have no leader; nothing was changed`, { live });
+      }
+    }
+    // The nodes added open their replicas first: the joint configuration needs them.
+    const askMs = (): number => Math.min(this.opts.requestTimeoutMs ?? 10_000, endMs - Date.now());
+    await Promise.all(
+      added.map(async (n) => {
+        const subject = nodeSubject(this.cluster, n, 'catalog.join');
+        const ms = askMs();
+        try {
+          if (ms <= 0) throw new ProtocolError('timeout', 'no time left');
+          validateCatalogMembershipReply(throwIfError(decode((await this.askNode(c, n, subject, encode({ members: target, prior }), ms)).data)));
+        } catch (e) {
+          const pe = fromNatsError(e, subject, Math.max(0, ms));
+          throw new ProtocolError(pe.code === 'bad_request' || pe.code === 'timeout' ? pe.code : 'unavailable', `node '${n}' did not open a replica of the catalog shard: ${pe.message}; the controller nodes were not changed`, { node: n });
+        }
+      }),
+    );
+    let done: ReconfigureResult;
+    this.controllersChanging = added.length > 0 || removed.length > 0;
+    try {
+      done = await this.pool!.reconfigure(CATALOG_HOST_ID, CATALOG_VOLUME_ID, 0, target, endMs);
+    } catch (e) {
+      const pe = toProtocolError(e);
+      throw new ProtocolError(pe.code, `the catalog shard's set was not changed to ${target.join(',')}: ${pe.message}${pe.code === 'timeout' ? ' (the change may still be made: strata controllers shows the set in force)' : ''}`, pe.details);
+    } finally {
+      this.controllersChanging = false;
+    }
+    if (done.changed) this.log.info('changed the controller nodes', { controllers: done.members, prior, term: done.term, lsn: done.lsn });
+    const left: string[] = [];
+    const leaving: string[] = [];
+    await Promise.all(
+      removed.map(async (n) => {
+        const ms = Math.min(CATALOG_LEAVE_ASK_MS, endMs - Date.now());
+        if (n === this.nodeId || ms <= 0) return leaving.push(n);
+        const subject = nodeSubject(this.cluster, n, 'catalog.leave');
+        try {
+          validateCatalogMembershipReply(throwIfError(decode((await this.askNode(c, n, subject, encode({ members: done.members }), ms)).data)));
+          left.push(n);
+        } catch (e) {
+          this.log.info('a node taken out of the controller nodes was not told: it destroys its replica of the catalog shard once a controller leaves it out', { taken: n, err: fromNatsError(e, subject, ms) });
+          leaving.push(n);
+        }
+      }),
+    );
+    return { node: this.nodeId, members: done.members, prior, changed: done.changed, term: done.term, lsn: done.lsn, left: left.sort(), leaving: leaving.sort() };
   }
 
   private async createVolume(c: Controller, req: ReturnType<typeof validateVolumeCreateRequest>, deadlineMs: number | undefined): Promise<unknown> {
@@ -2654,11 +2921,25 @@ export class StrataNode {
       this.router?.forgetId(r.volumeId);
       return { ok: true };
     });
+    // A change of the controller nodes (docs/replication.md, "Changing the controller nodes").
+    this.subscribe(subj('catalog.join'), async (body): Promise<CatalogMembershipReply> => {
+      const r = validateCatalogJoin(body);
+      if (this.opts.controllers === undefined) {
+        throw new ProtocolError('bad_request', `node '${this.nodeId}' was started without --controllers: only a node of a cluster with a replicated controller can be a controller node`, { node: this.nodeId });
+      }
+      if (!r.members.includes(this.nodeId)) throw new ProtocolError('bad_request', `members: ${r.members.join(',')} do not name node '${this.nodeId}'`, { path: 'members' });
+      return { node: this.nodeId, done: await this.joinCatalog(r.members, r.prior) };
+    });
+    this.subscribe(subj('catalog.leave'), async (body): Promise<CatalogMembershipReply> => {
+      const r = validateCatalogLeave(body);
+      if (r.members.includes(this.nodeId)) throw new ProtocolError('bad_request', `members: ${r.members.join(',')} name node '${this.nodeId}': it stays a controller node`, { path: 'members' });
+      return { node: this.nodeId, done: await this.leaveCatalog(r.members, 'a change of the controller nodes took it out') };
+    });
     // `strata shard check`: where this node's replica of a shard has its log, and the digest of its records in a range.
     this.subscribe(subj('shard.digest'), async (body): Promise<ShardDigestReply> => {
       const r = validateShardDigest(body);
       let hostId: number;
-      if (r.volumeId === CATALOG_VOLUME_ID && r.shard === 0 && this.opts.controllers?.includes(this.nodeId) === true) {
+      if (r.volumeId === CATALOG_VOLUME_ID && r.shard === 0 && this.catalogMember) {
         hostId = CATALOG_HOST_ID;
       } else {
         const a = this.nodeMeta.shards.find((s) => s.volumeId === r.volumeId && s.shard === r.shard);
@@ -2696,7 +2977,7 @@ export class StrataNode {
     this.subscribe(subj('shard.handover'), async (body): Promise<ShardHandoverReply> => {
       const r = validateShardHandover(body);
       let target: { hostId: number; volumeId: string; shard: number };
-      if (r.volumeId === CATALOG_VOLUME_ID && r.shard === 0 && this.opts.controllers?.includes(this.nodeId) === true) {
+      if (r.volumeId === CATALOG_VOLUME_ID && r.shard === 0 && this.catalogMember) {
         // The catalog shard of a replicated controller: handed over, the controller moves to the
         // node of its new leader.
         target = { hostId: CATALOG_HOST_ID, volumeId: CATALOG_VOLUME_ID, shard: 0 };

@@ -3,9 +3,10 @@
  *
  * Subjects:
  *   strata.<cluster>.controller.<verb>   heartbeat, leaving, assignments, volume.create|delete|info|list|resize,
- *                                        catalog.recover, shard.move, node.drain, rebalance
+ *                                        catalog.recover, shard.move, node.drain, rebalance, controllers
  *   strata.<cluster>.node.<nodeId>.<verb> shards.open, shards.destroy, volume.grow, status, shard.forceVote,
- *                                        shard.handover, shard.reconfigure, shard.digest, records
+ *                                        shard.handover, shard.reconfigure, shard.digest, records,
+ *                                        catalog.join, catalog.leave
  *
  * Like every Strata message they are CBOR maps, validated on receipt; a message that does not
  * validate is answered with a bad_request error reply.
@@ -53,7 +54,18 @@ export interface HeartbeatReply {
    * from the one a node last reconciled with.
    */
   catalog?: string;
+  /**
+   * With a replicated controller: the controller nodes, the catalog shard's replica set in force
+   * on the controller's replica, when no change of it is under way. A hint (a deposed controller
+   * may answer it): a node that finds itself listed or left out against what it holds asks its
+   * assignments, whose `controllers` it acts on.
+   */
+  controllers?: string[];
 }
+
+/** Controller nodes of a replicated controller at least (a catalog shard of fewer survives no failure) and at most. */
+export const CONTROLLERS_MIN = 3;
+export const CONTROLLERS_MAX = 7;
 
 /**
  * A page of a node's assignments: the ones from index `from` (default 0) of the catalog's list
@@ -132,6 +144,13 @@ export interface AssignmentsReply {
    */
   catalog?: string;
   issuedBelow?: number;
+  /**
+   * In the first page, with a replicated controller and no change of its nodes under way: the
+   * controller nodes (HeartbeatReply.controllers), as the catalog shard's leader has them while
+   * it is known to lead. A node left out destroys its replica of the catalog shard; a node
+   * listed that holds none opens it (as one whose storage was lost).
+   */
+  controllers?: string[];
 }
 
 /** Tombstones in one catalog's assignments at most (all pages). */
@@ -229,7 +248,11 @@ export function validateLeaving(body: unknown): LeavingRequest {
 /** A controller's answer to a heartbeat. */
 export function validateHeartbeatReply(body: unknown): HeartbeatReply {
   const o = obj(body, '');
-  return { epoch: int(o.epoch, 'epoch', 0, Number.MAX_SAFE_INTEGER), ...(o.catalog === undefined ? {} : { catalog: str(o.catalog, 'catalog') }) };
+  return {
+    epoch: int(o.epoch, 'epoch', 0, Number.MAX_SAFE_INTEGER),
+    ...(o.catalog === undefined ? {} : { catalog: str(o.catalog, 'catalog') }),
+    ...(o.controllers === undefined ? {} : { controllers: controllerList(o.controllers, 'controllers') }),
+  };
 }
 
 export function validateHeartbeat(body: unknown): HeartbeatRequest {
@@ -330,6 +353,7 @@ export function validateAssignmentsReply(body: unknown): AssignmentsReply {
     ...(o.tombstonesNext === undefined ? {} : { tombstonesNext: int(o.tombstonesNext, 'tombstonesNext', 1, ASSIGNMENTS_TOMBSTONES_MAX) }),
     ...(o.catalog === undefined ? {} : { catalog: str(o.catalog, 'catalog') }),
     ...(o.issuedBelow === undefined ? {} : { issuedBelow: int(o.issuedBelow, 'issuedBelow', 1, Number.MAX_SAFE_INTEGER) }),
+    ...(o.controllers === undefined ? {} : { controllers: controllerList(o.controllers, 'controllers') }),
   };
 }
 
@@ -784,4 +808,105 @@ export function validateCatalogRecoverReply(body: unknown): CatalogRecoverReply 
     recoveredCount: int(o.recoveredCount, 'recoveredCount', 0, RECOVER_VOLUMES_MAX),
     skippedCount: int(o.skippedCount, 'skippedCount', 0, RECOVER_VOLUMES_MAX),
   };
+}
+
+/** A set of controller nodes: CONTROLLERS_MIN..CONTROLLERS_MAX distinct node ids. */
+function controllerList(v: unknown, path: string): string[] {
+  const ids = list(v, path, CONTROLLERS_MAX).map((m, i) => str(m, `${path}[${i}]`));
+  if (ids.length < CONTROLLERS_MIN || new Set(ids).size !== ids.length) {
+    throw new ProtocolError('bad_request', `${path}: expected ${CONTROLLERS_MIN}..${CONTROLLERS_MAX} distinct node ids, got ${ids.length}${new Set(ids).size !== ids.length ? ' with one listed twice' : ''}`, { path });
+  }
+  return ids;
+}
+
+/**
+ * `controller.controllers` (operator): the controller nodes of a cluster with a replicated
+ * controller, changed to `members` (docs/replication.md, "Changing the controller nodes"): the
+ * catalog shard's replica set, changed through a joint configuration. Each node added must be
+ * live; it opens a new replica of the catalog shard before the change. Each node taken out
+ * destroys its replica once the change is committed. Without `members`: the set in force,
+ * unchanged. Asked again with the same set, it answers the change done (`changed: false`).
+ */
+export interface ControllersRequest {
+  members?: string[];
+}
+export interface ControllersReply {
+  /** The node that runs the controller and answered. */
+  node: string;
+  /** The controller nodes now: the catalog shard's set in force, committed. */
+  members: string[];
+  /** The set before (`members` when nothing changed). */
+  prior: string[];
+  changed: boolean;
+  /** The term and LSN of the catalog shard's leader that made the change (or found it made). */
+  term: number;
+  lsn: number;
+  /** Nodes taken out that destroyed their replica of the catalog shard when told. */
+  left: string[];
+  /**
+   * Nodes taken out that could not be told (down, or the controller's own node, which steps
+   * down): each destroys its replica once the next controller's heartbeat answer leaves it out.
+   */
+  leaving: string[];
+}
+
+const CONTROLLERS_FIELDS = new Set(['members']);
+
+export function validateControllers(body: unknown): ControllersRequest {
+  const o = obj(body, '');
+  for (const key of Object.keys(o)) if (!CONTROLLERS_FIELDS.has(key)) throw new ProtocolError('bad_request', `${key}: unknown field`, { path: key });
+  return o.members === undefined ? {} : { members: controllerList(o.members, 'members') };
+}
+
+export function validateControllersReply(body: unknown): ControllersReply {
+  const o = obj(body, '');
+  return {
+    node: str(o.node, 'node'),
+    members: controllerList(o.members, 'members'),
+    prior: controllerList(o.prior, 'prior'),
+    changed: expectBoolean(o.changed, 'changed'),
+    term: int(o.term, 'term', 0, Number.MAX_SAFE_INTEGER),
+    lsn: int(o.lsn, 'lsn', 0, Number.MAX_SAFE_INTEGER),
+    left: list(o.left, 'left', CONTROLLERS_MAX).map((m, i) => str(m, `left[${i}]`)),
+    leaving: list(o.leaving, 'leaving', CONTROLLERS_MAX).map((m, i) => str(m, `leaving[${i}]`)),
+  };
+}
+
+/**
+ * `node.<id>.catalog.join` (the controller, during a change of the controller nodes): the node
+ * opens a new replica of the catalog shard, joining the set `members` changing from `prior`,
+ * and counts itself a controller node from then on (durably, in its record). Answered
+ * `{ node, opened }`: `opened` false when it held its replica already.
+ */
+export interface CatalogJoinRequest {
+  members: string[];
+  prior: string[];
+}
+/**
+ * `node.<id>.catalog.leave` (the controller, once a change of the controller nodes that took
+ * the node out is committed; `members` is the set now): the node destroys its replica of the
+ * catalog shard and is no longer a controller node (durably). Answered `{ node, destroyed }`.
+ */
+export interface CatalogLeaveRequest {
+  members: string[];
+}
+export interface CatalogMembershipReply {
+  node: string;
+  /** The replica was opened (join) or destroyed (leave); false: nothing was to do. */
+  done: boolean;
+}
+
+export function validateCatalogJoin(body: unknown): CatalogJoinRequest {
+  const o = obj(body, '');
+  return { members: controllerList(o.members, 'members'), prior: controllerList(o.prior, 'prior') };
+}
+
+export function validateCatalogLeave(body: unknown): CatalogLeaveRequest {
+  const o = obj(body, '');
+  return { members: controllerList(o.members, 'members') };
+}
+
+export function validateCatalogMembershipReply(body: unknown): CatalogMembershipReply {
+  const o = obj(body, '');
+  return { node: str(o.node, 'node'), done: expectBoolean(o.done, 'done') };
 }

@@ -37,7 +37,7 @@ import { messageHeaders, REPLY_HEADERS, wellFormed, type ReceivedHeaders } from 
 import { HEADER_DEADLINE, HEADER_TYPE, HEADER_SCHEMA, SCHEMA_VERSION, checkSchemaHeader, deadlineRemainingMs, parseDeadline } from '../messages/headers';
 import { nodeInboxPrefix, shardSubject } from '../messages/subjects';
 import { validateRaftRequest, validateRaftReply, replicaSubject, followersSubject, type AppendRequest, type RaftRequest, type RaftReply } from '../messages/raft';
-import type { ForceVoteResult, ReconfigureResult, ReplicaDigest, ReplicaTransport, ReplicaTiming, TransferResult } from '../actors/replica';
+import type { ForceVoteResult, ReconfigureResult, ReplicaConfig, ReplicaDigest, ReplicaTransport, ReplicaTiming, TransferResult } from '../actors/replica';
 import { DeviceHost, deviceProblem, shardKey, type ShardSpec, type ReplicaRoles, type ForgottenRule, type DeviceHostOptions, type DeviceHostStats, type ReplicaErrorOutcome } from './device-host';
 import { createLogger, throttled, type Logger } from '../observability/log';
 import type { WorkerTelemetryInit, WorkerTracing } from '../observability/worker-tracing';
@@ -140,6 +140,9 @@ export interface HostHealth {
   reason?: string;
 }
 
+/** HostApi.leaderConfig: the term a replica leads in, and its replica set in force (`prior` during a change). */
+export type LeaderConfig = ReplicaConfig & { term: number };
+
 export interface HostApi {
   init(config: HostConfig): Promise<void>;
   /** Answers at once: the pool's watchdog tells a thread that answers from one that hangs. */
@@ -162,8 +165,8 @@ export interface HostApi {
   health(): Promise<HostHealth>;
   /** DeviceHost.replicaRoles: this host's replicas that are down, and those that lead. */
   replicaRoles(): Promise<ReplicaRoles>;
-  /** The term this host's replica of a shard leads in; undefined when it does not lead, or is not open or up here. */
-  leaderTerm(volumeId: string, shard: number): Promise<number | undefined>;
+  /** The term this host's replica of a shard leads in, and its replica set in force; undefined when it does not lead, or is not open or up here. */
+  leaderConfig(volumeId: string, shard: number): Promise<LeaderConfig | undefined>;
   /** Replica.confirmLeads of this host's replica of a shard: resolves once it is known to lead in `term` now (its lease, or a quorum round before `deadlineMs`). */
   confirmLeads(volumeId: string, shard: number, term: number, deadlineMs: number): Promise<void>;
   /** Replica.transferLeadership of this host's replica of a shard: hands its leadership over (to `to`, or the follower holding the most). */
@@ -601,14 +604,14 @@ export class ActorHost implements HostApi {
     return this.device?.replicaRoles() ?? { down: [], leading: [] };
   }
 
-  async leaderTerm(volumeId: string, shard: number): Promise<number | undefined> {
+  async leaderConfig(volumeId: string, shard: number): Promise<LeaderConfig | undefined> {
     let replica;
     try {
       replica = this.device?.replica(volumeId, shard);
     } catch {
       return undefined; // Not open here, or down.
     }
-    return replica?.isLeader === true ? replica.currentTerm : undefined;
+    return replica?.isLeader === true ? { term: replica.currentTerm, ...replica.configuration() } : undefined;
   }
 
   async confirmLeads(volumeId: string, shard: number, term: number, deadlineMs: number): Promise<void> {

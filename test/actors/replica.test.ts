@@ -8,7 +8,7 @@ import { IMAGE_BYTES_MIN } from '../../storage-engine/image';
 import { ShardStorage } from '../../storage-engine/shard-storage';
 import { encodePageWrite } from '../../storage-engine/page-write';
 import { ProtocolError } from '../../messages/errors';
-import { encode } from '../../messages/codec';
+import { decode, encode } from '../../messages/codec';
 import { StorageError, type CorruptionError, type CorruptionReport } from '../../storage-engine/errors';
 import type { AppendRequest, RaftRequest, RaftReply } from '../../messages/raft';
 import { DiskGates, geometry, page } from '../support/replica-harness';
@@ -2061,6 +2061,55 @@ describe('Replica (membership change by joint consensus)', function () {
     await s.elapse(400);
     assert.equal(l.replica.stats().preVotes, elections, 'a removed replica does not campaign');
     assert.ok(!l.replica.isLeader);
+  });
+
+  it('a leader left out of the new set commits it also when its followers hold it already and were not opened knowing it: their answers to the append carrying it lost, they take its appends again', async () => {
+    shard = new TestShard(['a', 'b', 'c']);
+    const s = shard;
+    const first0 = await s.leader();
+    // d joins in place of a member that does not lead, then leads: the others were opened with a, b, c.
+    const gone = ['a', 'b', 'c'].find((id) => id !== first0.id)!;
+    const first = ['a', 'b', 'c', 'd'].filter((id) => id !== gone).sort();
+    s.ids.push('d');
+    s.start('d', new SimDisk(), { members: first, priorMembers: ['a', 'b', 'c'] });
+    await first0.replica.reconfigure(first, { deadlineMs: deadline() });
+    await first0.replica.transferLeadership('d');
+    const l = await s.leader(['d']);
+    await l.replica.write([{ page: 5, data: page(5) }]);
+    const target = first.filter((id) => id !== 'd').concat('e').sort();
+    s.ids.push('e');
+    s.start('e', new SimDisk(), { members: target, priorMembers: first });
+    const carriesNewSet = (msg: RaftRequest): boolean =>
+      msg.type === 'append' &&
+      msg.records.some((r) => {
+        try {
+          const c = decode(r.payload) as { members?: unknown; prior?: unknown };
+          return Array.isArray(c.members) && c.prior === undefined && [...c.members].sort().join() === target.join();
+        } catch {
+          return false;
+        }
+      });
+    // The followers of the old set that stay take the new set alone, and their answers are lost:
+    // the leader must send them again, and they, holding a set without it, take its appends.
+    const stay = target.filter((id) => id !== 'e');
+    const lost = new Set<string>();
+    s.tampers.push((from, to, msg) => {
+      if (from === l.id && stay.includes(to) && carriesNewSet(msg) && !lost.has(to)) {
+        lost.add(to);
+        s.cutFrom(to, l.id);
+      }
+    });
+    const change = l.replica.reconfigure(target, { deadlineMs: deadline(3000) });
+    await s.waitFor(() => lost.size === stay.length, 'the answers to the append carrying the new set lost');
+    await new Promise((r) => setTimeout(r, 20));
+    s.heal();
+    const r = await change;
+    assert.deepEqual(r.members, target);
+    assert.equal(r.changed, true);
+    await s.waitFor(() => !l.replica.isLeader, 'the old leader steps down');
+    const next = await s.leader(target);
+    await next.replica.write([{ page: 5, data: page(6) }]);
+    assert.equal(await read(next, 5), 6);
   });
 
   it('a leader left out of the new set whose handover is not taken steps down all the same; the new set elects', async () => {

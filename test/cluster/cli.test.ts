@@ -325,6 +325,10 @@ describe('cluster/cli', () => {
       [['drain', 'n1', 'n2'], /^drain: unexpected argument "n2"$/],
       [['drain', 'n1', '--undo=maybe'], /^--undo takes no value$/],
       [['rebalance', 'now'], /^rebalance: unexpected argument "now"$/],
+      [['controllers', 'n1,n2'], /^controllers: expected 3\.\.7 node ids, got 2 .*got "n1,n2"$/],
+      [['controllers', 'n1,n2,n1'], /^controllers: a node id is listed twice, got "n1,n2,n1"$/],
+      [['controllers', 'n1,n2,a.b'], /^controllers: "a\.b" is not a node id/],
+      [['controllers', 'n1,n2,n3', 'n4'], /^controllers: unexpected argument "n4"$/],
       [['shard', 'move', 'db', '0', '--from', 'n1', '--to', 'n1'], /^shard move: --from and --to name the same node "n1"$/],
       [['nbd'], /^nbd: expected VOLUME or --all$/],
       [['nbd', 'db', '--all'], /^nbd: give VOLUME or --all, not both$/],
@@ -515,6 +519,42 @@ describe('cluster/cli', () => {
       answer = { rebalancing: false, nodes: [{ node: 'n1', replicas: 2, leaders: 1 }, { node: 'n2', replicas: 2, leaders: 0 }] };
       r = await run(['rebalance'], mem);
       assert.equal(r.out, 'balanced: replicas per node n1 2, n2 2; leaders n1 1, n2 0\n');
+    });
+
+    it('controllers prints the controller nodes, or changes them and prints what changed (text and JSON); a refusal exits 1', async () => {
+      const mem = new MemoryCluster();
+      const asked: unknown[] = [];
+      const base = { node: 'n1', term: 4, lsn: 90, left: [] as string[], leaving: [] as string[] };
+      let answer: unknown = { ...base, members: ['n1', 'n2', 'n3'], prior: ['n1', 'n2', 'n3'], changed: false };
+      const request = mem.request.bind(mem);
+      mem.request = async (subject, data, options) => {
+        if (!subject.endsWith('.controller.controllers')) return request(subject, data, options);
+        asked.push(decode(data));
+        return encode(answer);
+      };
+      let r = await run(['controllers'], mem);
+      assert.equal(r.code, 0, r.err);
+      assert.equal(r.out, 'controller nodes: n1, n2, n3 (the controller runs on n1, term 4)\n');
+      r = await run(['controllers', 'n1,n2,n3'], mem);
+      assert.equal(r.out, 'controller nodes: n1, n2, n3, unchanged (the controller runs on n1)\n');
+      answer = { ...base, members: ['n1', 'n2', 'n4'], prior: ['n1', 'n2', 'n3'], changed: true, left: ['n3'] };
+      r = await run(['controllers', 'n1, n2, n4'], mem);
+      assert.equal(r.out, [
+        'controller nodes: n1, n2, n4, were n1, n2, n3 (committed at LSN 90 of the catalog shard, term 4)',
+        'taken out, their replica of the catalog shard destroyed: n3',
+        'list them in --controllers of every node: --controllers n1,n2,n4',
+        '',
+      ].join('\n'));
+      answer = { ...base, members: ['n2', 'n4', 'n5'], prior: ['n1', 'n2', 'n4'], changed: true, leaving: ['n1'] };
+      r = await run(['controllers', 'n2,n4,n5', '--json'], mem);
+      assert.deepEqual(JSON.parse(r.out), answer);
+      r = await run(['controllers', 'n2,n4,n5'], mem);
+      assert.match(r.out, /^taken out, destroying their replica once they hear from the controller: n1$/m);
+      assert.deepEqual(asked, [{}, { members: ['n1', 'n2', 'n3'] }, { members: ['n1', 'n2', 'n4'] }, { members: ['n2', 'n4', 'n5'] }, { members: ['n2', 'n4', 'n5'] }]);
+      answer = errorReply(new ProtocolError('unavailable', "node 'n5' is not live (no heartbeat for 9000 ms): a node added to the controller nodes must be live; nothing was changed"));
+      r = await run(['controllers', 'n1,n2,n5'], mem);
+      assert.equal(r.code, 1);
+      assert.equal(r.err, "strata: unavailable: node 'n5' is not live (no heartbeat for 9000 ms): a node added to the controller nodes must be live; nothing was changed\n");
     });
 
     it('exits 2 with a usage message on stderr for a usage error, without connecting', async () => {

@@ -27,7 +27,7 @@ describe('cluster/nats-auth', () => {
       assert.deepEqual(client, { publish: ['strata.prod.api.>', 'strata.prod.shard.*.*', '$SRV.>'], publishDeny: ['strata.prod.shard.v0-catalog.*'], subscribe: ['_INBOX.strata-client.>'] });
       assert.deepEqual(natsPermissions('prod', 'client', 'app-7').subscribe, ['_INBOX.app-7.>'], 'a client user reads the replies to its own requests only');
       const operator = natsPermissions('prod', 'operator');
-      assert.deepEqual(operator.publish, [...client.publish, 'strata.prod.node.*.shard.forceVote', 'strata.prod.node.*.shard.handover', 'strata.prod.node.*.shard.digest', 'strata.prod.controller.catalog.recover', 'strata.prod.controller.shard.move', 'strata.prod.controller.node.drain', 'strata.prod.controller.rebalance']);
+      assert.deepEqual(operator.publish, [...client.publish, 'strata.prod.node.*.shard.forceVote', 'strata.prod.node.*.shard.handover', 'strata.prod.node.*.shard.digest', 'strata.prod.controller.catalog.recover', 'strata.prod.controller.shard.move', 'strata.prod.controller.node.drain', 'strata.prod.controller.rebalance', 'strata.prod.controller.controllers']);
       assert.deepEqual(operator.subscribe, ['_INBOX.strata-operator.>']);
       assert.deepEqual(operator.publishDeny, ['strata.prod.shard.v0-catalog.*'], 'nor may an operator write the catalog shard');
       assert.equal(natsPermissions('prod', 'node').publishDeny, undefined);
@@ -172,6 +172,7 @@ describe('cluster/nats-auth', () => {
       await assert.rejects(c.client.moveReplica('v-auth', 0, { from: 'n1', to: 'n2' }), (e: unknown) => e instanceof ProtocolError && e.code === 'forbidden' && /publish to strata\.test\.controller\.shard\.move/.test(e.message));
       await assert.rejects(c.client.drainNode('n9'), (e: unknown) => e instanceof ProtocolError && e.code === 'forbidden' && /publish to strata\.test\.controller\.node\.drain/.test(e.message));
       await assert.rejects(c.client.rebalance(), (e: unknown) => e instanceof ProtocolError && e.code === 'forbidden' && /publish to strata\.test\.controller\.rebalance/.test(e.message));
+      await assert.rejects(c.client.controllers(), (e: unknown) => e instanceof ProtocolError && e.code === 'forbidden' && /publish to strata\.test\.controller\.controllers/.test(e.message));
       await assert.rejects(c.client.handOver('v-auth', 0), (e: unknown) => e instanceof ProtocolError && e.code === 'forbidden' && /publish to strata\.test\.node\.n\d\.shard\.handover/.test(e.message));
       // Each replica's node refuses the client's digest request: none answered, nothing compared.
       const check = await c.client.checkShard('v-auth', 0);
@@ -190,6 +191,8 @@ describe('cluster/nats-auth', () => {
         assert.deepEqual(await operator.drainNode('n9'), { node: 'n9', draining: true, replicas: 0 });
         assert.deepEqual(await operator.drainNode('n9', { undo: true }), { node: 'n9', draining: false, replicas: 0 });
         assert.equal((await operator.rebalance({ stop: true })).rebalancing, false);
+        // The controller answers (this cluster's is a single controller node, whose set does not change).
+        await assert.rejects(operator.controllers(['n1', 'n2', 'n3']), (e: unknown) => e instanceof ProtocolError && e.code === 'bad_request' && /single controller node/.test(e.message));
         // A check of the shard's replicas: the operator may ask the nodes for their digests; the client may not.
         assert.equal((await operator.checkShard('v-auth', 0)).replicas.filter((r) => r.error === undefined).length, 3);
         // The shard's leader hands it over; its new leader is another of the three nodes.

@@ -19,10 +19,9 @@ import { connect as natsConnect, type NatsConnection, type Subscription } from '
 import { startNatsServer, type NatsServerHandle } from '../../runtime/nats-server';
 import { decode, encode } from '../../messages/codec';
 import { controllerSubject } from '../../messages/control';
-import { waitFor } from '../support/wait';
+import { eventually, waitFor } from '../support/wait';
 
 const page = (b: number): Uint8Array => new Uint8Array(4096).fill(b);
-const retriable = (e: unknown): boolean => e instanceof ProtocolError && ['unavailable', 'timeout', 'not_leader', 'stale_term'].includes(e.code);
 
 /**
  * The index of the node that runs the controller, and its term; undefined while none does. A
@@ -66,20 +65,6 @@ async function names(c: InProcessCluster): Promise<string[]> {
   return (await c.client.listVolumes()).map((v) => v.name).sort();
 }
 
-/** Until `fn` succeeds, retrying what a controller change answers. */
-async function eventually<T>(what: string, fn: () => Promise<T>, ms = 30_000): Promise<T> {
-  let out: T | undefined;
-  await waitFor(what, async () => {
-    try {
-      out = await fn();
-      return true;
-    } catch (e) {
-      if (retriable(e)) return false;
-      throw e;
-    }
-  }, ms);
-  return out!;
-}
 
 describe('a replicated controller', function () {
   this.timeout(180_000);

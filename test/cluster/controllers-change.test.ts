@@ -1,0 +1,222 @@
+/**
+ * Changing the controller nodes of a running cluster (docs/replication.md, "Changing the
+ * controller nodes"; `strata controllers`): the catalog shard's replica set changes through a
+ * joint configuration; a node added opens a replica first, a node taken out destroys its own,
+ * also when it was down when told, or ran the controller. Every node is started again with the
+ * list it was first started with: its record of the change holds over it.
+ */
+import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { connect as natsConnect } from 'nats';
+import { startCluster, type InProcessCluster } from '../../cluster/in-process-cluster';
+import { CATALOG_VOLUME_ID } from '../../cluster/catalog-shard';
+import { ProtocolError } from '../../messages/errors';
+import { decode, encode } from '../../messages/codec';
+import { controllerSubject, nodeSubject, type ControllersReply } from '../../messages/control';
+import { MetaStore } from '../../storage-engine/metadata';
+import { RealDisk } from '../../storage-engine/real-disk';
+import { NODE_META, type NodeMeta } from '../../cluster/data-dir-layout';
+import { eventually, waitFor } from '../support/wait';
+
+const sorted = (xs: readonly string[]): string[] => [...xs].sort();
+
+describe('changing the controller nodes', function () {
+  this.timeout(240_000);
+  let c: InProcessCluster;
+
+  /** The catalog shard's replica directory on node i. */
+  const catalogDir = (i: number): string => path.join(c.dataDirs[i]!, 'dev0', 'shards', `${CATALOG_VOLUME_ID}.0`);
+  /** Whether node i (running) has a replica of the catalog shard open. */
+  const holdsCatalog = async (i: number): Promise<boolean> => {
+    const st = (await c.nodes[i]!.status()) as { shards: Array<{ volumeId: string }> };
+    return st.shards.some((s) => s.volumeId === CATALOG_VOLUME_ID);
+  };
+  /** Node i's record of itself. */
+  const record = (i: number): NodeMeta => new MetaStore(new RealDisk(c.dataDirs[i]!), '', { payloadBytesMax: 16 * 1024 * 1024 }).read<NodeMeta>(NODE_META)!;
+  /** The index of the node that runs the controller now (one of the latest term). */
+  const controllerIndex = async (): Promise<number> =>
+    eventually('a controller', async () => {
+      const found: Array<{ index: number; term: number }> = [];
+      for (const [index, n] of c.nodes.entries()) {
+        const st = (await n?.status()) as { node: { controller: boolean; controllerTerm?: number } } | undefined;
+        if (st?.node.controller === true) found.push({ index, term: st.node.controllerTerm! });
+      }
+      if (found.length === 0) throw new ProtocolError('unavailable', 'none yet');
+      return found.sort((a, b) => b.term - a.term)[0]!.index;
+    });
+  /** Waits until exactly the nodes `ids` (of those running) hold a replica of the catalog shard, and the others' directories are gone. */
+  const catalogOn = async (ids: readonly string[]): Promise<void> => {
+    await waitFor(`the catalog shard's replicas on ${ids.join(',')} alone`, async () => {
+      for (const [i, n] of c.nodes.entries()) {
+        if (n === undefined) continue;
+        const want = ids.includes(`n${i + 1}`);
+        if ((await holdsCatalog(i)) !== want || fs.existsSync(catalogDir(i)) !== want) return false;
+      }
+      return true;
+    }, 30_000);
+  };
+
+  before(async () => {
+    // n1..n3 are the controller nodes at first; n4 and n5 are not.
+    c = await startCluster({ nodes: 5, controllers: 3, hosts: 1, clientTimeoutMs: 5000 });
+    await c.waitForMembers(5);
+  });
+  after(async () => {
+    await c?.stop();
+  });
+
+  it('answers the set in force; a set that names a node the cluster does not have, or too few, is refused, and nothing changes', async () => {
+    const r = await eventually('the set', () => c.client.controllers());
+    assert.deepEqual(sorted(r.members), ['n1', 'n2', 'n3']);
+    assert.deepEqual(sorted(r.prior), ['n1', 'n2', 'n3']);
+    assert.equal(r.changed, false);
+    await assert.rejects(c.client.controllers(['n1', 'n2', 'n9']), (e: unknown) => e instanceof ProtocolError && e.code === 'bad_request' && /node 'n9' is not a node of cluster/.test(e.message));
+    await assert.rejects(c.client.controllers(['n1', 'n2']), (e: unknown) => e instanceof ProtocolError && e.code === 'bad_request' && /3\.\.7 distinct node ids/.test(e.message));
+    // The controller checks them too (a request not from Strata's client).
+    const nc = await natsConnect({ servers: c.natsUrl });
+    try {
+      for (const [body, why] of [
+        [{ members: ['n1', 'n1', 'n2'] }, /listed twice/],
+        [{ members: ['n1', 'n2', 'n3', 'n4', 'n5', 'n6', 'n7', 'n8'] }, /too_large|at most 7/],
+        [{ members: ['n1', 'n2', 'n3'], extra: 1 }, /extra: unknown field/],
+        [{ members: 'n1,n2,n3' }, /members/],
+      ] as const) {
+        const reply = decode(
+          (await eventually('an answer', async () => {
+            const m = await nc.request(controllerSubject(c.cluster, 'controllers'), encode(body), { timeout: 5000 });
+            const err = (decode(m.data) as { error?: { code: string } }).error;
+            if (err?.code === 'unavailable') throw new ProtocolError('unavailable', 'moving');
+            return m;
+          })).data,
+        ) as { error?: { code: string; message: string } };
+        assert.ok(reply.error !== undefined && ['bad_request', 'too_large'].includes(reply.error.code) && why.test(`${reply.error.code} ${reply.error.message}`), JSON.stringify(reply));
+      }
+      // A node told to join a set that does not name it, or to leave one that does, refuses.
+      const join = decode((await nc.request(nodeSubject(c.cluster, 'n4', 'catalog.join'), encode({ members: ['n1', 'n2', 'n3'], prior: ['n1', 'n2', 'n3'] }), { timeout: 5000 })).data) as { error?: { code: string; message: string } };
+      assert.equal(join.error?.code, 'bad_request');
+      assert.match(join.error!.message, /do not name node 'n4'/);
+      const leave = decode((await nc.request(nodeSubject(c.cluster, 'n1', 'catalog.leave'), encode({ members: ['n1', 'n2', 'n3'] }), { timeout: 5000 })).data) as { error?: { code: string; message: string } };
+      assert.equal(leave.error?.code, 'bad_request');
+      assert.match(leave.error!.message, /it stays a controller node/);
+    } finally {
+      await nc.close();
+    }
+    assert.deepEqual(sorted((await eventually('the set', () => c.client.controllers())).members), ['n1', 'n2', 'n3']);
+    await catalogOn(['n1', 'n2', 'n3']);
+  });
+
+  it('replaces a controller node that is not the controller: n4 joins with a new replica, the one taken out destroys its own; the catalog is kept, and asked again, the change is answered done', async () => {
+    await eventually('a create', () => c.client.createVolume({ name: 'a', pageCount: 64, shards: 1, replicas: 3 }));
+    const seat = await controllerIndex();
+    const out = [0, 1, 2].find((i) => i !== seat)!;
+    const target = ['n1', 'n2', 'n3'].filter((n) => n !== `n${out + 1}`).concat('n4');
+    const r = await eventually('the change', () => c.client.controllers(target));
+    assert.equal(r.changed, true);
+    assert.deepEqual(sorted(r.members), sorted(target));
+    assert.deepEqual(sorted(r.prior), ['n1', 'n2', 'n3']);
+    assert.deepEqual(r.left, [`n${out + 1}`], 'the node taken out was told, and destroyed its replica');
+    assert.deepEqual(r.leaving, []);
+    await catalogOn(target);
+    assert.deepEqual(record(3).catalog, { member: true, members: target });
+    assert.deepEqual(record(out).catalog?.member, false);
+    const again = await eventually('the change asked again', () => c.client.controllers(target));
+    assert.equal(again.changed, false);
+    assert.deepEqual(sorted(again.members), sorted(target));
+    // The catalog is the same, and takes changes.
+    await eventually('a create', () => c.client.createVolume({ name: 'b', pageCount: 64, shards: 1, replicas: 3 }));
+    assert.deepEqual((await eventually('the list', () => c.client.listVolumes())).map((v) => v.name).sort(), ['a', 'b']);
+    // The node taken out, started again with the list it was first started with, stays out;
+    // n4, started again with a list that does not name it, stays in.
+    await c.stopNode(out);
+    await c.restart(out);
+    await c.stopNode(3);
+    await c.restart(3);
+    await c.waitForMembers(5);
+    await catalogOn(target);
+    assert.deepEqual(sorted((await eventually('the set', () => c.client.controllers())).members), sorted(target));
+  });
+
+  it('the new set runs the controller without the node taken out: two of its nodes killed in turn, the third and one of them elect', async () => {
+    const set = sorted((await eventually('the set', () => c.client.controllers())).members);
+    const idx = set.map((n) => Number(n.slice(1)) - 1);
+    // One of the set down: the other two still run the controller and change the catalog.
+    c.kill(idx[0]!);
+    await eventually('a create without one controller node', () => c.client.createVolume({ name: 'c', pageCount: 64, shards: 1, replicas: 1 }), 60_000);
+    assert.ok(set.includes(`n${(await controllerIndex()) + 1}`), 'the controller runs on a node of the set');
+    await c.restart(idx[0]!);
+    await c.waitForMembers(5);
+    await catalogOn(set);
+  });
+
+  it('a change that takes out the node running the controller: the controller moves to a node of the new set, and the old one destroys its replica once it hears from it', async () => {
+    const before = sorted((await eventually('the set', () => c.client.controllers())).members);
+    const seat = await controllerIndex();
+    const outsider = [0, 1, 2, 3, 4].find((i) => !before.includes(`n${i + 1}`))!;
+    const target = sorted(before.filter((n) => n !== `n${seat + 1}`).concat(`n${outsider + 1}`));
+    const r = await eventually('the change', () => c.client.controllers(target));
+    assert.equal(r.changed, true);
+    assert.equal(r.node, `n${seat + 1}`, 'answered by the controller it took out');
+    assert.deepEqual(r.leaving, [`n${seat + 1}`], 'its own replica goes once the next controller answers its heartbeat');
+    await catalogOn(target);
+    const next = await controllerIndex();
+    assert.ok(target.includes(`n${next + 1}`), `the controller runs on ${next + 1}, of the new set`);
+    assert.deepEqual(record(seat).catalog?.member, false);
+    await eventually('a create', () => c.client.createVolume({ name: 'd', pageCount: 64, shards: 1, replicas: 3 }));
+    assert.deepEqual((await eventually('the list', () => c.client.listVolumes())).map((v) => v.name).sort(), ['a', 'b', 'c', 'd']);
+  });
+
+  /** Waits until the controller counts node i not live (no heartbeat for its live window). */
+  const notLive = (i: number): Promise<void> =>
+    waitFor(`n${i + 1} counted not live`, async () => {
+      const st = await c.client.status().catch(() => undefined);
+      const m = (st?.members as Array<{ nodeId: string; live: boolean }> | undefined)?.find((x) => x.nodeId === `n${i + 1}`);
+      return m !== undefined && !m.live;
+    }, 30_000);
+
+  it('grows to five controller nodes; a new set without a live majority is refused, and nothing changes', async () => {
+    const all = ['n1', 'n2', 'n3', 'n4', 'n5'];
+    const r = await eventually('the change', () => c.client.controllers(all), 60_000);
+    assert.equal(r.changed, true);
+    assert.deepEqual(sorted(r.members), all);
+    assert.deepEqual([...r.left, ...r.leaving], []);
+    await catalogOn(all);
+    const seat = await controllerIndex();
+    const [d1, d2] = [0, 1, 2, 3, 4].filter((i) => i !== seat);
+    c.kill(d1!);
+    c.kill(d2!);
+    await notLive(d1!);
+    await notLive(d2!);
+    await assert.rejects(c.client.controllers(sorted([`n${d1! + 1}`, `n${d2! + 1}`, `n${seat + 1}`])), (e: unknown) => e instanceof ProtocolError && e.code === 'unavailable' && /1 of the new controller nodes are live .* a majority of 3 is 2/.test(e.message));
+    assert.deepEqual(sorted((await eventually('the set', () => c.client.controllers())).members), all);
+    await c.restart(d1!);
+    await c.restart(d2!);
+    await c.waitForMembers(5);
+    await catalogOn(all);
+  });
+
+  it('a node taken out while it is down destroys its replica when it is back; a node added must be live', async () => {
+    const seat = await controllerIndex();
+    const [down, told] = [0, 1, 2, 3, 4].filter((i) => i !== seat);
+    c.kill(down!);
+    await notLive(down!);
+    const target = sorted(['n1', 'n2', 'n3', 'n4', 'n5'].filter((n) => n !== `n${down! + 1}` && n !== `n${told! + 1}`).slice(0, 3));
+    assert.ok(target.includes(`n${seat + 1}`));
+    const r: ControllersReply = await eventually('the change', () => c.client.controllers(target), 60_000);
+    assert.equal(r.changed, true);
+    assert.deepEqual(r.left, [`n${told! + 1}`]);
+    assert.deepEqual(r.leaving, [`n${down! + 1}`], 'the node down could not be told');
+    // The node down is not live: it cannot be added back.
+    const withDown = sorted([...target.filter((n) => n !== target.find((x) => x !== `n${seat + 1}`)), `n${down! + 1}`]);
+    await assert.rejects(c.client.controllers(withDown), (e: unknown) => e instanceof ProtocolError && e.code === 'unavailable' && new RegExp(`node 'n${down! + 1}' is not live`).test(e.message));
+    // Back, with its replica and its record saying it is a controller node: the controller's
+    // heartbeat answers leave it out, and it destroys its replica.
+    assert.notEqual(record(down!).catalog?.member, false);
+    assert.ok(fs.existsSync(catalogDir(down!)));
+    await c.restart(down!);
+    await c.waitForMembers(5);
+    await catalogOn(target);
+    assert.equal(record(down!).catalog?.member, false);
+    assert.deepEqual(sorted((await eventually('the set', () => c.client.controllers())).members), target);
+  });
+});
