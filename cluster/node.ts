@@ -1734,12 +1734,15 @@ export class StrataNode {
         if (prior !== undefined) this.catalogJoinedMs = Date.now();
         return false;
       }
+      const left = this.nodeMeta.catalog?.member === false;
       this.persist({ ...this.nodeMeta, catalog: { member: true, members: [...members] } });
       this.catalogMember = true;
       this.catalogMembers = [...members];
       this.catalogJoinedMs = Date.now();
-      // What a leave left (a crash between its record and its destroy) is no replica of this set.
-      await this.pool!.closeShard(CATALOG_HOST_ID, CATALOG_VOLUME_ID, 0, true);
+      // What a leave left (a crash between its record and its destroy) is no replica of this set,
+      // nor is an older replica under a new one. (One found without such a record, of a node
+      // that was a controller node by its --controllers, is opened as it is.)
+      if (left || prior !== undefined) await this.pool!.closeShard(CATALOG_HOST_ID, CATALOG_VOLUME_ID, 0, true);
       await this.pool!.openShard(CATALOG_HOST_ID, { ...catalogAssignment(members), ...(prior !== undefined ? { priorMembers: [...prior] } : { existing: true }) });
       this.catalogReplicaOpen = true;
       this.startSeatChecks();

@@ -19,7 +19,7 @@
  *   replica is reported up and none repairing: two replicas of a shard without their storage are
  *   more than a set of three can lose. (Skipped, that round injects nothing.)
  * - `wipe-controller`: the same for n1. With 3 nodes or more n1 is one of the three controller
- *   nodes of a replicated controller, and the catalog must still list the volume; with fewer its
+ *   nodes of a replicated controller (unless a `controllers` fault took it out), and the catalog must still list the volume; with fewer its
  *   catalog starts again empty. Once it is up, the operator's `strata catalog recover --apply`
  *   (as the operator user with `--auth`) is sent until the catalog lists the volume again, within
  *   RECOVER_MS (replicated, it finds nothing to add). Under the same condition, which also
@@ -42,6 +42,11 @@
  * - `rebalance`: the operator's `strata rebalance`, asked again until it says it is done, within
  *   DOWN_MS (otherwise a problem): the controller moves replicas to the nodes repairs and drains
  *   left with fewer (with 4 or 5 nodes).
+ * - `controllers`: the operator's `strata controllers`, a random controller node (the
+ *   controller's own too) replaced by a random node that is not one (with 4 or 5 nodes), asked
+ *   again while it answers an error that says to retry, within DOWN_MS (otherwise a problem).
+ *   The nodes are started again with their first `--controllers` all the same, and n1 may no
+ *   longer be a controller node when `wipe-controller` wipes it.
  *
  * When the time is up the faults end, and the run checks:
  * 1. the cluster converges: within CONVERGE_MS every shard has a leader and every replica is up,
@@ -79,11 +84,11 @@ import { prng } from '../support/prng';
 import { formatTable, writeJson } from '../../bench/report';
 
 /** The faults the nemesis knows. */
-export const FAULT_KINDS = ['kill', 'kill-majority', 'stop', 'freeze', 'nats-freeze', 'nats-restart', 'wipe', 'wipe-controller', 'move', 'down', 'drain', 'rebalance', 'branch', 'resize'] as const;
+export const FAULT_KINDS = ['kill', 'kill-majority', 'stop', 'freeze', 'nats-freeze', 'nats-restart', 'wipe', 'wipe-controller', 'move', 'down', 'drain', 'rebalance', 'branch', 'resize', 'controllers'] as const;
 export type FaultKind = (typeof FAULT_KINDS)[number];
 
 /** How often each fault is picked, relative to the others. */
-const FAULT_WEIGHTS: Record<FaultKind, number> = { kill: 35, 'kill-majority': 10, stop: 20, freeze: 35, 'nats-freeze': 15, 'nats-restart': 10, wipe: 10, 'wipe-controller': 5, move: 15, down: 10, drain: 10, rebalance: 10, branch: 10, resize: 10 };
+const FAULT_WEIGHTS: Record<FaultKind, number> = { kill: 35, 'kill-majority': 10, stop: 20, freeze: 35, 'nats-freeze': 15, 'nats-restart': 10, wipe: 10, 'wipe-controller': 5, move: 15, down: 10, drain: 10, rebalance: 10, branch: 10, resize: 10, controllers: 10 };
 /** Pages a `resize` adds to the volume; the clients write and read them from then on. */
 const RESIZE_STEP_PAGES = 64;
 /** How long a `resize` is asked again while a node holding a replica does not answer (a node coming back from the fault before). */
@@ -639,6 +644,46 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
           }
         }
       };
+      /**
+       * A controller node replaced by a node that is not one (`strata controllers`), asked again
+       * while the answer says to retry (a node the fault before restarted, not live yet; the
+       * controller moving), within DOWN_MS.
+       */
+      const changeControllers = async (ev: FaultEvent): Promise<void> => {
+        ev.nodes = ['controller'];
+        const operator = await connect({ servers: cluster.natsUrl, cluster: 'dev', timeoutMs: 10_000, ...userOf('operator') });
+        try {
+          const startedAt = performance.now();
+          let set: string[] | undefined;
+          let code = '';
+          while (set === undefined && performance.now() - startedAt < DOWN_MS) {
+            set = await operator.controllers().then((r) => [...r.members].sort(), (e: unknown) => ((code = e instanceof ProtocolError ? e.code : (e as Error).message), undefined));
+            if (set === undefined) await sleep(500);
+          }
+          if (set === undefined) {
+            problem(`no controller answered strata controllers within ${DOWN_MS / 1000} s: ${code}`);
+            return;
+          }
+          const outside = cluster.nodes.map((n) => n.id).filter((id) => !set!.includes(id));
+          const out = set[pick(set.length)]!;
+          const into = outside[pick(outside.length)]!;
+          const target = set.map((id) => (id === out ? into : id)).sort();
+          for (;;) {
+            code = await operator.controllers(target).then(() => 'done', (e: unknown) => (e instanceof ProtocolError ? e.code : (e as Error).message));
+            if (code === 'done') {
+              ev.outcome = `${set.join(',')} -> ${target.join(',')}`;
+              break;
+            }
+            if (!MOVE_RETRYABLE.has(code) || performance.now() - startedAt > DOWN_MS) {
+              problem(`the controller nodes were not changed from ${set.join(',')} to ${target.join(',')} within ${DOWN_MS / 1000} s: ${code}`);
+              break;
+            }
+            await sleep(500);
+          }
+        } finally {
+          await operator.close();
+        }
+      };
       while (kinds.length > 0 && performance.now() < stopAt) {
         await sleep(1000 + rand() * 2000);
         if (performance.now() >= stopAt) break;
@@ -647,7 +692,7 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
         // Draws as any other fault does (the choices stay those of the seed), then skipped.
         const wipeVictim = kind === 'wipe' || kind === 'down' ? 1 + pick(cluster.nodes.length - 1) : kind === 'wipe-controller' ? 0 : -1;
         if (kind === 'down' && (cluster.nodes.length < 4 || opts.repairAfterSeconds === 0)) continue;
-        if ((kind === 'drain' || kind === 'rebalance') && cluster.nodes.length < 4) continue;
+        if ((kind === 'drain' || kind === 'rebalance' || kind === 'controllers') && cluster.nodes.length < 4) continue;
         if ((kind === 'wipe' || kind === 'wipe-controller') && (await anyRepairing())) continue;
         if (kind === 'move') {
           if (!(await moveReplica(ev))) continue;
@@ -685,6 +730,8 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
           } finally {
             await operator.close();
           }
+        } else if (kind === 'controllers') {
+          await changeControllers(ev);
         } else if (kind === 'branch') {
           await branchVolume(ev);
         } else if (kind === 'resize') {
@@ -797,7 +844,7 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
         }
         ev.endMs = Math.round(now());
         faults.push(ev);
-        out(`  ${(ev.startMs / 1000).toFixed(1)} s: ${ev.kind} ${ev.nodes.join(', ')} (${((ev.endMs - ev.startMs) / 1000).toFixed(1)} s)${ev.upMs ? `, up again after ${Object.entries(ev.upMs).map(([id, ms]) => `${id} ${(ms / 1000).toFixed(1)} s`).join(', ')}` : ''}${ev.recoveredMs !== undefined ? `, catalog recovered ${(ev.recoveredMs / 1000).toFixed(1)} s later (${(ev.recovered ?? []).join(', ') || 'listed'})` : ''}${ev.outcome !== undefined ? (ev.kind === 'rebalance' ? `, done in ${((ev.replacedMs ?? 0) / 1000).toFixed(1)} s: replicas per node ${ev.outcome}` : ev.kind === 'branch' || ev.kind === 'resize' ? `: ${ev.outcome}` : `, shard ${ev.shard}: ${ev.outcome}`) : ''}${ev.replacedMs !== undefined && ev.kind !== 'rebalance' && ev.kind !== 'branch' ? `, its replicas ${ev.kind === 'drain' ? 'moved off' : 'replaced'} ${(ev.replacedMs / 1000).toFixed(1)} s after the ${ev.kind === 'drain' ? 'mark' : 'kill'}` : ''}`);
+        out(`  ${(ev.startMs / 1000).toFixed(1)} s: ${ev.kind} ${ev.nodes.join(', ')} (${((ev.endMs - ev.startMs) / 1000).toFixed(1)} s)${ev.upMs ? `, up again after ${Object.entries(ev.upMs).map(([id, ms]) => `${id} ${(ms / 1000).toFixed(1)} s`).join(', ')}` : ''}${ev.recoveredMs !== undefined ? `, catalog recovered ${(ev.recoveredMs / 1000).toFixed(1)} s later (${(ev.recovered ?? []).join(', ') || 'listed'})` : ''}${ev.outcome !== undefined ? (ev.kind === 'rebalance' ? `, done in ${((ev.replacedMs ?? 0) / 1000).toFixed(1)} s: replicas per node ${ev.outcome}` : ev.kind === 'branch' || ev.kind === 'resize' || ev.kind === 'controllers' ? `: ${ev.outcome}` : `, shard ${ev.shard}: ${ev.outcome}`) : ''}${ev.replacedMs !== undefined && ev.kind !== 'rebalance' && ev.kind !== 'branch' ? `, its replicas ${ev.kind === 'drain' ? 'moved off' : 'replaced'} ${(ev.replacedMs / 1000).toFixed(1)} s after the ${ev.kind === 'drain' ? 'mark' : 'kill'}` : ''}`);
       }
     };
 
