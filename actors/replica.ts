@@ -1419,7 +1419,11 @@ export class Replica {
       w.reject(e);
     }
     this.commitWaiters = [];
-    for (const w of this.applyWaiters) w.reject(notLeader(this.leader, this.term));
+    for (const w of this.applyWaiters) {
+      const e = notLeader(this.leader, this.term);
+      e.message = `${e.message} (${reason})`;
+      w.reject(e);
+    }
     this.applyWaiters = [];
     this.onRoleChange?.('follower', this.term, reason);
   }

@@ -2553,6 +2553,10 @@ export class StrataNode {
       done = await this.pool!.reconfigure(CATALOG_HOST_ID, CATALOG_VOLUME_ID, 0, target, endMs);
     } catch (e) {
       const pe = toProtocolError(e);
+      // Its replica no longer leads (deposed, or one the change takes out that lost contact with
+      // the new set): the next controller is asked, which finishes the change (its leader does,
+      // once elected) or answers it done.
+      if (pe.code === 'not_leader') throw new ProtocolError('unavailable', `the catalog shard's leader on node '${this.nodeId}' stepped down during the change to ${target.join(',')} (${pe.message}); retry: the next controller finishes it`, { notController: true });
       throw new ProtocolError(pe.code, `the catalog shard's set was not changed to ${target.join(',')}: ${pe.message}${pe.code === 'timeout' ? ' (the change may still be made: strata controllers shows the set in force)' : ''}`, pe.details);
     } finally {
       this.controllersChanging = false;
