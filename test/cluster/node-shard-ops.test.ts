@@ -4,54 +4,34 @@
  */
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
-import { connect as natsConnect, type NatsConnection } from 'nats';
-import { startNatsServer, type NatsServerHandle } from '../../runtime/nats-server';
 import { StrataNode } from '../../cluster/node';
 import { encode, decode } from '../../messages/codec';
 import { controllerSubject, nodeSubject, type ShardAssignment } from '../../messages/control';
 import { waitFor } from '../support/wait';
+import { nodeRig } from '../support/node-rig';
 
 const CLUSTER = 'shardops';
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 describe('overlapping shard opens and destroys on a node', function () {
   this.timeout(60_000);
-  let nats: NatsServerHandle;
-  let fake: NatsConnection;
-  let root: string;
-  const nodes: StrataNode[] = [];
-
-  before(async () => {
-    nats = await startNatsServer({ jetstream: false });
-    root = fs.mkdtempSync(path.join(os.tmpdir(), 'strata-shard-ops-'));
-  });
-  beforeEach(async () => {
-    fake = await natsConnect({ servers: nats.url });
-  });
-  afterEach(async () => {
-    for (const n of nodes.splice(0)) await n.stop();
-    await fake.close();
-  });
-  after(async () => {
-    await nats?.stop();
-    fs.rmSync(root, { recursive: true, force: true });
-  });
+  const rig = nodeRig('strata-shard-ops-');
+  const nodes = rig.nodes;
 
   /**
    * A fake controller whose catalog is at epoch 2: volume `vx` was created at epoch 1 and
    * deleted at epoch 2 (its create undone), so the node's assignments hold its tombstone.
    */
   function serveFakeCatalog(): void {
-    fake.subscribe(controllerSubject(CLUSTER, 'heartbeat'), { callback: (_e, msg) => msg.respond(encode({ epoch: 2 })) });
-    fake.subscribe(controllerSubject(CLUSTER, 'assignments'), {
+    rig.fake.subscribe(controllerSubject(CLUSTER, 'heartbeat'), { callback: (_e, msg) => msg.respond(encode({ epoch: 2 })) });
+    rig.fake.subscribe(controllerSubject(CLUSTER, 'assignments'), {
       callback: (_e, msg) => msg.respond(encode({ epoch: 2, shards: [], tombstones: ['vx'] })),
     });
   }
 
   async function startNode(id: string): Promise<StrataNode> {
-    const n = await StrataNode.start({ nodeId: id, cluster: CLUSTER, natsUrl: nats.url, dataDir: path.join(root, id), hosts: 1, controller: false, heartbeatMs: 50 });
+    const n = await StrataNode.start({ nodeId: id, cluster: CLUSTER, natsUrl: rig.nats.url, dataDir: path.join(rig.root, id), hosts: 1, controller: false, heartbeatMs: 50 });
     nodes.push(n);
     return n;
   }
@@ -63,7 +43,7 @@ describe('overlapping shard opens and destroys on a node', function () {
     (await n.hostPool.stats()).flatMap((h) => (h.device?.shards ?? []).map((x) => `${x.volumeId}.${x.shard}`)).sort();
   /** The shards the node has recorded durably as its own (what it reopens at its next start). */
   const recorded = (n: StrataNode): string[] => (n as unknown as { nodeMeta: { shards: ShardAssignment[] } }).nodeMeta.shards.map((a) => `${a.volumeId}.${a.shard}`).sort();
-  const request = async (subject: string, body: unknown): Promise<unknown> => decode((await fake.request(subject, encode(body), { timeout: 10_000 })).data);
+  const request = async (subject: string, body: unknown): Promise<unknown> => decode((await rig.fake.request(subject, encode(body), { timeout: 10_000 })).data);
 
   it('a destroy that arrives while the shards\' open still runs (the controller undoing a create whose open timed out) leaves none of them open or recorded', async () => {
     serveFakeCatalog();
@@ -84,7 +64,7 @@ describe('overlapping shard opens and destroys on a node', function () {
     await sleep(1000);
     assert.deepEqual(await openOnHosts(node), [], 'shards of the deleted volume vx are still open on the host');
     assert.deepEqual(recorded(node), [], 'shards of the deleted volume vx are recorded by the node (reopened at its next start)');
-    assert.deepEqual(fs.readdirSync(path.join(root, 'ops1', 'dev0', 'shards')).filter((n) => n.startsWith('vx.') && !n.endsWith('.discard')), [], 'vx shard directories left on disk');
+    assert.deepEqual(fs.readdirSync(path.join(rig.root, 'ops1', 'dev0', 'shards')).filter((n) => n.startsWith('vx.') && !n.endsWith('.discard')), [], 'vx shard directories left on disk');
   });
 
   it('two opens of the same shards at once (the controller\'s shards.open and a reconciliation) record each shard once', async () => {
