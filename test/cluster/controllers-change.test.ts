@@ -173,6 +173,35 @@ describe('changing the controller nodes', function () {
     assert.deepEqual((await eventually('the list', () => c.client.listVolumes())).map((v) => v.name).sort(), ['a', 'b', 'c', 'd']);
   });
 
+  it("a change cut short by a kill of the controller's node, the nodes added cut off: the catalog shard's next leader finishes it (or the change asked again makes it), and asked again, it is answered done", async () => {
+    await eventually('a create', () => c.client.createVolume({ name: 'e', pageCount: 64, shards: 1, replicas: 3 }));
+    const before = sorted((await eventually('the set', () => c.client.controllers())).members);
+    const seat = await controllerIndex();
+    const kept = before.find((n) => n !== `n${seat + 1}`)!;
+    const outsiders = [0, 1, 2, 3, 4].filter((i) => !before.includes(`n${i + 1}`));
+    const target = sorted([kept, ...outsiders.map((i) => `n${i + 1}`)]);
+    // The nodes added cannot exchange replication messages with anyone: they join (a control
+    // message), but the joint configuration cannot be committed without them.
+    await c.partition(outsiders.map((i) => [i]));
+    const change = c.client.controllers(target, { deadlineMs: Date.now() + 6000 }).catch((e: unknown) => e);
+    await waitFor('the nodes added joined', async () => (await Promise.all(outsiders.map((i) => holdsCatalog(i)))).every((x) => x), 10_000);
+    await new Promise((r) => setTimeout(r, 300));
+    c.kill(seat);
+    await new Promise((r) => setTimeout(r, 1000));
+    await c.heal();
+    await change;
+    await c.restart(seat);
+    await c.waitForMembers(5);
+    const r = await eventually('the change asked again', () => c.client.controllers(target), 60_000);
+    assert.deepEqual(sorted(r.members), target);
+    await catalogOn(target);
+    const again = await eventually('the change asked once more', () => c.client.controllers(target));
+    assert.equal(again.changed, false);
+    // The catalog kept every volume, and takes changes.
+    await eventually('a create', () => c.client.createVolume({ name: 'f', pageCount: 64, shards: 1, replicas: 3 }));
+    assert.deepEqual((await eventually('the list', () => c.client.listVolumes())).map((v) => v.name).sort(), ['a', 'b', 'c', 'd', 'e', 'f']);
+  });
+
   /** Waits until the controller counts node i not live (no heartbeat for its live window). */
   const notLive = (i: number): Promise<void> =>
     waitFor(`n${i + 1} counted not live`, async () => {
