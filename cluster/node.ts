@@ -525,6 +525,8 @@ export class StrataNode {
   private catalogConfig: LeaderConfig | undefined;
   /** This node's controller is changing the controller nodes: it names none to the nodes meanwhile. */
   private controllersChanging = false;
+  /** The replacement of a controller node the controller makes by itself (`replaceControllerNode`): running, and its back-off. */
+  private readonly controllerRepair: { running: boolean; notBeforeMs: number; waitMs: number; message?: string } = { running: false, notBeforeMs: 0, waitMs: 0 };
   private readonly seatFailures: FailureLog;
   /** This node's hold on its data directory (released by stop, abandoned by kill). */
   private readonly lock: DataDirLock;
@@ -1610,7 +1612,15 @@ export class StrataNode {
    * once; when its Strata-Deadline (the API router forwards its caller's) passed while it waited,
    * it is not run but answered `timeout`: its requester has given up.
    */
-  private async serial<T>(msg: Msg, fn: (deadlineMs: number | undefined) => Promise<T>): Promise<T> {
+  private serial<T>(msg: Msg, fn: (deadlineMs: number | undefined) => Promise<T>): Promise<T> {
+    // At most DEADLINE_AHEAD_MS_MAX ahead, as on the API (a request can come here directly):
+    // waits derived from a deadline years away overflow Node's timers, which then fire at once.
+    const asked = parseDeadline(wellFormed(messageHeaders(msg)).get(HEADER_DEADLINE));
+    return this.serialUntil(asked === undefined ? undefined : Math.min(asked, Date.now() + DEADLINE_AHEAD_MS_MAX), fn);
+  }
+
+  /** `serial` of an operation with deadline `deadlineMs` (undefined: none). */
+  private async serialUntil<T>(deadlineMs: number | undefined, fn: (deadlineMs: number | undefined) => Promise<T>): Promise<T> {
     if (this.controlQueued >= CONTROL_QUEUE_MAX) {
       throw new ProtocolError('overloaded', `the controller has ${CONTROL_QUEUE_MAX} catalog operations queued, its limit; retry after a back-off`, { queueMax: CONTROL_QUEUE_MAX });
     }
@@ -1618,10 +1628,6 @@ export class StrataNode {
     // run (its catalog write would be refused, or its outcome unknown): the next controller runs it.
     const seat = this.seat;
     const queuedAtMs = Date.now();
-    // At most DEADLINE_AHEAD_MS_MAX ahead, as on the API (a request can come here directly):
-    // waits derived from a deadline years away overflow Node's timers, which then fire at once.
-    const asked = parseDeadline(wellFormed(messageHeaders(msg)).get(HEADER_DEADLINE));
-    const deadlineMs = asked === undefined ? undefined : Math.min(asked, queuedAtMs + DEADLINE_AHEAD_MS_MAX);
     const run = (): Promise<T> => {
       const nowMs = Date.now();
       if (seat !== undefined && (this.seat !== seat || this.seatReleasing)) {
@@ -2335,6 +2341,7 @@ export class StrataNode {
         }
       }
     }
+    this.replaceControllerNode(c, now, afterMs);
     for (const m of plan) {
       if (this.creating.has(m.volume)) continue;
       const key = `${m.volumeId}.${m.shard}`;
@@ -2359,6 +2366,56 @@ export class StrataNode {
         })
         .finally(() => this.repairing.delete(key));
     }
+  }
+
+  /**
+   * With a replicated controller: a controller node marked draining, or (repairs on) silent for
+   * `afterMs`, as a dead node's replicas are replaced, is replaced by a live node that is not one
+   * and is not draining: first one of a failure domain the other controller nodes are not in, then
+   * the one of fewest replicas (`changeControllers`, in the catalog's queue). One at a time, and
+   * after a failure not before a back-off (REPAIR_BACKOFF_MS_MIN doubling to REPAIR_BACKOFF_MS_MAX).
+   * Without such a node, nothing is done (the controller nodes stay as they are).
+   */
+  private replaceControllerNode(c: Controller, now: number, afterMs: number): void {
+    const seat = this.seat;
+    const config = this.catalogConfig;
+    const cr = this.controllerRepair;
+    if (seat === undefined || cr.running || now < cr.notBeforeMs || config === undefined || config.term !== seat.term || config.prior !== undefined || this.controllersChanging) return;
+    const known = new Map(c.knownNodes().map((m) => [m.nodeId, m]));
+    const sinceMs = this.controllerSinceMs();
+    const draining = new Set(c.draining());
+    const silentMs = (n: string): number => now - (known.get(n)?.lastSeenMs ?? sinceMs);
+    const out = config.members.find((n) => draining.has(n) || (afterMs > 0 && n !== this.nodeId && !c.isLive(n, now) && silentMs(n) >= afterMs));
+    if (out === undefined) return;
+    const zone = (n: string): string => known.get(n)?.zone ?? `node:${n}`;
+    const zonesKept = new Set(config.members.filter((n) => n !== out).map(zone));
+    const spread = c.spread(now);
+    const into = c
+      .liveNodes(now)
+      .map((m) => m.nodeId)
+      .filter((n) => !config.members.includes(n) && !draining.has(n))
+      .sort((a, b) => Number(zonesKept.has(zone(a))) - Number(zonesKept.has(zone(b))) || (spread.get(a) ?? 0) - (spread.get(b) ?? 0) || (a < b ? -1 : a > b ? 1 : 0))[0];
+    if (into === undefined) return;
+    const target = config.members.map((n) => (n === out ? into : n));
+    const fields = { out, into, why: draining.has(out) ? 'draining' : `silent for ${silentMs(out)} ms` };
+    cr.running = true;
+    const endMs = now + REPAIR_MOVE_DEADLINE_MS;
+    void this.serialUntil(endMs, (deadlineMs) => this.changeControllers(c, seat, { members: target }, deadlineMs ?? endMs))
+      .then((r) => {
+        cr.waitMs = 0;
+        cr.message = undefined;
+        this.log.info('replaced a controller node', { ...fields, controllers: r.members, term: r.term, lsn: r.lsn });
+      })
+      .catch((e: unknown) => {
+        if (this.stopped) return;
+        cr.waitMs = cr.waitMs === 0 ? REPAIR_BACKOFF_MS_MIN : Math.min(REPAIR_BACKOFF_MS_MAX, cr.waitMs * 2);
+        cr.notBeforeMs = Date.now() + cr.waitMs;
+        const message = e instanceof Error ? e.message : String(e);
+        // Once per message: a replacement that keeps failing the same way is not logged again.
+        if (message !== cr.message) this.log.warn('could not replace a controller node; trying again after a back-off', { ...fields, retryInMs: cr.waitMs, err: e });
+        cr.message = message;
+      })
+      .finally(() => (cr.running = false));
   }
 
   /**

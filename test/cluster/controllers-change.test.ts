@@ -256,3 +256,59 @@ describe('changing the controller nodes', function () {
     assert.deepEqual(sorted((await eventually('the set', () => c.client.controllers())).members), target);
   });
 });
+
+describe('the controller replacing a controller node by itself', function () {
+  this.timeout(180_000);
+  let c: InProcessCluster;
+
+  const holdsCatalog = async (i: number): Promise<boolean> => {
+    const st = (await c.nodes[i]!.status()) as { shards: Array<{ volumeId: string }> };
+    return st.shards.some((s) => s.volumeId === CATALOG_VOLUME_ID);
+  };
+  const controllerIndex = async (): Promise<number> =>
+    eventually('a controller', async () => {
+      for (const [index, n] of c.nodes.entries()) {
+        const st = (await n?.status()) as { node: { controller: boolean } } | undefined;
+        if (st?.node.controller === true) return index;
+      }
+      throw new ProtocolError('unavailable', 'none yet');
+    });
+  const setBecomes = (want: string[]): Promise<void> =>
+    waitFor(`the controller nodes ${want.join(',')}`, async () => {
+      const r = await c.client.controllers().catch(() => undefined);
+      return r !== undefined && sorted(r.members).join() === sorted(want).join();
+    }, 60_000);
+
+  before(async () => {
+    // n1..n3 are the controller nodes; a node silent for 1.5 s is dead.
+    c = await startCluster({ nodes: 4, controllers: 3, hosts: 1, clientTimeoutMs: 5000, node: { repairAfterMs: 1500 } });
+    await c.waitForMembers(4);
+  });
+  after(async () => {
+    await c?.stop();
+  });
+
+  it('a controller node dead past the repair wait is replaced by the node that is not one; back, it destroys its replica', async () => {
+    const seat = await controllerIndex();
+    const dead = [0, 1, 2].find((i) => i !== seat)!;
+    c.kill(dead);
+    const want = sorted(['n1', 'n2', 'n3'].filter((n) => n !== `n${dead + 1}`).concat('n4'));
+    await setBecomes(want);
+    await waitFor('n4 holds a replica of the catalog shard', () => holdsCatalog(3), 30_000);
+    await c.restart(dead);
+    await waitFor('the node back destroys its replica', async () => !(await holdsCatalog(dead)), 30_000);
+    assert.deepEqual(sorted((await eventually('the set', () => c.client.controllers())).members), want);
+  });
+
+  it('a controller node marked draining, the controller\'s own, is replaced at once; the controller moves', async () => {
+    const seat = await controllerIndex();
+    const set = sorted((await eventually('the set', () => c.client.controllers())).members);
+    const outsider = [0, 1, 2, 3].find((i) => !set.includes(`n${i + 1}`))!;
+    await eventually('the drain', () => c.client.drainNode(`n${seat + 1}`));
+    const want = sorted(set.filter((n) => n !== `n${seat + 1}`).concat(`n${outsider + 1}`));
+    await setBecomes(want);
+    await waitFor('the drained node destroys its replica', async () => !(await holdsCatalog(seat)), 30_000);
+    assert.notEqual(await controllerIndex(), seat);
+    await eventually('the drain undone', () => c.client.drainNode(`n${seat + 1}`, { undo: true }));
+  });
+});
