@@ -774,6 +774,12 @@ export class Replica {
     return c.prior !== undefined ? { members: [...c.members], prior: [...c.prior] } : { members: [...c.members] };
   }
 
+  /** Whether a change of the replica set this replica keeps from its log (not the set it was opened with) names it. */
+  get namedByLog(): boolean {
+    const self = this.self;
+    return this.configState.changes.some((ch) => ch.config.members.includes(self) || (ch.config.prior?.includes(self) ?? false));
+  }
+
   /** The members of the replica set in force (both sets during a change). */
   get members(): readonly string[] {
     return this.config.prior === undefined ? this.config.members : [...new Set([...this.config.members, ...this.config.prior])].sort();

@@ -100,7 +100,7 @@ import { MetaStore } from '../storage-engine/metadata';
 import { shardKey } from '../messages/volume-id';
 import { CATALOG, CATALOG_REPLICAS_MAX, Controller, idNumber, idTag, seedOf, volumeInfo, type NodeMember, type RepairMove, type AssignmentRole, type CatalogState, type ShardMove, type VolumeRecord } from '../actors/controller';
 import { HostPool } from '../runtime/host-pool';
-import type { HostConfig, LeaderConfig, TransportFaults } from '../runtime/actor-host';
+import type { HostConfig, ReplicaConfigState, TransportFaults } from '../runtime/actor-host';
 import type { ReconfigureResult, ReplicaTiming } from '../actors/replica';
 import { createLogger, type Logger } from '../observability/log';
 import { currentTelemetry } from '../observability/telemetry';
@@ -522,7 +522,7 @@ export class StrataNode {
   /** Opens, joins and leaves of the catalog shard's replica, one at a time. */
   private catalogChain: Promise<unknown> = Promise.resolve();
   /** The catalog shard's leader term and set in force, as this node's replica had them at the last seat check (undefined: it did not lead). */
-  private catalogConfig: LeaderConfig | undefined;
+  private catalogConfig: ReplicaConfigState | undefined;
   /** This node's controller is changing the controller nodes: it names none to the nodes meanwhile. */
   private controllersChanging = false;
   /** The replacement of a controller node the controller makes by itself (`replaceControllerNode`): running, and its back-off. */
@@ -1223,8 +1223,7 @@ export class StrataNode {
     // whose epochs start over) is a catalog this node has not reconciled with.
     // A controller that names the controller nodes otherwise than this node holds itself: the
     // assignments say for sure (`followControllers`).
-    const controllersDiffer =
-      controllers !== undefined && this.opts.controllers !== undefined && controllers.includes(this.nodeId) !== this.catalogMember && Date.now() - this.catalogJoinedMs > CATALOG_JOIN_GRACE_MS;
+    const controllersDiffer = controllers !== undefined && this.opts.controllers !== undefined && controllers.includes(this.nodeId) !== this.catalogMember;
     if ((epoch === this.reconciledEpoch && catalog === this.reconciledCatalog && !controllersDiffer) || this.reconciling !== undefined || Date.now() < this.reconcileNotBeforeMs) return;
     this.reconciling = this.reconcileWithCatalog(epoch, catalog).finally(() => (this.reconciling = undefined));
   }
@@ -1786,12 +1785,19 @@ export class StrataNode {
    * joins it, as a replica whose storage was lost, when listed and holding none (its data
    * directory was lost, or it was down when told).
    */
+  /** Whether a change of the set that this node's replica of the catalog shard has from its log (one a leader wrote) names this node. */
+  private async catalogReplicaNamed(): Promise<boolean> {
+    return (await this.catalogReplicaConfig())?.namedByLog === true;
+  }
+
   private async followControllers(controllers: string[]): Promise<void> {
     if (this.opts.controllers === undefined) return;
     const listed = controllers.includes(this.nodeId);
     if (listed === this.catalogMember) return;
     if (!listed) {
-      if (Date.now() - this.catalogJoinedMs <= CATALOG_JOIN_GRACE_MS) return;
+      // Within its grace after a join, only once its replica's log holds a change naming it (the
+      // change that adds it was made: it is taken out since).
+      if (Date.now() - this.catalogJoinedMs <= CATALOG_JOIN_GRACE_MS && !(await this.catalogReplicaNamed())) return;
       await this.leaveCatalog(controllers, 'the controller nodes in force do not name it');
     } else {
       await this.joinCatalog(controllers, undefined);
@@ -1889,15 +1895,22 @@ export class StrataNode {
     return config?.term;
   }
 
-  private catalogLeaderConfig(): Promise<LeaderConfig | undefined> {
-    return this.pool!.leaderConfig(CATALOG_HOST_ID, CATALOG_VOLUME_ID, 0, { timeoutMs: HOST_STATUS_TIMEOUT_MS }).catch(() => undefined);
+  /** This node's replica of the catalog shard: its term, role and set in force (undefined: not open, or its host does not answer). */
+  private catalogReplicaConfig(): Promise<ReplicaConfigState | undefined> {
+    return this.pool!.replicaConfig(CATALOG_HOST_ID, CATALOG_VOLUME_ID, 0, { timeoutMs: HOST_STATUS_TIMEOUT_MS }).catch(() => undefined);
+  }
+
+  /** `catalogReplicaConfig` while it leads; undefined otherwise. */
+  private async catalogLeaderConfig(): Promise<ReplicaConfigState | undefined> {
+    const config = await this.catalogReplicaConfig();
+    return config?.leading === true ? config : undefined;
   }
 
   /**
    * The controller nodes as this seat's replica has them, for the nodes (HeartbeatReply and
    * AssignmentsReply `controllers`): the set in force of the seat's term, none while it changes.
    */
-  private controllersFor(config: LeaderConfig | undefined): { controllers?: string[] } {
+  private controllersFor(config: ReplicaConfigState | undefined): { controllers?: string[] } {
     const seat = this.seat;
     if (seat === undefined || config === undefined || config.term !== seat.term || config.prior !== undefined || this.controllersChanging) return {};
     return { controllers: [...config.members] };

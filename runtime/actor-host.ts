@@ -140,8 +140,12 @@ export interface HostHealth {
   reason?: string;
 }
 
-/** HostApi.leaderConfig: the term a replica leads in, and its replica set in force (`prior` during a change). */
-export type LeaderConfig = ReplicaConfig & { term: number };
+/**
+ * HostApi.replicaConfig: a replica's term, whether it leads in it, its replica set in force
+ * (`prior` during a change), and whether a change of the set its log holds names it
+ * (`namedByLog`, Replica.namedByLog).
+ */
+export type ReplicaConfigState = ReplicaConfig & { term: number; leading: boolean; namedByLog: boolean };
 
 export interface HostApi {
   init(config: HostConfig): Promise<void>;
@@ -165,8 +169,8 @@ export interface HostApi {
   health(): Promise<HostHealth>;
   /** DeviceHost.replicaRoles: this host's replicas that are down, and those that lead. */
   replicaRoles(): Promise<ReplicaRoles>;
-  /** The term this host's replica of a shard leads in, and its replica set in force; undefined when it does not lead, or is not open or up here. */
-  leaderConfig(volumeId: string, shard: number): Promise<LeaderConfig | undefined>;
+  /** This host's replica of a shard: its term, whether it leads, and its replica set in force; undefined when it is not open or up here. */
+  replicaConfig(volumeId: string, shard: number): Promise<ReplicaConfigState | undefined>;
   /** Replica.confirmLeads of this host's replica of a shard: resolves once it is known to lead in `term` now (its lease, or a quorum round before `deadlineMs`). */
   confirmLeads(volumeId: string, shard: number, term: number, deadlineMs: number): Promise<void>;
   /** Replica.transferLeadership of this host's replica of a shard: hands its leadership over (to `to`, or the follower holding the most). */
@@ -604,14 +608,14 @@ export class ActorHost implements HostApi {
     return this.device?.replicaRoles() ?? { down: [], leading: [] };
   }
 
-  async leaderConfig(volumeId: string, shard: number): Promise<LeaderConfig | undefined> {
+  async replicaConfig(volumeId: string, shard: number): Promise<ReplicaConfigState | undefined> {
     let replica;
     try {
       replica = this.device?.replica(volumeId, shard);
     } catch {
       return undefined; // Not open here, or down.
     }
-    return replica?.isLeader === true ? { term: replica.currentTerm, ...replica.configuration() } : undefined;
+    return replica === undefined ? undefined : { term: replica.currentTerm, leading: replica.isLeader, namedByLog: replica.namedByLog, ...replica.configuration() };
   }
 
   async confirmLeads(volumeId: string, shard: number, term: number, deadlineMs: number): Promise<void> {

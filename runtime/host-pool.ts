@@ -14,7 +14,7 @@ import * as path from 'node:path';
 import * as v8 from 'node:v8';
 import * as Comlink from 'comlink';
 import nodeEndpoint from 'comlink/dist/umd/node-adapter';
-import type { HostApi, HostConfig, HostStats, HostHealth, HostWorkerData, LeaderConfig, TransportFaults } from './actor-host';
+import type { HostApi, HostConfig, HostStats, HostHealth, HostWorkerData, ReplicaConfigState, TransportFaults } from './actor-host';
 import { shardKey, type ForgottenRule, type ReplicaRoles, type ShardSpec } from './device-host';
 import { withTimeout } from './timeout';
 import { currentTelemetry } from '../observability/telemetry';
@@ -387,11 +387,11 @@ export class HostPool {
     return { down: perHost.flatMap((h) => h.down), leading: perHost.flatMap((h) => h.leading) };
   }
 
-  /** HostApi.leaderConfig on host `hostId`, within `timeoutMs`: undefined also when the host is down or starting. */
-  async leaderConfig(hostId: number, volumeId: string, shard: number, opts: { timeoutMs?: number } = {}): Promise<LeaderConfig | undefined> {
+  /** HostApi.replicaConfig on host `hostId`, within `timeoutMs`: undefined also when the host is down or starting. */
+  async replicaConfig(hostId: number, volumeId: string, shard: number, opts: { timeoutMs?: number } = {}): Promise<ReplicaConfigState | undefined> {
     const s = this.slot(hostId);
     if (s.down || !s.api) return undefined;
-    return this.answerWithin(s, opts.timeoutMs, (api) => api.leaderConfig(volumeId, shard));
+    return this.answerWithin(s, opts.timeoutMs, (api) => api.replicaConfig(volumeId, shard));
   }
 
   /** HostApi.confirmLeads on host `hostId`, bounded by `deadlineMs` (a wall-clock time). */

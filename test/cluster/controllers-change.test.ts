@@ -47,14 +47,20 @@ describe('changing the controller nodes', function () {
     });
   /** Waits until exactly the nodes `ids` (of those running) hold a replica of the catalog shard, and the others' directories are gone. */
   const catalogOn = async (ids: readonly string[]): Promise<void> => {
-    await waitFor(`the catalog shard's replicas on ${ids.join(',')} alone`, async () => {
+    const untilMs = Date.now() + 30_000;
+    for (;;) {
+      const wrong: string[] = [];
       for (const [i, n] of c.nodes.entries()) {
         if (n === undefined) continue;
         const want = ids.includes(`n${i + 1}`);
-        if ((await holdsCatalog(i)) !== want || fs.existsSync(catalogDir(i)) !== want) return false;
+        const holds = await holdsCatalog(i);
+        const dir = fs.existsSync(catalogDir(i));
+        if (holds !== want || dir !== want) wrong.push(`n${i + 1} ${holds ? 'holds' : 'holds no'} replica, ${dir ? 'has' : 'has no'} directory, record ${JSON.stringify(record(i).catalog)}`);
       }
-      return true;
-    }, 30_000);
+      if (wrong.length === 0) return;
+      if (Date.now() > untilMs) assert.fail(`the catalog shard's replicas not on ${ids.join(',')} alone within 30 s: ${wrong.join('; ')}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
   };
 
   before(async () => {
@@ -171,6 +177,23 @@ describe('changing the controller nodes', function () {
     assert.deepEqual(record(seat).catalog?.member, false);
     await eventually('a create', () => c.client.createVolume({ name: 'd', pageCount: 64, shards: 1, replicas: 3 }));
     assert.deepEqual((await eventually('the list', () => c.client.listVolumes())).map((v) => v.name).sort(), ['a', 'b', 'c', 'd']);
+  });
+
+  it('a node added and made the controller, then taken out within its grace after the join, destroys its replica once the next controller leaves it out', async () => {
+    const before = sorted((await eventually('the set', () => c.client.controllers())).members);
+    const seat = await controllerIndex();
+    const x = [0, 1, 2, 3, 4].find((i) => !before.includes(`n${i + 1}`))!;
+    const out = before.find((n) => n !== `n${seat + 1}`)!;
+    const withX = sorted(before.filter((n) => n !== out).concat(`n${x + 1}`));
+    assert.equal((await eventually('the change', () => c.client.controllers(withX))).changed, true);
+    await eventually('the handover', () => c.client.handOver('strata-catalog', 0, { to: `n${x + 1}` }));
+    await waitFor(`n${x + 1} runs the controller`, async () => (await controllerIndex()) === x, 30_000);
+    // Taken out again at once: it runs the controller, so it is not told; the next controller's
+    // heartbeat answers leave it out, and its replica's log holds the set that added it.
+    const back = sorted(withX.filter((n) => n !== `n${x + 1}`).concat(out));
+    const r = await eventually('the change back', () => c.client.controllers(back));
+    assert.deepEqual(sorted(r.members), back);
+    await catalogOn(back);
   });
 
   it("a change cut short by a kill of the controller's node, the nodes added cut off: the catalog shard's next leader finishes it (or the change asked again makes it), and asked again, it is answered done", async () => {
