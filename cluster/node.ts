@@ -311,8 +311,9 @@ const CHECK_ALONE_TIMEOUT_MS = 2000;
 const SEAT_CHECK_MS = 200;
 /**
  * A node that joined the catalog shard (`catalog.join`) does not leave it on a controller's word
- * (`controllers` of its assignments) for this long after: the change that adds it is made after
- * the join, and a controller may answer the set before it meanwhile.
+ * (`controllers` of its assignments) for this long after, while its replica's log holds no change
+ * naming it: the change that adds it is made after the join, and a controller may answer the set
+ * before it meanwhile.
  */
 const CATALOG_JOIN_GRACE_MS = 60_000;
 /** How long the controller waits for a node taken out of the controller nodes to destroy its replica of the catalog shard (it does so later otherwise). */
@@ -1748,9 +1749,10 @@ export class StrataNode {
       // nor is an older replica under a new one. (One found without such a record, of a node
       // that was a controller node by its --controllers, is opened as it is.)
       if (left || prior !== undefined) await this.pool!.closeShard(CATALOG_HOST_ID, CATALOG_VOLUME_ID, 0, true);
+      // Before the open: an open that fails is tried again by the seat checks (as one that existed).
+      this.startSeatChecks();
       await this.pool!.openShard(CATALOG_HOST_ID, { ...catalogAssignment(members), ...(prior !== undefined ? { priorMembers: [...prior] } : { existing: true }) });
       this.catalogReplicaOpen = true;
-      this.startSeatChecks();
       this.log.info('is a controller node now: opened a replica of the catalog shard', { controllers: members, ...(prior !== undefined ? { prior } : { asLost: true }) });
       return true;
     });
