@@ -580,6 +580,8 @@ export class StrataNode {
    * strata_replica_moves. `done` is there from the start, so that its series start at 0.
    */
   private readonly movesEnded: Record<MoveTrigger, Map<string, number>> = { operator: new Map([['done', 0]]), repair: new Map([['done', 0]]) };
+  /** Changes of the controller nodes this node's controller ended, by trigger and outcome (ControllerSnapshot.controllerNodeChanges). */
+  private readonly controllerChangesEnded: Record<MoveTrigger, Map<string, number>> = { operator: new Map([['done', 0]]), repair: new Map([['done', 0]]) };
   private readonly startedAt = Date.now();
   private readonly log: Logger;
   private stopped = false;
@@ -2166,7 +2168,14 @@ export class StrataNode {
     sub(subj('controllers'), (body, msg) => {
       const req = validateControllers(body);
       if (seat === undefined) throw new ProtocolError('bad_request', `cluster '${this.cluster}' has a single controller node ('${this.nodeId}', started with --controller): its controller nodes can not be changed; a cluster with a replicated controller is started with --controllers`);
-      return this.serial(msg, () => this.changeControllers(c, seat, req, this.controlDeadline(msg)));
+      const done = this.serial(msg, () => this.changeControllers(c, seat, req, this.controlDeadline(msg)));
+      if (req.members !== undefined) {
+        void done.then(
+          () => this.controllerChangeEnded('operator', 'done'),
+          (e: unknown) => this.controllerChangeEnded('operator', toProtocolError(e).code),
+        );
+      }
+      return done;
     });
     sub(subj('volume.list'), async (body) => {
       const req = validateVolumeListRequest(body);
@@ -2231,7 +2240,26 @@ export class StrataNode {
       rebalancing: c.rebalancing,
       ...(this.seat !== undefined ? { term: this.seat.term } : {}),
       moves: MOVE_TRIGGERS.flatMap((trigger) => [...this.movesEnded[trigger]].map(([outcome, count]) => ({ trigger, outcome, count }))),
+      ...(this.seat !== undefined ? this.controllerNodesStats(c, now) : {}),
     };
+  }
+
+  /** ControllerSnapshot's controller nodes (live and dead, as the seat's replica has the set in force) and their changes. */
+  private controllerNodesStats(c: Controller, now: number): Pick<ControllerSnapshot, 'controllerNodes' | 'controllerNodeChanges'> {
+    const config = this.catalogConfig;
+    const set = config === undefined ? [] : [...new Set([...config.members, ...(config.prior ?? [])])];
+    const live = set.filter((n) => c.isLive(n, now)).length;
+    return {
+      ...(config === undefined ? {} : { controllerNodes: { live, dead: set.length - live } }),
+      controllerNodeChanges: MOVE_TRIGGERS.flatMap((trigger) => [...this.controllerChangesEnded[trigger]].map(([outcome, count]) => ({ trigger, outcome, count }))),
+    };
+  }
+
+  /** Counts a change of the controller nodes that ended (`changeControllers`). */
+  private controllerChangeEnded(trigger: MoveTrigger, outcome: string): void {
+    const m = this.controllerChangesEnded[trigger];
+    // Bounded: error codes are few; anything else is folded into `error` by the metrics.
+    m.set(outcome, (m.get(outcome) ?? 0) + 1);
   }
 
   /**
@@ -2417,11 +2445,13 @@ export class StrataNode {
     const endMs = now + REPAIR_MOVE_DEADLINE_MS;
     void this.serialUntil(endMs, (deadlineMs) => this.changeControllers(c, seat, { members: target }, deadlineMs ?? endMs))
       .then((r) => {
+        this.controllerChangeEnded('repair', 'done');
         cr.waitMs = 0;
         cr.message = undefined;
         this.log.info('replaced a controller node', { ...fields, controllers: r.members, term: r.term, lsn: r.lsn });
       })
       .catch((e: unknown) => {
+        this.controllerChangeEnded('repair', toProtocolError(e).code);
         if (this.stopped) return;
         cr.waitMs = cr.waitMs === 0 ? REPAIR_BACKOFF_MS_MIN : Math.min(REPAIR_BACKOFF_MS_MAX, cr.waitMs * 2);
         cr.notBeforeMs = Date.now() + cr.waitMs;

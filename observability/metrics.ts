@@ -153,6 +153,21 @@ export interface HostSnapshot {
 export const MOVE_TRIGGERS = ['operator', 'repair'] as const;
 export type MoveTrigger = (typeof MOVE_TRIGGERS)[number];
 
+/**
+ * Counts by trigger and outcome with bounded labels: a trigger of MOVE_TRIGGERS (others left
+ * out), an outcome `done`, an error code, or else `error` (those summed: one point per series).
+ */
+function foldOutcomes(counts: ReadonlyArray<{ trigger: MoveTrigger; outcome: string; count: number }>): Array<{ trigger: MoveTrigger; outcome: string; count: number }> {
+  const out = new Map<string, { trigger: MoveTrigger; outcome: string; count: number }>();
+  for (const m of counts) {
+    if (!MOVE_TRIGGERS.includes(m.trigger)) continue;
+    const outcome = m.outcome === 'done' || isErrorCode(m.outcome) ? m.outcome : 'error';
+    const key = `${m.trigger} ${outcome}`;
+    out.set(key, { trigger: m.trigger, outcome, count: (out.get(key)?.count ?? 0) + m.count });
+  }
+  return [...out.values()];
+}
+
 /** Help texts of the metrics reported under several label sets. */
 const RESTARTS_HELP = 'Restarts of actor hosts (kind=host) and of shard actors from durable state (kind=shard).';
 const BRANCH_COPIES_HELP = 'New replicas of branches that copied their parent\'s pages on this device (outcome copied), and that could not and were sent the shard by a peer instead (outcome not_copied).';
@@ -182,6 +197,14 @@ export interface ControllerSnapshot {
    * protocol error code of the failure (another outcome is reported as `error`).
    */
   moves: ReadonlyArray<{ trigger: MoveTrigger; outcome: string; count: number }>;
+  /** A replicated controller: its controller nodes (the catalog shard's set in force), live and not. */
+  controllerNodes?: { live: number; dead: number };
+  /**
+   * Changes of the controller nodes this controller ended (cumulative), by trigger (an operator's
+   * `strata controllers`, or the controller's own replacement of a dead or draining one) and
+   * outcome, as `moves`.
+   */
+  controllerNodeChanges?: ReadonlyArray<{ trigger: MoveTrigger; outcome: string; count: number }>;
 }
 
 /** What a stats source returns: one node's hosts. */
@@ -461,17 +484,16 @@ export class StrataMetrics {
     out.gauge('strata_replica_repairs_backing_off', 'Shards whose last repair (the move of a dead node\'s replica) failed and that wait for their back-off before the next try.', c.repairsBackingOff, { node });
     out.gauge('strata_controller_nodes_draining', 'Nodes an operator marked draining (strata drain): the controller moves their replicas off and places nothing new on them.', c.nodesDraining, { node });
     out.gauge('strata_controller_rebalancing', '1 while a rebalance an operator asked for (strata rebalance) is under way, else 0.', c.rebalancing ? 1 : 0, { node });
-    if (c.term !== undefined) out.gauge('strata_controller_term', 'A replicated controller: the term of the catalog shard in which this node runs the controller; a takeover by another node, or a new term, raises it.', c.term, { node });
-    // Outcomes folded into `error` are summed: one point per series.
-    const moves = new Map<string, { trigger: MoveTrigger; outcome: string; count: number }>();
-    for (const m of c.moves) {
-      if (!MOVE_TRIGGERS.includes(m.trigger)) continue;
-      const outcome = m.outcome === 'done' || isErrorCode(m.outcome) ? m.outcome : 'error';
-      const key = `${m.trigger} ${outcome}`;
-      const prev = moves.get(key);
-      moves.set(key, { trigger: m.trigger, outcome, count: (prev?.count ?? 0) + m.count });
+    if (c.controllerNodes !== undefined) {
+      const help = 'A replicated controller: its controller nodes (the catalog shard\'s replica set in force), by state: live (heard from within the live window) or dead.';
+      out.gauge('strata_catalog_nodes', help, c.controllerNodes.live, { node, state: 'live' });
+      out.gauge('strata_catalog_nodes', help, c.controllerNodes.dead, { node, state: 'dead' });
     }
-    for (const m of moves.values()) {
+    for (const m of foldOutcomes(c.controllerNodeChanges ?? [])) {
+      out.counter('strata_controller_node_changes', 'Changes of the controller nodes the controller ran (strata controllers, trigger operator; a dead or draining controller node replaced, trigger repair), counted once when each ends, by outcome (done, or the error code of the failure).', m.count, { node, trigger: m.trigger, outcome: m.outcome });
+    }
+    if (c.term !== undefined) out.gauge('strata_controller_term', 'A replicated controller: the term of the catalog shard in which this node runs the controller; a takeover by another node, or a new term, raises it.', c.term, { node });
+    for (const m of foldOutcomes(c.moves)) {
       out.counter('strata_replica_moves', 'Moves of replicas the controller ran, counted once when each run ends, by trigger (operator or repair) and outcome (done, or the error code of the failure); a request that joins a move under way, or that is refused before a run starts, is not counted.', m.count, { node, trigger: m.trigger, outcome: m.outcome });
     }
   }

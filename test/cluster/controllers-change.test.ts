@@ -17,6 +17,7 @@ import { controllerSubject, nodeSubject, type ControllersReply } from '../../mes
 import { MetaStore } from '../../storage-engine/metadata';
 import { RealDisk } from '../../storage-engine/real-disk';
 import { NODE_META, type NodeMeta } from '../../cluster/data-dir-layout';
+import type { ControllerSnapshot } from '../../observability/metrics';
 import { eventually, waitFor } from '../support/wait';
 
 const sorted = (xs: readonly string[]): string[] => [...xs].sort();
@@ -318,6 +319,13 @@ describe('the controller replacing a controller node by itself', function () {
     const want = sorted(['n1', 'n2', 'n3'].filter((n) => n !== `n${dead + 1}`).concat('n4'));
     await setBecomes(want);
     await waitFor('n4 holds a replica of the catalog shard', () => holdsCatalog(3), 30_000);
+    // The controller counts the replacement, and its controller nodes live (strata_controller_node_changes_total, strata_catalog_nodes).
+    const stats = (c.nodes[await controllerIndex()] as unknown as { controllerStats(): ControllerSnapshot | undefined }).controllerStats()!;
+    assert.ok(stats.controllerNodeChanges!.some((x) => x.trigger === 'repair' && x.outcome === 'done' && x.count >= 1), JSON.stringify(stats.controllerNodeChanges));
+    await waitFor('the controller nodes counted live', () => {
+      const now = (c.nodes.find((n) => n !== undefined && (n as unknown as { controllerStats(): ControllerSnapshot | undefined }).controllerStats()?.controllerNodes !== undefined) as unknown as { controllerStats(): ControllerSnapshot }).controllerStats();
+      return now.controllerNodes!.live === 3 && now.controllerNodes!.dead === 0;
+    });
     await c.restart(dead);
     await waitFor('the node back destroys its replica', async () => !(await holdsCatalog(dead)), 30_000);
     assert.deepEqual(sorted((await eventually('the set', () => c.client.controllers())).members), want);

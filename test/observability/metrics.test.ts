@@ -215,6 +215,13 @@ describe('observability/metrics', () => {
         // Not a trigger: left out.
         { trigger: 'cron' as MoveTrigger, outcome: 'done', count: 9 },
       ],
+      controllerNodes: { live: 2, dead: 1 },
+      controllerNodeChanges: [
+        { trigger: 'operator', outcome: 'done', count: 2 },
+        { trigger: 'repair', outcome: 'done', count: 1 },
+        { trigger: 'repair', outcome: 'unavailable', count: 4 },
+        { trigger: 'repair', outcome: 'not a code', count: 1 },
+      ],
     };
     let runsController = true;
     m.addStatsSource(() => ({ node: 'n1', hosts: [], ...(runsController ? { controller } : {}) }));
@@ -236,9 +243,15 @@ describe('observability/metrics', () => {
     assert.equal(sample(text, 'strata_replica_moves_total', { node: 'n1', trigger: 'repair', outcome: 'done' }), 2);
     assert.equal(sample(text, 'strata_replica_moves_total', { node: 'n1', trigger: 'repair', outcome: 'timeout' }), 3);
     assert.equal(sample(text, 'strata_replica_moves_total', { node: 'n1', trigger: 'repair', outcome: 'error' }), 3);
+    assert.equal(sample(text, 'strata_catalog_nodes', { node: 'n1', state: 'live' }), 2);
+    assert.equal(sample(text, 'strata_catalog_nodes', { node: 'n1', state: 'dead' }), 1);
+    assert.equal(sample(text, 'strata_controller_node_changes_total', { node: 'n1', trigger: 'operator', outcome: 'done' }), 2);
+    assert.equal(sample(text, 'strata_controller_node_changes_total', { node: 'n1', trigger: 'repair', outcome: 'done' }), 1);
+    assert.equal(sample(text, 'strata_controller_node_changes_total', { node: 'n1', trigger: 'repair', outcome: 'unavailable' }), 4);
+    assert.equal(sample(text, 'strata_controller_node_changes_total', { node: 'n1', trigger: 'repair', outcome: 'error' }), 1);
     const moveLines = text.split('\n').filter((l) => l.startsWith('strata_replica_moves_total{'));
     assert.equal(moveLines.length, 4, moveLines.join('\n'));
-    for (const name of ['strata_controller_nodes', 'strata_shards_under_replicated', 'strata_replica_moves_total', 'strata_replica_moves_running', 'strata_replica_repairs_backing_off', 'strata_controller_nodes_draining', 'strata_controller_rebalancing', 'strata_controller_term']) {
+    for (const name of ['strata_controller_nodes', 'strata_shards_under_replicated', 'strata_replica_moves_total', 'strata_replica_moves_running', 'strata_replica_repairs_backing_off', 'strata_controller_nodes_draining', 'strata_controller_rebalancing', 'strata_controller_term', 'strata_catalog_nodes', 'strata_controller_node_changes_total']) {
       assert.equal(sample(text, name, { node: 'n2' }), undefined, `${name} of a node without the controller`);
     }
 
@@ -250,8 +263,9 @@ describe('observability/metrics', () => {
     controller.repairsBackingOff = 0;
     controller.nodesDraining = 0;
     controller.rebalancing = false;
-    // A controller that keeps the catalog alone has no term: no series.
+    // A controller that keeps the catalog alone has no term, and no controller nodes: no series.
     delete controller.term;
+    delete controller.controllerNodes;
     controller.moves = [{ trigger: 'operator', outcome: 'done', count: 4 }, { trigger: 'repair', outcome: 'done', count: 3 }, { trigger: 'repair', outcome: 'timeout', count: 3 }];
     await new Promise((r) => setTimeout(r, 300)); // past the snapshot reuse window
     const t2 = (await get(port, '/metrics')).body;
@@ -263,6 +277,7 @@ describe('observability/metrics', () => {
     assert.equal(sample(t2, 'strata_controller_nodes_draining', { node: 'n1' }), 0);
     assert.equal(sample(t2, 'strata_controller_rebalancing', { node: 'n1' }), 0);
     assert.equal(sample(t2, 'strata_controller_term', { node: 'n1' }), undefined);
+    assert.equal(sample(t2, 'strata_catalog_nodes', { node: 'n1', state: 'live' }), undefined);
 
     // n1 no longer runs the controller (a replicated controller's seat moved to another node):
     // none of its series are reported any more, not their last values.
