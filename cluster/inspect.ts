@@ -117,8 +117,11 @@ export interface InspectReport {
   /** What the path is. */
   kind: 'node' | 'device' | 'replica';
   path: string;
-  /** The node's record (`node`), for a node's data directory. */
-  node?: { nodeId: string; cluster: string; hosts: number };
+  /**
+   * The node's record (`node`), for a node's data directory; `catalog` once a change of the
+   * controller nodes added the node or took it out (NodeMeta.catalog).
+   */
+  node?: { nodeId: string; cluster: string; hosts: number; catalog?: { member: boolean; members: string[] } };
   /** A lock file shows a node process using the directory: what is read may be changing. */
   inUse?: { nodeId?: string; pid?: number; running?: boolean };
   replicas: ReplicaReport[];
@@ -248,7 +251,8 @@ function findReplicas(abs: string, shown: string): { kind: InspectReport['kind']
     for (const dev of names.filter((n) => deviceOfDirName(n) !== undefined).sort((a, b) => deviceOfDirName(a)! - deviceOfDirName(b)!)) {
       found.push(...replicasIn(path.join(abs, dev, 'shards'), dev, byKey));
     }
-    return { kind: 'node', node: { nodeId: rec.nodeId, cluster: rec.cluster, hosts: rec.hosts }, found };
+    const catalog = rec.catalog !== undefined && typeof rec.catalog === 'object' ? { catalog: { member: rec.catalog.member === true, members: Array.isArray(rec.catalog.members) ? rec.catalog.members.map(String) : [] } } : {};
+    return { kind: 'node', node: { nodeId: rec.nodeId, cluster: rec.cluster, hosts: rec.hosts, ...catalog }, found };
   }
   throw new InspectError('bad_request', `${shown} is not a Strata data directory: no node record (node), no shards/ and no replica (log/, raft)`);
 }
@@ -898,6 +902,14 @@ function nextOpenText(paths: readonly string[]): string {
 export function inspectText(r: InspectReport): string {
   const lines: string[] = [];
   if (r.node !== undefined) lines.push(`node ${r.node.nodeId} of cluster ${r.node.cluster}, ${r.node.hosts} host(s): ${r.path}`);
+  const cat = r.node?.catalog;
+  if (cat !== undefined) {
+    lines.push(
+      cat.member
+        ? `a controller node by a change of the controller nodes (its record; set ${cat.members.join(',')}), whatever its --controllers`
+        : `taken out of the controller nodes by a change (its record; set ${cat.members.join(',')}): holds no replica of the catalog shard, whatever its --controllers`,
+    );
+  }
   else lines.push(`${r.kind === 'device' ? 'device directory' : 'replica directory'}: ${r.path}`);
   if (r.inUse !== undefined) {
     const who = `${r.inUse.nodeId !== undefined ? `node ${r.inUse.nodeId}` : 'a node'}${r.inUse.pid !== undefined ? `, process ${r.inUse.pid}` : ''}`;

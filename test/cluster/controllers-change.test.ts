@@ -18,6 +18,7 @@ import { MetaStore } from '../../storage-engine/metadata';
 import { RealDisk } from '../../storage-engine/real-disk';
 import { NODE_META, type NodeMeta } from '../../cluster/data-dir-layout';
 import type { ControllerSnapshot } from '../../observability/metrics';
+import { inspect, inspectText } from '../../cluster/inspect';
 import { eventually, waitFor } from '../support/wait';
 
 const sorted = (xs: readonly string[]): string[] => [...xs].sort();
@@ -127,6 +128,11 @@ describe('changing the controller nodes', function () {
     await catalogOn(target);
     assert.deepEqual(record(3).catalog, { member: true, members: target });
     assert.deepEqual(record(out).catalog?.member, false);
+    // strata inspect shows the record.
+    const seen = inspect(c.dataDirs[out]!);
+    assert.deepEqual(seen.node?.catalog, { member: false, members: target });
+    assert.match(inspectText(seen), new RegExp(`taken out of the controller nodes by a change \\(its record; set ${target.join(',')}\\)`));
+    assert.match(inspectText(inspect(c.dataDirs[3]!)), new RegExp(`a controller node by a change of the controller nodes \\(its record; set ${target.join(',')}\\)`));
     const again = await eventually('the change asked again', () => c.client.controllers(target));
     assert.equal(again.changed, false);
     assert.deepEqual(sorted(again.members), sorted(target));

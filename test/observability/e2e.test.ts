@@ -210,7 +210,7 @@ describe('observability end to end (in-process cluster)', function () {
 
   it('metrics of a running cluster change as a known workload says, and promtool accepts them', async () => {
     const port = await freePort();
-    c = await startCluster({ nodes: 3, hosts: 1, cluster: 'metrics', telemetry: { metricsPort: port, metricsHost: '127.0.0.1' } });
+    c = await startCluster({ nodes: 3, controllers: 3, hosts: 1, cluster: 'metrics', telemetry: { metricsPort: port, metricsHost: '127.0.0.1' } });
     assert.ok(c.telemetry && c.telemetry === currentTelemetry(), 'the cluster started the process telemetry');
     const info = await c.client.createVolume({ name: 'm', pageCount: 256, shards: 1, replicas: 3 });
     await warmUp(c, 'm');
