@@ -2627,6 +2627,8 @@ export class StrataNode {
         const m = known.get(n);
         if (m === undefined) throw new ProtocolError('bad_request', `members: node '${n}' is not a node of cluster '${this.cluster}' (the controller has not heard from it; strata status lists the nodes)`, { path: 'members', node: n });
         if (!c.isLive(n, nowMs)) throw new ProtocolError('unavailable', `node '${n}' is not live (no heartbeat for ${m.silentMs ?? '?'} ms): a node added to the controller nodes must be live; nothing was changed`, { node: n });
+        // The controller would replace it again at once.
+        if (m.draining === true) throw new ProtocolError('bad_request', `members: node '${n}' is draining (strata drain): a node added to the controller nodes must not be; take the mark off first (strata drain ${n} --undo)`, { path: 'members', node: n });
       }
       const live = target.filter((n) => c.isLive(n, nowMs));
       const majority = Math.floor(target.length / 2) + 1;

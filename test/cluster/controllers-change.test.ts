@@ -346,6 +346,8 @@ describe('the controller replacing a controller node by itself', function () {
     await setBecomes(want);
     await waitFor('the drained node destroys its replica', async () => !(await holdsCatalog(seat)), 30_000);
     assert.notEqual(await controllerIndex(), seat);
+    // A draining node is not added back (the controller would replace it again at once).
+    await assert.rejects(c.client.controllers(sorted(want.slice(1).concat(`n${seat + 1}`))), (e: unknown) => e instanceof ProtocolError && e.code === 'bad_request' && new RegExp(`node 'n${seat + 1}' is draining`).test(e.message));
     await eventually('the drain undone', () => c.client.drainNode(`n${seat + 1}`, { undo: true }));
   });
 });
