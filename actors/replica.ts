@@ -141,6 +141,11 @@ export interface ConfigChange {
   image?: boolean;
 }
 
+/** Whether `config` names node `id`, in its set or (during a change) in the set it changes from. */
+function namesNode(config: ReplicaConfig, id: string): boolean {
+  return config.members.includes(id) || (config.prior?.includes(id) ?? false);
+}
+
 /** Replicas a replica whose storage was lost asks for their term at most (its peers, and the members they name). */
 const TERMS_PROBED_MAX = 16;
 
@@ -776,8 +781,7 @@ export class Replica {
 
   /** Whether a change of the replica set this replica keeps from its log (not the set it was opened with) names it. */
   get namedByLog(): boolean {
-    const self = this.self;
-    return this.configState.changes.some((ch) => ch.config.members.includes(self) || (ch.config.prior?.includes(self) ?? false));
+    return this.configState.changes.some((ch) => namesNode(ch.config, this.self));
   }
 
   /** The members of the replica set in force (both sets during a change). */
@@ -1090,8 +1094,7 @@ export class Replica {
 
   /** Whether `id` is a member of a configuration this replica keeps (its base, or a change since). */
   private inKeptConfig(id: string): boolean {
-    const has = (c: ReplicaConfig): boolean => c.members.includes(id) || (c.prior?.includes(id) ?? false);
-    return has(this.configState.base) || this.configState.changes.some((ch) => has(ch.config));
+    return namesNode(this.configState.base, id) || this.configState.changes.some((ch) => namesNode(ch.config, id));
   }
 
   /** The newest change, if any. */

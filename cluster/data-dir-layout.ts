@@ -28,6 +28,11 @@ export interface NodeMeta {
   catalog?: { member: boolean; members: string[] };
 }
 
+/** The MetaStore of the node's record (NODE_META), on a disk rooted at the data directory: as large as a node of ASSIGNMENTS_PER_NODE_MAX shards needs. */
+export function nodeMetaStore(disk: Disk): MetaStore {
+  return new MetaStore(disk, '', { payloadBytesMax: 16 * 1024 * 1024 });
+}
+
 /** Where a controller node without `controllers` keeps its catalog: a MetaStore directory of the data directory. */
 export const LOCAL_CATALOG_DIR = 'controller';
 

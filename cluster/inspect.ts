@@ -36,7 +36,7 @@ import { CATALOG, type CatalogState } from '../actors/controller';
 import { GET_PAGES_MAX } from '../storage-engine/page-store';
 import { textTable } from './text-table';
 import { lockOf } from './data-dir-lock';
-import { LOCAL_CATALOG_DIR, NODE_META, deviceOfDirName, localCatalogStore, type NodeMeta } from './data-dir-layout';
+import { LOCAL_CATALOG_DIR, NODE_META, deviceOfDirName, localCatalogStore, nodeMetaStore, type NodeMeta } from './data-dir-layout';
 import { parseShardKey, shardKey } from '../messages/volume-id';
 import { isDiscardedName } from '../storage-engine/disk';
 
@@ -283,7 +283,7 @@ function replicasIn(dir: string, device: string | undefined, byKey: ReadonlyMap<
 function readNodeMeta(abs: string): NodeMeta {
   const disk = new OverlayDisk(abs);
   try {
-    const rec = new MetaStore(disk, '').read<NodeMeta>(NODE_META);
+    const rec = nodeMetaStore(disk).read<NodeMeta>(NODE_META);
     if (rec === undefined || typeof rec !== 'object' || !Array.isArray(rec.shards)) throw new InspectError('bad_request', `${abs}/node is not a node's record`);
     return rec;
   } catch (e) {

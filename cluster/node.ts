@@ -15,7 +15,7 @@
  * source to the process's metrics (its hosts' stats and its API request durations) while it
  * runs, and every API request gets a SERVER span and a duration by verb and outcome.
  */
-import { LOCAL_CATALOG_DIR, NODE_META, deviceDirName, localCatalogStore, type NodeMeta } from './data-dir-layout';
+import { LOCAL_CATALOG_DIR, NODE_META, deviceDirName, localCatalogStore, nodeMetaStore, type NodeMeta } from './data-dir-layout';
 import * as crypto from 'node:crypto';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -105,7 +105,7 @@ import type { ReconfigureResult, ReplicaTiming } from '../actors/replica';
 import { createLogger, type Logger } from '../observability/log';
 import { currentTelemetry } from '../observability/telemetry';
 import { RequestRecorder } from '../observability/request-recorder';
-import { MOVE_TRIGGERS, type ControllerSnapshot, type MoveTrigger } from '../observability/metrics';
+import { OutcomeCounts, type ControllerSnapshot } from '../observability/metrics';
 import { ATTR, recordSpanError, serverSpan } from '../observability/tracing';
 import { ApiRouter, splitNodeStatus } from './api-router';
 import { CATALOG_VOLUME_ID, CatalogShard, catalogAssignment } from './catalog-shard';
@@ -440,7 +440,7 @@ type ApiHandler = (body: unknown, req: ApiRequest) => Promise<unknown>;
  */
 function openDataDir(dataDir: string, opts: StrataNodeOptions, hosts: number): { meta: MetaStore; nodeMeta: NodeMeta; controller: Controller | undefined; created: boolean } {
   const disk = new RealDisk(dataDir);
-  const meta = new MetaStore(disk, '', { payloadBytesMax: 16 * 1024 * 1024 });
+  const meta = nodeMetaStore(disk);
   const existing = meta.read<NodeMeta>(NODE_META);
   let nodeMeta: NodeMeta;
   if (existing) {
@@ -579,9 +579,9 @@ export class StrataNode {
    * Runs of moves this controller ended, by trigger, then outcome (`done` or the error code):
    * strata_replica_moves. `done` is there from the start, so that its series start at 0.
    */
-  private readonly movesEnded: Record<MoveTrigger, Map<string, number>> = { operator: new Map([['done', 0]]), repair: new Map([['done', 0]]) };
+  private readonly movesEnded = new OutcomeCounts();
   /** Changes of the controller nodes this node's controller ended, by trigger and outcome (ControllerSnapshot.controllerNodeChanges). */
-  private readonly controllerChangesEnded: Record<MoveTrigger, Map<string, number>> = { operator: new Map([['done', 0]]), repair: new Map([['done', 0]]) };
+  private readonly controllerChangesEnded = new OutcomeCounts();
   private readonly startedAt = Date.now();
   private readonly log: Logger;
   private stopped = false;
@@ -1782,18 +1782,18 @@ export class StrataNode {
     });
   }
 
-  /**
-   * Acts on the controller nodes a controller's assignments name (AssignmentsReply.controllers,
-   * from a controller known to lead the catalog shard, with no change under way): this node
-   * leaves the catalog shard when left out (not within CATALOG_JOIN_GRACE_MS of a join), and
-   * joins it, as a replica whose storage was lost, when listed and holding none (its data
-   * directory was lost, or it was down when told).
-   */
   /** Whether a change of the set that this node's replica of the catalog shard has from its log (one a leader wrote) names this node. */
   private async catalogReplicaNamed(): Promise<boolean> {
     return (await this.catalogReplicaConfig())?.namedByLog === true;
   }
 
+  /**
+   * Acts on the controller nodes a controller's assignments name (AssignmentsReply.controllers,
+   * from a controller known to lead the catalog shard, with no change under way): this node
+   * leaves the catalog shard when left out (within CATALOG_JOIN_GRACE_MS of a join, only once
+   * its replica's log holds a change naming it), and joins it, as a replica whose storage was
+   * lost, when listed and holding none (its data directory was lost, or it was down when told).
+   */
   private async followControllers(controllers: string[]): Promise<void> {
     if (this.opts.controllers === undefined) return;
     const listed = controllers.includes(this.nodeId);
@@ -2171,8 +2171,8 @@ export class StrataNode {
       const done = this.serial(msg, () => this.changeControllers(c, seat, req, this.controlDeadline(msg)));
       if (req.members !== undefined) {
         void done.then(
-          () => this.controllerChangeEnded('operator', 'done'),
-          (e: unknown) => this.controllerChangeEnded('operator', toProtocolError(e).code),
+          () => this.controllerChangesEnded.count('operator', 'done'),
+          (e: unknown) => this.controllerChangesEnded.count('operator', toProtocolError(e).code),
         );
       }
       return done;
@@ -2239,7 +2239,7 @@ export class StrataNode {
       nodesDraining: c.draining().length,
       rebalancing: c.rebalancing,
       ...(this.seat !== undefined ? { term: this.seat.term } : {}),
-      moves: MOVE_TRIGGERS.flatMap((trigger) => [...this.movesEnded[trigger]].map(([outcome, count]) => ({ trigger, outcome, count }))),
+      moves: this.movesEnded.snapshot(),
       ...(this.seat !== undefined ? this.controllerNodesStats(c, now) : {}),
     };
   }
@@ -2251,15 +2251,8 @@ export class StrataNode {
     const live = set.filter((n) => c.isLive(n, now)).length;
     return {
       ...(config === undefined ? {} : { controllerNodes: { live, dead: set.length - live } }),
-      controllerNodeChanges: MOVE_TRIGGERS.flatMap((trigger) => [...this.controllerChangesEnded[trigger]].map(([outcome, count]) => ({ trigger, outcome, count }))),
+      controllerNodeChanges: this.controllerChangesEnded.snapshot(),
     };
-  }
-
-  /** Counts a change of the controller nodes that ended (`changeControllers`). */
-  private controllerChangeEnded(trigger: MoveTrigger, outcome: string): void {
-    const m = this.controllerChangesEnded[trigger];
-    // Bounded: error codes are few; anything else is folded into `error` by the metrics.
-    m.set(outcome, (m.get(outcome) ?? 0) + 1);
   }
 
   /**
@@ -2333,8 +2326,8 @@ export class StrataNode {
       .finally(() => this.moving.delete(key));
     this.moving.set(key, run);
     // Counted once, when the run ends: requests that join it are not counted again.
-    const ended = this.movesEnded[repair !== undefined ? 'repair' : 'operator'];
-    const count = (outcome: string): void => void ended.set(outcome, (ended.get(outcome) ?? 0) + 1);
+    const trigger = repair !== undefined ? 'repair' : 'operator';
+    const count = (outcome: string): void => this.movesEnded.count(trigger, outcome);
     run.then(
       () => count('done'),
       (e: unknown) => {
@@ -2445,13 +2438,13 @@ export class StrataNode {
     const endMs = now + REPAIR_MOVE_DEADLINE_MS;
     void this.serialUntil(endMs, (deadlineMs) => this.changeControllers(c, seat, { members: target }, deadlineMs ?? endMs))
       .then((r) => {
-        this.controllerChangeEnded('repair', 'done');
+        this.controllerChangesEnded.count('repair', 'done');
         cr.waitMs = 0;
         cr.message = undefined;
         this.log.info('replaced a controller node', { ...fields, controllers: r.members, term: r.term, lsn: r.lsn });
       })
       .catch((e: unknown) => {
-        this.controllerChangeEnded('repair', toProtocolError(e).code);
+        this.controllerChangesEnded.count('repair', toProtocolError(e).code);
         if (this.stopped) return;
         cr.waitMs = cr.waitMs === 0 ? REPAIR_BACKOFF_MS_MIN : Math.min(REPAIR_BACKOFF_MS_MAX, cr.waitMs * 2);
         cr.notBeforeMs = Date.now() + cr.waitMs;

@@ -876,7 +876,7 @@ export function validateControllersReply(body: unknown): ControllersReply {
  * `node.<id>.catalog.join` (the controller, during a change of the controller nodes): the node
  * opens a new replica of the catalog shard, joining the set `members` changing from `prior`,
  * and counts itself a controller node from then on (durably, in its record). Answered
- * `{ node, opened }`: `opened` false when it held its replica already.
+ * CatalogMembershipReply: `done` false when it held its replica already.
  */
 export interface CatalogJoinRequest {
   members: string[];
@@ -885,7 +885,8 @@ export interface CatalogJoinRequest {
 /**
  * `node.<id>.catalog.leave` (the controller, once a change of the controller nodes that took
  * the node out is committed; `members` is the set now): the node destroys its replica of the
- * catalog shard and is no longer a controller node (durably). Answered `{ node, destroyed }`.
+ * catalog shard and is no longer a controller node (durably). Answered CatalogMembershipReply:
+ * `done` false when it held none.
  */
 export interface CatalogLeaveRequest {
   members: string[];

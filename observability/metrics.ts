@@ -153,12 +153,36 @@ export interface HostSnapshot {
 export const MOVE_TRIGGERS = ['operator', 'repair'] as const;
 export type MoveTrigger = (typeof MOVE_TRIGGERS)[number];
 
+/** A count of runs (moves, changes of the controller nodes) that ended, by trigger and outcome. */
+export interface OutcomeCount {
+  trigger: MoveTrigger;
+  outcome: string;
+  count: number;
+}
+
+/**
+ * Runs that ended, counted by trigger and outcome (`done`, or an error code; the metrics fold
+ * any other outcome into `error`). `done` is there from the start, so that its series start at 0.
+ */
+export class OutcomeCounts {
+  private readonly byTrigger: Record<MoveTrigger, Map<string, number>> = { operator: new Map([['done', 0]]), repair: new Map([['done', 0]]) };
+
+  count(trigger: MoveTrigger, outcome: string): void {
+    const m = this.byTrigger[trigger];
+    m.set(outcome, (m.get(outcome) ?? 0) + 1);
+  }
+
+  snapshot(): OutcomeCount[] {
+    return MOVE_TRIGGERS.flatMap((trigger) => [...this.byTrigger[trigger]].map(([outcome, count]) => ({ trigger, outcome, count })));
+  }
+}
+
 /**
  * Counts by trigger and outcome with bounded labels: a trigger of MOVE_TRIGGERS (others left
  * out), an outcome `done`, an error code, or else `error` (those summed: one point per series).
  */
-function foldOutcomes(counts: ReadonlyArray<{ trigger: MoveTrigger; outcome: string; count: number }>): Array<{ trigger: MoveTrigger; outcome: string; count: number }> {
-  const out = new Map<string, { trigger: MoveTrigger; outcome: string; count: number }>();
+function foldOutcomes(counts: readonly OutcomeCount[]): OutcomeCount[] {
+  const out = new Map<string, OutcomeCount>();
   for (const m of counts) {
     if (!MOVE_TRIGGERS.includes(m.trigger)) continue;
     const outcome = m.outcome === 'done' || isErrorCode(m.outcome) ? m.outcome : 'error';
@@ -196,7 +220,7 @@ export interface ControllerSnapshot {
    * Runs of moves the controller ended (cumulative), by trigger and outcome: `done` or the
    * protocol error code of the failure (another outcome is reported as `error`).
    */
-  moves: ReadonlyArray<{ trigger: MoveTrigger; outcome: string; count: number }>;
+  moves: readonly OutcomeCount[];
   /** A replicated controller: its controller nodes (the catalog shard's set in force), live and not. */
   controllerNodes?: { live: number; dead: number };
   /**
@@ -204,7 +228,7 @@ export interface ControllerSnapshot {
    * `strata controllers`, or the controller's own replacement of a dead or draining one) and
    * outcome, as `moves`.
    */
-  controllerNodeChanges?: ReadonlyArray<{ trigger: MoveTrigger; outcome: string; count: number }>;
+  controllerNodeChanges?: readonly OutcomeCount[];
 }
 
 /** What a stats source returns: one node's hosts. */

@@ -14,14 +14,32 @@ import { CATALOG_VOLUME_ID } from '../../cluster/catalog-shard';
 import { ProtocolError } from '../../messages/errors';
 import { decode, encode } from '../../messages/codec';
 import { controllerSubject, nodeSubject, type ControllersReply } from '../../messages/control';
-import { MetaStore } from '../../storage-engine/metadata';
 import { RealDisk } from '../../storage-engine/real-disk';
-import { NODE_META, type NodeMeta } from '../../cluster/data-dir-layout';
+import { NODE_META, nodeMetaStore, type NodeMeta } from '../../cluster/data-dir-layout';
 import type { ControllerSnapshot } from '../../observability/metrics';
 import { inspect, inspectText } from '../../cluster/inspect';
 import { eventually, waitFor } from '../support/wait';
 
 const sorted = (xs: readonly string[]): string[] => [...xs].sort();
+
+/** Whether node i of `c` (running) has a replica of the catalog shard open. */
+async function holdsCatalog(c: InProcessCluster, i: number): Promise<boolean> {
+  const st = (await c.nodes[i]!.status()) as { shards: Array<{ volumeId: string }> };
+  return st.shards.some((s) => s.volumeId === CATALOG_VOLUME_ID);
+}
+
+/** The index of the node of `c` that runs the controller now (one of the latest term). */
+function controllerIndex(c: InProcessCluster): Promise<number> {
+  return eventually('a controller', async () => {
+    const found: Array<{ index: number; term: number }> = [];
+    for (const [index, n] of c.nodes.entries()) {
+      const st = (await n?.status()) as { node: { controller: boolean; controllerTerm?: number } } | undefined;
+      if (st?.node.controller === true) found.push({ index, term: st.node.controllerTerm! });
+    }
+    if (found.length === 0) throw new ProtocolError('unavailable', 'none yet');
+    return found.sort((a, b) => b.term - a.term)[0]!.index;
+  });
+}
 
 describe('changing the controller nodes', function () {
   this.timeout(240_000);
@@ -29,24 +47,8 @@ describe('changing the controller nodes', function () {
 
   /** The catalog shard's replica directory on node i. */
   const catalogDir = (i: number): string => path.join(c.dataDirs[i]!, 'dev0', 'shards', `${CATALOG_VOLUME_ID}.0`);
-  /** Whether node i (running) has a replica of the catalog shard open. */
-  const holdsCatalog = async (i: number): Promise<boolean> => {
-    const st = (await c.nodes[i]!.status()) as { shards: Array<{ volumeId: string }> };
-    return st.shards.some((s) => s.volumeId === CATALOG_VOLUME_ID);
-  };
   /** Node i's record of itself. */
-  const record = (i: number): NodeMeta => new MetaStore(new RealDisk(c.dataDirs[i]!), '', { payloadBytesMax: 16 * 1024 * 1024 }).read<NodeMeta>(NODE_META)!;
-  /** The index of the node that runs the controller now (one of the latest term). */
-  const controllerIndex = async (): Promise<number> =>
-    eventually('a controller', async () => {
-      const found: Array<{ index: number; term: number }> = [];
-      for (const [index, n] of c.nodes.entries()) {
-        const st = (await n?.status()) as { node: { controller: boolean; controllerTerm?: number } } | undefined;
-        if (st?.node.controller === true) found.push({ index, term: st.node.controllerTerm! });
-      }
-      if (found.length === 0) throw new ProtocolError('unavailable', 'none yet');
-      return found.sort((a, b) => b.term - a.term)[0]!.index;
-    });
+  const record = (i: number): NodeMeta => nodeMetaStore(new RealDisk(c.dataDirs[i]!)).read<NodeMeta>(NODE_META)!;
   /** Waits until exactly the nodes `ids` (of those running) hold a replica of the catalog shard, and the others' directories are gone. */
   const catalogOn = async (ids: readonly string[]): Promise<void> => {
     const untilMs = Date.now() + 30_000;
@@ -55,7 +57,7 @@ describe('changing the controller nodes', function () {
       for (const [i, n] of c.nodes.entries()) {
         if (n === undefined) continue;
         const want = ids.includes(`n${i + 1}`);
-        const holds = await holdsCatalog(i);
+        const holds = await holdsCatalog(c, i);
         const dir = fs.existsSync(catalogDir(i));
         if (holds !== want || dir !== want) wrong.push(`n${i + 1} ${holds ? 'holds' : 'holds no'} replica, ${dir ? 'has' : 'has no'} directory, record ${JSON.stringify(record(i).catalog)}`);
       }
@@ -116,7 +118,7 @@ describe('changing the controller nodes', function () {
 
   it('replaces a controller node that is not the controller: n4 joins with a new replica, the one taken out destroys its own; the catalog is kept, and asked again, the change is answered done', async () => {
     await eventually('a create', () => c.client.createVolume({ name: 'a', pageCount: 64, shards: 1, replicas: 3 }));
-    const seat = await controllerIndex();
+    const seat = await controllerIndex(c);
     const out = [0, 1, 2].find((i) => i !== seat)!;
     const target = ['n1', 'n2', 'n3'].filter((n) => n !== `n${out + 1}`).concat('n4');
     const r = await eventually('the change', () => c.client.controllers(target));
@@ -156,7 +158,7 @@ describe('changing the controller nodes', function () {
     // One of the set down: the other two still run the controller and change the catalog.
     c.kill(idx[0]!);
     await eventually('a create without one controller node', () => c.client.createVolume({ name: 'c', pageCount: 64, shards: 1, replicas: 1 }), 60_000);
-    assert.ok(set.includes(`n${(await controllerIndex()) + 1}`), 'the controller runs on a node of the set');
+    assert.ok(set.includes(`n${(await controllerIndex(c)) + 1}`), 'the controller runs on a node of the set');
     await c.restart(idx[0]!);
     await c.waitForMembers(5);
     await catalogOn(set);
@@ -164,7 +166,7 @@ describe('changing the controller nodes', function () {
 
   it('a change that takes out the node running the controller: the controller moves to a node of the new set, and the old one destroys its replica once it hears from it', async () => {
     const before = sorted((await eventually('the set', () => c.client.controllers())).members);
-    const seat = await controllerIndex();
+    const seat = await controllerIndex(c);
     const outsider = [0, 1, 2, 3, 4].find((i) => !before.includes(`n${i + 1}`))!;
     const target = sorted(before.filter((n) => n !== `n${seat + 1}`).concat(`n${outsider + 1}`));
     const r = await eventually('the change', () => c.client.controllers(target));
@@ -179,7 +181,7 @@ describe('changing the controller nodes', function () {
       assert.ok(target.includes(r.node), `answered by ${r.node}, of the new set`);
     }
     await catalogOn(target);
-    const next = await controllerIndex();
+    const next = await controllerIndex(c);
     assert.ok(target.includes(`n${next + 1}`), `the controller runs on ${next + 1}, of the new set`);
     assert.deepEqual(record(seat).catalog?.member, false);
     await eventually('a create', () => c.client.createVolume({ name: 'd', pageCount: 64, shards: 1, replicas: 3 }));
@@ -188,13 +190,13 @@ describe('changing the controller nodes', function () {
 
   it('a node added and made the controller, then taken out within its grace after the join, destroys its replica once the next controller leaves it out', async () => {
     const before = sorted((await eventually('the set', () => c.client.controllers())).members);
-    const seat = await controllerIndex();
+    const seat = await controllerIndex(c);
     const x = [0, 1, 2, 3, 4].find((i) => !before.includes(`n${i + 1}`))!;
     const out = before.find((n) => n !== `n${seat + 1}`)!;
     const withX = sorted(before.filter((n) => n !== out).concat(`n${x + 1}`));
     assert.equal((await eventually('the change', () => c.client.controllers(withX))).changed, true);
     await eventually('the handover', () => c.client.handOver('strata-catalog', 0, { to: `n${x + 1}` }));
-    await waitFor(`n${x + 1} runs the controller`, async () => (await controllerIndex()) === x, 30_000);
+    await waitFor(`n${x + 1} runs the controller`, async () => (await controllerIndex(c)) === x, 30_000);
     // Taken out again at once: it runs the controller, so it is not told; the next controller's
     // heartbeat answers leave it out, and its replica's log holds the set that added it.
     const back = sorted(withX.filter((n) => n !== `n${x + 1}`).concat(out));
@@ -206,7 +208,7 @@ describe('changing the controller nodes', function () {
   it("a change cut short by a kill of the controller's node, the nodes added cut off: the catalog shard's next leader finishes it (or the change asked again makes it), and asked again, it is answered done", async () => {
     await eventually('a create', () => c.client.createVolume({ name: 'e', pageCount: 64, shards: 1, replicas: 3 }));
     const before = sorted((await eventually('the set', () => c.client.controllers())).members);
-    const seat = await controllerIndex();
+    const seat = await controllerIndex(c);
     const kept = before.find((n) => n !== `n${seat + 1}`)!;
     const outsiders = [0, 1, 2, 3, 4].filter((i) => !before.includes(`n${i + 1}`));
     const target = sorted([kept, ...outsiders.map((i) => `n${i + 1}`)]);
@@ -214,7 +216,7 @@ describe('changing the controller nodes', function () {
     // message), but the joint configuration cannot be committed without them.
     await c.partition(outsiders.map((i) => [i]));
     const change = c.client.controllers(target, { deadlineMs: Date.now() + 6000 }).catch((e: unknown) => e);
-    await waitFor('the nodes added joined', async () => (await Promise.all(outsiders.map((i) => holdsCatalog(i)))).every((x) => x), 10_000);
+    await waitFor('the nodes added joined', async () => (await Promise.all(outsiders.map((i) => holdsCatalog(c, i)))).every((x) => x), 10_000);
     await new Promise((r) => setTimeout(r, 300));
     c.kill(seat);
     await new Promise((r) => setTimeout(r, 1000));
@@ -247,7 +249,7 @@ describe('changing the controller nodes', function () {
     assert.deepEqual(sorted(r.members), all);
     assert.deepEqual([...r.left, ...r.leaving], []);
     await catalogOn(all);
-    const seat = await controllerIndex();
+    const seat = await controllerIndex(c);
     const [d1, d2] = [0, 1, 2, 3, 4].filter((i) => i !== seat);
     c.kill(d1!);
     c.kill(d2!);
@@ -262,7 +264,7 @@ describe('changing the controller nodes', function () {
   });
 
   it('a node taken out while it is down destroys its replica when it is back; a node added must be live', async () => {
-    const seat = await controllerIndex();
+    const seat = await controllerIndex(c);
     const [down, told] = [0, 1, 2, 3, 4].filter((i) => i !== seat);
     c.kill(down!);
     await notLive(down!);
@@ -291,18 +293,6 @@ describe('the controller replacing a controller node by itself', function () {
   this.timeout(180_000);
   let c: InProcessCluster;
 
-  const holdsCatalog = async (i: number): Promise<boolean> => {
-    const st = (await c.nodes[i]!.status()) as { shards: Array<{ volumeId: string }> };
-    return st.shards.some((s) => s.volumeId === CATALOG_VOLUME_ID);
-  };
-  const controllerIndex = async (): Promise<number> =>
-    eventually('a controller', async () => {
-      for (const [index, n] of c.nodes.entries()) {
-        const st = (await n?.status()) as { node: { controller: boolean } } | undefined;
-        if (st?.node.controller === true) return index;
-      }
-      throw new ProtocolError('unavailable', 'none yet');
-    });
   const setBecomes = (want: string[]): Promise<void> =>
     waitFor(`the controller nodes ${want.join(',')}`, async () => {
       const r = await c.client.controllers().catch(() => undefined);
@@ -319,33 +309,33 @@ describe('the controller replacing a controller node by itself', function () {
   });
 
   it('a controller node dead past the repair wait is replaced by the node that is not one; back, it destroys its replica', async () => {
-    const seat = await controllerIndex();
+    const seat = await controllerIndex(c);
     const dead = [0, 1, 2].find((i) => i !== seat)!;
     c.kill(dead);
     const want = sorted(['n1', 'n2', 'n3'].filter((n) => n !== `n${dead + 1}`).concat('n4'));
     await setBecomes(want);
-    await waitFor('n4 holds a replica of the catalog shard', () => holdsCatalog(3), 30_000);
+    await waitFor('n4 holds a replica of the catalog shard', () => holdsCatalog(c, 3), 30_000);
     // The controller counts the replacement, and its controller nodes live (strata_controller_node_changes_total, strata_catalog_nodes).
-    const stats = (c.nodes[await controllerIndex()] as unknown as { controllerStats(): ControllerSnapshot | undefined }).controllerStats()!;
+    const stats = (c.nodes[await controllerIndex(c)] as unknown as { controllerStats(): ControllerSnapshot | undefined }).controllerStats()!;
     assert.ok(stats.controllerNodeChanges!.some((x) => x.trigger === 'repair' && x.outcome === 'done' && x.count >= 1), JSON.stringify(stats.controllerNodeChanges));
     await waitFor('the controller nodes counted live', () => {
       const now = (c.nodes.find((n) => n !== undefined && (n as unknown as { controllerStats(): ControllerSnapshot | undefined }).controllerStats()?.controllerNodes !== undefined) as unknown as { controllerStats(): ControllerSnapshot }).controllerStats();
       return now.controllerNodes!.live === 3 && now.controllerNodes!.dead === 0;
     });
     await c.restart(dead);
-    await waitFor('the node back destroys its replica', async () => !(await holdsCatalog(dead)), 30_000);
+    await waitFor('the node back destroys its replica', async () => !(await holdsCatalog(c, dead)), 30_000);
     assert.deepEqual(sorted((await eventually('the set', () => c.client.controllers())).members), want);
   });
 
   it('a controller node marked draining, the controller\'s own, is replaced at once; the controller moves', async () => {
-    const seat = await controllerIndex();
+    const seat = await controllerIndex(c);
     const set = sorted((await eventually('the set', () => c.client.controllers())).members);
     const outsider = [0, 1, 2, 3].find((i) => !set.includes(`n${i + 1}`))!;
     await eventually('the drain', () => c.client.drainNode(`n${seat + 1}`));
     const want = sorted(set.filter((n) => n !== `n${seat + 1}`).concat(`n${outsider + 1}`));
     await setBecomes(want);
-    await waitFor('the drained node destroys its replica', async () => !(await holdsCatalog(seat)), 30_000);
-    assert.notEqual(await controllerIndex(), seat);
+    await waitFor('the drained node destroys its replica', async () => !(await holdsCatalog(c, seat)), 30_000);
+    assert.notEqual(await controllerIndex(c), seat);
     // A draining node is not added back (the controller would replace it again at once).
     await assert.rejects(c.client.controllers(sorted(want.slice(1).concat(`n${seat + 1}`))), (e: unknown) => e instanceof ProtocolError && e.code === 'bad_request' && new RegExp(`node 'n${seat + 1}' is draining`).test(e.message));
     await eventually('the drain undone', () => c.client.drainNode(`n${seat + 1}`, { undo: true }));

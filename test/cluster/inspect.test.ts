@@ -9,6 +9,8 @@ import { crc32c } from '../../storage-engine/crc32c';
 import { SegmentLog } from '../../storage-engine/log';
 import { encodePageWrite } from '../../storage-engine/page-write';
 import { RealDisk } from '../../storage-engine/real-disk';
+import { META_PAYLOAD_BYTES_MAX_DEFAULT } from '../../storage-engine/metadata';
+import { NODE_META, nodeMetaStore } from '../../cluster/data-dir-layout';
 import { RecordKind } from '../../storage-engine/record';
 import { runCli } from '../support/cli';
 import { compareEveryShard } from '../support/replicas';
@@ -317,6 +319,22 @@ describe('strata inspect (a data directory read offline)', function () {
     const bad = await runCli(['inspect', dataDir, '--catalog', '--lsn', '3']);
     assert.equal(bad.code, 1);
     assert.match(bad.stderr, /^strata: bad_request: --lsn: the catalog of .* is a file/);
+  });
+
+  it('reads a node record as large as its node writes (over the default bound of a metadata file)', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'strata-inspect-big-'));
+    try {
+      const shards = Array.from({ length: 6000 }, (_, i) => ({
+        volumeId: `v${i + 1}-abcdef01`, volumeName: `volume-${i}`, shard: 0, shards: 1, pageCount: 1024, pageSize: 4096, stripePages: 1024, hostId: 0, members: ['big', 'n2', 'n3'], createdAt: 1,
+      }));
+      nodeMetaStore(new RealDisk(dir)).write(NODE_META, { version: 1, nodeId: 'big', cluster: 'c', hosts: 1, shards });
+      assert.ok(fs.statSync(path.join(dir, NODE_META)).size > META_PAYLOAD_BYTES_MAX_DEFAULT, 'the record is over the default bound');
+      const r = inspect(dir);
+      assert.equal(r.node?.nodeId, 'big');
+      assert.equal(r.replicas.length, 0);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('pageRanges folds page numbers into ranges', () => {

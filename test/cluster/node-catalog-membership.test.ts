@@ -12,9 +12,8 @@ import { StrataNode } from '../../cluster/node';
 import { CATALOG_VOLUME_ID } from '../../cluster/catalog-shard';
 import { encode, decode } from '../../messages/codec';
 import { controllerSubject, nodeSubject } from '../../messages/control';
-import { MetaStore } from '../../storage-engine/metadata';
 import { RealDisk } from '../../storage-engine/real-disk';
-import { NODE_META, type NodeMeta } from '../../cluster/data-dir-layout';
+import { NODE_META, nodeMetaStore, type NodeMeta } from '../../cluster/data-dir-layout';
 import { waitFor } from '../support/wait';
 import { nodeRig } from '../support/node-rig';
 
@@ -57,7 +56,7 @@ describe('a node joining and leaving the controller nodes', function () {
   };
   const holdsCatalog = async (n: StrataNode): Promise<boolean> => (await n.hostPool.stats()).some((h) => (h.device?.shards ?? []).some((s) => s.volumeId === CATALOG_VOLUME_ID));
   const catalogDir = (id: string): string => path.join(rig.root, id, 'dev0', 'shards', `${CATALOG_VOLUME_ID}.0`);
-  const record = (id: string): NodeMeta['catalog'] => new MetaStore(new RealDisk(path.join(rig.root, id)), '', { payloadBytesMax: 16 * 1024 * 1024 }).read<NodeMeta>(NODE_META)!.catalog;
+  const record = (id: string): NodeMeta['catalog'] => nodeMetaStore(new RealDisk(path.join(rig.root, id))).read<NodeMeta>(NODE_META)!.catalog;
   const request = async (subject: string, body: unknown): Promise<{ error?: { code: string; message: string } } & Record<string, unknown>> =>
     decode((await rig.fake.request(subject, encode(body), { timeout: 10_000 })).data) as { error?: { code: string; message: string } } & Record<string, unknown>;
 

@@ -385,6 +385,15 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
     const u = cluster.natsUsers?.[role];
     return u === undefined ? {} : { user: u.user, pass: readNatsPassword(u.passwordFile) };
   };
+  /** Runs `fn` with a client of the operator's user (with `--auth`), closed after. */
+  const asOperator = async <T>(fn: (operator: StrataClient) => Promise<T>, timeoutMs = 10_000): Promise<T> => {
+    const operator = await connect({ servers: cluster.natsUrl, cluster: 'dev', timeoutMs, ...userOf('operator') });
+    try {
+      return await fn(operator);
+    } finally {
+      await operator.close();
+    }
+  };
   const expectedExit = new Set<number>(); // pids the nemesis killed
   const watchExits = (i: number): void => {
     const n = cluster.nodes[i]!;
@@ -535,8 +544,7 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
       /** The operator's recovery of the wiped controller's catalog, until it lists the volume again. */
       const recoverCatalog = async (ev: FaultEvent): Promise<void> => {
         const started = performance.now();
-        const operator = await connect({ servers: cluster.natsUrl, cluster: 'dev', timeoutMs: 10_000, ...userOf('operator') });
-        try {
+        await asOperator(async (operator) => {
           for (;;) {
             const r = await operator.recoverCatalog({ apply: true }).catch((e: unknown) => e as Error);
             const listed = await operator.listVolumes().then((l) => l.some((v) => v.name === 'soak'), () => false);
@@ -551,9 +559,7 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
             }
             await sleep(500);
           }
-        } finally {
-          await operator.close();
-        }
+        });
       };
       /**
        * The operator moves a replica of a random shard to a node outside its set; false when
@@ -562,8 +568,7 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
       const moveReplica = async (ev: FaultEvent): Promise<boolean> => {
         const shard = pick(opts.shards);
         const draw = rand();
-        const operator = await connect({ servers: cluster.natsUrl, cluster: 'dev', timeoutMs: MOVE_MS, ...userOf('operator') });
-        try {
+        return asOperator(async (operator) => {
           const info = await operator.volumeInfo('soak').catch(() => undefined);
           const set = info?.replicaSets?.find((r) => r.shard === shard);
           if (set === undefined || set.moving !== undefined) return false;
@@ -582,9 +587,7 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
             if (!MOVE_RETRYABLE.has(code)) problem(`the move of shard ${shard}'s replica from ${from} to ${to} was refused: ${(e as Error).message}`);
           }
           return true;
-        } finally {
-          await operator.close();
-        }
+        }, MOVE_MS);
       };
       /**
        * Waits until the catalog places no replica on `id` and no move is under way (the
@@ -651,8 +654,7 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
        */
       const changeControllers = async (ev: FaultEvent): Promise<void> => {
         ev.nodes = ['controller'];
-        const operator = await connect({ servers: cluster.natsUrl, cluster: 'dev', timeoutMs: 10_000, ...userOf('operator') });
-        try {
+        await asOperator(async (operator) => {
           const startedAt = performance.now();
           let set: string[] | undefined;
           let code = '';
@@ -680,9 +682,7 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
             }
             await sleep(500);
           }
-        } finally {
-          await operator.close();
-        }
+        });
       };
       while (kinds.length > 0 && performance.now() < stopAt) {
         await sleep(1000 + rand() * 2000);
@@ -710,8 +710,7 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
           if (kind === 'wipe-controller') await recoverCatalog(ev);
         } else if (kind === 'rebalance') {
           ev.nodes = ['controller'];
-          const operator = await connect({ servers: cluster.natsUrl, cluster: 'dev', timeoutMs: 10_000, ...userOf('operator') });
-          try {
+          await asOperator(async (operator) => {
             const startedAt = performance.now();
             for (;;) {
               const r = await operator.rebalance().catch(() => undefined);
@@ -727,9 +726,7 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
               }
               await sleep(500);
             }
-          } finally {
-            await operator.close();
-          }
+          });
         } else if (kind === 'controllers') {
           await changeControllers(ev);
         } else if (kind === 'branch') {
@@ -756,8 +753,7 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
           // Any node, n1 too: the controller's node drains as any other.
           const n = cluster.nodes[pick(cluster.nodes.length)]!;
           ev.nodes = [n.id];
-          const operator = await connect({ servers: cluster.natsUrl, cluster: 'dev', timeoutMs: 10_000, ...userOf('operator') });
-          try {
+          await asOperator(async (operator) => {
             const startedAt = performance.now();
             let left = -1;
             while (left !== 0) {
@@ -776,9 +772,7 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
               if (r) break;
               await sleep(500);
             }
-          } finally {
-            await operator.close();
-          }
+          });
         } else if (kind === 'down') {
           const n = cluster.nodes[wipeVictim]!;
           ev.nodes = [n.id];
@@ -908,8 +902,7 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
 
     // 2b. Every shard's replicas hold the same committed records, asked of the running nodes
     // (`strata shard check`, as the operator); the catalog shard's too.
-    const operator = await connect({ servers: cluster.natsUrl, cluster: 'dev', timeoutMs: 10_000, ...userOf('operator') });
-    try {
+    await asOperator(async (operator) => {
       for (const [name, shard] of [...Array.from({ length: opts.shards }, (_, k) => ['soak', k] as const), ['strata-catalog', 0] as const]) {
         const r = await operator.checkShard(name, shard).catch((e: unknown) => e as Error);
         if (r instanceof Error) {
@@ -924,9 +917,7 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
         if (r.differs !== undefined) problem(`the replicas of shard ${shard} of ${name} hold different committed records at LSN ${r.differs.lsn} (strata shard check)`);
         for (const x of r.replicas) if (x.error !== undefined) problem(`strata shard check ${name} ${shard}: ${x.node} did not answer: ${x.error}`);
       }
-    } finally {
-      await operator.close();
-    }
+    });
 
     // 3. Linearizability, page by page.
     const history: Operation[] = recorder.history();
