@@ -478,6 +478,18 @@ export class ImageReader {
     return this.pages[i]!;
   }
 
+  /** Index of the first table entry whose page is `page` or above (`entries` if none). */
+  lowerBound(page: number): number {
+    let lo = 0;
+    let hi = this.pages.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (this.pages[mid]! < page) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
+  }
+
   /** True if the image stores `page` (otherwise the page is zeros as of the image's LSN). */
   has(page: number): boolean {
     return this.indexOf(page) >= 0;

@@ -21,6 +21,7 @@ import type { SegmentLog } from './log';
 import { MetaStore } from './metadata';
 import { PageCache } from './page-cache';
 import { decodePageWrite, pageDataOfPageWrite, pagesOfPageWrite } from './page-write';
+import { decodePageZero, isPageZero } from './page-zero';
 import { RecordKind, type LogRecord } from './record';
 import type { Slab } from './slab';
 
@@ -121,6 +122,10 @@ export class PageStore {
   /** page -> ascending LSNs of retained records (> floorLsn) that wrote it. */
   private readonly versions = new Map<number, number[]>();
   private versionCount = 0;
+  /** LSNs of the retained PageZero records (> floorLsn): a version among them reads as zeros. */
+  private readonly zeroLsns = new Set<number>();
+  /** What a page a PageZero record zeroed reads as (never written to). */
+  private readonly zeroPage: Uint8Array;
   private discardFailures = 0;
   private readonly onDiscardError = (): void => {
     this.discardFailures++;
@@ -138,6 +143,7 @@ export class PageStore {
     this.meta = new MetaStore(disk, opts.dir);
     this.pageSize = opts.pageSize;
     this.pageCount = opts.pageCount;
+    this.zeroPage = new Uint8Array(opts.pageSize);
     this.imagesKeep = opts.imagesKeep ?? 2;
     this.retainLsns = opts.retainLsns ?? 0;
     this.cache = new PageCache({ slab: opts.slab, pageSize: opts.pageSize, cacheBytesMax: opts.cacheBytesMax });
@@ -326,7 +332,8 @@ export class PageStore {
 
   /**
    * Applies the next record (its LSN must be appliedLsn + 1). A PageWrite is indexed (its pages
-   * are validated first, so a bad record changes nothing); other kinds only advance appliedLsn.
+   * are validated first, so a bad record changes nothing); so is a PageZero, for the pages of its
+   * range that hold data (`pagesHeldIn`); other kinds only advance appliedLsn.
    * Throws 'out_of_range' for a page outside the shard, 'corruption' for a malformed payload.
    */
   apply(record: LogRecord): void {
@@ -353,9 +360,57 @@ export class PageStore {
       // The written pages are the likeliest to be read next: keep them in the cache as of this
       // record (a later duplicate of a page in the same record wins, as when reading it).
       for (const e of decodePageWrite(record.payload, this.pageSize)) this.cache.put(e.page, record.lsn, e.data);
+    } else if (record.kind === RecordKind.PageZero) {
+      const { first, count } = decodePageZero(record.payload);
+      if (first + count > this.pageCount) {
+        throw new StorageError('out_of_range', `record ${record.lsn} zeros pages ${first}..${first + count - 1}, outside 0..${this.pageCount - 1}`, { lsn: record.lsn, first, count });
+      }
+      const held = this.pagesHeldIn(first, first + count);
+      for (const page of held) {
+        let list = this.versions.get(page);
+        if (list === undefined) {
+          list = [];
+          this.versions.set(page, list);
+        }
+        list.push(record.lsn);
+        this.versionCount++;
+      }
+      this.zeroLsns.add(record.lsn);
     }
     this.applied = record.lsn;
     this.appliedTerm = record.term;
+  }
+
+  /**
+   * The pages in `first`..`end - 1` that a PageZero record applied now must index: those that
+   * may read as anything but zeros at some readable LSN. A page with no retained version that no
+   * retained image stores reads as zeros at every readable LSN, and still does after the record
+   * without a version of it, as does a page whose newest version is already a zero. So a range
+   * over pages never written costs nothing, whatever its length, and zeroing a range again adds
+   * no versions: the index grows by at most the pages that hold data. The work is bounded by the
+   * smaller of the range and the pages the index and the images hold.
+   */
+  private pagesHeldIn(first: number, end: number): number[] {
+    const out: number[] = [];
+    const holds = (page: number): boolean => {
+      const list = this.versions.get(page);
+      if (list !== undefined) return !this.zeroLsns.has(list[list.length - 1]!);
+      for (const img of this.images) if (img.has(page)) return true;
+      return false;
+    };
+    let stored = this.versions.size;
+    for (const img of this.images) stored += img.entries;
+    if (end - first <= stored) {
+      for (let page = first; page < end; page++) if (holds(page)) out.push(page);
+      return out;
+    }
+    const candidates = new Set<number>();
+    for (const page of this.versions.keys()) if (page >= first && page < end) candidates.add(page);
+    for (const img of this.images) {
+      for (let i = img.lowerBound(first); i < img.entries && img.pageAt(i) < end; i++) candidates.add(img.pageAt(i));
+    }
+    for (const page of candidates) if (holds(page)) out.push(page);
+    return out;
   }
 
   /**
@@ -668,6 +723,7 @@ export class PageStore {
       else list.splice(0, n);
     }
     assert(this.versionCount >= 0, 'version count stays non-negative');
+    for (const z of this.zeroLsns) if (z <= floor) this.zeroLsns.delete(z);
 
     // The cache's entries below the floor, CHECKPOINT_COLLECT_PAGES entries per step (one pass
     // over a 256 MiB cache took 24 ms). No read reaches them any more; until dropped they only
@@ -753,7 +809,7 @@ export class PageStore {
     assert(reader !== undefined || this.floorLsn === 0, 'a readable LSN has a base', { lsn });
     const baseLsn = reader?.lsn ?? 0;
     const v = this.newestVersion(page, lsn);
-    if (v !== undefined && v > baseLsn) return { kind: 'log', lsn: v };
+    if (v !== undefined && v > baseLsn) return this.zeroLsns.has(v) ? { kind: 'zero' } : { kind: 'log', lsn: v };
     if (reader !== undefined) return { kind: 'image', reader, key: v ?? reader.lsn };
     return { kind: 'zero' };
   }
@@ -781,13 +837,19 @@ export class PageStore {
     if (records.length !== 1 || r === undefined || r.lsn !== lsn) {
       throw new StorageError('corruption', `log read of record ${lsn} returned ${records.length} records`, { lsn });
     }
-    if (r.kind !== RecordKind.PageWrite) {
+    if (r.kind !== RecordKind.PageWrite && r.kind !== RecordKind.PageZero) {
       throw new StorageError('corruption', `record ${lsn} indexed as a page write has kind ${r.kind}`, { lsn });
     }
     return r.payload;
   }
 
+  /** The data record `lsn` (a PageWrite or a PageZero) leaves in `page`: a view, not to be written to. */
   private recordPage(payload: Uint8Array, lsn: number, page: number): Uint8Array {
+    if (isPageZero(payload)) {
+      const { first, count } = decodePageZero(payload);
+      if (page < first || page >= first + count) throw new StorageError('corruption', `record ${lsn} does not zero page ${page} as indexed`, { lsn, page });
+      return this.zeroPage;
+    }
     const data = pageDataOfPageWrite(payload, this.pageSize, page);
     if (data === undefined) throw new StorageError('corruption', `record ${lsn} does not write page ${page} as indexed`, { lsn, page });
     return data;
@@ -885,6 +947,8 @@ export class PageStore {
         }
         for (let k = 0; k < batch.length; k++) {
           const { page, v } = batch[k]!;
+          // A page a PageZero record zeroed is not stored (as any page of zeros).
+          if (v !== undefined && this.zeroLsns.has(v)) continue;
           if (v !== undefined) bufs[k]!.set(this.recordPage(payloadOf(v), v, page));
           if (page >= pageCount) throw new StorageError('out_of_range', `page ${page} is past the ${pageCount} pages of the image`, { page, pageCount });
           writer.addPage(page, bufs[k]!);

@@ -13,6 +13,8 @@ export const enum RecordKind {
   Noop = 2,
   /** Payload: CBOR replica-set configuration (replication / membership change). */
   Config = 3,
+  /** Payload: a range of pages made zeros (see page-zero.ts): the shard's own pages in it, atomically. */
+  PageZero = 4,
 }
 
 export interface LogRecordInput {

@@ -5,10 +5,11 @@
 import { strict as assert } from 'node:assert';
 import { DISCARD_SUFFIX, isDiscardedName, type Disk } from '../../storage-engine/disk';
 import { CorruptionError, StorageError } from '../../storage-engine/errors';
-import { imageFileName } from '../../storage-engine/image';
+import { ImageReader, imageFileName } from '../../storage-engine/image';
 import { SegmentLog } from '../../storage-engine/log';
 import { MetaStore } from '../../storage-engine/metadata';
 import { encodePageWrite } from '../../storage-engine/page-write';
+import { encodePageZero } from '../../storage-engine/page-zero';
 import { CHECKPOINT_COLLECT_PAGES, GET_PAGES_MAX, PageStore, type CheckpointStep, type PageStoreOptions } from '../../storage-engine/page-store';
 import { RecordKind, type LogRecord } from '../../storage-engine/record';
 import { SimDisk, SimulatedCrash } from '../../storage-engine/sim-disk';
@@ -81,13 +82,28 @@ function world(seed: number, extra: Partial<PageStoreOptions> = {}): World {
   return { disk, log, slab, store, model: new Model(), rnd: prng(seed), opts, seq: seed * 1000 };
 }
 
-/** Appends `n` random records (page writes of 1..6 pages, runs, duplicates, zero pages, noops), syncs, applies. */
-function writeRandom(w: World, n: number): void {
+/**
+ * Appends `n` random records (page writes of 1..6 pages, runs, duplicates, zero pages, noops,
+ * ranges made zeros: short ones, and up to the whole volume, unless `zeroRanges` is false),
+ * syncs, applies.
+ */
+function writeRandom(w: World, n: number, zeroRanges = true): void {
   for (let k = 0; k < n; k++) {
     const lsn = w.log.lastLsn + 1;
     let record: LogRecord;
-    if (w.rnd() < 0.1) {
+    const kind = w.rnd();
+    if (kind < 0.1) {
       record = { lsn, term: 1, kind: RecordKind.Noop, payload: new Uint8Array(0) };
+    } else if (zeroRanges && kind < 0.16) {
+      const first = Math.floor(w.rnd() * w.opts.pageCount);
+      const count = w.rnd() < 0.5 ? 1 + Math.floor(w.rnd() * 4) : w.opts.pageCount - first;
+      const clipped = Math.min(count, w.opts.pageCount - first);
+      record = { lsn, term: 1, kind: RecordKind.PageZero, payload: encodePageZero({ first, count: clipped }) };
+      for (let page = first; page < first + clipped; page++) {
+        const h = w.model.history.get(page) ?? [];
+        h.push({ lsn, data: ZERO });
+        w.model.history.set(page, h);
+      }
     } else {
       const count = 1 + Math.floor(w.rnd() * 6);
       const start = Math.floor(w.rnd() * w.opts.pageCount);
@@ -500,6 +516,59 @@ describe('PageStore', () => {
     expectCode(() => s.checkpoint(), 'closed');
   });
 
+  it('a range made zeros costs versions only for the pages that hold data, once: over 2^32 pages, and again', () => {
+    const pageCount = 0xffff_ffff;
+    const w = world(41, { pageCount });
+    const held = [0, 7, 4096, 1_000_000, pageCount - 1];
+    const append = (kind: RecordKind, payload: Uint8Array): number => {
+      const lsn = w.log.write([{ term: 1, kind, payload }]);
+      w.log.sync();
+      w.store.apply(w.log.read(lsn, lsn)[0]!);
+      return lsn;
+    };
+    append(RecordKind.PageWrite, encodePageWrite(PAGE, held.slice(0, 3).map((page) => ({ page, data: content(page + 1) }))));
+    w.store.checkpoint();
+    // Two pages written after the image, one of them also in it.
+    const before = append(RecordKind.PageWrite, encodePageWrite(PAGE, [7, 1_000_000, pageCount - 1].map((page) => ({ page, data: content(page + 2) }))));
+    const versions = w.store.stats().versions;
+    const zeroed = append(RecordKind.PageZero, encodePageZero({ first: 0, count: pageCount }));
+    assert.equal(w.store.stats().versions, versions + held.length, 'one version per page holding data, none for the others');
+    for (const page of [...held, 1, 123_456_789]) assert.deepEqual(w.store.getPage(page), ZERO, `page ${page} after the zeros`);
+    assert.deepEqual(w.store.getPage(7, before), content(9), 'the page as of before the zeros');
+    assert.deepEqual(w.store.getPage(4096, before), content(4097), 'an image page as of before the zeros');
+    append(RecordKind.PageZero, encodePageZero({ first: 5, count: 5_000 }));
+    assert.equal(w.store.stats().versions, versions + held.length, 'pages already zeros take no version again');
+    // A page written again after the zeros holds data again.
+    append(RecordKind.PageWrite, encodePageWrite(PAGE, [{ page: 4096, data: content(1) }]));
+    const again = append(RecordKind.PageZero, encodePageZero({ first: 4000, count: 200 }));
+    assert.deepEqual(w.store.getPage(4096, again - 1), content(1));
+    assert.deepEqual(w.store.getPage(4096), ZERO);
+    // The image the next checkpoint writes stores no page, and the store reads the same from it.
+    const cp = w.store.checkpoint();
+    const image = ImageReader.open(w.disk, `${STORE_DIR}/${cp.file}`);
+    assert.equal(image.entries, 0, 'the pages made zeros are not stored');
+    image.close();
+    reopen(w);
+    for (const page of held) assert.deepEqual(w.store.getPage(page), ZERO);
+    assert.ok(zeroed > before);
+  });
+
+  it('apply refuses a range made zeros past the end or malformed, changing nothing', () => {
+    const w = world(42);
+    writeRandom(w, 3, false);
+    const versions = w.store.stats().versions;
+    expectCode(() => w.store.apply({ lsn: 4, term: 1, kind: RecordKind.PageZero, payload: encodePageZero({ first: 40, count: 9 }) }), 'out_of_range');
+    const bad = encodePageZero({ first: 1, count: 2 });
+    bad[4] = 1;
+    expectCode(() => w.store.apply({ lsn: 4, term: 1, kind: RecordKind.PageZero, payload: bad }), 'corruption');
+    expectCode(() => w.store.apply({ lsn: 4, term: 1, kind: RecordKind.PageZero, payload: bad.subarray(0, 16) }), 'corruption');
+    assert.equal(w.store.appliedLsn, 3);
+    assert.equal(w.store.stats().versions, versions);
+    expectCode(() => encodePageZero({ first: -1, count: 1 }), 'bad_request');
+    expectCode(() => encodePageZero({ first: 0, count: 0 }), 'bad_request');
+    expectCode(() => encodePageZero({ first: Number.MAX_SAFE_INTEGER, count: 1 }), 'bad_request');
+  });
+
   it('apply checks order, page range and payload, and a rejected record changes nothing', () => {
     const w = world(13);
     writeRandom(w, 3);
@@ -829,7 +898,7 @@ describe('PageStore', () => {
     it("flushes each image buffer off the thread and yields it: the next step runs once it is done; the image reads right", async () => {
       // 1,000 pages of 4 KiB: an image of about 4 MiB, four 1 MiB buffers and the last one.
       const w = world(35, { pageCount: 1000 });
-      writeRandom(w, 700);
+      writeRandom(w, 700, false);
       const { store, flushes, syncs } = onAsyncFlushDisk(w);
       const lsn = w.model.lastLsn;
       const syncs0 = syncs();
