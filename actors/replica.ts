@@ -27,6 +27,7 @@ import type { SegmentLog } from '../storage-engine/log';
 import { digestRecords, type LogDigest } from '../storage-engine/log-digest';
 import type { CheckpointStep, PageStore } from '../storage-engine/page-store';
 import { encodePageWrite, pageWriteBytes, pagesOfPageWrite } from '../storage-engine/page-write';
+import { decodePageZero, encodePageZero, type PageRange } from '../storage-engine/page-zero';
 import { requestArena } from '../storage-engine/arena';
 import { RecordKind, type LogRecord, type LogRecordInput } from '../storage-engine/record';
 import { RECORD_HEADER_BYTES } from '../storage-engine/log-segment';
@@ -2254,7 +2255,8 @@ export class Replica {
 
   /**
    * Refuses (bad_request) an append carrying a record no leader of this shard writes: a page
-   * write that is malformed, of another page size, or writes a page outside this shard; a no-op
+   * write that is malformed, of another page size, or writes a page outside this shard; a range
+   * made zeros that is malformed or past the volume's end; a no-op
    * with a payload; a record of any other kind. Checked before the append changes anything, its
    * term included: appended and committed, such a record could not be applied, and each reopen
    * of the replica would fail on it again. Replication is not authenticated, so a forged append
@@ -2277,6 +2279,16 @@ export class Replica {
           const shard = shardOfPage(page, g);
           if (shard !== g.shard) throw new ProtocolError('bad_request', `${path}: writes page ${page}, of shard ${shard}, not ${g.shard}`, { path, page });
         }
+      } else if (r.kind === RecordKind.PageZero) {
+        let range: PageRange;
+        try {
+          range = decodePageZero(r.payload);
+        } catch (e) {
+          throw new ProtocolError('bad_request', `${path}: ${e instanceof Error ? e.message : String(e)}`, { path });
+        }
+        if (range.first + range.count > g.pageCount) {
+          throw new ProtocolError('bad_request', `${path}: zeros pages ${range.first}..${range.first + range.count - 1}, outside 0..${g.pageCount - 1}`, { path, ...range });
+        }
       } else if (r.kind === RecordKind.Noop) {
         if (r.payload.length > 0) throw new ProtocolError('bad_request', `${path}: a no-op record carries no payload, this one ${r.payload.length} bytes`, { path });
       } else if (r.kind === RecordKind.Config) {
@@ -2286,7 +2298,7 @@ export class Replica {
           throw new ProtocolError('bad_request', `${path}: not a replica set: ${e instanceof Error ? e.message : String(e)}`, { path });
         }
       } else {
-        throw new ProtocolError('bad_request', `${path}.kind: ${r.kind} is not a kind of record a leader writes (${RecordKind.PageWrite}: page write, ${RecordKind.Noop}: no-op, ${RecordKind.Config}: replica set)`, { path: `${path}.kind` });
+        throw new ProtocolError('bad_request', `${path}.kind: ${r.kind} is not a kind of record a leader writes (${RecordKind.PageWrite}: page write, ${RecordKind.Noop}: no-op, ${RecordKind.Config}: replica set, ${RecordKind.PageZero}: pages made zeros)`, { path: `${path}.kind` });
       }
     }
   }
@@ -2612,6 +2624,38 @@ export class Replica {
         bytesMax: this.messageBytesMax - APPEND_RECORD_OVERHEAD_BYTES - MESSAGE_OVERHEAD_BYTES,
       });
     }
+    return this.commitRecord(RecordKind.PageWrite, () => this.encode(pages), opts, pages.length);
+  }
+
+  /**
+   * Makes the pages of this shard in `first`..`first + count - 1` zeros, atomically, with one
+   * PageZero record (no page data, whatever the range's length); resolves once committed on a
+   * majority and applied. The range is of volume pages: the volume's other shards' pages in it
+   * are theirs to zero. `earlier` as for `write`: zeros written twice could overwrite a newer write.
+   */
+  async zero(range: PageRange, opts: { deadlineMs?: number; earlier?: readonly WriteRecordRef[] } = {}): Promise<{ lsn: number; term: number }> {
+    this.checkLeader();
+    const { first, count } = range;
+    const g = this.geometry;
+    if (!Number.isSafeInteger(first) || first < 0) throw new StorageError('bad_request', `first: ${String(first)} is not a non-negative integer`, { path: 'first' });
+    if (!Number.isSafeInteger(count) || count < 1) throw new StorageError('bad_request', `count: ${String(count)} is not a positive integer`, { path: 'count' });
+    if (first + count > g.pageCount) {
+      throw new StorageError('out_of_range', `pages ${first}..${first + count - 1} are not all in the volume (0..${g.pageCount - 1})`, { first, count, pageCount: g.pageCount });
+    }
+    return this.commitRecord(RecordKind.PageZero, () => Promise.resolve({ payload: encodePageZero(range), crc: undefined, release: () => undefined }), opts, 0);
+  }
+
+  /**
+   * Appends a record of a client's write (its payload from `encode`) and resolves once it is
+   * committed and applied; with `earlier`, first looks for a record an earlier attempt left.
+   * `pages`: the pages of data it carries, for the counters.
+   */
+  private async commitRecord(
+    kind: RecordKind.PageWrite | RecordKind.PageZero,
+    encode: () => Promise<{ payload: Uint8Array; crc: number | undefined; release(): void }>,
+    opts: { deadlineMs?: number; earlier?: readonly WriteRecordRef[] },
+    pages: number,
+  ): Promise<{ lsn: number; term: number }> {
     if (this.commitWaiters.length >= this.pendingWritesMax) {
       throw new StorageError('overloaded', `shard ${this.geometry.shard}: ${this.commitWaiters.length} writes wait for commit`);
     }
@@ -2625,7 +2669,7 @@ export class Replica {
     }
     const term = this.term;
     const tag = this.tracer?.capture();
-    const payload = await this.encode(pages);
+    const payload = await encode();
     let lsn: number;
     try {
       // A Config record is being saved: it takes the next LSN first (appendConfig).
@@ -2633,7 +2677,7 @@ export class Replica {
       // Deposed while the payload was checksummed: its slot goes back all the same.
       this.checkLeader();
       if (this.term !== term) throw notLeader(this.leader, this.term);
-      lsn = this.appendLocal([{ term, kind: RecordKind.PageWrite, payload: payload.payload, ...(payload.crc !== undefined ? { payloadCrc: payload.crc } : {}) }], tag);
+      lsn = this.appendLocal([{ term, kind, payload: payload.payload, ...(payload.crc !== undefined ? { payloadCrc: payload.crc } : {}) }], tag);
     } finally {
       payload.release();
     }
@@ -2641,7 +2685,7 @@ export class Replica {
       this.commitWaiters.push({ lsn, recordTerm: term, ...(opts.deadlineMs !== undefined ? { deadlineMs: opts.deadlineMs } : {}), resolve, reject }),
     );
     this.counters.writes++;
-    this.counters.pagesWritten += pages.length;
+    this.counters.pagesWritten += pages;
     return { lsn, term };
   }
 

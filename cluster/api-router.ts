@@ -16,7 +16,7 @@ import { encode, decode, encodedErrorCode, MESSAGE_BYTES_MAX } from '../messages
 import { newInbox, serverMaxPayload } from '../runtime/request-mux';
 import { Notice, NOTICED } from '../runtime/notice';
 import { errorReply, isPlainObject, ProtocolError, throwIfError } from '../messages/errors';
-import { expectArray, expectMap, field, hasRequestId, validatePageRead, validatePageWriteRequest, validatePageReadRequest, validateVolumeBranchRequest, validateVolumeFlushRequest, validateVolumeNameRequest } from '../messages/validate';
+import { expectArray, expectMap, field, hasRequestId, validatePageRead, validatePageWriteRequest, validatePageZeroRequest, validatePageReadRequest, validateVolumeBranchRequest, validateVolumeFlushRequest, validateVolumeNameRequest } from '../messages/validate';
 import { controllerSubject } from '../messages/control';
 import { SHARDS_MAX, VOLUMES_PER_LIST_MAX, type VolumeInfo } from '../messages/api';
 import { NODES_MAX } from '../actors/controller';
@@ -212,6 +212,12 @@ export class ApiRouter {
   async pageWrite(body: unknown, deadlineMs: number): Promise<unknown> {
     const req = validatePageWriteRequest(body);
     const r = await this.volume(req.volume).writePages(req.pages, { deadlineMs });
+    return { lsn: r.lsn, lsns: r.lsns };
+  }
+
+  async pageZero(body: unknown, deadlineMs: number): Promise<unknown> {
+    const req = validatePageZeroRequest(body);
+    const r = await this.volume(req.volume).zeroPages(req.first, req.count, { deadlineMs });
     return { lsn: r.lsn, lsns: r.lsns };
   }
 

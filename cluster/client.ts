@@ -97,6 +97,7 @@ import type {
   ShardReadRequest,
   ShardVerb,
   ShardWriteRequest,
+  ShardZeroRequest,
   WriteRecordRef,
   StatusReply,
   VolumeCreateRequest,
@@ -124,6 +125,7 @@ import {
   validateVolumeResizeRequest,
   hasRequestId,
   validatePageWrite,
+  validatePageZero,
 } from '../messages/validate';
 
 // ---------------------------------------------------------------------------------------------
@@ -1076,7 +1078,7 @@ export function createClient(transport: ClientTransport, options?: ClientOptions
 interface ShardCall {
   shard: number;
   type: ShardVerb;
-  body: ShardWriteRequest | ShardReadRequest | ShardFlushRequest;
+  body: ShardWriteRequest | ShardZeroRequest | ShardReadRequest | ShardFlushRequest;
   /** For reads: the position in the caller's list of each requested page. */
   indices: number[];
 }
@@ -1237,6 +1239,26 @@ export class Volume {
         body: { pages: indices.map((i) => entries[i]!) },
         indices,
       }));
+    });
+    return mergeLsns(calls, outcomes);
+  }
+
+  /**
+   * Makes pages `first`..`first + count - 1` zeros: one small request to each shard holding a
+   * page of the range (no page data, whatever its length; each shard's part atomic), all sent
+   * concurrently. Resolves once every part is committed, with the highest LSN and each shard's
+   * LSN. On failure some shards may have made their part zeros (`details.partial`).
+   */
+  async zeroPages(first: number, count: number, options: CallOptions | null = {}): Promise<LsnResult> {
+    const deadlineMs = this.client.deadline(optionsOf(options).deadlineMs);
+    const range = {
+      first: expectInteger(first, 'first', { min: 0, max: PAGE_COUNT_MAX - 1, maxCode: 'out_of_range' }),
+      count: expectInteger(count, 'count', { min: 1, max: PAGE_COUNT_MAX, maxCode: 'out_of_range' }),
+    };
+    const { calls, outcomes } = await this.run(deadlineMs, (info) => {
+      validatePageZero(range, info.pageCount);
+      // A body per request: a retry notes its earlier attempts on it.
+      return shardsOfRange(range.first, range.count, info).map((shard) => ({ shard, type: 'shard.zero' as const, body: { ...range }, indices: [] }));
     });
     return mergeLsns(calls, outcomes);
   }
@@ -1407,6 +1429,7 @@ export class Volume {
       const subject = shardSubject(this.client.cluster, info.id, call.shard);
       switch (call.type) {
         case 'shard.write':
+        case 'shard.zero':
           return this.client.send(subject, call.type, call.body, deadlineMs, validateShardWriteReply);
         case 'shard.read':
           return this.client.send(subject, call.type, call.body, deadlineMs, (value) =>
@@ -1418,7 +1441,7 @@ export class Volume {
     });
     const settled = await settleBounded(tasks, REQUESTS_IN_FLIGHT_MAX);
     settled.forEach((s, i) => {
-      if (!s.ok && calls[i]!.type === 'shard.write') settled[i] = noteEarlierAttempt(calls[i]!.body as ShardWriteRequest, s);
+      if (!s.ok && isWrite(calls[i]!)) settled[i] = noteEarlierAttempt(calls[i]!.body as ShardWriteRequest | ShardZeroRequest, s);
     });
     return settled;
   }
@@ -1576,7 +1599,7 @@ function sendAgain(error: unknown, call: ShardCall | undefined): boolean {
  * `overloaded` could apply it twice. So is a write that met more leader changes than a request
  * may name.
  */
-function noteEarlierAttempt(body: ShardWriteRequest, failed: { ok: false; error: unknown }): Settled {
+function noteEarlierAttempt(body: ShardWriteRequest | ShardZeroRequest, failed: { ok: false; error: unknown }): Settled {
   const e = failed.error;
   const record = recordOf(e);
   const earlier = body.earlier ?? [];
@@ -1638,7 +1661,15 @@ function handingOver(error: unknown): boolean {
  * writes the committed pages again (over any newer write of them by another client).
  */
 function partlyWritten(error: unknown, calls: readonly ShardCall[], settled: readonly Settled[]): unknown {
-  if (!(error instanceof ProtocolError) || calls[0]?.type !== 'shard.write' || !settled.some((s) => s.ok)) return error;
+  if (!(error instanceof ProtocolError) || calls[0] === undefined || !isWrite(calls[0]) || !settled.some((s) => s.ok)) return error;
+  if (calls[0].type === 'shard.zero') {
+    const done = settled.filter((s) => s.ok).length;
+    return new ProtocolError(
+      error.code,
+      `${error.message} (the range was partly made zeros: ${done} of the ${calls.length} shards holding its pages committed their part; retrying it zeros those again)`,
+      { ...(error.details ?? {}), partial: true, shardsCommitted: done, shards: calls.length },
+    );
+  }
   const pagesOf = (c: ShardCall): number => (c.body as ShardWriteRequest).pages.length;
   let committed = 0;
   let total = 0;
@@ -1655,7 +1686,25 @@ function partlyWritten(error: unknown, calls: readonly ShardCall[], settled: rea
 
 /** A write request sent again naming records that its earlier attempts left with deposed leaders. */
 function mayStillCommit(call: ShardCall): boolean {
-  return call.type === 'shard.write' && ((call.body as ShardWriteRequest).earlier?.length ?? 0) > 0;
+  return isWrite(call) && ((call.body as ShardWriteRequest | ShardZeroRequest).earlier?.length ?? 0) > 0;
+}
+
+/** A request that writes (pages, or zeros over a range): sent again only naming its earlier attempts. */
+function isWrite(call: ShardCall): boolean {
+  return call.type === 'shard.write' || call.type === 'shard.zero';
+}
+
+/**
+ * The shards holding a page of `first`..`first + count - 1`, ascending: those of the stripes it
+ * touches, every shard once it touches as many stripes.
+ */
+export function shardsOfRange(first: number, count: number, layout: Pick<VolumeInfo, 'shards' | 'stripePages'>): number[] {
+  const firstStripe = Math.floor(first / layout.stripePages);
+  const lastStripe = Math.floor((first + count - 1) / layout.stripePages);
+  if (lastStripe - firstStripe + 1 >= layout.shards) return Array.from({ length: layout.shards }, (_, i) => i);
+  const shards = new Set<number>();
+  for (let stripe = firstStripe; stripe <= lastStripe; stripe++) shards.add(stripe % layout.shards);
+  return [...shards].sort((a, b) => a - b);
 }
 
 /**
@@ -1670,7 +1719,7 @@ function throwFinal(calls: readonly ShardCall[], settled: readonly Settled[]): v
   const error = (settled[at] as { ok: false; error: unknown }).error;
   const pending = calls.findIndex((c, i) => i !== at && !settled[i]!.ok && mayStillCommit(c));
   if (pending < 0 || (error instanceof ProtocolError && error.code === 'timeout' && error.details?.['earlier'] !== undefined)) throw error;
-  const earlier = (calls[pending]!.body as ShardWriteRequest).earlier!;
+  const earlier = (calls[pending]!.body as ShardWriteRequest | ShardZeroRequest).earlier!;
   const message = error instanceof Error ? error.message : String(error);
   throw new ProtocolError(
     'timeout',

@@ -28,6 +28,7 @@ import { ImageReader, IMAGE_PAGE_COUNT_MAX, imageFileName, parseImageFileName } 
 import { CorruptionError, StorageError, type CorruptionReport } from '../storage-engine/errors';
 import { RecordKind, type LogRecord } from '../storage-engine/record';
 import { pagesOfPageWrite, readPageWriteHeader } from '../storage-engine/page-write';
+import { decodePageZero } from '../storage-engine/page-zero';
 import { crc32c } from '../storage-engine/crc32c';
 import { decodeConfig } from '../actors/replica';
 import type { ShardAssignment } from '../messages/control';
@@ -95,10 +96,12 @@ export interface ReplicaReport {
 export interface RecordLine {
   lsn: number;
   term: number;
-  kind: 'page-write' | 'noop' | 'config' | string;
+  kind: 'page-write' | 'page-zero' | 'noop' | 'config' | string;
   bytes: number;
   /** A page write's pages, in order. */
   pages?: number[];
+  /** A page-zero record's range of volume pages (the shard's own pages in it were made zeros). */
+  zeros?: { first: number; count: number };
   members?: string[];
   prior?: string[];
 }
@@ -533,11 +536,22 @@ function listImages(disk: OverlayDisk, name: string, dir: string, rep: ReplicaRe
   rep.images.sort((a, b) => a.lsn - b.lsn);
 }
 
+function inRange(range: { first: number; count: number }, page: number): boolean {
+  return page >= range.first && page < range.first + range.count;
+}
+
 function recordLine(r: LogRecord): RecordLine {
   const line: RecordLine = { lsn: r.lsn, term: r.term, kind: String(r.kind), bytes: r.payload.length };
   if (r.kind === RecordKind.PageWrite) {
     line.kind = 'page-write';
     line.pages = pagesOfPageWrite(r.payload);
+  } else if (r.kind === RecordKind.PageZero) {
+    line.kind = 'page-zero';
+    try {
+      line.zeros = decodePageZero(r.payload);
+    } catch {
+      line.kind = 'page-zero (unreadable)';
+    }
   } else if (r.kind === RecordKind.Noop) {
     line.kind = 'noop';
   } else if (r.kind === RecordKind.Config) {
@@ -592,6 +606,7 @@ function readPage(disk: OverlayDisk, name: string, storage: ShardStorage, page: 
     const records = log.read(from, at, { bytesMax: READ_STEP_BYTES });
     for (const r of records) {
       if (r.kind === RecordKind.PageWrite && pagesOfPageWrite(r.payload).includes(page)) source = { kind: 'record', lsn: r.lsn, term: r.term };
+      if (r.kind === RecordKind.PageZero && inRange(decodePageZero(r.payload), page)) source = { kind: 'record', lsn: r.lsn, term: r.term };
     }
     from = records[records.length - 1]!.lsn + 1;
   }
@@ -958,7 +973,7 @@ export function inspectText(r: InspectReport): string {
   if (r.records !== undefined) {
     const rows2 = [['LSN', 'TERM', 'KIND', 'BYTES', 'WHAT']];
     for (const l of r.records) {
-      const what = l.pages !== undefined ? `${l.pages.length} page(s): ${pageRanges(l.pages)}` : l.members !== undefined ? `set ${l.members.join(',')}${l.prior !== undefined ? ` (joint, from ${l.prior.join(',')})` : ''}` : '';
+      const what = l.pages !== undefined ? `${l.pages.length} page(s): ${pageRanges(l.pages)}` : l.zeros !== undefined ? `the shard's pages of ${l.zeros.first}..${l.zeros.first + l.zeros.count - 1} made zeros` : l.members !== undefined ? `set ${l.members.join(',')}${l.prior !== undefined ? ` (joint, from ${l.prior.join(',')})` : ''}` : '';
       rows2.push([String(l.lsn), String(l.term), l.kind, String(l.bytes), what]);
     }
     lines.push('', textTable(rows2).trimEnd());

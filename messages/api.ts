@@ -76,6 +76,7 @@ export const API_VERBS = [
   'volume.resize',
   'volume.flush',
   'page.write',
+  'page.zero',
   'page.read',
   'status',
 ] as const;
@@ -83,7 +84,7 @@ export const API_VERBS = [
 export type ApiVerb = (typeof API_VERBS)[number];
 
 /** Message types a shard mailbox (`strata.<cluster>.shard.<volumeId>.<shard>`) accepts. */
-export const SHARD_VERBS = ['shard.write', 'shard.read', 'shard.flush'] as const;
+export const SHARD_VERBS = ['shard.write', 'shard.zero', 'shard.read', 'shard.flush'] as const;
 /** One of `SHARD_VERBS`. */
 export type ShardVerb = (typeof SHARD_VERBS)[number];
 
@@ -287,6 +288,19 @@ export interface PageWriteReply {
   lsns?: ShardLsn[];
 }
 
+/**
+ * page.zero request: pages `first`..`first + count - 1` made zeros (each shard's part of the
+ * range atomically, with one small record whatever its length); all within the volume.
+ */
+export interface PageZeroRequest {
+  volume: string;
+  first: number;
+  /** 1..PAGE_COUNT_MAX. */
+  count: number;
+}
+/** page.zero reply, sent once every shard's part is committed, as a page.write's. */
+export type PageZeroReply = PageWriteReply;
+
 /** page.read request. Pages may repeat; they are answered in request order. */
 export interface PageReadRequest {
   volume: string;
@@ -414,6 +428,21 @@ export interface ShardWriteReply {
   term?: number;
 }
 
+/**
+ * shard.zero request: the shard's own pages in `first`..`first + count - 1` (volume page
+ * numbers; the volume's other pages in the range are other shards') made zeros, atomically.
+ */
+export interface ShardZeroRequest extends ShardFence {
+  first: number;
+  count: number;
+  /** As a shard.write's. */
+  deadlineMs?: number;
+  /** As a shard.write's: zeros written a second time could overwrite a newer write. */
+  earlier?: WriteRecordRef[];
+}
+/** shard.zero reply, sent only after commit. */
+export type ShardZeroReply = ShardWriteReply;
+
 /** shard.read request: pages of this shard only. */
 export interface ShardReadRequest extends ShardFence {
   pages: number[];
@@ -450,9 +479,11 @@ export interface RequestMap {
   'volume.resize': VolumeResizeRequest;
   'volume.flush': VolumeFlushRequest;
   'page.write': PageWriteRequest;
+  'page.zero': PageZeroRequest;
   'page.read': PageReadRequest;
   status: StatusRequest;
   'shard.write': ShardWriteRequest;
+  'shard.zero': ShardZeroRequest;
   'shard.read': ShardReadRequest;
   'shard.flush': ShardFlushRequest;
 }
@@ -472,9 +503,11 @@ export interface ReplyMap {
   'volume.resize': VolumeInfo;
   'volume.flush': VolumeFlushReply;
   'page.write': PageWriteReply;
+  'page.zero': PageZeroReply;
   'page.read': PageReadReply;
   status: StatusReply;
   'shard.write': ShardWriteReply;
+  'shard.zero': ShardZeroReply;
   'shard.read': ShardReadReply;
   'shard.flush': ShardFlushReply;
 }

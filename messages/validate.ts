@@ -43,6 +43,7 @@ import type {
   PageWrite,
   PageWriteReply,
   PageWriteRequest,
+  PageZeroRequest,
   ReplicaCount,
   ReplyMap,
   ShardFlushReply,
@@ -54,6 +55,7 @@ import type {
   ShardStatus,
   ShardWriteReply,
   ShardWriteRequest,
+  ShardZeroRequest,
   WriteRecordRef,
   StatusReply,
   StatusRequest,
@@ -584,6 +586,41 @@ export function validatePageWrite<T extends { readonly pages: readonly PageWrite
   return req;
 }
 
+const PAGE_ZERO_REQUEST_FIELDS = fields('volume', 'first', 'count');
+
+/**
+ * The range of a page.zero or shard.zero: `first` a page number, `count` 1..PAGE_COUNT_MAX, and
+ * `first + count` at most PAGE_COUNT_MAX (out_of_range: no volume has such pages).
+ */
+function validatePageRange(map: Readonly<Record<string, unknown>>, path: string): { first: number; count: number } {
+  const first = expectInteger(field(map, 'first'), fieldPath(path, 'first'), PAGE_BOUNDS);
+  const count = expectInteger(field(map, 'count'), fieldPath(path, 'count'), { min: 1, max: PAGE_COUNT_MAX, maxCode: 'out_of_range' });
+  if (first + count > PAGE_COUNT_MAX) {
+    fail('out_of_range', fieldPath(path, 'count'), `pages ${first}..${first + count - 1} go past the largest volume's ${PAGE_COUNT_MAX} pages`, { first, count });
+  }
+  return { first, count };
+}
+
+/** page.zero request (without the volume's geometry; see `validatePageZero`). */
+export function validatePageZeroRequest(value: unknown): PageZeroRequest {
+  const map = expectMap(value, '');
+  expectKnownFields(map, PAGE_ZERO_REQUEST_FIELDS, '');
+  const volume = expectName(field(map, 'volume'), 'volume');
+  return { volume, ...validatePageRange(map, '') };
+}
+
+/** The check of a page.zero or shard.zero that needs the volume: the range within its pages (out_of_range). */
+export function validatePageZero<T extends { readonly first: number; readonly count: number }>(req: T, pageCount: number): T {
+  if (req.first + req.count > pageCount) {
+    fail('out_of_range', 'count', `pages ${req.first}..${req.first + req.count - 1} are not all in the volume (it has ${pageCount} pages)`, {
+      first: req.first,
+      count: req.count,
+      pageCount,
+    });
+  }
+  return req;
+}
+
 /** page.write reply. */
 export function validatePageWriteReply(value: unknown): PageWriteReply {
   const map = expectMap(value, '');
@@ -771,11 +808,8 @@ function validateEarlier(value: unknown, path: string): WriteRecordRef[] {
   });
 }
 
-/** shard.write request (without the volume's geometry; see `validateShardWrite`). */
-export function validateShardWriteRequest(value: unknown): ShardWriteRequest {
-  const map = expectMap(value, '');
-  expectKnownFields(map, SHARD_WRITE_FIELDS, '');
-  const req: ShardWriteRequest = { pages: validatePageWrites(field(map, 'pages'), 'pages') };
+/** The fields a shard.write and a shard.zero share (`deadlineMs`, `term`, `earlier`), set on `req`. */
+function withWriteFields<T extends ShardWriteRequest | ShardZeroRequest>(req: T, map: Readonly<Record<string, unknown>>): T {
   const deadlineMs = optional(field(map, 'deadlineMs'), (v) => expectCounter(v, 'deadlineMs'));
   if (deadlineMs !== undefined) req.deadlineMs = deadlineMs;
   const term = optional(field(map, 'term'), (v) => expectCounter(v, 'term'));
@@ -783,6 +817,24 @@ export function validateShardWriteRequest(value: unknown): ShardWriteRequest {
   const earlier = optional(field(map, 'earlier'), (v) => validateEarlier(v, 'earlier'));
   if (earlier !== undefined) req.earlier = earlier;
   return req;
+}
+
+/** shard.write request (without the volume's geometry; see `validateShardWrite`). */
+export function validateShardWriteRequest(value: unknown): ShardWriteRequest {
+  const map = expectMap(value, '');
+  expectKnownFields(map, SHARD_WRITE_FIELDS, '');
+  const req: ShardWriteRequest = { pages: validatePageWrites(field(map, 'pages'), 'pages') };
+  return withWriteFields(req, map);
+}
+
+const SHARD_ZERO_FIELDS = fields('first', 'count', 'deadlineMs', 'term', 'earlier');
+
+/** shard.zero request (without the volume's geometry; see `validatePageZero`). */
+export function validateShardZeroRequest(value: unknown): ShardZeroRequest {
+  const map = expectMap(value, '');
+  expectKnownFields(map, SHARD_ZERO_FIELDS, '');
+  const req: ShardZeroRequest = validatePageRange(map, '');
+  return withWriteFields(req, map);
 }
 
 /** shard.write reply. */
@@ -877,9 +929,11 @@ export const REQUEST_VALIDATORS: { readonly [T in MessageType]: Validator<ValidR
   'volume.resize': validateVolumeResizeRequest,
   'volume.flush': validateVolumeFlushRequest,
   'page.write': validatePageWriteRequest,
+  'page.zero': validatePageZeroRequest,
   'page.read': validatePageReadRequest,
   status: validateStatusRequest,
   'shard.write': validateShardWriteRequest,
+  'shard.zero': validateShardZeroRequest,
   'shard.read': validateShardReadRequest,
   'shard.flush': validateShardFlushRequest,
 };
@@ -894,9 +948,11 @@ export const REPLY_VALIDATORS: { readonly [T in MessageType]: Validator<ReplyMap
   'volume.resize': validateVolumeInfo,
   'volume.flush': validateVolumeFlushReply,
   'page.write': validatePageWriteReply,
+  'page.zero': validatePageWriteReply,
   'page.read': validatePageReadReply,
   status: validateStatusReply,
   'shard.write': validateShardWriteReply,
+  'shard.zero': validateShardWriteReply,
   'shard.read': validateShardReadReply,
   'shard.flush': validateShardFlushReply,
 };

@@ -67,7 +67,7 @@ const workerTracing: WorkerTracing | undefined = telemetryInit === undefined
   : (require('../observability/worker-tracing') as typeof import('../observability/worker-tracing')).startWorkerTracing(telemetryInit);
 
 /** Message types a shard subject serves; anything else is named `unknown` in spans and metrics. */
-const SHARD_TYPES = new Set(['shard.write', 'shard.read', 'shard.flush']);
+const SHARD_TYPES = new Set(['shard.write', 'shard.zero', 'shard.read', 'shard.flush']);
 const RAFT_OPS: Record<RaftRequest['type'], string> = {
   vote: 'replica.vote', prevote: 'replica.prevote', append: 'replica.append', snapshot: 'replica.snapshot', timeoutNow: 'replica.timeoutNow',
 };
@@ -1040,6 +1040,20 @@ export class ActorHost implements HostApi {
           }),
         );
       }
+      case 'shard.zero': {
+        const req = validateRequest('shard.zero', body);
+        replica.checkTerm(req.term);
+        const range = { first: req.first, count: req.count };
+        const opts = req.earlier === undefined ? { deadlineMs: answerByMs } : { deadlineMs: answerByMs, earlier: req.earlier };
+        if (!this.traced) return replica.zero(range, opts);
+        return withSpan('shard.zero', { ...this.shardAttrs(mb), [ATTR.pages]: req.count }, (span) =>
+          replica.zero(range, opts).then((r) => {
+            span.setAttribute(ATTR.lsn, r.lsn);
+            span.setAttribute(ATTR.term, r.term);
+            return r;
+          }),
+        );
+      }
       case 'shard.read': {
         const req = validateRequest('shard.read', body);
         replica.checkTerm(req.term);
@@ -1054,7 +1068,7 @@ export class ActorHost implements HostApi {
       }
       default:
         throw new ProtocolError('bad_request', `${HEADER_TYPE}: unknown message type '${type}' for a shard`, {
-          supported: ['shard.write', 'shard.read', 'shard.flush'],
+          supported: [...SHARD_TYPES],
         });
     }
   }

@@ -6,6 +6,7 @@ import { followersSubject, replicaSubject, TERM_MAX } from '../../messages/raft'
 import { LSN_MAX, type VolumeInfo } from '../../messages/api';
 import { waitFor } from '../support/wait';
 import { encodePageWrite } from '../../storage-engine/page-write';
+import { encodePageZero } from '../../storage-engine/page-zero';
 
 type ShardView = { leader?: string; term: number; state: string; replicas: Array<{ node: string; term?: number }> };
 type NodeView = { hosts: Array<{ deviceRestarts: number; restarts: number }>; shards: Array<{ volumeId: string; state: string; term: number; repliesIgnored?: number }> };
@@ -169,12 +170,14 @@ describe('replication messages no member could have sent are refused, the shard 
     assert.equal(await down(), 0);
     await writeAndRead(4);
   });
-  it('appends whose records are not ones a leader writes (a page write cut short, of another page size, past the last page; an unknown kind; a no-op with data), in a newer term, matching the follower\'s log and committing them: refused before anything changes', async () => {
+  it('appends whose records are not ones a leader writes (a page write cut short, of another page size, past the last page; a range made zeros past the last page or malformed; an unknown kind; a no-op with data), in a newer term, matching the follower\'s log and committing them: refused before anything changes', async () => {
     const good = (page: number, pageSize = 4096): Uint8Array => encodePageWrite(pageSize, [{ page, data: new Uint8Array(pageSize).fill(7) }]);
     const cases: Array<{ what: string; kind: number; payload: Uint8Array; message: RegExp }> = [
       { what: 'a page write of 6 bytes', kind: 1, payload: new Uint8Array(6), message: /records\[0\]: page write payload of 6 bytes is shorter than its header/ },
       { what: 'a page write of 8 KiB pages', kind: 1, payload: good(3, 8192), message: /records\[0\]: page write page size 8192 differs from the store's 4096/ },
       { what: 'a page write past the last page', kind: 1, payload: good(64), message: /records\[0\]: writes page 64, outside 0\.\.63/ },
+      { what: 'a range made zeros past the last page', kind: 4, payload: encodePageZero({ first: 60, count: 5 }), message: /records\[0\]: zeros pages 60\.\.64, outside 0\.\.63/ },
+      { what: 'a range made zeros that is not one', kind: 4, payload: new Uint8Array(24), message: /records\[0\]: page zero magic 0x0 is wrong/ },
       { what: 'a record of kind 5', kind: 5, payload: new Uint8Array(4), message: /records\[0\]\.kind: 5 is not a kind of record a leader writes/ },
       { what: 'a no-op with data', kind: 2, payload: new Uint8Array(3), message: /records\[0\]: a no-op record carries no payload, this one 3 bytes/ },
     ];

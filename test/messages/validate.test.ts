@@ -22,6 +22,9 @@ import {
   validatePageReadRequest,
   validatePageWrite,
   validatePageWriteRequest,
+  validatePageZero,
+  validatePageZeroRequest,
+  validateShardZeroRequest,
   validateReply,
   validateRequest,
   validateShardRead,
@@ -73,6 +76,7 @@ const EXAMPLES: { [T in MessageType]: { request: RequestMap[T]; reply: ReplyMap[
     request: { volume: 'db-1.data', pages: [{ page: 0, data: page(1) }, { page: 300, data: page(2) }] },
     reply: { lsn: 17, lsns: [{ shard: 0, lsn: 17 }, { shard: 1, lsn: 9, term: 2 }] },
   },
+  'page.zero': { request: { volume: 'db-1.data', first: 200, count: 1 << 20 }, reply: { lsn: 18, lsns: [{ shard: 0, lsn: 18 }, { shard: 1, lsn: 10, term: 2 }] } },
   'page.read': {
     request: { volume: 'db-1.data', pages: [0, 300, 0], lsn: 17 },
     reply: { pages: [page(1), page(2), page(1)], lsn: 17, lsns: [{ shard: 0, lsn: 17 }] },
@@ -94,6 +98,10 @@ const EXAMPLES: { [T in MessageType]: { request: RequestMap[T]; reply: ReplyMap[
   'shard.write': {
     request: { pages: [{ page: 5, data: page(9) }], deadlineMs: 1_700_000_000_500, term: 3 },
     reply: { lsn: 43, term: 3 },
+  },
+  'shard.zero': {
+    request: { first: 0, count: 4096, deadlineMs: 1_700_000_000_500, term: 3, earlier: [{ lsn: 42, term: 2 }] },
+    reply: { lsn: 44, term: 3 },
   },
   'shard.read': { request: { pages: [5, 6], lsn: 43, term: 3 }, reply: { pages: [page(9), page(0)], lsn: 43, term: 3 } },
   'shard.flush': { request: { term: 3 }, reply: { lsn: 43, term: 3 } },
@@ -368,6 +376,20 @@ describe('messages/validate', () => {
       const read = validatePageReadRequest({ volume: 'a', pages: [99, 100] });
       assertProtocolError(() => validatePageRead(read, 4096, 100), 'out_of_range', 'pages[1]');
       assert.equal(validatePageRead(validatePageReadRequest({ volume: 'a', pages: [99] }), 4096, 100).pages.length, 1);
+    });
+
+    it('a range made zeros: first a page, count 1..PAGE_COUNT_MAX, within the largest volume and then within the volume', () => {
+      assert.deepEqual(validatePageZeroRequest({ volume: 'a', first: PAGE_COUNT_MAX - 1, count: 1 }), { volume: 'a', first: PAGE_COUNT_MAX - 1, count: 1 });
+      assertProtocolError(() => validatePageZeroRequest({ volume: 'a', first: 0, count: 0 }), 'bad_request', 'count');
+      assertProtocolError(() => validatePageZeroRequest({ volume: 'a', first: -1, count: 1 }), 'bad_request', 'first');
+      assertProtocolError(() => validatePageZeroRequest({ volume: 'a', first: 1.5, count: 1 }), 'bad_request', 'first');
+      assertProtocolError(() => validatePageZeroRequest({ volume: 'a', count: 1 }), 'bad_request', 'first', /required/);
+      assertProtocolError(() => validatePageZeroRequest({ volume: 'a', first: 1, count: PAGE_COUNT_MAX }), 'out_of_range', 'count', /past the largest volume/);
+      assertProtocolError(() => validatePageZeroRequest({ volume: 'a', first: 1, count: 2, pages: [] }), 'bad_request', 'pages');
+      assertProtocolError(() => validateShardZeroRequest({ first: 1, count: 2, earlier: [] }), 'bad_request', 'earlier');
+      const err = assertProtocolError(() => validatePageZero({ first: 90, count: 11 }, 100), 'out_of_range', 'count', /90\.\.100 are not all in the volume/);
+      assert.equal(err.details?.pageCount, 100);
+      assert.deepEqual(validatePageZero({ first: 90, count: 10 }, 100), { first: 90, count: 10 });
     });
 
     it('duplicate pages in a write are refused', () => {
