@@ -6,8 +6,9 @@
  * - fixed newstyle negotiation only (NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES): options
  *   EXPORT_NAME, INFO, GO, LIST and ABORT; every other option is answered NBD_REP_ERR_UNSUP
  *   (structured replies among them: the replies are simple ones);
- * - commands READ, WRITE (FUA accepted), FLUSH, TRIM (a hint: nothing changes) and WRITE_ZEROES (zero pages),
- *   DISC; anything else is EINVAL;
+ * - commands READ, WRITE (FUA accepted), FLUSH, TRIM (the whole pages of the range made zeros),
+ *   WRITE_ZEROES (FAST_ZERO accepted: whole pages are made zeros without page data) and DISC;
+ *   anything else is EINVAL;
  * - byte-granular offsets: a write that covers part of a page reads the page, patches it and
  *   writes it whole (read-modify-write); every write holds the pages it touches until it is
  *   answered, so that two writes to one page, on any connection, do not lose each other's bytes.
@@ -786,6 +787,7 @@ class Connection {
     return {
       readPages: (pages) => retryOverloaded(() => volume.readPages(pages), budgetMs),
       writePages: (pages) => retryOverloaded(() => volume.writePages(pages), budgetMs),
+      zeroPages: (first, count) => retryOverloaded(() => volume.zeroPages(first, count), budgetMs),
     };
   }
 
@@ -804,8 +806,8 @@ class Connection {
       // too); NO_HOLE and FAST_ZERO on WRITE_ZEROES only; no other flag was negotiated.
       const known = NBD_CMD_FLAG.FUA | (request.type === NBD_CMD.WRITE_ZEROES ? NBD_CMD_FLAG.NO_HOLE | NBD_CMD_FLAG.FAST_ZERO : 0);
       if ((request.flags & ~known) !== 0) return await this.reply(request, NBD_ERR.EINVAL);
-      // Zeros are written as any data: not fast, which a client asking for a fast zero is told.
-      if ((request.flags & NBD_CMD_FLAG.FAST_ZERO) !== 0) return await this.reply(request, NBD_ERR.ENOTSUP);
+      // FAST_ZERO is met: whole pages are made zeros with one small record per shard, whatever
+      // the length; only the pages a range covers in part are read and written.
       const info = this.info!;
       const size = info.pageCount * info.pageSize;
       if (request.length === 0 || ((request.type === NBD_CMD.READ || request.type === NBD_CMD.WRITE) && request.length > BLOCK_BYTES_MAX)) {
@@ -815,11 +817,23 @@ class Connection {
       if (request.offset + request.length > size) {
         return await this.reply(request, request.type === NBD_CMD.WRITE || request.type === NBD_CMD.WRITE_ZEROES ? NBD_ERR.ENOSPC : NBD_ERR.EINVAL);
       }
-      // A hint that the range is not needed (the NBD spec lets the server do nothing, and the
-      // client may assume nothing of the range's bytes until it writes them): Strata keeps them.
-      // Writing zeros instead would hold the range's locks and cost as much as writing it, for
-      // hours on a whole-device discard as mkfs sends.
-      if (request.type === NBD_CMD.TRIM) return await this.reply(request, 0);
+      // The range is not needed (the client may assume nothing of its bytes until it writes
+      // them): its whole pages are made zeros, so that their space is given back at the shards'
+      // next checkpoints (an image stores no page of zeros). The pages it covers in part keep
+      // their bytes. One small record per shard, also for a whole-device discard as mkfs sends.
+      if (request.type === NBD_CMD.TRIM) {
+        const first = Math.ceil(request.offset / info.pageSize);
+        const end = Math.floor((request.offset + request.length) / info.pageSize);
+        if (end > first) {
+          const release = await this.exp!.locks.lock(first, end - 1);
+          try {
+            await this.pageCalls().zeroPages(first, end - first);
+          } finally {
+            release();
+          }
+        }
+        return await this.reply(request, 0);
+      }
       if (request.type === NBD_CMD.READ) {
         const data = await readBytes(this.pageCalls(), info.pageSize, request.offset, request.length);
         return await this.reply(request, 0, data);
@@ -855,6 +869,7 @@ class Connection {
 type PageCalls = {
   readPages(pages: number[]): Promise<{ pages: Uint8Array[] }>;
   writePages(pages: Array<{ page: number; data: Uint8Array }>): Promise<unknown>;
+  zeroPages(first: number, count: number): Promise<unknown>;
 };
 
 /** Reads pages first..first+count-1 into one buffer, in calls of at most CALL_PAGES_MAX pages. */
@@ -879,20 +894,32 @@ async function readBytes(volume: PageCalls, pageSize: number, offset: number, le
 
 /**
  * Writes `data` (or zeros, without it) at offset..offset+length-1. Whole pages are written as
- * they are; a page covered in part is read, patched and written whole (the caller holds its
- * lock). Calls of at most CALL_PAGES_MAX pages, one after another.
+ * they are, or made zeros with one `zeroPages` call; a page covered in part is read, patched and
+ * written whole (the caller holds its lock). Calls of at most CALL_PAGES_MAX pages, one after
+ * another.
  */
 async function writeBytes(volume: PageCalls, pageSize: number, offset: number, length: number, data: Buffer | undefined): Promise<void> {
   const first = Math.floor(offset / pageSize);
   const last = Math.floor((offset + length - 1) / pageSize);
   const end = offset + length;
-  const zero = data === undefined ? new Uint8Array(pageSize) : undefined;
   // The edge pages covered in part, read once (both in one call).
   const partial = [first, last].filter((p, i, all) => all.indexOf(p) === i && (offset > p * pageSize || end < (p + 1) * pageSize));
   const edges = new Map<number, Uint8Array>();
   if (partial.length > 0) {
     const { pages } = await volume.readPages(partial);
     partial.forEach((p, i) => edges.set(p, Uint8Array.from(pages[i]!)));
+  }
+  if (data === undefined) {
+    for (const [p, edge] of edges) {
+      const pageStart = p * pageSize;
+      edge.fill(0, Math.max(offset, pageStart) - pageStart, Math.min(end, pageStart + pageSize) - pageStart);
+    }
+    if (edges.size > 0) await volume.writePages([...edges].map(([page, edge]) => ({ page, data: edge })));
+    // The whole pages: those between the edges covered in part.
+    const from = edges.has(first) ? first + 1 : first;
+    const to = edges.has(last) ? last - 1 : last;
+    if (to >= from) await volume.zeroPages(from, to - from + 1);
+    return;
   }
   for (let at = first; at <= last; at += CALL_PAGES_MAX) {
     const upTo = Math.min(last, at + CALL_PAGES_MAX - 1);
@@ -903,11 +930,10 @@ async function writeBytes(volume: PageCalls, pageSize: number, offset: number, l
       if (edge !== undefined) {
         const from = Math.max(offset, pageStart);
         const to = Math.min(end, pageStart + pageSize);
-        if (data === undefined) edge.fill(0, from - pageStart, to - pageStart);
-        else edge.set(data.subarray(from - offset, to - offset), from - pageStart);
+        edge.set(data.subarray(from - offset, to - offset), from - pageStart);
         pages.push({ page: p, data: edge });
       } else {
-        pages.push({ page: p, data: zero ?? data!.subarray(pageStart - offset, pageStart - offset + pageSize) });
+        pages.push({ page: p, data: data.subarray(pageStart - offset, pageStart - offset + pageSize) });
       }
     }
     await volume.writePages(pages);

@@ -258,6 +258,7 @@ function stubClient(): { client: StrataClient; calls: number; active: number; ga
     info: async () => info,
     readPages: (pages: number[]) => call({ pages: pages.map(() => new Uint8Array(4096)), lsn: 1, lsns: [] }),
     writePages: () => call({ lsn: 1, lsns: [] }),
+    zeroPages: () => call({ lsn: 1, lsns: [] }),
   };
   state.client = { volume: () => volume, listVolumes: async () => [info] } as unknown as StrataClient;
   return state;
@@ -330,11 +331,11 @@ describe('cluster/nbd: NBD export of Strata volumes', function () {
       assert.match(r.stdout, /virtual size: 4 MiB \(4194304 bytes\)/);
     });
 
-    it('qemu-io writes and reads patterns, writes zeroes, discards (which changes nothing) and flushes', async () => {
+    it('qemu-io writes and reads patterns, writes zeroes, discards (whole pages made zeros) and flushes', async () => {
       await qemuIo(uri('v'), ['write -P 0xab 0 64k', 'read -P 0xab 0 64k', 'write -P 0xcd 1M 128k', 'write -z 1M 64k', 'read -P 0 1M 64k', 'read -P 0xcd 1088k 64k']);
-      await qemuIo(uri('v'), ['discard 0 4k', 'read -P 0xab 0 64k', 'flush', 'write -f -P 0x5a 2M 4k', 'read -P 0x5a 2M 4k']);
+      await qemuIo(uri('v'), ['discard 0 4k', 'read -P 0 0 4k', 'read -P 0xab 4k 60k', 'flush', 'write -f -P 0x5a 2M 4k', 'read -P 0x5a 2M 4k']);
       const pages = await c.client.volume('v').read([0, 1, 256, 272, 512]);
-      assert.ok(pages[0]!.every((b) => b === 0xab), 'a discarded page keeps its bytes: TRIM is a hint');
+      assert.ok(pages[0]!.every((b) => b === 0), 'a discarded page is made zeros');
       assert.ok(pages[1]!.every((b) => b === 0xab));
       assert.ok(pages[2]!.every((b) => b === 0), 'write zeroes landed');
       assert.ok(pages[3]!.every((b) => b === 0xcd));
@@ -479,13 +480,16 @@ describe('cluster/nbd: NBD export of Strata volumes', function () {
       s.peer.close();
     });
 
-    it('answers an unknown command, CACHE, and a flag not for the command EINVAL; FUA anywhere is accepted, FAST_ZERO is ENOTSUP', async () => {
+    it('answers an unknown command, CACHE, and a flag not for the command EINVAL; FUA anywhere and FAST_ZERO on a write-zeroes are accepted', async () => {
       const s = await Session.open(all.address.port, 'v');
       assert.equal((await s.request(99, 0, 4096)).error, NBD_ERR.EINVAL);
       assert.equal((await s.request(NBD_CMD.CACHE, 0, 4096)).error, NBD_ERR.EINVAL);
       assert.equal((await s.request(NBD_CMD.READ, 0, 4096, { flags: 1 << 9 })).error, NBD_ERR.EINVAL, 'an unknown flag');
       assert.equal((await s.request(NBD_CMD.WRITE, 0, 10, { data: Buffer.alloc(10), flags: NBD_CMD_FLAG.NO_HOLE })).error, NBD_ERR.EINVAL, 'NO_HOLE on a write');
-      assert.equal((await s.request(NBD_CMD.WRITE_ZEROES, 0, 4096, { flags: NBD_CMD_FLAG.FAST_ZERO })).error, NBD_ERR.ENOTSUP);
+      assert.equal((await s.request(NBD_CMD.WRITE, 8192, 8192, { data: Buffer.alloc(8192, 9) })).error, 0);
+      assert.equal((await s.request(NBD_CMD.WRITE_ZEROES, 8192, 4096, { flags: NBD_CMD_FLAG.FAST_ZERO })).error, 0);
+      assert.deepEqual((await s.request(NBD_CMD.READ, 8192, 8192)).data, Buffer.concat([Buffer.alloc(4096), Buffer.alloc(4096, 9)]));
+      assert.equal((await s.request(NBD_CMD.TRIM, 0, 4096, { flags: NBD_CMD_FLAG.FAST_ZERO })).error, NBD_ERR.EINVAL, 'FAST_ZERO on a trim');
       assert.equal((await s.request(NBD_CMD.READ, 0, 4096, { flags: NBD_CMD_FLAG.FUA })).error, 0);
       assert.equal((await s.request(NBD_CMD.FLUSH, 0, 0, { flags: NBD_CMD_FLAG.FUA })).error, 0);
       assert.equal((await s.request(NBD_CMD.READ, 0, 4096)).error, 0);
@@ -520,19 +524,28 @@ describe('cluster/nbd: NBD export of Strata volumes', function () {
       b.peer.close();
     });
 
-    it('an unaligned write-zeroes zeroes only its bytes, a trim (of the whole export too) changes nothing; writes over several calls land', async () => {
+    it('an unaligned write-zeroes zeroes only its bytes, a trim only its whole pages; writes over several calls land; a whole-export trim zeros it all', async () => {
       const s = await Session.open(all.address.port, 'big');
       const data = crypto.randomBytes(20 * 1024 * 1024);
       assert.equal((await s.request(NBD_CMD.WRITE, 8192 * 3 + 5, data.byteLength, { data })).error, 0, 'more pages than one client call takes');
       assert.equal((await s.request(NBD_CMD.WRITE_ZEROES, 8192 * 3 + 10, 20, { flags: NBD_CMD_FLAG.NO_HOLE | NBD_CMD_FLAG.FUA })).error, 0);
+      // Covers no whole page: nothing changes.
       assert.equal((await s.request(NBD_CMD.TRIM, 8192 * 3 + 40, 8192)).error, 0);
-      // The whole export: answered at once, nothing written (a whole-device discard, as mkfs
-      // sends, would otherwise write zeros over all of it while holding every page's lock).
-      assert.equal((await s.request(NBD_CMD.TRIM, 0, s.size)).error, 0);
+      // Pages 10..12 whole, and parts of pages 9 and 13, which keep their bytes.
+      assert.equal((await s.request(NBD_CMD.TRIM, 8192 * 10 - 100, 8192 * 3 + 200)).error, 0);
+      // Pages 20..2,000 whole with the edges: a write-zeroes of about 16 MiB (more pages than one
+      // client call takes), made of the two edge pages and one range.
+      assert.equal((await s.request(NBD_CMD.WRITE_ZEROES, 8192 * 20 - 7, 8192 * 1981 + 14)).error, 0);
       const back = await s.request(NBD_CMD.READ, 8192 * 3 + 5, data.byteLength);
       const expected = Buffer.from(data);
       expected.fill(0, 5, 25);
+      expected.fill(0, 8192 * 7 - 5, 8192 * 10 - 5);
+      expected.fill(0, 8192 * 17 - 12, 8192 * 17 - 12 + 8192 * 1981 + 14);
       assert.ok(back.data.equals(expected));
+      // The whole export: answered, once its pages are zeros (one small record per shard).
+      assert.equal((await s.request(NBD_CMD.TRIM, 0, s.size)).error, 0);
+      const after = await s.request(NBD_CMD.READ, 8192 * 3 + 5, data.byteLength);
+      assert.ok(after.data.equals(Buffer.alloc(data.byteLength)), 'every page is zeros');
       s.peer.close();
     });
 
