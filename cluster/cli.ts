@@ -16,7 +16,7 @@ import { DEADLINE_AHEAD_MS_MAX } from '../messages/headers';
 import { checkToken } from '../messages/subjects';
 import type { NodeConfig } from './config';
 import { ProtocolError } from '../messages/errors';
-import { PAGE_SIZES_BYTES, SHARDS_MAX } from '../messages/api';
+import { PAGE_COUNT_MAX, PAGE_SIZES_BYTES, SHARDS_MAX } from '../messages/api';
 import type { ShardLsn, VolumeCreateRequest, VolumeInfo } from '../messages/api';
 import { formatStatus, formatStatusJson } from '../observability/status';
 import { NBD_PORT_DEFAULT, nbdUri, startNbdServer } from './nbd';
@@ -94,6 +94,9 @@ Commands:
   get VOLUME PAGE [--count N] [--lsn L|SHARD:LSN,…] FILE|-
         Read N pages (default 1) from PAGE on into FILE (or stdout): as of LSN L on every
         shard, or of each named shard's LSN (as put and get print them), if given.
+  zero VOLUME PAGE --count N
+        Make pages PAGE..PAGE+N-1 zeros: one small record per shard whatever N, and their
+        space is given back at the shards' next checkpoints (earlier LSNs still read the data).
   bench [--short] [--workload W] [--queue-depth N] [--pages-per-request N] [--replicas 1|3] [--nats URL --cluster C] …
         Benchmark a fresh in-process cluster (or a running one) against raw disk, NATS echo
         and JetStream baselines; without --workload runs the target suite. "strata bench --help".
@@ -166,7 +169,7 @@ Commands:
   help
         This text.
 
-Flags of the commands that talk to a cluster (volume, put, get, nbd, status, shard, catalog):
+Flags of the commands that talk to a cluster (volume, put, get, zero, nbd, status, shard, catalog):
   --nats URL      NATS server (default $STRATA_NATS_URL or ${NATS_URL_DEFAULT})
   --nats-user U --nats-password-file F
                   NATS user and a file holding its password, for a server that asks
@@ -230,6 +233,7 @@ const COMMANDS: Readonly<Record<string, CommandSpec>> = {
   'volume resize': { positionals: ['NAME'], flags: { pages: 'integer', 'request-id': 'string' }, required: ['pages'], client: true },
   put: { positionals: ['VOLUME', 'PAGE', 'FILE'], flags: {}, client: true },
   get: { positionals: ['VOLUME', 'PAGE', 'FILE'], flags: { count: 'integer', lsn: 'string' }, client: true },
+  zero: { positionals: ['VOLUME', 'PAGE'], flags: { count: 'integer' }, required: ['count'], client: true },
   nbd: { positionals: ['VOLUME'], positionalsMin: 0, flags: { listen: 'string', 'read-only': 'boolean', all: 'boolean' }, client: true },
   status: { positionals: [], flags: {}, client: true },
   'shard force-vote': { positionals: ['VOLUME', 'SHARD'], flags: { node: 'string' }, required: ['node'], client: true },
@@ -252,7 +256,7 @@ const COMMANDS: Readonly<Record<string, CommandSpec>> = {
 
 /** A parsed command line. `node` keeps its arguments raw (`rest`) for loadNodeConfig. */
 export interface ParsedArgs {
-  /** `dev`, `node`, `volume create`, `volume branch`, `volume list`, `volume info`, `volume delete`, `volume resize`, `put`, `get`, `nbd`, `status`, `shard force-vote`, `shard move`, `shard handover`, `shard check`, `drain`, `rebalance`, `controllers`, `catalog recover`, `nats-auth`, `inspect`, `help`. */
+  /** `dev`, `node`, `volume create`, `volume branch`, `volume list`, `volume info`, `volume delete`, `volume resize`, `put`, `get`, `zero`, `nbd`, `status`, `shard force-vote`, `shard move`, `shard handover`, `shard check`, `drain`, `rebalance`, `controllers`, `catalog recover`, `nats-auth`, `inspect`, `help`. */
   command: string;
   positionals: string[];
   flags: Record<string, string | number | boolean>;
@@ -471,8 +475,10 @@ export function parseArgs(argvIn: readonly string[]): ParsedArgs {
   }
   if (typeof flags.lsn === 'string') parseReadAt(flags.lsn);
   if (typeof flags.lsns === 'string') parseBranchLsns(flags.lsns);
-  if (flags.count !== undefined && ((flags.count as number) < 1 || (flags.count as number) > GET_PAGES_MAX)) {
-    throw new UsageError(`--count: expected 1..${GET_PAGES_MAX}, got ${String(flags.count)}`);
+  // A get's pages come back to this process; a range made zeros carries no page data.
+  const countMax = command === 'zero' ? PAGE_COUNT_MAX : GET_PAGES_MAX;
+  if (flags.count !== undefined && ((flags.count as number) < 1 || (flags.count as number) > countMax)) {
+    throw new UsageError(`--count: expected 1..${countMax}, got ${String(flags.count)}`);
   }
   if (flags.timeout !== undefined && ((flags.timeout as number) < 1 || (flags.timeout as number) > DEADLINE_AHEAD_MS_MAX)) {
     throw new UsageError(`--timeout: expected 1..${DEADLINE_AHEAD_MS_MAX} ms, got ${String(flags.timeout)}`);
@@ -488,7 +494,7 @@ export function parseArgs(argvIn: readonly string[]): ParsedArgs {
     const problem = checkNatsUrl(flags.nats);
     if (problem !== undefined) throw new UsageError(`--nats: ${problem}, got ${JSON.stringify(flags.nats)}`);
   }
-  if (command === 'put' || command === 'get') parseInteger('PAGE', positionals[1]!);
+  if (command === 'put' || command === 'get' || command === 'zero') parseInteger('PAGE', positionals[1]!);
   if (command === 'shard force-vote' || command === 'shard move' || command === 'shard handover') parseInteger('SHARD', positionals[1]!);
   if (command === 'shard handover' && flags.to !== undefined) {
     try {
@@ -913,6 +919,18 @@ function streamReader(stream: Readable): ChunkReader {
   };
 }
 
+async function zero(ctx: Ctx): Promise<void> {
+  const [volumeName, pageText] = ctx.args.positionals as [string, string];
+  const first = parseInteger('PAGE', pageText);
+  const count = ctx.args.flags['count'] as number;
+  const result = await withClient(ctx, async (client) => {
+    const lsns = new ShardLsns();
+    lsns.add((await client.volume(volumeName).zeroPages(first, count)).lsns);
+    return { volume: volumeName, page: first, pages: count, ...lsns.result() };
+  });
+  await writeOut(ctx.io.stdout, ctx.json ? jsonText(result) : `made ${volumeName} pages ${first}..${first + count - 1} zeros (${lsnText(result)})\n`);
+}
+
 async function put(ctx: Ctx): Promise<void> {
   const [volumeName, pageText, file] = ctx.args.positionals as [string, string, string];
   const first = parseInteger('PAGE', pageText);
@@ -1225,6 +1243,9 @@ export async function main(argv: readonly string[], io: Partial<CliIo> = {}): Pr
         return 0;
       case 'get':
         await get(ctx);
+        return 0;
+      case 'zero':
+        await zero(ctx);
         return 0;
       case 'nbd':
         await nbd(ctx);

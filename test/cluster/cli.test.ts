@@ -13,12 +13,14 @@ import { decode, encode } from '../../messages/codec';
 import { ProtocolError, errorReply } from '../../messages/errors';
 import { readHeaders } from '../../messages/headers';
 import { parseShardSubject } from '../../messages/subjects';
-import type { VolumeInfo } from '../../messages/api';
+import { shardOfPage, type VolumeInfo } from '../../messages/api';
 import {
   validateShardRead,
   validateShardReadRequest,
   validateShardWrite,
   validateShardWriteRequest,
+  validateShardZeroRequest,
+  validatePageZero,
   validateVolumeBranchRequest,
   validateVolumeCreateRequest,
 } from '../../messages/validate';
@@ -114,9 +116,15 @@ class MemoryCluster implements ClientTransport {
           volumes: [{ name: 'v', id: 'id-v', shards: [{ shard: 0, role: 'leader', term: 1, commitLsn: 5, appliedLsn: 5 }] }],
         };
       case 'shard.write':
+      case 'shard.zero':
       case 'shard.read': {
         const { volumeId, shard } = parseShardSubject(subject);
         const info = [...this.volumes.values()].find((v) => v.id === volumeId)!;
+        if (type === 'shard.zero') {
+          const req = validatePageZero(validateShardZeroRequest(body), info.pageCount);
+          const pages = Array.from({ length: req.count }, (_, i) => req.first + i).filter((p) => shardOfPage(p, info) === shard);
+          return { lsn: this.write(volumeId, shard, pages.map((page) => ({ page, data: new Uint8Array(info.pageSize) }))) };
+        }
         if (type === 'shard.write') {
           const req = validateShardWrite(validateShardWriteRequest(body), { ...info, shard });
           return { lsn: this.write(volumeId, shard, req.pages) };
@@ -295,6 +303,11 @@ describe('cluster/cli', () => {
       [['put', 'db', '0'], /missing FILE/],
       [['put', 'db', 'zero', 'f'], /PAGE: expected a non-negative integer, got "zero"/],
       [['get', 'db', '0', 'f', '--count', '0'], /--count: expected 1\.\./],
+      [['zero', 'db', '0'], /^zero: --count is required$/],
+      [['zero', 'db', '0', '--count', '0'], /^--count: expected 1\.\.4294967295, got 0$/],
+      [['zero', 'db', '0', '--count', '4294967296'], /^--count: expected 1\.\.4294967295, got 4294967296$/],
+      [['zero', 'db', 'x', '--count', '1'], /^PAGE: expected a non-negative integer, got "x"$/],
+      [['zero', 'db', '0', 'f', '--count', '1'], /^zero: unexpected argument "f"$/],
       [['get', 'db', '0', 'f', '--lsn', 'latest'], /^--lsn: expected L or SHARD:LSN\[,SHARD:LSN…\], got "latest"$/],
       [['get', 'db', '0', 'f', '--lsn', '0:5,1'], /^--lsn: expected L or SHARD:LSN\[,SHARD:LSN…\], got "1" in "0:5,1"$/],
       [['get', 'db', '0', 'f', '--lsn', '0:5,0:6'], /^--lsn: shard 0 given twice$/],
@@ -820,6 +833,26 @@ describe('cluster/cli', () => {
         assert.equal(r.code, 0, r.err);
         assert.deepEqual(r.stdout.bytes(), data.subarray(4096, 8192));
         assert.equal(r.err, '');
+      });
+
+      it('zero makes a range zeros on every shard holding a page of it, prints the LSNs (text and JSON); a range past the end exits 1', async () => {
+        const mem = new MemoryCluster();
+        await run(['volume', 'create', 'db', '--pages', '64', '--shards', '3', '--stripe-pages', '4'], mem);
+        const input = path.join(dir, 'in.bin');
+        fs.writeFileSync(input, bytes(64 * 4096, 3));
+        assert.equal((await run(['put', 'db', '0', input], mem)).code, 0);
+        let r = await run(['zero', 'db', '6', '--count', '4'], mem);
+        assert.equal(r.code, 0, r.err);
+        // Pages 6..9: stripes 1 and 2, shards 1 and 2.
+        const lsns = mem.shardLsns('id-db').filter((e) => e.shard !== 0);
+        assert.equal(r.out, `made db pages 6..9 zeros (lsn ${Math.max(...lsns.map((e) => e.lsn))}; shard LSNs ${lsns.map((e) => `${e.shard}:${e.lsn}`).join(',')})\n`);
+        for (let p = 0; p < 12; p++) assert.equal(mem.page('id-db', p)!.every((b) => b === 0), p >= 6 && p < 10, `page ${p}`);
+        r = await run(['zero', 'db', '60', '--count', '4', '--json'], mem);
+        assert.equal(r.code, 0, r.err);
+        assert.deepEqual(JSON.parse(r.out), { volume: 'db', page: 60, pages: 4, lsn: mem.shardLsns('id-db')[0]!.lsn, lsns: [mem.shardLsns('id-db')[0]] });
+        r = await run(['zero', 'db', '60', '--count', '5'], mem);
+        assert.equal(r.code, 1);
+        assert.match(r.err, /^strata: out_of_range: count: pages 60\.\.64 are not all in the volume/);
       });
 
       it('writes stdin with put -', async () => {

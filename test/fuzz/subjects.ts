@@ -224,12 +224,18 @@ function apiTargets(): Target[] {
       const v = facts.aux;
       return { volume: volumeNameFor('write'), pages: Array.from({ length: 1 + int(3) }, () => ({ page: pageOf(v), data: pageData(v.pageSize) })) };
     }, writesReal),
+    t('page.zero', () => ({ volume: volumeNameFor('write'), ...rangeBody(facts.aux) }), writesReal),
     t('page.read', () => {
       const v = chance(0.5) ? facts.real : facts.aux;
       return { volume: volumeNameFor('read'), pages: Array.from({ length: 1 + int(4) }, () => pageOf(v)), ...(chance(0.3) ? { lsn: pick([0, 1, 5, 1e6, 2 ** 53 - 1]) } : {}) };
     }),
     t('status', () => ({})),
   ];
+}
+
+/** The range of a page.zero or shard.zero: in the volume, at and past its end and the bounds. */
+function rangeBody(v: { pageCount: number }): { first: unknown; count: unknown } {
+  return { first: pick<unknown>([0, 1, v.pageCount - 1, v.pageCount, 2 ** 32 - 1, -1, 1.5, '0']), count: pick<unknown>([1, 2, v.pageCount, 2 ** 32 - 1, 2 ** 32, 0, -1, 2 ** 53 - 1]) };
 }
 
 /** A volume.resize body: the real volumes or another name, sizes at and past the bounds (a volume only grows: nothing is lost). */
@@ -262,7 +268,7 @@ function shardTargets(): Target[] {
       const other = pagesOfShard(v, (s + 1) % v.shards, 2);
       const page = (): number => pick([...mine, ...other, v.pageCount, 2 ** 40, -1, 2 ** 53 - 1]);
       for (const type of SHARD_VERBS) {
-        if (isReal && type === 'shard.write') continue; // never written by the fuzzer
+        if (isReal && (type === 'shard.write' || type === 'shard.zero')) continue; // never written by the fuzzer
         out.push({
           kind: 'shard', subject, type,
           body: () => {
@@ -274,6 +280,7 @@ function shardTargets(): Target[] {
                 ...(chance(0.2) ? { earlier: Array.from({ length: int(10) }, () => ({ lsn: pick([0, 1, 2, 1e6]), term: pick([0, 1, 2, 1e6]) })) } : {}),
               };
             }
+            if (type === 'shard.zero') return { ...rangeBody(v), ...(chance(0.3) ? { term: pick([0, 1, 2, 3, 1000, 2 ** 53 - 1]) } : {}) };
             if (type === 'shard.read') return { pages: Array.from({ length: 1 + int(4) }, page), ...(chance(0.3) ? { lsn: pick([0, 1, 3, 1e6, 2 ** 53 - 1]) } : {}), ...(chance(0.3) ? { term: pick([0, 1, 5, 2 ** 53 - 1]) } : {}) };
             return chance(0.5) ? {} : { term: pick([0, 1, 2, 2 ** 53 - 1]) };
           },
@@ -298,6 +305,8 @@ function shardTargets(): Target[] {
 function isWriteLike(b: unknown): boolean {
   if (typeof b !== 'object' || b === null) return false;
   const pages = (b as { pages?: unknown }).pages;
+  // A range made zeros is a write too.
+  if ((b as { count?: unknown }).count !== undefined) return true;
   return Array.isArray(pages) && pages.some((p) => typeof p === 'object' && p !== null);
 }
 
@@ -779,7 +788,7 @@ function shapeCheck(s: Sent, r: Record<string, unknown>): void {
   if (t.kind === 'api' || t.kind === 'shard') {
     const type = (s.headers.record ?? {})[HEADER_TYPE] ?? t.type;
     switch (type) {
-      case 'page.write': case 'volume.flush': case 'shard.write': case 'shard.flush': ok = num(r.lsn); break;
+      case 'page.write': case 'page.zero': case 'volume.flush': case 'shard.write': case 'shard.zero': case 'shard.flush': ok = num(r.lsn); break;
       case 'page.read': case 'shard.read': ok = num(r.lsn) && Array.isArray(r.pages) && r.pages.every((p) => p instanceof Uint8Array); break;
       case 'volume.list': ok = Array.isArray(r.volumes); break;
       case 'volume.info': case 'volume.create': ok = typeof r.id === 'string' && typeof r.name === 'string'; break;

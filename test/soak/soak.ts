@@ -473,11 +473,15 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
         const count = r() < 0.25 ? 2 + Math.floor(r() * (VECTOR_MAX - 1)) : 1;
         const first = Math.floor(r() * (pagesNow - count + 1));
         const pages = Array.from({ length: count }, (_, k) => first + k);
-        if (r() < 0.5) {
-          const values = pages.map((p) => `w${w}.${seq++}.p${p}`);
+        const kind = r();
+        if (kind < 0.5) {
+          // One write in ten makes the pages zeros (page.zero): each page's write of '' (zeros).
+          const zero = kind < 0.05;
+          const values = pages.map((p) => (zero ? '' : `w${w}.${seq++}.p${p}`));
           const ids = pages.map((p, k) => recorder.invoke(clientId(k), p, 'write', values[k]));
           try {
-            await vol.writePages(pages.map((p, k) => ({ page: p, data: soakPage(4096, values[k]!) })));
+            if (zero) await vol.zeroPages(first, count);
+            else await vol.writePages(pages.map((p, k) => ({ page: p, data: soakPage(4096, values[k]!) })));
             for (const id of ids) recorder.ok(id);
             writeAcks.push(now());
           } catch (e) {
