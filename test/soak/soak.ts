@@ -204,6 +204,8 @@ export interface SoakResult {
   faults: FaultEvent[];
   operations: {
     writesOk: number;
+    /** Of `writesOk`, the pages of ranges made zeros (page.zero), each a write of zeros. */
+    zerosOk: number;
     writesUnknown: number;
     readsOk: number;
     readsUnknown: number;
@@ -989,6 +991,7 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
     faults,
     operations: {
       writesOk: writes.filter((o) => o.completeMs !== undefined).length,
+      zerosOk: writes.filter((o) => o.completeMs !== undefined && o.value === '').length,
       writesUnknown: writes.filter((o) => o.completeMs === undefined).length,
       readsOk: reads.filter((o) => o.completeMs !== undefined).length,
       readsUnknown: reads.filter((o) => o.completeMs === undefined).length,
@@ -1021,6 +1024,7 @@ export function formatSoak(r: SoakResult): string {
     '',
     formatTable('Strata soak: operations', [
       { what: 'writes acknowledged', count: r.operations.writesOk },
+      { what: '  of them pages made zeros', count: r.operations.zerosOk },
       { what: 'writes with unknown outcome', count: r.operations.writesUnknown },
       { what: 'reads answered', count: r.operations.readsOk },
       { what: 'reads not answered', count: r.operations.readsUnknown },
