@@ -40,6 +40,8 @@ export interface HostPoolOptions {
   onHostHung?: (hostId: number, silentMs: number) => void;
   /** Deadline for a control call to a host; default 30 s. */
   callTimeoutMs?: number;
+  /** Deadline for a host thread's start (its modules loaded, its NATS connection and device opened); default `callTimeoutMs`. */
+  startTimeoutMs?: number;
   /**
    * Told when a host exits unexpectedly (for logging by the node), with the uncaught error that
    * ended its thread when there was one.
@@ -425,6 +427,11 @@ export class HostPool {
     await this.call(this.slot(hostId), (api) => api.failFsync(times));
   }
 
+  /** Fault injection: host `hostId`'s device says it has `bytes` free (undefined: what it has). */
+  async setFreeBytes(hostId: number, bytes: number | undefined): Promise<void> {
+    await this.call(this.slot(hostId), (api) => api.setFreeBytes(bytes));
+  }
+
   /** Forwards every host's finished spans to this thread now (tests; a no-op without telemetry). */
   async flushTelemetry(): Promise<void> {
     await Promise.all(this.slots.map((s) => (s.api && !s.down ? this.call(s, (api) => api.flushTelemetry()) : undefined)));
@@ -510,7 +517,7 @@ export class HostPool {
 
   private async call<T>(slot: HostSlot, fn: (api: Comlink.Remote<HostApi>) => Promise<T>): Promise<T> {
     // A host (re)starting is waited for within the same deadline as a call.
-    if (slot.ready) await timed(slot.ready, this.callTimeoutMs, `start of host ${slot.config.hostId}`);
+    if (slot.ready) await timed(slot.ready, this.startTimeoutMs, `start of host ${slot.config.hostId}`);
     if (!slot.api) {
       throw Object.assign(new Error(`host ${slot.config.hostId} is down${slot.down ? `: ${slot.down}` : ''}`), { code: 'unavailable' });
     }
@@ -534,6 +541,10 @@ export class HostPool {
         },
       );
     });
+  }
+
+  private get startTimeoutMs(): number {
+    return this.opts.startTimeoutMs ?? this.callTimeoutMs;
   }
 
   private get callTimeoutMs(): number {
@@ -623,7 +634,7 @@ export class HostPool {
     });
     slot.ready = (async () => {
       try {
-        await timed(this.untilExit(slot, api.init(slot.config)), this.callTimeoutMs, `start of host ${slot.config.hostId}`);
+        await timed(this.untilExit(slot, api.init(slot.config)), this.startTimeoutMs, `start of host ${slot.config.hostId}`);
       } catch (e) {
         // Why it did not start is the reason its exit reports (the node logs it).
         if (slot.worker === worker && slot.error === undefined) slot.error = e instanceof Error ? e : new Error(String(e));
