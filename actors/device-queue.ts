@@ -20,7 +20,7 @@
  */
 import type { Disk, FileHandle } from '../storage-engine/disk';
 import { StorageError, assert } from '../storage-engine/errors';
-import type { LogRecordInput } from '../storage-engine/record';
+import { RecordKind, type LogRecordInput } from '../storage-engine/record';
 import { recordBytes } from '../storage-engine/log-segment';
 import { LOG_WRITE_BATCH_BYTES_MAX, LOG_WRITE_BATCH_RECORDS_MAX } from '../storage-engine/log';
 
@@ -86,6 +86,32 @@ export interface DeviceQueueOptions {
   asyncSync?: boolean;
   /** Appends a batch holds at least to be flushed asynchronously; default 2. */
   asyncSyncMinOps?: number;
+  /**
+   * Free space the device keeps (see `checkWriteSpace`); default `defaultSpaceReserve` of its
+   * size (5 %, at most 1 GiB). 0: page writes are refused only once the disk is full.
+   */
+  spaceReserveBytes?: number;
+}
+
+/** How often a device's free space is read again (statfs), at most: its answer is kept this long. */
+export const SPACE_CHECK_MS = 1000;
+/** Most free space a device keeps by default. */
+export const SPACE_RESERVE_BYTES_MAX_DEFAULT = 1024 * 1024 * 1024;
+
+/** The free space a device of `sizeBytes` keeps by default: 5 % of it, at most 1 GiB. */
+export function defaultSpaceReserve(sizeBytes: number): number {
+  return Math.min(SPACE_RESERVE_BYTES_MAX_DEFAULT, Math.floor(sizeBytes * 0.05));
+}
+
+/**
+ * A device's space as its queue last read it. `low`: free space under the reserve (page writes
+ * refused); `critical`: under half of it (appends of page writes from leaders refused too).
+ */
+export interface DeviceSpaceStats {
+  freeBytes: number;
+  sizeBytes: number;
+  reserveBytes: number;
+  state: 'ok' | 'low' | 'critical';
 }
 
 export interface AppendResult {
@@ -128,6 +154,10 @@ export interface DeviceQueueStats {
   rejectedOverloaded: number;
   /** How long the batch in progress has run (its writes and fdatasync), in ms; 0 when idle. */
   batchRunningMs: number;
+  /** Page writes and appends of page writes refused `no_space` (see `checkWriteSpace`). */
+  rejectedNoSpace: number;
+  /** The device's space; undefined when its disk does not say. */
+  space: DeviceSpaceStats | undefined;
 }
 
 interface AppendOp {
@@ -221,7 +251,11 @@ export class DeviceQueue {
     readBytes: 0,
     tasks: 0,
     rejectedOverloaded: 0,
+    rejectedNoSpace: 0,
   };
+  private readonly spaceReserveBytes: number | undefined;
+  /** The disk's space as last read, and when (clock). */
+  private spaceRead: { space: DeviceSpaceStats; atMs: number } | undefined;
   private readonly batchOpsHistogram = new Array<number>(BATCH_OPS_BUCKETS.length).fill(0);
   private readonly syncMsHistogram = new Array<number>(FSYNC_MS_BUCKETS.length).fill(0);
 
@@ -238,6 +272,49 @@ export class DeviceQueue {
     this.tracer = opts.tracer;
     this.asyncSync = opts.asyncSync ?? true;
     this.asyncSyncMinOps = positiveInt(opts.asyncSyncMinOps, 2, 'asyncSyncMinOps');
+    if (opts.spaceReserveBytes !== undefined && !(Number.isSafeInteger(opts.spaceReserveBytes) && opts.spaceReserveBytes >= 0)) {
+      throw new StorageError('bad_request', `spaceReserveBytes must be a non-negative integer, got ${String(opts.spaceReserveBytes)}`);
+    }
+    this.spaceReserveBytes = opts.spaceReserveBytes;
+  }
+
+  /**
+   * The device's space: read from its disk at most every SPACE_CHECK_MS (a statfs), so that
+   * every write may ask. Undefined when the disk does not say (a failed statfs is asked again
+   * at the next call).
+   */
+  space(): DeviceSpaceStats | undefined {
+    if (this.disk.space === undefined) return undefined;
+    const now = this.clock.nowMs();
+    if (this.spaceRead !== undefined && now - this.spaceRead.atMs < SPACE_CHECK_MS) return this.spaceRead.space;
+    try {
+      const { freeBytes, sizeBytes } = this.disk.space();
+      const reserveBytes = this.spaceReserveBytes ?? defaultSpaceReserve(sizeBytes);
+      const state = freeBytes >= reserveBytes && freeBytes > 0 ? 'ok' : freeBytes >= reserveBytes / 2 && freeBytes > 0 ? 'low' : 'critical';
+      this.spaceRead = { space: { freeBytes, sizeBytes, reserveBytes, state }, atMs: now };
+      return this.spaceRead.space;
+    } catch {
+      this.spaceRead = undefined;
+      return undefined;
+    }
+  }
+
+  /** The next `space()` reads the disk again (a test that changes what the disk says). */
+  forgetSpace(): void {
+    this.spaceRead = undefined;
+  }
+
+  /**
+   * Refuses (`no_space`) a client's page write while the device's free space is under its
+   * reserve: the device keeps room for what frees space (checkpoints, which write an image
+   * before they let the log and older images go) and for the writes already taken. Ranges made
+   * zeros, deletes and reads go on: they are what frees it.
+   */
+  checkWriteSpace(): void {
+    const s = this.space();
+    if (s === undefined || s.state === 'ok') return;
+    this.counters.rejectedNoSpace++;
+    throw noSpace(this.name, s, 'page writes are refused');
   }
 
   /** Queues records to append to `target`; resolves once they are durable (after fdatasync). */
@@ -260,6 +337,15 @@ export class DeviceQueue {
   checkAppend(records: readonly LogRecordInput[]): void {
     const refusal = this.refusal(appendBytes(records));
     if (refusal !== undefined) throw refusal;
+    // Under half the reserve, a follower takes no more page data from its leaders (they send it
+    // again later, as after a full queue); records without page data still go in.
+    if (records.some((r) => r.kind === RecordKind.PageWrite)) {
+      const s = this.space();
+      if (s !== undefined && s.state === 'critical') {
+        this.counters.rejectedNoSpace++;
+        throw noSpace(this.name, s, 'appends of page writes are refused');
+      }
+    }
   }
 
   /**
@@ -325,6 +411,7 @@ export class DeviceQueue {
       batchRunningMs: this.running ? this.clock.nowMs() - this.batchStartMs : 0,
       batchOpsHistogram: [...this.batchOpsHistogram],
       syncMsHistogram: [...this.syncMsHistogram],
+      space: this.space(),
     };
   }
 
@@ -660,4 +747,14 @@ function appendBytes(records: readonly LogRecordInput[]): number {
   let bytes = 0;
   for (const r of records) bytes += r.payload.length;
   return bytes;
+}
+
+/** The refusal of a device short of space. */
+function noSpace(name: string, s: DeviceSpaceStats, what: string): StorageError {
+  const size = (n: number): string => (n < 1024 * 1024 ? `${n} bytes` : n < 1024 ** 3 ? `${(n / 1024 ** 2).toFixed(1)} MiB` : `${(n / 1024 ** 3).toFixed(1)} GiB`);
+  return new StorageError(
+    'no_space',
+    `device ${name} has ${size(s.freeBytes)} free, under ${s.state === 'critical' ? 'half of ' : ''}its reserve of ${size(s.reserveBytes)}: ${what} until space is freed (pages made zeros, then checkpointed; volumes deleted; replicas moved)`,
+    { device: name, freeBytes: s.freeBytes, reserveBytes: s.reserveBytes },
+  );
 }

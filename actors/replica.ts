@@ -2667,6 +2667,9 @@ export class Replica {
       }
       this.checkLeader();
     }
+    // A device short of space takes no new page data (a retry whose earlier attempt this log
+    // holds was answered above); a range made zeros, which frees space, goes on.
+    if (kind === RecordKind.PageWrite) this.queue.checkWriteSpace();
     const term = this.term;
     const tag = this.tracer?.capture();
     const payload = await encode();

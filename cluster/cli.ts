@@ -64,6 +64,7 @@ Commands:
        [--cache-bytes-max-per-shard B] [--segment-bytes-max B]
        [--checkpoint-every-records N] [--scrub-bytes-per-second B] [--mailbox-requests-max N]
        [--mailbox-bytes-max B] [--host-heap-initial B] [--repair-after-seconds S] [--retain-records N]
+       [--space-reserve-bytes B]
         Run one node until SIGINT/SIGTERM (environment: STRATA_NATS_URL, STRATA_CLUSTER,
         STRATA_DATA_DIR, STRATA_NODE_ID, STRATA_HOSTS, STRATA_METRICS_PORT,
         STRATA_REPAIR_AFTER_SECONDS, STRATA_CONTROLLERS). With --controllers (3..7 node ids,

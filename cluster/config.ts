@@ -29,6 +29,7 @@
  * | segmentBytesMax | --segment-bytes-max | | segmentBytesMax | runtime default |
  * | checkpointEveryRecords | --checkpoint-every-records | | checkpointEveryRecords | runtime default |
  * | retainRecords | --retain-records | | retainRecords | 0 (the history since the second newest image) |
+ * | spaceReserveBytes | --space-reserve-bytes | | spaceReserveBytes | 5 % of each device, at most 1 GiB |
  * | scrubBytesPerSecond | --scrub-bytes-per-second | | scrubBytesPerSecond | 4 MiB (0 = off) |
  * | mailboxRequestsMax | --mailbox-requests-max | | mailboxRequestsMax | runtime default |
  * | mailboxBytesMax | --mailbox-bytes-max | | mailboxBytesMax | runtime default |
@@ -123,6 +124,7 @@ export interface NodeConfig {
    * points), behind its newest image; undefined = 0 (the history since its second newest image).
    */
   retainRecords?: number;
+  spaceReserveBytes?: number;
   /** Background scrub per device, bytes checked per second (0 = off); undefined = the runtime's default. */
   scrubBytesPerSecond?: number;
   /** Bound on queued requests per shard mailbox; undefined = the runtime's default. */
@@ -314,6 +316,7 @@ const FIELDS: readonly FieldSpec[] = [
   { key: 'segmentBytesMax', flag: '--segment-bytes-max', kind: 'bytes', min: 4 * KIB, max: GIB },
   { key: 'checkpointEveryRecords', flag: '--checkpoint-every-records', kind: 'integer', min: 1, max: 1_000_000_000 },
   { key: 'retainRecords', flag: '--retain-records', kind: 'integer', min: 0, max: 1_000_000_000 },
+  { key: 'spaceReserveBytes', flag: '--space-reserve-bytes', kind: 'bytes', min: 0, max: 1024 * GIB },
   { key: 'scrubBytesPerSecond', flag: '--scrub-bytes-per-second', kind: 'bytes', min: 0, max: 64 * GIB },
   { key: 'mailboxRequestsMax', flag: '--mailbox-requests-max', kind: 'integer', min: 1, max: 1_000_000 },
   { key: 'mailboxBytesMax', flag: '--mailbox-bytes-max', kind: 'bytes', min: MIB, max: 64 * GIB },
@@ -582,6 +585,7 @@ export function loadNodeConfig(
     'segmentBytesMax',
     'checkpointEveryRecords',
     'retainRecords',
+    'spaceReserveBytes',
     'scrubBytesPerSecond',
     'mailboxRequestsMax',
     'mailboxBytesMax',

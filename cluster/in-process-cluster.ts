@@ -89,6 +89,8 @@ export interface InProcessCluster {
   degrade(i: number, faults: { delayMs?: number; dropRate?: number }): Promise<void>;
   /** The next `times` fdatasyncs of node i's device `hostId` fail (Infinity: for good). */
   failFsync(i: number, times: number, hostId?: number): Promise<void>;
+  /** Node i's device `hostId` says it has `bytes` free (undefined: what it has). */
+  setFreeBytes(i: number, bytes: number | undefined, hostId?: number): Promise<void>;
   /** Waits until the controller sees exactly the live nodes. */
   waitForMembers(count: number, timeoutMs?: number): Promise<void>;
   stop(): Promise<void>;
@@ -242,6 +244,11 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<InProcess
       const n = nodes[i];
       if (!n) throw new Error(`node ${i} is not running`);
       await n.failFsync(hostId, times);
+    },
+    async setFreeBytes(i: number, bytes: number | undefined, hostId = 0): Promise<void> {
+      const n = nodes[i];
+      if (!n) throw new Error(`node ${i} is not running`);
+      await n.setFreeBytes(hostId, bytes);
     },
     waitForMembers,
     stop: stopAll,

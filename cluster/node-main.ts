@@ -44,6 +44,7 @@ export async function runNode(config: NodeConfig): Promise<{ stop(): Promise<voi
       ...(config.checkpointEveryRecords !== undefined ? { checkpointEveryRecords: config.checkpointEveryRecords } : {}),
       ...(config.scrubBytesPerSecond !== undefined ? { scrubBytesPerSecond: config.scrubBytesPerSecond } : {}),
       ...(config.retainRecords !== undefined ? { retainRecords: config.retainRecords } : {}),
+      ...(config.spaceReserveBytes !== undefined ? { spaceReserveBytes: config.spaceReserveBytes } : {}),
       ...(config.mailboxRequestsMax !== undefined ? { mailboxRequestsMax: config.mailboxRequestsMax } : {}),
       ...(config.mailboxBytesMax !== undefined ? { mailboxBytesMax: config.mailboxBytesMax } : {}),
       ...(config.repairAfterSeconds !== undefined ? { repairAfterMs: config.repairAfterSeconds * 1000 } : {}),

@@ -142,6 +142,8 @@ export interface StrataNodeOptions {
   cacheBytesMaxPerShard?: number;
   segmentBytesMax?: number;
   checkpointEveryRecords?: number;
+  /** Free space each device keeps: page writes are refused under it (default 5 % of the device, at most 1 GiB; docs/replication.md, "A device short of space"). */
+  spaceReserveBytes?: number;
   /** Records of history each replica keeps readable behind its newest image (default 0; runtime/device-host.ts). */
   retainRecords?: number;
   /** Background scrub per device, bytes per second (0 = off; default in runtime/device-host.ts). */
@@ -716,6 +718,7 @@ export class StrataNode {
           ...(this.opts.checkpointEveryRecords !== undefined ? { checkpointEveryRecords: this.opts.checkpointEveryRecords } : {}),
           ...(this.opts.scrubBytesPerSecond !== undefined ? { scrubBytesPerSecond: this.opts.scrubBytesPerSecond } : {}),
           ...(this.opts.retainRecords !== undefined ? { retainRecords: this.opts.retainRecords } : {}),
+          ...(this.opts.spaceReserveBytes !== undefined ? { spaceReserveBytes: this.opts.spaceReserveBytes } : {}),
         },
         ...(this.opts.timing ? { timing: this.opts.timing } : {}),
         ...(this.opts.mailboxRequestsMax ? { mailboxRequestsMax: this.opts.mailboxRequestsMax } : {}),
@@ -840,6 +843,11 @@ export class StrataNode {
   /** Fault injection: the next `times` fdatasyncs of a host's device fail (Infinity: for good). */
   async failFsync(hostId: number, times: number): Promise<void> {
     await this.hostPool.failFsync(hostId, times);
+  }
+
+  /** Fault injection: host `hostId`'s device says it has `bytes` free (undefined: what it has). */
+  async setFreeBytes(hostId: number, bytes: number | undefined): Promise<void> {
+    await this.hostPool.setFreeBytes(hostId, bytes);
   }
 
   /**

@@ -28,6 +28,12 @@ export const ERROR_CODES = [
   'unavailable',
   /** A device failed during the request; the shard fails over or is repaired. */
   'device_failed',
+  /**
+   * The device holding the shard's replica is short of free space: page writes are refused
+   * until space is freed (pages made zeros then checkpointed, volumes deleted, replicas moved);
+   * reads, ranges made zeros and deletes go on.
+   */
+  'no_space',
   /** Stored data failed a checksum or structure check and no healthy copy could serve it. */
   'corruption',
   /** The LSN asked for is older than the retained history. */
@@ -60,6 +66,7 @@ export const ERROR_CODE_RETRYABLE: Readonly<Record<ErrorCode, boolean>> = {
   timeout: true,
   unavailable: true,
   device_failed: true,
+  no_space: false,
   corruption: false,
   trimmed: false,
   future_lsn: true,

@@ -85,6 +85,10 @@ export interface DeviceQueueSnapshot {
   batchOpsHistogram: readonly number[];
   /** Counts per FSYNC_MS_BUCKETS bucket. */
   syncMsHistogram: readonly number[];
+  /** Page writes and appends of page writes refused for want of space. */
+  rejectedNoSpace?: number;
+  /** The device's filesystem: free and total bytes, and the reserve the device keeps. */
+  space?: { freeBytes: number; sizeBytes: number; reserveBytes: number };
 }
 
 /** One shard's stats (ShardActorStats + state fits; the optional fields come with later work). */
@@ -466,6 +470,13 @@ export class StrataMetrics {
       out.gauge('strata_device_queue_bytes', 'Payload bytes queued on a device and not yet started.', dev.queue.queueBytes, hostAttrs, 'By');
       out.counter('strata_device_written_bytes', 'Log payload bytes appended and made durable on a device.', dev.queue.appendBytes, hostAttrs, 'By');
       out.counter('strata_device_read_bytes', 'Bytes read from a device.', dev.queue.readBytes, hostAttrs, 'By');
+      out.counter('strata_device_no_space_refusals', 'Page writes a device refused no_space (its free space under its reserve), and appends of page writes from leaders it refused under half of it.', dev.queue.rejectedNoSpace ?? 0, hostAttrs);
+      const space = dev.queue.space;
+      if (space !== undefined) {
+        out.gauge('strata_device_free_bytes', 'Free space of the filesystem holding a device: what its node may still write.', space.freeBytes, hostAttrs, 'By');
+        out.gauge('strata_device_size_bytes', 'Size of the filesystem holding a device.', space.sizeBytes, hostAttrs, 'By');
+        out.gauge('strata_device_space_reserve_bytes', 'Free space a device keeps (--space-reserve-bytes): under it, page writes are refused no_space.', space.reserveBytes, hostAttrs, 'By');
+      }
       for (const s of dev.shards) {
         const a = { node, volume: cleanLabel(s.volumeId), shard: String(s.shard) };
         const up = s.state === undefined || s.state === 'up';

@@ -54,6 +54,18 @@ function cell(v: unknown): string {
   return s.length > STATUS_CELL_CHARS_MAX ? `${s.slice(0, STATUS_CELL_CHARS_MAX - 1)}…` : s;
 }
 
+/** Bytes as a short text: `512 B`, `3.4 MiB`, `41.2 GiB`, `1.1 TiB`. */
+function bytesText(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
+  let v = n;
+  let u = 0;
+  while (v >= 1024 && u < units.length - 1) {
+    v /= 1024;
+    u++;
+  }
+  return u === 0 ? `${v} B` : `${v.toFixed(1)} ${units[u]}`;
+}
+
 function duration(ms: number | undefined): string {
   if (ms === undefined || ms < 0) return '-';
   const s = Math.floor(ms / 1000);
@@ -110,6 +122,9 @@ interface NodeRow {
   replicasDownRepairInMs: number | undefined;
   /** Its failure domain (strata node --zone), as the controller knows it. */
   zone: string | undefined;
+  /** Of its devices, the one with the least free space (hosts[].queue.space), and the hosts short of space. */
+  space: { freeBytes: number; sizeBytes: number } | undefined;
+  short: string[];
 }
 
 /** A live node's replicas it reports down, as the controller knows them: how many, and when they are replaced. */
@@ -126,7 +141,7 @@ function nodeRows(reply: Rec): NodeRow[] {
   const row = (id: string): NodeRow => {
     let r = byId.get(id);
     if (!r) {
-      r = { id, state: 'no reply', reason: undefined, hostsOk: undefined, hosts: undefined, loopDelayMaxMs: undefined, uptimeMs: undefined, version: undefined, controller: undefined, lastSeenMs: undefined, silentMs: undefined, repairInMs: undefined, draining: false, replicasDown: undefined, replicasDownRepairInMs: undefined, zone: undefined };
+      r = { id, state: 'no reply', reason: undefined, hostsOk: undefined, hosts: undefined, loopDelayMaxMs: undefined, uptimeMs: undefined, version: undefined, controller: undefined, lastSeenMs: undefined, silentMs: undefined, repairInMs: undefined, draining: false, replicasDown: undefined, replicasDownRepairInMs: undefined, zone: undefined, space: undefined, short: [] };
       byId.set(id, r);
     }
     return r;
@@ -158,14 +173,23 @@ function nodeRows(reply: Rec): NodeRow[] {
     r.uptimeMs = num(info.uptimeMs);
     r.version = str(info.version);
     r.controller = typeof info.controller === 'boolean' ? info.controller : undefined;
+    for (const h of hosts) {
+      const space = rec(rec(h.queue)?.space);
+      const free = num(space?.freeBytes);
+      const size = num(space?.sizeBytes);
+      const reserve = num(space?.reserveBytes);
+      if (free === undefined || size === undefined || size <= 0) continue;
+      if (r.space === undefined || free / size < r.space.freeBytes / r.space.sizeBytes) r.space = { freeBytes: free, sizeBytes: size };
+      if (reserve !== undefined && free < reserve) r.short.push(`host ${cell(h.hostId)}: writes refused, ${bytesText(free)} free`);
+    }
     // A node that answers is alive, whatever the controller last heard.
     const bad = hosts.filter((h) => h.ok !== true);
     // A node of many shards answers in parts: some that did not arrive leave shards unreported.
     const partsMissing = num(n.partsMissing);
     const missing = partsMissing !== undefined && partsMissing > 0 ? `${partsMissing} answer part(s) lost: shards unreported` : undefined;
-    if (info.healthy === false || bad.length > 0 || missing !== undefined) {
+    if (info.healthy === false || bad.length > 0 || missing !== undefined || r.short.length > 0) {
       r.state = 'degraded';
-      r.reason = [...bad.map((h) => `host ${cell(h.hostId)}: ${cell(h.reason ?? 'not ok')}`), ...(missing !== undefined ? [missing] : [])].join('; ') || 'unhealthy';
+      r.reason = [...bad.map((h) => `host ${cell(h.hostId)}: ${cell(h.reason ?? 'not ok')}`), ...r.short, ...(missing !== undefined ? [missing] : [])].join('; ') || 'unhealthy';
     } else {
       r.state = 'up';
     }
@@ -344,7 +368,7 @@ export function formatStatus(statusReply: unknown, options: FormatStatusOptions 
   out.push(
     ...renderTable(
       {
-        header: ['NODE', ...(zoned ? ['ZONE'] : []), 'STATE', 'HOSTS OK', 'LOOP DELAY', 'UPTIME', 'VERSION', 'CONTROLLER', 'LAST SEEN', 'REASON'],
+        header: ['NODE', ...(zoned ? ['ZONE'] : []), 'STATE', 'HOSTS OK', 'LOOP DELAY', 'FREE', 'UPTIME', 'VERSION', 'CONTROLLER', 'LAST SEEN', 'REASON'],
         rows: nodes.map((n) => ({
           cells: [
             cell(n.id),
@@ -352,6 +376,8 @@ export function formatStatus(statusReply: unknown, options: FormatStatusOptions 
             n.state === 'dead' ? 'DEAD' : n.state,
             n.hostsOk !== undefined && n.hosts !== undefined ? `${n.hostsOk}/${n.hosts}` : n.hosts !== undefined ? `?/${n.hosts}` : '-',
             n.loopDelayMaxMs === undefined ? '-' : `${n.loopDelayMaxMs < 10 ? n.loopDelayMaxMs.toFixed(1) : Math.round(n.loopDelayMaxMs)}ms`,
+            // The device with the least free space, of its size.
+            n.space === undefined ? '-' : `${bytesText(n.space.freeBytes)} (${Math.floor((n.space.freeBytes / n.space.sizeBytes) * 100)}%)`,
             duration(n.uptimeMs),
             cell(n.version),
             n.controller === undefined ? '-' : n.controller ? 'yes' : 'no',

@@ -177,6 +177,8 @@ export interface HostApi {
   handOver(volumeId: string, shard: number, to?: string): Promise<TransferResult>;
   setFaults(faults: TransportFaults): Promise<void>;
   failFsync(times: number): Promise<void>;
+  /** Fault injection: the device's disk says it has `bytes` free (undefined: what it has). */
+  setFreeBytes(bytes: number | undefined): Promise<void>;
   /** Fault injection: throws an error with this message outside any handler, ending the thread. */
   throwUncaught(message: string): Promise<void>;
   /**
@@ -562,6 +564,10 @@ export class ActorHost implements HostApi {
 
   async failFsync(times: number): Promise<void> {
     this.ready().device.failFsync(times);
+  }
+
+  async setFreeBytes(bytes: number | undefined): Promise<void> {
+    this.ready().device.setFreeBytes(bytes);
   }
 
   async stall(ms: number, opts: { inDisk?: boolean } = {}): Promise<void> {

@@ -128,6 +128,8 @@ export interface DeviceHostOptions {
   segmentBytesMax?: number;
   /** Checkpoint a shard after this many records applied; default 65536 (0 = never). */
   checkpointEveryRecords?: number;
+  /** Free space the device keeps: page writes are refused under it (DeviceQueue `spaceReserveBytes`). */
+  spaceReserveBytes?: number;
   /**
    * Records of history each replica keeps readable at least, behind its newest image (reads at
    * an LSN, branch points): PageStore `retainLsns`. Default 0: the history since the second
@@ -242,9 +244,9 @@ export const SCRUB_BYTES_PER_SECOND_DEFAULT = 4 * 1024 * 1024;
 const SCRUB_IDLE_STEP_BYTES = 64 * 1024;
 
 /** The counters of a DeviceQueue (its stats less its gauges and state). */
-type QueueCounters = Pick<DeviceQueueStats, 'batches' | 'appendOps' | 'appendRecords' | 'appendBytes' | 'syncs' | 'syncMsSum' | 'syncMsMax' | 'batchOpsHistogram' | 'syncMsHistogram' | 'readOps' | 'diskReads' | 'readBytes' | 'tasks' | 'rejectedOverloaded'>;
+type QueueCounters = Pick<DeviceQueueStats, 'batches' | 'appendOps' | 'appendRecords' | 'appendBytes' | 'syncs' | 'syncMsSum' | 'syncMsMax' | 'batchOpsHistogram' | 'syncMsHistogram' | 'readOps' | 'diskReads' | 'readBytes' | 'tasks' | 'rejectedOverloaded' | 'rejectedNoSpace'>;
 
-const QUEUE_SUMS = ['batches', 'appendOps', 'appendRecords', 'appendBytes', 'syncs', 'syncMsSum', 'readOps', 'diskReads', 'readBytes', 'tasks', 'rejectedOverloaded'] as const;
+const QUEUE_SUMS = ['batches', 'appendOps', 'appendRecords', 'appendBytes', 'syncs', 'syncMsSum', 'readOps', 'diskReads', 'readBytes', 'tasks', 'rejectedOverloaded', 'rejectedNoSpace'] as const;
 
 /** `current` with the counters of the queues before it added (`retired`: their sum so far). */
 function addQueueCounters<T extends QueueCounters>(retired: QueueCounters | undefined, current: T): T {
@@ -595,6 +597,12 @@ export class DeviceHost {
     this.faulty.failFsync(times);
   }
 
+  /** Fault injection: the device's disk says it has `bytes` free (undefined: what it has), from its queue's next read of it. */
+  setFreeBytes(bytes: number | undefined): void {
+    this.faulty.setFreeBytes(bytes);
+    this.queue.forgetSpace();
+  }
+
   clearFaults(): void {
     this.faulty.clearFaults();
   }
@@ -682,6 +690,7 @@ export class DeviceHost {
   private newQueue(): DeviceQueue {
     return new DeviceQueue({
       ...(this.opts.queue ?? {}),
+      ...(this.opts.spaceReserveBytes !== undefined ? { spaceReserveBytes: this.opts.spaceReserveBytes } : {}),
       disk: this.disk,
       name: this.dir,
       ...(this.opts.queueTracer ? { tracer: this.opts.queueTracer } : {}),

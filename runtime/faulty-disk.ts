@@ -3,11 +3,12 @@
  * inject. Nodes always run their devices through it (a delegation per call), so that fault
  * tests of a running cluster can make one replica's fdatasync fail like a dying disk does.
  */
-import type { Disk, FileHandle, OpenOptions } from '../storage-engine/disk';
+import type { Disk, DiskSpace, FileHandle, OpenOptions } from '../storage-engine/disk';
 import { StorageError } from '../storage-engine/errors';
 
 export class FaultyDisk implements Disk {
   private fsyncFailures = 0;
+  private freeBytes: number | undefined;
   injected = 0;
   /** Background removals (`removeAsync`, `removeTreeAsync`) that failed; the next open removes their files. */
   backgroundRemoveFailures = 0;
@@ -22,6 +23,7 @@ export class FaultyDisk implements Disk {
 
   clearFaults(): void {
     this.fsyncFailures = 0;
+    this.freeBytes = undefined;
   }
 
   private maybeFailSync(what: string): void {
@@ -98,5 +100,17 @@ export class FaultyDisk implements Disk {
   }
   exists(path: string): boolean {
     return this.inner.exists(path);
+  }
+
+  /** The inner disk's space, or, told a free size (`setFreeBytes`), that in place of its free bytes. */
+  space(): DiskSpace {
+    const inner = this.inner.space?.() ?? { freeBytes: Number.MAX_SAFE_INTEGER, sizeBytes: Number.MAX_SAFE_INTEGER };
+    return this.freeBytes === undefined ? inner : { freeBytes: Math.min(this.freeBytes, inner.sizeBytes), sizeBytes: inner.sizeBytes };
+  }
+
+  /** Fault injection: the disk says it has `bytes` free (undefined: what it has). */
+  setFreeBytes(bytes: number | undefined): void {
+    if (bytes !== undefined && !(Number.isSafeInteger(bytes) && bytes >= 0)) throw new StorageError('bad_request', `free bytes must be a non-negative integer, got ${String(bytes)}`);
+    this.freeBytes = bytes;
   }
 }

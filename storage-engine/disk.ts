@@ -67,9 +67,21 @@ export interface Disk {
   /** Optional: `removeTree` off the calling thread, as `removeAsync` (see `discardTree`). */
   removeTreeAsync?(dir: string): Promise<void>;
   exists(path: string): boolean;
+  /**
+   * Optional: the space of the filesystem holding the disk's files: what its user may still
+   * write, and its size. Throws StorageError `io_error` when the filesystem does not say.
+   */
+  space?(): DiskSpace;
 }
 
 /** The open file of handle `fh` in a Disk's table of them; `io_error` (EBADF) for a handle not in it. */
+/** A filesystem's space, in bytes. */
+export interface DiskSpace {
+  /** What the disk's user may still write (blocks available to it, not the root's reserve). */
+  freeBytes: number;
+  sizeBytes: number;
+}
+
 export function openFileOf<T>(files: ReadonlyMap<FileHandle, T>, fh: FileHandle): T {
   const f = files.get(fh);
   if (f === undefined) throw new StorageError('io_error', `bad file handle ${fh}`, { errno: 'EBADF', fh });

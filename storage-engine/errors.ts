@@ -7,6 +7,7 @@ export type StorageErrorCode =
   | 'fsync_failed'      // fdatasync/fsync failed: the data of that batch is not durable
   | 'device_failed'     // the device had a fatal error earlier and takes no more writes
   | 'overloaded'        // a bounded queue or slab is full; retry later
+  | 'no_space'          // the device's free space is below its reserve: page writes are refused
   | 'corruption'        // a checksum or structure check failed in the middle of the data
   | 'trimmed'           // the LSN asked for is older than the retained history
   | 'future_lsn'        // the LSN asked for is newer than the last one applied

@@ -8,7 +8,7 @@
  */
 import * as fs from 'node:fs';
 import * as nodePath from 'node:path';
-import { diskError, openFileOf, type Disk, type FileHandle, type OpenOptions } from './disk';
+import { diskError, openFileOf, type Disk, type DiskSpace, type FileHandle, type OpenOptions } from './disk';
 import { errnoOf, StorageError } from './errors';
 import { makeDirectory } from './make-directory';
 
@@ -427,6 +427,15 @@ export class RealDisk implements Disk {
   exists(path: string): boolean {
     checkDiskPath(path, true);
     return this.blocking(() => fs.existsSync(this.abs(path)));
+  }
+
+  space(): DiskSpace {
+    try {
+      const st = this.blocking(() => fs.statfsSync(this.rootDir));
+      return { freeBytes: st.bavail * st.bsize, sizeBytes: st.blocks * st.bsize };
+    } catch (e) {
+      throw diskError('statfs', this.rootDir, e);
+    }
   }
 
   /** Closes every open handle (errors ignored); for shutdown and tests. */

@@ -1,5 +1,5 @@
 import { strict as assert } from 'node:assert';
-import { DeviceQueue, type AppendTarget, BATCH_OPS_BUCKETS } from '../../actors/device-queue';
+import { DeviceQueue, type AppendTarget, BATCH_OPS_BUCKETS, SPACE_CHECK_MS, defaultSpaceReserve } from '../../actors/device-queue';
 import type { Disk, FileHandle } from '../../storage-engine/disk';
 import { StorageError } from '../../storage-engine/errors';
 import type { LogRecordInput } from '../../storage-engine/record';
@@ -502,5 +502,69 @@ describe('DeviceQueue', () => {
     await assert.rejects(q.read(1, -1, 10), (e: StorageError) => e.code === 'bad_request');
     await assert.rejects(q.read(1, 0, 0), (e: StorageError) => e.code === 'bad_request');
     assert.throws(() => new DeviceQueue({ disk: readOnlyDisk(new Map()), queueOpsMax: 0 }), (e: StorageError) => e.code === 'bad_request');
+  });
+
+  describe('space', () => {
+    /** A disk that says what the test sets of its space (and throws when told to). */
+    function spaceDisk(space: { freeBytes: number; sizeBytes: number; fail?: boolean }): Disk {
+      return {
+        space: () => {
+          if (space.fail === true) throw new StorageError('io_error', 'statfs: EIO');
+          return { freeBytes: space.freeBytes, sizeBytes: space.sizeBytes };
+        },
+      } as unknown as Disk;
+    }
+    const GIB = 1024 ** 3;
+    const write = (n: number): LogRecordInput => ({ term: 1, kind: 1, payload: new Uint8Array(8).fill(n) });
+    const zero: LogRecordInput = { term: 1, kind: 4, payload: new Uint8Array(24) };
+    const noop: LogRecordInput = { term: 1, kind: 2, payload: new Uint8Array(0) };
+
+    it('keeps 5 % of the device free by default, at most 1 GiB', () => {
+      assert.equal(defaultSpaceReserve(10 * GIB), Math.floor(0.5 * GIB));
+      assert.equal(defaultSpaceReserve(100 * GIB), GIB);
+      const q = new DeviceQueue({ disk: spaceDisk({ freeBytes: 50 * GIB, sizeBytes: 100 * GIB }) });
+      assert.deepEqual(q.stats().space, { freeBytes: 50 * GIB, sizeBytes: 100 * GIB, reserveBytes: GIB, state: 'ok' });
+    });
+
+    it('under its reserve refuses page writes no_space; under half of it, appends of page writes too; records without page data go on', () => {
+      let now = 0;
+      const space = { freeBytes: 5000, sizeBytes: 100_000 };
+      const q = new DeviceQueue({ disk: spaceDisk(space), spaceReserveBytes: 2000, clock: { nowMs: () => now } });
+      q.checkWriteSpace();
+      q.checkAppend([write(1)]);
+      // Read again only after SPACE_CHECK_MS.
+      space.freeBytes = 1500;
+      q.checkWriteSpace();
+      now += SPACE_CHECK_MS;
+      assert.throws(() => q.checkWriteSpace(), (e: StorageError) => e.code === 'no_space' && /has 1500 bytes free, under its reserve of 2000 bytes: page writes are refused until space is freed/.test(e.message) && e.details?.['freeBytes'] === 1500);
+      q.checkAppend([write(1), zero]);
+      assert.equal(q.stats().space?.state, 'low');
+      space.freeBytes = 999;
+      q.forgetSpace();
+      assert.throws(() => q.checkAppend([noop, write(2)]), (e: StorageError) => e.code === 'no_space' && /under half of its reserve/.test(e.message));
+      q.checkAppend([noop, zero]);
+      assert.equal(q.stats().space?.state, 'critical');
+      assert.equal(q.stats().rejectedNoSpace, 2);
+      // Space freed: taken again.
+      space.freeBytes = 2000;
+      now += SPACE_CHECK_MS;
+      q.checkWriteSpace();
+      q.checkAppend([write(3)]);
+      assert.equal(q.stats().space?.state, 'ok');
+    });
+
+    it('a full disk refuses page writes with no reserve; a disk that does not say, or fails to, refuses nothing', () => {
+      const space = { freeBytes: 0, sizeBytes: 100_000, fail: false };
+      const q = new DeviceQueue({ disk: spaceDisk(space), spaceReserveBytes: 0 });
+      assert.throws(() => q.checkWriteSpace(), (e: StorageError) => e.code === 'no_space');
+      space.fail = true;
+      q.forgetSpace();
+      q.checkWriteSpace();
+      assert.equal(q.stats().space, undefined);
+      const silent = new DeviceQueue({ disk: {} as Disk });
+      silent.checkWriteSpace();
+      assert.equal(silent.stats().space, undefined);
+      assert.throws(() => new DeviceQueue({ disk: {} as Disk, spaceReserveBytes: -1 }), (e: StorageError) => e.code === 'bad_request');
+    });
   });
 });

@@ -28,6 +28,8 @@ function host(hostId: number, over: Partial<HostSnapshot> = {}): HostSnapshot {
         state: 'ok', queueOps: 2, queueBytes: 8192, batches: 3, appendOps: 5, appendBytes: 20480, readOps: 1, readBytes: 4096, tasks: 0, syncs: 3, syncMsSum: 1.5,
         batchOpsHistogram: BATCH_OPS_BUCKETS.map((_, i) => (i === 0 ? 2 : i === 2 ? 1 : 0)),
         syncMsHistogram: FSYNC_MS_BUCKETS.map((_, i) => (i === 3 ? 3 : 0)),
+        rejectedNoSpace: 6,
+        space: { freeBytes: 3 * 2 ** 30, sizeBytes: 64 * 2 ** 30, reserveBytes: 2 ** 30 },
       },
       slabWarm: { warmedSlots: 512, failures: 1 },
       shards: [{ volumeId: 'v1', shard: hostId, term: 1, appliedLsn: 10, state: 'up', cache: { hits: 7, misses: 2, evictions: 0, bytes: 8192 }, elections: 1, preVotes: 3, retriesMatched: 2, repairing: true, replicas: [{ replica: 'n2', lagRecords: 4 }] }],
@@ -98,6 +100,10 @@ describe('observability/metrics', () => {
     assert.equal(sample(t1, 'strata_cache_warm_failures_total', { node: 'n1', host: '0' }), 1);
     assert.equal(sample(t1, 'strata_device_written_bytes_total', { node: 'n1', host: '0' }), 20480);
     assert.equal(sample(t1, 'strata_device_read_bytes_total', { node: 'n1', host: '0' }), 4096);
+    assert.equal(sample(t1, 'strata_device_free_bytes', { node: 'n1', host: '0' }), 3 * 2 ** 30);
+    assert.equal(sample(t1, 'strata_device_size_bytes', { node: 'n1', host: '0' }), 64 * 2 ** 30);
+    assert.equal(sample(t1, 'strata_device_space_reserve_bytes', { node: 'n1', host: '0' }), 2 ** 30);
+    assert.equal(sample(t1, 'strata_device_no_space_refusals_total', { node: 'n1', host: '0' }), 6);
     assert.equal(sample(t1, 'strata_device_batch_ops_count', { node: 'n1', host: '0' }), 3);
     assert.equal(sample(t1, 'strata_device_batch_ops_bucket', { node: 'n1', host: '0', le: '1' }), 2);
     assert.equal(sample(t1, 'strata_device_fsync_duration_seconds_count', { node: 'n1', host: '0' }), 3);

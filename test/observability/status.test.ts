@@ -44,10 +44,10 @@ describe('observability/status', () => {
     const text = formatStatus(sampleReply(), { nowMs: NOW });
     assert.match(text, /^Strata cluster dev — answered by node n1 \(version 0\.1\.0\), controller reachable \(on n1\)$/m);
     assert.match(text, /^NODES \(3, 1 dead, 1 degraded\)$/m);
-    assert.match(text, /^ {2}NODE +STATE +HOSTS OK +LOOP DELAY +UPTIME +VERSION +CONTROLLER +LAST SEEN +REASON$/m);
-    assert.match(text, /^ {2}n1 +up +2\/2 +312ms +1h02m +0\.1\.0 +yes +0\.3s ago +-$/m, 'the worst host\'s loop delay');
+    assert.match(text, /^ {2}NODE +STATE +HOSTS OK +LOOP DELAY +FREE +UPTIME +VERSION +CONTROLLER +LAST SEEN +REASON$/m);
+    assert.match(text, /^ {2}n1 +up +2\/2 +312ms +- +1h02m +0\.1\.0 +yes +0\.3s ago +-$/m, 'the worst host\'s loop delay');
     assert.match(text, /^ {2}n2 +degraded +1\/2 +1\.3ms .* host 1: device failed$/m);
-    assert.match(text, /^ {2}n3 +DEAD +\?\/2 +- +- +- +- +42\.0s ago +no heartbeat$/m);
+    assert.match(text, /^ {2}n3 +DEAD +\?\/2 +- +- +- +- +- +42\.0s ago +no heartbeat$/m);
     // With the controller's time until it replaces the node's replicas, or its saying it does now.
     const members = (r: ReturnType<typeof sampleReply>, repairInMs: number) =>
       ({ ...r, members: (r.members as Array<Record<string, unknown>>).map((m) => (m.nodeId === 'n3' ? { ...m, repairInMs } : m)) });
@@ -83,6 +83,19 @@ describe('observability/status', () => {
     assert.match(text, /^ {4}0 +n3 +- +missing +- +- +- +40 +node DEAD$/m);
     assert.match(text, /^ {4}1 +n2 +follower +down +0 +0 +0 +- +device failed$/m);
     assert.ok(!text.includes('\u001b['), 'no colors unless asked');
+  });
+
+  it("free space: of a node's devices, the one with the least; a device under its reserve makes the node degraded, saying so", () => {
+    const reply = sampleReply();
+    const GIB = 2 ** 30;
+    const hosts = (reply.nodes as Array<{ hosts: Array<Record<string, unknown>> }>)[0]!.hosts;
+    hosts[0]!.queue = { space: { freeBytes: 40 * GIB, sizeBytes: 100 * GIB, reserveBytes: GIB, state: 'ok' } };
+    hosts[1]!.queue = { space: { freeBytes: 30 * GIB, sizeBytes: 50 * GIB, reserveBytes: GIB, state: 'ok' } };
+    assert.match(formatStatus(reply, { nowMs: NOW }), /^ {2}n1 +up +2\/2 +312ms +40\.0 GiB \(40%\) +1h02m .* +-$/m, 'the device with the least free space of its size');
+    hosts[1]!.queue = { space: { freeBytes: 512 * 2 ** 20, sizeBytes: 50 * GIB, reserveBytes: GIB, state: 'low' } };
+    const text = formatStatus(reply, { nowMs: NOW });
+    assert.match(text, /^NODES \(3, 1 dead, 2 degraded\)$/m);
+    assert.match(text, /^ {2}n1 +degraded +2\/2 +312ms +512\.0 MiB \(1%\) .* host 1: writes refused, 512\.0 MiB free$/m);
   });
 
   it('a replicated controller: the node that runs it and its term in the first line, and the catalog shard as a section of its own', () => {

@@ -1,0 +1,112 @@
+/**
+ * A device short of space: under its reserve the shards it leads refuse page writes `no_space`
+ * (reads, ranges made zeros and deletes go on, and status says why); under half of it, it takes
+ * no page data from other leaders either, so a shard whose majority is short stops writing
+ * instead of failing its devices; space freed, everything goes on, and no acknowledged write is
+ * lost. The disks' free space is what the test tells them (fault injection), the rest is real.
+ */
+import { strict as assert } from 'node:assert';
+import { startCluster, type InProcessCluster } from '../../cluster/in-process-cluster';
+import type { Volume } from '../../cluster/client';
+import { ProtocolError } from '../../messages/errors';
+import { formatStatus } from '../../observability/status';
+import { rejectsWith } from '../support/expect';
+import { eventually } from '../support/wait';
+
+const MIB = 1024 * 1024;
+const node = { spaceReserveBytes: 64 * MIB, timing: { electionTimeoutMinMs: 150, electionTimeoutMaxMs: 300, heartbeatMs: 25, rpcTimeoutMs: 500 } };
+
+function page(n: number): Uint8Array {
+  return new Uint8Array(4096).fill(n);
+}
+
+/** The hosts' device queues as a node reports them in its status. */
+type HostView = { queue?: { space?: { freeBytes: number; reserveBytes: number; state: string }; rejectedNoSpace?: number } };
+
+describe('a device short of space', function () {
+  this.timeout(120_000);
+  let c: InProcessCluster;
+
+  before(async () => {
+    c = await startCluster({ nodes: 3, hosts: 1, node });
+  });
+  after(async () => {
+    await c?.stop();
+  });
+
+  /** The index of the node whose replica leads shard 0 of `volume`. */
+  async function leaderOf(volume: string): Promise<number> {
+    return eventually('a leader', async () => {
+      const st = await c.client.status();
+      const leader = st.volumes.find((v) => v.name === volume)?.shards[0]?.leader;
+      if (leader === undefined) throw new ProtocolError('unavailable', 'no leader yet');
+      return Number(leader.slice(1)) - 1;
+    });
+  }
+
+  it('under its reserve: page writes refused no_space, reads, zeros and status go on; space freed, writes go on', async () => {
+    await c.client.createVolume({ name: 's', pageCount: 64, shards: 1, replicas: 3 });
+    const v = c.client.volume('s');
+    await v.writePages([{ page: 1, data: page(1) }, { page: 2, data: page(2) }]);
+    const i = await leaderOf('s');
+    await c.setFreeBytes(i, 40 * MIB);
+    try {
+      await shortOfSpace(i);
+    } finally {
+      await c.setFreeBytes(i, undefined);
+    }
+    await v.write(3, page(3));
+    assert.deepEqual(await v.read([1, 2, 3]), [page(1), new Uint8Array(4096), page(3)]);
+  });
+
+  /** With node i's device short of space: what shard 0 of volume s, led there, does. */
+  async function shortOfSpace(i: number): Promise<void> {
+    const v = c.client.volume('s');
+    const err = await rejectsWith(v.write(3, page(3)), 'no_space');
+    assert.match(err.message, /has 40\.0 MiB free, under its reserve of 64\.0 MiB: page writes are refused until space is freed/);
+    assert.deepEqual(await v.read([1, 2]), [page(1), page(2)], 'reads go on');
+    await v.zeroPages(2, 1);
+    assert.deepEqual(await v.read(2), new Uint8Array(4096), 'a range made zeros goes on');
+    // The node says so: its device's space and its refusals, and the status text names it.
+    const st = (await c.client.status()) as unknown as { nodes: Array<{ node: { id: string }; hosts: HostView[] }> };
+    const mine = st.nodes.find((n) => n.node.id === `n${i + 1}`)!;
+    assert.equal(mine.hosts[0]!.queue!.space!.state, 'low');
+    assert.equal(mine.hosts[0]!.queue!.space!.freeBytes, 40 * MIB);
+    assert.ok((mine.hosts[0]!.queue!.rejectedNoSpace ?? 0) >= 1);
+    assert.match(formatStatus(st), new RegExp(`n${i + 1} +degraded .*40\\.0 MiB \\(\\d+%\\).*host 0: writes refused, 40\\.0 MiB free`));
+  }
+
+  it('followers under half their reserve take no page data: one such follower leaves a majority, two stop the writes until space is freed; nothing acknowledged is lost', async () => {
+    await c.client.createVolume({ name: 'f', pageCount: 64, shards: 1, replicas: 3 });
+    const v = c.client.volume('f');
+    await v.write(0, page(10));
+    const leader = await leaderOf('f');
+    const [a, b] = [0, 1, 2].filter((k) => k !== leader) as [number, number];
+    await c.setFreeBytes(a, 10 * MIB);
+    await v.write(1, page(11));
+    await c.setFreeBytes(b, 10 * MIB);
+    try {
+      await majorityShort(v, a, b);
+    } finally {
+      await c.setFreeBytes(a, undefined);
+      await c.setFreeBytes(b, undefined);
+    }
+    await eventually('writes go on', () => v.write(3, page(13)));
+    const got = await v.read([0, 1, 3]);
+    assert.deepEqual(got, [page(10), page(11), page(13)]);
+    // The write that timed out may or may not have been applied, but its page holds nothing else.
+    const two = await v.read(2);
+    assert.ok(two.every((x) => x === 0) || two.every((x) => x === 12));
+  });
+
+  /** With both followers `a` and `b` of volume f's shard under half their reserve. */
+  async function majorityShort(v: Volume, a: number, b: number): Promise<void> {
+    // No majority takes the page: not committed by its deadline.
+    await rejectsWith(v.writePages([{ page: 2, data: page(12) }], { deadlineMs: Date.now() + 1500 }), 'timeout');
+    const refused = async (k: number): Promise<number> => {
+      const st = (await c.client.status()) as unknown as { nodes: Array<{ node: { id: string }; hosts: HostView[] }> };
+      return st.nodes.find((n) => n.node.id === `n${k + 1}`)!.hosts[0]!.queue!.rejectedNoSpace ?? 0;
+    };
+    assert.ok((await refused(a)) > 0 && (await refused(b)) > 0, 'both followers refused page data');
+  }
+});
