@@ -280,8 +280,8 @@ export class DeviceQueue {
 
   /**
    * The device's space: read from its disk at most every SPACE_CHECK_MS (a statfs), so that
-   * every write may ask. Undefined when the disk does not say (a failed statfs is asked again
-   * at the next call).
+   * every write may ask. Undefined when the disk does not say (no `space`, a size of 0; a
+   * failed statfs is asked again at the next call).
    */
   space(): DeviceSpaceStats | undefined {
     if (this.disk.space === undefined) return undefined;
@@ -289,6 +289,11 @@ export class DeviceQueue {
     if (this.spaceRead !== undefined && now - this.spaceRead.atMs < SPACE_CHECK_MS) return this.spaceRead.space;
     try {
       const { freeBytes, sizeBytes } = this.disk.space();
+      // A filesystem that reports no size (some pseudo and network ones) says nothing of its space.
+      if (!(sizeBytes > 0)) {
+        this.spaceRead = undefined;
+        return undefined;
+      }
       const reserveBytes = this.spaceReserveBytes ?? defaultSpaceReserve(sizeBytes);
       const state = freeBytes >= reserveBytes && freeBytes > 0 ? 'ok' : freeBytes >= reserveBytes / 2 && freeBytes > 0 ? 'low' : 'critical';
       this.spaceRead = { space: { freeBytes, sizeBytes, reserveBytes, state }, atMs: now };

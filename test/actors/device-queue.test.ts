@@ -553,7 +553,7 @@ describe('DeviceQueue', () => {
       assert.equal(q.stats().space?.state, 'ok');
     });
 
-    it('a full disk refuses page writes with no reserve; a disk that does not say, or fails to, refuses nothing', () => {
+    it('a full disk refuses page writes with no reserve; a disk that does not say, fails to, or says a size of 0 refuses nothing', () => {
       const space = { freeBytes: 0, sizeBytes: 100_000, fail: false };
       const q = new DeviceQueue({ disk: spaceDisk(space), spaceReserveBytes: 0 });
       assert.throws(() => q.checkWriteSpace(), (e: StorageError) => e.code === 'no_space');
@@ -561,6 +561,11 @@ describe('DeviceQueue', () => {
       q.forgetSpace();
       q.checkWriteSpace();
       assert.equal(q.stats().space, undefined);
+      space.fail = false;
+      space.sizeBytes = 0;
+      q.forgetSpace();
+      q.checkWriteSpace();
+      assert.equal(q.stats().space, undefined, 'a filesystem of no size says nothing');
       const silent = new DeviceQueue({ disk: {} as Disk });
       silent.checkWriteSpace();
       assert.equal(silent.stats().space, undefined);
