@@ -401,6 +401,11 @@ export interface ReplicaStats {
   repliesIgnored: number;
   /** This replica's page cache (cumulative counters, bytes held now). */
   cache: { hits: number; misses: number; evictions: number; bytes: number };
+  /**
+   * The replica's files: its log's bytes in use, its retained images' bytes, and the pages its
+   * newest image stores (pages made zeros are not stored: they leave it at the next checkpoint).
+   */
+  storage?: { logBytes: number; imageBytes: number; imagePages: number };
 }
 
 /** A record the leader holds in memory, with its write's tracer value (only with a tracer). */
@@ -967,7 +972,8 @@ export class Replica {
   stats(): ReplicaStats {
     const lag: Record<string, number> = {};
     if (this.role === 'leader') for (const [id, f] of this.followers) lag[id] = Math.max(0, this.lastLsn - f.match);
-    const c = this.store.stats().cache;
+    const ps = this.store.stats();
+    const c = ps.cache;
     return {
       volumeId: this.geometry.volumeId,
       shard: this.geometry.shard,
@@ -987,6 +993,7 @@ export class Replica {
       ...(this.termsUnknown !== undefined ? { awaitingTerms: [...this.termsUnknown].sort() } : {}),
       ...this.counters,
       cache: { hits: c.hits, misses: c.misses, evictions: c.evictions, bytes: c.bytes },
+      storage: { logBytes: this.log.stats().bytes, imageBytes: ps.imageBytes, imagePages: ps.imagePages },
     };
   }
 

@@ -119,6 +119,8 @@ export interface ShardSnapshot {
    * node id (actors/replica.ts ReplicaStats.lag: reported by the leader only).
    */
   lag?: Readonly<Record<string, number>>;
+  /** The replica's files (actors/replica.ts ReplicaStats.storage). */
+  storage?: { logBytes: number; imageBytes: number; imagePages: number };
 }
 
 /** One actor host (an element of HostPool.stats() fits). */
@@ -496,6 +498,11 @@ export class StrataMetrics {
           out.counter('strata_cache_misses', 'Page cache misses of a shard.', s.cache.misses, a);
           out.counter('strata_cache_evictions', 'Pages evicted from a shard page cache.', s.cache.evictions, a);
           out.gauge('strata_cache_bytes', 'Page bytes held by a shard page cache.', s.cache.bytes, a, 'By');
+        }
+        if (s.storage) {
+          out.gauge('strata_shard_log_bytes', 'Bytes of a replica\'s log in use (its segments\' records), on its node\'s device.', s.storage.logBytes, a, 'By');
+          out.gauge('strata_shard_image_bytes', 'Bytes of a replica\'s retained checkpoint images (pages made zeros are not stored: they leave at the next checkpoint).', s.storage.imageBytes, a, 'By');
+          out.gauge('strata_shard_image_pages', 'Pages a replica\'s newest checkpoint image stores (its non-zero pages).', s.storage.imagePages, a);
         }
         for (const rep of s.replicas ?? []) out.gauge('strata_replica_lag_records', REPLICA_LAG_HELP, rep.lagRecords, { ...a, replica: cleanLabel(rep.replica) });
         if (s.lag) for (const [replica, lag] of Object.entries(s.lag)) out.gauge('strata_replica_lag_records', REPLICA_LAG_HELP, lag, { ...a, replica: cleanLabel(replica) });

@@ -346,14 +346,17 @@ export class ImageReader {
   readonly term: number;
   readonly pageSize: 4096 | 8192;
   readonly pageCount: number;
+  /** The file's size in bytes (header, table and the stored pages). */
+  readonly fileBytes: number;
   private readonly disk: Disk;
   private fh: FileHandle | undefined;
   private readonly pages: Float64Array;
   private readonly offsets: Float64Array;
   private readonly crcs: Uint32Array;
 
-  private constructor(disk: Disk, path: string, fh: FileHandle, h: ImageHeader, pages: Float64Array, offsets: Float64Array, crcs: Uint32Array) {
+  private constructor(disk: Disk, path: string, fh: FileHandle, h: ImageHeader & { fileBytes: number }, pages: Float64Array, offsets: Float64Array, crcs: Uint32Array) {
     this.disk = disk;
+    this.fileBytes = h.fileBytes;
     this.path = path;
     this.fh = fh;
     this.lsn = h.lsn;
@@ -440,7 +443,7 @@ export class ImageReader {
       if (!(off >= prevEnd) || off + pageSize > fileBytes) throw corrupt(`table entry ${i}: page ${page} data offset ${off} out of place`, IMAGE_HEADER_BYTES + i * IMAGE_TABLE_ENTRY_BYTES, lsn);
       prevEnd = off + pageSize;
     }
-    return new ImageReader(disk, path, fh, { lsn, term, pageSize, pageCount }, pages, offsets, crcs);
+    return new ImageReader(disk, path, fh, { lsn, term, pageSize, pageCount, fileBytes }, pages, offsets, crcs);
   }
 
   /** Pages stored (the non-zero ones). */

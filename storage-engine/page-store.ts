@@ -69,6 +69,10 @@ export interface PageStoreStats {
   versions: number;
   /** Images let go whose removal in the background failed (`discardFile`); removed at the next open. */
   discardFailures: number;
+  /** Bytes of the retained images' files. */
+  imageBytes: number;
+  /** Pages the newest image stores (its non-zero pages; 0 without an image). */
+  imagePages: number;
 }
 
 /** Most pages one `getPages` call may ask for. */
@@ -770,6 +774,8 @@ export class PageStore {
       cache: { hits: c.hits, misses: c.misses, evictions: c.evictions, bytes: c.bytes, bytesMax: c.bytesMax },
       versions: this.versionCount,
       discardFailures: this.discardFailures,
+      imageBytes: this.images.reduce((sum, r) => sum + r.fileBytes, 0),
+      imagePages: this.images[this.images.length - 1]?.entries ?? 0,
     };
   }
 

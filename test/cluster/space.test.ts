@@ -14,7 +14,7 @@ import { rejectsWith } from '../support/expect';
 import { eventually } from '../support/wait';
 
 const MIB = 1024 * 1024;
-const node = { spaceReserveBytes: 64 * MIB, timing: { electionTimeoutMinMs: 150, electionTimeoutMaxMs: 300, heartbeatMs: 25, rpcTimeoutMs: 500 } };
+const node = { spaceReserveBytes: 64 * MIB, checkpointEveryRecords: 40, timing: { electionTimeoutMinMs: 150, electionTimeoutMaxMs: 300, heartbeatMs: 25, rpcTimeoutMs: 500 } };
 
 function page(n: number): Uint8Array {
   return new Uint8Array(4096).fill(n);
@@ -75,6 +75,34 @@ describe('a device short of space', function () {
     assert.ok((mine.hosts[0]!.queue!.rejectedNoSpace ?? 0) >= 1);
     assert.match(formatStatus(st), new RegExp(`n${i + 1} +degraded .*40\\.0 MiB \\(\\d+%\\).*host 0: writes refused, 40\\.0 MiB free`));
   }
+
+  it("the pages made zeros leave the replicas' images at their next checkpoints: each replica reports its files' bytes", async () => {
+    const info = await c.client.createVolume({ name: 'g', pageCount: 1024, shards: 1, replicas: 3 });
+    const v = c.client.volume('g');
+    for (let p = 0; p < 512; p += 128) await v.writePages(Array.from({ length: 128 }, (_, k) => ({ page: p + k, data: page(1 + ((p + k) % 200)) })));
+    type Storage = { logBytes: number; imageBytes: number; imagePages: number };
+    /** Each replica's storage as its node reports it, once every replica's satisfies `ok`. */
+    const storageOnceAll = (what: string, ok: (s: Storage) => boolean): Promise<Storage[]> =>
+      eventually(what, async () => {
+        const all: Storage[] = [];
+        for (const n of c.nodes) {
+          const st = (await n!.status()) as unknown as { shards: Array<{ volumeId: string; storage?: Storage }> };
+          all.push(...st.shards.filter((s) => s.volumeId === info.id).map((s) => s.storage!));
+        }
+        if (all.length !== 3 || !all.every(ok)) throw new ProtocolError('unavailable', `not yet: ${JSON.stringify(all)}`);
+        return all;
+      });
+    // Records enough for a checkpoint on every replica (every 40).
+    for (let k = 0; k < 45; k++) await v.write(1000, page(k));
+    const full = await storageOnceAll('every replica checkpointed the 512 pages', (s) => s.imagePages === 513);
+    for (const s of full) assert.ok(s.imageBytes >= 513 * 4096 && s.logBytes > 0, JSON.stringify(s));
+    await v.zeroPages(0, 512);
+    for (let k = 0; k < 90; k++) await v.write(1000, page(k));
+    // Two checkpoints later, the images before the zeros are let go too.
+    const after = await storageOnceAll('the images without the pages made zeros', (s) => s.imagePages === 1 && s.imageBytes < 64 * 1024);
+    assert.equal(after.length, 3);
+    assert.deepEqual(await v.read([0, 511, 1000]), [new Uint8Array(4096), new Uint8Array(4096), page(89)]);
+  });
 
   it('followers under half their reserve take no page data: one such follower leaves a majority, two stop the writes until space is freed; nothing acknowledged is lost', async () => {
     await c.client.createVolume({ name: 'f', pageCount: 64, shards: 1, replicas: 3 });

@@ -32,7 +32,7 @@ function host(hostId: number, over: Partial<HostSnapshot> = {}): HostSnapshot {
         space: { freeBytes: 3 * 2 ** 30, sizeBytes: 64 * 2 ** 30, reserveBytes: 2 ** 30 },
       },
       slabWarm: { warmedSlots: 512, failures: 1 },
-      shards: [{ volumeId: 'v1', shard: hostId, term: 1, appliedLsn: 10, state: 'up', cache: { hits: 7, misses: 2, evictions: 0, bytes: 8192 }, elections: 1, preVotes: 3, retriesMatched: 2, repairing: true, replicas: [{ replica: 'n2', lagRecords: 4 }] }],
+      shards: [{ volumeId: 'v1', shard: hostId, term: 1, appliedLsn: 10, state: 'up', storage: { logBytes: 65_600, imageBytes: 1_060_864, imagePages: 256 }, cache: { hits: 7, misses: 2, evictions: 0, bytes: 8192 }, elections: 1, preVotes: 3, retriesMatched: 2, repairing: true, replicas: [{ replica: 'n2', lagRecords: 4 }] }],
     },
     // 9 ticks on time (under 1 ms late) and one 300 ms late.
     loopDelay: { histogram: LOOP_DELAY_MS_BUCKETS.map((b) => (b === 1 ? 9 : b === 500 ? 1 : 0)), sumMs: 302, recentMaxMs: 300 },
@@ -101,6 +101,9 @@ describe('observability/metrics', () => {
     assert.equal(sample(t1, 'strata_device_written_bytes_total', { node: 'n1', host: '0' }), 20480);
     assert.equal(sample(t1, 'strata_device_read_bytes_total', { node: 'n1', host: '0' }), 4096);
     assert.equal(sample(t1, 'strata_device_free_bytes', { node: 'n1', host: '0' }), 3 * 2 ** 30);
+    assert.equal(sample(t1, 'strata_shard_log_bytes', { node: 'n1', volume: 'v1', shard: '0' }), 65_600);
+    assert.equal(sample(t1, 'strata_shard_image_bytes', { node: 'n1', volume: 'v1', shard: '0' }), 1_060_864);
+    assert.equal(sample(t1, 'strata_shard_image_pages', { node: 'n1', volume: 'v1', shard: '0' }), 256);
     assert.equal(sample(t1, 'strata_device_size_bytes', { node: 'n1', host: '0' }), 64 * 2 ** 30);
     assert.equal(sample(t1, 'strata_device_space_reserve_bytes', { node: 'n1', host: '0' }), 2 ** 30);
     assert.equal(sample(t1, 'strata_device_no_space_refusals_total', { node: 'n1', host: '0' }), 6);
