@@ -133,7 +133,7 @@ describe('cluster status merge (mergeClusterStatus)', () => {
     assert.match(text, /\n +n1 +up .* 0\.3s ago/);
     assert.match(text, /\n +n2 +up .* 2\.0s ago/);
     assert.match(text, /NODES \(3, 1 dead\)/);
-    assert.match(text, /\n +n3 +DEAD +- +- +- +- +- +- +no heartbeat/);
+    assert.match(text, /\n +n3 +DEAD +- +- +- +- +- +- +- +no heartbeat/);
     assert.match(text, /\n +0 +n3 +- +missing .*node DEAD/);
   });
 

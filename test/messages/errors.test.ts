@@ -26,11 +26,12 @@ describe('messages/errors', () => {
   it('lists the documented codes, each with a retry rule', () => {
     assert.deepEqual([...ERROR_CODES], [
       'bad_request', 'not_found', 'already_exists', 'out_of_range', 'too_large', 'overloaded', 'not_leader',
-      'timeout', 'unavailable', 'device_failed', 'corruption', 'trimmed', 'future_lsn', 'stale_term', 'forbidden', 'internal',
+      'timeout', 'unavailable', 'device_failed', 'no_space', 'corruption', 'trimmed', 'future_lsn', 'stale_term', 'forbidden', 'internal',
     ]);
     assert.deepEqual(Object.keys(ERROR_CODE_RETRYABLE).sort(), [...ERROR_CODES].sort());
     assert.equal(isRetryable('overloaded'), true);
     assert.equal(isRetryable('bad_request'), false);
+    assert.equal(isRetryable('no_space'), false, 'waiting does not free space');
     assert.equal(isErrorCode('not_found'), true);
     assert.equal(isErrorCode('ENOENT'), false);
     assert.equal(isErrorCode(3), false);
