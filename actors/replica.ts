@@ -25,7 +25,8 @@
 import type { DeviceQueue } from './device-queue';
 import type { SegmentLog } from '../storage-engine/log';
 import { digestRecords, type LogDigest } from '../storage-engine/log-digest';
-import type { CheckpointStep, PageStore } from '../storage-engine/page-store';
+import { crc32c } from '../storage-engine/crc32c';
+import { GET_PAGES_MAX, type CheckpointStep, type PageStore } from '../storage-engine/page-store';
 import { encodePageWrite, pageWriteBytes, pagesOfPageWrite } from '../storage-engine/page-write';
 import { decodePageZero, encodePageZero, type PageRange } from '../storage-engine/page-zero';
 import { requestArena } from '../storage-engine/arena';
@@ -34,6 +35,7 @@ import { RECORD_HEADER_BYTES } from '../storage-engine/log-segment';
 import { IMAGE_BYTES_MIN, imagePageCountOf, isImagePath } from '../storage-engine/image';
 import { CorruptionError, StorageError, assert } from '../storage-engine/errors';
 import { ProtocolError } from '../messages/errors';
+import { PAGE_DIGEST_BYTES_MAX } from '../messages/control';
 import { checkReadReplyBytes } from '../messages/validate';
 import type { WriteRecordRef } from '../messages/api';
 import { MESSAGE_BYTES_MAX, decode, encode } from '../messages/codec';
@@ -496,9 +498,26 @@ export interface ReplicaDigest {
   /** The last record of its log (written; maybe not fsync'd yet). */
   lastLsn: number;
   commitLsn: number;
+  /** The last LSN applied to its pages, and the oldest LSN its pages are readable at (GetPage@LSN). */
+  appliedLsn: number;
+  oldestLsn: number;
   /** With a range asked: the records digested (LogDigest; cut after DIGEST_BYTES_MAX of payloads). */
   digest?: LogDigest;
+  /** With pages asked: the digest of the shard's pages of a range of volume pages as of an LSN. */
+  pages?: PageDigest;
 }
+
+/** The pages of a shard in a range of volume pages, as of an LSN, digested (`Replica.digest`). */
+export interface PageDigest {
+  lsn: number;
+  first: number;
+  count: number;
+  /** The shard's own pages in the range: those digested. */
+  pages: number;
+  /** CRC-32C over each of them in ascending order: its number (u32, little-endian), then its bytes. */
+  digest: number;
+}
+
 
 /** What one background scrub step did (Replica.scrubStep). */
 export interface ScrubStepResult {
@@ -1365,11 +1384,52 @@ export class Replica {
    * the log on the caller's thread, at most DIGEST_BYTES_MAX of payloads. Errors: those of
    * digestRecords (`trimmed`, `out_of_range`, `corruption`, `bad_request`), `closed`.
    */
-  digest(range?: { fromLsn: number; toLsn: number }): ReplicaDigest {
+  digest(range?: { fromLsn: number; toLsn: number }, pages?: { lsn: number; first: number; count: number }): ReplicaDigest {
     if (this.closed) throw new StorageError('closed', `replica ${this.geometry.volumeId}/${this.geometry.shard} closed`);
-    const out: ReplicaDigest = { role: this.role, term: this.term, firstLsn: this.log.firstLsn, lastLsn: this.log.lastLsn, commitLsn: this.commitLsn };
+    const out: ReplicaDigest = {
+      role: this.role, term: this.term, firstLsn: this.log.firstLsn, lastLsn: this.log.lastLsn, commitLsn: this.commitLsn,
+      appliedLsn: this.store.appliedLsn, oldestLsn: this.store.oldestReadableLsn,
+    };
     if (range !== undefined) out.digest = digestRecords(this.log, range.fromLsn, range.toLsn);
+    if (pages !== undefined) out.pages = this.digestPages(pages.lsn, pages.first, pages.count);
     return out;
+  }
+
+  /**
+   * The digest of this shard's pages among volume pages `first`..`first + count - 1` as of `lsn`
+   * (`strata shard check --pages`: replicas that applied the same records must read the same
+   * pages, whatever their images and caches). At most PAGE_DIGEST_BYTES_MAX of its own pages
+   * (`too_large`). Errors of GetPage@LSN: `future_lsn` (not applied yet), `trimmed`,
+   * `corruption`; `out_of_range` for pages past the volume.
+   */
+  private digestPages(lsn: number, first: number, count: number): PageDigest {
+    const g = this.geometry;
+    if (!Number.isSafeInteger(first) || first < 0 || !Number.isSafeInteger(count) || count < 1) {
+      throw new StorageError('bad_request', `pages ${String(first)} + ${String(count)} is not a range`);
+    }
+    if (first + count > g.pageCount) throw new StorageError('out_of_range', `pages ${first}..${first + count - 1} are not all in the volume (0..${g.pageCount - 1})`, { first, count });
+    const most = Math.floor(PAGE_DIGEST_BYTES_MAX / g.pageSize);
+    const own: number[] = [];
+    for (let p = first; p < first + count; ) {
+      const stripeEnd = Math.min(first + count, (Math.floor(p / g.stripePages) + 1) * g.stripePages);
+      if (shardOfPage(p, g) === g.shard) {
+        if (own.length + (stripeEnd - p) > most) throw new StorageError('too_large', `more than ${most} pages of shard ${g.shard} in pages ${first}..${first + count - 1}`, { pagesMax: most });
+        for (let q = p; q < stripeEnd; q++) own.push(q);
+      }
+      p = stripeEnd;
+    }
+    const head = new Uint8Array(4);
+    const view = new DataView(head.buffer);
+    let crc = 0;
+    for (let i = 0; i < own.length; i += GET_PAGES_MAX) {
+      const batch = own.slice(i, i + GET_PAGES_MAX);
+      const data = this.store.getPages(batch, lsn);
+      for (let k = 0; k < batch.length; k++) {
+        view.setUint32(0, batch[k]!, true);
+        crc = crc32c(data[k]!, crc32c(head, crc));
+      }
+    }
+    return { lsn, first, count, pages: own.length, digest: crc };
   }
 
   /**

@@ -124,11 +124,12 @@ Commands:
         an election timeout: before maintenance of the leader's node, say. A node stopped
         cleanly does so for every shard it leads (docs/replication.md). With a replicated
         controller, strata-catalog 0 is the catalog shard: handed over, the controller moves.
-  shard check VOLUME [SHARD]
+  shard check VOLUME [SHARD] [--pages]
         Operator check: do the shard's replicas (without SHARD: every shard's) hold the same
         committed records? Each replica's node digests the LSNs they all hold, in steps; a
-        step that differs is halved down to the first LSN that differs. Exit code 1 when
-        they differ.
+        step that differs is halved down to the first LSN that differs. With --pages, their
+        pages too, as of an LSN they all applied, down to the first page that differs. Exit
+        code 1 when they differ.
   drain NODE [--undo]
         Operator action: mark NODE draining (durably, in the catalog). The controller moves
         each of its replicas to another node, as it replaces a dead node's, and places
@@ -240,7 +241,7 @@ const COMMANDS: Readonly<Record<string, CommandSpec>> = {
   'shard force-vote': { positionals: ['VOLUME', 'SHARD'], flags: { node: 'string' }, required: ['node'], client: true },
   'shard move': { positionals: ['VOLUME', 'SHARD'], flags: { from: 'string', to: 'string' }, required: ['from', 'to'], client: true },
   'shard handover': { positionals: ['VOLUME', 'SHARD'], flags: { to: 'string' }, client: true },
-  'shard check': { positionals: ['VOLUME', 'SHARD'], positionalsMin: 1, flags: {}, client: true },
+  'shard check': { positionals: ['VOLUME', 'SHARD'], positionalsMin: 1, flags: { pages: 'boolean' }, client: true },
   'catalog recover': { positionals: [], flags: { apply: 'boolean' }, client: true },
   drain: { positionals: ['NODE'], flags: { undo: 'boolean' }, client: true },
   controllers: { positionals: ['IDS'], positionalsMin: 0, flags: {}, client: true },
@@ -775,14 +776,15 @@ async function shardCheck(ctx: Ctx): Promise<number> {
   const results = await withClient(ctx, async (client) => {
     const shards = shard !== undefined ? [shard] : Array.from({ length: (await client.volumeInfo(name)).shards }, (_, s) => s);
     const out: ShardCheck[] = [];
-    for (const s of shards) out.push(await client.checkShard(name, s));
+    for (const s of shards) out.push(await client.checkShard(name, s, { pages: ctx.args.flags.pages === true }));
     return out;
   });
   await writeOut(ctx.io.stdout, ctx.json ? jsonText(shard !== undefined ? results[0] : results) : results.map(shardCheckText).join('\n'));
   let code = 0;
   for (const r of results) {
-    if (r.differs !== undefined) {
-      await writeOut(ctx.io.stderr, `strata: corruption: the replicas of shard ${r.shard} of ${name} hold different records at LSN ${r.differs.lsn}\n`);
+    if (r.differs !== undefined || r.pages?.differs !== undefined) {
+      if (r.differs !== undefined) await writeOut(ctx.io.stderr, `strata: corruption: the replicas of shard ${r.shard} of ${name} hold different records at LSN ${r.differs.lsn}\n`);
+      if (r.pages?.differs !== undefined) await writeOut(ctx.io.stderr, `strata: corruption: the replicas of shard ${r.shard} of ${name} read different data at page ${r.pages.differs.page} as of LSN ${r.pages.lsn!}\n`);
       code = 1;
     } else if (r.replicas.filter((x) => x.error === undefined).length < 2) {
       await writeOut(ctx.io.stderr, `strata: unavailable: fewer than two replicas of shard ${r.shard} of ${name} answered: nothing compared\n`);
@@ -804,7 +806,13 @@ function shardCheckText(r: ShardCheck): string {
       x.error !== undefined ? [x.node, '-', '-', '-', '-', `no answer: ${x.error}`] : [x.node, x.role!, String(x.term), `${x.firstLsn}..${x.lastLsn}`, String(x.commitLsn), hex(x.digest)],
     ),
   ];
-  return `shard ${r.shard} of ${r.volume} (${r.volumeId})${r.range !== undefined ? `: committed LSNs ${r.range.fromLsn}..${r.range.toLsn}` : ''}, ${r.steps} step(s): ${head}\n${textTable(rows)}`;
+  const p = r.pages;
+  const pages =
+    p === undefined ? ''
+      : p.skipped !== undefined ? `pages: not compared (${p.skipped})\n`
+      : p.differs !== undefined ? `pages as of LSN ${p.lsn!}, ${p.steps} step(s): DIFFER at page ${p.differs.page}: ${Object.entries(p.differs.digests).map(([n, d]) => `${n} ${hex(d)}`).join(', ')}\n`
+      : `pages as of LSN ${p.lsn!}, ${p.steps} step(s): ${p.compared} compared, the same\n`;
+  return `shard ${r.shard} of ${r.volume} (${r.volumeId})${r.range !== undefined ? `: committed LSNs ${r.range.fromLsn}..${r.range.toLsn}` : ''}, ${r.steps} step(s): ${head}\n${textTable(rows)}${pages}`;
 }
 
 async function drain(ctx: Ctx): Promise<void> {

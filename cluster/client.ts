@@ -69,6 +69,7 @@ import {
   type ControllersReply,
   CONTROLLERS_MAX,
   CONTROLLERS_MIN,
+  PAGE_DIGEST_BYTES_MAX,
   type NodeDrainReply,
   validateRebalanceReply,
   type RebalanceReply,
@@ -262,13 +263,29 @@ export interface ShardCheck {
    * Each replica's node, as it answered (its role and term, the LSNs its log holds, the commit
    * LSN it knows, and the digest of the LSNs compared when they were the same), or why it did not.
    */
-  replicas: Array<{ node: string; role?: string; term?: number; firstLsn?: number; lastLsn?: number; commitLsn?: number; digest?: number; error?: string }>;
+  replicas: Array<{ node: string; role?: string; term?: number; firstLsn?: number; lastLsn?: number; commitLsn?: number; appliedLsn?: number; oldestLsn?: number; digest?: number; error?: string }>;
   /** The committed LSNs every replica that answered holds, compared; absent when fewer than two answered or they hold none in common. */
   range?: { fromLsn: number; toLsn: number };
   /** The first LSN whose record differs between replicas, and each one's digest of it. */
   differs?: { lsn: number; digests: Record<string, number> };
   /** Digest requests sent to each replica. */
   steps: number;
+  /**
+   * With `pages`: the shard's pages compared as of `lsn` (one every replica that answered has
+   * applied and still reads), how many, and the first page that differs with each replica's
+   * digest of it; or why they were not compared (`skipped`).
+   */
+  pages?: { lsn?: number; compared: number; steps: number; differs?: { page: number; digests: Record<string, number> }; skipped?: string };
+}
+
+/** Most digest requests to each replica for the pages of one shard (1 TiB of 4 KiB pages at 16 MiB a request). */
+export const SHARD_CHECK_PAGE_STEPS_MAX = 65_536;
+
+/** The volume of a shard, as `shardMembers` finds it: its page layout unless it is the catalog shard. */
+interface ShardOwner {
+  id: string;
+  shards: number;
+  layout?: { pageCount: number; pageSize: number; stripePages: number };
 }
 
 /** A u32, little-endian. */
@@ -565,15 +582,15 @@ export class StrataClient {
    * lists, the status's (its replicas are the controller nodes). `out_of_range` for no such
    * shard, `unavailable` when nobody says where it is.
    */
-  private async shardMembers(name: string, shard: number, opts: { adding?: boolean } = {}): Promise<{ info: { id: string; shards: number }; members: string[] }> {
-    let info: { id: string; shards: number; members?: string[] };
+  private async shardMembers(name: string, shard: number, opts: { adding?: boolean } = {}): Promise<{ info: ShardOwner; members: string[] }> {
+    let info: ShardOwner & { members?: string[] };
     try {
       const v = await this.volumeInfo(name);
       const set = v.replicaSets?.find((r) => r.shard === shard);
       // With `adding`, the replica a move under way adds too.
       const adding = opts.adding === true && set?.moving !== undefined && !set.members.includes(set.moving.to) ? [set.moving.to] : [];
       const members = set === undefined ? undefined : [...set.members, ...adding];
-      info = { id: v.id, shards: v.shards, ...(members === undefined ? {} : { members }) };
+      info = { id: v.id, shards: v.shards, layout: { pageCount: v.pageCount, pageSize: v.pageSize, stripePages: v.stripePages }, ...(members === undefined ? {} : { members }) };
     } catch (e) {
       const catalog = e instanceof ProtocolError && e.code === 'not_found' ? await this.catalogShardOf(name) : undefined;
       if (catalog === undefined) throw e;
@@ -584,13 +601,13 @@ export class StrataClient {
     }
     // (None at all: a catalog shard no controller node reports now. Asked of nobody, it would never be answered.)
     if (info.members === undefined || info.members.length === 0) throw new ProtocolError('unavailable', `the controller did not say where shard ${shard} of volume ${name} is`, { shard });
-    return { info: { id: info.id, shards: info.shards }, members: info.members };
+    return { info: { id: info.id, shards: info.shards, ...(info.layout !== undefined ? { layout: info.layout } : {}) }, members: info.members };
   }
 
   /** The digest request of `shard.digest` to `node` (the node's replica of a shard; with `range`, the digest of its records there). */
-  async shardDigest(node: string, volumeId: string, shard: number, range?: { fromLsn: number; toLsn: number }): Promise<ShardDigestReply> {
+  async shardDigest(node: string, volumeId: string, shard: number, range?: { fromLsn: number; toLsn: number }, pages?: { lsn: number; first: number; count: number }): Promise<ShardDigestReply> {
     const subject = nodeSubject(this.cluster, checkToken(node, 'node'), 'shard.digest');
-    const bytes = await this.request(subject, encode({ volumeId, shard, ...(range ?? {}) }), { timeoutMs: this.timeoutMs, headers: {} });
+    const bytes = await this.request(subject, encode({ volumeId, shard, ...(range ?? {}), ...(pages !== undefined ? { pages } : {}) }), { timeoutMs: this.timeoutMs, headers: {} });
     return readReply(bytes, 'shard.digest', subject, validateShardDigestReply);
   }
 
@@ -604,14 +621,26 @@ export class StrataClient {
    * damage the checksums did not catch, or a bug. Replicas that do not answer are named and left
    * out. At most SHARD_CHECK_STEPS_MAX steps.
    */
-  async checkShard(name: string, shard: number): Promise<ShardCheck> {
+  async checkShard(name: string, shard: number, options: { pages?: boolean } = {}): Promise<ShardCheck> {
+    const out = await this.checkShardRecords(name, shard);
+    // Also where records differ: which pages that left different is worth knowing.
+    if (options.pages === true) out.pages = await this.checkShardPages(name, shard, out);
+    return out;
+  }
+
+  /** `checkShard` of the records. */
+  private async checkShardRecords(name: string, shard: number): Promise<ShardCheck> {
     const { info, members } = await this.shardMembers(name, shard, { adding: true });
     const first = await Promise.allSettled(members.map((m) => this.shardDigest(m, info.id, shard)));
     const replicas: ShardCheck['replicas'] = members.map((node, i) => {
       const r = first[i]!;
       if (r.status === 'rejected') return { node, error: r.reason instanceof Error ? r.reason.message : String(r.reason) };
       const d = r.value;
-      return { node, role: d.role, term: d.term, firstLsn: d.firstLsn, lastLsn: d.lastLsn, commitLsn: d.commitLsn };
+      return {
+        node, role: d.role, term: d.term, firstLsn: d.firstLsn, lastLsn: d.lastLsn, commitLsn: d.commitLsn,
+        ...(d.appliedLsn !== undefined ? { appliedLsn: d.appliedLsn } : {}),
+        ...(d.oldestLsn !== undefined ? { oldestLsn: d.oldestLsn } : {}),
+      };
     });
     const out: ShardCheck = { volume: name, volumeId: info.id, shard, replicas, steps: 0 };
     const answered = replicas.filter((r) => r.error === undefined);
@@ -649,6 +678,56 @@ export class StrataClient {
       from = end + 1;
     }
     for (const r of replicas) if (r.error === undefined) r.digest = digests.get(r.node)!;
+    return out;
+  }
+
+  /**
+   * The pages of a shard compared (`checkShard` with `pages`): as of the highest LSN every
+   * replica that answered has applied, each replica digests its pages of the volume in steps of
+   * at most PAGE_DIGEST_BYTES_MAX of them (actors/replica.ts), and the digests are compared; a
+   * step that differs is halved down to one page. Replicas that applied the same records must
+   * read the same pages, whatever their images, caches and ranges made zeros: a page that
+   * differs is damage the checksums did not catch, or a bug.
+   */
+  private async checkShardPages(name: string, shard: number, records: ShardCheck): Promise<NonNullable<ShardCheck['pages']>> {
+    const { info } = await this.shardMembers(name, shard);
+    const answered = records.replicas.filter((r) => r.error === undefined);
+    if (info.layout === undefined) return { compared: 0, steps: 0, skipped: 'the catalog shard holds no volume pages' };
+    if (answered.length < 2) return { compared: 0, steps: 0, skipped: 'fewer than two replicas answered' };
+    if (answered.some((r) => r.appliedLsn === undefined || r.oldestLsn === undefined)) return { compared: 0, steps: 0, skipped: 'a replica did not say which LSNs its pages are readable at' };
+    const lsn = Math.min(...answered.map((r) => r.appliedLsn!));
+    const floor = Math.max(...answered.map((r) => r.oldestLsn!));
+    if (lsn < floor) return { compared: 0, steps: 0, skipped: `no LSN every replica reads its pages at (applied: ${lsn} at least; readable from ${floor} at most)` };
+    const { pageCount, pageSize, stripePages } = info.layout;
+    // A step of whole rounds of stripes holds as many of the shard's pages as a replica digests at most.
+    const own = Math.floor(PAGE_DIGEST_BYTES_MAX / pageSize);
+    const step = stripePages >= own ? own : Math.floor(own / stripePages) * stripePages * info.shards;
+    const nodes = answered.map((r) => r.node);
+    const out: NonNullable<ShardCheck['pages']> = { lsn, compared: 0, steps: 0 };
+    const ask = async (first: number, count: number): Promise<ShardDigestReply[]> => {
+      if (++out.steps > SHARD_CHECK_PAGE_STEPS_MAX) throw new ProtocolError('too_large', `shard ${shard} of volume ${name}: more than ${SHARD_CHECK_PAGE_STEPS_MAX} steps to compare its pages`);
+      return Promise.all(nodes.map((n) => this.shardDigest(n, info.id, shard, undefined, { lsn, first, count })));
+    };
+    const same = (rs: readonly ShardDigestReply[]): boolean => rs.every((r) => r.pages!.digest === rs[0]!.pages!.digest && r.pages!.pages === rs[0]!.pages!.pages);
+    for (let first = 0; first < pageCount; first += step) {
+      const count = Math.min(step, pageCount - first);
+      const rs = await ask(first, count);
+      if (same(rs)) {
+        out.compared += rs[0]!.pages!.pages;
+        continue;
+      }
+      // Halved until one page: [a, b) holds a difference (a range without pages of the shard is the same everywhere).
+      let a = first;
+      let b = first + count;
+      while (b - a > 1) {
+        const m = Math.floor((a + b) / 2);
+        if (same(await ask(a, m - a))) a = m;
+        else b = m;
+      }
+      const one = await ask(a, 1);
+      out.differs = { page: a, digests: Object.fromEntries(one.map((r, i) => [nodes[i]!, r.pages!.digest])) };
+      return out;
+    }
     return out;
   }
 

@@ -3058,7 +3058,7 @@ export class StrataNode {
         if (!a) throw new ProtocolError('not_found', `node '${this.nodeId}' holds no replica of shard ${r.shard} of volume ${r.volumeId}`, { volumeId: r.volumeId, shard: r.shard });
         hostId = a.hostId;
       }
-      const d = await this.pool!.shardDigest(hostId, r.volumeId, r.shard, r.fromLsn !== undefined ? { fromLsn: r.fromLsn, toLsn: r.toLsn! } : undefined);
+      const d = await this.pool!.shardDigest(hostId, r.volumeId, r.shard, r.fromLsn !== undefined ? { fromLsn: r.fromLsn, toLsn: r.toLsn! } : undefined, r.pages);
       return {
         node: this.nodeId,
         volumeId: r.volumeId,
@@ -3068,7 +3068,10 @@ export class StrataNode {
         firstLsn: d.firstLsn,
         lastLsn: d.lastLsn,
         commitLsn: d.commitLsn,
+        appliedLsn: d.appliedLsn,
+        oldestLsn: d.oldestLsn,
         ...(d.digest !== undefined ? { fromLsn: d.digest.fromLsn, toLsn: d.digest.toLsn, records: d.digest.records, digest: d.digest.digest } : {}),
+        ...(d.pages !== undefined ? { pages: d.pages } : {}),
       };
     });
     this.subscribe(subj('shard.forceVote'), async (body): Promise<ShardForceVoteReply> => {

@@ -424,6 +424,8 @@ export interface ShardDigestRequest {
   shard: number;
   fromLsn?: number;
   toLsn?: number;
+  /** The shard's pages among volume pages `first`..`first + count - 1` as of `lsn`, digested. */
+  pages?: { lsn: number; first: number; count: number };
 }
 export interface ShardDigestReply {
   node: string;
@@ -439,10 +441,20 @@ export interface ShardDigestReply {
   toLsn?: number;
   records?: number;
   digest?: number;
+  /** The last LSN applied to its pages, and the oldest its pages are readable at (absent from older nodes). */
+  appliedLsn?: number;
+  oldestLsn?: number;
+  /** With pages asked: the shard's own pages among them (`pages`) and their digest. */
+  pages?: { lsn: number; first: number; count: number; pages: number; digest: number };
 }
 
 const LSN_MAX = Number.MAX_SAFE_INTEGER;
-const DIGEST_FIELDS = new Set(['volumeId', 'shard', 'fromLsn', 'toLsn']);
+const DIGEST_FIELDS = new Set(['volumeId', 'shard', 'fromLsn', 'toLsn', 'pages']);
+const DIGEST_PAGES_FIELDS = new Set(['lsn', 'first', 'count']);
+/** Most volume pages one page digest covers (of which the shard's own are bounded by bytes, PAGE_DIGEST_BYTES_MAX). */
+export const DIGEST_PAGES_RANGE_MAX = 1 << 20;
+/** Most bytes of a shard's own pages one page digest reads (on its host's thread, as the records' digest does). */
+export const PAGE_DIGEST_BYTES_MAX = 16 * 1024 * 1024;
 
 export function validateShardDigest(body: unknown): ShardDigestRequest {
   const o = obj(body, '');
@@ -454,6 +466,11 @@ export function validateShardDigest(body: unknown): ShardDigestRequest {
     r.fromLsn = int(o.fromLsn, 'fromLsn', 1, LSN_MAX);
     r.toLsn = int(o.toLsn, 'toLsn', 1, LSN_MAX);
     if (r.toLsn < r.fromLsn) throw new ProtocolError('bad_request', `toLsn: ${r.toLsn} is below fromLsn ${r.fromLsn}`, { path: 'toLsn' });
+  }
+  if (given(o.pages)) {
+    const p = obj(o.pages, 'pages');
+    for (const k of Object.keys(p)) if (!DIGEST_PAGES_FIELDS.has(k)) throw new ProtocolError('bad_request', `pages.${k}: not a field of shard.digest pages`, { path: `pages.${k}` });
+    r.pages = { lsn: int(p.lsn, 'pages.lsn', 0, LSN_MAX), first: int(p.first, 'pages.first', 0, LSN_MAX), count: int(p.count, 'pages.count', 1, DIGEST_PAGES_RANGE_MAX) };
   }
   return r;
 }
@@ -478,6 +495,18 @@ export function validateShardDigestReply(body: unknown): ShardDigestReply {
     r.records = int(o.records, 'records', 1, LSN_MAX);
     r.digest = int(o.digest, 'digest', 0, 0xffff_ffff);
     if (r.records !== r.toLsn - r.fromLsn + 1) throw new ProtocolError('bad_request', `records: ${r.records} is not the count of LSNs ${r.fromLsn}..${r.toLsn}`);
+  }
+  if (o.appliedLsn !== undefined && o.appliedLsn !== null) r.appliedLsn = int(o.appliedLsn, 'appliedLsn', 0, LSN_MAX);
+  if (o.oldestLsn !== undefined && o.oldestLsn !== null) r.oldestLsn = int(o.oldestLsn, 'oldestLsn', 0, LSN_MAX);
+  if (o.pages !== undefined && o.pages !== null) {
+    const p = obj(o.pages, 'pages');
+    r.pages = {
+      lsn: int(p.lsn, 'pages.lsn', 0, LSN_MAX),
+      first: int(p.first, 'pages.first', 0, LSN_MAX),
+      count: int(p.count, 'pages.count', 1, DIGEST_PAGES_RANGE_MAX),
+      pages: int(p.pages, 'pages.pages', 0, DIGEST_PAGES_RANGE_MAX),
+      digest: int(p.digest, 'pages.digest', 0, 0xffff_ffff),
+    };
   }
   return r;
 }

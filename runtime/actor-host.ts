@@ -158,7 +158,7 @@ export interface HostApi {
   /** Replica.forceVote of this host's replica of a shard (operator override of a repair). */
   forceVote(volumeId: string, shard: number): Promise<ForceVoteResult>;
   /** Replica.digest of this host's replica of a shard (`strata shard check`). */
-  shardDigest(volumeId: string, shard: number, range?: { fromLsn: number; toLsn: number }): Promise<ReplicaDigest>;
+  shardDigest(volumeId: string, shard: number, range?: { fromLsn: number; toLsn: number }, pages?: { lsn: number; first: number; count: number }): Promise<ReplicaDigest>;
   /**
    * Replica.reconfigure of this host's replica of a shard (a move of a replica): the shard's set
    * becomes `members`, if this replica leads it; `deadlineMs` is a wall-clock time.
@@ -497,8 +497,8 @@ export class ActorHost implements HostApi {
     return this.ready().device.replica(volumeId, shard).forceVote();
   }
 
-  async shardDigest(volumeId: string, shard: number, range?: { fromLsn: number; toLsn: number }): Promise<ReplicaDigest> {
-    return this.ready().device.replica(volumeId, shard).digest(range);
+  async shardDigest(volumeId: string, shard: number, range?: { fromLsn: number; toLsn: number }, pages?: { lsn: number; first: number; count: number }): Promise<ReplicaDigest> {
+    return this.ready().device.replica(volumeId, shard).digest(range, pages);
   }
 
   async reconfigure(volumeId: string, shard: number, members: string[], deadlineMs: number): Promise<ReconfigureResult> {

@@ -280,8 +280,8 @@ export class HostPool {
   }
 
   /** HostApi.shardDigest on the host that holds the shard's replica. */
-  async shardDigest(hostId: number, volumeId: string, shard: number, range?: { fromLsn: number; toLsn: number }): Promise<ReplicaDigest> {
-    return this.call(this.slot(hostId), (api) => api.shardDigest(volumeId, shard, range));
+  async shardDigest(hostId: number, volumeId: string, shard: number, range?: { fromLsn: number; toLsn: number }, pages?: { lsn: number; first: number; count: number }): Promise<ReplicaDigest> {
+    return this.call(this.slot(hostId), (api) => api.shardDigest(volumeId, shard, range, pages));
   }
 
   /**

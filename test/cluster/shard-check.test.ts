@@ -54,6 +54,14 @@ describe('strata shard check (a running shard\'s replicas compared by digests of
     const cli = await runCli(['--nats', c!.natsUrl, '--cluster', c!.cluster, 'shard', 'check', 'db', '0']);
     assert.equal(cli.code, 0, cli.stderr);
     assert.match(cli.stdout, new RegExp(`^shard 0 of db \\(${volumeId}\\): committed LSNs 1\\.\\.${last}, 1 step\\(s\\): the same\\n`));
+    // Their pages too, as of an LSN every replica applied: shard 0's 128 pages (stripes of 128, 2 shards).
+    const p = (await c!.client.checkShard('db', 0, { pages: true })).pages!;
+    assert.equal(p.differs, undefined, JSON.stringify(p));
+    assert.equal(p.compared, 128);
+    assert.ok(p.lsn! >= 1 && p.lsn! <= last);
+    const cliPages = await runCli(['--nats', c!.natsUrl, '--cluster', c!.cluster, 'shard', 'check', 'db', '0', '--pages']);
+    assert.equal(cliPages.code, 0, cliPages.stderr);
+    assert.match(cliPages.stdout, /\npages as of LSN \d+, 1 step\(s\): 128 compared, the same\n$/);
     // Of a shard no write went to: its first record (a new leader's no-op) on every replica.
     assert.equal((await c!.client.checkShard('db', 1)).differs, undefined);
     // Without SHARD: every shard of the volume.
@@ -105,6 +113,14 @@ describe('strata shard check (a running shard\'s replicas compared by digests of
     assert.equal(all.code, 1);
     assert.match(all.stdout, /\nshard 1 of db .*: the same\n/);
     assert.match(all.stderr, new RegExp(`^strata: corruption: the replicas of shard 0 of db hold different records at LSN ${target}\\n$`));
+    // Their pages: the changed record wrote page 5 with other bytes on that replica.
+    const p = (await c!.client.checkShard('db', 0, { pages: true })).pages!;
+    assert.equal(p.differs?.page, 5, JSON.stringify(p));
+    assert.equal(new Set(Object.values(p.differs!.digests)).size, 2);
+    const cliPages = await runCli(['--nats', c!.natsUrl, '--cluster', c!.cluster, 'shard', 'check', 'db', '0', '--pages']);
+    assert.equal(cliPages.code, 1);
+    assert.match(cliPages.stdout, /\npages as of LSN \d+, \d+ step\(s\): DIFFER at page 5: /);
+    assert.match(cliPages.stderr, /\nstrata: corruption: the replicas of shard 0 of db read different data at page 5 as of LSN \d+\n$/);
   });
 
   it('names a replica whose node does not answer and compares the others; with one left, exits 1', async () => {
@@ -112,7 +128,10 @@ describe('strata shard check (a running shard\'s replicas compared by digests of
     const r = await c!.client.checkShard('db', 1);
     assert.match(r.replicas.find((x) => x.node === 'n3')!.error!, /no responders on strata\.test\.node\.n3\.shard\.digest/);
     assert.ok(r.range !== undefined && r.differs === undefined);
+    // The pages of the two that answer: shard 1's 128.
+    assert.equal((await c!.client.checkShard('db', 1, { pages: true })).pages?.compared, 128);
     c!.kill(1);
+    assert.deepEqual((await c!.client.checkShard('db', 1, { pages: true })).pages, { compared: 0, steps: 0, skipped: 'fewer than two replicas answered' });
     const cli = await runCli(['--nats', c!.natsUrl, '--cluster', c!.cluster, 'shard', 'check', 'db', '1']);
     assert.equal(cli.code, 1);
     assert.match(cli.stdout, /nothing compared/);

@@ -71,6 +71,7 @@ describe('soak: a short run of node processes under kills and freezes', function
     // Every shard checked online (the two of the volume and the catalog shard), then compared once the cluster stopped (check 6).
     assert.equal(r.shardsChecked.shards, 3);
     assert.ok(r.shardsChecked.compared >= 2 && r.shardsChecked.records > 0, JSON.stringify(r.shardsChecked));
+    assert.equal(r.shardsChecked.pages, 128, 'every page of the volume compared between its replicas online');
     assert.equal(r.replicasCompared.shards, 2 + 1, 'the two shards of the volume, and the catalog shard');
     assert.ok(r.replicasCompared.replicas >= 9 && r.replicasCompared.pages > 0, JSON.stringify(r.replicasCompared));
     assert.match(summary, /soak: PASS/);

@@ -226,7 +226,7 @@ export interface SoakResult {
   /** Lines at level error in each node's log, and the first few of them. */
   nodeLogErrors: Record<string, { count: number; first: string[] }>;
   /** Shards checked online before the cluster stopped (`strata shard check`): asked, with LSNs in common, the LSNs compared. */
-  shardsChecked: { shards: number; compared: number; records: number };
+  shardsChecked: { shards: number; compared: number; records: number; pages: number };
   /** The replicas compared once the cluster stopped (check 6). */
   replicasCompared: ReplicasCompared;
   dataDir: string;
@@ -412,7 +412,7 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
   const writeAcks: number[] = [];
   let convergedMs: number | undefined;
   let finalReadPages = 0;
-  const shardsChecked = { shards: 0, compared: 0, records: 0 };
+  const shardsChecked = { shards: 0, compared: 0, records: 0, pages: 0 };
   /** The volume's pages now: a `resize` adds RESIZE_STEP_PAGES. */
   let pagesNow = opts.pages;
   let linearizability: SoakResult['linearizability'] = { ok: false, pages: 0, operations: 0, failure: 'not checked' };
@@ -906,11 +906,12 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
     }
     if (finalReadPages < pagesNow) problem(`the final read covered ${finalReadPages} of ${pagesNow} pages`);
 
-    // 2b. Every shard's replicas hold the same committed records, asked of the running nodes
-    // (`strata shard check`, as the operator); the catalog shard's too.
+    // 2b. Every shard's replicas hold the same committed records and read the same pages, asked
+    // of the running nodes (`strata shard check --pages`, as the operator); the catalog shard's
+    // records too.
     await asOperator(async (operator) => {
       for (const [name, shard] of [...Array.from({ length: opts.shards }, (_, k) => ['soak', k] as const), ['strata-catalog', 0] as const]) {
-        const r = await operator.checkShard(name, shard).catch((e: unknown) => e as Error);
+        const r = await operator.checkShard(name, shard, { pages: true }).catch((e: unknown) => e as Error);
         if (r instanceof Error) {
           problem(`strata shard check ${name} ${shard} failed: ${r.message}`);
           continue;
@@ -921,6 +922,8 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
           shardsChecked.records += r.range.toLsn - r.range.fromLsn + 1;
         }
         if (r.differs !== undefined) problem(`the replicas of shard ${shard} of ${name} hold different committed records at LSN ${r.differs.lsn} (strata shard check)`);
+        if (r.pages?.differs !== undefined) problem(`the replicas of shard ${shard} of ${name} read different data at page ${r.pages.differs.page} as of LSN ${r.pages.lsn!} (strata shard check --pages)`);
+        shardsChecked.pages += r.pages?.compared ?? 0;
         for (const x of r.replicas) if (x.error !== undefined) problem(`strata shard check ${name} ${shard}: ${x.node} did not answer: ${x.error}`);
       }
     });
@@ -1037,7 +1040,7 @@ export function formatSoak(r: SoakResult): string {
     `final read: ${r.finalReadPages} of ${r.volumePages} pages${r.volumePages > r.options.pages ? ` (${r.options.pages} at the start, then resized)` : ''}`,
     `linearizable: ${r.linearizability.ok ? 'yes' : 'NO'} (${r.linearizability.pages} pages, ${r.linearizability.operations} operations)${r.linearizability.failure && !r.linearizability.ok ? `: ${r.linearizability.failure}` : ''}`,
     `the nodes did: ${r.activity.checkpoints} checkpoints, ${r.activity.snapshotsSent} images sent and ${r.activity.snapshotsInstalled} installed, ${r.activity.elections} elections (counted as last sampled, per process)`,
-    `shards checked online: ${r.shardsChecked.shards} (${r.shardsChecked.compared} with committed LSNs in common, ${r.shardsChecked.records} LSNs compared; strata shard check)`,
+    `shards checked online: ${r.shardsChecked.shards} (${r.shardsChecked.compared} with committed LSNs in common, ${r.shardsChecked.records} LSNs compared, ${r.shardsChecked.pages} pages compared; strata shard check --pages)`,
     `replicas compared once stopped: ${r.replicasCompared.shards} shards, ${r.replicasCompared.replicas} replicas, ${r.replicasCompared.pages} pages read (strata inspect --compare)`,
     `error lines in node logs: ${Object.entries(r.nodeLogErrors).map(([id, e]) => `${id} ${e.count}`).join(', ')}`,
   ];
