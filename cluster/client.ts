@@ -684,7 +684,7 @@ export class StrataClient {
   /**
    * The pages of a shard compared (`checkShard` with `pages`): as of the highest LSN every
    * replica that answered has applied, each replica digests its pages of the volume in steps of
-   * at most PAGE_DIGEST_BYTES_MAX of them (actors/replica.ts), and the digests are compared; a
+   * at most PAGE_DIGEST_BYTES_MAX of them (Replica.digest), and the digests are compared; a
    * step that differs is halved down to one page. Replicas that applied the same records must
    * read the same pages, whatever their images, caches and ranges made zeros: a page that
    * differs is damage the checksums did not catch, or a bug.
