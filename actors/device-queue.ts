@@ -339,12 +339,13 @@ export class DeviceQueue {
    * asks before it gives the records LSNs, so that a refused append never leaves its LSNs ahead
    * of its log.
    */
-  checkAppend(records: readonly LogRecordInput[]): void {
+  checkAppend(records: readonly LogRecordInput[], spaceExempt = false): void {
     const refusal = this.refusal(appendBytes(records));
     if (refusal !== undefined) throw refusal;
     // Under half the reserve, a follower takes no more page data from its leaders (they send it
-    // again later, as after a full queue); records without page data still go in.
-    if (records.some((r) => r.kind === RecordKind.PageWrite)) {
+    // again later, as after a full queue); records without page data still go in, and so do
+    // those of a shard exempt from it (the catalog's: `spaceExempt`).
+    if (!spaceExempt && records.some((r) => r.kind === RecordKind.PageWrite)) {
       const s = this.space();
       if (s !== undefined && s.state === 'critical') {
         this.counters.rejectedNoSpace++;

@@ -294,6 +294,11 @@ export interface ReplicaOptions {
   offload?: PayloadOffload;
   checkpointEveryRecords?: number;
   /**
+   * Page writes go on when its device is short of space (DeviceQueue.checkWriteSpace): the
+   * catalog shard's, whose writes are small and are how volumes are deleted, which frees space.
+   */
+  spaceExempt?: boolean;
+  /**
    * For a replica of a branch's shard (docs/branches.md): the branch point, the LSN at which the
    * shard's history starts (its first image, a copy of the parent shard's pages at that LSN). A
    * replica whose log ends below it was not given that copy (its host had none to take it from):
@@ -613,6 +618,7 @@ export class Replica {
   private scrubbing = false;
   private readonly offload: PayloadOffload | undefined;
   private readonly checkpointEveryRecords: number;
+  private readonly spaceExempt: boolean;
   private readonly seedLsn: number;
   private readonly messageBytesMax: number;
   private readonly appendBytesMax: number;
@@ -716,6 +722,7 @@ export class Replica {
     this.unrepairable = new Set(opts.unrepairable ?? []);
     this.offload = opts.offload;
     this.checkpointEveryRecords = opts.checkpointEveryRecords ?? 0;
+    this.spaceExempt = opts.spaceExempt === true;
     this.seedLsn = opts.seedLsn ?? 0;
     this.messageBytesMax = opts.messageBytesMax ?? MESSAGE_BYTES_MAX;
     if (!Number.isSafeInteger(this.messageBytesMax) || this.messageBytesMax < MESSAGE_BYTES_MIN) {
@@ -1709,7 +1716,7 @@ export class Replica {
    * full, say): LSNs given to records the log never gets would be given again to others.
    */
   private appendLocal(records: LogRecordInput[], tag?: unknown): number {
-    this.queue.checkAppend(records);
+    this.queue.checkAppend(records, this.spaceExempt);
     const first = this.lastLsn + 1;
     const stored: HeldRecord[] = records.map((r, i) =>
       tag === undefined ? { term: r.term, kind: r.kind, payload: r.payload, lsn: first + i } : { term: r.term, kind: r.kind, payload: r.payload, lsn: first + i, tag },
@@ -2451,7 +2458,7 @@ export class Replica {
       const inputs: LogRecordInput[] = fresh.map((r) => ({ term: r.term, kind: r.kind, payload: r.payload }));
       // Refused (the device's queue is full, say), the leader is answered so, and this log's
       // position is unchanged: LSNs given to records the device never got would shift the next.
-      this.queue.checkAppend(inputs);
+      this.queue.checkAppend(inputs, this.spaceExempt);
       const first = this.lastLsn + 1;
       inputs.forEach((r, k) => {
         this.queuedTerms.set(first + k, r.term);
@@ -2736,7 +2743,7 @@ export class Replica {
     }
     // A device short of space takes no new page data (a retry whose earlier attempt this log
     // holds was answered above); a range made zeros, which frees space, goes on.
-    if (kind === RecordKind.PageWrite) this.queue.checkWriteSpace();
+    if (kind === RecordKind.PageWrite && !this.spaceExempt) this.queue.checkWriteSpace();
     const term = this.term;
     const tag = this.tracer?.capture();
     const payload = await encode();

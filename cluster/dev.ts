@@ -187,9 +187,10 @@ export interface DevCluster {
   /**
    * Starts node `index` (0-based) again, with the arguments and data directory it had, once its
    * process has exited (after a SIGKILL, say); its log is appended to. Resolves when the new
-   * process is spawned, not when it is up: rejects if it cannot be spawned.
+   * process is spawned, not when it is up: rejects if it cannot be spawned. `extraArgs` are
+   * added to its arguments for this start only (a fault test's `--space-reserve-bytes`, say).
    */
-  restart(index: number): Promise<void>;
+  restart(index: number, extraArgs?: readonly string[]): Promise<void>;
   /**
    * Kills the nats-server (SIGKILL), waits `downMs`, and starts a new one on the same port, where
    * the nodes and clients reconnect. Resolves once the new server is ready.
@@ -326,7 +327,7 @@ export async function startDevCluster(opts: DevClusterOptions): Promise<DevClust
     const controllers = devControllers(opts.nodes);
     const controllerArgs = (i: number): string[] =>
       controllers.length > 1 ? ['--controllers', controllers.join(',')] : [i === 0 ? '--controller' : '--no-controller'];
-    const spawnNode = (i: number, onError: (e: Error) => void): DevCluster['nodes'][number] => {
+    const spawnNode = (i: number, onError: (e: Error) => void, extraArgs: readonly string[] = []): DevCluster['nodes'][number] => {
       const id = `n${i + 1}`;
       const log = path.join(root, `${id}.log`);
       const logFd = fs.openSync(log, 'a');
@@ -336,6 +337,7 @@ export async function startDevCluster(opts: DevClusterOptions): Promise<DevClust
         '--metrics-port', String(opts.metricsPort ? opts.metricsPort + i : 0),
         ...(auth === undefined ? [] : ['--nats-user', auth.users.node.user, '--nats-password-file', auth.users.node.passwordFile]),
         ...(opts.nodeArgs ?? []),
+        ...extraArgs,
       ];
       // The server is this one, with its own users or none and without TLS: a NATS user or TLS
       // files the environment names (for the commands that talk to another cluster) are not
@@ -355,12 +357,12 @@ export async function startDevCluster(opts: DevClusterOptions): Promise<DevClust
       // A controller that keeps the catalog alone first: the others register with it.
       if (i === 0 && controllers.length === 1) await Promise.race([new Promise((r) => setTimeout(r, 200)), spawnFailure]);
     }
-    const restart = async (index: number): Promise<void> => {
+    const restart = async (index: number, extraArgs: readonly string[] = []): Promise<void> => {
       const old = nodes[index];
       if (old === undefined) throw new Error(`no node ${index}: the cluster has ${nodes.length}`);
       if (old.process.exitCode === null && old.process.signalCode === null) throw new Error(`node ${old.id} (pid ${old.pid}) is still running`);
       await new Promise<void>((resolve, reject) => {
-        const node = spawnNode(index, reject);
+        const node = spawnNode(index, reject, extraArgs);
         if (node.pid < 0) return; // 'error' follows and rejects
         nodes[index] = node;
         node.process.once('spawn', () => resolve());

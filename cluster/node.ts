@@ -719,6 +719,8 @@ export class StrataNode {
           ...(this.opts.scrubBytesPerSecond !== undefined ? { scrubBytesPerSecond: this.opts.scrubBytesPerSecond } : {}),
           ...(this.opts.retainRecords !== undefined ? { retainRecords: this.opts.retainRecords } : {}),
           ...(this.opts.spaceReserveBytes !== undefined ? { spaceReserveBytes: this.opts.spaceReserveBytes } : {}),
+          // The catalog's writes go on short of space: deleting a volume writes it, and frees space.
+          spaceExemptVolumes: [CATALOG_VOLUME_ID],
         },
         ...(this.opts.timing ? { timing: this.opts.timing } : {}),
         ...(this.opts.mailboxRequestsMax ? { mailboxRequestsMax: this.opts.mailboxRequestsMax } : {}),

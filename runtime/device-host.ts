@@ -131,6 +131,11 @@ export interface DeviceHostOptions {
   /** Free space the device keeps: page writes are refused under it (DeviceQueue `spaceReserveBytes`). */
   spaceReserveBytes?: number;
   /**
+   * Volumes whose page writes a device short of space still takes (ReplicaOptions.spaceExempt):
+   * the catalog's, whose writes are how volumes are deleted, which frees space.
+   */
+  spaceExemptVolumes?: readonly string[];
+  /**
    * Records of history each replica keeps readable at least, behind its newest image (reads at
    * an LSN, branch points): PageStore `retainLsns`. Default 0: the history since the second
    * newest image (between one and two checkpoints' worth).
@@ -764,6 +769,7 @@ export class DeviceHost {
         nowMs: this.nowMs(),
         clock: this.nowMs,
         checkpointEveryRecords: this.opts.checkpointEveryRecords ?? 65536,
+        ...(this.opts.spaceExemptVolumes?.includes(spec.volumeId) === true ? { spaceExempt: true } : {}),
         ...(spec.seed !== undefined ? { seedLsn: spec.seed.lsn } : {}),
         ...(spec.newCluster === true ? { newIfMajorityEmpty: true } : {}),
         ...(this.opts.messageBytesMax !== undefined ? { messageBytesMax: this.opts.messageBytesMax } : {}),

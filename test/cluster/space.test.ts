@@ -28,7 +28,7 @@ describe('a device short of space', function () {
   let c: InProcessCluster;
 
   before(async () => {
-    c = await startCluster({ nodes: 3, hosts: 1, node });
+    c = await startCluster({ nodes: 3, controllers: 3, hosts: 1, node });
   });
   after(async () => {
     await c?.stop();
@@ -64,7 +64,7 @@ describe('a device short of space', function () {
     const v = c.client.volume('s');
     const err = await rejectsWith(v.write(3, page(3)), 'no_space');
     assert.match(err.message, /has 40\.0 MiB free, under its reserve of 64\.0 MiB: page writes are refused until space is freed/);
-    assert.deepEqual(await v.read([1, 2]), [page(1), page(2)], 'reads go on');
+    assert.deepEqual(await v.read([1, 2, 3]), [page(1), page(2), new Uint8Array(4096)], 'reads go on; the refused write left nothing');
     await v.zeroPages(2, 1);
     assert.deepEqual(await v.read(2), new Uint8Array(4096), 'a range made zeros goes on');
     // The node says so: its device's space and its refusals, and the status text names it.
@@ -102,6 +102,20 @@ describe('a device short of space', function () {
     const after = await storageOnceAll('the images without the pages made zeros', (s) => s.imagePages === 1 && s.imageBytes < 64 * 1024);
     assert.equal(after.length, 3);
     assert.deepEqual(await v.read([0, 511, 1000]), [new Uint8Array(4096), new Uint8Array(4096), page(89)]);
+  });
+
+  it('every device under half its reserve: page writes refused, but the catalog takes changes (a volume created and deleted, which frees space)', async () => {
+    const v = c.client.volume('s');
+    for (let k = 0; k < 3; k++) await c.setFreeBytes(k, 10 * MIB);
+    try {
+      await rejectsWith(v.write(4, page(4)), 'no_space');
+      await c.client.createVolume({ name: 'scratch', pageCount: 16, replicas: 3 });
+      await c.client.deleteVolume('scratch');
+      await rejectsWith(c.client.volumeInfo('scratch'), 'not_found');
+    } finally {
+      for (let k = 0; k < 3; k++) await c.setFreeBytes(k, undefined);
+    }
+    await v.write(4, page(4));
   });
 
   it('followers under half their reserve take no page data: one such follower leaves a majority, two stop the writes until space is freed; nothing acknowledged is lost', async () => {

@@ -84,11 +84,16 @@ import { prng } from '../support/prng';
 import { formatTable, writeJson } from '../../bench/report';
 
 /** The faults the nemesis knows. */
-export const FAULT_KINDS = ['kill', 'kill-majority', 'stop', 'freeze', 'nats-freeze', 'nats-restart', 'wipe', 'wipe-controller', 'move', 'down', 'drain', 'rebalance', 'branch', 'resize', 'controllers'] as const;
+export const FAULT_KINDS = ['kill', 'kill-majority', 'stop', 'freeze', 'nats-freeze', 'nats-restart', 'wipe', 'wipe-controller', 'move', 'down', 'drain', 'rebalance', 'branch', 'resize', 'controllers', 'space'] as const;
 export type FaultKind = (typeof FAULT_KINDS)[number];
 
 /** How often each fault is picked, relative to the others. */
-const FAULT_WEIGHTS: Record<FaultKind, number> = { kill: 35, 'kill-majority': 10, stop: 20, freeze: 35, 'nats-freeze': 15, 'nats-restart': 10, wipe: 10, 'wipe-controller': 5, move: 15, down: 10, drain: 10, rebalance: 10, branch: 10, resize: 10, controllers: 10 };
+const FAULT_WEIGHTS: Record<FaultKind, number> = { kill: 35, 'kill-majority': 10, stop: 20, freeze: 35, 'nats-freeze': 15, 'nats-restart': 10, wipe: 10, 'wipe-controller': 5, move: 15, down: 10, drain: 10, rebalance: 10, branch: 10, resize: 10, controllers: 10, space: 10 };
+/**
+ * The reserve a `space` fault starts a node with: more than twice any test machine's free space,
+ * so that its devices are under half their reserve (docs/replication.md, "A device short of space").
+ */
+const SPACE_FAULT_RESERVE = '1024GiB';
 /** Pages a `resize` adds to the volume; the clients write and read them from then on. */
 const RESIZE_STEP_PAGES = 64;
 /** How long a `resize` is asked again while a node holding a replica does not answer (a node coming back from the fault before). */
@@ -175,8 +180,12 @@ const VECTOR_MAX = 4;
 /** Bound on the problems kept (each names what went wrong); the count goes on. */
 const PROBLEMS_KEPT = 50;
 
-/** Errors after which a write may or may not have taken effect (a read's value is then unknown). */
-const OUTCOME_UNKNOWN_CODES = new Set(['timeout', 'unavailable', 'not_leader', 'internal', 'device_failed', 'overloaded', 'stale_term', 'future_lsn']);
+/**
+ * Errors after which a write may or may not have taken effect (a read's value is then unknown).
+ * `no_space` (a `space` fault) refuses a shard's part of a write before anything is written, but
+ * a write over two shards may have had its other part applied, or time out: taken as unknown.
+ */
+const OUTCOME_UNKNOWN_CODES = new Set(['timeout', 'unavailable', 'not_leader', 'internal', 'device_failed', 'overloaded', 'stale_term', 'future_lsn', 'no_space']);
 
 /** One fault as it happened, times in ms since the clients started. */
 export interface FaultEvent {
@@ -516,10 +525,10 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
         while (chosen.length < n) chosen.push(all.splice(pick(all.length), 1)[0]!);
         return chosen;
       };
-      const restart = async (victims: number[], ev: FaultEvent): Promise<void> => {
+      const restart = async (victims: number[], ev: FaultEvent, extraArgs: readonly string[] = []): Promise<void> => {
         ev.upMs = {};
         for (const i of victims) {
-          await cluster.restart(i);
+          await cluster.restart(i, extraArgs);
           watchExits(i);
         }
         await Promise.all(
@@ -806,6 +815,25 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
           );
           await sleep(500 + rand() * 3500);
           await restart(victims, ev);
+        } else if (kind === 'space') {
+          // A node whose devices are short of space for a while: killed, started again with a
+          // reserve larger than twice its free space, then killed and started as before.
+          const [i] = distinct(1);
+          const n = cluster.nodes[i!]!;
+          ev.nodes = [n.id];
+          const kill = async (): Promise<void> => {
+            await sampleNode(i!);
+            const victim = cluster.nodes[i!]!;
+            expectedExit.add(victim.pid);
+            const exited = new Promise<void>((r) => victim.process.once('exit', () => r()));
+            victim.process.kill('SIGKILL');
+            await exited;
+          };
+          await kill();
+          await restart([i!], ev, ['--space-reserve-bytes', SPACE_FAULT_RESERVE]);
+          await sleep(1000 + rand() * 5000);
+          await kill();
+          await restart([i!], ev);
         } else if (kind === 'stop') {
           const [i] = distinct(1);
           const n = cluster.nodes[i!]!;
