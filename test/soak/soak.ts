@@ -90,10 +90,13 @@ export type FaultKind = (typeof FAULT_KINDS)[number];
 /** How often each fault is picked, relative to the others. */
 const FAULT_WEIGHTS: Record<FaultKind, number> = { kill: 35, 'kill-majority': 10, stop: 20, freeze: 35, 'nats-freeze': 15, 'nats-restart': 10, wipe: 10, 'wipe-controller': 5, move: 15, down: 10, drain: 10, rebalance: 10, branch: 10, resize: 10, controllers: 10, space: 10 };
 /**
- * The reserve a `space` fault starts a node with: more than twice any test machine's free space,
- * so that its devices are under half their reserve (docs/replication.md, "A device short of space").
+ * The reserve a `space` fault starts a node with, half the time: more than twice any test
+ * machine's free space, so that its devices are under half their reserve and take no page data
+ * from other leaders (docs/replication.md, "A device short of space"). The other half: 1.5 times
+ * the free space, under which its devices take page data as followers and refuse writes as
+ * leaders, and the shards it holds are handed over to it.
  */
-const SPACE_FAULT_RESERVE = '1024GiB';
+const SPACE_FAULT_RESERVE_CRITICAL = 1024 * 1024 ** 3;
 /** Pages a `resize` adds to the volume; the clients write and read them from then on. */
 const RESIZE_STEP_PAGES = 64;
 /** How long a `resize` is asked again while a node holding a replica does not answer (a node coming back from the fault before). */
@@ -817,10 +820,13 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
           await restart(victims, ev);
         } else if (kind === 'space') {
           // A node whose devices are short of space for a while: killed, started again with a
-          // reserve larger than twice its free space, then killed and started as before.
+          // reserve over its free space, then killed and started as before.
           const [i] = distinct(1);
           const n = cluster.nodes[i!]!;
           ev.nodes = [n.id];
+          const st = fs.statfsSync(dataDir);
+          const leads = rand() < 0.5;
+          const reserve = leads ? Math.min(SPACE_FAULT_RESERVE_CRITICAL, Math.floor(st.bavail * st.bsize * 1.5)) : SPACE_FAULT_RESERVE_CRITICAL;
           const kill = async (): Promise<void> => {
             await sampleNode(i!);
             const victim = cluster.nodes[i!]!;
@@ -830,7 +836,17 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
             await exited;
           };
           await kill();
-          await restart([i!], ev, ['--space-reserve-bytes', SPACE_FAULT_RESERVE]);
+          await restart([i!], ev, ['--space-reserve-bytes', String(reserve)]);
+          if (leads) {
+            // Its shards' leadership handed to it, so that their leader refuses writes (best
+            // effort: a handover refused or not taken leaves the shard where it was).
+            await asOperator(async (operator) => {
+              const info = await operator.volumeInfo('soak');
+              for (const set of info.replicaSets ?? []) {
+                if (set.members.includes(n.id)) await operator.handOver('soak', set.shard, { to: n.id }).catch(() => undefined);
+              }
+            }).catch(() => undefined);
+          }
           await sleep(1000 + rand() * 5000);
           await kill();
           await restart([i!], ev);
