@@ -837,16 +837,20 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
           };
           await kill();
           await restart([i!], ev, ['--space-reserve-bytes', String(reserve)]);
+          let led = 0;
           if (leads) {
             // Its shards' leadership handed to it, so that their leader refuses writes (best
             // effort: a handover refused or not taken leaves the shard where it was).
             await asOperator(async (operator) => {
               const info = await operator.volumeInfo('soak');
               for (const set of info.replicaSets ?? []) {
-                if (set.members.includes(n.id)) await operator.handOver('soak', set.shard, { to: n.id }).catch(() => undefined);
+                if (!set.members.includes(n.id)) continue;
+                const r = await operator.handOver('soak', set.shard, { to: n.id }).catch(() => undefined);
+                if (r?.to === n.id) led++;
               }
             }).catch(() => undefined);
           }
+          ev.outcome = leads ? `reserve 1.5 times its free space, leading ${led} shard(s)` : 'reserve over twice its free space';
           await sleep(1000 + rand() * 5000);
           await kill();
           await restart([i!], ev);
@@ -888,7 +892,7 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
         }
         ev.endMs = Math.round(now());
         faults.push(ev);
-        out(`  ${(ev.startMs / 1000).toFixed(1)} s: ${ev.kind} ${ev.nodes.join(', ')} (${((ev.endMs - ev.startMs) / 1000).toFixed(1)} s)${ev.upMs ? `, up again after ${Object.entries(ev.upMs).map(([id, ms]) => `${id} ${(ms / 1000).toFixed(1)} s`).join(', ')}` : ''}${ev.recoveredMs !== undefined ? `, catalog recovered ${(ev.recoveredMs / 1000).toFixed(1)} s later (${(ev.recovered ?? []).join(', ') || 'listed'})` : ''}${ev.outcome !== undefined ? (ev.kind === 'rebalance' ? `, done in ${((ev.replacedMs ?? 0) / 1000).toFixed(1)} s: replicas per node ${ev.outcome}` : ev.kind === 'branch' || ev.kind === 'resize' || ev.kind === 'controllers' ? `: ${ev.outcome}` : `, shard ${ev.shard}: ${ev.outcome}`) : ''}${ev.replacedMs !== undefined && ev.kind !== 'rebalance' && ev.kind !== 'branch' ? `, its replicas ${ev.kind === 'drain' ? 'moved off' : 'replaced'} ${(ev.replacedMs / 1000).toFixed(1)} s after the ${ev.kind === 'drain' ? 'mark' : 'kill'}` : ''}`);
+        out(`  ${(ev.startMs / 1000).toFixed(1)} s: ${ev.kind} ${ev.nodes.join(', ')} (${((ev.endMs - ev.startMs) / 1000).toFixed(1)} s)${ev.upMs ? `, up again after ${Object.entries(ev.upMs).map(([id, ms]) => `${id} ${(ms / 1000).toFixed(1)} s`).join(', ')}` : ''}${ev.recoveredMs !== undefined ? `, catalog recovered ${(ev.recoveredMs / 1000).toFixed(1)} s later (${(ev.recovered ?? []).join(', ') || 'listed'})` : ''}${ev.outcome !== undefined ? (ev.kind === 'rebalance' ? `, done in ${((ev.replacedMs ?? 0) / 1000).toFixed(1)} s: replicas per node ${ev.outcome}` : ev.kind === 'branch' || ev.kind === 'resize' || ev.kind === 'controllers' || ev.kind === 'space' ? `: ${ev.outcome}` : `, shard ${ev.shard}: ${ev.outcome}`) : ''}${ev.replacedMs !== undefined && ev.kind !== 'rebalance' && ev.kind !== 'branch' ? `, its replicas ${ev.kind === 'drain' ? 'moved off' : 'replaced'} ${(ev.replacedMs / 1000).toFixed(1)} s after the ${ev.kind === 'drain' ? 'mark' : 'kill'}` : ''}`);
       }
     };
 
