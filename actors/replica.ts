@@ -512,6 +512,9 @@ export interface ReplicaDigest {
   pages?: PageDigest;
 }
 
+/** How often a leader whose device is short of space tries to hand its leadership over (`handOverShortOfSpace`). */
+export const SPACE_HANDOVER_EVERY_MS = 2000;
+
 /** The pages of a shard in a range of volume pages, as of an LSN, digested (`Replica.digest`). */
 export interface PageDigest {
   lsn: number;
@@ -619,6 +622,9 @@ export class Replica {
   private readonly offload: PayloadOffload | undefined;
   private readonly checkpointEveryRecords: number;
   private readonly spaceExempt: boolean;
+  /** A leader short of space: when it may next try to hand its leadership over, and how many times it tried (the follower asked goes in turn). */
+  private spaceHandoverAtMs = 0;
+  private spaceHandovers = 0;
   private readonly seedLsn: number;
   private readonly messageBytesMax: number;
   private readonly appendBytesMax: number;
@@ -983,8 +989,9 @@ export class Replica {
   private handleTimeoutNow(req: TimeoutNowRequest): TimeoutNowReply {
     // A follower that knows no leader of the term (the leader's messages came late, and it began
     // a prevote, which leaves its term as it is) takes it too: a term has one leader.
+    // Nor a replica whose device is short of space: as leader it would refuse page writes.
     const ok = req.term === this.term && this.role === 'follower' && (this.leader === req.leader || this.leader === null) && this.isVoter() &&
-      this.repairTerm === undefined && this.termsUnknown === undefined && this.truncating === 0 && !this.awaitingSeed();
+      this.repairTerm === undefined && this.termsUnknown === undefined && this.truncating === 0 && !this.awaitingSeed() && !this.shortOfSpace();
     if (!ok) return { term: this.term, ok: false };
     this.counters.electionsHandedOver++;
     void this.startElection(true);
@@ -1225,9 +1232,34 @@ export class Replica {
       this.replicateAll(true);
       // A change whose next step failed (the device refused it) is taken up again.
       this.afterConfigCommitted();
+      this.handOverShortOfSpace();
       return;
     }
     if (nowMs >= this.electionDeadlineMs) this.startPreVote();
+  }
+
+  /** Its device is short of space (under its reserve): it refuses page writes, and takes no leadership handed to it. */
+  private shortOfSpace(): boolean {
+    if (this.spaceExempt) return false;
+    const s = this.queue.space();
+    return s !== undefined && s.state !== 'ok';
+  }
+
+  /**
+   * A leader whose device is short of space refuses page writes (`no_space`): it hands its
+   * leadership to a follower instead, which takes it only when its own device is not short
+   * (`handleTimeoutNow`); so a shard with a replica on a device with space goes on taking writes.
+   * One follower at a time, in turn, at most every SPACE_HANDOVER_EVERY_MS; a handover refused
+   * leaves it leading, refusing page writes, until the next try.
+   */
+  private handOverShortOfSpace(): void {
+    if (this.handover !== undefined || this.nowMs < this.spaceHandoverAtMs || this.config.prior !== undefined || this.configAppending !== undefined) return;
+    if (!this.shortOfSpace()) return;
+    this.spaceHandoverAtMs = this.nowMs + SPACE_HANDOVER_EVERY_MS;
+    const others = this.config.members.filter((id) => id !== this.self).sort();
+    if (others.length === 0) return;
+    const to = others[this.spaceHandovers++ % others.length]!;
+    this.transferLeadership(to).catch(() => undefined);
   }
 
   /** The clock read now (never behind the last tick): for what stickiness and the lease measure. */

@@ -44,37 +44,31 @@ describe('a device short of space', function () {
     });
   }
 
-  it('under its reserve: page writes refused no_space, reads, zeros and status go on; space freed, writes go on', async () => {
+  it('a leader under its reserve hands its leadership to a follower with space: writes, reads and zeros go on; none is handed back to it; status says so', async () => {
     await c.client.createVolume({ name: 's', pageCount: 64, shards: 1, replicas: 3 });
     const v = c.client.volume('s');
     await v.writePages([{ page: 1, data: page(1) }, { page: 2, data: page(2) }]);
     const i = await leaderOf('s');
     await c.setFreeBytes(i, 40 * MIB);
     try {
-      await shortOfSpace(i);
+      await eventually('the leadership off the node short of space', async () => {
+        if ((await leaderOf('s')) === i) throw new ProtocolError('unavailable', 'not yet');
+      });
+      await v.write(3, page(3));
+      assert.deepEqual(await v.read([1, 2, 3]), [page(1), page(2), page(3)]);
+      await v.zeroPages(2, 1);
+      assert.deepEqual(await v.read(2), new Uint8Array(4096), 'a range made zeros goes on');
+      await rejectsWith(c.client.handOver('s', 0, { to: `n${i + 1}` }), 'unavailable');
+      // The node says so: its device's space, and the status text names it.
+      const st = (await c.client.status()) as unknown as { nodes: Array<{ node: { id: string }; hosts: HostView[] }> };
+      const mine = st.nodes.find((n) => n.node.id === `n${i + 1}`)!;
+      assert.equal(mine.hosts[0]!.queue!.space!.state, 'low');
+      assert.equal(mine.hosts[0]!.queue!.space!.freeBytes, 40 * MIB);
+      assert.match(formatStatus(st), new RegExp(`n${i + 1} +degraded .*40\\.0 MiB \\(\\d+%\\).*host 0: writes refused, 40\\.0 MiB free`));
     } finally {
       await c.setFreeBytes(i, undefined);
     }
-    await v.write(3, page(3));
-    assert.deepEqual(await v.read([1, 2, 3]), [page(1), new Uint8Array(4096), page(3)]);
   });
-
-  /** With node i's device short of space: what shard 0 of volume s, led there, does. */
-  async function shortOfSpace(i: number): Promise<void> {
-    const v = c.client.volume('s');
-    const err = await rejectsWith(v.write(3, page(3)), 'no_space');
-    assert.match(err.message, /has 40\.0 MiB free, under its reserve of 64\.0 MiB: page writes are refused until space is freed/);
-    assert.deepEqual(await v.read([1, 2, 3]), [page(1), page(2), new Uint8Array(4096)], 'reads go on; the refused write left nothing');
-    await v.zeroPages(2, 1);
-    assert.deepEqual(await v.read(2), new Uint8Array(4096), 'a range made zeros goes on');
-    // The node says so: its device's space and its refusals, and the status text names it.
-    const st = (await c.client.status()) as unknown as { nodes: Array<{ node: { id: string }; hosts: HostView[] }> };
-    const mine = st.nodes.find((n) => n.node.id === `n${i + 1}`)!;
-    assert.equal(mine.hosts[0]!.queue!.space!.state, 'low');
-    assert.equal(mine.hosts[0]!.queue!.space!.freeBytes, 40 * MIB);
-    assert.ok((mine.hosts[0]!.queue!.rejectedNoSpace ?? 0) >= 1);
-    assert.match(formatStatus(st), new RegExp(`n${i + 1} +degraded .*40\\.0 MiB \\(\\d+%\\).*host 0: writes refused, 40\\.0 MiB free`));
-  }
 
   it("the pages made zeros leave the replicas' images at their next checkpoints: each replica reports its files' bytes", async () => {
     const info = await c.client.createVolume({ name: 'g', pageCount: 1024, shards: 1, replicas: 3 });
@@ -104,11 +98,15 @@ describe('a device short of space', function () {
     assert.deepEqual(await v.read([0, 511, 1000]), [new Uint8Array(4096), new Uint8Array(4096), page(89)]);
   });
 
-  it('every device under half its reserve: page writes refused, but the catalog takes changes (a volume created and deleted, which frees space)', async () => {
+  it('every device under half its reserve: page writes refused no_space, reads and zeros go on, and the catalog takes changes (a volume created and deleted, which frees space)', async () => {
     const v = c.client.volume('s');
     for (let k = 0; k < 3; k++) await c.setFreeBytes(k, 10 * MIB);
     try {
-      await rejectsWith(v.write(4, page(4)), 'no_space');
+      // Every follower refuses the leadership: the leader keeps it, refusing page writes.
+      const err = await rejectsWith(v.write(4, page(4)), 'no_space');
+      assert.match(err.message, /has 10\.0 MiB free, under half of its reserve of 64\.0 MiB: page writes are refused until space is freed/);
+      assert.deepEqual(await v.read([3, 4]), [page(3), new Uint8Array(4096)], 'reads go on; the refused write left nothing');
+      await v.zeroPages(3, 1);
       await c.client.createVolume({ name: 'scratch', pageCount: 16, replicas: 3 });
       await c.client.deleteVolume('scratch');
       await rejectsWith(c.client.volumeInfo('scratch'), 'not_found');
@@ -116,6 +114,7 @@ describe('a device short of space', function () {
       for (let k = 0; k < 3; k++) await c.setFreeBytes(k, undefined);
     }
     await v.write(4, page(4));
+    assert.deepEqual(await v.read([3, 4]), [new Uint8Array(4096), page(4)]);
   });
 
   it('followers under half their reserve take no page data: one such follower leaves a majority, two stop the writes until space is freed; nothing acknowledged is lost', async () => {

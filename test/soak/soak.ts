@@ -837,21 +837,22 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
           };
           await kill();
           await restart([i!], ev, ['--space-reserve-bytes', String(reserve)]);
-          let led = 0;
+          let refused = 0;
           if (leads) {
-            // Its shards' leadership handed to it, so that their leader refuses writes (best
-            // effort: a handover refused or not taken leaves the shard where it was).
+            // Its shards' leadership asked of it: refused (a replica short of space takes none).
             await asOperator(async (operator) => {
               const info = await operator.volumeInfo('soak');
               for (const set of info.replicaSets ?? []) {
                 if (!set.members.includes(n.id)) continue;
-                const r = await operator.handOver('soak', set.shard, { to: n.id }).catch(() => undefined);
-                if (r?.to === n.id) led++;
+                const r = await operator.handOver('soak', set.shard, { to: n.id }).then(() => 'taken', (e: unknown) => (e instanceof ProtocolError ? e.code : 'error'));
+                if (r === 'unavailable') refused++;
               }
             }).catch(() => undefined);
           }
-          ev.outcome = leads ? `reserve 1.5 times its free space, leading ${led} shard(s)` : 'reserve over twice its free space';
           await sleep(1000 + rand() * 5000);
+          // What it leads at the end: a leader short of space hands its leadership over.
+          const leading = await cluster.client.status().then((st) => st.volumes.find((v) => v.name === 'soak')?.shards.filter((sh) => sh.leader === n.id).length ?? 0, () => -1);
+          ev.outcome = `${leads ? `reserve 1.5 times its free space, ${refused} handover(s) to it refused` : 'reserve over twice its free space'}; leading ${leading < 0 ? '?' : leading} shard(s) at the end`;
           await kill();
           await restart([i!], ev);
         } else if (kind === 'stop') {
