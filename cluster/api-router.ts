@@ -538,6 +538,8 @@ function volumeStatus(v: Record<string, unknown>, reported: ReadonlyMap<string, 
         ...(r.repairing === true ? { repairing: true } : {}),
         // Its storage was lost: the peers whose term it waits for before anything else.
         ...(Array.isArray(r.awaitingTerms) && r.awaitingTerms.length > 0 ? { awaitingTerms: r.awaitingTerms } : {}),
+        // Its files' bytes on its node's device (Replica.stats().storage).
+        ...(r.state !== 'down' && r.storage !== undefined ? { storage: r.storage } : {}),
       }));
       if (!best) return { shard: i, role: 'none', term: 0, commitLsn: 0, appliedLsn: 0, state: 'unavailable', replicas };
       // The leader's replica set: the one in force (a move changes it), and the set it changes

@@ -3339,7 +3339,7 @@ function describeClaim(r: ClaimReply): string {
 const STATUS_PART_ROOM_BYTES = 4096;
 
 /** The fields of a shard's status that the cluster status merges (mergeClusterStatus, cluster/api-router.ts). */
-const MERGED_SHARD_FIELDS = ['volumeId', 'shard', 'role', 'state', 'term', 'commitLsn', 'appliedLsn', 'lag', 'downReason', 'repairing', 'awaitingTerms'] as const;
+const MERGED_SHARD_FIELDS = ['volumeId', 'shard', 'role', 'state', 'term', 'commitLsn', 'appliedLsn', 'lag', 'downReason', 'repairing', 'awaitingTerms', 'storage'] as const;
 
 /**
  * Part `part` of a node's own status (`node.<id>.status`) in messages of at most `bytesMax`

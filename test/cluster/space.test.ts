@@ -95,6 +95,11 @@ describe('a device short of space', function () {
     // Two checkpoints later, the images before the zeros are let go too.
     const after = await storageOnceAll('the images without the pages made zeros', (s) => s.imagePages === 1 && s.imageBytes < 64 * 1024);
     assert.equal(after.length, 3);
+    // The cluster's status (strata status --json) gives each replica's bytes too.
+    const st = (await c.client.status()) as unknown as { volumes: Array<{ name: string; shards: Array<{ replicas: Array<{ storage?: Storage }> }> }> };
+    const reps = st.volumes.find((x) => x.name === 'g')!.shards[0]!.replicas;
+    assert.equal(reps.length, 3);
+    for (const r of reps) assert.ok(r.storage !== undefined && r.storage.imagePages === 1 && r.storage.logBytes > 0, JSON.stringify(r));
     assert.deepEqual(await v.read([0, 511, 1000]), [new Uint8Array(4096), new Uint8Array(4096), page(89)]);
   });
 
