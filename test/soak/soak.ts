@@ -528,6 +528,17 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
         while (chosen.length < n) chosen.push(all.splice(pick(all.length), 1)[0]!);
         return chosen;
       };
+      /** SIGKILL of node `i`, its counters sampled first; resolves once it exited, with when it was signalled. */
+      const killNode = async (i: number): Promise<number> => {
+        await sampleNode(i);
+        const n = cluster.nodes[i]!;
+        expectedExit.add(n.pid);
+        const exited = new Promise<void>((r) => n.process.once('exit', () => r()));
+        const killedAt = performance.now();
+        n.process.kill('SIGKILL');
+        await exited;
+        return killedAt;
+      };
       const restart = async (victims: number[], ev: FaultEvent, extraArgs: readonly string[] = []): Promise<void> => {
         ev.upMs = {};
         for (const i of victims) {
@@ -717,11 +728,7 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
         } else if (kind === 'wipe' || kind === 'wipe-controller') {
           const n = cluster.nodes[wipeVictim]!;
           ev.nodes = [n.id];
-          await sampleNode(wipeVictim);
-          expectedExit.add(n.pid);
-          const exited = new Promise<void>((r) => n.process.once('exit', () => r()));
-          n.process.kill('SIGKILL');
-          await exited;
+          await killNode(wipeVictim);
           fs.rmSync(path.join(cluster.root, n.id), { recursive: true, force: true });
           await sleep(500 + rand() * 3500);
           await restart([wipeVictim], ev);
@@ -794,28 +801,14 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
         } else if (kind === 'down') {
           const n = cluster.nodes[wipeVictim]!;
           ev.nodes = [n.id];
-          await sampleNode(wipeVictim);
-          expectedExit.add(n.pid);
-          const exited = new Promise<void>((r) => n.process.once('exit', () => r()));
-          const killedAt = performance.now();
-          n.process.kill('SIGKILL');
-          await exited;
+          const killedAt = await killNode(wipeVictim);
           const took = await waitReplaced(n.id, killedAt);
           if (took !== undefined) ev.replacedMs = took;
           await restart([wipeVictim], ev);
         } else if (kind === 'kill' || kind === 'kill-majority') {
           const victims = distinct(kind === 'kill' ? 1 : 2);
           ev.nodes = victims.map((i) => cluster.nodes[i]!.id);
-          await Promise.all(
-            victims.map(async (i) => {
-              await sampleNode(i);
-              const n = cluster.nodes[i]!;
-              expectedExit.add(n.pid);
-              const exited = new Promise<void>((r) => n.process.once('exit', () => r()));
-              n.process.kill('SIGKILL');
-              await exited;
-            }),
-          );
+          await Promise.all(victims.map((i) => killNode(i)));
           await sleep(500 + rand() * 3500);
           await restart(victims, ev);
         } else if (kind === 'space') {
@@ -827,15 +820,7 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
           const st = fs.statfsSync(dataDir);
           const leads = rand() < 0.5;
           const reserve = leads ? Math.min(SPACE_FAULT_RESERVE_CRITICAL, Math.floor(st.bavail * st.bsize * 1.5)) : SPACE_FAULT_RESERVE_CRITICAL;
-          const kill = async (): Promise<void> => {
-            await sampleNode(i!);
-            const victim = cluster.nodes[i!]!;
-            expectedExit.add(victim.pid);
-            const exited = new Promise<void>((r) => victim.process.once('exit', () => r()));
-            victim.process.kill('SIGKILL');
-            await exited;
-          };
-          await kill();
+          await killNode(i!);
           await restart([i!], ev, ['--space-reserve-bytes', String(reserve)]);
           let refused = 0;
           if (leads) {
@@ -853,7 +838,7 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
           // What it leads at the end: a leader short of space hands its leadership over.
           const leading = await cluster.client.status().then((st) => st.volumes.find((v) => v.name === 'soak')?.shards.filter((sh) => sh.leader === n.id).length ?? 0, () => -1);
           ev.outcome = `${leads ? `reserve 1.5 times its free space, ${refused} handover(s) to it refused` : 'reserve over twice its free space'}; leading ${leading < 0 ? '?' : leading} shard(s) at the end`;
-          await kill();
+          await killNode(i!);
           await restart([i!], ev);
         } else if (kind === 'stop') {
           const [i] = distinct(1);
