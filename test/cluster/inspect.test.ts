@@ -7,6 +7,7 @@ import { startCluster, type InProcessCluster } from '../../cluster/in-process-cl
 import { compareReplicas, inspect, pageRanges } from '../../cluster/inspect';
 import { crc32c } from '../../storage-engine/crc32c';
 import { SegmentLog } from '../../storage-engine/log';
+import { imageFileName } from '../../storage-engine/image';
 import { encodePageWrite } from '../../storage-engine/page-write';
 import { RealDisk } from '../../storage-engine/real-disk';
 import { META_PAYLOAD_BYTES_MAX_DEFAULT } from '../../storage-engine/metadata';
@@ -518,9 +519,12 @@ describe('strata inspect --compare (the replicas of a shard on several nodes)', 
     const copy = copyDir(dirs[1]!);
     copies.push(copy);
     const replica = path.join(copy, 'dev0', 'shards', `${volumeId}.0`);
-    const image = fs.readdirSync(replica).filter((n) => /^image-.*\.img$/.test(n)).sort().pop()!;
+    // The image the checkpoint pointer names: a newer file may be there too, written by a
+    // checkpoint the stop came before the pointer of.
+    const imageLsn = inspect(copy, { shard: 'db/0' }).replicas[0]!.imageLsn!;
+    assert.ok(imageLsn > 0, 'the replica has an image');
     const changed = 3;
-    rewriteImagePage(path.join(replica, image), changed);
+    rewriteImagePage(path.join(replica, imageFileName(imageLsn)), changed);
     assert.equal(inspect(copy, { shard: 'db/0', verify: true }).replicas[0]!.state, 'ok', 'no checksum finds it');
     const report = compareReplicas([dirs[0]!, copy], 'db/0');
     assert.equal(report.ok, false);
