@@ -8,6 +8,7 @@ import { strict as assert } from 'node:assert';
 import { startCluster, type InProcessCluster } from '../../cluster/in-process-cluster';
 import { shardsOfRange, type StrataClient } from '../../cluster/client';
 import { shardSubject } from '../../messages/subjects';
+import { ProtocolError } from '../../messages/errors';
 import { validateShardWriteReply } from '../../messages/validate';
 import { rejectsWith } from '../support/expect';
 import { inspect, inspectText } from '../../cluster/inspect';
@@ -78,8 +79,12 @@ describe('ranges made zeros (page.zero, shard.zero) on a replicated volume', fun
 
     // Every replica applied the records: with the leader of shard 1's node killed, its new
     // leader reads the same.
-    const st = await client.status();
-    const leader = st.volumes.find((x) => x.id === info.id)!.shards[1]!.leader!;
+    // A status lists no volume when the controller did not answer its node in time (under load).
+    const leader = await eventually('shard 1\'s leader in the status', async () => {
+      const l = (await client.status()).volumes.find((x) => x.id === info.id)?.shards[1]?.leader;
+      if (l === undefined) throw new ProtocolError('unavailable', 'no leader of shard 1 in the status yet');
+      return l;
+    });
     const i = Number(leader.slice(1)) - 1;
     c!.kill(i);
     try {
