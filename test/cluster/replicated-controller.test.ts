@@ -298,7 +298,10 @@ describe('a replicated controller whose catalog takes several shard writes', fun
    * client or by an API router, when its answer does not come.
    */
   async function changedWhile(doomed: string[], fresh: string[], move: () => Promise<unknown>): Promise<void> {
-    const client = await connectClient({ servers: c.natsUrl, cluster: c.cluster, timeoutMs: 15_000 });
+    // Each of its three tries waits a third of this: a try lost with a killed node is sent again
+    // once its third has passed, and the next controller then makes a dozen queued changes, one
+    // at a time, each several catalog writes (more than 5 s on a loaded 2-core machine).
+    const client = await connectClient({ servers: c.natsUrl, cluster: c.cluster, timeoutMs: 30_000 });
     try {
       const changes = Promise.allSettled([...doomed.map((name) => client.deleteVolume(name)), ...fresh.map((name) => client.createVolume({ name, pageCount: 64, shards: 1, replicas: 1 }))]);
       await new Promise((r) => setTimeout(r, 20));
