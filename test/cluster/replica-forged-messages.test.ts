@@ -8,7 +8,7 @@ import { waitFor } from '../support/wait';
 import { encodePageWrite } from '../../storage-engine/page-write';
 import { encodePageZero } from '../../storage-engine/page-zero';
 
-type ShardView = { leader?: string; term: number; state: string; replicas: Array<{ node: string; term?: number }> };
+type ShardView = { leader?: string; term: number; state: string; replicas: Array<{ node: string; term?: number; state?: string; commitLsn?: number }> };
 type NodeView = { hosts: Array<{ deviceRestarts: number; restarts: number }>; shards: Array<{ volumeId: string; state: string; term: number; repliesIgnored?: number }> };
 
 /**
@@ -151,19 +151,27 @@ describe('replication messages no member could have sent are refused, the shard 
   it('appends that would overwrite a committed record on a follower, six times: refused; no restart, the replica is not left down', async () => {
     const before = await restarts();
     for (let i = 0; i < 6; i++) {
-      const s = await led();
-      const follower = s.replicas.find((r) => r.node !== s.leader)!.node;
+      // A follower that knows LSN 1 is committed: one that has just opened its replica (a
+      // restart) knows only what its image holds until its leader tells it more, and may take
+      // the record as a leader's of a newer term would be.
+      let s!: ShardView;
+      let follower: string | undefined;
+      await waitFor('a follower that knows LSN 1 is committed', async () => {
+        s = await led();
+        follower = s.replicas.find((r) => r.node !== s.leader && r.state === 'up' && (r.commitLsn ?? 0) >= 1)?.node;
+        return follower !== undefined;
+      });
       // LSN 1 is committed (term 1); a record of a newer term in its place. (The follower's
       // term may be ahead of the status's: sent again past the term it answers.)
       let term = Math.max(s.term, ...s.replicas.map((r) => r.term ?? 0)) + 1;
       // (A well-formed page write: the record is refused for where it goes, not for what it is.)
       const payload = encodePageWrite(4096, [{ page: 4, data: new Uint8Array(4096).fill(4) }]);
-      let reply = await send(follower, { type: 'append', term, leader: s.leader, prevLsn: 0, prevTerm: 0, records: [{ term, kind: 1, payload }], commitLsn: 0 });
+      let reply = await send(follower!, { type: 'append', term, leader: s.leader, prevLsn: 0, prevTerm: 0, records: [{ term, kind: 1, payload }], commitLsn: 0 });
       for (let k = 0; k < 3 && reply.error === undefined && typeof reply.term === 'number' && reply.term >= term; k++) {
         term = reply.term + 1;
-        reply = await send(follower, { type: 'append', term, leader: s.leader, prevLsn: 0, prevTerm: 0, records: [{ term, kind: 1, payload }], commitLsn: 0 });
+        reply = await send(follower!, { type: 'append', term, leader: s.leader, prevLsn: 0, prevTerm: 0, records: [{ term, kind: 1, payload }], commitLsn: 0 });
       }
-      assert.equal(reply.error?.code, 'bad_request', JSON.stringify(reply));
+      assert.equal(reply.error?.code, 'bad_request', `${follower}: ${JSON.stringify(reply)}; the shard before: ${JSON.stringify(s)}; restarts ${JSON.stringify(await restarts())} ${JSON.stringify(await hostRestarts())}`);
       assert.match(reply.error!.message, /the record at LSN 1 is committed with term/);
     }
     assert.deepEqual(await restarts(), before, 'no replica was restarted');
