@@ -18,7 +18,7 @@ import type { NodeConfig } from './config';
 import { ProtocolError } from '../messages/errors';
 import { PAGE_COUNT_MAX, PAGE_SIZES_BYTES, SHARDS_MAX } from '../messages/api';
 import type { ShardLsn, VolumeCreateRequest, VolumeInfo } from '../messages/api';
-import { formatStatus, formatStatusJson } from '../observability/status';
+import { bytesText, formatStatus, formatStatusJson } from '../observability/status';
 import { NBD_PORT_DEFAULT, nbdUri, startNbdServer } from './nbd';
 import { textTable } from './text-table';
 import { NATS_ROLES, natsTlsFromFlags, readNatsPassword, renderNatsAuthorization, type NatsUser } from './nats-auth';
@@ -98,6 +98,9 @@ Commands:
   zero VOLUME PAGE --count N
         Make pages PAGE..PAGE+N-1 zeros: one small record per shard whatever N, and their
         space is given back at the shards' next checkpoints (earlier LSNs still read the data).
+  map VOLUME [PAGE] [--count N]
+        Which pages of PAGE..PAGE+N-1 (default: the whole volume) hold data: ranges of pages
+        written and not made zeros since; the other pages read as zeros.
   bench [--short] [--workload W] [--queue-depth N] [--pages-per-request N] [--replicas 1|3] [--nats URL --cluster C] …
         Benchmark a fresh in-process cluster (or a running one) against raw disk, NATS echo
         and JetStream baselines; without --workload runs the target suite. "strata bench --help".
@@ -236,6 +239,7 @@ const COMMANDS: Readonly<Record<string, CommandSpec>> = {
   put: { positionals: ['VOLUME', 'PAGE', 'FILE'], flags: {}, client: true },
   get: { positionals: ['VOLUME', 'PAGE', 'FILE'], flags: { count: 'integer', lsn: 'string' }, client: true },
   zero: { positionals: ['VOLUME', 'PAGE'], flags: { count: 'integer' }, required: ['count'], client: true },
+  map: { positionals: ['VOLUME', 'PAGE'], positionalsMin: 1, flags: { count: 'integer' }, client: true },
   nbd: { positionals: ['VOLUME'], positionalsMin: 0, flags: { listen: 'string', 'read-only': 'boolean', all: 'boolean' }, client: true },
   status: { positionals: [], flags: {}, client: true },
   'shard force-vote': { positionals: ['VOLUME', 'SHARD'], flags: { node: 'string' }, required: ['node'], client: true },
@@ -258,7 +262,7 @@ const COMMANDS: Readonly<Record<string, CommandSpec>> = {
 
 /** A parsed command line. `node` keeps its arguments raw (`rest`) for loadNodeConfig. */
 export interface ParsedArgs {
-  /** `dev`, `node`, `volume create`, `volume branch`, `volume list`, `volume info`, `volume delete`, `volume resize`, `put`, `get`, `zero`, `nbd`, `status`, `shard force-vote`, `shard move`, `shard handover`, `shard check`, `drain`, `rebalance`, `controllers`, `catalog recover`, `nats-auth`, `inspect`, `help`. */
+  /** `dev`, `node`, `volume create`, `volume branch`, `volume list`, `volume info`, `volume delete`, `volume resize`, `put`, `get`, `zero`, `map`, `nbd`, `status`, `shard force-vote`, `shard move`, `shard handover`, `shard check`, `drain`, `rebalance`, `controllers`, `catalog recover`, `nats-auth`, `inspect`, `help`. */
   command: string;
   positionals: string[];
   flags: Record<string, string | number | boolean>;
@@ -477,8 +481,8 @@ export function parseArgs(argvIn: readonly string[]): ParsedArgs {
   }
   if (typeof flags.lsn === 'string') parseReadAt(flags.lsn);
   if (typeof flags.lsns === 'string') parseBranchLsns(flags.lsns);
-  // A get's pages come back to this process; a range made zeros carries no page data.
-  const countMax = command === 'zero' ? PAGE_COUNT_MAX : GET_PAGES_MAX;
+  // A get's pages come back to this process; a range made zeros, or mapped, carries no page data.
+  const countMax = command === 'zero' || command === 'map' ? PAGE_COUNT_MAX : GET_PAGES_MAX;
   if (flags.count !== undefined && ((flags.count as number) < 1 || (flags.count as number) > countMax)) {
     throw new UsageError(`--count: expected 1..${countMax}, got ${String(flags.count)}`);
   }
@@ -496,7 +500,7 @@ export function parseArgs(argvIn: readonly string[]): ParsedArgs {
     const problem = checkNatsUrl(flags.nats);
     if (problem !== undefined) throw new UsageError(`--nats: ${problem}, got ${JSON.stringify(flags.nats)}`);
   }
-  if (command === 'put' || command === 'get' || command === 'zero') parseInteger('PAGE', positionals[1]!);
+  if (command === 'put' || command === 'get' || command === 'zero' || (command === 'map' && positionals.length > 1)) parseInteger('PAGE', positionals[1]!);
   if (command === 'shard force-vote' || command === 'shard move' || command === 'shard handover') parseInteger('SHARD', positionals[1]!);
   if (command === 'shard handover' && flags.to !== undefined) {
     try {
@@ -940,6 +944,50 @@ async function zero(ctx: Ctx): Promise<void> {
   await writeOut(ctx.io.stdout, ctx.json ? jsonText(result) : `made ${volumeName} pages ${first}..${first + count - 1} zeros (${lsnText(result)})\n`);
 }
 
+/** Most ranges `strata map` prints: past them it stops and says where to go on from. */
+export const MAP_RANGES_PRINTED_MAX = 65_536;
+
+async function map(ctx: Ctx): Promise<void> {
+  const [volumeName, pageText] = ctx.args.positionals as [string, string | undefined];
+  const result = await withClient(ctx, async (client) => {
+    const volume = client.volume(volumeName);
+    const first = pageText === undefined ? 0 : parseInteger('PAGE', pageText);
+    const info = await client.volumeInfo(volumeName);
+    const count = (ctx.args.flags['count'] as number | undefined) ?? Math.max(1, info.pageCount - first);
+    const lsns = new ShardLsns();
+    const ranges: Array<{ first: number; count: number }> = [];
+    // Each answer goes as far as its shards' bounded answers do; asked again from its end.
+    let end = first;
+    while (end < first + count && ranges.length < MAP_RANGES_PRINTED_MAX) {
+      const m = await volume.pagesWithData(end, first + count - end);
+      lsns.add(m.lsns);
+      for (const r of m.ranges) {
+        const last = ranges[ranges.length - 1];
+        if (last !== undefined && last.first + last.count === r.first) last.count += r.count;
+        else ranges.push({ ...r });
+      }
+      end = m.end;
+    }
+    if (ranges.length > MAP_RANGES_PRINTED_MAX) {
+      end = ranges[MAP_RANGES_PRINTED_MAX]!.first;
+      ranges.length = MAP_RANGES_PRINTED_MAX;
+    }
+    const pages = ranges.reduce((n, r) => n + r.count, 0);
+    return { volume: volumeName, page: first, count, end, pageSize: info.pageSize, pages, ranges, ...lsns.result() };
+  });
+  if (ctx.json) {
+    await writeOut(ctx.io.stdout, jsonText(result));
+    return;
+  }
+  const { page: first, count, end, pages, ranges } = result;
+  const lines = [
+    `${volumeName} pages ${first}..${end - 1}: ${pages} page(s) in ${ranges.length} range(s) hold data (${bytesText(pages * result.pageSize)}); the others read as zeros (${lsnText(result)})`,
+  ];
+  if (end < first + count) lines.push(`stopped after ${MAP_RANGES_PRINTED_MAX} ranges: run \`strata map ${volumeName} ${end} --count ${first + count - end}\` for the rest`);
+  if (ranges.length > 0) lines.push(textTable([['FIRST', 'LAST', 'PAGES'], ...ranges.map((r) => [String(r.first), String(r.first + r.count - 1), String(r.count)])]).trimEnd());
+  await writeOut(ctx.io.stdout, lines.join('\n') + '\n');
+}
+
 async function put(ctx: Ctx): Promise<void> {
   const [volumeName, pageText, file] = ctx.args.positionals as [string, string, string];
   const first = parseInteger('PAGE', pageText);
@@ -1255,6 +1303,9 @@ export async function main(argv: readonly string[], io: Partial<CliIo> = {}): Pr
         return 0;
       case 'zero':
         await zero(ctx);
+        return 0;
+      case 'map':
+        await map(ctx);
         return 0;
       case 'nbd':
         await nbd(ctx);

@@ -55,7 +55,7 @@ function cell(v: unknown): string {
 }
 
 /** Bytes as a short text: `512 B`, `3.4 MiB`, `41.2 GiB`, `1.1 TiB`. */
-function bytesText(n: number): string {
+export function bytesText(n: number): string {
   const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
   let v = n;
   let u = 0;

@@ -20,6 +20,7 @@ import {
   validateShardWrite,
   validateShardWriteRequest,
   validateShardZeroRequest,
+  validateShardMapRequest,
   validatePageZero,
   validateVolumeBranchRequest,
   validateVolumeCreateRequest,
@@ -52,6 +53,8 @@ class MemoryCluster implements ClientTransport {
   pages = new Map<string, Array<{ lsn: number; data: Uint8Array }>>();
   /** `volumeId:shard` → the shard's last LSN. */
   lsns = new Map<string, number>();
+  /** Most ranges a shard.map answer lists (a shard's answer is cut short past them). */
+  mapRangesMax = 4096;
   /** Called with the pages of each shard.read before it is answered. */
   beforeRead: (pages: readonly number[]) => void = () => undefined;
   requests: string[] = [];
@@ -117,9 +120,23 @@ class MemoryCluster implements ClientTransport {
         };
       case 'shard.write':
       case 'shard.zero':
+      case 'shard.map':
       case 'shard.read': {
         const { volumeId, shard } = parseShardSubject(subject);
         const info = [...this.volumes.values()].find((v) => v.id === volumeId)!;
+        if (type === 'shard.map') {
+          // The shard's pages whose newest version holds a byte other than zero.
+          const req = validatePageZero(validateShardMapRequest(body), info.pageCount);
+          const ranges: number[] = [];
+          for (let p = req.first; p < req.first + req.count; p++) {
+            if (shardOfPage(p, info) !== shard || !(this.pages.get(`${volumeId}:${p}`)?.at(-1)?.data.some((x) => x !== 0) ?? false)) continue;
+            const n = ranges.length;
+            if (n > 0 && ranges[n - 2]! + ranges[n - 1]! === p) ranges[n - 1]!++;
+            else if (n / 2 === this.mapRangesMax) return { end: p, ranges, lsn: this.lsns.get(`${volumeId}:${shard}`) ?? 0 };
+            else ranges.push(p, 1);
+          }
+          return { end: req.first + req.count, ranges, lsn: this.lsns.get(`${volumeId}:${shard}`) ?? 0 };
+        }
         if (type === 'shard.zero') {
           const req = validatePageZero(validateShardZeroRequest(body), info.pageCount);
           const pages = Array.from({ length: req.count }, (_, i) => req.first + i).filter((p) => shardOfPage(p, info) === shard);
@@ -308,6 +325,9 @@ describe('cluster/cli', () => {
       [['zero', 'db', '0', '--count', '4294967296'], /^--count: expected 1\.\.4294967295, got 4294967296$/],
       [['zero', 'db', 'x', '--count', '1'], /^PAGE: expected a non-negative integer, got "x"$/],
       [['zero', 'db', '0', 'f', '--count', '1'], /^zero: unexpected argument "f"$/],
+      [['map'], /^map: missing VOLUME$/],
+      [['map', 'db', 'x'], /^PAGE: expected a non-negative integer, got "x"$/],
+      [['map', 'db', '0', '--count', '0'], /^--count: expected 1\.\.4294967295, got 0$/],
       [['get', 'db', '0', 'f', '--lsn', 'latest'], /^--lsn: expected L or SHARD:LSN\[,SHARD:LSN…\], got "latest"$/],
       [['get', 'db', '0', 'f', '--lsn', '0:5,1'], /^--lsn: expected L or SHARD:LSN\[,SHARD:LSN…\], got "1" in "0:5,1"$/],
       [['get', 'db', '0', 'f', '--lsn', '0:5,0:6'], /^--lsn: shard 0 given twice$/],
@@ -851,6 +871,30 @@ describe('cluster/cli', () => {
         assert.equal(r.code, 0, r.err);
         assert.deepEqual(JSON.parse(r.out), { volume: 'db', page: 60, pages: 4, lsn: mem.shardLsns('id-db')[0]!.lsn, lsns: [mem.shardLsns('id-db')[0]] });
         r = await run(['zero', 'db', '60', '--count', '5'], mem);
+        assert.equal(r.code, 1);
+        assert.match(r.err, /^strata: out_of_range: count: pages 60\.\.64 are not all in the volume/);
+      });
+
+      it('map lists the ranges of pages holding data, merged over the shards (text and JSON), going on past a cut answer; a range past the end exits 1', async () => {
+        const mem = new MemoryCluster();
+        await run(['volume', 'create', 'db', '--pages', '64', '--shards', '3', '--stripe-pages', '4'], mem);
+        const input = path.join(dir, 'in.bin');
+        fs.writeFileSync(input, bytes(12 * 4096, 3));
+        assert.equal((await run(['put', 'db', '0', input], mem)).code, 0);
+        assert.equal((await run(['put', 'db', '40', input], mem)).code, 0);
+        assert.equal((await run(['zero', 'db', '6', '--count', '4'], mem)).code, 0);
+        let r = await run(['map', 'db'], mem);
+        assert.equal(r.code, 0, r.err);
+        const lines = r.out.split('\n');
+        assert.match(lines[0]!, /^db pages 0\.\.63: 20 page\(s\) in 3 range\(s\) hold data \(80\.0 KiB\); the others read as zeros \(lsn \d+; shard LSNs 0:\d+,1:\d+,2:\d+\)$/);
+        assert.deepEqual(lines.slice(1), ['FIRST  LAST  PAGES', '0      5     6', '10     11    2', '40     51    12', '']);
+        // Every shard's answer cut short after one range: asked again from where it ended.
+        mem.mapRangesMax = 1;
+        r = await run(['map', 'db', '2', '--count', '48', '--json'], mem);
+        assert.equal(r.code, 0, r.err);
+        const json = JSON.parse(r.out);
+        assert.deepEqual([json.page, json.count, json.end, json.pages, json.ranges], [2, 48, 50, 16, [{ first: 2, count: 4 }, { first: 10, count: 2 }, { first: 40, count: 10 }]]);
+        r = await run(['map', 'db', '60', '--count', '5'], mem);
         assert.equal(r.code, 1);
         assert.match(r.err, /^strata: out_of_range: count: pages 60\.\.64 are not all in the volume/);
       });
