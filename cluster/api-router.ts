@@ -16,9 +16,9 @@ import { encode, decode, encodedErrorCode, MESSAGE_BYTES_MAX } from '../messages
 import { newInbox, serverMaxPayload } from '../runtime/request-mux';
 import { Notice, NOTICED } from '../runtime/notice';
 import { errorReply, isPlainObject, ProtocolError, throwIfError } from '../messages/errors';
-import { expectArray, expectMap, field, hasRequestId, validatePageRead, validatePageWriteRequest, validatePageZeroRequest, validatePageReadRequest, validateVolumeBranchRequest, validateVolumeFlushRequest, validateVolumeNameRequest } from '../messages/validate';
+import { expectArray, expectMap, field, hasRequestId, validatePageRead, validatePageWriteRequest, validatePageZeroRequest, validatePageMapRequest, validatePageReadRequest, validateVolumeBranchRequest, validateVolumeFlushRequest, validateVolumeNameRequest } from '../messages/validate';
 import { controllerSubject } from '../messages/control';
-import { SHARDS_MAX, VOLUMES_PER_LIST_MAX, type VolumeInfo } from '../messages/api';
+import { PAGE_MAP_RANGES_MAX, SHARDS_MAX, VOLUMES_PER_LIST_MAX, type VolumeInfo } from '../messages/api';
 import { NODES_MAX } from '../actors/controller';
 import { deadlineRemainingMs, HEADER_DEADLINE } from '../messages/headers';
 import { createClient, GEOMETRY_RECHECK_MS, NatsTransport, newRequestId, type StrataClient, type Volume } from './client';
@@ -219,6 +219,12 @@ export class ApiRouter {
     const req = validatePageZeroRequest(body);
     const r = await this.volume(req.volume).zeroPages(req.first, req.count, { deadlineMs });
     return { lsn: r.lsn, lsns: r.lsns };
+  }
+
+  async pageMap(body: unknown, deadlineMs: number): Promise<unknown> {
+    const req = validatePageMapRequest(body);
+    const r = await this.volume(req.volume).pagesWithData(req.first, req.count, { deadlineMs });
+    return { ...mapReplyRanges(r.end, r.ranges), lsn: r.lsn, lsns: r.lsns };
   }
 
   async pageRead(body: unknown, deadlineMs: number): Promise<unknown> {
@@ -562,6 +568,15 @@ function volumeStatus(v: Record<string, unknown>, reported: ReadonlyMap<string, 
       };
     }),
   };
+}
+
+/**
+ * A page.map reply's `end` and `ranges` (pairs) from a merged answer: one message holds at most
+ * `rangesMax` ranges, past which the answer ends where the first range left out begins.
+ */
+export function mapReplyRanges(end: number, ranges: ReadonlyArray<{ first: number; count: number }>, rangesMax = PAGE_MAP_RANGES_MAX): { end: number; ranges: number[] } {
+  const kept = ranges.slice(0, rangesMax);
+  return { end: ranges.length > rangesMax ? ranges[rangesMax]!.first : end, ranges: kept.flatMap((x) => [x.first, x.count]) };
 }
 
 /**

@@ -3315,6 +3315,7 @@ export class StrataNode {
     endpoint('volume.info', async (body, req) => router.volumeInfo(body, req.data, req.deadlineMs, (name) => this.localVolumeInfo(name)));
     endpoint('page.write', (body, req) => router.pageWrite(body, req.deadlineMs));
     endpoint('page.zero', (body, req) => router.pageZero(body, req.deadlineMs));
+    endpoint('page.map', (body, req) => router.pageMap(body, req.deadlineMs));
     endpoint('page.read', (body, req) => router.pageRead(body, req.deadlineMs));
     endpoint('volume.flush', (body, req) => router.flush(body, req.deadlineMs));
     // Read strictly like every request (docs/protocol.md): `{}`, anything else bad_request.

@@ -78,6 +78,7 @@ export const API_VERBS = [
   'page.write',
   'page.zero',
   'page.read',
+  'page.map',
   'status',
 ] as const;
 /** One of `API_VERBS`. */
@@ -301,6 +302,22 @@ export interface PageZeroRequest {
 /** page.zero reply, sent once every shard's part is committed, as a page.write's. */
 export type PageZeroReply = PageWriteReply;
 
+/** Most ranges one page.map reply lists: past them it is cut short (`end`). */
+export const PAGE_MAP_RANGES_MAX = 16_384;
+
+/** page.map request: which pages of `first`..`first + count - 1` hold data; all within the volume. */
+export type PageMapRequest = PageZeroRequest;
+/** page.map reply: as a shard.map's (`end`, `ranges` as pairs), over every shard of the range. */
+export interface PageMapReply {
+  /** The answer covers pages `first`..`end - 1`: cut short by a shard's answer, or after PAGE_MAP_RANGES_MAX ranges. */
+  end: number;
+  /** Pairs `[first, count, …]`, ascending and apart: the pages that may hold data; the others before `end` read as zeros. */
+  ranges: number[];
+  lsn: number;
+  /** The LSN of each shard asked. */
+  lsns?: ShardLsn[];
+}
+
 /** page.read request. Pages may repeat; they are answered in request order. */
 export interface PageReadRequest {
   volume: string;
@@ -511,6 +528,7 @@ export interface RequestMap {
   'page.write': PageWriteRequest;
   'page.zero': PageZeroRequest;
   'page.read': PageReadRequest;
+  'page.map': PageMapRequest;
   status: StatusRequest;
   'shard.write': ShardWriteRequest;
   'shard.zero': ShardZeroRequest;
@@ -536,6 +554,7 @@ export interface ReplyMap {
   'page.write': PageWriteReply;
   'page.zero': PageZeroReply;
   'page.read': PageReadReply;
+  'page.map': PageMapReply;
   status: StatusReply;
   'shard.write': ShardWriteReply;
   'shard.zero': ShardZeroReply;

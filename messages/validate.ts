@@ -29,6 +29,7 @@ import {
   REPLICAS_DEFAULT,
   REQUEST_DATA_BYTES_MAX,
   SHARD_MAP_RANGES_MAX,
+  PAGE_MAP_RANGES_MAX,
   SHARDS_DEFAULT,
   SHARDS_MAX,
   STRIPE_PAGES_DEFAULT,
@@ -59,6 +60,8 @@ import type {
   ShardZeroRequest,
   ShardMapRequest,
   ShardMapReply,
+  PageMapRequest,
+  PageMapReply,
   WriteRecordRef,
   StatusReply,
   StatusRequest,
@@ -895,11 +898,13 @@ export function validateShardMapRequest(value: unknown): ShardMapRequest {
   return withTerm(validatePageRange(map, ''), optional(field(map, 'term'), (v) => expectCounter(v, 'term')));
 }
 
-/** shard.map reply; with `request`, also that it answers that range (its end and ranges within it). */
-export function validateShardMapReply(value: unknown, request?: { first: number; count: number }): ShardMapReply {
-  const map = expectMap(value, '');
+/**
+ * The `end` and `ranges` of a shard.map or page.map reply: at most `rangesMax` pairs, ascending
+ * and apart, before `end`; with `request`, an answer of that range.
+ */
+function validateMapRanges(map: Readonly<Record<string, unknown>>, rangesMax: number, request?: { first: number; count: number }): { end: number; ranges: number[] } {
   const end = expectInteger(field(map, 'end'), 'end', { min: 1, max: PAGE_COUNT_MAX });
-  const raw = expectArray(field(map, 'ranges'), 'ranges', { lengthMin: 0, lengthMax: 2 * SHARD_MAP_RANGES_MAX });
+  const raw = expectArray(field(map, 'ranges'), 'ranges', { lengthMin: 0, lengthMax: 2 * rangesMax });
   if (raw.length % 2 !== 0) fail('bad_request', 'ranges', `${raw.length} numbers: pairs of first and count`);
   const ranges: number[] = [];
   let next = request?.first ?? 0;
@@ -912,8 +917,26 @@ export function validateShardMapReply(value: unknown, request?: { first: number;
   if (request !== undefined && (end <= request.first || end > request.first + request.count)) {
     fail('bad_request', 'end', `${end} is not in ${request.first + 1}..${request.first + request.count}`);
   }
+  return { end, ranges };
+}
+
+/** shard.map reply; with `request`, also that it answers that range (its end and ranges within it). */
+export function validateShardMapReply(value: unknown, request?: { first: number; count: number }): ShardMapReply {
+  const map = expectMap(value, '');
   const lsn = expectCounter(field(map, 'lsn'), 'lsn');
-  return withTerm({ end, ranges, lsn }, optional(field(map, 'term'), (v) => expectCounter(v, 'term')));
+  return withTerm({ ...validateMapRanges(map, SHARD_MAP_RANGES_MAX, request), lsn }, optional(field(map, 'term'), (v) => expectCounter(v, 'term')));
+}
+
+/** page.map request (without the volume's geometry; see `validatePageZero`). */
+export function validatePageMapRequest(value: unknown): PageMapRequest {
+  return validatePageZeroRequest(value);
+}
+
+/** page.map reply. */
+export function validatePageMapReply(value: unknown): PageMapReply {
+  const map = expectMap(value, '');
+  const lsn = expectCounter(field(map, 'lsn'), 'lsn');
+  return withLsns({ ...validateMapRanges(map, PAGE_MAP_RANGES_MAX), lsn }, validateShardLsns(field(map, 'lsns'), 'lsns'));
 }
 
 /** A volume's layout plus the shard a mailbox serves. */
@@ -964,6 +987,7 @@ export const REQUEST_VALIDATORS: { readonly [T in MessageType]: Validator<ValidR
   'page.write': validatePageWriteRequest,
   'page.zero': validatePageZeroRequest,
   'page.read': validatePageReadRequest,
+  'page.map': validatePageMapRequest,
   status: validateStatusRequest,
   'shard.write': validateShardWriteRequest,
   'shard.zero': validateShardZeroRequest,
@@ -984,6 +1008,7 @@ export const REPLY_VALIDATORS: { readonly [T in MessageType]: Validator<ReplyMap
   'page.write': validatePageWriteReply,
   'page.zero': validatePageWriteReply,
   'page.read': validatePageReadReply,
+  'page.map': validatePageMapReply,
   status: validateStatusReply,
   'shard.write': validateShardWriteReply,
   'shard.zero': validateShardWriteReply,

@@ -1,6 +1,8 @@
 import { strict as assert } from 'node:assert';
 import { connect, type NatsConnection } from 'nats';
-import { ApiRouter, CHANGE_RESENDS_MAX } from '../../cluster/api-router';
+import { ApiRouter, CHANGE_RESENDS_MAX, mapReplyRanges } from '../../cluster/api-router';
+import { PAGE_MAP_RANGES_MAX } from '../../messages/api';
+import { validatePageMapReply } from '../../messages/validate';
 import { controllerSubject } from '../../messages/control';
 import { decode, encode } from '../../messages/codec';
 import { HEADER_DEADLINE } from '../../messages/headers';
@@ -390,5 +392,18 @@ describe('ApiRouter branching a volume', function () {
     assert.ok(hasRequestId({ requestId }), `a request id: ${String(requestId)}`);
     assert.deepEqual(deleted, ['kid']);
     assert.ok(Date.now() - t0 < 3000, 'answered within the deadline');
+  });
+});
+
+describe('page.map replies', () => {
+  it('hold at most PAGE_MAP_RANGES_MAX ranges: past them the answer ends where the first left out begins', () => {
+    assert.deepEqual(mapReplyRanges(100, [{ first: 1, count: 2 }, { first: 10, count: 5 }]), { end: 100, ranges: [1, 2, 10, 5] });
+    assert.deepEqual(mapReplyRanges(100, [{ first: 1, count: 2 }, { first: 10, count: 5 }, { first: 40, count: 1 }], 2), { end: 40, ranges: [1, 2, 10, 5] });
+    const many = Array.from({ length: PAGE_MAP_RANGES_MAX + 3 }, (_, k) => ({ first: 2 * k, count: 1 }));
+    const cut = mapReplyRanges(1 << 20, many);
+    assert.equal(cut.end, 2 * PAGE_MAP_RANGES_MAX);
+    assert.equal(cut.ranges.length, 2 * PAGE_MAP_RANGES_MAX);
+    // The reply a client reads back validates: within its bound.
+    assert.equal(validatePageMapReply({ ...cut, lsn: 1 }).end, 2 * PAGE_MAP_RANGES_MAX);
   });
 });

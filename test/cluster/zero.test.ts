@@ -131,6 +131,10 @@ describe('ranges made zeros (page.zero, shard.zero) on a replicated volume', fun
     assert.deepEqual((await v.pagesWithData(0, 16_384)).ranges, [{ first: 0, count: 2 }, { first: 7, count: 5 }, { first: 100, count: 1 }]);
     assert.deepEqual((await v.pagesWithData(8, 2)).ranges, [{ first: 8, count: 2 }], 'a range within: one shard asked');
     assert.deepEqual((await v.pagesWithData(2, 5)).ranges, []);
+    // Through the API's router (page.map): the same ranges, as pairs.
+    const api = await client.apiRequest('page.map', { volume: 'z-map', first: 0, count: 16_384 });
+    assert.deepEqual([api.end, api.ranges, api.lsns?.map((l) => l.shard)], [16_384, [0, 2, 7, 5, 100, 1], [0, 1, 2]]);
+    await rejectsWith(client.apiRequest('page.map', { volume: 'z-map', first: 16_000, count: 385 }), 'out_of_range');
     await rejectsWith(v.pagesWithData(16_000, 385), 'out_of_range');
     await rejectsWith(v.pagesWithData(0, 0), 'bad_request');
 

@@ -225,6 +225,7 @@ function apiTargets(): Target[] {
       return { volume: volumeNameFor('write'), pages: Array.from({ length: 1 + int(3) }, () => ({ page: pageOf(v), data: pageData(v.pageSize) })) };
     }, writesReal),
     t('page.zero', () => ({ volume: volumeNameFor('write'), ...rangeBody(facts.aux) }), writesReal),
+    t('page.map', () => ({ volume: volumeNameFor('read'), ...rangeBody(chance(0.5) ? facts.real : facts.aux) })),
     t('page.read', () => {
       const v = chance(0.5) ? facts.real : facts.aux;
       return { volume: volumeNameFor('read'), pages: Array.from({ length: 1 + int(4) }, () => pageOf(v)), ...(chance(0.3) ? { lsn: pick([0, 1, 5, 1e6, 2 ** 53 - 1]) } : {}) };
@@ -789,7 +790,7 @@ function shapeCheck(s: Sent, r: Record<string, unknown>): void {
     const type = (s.headers.record ?? {})[HEADER_TYPE] ?? t.type;
     switch (type) {
       case 'page.write': case 'page.zero': case 'volume.flush': case 'shard.write': case 'shard.zero': case 'shard.flush': ok = num(r.lsn); break;
-      case 'shard.map': ok = num(r.lsn) && num(r.end) && Array.isArray(r.ranges); break;
+      case 'shard.map': case 'page.map': ok = num(r.lsn) && num(r.end) && Array.isArray(r.ranges); break;
       case 'page.read': case 'shard.read': ok = num(r.lsn) && Array.isArray(r.pages) && r.pages.every((p) => p instanceof Uint8Array); break;
       case 'volume.list': ok = Array.isArray(r.volumes); break;
       case 'volume.info': case 'volume.create': ok = typeof r.id === 'string' && typeof r.name === 'string'; break;

@@ -79,6 +79,7 @@ const EXAMPLES: { [T in MessageType]: { request: RequestMap[T]; reply: ReplyMap[
     reply: { lsn: 17, lsns: [{ shard: 0, lsn: 17 }, { shard: 1, lsn: 9, term: 2 }] },
   },
   'page.zero': { request: { volume: 'db-1.data', first: 200, count: 1 << 20 }, reply: { lsn: 18, lsns: [{ shard: 0, lsn: 18 }, { shard: 1, lsn: 10, term: 2 }] } },
+  'page.map': { request: { volume: 'db-1.data', first: 0, count: 1 << 20 }, reply: { end: 1 << 20, ranges: [0, 12, 100, 1], lsn: 18, lsns: [{ shard: 0, lsn: 18 }, { shard: 1, lsn: 10, term: 2 }] } },
   'page.read': {
     request: { volume: 'db-1.data', pages: [0, 300, 0], lsn: 17 },
     reply: { pages: [page(1), page(2), page(1)], lsn: 17, lsns: [{ shard: 0, lsn: 17 }] },
