@@ -4,8 +4,11 @@
  * supported; in short:
  *
  * - fixed newstyle negotiation only (NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES): options
- *   EXPORT_NAME, INFO, GO, LIST and ABORT; every other option is answered NBD_REP_ERR_UNSUP
- *   (structured replies among them: the replies are simple ones);
+ *   EXPORT_NAME, INFO, GO, LIST, ABORT and STRUCTURED_REPLY; every other option is answered
+ *   NBD_REP_ERR_UNSUP;
+ * - with structured replies, READ is answered with one NBD_REPLY_TYPE_OFFSET_DATA chunk, and
+ *   every error with an NBD_REPLY_TYPE_ERROR chunk that says why; a success without data keeps
+ *   its simple reply (the protocol allows it for every command but READ);
  * - commands READ, WRITE (FUA accepted), FLUSH, TRIM (the whole pages of the range made zeros),
  *   WRITE_ZEROES (FAST_ZERO accepted: whole pages are made zeros without page data) and DISC;
  *   anything else is EINVAL;
@@ -39,6 +42,7 @@ const IHAVEOPT = 0x49484156454f5054n;
 const OPTION_REPLY_MAGIC = 0x3e889045565a9n;
 const REQUEST_MAGIC = 0x25609513;
 const SIMPLE_REPLY_MAGIC = 0x67446698;
+const STRUCTURED_REPLY_MAGIC = 0x668e33ef;
 
 const NBD_FLAG_FIXED_NEWSTYLE = 1 << 0;
 const NBD_FLAG_NO_ZEROES = 1 << 1;
@@ -53,12 +57,15 @@ export const NBD_OPT = {
   INFO: 6,
   GO: 7,
   STRUCTURED_REPLY: 8,
+  LIST_META_CONTEXT: 9,
+  SET_META_CONTEXT: 10,
 } as const;
 
 export const NBD_REP = {
   ACK: 1,
   SERVER: 2,
   INFO: 3,
+  META_CONTEXT: 4,
   ERR_UNSUP: 0x80000001,
   ERR_POLICY: 0x80000002,
   ERR_INVALID: 0x80000003,
@@ -80,12 +87,23 @@ export const NBD_FLAG = {
   CAN_MULTI_CONN: 1 << 8,
 } as const;
 
-export const NBD_CMD = { READ: 0, WRITE: 1, DISC: 2, FLUSH: 3, TRIM: 4, CACHE: 5, WRITE_ZEROES: 6 } as const;
+export const NBD_CMD = { READ: 0, WRITE: 1, DISC: 2, FLUSH: 3, TRIM: 4, CACHE: 5, WRITE_ZEROES: 6, BLOCK_STATUS: 7 } as const;
 
-const NBD_CMD_NAMES: Readonly<Record<number, string>> = { 0: 'read', 1: 'write', 2: 'disc', 3: 'flush', 4: 'trim', 5: 'cache', 6: 'write_zeroes' };
+const NBD_CMD_NAMES: Readonly<Record<number, string>> = { 0: 'read', 1: 'write', 2: 'disc', 3: 'flush', 4: 'trim', 5: 'cache', 6: 'write_zeroes', 7: 'block_status' };
 
 /** Command flags. */
-export const NBD_CMD_FLAG = { FUA: 1 << 0, NO_HOLE: 1 << 1, FAST_ZERO: 1 << 4 } as const;
+export const NBD_CMD_FLAG = { FUA: 1 << 0, NO_HOLE: 1 << 1, REQ_ONE: 1 << 3, FAST_ZERO: 1 << 4 } as const;
+
+/** Structured reply chunk flags and types. */
+export const NBD_REPLY_FLAG_DONE = 1 << 0;
+export const NBD_REPLY_TYPE = { NONE: 0, OFFSET_DATA: 1, OFFSET_HOLE: 2, BLOCK_STATUS: 5, ERROR: (1 << 15) + 1, ERROR_OFFSET: (1 << 15) + 2 } as const;
+
+/** Extent flags of the `base:allocation` context. */
+export const NBD_STATE = { HOLE: 1 << 0, ZERO: 1 << 1 } as const;
+
+/** The one metadata context served, and the id it is given when selected. */
+export const BASE_ALLOCATION = 'base:allocation';
+export const BASE_ALLOCATION_ID = 1;
 
 export const NBD_ERR = { EPERM: 1, EIO: 5, EINVAL: 22, ENOSPC: 28, ENOTSUP: 95 } as const;
 
@@ -99,6 +117,12 @@ export const NBD_PORT_DEFAULT = 10809;
 export const BLOCK_BYTES_MAX = 32 * 1024 * 1024;
 /** Most bytes of an option's data; a longer option is answered NBD_REP_ERR_TOO_BIG (its data skipped). */
 export const OPTION_BYTES_MAX = 4096;
+/** Most queries in one NBD_OPT_LIST_META_CONTEXT or NBD_OPT_SET_META_CONTEXT; more are NBD_REP_ERR_TOO_BIG. Each query, like the export name, is bounded by OPTION_BYTES_MAX. */
+export const META_CONTEXT_QUERIES_MAX = 32;
+/** Most extents in one NBD_CMD_BLOCK_STATUS reply: a longer answer ends early (the client asks again from where it ends). */
+export const BLOCK_STATUS_EXTENTS_MAX = 4096;
+/** Most bytes of the message of a structured error chunk (the protocol's strings are at most 4096). */
+const ERROR_MESSAGE_BYTES_MAX = 1024;
 /** Default bound on connections served at once. */
 export const CONNECTIONS_MAX_DEFAULT = 16;
 /** Default bound on requests in flight per connection. */
@@ -458,6 +482,11 @@ class Connection {
   private readonly reader: SocketReader;
   private readonly log: Logger;
   private noZeroes = false;
+  /**
+   * NBD_OPT_STRUCTURED_REPLY was acknowledged: READ is answered in chunks, and errors as error
+   * chunks with a message.
+   */
+  private structured = false;
   private exp: Export | undefined;
   private info: VolumeInfo | undefined;
   private inFlight = 0;
@@ -633,6 +662,15 @@ class Connection {
         case NBD_OPT.GO:
           if (await this.infoOrGo(option, data)) return true;
           break;
+        case NBD_OPT.STRUCTURED_REPLY:
+          if (length !== 0) {
+            await this.optionError(option, NBD_REP.ERR_INVALID, 'NBD_OPT_STRUCTURED_REPLY takes no data');
+            break;
+          }
+          // Asked again, acknowledged again: nothing changes.
+          this.structured = true;
+          await this.optionReply(option, NBD_REP.ACK);
+          break;
         default:
           await this.optionError(option, NBD_REP.ERR_UNSUP, `option ${option} is not supported`);
       }
@@ -751,7 +789,7 @@ class Connection {
         if (request.length > BLOCK_BYTES_MAX) {
           // Read and dropped to stay in step with the stream.
           await this.reader.skip(request.length);
-          await this.reply(request, NBD_ERR.EINVAL);
+          await this.fail(request, NBD_ERR.EINVAL, `a write of ${request.length} bytes is over the limit of ${BLOCK_BYTES_MAX}`);
           continue;
         }
         payload = await this.reader.read(request.length);
@@ -772,12 +810,50 @@ class Connection {
     }
   }
 
+  /**
+   * A simple reply. Without structured replies, every answer; with them, the answer of a success
+   * that carries no data (the protocol lets every command but READ keep simple replies).
+   */
   private reply(request: Request, error: number, data?: Buffer): Promise<void> {
     const h = Buffer.alloc(16);
     h.writeUInt32BE(SIMPLE_REPLY_MAGIC, 0);
     h.writeUInt32BE(error, 4);
     request.cookie.copy(h, 8);
     return data === undefined || error !== 0 ? this.send(h) : this.send(h, data);
+  }
+
+  /** One structured reply chunk (only once structured replies are negotiated). */
+  private chunk(request: Request, flags: number, type: number, ...payload: Buffer[]): Promise<void> {
+    const h = Buffer.alloc(20);
+    h.writeUInt32BE(STRUCTURED_REPLY_MAGIC, 0);
+    h.writeUInt16BE(flags, 4);
+    h.writeUInt16BE(type, 6);
+    request.cookie.copy(h, 8);
+    h.writeUInt32BE(payload.reduce((n, p) => n + p.byteLength, 0), 16);
+    return this.send(h, ...payload);
+  }
+
+  /** READ's bytes: one final NBD_REPLY_TYPE_OFFSET_DATA chunk with structured replies, else a simple reply. */
+  private replyData(request: Request, data: Buffer): Promise<void> {
+    if (!this.structured) return this.reply(request, 0, data);
+    const offset = Buffer.alloc(8);
+    offset.writeBigUInt64BE(BigInt(request.offset), 0);
+    // Final at once: every byte is read before the chunk is sent, so no error can follow it.
+    return this.chunk(request, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE.OFFSET_DATA, offset, data);
+  }
+
+  /**
+   * Answers a request with an error. With structured replies, a final NBD_REPLY_TYPE_ERROR chunk
+   * with the message (a READ may not have a simple reply then, and the message lets the client
+   * say why); without them, a simple reply, which has room for the errno only.
+   */
+  private fail(request: Request, errno: number, message: string): Promise<void> {
+    if (!this.structured) return this.reply(request, errno);
+    const text = utf8Prefix(message, ERROR_MESSAGE_BYTES_MAX);
+    const head = Buffer.alloc(6);
+    head.writeUInt32BE(errno, 0);
+    head.writeUInt16BE(text.byteLength, 4);
+    return this.chunk(request, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE.ERROR, head, text);
   }
 
   /** The export's page calls, each made again while answered `overloaded` (`retryOverloaded`). */
@@ -796,7 +872,7 @@ class Connection {
     const name = NBD_CMD_NAMES[request.type];
     const isWrite = request.type === NBD_CMD.WRITE || request.type === NBD_CMD.TRIM || request.type === NBD_CMD.WRITE_ZEROES;
     try {
-      if (name === undefined || request.type === NBD_CMD.CACHE) return await this.reply(request, NBD_ERR.EINVAL);
+      if (name === undefined || request.type === NBD_CMD.CACHE) return await this.fail(request, NBD_ERR.EINVAL, `command ${request.type} is not supported`);
       if (request.type === NBD_CMD.FLUSH) {
         // Every write is durable once answered: FLUSH waits for the writes received before it.
         await Promise.allSettled([...this.writes]);
@@ -805,17 +881,19 @@ class Connection {
       // FUA on any command (every write is durable when answered; clients set it on others
       // too); NO_HOLE and FAST_ZERO on WRITE_ZEROES only; no other flag was negotiated.
       const known = NBD_CMD_FLAG.FUA | (request.type === NBD_CMD.WRITE_ZEROES ? NBD_CMD_FLAG.NO_HOLE | NBD_CMD_FLAG.FAST_ZERO : 0);
-      if ((request.flags & ~known) !== 0) return await this.reply(request, NBD_ERR.EINVAL);
+      if ((request.flags & ~known) !== 0) return await this.fail(request, NBD_ERR.EINVAL, `command flags 0x${request.flags.toString(16)} are not all for ${name}`);
       // FAST_ZERO is met: whole pages are made zeros with one small record per shard, whatever
       // the length; only the pages a range covers in part are read and written.
       const info = this.info!;
       const size = info.pageCount * info.pageSize;
-      if (request.length === 0 || ((request.type === NBD_CMD.READ || request.type === NBD_CMD.WRITE) && request.length > BLOCK_BYTES_MAX)) {
-        return await this.reply(request, NBD_ERR.EINVAL);
+      if (request.length === 0) return await this.fail(request, NBD_ERR.EINVAL, 'length 0');
+      if ((request.type === NBD_CMD.READ || request.type === NBD_CMD.WRITE) && request.length > BLOCK_BYTES_MAX) {
+        return await this.fail(request, NBD_ERR.EINVAL, `a ${name} of ${request.length} bytes is over the limit of ${BLOCK_BYTES_MAX}`);
       }
-      if (isWrite && this.server.readOnly) return await this.reply(request, NBD_ERR.EPERM);
+      if (isWrite && this.server.readOnly) return await this.fail(request, NBD_ERR.EPERM, 'the export is read-only');
       if (request.offset + request.length > size) {
-        return await this.reply(request, request.type === NBD_CMD.WRITE || request.type === NBD_CMD.WRITE_ZEROES ? NBD_ERR.ENOSPC : NBD_ERR.EINVAL);
+        const errno = request.type === NBD_CMD.WRITE || request.type === NBD_CMD.WRITE_ZEROES ? NBD_ERR.ENOSPC : NBD_ERR.EINVAL;
+        return await this.fail(request, errno, `bytes ${request.offset}..${request.offset + request.length - 1} are past the end of the export (${size} bytes)`);
       }
       // The range is not needed (the client may assume nothing of its bytes until it writes
       // them): its whole pages are made zeros, so that their space is given back at the shards'
@@ -836,7 +914,7 @@ class Connection {
       }
       if (request.type === NBD_CMD.READ) {
         const data = await readBytes(this.pageCalls(), info.pageSize, request.offset, request.length);
-        return await this.reply(request, 0, data);
+        return await this.replyData(request, data);
       }
       const release = await this.exp!.locks.lock(Math.floor(request.offset / info.pageSize), Math.floor((request.offset + request.length - 1) / info.pageSize));
       try {
@@ -856,9 +934,19 @@ class Connection {
         errno,
         err,
       });
-      await this.reply(request, errno);
+      await this.fail(request, errno, err instanceof ProtocolError ? `${name ?? request.type} failed: ${err.code}: ${err.message}` : `${name ?? request.type} failed: internal error`);
     }
   }
+}
+
+/** The longest prefix of `text` that is at most `bytes` bytes of UTF-8, not cutting a character. */
+function utf8Prefix(text: string, bytes: number): Buffer {
+  const b = Buffer.from(text, 'utf8');
+  if (b.byteLength <= bytes) return b;
+  let end = bytes;
+  // Back to the first byte of the character cut (continuation bytes are 0b10xxxxxx).
+  while (end > 0 && (b[end]! & 0xc0) === 0x80) end--;
+  return b.subarray(0, end);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -6,7 +6,22 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { startCluster, type InProcessCluster } from '../../cluster/in-process-cluster';
-import { BLOCK_BYTES_MAX, NBD_CMD, NBD_CMD_FLAG, NBD_ERR, NBD_FLAG, NBD_INFO, NBD_OPT, NBD_REP, OPTION_BYTES_MAX, nbdUri, startNbdServer, type NbdServer } from '../../cluster/nbd';
+import {
+  BLOCK_BYTES_MAX,
+  NBD_CMD,
+  NBD_CMD_FLAG,
+  NBD_ERR,
+  NBD_FLAG,
+  NBD_INFO,
+  NBD_OPT,
+  NBD_REP,
+  NBD_REPLY_FLAG_DONE,
+  NBD_REPLY_TYPE,
+  OPTION_BYTES_MAX,
+  nbdUri,
+  startNbdServer,
+  type NbdServer,
+} from '../../cluster/nbd';
 import type { StrataClient } from '../../cluster/client';
 import { ProtocolError } from '../../messages/errors';
 import type { VolumeInfo } from '../../messages/api';
@@ -158,22 +173,39 @@ function goData(name: string, infos: number[] = []): Buffer {
   return Buffer.concat([u32(n.byteLength), n, u16(infos.length), ...infos.map(u16)]);
 }
 
+interface Chunk {
+  flags: number;
+  type: number;
+  payload: Buffer;
+}
+
 interface Reply {
   error: number;
   data: Buffer;
+  /** A simple reply (else the chunks of a structured one). */
+  simple: boolean;
+  chunks: Chunk[];
+  /** The message of the structured reply's error chunk. */
+  message?: string;
 }
 
-/** A connection in transmission: requests with cookies, replies matched to them in any order. */
+/** A connection in transmission: requests with cookies, replies (simple or structured) matched to them in any order. */
 class Session {
   private cookie = 0n;
-  private readonly pending = new Map<bigint, { length: number; resolve: (r: Reply) => void }>();
+  private readonly pending = new Map<bigint, { type: number; offset: number; length: number; chunks: Chunk[]; resolve: (r: Reply) => void }>();
   readonly order: bigint[] = [];
   private reading = false;
 
   constructor(readonly peer: Peer, readonly size: number, readonly flags: number) {}
 
-  static async open(port: number, name: string): Promise<Session> {
+  /** GO to an export, with structured replies negotiated first when asked. */
+  static async open(port: number, name: string, opts: { structured?: boolean } = {}): Promise<Session> {
     const p = await greet(port);
+    if (opts.structured === true) assert.deepEqual((await option(p, NBD_OPT.STRUCTURED_REPLY)).map((r) => r.type), [NBD_REP.ACK]);
+    return Session.go(p, name);
+  }
+
+  static async go(p: Peer, name: string): Promise<Session> {
     const replies = await option(p, NBD_OPT.GO, goData(name));
     assert.equal(replies.at(-1)!.type, NBD_REP.ACK, replies.at(-1)!.data.toString());
     const exp = replies.find((r) => r.type === NBD_REP.INFO && r.data.readUInt16BE(0) === NBD_INFO.EXPORT)!;
@@ -189,7 +221,7 @@ class Session {
     h.writeBigUInt64BE(cookie, 8);
     h.writeBigUInt64BE(BigInt(offset), 16);
     h.writeUInt32BE(length, 24);
-    const reply = new Promise<Reply>((resolve) => this.pending.set(cookie, { length: type === NBD_CMD.READ ? length : 0, resolve }));
+    const reply = new Promise<Reply>((resolve) => this.pending.set(cookie, { type, offset, length, chunks: [], resolve }));
     this.peer.write(h, opts.data ?? Buffer.alloc(0));
     if (type !== NBD_CMD.DISC) void this.readReplies();
     return { cookie, reply };
@@ -204,15 +236,44 @@ class Session {
     this.reading = true;
     try {
       while (this.pending.size > 0) {
+        const magic = (await this.peer.read(4)).readUInt32BE(0);
+        if (magic === 0x67446698) {
+          const h = await this.peer.read(12);
+          const cookie = h.readBigUInt64BE(4);
+          const entry = this.pending.get(cookie);
+          assert.ok(entry !== undefined, `a reply to cookie ${cookie}, which is not pending`);
+          this.pending.delete(cookie);
+          this.order.push(cookie);
+          const error = h.readUInt32BE(0);
+          const dataLength = entry.type === NBD_CMD.READ && error === 0 ? entry.length : 0;
+          entry.resolve({ error, data: Buffer.from(await this.peer.read(dataLength)), simple: true, chunks: [] });
+          continue;
+        }
+        assert.equal(magic, 0x668e33ef, 'a simple or structured reply magic');
         const h = await this.peer.read(16);
-        assert.equal(h.readUInt32BE(0), 0x67446698, 'simple reply magic');
-        const cookie = h.readBigUInt64BE(8);
+        const cookie = h.readBigUInt64BE(4);
         const entry = this.pending.get(cookie);
-        assert.ok(entry !== undefined, `a reply to cookie ${cookie}, which is not pending`);
+        assert.ok(entry !== undefined, `a chunk for cookie ${cookie}, which is not pending`);
+        const chunk = { flags: h.readUInt16BE(0), type: h.readUInt16BE(2), payload: Buffer.from(await this.peer.read(h.readUInt32BE(12))) };
+        entry.chunks.push(chunk);
+        if ((chunk.flags & NBD_REPLY_FLAG_DONE) === 0) continue;
         this.pending.delete(cookie);
         this.order.push(cookie);
-        const error = h.readUInt32BE(4);
-        entry.resolve({ error, data: error === 0 && entry.length > 0 ? Buffer.from(await this.peer.read(entry.length)) : Buffer.alloc(0) });
+        const reply: Reply = { error: 0, data: Buffer.alloc(0), simple: false, chunks: entry.chunks };
+        const error = entry.chunks.find((c) => (c.type & 0x8000) !== 0);
+        if (error !== undefined) {
+          reply.error = error.payload.readUInt32BE(0);
+          reply.message = error.payload.subarray(6, 6 + error.payload.readUInt16BE(4)).toString('utf8');
+        } else if (entry.type === NBD_CMD.READ) {
+          // The content chunks, each within the request, put in place.
+          reply.data = Buffer.alloc(entry.length);
+          for (const c of entry.chunks.filter((x) => x.type === NBD_REPLY_TYPE.OFFSET_DATA)) {
+            const at = Number(c.payload.readBigUInt64BE(0)) - entry.offset;
+            assert.ok(at >= 0 && at + c.payload.byteLength - 8 <= entry.length, 'a content chunk within the request');
+            c.payload.copy(reply.data, at, 8);
+          }
+        }
+        entry.resolve(reply);
       }
     } finally {
       this.reading = false;
@@ -389,10 +450,9 @@ describe('cluster/nbd: NBD export of Strata volumes', function () {
       await p.expectClosed();
     });
 
-    it('answers an unknown option, and structured replies, NBD_REP_ERR_UNSUP, and goes on', async () => {
+    it('answers an unknown option, and STARTTLS, NBD_REP_ERR_UNSUP, and goes on', async () => {
       const p = await greet(all.address.port);
       assert.deepEqual((await option(p, 99, Buffer.from('xyz'))).map((r) => r.type), [NBD_REP.ERR_UNSUP]);
-      assert.deepEqual((await option(p, NBD_OPT.STRUCTURED_REPLY)).map((r) => r.type), [NBD_REP.ERR_UNSUP]);
       assert.deepEqual((await option(p, NBD_OPT.STARTTLS)).map((r) => r.type), [NBD_REP.ERR_UNSUP]);
       const list = await option(p, NBD_OPT.LIST);
       assert.equal(list.at(-1)!.type, NBD_REP.ACK);
@@ -414,6 +474,24 @@ describe('cluster/nbd: NBD export of Strata volumes', function () {
       const q = await greet(single.address.port);
       q.write(IHAVEOPT, u32(NBD_OPT.EXPORT_NAME), u32(4), Buffer.from('nope'));
       await q.expectClosed();
+    });
+
+    it('acknowledges NBD_OPT_STRUCTURED_REPLY (again when asked again); with data it is NBD_REP_ERR_INVALID and not negotiated', async () => {
+      const p = await greet(all.address.port);
+      const invalid = await option(p, NBD_OPT.STRUCTURED_REPLY, Buffer.from('x'));
+      assert.deepEqual(invalid.map((r) => r.type), [NBD_REP.ERR_INVALID]);
+      assert.match(invalid[0]!.data.toString(), /takes no data/);
+      const plain = await Session.go(p, 'v');
+      const r = await plain.request(NBD_CMD.READ, 0, 512);
+      assert.ok(r.simple, 'the refused option negotiated nothing: simple replies');
+      p.close();
+
+      const q = await greet(all.address.port);
+      assert.deepEqual((await option(q, NBD_OPT.STRUCTURED_REPLY)).map((r) => r.type), [NBD_REP.ACK]);
+      assert.deepEqual((await option(q, NBD_OPT.STRUCTURED_REPLY)).map((r) => r.type), [NBD_REP.ACK]);
+      const s = await Session.go(q, 'v');
+      assert.equal((await s.request(NBD_CMD.READ, 0, 512)).simple, false);
+      q.close();
     });
 
     it('EXPORT_NAME enters transmission with the size and flags (124 zero bytes unless NO_ZEROES)', async () => {
@@ -440,6 +518,65 @@ describe('cluster/nbd: NBD export of Strata volumes', function () {
       const kinds = info.filter((r) => r.type === NBD_REP.INFO).map((r) => r.data.readUInt16BE(0));
       assert.deepEqual(kinds.sort(), [NBD_INFO.EXPORT, NBD_INFO.NAME, NBD_INFO.DESCRIPTION, NBD_INFO.BLOCK_SIZE].sort());
       assert.equal((await option(p, NBD_OPT.GO, goData('v'))).at(-1)!.type, NBD_REP.ACK, 'the session went on to GO');
+      p.close();
+    });
+  });
+
+  describe('structured replies', () => {
+    it('a READ is one final OFFSET_DATA chunk at its offset; a success without data keeps its simple reply', async () => {
+      const s = await Session.open(all.address.port, 'v', { structured: true });
+      const data = crypto.randomBytes(3 * 4096);
+      const w = await s.request(NBD_CMD.WRITE, 40 * 4096 + 123, data.byteLength, { data });
+      assert.deepEqual([w.error, w.simple], [0, true], 'WRITE: a simple reply');
+      const f = await s.request(NBD_CMD.FLUSH, 0, 0);
+      assert.deepEqual([f.error, f.simple], [0, true], 'FLUSH: a simple reply');
+      const r = await s.request(NBD_CMD.READ, 40 * 4096 + 123, data.byteLength);
+      assert.equal(r.simple, false);
+      assert.deepEqual(r.chunks.map((c) => [c.type, c.flags]), [[NBD_REPLY_TYPE.OFFSET_DATA, NBD_REPLY_FLAG_DONE]]);
+      assert.equal(r.chunks[0]!.payload.readBigUInt64BE(0), BigInt(40 * 4096 + 123), 'the chunk\'s offset is the request\'s');
+      assert.ok(r.data.equals(data));
+      s.peer.close();
+    });
+
+    it('errors are final NBD_REPLY_TYPE_ERROR chunks with a message, READ\'s early ones among them; the connection goes on', async () => {
+      const s = await Session.open(all.address.port, 'v', { structured: true });
+      const size = 1024 * 4096;
+      const cases: Array<[string, Promise<Reply>, number, RegExp]> = [
+        ['read of length 0', s.request(NBD_CMD.READ, 0, 0), NBD_ERR.EINVAL, /length 0/],
+        ['read past the end', s.request(NBD_CMD.READ, size - 100, 200), NBD_ERR.EINVAL, /past the end of the export \(4194304 bytes\)/],
+        ['read over the maximum', s.request(NBD_CMD.READ, 0, BLOCK_BYTES_MAX + 1), NBD_ERR.EINVAL, /over the limit/],
+        ['read with an unknown flag', s.request(NBD_CMD.READ, 0, 4096, { flags: 1 << 9 }), NBD_ERR.EINVAL, /command flags 0x200/],
+        ['write past the end', s.request(NBD_CMD.WRITE, size - 100, 200, { data: Buffer.alloc(200) }), NBD_ERR.ENOSPC, /past the end/],
+        ['write over the maximum', s.request(NBD_CMD.WRITE, 0, BLOCK_BYTES_MAX + 1, { data: Buffer.alloc(BLOCK_BYTES_MAX + 1) }), NBD_ERR.EINVAL, /over the limit/],
+        ['an unknown command', s.request(99, 0, 4096), NBD_ERR.EINVAL, /command 99 is not supported/],
+        ['CACHE', s.request(NBD_CMD.CACHE, 0, 4096), NBD_ERR.EINVAL, /not supported/],
+      ];
+      for (const [what, reply, errno, message] of cases) {
+        const r = await reply;
+        assert.equal(r.simple, false, `${what}: structured`);
+        assert.deepEqual(r.chunks.map((c) => [c.type, c.flags]), [[NBD_REPLY_TYPE.ERROR, NBD_REPLY_FLAG_DONE]], what);
+        assert.equal(r.error, errno, what);
+        assert.match(r.message!, message, what);
+      }
+      const ro = await Session.open(readOnly.address.port, 'v', { structured: true });
+      const denied = await ro.request(NBD_CMD.TRIM, 0, 4096);
+      assert.deepEqual([denied.simple, denied.error], [false, NBD_ERR.EPERM]);
+      assert.match(denied.message!, /read-only/);
+      ro.peer.close();
+      const ok = await s.request(NBD_CMD.READ, size - 4096, 4096);
+      assert.deepEqual([ok.error, ok.data.byteLength], [0, 4096], 'the connection goes on');
+      s.peer.close();
+    });
+
+    it('EXPORT_NAME after structured replies: READ is structured', async () => {
+      const p = await greet(single.address.port);
+      assert.deepEqual((await option(p, NBD_OPT.STRUCTURED_REPLY)).map((r) => r.type), [NBD_REP.ACK]);
+      p.write(IHAVEOPT, u32(NBD_OPT.EXPORT_NAME), u32(1), Buffer.from('v'));
+      const r = await p.read(10);
+      const s = new Session(p, Number(r.readBigUInt64BE(0)), r.readUInt16BE(8));
+      const read = await s.request(NBD_CMD.READ, 4096, 100);
+      assert.deepEqual(read.chunks.map((c) => c.type), [NBD_REPLY_TYPE.OFFSET_DATA]);
+      assert.equal(read.data.byteLength, 100);
       p.close();
     });
   });
@@ -612,6 +749,29 @@ describe('cluster/nbd: NBD export of Strata volumes', function () {
         assert.equal((await s.request(NBD_CMD.WRITE, 0, 4096, { data: Buffer.alloc(4096) })).error, NBD_ERR.EIO);
         assert.equal((await s.request(NBD_CMD.READ, 0, 4096)).error, NBD_ERR.EIO);
         assert.deepEqual(lines.filter((l) => l.level === 'warn').map((l) => [l.fields['command'], l.fields['code']]), [['write', 'timeout'], ['read', 'timeout']]);
+        s.peer.close();
+      } finally {
+        await server.stop();
+      }
+    });
+
+    it('a Strata failure of a structured READ is an error chunk naming the code; a long message is cut at 1024 bytes, on a character', async () => {
+      const stub = stubClient();
+      const server = await startNbdServer({ client: stub.client, volume: 'stub', port: 0, logger: captureLogger([]) });
+      try {
+        const s = await Session.open(server.address.port, 'stub', { structured: true });
+        stub.failWith = new ProtocolError('unavailable', 'no leader for shard 0');
+        const r = await s.request(NBD_CMD.READ, 0, 4096);
+        assert.deepEqual([r.simple, r.error, r.chunks.length], [false, NBD_ERR.EIO, 1]);
+        assert.equal(r.message, 'read failed: unavailable: no leader for shard 0');
+        // 'é' is 2 bytes: the cut falls inside one unless it is moved back to a character's start.
+        stub.failWith = new ProtocolError('timeout', 'é'.repeat(3000));
+        const long = await s.request(NBD_CMD.READ, 0, 4096);
+        assert.equal(long.error, NBD_ERR.EIO);
+        const bytes = Buffer.from(long.message!, 'utf8');
+        assert.ok(bytes.byteLength <= 1024 && bytes.byteLength > 1000, `${bytes.byteLength} bytes`);
+        assert.equal(long.chunks[0]!.payload.readUInt16BE(4), long.chunks[0]!.payload.byteLength - 6, 'the message length is the rest of the chunk');
+        assert.ok(!long.message!.includes('\ufffd'), 'no character cut');
         s.peer.close();
       } finally {
         await server.stop();
