@@ -37,7 +37,7 @@ import { CorruptionError, StorageError, assert } from '../storage-engine/errors'
 import { ProtocolError } from '../messages/errors';
 import { PAGE_DIGEST_BYTES_MAX } from '../messages/control';
 import { checkReadReplyBytes } from '../messages/validate';
-import type { WriteRecordRef } from '../messages/api';
+import { SHARD_MAP_RANGES_MAX, type WriteRecordRef } from '../messages/api';
 import { MESSAGE_BYTES_MAX, decode, encode } from '../messages/codec';
 import type {
   RaftRequest, RaftReply, VoteRequest, VoteReply, AppendRequest, AppendReply, SnapshotRequest, SnapshotReply, WireRecord, TimeoutNowRequest, TimeoutNowReply,
@@ -2882,6 +2882,24 @@ export class Replica {
     this.counters.reads++;
     this.counters.pagesRead += pages.length;
     return { pages: data, lsn, term: this.term };
+  }
+
+  /**
+   * Which of this shard's pages in `first`..`first + count - 1` may hold data as of the latest
+   * commit (PageStore.pagesWithData, at most SHARD_MAP_RANGES_MAX ranges: the answer may end
+   * before the range does). Answered by the leader as a read at the latest commit is (its lease,
+   * or a round of its followers, and what was committed before its term applied); from memory.
+   */
+  async map(first: number, count: number, opts: { deadlineMs: number; nowMs: number }): Promise<{ end: number; ranges: number[]; lsn: number; term: number }> {
+    this.checkLeader();
+    const g = this.geometry;
+    if (first + count > g.pageCount) {
+      throw new StorageError('out_of_range', `pages ${first}..${first + count - 1} are not all in the volume (0..${g.pageCount - 1})`, { first, count });
+    }
+    if (!this.hasLease()) await this.confirmLeadership(opts.deadlineMs - opts.nowMs);
+    const needed = Math.max(this.termStartLsn, this.commitLsn);
+    if (this.store.appliedLsn < needed) await this.waitApplied(needed, opts.deadlineMs);
+    return { ...this.store.pagesWithData(first, first + count, SHARD_MAP_RANGES_MAX), lsn: this.store.appliedLsn, term: this.term };
   }
 
   /**

@@ -99,6 +99,7 @@ import type {
   ShardVerb,
   ShardWriteRequest,
   ShardZeroRequest,
+  ShardMapRequest,
   WriteRecordRef,
   StatusReply,
   VolumeCreateRequest,
@@ -117,6 +118,7 @@ import {
   validateReadAt,
   validateReply,
   validateShardFlushReply,
+  validateShardMapReply,
   validateShardReadReply,
   validateShardWriteReply,
   validateVolumeBranchRequest,
@@ -303,6 +305,14 @@ export interface LsnResult {
 }
 
 /** Result of `Volume.readPages`. */
+/** Volume.pagesWithData's answer. */
+export interface PagesWithData extends LsnResult {
+  /** The answer covers pages up to `end - 1`. */
+  end: number;
+  /** The pages that may hold data, ascending and apart; the others before `end` read as zeros. */
+  ranges: Array<{ first: number; count: number }>;
+}
+
 export interface ReadResult extends LsnResult {
   /** One page per requested page number, in request order. */
   pages: Uint8Array[];
@@ -956,7 +966,7 @@ export class StrataClient {
     const data = type === 'shard.write' ? encodeShardWriteRequest(body as ShardWriteRequest, { bytesMax, alloc: allocRequestBytes }) : encode(body, { bytesMax });
     const timeoutMs = Math.min(deadlineMs, waitUntilMs) - this.nowMs();
     if (timeoutMs <= 0) {
-      throw new ProtocolError('timeout', `deadline passed before ${type} was sent to ${subject}`, { subject, deadlineMs });
+      throw new ProtocolError('timeout', `deadline passed before ${type} was sent to ${subject}`, { subject, deadlineMs, notSent: true });
     }
     const headers = requestHeaders(type, deadlineMs);
     // A CLIENT span `send <type>` whose traceparent goes in the headers (an OpenTelemetry API
@@ -1157,7 +1167,7 @@ export function createClient(transport: ClientTransport, options?: ClientOptions
 interface ShardCall {
   shard: number;
   type: ShardVerb;
-  body: ShardWriteRequest | ShardZeroRequest | ShardReadRequest | ShardFlushRequest;
+  body: ShardWriteRequest | ShardZeroRequest | ShardReadRequest | ShardFlushRequest | ShardMapRequest;
   /** For reads: the position in the caller's list of each requested page. */
   indices: number[];
 }
@@ -1166,6 +1176,9 @@ interface ShardOutcome {
   lsn: number;
   term?: number;
   pages?: Uint8Array[];
+  /** Of a shard.map. */
+  end?: number;
+  ranges?: number[];
 }
 
 type Settled = { ok: true; value: ShardOutcome } | { ok: false; error: unknown };
@@ -1329,17 +1342,55 @@ export class Volume {
    * LSN. On failure some shards may have made their part zeros (`details.partial`).
    */
   async zeroPages(first: number, count: number, options: CallOptions | null = {}): Promise<LsnResult> {
+    const { calls, outcomes } = await this.runOverRange('shard.zero', first, count, options);
+    return mergeLsns(calls, outcomes);
+  }
+
+  /**
+   * `type` with the range `first`..`first + count - 1` (checked against the volume) sent to each
+   * shard holding a page of it, concurrently; a body per request (a write's retry notes its
+   * earlier attempts on it).
+   */
+  private runOverRange(type: 'shard.zero' | 'shard.map', first: number, count: number, options: CallOptions | null): ReturnType<Volume['run']> {
     const deadlineMs = this.client.deadline(optionsOf(options).deadlineMs);
     const range = {
       first: expectInteger(first, 'first', { min: 0, max: PAGE_COUNT_MAX - 1, maxCode: 'out_of_range' }),
       count: expectInteger(count, 'count', { min: 1, max: PAGE_COUNT_MAX, maxCode: 'out_of_range' }),
     };
-    const { calls, outcomes } = await this.run(deadlineMs, (info) => {
+    return this.run(deadlineMs, (info) => {
       validatePageZero(range, info.pageCount);
-      // A body per request: a retry notes its earlier attempts on it.
-      return shardsOfRange(range.first, range.count, info).map((shard) => ({ shard, type: 'shard.zero' as const, body: { ...range }, indices: [] }));
+      return shardsOfRange(range.first, range.count, info).map((shard) => ({ shard, type, body: { ...range }, indices: [] }));
     });
-    return mergeLsns(calls, outcomes);
+  }
+
+  /**
+   * Which pages of `first`..`first + count - 1` may hold data: one shard.map to each shard
+   * holding a page of the range, concurrently, each answered by its leader as of its latest
+   * commit (`lsns`). The answer covers pages `first`..`end - 1` (`end` more than `first`, at
+   * most `first + count`): a shard whose pages there make more than SHARD_MAP_RANGES_MAX ranges
+   * cuts its answer short, and the answer ends where the shortest one does. In it, the pages
+   * outside `ranges` read as zeros (never written, or made zeros); those in `ranges` (ascending,
+   * apart, adjacent shards' merged) were written since, some maybe with zeros. For block
+   * clients that skip what reads as zeros (the NBD export's block status).
+   */
+  async pagesWithData(first: number, count: number, options: CallOptions | null = {}): Promise<PagesWithData> {
+    const { calls, outcomes } = await this.runOverRange('shard.map', first, count, options);
+    const end = Math.min(...outcomes.map((o) => o.end!));
+    const pairs: Array<[number, number]> = [];
+    for (const o of outcomes) {
+      for (let i = 0; i < o.ranges!.length; i += 2) {
+        const from = o.ranges![i]!;
+        if (from < end) pairs.push([from, Math.min(o.ranges![i + 1]!, end - from)]);
+      }
+    }
+    pairs.sort((a, b) => a[0] - b[0]);
+    const ranges: Array<{ first: number; count: number }> = [];
+    for (const [from, n] of pairs) {
+      const last = ranges[ranges.length - 1];
+      if (last !== undefined && last.first + last.count === from) last.count += n;
+      else ranges.push({ first: from, count: n });
+    }
+    return { end, ranges, ...mergeLsns(calls, outcomes) };
   }
 
   /** Reads one page. */
@@ -1516,6 +1567,8 @@ export class Volume {
           );
         case 'shard.flush':
           return this.client.send(subject, call.type, call.body, deadlineMs, validateShardFlushReply);
+        case 'shard.map':
+          return this.client.send(subject, call.type, call.body, deadlineMs, (value) => validateShardMapReply(value, call.body as ShardMapRequest));
       }
     });
     const settled = await settleBounded(tasks, REQUESTS_IN_FLIGHT_MAX);
@@ -1579,8 +1632,7 @@ export class Volume {
       const fresh = await this.refreshInfo(infoPromise, deadlineMs);
       if (sameLayout(info, fresh)) {
         const missed = settled.flatMap((s, i) => (s.ok ? [] : [i]));
-        const retried = await this.sendCalls(fresh, missed.map((i) => calls[i]!), deadlineMs);
-        missed.forEach((at, j) => (settled[at] = retried[j]!));
+        takeRetried(settled, missed, await this.sendCalls(fresh, missed.map((i) => calls[i]!), deadlineMs));
       } else {
         info = fresh;
         calls = plan(info);
@@ -1595,9 +1647,9 @@ export class Volume {
       if (this.client.nowMs() >= deadlineMs) break;
       backoffMs = Math.min(backoffMs * 2, LEADER_RETRY_MS_MAX);
       const missed = settled.flatMap((s, i) => (s.ok ? [] : [i]));
-      const retried = await this.sendCalls(info, missed.map((i) => calls[i]!), deadlineMs);
-      missed.forEach((at, j) => (settled[at] = retried[j]!));
+      const overtaken = takeRetried(settled, missed, await this.sendCalls(info, missed.map((i) => calls[i]!), deadlineMs));
       throwFinal(calls, settled);
+      if (overtaken) break;
     }
     // A request whose earlier attempt may still commit is the one to report, if any.
     const failing = settled.flatMap((s, i) => (s.ok ? [] : [i]));
@@ -1661,13 +1713,30 @@ function recordOf(error: unknown): WriteRecordRef | undefined {
 const RECORD_NAMING_CODES: ReadonlySet<string> = new Set(['not_leader', 'device_failed', 'unavailable']);
 
 /**
+ * Puts the outcomes of the requests sent again (`retried`, of the calls at `missed`) in
+ * `settled`, but for a request the deadline overtook before it went out (`send`'s `timeout`
+ * with `details.notSent`: the time went on a slow turn of the event loop, or on fetching the
+ * volume's info again), whose failure before is kept: the call ends saying why it failed, not
+ * that its deadline came. True if the deadline overtook any.
+ */
+function takeRetried(settled: Settled[], missed: readonly number[], retried: readonly Settled[]): boolean {
+  let overtaken = false;
+  missed.forEach((at, j) => {
+    const r = retried[j]!;
+    if (!r.ok && r.error instanceof ProtocolError && r.error.code === 'timeout' && r.error.details?.['notSent'] === true) overtaken = true;
+    else settled[at] = r;
+  });
+  return overtaken;
+}
+
+/**
  * Failures after which a request is sent again: no leader answered it (none did, one that does
  * not lead, one handing its leadership over), or its record was named
  * (sent with `earlier`); a read also when its reply was lost with a dropped NATS connection (a
  * write then has an unknown outcome, final).
  */
 function sendAgain(error: unknown, call: ShardCall | undefined): boolean {
-  if (call?.type === 'shard.read' && error instanceof ProtocolError && error.code === 'unavailable' && error.details?.['disconnected'] === true) return true;
+  if ((call?.type === 'shard.read' || call?.type === 'shard.map') && error instanceof ProtocolError && error.code === 'unavailable' && error.details?.['disconnected'] === true) return true;
   return leaderless(error) || recordOf(error) !== undefined;
 }
 

@@ -84,7 +84,7 @@ export const API_VERBS = [
 export type ApiVerb = (typeof API_VERBS)[number];
 
 /** Message types a shard mailbox (`strata.<cluster>.shard.<volumeId>.<shard>`) accepts. */
-export const SHARD_VERBS = ['shard.write', 'shard.zero', 'shard.read', 'shard.flush'] as const;
+export const SHARD_VERBS = ['shard.write', 'shard.zero', 'shard.read', 'shard.flush', 'shard.map'] as const;
 /** One of `SHARD_VERBS`. */
 export type ShardVerb = (typeof SHARD_VERBS)[number];
 
@@ -465,6 +465,36 @@ export interface ShardFlushReply {
   term?: number;
 }
 
+/** Most ranges one shard.map reply lists: a shard whose pages in the range hold more cuts its answer short (`end`). */
+export const SHARD_MAP_RANGES_MAX = 4096;
+
+/**
+ * shard.map request: which of the shard's own pages in `first`..`first + count - 1` (volume page
+ * numbers) hold data as of its latest commit. The pages of other shards in the range are not
+ * the shard's to say.
+ */
+export interface ShardMapRequest extends ShardFence {
+  first: number;
+  count: number;
+}
+/** shard.map reply. */
+export interface ShardMapReply {
+  /**
+   * The answer covers pages `first`..`end - 1` (`end` at most `first + count`, more than
+   * `first`): cut short after SHARD_MAP_RANGES_MAX ranges.
+   */
+  end: number;
+  /**
+   * Pairs `[first, count, first, count, …]`, ascending and apart, within the answer: the shard's
+   * pages that may hold data (written, and not made zeros since; a page written with zeros is
+   * data). Its other pages there read as zeros.
+   */
+  ranges: number[];
+  /** LSN the answer reflects. */
+  lsn: number;
+  term?: number;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Type maps (for typed clients and dispatch tables)
 // ---------------------------------------------------------------------------------------------
@@ -486,6 +516,7 @@ export interface RequestMap {
   'shard.zero': ShardZeroRequest;
   'shard.read': ShardReadRequest;
   'shard.flush': ShardFlushRequest;
+  'shard.map': ShardMapRequest;
 }
 
 /** Request body of each message type after validation (defaults filled in). */
@@ -510,6 +541,7 @@ export interface ReplyMap {
   'shard.zero': ShardZeroReply;
   'shard.read': ShardReadReply;
   'shard.flush': ShardFlushReply;
+  'shard.map': ShardMapReply;
 }
 
 /**

@@ -28,6 +28,7 @@ import {
   REPLICA_COUNTS,
   REPLICAS_DEFAULT,
   REQUEST_DATA_BYTES_MAX,
+  SHARD_MAP_RANGES_MAX,
   SHARDS_DEFAULT,
   SHARDS_MAX,
   STRIPE_PAGES_DEFAULT,
@@ -56,6 +57,8 @@ import type {
   ShardWriteReply,
   ShardWriteRequest,
   ShardZeroRequest,
+  ShardMapRequest,
+  ShardMapReply,
   WriteRecordRef,
   StatusReply,
   StatusRequest,
@@ -883,6 +886,36 @@ export function validateShardFlushReply(value: unknown): ShardFlushReply {
   return withTerm({ lsn }, optional(field(map, 'term'), (v) => expectCounter(v, 'term')));
 }
 
+const SHARD_MAP_FIELDS = fields('first', 'count', 'term');
+
+/** shard.map request (without the volume's geometry: the shard checks the range against its pages). */
+export function validateShardMapRequest(value: unknown): ShardMapRequest {
+  const map = expectMap(value, '');
+  expectKnownFields(map, SHARD_MAP_FIELDS, '');
+  return withTerm(validatePageRange(map, ''), optional(field(map, 'term'), (v) => expectCounter(v, 'term')));
+}
+
+/** shard.map reply; with `request`, also that it answers that range (its end and ranges within it). */
+export function validateShardMapReply(value: unknown, request?: { first: number; count: number }): ShardMapReply {
+  const map = expectMap(value, '');
+  const end = expectInteger(field(map, 'end'), 'end', { min: 1, max: PAGE_COUNT_MAX });
+  const raw = expectArray(field(map, 'ranges'), 'ranges', { lengthMin: 0, lengthMax: 2 * SHARD_MAP_RANGES_MAX });
+  if (raw.length % 2 !== 0) fail('bad_request', 'ranges', `${raw.length} numbers: pairs of first and count`);
+  const ranges: number[] = [];
+  let next = request?.first ?? 0;
+  for (let i = 0; i < raw.length; i += 2) {
+    const first = expectInteger(raw[i], `ranges[${i}]`, { min: next, max: PAGE_COUNT_MAX - 1 });
+    const count = expectInteger(raw[i + 1], `ranges[${i + 1}]`, { min: 1, max: end - first });
+    ranges.push(first, count);
+    next = first + count + 1;
+  }
+  if (request !== undefined && (end <= request.first || end > request.first + request.count)) {
+    fail('bad_request', 'end', `${end} is not in ${request.first + 1}..${request.first + request.count}`);
+  }
+  const lsn = expectCounter(field(map, 'lsn'), 'lsn');
+  return withTerm({ end, ranges, lsn }, optional(field(map, 'term'), (v) => expectCounter(v, 'term')));
+}
+
 /** A volume's layout plus the shard a mailbox serves. */
 export interface ShardLayout extends VolumeLayout {
   shard: number;
@@ -936,6 +969,7 @@ export const REQUEST_VALIDATORS: { readonly [T in MessageType]: Validator<ValidR
   'shard.zero': validateShardZeroRequest,
   'shard.read': validateShardReadRequest,
   'shard.flush': validateShardFlushRequest,
+  'shard.map': validateShardMapRequest,
 };
 
 /** The reply validator of every message type (call `throwIfError` first). */
@@ -955,6 +989,7 @@ export const REPLY_VALIDATORS: { readonly [T in MessageType]: Validator<ReplyMap
   'shard.zero': validateShardWriteReply,
   'shard.read': validateShardReadReply,
   'shard.flush': validateShardFlushReply,
+  'shard.map': validateShardMapReply,
 };
 
 /** Validates a request of type `type`. */

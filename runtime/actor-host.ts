@@ -67,7 +67,7 @@ const workerTracing: WorkerTracing | undefined = telemetryInit === undefined
   : (require('../observability/worker-tracing') as typeof import('../observability/worker-tracing')).startWorkerTracing(telemetryInit);
 
 /** Message types a shard subject serves; anything else is named `unknown` in spans and metrics. */
-const SHARD_TYPES = new Set(['shard.write', 'shard.zero', 'shard.read', 'shard.flush']);
+const SHARD_TYPES = new Set(['shard.write', 'shard.zero', 'shard.read', 'shard.flush', 'shard.map']);
 const RAFT_OPS: Record<RaftRequest['type'], string> = {
   vote: 'replica.vote', prevote: 'replica.prevote', append: 'replica.append', snapshot: 'replica.snapshot', timeoutNow: 'replica.timeoutNow',
 };
@@ -1071,6 +1071,13 @@ export class ActorHost implements HostApi {
         replica.checkTerm(validateRequest('shard.flush', body).term);
         if (!this.traced) return replica.flush(answerByMs, now);
         return withSpan('shard.flush', this.shardAttrs(mb), () => replica.flush(answerByMs, now));
+      }
+      case 'shard.map': {
+        const req = validateRequest('shard.map', body);
+        replica.checkTerm(req.term);
+        const opts = { deadlineMs: answerByMs, nowMs: now };
+        if (!this.traced) return replica.map(req.first, req.count, opts);
+        return withSpan('shard.map', { ...this.shardAttrs(mb), [ATTR.pages]: req.count }, () => replica.map(req.first, req.count, opts));
       }
       default:
         throw new ProtocolError('bad_request', `${HEADER_TYPE}: unknown message type '${type}' for a shard`, {

@@ -418,6 +418,51 @@ export class PageStore {
   }
 
   /**
+   * The pages in `first`..`end - 1` that may read as anything but zeros as of appliedLsn (those
+   * whose newest version writes them, or that the newest image stores and no newer version made
+   * zeros), as pairs `[first, count, …]`, ascending, apart. At most `rangesMax` ranges: past
+   * them the answer is cut short, and its `end` is the first page of the range left out. Memory
+   * only (the index and the images' tables), no disk read; the work is bounded by the smaller of
+   * the range and the pages the index and the newest image hold.
+   */
+  pagesWithData(first: number, end: number, rangesMax: number): { end: number; ranges: number[] } {
+    this.checkOpen();
+    if (!Number.isSafeInteger(first) || !Number.isSafeInteger(end) || first < 0 || end <= first || end > this.pageCount) {
+      throw new StorageError('out_of_range', `pages ${first}..${end - 1} are not a range of 0..${this.pageCount - 1}`, { first, end });
+    }
+    if (!Number.isSafeInteger(rangesMax) || rangesMax < 1) throw new StorageError('bad_request', `rangesMax ${rangesMax}: at least 1`);
+    const newest = this.images[this.images.length - 1];
+    const holds = (page: number): boolean => {
+      const list = this.versions.get(page);
+      const v = list?.[list.length - 1];
+      if (v !== undefined && (newest === undefined || v > newest.lsn)) return !this.zeroLsns.has(v);
+      return newest?.has(page) ?? false;
+    };
+    const ranges: number[] = [];
+    // Adds `page` (ascending); false once it would start a range past rangesMax.
+    const add = (page: number): boolean => {
+      const n = ranges.length;
+      if (n > 0 && ranges[n - 2]! + ranges[n - 1]! === page) {
+        ranges[n - 1]!++;
+        return true;
+      }
+      if (n / 2 === rangesMax) return false;
+      ranges.push(page, 1);
+      return true;
+    };
+    const stored = this.versions.size + (newest?.entries ?? 0);
+    if (end - first <= stored) {
+      for (let page = first; page < end; page++) if (holds(page) && !add(page)) return { end: page, ranges };
+      return { end, ranges };
+    }
+    const candidates = new Set<number>();
+    for (const page of this.versions.keys()) if (page >= first && page < end) candidates.add(page);
+    if (newest !== undefined) for (let i = newest.lowerBound(first); i < newest.entries && newest.pageAt(i) < end; i++) candidates.add(newest.pageAt(i));
+    for (const page of [...candidates].sort((a, b) => a - b)) if (holds(page) && !add(page)) return { end: page, ranges };
+    return { end, ranges };
+  }
+
+  /**
    * The content of `page` as of `lsn` (default appliedLsn), copied into `out` (or a new buffer)
    * and returned. Zeros if never written. Errors: 'out_of_range' (page), 'future_lsn'
    * (lsn > appliedLsn), 'trimmed' (lsn < oldestReadableLsn), 'bad_request' (lsn or out malformed),

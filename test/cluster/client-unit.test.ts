@@ -970,6 +970,22 @@ describe('cluster/client (fake transport)', () => {
       assert.ok(transport.shardRequests().length > 3, 'retried meanwhile');
     });
 
+    it('a request sent again that its deadline overtook before it went out (fetching the volume info again took the time): the call fails with the failure before it, not timeout', async () => {
+      let now = NOW;
+      let infos = 0;
+      const transport = new FakeTransport((subject) => {
+        if (subject.includes('.api.')) {
+          if (++infos === 2) now += 20_000;
+          return volume();
+        }
+        throw new NoRespondersError(subject);
+      });
+      const client = createClient(transport, { cluster: CLUSTER, timeoutMs: 10_000, nowMs: () => now });
+      await rejectsWith(client.volume('vol').read([0]), 'unavailable', /no host answers shard 0 of volume vol/);
+      assert.equal(infos, 2, 'the info was fetched again');
+      assert.equal(transport.shardRequests().length, 1, 'the request was not sent again');
+    });
+
     it('a shard that gets a leader while the client backs off is served', async () => {
       const fc = new FakeCluster();
       let misses = 3;

@@ -9,6 +9,7 @@ import { startCluster, type InProcessCluster } from '../../cluster/in-process-cl
 import { shardsOfRange, type StrataClient } from '../../cluster/client';
 import { shardSubject } from '../../messages/subjects';
 import { ProtocolError } from '../../messages/errors';
+import { SHARD_MAP_RANGES_MAX } from '../../messages/api';
 import { validateShardWriteReply } from '../../messages/validate';
 import { rejectsWith } from '../support/expect';
 import { inspect, inspectText } from '../../cluster/inspect';
@@ -115,6 +116,35 @@ describe('ranges made zeros (page.zero, shard.zero) on a replicated volume', fun
     await rejectsWith(client.send(subject, 'shard.zero', { first: 36, count: 5 }, Date.now() + 5000, validateShardWriteReply), 'out_of_range');
     await rejectsWith(client.send(subject, 'shard.zero', { first: 0, count: 1, pages: [] }, Date.now() + 5000, validateShardWriteReply), 'bad_request');
     assert.deepEqual(await v.read(39), page(39, 1), 'nothing was made zeros');
+  });
+
+  it('pagesWithData: the pages written and not made zeros since, merged over the shards; a range within; past SHARD_MAP_RANGES_MAX ranges, cut short', async () => {
+    await client.createVolume({ name: 'z-map', pageCount: 16_384, shards: 3, stripePages: 4, replicas: 3 });
+    const v = client.volume('z-map');
+    assert.deepEqual(await v.pagesWithData(0, 16_384).then((m) => [m.end, m.ranges]), [16_384, []], 'a new volume holds nothing');
+    // Pages 0..11 over the three shards, and a page of zeros written as data.
+    await v.writePages([...Array.from({ length: 12 }, (_, p) => ({ page: p, data: page(p, 1) })), { page: 100, data: ZERO }]);
+    const m = await v.pagesWithData(0, 16_384);
+    assert.deepEqual([m.end, m.ranges], [16_384, [{ first: 0, count: 12 }, { first: 100, count: 1 }]]);
+    assert.deepEqual(m.lsns.map((l) => l.shard), [0, 1, 2]);
+    await v.zeroPages(2, 5);
+    assert.deepEqual((await v.pagesWithData(0, 16_384)).ranges, [{ first: 0, count: 2 }, { first: 7, count: 5 }, { first: 100, count: 1 }]);
+    assert.deepEqual((await v.pagesWithData(8, 2)).ranges, [{ first: 8, count: 2 }], 'a range within: one shard asked');
+    assert.deepEqual((await v.pagesWithData(2, 5)).ranges, []);
+    await rejectsWith(v.pagesWithData(16_000, 385), 'out_of_range');
+    await rejectsWith(v.pagesWithData(0, 0), 'bad_request');
+
+    // One shard whose pages make more ranges than one answer lists: every other page written.
+    await client.createVolume({ name: 'z-map-1', pageCount: 16_384, shards: 1, replicas: 1 });
+    const one = client.volume('z-map-1');
+    const pages = Array.from({ length: SHARD_MAP_RANGES_MAX + 1 }, (_, k) => 2 * k);
+    for (let i = 0; i < pages.length; i += 1024) await one.writePages(pages.slice(i, i + 1024).map((p) => ({ page: p, data: page(p, 1) })));
+    const cut = await one.pagesWithData(0, 16_384);
+    assert.equal(cut.end, 2 * SHARD_MAP_RANGES_MAX, 'the answer ends at the range it left out');
+    assert.equal(cut.ranges.length, SHARD_MAP_RANGES_MAX);
+    assert.deepEqual(cut.ranges.slice(-1), [{ first: 2 * (SHARD_MAP_RANGES_MAX - 1), count: 1 }]);
+    assert.deepEqual((await one.pagesWithData(cut.end, 16_384 - cut.end)).ranges, [{ first: 2 * SHARD_MAP_RANGES_MAX, count: 1 }]);
+    await client.deleteVolume('z-map-1');
   });
 
   it('once stopped, the replicas agree, and strata inspect lists the record and names it as a page\'s source', async () => {

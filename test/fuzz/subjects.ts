@@ -280,7 +280,7 @@ function shardTargets(): Target[] {
                 ...(chance(0.2) ? { earlier: Array.from({ length: int(10) }, () => ({ lsn: pick([0, 1, 2, 1e6]), term: pick([0, 1, 2, 1e6]) })) } : {}),
               };
             }
-            if (type === 'shard.zero') return { ...rangeBody(v), ...(chance(0.3) ? { term: pick([0, 1, 2, 3, 1000, 2 ** 53 - 1]) } : {}) };
+            if (type === 'shard.zero' || type === 'shard.map') return { ...rangeBody(v), ...(chance(0.3) ? { term: pick([0, 1, 2, 3, 1000, 2 ** 53 - 1]) } : {}) };
             if (type === 'shard.read') return { pages: Array.from({ length: 1 + int(4) }, page), ...(chance(0.3) ? { lsn: pick([0, 1, 3, 1e6, 2 ** 53 - 1]) } : {}), ...(chance(0.3) ? { term: pick([0, 1, 5, 2 ** 53 - 1]) } : {}) };
             return chance(0.5) ? {} : { term: pick([0, 1, 2, 2 ** 53 - 1]) };
           },
@@ -789,6 +789,7 @@ function shapeCheck(s: Sent, r: Record<string, unknown>): void {
     const type = (s.headers.record ?? {})[HEADER_TYPE] ?? t.type;
     switch (type) {
       case 'page.write': case 'page.zero': case 'volume.flush': case 'shard.write': case 'shard.zero': case 'shard.flush': ok = num(r.lsn); break;
+      case 'shard.map': ok = num(r.lsn) && num(r.end) && Array.isArray(r.ranges); break;
       case 'page.read': case 'shard.read': ok = num(r.lsn) && Array.isArray(r.pages) && r.pages.every((p) => p instanceof Uint8Array); break;
       case 'volume.list': ok = Array.isArray(r.volumes); break;
       case 'volume.info': case 'volume.create': ok = typeof r.id === 'string' && typeof r.name === 'string'; break;

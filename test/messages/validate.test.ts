@@ -7,6 +7,7 @@ import {
   PAGES_PER_REQUEST_MAX,
   REQUEST_DATA_BYTES_MAX,
   SHARDS_MAX,
+  SHARD_MAP_RANGES_MAX,
   STRIPE_PAGES_MAX,
   VOLUMES_PER_LIST_MAX,
   shardOfPage,
@@ -38,6 +39,7 @@ import {
   validateVolumeDeleteRequest,
   validateVolumeInfo,
   validateVolumeListReply,
+  validateShardMapReply,
 } from '../../messages/validate';
 import { assertProtocolError } from '../support/expect';
 import { ProtocolError } from '../../messages/errors';
@@ -105,6 +107,7 @@ const EXAMPLES: { [T in MessageType]: { request: RequestMap[T]; reply: ReplyMap[
   },
   'shard.read': { request: { pages: [5, 6], lsn: 43, term: 3 }, reply: { pages: [page(9), page(0)], lsn: 43, term: 3 } },
   'shard.flush': { request: { term: 3 }, reply: { lsn: 43, term: 3 } },
+  'shard.map': { request: { first: 0, count: 1024, term: 3 }, reply: { end: 1024, ranges: [0, 4, 512, 16], lsn: 43, term: 3 } },
 };
 
 describe('messages/validate', () => {
@@ -273,6 +276,25 @@ describe('messages/validate', () => {
       assertProtocolError(() => validateRequest('shard.write', { pages: writes(1), earlier: [{ lsn: 0, term: 1 }] }), 'bad_request', 'earlier[0].lsn');
       assertProtocolError(() => validateRequest('shard.write', { pages: writes(1), earlier: [{ lsn: 3 }] }), 'bad_request', 'earlier[0].term');
       assertProtocolError(() => validateRequest('shard.write', { pages: writes(1), earlier: [5] }), 'bad_request', 'earlier[0]');
+    });
+
+    it('shard.map: a range of pages; its reply covers part of it, with ranges ascending and apart within what it covers', () => {
+      assert.deepEqual(validateRequest('shard.map', { first: 5, count: 10 }), { first: 5, count: 10 });
+      assertProtocolError(() => validateRequest('shard.map', { first: 5, count: 0 }), 'bad_request', 'count');
+      assertProtocolError(() => validateRequest('shard.map', { first: 2 ** 32 - 2, count: 2 }), 'out_of_range', 'count');
+      assertProtocolError(() => validateRequest('shard.map', { first: 5, count: 1, pages: [1] }), 'bad_request', 'pages');
+      const asked = { first: 10, count: 100 };
+      assert.deepEqual(validateShardMapReply({ end: 50, ranges: [10, 2, 20, 30], lsn: 4 }, asked), { end: 50, ranges: [10, 2, 20, 30], lsn: 4 });
+      assert.deepEqual(validateShardMapReply({ end: 110, ranges: [], lsn: 0 }, asked).ranges, []);
+      assertProtocolError(() => validateShardMapReply({ end: 50, ranges: [10, 2, 20], lsn: 4 }, asked), 'bad_request', 'ranges', /pairs/);
+      assertProtocolError(() => validateShardMapReply({ end: 50, ranges: [9, 2], lsn: 4 }, asked), 'bad_request', 'ranges[0]');
+      assertProtocolError(() => validateShardMapReply({ end: 50, ranges: [10, 2, 12, 3], lsn: 4 }, asked), 'bad_request', 'ranges[2]', /in 13\.\./);
+      assertProtocolError(() => validateShardMapReply({ end: 50, ranges: [20, 2, 10, 3], lsn: 4 }, asked), 'bad_request', 'ranges[2]');
+      assertProtocolError(() => validateShardMapReply({ end: 50, ranges: [40, 11], lsn: 4 }, asked), 'bad_request', 'ranges[1]');
+      assertProtocolError(() => validateShardMapReply({ end: 50, ranges: [40, 0], lsn: 4 }, asked), 'bad_request', 'ranges[1]');
+      assertProtocolError(() => validateShardMapReply({ end: 10, ranges: [], lsn: 4 }, asked), 'bad_request', 'end');
+      assertProtocolError(() => validateShardMapReply({ end: 111, ranges: [], lsn: 4 }, asked), 'bad_request', 'end');
+      assertProtocolError(() => validateShardMapReply({ end: 50, ranges: new Array(2 * SHARD_MAP_RANGES_MAX + 2).fill(1), lsn: 4 }), 'bad_request', 'ranges');
     });
 
     it('unknown request fields are rejected, unknown reply fields ignored', () => {

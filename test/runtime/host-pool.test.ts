@@ -154,7 +154,8 @@ describe('HostPool supervision', function () {
     await waitFor('the host started again and answering', async () => (await pool!.health({ timeoutMs: 500 }))[0]!.ok, 15_000);
     assert.ok(performance.now() - t0 < 12_000, `back after ${(performance.now() - t0).toFixed(0)} ms, not after the 20 s stall`);
     const st = (await pool.stats())[0]!;
-    assert.equal(st.restarts, 1, 'the restart is counted');
+    // At least once: a thread started again on a loaded machine may miss a ping of its own.
+    assert.ok(st.restarts >= 1, `the restart is counted (${st.restarts})`);
     assert.equal(st.down, undefined);
   });
 

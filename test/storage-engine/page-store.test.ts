@@ -553,6 +553,58 @@ describe('PageStore', () => {
     assert.ok(zeroed > before);
   });
 
+  it('pagesWithData: the pages whose newest record writes data, none made zeros or never written, across checkpoints and restarts; cut short past rangesMax', () => {
+    const w = world(11, { imagesKeep: 2 });
+    /** The pages of `ranges` in first..end - 1, as ranges (ascending, apart). */
+    const clip = (ranges: number[], first: number, end: number): number[] => {
+      const out: number[] = [];
+      for (let i = 0; i < ranges.length; i += 2) {
+        const from = Math.max(first, ranges[i]!);
+        const to = Math.min(end, ranges[i]! + ranges[i + 1]!);
+        if (from < to) out.push(from, to - from);
+      }
+      return out;
+    };
+    const check = (what: string): void => {
+      const n = w.opts.pageCount;
+      const got = w.store.pagesWithData(0, n, 1000);
+      assert.equal(got.end, n, what);
+      const held = new Set<number>();
+      for (let i = 0; i < got.ranges.length; i += 2) {
+        if (i > 0) assert.ok(got.ranges[i]! > got.ranges[i - 2]! + got.ranges[i - 1]!, `${what}: ranges ascending and apart: ${got.ranges.join(',')}`);
+        for (let p = got.ranges[i]!; p < got.ranges[i]! + got.ranges[i + 1]!; p++) held.add(p);
+      }
+      for (let page = 0; page < n; page++) {
+        // The model's pages made zeros by a range hold the shared ZERO; pages written with zeros
+        // hold buffers of their own, data until a checkpoint's image leaves them out.
+        const h = w.model.history.get(page);
+        const last = h?.[h.length - 1]?.data;
+        if (last === undefined || last === ZERO) assert.ok(!held.has(page), `${what}: page ${page}, never written or made zeros, is not listed`);
+        else if (last.some((b) => b !== 0)) assert.ok(held.has(page), `${what}: page ${page}, which holds data, is listed`);
+      }
+      for (let k = 1; k * 2 < got.ranges.length; k++) {
+        assert.deepEqual(w.store.pagesWithData(0, n, k), { end: got.ranges[2 * k]!, ranges: got.ranges.slice(0, 2 * k) }, `${what}: at most ${k} ranges`);
+      }
+      for (const [first, end] of [[5, 6], [7, 30], [40, 48]] as const) {
+        assert.deepEqual(w.store.pagesWithData(first, end, 1000), { end, ranges: clip(got.ranges, first, end) }, `${what}: ${first}..${end - 1}`);
+      }
+      assert.ok(got.ranges.length > 0 || w.model.lastLsn === 0, `${what}: some page holds data`);
+    };
+    check('empty');
+    for (let round = 0; round < 6; round++) {
+      writeRandom(w, 25);
+      check(`round ${round}`);
+      w.store.checkpoint();
+      check(`round ${round}, after a checkpoint`);
+      writeRandom(w, 5);
+      reopen(w);
+      check(`round ${round}, after a restart`);
+    }
+    expectCode(() => w.store.pagesWithData(0, 49, 10), 'out_of_range');
+    expectCode(() => w.store.pagesWithData(5, 5, 10), 'out_of_range');
+    expectCode(() => w.store.pagesWithData(0, 48, 0), 'bad_request');
+  });
+
   it('apply refuses a range made zeros past the end or malformed, changing nothing', () => {
     const w = world(42);
     writeRandom(w, 3, false);
