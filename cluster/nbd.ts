@@ -4,11 +4,16 @@
  * supported; in short:
  *
  * - fixed newstyle negotiation only (NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES): options
- *   EXPORT_NAME, INFO, GO, LIST and ABORT; every other option is answered NBD_REP_ERR_UNSUP
- *   (structured replies among them: the replies are simple ones);
+ *   EXPORT_NAME, INFO, GO, LIST, ABORT, STRUCTURED_REPLY, LIST_META_CONTEXT and
+ *   SET_META_CONTEXT (one context, `base:allocation`); every other option is answered
+ *   NBD_REP_ERR_UNSUP;
+ * - with structured replies, READ is answered with one NBD_REPLY_TYPE_OFFSET_DATA chunk, and
+ *   every error with an NBD_REPLY_TYPE_ERROR chunk that says why; a success without data keeps
+ *   its simple reply (the protocol allows it for every command but READ);
  * - commands READ, WRITE (FUA accepted), FLUSH, TRIM (the whole pages of the range made zeros),
- *   WRITE_ZEROES (FAST_ZERO accepted: whole pages are made zeros without page data) and DISC;
- *   anything else is EINVAL;
+ *   WRITE_ZEROES (FAST_ZERO accepted: whole pages are made zeros without page data),
+ *   BLOCK_STATUS (with `base:allocation` selected: which pages may hold data and which read as
+ *   zeros, page-granular, REQ_ONE honoured) and DISC; anything else is EINVAL;
  * - byte-granular offsets: a write that covers part of a page reads the page, patches it and
  *   writes it whole (read-modify-write); every write holds the pages it touches until it is
  *   answered, so that two writes to one page, on any connection, do not lose each other's bytes.
@@ -19,9 +24,12 @@
  *
  * Bounds: connections (`connectionsMax`), requests in flight per connection and their bytes
  * (`requestsInFlightMax`, `inFlightBytesMax`: the socket is not read while at either), option
- * data (OPTION_BYTES_MAX), request length (BLOCK_BYTES_MAX for READ and WRITE), the handshake's
- * time (`handshakeTimeoutMs`), the time `stop` waits for requests in flight (`stopTimeoutMs`).
- * Each Strata call covers at most CALL_PAGES_MAX pages and is bounded by the client's deadline.
+ * data (OPTION_BYTES_MAX), meta context queries (META_CONTEXT_QUERIES_MAX), extents per block
+ * status reply (BLOCK_STATUS_EXTENTS_MAX), error messages (ERROR_MESSAGE_BYTES_MAX), request
+ * length (BLOCK_BYTES_MAX for READ and WRITE), the handshake's time (`handshakeTimeoutMs`), the
+ * time `stop` waits for requests in flight (`stopTimeoutMs`). Each Strata call covers at most
+ * CALL_PAGES_MAX pages (a block status call: the shards bound their answers) and is bounded by
+ * the client's deadline.
  */
 import * as net from 'node:net';
 import { CALL_PAGES_MAX, type StrataClient, type Volume } from './client';
@@ -39,6 +47,7 @@ const IHAVEOPT = 0x49484156454f5054n;
 const OPTION_REPLY_MAGIC = 0x3e889045565a9n;
 const REQUEST_MAGIC = 0x25609513;
 const SIMPLE_REPLY_MAGIC = 0x67446698;
+const STRUCTURED_REPLY_MAGIC = 0x668e33ef;
 
 const NBD_FLAG_FIXED_NEWSTYLE = 1 << 0;
 const NBD_FLAG_NO_ZEROES = 1 << 1;
@@ -53,12 +62,15 @@ export const NBD_OPT = {
   INFO: 6,
   GO: 7,
   STRUCTURED_REPLY: 8,
+  LIST_META_CONTEXT: 9,
+  SET_META_CONTEXT: 10,
 } as const;
 
 export const NBD_REP = {
   ACK: 1,
   SERVER: 2,
   INFO: 3,
+  META_CONTEXT: 4,
   ERR_UNSUP: 0x80000001,
   ERR_POLICY: 0x80000002,
   ERR_INVALID: 0x80000003,
@@ -80,12 +92,23 @@ export const NBD_FLAG = {
   CAN_MULTI_CONN: 1 << 8,
 } as const;
 
-export const NBD_CMD = { READ: 0, WRITE: 1, DISC: 2, FLUSH: 3, TRIM: 4, CACHE: 5, WRITE_ZEROES: 6 } as const;
+export const NBD_CMD = { READ: 0, WRITE: 1, DISC: 2, FLUSH: 3, TRIM: 4, CACHE: 5, WRITE_ZEROES: 6, BLOCK_STATUS: 7 } as const;
 
-const NBD_CMD_NAMES: Readonly<Record<number, string>> = { 0: 'read', 1: 'write', 2: 'disc', 3: 'flush', 4: 'trim', 5: 'cache', 6: 'write_zeroes' };
+const NBD_CMD_NAMES: Readonly<Record<number, string>> = { 0: 'read', 1: 'write', 2: 'disc', 3: 'flush', 4: 'trim', 5: 'cache', 6: 'write_zeroes', 7: 'block_status' };
 
 /** Command flags. */
-export const NBD_CMD_FLAG = { FUA: 1 << 0, NO_HOLE: 1 << 1, FAST_ZERO: 1 << 4 } as const;
+export const NBD_CMD_FLAG = { FUA: 1 << 0, NO_HOLE: 1 << 1, REQ_ONE: 1 << 3, FAST_ZERO: 1 << 4 } as const;
+
+/** Structured reply chunk flags and types. */
+export const NBD_REPLY_FLAG_DONE = 1 << 0;
+export const NBD_REPLY_TYPE = { NONE: 0, OFFSET_DATA: 1, OFFSET_HOLE: 2, BLOCK_STATUS: 5, ERROR: (1 << 15) + 1, ERROR_OFFSET: (1 << 15) + 2 } as const;
+
+/** Extent flags of the `base:allocation` context. */
+export const NBD_STATE = { HOLE: 1 << 0, ZERO: 1 << 1 } as const;
+
+/** The one metadata context served, and the id it is given when selected. */
+export const BASE_ALLOCATION = 'base:allocation';
+export const BASE_ALLOCATION_ID = 1;
 
 export const NBD_ERR = { EPERM: 1, EIO: 5, EINVAL: 22, ENOSPC: 28, ENOTSUP: 95 } as const;
 
@@ -99,6 +122,12 @@ export const NBD_PORT_DEFAULT = 10809;
 export const BLOCK_BYTES_MAX = 32 * 1024 * 1024;
 /** Most bytes of an option's data; a longer option is answered NBD_REP_ERR_TOO_BIG (its data skipped). */
 export const OPTION_BYTES_MAX = 4096;
+/** Most queries in one NBD_OPT_LIST_META_CONTEXT or NBD_OPT_SET_META_CONTEXT; more are NBD_REP_ERR_TOO_BIG. Each query, like the export name, is bounded by OPTION_BYTES_MAX. */
+export const META_CONTEXT_QUERIES_MAX = 32;
+/** Most extents in one NBD_CMD_BLOCK_STATUS reply: a longer answer ends early (the client asks again from where it ends). */
+export const BLOCK_STATUS_EXTENTS_MAX = 4096;
+/** Most bytes of the message of a structured error chunk (the protocol's strings are at most 4096). */
+const ERROR_MESSAGE_BYTES_MAX = 1024;
 /** Default bound on connections served at once. */
 export const CONNECTIONS_MAX_DEFAULT = 16;
 /** Default bound on requests in flight per connection. */
@@ -458,6 +487,18 @@ class Connection {
   private readonly reader: SocketReader;
   private readonly log: Logger;
   private noZeroes = false;
+  /**
+   * NBD_OPT_STRUCTURED_REPLY was acknowledged: READ is answered in chunks, and errors as error
+   * chunks with a message.
+   */
+  private structured = false;
+  /**
+   * The volume of the export the last NBD_OPT_SET_META_CONTEXT selected `base:allocation` for;
+   * undefined when it selected nothing (or failed, or none was sent).
+   */
+  private allocationFor: string | undefined;
+  /** `base:allocation` is selected for the export in transmission: NBD_CMD_BLOCK_STATUS is served. */
+  private allocation = false;
   private exp: Export | undefined;
   private info: VolumeInfo | undefined;
   private inFlight = 0;
@@ -633,6 +674,19 @@ class Connection {
         case NBD_OPT.GO:
           if (await this.infoOrGo(option, data)) return true;
           break;
+        case NBD_OPT.STRUCTURED_REPLY:
+          if (length !== 0) {
+            await this.optionError(option, NBD_REP.ERR_INVALID, 'NBD_OPT_STRUCTURED_REPLY takes no data');
+            break;
+          }
+          // Asked again, acknowledged again: nothing changes.
+          this.structured = true;
+          await this.optionReply(option, NBD_REP.ACK);
+          break;
+        case NBD_OPT.LIST_META_CONTEXT:
+        case NBD_OPT.SET_META_CONTEXT:
+          await this.metaContext(option, data);
+          break;
         default:
           await this.optionError(option, NBD_REP.ERR_UNSUP, `option ${option} is not supported`);
       }
@@ -688,6 +742,58 @@ class Connection {
     return true;
   }
 
+  /**
+   * NBD_OPT_LIST_META_CONTEXT and NBD_OPT_SET_META_CONTEXT. The only context is `base:allocation`:
+   * LIST answers it for no query, `base:` or `base:allocation`; SET selects it for
+   * `base:allocation` only (`base:` selects nothing there). Queries of other namespaces, or other
+   * names of `base:`, match nothing and are not answered.
+   */
+  private async metaContext(option: number, data: Buffer): Promise<void> {
+    const set = option === NBD_OPT.SET_META_CONTEXT;
+    const what = set ? 'NBD_OPT_SET_META_CONTEXT' : 'NBD_OPT_LIST_META_CONTEXT';
+    // A SET replaces the selection, also when it fails.
+    if (set) this.allocationFor = undefined;
+    // LIST is answered without them too (the protocol lets the server choose): it selects nothing.
+    if (set && !this.structured) return this.optionError(option, NBD_REP.ERR_INVALID, `${what} before NBD_OPT_STRUCTURED_REPLY`);
+    const parsed = parseMetaContextData(data);
+    if (typeof parsed === 'string') return this.optionError(option, NBD_REP.ERR_INVALID, `malformed ${what} data: ${parsed}`);
+    if (parsed.queries.length > META_CONTEXT_QUERIES_MAX) {
+      return this.optionError(option, NBD_REP.ERR_TOO_BIG, `${parsed.queries.length} queries are over the limit of ${META_CONTEXT_QUERIES_MAX}`);
+    }
+    const volume = await this.lookUp(parsed.name);
+    if (typeof volume !== 'string') return this.optionError(option, volume.error, volume.message);
+    const matched = set
+      ? parsed.queries.includes(BASE_ALLOCATION)
+      : parsed.queries.length === 0 || parsed.queries.some((q) => q === 'base:' || q === BASE_ALLOCATION);
+    if (matched) {
+      const reply = Buffer.concat([Buffer.alloc(4), Buffer.from(BASE_ALLOCATION, 'utf8')]);
+      // The id of a listed context is reserved (zero); a selected one has its id.
+      reply.writeUInt32BE(set ? BASE_ALLOCATION_ID : 0, 0);
+      await this.optionReply(option, NBD_REP.META_CONTEXT, reply);
+    }
+    if (set && matched) this.allocationFor = volume;
+    await this.optionReply(option, NBD_REP.ACK);
+  }
+
+  /**
+   * The volume an export name names, checked in the catalog (as INFO and GO check it), without
+   * taking it; or the option error to answer.
+   */
+  private async lookUp(name: string): Promise<string | { error: number; message: string }> {
+    const volumeName = this.server.exportName(name);
+    if (volumeName === undefined) return { error: NBD_REP.ERR_UNKNOWN, message: name === '' ? 'no default export: name a volume' : `no export named ${JSON.stringify(name)}` };
+    try {
+      await this.server.client.volume(volumeName).info({ refresh: true });
+      return volumeName;
+    } catch (err) {
+      if (err instanceof ProtocolError && (err.code === 'not_found' || err.code === 'bad_request')) {
+        return { error: NBD_REP.ERR_UNKNOWN, message: `no export named ${JSON.stringify(name)}: ${err.message}` };
+      }
+      this.log.warn('nbd export could not be looked up', { volume: volumeName, err });
+      return { error: NBD_REP.ERR_PLATFORM, message: `volume ${volumeName} could not be looked up: ${err instanceof Error ? err.message : String(err)}` };
+    }
+  }
+
   /** Looks the export up and takes it (`this.exp`, `this.info`); a string says why it cannot be. */
   private async open(name: string, infoOnly = false): Promise<VolumeInfo | string> {
     const volumeName = this.server.exportName(name);
@@ -727,6 +833,9 @@ class Connection {
 
   private async transmission(): Promise<void> {
     this.transmitting = true;
+    // Only for the export the selection was made for (the protocol asks the last SET to name
+    // the export GO or EXPORT_NAME enters); any other export has no context selected.
+    this.allocation = this.allocationFor !== undefined && this.allocationFor === this.exp!.name;
     for (;;) {
       while (!this.stopping && (this.inFlight >= this.server.requestsInFlightMax || this.inFlightBytes >= this.server.inFlightBytesMax)) {
         await new Promise<void>((resolve) => (this.wake = resolve));
@@ -751,7 +860,7 @@ class Connection {
         if (request.length > BLOCK_BYTES_MAX) {
           // Read and dropped to stay in step with the stream.
           await this.reader.skip(request.length);
-          await this.reply(request, NBD_ERR.EINVAL);
+          await this.fail(request, NBD_ERR.EINVAL, `a write of ${request.length} bytes is over the limit of ${BLOCK_BYTES_MAX}`);
           continue;
         }
         payload = await this.reader.read(request.length);
@@ -772,12 +881,50 @@ class Connection {
     }
   }
 
+  /**
+   * A simple reply. Without structured replies, every answer; with them, the answer of a success
+   * that carries no data (the protocol lets every command but READ keep simple replies).
+   */
   private reply(request: Request, error: number, data?: Buffer): Promise<void> {
     const h = Buffer.alloc(16);
     h.writeUInt32BE(SIMPLE_REPLY_MAGIC, 0);
     h.writeUInt32BE(error, 4);
     request.cookie.copy(h, 8);
     return data === undefined || error !== 0 ? this.send(h) : this.send(h, data);
+  }
+
+  /** One structured reply chunk (only once structured replies are negotiated). */
+  private chunk(request: Request, flags: number, type: number, ...payload: Buffer[]): Promise<void> {
+    const h = Buffer.alloc(20);
+    h.writeUInt32BE(STRUCTURED_REPLY_MAGIC, 0);
+    h.writeUInt16BE(flags, 4);
+    h.writeUInt16BE(type, 6);
+    request.cookie.copy(h, 8);
+    h.writeUInt32BE(payload.reduce((n, p) => n + p.byteLength, 0), 16);
+    return this.send(h, ...payload);
+  }
+
+  /** READ's bytes: one final NBD_REPLY_TYPE_OFFSET_DATA chunk with structured replies, else a simple reply. */
+  private replyData(request: Request, data: Buffer): Promise<void> {
+    if (!this.structured) return this.reply(request, 0, data);
+    const offset = Buffer.alloc(8);
+    offset.writeBigUInt64BE(BigInt(request.offset), 0);
+    // Final at once: every byte is read before the chunk is sent, so no error can follow it.
+    return this.chunk(request, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE.OFFSET_DATA, offset, data);
+  }
+
+  /**
+   * Answers a request with an error. With structured replies, a final NBD_REPLY_TYPE_ERROR chunk
+   * with the message (a READ may not have a simple reply then, and the message lets the client
+   * say why); without them, a simple reply, which has room for the errno only.
+   */
+  private fail(request: Request, errno: number, message: string): Promise<void> {
+    if (!this.structured) return this.reply(request, errno);
+    const text = utf8Prefix(message, ERROR_MESSAGE_BYTES_MAX);
+    const head = Buffer.alloc(6);
+    head.writeUInt32BE(errno, 0);
+    head.writeUInt16BE(text.byteLength, 4);
+    return this.chunk(request, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE.ERROR, head, text);
   }
 
   /** The export's page calls, each made again while answered `overloaded` (`retryOverloaded`). */
@@ -788,6 +935,7 @@ class Connection {
       readPages: (pages) => retryOverloaded(() => volume.readPages(pages), budgetMs),
       writePages: (pages) => retryOverloaded(() => volume.writePages(pages), budgetMs),
       zeroPages: (first, count) => retryOverloaded(() => volume.zeroPages(first, count), budgetMs),
+      pagesWithData: (first, count) => retryOverloaded(() => volume.pagesWithData(first, count), budgetMs),
     };
   }
 
@@ -796,26 +944,35 @@ class Connection {
     const name = NBD_CMD_NAMES[request.type];
     const isWrite = request.type === NBD_CMD.WRITE || request.type === NBD_CMD.TRIM || request.type === NBD_CMD.WRITE_ZEROES;
     try {
-      if (name === undefined || request.type === NBD_CMD.CACHE) return await this.reply(request, NBD_ERR.EINVAL);
+      if (name === undefined || request.type === NBD_CMD.CACHE) return await this.fail(request, NBD_ERR.EINVAL, `command ${request.type} is not supported`);
+      if (request.type === NBD_CMD.BLOCK_STATUS && !this.allocation) {
+        return await this.fail(request, NBD_ERR.EINVAL, `block status without the ${BASE_ALLOCATION} context selected for this export (NBD_OPT_SET_META_CONTEXT)`);
+      }
       if (request.type === NBD_CMD.FLUSH) {
         // Every write is durable once answered: FLUSH waits for the writes received before it.
         await Promise.allSettled([...this.writes]);
         return await this.reply(request, 0);
       }
       // FUA on any command (every write is durable when answered; clients set it on others
-      // too); NO_HOLE and FAST_ZERO on WRITE_ZEROES only; no other flag was negotiated.
-      const known = NBD_CMD_FLAG.FUA | (request.type === NBD_CMD.WRITE_ZEROES ? NBD_CMD_FLAG.NO_HOLE | NBD_CMD_FLAG.FAST_ZERO : 0);
-      if ((request.flags & ~known) !== 0) return await this.reply(request, NBD_ERR.EINVAL);
+      // too); NO_HOLE and FAST_ZERO on WRITE_ZEROES only, REQ_ONE on BLOCK_STATUS only; no
+      // other flag was negotiated.
+      const known =
+        NBD_CMD_FLAG.FUA |
+        (request.type === NBD_CMD.WRITE_ZEROES ? NBD_CMD_FLAG.NO_HOLE | NBD_CMD_FLAG.FAST_ZERO : 0) |
+        (request.type === NBD_CMD.BLOCK_STATUS ? NBD_CMD_FLAG.REQ_ONE : 0);
+      if ((request.flags & ~known) !== 0) return await this.fail(request, NBD_ERR.EINVAL, `command flags 0x${request.flags.toString(16)} are not all for ${name}`);
       // FAST_ZERO is met: whole pages are made zeros with one small record per shard, whatever
       // the length; only the pages a range covers in part are read and written.
       const info = this.info!;
       const size = info.pageCount * info.pageSize;
-      if (request.length === 0 || ((request.type === NBD_CMD.READ || request.type === NBD_CMD.WRITE) && request.length > BLOCK_BYTES_MAX)) {
-        return await this.reply(request, NBD_ERR.EINVAL);
+      if (request.length === 0) return await this.fail(request, NBD_ERR.EINVAL, 'length 0');
+      if ((request.type === NBD_CMD.READ || request.type === NBD_CMD.WRITE) && request.length > BLOCK_BYTES_MAX) {
+        return await this.fail(request, NBD_ERR.EINVAL, `a ${name} of ${request.length} bytes is over the limit of ${BLOCK_BYTES_MAX}`);
       }
-      if (isWrite && this.server.readOnly) return await this.reply(request, NBD_ERR.EPERM);
+      if (isWrite && this.server.readOnly) return await this.fail(request, NBD_ERR.EPERM, 'the export is read-only');
       if (request.offset + request.length > size) {
-        return await this.reply(request, request.type === NBD_CMD.WRITE || request.type === NBD_CMD.WRITE_ZEROES ? NBD_ERR.ENOSPC : NBD_ERR.EINVAL);
+        const errno = request.type === NBD_CMD.WRITE || request.type === NBD_CMD.WRITE_ZEROES ? NBD_ERR.ENOSPC : NBD_ERR.EINVAL;
+        return await this.fail(request, errno, `bytes ${request.offset}..${request.offset + request.length - 1} are past the end of the export (${size} bytes)`);
       }
       // The range is not needed (the client may assume nothing of its bytes until it writes
       // them): its whole pages are made zeros, so that their space is given back at the shards'
@@ -836,7 +993,18 @@ class Connection {
       }
       if (request.type === NBD_CMD.READ) {
         const data = await readBytes(this.pageCalls(), info.pageSize, request.offset, request.length);
-        return await this.reply(request, 0, data);
+        return await this.replyData(request, data);
+      }
+      if (request.type === NBD_CMD.BLOCK_STATUS) {
+        const extents = await allocationExtents(this.pageCalls(), info.pageSize, request.offset, request.length, (request.flags & NBD_CMD_FLAG.REQ_ONE) !== 0);
+        const payload = Buffer.alloc(4 + 8 * extents.length);
+        payload.writeUInt32BE(BASE_ALLOCATION_ID, 0);
+        extents.forEach((e, i) => {
+          payload.writeUInt32BE(e.length, 4 + 8 * i);
+          payload.writeUInt32BE(e.flags, 8 + 8 * i);
+        });
+        // One chunk for the one context selected, final.
+        return await this.chunk(request, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE.BLOCK_STATUS, payload);
       }
       const release = await this.exp!.locks.lock(Math.floor(request.offset / info.pageSize), Math.floor((request.offset + request.length - 1) / info.pageSize));
       try {
@@ -856,9 +1024,60 @@ class Connection {
         errno,
         err,
       });
-      await this.reply(request, errno);
+      await this.fail(request, errno, err instanceof ProtocolError ? `${name ?? request.type} failed: ${err.code}: ${err.message}` : `${name ?? request.type} failed: internal error`);
     }
   }
+}
+
+/** The longest prefix of `text` that is at most `bytes` bytes of UTF-8, not cutting a character. */
+function utf8Prefix(text: string, bytes: number): Buffer {
+  const b = Buffer.from(text, 'utf8');
+  if (b.byteLength <= bytes) return b;
+  let end = bytes;
+  // Back to the first byte of the character cut (continuation bytes are 0b10xxxxxx).
+  while (end > 0 && (b[end]! & 0xc0) === 0x80) end--;
+  return b.subarray(0, end);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Metadata contexts
+// ---------------------------------------------------------------------------------------------
+
+const UTF8 = new TextDecoder('utf-8', { fatal: true });
+
+/**
+ * The data of NBD_OPT_LIST_META_CONTEXT / NBD_OPT_SET_META_CONTEXT: u32 name length, the export
+ * name, u32 query count, then each query as u32 length and string. Every length must lie within
+ * the data and the queries must end it exactly; a query must be a UTF-8 string without NUL that
+ * starts with a namespace and a colon. A string says what is wrong. The data is at most
+ * OPTION_BYTES_MAX bytes, and each query takes at least 4 of them: the loop is bounded.
+ */
+function parseMetaContextData(data: Buffer): { name: string; queries: string[] } | string {
+  if (data.byteLength < 8) return `${data.byteLength} bytes, fewer than a name length and a query count`;
+  const nameLength = data.readUInt32BE(0);
+  if (nameLength > data.byteLength - 8) return `an export name of ${nameLength} bytes runs past the data`;
+  const name = data.subarray(4, 4 + nameLength).toString('utf8');
+  const count = data.readUInt32BE(4 + nameLength);
+  const queries: string[] = [];
+  let at = 8 + nameLength;
+  for (let i = 0; i < count; i++) {
+    if (data.byteLength - at < 4) return `${count} queries, but the data ends after ${i}`;
+    const length = data.readUInt32BE(at);
+    at += 4;
+    if (length > data.byteLength - at) return `query ${i} of ${length} bytes runs past the data`;
+    let query: string;
+    try {
+      query = UTF8.decode(data.subarray(at, at + length));
+    } catch {
+      return `query ${i} is not UTF-8`;
+    }
+    at += length;
+    if (query.includes('\0')) return `query ${i} holds a NUL`;
+    if (query.indexOf(':') < 1) return `query ${i} does not start with a namespace and a colon`;
+    queries.push(query);
+  }
+  if (at !== data.byteLength) return `${data.byteLength - at} bytes after the last query`;
+  return { name, queries };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -870,7 +1089,66 @@ type PageCalls = {
   readPages(pages: number[]): Promise<{ pages: Uint8Array[] }>;
   writePages(pages: Array<{ page: number; data: Uint8Array }>): Promise<unknown>;
   zeroPages(first: number, count: number): Promise<unknown>;
+  /**
+   * Which of pages first..first+count-1 may hold data: the answer covers pages first..end-1
+   * (end in (first, first+count]); there, pages not in `ranges` read as zeros.
+   */
+  pagesWithData(first: number, count: number): Promise<{ end: number; ranges: Array<{ first: number; count: number }> }>;
 };
+
+/** One extent of a block status reply: `length` bytes whose `base:allocation` flags are `flags`. */
+interface Extent {
+  length: number;
+  flags: number;
+}
+
+/**
+ * The `base:allocation` extents of bytes offset..offset+length-1 (a range within the export, as
+ * checked for a READ), in order from `offset`: data (flags 0) for the pages that may hold data,
+ * NBD_STATE_HOLE | NBD_STATE_ZERO for the pages that read as zeros (never written, or made
+ * zeros). The page that holds a byte decides its flags, so an unaligned range starts or ends with
+ * part of a page. Adjacent extents with the same flags are one. They cover at most the range:
+ * less when the cluster's answer ends early (a shard bounds its answer), when there would be
+ * more than BLOCK_STATUS_EXTENTS_MAX, or, with `one` (REQ_ONE), past the first extent; always at
+ * least one byte.
+ */
+async function allocationExtents(volume: PageCalls, pageSize: number, offset: number, length: number, one: boolean): Promise<Extent[]> {
+  const first = Math.floor(offset / pageSize);
+  const count = Math.floor((offset + length - 1) / pageSize) - first + 1;
+  const { end, ranges } = await volume.pagesWithData(first, count);
+  // Checked, not trusted: extents built from a wrong answer would tell the client that data is
+  // zeros, and a copy that skips them would lose it.
+  if (!Number.isSafeInteger(end) || end <= first || end > first + count) throw new Error(`pagesWithData(${first}, ${count}) answered end ${end}`);
+  let at = first;
+  for (const r of ranges) {
+    if (!Number.isSafeInteger(r.first) || !Number.isSafeInteger(r.count) || r.count < 1 || r.first < at || r.first + r.count > end) {
+      throw new Error(`pagesWithData(${first}, ${count}) answered a range ${r.first}+${r.count} not ascending within ${first}..${end - 1}`);
+    }
+    at = r.first + r.count;
+  }
+  const limit = one ? 1 : BLOCK_STATUS_EXTENTS_MAX;
+  const stop = Math.min(offset + length, end * pageSize);
+  const extents: Extent[] = [];
+  /** Adds pages from..to-1 with `flags`, cut to the range, merged with the last extent when it has the same flags. */
+  const add = (from: number, to: number, flags: number): void => {
+    const a = Math.max(from * pageSize, offset);
+    const b = Math.min(to * pageSize, stop);
+    if (b <= a) return;
+    const last = extents[extents.length - 1];
+    if (last !== undefined && last.flags === flags) last.length += b - a;
+    else extents.push({ length: b - a, flags });
+  };
+  at = first;
+  // Past `limit` extents the last one kept is whole (the next has other flags): the rest is dropped.
+  for (const r of ranges) {
+    if (extents.length > limit) break;
+    add(at, r.first, NBD_STATE.HOLE | NBD_STATE.ZERO);
+    add(r.first, r.first + r.count, 0);
+    at = r.first + r.count;
+  }
+  add(at, end, NBD_STATE.HOLE | NBD_STATE.ZERO);
+  return extents.slice(0, limit);
+}
 
 /** Reads pages first..first+count-1 into one buffer, in calls of at most CALL_PAGES_MAX pages. */
 async function readRange(volume: PageCalls, pageSize: number, first: number, count: number): Promise<Buffer> {

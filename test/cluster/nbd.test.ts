@@ -6,7 +6,26 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { startCluster, type InProcessCluster } from '../../cluster/in-process-cluster';
-import { BLOCK_BYTES_MAX, NBD_CMD, NBD_CMD_FLAG, NBD_ERR, NBD_FLAG, NBD_INFO, NBD_OPT, NBD_REP, OPTION_BYTES_MAX, nbdUri, startNbdServer, type NbdServer } from '../../cluster/nbd';
+import {
+  BLOCK_BYTES_MAX,
+  NBD_CMD,
+  NBD_CMD_FLAG,
+  NBD_ERR,
+  NBD_FLAG,
+  NBD_INFO,
+  NBD_OPT,
+  NBD_REP,
+  NBD_REPLY_FLAG_DONE,
+  NBD_REPLY_TYPE,
+  NBD_STATE,
+  BASE_ALLOCATION_ID,
+  BLOCK_STATUS_EXTENTS_MAX,
+  META_CONTEXT_QUERIES_MAX,
+  OPTION_BYTES_MAX,
+  nbdUri,
+  startNbdServer,
+  type NbdServer,
+} from '../../cluster/nbd';
 import type { StrataClient } from '../../cluster/client';
 import { ProtocolError } from '../../messages/errors';
 import type { VolumeInfo } from '../../messages/api';
@@ -149,8 +168,34 @@ async function option(p: Peer, opt: number, data: Buffer = Buffer.alloc(0)): Pro
     assert.equal(h.readUInt32BE(8), opt, 'the option answered');
     const type = h.readUInt32BE(12);
     replies.push({ type, data: Buffer.from(await p.read(h.readUInt32BE(16))) });
-    if (type !== NBD_REP.SERVER && type !== NBD_REP.INFO) return replies;
+    if (type !== NBD_REP.SERVER && type !== NBD_REP.INFO && type !== NBD_REP.META_CONTEXT) return replies;
   }
+}
+
+/** The data of NBD_OPT_LIST_META_CONTEXT / NBD_OPT_SET_META_CONTEXT. */
+function metaData(name: string, queries: string[]): Buffer {
+  const str = (x: string): Buffer => Buffer.concat([u32(Buffer.byteLength(x)), Buffer.from(x, 'utf8')]);
+  return Buffer.concat([str(name), u32(queries.length), ...queries.map(str)]);
+}
+
+/** NBD_REP_META_CONTEXT replies as [id, name], then the last reply's type. */
+function contexts(replies: OptionReply[]): { contexts: Array<[number, string]>; last: number } {
+  return {
+    contexts: replies.filter((r) => r.type === NBD_REP.META_CONTEXT).map((r) => [r.data.readUInt32BE(0), r.data.subarray(4).toString('utf8')]),
+    last: replies.at(-1)!.type,
+  };
+}
+
+const HOLE_ZERO = NBD_STATE.HOLE | NBD_STATE.ZERO;
+
+/** The extents of a successful block status reply ([length, flags]), checking its one final chunk and context id. */
+function extentsOf(r: Reply): Array<[number, number]> {
+  assert.equal(r.error, 0, r.message);
+  assert.deepEqual(r.chunks.map((c) => [c.type, c.flags]), [[NBD_REPLY_TYPE.BLOCK_STATUS, NBD_REPLY_FLAG_DONE]]);
+  const p = r.chunks[0]!.payload;
+  assert.equal(p.readUInt32BE(0), BASE_ALLOCATION_ID);
+  assert.equal((p.byteLength - 4) % 8, 0);
+  return Array.from({ length: (p.byteLength - 4) / 8 }, (_, i) => [p.readUInt32BE(4 + 8 * i), p.readUInt32BE(8 + 8 * i)]);
 }
 
 function goData(name: string, infos: number[] = []): Buffer {
@@ -158,22 +203,43 @@ function goData(name: string, infos: number[] = []): Buffer {
   return Buffer.concat([u32(n.byteLength), n, u16(infos.length), ...infos.map(u16)]);
 }
 
+interface Chunk {
+  flags: number;
+  type: number;
+  payload: Buffer;
+}
+
 interface Reply {
   error: number;
   data: Buffer;
+  /** A simple reply (else the chunks of a structured one). */
+  simple: boolean;
+  chunks: Chunk[];
+  /** The message of the structured reply's error chunk. */
+  message?: string;
 }
 
-/** A connection in transmission: requests with cookies, replies matched to them in any order. */
+/** A connection in transmission: requests with cookies, replies (simple or structured) matched to them in any order. */
 class Session {
   private cookie = 0n;
-  private readonly pending = new Map<bigint, { length: number; resolve: (r: Reply) => void }>();
+  private readonly pending = new Map<bigint, { type: number; offset: number; length: number; chunks: Chunk[]; resolve: (r: Reply) => void }>();
   readonly order: bigint[] = [];
   private reading = false;
 
   constructor(readonly peer: Peer, readonly size: number, readonly flags: number) {}
 
-  static async open(port: number, name: string): Promise<Session> {
+  /**
+   * GO to an export, with structured replies negotiated first when asked (or when `meta` is
+   * given), and with `meta`, NBD_OPT_SET_META_CONTEXT of those queries for the export.
+   */
+  static async open(port: number, name: string, opts: { structured?: boolean; meta?: string[] } = {}): Promise<Session> {
     const p = await greet(port);
+    if (opts.structured === true || opts.meta !== undefined) assert.deepEqual((await option(p, NBD_OPT.STRUCTURED_REPLY)).map((r) => r.type), [NBD_REP.ACK]);
+    if (opts.meta !== undefined) assert.equal((await option(p, NBD_OPT.SET_META_CONTEXT, metaData(name, opts.meta))).at(-1)!.type, NBD_REP.ACK);
+    return Session.go(p, name);
+  }
+
+  static async go(p: Peer, name: string): Promise<Session> {
     const replies = await option(p, NBD_OPT.GO, goData(name));
     assert.equal(replies.at(-1)!.type, NBD_REP.ACK, replies.at(-1)!.data.toString());
     const exp = replies.find((r) => r.type === NBD_REP.INFO && r.data.readUInt16BE(0) === NBD_INFO.EXPORT)!;
@@ -189,7 +255,7 @@ class Session {
     h.writeBigUInt64BE(cookie, 8);
     h.writeBigUInt64BE(BigInt(offset), 16);
     h.writeUInt32BE(length, 24);
-    const reply = new Promise<Reply>((resolve) => this.pending.set(cookie, { length: type === NBD_CMD.READ ? length : 0, resolve }));
+    const reply = new Promise<Reply>((resolve) => this.pending.set(cookie, { type, offset, length, chunks: [], resolve }));
     this.peer.write(h, opts.data ?? Buffer.alloc(0));
     if (type !== NBD_CMD.DISC) void this.readReplies();
     return { cookie, reply };
@@ -204,15 +270,44 @@ class Session {
     this.reading = true;
     try {
       while (this.pending.size > 0) {
+        const magic = (await this.peer.read(4)).readUInt32BE(0);
+        if (magic === 0x67446698) {
+          const h = await this.peer.read(12);
+          const cookie = h.readBigUInt64BE(4);
+          const entry = this.pending.get(cookie);
+          assert.ok(entry !== undefined, `a reply to cookie ${cookie}, which is not pending`);
+          this.pending.delete(cookie);
+          this.order.push(cookie);
+          const error = h.readUInt32BE(0);
+          const dataLength = entry.type === NBD_CMD.READ && error === 0 ? entry.length : 0;
+          entry.resolve({ error, data: Buffer.from(await this.peer.read(dataLength)), simple: true, chunks: [] });
+          continue;
+        }
+        assert.equal(magic, 0x668e33ef, 'a simple or structured reply magic');
         const h = await this.peer.read(16);
-        assert.equal(h.readUInt32BE(0), 0x67446698, 'simple reply magic');
-        const cookie = h.readBigUInt64BE(8);
+        const cookie = h.readBigUInt64BE(4);
         const entry = this.pending.get(cookie);
-        assert.ok(entry !== undefined, `a reply to cookie ${cookie}, which is not pending`);
+        assert.ok(entry !== undefined, `a chunk for cookie ${cookie}, which is not pending`);
+        const chunk = { flags: h.readUInt16BE(0), type: h.readUInt16BE(2), payload: Buffer.from(await this.peer.read(h.readUInt32BE(12))) };
+        entry.chunks.push(chunk);
+        if ((chunk.flags & NBD_REPLY_FLAG_DONE) === 0) continue;
         this.pending.delete(cookie);
         this.order.push(cookie);
-        const error = h.readUInt32BE(4);
-        entry.resolve({ error, data: error === 0 && entry.length > 0 ? Buffer.from(await this.peer.read(entry.length)) : Buffer.alloc(0) });
+        const reply: Reply = { error: 0, data: Buffer.alloc(0), simple: false, chunks: entry.chunks };
+        const error = entry.chunks.find((c) => (c.type & 0x8000) !== 0);
+        if (error !== undefined) {
+          reply.error = error.payload.readUInt32BE(0);
+          reply.message = error.payload.subarray(6, 6 + error.payload.readUInt16BE(4)).toString('utf8');
+        } else if (entry.type === NBD_CMD.READ) {
+          // The content chunks, each within the request, put in place.
+          reply.data = Buffer.alloc(entry.length);
+          for (const c of entry.chunks.filter((x) => x.type === NBD_REPLY_TYPE.OFFSET_DATA)) {
+            const at = Number(c.payload.readBigUInt64BE(0)) - entry.offset;
+            assert.ok(at >= 0 && at + c.payload.byteLength - 8 <= entry.length, 'a content chunk within the request');
+            c.payload.copy(reply.data, at, 8);
+          }
+        }
+        entry.resolve(reply);
       }
     } finally {
       this.reading = false;
@@ -234,14 +329,28 @@ function captureLogger(lines: Array<{ level: string; msg: string; fields: Record
  * A stand-in for the Strata client: one volume of 16 pages of 4 KiB whose calls wait on
  * `gate` (when set) and fail with `failWith` (when set).
  */
-function stubClient(): { client: StrataClient; calls: number; active: number; gate: Promise<void> | undefined; failWith: Error | undefined } {
-  const info: VolumeInfo = { name: 'stub', id: 'stub-id', pageCount: 16, pageSize: 4096, shards: 1, stripePages: 256, replicas: 1, createdAt: 0 };
+type PagesWithData = (first: number, count: number) => { end: number; ranges: Array<{ first: number; count: number }> };
+
+function stubClient(pageCount = 16): {
+  client: StrataClient;
+  calls: number;
+  active: number;
+  gate: Promise<void> | undefined;
+  failWith: Error | undefined;
+  /** The catalog's failure of volume.info (after the server started). */
+  infoFailWith: Error | undefined;
+  /** The answer of pagesWithData: by default, every page zeros. */
+  pagesWithData: PagesWithData;
+} {
+  const info: VolumeInfo = { name: 'stub', id: 'stub-id', pageCount, pageSize: 4096, shards: 1, stripePages: 256, replicas: 1, createdAt: 0 };
   const state = {
     client: undefined as unknown as StrataClient,
     calls: 0,
     active: 0,
     gate: undefined as Promise<void> | undefined,
     failWith: undefined as Error | undefined,
+    infoFailWith: undefined as Error | undefined,
+    pagesWithData: ((first, count) => ({ end: first + count, ranges: [] })) as PagesWithData,
   };
   const call = async <T>(value: T): Promise<T> => {
     state.calls++;
@@ -255,7 +364,11 @@ function stubClient(): { client: StrataClient; calls: number; active: number; ga
     }
   };
   const volume = {
-    info: async () => info,
+    info: async () => {
+      if (state.infoFailWith !== undefined) throw state.infoFailWith;
+      return info;
+    },
+    pagesWithData: async (first: number, count: number) => call(state.pagesWithData(first, count)),
     readPages: (pages: number[]) => call({ pages: pages.map(() => new Uint8Array(4096)), lsn: 1, lsns: [] }),
     writePages: () => call({ lsn: 1, lsns: [] }),
     zeroPages: () => call({ lsn: 1, lsns: [] }),
@@ -389,10 +502,9 @@ describe('cluster/nbd: NBD export of Strata volumes', function () {
       await p.expectClosed();
     });
 
-    it('answers an unknown option, and structured replies, NBD_REP_ERR_UNSUP, and goes on', async () => {
+    it('answers an unknown option, and STARTTLS, NBD_REP_ERR_UNSUP, and goes on', async () => {
       const p = await greet(all.address.port);
       assert.deepEqual((await option(p, 99, Buffer.from('xyz'))).map((r) => r.type), [NBD_REP.ERR_UNSUP]);
-      assert.deepEqual((await option(p, NBD_OPT.STRUCTURED_REPLY)).map((r) => r.type), [NBD_REP.ERR_UNSUP]);
       assert.deepEqual((await option(p, NBD_OPT.STARTTLS)).map((r) => r.type), [NBD_REP.ERR_UNSUP]);
       const list = await option(p, NBD_OPT.LIST);
       assert.equal(list.at(-1)!.type, NBD_REP.ACK);
@@ -414,6 +526,95 @@ describe('cluster/nbd: NBD export of Strata volumes', function () {
       const q = await greet(single.address.port);
       q.write(IHAVEOPT, u32(NBD_OPT.EXPORT_NAME), u32(4), Buffer.from('nope'));
       await q.expectClosed();
+    });
+
+    it('acknowledges NBD_OPT_STRUCTURED_REPLY (again when asked again); with data it is NBD_REP_ERR_INVALID and not negotiated', async () => {
+      const p = await greet(all.address.port);
+      const invalid = await option(p, NBD_OPT.STRUCTURED_REPLY, Buffer.from('x'));
+      assert.deepEqual(invalid.map((r) => r.type), [NBD_REP.ERR_INVALID]);
+      assert.match(invalid[0]!.data.toString(), /takes no data/);
+      const plain = await Session.go(p, 'v');
+      const r = await plain.request(NBD_CMD.READ, 0, 512);
+      assert.ok(r.simple, 'the refused option negotiated nothing: simple replies');
+      p.close();
+
+      const q = await greet(all.address.port);
+      assert.deepEqual((await option(q, NBD_OPT.STRUCTURED_REPLY)).map((r) => r.type), [NBD_REP.ACK]);
+      assert.deepEqual((await option(q, NBD_OPT.STRUCTURED_REPLY)).map((r) => r.type), [NBD_REP.ACK]);
+      const s = await Session.go(q, 'v');
+      assert.equal((await s.request(NBD_CMD.READ, 0, 512)).simple, false);
+      q.close();
+    });
+
+    it('LIST_META_CONTEXT lists base:allocation (id 0) for no query, base: and base:allocation, once; other queries match nothing', async () => {
+      const p = await greet(all.address.port);
+      // Before structured replies too: listing selects nothing.
+      assert.deepEqual(contexts(await option(p, NBD_OPT.LIST_META_CONTEXT, metaData('v', []))), { contexts: [[0, 'base:allocation']], last: NBD_REP.ACK });
+      assert.deepEqual((await option(p, NBD_OPT.STRUCTURED_REPLY)).map((r) => r.type), [NBD_REP.ACK]);
+      for (const queries of [[], ['base:'], ['base:allocation'], ['base:', 'base:allocation', 'x-other:thing']]) {
+        assert.deepEqual(contexts(await option(p, NBD_OPT.LIST_META_CONTEXT, metaData('v', queries))), { contexts: [[0, 'base:allocation']], last: NBD_REP.ACK }, JSON.stringify(queries));
+      }
+      for (const queries of [['base:nope'], ['qemu:dirty-bitmap:x', 'x-foo:'], ['base:allocation:more', 'base:Allocation']]) {
+        assert.deepEqual(contexts(await option(p, NBD_OPT.LIST_META_CONTEXT, metaData('v', queries))), { contexts: [], last: NBD_REP.ACK }, JSON.stringify(queries));
+      }
+      p.close();
+    });
+
+    it('SET_META_CONTEXT selects base:allocation (id 1) for base:allocation only; base: and unknown queries select nothing', async () => {
+      const p = await greet(all.address.port);
+      assert.deepEqual((await option(p, NBD_OPT.STRUCTURED_REPLY)).map((r) => r.type), [NBD_REP.ACK]);
+      const one = [[BASE_ALLOCATION_ID, 'base:allocation']];
+      assert.deepEqual(contexts(await option(p, NBD_OPT.SET_META_CONTEXT, metaData('v', ['base:allocation']))), { contexts: one, last: NBD_REP.ACK });
+      assert.deepEqual(contexts(await option(p, NBD_OPT.SET_META_CONTEXT, metaData('v', ['x-a:b', 'base:allocation', 'base:allocation']))), { contexts: one, last: NBD_REP.ACK }, 'once');
+      for (const queries of [[], ['base:'], ['base:nope', 'qemu:allocation-depth']]) {
+        assert.deepEqual(contexts(await option(p, NBD_OPT.SET_META_CONTEXT, metaData('v', queries))), { contexts: [], last: NBD_REP.ACK }, JSON.stringify(queries));
+      }
+      p.close();
+    });
+
+    it('refuses SET_META_CONTEXT before structured replies, malformed meta context data (NBD_REP_ERR_INVALID), too many queries (TOO_BIG), an unknown export (UNKNOWN); the negotiation goes on', async () => {
+      const p = await greet(all.address.port);
+      const before = await option(p, NBD_OPT.SET_META_CONTEXT, metaData('v', ['base:allocation']));
+      assert.deepEqual(before.map((r) => r.type), [NBD_REP.ERR_INVALID]);
+      assert.match(before[0]!.data.toString(), /before NBD_OPT_STRUCTURED_REPLY/);
+      assert.deepEqual((await option(p, NBD_OPT.STRUCTURED_REPLY)).map((r) => r.type), [NBD_REP.ACK]);
+      const good = metaData('v', ['base:allocation']);
+      const str = (x: Buffer): Buffer => Buffer.concat([u32(x.byteLength), x]);
+      const malformed: Array<[string, Buffer, RegExp]> = [
+        ['no data', Buffer.alloc(0), /0 bytes/],
+        ['a name length only', u32(0), /4 bytes/],
+        ['a name past the data', Buffer.concat([u32(9), Buffer.from('v'), u32(0)]), /export name of 9 bytes runs past/],
+        ['fewer queries than counted', Buffer.concat([str(Buffer.from('v')), u32(2), str(Buffer.from('base:allocation'))]), /2 queries, but the data ends after 1/],
+        ['a query past the data', Buffer.concat([str(Buffer.from('v')), u32(1), u32(100), Buffer.from('base:allocation')]), /query 0 of 100 bytes runs past/],
+        ['bytes after the queries', Buffer.concat([good, Buffer.from('zz')]), /2 bytes after the last query/],
+        ['a query without a namespace', metaData('v', ['allocation']), /query 0 does not start with a namespace/],
+        ['an empty namespace', metaData('v', ['base:allocation', ':allocation']), /query 1 does not start with a namespace/],
+        ['a query that is not UTF-8', Buffer.concat([str(Buffer.from('v')), u32(1), str(Buffer.from([0x62, 0x3a, 0xff, 0xfe]))]), /query 0 is not UTF-8/],
+        ['a query with a NUL', metaData('v', ['base:alloc\0ation']), /query 0 holds a NUL/],
+      ];
+      for (const opt of [NBD_OPT.LIST_META_CONTEXT, NBD_OPT.SET_META_CONTEXT]) {
+        for (const [what, data, message] of malformed) {
+          const r = await option(p, opt, data);
+          assert.deepEqual(r.map((x) => x.type), [NBD_REP.ERR_INVALID], `${opt}: ${what}`);
+          assert.match(r[0]!.data.toString(), message, `${opt}: ${what}`);
+        }
+        const many = await option(p, opt, metaData('v', Array.from({ length: META_CONTEXT_QUERIES_MAX + 1 }, () => 'base:allocation')));
+        assert.deepEqual(many.map((x) => x.type), [NBD_REP.ERR_TOO_BIG], `${opt}: too many queries`);
+        assert.match(many[0]!.data.toString(), /33 queries are over the limit of 32/);
+        assert.equal(contexts(await option(p, opt, metaData('v', Array.from({ length: META_CONTEXT_QUERIES_MAX }, () => 'base:allocation')))).last, NBD_REP.ACK, `${opt}: as many queries as the limit`);
+        for (const [name, message] of [['nope', /no export named "nope": .*does not exist/], ['', /^no default export: name a volume$/], ['Bad Name!', /no export named "Bad Name!"/]] as const) {
+          const unknown = await option(p, opt, metaData(name, ['base:allocation']));
+          assert.deepEqual(unknown.map((x) => x.type), [NBD_REP.ERR_UNKNOWN], `${opt}: export ${JSON.stringify(name)}`);
+          assert.match(unknown[0]!.data.toString(), message);
+        }
+      }
+      assert.equal((await option(p, NBD_OPT.GO, goData('v'))).at(-1)!.type, NBD_REP.ACK, 'the negotiation went on to GO');
+      p.close();
+      // The one volume of a single-volume server is also the default export.
+      const q = await greet(single.address.port);
+      assert.deepEqual(contexts(await option(q, NBD_OPT.LIST_META_CONTEXT, metaData('', []))), { contexts: [[0, 'base:allocation']], last: NBD_REP.ACK });
+      assert.deepEqual((await option(q, NBD_OPT.LIST_META_CONTEXT, metaData('big', []))).map((r) => r.type), [NBD_REP.ERR_UNKNOWN]);
+      q.close();
     });
 
     it('EXPORT_NAME enters transmission with the size and flags (124 zero bytes unless NO_ZEROES)', async () => {
@@ -441,6 +642,244 @@ describe('cluster/nbd: NBD export of Strata volumes', function () {
       assert.deepEqual(kinds.sort(), [NBD_INFO.EXPORT, NBD_INFO.NAME, NBD_INFO.DESCRIPTION, NBD_INFO.BLOCK_SIZE].sort());
       assert.equal((await option(p, NBD_OPT.GO, goData('v'))).at(-1)!.type, NBD_REP.ACK, 'the session went on to GO');
       p.close();
+    });
+  });
+
+  describe('structured replies', () => {
+    it('a READ is one final OFFSET_DATA chunk at its offset; a success without data keeps its simple reply', async () => {
+      const s = await Session.open(all.address.port, 'v', { structured: true });
+      const data = crypto.randomBytes(3 * 4096);
+      const w = await s.request(NBD_CMD.WRITE, 40 * 4096 + 123, data.byteLength, { data });
+      assert.deepEqual([w.error, w.simple], [0, true], 'WRITE: a simple reply');
+      const f = await s.request(NBD_CMD.FLUSH, 0, 0);
+      assert.deepEqual([f.error, f.simple], [0, true], 'FLUSH: a simple reply');
+      const r = await s.request(NBD_CMD.READ, 40 * 4096 + 123, data.byteLength);
+      assert.equal(r.simple, false);
+      assert.deepEqual(r.chunks.map((c) => [c.type, c.flags]), [[NBD_REPLY_TYPE.OFFSET_DATA, NBD_REPLY_FLAG_DONE]]);
+      assert.equal(r.chunks[0]!.payload.readBigUInt64BE(0), BigInt(40 * 4096 + 123), 'the chunk\'s offset is the request\'s');
+      assert.ok(r.data.equals(data));
+      s.peer.close();
+    });
+
+    it('errors are final NBD_REPLY_TYPE_ERROR chunks with a message, READ\'s early ones among them; the connection goes on', async () => {
+      const s = await Session.open(all.address.port, 'v', { structured: true });
+      const size = 1024 * 4096;
+      const cases: Array<[string, Promise<Reply>, number, RegExp]> = [
+        ['read of length 0', s.request(NBD_CMD.READ, 0, 0), NBD_ERR.EINVAL, /length 0/],
+        ['read past the end', s.request(NBD_CMD.READ, size - 100, 200), NBD_ERR.EINVAL, /past the end of the export \(4194304 bytes\)/],
+        ['read over the maximum', s.request(NBD_CMD.READ, 0, BLOCK_BYTES_MAX + 1), NBD_ERR.EINVAL, /over the limit/],
+        ['read with an unknown flag', s.request(NBD_CMD.READ, 0, 4096, { flags: 1 << 9 }), NBD_ERR.EINVAL, /command flags 0x200/],
+        ['write past the end', s.request(NBD_CMD.WRITE, size - 100, 200, { data: Buffer.alloc(200) }), NBD_ERR.ENOSPC, /past the end/],
+        ['write over the maximum', s.request(NBD_CMD.WRITE, 0, BLOCK_BYTES_MAX + 1, { data: Buffer.alloc(BLOCK_BYTES_MAX + 1) }), NBD_ERR.EINVAL, /over the limit/],
+        ['an unknown command', s.request(99, 0, 4096), NBD_ERR.EINVAL, /command 99 is not supported/],
+        ['CACHE', s.request(NBD_CMD.CACHE, 0, 4096), NBD_ERR.EINVAL, /not supported/],
+      ];
+      for (const [what, reply, errno, message] of cases) {
+        const r = await reply;
+        assert.equal(r.simple, false, `${what}: structured`);
+        assert.deepEqual(r.chunks.map((c) => [c.type, c.flags]), [[NBD_REPLY_TYPE.ERROR, NBD_REPLY_FLAG_DONE]], what);
+        assert.equal(r.error, errno, what);
+        assert.match(r.message!, message, what);
+      }
+      const ro = await Session.open(readOnly.address.port, 'v', { structured: true });
+      const denied = await ro.request(NBD_CMD.TRIM, 0, 4096);
+      assert.deepEqual([denied.simple, denied.error], [false, NBD_ERR.EPERM]);
+      assert.match(denied.message!, /read-only/);
+      ro.peer.close();
+      const ok = await s.request(NBD_CMD.READ, size - 4096, 4096);
+      assert.deepEqual([ok.error, ok.data.byteLength], [0, 4096], 'the connection goes on');
+      s.peer.close();
+    });
+
+    it('EXPORT_NAME after structured replies: READ is structured', async () => {
+      const p = await greet(single.address.port);
+      assert.deepEqual((await option(p, NBD_OPT.STRUCTURED_REPLY)).map((r) => r.type), [NBD_REP.ACK]);
+      p.write(IHAVEOPT, u32(NBD_OPT.EXPORT_NAME), u32(1), Buffer.from('v'));
+      const r = await p.read(10);
+      const s = new Session(p, Number(r.readBigUInt64BE(0)), r.readUInt16BE(8));
+      const read = await s.request(NBD_CMD.READ, 4096, 100);
+      assert.deepEqual(read.chunks.map((c) => c.type), [NBD_REPLY_TYPE.OFFSET_DATA]);
+      assert.equal(read.data.byteLength, 100);
+      p.close();
+    });
+  });
+
+  describe('block status (base:allocation)', () => {
+    // Volume 'map': 256 pages of 4 KiB over 2 shards. The pages written are 3-4, 10, 20-21 and
+    // 25-29 (20-29 written, 22-24 trimmed), 40 (40-41 written, 41 zeroed by WRITE_ZEROES), 50
+    // (100 bytes of it) and 255; the rest was never written.
+    const DATA: ReadonlyArray<[number, number]> = [[3, 2], [10, 1], [20, 2], [25, 5], [40, 1], [50, 1], [255, 1]];
+    const PAGES = 256;
+    const SIZE = PAGES * 4096;
+    /** The map expected of bytes from..to-1: [offset, length, flags], adjacent runs of equal flags merged. */
+    const expected = (from = 0, to = SIZE): Array<[number, number, number]> => {
+      const out: Array<[number, number, number]> = [];
+      const add = (a: number, b: number, flags: number): void => {
+        const [x, y] = [Math.max(a, from), Math.min(b, to)];
+        if (y <= x) return;
+        const last = out.at(-1);
+        if (last !== undefined && last[2] === flags) last[1] += y - x;
+        else out.push([x, y - x, flags]);
+      };
+      let at = 0;
+      for (const [first, count] of DATA) {
+        add(at * 4096, first * 4096, HOLE_ZERO);
+        add(first * 4096, (first + count) * 4096, 0);
+        at = first + count;
+      }
+      add(at * 4096, SIZE, HOLE_ZERO);
+      return out;
+    };
+    /** Runs of [offset, length, flags] with adjacent equal flags merged (a client may get a map in several replies). */
+    const merged = (runs: Array<[number, number, number]>): Array<[number, number, number]> =>
+      runs.reduce<Array<[number, number, number]>>((out, [o, l, f]) => {
+        const last = out.at(-1);
+        if (last !== undefined && last[2] === f && last[0] + last[1] === o) last[1] += l;
+        else out.push([o, l, f]);
+        return out;
+      }, []);
+    /** A session's map of bytes from..to-1, asking again from where each reply ends. */
+    const mapOf = async (s: Session, from: number, to: number): Promise<Array<[number, number, number]>> => {
+      const out: Array<[number, number, number]> = [];
+      for (let at = from; at < to; ) {
+        for (const [length, flags] of extentsOf(await s.request(NBD_CMD.BLOCK_STATUS, at, to - at))) {
+          out.push([at, length, flags]);
+          at += length;
+        }
+      }
+      assert.equal(out.reduce((n, [, l]) => n + l, 0), to - from, 'the extents cover the range, not more');
+      return merged(out);
+    };
+
+    before(async function () {
+      this.timeout(60_000);
+      await c.client.createVolume({ name: 'map', pageCount: PAGES, shards: 2, stripePages: 4 });
+      await qemuIo(uri('map'), ['write -P 0x11 12k 8k', 'write -P 0x22 80k 40k', 'discard 88k 12k', 'write -P 0x33 160k 8k', 'write -z 164k 4k', `write -P 0x44 ${50 * 4096 + 10} 100`, 'write -P 0x55 1020k 4k']);
+      await c.client.volume('map').write(10, new Uint8Array(4096).fill(0x66));
+    });
+
+    it('nbdinfo --map shows data exactly at the pages written, hole,zero elsewhere', async () => {
+      const r = await tool('nbdinfo', ['--map', '--json', uri('map')]);
+      assert.equal(r.code, 0, r.stderr);
+      const map = (JSON.parse(r.stdout) as Array<{ offset: number; length: number; type: number }>).map((e): [number, number, number] => [e.offset, e.length, e.type]);
+      assert.deepEqual(merged(map), expected());
+    });
+
+    it('qemu-img map (one extent per request: REQ_ONE) shows the same map', async () => {
+      const r = await tool('qemu-img', ['map', '--output=json', '-f', 'raw', uri('map')]);
+      assert.equal(r.code, 0, r.stderr);
+      const map = (JSON.parse(r.stdout) as Array<{ start: number; length: number; data: boolean; zero: boolean }>).map((e): [number, number, number] => {
+        assert.equal(e.data, !e.zero, JSON.stringify(e));
+        return [e.start, e.length, e.data ? 0 : HOLE_ZERO];
+      });
+      assert.deepEqual(merged(map), expected());
+    });
+
+    it('nbdinfo lists base:allocation among the contexts of an export, with structured replies', async () => {
+      for (const args of [['--json', uri('map')], ['--list', '--json', nbdUri('127.0.0.1', single.address.port, '')]]) {
+        const r = await tool('nbdinfo', args);
+        assert.equal(r.code, 0, r.stderr);
+        const info = JSON.parse(r.stdout) as { structured: boolean; exports: Array<{ contexts: string[] }> };
+        assert.equal(info.structured, true, args.join(' '));
+        assert.deepEqual(info.exports[0]!.contexts, ['base:allocation'], args.join(' '));
+      }
+    });
+
+    it('nbdcopy and qemu-img convert, which skip what block status says is zeros, copy the volume byte for byte', async () => {
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'strata-nbd-map-'));
+      try {
+        const pages = await c.client.volume('map').read(Array.from({ length: PAGES }, (_, i) => i));
+        const bytes = Buffer.concat(pages);
+        const copy = path.join(dir, 'copy.img');
+        const n = await tool('nbdcopy', [uri('map'), copy]);
+        assert.equal(n.code, 0, n.stderr);
+        assert.ok(fs.readFileSync(copy).equals(bytes), 'nbdcopy');
+        const converted = path.join(dir, 'converted.img');
+        const q = await tool('qemu-img', ['convert', '-f', 'raw', '-O', 'raw', uri('map'), converted]);
+        assert.equal(q.code, 0, q.stderr);
+        assert.ok(fs.readFileSync(converted).equals(bytes), 'qemu-img convert');
+      } finally {
+        fs.rmSync(dir, { recursive: true, force: true });
+      }
+    });
+
+    it('BLOCK_STATUS: extents from the offset, merged, covering at most the length; a byte has its page\'s flags', async () => {
+      const s = await Session.open(all.address.port, 'map', { meta: ['base:allocation'] });
+      assert.deepEqual(await mapOf(s, 0, SIZE), expected());
+      // One reply for the whole volume (2 shards of 128 pages answer it whole).
+      assert.deepEqual(extentsOf(await s.request(NBD_CMD.BLOCK_STATUS, 0, SIZE)), expected().map(([, l, f]) => [l, f]));
+      // Unaligned: the page holding each byte decides; the first and last extents are parts of pages.
+      for (const [from, to] of [[3 * 4096 - 100, 3 * 4096 + 100], [4096 + 1, 11 * 4096 - 1], [50 * 4096 + 4095, 50 * 4096 + 4097], [SIZE - 4097, SIZE]]) {
+        assert.deepEqual(extentsOf(await s.request(NBD_CMD.BLOCK_STATUS, from, to - from)), expected(from, to).map(([, l, f]) => [l, f]), `${from}..${to}`);
+      }
+      assert.deepEqual(extentsOf(await s.request(NBD_CMD.BLOCK_STATUS, 0, 1)), [[1, HOLE_ZERO]]);
+      s.peer.close();
+    });
+
+    it('BLOCK_STATUS with REQ_ONE: one extent, at most the length', async () => {
+      const s = await Session.open(all.address.port, 'map', { meta: ['base:allocation'] });
+      const one = NBD_CMD_FLAG.REQ_ONE;
+      assert.deepEqual(extentsOf(await s.request(NBD_CMD.BLOCK_STATUS, 0, SIZE, { flags: one })), [[3 * 4096, HOLE_ZERO]]);
+      assert.deepEqual(extentsOf(await s.request(NBD_CMD.BLOCK_STATUS, 3 * 4096, SIZE - 3 * 4096, { flags: one })), [[2 * 4096, 0]]);
+      assert.deepEqual(extentsOf(await s.request(NBD_CMD.BLOCK_STATUS, 100, 20_000, { flags: one })), [[3 * 4096 - 100, HOLE_ZERO]]);
+      assert.deepEqual(extentsOf(await s.request(NBD_CMD.BLOCK_STATUS, 100, 500, { flags: one | NBD_CMD_FLAG.FUA })), [[500, HOLE_ZERO]], 'cut to the length; FUA accepted');
+      assert.deepEqual(extentsOf(await s.request(NBD_CMD.BLOCK_STATUS, 25 * 4096 + 7, 4096, { flags: one })), [[4096, 0]]);
+      s.peer.close();
+    });
+
+    it('BLOCK_STATUS is EINVAL without base:allocation selected for the export, and for the ranges and flags a READ refuses', async () => {
+      const refused = async (s: Session, what: string, offset = 0, length = 4096, flags = 0, message = /base:allocation context selected/): Promise<void> => {
+        const r = await s.request(NBD_CMD.BLOCK_STATUS, offset, length, { flags });
+        assert.equal(r.error, NBD_ERR.EINVAL, what);
+        assert.match(r.message!, message, what);
+        assert.ok(r.chunks.every((c) => c.type !== NBD_REPLY_TYPE.BLOCK_STATUS), `${what}: no status`);
+      };
+      // No structured replies: a simple EINVAL.
+      const plain = await Session.open(all.address.port, 'map');
+      const r = await plain.request(NBD_CMD.BLOCK_STATUS, 0, 4096);
+      assert.deepEqual([r.simple, r.error], [true, NBD_ERR.EINVAL]);
+      plain.peer.close();
+      const none = await Session.open(all.address.port, 'map', { structured: true });
+      await refused(none, 'structured replies, no SET_META_CONTEXT');
+      none.peer.close();
+      const baseOnly = await Session.open(all.address.port, 'map', { meta: ['base:'] });
+      await refused(baseOnly, 'a SET that selected nothing');
+      baseOnly.peer.close();
+      for (const [what, steps] of [
+        ['a later SET with no query', [['base:allocation'], []]],
+        ['a later SET that failed', [['base:allocation'], 'malformed']],
+        ['a SET for another export', 'other'],
+      ] as const) {
+        const p = await greet(all.address.port);
+        await option(p, NBD_OPT.STRUCTURED_REPLY);
+        if (steps === 'other') {
+          assert.equal(contexts(await option(p, NBD_OPT.SET_META_CONTEXT, metaData('v', ['base:allocation']))).contexts.length, 1);
+        } else {
+          for (const step of steps) {
+            const data = step === 'malformed' ? Buffer.from('xx') : metaData('map', [...step]);
+            await option(p, NBD_OPT.SET_META_CONTEXT, data);
+          }
+        }
+        const s = await Session.go(p, 'map');
+        await refused(s, what);
+        s.peer.close();
+      }
+      const s = await Session.open(all.address.port, 'map', { meta: ['base:allocation'] });
+      await refused(s, 'length 0', 0, 0, 0, /length 0/);
+      await refused(s, 'past the end', SIZE - 100, 200, 0, /past the end of the export/);
+      await refused(s, 'at the end', SIZE, 1, 0, /past the end of the export/);
+      await refused(s, 'a flag not for it', 0, 4096, NBD_CMD_FLAG.NO_HOLE, /command flags 0x2/);
+      await refused(s, 'an unknown flag', 0, 4096, 1 << 9, /command flags 0x200/);
+      assert.deepEqual(extentsOf(await s.request(NBD_CMD.BLOCK_STATUS, 0, 4096)), [[4096, HOLE_ZERO]], 'the connection goes on');
+      s.peer.close();
+      // The selection made before INFO, and GO to the default export of a single-volume server, which is that volume.
+      const q = await greet(single.address.port);
+      await option(q, NBD_OPT.STRUCTURED_REPLY);
+      assert.equal(contexts(await option(q, NBD_OPT.SET_META_CONTEXT, metaData('v', ['base:allocation']))).contexts.length, 1);
+      assert.equal((await option(q, NBD_OPT.INFO, goData('v'))).at(-1)!.type, NBD_REP.ACK);
+      const d = await Session.go(q, '');
+      assert.equal(extentsOf(await d.request(NBD_CMD.BLOCK_STATUS, 0, 4096)).length, 1);
+      q.close();
     });
   });
 
@@ -613,6 +1052,117 @@ describe('cluster/nbd: NBD export of Strata volumes', function () {
         assert.equal((await s.request(NBD_CMD.READ, 0, 4096)).error, NBD_ERR.EIO);
         assert.deepEqual(lines.filter((l) => l.level === 'warn').map((l) => [l.fields['command'], l.fields['code']]), [['write', 'timeout'], ['read', 'timeout']]);
         s.peer.close();
+      } finally {
+        await server.stop();
+      }
+    });
+
+    it('a Strata failure of a structured READ is an error chunk naming the code; a long message is cut at 1024 bytes, on a character', async () => {
+      const stub = stubClient();
+      const server = await startNbdServer({ client: stub.client, volume: 'stub', port: 0, logger: captureLogger([]) });
+      try {
+        const s = await Session.open(server.address.port, 'stub', { structured: true });
+        stub.failWith = new ProtocolError('unavailable', 'no leader for shard 0');
+        const r = await s.request(NBD_CMD.READ, 0, 4096);
+        assert.deepEqual([r.simple, r.error, r.chunks.length], [false, NBD_ERR.EIO, 1]);
+        assert.equal(r.message, 'read failed: unavailable: no leader for shard 0');
+        // 'é' is 2 bytes: the cut falls inside one unless it is moved back to a character's start.
+        // The prefix 'read failed: timeout: x' is 23 bytes: the 1024th byte is the first of an 'é'.
+        stub.failWith = new ProtocolError('timeout', `x${'é'.repeat(3000)}`);
+        const long = await s.request(NBD_CMD.READ, 0, 4096);
+        assert.equal(long.error, NBD_ERR.EIO);
+        const bytes = Buffer.from(long.message!, 'utf8');
+        assert.equal(bytes.byteLength, 1023, 'cut before the character the limit falls in');
+        assert.equal(long.chunks[0]!.payload.readUInt16BE(4), long.chunks[0]!.payload.byteLength - 6, 'the message length is the rest of the chunk');
+        assert.ok(!long.message!.includes('\ufffd'), 'no character cut');
+        s.peer.close();
+      } finally {
+        await server.stop();
+      }
+    });
+
+    it(`a BLOCK_STATUS reply holds at most ${BLOCK_STATUS_EXTENTS_MAX} extents; it ends where the cluster's answer ends`, async () => {
+      const stub = stubClient(20_000);
+      // Every other page holds data: 20,000 extents.
+      stub.pagesWithData = (first, count) => ({ end: first + count, ranges: Array.from({ length: count }, (_, i) => first + i).filter((p) => p % 2 === 1).map((p) => ({ first: p, count: 1 })) });
+      const server = await startNbdServer({ client: stub.client, volume: 'stub', port: 0, logger: captureLogger([]) });
+      try {
+        const s = await Session.open(server.address.port, 'stub', { meta: ['base:allocation'] });
+        const extents = extentsOf(await s.request(NBD_CMD.BLOCK_STATUS, 0, 20_000 * 4096));
+        assert.equal(extents.length, BLOCK_STATUS_EXTENTS_MAX);
+        assert.deepEqual(extents.slice(0, 3), [[4096, HOLE_ZERO], [4096, 0], [4096, HOLE_ZERO]]);
+        assert.deepEqual(extents.at(-1), [4096, 0], 'the last extent kept is whole');
+        // A shard answered up to page 7 only: the reply stops there, at the last range's end.
+        stub.pagesWithData = (first) => ({ end: 7, ranges: [{ first: first + 1, count: 2 }, { first: first + 3, count: 2 }] });
+        assert.deepEqual(extentsOf(await s.request(NBD_CMD.BLOCK_STATUS, 100, 100 * 4096)), [[4096 - 100, HOLE_ZERO], [4 * 4096, 0], [2 * 4096, HOLE_ZERO]], 'adjacent ranges merged');
+        s.peer.close();
+      } finally {
+        await server.stop();
+      }
+    });
+
+    it('a BLOCK_STATUS whose Strata call fails, or answers out of its range, is an EIO error chunk, logged; overloaded is made again', async () => {
+      const stub = stubClient();
+      const lines: Array<{ level: string; msg: string; fields: Record<string, unknown> }> = [];
+      const server = await startNbdServer({ client: stub.client, volume: 'stub', port: 0, logger: captureLogger(lines) });
+      try {
+        const s = await Session.open(server.address.port, 'stub', { meta: ['base:allocation'] });
+        stub.failWith = new ProtocolError('unavailable', 'no leader for shard 0');
+        const failed = await s.request(NBD_CMD.BLOCK_STATUS, 0, 16 * 4096);
+        assert.deepEqual([failed.error, failed.chunks.map((c) => c.type)], [NBD_ERR.EIO, [NBD_REPLY_TYPE.ERROR]]);
+        assert.equal(failed.message, 'block_status failed: unavailable: no leader for shard 0');
+        stub.failWith = new ProtocolError('out_of_range', 'page 16 is past the volume (16 pages)');
+        assert.equal((await s.request(NBD_CMD.BLOCK_STATUS, 0, 4096)).error, NBD_ERR.EINVAL, 'out of range: as a read');
+        stub.failWith = undefined;
+        const wrong: PagesWithData[] = [
+          (first) => ({ end: first, ranges: [] }),
+          (first, count) => ({ end: first + count + 1, ranges: [] }),
+          (first, count) => ({ end: first + count, ranges: [{ first: first + 3, count: 1 }, { first: first + 1, count: 1 }] }),
+          (first, count) => ({ end: first + 2, ranges: [{ first: first + 1, count: 2 }] }),
+          (first, count) => ({ end: first + count, ranges: [{ first: first + 1, count: 0 }] }),
+        ];
+        for (const answer of wrong) {
+          stub.pagesWithData = answer;
+          const r = await s.request(NBD_CMD.BLOCK_STATUS, 4096, 8 * 4096);
+          assert.equal(r.error, NBD_ERR.EIO, answer.toString());
+          assert.match(r.message!, /block_status failed: internal error/);
+        }
+        assert.deepEqual(lines.filter((l) => l.level === 'warn').map((l) => [l.fields['command'], l.fields['code']]), [
+          ['block_status', 'unavailable'],
+          ['block_status', 'out_of_range'],
+          ...wrong.map(() => ['block_status', 'internal']),
+        ]);
+        stub.pagesWithData = (first, count) => ({ end: first + count, ranges: [] });
+        stub.failWith = new ProtocolError('overloaded', 'device queue is full; retry after a back-off');
+        const retried = s.request(NBD_CMD.BLOCK_STATUS, 0, 4096);
+        await waitFor('refused calls', () => stub.calls >= 10);
+        stub.failWith = undefined;
+        assert.deepEqual(extentsOf(await retried), [[4096, HOLE_ZERO]]);
+        s.peer.close();
+      } finally {
+        await server.stop();
+      }
+    });
+
+    it('LIST and SET_META_CONTEXT look the export up: not there is NBD_REP_ERR_UNKNOWN, the catalog failing NBD_REP_ERR_PLATFORM', async () => {
+      const stub = stubClient();
+      const server = await startNbdServer({ client: stub.client, port: 0, logger: captureLogger([]) });
+      try {
+        const p = await greet(server.address.port);
+        await option(p, NBD_OPT.STRUCTURED_REPLY);
+        for (const opt of [NBD_OPT.LIST_META_CONTEXT, NBD_OPT.SET_META_CONTEXT]) {
+          stub.infoFailWith = new ProtocolError('not_found', "volume 'stub' does not exist");
+          const unknown = await option(p, opt, metaData('stub', ['base:allocation']));
+          assert.deepEqual(unknown.map((r) => r.type), [NBD_REP.ERR_UNKNOWN]);
+          assert.match(unknown[0]!.data.toString(), /does not exist/);
+          stub.infoFailWith = new ProtocolError('unavailable', 'the catalog has no leader');
+          const platform = await option(p, opt, metaData('stub', ['base:allocation']));
+          assert.deepEqual(platform.map((r) => r.type), [NBD_REP.ERR_PLATFORM]);
+          assert.match(platform[0]!.data.toString(), /no leader/);
+          stub.infoFailWith = undefined;
+          assert.deepEqual(contexts(await option(p, opt, metaData('stub', ['base:allocation']))).last, NBD_REP.ACK);
+        }
+        p.close();
       } finally {
         await server.stop();
       }
