@@ -66,6 +66,8 @@ describe('soak: a short run of node processes under kills and freezes', function
     assert.ok(r.faults.every((f) => f.kind === 'kill' || f.kind === 'freeze'), 'only the faults asked for');
     assert.ok(r.operations.writesOk > 50 && r.operations.readsOk > 50, 'the clients made progress');
     assert.equal(r.finalReadPages, 128);
+    // The pages written hold data (a soak page is never all zeros), checked against the final read.
+    assert.ok(r.mappedPages !== undefined && r.mappedPages > 0 && r.mappedPages <= 128, `mapped ${r.mappedPages}`);
     assert.ok(r.linearizability.ok && r.linearizability.pages === 128);
     assert.ok(r.convergedMs !== undefined);
     // Every shard checked online (the two of the volume and the catalog shard), then compared once the cluster stopped (check 6).

@@ -230,6 +230,8 @@ export interface SoakResult {
   /** ms from the end of the faults until the cluster converged (undefined: it did not). */
   convergedMs?: number;
   finalReadPages: number;
+  /** The pages `volume.pagesWithData` listed as holding data once the writers stopped (undefined: not asked). */
+  mappedPages?: number;
   /** The volume's pages at the end (more than `options.pages` after a `resize`). */
   volumePages: number;
   linearizability: { ok: boolean; pages: number; operations: number; failure?: string; exhausted?: boolean };
@@ -424,6 +426,9 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
   const writeAcks: number[] = [];
   let convergedMs: number | undefined;
   let finalReadPages = 0;
+  let mappedPages: number | undefined;
+  /** What the final read got, by page. */
+  const finalData: Uint8Array[] = [];
   const shardsChecked = { shards: 0, compared: 0, records: 0, pages: 0 };
   /** The volume's pages now: a `resize` adds RESIZE_STEP_PAGES. */
   let pagesNow = opts.pages;
@@ -926,6 +931,7 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
         try {
           const got = (await volumes[0]!.readPages(pages)).pages;
           ids.forEach((id, k) => recorder.ok(id, soakValue(got[k]!)));
+          got.forEach((data, k) => (finalData[p + k] = data));
           finalReadPages += pages.length;
           break;
         } catch (e) {
@@ -939,6 +945,28 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
       }
     }
     if (finalReadPages < pagesNow) problem(`the final read covered ${finalReadPages} of ${pagesNow} pages`);
+
+    // 2a. Which pages hold data (`strata map`), asked of the shards' leaders after the faults
+    // (images sent, replicas repaired, leaders changed): every page the final read found holding
+    // a byte other than zero is listed, and every page not listed read as zeros.
+    for (const deadline = performance.now() + FINAL_READ_MS; finalReadPages === pagesNow; ) {
+      try {
+        const map = await volumes[0]!.pagesWithData(0, pagesNow);
+        const listed = new Set<number>();
+        for (const r of map.ranges) for (let p = r.first; p < r.first + r.count; p++) listed.add(p);
+        if (map.end !== pagesNow) problem(`pagesWithData(0, ${pagesNow}) answered only up to page ${map.end}`);
+        const unlisted = finalData.flatMap((data, p) => (p < map.end && !listed.has(p) && data.some((b) => b !== 0) ? [p] : []));
+        if (unlisted.length > 0) problem(`pagesWithData left out ${unlisted.length} page(s) that hold data: ${unlisted.slice(0, 8).join(', ')}`);
+        mappedPages = listed.size;
+        break;
+      } catch (e) {
+        if (performance.now() > deadline) {
+          problem(`pagesWithData failed for ${FINAL_READ_MS / 1000} s: ${(e as Error).message}`);
+          break;
+        }
+        await sleep(200);
+      }
+    }
 
     // 2b. Every shard's replicas hold the same committed records and read the same pages, asked
     // of the running nodes (`strata shard check --pages`, as the operator); the catalog shard's
@@ -1038,6 +1066,7 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
     longestWriteGapAtMs: Math.round(gapAt),
     ...(convergedMs !== undefined ? { convergedMs: Math.round(convergedMs) } : {}),
     finalReadPages,
+    ...(mappedPages !== undefined ? { mappedPages } : {}),
     volumePages: pagesNow,
     linearizability,
     activity,
@@ -1072,6 +1101,7 @@ export function formatSoak(r: SoakResult): string {
     `restarted nodes up again after: ${ups.length ? `${(Math.min(...ups) / 1000).toFixed(1)}–${(Math.max(...ups) / 1000).toFixed(1)} s` : '-'}`,
     `converged after the faults: ${r.convergedMs !== undefined ? `${(r.convergedMs / 1000).toFixed(1)} s` : 'NO'}`,
     `final read: ${r.finalReadPages} of ${r.volumePages} pages${r.volumePages > r.options.pages ? ` (${r.options.pages} at the start, then resized)` : ''}`,
+    `pages holding data: ${r.mappedPages ?? '-'} listed by volume.pagesWithData, every page the final read found holding data among them (strata map)`,
     `linearizable: ${r.linearizability.ok ? 'yes' : 'NO'} (${r.linearizability.pages} pages, ${r.linearizability.operations} operations)${r.linearizability.failure && !r.linearizability.ok ? `: ${r.linearizability.failure}` : ''}`,
     `the nodes did: ${r.activity.checkpoints} checkpoints, ${r.activity.snapshotsSent} images sent and ${r.activity.snapshotsInstalled} installed, ${r.activity.elections} elections (counted as last sampled, per process)`,
     `shards checked online: ${r.shardsChecked.shards} (${r.shardsChecked.compared} with committed LSNs in common, ${r.shardsChecked.records} LSNs compared, ${r.shardsChecked.pages} pages compared; strata shard check --pages)`,
