@@ -149,6 +149,19 @@ export async function runDemo(
     fresh[1]!.every((b) => b === 0) && fresh[2]!.every((b) => b === 0) && equalBytes(last, demoPage(info.pageSize, pageCount * 2 - 1, 4));
   lines.push(`grew ${name} to ${grown.pageCount} pages in ${(performance.now() - t0).toFixed(0)} ms, wrote and read its last page: ${growOk ? 'new pages zero until written, old ones kept' : 'WRONG'}`);
 
+  // A range made zeros (`strata zero`: one small record per shard), then which pages hold data
+  // (`strata map`): the first half, and the last page written after the resize.
+  t0 = performance.now();
+  await vol.zeroPages(pageCount / 2, pageCount / 2);
+  const zeroed = (await vol.readPages([pageCount / 2, pageCount - 1])).pages;
+  const map = await vol.pagesWithData(0, pageCount * 2);
+  const zeroOk = zeroed.every((d) => d.every((b) => b === 0)) && map.end === pageCount * 2 &&
+    JSON.stringify(map.ranges) === JSON.stringify([{ first: 0, count: pageCount / 2 }, { first: pageCount * 2 - 1, count: 1 }]);
+  lines.push(
+    `made pages ${pageCount / 2}..${pageCount - 1} zeros and mapped the volume in ${(performance.now() - t0).toFixed(0)} ms: ` +
+      (zeroOk ? `they read as zeros; pages 0..${pageCount / 2 - 1} and ${pageCount * 2 - 1} hold data` : `WRONG (${JSON.stringify(map.ranges)})`),
+  );
+
   // The replicas of every shard hold the same committed records (`strata shard check`, which
   // the operator's user may ask of the nodes where NATS admits only the cluster's users).
   let checkOk = true;
@@ -171,7 +184,7 @@ export async function runDemo(
   await client.deleteVolume(branchName);
   await client.deleteVolume(name);
   lines.push(`deleted volumes ${branchName} and ${name}`);
-  return { ok: bad === 0 && atLsnOk && branchBad === 0 && growOk && checkOk, lines };
+  return { ok: bad === 0 && atLsnOk && branchBad === 0 && growOk && zeroOk && checkOk, lines };
 }
 
 /** The `strata` launcher next to this build (bin/strata). */

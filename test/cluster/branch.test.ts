@@ -103,12 +103,13 @@ describe('branches', function () {
     assert.deepEqual(await firstBytes(c.client.volume('now')), expectedNow.map((v, p) => (p === 1 ? 6 : v)));
   });
 
-  it("the demo's workload (npm run demo) passes every check, its branch and its resize among them, and leaves no volume", async () => {
+  it("the demo's workload (npm run demo) passes every check, its branch, its resize and its map among them, and leaves no volume", async () => {
     const before = (await c.client.listVolumes()).map((v) => v.name);
     const r = await runDemo(c.client, { pages: 512, shards: 2, batchPages: 16, replicas: 3 });
     assert.ok(r.ok, r.lines.join('\n'));
     assert.ok(r.lines.some((l) => /^branched demo-.*-gen1 .*: all as first written$/.test(l)), r.lines.join('\n'));
     assert.ok(r.lines.some((l) => /^grew demo-\S+ to 1024 pages in \d+ ms, .*: new pages zero until written, old ones kept$/.test(l)), r.lines.join('\n'));
+    assert.ok(r.lines.some((l) => /^made pages 256\.\.511 zeros and mapped the volume in \d+ ms: they read as zeros; pages 0\.\.255 and 1023 hold data$/.test(l)), r.lines.join('\n'));
     assert.ok(r.lines.some((l) => /^compared the 3 replicas of every shard in \d+ ms \(strata shard check\): the same committed records, \d+ LSNs$/.test(l)), r.lines.join('\n'));
     assert.deepEqual((await c.client.listVolumes()).map((v) => v.name), before);
   });
