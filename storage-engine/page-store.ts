@@ -77,6 +77,11 @@ export interface PageStoreStats {
 
 /** Most pages one `getPages` call may ask for. */
 export const GET_PAGES_MAX = 256;
+/**
+ * Pages one `pagesWithData` looks at one by one (a range no longer than the pages the store
+ * holds) before it cuts its answer short: a few ms of a host thread, whatever the range.
+ */
+export const MAP_SCAN_PAGES_MAX = 65_536;
 /** Largest `imagesKeep`. */
 export const IMAGES_KEEP_MAX = 16;
 /** Bytes of log records read per batch while replaying on open. */
@@ -423,14 +428,16 @@ export class PageStore {
    * zeros), as pairs `[first, count, …]`, ascending, apart. At most `rangesMax` ranges: past
    * them the answer is cut short, and its `end` is the first page of the range left out. Memory
    * only (the index and the images' tables), no disk read; the work is bounded by the smaller of
-   * the range and the pages the index and the newest image hold.
+   * the range and the pages the index and the newest image hold, and a range looked at page by
+   * page (no longer than those) by `scanPagesMax` pages, past which the answer is cut short too.
    */
-  pagesWithData(first: number, end: number, rangesMax: number): { end: number; ranges: number[] } {
+  pagesWithData(first: number, end: number, rangesMax: number, scanPagesMax = MAP_SCAN_PAGES_MAX): { end: number; ranges: number[] } {
     this.checkOpen();
     if (!Number.isSafeInteger(first) || !Number.isSafeInteger(end) || first < 0 || end <= first || end > this.pageCount) {
       throw new StorageError('out_of_range', `pages ${first}..${end - 1} are not a range of 0..${this.pageCount - 1}`, { first, end });
     }
     if (!Number.isSafeInteger(rangesMax) || rangesMax < 1) throw new StorageError('bad_request', `rangesMax ${rangesMax}: at least 1`);
+    if (!Number.isSafeInteger(scanPagesMax) || scanPagesMax < 1) throw new StorageError('bad_request', `scanPagesMax ${scanPagesMax}: at least 1`);
     const newest = this.images[this.images.length - 1];
     const holds = (page: number): boolean => {
       const list = this.versions.get(page);
@@ -452,8 +459,9 @@ export class PageStore {
     };
     const stored = this.versions.size + (newest?.entries ?? 0);
     if (end - first <= stored) {
-      for (let page = first; page < end; page++) if (holds(page) && !add(page)) return { end: page, ranges };
-      return { end, ranges };
+      const stop = Math.min(end, first + scanPagesMax);
+      for (let page = first; page < stop; page++) if (holds(page) && !add(page)) return { end: page, ranges };
+      return { end: stop, ranges };
     }
     const candidates = new Set<number>();
     for (const page of this.versions.keys()) if (page >= first && page < end) candidates.add(page);

@@ -600,9 +600,21 @@ describe('PageStore', () => {
       reopen(w);
       check(`round ${round}, after a restart`);
     }
+    expectCode(() => w.store.pagesWithData(0, 48, 10, 0), 'bad_request');
     expectCode(() => w.store.pagesWithData(0, 49, 10), 'out_of_range');
     expectCode(() => w.store.pagesWithData(5, 5, 10), 'out_of_range');
     expectCode(() => w.store.pagesWithData(0, 48, 0), 'bad_request');
+  });
+
+  it('pagesWithData looks at a range page by page only when it is no longer than the pages held, and then at most scanPagesMax pages', () => {
+    const w = world(12);
+    // Pages 0..19 written: 20 pages hold versions.
+    applyOneRecord(w, Array.from({ length: 20 }, (_, page) => ({ page, data: content(page + 1) })));
+    const scanned = w.store.pagesWithData(0, 10, 1000, 4);
+    assert.deepEqual(scanned, { end: 4, ranges: [0, 4] }, 'cut after 4 pages');
+    assert.deepEqual(w.store.pagesWithData(4, 6, 1000, 4), { end: 6, ranges: [4, 2] });
+    // 48 pages against 20 held: the pages held are looked at, and the answer is whole.
+    assert.deepEqual(w.store.pagesWithData(0, 48, 1000, 4), { end: 48, ranges: [0, 20] });
   });
 
   it('apply refuses a range made zeros past the end or malformed, changing nothing', () => {
