@@ -429,8 +429,10 @@ export class PageStore {
    * zeros), as pairs `[first, count, …]`, ascending, apart. At most `rangesMax` ranges: past
    * them the answer is cut short, and its `end` is the first page of the range left out. Memory
    * only (the index and the images' tables), no disk read; the work is bounded by the smaller of
-   * the range and the pages the index and the newest image hold, and a range looked at page by
-   * page (no longer than those) by `scanPagesMax` pages, past which the answer is cut short too.
+   * the range and the pages the index and the newest image hold, and by `scanPagesMax`: a range
+   * looked at page by page (no longer than the pages held) is cut short after that many pages,
+   * and of a longer one at most that many of the newest image's pages are taken (its table is
+   * sorted), the answer ending at the next.
    */
   pagesWithData(first: number, end: number, rangesMax: number, scanPagesMax = MAP_SCAN_PAGES_MAX): { end: number; ranges: number[] } {
     this.checkOpen();
@@ -464,11 +466,23 @@ export class PageStore {
       for (let page = first; page < stop; page++) if (holds(page) && !add(page)) return { end: page, ranges };
       return { end: stop, ranges };
     }
+    // The pages the newest image stores in the range, at most scanPagesMax of them (its table is
+    // sorted: past them the answer stops at the next one), and the pages of the index before that.
+    let stop = end;
     const candidates = new Set<number>();
-    for (const page of this.versions.keys()) if (page >= first && page < end) candidates.add(page);
-    if (newest !== undefined) for (let i = newest.lowerBound(first); i < newest.entries && newest.pageAt(i) < end; i++) candidates.add(newest.pageAt(i));
+    if (newest !== undefined) {
+      const from = newest.lowerBound(first);
+      for (let i = from; i < newest.entries && newest.pageAt(i) < end; i++) {
+        if (i - from === scanPagesMax) {
+          stop = newest.pageAt(i);
+          break;
+        }
+        candidates.add(newest.pageAt(i));
+      }
+    }
+    for (const page of this.versions.keys()) if (page >= first && page < stop) candidates.add(page);
     for (const page of [...candidates].sort((a, b) => a - b)) if (holds(page) && !add(page)) return { end: page, ranges };
-    return { end, ranges };
+    return { end: stop, ranges };
   }
 
   /**

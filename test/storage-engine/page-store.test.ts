@@ -615,6 +615,10 @@ describe('PageStore', () => {
     assert.deepEqual(w.store.pagesWithData(4, 6, 1000, 4), { end: 6, ranges: [4, 2] });
     // 48 pages against 20 held: the pages held are looked at, and the answer is whole.
     assert.deepEqual(w.store.pagesWithData(0, 48, 1000, 4), { end: 48, ranges: [0, 20] });
+    // Once an image stores them, at most scanPagesMax of its pages: the answer stops at the next.
+    w.store.checkpoint();
+    assert.deepEqual(w.store.pagesWithData(0, 48, 1000, 8), { end: 8, ranges: [0, 8] });
+    assert.deepEqual(w.store.pagesWithData(8, 48, 1000, 100), { end: 48, ranges: [8, 12] });
   });
 
   it('apply refuses a range made zeros past the end or malformed, changing nothing', () => {
