@@ -34,9 +34,13 @@ describe('strata shard check (a running shard\'s replicas compared by digests of
 
   /** Every replica of shard 0 has applied the leader's commit LSN. */
   async function caughtUp(): Promise<void> {
+    // Holding and having applied every committed record: the pages are compared as of the lowest
+    // LSN the replicas applied, and a replica just restarted applies only once its leader tells
+    // it the commit LSN.
     await waitFor('every replica of shard 0 caught up', async () => {
       const r = await c!.client.checkShard('db', 0);
-      return r.replicas.every((x) => x.error === undefined && x.lastLsn === Math.max(...r.replicas.map((y) => y.commitLsn!)));
+      const commit = Math.max(...r.replicas.map((y) => y.commitLsn!));
+      return r.replicas.every((x) => x.error === undefined && x.lastLsn === commit && x.appliedLsn === commit);
     });
   }
 
