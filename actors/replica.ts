@@ -2870,11 +2870,8 @@ export class Replica {
     // The reply must fit one message, as a page.read's does.
     checkReadReplyBytes(pages.length, this.geometry.pageSize);
     for (let i = 0; i < pages.length; i++) this.checkPage(pages[i]!, `pages[${i}]`);
-    // Under a valid lease, with everything needed applied (the common case), no await at all.
-    if (!this.hasLease()) await this.confirmLeadership(opts.deadlineMs - opts.nowMs);
-    // Every committed record of earlier terms is applied once our own term's first record is.
-    const needed = Math.max(this.termStartLsn, opts.lsn ?? 0, this.commitLsn);
-    if (this.store.appliedLsn < needed) await this.waitApplied(needed, opts.deadlineMs, opts.lsn);
+    const ready = this.readyToRead(opts);
+    if (ready !== undefined) await ready;
     const lsn = opts.lsn ?? this.store.appliedLsn;
     // Pages in memory are copied out at once; only a read that needs the disk waits its turn in
     // the device's queue (behind flushes and other IO).
@@ -2896,9 +2893,8 @@ export class Replica {
     if (first + count > g.pageCount) {
       throw new StorageError('out_of_range', `pages ${first}..${first + count - 1} are not all in the volume (0..${g.pageCount - 1})`, { first, count });
     }
-    if (!this.hasLease()) await this.confirmLeadership(opts.deadlineMs - opts.nowMs);
-    const needed = Math.max(this.termStartLsn, this.commitLsn);
-    if (this.store.appliedLsn < needed) await this.waitApplied(needed, opts.deadlineMs);
+    const ready = this.readyToRead(opts);
+    if (ready !== undefined) await ready;
     return { ...this.store.pagesWithData(first, first + count, SHARD_MAP_RANGES_MAX), lsn: this.store.appliedLsn, term: this.term };
   }
 
@@ -3083,6 +3079,22 @@ export class Replica {
     this.checkLeading();
     if (this.term !== term) throw notLeader(this.leader, this.term);
     if (!this.hasLease()) await this.confirmLeadership(deadlineMs - nowMs);
+  }
+
+  /**
+   * A read's wait, as the leader (checked by the caller): its leadership confirmed (nothing to
+   * wait for under a valid lease), then every record committed, and `lsn` if given, applied.
+   */
+  private readyToRead(opts: { lsn?: number; deadlineMs: number; nowMs: number }): Promise<void> | undefined {
+    // Every committed record of earlier terms is applied once our own term's first record is.
+    const applied = (): Promise<void> | undefined => {
+      const needed = Math.max(this.termStartLsn, opts.lsn ?? 0, this.commitLsn);
+      return this.store.appliedLsn < needed ? this.waitApplied(needed, opts.deadlineMs, opts.lsn) : undefined;
+    };
+    // Under a valid lease, with everything needed applied (the common case): undefined, so that
+    // the caller does not await at all.
+    if (this.hasLease()) return applied();
+    return this.confirmLeadership(opts.deadlineMs - opts.nowMs).then(applied);
   }
 
   private waitApplied(lsn: number, deadlineMs: number, askedLsn?: number): Promise<void> {

@@ -9,7 +9,7 @@
  */
 import * as fs from 'node:fs';
 import type { Readable, Writable } from 'node:stream';
-import { connect as connectClient } from './client';
+import { appendRange, connect as connectClient } from './client';
 import type { ConnectOptions, ShardCheck, StrataClient } from './client';
 import { ConfigError, NATS_URL_DEFAULT, CLUSTER_DEFAULT, checkControllersList, checkNatsUrl, loadNodeConfig } from './config';
 import { DEADLINE_AHEAD_MS_MAX } from '../messages/headers';
@@ -961,11 +961,7 @@ async function map(ctx: Ctx): Promise<void> {
     while (end < first + count && ranges.length < MAP_RANGES_PRINTED_MAX) {
       const m = await volume.pagesWithData(end, first + count - end);
       lsns.add(m.lsns);
-      for (const r of m.ranges) {
-        const last = ranges[ranges.length - 1];
-        if (last !== undefined && last.first + last.count === r.first) last.count += r.count;
-        else ranges.push({ ...r });
-      }
+      for (const r of m.ranges) appendRange(ranges, r.first, r.count);
       end = m.end;
     }
     if (ranges.length > MAP_RANGES_PRINTED_MAX) {

@@ -1385,11 +1385,7 @@ export class Volume {
     }
     pairs.sort((a, b) => a[0] - b[0]);
     const ranges: Array<{ first: number; count: number }> = [];
-    for (const [from, n] of pairs) {
-      const last = ranges[ranges.length - 1];
-      if (last !== undefined && last.first + last.count === from) last.count += n;
-      else ranges.push({ first: from, count: n });
-    }
+    for (const [from, n] of pairs) appendRange(ranges, from, n);
     return { end, ranges, ...mergeLsns(calls, outcomes) };
   }
 
@@ -1846,6 +1842,13 @@ function isWrite(call: ShardCall): boolean {
  * The shards holding a page of `first`..`first + count - 1`, ascending: those of the stripes it
  * touches, every shard once it touches as many stripes.
  */
+/** Appends pages `first`..`first + count - 1` to ascending `ranges`, one with the last range it adjoins. */
+export function appendRange(ranges: Array<{ first: number; count: number }>, first: number, count: number): void {
+  const last = ranges[ranges.length - 1];
+  if (last !== undefined && last.first + last.count === first) last.count += count;
+  else ranges.push({ first, count });
+}
+
 export function shardsOfRange(first: number, count: number, layout: Pick<VolumeInfo, 'shards' | 'stripePages'>): number[] {
   const firstStripe = Math.floor(first / layout.stripePages);
   const lastStripe = Math.floor((first + count - 1) / layout.stripePages);
