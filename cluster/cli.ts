@@ -9,7 +9,7 @@
  */
 import * as fs from 'node:fs';
 import type { Readable, Writable } from 'node:stream';
-import { appendRange, connect as connectClient } from './client';
+import { appendRange, connect as connectClient, SHARD_CHECK_WAIT_MS_MAX } from './client';
 import type { ConnectOptions, ShardCheck, StrataClient } from './client';
 import { ConfigError, NATS_URL_DEFAULT, CLUSTER_DEFAULT, checkControllersList, checkNatsUrl, loadNodeConfig } from './config';
 import { DEADLINE_AHEAD_MS_MAX } from '../messages/headers';
@@ -127,12 +127,13 @@ Commands:
         an election timeout: before maintenance of the leader's node, say. A node stopped
         cleanly does so for every shard it leads (docs/replication.md). With a replicated
         controller, strata-catalog 0 is the catalog shard: handed over, the controller moves.
-  shard check VOLUME [SHARD] [--pages]
+  shard check VOLUME [SHARD] [--pages] [--wait-ms MS]
         Operator check: do the shard's replicas (without SHARD: every shard's) hold the same
         committed records? Each replica's node digests the LSNs they all hold, in steps; a
         step that differs is halved down to the first LSN that differs. With --pages, their
-        pages too, as of an LSN they all applied, down to the first page that differs. Exit
-        code 1 when they differ.
+        pages too, as of an LSN they all applied, down to the first page that differs. A
+        replica behind the commit LSN is waited for first, up to --wait-ms (default 5000,
+        0..60000). Exit code 1 when they differ.
   drain NODE [--undo]
         Operator action: mark NODE draining (durably, in the catalog). The controller moves
         each of its replicas to another node, as it replaces a dead node's, and places
@@ -245,7 +246,7 @@ const COMMANDS: Readonly<Record<string, CommandSpec>> = {
   'shard force-vote': { positionals: ['VOLUME', 'SHARD'], flags: { node: 'string' }, required: ['node'], client: true },
   'shard move': { positionals: ['VOLUME', 'SHARD'], flags: { from: 'string', to: 'string' }, required: ['from', 'to'], client: true },
   'shard handover': { positionals: ['VOLUME', 'SHARD'], flags: { to: 'string' }, client: true },
-  'shard check': { positionals: ['VOLUME', 'SHARD'], positionalsMin: 1, flags: { pages: 'boolean' }, client: true },
+  'shard check': { positionals: ['VOLUME', 'SHARD'], positionalsMin: 1, flags: { pages: 'boolean', 'wait-ms': 'integer' }, client: true },
   'catalog recover': { positionals: [], flags: { apply: 'boolean' }, client: true },
   drain: { positionals: ['NODE'], flags: { undo: 'boolean' }, client: true },
   controllers: { positionals: ['IDS'], positionalsMin: 0, flags: {}, client: true },
@@ -776,11 +777,13 @@ async function shardHandover(ctx: Ctx): Promise<void> {
 async function shardCheck(ctx: Ctx): Promise<number> {
   const [name, shardText] = ctx.args.positionals as [string, string | undefined];
   const shard = shardText === undefined ? undefined : parseInteger('SHARD', shardText);
+  const waitMs = ctx.args.flags['wait-ms'] as number | undefined;
+  if (waitMs !== undefined && (waitMs < 0 || waitMs > SHARD_CHECK_WAIT_MS_MAX)) throw new UsageError(`--wait-ms: expected 0..${SHARD_CHECK_WAIT_MS_MAX}, got ${waitMs}`);
   // Without SHARD: every shard of the volume, one after another.
   const results = await withClient(ctx, async (client) => {
     const shards = shard !== undefined ? [shard] : Array.from({ length: (await client.volumeInfo(name)).shards }, (_, s) => s);
     const out: ShardCheck[] = [];
-    for (const s of shards) out.push(await client.checkShard(name, s, { pages: ctx.args.flags.pages === true }));
+    for (const s of shards) out.push(await client.checkShard(name, s, { pages: ctx.args.flags.pages === true, ...(waitMs !== undefined ? { waitMs } : {}) }));
     return out;
   });
   await writeOut(ctx.io.stdout, ctx.json ? jsonText(shard !== undefined ? results[0] : results) : results.map(shardCheckText).join('\n'));
@@ -816,7 +819,12 @@ function shardCheckText(r: ShardCheck): string {
       : p.skipped !== undefined ? `pages: not compared (${p.skipped})\n`
       : p.differs !== undefined ? `pages as of LSN ${p.lsn!}, ${p.steps} step(s): DIFFER at page ${p.differs.page}: ${Object.entries(p.differs.digests).map(([n, d]) => `${n} ${hex(d)}`).join(', ')}\n`
       : `pages as of LSN ${p.lsn!}, ${p.steps} step(s): ${p.compared} compared, the same\n`;
-  return `shard ${r.shard} of ${r.volume} (${r.volumeId})${r.range !== undefined ? `: committed LSNs ${r.range.fromLsn}..${r.range.toLsn}` : ''}, ${r.steps} step(s): ${head}\n${textTable(rows)}${pages}`;
+  const w = r.waited;
+  const waited =
+    w === undefined ? ''
+      : w.behind.length === 0 ? `waited ${w.ms} ms for the replicas to reach LSN ${w.target}\n`
+      : `waited ${w.ms} ms: ${w.behind.join(', ')} still behind LSN ${w.target} (compared as far as every replica holds${r.pages !== undefined ? ' and has applied' : ''})\n`;
+  return `shard ${r.shard} of ${r.volume} (${r.volumeId})${r.range !== undefined ? `: committed LSNs ${r.range.fromLsn}..${r.range.toLsn}` : ''}, ${r.steps} step(s): ${head}\n${textTable(rows)}${waited}${pages}`;
 }
 
 async function drain(ctx: Ctx): Promise<void> {

@@ -256,6 +256,13 @@ export interface ClientOptions {
 /** Most digest requests one `checkShard` sends to each replica (steps of 16 MiB of payloads, and the halvings of one). */
 export const SHARD_CHECK_STEPS_MAX = 4096;
 
+/** How long `checkShard` waits by default for its replicas to reach the commit LSN (ms). */
+export const SHARD_CHECK_WAIT_MS_DEFAULT = 5_000;
+/** Most `checkShard` may be told to wait for its replicas (ms). */
+export const SHARD_CHECK_WAIT_MS_MAX = 60_000;
+/** How often `checkShard` asks a replica behind the commit LSN where it stands while it waits (ms). */
+const SHARD_CHECK_POLL_MS = 100;
+
 /** What `checkShard` found. */
 export interface ShardCheck {
   volume: string;
@@ -266,6 +273,12 @@ export interface ShardCheck {
    * LSN it knows, and the digest of the LSNs compared when they were the same), or why it did not.
    */
   replicas: Array<{ node: string; role?: string; term?: number; firstLsn?: number; lastLsn?: number; commitLsn?: number; appliedLsn?: number; oldestLsn?: number; digest?: number; error?: string }>;
+  /**
+   * The wait for the replicas behind the highest commit LSN any of them knew at first (`target`):
+   * how long it took, and the replicas still behind it then (holding less of the log, or with
+   * `pages`, having applied less). Absent when none was behind, or the wait was 0.
+   */
+  waited?: { ms: number; target: number; behind: string[] };
   /** The committed LSNs every replica that answered holds, compared; absent when fewer than two answered or they hold none in common. */
   range?: { fromLsn: number; toLsn: number };
   /** The first LSN whose record differs between replicas, and each one's digest of it. */
@@ -631,30 +644,50 @@ export class StrataClient {
    * damage the checksums did not catch, or a bug. Replicas that do not answer are named and left
    * out. At most SHARD_CHECK_STEPS_MAX steps.
    */
-  async checkShard(name: string, shard: number, options: { pages?: boolean } = {}): Promise<ShardCheck> {
-    const out = await this.checkShardRecords(name, shard);
+  async checkShard(name: string, shard: number, options: { pages?: boolean; waitMs?: number } = {}): Promise<ShardCheck> {
+    const waitMs = expectInteger(options.waitMs ?? SHARD_CHECK_WAIT_MS_DEFAULT, 'waitMs', { min: 0, max: SHARD_CHECK_WAIT_MS_MAX });
+    const out = await this.checkShardRecords(name, shard, waitMs, options.pages === true);
     // Also where records differ: which pages that left different is worth knowing.
     if (options.pages === true) out.pages = await this.checkShardPages(name, shard, out);
     return out;
   }
 
   /** `checkShard` of the records. */
-  private async checkShardRecords(name: string, shard: number): Promise<ShardCheck> {
+  private async checkShardRecords(name: string, shard: number, waitMs: number, pages: boolean): Promise<ShardCheck> {
     const { info, members } = await this.shardMembers(name, shard, { adding: true });
+    const position = (node: string, d: ShardDigestReply): ShardCheck['replicas'][number] => ({
+      node, role: d.role, term: d.term, firstLsn: d.firstLsn, lastLsn: d.lastLsn, commitLsn: d.commitLsn,
+      ...(d.appliedLsn !== undefined ? { appliedLsn: d.appliedLsn } : {}),
+      ...(d.oldestLsn !== undefined ? { oldestLsn: d.oldestLsn } : {}),
+    });
     const first = await Promise.allSettled(members.map((m) => this.shardDigest(m, info.id, shard)));
     const replicas: ShardCheck['replicas'] = members.map((node, i) => {
       const r = first[i]!;
       if (r.status === 'rejected') return { node, error: r.reason instanceof Error ? r.reason.message : String(r.reason) };
-      const d = r.value;
-      return {
-        node, role: d.role, term: d.term, firstLsn: d.firstLsn, lastLsn: d.lastLsn, commitLsn: d.commitLsn,
-        ...(d.appliedLsn !== undefined ? { appliedLsn: d.appliedLsn } : {}),
-        ...(d.oldestLsn !== undefined ? { oldestLsn: d.oldestLsn } : {}),
-      };
+      return position(node, r.value);
     });
     const out: ShardCheck = { volume: name, volumeId: info.id, shard, replicas, steps: 0 };
+    if (replicas.filter((r) => r.error === undefined).length < 2) return out;
+    // A replica behind what is committed (a follower just restarted, or cut off for a while)
+    // would limit what is compared: it is waited for, up to waitMs, to hold the records
+    // committed when the check began (and with pages, to have applied them).
+    const target = Math.max(...replicas.filter((r) => r.error === undefined).map((r) => r.commitLsn!));
+    const behind = (r: ShardCheck['replicas'][number]): boolean =>
+      r.error === undefined && (r.lastLsn! < target || (pages && r.appliedLsn !== undefined && r.appliedLsn < target));
+    if (waitMs > 0 && replicas.some(behind)) {
+      const startMs = this.nowMs();
+      while (replicas.some(behind) && this.nowMs() - startMs < waitMs) {
+        await new Promise((resolve) => setTimeout(resolve, Math.min(SHARD_CHECK_POLL_MS, Math.max(1, waitMs - (this.nowMs() - startMs)))));
+        await Promise.all(replicas.map(async (r, i) => {
+          if (!behind(r)) return;
+          // One that does not answer now keeps what it said before (it is compared as it was).
+          const d = await this.shardDigest(r.node, info.id, shard).catch(() => undefined);
+          if (d !== undefined) replicas[i] = position(r.node, d);
+        }));
+      }
+      out.waited = { ms: this.nowMs() - startMs, target, behind: replicas.filter(behind).map((r) => r.node) };
+    }
     const answered = replicas.filter((r) => r.error === undefined);
-    if (answered.length < 2) return out;
     const commit = Math.max(...answered.map((r) => r.commitLsn!));
     const lo = Math.max(1, ...answered.map((r) => r.firstLsn!));
     const hi = Math.min(commit, ...answered.map((r) => r.lastLsn!));

@@ -127,6 +127,46 @@ describe('strata shard check (a running shard\'s replicas compared by digests of
     assert.match(cliPages.stderr, /\nstrata: corruption: the replicas of shard 0 of db read different data at page 5 as of LSN \d+\n$/);
   });
 
+  it('waits for a replica behind the commit LSN before it compares, and names one that stays behind', async () => {
+    const vol = c!.client.volume('db');
+    const before = await c!.client.checkShard('db', 1);
+    const follower = before.replicas.find((x) => x.role === 'follower')!.node;
+    const cutOff = Number(follower.slice(1)) - 1;
+    await c!.partition([[cutOff]]);
+    try {
+      let last = 0;
+      for (let k = 1; k <= 10; k++) last = (await vol.writePages([{ page: 128 + k, data: page(0x40 + k) }])).lsn;
+      // Cut off for longer than the wait: compared as far as it holds and has applied, and named.
+      const short = await c!.client.checkShard('db', 1, { pages: true, waitMs: 1_000 });
+      assert.deepEqual(short.waited?.behind, [follower], JSON.stringify(short));
+      assert.ok(short.waited!.target >= last && short.waited!.ms >= 1_000, JSON.stringify(short.waited));
+      assert.ok(short.range!.toLsn < last && short.pages!.lsn! < last, JSON.stringify(short));
+      assert.equal(short.differs, undefined);
+      const cli = await runCli(['--nats', c!.natsUrl, '--cluster', c!.cluster, 'shard', 'check', 'db', '1', '--pages', '--wait-ms', '1000']);
+      assert.equal(cli.code, 0, cli.stderr);
+      assert.match(cli.stdout, new RegExp(`\\nwaited \\d+ ms: ${follower} still behind LSN \\d+ \\(compared as far as every replica holds and has applied\\)\\npages as of LSN \\d+, `));
+      // Back while the check waits: compared up to what was committed when it began.
+      const checking = c!.client.checkShard('db', 1, { pages: true, waitMs: 30_000 });
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      await c!.heal();
+      const r = await checking;
+      assert.deepEqual(r.waited?.behind, [], JSON.stringify(r));
+      assert.ok(r.range!.toLsn >= last && r.pages!.lsn! >= last, JSON.stringify(r));
+      assert.equal(r.pages!.differs, undefined);
+      assert.equal(r.pages!.compared, 128);
+      // Nobody behind: no wait to tell of.
+      assert.equal((await c!.client.checkShard('db', 1, { pages: true })).waited, undefined);
+    } finally {
+      await c!.heal();
+    }
+    for (const [bad, why] of [['-1', 'expected a non-negative integer, got "-1"'], ['60001', 'expected 0..60000, got 60001']]) {
+      const cli = await runCli(['--nats', c!.natsUrl, '--cluster', c!.cluster, 'shard', 'check', 'db', '1', '--wait-ms', bad!]);
+      assert.equal(cli.code, 2, bad);
+      assert.ok(cli.stderr.startsWith(`strata: usage: --wait-ms: ${why}\n`), cli.stderr);
+    }
+    await assert.rejects(c!.client.checkShard('db', 1, { waitMs: 60_001 }), (e: unknown) => e instanceof ProtocolError && e.code === 'bad_request');
+  });
+
   it('names a replica whose node does not answer and compares the others; with one left, exits 1', async () => {
     c!.kill(2);
     const r = await c!.client.checkShard('db', 1);
