@@ -5,7 +5,7 @@
  * the test decides which messages arrive, so each case runs the same way every time.
  */
 import { strict as assert } from 'node:assert';
-import { Replica, type ReplicaTransport } from '../../actors/replica';
+import { encodeConfig, Replica, type ReplicaTransport } from '../../actors/replica';
 import { DeviceQueue } from '../../actors/device-queue';
 import { SimDisk } from '../../storage-engine/sim-disk';
 import { Slab } from '../../storage-engine/slab';
@@ -577,6 +577,66 @@ describe('Replica rules that hold only in particular interleavings', function ()
     const forged: AppendRequest = { type: 'append', term, leader: other, prevLsn: lastLsn, prevTerm: term, records: [], commitLsn: 0, leaderLastLsn: lastLsn };
     await rejectsWith(leader.handle(forged) as Promise<unknown>, 'bad_request', /which this replica leads/);
     assert.deepEqual([leader.stats().role, leader.stats().term], ['leader', term]);
+  });
+
+  it('a voter compares logs by their last record\'s term first: a longer log of an older term does not get its vote or prevote', async () => {
+    // b holds LSN 1 of term 1, then LSN 2 of term 2 (from another leader). A candidate whose log
+    // ends at LSN 5 of term 1 may miss b's LSN 2, which may be committed: no vote. One whose log
+    // ends at LSN 1 of term 3 is more up to date than b, however short.
+    shard = new Cluster(['a', 'b', 'c']);
+    const b = shard.replica('b');
+    assert.equal((await b.handle(append(0, [record(1, 1)])) as AppendReply).success, true);
+    const ofC: AppendRequest = { type: 'append', term: 2, leader: 'c', prevLsn: 1, prevTerm: 1, records: [record(2, 2)], commitLsn: 0, leaderLastLsn: 2 };
+    assert.equal((await b.handle(ofC) as AppendReply).success, true);
+    assert.deepEqual([b.stats().lastLsn, b.stats().term], [2, 2]);
+    // Once b's stickiness to its leader has run out.
+    shard.now += 1000;
+    const pre = (await b.handle({ type: 'prevote', term: 3, candidate: 'c', lastLsn: 5, lastTerm: 1 })) as VoteReply;
+    assert.equal(pre.granted, false, 'prevote of a longer log of an older term');
+    const vote = (await b.handle({ type: 'vote', term: 3, candidate: 'c', lastLsn: 5, lastTerm: 1 })) as VoteReply;
+    assert.deepEqual([vote.term, vote.granted], [3, false]);
+    const newer = (await b.handle({ type: 'vote', term: 4, candidate: 'a', lastLsn: 1, lastTerm: 3 })) as VoteReply;
+    assert.deepEqual([newer.term, newer.granted], [4, true], 'a shorter log of a newer term is more up to date');
+  });
+
+  it('a follower that voted in a newer term while it saved an append\'s replica set writes none of that append\'s records', async () => {
+    // b saves the set a Config record carries before it writes the record; its disk is held
+    // meanwhile, and c's vote of term 2 comes in. The append is then of a leader b no longer
+    // follows: answered unsuccessful in term 2, nothing of it in b's log.
+    shard = new Cluster(['a', 'b', 'c']);
+    const b = shard.replica('b');
+    assert.equal((await b.handle(append(0, [record(1, 1)])) as AppendReply).success, true);
+    await shard.settle();
+    const release = shard.stallDisk('b');
+    const config: WireRecord = { term: 1, kind: RecordKind.Config, payload: encodeConfig({ members: ['a', 'b', 'c'] }) };
+    const pending = b.handle(append(1, [config, record(1, 2)])) as Promise<AppendReply>;
+    await shard.settle();
+    // Once b's stickiness to a has run out.
+    shard.now += 1000;
+    const vote = b.handle({ type: 'vote', term: 2, candidate: 'c', lastLsn: 1, lastTerm: 1 }) as Promise<VoteReply>;
+    await shard.settle();
+    release();
+    const [r, v] = await Promise.all([pending, vote]);
+    assert.deepEqual([v.term, v.granted], [2, true]);
+    assert.deepEqual([r.term, r.success], [2, false]);
+    await shard.settle();
+    assert.deepEqual([b.stats().lastLsn, shard.members.get('b')!.storage.log.lastLsn], [1, 1]);
+  });
+
+  it('a candidate counts only the votes granted: refusals in its own term do not elect it', async () => {
+    // Every vote is refused in the candidate's term (as voters that voted for another would):
+    // prevotes pass, candidates are made and vote for themselves, and none leads.
+    shard = new Cluster(['a', 'b', 'c']);
+    let refused = 0;
+    shard.forged.push((_from, _to, msg, reply) => {
+      if (msg.type !== 'vote') return reply;
+      refused++;
+      return { ...(reply as VoteReply), term: msg.term, granted: false };
+    });
+    await shard.run(2000);
+    assert.ok(refused >= 2, `votes asked: ${refused}`);
+    assert.deepEqual(shard.ids.filter((id) => shard!.replica(id).stats().role === 'leader'), []);
+    assert.ok(shard.ids.every((id) => shard!.replica(id).stats().term >= 1), 'elections were held');
   });
 });
 
