@@ -11,7 +11,7 @@ import * as fs from 'node:fs';
 import type { Readable, Writable } from 'node:stream';
 import { appendRange, connect as connectClient, SHARD_CHECK_WAIT_MS_MAX } from './client';
 import type { ConnectOptions, ShardCheck, StrataClient } from './client';
-import { ConfigError, NATS_URL_DEFAULT, CLUSTER_DEFAULT, checkControllersList, checkNatsUrl, loadNodeConfig } from './config';
+import { ConfigError, NATS_URL_DEFAULT, CLUSTER_DEFAULT, checkControllersList, checkNatsUrl, clusterNameProblem, loadNodeConfig } from './config';
 import { DEADLINE_AHEAD_MS_MAX } from '../messages/headers';
 import { checkToken } from '../messages/subjects';
 import type { NodeConfig } from './config';
@@ -66,8 +66,10 @@ Commands:
        [--mailbox-bytes-max B] [--host-heap-initial B] [--repair-after-seconds S] [--retain-records N]
        [--space-reserve-bytes B]
         Run one node until SIGINT/SIGTERM (environment: STRATA_NATS_URL, STRATA_CLUSTER,
-        STRATA_DATA_DIR, STRATA_NODE_ID, STRATA_HOSTS, STRATA_METRICS_PORT,
-        STRATA_REPAIR_AFTER_SECONDS, STRATA_CONTROLLERS). With --controllers (3..7 node ids,
+        STRATA_DATA_DIR, STRATA_NODE_ID, STRATA_ZONE, STRATA_HOSTS, STRATA_METRICS_PORT,
+        STRATA_REPAIR_AFTER_SECONDS, STRATA_CONTROLLERS, STRATA_NATS_USER,
+        STRATA_NATS_PASSWORD_FILE, STRATA_NATS_CA_FILE, STRATA_NATS_CERT_FILE,
+        STRATA_NATS_KEY_FILE, STRATA_TRACE_EXPORTERS, STRATA_SAMPLING, STRATA_SAMPLING_RATIO). With --controllers (3..7 node ids,
         the same list on every node) the catalog is replicated on those nodes and the one
         whose replica leads it runs the controller (--new-cluster on the first start of a new
         cluster: a majority of them elect without waiting for all); without, the one node
@@ -175,7 +177,8 @@ Commands:
   help
         This text.
 
-Flags of the commands that talk to a cluster (volume, put, get, zero, nbd, status, shard, catalog):
+Flags of the commands that talk to a cluster (volume, put, get, zero, map, nbd, status, shard, drain,
+rebalance, controllers, catalog):
   --nats URL      NATS server (default $STRATA_NATS_URL or ${NATS_URL_DEFAULT})
   --nats-user U --nats-password-file F
                   NATS user and a file holding its password, for a server that asks
@@ -490,12 +493,10 @@ export function parseArgs(argvIn: readonly string[]): ParsedArgs {
   if (flags.timeout !== undefined && ((flags.timeout as number) < 1 || (flags.timeout as number) > DEADLINE_AHEAD_MS_MAX)) {
     throw new UsageError(`--timeout: expected 1..${DEADLINE_AHEAD_MS_MAX} ms, got ${String(flags.timeout)}`);
   }
+  // As a node checks its own: a name no node can have reaches no cluster.
   if (typeof flags.cluster === 'string') {
-    try {
-      checkToken(flags.cluster, 'cluster');
-    } catch (e) {
-      throw new UsageError(`--${(e as Error).message}`);
-    }
+    const problem = clusterNameProblem(flags.cluster);
+    if (problem !== undefined) throw new UsageError(`--cluster: ${problem}`);
   }
   if (typeof flags.nats === 'string') {
     const problem = checkNatsUrl(flags.nats);
@@ -604,12 +605,21 @@ async function withClient<T>(ctx: Ctx, fn: (client: StrataClient) => Promise<T>)
   }
 }
 
+/** The cluster's name: `--cluster` (checked with the flags), else STRATA_CLUSTER, checked as a node checks it, else the default. */
+function clusterOf(flag: string | undefined, env: Readonly<Record<string, string | undefined>>): string {
+  if (flag !== undefined) return flag;
+  const name = env.STRATA_CLUSTER || CLUSTER_DEFAULT;
+  const problem = clusterNameProblem(name);
+  if (problem !== undefined) throw new UsageError(`STRATA_CLUSTER: ${problem}`);
+  return name;
+}
+
 /** The client's connect options from the flags and the environment. */
 function connectOptions(ctx: Ctx): ConnectOptions {
   const { flags } = ctx.args;
   const env = ctx.io.env;
   const servers = (flags.nats as string | undefined) ?? (env.STRATA_NATS_URL || NATS_URL_DEFAULT);
-  const cluster = (flags.cluster as string | undefined) ?? (env.STRATA_CLUSTER || CLUSTER_DEFAULT);
+  const cluster = clusterOf(flags.cluster as string | undefined, env);
   const options: ConnectOptions = { servers: servers.split(',').map((s) => s.trim()), cluster, name: 'strata-cli' };
   if (flags.timeout !== undefined) options.timeoutMs = flags.timeout as number;
   const user = (flags['nats-user'] as string | undefined) ?? (env.STRATA_NATS_USER || undefined);
@@ -1343,7 +1353,7 @@ export async function main(argv: readonly string[], io: Partial<CliIo> = {}): Pr
       case 'inspect':
         return await inspectCommand(ctx);
       case 'nats-auth':
-        await writeOut(fullIo.stdout, natsAuthText((args.flags.cluster as string | undefined) ?? (fullIo.env.STRATA_CLUSTER || CLUSTER_DEFAULT), natsAuthClients(args.flags.clients as string | undefined)));
+        await writeOut(fullIo.stdout, natsAuthText(clusterOf(args.flags.cluster as string | undefined, fullIo.env), natsAuthClients(args.flags.clients as string | undefined)));
         return 0;
       default:
         throw new UsageError(`unknown command ${JSON.stringify(args.command)}`);

@@ -174,6 +174,10 @@ const GIB = 1024 * MIB;
 
 const NODE_ID_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
 const CLUSTER_PATTERN = /^[a-z0-9_-]{1,64}$/;
+/** Why `name` cannot be a cluster's name (a node's `--cluster`), or undefined when it can. */
+export function clusterNameProblem(name: string): string | undefined {
+  return CLUSTER_PATTERN.test(name) ? undefined : `expected 1..64 characters of [a-z0-9_-], got ${JSON.stringify(name)}`;
+}
 const NATS_USER_PATTERN = /^[A-Za-z0-9_.-]{1,64}$/;
 const NATS_SCHEMES = ['nats:', 'tls:', 'ws:', 'wss:'];
 const DECIMAL_PATTERN = /^(0|[1-9][0-9]*)$/;

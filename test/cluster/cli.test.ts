@@ -315,6 +315,8 @@ describe('cluster/cli', () => {
       [['status', '--timeout', '0'], /--timeout: expected 1\.\.300000 ms, got 0/],
       [['volume', 'list', '--timeout', '99999999'], /--timeout: expected 1\.\.300000 ms, got 99999999/],
       [['volume', 'list', '--cluster', 'BAD.NAME'], /^--cluster: expected 1\.\.64 characters/],
+      // A subject token, but no node's cluster name (a node's is lower case): it would reach no cluster.
+      [['volume', 'list', '--cluster', 'Prod'], /^--cluster: expected 1\.\.64 characters of \[a-z0-9_-\], got "Prod"$/],
       [['volume', 'list', '--nats', 'bogus://x'], /^--nats: expected nats\|tls\|ws\|wss URLs, got "bogus:\/\/x"$/],
       [['dev', '--nodes', '3', '--metrics-port', '65534'], /--metrics-port: the 3 nodes take ports 65534\.\.65536, past 65535/],
       [['put', 'db', '0'], /missing FILE/],
@@ -788,6 +790,11 @@ describe('cluster/cli', () => {
       assert.match(r.out, /^# The users of Strata cluster prod/);
       assert.match(r.out, /\{ user: "strata-client", password: \$STRATA_CLIENT_PASSWORD,\n {6}permissions: \{ publish: \{ allow: \["strata\.prod\.api\.>", "strata\.prod\.shard\.\*\.\*", "\$SRV\.>"\], deny: \["strata\.prod\.shard\.v0-catalog\.\*"\] \}, subscribe: \["_INBOX\.strata-client\.>"\] \} \}/);
       assert.match((await run(['nats-auth'], new MemoryCluster(), { env: { STRATA_CLUSTER: 'envc' } })).out, /"strata\.envc\.>"/);
+      for (const argv of [['nats-auth'], ['status']]) {
+        const bad = await run(argv, new MemoryCluster(), { env: { STRATA_CLUSTER: 'Prod' } });
+        assert.equal(bad.code, 2, argv.join(' '));
+        assert.match(bad.err, /^strata: usage: STRATA_CLUSTER: expected 1\.\.64 characters of \[a-z0-9_-\], got "Prod"\n/);
+      }
       assert.equal((await run(['nats-auth', '--nats', 'nats://x:1'])).code, 2);
       const more = await run(['nats-auth', '--clients', 'billing,ml-jobs']);
       assert.equal(more.code, 0, more.err);
