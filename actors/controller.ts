@@ -492,7 +492,7 @@ export class Controller {
       throw new ProtocolError('bad_request', `node '${to}' holds a replica of shard ${shard} of volume '${name}' already (its replicas are on ${members.join(', ')}): move it to a node that holds none`, { path: 'to', members });
     }
     if ((this.state.draining ?? []).includes(to)) {
-      throw new ProtocolError('bad_request', `node '${to}' is draining: move the replica to another node, or take the mark off first (strata node drain ${to} --undo)`, { path: 'to' });
+      throw new ProtocolError('bad_request', `node '${to}' is draining: move the replica to another node, or take the mark off first (strata drain ${to} --undo)`, { path: 'to' });
     }
     const live = this.liveNodes(nowMs);
     const target = live.find((m) => m.nodeId === to);
@@ -551,7 +551,7 @@ export class Controller {
     const now = new Set(this.state.draining ?? []);
     if (undo ? now.has(nodeId) : !now.has(nodeId)) {
       if (!undo && now.size >= DRAINING_NODES_MAX) {
-        throw new ProtocolError('too_large', `${DRAINING_NODES_MAX} nodes are draining, the limit: wait for one to be empty and take its mark off (strata node drain NODE --undo)`, { drainingMax: DRAINING_NODES_MAX });
+        throw new ProtocolError('too_large', `${DRAINING_NODES_MAX} nodes are draining, the limit: wait for one to be empty and take its mark off (strata drain NODE --undo)`, { drainingMax: DRAINING_NODES_MAX });
       }
       if (undo) now.delete(nodeId);
       else now.add(nodeId);

@@ -1022,7 +1022,7 @@ describe('Controller draining nodes', () => {
     assert.deepEqual(new Controller({ meta: new MetaStore(disk, '') }).draining(), ['c', 'e'], 'durable');
     for (const p of c.create(spec('w', 4), T0).placements) for (const r of p.replicas) assert.ok(r.nodeId !== 'c' && r.nodeId !== 'e', JSON.stringify(p));
     // An operator's move to a draining node is refused, naming the undo.
-    assert.throws(() => c.beginMove('v', 0, 'a', 'e', T0), (e: unknown) => e instanceof ProtocolError && e.code === 'bad_request' && /node 'e' is draining.*strata node drain e --undo/.test(e.message));
+    assert.throws(() => c.beginMove('v', 0, 'a', 'e', T0), (e: unknown) => e instanceof ProtocolError && e.code === 'bad_request' && /node 'e' is draining.*strata drain e --undo/.test(e.message));
     // A dead node's replica goes first where a shard has both.
     assert.deepEqual(c.drain('c', true), { draining: false, replicas: 2 });
     assert.deepEqual(c.draining(), ['e']);
