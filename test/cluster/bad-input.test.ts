@@ -279,7 +279,13 @@ describe('bad input over NATS gets a typed error and the node keeps serving', fu
     const ahead = await rawError(shard0, encode({ pages: [7], term: term + 1 }), headers('shard.read'));
     assert.equal(ahead.code, 'not_leader');
     assert.equal((await rawError(shard0, encode({ term: term + 5 }), headers('shard.flush'))).code, 'not_leader');
-    assert.deepEqual(Buffer.from((await vol.readPages([7])).pages[0]!), Buffer.from(before), 'the refused write wrote nothing');
+    // A range made zeros and a map, the same.
+    const zeroBehind = await rawError(shard0, encode({ first: 7, count: 1, term: term - 1 }), headers('shard.zero'));
+    assert.equal(zeroBehind.code, 'stale_term');
+    assert.equal((zeroBehind.details as { term?: number }).term, term);
+    assert.equal((await rawError(shard0, encode({ first: 0, count: 16, term: term + 1 }), headers('shard.map'))).code, 'not_leader');
+    assert.equal((await rawError(shard0, encode({ first: 0, count: 16, term: term - 1 }), headers('shard.map'))).code, 'stale_term');
+    assert.deepEqual(Buffer.from((await vol.readPages([7])).pages[0]!), Buffer.from(before), 'the refused write and zeros wrote nothing');
     // The shard's own term: served.
     const ok = decode(await c.client.rawRequest(shard0, encode({ pages: [{ page: 7, data: other }], term }), headers('shard.write'))) as { lsn?: number; term?: number };
     assert.equal(ok.term, term);
