@@ -27,7 +27,7 @@ describe('heartbeats coalesced per pair of nodes', function () {
     c = await startCluster({ nodes: 3, hosts: 2, clientTimeoutMs: 5000 });
     nc = await natsConnect({ servers: c.natsUrl });
     // 72 replicas opened and their first leaders elected: more than the client's 5 s on a loaded machine.
-    await c.client.createVolume({ name: 'idle', pageCount: 1536, shards: 24, stripePages: 16, replicas: 3 }, { deadlineMs: Date.now() + 60_000 });
+    await c.client.createVolume({ name: 'idle', pageCount: 1536, shards: 24, stripePages: 16, replicas: 3 }, { deadlineMs: Date.now() + 100_000 });
     await waitFor('every shard has a leader', async () => (await shards()).every((s) => s.state === 'up' && s.leader !== undefined), 60_000);
   });
   after(async () => {

@@ -533,7 +533,8 @@ describe('StrataNode', function () {
 
     it('answers overloaded at once beyond controlInFlightMax control requests in flight, and serves again after', async () => {
       const slow = await controllerWithSlowNodes('ctl3', { controlInFlightMax: 3 });
-      const held = [create('h1', Date.now() + 5000), create('h2', Date.now() + 5000), create('h3', Date.now() + 5000)];
+      // Deadlines far enough that none expires in the queue on a loaded machine before the three are counted.
+      const held = [create('h1', Date.now() + 30_000), create('h2', Date.now() + 30_000), create('h3', Date.now() + 30_000)];
       await waitFor('the first create to run', () => slow.opens.length > 0);
       await waitFor('three creates in flight', () => slow.queued() === 3);
       const over = decode((await fake.request(controllerSubject(CLUSTER, 'members'), encode({}))).data);

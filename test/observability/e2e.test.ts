@@ -196,11 +196,11 @@ describe('observability end to end (in-process cluster)', function () {
     const { received, send } = await until('the refused append and its send', 20_000, async () => {
       await c!.flushTelemetry();
       const all = exporter.getFinishedSpans();
-      const ours = all.find((s) => s.name === 'shard.write' && attr(s, 'strata.lsn') === lsn);
-      if (!ours) return undefined;
-      const trace = all.filter((s) => s.spanContext().traceId === ours.spanContext().traceId);
-      const refused = trace.find((s) => s.name === 'process replica.append' && s.status.code === SpanStatusCode.ERROR);
-      const parent = refused && trace.find((s) => s.spanContext().spanId === refused.parentSpanContext?.spanId);
+      // The write's own append, or (a leader elected meanwhile on a loaded machine) the next one
+      // sent to the follower whose fsync fails: either is refused, and its send is the leader's.
+      if (!all.some((s) => s.name === 'shard.write' && attr(s, 'strata.lsn') === lsn)) return undefined;
+      const refused = all.find((s) => s.name === 'process replica.append' && s.status.code === SpanStatusCode.ERROR && attr(s, 'strata.node.id') === follower);
+      const parent = refused && all.find((s) => s.spanContext().spanId === refused.parentSpanContext?.spanId);
       return refused && parent ? { received: refused, send: parent } : undefined;
     });
     assert.equal(attr(received, 'strata.node.id'), follower);
