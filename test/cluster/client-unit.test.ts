@@ -20,7 +20,7 @@ import {
 import { MESSAGE_BYTES_MAX, decode, encode } from '../../messages/codec';
 import { ProtocolError, errorReply } from '../../messages/errors';
 import { HEADER_DEADLINE, HEADER_SCHEMA, HEADER_TYPE, SCHEMA_VERSION, readHeaders } from '../../messages/headers';
-import { PAGES_PER_REQUEST_MAX, REQUEST_DATA_BYTES_MAX, shardOfPage } from '../../messages/api';
+import { PAGES_PER_REQUEST_MAX, REQUEST_DATA_BYTES_MAX, VOLUMES_PER_LIST_MAX, shardOfPage } from '../../messages/api';
 import type { ApiVerb, VolumeInfo } from '../../messages/api';
 import {
   validateShardFlushRequest,
@@ -378,6 +378,29 @@ describe('cluster/client (fake transport)', () => {
       // A reply whose `next` is not its last volume's name is refused.
       const odd = createClient(new FakeTransport(() => ({ volumes: [volume({ name: 'a' })], next: 'b', epoch: 1 })), { cluster: CLUSTER, nowMs: () => NOW });
       await rejectsWith(odd.listVolumesPage({}), 'internal', /malformed reply to volume.list.*next/);
+    });
+
+    it('refuses an operator call it can tell is wrong before sending it: a shard past the volume\'s (force-vote), a controller set of the wrong size or with a repeat', async () => {
+      const t = new FakeTransport(() => volume({ name: 'db', shards: 2 }));
+      const client = createClient(t, { cluster: CLUSTER, timeoutMs: 10_000, nowMs: () => NOW });
+      await rejectsWith(client.forceVote('db', 2, 'n1'), 'out_of_range', /^shard 2: volume db has shards 0\.\.1$/);
+      for (const members of [['n1', 'n2'], ['n1', 'n2', 'n2'], Array.from({ length: 8 }, (_, i) => `n${i}`)]) {
+        await rejectsWith(client.controllers(members), 'bad_request', /^members: expected 3\.\.7 distinct node ids/);
+      }
+      assert.deepEqual(t.seen.map((x) => x.subject).filter((x) => !x.endsWith('.volume.info')), [], 'nothing else was sent');
+    });
+
+    it('gives up a list whose every page names a next one after VOLUMES_PER_LIST_MAX pages (unavailable), not running on', async () => {
+      const name = (i: number): string => `v${String(i).padStart(5, '0')}`;
+      const t = new FakeTransport((_subject, body) => {
+        const { after, limit } = body as { after?: string; limit?: number };
+        if (after === undefined && limit === undefined) return errorReply(new ProtocolError('too_large', 'the reply does not fit one message'));
+        const i = after === undefined ? 0 : Number(after.slice(1)) + 1;
+        return { volumes: [volume({ name: name(i) })], next: name(i), epoch: 1 };
+      });
+      const client = createClient(t, { cluster: CLUSTER, timeoutMs: 60_000, nowMs: () => NOW });
+      await rejectsWith(client.listVolumes(), 'unavailable', new RegExp(`volume\\.list: more than ${VOLUMES_PER_LIST_MAX} pages`));
+      assert.equal(t.apiRequests('volume.list').length, 1 + VOLUMES_PER_LIST_MAX);
     });
 
     it('sends a request again while the router finds no controller (noController), for CONTROLLER_GAP_MS: the gap between two controllers; then that is the answer', async () => {
