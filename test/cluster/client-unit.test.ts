@@ -11,6 +11,8 @@ import {
   CLUSTER_DEFAULT,
   NoRespondersError,
   REQUESTS_IN_FLIGHT_MAX,
+  SHARD_CHECK_PAGE_STEPS_MAX,
+  SHARD_CHECK_STEPS_MAX,
   connect,
   createClient,
   pagesPerRequest,
@@ -388,6 +390,34 @@ describe('cluster/client (fake transport)', () => {
         await rejectsWith(client.controllers(members), 'bad_request', /^members: expected 3\.\.7 distinct node ids/);
       }
       assert.deepEqual(t.seen.map((x) => x.subject).filter((x) => !x.endsWith('.volume.info')), [], 'nothing else was sent');
+    });
+
+    it('a shard check gives up past its step bounds (too_large), not running on: records a step of one LSN each, pages of the largest volume', async () => {
+      const last = SHARD_CHECK_STEPS_MAX + 10;
+      let pageCount = 1024;
+      let lsnsPerStep = 1;
+      let digests = 0;
+      const t = new FakeTransport((subject, body) => {
+        if (subject.endsWith('.volume.info')) return volume({ name: 'db', id: 'v1', shards: 1, pageCount, stripePages: 256, replicaSets: [{ shard: 0, members: ['n1', 'n2'] }] });
+        digests++;
+        const node = subject.split('.')[3]!;
+        const b = body as { fromLsn?: number; toLsn?: number; pages?: { lsn: number; first: number; count: number } };
+        const at = { node, volumeId: 'v1', shard: 0, role: node === 'n1' ? 'leader' : 'follower', term: 1, firstLsn: 1, lastLsn: last, commitLsn: last, appliedLsn: last, oldestLsn: 0 };
+        if (b.pages !== undefined) return { ...at, pages: { ...b.pages, pages: b.pages.count, digest: 7 } };
+        // lsnsPerStep 1: each record as large as a step's payload bytes.
+        if (b.fromLsn === undefined) return at;
+        const toLsn = Math.min(b.toLsn!, b.fromLsn + lsnsPerStep - 1);
+        return { ...at, fromLsn: b.fromLsn, toLsn, records: toLsn - b.fromLsn + 1, digest: 1 };
+      });
+      const client = createClient(t, { cluster: CLUSTER, timeoutMs: 10_000, nowMs: () => NOW });
+      await rejectsWith(client.checkShard('db', 0), 'too_large', new RegExp(`more than ${SHARD_CHECK_STEPS_MAX} steps to compare LSNs 1\\.\\.${last}`));
+      assert.equal(digests, 2 * (1 + SHARD_CHECK_STEPS_MAX), 'where they stand, then a step of each replica');
+      // Pages: 4,096 of 4 KiB a step over 2^32 - 1 pages would take 1,048,576 steps.
+      pageCount = 2 ** 32 - 1;
+      lsnsPerStep = last;
+      digests = 0;
+      await rejectsWith(client.checkShard('db', 0, { pages: true }), 'too_large', new RegExp(`more than ${SHARD_CHECK_PAGE_STEPS_MAX} steps to compare its pages`));
+      assert.equal(digests, 2 * (1 + 1 + SHARD_CHECK_PAGE_STEPS_MAX), 'where they stand, the records in one step, then the pages\' steps');
     });
 
     it('gives up a list whose every page names a next one after VOLUMES_PER_LIST_MAX pages (unavailable), not running on', async () => {
