@@ -18,7 +18,7 @@
  * 0 when the tests caught every change, 1 when they missed one, 2 for bad flags. It changes the
  * built file in place: run nothing else from the same `dist/` meanwhile.
  */
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 
@@ -31,6 +31,18 @@ const MUTANTS_MAX = 1000;
 const THROW_PATTERN = /\bthrow new (?=[\w.]+\()/;
 
 class UsageError extends Error {}
+
+/** The test run under way (its own process group), stopped with the tool. */
+let running: ChildProcess | undefined;
+
+function stopRunning(): void {
+  if (running?.pid === undefined) return;
+  try {
+    process.kill(-running.pid, 'SIGKILL');
+  } catch {
+    // Gone already.
+  }
+}
 
 function parseFlags(argv: readonly string[]): Map<string, string> {
   const out = new Map<string, string>();
@@ -83,6 +95,7 @@ function runTests(root: string, spec: string, timeoutMs: number): Promise<{ fail
   return new Promise((resolve, reject) => {
     const mocha = path.join(root, 'node_modules', '.bin', 'mocha');
     const child = spawn(`${JSON.stringify(mocha)} --no-config --timeout 60000 --exit ${spec}`, { cwd: root, shell: true, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+    running = child;
     let out = '';
     const keep = (b: Buffer): void => {
       out = (out + b.toString()).slice(-64 * 1024);
@@ -92,11 +105,7 @@ function runTests(root: string, spec: string, timeoutMs: number): Promise<{ fail
     let hung = false;
     const timer = setTimeout(() => {
       hung = true;
-      try {
-        process.kill(-child.pid!, 'SIGKILL');
-      } catch {
-        // Gone already.
-      }
+      stopRunning();
     }, timeoutMs);
     child.on('error', (e) => {
       clearTimeout(timer);
@@ -104,6 +113,7 @@ function runTests(root: string, spec: string, timeoutMs: number): Promise<{ fail
     });
     child.on('close', (code) => {
       clearTimeout(timer);
+      running = undefined;
       const failing = /^\s*(\d+ failing)/m.exec(out)?.[1] ?? (hung ? 'stopped at the time bound' : code !== 0 ? `exit ${String(code)}` : '');
       resolve({ failed: hung || code !== 0, hung, failing });
     });
@@ -135,6 +145,7 @@ async function main(argv: readonly string[]): Promise<number> {
   // The original is put back whatever happens, a signal included.
   const restore = (): void => fs.writeFileSync(file, original);
   const onSignal = (sig: NodeJS.Signals): void => {
+    stopRunning();
     restore();
     process.stderr.write(`mutate: ${sig}: ${rel} put back\n`);
     process.exit(130);
