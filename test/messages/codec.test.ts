@@ -112,6 +112,11 @@ describe('messages/codec', () => {
     assert.deepEqual(err.details, { bytes: MESSAGE_BYTES_MAX + 1, bytesMax: MESSAGE_BYTES_MAX });
     assertProtocolError(() => decode(encode({ a: 'x'.repeat(100) }), { bytesMax: 50 }), 'too_large');
     assert.deepEqual(decode(encode({ a: 1 }), { bytesMax: 50 }), { a: 1 });
+    // A bound that is not a positive integer is the caller's bug, said at once.
+    for (const bytesMax of [0, -1, 1.5, Number.NaN]) {
+      assert.throws(() => decode(encode({ a: 1 }), { bytesMax }), (e: unknown) => e instanceof RangeError && /bytesMax must be a positive integer/.test(e.message));
+      assert.throws(() => encode({ a: 1 }, { bytesMax }), RangeError);
+    }
   });
 
   it('encode refuses a message over the bound with too_large', () => {

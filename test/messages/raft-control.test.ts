@@ -1,6 +1,6 @@
 import { strict as assert } from 'node:assert';
-import { validateConfig, validateRaftRequest, validateRaftReply, RAFT_RECORDS_PER_APPEND_MAX } from '../../messages/raft';
-import { ASSIGNMENTS_PAGE_MAX, DOWN_REPLICAS_PER_HEARTBEAT_MAX, validateShardDigest, validateShardDigestReply, validateShardHandover, validateShardHandoverReply, validateNodeDrain, validateNodeDrainReply, validateRebalance, validateRebalanceReply, validateHeartbeat, validateShardsOpen, validateShardsDestroy, validateAssignmentsReply, validateNodeRecordsReply, validateShardSeed } from '../../messages/control';
+import { validateConfig, validateRaftRequest, validateRaftReply, RAFT_RECORDS_PER_APPEND_MAX, RAFT_SNAPSHOT_CHUNK_BYTES_MAX } from '../../messages/raft';
+import { ASSIGNMENTS_PAGE_MAX, DOWN_REPLICAS_PER_HEARTBEAT_MAX, validateShardDigest, validateShardDigestReply, validateShardHandover, validateShardHandoverReply, validateNodeDrain, validateNodeDrainReply, validateRebalance, validateRebalanceReply, validateHeartbeat, validateShardsOpen, validateShardsDestroy, validateAssignmentsReply, validateNodeRecordsReply, validateShardSeed, validateVolumeGrow, validateShardForceVoteReply, validateShardMove, validateCatalogRecoverRequest, validateControllers } from '../../messages/control';
 import { ProtocolError } from '../../messages/errors';
 
 function code(fn: () => unknown): string {
@@ -60,6 +60,10 @@ describe('replication message validators', () => {
     assert.equal(code(() => validateRaftRequest(append({ records: [rec(1)] }))), 'bad_request', 'no record below prevTerm');
     assert.equal(code(() => validateRaftRequest(append({ records: new Array(RAFT_RECORDS_PER_APPEND_MAX + 1).fill(rec(3)) }))), 'too_large');
     assert.equal(code(() => validateRaftRequest({ type: 'snapshot', term: 3, leader: 'n1', lsn: 10, lastTerm: 2, bytes: 100, offset: 95, data: new Uint8Array(10), done: true })), 'out_of_range');
+    // A chunk over the bound, within the image: too_large (a chunk at the bound is taken).
+    const big = RAFT_SNAPSHOT_CHUNK_BYTES_MAX + 1;
+    assert.equal(code(() => validateRaftRequest({ type: 'snapshot', term: 3, leader: 'n1', lsn: 10, lastTerm: 2, bytes: 2 * big, offset: 0, data: new Uint8Array(big), done: false })), 'too_large');
+    assert.equal(validateRaftRequest({ type: 'snapshot', term: 3, leader: 'n1', lsn: 10, lastTerm: 2, bytes: 2 * big, offset: 0, data: new Uint8Array(big - 1), done: false }).type, 'snapshot');
     assert.equal(code(() => validateRaftReply('append', { term: 3, success: 'yes', lastLsn: 1 })), 'bad_request');
     assert.equal(code(() => validateRaftReply('prevote', { term: 3, granted: false, lastLsn: -1 })), 'bad_request');
     assert.equal(code(() => validateRaftReply('prevote', { term: 3, granted: false, lastLsn: '0' })), 'bad_request');
@@ -197,5 +201,34 @@ describe('control message validators', () => {
     assert.equal(code(() => validateShardDigestReply({ ...withDigest, toLsn: 1 })), 'bad_request', 'toLsn below fromLsn');
     assert.equal(code(() => validateShardDigestReply({ ...withDigest, digest: 2 ** 32 })), 'out_of_range');
     assert.equal(code(() => validateShardDigestReply({ ...reply, role: 'boss' })), 'bad_request');
+  });
+
+  it('control requests refuse unknown fields and the cases their own checks name, each with its own message', () => {
+    const refused = (f: () => unknown, re: RegExp): void => {
+      const e = (() => {
+        try {
+          f();
+        } catch (err) {
+          return err;
+        }
+        return undefined;
+      })();
+      assert.ok(e instanceof ProtocolError && e.code === 'bad_request' && re.test(e.message), `${String(e)} does not match ${re}`);
+    };
+    assert.deepEqual(validateVolumeGrow({ volumeId: 'v1', pageCount: 10 }), { volumeId: 'v1', pageCount: 10 });
+    refused(() => validateVolumeGrow({ volumeId: 'v1', pageCount: 10, shards: 2 }), /^shards: not a field of volume\.grow$/);
+    refused(() => validateShardForceVoteReply({ node: 'n1', volumeId: 'v1', shard: 0, wasRepairing: 'yes', term: 3 }), /^wasRepairing: expected a boolean$/);
+    assert.equal(validateShardForceVoteReply({ node: 'n1', volumeId: 'v1', shard: 0, wasRepairing: false, term: 3 }).wasRepairing, false);
+    refused(() => validateShardDigest({ volumeId: 'v1', shard: 0, pages: { lsn: 1, first: 0, count: 4, all: true } }), /^pages\.all: not a field of shard\.digest pages$/);
+    const move = { volume: 'db', shard: 0, from: 'n1', to: 'n4' };
+    assert.deepEqual(validateShardMove(move), move);
+    refused(() => validateShardMove({ ...move, force: true }), /^force: unknown field$/);
+    refused(() => validateShardMove({ ...move, to: 'n1' }), /^from and to are the same node 'n1'/);
+    assert.deepEqual(validateCatalogRecoverRequest({ apply: true }), { apply: true });
+    refused(() => validateCatalogRecoverRequest({ apply: true, all: true }), /^all: unknown field$/);
+    assert.deepEqual(validateControllers({ members: ['n1', 'n2', 'n3'] }), { members: ['n1', 'n2', 'n3'] });
+    refused(() => validateControllers({ members: ['n1', 'n2', 'n3'], force: true }), /^force: unknown field$/);
+    refused(() => validateControllers({ members: ['n1', 'n2'] }), /^members: expected 3\.\.7 distinct node ids, got 2$/);
+    refused(() => validateControllers({ members: ['n1', 'n2', 'n2'] }), /^members: expected 3\.\.7 distinct node ids, got 3 with one listed twice$/);
   });
 });
