@@ -155,6 +155,9 @@ describe('PageCache', () => {
     const slab = new Slab({ slotBytes: PAGE, slotCount: 2 });
     assert.throws(() => new PageCache({ slab, pageSize: 8192, cacheBytesMax: 8192 }), (e: unknown) => e instanceof StorageError && e.code === 'bad_request');
     assert.throws(() => new PageCache({ slab, pageSize: PAGE, cacheBytesMax: -1 }), (e: unknown) => e instanceof StorageError && e.code === 'bad_request');
+    for (const pageSize of [0, -4096, 1.5]) {
+      assert.throws(() => new PageCache({ slab, pageSize, cacheBytesMax: 8192 }), (e: unknown) => e instanceof StorageError && e.code === 'bad_request' && /is not a positive integer/.test(e.message));
+    }
     const cache = new PageCache({ slab, pageSize: PAGE, cacheBytesMax: PAGE });
     assert.throws(() => cache.put(1, 1, new Uint8Array(10)), (e: unknown) => e instanceof StorageError && e.code === 'invariant');
     assert.throws(() => cache.get(1, 1, new Uint8Array(10)), (e: unknown) => e instanceof StorageError && e.code === 'invariant');
