@@ -98,4 +98,23 @@ describe('page-write codec', () => {
     expectCode(() => pagesOfPageWrite(mutate((dv) => dv.setUint32(PAGE_WRITE_HEADER_BYTES + 4, 0x200000, true))), 'corruption');
     expectCode(() => pageDataOfPageWrite(mutate((dv) => dv.setUint32(0, 1, true)), 4096, 1), 'corruption');
   });
+
+  it('names what is wrong with a malformed header, each by its own check; encodes into a buffer only when it is large enough', () => {
+    const good = encodePageWrite(4096, [{ page: 1, data: page(4096, 1) }]);
+    const changed = (edit: (dv: DataView) => void): Uint8Array => {
+      const b = good.slice();
+      edit(new DataView(b.buffer));
+      return b;
+    };
+    const says = (payload: Uint8Array, re: RegExp): void => {
+      assert.match(expectCode(() => readPageWriteHeader(payload), 'corruption').message, re);
+    };
+    says(good.subarray(0, PAGE_WRITE_HEADER_BYTES - 1), /^page write payload of \d+ bytes is shorter than its header$/);
+    says(changed((dv) => dv.setUint32(4, 512, true)), /^page write page size 512 is not 4096 or 8192$/);
+    says(changed((dv) => dv.setUint32(8, 0, true)), /^page write count 0 out of 1\.\./);
+    says(changed((dv) => dv.setUint32(8, 0xffff, true)), /^page write count 65535 out of 1\.\./);
+    const bytes = pageWriteBytes(4096, 1);
+    assert.match(expectCode(() => encodePageWrite(4096, [{ page: 1, data: page(4096, 1) }], new Uint8Array(bytes - 1)), 'bad_request').message, /^output buffer of \d+ bytes is smaller than/);
+    assert.deepEqual(encodePageWrite(4096, [{ page: 1, data: page(4096, 1) }], new Uint8Array(bytes + 8)), good);
+  });
 });
