@@ -410,6 +410,10 @@ describe('PageStore export and ShardStorage seed (branches)', () => {
       st.store.checkpoint(); // its pointer, and its log trimmed: empty, but not at LSN 0
     });
     const withReset = prepared('T', (st) => st.log.reset(50, 1)); // an empty log that continues LSN 49
+    // An LSN or term that is not one, and a term at LSN 0 (whose term is 0): refused before the directory is looked at.
+    for (const [l, t, what] of [[-1, 2, /are not non-negative integers/], [lsn, 1.5, /are not non-negative integers/], [0, 2, /term 2 at LSN 0, whose term is 0/]] as const) {
+      assert.match(expectCode(() => ShardStorage.seedFromImage(p.disk, withVote, l, t), 'bad_request').message, what);
+    }
     for (const [dir, what] of [[withVote, /raft/], [withRecord, /log is not empty at LSN 0.*1\.\.1/], [withPointer, /checkpoint pointer/], [withReset, /log is not empty at LSN 0.*50\.\.49/]] as const) {
       const e = expectCode(() => ShardStorage.seedFromImage(p.disk, dir, lsn, 2), 'invariant');
       assert.match(e.message, what);

@@ -128,6 +128,23 @@ describe('ShardStorage', () => {
     });
   });
 
+  it('refuses to install an image not wholly received, or none begun: the log stays as it was', () => {
+    const { image, bytes } = leaderImage();
+    const disk = new SimDisk();
+    const follower = ShardStorage.open(disk, options('F'));
+    assert.throws(() => follower.install(), (e: Error) => e instanceof StorageError && e.code === 'bad_request' && /no complete image has been received/.test(e.message));
+    follower.begin(image.lsn, image.term, image.bytes);
+    follower.write(0, bytes.subarray(0, bytes.length - 1));
+    assert.throws(() => follower.install(), (e: Error) => e instanceof StorageError && e.code === 'bad_request' && /no complete image has been received/.test(e.message));
+    assert.equal(follower.log.lastLsn, 0, 'the log was not reset');
+    assert.equal(disk.exists(`F/${imageFileName(image.lsn)}`), false, 'no file under an image name');
+    // The last byte, and it installs.
+    follower.write(bytes.length - 1, bytes.subarray(bytes.length - 1));
+    follower.install();
+    assert.equal(follower.log.lastLsn, image.lsn);
+    follower.close();
+  });
+
   it('an installed image survives a power cut right after install: the store opens on it and reads every page right', () => {
     const { image, bytes } = leaderImage();
     const disk = new SimDisk();
