@@ -82,7 +82,11 @@ describe('Slab', () => {
 
   it('attach refuses a buffer that is not a slab', () => {
     expectStorageError(() => Slab.attach(new SharedArrayBuffer(16)), 'bad_request');
-    expectStorageError(() => Slab.attach(new SharedArrayBuffer(4096)), 'bad_request');
+    assert.match(expectStorageError(() => Slab.attach(new SharedArrayBuffer(4096)), 'bad_request').message, /is not a slab \(bad magic or layout version\)/);
+    // A staged copy (shared, misaligned) that would not fit is refused before a byte is copied.
+    const dst = new Uint8Array(new SharedArrayBuffer(16));
+    assert.throws(() => copyBytes(dst, new Uint8Array(8).fill(1), 9), (e: unknown) => e instanceof RangeError && /^copyBytes: 8 bytes at 9 do not fit 16$/.test(e.message));
+    assert.deepEqual([...dst], new Array(16).fill(0));
     const good = new Slab({ slotBytes: 8, slotCount: 4 });
     const copy = new SharedArrayBuffer(good.sab.byteLength + 8);
     new Uint8Array(copy).set(new Uint8Array(good.sab));
