@@ -1,5 +1,6 @@
 import { strict as assert } from 'node:assert';
 import { CpuPool } from '../../runtime/cpu-pool';
+import runTask, { type CpuTask } from '../../runtime/cpu-tasks';
 import { crc32c } from '../../storage-engine/crc32c';
 import { Slab } from '../../storage-engine/slab';
 import { StorageError } from '../../storage-engine/errors';
@@ -58,3 +59,14 @@ describe('CpuPool', function () {
     await assert.rejects(pool.touch(new SharedArrayBuffer(8), 0, 0, 1, 4), (e: StorageError) => e.code === 'closed');
   });
 });
+
+describe('CPU pool tasks (runtime/cpu-tasks.ts), as a pool thread runs them', () => {
+  it('refuses a task that is not one: a crc32c task without a SharedArrayBuffer, an unknown operation', () => {
+    assert.throws(() => runTask({ op: 'crc32c', sab: new ArrayBuffer(8) as unknown as SharedArrayBuffer, offset: 0, length: 8 }), /^TypeError: crc32c task: sab must be a SharedArrayBuffer$/);
+    assert.throws(() => runTask({ op: 'nope' } as unknown as CpuTask), /^TypeError: unknown CPU task nope$/);
+    const sab = new SharedArrayBuffer(8);
+    new Uint8Array(sab).set([1, 2, 3, 4, 5, 6, 7, 8]);
+    assert.equal(runTask({ op: 'crc32c', sab, offset: 0, length: 8 }), crc32c(Uint8Array.of(1, 2, 3, 4, 5, 6, 7, 8)));
+  });
+});
+

@@ -5,6 +5,14 @@ import { expectStorageError } from '../support/expect';
 import type { StorageError } from '../../storage-engine/errors';
 
 describe('runtime/FaultyDisk', () => {
+  it('refuses a fault that is not one: a count of failures that is not positive, free bytes that are not a non-negative integer', () => {
+    const disk = new FaultyDisk(new SimDisk());
+    for (const times of [0, -1, Number.NaN]) assert.match(expectStorageError(() => disk.failFsync(times), 'bad_request').message, /^times must be positive/);
+    for (const bytes of [-1, 1.5, Number.NaN]) assert.match(expectStorageError(() => disk.setFreeBytes(bytes), 'bad_request').message, /^free bytes must be a non-negative integer/);
+    disk.setFreeBytes(0);
+    disk.setFreeBytes(undefined);
+  });
+
   it('injected fdatasync failures hit the blocking and the asynchronous flush alike, then stop', async () => {
     const sim = new SimDisk();
     const disk = new FaultyDisk(sim);

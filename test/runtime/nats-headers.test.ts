@@ -1,6 +1,7 @@
 import { strict as assert } from 'node:assert';
 import { connect, headers as natsHeaders, type Msg, type MsgHdrs, type NatsConnection } from 'nats';
-import { messageHeaders, parsePlainHeaderBlock } from '../../runtime/nats-headers';
+import { messageHeaders, parsePlainHeaderBlock, wellFormed } from '../../runtime/nats-headers';
+import { ProtocolError } from '../../messages/errors';
 import { HEADER_DEADLINE, HEADER_SCHEMA, HEADER_TRACEPARENT, HEADER_TYPE } from '../../messages/headers';
 import { startNatsServer, type NatsServerHandle } from '../../runtime/nats-server';
 
@@ -150,6 +151,10 @@ describe('messageHeaders (reading a request\'s headers without the nats.js decod
       const got = messageHeaders(msg);
       assert.match(got.malformed ?? '', /invalid header value/);
       assert.equal(got.get(HEADER_TYPE), '');
+      // Where a request is read, such a block is refused as such.
+      assert.throws(() => wellFormed(got), (e: unknown) => e instanceof ProtocolError && e.code === 'bad_request' && /^malformed NATS headers: invalid header value/.test(e.message));
+      const fine = messageHeaders({ headers: undefined } as unknown as Msg);
+      assert.equal(wellFormed(fine), fine);
     });
 
     it('a message object without the raw fields is read through msg.headers', () => {
