@@ -69,12 +69,13 @@ Commands:
         STRATA_DATA_DIR, STRATA_NODE_ID, STRATA_ZONE, STRATA_HOSTS, STRATA_METRICS_PORT,
         STRATA_REPAIR_AFTER_SECONDS, STRATA_CONTROLLERS, STRATA_NATS_USER,
         STRATA_NATS_PASSWORD_FILE, STRATA_NATS_CA_FILE, STRATA_NATS_CERT_FILE,
-        STRATA_NATS_KEY_FILE, STRATA_TRACE_EXPORTERS, STRATA_SAMPLING, STRATA_SAMPLING_RATIO). With --controllers (3..7 node ids,
-        the same list on every node) the catalog is replicated on those nodes and the one
-        whose replica leads it runs the controller (--new-cluster on the first start of a new
-        cluster: a majority of them elect without waiting for all); without, the one node
-        started with --controller keeps it alone. The controller's node replaces the replicas of a node
-        silent for --repair-after-seconds (default 600; 0 = never).
+        STRATA_NATS_KEY_FILE, STRATA_TRACE_EXPORTERS, STRATA_SAMPLING, STRATA_SAMPLING_RATIO).
+        With --controllers (3..7 node ids, the same list on every node) the catalog is
+        replicated on those nodes and the one whose replica leads it runs the controller
+        (--new-cluster on the first start of a new cluster: a majority of them elect without
+        waiting for all); without, the one node started with --controller keeps it alone. The
+        controller's node replaces the replicas of a node silent for --repair-after-seconds
+        (default 600; 0 = never).
   volume create NAME --pages N [--page-size 4096|8192] [--shards S] [--stripe-pages P] [--replicas R] [--request-id ID]
         Create a volume of N pages. After a timeout (its outcome unknown), the same command
         with the same --request-id is answered as the first was made (default: a new id).

@@ -10,6 +10,7 @@ import {
   pageWriteBytes,
   readPageWriteHeader,
 } from '../../storage-engine/page-write';
+import { edited } from '../support/bytes';
 import { expectStorageError as expectCode } from '../support/expect';
 
 function page(size: number, fill: number): Uint8Array {
@@ -77,11 +78,7 @@ describe('page-write codec', () => {
 
   it('rejects malformed payloads with corruption', () => {
     const good = encodePageWrite(4096, [{ page: 1, data: page(4096, 1) }, { page: 2, data: page(4096, 2) }]);
-    const mutate = (f: (dv: DataView, b: Uint8Array) => void): Uint8Array => {
-      const b = good.slice();
-      f(new DataView(b.buffer), b);
-      return b;
-    };
+    const mutate = (f: (dv: DataView, b: Uint8Array) => void): Uint8Array => edited(good, f);
     expectCode(() => decodePageWrite(new Uint8Array(8), 4096), 'corruption');
     expectCode(() => decodePageWrite(mutate((dv) => dv.setUint32(0, 0xdeadbeef, true)), 4096), 'corruption');
     expectCode(() => decodePageWrite(mutate((dv) => dv.setUint32(4, 2048, true)), 4096), 'corruption');
@@ -101,11 +98,7 @@ describe('page-write codec', () => {
 
   it('names what is wrong with a malformed header, each by its own check; encodes into a buffer only when it is large enough', () => {
     const good = encodePageWrite(4096, [{ page: 1, data: page(4096, 1) }]);
-    const changed = (edit: (dv: DataView) => void): Uint8Array => {
-      const b = good.slice();
-      edit(new DataView(b.buffer));
-      return b;
-    };
+    const changed = (edit: (dv: DataView) => void): Uint8Array => edited(good, edit);
     const says = (payload: Uint8Array, re: RegExp): void => {
       assert.match(expectCode(() => readPageWriteHeader(payload), 'corruption').message, re);
     };

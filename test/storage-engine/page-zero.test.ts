@@ -1,5 +1,6 @@
 import { strict as assert } from 'node:assert';
 import { decodePageZero, encodePageZero, isPageZero, PAGE_ZERO_BYTES } from '../../storage-engine/page-zero';
+import { edited } from '../support/bytes';
 import { expectStorageError as expectCode } from '../support/expect';
 
 describe('page-zero codec', () => {
@@ -8,11 +9,7 @@ describe('page-zero codec', () => {
     assert.equal(good.length, PAGE_ZERO_BYTES);
     assert.ok(isPageZero(good));
     assert.deepEqual(decodePageZero(good), { first: 7, count: 1000 });
-    const changed = (edit: (dv: DataView) => void): Uint8Array => {
-      const b = good.slice();
-      edit(new DataView(b.buffer));
-      return b;
-    };
+    const changed = (edit: (dv: DataView) => void): Uint8Array => edited(good, edit);
     const says = (payload: Uint8Array, re: RegExp): void => {
       assert.match(expectCode(() => decodePageZero(payload), 'corruption').message, re);
     };
