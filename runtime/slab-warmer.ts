@@ -6,10 +6,10 @@
  * applied). Until the cache reaches its bound, that slot is one the process never used: the copy
  * takes page faults (10–20 µs each on the virtual machines Strata was measured on, and a slot's
  * 4 KiB usually straddle two memory pages), several times the rest of applying a 4 KiB write
- * (docs/performance.md, "Memory the process never used"). The warmer keeps the slots just above
- * the highest one allocated so far (`Slab.slotsReached`) resident, by asking the CPU pool to
- * touch them (`touchForWrite`): the faults are taken on a pool thread, not on the actor thread
- * that answers requests.
+ * (docs/performance-history.md, "Memory the process never used"). The warmer keeps the slots
+ * just above the highest one allocated so far (`Slab.slotsReached`) resident, by asking the CPU
+ * pool to touch them (`touchForWrite`): the faults are taken on a pool thread, not on the actor
+ * thread that answers requests.
  *
  * Bounded: one step in flight, of at most `stepSlots` slots (64 by default: about 1.5 ms of
  * faults on the pool's thread, so that a checksum queued behind a step waits little). The warmed
