@@ -392,7 +392,8 @@ describe('cluster/client (fake transport)', () => {
       assert.deepEqual(t.seen.map((x) => x.subject).filter((x) => !x.endsWith('.volume.info')), [], 'nothing else was sent');
     });
 
-    it('a shard check gives up past its step bounds (too_large), not running on: records a step of one LSN each, pages of the largest volume', async () => {
+    it('a shard check gives up past its step bounds (too_large), not running on: records a step of one LSN each, pages of the largest volume', async function () {
+      this.timeout(180_000); // 131,000 requests of the fake transport: seconds, more on a loaded machine.
       const last = SHARD_CHECK_STEPS_MAX + 10;
       let pageCount = 1024;
       let lsnsPerStep = 1;
