@@ -149,7 +149,7 @@ describe('HostPool: a thread that ends during its stop, or cannot be created aga
 
   it('a restart whose thread cannot be created (ERR_WORKER_INIT_FAILED) is tried again later: nothing escapes the exit listener', async () => {
     const host: HostConfig = { hostId: 0, hostCount: 1, nodeId: 'n1', cluster: 'pool', natsUrl: server.url, deviceDir: path.join(dir, 'dev5') };
-    const pool = await HostPool.start({ hosts: [host], callTimeoutMs: 5000, respawnMsMin: 200 });
+    const pool = await HostPool.start({ hosts: [host], callTimeoutMs: 5000, startTimeoutMs: 30_000, respawnMsMin: 200 });
     // eslint-disable-next-line @typescript-eslint/no-require-imports
     const threads = require('node:worker_threads') as { Worker: unknown };
     const RealWorker = threads.Worker;

@@ -380,7 +380,7 @@ function stubClient(pageCount = 16): {
 // ---------------------------------------------------------------------------------------------
 
 describe('cluster/nbd: NBD export of Strata volumes', function () {
-  this.timeout(30_000);
+  this.timeout(60_000);
   let c: InProcessCluster;
   let all: NbdServer;
   let single: NbdServer;
