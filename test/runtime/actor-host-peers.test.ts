@@ -12,7 +12,8 @@ import { connect as natsConnect, createInbox, type NatsConnection } from 'nats';
 import { ActorHost } from '../../runtime/actor-host';
 import { startNatsServer, type NatsServerHandle } from '../../runtime/nats-server';
 import { encode, decode } from '../../messages/codec';
-import { followersSubject } from '../../messages/raft';
+import { followersSubject, replicaSubject } from '../../messages/raft';
+import { heartbeatsSubject, type HeartbeatBatchReply } from '../../runtime/heartbeat-batcher';
 import { waitFor } from '../support/wait';
 
 const CLUSTER = 'peers';
@@ -136,5 +137,54 @@ describe('a host follows the leaders of its shards\' sets', function () {
     await assert.rejects(r1.openShard({ ...spec(['r1', 'r2'], ['r2', 'r3']), volumeId: 'v5', existing: false }), (e: unknown) => (e as { code?: string }).code === 'io_error');
     assert.equal((await r1.stats()).device?.shards.find((x) => x.volumeId === 'v5')?.state, 'down');
     for (const leader of ['r2', 'r3']) assert.equal(await answers(leader, 'r1', 'v5'), true, `r1 answers ${leader}`);
+  });
+
+  /** The answer of the host that serves `subject` to `body`. */
+  async function ask(subject: string, body: unknown): Promise<unknown> {
+    return decode((await nc.request(subject, encode(body), { timeout: 10_000 })).data);
+  }
+
+  it('a heartbeats message carries appends without records from the node that sent it only: each other entry is refused bad_request, the good one answered', async () => {
+    const h1 = await host('h1');
+    await h1.openShard({ ...spec(['h1', 'h2', 'h3']), volumeId: 'v6' });
+    await h1.openShard({ ...spec(['h1', 'h2', 'h3']), volumeId: 'v7' });
+    await h1.openShard({ ...spec(['h1', 'h2', 'h3']), volumeId: 'v8' });
+    await h1.openShard({ ...spec(['h1', 'h2', 'h3']), volumeId: 'v9' });
+    const heartbeat = { type: 'append', term: 1, leader: 'h2', prevLsn: 0, prevTerm: 0, records: [], commitLsn: 0, leaderLastLsn: 0 };
+    const entries: Array<[string, number, Uint8Array]> = [
+      ['v6', 0, encode(heartbeat)],
+      // Another node's append, one with records, and a message that is not an append.
+      ['v7', 0, encode({ ...heartbeat, leader: 'h3' })],
+      ['v8', 0, encode({ ...heartbeat, records: [{ term: 1, kind: 0, payload: new Uint8Array(1) }], leaderLastLsn: 1 })],
+      ['v9', 0, encode({ type: 'vote', term: 2, candidate: 'h2', lastLsn: 0, lastTerm: 0 })],
+    ];
+    const reply = (await ask(heartbeatsSubject(CLUSTER, 'h1'), { from: 'h2', e: entries })) as HeartbeatBatchReply;
+    const answers = new Map(reply.r.map(([volumeId, , data]) => [volumeId, decode(data) as { error?: { code: string; message: string } }]));
+    assert.deepEqual([...answers.keys()].sort(), ['v6', 'v7', 'v8', 'v9']);
+    assert.equal(answers.get('v6')!.error, undefined, JSON.stringify(answers.get('v6')));
+    for (const v of ['v7', 'v8', 'v9']) {
+      const error = answers.get(v)!.error;
+      assert.equal(error?.code, 'bad_request', `${v}: ${JSON.stringify(answers.get(v))}`);
+      assert.match(error!.message, /takes appends without records from their leader only$/);
+    }
+  });
+
+  it('a host handing its shards\' leadership away before it stops refuses to take one over (timeoutNow): unavailable', async () => {
+    const t1 = await host('t1');
+    await t1.openShard({ ...spec(['t1', 't2', 't3']), volumeId: 'v10' });
+    const timeoutNow = { type: 'timeoutNow', term: 1, leader: 't2' };
+    const subject = replicaSubject(CLUSTER, 'v10', 0, 't1');
+    // Running: the replica answers (it refuses, t2 not being the leader it knows).
+    assert.equal((await ask(subject, timeoutNow) as { error?: unknown }).error, undefined);
+    // Its stop hands its leaderships over first, while it still takes replication messages.
+    const state = t1 as unknown as { handingOff: boolean };
+    state.handingOff = true;
+    try {
+      const reply = (await ask(subject, timeoutNow)) as { error?: { code: string; message: string } };
+      assert.equal(reply.error?.code, 'unavailable', JSON.stringify(reply));
+      assert.match(reply.error!.message, /^host 0 of node 't1' is stopping$/);
+    } finally {
+      state.handingOff = false;
+    }
   });
 });
