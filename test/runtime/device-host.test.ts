@@ -238,7 +238,9 @@ describe('DeviceHost supervision', () => {
       assert.deepEqual(state(0).config, { members: ['n1', 'n2', 'n3'], prior: ['n2', 'n3', 'n4'] });
       assert.deepEqual(state(0).members, ['n1', 'n2', 'n3'], 'the members reported are its own configuration\'s');
       // A node of neither set is refused; n1 cannot be of the set it moves from.
+      assert.throws(() => host.openShard(set(1, ['n2', 'n3', 'n4'])), (e: unknown) => e instanceof StorageError && e.code === 'bad_request' && /^shard v1\/1: node n1 is not one of its replicas$/.test(e.message));
       assert.throws(() => host.openShard(set(1, ['n1', 'n2', 'n3'], ['n1', 'n2', 'n4'])), (e: unknown) => e instanceof StorageError && e.code === 'bad_request' && /not one of the set it moves from/.test(e.message));
+      assert.equal(host.stats().shards.some((x) => x.shard === 1), false, 'neither opened a replica');
 
       // A replica of {n1,n2,n3} that missed a move (n3 to n5): it refuses n5 as a leader until its node's record names n5.
       host.openShard(set(2, ['n1', 'n2', 'n3']));
