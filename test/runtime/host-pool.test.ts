@@ -19,6 +19,10 @@ describe('HostPool options', () => {
       });
     }
   });
+
+  it('refuses a node of no host', async () => {
+    await assert.rejects(HostPool.start({ hosts: [] }), (e: Error) => e.message === 'a node needs at least one host');
+  });
 });
 
 describe('HostPool supervision', function () {
@@ -71,6 +75,15 @@ describe('HostPool supervision', function () {
     await waitFor('the host started again', async () => (await pool!.stats())[0]!.down === undefined && (await pool!.health())[0]!.ok, 20_000);
     await waitFor('its replica reopened', async () => (await pool!.replicaRoles()).down.length === 0, 20_000);
     await pool.checkpointAll();
+  });
+
+  it('a call naming a host the node does not have is refused, naming it', async () => {
+    pool = await HostPool.start({ hosts: [host(path.join(dir, 'dev0'))] });
+    const spec = { volumeId: 'v9', volumeName: 'v9', shard: 0, shards: 1, pageCount: 64, pageSize: 4096 as const, stripePages: 16, members: ['n1'] };
+    for (const call of [() => pool!.openShard(1, spec), () => pool!.failFsync(1, 1), () => pool!.stallHost(1, 0)]) {
+      await assert.rejects(call(), (e: Error) => e.message === 'no host 1');
+    }
+    assert.deepEqual((await pool.replicaRoles()).down, [], 'nothing was opened');
   });
 
   it('a shard whose storage cannot be opened fails its open with the reason, and is opened again with a back-off once the cause is gone', async () => {
