@@ -6,7 +6,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { connect, type NatsConnection } from "nats";
 import { freePort } from "../../runtime/free-port";
-import { NatsServerNotFoundError, startNatsServer, type NatsServerHandle } from "../../runtime/nats-server";
+import { NatsServerNotFoundError, NatsServerStartError, startNatsServer, type NatsServerHandle } from "../../runtime/nats-server";
 
 /** Resolves true once a TCP connect to the port is refused, false if still accepted at the deadline. */
 async function portClosedWithin(port: number, timeoutMs: number): Promise<boolean> {
@@ -146,7 +146,12 @@ describe("runtime/nats-server", function () {
 
   it("a server that exits during start gives its stderr", async () => {
     // /bin/false exits at once without writing anything.
-    await assert.rejects(startNatsServer({ binary: "/bin/false", startTimeoutMs: 2_000 }), /exited with code 1 before it was ready/);
+    await assert.rejects(startNatsServer({ binary: "/bin/false", startTimeoutMs: 2_000 }), (err: unknown) => {
+      assert.ok(err instanceof NatsServerStartError, String(err));
+      assert.equal(err.code, "nats_server_start_failed");
+      assert.match(err.message, /exited with code 1 before it was ready/);
+      return true;
+    });
   });
 
   it("a server not ready in time is killed and its stderr reported", async () => {
@@ -155,10 +160,11 @@ describe("runtime/nats-server", function () {
     fs.writeFileSync(fake, '#!/bin/sh\necho "fake server starting" >&2\necho $$ > "$(dirname "$0")/pid"\nexec sleep 30\n', { mode: 0o755 });
     try {
       // 1 s: time for the shell to write its pid and its line to stderr, on a loaded machine too.
-      await assert.rejects(
-        startNatsServer({ binary: fake, startTimeoutMs: 1000 }),
-        /was not ready within 1000 ms[\s\S]*fake server starting/,
-      );
+      await assert.rejects(startNatsServer({ binary: fake, startTimeoutMs: 1000 }), (err: unknown) => {
+        assert.ok(err instanceof NatsServerStartError, String(err));
+        assert.match(err.message, /was not ready within 1000 ms[\s\S]*fake server starting/);
+        return true;
+      });
       const pid = Number(fs.readFileSync(path.join(dir, "pid"), "utf8"));
       assert.ok(!pidAlive(pid), "the child was killed");
     } finally {
@@ -200,7 +206,12 @@ describe("runtime/nats-server", function () {
     const saved = process.env.TMPDIR;
     process.env.TMPDIR = tmp;
     try {
-      await assert.rejects(startNatsServer({ binary: "/bin/false", startTimeoutMs: 2_000 }), /exited with code 1 before it was ready/);
+      await assert.rejects(startNatsServer({ binary: "/bin/false", startTimeoutMs: 2_000 }), (err: unknown) => {
+      assert.ok(err instanceof NatsServerStartError, String(err));
+      assert.equal(err.code, "nats_server_start_failed");
+      assert.match(err.message, /exited with code 1 before it was ready/);
+      return true;
+    });
       assert.deepEqual(fs.readdirSync(tmp), [], "the server's directory is gone");
     } finally {
       if (saved === undefined) delete process.env.TMPDIR;
