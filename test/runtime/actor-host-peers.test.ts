@@ -144,6 +144,11 @@ describe('a host follows the leaders of its shards\' sets', function () {
     return decode((await nc.request(subject, encode(body), { timeout: 10_000 })).data);
   }
 
+  /** Whether the host that serves `subject` answers `body` within a second. */
+  async function answered(subject: string, body: unknown): Promise<boolean> {
+    return nc.request(subject, encode(body), { timeout: 1000 }).then(() => true, () => false);
+  }
+
   it('a heartbeats message carries appends without records from the node that sent it only: each other entry is refused bad_request, the good one answered', async () => {
     const h1 = await host('h1');
     await h1.openShard({ ...spec(['h1', 'h2', 'h3']), volumeId: 'v6' });
@@ -167,6 +172,30 @@ describe('a host follows the leaders of its shards\' sets', function () {
       assert.equal(error?.code, 'bad_request', `${v}: ${JSON.stringify(answers.get(v))}`);
       assert.match(error!.message, /takes appends without records from their leader only$/);
     }
+    // A message that is not a heartbeats message at all is refused as a whole.
+    const malformed = (await ask(heartbeatsSubject(CLUSTER, 'h1'), { from: 'h2', e: 'not a list' })) as { error?: { code: string; message: string } };
+    assert.equal(malformed.error?.code, 'bad_request', JSON.stringify(malformed));
+    assert.match(malformed.error!.message, /^a heartbeats message is \{ from, e: /);
+  });
+
+  it('a host cut off from a node (a partition) leaves what that node sends unanswered: its replication messages and its heartbeats', async () => {
+    const u1 = await host('u1');
+    await u1.openShard({ ...spec(['u1', 'u2', 'u3']), volumeId: 'v11' });
+    const heartbeat = (leader: string, term = 1) => ({ type: 'append', term, leader, prevLsn: 0, prevTerm: 0, records: [], commitLsn: 0, leaderLastLsn: 0 });
+    const subject = replicaSubject(CLUSTER, 'v11', 0, 'u1');
+    const term = async (): Promise<number | undefined> => (await u1.stats()).device?.shards.find((x) => x.volumeId === 'v11')?.term;
+    const batch = (from: string) => ({ from, e: [['v11', 0, encode(heartbeat(from))]] });
+    assert.equal(await answered(subject, heartbeat('u2')), true, 'u2 is heard before the partition');
+    assert.equal(await answered(heartbeatsSubject(CLUSTER, 'u1'), batch('u2')), true);
+    await u1.setFaults({ unreachable: ['u2'] });
+    const before = await term();
+    assert.equal(typeof before, 'number');
+    assert.equal(await answered(subject, heartbeat('u2', 7)), false, 'a replication message from u2 goes unanswered');
+    assert.equal(await term(), before, 'and its replica never sees it (its term stays)');
+    assert.equal(await answered(heartbeatsSubject(CLUSTER, 'u1'), batch('u2')), false, 'a heartbeats message from u2 goes unanswered');
+    assert.equal(await answered(subject, heartbeat('u3')), true, 'u3 is still heard');
+    await u1.setFaults({});
+    assert.equal(await answered(subject, heartbeat('u2')), true, 'u2 is heard again once the partition heals');
   });
 
   it('a host handing its shards\' leadership away before it stops refuses to take one over (timeoutNow): unavailable', async () => {
