@@ -60,6 +60,9 @@ describe('cluster/catalog-recovery', () => {
     // `next` 1 from 0 moves on; from 1, `next` 1 again does not.
     const stuck = fakeNc(() => ({ nodeId: 'n2', hosts: 1, shards: [assignment(1)], next: 1 }));
     await assert.rejects(readNodeRecords(stuck, 'c', 'n2', 1000, Date.now() + 10_000), (e: unknown) => e instanceof ProtocolError && e.code === 'internal' && /page 1 with next 1/.test(e.message));
+    // A page of no record names a next page: asked for ever, it would never end.
+    const empty = fakeNc((_subject, body) => ({ nodeId: 'n2', hosts: 1, shards: [], next: Number(body.from ?? 0) + 1 }));
+    await assert.rejects(readNodeRecords(empty, 'c', 'n2', 1000, Date.now() + 2000), (e: unknown) => e instanceof ProtocolError && e.code === 'internal' && /answered page 0 with next 1$/.test(e.message));
     const other = fakeNc(() => ({ nodeId: 'n3', hosts: 1, shards: [] }));
     await assert.rejects(readNodeRecords(other, 'c', 'n2', 1000, Date.now() + 10_000), /answered as 'n3'/);
     const refusing = fakeNc(() => ({ error: { code: 'overloaded', message: 'busy' } }));

@@ -14,7 +14,9 @@ import {
   regionStart,
 } from '../../cluster/catalog-shard';
 import type { CatalogState } from '../../actors/controller';
+import { encode } from '../../messages/codec';
 import { ProtocolError } from '../../messages/errors';
+import { crc32c } from '../../storage-engine/crc32c';
 
 const state = (epoch: number, extra: Partial<CatalogState> = {}): CatalogState => ({ version: 1, epoch, nextId: 3, tag: 'abcd1234', volumes: [], tombstones: ['v1-abcd1234'], ...extra });
 const isCode = (code: string, re?: RegExp) => (e: unknown) => e instanceof ProtocolError && e.code === code && (re === undefined || re.test(e.message));
@@ -41,6 +43,12 @@ describe('catalog shard layout', () => {
     const empty = h.slice();
     empty.fill(0, 12, 16);
     assert.throws(() => decodeHeader(empty), isCode('corruption', /length 0/));
+    const long = h.slice();
+    new DataView(long.buffer).setUint32(12, CATALOG_REGION_PAGES * CATALOG_PAGE_SIZE + 1, true);
+    assert.throws(() => decodeHeader(long), isCode('corruption', new RegExp(`length ${CATALOG_REGION_PAGES * CATALOG_PAGE_SIZE + 1}$`)));
+    const unsafe = h.slice();
+    new DataView(unsafe.buffer).setBigUint64(20, 2n ** 53n, true);
+    assert.throws(() => decodeHeader(unsafe), isCode('corruption', /epoch 9007199254740992$/));
     assert.throws(() => decodeHeader(new Uint8Array(100)), isCode('corruption', /100 bytes/));
   });
 
@@ -124,6 +132,13 @@ describe('catalog shard layout', () => {
     const other = catalogPages(state(8), undefined);
     const h8 = decodeHeader(other.header.data)!;
     assert.throws(() => decodeCatalog({ ...h8, epoch: 9 }, pagesOf(other)), isCode('corruption', /epoch 8, header 9/));
+    // Bytes that match the header's CRC-32C but are not a catalog of this layout: another version, not a map.
+    const v2 = catalogPages({ ...state(8), version: 2 } as unknown as CatalogState, undefined);
+    assert.throws(() => decodeCatalog(decodeHeader(v2.header.data)!, pagesOf(v2)), isCode('corruption', /is not the header's \(epoch 8, header 8\)/));
+    const nothing = encode(null);
+    const page = new Uint8Array(CATALOG_PAGE_SIZE);
+    page.set(nothing);
+    assert.throws(() => decodeCatalog({ region: 0, bytes: nothing.length, crc: crc32c(nothing), epoch: 1 }, [page]), isCode('corruption', /is not the header's \(epoch undefined, header 1\)/));
   });
 
   it('a catalog beyond a region is refused too_large', () => {

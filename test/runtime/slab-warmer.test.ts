@@ -145,6 +145,7 @@ describe('SlabWarmer', () => {
     assert.throws(() => new SlabWarmer({ slab, touch, stepSlots: 0 }), /stepSlots/);
     assert.throws(() => new SlabWarmer({ slab, touch, bytesPerSlot: 0 }), /bytesPerSlot/);
     assert.throws(() => new SlabWarmer({ slab, touch, aheadSlotsMax: 1.5 }), /aheadSlotsMax/);
+    assert.throws(() => new SlabWarmer({ slab, touch, aheadSlotsMin: -1 }), /^RangeError: SlabWarmer: aheadSlotsMin must be an integer >= 0, got -1$/);
     assert.throws(() => new SlabWarmer({ slab, touch, bytesPerSlot: 4094 }), /multiple of 4/);
   });
 });
