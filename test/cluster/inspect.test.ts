@@ -4,10 +4,10 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { startCluster, type InProcessCluster } from '../../cluster/in-process-cluster';
-import { compareReplicas, inspect, pageRanges } from '../../cluster/inspect';
+import { InspectError, compareReplicas, inspect, pageRanges } from '../../cluster/inspect';
 import { crc32c } from '../../storage-engine/crc32c';
 import { SegmentLog } from '../../storage-engine/log';
-import { imageFileName } from '../../storage-engine/image';
+import { IMAGE_PAGE_COUNT_MAX, imageFileName } from '../../storage-engine/image';
 import { encodePageWrite } from '../../storage-engine/page-write';
 import { RealDisk } from '../../storage-engine/real-disk';
 import { META_PAYLOAD_BYTES_MAX_DEFAULT } from '../../storage-engine/metadata';
@@ -51,6 +51,16 @@ function copyDir(from: string): string {
 function lastSegment(replicaDir: string): string {
   const names = fs.readdirSync(path.join(replicaDir, 'log')).filter((n) => n.endsWith('.log')).sort();
   return path.join(replicaDir, 'log', names[names.length - 1]!);
+}
+
+/** An InspectError of `code` whose message matches `message`. */
+function inspectError(code: InspectError['code'], message: RegExp): (e: unknown) => boolean {
+  return (e) => {
+    assert.ok(e instanceof InspectError, String(e));
+    assert.equal(e.code, code, e.message);
+    assert.match(e.message, message);
+    return true;
+  };
 }
 
 describe('strata inspect (a data directory read offline)', function () {
@@ -127,6 +137,8 @@ describe('strata inspect (a data directory read offline)', function () {
     assert.deepEqual([rep.volumeId, rep.shard, rep.state, rep.volumeName], [volumeId, 0, 'ok', undefined]);
     assert.equal(rep.pageSize, 4096, 'the page size, from its images');
     assert.deepEqual(alone.page!.data, page(writes[writes.length - 1]!.fill));
+    // Without its node's record there is no volume geometry: a page past what a replica can hold is refused by the store.
+    assert.throws(() => inspect(lone, { page: { page: IMAGE_PAGE_COUNT_MAX } }), inspectError('out_of_range', new RegExp(`^--page ${IMAGE_PAGE_COUNT_MAX}: `)));
     const r = await runCli(['inspect', lone]);
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stdout, new RegExp(`^replica directory: ${lone}\n`));
@@ -181,16 +193,20 @@ describe('strata inspect (a data directory read offline)', function () {
     const cases: Array<[string[], number, RegExp]> = [
       [['inspect', path.join(root, 'nope')], 1, /^strata: not_found: .*nope: ENOENT/],
       [['inspect', os.tmpdir() + '/'], 1, /^strata: bad_request: .* is not a Strata data directory/],
+      [['inspect', path.join(dataDir, NODE_META)], 1, /^strata: bad_request: .*\/node is not a directory\n$/],
       [['inspect', dataDir, '--records'], 1, /^strata: bad_request: .* holds \d+ replicas: name one with --shard/],
       [['inspect', dataDir, '--shard', 'db/7'], 1, /^strata: not_found: .* no replica of shard 7 of volume db/],
       [['inspect', dataDir, '--shard', 'db'], 1, /^strata: bad_request: --shard: expected VOLUME\/SHARD/],
       [['inspect', dataDir, '--shard', 'db/0', '--page', '3', '--lsn', String(end + 1)], 1, /^strata: future_lsn: --lsn \d+: the log ends at LSN/],
       [['inspect', dataDir, '--shard', 'db/0', '--lsn', '3'], 2, /^strata: usage: inspect: --lsn goes with --page or --catalog/],
       [['inspect', dataDir, '--out', 'x'], 2, /^strata: usage: inspect: --out goes with --page/],
+      [['inspect', path.join(dataDir, 'dev0'), '--catalog'], 1, /^strata: not_found: .*dev0 holds no catalog: no replica of the catalog shard/],
       [['inspect', dataDir, '--catalog', '--shard', 'db/0'], 1, /^strata: bad_request: --catalog reads the catalog shard: --shard, --records and --page go without it/],
       [['inspect', dataDir, '--limit', '3'], 2, /^strata: usage: inspect: --from, --to and --limit go with --records/],
       [['inspect', dataDir, '--shard', 'db/0', '--records', '--limit', '0'], 1, /^strata: bad_request: --limit: 0 is out of range/],
       [['inspect', dataDir, '--shard', 'db/0', '--records', '--from', String(end + 1)], 1, /^strata: out_of_range: --from \d+: the log ends at LSN/],
+      [['inspect', dataDir, '--shard', 'db/0', '--records', '--to', String(end + 1)], 1, new RegExp(`^strata: out_of_range: --to ${end + 1}: the log ends at LSN ${end}\n`)],
+      [['inspect', dataDir, '--shard', 'db/0', '--records', '--from', String(end), '--to', String(end - 1)], 1, new RegExp(`^strata: bad_request: --from ${end} is above --to ${end - 1}\n`)],
       [['inspect', dataDir, '--shard', 'db/0', '--page', '512'], 1, /^strata: out_of_range: --page 512: volume db has 512 pages \(0\.\.511\)/],
       [['inspect', dataDir, '--shard', 'db/0', '--page', '300'], 1, /^strata: bad_request: --page 300: page 300 of volume db is on shard 1, not on shard 0 \(--shard db\/1\)/],
     ];
@@ -265,6 +281,26 @@ describe('strata inspect (a data directory read offline)', function () {
     assert.deepEqual(report.page!.data, page(writes[writes.length - 1]!.fill), 'the page as of the record before');
   });
 
+  it('a damaged term-and-vote file (raft) or replica set file (config) is damage, named; the replica is still read', async () => {
+    for (const name of ['raft', 'config']) {
+      const copy = copyDir(dataDir);
+      copies.push(copy);
+      const replica = path.join(copy, 'dev0', 'shards', `${volumeId}.0`);
+      // The replica of a set that never changed has no config file: a damaged copy of raft stands for one.
+      const b = fs.readFileSync(path.join(replica, 'raft'));
+      b[b.length - 2] = b[b.length - 2]! ^ 0x01;
+      fs.writeFileSync(path.join(replica, name), b);
+      const rep = inspect(copy, { shard: 'db/0' }).replicas[0]!;
+      assert.equal(rep.state, 'damaged', name);
+      assert.deepEqual(rep.damage.map((d) => path.basename(d.file)), [name], JSON.stringify(rep.damage));
+      assert.match(rep.damage[0]!.reason, /CRC-32C/);
+      assert.equal(rep.log!.lastLsn, writes[writes.length - 1]!.lsn, `${name}: the log still reads`);
+      const r = await runCli(['inspect', copy]);
+      assert.equal(r.code, 1, r.stderr);
+      assert.match(r.stdout, new RegExp(`${volumeId}/0: damage: .*${volumeId}\\.0/${name}.*: payload CRC-32C`));
+    }
+  });
+
   it('a replica whose log does not open is unreadable, with the reason; exit 1', async () => {
     const loneRoot = fs.mkdtempSync(path.join(os.tmpdir(), 'strata-inspect-lone-'));
     copies.push(loneRoot);
@@ -279,6 +315,7 @@ describe('strata inspect (a data directory read offline)', function () {
     const rep = inspect(lone).replicas[0]!;
     assert.equal(rep.state, 'unreadable');
     assert.match(rep.error!, /unsupported segment format version/);
+    assert.throws(() => inspect(lone, { records: {} }), inspectError('bad_request', /does not open \(.*unsupported segment format version.*\): its records and pages cannot be read$/));
     const r = await runCli(['inspect', lone]);
     assert.equal(r.code, 1);
     assert.match(r.stdout, /does not open: .*unsupported segment format version/);
@@ -320,6 +357,14 @@ describe('strata inspect (a data directory read offline)', function () {
     const bad = await runCli(['inspect', dataDir, '--catalog', '--lsn', '3']);
     assert.equal(bad.code, 1);
     assert.match(bad.stderr, /^strata: bad_request: --lsn: the catalog of .* is a file/);
+    // A damaged catalog file is reported as such, naming it.
+    const copy = copyDir(dataDir);
+    copies.push(copy);
+    const file = path.join(copy, 'controller', 'catalog');
+    const b = fs.readFileSync(file);
+    b[b.length - 2] = b[b.length - 2]! ^ 0x01;
+    fs.writeFileSync(file, b);
+    assert.throws(() => inspect(copy, { catalog: {} }), inspectError('bad_request', new RegExp(`^${copy}/controller/catalog: metadata file .* is corrupt`)));
   });
 
   it('reads a node record as large as its node writes (over the default bound of a metadata file)', () => {
@@ -336,6 +381,32 @@ describe('strata inspect (a data directory read offline)', function () {
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
     }
+  });
+
+  it('a node record that is not one, or is damaged, is refused bad_request naming the file', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'strata-inspect-record-'));
+    try {
+      const file = path.join(dir, NODE_META);
+      nodeMetaStore(new RealDisk(dir)).write(NODE_META, { version: 1, nodeId: 'x', cluster: 'c', hosts: 1 });
+      assert.throws(() => inspect(dir), inspectError('bad_request', new RegExp(`^${file} is not a node's record$`)));
+      nodeMetaStore(new RealDisk(dir)).write(NODE_META, { version: 1, nodeId: 'x', cluster: 'c', hosts: 1, shards: [] });
+      assert.equal(inspect(dir).node?.nodeId, 'x');
+      const b = fs.readFileSync(file);
+      b[b.length - 2] = b[b.length - 2]! ^ 0x01;
+      fs.writeFileSync(file, b);
+      assert.throws(() => inspect(dir), inspectError('bad_request', new RegExp(`^${file}: metadata file .* is corrupt`)));
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('a shard named whose replica is on two devices of the node is refused: the device must be named', () => {
+    const copy = copyDir(dataDir);
+    copies.push(copy);
+    fs.mkdirSync(path.join(copy, 'dev1', 'shards'), { recursive: true });
+    fs.cpSync(path.join(copy, 'dev0', 'shards', `${volumeId}.0`), path.join(copy, 'dev1', 'shards', `${volumeId}.0`), { recursive: true });
+    assert.throws(() => inspect(copy, { shard: 'db/0', records: {} }), inspectError('bad_request', /^--shard db\/0: 2 replicas match \(on dev0, dev1\); name the device's directory$/));
+    assert.equal(inspect(path.join(copy, 'dev1'), { shard: `${volumeId}/0`, records: {} }).records!.length > 0, true, 'the device\'s directory names one');
   });
 
   it('pageRanges folds page numbers into ranges', () => {
@@ -397,6 +468,7 @@ describe('strata inspect --catalog (a replicated controller)', function () {
     assert.equal(state.tombstones.length, 1);
     const r = await runCli(['inspect', dir, '--catalog']);
     assert.equal(r.code, 0, r.stderr);
+    assert.throws(() => inspect(dir, { catalog: { lsn: now.catalog!.lsn! + 1 } }), inspectError('future_lsn', new RegExp(`^--lsn ${now.catalog!.lsn! + 1}: the log ends at LSN ${now.catalog!.lsn}$`)));
     assert.match(r.stdout, new RegExp(`catalog \\(the catalog shard as of LSN ${now.catalog!.lsn}\\): epoch ${state.epoch}, .* 1 volume\\(s\\), 1 tombstone\\(s\\)`));
 
     // Each write of the header page (page 0) is a catalog: their epochs grow, and the first
@@ -451,7 +523,12 @@ describe('strata inspect --compare (the replicas of a shard on several nodes)', 
     await vol.flush();
     await new Promise((r) => setTimeout(r, 300));
     dirs = [...c.dataDirs];
-    for (let i = 2; i >= 0; i--) await c.stopNode(i);
+    // The shard's leader stops last: a leader that stops hands its leadership over, and the new
+    // leader's first record would follow the writes on the nodes still running.
+    let leader = 0;
+    for (let i = 0; i < 3; i++) if ((await c.nodes[i]!.hostPool.replicaRoles()).leading.some((r) => r.volumeId === volumeId && r.shard === 0)) leader = i;
+    for (const i of [0, 1, 2].filter((x) => x !== leader)) await c.stopNode(i);
+    await c.stopNode(leader);
     lastTerm = inspect(dirs[0]!, { shard: 'db/0' }).replicas[0]!.log!.lastTerm;
   });
 
@@ -550,9 +627,21 @@ describe('strata inspect --compare (the replicas of a shard on several nodes)', 
     assert.match(problems[0]!, new RegExp(`^the replicas of ${volumeId}\\.0 differ or do not open:\n[^]*DIVERGED`));
   });
 
+  it('a replica trimmed behind its images: records from its log\'s first LSN, pages as of its oldest readable LSN; trimmed before', () => {
+    const rep = inspect(dirs[0]!, { shard: 'db/0' }).replicas[0]!;
+    const first = rep.log!.firstLsn;
+    const oldest = rep.oldestReadableLsn!;
+    assert.ok(first > 1 && oldest > 1, `the log was trimmed (it starts at LSN ${first}, reads from ${oldest})`);
+    assert.throws(() => inspect(dirs[0]!, { shard: 'db/0', records: { fromLsn: first - 1 } }), inspectError('trimmed', new RegExp(`^--from ${first - 1}: the log starts at LSN ${first} `)));
+    assert.equal(inspect(dirs[0]!, { shard: 'db/0', records: { fromLsn: first } }).records![0]!.lsn, first);
+    assert.throws(() => inspect(dirs[0]!, { shard: 'db/0', page: { page: 1, lsn: oldest - 1 } }), inspectError('trimmed', new RegExp(`^--lsn ${oldest - 1}: the oldest LSN readable is ${oldest} \\(its image\\)`)));
+    assert.deepEqual(inspect(dirs[0]!, { shard: 'db/0', page: { page: 1, lsn: oldest } }).page!.data, page(1));
+  });
+
   it('refuses a comparison it cannot make', async () => {
     const cases: Array<[string[], number, RegExp]> = [
       [['inspect', dirs[0]!, '--compare'], 1, /^strata: bad_request: --compare: 2\.\.16 directories, got 1/],
+      [['inspect', dirs[0]!, path.join(root, 'nope'), '--compare', '--shard', 'db/0'], 1, /^strata: not_found: .*nope: not a directory\n/],
       [['inspect', dirs[0]!, dirs[1]!, '--compare'], 1, /^strata: bad_request: .* holds \d+ replicas: name the shard to compare with --shard/],
       [['inspect', dirs[0]!, dirs[1]!], 2, /^strata: usage: inspect: several PATHs go with --compare/],
       [['inspect', dirs[0]!, dirs[1]!, '--compare', '--shard', 'db/0', '--records'], 2, /^strata: usage: inspect: --records does not go with --compare/],
