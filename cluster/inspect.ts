@@ -335,13 +335,13 @@ function guessPageSize(disk: OverlayDisk, name: string, log: SegmentLog | undefi
 /**
  * Opens the replica `f` (over an OverlayDisk), reports on it, and, when it opens, hands its
  * storage to `visit` (with every record applied: any LSN the log holds can be read) before
- * closing it.
+ * closing it, with the report: damage `visit` finds goes into it.
  */
 function inspectReplica(
   f: Found,
   opts: InspectOptions,
   detail: InspectReport | undefined,
-  visit?: (storage: ShardStorage, disk: OverlayDisk, name: string) => void,
+  visit?: (storage: ShardStorage, disk: OverlayDisk, name: string, rep: ReplicaReport) => void,
 ): ReplicaReport {
   const dir = path.join(f.parent, f.name);
   const rep: ReplicaReport = {
@@ -407,7 +407,7 @@ function inspectReplica(
       rep.damage.push(...storage.store.damagedImages.filter((d) => !rep.damage.some((x) => x.file === d.file && x.reason === d.reason)));
     }
     listImages(disk, name, dir, rep, opts.verify === true);
-    if (visit !== undefined && storage !== undefined) visit(storage, disk, name);
+    if (visit !== undefined && storage !== undefined) visit(storage, disk, name, rep);
     if (detail !== undefined && storage !== undefined) {
       if (opts.records !== undefined) listRecords(storage, opts.records, detail);
       if (opts.page !== undefined) {
@@ -767,11 +767,20 @@ function pagesHeld(disk: OverlayDisk, name: string, log: SegmentLog): Set<number
   return pages;
 }
 
-/** CRC-32C of each of `pages` as of `lsn`. */
-function pageCrcs(storage: ShardStorage, pages: readonly number[], lsn: number): number[] {
+/**
+ * CRC-32C of each of `pages` as of `lsn`; undefined when one does not read back (an image page
+ * whose checksum fails, which the open does not check): its damage goes into `rep`.
+ */
+function pageCrcs(storage: ShardStorage, rep: ReplicaReport, pages: readonly number[], lsn: number): number[] | undefined {
   const out: number[] = [];
-  for (let i = 0; i < pages.length; i += GET_PAGES_MAX) {
-    for (const data of storage.store.getPages(pages.slice(i, i + GET_PAGES_MAX), lsn)) out.push(crc32c(data));
+  try {
+    for (let i = 0; i < pages.length; i += GET_PAGES_MAX) {
+      for (const data of storage.store.getPages(pages.slice(i, i + GET_PAGES_MAX), lsn)) out.push(crc32c(data));
+    }
+  } catch (e) {
+    if (!(e instanceof CorruptionError)) throw e;
+    for (const r of e.reports) if (!rep.damage.some((d) => d.file === r.file && d.reason === r.reason)) rep.damage.push(r);
+    return undefined;
   }
   return out;
 }
@@ -799,9 +808,9 @@ export function compareReplicas(paths: readonly string[], shard?: string): Compa
     let pair: Omit<CompareEntry, 'path' | 'replica'> = {};
     let rep: ReplicaReport | undefined;
     // The reference is opened again for each: two replicas open at a time.
-    const refRep = inspectReplica(ref.found, {}, undefined, (a, aDisk, aName) => {
-      rep = inspectReplica(t.found, {}, undefined, (b, bDisk, bName) => {
-        pair = comparePair(a, aDisk, aName, b, bDisk, bName);
+    const refRep = inspectReplica(ref.found, {}, undefined, (a, aDisk, aName, aRep) => {
+      rep = inspectReplica(t.found, {}, undefined, (b, bDisk, bName, bRep) => {
+        pair = comparePair({ storage: a, disk: aDisk, name: aName, rep: aRep }, { storage: b, disk: bDisk, name: bName, rep: bRep });
       });
     });
     refReport ??= refRep;
@@ -820,7 +829,17 @@ export function compareReplicas(paths: readonly string[], shard?: string): Compa
   };
 }
 
-function comparePair(a: ShardStorage, aDisk: OverlayDisk, aName: string, b: ShardStorage, bDisk: OverlayDisk, bName: string): Omit<CompareEntry, 'path' | 'replica'> {
+/** A replica open for a comparison: its storage, where it is, and its report. */
+interface Opened {
+  storage: ShardStorage;
+  disk: OverlayDisk;
+  name: string;
+  rep: ReplicaReport;
+}
+
+function comparePair(x: Opened, y: Opened): Omit<CompareEntry, 'path' | 'replica'> {
+  const a = x.storage;
+  const b = y.storage;
   const out: Omit<CompareEntry, 'path' | 'replica'> = {};
   const lo = Math.max(a.log.firstLsn, b.log.firstLsn);
   const hi = Math.min(a.log.lastLsn, b.log.lastLsn);
@@ -847,11 +866,14 @@ function comparePair(a: ShardStorage, aDisk: OverlayDisk, aName: string, b: Shar
   }
   const at = out.agreedTo;
   if (out.diverged === undefined && at !== undefined && at >= a.store.oldestReadableLsn && at >= b.store.oldestReadableLsn) {
-    const pages = [...new Set([...pagesHeld(aDisk, aName, a.log), ...pagesHeld(bDisk, bName, b.log)])].sort((p, q) => p - q);
-    const ca = pageCrcs(a, pages, at);
-    const cb = pageCrcs(b, pages, at);
-    const differ = pages.filter((_, i) => ca[i] !== cb[i]);
-    out.pages = { lsn: at, compared: pages.length, differing: differ.length, named: differ.slice(0, DIFFERING_NAMED_MAX) };
+    const pages = [...new Set([...pagesHeld(x.disk, x.name, a.log), ...pagesHeld(y.disk, y.name, b.log)])].sort((p, q) => p - q);
+    const ca = pageCrcs(a, x.rep, pages, at);
+    const cb = pageCrcs(b, y.rep, pages, at);
+    // A replica whose pages do not read back is reported damaged, its pages not compared.
+    if (ca !== undefined && cb !== undefined) {
+      const differ = pages.filter((_, i) => ca[i] !== cb[i]);
+      out.pages = { lsn: at, compared: pages.length, differing: differ.length, named: differ.slice(0, DIFFERING_NAMED_MAX) };
+    }
   }
   return out;
 }

@@ -614,6 +614,27 @@ describe('strata inspect --compare (the replicas of a shard on several nodes)', 
     assert.match(r.stdout, new RegExp(`PAGES DIFFER\\n.*1 page\\(s\\) differ as of LSN ${last}: ${changed}\\n`));
   });
 
+  it('a replica whose image is damaged is reported damaged, not compared as if whole: exit 1', async () => {
+    const copy = copyDir(dirs[1]!);
+    copies.push(copy);
+    const replica = path.join(copy, 'dev0', 'shards', `${volumeId}.0`);
+    const imageLsn = inspect(copy, { shard: 'db/0' }).replicas[0]!.imageLsn!;
+    const file = path.join(replica, imageFileName(imageLsn));
+    const b = fs.readFileSync(file);
+    b[b.length - 100] = b[b.length - 100]! ^ 0x01; // In the last page's data: its checksum fails.
+    fs.writeFileSync(file, b);
+    const report = compareReplicas([dirs[0]!, copy], 'db/0');
+    assert.equal(report.ok, false);
+    const damaged = report.others[0]!.replica;
+    assert.equal(damaged.state, 'damaged', JSON.stringify(damaged.damage));
+    assert.ok(damaged.damage.some((d) => d.file.endsWith(imageFileName(imageLsn)) && /checksum/.test(d.reason)), JSON.stringify(damaged.damage));
+    assert.equal(report.others[0]!.pages, undefined, 'its pages are not compared');
+    assert.equal(report.reference.replica.state, 'ok');
+    const r = await runCli(['inspect', dirs[0]!, copy, '--compare', '--shard', 'db/0']);
+    assert.equal(r.code, 1, r.stdout + r.stderr);
+    assert.match(r.stdout, new RegExp(`damage: .*${imageFileName(imageLsn)}`));
+  });
+
   it('the soak\'s last check compares every shard of a stopped cluster, and fails on a difference', () => {
     const problems: string[] = [];
     assert.deepEqual(compareEveryShard(root, (p) => problems.push(p)).shards, 2);
