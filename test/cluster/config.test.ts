@@ -255,6 +255,16 @@ describe('cluster/config', () => {
     [['--bogus', '1'], /^--bogus: unknown flag/],
     [['stray'], /^stray: unexpected argument/],
     [['--config', ''], /^--config: expected a file path/],
+    [['--sampling-ratio', '1.5'], /^--sampling-ratio: expected a number in 0\.\.1, got "1\.5"$/],
+    [['--sampling-ratio', '1e-1'], /^--sampling-ratio: expected a number in 0\.\.1, got "1e-1"$/],
+    [['--sampling', 'sometimes'], /^--sampling: expected off, ratio or always, got "sometimes"$/],
+    [['--trace-exporters', 'otlp,jaeger'], /^--trace-exporters: expected a comma list of otlp and console, or none, got "otlp,jaeger"$/],
+    [['--hosts', '0x10'], /^--hosts: expected an integer in 1\.\.64, got "0x10"$/],
+    [['--data-dir', 'a\0b'], /^--data-dir: a path may not contain a NUL character/],
+    [['--nats-ca-file', 'a\0b'], /^--nats-ca-file: a path may not contain a NUL character/],
+    [['--nats-cert-file', 'a\0b'], /^--nats-cert-file: a path may not contain a NUL character/],
+    [['--nats-key-file', 'a\0b'], /^--nats-key-file: a path may not contain a NUL character/],
+    [['--nats-password-file', 'a\0b'], /^--nats-password-file: a path may not contain a NUL character/],
   ];
   for (const [argv, pattern] of badFlags) {
     it(`rejects ${argv.join(' ')}`, () => {
@@ -289,6 +299,9 @@ describe('cluster/config', () => {
     rejects(() => load(['--config', file('hosts.json', { dataDir: 'd', hosts: '2' })]), /^hosts\.json: hosts: expected an integer/);
     rejects(() => load(['--config', file('hosts2.json', { dataDir: 'd', hosts: 2.5 })]), /^hosts2\.json: hosts:/);
     rejects(() => load(['--config', file('ctl.json', { dataDir: 'd', controller: 'yes please' })]), /^ctl\.json: controller: expected true or false/);
+    // A JSON string is not a boolean or a number in a file, however it reads.
+    rejects(() => load(['--config', file('ctl2.json', { dataDir: 'd', controller: 'true' })]), /^ctl2\.json: controller: expected true or false \(a JSON boolean\), got "true"$/);
+    rejects(() => load(['--config', file('ratio.json', { dataDir: 'd', samplingRatio: '0.5' })]), /^ratio\.json: samplingRatio: expected a number in 0\.\.1 \(a JSON number\), got "0\.5"$/);
     rejects(() => load(['--config', file('dir.json', { dataDir: 7 })]), /^dir\.json: dataDir: expected a string, got 7/);
     rejects(() => load(['--config', file('null.json', { dataDir: null })]), /^null\.json: dataDir: expected a string, got null/);
     const big = path.join(dir, 'big.json');
