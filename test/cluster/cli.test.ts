@@ -603,6 +603,14 @@ describe('cluster/cli', () => {
       assert.equal(mem.connects.length, 0);
     });
 
+    it('exits 2 for a shard check --wait-ms past its bound, without connecting', async () => {
+      const mem = new MemoryCluster();
+      const r = await run(['shard', 'check', 'db', '0', '--wait-ms', '60001'], mem);
+      assert.equal(r.code, 2);
+      assert.match(r.err, /^strata: usage: --wait-ms: expected 0\.\.60000, got 60001\n/);
+      assert.equal(mem.connects.length, 0);
+    });
+
     it('exits 2 for a bad node configuration, before starting anything', async () => {
       const r = await run(['node', '--hosts', '0', '--data-dir', '/tmp/never']);
       assert.equal(r.code, 2);
@@ -767,6 +775,9 @@ describe('cluster/cli', () => {
         r = await run(['status', '--nats-user', 'u', '--nats-password-file', path.join(dir, 'none')], mem);
         assert.equal(r.code, 2);
         assert.match(r.err, /--nats-password-file: can not read .*none: ENOENT/);
+        r = await run(['status', '--nats-password-file', pw], mem);
+        assert.equal(r.code, 2);
+        assert.match(r.err, /^strata: usage: --nats-password-file needs --nats-user \(or STRATA_NATS_USER\)\n/);
         assert.equal(mem.connects.length, 2, 'nothing connects after a usage error');
         // TLS files: checked, then given to the client (flags, else the environment).
         r = await run(['status', '--nats-ca-file', pw], mem, { env: { STRATA_NATS_CERT_FILE: pw, STRATA_NATS_KEY_FILE: pw } });
@@ -1074,6 +1085,29 @@ describe('cluster/cli', () => {
       assert.equal(r.stderr, "strata dev: ENOENT: no such file or directory, mkdir '/proc/strata-no-such-dir'\n");
     });
 
+    it('ends `node` with bad_config, exit 2, when its metrics port is taken, before it starts', async () => {
+      const bin = path.join(__dirname, '..', '..', '..', 'bin', 'strata');
+      const taken = net.createServer();
+      await new Promise<void>((resolve) => taken.listen(0, '0.0.0.0', resolve));
+      const port = (taken.address() as net.AddressInfo).port;
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'strata-cli-metrics-'));
+      try {
+        const { OTEL_SDK_DISABLED: _off, ...env } = process.env;
+        // No NATS server listens there: the node fails before it would connect.
+        const argv = [bin, 'node', '--data-dir', dir, '--hosts', '1', '--metrics-port', String(port), '--nats', 'nats://127.0.0.1:1'];
+        const r = await new Promise<{ code: number; stderr: string }>((resolve) => {
+          execFile(process.execPath, argv, { timeout: 30_000, killSignal: 'SIGKILL', env }, (err, _out, stderr) => {
+            resolve({ code: err === null ? 0 : Number((err as { code?: unknown }).code ?? 1), stderr });
+          });
+        });
+        assert.equal(r.code, 2, r.stderr);
+        assert.match(r.stderr, new RegExp(`^strata: bad_config: --metrics-port: the metrics endpoint cannot listen on port ${port}: .*EADDRINUSE`, 'm'));
+      } finally {
+        taken.close();
+        fs.rmSync(dir, { recursive: true, force: true });
+      }
+    });
+
     it('exits after a NATS server that never answers, within the --timeout it was given (not when a socket the client library leaves open goes)', async () => {
       const bin = path.join(__dirname, '..', '..', '..', 'bin', 'strata');
       // Accepts connections and says nothing: connecting times out.
@@ -1108,5 +1142,14 @@ describe('global flags before the command', () => {
     assert.throws(() => parseArgs(['--timeout', 'soon', 'status']), UsageError);
     assert.throws(() => parseArgs(['--nats', 'x', 'dev']), UsageError);
     assert.throws(() => parseArgs(['--frobnicate', 'status']), UsageError);
+  });
+
+  it('are refused before node, dev and help, which take them after the command', () => {
+    for (const command of ['node', 'dev', 'help']) {
+      assert.throws(
+        () => parseArgs(['--nats', 'nats://127.0.0.1:4999', command]),
+        (err: unknown) => err instanceof UsageError && err.message === `${command}: --nats goes after the command`,
+      );
+    }
   });
 });
