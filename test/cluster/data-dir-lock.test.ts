@@ -112,6 +112,28 @@ describe('DataDirLock', () => {
     a.release();
   });
 
+  it('a stale lock that is back after each takeover (other nodes starting on it at once) is given up after a few, refused', () => {
+    const dead = spawnSync(process.execPath, ['-e', '']).pid!;
+    plant({ pid: dead }, 0);
+    const nodeFs = require('node:fs') as { renameSync: typeof fs.renameSync };
+    const rename = nodeFs.renameSync;
+    let takeovers = 0;
+    nodeFs.renameSync = (from, to) => {
+      rename(from, to);
+      if (from === lockFile()) {
+        takeovers++;
+        plant({ pid: dead, nodeId: `n${takeovers}` }, 0);
+      }
+    };
+    try {
+      assert.throws(() => DataDirLock.acquire(dir, 'n1'), refused(/could not take .*lock \(another node is starting on it\)$/));
+    } finally {
+      nodeFs.renameSync = rename;
+    }
+    assert.ok(takeovers > 1, `${takeovers} takeover(s)`);
+    assert.deepEqual(fs.readdirSync(dir), [DATA_DIR_LOCK_NAME], 'nothing else is left');
+  });
+
   it('a lock of an older Strata (no boot id) on this host is judged by its process, not by its age', () => {
     fs.writeFileSync(lockFile(), JSON.stringify({ pid: process.ppid, startTicks: startTicks(process.ppid), hostname: os.hostname(), nodeId: 'old', sinceMs: Date.now() - 600_000 }));
     const old = new Date(Date.now() - 600_000);
@@ -140,6 +162,9 @@ describe('DataDirLock', () => {
       a.release();
       fs.writeFileSync(lockFile(), '');
       assert.throws(() => DataDirLock.acquire(dir, 'n1'), refused(/another node is starting on it/));
+      // JSON, but not a holder's (a process id that is no number): as one not written yet.
+      fs.writeFileSync(lockFile(), JSON.stringify({ pid: '7', hostname: os.hostname(), nodeId: 'n0', sinceMs: Date.now() }));
+      assert.throws(() => DataDirLock.acquire(dir, 'n1', { observeMs: 300 }), refused(/another node is starting on it/));
       fs.utimesSync(lockFile(), old, old);
       DataDirLock.acquire(dir, 'n1').release();
     });
