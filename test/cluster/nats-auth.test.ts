@@ -101,7 +101,8 @@ describe('cluster/nats-auth', () => {
         assert.equal(readNatsPassword(file('b', 's3cret\r\n')), 's3cret');
         assert.throws(() => readNatsPassword(file('c', '\n')), /is empty/);
         assert.throws(() => readNatsPassword(file('d', 'a\nb\n')), /holds more than one line/);
-        assert.throws(() => readNatsPassword(file('e', 'x'.repeat(NATS_PASSWORD_FILE_BYTES_MAX + 1))), /more than a password's 4096/);
+        // A regular file is refused by its size, before it is read.
+        assert.throws(() => readNatsPassword(file('e', 'x'.repeat(NATS_PASSWORD_FILE_BYTES_MAX + 1))), /e holds 4097 bytes, more than a password's 4096$/);
         assert.throws(() => readNatsPassword(path.join(dir, 'missing')), /can not read .*missing: ENOENT/);
       } finally {
         fs.rmSync(dir, { recursive: true, force: true });
