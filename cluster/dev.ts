@@ -262,7 +262,12 @@ export interface DevClusterOptions {
    * `strata-node`, the cluster's client as `strata-client`.
    */
   auth?: boolean;
+  /** Bound on the wait for every node to be live, ms; default DEV_START_TIMEOUT_MS. */
+  startTimeoutMs?: number;
 }
+
+/** How long a dev cluster's start waits for all its nodes to be live. */
+export const DEV_START_TIMEOUT_MS = 30_000;
 
 /** A user of a dev cluster whose nats-server admits only its users, and the file holding its password. */
 export interface DevNatsUser {
@@ -381,7 +386,7 @@ export async function startDevCluster(opts: DevClusterOptions): Promise<DevClust
         node.process.once('spawn', () => resolve());
       });
     };
-    await Promise.race([waitForNodes(nats.url, opts.nodes, 30_000, nodeAuth), spawnFailure]);
+    await Promise.race([waitForNodes(nats.url, opts.nodes, opts.startTimeoutMs ?? DEV_START_TIMEOUT_MS, nodeAuth), spawnFailure]);
     const client = await connect({ servers: nats.url, cluster: 'dev', ...(auth === undefined ? {} : { user: auth.users.client.user, pass: auth.users.client.pass }) });
     opts.signal?.removeEventListener('abort', onAbort);
     const restartNats = async (downMs: number): Promise<void> => {

@@ -93,6 +93,9 @@ describe('strata dev --auth: a nats-server that admits only the cluster\'s users
     const code = await main(['--nats', c.natsUrl, '--nats-user', users.client.user, '--nats-password-file', users.client.passwordFile, 'volume', 'list'], { stdout, env: {} });
     assert.equal(code, 0);
     assert.match(out.join(''), /^locked\t/m);
+    // A node is started again only once it has stopped, and only one the cluster has.
+    await assert.rejects(c.restart(0), (e: Error) => /^node n1 \(pid \d+\) is still running$/.test(e.message));
+    await assert.rejects(c.restart(1), (e: Error) => e.message === 'no node 1: the cluster has 1');
   });
 });
 
@@ -128,6 +131,25 @@ describe('strata dev: a start that does not finish', function () {
     const t0 = Date.now();
     await assert.rejects(startDevCluster({ nodes: 2, hosts: 1, dataDir: dir, execPath: '/bin/false' }), (e: Error) => /node n1 exited during the start \(code 1\)/.test(e.message));
     assert.ok(Date.now() - t0 < 10_000, `took ${Date.now() - t0} ms, not the 30 s wait for live nodes`);
+  });
+
+  it('a node process that never comes up fails the start at its deadline, and is stopped', async () => {
+    // Runs as a node process and never serves (for a minute at most).
+    const hang = path.join(dir, 'hang');
+    fs.writeFileSync(hang, '#!/bin/sh\ni=0\nwhile [ $i -lt 60 ]; do sleep 1; i=$((i+1)); done\n', { mode: 0o755 });
+    await assert.rejects(
+      startDevCluster({ nodes: 1, hosts: 1, dataDir: path.join(dir, 'data'), execPath: hang, startTimeoutMs: 1_000 }),
+      (e: Error) => /^the cluster did not reach 1 live nodes within 1000 ms\n/.test(e.message),
+    );
+    assert.deepEqual(processesWith(dir), [], 'no node process left');
+  });
+
+  it('refuses a node count outside 1..16 before starting anything', async () => {
+    const data = path.join(dir, 'data');
+    for (const nodes of [0, 17, 1.5]) {
+      await assert.rejects(startDevCluster({ nodes, hosts: 1, dataDir: data, startTimeoutMs: 1_000 }), (e: Error) => e.message === `--nodes must be 1..16, got ${nodes}`);
+    }
+    assert.equal(fs.existsSync(data), false, 'no data directory made');
   });
 
   it('interrupted during the start, it stops the nats-server and the nodes it started', async () => {
