@@ -8,7 +8,7 @@ import { Readable, Writable } from 'node:stream';
 import { HELP_TEXT, TRANSFER_PAGES_PER_CALL, UsageError, main, parseArgs, parseBranchLsns, parseListen, parseReadAt } from '../../cluster/cli';
 import type { CliIo } from '../../cluster/cli';
 import { NoRespondersError, createClient } from '../../cluster/client';
-import type { ClientTransport, ConnectOptions, StrataClient } from '../../cluster/client';
+import type { ClientTransport, ConnectOptions, ShardCheck, StrataClient } from '../../cluster/client';
 import { decode, encode } from '../../messages/codec';
 import { ProtocolError, errorReply } from '../../messages/errors';
 import { readHeaders } from '../../messages/headers';
@@ -601,6 +601,24 @@ describe('cluster/cli', () => {
         assert.equal(r.out, '');
       }
       assert.equal(mem.connects.length, 0);
+    });
+
+    it('shard check exits 1 naming the page when only the pages differ, the records being the same', async () => {
+      const check: ShardCheck = {
+        volume: 'db',
+        volumeId: 'v1',
+        shard: 0,
+        steps: 1,
+        range: { fromLsn: 1, toLsn: 9 },
+        replicas: ['n1', 'n2'].map((node, i) => ({ node, role: i === 0 ? 'leader' : 'follower', term: 2, firstLsn: 1, lastLsn: 9, commitLsn: 9, digest: 0xabc })),
+        pages: { lsn: 9, compared: 16, steps: 2, differs: { page: 5, digests: { n1: 1, n2: 2 } } },
+      };
+      const client = { checkShard: async () => check, close: async () => undefined } as unknown as StrataClient;
+      const r = await run(['shard', 'check', 'db', '0', '--pages'], undefined, { connect: async () => client });
+      assert.equal(r.code, 1, r.err);
+      assert.match(r.out, /: the same\n/);
+      assert.match(r.out, /DIFFER at page 5: /);
+      assert.equal(r.err, 'strata: corruption: the replicas of shard 0 of db read different data at page 5 as of LSN 9\n');
     });
 
     it('exits 2 for a shard check --wait-ms past its bound, without connecting', async () => {
