@@ -93,6 +93,30 @@ describe('DataDirLock', () => {
     // Not touched while watched, even with a time in the future (a clock set back): its holder is gone.
     plant({ pid: process.ppid, hostname: 'elsewhere', pidNs: 'pid:[1]' }, -3_600_000);
     DataDirLock.acquire(dir, 'n1', { observeMs: 600 }).release();
+    // Written before this machine booted again: its process id, running now, names another process.
+    plant({ pid: process.ppid, bootId: 'before-a-reboot' }, 0);
+    DataDirLock.acquire(dir, 'n1', { observeMs: 600 }).release();
+  });
+
+  it('elsewhere, a lock replaced while watched (a new file, however old its time) runs; one removed while watched is taken', () => {
+    const later = (code: string) => spawn(process.execPath, ['-e', `setTimeout(() => { const fs = require('fs'); const f = ${JSON.stringify(lockFile())}; ${code} }, 300)`], { stdio: 'ignore' });
+    // Replaced by a file of the same time: another node's, on a file system whose times are coarse.
+    plant({ pid: process.ppid, hostname: 'elsewhere', bootId: 'another-boot' }, 3_600_000);
+    const replacer = later(`const st = fs.statSync(f); fs.writeFileSync(f + '.new', fs.readFileSync(f)); fs.utimesSync(f + '.new', st.atime, st.mtime); fs.renameSync(f + '.new', f);`);
+    try {
+      assert.throws(() => DataDirLock.acquire(dir, 'n1', { observeMs: 10_000 }), refused(/in use by node 'n0' \(process \d+ on host 'elsewhere'/));
+    } finally {
+      replacer.kill('SIGKILL');
+    }
+    plant({ pid: process.ppid, hostname: 'elsewhere', bootId: 'another-boot' }, 3_600_000);
+    const remover = later('fs.rmSync(f);');
+    try {
+      const a = DataDirLock.acquire(dir, 'n1', { observeMs: 10_000 });
+      assert.equal((JSON.parse(fs.readFileSync(lockFile(), 'utf8')) as LockHolder).nodeId, 'n1');
+      a.release();
+    } finally {
+      remover.kill('SIGKILL');
+    }
   });
 
   it('a stale lock that another node is taking over right now is refused; a takeover left by a crash is cleared and the lock taken', () => {
@@ -170,10 +194,20 @@ describe('DataDirLock', () => {
     });
   }).timeout(15_000);
 
-  for (const variant of ['B holds the takeover directory', 'the takeover directory was removed as stale meanwhile'] as const) {
-    it(`of two nodes taking one stale lock over at once, one gets it (${variant})`, () => {
-      const dead = spawnSync(process.execPath, ['-e', '']).pid!;
-      plant({ pid: dead }, 0);
+  for (const [variant, stale] of [
+    ['B holds the takeover directory', 'its holder gone'],
+    ['the takeover directory was removed as stale meanwhile', 'its holder gone'],
+    ['the takeover directory was removed as stale meanwhile', 'never written'],
+  ] as const) {
+    it(`of two nodes taking one stale lock over at once, one gets it (${variant}${stale === 'never written' ? '; the lock never written' : ''})`, () => {
+      if (stale === 'never written') {
+        // Created by a node that died before it wrote it.
+        fs.writeFileSync(lockFile(), '');
+        const old = new Date(Date.now() - 60_000);
+        fs.utimesSync(lockFile(), old, old);
+      } else {
+        plant({ pid: spawnSync(process.execPath, ['-e', '']).pid! }, 0);
+      }
       // Node A takes it over while node B is about to move the stale lock away: B's rename
       // runs A's whole takeover first (as an interleaving of two processes would).
       const nodeFs = require('node:fs') as { renameSync: typeof fs.renameSync };
