@@ -159,6 +159,16 @@ describe('strata dev: a start that does not finish', function () {
     assert.deepEqual(processesWith(dir), [], 'no node process left');
   });
 
+  it('interrupted before the start, it spawns no node', async () => {
+    const r = await startDevCluster({ nodes: 1, hosts: 1, dataDir: dir, signal: AbortSignal.abort() }).catch((e: Error) => e);
+    if (!(r instanceof Error)) {
+      await r.client.close().catch(() => undefined);
+      await r.stop();
+    }
+    assert.ok(r instanceof Error && /^interrupted\n/.test(r.message), String(r));
+    assert.deepEqual(fs.readdirSync(dir).filter((n) => n.endsWith('.log')), [], 'no node log: none was spawned');
+  });
+
   it('strata dev stopped by SIGTERM while it starts leaves no process and no temporary directory', async () => {
     const bin = path.join(__dirname, '..', '..', '..', 'bin', 'strata');
     // A temporary directory of its own: other processes on the machine start nats-servers too.
