@@ -267,7 +267,7 @@ describe('cluster/config', () => {
     [['--nats-password-file', 'a\0b'], /^--nats-password-file: a path may not contain a NUL character/],
   ];
   for (const [argv, pattern] of badFlags) {
-    it(`rejects ${argv.join(' ')}`, () => {
+    it(`rejects ${argv.join(' ').replace(/\0/g, '\\0')}`, () => {
       rejects(() => load(['--data-dir', 'd', ...argv]), pattern);
     });
   }
