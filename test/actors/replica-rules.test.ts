@@ -463,6 +463,31 @@ describe('Replica rules that hold only in particular interleavings', function ()
     assert.equal(b.replica.stats().lastLsn, 3);
   });
 
+  it('a follower whose log was trimmed behind its images takes an append that starts below its first record: the records it no longer holds are skipped as committed, the new ones written', async () => {
+    shard = new Cluster(['a', 'b', 'c']);
+    const b = shard.members.get('b')!;
+    const recs = (from: number, to: number): WireRecord[] => Array.from({ length: to - from + 1 }, (_, i) => record(1, (from + i) % 64));
+    // 48 records of 4 KiB over segments of 64 KiB, committed, with a checkpoint after each 16:
+    // the log is trimmed behind the older images.
+    for (let from = 1; from <= 48; from += 16) {
+      const reply = (await b.replica.handle({ ...append(from - 1, recs(from, from + 15)), commitLsn: from + 15 })) as AppendReply;
+      assert.deepEqual([reply.success, reply.matchLsn], [true, from + 15]);
+      await shard.settle();
+      await shard.runUntil(() => b.replica.stats().appliedLsn === from + 15, 'applied');
+      await b.replica.checkpoint();
+    }
+    const first = b.storage.log.firstLsn;
+    assert.ok(first > 3, `the log was trimmed (first LSN ${first})`);
+    // The leader, not knowing that, sends from two records before b's first on.
+    const prevLsn = first - 3;
+    const late = (await b.replica.handle({ ...append(prevLsn, recs(prevLsn + 1, 50)), commitLsn: 48 })) as AppendReply;
+    assert.deepEqual([late.success, late.matchLsn], [true, 50], JSON.stringify(late));
+    await shard.settle();
+    assert.equal(b.storage.log.lastLsn, 50);
+    assert.equal(b.storage.log.firstLsn, first, 'nothing below was written again');
+    assert.deepEqual([b.storage.log.termAt(49), b.storage.log.termAt(50)], [1, 1]);
+  });
+
   /** The id of the replica that leads, once one does. */
   async function elected(c: Cluster): Promise<string> {
     const lead = (): string | undefined => c.ids.find((id) => c.replica(id).stats().role === 'leader');
