@@ -8,7 +8,7 @@ import { decode, encode } from '../../messages/codec';
 import { HEADER_DEADLINE } from '../../messages/headers';
 import { startNatsServer, type NatsServerHandle } from '../../runtime/nats-server';
 import { apiSubject, shardSubject } from '../../messages/subjects';
-import { ProtocolError } from '../../messages/errors';
+import { errorReply, ProtocolError } from '../../messages/errors';
 import { hasRequestId } from '../../messages/validate';
 import { waitFor } from '../support/wait';
 
@@ -198,12 +198,13 @@ describe('ApiRouter when the controller or the catalog does not answer', functio
     }
   });
 
-  it('none at all (no responders): unavailable, at once', async () => {
+  it('none at all (no responders): unavailable, at once, marked noController (a client asks again through a gap between two controllers)', async () => {
     const router = new ApiRouter(nc, 'test', 5000);
     const t0 = performance.now();
-    const reply = decode(await router.forwardToController('volume.create', encode({}), Date.now() + 5000)) as Reply;
+    const reply = decode(await router.forwardToController('volume.create', encode({}), Date.now() + 5000)) as Reply & { error?: { details?: Record<string, unknown> } };
     assert.equal(reply.error?.code, 'unavailable', reply.error?.message);
     assert.match(reply.error?.message ?? '', /no responders/);
+    assert.equal(reply.error?.details?.['noController'], true, JSON.stringify(reply));
     assert.ok(performance.now() - t0 < 2500, 'not at the deadline');
   });
 
@@ -352,8 +353,11 @@ describe('ApiRouter branching a volume', function () {
     // The catalog: the parent 'par' (id vp) and, once branched, 'kid' (id vk).
     stand.subscribe(controllerSubject('test', 'volume.branch'), {
       callback: (_e, m) => {
-        branched.push(decode(m.data) as Record<string, unknown>);
-        m.respond(encode({ ...info('kid', 'vk'), branch: { parent: 'par', parentId: 'vp', lsns: [7] } }));
+        const body = decode(m.data) as Record<string, unknown>;
+        branched.push(body);
+        // A name the catalog holds already: refused.
+        if (body.name === 'taken') m.respond(encode(errorReply(new ProtocolError('bad_request', "name: volume 'taken' exists", { path: 'name' }))));
+        else m.respond(encode({ ...info('kid', 'vk'), branch: { parent: 'par', parentId: 'vp', lsns: [7] } }));
       },
     });
     stand.subscribe(controllerSubject('test', 'volume.delete'), {
@@ -392,6 +396,24 @@ describe('ApiRouter branching a volume', function () {
     assert.ok(hasRequestId({ requestId }), `a request id: ${String(requestId)}`);
     assert.deepEqual(deleted, ['kid']);
     assert.ok(Date.now() - t0 < 3000, 'answered within the deadline');
+  });
+
+  it("answers the controller's refusal of a branch as it came, and deletes nothing", async () => {
+    const router = new ApiRouter(nc, 'test', 5000);
+    const body = { name: 'taken', parent: 'par' };
+    const reply = decode(await router.branch(body, encode(body), Date.now() + 3000)) as { error?: { code?: string; message?: string } };
+    assert.deepEqual({ code: reply.error?.code, message: reply.error?.message }, { code: 'bad_request', message: "name: volume 'taken' exists" });
+    assert.ok(!deleted.includes('taken'), `deleted: ${deleted.join(', ')}`);
+  });
+
+  it('refuses a branch point of another count of LSNs than the parent has shards bad_request, before the controller is asked', async () => {
+    const router = new ApiRouter(nc, 'test', 5000);
+    const body = { name: 'kid2', parent: 'par', lsns: [7, 8] };
+    const sentBefore = branched.length;
+    const reply = decode(await router.branch(body, encode(body), Date.now() + 3000)) as { error?: { code?: string; message?: string } };
+    assert.equal(reply.error?.code, 'bad_request', JSON.stringify(reply));
+    assert.match(reply.error?.message ?? '', /^lsns: volume 'par' has 1 shards, 2 LSNs given$/);
+    assert.equal(branched.length, sentBefore, 'the controller was not asked');
   });
 });
 
