@@ -1265,6 +1265,20 @@ describe('cluster/nbd: NBD export of Strata volumes', function () {
       }
     });
 
+    it('refuses to start with a bound or a wait that is not a positive integer, naming it', async () => {
+      const stub = stubClient();
+      const bad: Array<[string, number]> = [['connectionsMax', 0], ['requestsInFlightMax', 1.5], ['inFlightBytesMax', -1], ['handshakeTimeoutMs', Number.NaN], ['stopTimeoutMs', 0]];
+      for (const [name, value] of bad) {
+        const started = await startNbdServer({ client: stub.client, volume: 'stub', port: 0, [name]: value }).then(
+          (server) => server,
+          (e: unknown) => e,
+        );
+        if (!(started instanceof Error)) await (started as NbdServer).stop();
+        assert.ok(started instanceof RangeError, `${name}: ${String(value)} refused`);
+        assert.equal(started.message, `${name}: expected a positive integer, got ${String(value)}`);
+      }
+    });
+
     it('closes a connection whose handshake does not complete by the deadline', async () => {
       const stub = stubClient();
       const server = await startNbdServer({ client: stub.client, volume: 'stub', port: 0, handshakeTimeoutMs: 200 });
