@@ -1168,6 +1168,35 @@ describe('cluster/nbd: NBD export of Strata volumes', function () {
       }
     });
 
+    it('INFO and GO: malformed data is NBD_REP_ERR_INVALID; an export not there NBD_REP_ERR_UNKNOWN, the catalog failing NBD_REP_ERR_PLATFORM; the negotiation goes on', async () => {
+      const stub = stubClient();
+      const server = await startNbdServer({ client: stub.client, port: 0, logger: captureLogger([]) });
+      try {
+        const p = await greet(server.address.port);
+        const name = Buffer.from('stub', 'utf8');
+        // A byte past the requests of information; two requests announced, none there.
+        for (const data of [Buffer.concat([goData('stub'), Buffer.alloc(1)]), Buffer.concat([u32(name.byteLength), name, u16(2)])]) {
+          const malformed = await option(p, NBD_OPT.INFO, data);
+          assert.deepEqual(malformed.map((r) => [r.type, r.data.toString()]), [[NBD_REP.ERR_INVALID, 'malformed NBD_OPT_INFO/GO data']]);
+        }
+        for (const opt of [NBD_OPT.INFO, NBD_OPT.GO]) {
+          stub.infoFailWith = new ProtocolError('not_found', "volume 'stub' does not exist");
+          const unknown = await option(p, opt, goData('stub'));
+          assert.deepEqual(unknown.map((r) => r.type), [NBD_REP.ERR_UNKNOWN]);
+          assert.match(unknown[0]!.data.toString(), /does not exist/);
+          stub.infoFailWith = new ProtocolError('unavailable', 'the catalog has no leader');
+          const platform = await option(p, opt, goData('stub'));
+          assert.deepEqual(platform.map((r) => r.type), [NBD_REP.ERR_PLATFORM]);
+          assert.match(platform[0]!.data.toString(), /^volume stub could not be opened: the catalog has no leader$/);
+        }
+        stub.infoFailWith = undefined;
+        assert.equal((await option(p, NBD_OPT.INFO, goData('stub'))).at(-1)!.type, NBD_REP.ACK);
+        p.close();
+      } finally {
+        await server.stop();
+      }
+    });
+
     it('a Strata call answered overloaded is made again after a back-off, not answered EIO', async () => {
       const stub = stubClient();
       const lines: Array<{ level: string; msg: string; fields: Record<string, unknown> }> = [];
