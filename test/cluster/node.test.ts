@@ -170,6 +170,23 @@ describe('StrataNode', function () {
     await startNode('lk1');
   });
 
+  it("a data directory is refused to a node of another id or cluster, and to another count of hosts than it was created with; its own node starts on it after", async () => {
+    serveFakeMembership();
+    const first = await startNode('dd1');
+    await first.stop();
+    nodes.splice(nodes.indexOf(first), 1);
+    const dataDir = path.join(root, 'dd1');
+    const refused = (message: RegExp) => (e: ProtocolError) => {
+      assert.equal(e.code, 'bad_request');
+      assert.match(e.message, message);
+      return true;
+    };
+    await assert.rejects(startNode('dd2', { dataDir }), refused(/^data dir .*dd1 belongs to node 'dd1' of cluster 'nodetest', not 'dd2' of 'nodetest'$/));
+    await assert.rejects(startNode('dd1', { cluster: 'other' }), refused(/^data dir .*dd1 belongs to node 'dd1' of cluster 'nodetest', not 'dd1' of 'other'$/));
+    await assert.rejects(startNode('dd1', { hosts: 2 }), refused(/^data dir .*dd1 was created with hosts=1; start the node with the same --hosts/));
+    await startNode('dd1');
+  });
+
   it('refuses to start beside a running node of the same id, and a second controller beside the cluster\'s', async () => {
     serveFakeMembership();
     await startNode('al1');
@@ -547,6 +564,51 @@ describe('StrataNode', function () {
       await Promise.all(held);
       // Served again (its own reconciliation, also a control request, may hold a place a moment).
       await waitFor('members answered again', async () => errorCode(decode((await fake.request(controllerSubject(CLUSTER, 'members'), encode({}))).data)) === undefined);
+    });
+
+    /** A controller request sent directly (as a node or the CLI sends it); the decoded answer. */
+    const askController = async (verb: string, body: unknown): Promise<unknown> => decode((await fake.request(controllerSubject(CLUSTER, verb), encode(body), { timeout: 10_000 })).data);
+
+    it('a volume whose create has not been answered yet is not_found to volume.info and shard.move, and not listed; answered, it is', async () => {
+      const slow = await controllerWithSlowNodes('ctl4');
+      const created = create('pending', Date.now() + 20_000);
+      await waitFor('the create to run', () => slow.opens.length > 0);
+      const info = await askController('volume.info', { name: 'pending' });
+      assert.equal(errorCode(info), 'not_found', JSON.stringify(info));
+      assert.match((info as ErrorReply).error.message, /^volume 'pending' does not exist \(its create has not been answered yet\)$/);
+      const move = await askController('shard.move', { volume: 'pending', shard: 0, from: 'ghost1', to: 'ctl4' });
+      assert.equal(errorCode(move), 'not_found', JSON.stringify(move));
+      assert.match((move as ErrorReply).error.message, /^volume 'pending' does not exist \(its create has not been answered yet\)$/);
+      assert.deepEqual((await askController('volume.list', {}) as { volumes: VolumeInfo[] }).volumes, []);
+      slow.release();
+      assert.equal(errorCode(await created), undefined);
+      assert.equal((await askController('volume.info', { name: 'pending' }) as VolumeInfo).name, 'pending');
+      assert.deepEqual((await askController('volume.list', {}) as { volumes: VolumeInfo[] }).volumes.map((v) => v.name), ['pending']);
+    });
+
+    it('refuses a change of the controller nodes where one controller node keeps the catalog, and a branch without its branch point, bad_request', async () => {
+      await controllerWithSlowNodes('ctl5');
+      const controllers = await askController('controllers', {});
+      assert.equal(errorCode(controllers), 'bad_request', JSON.stringify(controllers));
+      assert.match((controllers as ErrorReply).error.message, /^cluster 'nodetest' has a single controller node \('ctl5', started with --controller\): its controller nodes can not be changed/);
+      const branch = await askController('volume.branch', { name: 'kid', parent: 'par' });
+      assert.equal(errorCode(branch), 'bad_request', JSON.stringify(branch));
+      assert.match((branch as ErrorReply).error.message, /^lsns: the controller needs the branch point of every shard/);
+    });
+
+    it('a resize that a node holding a replica refuses is not recorded: unavailable, naming the node; the volume keeps its size', async () => {
+      const slow = await controllerWithSlowNodes('ctl6');
+      slow.release();
+      assert.equal(errorCode(await create('grown', Date.now() + 10_000)), undefined);
+      fake.subscribe(nodeSubject(CLUSTER, 'ghost1', 'volume.grow'), {
+        callback: (_err, msg) => msg.respond(encode(errorReply(new ProtocolError('unavailable', 'ghost1 cannot grow it')))),
+      });
+      fake.subscribe(nodeSubject(CLUSTER, 'ghost2', 'volume.grow'), { callback: (_err, msg) => msg.respond(encode({ node: 'ghost2', shards: 1 })) });
+      await fake.flush();
+      const reply = await apiRequest(client, 'volume.resize', { name: 'grown', pageCount: 128 }, Date.now() + 10_000);
+      assert.equal(errorCode(reply), 'unavailable', JSON.stringify(reply));
+      assert.match((reply as ErrorReply).error.message, /^volume 'grown' was not resized: not every node holding a replica of it took the new size: ghost1 \(ghost1 cannot grow it\); retry$/);
+      assert.equal((await askController('volume.info', { name: 'grown' }) as VolumeInfo).pageCount, 64);
     });
 
     it('does not run a queued operation whose deadline passed while it waited: its requester gave up', async () => {
