@@ -753,6 +753,55 @@ describe('StrataNode', function () {
       assert.deepEqual(fetches.slice(1), ['2@0', '3@2', '3@0', '3@2'], 'the second page of another epoch: read again from the first');
     });
 
+    it('refuses assignments whose pages do not follow on from each other, or that change at every read, and reconciles with none of them', async () => {
+      serveFakeHeartbeats();
+      const shard = (nodeId: string, i: number): ShardSpec & { hostId: number } => ({
+        volumeId: `v${i}`, volumeName: `v${i}`, shard: 0, shards: 1, pageCount: 64, pageSize: 4096, stripePages: 16, hostId: 0, members: [nodeId],
+      });
+      let epoch = 1;
+      const fetches = new Map<string, number>();
+      // Per node, its first page and the pages after it (each followed by one more, should the node ask on).
+      serveFake('assignments', (msg) => {
+        const { nodeId, from, tombstonesFrom } = decode(msg.data) as { nodeId: string; from?: number; tombstonesFrom?: number };
+        fetches.set(nodeId, (fetches.get(nodeId) ?? 0) + 1);
+        const first = from === undefined && tombstonesFrom === undefined;
+        const at = tombstonesFrom ?? from ?? 0;
+        const pages: Record<string, unknown> = {
+          // Tombstones from 5 after one.
+          ap1: first ? { epoch: 1, shards: [], tombstones: ['t0'], tombstonesNext: 5 } : { epoch: 1, shards: [], tombstones: [`t${at}`], tombstonesNext: at + 1 },
+          // An empty page of tombstones, naming itself next.
+          ap2: first ? { epoch: 1, shards: [], tombstones: ['t0'], tombstonesNext: 1 } : { epoch: 1, shards: [], tombstones: [], tombstonesNext: 1 },
+          // Assignments from 3 after one.
+          ap3: first ? { epoch: 1, shards: [shard('ap3', 0)], tombstones: [], next: 3 } : { epoch: 1, shards: [shard('ap3', at)], tombstones: [], next: at + 1 },
+          // An empty page of assignments, naming itself next.
+          ap4: first ? { epoch: 1, shards: [shard('ap4', 0)], tombstones: [], next: 1 } : { epoch: 1, shards: [], tombstones: [], next: 1 },
+          // Each page of another epoch: the catalog changes at every read.
+          ap5: { epoch: ++epoch, shards: [shard('ap5', at)], tombstones: [], ...(first ? { next: 1 } : {}) },
+        };
+        msg.respond(encode(pages[nodeId] ?? { epoch: 1, shards: [], tombstones: [] }));
+      });
+      const expected: Record<string, string> = {
+        ap1: 'assignments: tombstones at 5 after 1',
+        ap2: 'assignments: an empty page of tombstones at 1',
+        ap3: 'assignments: page at 3 after 1 assignments',
+        ap4: 'assignments: an empty page at 1 names a next one',
+        ap5: 'the catalog changed while its assignments were read, 3 times',
+      };
+      const started: StrataNode[] = [];
+      const failed = (lines: ReadonlyArray<Record<string, unknown>>, id: string) => lines.find((l) => l.node === id && l.msg === 'reconciliation with the catalog failed');
+      const lines = await nodeLogLines(async (seen) => {
+        for (const id of Object.keys(expected)) started.push(await startNode(id));
+        // Each node fails its reconciliation, or (were a page taken) asks on and on.
+        await waitFor('every node to fail its reconciliation', () => Object.keys(expected).every((id) => failed(seen, id) !== undefined || (fetches.get(id) ?? 0) > 20), 20_000);
+      });
+      for (const [id, message] of Object.entries(expected)) {
+        const line = failed(lines, id);
+        assert.ok(line !== undefined, `${id}: ${fetches.get(id) ?? 0} fetches, no failure`);
+        assert.equal((line.err as { message?: unknown } | undefined)?.message, message, JSON.stringify(line));
+      }
+      for (const n of started) assert.deepEqual((await n.hostPool.stats()).flatMap((h) => h.device?.shards ?? []), [], 'nothing opened');
+    });
+
     it('backs off after a failed reconciliation while heartbeats keep their period; warns once per distinct failure, tells when it recovers', async () => {
       const catalog = serveFakeHeartbeats();
       const fetchedAtMs: number[] = [];
