@@ -919,7 +919,7 @@ describe('cluster/nbd: NBD export of Strata volumes', function () {
       s.peer.close();
     });
 
-    it('answers an unknown command, CACHE, and a flag not for the command EINVAL; FUA anywhere and FAST_ZERO on a write-zeroes are accepted', async () => {
+    it('answers an unknown command, CACHE, and a flag not for the command (NO_HOLE on a write, FAST_ZERO on a trim, REQ_ONE on a read) EINVAL; FUA anywhere and FAST_ZERO on a write-zeroes are accepted', async () => {
       const s = await Session.open(all.address.port, 'v');
       assert.equal((await s.request(99, 0, 4096)).error, NBD_ERR.EINVAL);
       assert.equal((await s.request(NBD_CMD.CACHE, 0, 4096)).error, NBD_ERR.EINVAL);
@@ -929,6 +929,7 @@ describe('cluster/nbd: NBD export of Strata volumes', function () {
       assert.equal((await s.request(NBD_CMD.WRITE_ZEROES, 8192, 4096, { flags: NBD_CMD_FLAG.FAST_ZERO })).error, 0);
       assert.deepEqual((await s.request(NBD_CMD.READ, 8192, 8192)).data, Buffer.concat([Buffer.alloc(4096), Buffer.alloc(4096, 9)]));
       assert.equal((await s.request(NBD_CMD.TRIM, 0, 4096, { flags: NBD_CMD_FLAG.FAST_ZERO })).error, NBD_ERR.EINVAL, 'FAST_ZERO on a trim');
+      assert.equal((await s.request(NBD_CMD.READ, 0, 4096, { flags: NBD_CMD_FLAG.REQ_ONE })).error, NBD_ERR.EINVAL, 'REQ_ONE on a read');
       assert.equal((await s.request(NBD_CMD.READ, 0, 4096, { flags: NBD_CMD_FLAG.FUA })).error, 0);
       assert.equal((await s.request(NBD_CMD.FLUSH, 0, 0, { flags: NBD_CMD_FLAG.FUA })).error, 0);
       assert.equal((await s.request(NBD_CMD.READ, 0, 4096)).error, 0);
