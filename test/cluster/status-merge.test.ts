@@ -10,6 +10,7 @@ import { formatStatus } from '../../observability/status';
 import { compactStatus, nodeStatusPart } from '../../cluster/node';
 import { validateNodeStatusRequest } from '../../messages/control';
 import { ProtocolError } from '../../messages/errors';
+import { SHARDS_MAX } from '../../messages/api';
 
 type Shard = { shard: number; state: string; replicas?: Array<Record<string, unknown>>; replicaCount?: number };
 type Volume = { name: string; shards: Shard[]; shardCount?: number; shardsUp?: number; shardsDegraded?: number; shardsUnavailable?: number };
@@ -124,6 +125,12 @@ describe('cluster status merge (mergeClusterStatus)', () => {
     assert.doesNotMatch(text, /\n +2 +n3 .*not a member/);
   });
 
+  it(`a catalog entry of more shards than a volume may have (SHARDS_MAX, ${SHARDS_MAX}) is shown with that many`, () => {
+    const p = parts();
+    const merged = mergeClusterStatus({ ...p, catalog: [{ ...p.catalog[0]!, shards: 1_000_000 }] }, 1 << 30) as { volumes: Volume[] };
+    assert.equal(merged.volumes[0]!.shards.length, SHARDS_MAX);
+  });
+
   it('a member the controller has not heard from since it started (no last seen) is shown dead', () => {
     const p = parts();
     p.nodes = p.nodes.slice(0, 2);
@@ -212,8 +219,23 @@ describe("a node's status in parts (a node of more shards than one message holds
   });
 
   it('answers that are not parts (no node id, bad part numbers) pass the join as they are', () => {
-    const odd = [{ shards: [] }, { node: { id: 'x' }, part: 3, parts: 2, shards: [] }, { node: { id: 'y' }, part: 0, parts: 0 }];
+    const odd = [
+      { shards: [] },
+      { node: { id: 'x' }, part: 3, parts: 2, shards: [] },
+      { node: { id: 'y' }, part: 0, parts: 0 },
+      { node: { id: 'z' }, part: -1, parts: 2, shards: [] },
+      { node: { id: 7 }, part: 0, parts: 1, shards: [] },
+    ];
     assert.deepEqual(joinNodeStatus(odd), odd);
+  });
+
+  it('of a node\'s parts, a repeated one counts as it came first, and a stray one of another count is left out', () => {
+    const a = splitNodeStatus(many('n1', 300), 8 * 1024);
+    const repeated = { ...a[0]!, shards: [] };
+    const stray = { ...a[0]!, part: a.length, parts: a.length + 1, shards: [{ volumeId: 'v9', shard: 0, role: 'leader', state: 'up' }] };
+    const [joined] = joinNodeStatus([...a, repeated, stray]);
+    assert.deepEqual(joined!.shards, a.flatMap((p) => p.shards as unknown[]));
+    assert.equal(joined!.partsMissing, undefined);
   });
 });
 
