@@ -334,6 +334,42 @@ describe('ApiRouter gathering the nodes\' status', function () {
     assert.deepEqual(r.nodes, ['n1:1', 'n2:2']);
     assert.ok(r.ms >= 550, `answered after ${r.ms.toFixed(0)} ms, before the gather's 600`);
   });
+
+  /** While `fn` runs, one more stand-in answers every gather with `answer(reply subject)`. */
+  async function withStandIn(answer: (reply: string) => void, fn: () => Promise<void>): Promise<void> {
+    const sub = others.subscribe('strata.test.nodes.status', { callback: (_e, m) => answer(m.reply!) });
+    await others.flush();
+    try {
+      await fn();
+    } finally {
+      sub.unsubscribe();
+    }
+  }
+
+  it('leaves out answers that are not maps, and waits for a node\'s parts of the count its first part gave, a stray part of another count not among them', async () => {
+    await withController([{ nodeId: 'n1', live: true }, { nodeId: 'n2', live: true }, { nodeId: 'n4', live: true }]);
+    await withStandIn((reply) => {
+      others.publish(reply, encode([1, 2]));
+      others.publish(reply, encode(42));
+      others.publish(reply, encode({ node: { id: 'n4' }, shards: [{ volumeId: 'v', shard: 0 }], part: 0, parts: 2 }));
+      others.publish(reply, encode({ node: { id: 'n4' }, shards: [{ volumeId: 'v', shard: 3 }], part: 1, parts: 3 }));
+      setTimeout(() => others.publish(reply, encode({ node: { id: 'n4' }, shards: [{ volumeId: 'v', shard: 1 }], part: 1, parts: 2 })), 300);
+    }, async () => {
+      const r = await status(new ApiRouter(nc, 'test', 30_000, { statusGatherMsMax: 15_000 }));
+      assert.deepEqual(r.nodes, ['n1:1', 'n2:2', 'n4:2']);
+    });
+  });
+
+  it('ends after 1024 messages, whoever has answered', async () => {
+    // Without a controller the gather would wait its whole time.
+    await withStandIn((reply) => {
+      for (let i = 0; i < 1024; i++) others.publish(reply, encode({ node: { id: `x${i}` } }));
+    }, async () => {
+      const r = await status(new ApiRouter(nc, 'test', 30_000, { statusGatherMsMax: 20_000 }));
+      assert.ok(r.ms < 10_000, `answered after ${r.ms.toFixed(0)} ms`);
+      assert.ok(r.nodes.length <= 1024, `${r.nodes.length} nodes`);
+    });
+  });
 });
 
 describe('ApiRouter branching a volume', function () {
