@@ -111,6 +111,18 @@ describe('a node joining and leaving the controller nodes', function () {
     assert.deepEqual(await request(nodeSubject(CLUSTER, 'm2', 'catalog.leave'), { members: ['x1', 'x2', 'x3'] }), { node: 'm2', done: false });
   });
 
+  it('refuses a join whose members do not name it and a leave whose members do, bad_request, and changes nothing', async () => {
+    const n = await startNode('m4', ['x1', 'x2', 'x3']);
+    const join = await request(nodeSubject(CLUSTER, 'm4', 'catalog.join'), { members: ['x1', 'x2', 'x4'], prior: ['x1', 'x2', 'x3'] });
+    assert.equal(join.error?.code, 'bad_request', JSON.stringify(join));
+    assert.equal(join.error!.message, "members: x1,x2,x4 do not name node 'm4'");
+    const leave = await request(nodeSubject(CLUSTER, 'm4', 'catalog.leave'), { members: ['m4', 'x1', 'x2'] });
+    assert.equal(leave.error?.code, 'bad_request', JSON.stringify(leave));
+    assert.equal(leave.error!.message, "members: m4,x1,x2 name node 'm4': it stays a controller node");
+    assert.equal(await holdsCatalog(n), false);
+    assert.deepEqual(record('m4'), undefined);
+  });
+
   it('a node started without --controllers refuses to join', async () => {
     await startNode('m3', undefined);
     const r = await request(nodeSubject(CLUSTER, 'm3', 'catalog.join'), { members: ['m3', 'x1', 'x2'], prior: ['x1', 'x2', 'x3'] });
