@@ -23,6 +23,7 @@ import {
   META_CONTEXT_QUERIES_MAX,
   OPTION_BYTES_MAX,
   nbdUri,
+  retryOverloaded,
   startNbdServer,
   type NbdServer,
 } from '../../cluster/nbd';
@@ -1198,6 +1199,18 @@ describe('cluster/nbd: NBD export of Strata volumes', function () {
       }
     });
 
+    it('a Strata call is made again only while it is answered overloaded: another failure is thrown at once', async () => {
+      let calls = 0;
+      const sleeps: number[] = [];
+      const sleep = async (ms: number): Promise<void> => void sleeps.push(ms);
+      const timeout = new ProtocolError('timeout', 'no reply before the deadline');
+      await assert.rejects(retryOverloaded(async () => { calls++; throw timeout; }, 1000, sleep), (e: unknown) => e === timeout);
+      assert.deepEqual({ calls, sleeps: sleeps.length }, { calls: 1, sleeps: 0 });
+      calls = 0;
+      assert.equal(await retryOverloaded(async () => { if (++calls < 3) throw new ProtocolError('overloaded', 'queue full'); return 'done'; }, 60_000, sleep), 'done');
+      assert.deepEqual({ calls, sleeps: sleeps.length }, { calls: 3, sleeps: 2 });
+    });
+
     it('a Strata call answered overloaded is made again after a back-off, not answered EIO', async () => {
       const stub = stubClient();
       const lines: Array<{ level: string; msg: string; fields: Record<string, unknown> }> = [];
@@ -1306,6 +1319,21 @@ describe('cluster/nbd: NBD export of Strata volumes', function () {
         if (!(started instanceof Error)) await (started as NbdServer).stop();
         assert.ok(started instanceof RangeError, `${name}: ${String(value)} refused`);
         assert.equal(started.message, `${name}: expected a positive integer, got ${String(value)}`);
+      }
+    });
+
+    it('past connectionsMax connections refused and still open, drops the next at once, without a greeting', async () => {
+      const stub = stubClient();
+      const server = await startNbdServer({ client: stub.client, volume: 'stub', port: 0, connectionsMax: 1, logger: captureLogger([]) });
+      try {
+        const served = await Session.open(server.address.port, 'stub');
+        const refused = await greet(server.address.port);
+        const dropped = await Peer.connect(server.address.port);
+        await dropped.expectClosed();
+        refused.close();
+        served.peer.close();
+      } finally {
+        await server.stop();
       }
     });
 
