@@ -2,7 +2,7 @@ import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { connect as natsConnect, type Msg, type NatsConnection } from 'nats';
+import { connect as natsConnect, headers as natsHeaders, type Msg, type NatsConnection } from 'nats';
 import { startNatsServer, type NatsServerHandle } from '../../runtime/nats-server';
 import { StrataNode, CONTROL_QUEUE_MAX, CONTROLLER_MOVE_QUIET_MS, RECONCILE_BACKOFF_MS_MIN, type StrataNodeOptions } from '../../cluster/node';
 import { createClient, NatsTransport, type StrataClient } from '../../cluster/client';
@@ -616,11 +616,18 @@ describe('StrataNode', function () {
       const first = create('first', Date.now() + 5000);
       await waitFor('the first create to run', () => slow.opens.length > 0);
       const late = create('late', Date.now() + 300);
+      // Sent to the controller directly, its answer is the controller's own.
+      const lateHeaders = natsHeaders();
+      lateHeaders.set(HEADER_DEADLINE, String(Date.now() + 300));
+      const direct = fake.request(controllerSubject(CLUSTER, 'volume.create'), encode({ name: 'late2', pageCount: 64, replicas: 3 }), { headers: lateHeaders, timeout: 20_000 });
       const third = create('third', Date.now() + 5000);
       await sleep(600);
       slow.release();
       assert.equal(errorCode(await first), undefined);
       assert.equal(errorCode(await late), 'timeout');
+      const directReply = decode((await direct).data);
+      assert.equal(errorCode(directReply), 'timeout', JSON.stringify(directReply));
+      assert.match((directReply as ErrorReply).error.message, /^the deadline passed while the operation waited \d+ ms in the controller's queue; it was not run$/);
       assert.equal(errorCode(await third), undefined);
       const list = (await apiRequest(client, 'volume.list', {}, Date.now() + 5000)) as { volumes: VolumeInfo[] };
       assert.deepEqual(list.volumes.map((v) => v.name).sort(), ['first', 'third']);
