@@ -82,4 +82,23 @@ describe('overlapping shard opens and destroys on a node', function () {
     await waitFor('both shards open', async () => (await openOnHosts(node)).length === 2);
     assert.deepEqual(recorded(node), ['vy.0', 'vy.1'], 'each shard recorded once');
   });
+
+  it('a digest, forced vote, handover or set change of a shard the node holds no replica of is not_found naming it; a handover to a node it leads no shard with too', async () => {
+    serveFakeCatalog();
+    await startNode('ops3');
+    await request(nodeSubject(CLUSTER, 'ops3', 'shards.open'), { shards: [shard('ops3', 'vz', 0)] });
+    const noReplica = "node 'ops3' holds no replica of shard 1 of volume vz";
+    for (const [verb, body] of [
+      ['shard.digest', { volumeId: 'vz', shard: 1 }],
+      ['shard.forceVote', { volumeId: 'vz', shard: 1 }],
+      ['shard.handover', { volumeId: 'vz', shard: 1 }],
+      ['shard.reconfigure', { volumeId: 'vz', shard: 1, members: ['ops3'] }],
+    ] as const) {
+      const r = (await request(nodeSubject(CLUSTER, 'ops3', verb), body)) as { error?: { code: string; message: string } };
+      assert.deepEqual({ code: r.error?.code, message: r.error?.message }, { code: 'not_found', message: noReplica }, verb);
+    }
+    // vz.0's only replica is this node's: no shard led here has one on 'elsewhere'.
+    const r = (await request(nodeSubject(CLUSTER, 'ops3', 'shard.handover'), { to: 'elsewhere' })) as { error?: { code: string; message: string } };
+    assert.deepEqual({ code: r.error?.code, message: r.error?.message }, { code: 'not_found', message: "node 'ops3' leads no shard with a replica on node 'elsewhere'" });
+  });
 });
