@@ -2,6 +2,7 @@ import { strict as assert } from 'node:assert';
 import { connect, type NatsConnection } from 'nats';
 import { ApiRouter, CHANGE_RESENDS_MAX, mapReplyRanges } from '../../cluster/api-router';
 import { PAGE_MAP_RANGES_MAX } from '../../messages/api';
+import { NODES_MAX } from '../../actors/controller';
 import { validatePageMapReply } from '../../messages/validate';
 import { controllerSubject } from '../../messages/control';
 import { decode, encode } from '../../messages/codec';
@@ -358,6 +359,12 @@ describe('ApiRouter gathering the nodes\' status', function () {
       const r = await status(new ApiRouter(nc, 'test', 30_000, { statusGatherMsMax: 15_000 }));
       assert.deepEqual(r.nodes, ['n1:1', 'n2:2', 'n4:2']);
     });
+  });
+
+  it(`takes a controller that names more than NODES_MAX (${NODES_MAX}) members for none: the status comes without the controller's part`, async () => {
+    await withController(Array.from({ length: NODES_MAX + 1 }, (_, i) => ({ nodeId: `m${i}`, live: false, lastSeenMs: 1 })));
+    const reply = (await new ApiRouter(nc, 'test', 30_000, { statusGatherMsMax: 600 }).clusterStatus({ node: { id: 'n1' } }, Date.now() + 25_000)) as { controllerReachable: boolean; members: unknown[] };
+    assert.deepEqual({ controllerReachable: reply.controllerReachable, members: reply.members.length }, { controllerReachable: false, members: 0 });
   });
 
   it('ends after 1024 messages, whoever has answered', async () => {
