@@ -247,7 +247,8 @@ describe('ApiRouter gathering the nodes\' status', function () {
         const reply = m.reply!;
         others.publish(reply, encode({ node: { id: 'n2' }, shards: [{ volumeId: 'v', shard: 0 }], part: 0, parts: 2 }));
         m.respond(encode({ node: { id: 'n1' }, shards: [{ volumeId: 'v', shard: 0 }] }));
-        setTimeout(() => others.publish(reply, encode({ node: { id: 'n2' }, shards: [{ volumeId: 'v', shard: 1 }], part: 1, parts: 2 })), 200);
+        // Not once the connection is closed: a gather may end before it (after the last test).
+        setTimeout(() => others.isClosed() || others.publish(reply, encode({ node: { id: 'n2' }, shards: [{ volumeId: 'v', shard: 1 }], part: 1, parts: 2 })), 200);
       },
     });
     await others.flush();
@@ -354,7 +355,7 @@ describe('ApiRouter gathering the nodes\' status', function () {
       others.publish(reply, encode(42));
       others.publish(reply, encode({ node: { id: 'n4' }, shards: [{ volumeId: 'v', shard: 0 }], part: 0, parts: 2 }));
       others.publish(reply, encode({ node: { id: 'n4' }, shards: [{ volumeId: 'v', shard: 3 }], part: 1, parts: 3 }));
-      setTimeout(() => others.publish(reply, encode({ node: { id: 'n4' }, shards: [{ volumeId: 'v', shard: 1 }], part: 1, parts: 2 })), 300);
+      setTimeout(() => others.isClosed() || others.publish(reply, encode({ node: { id: 'n4' }, shards: [{ volumeId: 'v', shard: 1 }], part: 1, parts: 2 })), 300);
     }, async () => {
       const r = await status(new ApiRouter(nc, 'test', 30_000, { statusGatherMsMax: 15_000 }));
       assert.deepEqual(r.nodes, ['n1:1', 'n2:2', 'n4:2']);

@@ -116,6 +116,34 @@ describe('changing the controller nodes', function () {
     await catalogOn(['n1', 'n2', 'n3']);
   });
 
+  it("a change whose set change fails answers why: a leader that steps down sends the requester to the next controller; another failure keeps its code, and nothing changes", async () => {
+    const i = await controllerIndex(c);
+    const pool = (c.nodes[i] as unknown as { pool: { reconfigure: (...args: unknown[]) => Promise<unknown> } }).pool;
+    const saved = pool.reconfigure;
+    const nc = await natsConnect({ servers: c.natsUrl });
+    const ask = async (): Promise<{ error?: { code: string; message: string; details?: Record<string, unknown> } }> =>
+      decode((await nc.request(controllerSubject(c.cluster, 'controllers'), encode({ members: ['n1', 'n2', 'n3'] }), { timeout: 10_000 })).data) as { error?: { code: string; message: string; details?: Record<string, unknown> } };
+    try {
+      pool.reconfigure = async () => {
+        throw new ProtocolError('not_leader', 'the stand-in leads no more');
+      };
+      const stepped = await ask();
+      assert.equal(stepped.error?.code, 'unavailable', JSON.stringify(stepped));
+      assert.match(stepped.error!.message, /^the catalog shard's leader on node 'n\d' stepped down during the change to n\d,n\d,n\d \(the stand-in leads no more\); retry: the next controller finishes it$/);
+      assert.equal(stepped.error!.details?.['notController'], true);
+      pool.reconfigure = async () => {
+        throw new ProtocolError('timeout', 'the stand-in did not commit it');
+      };
+      const late = await ask();
+      assert.equal(late.error?.code, 'timeout', JSON.stringify(late));
+      assert.match(late.error!.message, /^the catalog shard's set was not changed to n\d,n\d,n\d: the stand-in did not commit it \(the change may still be made: strata controllers shows the set in force\)$/);
+    } finally {
+      pool.reconfigure = saved;
+      await nc.close();
+    }
+    assert.deepEqual(sorted((await eventually('the set', () => c.client.controllers())).members), ['n1', 'n2', 'n3']);
+  });
+
   it('replaces a controller node that is not the controller: n4 joins with a new replica, the one taken out destroys its own; the catalog is kept, and asked again, the change is answered done', async () => {
     await eventually('a create', () => c.client.createVolume({ name: 'a', pageCount: 64, shards: 1, replicas: 3 }));
     const seat = await controllerIndex(c);
