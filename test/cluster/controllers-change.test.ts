@@ -144,6 +144,25 @@ describe('changing the controller nodes', function () {
     assert.deepEqual(sorted((await eventually('the set', () => c.client.controllers())).members), ['n1', 'n2', 'n3']);
   });
 
+  it('a change that a node added does not join is refused, naming the node, and nothing changes', async () => {
+    const n4 = c.nodes[3] as unknown as { joinCatalog: (...args: unknown[]) => Promise<boolean> };
+    const saved = n4.joinCatalog;
+    n4.joinCatalog = async () => {
+      throw new ProtocolError('unavailable', 'the stand-in opens no replica');
+    };
+    const nc = await natsConnect({ servers: c.natsUrl });
+    try {
+      const reply = decode((await nc.request(controllerSubject(c.cluster, 'controllers'), encode({ members: ['n1', 'n2', 'n4'] }), { timeout: 10_000 })).data) as { error?: { code: string; message: string } };
+      assert.equal(reply.error?.code, 'unavailable', JSON.stringify(reply));
+      assert.equal(reply.error!.message, "node 'n4' did not open a replica of the catalog shard: the stand-in opens no replica; the controller nodes were not changed");
+    } finally {
+      n4.joinCatalog = saved;
+      await nc.close();
+    }
+    assert.deepEqual(sorted((await eventually('the set', () => c.client.controllers())).members), ['n1', 'n2', 'n3']);
+    await catalogOn(['n1', 'n2', 'n3']);
+  });
+
   it('replaces a controller node that is not the controller: n4 joins with a new replica, the one taken out destroys its own; the catalog is kept, and asked again, the change is answered done', async () => {
     await eventually('a create', () => c.client.createVolume({ name: 'a', pageCount: 64, shards: 1, replicas: 3 }));
     const seat = await controllerIndex(c);
