@@ -488,6 +488,34 @@ describe('Replica rules that hold only in particular interleavings', function ()
     assert.deepEqual([b.storage.log.termAt(49), b.storage.log.termAt(50)], [1, 1]);
   });
 
+  it('a leader sending a follower its image steps down when the follower answers a chunk with a newer term', async () => {
+    shard = new Cluster(['a', 'b', 'c'], { randoms: { a: 0, b: 0.99, c: 0.99 } });
+    const [a, c] = ['a', 'c'].map((id) => shard!.members.get(id)!);
+    await shard.runUntil(() => a.replica.isLeader, 'a leads');
+    await shard.run(50);
+    // c is cut off while a writes 48 pages with b, checkpointing after each 16: a's log is then
+    // trimmed past what c holds, and c can only be sent an image.
+    shard.isolate(['c']);
+    for (let round = 0; round < 3; round++) {
+      for (let i = 0; i < 16; i++) await a.replica.write([{ page: i, data: page(round * 16 + i + 1) }]);
+      await shard.run(20, ['a']);
+      await a.replica.checkpoint();
+    }
+    assert.ok(a.storage.log.firstLsn > c.replica.stats().lastLsn + 1, `a's log trimmed past c's (first LSN ${a.storage.log.firstLsn})`);
+    const term = a.replica.currentTerm;
+    // c answers the image's chunks with a newer term (a leader c has since heard of).
+    let chunks = 0;
+    shard.forged.push((_from, to, msg, reply) => {
+      if (to !== 'c' || msg.type !== 'snapshot') return reply;
+      chunks++;
+      return { ...reply, term: term + 3 };
+    });
+    shard.heal();
+    await shard.runUntil(() => !a.replica.isLeader, 'a stepped down', ['a']);
+    assert.ok(chunks >= 1, 'an image chunk was answered');
+    assert.equal(a.replica.currentTerm, term + 3);
+  });
+
   /** The id of the replica that leads, once one does. */
   async function elected(c: Cluster): Promise<string> {
     const lead = (): string | undefined => c.ids.find((id) => c.replica(id).stats().role === 'leader');
