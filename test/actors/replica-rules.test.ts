@@ -5,13 +5,14 @@
  * the test decides which messages arrive, so each case runs the same way every time.
  */
 import { strict as assert } from 'node:assert';
-import { encodeConfig, Replica, type ReplicaTransport } from '../../actors/replica';
+import { encodeConfig, MESSAGE_BYTES_MIN, Replica, type ReplicaTransport } from '../../actors/replica';
 import { DeviceQueue } from '../../actors/device-queue';
 import { SimDisk } from '../../storage-engine/sim-disk';
 import { Slab } from '../../storage-engine/slab';
 import { ShardStorage } from '../../storage-engine/shard-storage';
 import { encodePageWrite } from '../../storage-engine/page-write';
 import { RecordKind } from '../../storage-engine/record';
+import { imageFileName } from '../../storage-engine/image';
 import { ProtocolError } from '../../messages/errors';
 import { StorageError } from '../../storage-engine/errors';
 import type { AppendReply, AppendRequest, RaftReply, RaftRequest, SnapshotReply, VoteReply, WireRecord } from '../../messages/raft';
@@ -25,6 +26,7 @@ const timing = { electionTimeoutMinMs: 300, electionTimeoutMaxMs: 600, heartbeat
 
 interface Member {
   id: string;
+  disk: SimDisk;
   storage: ShardStorage;
   queue: DeviceQueue;
   replica: Replica;
@@ -72,7 +74,7 @@ class Cluster {
         ...(opts.offload?.[id] !== undefined ? { offload: opts.offload[id] } : {}),
         ...(opts.pendingWritesMax !== undefined ? { pendingWritesMax: opts.pendingWritesMax } : {}),
       });
-      this.members.set(id, { id, storage, queue, replica });
+      this.members.set(id, { id, disk, storage, queue, replica });
     }
   }
 
@@ -488,6 +490,14 @@ describe('Replica rules that hold only in particular interleavings', function ()
     assert.deepEqual([b.storage.log.termAt(49), b.storage.log.termAt(50)], [1, 1]);
   });
 
+  /** Leader a writes pages 0..15 (round `round`'s data), lets them apply, and checkpoints: the image's LSN. */
+  async function writeAndCheckpoint(c: Cluster, round: number): Promise<number> {
+    const a = c.replica('a');
+    for (let i = 0; i < 16; i++) await a.write([{ page: i, data: page(round * 16 + i + 1) }]);
+    await c.run(20, ['a']);
+    return (await a.checkpoint()).lsn;
+  }
+
   it('a leader sending a follower its image steps down when the follower answers a chunk with a newer term', async () => {
     shard = new Cluster(['a', 'b', 'c'], { randoms: { a: 0, b: 0.99, c: 0.99 } });
     const [a, c] = ['a', 'c'].map((id) => shard!.members.get(id)!);
@@ -496,11 +506,7 @@ describe('Replica rules that hold only in particular interleavings', function ()
     // c is cut off while a writes 48 pages with b, checkpointing after each 16: a's log is then
     // trimmed past what c holds, and c can only be sent an image.
     shard.isolate(['c']);
-    for (let round = 0; round < 3; round++) {
-      for (let i = 0; i < 16; i++) await a.replica.write([{ page: i, data: page(round * 16 + i + 1) }]);
-      await shard.run(20, ['a']);
-      await a.replica.checkpoint();
-    }
+    for (let round = 0; round < 3; round++) await writeAndCheckpoint(shard, round);
     assert.ok(a.storage.log.firstLsn > c.replica.stats().lastLsn + 1, `a's log trimmed past c's (first LSN ${a.storage.log.firstLsn})`);
     const term = a.replica.currentTerm;
     // c answers the image's chunks with a newer term (a leader c has since heard of).
@@ -514,6 +520,35 @@ describe('Replica rules that hold only in particular interleavings', function ()
     await shard.runUntil(() => !a.replica.isLeader, 'a stepped down', ['a']);
     assert.ok(chunks >= 1, 'an image chunk was answered');
     assert.equal(a.replica.currentTerm, term + 3);
+  });
+
+  it('a leader whose image goes away while it sends it (a newer checkpoint let it go) sends the newest image instead, and the follower catches up', async () => {
+    shard = new Cluster(['a', 'b', 'c'], { randoms: { a: 0, b: 0.99, c: 0.99 }, messageBytesMax: MESSAGE_BYTES_MIN });
+    const [a, c] = ['a', 'c'].map((id) => shard!.members.get(id)!);
+    await shard.runUntil(() => a.replica.isLeader, 'a leads');
+    await shard.run(50);
+    shard.isolate(['c']);
+    for (let round = 0; round < 3; round++) await writeAndCheckpoint(shard, round);
+    assert.ok(a.storage.log.firstLsn > c.replica.stats().lastLsn + 1, 'c can only be sent an image');
+    // Once the first chunk of an image reached c, nothing more reaches it for a while.
+    const sent: number[] = [];
+    let hold = false;
+    shard.lost.push((_from, to, msg) => {
+      if (to !== 'c' || msg.type !== 'snapshot') return to === 'c' && hold;
+      if (hold) return true;
+      sent.push(msg.lsn);
+      if (sent.length === 2) hold = true; // This second chunk still reaches c.
+      return false;
+    });
+    shard.heal();
+    await shard.runUntil(() => hold, 'a sent c two chunks of an image', ['a']);
+    const sending = sent[0]!;
+    // Two more checkpoints: the image being sent is let go.
+    const newest = Math.max(await writeAndCheckpoint(shard, 3), await writeAndCheckpoint(shard, 4));
+    await shard.runUntil(() => !a.disk.exists(`shard/${imageFileName(sending)}`), 'the image being sent was removed', ['a', 'b']);
+    hold = false;
+    await shard.runUntil(() => c.replica.stats().appliedLsn >= newest, 'c installed the newest image and caught up');
+    assert.ok(sent.includes(newest), `the newest image (LSN ${newest}) was sent: ${[...new Set(sent)].join(', ')}`);
   });
 
   /** The id of the replica that leads, once one does. */
