@@ -551,6 +551,25 @@ describe('Replica rules that hold only in particular interleavings', function ()
     assert.ok(sent.includes(newest), `the newest image (LSN ${newest}) was sent: ${[...new Set(sent)].join(', ')}`);
   });
 
+  it('a leader refuses to hand its leadership over while its replica set changes, and hands it over once the change is done', async () => {
+    shard = new Cluster(['a', 'b', 'c'], { randoms: { a: 0, b: 0.99, c: 0.99 } });
+    const a = shard.replica('a');
+    await shard.runUntil(() => a.isLeader, 'a leads');
+    await a.write([{ page: 0, data: page(1) }]);
+    // b's and c's disks hold the change to {a, b}: it stays joint.
+    const releases = [shard.stallDisk('b'), shard.stallDisk('c')];
+    const change = watch(a.reconfigure(['a', 'b'], { deadlineMs: Date.now() + 30_000 }));
+    await shard.run(30, ['a']);
+    assert.equal(change.settled(), false, 'the change waits for the disks');
+    assert.throws(() => a.transferLeadership('b'), (e: ProtocolError) => e.code === 'unavailable' && /is changing its replica set/.test(e.message));
+    for (const release of releases) release();
+    await shard.runUntil(() => change.settled(), 'the change done', ['a', 'b']);
+    assert.equal(change.error(), undefined);
+    const handed = a.transferLeadership('b');
+    await shard.runUntil(() => shard!.replica('b').isLeader, 'b leads', ['a', 'b']);
+    assert.equal((await handed).to, 'b');
+  });
+
   /** The id of the replica that leads, once one does. */
   async function elected(c: Cluster): Promise<string> {
     const lead = (): string | undefined => c.ids.find((id) => c.replica(id).stats().role === 'leader');
