@@ -14,6 +14,7 @@ import { META_PAYLOAD_BYTES_MAX_DEFAULT } from '../../storage-engine/metadata';
 import { NODE_META, nodeMetaStore } from '../../cluster/data-dir-layout';
 import { RecordKind } from '../../storage-engine/record';
 import { runCli } from '../support/cli';
+import { waitFor } from '../support/wait';
 import { compareEveryShard } from '../support/replicas';
 
 /** Every file under `dir`: size, mtime and content hash, by relative path. */
@@ -519,9 +520,13 @@ describe('strata inspect --compare (the replicas of a shard on several nodes)', 
     const vol = c.client.volume('db');
     // Pages 1..4 once, then page 0 again and again: two images (the log trimmed behind the older), the newest holding pages 1..4 as read at the end.
     for (let k = 1; k <= 20; k++) last = (await vol.writePages([{ page: k <= 4 ? k : 0, data: page(k) }])).lsn;
-    // Every follower has every record (the write answered once a majority had it).
+    // Every replica holds and has applied every record (the write was answered once a majority
+    // had it; on a loaded machine a follower may be well behind).
     await vol.flush();
-    await new Promise((r) => setTimeout(r, 300));
+    await waitFor('every replica of shard 0 holds and applied every record', async () => {
+      const check = await c!.client.checkShard('db', 0, { waitMs: 0 });
+      return check.replicas.length === 3 && check.replicas.every((r) => r.lastLsn === last && r.appliedLsn === last);
+    }, 30_000);
     dirs = [...c.dataDirs];
     // The shard's leader stops last: a leader that stops hands its leadership over, and the new
     // leader's first record would follow the writes on the nodes still running.
@@ -604,7 +609,7 @@ describe('strata inspect --compare (the replicas of a shard on several nodes)', 
     rewriteImagePage(path.join(replica, imageFileName(imageLsn)), changed);
     assert.equal(inspect(copy, { shard: 'db/0', verify: true }).replicas[0]!.state, 'ok', 'no checksum finds it');
     const report = compareReplicas([dirs[0]!, copy], 'db/0');
-    assert.equal(report.ok, false);
+    assert.equal(report.ok, false, JSON.stringify(report.others));
     const o = report.others[0]!;
     assert.equal(o.diverged, undefined);
     assert.equal(inspect(copy, { shard: 'db/0', page: { page: changed } }).page!.source.kind, 'image', 'as of the end, the page is read from the image');
@@ -624,7 +629,7 @@ describe('strata inspect --compare (the replicas of a shard on several nodes)', 
     b[b.length - 100] = b[b.length - 100]! ^ 0x01; // In the last page's data: its checksum fails.
     fs.writeFileSync(file, b);
     const report = compareReplicas([dirs[0]!, copy], 'db/0');
-    assert.equal(report.ok, false);
+    assert.equal(report.ok, false, JSON.stringify(report.others));
     const damaged = report.others[0]!.replica;
     assert.equal(damaged.state, 'damaged', JSON.stringify(damaged.damage));
     assert.ok(damaged.damage.some((d) => d.file.endsWith(imageFileName(imageLsn)) && /checksum/.test(d.reason)), JSON.stringify(damaged.damage));
