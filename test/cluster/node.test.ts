@@ -551,16 +551,17 @@ describe('StrataNode', function () {
     it('answers overloaded at once beyond controlInFlightMax control requests in flight, and serves again after', async () => {
       const slow = await controllerWithSlowNodes('ctl3', { controlInFlightMax: 3 });
       // Deadlines far enough that none expires in the queue on a loaded machine before the three are counted.
-      const held = [create('h1', Date.now() + 30_000), create('h2', Date.now() + 30_000), create('h3', Date.now() + 30_000)];
+      const held: Array<Promise<unknown>> = [];
+      let overloaded = 0;
+      const hold = (): void => {
+        held.push(create(`h${held.length + 1}`, Date.now() + 30_000).then((r) => ((overloaded += errorCode(r) === 'overloaded' ? 1 : 0), r)));
+      };
+      for (let i = 0; i < 3; i++) hold();
       await waitFor('the first create to run', () => slow.opens.length > 0);
       // A create that met the controller's own reconciliation in flight (a control request too)
       // was answered overloaded: another is sent in its place, until three are in flight.
-      await waitFor('three creates in flight', async () => {
-        if (slow.queued() < 3 && held.length < 12) {
-          const outcomes = await Promise.all(held.map((h) => Promise.race([h, new Promise((r) => setTimeout(() => r('pending'), 50))])));
-          const overloaded = outcomes.filter((o) => o !== 'pending' && errorCode(o) === 'overloaded').length;
-          if (held.length - overloaded < 3) held.push(create(`h${held.length + 1}`, Date.now() + 30_000));
-        }
+      await waitFor('three creates in flight', () => {
+        if (slow.queued() < 3 && held.length - overloaded < 3 && held.length < 12) hold();
         return slow.queued() === 3;
       }, 30_000);
       const over = decode((await fake.request(controllerSubject(CLUSTER, 'members'), encode({}))).data);
