@@ -5,7 +5,7 @@
  * the test decides which messages arrive, so each case runs the same way every time.
  */
 import { strict as assert } from 'node:assert';
-import { encodeConfig, MESSAGE_BYTES_MIN, Replica, type ReplicaTransport } from '../../actors/replica';
+import { decodeConfig, encodeConfig, MESSAGE_BYTES_MIN, Replica, type ReplicaConfig, type ReplicaTransport } from '../../actors/replica';
 import { DeviceQueue } from '../../actors/device-queue';
 import { SimDisk } from '../../storage-engine/sim-disk';
 import { Slab } from '../../storage-engine/slab';
@@ -568,6 +568,58 @@ describe('Replica rules that hold only in particular interleavings', function ()
     const handed = a.transferLeadership('b');
     await shard.runUntil(() => shard!.replica('b').isLeader, 'b leads', ['a', 'b']);
     assert.equal((await handed).to, 'b');
+  });
+
+  /** The Config records of `m`'s log: their LSN and the set each makes. */
+  function configRecords(m: Member): Array<{ lsn: number; config: ReplicaConfig }> {
+    const log = m.storage.log;
+    return log.read(log.firstLsn, log.lastLsn).flatMap((r, k) => (r.kind === RecordKind.Config ? [{ lsn: log.firstLsn + k, config: decodeConfig(r.payload) }] : []));
+  }
+
+  /**
+   * A change of a, b, c to {a, b} whose joint configuration is committed on a while the save of
+   * {a, b} alone failed on a's disk (a write of its configuration file refused `times` times):
+   * the change waits, as no tick of a took it up again. The first reconfigure has ended, with a
+   * timeout. Returns the joint configuration's LSN.
+   */
+  async function jointCommittedSetUnsaved(c: Cluster, times: number): Promise<number> {
+    const a = c.members.get('a')!;
+    await c.runUntil(() => a.replica.isLeader, 'a leads');
+    await a.replica.write([{ page: 0, data: page(1) }]);
+    // b's and c's disks hold the joint configuration: the change's first call ends before it commits.
+    const releases = [c.stallDisk('b'), c.stallDisk('c')];
+    const first = watch(a.replica.reconfigure(['a', 'b'], { deadlineMs: 1000 }));
+    await c.settle();
+    const joint = a.replica.stats().lastLsn;
+    assert.deepEqual(a.replica.configuration(), { members: ['a', 'b'], prior: ['a', 'b', 'c'] });
+    a.replica.expireWaiters(1000);
+    await c.settle();
+    assert.ok(first.error() instanceof ProtocolError && (first.error() as ProtocolError).code === 'timeout', String(first.error()));
+    a.disk.failWrite({ path: 'shard/config', times });
+    for (const release of releases) release();
+    await c.settle();
+    assert.equal(a.replica.stats().appliedLsn, joint, 'the joint configuration is committed and applied');
+    assert.equal(a.replica.stats().lastLsn, joint, 'the set alone is not appended');
+    assert.deepEqual(a.replica.configuration(), { members: ['a', 'b'], prior: ['a', 'b', 'c'] });
+    return joint;
+  }
+
+  it('a change asked for while its joint configuration is committed but the set alone is not appended (its save failed) appends the set alone and is answered done', async () => {
+    shard = new Cluster(['a', 'b', 'c'], { randoms: { a: 0, b: 0.99, c: 0.99 } });
+    const a = shard.members.get('a')!;
+    const joint = await jointCommittedSetUnsaved(shard, 1);
+    const asked = a.replica.reconfigure(['a', 'b'], { deadlineMs: Date.now() + 30_000 });
+    const change = watch(asked);
+    // No tick of a: the change itself appends the set alone.
+    await shard.settle();
+    assert.equal(a.replica.stats().lastLsn, joint + 1, 'the set alone appended');
+    await shard.runUntil(() => change.settled(), 'the change done', ['a', 'b']);
+    assert.equal(change.error(), undefined);
+    assert.deepEqual(await asked, { members: ['a', 'b'], term: a.replica.currentTerm, lsn: joint + 1, changed: true });
+    assert.deepEqual(configRecords(a), [
+      { lsn: joint, config: { members: ['a', 'b'], prior: ['a', 'b', 'c'] } },
+      { lsn: joint + 1, config: { members: ['a', 'b'] } },
+    ], 'one joint configuration, then the set alone');
   });
 
   /** The id of the replica that leads, once one does. */
