@@ -155,6 +155,9 @@ const TERMS_PROBED_MAX = 16;
 /** How long a membership change may take when the caller gives no deadline. */
 const RECONFIGURE_DEADLINE_MS = 30_000;
 
+/** Turns of a change of the replica set before it is answered `unavailable` (each moves it a step: begun, joint committed, the set alone appended, done). */
+const RECONFIGURE_STEPS = 6;
+
 /** Changes a replica keeps at most; older committed ones fold into the base. */
 const CONFIG_CHANGES_KEPT = 16;
 
@@ -842,8 +845,9 @@ export class Replica {
    * record of both sets, then one of `members` alone once the first is committed); resolves
    * once the second is committed. A leader that is not in `members` then steps down. Fails
    * `not_leader` (with the leader it knows), `bad_request` for a set that is not 1..7 distinct
-   * ids, `unavailable` while another change is under way, `timeout` past `deadlineMs` (the
-   * change may still be made: its records are in the log).
+   * ids, `unavailable` while another change is under way or when the set alone was not appended
+   * within the change's steps (its save failed each time: a tick takes it up again), `timeout`
+   * past `deadlineMs` (the change may still be made: its records are in the log).
    */
   async reconfigure(members: readonly string[], opts: { deadlineMs?: number } = {}): Promise<ReconfigureResult> {
     this.checkLeader();
@@ -858,8 +862,10 @@ export class Replica {
     // earlier leader began among them.
     await this.waitApplied(this.termStartLsn, deadlineMs);
     let changed = false;
+    // Why the set alone was not appended the last time this change appended it (its save failed).
+    let refused: unknown;
     // Each turn moves the change one step: begun, joint committed (the set alone appended), done.
-    for (let step = 0; step < 6; step++) {
+    for (let step = 0; step < RECONFIGURE_STEPS; step++) {
       const c = this.config;
       const lastLsn = this.lastConfigChange()?.lsn ?? 0;
       // Done and committed: answered so also by a leader the change removed, which finished it
@@ -891,14 +897,21 @@ export class Replica {
       if (c.prior !== undefined) {
         // Joint and committed: the set alone is being appended (afterConfigCommitted).
         changed = true;
-        this.afterConfigCommitted();
+        const appending = this.afterConfigCommitted();
+        if (appending !== undefined) refused = await appending;
         while (this.configAppending !== undefined) await this.configAppending;
         continue;
       }
       await this.appendConfig({ members: target, prior: c.members });
       changed = true;
     }
-    throw new ProtocolError('unavailable', 'the replica set kept changing; retry');
+    // The set alone failed to be appended turn after turn (its device refuses it; a tick takes it
+    // up again), or the set kept changing: the change is not done yet.
+    const g = this.geometry;
+    const why = refused !== undefined ? `appending the set alone failed: ${(refused as Error).message}` : 'the replica set kept changing';
+    throw new ProtocolError('unavailable', `shard ${g.volumeId}/${g.shard} did not finish changing its replica set to ${target.join(',')} in ${RECONFIGURE_STEPS} steps (${why}); retry`, {
+      members: target,
+    });
   }
 
   /**
@@ -1175,17 +1188,19 @@ export class Replica {
   /**
    * Leader: once the joint configuration in force is committed, appends the new set alone (a
    * leader elected during a change finishes it); once that is committed, a leader that is not
-   * in it steps down.
+   * in it steps down. Returns what the append of the set alone it starts resolves to: why it
+   * failed, or undefined once appended (undefined when it starts none).
    */
-  private afterConfigCommitted(): void {
-    if (this.role !== 'leader' || this.configAppending !== undefined) return;
+  private afterConfigCommitted(): Promise<unknown> | undefined {
+    if (this.role !== 'leader' || this.configAppending !== undefined) return undefined;
     const last = this.lastConfigChange();
-    if (last === undefined || last.lsn > this.store.appliedLsn) return;
+    if (last === undefined || last.lsn > this.store.appliedLsn) return undefined;
     if (this.config.prior !== undefined) {
-      void this.appendConfig({ members: this.config.members }).catch(() => undefined);
-      return;
+      // Resolves to why the append failed (taken up again at a tick), undefined once appended.
+      return this.appendConfig({ members: this.config.members }).then(() => undefined, (e: unknown) => e);
     }
     if (!this.config.members.includes(this.self)) this.leaveSet();
+    return undefined;
   }
 
   /**

@@ -622,6 +622,33 @@ describe('Replica rules that hold only in particular interleavings', function ()
     ], 'one joint configuration, then the set alone');
   });
 
+  it('a change whose set alone its leader\'s disk refuses to save turn after turn is answered unavailable with why, and is finished by a tick once the disk takes it', async () => {
+    shard = new Cluster(['a', 'b', 'c'], { randoms: { a: 0, b: 0.99, c: 0.99 } });
+    const a = shard.members.get('a')!;
+    const joint = await jointCommittedSetUnsaved(shard, Number.POSITIVE_INFINITY);
+    let saves = 0;
+    const saveConfig = a.storage.saveConfig.bind(a.storage);
+    a.storage.saveConfig = (state) => {
+      saves++;
+      saveConfig(state);
+    };
+    // No tick of a: each of the change's six turns tries the set alone once more, and its save fails.
+    await rejectsWith(
+      a.replica.reconfigure(['a', 'b'], { deadlineMs: Date.now() + 30_000 }),
+      'unavailable',
+      /^shard v1\/0 did not finish changing its replica set to a,b in 6 steps \(appending the set alone failed: write shard\/config\.tmp: EIO \(simulated\)\); retry$/,
+    );
+    assert.equal(saves, 6, 'one save of the set alone a turn');
+    assert.equal(a.replica.stats().lastLsn, joint, 'the set alone is not appended');
+    assert.deepEqual(a.replica.configuration(), { members: ['a', 'b'], prior: ['a', 'b', 'c'] });
+    // The disk takes it again: a tick appends the set alone, and the change asked again is done.
+    a.disk.clearFaults();
+    await shard.at(shard.now + 10, ['a']);
+    await shard.runUntil(() => a.replica.stats().appliedLsn > joint, 'the set alone committed', ['a', 'b']);
+    assert.deepEqual(a.replica.configuration(), { members: ['a', 'b'] });
+    assert.deepEqual(await a.replica.reconfigure(['a', 'b'], { deadlineMs: Date.now() + 30_000 }), { members: ['a', 'b'], term: a.replica.currentTerm, lsn: joint + 1, changed: false });
+  });
+
   /** The id of the replica that leads, once one does. */
   async function elected(c: Cluster): Promise<string> {
     const lead = (): string | undefined => c.ids.find((id) => c.replica(id).stats().role === 'leader');
