@@ -10,6 +10,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { StrataNode } from '../../cluster/node';
 import { CATALOG_VOLUME_ID } from '../../cluster/catalog-shard';
+import type { Msg } from 'nats';
 import { encode, decode } from '../../messages/codec';
 import { controllerSubject, nodeSubject } from '../../messages/control';
 import { RealDisk } from '../../storage-engine/real-disk';
@@ -121,6 +122,27 @@ describe('a node joining and leaving the controller nodes', function () {
     assert.equal(leave.error!.message, "members: m4,x1,x2 name node 'm4': it stays a controller node");
     assert.equal(await holdsCatalog(n), false);
     assert.deepEqual(record('m4'), undefined);
+  });
+
+  it('refuses a join that comes while it stops, unavailable, and records and opens nothing', async () => {
+    // The controller takes the node's word that it stops (controller.leaving) and answers it once
+    // the join is answered: the node is stopping, and still takes requests, meanwhile.
+    const leaving: Msg[] = [];
+    rig.fake.subscribe(controllerSubject(CLUSTER, 'leaving'), { callback: (_e, msg) => void leaving.push(msg) });
+    await rig.fake.flush();
+    const n = await startNode('m5', ['x1', 'x2', 'x3']);
+    const stopped = stopNode(n);
+    try {
+      await waitFor('the node says it stops', () => leaving.length > 0);
+      const join = await request(nodeSubject(CLUSTER, 'm5', 'catalog.join'), { members: ['m5', 'x1', 'x2'], prior: ['x1', 'x2', 'x3'] });
+      assert.equal(join.error?.code, 'unavailable', JSON.stringify(join));
+      assert.equal(join.error!.message, "node 'm5' stops");
+    } finally {
+      for (const m of leaving) m.respond(encode({ ok: true }));
+      await stopped;
+    }
+    assert.equal(record('m5'), undefined);
+    assert.equal(fs.existsSync(catalogDir('m5')), false);
   });
 
   it('a node started without --controllers refuses to join', async () => {
