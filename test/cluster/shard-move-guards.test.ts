@@ -6,10 +6,12 @@
  * by running a node's reconciliation by hand around a destroy or an open.
  */
 import { strict as assert } from 'node:assert';
-import { connect as natsConnect, type NatsConnection } from 'nats';
+import { connect as natsConnect, headers as natsHeaders, type NatsConnection } from 'nats';
 import { startCluster, type InProcessCluster } from '../../cluster/in-process-cluster';
 import { ProtocolError } from '../../messages/errors';
 import { decode, encode } from '../../messages/codec';
+import { controllerSubject } from '../../messages/control';
+import { HEADER_DEADLINE } from '../../messages/headers';
 import type { ReconfigureResult } from '../../actors/replica';
 import { waitFor } from '../support/wait';
 
@@ -42,10 +44,16 @@ describe('moving a replica: the guards of the move and of the reconciliations ar
   const ids = ['n1', 'n2', 'n3', 'n4'];
   const inside = (nodeId: string): NodeInside => c.nodes[Number(nodeId.slice(1)) - 1] as unknown as NodeInside;
   const membersOf = async (volume: string): Promise<string[]> => (await c.client.volumeInfo(volume)).replicaSets!.find((r) => r.shard === 0)!.members;
-  /** Stands in for the host pool's reconfigure of `nodeIds`; restored by the returned function. */
-  const standIn = (nodeIds: string[], fake: (nodeId: string, members: string[]) => Promise<ReconfigureResult>): (() => void) => {
+  /**
+   * Stands in for the host pool's reconfigure of `nodeIds` (`real` runs the pool's own); restored
+   * by the returned function.
+   */
+  const standIn = (nodeIds: string[], fake: (nodeId: string, members: string[], real: () => Promise<ReconfigureResult>) => Promise<ReconfigureResult>): (() => void) => {
     const saved = nodeIds.map((n) => [n, inside(n).pool.reconfigure] as const);
-    for (const n of nodeIds) inside(n).pool.reconfigure = (_h, _v, _s, members) => fake(n, members);
+    for (const [n, f] of saved) {
+      const pool = inside(n).pool;
+      pool.reconfigure = (h, v, s, members, deadlineMs) => fake(n, members, () => f.call(pool, h, v, s, members, deadlineMs));
+    }
     return () => {
       for (const [n, f] of saved) inside(n).pool.reconfigure = f;
     };
@@ -77,6 +85,51 @@ describe('moving a replica: the guards of the move and of the reconciliations ar
     const moved = await c.client.moveReplica('g1', 0, { from, to });
     assert.deepEqual([...moved.members].sort(), before.map((n) => (n === from ? to : n)).sort());
     assert.equal((await c.client.volumeInfo('g1')).replicaSets![0]!.moving, undefined);
+  });
+
+  it('a move whose set change the shard refuses answers that refusal (its code and message), saying the move is recorded; run again, it is finished', async () => {
+    await c.client.createVolume({ name: 'g5', pageCount: 8, shards: 1, stripePages: 8, replicas: 3 });
+    const before = await membersOf('g5');
+    const to = ids.find((n) => !before.includes(n))!;
+    const from = before[0]!;
+    const restore = standIn(before, async () => {
+      throw new ProtocolError('bad_request', 'the stand-in refuses the set');
+    });
+    try {
+      await assert.rejects(c.client.moveReplica('g5', 0, { from, to }), (e: unknown) => {
+        assert.ok(e instanceof ProtocolError, String(e));
+        assert.equal(e.code, 'bad_request', e.message);
+        assert.equal(e.message, `the stand-in refuses the set; the move is recorded: run it again to finish it (strata shard move g5 0 --from ${from} --to ${to})`);
+        return true;
+      });
+    } finally {
+      restore();
+    }
+    assert.deepEqual((await c.client.volumeInfo('g5')).replicaSets![0]!.moving, { from, to }, 'still under way in the catalog');
+    const moved = await c.client.moveReplica('g5', 0, { from, to });
+    assert.deepEqual([...moved.members].sort(), before.map((n) => (n === from ? to : n)).sort());
+  });
+
+  it('a move sent to the controller with a Strata-Deadline a year ahead waits for the shard\'s set change (within DEADLINE_AHEAD_MS_MAX) and is done', async () => {
+    await c.client.createVolume({ name: 'g6', pageCount: 8, shards: 1, stripePages: 8, replicas: 3 });
+    const before = await membersOf('g6');
+    const to = ids.find((n) => !before.includes(n))!;
+    const from = before[0]!;
+    // The shard's leader takes a moment to change its set (a busy device).
+    const restore = standIn(before, async (_n, _m, real) => {
+      await new Promise((r) => setTimeout(r, 300));
+      return real();
+    });
+    try {
+      const headers = natsHeaders();
+      headers.set(HEADER_DEADLINE, String(Date.now() + 365 * 24 * 3600_000));
+      const reply = decode((await nc.request(controllerSubject(c.cluster, 'shard.move'), encode({ volume: 'g6', shard: 0, from, to }), { headers, timeout: 30_000 })).data) as { error?: unknown; members?: string[] };
+      assert.equal(reply.error, undefined, JSON.stringify(reply));
+      assert.deepEqual([...reply.members!].sort(), before.map((n) => (n === from ? to : n)).sort());
+    } finally {
+      restore();
+    }
+    assert.equal((await c.client.volumeInfo('g6')).replicaSets![0]!.moving, undefined);
   });
 
   it('a node\'s shard.reconfigure answers unavailable (with the code refused) when its replica is closed or its storage fails', async () => {
