@@ -621,6 +621,20 @@ describe('StrataNode', function () {
       assert.equal((await askController('volume.info', { name: 'grown' }) as VolumeInfo).pageCount, 64);
     });
 
+    it('runs an operation sent with a Strata-Deadline a year ahead within DEADLINE_AHEAD_MS_MAX: a create waits for its nodes\' opens and is done', async () => {
+      const slow = await controllerWithSlowNodes('ctl7');
+      // Sent to the controller directly: the API router's own cap does not apply.
+      const headers = natsHeaders();
+      headers.set(HEADER_DEADLINE, String(Date.now() + 365 * 24 * 3600_000));
+      const reply = fake.request(controllerSubject(CLUSTER, 'volume.create'), encode({ name: 'far', pageCount: 64, replicas: 3 }), { headers, timeout: 20_000 });
+      await waitFor('both slow nodes asked to open its replicas', () => slow.opens.length === 2);
+      slow.release();
+      const created = decode((await reply).data);
+      assert.equal(errorCode(created), undefined, JSON.stringify(created));
+      assert.equal((created as VolumeInfo).name, 'far');
+      assert.deepEqual((await askController('volume.list', {}) as { volumes: VolumeInfo[] }).volumes.map((v) => v.name), ['far']);
+    });
+
     it('does not run a queued operation whose deadline passed while it waited: its requester gave up', async () => {
       const slow = await controllerWithSlowNodes('ctl2');
       const first = create('first', Date.now() + 5000);
