@@ -163,6 +163,42 @@ describe('changing the controller nodes', function () {
     await catalogOn(['n1', 'n2', 'n3']);
   });
 
+  it('while a change is under way (the catalog shard in a joint configuration), a change to another set is refused, naming both sets; the change under way asked again goes on', async () => {
+    const before = (await eventually('the set', () => c.client.controllers())).members;
+    const i = await controllerIndex(c);
+    const outsiders = ['n1', 'n2', 'n3', 'n4', 'n5'].filter((n) => !before.includes(n));
+    // The controller's replica of the catalog shard says it is changing its set from all five
+    // nodes to the set in force (as after a change cut short).
+    const prior = [...before, ...outsiders];
+    const node = c.nodes[i] as unknown as { catalogReplicaConfig: () => Promise<{ leading: boolean; members: string[]; prior?: string[] } | undefined> };
+    const saved = node.catalogReplicaConfig;
+    node.catalogReplicaConfig = async () => {
+      const real = await saved.call(node);
+      return real?.leading === true ? { ...real, members: [...real.members], prior } : real;
+    };
+    const nc = await natsConnect({ servers: c.natsUrl });
+    const ask = async (members: string[]): Promise<Partial<ControllersReply> & { error?: { code: string; message: string; details?: Record<string, unknown> } }> =>
+      decode((await nc.request(controllerSubject(c.cluster, 'controllers'), encode({ members }), { timeout: 10_000 })).data) as Partial<ControllersReply> & { error?: { code: string; message: string; details?: Record<string, unknown> } };
+    try {
+      const other = sorted([...before.filter((n) => n !== `n${i + 1}`).slice(1), `n${i + 1}`, outsiders[0]!]);
+      const refused = await ask(other);
+      assert.equal(refused.error?.code, 'unavailable', JSON.stringify(refused));
+      assert.equal(refused.error!.message, `the controller nodes are changing from ${prior.join(',')} to ${before.join(',')}; retry once that is done`);
+      assert.deepEqual(refused.error!.details, { members: before, prior });
+      // The set the change under way goes to: not refused, it goes on from the same prior set.
+      const again = await ask(before);
+      assert.equal(again.error, undefined, JSON.stringify(again));
+      assert.deepEqual(again.members, before);
+      assert.deepEqual(again.prior, prior);
+      assert.equal(again.changed, false);
+    } finally {
+      node.catalogReplicaConfig = saved;
+      await nc.close();
+    }
+    assert.deepEqual(sorted((await eventually('the set', () => c.client.controllers())).members), sorted(before));
+    await catalogOn(before);
+  });
+
   it('replaces a controller node that is not the controller: n4 joins with a new replica, the one taken out destroys its own; the catalog is kept, and asked again, the change is answered done', async () => {
     await eventually('a create', () => c.client.createVolume({ name: 'a', pageCount: 64, shards: 1, replicas: 3 }));
     const seat = await controllerIndex(c);
