@@ -123,6 +123,47 @@ describe('a replicated controller', function () {
     await eventually('a delete', () => c.client.deleteVolume('seat'));
   });
 
+  it('a node whose replica comes to lead the catalog shard does not take the controller\'s seat while a controller node that keeps the catalog alone answers in the cluster; once that one is gone, it does', async () => {
+    const first = await controllerOnceOne(c);
+    const to = [0, 1, 2].find((i) => i !== first.index)!;
+    // Each controller node's takeovers that fail, and why.
+    const refused: Array<{ index: number; message: string }> = [];
+    const restores = [0, 1, 2].map((index) => {
+      const n = c.nodes[index] as unknown as { takeSeat: (term: number) => Promise<void> };
+      const saved = n.takeSeat;
+      n.takeSeat = async (term) => {
+        try {
+          await saved.call(n, term);
+        } catch (e) {
+          refused.push({ index, message: (e as Error).message });
+          throw e;
+        }
+      };
+      return () => (n.takeSeat = saved);
+    });
+    // A node started with --controller alone (while no controller ran, say) answers the controller's claim.
+    const nc = await natsConnect({ servers: c.natsUrl });
+    const alone = { instance: 'alone-1', nodeId: 'n9', hostname: 'elsewhere', pid: 4242, sinceMs: 0 };
+    const sub = nc.subscribe(controllerSubject(c.cluster, 'claim'), { callback: (_e, msg) => msg.respond(encode(alone)) });
+    try {
+      await nc.flush();
+      const catalogName = (await c.client.status()).catalogShard as { name: string };
+      await eventually('the handover', () => c.client.handOver(catalogName.name, 0, { to: `n${to + 1}` }));
+      await waitFor(`n${to + 1} refuses to take the seat`, () => refused.some((r) => r.index === to), 20_000);
+      assert.equal(
+        refused.find((r) => r.index === to)!.message,
+        `a controller node that keeps the catalog alone runs in cluster '${c.cluster}' (node 'n9' (process 4242 on host 'elsewhere', started at 1970-01-01T00:00:00.000Z)): stop it; this node runs the controller once it is gone`,
+      );
+      assert.equal(await controllerOf(c), undefined, 'no node runs the controller beside it');
+    } finally {
+      sub.unsubscribe();
+      await nc.close();
+      for (const restore of restores) restore();
+    }
+    const next = await controllerOnceOne(c);
+    assert.equal(next.index, to, 'the node whose replica leads the catalog shard runs the controller');
+  });
+
   it('a controller that cannot confirm that its replica still leads the catalog shard (its host stalled) answers no read from memory; the next controller does', async () => {
     await eventually('a create', () => c.client.createVolume({ name: 'confirm', pageCount: 64, shards: 1, replicas: 3 }));
     const first = await controllerOnceOne(c);
