@@ -30,7 +30,9 @@
  *   put in its log is retried naming that record (`earlier`), so that it takes effect once, and
  *   fails with `timeout` (outcome unknown) if no leader answers it by the deadline;
  * - a read of the API (volume.info, volume.list, status) with no reply is asked again, up to
- *   API_READ_TRIES times within the deadline (a node that hangs gets its share of them);
+ *   API_READ_TRIES times within the deadline (a node that hangs gets its share of them); so is
+ *   a shard read, map or flush (a leader killed or frozen with it never answers; the next try
+ *   reaches the next leader); a write is not;
  * - a request of the API, or an operator's request to the controller (a move, a drain, a
  *   rebalance, a catalog recovery), that a node answered as no longer (or not surely) the
  *   controller, having done nothing (`unavailable` with `details.notController`), is sent again
@@ -1064,15 +1066,35 @@ export class StrataClient {
     const validate = (value: unknown): ReplyMap[V] => validateReply(verb, value);
     const read = API_READ_VERBS.has(verb);
     if (!read && !hasRequestId(body)) return this.send(subject, verb, body, deadlineMs, validate);
+    // The catalog's quick reads: their first try is short (a node that takes requests and does
+    // not answer, frozen, costs that much), the next ones their part of what is left.
+    return this.sendInTries(subject, verb, body, deadlineMs, validate, { tryDeadlineInHeader: read, quickFirst: API_QUICK_READ_VERBS.has(verb) });
+  }
+
+  /**
+   * A request sent again when a try gets no answer: up to API_READ_TRIES tries within
+   * `deadlineMs`, each waiting its part of the time left (at least API_READ_TRY_MS_MIN; the
+   * first at most that with `quickFirst`), the last one until the deadline. For requests that
+   * may be answered twice: reads, and changes the server recognizes when sent again. With
+   * `tryDeadlineInHeader` each try's Strata-Deadline is its own (a read: the server stops working
+   * on it when the requester stops waiting), otherwise the call's. Any answer, or a failure other
+   * than `timeout`, ends it. @internal
+   */
+  async sendInTries<T>(
+    subject: string,
+    type: MessageType,
+    body: unknown,
+    deadlineMs: number,
+    validate: (value: unknown) => T,
+    opts: { tryDeadlineInHeader: boolean; quickFirst?: boolean },
+  ): Promise<T> {
     for (let attempt = 1; ; attempt++) {
       const left = deadlineMs - this.nowMs();
       const last = attempt >= API_READ_TRIES || left < 2 * API_READ_TRY_MS_MIN;
       const share = Math.max(API_READ_TRY_MS_MIN, Math.floor(left / (API_READ_TRIES - attempt + 1)));
-      // The catalog's quick reads: their first try is short (a node that takes requests and
-      // does not answer, frozen, costs that much), the next ones their part of what is left.
-      const tryDeadlineMs = last ? deadlineMs : this.nowMs() + (attempt === 1 && API_QUICK_READ_VERBS.has(verb) ? Math.min(share, API_READ_TRY_MS_MIN) : share);
+      const tryDeadlineMs = last ? deadlineMs : this.nowMs() + (attempt === 1 && opts.quickFirst === true ? Math.min(share, API_READ_TRY_MS_MIN) : share);
       try {
-        return await this.send(subject, verb, body, read ? tryDeadlineMs : deadlineMs, validate, tryDeadlineMs);
+        return await this.send(subject, type, body, opts.tryDeadlineInHeader ? tryDeadlineMs : deadlineMs, validate, tryDeadlineMs);
       } catch (e) {
         if (last || !(e instanceof ProtocolError && e.code === 'timeout')) throw e;
       }
@@ -1590,14 +1612,17 @@ export class Volume {
         case 'shard.write':
         case 'shard.zero':
           return this.client.send(subject, call.type, call.body, deadlineMs, validateShardWriteReply);
+        // Reads and flushes are sent again when a try gets no answer (StrataClient.sendInTries):
+        // a leader killed with the request, or frozen, never answers it, and the next try
+        // reaches the shard's next leader. A write is not: its outcome is unknown.
         case 'shard.read':
-          return this.client.send(subject, call.type, call.body, deadlineMs, (value) =>
+          return this.client.sendInTries(subject, call.type, call.body, deadlineMs, (value) =>
             validateShardReadReply(value, { count: call.indices.length, pageSize: info.pageSize }),
-          );
+          READ_TRIES);
         case 'shard.flush':
-          return this.client.send(subject, call.type, call.body, deadlineMs, validateShardFlushReply);
+          return this.client.sendInTries(subject, call.type, call.body, deadlineMs, validateShardFlushReply, READ_TRIES);
         case 'shard.map':
-          return this.client.send(subject, call.type, call.body, deadlineMs, (value) => validateShardMapReply(value, call.body as ShardMapRequest));
+          return this.client.sendInTries(subject, call.type, call.body, deadlineMs, (value) => validateShardMapReply(value, call.body as ShardMapRequest), READ_TRIES);
       }
     });
     const settled = await settleBounded(tasks, REQUESTS_IN_FLIGHT_MAX);
@@ -1612,8 +1637,9 @@ export class Volume {
    * geometry once: only the missed requests are sent again if the geometry is unchanged, the
    * whole call is re-planned if the volume changed (re-created under the same name). Requests
    * that still meet no leader (no responders while a shard elects one, or `not_leader` from a
-   * deposed leader) are sent again with a growing back-off until the call's deadline. Timeouts are
-   * not retried: their outcome is unknown to the client. A write that a deposed leader had
+   * deposed leader) are sent again with a growing back-off until the call's deadline. A write's
+   * timeout is not retried: its outcome is unknown to the client (reads and flushes are sent
+   * again by `sendCalls`, in tries within the deadline). A write that a deposed leader had
    * already put in its log is sent again naming that record (`earlier`), so that the next leader
    * answers with it if it holds it rather than writing the pages a second time.
    */
@@ -1713,6 +1739,9 @@ function optionsOf<T extends object>(options: T | null | undefined): Partial<T> 
 
 /** Longest wait for the catalog when a request the cached geometry refuses is checked again (the API router's too). */
 export const GEOMETRY_RECHECK_MS = 2000;
+
+/** How a shard request that changes nothing (shard.read, shard.map, shard.flush) is tried (StrataClient.sendInTries). */
+const READ_TRIES = { tryDeadlineInHeader: true } as const;
 
 /** First and largest pause between attempts to reach a shard that has no leader right now. */
 const LEADER_RETRY_MS_MIN = 20;

@@ -35,6 +35,8 @@ import { parseShardSubject } from '../../messages/subjects';
 import { rejectsWith } from '../support/expect';
 
 const CLUSTER = 'test';
+/** Shard requests sent again when a try gets no answer: they change nothing. */
+const SHARD_READ_TYPES: ReadonlySet<string> = new Set(['shard.read', 'shard.map', 'shard.flush']);
 const NOW = 1_700_000_000_000;
 /** A request id the client makes (newRequestId): a random UUID. */
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
@@ -119,9 +121,9 @@ class FakeCluster {
 
   private handle(subject: string, body: unknown, seen: Seen): unknown {
     const headers = readHeaders({ get: (name: string) => seen.headers[name] ?? '' });
-    // A read of the API is tried with a part of the call's time (StrataClient.api); the rest
-    // carry the call's deadline.
-    if (API_READ_VERBS.has(headers.type as ApiVerb)) {
+    // A read of the API or of a shard, and a flush, are tried with a part of the call's time
+    // (StrataClient.sendInTries); the rest carry the call's deadline.
+    if (API_READ_VERBS.has(headers.type as ApiVerb) || SHARD_READ_TYPES.has(headers.type!)) {
       assert.ok(headers.deadlineMs! >= NOW + API_READ_TRY_MS_MIN && headers.deadlineMs! <= NOW + 10_000, `deadline ${headers.deadlineMs}`);
     } else assert.equal(headers.deadlineMs, NOW + 10_000);
     const apiPrefix = `strata.${CLUSTER}.api.`;
@@ -201,6 +203,46 @@ describe('cluster/client (fake transport)', () => {
       await assert.rejects(fc.client().volume('vol').write(3, pageData(3)), (e: ProtocolError) =>
         e.code === 'timeout' && e.details?.['disconnected'] === true && e.details?.['code'] === 'unavailable' && /may or may not be committed/.test(e.message));
       assert.equal(fc.transport.shardRequests().length, 1, 'the write went once');
+    });
+  });
+
+  describe('a shard request that gets no answer (its leader killed or frozen with it)', () => {
+    const noReply = (shard: number, seen: Seen): unknown => {
+      throw new ProtocolError('timeout', `no reply on ${seen.subject} within ${seen.timeoutMs} ms`);
+    };
+
+    it('a read or a flush is sent again within the call\'s deadline, each try waiting its part, and the next leader answers it', async () => {
+      const fc = new FakeCluster(volume({ shards: 1 }));
+      await fc.client().volume('vol').write(3, pageData(3));
+      let silent = 1;
+      fc.shardHook = (shard, seen) => (silent-- > 0 ? noReply(shard, seen) : undefined);
+      const got = await fc.client().volume('vol').readPages([3]);
+      assert.deepEqual(got.pages[0], pageData(3));
+      const reads = fc.transport.shardRequests().filter((r) => r.headers[HEADER_TYPE] === 'shard.read');
+      // The first try a third of the call's 10 s, the second half of what is left (the fake
+      // clock stands still), each its own Strata-Deadline: the shard stops waiting when the
+      // client does.
+      assert.deepEqual(reads.map((r) => [Number(r.headers[HEADER_DEADLINE]) - NOW, r.timeoutMs]), [[3333, 3333], [5000, 5000]]);
+      silent = 1;
+      assert.equal((await fc.client().volume('vol').flush()).lsn, 1);
+      assert.equal(fc.transport.shardRequests().filter((r) => r.headers[HEADER_TYPE] === 'shard.flush').length, 2, 'the flush went twice');
+    });
+
+    it('a read no try gets an answer to is timeout after API_READ_TRIES tries, the last until the deadline', async () => {
+      const fc = new FakeCluster(volume({ shards: 1 }));
+      fc.shardHook = noReply;
+      await rejectsWith(fc.client(9000).volume('vol').readPages([3]), 'timeout');
+      const reads = fc.transport.shardRequests();
+      assert.equal(reads.length, API_READ_TRIES);
+      assert.deepEqual(reads.map((r) => Number(r.headers[HEADER_DEADLINE]) - NOW), [3000, 4500, 9000]);
+    });
+
+    it('a write is sent once: its outcome is unknown (timeout, "may or may not")', async () => {
+      const fc = new FakeCluster(volume({ shards: 1 }));
+      fc.shardHook = noReply;
+      await rejectsWith(fc.client().volume('vol').write(3, pageData(3)), 'timeout');
+      await rejectsWith(fc.client().volume('vol').zeroPages(0, 4), 'timeout');
+      assert.deepEqual(fc.transport.shardRequests().map((r) => [r.headers[HEADER_TYPE], Number(r.headers[HEADER_DEADLINE]) - NOW]), [['shard.write', 10_000], ['shard.zero', 10_000]]);
     });
   });
 
@@ -938,7 +980,9 @@ describe('cluster/client (fake transport)', () => {
       await vol.readPages([0], { deadlineMs: NOW + 60_000 });
       await vol.flush({ deadlineMs: NOW + 700 });
       const sent = t.shardRequests().map((r) => [r.headers[HEADER_DEADLINE], r.timeoutMs]);
-      assert.deepEqual(sent, [[String(NOW + 1500), 1500], [String(NOW + 10_000), 10_000], [String(NOW + 700), 700]]);
+      // The read's first try: a third of its 10 s (sendInTries); the flush's 700 ms, too short
+      // to split, is one try.
+      assert.deepEqual(sent, [[String(NOW + 1500), 1500], [String(NOW + 3333), 3333], [String(NOW + 700), 700]]);
       await rejectsWith(vol.flush({ deadlineMs: NOW - 1 }), 'timeout', /deadline passed/);
       await rejectsWith(vol.flush({ deadlineMs: 1.5 }), 'bad_request', /deadlineMs/);
     });
