@@ -354,6 +354,50 @@ export async function retryOverloaded<T>(call: () => Promise<T>, budgetMs: numbe
   }
 }
 
+/**
+ * Runs a block write (a Strata page write or range of zeros) in tries within `budgetMs`, made
+ * again when its outcome is unknown (`timeout`): the shard's leader was killed or frozen with
+ * it, say, and the next try reaches the shard's next leader; or when no leader took it within
+ * the try (`unavailable`: the next one is being elected). `call` gets the try's deadline:
+ * each try waits its part of the time left (at least WRITE_TRY_MS_MIN), up to WRITE_TRIES
+ * tries, the last one until the end. Writing a block again with the same bytes is what a block
+ * device may do: NBD gives a client's requests in flight no order among themselves, so no
+ * request sent while this one is unanswered may count on this one's bytes, or on them not
+ * landing. And an earlier try that still commits does so before this one: a later leader
+ * settles the records of earlier terms before it writes anything, and in one term the log keeps
+ * the order of arrival. Other failures are thrown at once.
+ */
+export async function writeInTries<T>(
+  call: (deadlineMs: number) => Promise<T>,
+  budgetMs: number,
+  opts: { nowMs?: () => number; onUnknown?: (err: ProtocolError, attempt: number) => void } = {},
+): Promise<T> {
+  const nowMs = opts.nowMs ?? Date.now;
+  const endMs = nowMs() + budgetMs;
+  for (let attempt = 1; ; attempt++) {
+    const left = endMs - nowMs();
+    const last = attempt >= WRITE_TRIES || left < 2 * WRITE_TRY_MS_MIN;
+    const tryEndMs = last ? endMs : nowMs() + Math.max(WRITE_TRY_MS_MIN, Math.floor(left / (WRITE_TRIES - attempt + 1)));
+    try {
+      return await call(tryEndMs);
+    } catch (err) {
+      if (last || !(err instanceof ProtocolError && WRITE_TRIED_AGAIN.has(err.code))) throw err;
+      opts.onUnknown?.(err, attempt);
+    }
+  }
+}
+
+/**
+ * The failures of a try after which a block write is made again (`writeInTries`): its outcome
+ * unknown (`timeout`), or no leader of a shard taking it within the try (`unavailable`: an
+ * election, a handover or the catalog's failover under way).
+ */
+const WRITE_TRIED_AGAIN: ReadonlySet<string> = new Set(['timeout', 'unavailable']);
+
+/** Tries of a block write whose outcome is unknown (`writeInTries`), and the shortest try. */
+export const WRITE_TRIES = 3;
+export const WRITE_TRY_MS_MIN = 1000;
+
 function checkCount(value: number | undefined, name: string, fallback: number): number {
   const v = value ?? fallback;
   if (!Number.isSafeInteger(v) || v < 1) throw new RangeError(`${name}: expected a positive integer, got ${String(value)}`);
@@ -927,14 +971,23 @@ class Connection {
     return this.chunk(request, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE.ERROR, head, text);
   }
 
-  /** The export's page calls, each made again while answered `overloaded` (`retryOverloaded`). */
+  /**
+   * The export's page calls, each made again while answered `overloaded` (`retryOverloaded`),
+   * the writes also when their outcome is unknown (`writeInTries`; the client sends a read
+   * again itself), all within the client's timeout.
+   */
   private pageCalls(): PageCalls {
     const volume = this.exp!.volume;
     const budgetMs = this.server.overloadedRetryMs;
+    const untilMs = (deadlineMs: number): number => deadlineMs - Date.now();
+    const tries = {
+      onUnknown: (err: ProtocolError, attempt: number) =>
+        this.log.info('nbd write made again: its try was not answered, or found no leader', { volume: this.exp?.name, attempt, code: err.code, err: err.message }),
+    };
     return {
       readPages: (pages) => retryOverloaded(() => volume.readPages(pages), budgetMs),
-      writePages: (pages) => retryOverloaded(() => volume.writePages(pages), budgetMs),
-      zeroPages: (first, count) => retryOverloaded(() => volume.zeroPages(first, count), budgetMs),
+      writePages: (pages) => writeInTries((d) => retryOverloaded(() => volume.writePages(pages, { deadlineMs: d }), untilMs(d)), budgetMs, tries),
+      zeroPages: (first, count) => writeInTries((d) => retryOverloaded(() => volume.zeroPages(first, count, { deadlineMs: d }), untilMs(d)), budgetMs, tries),
       pagesWithData: (first, count) => retryOverloaded(() => volume.pagesWithData(first, count), budgetMs),
     };
   }

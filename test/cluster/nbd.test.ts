@@ -5,6 +5,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { startDevCluster, type DevCluster } from '../../cluster/dev';
 import { startCluster, type InProcessCluster } from '../../cluster/in-process-cluster';
 import {
   BLOCK_BYTES_MAX,
@@ -23,8 +24,11 @@ import {
   META_CONTEXT_QUERIES_MAX,
   OPTION_BYTES_MAX,
   nbdUri,
+  WRITE_TRIES,
+  WRITE_TRY_MS_MIN,
   retryOverloaded,
   startNbdServer,
+  writeInTries,
   type NbdServer,
 } from '../../cluster/nbd';
 import type { StrataClient } from '../../cluster/client';
@@ -1043,7 +1047,7 @@ describe('cluster/nbd: NBD export of Strata volumes', function () {
   });
 
   describe('bounds and stopping (a stand-in client)', () => {
-    it('a Strata timeout is EIO', async () => {
+    it('a Strata timeout is EIO: a write\'s after WRITE_TRIES tries, a read\'s at once (the client made its tries)', async () => {
       const stub = stubClient();
       const lines: Array<{ level: string; msg: string; fields: Record<string, unknown> }> = [];
       const server = await startNbdServer({ client: stub.client, volume: 'stub', port: 0, logger: captureLogger(lines) });
@@ -1051,7 +1055,9 @@ describe('cluster/nbd: NBD export of Strata volumes', function () {
         const s = await Session.open(server.address.port, 'stub');
         stub.failWith = new ProtocolError('timeout', 'no reply before the deadline: the write may or may not be committed');
         assert.equal((await s.request(NBD_CMD.WRITE, 0, 4096, { data: Buffer.alloc(4096) })).error, NBD_ERR.EIO);
+        assert.equal(stub.calls, WRITE_TRIES);
         assert.equal((await s.request(NBD_CMD.READ, 0, 4096)).error, NBD_ERR.EIO);
+        assert.equal(stub.calls, WRITE_TRIES + 1);
         assert.deepEqual(lines.filter((l) => l.level === 'warn').map((l) => [l.fields['command'], l.fields['code']]), [['write', 'timeout'], ['read', 'timeout']]);
         s.peer.close();
       } finally {
@@ -1209,6 +1215,41 @@ describe('cluster/nbd: NBD export of Strata volumes', function () {
       calls = 0;
       assert.equal(await retryOverloaded(async () => { if (++calls < 3) throw new ProtocolError('overloaded', 'queue full'); return 'done'; }, 60_000, sleep), 'done');
       assert.deepEqual({ calls, sleeps: sleeps.length }, { calls: 3, sleeps: 2 });
+    });
+
+    it('a block write is made again while its outcome is unknown (timeout) or no leader took it (unavailable), each try with its part of the time left, up to WRITE_TRIES; another failure is thrown at once', async () => {
+      let now = 0;
+      const deadlines: number[] = [];
+      const unknown = new ProtocolError('timeout', 'no reply before the deadline: the write may or may not be committed');
+      const timingOut = async (deadlineMs: number): Promise<string> => {
+        deadlines.push(deadlineMs);
+        now = deadlineMs;
+        throw unknown;
+      };
+      await assert.rejects(writeInTries(timingOut, 9000, { nowMs: () => now }), (e: unknown) => e === unknown);
+      // A third of 9 s, half of the 6 s left, then the rest.
+      assert.deepEqual(deadlines, [3000, 6000, 9000]);
+      deadlines.length = 0;
+      now = 0;
+      let calls = 0;
+      const unknowns: Array<[string, number]> = [];
+      assert.equal(await writeInTries(async (d) => (++calls < 2 ? timingOut(d) : 'done'), 9000, { nowMs: () => now, onUnknown: (e, attempt) => void unknowns.push([e.code, attempt]) }), 'done');
+      assert.equal(calls, 2);
+      assert.deepEqual(unknowns, [['timeout', 1]], 'the try without an answer is reported');
+      calls = 0;
+      const leaderless = new ProtocolError('unavailable', 'no host answers shard 0 of volume blk');
+      assert.equal(await writeInTries(async () => { if (++calls < WRITE_TRIES) throw leaderless; return 'done'; }, 9000, { nowMs: () => now }), 'done');
+      assert.equal(calls, WRITE_TRIES);
+      // Too little time for two tries: one, until the end.
+      deadlines.length = 0;
+      now = 0;
+      await assert.rejects(writeInTries(timingOut, 2 * WRITE_TRY_MS_MIN - 1, { nowMs: () => now }), (e: unknown) => e === unknown);
+      assert.deepEqual(deadlines, [2 * WRITE_TRY_MS_MIN - 1]);
+      // A failure that is not an unknown outcome: once.
+      calls = 0;
+      const refused = new ProtocolError('device_failed', 'the device failed');
+      await assert.rejects(writeInTries(async () => { calls++; throw refused; }, 9000, { nowMs: () => now }), (e: unknown) => e === refused);
+      assert.equal(calls, 1);
     });
 
     it('a Strata call answered overloaded is made again after a back-off, not answered EIO', async () => {
@@ -1421,5 +1462,58 @@ describe('cluster/nbd: a volume of 3 replicas', function () {
     assert.equal(page[999], 0x3c);
     assert.equal(page[1000], 0x11);
     assert.equal(page[1010], 0x3c);
+  });
+});
+
+describe('cluster/nbd: the node leading a shard killed with writes in flight (strata dev)', function () {
+  this.timeout(120_000);
+  let c: DevCluster | undefined;
+  let server: NbdServer | undefined;
+
+  after(async () => {
+    await server?.stop();
+    await c?.client.close().catch(() => undefined);
+    await c?.stop();
+  });
+
+  it('the writes it took and never answered are made again at the next leader within the timeout: no EIO, and every byte reads back', async () => {
+    c = await startDevCluster({ nodes: 3, hosts: 1 });
+    await c.client.createVolume({ name: 'blk', pageCount: 64, shards: 1, replicas: 3 });
+    const lines: Array<{ level: string; msg: string; fields: Record<string, unknown> }> = [];
+    server = await startNbdServer({ client: c.client, volume: 'blk', port: 0, logger: captureLogger(lines) });
+    const s = await Session.open(server.address.port, 'blk');
+    const block = (i: number): Buffer => Buffer.alloc(4096, i + 1);
+    assert.equal((await s.request(NBD_CMD.WRITE, 0, 4096, { data: block(0) })).error, 0);
+    // Shard 0 led by n3. It is stopped (SIGSTOP) before the writes are sent, so that they all
+    // reach it (the shard's only subscriber until another replica is elected, which takes at
+    // least an election timeout), then killed: their answers never come, and from then on the
+    // shard's subject reaches only the next leader.
+    await waitFor('n3 leads shard 0', async () => {
+      await c!.client.handOver('blk', 0, { to: 'n3' }).catch(() => undefined);
+      const status = await c!.client.status().catch(() => undefined);
+      const shards = status?.volumes?.find((v) => v.name === 'blk')?.shards ?? [];
+      return shards.some((sh) => sh.role === 'leader' && sh.leader === 'n3');
+    }, 30_000);
+    const n3 = c.nodes.find((n) => n.id === 'n3')!.pid;
+    process.kill(n3, 'SIGSTOP');
+    const writes = Promise.all(Array.from({ length: 8 }, (_, i) => s.request(NBD_CMD.WRITE, (i + 1) * 4096, 4096, { data: block(i + 1) })));
+    const zeros = s.request(NBD_CMD.WRITE_ZEROES, 9 * 4096, 4096);
+    // A read too: Strata's client sends it again itself.
+    const read = s.request(NBD_CMD.READ, 0, 4096);
+    await new Promise((r) => setTimeout(r, 1000));
+    process.kill(n3, 'SIGKILL');
+    assert.deepEqual((await writes).map((w) => w.error), new Array(8).fill(0), `every write answered without an error: ${JSON.stringify(lines)}`);
+    assert.equal((await zeros).error, 0, 'a write of zeros too');
+    const early = await read;
+    assert.equal(early.error, 0, `the read sent to the killed leader: ${JSON.stringify(lines)}`);
+    assert.ok(early.data.equals(block(0)));
+    // The writes were made again, after a try without an answer.
+    assert.ok(lines.some((l) => l.msg === 'nbd write made again: its try was not answered, or found no leader'), JSON.stringify(lines));
+    for (let i = 0; i < 10; i++) {
+      const r = await s.request(NBD_CMD.READ, i * 4096, 4096);
+      assert.equal(r.error, 0);
+      assert.ok(r.data.equals(i < 9 ? block(i) : Buffer.alloc(4096)), `block ${i} reads back`);
+    }
+    s.peer.close();
   });
 });
