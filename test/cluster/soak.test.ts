@@ -1,6 +1,9 @@
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import { runSoak, soakPage, soakValue, parseSoakArgs, formatSoak, SOAK_DEFAULTS } from '../soak/soak';
+import { BLOCKS, BLOCK_VOLUME, startBlockWorkload } from '../soak/blocks';
+import { startCluster } from '../../cluster/in-process-cluster';
+import { waitFor } from '../support/wait';
 
 describe('soak: the pages it writes and reads', () => {
   it('reads back the value a page was written with, and zeros as never written', () => {
@@ -74,7 +77,10 @@ describe('soak: a short run of node processes under kills and freezes', function
     assert.equal(r.shardsChecked.shards, 3);
     assert.ok(r.shardsChecked.compared >= 2 && r.shardsChecked.records > 0, JSON.stringify(r.shardsChecked));
     assert.equal(r.shardsChecked.pages, 128, 'every page of the volume compared between its replicas online');
-    assert.equal(r.replicasCompared.shards, 2 + 1, 'the two shards of the volume, and the catalog shard');
+    assert.equal(r.replicasCompared.shards, 2 + 2 + 1, 'the two shards of the volume, the two of the block workload\'s, and the catalog shard');
+    // The block workload wrote through NBD, and every block read back as written.
+    assert.ok(r.blocks !== undefined && r.blocks.writesOk > 20, JSON.stringify(r.blocks));
+    assert.equal(r.blocks.blocksChecked, BLOCKS);
     assert.ok(r.replicasCompared.replicas >= 9 && r.replicasCompared.pages > 0, JSON.stringify(r.replicasCompared));
     assert.match(summary, /soak: PASS/);
   });
@@ -104,5 +110,31 @@ describe('soak: its checks fail a run that lost a node', function () {
     // A failed run keeps its data for inspection.
     assert.ok(fs.existsSync(r.dataDir));
     fs.rmSync(r.dataDir, { recursive: true, force: true });
+  });
+});
+
+describe('soak: the block workload over NBD', function () {
+  this.timeout(60_000);
+
+  it('checks every block against its writes: a block that reads as none of them is a problem', async () => {
+    const c = await startCluster({ nodes: 1, hosts: 1 });
+    try {
+      await c.client.createVolume({ name: BLOCK_VOLUME, pageCount: BLOCKS, shards: 2, stripePages: 8 });
+      const problems: string[] = [];
+      const w = await startBlockWorkload({ client: c.client, seed: 1, page: (v) => soakPage(4096, v), valueOf: soakValue, problem: (p) => problems.push(p) });
+      await waitFor('writes answered', () => w.result().writesOk >= 200, 30_000);
+      await w.stop();
+      await w.verify();
+      assert.deepEqual(problems, []);
+      assert.equal(w.result().blocksChecked, BLOCKS);
+      // A block written behind the workload's back, as an acknowledged write lost would look.
+      await c.client.volume(BLOCK_VOLUME).write(5, soakPage(4096, 'elsewhere'));
+      await w.verify();
+      assert.equal(problems.length, 1, problems.join('\n'));
+      assert.match(problems[0]!, /^block 5 of the NBD export reads "elsewhere": its last write answered without an error was "(b5\.\d+\.\d+)?"$/);
+      await w.close();
+    } finally {
+      await c.stop();
+    }
   });
 });

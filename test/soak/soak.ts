@@ -4,7 +4,9 @@
  *
  * It starts a cluster as `strata dev` does (its own nats-server, N `strata node` processes, node
  * n1 keeping the catalog), creates a volume replicated 3 ways, and runs clients of reads and
- * writes (single and vectored) on its pages while a nemesis, one fault at a time:
+ * writes (single and vectored) on its pages, and a block workload over NBD on a volume of its
+ * own (test/soak/blocks.ts: the volume exported, and whole blocks written through one
+ * connection, as a VM's disk), while a nemesis, one fault at a time:
  * - `kill`: SIGKILL of a node (the controller's too), started again 0.5–4 s later;
  * - `kill-majority`: SIGKILL of two nodes at once (the shards stop serving), both started again;
  * - `stop`: SIGTERM of a node (the controller's too), which must exit 0 within STOP_MS, having
@@ -52,7 +54,9 @@
  * 1. the cluster converges: within CONVERGE_MS every shard has a leader and every replica is up,
  *    not repairing, in the leader's term and applied to its commit LSN;
  * 2. every page is read back (recorded as one more client's reads), and every shard's replicas
- *    hold the same committed records, asked of the running nodes (`strata shard check`);
+ *    hold the same committed records, asked of the running nodes (`strata shard check`); every
+ *    block of the NBD export reads as its last write answered without an error, or as one of
+ *    those answered with an error since (their outcome unknown);
  * 3. the history of every page is linearizable (test/support/linearizability.ts): an
  *    acknowledged write is never lost, a read never returns a value overwritten before it began
  *    or never written, and a page's bytes are exactly what one write wrote;
@@ -82,6 +86,7 @@ import { encode, decode } from '../../messages/codec';
 import { checkLinearizable, HistoryRecorder, type Operation } from '../support/linearizability';
 import { prng } from '../support/prng';
 import { formatTable, writeJson } from '../../bench/report';
+import { BLOCK_VOLUME, BLOCKS, startBlockWorkload, type BlockResult, type BlockWorkload } from './blocks';
 
 /** The faults the nemesis knows. */
 export const FAULT_KINDS = ['kill', 'kill-majority', 'stop', 'freeze', 'nats-freeze', 'nats-restart', 'wipe', 'wipe-controller', 'move', 'down', 'drain', 'rebalance', 'branch', 'resize', 'controllers', 'space'] as const;
@@ -243,6 +248,8 @@ export interface SoakResult {
   shardsChecked: { shards: number; compared: number; records: number; pages: number };
   /** The replicas compared once the cluster stopped (check 6). */
   replicasCompared: ReplicasCompared;
+  /** The block workload over NBD (test/soak/blocks.ts; check 2c); undefined if it did not start. */
+  blocks?: BlockResult;
   dataDir: string;
   elapsedMs: number;
 }
@@ -420,6 +427,7 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
   cluster.nodes.forEach((_, i) => watchExits(i));
   const nc = await natsConnect({ servers: cluster.natsUrl, timeout: 5000, ...userOf('node'), inboxPrefix: nodeInboxPrefix('dev') });
   const clients: StrataClient[] = [];
+  let blocks: BlockWorkload | undefined;
   const faults: FaultEvent[] = [];
   const recorder = new HistoryRecorder();
   const errors: Record<string, number> = {};
@@ -466,6 +474,11 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
     for (let i = 0; i < 2; i++) clients.push(await connect({ servers: cluster.natsUrl, cluster: 'dev', timeoutMs: CLIENT_TIMEOUT_MS, name: `soak-${i}`, ...userOf('client') }));
     const volumes: Volume[] = clients.map((c) => c.volume('soak'));
     await volumes[0]!.readPages([0]); // the volume serves before the clock starts
+    // The block workload: a volume of its own over NBD, served by a client of the default 10 s
+    // timeout (a block write is made again within it: docs/nbd.md).
+    await cluster.client.createVolume({ name: BLOCK_VOLUME, pageCount: BLOCKS, shards: 2, stripePages: 8, replicas: 3 });
+    clients.push(await connect({ servers: cluster.natsUrl, cluster: 'dev', name: 'soak-nbd', ...userOf('client') }));
+    blocks = await startBlockWorkload({ client: clients.at(-1)!, seed: opts.seed, page: (v) => soakPage(4096, v), valueOf: soakValue, problem });
     clientsStart = performance.now();
     await afterStart?.(cluster);
     const stopAt = clientsStart + opts.durationMs;
@@ -888,6 +901,7 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
     };
 
     await Promise.all([...Array.from({ length: opts.clients }, (_, w) => worker(w)), nemesis()]);
+    await blocks.stop();
     const faultsEnd = performance.now();
 
     // Every node should be running now; one that is not was lost by the run itself.
@@ -990,6 +1004,10 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
       }
     });
 
+    // 2c. Every block of the NBD export reads as its last write answered without an error, or
+    // one answered with an error since (test/soak/blocks.ts).
+    await blocks.verify();
+
     // 3. Linearizability, page by page.
     const history: Operation[] = recorder.history();
     const check = checkLinearizable(history);
@@ -1040,6 +1058,7 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
     if (activity[k] > 0) problem(`${k}: ${activity[k]}, though no disk or thread fault was injected (see the node logs)`);
   }
 
+  await blocks?.close().catch((e: unknown) => problem(`the NBD export did not stop: ${(e as Error).message}`));
   for (const c of clients) await c.close().catch(() => undefined);
   await nc.close().catch(() => undefined);
   await cluster.client.close().catch(() => undefined);
@@ -1073,6 +1092,7 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
     nodeLogErrors,
     shardsChecked,
     replicasCompared,
+    ...(blocks !== undefined ? { blocks: blocks.result() } : {}),
     dataDir,
     elapsedMs: Math.round(performance.now() - t0),
   };
@@ -1102,6 +1122,7 @@ export function formatSoak(r: SoakResult): string {
     `converged after the faults: ${r.convergedMs !== undefined ? `${(r.convergedMs / 1000).toFixed(1)} s` : 'NO'}`,
     `final read: ${r.finalReadPages} of ${r.volumePages} pages${r.volumePages > r.options.pages ? ` (${r.options.pages} at the start, then resized)` : ''}`,
     `pages holding data: ${r.mappedPages ?? '-'} listed by volume.pagesWithData, every page the final read found holding data among them (strata map)`,
+    `block writes over NBD: ${r.blocks === undefined ? '-' : `${r.blocks.writesOk.toLocaleString('en-US')} answered, ${r.blocks.writesFailed.toLocaleString('en-US')} answered with an error${r.blocks.writesFailed > 0 ? ` (errno ${Object.entries(r.blocks.failedErrnos).map(([e, n]) => `${e}: ${n}`).join(', ')})` : ''}, ${r.blocks.triesMadeAgain} tries made again by the export; ${r.blocks.blocksChecked} of ${BLOCKS} blocks read back as written`}`,
     `linearizable: ${r.linearizability.ok ? 'yes' : 'NO'} (${r.linearizability.pages} pages, ${r.linearizability.operations} operations)${r.linearizability.failure && !r.linearizability.ok ? `: ${r.linearizability.failure}` : ''}`,
     `the nodes did: ${r.activity.checkpoints} checkpoints, ${r.activity.snapshotsSent} images sent and ${r.activity.snapshotsInstalled} installed, ${r.activity.elections} elections (counted as last sampled, per process)`,
     `shards checked online: ${r.shardsChecked.shards} (${r.shardsChecked.compared} with committed LSNs in common, ${r.shardsChecked.records} LSNs compared, ${r.shardsChecked.pages} pages compared; strata shard check --pages)`,
