@@ -142,6 +142,8 @@ export const STOP_TIMEOUT_MS_DEFAULT = 10_000;
 const READ_AHEAD_BYTES = 256 * 1024;
 /** Most volumes answered to NBD_OPT_LIST (the catalog's own list bound). */
 const LIST_EXPORTS_MAX = 4096;
+/** Most time a look-up of the catalog during the handshake leaves for its answer (Connection.lookUpDeadline). */
+const LOOKUP_MARGIN_MS_MAX = 1000;
 /** First and longest wait before a Strata call answered `overloaded` is made again. */
 const OVERLOADED_BACKOFF_MS_MIN = 5;
 const OVERLOADED_BACKOFF_MS_MAX = 250;
@@ -558,6 +560,8 @@ class Connection {
   /** Why the last `open` failed: no such export, or the cluster's failure. */
   private openError: 'unknown' | 'failed' = 'unknown';
   private finished: Promise<void> | undefined;
+  /** When the handshake's time (`handshakeTimeoutMs`) runs out, ms since the Unix epoch. */
+  private handshakeEndMs = Number.MAX_SAFE_INTEGER;
 
   constructor(
     private readonly server: Server,
@@ -575,6 +579,7 @@ class Connection {
 
   private async serve(): Promise<void> {
     try {
+      this.handshakeEndMs = Date.now() + this.server.handshakeTimeoutMs;
       const timer = setTimeout(() => {
         this.log.info('nbd handshake not completed in time: closing', { handshakeTimeoutMs: this.server.handshakeTimeoutMs });
         this.reader.end(new ConnectionEnded('handshake timeout'));
@@ -820,6 +825,16 @@ class Connection {
   }
 
   /**
+   * The deadline of a look-up of the catalog during the handshake: a quarter of the handshake's
+   * time (at most 1 s) before it runs out, so that a catalog that does not answer (no majority of
+   * its replicas, say) is answered NBD_REP_ERR_PLATFORM saying why, not a connection closed
+   * with no word.
+   */
+  private lookUpDeadline(): number {
+    return Math.max(0, this.handshakeEndMs - Math.min(LOOKUP_MARGIN_MS_MAX, Math.floor(this.server.handshakeTimeoutMs / 4)));
+  }
+
+  /**
    * The volume an export name names, checked in the catalog (as INFO and GO check it), without
    * taking it; or the option error to answer.
    */
@@ -827,7 +842,7 @@ class Connection {
     const volumeName = this.server.exportName(name);
     if (volumeName === undefined) return { error: NBD_REP.ERR_UNKNOWN, message: name === '' ? 'no default export: name a volume' : `no export named ${JSON.stringify(name)}` };
     try {
-      await this.server.client.volume(volumeName).info({ refresh: true });
+      await this.server.client.volume(volumeName).info({ refresh: true, deadlineMs: this.lookUpDeadline() });
       return volumeName;
     } catch (err) {
       if (err instanceof ProtocolError && (err.code === 'not_found' || err.code === 'bad_request')) {
@@ -849,7 +864,7 @@ class Connection {
     try {
       exp = this.server.acquire(volumeName);
       // Fetched again, not the cached geometry: the volume may have been created again.
-      const info = await exp.volume.info({ refresh: true });
+      const info = await exp.volume.info({ refresh: true, deadlineMs: this.lookUpDeadline() });
       this.exp = exp;
       this.info = info;
       if (!infoOnly) this.log.info('nbd export opened', { volume: volumeName });

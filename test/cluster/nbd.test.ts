@@ -117,6 +117,8 @@ function stubClient(pageCount = 16): {
   failWith: Error | undefined;
   /** The catalog's failure of volume.info (after the server started). */
   infoFailWith: Error | undefined;
+  /** volume.info gets no answer: it fails `timeout` at the call's deadline (never, without one). */
+  infoSilent: boolean;
   /** The answer of pagesWithData: by default, every page zeros. */
   pagesWithData: PagesWithData;
 } {
@@ -128,6 +130,7 @@ function stubClient(pageCount = 16): {
     gate: undefined as Promise<void> | undefined,
     failWith: undefined as Error | undefined,
     infoFailWith: undefined as Error | undefined,
+    infoSilent: false,
     pagesWithData: ((first, count) => ({ end: first + count, ranges: [] })) as PagesWithData,
   };
   const call = async <T>(value: T): Promise<T> => {
@@ -142,7 +145,12 @@ function stubClient(pageCount = 16): {
     }
   };
   const volume = {
-    info: async () => {
+    info: async (options: { deadlineMs?: number } = {}) => {
+      if (state.infoSilent) {
+        const { deadlineMs } = options;
+        await new Promise((r) => (deadlineMs === undefined ? undefined : setTimeout(r, Math.max(0, deadlineMs - Date.now()))));
+        throw new ProtocolError('timeout', 'the info of volume stub did not come before the deadline');
+      }
       if (state.infoFailWith !== undefined) throw state.infoFailWith;
       return info;
     },
@@ -972,6 +980,31 @@ describe('cluster/nbd: NBD export of Strata volumes', function () {
         }
         stub.infoFailWith = undefined;
         assert.equal((await option(p, NBD_OPT.INFO, goData('stub'))).at(-1)!.type, NBD_REP.ACK);
+        p.close();
+      } finally {
+        await server.stop();
+      }
+    });
+
+    it('a catalog that does not answer during the handshake: INFO, GO and SET_META_CONTEXT are answered NBD_REP_ERR_PLATFORM saying so before the handshake\'s time runs out, not closed without a word', async () => {
+      const stub = stubClient();
+      const server = await startNbdServer({ client: stub.client, port: 0, handshakeTimeoutMs: 2000, logger: captureLogger([]) });
+      try {
+        stub.infoSilent = true;
+        for (const opt of [NBD_OPT.INFO, NBD_OPT.GO]) {
+          const p = await greet(server.address.port);
+          // Answered, with a quarter of the handshake's 2 s left (without a deadline of its own the
+          // look-up outlasts the handshake, and the connection closes with no reply).
+          const replies = await option(p, opt, goData('stub'));
+          assert.deepEqual(replies.map((r) => r.type), [NBD_REP.ERR_PLATFORM]);
+          assert.match(replies[0]!.data.toString(), /^volume stub could not be opened: the info of volume stub did not come before the deadline$/);
+          p.close();
+        }
+        const p = await greet(server.address.port);
+        assert.deepEqual((await option(p, NBD_OPT.STRUCTURED_REPLY)).map((r) => r.type), [NBD_REP.ACK]);
+        const set = await option(p, NBD_OPT.SET_META_CONTEXT, metaData('stub', ['base:allocation']));
+        assert.deepEqual(set.map((r) => r.type), [NBD_REP.ERR_PLATFORM]);
+        assert.match(set[0]!.data.toString(), /^volume stub could not be looked up: the info of volume stub did not come before the deadline$/);
         p.close();
       } finally {
         await server.stop();
