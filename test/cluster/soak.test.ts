@@ -137,4 +137,22 @@ describe('soak: the block workload over NBD', function () {
       await c.stop();
     }
   });
+
+  it('a connection that ends under the writers is a problem each writer reports, not a crash', async () => {
+    const c = await startCluster({ nodes: 1, hosts: 1 });
+    try {
+      await c.client.createVolume({ name: BLOCK_VOLUME, pageCount: BLOCKS, shards: 1 });
+      const problems: string[] = [];
+      const w = await startBlockWorkload({ client: c.client, seed: 2, page: (v) => soakPage(4096, v), valueOf: soakValue, problem: (p) => problems.push(p) });
+      await waitFor('writes answered', () => w.result().writesOk >= 20, 30_000);
+      // The export stopped while the writers write: the requests in flight are answered or cut.
+      await w.close();
+      await w.stop();
+      await w.verify();
+      assert.ok(problems.length >= 1, 'the cut connection is reported');
+      assert.ok(problems.every((p) => /the NBD connection failed|connection closed/.test(p)), problems.join('\n'));
+    } finally {
+      await c.stop();
+    }
+  });
 });

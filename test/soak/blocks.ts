@@ -71,10 +71,14 @@ export async function startBlockWorkload(opts: {
   const counts: BlockResult = { writesOk: 0, writesFailed: 0, failedErrnos: {}, triesMadeAgain: 0, blocksChecked: 0 };
   const server: NbdServer = await startNbdServer({ client: opts.client, volume: BLOCK_VOLUME, host: '127.0.0.1', port: 0, logger: countingLogger(counts) });
   const session = await Session.open(server.address.port, BLOCK_VOLUME);
+  session.failRequestsOnError = true;
   const blocks: BlockState[] = Array.from({ length: BLOCKS }, () => ({ acked: '', unknown: [] }));
   let running = true;
-  const request = (type: number, block: number, data?: Buffer): Promise<{ error: number; data: Buffer }> =>
-    withTimeout(session.request(type, block * BLOCK_BYTES, BLOCK_BYTES, data === undefined ? {} : { data }), REQUEST_MS_MAX, () => new Error(`NBD request not answered within ${REQUEST_MS_MAX / 1000} s`));
+  const request = async (type: number, block: number, data?: Buffer): Promise<{ error: number; data: Buffer }> => {
+    const reply = await withTimeout(session.request(type, block * BLOCK_BYTES, BLOCK_BYTES, data === undefined ? {} : { data }), REQUEST_MS_MAX, () => new Error(`NBD request not answered within ${REQUEST_MS_MAX / 1000} s`));
+    if (reply.error === -1) throw new Error(`the NBD connection failed: ${reply.message ?? ''}`);
+    return reply;
+  };
 
   const writer = async (w: number): Promise<void> => {
     const r = prng(opts.seed * 104_729 + w + 1);
@@ -114,7 +118,14 @@ export async function startBlockWorkload(opts: {
       for (let block = 0; block < BLOCKS; block++) {
         const deadline = performance.now() + FINAL_READ_MS;
         for (;;) {
-          const got = await request(NBD_CMD.READ, block).catch((e: Error) => ({ error: -1, data: Buffer.alloc(0), message: e.message }));
+          let got: { error: number; data: Buffer };
+          try {
+            got = await request(NBD_CMD.READ, block);
+          } catch (e) {
+            // The connection is gone: no block can be read back.
+            opts.problem(`the final read of block ${block} of the NBD export: ${(e as Error).message}`);
+            return;
+          }
           if (got.error === 0) {
             const value = opts.valueOf(got.data);
             const { acked, unknown } = blocks[block]!;
@@ -133,6 +144,7 @@ export async function startBlockWorkload(opts: {
       }
     },
     async close() {
+      running = false;
       session.peer.close();
       await server.stop();
     },

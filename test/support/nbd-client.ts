@@ -141,6 +141,13 @@ export class Session {
   private readonly pending = new Map<bigint, { type: number; offset: number; length: number; chunks: Chunk[]; resolve: (r: Reply) => void }>();
   readonly order: bigint[] = [];
   private reading = false;
+  /**
+   * Outside a test (the soak): the connection's failure (closed, or a reply that breaks the
+   * protocol) answers every request waiting, and each sent after, with `error` -1 and the reason
+   * as `message`, instead of failing as an unhandled rejection (which a test runner reports).
+   */
+  failRequestsOnError = false;
+  private broken: string | undefined;
 
   constructor(readonly peer: Peer, readonly size: number, readonly flags: number) {}
 
@@ -173,7 +180,19 @@ export class Session {
     h.writeUInt32BE(length, 24);
     const reply = new Promise<Reply>((resolve) => this.pending.set(cookie, { type, offset, length, chunks: [], resolve }));
     this.peer.write(h, opts.data ?? Buffer.alloc(0));
-    if (type !== NBD_CMD.DISC) void this.readReplies();
+    if (this.broken !== undefined) {
+      this.pending.get(cookie)!.resolve({ error: -1, data: Buffer.alloc(0), simple: true, chunks: [], message: this.broken });
+      this.pending.delete(cookie);
+    } else if (type !== NBD_CMD.DISC) {
+      const reading = this.readReplies();
+      if (this.failRequestsOnError) {
+        reading.catch((e: unknown) => {
+          this.broken = e instanceof Error ? e.message : String(e);
+          for (const entry of this.pending.values()) entry.resolve({ error: -1, data: Buffer.alloc(0), simple: true, chunks: [], message: this.broken });
+          this.pending.clear();
+        });
+      } else void reading;
+    }
     return { cookie, reply };
   }
 
