@@ -30,7 +30,8 @@ import {
   writeInTries,
   type NbdServer,
 } from '../../cluster/nbd';
-import type { StrataClient } from '../../cluster/client';
+import { NatsTransport, createClient, type ClientTransport, type StrataClient } from '../../cluster/client';
+import { connect as natsConnect } from 'nats';
 import { ProtocolError } from '../../messages/errors';
 import type { VolumeInfo } from '../../messages/api';
 import type { Logger } from '../../observability/log';
@@ -1275,9 +1276,11 @@ describe('cluster/nbd: the node leading a shard killed with writes in flight (st
   this.timeout(120_000);
   let c: DevCluster | undefined;
   let server: NbdServer | undefined;
+  let client: StrataClient | undefined;
 
   after(async () => {
     await server?.stop();
+    await client?.close().catch(() => undefined);
     await c?.client.close().catch(() => undefined);
     await c?.stop();
   });
@@ -1286,14 +1289,27 @@ describe('cluster/nbd: the node leading a shard killed with writes in flight (st
     c = await startDevCluster({ nodes: 3, hosts: 1 });
     await c.client.createVolume({ name: 'blk', pageCount: 64, shards: 1, replicas: 3 });
     const lines: Array<{ level: string; msg: string; fields: Record<string, unknown> }> = [];
-    server = await startNbdServer({ client: c.client, volume: 'blk', port: 0, logger: captureLogger(lines) });
+    // The export's client counts the requests it sends to the shard.
+    const nc = await natsConnect({ servers: c.natsUrl });
+    const nats = new NatsTransport(nc);
+    let shardRequests = 0;
+    const counting: ClientTransport = {
+      maxPayloadBytes: nats.maxPayloadBytes,
+      request: (subject, data, options) => {
+        if (subject.includes('.shard.')) shardRequests++;
+        return nats.request(subject, data, options);
+      },
+      close: () => nats.close(),
+    };
+    client = createClient(counting, { cluster: 'dev' });
+    server = await startNbdServer({ client, volume: 'blk', port: 0, logger: captureLogger(lines) });
     const s = await Session.open(server.address.port, 'blk');
     const block = (i: number): Buffer => Buffer.alloc(4096, i + 1);
     assert.equal((await s.request(NBD_CMD.WRITE, 0, 4096, { data: block(0) })).error, 0);
-    // Shard 0 led by n3. It is stopped (SIGSTOP) before the writes are sent, so that they all
+    // Shard 0 led by n3. It is stopped (SIGSTOP) before the requests are sent, so that they all
     // reach it (the shard's only subscriber until another replica is elected, which takes at
-    // least an election timeout), then killed: their answers never come, and from then on the
-    // shard's subject reaches only the next leader.
+    // least an election timeout), then killed once the server has them: their answers never
+    // come, and from then on the shard's subject reaches only the next leader.
     await waitFor('n3 leads shard 0', async () => {
       await c!.client.handOver('blk', 0, { to: 'n3' }).catch(() => undefined);
       const status = await c!.client.status().catch(() => undefined);
@@ -1302,11 +1318,13 @@ describe('cluster/nbd: the node leading a shard killed with writes in flight (st
     }, 30_000);
     const n3 = c.nodes.find((n) => n.id === 'n3')!.pid;
     process.kill(n3, 'SIGSTOP');
+    const sentBefore = shardRequests;
     const writes = Promise.all(Array.from({ length: 8 }, (_, i) => s.request(NBD_CMD.WRITE, (i + 1) * 4096, 4096, { data: block(i + 1) })));
     const zeros = s.request(NBD_CMD.WRITE_ZEROES, 9 * 4096, 4096);
     // A read too: Strata's client sends it again itself.
     const read = s.request(NBD_CMD.READ, 0, 4096);
-    await new Promise((r) => setTimeout(r, 1000));
+    await waitFor('the 10 requests sent to the shard', () => shardRequests >= sentBefore + 10, 30_000);
+    await nc.flush(); // the server has them, and gave them to n3
     process.kill(n3, 'SIGKILL');
     assert.deepEqual((await writes).map((w) => w.error), new Array(8).fill(0), `every write answered without an error: ${JSON.stringify(lines)}`);
     assert.equal((await zeros).error, 0, 'a write of zeros too');
