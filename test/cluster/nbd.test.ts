@@ -1301,7 +1301,8 @@ describe('cluster/nbd: the node leading a shard killed with writes in flight (st
       },
       close: () => nats.close(),
     };
-    client = createClient(counting, { cluster: 'dev' });
+    // 20 s: tries of 6.7 s, time for the next leader's election on a loaded machine.
+    client = createClient(counting, { cluster: 'dev', timeoutMs: 20_000 });
     server = await startNbdServer({ client, volume: 'blk', port: 0, logger: captureLogger(lines) });
     const s = await Session.open(server.address.port, 'blk');
     const block = (i: number): Buffer => Buffer.alloc(4096, i + 1);
