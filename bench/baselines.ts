@@ -415,7 +415,7 @@ export async function jetstreamPublishBaseline(options: RequestBaselineOptions):
   try {
     nc = await connectTo(what, "jetstream-publisher", o);
     const jsm = await nc.jetstreamManager({ timeout: o.requestTimeoutMs }).catch((err: Error) => {
-      throw new Error(`${what}: JetStream is not available at ${o.url} (is the server started with JetStream?): ${err.message}`);
+      throw new Error(`${what}: JetStream is not available at ${o.url} (is the server started with JetStream? strata dev's is not: --baselines raw-append,nats-echo leaves this one out): ${err.message}`);
     });
     await jsm.streams.add({
       name: stream,
