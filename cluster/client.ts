@@ -1072,9 +1072,9 @@ export class StrataClient {
   }
 
   /**
-   * A request sent again when a try gets no answer: up to API_READ_TRIES tries within
-   * `deadlineMs`, each waiting its part of the time left (at least API_READ_TRY_MS_MIN; the
-   * first at most that with `quickFirst`), the last one until the deadline. For requests that
+   * A request sent again when a try gets no answer: up to `tries` (default API_READ_TRIES) tries
+   * within `deadlineMs`, each waiting its part of the time left (at least API_READ_TRY_MS_MIN;
+   * the first at most that with `quickFirst`), the last one until the deadline. For requests that
    * may be answered twice: reads, and changes the server recognizes when sent again. With
    * `tryDeadlineInHeader` each try's Strata-Deadline is its own (a read: the server stops working
    * on it when the requester stops waiting), otherwise the call's. Any answer, or a failure other
@@ -1086,12 +1086,13 @@ export class StrataClient {
     body: unknown,
     deadlineMs: number,
     validate: (value: unknown) => T,
-    opts: { tryDeadlineInHeader: boolean; quickFirst?: boolean },
+    opts: { tryDeadlineInHeader: boolean; quickFirst?: boolean; tries?: number },
   ): Promise<T> {
+    const tries = opts.tries ?? API_READ_TRIES;
     for (let attempt = 1; ; attempt++) {
       const left = deadlineMs - this.nowMs();
-      const last = attempt >= API_READ_TRIES || left < 2 * API_READ_TRY_MS_MIN;
-      const share = Math.max(API_READ_TRY_MS_MIN, Math.floor(left / (API_READ_TRIES - attempt + 1)));
+      const last = attempt >= tries || left < 2 * API_READ_TRY_MS_MIN;
+      const share = Math.max(API_READ_TRY_MS_MIN, Math.floor(left / (tries - attempt + 1)));
       const tryDeadlineMs = last ? deadlineMs : this.nowMs() + (attempt === 1 && opts.quickFirst === true ? Math.min(share, API_READ_TRY_MS_MIN) : share);
       try {
         return await this.send(subject, type, body, opts.tryDeadlineInHeader ? tryDeadlineMs : deadlineMs, validate, tryDeadlineMs);
@@ -1740,8 +1741,16 @@ function optionsOf<T extends object>(options: T | null | undefined): Partial<T> 
 /** Longest wait for the catalog when a request the cached geometry refuses is checked again (the API router's too). */
 export const GEOMETRY_RECHECK_MS = 2000;
 
-/** How a shard request that changes nothing (shard.read, shard.map, shard.flush) is tried (StrataClient.sendInTries). */
-const READ_TRIES = { tryDeadlineInHeader: true } as const;
+/**
+ * Tries of a shard request that changes nothing (shard.read, shard.map, shard.flush) within its
+ * call's deadline (StrataClient.sendInTries): the first of at most API_READ_TRY_MS_MIN (a shard
+ * answers in milliseconds; one killed with the request costs the call that second), the next
+ * ones their part of what is left. A frozen leader keeps its share of the shard's requests while
+ * it is frozen (docs/replication.md, "A node that goes"): each try reaches it or the next leader,
+ * so more tries make meeting it every time rarer (1 in 16 after the first).
+ */
+export const SHARD_READ_TRIES = 5;
+const READ_TRIES = { tryDeadlineInHeader: true, quickFirst: true, tries: SHARD_READ_TRIES } as const;
 
 /** First and largest pause between attempts to reach a shard that has no leader right now. */
 const LEADER_RETRY_MS_MIN = 20;

@@ -12,6 +12,7 @@ import {
   NoRespondersError,
   REQUESTS_IN_FLIGHT_MAX,
   SHARD_CHECK_PAGE_STEPS_MAX,
+  SHARD_READ_TRIES,
   SHARD_CHECK_STEPS_MAX,
   connect,
   createClient,
@@ -219,22 +220,21 @@ describe('cluster/client (fake transport)', () => {
       const got = await fc.client().volume('vol').readPages([3]);
       assert.deepEqual(got.pages[0], pageData(3));
       const reads = fc.transport.shardRequests().filter((r) => r.headers[HEADER_TYPE] === 'shard.read');
-      // The first try a third of the call's 10 s, the second half of what is left (the fake
-      // clock stands still), each its own Strata-Deadline: the shard stops waiting when the
-      // client does.
-      assert.deepEqual(reads.map((r) => [Number(r.headers[HEADER_DEADLINE]) - NOW, r.timeoutMs]), [[3333, 3333], [5000, 5000]]);
+      // The first try 1 s, the second a quarter of what is left (the fake clock stands still),
+      // each its own Strata-Deadline: the shard stops waiting when the client does.
+      assert.deepEqual(reads.map((r) => [Number(r.headers[HEADER_DEADLINE]) - NOW, r.timeoutMs]), [[1000, 1000], [2500, 2500]]);
       silent = 1;
       assert.equal((await fc.client().volume('vol').flush()).lsn, 1);
       assert.equal(fc.transport.shardRequests().filter((r) => r.headers[HEADER_TYPE] === 'shard.flush').length, 2, 'the flush went twice');
     });
 
-    it('a read no try gets an answer to is timeout after API_READ_TRIES tries, the last until the deadline', async () => {
+    it('a read no try gets an answer to is timeout after SHARD_READ_TRIES tries, the last until the deadline', async () => {
       const fc = new FakeCluster(volume({ shards: 1 }));
       fc.shardHook = noReply;
       await rejectsWith(fc.client(9000).volume('vol').readPages([3]), 'timeout');
       const reads = fc.transport.shardRequests();
-      assert.equal(reads.length, API_READ_TRIES);
-      assert.deepEqual(reads.map((r) => Number(r.headers[HEADER_DEADLINE]) - NOW), [3000, 4500, 9000]);
+      assert.equal(reads.length, SHARD_READ_TRIES);
+      assert.deepEqual(reads.map((r) => Number(r.headers[HEADER_DEADLINE]) - NOW), [1000, 2250, 3000, 4500, 9000]);
     });
 
     it('a write is sent once: its outcome is unknown (timeout, "may or may not")', async () => {
@@ -980,9 +980,9 @@ describe('cluster/client (fake transport)', () => {
       await vol.readPages([0], { deadlineMs: NOW + 60_000 });
       await vol.flush({ deadlineMs: NOW + 700 });
       const sent = t.shardRequests().map((r) => [r.headers[HEADER_DEADLINE], r.timeoutMs]);
-      // The read's first try: a third of its 10 s (sendInTries); the flush's 700 ms, too short
-      // to split, is one try.
-      assert.deepEqual(sent, [[String(NOW + 1500), 1500], [String(NOW + 3333), 3333], [String(NOW + 700), 700]]);
+      // The read's first try: 1 s of its 10 s (sendInTries); the flush's 700 ms, too short to
+      // split, is one try.
+      assert.deepEqual(sent, [[String(NOW + 1500), 1500], [String(NOW + 1000), 1000], [String(NOW + 700), 700]]);
       await rejectsWith(vol.flush({ deadlineMs: NOW - 1 }), 'timeout', /deadline passed/);
       await rejectsWith(vol.flush({ deadlineMs: 1.5 }), 'bad_request', /deadlineMs/);
     });
