@@ -55,7 +55,7 @@ import { ProtocolError, throwIfError } from '../messages/errors';
 import { DEADLINE_AHEAD_MS_MAX, HEADER_DEADLINE, writeHeaders } from '../messages/headers';
 import { clientSpan } from '../observability/tracing';
 import { ConnectionState, NoRespondersError, RequestMux, fromNatsError, natsErrorCode, serverMaxPayload } from '../runtime/request-mux';
-import { withTimeout } from '../runtime/timeout';
+import { inTries, withTimeout } from '../runtime/timeout';
 import { natsConnectHint } from '../runtime/nats-connect-hint';
 import { apiSubject, checkToken, clientInboxPrefix, shardSubject } from '../messages/subjects';
 import {
@@ -1088,18 +1088,17 @@ export class StrataClient {
     validate: (value: unknown) => T,
     opts: { tryDeadlineInHeader: boolean; quickFirst?: boolean; tries?: number },
   ): Promise<T> {
-    const tries = opts.tries ?? API_READ_TRIES;
-    for (let attempt = 1; ; attempt++) {
-      const left = deadlineMs - this.nowMs();
-      const last = attempt >= tries || left < 2 * API_READ_TRY_MS_MIN;
-      const share = Math.max(API_READ_TRY_MS_MIN, Math.floor(left / (tries - attempt + 1)));
-      const tryDeadlineMs = last ? deadlineMs : this.nowMs() + (attempt === 1 && opts.quickFirst === true ? Math.min(share, API_READ_TRY_MS_MIN) : share);
-      try {
-        return await this.send(subject, type, body, opts.tryDeadlineInHeader ? tryDeadlineMs : deadlineMs, validate, tryDeadlineMs);
-      } catch (e) {
-        if (last || !(e instanceof ProtocolError && e.code === 'timeout')) throw e;
-      }
-    }
+    return inTries(
+      deadlineMs,
+      {
+        tries: opts.tries ?? API_READ_TRIES,
+        tryMsMin: API_READ_TRY_MS_MIN,
+        ...(opts.quickFirst !== undefined ? { quickFirst: opts.quickFirst } : {}),
+        nowMs: () => this.nowMs(),
+        again: (e) => e instanceof ProtocolError && e.code === 'timeout',
+      },
+      (tryDeadlineMs) => this.send(subject, type, body, opts.tryDeadlineInHeader ? tryDeadlineMs : deadlineMs, validate, tryDeadlineMs),
+    );
   }
 }
 

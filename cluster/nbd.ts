@@ -36,7 +36,7 @@ import { CALL_PAGES_MAX, type StrataClient, type Volume } from './client';
 import { ProtocolError } from '../messages/errors';
 import type { VolumeInfo } from '../messages/api';
 import { createLogger, type Logger } from '../observability/log';
-import { withTimeout } from '../runtime/timeout';
+import { inTries, withTimeout } from '../runtime/timeout';
 
 // ---------------------------------------------------------------------------------------------
 // Protocol constants (the NBD protocol's own names)
@@ -375,18 +375,17 @@ export async function writeInTries<T>(
   opts: { nowMs?: () => number; onUnknown?: (err: ProtocolError, attempt: number) => void } = {},
 ): Promise<T> {
   const nowMs = opts.nowMs ?? Date.now;
-  const endMs = nowMs() + budgetMs;
-  for (let attempt = 1; ; attempt++) {
-    const left = endMs - nowMs();
-    const last = attempt >= WRITE_TRIES || left < 2 * WRITE_TRY_MS_MIN;
-    const tryEndMs = last ? endMs : nowMs() + Math.max(WRITE_TRY_MS_MIN, Math.floor(left / (WRITE_TRIES - attempt + 1)));
-    try {
-      return await call(tryEndMs);
-    } catch (err) {
-      if (last || !(err instanceof ProtocolError && WRITE_TRIED_AGAIN.has(err.code))) throw err;
-      opts.onUnknown?.(err, attempt);
-    }
-  }
+  return inTries(
+    nowMs() + budgetMs,
+    {
+      tries: WRITE_TRIES,
+      tryMsMin: WRITE_TRY_MS_MIN,
+      nowMs,
+      again: (err) => err instanceof ProtocolError && WRITE_TRIED_AGAIN.has(err.code),
+      onAgain: (err, attempt) => opts.onUnknown?.(err as ProtocolError, attempt),
+    },
+    call,
+  );
 }
 
 /**
