@@ -1046,12 +1046,18 @@ export class StrataClient {
    */
   private async whileControllerMoves<T>(deadlineMs: number, once: () => Promise<T>): Promise<T> {
     let pauseMs = CONTROLLER_RETRY_MS_MIN;
-    const startMs = this.nowMs();
+    // Since when no node has served the controller's subjects, as the answers say (undefined: a
+    // node answered since). Counted from the first such answer, not from the call: a call whose
+    // earlier tries met the deposed controller still waits the whole gap for the next one.
+    let gapSinceMs: number | undefined;
     for (let attempt = 1; ; attempt++) {
       try {
         return await once();
       } catch (e) {
-        const moving = unavailableSaying(e, 'notController') || (unavailableSaying(e, 'noController') && this.nowMs() - startMs < CONTROLLER_GAP_MS);
+        const gap = unavailableSaying(e, 'noController');
+        if (gap) gapSinceMs ??= this.nowMs();
+        else gapSinceMs = undefined;
+        const moving = unavailableSaying(e, 'notController') || (gap && this.nowMs() - gapSinceMs! < CONTROLLER_GAP_MS);
         if (!moving || attempt > CONTROLLER_RETRIES_MAX || this.nowMs() + pauseMs >= deadlineMs) throw e;
         await new Promise((r) => setTimeout(r, pauseMs));
         // A clock that went past the deadline meanwhile: the node's answer, not a bare timeout.
@@ -1162,10 +1168,13 @@ function unavailableSaying(error: unknown, mark: 'notController' | 'noController
 
 /**
  * How long an API request is sent again while no node serves the controller's subjects (the
- * router's `noController`): between a controller giving its seat up and the next taking it. Past
- * that, no controller runs (a majority of the controller nodes down, say), which is the answer.
+ * router's `noController`), from the first such answer: between a controller giving its seat up
+ * and the next taking it (an election of the catalog shard's leader after a kill, then the seat's
+ * check, flush and load of the catalog: a few hundred milliseconds on an idle machine, seconds
+ * on a loaded one). Past that, no controller runs (a majority of the controller nodes down, say),
+ * which is the answer.
  */
-const CONTROLLER_GAP_MS = 2000;
+const CONTROLLER_GAP_MS = 5000;
 
 /** Connects to the NATS servers and returns a client of the Strata cluster `cluster`. */
 export async function connect(options: ConnectOptions): Promise<StrataClient> {

@@ -482,14 +482,28 @@ describe('cluster/client (fake transport)', () => {
       const t = new FakeTransport(() => (gaps-- > 0 ? gone() : { volumes: [] }));
       assert.deepEqual(await createClient(t, { cluster: CLUSTER, timeoutMs: 10_000, nowMs: () => NOW }).listVolumes(), []);
       assert.equal(t.apiRequests('volume.list').length, 3);
-      // No controller at all (a majority of the controller nodes down): the answer after 2 s, well before the deadline.
+      // No controller at all (a majority of the controller nodes down): the answer after 5 s, well before the deadline.
       const none = new FakeTransport(() => gone());
       const started = Date.now();
       let now = NOW;
       const client = createClient(none, { cluster: CLUSTER, timeoutMs: 60_000, nowMs: () => (now = NOW + Math.max(0, Date.now() - started) * 10) });
       await rejectsWith(client.listVolumes(), 'unavailable', /not reachable/);
-      assert.ok(now - NOW >= 2000 && now - NOW < 60_000, `given up after ${now - NOW} ms`);
+      assert.ok(now - NOW >= 5000 && now - NOW < 60_000, `given up after ${now - NOW} ms`);
       assert.ok(none.apiRequests('volume.list').length > 2);
+    });
+
+    it('counts the gap between two controllers from its first noController answer, not from the call: a call that met the deposed controller for longer than CONTROLLER_GAP_MS still waits for the next one', async () => {
+      const moved = () => errorReply(new ProtocolError('unavailable', "node 'n1' no longer runs the controller; retry", { notController: true }));
+      const gone = () => errorReply(new ProtocolError('unavailable', 'the controller is not reachable (no responders)', { noController: true }));
+      // Each answer takes a second: 6 s of the deposed controller's refusals, then 3 s without a controller.
+      const answers = [...Array.from({ length: 6 }, () => moved), gone, gone, gone, () => ({ volumes: [] })];
+      let now = NOW;
+      const t = new FakeTransport(() => {
+        now += 1000;
+        return answers.shift()!();
+      });
+      assert.deepEqual(await createClient(t, { cluster: CLUSTER, timeoutMs: 60_000, nowMs: () => now }).listVolumes(), []);
+      assert.equal(t.apiRequests('volume.list').length, 10);
     });
 
     it('still no controller at the deadline: the last node\'s answer, after a bounded number of tries', async () => {
@@ -545,7 +559,7 @@ describe('cluster/client (fake transport)', () => {
       });
       const alone = createClient(none, { cluster: CLUSTER, timeoutMs: 60_000, nowMs: () => (now = NOW + Math.max(0, Date.now() - started) * 10) });
       await rejectsWith(alone.drainNode('n2'), 'unavailable', /not reachable \(no responders on strata\.test\.controller\.node\.drain\)/);
-      assert.ok(now - NOW >= 2000 && now - NOW < 60_000, `given up after ${now - NOW} ms`);
+      assert.ok(now - NOW >= 5000 && now - NOW < 60_000, `given up after ${now - NOW} ms`);
       assert.ok(none.seen.length > 2, `${none.seen.length} tries`);
       // Another unavailable is the answer at once.
       const other = new FakeTransport(() => errorReply(new ProtocolError('unavailable', 'the move of shard 1 is under way')));
