@@ -345,11 +345,19 @@ class NodeSilentError extends ProtocolError {
 const CONTROLLER_ELECTION_GRACE_MS = 10_000;
 /** A heartbeat's wait for its answer, at least (and two periods, at most a request's timeout). */
 const HEARTBEAT_TIMEOUT_MS_MIN = 2000;
+/** A heartbeat is sent at most this many times: again when a controller is seated while its answer is awaited. */
+const HEARTBEAT_SENDS_MAX = 3;
 /**
  * A controller just started or taken over waits this long at most for the nodes' heartbeats before
  * it places a volume (`heardFromNodes`); it asks every node for one as it starts (`seated`).
  */
 const MEMBERS_WARMUP_MS = 1000;
+/**
+ * ...and this long at most while it has heard from fewer nodes than the placement needs: longer
+ * than a heartbeat waits for a controller that died with it (HEARTBEAT_TIMEOUT_MS_MIN) and the
+ * next period.
+ */
+const MEMBERS_WANTED_WAIT_MS = 4000;
 /** Each read or write of the catalog shard, at most. */
 const CATALOG_IO_TIMEOUT_MS = 10_000;
 
@@ -589,6 +597,8 @@ export class StrataNode {
   private stopped = false;
   /** Given when a clean stop begins: waits that end early then (a delete's for its destroys). */
   private readonly stopping = new Notice(true);
+  /** A controller took its seat (`seated`): a heartbeat awaiting its answer is sent again, to it. */
+  private readonly controllerSeated = new Notice();
   private reconciledEpoch = -1;
   /** The tag of the catalog reconciled with (HeartbeatReply.catalog). */
   private reconciledCatalog: string | undefined;
@@ -1221,7 +1231,15 @@ export class StrataNode {
         ...(down.length > 0 ? { down } : {}),
         ...(this.leadingCount > 0 ? { leading: this.leadingCount } : {}),
       };
-      const r = await nc.request(controllerSubject(this.cluster, 'heartbeat'), encode(body), { timeout });
+      // A controller seated while the answer is awaited (`seated`) is sent the heartbeat at once:
+      // the one before may have died with it, and the next one places nothing until it has heard
+      // from the nodes (`heardFromNodes`). At most HEARTBEAT_SENDS_MAX sends.
+      let r: Msg | undefined;
+      for (let sent = 1; r === undefined; sent++) {
+        const request = nc.request(controllerSubject(this.cluster, 'heartbeat'), encode(body), { timeout });
+        const answer = sent < HEARTBEAT_SENDS_MAX ? await this.controllerSeated.race(request) : await request;
+        if (answer !== NOTICED) r = answer;
+      }
       ({ epoch, catalog, controllers } = validateHeartbeatReply(throwIfError(decode(r.data))));
       this.heartbeatFailures.succeeded();
     } catch (e) {
@@ -2026,16 +2044,20 @@ export class StrataNode {
 
   /**
    * Membership is soft state, rebuilt from heartbeats: a controller that just took over (or
-   * started) knows none of the nodes until they next beat. A placement waits, at most
-   * MEMBERS_WARMUP_MS after the start and within `deadlineMs`, until every node the catalog
-   * places replicas on, and at least `want` nodes, have been heard from; then it places on the
-   * nodes it knows.
+   * started) knows none of the nodes until they next beat. A placement waits, within
+   * `deadlineMs`, until every node the catalog places replicas on, and at least `want` nodes,
+   * have been heard from, or MEMBERS_WARMUP_MS after the start (a node placed on may be the one
+   * whose death moved the controller); fewer than `want` nodes heard from, it waits on until
+   * MEMBERS_WANTED_WAIT_MS after the start (a node's heartbeat may have been waiting for the dead
+   * controller's answer). Then it places on the nodes it knows.
    */
   private async heardFromNodes(c: Controller, want: number, deadlineMs: number | undefined): Promise<void> {
-    const untilMs = Math.min(this.controllerSinceMs() + MEMBERS_WARMUP_MS, deadlineMs ?? Number.POSITIVE_INFINITY);
+    const sinceMs = this.controllerSinceMs();
+    const endMs = deadlineMs ?? Number.POSITIVE_INFINITY;
     for (;;) {
       const now = Date.now();
       const live = new Set(c.liveNodes(now).map((m) => m.nodeId));
+      const untilMs = Math.min(endMs, sinceMs + (live.size >= want ? MEMBERS_WARMUP_MS : MEMBERS_WANTED_WAIT_MS));
       if (now >= untilMs || this.stopped || (live.size >= want && [...c.placedNodes()].every((n) => live.has(n)))) return;
       await new Promise((r) => setTimeout(r, Math.min(50, untilMs - now)));
     }
@@ -3011,6 +3033,7 @@ export class StrataNode {
     // answered (ApiRouter.forwardToController).
     this.subs.push(this.nc!.subscribe(controllerSubject(this.cluster, 'seated'), {
       callback: () => {
+        this.controllerSeated.notify();
         this.beatNow();
         this.router?.controllerSeated();
       },

@@ -12,6 +12,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { startCluster, type InProcessCluster } from '../../cluster/in-process-cluster';
 import { StrataNode } from '../../cluster/node';
+import { Controller } from '../../actors/controller';
 import { CATALOG_PAGE_SIZE, CatalogShard } from '../../cluster/catalog-shard';
 import { connect as connectClient, pagesPerRequest } from '../../cluster/client';
 import { ProtocolError, throwIfError } from '../../messages/errors';
@@ -401,6 +402,23 @@ describe('a replicated controller whose catalog takes several shard writes', fun
   });
 });
 
+describe('a controller that just took its seat, before it places a volume', function () {
+  it('waits past its first second for as many nodes as the volume needs to be heard from (their heartbeats may have waited for the controller that died), then places', async () => {
+    const c = new Controller({ replicated: { state: undefined, write: async () => undefined } });
+    c.heartbeat('n1', 1, Date.now());
+    // Seated 1.1 s ago: the first second, in which it waits for every node placed on, is over.
+    const seated = { controllerSinceMs: (): number => Date.now() - 1100, stopped: false };
+    const heardFromNodes = (StrataNode.prototype as unknown as { heardFromNodes(c: Controller, want: number, deadlineMs: number): Promise<void> }).heardFromNodes;
+    const order: string[] = [];
+    const waited = heardFromNodes.call(seated, c, 2, Date.now() + 30_000).then(() => order.push(`placed with ${c.liveNodes(Date.now()).length} live`));
+    await new Promise((r) => setTimeout(r, 300));
+    order.push('n2 heard from');
+    c.heartbeat('n2', 1, Date.now());
+    await waited;
+    assert.deepEqual(order, ['n2 heard from', 'placed with 2 live']);
+  });
+});
+
 describe('a replicated controller beside a controller node that keeps the catalog alone', function () {
   this.timeout(60_000);
   let c: InProcessCluster;
@@ -542,6 +560,34 @@ describe('a node of a cluster with a replicated controller, and a deposed contro
       assert.deepEqual(beats, ['n3', 'n3']);
     } finally {
       await slow.stop();
+    }
+  });
+
+  it('sends a heartbeat awaiting its answer again when a controller takes its seat meanwhile: the one before may have died with it, and the next one places nothing until it hears from the nodes', async () => {
+    // The test is the controller: it answers every heartbeat but the second, which is lost with
+    // the controller it reached. The node's heartbeat waits 10 s for an answer (its request
+    // timeout), and its period is ten minutes.
+    const beats: string[] = [];
+    nc!.subscribe('strata.dep3.controller.heartbeat', {
+      callback: (_e, m) => {
+        beats.push(String((decode(m.data) as { nodeId: string }).nodeId));
+        if (beats.length !== 2) m.respond(encode({ epoch: 0 }));
+      },
+    });
+    nc!.subscribe('strata.dep3.controller.assignments', { callback: (_e, m) => m.respond(encode({ epoch: 0, tombstones: [], shards: [] })) });
+    await nc!.flush();
+    const dir3 = path.join(dir, 'lost');
+    const n4 = await StrataNode.start({ nodeId: 'n4', cluster: 'dep3', natsUrl: server!.url, dataDir: dir3, hosts: 1, controller: false, controllers: ['c1', 'c2', 'c3'], heartbeatMs: 600_000 });
+    try {
+      await waitFor('the first heartbeat', () => beats.length === 1, 5000);
+      nc!.publish('strata.dep3.controller.seated', encode({ node: 'c2', term: 4 }));
+      await waitFor('the heartbeat the controller loses', () => beats.length === 2, 5000);
+      // The next controller takes its seat while that heartbeat waits for its answer.
+      nc!.publish('strata.dep3.controller.seated', encode({ node: 'c3', term: 5 }));
+      await waitFor('the heartbeat sent again to the next controller', () => beats.length === 3, 5000);
+      assert.deepEqual(beats, ['n4', 'n4', 'n4']);
+    } finally {
+      await n4.stop();
     }
   });
 });
