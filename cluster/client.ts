@@ -57,7 +57,7 @@ import { clientSpan } from '../observability/tracing';
 import { ConnectionState, NoRespondersError, RequestMux, fromNatsError, natsErrorCode, serverMaxPayload } from '../runtime/request-mux';
 import { inTries, withTimeout } from '../runtime/timeout';
 import { natsConnectHint } from '../runtime/nats-connect-hint';
-import { apiSubject, checkToken, clientInboxPrefix, shardSubject } from '../messages/subjects';
+import { apiSubject, checkToken, clientInboxPrefix, shardLeadersSubject, shardSubject } from '../messages/subjects';
 import {
   controllerSubject,
   nodeSubject,
@@ -340,6 +340,15 @@ export interface CallOptions {
    * `timeoutMs`. One already passed fails the call with `timeout` before anything is sent.
    */
   deadlineMs?: number;
+  /**
+   * A write or a range of zeros sent to every replica that leads its shard, as far as each
+   * knows, rather than to one (`shardLeadersSubject`): for a caller that makes again a write
+   * whose try got no answer, and to whom a write made twice is harmless (the NBD export: a block
+   * device gives its requests in flight no order among themselves). A frozen leader keeps its
+   * share of the shard's queue group while the shard elects the next one; this try reaches the
+   * next one too. Reads do this on their own from their second try.
+   */
+  everyLeader?: boolean;
 }
 
 /** Options of a read. */
@@ -1083,7 +1092,8 @@ export class StrataClient {
    * the first at most that with `quickFirst`), the last one until the deadline. For requests that
    * may be answered twice: reads, and changes the server recognizes when sent again. With
    * `tryDeadlineInHeader` each try's Strata-Deadline is its own (a read: the server stops working
-   * on it when the requester stops waiting), otherwise the call's. Any answer, or a failure other
+   * on it when the requester stops waiting), otherwise the call's. With `againSubject`, the tries
+   * after the first go there (a shard's: `shardLeadersSubject`). Any answer, or a failure other
    * than `timeout`, ends it. @internal
    */
   async sendInTries<T>(
@@ -1092,7 +1102,7 @@ export class StrataClient {
     body: unknown,
     deadlineMs: number,
     validate: (value: unknown) => T,
-    opts: { tryDeadlineInHeader: boolean; quickFirst?: boolean; tries?: number },
+    opts: { tryDeadlineInHeader: boolean; quickFirst?: boolean; tries?: number; againSubject?: string },
   ): Promise<T> {
     return inTries(
       deadlineMs,
@@ -1103,7 +1113,7 @@ export class StrataClient {
         nowMs: () => this.nowMs(),
         again: (e) => e instanceof ProtocolError && e.code === 'timeout',
       },
-      (tryDeadlineMs) => this.send(subject, type, body, opts.tryDeadlineInHeader ? tryDeadlineMs : deadlineMs, validate, tryDeadlineMs),
+      (tryDeadlineMs, n) => this.send(n > 1 ? (opts.againSubject ?? subject) : subject, type, body, opts.tryDeadlineInHeader ? tryDeadlineMs : deadlineMs, validate, tryDeadlineMs),
     );
   }
 }
@@ -1234,6 +1244,8 @@ interface ShardCall {
   body: ShardWriteRequest | ShardZeroRequest | ShardReadRequest | ShardFlushRequest | ShardMapRequest;
   /** For reads: the position in the caller's list of each requested page. */
   indices: number[];
+  /** A write sent to every leader of the shard (`CallOptions.everyLeader`). */
+  everyLeader?: true;
 }
 
 interface ShardOutcome {
@@ -1370,7 +1382,9 @@ export class Volume {
    * applied their pages.
    */
   async writePages(pages: readonly PageWrite[], options: CallOptions | null = {}): Promise<LsnResult> {
-    const deadlineMs = this.client.deadline(optionsOf(options).deadlineMs);
+    const opts = optionsOf(options);
+    const deadlineMs = this.client.deadline(opts.deadlineMs);
+    const everyLeader = everyLeaderOf(opts);
     const list = expectArray(pages, 'pages', { lengthMin: 1, lengthMax: CALL_PAGES_MAX, maxCode: 'too_large' });
     const seen = new Map<number, number>();
     const numbers: number[] = [];
@@ -1394,6 +1408,7 @@ export class Volume {
         type: 'shard.write' as const,
         body: { pages: indices.map((i) => entries[i]!) },
         indices,
+        ...everyLeader,
       }));
     });
     return mergeLsns(calls, outcomes);
@@ -1416,14 +1431,16 @@ export class Volume {
    * earlier attempts on it).
    */
   private runOverRange(type: 'shard.zero' | 'shard.map', first: number, count: number, options: CallOptions | null): ReturnType<Volume['run']> {
-    const deadlineMs = this.client.deadline(optionsOf(options).deadlineMs);
+    const opts = optionsOf(options);
+    const deadlineMs = this.client.deadline(opts.deadlineMs);
+    const everyLeader = type === 'shard.zero' ? everyLeaderOf(opts) : {};
     const range = {
       first: expectInteger(first, 'first', { min: 0, max: PAGE_COUNT_MAX - 1, maxCode: 'out_of_range' }),
       count: expectInteger(count, 'count', { min: 1, max: PAGE_COUNT_MAX, maxCode: 'out_of_range' }),
     };
     return this.run(deadlineMs, (info) => {
       validatePageZero(range, info.pageCount);
-      return shardsOfRange(range.first, range.count, info).map((shard) => ({ shard, type, body: { ...range }, indices: [] }));
+      return shardsOfRange(range.first, range.count, info).map((shard) => ({ shard, type, body: { ...range }, indices: [], ...everyLeader }));
     });
   }
 
@@ -1617,21 +1634,23 @@ export class Volume {
   private async sendCalls(info: VolumeInfo, calls: readonly ShardCall[], deadlineMs: number): Promise<Settled[]> {
     const tasks = calls.map((call) => async (): Promise<ShardOutcome> => {
       const subject = shardSubject(this.client.cluster, info.id, call.shard);
+      const again = (): typeof READ_TRIES & { againSubject: string } => ({ ...READ_TRIES, againSubject: shardLeadersSubject(this.client.cluster, info.id, call.shard) });
       switch (call.type) {
         case 'shard.write':
         case 'shard.zero':
-          return this.client.send(subject, call.type, call.body, deadlineMs, validateShardWriteReply);
+          return this.client.send(call.everyLeader === true ? shardLeadersSubject(this.client.cluster, info.id, call.shard) : subject, call.type, call.body, deadlineMs, validateShardWriteReply);
         // Reads and flushes are sent again when a try gets no answer (StrataClient.sendInTries):
-        // a leader killed with the request, or frozen, never answers it, and the next try
-        // reaches the shard's next leader. A write is not: its outcome is unknown.
+        // a leader killed with the request, or frozen, never answers it, and the next try,
+        // sent to every leader, reaches the shard's next one. A write is not: its outcome is
+        // unknown.
         case 'shard.read':
           return this.client.sendInTries(subject, call.type, call.body, deadlineMs, (value) =>
             validateShardReadReply(value, { count: call.indices.length, pageSize: info.pageSize }),
-          READ_TRIES);
+          again());
         case 'shard.flush':
-          return this.client.sendInTries(subject, call.type, call.body, deadlineMs, validateShardFlushReply, READ_TRIES);
+          return this.client.sendInTries(subject, call.type, call.body, deadlineMs, validateShardFlushReply, again());
         case 'shard.map':
-          return this.client.sendInTries(subject, call.type, call.body, deadlineMs, (value) => validateShardMapReply(value, call.body as ShardMapRequest), READ_TRIES);
+          return this.client.sendInTries(subject, call.type, call.body, deadlineMs, (value) => validateShardMapReply(value, call.body as ShardMapRequest), again());
       }
     });
     const settled = await settleBounded(tasks, REQUESTS_IN_FLIGHT_MAX);
@@ -1740,6 +1759,13 @@ export class Volume {
   }
 }
 
+/** `CallOptions.everyLeader` checked, as the fields of a ShardCall. */
+function everyLeaderOf(opts: Partial<CallOptions>): { everyLeader?: true } {
+  const every = opts.everyLeader;
+  if (every !== undefined && typeof every !== 'boolean') fail('bad_request', 'options.everyLeader', 'expected a boolean');
+  return every === true ? { everyLeader: true } : {};
+}
+
 /** Options as given: undefined or null is none; anything but a map is `bad_request`. */
 function optionsOf<T extends object>(options: T | null | undefined): Partial<T> {
   if (options === undefined || options === null) return {};
@@ -1753,9 +1779,9 @@ export const GEOMETRY_RECHECK_MS = 2000;
  * Tries of a shard request that changes nothing (shard.read, shard.map, shard.flush) within its
  * call's deadline (StrataClient.sendInTries): the first of at most API_READ_TRY_MS_MIN (a shard
  * answers in milliseconds; one killed with the request costs the call that second), the next
- * ones their part of what is left. A frozen leader keeps its share of the shard's requests while
- * it is frozen (docs/replication.md, "A node that goes"): each try reaches it or the next leader,
- * so more tries make meeting it every time rarer (1 in 16 after the first).
+ * ones their part of what is left. A frozen leader keeps its share of the shard's queue group
+ * while it is frozen (docs/replication.md, "A node that goes"): the first try may reach it; the
+ * next ones go to every leader (`shardLeadersSubject`), and the next leader answers them.
  */
 export const SHARD_READ_TRIES = 5;
 const READ_TRIES = { tryDeadlineInHeader: true, quickFirst: true, tries: SHARD_READ_TRIES } as const;

@@ -13,7 +13,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
-import { checkToken, clientInboxPrefix } from '../messages/subjects';
+import { SHARD_LEADERS_TOKEN, checkToken, clientInboxPrefix } from '../messages/subjects';
 import { CATALOG_VOLUME_ID } from './catalog-shard';
 
 /** The kinds of NATS users of a Strata cluster. */
@@ -54,8 +54,8 @@ export function natsPermissions(cluster: string, role: NatsRole, user = `strata-
       // catalog shard's: only the controller writes the catalog (docs/replication.md, "A
       // replicated controller").
       return {
-        publish: [`${root}.api.>`, `${root}.shard.*.*`, SERVICE_DISCOVERY],
-        publishDeny: [`${root}.shard.${CATALOG_VOLUME_ID}.*`],
+        publish: [`${root}.api.>`, `${root}.shard.*.*`, `${root}.shard.*.*.${SHARD_LEADERS_TOKEN}`, SERVICE_DISCOVERY],
+        publishDeny: [`${root}.shard.${CATALOG_VOLUME_ID}.*`, `${root}.shard.${CATALOG_VOLUME_ID}.*.${SHARD_LEADERS_TOKEN}`],
         subscribe: [`${clientInboxPrefix(user)}.>`],
       };
     case 'operator': {

@@ -129,6 +129,21 @@ export function shardSubject(cluster: string, address: ShardAddress | string, sh
   return `${SUBJECT_ROOT}.${checkToken(cluster, 'cluster')}.${SHARD_KIND}.${checkToken(volumeId, 'volumeId')}.${checkShard(shardNo)}`;
 }
 
+/**
+ * `strata.<cluster>.shard.<volumeId>.<shard>.leaders`: the same requests as `shardSubject`, given
+ * to every replica that leads the shard as far as it knows, not to one of them. A frozen leader
+ * (a paused VM, a stopped process) keeps its subscriptions while the shard elects the next one:
+ * the shard subject's queue group gives it a share of the requests, which it never answers. A
+ * request sent again after a try without an answer goes here, and the next leader answers it.
+ * For requests that may be served twice: reads, and the tries of a block write after the first.
+ */
+export function shardLeadersSubject(cluster: string, volumeId: string, shard: number): string {
+  return `${shardSubject(cluster, volumeId, shard)}.${SHARD_LEADERS_TOKEN}`;
+}
+
+/** The last token of `shardLeadersSubject`. */
+export const SHARD_LEADERS_TOKEN = 'leaders';
+
 /** A parsed Strata subject. */
 export type ParsedSubject =
   | { scope: 'api'; cluster: string; verb: ApiVerb }

@@ -35,7 +35,7 @@ import { errorReply, toProtocolError, ProtocolError, type ErrorCode } from '../m
 import { validateRequest } from '../messages/validate';
 import { messageHeaders, REPLY_HEADERS, wellFormed, type ReceivedHeaders } from './nats-headers';
 import { HEADER_DEADLINE, HEADER_TYPE, HEADER_SCHEMA, SCHEMA_VERSION, checkSchemaHeader, deadlineRemainingMs, parseDeadline } from '../messages/headers';
-import { nodeInboxPrefix, shardSubject } from '../messages/subjects';
+import { nodeInboxPrefix, shardLeadersSubject, shardSubject } from '../messages/subjects';
 import { validateRaftRequest, validateRaftReply, replicaSubject, followersSubject, type AppendRequest, type RaftRequest, type RaftReply } from '../messages/raft';
 import type { ForceVoteResult, ReconfigureResult, ReplicaConfig, ReplicaDigest, ReplicaTransport, ReplicaTiming, TransferResult } from '../actors/replica';
 import { DeviceHost, deviceProblem, shardKey, type ShardSpec, type ReplicaRoles, type ForgottenRule, type DeviceHostOptions, type DeviceHostStats, type ReplicaErrorOutcome } from './device-host';
@@ -204,8 +204,10 @@ interface Mailbox {
   followerSubs: Map<string, Subscription>;
   /** The peers `followerSubs` were last synced with, joined (a cheap check of a change). */
   peersKey: string;
-  /** Shard subject (while leader). */
+  /** Shard subject (while leader), in the leaders' queue group. */
   leaderSub: Subscription | undefined;
+  /** The shard's leaders subject (while leader): every leader takes each request (`shardLeadersSubject`). */
+  leadersSub: Subscription | undefined;
   depth: number;
   bytes: number;
   admitted: number;
@@ -243,6 +245,7 @@ function unsubscribeAll(mb: Mailbox): void {
   for (const sub of mb.followerSubs.values()) sub.unsubscribe();
   mb.followerSubs.clear();
   mb.leaderSub?.unsubscribe();
+  mb.leadersSub?.unsubscribe();
 }
 
 function senderOf(req: RaftRequest): string {
@@ -410,7 +413,7 @@ export class ActorHost implements HostApi {
     let created: Mailbox | undefined;
     if (!this.mailboxes.has(key)) {
       const mailbox: Mailbox = {
-        spec, replicaSub: undefined as unknown as Subscription, followerSubs: new Map(), peersKey: '', leaderSub: undefined,
+        spec, replicaSub: undefined as unknown as Subscription, followerSubs: new Map(), peersKey: '', leaderSub: undefined, leadersSub: undefined,
         depth: 0, bytes: 0, admitted: 0, rejectedOverloaded: 0, errors: 0,
         reportCommitTimeout: throttled<ProtocolError>(
           (pe, unreported) => this.log.warn('write not committed before its deadline', { volume: spec.volumeId, shard: spec.shard, ...pe.details, unreported }),
@@ -930,22 +933,23 @@ export class ActorHost implements HostApi {
     const mb = this.mailboxes.get(shardKey(spec.volumeId, spec.shard));
     if (!mb || !this.nc || this.stopping) return;
     if (leader && mb.leaderSub === undefined) {
-      mb.leaderSub = this.nc.subscribe(shardSubject(this.config!.cluster, spec.volumeId, spec.shard), {
-        // A queue group: while a deposed leader has not noticed yet, each request still reaches
-        // only one of the two, and the deposed one answers not_leader (the client retries).
-        queue: 'leader',
-        callback: (err, msg) => {
-          if (!err) this.admit(mb, msg);
-        },
-      });
+      const callback = (err: Error | null, msg: Msg): void => {
+        if (!err) this.admit(mb, msg);
+      };
+      // A queue group: while a deposed leader has not noticed yet, each request still reaches
+      // only one of the two, and the deposed one answers not_leader (the client retries).
+      mb.leaderSub = this.nc.subscribe(shardSubject(this.config!.cluster, spec.volumeId, spec.shard), { queue: 'leader', callback });
+      // Not a queue group: a request sent again after a try without an answer reaches every
+      // leader, so a deposed one that is frozen (and still subscribed) does not swallow it.
+      mb.leadersSub = this.nc.subscribe(shardLeadersSubject(this.config!.cluster, spec.volumeId, spec.shard), { callback });
       this.log.info('leading shard', { volume: spec.volumeId, shard: spec.shard, term });
     } else if (!leader && mb.leaderSub !== undefined) {
       // Drained, not dropped: requests the server already routed here are still answered (with
       // not_leader, which the client retries on the new leader) instead of vanishing into a
       // closed subscription and leaving their clients to time out.
-      const sub = mb.leaderSub;
-      void sub.drain().catch(() => sub.unsubscribe());
+      for (const sub of [mb.leaderSub, mb.leadersSub]) if (sub !== undefined) void sub.drain().catch(() => sub.unsubscribe());
       mb.leaderSub = undefined;
+      mb.leadersSub = undefined;
       this.log.info('no longer leading shard', { volume: spec.volumeId, shard: spec.shard, term, ...(reason !== undefined ? { reason } : {}) });
     }
   }

@@ -12,8 +12,8 @@ export function withTimeout<T>(p: Promise<T>, ms: number, late: () => Error): Pr
 }
 
 /**
- * A call made in up to `tries` tries within `deadlineMs`: `attempt` gets the try's deadline, a
- * part of the time left (at least `tryMsMin`; the first at most `tryMsMin` with `quickFirst`),
+ * A call made in up to `tries` tries within `deadlineMs`: `attempt` gets the try's deadline (and
+ * its number, from 1), a part of the time left (at least `tryMsMin`; the first at most `tryMsMin` with `quickFirst`),
  * the last try the deadline itself (also once less than two `tryMsMin` are left). A failure that
  * `again` accepts is reported to `onAgain` and the next try made; any other failure, or the last
  * try's, is thrown. For calls that may be made twice: a request without an answer, sent again.
@@ -28,7 +28,7 @@ export async function inTries<T>(
     again: (err: unknown) => boolean;
     onAgain?: (err: unknown, attempt: number) => void;
   },
-  attempt: (tryDeadlineMs: number) => Promise<T>,
+  attempt: (tryDeadlineMs: number, n: number) => Promise<T>,
 ): Promise<T> {
   for (let n = 1; ; n++) {
     const left = deadlineMs - opts.nowMs();
@@ -36,7 +36,7 @@ export async function inTries<T>(
     const share = Math.max(opts.tryMsMin, Math.floor(left / (opts.tries - n + 1)));
     const tryDeadlineMs = last ? deadlineMs : opts.nowMs() + (n === 1 && opts.quickFirst === true ? Math.min(share, opts.tryMsMin) : share);
     try {
-      return await attempt(tryDeadlineMs);
+      return await attempt(tryDeadlineMs, n);
     } catch (err) {
       if (last || !opts.again(err)) throw err;
       opts.onAgain?.(err, n);

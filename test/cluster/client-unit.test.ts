@@ -32,7 +32,7 @@ import {
   validateShardWrite,
   validateShardWriteRequest,
 } from '../../messages/validate';
-import { parseShardSubject } from '../../messages/subjects';
+import { SHARD_LEADERS_TOKEN, parseShardSubject } from '../../messages/subjects';
 import { rejectsWith } from '../support/expect';
 
 const CLUSTER = 'test';
@@ -136,7 +136,8 @@ class FakeCluster {
       }
       return errorReply(new ProtocolError('internal', `fake cluster does not answer ${subject}`));
     }
-    const { cluster, volumeId, shard } = parseShardSubject(subject);
+    // A shard's subject, or its leaders subject (every leader takes the request).
+    const { cluster, volumeId, shard } = parseShardSubject(subject.endsWith(`.${SHARD_LEADERS_TOKEN}`) ? subject.slice(0, -SHARD_LEADERS_TOKEN.length - 1) : subject);
     assert.equal(cluster, CLUSTER);
     const info = [...this.volumes.values()].find((v) => v.id === volumeId);
     if (info === undefined) throw new NoRespondersError(subject);
@@ -161,6 +162,12 @@ class FakeCluster {
       case 'shard.flush':
         validateShardFlushRequest(body);
         return { lsn: this.lsns.get(key) ?? 0 };
+      case 'shard.zero': {
+        const { first, count } = body as { first: number; count: number };
+        for (let page = first; page < first + count; page++) this.pages.delete(`${volumeId}:${page}`);
+        this.lsns.set(key, lsn);
+        return { lsn, term: 1 };
+      }
       default:
         throw new Error(`unexpected type ${headers.type}`);
     }
@@ -223,9 +230,33 @@ describe('cluster/client (fake transport)', () => {
       // The first try 1 s, the second a quarter of what is left (the fake clock stands still),
       // each its own Strata-Deadline: the shard stops waiting when the client does.
       assert.deepEqual(reads.map((r) => [Number(r.headers[HEADER_DEADLINE]) - NOW, r.timeoutMs]), [[1000, 1000], [2500, 2500]]);
+      // The first try to one leader (the shard's queue group), the second to every leader: a
+      // frozen one keeps its share of the queue group while the shard elects the next one.
+      assert.deepEqual(reads.map((r) => r.subject), ['strata.test.shard.v1.0', 'strata.test.shard.v1.0.leaders']);
       silent = 1;
       assert.equal((await fc.client().volume('vol').flush()).lsn, 1);
-      assert.equal(fc.transport.shardRequests().filter((r) => r.headers[HEADER_TYPE] === 'shard.flush').length, 2, 'the flush went twice');
+      const flushes = fc.transport.shardRequests().filter((r) => r.headers[HEADER_TYPE] === 'shard.flush');
+      assert.deepEqual(flushes.map((r) => r.subject), ['strata.test.shard.v1.0', 'strata.test.shard.v1.0.leaders'], 'the flush went twice, the second time to every leader');
+    });
+
+    it('a write or a range of zeros with everyLeader goes to every leader of its shards (the NBD export\'s tries after the first); everyLeader not a boolean is bad_request, nothing sent', async () => {
+      const fc = new FakeCluster(volume({ shards: 2 }));
+      const vol = fc.client().volume('vol');
+      await vol.writePages([{ page: 3, data: pageData(3) }, { page: 20, data: pageData(20) }], { everyLeader: true });
+      await vol.zeroPages(0, 40, { everyLeader: true });
+      await vol.writePages([{ page: 5, data: pageData(5) }], { everyLeader: false });
+      assert.deepEqual(fc.transport.shardRequests().map((r) => `${r.headers[HEADER_TYPE]} ${r.subject}`).sort(), [
+        'shard.write strata.test.shard.v1.0',
+        'shard.write strata.test.shard.v1.0.leaders',
+        'shard.write strata.test.shard.v1.1.leaders',
+        'shard.zero strata.test.shard.v1.0.leaders',
+        'shard.zero strata.test.shard.v1.1.leaders',
+      ]);
+      assert.deepEqual((await vol.readPages([3, 20])).pages, [new Uint8Array(4096), new Uint8Array(4096)], 'made zeros after');
+      const sent = fc.transport.seen.length;
+      await rejectsWith(vol.writePages([{ page: 3, data: pageData(3) }], { everyLeader: 'yes' as unknown as boolean }), 'bad_request');
+      await rejectsWith(vol.zeroPages(0, 1, { everyLeader: 1 as unknown as boolean }), 'bad_request');
+      assert.equal(fc.transport.seen.length, sent);
     });
 
     it('a read no try gets an answer to is timeout after SHARD_READ_TRIES tries, the last until the deadline', async () => {

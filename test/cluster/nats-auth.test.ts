@@ -24,12 +24,16 @@ describe('cluster/nats-auth', () => {
   describe('permissions and the authorization block', () => {
     it('gives applications the API and the shards, never a subject the nodes trust each other on', () => {
       const client = natsPermissions('prod', 'client');
-      assert.deepEqual(client, { publish: ['strata.prod.api.>', 'strata.prod.shard.*.*', '$SRV.>'], publishDeny: ['strata.prod.shard.v0-catalog.*'], subscribe: ['_INBOX.strata-client.>'] });
+      assert.deepEqual(client, {
+        publish: ['strata.prod.api.>', 'strata.prod.shard.*.*', 'strata.prod.shard.*.*.leaders', '$SRV.>'],
+        publishDeny: ['strata.prod.shard.v0-catalog.*', 'strata.prod.shard.v0-catalog.*.leaders'],
+        subscribe: ['_INBOX.strata-client.>'],
+      });
       assert.deepEqual(natsPermissions('prod', 'client', 'app-7').subscribe, ['_INBOX.app-7.>'], 'a client user reads the replies to its own requests only');
       const operator = natsPermissions('prod', 'operator');
       assert.deepEqual(operator.publish, [...client.publish, 'strata.prod.node.*.shard.forceVote', 'strata.prod.node.*.shard.handover', 'strata.prod.node.*.shard.digest', 'strata.prod.controller.catalog.recover', 'strata.prod.controller.shard.move', 'strata.prod.controller.node.drain', 'strata.prod.controller.rebalance', 'strata.prod.controller.controllers']);
       assert.deepEqual(operator.subscribe, ['_INBOX.strata-operator.>']);
-      assert.deepEqual(operator.publishDeny, ['strata.prod.shard.v0-catalog.*'], 'nor may an operator write the catalog shard');
+      assert.deepEqual(operator.publishDeny, ['strata.prod.shard.v0-catalog.*', 'strata.prod.shard.v0-catalog.*.leaders'], 'nor may an operator write the catalog shard');
       assert.equal(natsPermissions('prod', 'node').publishDeny, undefined);
       assert.deepEqual(natsPermissions('prod', 'node').subscribe, ['strata.prod.>', '_INBOX.>', '$SRV.>']);
       assert.throws(() => natsPermissions('a.b', 'node'), ProtocolError);
@@ -64,7 +68,7 @@ describe('cluster/nats-auth', () => {
       ]);
       assert.match(text, /\{ user: "n", password: "p\\"w",\n {6}permissions: \{ publish: \["strata\.c1\.>", "_INBOX\.>", "\$SRV\.>"\]/);
       assert.match(text, /\{ user: "app", password: \$APP_PW,/);
-      assert.match(text, /permissions: \{ publish: \{ allow: \["strata\.c1\.api\.>", "strata\.c1\.shard\.\*\.\*", "\$SRV\.>"\], deny: \["strata\.c1\.shard\.v0-catalog\.\*"\] \}, subscribe: \["_INBOX\.app\.>"\] \} \}/);
+      assert.match(text, /permissions: \{ publish: \{ allow: \["strata\.c1\.api\.>", "strata\.c1\.shard\.\*\.\*", "strata\.c1\.shard\.\*\.\*\.leaders", "\$SRV\.>"\], deny: \["strata\.c1\.shard\.v0-catalog\.\*", "strata\.c1\.shard\.v0-catalog\.\*\.leaders"\] \}, subscribe: \["_INBOX\.app\.>"\] \} \}/);
       assert.throws(() => renderNatsAuthorization('c1', [{ user: 'a b', role: 'node', password: { text: 'x' } }]), /user: expected 1\.\.64 characters/);
       assert.throws(() => renderNatsAuthorization('c1', [{ user: 'a', role: 'node', password: { env: 'A-B' } }]), /password variable: expected a name/);
       assert.throws(
@@ -161,6 +165,11 @@ describe('cluster/nats-auth', () => {
       await vol.write(3, data);
       assert.deepEqual(Buffer.from(await vol.read(3)), Buffer.from(data));
       assert.equal((await led()).replicas.length, 3);
+      // The shard's leaders subject too (a write the NBD export makes again), not the catalog shard's.
+      const again = new Uint8Array(4096).fill(8);
+      await vol.writePages([{ page: 3, data: again }], { everyLeader: true });
+      assert.deepEqual(Buffer.from(await vol.read(3)), Buffer.from(again));
+      await assert.rejects(c.client.rawRequest('strata.test.shard.v0-catalog.0.leaders', new Uint8Array(0)), (e: unknown) => e instanceof ProtocolError && e.code === 'forbidden' && /publish to strata\.test\.shard\.v0-catalog\.0\.leaders/.test(e.message));
     });
 
     it('a request the client user may not send fails forbidden at once, not at its deadline; the operator user may send it', async () => {

@@ -1045,8 +1045,11 @@ describe('cluster/nbd: NBD export of Strata volumes', function () {
       assert.deepEqual(unknowns, [['timeout', 1]], 'the try without an answer is reported');
       calls = 0;
       const leaderless = new ProtocolError('unavailable', 'no host answers shard 0 of volume blk');
-      assert.equal(await writeInTries(async () => { if (++calls < WRITE_TRIES) throw leaderless; return 'done'; }, 9000, { nowMs: () => now }), 'done');
+      // Each try is given its number: the export sends those after the first to every leader.
+      const numbers: number[] = [];
+      assert.equal(await writeInTries(async (_d, n) => { numbers.push(n); if (++calls < WRITE_TRIES) throw leaderless; return 'done'; }, 9000, { nowMs: () => now }), 'done');
       assert.equal(calls, WRITE_TRIES);
+      assert.deepEqual(numbers, Array.from({ length: WRITE_TRIES }, (_, i) => i + 1));
       // Too little time for two tries: one, until the end.
       deadlines.length = 0;
       now = 0;

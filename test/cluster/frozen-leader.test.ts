@@ -1,0 +1,63 @@
+/**
+ * A shard whose deposed leader is frozen (a paused VM, a process stopped with SIGSTOP): its node's
+ * NATS connection stays open, so it keeps its subscriptions while the shard elects the next
+ * leader, its share of the shard subject's queue group among them, and it answers nothing.
+ * Here it is stood in for by subscriptions that take requests and never answer: twenty in the
+ * shard subject's queue group beside the real leader (a request sent there meets the real
+ * leader 1 time in 21), and one on the shard's leaders subject. A read, a map or a flush whose
+ * first try meets them is answered at its second, sent to every leader; a block write that the
+ * NBD export makes again (`writeInTries`) at its second too (`everyLeader`). Without the leaders
+ * subject, most would meet the frozen members on every try.
+ */
+import { strict as assert } from 'node:assert';
+import { connect as natsConnect, type NatsConnection } from 'nats';
+import { startCluster, type InProcessCluster } from '../../cluster/in-process-cluster';
+import { writeInTries } from '../../cluster/nbd';
+import { shardLeadersSubject, shardSubject } from '../../messages/subjects';
+
+describe('a shard whose frozen leader keeps its subscriptions', function () {
+  this.timeout(120_000);
+  let c: InProcessCluster;
+  let nc: NatsConnection;
+  before(async () => {
+    c = await startCluster({ nodes: 1, hosts: 1, clientTimeoutMs: 20_000 });
+    nc = await natsConnect({ servers: c.natsUrl });
+  });
+  after(async () => {
+    await nc?.close();
+    await c?.stop();
+  });
+
+  const page = (n: number, fill: number): Uint8Array => new Uint8Array(4096).fill(fill).fill(n, 0, 1);
+
+  it('reads, maps and flushes are answered from their second try, sent to every leader; so are the block writes the NBD export makes again', async () => {
+    const info = await c.client.createVolume({ name: 'frozen', pageCount: 64, shards: 1, replicas: 1 });
+    const vol = c.client.volume('frozen');
+    await vol.writePages(Array.from({ length: 8 }, (_, n) => ({ page: n, data: page(n, 1) })));
+    let queueTaken = 0;
+    let leadersTaken = 0;
+    for (let i = 0; i < 20; i++) nc.subscribe(shardSubject(c.cluster, info.id, 0), { queue: 'leader', callback: () => void queueTaken++ });
+    nc.subscribe(shardLeadersSubject(c.cluster, info.id, 0), { callback: () => void leadersTaken++ });
+    await nc.flush();
+
+    const reads = await Promise.all(Array.from({ length: 8 }, (_, n) => vol.readPages([n])));
+    assert.deepEqual(reads.map((r) => r.pages[0]), Array.from({ length: 8 }, (_, n) => page(n, 1)));
+    const map = await vol.pagesWithData(0, 64);
+    assert.deepEqual(map.ranges, [{ first: 0, count: 8 }]);
+    const flushed = await vol.flush();
+    assert.ok(flushed.lsn > 0);
+
+    // Block writes as the NBD export makes them: a try without an answer made again, to every leader.
+    const again: number[] = [];
+    await Promise.all(
+      Array.from({ length: 8 }, (_, n) =>
+        writeInTries((deadlineMs, attempt) => vol.writePages([{ page: n, data: page(n, 2) }], { deadlineMs, everyLeader: attempt > 1 }), 15_000, { onUnknown: () => void again.push(n) }),
+      ),
+    );
+    assert.deepEqual((await Promise.all(Array.from({ length: 8 }, (_, n) => vol.readPages([n])))).map((r) => r.pages[0]), Array.from({ length: 8 }, (_, n) => page(n, 2)));
+
+    // The frozen members took requests, and every one sent again reached them too (and the real leader).
+    assert.ok(queueTaken > 0 && again.length > 0, `${queueTaken} requests met the frozen members of the queue group, ${again.length} writes were made again`);
+    assert.ok(leadersTaken >= again.length, `${leadersTaken} requests on the leaders subject, ${again.length} writes made again`);
+  });
+});
