@@ -36,7 +36,7 @@ import {
   validateShardForceVote, validateShardHandover, validateCatalogRecoverRequest, validateNodeRecordsRequest, validateShardMove, validateNodeDrain, validateRebalance, validateShardReconfigure, controllerSubject, nodeSubject,
 } from '../../messages/control';
 import { validateVolumeBranchRequest, validateVolumeCreateRequest, validateVolumeNameRequest, validateVolumeDeleteRequest, validateVolumeListRequest, validateVolumeResizeRequest } from '../../messages/validate';
-import { shardSubject, apiSubject } from '../../messages/subjects';
+import { shardLeadersSubject, shardSubject, apiSubject } from '../../messages/subjects';
 import type { VolumeInfo } from '../../messages/api';
 import { prng } from '../support/prng';
 
@@ -264,39 +264,41 @@ function shardTargets(): Target[] {
   for (const v of [facts.real, facts.aux]) {
     for (let s = 0; s < v.shards; s++) {
       const isReal = v === facts.real;
-      const subject = shardSubject(CLUSTER, v.id, s);
-      const mine = pagesOfShard(v, s, 8);
-      const other = pagesOfShard(v, (s + 1) % v.shards, 2);
-      const page = (): number => pick([...mine, ...other, v.pageCount, 2 ** 40, -1, 2 ** 53 - 1]);
-      for (const type of SHARD_VERBS) {
-        if (isReal && (type === 'shard.write' || type === 'shard.zero')) continue; // never written by the fuzzer
-        out.push({
-          kind: 'shard', subject, type,
-          body: () => {
-            if (type === 'shard.write') {
-              return {
-                pages: Array.from({ length: 1 + int(3) }, () => ({ page: page(), data: pageData(v.pageSize) })),
-                ...(chance(0.3) ? { deadlineMs: pick([Date.now() + 3000, 0, 2 ** 53 - 1]) } : {}),
-                ...(chance(0.3) ? { term: pick([0, 1, 2, 3, 1000, 2 ** 53 - 1]) } : {}),
-                ...(chance(0.2) ? { earlier: Array.from({ length: int(10) }, () => ({ lsn: pick([0, 1, 2, 1e6]), term: pick([0, 1, 2, 1e6]) })) } : {}),
-              };
-            }
-            if (type === 'shard.zero' || type === 'shard.map') return { ...rangeBody(v), ...(chance(0.3) ? { term: pick([0, 1, 2, 3, 1000, 2 ** 53 - 1]) } : {}) };
-            if (type === 'shard.read') return { pages: Array.from({ length: 1 + int(4) }, page), ...(chance(0.3) ? { lsn: pick([0, 1, 3, 1e6, 2 ** 53 - 1]) } : {}), ...(chance(0.3) ? { term: pick([0, 1, 5, 2 ** 53 - 1]) } : {}) };
-            return chance(0.5) ? {} : { term: pick([0, 1, 2, 2 ** 53 - 1]) };
-          },
-          // A write that could be valid must not reach the real volume (checked by subject above);
-          // a garbled write to it is refused before it is parsed as pages.
-          check: (b, h) => {
-            const r = hdrReader(h);
-            checkSchemaHeader(r);
-            if (r.get(HEADER_TYPE).length > 0 && !(SHARD_VERBS as readonly string[]).includes(r.get(HEADER_TYPE))) throw new Error('unknown type');
-            if (r.get(HEADER_TYPE) === '') throw new Error('no type');
-            parseDeadline(r.get(HEADER_DEADLINE));
-            validateRequest(r.get(HEADER_TYPE) as MessageType, b);
-          },
-          ...(isReal ? { forbidden: (b: unknown) => isWriteLike(b) } : {}),
-        });
+      // The shard's subject (its leaders' queue group) and its leaders subject (every leader).
+      for (const subject of [shardSubject(CLUSTER, v.id, s), shardLeadersSubject(CLUSTER, v.id, s)]) {
+        const mine = pagesOfShard(v, s, 8);
+        const other = pagesOfShard(v, (s + 1) % v.shards, 2);
+        const page = (): number => pick([...mine, ...other, v.pageCount, 2 ** 40, -1, 2 ** 53 - 1]);
+        for (const type of SHARD_VERBS) {
+          if (isReal && (type === 'shard.write' || type === 'shard.zero')) continue; // never written by the fuzzer
+          out.push({
+            kind: 'shard', subject, type,
+            body: () => {
+              if (type === 'shard.write') {
+                return {
+                  pages: Array.from({ length: 1 + int(3) }, () => ({ page: page(), data: pageData(v.pageSize) })),
+                  ...(chance(0.3) ? { deadlineMs: pick([Date.now() + 3000, 0, 2 ** 53 - 1]) } : {}),
+                  ...(chance(0.3) ? { term: pick([0, 1, 2, 3, 1000, 2 ** 53 - 1]) } : {}),
+                  ...(chance(0.2) ? { earlier: Array.from({ length: int(10) }, () => ({ lsn: pick([0, 1, 2, 1e6]), term: pick([0, 1, 2, 1e6]) })) } : {}),
+                };
+              }
+              if (type === 'shard.zero' || type === 'shard.map') return { ...rangeBody(v), ...(chance(0.3) ? { term: pick([0, 1, 2, 3, 1000, 2 ** 53 - 1]) } : {}) };
+              if (type === 'shard.read') return { pages: Array.from({ length: 1 + int(4) }, page), ...(chance(0.3) ? { lsn: pick([0, 1, 3, 1e6, 2 ** 53 - 1]) } : {}), ...(chance(0.3) ? { term: pick([0, 1, 5, 2 ** 53 - 1]) } : {}) };
+              return chance(0.5) ? {} : { term: pick([0, 1, 2, 2 ** 53 - 1]) };
+            },
+            // A write that could be valid must not reach the real volume (checked by subject above);
+            // a garbled write to it is refused before it is parsed as pages.
+            check: (b, h) => {
+              const r = hdrReader(h);
+              checkSchemaHeader(r);
+              if (r.get(HEADER_TYPE).length > 0 && !(SHARD_VERBS as readonly string[]).includes(r.get(HEADER_TYPE))) throw new Error('unknown type');
+              if (r.get(HEADER_TYPE) === '') throw new Error('no type');
+              parseDeadline(r.get(HEADER_DEADLINE));
+              validateRequest(r.get(HEADER_TYPE) as MessageType, b);
+            },
+            ...(isReal ? { forbidden: (b: unknown) => isWriteLike(b) } : {}),
+          });
+        }
       }
     }
   }
