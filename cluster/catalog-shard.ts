@@ -22,7 +22,7 @@
  */
 import { decode, encode } from '../messages/codec';
 import { ProtocolError } from '../messages/errors';
-import { shardSubject } from '../messages/subjects';
+import { shardLeadersSubject } from '../messages/subjects';
 import { validateShardFlushReply, validateShardReadReply, validateShardWriteReply } from '../messages/validate';
 import type { ShardAssignment } from '../messages/control';
 import type { PageWrite } from '../messages/api';
@@ -233,8 +233,16 @@ export class CatalogShard {
     return pagesPerRequest(CATALOG_PAGE_SIZE, this.client.maxPayloadBytes);
   }
 
+  /**
+   * The catalog shard's leaders subject (every replica that believes it leads takes each
+   * request): a frozen leader of an earlier term keeps its subscriptions, its share of the shard
+   * subject's queue group among them, while the next one leads; a takeover's flush and load
+   * went to it half the time and waited out their deadline. Each request names its term: a
+   * leader of an earlier one leaves it unanswered (`not_leader`), one of a later one refuses it
+   * (`stale_term`).
+   */
   private subject(): string {
-    return shardSubject(this.client.cluster, CATALOG_VOLUME_ID, 0);
+    return shardLeadersSubject(this.client.cluster, CATALOG_VOLUME_ID, 0);
   }
 
   private async read(pages: number[], deadlineMs: number): Promise<Uint8Array[]> {

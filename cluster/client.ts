@@ -29,9 +29,11 @@
  * - `not_leader` is retried with back-off until the deadline; a write the deposed leader had
  *   put in its log is retried naming that record (`earlier`), so that it takes effect once, and
  *   fails with `timeout` (outcome unknown) if no leader answers it by the deadline;
- * - a read of the API (volume.info, volume.list, status) with no reply is asked again, up to
- *   API_READ_TRIES times within the deadline (a node that hangs gets its share of them); so is
- *   a shard read, map or flush (a leader killed or frozen with it never answers; the next try
+ * - a read of the API (volume.info, volume.list, status), or a change with a request id, with
+ *   no reply is asked again, up to API_READ_TRIES times within the deadline, to every node's
+ *   API router (`apiEverySubject`: a node that hangs, frozen, keeps its share of the API's
+ *   queue group); so is a shard read, map or flush, to every leader of the shard
+ *   (`shardLeadersSubject`: a leader killed or frozen with it never answers; the next try
  *   reaches the next leader); a write is not;
  * - a request of the API, or an operator's request to the controller (a move, a drain, a
  *   rebalance, a catalog recovery), that a node answered as no longer (or not surely) the
@@ -57,7 +59,7 @@ import { clientSpan } from '../observability/tracing';
 import { ConnectionState, NoRespondersError, RequestMux, fromNatsError, natsErrorCode, serverMaxPayload } from '../runtime/request-mux';
 import { inTries, withTimeout } from '../runtime/timeout';
 import { natsConnectHint } from '../runtime/nats-connect-hint';
-import { apiSubject, checkToken, clientInboxPrefix, shardLeadersSubject, shardSubject } from '../messages/subjects';
+import { apiEverySubject, apiSubject, checkToken, clientInboxPrefix, shardLeadersSubject, shardSubject } from '../messages/subjects';
 import {
   controllerSubject,
   nodeSubject,
@@ -1082,8 +1084,13 @@ export class StrataClient {
     const read = API_READ_VERBS.has(verb);
     if (!read && !hasRequestId(body)) return this.send(subject, verb, body, deadlineMs, validate);
     // The catalog's quick reads: their first try is short (a node that takes requests and does
-    // not answer, frozen, costs that much), the next ones their part of what is left.
-    return this.sendInTries(subject, verb, body, deadlineMs, validate, { tryDeadlineInHeader: read, quickFirst: API_QUICK_READ_VERBS.has(verb) });
+    // not answer, frozen, costs that much), the next ones their part of what is left, sent to
+    // every node's API router (a frozen one keeps its share of the API's queue group).
+    return this.sendInTries(subject, verb, body, deadlineMs, validate, {
+      tryDeadlineInHeader: read,
+      quickFirst: API_QUICK_READ_VERBS.has(verb),
+      againSubject: apiEverySubject(this.cluster, verb),
+    });
   }
 
   /**

@@ -25,7 +25,7 @@ import { Notice, NOTICED } from '../runtime/notice';
 import { natsConnectHint } from '../runtime/nats-connect-hint';
 import { connect, Events, headers as natsHeaders, type NatsConnection, type Msg, type MsgHdrs, type Subscription } from 'nats';
 import { DEADLINE_AHEAD_MS_MAX, HEADER_DEADLINE, parseDeadline, readHeaders } from '../messages/headers';
-import { NAME_LENGTH_MAX, REQUEST_ITEMS_MAX, VOLUMES_PER_LIST_MAX, type MessageType, type VolumeInfo, type VolumeResizeRequest } from '../messages/api';
+import { NAME_LENGTH_MAX, REQUEST_ITEMS_MAX, VOLUMES_PER_LIST_MAX, type ApiVerb, type MessageType, type VolumeInfo, type VolumeResizeRequest } from '../messages/api';
 import type { Service } from 'nats';
 import { messageHeaders, REPLY_HEADERS, wellFormed } from '../runtime/nats-headers';
 import { ConnectionState, encodeReplyWithin, fromNatsError, natsErrorCode, newInbox, NoRespondersError, serverMaxPayload, watchDenials } from '../runtime/request-mux';
@@ -92,7 +92,7 @@ import {
   type ControllersRequest,
 } from '../messages/control';
 import { readNodeRecords, recordsPage, recoverReply } from './catalog-recovery';
-import { nodeInboxPrefix } from '../messages/subjects';
+import { apiEverySubject, nodeInboxPrefix } from '../messages/subjects';
 import { sameNodeSet as sameSet } from '../messages/raft';
 import { RealDisk } from '../storage-engine/real-disk';
 import { makeDirectory } from '../storage-engine/make-directory';
@@ -352,6 +352,8 @@ const HEARTBEAT_SENDS_MAX = 3;
  * it places a volume (`heardFromNodes`); it asks every node for one as it starts (`seated`).
  */
 const MEMBERS_WARMUP_MS = 1000;
+/** Volumes whose placement a node's controller remembers as done (`placedHere`): the catalog's bound on volumes. */
+const PLACED_HERE_MAX = 4096;
 /**
  * ...and this long at most while it has heard from fewer nodes than the placement needs: longer
  * than a heartbeat waits for a controller that died with it (HEARTBEAT_TIMEOUT_MS_MIN) and the
@@ -542,6 +544,8 @@ export class StrataNode {
   /** This node's hold on its data directory (released by stop, abandoned by kill). */
   private readonly lock: DataDirLock;
   private service: Service | undefined;
+  /** The API's `every` subjects (`apiEverySubject`), served beside the service's. */
+  private readonly apiEverySubs: Subscription[] = [];
   private router: ApiRouter | undefined;
   private readonly subs: Subscription[] = [];
   private heartbeatTimer: NodeJS.Timeout | undefined;
@@ -556,6 +560,8 @@ export class StrataNode {
    * since it may still be undone (a node that cannot open its shards).
    */
   private readonly creating = new Set<string>();
+  /** Volumes (ids) whose create this node's controller placed on every node, the newest PLACED_HERE_MAX (`madeAgain`). */
+  private readonly placedHere = new Set<string>();
   /** Control requests being handled (CONTROL_IN_FLIGHT_MAX). */
   private controlInFlight = 0;
   /** The moves of replicas this controller runs, by shard (`<volumeId>.<shard>`): one at a time each. */
@@ -1128,6 +1134,7 @@ export class StrataNode {
     let serverAnswers = true;
     try {
       if (this.service) await withTimeout(this.service.stop(), NATS_DRAIN_MS, () => new Error('service stop timed out'));
+      for (const sub of this.apiEverySubs.splice(0)) sub.unsubscribe();
     } catch {
       // Already stopped, or the server does not answer: the connection's close ends it.
       serverAnswers = false;
@@ -2079,8 +2086,14 @@ export class StrataNode {
   private serveController(): void {
     const c = this.controller!;
     const subj = (v: string): string => controllerSubject(this.cluster, v);
-    // Replicated: the seat's subscriptions, in a queue group (while a deposed controller has not
-    // noticed, each request reaches one of the two), each answer once its changes are durable.
+    // Replicated: the seat's subscriptions, each answer once its changes are durable. Not in a
+    // queue group: a controller node that is frozen (SIGSTOP, a paused VM) keeps its connection,
+    // and its subscriptions with it, while the next controller takes the seat; in a queue group
+    // it took half of the catalog's requests (heartbeats too) and answered none. Every seat
+    // takes each request, and the first answer is the requester's. A deposed controller that
+    // has not noticed yet cannot act on one: its catalog writes name a term no longer led (the
+    // catalog shard refuses them), and it answers a read only once it confirms its seat
+    // (`confirmSeat`), which it cannot; its refusal (`notController`) is sent again.
     const seat = this.seat;
     // A read (`read`) is answered from memory only once this node's replica is known to lead the
     // catalog shard in the seat's term still: a deposed controller that has not noticed yet
@@ -2103,7 +2116,7 @@ export class StrataNode {
           if (seat !== undefined && opts.read === true) await this.confirmSeat(seat, this.controlDeadline(msg));
           return reply;
         },
-        seat === undefined ? undefined : 'controller',
+        undefined,
         { ...(opts.unbounded === true ? { unbounded: true } : {}), ...(seat === undefined ? {} : { into: seat.subs }) },
       );
     sub(
@@ -2738,6 +2751,11 @@ export class StrataNode {
   private madeAgain(c: Controller, requestId: string | undefined, name: string, deadlineMs: number | undefined): Promise<unknown> | undefined {
     const v = c.madeBy(requestId, name);
     if (v === undefined) return undefined;
+    // Placed by this node's controller already (its nodes opened every replica): answered as it
+    // was, at once. A client sends a create again to every node's API router, each of which
+    // forwards it; placed again, the volume read as not yet created (`creating`) to a requester
+    // that already had its answer.
+    if (this.placedHere.has(v.id)) return this.settle(c).then(() => volumeInfo(v));
     this.log.info('a create sent again: its volume is in the catalog already, its replicas opened again', { name, volume: v.id, requestId });
     return this.placeNew(c, v, deadlineMs, true);
   }
@@ -2828,6 +2846,10 @@ export class StrataNode {
       await withTimeout(this.destroyEverywhere(c, v, unreachable), waitMs, () => new ProtocolError('timeout', `the nodes did not all answer the destroy within ${Math.round(waitMs)} ms`))
         .catch((e: unknown) => this.log.warn('shard destruction of a volume whose create was undone deferred to reconciliation', { volume: v.id, err: e }));
       throw new ProtocolError('unavailable', `volume '${v.name}' could not be placed: ${(failed.reason as Error).message}`, unreachable.size > 0 ? { unreachable: [...unreachable].sort() } : undefined);
+    }
+    if (failed === undefined) {
+      this.placedHere.add(v.id);
+      if (this.placedHere.size > PLACED_HERE_MAX) this.placedHere.delete(this.placedHere.values().next().value!);
     }
     return volumeInfo(v);
   }
@@ -3302,36 +3324,38 @@ export class StrataNode {
     });
     const group = this.service.addGroup(`strata.${this.cluster}.api`);
     const spanAttrs = { [ATTR.node]: this.nodeId };
-    const endpoint = (verb: string, fn: ApiHandler): void => {
-      group.addEndpoint(verb.replace(/\./g, '_'), {
-        subject: verb,
-        metadata: { verb },
-        handler: (err, msg) => {
-          if (err) return;
-          const recorder = this.recorder;
-          if (recorder === undefined) {
-            this.admitApi(verb, fn, msg).catch((e: unknown) => this.log.error('api reply failed', { verb, err: e }));
-            return;
-          }
-          const t0 = performance.now();
-          const done = serverSpan(msg.subject, verb, messageHeaders(msg), (span) =>
-            this.admitApi(verb, fn, msg).then((outcome) => {
-              if (outcome !== 'ok') recordSpanError(span, new ProtocolError(outcome, `answered ${outcome}`));
-              return outcome;
-            }), msg.data.length, spanAttrs);
-          done.then(
-            (outcome) => recorder.requestDuration(verb, outcome, (performance.now() - t0) / 1000),
-            (e: unknown) => this.log.error('api reply failed', { verb, err: e }),
-          );
-        },
-      });
+    const endpoint = (verb: ApiVerb, fn: ApiHandler): void => {
+      const handler = (err: Error | null, msg: Msg): void => {
+        if (err) return;
+        const recorder = this.recorder;
+        if (recorder === undefined) {
+          this.admitApi(verb, fn, msg).catch((e: unknown) => this.log.error('api reply failed', { verb, err: e }));
+          return;
+        }
+        const t0 = performance.now();
+        const done = serverSpan(msg.subject, verb, messageHeaders(msg), (span) =>
+          this.admitApi(verb, fn, msg).then((outcome) => {
+            if (outcome !== 'ok') recordSpanError(span, new ProtocolError(outcome, `answered ${outcome}`));
+            return outcome;
+          }), msg.data.length, spanAttrs);
+        done.then(
+          (outcome) => recorder.requestDuration(verb, outcome, (performance.now() - t0) / 1000),
+          (e: unknown) => this.log.error('api reply failed', { verb, err: e }),
+        );
+      };
+      // One node's router of the queue group ('strata-api') takes each request; every node's
+      // takes those on the verb's `every` subject (apiEverySubject), not in a queue group: a
+      // client sends a request again there after a try without an answer. A frozen node keeps
+      // its share of the queue group while it is frozen, and answers none of it.
+      group.addEndpoint(verb.replace(/\./g, '_'), { subject: verb, metadata: { verb }, handler });
+      this.apiEverySubs.push(nc.subscribe(apiEverySubject(this.cluster, verb), { callback: handler }));
     };
     // Catalog verbs go to the controller as they came (it validates them), a change given a
     // request id when it has none (ApiRouter.forwardChange). A volume's info is
     // also known to the nodes that host its replicas: answered from there when the controller
     // cannot be reached, so that page requests go on without it (localVolumeInfo).
     endpoint('volume.list', async (_body, req) => router.forwardToController('volume.list', req.data, req.deadlineMs));
-    for (const verb of ['volume.create', 'volume.delete', 'volume.resize']) {
+    for (const verb of ['volume.create', 'volume.delete', 'volume.resize'] as const) {
       endpoint(verb, async (body, req) => router.forwardChange(verb, body, req.data, req.deadlineMs));
     }
     endpoint('volume.branch', (body, req) => router.branch(body, req.data, req.deadlineMs));

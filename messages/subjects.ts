@@ -68,6 +68,20 @@ export function apiSubject(cluster: string, verb: ApiVerb): string {
   return `${SUBJECT_ROOT}.${checkToken(cluster, 'cluster')}.${API_TOKEN}.${verb}`;
 }
 
+/**
+ * `strata.<cluster>.api.<verb>.every`: the same requests as `apiSubject`, taken by every node's
+ * API router, not by one of them (a queue group). A frozen node (a paused VM, a stopped process)
+ * keeps its subscriptions, its share of the API's queue group among them, and answers nothing:
+ * a request sent again after a try without an answer goes here, and the other nodes answer it.
+ * For requests that may be answered twice: reads, and changes with a request id.
+ */
+export function apiEverySubject(cluster: string, verb: ApiVerb): string {
+  return `${apiSubject(cluster, verb)}.${API_EVERY_TOKEN}`;
+}
+
+/** The last token of `apiEverySubject`. */
+export const API_EVERY_TOKEN = 'every';
+
 /** `strata.<cluster>.api.>`: what the `strata` service of a node subscribes to. */
 export function apiWildcard(cluster: string): string {
   return `${SUBJECT_ROOT}.${checkToken(cluster, 'cluster')}.${API_TOKEN}.>`;

@@ -933,15 +933,21 @@ export class ActorHost implements HostApi {
     const mb = this.mailboxes.get(shardKey(spec.volumeId, spec.shard));
     if (!mb || !this.nc || this.stopping) return;
     if (leader && mb.leaderSub === undefined) {
-      const callback = (err: Error | null, msg: Msg): void => {
-        if (!err) this.admit(mb, msg);
-      };
       // A queue group: while a deposed leader has not noticed yet, each request still reaches
       // only one of the two, and the deposed one answers not_leader (the client retries).
-      mb.leaderSub = this.nc.subscribe(shardSubject(this.config!.cluster, spec.volumeId, spec.shard), { queue: 'leader', callback });
+      mb.leaderSub = this.nc.subscribe(shardSubject(this.config!.cluster, spec.volumeId, spec.shard), {
+        queue: 'leader',
+        callback: (err, msg) => {
+          if (!err) this.admit(mb, msg, false);
+        },
+      });
       // Not a queue group: a request sent again after a try without an answer reaches every
       // leader, so a deposed one that is frozen (and still subscribed) does not swallow it.
-      mb.leadersSub = this.nc.subscribe(shardLeadersSubject(this.config!.cluster, spec.volumeId, spec.shard), { callback });
+      mb.leadersSub = this.nc.subscribe(shardLeadersSubject(this.config!.cluster, spec.volumeId, spec.shard), {
+        callback: (err, msg) => {
+          if (!err) this.admit(mb, msg, true);
+        },
+      });
       this.log.info('leading shard', { volume: spec.volumeId, shard: spec.shard, term });
     } else if (!leader && mb.leaderSub !== undefined) {
       // Drained, not dropped: requests the server already routed here are still answered (with
@@ -958,7 +964,13 @@ export class ActorHost implements HostApi {
   // Client requests on the shard subject
   // ---------------------------------------------------------------------------------------------
 
-  private admit(mb: Mailbox, msg: Msg): void {
+  /**
+   * A client request to the shard. `everyLeader`: it came on the shard's leaders subject, which
+   * every replica that believes it leads takes; one that finds it does not (`not_leader`: a
+   * newer leader exists) leaves it to that one, unanswered, as the first answer is the
+   * requester's.
+   */
+  private admit(mb: Mailbox, msg: Msg, everyLeader: boolean): void {
     if (!msg.reply) return; // A request with nowhere to answer: nothing to do.
     const cfg = this.config!;
     const size = msg.data.length;
@@ -1009,6 +1021,7 @@ export class ActorHost implements HostApi {
           // replication stood), and logged here only, where it is answered.
           else if (pe.code === 'timeout' && pe.details?.['commitLsn'] !== undefined) mb.reportCommitTimeout(pe);
           this.logReplicaError(mb.spec, this.device!.onReplicaError(mb.spec.volumeId, mb.spec.shard, err, replica), pe);
+          if (everyLeader && pe.code === 'not_leader') return;
           this.respond(msg, errorReply(pe));
         },
       )

@@ -84,7 +84,8 @@ class FakeTransport implements ClientTransport {
     return this.seen.filter((s) => s.subject.includes('.shard.'));
   }
   apiRequests(verb?: string): Seen[] {
-    return this.seen.filter((s) => s.subject.includes('.api.') && (verb === undefined || s.subject.endsWith(`.api.${verb}`)));
+    // The verb's subject, or its `every` subject (a try after the first).
+    return this.seen.filter((s) => s.subject.includes('.api.') && (verb === undefined || s.subject.endsWith(`.api.${verb}`) || s.subject.endsWith(`.api.${verb}.every`)));
   }
 }
 
@@ -364,7 +365,7 @@ describe('cluster/client (fake transport)', () => {
     it('asks a read, or a change with a request id, again when a try gets no answer (a hung or killed node of the API\'s queue group), within the deadline; a change without one only once', async () => {
       let infoTries = 0;
       const t = new FakeTransport((subject) => {
-        if (subject.endsWith('.volume.info') && ++infoTries === API_READ_TRIES) return volume({ name: 'db' });
+        if (subject.includes('.volume.info') && ++infoTries === API_READ_TRIES) return volume({ name: 'db' });
         throw new ProtocolError('timeout', `no reply on ${subject}`);
       });
       const client = createClient(t, { cluster: CLUSTER, timeoutMs: 9000, nowMs: () => NOW });
@@ -372,6 +373,8 @@ describe('cluster/client (fake transport)', () => {
       // A quick read's first try API_READ_TRY_MS_MIN, the next a part of the time left, the last
       // one the call's own deadline.
       assert.deepEqual(t.apiRequests('volume.info').map((r) => Number(r.headers[HEADER_DEADLINE]) - NOW), [API_READ_TRY_MS_MIN, 4500, 9000]);
+      // The first try to one node's router (the API's queue group), the next ones to every node's.
+      assert.deepEqual(t.apiRequests('volume.info').map((r) => r.subject), ['strata.test.api.volume.info', 'strata.test.api.volume.info.every', 'strata.test.api.volume.info.every']);
       // A status's tries: even parts (its router gathers the nodes' answers within each).
       const statusTries = new FakeTransport((subject) => {
         throw new ProtocolError('timeout', `no reply on ${subject}`);
@@ -386,6 +389,7 @@ describe('cluster/client (fake transport)', () => {
       assert.deepEqual(creates.map((r) => Number(r.headers[HEADER_DEADLINE]) - NOW), [9000, 9000, 9000]);
       assert.deepEqual(creates.map((r) => r.timeoutMs), [3000, 4500, 9000]);
       assert.equal(new Set(creates.map((r) => JSON.stringify(r.body))).size, 1, 'the same request each time');
+      assert.deepEqual(creates.map((r) => r.subject), ['strata.test.api.volume.create', 'strata.test.api.volume.create.every', 'strata.test.api.volume.create.every']);
       await rejectsWith(client.deleteVolume('x'), 'timeout');
       assert.equal(t.apiRequests('volume.delete').length, API_READ_TRIES);
       await rejectsWith(client.resizeVolume('x', 20, { requestId: 'grow-x' }), 'timeout');

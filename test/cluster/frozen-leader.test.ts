@@ -14,6 +14,9 @@ import { connect as natsConnect, type NatsConnection } from 'nats';
 import { startCluster, type InProcessCluster } from '../../cluster/in-process-cluster';
 import { writeInTries } from '../../cluster/nbd';
 import { shardLeadersSubject, shardSubject } from '../../messages/subjects';
+import { decode, encode } from '../../messages/codec';
+import { ProtocolError } from '../../messages/errors';
+import { HEADER_DEADLINE, HEADER_SCHEMA, HEADER_TYPE } from '../../messages/headers';
 
 describe('a shard whose frozen leader keeps its subscriptions', function () {
   this.timeout(120_000);
@@ -59,5 +62,19 @@ describe('a shard whose frozen leader keeps its subscriptions', function () {
     // The frozen members took requests, and every one sent again reached them too (and the real leader).
     assert.ok(queueTaken > 0 && again.length > 0, `${queueTaken} requests met the frozen members of the queue group, ${again.length} writes were made again`);
     assert.ok(leadersTaken >= again.length, `${leadersTaken} requests on the leaders subject, ${again.length} writes made again`);
+  });
+
+  it('a leader that finds a request on the leaders subject names a later term (a newer leader exists) leaves it to that one, unanswered; on the shard subject it answers not_leader', async () => {
+    const info = await c.client.createVolume({ name: 'later-term', pageCount: 64, shards: 1, replicas: 1 });
+    const term = (await c.client.volume('later-term').write(0, page(0, 3))).lsns[0]!.term!;
+    const headers = (): Record<string, string> => ({ [HEADER_TYPE]: 'shard.read', [HEADER_SCHEMA]: '1', [HEADER_DEADLINE]: String(Date.now() + 5000) });
+    const later = encode({ pages: [0], term: term + 5 });
+    const refused = decode(await c.client.rawRequest(shardSubject(c.cluster, info.id, 0), later, headers())) as { error?: { code?: string } };
+    assert.equal(refused.error?.code, 'not_leader');
+    await assert.rejects(c.client.rawRequest(shardLeadersSubject(c.cluster, info.id, 0), later, headers(), { timeoutMs: 1500 }), (e: unknown) => e instanceof ProtocolError && e.code === 'timeout');
+    // Its own term: answered there as on the shard subject.
+    const own = decode(await c.client.rawRequest(shardLeadersSubject(c.cluster, info.id, 0), encode({ pages: [0], term }), headers())) as { error?: unknown; lsn?: number };
+    assert.equal(own.error, undefined);
+    assert.ok((own.lsn ?? 0) > 0);
   });
 });
