@@ -817,7 +817,7 @@ describe('cluster/cli', () => {
       const r = await run(['nats-auth', '--cluster', 'prod']);
       assert.equal(r.code, 0, r.err);
       assert.match(r.out, /^# The users of Strata cluster prod/);
-      assert.match(r.out, /\{ user: "strata-client", password: \$STRATA_CLIENT_PASSWORD,\n {6}permissions: \{ publish: \{ allow: \["strata\.prod\.api\.>", "strata\.prod\.shard\.\*\.\*", "\$SRV\.>"\], deny: \["strata\.prod\.shard\.v0-catalog\.\*"\] \}, subscribe: \["_INBOX\.strata-client\.>"\] \} \}/);
+      assert.match(r.out, /\{ user: "strata-client", password: \$STRATA_CLIENT_PASSWORD,\n {6}permissions: \{ publish: \{ allow: \["strata\.prod\.api\.>", "strata\.prod\.shard\.\*\.\*", "strata\.prod\.shard\.\*\.\*\.leaders", "\$SRV\.>"\], deny: \["strata\.prod\.shard\.v0-catalog\.\*", "strata\.prod\.shard\.v0-catalog\.\*\.leaders"\] \}, subscribe: \["_INBOX\.strata-client\.>"\] \} \}/);
       assert.match((await run(['nats-auth'], new MemoryCluster(), { env: { STRATA_CLUSTER: 'envc' } })).out, /"strata\.envc\.>"/);
       for (const argv of [['nats-auth'], ['status']]) {
         const bad = await run(argv, new MemoryCluster(), { env: { STRATA_CLUSTER: 'Prod' } });
@@ -827,7 +827,7 @@ describe('cluster/cli', () => {
       assert.equal((await run(['nats-auth', '--nats', 'nats://x:1'])).code, 2);
       const more = await run(['nats-auth', '--clients', 'billing,ml-jobs']);
       assert.equal(more.code, 0, more.err);
-      assert.match(more.out, /\{ user: "ml-jobs", password: \$ML_JOBS_PASSWORD,\n {6}permissions: \{ publish: \{ allow: \["strata\.dev\.api\.>", "strata\.dev\.shard\.\*\.\*", "\$SRV\.>"\], deny: \["strata\.dev\.shard\.v0-catalog\.\*"\] \}, subscribe: \["_INBOX\.ml-jobs\.>"\] \} \}/);
+      assert.match(more.out, /\{ user: "ml-jobs", password: \$ML_JOBS_PASSWORD,\n {6}permissions: \{ publish: \{ allow: \["strata\.dev\.api\.>", "strata\.dev\.shard\.\*\.\*", "strata\.dev\.shard\.\*\.\*\.leaders", "\$SRV\.>"\], deny: \["strata\.dev\.shard\.v0-catalog\.\*", "strata\.dev\.shard\.v0-catalog\.\*\.leaders"\] \}, subscribe: \["_INBOX\.ml-jobs\.>"\] \} \}/);
       assert.match(more.out, /\{ user: "billing", password: \$BILLING_PASSWORD,/);
       const tooMany = Array.from({ length: 257 }, (_, i) => `c${i}`).join(',');
       for (const [clients, message] of [['a.b', /--clients: expected user names/], ['x,x', /--clients: x given twice/], ['strata-node', /strata-node given twice/], [tooMany, /--clients: at most 256 users, got 257/]] as const) {
