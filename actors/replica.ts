@@ -2690,7 +2690,9 @@ export class Replica {
     if (expected < this.term) {
       throw new ProtocolError('stale_term', `the request expects term ${expected}; the shard is at term ${this.term}`, { term: this.term, ...(this.leader ? { leader: this.leader } : {}) });
     }
-    throw notLeader(this.leader, this.term);
+    // A later term than its own: a newer leader exists, which this replica has not heard of.
+    const e = notLeader(this.leader, this.term);
+    throw new ProtocolError('not_leader', e.message, { ...e.details, expectedTerm: expected });
   }
 
   /** Open and leading (a handover under way or not). */

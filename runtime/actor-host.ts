@@ -248,6 +248,13 @@ function unsubscribeAll(mb: Mailbox): void {
   mb.leadersSub?.unsubscribe();
 }
 
+/** A `not_leader` refusal of a request that named a later term than the replica's own (Replica.checkTerm: `expectedTerm`). */
+function laterTermAsked(pe: ProtocolError): boolean {
+  const asked = pe.details?.['expectedTerm'];
+  const term = pe.details?.['term'];
+  return pe.code === 'not_leader' && typeof asked === 'number' && typeof term === 'number' && asked > term;
+}
+
 function senderOf(req: RaftRequest): string {
   return 'candidate' in req ? req.candidate : req.leader;
 }
@@ -966,9 +973,9 @@ export class ActorHost implements HostApi {
 
   /**
    * A client request to the shard. `everyLeader`: it came on the shard's leaders subject, which
-   * every replica that believes it leads takes; one that finds it does not (`not_leader`: a
-   * newer leader exists) leaves it to that one, unanswered, as the first answer is the
-   * requester's.
+   * every replica that believes it leads takes; one that finds the request names a later term
+   * than its own (a newer leader exists, `laterTermAsked`) leaves it to that one, unanswered, as
+   * the first answer is the requester's.
    */
   private admit(mb: Mailbox, msg: Msg, everyLeader: boolean): void {
     if (!msg.reply) return; // A request with nowhere to answer: nothing to do.
@@ -1021,7 +1028,7 @@ export class ActorHost implements HostApi {
           // replication stood), and logged here only, where it is answered.
           else if (pe.code === 'timeout' && pe.details?.['commitLsn'] !== undefined) mb.reportCommitTimeout(pe);
           this.logReplicaError(mb.spec, this.device!.onReplicaError(mb.spec.volumeId, mb.spec.shard, err, replica), pe);
-          if (everyLeader && pe.code === 'not_leader') return;
+          if (everyLeader && laterTermAsked(pe)) return;
           this.respond(msg, errorReply(pe));
         },
       )
