@@ -527,6 +527,14 @@ describe('strata inspect --compare (the replicas of a shard on several nodes)', 
       const check = await c!.client.checkShard('db', 0, { waitMs: 0 });
       return check.replicas.length === 3 && check.replicas.every((r) => r.lastLsn === last && r.appliedLsn === last);
     }, 30_000);
+    // And has taken its second image and trimmed its log behind the first (the records of pages
+    // 1..4 gone): the tests below read those pages from an image. Its checkpoints are built in
+    // steps between the device's other work; on a loaded machine the second came after the stop.
+    await waitFor('every replica of shard 0 trimmed its log behind an image', async () => {
+      const firsts: number[] = [];
+      for (const n of c!.nodes) for (const h of (await n?.hostPool.stats()) ?? []) for (const r of h.device?.shards ?? []) if (r.volumeId === volumeId && r.shard === 0) firsts.push(r.firstLsn);
+      return firsts.length === 3 && firsts.every((f) => f > 5);
+    }, 30_000);
     dirs = [...c.dataDirs];
     // The shard's leader stops last: a leader that stops hands its leadership over, and the new
     // leader's first record would follow the writes on the nodes still running.
