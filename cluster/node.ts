@@ -1134,11 +1134,11 @@ export class StrataNode {
     let serverAnswers = true;
     try {
       if (this.service) await withTimeout(this.service.stop(), NATS_DRAIN_MS, () => new Error('service stop timed out'));
-      for (const sub of this.apiEverySubs.splice(0)) sub.unsubscribe();
     } catch {
       // Already stopped, or the server does not answer: the connection's close ends it.
       serverAnswers = false;
     }
+    for (const sub of this.apiEverySubs.splice(0)) sub.unsubscribe();
     // The controller first: its catalog shard is handed over as the hosts stop (`releaseSeat`).
     await this.releaseSeat('the node stops');
     // The claim last (`claimSubs`): until its hosts have stopped, the node still acts in its name.
