@@ -10,9 +10,12 @@
  * frozen router is sent again to every router.
  */
 import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
 import { connect as natsConnect, type NatsConnection, type Subscription } from 'nats';
 import { startCluster, type InProcessCluster } from '../../cluster/in-process-cluster';
-import { CATALOG_VOLUME_ID } from '../../cluster/catalog-shard';
+import { CATALOG_VOLUME_ID, CATALOG_VOLUME_NAME } from '../../cluster/catalog-shard';
+import { connect, type StrataClient } from '../../cluster/client';
+import { startDevCluster, type DevCluster } from '../../cluster/dev';
 import { shardLeadersSubject, shardSubject } from '../../messages/subjects';
 import { controllerSubject } from '../../messages/control';
 import { eventually, waitFor } from '../support/wait';
@@ -78,5 +81,49 @@ describe('a frozen node that kept the subscriptions of the controller, the catal
     await nc.flush();
     spy.unsubscribe();
     assert.deepEqual(opens, [], 'no node asked to open its replicas again');
+  });
+});
+
+describe('strata dev: the node that runs the controller stopped with SIGSTOP', function () {
+  this.timeout(180_000);
+  let c: DevCluster | undefined;
+  let client: StrataClient | undefined;
+  let frozen: number | undefined;
+  after(async () => {
+    if (frozen !== undefined) process.kill(frozen, 'SIGCONT');
+    await client?.close().catch(() => undefined);
+    await c?.client.close().catch(() => undefined);
+    await c?.stop();
+  });
+
+  it('the next controller takes its seat: volume.info, volume.list and creates sent at once are all answered', async () => {
+    c = await startDevCluster({ nodes: 3, hosts: 1 });
+    await c.client.createVolume({ name: 'before', pageCount: 64, shards: 1, replicas: 3 });
+    // n3 leads the catalog shard, and so runs the controller.
+    const n3 = c.nodes.find((n) => n.id === 'n3')!;
+    const seated = (): number => fs.readFileSync(n3.log, 'utf8').split('\n').filter((l) => l.includes('"msg":"runs the controller')).length;
+    const seatsBefore = seated();
+    await waitFor('n3 runs the controller', async () => {
+      await c!.client.handOver(CATALOG_VOLUME_NAME, 0, { to: 'n3' }).catch(() => undefined);
+      const status = await c!.client.status().catch(() => undefined);
+      const leader = (status?.catalogShard as { shards?: Array<{ leader?: string; role?: string }> } | undefined)?.shards?.[0];
+      return leader?.leader === 'n3' && leader.role === 'leader' && seated() > seatsBefore;
+    }, 30_000);
+    frozen = n3.pid;
+    process.kill(n3.pid, 'SIGSTOP');
+    // 20 s: an election of the catalog shard's next leader and its takeover on a loaded machine, and the tries of a request.
+    client = await connect({ servers: c.natsUrl, cluster: 'dev', timeoutMs: 20_000 });
+    const names = ['after-0', 'after-1', 'after-2'];
+    const [infos, lists, created] = await Promise.all([
+      Promise.all(Array.from({ length: 6 }, () => client!.volumeInfo('before'))),
+      Promise.all(Array.from({ length: 3 }, () => client!.listVolumes())),
+      Promise.all(names.map((name) => client!.createVolume({ name, pageCount: 64, shards: 1, replicas: 1 }))),
+    ]);
+    assert.deepEqual(new Set(infos.map((v) => v.name)), new Set(['before']));
+    assert.ok(lists.every((l) => l.some((v) => v.name === 'before')));
+    assert.deepEqual(created.map((v) => v.name), names);
+    assert.deepEqual((await client.listVolumes()).map((v) => v.name).sort(), ['after-0', 'after-1', 'after-2', 'before']);
+    process.kill(n3.pid, 'SIGCONT');
+    frozen = undefined;
   });
 });
