@@ -342,13 +342,17 @@ export interface CallOptions {
    * `timeoutMs`. One already passed fails the call with `timeout` before anything is sent.
    */
   deadlineMs?: number;
+}
+
+/** Options of a page write or a range made zeros. */
+export interface WriteOptions extends CallOptions {
   /**
-   * A write or a range of zeros sent to every replica that leads its shard, as far as each
-   * knows, rather than to one (`shardLeadersSubject`): for a caller that makes again a write
-   * whose try got no answer, and to whom a write made twice is harmless (the NBD export: a block
-   * device gives its requests in flight no order among themselves). A frozen leader keeps its
-   * share of the shard's queue group while the shard elects the next one; this try reaches the
-   * next one too. Reads do this on their own from their second try.
+   * Sent to every replica that leads its shard, as far as each knows, rather than to one
+   * (`shardLeadersSubject`): for a caller that makes again a write whose try got no answer, and
+   * to whom a write made twice is harmless (the NBD export: a block device gives its requests in
+   * flight no order among themselves). A frozen leader keeps its share of the shard's queue
+   * group while the shard elects the next one; this try reaches the next one too. Reads do this
+   * on their own from their second try.
    */
   everyLeader?: boolean;
 }
@@ -1251,7 +1255,7 @@ interface ShardCall {
   body: ShardWriteRequest | ShardZeroRequest | ShardReadRequest | ShardFlushRequest | ShardMapRequest;
   /** For reads: the position in the caller's list of each requested page. */
   indices: number[];
-  /** A write sent to every leader of the shard (`CallOptions.everyLeader`). */
+  /** A write sent to every leader of the shard (`WriteOptions.everyLeader`). */
   everyLeader?: true;
 }
 
@@ -1388,7 +1392,7 @@ export class Volume {
    * page is committed, with the highest LSN and each shard's LSN. On failure some shards may have
    * applied their pages.
    */
-  async writePages(pages: readonly PageWrite[], options: CallOptions | null = {}): Promise<LsnResult> {
+  async writePages(pages: readonly PageWrite[], options: WriteOptions | null = {}): Promise<LsnResult> {
     const opts = optionsOf(options);
     const deadlineMs = this.client.deadline(opts.deadlineMs);
     const everyLeader = everyLeaderOf(opts);
@@ -1427,7 +1431,7 @@ export class Volume {
    * concurrently. Resolves once every part is committed, with the highest LSN and each shard's
    * LSN. On failure some shards may have made their part zeros (`details.partial`).
    */
-  async zeroPages(first: number, count: number, options: CallOptions | null = {}): Promise<LsnResult> {
+  async zeroPages(first: number, count: number, options: WriteOptions | null = {}): Promise<LsnResult> {
     const { calls, outcomes } = await this.runOverRange('shard.zero', first, count, options);
     return mergeLsns(calls, outcomes);
   }
@@ -1437,7 +1441,7 @@ export class Volume {
    * shard holding a page of it, concurrently; a body per request (a write's retry notes its
    * earlier attempts on it).
    */
-  private runOverRange(type: 'shard.zero' | 'shard.map', first: number, count: number, options: CallOptions | null): ReturnType<Volume['run']> {
+  private runOverRange(type: 'shard.zero' | 'shard.map', first: number, count: number, options: WriteOptions | null): ReturnType<Volume['run']> {
     const opts = optionsOf(options);
     const deadlineMs = this.client.deadline(opts.deadlineMs);
     const everyLeader = type === 'shard.zero' ? everyLeaderOf(opts) : {};
@@ -1766,8 +1770,8 @@ export class Volume {
   }
 }
 
-/** `CallOptions.everyLeader` checked, as the fields of a ShardCall. */
-function everyLeaderOf(opts: Partial<CallOptions>): { everyLeader?: true } {
+/** `WriteOptions.everyLeader` checked, as the fields of a ShardCall. */
+function everyLeaderOf(opts: Partial<WriteOptions>): { everyLeader?: true } {
   const every = opts.everyLeader;
   if (every !== undefined && typeof every !== 'boolean') fail('bad_request', 'options.everyLeader', 'expected a boolean');
   return every === true ? { everyLeader: true } : {};

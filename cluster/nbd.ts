@@ -368,7 +368,7 @@ export async function retryOverloaded<T>(call: () => Promise<T>, budgetMs: numbe
  * landing. And an earlier try that still commits does so before this one: a later leader
  * settles the records of earlier terms before it writes anything, and in one term the log keeps
  * the order of arrival. `call` also gets the try's number (from 1): the export sends the tries
- * after the first to every leader of the shard (`CallOptions.everyLeader`), as a frozen leader
+ * after the first to every leader of the shard (`WriteOptions.everyLeader`), as a frozen leader
  * keeps its share of the shard's queue group. Other failures are thrown at once.
  */
 export async function writeInTries<T>(
