@@ -549,11 +549,15 @@ const ELECTION_BACKOFF_MAX = 3;
 
 const NO_TAGS: readonly unknown[] = [];
 
-function notLeader(leader: string | null, term: number, record?: { recordLsn: number; recordTerm: number }): ProtocolError {
+/**
+ * `not_leader`, naming the leader and term this replica knows, and `more`: the record a waiting
+ * write had (`recordLsn`, `recordTerm`), or the later term a request named (`expectedTerm`).
+ */
+function notLeader(leader: string | null, term: number, more?: { recordLsn: number; recordTerm: number } | { expectedTerm: number }): ProtocolError {
   return new ProtocolError('not_leader', leader ? `not the leader; the leader is ${leader}` : 'not the leader; no leader is known', {
     ...(leader ? { leader } : {}),
     term,
-    ...(record ?? {}),
+    ...(more ?? {}),
   });
 }
 
@@ -2691,8 +2695,7 @@ export class Replica {
       throw new ProtocolError('stale_term', `the request expects term ${expected}; the shard is at term ${this.term}`, { term: this.term, ...(this.leader ? { leader: this.leader } : {}) });
     }
     // A later term than its own: a newer leader exists, which this replica has not heard of.
-    const e = notLeader(this.leader, this.term);
-    throw new ProtocolError('not_leader', e.message, { ...e.details, expectedTerm: expected });
+    throw notLeader(this.leader, this.term, { expectedTerm: expected });
   }
 
   /** Open and leading (a handover under way or not). */

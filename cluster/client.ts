@@ -1645,11 +1645,13 @@ export class Volume {
   private async sendCalls(info: VolumeInfo, calls: readonly ShardCall[], deadlineMs: number): Promise<Settled[]> {
     const tasks = calls.map((call) => async (): Promise<ShardOutcome> => {
       const subject = shardSubject(this.client.cluster, info.id, call.shard);
-      const again = (): typeof READ_TRIES & { againSubject: string } => ({ ...READ_TRIES, againSubject: shardLeadersSubject(this.client.cluster, info.id, call.shard) });
+      const leaders = (): string => shardLeadersSubject(this.client.cluster, info.id, call.shard);
+      // A read's tries after the first go to every leader of the shard.
+      const readTries = (): typeof READ_TRIES & { againSubject: string } => ({ ...READ_TRIES, againSubject: leaders() });
       switch (call.type) {
         case 'shard.write':
         case 'shard.zero':
-          return this.client.send(call.everyLeader === true ? shardLeadersSubject(this.client.cluster, info.id, call.shard) : subject, call.type, call.body, deadlineMs, validateShardWriteReply);
+          return this.client.send(call.everyLeader === true ? leaders() : subject, call.type, call.body, deadlineMs, validateShardWriteReply);
         // Reads and flushes are sent again when a try gets no answer (StrataClient.sendInTries):
         // a leader killed with the request, or frozen, never answers it, and the next try,
         // sent to every leader, reaches the shard's next one. A write is not: its outcome is
@@ -1657,11 +1659,11 @@ export class Volume {
         case 'shard.read':
           return this.client.sendInTries(subject, call.type, call.body, deadlineMs, (value) =>
             validateShardReadReply(value, { count: call.indices.length, pageSize: info.pageSize }),
-          again());
+          readTries());
         case 'shard.flush':
-          return this.client.sendInTries(subject, call.type, call.body, deadlineMs, validateShardFlushReply, again());
+          return this.client.sendInTries(subject, call.type, call.body, deadlineMs, validateShardFlushReply, readTries());
         case 'shard.map':
-          return this.client.sendInTries(subject, call.type, call.body, deadlineMs, (value) => validateShardMapReply(value, call.body as ShardMapRequest), again());
+          return this.client.sendInTries(subject, call.type, call.body, deadlineMs, (value) => validateShardMapReply(value, call.body as ShardMapRequest), readTries());
       }
     });
     const settled = await settleBounded(tasks, REQUESTS_IN_FLIGHT_MAX);

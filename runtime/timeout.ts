@@ -12,11 +12,12 @@ export function withTimeout<T>(p: Promise<T>, ms: number, late: () => Error): Pr
 }
 
 /**
- * A call made in up to `tries` tries within `deadlineMs`: `attempt` gets the try's deadline (and
- * its number, from 1), a part of the time left (at least `tryMsMin`; the first at most `tryMsMin` with `quickFirst`),
- * the last try the deadline itself (also once less than two `tryMsMin` are left). A failure that
- * `again` accepts is reported to `onAgain` and the next try made; any other failure, or the last
- * try's, is thrown. For calls that may be made twice: a request without an answer, sent again.
+ * A call made in up to `tries` tries within `deadlineMs`: `attempt` gets the try's deadline, a
+ * part of the time left (at least `tryMsMin`; the first at most `tryMsMin` with `quickFirst`;
+ * the last try the deadline itself, also once less than two `tryMsMin` are left), and the try's
+ * number, from 1. A failure that `again` accepts is reported to `onAgain` and the next try made;
+ * any other failure, or the last try's, is thrown. For calls that may be made twice: a request
+ * without an answer, sent again.
  */
 export async function inTries<T>(
   deadlineMs: number,
