@@ -27,8 +27,8 @@ import type { SegmentLog } from '../storage-engine/log';
 import { digestRecords, type LogDigest } from '../storage-engine/log-digest';
 import { crc32c } from '../storage-engine/crc32c';
 import { GET_PAGES_MAX, type CheckpointStep, type PageStore } from '../storage-engine/page-store';
-import { encodePageWrite, pageWriteBytes, pagesOfPageWrite } from '../storage-engine/page-write';
-import { decodePageZero, encodePageZero, type PageRange } from '../storage-engine/page-zero';
+import { encodePageWrite, pageWriteBytes, pagesOfPageWrite, writeIdOfPageWrite } from '../storage-engine/page-write';
+import { decodePageZero, encodePageZero, writeIdOfPageZero, type PageRange } from '../storage-engine/page-zero';
 import { requestArena } from '../storage-engine/arena';
 import { RecordKind, type LogRecord, type LogRecordInput } from '../storage-engine/record';
 import { RECORD_HEADER_BYTES } from '../storage-engine/log-segment';
@@ -37,13 +37,14 @@ import { CorruptionError, StorageError, assert } from '../storage-engine/errors'
 import { ProtocolError } from '../messages/errors';
 import { PAGE_DIGEST_BYTES_MAX } from '../messages/control';
 import { checkReadReplyBytes } from '../messages/validate';
-import { SHARD_MAP_RANGES_MAX, type WriteRecordRef } from '../messages/api';
+import { SHARD_MAP_RANGES_MAX, WRITE_SENT_SKEW_MS, type WriteRecordRef } from '../messages/api';
 import { MESSAGE_BYTES_MAX, decode, encode } from '../messages/codec';
 import type {
   RaftRequest, RaftReply, VoteRequest, VoteReply, AppendRequest, AppendReply, SnapshotRequest, SnapshotReply, WireRecord, TimeoutNowRequest, TimeoutNowReply,
 } from '../messages/raft';
 import { sameNodeSet as sameSet, validateConfig } from '../messages/raft';
 import { shardOfPage, type ShardGeometry, type PageData, type PayloadOffload } from './shard';
+import { WriteIds } from './write-ids';
 
 export type Role = 'follower' | 'candidate' | 'leader';
 
@@ -385,6 +386,12 @@ export interface ReplicaStats {
   pagesWritten: number;
   /** Retried writes answered with the record of an earlier attempt instead of written again. */
   retriesMatched: number;
+  /**
+   * Tries of a write sent again that this leader could not tell apart from a new write (it
+   * restarted, or forgot the write ids, since the first try): answered `timeout` with
+   * `details.outcomeUnknown`, not written.
+   */
+  retriesUnknown: number;
   reads: number;
   pagesRead: number;
   checkpoints: number;
@@ -576,6 +583,30 @@ function recordNote(lsn: number, term: number): string {
   return `the write may or may not be committed (its record: lsn ${lsn}, term ${term})`;
 }
 
+/** How a client's write reached this leader (`Replica.write`, `Replica.zero`). */
+export interface WriteAttempt {
+  /** Deadline on this replica's clock: the write fails `timeout` if not committed by then. */
+  deadlineMs?: number;
+  /**
+   * A retry, naming the records earlier attempts left with deposed leaders: the one this log
+   * holds is the write's (answered once applied), and the pages are written again only when none
+   * of them can commit any more (`earlierAttempt`).
+   */
+  earlier?: readonly WriteRecordRef[];
+  /**
+   * The write's id (WRITE_ID_BYTES), kept in its record: a try of the same write whose id this
+   * log holds is answered with that record, once applied, instead of being written again.
+   */
+  writeId?: Uint8Array;
+  /**
+   * With `writeId`, on a try after the first: how long ago the first was sent (ms, the node's
+   * wall clock against the client's). Written only once no earlier record of it can commit, and
+   * only if this replica knows every write id its log got since then; otherwise `timeout` with
+   * `details.outcomeUnknown`.
+   */
+  sentAgoMs?: number;
+}
+
 export class Replica {
   /** Its pageCount grows (`grow`). */
   private shape: ShardGeometry;
@@ -670,6 +701,8 @@ export class Replica {
   private lastLeader: string | null = null;
   private nowMs: number;
   private readonly clock: () => number;
+  /** The write ids of this log's records, to recognize a write sent again (write-ids.ts). */
+  private readonly writeIds: WriteIds;
   /** Truncations of the log waiting in the device queue: no campaign meanwhile. */
   private truncating = 0;
   private closed = false;
@@ -697,7 +730,7 @@ export class Replica {
   /** The prevote round in progress, if any: the term it asks about and the yes so far. */
   private preVote: { term: number; votes: Set<string> } | undefined;
   private readonly counters = {
-    preVotes: 0, elections: 0, handovers: 0, electionsHandedOver: 0, writes: 0, pagesWritten: 0, retriesMatched: 0, reads: 0, pagesRead: 0, checkpoints: 0,
+    preVotes: 0, elections: 0, handovers: 0, electionsHandedOver: 0, writes: 0, pagesWritten: 0, retriesMatched: 0, retriesUnknown: 0, reads: 0, pagesRead: 0, checkpoints: 0,
     snapshotsSent: 0, snapshotsInstalled: 0, appendsSent: 0, appendsToAll: 0, imageChecks: 0, offloaded: 0, appliedFromLog: 0, repliesIgnored: 0,
   };
 
@@ -773,6 +806,8 @@ export class Replica {
     this.commitLsn = this.store.appliedLsn;
     this.nowMs = opts.nowMs;
     this.clock = opts.clock;
+    // A log that holds no record yet (a new replica) hides no write id: it knows them all.
+    this.writeIds = new WriteIds(this.lastLsn === 0 && this.store.appliedLsn === 0 ? -Infinity : opts.nowMs);
     // Just (re)started, it may have acknowledged a leader a moment ago, in its former life: it
     // votes for no one for a minimum election timeout, as after a leader's message.
     this.leaderContactMs = this.now();
@@ -1766,6 +1801,12 @@ export class Replica {
    * value. Throws, having changed nothing, when the device would refuse the append (its queue is
    * full, say): LSNs given to records the log never gets would be given again to others.
    */
+  /** Notes the write id of a record put in this log, if it has one (write-ids.ts). */
+  private noteWriteId(r: { lsn: number; term: number; kind: number; payload: Uint8Array }): void {
+    const id = r.kind === RecordKind.PageWrite ? writeIdOfPageWrite(r.payload) : r.kind === RecordKind.PageZero ? writeIdOfPageZero(r.payload) : undefined;
+    if (id !== undefined) this.writeIds.note(id, r.lsn, r.term, this.clock());
+  }
+
   private appendLocal(records: LogRecordInput[], tag?: unknown): number {
     this.queue.checkAppend(records, this.spaceExempt);
     const first = this.lastLsn + 1;
@@ -1779,6 +1820,7 @@ export class Replica {
       this.recentBytes += r.payload.length;
       // Known even if this replica stops leading before the device writes it.
       this.queuedTerms.set(r.lsn, r.term);
+      this.noteWriteId(r);
     }
     const term = this.term;
     // Scheduled before the device batch: the records leave for the followers first, so their
@@ -2474,6 +2516,7 @@ export class Replica {
         }
         for (const k of [...this.queuedTerms.keys()]) if (k >= from) this.queuedTerms.delete(k);
         this.cutHeld(from);
+        this.writeIds.cut(from);
         this.lastLsn = from - 1;
         this.lastTerm = this.termOf(this.lastLsn);
         this.durableLsn = Math.min(this.durableLsn, this.lastLsn);
@@ -2513,8 +2556,10 @@ export class Replica {
       const first = this.lastLsn + 1;
       inputs.forEach((r, k) => {
         this.queuedTerms.set(first + k, r.term);
-        this.recent.push({ lsn: first + k, term: r.term, kind: r.kind, payload: r.payload });
+        const held = { lsn: first + k, term: r.term, kind: r.kind, payload: r.payload };
+        this.recent.push(held);
         this.recentBytes += r.payload.length;
+        this.noteWriteId(held);
       });
       this.dropHeld(0, FOLLOWER_HELD_BYTES_MAX);
       this.lastLsn += inputs.length;
@@ -2617,6 +2662,8 @@ export class Replica {
       this.log = log;
       this.store = store;
       this.cutHeld(0);
+      // The records the image holds came without their write ids.
+      this.writeIds.reset(this.clock());
       this.lastLsn = log.lastLsn;
       this.lastTerm = log.lastTerm;
       this.durableLsn = log.syncedLsn;
@@ -2725,14 +2772,9 @@ export class Replica {
 
   /**
    * Writes pages atomically (one record); resolves once committed on a majority and applied.
-   * `earlier`: a retry, naming the records earlier attempts left with deposed leaders; the one
-   * this log holds is the write's (answered once applied), and the pages are written again only
-   * when none of them can commit any more (see `earlierAttempt`).
+   * A write sent again is answered with its record if this log holds one (`WriteAttempt`).
    */
-  async write(
-    pages: readonly PageData[],
-    opts: { deadlineMs?: number; earlier?: readonly WriteRecordRef[] } = {},
-  ): Promise<{ lsn: number; term: number }> {
+  async write(pages: readonly PageData[], opts: WriteAttempt = {}): Promise<{ lsn: number; term: number }> {
     this.checkLeader();
     if (pages.length === 0) throw new StorageError('bad_request', 'write of zero pages');
     for (let i = 0; i < pages.length; i++) this.checkPage(pages[i]!.page, `pages[${i}].page`);
@@ -2743,23 +2785,24 @@ export class Replica {
       }
     }
     // The record goes to the followers in one message (alone if need be): it must fit one.
-    const recordBytes = pageWriteBytes(this.geometry.pageSize, pages.length);
+    const recordBytes = pageWriteBytes(this.geometry.pageSize, pages.length, opts.writeId !== undefined);
     if (recordBytes + APPEND_RECORD_OVERHEAD_BYTES + MESSAGE_OVERHEAD_BYTES > this.messageBytesMax) {
       throw new StorageError('too_large', `a write of ${pages.length} pages makes a record of ${recordBytes} bytes, more than a replication message of ${this.messageBytesMax} bytes holds`, {
         bytes: recordBytes,
         bytesMax: this.messageBytesMax - APPEND_RECORD_OVERHEAD_BYTES - MESSAGE_OVERHEAD_BYTES,
       });
     }
-    return this.commitRecord(RecordKind.PageWrite, () => this.encode(pages), opts, pages.length);
+    return this.commitRecord(RecordKind.PageWrite, () => this.encode(pages, opts.writeId), opts, pages.length);
   }
 
   /**
    * Makes the pages of this shard in `first`..`first + count - 1` zeros, atomically, with one
    * PageZero record (no page data, whatever the range's length); resolves once committed on a
    * majority and applied. The range is of volume pages: the volume's other shards' pages in it
-   * are theirs to zero. `earlier` as for `write`: zeros written twice could overwrite a newer write.
+   * are theirs to zero. Sent again, as a write (`WriteAttempt`): zeros written twice could
+   * overwrite a newer write.
    */
-  async zero(range: PageRange, opts: { deadlineMs?: number; earlier?: readonly WriteRecordRef[] } = {}): Promise<{ lsn: number; term: number }> {
+  async zero(range: PageRange, opts: WriteAttempt = {}): Promise<{ lsn: number; term: number }> {
     this.checkLeader();
     const { first, count } = range;
     const g = this.geometry;
@@ -2768,31 +2811,33 @@ export class Replica {
     if (first + count > g.pageCount) {
       throw new StorageError('out_of_range', `pages ${first}..${first + count - 1} are not all in the volume (0..${g.pageCount - 1})`, { first, count, pageCount: g.pageCount });
     }
-    return this.commitRecord(RecordKind.PageZero, () => Promise.resolve({ payload: encodePageZero(range), crc: undefined, release: () => undefined }), opts, 0);
+    return this.commitRecord(RecordKind.PageZero, () => Promise.resolve({ payload: encodePageZero(range, opts.writeId), crc: undefined, release: () => undefined }), opts, 0);
   }
 
   /**
    * Appends a record of a client's write (its payload from `encode`) and resolves once it is
-   * committed and applied; with `earlier`, first looks for a record an earlier attempt left.
-   * `pages`: the pages of data it carries, for the counters.
+   * committed and applied; a write sent again is first looked for (`priorRecord`), and a write
+   * id found in the log just before the append is waited for instead (another try of the same
+   * write got there first). `pages`: the pages of data it carries, for the counters.
    */
   private async commitRecord(
     kind: RecordKind.PageWrite | RecordKind.PageZero,
     encode: () => Promise<{ payload: Uint8Array; crc: number | undefined; release(): void }>,
-    opts: { deadlineMs?: number; earlier?: readonly WriteRecordRef[] },
+    opts: WriteAttempt,
     pages: number,
   ): Promise<{ lsn: number; term: number }> {
     if (this.commitWaiters.length >= this.pendingWritesMax) {
       throw new StorageError('overloaded', `shard ${this.geometry.shard}: ${this.commitWaiters.length} writes wait for commit`);
     }
-    if (opts.earlier !== undefined && opts.earlier.length > 0) {
-      const lsn = await this.earlierAttempt(opts.earlier, opts.deadlineMs);
-      if (lsn !== undefined) {
-        this.counters.retriesMatched++;
-        return { lsn, term: this.term };
-      }
-      this.checkLeader();
+    const id = opts.writeId;
+    // When the first try was sent, on this replica's clock, at the earliest the clocks' skew allows.
+    const sentAtMs = id !== undefined && opts.sentAgoMs !== undefined ? this.clock() - opts.sentAgoMs - WRITE_SENT_SKEW_MS : undefined;
+    const prior = await this.priorRecord(opts, sentAtMs !== undefined);
+    if (prior !== undefined) {
+      this.counters.retriesMatched++;
+      return { lsn: prior, term: this.term };
     }
+    this.checkLeader();
     // A device short of space takes no new page data (a retry whose earlier attempt this log
     // holds was answered above); a range made zeros, which frees space, goes on.
     if (kind === RecordKind.PageWrite && !this.spaceExempt) this.queue.checkWriteSpace();
@@ -2806,6 +2851,12 @@ export class Replica {
       // Deposed while the payload was checksummed: its slot goes back all the same.
       this.checkLeader();
       if (this.term !== term) throw notLeader(this.leader, this.term);
+      if (id !== undefined) {
+        // Checked with the append, no wait between: two tries of one write give one record.
+        const there = this.writeIds.find(id);
+        if (there !== undefined) return await this.answerWith(there, opts.deadlineMs);
+        if (sentAtMs !== undefined && !this.writeIds.covers(sentAtMs)) throw this.outcomeUnknown(opts.sentAgoMs!);
+      }
       lsn = this.appendLocal([{ term, kind, payload: payload.payload, ...(payload.crc !== undefined ? { payloadCrc: payload.crc } : {}) }], tag);
     } finally {
       payload.release();
@@ -2816,6 +2867,46 @@ export class Replica {
     this.counters.writes++;
     this.counters.pagesWritten += pages;
     return { lsn, term };
+  }
+
+  /**
+   * For a write that may have reached a leader before: the LSN of its record in this log,
+   * resolved once applied, or undefined if it is to be written. It may have if it names earlier
+   * attempts (`earlier`), if its write id is in this log, or if it is a try sent again
+   * (`resent`); each waits until the records of earlier terms are decided (`earlierAttempt`).
+   */
+  private async priorRecord(opts: WriteAttempt, resent: boolean): Promise<number | undefined> {
+    const found = opts.writeId === undefined ? undefined : this.writeIds.find(opts.writeId);
+    // Folded into an image since: committed (the ids of records cut from the log are forgotten).
+    if (found !== undefined && found.lsn < this.log.firstLsn) return found.lsn;
+    const earlier = [...(found === undefined ? [] : [found]), ...(opts.earlier ?? [])];
+    if (earlier.length === 0 && !resent) return undefined;
+    return this.earlierAttempt(earlier, opts.deadlineMs);
+  }
+
+  /** The answer to a try of a write whose record this log holds (`there`, from its write id). */
+  private async answerWith(there: WriteRecordRef, deadlineMs: number | undefined): Promise<{ lsn: number; term: number }> {
+    const lsn = await this.earlierAttempt([there], deadlineMs);
+    // In this log, and kept there while this replica leads: it commits, unless deposed meanwhile.
+    if (lsn === undefined) throw notLeader(this.leader, this.term);
+    this.counters.retriesMatched++;
+    return { lsn, term: this.term };
+  }
+
+  /**
+   * A try sent again (first sent `sentAgoMs` ago) whose write id this log does not hold, when
+   * this replica cannot know every id of its log since then: it restarted, installed an image,
+   * or forgot the oldest ids (WRITE_IDS_MAX, WRITE_ID_KEEP_MS). Writing the pages could apply
+   * the write twice, over a newer write of them.
+   */
+  private outcomeUnknown(sentAgoMs: number): ProtocolError {
+    this.counters.retriesUnknown++;
+    const knownMs = Math.max(0, Math.round(this.clock() - this.writeIds.completeSinceMs));
+    return new ProtocolError(
+      'timeout',
+      `shard ${this.geometry.shard}: this write was first sent ${Math.round(sentAgoMs)} ms ago, and its leader knows the write ids of its log for the last ${knownMs} ms only (it restarted, or forgot older ones): the write may or may not be committed`,
+      { outcomeUnknown: true, sentAgoMs: Math.round(sentAgoMs), writeIdsKnownMs: knownMs },
+    );
   }
 
   /**
@@ -2856,16 +2947,16 @@ export class Replica {
     return undefined;
   }
 
-  /** Encodes a PageWrite payload; large ones are checksummed off-thread (slab handle). */
-  private async encode(pages: readonly PageData[]): Promise<{ payload: Uint8Array; crc: number | undefined; release(): void }> {
+  /** Encodes a PageWrite payload (with the write's id, if any); large ones are checksummed off-thread (slab handle). */
+  private async encode(pages: readonly PageData[], writeId: Uint8Array | undefined): Promise<{ payload: Uint8Array; crc: number | undefined; release(): void }> {
     const off = this.offload;
-    const bytes = pageWriteBytes(this.geometry.pageSize, pages.length);
+    const bytes = pageWriteBytes(this.geometry.pageSize, pages.length, writeId !== undefined);
     const slot = off !== undefined && bytes >= off.bytesMin && bytes <= off.slab.slotBytes ? off.slab.tryAlloc() : -1;
     if (slot < 0) {
       // The payload lives until the record is written and sent to the followers: from the arena.
-      return { payload: encodePageWrite(this.geometry.pageSize, pages as PageData[], requestArena.alloc(bytes)), crc: undefined, release: () => undefined };
+      return { payload: encodePageWrite(this.geometry.pageSize, pages as PageData[], requestArena.alloc(bytes), writeId), crc: undefined, release: () => undefined };
     }
-    const inSlot = encodePageWrite(this.geometry.pageSize, pages as PageData[], off!.slab.view(slot));
+    const inSlot = encodePageWrite(this.geometry.pageSize, pages as PageData[], off!.slab.view(slot), writeId);
     let crc: number | undefined;
     try {
       crc = await off!.crc32c(off!.slab.sab, inSlot.byteOffset, inSlot.length);

@@ -34,7 +34,10 @@
  *   API router (`apiEverySubject`: a node that hangs, frozen, keeps its share of the API's
  *   queue group); so is a shard read, map or flush, to every leader of the shard
  *   (`shardLeadersSubject`: a leader killed or frozen with it never answers; the next try
- *   reaches the next leader); a write is not;
+ *   reaches the next leader); so is a write, with the same write id in every try, which the
+ *   shard keeps in the write's record: a leader whose log already holds it answers with that
+ *   record instead of writing the pages twice, and one that cannot tell answers `timeout` with
+ *   `details.outcomeUnknown`;
  * - a request of the API, or an operator's request to the controller (a move, a drain, a
  *   rebalance, a catalog recovery), that a node answered as no longer (or not surely) the
  *   controller, having done nothing (`unavailable` with `details.notController`), is sent again
@@ -47,7 +50,7 @@
  * The NATS calls go through the small `ClientTransport` interface, so tests can run the client
  * over a fake transport (`createClient`).
  */
-import { randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { connect as natsConnect } from 'nats';
 import type { NatsConnection } from 'nats';
 import { MESSAGE_BYTES_MAX, decode, encode, encodeShardWriteRequest } from '../messages/codec';
@@ -85,6 +88,7 @@ import {
 } from '../messages/control';
 import {
   EARLIER_ATTEMPTS_MAX,
+  WRITE_ID_BYTES,
   PAGES_PER_REQUEST_MAX,
   PAGE_COUNT_MAX,
   REQUEST_DATA_BYTES_MAX,
@@ -430,6 +434,9 @@ export class StrataClient {
   /** @internal Clock of the deadlines (ms since the Unix epoch). */
   readonly nowMs: () => number;
   private closed = false;
+  /** Write ids: this client's random first half, then a count (`writeId`). */
+  private readonly writeIdPrefix = randomBytes(WRITE_ID_BYTES / 2);
+  private writesMade = 0;
 
   /** Use `connect` or `createClient`. */
   constructor(
@@ -972,6 +979,20 @@ export class StrataClient {
   // Internals shared with Volume
   // ------------------------------------------------------------------------------------------
 
+  /**
+   * A new write id (`ShardWriteRequest.writeId`): this client's 8 random bytes, then a count of
+   * the ids it made. Two clients share a first half with a chance of 1 in 2^64. @internal
+   */
+  writeId(): Uint8Array {
+    const id = new Uint8Array(WRITE_ID_BYTES);
+    id.set(this.writeIdPrefix);
+    const n = ++this.writesMade;
+    const dv = new DataView(id.buffer);
+    dv.setUint32(8, n % 0x1_0000_0000, true);
+    dv.setUint32(12, Math.floor(n / 0x1_0000_0000), true);
+    return id;
+  }
+
   /** The deadline of a call starting now: `aheadMs` (default `timeoutMs`) away, or `earlierMs` if sooner. @internal */
   deadline(earlierMs?: number, aheadMs: number = this.timeoutMs): number {
     const ownMs = this.nowMs() + aheadMs;
@@ -1257,6 +1278,8 @@ interface ShardCall {
   indices: number[];
   /** A write sent to every leader of the shard (`WriteOptions.everyLeader`). */
   everyLeader?: true;
+  /** A write's: when its first try was sent (`ShardWriteRequest.sentMs`), once it was. */
+  sentMs?: number;
 }
 
 interface ShardOutcome {
@@ -1417,7 +1440,7 @@ export class Volume {
       return planChunks(numbers, info, chunkPages).map(({ shard, indices }) => ({
         shard,
         type: 'shard.write' as const,
-        body: { pages: indices.map((i) => entries[i]!) },
+        body: { pages: indices.map((i) => entries[i]!), writeId: this.client.writeId() },
         indices,
         ...everyLeader,
       }));
@@ -1451,7 +1474,13 @@ export class Volume {
     };
     return this.run(deadlineMs, (info) => {
       validatePageZero(range, info.pageCount);
-      return shardsOfRange(range.first, range.count, info).map((shard) => ({ shard, type, body: { ...range }, indices: [], ...everyLeader }));
+      return shardsOfRange(range.first, range.count, info).map((shard) => ({
+        shard,
+        type,
+        body: type === 'shard.zero' ? { ...range, writeId: this.client.writeId() } : { ...range },
+        indices: [],
+        ...everyLeader,
+      }));
     });
   }
 
@@ -1651,11 +1680,10 @@ export class Volume {
       switch (call.type) {
         case 'shard.write':
         case 'shard.zero':
-          return this.client.send(call.everyLeader === true ? leaders() : subject, call.type, call.body, deadlineMs, validateShardWriteReply);
+          return this.sendWrite(call, subject, leaders(), deadlineMs);
         // Reads and flushes are sent again when a try gets no answer (StrataClient.sendInTries):
         // a leader killed with the request, or frozen, never answers it, and the next try,
-        // sent to every leader, reaches the shard's next one. A write is not: its outcome is
-        // unknown.
+        // sent to every leader, reaches the shard's next one.
         case 'shard.read':
           return this.client.sendInTries(subject, call.type, call.body, deadlineMs, (value) =>
             validateShardReadReply(value, { count: call.indices.length, pageSize: info.pageSize }),
@@ -1674,13 +1702,48 @@ export class Volume {
   }
 
   /**
+   * A write's request (shard.write, shard.zero) in tries within the call's deadline
+   * (WRITE_TRIES): a leader killed or frozen with it never answers, and the next try, sent to
+   * every leader of the shard (`leaders`), reaches the next one. Each try carries the write's
+   * id: a leader whose log holds a record of it answers with that record, once committed,
+   * instead of writing the pages again. Every send after the call's first (a try, or a request
+   * sent again after `not_leader`) names when that was (`sentMs`), and goes to `leaders`.
+   * A try answered `timeout` with `details.outcomeUnknown` ends the call: no leader can tell.
+   * A first send that found no responders reached no leader: the next is a first send too.
+   */
+  private sendWrite(call: ShardCall, subject: string, leaders: string, deadlineMs: number): Promise<ShardOutcome> {
+    const body = call.body as ShardWriteRequest | ShardZeroRequest;
+    return inTries(
+      deadlineMs,
+      {
+        ...WRITE_TRIES,
+        nowMs: () => this.client.nowMs(),
+        // A leader's answer that it cannot tell (`outcomeUnknown`, or an earlier record folded
+        // into an image, `recordLsn`) is final; a try without an answer is sent again.
+        again: (e) => e instanceof ProtocolError && e.code === 'timeout' && e.details?.['outcomeUnknown'] !== true && e.details?.['recordLsn'] === undefined,
+      },
+      (tryDeadlineMs) => {
+        const first = call.sentMs === undefined;
+        if (first) call.sentMs = this.client.nowMs();
+        const to = first && call.everyLeader !== true ? subject : leaders;
+        const sent = this.client.send(to, call.type, first ? body : { ...body, sentMs: call.sentMs }, deadlineMs, validateShardWriteReply, tryDeadlineMs);
+        if (!first) return sent;
+        return sent.catch((e: unknown) => {
+          if (e instanceof NoRespondersError) delete call.sentMs;
+          throw e;
+        });
+      },
+    );
+  }
+
+  /**
    * Plans a call from the volume's geometry, sends it, and on "no responders" refreshes the
    * geometry once: only the missed requests are sent again if the geometry is unchanged, the
    * whole call is re-planned if the volume changed (re-created under the same name). Requests
    * that still meet no leader (no responders while a shard elects one, or `not_leader` from a
-   * deposed leader) are sent again with a growing back-off until the call's deadline. A write's
-   * timeout is not retried: its outcome is unknown to the client (reads and flushes are sent
-   * again by `sendCalls`, in tries within the deadline). A write that a deposed leader had
+   * deposed leader) are sent again with a growing back-off until the call's deadline. A request
+   * that no try of `sendCalls` got an answer to is not sent again here: a write's outcome is then
+   * unknown to the client. A write that a deposed leader had
    * already put in its log is sent again naming that record (`earlier`), so that the next leader
    * answers with it if it holds it rather than writing the pages a second time.
    */
@@ -1798,6 +1861,17 @@ export const GEOMETRY_RECHECK_MS = 2000;
  */
 export const SHARD_READ_TRIES = 5;
 const READ_TRIES = { tryDeadlineInHeader: true, quickFirst: true, tries: SHARD_READ_TRIES } as const;
+
+/**
+ * Tries of a write (shard.write, shard.zero) within its call's deadline (`Volume.sendWrite`),
+ * each waiting its part of the time left, at least WRITE_TRY_MS_MIN: a write waits for a
+ * majority's fdatasync, and a try given up too soon costs its leader a lookup when it comes again.
+ * Each try's Strata-Deadline is the call's: the leader goes on with the first while the next
+ * is sent.
+ */
+export const SHARD_WRITE_TRIES = 3;
+export const WRITE_TRY_MS_MIN = 1000;
+const WRITE_TRIES = { tries: SHARD_WRITE_TRIES, tryMsMin: WRITE_TRY_MS_MIN } as const;
 
 /** First and largest pause between attempts to reach a shard that has no leader right now. */
 const LEADER_RETRY_MS_MIN = 20;

@@ -423,6 +423,15 @@ export interface WriteRecordRef {
 /** Most earlier attempts one shard.write may name (a write that met more leader changes than this fails as unknown). */
 export const EARLIER_ATTEMPTS_MAX = 8;
 
+/** Bytes of a write id (`ShardWriteRequest.writeId`). */
+export const WRITE_ID_BYTES = 16;
+
+/**
+ * How far apart a client's clock and a node's may be for a write sent again (`sentMs`): the
+ * shard takes the first try to have been sent up to this much before the time it names.
+ */
+export const WRITE_SENT_SKEW_MS = 2_000;
+
 /** shard.write request: pages of this shard only. */
 export interface ShardWriteRequest extends ShardFence {
   pages: PageWrite[];
@@ -436,6 +445,19 @@ export interface ShardWriteRequest extends ShardFence {
    * them only when no earlier record can commit any more.
    */
   earlier?: WriteRecordRef[];
+  /**
+   * WRITE_ID_BYTES random bytes, the same in every try of one write: the shard keeps it in the
+   * write's record, and answers a try of a write its log already holds with that record's LSN
+   * (once committed) instead of writing the pages again.
+   */
+  writeId?: Uint8Array;
+  /**
+   * On every try after the first (with `writeId`): when the first was sent, ms since the Unix
+   * epoch (the client's clock). A shard that cannot tell whether its log got the write since
+   * then (it restarted since, or forgot the ids of that time) answers `timeout` with
+   * `details.outcomeUnknown` instead of writing the pages again.
+   */
+  sentMs?: number;
 }
 /** shard.write reply, sent only after commit. */
 export interface ShardWriteReply {
@@ -456,6 +478,10 @@ export interface ShardZeroRequest extends ShardFence {
   deadlineMs?: number;
   /** As a shard.write's: zeros written a second time could overwrite a newer write. */
   earlier?: WriteRecordRef[];
+  /** As a shard.write's. */
+  writeId?: Uint8Array;
+  /** As a shard.write's. */
+  sentMs?: number;
 }
 /** shard.zero reply, sent only after commit. */
 export type ShardZeroReply = ShardWriteReply;

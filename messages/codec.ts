@@ -257,6 +257,8 @@ const KEY_TERM = keyBytes('term');
 const KEY_PAGE = keyBytes('page');
 const KEY_DATA = keyBytes('data');
 const KEY_DEADLINE_MS = keyBytes('deadlineMs');
+const KEY_WRITE_ID = keyBytes('writeId');
+const KEY_SENT_MS = keyBytes('sentMs');
 
 /** Options of the encoders of page messages: those of `encode`, and where the output goes. */
 export type PageMessageOptions = CodecOptions & {
@@ -290,10 +292,10 @@ function putBytes(out: Uint8Array, at: number, bytes: Uint8Array): number {
  * encoded by `encode` instead, so the result is always what `encode` would mean.
  */
 export function encodeShardWriteRequest(req: ShardWriteRequest, options?: PageMessageOptions): Uint8Array {
-  const { pages, term, deadlineMs } = req;
+  const { pages, term, deadlineMs, writeId, sentMs } = req;
   let fields = 1;
   for (const key in req) {
-    if (key === 'pages' || ((key === 'term' || key === 'deadlineMs') && req[key] !== undefined)) continue;
+    if (key === 'pages' || ((key === 'term' || key === 'deadlineMs' || key === 'writeId' || key === 'sentMs') && req[key] !== undefined)) continue;
     return encode(req, options);
   }
   if (!Array.isArray(pages)) return encode(req, options);
@@ -312,6 +314,16 @@ export function encodeShardWriteRequest(req: ShardWriteRequest, options?: PageMe
     bytes += KEY_DEADLINE_MS.length + headBytes(deadlineMs);
     fields++;
   }
+  if (writeId !== undefined) {
+    if (!(writeId instanceof Uint8Array)) return encode(req, options);
+    bytes += KEY_WRITE_ID.length + headBytes(writeId.length) + writeId.length;
+    fields++;
+  }
+  if (sentMs !== undefined) {
+    if (!isUint(sentMs)) return encode(req, options);
+    bytes += KEY_SENT_MS.length + headBytes(sentMs);
+    fields++;
+  }
   const out = outputOf(bytes, options);
   let at = writeHead(out, 0, 5, fields);
   at = writeHead(out, putBytes(out, at, KEY_PAGES), 4, pages.length);
@@ -323,6 +335,8 @@ export function encodeShardWriteRequest(req: ShardWriteRequest, options?: PageMe
   }
   if (term !== undefined) at = writeHead(out, putBytes(out, at, KEY_TERM), 0, term);
   if (deadlineMs !== undefined) at = writeHead(out, putBytes(out, at, KEY_DEADLINE_MS), 0, deadlineMs);
+  if (writeId !== undefined) at = putBytes(out, writeHead(out, putBytes(out, at, KEY_WRITE_ID), 2, writeId.length), writeId);
+  if (sentMs !== undefined) at = writeHead(out, putBytes(out, at, KEY_SENT_MS), 0, sentMs);
   return out;
 }
 

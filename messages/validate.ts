@@ -18,6 +18,7 @@
  */
 import {
   EARLIER_ATTEMPTS_MAX,
+  WRITE_ID_BYTES,
   ID_LENGTH_MAX,
   LSN_MAX,
   NAME_LENGTH_MAX,
@@ -799,7 +800,7 @@ export function validateStatusReply(value: unknown): StatusReply {
 // Shard mailbox messages
 // ---------------------------------------------------------------------------------------------
 
-const SHARD_WRITE_FIELDS = fields('pages', 'deadlineMs', 'term', 'earlier');
+const SHARD_WRITE_FIELDS = fields('pages', 'deadlineMs', 'term', 'earlier', 'writeId', 'sentMs');
 const WRITE_RECORD_FIELDS = fields('lsn', 'term');
 
 function validateEarlier(value: unknown, path: string): WriteRecordRef[] {
@@ -814,7 +815,7 @@ function validateEarlier(value: unknown, path: string): WriteRecordRef[] {
   });
 }
 
-/** The fields a shard.write and a shard.zero share (`deadlineMs`, `term`, `earlier`), set on `req`. */
+/** The fields a shard.write and a shard.zero share (`deadlineMs`, `term`, `earlier`, `writeId`, `sentMs`), set on `req`. */
 function withWriteFields<T extends ShardWriteRequest | ShardZeroRequest>(req: T, map: Readonly<Record<string, unknown>>): T {
   const deadlineMs = optional(field(map, 'deadlineMs'), (v) => expectCounter(v, 'deadlineMs'));
   if (deadlineMs !== undefined) req.deadlineMs = deadlineMs;
@@ -822,6 +823,17 @@ function withWriteFields<T extends ShardWriteRequest | ShardZeroRequest>(req: T,
   if (term !== undefined) req.term = term;
   const earlier = optional(field(map, 'earlier'), (v) => validateEarlier(v, 'earlier'));
   if (earlier !== undefined) req.earlier = earlier;
+  const writeId = optional(field(map, 'writeId'), (v) => {
+    const bytes = expectBytes(v, 'writeId');
+    if (bytes.length !== WRITE_ID_BYTES) fail('bad_request', 'writeId', `expected ${WRITE_ID_BYTES} bytes, got ${bytes.length}`);
+    return bytes;
+  });
+  if (writeId !== undefined) req.writeId = writeId;
+  const sentMs = optional(field(map, 'sentMs'), (v) => expectCounter(v, 'sentMs'));
+  if (sentMs !== undefined) {
+    if (writeId === undefined) fail('bad_request', 'sentMs', 'given without a writeId');
+    req.sentMs = sentMs;
+  }
   return req;
 }
 
@@ -833,7 +845,7 @@ export function validateShardWriteRequest(value: unknown): ShardWriteRequest {
   return withWriteFields(req, map);
 }
 
-const SHARD_ZERO_FIELDS = fields('first', 'count', 'deadlineMs', 'term', 'earlier');
+const SHARD_ZERO_FIELDS = fields('first', 'count', 'deadlineMs', 'term', 'earlier', 'writeId', 'sentMs');
 
 /** shard.zero request (without the volume's geometry; see `validatePageZero`). */
 export function validateShardZeroRequest(value: unknown): ShardZeroRequest {

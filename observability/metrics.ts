@@ -112,6 +112,8 @@ export interface ShardSnapshot {
   repairing?: boolean;
   /** Retried writes a shard leader answered with an earlier attempt's record instead of writing them again (cumulative). */
   retriesMatched?: number;
+  /** Tries of a write sent again that a shard leader answered as of unknown outcome: it could not tell them from new writes (cumulative). */
+  retriesUnknown?: number;
   /** How far each replica's log is behind, in records (list form). */
   replicas?: ReadonlyArray<{ replica: string; lagRecords: number }>;
   /**
@@ -492,7 +494,8 @@ export class StrataMetrics {
         if (s.elections !== undefined) out.counter('strata_elections', 'Leader elections started by a shard.', s.elections, a);
         if (s.preVotes !== undefined) out.counter('strata_prevotes', 'Prevote rounds started by a shard (an election follows only when a majority would vote).', s.preVotes, a);
         if (s.handovers !== undefined) out.counter('strata_leadership_handovers', 'Leaderships a shard replica handed over to a follower that took them (a host stopping cleanly hands over the shards it leads).', s.handovers, a);
-        if (s.retriesMatched !== undefined) out.counter('strata_write_retries_matched', 'Retried writes answered with the record an earlier attempt left with a deposed leader, not written twice.', s.retriesMatched, a);
+        if (s.retriesMatched !== undefined) out.counter('strata_write_retries_matched', 'Writes sent again answered with the record an earlier try left (found by its write id, or named by the client), not written twice.', s.retriesMatched, a);
+        if (s.retriesUnknown !== undefined) out.counter('strata_write_retries_unknown', 'Writes sent again that a leader could not tell from new writes (it restarted, or forgot the write ids, since the first try): answered timeout, outcome unknown.', s.retriesUnknown, a);
         if (s.cache) {
           out.counter('strata_cache_hits', 'Page cache hits of a shard.', s.cache.hits, a);
           out.counter('strata_cache_misses', 'Page cache misses of a shard.', s.cache.misses, a);

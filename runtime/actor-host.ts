@@ -28,7 +28,7 @@ import * as Comlink from 'comlink';
 import nodeEndpoint from 'comlink/dist/umd/node-adapter';
 import { connect, type NatsConnection, type Msg, type Subscription, type MsgHdrs } from 'nats';
 import { encode, decode, encodeShardReadReply, MESSAGE_BYTES_MAX, type CodecOptions } from '../messages/codec';
-import { REQUEST_ITEMS_MAX, type ShardReadReply } from '../messages/api';
+import { REQUEST_ITEMS_MAX, type ShardReadReply, type ShardWriteRequest, type ShardZeroRequest } from '../messages/api';
 import { allocRequestBytes } from '../storage-engine/arena';
 import { LoopDelay, type LoopDelayStats } from '../observability/loop-delay';
 import { errorReply, toProtocolError, ProtocolError, type ErrorCode } from '../messages/errors';
@@ -37,7 +37,7 @@ import { messageHeaders, REPLY_HEADERS, wellFormed, type ReceivedHeaders } from 
 import { HEADER_DEADLINE, HEADER_TYPE, HEADER_SCHEMA, SCHEMA_VERSION, checkSchemaHeader, deadlineRemainingMs, parseDeadline } from '../messages/headers';
 import { nodeInboxPrefix, shardLeadersSubject, shardSubject } from '../messages/subjects';
 import { validateRaftRequest, validateRaftReply, replicaSubject, followersSubject, type AppendRequest, type RaftRequest, type RaftReply } from '../messages/raft';
-import type { ForceVoteResult, ReconfigureResult, ReplicaConfig, ReplicaDigest, ReplicaTransport, ReplicaTiming, TransferResult } from '../actors/replica';
+import type { ForceVoteResult, ReconfigureResult, ReplicaConfig, ReplicaDigest, ReplicaTransport, ReplicaTiming, TransferResult, WriteAttempt } from '../actors/replica';
 import { DeviceHost, deviceProblem, shardKey, type ShardSpec, type ReplicaRoles, type ForgottenRule, type DeviceHostOptions, type DeviceHostStats, type ReplicaErrorOutcome } from './device-host';
 import { createLogger, throttled, type Logger } from '../observability/log';
 import type { WorkerTelemetryInit, WorkerTracing } from '../observability/worker-tracing';
@@ -253,6 +253,19 @@ function laterTermAsked(pe: ProtocolError): boolean {
   const asked = pe.details?.['expectedTerm'];
   const term = pe.details?.['term'];
   return pe.code === 'not_leader' && typeof asked === 'number' && typeof term === 'number' && asked > term;
+}
+
+/**
+ * How a client's shard.write or shard.zero reached this node, for the replica (`WriteAttempt`):
+ * `sentMs`, the client's clock, becomes how long ago the first try was sent by this node's.
+ */
+function writeAttempt(req: ShardWriteRequest | ShardZeroRequest, deadlineMs: number, nowMs: number): WriteAttempt {
+  return {
+    deadlineMs,
+    ...(req.earlier === undefined ? {} : { earlier: req.earlier }),
+    ...(req.writeId === undefined ? {} : { writeId: req.writeId }),
+    ...(req.writeId === undefined || req.sentMs === undefined ? {} : { sentAgoMs: nowMs - req.sentMs }),
+  };
 }
 
 function senderOf(req: RaftRequest): string {
@@ -1060,7 +1073,7 @@ export class ActorHost implements HostApi {
       case 'shard.write': {
         const req = validateRequest('shard.write', body);
         replica.checkTerm(req.term);
-        const opts = req.earlier === undefined ? { deadlineMs: answerByMs } : { deadlineMs: answerByMs, earlier: req.earlier };
+        const opts = writeAttempt(req, answerByMs, now);
         if (!this.traced) return replica.write(req.pages, opts);
         return withSpan('shard.write', { ...this.shardAttrs(mb), [ATTR.pages]: req.pages.length }, (span) =>
           replica.write(req.pages, opts).then((r) => {
@@ -1074,7 +1087,7 @@ export class ActorHost implements HostApi {
         const req = validateRequest('shard.zero', body);
         replica.checkTerm(req.term);
         const range = { first: req.first, count: req.count };
-        const opts = req.earlier === undefined ? { deadlineMs: answerByMs } : { deadlineMs: answerByMs, earlier: req.earlier };
+        const opts = writeAttempt(req, answerByMs, now);
         if (!this.traced) return replica.zero(range, opts);
         return withSpan('shard.zero', { ...this.shardAttrs(mb), [ATTR.pages]: req.count }, (span) =>
           replica.zero(range, opts).then((r) => {

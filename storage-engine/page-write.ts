@@ -9,17 +9,21 @@
  * 0                    4               u32 magic 0x31575053 ("SPW1")
  * 4                    4               u32 pageSize (4096 or 8192)
  * 8                    4               u32 count (1 .. 1 MiB / pageSize: 256 or 128)
- * 12                   4               u32 reserved, 0
+ * 12                   4               u32 flags: bit 0 (WRITE_ID_FLAG) a write id follows the data; others 0
  * 16                   8 * count       u64 page numbers, in the order given by the writer
  * 16 + 8 * count       pageSize*count  page data, pair i at 16 + 8 * count + i * pageSize
+ * end of data          16 if flagged   the write id (WRITE_ID_BYTES) the client gave the write
  * ```
  *
- * The payload length must be exactly `16 + count * (8 + pageSize)`; the record's own CRC-32C
- * (log.ts) covers the payload, so the codec carries no checksum of its own.
+ * The payload length must be exactly `16 + count * (8 + pageSize)`, plus 16 with a write id; the
+ * record's own CRC-32C (log.ts) covers the payload, so the codec carries no checksum of its own.
+ * The write id lets a shard recognize a write sent to it again (actors/write-ids.ts); a record
+ * written before write ids existed has the flag clear and reads the same.
  *
  * Duplicate pages in one record are allowed and the LAST pair for a page wins: applying the
  * pairs in order gives that result, and `pageDataOfPageWrite` returns the last occurrence.
  */
+import { WRITE_ID_BYTES } from '../messages/api';
 import { assert, StorageError } from './errors';
 import { RECORD_PAYLOAD_BYTES_MAX } from './record';
 import { copyBytes } from './slab';
@@ -34,6 +38,10 @@ export const PAGE_WRITE_PAGES_MAX = 256;
 export const PAGE_WRITE_DATA_BYTES_MAX = 1024 * 1024;
 /** Page numbers are stored as u64 but must stay exact in a JS number. */
 export const PAGE_NUMBER_MAX = Number.MAX_SAFE_INTEGER;
+/** Bytes of a write id: random, given by the client, the same in every try of one write. */
+export { WRITE_ID_BYTES };
+/** The flag of a page-write (and page-zero) payload that ends with a write id. */
+export const WRITE_ID_FLAG = 1;
 
 /** One (page, data) pair of a page write. `data.length` must equal the page size. */
 export interface PageWriteEntry {
@@ -46,16 +54,24 @@ export function isPageSize(pageSize: number): pageSize is 4096 | 8192 {
   return pageSize === 4096 || pageSize === 8192;
 }
 
-/** Payload bytes of a page write of `count` pages of `pageSize` bytes. */
-export function pageWriteBytes(pageSize: number, count: number): number {
-  return PAGE_WRITE_HEADER_BYTES + count * (8 + pageSize);
+/** Payload bytes of a page write of `count` pages of `pageSize` bytes, with a write id if `withId`. */
+export function pageWriteBytes(pageSize: number, count: number, withId = false): number {
+  return PAGE_WRITE_HEADER_BYTES + count * (8 + pageSize) + (withId ? WRITE_ID_BYTES : 0);
+}
+
+/** Throws StorageError `bad_request` unless `writeId` is WRITE_ID_BYTES bytes. */
+export function checkWriteId(writeId: Uint8Array): void {
+  if (!(writeId instanceof Uint8Array) || writeId.length !== WRITE_ID_BYTES) {
+    throw new StorageError('bad_request', `a write id is ${WRITE_ID_BYTES} bytes, got ${writeId instanceof Uint8Array ? writeId.length : typeof writeId}`);
+  }
 }
 
 /**
- * Encodes a page write. Throws StorageError `bad_request` on a bad page size, an empty or
- * too long list, a page number that is not a non-negative safe integer, or data of the wrong length.
+ * Encodes a page write, with `writeId` at its end if given. Throws StorageError `bad_request` on a
+ * bad page size, an empty or too long list, a page number that is not a non-negative safe
+ * integer, data of the wrong length, or a write id not of WRITE_ID_BYTES bytes.
  */
-export function encodePageWrite(pageSize: number, pages: readonly PageWriteEntry[], into?: Uint8Array): Uint8Array {
+export function encodePageWrite(pageSize: number, pages: readonly PageWriteEntry[], into?: Uint8Array, writeId?: Uint8Array): Uint8Array {
   if (!isPageSize(pageSize)) throw new StorageError('bad_request', `page size ${pageSize} is not 4096 or 8192`, { pageSize });
   const count = pages.length;
   if (count < 1 || count > PAGE_WRITE_PAGES_MAX) {
@@ -64,7 +80,8 @@ export function encodePageWrite(pageSize: number, pages: readonly PageWriteEntry
   if (count * pageSize > PAGE_WRITE_DATA_BYTES_MAX) {
     throw new StorageError('bad_request', `page write of ${count} pages of ${pageSize} bytes exceeds ${PAGE_WRITE_DATA_BYTES_MAX} bytes`, { count });
   }
-  const bytes = pageWriteBytes(pageSize, count);
+  if (writeId !== undefined) checkWriteId(writeId);
+  const bytes = pageWriteBytes(pageSize, count, writeId !== undefined);
   assert(bytes <= RECORD_PAYLOAD_BYTES_MAX, 'a page write fits a record payload', { bytes });
   if (into !== undefined && into.length < bytes) {
     throw new StorageError('bad_request', `output buffer of ${into.length} bytes is smaller than the ${bytes} bytes of the page write`);
@@ -74,7 +91,7 @@ export function encodePageWrite(pageSize: number, pages: readonly PageWriteEntry
   dv.setUint32(0, PAGE_WRITE_MAGIC, true);
   dv.setUint32(4, pageSize, true);
   dv.setUint32(8, count, true);
-  dv.setUint32(12, 0, true);
+  dv.setUint32(12, writeId === undefined ? 0 : WRITE_ID_FLAG, true);
   const dataStart = PAGE_WRITE_HEADER_BYTES + 8 * count;
   for (let i = 0; i < count; i++) {
     const entry = pages[i]!;
@@ -88,6 +105,7 @@ export function encodePageWrite(pageSize: number, pages: readonly PageWriteEntry
     writeU64(dv, PAGE_WRITE_HEADER_BYTES + 8 * i, page);
     copyBytes(out, entry.data, dataStart + i * pageSize);
   }
+  if (writeId !== undefined) out.set(writeId, dataStart + count * pageSize);
   return out;
 }
 
@@ -95,6 +113,8 @@ export function encodePageWrite(pageSize: number, pages: readonly PageWriteEntry
 export interface PageWriteHeader {
   pageSize: 4096 | 8192;
   count: number;
+  /** The payload ends with a write id. */
+  withId: boolean;
 }
 
 /**
@@ -119,12 +139,14 @@ export function readPageWriteHeader(payload: Uint8Array, pageSize?: number): Pag
   if (count < 1 || count * size > PAGE_WRITE_DATA_BYTES_MAX) {
     throw new StorageError('corruption', `page write count ${count} out of 1..${PAGE_WRITE_DATA_BYTES_MAX / size}`);
   }
-  if (dv.getUint32(12, true) !== 0) throw new StorageError('corruption', 'page write reserved field is not 0');
-  const expected = pageWriteBytes(size, count);
+  const flags = dv.getUint32(12, true);
+  if ((flags & ~WRITE_ID_FLAG) !== 0) throw new StorageError('corruption', `page write flags 0x${flags.toString(16)} has unknown bits`);
+  const withId = flags === WRITE_ID_FLAG;
+  const expected = pageWriteBytes(size, count, withId);
   if (payload.length !== expected) {
-    throw new StorageError('corruption', `page write payload is ${payload.length} bytes, expected ${expected} for ${count} pages`);
+    throw new StorageError('corruption', `page write payload is ${payload.length} bytes, expected ${expected} for ${count} pages${withId ? ' and a write id' : ''}`);
   }
-  return { pageSize: size, count };
+  return { pageSize: size, count, withId };
 }
 
 /**
@@ -168,6 +190,16 @@ export function pageDataOfPageWrite(payload: Uint8Array, pageSize: number, page:
     }
   }
   return undefined;
+}
+
+/**
+ * The write id a page-write payload ends with (a view, no copy), or undefined if it has none.
+ * Reads the flags and the length only: for a payload whose record checksum matched.
+ */
+export function writeIdOfPageWrite(payload: Uint8Array): Uint8Array | undefined {
+  if (payload.length < PAGE_WRITE_HEADER_BYTES + WRITE_ID_BYTES) return undefined;
+  const flags = new DataView(payload.buffer, payload.byteOffset, PAGE_WRITE_HEADER_BYTES).getUint32(12, true);
+  return flags === WRITE_ID_FLAG ? payload.subarray(payload.length - WRITE_ID_BYTES) : undefined;
 }
 
 /** Writes a non-negative safe integer as a little-endian u64. */

@@ -8,6 +8,7 @@ import { IMAGE_BYTES_MIN } from '../../storage-engine/image';
 import { ShardStorage } from '../../storage-engine/shard-storage';
 import { encodePageWrite } from '../../storage-engine/page-write';
 import { ProtocolError } from '../../messages/errors';
+import { WRITE_SENT_SKEW_MS } from '../../messages/api';
 import { decode, encode } from '../../messages/codec';
 import { StorageError, type CorruptionError, type CorruptionReport } from '../../storage-engine/errors';
 import type { AppendRequest, RaftRequest, RaftReply } from '../../messages/raft';
@@ -1334,6 +1335,110 @@ describe('Replica (more cases)', function () {
       assert.equal(err.code, 'timeout');
       assert.match(err.message, /below the log's first LSN .*may or may not be committed/);
       assert.equal(neu.replica.stats().lastLsn, lastBefore);
+    });
+  });
+
+  describe('a write sent again with its write id (shard.write writeId, sentMs)', function () {
+    const id = (n: number): Uint8Array => new Uint8Array(16).fill(n);
+    /**
+     * A try sent again just now, from a client whose clock is WRITE_SENT_SKEW_MS ahead of the
+     * replicas' (which start at 0 in these tests): the latest a try can say it was first sent.
+     */
+    const justNow = -WRITE_SENT_SKEW_MS;
+    const at = (m: Member, p: number) => m.replica.read([p], { deadlineMs: Date.now() + 1000, nowMs: Date.now() }).then((r) => r.pages[0]);
+
+    it('the leader that has it answers a try with its record, writing nothing; a newer write of the page stays', async () => {
+      shard = new TestShard(['a', 'b', 'c']);
+      const l = await shard.leader();
+      const first = await l.replica.write([{ page: 5, data: page(1) }], { writeId: id(1) });
+      await l.replica.write([{ page: 5, data: page(2) }]);
+      const zeros = await l.replica.zero({ first: 8, count: 4 }, { writeId: id(2) });
+      const last = l.replica.stats().lastLsn;
+      assert.equal((await l.replica.write([{ page: 5, data: page(1) }], { writeId: id(1), sentAgoMs: justNow })).lsn, first.lsn);
+      // A first try that comes late (after a try sent again) is answered the same way.
+      assert.equal((await l.replica.write([{ page: 5, data: page(1) }], { writeId: id(1) })).lsn, first.lsn);
+      assert.equal((await l.replica.zero({ first: 8, count: 4 }, { writeId: id(2), sentAgoMs: justNow })).lsn, zeros.lsn);
+      assert.equal(l.replica.stats().lastLsn, last, 'nothing written');
+      assert.equal(l.replica.stats().retriesMatched, 3);
+      assert.deepEqual(await at(l, 5), page(2), 'the newer write stays');
+    });
+
+    it('two tries of one write at the same leader at once make one record', async () => {
+      shard = new TestShard(['a', 'b', 'c']);
+      const l = await shard.leader();
+      const last = l.replica.stats().lastLsn;
+      const tries = await Promise.all([
+        l.replica.write([{ page: 7, data: page(7) }], { writeId: id(3) }),
+        l.replica.write([{ page: 7, data: page(7) }], { writeId: id(3), sentAgoMs: justNow }),
+        l.replica.write([{ page: 7, data: page(7) }], { writeId: id(3), sentAgoMs: justNow }),
+      ]);
+      assert.deepEqual(tries.map((t) => t.lsn), [last + 1, last + 1, last + 1]);
+      assert.equal(l.replica.stats().lastLsn, last + 1);
+    });
+
+    /**
+     * A write its leader put in its log and sent to its followers, whose answers never reach it
+     * (it never answers the client, as if frozen); the followers elect a new leader. With
+     * `reachFollowers` false its appends do not reach them either.
+     */
+    async function unanswered(reachFollowers: boolean) {
+      shard = new TestShard(['a', 'b', 'c']);
+      const old = await shard.leader();
+      await old.replica.write([{ page: 5, data: page(1) }]);
+      const followers = shard.ids.filter((x) => x !== old.id);
+      for (const f of followers) shard.cutFrom(f, old.id);
+      if (!reachFollowers) for (const f of followers) shard.cutFrom(old.id, f);
+      const lastBefore = old.replica.stats().lastLsn;
+      const never = old.replica.write([{ page: 5, data: page(0xa) }], { writeId: id(4) }).then(() => assert.fail('answered without its followers'), (e: ProtocolError) => e);
+      if (reachFollowers) {
+        await shard.waitFor(() => followers.every((f) => shard!.members.get(f)!.replica.stats().lastLsn > lastBefore), 'the record reaches the followers');
+      }
+      const neu = await shard.leader(followers);
+      return { old, neu, never, recordLsn: lastBefore + 1 };
+    }
+
+    it('its leader never answered, the record reached the next: the next leader answers a try with that record', async () => {
+      const { neu, never, recordLsn } = await unanswered(true);
+      const last = (await neu.replica.write([{ page: 6, data: page(6) }])).lsn;
+      const r = await neu.replica.write([{ page: 5, data: page(0xa) }], { writeId: id(4), sentAgoMs: justNow });
+      assert.equal(r.lsn, recordLsn, 'the first try\'s record');
+      assert.equal(neu.replica.stats().lastLsn, last, 'nothing written');
+      assert.equal(neu.replica.stats().retriesMatched, 1);
+      assert.deepEqual(await at(neu, 5), page(0xa));
+      assert.equal((await never).code, 'not_leader');
+    });
+
+    it('its leader never answered, the record did not reach the next: written once, after the next leader\'s term started', async () => {
+      const { neu, recordLsn } = await unanswered(false);
+      const r = await neu.replica.write([{ page: 5, data: page(0xa) }], { writeId: id(4), sentAgoMs: justNow });
+      assert.equal(neu.replica.stats().retriesMatched, 0);
+      assert.equal(r.lsn, neu.replica.stats().lastLsn);
+      assert.ok(r.lsn > recordLsn, 'after the new term\'s first record');
+      assert.deepEqual(await at(neu, 5), page(0xa));
+      // A try after that one finds the new record.
+      assert.equal((await neu.replica.write([{ page: 5, data: page(0xa) }], { writeId: id(4), sentAgoMs: justNow })).lsn, r.lsn);
+    });
+
+    it('a leader that cannot know every id since the first try (restarted since) answers timeout, outcomeUnknown, and writes nothing; a first try is written', async () => {
+      shard = new TestShard(['a']);
+      const l = await shard.leader();
+      await l.replica.write([{ page: 5, data: page(1) }], { writeId: id(5) });
+      const r = await shard.restart(l.id);
+      await shard.leader();
+      const last = r.replica.stats().lastLsn;
+      const err = await r.replica.write([{ page: 5, data: page(1) }], { writeId: id(5), sentAgoMs: 3000 }).then(
+        () => assert.fail('written again although its record may be in the log'),
+        (e: ProtocolError) => e,
+      );
+      assert.equal(err.code, 'timeout');
+      assert.equal(err.details?.['outcomeUnknown'], true);
+      assert.match(err.message, /first sent 3000 ms ago, and its leader knows the write ids of its log for the last \d+ ms only .*may or may not be committed$/);
+      assert.equal(r.replica.stats().lastLsn, last, 'nothing written');
+      assert.equal(r.replica.stats().retriesUnknown, 1);
+      // A first try has nothing to be told apart from: written.
+      assert.equal((await r.replica.write([{ page: 6, data: page(6) }], { writeId: id(6) })).lsn, last + 1);
+      // A try sent again after the restart, and the id noted since: answered with it.
+      assert.equal((await r.replica.write([{ page: 6, data: page(6) }], { writeId: id(6), sentAgoMs: justNow })).lsn, last + 1);
     });
   });
 

@@ -13,6 +13,8 @@ import {
   REQUESTS_IN_FLIGHT_MAX,
   SHARD_CHECK_PAGE_STEPS_MAX,
   SHARD_READ_TRIES,
+  SHARD_WRITE_TRIES,
+  WRITE_TRY_MS_MIN,
   SHARD_CHECK_STEPS_MAX,
   connect,
   createClient,
@@ -269,12 +271,47 @@ describe('cluster/client (fake transport)', () => {
       assert.deepEqual(reads.map((r) => Number(r.headers[HEADER_DEADLINE]) - NOW), [1000, 2250, 3000, 4500, 9000]);
     });
 
-    it('a write is sent once: its outcome is unknown (timeout, "may or may not")', async () => {
+    it('a write no try gets an answer to is timeout after SHARD_WRITE_TRIES tries, all with its write id and the call\'s deadline, the ones after the first to every leader naming when the first was sent', async () => {
       const fc = new FakeCluster(volume({ shards: 1 }));
       fc.shardHook = noReply;
-      await rejectsWith(fc.client().volume('vol').write(3, pageData(3)), 'timeout');
-      await rejectsWith(fc.client().volume('vol').zeroPages(0, 4), 'timeout');
-      assert.deepEqual(fc.transport.shardRequests().map((r) => [r.headers[HEADER_TYPE], Number(r.headers[HEADER_DEADLINE]) - NOW]), [['shard.write', 10_000], ['shard.zero', 10_000]]);
+      const client = fc.client();
+      await rejectsWith(client.volume('vol').write(3, pageData(3)), 'timeout');
+      await rejectsWith(client.volume('vol').zeroPages(0, 4), 'timeout');
+      const sent = fc.transport.shardRequests();
+      assert.equal(sent.length, 2 * SHARD_WRITE_TRIES);
+      // Each try waits its part of what is left (the fake clock stands still), at least
+      // WRITE_TRY_MS_MIN; the shard is given the call's deadline, to go on with the first try.
+      const leaders = 'strata.test.shard.v1.0.leaders';
+      const tries = (type: string) => [
+        [type, 'strata.test.shard.v1.0', 10_000, 3333],
+        [type, leaders, 10_000, 5000],
+        [type, leaders, 10_000, 10_000],
+      ];
+      assert.deepEqual(sent.map((r) => [r.headers[HEADER_TYPE], r.subject, Number(r.headers[HEADER_DEADLINE]) - NOW, r.timeoutMs]), [...tries('shard.write'), ...tries('shard.zero')]);
+      const bodies = sent.map((r) => r.body as { writeId: Uint8Array; sentMs?: number });
+      for (const b of bodies) assert.equal(b.writeId.length, 16);
+      assert.deepEqual(bodies.map((b) => b.sentMs), [undefined, NOW, NOW, undefined, NOW, NOW]);
+      assert.deepEqual([bodies[1]!.writeId, bodies[2]!.writeId], [bodies[0]!.writeId, bodies[0]!.writeId], 'the same id in every try of the write');
+      assert.deepEqual([bodies[4]!.writeId, bodies[5]!.writeId], [bodies[3]!.writeId, bodies[3]!.writeId]);
+      assert.notDeepEqual(bodies[3]!.writeId, bodies[0]!.writeId, 'another write, another id');
+      assert.ok(WRITE_TRY_MS_MIN <= 3333);
+    });
+
+    it('a write the leader froze with is answered by the next leader on a later try; a try answered outcomeUnknown ends the call', async () => {
+      const fc = new FakeCluster(volume({ shards: 1 }));
+      let silent = 1;
+      fc.shardHook = (shard, seen) => (silent-- > 0 ? noReply(shard, seen) : undefined);
+      const r = await fc.client().volume('vol').write(3, pageData(3));
+      assert.equal(r.lsn, 1);
+      assert.deepEqual(fc.transport.shardRequests().map((x) => x.subject), ['strata.test.shard.v1.0', 'strata.test.shard.v1.0.leaders']);
+      assert.deepEqual((await fc.client().volume('vol').readPages([3])).pages[0], pageData(3));
+      const before = fc.transport.shardRequests().length;
+      fc.shardHook = (shard, seen) => {
+        if ((seen.body as { sentMs?: number }).sentMs === undefined) return noReply(shard, seen);
+        throw new ProtocolError('timeout', 'its leader cannot tell: the write may or may not be committed', { outcomeUnknown: true });
+      };
+      await assert.rejects(fc.client().volume('vol').write(4, pageData(4)), (e: ProtocolError) => e.code === 'timeout' && e.details?.['outcomeUnknown'] === true);
+      assert.equal(fc.transport.shardRequests().length - before, 2, 'the first try, and one that was answered so');
     });
   });
 
@@ -1016,7 +1053,8 @@ describe('cluster/client (fake transport)', () => {
       await client.volume('vol').write(0, pageData(0));
       const [write] = fc.transport.shardRequests();
       assert.equal(write!.headers[HEADER_DEADLINE], String(NOW + 10_000));
-      assert.equal(write!.timeoutMs, 6000);
+      // The first of SHARD_WRITE_TRIES tries waits its part of the 6 s left.
+      assert.equal(write!.timeoutMs, 2000);
     });
 
     it("a call's deadlineMs, when earlier than timeoutMs away, is the deadline of its requests; a later one is not", async () => {
@@ -1198,8 +1236,13 @@ describe('cluster/client (fake transport)', () => {
       const result = await fc.client().volume('vol').writePages([0, 2].map((page) => ({ page, data: pageData(page) })));
       assert.equal(result.lsns.length, 2);
       const sent = fc.transport.shardRequests();
-      assert.deepEqual(sent.map((s) => s.subject), ['strata.test.shard.v1.0', 'strata.test.shard.v1.1', 'strata.test.shard.v1.1']);
+      // Sent again to every leader of the shard, naming when it was first sent, with its write id.
+      assert.deepEqual(sent.map((s) => s.subject), ['strata.test.shard.v1.0', 'strata.test.shard.v1.1', 'strata.test.shard.v1.1.leaders']);
       assert.deepEqual(sent.map(earlierOf), [undefined, undefined, [{ lsn: 7, term: 2 }]]);
+      const bodies = sent.map((s) => s.body as { writeId: Uint8Array; sentMs?: number });
+      assert.deepEqual(bodies.map((b) => b.sentMs), [undefined, undefined, NOW]);
+      assert.deepEqual(bodies[2]!.writeId, bodies[1]!.writeId);
+      assert.notDeepEqual(bodies[1]!.writeId, bodies[0]!.writeId, 'each shard request of a call its own id');
     });
 
     it('a not_leader that names no record (never written) is sent again as it was', async () => {

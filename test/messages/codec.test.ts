@@ -254,7 +254,8 @@ describe('encodeShardWriteRequest (a write request without cbor-x)', () => {
     for (const count of [1, 2, 23, 24]) {
       for (const n of numbers) {
         const pages = Array.from({ length: count }, (_, i) => ({ page: (n - i) >= 0 ? n - i : i, data: new Uint8Array(i % 3 === 0 ? 4096 : 24).fill(i) }));
-        for (const extra of [{}, { term: n }, { deadlineMs: n }, { term: 3, deadlineMs: n }]) {
+        const writeId = new Uint8Array(16).fill(n % 251);
+        for (const extra of [{}, { term: n }, { deadlineMs: n }, { term: 3, deadlineMs: n }, { writeId }, { term: 4, deadlineMs: 5, writeId, sentMs: n }]) {
           const req = { pages, ...extra };
           const bytes = encodeShardWriteRequest(req);
           assert.deepEqual(decode(bytes), req, `count ${count}, n ${n}, ${JSON.stringify(extra)}`);
@@ -263,6 +264,8 @@ describe('encodeShardWriteRequest (a write request without cbor-x)', () => {
     }
     const valid = { pages: [{ page: 7, data: new Uint8Array(4096).fill(9) }], term: 2 };
     assert.deepEqual(validateShardWriteRequest(decode(encodeShardWriteRequest(valid))), valid);
+    const resent = { ...valid, writeId: new Uint8Array(16).fill(3), sentMs: 1_700_000_000_000 };
+    assert.deepEqual(validateShardWriteRequest(decode(encodeShardWriteRequest(resent))), resent);
   });
 
   it('a value of another shape is encoded by encode, so it means the same', () => {
@@ -275,6 +278,8 @@ describe('encodeShardWriteRequest (a write request without cbor-x)', () => {
       { pages: [{ page: 1, data }], other: 'field' },
       { pages: 'not a list' },
       { pages: [{ page: 1, data }], term: -2 },
+      { pages: [{ page: 1, data }], writeId: 'not bytes' },
+      { pages: [{ page: 1, data }], writeId: data, sentMs: -1 },
       { pages: [null] },
     ];
     for (const v of odd) {

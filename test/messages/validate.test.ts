@@ -279,6 +279,18 @@ describe('messages/validate', () => {
       assertProtocolError(() => validateRequest('shard.write', { pages: writes(1), earlier: [5] }), 'bad_request', 'earlier[0]');
     });
 
+    it('shard.write and shard.zero writeId: 16 bytes; sentMs: a time, only beside a writeId', () => {
+      const writeId = new Uint8Array(16).fill(7);
+      for (const [type, base] of [['shard.write', { pages: writes(1) }], ['shard.zero', { first: 0, count: 4 }]] as const) {
+        const ok = validateRequest(type, { ...base, writeId, sentMs: 1_700_000_000_000 });
+        assert.deepEqual([ok.writeId, ok.sentMs], [writeId, 1_700_000_000_000]);
+        assertProtocolError(() => validateRequest(type, { ...base, writeId: new Uint8Array(15) }), 'bad_request', 'writeId', /expected 16 bytes, got 15/);
+        assertProtocolError(() => validateRequest(type, { ...base, writeId: 'abc' }), 'bad_request', 'writeId');
+        assertProtocolError(() => validateRequest(type, { ...base, writeId, sentMs: -5 }), 'bad_request', 'sentMs');
+        assertProtocolError(() => validateRequest(type, { ...base, sentMs: 5 }), 'bad_request', 'sentMs', /without a writeId/);
+      }
+    });
+
     it('shard.map: a range of pages; its reply covers part of it, with ranges ascending and apart within what it covers', () => {
       assert.deepEqual(validateRequest('shard.map', { first: 5, count: 10 }), { first: 5, count: 10 });
       assertProtocolError(() => validateRequest('shard.map', { first: 5, count: 0 }), 'bad_request', 'count');

@@ -9,6 +9,8 @@ import {
   pagesOfPageWrite,
   pageWriteBytes,
   readPageWriteHeader,
+  WRITE_ID_BYTES,
+  writeIdOfPageWrite,
 } from '../../storage-engine/page-write';
 import { edited } from '../support/bytes';
 import { expectStorageError as expectCode } from '../support/expect';
@@ -37,7 +39,7 @@ describe('page-write codec', () => {
       assert.deepEqual(d.map((e) => e.page), entries.map((e) => e.page));
       for (let i = 0; i < max; i++) assert.deepEqual(d[i]!.data, entries[i]!.data);
       assert.deepEqual(pagesOfPageWrite(many), entries.map((e) => e.page));
-      assert.deepEqual(readPageWriteHeader(many), { pageSize: size, count: max });
+      assert.deepEqual(readPageWriteHeader(many), { pageSize: size, count: max, withId: false });
     });
   }
 
@@ -109,5 +111,30 @@ describe('page-write codec', () => {
     const bytes = pageWriteBytes(4096, 1);
     assert.match(expectCode(() => encodePageWrite(4096, [{ page: 1, data: page(4096, 1) }], new Uint8Array(bytes - 1)), 'bad_request').message, /^output buffer of \d+ bytes is smaller than/);
     assert.deepEqual(encodePageWrite(4096, [{ page: 1, data: page(4096, 1) }], new Uint8Array(bytes + 8)), good);
+  });
+
+  it('carries a write id after the data: flagged, counted in the length, read back; a payload without one reads the same pages', () => {
+    const id = Uint8Array.from({ length: WRITE_ID_BYTES }, (_, i) => 200 - i);
+    const pages = [{ page: 9, data: page(4096, 9) }, { page: 3, data: page(4096, 3) }];
+    const withId = encodePageWrite(4096, pages, undefined, id);
+    const without = encodePageWrite(4096, pages);
+    assert.equal(withId.length, pageWriteBytes(4096, 2, true));
+    assert.equal(withId.length, without.length + WRITE_ID_BYTES);
+    assert.deepEqual(readPageWriteHeader(withId), { pageSize: 4096, count: 2, withId: true });
+    assert.deepEqual(readPageWriteHeader(without), { pageSize: 4096, count: 2, withId: false });
+    assert.deepEqual(decodePageWrite(withId, 4096), decodePageWrite(without, 4096));
+    assert.deepEqual(pageDataOfPageWrite(withId, 4096, 3), page(4096, 3));
+    assert.deepEqual(writeIdOfPageWrite(withId), id);
+    assert.equal(writeIdOfPageWrite(without), undefined);
+    // Into a buffer: the id lands at the end too.
+    assert.deepEqual(encodePageWrite(4096, pages, new Uint8Array(withId.length + 8), id), withId);
+    // The flag without the id's bytes, or the id's bytes without the flag, is a length mismatch.
+    assert.match(expectCode(() => readPageWriteHeader(edited(without, (dv) => dv.setUint32(12, 1, true))), 'corruption').message, /expected \d+ for 2 pages and a write id$/);
+    assert.match(expectCode(() => readPageWriteHeader(edited(withId, (dv) => dv.setUint32(12, 0, true))), 'corruption').message, /expected \d+ for 2 pages$/);
+    assert.match(expectCode(() => readPageWriteHeader(edited(withId, (dv) => dv.setUint32(12, 2, true))), 'corruption').message, /^page write flags 0x2 has unknown bits$/);
+    // An id of another length is refused before anything is written.
+    for (const bad of [new Uint8Array(15), new Uint8Array(17)]) {
+      assert.match(expectCode(() => encodePageWrite(4096, pages, undefined, bad), 'bad_request').message, /^a write id is 16 bytes, got 1[57]$/);
+    }
   });
 });
