@@ -348,18 +348,11 @@ export interface CallOptions {
   deadlineMs?: number;
 }
 
-/** Options of a page write or a range made zeros. */
-export interface WriteOptions extends CallOptions {
-  /**
-   * Sent to every replica that leads its shard, as far as each knows, rather than to one
-   * (`shardLeadersSubject`): for a caller that makes again a write whose try got no answer, and
-   * to whom a write made twice is harmless (the NBD export: a block device gives its requests in
-   * flight no order among themselves). A frozen leader keeps its share of the shard's queue
-   * group while the shard elects the next one; this try reaches the next one too. Reads do this
-   * on their own from their second try.
-   */
-  everyLeader?: boolean;
-}
+/**
+ * Options of a page write or a range made zeros. Each is sent to every replica that leads its
+ * shard, as far as each knows (`shardLeadersSubject`), with its write id (`Volume.sendWrite`).
+ */
+export type WriteOptions = CallOptions;
 
 /** Options of a read. */
 export interface ReadOptions extends CallOptions {
@@ -1276,8 +1269,6 @@ interface ShardCall {
   body: ShardWriteRequest | ShardZeroRequest | ShardReadRequest | ShardFlushRequest | ShardMapRequest;
   /** For reads: the position in the caller's list of each requested page. */
   indices: number[];
-  /** A write sent to every leader of the shard (`WriteOptions.everyLeader`). */
-  everyLeader?: true;
   /** A write's: when its first try was sent (`ShardWriteRequest.sentMs`), once it was. */
   sentMs?: number;
 }
@@ -1418,7 +1409,6 @@ export class Volume {
   async writePages(pages: readonly PageWrite[], options: WriteOptions | null = {}): Promise<LsnResult> {
     const opts = optionsOf(options);
     const deadlineMs = this.client.deadline(opts.deadlineMs);
-    const everyLeader = everyLeaderOf(opts);
     const list = expectArray(pages, 'pages', { lengthMin: 1, lengthMax: CALL_PAGES_MAX, maxCode: 'too_large' });
     const seen = new Map<number, number>();
     const numbers: number[] = [];
@@ -1442,7 +1432,6 @@ export class Volume {
         type: 'shard.write' as const,
         body: { pages: indices.map((i) => entries[i]!), writeId: this.client.writeId() },
         indices,
-        ...everyLeader,
       }));
     });
     return mergeLsns(calls, outcomes);
@@ -1467,7 +1456,6 @@ export class Volume {
   private runOverRange(type: 'shard.zero' | 'shard.map', first: number, count: number, options: WriteOptions | null): ReturnType<Volume['run']> {
     const opts = optionsOf(options);
     const deadlineMs = this.client.deadline(opts.deadlineMs);
-    const everyLeader = type === 'shard.zero' ? everyLeaderOf(opts) : {};
     const range = {
       first: expectInteger(first, 'first', { min: 0, max: PAGE_COUNT_MAX - 1, maxCode: 'out_of_range' }),
       count: expectInteger(count, 'count', { min: 1, max: PAGE_COUNT_MAX, maxCode: 'out_of_range' }),
@@ -1479,7 +1467,6 @@ export class Volume {
         type,
         body: type === 'shard.zero' ? { ...range, writeId: this.client.writeId() } : { ...range },
         indices: [],
-        ...everyLeader,
       }));
     });
   }
@@ -1680,7 +1667,7 @@ export class Volume {
       switch (call.type) {
         case 'shard.write':
         case 'shard.zero':
-          return this.sendWrite(call, subject, leaders(), deadlineMs);
+          return this.sendWrite(call, leaders(), deadlineMs);
         // Reads and flushes are sent again when a try gets no answer (StrataClient.sendInTries):
         // a leader killed with the request, or frozen, never answers it, and the next try,
         // sent to every leader, reaches the shard's next one.
@@ -1703,15 +1690,17 @@ export class Volume {
 
   /**
    * A write's request (shard.write, shard.zero) in tries within the call's deadline
-   * (WRITE_TRIES): a leader killed or frozen with it never answers, and the next try, sent to
-   * every leader of the shard (`leaders`), reaches the next one. Each try carries the write's
-   * id: a leader whose log holds a record of it answers with that record, once committed,
-   * instead of writing the pages again. Every send after the call's first (a try, or a request
-   * sent again after `not_leader`) names when that was (`sentMs`), and goes to `leaders`.
-   * A try answered `timeout` with `details.outcomeUnknown` ends the call: no leader can tell.
-   * A first send that found no responders reached no leader: the next is a first send too.
+   * (WRITE_TRIES), each sent to every replica that leads the shard, as far as it knows
+   * (`leaders`, the shard's leaders subject): a leader frozen while the shard elected the next
+   * one takes it too, and cannot commit it (a majority has a later term), and a leader killed
+   * with it never answers; the next leader answers it, or the next try. Each try carries the
+   * write's id: a leader whose log holds a record of it answers with that record, once
+   * committed, instead of writing the pages again. Every send after the call's first (a try, or
+   * a request sent again after `not_leader`) names when that was (`sentMs`). A try answered
+   * `timeout` with `details.outcomeUnknown` ends the call: no leader can tell. A first send that
+   * found no responders reached no leader: the next is a first send too.
    */
-  private sendWrite(call: ShardCall, subject: string, leaders: string, deadlineMs: number): Promise<ShardOutcome> {
+  private sendWrite(call: ShardCall, leaders: string, deadlineMs: number): Promise<ShardOutcome> {
     const body = call.body as ShardWriteRequest | ShardZeroRequest;
     return inTries(
       deadlineMs,
@@ -1725,8 +1714,7 @@ export class Volume {
       (tryDeadlineMs) => {
         const first = call.sentMs === undefined;
         if (first) call.sentMs = this.client.nowMs();
-        const to = first && call.everyLeader !== true ? subject : leaders;
-        const sent = this.client.send(to, call.type, first ? body : { ...body, sentMs: call.sentMs }, deadlineMs, validateShardWriteReply, tryDeadlineMs);
+        const sent = this.client.send(leaders, call.type, first ? body : { ...body, sentMs: call.sentMs }, deadlineMs, validateShardWriteReply, tryDeadlineMs);
         if (!first) return sent;
         return sent.catch((e: unknown) => {
           if (e instanceof NoRespondersError) delete call.sentMs;
@@ -1835,12 +1823,6 @@ export class Volume {
   }
 }
 
-/** `WriteOptions.everyLeader` checked, as the fields of a ShardCall. */
-function everyLeaderOf(opts: Partial<WriteOptions>): { everyLeader?: true } {
-  const every = opts.everyLeader;
-  if (every !== undefined && typeof every !== 'boolean') fail('bad_request', 'options.everyLeader', 'expected a boolean');
-  return every === true ? { everyLeader: true } : {};
-}
 
 /** Options as given: undefined or null is none; anything but a map is `bad_request`. */
 function optionsOf<T extends object>(options: T | null | undefined): Partial<T> {

@@ -367,9 +367,9 @@ export async function retryOverloaded<T>(call: () => Promise<T>, budgetMs: numbe
  * request sent while this one is unanswered may count on this one's bytes, or on them not
  * landing. And an earlier try that still commits does so before this one: a later leader
  * settles the records of earlier terms before it writes anything, and in one term the log keeps
- * the order of arrival. `call` also gets the try's number (from 1): the export sends the tries
- * after the first to every leader of the shard (`WriteOptions.everyLeader`), as a frozen leader
- * keeps its share of the shard's queue group. Other failures are thrown at once.
+ * the order of arrival. `call` also gets the try's number (from 1). Each try is a call of
+ * Strata's client, which sends its own tries within it, to every leader of the shard, with the
+ * write's id. Other failures are thrown at once.
  */
 export async function writeInTries<T>(
   call: (deadlineMs: number, attempt: number) => Promise<T>,
@@ -1002,8 +1002,8 @@ class Connection {
     };
     return {
       readPages: (pages) => retryOverloaded(() => volume.readPages(pages), budgetMs),
-      writePages: (pages) => writeInTries((d, n) => retryOverloaded(() => volume.writePages(pages, { deadlineMs: d, everyLeader: n > 1 }), untilMs(d)), budgetMs, tries),
-      zeroPages: (first, count) => writeInTries((d, n) => retryOverloaded(() => volume.zeroPages(first, count, { deadlineMs: d, everyLeader: n > 1 }), untilMs(d)), budgetMs, tries),
+      writePages: (pages) => writeInTries((d) => retryOverloaded(() => volume.writePages(pages, { deadlineMs: d }), untilMs(d)), budgetMs, tries),
+      zeroPages: (first, count) => writeInTries((d) => retryOverloaded(() => volume.zeroPages(first, count, { deadlineMs: d }), untilMs(d)), budgetMs, tries),
       pagesWithData: (first, count) => retryOverloaded(() => volume.pagesWithData(first, count), budgetMs),
     };
   }

@@ -242,24 +242,18 @@ describe('cluster/client (fake transport)', () => {
       assert.deepEqual(flushes.map((r) => r.subject), ['strata.test.shard.v1.0', 'strata.test.shard.v1.0.leaders'], 'the flush went twice, the second time to every leader');
     });
 
-    it('a write or a range of zeros with everyLeader goes to every leader of its shards (the NBD export\'s tries after the first); everyLeader not a boolean is bad_request, nothing sent', async () => {
+    it('a write or a range of zeros goes to every leader of its shards (the shards\' leaders subjects)', async () => {
       const fc = new FakeCluster(volume({ shards: 2 }));
       const vol = fc.client().volume('vol');
-      await vol.writePages([{ page: 3, data: pageData(3) }, { page: 20, data: pageData(20) }], { everyLeader: true });
-      await vol.zeroPages(0, 40, { everyLeader: true });
-      await vol.writePages([{ page: 5, data: pageData(5) }], { everyLeader: false });
+      await vol.writePages([{ page: 3, data: pageData(3) }, { page: 20, data: pageData(20) }]);
+      await vol.zeroPages(0, 40);
       assert.deepEqual(fc.transport.shardRequests().map((r) => `${r.headers[HEADER_TYPE]} ${r.subject}`).sort(), [
-        'shard.write strata.test.shard.v1.0',
         'shard.write strata.test.shard.v1.0.leaders',
         'shard.write strata.test.shard.v1.1.leaders',
         'shard.zero strata.test.shard.v1.0.leaders',
         'shard.zero strata.test.shard.v1.1.leaders',
       ]);
       assert.deepEqual((await vol.readPages([3, 20])).pages, [new Uint8Array(4096), new Uint8Array(4096)], 'made zeros after');
-      const sent = fc.transport.seen.length;
-      await rejectsWith(vol.writePages([{ page: 3, data: pageData(3) }], { everyLeader: 'yes' as unknown as boolean }), 'bad_request');
-      await rejectsWith(vol.zeroPages(0, 1, { everyLeader: 1 as unknown as boolean }), 'bad_request');
-      assert.equal(fc.transport.seen.length, sent);
     });
 
     it('a read no try gets an answer to is timeout after SHARD_READ_TRIES tries, the last until the deadline', async () => {
@@ -271,7 +265,7 @@ describe('cluster/client (fake transport)', () => {
       assert.deepEqual(reads.map((r) => Number(r.headers[HEADER_DEADLINE]) - NOW), [1000, 2250, 3000, 4500, 9000]);
     });
 
-    it('a write no try gets an answer to is timeout after SHARD_WRITE_TRIES tries, all with its write id and the call\'s deadline, the ones after the first to every leader naming when the first was sent', async () => {
+    it('a write no try gets an answer to is timeout after SHARD_WRITE_TRIES tries, all to every leader with its write id and the call\'s deadline, the ones after the first naming when the first was sent', async () => {
       const fc = new FakeCluster(volume({ shards: 1 }));
       fc.shardHook = noReply;
       const client = fc.client();
@@ -283,7 +277,7 @@ describe('cluster/client (fake transport)', () => {
       // WRITE_TRY_MS_MIN; the shard is given the call's deadline, to go on with the first try.
       const leaders = 'strata.test.shard.v1.0.leaders';
       const tries = (type: string) => [
-        [type, 'strata.test.shard.v1.0', 10_000, 3333],
+        [type, leaders, 10_000, 3333],
         [type, leaders, 10_000, 5000],
         [type, leaders, 10_000, 10_000],
       ];
@@ -303,7 +297,7 @@ describe('cluster/client (fake transport)', () => {
       fc.shardHook = (shard, seen) => (silent-- > 0 ? noReply(shard, seen) : undefined);
       const r = await fc.client().volume('vol').write(3, pageData(3));
       assert.equal(r.lsn, 1);
-      assert.deepEqual(fc.transport.shardRequests().map((x) => x.subject), ['strata.test.shard.v1.0', 'strata.test.shard.v1.0.leaders']);
+      assert.deepEqual(fc.transport.shardRequests().map((x) => x.subject), ['strata.test.shard.v1.0.leaders', 'strata.test.shard.v1.0.leaders']);
       assert.deepEqual((await fc.client().volume('vol').readPages([3])).pages[0], pageData(3));
       const before = fc.transport.shardRequests().length;
       fc.shardHook = (shard, seen) => {
@@ -799,14 +793,14 @@ describe('cluster/client (fake transport)', () => {
       assert.deepEqual(
         writes.slice(0, 4).map((s) => [s.subject, (s.body as { pages: Array<{ page: number }> }).pages.map((p) => p.page)]),
         [
-          ['strata.test.shard.v1.0', [9, 0, 1, 8]],
-          ['strata.test.shard.v1.1', [2, 3]],
-          ['strata.test.shard.v1.2', [4, 5]],
-          ['strata.test.shard.v1.3', [6, 7]],
+          ['strata.test.shard.v1.0.leaders', [9, 0, 1, 8]],
+          ['strata.test.shard.v1.1.leaders', [2, 3]],
+          ['strata.test.shard.v1.2.leaders', [4, 5]],
+          ['strata.test.shard.v1.3.leaders', [6, 7]],
         ],
       );
       for (const s of writes) assert.equal(s.headers[HEADER_TYPE], 'shard.write');
-      assert.equal(writes[4]!.subject, 'strata.test.shard.v1.1', 'page 11 is on shard 1');
+      assert.equal(writes[4]!.subject, 'strata.test.shard.v1.1.leaders', 'page 11 is on shard 1');
       assert.deepEqual(result, {
         lsn: 1,
         lsns: [0, 1, 2, 3].map((shard) => ({ shard, lsn: 1, term: 1 })),
@@ -1112,8 +1106,10 @@ describe('cluster/client (fake transport)', () => {
       assert.equal(fc.transport.apiRequests('volume.info').length, 2, 'info refreshed');
       assert.deepEqual(
         fc.transport.shardRequests().map((s) => s.subject),
-        ['strata.test.shard.v1.0', 'strata.test.shard.v1.1', 'strata.test.shard.v1.2', 'strata.test.shard.v1.1'],
+        ['strata.test.shard.v1.0.leaders', 'strata.test.shard.v1.1.leaders', 'strata.test.shard.v1.2.leaders', 'strata.test.shard.v1.1.leaders'],
       );
+      // The first send reached no leader: the next is a first try again (no sentMs).
+      assert.deepEqual(fc.transport.shardRequests().map((s) => (s.body as { sentMs?: number }).sentMs), [undefined, undefined, undefined, undefined]);
       assert.equal(result.lsns.length, 3);
     });
 
@@ -1204,8 +1200,8 @@ describe('cluster/client (fake transport)', () => {
       assert.deepEqual(
         v2.map((s) => [s.subject, (s.body as { pages: Array<{ page: number }> }).pages.map((p) => p.page)]),
         [
-          ['strata.test.shard.v2.0', [0, 2]],
-          ['strata.test.shard.v2.1', [1]],
+          ['strata.test.shard.v2.0.leaders', [0, 2]],
+          ['strata.test.shard.v2.1.leaders', [1]],
         ],
       );
       for (const page of [0, 1, 2]) assert.equal(shardOfPage(page, { shards: 2, stripePages: 1 }), page % 2);
@@ -1236,8 +1232,8 @@ describe('cluster/client (fake transport)', () => {
       const result = await fc.client().volume('vol').writePages([0, 2].map((page) => ({ page, data: pageData(page) })));
       assert.equal(result.lsns.length, 2);
       const sent = fc.transport.shardRequests();
-      // Sent again to every leader of the shard, naming when it was first sent, with its write id.
-      assert.deepEqual(sent.map((s) => s.subject), ['strata.test.shard.v1.0', 'strata.test.shard.v1.1', 'strata.test.shard.v1.1.leaders']);
+      // Sent again, naming when it was first sent, with its write id.
+      assert.deepEqual(sent.map((s) => s.subject), ['strata.test.shard.v1.0.leaders', 'strata.test.shard.v1.1.leaders', 'strata.test.shard.v1.1.leaders']);
       assert.deepEqual(sent.map(earlierOf), [undefined, undefined, [{ lsn: 7, term: 2 }]]);
       const bodies = sent.map((s) => s.body as { writeId: Uint8Array; sentMs?: number });
       assert.deepEqual(bodies.map((b) => b.sentMs), [undefined, undefined, NOW]);
@@ -1423,7 +1419,7 @@ describe('cluster/client (fake transport)', () => {
       assert.equal((await vol.info()).id, 'v2', 'the answer that came later is the cached info');
       await vol.write(500, pageData(500));
       assert.equal(fc.transport.apiRequests('volume.info').length, 2, 'no fetch more');
-      assert.deepEqual(fc.transport.shardRequests().map((s) => s.subject), ['strata.test.shard.v2.0']);
+      assert.deepEqual(fc.transport.shardRequests().map((s) => s.subject), ['strata.test.shard.v2.0.leaders']);
     });
 
     it('a refresh with nothing cached ends at its deadline, not when the catalog gives up', async () => {

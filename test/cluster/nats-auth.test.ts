@@ -165,9 +165,9 @@ describe('cluster/nats-auth', () => {
       await vol.write(3, data);
       assert.deepEqual(Buffer.from(await vol.read(3)), Buffer.from(data));
       assert.equal((await led()).replicas.length, 3);
-      // The shard's leaders subject too (a write the NBD export makes again), not the catalog shard's.
+      // The shard's leaders subject too (where every write goes), not the catalog shard's.
       const again = new Uint8Array(4096).fill(8);
-      await vol.writePages([{ page: 3, data: again }], { everyLeader: true });
+      await vol.writePages([{ page: 3, data: again }]);
       assert.deepEqual(Buffer.from(await vol.read(3)), Buffer.from(again));
       await assert.rejects(c.client.rawRequest('strata.test.shard.v0-catalog.0.leaders', new Uint8Array(0)), (e: unknown) => e instanceof ProtocolError && e.code === 'forbidden' && /publish to strata\.test\.shard\.v0-catalog\.0\.leaders/.test(e.message));
     });
