@@ -2286,15 +2286,19 @@ export class Replica {
     void this.checkpoint().catch(() => undefined);
   }
 
-  /** Writes a checkpoint image at the applied LSN (through the device queue); the log behind it may be trimmed. */
+  /**
+   * Writes a checkpoint image at the applied LSN (through the device queue); the log behind it
+   * may be trimmed. The records applied while the image was built count toward the next one,
+   * which starts at once if they are enough: no later record may come to start it.
+   */
   async checkpoint(): Promise<{ lsn: number }> {
     if (this.checkpointing) return { lsn: this.store.appliedLsn };
     this.checkpointing = true;
+    let lsn: number;
     try {
-      const r = await this.runImageSteps(this.store.checkpointSteps({ flushOffThread: true }));
+      lsn = (await this.runImageSteps(this.store.checkpointSteps({ flushOffThread: true }))).lsn;
       this.counters.checkpoints++;
-      this.recordsSinceCheckpoint = 0;
-      return { lsn: r.lsn };
+      this.recordsSinceCheckpoint = Math.max(0, this.store.appliedLsn - lsn);
     } catch (e) {
       // Tried again after as many records again, not at the next apply: a checkpoint that
       // keeps failing (a full disk, say) would otherwise build an image after every record.
@@ -2303,6 +2307,8 @@ export class Replica {
     } finally {
       this.checkpointing = false;
     }
+    if (!this.closed) this.maybeCheckpoint();
+    return { lsn };
   }
 
   /**

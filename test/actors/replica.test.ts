@@ -1244,6 +1244,18 @@ describe('Replica (more cases)', function () {
     });
   });
 
+  describe('records applied while a checkpoint is built', function () {
+    it('count toward the next checkpoint, which starts once the image is done if they are enough, with no later record', async () => {
+      shard = new TestShard(['a'], { checkpointEveryRecords: 8, asyncFlush: true });
+      const l = await shard.leader();
+      // The eighth record applied starts a checkpoint; ten more come while its image is built.
+      for (let i = 0; i < 8; i++) await l.replica.write([{ page: i, data: page(i) }]);
+      const more = await Promise.all(Array.from({ length: 10 }, (_, i) => l.replica.write([{ page: 8 + i, data: page(8 + i) }])));
+      const last = Math.max(...more.map((w) => w.lsn));
+      await shard.waitFor(() => l.replica.stats().checkpoints >= 2 && l.storage.store.stats().imageLsn >= last, 'a second image, with every record');
+    });
+  });
+
   describe('on a disk that flushes off the thread', function () {
     it("a checkpoint waits for each of its image's flushes between its steps; the image reads right", async () => {
       shard = new TestShard(['a'], { asyncFlush: true });

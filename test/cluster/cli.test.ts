@@ -12,7 +12,7 @@ import type { ClientTransport, ConnectOptions, ShardCheck, StrataClient } from '
 import { decode, encode } from '../../messages/codec';
 import { ProtocolError, errorReply } from '../../messages/errors';
 import { readHeaders } from '../../messages/headers';
-import { parseShardSubject } from '../../messages/subjects';
+import { SHARD_LEADERS_TOKEN, parseShardSubject } from '../../messages/subjects';
 import { shardOfPage, type VolumeInfo } from '../../messages/api';
 import {
   validateShardRead,
@@ -122,7 +122,8 @@ class MemoryCluster implements ClientTransport {
       case 'shard.zero':
       case 'shard.map':
       case 'shard.read': {
-        const { volumeId, shard } = parseShardSubject(subject);
+        // Writes go to the shard's leaders subject, reads first to its subject.
+        const { volumeId, shard } = parseShardSubject(subject.endsWith(`.${SHARD_LEADERS_TOKEN}`) ? subject.slice(0, -SHARD_LEADERS_TOKEN.length - 1) : subject);
         const info = [...this.volumes.values()].find((v) => v.id === volumeId)!;
         if (type === 'shard.map') {
           // The shard's pages whose newest version holds a byte other than zero.

@@ -10,7 +10,7 @@ import { encode, decode } from '../../messages/codec';
 import { errorReply, ProtocolError, type ErrorReply } from '../../messages/errors';
 import { controllerSubject, nodeSubject } from '../../messages/control';
 import { HEADER_DEADLINE } from '../../messages/headers';
-import { shardSubject } from '../../messages/subjects';
+import { shardLeadersSubject, shardSubject } from '../../messages/subjects';
 import type { ApiVerb, VolumeInfo } from '../../messages/api';
 import { waitFor } from '../support/wait';
 import { apiRequestOnce } from '../support/api';
@@ -381,9 +381,9 @@ describe('StrataNode', function () {
       serveFakeMembership();
       const info: VolumeInfo = { name: 'v', id: 'vb', pageCount: 256, pageSize: 4096, shards: 1, stripePages: 16, replicas: 1, createdAt: 1 };
       serveFake('volume.info', (msg) => msg.respond(encode(info)));
-      // The shard's leader takes the writes, and answers them when the test says so.
+      // The shard's leader takes the writes (on its leaders subject), and answers them when the test says so.
       const held: Msg[] = [];
-      fake.subscribe(shardSubject(CLUSTER, 'vb', 0), { callback: (_err, msg) => held.push(msg) });
+      fake.subscribe(shardLeadersSubject(CLUSTER, 'vb', 0), { callback: (_err, msg) => held.push(msg) });
       await fake.flush();
       const bytesMax = 1.5 * 1024 * 1024;
       await startNode('api4', { apiBytesInFlightMax: bytesMax });
