@@ -1796,17 +1796,17 @@ export class Replica {
   // Leader: local appends, replication, commit
   // ---------------------------------------------------------------------------------------------
 
-  /**
-   * Assigns LSNs and queues the records locally; returns the last LSN. `tag`: the write's tracer
-   * value. Throws, having changed nothing, when the device would refuse the append (its queue is
-   * full, say): LSNs given to records the log never gets would be given again to others.
-   */
   /** Notes the write id of a record put in this log, if it has one (write-ids.ts). */
   private noteWriteId(r: { lsn: number; term: number; kind: number; payload: Uint8Array }): void {
     const id = r.kind === RecordKind.PageWrite ? writeIdOfPageWrite(r.payload) : r.kind === RecordKind.PageZero ? writeIdOfPageZero(r.payload) : undefined;
     if (id !== undefined) this.writeIds.note(id, r.lsn, r.term, this.clock());
   }
 
+  /**
+   * Assigns LSNs and queues the records locally; returns the last LSN. `tag`: the write's tracer
+   * value. Throws, having changed nothing, when the device would refuse the append (its queue is
+   * full, say): LSNs given to records the log never gets would be given again to others.
+   */
   private appendLocal(records: LogRecordInput[], tag?: unknown): number {
     this.queue.checkAppend(records, this.spaceExempt);
     const first = this.lastLsn + 1;

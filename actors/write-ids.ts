@@ -1,8 +1,8 @@
 /**
  * The write ids a replica's log holds, for recognizing a write sent to it again.
  *
- * A client gives each write a random id (`ShardWriteRequest.writeId`), the same in every try, and
- * the record of the write carries it (page-write.ts, page-zero.ts). A try that reaches a leader
+ * A client gives each write an id (`ShardWriteRequest.writeId`: its random bytes and a count),
+ * the same in every try, and the record of the write carries it (page-write.ts, page-zero.ts). A try that reaches a leader
  * whose log already holds a record with its id is answered with that record, once committed,
  * instead of being written a second time: a second copy could overwrite a newer write of the
  * same page. A leader killed or frozen with a write never answers it; the client's next try
@@ -11,10 +11,11 @@
  * A replica notes the id of each record it puts in its log, as leader or follower, and forgets
  * the ids of records cut from its log. It cannot remember every id: it keeps at most
  * WRITE_IDS_MAX, none longer than WRITE_ID_KEEP_MS, and it knows none of the records in its log
- * when it starts (unless the log is empty), or of an image it installs. It therefore keeps the time since which it knows
- * every id of its log (`completeSinceMs`): an id not found is proof that the log holds no record
- * of that write only for a write first sent after that time (`covers`). For any other, the
- * shard cannot say, and answers that the write's outcome is unknown rather than write it again.
+ * when it starts (unless the log is empty), or of an image it installs. It therefore keeps the
+ * time since which it knows every id of its log (`completeSinceMs`): an id not found is proof
+ * that the log holds no record of that write only for a write first sent after that time
+ * (`covers`). For any other, the shard cannot say, and answers that the write's outcome is
+ * unknown rather than write it again.
  *
  * Times are of the replica's own monotonic clock. Pure logic: no IO, no clock read.
  */

@@ -1731,9 +1731,9 @@ export class Volume {
    * that still meet no leader (no responders while a shard elects one, or `not_leader` from a
    * deposed leader) are sent again with a growing back-off until the call's deadline. A request
    * that no try of `sendCalls` got an answer to is not sent again here: a write's outcome is then
-   * unknown to the client. A write that a deposed leader had
-   * already put in its log is sent again naming that record (`earlier`), so that the next leader
-   * answers with it if it holds it rather than writing the pages a second time.
+   * unknown to the client. A write that a deposed leader had already put in its log is sent
+   * again naming that record (`earlier`), so that the next leader answers with it if it holds it
+   * rather than writing the pages a second time.
    */
   private async run(
     deadlineMs: number,
@@ -1822,7 +1822,6 @@ export class Volume {
     return { info, calls, outcomes: settled.map((s) => (s as { ok: true; value: ShardOutcome }).value) };
   }
 }
-
 
 /** Options as given: undefined or null is none; anything but a map is `bad_request`. */
 function optionsOf<T extends object>(options: T | null | undefined): Partial<T> {

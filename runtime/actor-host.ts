@@ -961,8 +961,8 @@ export class ActorHost implements HostApi {
           if (!err) this.admit(mb, msg, false);
         },
       });
-      // Not a queue group: a request sent again after a try without an answer reaches every
-      // leader, so a deposed one that is frozen (and still subscribed) does not swallow it.
+      // Not a queue group: a write, and a read sent again after a try without an answer, reach
+      // every leader, so a deposed one that is frozen (and still subscribed) does not swallow them.
       mb.leadersSub = this.nc.subscribe(shardLeadersSubject(this.config!.cluster, spec.volumeId, spec.shard), {
         callback: (err, msg) => {
           if (!err) this.admit(mb, msg, true);
