@@ -1844,15 +1844,16 @@ export const SHARD_READ_TRIES = 5;
 const READ_TRIES = { tryDeadlineInHeader: true, quickFirst: true, tries: SHARD_READ_TRIES } as const;
 
 /**
- * Tries of a write (shard.write, shard.zero) within its call's deadline (`Volume.sendWrite`),
- * each waiting its part of the time left, at least WRITE_TRY_MS_MIN: a write waits for a
- * majority's fdatasync, and a try given up too soon costs its leader a lookup when it comes again.
- * Each try's Strata-Deadline is the call's: the leader goes on with the first while the next
- * is sent.
+ * Tries of a write (shard.write, shard.zero) within its call's deadline (`Volume.sendWrite`):
+ * the first of at most WRITE_TRY_MS_MIN (a write commits in milliseconds; one whose leader was
+ * killed with it costs the call that second), the next ones their part of what is left, at
+ * least that. A try given up on while its leader still works on it costs that leader a lookup
+ * when it comes again (its write id), not a second record. Each try's Strata-Deadline is the
+ * call's: the leader goes on with a try while the next is sent.
  */
 export const SHARD_WRITE_TRIES = 3;
 export const WRITE_TRY_MS_MIN = 1000;
-const WRITE_TRIES = { tries: SHARD_WRITE_TRIES, tryMsMin: WRITE_TRY_MS_MIN } as const;
+const WRITE_TRIES = { tries: SHARD_WRITE_TRIES, tryMsMin: WRITE_TRY_MS_MIN, quickFirst: true } as const;
 
 /** First and largest pause between attempts to reach a shard that has no leader right now. */
 const LEADER_RETRY_MS_MIN = 20;
