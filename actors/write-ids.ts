@@ -38,16 +38,25 @@ export interface WriteIdRecord {
 }
 
 interface Noted extends WriteIdRecord {
+  key: string;
   atMs: number;
 }
 
-/** A write id as a map key: its bytes as a one-byte string. */
+/** A write id (WRITE_ID_BYTES) as a map key: each two of its bytes one UTF-16 code unit. */
 function keyOf(id: Uint8Array): string {
-  return String.fromCharCode.apply(null, id as unknown as number[]);
+  const b = (i: number): number => id[i]! | (id[i + 1]! << 8);
+  return String.fromCharCode(b(0), b(2), b(4), b(6), b(8), b(10), b(12), b(14));
 }
 
 export class WriteIds {
   private readonly byKey = new Map<string, Noted>();
+  /**
+   * Every id noted, oldest first, in a ring of `max` slots (`head`, `count`): the order they are
+   * forgotten in. A slot whose id was noted again since, or cut, is no longer its map entry.
+   */
+  private readonly ring: Array<Noted | undefined>;
+  private head = 0;
+  private count = 0;
   private sinceMs: number;
 
   /** `nowMs`: the replica's start, before which it knows no id (-Infinity for an empty log). */
@@ -57,6 +66,7 @@ export class WriteIds {
     private readonly max: number = WRITE_IDS_MAX,
   ) {
     if (!Number.isSafeInteger(max) || max < 1) throw new RangeError(`max must be a positive integer, got ${String(max)}`);
+    this.ring = new Array<Noted | undefined>(max);
     this.sinceMs = nowMs;
   }
 
@@ -75,14 +85,22 @@ export class WriteIds {
    * same id replaces it), and forgets the oldest ids past the bounds.
    */
   note(id: Uint8Array, lsn: number, term: number, nowMs: number): void {
-    const key = keyOf(id);
-    this.byKey.delete(key);
-    this.byKey.set(key, { lsn, term, atMs: nowMs });
-    for (const [oldest, noted] of this.byKey) {
-      if (this.byKey.size <= this.max && noted.atMs >= nowMs - this.keepMs) break;
-      this.byKey.delete(oldest);
-      this.sinceMs = Math.max(this.sinceMs, noted.atMs);
-    }
+    while (this.count > 0 && (this.count === this.max || this.ring[this.head]!.atMs < nowMs - this.keepMs)) this.forgetOldest();
+    const noted: Noted = { key: keyOf(id), lsn, term, atMs: nowMs };
+    this.byKey.set(noted.key, noted);
+    this.ring[(this.head + this.count) % this.max] = noted;
+    this.count++;
+  }
+
+  /** Forgets the oldest slot's id, unless noted again since (or cut): then it was not this one. */
+  private forgetOldest(): void {
+    const noted = this.ring[this.head]!;
+    this.ring[this.head] = undefined;
+    this.head = (this.head + 1) % this.max;
+    this.count--;
+    if (this.byKey.get(noted.key) !== noted) return;
+    this.byKey.delete(noted.key);
+    this.sinceMs = Math.max(this.sinceMs, noted.atMs);
   }
 
   /** The record of write `id` in the log, if noted. */
@@ -107,6 +125,9 @@ export class WriteIds {
   /** The log was replaced (an image installed): every id is forgotten, and nothing before `nowMs` is known. */
   reset(nowMs: number): void {
     this.byKey.clear();
+    this.ring.fill(undefined);
+    this.head = 0;
+    this.count = 0;
     this.sinceMs = Math.max(this.sinceMs, nowMs);
   }
 }

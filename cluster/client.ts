@@ -979,10 +979,9 @@ export class StrataClient {
   writeId(): Uint8Array {
     const id = new Uint8Array(WRITE_ID_BYTES);
     id.set(this.writeIdPrefix);
-    const n = ++this.writesMade;
-    const dv = new DataView(id.buffer);
-    dv.setUint32(8, n % 0x1_0000_0000, true);
-    dv.setUint32(12, Math.floor(n / 0x1_0000_0000), true);
+    // The count, little-endian (below 2^53).
+    let n = ++this.writesMade;
+    for (let i = 8; i < WRITE_ID_BYTES; i++, n = Math.floor(n / 256)) id[i] = n % 256;
     return id;
   }
 
@@ -1377,6 +1376,8 @@ export class Volume {
   private infoPromise: Promise<VolumeInfo> | undefined;
   /** The info fetch that last succeeded, with its value (read without a timer). */
   private infoSettled: { promise: Promise<VolumeInfo>; value: VolumeInfo } | undefined;
+  /** The options of a write's tries (`sendWrite`), made once. */
+  private readonly writeTries = { ...WRITE_TRIES, nowMs: (): number => this.client.nowMs(), again: writeTriedAgain };
 
   /** Use `client.volume(name)`. */
   constructor(
@@ -1704,13 +1705,7 @@ export class Volume {
     const body = call.body as ShardWriteRequest | ShardZeroRequest;
     return inTries(
       deadlineMs,
-      {
-        ...WRITE_TRIES,
-        nowMs: () => this.client.nowMs(),
-        // A leader's answer that it cannot tell (`outcomeUnknown`, or an earlier record folded
-        // into an image, `recordLsn`) is final; a try without an answer is sent again.
-        again: (e) => e instanceof ProtocolError && e.code === 'timeout' && e.details?.['outcomeUnknown'] !== true && e.details?.['recordLsn'] === undefined,
-      },
+      this.writeTries,
       (tryDeadlineMs) => {
         const first = call.sentMs === undefined;
         if (first) call.sentMs = this.client.nowMs();
@@ -1854,6 +1849,15 @@ const READ_TRIES = { tryDeadlineInHeader: true, quickFirst: true, tries: SHARD_R
 export const SHARD_WRITE_TRIES = 3;
 export const WRITE_TRY_MS_MIN = 1000;
 const WRITE_TRIES = { tries: SHARD_WRITE_TRIES, tryMsMin: WRITE_TRY_MS_MIN, quickFirst: true } as const;
+
+/**
+ * A write's try that failed so is sent again (`Volume.sendWrite`): one without an answer. A
+ * leader's answer that it cannot tell (`outcomeUnknown`, or an earlier record folded into an
+ * image, `recordLsn`) is final.
+ */
+function writeTriedAgain(e: unknown): boolean {
+  return e instanceof ProtocolError && e.code === 'timeout' && e.details?.['outcomeUnknown'] !== true && e.details?.['recordLsn'] === undefined;
+}
 
 /** First and largest pause between attempts to reach a shard that has no leader right now. */
 const LEADER_RETRY_MS_MIN = 20;
