@@ -44,7 +44,7 @@ import type {
 } from '../messages/raft';
 import { sameNodeSet as sameSet, validateConfig } from '../messages/raft';
 import { shardOfPage, type ShardGeometry, type PageData, type PayloadOffload } from './shard';
-import { WriteIds } from './write-ids';
+import { WriteIds, type WriteIdRecord } from './write-ids';
 
 export type Role = 'follower' | 'candidate' | 'leader';
 
@@ -2838,12 +2838,16 @@ export class Replica {
     const id = opts.writeId;
     // When the first try was sent, on this replica's clock, at the earliest the clocks' skew allows.
     const sentAtMs = id !== undefined && opts.sentAgoMs !== undefined ? this.clock() - opts.sentAgoMs - WRITE_SENT_SKEW_MS : undefined;
-    const prior = await this.priorRecord(opts, sentAtMs !== undefined);
-    if (prior !== undefined) {
-      this.counters.retriesMatched++;
-      return { lsn: prior, term: this.term };
+    const found = id === undefined ? undefined : this.writeIds.find(id);
+    // A first try of a write this log does not hold (nearly every write) goes on without a wait.
+    if (found !== undefined || sentAtMs !== undefined || (opts.earlier !== undefined && opts.earlier.length > 0)) {
+      const prior = await this.priorRecord(opts, found);
+      if (prior !== undefined) {
+        this.counters.retriesMatched++;
+        return { lsn: prior, term: this.term };
+      }
+      this.checkLeader();
     }
-    this.checkLeader();
     // A device short of space takes no new page data (a retry whose earlier attempt this log
     // holds was answered above); a range made zeros, which frees space, goes on.
     if (kind === RecordKind.PageWrite && !this.spaceExempt) this.queue.checkWriteSpace();
@@ -2878,16 +2882,13 @@ export class Replica {
   /**
    * For a write that may have reached a leader before: the LSN of its record in this log,
    * resolved once applied, or undefined if it is to be written. It may have if it names earlier
-   * attempts (`earlier`), if its write id is in this log, or if it is a try sent again
-   * (`resent`); each waits until the records of earlier terms are decided (`earlierAttempt`).
+   * attempts (`earlier`), if its write id is in this log (`found`), or if it is a try sent
+   * again; each waits until the records of earlier terms are decided (`earlierAttempt`).
    */
-  private async priorRecord(opts: WriteAttempt, resent: boolean): Promise<number | undefined> {
-    const found = opts.writeId === undefined ? undefined : this.writeIds.find(opts.writeId);
+  private async priorRecord(opts: WriteAttempt, found: WriteIdRecord | undefined): Promise<number | undefined> {
     // Folded into an image since: committed (the ids of records cut from the log are forgotten).
     if (found !== undefined && found.lsn < this.log.firstLsn) return found.lsn;
-    const earlier = [...(found === undefined ? [] : [found]), ...(opts.earlier ?? [])];
-    if (earlier.length === 0 && !resent) return undefined;
-    return this.earlierAttempt(earlier, opts.deadlineMs);
+    return this.earlierAttempt([...(found === undefined ? [] : [found]), ...(opts.earlier ?? [])], opts.deadlineMs);
   }
 
   /** The answer to a try of a write whose record this log holds (`there`, from its write id). */
