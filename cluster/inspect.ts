@@ -27,8 +27,8 @@ import { Slab } from '../storage-engine/slab';
 import { ImageReader, IMAGE_PAGE_COUNT_MAX, imageFileName, parseImageFileName } from '../storage-engine/image';
 import { CorruptionError, StorageError, type CorruptionReport } from '../storage-engine/errors';
 import { RecordKind, type LogRecord } from '../storage-engine/record';
-import { pagesOfPageWrite, readPageWriteHeader } from '../storage-engine/page-write';
-import { decodePageZero } from '../storage-engine/page-zero';
+import { pagesOfPageWrite, readPageWriteHeader, writeIdOfPageWrite } from '../storage-engine/page-write';
+import { decodePageZero, writeIdOfPageZero } from '../storage-engine/page-zero';
 import { crc32c } from '../storage-engine/crc32c';
 import { decodeConfig } from '../actors/replica';
 import type { ShardAssignment } from '../messages/control';
@@ -102,6 +102,11 @@ export interface RecordLine {
   pages?: number[];
   /** A page-zero record's range of volume pages (the shard's own pages in it were made zeros). */
   zeros?: { first: number; count: number };
+  /**
+   * The write id the client gave the write (hex), which its tries shared: two records with the
+   * same id are one write written twice (docs/protocol.md, "A write sent again: write ids").
+   */
+  writeId?: string;
   members?: string[];
   prior?: string[];
 }
@@ -545,10 +550,14 @@ function recordLine(r: LogRecord): RecordLine {
   if (r.kind === RecordKind.PageWrite) {
     line.kind = 'page-write';
     line.pages = pagesOfPageWrite(r.payload);
+    const id = writeIdOfPageWrite(r.payload);
+    if (id !== undefined) line.writeId = Buffer.from(id).toString('hex');
   } else if (r.kind === RecordKind.PageZero) {
     line.kind = 'page-zero';
     try {
       line.zeros = decodePageZero(r.payload);
+      const id = writeIdOfPageZero(r.payload);
+      if (id !== undefined) line.writeId = Buffer.from(id).toString('hex');
     } catch {
       line.kind = 'page-zero (unreadable)';
     }
@@ -996,7 +1005,7 @@ export function inspectText(r: InspectReport): string {
     const rows2 = [['LSN', 'TERM', 'KIND', 'BYTES', 'WHAT']];
     for (const l of r.records) {
       const what = l.pages !== undefined ? `${l.pages.length} page(s): ${pageRanges(l.pages)}` : l.zeros !== undefined ? `the shard's pages of ${l.zeros.first}..${l.zeros.first + l.zeros.count - 1} made zeros` : l.members !== undefined ? `set ${l.members.join(',')}${l.prior !== undefined ? ` (joint, from ${l.prior.join(',')})` : ''}` : '';
-      rows2.push([String(l.lsn), String(l.term), l.kind, String(l.bytes), what]);
+      rows2.push([String(l.lsn), String(l.term), l.kind, String(l.bytes), l.writeId !== undefined ? `${what} (write id ${l.writeId})` : what]);
     }
     lines.push('', textTable(rows2).trimEnd());
     if (r.recordsNext !== undefined) lines.push(`… more from LSN ${r.recordsNext} (--from ${r.recordsNext})`);

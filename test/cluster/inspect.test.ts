@@ -156,7 +156,8 @@ describe('strata inspect (a data directory read offline)', function () {
       const line = records.find((x) => x.lsn === w.lsn)!;
       assert.equal(line.kind, 'page-write');
       assert.deepEqual(line.pages, [3, 4]);
-      assert.match(r.stdout, new RegExp(`\\n${w.lsn} +\\d+ +page-write +\\d+ +2 page\\(s\\): 3-4\\n`));
+      assert.match(line.writeId ?? '', /^[0-9a-f]{32}$/, 'the write id its tries shared');
+      assert.match(r.stdout, new RegExp(`\\n${w.lsn} +\\d+ +page-write +\\d+ +2 page\\(s\\): 3-4 \\(write id ${line.writeId}\\)\\n`));
     }
     // A range, and a limit: the rest is named.
     const last = writes[writes.length - 1]!.lsn;

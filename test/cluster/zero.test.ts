@@ -158,7 +158,9 @@ describe('ranges made zeros (page.zero, shard.zero) on a replicated volume', fun
     const report = inspect(dataDir, { shard: `${zVolumeId}/1`, records: {} });
     const line = report.records!.find((r) => r.kind === 'page-zero' && r.zeros?.first === 5);
     assert.deepEqual(line?.zeros, { first: 5, count: 50 });
-    assert.match(inspectText(report), new RegExp(`\\n${line!.lsn} +\\d+ +page-zero +40 +the shard's pages of 5\\.\\.54 made zeros\\n`));
+    // With the write id its tries shared, which Strata's client gave it.
+    assert.match(line?.writeId ?? '', /^[0-9a-f]{32}$/);
+    assert.match(inspectText(report), new RegExp(`\\n${line!.lsn} +\\d+ +page-zero +40 +the shard's pages of 5\\.\\.54 made zeros \\(write id ${line!.writeId}\\)\\n`));
     const read = inspect(dataDir, { shard: `${zVolumeId}/1`, page: { page: 7 } });
     assert.deepEqual(read.page!.data, ZERO);
     assert.deepEqual(read.page!.source, { kind: 'record', lsn: line!.lsn, term: line!.term });
