@@ -585,7 +585,7 @@ function recordNote(lsn: number, term: number): string {
 
 /** How a client's write reached this leader (`Replica.write`, `Replica.zero`). */
 export interface WriteAttempt {
-  /** Deadline on this replica's clock: the write fails `timeout` if not committed by then. */
+  /** Deadline, ms since the Unix epoch: the write fails `timeout` if not committed by then. */
   deadlineMs?: number;
   /**
    * A retry, naming the records earlier attempts left with deposed leaders: the one this log
@@ -2892,8 +2892,8 @@ export class Replica {
   }
 
   /** The answer to a try of a write whose record this log holds (`there`, from its write id). */
-  private async answerWith(there: WriteRecordRef, deadlineMs: number | undefined): Promise<{ lsn: number; term: number }> {
-    const lsn = await this.earlierAttempt([there], deadlineMs);
+  private async answerWith(there: WriteIdRecord, deadlineMs: number | undefined): Promise<{ lsn: number; term: number }> {
+    const lsn = await this.priorRecord(deadlineMs === undefined ? {} : { deadlineMs }, there);
     // In this log, and kept there while this replica leads: it commits, unless deposed meanwhile.
     if (lsn === undefined) throw notLeader(this.leader, this.term);
     this.counters.retriesMatched++;
@@ -2923,9 +2923,10 @@ export class Replica {
    * A record is named by (lsn, term): two logs holding a record with the same LSN and term hold
    * the same record. Once this leader's first record (its term start) is applied, every record
    * of an earlier term is decided: the ones in this log are committed, and any other can never
-   * commit, since every later leader's log holds this term's start instead. Records of an
-   * earlier attempt are of earlier terms (an attempt at this leader in this term would have been
-   * answered by it). An attempt of a newer term means this replica is deposed: `not_leader`.
+   * commit, since every later leader's log holds this term's start instead. A record named with
+   * this term is one this leader wrote for another try of the same write (found by its write
+   * id): it is waited for itself. An attempt of a newer term means this replica is deposed:
+   * `not_leader`.
    */
   private async earlierAttempt(earlier: readonly WriteRecordRef[], deadlineMs: number | undefined): Promise<number | undefined> {
     const term = this.term;

@@ -238,8 +238,8 @@ export class CatalogShard {
    * request): a frozen leader of an earlier term keeps its subscriptions, its share of the shard
    * subject's queue group among them, while the next one leads; a takeover's flush and load
    * went to it half the time and waited out their deadline. Each request names its term: a
-   * leader of an earlier one leaves it unanswered (`not_leader`), one of a later one refuses it
-   * (`stale_term`).
+   * leader of an earlier term than that leaves it unanswered (to the named term's leader), one of
+   * a later term refuses it (`stale_term`).
    */
   private subject(): string {
     return shardLeadersSubject(this.client.cluster, CATALOG_VOLUME_ID, 0);

@@ -1662,24 +1662,24 @@ export class Volume {
   private async sendCalls(info: VolumeInfo, calls: readonly ShardCall[], deadlineMs: number): Promise<Settled[]> {
     const tasks = calls.map((call) => async (): Promise<ShardOutcome> => {
       const subject = shardSubject(this.client.cluster, info.id, call.shard);
-      const leaders = (): string => shardLeadersSubject(this.client.cluster, info.id, call.shard);
+      const leaders = shardLeadersSubject(this.client.cluster, info.id, call.shard);
       // A read's tries after the first go to every leader of the shard.
-      const readTries = (): typeof READ_TRIES & { againSubject: string } => ({ ...READ_TRIES, againSubject: leaders() });
+      const readTries = { ...READ_TRIES, againSubject: leaders };
       switch (call.type) {
         case 'shard.write':
         case 'shard.zero':
-          return this.sendWrite(call, leaders(), deadlineMs);
+          return this.sendWrite(call, leaders, deadlineMs);
         // Reads and flushes are sent again when a try gets no answer (StrataClient.sendInTries):
         // a leader killed with the request, or frozen, never answers it, and the next try,
         // sent to every leader, reaches the shard's next one.
         case 'shard.read':
           return this.client.sendInTries(subject, call.type, call.body, deadlineMs, (value) =>
             validateShardReadReply(value, { count: call.indices.length, pageSize: info.pageSize }),
-          readTries());
+          readTries);
         case 'shard.flush':
-          return this.client.sendInTries(subject, call.type, call.body, deadlineMs, validateShardFlushReply, readTries());
+          return this.client.sendInTries(subject, call.type, call.body, deadlineMs, validateShardFlushReply, readTries);
         case 'shard.map':
-          return this.client.sendInTries(subject, call.type, call.body, deadlineMs, (value) => validateShardMapReply(value, call.body as ShardMapRequest), readTries());
+          return this.client.sendInTries(subject, call.type, call.body, deadlineMs, (value) => validateShardMapReply(value, call.body as ShardMapRequest), readTries);
       }
     });
     const settled = await settleBounded(tasks, REQUESTS_IN_FLIGHT_MAX);
