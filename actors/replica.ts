@@ -27,8 +27,8 @@ import type { SegmentLog } from '../storage-engine/log';
 import { digestRecords, type LogDigest } from '../storage-engine/log-digest';
 import { crc32c } from '../storage-engine/crc32c';
 import { GET_PAGES_MAX, type CheckpointStep, type PageStore } from '../storage-engine/page-store';
-import { encodePageWrite, pageWriteBytes, pagesOfPageWrite, writeIdOfPageWrite } from '../storage-engine/page-write';
-import { decodePageZero, encodePageZero, writeIdOfPageZero, type PageRange } from '../storage-engine/page-zero';
+import { encodePageWrite, pageWriteBytes, pagesOfPageWrite } from '../storage-engine/page-write';
+import { decodePageZero, encodePageZero, type PageRange } from '../storage-engine/page-zero';
 import { requestArena } from '../storage-engine/arena';
 import { RecordKind, type LogRecord, type LogRecordInput } from '../storage-engine/record';
 import { RECORD_HEADER_BYTES } from '../storage-engine/log-segment';
@@ -45,6 +45,7 @@ import type {
 import { sameNodeSet as sameSet, validateConfig } from '../messages/raft';
 import { shardOfPage, type ShardGeometry, type PageData, type PayloadOffload } from './shard';
 import { WriteIds, type WriteIdRecord } from './write-ids';
+import { writeIdOfRecord, type LogWriteId } from '../storage-engine/log-write-ids';
 
 export type Role = 'follower' | 'candidate' | 'leader';
 
@@ -348,6 +349,13 @@ export interface ReplicaOptions {
    * thread can stall between two: what leader stickiness and the lease measure is read fresh here.
    */
   clock: () => number;
+  /**
+   * The write ids of the records its log holds, as found when it was opened (ShardStorage
+   * `takeWriteIdsAtOpen`), and how long before `nowMs` they are every id of a record it holds
+   * (`completeAgoMs`; Infinity: ever; undefined: not known). Without it the replica knows no id
+   * of its log, and every one since it was created (`nowMs`) unless the log holds no record.
+   */
+  writeIdsAtOpen?: { ids: readonly LogWriteId[]; completeAgoMs: number | undefined };
 }
 
 export interface ReplicaStats {
@@ -807,7 +815,10 @@ export class Replica {
     this.nowMs = opts.nowMs;
     this.clock = opts.clock;
     // A log that holds no record yet (a new replica) hides no write id: it knows them all.
-    this.writeIds = new WriteIds(this.lastLsn === 0 && this.store.appliedLsn === 0 ? -Infinity : opts.nowMs);
+    const atOpen = opts.writeIdsAtOpen;
+    const knownSinceMs = atOpen?.completeAgoMs === undefined ? opts.nowMs : opts.nowMs - atOpen.completeAgoMs;
+    this.writeIds = new WriteIds(this.lastLsn === 0 && this.store.appliedLsn === 0 ? -Infinity : knownSinceMs);
+    for (const r of atOpen?.ids ?? []) this.writeIds.note(r.id, r.lsn, r.term, opts.nowMs);
     // Just (re)started, it may have acknowledged a leader a moment ago, in its former life: it
     // votes for no one for a minimum election timeout, as after a leader's message.
     this.leaderContactMs = this.now();
@@ -1798,7 +1809,7 @@ export class Replica {
 
   /** Notes the write id of a record put in this log, if it has one (write-ids.ts). */
   private noteWriteId(r: { lsn: number; term: number; kind: number; payload: Uint8Array }): void {
-    const id = r.kind === RecordKind.PageWrite ? writeIdOfPageWrite(r.payload) : r.kind === RecordKind.PageZero ? writeIdOfPageZero(r.payload) : undefined;
+    const id = writeIdOfRecord(r.kind, r.payload);
     if (id !== undefined) this.writeIds.note(id, r.lsn, r.term, this.clock());
   }
 

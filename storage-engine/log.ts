@@ -63,6 +63,14 @@ export interface LogOptions {
   firstLsn?: number;
   /** For a NEW log: term of record firstLsn-1 (default 0). Ignored when the log exists. */
   prevTerm?: number;
+  /**
+   * Called by recovery for each record it finds valid, in LSN order, as it scans the segments
+   * (it reads them all to check their checksums): for what a reader of the log needs to know of
+   * every record at open without a second read. `payload` is a view of recovery's buffer, valid
+   * only during the call. Every record passed is in the log when `open` returns (the valid
+   * prefix); whoever cuts records after that (`truncateSuffix`, `reset`) leaves their ids out.
+   */
+  onRecovered?: (lsn: number, term: number, kind: number, payload: Uint8Array) => void;
 }
 
 /** Options of `SegmentLog.read`. */
@@ -234,6 +242,9 @@ export class SegmentLog {
   /** Recovery's read buffer; dropped after open. */
   private scratch: Uint8Array | undefined = undefined;
 
+  /** LogOptions.onRecovered, during open only. */
+  private onRecovered: LogOptions['onRecovered'];
+
   private constructor(disk: Disk, dir: string, segmentBytesMax: number) {
     this.disk = disk;
     this.dir = dir;
@@ -257,6 +268,7 @@ export class SegmentLog {
     checkLsnArg(prevTerm, 'prevTerm');
     if (firstLsn < 1) throw badRequest('firstLsn must be at least 1', { firstLsn });
     const log = new SegmentLog(disk, opts.dir, segmentBytesMax);
+    log.onRecovered = opts.onRecovered;
     try {
       log.recover(firstLsn, prevTerm);
     } catch (e) {
@@ -264,6 +276,7 @@ export class SegmentLog {
       throw e;
     } finally {
       log.scratch = undefined;
+      log.onRecovered = undefined;
     }
     log.checkInvariants();
     return log;
@@ -1136,6 +1149,9 @@ export class SegmentLog {
       const term = getU64(r.view, rel + 16);
       if (term < termFloor) return { offset: p, reason: `record term ${term} below the previous term ${termFloor}` };
       seg.push(p, len, term);
+      if (this.onRecovered !== undefined) {
+        this.onRecovered(lsn, term, r.buf[rel + 24]!, r.buf.subarray(rel + RECORD_HEADER_BYTES, rel + RECORD_HEADER_BYTES + len));
+      }
       termFloor = term;
       expected++;
       p += total;

@@ -45,6 +45,8 @@ export interface PageStoreOptions {
    * it skipped are in `damagedImages`; the files stay (ShardStorage decides what to do with them).
    */
   damagedImages?: readonly CorruptionReport[];
+  /** The wall clock (ms since the epoch) a checkpoint pointer notes its time with (`madeAtMs`); default Date.now. */
+  wallClock?: () => number;
 }
 
 /** The durable 'checkpoint' pointer (MetaStore). */
@@ -56,6 +58,11 @@ interface CheckpointPointer {
   file: string;
   /** Oldest readable LSN: the log is trimmed up to it and no image below it is used. */
   floorLsn: number;
+  /**
+   * When the pointer was written (wall clock, ms since the epoch); absent in pointers of earlier
+   * builds. Every record the log no longer holds is in the image, so it was written before this.
+   */
+  madeAtMs?: number;
 }
 
 export interface PageStoreStats {
@@ -122,6 +129,7 @@ export class PageStore {
   private pageCount: number;
   private readonly imagesKeep: number;
   private readonly retainLsns: number;
+  private readonly wallClock: () => number;
   private readonly cache: PageCache;
   /** A checkpoint or an image export is between its steps (one at a time). */
   private checkpointing = false;
@@ -156,6 +164,7 @@ export class PageStore {
     this.zeroPage = new Uint8Array(opts.pageSize);
     this.imagesKeep = opts.imagesKeep ?? 2;
     this.retainLsns = opts.retainLsns ?? 0;
+    this.wallClock = opts.wallClock ?? Date.now;
     this.cache = new PageCache({ slab: opts.slab, pageSize: opts.pageSize, cacheBytesMax: opts.cacheBytesMax });
     this.images = images;
     this.floorLsn = floorLsn;
@@ -253,15 +262,16 @@ export class PageStore {
    * shard replays its log on open only up to here: records after it may not be committed yet.
    */
   static imageLsn(disk: Disk, dir: string): number {
-    try {
-      const p = new MetaStore(disk, dir).read<CheckpointPointer>(POINTER_NAME);
-      if (p === undefined) return 0;
-      validatePointer(p);
-      return p.lsn;
-    } catch (e) {
-      if (e instanceof StorageError && e.code === 'corruption') return 0;
-      throw e;
-    }
+    return readPointer(disk, dir)?.lsn ?? 0;
+  }
+
+  /**
+   * When the 'checkpoint' pointer of `dir` was written (wall clock, ms since the epoch):
+   * every record trimmed from the log, or that an installed image holds, was written before it.
+   * Undefined without a readable pointer, or for one written by a build that did not note it.
+   */
+  static checkpointMadeAtMs(disk: Disk, dir: string): number | undefined {
+    return readPointer(disk, dir)?.madeAtMs;
   }
 
   /** Whether `dir` holds a 'checkpoint' pointer, readable or not (a store's state). */
@@ -296,7 +306,7 @@ export class PageStore {
    * newest image and its oldest readable point, for a replica that received it from its leader.
    * The store must be closed, and the log reset to continue at lsn + 1.
    */
-  static adoptImage(disk: Disk, dir: string, lsn: number, term: number): void {
+  static adoptImage(disk: Disk, dir: string, lsn: number, term: number, madeAtMs: number = Date.now()): void {
     const file = imageFileName(lsn);
     const r = ImageReader.open(disk, joinPath(dir, file));
     try {
@@ -308,7 +318,7 @@ export class PageStore {
     } finally {
       r.close();
     }
-    const pointer: CheckpointPointer = { version: 1, lsn, term, file, floorLsn: lsn };
+    const pointer: CheckpointPointer = { version: 1, lsn, term, file, floorLsn: lsn, madeAtMs };
     new MetaStore(disk, dir).write(POINTER_NAME, pointer);
   }
 
@@ -752,7 +762,8 @@ export class PageStore {
     assert(floor >= this.floorLsn, 'the oldest readable LSN never goes back', { floor, floorLsn: this.floorLsn });
 
     try {
-      this.meta.write(POINTER_NAME, { version: 1, lsn, term, file: imageFileName(lsn), floorLsn: floor } satisfies CheckpointPointer);
+      const madeAtMs = this.wallClock();
+      this.meta.write(POINTER_NAME, { version: 1, lsn, term, file: imageFileName(lsn), floorLsn: floor, madeAtMs } satisfies CheckpointPointer);
     } catch (e) {
       reader.close();
       throw e;
@@ -1082,8 +1093,21 @@ function validatePointer(p: CheckpointPointer): void {
   const ok =
     typeof p === 'object' && p !== null && p.version === 1 &&
     Number.isSafeInteger(p.lsn) && p.lsn >= 0 && Number.isSafeInteger(p.term) && p.term >= 0 &&
-    Number.isSafeInteger(p.floorLsn) && p.floorLsn >= 0 && p.floorLsn <= p.lsn && typeof p.file === 'string';
+    Number.isSafeInteger(p.floorLsn) && p.floorLsn >= 0 && p.floorLsn <= p.lsn && typeof p.file === 'string' &&
+    (p.madeAtMs === undefined || (Number.isSafeInteger(p.madeAtMs) && p.madeAtMs >= 0));
   if (!ok) throw new StorageError('corruption', 'checkpoint pointer has a bad shape');
+}
+
+/** The 'checkpoint' pointer of `dir`, undefined if there is none or it is unreadable. */
+function readPointer(disk: Disk, dir: string): CheckpointPointer | undefined {
+  try {
+    const p = new MetaStore(disk, dir).read<CheckpointPointer>(POINTER_NAME);
+    if (p !== undefined) validatePointer(p);
+    return p;
+  } catch (e) {
+    if (e instanceof StorageError && e.code === 'corruption') return undefined;
+    throw e;
+  }
 }
 
 /** Opens one image and checks it against the store's geometry and the log's terms. */

@@ -23,10 +23,11 @@ import type { Disk } from './disk';
 import { validateConfig } from '../messages/raft';
 import { joinPath } from './disk';
 import { SegmentLog } from './log';
-import { PageStore } from './page-store';
+import { PageStore, type PageStoreOptions } from './page-store';
 import { MetaStore } from './metadata';
 import { ImageReader, imageFileName, parseImageFileName } from './image';
 import { parseSegmentName } from './log-segment';
+import { LogWriteIds, type LogWriteId } from './log-write-ids';
 import type { Slab } from './slab';
 import { CorruptionError, StorageError, assert, type CorruptionReport } from './errors';
 
@@ -84,6 +85,13 @@ export interface ShardStorageOptions {
    * `repairFromPeers`, expected or not, and reported as damage.)
    */
   expectExisting?: boolean;
+  /**
+   * Most write ids of the log's records its open keeps for the replica (`takeWriteIdsAtOpen`),
+   * the newest; default 0 (none: a replica that opens the log then knows no id of it).
+   */
+  writeIdsKept?: number;
+  /** The wall clock (ms since the epoch) of the checkpoint pointer's time; default Date.now. */
+  wallClock?: () => number;
 }
 
 export interface HardStateRecord {
@@ -247,6 +255,8 @@ export class ShardStorage {
   readonly lostRecords: boolean;
   /** This open found no term and vote of a replica expected to exist (`expectExisting`); the hard state is marked `lost`. */
   readonly storageLost: boolean;
+  /** The write ids found at open, until taken (`takeWriteIdsAtOpen`). */
+  private idsAtOpen: { ids: LogWriteIds; completeSinceWallMs: number | undefined } | undefined;
 
   private constructor(disk: Disk, opts: ShardStorageOptions, log: SegmentLog, store: PageStore, repaired: readonly CorruptionReport[], lostRecords = false, storageLost = false) {
     this.disk = disk;
@@ -259,10 +269,48 @@ export class ShardStorage {
     this.storageLost = storageLost;
   }
 
+  /**
+   * Keeps the write ids the log's recovery found, with the time since which they are every id of
+   * a record this replica holds, in its log or folded into an image:
+   * - ever, if the log still starts at LSN 1 (nothing was folded into an image and trimmed, no
+   *   image installed), and no id found was dropped for the bound;
+   * - since the checkpoint pointer was written otherwise (every record the log no longer holds
+   *   is in the image, so was written before the pointer): unknown if it does not say, or if an
+   *   id of a record the log still holds was dropped for the bound.
+   */
+  private withIdsAtOpen(ids: LogWriteIds): this {
+    const log = this.log;
+    const completeSinceWallMs =
+      ids.droppedThroughLsn >= log.firstLsn ? undefined : log.firstLsn === 1 ? Number.NEGATIVE_INFINITY : PageStore.checkpointMadeAtMs(this.disk, this.opts.dir);
+    this.idsAtOpen = { ids, completeSinceWallMs };
+    return this;
+  }
+
+  /**
+   * The write ids of the records the log holds, in LSN order, as its recovery found them at open
+   * (the open may have cut some records since, or reset the log: those are left out), and how
+   * long before `wallNowMs` (the wall clock, ms since the epoch) they are every id of a record
+   * this replica holds (`completeAgoMs`; Infinity: ever; undefined: not known). Once per open:
+   * the ids are let go.
+   */
+  takeWriteIdsAtOpen(wallNowMs: number): { ids: LogWriteId[]; completeAgoMs: number | undefined } {
+    const at = this.idsAtOpen;
+    this.idsAtOpen = undefined;
+    if (at === undefined) return { ids: [], completeAgoMs: undefined };
+    const log = this.log;
+    const ids = at.ids.list().filter((r) => r.lsn >= log.firstLsn && r.lsn <= log.lastLsn && log.termAt(r.lsn) === r.term);
+    return { ids, completeAgoMs: at.completeSinceWallMs === undefined ? undefined : wallNowMs - at.completeSinceWallMs };
+  }
+
   static open(disk: Disk, opts: ShardStorageOptions): ShardStorage {
     disk.mkdirp(joinPath(opts.dir, 'log'));
     const meta = new MetaStore(disk, opts.dir);
-    const log = SegmentLog.open(disk, { dir: joinPath(opts.dir, 'log'), ...(opts.segmentBytesMax ? { segmentBytesMax: opts.segmentBytesMax } : {}) });
+    const ids = new LogWriteIds(opts.writeIdsKept ?? 0);
+    const log = SegmentLog.open(disk, {
+      dir: joinPath(opts.dir, 'log'),
+      ...(opts.segmentBytesMax ? { segmentBytesMax: opts.segmentBytesMax } : {}),
+      onRecovered: ids.onRecovered,
+    });
     try {
       // Before anything else is written.
       const hardStateDamage = opts.repairFromPeers ? checkHardState(meta) : [];
@@ -272,7 +320,7 @@ export class ShardStorage {
       const storageLost = opts.expectExisting === true && hardStateDamage.length === 0 && meta.read<HardStateRecord>(RAFT) === undefined;
       if (storageLost) meta.write(RAFT, LOST_MARK);
       const marker = meta.read<InstallMarker>(INSTALL);
-      if (marker !== undefined) finishInstall(disk, opts.dir, log, marker);
+      if (marker !== undefined) finishInstall(disk, opts.dir, log, marker, opts.wallClock);
       if (disk.exists(joinPath(opts.dir, INCOMING))) {
         disk.remove(joinPath(opts.dir, INCOMING));
         disk.fsyncDir(opts.dir);
@@ -315,9 +363,9 @@ export class ShardStorage {
         markRepair(meta, log);
         startOver(disk, opts.dir, log);
         store = PageStore.open(disk, log, storeOptions(opts), 0);
-        return new ShardStorage(disk, opts, log, store, [...found, ...e.reports], true);
+        return new ShardStorage(disk, opts, log, store, [...found, ...e.reports], true).withIdsAtOpen(ids);
       }
-      return new ShardStorage(disk, opts, log, store, found, lost, storageLost);
+      return new ShardStorage(disk, opts, log, store, found, lost, storageLost).withIdsAtOpen(ids);
     } catch (e) {
       log.close();
       throw e;
@@ -554,7 +602,7 @@ export class ShardStorage {
     this.disk.fsyncDir(this.opts.dir);
     this.meta.write(INSTALL, { lsn: inc.lsn, term: inc.term } satisfies InstallMarker);
     this.store.close();
-    finishInstall(this.disk, this.opts.dir, this.log, { lsn: inc.lsn, term: inc.term });
+    finishInstall(this.disk, this.opts.dir, this.log, { lsn: inc.lsn, term: inc.term }, this.opts.wallClock);
     this.store = PageStore.open(this.disk, this.log, storeOptions(this.opts), inc.lsn);
     return { log: this.log, store: this.store };
   }
@@ -589,8 +637,12 @@ export class ShardStorage {
   }
 }
 
-function storeOptions(o: ShardStorageOptions): { dir: string; pageSize: 4096 | 8192; pageCount: number; cacheBytesMax: number; slab: Slab; retainLsns?: number } {
-  return { dir: o.dir, pageSize: o.pageSize, pageCount: o.pageCount, cacheBytesMax: o.cacheBytesMax, slab: o.slab, ...(o.retainLsns !== undefined ? { retainLsns: o.retainLsns } : {}) };
+function storeOptions(o: ShardStorageOptions): PageStoreOptions {
+  return {
+    dir: o.dir, pageSize: o.pageSize, pageCount: o.pageCount, cacheBytesMax: o.cacheBytesMax, slab: o.slab,
+    ...(o.retainLsns !== undefined ? { retainLsns: o.retainLsns } : {}),
+    ...(o.wallClock !== undefined ? { wallClock: o.wallClock } : {}),
+  };
 }
 
 /**
@@ -617,14 +669,14 @@ function checkLogEmpty(disk: Disk, dir: string): void {
 }
 
 /** The redo part of an installation: idempotent. */
-function finishInstall(disk: Disk, dir: string, log: SegmentLog, m: InstallMarker): void {
+function finishInstall(disk: Disk, dir: string, log: SegmentLog, m: InstallMarker, wallClock: () => number = Date.now): void {
   if (!(log.firstLsn === m.lsn + 1 && log.lastLsn === m.lsn)) log.reset(m.lsn + 1, m.term);
   assert(log.lastLsn === m.lsn && log.lastTerm === m.term, 'log continues after the installed image', {
     lastLsn: log.lastLsn,
     lastTerm: log.lastTerm,
     lsn: m.lsn,
   });
-  PageStore.adoptImage(disk, dir, m.lsn, m.term);
+  PageStore.adoptImage(disk, dir, m.lsn, m.term, wallClock());
   disk.remove(joinPath(dir, INSTALL));
   disk.fsyncDir(dir);
 }

@@ -1,6 +1,7 @@
 import { strict as assert } from 'node:assert';
 import { FIRST_ELECTION_WAIT, Replica, SCRUB_STEP_BYTES, type ReplicaTransport, type ScrubStepResult } from '../../actors/replica';
 import { DeviceQueue } from '../../actors/device-queue';
+import { WRITE_IDS_MAX } from '../../actors/write-ids';
 import { SimDisk } from '../../storage-engine/sim-disk';
 import type { Disk } from '../../storage-engine/disk';
 import { Slab } from '../../storage-engine/slab';
@@ -79,6 +80,10 @@ class TestShard {
       shard?: number;
       /** Replicas hand what they cannot go on after to `failures` (Replica `onFailure`), as on a host; without, it is thrown. */
       onFailure?: boolean;
+      /** Write ids a replica reads back from its log at open (ShardStorage `writeIdsKept`; default WRITE_IDS_MAX, as on a host). */
+      writeIdsKept?: number;
+      /** The wall clock of the replicas' checkpoint pointers (default Date.now). */
+      wallClock?: () => number;
     } = {},
   ) {
     for (const id of ids) this.start(id, new SimDisk());
@@ -118,6 +123,8 @@ class TestShard {
       dir: 'shard', pageSize: 4096, pageCount: 256, cacheBytesMax: 1 << 20, slab: this.slab, segmentBytesMax: 64 * 1024, repairFromPeers: this.ids.length > 1,
       ...(opts.damaged ? { damaged: opts.damaged } : {}),
       ...(opts.existing === true ? { expectExisting: true } : {}),
+      writeIdsKept: this.opts.writeIdsKept ?? WRITE_IDS_MAX,
+      ...(this.opts.wallClock !== undefined ? { wallClock: this.opts.wallClock } : {}),
     });
     const queue = new DeviceQueue({
       disk,
@@ -136,6 +143,7 @@ class TestShard {
       transport: this.transport(id), snapshots: storage, timing: { ...timing, ...(this.opts.timing ?? {}) },
       nowMs: this.now,
       clock: () => this.now,
+      writeIdsAtOpen: storage.takeWriteIdsAtOpen(Date.now()),
       ...(this.opts.randoms?.[id] !== undefined ? { random: () => this.opts.randoms![id]! } : {}),
       ...(this.opts.checkpointEveryRecords ? { checkpointEveryRecords: this.opts.checkpointEveryRecords } : {}),
       ...(this.opts.messageBytesMax ? { messageBytesMax: this.opts.messageBytesMax } : {}),
@@ -1431,10 +1439,28 @@ describe('Replica (more cases)', function () {
       assert.equal((await neu.replica.write([{ page: 5, data: page(0xa) }], { writeId: id(4), sentAgoMs: justNow })).lsn, r.lsn);
     });
 
-    it('a leader that cannot know every id since the first try (restarted since) answers timeout, outcomeUnknown, and writes nothing; a first try is written', async () => {
+    it('a leader restarted since the first try reads the ids of its log back: a try is answered with its record; one of a write its log never held is written', async () => {
       shard = new TestShard(['a']);
       const l = await shard.leader();
+      const first = await l.replica.write([{ page: 5, data: page(1) }], { writeId: id(5) });
+      const zeros = await l.replica.zero({ first: 8, count: 4 }, { writeId: id(2) });
+      const r = await shard.restart(l.id);
+      await shard.leader();
+      const last = r.replica.stats().lastLsn;
+      assert.equal((await r.replica.write([{ page: 5, data: page(1) }], { writeId: id(5), sentAgoMs: 3000 })).lsn, first.lsn);
+      assert.equal((await r.replica.zero({ first: 8, count: 4 }, { writeId: id(2), sentAgoMs: 3000 })).lsn, zeros.lsn);
+      assert.equal(r.replica.stats().lastLsn, last, 'nothing written');
+      assert.equal(r.replica.stats().retriesMatched, 2);
+      // Its log still starts at LSN 1: it holds every record it ever had, and so every id.
+      assert.equal((await r.replica.write([{ page: 6, data: page(6) }], { writeId: id(6), sentAgoMs: 3000 })).lsn, last + 1);
+      assert.equal(r.replica.stats().retriesUnknown, 0);
+    });
+
+    it('a leader that cannot know every id since the first try (its log held more than it reads back at open) answers timeout, outcomeUnknown, and writes nothing; a first try is written', async () => {
+      shard = new TestShard(['a'], { writeIdsKept: 1 });
+      const l = await shard.leader();
       await l.replica.write([{ page: 5, data: page(1) }], { writeId: id(5) });
+      const kept = await l.replica.write([{ page: 7, data: page(7) }], { writeId: id(7) });
       const r = await shard.restart(l.id);
       await shard.leader();
       const last = r.replica.stats().lastLsn;
@@ -1447,10 +1473,32 @@ describe('Replica (more cases)', function () {
       assert.match(err.message, /first sent 3000 ms ago, and its leader knows the write ids of its log for the last \d+ ms only .*may or may not be committed$/);
       assert.equal(r.replica.stats().lastLsn, last, 'nothing written');
       assert.equal(r.replica.stats().retriesUnknown, 1);
+      // The newest id it read back: answered with its record.
+      assert.equal((await r.replica.write([{ page: 7, data: page(7) }], { writeId: id(7), sentAgoMs: 3000 })).lsn, kept.lsn);
       // A first try has nothing to be told apart from: written.
       assert.equal((await r.replica.write([{ page: 6, data: page(6) }], { writeId: id(6) })).lsn, last + 1);
       // A try sent again after the restart, and the id noted since: answered with it.
       assert.equal((await r.replica.write([{ page: 6, data: page(6) }], { writeId: id(6), sentAgoMs: justNow })).lsn, last + 1);
+    });
+
+    it('a leader restarted after a checkpoint trimmed its log knows every id since the checkpoint: a try first sent before it is answered outcomeUnknown, one sent after is written', async () => {
+      // The checkpoint pointers say they were written a minute before they were.
+      shard = new TestShard(['a'], { checkpointEveryRecords: 4, wallClock: () => Date.now() - 60_000 });
+      const l = await shard.leader();
+      for (let i = 0; i < 40; i++) await l.replica.write([{ page: 20 + (i % 8), data: page(i) }]);
+      await shard.waitFor(() => l.storage.log.firstLsn > 1, 'the log trimmed behind an image');
+      const r = await shard.restart(l.id);
+      await shard.leader();
+      assert.ok(r.storage.log.firstLsn > 1);
+      const last = r.replica.stats().lastLsn;
+      const err = await r.replica.write([{ page: 5, data: page(1) }], { writeId: id(8), sentAgoMs: 70_000 }).then(
+        () => assert.fail('written although a record of it may have been folded into the image'),
+        (e: ProtocolError) => e,
+      );
+      assert.equal(err.details?.['outcomeUnknown'], true);
+      assert.ok((err.details?.['writeIdsKnownMs'] as number) >= 60_000, JSON.stringify(err.details));
+      assert.equal(r.replica.stats().lastLsn, last, 'nothing written');
+      assert.equal((await r.replica.write([{ page: 5, data: page(1) }], { writeId: id(9), sentAgoMs: 3000 })).lsn, last + 1);
     });
   });
 
