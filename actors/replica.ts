@@ -817,7 +817,7 @@ export class Replica {
     // A log that holds no record yet (a new replica) hides no write id: it knows them all.
     const atOpen = opts.writeIdsAtOpen;
     const knownSinceMs = atOpen?.completeAgoMs === undefined ? opts.nowMs : opts.nowMs - atOpen.completeAgoMs;
-    this.writeIds = new WriteIds(this.lastLsn === 0 && this.store.appliedLsn === 0 ? -Infinity : knownSinceMs);
+    this.writeIds = new WriteIds(this.lastLsn === 0 && this.store.appliedLsn === 0 ? -Infinity : knownSinceMs, undefined, undefined, this.random);
     for (const r of atOpen?.ids ?? []) this.writeIds.note(r.id, r.lsn, r.term, opts.nowMs);
     // Just (re)started, it may have acknowledged a leader a moment ago, in its former life: it
     // votes for no one for a minimum election timeout, as after a leader's message.
@@ -1284,6 +1284,7 @@ export class Replica {
     if (this.closed) return;
     this.nowMs = Math.max(this.nowMs, nowMs);
     nowMs = this.nowMs;
+    this.writeIds.expire(nowMs);
     if (this.termsUnknown !== undefined && nowMs >= this.termsProbeDueMs) this.probeTerms();
     if (this.role === 'leader') {
       if (this.handover !== undefined && nowMs >= this.handover.untilMs) {

@@ -19,7 +19,7 @@ import { ShardStorage } from '../storage-engine/shard-storage';
 import { CorruptionError, StorageError, type CorruptionReport } from '../storage-engine/errors';
 import { pageWriteBytes, PAGE_WRITE_PAGES_MAX } from '../storage-engine/page-write';
 import { DeviceQueue, type DeviceQueueOptions, type DeviceQueueStats, type QueueTracer } from '../actors/device-queue';
-import { WRITE_IDS_MAX } from '../actors/write-ids';
+import { WRITE_IDS_READ_AT_OPEN } from '../actors/write-ids';
 import { Replica, type ReplicaTransport, type ScrubStepResult, type ReplicaStats, type ReplicaTiming, type ReplicaTracer, type Role } from '../actors/replica';
 import type { ShardGeometry, PayloadOffload } from '../actors/shard';
 import { CpuPool, type CpuPoolStats } from './cpu-pool';
@@ -720,7 +720,7 @@ export class DeviceHost {
       ...(entry.durableLsn !== undefined ? { durableLsn: entry.durableLsn } : {}),
       ...(entry.afterDeviceFailure ? { afterDeviceFailure: true } : {}),
       expectExisting: entry.existed,
-      writeIdsKept: WRITE_IDS_MAX,
+      writeIdsKept: WRITE_IDS_READ_AT_OPEN,
     });
   }
 

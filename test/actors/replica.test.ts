@@ -1,7 +1,7 @@
 import { strict as assert } from 'node:assert';
 import { FIRST_ELECTION_WAIT, Replica, SCRUB_STEP_BYTES, type ReplicaTransport, type ScrubStepResult } from '../../actors/replica';
 import { DeviceQueue } from '../../actors/device-queue';
-import { WRITE_IDS_MAX } from '../../actors/write-ids';
+import { WRITE_IDS_READ_AT_OPEN } from '../../actors/write-ids';
 import { SimDisk } from '../../storage-engine/sim-disk';
 import type { Disk } from '../../storage-engine/disk';
 import { Slab } from '../../storage-engine/slab';
@@ -80,7 +80,7 @@ class TestShard {
       shard?: number;
       /** Replicas hand what they cannot go on after to `failures` (Replica `onFailure`), as on a host; without, it is thrown. */
       onFailure?: boolean;
-      /** Write ids a replica reads back from its log at open (ShardStorage `writeIdsKept`; default WRITE_IDS_MAX, as on a host). */
+      /** Write ids a replica reads back from its log at open (ShardStorage `writeIdsKept`; default WRITE_IDS_READ_AT_OPEN, as on a host). */
       writeIdsKept?: number;
       /** The wall clock of the replicas' checkpoint pointers (default Date.now). */
       wallClock?: () => number;
@@ -123,7 +123,7 @@ class TestShard {
       dir: 'shard', pageSize: 4096, pageCount: 256, cacheBytesMax: 1 << 20, slab: this.slab, segmentBytesMax: 64 * 1024, repairFromPeers: this.ids.length > 1,
       ...(opts.damaged ? { damaged: opts.damaged } : {}),
       ...(opts.existing === true ? { expectExisting: true } : {}),
-      writeIdsKept: this.opts.writeIdsKept ?? WRITE_IDS_MAX,
+      writeIdsKept: this.opts.writeIdsKept ?? WRITE_IDS_READ_AT_OPEN,
       ...(this.opts.wallClock !== undefined ? { wallClock: this.opts.wallClock } : {}),
     });
     const queue = new DeviceQueue({

@@ -1,7 +1,8 @@
 /** WriteIds: the bounded memory of a log's write ids, and the time since which it is complete. */
 import { strict as assert } from 'node:assert';
 import { WRITE_IDS_MAX, WRITE_ID_KEEP_MS, WriteIds } from '../../actors/write-ids';
-import { DEADLINE_AHEAD_MS_MAX } from '../../messages/headers';
+import { WRITE_SENT_SKEW_MS } from '../../messages/api';
+import { TIMEOUT_MS_DEFAULT } from '../../cluster/client';
 
 const id = (n: number): Uint8Array => {
   const b = new Uint8Array(16);
@@ -48,6 +49,21 @@ describe('write ids (actors/write-ids.ts)', () => {
     assert.equal(w.covers(500), true);
   });
 
+  it('gives back the memory of a burst once its ids are forgotten, without a write to note', () => {
+    const w = new WriteIds(0, 1000, 65_536);
+    for (let i = 0; i < 5000; i++) w.note(id(i), i + 1, 1, i / 10);
+    assert.ok(w.capacity >= 5000, String(w.capacity));
+    w.expire(400);
+    assert.equal(w.size, 5000, 'none older than keepMs yet');
+    w.expire(2000);
+    for (let i = 0; i < 8; i++) w.expire(2000 + i);
+    assert.equal(w.size, 0);
+    assert.equal(w.capacity, 256);
+    assert.equal(w.completeSinceMs, 499.9);
+    w.note(id(1), 9000, 2, 2100);
+    assert.deepEqual(w.find(id(1)), { lsn: 9000, term: 2 });
+  });
+
   it('forgets the ids of records cut from the log, and every id when the log is replaced', () => {
     const w = new WriteIds(0);
     for (let i = 1; i <= 4; i++) w.note(id(i), 10 + i, 1, i);
@@ -60,9 +76,92 @@ describe('write ids (actors/write-ids.ts)', () => {
     assert.equal(w.covers(49), false);
   });
 
-  it('keeps ids for a request\'s longest deadline and more; a positive bound', () => {
-    assert.ok(WRITE_ID_KEEP_MS > DEADLINE_AHEAD_MS_MAX);
+  it('keeps ids for every try of a write with the default deadline, and the clocks\' skew; a positive bound', () => {
+    assert.ok(WRITE_ID_KEEP_MS >= TIMEOUT_MS_DEFAULT + WRITE_SENT_SKEW_MS);
     assert.ok(WRITE_IDS_MAX >= 1024);
     assert.throws(() => new WriteIds(0, 1000, 0), /max must be a positive integer, got 0/);
+    assert.throws(() => new WriteIds(0).note(new Uint8Array(15), 1, 1, 0), /a write id has 16 bytes, got 15/);
+  });
+
+  it('answers as a plain map of every id noted would, through growth, collisions, ids noted again, cuts, resets and the bounds', () => {
+    /** The same bookkeeping with one object per id: a Map, and the order they were noted in. */
+    class Model {
+      readonly byKey = new Map<string, { lsn: number; term: number; atMs: number; n: number }>();
+      readonly order: Array<{ key: string; atMs: number; n: number }> = [];
+      sinceMs: number;
+      private n = 0;
+      constructor(nowMs: number, private readonly keepMs: number, private readonly max: number) {
+        this.sinceMs = nowMs;
+      }
+      private forgetOldest(): void {
+        const o = this.order.shift()!;
+        if (this.byKey.get(o.key)?.n !== o.n) return;
+        this.byKey.delete(o.key);
+        this.sinceMs = Math.max(this.sinceMs, o.atMs);
+      }
+      expire(nowMs: number): void {
+        while (this.order.length > 0 && this.order[0]!.atMs < nowMs - this.keepMs) this.forgetOldest();
+      }
+      note(key: string, lsn: number, term: number, nowMs: number): void {
+        while (this.order.length > 0 && (this.order.length === this.max || this.order[0]!.atMs < nowMs - this.keepMs)) this.forgetOldest();
+        const n = ++this.n;
+        this.byKey.set(key, { lsn, term, atMs: nowMs, n });
+        this.order.push({ key, atMs: nowMs, n });
+      }
+      cut(lsn: number): void {
+        for (const [k, v] of this.byKey) if (v.lsn >= lsn) this.byKey.delete(k);
+      }
+      reset(nowMs: number): void {
+        this.byKey.clear();
+        this.order.length = 0;
+        this.sinceMs = Math.max(this.sinceMs, nowMs);
+      }
+    }
+    let state = 12345;
+    const rand = (): number => ((state = (Math.imul(state, 1103515245) + 12345) >>> 0) / 0x1_0000_0000);
+    const pool = Array.from({ length: 700 }, (_, i) => {
+      const b = new Uint8Array(16);
+      // A few clients' random bytes, each with its counts.
+      new DataView(b.buffer).setUint32(0, 0xdead0000 + (i % 3), true);
+      new DataView(b.buffer).setUint32(8, i, true);
+      return b;
+    });
+    const keyOf = (b: Uint8Array): string => Buffer.from(b).toString('hex');
+    for (const [max, keepMs] of [[500, 1000], [64, 100_000], [2000, 50]] as const) {
+      const w = new WriteIds(0, keepMs, max, rand);
+      const m = new Model(0, keepMs, max);
+      let now = 0;
+      let lsn = 0;
+      for (let op = 0; op < 6000; op++) {
+        const r = rand();
+        now += Math.floor(rand() * 4);
+        if (r < 0.05) {
+          now += Math.floor(rand() * keepMs);
+          w.expire(now);
+          m.expire(now);
+        } else if (r < 0.9) {
+          const id = pool[Math.floor(rand() * pool.length)]!;
+          lsn++;
+          w.note(id, lsn, 1 + (lsn >> 8), now);
+          m.note(keyOf(id), lsn, 1 + (lsn >> 8), now);
+        } else if (r < 0.995) {
+          const at = lsn - Math.floor(rand() * 20);
+          w.cut(at);
+          m.cut(at);
+          lsn = at - 1;
+        } else {
+          w.reset(now);
+          m.reset(now);
+        }
+        if (op % 50 === 0 || op === 5999) {
+          for (const id of pool) {
+            const want = m.byKey.get(keyOf(id));
+            assert.deepEqual(w.find(id), want === undefined ? undefined : { lsn: want.lsn, term: want.term }, `max ${max}, op ${op}`);
+          }
+          assert.equal(w.size, m.byKey.size);
+          assert.equal(w.completeSinceMs, m.sinceMs);
+        }
+      }
+    }
   });
 });
