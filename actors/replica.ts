@@ -45,7 +45,7 @@ import type {
 import { sameNodeSet as sameSet, validateConfig } from '../messages/raft';
 import { shardOfPage, type ShardGeometry, type PageData, type PayloadOffload } from './shard';
 import { WriteIds, type WriteIdRecord } from './write-ids';
-import { writeIdOfRecord, type LogWriteId } from '../storage-engine/log-write-ids';
+import { writeIdOfRecord, type LogWriteIdList } from '../storage-engine/log-write-ids';
 
 export type Role = 'follower' | 'candidate' | 'leader';
 
@@ -355,7 +355,7 @@ export interface ReplicaOptions {
    * (`completeAgoMs`; Infinity: ever; undefined: not known). Without it the replica knows no id
    * of its log, and every one since it was created (`nowMs`) unless the log holds no record.
    */
-  writeIdsAtOpen?: { ids: readonly LogWriteId[]; completeAgoMs: number | undefined };
+  writeIdsAtOpen?: { ids: LogWriteIdList; completeAgoMs: number | undefined };
 }
 
 export interface ReplicaStats {
@@ -818,7 +818,7 @@ export class Replica {
     const atOpen = opts.writeIdsAtOpen;
     const knownSinceMs = atOpen?.completeAgoMs === undefined ? opts.nowMs : opts.nowMs - atOpen.completeAgoMs;
     this.writeIds = new WriteIds(this.lastLsn === 0 && this.store.appliedLsn === 0 ? -Infinity : knownSinceMs, undefined, undefined, this.random);
-    for (const r of atOpen?.ids ?? []) this.writeIds.note(r.id, r.lsn, r.term, opts.nowMs);
+    atOpen?.ids.forEach((id, lsn, term) => this.writeIds.note(id, lsn, term, opts.nowMs));
     // Just (re)started, it may have acknowledged a leader a moment ago, in its former life: it
     // votes for no one for a minimum election timeout, as after a leader's message.
     this.leaderContactMs = this.now();

@@ -40,11 +40,12 @@ export const WRITE_IDS_MAX = 65_536;
 export const WRITE_ID_KEEP_MS = 60_000 + WRITE_SENT_SKEW_MS;
 
 /**
- * Most ids a replica reads back from its log when it opens it (the newest records'): the writes
- * in flight when it stopped. Fewer than it keeps, so that a node starting with many busy shards
- * does not hold the ids of each one's whole log for a minute.
+ * Most ids a replica reads back from its log when it opens it (the newest records'): as many as
+ * it keeps. A log holds about a checkpoint's worth of records after its image (65,536 by
+ * default), so the ids of a busy shard's whole log are read back, and with them the proof that
+ * a write not found is not in it; they are forgotten a minute later, as any others.
  */
-export const WRITE_IDS_READ_AT_OPEN = 8_192;
+export const WRITE_IDS_READ_AT_OPEN = WRITE_IDS_MAX;
 
 /** Slots a WriteIds starts with; it doubles them when full, up to its `max`. */
 const SLOTS_FIRST = 256;

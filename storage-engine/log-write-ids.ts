@@ -3,12 +3,14 @@
  * `onRecovered`): for the replica that opens the log, so that it still recognizes a write sent
  * again after it restarted (actors/write-ids.ts) without reading its log a second time.
  *
- * Bounded: the newest `max` ids are kept, oldest first; `droppedThroughLsn` says which records'
- * ids were not kept, and with it whether the ids kept are all the log holds.
+ * Bounded: the newest `max` ids are kept (about 32 bytes each, in typed arrays that grow with
+ * them); `droppedThroughLsn` says which records' ids were not kept, and with it whether the ids
+ * kept are all the log holds.
  */
 import { writeIdOfPageWrite } from './page-write';
 import { writeIdOfPageZero } from './page-zero';
 import { RecordKind } from './record';
+import { WRITE_ID_BYTES } from './page-write';
 import { StorageError } from './errors';
 
 /** The write id a record of `kind` carries (a view of `payload`), if any. `payload`'s checksum matched. */
@@ -18,16 +20,23 @@ export function writeIdOfRecord(kind: number, payload: Uint8Array): Uint8Array |
   return undefined;
 }
 
-/** A write id found in a log, with its record's place. */
-export interface LogWriteId {
-  id: Uint8Array;
-  lsn: number;
-  term: number;
+/** Write ids found in a log, each with its record's place. */
+export interface LogWriteIdList {
+  /** How many. */
+  readonly count: number;
+  /** Calls `fn` for each, in LSN order; `id` is a view, valid during the call only. */
+  forEach(fn: (id: Uint8Array, lsn: number, term: number) => void): void;
 }
 
-export class LogWriteIds {
-  /** The ids kept: in LSN order until `max`, then a ring whose oldest is at `next`. */
-  private readonly ring: LogWriteId[] = [];
+/** Ids kept before the ring grows. */
+const SLOTS_FIRST = 1024;
+
+export class LogWriteIds implements LogWriteIdList {
+  /** Per slot: the id's bytes, its record's LSN and term; in LSN order until `max`, then a ring whose oldest is at `next`. */
+  private ids = new Uint8Array(0);
+  private lsns = new Float64Array(0);
+  private terms = new Float64Array(0);
+  private used = 0;
   private next = 0;
   private droppedThrough = 0;
 
@@ -44,14 +53,18 @@ export class LogWriteIds {
       this.droppedThrough = lsn;
       return;
     }
-    const kept = { id: id.slice(), lsn, term };
-    if (this.ring.length < this.max) {
-      this.ring.push(kept);
-      return;
+    let slot: number;
+    if (this.used < this.max) {
+      if (this.used === this.lsns.length) this.grow();
+      slot = this.used++;
+    } else {
+      slot = this.next;
+      this.droppedThrough = this.lsns[slot]!;
+      this.next = (this.next + 1) % this.max;
     }
-    this.droppedThrough = this.ring[this.next]!.lsn;
-    this.ring[this.next] = kept;
-    this.next = (this.next + 1) % this.max;
+    this.ids.set(id, slot * WRITE_ID_BYTES);
+    this.lsns[slot] = lsn;
+    this.terms[slot] = term;
   };
 
   /** The LSN of the newest record whose id was not kept (0: every id found was kept). */
@@ -59,8 +72,28 @@ export class LogWriteIds {
     return this.droppedThrough;
   }
 
-  /** The ids kept, in LSN order. */
-  list(): LogWriteId[] {
-    return [...this.ring.slice(this.next), ...this.ring.slice(0, this.next)];
+  get count(): number {
+    return this.used;
+  }
+
+  forEach(fn: (id: Uint8Array, lsn: number, term: number) => void): void {
+    const start = this.used < this.max ? 0 : this.next;
+    for (let i = 0; i < this.used; i++) {
+      const slot = (start + i) % this.used;
+      fn(this.ids.subarray(slot * WRITE_ID_BYTES, (slot + 1) * WRITE_ID_BYTES), this.lsns[slot]!, this.terms[slot]!);
+    }
+  }
+
+  private grow(): void {
+    const cap = Math.min(this.max, Math.max(SLOTS_FIRST, this.lsns.length * 2));
+    const ids = new Uint8Array(cap * WRITE_ID_BYTES);
+    ids.set(this.ids);
+    const lsns = new Float64Array(cap);
+    lsns.set(this.lsns);
+    const terms = new Float64Array(cap);
+    terms.set(this.terms);
+    this.ids = ids;
+    this.lsns = lsns;
+    this.terms = terms;
   }
 }

@@ -27,7 +27,7 @@ import { PageStore, type PageStoreOptions } from './page-store';
 import { MetaStore } from './metadata';
 import { ImageReader, imageFileName, parseImageFileName } from './image';
 import { parseSegmentName } from './log-segment';
-import { LogWriteIds, type LogWriteId } from './log-write-ids';
+import { LogWriteIds, type LogWriteIdList } from './log-write-ids';
 import type { Slab } from './slab';
 import { CorruptionError, StorageError, assert, type CorruptionReport } from './errors';
 
@@ -293,12 +293,24 @@ export class ShardStorage {
    * this replica holds (`completeAgoMs`; Infinity: ever; undefined: not known). Once per open:
    * the ids are let go.
    */
-  takeWriteIdsAtOpen(wallNowMs: number): { ids: LogWriteId[]; completeAgoMs: number | undefined } {
+  takeWriteIdsAtOpen(wallNowMs: number): { ids: LogWriteIdList; completeAgoMs: number | undefined } {
     const at = this.idsAtOpen;
     this.idsAtOpen = undefined;
-    if (at === undefined) return { ids: [], completeAgoMs: undefined };
+    if (at === undefined) return { ids: { count: 0, forEach: () => undefined }, completeAgoMs: undefined };
     const log = this.log;
-    const ids = at.ids.list().filter((r) => r.lsn >= log.firstLsn && r.lsn <= log.lastLsn && log.termAt(r.lsn) === r.term);
+    const found = at.ids;
+    const held = (lsn: number, term: number): boolean => lsn >= log.firstLsn && lsn <= log.lastLsn && log.termAt(lsn) === term;
+    let count = 0;
+    found.forEach((_, lsn, term) => {
+      if (held(lsn, term)) count++;
+    });
+    const ids: LogWriteIdList = {
+      count,
+      forEach: (fn) =>
+        found.forEach((id, lsn, term) => {
+          if (held(lsn, term)) fn(id, lsn, term);
+        }),
+    };
     return { ids, completeAgoMs: at.completeSinceWallMs === undefined ? undefined : wallNowMs - at.completeSinceWallMs };
   }
 

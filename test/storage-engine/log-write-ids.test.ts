@@ -6,7 +6,7 @@
  */
 import { strict as assert } from 'node:assert';
 import { SegmentLog } from '../../storage-engine/log';
-import { LogWriteIds, writeIdOfRecord } from '../../storage-engine/log-write-ids';
+import { LogWriteIds, writeIdOfRecord, type LogWriteIdList } from '../../storage-engine/log-write-ids';
 import { MetaStore } from '../../storage-engine/metadata';
 import { encodePageWrite } from '../../storage-engine/page-write';
 import { encodePageZero } from '../../storage-engine/page-zero';
@@ -24,8 +24,15 @@ const write = (n: number, withId = true, term = 1) => ({ term, kind: 1, payload:
 const options = (over: Partial<ShardStorageOptions> = {}): ShardStorageOptions => ({
   dir: 'S', pageSize: PAGE, pageCount: PAGES, cacheBytesMax: 1 << 16, slab, segmentBytesMax: 16 * 1024, writeIdsKept: 100, ...over,
 });
+/** What a list holds, its ids copied. */
+const all = (ids: LogWriteIdList): Array<{ id: Uint8Array; lsn: number; term: number }> => {
+  const out: Array<{ id: Uint8Array; lsn: number; term: number }> = [];
+  ids.forEach((id, lsn, term) => out.push({ id: id.slice(), lsn, term }));
+  assert.equal(out.length, ids.count);
+  return out;
+};
 /** The ids a list holds, by their first byte. */
-const firsts = (ids: ReadonlyArray<{ id: Uint8Array }>): number[] => ids.map((r) => r.id[0]!);
+const firsts = (ids: LogWriteIdList): number[] => all(ids).map((r) => r.id[0]!);
 
 describe('write ids read back from a log at open', () => {
   it('writeIdOfRecord finds the id of a page write or a range made zeros that carries one, and no other', () => {
@@ -44,14 +51,20 @@ describe('write ids read back from a log at open', () => {
     ids.onRecovered(1, 1, 1, buf);
     buf.fill(0); // the recovery's buffer is reused
     ids.onRecovered(2, 1, 2, new Uint8Array(0));
-    assert.deepEqual(ids.list(), [{ id: id(1), lsn: 1, term: 1 }]);
+    assert.deepEqual(all(ids), [{ id: id(1), lsn: 1, term: 1 }]);
     assert.equal(ids.droppedThroughLsn, 0);
     for (let lsn = 3; lsn <= 7; lsn++) ids.onRecovered(lsn, 2, 1, write(lsn).payload);
-    assert.deepEqual(ids.list().map((r) => [r.lsn, r.term, r.id[0]]), [[5, 2, 5], [6, 2, 6], [7, 2, 7]]);
+    assert.deepEqual(all(ids).map((r) => [r.lsn, r.term, r.id[0]]), [[5, 2, 5], [6, 2, 6], [7, 2, 7]]);
     assert.equal(ids.droppedThroughLsn, 4);
     const none = new LogWriteIds(0);
     none.onRecovered(8, 2, 1, write(8).payload);
-    assert.deepEqual(none.list(), []);
+    assert.deepEqual(all(none), []);
+    // Past the first slots, and then past the bound: the newest, in order.
+    const many = new LogWriteIds(3000);
+    for (let lsn = 1; lsn <= 3500; lsn++) many.onRecovered(lsn, 1, 1, write(lsn & 0xff).payload);
+    const kept = all(many);
+    assert.deepEqual([kept.length, kept[0]!.lsn, kept[2999]!.lsn, many.droppedThroughLsn], [3000, 501, 3500, 500]);
+    assert.ok(kept.every((r, i) => r.lsn === 501 + i && r.id[0] === (r.lsn & 0xff)));
     assert.equal(none.droppedThroughLsn, 8);
     assert.throws(() => new LogWriteIds(-1), (e: unknown) => e instanceof StorageError && e.code === 'bad_request');
     assert.throws(() => new LogWriteIds(1.5), (e: unknown) => e instanceof StorageError && e.code === 'bad_request');
@@ -91,9 +104,10 @@ describe('write ids read back from a log at open', () => {
       const st = ShardStorage.open(disk, options());
       try {
         const at = st.takeWriteIdsAtOpen(Date.now());
-        assert.deepEqual(at.ids.map((r) => [r.lsn, r.term, r.id[0]]), [[1, 1, 1], [3, 1, 3]]);
+        assert.deepEqual(all(at.ids).map((r) => [r.lsn, r.term, r.id[0]]), [[1, 1, 1], [3, 1, 3]]);
         assert.equal(at.completeAgoMs, Number.POSITIVE_INFINITY);
-        assert.deepEqual(st.takeWriteIdsAtOpen(Date.now()), { ids: [], completeAgoMs: undefined });
+        const again = st.takeWriteIdsAtOpen(Date.now());
+        assert.deepEqual([again.ids.count, all(again.ids), again.completeAgoMs], [0, [], undefined]);
       } finally {
         st.close();
       }
@@ -145,7 +159,7 @@ describe('write ids read back from a log at open', () => {
       try {
         const at = again.takeWriteIdsAtOpen(madeAt + 5000);
         assert.equal(at.completeAgoMs, 5000);
-        assert.deepEqual(at.ids.map((r) => r.lsn), Array.from({ length: lsn + 2 - firstLsn + 1 }, (_, k) => firstLsn + k));
+        assert.deepEqual(all(at.ids).map((r) => r.lsn), Array.from({ length: lsn + 2 - firstLsn + 1 }, (_, k) => firstLsn + k));
       } finally {
         again.close();
       }
@@ -158,7 +172,7 @@ describe('write ids read back from a log at open', () => {
       try {
         const at = old.takeWriteIdsAtOpen(madeAt + 5000);
         assert.equal(at.completeAgoMs, undefined);
-        assert.equal(at.ids.length, lsn + 2 - firstLsn + 1, 'the ids its log holds all the same');
+        assert.equal(at.ids.count, lsn + 2 - firstLsn + 1, 'the ids its log holds all the same');
       } finally {
         old.close();
       }
