@@ -2914,16 +2914,17 @@ export class Replica {
 
   /**
    * A try sent again (first sent `sentAgoMs` ago) whose write id this log does not hold, when
-   * this replica cannot know every id of its log since then: it restarted, installed an image,
-   * or forgot the oldest ids (WRITE_IDS_MAX, WRITE_ID_KEEP_MS). Writing the pages could apply
-   * the write twice, over a newer write of them.
+   * this replica cannot know every id of its log since then: it restarted and could not read
+   * them all back (more than it keeps, or its records trimmed behind an image since then),
+   * installed an image, or forgot the oldest ids (WRITE_IDS_MAX, WRITE_ID_KEEP_MS). Writing the
+   * pages could apply the write twice, over a newer write of them.
    */
   private outcomeUnknown(sentAgoMs: number): ProtocolError {
     this.counters.retriesUnknown++;
     const knownMs = Math.max(0, Math.round(this.clock() - this.writeIds.completeSinceMs));
     return new ProtocolError(
       'timeout',
-      `shard ${this.geometry.shard}: this write was first sent ${Math.round(sentAgoMs)} ms ago, and its leader knows the write ids of its log for the last ${knownMs} ms only (it restarted, or forgot older ones): the write may or may not be committed`,
+      `shard ${this.geometry.shard}: this write was first sent ${Math.round(sentAgoMs)} ms ago, and its leader knows the write ids of its log for the last ${knownMs} ms only (it restarted or installed an image since, or forgot older ones): the write may or may not be committed`,
       { outcomeUnknown: true, sentAgoMs: Math.round(sentAgoMs), writeIdsKnownMs: knownMs },
     );
   }
