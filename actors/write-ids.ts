@@ -2,11 +2,12 @@
  * The write ids a replica's log holds, for recognizing a write sent to it again.
  *
  * A client gives each write an id (`ShardWriteRequest.writeId`: its random bytes and a count),
- * the same in every try, and the record of the write carries it (page-write.ts, page-zero.ts). A try that reaches a leader
- * whose log already holds a record with its id is answered with that record, once committed,
- * instead of being written a second time: a second copy could overwrite a newer write of the
- * same page. A leader killed or frozen with a write never answers it; the client's next try
- * finds the record in the next leader's log, if it got there (and only then can it commit).
+ * the same in every try, and the record of the write carries it (page-write.ts, page-zero.ts).
+ * A try that reaches a leader whose log already holds a record with its id is answered with that
+ * record, once committed, instead of being written a second time: a second copy could overwrite
+ * a newer write of the same page. A leader killed or frozen with a write never answers it; the
+ * client's next try finds the record in the next leader's log, if it got there (and only then
+ * can it commit).
  *
  * A replica notes the id of each record it puts in its log, as leader or follower, and forgets
  * the ids of records cut from its log. It cannot remember every id: it keeps at most
@@ -26,7 +27,7 @@
 import { WRITE_ID_BYTES, WRITE_SENT_SKEW_MS } from '../messages/api';
 
 /**
- * Most ids one replica remembers (about 50 bytes each, 3.2 MiB in all): a shard taking more
+ * Most ids one replica remembers (about 50 bytes each, 3.3 MiB in all): a shard taking more
  * writes than this in the time a client waits before it sends a write again, and the clocks'
  * skew, cannot tell a try from a new write (at 5,000 writes a second, 13 s).
  */
