@@ -7,10 +7,9 @@
  * them); `droppedThroughLsn` says which records' ids were not kept, and with it whether the ids
  * kept are all the log holds.
  */
-import { writeIdOfPageWrite } from './page-write';
+import { WRITE_ID_BYTES, writeIdOfPageWrite } from './page-write';
 import { writeIdOfPageZero } from './page-zero';
 import { RecordKind } from './record';
-import { WRITE_ID_BYTES } from './page-write';
 import { StorageError } from './errors';
 
 /** The write id a record of `kind` carries (a view of `payload`), if any. `payload`'s checksum matched. */
