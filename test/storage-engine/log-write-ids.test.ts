@@ -176,6 +176,15 @@ describe('write ids read back from a log at open', () => {
       } finally {
         old.close();
       }
+      // A pointer whose time is not a time is damaged: not known, and the store opens from its images.
+      meta.write('checkpoint', { ...older, madeAtMs: -1 });
+      const bad = ShardStorage.open(disk, options());
+      try {
+        assert.equal(bad.takeWriteIdsAtOpen(madeAt + 5000).completeAgoMs, undefined);
+        assert.equal(bad.store.stats().imageLsn, older['lsn']);
+      } finally {
+        bad.close();
+      }
     });
   });
 });
