@@ -44,7 +44,7 @@ import type {
 } from '../messages/raft';
 import { sameNodeSet as sameSet, validateConfig } from '../messages/raft';
 import { shardOfPage, type ShardGeometry, type PageData, type PayloadOffload } from './shard';
-import { WriteIds, type WriteIdRecord } from './write-ids';
+import { WRITE_ID_KEEP_MS, WriteIds, type WriteIdRecord } from './write-ids';
 import { writeIdOfRecord, type LogWriteIdList } from '../storage-engine/log-write-ids';
 
 export type Role = 'follower' | 'candidate' | 'leader';
@@ -396,10 +396,18 @@ export interface ReplicaStats {
   retriesMatched: number;
   /**
    * Tries of a write sent again that this leader could not tell apart from a new write (it
-   * restarted, or forgot the write ids, since the first try): answered `timeout` with
-   * `details.outcomeUnknown`, not written.
+   * restarted or installed an image since the first try and could not read every write id back,
+   * or forgot them): answered `timeout` with `details.outcomeUnknown`, not written.
    */
   retriesUnknown: number;
+  /** Write ids this replica remembers (actors/write-ids.ts). */
+  writeIdsHeld: number;
+  /**
+   * How far back it knows every write id of its log, in ms, at most WRITE_ID_KEEP_MS: a try of a
+   * write first sent longer ago than this (less the clocks' skew) that it does not find is
+   * answered `outcomeUnknown`.
+   */
+  writeIdsKnownMs: number;
   reads: number;
   pagesRead: number;
   checkpoints: number;
@@ -1084,6 +1092,8 @@ export class Replica {
       lag,
       heldRecords: this.recent.length,
       heldBytes: this.recentBytes,
+      writeIdsHeld: this.writeIds.size,
+      writeIdsKnownMs: Math.round(Math.max(0, Math.min(WRITE_ID_KEEP_MS, this.clock() - this.writeIds.completeSinceMs))),
       repairing: this.repairTerm !== undefined,
       config: this.configuration(),
       ...(this.termsUnknown !== undefined ? { awaitingTerms: [...this.termsUnknown].sort() } : {}),

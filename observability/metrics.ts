@@ -114,6 +114,10 @@ export interface ShardSnapshot {
   retriesMatched?: number;
   /** Tries of a write sent again that a shard leader answered as of unknown outcome: it could not tell them from new writes (cumulative). */
   retriesUnknown?: number;
+  /** Write ids the replica remembers (actors/replica.ts ReplicaStats.writeIdsHeld). */
+  writeIdsHeld?: number;
+  /** How far back the replica knows every write id of its log, ms (ReplicaStats.writeIdsKnownMs). */
+  writeIdsKnownMs?: number;
   /** How far each replica's log is behind, in records (list form). */
   replicas?: ReadonlyArray<{ replica: string; lagRecords: number }>;
   /**
@@ -495,7 +499,11 @@ export class StrataMetrics {
         if (s.preVotes !== undefined) out.counter('strata_prevotes', 'Prevote rounds started by a shard (an election follows only when a majority would vote).', s.preVotes, a);
         if (s.handovers !== undefined) out.counter('strata_leadership_handovers', 'Leaderships a shard replica handed over to a follower that took them (a host stopping cleanly hands over the shards it leads).', s.handovers, a);
         if (s.retriesMatched !== undefined) out.counter('strata_write_retries_matched', 'Writes sent again answered with the record an earlier try left (found by its write id, or named by the client), not written twice.', s.retriesMatched, a);
-        if (s.retriesUnknown !== undefined) out.counter('strata_write_retries_unknown', 'Writes sent again that a leader could not tell from new writes (it restarted, or forgot the write ids, since the first try): answered timeout, outcome unknown.', s.retriesUnknown, a);
+        if (s.retriesUnknown !== undefined) out.counter('strata_write_retries_unknown', 'Writes sent again that a leader could not tell from new writes (it restarted or installed an image since the first try and could not read every write id back, or forgot them): answered timeout, outcome unknown.', s.retriesUnknown, a);
+        if (s.writeIdsHeld !== undefined) out.gauge('strata_write_ids', 'Write ids a shard replica remembers, to answer a write sent again with the record it left.', s.writeIdsHeld, a);
+        if (s.writeIdsKnownMs !== undefined) {
+          out.gauge('strata_write_ids_known_seconds', 'How far back a shard replica knows every write id of its log (at most 62 s): a write sent again whose first try is older, and whose record it does not find, is answered outcome unknown.', s.writeIdsKnownMs / 1000, a, 's');
+        }
         if (s.cache) {
           out.counter('strata_cache_hits', 'Page cache hits of a shard.', s.cache.hits, a);
           out.counter('strata_cache_misses', 'Page cache misses of a shard.', s.cache.misses, a);

@@ -1,7 +1,7 @@
 import { strict as assert } from 'node:assert';
 import { FIRST_ELECTION_WAIT, Replica, SCRUB_STEP_BYTES, type ReplicaTransport, type ScrubStepResult } from '../../actors/replica';
 import { DeviceQueue } from '../../actors/device-queue';
-import { WRITE_IDS_READ_AT_OPEN } from '../../actors/write-ids';
+import { WRITE_IDS_READ_AT_OPEN, WRITE_ID_KEEP_MS } from '../../actors/write-ids';
 import { SimDisk } from '../../storage-engine/sim-disk';
 import type { Disk } from '../../storage-engine/disk';
 import { Slab } from '../../storage-engine/slab';
@@ -1454,6 +1454,7 @@ describe('Replica (more cases)', function () {
       // Its log still starts at LSN 1: it holds every record it ever had, and so every id.
       assert.equal((await r.replica.write([{ page: 6, data: page(6) }], { writeId: id(6), sentAgoMs: 3000 })).lsn, last + 1);
       assert.equal(r.replica.stats().retriesUnknown, 0);
+      assert.deepEqual([r.replica.stats().writeIdsHeld, r.replica.stats().writeIdsKnownMs], [3, WRITE_ID_KEEP_MS], 'every id, ever (shown as the longest an id is kept)');
     });
 
     it('a leader that cannot know every id since the first try (its log held more than it reads back at open) answers timeout, outcomeUnknown, and writes nothing; a first try is written', async () => {
@@ -1473,6 +1474,8 @@ describe('Replica (more cases)', function () {
       assert.match(err.message, /first sent 3000 ms ago, and its leader knows the write ids of its log for the last \d+ ms only .*may or may not be committed$/);
       assert.equal(r.replica.stats().lastLsn, last, 'nothing written');
       assert.equal(r.replica.stats().retriesUnknown, 1);
+      assert.equal(r.replica.stats().writeIdsHeld, 1);
+      assert.ok(r.replica.stats().writeIdsKnownMs < 3000, 'known since the restart only, not since the first try');
       // The newest id it read back: answered with its record.
       assert.equal((await r.replica.write([{ page: 7, data: page(7) }], { writeId: id(7), sentAgoMs: 3000 })).lsn, kept.lsn);
       // A first try has nothing to be told apart from: written.
