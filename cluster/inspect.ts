@@ -27,8 +27,9 @@ import { Slab } from '../storage-engine/slab';
 import { ImageReader, IMAGE_PAGE_COUNT_MAX, imageFileName, parseImageFileName } from '../storage-engine/image';
 import { CorruptionError, StorageError, type CorruptionReport } from '../storage-engine/errors';
 import { RecordKind, type LogRecord } from '../storage-engine/record';
-import { pagesOfPageWrite, readPageWriteHeader, writeIdOfPageWrite } from '../storage-engine/page-write';
-import { decodePageZero, writeIdOfPageZero } from '../storage-engine/page-zero';
+import { pagesOfPageWrite, readPageWriteHeader } from '../storage-engine/page-write';
+import { decodePageZero } from '../storage-engine/page-zero';
+import { writeIdOfRecord } from '../storage-engine/log-write-ids';
 import { crc32c } from '../storage-engine/crc32c';
 import { decodeConfig } from '../actors/replica';
 import type { ShardAssignment } from '../messages/control';
@@ -550,14 +551,10 @@ function recordLine(r: LogRecord): RecordLine {
   if (r.kind === RecordKind.PageWrite) {
     line.kind = 'page-write';
     line.pages = pagesOfPageWrite(r.payload);
-    const id = writeIdOfPageWrite(r.payload);
-    if (id !== undefined) line.writeId = Buffer.from(id).toString('hex');
   } else if (r.kind === RecordKind.PageZero) {
     line.kind = 'page-zero';
     try {
       line.zeros = decodePageZero(r.payload);
-      const id = writeIdOfPageZero(r.payload);
-      if (id !== undefined) line.writeId = Buffer.from(id).toString('hex');
     } catch {
       line.kind = 'page-zero (unreadable)';
     }
@@ -573,6 +570,8 @@ function recordLine(r: LogRecord): RecordLine {
       line.kind = 'config (unreadable)';
     }
   }
+  const id = line.pages !== undefined || line.zeros !== undefined ? writeIdOfRecord(r.kind, r.payload) : undefined;
+  if (id !== undefined) line.writeId = Buffer.from(id).toString('hex');
   return line;
 }
 
