@@ -72,6 +72,8 @@ describe('strata inspect (a data directory read offline)', function () {
   let volumeId: string;
   /** LSN of each write to shard 0, and what it wrote on page 3. */
   const writes: Array<{ lsn: number; fill: number }> = [];
+  /** LSN of the record that made pages 301..302 zeros (shard 1). */
+  let zeroLsn: number;
   const copies: string[] = [];
 
   before(async () => {
@@ -86,6 +88,7 @@ describe('strata inspect (a data directory read offline)', function () {
       writes.push({ lsn: r.lsns.find((x) => x.shard === 0)!.lsn, fill: k });
     }
     await vol.write(300, page(200)); // shard 1
+    zeroLsn = (await vol.zeroPages(301, 2)).lsns.find((x) => x.shard === 1)!.lsn;
     dataDir = c.dataDirs[0]!;
     await c.stopNode(0);
   });
@@ -159,6 +162,14 @@ describe('strata inspect (a data directory read offline)', function () {
       assert.match(line.writeId ?? '', /^[0-9a-f]{32}$/, 'the write id its tries shared');
       assert.match(r.stdout, new RegExp(`\\n${w.lsn} +\\d+ +page-write +\\d+ +2 page\\(s\\): 3-4 \\(write id ${line.writeId}\\)\\n`));
     }
+    // A range made zeros carries its write id too.
+    const z = await runCli(['inspect', dataDir, '--shard', 'db/1', '--records']);
+    assert.equal(z.code, 0, z.stderr);
+    const zero = inspect(dataDir, { shard: `${volumeId}/1`, records: {} }).records!.find((x) => x.lsn === zeroLsn)!;
+    assert.equal(zero.kind, 'page-zero');
+    assert.deepEqual(zero.zeros, { first: 301, count: 2 });
+    assert.match(zero.writeId ?? '', /^[0-9a-f]{32}$/, 'the write id of the range made zeros');
+    assert.match(z.stdout, new RegExp(`\\n${zeroLsn} +\\d+ +page-zero +\\d+ +the shard's pages of 301\\.\\.302 made zeros \\(write id ${zero.writeId}\\)\\n`));
     // A range, and a limit: the rest is named.
     const last = writes[writes.length - 1]!.lsn;
     const some = inspect(dataDir, { shard: 'db/0', records: { fromLsn: last - 3, limit: 2 } });
