@@ -120,6 +120,65 @@ describe('PageCache', () => {
     assert.equal(slab.stats().slotsUsed, 3, 'every dropped or deleted slot freed once');
   });
 
+  it('keeps many versions of a few pages as a plain LRU map of (page, version) would (model check)', () => {
+    // Few pages and many versions: each page's versions are a long chain in the cache's index,
+    // taken out at its head, its middle and its end by evictions, deletes and drops.
+    const entriesMax = 24;
+    const slab = new Slab({ slotBytes: PAGE, slotCount: 64 });
+    const cache = new PageCache({ slab, pageSize: PAGE, cacheBytesMax: entriesMax * PAGE });
+    const rnd = prng(7);
+    const out = new Uint8Array(PAGE);
+    /** The model: (page, version) → content seed, in LRU order (least recently used first). */
+    const model = new Map<string, number>();
+    const touch = (key: string, seed: number): void => {
+      model.delete(key);
+      model.set(key, seed);
+    };
+    const key = (page: number, v: number): string => `${page}:${v}`;
+    let puts = 0;
+    for (let i = 0; i < 20_000; i++) {
+      const page = Math.floor(rnd() * 4);
+      const v = Math.floor(rnd() * 40);
+      const k = key(page, v);
+      const op = rnd();
+      if (op < 0.45) {
+        const seed = page * 1000 + v;
+        if (!model.has(k) && model.size >= entriesMax) model.delete(model.keys().next().value!);
+        touch(k, seed);
+        assert.equal(cache.put(page, v, data(seed)), true);
+        puts++;
+      } else if (op < 0.8) {
+        const hit = cache.get(page, v, out);
+        assert.equal(hit, model.has(k), `get ${k} at step ${i}`);
+        if (hit) {
+          assert.deepEqual(out, data(model.get(k)!), `content of ${k}`);
+          touch(k, model.get(k)!);
+        }
+      } else if (op < 0.95) {
+        assert.equal(cache.delete(page, v), model.delete(k), `delete ${k} at step ${i}`);
+      } else {
+        const below = Math.floor(rnd() * 12);
+        let n = 0;
+        for (const [mk] of model) {
+          if (Number(mk.split(':')[1]) < below) {
+            model.delete(mk);
+            n++;
+          }
+        }
+        assert.equal(cache.dropBelow(below), n, `dropBelow ${below} at step ${i}`);
+      }
+      assert.equal(cache.stats().entries, model.size, `entries at step ${i}`);
+      assert.equal(slab.stats().slotsUsed, model.size, 'one slab slot per entry');
+      if (i % 100 === 0) {
+        for (let p = 0; p < 4; p++) for (let w = 0; w < 40; w++) assert.equal(cache.has(p, w), model.has(key(p, w)), `has ${key(p, w)} at step ${i}`);
+      }
+    }
+    assert.ok(puts > 5000 && cache.stats().evictions > 1000, `churn: ${puts} puts, ${cache.stats().evictions} evictions`);
+    cache.clear();
+    assert.equal(slab.stats().slotsUsed, 0);
+    for (let p = 0; p < 4; p++) for (let w = 0; w < 40; w++) assert.equal(cache.has(p, w), false);
+  });
+
   it('when the shared slab is full, evicts its own entries to make room', () => {
     const slab = new Slab({ slotBytes: PAGE, slotCount: 3 });
     const other = slab.alloc(); // someone else's buffer
