@@ -63,6 +63,12 @@ export interface ReplicaTransport {
    * Optional: without it every follower is sent its own message.
    */
   sendEach?(to: readonly string[], msg: AppendRequest, timeoutMs: number): Promise<RaftReply>[];
+  /**
+   * When a message from node `id` last reached this replica's host, on the replica's clock
+   * (undefined: never). Optional: without it, no shard of this replica quiesces (a follower
+   * could not tell that its quiesced leader's node is gone).
+   */
+  seenMs?(id: string): number | undefined;
 }
 
 /**
@@ -239,6 +245,16 @@ export interface ReplicaTiming {
   rpcTimeoutMs: number;
   /** Fraction of the election timeout a leader may serve reads from its lease; default 0.75. */
   leaseFraction: number;
+  /**
+   * An idle shard quiesces after this long without a request (docs/replication.md, "Idle
+   * shards"); default 2000 ms.
+   */
+  quiesceAfterMs: number;
+  /**
+   * Heartbeat period of a quiesced leader; default 1000 ms. Its followers wait for its next
+   * message up to QUIESCED_WAIT_BEATS of these while they hear from its node.
+   */
+  quiescedHeartbeatMs: number;
 }
 
 /** Election timeouts a new replica other than its shard's chosen first candidate waits before its first election. */
@@ -250,7 +266,16 @@ export const DEFAULT_TIMING: ReplicaTiming = {
   heartbeatMs: 100,
   rpcTimeoutMs: 1000,
   leaseFraction: 0.75,
+  quiesceAfterMs: 2000,
+  quiescedHeartbeatMs: 1000,
 };
+
+/**
+ * A quiesced follower whose leader's node it hears from waits this many quiesced heartbeat
+ * periods for the leader's own next message before it campaigns: the bound when the leader's
+ * replica is gone and its node is not (a replica restarted, a host thread of several stuck).
+ */
+export const QUIESCED_WAIT_BEATS = 3;
 
 export interface ReplicaOptions {
   geometry: ShardGeometry;
@@ -432,6 +457,13 @@ export interface ReplicaStats {
    * prevLsn + its records): no follower answers so, and they are taken as no answer.
    */
   repliesIgnored: number;
+  /**
+   * Idle (docs/replication.md, "Idle shards"): as leader, every follower answered that it is
+   * quiesced and heartbeats go once a quiesced period; as follower, quiesced under its leader.
+   */
+  quiesced: boolean;
+  /** Leader: times its shard quiesced. */
+  quiesces: number;
   /** This replica's page cache (cumulative counters, bytes held now). */
   cache: { hits: number; misses: number; evictions: number; bytes: number };
   /**
@@ -482,6 +514,8 @@ interface FollowerState {
    * a whole message, on every turn of the event loop (about 200 MB/s at 64 writes in flight).
    */
   retryAtMs?: number;
+  /** It answered an append with `quiesce` that it is quiesced (see Replica.quiesced). */
+  quiesceAcked?: boolean;
 }
 
 /**
@@ -729,6 +763,23 @@ export class Replica {
   private termStartLsn = 0;
   /** When this replica last became leader (a majority had just voted for it). */
   private leaderSinceMs = 0;
+  /**
+   * Idle shards (docs/replication.md, "Idle shards"). As leader: `quiesceAsked` once the shard
+   * has been idle for quiesceAfterMs (its heartbeats then ask the followers to quiesce),
+   * `quiesced` once every follower answered that it is; a quiesced leader sends a heartbeat every
+   * quiescedHeartbeatMs only. Any request, any message of a candidate, any answer that is not
+   * "quiesced" wakes it (`wake`).
+   */
+  private quiesced = false;
+  private quiesceAsked = false;
+  /** When it last had a request or became leader (its clock). */
+  private busyMs = 0;
+  /**
+   * As follower: the leader it is quiesced under (it answered that leader's `quiesce`). While it
+   * hears from that leader's node, it does not campaign for up to QUIESCED_WAIT_BEATS quiesced
+   * heartbeat periods since the leader's last message.
+   */
+  private quiescedUnder: string | undefined;
   private readonly followers = new Map<string, FollowerState>();
   /**
    * The log's newest records, held in memory, contiguous up to lastLsn (or none), bounded in
@@ -748,6 +799,7 @@ export class Replica {
   private readonly counters = {
     preVotes: 0, elections: 0, handovers: 0, electionsHandedOver: 0, writes: 0, pagesWritten: 0, retriesMatched: 0, retriesUnknown: 0, reads: 0, pagesRead: 0, checkpoints: 0,
     snapshotsSent: 0, snapshotsInstalled: 0, appendsSent: 0, appendsToAll: 0, imageChecks: 0, offloaded: 0, appliedFromLog: 0, repliesIgnored: 0,
+    quiesces: 0,
   };
 
   /** The shard's volume, shard number and address space. */
@@ -909,6 +961,7 @@ export class Replica {
    */
   async reconfigure(members: readonly string[], opts: { deadlineMs?: number } = {}): Promise<ReconfigureResult> {
     this.checkLeader();
+    this.wake();
     let target: string[];
     try {
       target = validateConfig({ members }, 'members').members;
@@ -988,6 +1041,7 @@ export class Replica {
   transferLeadership(to?: string): Promise<TransferResult> {
     const g = this.geometry;
     this.checkLeading();
+    this.wake();
     if (to === this.self && this.handover === undefined) return Promise.resolve({ term: this.term, to });
     if (this.handover !== undefined) {
       if (to !== undefined && to !== this.handover.to) {
@@ -1095,6 +1149,7 @@ export class Replica {
       writeIdsHeld: this.writeIds.size,
       writeIdsKnownMs: Math.round(Math.max(0, Math.min(WRITE_ID_KEEP_MS, this.clock() - this.writeIds.completeSinceMs))),
       repairing: this.repairTerm !== undefined,
+      quiesced: this.role === 'leader' ? this.quiesced : this.quiescedUnder !== undefined && this.leader === this.quiescedUnder,
       config: this.configuration(),
       ...(this.termsUnknown !== undefined ? { awaitingTerms: [...this.termsUnknown].sort() } : {}),
       ...this.counters,
@@ -1300,18 +1355,77 @@ export class Replica {
       if (this.handover !== undefined && nowMs >= this.handover.untilMs) {
         this.endHandover(new ProtocolError('timeout', `'${this.handover.to}' did not take the leadership over within ${this.timing.electionTimeoutMaxMs} ms; this replica leads on`));
       }
-      if (nowMs - this.leaderSinceMs > this.timing.electionTimeoutMaxMs && !this.hasMajorityContact(this.timing.electionTimeoutMaxMs)) {
+      // Quiesced: nothing to do between its heartbeats but what a short device needs.
+      if (this.quiesced && !this.quiescedBeatDue(nowMs)) {
+        this.handOverShortOfSpace();
+        return;
+      }
+      // Quiesced, its followers answer one heartbeat a quiesced period: the contact it needs is
+      // that much older.
+      const contactMs = this.timing.electionTimeoutMaxMs + (this.quiesced ? this.timing.quiescedHeartbeatMs : 0);
+      if (nowMs - this.leaderSinceMs > this.timing.electionTimeoutMaxMs && !this.hasMajorityContact(contactMs)) {
         // Cut off from a majority for a whole election timeout: another leader may exist.
         this.stepDown(this.term, null, 'lost contact with a majority');
         return;
       }
+      if (!this.quiesced && !this.quiesceAsked && this.idle(nowMs)) this.quiesceAsked = true;
       this.replicateAll(true);
       // A change whose next step failed (the device refused it) is taken up again.
       this.afterConfigCommitted();
       this.handOverShortOfSpace();
       return;
     }
-    if (nowMs >= this.electionDeadlineMs) this.startPreVote();
+    if (nowMs >= this.electionDeadlineMs) {
+      // Quiesced under a leader whose node it hears from: it waits on.
+      if (this.quiescedStill(nowMs)) this.resetElectionDeadline();
+      else {
+        this.quiescedUnder = undefined;
+        this.startPreVote();
+      }
+    }
+  }
+
+  /**
+   * As leader: whether the shard may quiesce. Idle for quiesceAfterMs, everything committed and
+   * every follower holding every record and answering (a follower that is down keeps its leader
+   * awake), no change of the set, no handover, and a transport that tells of its peers' nodes.
+   */
+  private idle(nowMs: number): boolean {
+    if (this.transport.seenMs === undefined || nowMs - this.busyMs < this.timing.quiesceAfterMs) return false;
+    if (this.handover !== undefined || this.config.prior !== undefined || this.configAppending !== undefined) return false;
+    if (this.commitLsn !== this.lastLsn || this.commitWaiters.length > 0 || this.store.appliedLsn !== this.commitLsn) return false;
+    for (const id of this.peers()) {
+      const f = this.followers.get(id);
+      if (f === undefined || f.match !== this.lastLsn || f.inFlight > 0 || f.probing === true || f.snapshot !== undefined || this.pausing(f)) return false;
+    }
+    return true;
+  }
+
+  /** Quiesced: whether a follower's heartbeat is due (one a quiesced period, as sendNext sends it). */
+  private quiescedBeatDue(nowMs: number): boolean {
+    const period = Math.floor(nowMs / this.timing.quiescedHeartbeatMs);
+    for (const f of this.followers.values()) if (period > Math.floor(f.lastSentMs / this.timing.quiescedHeartbeatMs)) return true;
+    return false;
+  }
+
+  /** A request or a candidate's message: a quiesced (or quiescing) leader wakes; the shard counts as busy from now. */
+  private wake(): void {
+    this.busyMs = this.nowMs;
+    if (!this.quiesced && !this.quiesceAsked) return;
+    this.quiesced = false;
+    this.quiesceAsked = false;
+    for (const f of this.followers.values()) f.quiesceAcked = false;
+  }
+
+  /**
+   * As follower: quiesced under its leader, whose node it heard from within the minimum election
+   * timeout, and whose own last message is at most QUIESCED_WAIT_BEATS quiesced periods old.
+   */
+  private quiescedStill(nowMs: number): boolean {
+    const leader = this.quiescedUnder;
+    if (leader === undefined || this.role !== 'follower' || this.leader !== leader) return false;
+    const seen = this.transport.seenMs?.(leader);
+    return seen !== undefined && nowMs - seen < this.timing.electionTimeoutMinMs && nowMs - this.leaderContactMs < QUIESCED_WAIT_BEATS * this.timing.quiescedHeartbeatMs;
   }
 
   /** Its device is short of space (under its reserve): it refuses page writes, and takes no leadership handed to it. */
@@ -1575,6 +1689,7 @@ export class Replica {
     this.votedFor = null;
     this.role = 'follower';
     this.leader = null;
+    this.quiescedUnder = undefined;
     if (wasLeader) this.leaderStopped('a newer term exists');
   }
 
@@ -1595,6 +1710,8 @@ export class Replica {
     // Deposed by the term of the follower it handed its leadership to: said so.
     if (this.handover !== undefined && this.term > this.handover.term) reason = `handed its leadership to '${this.handover.to}'`;
     this.endHandover();
+    this.quiesced = false;
+    this.quiesceAsked = false;
     this.followers.clear();
     this.recent = [];
     this.recentBytes = 0;
@@ -1730,10 +1847,12 @@ export class Replica {
    */
   private knowsLiveLeader(): boolean {
     const min = this.timing.electionTimeoutMinMs;
-    if (this.role === 'leader') return this.hasMajorityContact(min);
+    // A quiesced leader's followers wait for it (ignoring a candidate is never unsafe).
+    if (this.role === 'leader') return this.quiesced || this.hasMajorityContact(min);
     // Measured from the last message of a leader alone: learning of a newer term afterwards (a
     // late answer to a prevote, say) does not end it, since the lease counts that message.
-    return this.now() - this.leaderContactMs < min;
+    const now = this.now();
+    return now - this.leaderContactMs < min || this.quiescedStill(now);
   }
 
   /**
@@ -1800,6 +1919,9 @@ export class Replica {
     this.failedElections = 0;
     this.role = 'leader';
     this.leaderSinceMs = this.nowMs;
+    this.busyMs = this.nowMs;
+    this.quiesced = false;
+    this.quiesceAsked = false;
     this.leader = this.self;
     this.lastLeader = this.self;
     this.followers.clear();
@@ -1831,6 +1953,7 @@ export class Replica {
    */
   private appendLocal(records: LogRecordInput[], tag?: unknown): number {
     this.queue.checkAppend(records, this.spaceExempt);
+    this.wake();
     const first = this.lastLsn + 1;
     const stored: HeldRecord[] = records.map((r, i) =>
       tag === undefined ? { term: r.term, kind: r.kind, payload: r.payload, lsn: first + i } : { term: r.term, kind: r.kind, payload: r.payload, lsn: first + i, tag },
@@ -2010,7 +2133,8 @@ export class Replica {
     // heartbeats of every shard a host leads go out in the same turn, so that the transport can
     // carry those to one node in one message (runtime/heartbeat-batcher.ts). A follower then
     // hears its leader at least every period and a tick.
-    const hb = this.timing.heartbeatMs;
+    // Quiesced: one a quiesced period, as aligned to the clock.
+    const hb = this.quiesced ? this.timing.quiescedHeartbeatMs : this.timing.heartbeatMs;
     const due = Math.floor(this.nowMs / hb) > Math.floor(f.lastSentMs / hb);
     if (f.next > this.lastLsn && !(heartbeat && due) && f.snapshot === undefined) return false;
     if (f.snapshot !== undefined || f.next < this.log.firstLsn) {
@@ -2039,6 +2163,7 @@ export class Replica {
       records: records.map((r): WireRecord => ({ term: r.term, kind: r.kind, payload: r.payload })),
       commitLsn: this.commitLsn,
       leaderLastLsn: this.lastLsn,
+      ...(records.length === 0 && (this.quiesced || this.quiesceAsked) ? { quiesce: true } : {}),
     };
     const sentMs = this.nowMs;
     const term = this.term;
@@ -2057,7 +2182,7 @@ export class Replica {
       replies[i]!.then(
         (reply) => {
           try {
-            this.onAppendReply(id, f, term, sentMs, prevLsn, records.length, reply as AppendReply);
+            this.onAppendReply(id, f, term, sentMs, prevLsn, records.length, reply as AppendReply, req.quiesce === true);
           } catch (e) {
             // Nothing awaits an answer's handler: what it throws goes to the host, not the thread.
             if (!(this.reportDamage(e) || this.reportFailure(e))) throw e;
@@ -2066,6 +2191,7 @@ export class Replica {
         () => {
           // Lost or unanswered: send again from here (never below what the follower acknowledged),
           // a heartbeat interval later, first without records.
+          if (this.followers.get(id) === f) this.wake();
           f.inFlight = Math.max(0, f.inFlight - 1);
           f.next = Math.max(f.match + 1, Math.min(f.next, prevLsn + 1));
           this.pause(f);
@@ -2098,7 +2224,7 @@ export class Replica {
     return tracer.send(tags, run);
   }
 
-  private onAppendReply(id: string, f: FollowerState, term: number, sentMs: number, prevLsn: number, count: number, reply: AppendReply): void {
+  private onAppendReply(id: string, f: FollowerState, term: number, sentMs: number, prevLsn: number, count: number, reply: AppendReply, askedQuiesce = false): void {
     // An answer that arrives after close (its volume deleted, its host stopping) is too late:
     // the store is closed, and applying would throw where nobody catches it.
     if (this.closed) return;
@@ -2125,7 +2251,9 @@ export class Replica {
       f.probing = false;
       this.advanceCommit();
       this.trimRecent();
+      if (askedQuiesce) this.onQuiesceAnswer(f, reply);
     } else {
+      if (this.quiesced) this.wake();
       // A follower whose log ends below what it acknowledged lost records to damage (it repaired
       // its log at open): its acknowledgement no longer counts, and it is sent them again. (A
       // conflict's hint may go below what it acknowledged: where to continue, not its log's end.)
@@ -2140,6 +2268,24 @@ export class Replica {
     // turn would reach it alone, and the followers would part.
     if (this.transport.sendEach !== undefined && this.peers().length >= 2) this.replicateSoon();
     else this.replicateTo(id, false);
+  }
+
+  /**
+   * A follower's answer to a heartbeat that asked it to quiesce: once every follower answered
+   * that it is quiesced, holding every record, the leader is. A quiesced leader whose follower
+   * answers otherwise (restarted since, say) wakes.
+   */
+  private onQuiesceAnswer(f: FollowerState, reply: AppendReply): void {
+    if (reply.quiesced !== true || reply.matchLsn !== this.lastLsn) {
+      if (this.quiesced) this.wake();
+      return;
+    }
+    f.quiesceAcked = true;
+    if (!this.quiesceAsked) return;
+    for (const id of this.peers()) if (this.followers.get(id)?.quiesceAcked !== true) return;
+    this.quiesced = true;
+    this.quiesceAsked = false;
+    this.counters.quiesces++;
   }
 
   private sendSnapshotChunk(id: string, f: FollowerState): void {
@@ -2415,6 +2561,8 @@ export class Replica {
     this.leader = leader;
     this.leaderContactMs = this.now();
     this.lastLeader = leader;
+    // Quiesced again only by this message's answer (acceptAppend).
+    this.quiescedUnder = undefined;
     this.failedElections = 0;
     // A prevote round of this replica is over: it has a leader again.
     this.preVote = undefined;
@@ -2618,7 +2766,13 @@ export class Replica {
         this.applyCommitted();
       }
       this.checkRepaired(req.term);
-      return { term: this.term, success: true, matchLsn: durableMatch, lastLsn: this.lastLsn };
+      // Asked to quiesce, holding every record of the leader, committed, on a host that tells
+      // whether the leader's node is heard from: it waits for the leader without campaigning.
+      const quiesce = req.quiesce === true && fresh.length === 0 && this.transport.seenMs !== undefined && this.term === req.term && this.leader === req.leader &&
+        req.leaderLastLsn === this.lastLsn && durableMatch === this.lastLsn && this.commitLsn === this.lastLsn;
+      if (!quiesce) return { term: this.term, success: true, matchLsn: durableMatch, lastLsn: this.lastLsn };
+      this.quiescedUnder = req.leader;
+      return { term: this.term, success: true, matchLsn: durableMatch, lastLsn: this.lastLsn, quiesced: true };
     };
   }
 
@@ -2725,11 +2879,19 @@ export class Replica {
       const g = this.geometry;
       return Promise.reject(new ProtocolError('bad_request', `${path}: '${sender}' is not another member of shard ${g.volumeId}/${g.shard} (members: ${this.members.join(', ')})`, { path }));
     }
+    // A candidate wakes a quiesced leader, once answered as quiesced (a quiesced leader ignores
+    // candidates: its followers wait for it): its heartbeats resume, and the candidate hears it.
     switch (msg.type) {
-      case 'vote':
-        return this.handleVote(msg);
-      case 'prevote':
-        return Promise.resolve(this.handlePreVote(msg));
+      case 'vote': {
+        const answer = this.handleVote(msg);
+        this.wake();
+        return answer;
+      }
+      case 'prevote': {
+        const answer = this.handlePreVote(msg);
+        this.wake();
+        return Promise.resolve(answer);
+      }
       case 'append':
         this.heardLeader(msg.term);
         return this.handleAppend(msg);
@@ -2737,6 +2899,7 @@ export class Replica {
         this.heardLeader(msg.term);
         return this.handleSnapshot(msg);
       case 'timeoutNow':
+        this.wake();
         return Promise.resolve(this.handleTimeoutNow(msg));
     }
   }
@@ -3204,6 +3367,7 @@ export class Replica {
    */
   async flush(deadlineMs: number, nowMs: number = Date.now()): Promise<{ lsn: number; term: number }> {
     this.checkLeader();
+    this.wake();
     if (!this.hasLease()) await this.confirmLeadership(deadlineMs - nowMs);
     const target = this.lastLsn;
     await this.waitApplied(target, deadlineMs);
@@ -3228,6 +3392,7 @@ export class Replica {
    * wait for under a valid lease), then every record committed, and `lsn` if given, applied.
    */
   private readyToRead(opts: { lsn?: number; deadlineMs: number; nowMs: number }): Promise<void> | undefined {
+    this.wake();
     // Every committed record of earlier terms is applied once our own term's first record is.
     const applied = (): Promise<void> | undefined => {
       const needed = Math.max(this.termStartLsn, opts.lsn ?? 0, this.commitLsn);

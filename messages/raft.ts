@@ -83,6 +83,12 @@ export interface AppendRequest {
    * below it. A follower repairing a damaged log votes again only once it holds that far.
    */
   leaderLastLsn?: number;
+  /**
+   * An append without records from an idle leader that asks its followers to quiesce: to wait
+   * for its next message longer than an election timeout while its node is heard from
+   * (docs/replication.md, "Idle shards").
+   */
+  quiesce?: boolean;
 }
 export interface AppendReply {
   term: number;
@@ -96,6 +102,8 @@ export interface AppendReply {
    * where to continue (before that term's run), not where its log ends.
    */
   conflict?: boolean;
+  /** To an append with `quiesce`: the follower holds every record of the leader and is quiesced. */
+  quiesced?: boolean;
 }
 
 export interface SnapshotRequest {
@@ -208,6 +216,7 @@ export function validateRaftRequest(body: unknown): RaftRequest {
         type: 'append', term, leader: id(o.leader, 'leader'), prevLsn, prevTerm: termOf(o.prevTerm, 'prevTerm'),
         records, commitLsn: counter(o.commitLsn, 'commitLsn'),
         ...(o.leaderLastLsn !== undefined ? { leaderLastLsn: counter(o.leaderLastLsn, 'leaderLastLsn') } : {}),
+        ...(o.quiesce !== undefined ? { quiesce: bool(o.quiesce, 'quiesce') } : {}),
       };
     }
     case 'snapshot': {
@@ -244,6 +253,7 @@ export function validateRaftReply(type: RaftRequest['type'], body: unknown): Raf
         ...(o.matchLsn !== undefined ? { matchLsn: counter(o.matchLsn, 'matchLsn') } : {}),
         lastLsn: counter(o.lastLsn, 'lastLsn'),
         ...(o.conflict !== undefined ? { conflict: bool(o.conflict, 'conflict') } : {}),
+        ...(o.quiesced !== undefined ? { quiesced: bool(o.quiesced, 'quiesced') } : {}),
       };
     case 'snapshot':
       return { term: termOf(o.term, 'term'), ok: bool(o.ok, 'ok'), nextOffset: counter(o.nextOffset, 'nextOffset') };

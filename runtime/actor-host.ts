@@ -37,7 +37,7 @@ import { messageHeaders, REPLY_HEADERS, wellFormed, type ReceivedHeaders } from 
 import { HEADER_DEADLINE, HEADER_TYPE, HEADER_SCHEMA, SCHEMA_VERSION, checkSchemaHeader, deadlineRemainingMs, parseDeadline } from '../messages/headers';
 import { nodeInboxPrefix, shardLeadersSubject, shardSubject } from '../messages/subjects';
 import { validateRaftRequest, validateRaftReply, replicaSubject, followersSubject, type AppendRequest, type RaftRequest, type RaftReply } from '../messages/raft';
-import type { ForceVoteResult, ReconfigureResult, ReplicaConfig, ReplicaDigest, ReplicaTransport, ReplicaTiming, TransferResult, WriteAttempt } from '../actors/replica';
+import { DEFAULT_TIMING, type ForceVoteResult, type ReconfigureResult, type ReplicaConfig, type ReplicaDigest, type ReplicaTransport, type ReplicaTiming, type TransferResult, type WriteAttempt } from '../actors/replica';
 import { DeviceHost, deviceProblem, shardKey, type ShardSpec, type ReplicaRoles, type ForgottenRule, type DeviceHostOptions, type DeviceHostStats, type ReplicaErrorOutcome } from './device-host';
 import { createLogger, throttled, type Logger } from '../observability/log';
 import type { WorkerTelemetryInit, WorkerTracing } from '../observability/worker-tracing';
@@ -310,6 +310,12 @@ export class ActorHost implements HostApi {
   private requestCodec: CodecOptions = { bytesMax: MESSAGE_BYTES_MAX, itemsMax: REQUEST_ITEMS_MAX };
   private idle: Array<() => void> = [];
   private faults: { unreachable: Set<string>; delayMs: number; dropRate: number } = { unreachable: new Set(), delayMs: 0, dropRate: 0 };
+  /**
+   * When a heartbeats message (or ping) of each node last came (performance.now(), the replicas'
+   * clock): a quiesced follower campaigns once its leader's node is not heard from
+   * (ReplicaTransport.seenMs). At most PEERS_SEEN_MAX nodes.
+   */
+  private readonly peerSeen = new Map<string, number>();
   /** Request durations and errors; only with telemetry. */
   private readonly recorder: RequestRecorder | undefined = telemetryInit !== undefined ? new RequestRecorder() : undefined;
   /** Spans (server, shard work, replication sends) are made only with telemetry. */
@@ -402,9 +408,15 @@ export class ActorHost implements HostApi {
     const tickMs = config.tickMs ?? 10;
     this.loopDelay = new LoopDelay(tickMs);
     let peersSyncedAt = performance.now();
+    const pingEveryMs = config.timing?.heartbeatMs ?? DEFAULT_TIMING.heartbeatMs;
+    let pingedAt = Number.NEGATIVE_INFINITY;
     this.timer = setInterval(() => {
       const now = performance.now();
       this.loopDelay?.record(now);
+      if (now - pingedAt >= pingEveryMs) {
+        pingedAt = now;
+        this.pingPeers();
+      }
       this.device?.tick(now, Date.now());
       if (now - peersSyncedAt >= PEERS_SYNC_MS) {
         peersSyncedAt = now;
@@ -569,6 +581,23 @@ export class ActorHost implements HostApi {
           if (!err) this.onReplication(mb, msg, peer);
         },
       }));
+    }
+  }
+
+  /**
+   * A ping (HeartbeatSender.ping) to each node the peers of this host's replicas are on: a
+   * follower of a quiesced leader on this node hears from it so. Not to a node cut off by the
+   * faults of a test (a partition cuts both ways), and dropped as often as their messages are.
+   */
+  private pingPeers(): void {
+    const hb = this.heartbeats;
+    if (hb === undefined || this.stopping) return;
+    const f = this.faults;
+    const nodes = new Set<string>();
+    for (const mb of this.mailboxes.values()) for (const peer of mb.followerSubs.keys()) nodes.add(peer);
+    for (const node of nodes) {
+      if (f.unreachable.has(node) || (f.dropRate > 0 && Math.random() < f.dropRate)) continue;
+      hb.ping(node);
     }
   }
 
@@ -811,6 +840,7 @@ export class ActorHost implements HostApi {
       get sendEach() {
         return faulty() ? undefined : sendEach;
       },
+      seenMs: (id) => this.peerSeen.get(id),
     };
   }
 
@@ -882,17 +912,21 @@ export class ActorHost implements HostApi {
    * by host 0.
    */
   private onHeartbeats(msg: Msg): void {
-    if (!msg.reply || this.stopping) return;
+    if (this.stopping) return;
     const { hostId } = this.config!;
     const hosts = this.config!.hostCount;
     let batch: HeartbeatBatch;
     try {
       batch = validateHeartbeatBatch(decode(msg.data, this.codec));
     } catch (e) {
-      if (hostId === 0) this.respond(msg, errorReply(e));
+      if (hostId === 0 && msg.reply) this.respond(msg, errorReply(e));
       return;
     }
     if (this.faults.unreachable.has(batch.from)) return;
+    if (this.peerSeen.size >= PEERS_SEEN_MAX && !this.peerSeen.has(batch.from)) this.peerSeen.clear();
+    this.peerSeen.set(batch.from, performance.now());
+    // A ping: nothing to answer.
+    if (!msg.reply) return;
     // Answers go out at the end of the turn in which they are ready: one that waits (a new term
     // saved first, behind the device's queue) does not hold the others back, which would keep
     // their leaders from sending more (their windows full) and let their followers campaign.
@@ -1165,6 +1199,8 @@ export class ActorHost implements HostApi {
  * a move changes who may lead the shard.
  */
 const PEERS_SYNC_MS = 250;
+/** Nodes whose last message a host remembers (ActorHost.peerSeen); beyond, it starts over. */
+const PEERS_SEEN_MAX = 4096;
 
 /** Longest wait for the host's NATS connection to drain at a stop. */
 const HOST_NATS_DRAIN_MS = 2000;

@@ -20,6 +20,11 @@
  * hosts do not take these messages (nobody subscribed: a node of an older version, or one that
  * is down) is declined for HEARTBEAT_DECLINE_MS, so that a cluster upgraded one node at a time
  * keeps its heartbeats.
+ *
+ * A message without entries and without a reply subject is a ping (`ping`): a host sends one to
+ * each node its replicas' peers are on every heartbeat period, so that a follower of a quiesced
+ * leader, which hears from that leader once a quiesced period only, knows its node is up
+ * (docs/replication.md, "Idle shards"). Nobody answers it; a node of an older version drops it.
  */
 import type { Msg, NatsConnection, Subscription } from 'nats';
 import { decode, encode, MESSAGE_BYTES_MAX, type CodecOptions } from '../messages/codec';
@@ -119,6 +124,8 @@ export interface HeartbeatStats {
   entries: number;
   /** Appends without records it declined, sent on the replicas' own subjects instead. */
   declined: number;
+  /** Pings sent (messages without entries, unanswered). */
+  pings: number;
 }
 
 interface Slot {
@@ -157,7 +164,7 @@ export class HeartbeatSender {
   private nextToken = 0;
   private scheduled = false;
   private closed = false;
-  private readonly counts: HeartbeatStats = { messages: 0, entries: 0, declined: 0 };
+  private readonly counts: HeartbeatStats = { messages: 0, entries: 0, declined: 0, pings: 0 };
 
   constructor(
     private readonly nc: NatsConnection,
@@ -222,6 +229,17 @@ export class HeartbeatSender {
     // An entry whose own timeout is shorter than its batch's fails at its own.
     if (timeoutMs < batch.timeoutMs) return withTimeout(p, timeoutMs, () => new ProtocolError('timeout', `replica on ${to} did not answer its heartbeat within ${timeoutMs} ms`));
     return p;
+  }
+
+  /** Sends node `to` a ping: this host is up. Nothing when closed, or when the connection refuses it (the next period sends another). */
+  ping(to: string): void {
+    if (this.closed || this.nc.isClosed()) return;
+    try {
+      this.nc.publish(heartbeatsSubject(this.opts.cluster, to), encode({ from: this.opts.nodeId, e: [] } satisfies HeartbeatBatch, this.opts.codec));
+      this.counts.pings++;
+    } catch {
+      // The connection is closing or down: the node's peers stop hearing from it, as they should.
+    }
   }
 
   /** Fails every heartbeat waiting (the host is stopping); later sends decline. */

@@ -1,5 +1,5 @@
 import { strict as assert } from 'node:assert';
-import { FIRST_ELECTION_WAIT, Replica, SCRUB_STEP_BYTES, type ReplicaTransport, type ScrubStepResult } from '../../actors/replica';
+import { FIRST_ELECTION_WAIT, QUIESCED_WAIT_BEATS, Replica, SCRUB_STEP_BYTES, type ReplicaTiming, type ReplicaTransport, type ScrubStepResult } from '../../actors/replica';
 import { DeviceQueue } from '../../actors/device-queue';
 import { WRITE_IDS_READ_AT_OPEN, WRITE_ID_KEEP_MS } from '../../actors/write-ids';
 import { SimDisk } from '../../storage-engine/sim-disk';
@@ -66,7 +66,7 @@ class TestShard {
     readonly ids: string[],
     private readonly opts: {
       checkpointEveryRecords?: number;
-      timing?: Partial<typeof timing>;
+      timing?: Partial<ReplicaTiming>;
       messageBytesMax?: number;
       /** The disks flush off the thread (fdatasyncAsync, 5 ms later), as RealDisk does. */
       asyncFlush?: boolean;
@@ -84,6 +84,12 @@ class TestShard {
       writeIdsKept?: number;
       /** The wall clock of the replicas' checkpoint pointers (default Date.now). */
       wallClock?: () => number;
+      /**
+       * The members whose transport tells when a peer's node was last heard from
+       * (ReplicaTransport.seenMs; true: every member): a node is heard from while its replica
+       * runs, or it is in `nodesUp`, and the link from it is not cut. Without, no shard quiesces.
+       */
+      liveness?: boolean | string[];
     } = {},
   ) {
     for (const id of ids) this.start(id, new SimDisk());
@@ -197,9 +203,16 @@ class TestShard {
   /** Appends sent to every follower as one message (`sendEach`): sender, receivers, record count. */
   readonly appendsToAll: Array<{ from: string; to: string[]; records: number }> = [];
 
+  /** Appends without records sent (heartbeats, probes): sender, receiver, whether they asked to quiesce, when. */
+  readonly emptyAppends: Array<{ from: string; to: string; quiesce: boolean; at: number }> = [];
+
+  /** Nodes heard from although their replica is not running (its node is up: `liveness`). */
+  readonly nodesUp = new Set<string>();
+
   private transport(from: string): ReplicaTransport {
     const send = async (to: string, msg: RaftRequest, timeoutMs: number): Promise<RaftReply> => {
       if (msg.type === 'append' && msg.records.length > 0) this.appendsSent.push({ from, to, records: msg.records.length });
+      if (msg.type === 'append' && msg.records.length === 0) this.emptyAppends.push({ from, to, quiesce: msg.quiesce === true, at: this.now });
       if (this.opts.messageBytesMax !== undefined) {
         const bytes = encode(msg).length;
         this.largestMessage = Math.max(this.largestMessage, bytes);
@@ -228,9 +241,12 @@ class TestShard {
       for (const t of this.replyTampers) t(from, to, answered);
       return answered;
     };
-    if (this.opts.sendEach === false) return { send };
+    const live = this.opts.liveness === true || (Array.isArray(this.opts.liveness) && this.opts.liveness.includes(from));
+    const seenMs = (id: string): number | undefined => ((this.members.has(id) || this.nodesUp.has(id)) && !this.cut.has(`${id}>${from}`) ? this.now : undefined);
+    if (this.opts.sendEach === false) return { send, ...(live ? { seenMs } : {}) };
     return {
       send,
+      ...(live ? { seenMs } : {}),
       // One message to each receiver (each its own copy, with the same cuts, drops and holds).
       sendEach: (to: readonly string[], msg: AppendRequest, timeoutMs: number): Promise<RaftReply>[] => {
         if (this.sendEachThrows !== undefined) throw this.sendEachThrows;
@@ -2719,5 +2735,132 @@ describe('Replica handing its leadership over (transferLeadership, timeoutNow)',
     assert.deepEqual(await a.transferLeadership(), { term, to: 'c' });
     await shard.waitFor(() => c.isLeader, 'c leads', 5000);
     assert.deepEqual((await c.read([0], { deadlineMs: Date.now() + 1000, nowMs: Date.now() })).pages[0], page(6));
+  });
+});
+
+describe('Replica: idle shards quiesce (heartbeats once a quiesced period; followers wait while the leader\'s node is heard from)', function () {
+  this.timeout(60_000);
+  // Quiesced after 100 ms idle; a quiesced leader's heartbeat every 400 ms; its followers wait up
+  // to QUIESCED_WAIT_BEATS × 400 = 1200 ms for its own next message while its node is heard from.
+  const quiet = { quiesceAfterMs: 100, quiescedHeartbeatMs: 400 };
+  let shard: TestShard | undefined;
+  afterEach(async () => {
+    await shard?.stop();
+    shard = undefined;
+  });
+
+  const others = (s: TestShard, id: string): Member[] => [...s.members.values()].filter((m) => m.id !== id);
+  /** Waits until the leader and every follower say they are quiesced. */
+  const quiesced = (s: TestShard, l: Member): Promise<void> =>
+    s.waitFor(() => l.replica.stats().quiesced && others(s, l.id).every((m) => m.replica.stats().quiesced), 'the shard quiesces');
+  /** Heartbeats (appends without records) the leader sent over `ms` of the replicas' clock. */
+  const heartbeatsOver = async (s: TestShard, l: Member, ms: number): Promise<number> => {
+    const from = s.emptyAppends.length;
+    await s.elapse(ms);
+    return s.emptyAppends.slice(from).filter((x) => x.from === l.id).length;
+  };
+
+  it('an idle shard quiesces: one heartbeat a quiesced period, no election while the leader is quiet; a write wakes it, and a read after confirms the leadership', async () => {
+    shard = new TestShard(['a', 'b', 'c'], { liveness: true, timing: quiet });
+    const l = await shard.leader();
+    await l.replica.write([{ page: 1, data: page(1) }]);
+    // Awake: a heartbeat each 10 ms to each follower.
+    assert.ok((await heartbeatsOver(shard, l, 50)) >= 4, 'heartbeats while not idle');
+    await quiesced(shard, l);
+    assert.equal(l.replica.stats().quiesces, 1);
+    const term = l.replica.currentTerm;
+    const changes = shard.roleChanges.length;
+    // 2 s quiesced: one heartbeat each 400 ms to each of 2 followers (~10), where awake would send ~400.
+    const sent = await heartbeatsOver(shard, l, 2000);
+    assert.ok(sent >= 6 && sent <= 14, `${sent} heartbeats in 2 s quiesced`);
+    assert.equal(l.replica.isLeader, true);
+    assert.equal(l.replica.currentTerm, term, 'no election while the leader was quiet');
+    assert.equal(shard.roleChanges.length, changes);
+    // Its lease lapsed meanwhile: a read confirms the leadership with a round of its followers.
+    const r = await l.replica.read([1], { deadlineMs: Date.now() + 2000, nowMs: Date.now() });
+    assert.deepEqual(r.pages[0], page(1));
+    assert.equal(l.replica.stats().quiesced, false, 'the read woke it');
+    const w = await l.replica.write([{ page: 2, data: page(2) }]);
+    assert.equal(l.replica.stats().quiesced, false);
+    await shard.waitFor(() => others(shard!, l.id).every((m) => m.replica.appliedLsn >= w.lsn && !m.replica.stats().quiesced), 'followers apply it and are awake');
+    assert.ok((await heartbeatsOver(shard, l, 50)) >= 4, 'heartbeats each period again');
+    // Idle again: quiesced again.
+    await quiesced(shard, l);
+    assert.equal(l.replica.stats().quiesces, 2);
+  });
+
+  it('followers of a quiesced leader whose node is no longer heard from elect a new leader at once, not after the quiesced wait', async () => {
+    shard = new TestShard(['a', 'b', 'c'], { liveness: true, timing: quiet });
+    const l = await shard.leader();
+    const w = await l.replica.write([{ page: 1, data: page(1) }]);
+    await quiesced(shard, l);
+    const crashedAt = shard.now;
+    await shard.crash(l.id);
+    await shard.waitFor(() => shard!.leaders().length === 1, 'a new leader');
+    const elapsed = shard.now - crashedAt;
+    // Its node not heard from for the minimum election timeout (60 ms), the next election
+    // timeout runs out: well within the 1200 ms a follower waits for a quiesced leader whose node is up.
+    assert.ok(elapsed < 800, `a new leader ${elapsed} ms after the crash`);
+    const nl = shard.leaders()[0]!;
+    assert.notEqual(nl.id, l.id);
+    assert.deepEqual((await nl.replica.read([1], { deadlineMs: Date.now() + 2000, nowMs: Date.now() })).pages[0], page(1));
+    assert.ok(nl.replica.appliedLsn >= w.lsn);
+  });
+
+  it('followers of a quiesced leader whose replica is gone and whose node is up wait QUIESCED_WAIT_BEATS quiesced periods, then elect', async () => {
+    shard = new TestShard(['a', 'b', 'c'], { liveness: true, timing: quiet });
+    const l = await shard.leader();
+    await l.replica.write([{ page: 1, data: page(1) }]);
+    await quiesced(shard, l);
+    // The leader's last heartbeat to each follower, then the replica gone with its node up.
+    const lastBeat = Math.max(...shard.emptyAppends.filter((x) => x.from === l.id).map((x) => x.at));
+    shard.nodesUp.add(l.id);
+    await shard.crash(l.id);
+    await shard.waitFor(() => shard!.leaders().length === 1, 'a new leader', 30_000);
+    const after = shard.now - lastBeat;
+    assert.ok(after >= QUIESCED_WAIT_BEATS * quiet.quiescedHeartbeatMs, `elected ${after} ms after the leader's last message: the followers waited for it`);
+  });
+
+  it('a follower restarted (not quiesced) does not depose a quiesced leader: its prevotes fail, and the leader wakes', async () => {
+    shard = new TestShard(['a', 'b', 'c'], { liveness: true, timing: quiet });
+    const l = await shard.leader();
+    await l.replica.write([{ page: 1, data: page(1) }]);
+    await quiesced(shard, l);
+    const term = l.replica.currentTerm;
+    const f = others(shard, l.id)[0]!;
+    const restarted = await shard.restart(f.id);
+    const w = await (async () => {
+      await shard!.elapse(1500);
+      return l.replica.write([{ page: 2, data: page(2) }]);
+    })();
+    assert.equal(l.replica.isLeader, true, 'still leading');
+    assert.equal(l.replica.currentTerm, term, 'no election');
+    await shard.waitFor(() => restarted.replica.appliedLsn >= w.lsn, 'the restarted follower follows');
+  });
+
+  it('a follower whose host does not tell of its peers\' nodes (an older node) keeps its leader from quiescing', async () => {
+    shard = new TestShard(['a', 'b', 'c'], { liveness: ['a', 'b'], timing: quiet, randoms: { a: 0, b: 0.5, c: 0.9 } });
+    const l = await shard.leader();
+    await l.replica.write([{ page: 1, data: page(1) }]);
+    await shard.elapse(1000);
+    assert.equal(l.replica.stats().quiesced, false);
+    assert.equal(l.replica.stats().quiesces, 0);
+    assert.ok((await heartbeatsOver(shard, l, 100)) >= 10, 'heartbeats each period');
+    assert.ok(shard.emptyAppends.some((x) => x.from === l.id && x.quiesce), 'it asked');
+  });
+
+  it('a quiesced leader cut off from its followers is replaced at once, and steps down at its next quiesced heartbeat', async () => {
+    shard = new TestShard(['a', 'b', 'c'], { liveness: true, timing: quiet });
+    const l = await shard.leader();
+    await l.replica.write([{ page: 1, data: page(1) }]);
+    await quiesced(shard, l);
+    shard.isolate([l.id]);
+    await shard.waitFor(() => shard!.leaders(others(shard!, l.id).map((m) => m.id)).length === 1, 'a new leader among the others');
+    await shard.waitFor(() => !l.replica.isLeader, 'the old leader steps down');
+    assert.ok(shard.roleChanges.some((c) => c.id === l.id && c.role !== 'leader' && c.reason === 'lost contact with a majority'), JSON.stringify(shard.roleChanges.filter((c) => c.id === l.id)));
+    shard.heal();
+    const nl = shard.leaders()[0]!;
+    const w = await nl.replica.write([{ page: 2, data: page(2) }]);
+    await shard.waitFor(() => l.replica.appliedLsn >= w.lsn, 'the old leader follows');
   });
 });

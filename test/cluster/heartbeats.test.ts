@@ -12,7 +12,9 @@ type ShardView = { leader?: string; term: number; state: string };
  * an idle cluster's leaders reach their followers through `strata.<c>.heartbeats.<node>` only,
  * one message per leader's host and node per period, answered by whichever host of that node
  * holds each shard; the leaders keep their terms (no follower went without hearing its leader),
- * and writes still replicate.
+ * and writes still replicate. The hosts also ping each node their peers are on. Then idle shards
+ * quiesce (docs/replication.md, "Idle shards"): a heartbeat a second, and a node killed or cut off
+ * is still replaced by its peers.
  */
 describe('heartbeats coalesced per pair of nodes', function () {
   this.timeout(120_000);
@@ -24,7 +26,8 @@ describe('heartbeats coalesced per pair of nodes', function () {
 
   before(async () => {
     // Two hosts per node: a node's hosts each take the message and answer their own shards.
-    c = await startCluster({ nodes: 3, hosts: 2, clientTimeoutMs: 5000 });
+    // Its shards do not quiesce: what is counted here is the heartbeats of shards awake.
+    c = await startCluster({ nodes: 3, hosts: 2, clientTimeoutMs: 5000, node: { timing: { quiesceAfterMs: 3_600_000 } } });
     nc = await natsConnect({ servers: c.natsUrl });
     // 72 replicas opened and their first leaders elected: more than the client's 5 s on a loaded machine.
     await c.client.createVolume({ name: 'idle', pageCount: 1536, shards: 24, stripePages: 16, replicas: 3 }, { deadlineMs: Date.now() + 100_000 });
@@ -39,6 +42,7 @@ describe('heartbeats coalesced per pair of nodes', function () {
     const terms = (await shards()).map((s) => `${s.leader}@${s.term}`);
     const emptyAppends: string[] = [];
     const batches: Array<{ subject: string; entries: number }> = [];
+    let pings = 0;
     const own = nc.subscribe(`strata.${c.cluster}.replica.>`, {
       callback: (_e, m) => {
         const req = decode(m.data) as { type?: string; records?: unknown[] };
@@ -46,7 +50,14 @@ describe('heartbeats coalesced per pair of nodes', function () {
       },
     });
     const coalesced = nc.subscribe(`strata.${c.cluster}.heartbeats.>`, {
-      callback: (_e, m) => void batches.push({ subject: m.subject, entries: validateHeartbeatBatch(decode(m.data)).e.length }),
+      callback: (_e, m) => {
+        const entries = validateHeartbeatBatch(decode(m.data)).e.length;
+        // A ping: no entries, nothing to answer.
+        if (m.reply === undefined || m.reply === '') {
+          assert.equal(entries, 0);
+          pings++;
+        } else batches.push({ subject: m.subject, entries });
+      },
     });
     await nc.flush();
     await new Promise((r) => setTimeout(r, 2000));
@@ -58,6 +69,8 @@ describe('heartbeats coalesced per pair of nodes', function () {
     // about 4, sent to each other node in one message.
     assert.ok(entries >= 100, `${entries} heartbeats in ${batches.length} messages`);
     assert.ok(batches.length * 2 <= entries, `${entries} heartbeats in ${batches.length} messages: coalesced`);
+    // Each of the 6 hosts pings the 2 other nodes every 100 ms: ~240 in 2 s.
+    assert.ok(pings >= 60, `${pings} pings`);
     assert.deepEqual((await shards()).map((s) => `${s.leader}@${s.term}`), terms, 'no shard changed leader or term');
     // The hosts count what they sent (strata_heartbeat_messages, strata_heartbeat_entries).
     const counted = { messages: 0, entries: 0 };

@@ -83,7 +83,7 @@ describe('HeartbeatSender (appends without records to one node, one message per 
     // The next turn: a message of its own.
     await sender.send('n2', 'v0', 0, encode({ n: 'again' }), 2000);
     assert.equal(received.length, 2);
-    assert.deepEqual(sender.stats(), { messages: 2, entries: 51, declined: 0 });
+    assert.deepEqual(sender.stats(), { messages: 2, entries: 51, declined: 0, pings: 0 });
   });
 
   it('a second heartbeat of the same shard in one turn starts a new message (answers are matched by shard)', async () => {
@@ -214,7 +214,7 @@ describe('HeartbeatSender (appends without records to one node, one message per 
       const again = sender.send('n5', 'v', 0, encode(0), 20_000);
       assert.notEqual(again, undefined, 'not declined: only "no responders" declines a node');
       await assert.rejects(again!, /status 408/);
-      assert.deepEqual(sender.stats(), { messages: 2, entries: 2, declined: 0 });
+      assert.deepEqual(sender.stats(), { messages: 2, entries: 2, declined: 0, pings: 0 });
     } finally {
       await refuser.close();
     }

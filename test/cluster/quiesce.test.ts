@@ -1,0 +1,119 @@
+import { strict as assert } from 'node:assert';
+import { startCluster, type InProcessCluster } from '../../cluster/in-process-cluster';
+import type { ReplicaState } from '../../runtime/device-host';
+import { waitFor } from '../support/wait';
+
+/**
+ * Idle shards quiesce in a running cluster (docs/replication.md, "Idle shards"): once a shard
+ * has had no request for quiesceAfterMs, its leader heartbeats once a quiesced period, its
+ * followers wait for it while they hear from its node (the hosts' pings), and a request wakes
+ * it. A quiesced leader's node killed, or cut off from the others, is replaced by its peers.
+ */
+describe('idle shards quiesce in a running cluster', function () {
+  this.timeout(180_000);
+  let c: InProcessCluster;
+  const SHARDS = 6;
+  /** Pages per stripe: page k × 16 is on shard k. */
+  const STRIPE = 16;
+
+  const replicas = async (): Promise<Array<ReplicaState & { node: string }>> => {
+    const out: Array<ReplicaState & { node: string }> = [];
+    for (const [i, n] of c.nodes.entries()) {
+      if (n === undefined) continue;
+      for (const h of await n.hostPool.stats()) for (const r of h.device?.shards ?? []) if (r.state === 'up') out.push({ ...r, node: `n${i + 1}` });
+    }
+    return out;
+  };
+  const leaders = async (): Promise<Array<ReplicaState & { node: string }>> => (await replicas()).filter((r) => r.role === 'leader' && r.volumeId === volumeId);
+  /** Heartbeat entries the hosts of the running nodes sent so far. */
+  const heartbeatEntries = async (): Promise<{ entries: number; pings: number }> => {
+    const out = { entries: 0, pings: 0 };
+    for (const n of c.nodes) for (const h of n === undefined ? [] : await n.hostPool.stats()) {
+      out.entries += h.heartbeats?.entries ?? 0;
+      out.pings += h.heartbeats?.pings ?? 0;
+    }
+    return out;
+  };
+  const allQuiesced = async (): Promise<boolean> => {
+    const rs = (await replicas()).filter((r) => r.volumeId === volumeId);
+    return rs.length === SHARDS * 3 && rs.every((r) => r.quiesced);
+  };
+  const writeEveryShard = async (fill: number): Promise<void> => {
+    const vol = c.client.volume('q');
+    await Promise.all(Array.from({ length: SHARDS }, (_, k) => vol.write(k * STRIPE, new Uint8Array(4096).fill(fill))));
+  };
+  let volumeId: string;
+
+  before(async () => {
+    // Quiesced after 500 ms without a request; a quiesced leader heartbeats once a second (the default).
+    c = await startCluster({ nodes: 3, clientTimeoutMs: 10_000, node: { timing: { quiesceAfterMs: 500 } } });
+    volumeId = (await c.client.createVolume({ name: 'q', pageCount: SHARDS * STRIPE * 4, shards: SHARDS, stripePages: STRIPE, replicas: 3 }, { deadlineMs: Date.now() + 60_000 })).id;
+    await writeEveryShard(1);
+  });
+  after(async () => {
+    await c?.stop();
+  });
+
+  it('idle: every replica quiesces, the leaders send a heartbeat a second and the hosts ping; nobody campaigns; a write wakes a shard', async () => {
+    await waitFor('every replica quiesces', allQuiesced, 30_000);
+    const terms = (await leaders()).map((r) => `${r.shard}:${r.node}@${r.term}`).sort();
+    const before = await heartbeatEntries();
+    await new Promise((r) => setTimeout(r, 3000));
+    const after = await heartbeatEntries();
+    const entries = after.entries - before.entries;
+    // 6 shards × 2 followers: ~36 in 3 s quiesced (awake: a heartbeat each 100 ms, ~360).
+    assert.ok(entries <= 120, `${entries} heartbeats in 3 s`);
+    // Each of the 3 hosts pings the 2 other nodes every 100 ms: ~180 in 3 s.
+    assert.ok(after.pings - before.pings >= 60, `${after.pings - before.pings} pings in 3 s`);
+    assert.deepEqual((await leaders()).map((r) => `${r.shard}:${r.node}@${r.term}`).sort(), terms, 'no election while quiesced');
+    assert.ok((await leaders()).every((r) => r.quiesces >= 1));
+    // A write wakes its shard, and reads back.
+    const vol = c.client.volume('q');
+    await vol.write(0, new Uint8Array(4096).fill(2));
+    assert.equal((await leaders()).find((r) => r.shard === 0)!.quiesced, false, 'the written shard is awake');
+    assert.equal((await vol.read(0))[0], 2);
+  });
+
+  it('a quiesced leader\'s node killed: its shards are led again and take writes; the leaders stay awake while it is down, and quiesce once it is back', async () => {
+    await waitFor('every replica quiesces', allQuiesced, 30_000);
+    // The node leading most shards (never n1, which keeps the catalog).
+    const byNode = new Map<string, number>();
+    for (const r of await leaders()) byNode.set(r.node, (byNode.get(r.node) ?? 0) + 1);
+    const victim = ['n2', 'n3'].sort((a, b) => (byNode.get(b) ?? 0) - (byNode.get(a) ?? 0))[0]!;
+    const led = byNode.get(victim) ?? 0;
+    c.kill(Number(victim.slice(1)) - 1);
+    await waitFor('every shard led by a node still up', async () => {
+      const ls = await leaders();
+      return ls.length === SHARDS && ls.every((r) => r.node !== victim);
+    }, 30_000);
+    await writeEveryShard(3);
+    const vol = c.client.volume('q');
+    for (let k = 0; k < SHARDS; k++) assert.equal((await vol.read(k * STRIPE))[0], 3);
+    assert.ok(led >= 0);
+    // The two nodes left hold a majority of each shard, and quiesce again without the third (a
+    // follower that is down keeps its leader awake: it probes it).
+    await new Promise((r) => setTimeout(r, 1500));
+    assert.ok((await leaders()).every((r) => !r.quiesced), 'a leader whose follower is down stays awake');
+    await c.restart(Number(victim.slice(1)) - 1);
+    await waitFor('every replica quiesces with the node back', allQuiesced, 60_000);
+  });
+
+  it('a quiesced leader\'s node cut off from the others: they elect leaders of their own and take writes', async () => {
+    await waitFor('every replica quiesces', allQuiesced, 30_000);
+    const byNode = new Map<string, number>();
+    for (const r of await leaders()) byNode.set(r.node, (byNode.get(r.node) ?? 0) + 1);
+    const victim = ['n2', 'n3'].sort((a, b) => (byNode.get(b) ?? 0) - (byNode.get(a) ?? 0))[0]!;
+    const i = Number(victim.slice(1)) - 1;
+    await c.partition([[i]]);
+    try {
+      await waitFor('the other nodes lead every shard', async () => {
+        const up = (await replicas()).filter((r) => r.volumeId === volumeId && r.role === 'leader' && r.node !== victim);
+        return new Set(up.map((r) => r.shard)).size === SHARDS;
+      }, 30_000);
+      await writeEveryShard(4);
+    } finally {
+      await c.heal();
+    }
+    await waitFor('the cut-off node leads nothing', async () => (await leaders()).every((r) => r.node !== victim), 30_000);
+  });
+});
