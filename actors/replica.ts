@@ -772,6 +772,8 @@ export class Replica {
    */
   private quiesced = false;
   private quiesceAsked = false;
+  /** Quiesced: when its next heartbeats are due (the start of the next quiesced period). */
+  private quiescedBeatMs = 0;
   /** When it last had a request or became leader (its clock). */
   private busyMs = 0;
   /**
@@ -1355,11 +1357,9 @@ export class Replica {
       if (this.handover !== undefined && nowMs >= this.handover.untilMs) {
         this.endHandover(new ProtocolError('timeout', `'${this.handover.to}' did not take the leadership over within ${this.timing.electionTimeoutMaxMs} ms; this replica leads on`));
       }
-      // Quiesced: nothing to do between its heartbeats but what a short device needs.
-      if (this.quiesced && !this.quiescedBeatDue(nowMs)) {
-        this.handOverShortOfSpace();
-        return;
-      }
+      // Quiesced: nothing to do between its heartbeats (a device short of space is looked at
+      // with them, and a write wakes it).
+      if (this.quiesced && nowMs < this.quiescedBeatMs) return;
       // Quiesced, its followers answer one heartbeat a quiesced period: the contact it needs is
       // that much older.
       const contactMs = this.timing.electionTimeoutMaxMs + (this.quiesced ? this.timing.quiescedHeartbeatMs : 0);
@@ -1370,6 +1370,7 @@ export class Replica {
       }
       if (!this.quiesced && !this.quiesceAsked && this.idle(nowMs)) this.quiesceAsked = true;
       this.replicateAll(true);
+      if (this.quiesced) this.quiescedBeatMs = this.nextQuiescedPeriodMs(nowMs);
       // A change whose next step failed (the device refused it) is taken up again.
       this.afterConfigCommitted();
       this.handOverShortOfSpace();
@@ -1401,11 +1402,10 @@ export class Replica {
     return true;
   }
 
-  /** Quiesced: whether a follower's heartbeat is due (one a quiesced period, as sendNext sends it). */
-  private quiescedBeatDue(nowMs: number): boolean {
-    const period = Math.floor(nowMs / this.timing.quiescedHeartbeatMs);
-    for (const f of this.followers.values()) if (period > Math.floor(f.lastSentMs / this.timing.quiescedHeartbeatMs)) return true;
-    return false;
+  /** The start of the next quiesced period of the clock, when a quiesced leader's heartbeats are next due (sendNext). */
+  private nextQuiescedPeriodMs(nowMs: number): number {
+    const p = this.timing.quiescedHeartbeatMs;
+    return (Math.floor(nowMs / p) + 1) * p;
   }
 
   /** A request or a candidate's message: a quiesced (or quiescing) leader wakes; the shard counts as busy from now. */
@@ -2163,8 +2163,8 @@ export class Replica {
       records: records.map((r): WireRecord => ({ term: r.term, kind: r.kind, payload: r.payload })),
       commitLsn: this.commitLsn,
       leaderLastLsn: this.lastLsn,
-      ...(records.length === 0 && (this.quiesced || this.quiesceAsked) ? { quiesce: true } : {}),
     };
+    if (records.length === 0 && (this.quiesced || this.quiesceAsked)) req.quiesce = true;
     const sentMs = this.nowMs;
     const term = this.term;
     if (records.length > 0) this.counters.appendsSent++;
@@ -2285,6 +2285,7 @@ export class Replica {
     for (const id of this.peers()) if (this.followers.get(id)?.quiesceAcked !== true) return;
     this.quiesced = true;
     this.quiesceAsked = false;
+    this.quiescedBeatMs = this.nextQuiescedPeriodMs(this.nowMs);
     this.counters.quiesces++;
   }
 
