@@ -118,6 +118,8 @@ export interface ShardSnapshot {
   writeIdsHeld?: number;
   /** How far back the replica knows every write id of its log, ms (ReplicaStats.writeIdsKnownMs). */
   writeIdsKnownMs?: number;
+  /** True while the replica is quiesced (ReplicaStats.quiesced: an idle shard, docs/replication.md "Idle shards"). */
+  quiesced?: boolean;
   /** How far each replica's log is behind, in records (list form). */
   replicas?: ReadonlyArray<{ replica: string; lagRecords: number }>;
   /**
@@ -158,7 +160,7 @@ export interface HostSnapshot {
   /** How late the host's tick ran (LoopDelay). */
   loopDelay?: LoopDelayStats;
   /** The heartbeats it sent per pair of nodes (runtime/heartbeat-batcher.ts HeartbeatStats fits). */
-  heartbeats?: { messages: number; entries: number; declined: number };
+  heartbeats?: { messages: number; entries: number; declined: number; pings?: number };
 }
 
 /** What a move of a replica was started by: an operator's request, or the controller's repair of a dead node's replicas. */
@@ -447,6 +449,7 @@ export class StrataMetrics {
         out.counter('strata_heartbeat_messages', 'Heartbeats messages a host sent: the appends without records of its shards to one node, made in one turn, in one message.', h.heartbeats.messages, hostAttrs);
         out.counter('strata_heartbeat_entries', 'Appends without records (heartbeats, probes, quorum rounds) a host sent in heartbeats messages; entries per message is how well they are coalesced.', h.heartbeats.entries, hostAttrs);
         out.counter('strata_heartbeats_declined', 'Appends without records a host sent on the replica\'s own subject instead of in a heartbeats message (a node that takes none, for 10 s after no responders; too many messages waiting).', h.heartbeats.declined, hostAttrs);
+        if (h.heartbeats.pings !== undefined) out.counter('strata_heartbeat_pings', 'Pings a host sent to the nodes its replicas\' peers are on, one each per heartbeat period: how followers of a quiesced leader know its node is up.', h.heartbeats.pings, hostAttrs);
       }
       const dev = h.device;
       out.gauge('strata_device_up', '1 when the host and its device serve requests, 0 when down or failed.', h.down === undefined && dev !== undefined && dev.queue.state === 'ok' ? 1 : 0, hostAttrs);
@@ -500,6 +503,7 @@ export class StrataMetrics {
         if (s.handovers !== undefined) out.counter('strata_leadership_handovers', 'Leaderships a shard replica handed over to a follower that took them (a host stopping cleanly hands over the shards it leads).', s.handovers, a);
         if (s.retriesMatched !== undefined) out.counter('strata_write_retries_matched', 'Writes sent again answered with the record an earlier try left (found by its write id, or named by the client), not written twice.', s.retriesMatched, a);
         if (s.retriesUnknown !== undefined) out.counter('strata_write_retries_unknown', 'Writes sent again that a leader could not tell from new writes (it restarted or installed an image since the first try and could not read every write id back, or forgot them): answered timeout, outcome unknown.', s.retriesUnknown, a);
+        if (s.quiesced !== undefined) out.gauge('strata_shard_quiesced', '1 while a shard replica is quiesced: its shard idle, its leader heartbeats once a second, and its followers wait for it while they hear from its node.', s.quiesced ? 1 : 0, a);
         if (s.writeIdsHeld !== undefined) out.gauge('strata_write_ids', 'Write ids a shard replica remembers, to answer a write sent again with the record it left.', s.writeIdsHeld, a);
         if (s.writeIdsKnownMs !== undefined) {
           out.gauge('strata_write_ids_known_seconds', 'How far back a shard replica knows every write id of its log (at most 62 s): a write sent again whose first try is older, and whose record it does not find, is answered outcome unknown.', s.writeIdsKnownMs / 1000, a, 's');
