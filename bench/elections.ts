@@ -30,8 +30,12 @@ interface Options {
   resultsDir: string;
 }
 
-/** Settling time after the last leader before the idle CPU is measured (the last status's work, the elections' saves). */
-const IDLE_SETTLE_MS = 1000;
+/**
+ * Settling time after the last leader before the idle CPU is measured: the last status's work,
+ * the elections' saves, and the shards quiescing (2 s without a request, then a heartbeat
+ * period: docs/replication.md, "Idle shards").
+ */
+const IDLE_SETTLE_MS = 4000;
 
 const USAGE = 'usage: node dist/bench/elections.js [--shards 1..256] [--replicas 1|3|5] [--nodes 1..16] [--poll-ms 100..10000] [--timeout-s 10..600] [--idle-s 0..60] [--results-dir DIR]';
 
