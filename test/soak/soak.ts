@@ -56,7 +56,8 @@
  * 2. every page is read back (recorded as one more client's reads), and every shard's replicas
  *    hold the same committed records, asked of the running nodes (`strata shard check`); every
  *    block of the NBD export reads as its last write answered without an error, or as one of
- *    those answered with an error since (their outcome unknown);
+ *    those answered with an error since (their outcome unknown); a volume written before the
+ *    faults and left idle (its shards quiesced through them) reads back as written;
  * 3. the history of every page is linearizable (test/support/linearizability.ts): an
  *    acknowledged write is never lost, a read never returns a value overwritten before it began
  *    or never written, and a page's bytes are exactly what one write wrote;
@@ -183,6 +184,13 @@ const CONVERGE_MS = 90_000;
 const NODE_UP_MS = 60_000;
 /** How long the final read of every page may retry calls that fail. */
 const FINAL_READ_MS = 60_000;
+/**
+ * A volume written once before the faults and read once after them: its shards quiesce
+ * (docs/replication.md, "Idle shards") and go through every fault quiesced or woken by it.
+ */
+const IDLE_VOLUME = 'soak-idle';
+const IDLE_PAGES = 32;
+const idleValue = (page: number): string => `idle-${page}`;
 /** Pages per vectored call (reads and writes). */
 const VECTOR_MAX = 4;
 /** Bound on the problems kept (each names what went wrong); the count goes on. */
@@ -250,6 +258,8 @@ export interface SoakResult {
   replicasCompared: ReplicasCompared;
   /** The block workload over NBD (test/soak/blocks.ts; check 2c); undefined if it did not start. */
   blocks?: BlockResult;
+  /** The idle volume's pages read back as written after the faults (check 2d), of IDLE_PAGES. */
+  idlePagesReadBack: number;
   dataDir: string;
   elapsedMs: number;
 }
@@ -317,6 +327,8 @@ export interface NodeActivity {
   snapshotsSent: number;
   snapshotsInstalled: number;
   elections: number;
+  /** Times a shard's leader quiesced (docs/replication.md, "Idle shards"). */
+  quiesces: number;
   /** These should stay 0 when no disk or thread fault is injected. */
   hostRestarts: number;
   deviceRestarts: number;
@@ -325,7 +337,7 @@ export interface NodeActivity {
 }
 
 const ACTIVITY_ZERO: NodeActivity = {
-  checkpoints: 0, snapshotsSent: 0, snapshotsInstalled: 0, elections: 0, hostRestarts: 0, deviceRestarts: 0, damageReopens: 0, discardFailures: 0,
+  checkpoints: 0, snapshotsSent: 0, snapshotsInstalled: 0, elections: 0, quiesces: 0, hostRestarts: 0, deviceRestarts: 0, damageReopens: 0, discardFailures: 0,
 };
 
 /** A node's counters from its status reply (`strata.dev.node.<id>.status`). */
@@ -336,6 +348,7 @@ function activityOf(status: { hosts?: Array<Record<string, unknown>>; shards?: A
     snapshotsSent: sum(status.shards, 'snapshotsSent'),
     snapshotsInstalled: sum(status.shards, 'snapshotsInstalled'),
     elections: sum(status.shards, 'elections'),
+    quiesces: sum(status.shards, 'quiesces'),
     hostRestarts: sum(status.hosts, 'restarts'),
     deviceRestarts: sum(status.hosts, 'deviceRestarts'),
     damageReopens: sum(status.hosts, 'damageReopens'),
@@ -434,6 +447,7 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
   const writeAcks: number[] = [];
   let convergedMs: number | undefined;
   let finalReadPages = 0;
+  let idlePagesReadBack = 0;
   let mappedPages: number | undefined;
   /** What the final read got, by page. */
   const finalData: Uint8Array[] = [];
@@ -479,6 +493,8 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
     await cluster.client.createVolume({ name: BLOCK_VOLUME, pageCount: BLOCKS, shards: 2, stripePages: 8, replicas: 3 });
     clients.push(await connect({ servers: cluster.natsUrl, cluster: 'dev', name: 'soak-nbd', ...userOf('client') }));
     blocks = await startBlockWorkload({ client: clients.at(-1)!, seed: opts.seed, page: (v) => soakPage(4096, v), valueOf: soakValue, problem });
+    await cluster.client.createVolume({ name: IDLE_VOLUME, pageCount: IDLE_PAGES, shards: 2, stripePages: 8, replicas: 3 });
+    await clients[0]!.volume(IDLE_VOLUME).writePages(Array.from({ length: IDLE_PAGES }, (_, p) => ({ page: p, data: soakPage(4096, idleValue(p)) })));
     clientsStart = performance.now();
     await afterStart?.(cluster);
     const stopAt = clientsStart + opts.durationMs;
@@ -960,6 +976,23 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
     }
     if (finalReadPages < pagesNow) problem(`the final read covered ${finalReadPages} of ${pagesNow} pages`);
 
+    // 2d. The volume left idle since before the faults reads back as written.
+    for (const deadline = performance.now() + FINAL_READ_MS; ; ) {
+      try {
+        const got = (await clients[0]!.volume(IDLE_VOLUME).readPages(Array.from({ length: IDLE_PAGES }, (_, p) => p))).pages;
+        const wrong = got.flatMap((data, p) => (soakValue(data) === idleValue(p) ? [] : [p]));
+        if (wrong.length > 0) problem(`the idle volume's page ${wrong[0]} reads ${soakValue(got[wrong[0]!]!)}, not as written (${wrong.length} such pages)`);
+        idlePagesReadBack = IDLE_PAGES - wrong.length;
+        break;
+      } catch (e) {
+        if (performance.now() > deadline) {
+          problem(`the read of the idle volume failed for ${FINAL_READ_MS / 1000} s: ${(e as Error).message}`);
+          break;
+        }
+        await sleep(200);
+      }
+    }
+
     // 2a. Which pages hold data (`strata map`), asked of the shards' leaders after the faults
     // (images sent, replicas repaired, leaders changed): every page the final read found holding
     // a byte other than zero is listed, and every page not listed read as zeros.
@@ -1093,6 +1126,7 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
     shardsChecked,
     replicasCompared,
     ...(blocks !== undefined ? { blocks: blocks.result() } : {}),
+    idlePagesReadBack,
     dataDir,
     elapsedMs: Math.round(performance.now() - t0),
   };
@@ -1124,7 +1158,8 @@ export function formatSoak(r: SoakResult): string {
     `pages holding data: ${r.mappedPages ?? '-'} listed by volume.pagesWithData, every page the final read found holding data among them (strata map)`,
     `block writes over NBD: ${r.blocks === undefined ? '-' : `${r.blocks.writesOk.toLocaleString('en-US')} answered, ${r.blocks.writesFailed.toLocaleString('en-US')} answered with an error${r.blocks.writesFailed > 0 ? ` (errno ${Object.entries(r.blocks.failedErrnos).map(([e, n]) => `${e}: ${n}`).join(', ')})` : ''}, ${r.blocks.triesMadeAgain} tries made again by the export; ${r.blocks.blocksChecked} of ${BLOCKS} blocks read back as written`}`,
     `linearizable: ${r.linearizability.ok ? 'yes' : 'NO'} (${r.linearizability.pages} pages, ${r.linearizability.operations} operations)${r.linearizability.failure && !r.linearizability.ok ? `: ${r.linearizability.failure}` : ''}`,
-    `the nodes did: ${r.activity.checkpoints} checkpoints, ${r.activity.snapshotsSent} images sent and ${r.activity.snapshotsInstalled} installed, ${r.activity.elections} elections (counted as last sampled, per process)`,
+    `idle volume: ${r.idlePagesReadBack} of ${IDLE_PAGES} pages read back as written after the faults (written before them)`,
+    `the nodes did: ${r.activity.checkpoints} checkpoints, ${r.activity.snapshotsSent} images sent and ${r.activity.snapshotsInstalled} installed, ${r.activity.elections} elections, ${r.activity.quiesces} shards quiesced (counted as last sampled, per process)`,
     `shards checked online: ${r.shardsChecked.shards} (${r.shardsChecked.compared} with committed LSNs in common, ${r.shardsChecked.records} LSNs compared, ${r.shardsChecked.pages} pages compared; strata shard check --pages)`,
     `replicas compared once stopped: ${r.replicasCompared.shards} shards, ${r.replicasCompared.replicas} replicas, ${r.replicasCompared.pages} pages read (strata inspect --compare)`,
     `error lines in node logs: ${Object.entries(r.nodeLogErrors).map(([id, e]) => `${id} ${e.count}`).join(', ')}`,
