@@ -774,6 +774,8 @@ export class Replica {
   private quiesceAsked = false;
   /** Quiesced: when its next heartbeats are due (the start of the next quiesced period). */
   private quiescedBeatMs = 0;
+  /** When it last woke from quiesced (its clock). */
+  private wokeMs = 0;
   /** When it last had a request or became leader (its clock). */
   private busyMs = 0;
   /**
@@ -1362,8 +1364,10 @@ export class Replica {
       if (this.quiesced && nowMs < this.quiescedBeatMs) return;
       // Quiesced, its followers answer one heartbeat a quiesced period: the contact it needs is
       // that much older.
+      // Woken, its last answers may be a quiesced period old: a whole election timeout of
+      // heartbeats each period is given to answer before its contact counts as lost.
       const contactMs = this.timing.electionTimeoutMaxMs + (this.quiesced ? this.timing.quiescedHeartbeatMs : 0);
-      if (nowMs - this.leaderSinceMs > this.timing.electionTimeoutMaxMs && !this.hasMajorityContact(contactMs)) {
+      if (nowMs - Math.max(this.leaderSinceMs, this.wokeMs) > this.timing.electionTimeoutMaxMs && !this.hasMajorityContact(contactMs)) {
         // Cut off from a majority for a whole election timeout: another leader may exist.
         this.stepDown(this.term, null, 'lost contact with a majority');
         return;
@@ -1412,6 +1416,7 @@ export class Replica {
   private wake(): void {
     this.busyMs = this.nowMs;
     if (!this.quiesced && !this.quiesceAsked) return;
+    if (this.quiesced) this.wokeMs = this.nowMs;
     this.quiesced = false;
     this.quiesceAsked = false;
     for (const f of this.followers.values()) f.quiesceAcked = false;

@@ -2789,6 +2789,23 @@ describe('Replica: idle shards quiesce (heartbeats once a quiesced period; follo
     assert.equal(l.replica.stats().quiesces, 2);
   });
 
+  it('a quiesced leader woken by a write whose followers last answered a quiesced period ago keeps leading: it gives them an election timeout to answer', async () => {
+    shard = new TestShard(['a', 'b', 'c'], { liveness: true, timing: quiet });
+    const l = await shard.leader();
+    await l.replica.write([{ page: 1, data: page(1) }]);
+    await quiesced(shard, l);
+    // Its last heartbeats (and their answers) 250 ms old: more than a maximum election timeout (120 ms).
+    await shard.waitFor(() => shard!.now % quiet.quiescedHeartbeatMs >= 250 && shard!.now % quiet.quiescedHeartbeatMs < 300 && l.replica.stats().quiesced, 'the middle of a quiesced period');
+    const term = l.replica.currentTerm;
+    const changes = shard.roleChanges.length;
+    const w = await l.replica.write([{ page: 2, data: page(2) }]);
+    await shard.elapse(300);
+    assert.deepEqual(shard.roleChanges.slice(changes), [], 'no step-down, no election');
+    assert.equal(l.replica.isLeader, true);
+    assert.equal(l.replica.currentTerm, term);
+    await shard.waitFor(() => others(shard!, l.id).every((m) => m.replica.appliedLsn >= w.lsn), 'followers apply it');
+  });
+
   it('followers of a quiesced leader whose node is no longer heard from elect a new leader at once, not after the quiesced wait', async () => {
     shard = new TestShard(['a', 'b', 'c'], { liveness: true, timing: quiet });
     const l = await shard.leader();
