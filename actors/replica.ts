@@ -1363,9 +1363,8 @@ export class Replica {
       // with them, and a write wakes it).
       if (this.quiesced && nowMs < this.quiescedBeatMs) return;
       // Quiesced, its followers answer one heartbeat a quiesced period: the contact it needs is
-      // that much older.
-      // Woken, its last answers may be a quiesced period old: a whole election timeout of
-      // heartbeats each period is given to answer before its contact counts as lost.
+      // that much older. Woken, their last answers may be as old: they are given an election
+      // timeout of heartbeats each period to answer before its contact counts as lost.
       const contactMs = this.timing.electionTimeoutMaxMs + (this.quiesced ? this.timing.quiescedHeartbeatMs : 0);
       if (nowMs - Math.max(this.leaderSinceMs, this.wokeMs) > this.timing.electionTimeoutMaxMs && !this.hasMajorityContact(contactMs)) {
         // Cut off from a majority for a whole election timeout: another leader may exist.
