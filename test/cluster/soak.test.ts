@@ -80,6 +80,7 @@ describe('soak: a short run of node processes under kills and freezes', function
     assert.equal(r.replicasCompared.shards, 2 + 2 + 2 + 1, 'the two shards of the volume, the two of the block workload\'s, the two of the idle volume\'s, and the catalog shard');
     // The volume written before the faults and left idle reads back as written; shards quiesced meanwhile.
     assert.equal(r.idlePagesReadBack, 32);
+    assert.ok(r.idleReads.ok + r.idleReads.failed >= 1, JSON.stringify(r.idleReads));
     assert.ok(r.activity.quiesces > 0, `${r.activity.quiesces} shards quiesced`);
     // The block workload wrote through NBD, and every block read back as written.
     assert.ok(r.blocks !== undefined && r.blocks.writesOk > 20, JSON.stringify(r.blocks));

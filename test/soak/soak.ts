@@ -57,7 +57,8 @@
  *    hold the same committed records, asked of the running nodes (`strata shard check`); every
  *    block of the NBD export reads as its last write answered without an error, or as one of
  *    those answered with an error since (their outcome unknown); a volume written before the
- *    faults and left idle (its shards quiesced through them) reads back as written;
+ *    faults and left idle (its shards quiesced through them, but for a read of one of its pages
+ *    every IDLE_READ_EVERY_MS, which must read as written) reads back as written;
  * 3. the history of every page is linearizable (test/support/linearizability.ts): an
  *    acknowledged write is never lost, a read never returns a value overwritten before it began
  *    or never written, and a page's bytes are exactly what one write wrote;
@@ -191,6 +192,8 @@ const FINAL_READ_MS = 60_000;
 const IDLE_VOLUME = 'soak-idle';
 const IDLE_PAGES = 32;
 const idleValue = (page: number): string => `idle-${page}`;
+/** A page of the idle volume is read this often while the faults run: mostly of a quiesced shard, which the read wakes. */
+const IDLE_READ_EVERY_MS = 5000;
 /** Pages per vectored call (reads and writes). */
 const VECTOR_MAX = 4;
 /** Bound on the problems kept (each names what went wrong); the count goes on. */
@@ -260,6 +263,8 @@ export interface SoakResult {
   blocks?: BlockResult;
   /** The idle volume's pages read back as written after the faults (check 2d), of IDLE_PAGES. */
   idlePagesReadBack: number;
+  /** Reads of one of its pages while the faults ran: answered (each as written, or a problem), and failed with an error that says to retry. */
+  idleReads: { ok: number; failed: number };
   dataDir: string;
   elapsedMs: number;
 }
@@ -448,6 +453,7 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
   let convergedMs: number | undefined;
   let finalReadPages = 0;
   let idlePagesReadBack = 0;
+  const idleReads = { ok: 0, failed: 0 };
   let mappedPages: number | undefined;
   /** What the final read got, by page. */
   const finalData: Uint8Array[] = [];
@@ -916,7 +922,25 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
       }
     };
 
-    await Promise.all([...Array.from({ length: opts.clients }, (_, w) => worker(w)), nemesis()]);
+    /** Reads a page of the idle volume every IDLE_READ_EVERY_MS while the faults run. */
+    const idleReader = async (): Promise<void> => {
+      const r = prng(opts.seed * 31 + 7);
+      const idle = clients[0]!.volume(IDLE_VOLUME);
+      while (performance.now() + IDLE_READ_EVERY_MS < stopAt) {
+        await sleep(IDLE_READ_EVERY_MS);
+        const p = Math.floor(r() * IDLE_PAGES);
+        try {
+          const got = soakValue(await idle.read(p));
+          if (got !== idleValue(p)) problem(`page ${p} of the idle volume read ${got} while the faults ran, not as written`);
+          idleReads.ok++;
+        } catch (e) {
+          if (e instanceof ProtocolError && OUTCOME_UNKNOWN_CODES.has(e.code)) idleReads.failed++;
+          else problem(`a read of the idle volume was refused: ${(e as Error).message}`);
+        }
+      }
+    };
+
+    await Promise.all([...Array.from({ length: opts.clients }, (_, w) => worker(w)), nemesis(), idleReader()]);
     await blocks.stop();
     const faultsEnd = performance.now();
 
@@ -1127,6 +1151,7 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
     replicasCompared,
     ...(blocks !== undefined ? { blocks: blocks.result() } : {}),
     idlePagesReadBack,
+    idleReads,
     dataDir,
     elapsedMs: Math.round(performance.now() - t0),
   };
@@ -1158,7 +1183,7 @@ export function formatSoak(r: SoakResult): string {
     `pages holding data: ${r.mappedPages ?? '-'} listed by volume.pagesWithData, every page the final read found holding data among them (strata map)`,
     `block writes over NBD: ${r.blocks === undefined ? '-' : `${r.blocks.writesOk.toLocaleString('en-US')} answered, ${r.blocks.writesFailed.toLocaleString('en-US')} answered with an error${r.blocks.writesFailed > 0 ? ` (errno ${Object.entries(r.blocks.failedErrnos).map(([e, n]) => `${e}: ${n}`).join(', ')})` : ''}, ${r.blocks.triesMadeAgain} tries made again by the export; ${r.blocks.blocksChecked} of ${BLOCKS} blocks read back as written`}`,
     `linearizable: ${r.linearizability.ok ? 'yes' : 'NO'} (${r.linearizability.pages} pages, ${r.linearizability.operations} operations)${r.linearizability.failure && !r.linearizability.ok ? `: ${r.linearizability.failure}` : ''}`,
-    `idle volume: ${r.idlePagesReadBack} of ${IDLE_PAGES} pages read back as written after the faults (written before them)`,
+    `idle volume: ${r.idlePagesReadBack} of ${IDLE_PAGES} pages read back as written after the faults (written before them); ${r.idleReads.ok} reads of a page while they ran answered as written, ${r.idleReads.failed} failed with an error that says to retry`,
     `the nodes did: ${r.activity.checkpoints} checkpoints, ${r.activity.snapshotsSent} images sent and ${r.activity.snapshotsInstalled} installed, ${r.activity.elections} elections, ${r.activity.quiesces} shards quiesced (counted as last sampled, per process)`,
     `shards checked online: ${r.shardsChecked.shards} (${r.shardsChecked.compared} with committed LSNs in common, ${r.shardsChecked.records} LSNs compared, ${r.shardsChecked.pages} pages compared; strata shard check --pages)`,
     `replicas compared once stopped: ${r.replicasCompared.shards} shards, ${r.replicasCompared.replicas} replicas, ${r.replicasCompared.pages} pages read (strata inspect --compare)`,
