@@ -2,7 +2,7 @@
  * Log record types shared by the log, the page store and the actors.
  *
  * LSNs are contiguous integers: the first record of a shard is LSN 1, each record the next.
- * (A byte-offset LSN as in Postgres/Neon would make "previous LSN" depend on record sizes;
+ * (A byte-offset LSN would make "previous LSN" depend on record sizes;
  * contiguous numbers make log matching in replication a plain comparison.) LSN 0 means
  * "before any record". LSNs and terms stay below 2^53 and are stored as u64 on disk.
  */
