@@ -129,6 +129,11 @@ export interface HostStats {
   loopDelay?: LoopDelayStats;
   /** The heartbeats it sent per pair of nodes (runtime/heartbeat-batcher.ts); absent before init. */
   heartbeats?: HeartbeatStats;
+  /**
+   * How long ago each node was last heard from (a heartbeats message or a ping), in ms, by node:
+   * what the followers of a quiesced leader on that node go by (docs/replication.md, "Idle shards").
+   */
+  peersHeardMsAgo?: Record<string, number>;
 }
 
 export interface HostHealth {
@@ -659,7 +664,15 @@ export class ActorHost implements HostApi {
       ...(this.recorder ? { requests: this.recorder.snapshot() } : {}),
       ...(this.loopDelay ? { loopDelay: this.loopDelay.stats(performance.now()) } : {}),
       ...(this.heartbeats ? { heartbeats: this.heartbeats.stats() } : {}),
+      peersHeardMsAgo: this.peersHeardMsAgo(),
     };
+  }
+
+  private peersHeardMsAgo(): Record<string, number> {
+    const now = performance.now();
+    const out: Record<string, number> = {};
+    for (const [node, at] of this.peerSeen) out[node] = Math.round(now - at);
+    return out;
   }
 
   async replicaRoles(): Promise<ReplicaRoles> {

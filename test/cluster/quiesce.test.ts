@@ -106,6 +106,17 @@ describe('idle shards quiesce in a running cluster', function () {
     const i = Number(victim.slice(1)) - 1;
     await c.partition([[i]]);
     try {
+      // The nodes left stop hearing from it (no ping crosses a partition), and hear from each other.
+      await new Promise((r) => setTimeout(r, 1000));
+      for (const [j, n] of c.nodes.entries()) {
+        if (j === i || n === undefined) continue;
+        for (const h of await n.hostPool.stats()) {
+          const heard = h.peersHeardMsAgo ?? {};
+          assert.ok((heard[victim] ?? Infinity) >= 700, `n${j + 1} heard from ${victim} ${heard[victim]} ms ago, across the partition`);
+          const other = [0, 1, 2].find((k) => k !== i && k !== j)!;
+          assert.ok((heard[`n${other + 1}`] ?? Infinity) < 700, `n${j + 1} heard from n${other + 1} ${heard[`n${other + 1}`]} ms ago`);
+        }
+      }
       await waitFor('the other nodes lead every shard', async () => {
         const up = (await replicas()).filter((r) => r.volumeId === volumeId && r.role === 'leader' && r.node !== victim);
         return new Set(up.map((r) => r.shard)).size === SHARDS;
