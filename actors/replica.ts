@@ -237,8 +237,9 @@ export interface ReplicaTiming {
   electionTimeoutMaxMs: number;
   /**
    * Heartbeat period of a leader; default 100 ms: 3 within the minimum election timeout, and the
-   * lease (0.75 of it) is renewed twice within its span. An idle shard costs its heartbeats: 50 ms
-   * cost a cluster with an idle volume of 256 shards × 3 0.78–0.92 of a core (100 ms: 0.50–0.54) (docs/replication.md).
+   * lease (0.75 of it) is renewed twice within its span. Before idle shards quiesced
+   * (quiescedHeartbeatMs), an idle shard cost its heartbeats: 50 ms cost a cluster with an idle
+   * volume of 256 shards × 3 0.78–0.92 of a core (100 ms: 0.50–0.54) (docs/replication.md).
    */
   heartbeatMs: number;
   /** Deadline of one message to a peer; default 1000 ms. */

@@ -42,6 +42,13 @@ describe('idle shards quiesce in a running cluster', function () {
     const vol = c.client.volume('q');
     await Promise.all(Array.from({ length: SHARDS }, (_, k) => vol.write(k * STRIPE, new Uint8Array(4096).fill(fill))));
   };
+  /** The node leading most of the volume's shards, never n1 (which keeps the catalog), and its index. */
+  const busiestNode = async (): Promise<{ victim: string; i: number }> => {
+    const byNode = new Map<string, number>();
+    for (const r of await leaders()) byNode.set(r.node, (byNode.get(r.node) ?? 0) + 1);
+    const victim = ['n2', 'n3'].sort((a, b) => (byNode.get(b) ?? 0) - (byNode.get(a) ?? 0))[0]!;
+    return { victim, i: Number(victim.slice(1)) - 1 };
+  };
   let volumeId: string;
 
   before(async () => {
@@ -76,12 +83,8 @@ describe('idle shards quiesce in a running cluster', function () {
 
   it('a quiesced leader\'s node killed: its shards are led again and take writes; the leaders stay awake while it is down, and quiesce once it is back', async () => {
     await waitFor('every replica quiesces', allQuiesced, 30_000);
-    // The node leading most shards (never n1, which keeps the catalog).
-    const byNode = new Map<string, number>();
-    for (const r of await leaders()) byNode.set(r.node, (byNode.get(r.node) ?? 0) + 1);
-    const victim = ['n2', 'n3'].sort((a, b) => (byNode.get(b) ?? 0) - (byNode.get(a) ?? 0))[0]!;
-    const led = byNode.get(victim) ?? 0;
-    c.kill(Number(victim.slice(1)) - 1);
+    const { victim, i } = await busiestNode();
+    c.kill(i);
     await waitFor('every shard led by a node still up', async () => {
       const ls = await leaders();
       return ls.length === SHARDS && ls.every((r) => r.node !== victim);
@@ -89,21 +92,17 @@ describe('idle shards quiesce in a running cluster', function () {
     await writeEveryShard(3);
     const vol = c.client.volume('q');
     for (let k = 0; k < SHARDS; k++) assert.equal((await vol.read(k * STRIPE))[0], 3);
-    assert.ok(led >= 0);
     // The two nodes left hold a majority of each shard, and quiesce again without the third (a
     // follower that is down keeps its leader awake: it probes it).
     await new Promise((r) => setTimeout(r, 1500));
     assert.ok((await leaders()).every((r) => !r.quiesced), 'a leader whose follower is down stays awake');
-    await c.restart(Number(victim.slice(1)) - 1);
+    await c.restart(i);
     await waitFor('every replica quiesces with the node back', allQuiesced, 60_000);
   });
 
   it('a quiesced leader\'s node cut off from the others: they elect leaders of their own and take writes', async () => {
     await waitFor('every replica quiesces', allQuiesced, 30_000);
-    const byNode = new Map<string, number>();
-    for (const r of await leaders()) byNode.set(r.node, (byNode.get(r.node) ?? 0) + 1);
-    const victim = ['n2', 'n3'].sort((a, b) => (byNode.get(b) ?? 0) - (byNode.get(a) ?? 0))[0]!;
-    const i = Number(victim.slice(1)) - 1;
+    const { victim, i } = await busiestNode();
     await c.partition([[i]]);
     try {
       // The nodes left stop hearing from it (no ping crosses a partition), and hear from each other.
