@@ -65,8 +65,9 @@ export interface ReplicaTransport {
   sendEach?(to: readonly string[], msg: AppendRequest, timeoutMs: number): Promise<RaftReply>[];
   /**
    * When a message from node `id` last reached this replica's host, on the replica's clock
-   * (undefined: never). Optional: without it, no shard of this replica quiesces (a follower
-   * could not tell that its quiesced leader's node is gone).
+   * (undefined: never): from the host of `id` this shard's heartbeats come from, where the
+   * transport knows it, else from any of its hosts. Optional: without it, no shard of this
+   * replica quiesces (a follower could not tell that its quiesced leader's node is gone).
    */
   seenMs?(id: string): number | undefined;
 }
@@ -253,7 +254,7 @@ export interface ReplicaTiming {
   quiesceAfterMs: number;
   /**
    * Heartbeat period of a quiesced leader; default 1000 ms. Its followers wait for its next
-   * message up to QUIESCED_WAIT_BEATS of these while they hear from its node.
+   * message up to QUIESCED_WAIT_BEATS of these while they hear from its host.
    */
   quiescedHeartbeatMs: number;
 }
@@ -272,9 +273,10 @@ export const DEFAULT_TIMING: ReplicaTiming = {
 };
 
 /**
- * A quiesced follower whose leader's node it hears from waits this many quiesced heartbeat
+ * A quiesced follower whose leader's host it hears from waits this many quiesced heartbeat
  * periods for the leader's own next message before it campaigns: the bound when the leader's
- * replica is gone and its node is not (a replica restarted, a host thread of several stuck).
+ * replica is gone and its host is not (a replica restarted in place), or when the transport
+ * knows the leader's node only (a leader of an older version, whose heartbeats name no host).
  */
 export const QUIESCED_WAIT_BEATS = 3;
 

@@ -134,6 +134,11 @@ export interface HostStats {
    * what the followers of a quiesced leader on that node go by (docs/replication.md, "Idle shards").
    */
   peersHeardMsAgo?: Record<string, number>;
+  /**
+   * The same by host of each node (`<node>/<host>`): the followers of a quiesced leader go by its
+   * own host's, once a heartbeat of the leader told them which host it is on.
+   */
+  peerHostsHeardMsAgo?: Record<string, number>;
 }
 
 export interface HostHealth {
@@ -226,6 +231,11 @@ interface Mailbox {
    * cannot commit, its followers stalled or cut off, fails every write it is sent).
    */
   reportCommitTimeout: (pe: ProtocolError) => void;
+  /**
+   * The node and host the shard's last heartbeat came from (a heartbeats message names its
+   * host): what this replica, quiesced as a follower, goes by to know its leader is up.
+   */
+  leaderHost?: { node: string; host: number };
 }
 
 /** Storage codes that are not protocol codes, mapped to what a client should do about them. */
@@ -321,6 +331,12 @@ export class ActorHost implements HostApi {
    * (ReplicaTransport.seenMs). At most PEERS_SEEN_MAX nodes.
    */
   private readonly peerSeen = new Map<string, number>();
+  /**
+   * The same by host (`<node>/<host>`, from the messages that name their host): a host thread
+   * stuck while the other hosts of its node run is not heard from, and the followers of the
+   * quiesced leaders on it campaign as if its node were down. At most PEERS_SEEN_MAX.
+   */
+  private readonly peerHostSeen = new Map<string, number>();
   /** Request durations and errors; only with telemetry. */
   private readonly recorder: RequestRecorder | undefined = telemetryInit !== undefined ? new RequestRecorder() : undefined;
   /** Spans (server, shard work, replication sends) are made only with telemetry. */
@@ -365,7 +381,7 @@ export class ActorHost implements HostApi {
     const maxPayload = serverMaxPayload(this.nc);
     this.codec = { bytesMax: maxPayload ?? MESSAGE_BYTES_MAX };
     this.requestCodec = { ...this.codec, itemsMax: REQUEST_ITEMS_MAX };
-    this.heartbeats = new HeartbeatSender(this.nc, { cluster: config.cluster, nodeId: config.nodeId, codec: this.codec });
+    this.heartbeats = new HeartbeatSender(this.nc, { cluster: config.cluster, nodeId: config.nodeId, hostId: config.hostId, codec: this.codec });
     // Every host of the node takes the heartbeats sent to it and answers those of its own shards.
     this.heartbeatsSub = this.nc.subscribe(heartbeatsSubject(config.cluster, config.nodeId), {
       callback: (err, msg) => {
@@ -664,16 +680,11 @@ export class ActorHost implements HostApi {
       ...(this.recorder ? { requests: this.recorder.snapshot() } : {}),
       ...(this.loopDelay ? { loopDelay: this.loopDelay.stats(performance.now()) } : {}),
       ...(this.heartbeats ? { heartbeats: this.heartbeats.stats() } : {}),
-      peersHeardMsAgo: this.peersHeardMsAgo(),
+      peersHeardMsAgo: msAgo(this.peerSeen),
+      peerHostsHeardMsAgo: msAgo(this.peerHostSeen),
     };
   }
 
-  private peersHeardMsAgo(): Record<string, number> {
-    const now = performance.now();
-    const out: Record<string, number> = {};
-    for (const [node, at] of this.peerSeen) out[node] = Math.round(now - at);
-    return out;
-  }
 
   async replicaRoles(): Promise<ReplicaRoles> {
     return this.device?.replicaRoles() ?? { down: [], leading: [] };
@@ -853,7 +864,11 @@ export class ActorHost implements HostApi {
       get sendEach() {
         return faulty() ? undefined : sendEach;
       },
-      seenMs: (id) => this.peerSeen.get(id),
+      seenMs: (id) => {
+        // The leader's own host when a heartbeat named it, else its node.
+        const lh = this.mailboxes.get(key)?.leaderHost;
+        return lh !== undefined && lh.node === id ? this.peerHostSeen.get(`${id}/${lh.host}`) : this.peerSeen.get(id);
+      },
     };
   }
 
@@ -936,8 +951,9 @@ export class ActorHost implements HostApi {
       return;
     }
     if (this.faults.unreachable.has(batch.from)) return;
-    if (this.peerSeen.size >= PEERS_SEEN_MAX && !this.peerSeen.has(batch.from)) this.peerSeen.clear();
-    this.peerSeen.set(batch.from, performance.now());
+    const now = performance.now();
+    heard(this.peerSeen, batch.from, now);
+    if (batch.host !== undefined) heard(this.peerHostSeen, `${batch.from}/${batch.host}`, now);
     // A ping: nothing to answer.
     if (!msg.reply) return;
     // Answers go out at the end of the turn in which they are ready: one that waits (a new term
@@ -976,6 +992,7 @@ export class ActorHost implements HostApi {
         if (req.type !== 'append' || req.records.length > 0 || req.leader !== batch.from) {
           throw new ProtocolError('bad_request', `${msg.subject} takes appends without records from their leader only`, { subject: msg.subject });
         }
+        if (batch.host !== undefined && (mb.leaderHost?.node !== batch.from || mb.leaderHost.host !== batch.host)) mb.leaderHost = { node: batch.from, host: batch.host };
         answer = this.answerRaft(mb, req, msg);
       } catch (e) {
         answer = Promise.resolve(errorReply(e));
@@ -1212,8 +1229,22 @@ export class ActorHost implements HostApi {
  * a move changes who may lead the shard.
  */
 const PEERS_SYNC_MS = 250;
-/** Nodes whose last message a host remembers (ActorHost.peerSeen); beyond, it starts over. */
+/** Nodes (and hosts of nodes) whose last message a host remembers (ActorHost.peerSeen, peerHostSeen); beyond, it starts over. */
 const PEERS_SEEN_MAX = 4096;
+
+/** Notes that `key` was heard from at `now`, within PEERS_SEEN_MAX keys. */
+function heard(seen: Map<string, number>, key: string, now: number): void {
+  if (seen.size >= PEERS_SEEN_MAX && !seen.has(key)) seen.clear();
+  seen.set(key, now);
+}
+
+/** How long ago each key was heard from, in whole ms. */
+function msAgo(seen: ReadonlyMap<string, number>): Record<string, number> {
+  const now = performance.now();
+  const out: Record<string, number> = {};
+  for (const [key, at] of seen) out[key] = Math.round(now - at);
+  return out;
+}
 
 /** Longest wait for the host's NATS connection to drain at a stop. */
 const HOST_NATS_DRAIN_MS = 2000;

@@ -23,8 +23,9 @@
  *
  * A message without entries and without a reply subject is a ping (`ping`): a host sends one to
  * each node its replicas' peers are on every heartbeat period, so that a follower of a quiesced
- * leader, which hears from that leader once a quiesced period only, knows its node is up
- * (docs/replication.md, "Idle shards"). Nobody answers it; a node of an older version drops it.
+ * leader, which hears from that leader once a quiesced period only, knows the leader's host is up
+ * (every heartbeats message names its host; docs/replication.md, "Idle shards"). Nobody answers
+ * it; a node of an older version drops it.
  */
 import type { Msg, NatsConnection, Subscription } from 'nats';
 import { decode, encode, MESSAGE_BYTES_MAX, type CodecOptions } from '../messages/codec';
@@ -53,9 +54,14 @@ export function heartbeatsSubject(cluster: string, nodeId: string): string {
 /** One entry: the shard, and its replication message as encoded for the replica's own subject. */
 export type HeartbeatEntry = [volumeId: string, shard: number, message: Uint8Array];
 
-/** A heartbeats message: from node `from`, entries of distinct shards. */
+/**
+ * A heartbeats message: from node `from`, entries of distinct shards. `host`: the sending host
+ * of that node, whose replicas' followers go by when it was last heard from (absent from a node
+ * of an older version: they go by the node's).
+ */
 export interface HeartbeatBatch {
   from: string;
+  host?: number;
   e: HeartbeatEntry[];
 }
 
@@ -77,13 +83,16 @@ const HOSTS_MAX = 1024;
 
 /** A heartbeats message as received, checked for form (each entry's message is checked by its handler). */
 export function validateHeartbeatBatch(body: unknown): HeartbeatBatch {
-  const o = body as { from?: unknown; e?: unknown };
+  const o = body as { from?: unknown; host?: unknown; e?: unknown };
   if (typeof o !== 'object' || o === null || typeof o.from !== 'string' || o.from === '' || !Array.isArray(o.e)) {
-    throw new ProtocolError('bad_request', 'a heartbeats message is { from, e: [[volumeId, shard, message]...] }');
+    throw new ProtocolError('bad_request', 'a heartbeats message is { from, host?, e: [[volumeId, shard, message]...] }');
+  }
+  if (o.host !== undefined && !(Number.isSafeInteger(o.host) && (o.host as number) >= 0 && (o.host as number) < HOSTS_MAX)) {
+    throw new ProtocolError('bad_request', `a heartbeats message's host is an integer in [0, ${HOSTS_MAX}), got ${String(o.host)}`);
   }
   if (o.e.length > HEARTBEAT_BATCH_ENTRIES_MAX) throw new ProtocolError('bad_request', `a heartbeats message holds at most ${HEARTBEAT_BATCH_ENTRIES_MAX} entries, got ${o.e.length}`);
   for (const x of o.e as unknown[]) checkEntry(x);
-  return { from: o.from, e: o.e as HeartbeatEntry[] };
+  return { from: o.from, ...(o.host === undefined ? {} : { host: o.host as number }), e: o.e as HeartbeatEntry[] };
 }
 
 function checkEntry(x: unknown): void {
@@ -168,7 +177,7 @@ export class HeartbeatSender {
 
   constructor(
     private readonly nc: NatsConnection,
-    private readonly opts: { cluster: string; nodeId: string; codec: CodecOptions },
+    private readonly opts: { cluster: string; nodeId: string; hostId: number; codec: CodecOptions },
   ) {
     this.prefix = `${newInbox(nc)}.`;
     this.sub = nc.subscribe(`${this.prefix}*`, { callback: (err, msg) => err === null && this.onReply(msg) });
@@ -235,7 +244,7 @@ export class HeartbeatSender {
   ping(to: string): void {
     if (this.closed || this.nc.isClosed()) return;
     try {
-      this.nc.publish(heartbeatsSubject(this.opts.cluster, to), encode({ from: this.opts.nodeId, e: [] } satisfies HeartbeatBatch, this.opts.codec));
+      this.nc.publish(heartbeatsSubject(this.opts.cluster, to), encode({ from: this.opts.nodeId, host: this.opts.hostId, e: [] } satisfies HeartbeatBatch, this.opts.codec));
       this.counts.pings++;
     } catch {
       // The connection is closing or down: the node's peers stop hearing from it, as they should.
@@ -272,7 +281,7 @@ export class HeartbeatSender {
     const token = (this.nextToken++).toString(36);
     let data: Uint8Array;
     try {
-      data = encode({ from: this.opts.nodeId, e: b.entries } satisfies HeartbeatBatch, this.opts.codec);
+      data = encode({ from: this.opts.nodeId, host: this.opts.hostId, e: b.entries } satisfies HeartbeatBatch, this.opts.codec);
       this.nc.publish(heartbeatsSubject(this.opts.cluster, to), data, { reply: `${this.prefix}${token}` });
     } catch (e) {
       const err = e instanceof ProtocolError ? e : new ProtocolError('unavailable', `heartbeats to ${to} not sent: ${(e as Error).message}`);

@@ -127,3 +127,85 @@ describe('idle shards quiesce in a running cluster', function () {
     await waitFor('the cut-off node leads nothing', async () => (await leaders()).every((r) => r.node !== victim), 30_000);
   });
 });
+
+/**
+ * A node is heard from host by host: the host thread of a quiesced leader stuck while the other
+ * hosts of its node run (and ping) does not keep that leader's followers waiting. They go by the
+ * pings of the leader's own host, which its heartbeats name (docs/replication.md, "Idle shards").
+ */
+describe('a quiesced leader\'s host thread stuck while its node runs', function () {
+  this.timeout(180_000);
+  let c: InProcessCluster;
+  const SHARDS = 8;
+  const STRIPE = 16;
+  /** Long enough that followers going by the node alone (3 quiesced periods: 12 s) would wait it out. */
+  const STALL_MS = 10_000;
+  let volumeId: string;
+
+  type Located = ReplicaState & { node: string; hostId: number };
+  /** The volume's replicas on the running nodes but `skip`, with their node and host. */
+  const replicas = async (skip?: number): Promise<Located[]> => {
+    const out: Located[] = [];
+    for (const [i, n] of c.nodes.entries()) {
+      if (n === undefined || i === skip) continue;
+      for (const h of await n.hostPool.stats()) for (const r of h.device?.shards ?? []) if (r.state === 'up' && r.volumeId === volumeId) out.push({ ...r, node: `n${i + 1}`, hostId: h.hostId });
+    }
+    return out;
+  };
+
+  before(async () => {
+    // Two hosts a node; quiesced after 500 ms, a quiesced leader heartbeats every 4 s.
+    c = await startCluster({ nodes: 3, hosts: 2, clientTimeoutMs: 20_000, node: { timing: { quiesceAfterMs: 500, quiescedHeartbeatMs: 4000 } } });
+    volumeId = (await c.client.createVolume({ name: 'h', pageCount: SHARDS * STRIPE * 4, shards: SHARDS, stripePages: STRIPE, replicas: 3 }, { deadlineMs: Date.now() + 60_000 })).id;
+    const vol = c.client.volume('h');
+    await Promise.all(Array.from({ length: SHARDS }, (_, k) => vol.write(k * STRIPE, new Uint8Array(4096).fill(1))));
+  });
+  after(async () => {
+    await c?.stop();
+  });
+
+  it('its shards are led on other nodes while it is stuck, the shards its node\'s other host leads keep their leaders, and every shard takes writes', async () => {
+    await waitFor('every replica quiesces', async () => {
+      const rs = await replicas();
+      return rs.length === SHARDS * 3 && rs.every((r) => r.quiesced);
+    }, 30_000);
+    // The host of n2 or n3 leading most shards (n1 keeps the catalog); the other host of its node leads some too, or none.
+    const leaders = (await replicas()).filter((r) => r.role === 'leader');
+    const count = (node: string, host: number): number => leaders.filter((r) => r.node === node && r.hostId === host).length;
+    const [node, host] = (['n2', 'n3'] as const).flatMap((n) => [[n, 0], [n, 1]] as const).sort((a, b) => count(b[0], b[1]) - count(a[0], a[1]))[0]!;
+    const i = Number(node.slice(1)) - 1;
+    const stuckShards = leaders.filter((r) => r.node === node && r.hostId === host);
+    const kept = leaders.filter((r) => !(r.node === node && r.hostId === host)).map((r) => `${r.shard}:${r.node}@${r.term}`).sort();
+    assert.ok(stuckShards.length >= 1, 'the host chosen leads a shard');
+
+    const stalled = c.nodes[i]!.hostPool.stallHost(host, STALL_MS);
+    try {
+      await waitFor('the shards the stuck host led are led on other nodes', async () => {
+        const now = (await replicas(i)).filter((r) => r.role === 'leader');
+        return stuckShards.every((s) => now.some((r) => r.shard === s.shard && r.term > s.term));
+      }, STALL_MS - 2000);
+      // The other nodes hear from the node's other host, not from the stuck one.
+      await new Promise((r) => setTimeout(r, 1000));
+      for (const [j, n] of c.nodes.entries()) {
+        if (j === i) continue;
+        for (const h of await n!.hostPool.stats()) {
+          const heard = h.peerHostsHeardMsAgo ?? {};
+          assert.ok((heard[`${node}/${host}`] ?? Infinity) >= 1000, `n${j + 1} host ${h.hostId} heard from ${node}/${host} ${heard[`${node}/${host}`]} ms ago, while it is stuck`);
+          assert.ok((heard[`${node}/${1 - host}`] ?? Infinity) < 700, `n${j + 1} host ${h.hostId} heard from ${node}/${1 - host} ${heard[`${node}/${1 - host}`]} ms ago`);
+          assert.ok((h.peersHeardMsAgo?.[node] ?? Infinity) < 700, `n${j + 1} host ${h.hostId} heard from ${node} as a node`);
+        }
+      }
+      // The leaders of the other shards, those on the stuck host's node included, were not deposed.
+      const still = (await replicas(i)).filter((r) => r.role === 'leader').map((r) => `${r.shard}:${r.node}@${r.term}`);
+      for (const l of kept.filter((k) => !k.includes(`:${node}@`))) assert.ok(still.includes(l), `${l} still leads`);
+    } finally {
+      await stalled;
+    }
+    const keptOnNode = kept.filter((k) => k.includes(`:${node}@`));
+    const now = (await replicas()).filter((r) => r.role === 'leader').map((r) => `${r.shard}:${r.node}@${r.term}`);
+    for (const l of keptOnNode) assert.ok(now.includes(l), `${l}, on the stuck host's node, still leads`);
+    const vol = c.client.volume('h');
+    await Promise.all(Array.from({ length: SHARDS }, (_, k) => vol.write(k * STRIPE, new Uint8Array(4096).fill(2))));
+    for (let k = 0; k < SHARDS; k++) assert.equal((await vol.read(k * STRIPE))[0], 2);
+  });
+});

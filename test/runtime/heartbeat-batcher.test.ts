@@ -64,7 +64,7 @@ describe('HeartbeatSender (appends without records to one node, one message per 
       },
     });
     await node.flush();
-    sender = new HeartbeatSender(nc, { cluster: 't', nodeId: 'n1', codec });
+    sender = new HeartbeatSender(nc, { cluster: 't', nodeId: 'n1', hostId: 0, codec });
   });
   afterEach(async () => {
     sender.close();
@@ -77,6 +77,7 @@ describe('HeartbeatSender (appends without records to one node, one message per 
     const replies = await Promise.all(sent);
     assert.equal(received.length, 1, 'one message');
     assert.equal(received[0]!.from, 'n1');
+    assert.equal(received[0]!.host, 0, 'the message names its host');
     assert.equal(received[0]!.e.length, 50);
     replies.forEach((r, i) => assert.deepEqual(r, { echoed: { n: i } }));
     assert.equal(sender.pending, 0, 'nothing left waiting');
@@ -102,7 +103,7 @@ describe('HeartbeatSender (appends without records to one node, one message per 
     assert.equal(received.reduce((n, b) => n + b.e.length, 0), 100);
     received.length = 0;
     // With room for more bytes (a larger max_payload), the entries' bound.
-    const roomy = new HeartbeatSender(nc, { cluster: 't', nodeId: 'n1', codec: { bytesMax: 8 * 1024 * 1024 } });
+    const roomy = new HeartbeatSender(nc, { cluster: 't', nodeId: 'n1', hostId: 0, codec: { bytesMax: 8 * 1024 * 1024 } });
     const many = Array.from({ length: HEARTBEAT_BATCH_ENTRIES_MAX + 5 }, (_, i) => roomy.send('n2', 'v', i, encode(1), 5000)!);
     await Promise.all(many);
     roomy.close();
@@ -257,9 +258,15 @@ describe('HeartbeatSender (appends without records to one node, one message per 
 });
 
 describe('heartbeats messages: form and chunks', () => {
-  it('validateHeartbeatBatch takes { from, e: [[volumeId, shard, bytes]...] } only, and bounds the entries', () => {
+  it('validateHeartbeatBatch takes { from, host?, e: [[volumeId, shard, bytes]...] } only, and bounds the entries', () => {
     const ok = { from: 'n1', e: [['v', 0, Uint8Array.of(1)]] };
     assert.deepEqual(validateHeartbeatBatch(ok), ok);
+    // The sending host (a node of an older version names none).
+    const withHost = { from: 'n1', host: 3, e: [] };
+    assert.deepEqual(validateHeartbeatBatch(withHost), withHost);
+    for (const host of [-1, 1.5, '0', 1024, null]) {
+      assert.throws(() => validateHeartbeatBatch({ from: 'n1', host, e: [] }), (e: unknown) => e instanceof ProtocolError && e.code === 'bad_request' && /host is an integer in \[0, 1024\)/.test(e.message), String(host));
+    }
     for (const bad of [null, {}, { from: '', e: [] }, { from: 'n1', e: {} }, { from: 'n1', e: [['v', -1, Uint8Array.of(1)]] }, { from: 'n1', e: [['v', 0, 'x']] }, { from: 'n1', e: [[1, 0, Uint8Array.of(1)]] }, { from: 'n1', e: [['v', 0]] }]) {
       assert.throws(() => validateHeartbeatBatch(bad), (e: unknown) => e instanceof ProtocolError && e.code === 'bad_request', JSON.stringify(bad));
     }
