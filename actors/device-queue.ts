@@ -93,8 +93,16 @@ export interface DeviceQueueOptions {
   spaceReserveBytes?: number;
 }
 
-/** How often a device's free space is read again (statfs), at most: its answer is kept this long. */
+/**
+ * How often a device's free space is read again (statfs), at most: its answer is kept this long,
+ * less what the device wrote and queued since (DeviceQueue.space).
+ */
 export const SPACE_CHECK_MS = 1000;
+/**
+ * The free space is read again sooner once the device has written a quarter of its margin (free
+ * space over the reserve) since the last reading, and at least this many bytes.
+ */
+export const SPACE_RECHECK_BYTES_MIN = 1024 * 1024;
 /** Most free space a device keeps by default. */
 export const SPACE_RESERVE_BYTES_MAX_DEFAULT = 1024 * 1024 * 1024;
 
@@ -230,6 +238,8 @@ export class DeviceQueue {
   private queue: Op[] = [];
   private queueHead = 0;
   private queueBytes = 0;
+  /** Of `queueBytes`, those of appends: records that will take space (DeviceQueue.space). */
+  private queuedAppendBytes = 0;
   private scheduled = false;
   private running = false;
   /** When the batch in progress started (clock), while `running`. */
@@ -254,8 +264,11 @@ export class DeviceQueue {
     rejectedNoSpace: 0,
   };
   private readonly spaceReserveBytes: number | undefined;
-  /** The disk's space as last read, and when (clock). */
-  private spaceRead: { space: DeviceSpaceStats; atMs: number } | undefined;
+  /**
+   * The disk's space as last read, when (clock), the disk's bytes written then, and after how
+   * many more bytes written it is read again.
+   */
+  private spaceRead: { freeBytes: number; sizeBytes: number; reserveBytes: number; atMs: number; written: number; recheckBytes: number } | undefined;
   private readonly batchOpsHistogram = new Array<number>(BATCH_OPS_BUCKETS.length).fill(0);
   private readonly syncMsHistogram = new Array<number>(FSYNC_MS_BUCKETS.length).fill(0);
 
@@ -279,29 +292,41 @@ export class DeviceQueue {
   }
 
   /**
-   * The device's space: read from its disk at most every SPACE_CHECK_MS (a statfs), so that
-   * every write may ask. Undefined when the disk does not say (no `space`, a size of 0; a
-   * failed statfs is asked again at the next call).
+   * The device's space, so that every write may ask: the filesystem's free space as last read
+   * (a statfs), less the bytes the device wrote since and those of the appends queued, so that
+   * no burst of writes between two readings runs through the reserve. Read
+   * again after SPACE_CHECK_MS, or once the device wrote a quarter of its margin over the
+   * reserve since (at least SPACE_RECHECK_BYTES_MIN). Bytes that overwrite (a log's records over
+   * the zeros written ahead of them) are counted as if they took space: an estimate under the
+   * truth, until the next reading. Undefined when the disk does not say (no `space`, a size of
+   * 0; a failed statfs is asked again at the next call).
    */
   space(): DeviceSpaceStats | undefined {
     if (this.disk.space === undefined) return undefined;
     const now = this.clock.nowMs();
-    if (this.spaceRead !== undefined && now - this.spaceRead.atMs < SPACE_CHECK_MS) return this.spaceRead.space;
+    let r = this.spaceRead;
+    let written: number;
     try {
-      const { freeBytes, sizeBytes } = this.disk.space();
-      // A filesystem that reports no size (some pseudo and network ones) says nothing of its space.
-      if (!(sizeBytes > 0)) {
-        this.spaceRead = undefined;
-        return undefined;
+      written = this.disk.bytesWritten?.() ?? 0;
+      if (r === undefined || now - r.atMs >= SPACE_CHECK_MS || written - r.written >= r.recheckBytes) {
+        const { freeBytes, sizeBytes } = this.disk.space();
+        // A filesystem that reports no size (some pseudo and network ones) says nothing of its space.
+        if (!(sizeBytes > 0)) {
+          this.spaceRead = undefined;
+          return undefined;
+        }
+        const reserveBytes = this.spaceReserveBytes ?? defaultSpaceReserve(sizeBytes);
+        const recheckBytes = Math.max(SPACE_RECHECK_BYTES_MIN, Math.floor((freeBytes - reserveBytes) / 4));
+        r = this.spaceRead = { freeBytes, sizeBytes, reserveBytes, atMs: now, written, recheckBytes };
       }
-      const reserveBytes = this.spaceReserveBytes ?? defaultSpaceReserve(sizeBytes);
-      const state = freeBytes >= reserveBytes && freeBytes > 0 ? 'ok' : freeBytes >= reserveBytes / 2 && freeBytes > 0 ? 'low' : 'critical';
-      this.spaceRead = { space: { freeBytes, sizeBytes, reserveBytes, state }, atMs: now };
-      return this.spaceRead.space;
     } catch {
       this.spaceRead = undefined;
       return undefined;
     }
+    const freeBytes = Math.max(0, r.freeBytes - (written - r.written) - this.queuedAppendBytes);
+    const { sizeBytes, reserveBytes } = r;
+    const state = freeBytes >= reserveBytes && freeBytes > 0 ? 'ok' : freeBytes >= reserveBytes / 2 && freeBytes > 0 ? 'low' : 'critical';
+    return { freeBytes, sizeBytes, reserveBytes, state };
   }
 
   /** The next `space()` reads the disk again (a test that changes what the disk says). */
@@ -460,6 +485,7 @@ export class DeviceQueue {
     if (this.tracer) op.tag = this.tracer.capture();
     this.queue.push(op);
     this.queueBytes += op.bytes;
+    if (op.type === 'append') this.queuedAppendBytes += op.bytes;
     this.kick();
   }
 
@@ -487,6 +513,7 @@ export class DeviceQueue {
       this.queueHead++;
       batch.push(op);
       bytes += op.bytes;
+      if (op.type === 'append') this.queuedAppendBytes -= op.bytes;
       if (op.type === 'task') break;
     }
     this.queueBytes -= bytes;

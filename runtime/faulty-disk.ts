@@ -108,6 +108,10 @@ export class FaultyDisk implements Disk {
     return this.freeBytes === undefined ? inner : { freeBytes: Math.min(this.freeBytes, inner.sizeBytes), sizeBytes: inner.sizeBytes };
   }
 
+  bytesWritten(): number {
+    return this.inner.bytesWritten?.() ?? 0;
+  }
+
   /** Fault injection: the disk says it has `bytes` free (undefined: what it has). */
   setFreeBytes(bytes: number | undefined): void {
     if (bytes !== undefined && !(Number.isSafeInteger(bytes) && bytes >= 0)) throw new StorageError('bad_request', `free bytes must be a non-negative integer, got ${String(bytes)}`);

@@ -72,6 +72,11 @@ export interface Disk {
    * write, and its size. Throws StorageError `io_error` when the filesystem does not say.
    */
   space?(): DiskSpace;
+  /**
+   * Optional: the bytes written through this disk so far (writes and appends), which a device
+   * subtracts from the free space `space` last said until it asks again (DeviceQueue.space).
+   */
+  bytesWritten?(): number;
 }
 
 /** The open file of handle `fh` in a Disk's table of them; `io_error` (EBADF) for a handle not in it. */

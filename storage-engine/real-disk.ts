@@ -429,6 +429,10 @@ export class RealDisk implements Disk {
     return this.blocking(() => fs.existsSync(this.abs(path)));
   }
 
+  bytesWritten(): number {
+    return this.counters.bytesWritten;
+  }
+
   space(): DiskSpace {
     try {
       const st = this.blocking(() => fs.statfsSync(this.rootDir));

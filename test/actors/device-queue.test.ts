@@ -1,5 +1,5 @@
 import { strict as assert } from 'node:assert';
-import { DeviceQueue, type AppendTarget, BATCH_OPS_BUCKETS, SPACE_CHECK_MS, defaultSpaceReserve } from '../../actors/device-queue';
+import { DeviceQueue, type AppendTarget, BATCH_OPS_BUCKETS, SPACE_CHECK_MS, SPACE_RECHECK_BYTES_MIN, defaultSpaceReserve } from '../../actors/device-queue';
 import type { Disk, FileHandle } from '../../storage-engine/disk';
 import { StorageError } from '../../storage-engine/errors';
 import type { LogRecordInput } from '../../storage-engine/record';
@@ -551,6 +551,46 @@ describe('DeviceQueue', () => {
       q.checkWriteSpace();
       q.checkAppend([write(3)]);
       assert.equal(q.stats().space?.state, 'ok');
+    });
+
+    it('between two readings of the disk, takes off what the device wrote and the appends queued since; reads again once a quarter of its margin was written', async () => {
+      const MIB = 1024 * 1024;
+      const now = 0;
+      const disk = { statfs: 0, free: 10 * MIB, written: 0 };
+      const d = {
+        space: () => {
+          disk.statfs++;
+          return { freeBytes: disk.free, sizeBytes: 100 * MIB };
+        },
+        bytesWritten: () => disk.written,
+      } as unknown as Disk;
+      const sched = manualScheduler();
+      const q = new DeviceQueue({ disk: d, spaceReserveBytes: 2 * MIB, clock: { nowMs: () => now }, schedule: sched.schedule });
+      assert.equal(q.space()!.freeBytes, 10 * MIB);
+      // Written since, within the same second: taken off, the disk not asked again (its margin
+      // over the reserve is 8 MiB: asked again after 2 MiB written).
+      disk.written = 1.5 * MIB;
+      assert.deepEqual(q.space(), { freeBytes: 8.5 * MIB, sizeBytes: 100 * MIB, reserveBytes: 2 * MIB, state: 'ok' });
+      assert.equal(disk.statfs, 1);
+      // Appends queued count too: 7 MiB of records leave 1.5 MiB, under the reserve.
+      const log = new FakeLog();
+      const appended = q.append(log, Array.from({ length: 7 }, (_, i) => rec(i, MIB)));
+      const queued = q.space()!;
+      assert.ok(queued.freeBytes <= 1.5 * MIB && queued.state === 'low', JSON.stringify(queued));
+      assert.throws(() => q.checkWriteSpace(), (e: StorageError) => e.code === 'no_space');
+      assert.equal(disk.statfs, 1);
+      // Written: no longer queued, and past a quarter of the margin, so the disk is asked again.
+      sched.runAll();
+      await appended;
+      disk.written += 7 * MIB;
+      disk.free = 1.5 * MIB;
+      assert.deepEqual(q.space(), { freeBytes: 1.5 * MIB, sizeBytes: 100 * MIB, reserveBytes: 2 * MIB, state: 'low' });
+      assert.equal(disk.statfs, 2);
+      // Under the reserve, asked again after each SPACE_RECHECK_BYTES_MIN written: space freed shows.
+      disk.free = 20 * MIB;
+      disk.written += SPACE_RECHECK_BYTES_MIN;
+      assert.equal(q.space()!.state, 'ok');
+      assert.equal(disk.statfs, 3);
     });
 
     it('a full disk refuses page writes with no reserve; a disk that does not say, fails to, or says a size of 0 refuses nothing', () => {
