@@ -439,6 +439,12 @@ export interface ReplicaStats {
   reads: number;
   pagesRead: number;
   checkpoints: number;
+  /**
+   * Of them, those its device being short of space started (`checkpointForSpace`), and those it
+   * did not start because the image might not fit in half the free space.
+   */
+  spaceCheckpoints: number;
+  spaceCheckpointsSkipped: number;
   snapshotsSent: number;
   snapshotsInstalled: number;
   /** Leader: append messages with records sent, one per follower or one to all of them at once. */
@@ -577,6 +583,8 @@ export interface ReplicaDigest {
 
 /** How often a leader whose device is short of space tries to hand its leadership over (`handOverShortOfSpace`). */
 export const SPACE_HANDOVER_EVERY_MS = 2000;
+/** How often a replica looks at whether its device is short of space, for a checkpoint that gives some back (`checkpointForSpace`). */
+export const SPACE_CHECKPOINT_EVERY_MS = 5000;
 
 /** The pages of a shard in a range of volume pages, as of an LSN, digested (`Replica.digest`). */
 export interface PageDigest {
@@ -716,6 +724,8 @@ export class Replica {
   /** A leader short of space: when it may next try to hand its leadership over, and how many times it tried (the follower asked goes in turn). */
   private spaceHandoverAtMs = 0;
   private spaceHandovers = 0;
+  /** When it next looks at its device's space for a checkpoint (`checkpointForSpace`). */
+  private spaceCheckpointAtMs = 0;
   private readonly seedLsn: number;
   private readonly messageBytesMax: number;
   private readonly appendBytesMax: number;
@@ -804,7 +814,7 @@ export class Replica {
   /** The prevote round in progress, if any: the term it asks about and the yes so far. */
   private preVote: { term: number; votes: Set<string> } | undefined;
   private readonly counters = {
-    preVotes: 0, elections: 0, handovers: 0, electionsHandedOver: 0, writes: 0, pagesWritten: 0, retriesMatched: 0, retriesUnknown: 0, reads: 0, pagesRead: 0, checkpoints: 0,
+    preVotes: 0, elections: 0, handovers: 0, electionsHandedOver: 0, writes: 0, pagesWritten: 0, retriesMatched: 0, retriesUnknown: 0, reads: 0, pagesRead: 0, checkpoints: 0, spaceCheckpoints: 0, spaceCheckpointsSkipped: 0,
     snapshotsSent: 0, snapshotsInstalled: 0, appendsSent: 0, appendsToAll: 0, imageChecks: 0, offloaded: 0, appliedFromLog: 0, repliesIgnored: 0,
     quiesces: 0,
   };
@@ -1357,6 +1367,7 @@ export class Replica {
     this.nowMs = Math.max(this.nowMs, nowMs);
     nowMs = this.nowMs;
     this.writeIds.expire(nowMs);
+    if (nowMs >= this.spaceCheckpointAtMs) this.checkpointForSpace(nowMs);
     if (this.termsUnknown !== undefined && nowMs >= this.termsProbeDueMs) this.probeTerms();
     if (this.role === 'leader') {
       if (this.handover !== undefined && nowMs >= this.handover.untilMs) {
@@ -2456,6 +2467,29 @@ export class Replica {
     return keep;
   }
 
+  /**
+   * On a device short of space (under its reserve), a checkpoint that lets the whole history
+   * behind it go (the older images and the log up to it; `retainRecords` still holds): page
+   * writes are refused there, so the checkpoint every checkpointEveryRecords records may never
+   * come, and the space that pages made zeros or written over hold would not come back. It
+   * looks at most every SPACE_CHECKPOINT_EVERY_MS, and starts one only when records were applied
+   * since the newest image, and when the image could not take more than half the free space
+   * (it is written before the space it frees is let go).
+   */
+  private checkpointForSpace(nowMs: number): void {
+    this.spaceCheckpointAtMs = nowMs + SPACE_CHECKPOINT_EVERY_MS;
+    if (this.checkpointEveryRecords <= 0 || this.checkpointing) return;
+    const s = this.queue.space();
+    if (s === undefined || s.state === 'ok' || this.store.appliedLsn <= this.store.stats().imageLsn) return;
+    if (this.store.imageBytesBound() > s.freeBytes / 2) {
+      this.counters.spaceCheckpointsSkipped++;
+      return;
+    }
+    this.counters.spaceCheckpoints++;
+    // A failure is tried again at the next look (damage is reported by checkpoint itself).
+    void this.checkpoint({ imagesKeep: 1 }).catch(() => undefined);
+  }
+
   private maybeCheckpoint(): void {
     if (this.checkpointEveryRecords <= 0 || this.checkpointing || this.recordsSinceCheckpoint < this.checkpointEveryRecords) return;
     // A failure is retried at the next apply (damage is reported by checkpoint itself).
@@ -2467,12 +2501,12 @@ export class Replica {
    * may be trimmed. The records applied while the image was built count toward the next one,
    * which starts at once if they are enough: no later record may come to start it.
    */
-  async checkpoint(): Promise<{ lsn: number }> {
+  async checkpoint(opts: { imagesKeep?: number } = {}): Promise<{ lsn: number }> {
     if (this.checkpointing) return { lsn: this.store.appliedLsn };
     this.checkpointing = true;
     let lsn: number;
     try {
-      lsn = (await this.runImageSteps(this.store.checkpointSteps({ flushOffThread: true }))).lsn;
+      lsn = (await this.runImageSteps(this.store.checkpointSteps({ flushOffThread: true, ...opts }))).lsn;
       this.counters.checkpoints++;
       this.recordsSinceCheckpoint = Math.max(0, this.store.appliedLsn - lsn);
     } catch (e) {

@@ -16,7 +16,7 @@
 import { requestArena } from './arena';
 import { discardFile, joinPath, parentDir, removeDiscarded, removeInBackground, type Discarded, type Disk } from './disk';
 import { assert, CorruptionError, StorageError, type CorruptionReport } from './errors';
-import { ImageReader, ImageWriter, imageFileName, isImageTempFileName, parseImageFileName, IMAGE_PAGE_COUNT_MAX } from './image';
+import { ImageReader, ImageWriter, imageFileName, isImageTempFileName, parseImageFileName, IMAGE_BYTES_MIN, IMAGE_PAGE_COUNT_MAX, IMAGE_TABLE_ENTRY_BYTES } from './image';
 import type { SegmentLog } from './log';
 import { MetaStore } from './metadata';
 import { PageCache } from './page-cache';
@@ -140,6 +140,8 @@ export class PageStore {
   /** page -> ascending LSNs of retained records (> floorLsn) that wrote it. */
   private readonly versions = new Map<number, number[]>();
   private versionCount = 0;
+  /** Pages of `versions` whose newest version holds data (not a zero): for `imageBytesBound`. */
+  private dataPages = 0;
   /** LSNs of the retained PageZero records (> floorLsn): a version among them reads as zeros. */
   private readonly zeroLsns = new Set<number>();
   /** What a page a PageZero record zeroed reads as (never written to). */
@@ -328,6 +330,16 @@ export class PageStore {
   }
 
   /** Oldest LSN `getPage` answers; older ones are 'trimmed'. */
+  /**
+   * At most the bytes a checkpoint's image would take now: the pages the newest image stores and
+   * those whose newest version since holds data (not made zeros), each with its table entry, and
+   * the image's header and checksum.
+   */
+  imageBytesBound(): number {
+    const pages = Math.min(this.pageCount, (this.images[this.images.length - 1]?.entries ?? 0) + this.dataPages);
+    return IMAGE_BYTES_MIN + pages * (this.pageSize + IMAGE_TABLE_ENTRY_BYTES);
+  }
+
   get oldestReadableLsn(): number {
     return this.floorLsn;
   }
@@ -372,7 +384,9 @@ export class PageStore {
           list = [];
           this.versions.set(page, list);
         }
-        if (list[list.length - 1] !== record.lsn) {
+        const last = list[list.length - 1];
+        if (last !== record.lsn) {
+          if (last === undefined || this.zeroLsns.has(last)) this.dataPages++;
           list.push(record.lsn);
           this.versionCount++;
         }
@@ -392,6 +406,8 @@ export class PageStore {
           list = [];
           this.versions.set(page, list);
         }
+        const last = list[list.length - 1];
+        if (last !== undefined && !this.zeroLsns.has(last)) this.dataPages--;
         list.push(record.lsn);
         this.versionCount++;
       }
@@ -615,8 +631,8 @@ export class PageStore {
    * appliedLsn already. The log is synced up to appliedLsn first: an image never gets ahead of
    * the durable log. Runs `checkpointSteps` to the end.
    */
-  checkpoint(): { lsn: number; file: string } {
-    const steps = this.checkpointSteps();
+  checkpoint(opts: { imagesKeep?: number } = {}): { lsn: number; file: string } {
+    const steps = this.checkpointSteps(opts);
     for (;;) {
       const r = steps.next();
       if (r.done === true) return r.value;
@@ -642,9 +658,17 @@ export class PageStore {
    * With `flushOffThread`, the image's buffers are flushed by the disk's `fdatasyncAsync`: a
    * step may yield that flush, and the driver awaits it (a rejection: end the checkpoint with
    * `return()`) before the next step. Without, no step yields anything.
+   *
+   * `imagesKeep`: this checkpoint keeps fewer of the newest images than the store does (at least
+   * 1; `retainLsns` still holds): a device short of space lets the history behind its newest
+   * image go, and the log that holds it.
    */
-  *checkpointSteps(opts: { flushOffThread?: boolean } = {}): Generator<CheckpointStep, { lsn: number; file: string }, void> {
+  *checkpointSteps(opts: { flushOffThread?: boolean; imagesKeep?: number } = {}): Generator<CheckpointStep, { lsn: number; file: string }, void> {
     this.checkOpen();
+    const keep = opts.imagesKeep ?? this.imagesKeep;
+    if (!(Number.isSafeInteger(keep) && keep >= 1 && keep <= this.imagesKeep)) {
+      throw new StorageError('bad_request', `imagesKeep of a checkpoint must be an integer in [1, ${this.imagesKeep}], got ${String(opts.imagesKeep)}`);
+    }
     assert(!this.checkpointing, 'one checkpoint or image export at a time');
     const lsn = this.applied;
     const term = this.appliedTerm;
@@ -658,7 +682,7 @@ export class PageStore {
       // Closed while the image was finished: it stays unused (the next checkpoint removes it).
       yield;
       this.checkOpen();
-      return yield* this.switchToImageSteps(lsn, term, written);
+      return yield* this.switchToImageSteps(lsn, term, written, keep);
     } finally {
       this.checkpointing = false;
     }
@@ -743,13 +767,13 @@ export class PageStore {
    * the images retention lets go are discarded (a step, if any) and the log is trimmed (a step
    * per segment).
    */
-  private *switchToImageSteps(lsn: number, term: number, written: string): Generator<CheckpointStep, { lsn: number; file: string }, void> {
+  private *switchToImageSteps(lsn: number, term: number, written: string, imagesKeep: number): Generator<CheckpointStep, { lsn: number; file: string }, void> {
     const reader = ImageReader.open(this.disk, written);
     const bases: Base[] = [];
     if (this.floorLsn === 0) bases.push({ lsn: 0, reader: null });
     for (const r of this.images) bases.push({ lsn: r.lsn, reader: r });
     bases.push({ lsn, reader });
-    const recent = bases.slice(Math.max(0, bases.length - this.imagesKeep));
+    const recent = bases.slice(Math.max(0, bases.length - imagesKeep));
     // The retention base: the newest base at or below lsn - retainLsns (else the oldest one, the
     // current floor). Its successor is kept too, so that the base can move forward to it once
     // the window passes it: without it every image in the window would be deleted and the base
@@ -802,10 +826,12 @@ export class PageStore {
       while (n < list.length && list[n]! <= floor) n++;
       if (n === 0) continue;
       this.versionCount -= n;
-      if (n === list.length) this.versions.delete(page);
-      else list.splice(0, n);
+      if (n === list.length) {
+        this.versions.delete(page);
+        if (!this.zeroLsns.has(list[n - 1]!)) this.dataPages--;
+      } else list.splice(0, n);
     }
-    assert(this.versionCount >= 0, 'version count stays non-negative');
+    assert(this.versionCount >= 0 && this.dataPages >= 0, 'version and page counts stay non-negative', { versionCount: this.versionCount, dataPages: this.dataPages });
     for (const z of this.zeroLsns) if (z <= floor) this.zeroLsns.delete(z);
 
     // The cache's entries below the floor, CHECKPOINT_COLLECT_PAGES entries per step (one pass

@@ -5,7 +5,7 @@
 import { strict as assert } from 'node:assert';
 import { DISCARD_SUFFIX, isDiscardedName, type Disk } from '../../storage-engine/disk';
 import { CorruptionError, StorageError } from '../../storage-engine/errors';
-import { ImageReader, imageFileName } from '../../storage-engine/image';
+import { IMAGE_BYTES_MIN, IMAGE_TABLE_ENTRY_BYTES, ImageReader, imageFileName } from '../../storage-engine/image';
 import { SegmentLog } from '../../storage-engine/log';
 import { MetaStore } from '../../storage-engine/metadata';
 import { encodePageWrite } from '../../storage-engine/page-write';
@@ -918,6 +918,73 @@ describe('PageStore', () => {
     writeRandom(w, 10);
     assert.equal(w.store.checkpoint().lsn, w.model.lastLsn);
     checkAll(w.store, w.model, w.model.lastLsn, w.model.lastLsn, 48);
+  });
+
+  describe('a checkpoint for space: imageBytesBound, imagesKeep', () => {
+    const entryBytes = PAGE + IMAGE_TABLE_ENTRY_BYTES;
+    /** Appends one record of `kind` to `w`'s log, syncs, applies it; returns its LSN. */
+    const append = (w: World, kind: RecordKind, payload: Uint8Array): number => {
+      const lsn = w.log.write([{ term: 1, kind, payload }]);
+      w.log.sync();
+      w.store.apply(w.log.read(lsn, lsn)[0]!);
+      return lsn;
+    };
+    const write = (w: World, page: number): number => append(w, RecordKind.PageWrite, encodePageWrite(PAGE, [{ page, data: content(page + 1) }]));
+    const zero = (w: World, first: number, count: number): number => append(w, RecordKind.PageZero, encodePageZero({ first, count }));
+
+    it('imageBytesBound is never under the bytes of the image a checkpoint then writes', () => {
+      const w = world(91);
+      for (let round = 0; round < 16; round++) {
+        writeRandom(w, 20);
+        const bound = w.store.imageBytesBound();
+        const { file } = w.store.checkpoint();
+        const fh = w.disk.open(`${STORE_DIR}/${file}`);
+        const bytes = w.disk.size(fh);
+        w.disk.close(fh);
+        assert.ok(bound >= bytes, `round ${round}: bound ${bound}, image ${bytes} bytes`);
+      }
+    });
+
+    it('counts the pages whose newest version holds data: pages made zeros leave the bound, and a checkpoint keeping one image lets the history behind it go', () => {
+      const w = world(92);
+      for (let p = 0; p < 20; p++) write(w, p);
+      assert.equal(w.store.imageBytesBound(), IMAGE_BYTES_MIN + 20 * entryBytes);
+      const zeroed = zero(w, 0, 15);
+      assert.equal(w.store.imageBytesBound(), IMAGE_BYTES_MIN + 5 * entryBytes, 'pages made zeros are not counted');
+      zero(w, 0, 48);
+      write(w, 3);
+      assert.equal(w.store.imageBytesBound(), IMAGE_BYTES_MIN + entryBytes, 'a page written again after its zeros is');
+      // A checkpoint as the store keeps them (2 images): the history since LSN 0 stays readable.
+      write(w, 30);
+      const first = w.store.checkpoint().lsn;
+      assert.equal(w.store.oldestReadableLsn, 0);
+      assert.deepEqual(w.store.getPage(5, zeroed - 1), content(6), 'the history is kept');
+      // The newest image's 2 pages, and the versions since LSN 0 that still hold data (the same 2).
+      assert.equal(w.store.imageBytesBound(), IMAGE_BYTES_MIN + 4 * entryBytes);
+      write(w, 31);
+      // One keeping a single image: the older images and the log up to it go.
+      const logBefore = w.log.firstLsn;
+      const second = w.store.checkpoint({ imagesKeep: 1 }).lsn;
+      assert.ok(second > first);
+      assert.equal(w.store.oldestReadableLsn, second);
+      assert.equal(w.store.stats().images, 1);
+      assert.ok(w.log.firstLsn > logBefore, `the log is trimmed (first LSN ${logBefore} -> ${w.log.firstLsn})`);
+      expectCode(() => w.store.getPage(5, zeroed - 1), 'trimmed');
+      assert.deepEqual(w.store.getPage(3, second), content(4));
+      assert.deepEqual(w.store.getPage(31, second), content(32));
+      assert.equal(w.store.imageBytesBound(), IMAGE_BYTES_MIN + 3 * entryBytes, 'the image: pages 3, 30 and 31');
+      assert.equal(imageFiles(w).length, 1);
+    });
+
+    it('imagesKeep of a checkpoint is an integer from 1 to the store\'s own', () => {
+      const w = world(93);
+      writeRandom(w, 10);
+      for (const bad of [0, 3, 1.5, -1]) {
+        expectCode(() => w.store.checkpoint({ imagesKeep: bad }), 'bad_request');
+      }
+      assert.equal(w.store.stats().images, 0, 'nothing was written');
+      assert.equal(w.store.checkpoint({ imagesKeep: 2 }).lsn, w.log.lastLsn);
+    });
   });
 
   describe('checkpointSteps with flushOffThread', () => {
