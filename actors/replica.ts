@@ -2487,7 +2487,7 @@ export class Replica {
     }
     this.counters.spaceCheckpoints++;
     // A failure is tried again at the next look (damage is reported by checkpoint itself).
-    void this.checkpoint({ imagesKeep: 1 }).catch(() => undefined);
+    void this.checkpoint({ imagesKeep: 1, sealLog: true }).catch(() => undefined);
   }
 
   private maybeCheckpoint(): void {
@@ -2501,7 +2501,7 @@ export class Replica {
    * may be trimmed. The records applied while the image was built count toward the next one,
    * which starts at once if they are enough: no later record may come to start it.
    */
-  async checkpoint(opts: { imagesKeep?: number } = {}): Promise<{ lsn: number }> {
+  async checkpoint(opts: { imagesKeep?: number; sealLog?: boolean } = {}): Promise<{ lsn: number }> {
     if (this.checkpointing) return { lsn: this.store.appliedLsn };
     this.checkpointing = true;
     let lsn: number;

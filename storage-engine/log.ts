@@ -591,6 +591,33 @@ export class SegmentLog {
     }
   }
 
+  /** Bytes of the active segment's records. */
+  get activeBytes(): number {
+    this.checkOpen();
+    return this.active.endOffset;
+  }
+
+  /** The active segment's size limit. */
+  get activeBytesMax(): number {
+    this.checkOpen();
+    return this.active.segmentBytesMax;
+  }
+
+  /**
+   * Seals the active segment, synced, and starts the next one, as when it fills: `trimPrefix`
+   * may then let its records go. For a checkpoint of a device short of space whose image holds
+   * every record of the log (PageStore `sealLog`). Nothing when the active segment holds none.
+   */
+  sealActive(): void {
+    this.checkMutable('sealActive');
+    if (this.active.count === 0) return;
+    try {
+      this.rollOver();
+    } catch (e) {
+      throw this.fail(e);
+    }
+  }
+
   /** Whether `trimPrefix(uptoLsn)` would delete a segment: a whole one, not the active one, is <= uptoLsn. */
   canTrimPrefix(uptoLsn: number): boolean {
     return this.segments.length > 1 && this.segments[0]!.lastLsn <= uptoLsn;

@@ -631,7 +631,7 @@ export class PageStore {
    * appliedLsn already. The log is synced up to appliedLsn first: an image never gets ahead of
    * the durable log. Runs `checkpointSteps` to the end.
    */
-  checkpoint(opts: { imagesKeep?: number } = {}): { lsn: number; file: string } {
+  checkpoint(opts: { imagesKeep?: number; sealLog?: boolean } = {}): { lsn: number; file: string } {
     const steps = this.checkpointSteps(opts);
     for (;;) {
       const r = steps.next();
@@ -661,9 +661,11 @@ export class PageStore {
    *
    * `imagesKeep`: this checkpoint keeps fewer of the newest images than the store does (at least
    * 1; `retainLsns` still holds): a device short of space lets the history behind its newest
-   * image go, and the log that holds it.
+   * image go, and the log that holds it. `sealLog`: when the new floor is the log's last record
+   * and the log's active segment holds at least a sixteenth of a segment, that segment is sealed
+   * (a step) so that it goes too (a segment goes whole, and the active one never).
    */
-  *checkpointSteps(opts: { flushOffThread?: boolean; imagesKeep?: number } = {}): Generator<CheckpointStep, { lsn: number; file: string }, void> {
+  *checkpointSteps(opts: { flushOffThread?: boolean; imagesKeep?: number; sealLog?: boolean } = {}): Generator<CheckpointStep, { lsn: number; file: string }, void> {
     this.checkOpen();
     const keep = opts.imagesKeep ?? this.imagesKeep;
     if (!(Number.isSafeInteger(keep) && keep >= 1 && keep <= this.imagesKeep)) {
@@ -682,7 +684,7 @@ export class PageStore {
       // Closed while the image was finished: it stays unused (the next checkpoint removes it).
       yield;
       this.checkOpen();
-      return yield* this.switchToImageSteps(lsn, term, written, keep);
+      return yield* this.switchToImageSteps(lsn, term, written, keep, opts.sealLog === true);
     } finally {
       this.checkpointing = false;
     }
@@ -767,7 +769,7 @@ export class PageStore {
    * the images retention lets go are discarded (a step, if any) and the log is trimmed (a step
    * per segment).
    */
-  private *switchToImageSteps(lsn: number, term: number, written: string, imagesKeep: number): Generator<CheckpointStep, { lsn: number; file: string }, void> {
+  private *switchToImageSteps(lsn: number, term: number, written: string, imagesKeep: number, sealLog: boolean): Generator<CheckpointStep, { lsn: number; file: string }, void> {
     const reader = ImageReader.open(this.disk, written);
     const bases: Base[] = [];
     if (this.floorLsn === 0) bases.push({ lsn: 0, reader: null });
@@ -858,6 +860,11 @@ export class PageStore {
       const gone: Discarded[] = names.map((name) => discardFile(this.disk, joinPath(this.dir, name)));
       this.disk.fsyncDir(this.dir);
       removeInBackground(this.disk, gone, this.onDiscardError);
+    }
+    if (sealLog && floor > 0 && floor === this.log.lastLsn && this.log.activeBytes * 16 >= this.log.activeBytesMax) {
+      yield;
+      if (this.closed) return result;
+      if (floor === this.log.lastLsn) this.log.sealActive();
     }
     if (floor > 0) {
       while (this.log.canTrimPrefix(floor)) {

@@ -129,7 +129,8 @@ describe('a device on a filesystem that fills up (a tmpfs of 128 MiB)', function
       }, 60_000);
       const after = await replica();
       assert.ok(after.spaceCheckpoints > before.spaceCheckpoints, 'a checkpoint for space');
-      assert.ok(after.storage!.logBytes < 64 * MIB, `the log let go: ${after.storage!.logBytes} bytes left`);
+      // Its active segment too, sealed by the checkpoint: a page or so is left.
+      assert.ok(after.storage!.logBytes < MIB, `the log let go: ${after.storage!.logBytes} bytes left`);
       assert.ok(statfsFree() > reserveBytes, `${statfsFree()} bytes free`);
       assert.deepEqual(await vol.read(1), page(7));
       const some = [...written.keys()].filter((p) => p !== 1).slice(0, 64);

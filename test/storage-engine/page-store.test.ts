@@ -976,6 +976,27 @@ describe('PageStore', () => {
       assert.equal(imageFiles(w).length, 1);
     });
 
+    it('sealLog: a checkpoint whose image holds every record seals the log\'s active segment, and the whole log goes; without, the active segment stays', () => {
+      for (const sealLog of [false, true]) {
+        const w = world(94);
+        for (let p = 0; p < 10; p++) write(w, p);
+        assert.ok(w.log.stats().segments >= 2 && w.log.activeBytes * 16 >= w.log.activeBytesMax, 'records in a sealed segment and in the active one');
+        const lsn = w.store.checkpoint({ imagesKeep: 1, sealLog }).lsn;
+        assert.equal(lsn, 10);
+        if (sealLog) {
+          assert.equal(w.log.firstLsn, lsn + 1, 'no record left');
+          assert.equal(w.log.stats().segments, 1);
+        } else {
+          assert.ok(w.log.firstLsn <= lsn, 'the active segment stays');
+        }
+        // Opened again: the pages as written, and the log goes on after the image.
+        reopen(w);
+        for (let p = 0; p < 10; p++) assert.deepEqual(w.store.getPage(p, lsn), content(p + 1));
+        assert.equal(write(w, 11), lsn + 1);
+        assert.deepEqual(w.store.getPage(11, lsn + 1), content(12));
+      }
+    });
+
     it('imagesKeep of a checkpoint is an integer from 1 to the store\'s own', () => {
       const w = world(93);
       writeRandom(w, 10);
