@@ -120,6 +120,9 @@ export interface ShardSnapshot {
   writeIdsKnownMs?: number;
   /** True while the replica is quiesced (ReplicaStats.quiesced: an idle shard, docs/replication.md "Idle shards"). */
   quiesced?: boolean;
+  /** Checkpoints the replica's device being short of space started, and those it did not start for want of room (ReplicaStats.spaceCheckpoints, spaceCheckpointsSkipped; cumulative). */
+  spaceCheckpoints?: number;
+  spaceCheckpointsSkipped?: number;
   /** How far each replica's log is behind, in records (list form). */
   replicas?: ReadonlyArray<{ replica: string; lagRecords: number }>;
   /**
@@ -503,7 +506,11 @@ export class StrataMetrics {
         if (s.handovers !== undefined) out.counter('strata_leadership_handovers', 'Leaderships a shard replica handed over to a follower that took them (a host stopping cleanly hands over the shards it leads).', s.handovers, a);
         if (s.retriesMatched !== undefined) out.counter('strata_write_retries_matched', 'Writes sent again answered with the record an earlier try left (found by its write id, or named by the client), not written twice.', s.retriesMatched, a);
         if (s.retriesUnknown !== undefined) out.counter('strata_write_retries_unknown', 'Writes sent again that a leader could not tell from new writes (it restarted or installed an image since the first try and could not read every write id back, or forgot them): answered timeout, outcome unknown.', s.retriesUnknown, a);
-        if (s.quiesced !== undefined) out.gauge('strata_shard_quiesced', '1 while a shard replica is quiesced: its shard idle, its leader heartbeats once a second, and its followers wait for it while they hear from its node.', s.quiesced ? 1 : 0, a);
+        if (s.quiesced !== undefined) out.gauge('strata_shard_quiesced', '1 while a shard replica is quiesced: its shard idle, its leader heartbeats once a second, and its followers wait for it while they hear from its host.', s.quiesced ? 1 : 0, a);
+        if (s.spaceCheckpoints !== undefined) {
+          out.counter('strata_space_checkpoints', 'Checkpoints a shard replica made because its device was short of space, keeping one image and letting the log up to it go.', s.spaceCheckpoints, a);
+          out.counter('strata_space_checkpoints_skipped', 'Checkpoints a shard replica on a device short of space did not make: the image could take more than half the free space.', s.spaceCheckpointsSkipped ?? 0, a);
+        }
         if (s.writeIdsHeld !== undefined) out.gauge('strata_write_ids', 'Write ids a shard replica remembers, to answer a write sent again with the record it left.', s.writeIdsHeld, a);
         if (s.writeIdsKnownMs !== undefined) {
           out.gauge('strata_write_ids_known_seconds', 'How far back a shard replica knows every write id of its log (at most 62 s): a write sent again whose first try is older, and whose record it does not find, is answered outcome unknown.', s.writeIdsKnownMs / 1000, a, 's');
