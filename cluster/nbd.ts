@@ -328,9 +328,14 @@ interface Export {
 // Server
 // ---------------------------------------------------------------------------------------------
 
-/** A Strata error as an NBD errno: out of range is ENOSPC for a write, EINVAL otherwise; the rest EIO. */
+/**
+ * A Strata error as an NBD errno: out of range is ENOSPC for a write, EINVAL otherwise; a write
+ * refused `no_space` (its shard's devices under their reserve) is ENOSPC, which a hypervisor can
+ * pause its guest on until space is freed, as on a thin disk; the rest EIO.
+ */
 function errnoOf(err: unknown, write: boolean): number {
   if (err instanceof ProtocolError && err.code === 'out_of_range') return write ? NBD_ERR.ENOSPC : NBD_ERR.EINVAL;
+  if (err instanceof ProtocolError && err.code === 'no_space' && write) return NBD_ERR.ENOSPC;
   return NBD_ERR.EIO;
 }
 

@@ -706,6 +706,21 @@ describe('cluster/nbd: NBD export of Strata volumes', function () {
       s.peer.close();
     });
 
+    it('a device short of space: a write is ENOSPC (not EIO), while reads and trims go on; space freed, the write is taken', async () => {
+      const s = await Session.open(all.address.port, 'v');
+      await c.setFreeBytes(0, 0);
+      try {
+        assert.equal((await s.request(NBD_CMD.WRITE, 0, 4096, { data: Buffer.alloc(4096, 3) })).error, NBD_ERR.ENOSPC);
+        assert.equal((await s.request(NBD_CMD.READ, 0, 4096)).error, 0);
+        assert.equal((await s.request(NBD_CMD.TRIM, 4096, 4096)).error, 0);
+      } finally {
+        await c.setFreeBytes(0, undefined);
+      }
+      assert.equal((await s.request(NBD_CMD.WRITE, 0, 4096, { data: Buffer.alloc(4096, 3) })).error, 0);
+      assert.ok((await s.request(NBD_CMD.READ, 0, 4096)).data.every((b) => b === 3));
+      s.peer.close();
+    });
+
     it('answers an unknown command, CACHE, and a flag not for the command (NO_HOLE on a write, FAST_ZERO on a trim, REQ_ONE on a read) EINVAL; FUA anywhere and FAST_ZERO on a write-zeroes are accepted', async () => {
       const s = await Session.open(all.address.port, 'v');
       assert.equal((await s.request(99, 0, 4096)).error, NBD_ERR.EINVAL);
