@@ -329,7 +329,6 @@ export class PageStore {
     return this.applied;
   }
 
-  /** Oldest LSN `getPage` answers; older ones are 'trimmed'. */
   /**
    * At most the bytes a checkpoint's image would take now: the pages the newest image stores and
    * those whose newest version since holds data (not made zeros), each with its table entry, and
@@ -340,6 +339,7 @@ export class PageStore {
     return IMAGE_BYTES_MIN + pages * (this.pageSize + IMAGE_TABLE_ENTRY_BYTES);
   }
 
+  /** Oldest LSN `getPage` answers; older ones are 'trimmed'. */
   get oldestReadableLsn(): number {
     return this.floorLsn;
   }
