@@ -685,7 +685,6 @@ export class ActorHost implements HostApi {
     };
   }
 
-
   async replicaRoles(): Promise<ReplicaRoles> {
     return this.device?.replicaRoles() ?? { down: [], leading: [] };
   }
