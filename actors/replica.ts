@@ -1140,6 +1140,11 @@ export class Replica {
     return { term: this.term, ok: true };
   }
 
+  /** At most the bytes an image of this replica's pages would take now (PageStore.imageBytesBound): what a copy of it, a branch's, needs. */
+  imageBytesBound(): number {
+    return this.store.imageBytesBound();
+  }
+
   get appliedLsn(): number {
     return this.store.appliedLsn;
   }

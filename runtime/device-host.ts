@@ -389,9 +389,10 @@ export class DeviceHost {
    * (ShardStorage.seedFromImage): the open then starts the replica at that LSN. Waits up to
    * SEED_WAIT_MS for the parent's replica to apply the branch point (a follower behind) or to
    * end a checkpoint. Nothing is written when it cannot copy: no replica of the parent here
-   * (down, or placed elsewhere), the branch point no longer readable (`trimmed`), or the wait
-   * ran out; the replica then opens empty and waits for a peer to send it the shard
-   * (ReplicaOptions.seedLsn keeps it from leading meanwhile).
+   * (down, or placed elsewhere), the branch point no longer readable (`trimmed`), the wait ran
+   * out, or the copy could take the device under its reserve of free space (its size bounded by
+   * the parent's `imageBytesBound`); the replica then opens empty and waits for a peer to send it
+   * the shard (ReplicaOptions.seedLsn keeps it from leading meanwhile).
    */
   async seedShard(spec: ShardSpec, clock: () => number = Date.now): Promise<SeedResult> {
     const seed = spec.seed;
@@ -420,6 +421,13 @@ export class DeviceHost {
       if (parent === undefined) return { seeded: false, reason: `no replica of shard ${spec.shard} of volume ${seed.volumeId} on this device` };
       try {
         if (parent.appliedLsn >= seed.lsn) {
+          // Not a copy that could take the device under its reserve: every shard on it would
+          // then refuse page writes.
+          const space = this.queue.space();
+          const need = parent.imageBytesBound();
+          if (space !== undefined && space.freeBytes - need < space.reserveBytes) {
+            return { seeded: false, reason: `the copy could take ${need} bytes, and the device has ${space.freeBytes} free, with a reserve of ${space.reserveBytes}` };
+          }
           this.disk.mkdirp(dir);
           // In the branch's size, which its storage opens with (the parent's replica may have
           // grown past it: a resize whose nodes took the size and whose catalog did not yet).

@@ -5,7 +5,8 @@
  * `no_space`, with no write failing on a full disk and every acknowledged write read back. Then
  * pages made zeros must give the space back although no page write is taken, so that the
  * checkpoint due every so many records never comes: the device short of space checkpoints to
- * let the log go (docs/replication.md, "A device short of space").
+ * let the log go (docs/replication.md, "A device short of space"). And a branch whose copy could
+ * take the device under its reserve is not copied (docs/branches.md).
  */
 import { strict as assert } from 'node:assert';
 import { execFileSync } from 'node:child_process';
@@ -139,5 +140,25 @@ describe('a device on a filesystem that fills up (a tmpfs of 128 MiB)', function
     } finally {
       fs.rmSync(filler, { force: true });
     }
+  });
+
+  it('a branch whose copy could take the device under its reserve is not copied: the device keeps its space and takes writes, the branch is refused and deleted', async function () {
+    if (written.size === 0) this.skip();
+    await c!.client.createVolume({ name: 'parent', pageCount: 16384, shards: 1, replicas: 1 });
+    const parent = c!.client.volume('parent');
+    // 40 MiB of pages: a copy of them fits once on this disk beside them, not twice.
+    for (let i = 0; i < 10240; i += 64) await parent.writePages(Array.from({ length: 64 }, (_, k) => ({ page: i + k, data: page(((i + k) % 250) + 1) })));
+    await c!.client.branchVolume('first', 'parent');
+    assert.deepEqual(await c!.client.volume('first').read(77), page(78), 'the first branch was copied');
+    const before = statfsFree();
+    const refused = await c!.client.branchVolume('second', 'parent').then(() => undefined, (e: unknown) => e);
+    assert.ok(refused instanceof ProtocolError && refused.code === 'unavailable', `the second branch is refused: ${String(refused)}`);
+    const device = (await c!.nodes[0]!.hostPool.stats())[0]!.device!;
+    assert.equal(device.queue.space?.state, 'ok', `the device kept its reserve: ${JSON.stringify(device.queue.space)}`);
+    assert.equal(device.failures, 0);
+    assert.ok(statfsFree() > before - 8 * MIB, `${before} bytes free before the second branch, ${statfsFree()} after`);
+    assert.ok(!(await c!.client.listVolumes()).some((v) => v.name === 'second'), 'the refused branch is deleted');
+    await parent.write(12_000, page(5));
+    assert.deepEqual(await parent.read(12_000), page(5));
   });
 });
