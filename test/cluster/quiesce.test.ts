@@ -3,10 +3,25 @@ import { startCluster, type InProcessCluster } from '../../cluster/in-process-cl
 import type { ReplicaState } from '../../runtime/device-host';
 import { waitFor } from '../support/wait';
 
+/** A replica up on a running node of the cluster, with its node and host. */
+type Located = ReplicaState & { node: string; hostId: number };
+
+/** The replicas up on `c`'s running nodes, of `volumeId` only when given, but those of node index `skip`. */
+async function upReplicas(c: InProcessCluster, opts: { volumeId?: string; skip?: number } = {}): Promise<Located[]> {
+  const out: Located[] = [];
+  for (const [i, n] of c.nodes.entries()) {
+    if (n === undefined || i === opts.skip) continue;
+    for (const h of await n.hostPool.stats()) {
+      for (const r of h.device?.shards ?? []) if (r.state === 'up' && (opts.volumeId === undefined || r.volumeId === opts.volumeId)) out.push({ ...r, node: `n${i + 1}`, hostId: h.hostId });
+    }
+  }
+  return out;
+}
+
 /**
  * Idle shards quiesce in a running cluster (docs/replication.md, "Idle shards"): once a shard
  * has had no request for quiesceAfterMs, its leader heartbeats once a quiesced period, its
- * followers wait for it while they hear from its node (the hosts' pings), and a request wakes
+ * followers wait for it while they hear from its host (the hosts' pings), and a request wakes
  * it. A quiesced leader's node killed, or cut off from the others, is replaced by its peers.
  */
 describe('idle shards quiesce in a running cluster', function () {
@@ -16,15 +31,8 @@ describe('idle shards quiesce in a running cluster', function () {
   /** Pages per stripe: page k × 16 is on shard k. */
   const STRIPE = 16;
 
-  const replicas = async (): Promise<Array<ReplicaState & { node: string }>> => {
-    const out: Array<ReplicaState & { node: string }> = [];
-    for (const [i, n] of c.nodes.entries()) {
-      if (n === undefined) continue;
-      for (const h of await n.hostPool.stats()) for (const r of h.device?.shards ?? []) if (r.state === 'up') out.push({ ...r, node: `n${i + 1}` });
-    }
-    return out;
-  };
-  const leaders = async (): Promise<Array<ReplicaState & { node: string }>> => (await replicas()).filter((r) => r.role === 'leader' && r.volumeId === volumeId);
+  const replicas = (): Promise<Located[]> => upReplicas(c);
+  const leaders = async (): Promise<Located[]> => (await replicas()).filter((r) => r.role === 'leader' && r.volumeId === volumeId);
   /** Heartbeat entries the hosts of the running nodes sent so far. */
   const heartbeatEntries = async (): Promise<{ entries: number; pings: number }> => {
     const out = { entries: 0, pings: 0 };
@@ -142,16 +150,8 @@ describe('a quiesced leader\'s host thread stuck while its node runs', function 
   const STALL_MS = 10_000;
   let volumeId: string;
 
-  type Located = ReplicaState & { node: string; hostId: number };
-  /** The volume's replicas on the running nodes but `skip`, with their node and host. */
-  const replicas = async (skip?: number): Promise<Located[]> => {
-    const out: Located[] = [];
-    for (const [i, n] of c.nodes.entries()) {
-      if (n === undefined || i === skip) continue;
-      for (const h of await n.hostPool.stats()) for (const r of h.device?.shards ?? []) if (r.state === 'up' && r.volumeId === volumeId) out.push({ ...r, node: `n${i + 1}`, hostId: h.hostId });
-    }
-    return out;
-  };
+  /** The volume's replicas on the running nodes but `skip`. */
+  const replicas = (skip?: number): Promise<Located[]> => upReplicas(c, { volumeId, skip });
 
   before(async () => {
     // Two hosts a node; quiesced after 500 ms, a quiesced leader heartbeats every 4 s.
