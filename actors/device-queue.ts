@@ -103,6 +103,8 @@ export const SPACE_CHECK_MS = 1000;
  * space over the reserve) since the last reading, and at least this many bytes.
  */
 export const SPACE_RECHECK_BYTES_MIN = 1024 * 1024;
+/** Others' writes to a device's filesystem are measured over at least this long (DeviceQueue.space). */
+export const SPACE_RATE_WINDOW_MS = 250;
 /** Most free space a device keeps by default. */
 export const SPACE_RESERVE_BYTES_MAX_DEFAULT = 1024 * 1024 * 1024;
 
@@ -268,7 +270,19 @@ export class DeviceQueue {
    * The disk's space as last read, when (clock), the disk's bytes written then, and after how
    * many more bytes written it is read again.
    */
-  private spaceRead: { freeBytes: number; sizeBytes: number; reserveBytes: number; atMs: number; written: number; recheckBytes: number } | undefined;
+  private spaceRead:
+    | {
+        freeBytes: number;
+        sizeBytes: number;
+        reserveBytes: number;
+        atMs: number;
+        written: number;
+        recheckBytes: number;
+        /** What others write to the filesystem, as the readings found, and the reading it is measured from. */
+        othersBytesPerMs: number;
+        rateFrom: { atMs: number; freeBytes: number; written: number };
+      }
+    | undefined;
   private readonly batchOpsHistogram = new Array<number>(BATCH_OPS_BUCKETS.length).fill(0);
   private readonly syncMsHistogram = new Array<number>(FSYNC_MS_BUCKETS.length).fill(0);
 
@@ -298,8 +312,13 @@ export class DeviceQueue {
    * again after SPACE_CHECK_MS, or once the device wrote a quarter of its margin over the
    * reserve since (at least SPACE_RECHECK_BYTES_MIN). Bytes that overwrite (a log's records over
    * the zeros written ahead of them) are counted as if they took space: an estimate under the
-   * truth, until the next reading. Undefined when the disk does not say (no `space`, a size of
-   * 0; a failed statfs is asked again at the next call).
+   * truth, until the next reading. Others writing to the same filesystem (the other hosts of a
+   * node, each with its own device there; the other nodes of a dev cluster; anything else) are
+   * not in the device's own count: when the free space fell by more than the device wrote over
+   * at least SPACE_RATE_WINDOW_MS, the rest is taken as their rate, and until the next reading
+   * that rate, times the time since, is taken off too (a rate found lower halves the old one
+   * only, so that a burst of theirs is not forgotten at once). Undefined when the disk does not
+   * say (no `space`, a size of 0; a failed statfs is asked again at the next call).
    */
   space(): DeviceSpaceStats | undefined {
     if (this.disk.space === undefined) return undefined;
@@ -308,22 +327,30 @@ export class DeviceQueue {
     let written: number;
     try {
       written = this.disk.bytesWritten?.() ?? 0;
-      if (r === undefined || now - r.atMs >= SPACE_CHECK_MS || written - r.written >= r.recheckBytes) {
+      if (r === undefined || now - r.atMs >= SPACE_CHECK_MS || written - r.written + othersSince(r, now) >= r.recheckBytes) {
         const { freeBytes, sizeBytes } = this.disk.space();
         // A filesystem that reports no size (some pseudo and network ones) says nothing of its space.
         if (!(sizeBytes > 0)) {
           this.spaceRead = undefined;
           return undefined;
         }
+        // Others' rate, over at least SPACE_RATE_WINDOW_MS: a short one would make a burst a rate.
+        let othersBytesPerMs = r?.othersBytesPerMs ?? 0;
+        let rateFrom = r?.rateFrom ?? { atMs: now, freeBytes, written };
+        if (now - rateFrom.atMs >= SPACE_RATE_WINDOW_MS) {
+          const others = rateFrom.freeBytes - freeBytes - (written - rateFrom.written);
+          othersBytesPerMs = Math.max(others > 0 ? others / (now - rateFrom.atMs) : 0, othersBytesPerMs / 2);
+          rateFrom = { atMs: now, freeBytes, written };
+        }
         const reserveBytes = this.spaceReserveBytes ?? defaultSpaceReserve(sizeBytes);
         const recheckBytes = Math.max(SPACE_RECHECK_BYTES_MIN, Math.floor((freeBytes - reserveBytes) / 4));
-        r = this.spaceRead = { freeBytes, sizeBytes, reserveBytes, atMs: now, written, recheckBytes };
+        r = this.spaceRead = { freeBytes, sizeBytes, reserveBytes, atMs: now, written, recheckBytes, othersBytesPerMs, rateFrom };
       }
     } catch {
       this.spaceRead = undefined;
       return undefined;
     }
-    const freeBytes = Math.max(0, r.freeBytes - (written - r.written) - this.queuedAppendBytes);
+    const freeBytes = Math.max(0, r.freeBytes - (written - r.written) - othersSince(r, now) - this.queuedAppendBytes);
     const { sizeBytes, reserveBytes } = r;
     const state = freeBytes >= reserveBytes && freeBytes > 0 ? 'ok' : freeBytes >= reserveBytes / 2 && freeBytes > 0 ? 'low' : 'critical';
     return { freeBytes, sizeBytes, reserveBytes, state };
@@ -780,6 +807,14 @@ function appendBytes(records: readonly LogRecordInput[]): number {
   let bytes = 0;
   for (const r of records) bytes += r.payload.length;
   return bytes;
+}
+
+/**
+ * What others wrote to the device's filesystem since its last reading, at the rate the readings
+ * found (DeviceQueue.space); a reading is at most SPACE_CHECK_MS old, so this is bounded.
+ */
+function othersSince(r: { atMs: number; othersBytesPerMs: number }, nowMs: number): number {
+  return Math.floor(r.othersBytesPerMs * Math.min(Math.max(0, nowMs - r.atMs), SPACE_CHECK_MS));
 }
 
 /** The refusal of a device short of space. */

@@ -505,6 +505,7 @@ describe('DeviceQueue', () => {
   });
 
   describe('space', () => {
+    const MIB = 1024 * 1024;
     /** A disk that says what the test sets of its space (and throws when told to). */
     function spaceDisk(space: { freeBytes: number; sizeBytes: number; fail?: boolean }): Disk {
       return {
@@ -554,7 +555,6 @@ describe('DeviceQueue', () => {
     });
 
     it('between two readings of the disk, takes off what the device wrote and the appends queued since; reads again once a quarter of its margin was written', async () => {
-      const MIB = 1024 * 1024;
       const now = 0;
       const disk = { statfs: 0, free: 10 * MIB, written: 0 };
       const d = {
@@ -591,6 +591,76 @@ describe('DeviceQueue', () => {
       disk.written += SPACE_RECHECK_BYTES_MIN;
       assert.equal(q.space()!.state, 'ok');
       assert.equal(disk.statfs, 3);
+    });
+
+    /** A disk whose free space and bytes written the test sets, counting its readings. */
+    function countingDisk(freeBytes: number): { disk: Disk; free: number; written: number; statfs: number } {
+      const t = {
+        free: freeBytes,
+        written: 0,
+        statfs: 0,
+        disk: undefined as unknown as Disk,
+      };
+      t.disk = {
+        space: () => {
+          t.statfs++;
+          return { freeBytes: t.free, sizeBytes: 1000 * MIB };
+        },
+        bytesWritten: () => t.written,
+      } as unknown as Disk;
+      return t;
+    }
+
+    it('takes off, between two readings, what others write to the same filesystem at the rate the readings found', () => {
+      let now = 0;
+      const t = countingDisk(100 * MIB);
+      const q = new DeviceQueue({ disk: t.disk, spaceReserveBytes: 2 * MIB, clock: { nowMs: () => now } });
+      assert.equal(q.space()!.freeBytes, 100 * MIB);
+      // The device writes 1 MiB, and others 10 MiB, in 1,024 ms.
+      now = 500;
+      t.written = MIB;
+      assert.equal(q.space()!.freeBytes, 99 * MIB, 'no rate of others known yet');
+      now = 1024;
+      t.free = 89 * MIB;
+      assert.equal(q.space()!.freeBytes, 89 * MIB);
+      assert.equal(t.statfs, 2);
+      // Half that time later, before the next reading, others wrote 5 MiB more at that rate.
+      now = 1536;
+      assert.equal(q.space()!.freeBytes, 84 * MIB);
+      assert.equal(t.statfs, 2);
+    });
+
+    it('makes no rate of a fall over less than SPACE_RATE_WINDOW_MS; reads again once others wrote, at their rate, a quarter of its margin; a lower rate found halves the old one', () => {
+      let now = 0;
+      const t = countingDisk(40 * MIB);
+      const q = new DeviceQueue({ disk: t.disk, spaceReserveBytes: 2 * MIB, clock: { nowMs: () => now } });
+      q.space();
+      // Others write 8 MiB in 1,024 ms: 8 KiB a millisecond.
+      now = 1024;
+      t.free = 32 * MIB;
+      assert.equal(q.space()!.freeBytes, 32 * MIB);
+      // 10 ms later the device has written past a quarter of its margin (7.5 MiB) and the disk
+      // is asked again: others wrote 1 MiB in those 10 ms, too short a time to make a rate of.
+      now = 1034;
+      t.written = 8 * MIB;
+      t.free = 23 * MIB;
+      assert.equal(q.space()!.freeBytes, 23 * MIB);
+      assert.equal(t.statfs, 3);
+      now = 1162;
+      assert.equal(q.space()!.freeBytes, 22 * MIB, 'others at 8 KiB a millisecond, not 100');
+      // The margin is now 21 MiB: asked again after 5.25 MiB, which others write in 672 ms.
+      now = 1674;
+      assert.equal(q.space()!.freeBytes, 18 * MIB);
+      assert.equal(t.statfs, 3);
+      now = 1706;
+      t.free = 22 * MIB;
+      assert.equal(q.space()!.freeBytes, 22 * MIB, 'asked again: what others wrote at their rate came to a quarter of the margin');
+      assert.equal(t.statfs, 4);
+      // Others were found slower (2 MiB in 682 ms, 3 KiB a millisecond): the rate is halved, to
+      // 4 KiB a millisecond, not taken down to theirs at once.
+      now = 1962;
+      assert.equal(q.space()!.freeBytes, 21 * MIB);
+      assert.equal(t.statfs, 4);
     });
 
     it('a full disk refuses page writes with no reserve; a disk that does not say, fails to, or says a size of 0 refuses nothing', () => {
