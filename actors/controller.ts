@@ -19,7 +19,7 @@ import { ProtocolError } from '../messages/errors';
 import { idNumber, idTag, shardKey } from '../messages/volume-id';
 import type { BranchPoint, VolumeInfo, VolumeSpec } from '../messages/api';
 import { expectCounter, expectName } from '../messages/validate';
-import { DRAINING_NODES_MAX, type DownReplica, type ShardAssignment } from '../messages/control';
+import { DRAINING_NODES_MAX, type DownReplica, type NotCopied, type ShardAssignment } from '../messages/control';
 
 export interface ReplicaPlacement {
   nodeId: string;
@@ -1222,4 +1222,26 @@ export function seedOf(v: Pick<VolumeRecord, 'branch' | 'shards'>, shard: number
   if (b === undefined || !Number.isSafeInteger(shard) || shard < 0 || shard >= v.shards) return undefined;
   const lsn = b.lsns[shard];
   return lsn === undefined ? undefined : { volumeId: b.parentId, lsn };
+}
+
+/**
+ * The refusal of a branch one of whose shards none of its replicas could copy from the parent
+ * (each node's answer to its open: ShardsOpenReply.notCopied), or undefined: `no_space` when
+ * each failed for want of room over its device's reserve, else `unavailable`; the message
+ * gives each node's reason.
+ */
+export function branchNotCopied(v: VolumeRecord, notCopied: ReadonlyMap<string, readonly NotCopied[]>): ProtocolError | undefined {
+  if (v.branch === undefined) return undefined;
+  for (const p of v.placements) {
+    if (seedOf(v, p.shard) === undefined || p.replicas.length === 0) continue;
+    const why = p.replicas.map((r) => ({ node: r.nodeId, n: notCopied.get(r.nodeId)?.find((x) => x.volumeId === v.id && x.shard === p.shard) }));
+    if (why.some((w) => w.n === undefined)) continue;
+    const reasons = why.map((w) => `node ${w.node}: ${w.n!.reason}`).join('; ');
+    const noSpace = why.every((w) => w.n!.noSpace);
+    const what = noSpace
+      ? `no device of its replicas of shard ${p.shard} has room for a copy of the parent's pages over its reserve of free space`
+      : `no replica of its shard ${p.shard} could copy the parent's pages at the branch point, and none has them to send the others`;
+    return new ProtocolError(noSpace ? 'no_space' : 'unavailable', `branch '${v.name}' of '${v.branch.parent}' was not made: ${what} (${reasons})`, { shard: p.shard });
+  }
+  return undefined;
 }

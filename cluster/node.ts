@@ -90,6 +90,10 @@ import {
   type CatalogMembershipReply,
   type ControllersReply,
   type ControllersRequest,
+  validateShardsOpenReply,
+  NOT_COPIED_REASON_MAX,
+  type NotCopied,
+  type ShardsOpenReply,
 } from '../messages/control';
 import { readNodeRecords, recordsPage, recoverReply } from './catalog-recovery';
 import { apiEverySubject, nodeInboxPrefix } from '../messages/subjects';
@@ -98,7 +102,7 @@ import { RealDisk } from '../storage-engine/real-disk';
 import { makeDirectory } from '../storage-engine/make-directory';
 import { MetaStore } from '../storage-engine/metadata';
 import { shardKey } from '../messages/volume-id';
-import { CATALOG, CATALOG_REPLICAS_MAX, Controller, idNumber, idTag, seedOf, volumeInfo, type NodeMember, type RepairMove, type AssignmentRole, type CatalogState, type ShardMove, type VolumeRecord } from '../actors/controller';
+import { CATALOG, CATALOG_REPLICAS_MAX, Controller, branchNotCopied, idNumber, idTag, seedOf, volumeInfo, type NodeMember, type RepairMove, type AssignmentRole, type CatalogState, type ShardMove, type VolumeRecord } from '../actors/controller';
 import { HostPool } from '../runtime/host-pool';
 import type { HostConfig, ReplicaConfigState, TransportFaults } from '../runtime/actor-host';
 import type { ReconfigureResult, ReplicaTiming } from '../actors/replica';
@@ -1471,9 +1475,10 @@ export class StrataNode {
   /**
    * Opens each shard (a failure does not stop the others) and records durably the ones opened,
    * also when another failed: a create that failed part-way destroys what this node records,
-   * so nothing it opened stays open unknown. Throws the first failure.
+   * so nothing it opened stays open unknown. Throws the first failure. Resolves with the new
+   * replicas of branches that could not copy their parent's pages here (ShardOpened).
    */
-  private openShards(list: ShardAssignment[], existing = false, unlessDestroyedAfter?: number): Promise<void> {
+  private openShards(list: ShardAssignment[], existing = false, unlessDestroyedAfter?: number): Promise<NotCopied[]> {
     return this.shardOp(() => {
       // A reconciliation's opens: not of a shard destroyed since it read the catalog (a delete
       // that came meanwhile; the reconciliation of its catalog comes next).
@@ -1483,16 +1488,20 @@ export class StrataNode {
   }
 
   /** `existing`: the shards existed on this node before (ShardSpec.existing); not for a create's open. */
-  private async openShardsNow(list: ShardAssignment[], existing: boolean): Promise<void> {
+  private async openShardsNow(list: ShardAssignment[], existing: boolean): Promise<NotCopied[]> {
     const known = new Set(this.nodeMeta.shards.map(shardId));
     const added: ShardAssignment[] = [];
+    const notCopied: NotCopied[] = [];
     let failure: { error: unknown } | undefined;
     for (const a of list) {
       try {
         if (a.hostId >= this.hosts) {
           throw new ProtocolError('bad_request', `shard ${shardId(a)} is placed on host ${a.hostId}, this node has ${this.hosts}`);
         }
-        await this.pool!.openShard(a.hostId, existing ? { ...a, existing: true } : a);
+        const opened = await this.pool!.openShard(a.hostId, existing ? { ...a, existing: true } : a);
+        if (opened.notCopied !== undefined) {
+          notCopied.push({ volumeId: a.volumeId, shard: a.shard, reason: opened.notCopied.reason.slice(0, NOT_COPIED_REASON_MAX), noSpace: opened.notCopied.noSpace });
+        }
         this.openedAt.set(shardId(a), ++this.openSeq);
         if (!known.has(shardId(a))) {
           known.add(shardId(a));
@@ -1504,6 +1513,7 @@ export class StrataNode {
     }
     if (added.length > 0) this.persist({ ...this.nodeMeta, shards: [...this.nodeMeta.shards, ...added] });
     if (failure !== undefined) throw failure.error;
+    return notCopied;
   }
 
   /**
@@ -2815,11 +2825,14 @@ export class StrataNode {
     // frozen or cut off, `askNode`) is not live from now until its next heartbeat
     // (Controller.markGone): nothing more is placed on it.
     const unreachable = new Set<string>();
+    const notCopied = new Map<string, NotCopied[]>();
     const opened = await Promise.allSettled(
       [...byNode].map(async ([nodeId, shards]) => {
         const subject = nodeSubject(this.cluster, nodeId, 'shards.open');
         try {
-          throwIfError(decode((await this.askNode(c, nodeId, subject, encode({ shards }), timeout)).data));
+          const reply = decode((await this.askNode(c, nodeId, subject, encode({ shards }), timeout)).data);
+          throwIfError(reply);
+          notCopied.set(nodeId, validateShardsOpenReply(reply).notCopied ?? []);
         } catch (e) {
           const err = fromNatsError(e, subject, timeout);
           if ((err instanceof NoRespondersError || err instanceof NodeSilentError) && c.markGone(nodeId)) unreachable.add(nodeId);
@@ -2828,12 +2841,15 @@ export class StrataNode {
       }),
     );
     const failed = opened.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    // A branch none of whose replicas of a shard could copy the parent's pages would never serve
+    // that shard (no replica has them to send the others): refused now, and undone.
+    const refused = failed === undefined && !again ? branchNotCopied(v, notCopied) : undefined;
     if (failed !== undefined && again) {
       // A create sent again (`madeAgain`): the volume was made, and may be in use already (listed
       // since its first controller stopped). Not undone: the node opens its replicas when it next
       // reconciles with the catalog.
       this.log.info('a create sent again: a node did not open its replicas now; it opens them when it reconciles', { volume: v.id, err: failed.reason });
-    } else if (failed !== undefined) {
+    } else if (failed !== undefined || refused !== undefined) {
       // Undo: the volume is answered as not created. Nodes that opened shards destroy them now
       // or, if unreachable, through the tombstone when they next reconcile. Their destroys are
       // waited for until the opens' wait would have ended, as a delete's are within its
@@ -2845,7 +2861,8 @@ export class StrataNode {
       const waitMs = Math.max(0, waitEndMs - Date.now());
       await withTimeout(this.destroyEverywhere(c, v, unreachable), waitMs, () => new ProtocolError('timeout', `the nodes did not all answer the destroy within ${Math.round(waitMs)} ms`))
         .catch((e: unknown) => this.log.warn('shard destruction of a volume whose create was undone deferred to reconciliation', { volume: v.id, err: e }));
-      throw new ProtocolError('unavailable', `volume '${v.name}' could not be placed: ${(failed.reason as Error).message}`, unreachable.size > 0 ? { unreachable: [...unreachable].sort() } : undefined);
+      if (refused !== undefined) throw refused;
+      throw new ProtocolError('unavailable', `volume '${v.name}' could not be placed: ${(failed!.reason as Error).message}`, unreachable.size > 0 ? { unreachable: [...unreachable].sort() } : undefined);
     }
     if (failed === undefined) {
       this.placedHere.add(v.id);
@@ -3060,9 +3077,9 @@ export class StrataNode {
         this.router?.controllerSeated();
       },
     }));
-    this.subscribe(subj('shards.open'), async (body) => {
-      await this.openShards(validateShardsOpen(body).shards);
-      return { ok: true };
+    this.subscribe(subj('shards.open'), async (body): Promise<ShardsOpenReply> => {
+      const notCopied = await this.openShards(validateShardsOpen(body).shards);
+      return notCopied.length === 0 ? { ok: true } : { ok: true, notCopied };
     });
     // This node's record of its replicas, page by page: what a lost catalog is recovered from.
     this.subscribe(subj('records'), async (body) =>
@@ -3445,3 +3462,4 @@ export function compactStatus(status: Record<string, unknown>): Record<string, u
     : status.hosts;
   return { ...status, ...(hosts !== undefined ? { hosts } : {}), shards };
 }
+

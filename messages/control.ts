@@ -164,6 +164,24 @@ export const ASSIGNMENTS_PER_NODE_MAX = 65536;
 export interface ShardsOpenRequest {
   shards: ShardAssignment[];
 }
+/** Longest reason a shards.open reply gives for a branch's replica not copied. */
+export const NOT_COPIED_REASON_MAX = 1024;
+/**
+ * A node's answer to shards.open: `notCopied`, the new replicas of a branch whose copy of the
+ * parent's pages the node tried and could not make (they wait for a peer to send the shard), and
+ * why; `noSpace` when the device had no room for it over its reserve.
+ */
+export interface ShardsOpenReply {
+  ok: true;
+  notCopied?: NotCopied[];
+}
+/** A branch's new replica not copied from its parent on a node (ShardsOpenReply). */
+export interface NotCopied {
+  volumeId: string;
+  shard: number;
+  reason: string;
+  noSpace: boolean;
+}
 export interface ShardsDestroyRequest {
   volumeId: string;
   shards: number[];
@@ -360,6 +378,24 @@ export function validateAssignmentsReply(body: unknown): AssignmentsReply {
 export function validateShardsOpen(body: unknown): ShardsOpenRequest {
   const o = obj(body, '');
   return { shards: list(o.shards, 'shards', SHARDS_PER_CONTROL_MAX).map((s, i) => validateShardAssignment(s, `shards[${i}]`)) };
+}
+
+export function validateShardsOpenReply(body: unknown): ShardsOpenReply {
+  const o = obj(body, '');
+  if (o.ok !== true) throw new ProtocolError('bad_request', 'ok: expected true', { path: 'ok' });
+  if (o.notCopied === undefined) return { ok: true };
+  return {
+    ok: true,
+    notCopied: list(o.notCopied, 'notCopied', SHARDS_PER_CONTROL_MAX).map((v, i) => {
+      const n = obj(v, `notCopied[${i}]`);
+      return {
+        volumeId: str(n.volumeId, `notCopied[${i}].volumeId`),
+        shard: int(n.shard, `notCopied[${i}].shard`, 0, SHARDS_MAX - 1),
+        reason: expectString(n.reason, `notCopied[${i}].reason`, NOT_COPIED_REASON_MAX),
+        noSpace: expectBoolean(n.noSpace, `notCopied[${i}].noSpace`),
+      };
+    }),
+  };
 }
 
 export function validateShardsDestroy(body: unknown): ShardsDestroyRequest {

@@ -157,11 +157,20 @@ export interface HostHealth {
  */
 export type ReplicaConfigState = ReplicaConfig & { term: number; leading: boolean; namedByLog: boolean };
 
+/**
+ * What an open of a shard did besides opening it: `notCopied`, a branch's new replica whose copy
+ * of the parent's pages was tried here and not made (DeviceHost.seedShard): it waits for a peer
+ * to send it the shard; `noSpace` when its device had no room for the copy over its reserve.
+ */
+export interface ShardOpened {
+  notCopied?: { reason: string; noSpace: boolean };
+}
+
 export interface HostApi {
   init(config: HostConfig): Promise<void>;
   /** Answers at once: the pool's watchdog tells a thread that answers from one that hangs. */
   ping(): Promise<void>;
-  openShard(spec: ShardSpec): Promise<void>;
+  openShard(spec: ShardSpec): Promise<ShardOpened>;
   closeShard(volumeId: string, shard: number, destroy: boolean): Promise<void>;
   /** DeviceHost.destroyLeftovers: shard directories of deleted volumes, or forgotten by the node (`forgotten`), that no replica uses. */
   destroyLeftovers(volumeIds: string[], forgotten?: ForgottenRule): Promise<string[]>;
@@ -447,20 +456,21 @@ export class ActorHost implements HostApi {
     this.timer.unref();
   }
 
-  async openShard(spec: ShardSpec): Promise<void> {
+  async openShard(spec: ShardSpec): Promise<ShardOpened> {
     const key = shardKey(spec.volumeId, spec.shard);
     const before = this.opening.get(key);
     const run = (before ?? Promise.resolve()).catch(() => undefined).then(() => this.openShardNow(spec));
-    const settled = run.catch(() => undefined);
+    const settled = run.then(() => undefined, () => undefined);
     this.opening.set(key, settled);
     try {
-      await run;
+      return await run;
     } finally {
       if (this.opening.get(key) === settled) this.opening.delete(key);
     }
   }
 
-  private async openShardNow(spec: ShardSpec): Promise<void> {
+  private async openShardNow(spec: ShardSpec): Promise<ShardOpened> {
+    let opened: ShardOpened = {};
     const { device, nc, config } = this.ready();
     const key = shardKey(spec.volumeId, spec.shard);
     let created: Mailbox | undefined;
@@ -488,6 +498,7 @@ export class ActorHost implements HostApi {
         const seeded = await device.seedShard(spec);
         if (seeded.seeded) this.log.info('branch replica copied from its parent', { volume: spec.volumeId, shard: spec.shard, parent: spec.seed.volumeId, lsn: seeded.lsn });
         else if (spec.existing !== true) this.log.warn('branch replica not copied from its parent here: it waits for a peer to send it the shard', { volume: spec.volumeId, shard: spec.shard, parent: spec.seed.volumeId, lsn: spec.seed.lsn, reason: seeded.reason });
+        if (!seeded.seeded && seeded.waits !== undefined) opened = { notCopied: { reason: seeded.reason, noSpace: seeded.waits.noSpace } };
       }
       device.openShard(spec);
       // An open of a shard open already takes its spec (the node's record after a move).
@@ -509,9 +520,10 @@ export class ActorHost implements HostApi {
       await withTimeout(nc.flush(), OPEN_FLUSH_MS, () => new Error('flush not confirmed')).catch(() => undefined);
       throw down;
     }
-    if (spec.members.length === 1) {
+    if (spec.members.length === 1 && opened.notCopied === undefined) {
       // A replica set of one elects itself on its first tick: report the shard open once it
-      // serves, so a request sent right after creation finds it.
+      // serves, so a request sent right after creation finds it. (Not one waiting for a copy
+      // of its branch's parent: it does not lead.)
       const deadline = Date.now() + 5000;
       while (this.mailboxes.get(key)?.leaderSub === undefined && Date.now() < deadline) {
         await new Promise((r) => setTimeout(r, 2));
@@ -521,6 +533,7 @@ export class ActorHost implements HostApi {
     // the connection is down the shard is open all the same, and the subscriptions reach the
     // server when it reconnects.
     await withTimeout(nc.flush(), OPEN_FLUSH_MS, () => new Error('flush not confirmed')).catch(() => undefined);
+    return opened;
   }
 
   async closeShard(volumeId: string, shard: number, destroy: boolean): Promise<void> {

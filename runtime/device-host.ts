@@ -63,11 +63,21 @@ export interface ShardSpec extends ShardGeometry {
   dataDirCreated?: boolean;
 }
 
+/** A copy of a branch's parent tried and not made (SeedResult.waits). */
+function notCopied(reason: string, noSpace = false): SeedResult {
+  return { seeded: false, reason, waits: { noSpace } };
+}
+
 /** How long `seedShard` waits for the parent's replica to apply the branch point, or to end a checkpoint. */
 export const SEED_WAIT_MS = 5_000;
 
-/** What `seedShard` did: copied the parent's pages, or why not (the replica is then sent the shard by a peer). */
-export type SeedResult = { seeded: true; lsn: number } | { seeded: false; reason: string };
+/**
+ * What `seedShard` did: copied the parent's pages, or why not. `waits`: the replica opens
+ * without them and waits for a peer to send it the shard (a copy that was tried here and could
+ * not be made; `noSpace` when the device had no room for it over its reserve); without it, no
+ * copy was wanted (the replica holds its shard already, or another open is copying it).
+ */
+export type SeedResult = { seeded: true; lsn: number } | { seeded: false; reason: string; waits?: { noSpace: boolean } };
 
 export interface DeviceHostOptions {
   /** Directory of the device (created if missing). */
@@ -418,7 +428,7 @@ export class DeviceHost {
     const endMs = clock() + SEED_WAIT_MS;
     for (;;) {
       const parent = this.shards.get(shardKey(seed.volumeId, spec.shard))?.replica;
-      if (parent === undefined) return { seeded: false, reason: `no replica of shard ${spec.shard} of volume ${seed.volumeId} on this device` };
+      if (parent === undefined) return notCopied(`no replica of shard ${spec.shard} of volume ${seed.volumeId} on this device`);
       try {
         if (parent.appliedLsn >= seed.lsn) {
           // Not a copy that could take the device under its reserve: every shard on it would
@@ -426,7 +436,7 @@ export class DeviceHost {
           const space = this.queue.space();
           const need = parent.imageBytesBound();
           if (space !== undefined && space.freeBytes - need < space.reserveBytes) {
-            return { seeded: false, reason: `the copy could take ${need} bytes, and the device has ${space.freeBytes} free, with a reserve of ${space.reserveBytes}` };
+            return notCopied(`the copy could take ${need} bytes, and the device has ${space.freeBytes} free, with a reserve of ${space.reserveBytes}`, true);
           }
           this.disk.mkdirp(dir);
           // In the branch's size, which its storage opens with (the parent's replica may have
@@ -437,9 +447,9 @@ export class DeviceHost {
         }
       } catch (e) {
         // A checkpoint running on the parent's replica: asked again. Anything else is final.
-        if (!(e instanceof ProtocolError && e.code === 'unavailable')) return { seeded: false, reason: (e as Error).message };
+        if (!(e instanceof ProtocolError && e.code === 'unavailable')) return notCopied((e as Error).message);
       }
-      if (clock() >= endMs) return { seeded: false, reason: `the parent's replica did not reach LSN ${seed.lsn} (applied ${parent.appliedLsn}) within ${SEED_WAIT_MS} ms` };
+      if (clock() >= endMs) return notCopied(`the parent's replica did not reach LSN ${seed.lsn} (applied ${parent.appliedLsn}) within ${SEED_WAIT_MS} ms`);
       await new Promise((r) => setTimeout(r, 10));
     }
   }

@@ -14,7 +14,7 @@ import * as path from 'node:path';
 import * as v8 from 'node:v8';
 import * as Comlink from 'comlink';
 import nodeEndpoint from 'comlink/dist/umd/node-adapter';
-import type { HostApi, HostConfig, HostStats, HostHealth, HostWorkerData, ReplicaConfigState, TransportFaults } from './actor-host';
+import type { HostApi, HostConfig, HostStats, HostHealth, HostWorkerData, ReplicaConfigState, ShardOpened, TransportFaults } from './actor-host';
 import { shardKey, type ForgottenRule, type ReplicaRoles, type ShardSpec } from './device-host';
 import { withTimeout } from './timeout';
 import { currentTelemetry } from '../observability/telemetry';
@@ -253,16 +253,18 @@ export class HostPool {
   /**
    * Opens a shard on host `hostId` (and remembers it, so a restarted host reopens it). One the
    * host could not open (its storage, say) is tried again with the reopen back-off, besides
-   * the error thrown here.
+   * the error thrown here. Resolves with what the open did besides (ShardOpened: a branch's
+   * replica not copied from its parent).
    */
-  async openShard(hostId: number, spec: ShardSpec): Promise<void> {
+  async openShard(hostId: number, spec: ShardSpec): Promise<ShardOpened> {
     const slot = this.slot(hostId);
     const key = shardKey(spec.volumeId, spec.shard);
     slot.shards.set(key, spec);
     try {
-      await this.call(slot, (api) => api.openShard(spec));
+      const r = await this.call(slot, (api) => api.openShard(spec));
       slot.reopenPending.delete(key);
       this.opened(slot, key, spec);
+      return r;
     } catch (e) {
       // A spec the host refuses must not come back with every restart of the host.
       if (refused(e)) slot.shards.delete(key);

@@ -1,5 +1,6 @@
 import { strict as assert } from 'node:assert';
-import { Controller, branchOfRecords, seedOf, volumeInfo, type VolumeRecord } from '../../actors/controller';
+import { Controller, branchNotCopied, branchOfRecords, seedOf, volumeInfo, type VolumeRecord } from '../../actors/controller';
+import type { NotCopied } from '../../messages/control';
 import { MetaStore } from '../../storage-engine/metadata';
 import { SimDisk } from '../../storage-engine/sim-disk';
 import { ProtocolError } from '../../messages/errors';
@@ -74,6 +75,35 @@ describe('Controller branches (volume.branch)', () => {
     assert.equal(seedOf(b, -1), undefined);
     assert.equal(seedOf(b, 0.5), undefined);
     assert.equal(seedOf(parent, 0), undefined);
+  });
+
+  it('branchNotCopied: refuses a branch one of whose shards no replica could copy: no_space when each had no room, else unavailable; not one a replica of each shard copied', () => {
+    const { c } = cluster();
+    const b = c.branch({ name: 'b', parent: 'p', lsns: [5, 6, 7] }, T0 + 1);
+    const nodesOf = (shard: number): string[] => b.placements[shard]!.replicas.map((r) => r.nodeId);
+    const space = (shard: number, node: string): NotCopied => ({ volumeId: b.id, shard, reason: `${node} is full`, noSpace: true });
+    const down = (shard: number): NotCopied => ({ volumeId: b.id, shard, reason: 'no replica of the parent here', noSpace: false });
+    const answers = (entries: Array<[string, NotCopied]>): Map<string, NotCopied[]> => {
+      const m = new Map<string, NotCopied[]>();
+      for (const [node, n] of entries) m.set(node, [...(m.get(node) ?? []), n]);
+      return m;
+    };
+    assert.equal(branchNotCopied(b, new Map()), undefined, 'every replica copied');
+    // Two of shard 1's three replicas not copied: the third sends the others the shard.
+    const [x, y, z] = nodesOf(1) as [string, string, string];
+    assert.equal(branchNotCopied(b, answers([[x, space(1, x)], [y, space(1, y)]])), undefined);
+    // Not copied on another shard's node does not count for shard 1, nor another volume's.
+    assert.equal(branchNotCopied(b, answers([[x, space(1, x)], [y, space(1, y)], [z, space(0, z)]])), undefined);
+    assert.equal(branchNotCopied(b, answers([[x, space(1, x)], [y, space(1, y)], [z, { ...space(1, z), volumeId: 'other' }]])), undefined);
+    const full = branchNotCopied(b, answers([[x, space(1, x)], [y, space(1, y)], [z, space(1, z)]]));
+    assert.ok(full instanceof ProtocolError && full.code === 'no_space', String(full));
+    assert.equal(full.message, `branch 'b' of 'p' was not made: no device of its replicas of shard 1 has room for a copy of the parent's pages over its reserve of free space (node ${x}: ${x} is full; node ${y}: ${y} is full; node ${z}: ${z} is full)`);
+    assert.deepEqual(full.details, { shard: 1 });
+    const mixed = branchNotCopied(b, answers([[x, space(1, x)], [y, down(1)], [z, space(1, z)]]));
+    assert.ok(mixed instanceof ProtocolError && mixed.code === 'unavailable', String(mixed));
+    assert.match(mixed.message, /no replica of its shard 1 could copy the parent's pages at the branch point, and none has them to send the others \(.*no replica of the parent here/);
+    // A volume that is no branch is never refused so.
+    assert.equal(branchNotCopied(c.get('p'), answers([[x, { ...space(1, x), volumeId: c.get('p').id }]])), undefined);
   });
 
   it("replaces a replica on a node that is not live by a live node outside the shard's set, in a failure domain of none of the others first", () => {

@@ -142,7 +142,7 @@ describe('a device on a filesystem that fills up (a tmpfs of 128 MiB)', function
     }
   });
 
-  it('a branch whose copy could take the device under its reserve is not copied: the device keeps its space and takes writes, the branch is refused and deleted', async function () {
+  it('a branch whose copy could take the device under its reserve is not copied: the device keeps its space and takes writes, the branch is refused no_space and deleted', async function () {
     if (written.size === 0) this.skip();
     await c!.client.createVolume({ name: 'parent', pageCount: 16384, shards: 1, replicas: 1 });
     const parent = c!.client.volume('parent');
@@ -152,7 +152,9 @@ describe('a device on a filesystem that fills up (a tmpfs of 128 MiB)', function
     assert.deepEqual(await c!.client.volume('first').read(77), page(78), 'the first branch was copied');
     const before = statfsFree();
     const refused = await c!.client.branchVolume('second', 'parent').then(() => undefined, (e: unknown) => e);
-    assert.ok(refused instanceof ProtocolError && refused.code === 'unavailable', `the second branch is refused: ${String(refused)}`);
+    // Refused for want of space, by the controller once its node answered the open, saying why.
+    assert.ok(refused instanceof ProtocolError && refused.code === 'no_space', `the second branch is refused no_space: ${String(refused)}`);
+    assert.match(refused.message, /branch 'second' of 'parent' was not made: no device of its replicas of shard 0 has room for a copy of the parent's pages over its reserve of free space \(node n1: the copy could take \d+ bytes, and the device has \d+ free, with a reserve of \d+\)/);
     const device = (await c!.nodes[0]!.hostPool.stats())[0]!.device!;
     assert.equal(device.queue.space?.state, 'ok', `the device kept its reserve: ${JSON.stringify(device.queue.space)}`);
     assert.equal(device.failures, 0);

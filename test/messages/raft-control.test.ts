@@ -1,6 +1,6 @@
 import { strict as assert } from 'node:assert';
 import { validateConfig, validateRaftRequest, validateRaftReply, RAFT_RECORDS_PER_APPEND_MAX, RAFT_SNAPSHOT_CHUNK_BYTES_MAX } from '../../messages/raft';
-import { ASSIGNMENTS_PAGE_MAX, DOWN_REPLICAS_PER_HEARTBEAT_MAX, validateShardDigest, validateShardDigestReply, validateShardHandover, validateShardHandoverReply, validateNodeDrain, validateNodeDrainReply, validateRebalance, validateRebalanceReply, validateHeartbeat, validateShardsOpen, validateShardsDestroy, validateAssignmentsReply, validateNodeRecordsReply, validateShardSeed, validateVolumeGrow, validateShardForceVoteReply, validateShardMove, validateCatalogRecoverRequest, validateControllers } from '../../messages/control';
+import { ASSIGNMENTS_PAGE_MAX, DOWN_REPLICAS_PER_HEARTBEAT_MAX, validateShardDigest, validateShardDigestReply, validateShardHandover, validateShardHandoverReply, validateNodeDrain, validateNodeDrainReply, validateRebalance, validateRebalanceReply, validateHeartbeat, validateShardsOpen, validateShardsOpenReply, NOT_COPIED_REASON_MAX, validateShardsDestroy, validateAssignmentsReply, validateNodeRecordsReply, validateShardSeed, validateVolumeGrow, validateShardForceVoteReply, validateShardMove, validateCatalogRecoverRequest, validateControllers } from '../../messages/control';
 import { ProtocolError } from '../../messages/errors';
 
 function code(fn: () => unknown): string {
@@ -94,6 +94,10 @@ describe('control message validators', () => {
     assert.equal(code(() => validateHeartbeat({ nodeId: 'n1', hosts: 2, down: [{ shard: 1, forMs: 0 }] })), 'bad_request');
     assert.equal(code(() => validateHeartbeat({ nodeId: 'n1', hosts: 2, down: { volumeId: 'v1' } })), 'bad_request');
     assert.deepEqual(validateShardsOpen({ shards: [assignment] }).shards[0], assignment);
+    // A node's answer to an open: an older node's `{ ok: true }`, or the branch replicas it could not copy, and why.
+    assert.deepEqual(validateShardsOpenReply({ ok: true }), { ok: true });
+    const notCopied = [{ volumeId: 'v2', shard: 1, reason: 'the copy could take 9 bytes', noSpace: true }];
+    assert.deepEqual(validateShardsOpenReply({ ok: true, notCopied }), { ok: true, notCopied });
     assert.deepEqual(validateShardsDestroy({ volumeId: 'v1', shards: [0, 1] }), { volumeId: 'v1', shards: [0, 1] });
     assert.equal(validateAssignmentsReply({ epoch: 3, shards: [assignment], tombstones: ['v9'] }).epoch, 3);
   });
@@ -107,6 +111,13 @@ describe('control message validators', () => {
     assert.equal(code(() => validateShardsOpen({ shards: [{ ...assignment, members: 'n1' }] })), 'bad_request');
     assert.equal(code(() => validateShardsOpen({ shards: [{ ...assignment, members: ['n1', 'n2', 'n3', 'n4', 'n5', 'n6', 'n7', 'n8'] }] })), 'too_large');
     assert.equal(code(() => validateShardsDestroy({ volumeId: 'v/1', shards: [0] })), 'bad_request');
+    const nc = { volumeId: 'v2', shard: 1, reason: 'full', noSpace: true };
+    assert.equal(code(() => validateShardsOpenReply({})), 'bad_request');
+    assert.equal(code(() => validateShardsOpenReply({ ok: true, notCopied: [{ ...nc, noSpace: 'yes' }] })), 'bad_request');
+    assert.equal(code(() => validateShardsOpenReply({ ok: true, notCopied: [{ ...nc, shard: 256 }] })), 'out_of_range');
+    assert.equal(code(() => validateShardsOpenReply({ ok: true, notCopied: [{ ...nc, volumeId: 'v 2' }] })), 'bad_request');
+    assert.equal(code(() => validateShardsOpenReply({ ok: true, notCopied: [{ ...nc, reason: 'x'.repeat(NOT_COPIED_REASON_MAX + 1) }] })), 'bad_request');
+    assert.equal(code(() => validateShardsOpenReply({ ok: true, notCopied: nc })), 'bad_request');
     // No members, members twice, and a volume name that is not one: refused, not cut or emptied.
     assert.equal(code(() => validateShardsOpen({ shards: [{ ...assignment, members: [] }] })), 'bad_request');
     assert.equal(code(() => validateShardsOpen({ shards: [{ ...assignment, members: ['n1', 'n1', 'n1'] }] })), 'bad_request');

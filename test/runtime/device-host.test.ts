@@ -1039,16 +1039,20 @@ describe('DeviceHost seeding a branch replica from its parent (seedShard)', () =
     const p = await leader(host, 0);
     await p.write([{ page: 0, data: page(1) }]);
     const first = p.stats().commitLsn;
-    assert.match(String((await host.seedShard(child(first, { existing: true })) as { reason: string }).reason), /not a new replica/);
-    assert.match(String((await host.seedShard(child(first, { shard: 1 })) as { reason: string }).reason), /no replica of shard 1 of volume v1 on this device/);
+    // Not a copy wanted: the replica does not wait for one. No parent here: it waits for a peer's.
+    const existing = await host.seedShard(child(first, { existing: true }));
+    assert.ok(!existing.seeded && /not a new replica/.test(existing.reason) && existing.waits === undefined, JSON.stringify(existing));
+    const noParent = await host.seedShard(child(first, { shard: 1 }));
+    assert.ok(!noParent.seeded && /no replica of shard 1 of volume v1 on this device/.test(noParent.reason), JSON.stringify(noParent));
+    assert.deepEqual(noParent.waits, { noSpace: false });
     // Two checkpoints later the first write is below the parent's oldest readable LSN.
     for (let k = 0; k < 2; k++) {
       await p.write([{ page: 0, data: page(2 + k) }]);
       await p.checkpoint();
     }
     const r = await host.seedShard(child(first));
-    assert.equal(r.seeded, false);
-    assert.match((r as { reason: string }).reason, /oldest readable/);
+    assert.ok(!r.seeded && /oldest readable/.test(r.reason), JSON.stringify(r));
+    assert.deepEqual(r.waits, { noSpace: false });
     // Opened all the same, empty: with its log below the branch point it never campaigns.
     host.openShard(child(first));
     const k = host.replica('v2', 0);
@@ -1060,6 +1064,24 @@ describe('DeviceHost seeding a branch replica from its parent (seedShard)', () =
     assert.equal(k.stats().elections, 0);
     // Counted: the two copies tried (not the replica that was not new).
     assert.deepEqual(host.stats().branchCopies, { copied: 0, notCopied: 2 });
+    await host.close();
+  });
+
+  it('makes no copy that could take the device under its reserve: the replica waits for a peer, for want of space; with room, it copies', async () => {
+    const host = new DeviceHost({ dir: 'dev0', self: 'n1', disk: new SimDisk(), spaceReserveBytes: 1024 * 1024 });
+    host.openShard(spec(0));
+    const p = await leader(host, 0);
+    await p.write([0, 1, 2, 3].map((n) => ({ page: n, data: page(n + 1) })));
+    const at = p.stats().commitLsn;
+    const need = p.imageBytesBound();
+    assert.ok(need >= 4 * 4096, String(need));
+    host.setFreeBytes(1024 * 1024 + need - 1);
+    const r = await host.seedShard(child(at));
+    assert.ok(!r.seeded && r.reason === `the copy could take ${need} bytes, and the device has ${1024 * 1024 + need - 1} free, with a reserve of ${1024 * 1024}`, JSON.stringify(r));
+    assert.deepEqual(r.waits, { noSpace: true });
+    assert.deepEqual(host.stats().branchCopies, { copied: 0, notCopied: 1 });
+    host.setFreeBytes(1024 * 1024 + need);
+    assert.deepEqual(await host.seedShard(child(at)), { seeded: true, lsn: at });
     await host.close();
   });
 
