@@ -407,6 +407,18 @@ export class DeviceQueue {
   }
 
   /**
+   * Refuses (`no_space`) `bytes` more to be written at once when they would take the device's
+   * free space under half its reserve, where appends of page writes stop too: an image a leader
+   * sends to a replica behind, written whole before the log and images it replaces are let go.
+   */
+  checkRoomFor(bytes: number, what: string): void {
+    const s = this.space();
+    if (s === undefined || s.freeBytes - bytes >= s.reserveBytes / 2) return;
+    this.counters.rejectedNoSpace++;
+    throw noSpace(this.name, s, what, bytes);
+  }
+
+  /**
    * Queues a read of `length` bytes at `offset` of an open file; resolves with exactly the bytes
    * read (shorter at end of file). The result may be a view into a larger merged read buffer.
    */
@@ -818,11 +830,19 @@ function othersSince(r: { atMs: number; othersBytesPerMs: number }, nowMs: numbe
 }
 
 /** The refusal of a device short of space. */
-function noSpace(name: string, s: DeviceSpaceStats, what: string): StorageError {
+function noSpace(name: string, s: DeviceSpaceStats, what: string, bytes?: number): StorageError {
   const size = (n: number): string => (n < 1024 * 1024 ? `${n} bytes` : n < 1024 ** 3 ? `${(n / 1024 ** 2).toFixed(1)} MiB` : `${(n / 1024 ** 3).toFixed(1)} GiB`);
+  const freed = 'until space is freed (pages made zeros, then checkpointed; volumes deleted; replicas moved)';
+  if (bytes !== undefined) {
+    return new StorageError(
+      'no_space',
+      `device ${name} has ${size(s.freeBytes)} free, with a reserve of ${size(s.reserveBytes)}: ${what} of ${size(bytes)} would take it under half of that, and is refused ${freed}`,
+      { device: name, freeBytes: s.freeBytes, reserveBytes: s.reserveBytes, bytes },
+    );
+  }
   return new StorageError(
     'no_space',
-    `device ${name} has ${size(s.freeBytes)} free, under ${s.state === 'critical' ? 'half of ' : ''}its reserve of ${size(s.reserveBytes)}: ${what} until space is freed (pages made zeros, then checkpointed; volumes deleted; replicas moved)`,
+    `device ${name} has ${size(s.freeBytes)} free, under ${s.state === 'critical' ? 'half of ' : ''}its reserve of ${size(s.reserveBytes)}: ${what} ${freed}`,
     { device: name, freeBytes: s.freeBytes, reserveBytes: s.reserveBytes },
   );
 }

@@ -2868,6 +2868,9 @@ export class Replica {
         const g = this.geometry;
         throw new ProtocolError('unavailable', `replica ${g.volumeId}/${g.shard} has ${g.pageCount} pages, the image sent ${pages}: its volume grew, and this replica has not taken the new size yet`, { pageCount: g.pageCount, imagePageCount: pages });
       }
+      // An image that would take the device under half its reserve, where appends of page
+      // writes stop too: refused, and the leader sends it again after a pause.
+      if (!this.spaceExempt) this.queue.checkRoomFor(req.bytes, `replica ${this.geometry.volumeId}/${this.geometry.shard}: an image sent by its leader`);
       await this.queue.task(() => this.snapshots!.begin(req.lsn, req.lastTerm, req.bytes));
       this.pendingSnapshot = { lsn: req.lsn, term: req.lastTerm, bytes: req.bytes, next: 0 };
     }

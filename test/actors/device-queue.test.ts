@@ -663,6 +663,21 @@ describe('DeviceQueue', () => {
       assert.equal(t.statfs, 4);
     });
 
+    it('refuses a write of a given size (an image sent by a leader) that would take it under half its reserve', () => {
+      const t = countingDisk(10 * MIB);
+      const q = new DeviceQueue({ disk: t.disk, spaceReserveBytes: 4 * MIB, clock: { nowMs: () => 0 } });
+      q.checkRoomFor(8 * MIB, 'an image');
+      assert.throws(
+        () => q.checkRoomFor(8 * MIB + 1, 'an image'),
+        (e: StorageError) =>
+          e.code === 'no_space' && e.message === 'device device has 10.0 MiB free, with a reserve of 4.0 MiB: an image of 8.0 MiB would take it under half of that, and is refused until space is freed (pages made zeros, then checkpointed; volumes deleted; replicas moved)' &&
+          e.details?.['bytes'] === 8 * MIB + 1,
+      );
+      assert.equal(q.stats().rejectedNoSpace, 1);
+      // A disk that does not say refuses nothing.
+      new DeviceQueue({ disk: {} as Disk }).checkRoomFor(Number.MAX_SAFE_INTEGER, 'an image');
+    });
+
     it('a full disk refuses page writes with no reserve; a disk that does not say, fails to, or says a size of 0 refuses nothing', () => {
       const space = { freeBytes: 0, sizeBytes: 100_000, fail: false };
       const q = new DeviceQueue({ disk: spaceDisk(space), spaceReserveBytes: 0 });

@@ -553,6 +553,31 @@ describe('Replica (quorum replication of a shard log)', function () {
     assert.deepEqual(again.storage.store.getPage(200), page(9));
   });
 
+  it('a follower behind takes no image that would take its device under half its reserve: the leader sends it again, and it is installed once there is room', async () => {
+    shard = new TestShard(['a', 'b', 'c'], { checkpointEveryRecords: 10, timing: { electionTimeoutMinMs: 400, electionTimeoutMaxMs: 600 } });
+    const l = await shard.leader();
+    const lagging = shard.ids.find((x) => x !== l.id)!;
+    const m = shard.members.get(lagging)!;
+    // Its disk says how much it has free: a reserve of 5 % of 100 MiB, 5 MiB.
+    const MIB = 1024 * 1024;
+    const free = { bytes: 50 * MIB };
+    Object.assign(m.disk, { space: () => ({ freeBytes: free.bytes, sizeBytes: 100 * MIB }) });
+    shard.isolate([lagging]);
+    for (let i = 0; i < 60; i++) await l.replica.write([{ page: i, data: page(i + 1) }]);
+    await shard.waitFor(() => l.storage.log.firstLsn > 1, 'the leader trims its log after checkpoints');
+    // Over half the reserve (appends of page writes would be taken), not by an image of 60 pages.
+    free.bytes = 2.5 * MIB + 64 * 1024;
+    m.queue.forgetSpace();
+    shard.heal();
+    await shard.waitFor(() => m.queue.stats().rejectedNoSpace >= 3, 'the image refused, sent again and refused again');
+    assert.equal(m.replica.stats().snapshotsInstalled, 0);
+    const target = l.replica.appliedLsn;
+    free.bytes = 50 * MIB;
+    m.queue.forgetSpace();
+    await shard.waitFor(() => m.replica.stats().snapshotsInstalled >= 1 && m.replica.appliedLsn >= target, 'image installed once there is room', 10_000);
+    for (let i = 0; i < 60; i++) assert.deepEqual(m.storage.store.getPage(i), page(i + 1), `page ${i}`);
+  });
+
   it('with small messages (transport max 32 KiB), appends and image chunks fit, and a write that cannot is too_large', async () => {
     const messageBytesMax = 32 * 1024;
     shard = new TestShard(['a', 'b', 'c'], { messageBytesMax, checkpointEveryRecords: 20, timing: { electionTimeoutMinMs: 400, electionTimeoutMaxMs: 600 } });
