@@ -3462,4 +3462,3 @@ export function compactStatus(status: Record<string, unknown>): Record<string, u
     : status.hosts;
   return { ...status, ...(hosts !== undefined ? { hosts } : {}), shards };
 }
-
