@@ -206,8 +206,18 @@ interface ReplicaRow {
   commitLsn: number | undefined;
   appliedLsn: number | undefined;
   lag: number | undefined;
+  /** Bytes of its log and images on its node's device, as it reports them (`storage`). */
+  stored: number | undefined;
   note: string | undefined;
   tone: Tone;
+}
+
+/** A replica's bytes on its device (log and images), from its `storage`; undefined when not reported. */
+function storedBytes(r: Rec): number | undefined {
+  const st = rec(r.storage);
+  const log = num(st?.logBytes);
+  const images = num(st?.imageBytes);
+  return log === undefined || images === undefined || log < 0 || images < 0 ? undefined : log + images;
 }
 
 /**
@@ -246,14 +256,14 @@ function replicaRows(s: Rec, dead: ReadonlySet<string>): ReplicaRow[] {
     const outside = members.length > 0 && !members.includes(node) && !strings(s.priorMembers).includes(node);
     rows.push({
       node, role: str(r.role), state: repairing && !down ? 'repairing' : reported, term: num(r.term), commitLsn: num(r.commitLsn), appliedLsn: num(r.appliedLsn),
-      lag: lagOf(node), note: repairing ? repairNote : outside ? 'not a member: moved off (destroyed soon)' : str(r.reason), tone: down ? 'bad' : repairing || outside ? 'warn' : undefined,
+      lag: lagOf(node), stored: storedBytes(r), note: repairing ? repairNote : outside ? 'not a member: moved off (destroyed soon)' : str(r.reason), tone: down ? 'bad' : repairing || outside ? 'warn' : undefined,
     });
   }
   for (const node of Object.keys(lagMap)) {
     if (seen.has(node)) continue;
     seen.add(node);
     rows.push({
-      node, role: undefined, state: 'missing', term: undefined, commitLsn: undefined, appliedLsn: undefined, lag: lagOf(node),
+      node, role: undefined, state: 'missing', term: undefined, commitLsn: undefined, appliedLsn: undefined, lag: lagOf(node), stored: undefined,
       note: dead.has(node) ? 'node DEAD' : 'not reported', tone: 'bad',
     });
   }
@@ -303,9 +313,13 @@ function volumeLines(v: Rec, deadIds: ReadonlySet<string>, color: boolean): stri
   // A summary counts the shards that are not ok instead of listing them.
   const counted = num(v.shardCount);
   const bad = counted === undefined ? shards.filter((x) => x.health.text !== 'ok').length : (num(v.shardsDegraded) ?? 0) + (num(v.shardsUnavailable) ?? 0);
+  // What its replicas that report it hold on their devices, together (which volumes take the
+  // space); only from a reply that lists every shard's replicas.
+  const listed = counted === undefined && shards.every((x) => Array.isArray(x.s.replicas));
+  const stored = listed ? shards.flatMap((x) => x.replicas.map((r) => r.stored)).filter((b): b is number => b !== undefined) : [];
   out.push(
     `  ${bold(cell(v.name))}  id=${cell(v.id)}  ${cell(v.pageCount)} pages × ${cell(v.pageSize)} B  shards=${cell(counted ?? (Array.isArray(v.shards) ? shards.length : v.shards))}` +
-      `  replicas=${cell(v.replicas)}${bad > 0 ? `  (${bad} shard${bad === 1 ? '' : 's'} not ok)` : ''}`,
+      `  replicas=${cell(v.replicas)}${stored.length > 0 ? `  stored=${bytesText(stored.reduce((a, b) => a + b, 0))}` : ''}${bad > 0 ? `  (${bad} shard${bad === 1 ? '' : 's'} not ok)` : ''}`,
   );
   out.push(
     ...renderTable(
@@ -330,11 +344,11 @@ function volumeLines(v: Rec, deadIds: ReadonlySet<string>, color: boolean): stri
       color,
     ),
   );
-  const replicaTable: Table = { header: ['SHARD', 'REPLICA', 'ROLE', 'STATE', 'TERM', 'COMMIT LSN', 'APPLIED LSN', 'LAG', 'NOTE'], rows: [] };
+  const replicaTable: Table = { header: ['SHARD', 'REPLICA', 'ROLE', 'STATE', 'TERM', 'COMMIT LSN', 'APPLIED LSN', 'LAG', 'STORED', 'NOTE'], rows: [] };
   for (const { s, replicas } of shards) {
     for (const r of replicas) {
       replicaTable.rows.push({
-        cells: [cell(s.shard), cell(r.node), cell(r.role), cell(r.state), cell(r.term), cell(r.commitLsn), cell(r.appliedLsn), cell(r.lag), cell(r.note)],
+        cells: [cell(s.shard), cell(r.node), cell(r.role), cell(r.state), cell(r.term), cell(r.commitLsn), cell(r.appliedLsn), cell(r.lag), r.stored === undefined ? '-' : bytesText(r.stored), cell(r.note)],
         tone: r.tone,
       });
     }

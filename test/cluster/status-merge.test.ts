@@ -22,7 +22,7 @@ const nodeView = (id: string, shards: Array<Record<string, unknown>>): Record<st
 });
 
 const replica = (volumeId: string, shard: number, role: string, extra: Record<string, unknown> = {}): Record<string, unknown> => ({
-  volumeId, shard, role, state: 'up', term: 2, commitLsn: 10, appliedLsn: 10, ...extra,
+  volumeId, shard, role, state: 'up', term: 2, commitLsn: 10, appliedLsn: 10, storage: { logBytes: 4096, imageBytes: 8192, imagePages: 2 }, ...extra,
 });
 
 /**
@@ -58,6 +58,8 @@ describe('cluster status merge (mergeClusterStatus)', () => {
     assert.match(text, /\n +1 .*degraded: n2 repairing/);
     assert.match(text, /\n +1 +n2 +follower +repairing .*lost records or storage: no vote until repaired/);
     assert.match(text, /\(2 shards not ok\)/);
+    // The bytes of the 11 replicas reported, 12 KiB each, together.
+    assert.match(text, /a +id=va +1024 pages × 4096 B +shards=4 +replicas=3 +stored=132\.0 KiB +\(2 shards not ok\)/);
   });
 
   it('replicas of volumes the catalog does not list are named (up to 64) and counted; none when the catalog is not at hand', () => {
@@ -155,6 +157,8 @@ describe('cluster status merge (mergeClusterStatus)', () => {
     assert.match(text, /\n +1 .*degraded: n2 repairing/);
     assert.match(text, /\n +2 +n1 +2 +10 +10 +3\/3 +0 +ok/);
     assert.match(text, /\(2 shards not ok\)/);
+    // The replicas of the healthy shards not listed: no sum of their storage, which would be a part.
+    assert.doesNotMatch(text, /stored=/);
   });
 
   it('summary: the shards counted by state, those missing or repairing a replica as degraded', () => {

@@ -28,8 +28,8 @@ function sampleReply(): Record<string, unknown> {
           {
             shard: 0, role: 'leader', term: 3, commitLsn: 120, appliedLsn: 118, leader: 'n1', state: 'up', lag: { n2: 2, n3: 40 },
             replicas: [
-              { node: 'n1', role: 'leader', state: 'up', term: 3, commitLsn: 120, appliedLsn: 118 },
-              { node: 'n2', role: 'follower', state: 'up', term: 3, commitLsn: 119, appliedLsn: 119 },
+              { node: 'n1', role: 'leader', state: 'up', term: 3, commitLsn: 120, appliedLsn: 118, storage: { logBytes: 2 ** 20, imageBytes: 3 * 2 ** 20, imagePages: 768 } },
+              { node: 'n2', role: 'follower', state: 'up', term: 3, commitLsn: 119, appliedLsn: 119, storage: { logBytes: 512, imageBytes: 0, imagePages: 0 } },
             ],
           },
           { shard: 1, role: 'none', term: 0, commitLsn: 0, appliedLsn: 0, state: 'unavailable', replicas: [{ node: 'n2', role: 'follower', state: 'down', term: 0, commitLsn: 0, appliedLsn: 0, reason: 'device failed' }] },
@@ -73,15 +73,24 @@ describe('observability/status', () => {
     assert.match(zt, /^ {2}n3 +- +DEAD /m);
     assert.doesNotMatch(formatStatus(sampleReply(), { nowMs: NOW }), /ZONE/);
     assert.match(text, /^VOLUMES \(1\)$/m);
-    assert.match(text, /^ {2}db {2}id=v7 {2}1024 pages × 4096 B {2}shards=2 {2}replicas=3 {2}\(2 shards not ok\)$/m);
+    // What the replicas that report it hold on their devices, together: 4 MiB and 512 bytes.
+    assert.match(text, /^ {2}db {2}id=v7 {2}1024 pages × 4096 B {2}shards=2 {2}replicas=3 {2}stored=4\.0 MiB {2}\(2 shards not ok\)$/m);
     assert.match(text, /^ {4}SHARD +LEADER +TERM +COMMIT LSN +APPLIED LSN +REPLICAS UP +REPLICA LAG +HEALTH$/m);
     assert.match(text, /^ {4}0 +n1 +3 +120 +118 +2\/3 +40 +degraded: n3 missing$/m);
     assert.match(text, /^ {4}1 +- +- +- +- +0\/3 +- +unavailable$/m, 'an unavailable shard\'s term and LSNs are not known: not shown as 0');
-    assert.match(text, /^ {4}SHARD +REPLICA +ROLE +STATE +TERM +COMMIT LSN +APPLIED LSN +LAG +NOTE$/m);
-    assert.match(text, /^ {4}0 +n1 +leader +up +3 +120 +118 +- +-$/m);
-    assert.match(text, /^ {4}0 +n2 +follower +up +3 +119 +119 +2 +-$/m);
-    assert.match(text, /^ {4}0 +n3 +- +missing +- +- +- +40 +node DEAD$/m);
-    assert.match(text, /^ {4}1 +n2 +follower +down +0 +0 +0 +- +device failed$/m);
+    assert.match(text, /^ {4}SHARD +REPLICA +ROLE +STATE +TERM +COMMIT LSN +APPLIED LSN +LAG +STORED +NOTE$/m);
+    assert.match(text, /^ {4}0 +n1 +leader +up +3 +120 +118 +- +4\.0 MiB +-$/m);
+    assert.match(text, /^ {4}0 +n2 +follower +up +3 +119 +119 +2 +512 B +-$/m);
+    assert.match(text, /^ {4}0 +n3 +- +missing +- +- +- +40 +- +node DEAD$/m);
+    assert.match(text, /^ {4}1 +n2 +follower +down +0 +0 +0 +- +- +device failed$/m);
+    // A volume none of whose replicas reports its storage shows none; a malformed one counts for nothing.
+    const unreported = sampleReply();
+    const shard0 = ((unreported.volumes as Array<{ shards: Array<{ replicas: Array<Record<string, unknown>> }> }>)[0]!.shards[0]!);
+    shard0.replicas[0]!.storage = { logBytes: -1, imageBytes: 5 };
+    delete shard0.replicas[1]!.storage;
+    const ut = formatStatus(unreported, { nowMs: NOW });
+    assert.match(ut, /^ {2}db {2}id=v7 {2}1024 pages × 4096 B {2}shards=2 {2}replicas=3 {2}\(2 shards not ok\)$/m);
+    assert.match(ut, /^ {4}0 +n1 +leader +up +3 +120 +118 +- +- +-$/m);
     assert.ok(!text.includes('\u001b['), 'no colors unless asked');
   });
 
@@ -121,7 +130,7 @@ describe('observability/status', () => {
     const at = lines.indexOf("CATALOG (replicated on the controller nodes; the controller runs on its leader's node)");
     assert.ok(at > 0 && at < lines.findIndex((l) => l.startsWith('VOLUMES (')), 'between the nodes and the volumes');
     assert.match(lines[at + 1]!, /^ {2}strata-catalog +id=v0-catalog +4097 pages × 8192 B +shards=1 +replicas=3 +\(1 shard not ok\)$/);
-    assert.match(text, /^ {4}0 +n3 +- +missing +- +- +- +12 +node DEAD$/m, 'the dead controller node\'s replica, missing');
+    assert.match(text, /^ {4}0 +n3 +- +missing +- +- +- +12 +- +node DEAD$/m, 'the dead controller node\'s replica, missing');
     // The volumes' count leaves it out.
     assert.match(text, /^VOLUMES \(1\)$/m);
   });
