@@ -54,7 +54,8 @@ export interface ReplicaTransport {
   /**
    * Sends a message to a peer and resolves with its answer. A peer that refuses it (answers an
    * error) rejects with ProtocolError `unavailable` whose `details.refused` is the peer's error
-   * code: the peer's failure is not this replica's, and must not be taken for one of its own.
+   * code (and `details.refusedMessage` its message): the peer's failure is not this replica's,
+   * and must not be taken for one of its own.
    */
   send(to: string, msg: RaftRequest, timeoutMs: number): Promise<RaftReply>;
   /**
@@ -500,6 +501,17 @@ interface Waiter {
   reject(e: Error): void;
 }
 
+/** Longest message of a follower's refusal kept for a write's `timeout` (FollowerState.refused). */
+const REFUSAL_MESSAGE_MAX = 240;
+
+/** A follower's refusal of an append, or the transport's failure to get its answer, as FollowerState.refused keeps it. */
+function refusalOf(err: unknown): { code: string; message: string } {
+  const e = err as { code?: unknown; message?: unknown; details?: Record<string, unknown> } | null | undefined;
+  const code = e?.details?.['refused'] ?? e?.code;
+  const message = e?.details?.['refusedMessage'] ?? e?.message ?? String(err);
+  return { code: typeof code === 'string' ? code : 'error', message: String(message).slice(0, REFUSAL_MESSAGE_MAX) };
+}
+
 interface FollowerState {
   /** Next LSN to send (advanced when an append is sent, moved back on a mismatch or a loss). */
   next: number;
@@ -525,6 +537,11 @@ interface FollowerState {
   retryAtMs?: number;
   /** It answered an append with `quiesce` that it is quiesced (see Replica.quiesced). */
   quiesceAcked?: boolean;
+  /**
+   * Its last answer to an append was an error (short of space, a full queue…), until it next
+   * takes records: named in the `timeout` of a write not committed (expireWaiters).
+   */
+  refused?: { code: string; message: string };
 }
 
 /**
@@ -2211,10 +2228,11 @@ export class Replica {
             if (!(this.reportDamage(e) || this.reportFailure(e))) throw e;
           }
         },
-        () => {
+        (err: unknown) => {
           // Lost or unanswered: send again from here (never below what the follower acknowledged),
           // a heartbeat interval later, first without records.
           if (this.followers.get(id) === f) this.wake();
+          f.refused = refusalOf(err);
           f.inFlight = Math.max(0, f.inFlight - 1);
           f.next = Math.max(f.match + 1, Math.min(f.next, prevLsn + 1));
           this.pause(f);
@@ -2272,6 +2290,7 @@ export class Replica {
       f.match = Math.max(f.match, reply.matchLsn ?? prevLsn + count);
       f.next = Math.max(f.next, prevLsn + count + 1);
       f.probing = false;
+      if (count > 0) f.refused = undefined;
       this.advanceCommit();
       this.trimRecent();
       if (askedQuiesce) this.onQuiesceAnswer(f, reply);
@@ -3476,15 +3495,17 @@ export class Replica {
       const keepWrites: Waiter[] = [];
       for (const w of this.commitWaiters) {
         if (w.deadlineMs !== undefined && w.deadlineMs <= wallMs) {
-          // Its record may still commit later: the client learns the outcome is unknown.
-          w.reject(new ProtocolError('timeout', `lsn ${w.lsn} was not committed before the deadline; the write may or may not be committed`, {
+          // Its record may still commit later: the client learns the outcome is unknown, and
+          // why, as far as the followers said (short of space, say).
+          const refused = [...this.followers].filter(([, f]) => f.refused !== undefined && f.match < w.lsn).map(([id, f]) => `${id} ${f.refused!.code} (${f.refused!.message})`);
+          w.reject(new ProtocolError('timeout', `lsn ${w.lsn} was not committed before the deadline; the write may or may not be committed${refused.length > 0 ? `; followers without it: ${refused.join('; ')}` : ''}`, {
             lsn: w.lsn,
             commitLsn: this.commitLsn,
             appliedLsn: this.store.appliedLsn,
             durableLsn: this.durableLsn,
             term: this.term,
             role: this.role,
-            followers: Object.fromEntries([...this.followers].map(([id, f]) => [id, { next: f.next, match: f.match, inFlight: f.inFlight }])),
+            followers: Object.fromEntries([...this.followers].map(([id, f]) => [id, { next: f.next, match: f.match, inFlight: f.inFlight, ...(f.refused !== undefined ? { refused: f.refused.code } : {}) }])),
           }));
         } else keepWrites.push(w);
       }

@@ -782,13 +782,19 @@ export class ActorHost implements HostApi {
   private transport(spec: ShardSpec): ReplicaTransport {
     const spanAttrs = { ...this.spanAttrs, [ATTR.volume]: spec.volumeId, [ATTR.shard]: spec.shard };
     // A follower's reply: its error reply becomes `unavailable`, with the follower's code in
-    // `details.refused` (ReplicaTransport); anything else is validated.
+    // `details.refused` and its message in `details.refusedMessage` (ReplicaTransport); anything
+    // else is validated.
     const answerOf = (to: string, msg: RaftRequest, r: Msg): RaftReply => answerOfBody(to, msg, decode(r.data, this.codec));
     const answerOfBody = (to: string, msg: RaftRequest, body: unknown): RaftReply => {
       if (typeof body === 'object' && body !== null && 'error' in body) {
         const error = (body as { error: unknown }).error;
         const code = typeof error === 'object' && error !== null ? (error as { code?: unknown }).code : undefined;
-        throw new ProtocolError('unavailable', `replica ${to} refused: ${JSON.stringify(error)}`, typeof code === 'string' ? { refused: code } : undefined);
+        const message = typeof error === 'object' && error !== null ? (error as { message?: unknown }).message : undefined;
+        throw new ProtocolError(
+          'unavailable',
+          `replica ${to} refused: ${JSON.stringify(error)}`,
+          typeof code === 'string' ? { refused: code, ...(typeof message === 'string' ? { refusedMessage: message } : {}) } : undefined,
+        );
       }
       return validateRaftReply(msg.type, body);
     };

@@ -162,7 +162,8 @@ describe('a device short of space', function () {
   /** With both followers `a` and `b` of volume f's shard under half their reserve. */
   async function majorityShort(v: Volume, a: number, b: number): Promise<void> {
     // No majority takes the page: not committed by its deadline.
-    await rejectsWith(v.writePages([{ page: 2, data: page(12) }], { deadlineMs: Date.now() + 1500 }), 'timeout');
+    // The leader's answer says why: its followers' refusals.
+    await rejectsWith(v.writePages([{ page: 2, data: page(12) }], { deadlineMs: Date.now() + 1500 }), 'timeout', /followers without it: n\d no_space \(device .* under half of its reserve .*\); n\d no_space/);
     const refused = async (k: number): Promise<number> => {
       const st = (await c.client.status()) as unknown as { nodes: Array<{ node: { id: string }; hosts: HostView[] }> };
       return st.nodes.find((n) => n.node.id === `n${k + 1}`)!.hosts[0]!.queue!.rejectedNoSpace ?? 0;

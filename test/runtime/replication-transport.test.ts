@@ -81,7 +81,7 @@ describe('replication transport of a host', function () {
     }
   });
 
-  it('a peer\'s error reply fails the send with unavailable, the peer\'s code in details.refused', async () => {
+  it('a peer\'s error reply fails the send with unavailable, the peer\'s code in details.refused and its message in details.refusedMessage', async () => {
     const h = await started('refused', 'dev3');
     const nc = await natsConnect({ servers: server.url });
     try {
@@ -93,7 +93,7 @@ describe('replication transport of a host', function () {
       assert.ok(refused instanceof ProtocolError, String(refused));
       assert.equal(refused.code, 'unavailable', refused.message);
       assert.match(refused.message, /^replica n2 refused: .*stale_term.*term 1 is behind term 5/);
-      assert.deepEqual(refused.details, { refused: 'stale_term' });
+      assert.deepEqual(refused.details, { refused: 'stale_term', refusedMessage: 'term 1 is behind term 5' });
     } finally {
       await nc.close();
       await h.stop();
