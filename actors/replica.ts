@@ -539,7 +539,9 @@ interface FollowerState {
   quiesceAcked?: boolean;
   /**
    * Its last answer to an append was an error (short of space, a full queue…), until it next
-   * takes records: named in the `timeout` of a write not committed (expireWaiters).
+   * takes records (or an image, or holds every record): named in the `timeout` of a write not
+   * committed (expireWaiters); `no_space` keeps page writes out of the log while it leaves no
+   * majority (checkFollowersSpace).
    */
   refused?: { code: string; message: string };
 }
@@ -1204,6 +1206,25 @@ export class Replica {
   /** The sets a decision needs a majority of: the members, and the prior set during a change. */
   private sets(): readonly string[][] {
     return this.config.prior !== undefined ? [this.config.members, this.config.prior] : [this.config.members];
+  }
+
+  /**
+   * Refuses (`no_space`) a page write that could not commit: without the followers whose last
+   * answer to records was `no_space` (their devices under half their reserve; until they take
+   * records again), this leader and the others are not a majority. So it is not appended: it
+   * neither waits its deadline out (`timeout`, outcome unknown) nor holds up what comes after it
+   * in the log. The records those followers refused are sent to them again a heartbeat interval
+   * apart; once space is freed and one takes them, page writes go on.
+   */
+  private checkFollowersSpace(): void {
+    const short = (id: string): boolean => id !== this.self && this.followers.get(id)?.refused?.code === 'no_space';
+    if (this.quorumOf((id) => !short(id))) return;
+    const named = [...this.followers].filter(([id]) => short(id));
+    throw new StorageError(
+      'no_space',
+      `shard ${this.geometry.shard}: followers ${named.map(([id]) => id).join(', ')} take no page data (${named[0]![1].refused!.message}), and without them no majority of its replicas does: page writes are refused until space is freed`,
+      { followers: named.map(([id]) => id) },
+    );
   }
 
   /** Whether the replicas `has` names hold a majority of every set of the configuration in force. */
@@ -2290,7 +2311,8 @@ export class Replica {
       f.match = Math.max(f.match, reply.matchLsn ?? prevLsn + count);
       f.next = Math.max(f.next, prevLsn + count + 1);
       f.probing = false;
-      if (count > 0) f.refused = undefined;
+      // It took records, which come in order: those it refused first. Or it holds all there is.
+      if (count > 0 || f.match >= this.lastLsn) f.refused = undefined;
       this.advanceCommit();
       this.trimRecent();
       if (askedQuiesce) this.onQuiesceAnswer(f, reply);
@@ -2377,6 +2399,8 @@ export class Replica {
           f.match = Math.max(f.match, s.lsn);
           f.next = s.lsn + 1;
           this.counters.snapshotsSent++;
+          // It took the image: what it refused before is in it.
+          f.refused = undefined;
         }
         this.replicateTo(id, false);
       },
@@ -3104,7 +3128,10 @@ export class Replica {
     }
     // A device short of space takes no new page data (a retry whose earlier attempt this log
     // holds was answered above); a range made zeros, which frees space, goes on.
-    if (kind === RecordKind.PageWrite && !this.spaceExempt) this.queue.checkWriteSpace();
+    if (kind === RecordKind.PageWrite && !this.spaceExempt) {
+      this.queue.checkWriteSpace();
+      this.checkFollowersSpace();
+    }
     const term = this.term;
     const tag = this.tracer?.capture();
     const payload = await encode();

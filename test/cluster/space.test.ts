@@ -151,13 +151,22 @@ describe('a device short of space', function () {
       await c.setFreeBytes(a, undefined);
       await c.setFreeBytes(b, undefined);
     }
-    await eventually('writes go on', () => v.write(3, page(13)));
+    // Until the leader hears its followers take the records they refused (sent again a
+    // heartbeat interval apart), a page write is still refused no_space.
+    await eventually('writes go on', () => v.write(3, page(13)), 30_000, ['unavailable', 'timeout', 'not_leader', 'stale_term', 'no_space']);
     const got = await v.read([0, 1, 3]);
     assert.deepEqual(got, [page(10), page(11), page(13)]);
     // The write that timed out may or may not have been applied, but its page holds nothing else.
     const two = await v.read(2);
     assert.ok(two.every((x) => x === 0) || two.every((x) => x === 12));
   });
+
+  /** The last LSN of node `k`'s replica of volume f's shard 0. */
+  async function lastLsnOf(k: number): Promise<number> {
+    const id = (await c.client.volumeInfo('f')).id;
+    for (const h of await c.nodes[k]!.hostPool.stats()) for (const r of h.device?.shards ?? []) if (r.volumeId === id && r.shard === 0) return r.lastLsn;
+    throw new Error(`no replica of f on n${k + 1}`);
+  }
 
   /** With both followers `a` and `b` of volume f's shard under half their reserve. */
   async function majorityShort(v: Volume, a: number, b: number): Promise<void> {
@@ -169,5 +178,10 @@ describe('a device short of space', function () {
       return st.nodes.find((n) => n.node.id === `n${k + 1}`)!.hosts[0]!.queue!.rejectedNoSpace ?? 0;
     };
     assert.ok((await refused(a)) > 0 && (await refused(b)) > 0, 'both followers refused page data');
+    // The leader knows it now: the next page write is refused no_space at once, not appended.
+    const leaderOfShard = await leaderOf('f');
+    const lsnBefore = await lastLsnOf(leaderOfShard);
+    await rejectsWith(v.writePages([{ page: 4, data: page(14) }], { deadlineMs: Date.now() + 10_000 }), 'no_space', /followers n\d, n\d take no page data \(device .* under half of its reserve .*\), and without them no majority of its replicas does/);
+    assert.equal(await lastLsnOf(leaderOfShard), lsnBefore, 'nothing appended for it');
   }
 });
