@@ -578,6 +578,44 @@ describe('Replica (quorum replication of a shard log)', function () {
     for (let i = 0; i < 60; i++) assert.deepEqual(m.storage.store.getPage(i), page(i + 1), `page ${i}`);
   });
 
+  it('a leader refuses page writes no_space, not appending them, while followers that refuse page data for space leave no majority; one that catches up counts again', async () => {
+    shard = new TestShard(['a', 'b', 'c'], { checkpointEveryRecords: 10, timing: { electionTimeoutMinMs: 400, electionTimeoutMaxMs: 600 } });
+    const l = await shard.leader();
+    const [x, y] = shard.ids.filter((id) => id !== l.id) as [string, string];
+    // The followers' disks say how much they have free: a reserve of 5 % of 100 MiB, 5 MiB.
+    const MIB = 1024 * 1024;
+    const free = new Map([[x, 50 * MIB], [y, 50 * MIB]]);
+    for (const id of [x, y]) Object.assign(shard.members.get(id)!.disk, { space: () => ({ freeBytes: free.get(id)!, sizeBytes: 100 * MIB }) });
+    const setFree = (id: string, bytes: number): void => {
+      free.set(id, bytes);
+      shard!.members.get(id)!.queue.forgetSpace();
+    };
+    // x under half its reserve: the writes commit with y, and x falls behind the leader's trimmed log.
+    setFree(x, 2 * MIB);
+    for (let i = 0; i < 40; i++) await l.replica.write([{ page: i, data: page(i + 1) }]);
+    const xm = shard.members.get(x)!;
+    await shard.waitFor(() => l.storage.log.firstLsn > xm.replica.stats().lastLsn + 1, 'x behind the leader\'s trimmed log');
+    // y too: the next write is appended before the leader hears y refuse it, and times out.
+    setFree(y, 2 * MIB);
+    await assert.rejects(l.replica.write([{ page: 100, data: page(7) }], { deadlineMs: Date.now() + 500 }), (e: ProtocolError) => e.code === 'timeout' && /followers without it/.test(e.message));
+    // From then on: refused at once, not appended.
+    const last = l.storage.log.lastLsn;
+    await assert.rejects(l.replica.write([{ page: 101, data: page(8) }]), (e: StorageError) => e.code === 'no_space' && e.message.includes(`followers ${x}, ${y} take no page data`));
+    assert.equal(l.storage.log.lastLsn, last, 'not appended');
+    // x has room again: it is sent the leader's image and what follows, and counts again; y still refuses.
+    setFree(x, 50 * MIB);
+    await shard.waitFor(() => xm.replica.stats().snapshotsInstalled >= 1, 'x installs the leader\'s image');
+    let lsn = 0;
+    for (let tries = 0; lsn === 0; tries++) {
+      assert.ok(tries < 100, 'a page write committed by the leader and x within 100 tries, 50 ms apart');
+      lsn = await l.replica.write([{ page: 102, data: page(9) }]).then((r) => r.lsn, (e: StorageError) => (e.code === 'no_space' ? 0 : Promise.reject(e)));
+      if (lsn === 0) await new Promise((r) => setTimeout(r, 50));
+    }
+    await shard.waitFor(() => xm.replica.appliedLsn >= lsn, 'x applies it');
+    for (let i = 0; i < 40; i += 7) assert.deepEqual(xm.storage.store.getPage(i), page(i + 1), `page ${i}`);
+    assert.deepEqual(xm.storage.store.getPage(102), page(9));
+  });
+
   it('with small messages (transport max 32 KiB), appends and image chunks fit, and a write that cannot is too_large', async () => {
     const messageBytesMax = 32 * 1024;
     shard = new TestShard(['a', 'b', 'c'], { messageBytesMax, checkpointEveryRecords: 20, timing: { electionTimeoutMinMs: 400, electionTimeoutMaxMs: 600 } });
