@@ -258,11 +258,6 @@ export interface ReplicaTiming {
    * message up to QUIESCED_WAIT_BEATS of these while they hear from its host.
    */
   quiescedHeartbeatMs: number;
-  /**
-   * How much later each next replica in its shard's election order campaigns (electionRank);
-   * default the maximum election timeout. 0: each replica at its own randomized timeout alone.
-   */
-  electionTurnMs?: number;
 }
 
 /** Election timeouts a new replica other than its shard's chosen first candidate waits before its first election. */
@@ -504,13 +499,6 @@ interface Waiter {
   expiredCode?: 'future_lsn' | 'timeout';
   resolve(): void;
   reject(e: Error): void;
-}
-
-/** FNV-1a of a string's UTF-16 code units, as a non-negative 32-bit integer. */
-function fnv1a(text: string): number {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < text.length; i++) h = Math.imul(h ^ text.charCodeAt(i), 0x01000193);
-  return h >>> 0;
 }
 
 /** Longest message of a follower's refusal kept for a write's `timeout` (FollowerState.refused). */
@@ -793,8 +781,6 @@ export class Replica {
    */
   private leaderContactMs: number;
   private lastLeader: string | null = null;
-  /** A hash of the shard's volume id and number: its replicas' election order (electionRank). */
-  private readonly shardHash: number;
   private nowMs: number;
   private readonly clock: () => number;
   /** The write ids of this log's records, to recognize a write sent again (write-ids.ts). */
@@ -871,7 +857,6 @@ export class Replica {
     assert(opts.members.includes(opts.self), 'a replica is a member of its own replica set');
     assert(new Set(opts.members).size === opts.members.length, 'replica set members are distinct');
     this.shape = { ...opts.geometry };
-    this.shardHash = fnv1a(`${opts.geometry.volumeId}/${opts.geometry.shard}`);
     this.self = opts.self;
     this.log = opts.log;
     this.store = opts.store;
@@ -1537,25 +1522,7 @@ export class Replica {
 
   private resetElectionDeadline(): void {
     const backoff = 2 ** Math.min(this.failedElections, ELECTION_BACKOFF_MAX);
-    this.electionDeadlineMs = this.nowMs + this.electionTimeoutMs() * backoff + this.electionRank() * (this.timing.electionTurnMs ?? this.timing.electionTimeoutMaxMs);
-  }
-
-  /**
-   * This replica's turn to campaign when its shard has no leader: 0 campaigns at its election
-   * timeout, each next one `electionTurnMs` later. Two followers of a leader that died then
-   * seldom campaign at once and split the vote: with hundreds of shards losing their leader
-   * together (a node stopped), split votes, each costing every candidate and voter a durable
-   * save of its term, fed each other, and most of those shards had no leader for seconds. The
-   * order is the set in force less the leader last known (so that a leader's death does not
-   * delay its successor), turned by a hash of the shard (so that the shards of a node that stops
-   * do not all go to one other node). Not by the term: two followers whose terms differ would
-   * then compute orders that need not agree.
-   */
-  private electionRank(): number {
-    const others = this.config.members.filter((id) => id !== this.lastLeader);
-    const i = others.indexOf(this.self);
-    if (i < 0 || others.length < 2) return 0;
-    return (i + this.shardHash) % others.length;
+    this.electionDeadlineMs = this.nowMs + this.electionTimeoutMs() * backoff;
   }
 
   /** A randomized election timeout, in [min, max) of the timing. */

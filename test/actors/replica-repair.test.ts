@@ -17,8 +17,7 @@ import type { ShardGeometry } from '../../actors/shard';
 const geometry: ShardGeometry = { volumeId: 'v1', shard: 0, shards: 1, pageCount: 256, pageSize: 4096, stripePages: 256 };
 const slab = new Slab({ slotBytes: 8192, slotCount: 64 });
 const nowhere: ReplicaTransport = { send: () => Promise.reject(new Error('unreachable')) };
-// Who campaigns first is the test's (`randoms`): no election order on top (ReplicaTiming.electionTurnMs).
-const timing = { electionTimeoutMinMs: 60, electionTimeoutMaxMs: 120, heartbeatMs: 10, rpcTimeoutMs: 100, electionTurnMs: 0 };
+const timing = { electionTimeoutMinMs: 60, electionTimeoutMaxMs: 120, heartbeatMs: 10, rpcTimeoutMs: 100 };
 
 /** Leader a's log in term 1: its term start, then 39 page writes. */
 const history: WireRecord[] = [

@@ -21,8 +21,7 @@ import { rejectsWith } from '../support/expect';
 import type { PayloadOffload, ShardGeometry } from '../../actors/shard';
 
 /** The default timing before 5354581 (heartbeats 50 ms, now 100): 300–600 ms elections, a lease of 0.75 × 300 ms. */
-// Who campaigns first is the test's (`randoms`): no election order on top (ReplicaTiming.electionTurnMs).
-const timing = { electionTimeoutMinMs: 300, electionTimeoutMaxMs: 600, heartbeatMs: 50, rpcTimeoutMs: 1000, electionTurnMs: 0 };
+const timing = { electionTimeoutMinMs: 300, electionTimeoutMaxMs: 600, heartbeatMs: 50, rpcTimeoutMs: 1000 };
 
 
 interface Member {

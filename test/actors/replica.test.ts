@@ -15,8 +15,7 @@ import { StorageError, type CorruptionError, type CorruptionReport } from '../..
 import type { AppendRequest, RaftRequest, RaftReply } from '../../messages/raft';
 import { DiskGates, geometry, page } from '../support/replica-harness';
 
-// Who campaigns first is the test's (`randoms`): no election order on top (ReplicaTiming.electionTurnMs).
-const timing = { electionTimeoutMinMs: 60, electionTimeoutMaxMs: 120, heartbeatMs: 10, rpcTimeoutMs: 100, electionTurnMs: 0 };
+const timing = { electionTimeoutMinMs: 60, electionTimeoutMaxMs: 120, heartbeatMs: 10, rpcTimeoutMs: 100 };
 /** Most the replicas' clock moves in one tick of the shard's 2 ms timer (see TestShard.now). */
 const TICK_STEP_MAX_MS = 5;
 
@@ -528,21 +527,6 @@ describe('Replica (quorum replication of a shard log)', function () {
     const back = shard.start(f, disk);
     await shard.waitFor(() => back.replica.appliedLsn >= last, 'restarted follower catches up');
     for (let i = 0; i < 20; i++) assert.deepEqual(back.storage.store.getPage(10 + i), page(i));
-  });
-
-  it('the followers of a leader that died campaign in turn, not at once: with the same election timeout drawn, one election and no split vote', async () => {
-    // Both followers draw the same timeout: only their turns (electionTurnMs) set them apart.
-    shard = new TestShard(['a', 'b', 'c'], { randoms: { a: 0.5, b: 0.5, c: 0.5 }, timing: { electionTurnMs: timing.electionTimeoutMaxMs } });
-    const l = await shard.leader();
-    await l.replica.write([{ page: 1, data: page(1) }]);
-    const followers = shard.ids.filter((id) => id !== l.id);
-    const elections = (): number => followers.reduce((n, id) => n + shard!.members.get(id)!.replica.stats().elections, 0);
-    const before = elections();
-    await shard.crash(l.id);
-    await shard.waitFor(() => shard!.leaders(followers).length === 1, 'a follower leads');
-    assert.equal(elections() - before, 1, 'one election: the other follower waited its turn and voted');
-    const w = await shard.leaders(followers)[0]!.replica.write([{ page: 2, data: page(2) }]);
-    assert.ok(w.lsn > 0);
   });
 
   it('a follower behind the trimmed log installs the leader\'s newest image, then follows', async () => {
