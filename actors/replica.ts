@@ -2250,8 +2250,9 @@ export class Replica {
           }
         },
         (err: unknown) => {
-          // Lost or unanswered: send again from here (never below what the follower acknowledged),
-          // a heartbeat interval later, first without records.
+          // Refused (the follower's error answer), lost or unanswered: send again from here (never
+          // below what the follower acknowledged), a heartbeat interval later, first without
+          // records; what it said is kept for the writes that wait on it.
           if (this.followers.get(id) === f) this.wake();
           f.refused = refusalOf(err);
           f.inFlight = Math.max(0, f.inFlight - 1);

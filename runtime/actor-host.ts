@@ -37,6 +37,7 @@ import { messageHeaders, REPLY_HEADERS, wellFormed, type ReceivedHeaders } from 
 import { HEADER_DEADLINE, HEADER_TYPE, HEADER_SCHEMA, SCHEMA_VERSION, checkSchemaHeader, deadlineRemainingMs, parseDeadline } from '../messages/headers';
 import { nodeInboxPrefix, shardLeadersSubject, shardSubject } from '../messages/subjects';
 import { validateRaftRequest, validateRaftReply, replicaSubject, followersSubject, type AppendRequest, type RaftRequest, type RaftReply } from '../messages/raft';
+import type { NotCopied } from '../messages/control';
 import { DEFAULT_TIMING, type ForceVoteResult, type ReconfigureResult, type ReplicaConfig, type ReplicaDigest, type ReplicaTransport, type ReplicaTiming, type TransferResult, type WriteAttempt } from '../actors/replica';
 import { DeviceHost, deviceProblem, shardKey, type ShardSpec, type ReplicaRoles, type ForgottenRule, type DeviceHostOptions, type DeviceHostStats, type ReplicaErrorOutcome } from './device-host';
 import { createLogger, throttled, type Logger } from '../observability/log';
@@ -163,7 +164,7 @@ export type ReplicaConfigState = ReplicaConfig & { term: number; leading: boolea
  * to send it the shard; `noSpace` when its device had no room for the copy over its reserve.
  */
 export interface ShardOpened {
-  notCopied?: { reason: string; noSpace: boolean };
+  notCopied?: Pick<NotCopied, 'reason' | 'noSpace'>;
 }
 
 export interface HostApi {

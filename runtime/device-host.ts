@@ -63,11 +63,6 @@ export interface ShardSpec extends ShardGeometry {
   dataDirCreated?: boolean;
 }
 
-/** A copy of a branch's parent tried and not made (SeedResult.waits). */
-function notCopied(reason: string, noSpace = false): SeedResult {
-  return { seeded: false, reason, waits: { noSpace } };
-}
-
 /** How long `seedShard` waits for the parent's replica to apply the branch point, or to end a checkpoint. */
 export const SEED_WAIT_MS = 5_000;
 
@@ -78,6 +73,11 @@ export const SEED_WAIT_MS = 5_000;
  * copy was wanted (the replica holds its shard already, or another open is copying it).
  */
 export type SeedResult = { seeded: true; lsn: number } | { seeded: false; reason: string; waits?: { noSpace: boolean } };
+
+/** A copy of a branch's parent tried and not made (SeedResult.waits). */
+function notCopied(reason: string, noSpace = false): SeedResult {
+  return { seeded: false, reason, waits: { noSpace } };
+}
 
 export interface DeviceHostOptions {
   /** Directory of the device (created if missing). */

@@ -554,18 +554,29 @@ describe('DeviceQueue', () => {
       assert.equal(q.stats().space?.state, 'ok');
     });
 
+    /** A disk whose free space and bytes written the test sets, counting its readings. */
+    function countingDisk(freeBytes: number, sizeBytes = 1000 * MIB): { disk: Disk; free: number; written: number; statfs: number } {
+      const t = {
+        free: freeBytes,
+        written: 0,
+        statfs: 0,
+        disk: undefined as unknown as Disk,
+      };
+      t.disk = {
+        space: () => {
+          t.statfs++;
+          return { freeBytes: t.free, sizeBytes };
+        },
+        bytesWritten: () => t.written,
+      } as unknown as Disk;
+      return t;
+    }
+
     it('between two readings of the disk, takes off what the device wrote and the appends queued since; reads again once a quarter of its margin was written', async () => {
       const now = 0;
-      const disk = { statfs: 0, free: 10 * MIB, written: 0 };
-      const d = {
-        space: () => {
-          disk.statfs++;
-          return { freeBytes: disk.free, sizeBytes: 100 * MIB };
-        },
-        bytesWritten: () => disk.written,
-      } as unknown as Disk;
+      const disk = countingDisk(10 * MIB, 100 * MIB);
       const sched = manualScheduler();
-      const q = new DeviceQueue({ disk: d, spaceReserveBytes: 2 * MIB, clock: { nowMs: () => now }, schedule: sched.schedule });
+      const q = new DeviceQueue({ disk: disk.disk, spaceReserveBytes: 2 * MIB, clock: { nowMs: () => now }, schedule: sched.schedule });
       assert.equal(q.space()!.freeBytes, 10 * MIB);
       // Written since, within the same second: taken off, the disk not asked again (its margin
       // over the reserve is 8 MiB: asked again after 2 MiB written).
@@ -592,24 +603,6 @@ describe('DeviceQueue', () => {
       assert.equal(q.space()!.state, 'ok');
       assert.equal(disk.statfs, 3);
     });
-
-    /** A disk whose free space and bytes written the test sets, counting its readings. */
-    function countingDisk(freeBytes: number): { disk: Disk; free: number; written: number; statfs: number } {
-      const t = {
-        free: freeBytes,
-        written: 0,
-        statfs: 0,
-        disk: undefined as unknown as Disk,
-      };
-      t.disk = {
-        space: () => {
-          t.statfs++;
-          return { freeBytes: t.free, sizeBytes: 1000 * MIB };
-        },
-        bytesWritten: () => t.written,
-      } as unknown as Disk;
-      return t;
-    }
 
     it('takes off, between two readings, what others write to the same filesystem at the rate the readings found', () => {
       let now = 0;

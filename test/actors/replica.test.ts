@@ -39,6 +39,11 @@ function withAsyncFlush(sim: SimDisk): Disk {
   });
 }
 
+/** `m`'s disk says it has `free()` bytes free of 100 MiB (a reserve of 5 MiB by default). */
+function saysFree(m: Member, free: () => number): void {
+  Object.assign(m.disk, { space: () => ({ freeBytes: free(), sizeBytes: 100 * 1024 * 1024 }) });
+}
+
 /** Replicas of one shard on simulated disks, linked by an in-memory network that can be cut. */
 class TestShard {
   readonly members = new Map<string, Member>();
@@ -561,7 +566,7 @@ describe('Replica (quorum replication of a shard log)', function () {
     // Its disk says how much it has free: a reserve of 5 % of 100 MiB, 5 MiB.
     const MIB = 1024 * 1024;
     const free = { bytes: 50 * MIB };
-    Object.assign(m.disk, { space: () => ({ freeBytes: free.bytes, sizeBytes: 100 * MIB }) });
+    saysFree(m, () => free.bytes);
     shard.isolate([lagging]);
     for (let i = 0; i < 60; i++) await l.replica.write([{ page: i, data: page(i + 1) }]);
     await shard.waitFor(() => l.storage.log.firstLsn > 1, 'the leader trims its log after checkpoints');
@@ -585,7 +590,7 @@ describe('Replica (quorum replication of a shard log)', function () {
     // The followers' disks say how much they have free: a reserve of 5 % of 100 MiB, 5 MiB.
     const MIB = 1024 * 1024;
     const free = new Map([[x, 50 * MIB], [y, 50 * MIB]]);
-    for (const id of [x, y]) Object.assign(shard.members.get(id)!.disk, { space: () => ({ freeBytes: free.get(id)!, sizeBytes: 100 * MIB }) });
+    for (const id of [x, y]) saysFree(shard.members.get(id)!, () => free.get(id)!);
     const setFree = (id: string, bytes: number): void => {
       free.set(id, bytes);
       shard!.members.get(id)!.queue.forgetSpace();
