@@ -23,6 +23,7 @@ import { StorageError, assert } from '../storage-engine/errors';
 import { RecordKind, type LogRecordInput } from '../storage-engine/record';
 import { recordBytes } from '../storage-engine/log-segment';
 import { LOG_WRITE_BATCH_BYTES_MAX, LOG_WRITE_BATCH_RECORDS_MAX } from '../storage-engine/log';
+import type { StateSink } from '../storage-engine/hard-state-journal';
 
 /** A log on this device; SegmentLog satisfies it. */
 export interface AppendTarget {
@@ -161,6 +162,9 @@ export interface DeviceQueueStats {
   diskReads: number;
   readBytes: number;
   tasks: number;
+  /** Terms and votes saved through `saveState`, and the batches they were written in (one fdatasync each). */
+  stateSaves: number;
+  stateBatches: number;
   rejectedOverloaded: number;
   /** How long the batch in progress has run (its writes and fdatasync), in ms; 0 when idle. */
   batchRunningMs: number;
@@ -203,7 +207,20 @@ interface TaskOp {
   reject(e: Error): void;
 }
 
-type Op = AppendOp | ReadOp | TaskOp;
+interface StateOp {
+  /** The tracer's capture() at submission (only with a tracer). */
+  tag?: unknown;
+  type: 'state';
+  sink: StateSink;
+  key: string;
+  value: unknown;
+  check: (() => void) | undefined;
+  bytes: number;
+  resolve(v: unknown): void;
+  reject(e: Error): void;
+}
+
+type Op = AppendOp | ReadOp | TaskOp | StateOp;
 
 const performanceClock: Clock = { nowMs: () => performance.now() };
 
@@ -262,6 +279,8 @@ export class DeviceQueue {
     diskReads: 0,
     readBytes: 0,
     tasks: 0,
+    stateSaves: 0,
+    stateBatches: 0,
     rejectedOverloaded: 0,
     rejectedNoSpace: 0,
   };
@@ -446,6 +465,19 @@ export class DeviceQueue {
     });
   }
 
+  /**
+   * Saves a replica's term and vote (`value`, under its `key`) in `sink`, in queue order as a
+   * task is, but in one batch with the saves queued right behind it to the same sink: one write
+   * and one fdatasync for all of them (a device's hard-state journal). `check` runs just before
+   * the batch is written; when it throws, that save is refused with its error and not written.
+   * Resolves once the save is durable; a failed fdatasync fails the device, as a task's does.
+   */
+  saveState(sink: StateSink, key: string, value: unknown, check?: () => void): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      this.submit({ type: 'state', sink, key, value, check, bytes: 0, resolve: resolve as (v: unknown) => void, reject });
+    });
+  }
+
   /** Processes queued batches synchronously until the queue is empty (for tests and shutdown). */
   flushNow(): void {
     assert(!this.running, 'flushNow while a batch waits for its flush');
@@ -546,8 +578,13 @@ export class DeviceQueue {
     while (this.queueHead < this.queue.length && batch.length < this.batchOpsMax) {
       const op = this.queue[this.queueHead]!;
       if (batch.length > 0 && bytes + op.bytes > this.batchBytesMax) break;
-      // A task runs alone, in order: it ends the batch before it, and a batch after it.
+      // A task runs alone, in order: it ends the batch before it, and a batch after it. Saves of
+      // state do too, but in one batch with the saves to the same sink right behind them.
       if (op.type === 'task' && batch.length > 0) break;
+      if (batch.length > 0 && (op.type === 'state' || batch[0]!.type === 'state')) {
+        const first = batch[0]!;
+        if (!(op.type === 'state' && first.type === 'state' && op.sink === first.sink)) break;
+      }
       this.queue[this.queueHead] = undefined as never;
       this.queueHead++;
       batch.push(op);
@@ -601,12 +638,16 @@ export class DeviceQueue {
 
   /** Runs a batch; a promise when its appends wait for an asynchronous flush. */
   private runOps(batch: readonly Op[]): Promise<void> | undefined {
+    if (batch[0]?.type === 'state') {
+      this.runStates(batch as StateOp[]);
+      return undefined;
+    }
     const appends: AppendOp[] = [];
     const reads: ReadOp[] = [];
     for (const op of batch) {
       if (op.type === 'append') appends.push(op);
       else if (op.type === 'read') reads.push(op);
-      else this.runTask(op);
+      else if (op.type === 'task') this.runTask(op);
     }
     const flushing = appends.length > 0 ? this.runAppends(appends) : undefined;
     // Reads do not wait for the flush: what they read is written already.
@@ -627,6 +668,32 @@ export class DeviceQueue {
       if (e instanceof StorageError && e.code === 'fsync_failed') this.fail(e);
       op.reject(e instanceof Error ? e : new Error(String(e)));
     }
+  }
+
+  /** Writes a batch of saves to their sink in one step (takeBatch gathers only saves to one sink). */
+  private runStates(ops: readonly StateOp[]): void {
+    const taken: StateOp[] = [];
+    for (const op of ops) {
+      try {
+        op.check?.();
+        taken.push(op);
+      } catch (e) {
+        op.reject(e instanceof Error ? e : new Error(String(e)));
+      }
+    }
+    if (taken.length === 0) return;
+    try {
+      taken[0]!.sink.saveMany(taken.map((op) => ({ key: op.key, value: op.value })));
+    } catch (e) {
+      // As a task's: a failed fsync fences the device; other errors fail these saves alone.
+      if (e instanceof StorageError && e.code === 'fsync_failed') this.fail(e);
+      const err = e instanceof Error ? e : new Error(String(e));
+      for (const op of taken) op.reject(err);
+      return;
+    }
+    this.counters.stateSaves += taken.length;
+    this.counters.stateBatches++;
+    for (const op of taken) op.resolve(undefined);
   }
 
   private runAppends(appends: AppendOp[]): Promise<void> | undefined {

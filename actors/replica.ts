@@ -33,6 +33,7 @@ import { requestArena } from '../storage-engine/arena';
 import { RecordKind, type LogRecord, type LogRecordInput } from '../storage-engine/record';
 import { RECORD_HEADER_BYTES } from '../storage-engine/log-segment';
 import { IMAGE_BYTES_MIN, imagePageCountOf, isImagePath } from '../storage-engine/image';
+import type { StateSink } from '../storage-engine/hard-state-journal';
 import { CorruptionError, StorageError, assert } from '../storage-engine/errors';
 import { ProtocolError } from '../messages/errors';
 import { PAGE_DIGEST_BYTES_MAX } from '../messages/control';
@@ -112,6 +113,13 @@ export interface HardState {
 export interface HardStateStore {
   load(): HardState | undefined;
   save(state: HardState): void;
+  /**
+   * Where the device queue may save them in one batch with other replicas' (DeviceQueue.saveState:
+   * one write and fdatasync for all; the device's hard-state journal), the key of this replica
+   * there, and the check that refuses a save once the store is closed; absent: each is saved on
+   * its own (`save`, as a task of the queue).
+   */
+  readonly stateSink?: { sink: StateSink; key: string; check: () => void } | undefined;
   /**
    * The replica-set configurations its log recorded (ConfigState), kept beside the term and vote
    * in their own file; absent from a store that keeps none (the set given at creation holds).
@@ -1535,14 +1543,19 @@ export class Replica {
   // Durable term and vote
   // ---------------------------------------------------------------------------------------------
 
-  /** Saves term and vote through the device queue (so it is ordered with the device's other IO). */
+  /**
+   * Saves term and vote through the device queue (so it is ordered with the device's other IO),
+   * in one batch with other replicas' saves queued with it when the store allows (`stateSink`).
+   */
   private async persistHardState(): Promise<void> {
     const state: HardState = {
       term: this.term, votedFor: this.votedFor,
       ...(this.repairTerm !== undefined ? { repairTerm: this.repairTerm } : {}),
       ...(this.termsUnknown !== undefined ? { lost: true } : {}),
     };
-    await this.queue.task(() => this.hard.save(state));
+    const batched = this.hard.stateSink;
+    if (batched !== undefined) await this.queue.saveState(batched.sink, batched.key, state, batched.check);
+    else await this.queue.task(() => this.hard.save(state));
   }
 
   /** See HardState.repairTerm; undefined when the log lost nothing. */

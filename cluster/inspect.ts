@@ -41,6 +41,7 @@ import { lockOf } from './data-dir-lock';
 import { LOCAL_CATALOG_DIR, NODE_META, deviceOfDirName, localCatalogStore, nodeMetaStore, type NodeMeta } from './data-dir-layout';
 import { parseShardKey, shardKey } from '../messages/volume-id';
 import { isDiscardedName } from '../storage-engine/disk';
+import { HARD_STATE_JOURNAL, HardStateJournal, type HardStateLookup } from '../storage-engine/hard-state-journal';
 
 /** Most records one `inspect --records` lists. */
 export const INSPECT_RECORDS_MAX = 100_000;
@@ -372,7 +373,7 @@ function inspectReplica(
   const name = f.name;
   let storage: ShardStorage | undefined;
   try {
-    readMeta(disk, name, rep);
+    readMeta(disk, name, rep, f.parent);
     let pageSize = f.assignment?.pageSize;
     if (pageSize === undefined) {
       let log: SegmentLog | undefined;
@@ -433,11 +434,51 @@ function inspectReplica(
   return rep;
 }
 
-/** Term and vote, and the replica set, from the replica's metadata files. */
-function readMeta(disk: OverlayDisk, name: string, rep: ReplicaReport): void {
+/** The journals of devices read (by path, size and time of change): a node's replicas share one. */
+const journalsRead = new Map<string, HardStateJournal>();
+const JOURNALS_READ_MAX = 16;
+
+/**
+ * The hard-state journal of the device whose `shards` directory is `parent` (real path), read
+ * only; undefined for a replica directory outside a device. Damage of the journal is reported
+ * by the lookup of a replica whose term and vote it took.
+ */
+function deviceJournal(parent: string): HardStateJournal | undefined {
+  if (path.basename(parent) !== 'shards') return undefined;
+  const device = path.dirname(parent);
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(path.join(device, HARD_STATE_JOURNAL));
+  } catch {
+    return undefined;
+  }
+  const key = `${device}:${st.size}:${st.mtimeMs}`;
+  let j = journalsRead.get(key);
+  if (j === undefined) {
+    const disk = new OverlayDisk(device);
+    j = HardStateJournal.open(disk, {
+      readOnly: true,
+      dirs: () => disk.list('shards').filter((n) => !isDiscardedName(n)).map((n) => `shards/${n}`),
+    });
+    if (journalsRead.size >= JOURNALS_READ_MAX) journalsRead.clear();
+    journalsRead.set(key, j);
+  }
+  return j;
+}
+
+/** Term and vote (the device's hard-state journal, else the replica's own file), and the replica set, from the replica's metadata files. */
+function readMeta(disk: OverlayDisk, name: string, rep: ReplicaReport, parent: string): void {
   const meta = new MetaStore(disk, name);
   try {
-    const hs = meta.read<HardStateRecord>('raft');
+    let found: HardStateLookup | undefined;
+    try {
+      found = deviceJournal(parent)?.lookup(`shards/${name}`);
+    } catch (e) {
+      // Named by its real path: the journal is the device's, not in the replica's directory.
+      if (e instanceof CorruptionError) throw new CorruptionError(e.message, e.reports.map((r) => ({ ...r, file: path.join(path.dirname(parent), r.file) })));
+      throw e;
+    }
+    const hs = found?.kind === 'saved' ? (found.value as HardStateRecord) : found?.kind === 'forgotten' ? undefined : meta.read<HardStateRecord>('raft');
     if (hs !== undefined) {
       rep.term = hs.term;
       rep.votedFor = hs.votedFor;

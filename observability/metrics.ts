@@ -87,6 +87,9 @@ export interface DeviceQueueSnapshot {
   syncMsHistogram: readonly number[];
   /** Page writes and appends of page writes refused for want of space. */
   rejectedNoSpace?: number;
+  /** Terms and votes saved in the device's hard-state journal, and the batches (one write and fdatasync each) they took. */
+  stateSaves?: number;
+  stateBatches?: number;
   /** The device's filesystem: free and total bytes, and the reserve the device keeps. */
   space?: { freeBytes: number; sizeBytes: number; reserveBytes: number };
 }
@@ -485,6 +488,10 @@ export class StrataMetrics {
       out.counter('strata_device_written_bytes', 'Log payload bytes appended and made durable on a device.', dev.queue.appendBytes, hostAttrs, 'By');
       out.counter('strata_device_read_bytes', 'Bytes read from a device.', dev.queue.readBytes, hostAttrs, 'By');
       out.counter('strata_device_no_space_refusals', 'Page writes a device refused no_space (its free space under its reserve), and appends of page writes from leaders it refused under half of it.', dev.queue.rejectedNoSpace ?? 0, hostAttrs);
+      if (dev.queue.stateSaves !== undefined) {
+        out.counter('strata_device_hard_state_saves', 'Terms and votes of a device\'s replicas saved in its hard-state journal.', dev.queue.stateSaves, hostAttrs);
+        out.counter('strata_device_hard_state_batches', 'Writes of a device\'s hard-state journal, each made durable by one fdatasync: saves of many replicas (an election of many shards at once) share one.', dev.queue.stateBatches ?? 0, hostAttrs);
+      }
       const space = dev.queue.space;
       if (space !== undefined) {
         out.gauge('strata_device_free_bytes', 'Free space of the filesystem holding a device: what its node may still write.', space.freeBytes, hostAttrs, 'By');

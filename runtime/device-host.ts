@@ -16,6 +16,7 @@ import { RealDisk } from '../storage-engine/real-disk';
 import { Slab } from '../storage-engine/slab';
 import { SlabWarmer, type SlabWarmerStats } from './slab-warmer';
 import { ShardStorage } from '../storage-engine/shard-storage';
+import { HardStateJournal, type HardStateJournalStats } from '../storage-engine/hard-state-journal';
 import { CorruptionError, StorageError, type CorruptionReport } from '../storage-engine/errors';
 import { pageWriteBytes, PAGE_WRITE_PAGES_MAX } from '../storage-engine/page-write';
 import { DeviceQueue, type DeviceQueueOptions, type DeviceQueueStats, type QueueTracer } from '../actors/device-queue';
@@ -248,6 +249,8 @@ export interface DeviceHostStats {
   discardFailures: number;
   /** New replicas of branches that copied their parent's pages here (`seedShard`), and that could not (sent the shard by a peer instead). */
   branchCopies: { copied: number; notCopied: number };
+  /** The hard-state journal: its size, the directories it holds, its batches and saves, its rewrites. */
+  hardStates: HardStateJournalStats;
   shards: ReplicaState[];
 }
 
@@ -260,9 +263,9 @@ export const SCRUB_BYTES_PER_SECOND_DEFAULT = 4 * 1024 * 1024;
 const SCRUB_IDLE_STEP_BYTES = 64 * 1024;
 
 /** The counters of a DeviceQueue (its stats less its gauges and state). */
-type QueueCounters = Pick<DeviceQueueStats, 'batches' | 'appendOps' | 'appendRecords' | 'appendBytes' | 'syncs' | 'syncMsSum' | 'syncMsMax' | 'batchOpsHistogram' | 'syncMsHistogram' | 'readOps' | 'diskReads' | 'readBytes' | 'tasks' | 'rejectedOverloaded' | 'rejectedNoSpace'>;
+type QueueCounters = Pick<DeviceQueueStats, 'batches' | 'appendOps' | 'appendRecords' | 'appendBytes' | 'syncs' | 'syncMsSum' | 'syncMsMax' | 'batchOpsHistogram' | 'syncMsHistogram' | 'readOps' | 'diskReads' | 'readBytes' | 'tasks' | 'stateSaves' | 'stateBatches' | 'rejectedOverloaded' | 'rejectedNoSpace'>;
 
-const QUEUE_SUMS = ['batches', 'appendOps', 'appendRecords', 'appendBytes', 'syncs', 'syncMsSum', 'readOps', 'diskReads', 'readBytes', 'tasks', 'rejectedOverloaded', 'rejectedNoSpace'] as const;
+const QUEUE_SUMS = ['batches', 'appendOps', 'appendRecords', 'appendBytes', 'syncs', 'syncMsSum', 'readOps', 'diskReads', 'readBytes', 'tasks', 'stateSaves', 'stateBatches', 'rejectedOverloaded', 'rejectedNoSpace'] as const;
 
 /** `current` with the counters of the queues before it added (`retired`: their sum so far). */
 function addQueueCounters<T extends QueueCounters>(retired: QueueCounters | undefined, current: T): T {
@@ -307,6 +310,8 @@ export class DeviceHost {
   private readonly disk: Disk;
   private readonly opts: DeviceHostOptions;
   private queue: DeviceQueue;
+  /** The terms and votes of the device's replicas (one write and fdatasync for a batch of saves). */
+  private readonly journal: HardStateJournal;
   private readonly shards = new Map<string, ShardEntry>();
   private readonly slab: Slab;
   private restartsTotal = 0;
@@ -354,6 +359,9 @@ export class DeviceHost {
     // Destroyed shards whose removal in the background a crash cut short.
     // (A failed removal is counted by the disk wrapper, in stats().discardFailures.)
     removeDiscarded(this.disk, 'shards', this.disk.list('shards'));
+    this.journal = HardStateJournal.open(this.disk, {
+      dirs: () => this.disk.list('shards').filter((name) => !isDiscardedName(name)).map((name) => joinPath('shards', name)),
+    });
   }
 
   /**
@@ -410,7 +418,7 @@ export class DeviceHost {
     const key = shardKey(spec.volumeId, spec.shard);
     if (spec.existing === true || spec.priorMembers !== undefined || this.shards.has(key)) return { seeded: false, reason: 'not a new replica of the branch' };
     const dir = joinPath('shards', key);
-    if (ShardStorage.heldState(this.disk, dir).length > 0) return { seeded: false, reason: 'its directory holds a replica already' };
+    if (ShardStorage.heldState(this.disk, dir, this.journal).length > 0) return { seeded: false, reason: 'its directory holds a replica already' };
     if (this.seeding.has(key)) return { seeded: false, reason: 'a copy of it is under way already' };
     this.seeding.add(key);
     try {
@@ -442,7 +450,7 @@ export class DeviceHost {
           // In the branch's size, which its storage opens with (the parent's replica may have
           // grown past it: a resize whose nodes took the size and whose catalog did not yet).
           await parent.exportImage(seed.lsn, dir, Math.min(spec.pageCount, parent.geometry.pageCount));
-          ShardStorage.seedFromImage(this.disk, dir, seed.lsn, 0);
+          ShardStorage.seedFromImage(this.disk, dir, seed.lsn, 0, this.journal);
           return { seeded: true, lsn: seed.lsn };
         }
       } catch (e) {
@@ -643,6 +651,7 @@ export class DeviceHost {
       scrub: { ...this.scrubCounters },
       fsyncFaultsInjected: this.faulty.injected,
       discardFailures: this.faulty.backgroundRemoveFailures,
+      hardStates: this.journal.stats(),
       branchCopies: { ...this.branchCopies },
       shards: [...this.shards.values()].map((e) => this.stateOf(e)),
     };
@@ -693,6 +702,7 @@ export class DeviceHost {
     await this.queue.drain();
     for (const e of this.shards.values()) this.stop(e);
     this.shards.clear();
+    this.journal.close();
     this.warmer?.close();
     await this.cpu?.close();
   }
@@ -739,6 +749,7 @@ export class DeviceHost {
       ...(entry.afterDeviceFailure ? { afterDeviceFailure: true } : {}),
       expectExisting: entry.existed,
       writeIdsKept: WRITE_IDS_READ_AT_OPEN,
+      journal: this.journal,
     });
   }
 

@@ -3,7 +3,8 @@
  *
  *   <dir>/log/seg-….log     the replica's log (SegmentLog)
  *   <dir>/image-….img        checkpoint images, <dir>/checkpoint their pointer (PageStore)
- *   <dir>/raft               term and vote (atomic metadata), saved before any reply depends on them
+ *   <dir>/raft               term and vote (atomic metadata), saved before any reply depends on them,
+ *                            on a device without a hard-state journal (with one, the journal holds them)
  *   <dir>/incoming.img.tmp   an image being received from the leader
  *   <dir>/install            redo marker of an image installation in progress
  *
@@ -25,6 +26,7 @@ import { joinPath } from './disk';
 import { SegmentLog } from './log';
 import { PageStore, type PageStoreOptions } from './page-store';
 import { MetaStore } from './metadata';
+import type { HardStateJournal, HardStateLookup, StateSink } from './hard-state-journal';
 import { ImageReader, imageFileName, parseImageFileName } from './image';
 import { parseSegmentName } from './log-segment';
 import { LogWriteIds, type LogWriteIdList } from './log-write-ids';
@@ -92,6 +94,12 @@ export interface ShardStorageOptions {
   writeIdsKept?: number;
   /** The wall clock (ms since the epoch) of the checkpoint pointer's time; default Date.now. */
   wallClock?: () => number;
+  /**
+   * The device's hard-state journal: the replica's term and vote are saved there (many replicas'
+   * saves in one write and fdatasync) rather than in its `raft` file, which is still read when
+   * the journal holds nothing of the directory (a directory of before the journal).
+   */
+  journal?: HardStateJournal;
 }
 
 export interface HardStateRecord {
@@ -111,17 +119,73 @@ interface InstallMarker {
 /** The hard state of a replica whose term and vote were lost (HardStateRecord.lost). */
 const LOST_MARK: HardStateRecord = { term: 0, votedFor: null, repairTerm: 0, lost: true };
 
+function isHardStateRecord(v: unknown): v is HardStateRecord {
+  if (v === null || typeof v !== 'object') return false;
+  const o = v as Record<string, unknown>;
+  const term = o['term'];
+  const votedFor = o['votedFor'];
+  const repairTerm = o['repairTerm'];
+  return Number.isSafeInteger(term) && (term as number) >= 0 && (votedFor === null || typeof votedFor === 'string') &&
+    (repairTerm === undefined || (Number.isSafeInteger(repairTerm) && (repairTerm as number) >= 0)) && (o['lost'] === undefined || o['lost'] === true);
+}
+
+/**
+ * Where a replica's term and vote are kept: the device's hard-state journal when it has one
+ * (its `raft` file read only while the journal holds nothing of the directory), else the `raft`
+ * file. Reading throws CorruptionError when they no longer read.
+ */
+class HardStatePlace {
+  constructor(
+    private readonly meta: MetaStore,
+    private readonly dir: string,
+    readonly journal: HardStateJournal | undefined,
+  ) {}
+
+  read(): HardStateRecord | undefined {
+    if (this.journal !== undefined) {
+      const found = this.journal.lookup(this.dir);
+      if (found.kind === 'forgotten') return undefined;
+      if (found.kind === 'saved') {
+        if (!isHardStateRecord(found.value)) {
+          throw new CorruptionError(`the hard-state journal ${this.journal.path} holds no term and vote for ${this.dir}`, [
+            { file: this.journal.path, offset: 0, fromLsn: 0, toLsn: 0, reason: `the entry of ${this.dir} is not a term and vote` },
+          ]);
+        }
+        return found.value;
+      }
+    }
+    return this.meta.read<HardStateRecord>(RAFT);
+  }
+
+  write(state: HardStateRecord): void {
+    if (this.journal !== undefined) this.journal.saveMany([{ key: this.dir, value: state }]);
+    else this.meta.write(RAFT, state);
+  }
+
+  /** Whether a term and vote were ever saved for the directory (read or not). */
+  held(disk: Disk): boolean {
+    let found: HardStateLookup['kind'];
+    try {
+      found = this.journal?.lookup(this.dir).kind ?? 'none';
+    } catch (e) {
+      if (e instanceof CorruptionError) return true; // Saved once, lost to damage since.
+      throw e;
+    }
+    return found === 'saved' || (found === 'none' && disk.exists(joinPath(this.dir, RAFT)));
+  }
+}
+
 /**
  * A term and vote that no longer read (a damaged file): replaced by the lost mark, so that the
  * replica learns its peers' terms before it votes again; returns the damage (none: they read).
  */
-function checkHardState(meta: MetaStore): CorruptionReport[] {
+function checkHardState(place: HardStatePlace): CorruptionReport[] {
   try {
-    meta.read<HardStateRecord>(RAFT);
+    place.read();
     return [];
   } catch (e) {
     if (!(e instanceof CorruptionError)) throw e;
-    meta.write(RAFT, LOST_MARK);
+    place.write(LOST_MARK);
     return [...e.reports];
   }
 }
@@ -165,14 +229,14 @@ const RAFT = 'raft';
 const CONFIG = 'config';
 
 /** Marks the hard state: this replica's log is losing records it may have acknowledged (HardStateRecord.repairTerm). */
-function markRepair(meta: MetaStore, log: SegmentLog): void {
-  const hs = meta.read<HardStateRecord>(RAFT);
+function markRepair(place: HardStatePlace, log: SegmentLog): void {
+  const hs = place.read();
   // The hard state's term is at least the term of every record (a replica takes a record's
   // term, durably, before it accepts the record).
   const repairTerm = Math.max(hs?.term ?? 0, log.lastTerm, hs?.repairTerm ?? 0);
   // A replica marked lost (its storage was wiped) stays so: it has yet to learn its peers' terms.
   const marked: HardStateRecord = { term: hs?.term ?? 0, votedFor: hs?.votedFor ?? null, repairTerm, ...(hs?.lost === true ? { lost: true } : {}) };
-  meta.write(RAFT, marked);
+  place.write(marked);
 }
 
 /**
@@ -204,9 +268,9 @@ function startOver(disk: Disk, dir: string, log: SegmentLog): void {
  * Repairs a damaged log (see `repairFromPeers`); returns what was damaged. The hard state is
  * marked first, so that a crash during the repair leaves a replica that still does not vote.
  */
-function repairLog(disk: Disk, dir: string, meta: MetaStore, log: SegmentLog): CorruptionReport[] {
+function repairLog(disk: Disk, dir: string, place: HardStatePlace, log: SegmentLog): CorruptionReport[] {
   const damage = [...log.corruption];
-  markRepair(meta, log);
+  markRepair(place, log);
   const imageLsn = PageStore.imageLsn(disk, dir) || PageStore.newestImageOnDisk(disk, dir);
   if (imageLsn <= log.lastLsn) {
     try {
@@ -244,6 +308,7 @@ export class ShardStorage {
   private readonly disk: Disk;
   private readonly opts: ShardStorageOptions;
   private readonly meta: MetaStore;
+  private readonly place: HardStatePlace;
   private incoming: { fh: number; lsn: number; term: number; bytes: number; written: number } | undefined;
   private closed = false;
   /** The damage the open repaired (`repairFromPeers`, `damaged`), for the host to report; empty when none. */
@@ -262,6 +327,7 @@ export class ShardStorage {
     this.disk = disk;
     this.opts = { ...opts }; // Its pageCount grows (`grow`).
     this.meta = new MetaStore(disk, opts.dir);
+    this.place = new HardStatePlace(this.meta, opts.dir, opts.journal);
     this.log = log;
     this.store = store;
     this.repaired = repaired;
@@ -315,8 +381,12 @@ export class ShardStorage {
   }
 
   static open(disk: Disk, opts: ShardStorageOptions): ShardStorage {
+    // What the journal holds of a directory that is not there is of a replica gone (its files
+    // lost since): this one starts from what it finds, as with a `raft` file gone.
+    if (opts.journal !== undefined && !disk.exists(opts.dir)) opts.journal.forget(opts.dir);
     disk.mkdirp(joinPath(opts.dir, 'log'));
     const meta = new MetaStore(disk, opts.dir);
+    const place = new HardStatePlace(meta, opts.dir, opts.journal);
     const ids = new LogWriteIds(opts.writeIdsKept ?? 0);
     const log = SegmentLog.open(disk, {
       dir: joinPath(opts.dir, 'log'),
@@ -325,19 +395,19 @@ export class ShardStorage {
     });
     try {
       // Before anything else is written.
-      const hardStateDamage = opts.repairFromPeers ? checkHardState(meta) : [];
+      const hardStateDamage = opts.repairFromPeers ? checkHardState(place) : [];
       // Marked before anything else is written (repairLog's markRepair would otherwise save a
       // hard state without `lost`): a crash after this open's first write must not leave a
       // replica that looks new or merely repairing.
-      const storageLost = opts.expectExisting === true && hardStateDamage.length === 0 && meta.read<HardStateRecord>(RAFT) === undefined;
-      if (storageLost) meta.write(RAFT, LOST_MARK);
+      const storageLost = opts.expectExisting === true && hardStateDamage.length === 0 && place.read() === undefined;
+      if (storageLost) place.write(LOST_MARK);
       const marker = meta.read<InstallMarker>(INSTALL);
       if (marker !== undefined) finishInstall(disk, opts.dir, log, marker, opts.wallClock);
       if (disk.exists(joinPath(opts.dir, INCOMING))) {
         disk.remove(joinPath(opts.dir, INCOMING));
         disk.fsyncDir(opts.dir);
       }
-      const repaired = opts.repairFromPeers && log.corruption.length > 0 ? repairLog(disk, opts.dir, meta, log) : [];
+      const repaired = opts.repairFromPeers && log.corruption.length > 0 ? repairLog(disk, opts.dir, place, log) : [];
       if (opts.afterDeviceFailure === true && opts.durableLsn !== undefined && log.corruption.length === 0 && log.lastLsn > opts.durableLsn) {
         log.truncateSuffix(Math.max(opts.durableLsn, log.firstLsn - 1) + 1);
       }
@@ -353,7 +423,7 @@ export class ShardStorage {
           file: joinPath(opts.dir, 'log'), offset: 0, fromLsn: log.lastLsn + 1, toLsn: opts.durableLsn,
           reason: `the log ends at ${log.lastLsn}, below the LSN ${opts.durableLsn} it held durably before the reopen`,
         });
-        if (opts.repairFromPeers) markRepair(meta, log);
+        if (opts.repairFromPeers) markRepair(place, log);
         lost = true;
       }
       let store: PageStore;
@@ -372,7 +442,7 @@ export class ShardStorage {
         // No valid image to start from (and the log does not reach back to the empty volume):
         // start over from nothing, and let the peers send everything again.
         if (!(e instanceof CorruptionError) || !opts.repairFromPeers) throw e;
-        markRepair(meta, log);
+        markRepair(place, log);
         startOver(disk, opts.dir, log);
         store = PageStore.open(disk, log, storeOptions(opts), 0);
         return new ShardStorage(disk, opts, log, store, [...found, ...e.reports], true).withIdsAtOpen(ids);
@@ -385,12 +455,13 @@ export class ShardStorage {
   }
 
   /**
-   * What of a replica's state `dir` holds, by name (its term and vote `raft`, an `install`
-   * marker, a `checkpoint pointer`); empty for a directory no replica has used yet (its log
-   * aside: see `seedFromImage`).
+   * What of a replica's state `dir` holds, by name (its term and vote `raft`, in its file or in
+   * the device's `journal`, an `install` marker, a `checkpoint pointer`); empty for a directory
+   * no replica has used yet (its log aside: see `seedFromImage`).
    */
-  static heldState(disk: Disk, dir: string): string[] {
-    const held = [RAFT, INSTALL].filter((name) => disk.exists(joinPath(dir, name)));
+  static heldState(disk: Disk, dir: string, journal?: HardStateJournal): string[] {
+    const held = new HardStatePlace(new MetaStore(disk, dir), dir, journal).held(disk) ? [RAFT] : [];
+    if (disk.exists(joinPath(dir, INSTALL))) held.push(INSTALL);
     if (PageStore.hasPointer(disk, dir)) held.push('checkpoint pointer');
     return held;
   }
@@ -427,12 +498,12 @@ export class ShardStorage {
    *   log reset (its own commit point is the `.reset` segment), the pointer (atomic) and the
    *   marker's removal are each idempotent, redone in that order.
    */
-  static seedFromImage(disk: Disk, dir: string, lsn: number, term: number): void {
+  static seedFromImage(disk: Disk, dir: string, lsn: number, term: number, journal?: HardStateJournal): void {
     if (!Number.isSafeInteger(lsn) || lsn < 0 || !Number.isSafeInteger(term) || term < 0) {
       throw new StorageError('bad_request', `seed of ${dir}: lsn ${String(lsn)} and term ${String(term)} are not non-negative integers`);
     }
     if (lsn === 0 && term !== 0) throw new StorageError('bad_request', `seed of ${dir}: term ${term} at LSN 0, whose term is 0`);
-    const held = ShardStorage.heldState(disk, dir);
+    const held = ShardStorage.heldState(disk, dir, journal);
     if (held.length > 0) {
       throw new StorageError('invariant', `cannot seed ${dir} from an image: it holds a replica's state (${held.join(', ')})`, { dir, held });
     }
@@ -463,7 +534,7 @@ export class ShardStorage {
 
   load(): HardStateRecord | undefined {
     this.checkOpen();
-    return this.meta.read<HardStateRecord>(RAFT);
+    return this.place.read();
   }
 
   /**
@@ -473,7 +544,18 @@ export class ShardStorage {
    */
   save(state: HardStateRecord): void {
     this.checkOpen();
-    this.meta.write(RAFT, state);
+    this.place.write(state);
+  }
+
+  /**
+   * With a hard-state journal: where a device queue may save this replica's term and vote in a
+   * batch with other replicas' (DeviceQueue.saveState), the journal and this replica's key, and
+   * the check that refuses a save once closed (as `save`); undefined without one.
+   */
+  get stateSink(): { sink: StateSink; key: string; check: () => void } | undefined {
+    const journal = this.place.journal;
+    if (journal === undefined) return undefined;
+    return { sink: journal, key: this.opts.dir, check: () => this.checkOpen() };
   }
 
   // --- replica-set configurations --------------------------------------------------------------

@@ -4,6 +4,7 @@ import type { Disk, FileHandle } from '../../storage-engine/disk';
 import { StorageError } from '../../storage-engine/errors';
 import type { LogRecordInput } from '../../storage-engine/record';
 import { LOG_WRITE_BATCH_RECORDS_MAX } from '../../storage-engine/log';
+import type { HardStateSave, StateSink } from '../../storage-engine/hard-state-journal';
 
 /** A log that counts its writes and syncs and can be told to fail. */
 class FakeLog implements AppendTarget {
@@ -476,6 +477,78 @@ describe('DeviceQueue', () => {
     assert.equal(q.failed, true);
     assert.equal(log.syncs, 0, 'no later flush runs on the failed device');
     assert.throws(() => q.checkAppend([rec(2)]), (e: StorageError) => e.code === 'device_failed');
+  });
+
+  describe('saves of terms and votes (saveState)', () => {
+    /** A sink that records each batch it is given, and can be told to fail. */
+    class FakeSink implements StateSink {
+      batches: HardStateSave[][] = [];
+      fail: StorageError | undefined;
+      saveMany(saves: readonly HardStateSave[]): void {
+        if (this.fail) throw this.fail;
+        this.batches.push([...saves]);
+      }
+    }
+
+    it('saves queued together to one sink are written in one batch; a task, an append or another sink ends it, in queue order', async () => {
+      const sched = manualScheduler();
+      const log = new FakeLog();
+      const q = new DeviceQueue({ disk: readOnlyDisk(new Map()), schedule: sched.schedule });
+      const sink = new FakeSink();
+      const other = new FakeSink();
+      const seen: string[] = [];
+      const saves = Array.from({ length: 5 }, (_, i) => q.saveState(sink, `s${i}`, { term: i }).then(() => seen.push(`s${i}`)));
+      const t = q.task(() => seen.push(`task after ${sink.batches.length} batch`));
+      const s5 = q.saveState(sink, 's5', { term: 5 });
+      const o = q.saveState(other, 'o', { term: 1 });
+      const s6 = q.saveState(sink, 's6', { term: 6 });
+      const a = q.append(log, [rec(1)]);
+      const s7 = q.saveState(sink, 's7', { term: 7 });
+      sched.runAll();
+      await Promise.all([...saves, t, s5, o, s6, a, s7]);
+      assert.deepEqual(sink.batches.map((b) => b.map((x) => x.key)), [['s0', 's1', 's2', 's3', 's4'], ['s5'], ['s6'], ['s7']]);
+      assert.deepEqual(sink.batches[0]![2], { key: 's2', value: { term: 2 } });
+      assert.deepEqual(other.batches.map((b) => b.map((x) => x.key)), [['o']]);
+      assert.ok(seen.includes('task after 1 batch'), seen.join(', '));
+      const st = q.stats();
+      assert.equal(st.stateSaves, 9);
+      assert.equal(st.stateBatches, 5);
+    });
+
+    it('a save whose check refuses it (its store closed) is refused alone and not written', async () => {
+      const sched = manualScheduler();
+      const q = new DeviceQueue({ disk: readOnlyDisk(new Map()), schedule: sched.schedule });
+      const sink = new FakeSink();
+      const a = q.saveState(sink, 'a', { term: 1 });
+      const closed = q.saveState(sink, 'b', { term: 1 }, () => {
+        throw new StorageError('closed', 'shard b is closed');
+      });
+      const c = q.saveState(sink, 'c', { term: 1 }, () => undefined);
+      sched.runAll();
+      await Promise.all([a, c]);
+      await assert.rejects(closed, (e: StorageError) => e.code === 'closed');
+      assert.deepEqual(sink.batches.map((b) => b.map((x) => x.key)), [['a', 'c']]);
+      assert.equal(q.failed, false);
+    });
+
+    it('a failed fdatasync of a batch fails every save in it and fences the device; another error fails the batch alone', async () => {
+      const sched = manualScheduler();
+      const q = new DeviceQueue({ disk: readOnlyDisk(new Map()), schedule: sched.schedule });
+      const sink = new FakeSink();
+      sink.fail = new StorageError('io_error', 'ENOSPC', { errno: 'ENOSPC' });
+      const full = [q.saveState(sink, 'a', { term: 1 }), q.saveState(sink, 'b', { term: 1 })];
+      sched.runAll();
+      for (const p of full) await assert.rejects(p, (e: StorageError) => e.code === 'io_error');
+      assert.equal(q.failed, false);
+      sink.fail = new StorageError('fsync_failed', 'EIO', { errno: 'EIO' });
+      const failed = [q.saveState(sink, 'a', { term: 2 }), q.saveState(sink, 'b', { term: 2 })];
+      const after = q.task(() => 1);
+      sched.runAll();
+      for (const p of failed) await assert.rejects(p, (e: StorageError) => e.code === 'fsync_failed');
+      await assert.rejects(after, (e: StorageError) => e.code === 'device_failed');
+      assert.equal(q.failed, true);
+      assert.equal(q.stats().stateSaves, 0);
+    });
   });
 
   it('drain waits for queued work and then refuses new work', async () => {

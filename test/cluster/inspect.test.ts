@@ -10,7 +10,7 @@ import { SegmentLog } from '../../storage-engine/log';
 import { IMAGE_PAGE_COUNT_MAX, imageFileName } from '../../storage-engine/image';
 import { encodePageWrite } from '../../storage-engine/page-write';
 import { RealDisk } from '../../storage-engine/real-disk';
-import { META_PAYLOAD_BYTES_MAX_DEFAULT } from '../../storage-engine/metadata';
+import { META_PAYLOAD_BYTES_MAX_DEFAULT, encodeMeta } from '../../storage-engine/metadata';
 import { NODE_META, nodeMetaStore } from '../../cluster/data-dir-layout';
 import { RecordKind } from '../../storage-engine/record';
 import { runCli } from '../support/cli';
@@ -294,23 +294,25 @@ describe('strata inspect (a data directory read offline)', function () {
     assert.deepEqual(report.page!.data, page(writes[writes.length - 1]!.fill), 'the page as of the record before');
   });
 
-  it('a damaged term-and-vote file (raft) or replica set file (config) is damage, named; the replica is still read', async () => {
-    for (const name of ['raft', 'config']) {
+  it('a damaged term-and-vote record (the device\'s hard-state journal) or replica set file (config) is damage, named; the replica is still read', async () => {
+    for (const name of ['hard-states', 'config']) {
       const copy = copyDir(dataDir);
       copies.push(copy);
       const replica = path.join(copy, 'dev0', 'shards', `${volumeId}.0`);
-      // The replica of a set that never changed has no config file: a damaged copy of raft stands for one.
-      const b = fs.readFileSync(path.join(replica, 'raft'));
+      const file = name === 'config' ? path.join(replica, 'config') : path.join(copy, 'dev0', 'hard-states');
+      // The replica of a set that never changed has no config file: a damaged one stands for it.
+      const b = name === 'config' ? Buffer.from(encodeMeta({ base: { members: ['n1'] }, changes: [] })) : fs.readFileSync(file);
+      // The journal's last record, whole: written, answered, rotted since.
       b[b.length - 2] = b[b.length - 2]! ^ 0x01;
-      fs.writeFileSync(path.join(replica, name), b);
+      fs.writeFileSync(file, b);
       const rep = inspect(copy, { shard: 'db/0' }).replicas[0]!;
       assert.equal(rep.state, 'damaged', name);
       assert.deepEqual(rep.damage.map((d) => path.basename(d.file)), [name], JSON.stringify(rep.damage));
-      assert.match(rep.damage[0]!.reason, /CRC-32C/);
+      assert.match(rep.damage[0]!.reason, name === 'config' ? /CRC-32C/ : new RegExp(`the term and vote of shards/${volumeId}\\.0 were in a damaged record`));
       assert.equal(rep.log!.lastLsn, writes[writes.length - 1]!.lsn, `${name}: the log still reads`);
       const r = await runCli(['inspect', copy]);
       assert.equal(r.code, 1, r.stderr);
-      assert.match(r.stdout, new RegExp(`${volumeId}/0: damage: .*${volumeId}\\.0/${name}.*: payload CRC-32C`));
+      assert.match(r.stdout, new RegExp(`${volumeId}/0: damage: .*${name === 'config' ? `${volumeId}\\.0/config.*: payload CRC-32C` : 'dev0/hard-states.*damaged record'}`));
     }
   });
 

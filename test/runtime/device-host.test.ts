@@ -201,6 +201,43 @@ describe('DeviceHost supervision', () => {
     await host.close();
   });
 
+  it('keeps its replicas\' terms and votes in the device\'s hard-state journal: votes given at once share one fdatasync, survive a power cut, and a destroyed shard\'s are forgotten', async () => {
+    const disk = new SimDisk();
+    let now = 1000;
+    const three = (shard: number): ShardSpec => ({ ...spec(shard), shards: 40, members: ['n1', 'n2', 'n3'] });
+    const host = new DeviceHost({ dir: 'dev0', self: 'n1', disk, scrubBytesPerSecond: 0, nowMs: () => now });
+    for (let s = 0; s < 40; s++) host.openShard(three(s));
+    now += 1000;
+    const syncs = disk.counters.fdatasyncs;
+    const answers = await Promise.all(Array.from({ length: 40 }, (_, s) => host.currentReplica('v1', s)!.handle({ type: 'vote', term: 4, candidate: 'n3', lastLsn: 0, lastTerm: 0 })));
+    assert.ok(answers.every((a) => JSON.stringify(a) === JSON.stringify({ term: 4, granted: true })), JSON.stringify(answers));
+    const st = host.stats().hardStates;
+    assert.equal(st.saves, 40);
+    assert.equal(st.batches, 1, 'the 40 saves queued together were written together');
+    assert.equal(disk.counters.fdatasyncs - syncs, 1);
+    assert.equal(host.stats().queue.stateSaves, 40);
+    assert.ok(disk.list('shards/v1.7').every((n) => n !== 'raft'), 'nothing written in the replica\'s directory');
+    await host.close();
+    disk.powerCut();
+
+    now += 1000;
+    const again = new DeviceHost({ dir: 'dev0', self: 'n1', disk, scrubBytesPerSecond: 0, nowMs: () => now });
+    try {
+      for (let s = 0; s < 40; s++) again.openShard({ ...three(s), existing: true });
+      now += 1000;
+      assert.equal(again.stats().shards.filter((r) => r.repairing).length, 0, 'none lost its term and vote');
+      assert.deepEqual(await again.currentReplica('v1', 7)!.handle({ type: 'vote', term: 4, candidate: 'n2', lastLsn: 0, lastTerm: 0 }), { term: 4, granted: false }, 'it voted for n3 in term 4');
+      // Destroyed, then made again here: a new replica, without the old one's term and vote.
+      again.closeShard('v1', 7, { destroy: true });
+      again.openShard(three(7));
+      now += 1000;
+      assert.equal(again.stats().shards.find((r) => r.shard === 7)?.term, 0);
+      assert.deepEqual(await again.currentReplica('v1', 7)!.handle({ type: 'vote', term: 4, candidate: 'n2', lastLsn: 0, lastTerm: 0 }), { term: 4, granted: true });
+    } finally {
+      await again.close();
+    }
+  });
+
   it('a replica the node held (existing) that opens with no trace of its storage is reported lost, and one of several does not vote', async () => {
     const disk = new SimDisk();
     const lost: Array<{ shard: number; members: number }> = [];

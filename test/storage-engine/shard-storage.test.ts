@@ -12,6 +12,7 @@ import { encodePageWrite } from '../../storage-engine/page-write';
 import { parseSegmentName } from '../../storage-engine/log-segment';
 import { RealDisk } from '../../storage-engine/real-disk';
 import { ShardStorage, type ShardStorageOptions } from '../../storage-engine/shard-storage';
+import { HARD_STATE_JOURNAL, HardStateJournal } from '../../storage-engine/hard-state-journal';
 import { SimDisk, SimulatedCrash } from '../../storage-engine/sim-disk';
 import { Slab } from '../../storage-engine/slab';
 import { waitFor } from '../support/wait';
@@ -343,6 +344,85 @@ describe('ShardStorage', () => {
       assert.deepEqual(again.load(), lostMark);
       assert.equal(again.log.lastLsn, last, 'the records stay');
       again.close();
+    });
+  });
+
+  describe('with the device\'s hard-state journal', () => {
+    const lostMark = { term: 0, votedFor: null, repairTerm: 0, lost: true };
+    const withJournal = (disk: SimDisk, dir = 'shards/S'): ShardStorageOptions => ({
+      ...options(dir),
+      journal: HardStateJournal.open(disk, { dirs: () => disk.list('shards').map((name) => `shards/${name}`) }),
+    });
+
+    it('saves the term and vote in the journal, not in a file of the directory, and reads them back after a power cut', () => {
+      const disk = new SimDisk();
+      const opts = withJournal(disk);
+      const st = ShardStorage.open(disk, opts);
+      st.save({ term: 4, votedFor: 'n2' });
+      assert.equal(disk.exists('shards/S/raft'), false);
+      assert.deepEqual(st.stateSink?.key, 'shards/S');
+      assert.equal(st.stateSink?.sink, opts.journal);
+      st.close();
+      assert.throws(() => st.stateSink?.check(), (e: unknown) => e instanceof StorageError && e.code === 'closed');
+      disk.powerCut();
+      const again = ShardStorage.open(disk, { ...withJournal(disk), repairFromPeers: true, expectExisting: true });
+      assert.equal(again.storageLost, false);
+      assert.deepEqual(again.load(), { term: 4, votedFor: 'n2' });
+      assert.deepEqual(ShardStorage.heldState(disk, 'shards/S', opts.journal), ['raft']);
+      assert.deepEqual(ShardStorage.heldState(disk, 'shards/S'), [], 'without the journal nothing says so');
+      again.close();
+      assert.equal(ShardStorage.open(disk, options('shards/T')).stateSink, undefined, 'no journal: each save on its own');
+    });
+
+    it('a directory of before the journal: its raft file is read until the first save, which goes to the journal', () => {
+      const disk = new SimDisk();
+      const old = ShardStorage.open(disk, options('shards/S'));
+      old.save({ term: 7, votedFor: 'n3' });
+      old.close();
+      const st = ShardStorage.open(disk, { ...withJournal(disk), repairFromPeers: true, expectExisting: true });
+      assert.equal(st.storageLost, false);
+      assert.deepEqual(st.load(), { term: 7, votedFor: 'n3' });
+      st.save({ term: 8, votedFor: null });
+      st.close();
+      const again = ShardStorage.open(disk, withJournal(disk));
+      assert.deepEqual(again.load(), { term: 8, votedFor: null });
+      again.close();
+    });
+
+    it('what the journal holds of a directory that is gone is forgotten: expected to exist, it is lost; otherwise new', () => {
+      for (const expectExisting of [true, false]) {
+        const disk = new SimDisk();
+        const st = ShardStorage.open(disk, withJournal(disk));
+        st.save({ term: 5, votedFor: 'n1' });
+        st.close();
+        disk.removeTree('shards/S'); // its files lost, the device's journal not
+        const again = ShardStorage.open(disk, { ...withJournal(disk), repairFromPeers: true, expectExisting });
+        assert.equal(again.storageLost, expectExisting);
+        assert.deepEqual(again.load(), expectExisting ? lostMark : undefined);
+        again.close();
+      }
+    });
+
+    it('a term and vote lost to damage of the journal are marked lost and reported with repairFromPeers; a sole copy\'s read of them fails', () => {
+      const disk = new SimDisk();
+      const st = ShardStorage.open(disk, withJournal(disk));
+      st.save({ term: 3, votedFor: 'n2' });
+      st.close();
+      const other = ShardStorage.open(disk, withJournal(disk, 'shards/U'));
+      other.save({ term: 1, votedFor: null });
+      other.close();
+      disk.flipBits(HARD_STATE_JOURNAL, 20, 1);
+      const sole = ShardStorage.open(disk, withJournal(disk));
+      assert.throws(() => sole.load(), CorruptionError);
+      sole.close();
+      const again = ShardStorage.open(disk, { ...withJournal(disk), repairFromPeers: true });
+      assert.equal(again.lostRecords, true);
+      assert.deepEqual(again.repaired.map((r) => r.file), [HARD_STATE_JOURNAL]);
+      assert.deepEqual(again.load(), lostMark);
+      again.close();
+      const u = ShardStorage.open(disk, withJournal(disk, 'shards/U'));
+      assert.deepEqual(u.load(), { term: 1, votedFor: null }, 'saved after the damage: kept');
+      u.close();
     });
   });
 

@@ -1,0 +1,285 @@
+/** HardStateJournal: format, one fdatasync per batch, crashes, torn and damaged records, rewrites. */
+import { strict as assert } from 'node:assert';
+import { crc32c } from '../../storage-engine/crc32c';
+import { CorruptionError } from '../../storage-engine/errors';
+import {
+  HARD_STATE_JOURNAL,
+  HARD_STATE_RECORD_HEADER_BYTES,
+  HARD_STATE_VALUE_BYTES_MAX,
+  HardStateJournal,
+} from '../../storage-engine/hard-state-journal';
+import { SimDisk, SimulatedCrash } from '../../storage-engine/sim-disk';
+import { expectStorageError } from '../support/expect';
+
+const state = (term: number, votedFor: string | null = null): { term: number; votedFor: string | null } => ({ term, votedFor });
+
+function durableDisk(dirs: string[] = []): SimDisk {
+  const disk = new SimDisk();
+  for (const d of dirs) disk.mkdirp(d);
+  disk.fsyncDir('');
+  for (const d of new Set(dirs.map((d) => d.split('/')[0]!))) disk.fsyncDir(d);
+  return disk;
+}
+
+function value(j: HardStateJournal, dir: string): unknown {
+  const found = j.lookup(dir);
+  return found.kind === 'saved' ? found.value : found.kind;
+}
+
+describe('HardStateJournal', () => {
+  it('keeps the newest save of each directory across a reopen; none for a directory never saved', () => {
+    const disk = durableDisk();
+    const j = HardStateJournal.open(disk);
+    j.saveMany([{ key: 'shards/v1-0', value: state(1) }, { key: 'shards/v1-1', value: state(2, 'n2') }]);
+    j.saveMany([{ key: 'shards/v1-0', value: state(3, 'n1') }]);
+    j.close();
+    disk.powerCut();
+    const again = HardStateJournal.open(disk);
+    assert.deepEqual(value(again, 'shards/v1-0'), state(3, 'n1'));
+    assert.deepEqual(value(again, 'shards/v1-1'), state(2, 'n2'));
+    assert.equal(value(again, 'shards/v2-0'), 'none');
+    assert.deepEqual(again.damage, []);
+    assert.equal(again.stats().dirs, 2);
+  });
+
+  it('writes a batch of saves with one write and one fdatasync, in the documented format', () => {
+    const disk = durableDisk();
+    const j = HardStateJournal.open(disk);
+    const before = { ...disk.counters };
+    j.saveMany(Array.from({ length: 300 }, (_, i) => ({ key: `shards/v${i}-0`, value: state(i + 1, 'n1') })));
+    assert.equal(disk.counters.fdatasyncs - before.fdatasyncs, 1);
+    assert.equal(disk.counters.writes - before.writes, 1);
+    assert.equal(disk.counters.fsyncDirs - before.fsyncDirs, 0);
+    assert.deepEqual(j.stats(), { bytes: disk.fileBytes(HARD_STATE_JOURNAL).length, dirs: 300, batches: 1, saves: 300, compactions: 0 });
+    j.close();
+    const file = disk.fileBytes(HARD_STATE_JOURNAL);
+    const dv = new DataView(file.buffer, file.byteOffset, file.byteLength);
+    assert.equal(new TextDecoder().decode(file.subarray(0, 4)), 'STHJ');
+    assert.equal(dv.getUint32(4, true), 1);
+    const payload = file.subarray(HARD_STATE_RECORD_HEADER_BYTES);
+    assert.equal(dv.getUint32(8, true), payload.length);
+    assert.equal(dv.getUint32(12, true), crc32c(payload));
+    const entries = JSON.parse(new TextDecoder().decode(payload)) as Array<[string, unknown]>;
+    assert.deepEqual(entries[0], ['shards/v0-0', state(1, 'n1')]);
+    assert.equal(entries.length, 300);
+  });
+
+  it('a save whose fdatasync did not end before a power cut is not kept (it was never answered)', () => {
+    const disk = durableDisk();
+    const j = HardStateJournal.open(disk);
+    j.saveMany([{ key: 'shards/v1-0', value: state(1) }]);
+    disk.crashAfter(1); // the write is made; the fdatasync is not
+    assert.throws(() => j.saveMany([{ key: 'shards/v1-0', value: state(2, 'n3') }]), SimulatedCrash);
+    disk.powerCut();
+    const again = HardStateJournal.open(disk);
+    assert.deepEqual(value(again, 'shards/v1-0'), state(1));
+    assert.deepEqual(again.damage, []);
+  });
+
+  it('cuts a record torn by a crash at every length, and appends after what it kept', () => {
+    for (const keep of [1, 4, HARD_STATE_RECORD_HEADER_BYTES - 1, HARD_STATE_RECORD_HEADER_BYTES, HARD_STATE_RECORD_HEADER_BYTES + 5, 40]) {
+      const disk = durableDisk();
+      const j = HardStateJournal.open(disk);
+      j.saveMany([{ key: 'shards/v1-0', value: state(1) }]);
+      const kept = disk.fileBytes(HARD_STATE_JOURNAL).length;
+      disk.crashAfter(1);
+      assert.throws(() => j.saveMany([{ key: 'shards/v1-0', value: state(2, 'n3') }, { key: 'shards/v1-1', value: state(2) }]), SimulatedCrash);
+      const { tornBytes } = disk.powerCut({ tear: { path: HARD_STATE_JOURNAL, keepBytes: keep } });
+      assert.equal(tornBytes, keep);
+      assert.equal(disk.fileBytes(HARD_STATE_JOURNAL).length, kept + keep);
+      const again = HardStateJournal.open(disk);
+      assert.deepEqual(again.damage, [], `torn at ${keep}`);
+      assert.deepEqual(value(again, 'shards/v1-0'), state(1));
+      assert.equal(value(again, 'shards/v1-1'), 'none');
+      assert.equal(disk.fileBytes(HARD_STATE_JOURNAL).length, kept, 'the torn record is cut off');
+      again.saveMany([{ key: 'shards/v1-1', value: state(4) }]);
+      again.close();
+      disk.powerCut();
+      const third = HardStateJournal.open(disk);
+      assert.deepEqual(third.damage, []);
+      assert.deepEqual(value(third, 'shards/v1-1'), state(4));
+    }
+  });
+
+  it('damage with valid records after it: every directory whose newest state may have been in it reads as damaged, until saved again', () => {
+    const disk = durableDisk(['shards/a', 'shards/b', 'shards/c', 'shards/d']);
+    const dirs = (): string[] => disk.list('shards').map((n) => `shards/${n}`);
+    const j = HardStateJournal.open(disk, { dirs });
+    j.saveMany([{ key: 'shards/a', value: state(5, 'n1') }, { key: 'shards/b', value: state(5, 'n1') }]);
+    const firstEnd = disk.fileBytes(HARD_STATE_JOURNAL).length;
+    j.saveMany([{ key: 'shards/b', value: state(6, 'n2') }, { key: 'shards/d', value: state(1) }]);
+    j.close();
+    disk.flipBits(HARD_STATE_JOURNAL, firstEnd - 3, 1);
+    const again = HardStateJournal.open(disk, { dirs });
+    assert.equal(again.damage.length, 1);
+    assert.match(again.damage[0]!.reason, /record at 0: payload CRC-32C does not match/);
+    // a was only in the damaged record; c has a directory and no entry after the damage (its
+    // state may have been there); b and d were saved after it.
+    assert.throws(() => again.lookup('shards/a'), (e: unknown) => e instanceof CorruptionError && /lost to damage/.test(e.message));
+    assert.throws(() => again.lookup('shards/c'), CorruptionError);
+    assert.deepEqual(value(again, 'shards/b'), state(6, 'n2'));
+    assert.deepEqual(value(again, 'shards/d'), state(1));
+    again.close();
+    // The file was rewritten without the damage, the damaged directories marked in it.
+    disk.powerCut();
+    const third = HardStateJournal.open(disk, { dirs });
+    assert.deepEqual(third.damage, []);
+    assert.throws(() => third.lookup('shards/a'), CorruptionError);
+    assert.throws(() => third.lookup('shards/c'), CorruptionError);
+    third.saveMany([{ key: 'shards/a', value: state(9) }]);
+    assert.deepEqual(value(third, 'shards/a'), state(9));
+  });
+
+  it('a record cut short in the middle of the file is damage, not a torn tail', () => {
+    const disk = durableDisk(['shards/a', 'shards/b']);
+    const j = HardStateJournal.open(disk);
+    j.saveMany([{ key: 'shards/a', value: state(5, 'n1') }]);
+    const firstEnd = disk.fileBytes(HARD_STATE_JOURNAL).length;
+    j.saveMany([{ key: 'shards/b', value: state(1) }]);
+    j.close();
+    // The first record's length field now says it runs past the end of the file.
+    disk.flipBits(HARD_STATE_JOURNAL, 10, 1);
+    const again = HardStateJournal.open(disk, { dirs: () => ['shards/a'] });
+    assert.equal(again.damage.length, 1, `damage: ${JSON.stringify(again.damage)} (first record ends at ${firstEnd})`);
+    assert.throws(() => again.lookup('shards/a'), CorruptionError);
+    assert.deepEqual(value(again, 'shards/b'), state(1));
+  });
+
+  it('the last record whole but not checking out is damage (written, answered, rotted since); zeros after the last record are a torn tail', () => {
+    const disk = durableDisk(['shards/a', 'shards/b', 'shards/c']);
+    const dirs = (): string[] => disk.list('shards').map((n) => `shards/${n}`);
+    const j = HardStateJournal.open(disk, { dirs });
+    j.saveMany([{ key: 'shards/a', value: state(5, 'n1') }]);
+    j.saveMany([{ key: 'shards/b', value: state(6, 'n2') }]);
+    const end = disk.fileBytes(HARD_STATE_JOURNAL).length;
+    j.close();
+    disk.flipBits(HARD_STATE_JOURNAL, end - 3, 1);
+    const again = HardStateJournal.open(disk, { dirs });
+    assert.equal(again.damage.length, 1);
+    for (const d of ['shards/a', 'shards/b', 'shards/c']) assert.throws(() => again.lookup(d), CorruptionError, d);
+    again.close();
+
+    const zeros = durableDisk(['shards/a']);
+    const z = HardStateJournal.open(zeros);
+    z.saveMany([{ key: 'shards/a', value: state(5, 'n1') }]);
+    const size = zeros.fileBytes(HARD_STATE_JOURNAL).length;
+    z.close();
+    const fh = zeros.open(HARD_STATE_JOURNAL);
+    zeros.write(fh, new Uint8Array(300), size);
+    zeros.fdatasync(fh);
+    zeros.close(fh);
+    const after = HardStateJournal.open(zeros);
+    assert.deepEqual(after.damage, []);
+    assert.deepEqual(value(after, 'shards/a'), state(5, 'n1'));
+    assert.equal(zeros.fileBytes(HARD_STATE_JOURNAL).length, size);
+  });
+
+  it('forgets a destroyed directory durably; forgetting one it holds nothing of writes nothing', () => {
+    const disk = durableDisk();
+    const j = HardStateJournal.open(disk);
+    j.saveMany([{ key: 'shards/v1-0', value: state(7, 'n2') }]);
+    const size = disk.fileBytes(HARD_STATE_JOURNAL).length;
+    j.forget('shards/v9-0');
+    assert.equal(disk.fileBytes(HARD_STATE_JOURNAL).length, size);
+    j.forget('shards/v1-0');
+    assert.equal(value(j, 'shards/v1-0'), 'forgotten');
+    j.close();
+    disk.powerCut();
+    const again = HardStateJournal.open(disk);
+    assert.equal(value(again, 'shards/v1-0'), 'forgotten');
+    again.saveMany([{ key: 'shards/v1-0', value: state(1) }]);
+    assert.deepEqual(value(again, 'shards/v1-0'), state(1));
+  });
+
+  it('rewrites the file once over its bound and mostly superseded: bounded, nothing lost, directories that are gone dropped', () => {
+    const disk = durableDisk(['shards/kept', 'shards/x', 'shards/y', 'shards/z']);
+    const j = HardStateJournal.open(disk, { compactBytes: 4096 });
+    j.saveMany([{ key: 'shards/kept', value: state(1) }, { key: 'shards/gone', value: state(1) }]);
+    j.forget('shards/gone');
+    j.forget('shards/kept'); // its directory is still there (a destroy a crash cut short): kept forgotten
+    j.saveMany([{ key: 'shards/z', value: state(1) }]);
+    disk.removeTree('shards/z'); // gone without a word: dropped at the rewrite all the same
+    for (let t = 1; t <= 400; t++) j.saveMany([{ key: 'shards/x', value: state(t, 'n1') }, { key: 'shards/y', value: state(t, 'n2') }]);
+    const st = j.stats();
+    assert.ok(st.compactions >= 5, `compactions: ${st.compactions}`);
+    assert.ok(st.bytes <= 4096 + 200, `bytes: ${st.bytes}`);
+    assert.equal(st.dirs, 3, 'x, y and the forgotten directory still there');
+    j.close();
+    disk.powerCut();
+    const again = HardStateJournal.open(disk);
+    assert.deepEqual(value(again, 'shards/x'), state(400, 'n1'));
+    assert.deepEqual(value(again, 'shards/y'), state(400, 'n2'));
+    assert.equal(value(again, 'shards/kept'), 'forgotten');
+    assert.equal(value(again, 'shards/gone'), 'none');
+    assert.equal(value(again, 'shards/z'), 'none');
+    assert.deepEqual(disk.list(''), ['hard-states', 'shards']);
+  });
+
+  it('a crash at any step of a rewrite leaves every save that was answered', () => {
+    for (let steps = 1; steps <= 8; steps++) {
+      const disk = durableDisk(['shards/x']);
+      const j = HardStateJournal.open(disk, { compactBytes: 600 });
+      let answered = 0;
+      let crashed = false;
+      for (let t = 1; t <= 40 && !crashed; t++) {
+        if (j.stats().bytes > 450 && !crashed) disk.crashAfter(steps);
+        try {
+          j.saveMany([{ key: 'shards/x', value: state(t, 'n1') }]);
+          answered = t;
+        } catch (e) {
+          assert.ok(e instanceof SimulatedCrash, String(e));
+          crashed = true;
+        }
+        disk.clearFaults();
+      }
+      disk.powerCut();
+      const again = HardStateJournal.open(disk);
+      const found = again.lookup('shards/x');
+      assert.equal(found.kind, 'saved', `crash after ${steps} steps`);
+      const term = (found.kind === 'saved' ? found.value : undefined) as { term: number };
+      assert.ok(term.term === answered || term.term === answered + 1, `crash after ${steps} steps: term ${term.term}, answered ${answered}`);
+      assert.deepEqual(again.damage, []);
+    }
+  });
+
+  it('read only: a torn record is left where it is, and saves are refused', () => {
+    const disk = durableDisk();
+    const j = HardStateJournal.open(disk);
+    j.saveMany([{ key: 'shards/a', value: state(1) }]);
+    disk.crashAfter(1);
+    assert.throws(() => j.saveMany([{ key: 'shards/a', value: state(2) }]), SimulatedCrash);
+    disk.powerCut({ tear: { path: HARD_STATE_JOURNAL, keepBytes: 10 } });
+    const size = disk.fileBytes(HARD_STATE_JOURNAL).length;
+    const ro = HardStateJournal.open(disk, { readOnly: true });
+    assert.deepEqual(value(ro, 'shards/a'), state(1));
+    assert.equal(disk.fileBytes(HARD_STATE_JOURNAL).length, size);
+    assert.match(expectStorageError(() => ro.saveMany([{ key: 'shards/a', value: state(3) }]), 'bad_request').message, /read only/);
+    assert.equal(HardStateJournal.open(durableDisk(), { readOnly: true }).stats().bytes, 0);
+  });
+
+  it('refuses what is not a hard state: not an object, too large, no directory', () => {
+    const j = HardStateJournal.open(durableDisk());
+    assert.match(expectStorageError(() => j.saveMany([{ key: 'shards/a', value: 3 }]), 'bad_request').message, /must be an object/);
+    assert.match(expectStorageError(() => j.saveMany([{ key: 'shards/a', value: [1] }]), 'bad_request').message, /must be an object/);
+    assert.match(expectStorageError(() => j.saveMany([{ key: '', value: state(1) }]), 'bad_request').message, /needs a directory/);
+    expectStorageError(() => j.saveMany([{ key: 'shards/a', value: { term: 1, votedFor: 'x'.repeat(HARD_STATE_VALUE_BYTES_MAX) } }]), 'too_large');
+    assert.equal(j.stats().batches, 0);
+  });
+
+  it('a failed fdatasync takes none of the batch, and what it wrote is cut before the next save', () => {
+    const disk = durableDisk();
+    const j = HardStateJournal.open(disk);
+    j.saveMany([{ key: 'shards/a', value: state(1) }]);
+    disk.failFsync({ path: HARD_STATE_JOURNAL });
+    expectStorageError(() => j.saveMany([{ key: 'shards/a', value: state(2, 'n2') }, { key: 'shards/b', value: { term: 2, votedFor: 'n2', note: 'y'.repeat(200) } }]), 'fsync_failed');
+    assert.deepEqual(value(j, 'shards/a'), state(1));
+    assert.equal(value(j, 'shards/b'), 'none');
+    j.saveMany([{ key: 'shards/a', value: state(3) }]);
+    j.close();
+    disk.powerCut();
+    const again = HardStateJournal.open(disk);
+    assert.deepEqual(again.damage, []);
+    assert.deepEqual(value(again, 'shards/a'), state(3));
+    assert.equal(value(again, 'shards/b'), 'none');
+  });
+});
