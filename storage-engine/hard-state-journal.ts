@@ -99,8 +99,9 @@ export interface HardStateJournalStats {
   batches: number;
   /** Saves written since open. */
   saves: number;
-  /** Rewrites of the file since open. */
+  /** Rewrites of the file since open, and those that failed (tried again later). */
   compactions: number;
+  rewriteFailures: number;
 }
 
 function encodeRecord(entries: ReadonlyArray<readonly [string, unknown]>): Uint8Array {
@@ -175,7 +176,9 @@ export class HardStateJournal implements StateSink {
   private liveBytes = 0;
   /** An append failed: what it may have written past `size` is cut before the next one. */
   private tailUnknown = false;
-  private counters = { batches: 0, saves: 0, compactions: 0 };
+  /** Size past which the file is rewritten (when mostly superseded): the bound, or more after a failed rewrite. */
+  private rewriteAtBytes: number;
+  private counters = { batches: 0, saves: 0, compactions: 0, rewriteFailures: 0 };
 
   private constructor(disk: Disk, path: string, opts: HardStateJournalOptions, damage: CorruptionReport[]) {
     this.disk = disk;
@@ -185,6 +188,7 @@ export class HardStateJournal implements StateSink {
     const compact = opts.compactBytes ?? HARD_STATE_COMPACT_BYTES_DEFAULT;
     if (!Number.isSafeInteger(compact) || compact < 1) throw new StorageError('bad_request', `compactBytes must be a positive integer, got ${String(opts.compactBytes)}`);
     this.compactBytes = compact;
+    this.rewriteAtBytes = compact;
   }
 
   /**
@@ -342,7 +346,18 @@ export class HardStateJournal implements StateSink {
     this.size += written;
     this.counters.batches++;
     for (const [dir, value] of entries) this.take(dir, value);
-    if (this.size > this.compactBytes && this.size > 2 * this.liveBytes) this.rewrite();
+    if (this.size > this.rewriteAtBytes && this.size > 2 * this.liveBytes) {
+      try {
+        this.rewrite();
+        this.rewriteAtBytes = this.compactBytes;
+      } catch (e) {
+        // These saves are durable already: a rewrite that failed (a full disk) is tried again
+        // once the file grew by the bound again. A failed fsync fails the device.
+        if (!(e instanceof StorageError) || e.code === 'fsync_failed') throw e;
+        this.rewriteAtBytes = this.size + this.compactBytes;
+        this.counters.rewriteFailures++;
+      }
+    }
   }
 
   /** Records of at most the payload bound each. */
@@ -388,16 +403,19 @@ export class HardStateJournal implements StateSink {
         size += r.length;
       }
       this.disk.fdatasync(fh);
+      this.disk.rename(tmp, this.path);
     } catch (e) {
+      // The old file is the journal still.
       this.disk.close(fh);
       throw e;
     }
-    if (this.fh !== undefined) this.disk.close(this.fh);
-    this.fh = undefined;
-    this.disk.rename(tmp, this.path);
-    this.disk.fsyncDir(parentDir(this.path));
+    // The name is the new file's from here on: appends go there.
+    const old = this.fh;
     this.fh = fh;
     this.size = size;
+    this.tailUnknown = false;
+    if (old !== undefined) this.disk.close(old);
     this.counters.compactions++;
+    this.disk.fsyncDir(parentDir(this.path));
   }
 }

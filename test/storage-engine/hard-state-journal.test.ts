@@ -50,7 +50,7 @@ describe('HardStateJournal', () => {
     assert.equal(disk.counters.fdatasyncs - before.fdatasyncs, 1);
     assert.equal(disk.counters.writes - before.writes, 1);
     assert.equal(disk.counters.fsyncDirs - before.fsyncDirs, 0);
-    assert.deepEqual(j.stats(), { bytes: disk.fileBytes(HARD_STATE_JOURNAL).length, dirs: 300, batches: 1, saves: 300, compactions: 0 });
+    assert.deepEqual(j.stats(), { bytes: disk.fileBytes(HARD_STATE_JOURNAL).length, dirs: 300, batches: 1, saves: 300, compactions: 0, rewriteFailures: 0 });
     j.close();
     const file = disk.fileBytes(HARD_STATE_JOURNAL);
     const dv = new DataView(file.buffer, file.byteOffset, file.byteLength);
@@ -213,6 +213,29 @@ describe('HardStateJournal', () => {
     assert.equal(value(again, 'shards/gone'), 'none');
     assert.equal(value(again, 'shards/z'), 'none');
     assert.deepEqual(disk.list(''), ['hard-states', 'shards']);
+  });
+
+  it('a rewrite that fails (a full disk) fails no save: the old file goes on, and the rewrite is tried again once it grew by the bound', () => {
+    const disk = durableDisk(['shards/x']);
+    HardStateJournal.open(disk).close(); // made (through its .tmp), then opened by its name
+    const j = HardStateJournal.open(disk, { compactBytes: 2000 });
+    disk.failWrite({ path: `${HARD_STATE_JOURNAL}.tmp`, errno: 'ENOSPC', times: 1 });
+    let t = 0;
+    while (j.stats().rewriteFailures === 0) {
+      assert.ok(++t < 200, 'a rewrite was tried');
+      j.saveMany([{ key: 'shards/x', value: state(t, 'n1') }]);
+    }
+    const failedAt = j.stats().bytes;
+    assert.equal(j.stats().compactions, 0);
+    while (j.stats().compactions === 0) {
+      assert.ok(++t < 400, 'the rewrite was tried again');
+      j.saveMany([{ key: 'shards/x', value: state(t, 'n1') }]);
+      if (j.stats().compactions === 0) assert.ok(j.stats().bytes <= failedAt + 2000 + 100, `not before it grew by the bound: ${j.stats().bytes}`);
+    }
+    j.saveMany([{ key: 'shards/x', value: state(++t, 'n1') }]);
+    j.close();
+    disk.powerCut();
+    assert.deepEqual(value(HardStateJournal.open(disk), 'shards/x'), state(t, 'n1'));
   });
 
   it('a crash at any step of a rewrite leaves every save that was answered', () => {
