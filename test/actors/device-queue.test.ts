@@ -254,6 +254,36 @@ describe('DeviceQueue', () => {
     assert.equal(q.stats().batchRunningMs, 0);
   });
 
+  it('with an asynchronous flush: the logs of a batch flush at once, and its appends are answered once every one is durable; a failure of one fails the batch after all settled', async () => {
+    const sched = manualScheduler();
+    const [a, b, c] = [new AsyncFakeLog(), new AsyncFakeLog(), new AsyncFakeLog()];
+    const q = new DeviceQueue({ disk: readOnlyDisk(new Map()), schedule: sched.schedule });
+    let answered = 0;
+    const first = [q.append(a, [rec(1)]), q.append(b, [rec(2)]), q.append(c, [rec(3)])].map((p) => p.then(() => answered++));
+    sched.runAll();
+    await settle();
+    assert.deepEqual([a, b, c].map((l) => l.pendingFlushes.length), [1, 1, 1], 'all three flushes in flight together');
+    b.pendingFlushes[0]!.resolve();
+    c.pendingFlushes[0]!.resolve();
+    await settle();
+    assert.equal(answered, 0, 'nothing answered while one flush is in flight');
+    a.pendingFlushes[0]!.resolve();
+    await Promise.all(first);
+    assert.equal(answered, 3);
+    assert.equal(q.stats().syncs, 3);
+
+    const second = [q.append(a, [rec(4)]), q.append(b, [rec(5)])];
+    sched.runAll();
+    await settle();
+    assert.deepEqual([a, b].map((l) => l.pendingFlushes.length), [1, 1]);
+    a.pendingFlushes[0]!.reject(new StorageError('fsync_failed', 'EIO', { errno: 'EIO' }));
+    await settle();
+    assert.equal(q.failed, false, 'the batch waits for its other flush before it fails');
+    b.pendingFlushes[0]!.resolve();
+    for (const p of second) await assert.rejects(p, (e: StorageError) => e.code === 'fsync_failed');
+    assert.equal(q.failed, true);
+  });
+
   it('with an asynchronous flush: appends are answered only once it is durable, the next batch gathers meanwhile', async () => {
     const sched = manualScheduler();
     const log = new AsyncFakeLog();
@@ -354,21 +384,18 @@ describe('DeviceQueue', () => {
     }
   });
 
-  it('a target closed while the asynchronous flush of another in its batch runs (its replica destroyed meanwhile): its appends fail alone with closed, the others are acknowledged, the device goes on', async () => {
+  it('a target closed while the asynchronous flushes of its batch run (its replica destroyed meanwhile): its appends fail alone with closed, the others are acknowledged, the device goes on', async () => {
     const sched = manualScheduler();
     const first = new AsyncFakeLog();
     const second = new AsyncFakeLog();
-    let secondClosed = false;
-    const flushSecond = second.syncAsync.bind(second);
-    second.syncAsync = () => (secondClosed ? Promise.reject(new StorageError('closed', 'log shards/v1.0 is closed')) : flushSecond());
     const q = new DeviceQueue({ disk: readOnlyDisk(new Map()), schedule: sched.schedule });
     const kept = [q.append(first, [rec(1)]), q.append(first, [rec(2)])];
     const gone = q.append(second, [rec(3)]).then(() => 'acknowledged', (e: StorageError) => e.code);
     sched.runAll();
     await settle();
-    assert.equal(first.pendingFlushes.length, 1, "the first target's flush is in flight");
-    // The second target's shard is closed meanwhile, before its flush is asked for.
-    secondClosed = true;
+    assert.deepEqual([first.pendingFlushes.length, second.pendingFlushes.length], [1, 1], 'both flushes in flight');
+    // The second target's shard is closed meanwhile: its flush ends with closed.
+    second.pendingFlushes[0]!.reject(new StorageError('closed', 'log shards/v1.0 is closed'));
     first.pendingFlushes[0]!.resolve();
     assert.deepEqual((await Promise.all(kept)).map((r) => r.lastLsn), [1, 2]);
     assert.equal(await gone, 'closed');
