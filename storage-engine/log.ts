@@ -1186,13 +1186,20 @@ export class SegmentLog {
     return undefined;
   }
 
-  /** True if every byte of the file from `start` to its end is zero. */
+  /**
+   * True if every byte of the file from `start` to its end is zero. Compared natively against
+   * the zeros written ahead (a byte loop here took 0.7 s of a node's restart with 600 replicas,
+   * each with its 1 MiB of zeros ahead of the next records).
+   */
   private zerosFrom(r: ChunkReader, start: number): boolean {
     for (let p = start; p < r.size; ) {
       const len = Math.min(r.buf.length, r.size - p);
       if (!r.ensure(p, len)) return false;
       const rel = p - r.winStart;
-      for (let k = rel; k < rel + len; k++) if (r.buf[k] !== 0) return false;
+      for (let k = rel; k < rel + len; k += ZEROS.length) {
+        const n = Math.min(ZEROS.length, rel + len - k);
+        if (Buffer.compare(r.buf.subarray(k, k + n), ZEROS.subarray(0, n)) !== 0) return false;
+      }
       p += len;
     }
     return true;
