@@ -587,20 +587,25 @@ describe('DeviceHost on the real file system', () => {
 });
 
 /** A disk whose asynchronous flushes each wait until `open()` while `holding` (counted in `gated`). */
+/** A SimDisk whose asynchronous flushes wait until `open()`, which lets every one waiting go (the logs of a batch flush at once). */
 function gatedDisk(): { disk: SimDisk; gated: number; holding: boolean; open: () => void } {
   const sim = new SimDisk();
-  let release: () => void = () => undefined;
+  let waiting: Array<() => void> = [];
   const g = {
     gated: 0,
     holding: true,
-    open: () => release(),
+    open: () => {
+      const go = waiting;
+      waiting = [];
+      for (const r of go) r();
+    },
     disk: new Proxy(sim, {
       get(target, prop) {
         if (prop === 'fdatasyncAsync') {
           return (fh: number) => {
             if (!g.holding) return Promise.resolve().then(() => target.fdatasync(fh));
             g.gated++;
-            return new Promise<void>((resolve) => (release = resolve)).then(() => target.fdatasync(fh));
+            return new Promise<void>((resolve) => waiting.push(resolve)).then(() => target.fdatasync(fh));
           };
         }
         const v = (target as unknown as Record<string | symbol, unknown>)[prop];
@@ -658,14 +663,16 @@ describe('DeviceHost with flushes off the thread', function () {
       const one = await leader(host, 1);
       // Several writes in one batch: its flush goes to the (gated) asynchronous path.
       const writes = Array.from({ length: 4 }, (_, i) => zero.write([{ page: i, data: page(i + 1) }]).then(() => 'ok', (e: StorageError) => e.code));
-      await turnsUntil(() => g.gated === 1);
-      assert.equal(g.gated, 1, 'the batch waits in its asynchronous flush');
+      // (The batch may hold shard 1's records too: both logs' flushes then wait at once.)
+      await turnsUntil(() => g.gated >= 1);
+      assert.ok(g.gated >= 1, 'the batch waits in its asynchronous flush');
       host.closeShard('v1', 0);
       gate();
       for (const outcome of await Promise.all(writes)) assert.ok(['ok', 'closed', 'not_leader'].includes(outcome), outcome);
       assert.equal(host.stats().queue.state, 'ok', 'closing one shard does not fail the device');
+      const before = g.gated;
       const w = one.write([{ page: 4, data: page(7) }]);
-      await turnsUntil(() => g.gated === 2);
+      await turnsUntil(() => g.gated > before);
       gate();
       await w;
       assert.equal(host.stats().restarts, 0, 'no shard was restarted');
