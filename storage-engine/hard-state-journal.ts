@@ -238,12 +238,14 @@ export class HardStateJournal implements StateSink {
       if (next === undefined && (r.short || zerosFrom(bytes, offset))) break;
       damage.push({ file: path, offset, fromLsn: 0, toLsn: 0, reason: `hard-state journal record at ${offset}: ${r.reason}` });
       damagedAt ??= offset;
+      // Only a save after the last damage is known to be a directory's newest.
+      savedAfterDamage.clear();
       offset = next ?? bytes.length;
     }
     const validEnd = offset;
     if (damagedAt !== undefined) {
       // Whatever the damaged records held is lost: every directory whose newest state may have
-      // been there (any not saved after the first damage) reads as damaged.
+      // been there (any not saved after the last damage) reads as damaged.
       const dirs = new Set([...j.entries.keys(), ...(opts.dirs?.() ?? [])]);
       for (const dir of dirs) if (!savedAfterDamage.has(dir)) j.take(dir, DAMAGED);
     }

@@ -130,6 +130,23 @@ describe('HardStateJournal', () => {
     assert.deepEqual(value(third, 'shards/a'), state(9));
   });
 
+  it('two damaged records: a directory saved between them, and not after the second, reads as damaged', () => {
+    const disk = durableDisk(['shards/a', 'shards/b']);
+    const j = HardStateJournal.open(disk);
+    const ends: number[] = [];
+    for (const [key, term] of [['shards/a', 1], ['shards/a', 2], ['shards/b', 3], ['shards/a', 4], ['shards/b', 5]] as const) {
+      j.saveMany([{ key, value: state(term) }]);
+      ends.push(disk.fileBytes(HARD_STATE_JOURNAL).length);
+    }
+    j.close();
+    disk.flipBits(HARD_STATE_JOURNAL, ends[0]! - 3, 1); // a's term 1
+    disk.flipBits(HARD_STATE_JOURNAL, ends[3]! - 3, 1); // a's term 4: newer than its term 2, between the damages
+    const again = HardStateJournal.open(disk, { dirs: () => ['shards/a', 'shards/b'] });
+    assert.equal(again.damage.length, 2);
+    assert.throws(() => again.lookup('shards/a'), CorruptionError);
+    assert.deepEqual(value(again, 'shards/b'), state(5));
+  });
+
   it('a record cut short in the middle of the file is damage, not a torn tail', () => {
     const disk = durableDisk(['shards/a', 'shards/b']);
     const j = HardStateJournal.open(disk);
