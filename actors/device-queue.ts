@@ -660,14 +660,20 @@ export class DeviceQueue {
     try {
       op.resolve(op.run());
     } catch (e) {
-      // A failed fsync in a task (a term and vote saved, an image, a trim, a truncation) leaves
-      // the device's state unknown, as a failed flush of a batch does: the device is fenced,
-      // whether or not the task's caller handles the error (a step-down's save of its new term
-      // is not awaited), so that nothing is acknowledged on it until its host reopens it. Other
-      // task errors (a full disk, a closed shard) fail the task alone.
-      if (e instanceof StorageError && e.code === 'fsync_failed') this.fail(e);
-      op.reject(e instanceof Error ? e : new Error(String(e)));
+      op.reject(this.taskFailed(e));
     }
+  }
+
+  /**
+   * The error of a task, or of a batch of saves, that threw. A failed fsync (a term and vote
+   * saved, an image, a trim, a truncation) leaves the device's state unknown, as a failed flush
+   * of a batch does: the device is fenced, whether or not the caller handles the error (a
+   * step-down's save of its new term is not awaited), so that nothing is acknowledged on it
+   * until its host reopens it. Other errors (a full disk, a closed shard) fail that work alone.
+   */
+  private taskFailed(e: unknown): Error {
+    if (e instanceof StorageError && e.code === 'fsync_failed') this.fail(e);
+    return e instanceof Error ? e : new Error(String(e));
   }
 
   /** Writes a batch of saves to their sink in one step (takeBatch gathers only saves to one sink). */
@@ -685,9 +691,7 @@ export class DeviceQueue {
     try {
       taken[0]!.sink.saveMany(taken.map((op) => ({ key: op.key, value: op.value })));
     } catch (e) {
-      // As a task's: a failed fsync fences the device; other errors fail these saves alone.
-      if (e instanceof StorageError && e.code === 'fsync_failed') this.fail(e);
-      const err = e instanceof Error ? e : new Error(String(e));
+      const err = this.taskFailed(e);
       for (const op of taken) op.reject(err);
       return;
     }

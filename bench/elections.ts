@@ -67,9 +67,8 @@ function parseOptions(argv: readonly string[]): Options {
   return o;
 }
 
-/** The leader of each shard of volume `name` as the status says (undefined: none known). */
-async function leadersOf(cluster: DevCluster, name: string): Promise<Array<string | undefined>> {
-  const status = await cluster.client.status();
+/** The leader of each shard of volume `name` as a status says (undefined: none known). */
+function leadersIn(status: Awaited<ReturnType<DevCluster['client']['status']>>, name: string): Array<string | undefined> {
   const volume = status.volumes.find((v) => v.name === name);
   return (volume?.shards ?? []).map((s) => (typeof s.leader === 'string' ? s.leader : undefined));
 }
@@ -79,8 +78,8 @@ async function leadersOf(cluster: DevCluster, name: string): Promise<Array<strin
  * page to every shard at once, each tried again until it is taken or `timeoutS` passed: when the
  * last is taken, every shard has a leader again that commits (on the nodes left).
  */
-async function afterLosing(cluster: DevCluster, name: string, pageSize: number, opts: Options): Promise<{ node: string; led: number; ledAgainS: number | undefined; without: number }> {
-  const before = await leadersOf(cluster, name);
+async function afterLosing(cluster: DevCluster, name: string, pageSize: number, opts: Options): Promise<{ node: string; led: number; writtenAgainS: number | undefined; without: number }> {
+  const before = leadersIn(await cluster.client.status(), name);
   const counts = new Map<string, number>();
   for (const l of before) if (l !== undefined) counts.set(l, (counts.get(l) ?? 0) + 1);
   const [node, led] = [...counts].sort((a, b) => b[1] - a[1])[0] ?? ['', 0];
@@ -111,7 +110,7 @@ async function afterLosing(cluster: DevCluster, name: string, pageSize: number, 
       }
     }),
   );
-  return { node, led, ledAgainS: without === 0 ? lastMs / 1000 : undefined, without };
+  return { node, led, writtenAgainS: without === 0 ? lastMs / 1000 : undefined, without };
 }
 
 /** The leaders deposed, by reason, from the nodes' logs ('no longer leading shard' lines). */
@@ -182,8 +181,7 @@ async function main(): Promise<number> {
     const deadline = t1 + opts.timeoutS * 1000;
     while (performance.now() < deadline) {
       const status = await cluster.client.status();
-      const volume = status.volumes.find((v) => v.name === name);
-      leaders = (volume?.shards ?? []).filter((s) => typeof s.leader === 'string').length;
+      leaders = leadersIn(status, name).filter((l) => l !== undefined).length;
       for (const n of status.nodes as Array<{ hosts?: Array<{ loopDelayMaxMs?: number; queue?: { queueOps?: number } }> }>) {
         for (const h of n.hosts ?? []) {
           loopDelayMaxMs = Math.max(loopDelayMaxMs, h.loopDelayMaxMs ?? 0);
@@ -212,17 +210,17 @@ async function main(): Promise<number> {
       }]),
       ...(lost === undefined ? [] : [{
         what: `every shard took a write again, after ${opts.then === 'kill' ? 'killing' : 'stopping'} ${lost.node} (leading ${lost.led})`,
-        value: lost.ledAgainS === undefined ? `not within ${opts.timeoutS} s (${lost.without} shards did not)` : `${lost.ledAgainS.toFixed(2)} s`,
+        value: lost.writtenAgainS === undefined ? `not within ${opts.timeoutS} s (${lost.without} shards did not)` : `${lost.writtenAgainS.toFixed(2)} s`,
       }]),
     ]);
     const file = writeJson(opts.resultsDir, 'strata-elections', {
       options: opts, createdS, leadersS: leadersS ?? null, leaders, deposed, deposedTotal, loopDelayMaxMs, queueOpsMax,
       idleNodeCores: idle?.nodeCores ?? null, idleNatsCores: idle?.natsCores ?? null,
-      ...(lost === undefined ? {} : { then: { how: opts.then, node: lost.node, led: lost.led, writtenAgainS: lost.ledAgainS ?? null, shardsNotWritten: lost.without } }),
+      ...(lost === undefined ? {} : { then: { how: opts.then, node: lost.node, led: lost.led, writtenAgainS: lost.writtenAgainS ?? null, shardsNotWritten: lost.without } }),
       at: new Date().toISOString(),
     });
     process.stdout.write(`written: ${file}\n`);
-    return leadersS === undefined || (lost !== undefined && lost.ledAgainS === undefined) ? 1 : 0;
+    return leadersS === undefined || (lost !== undefined && lost.writtenAgainS === undefined) ? 1 : 0;
   } finally {
     await cluster.stop();
   }

@@ -17,14 +17,15 @@
  * by the end of the file (or followed by zeros only) was never answered: at open it is cut off.
  * A whole record that does not check out, or any with valid records after it, is damage, not a
  * crash: every directory without a save after it has lost its state (`lookup` throws
- * CorruptionError for it until it is saved again). The file is rewritten
- * with one entry per directory still there (a new file, fdatasync'd, renamed over the old one)
- * once it is over its bound and mostly superseded entries.
+ * CorruptionError for it until it is saved again). The file is rewritten with one entry per
+ * directory still there (a new file, fdatasync'd, renamed over the old one) once it is over its
+ * bound and mostly superseded entries.
  */
 import type { Disk, FileHandle } from './disk';
 import { parentDir } from './disk';
 import { crc32c } from './crc32c';
 import { CorruptionError, StorageError, type CorruptionReport } from './errors';
+import { META_TMP_SUFFIX } from './metadata';
 
 /** Name of the journal file in a device's root directory. */
 export const HARD_STATE_JOURNAL = 'hard-states';
@@ -40,7 +41,6 @@ export const HARD_STATE_COMPACT_BYTES_DEFAULT = 1024 * 1024;
 export const HARD_STATE_JOURNAL_BYTES_MAX = 256 * 1024 * 1024;
 
 const MAGIC = new TextEncoder().encode('STHJ');
-const TMP_SUFFIX = '.tmp';
 const DAMAGED = 'damaged';
 
 /** One save of a batch: the replica of directory `key` now has hard state `value` (JSON). */
@@ -301,7 +301,8 @@ export class HardStateJournal implements StateSink {
    * there later starts without a term and vote.
    */
   forget(dir: string): void {
-    if (this.entries.get(dir) === undefined || this.entries.get(dir)?.kind === 'forgotten') return;
+    const e = this.entries.get(dir);
+    if (e === undefined || e.kind === 'forgotten') return;
     this.append([[dir, null]]);
   }
 
@@ -395,7 +396,7 @@ export class HardStateJournal implements StateSink {
       } else if (e.kind === 'saved') keep.push([dir, e.value]);
       else keep.push([dir, e.kind === 'damaged' ? DAMAGED : null]);
     }
-    const tmp = this.path + TMP_SUFFIX;
+    const tmp = this.path + META_TMP_SUFFIX;
     const records = keep.length > 0 ? this.encode(keep) : [];
     const fh = this.disk.open(tmp, { create: true, truncate: true });
     let size = 0;

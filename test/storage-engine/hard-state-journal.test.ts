@@ -21,6 +21,13 @@ function durableDisk(dirs: string[] = []): SimDisk {
   return disk;
 }
 
+/** Closes `j`, cuts the power, and opens the journal again from what was durable. */
+function reopenAfterPowerCut(disk: SimDisk, j: HardStateJournal): HardStateJournal {
+  j.close();
+  disk.powerCut();
+  return HardStateJournal.open(disk);
+}
+
 function value(j: HardStateJournal, dir: string): unknown {
   const found = j.lookup(dir);
   return found.kind === 'saved' ? found.value : found.kind;
@@ -32,9 +39,7 @@ describe('HardStateJournal', () => {
     const j = HardStateJournal.open(disk);
     j.saveMany([{ key: 'shards/v1-0', value: state(1) }, { key: 'shards/v1-1', value: state(2, 'n2') }]);
     j.saveMany([{ key: 'shards/v1-0', value: state(3, 'n1') }]);
-    j.close();
-    disk.powerCut();
-    const again = HardStateJournal.open(disk);
+    const again = reopenAfterPowerCut(disk, j);
     assert.deepEqual(value(again, 'shards/v1-0'), state(3, 'n1'));
     assert.deepEqual(value(again, 'shards/v1-1'), state(2, 'n2'));
     assert.equal(value(again, 'shards/v2-0'), 'none');
@@ -93,9 +98,7 @@ describe('HardStateJournal', () => {
       assert.equal(value(again, 'shards/v1-1'), 'none');
       assert.equal(disk.fileBytes(HARD_STATE_JOURNAL).length, kept, 'the torn record is cut off');
       again.saveMany([{ key: 'shards/v1-1', value: state(4) }]);
-      again.close();
-      disk.powerCut();
-      const third = HardStateJournal.open(disk);
+      const third = reopenAfterPowerCut(disk, again);
       assert.deepEqual(third.damage, []);
       assert.deepEqual(value(third, 'shards/v1-1'), state(4));
     }
@@ -200,9 +203,7 @@ describe('HardStateJournal', () => {
     assert.equal(disk.fileBytes(HARD_STATE_JOURNAL).length, size);
     j.forget('shards/v1-0');
     assert.equal(value(j, 'shards/v1-0'), 'forgotten');
-    j.close();
-    disk.powerCut();
-    const again = HardStateJournal.open(disk);
+    const again = reopenAfterPowerCut(disk, j);
     assert.equal(value(again, 'shards/v1-0'), 'forgotten');
     again.saveMany([{ key: 'shards/v1-0', value: state(1) }]);
     assert.deepEqual(value(again, 'shards/v1-0'), state(1));
@@ -221,9 +222,7 @@ describe('HardStateJournal', () => {
     assert.ok(st.compactions >= 5, `compactions: ${st.compactions}`);
     assert.ok(st.bytes <= 4096 + 200, `bytes: ${st.bytes}`);
     assert.equal(st.dirs, 3, 'x, y and the forgotten directory still there');
-    j.close();
-    disk.powerCut();
-    const again = HardStateJournal.open(disk);
+    const again = reopenAfterPowerCut(disk, j);
     assert.deepEqual(value(again, 'shards/x'), state(400, 'n1'));
     assert.deepEqual(value(again, 'shards/y'), state(400, 'n2'));
     assert.equal(value(again, 'shards/kept'), 'forgotten');
@@ -250,9 +249,7 @@ describe('HardStateJournal', () => {
       if (j.stats().compactions === 0) assert.ok(j.stats().bytes <= failedAt + 2000 + 100, `not before it grew by the bound: ${j.stats().bytes}`);
     }
     j.saveMany([{ key: 'shards/x', value: state(++t, 'n1') }]);
-    j.close();
-    disk.powerCut();
-    assert.deepEqual(value(HardStateJournal.open(disk), 'shards/x'), state(t, 'n1'));
+    assert.deepEqual(value(reopenAfterPowerCut(disk, j), 'shards/x'), state(t, 'n1'));
   });
 
   it('a crash at any step of a rewrite leaves every save that was answered', () => {
@@ -315,9 +312,7 @@ describe('HardStateJournal', () => {
     assert.deepEqual(value(j, 'shards/a'), state(1));
     assert.equal(value(j, 'shards/b'), 'none');
     j.saveMany([{ key: 'shards/a', value: state(3) }]);
-    j.close();
-    disk.powerCut();
-    const again = HardStateJournal.open(disk);
+    const again = reopenAfterPowerCut(disk, j);
     assert.deepEqual(again.damage, []);
     assert.deepEqual(value(again, 'shards/a'), state(3));
     assert.equal(value(again, 'shards/b'), 'none');
