@@ -195,8 +195,9 @@ async function main(): Promise<number> {
       await new Promise((r) => setTimeout(r, opts.pollMs));
     }
     const idle = leadersS === undefined || opts.idleS === 0 ? undefined : await idleCpu(cluster, opts.idleS);
-    const lost = leadersS === undefined || opts.then === undefined ? undefined : await afterLosing(cluster, name, info.pageSize, opts);
+    // Counted before `--then`: the leaderships a stopped node hands over are not of the elections.
     const deposed = stepDowns(cluster);
+    const lost = leadersS === undefined || opts.then === undefined ? undefined : await afterLosing(cluster, name, info.pageSize, opts);
     const deposedTotal = Object.values(deposed).reduce((a, b) => a + b, 0);
     printTable(`Strata elections: a new volume of ${opts.shards} shards × ${opts.replicas} replicas on ${opts.nodes} nodes (status every ${opts.pollMs} ms)`, [
       { what: 'create answered after', value: `${createdS.toFixed(2)} s` },
