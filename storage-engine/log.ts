@@ -127,6 +127,24 @@ function encodeScratch(bytes: number): Uint8Array {
 export function logEncodeScratchBytes(): number {
   return sharedEncodeBuf.length;
 }
+
+/**
+ * The read buffer of recovery, which the opens of this thread's logs share: a fresh one per open
+ * (as large as the last segment, up to LOG_RECOVERY_CHUNK_BYTES, so 1 MiB and more for a segment
+ * with its zeros written ahead) took an allocation and a page fault per 4 KiB read into it, about
+ * a third of a replica's open when a node reopens hundreds. An open runs from start to end on its
+ * thread, so one buffer serves them in turn; an open started during another (nothing does so
+ * today) takes a buffer of its own (`recoveryScratchHeld`). Kept for the thread's life: at most
+ * LOG_RECOVERY_CHUNK_BYTES, of which only what was read into is resident.
+ */
+let sharedRecoveryBuf: Uint8Array | undefined;
+let recoveryScratchHeld = false;
+let recoveryScratchAllocations = 0;
+
+/** Bytes of the recovery buffer this thread's logs share, and buffers recovery allocated on this thread (for tests and memory accounting). */
+export function logRecoveryScratch(): { bytes: number; allocations: number } {
+  return { bytes: sharedRecoveryBuf?.length ?? 0, allocations: recoveryScratchAllocations };
+}
 /** Default `bytesMax` of `read`. */
 export const LOG_READ_BYTES_MAX_DEFAULT = 4 * 1024 * 1024;
 /** Largest `bytesMax` a `read` may ask for. */
@@ -239,8 +257,9 @@ export class SegmentLog {
   private readonly onDiscardError = (): void => {
     this.discardFailuresCount++;
   };
-  /** Recovery's read buffer; dropped after open. */
+  /** Recovery's read buffer (the thread's shared one when `holdsSharedScratch`); dropped after open. */
   private scratch: Uint8Array | undefined = undefined;
+  private holdsSharedScratch = false;
 
   /** LogOptions.onRecovered, during open only. */
   private onRecovered: LogOptions['onRecovered'];
@@ -275,6 +294,8 @@ export class SegmentLog {
       log.closeAllHandles(true);
       throw e;
     } finally {
+      if (log.holdsSharedScratch) recoveryScratchHeld = false;
+      log.holdsSharedScratch = false;
       log.scratch = undefined;
       log.onRecovered = undefined;
     }
@@ -1043,7 +1064,22 @@ export class SegmentLog {
 
   private scratchFor(size: number): Uint8Array {
     const want = Math.min(LOG_RECOVERY_CHUNK_BYTES, Math.max(size, SEGMENT_HEADER_BYTES));
-    if (this.scratch === undefined || this.scratch.length < want) this.scratch = new Uint8Array(want);
+    if (this.scratch !== undefined && this.scratch.length >= want) return this.scratch;
+    if (!this.holdsSharedScratch && !recoveryScratchHeld) {
+      recoveryScratchHeld = true;
+      this.holdsSharedScratch = true;
+    }
+    if (!this.holdsSharedScratch) {
+      recoveryScratchAllocations++;
+      this.scratch = new Uint8Array(want);
+      return this.scratch;
+    }
+    if (sharedRecoveryBuf === undefined || sharedRecoveryBuf.length < want) {
+      recoveryScratchAllocations++;
+      // Grown in steps that double, so that a thread reopening logs of growing segments allocates a few times only.
+      sharedRecoveryBuf = new Uint8Array(Math.min(LOG_RECOVERY_CHUNK_BYTES, Math.max(want, 2 * (sharedRecoveryBuf?.length ?? 0))));
+    }
+    this.scratch = sharedRecoveryBuf;
     return this.scratch;
   }
 

@@ -9,7 +9,9 @@ import {
   LOG_READ_BYTES_LIMIT,
   LOG_SEALED_HANDLES_MAX,
   LOG_WRITE_BATCH_RECORDS_MAX,
+  LOG_RECOVERY_CHUNK_BYTES,
   logEncodeScratchBytes,
+  logRecoveryScratch,
   SegmentLog,
 } from '../../storage-engine/log';
 import { parseSegmentName, recordBytes, segmentName, SEGMENT_HEADER_BYTES } from '../../storage-engine/log-segment';
@@ -66,6 +68,55 @@ describe('SegmentLog', () => {
       const got = log.read(1, 17);
       assert.deepEqual(got.slice(0, 16).map((r) => [r.payload.length, r.payload[0], r.payload[r.payload.length - 1]]), big(i).map((r) => [r.payload.length, r.payload[0], r.payload[0]]));
       assert.deepEqual(got[16]!.payload, new Uint8Array(10).fill(i));
+      log.close();
+    }
+  });
+
+  it('the opens of a thread\'s logs share one recovery buffer: reopening eight logs allocates it once at most, and each recovers its own records', () => {
+    const disk = new SimDisk();
+    // Log i holds records of its own bytes, in a segment of its own size (the largest first;
+    // small writes, each followed by zeros written ahead).
+    const recordsOf = (i: number): LogRecordInput[] => Array.from({ length: 8 - i }, (_, k) => ({ term: 1, kind: 1, payload: new Uint8Array(48 * 1024).fill(i * 16 + k) }));
+    for (let i = 0; i < 8; i++) {
+      const log = SegmentLog.open(disk, { dir: `shard-${i}/log` });
+      for (const r of recordsOf(i)) log.write([r]);
+      log.sync();
+      log.close();
+    }
+    const before = logRecoveryScratch().allocations;
+    for (let i = 0; i < 8; i++) {
+      const log = SegmentLog.open(disk, { dir: `shard-${i}/log` });
+      assert.deepEqual(log.corruption, []);
+      assert.deepEqual(log.read(1, log.lastLsn).map((r) => [r.lsn, r.payload.length, r.payload[0], r.payload[r.payload.length - 1]]), recordsOf(i).map((r, k) => [k + 1, r.payload.length, r.payload[0], r.payload[0]]));
+      log.close();
+    }
+    assert.ok(logRecoveryScratch().allocations - before <= 1, `allocations: ${logRecoveryScratch().allocations - before}`);
+    const { bytes } = logRecoveryScratch();
+    assert.ok(bytes > 0 && bytes <= LOG_RECOVERY_CHUNK_BYTES, `kept: ${bytes} bytes`);
+  });
+
+  it('a log opened while another recovers (from its onRecovered) reads into a buffer of its own: both recover every record', () => {
+    const disk = new SimDisk();
+    for (const [dir, fill] of [['shard-a/log', 0xaa], ['shard-b/log', 0xbb]] as const) {
+      const log = SegmentLog.open(disk, { dir });
+      log.write(Array.from({ length: 6 }, (_, k) => ({ term: 1, kind: 1, payload: new Uint8Array(8 * 1024).fill(fill + k) })));
+      log.sync();
+      log.close();
+    }
+    let inner: SegmentLog | undefined;
+    const seen: number[] = [];
+    const outer = SegmentLog.open(disk, {
+      dir: 'shard-a/log',
+      onRecovered: (lsn, _term, _kind, payload) => {
+        seen.push(payload[0]!);
+        // Opened during the outer scan, which goes on reading from its buffer afterwards.
+        if (lsn === 1) inner = SegmentLog.open(disk, { dir: 'shard-b/log' });
+      },
+    });
+    assert.deepEqual(seen, [0xaa, 0xab, 0xac, 0xad, 0xae, 0xaf]);
+    for (const [log, fill] of [[outer, 0xaa], [inner!, 0xbb]] as const) {
+      assert.deepEqual(log.corruption, []);
+      assert.deepEqual(log.read(1, log.lastLsn).map((r) => r.payload[0]), [0, 1, 2, 3, 4, 5].map((k) => fill + k));
       log.close();
     }
   });
