@@ -375,6 +375,13 @@ const CLAIM_RECHECK_MS = 5_000;
 /** Between the two rounds of a claim on a NATS cluster: longer than a subscription takes to cross the routes. */
 const CLAIM_CLUSTER_PAUSE_MS = 1500;
 
+/**
+ * Opens of its shards a starting node asks of each host at a time. A host opens them one after
+ * another on its thread; more than one asked keeps it from idling while an answer travels back
+ * and the next open is asked for, and the hosts open theirs side by side.
+ */
+export const START_OPENS_PER_HOST = 4;
+
 /** Longest wait of a start for the NATS server to confirm the node's subscriptions. */
 const START_FLUSH_MS = 5000;
 
@@ -795,13 +802,28 @@ export class StrataNode {
     });
     this.checkStarting();
     // Serve the shards this node had before it reaches anyone. One that cannot be opened does
-    // not keep the others from serving: the pool tries it again with a back-off.
+    // not keep the others from serving: the pool tries it again with a back-off. The hosts open
+    // theirs side by side, each in the node's order, START_OPENS_PER_HOST asked at a time.
+    const pool = this.pool;
+    const byHost = new Map<number, ShardAssignment[]>();
     for (const a of this.nodeMeta.shards) {
-      this.checkStarting();
-      await this.pool.openShard(a.hostId, { ...a, existing: true }).catch((err: unknown) =>
-        this.log.warn('could not open a shard; trying again', { hostId: a.hostId, volume: a.volumeId, shard: a.shard, err }),
-      );
+      const list = byHost.get(a.hostId);
+      if (list === undefined) byHost.set(a.hostId, [a]);
+      else list.push(a);
     }
+    await Promise.all([...byHost.values()].map((list) => {
+      let next = 0;
+      const lane = async (): Promise<void> => {
+        while (next < list.length) {
+          const a = list[next++]!;
+          this.checkStarting();
+          await pool.openShard(a.hostId, { ...a, existing: true }).catch((err: unknown) =>
+            this.log.warn('could not open a shard; trying again', { hostId: a.hostId, volume: a.volumeId, shard: a.shard, err }),
+          );
+        }
+      };
+      return Promise.all(Array.from({ length: Math.min(START_OPENS_PER_HOST, list.length) }, lane));
+    }));
     this.router = new ApiRouter(this.nc, this.cluster, this.opts.requestTimeoutMs ?? 10_000);
     if (this.controller) {
       this.serveController();

@@ -1,0 +1,74 @@
+/**
+ * A node that starts again serves the shards it had before it reaches anyone: its hosts open
+ * theirs side by side, each in the node's order, START_OPENS_PER_HOST asked at a time.
+ */
+import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { startCluster, type InProcessCluster } from '../../cluster/in-process-cluster';
+import { START_OPENS_PER_HOST } from '../../cluster/node';
+import { NODE_META, nodeMetaStore, type NodeMeta } from '../../cluster/data-dir-layout';
+import { HostPool } from '../../runtime/host-pool';
+import { RealDisk } from '../../storage-engine/real-disk';
+import type { ShardSpec } from '../../runtime/device-host';
+
+describe('a node\'s restart opens its shards', function () {
+  this.timeout(120_000);
+  let c: InProcessCluster | undefined;
+  let dataDir: string;
+
+  before(async () => {
+    dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'strata-restart-opens-'));
+    c = await startCluster({ nodes: 1, hosts: 2, dataDir });
+  });
+  after(async () => {
+    await c?.stop();
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  });
+
+  it('on its hosts side by side, each in the node\'s order, START_OPENS_PER_HOST asked at a time; each once, all served when the start returns', async () => {
+    // More shards than the bound on each of the two hosts.
+    const shards = 4 * (START_OPENS_PER_HOST + 2);
+    await c!.client.createVolume({ name: 'ro', pageCount: shards * 16, shards, stripePages: 16, replicas: 1 });
+    const opened = async (): Promise<string[][]> => (await c!.nodes[0]!.hostPool.stats()).map((h) => (h.device?.shards ?? []).map((s) => `${s.volumeId}/${s.shard}`).sort());
+    const before = await opened();
+    assert.equal(before.flat().length, shards);
+    for (const list of before) assert.ok(list.length > START_OPENS_PER_HOST, `shards per host: ${before.map((l) => l.length).join(', ')}`);
+    await c!.stopNode(0);
+
+    // The opens the start asks for, as the pool is asked.
+    const asked: Array<[host: number, shard: string]> = [];
+    const inFlight = [0, 0];
+    const inFlightMax = [0, 0];
+    let bothAtOnce = false;
+    const real = HostPool.prototype.openShard;
+    HostPool.prototype.openShard = async function (this: HostPool, hostId: number, spec: ShardSpec) {
+      asked.push([hostId, `${spec.volumeId}/${spec.shard}`]);
+      inFlight[hostId]!++;
+      inFlightMax[hostId] = Math.max(inFlightMax[hostId]!, inFlight[hostId]!);
+      if (inFlight[0]! > 0 && inFlight[1]! > 0) bothAtOnce = true;
+      try {
+        return await real.call(this, hostId, spec);
+      } finally {
+        inFlight[hostId]!--;
+      }
+    };
+    try {
+      await c!.restart(0);
+    } finally {
+      HostPool.prototype.openShard = real;
+    }
+    assert.deepEqual(await opened(), before, 'every shard served again, on its host');
+    assert.ok(bothAtOnce, 'the two hosts had opens asked at the same time');
+    assert.deepEqual(inFlightMax, [START_OPENS_PER_HOST, START_OPENS_PER_HOST]);
+    // Each host in the node's order: that of its record of its shards (the start's opens come
+    // first; a reconciliation after them may ask again).
+    const rec = nodeMetaStore(new RealDisk(c!.dataDirs[0]!)).read<NodeMeta>(NODE_META)!;
+    for (const h of [0, 1]) {
+      const mine = rec.shards.filter((a) => a.hostId === h).map((a) => `${a.volumeId}/${a.shard}`);
+      assert.deepEqual([...mine].sort(), before[h]);
+      assert.deepEqual(asked.filter(([host]) => host === h).map(([, s]) => s).slice(0, mine.length), mine, `host ${h}`);
+    }
+  });
+});
