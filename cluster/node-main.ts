@@ -58,6 +58,7 @@ export async function runNode(config: NodeConfig): Promise<{ stop(): Promise<voi
   }
   log.info('node started', {
     cluster: config.cluster, nats: config.natsUrl, dataDir: config.dataDir, hosts: config.hosts, metricsPort: telemetry.metricsPort, sampling: telemetry.sampling,
+    ...node.startInfo,
   });
   let stopping: Promise<void> | undefined;
   const stop = (): Promise<void> => {

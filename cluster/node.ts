@@ -376,6 +376,18 @@ const CLAIM_RECHECK_MS = 5_000;
 const CLAIM_CLUSTER_PAUSE_MS = 1500;
 
 /**
+ * What a node's start did: the replicas it had before (its record of them) that it opened again
+ * before it served anyone, those of them whose open failed (each left to the host pool's retries),
+ * how long those opens took, and the whole start (to the first reconciliation done).
+ */
+export interface NodeStartInfo {
+  shards: number;
+  shardsFailed: number;
+  shardsOpenMs: number;
+  startMs: number;
+}
+
+/**
  * Opens of its shards a starting node asks of each host at a time. A host opens them one after
  * another on its thread; more than one asked keeps it from idling while an answer travels back
  * and the next open is asked for, and the hosts open theirs side by side.
@@ -610,6 +622,7 @@ export class StrataNode {
   /** Changes of the controller nodes this node's controller ended, by trigger and outcome (ControllerSnapshot.controllerNodeChanges). */
   private readonly controllerChangesEnded = new OutcomeCounts();
   private readonly startedAt = Date.now();
+  private started: NodeStartInfo | undefined;
   private readonly log: Logger;
   private stopped = false;
   /** Given when a clean stop begins: waits that end early then (a delete's for its destroys). */
@@ -727,7 +740,13 @@ export class StrataNode {
     return this.pool;
   }
 
+  /** What this node's start did, once it returned (logged by `strata node`). */
+  get startInfo(): NodeStartInfo | undefined {
+    return this.started;
+  }
+
   private async boot(): Promise<void> {
+    const bootAt = performance.now();
     const hostConfigs: HostConfig[] = [];
     for (let i = 0; i < this.hosts; i++) {
       hostConfigs.push({
@@ -805,6 +824,8 @@ export class StrataNode {
     // not keep the others from serving: the pool tries it again with a back-off. The hosts open
     // theirs side by side, each in the node's order, START_OPENS_PER_HOST asked at a time.
     const pool = this.pool;
+    const opensAt = performance.now();
+    let opensFailed = 0;
     const byHost = new Map<number, ShardAssignment[]>();
     for (const a of this.nodeMeta.shards) {
       const list = byHost.get(a.hostId);
@@ -817,13 +838,15 @@ export class StrataNode {
         while (next < list.length) {
           const a = list[next++]!;
           this.checkStarting();
-          await pool.openShard(a.hostId, { ...a, existing: true }).catch((err: unknown) =>
-            this.log.warn('could not open a shard; trying again', { hostId: a.hostId, volume: a.volumeId, shard: a.shard, err }),
-          );
+          await pool.openShard(a.hostId, { ...a, existing: true }).catch((err: unknown) => {
+            opensFailed++;
+            this.log.warn('could not open a shard; trying again', { hostId: a.hostId, volume: a.volumeId, shard: a.shard, err });
+          });
         }
       };
       return Promise.all(Array.from({ length: Math.min(START_OPENS_PER_HOST, list.length) }, lane));
     }));
+    const opensMs = performance.now() - opensAt;
     this.router = new ApiRouter(this.nc, this.cluster, this.opts.requestTimeoutMs ?? 10_000);
     if (this.controller) {
       this.serveController();
@@ -850,6 +873,12 @@ export class StrataNode {
     this.claimTimer.unref();
     if (this.controller !== undefined) this.startRepairs();
     if (this.catalogMember) this.startSeatChecks();
+    this.started = {
+      shards: this.nodeMeta.shards.length,
+      shardsFailed: opensFailed,
+      shardsOpenMs: Math.round(opensMs),
+      startMs: Math.round(performance.now() - bootAt),
+    };
     if (telemetry && !this.stopped) {
       const recorder = this.recorder!;
       const pool = this.pool;
