@@ -840,7 +840,8 @@ export class StrataNode {
           this.checkStarting();
           await pool.openShard(a.hostId, { ...a, existing: true }).catch((err: unknown) => {
             opensFailed++;
-            this.log.warn('could not open a shard; trying again', { hostId: a.hostId, volume: a.volumeId, shard: a.shard, err });
+            // A start given up (the node stopped meanwhile) fails the opens still asked: nothing to say.
+            if (!this.stopped) this.log.warn('could not open a shard; trying again', { hostId: a.hostId, volume: a.volumeId, shard: a.shard, err });
           });
         }
       };

@@ -7,11 +7,12 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { startCluster, type InProcessCluster } from '../../cluster/in-process-cluster';
-import { START_OPENS_PER_HOST } from '../../cluster/node';
+import { START_OPENS_PER_HOST, StrataNode } from '../../cluster/node';
 import { NODE_META, nodeMetaStore, type NodeMeta } from '../../cluster/data-dir-layout';
 import { HostPool } from '../../runtime/host-pool';
 import { RealDisk } from '../../storage-engine/real-disk';
 import type { ShardSpec } from '../../runtime/device-host';
+import { stderrOf } from '../support/stderr';
 
 describe('a node\'s restart opens its shards', function () {
   this.timeout(120_000);
@@ -78,5 +79,45 @@ describe('a node\'s restart opens its shards', function () {
       assert.deepEqual([...mine].sort(), before[h]);
       assert.deepEqual(asked.filter(([host]) => host === h).map(([, s]) => s).slice(0, mine.length), mine, `host ${h}`);
     }
+  });
+
+  it('a start given up while its opens run (the node killed) fails, and its opens still asked say nothing', async () => {
+    // The shards of its record (the test before left one of them unopened).
+    const before = nodeMetaStore(new RealDisk(c!.dataDirs[0]!)).read<NodeMeta>(NODE_META)!.shards.length;
+    assert.ok(before > 2 * START_OPENS_PER_HOST, `shards: ${before}`);
+    await c!.stopNode(0);
+    // The node being started, taken as its start begins; killed as the last of the first opens
+    // its hosts are asked for (all of them asked at once) is asked.
+    const proto = StrataNode.prototype as unknown as { boot(this: StrataNode): Promise<void> };
+    const realBoot = proto.boot;
+    let starting: StrataNode | undefined;
+    proto.boot = function (this: StrataNode) {
+      starting = this;
+      return realBoot.call(this);
+    };
+    const realOpen = HostPool.prototype.openShard;
+    let asked = 0;
+    HostPool.prototype.openShard = function (this: HostPool, hostId: number, spec: ShardSpec) {
+      const p = realOpen.call(this, hostId, spec);
+      if (++asked === 2 * START_OPENS_PER_HOST) starting!.kill();
+      return p;
+    };
+    // At warn, where 'could not open a shard' is logged.
+    const level = process.env.STRATA_LOG_LEVEL;
+    process.env.STRATA_LOG_LEVEL = 'warn';
+    let lines: string[];
+    try {
+      lines = await stderrOf(() => assert.rejects(c!.restart(0), (e: Error) => /stopped while it started/.test(e.message)));
+    } finally {
+      if (level === undefined) delete process.env.STRATA_LOG_LEVEL;
+      else process.env.STRATA_LOG_LEVEL = level;
+      proto.boot = realBoot;
+      HostPool.prototype.openShard = realOpen;
+    }
+    assert.equal(asked, 2 * START_OPENS_PER_HOST, 'none asked once killed');
+    assert.deepEqual(lines.filter((l) => l.includes('could not open a shard')), []);
+    // Started again, it serves every shard of its record.
+    await c!.restart(0);
+    assert.equal((await c!.nodes[0]!.hostPool.stats()).reduce((k, h) => k + (h.device?.shards.length ?? 0), 0), before);
   });
 });

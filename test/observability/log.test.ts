@@ -1,20 +1,10 @@
 import { strict as assert } from 'node:assert';
 import { createLogger } from '../../observability/log';
+import { stderrOfSync } from '../support/stderr';
 
 /** The lines `fn` writes to stderr, parsed. */
 function linesOf(fn: () => void): Array<Record<string, unknown>> {
-  const written: string[] = [];
-  const write = process.stderr.write.bind(process.stderr);
-  process.stderr.write = ((chunk: string | Uint8Array): boolean => {
-    written.push(String(chunk));
-    return true;
-  }) as typeof process.stderr.write;
-  try {
-    fn();
-  } finally {
-    process.stderr.write = write;
-  }
-  return written.join('').split('\n').filter((l) => l !== '').map((l) => JSON.parse(l) as Record<string, unknown>);
+  return stderrOfSync(fn).join('').split('\n').filter((l) => l !== '').map((l) => JSON.parse(l) as Record<string, unknown>);
 }
 
 describe('the structured logger', () => {
