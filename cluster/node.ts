@@ -891,6 +891,7 @@ export class StrataNode {
           requests: recorder.snapshot(),
           catalogChangesSentAgain: this.router?.changesSentAgain ?? 0,
           ...(controller ? { controller } : {}),
+          ...(this.started ? { start: this.started } : {}),
         };
       });
     }

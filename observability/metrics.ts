@@ -264,6 +264,8 @@ export interface StatsSnapshot {
   catalogChangesSentAgain?: number;
   /** The controller's view, from the node that runs the controller only. */
   controller?: ControllerSnapshot;
+  /** What the node's start did (StrataNode.startInfo). */
+  start?: { shards: number; shardsFailed: number; shardsOpenMs: number; startMs: number };
 }
 
 export type StatsSource = () => StatsSnapshot | Promise<StatsSnapshot>;
@@ -446,6 +448,13 @@ export class StrataMetrics {
     const node = cleanLabel(snap.node);
     if (snap.catalogChangesSentAgain !== undefined) {
       out.counter('strata_catalog_changes_sent_again', 'Catalog changes (with a request id) this node\'s API router sent again to a controller that took its seat while it waited for their answer: the controller before may have died with them.', snap.catalogChangesSentAgain, { node });
+    }
+    if (snap.start !== undefined) {
+      const st = snap.start;
+      out.gauge('strata_node_start_seconds', 'How long the node\'s start took, to its first reconciliation with the catalog.', st.startMs / 1000, { node }, 's');
+      out.gauge('strata_node_start_opens_seconds', 'How long the node\'s start took to open again the replicas of its record, before it served anyone.', st.shardsOpenMs / 1000, { node }, 's');
+      out.gauge('strata_node_start_replicas', 'Replicas of its record the node opened again as it started.', st.shards, { node });
+      out.gauge('strata_node_start_replicas_failed', 'Replicas of its record whose open failed as the node started (each tried again by its host).', st.shardsFailed, { node });
     }
     for (const h of snap.hosts) {
       const host = String(h.hostId);

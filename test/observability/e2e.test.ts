@@ -250,6 +250,11 @@ describe('observability end to end (in-process cluster)', function () {
       assert.equal(max(after, 'strata_shard_commit_lsn', { node, volume: info.id, shard: '0' }), lastLsn, `commit LSN on ${node}`);
     }
     assert.equal(max(after, 'strata_shard_up', { volume: info.id }), 1);
+    // Each node says what its start did: new nodes, no replica to open again.
+    for (const node of ['n1', 'n2', 'n3']) {
+      assert.equal(max(after, 'strata_node_start_replicas', { node }), 0, `start of ${node}`);
+      assert.ok((max(after, 'strata_node_start_seconds', { node }) ?? 0) > 0, `start of ${node}`);
+    }
     assert.ok((max(after, 'strata_shard_current_term', { volume: info.id }) ?? 0) >= 1);
     assert.ok(sum(after, 'strata_elections_total', { volume: info.id }) >= 1, 'an election happened');
     assert.ok(after.includes('strata_replica_lag_records{'), 'the leader reports its followers\' lag');

@@ -243,9 +243,15 @@ describe('observability/metrics', () => {
     m.addStatsSource(() => ({ node: 'n1', hosts: [], ...(runsController ? { controller } : {}) }));
     // Another node: no controller, no controller series; its API router sent 5 catalog changes
     // again to a new controller.
-    m.addStatsSource(() => ({ node: 'n2', hosts: [host(0)], catalogChangesSentAgain: 5 }));
+    m.addStatsSource(() => ({ node: 'n2', hosts: [host(0)], catalogChangesSentAgain: 5, start: { shards: 600, shardsFailed: 2, shardsOpenMs: 1250, startMs: 2600 } }));
     const text = (await get(port, '/metrics')).body;
     assert.equal(sample(text, 'strata_catalog_changes_sent_again_total', { node: 'n2' }), 5);
+    // What its start did; n1 says nothing of its start, and has no such series.
+    assert.equal(sample(text, 'strata_node_start_seconds', { node: 'n2' }), 2.6);
+    assert.equal(sample(text, 'strata_node_start_opens_seconds', { node: 'n2' }), 1.25);
+    assert.equal(sample(text, 'strata_node_start_replicas', { node: 'n2' }), 600);
+    assert.equal(sample(text, 'strata_node_start_replicas_failed', { node: 'n2' }), 2);
+    assert.equal(sample(text, 'strata_node_start_seconds', { node: 'n1' }), undefined);
     assert.equal(sample(text, 'strata_catalog_changes_sent_again_total', { node: 'n1' }), undefined, 'a source that does not report it has no series');
     assert.equal(sample(text, 'strata_controller_nodes', { node: 'n1', state: 'live' }), 3);
     assert.equal(sample(text, 'strata_controller_nodes', { node: 'n1', state: 'dead' }), 1);
