@@ -25,7 +25,7 @@ import type { Disk, FileHandle } from './disk';
 import { parentDir } from './disk';
 import { crc32c } from './crc32c';
 import { CorruptionError, StorageError, type CorruptionReport } from './errors';
-import { META_TMP_SUFFIX } from './metadata';
+import { encodeFramed, META_TMP_SUFFIX } from './metadata';
 
 /** Name of the journal file in a device's root directory. */
 export const HARD_STATE_JOURNAL = 'hard-states';
@@ -105,15 +105,7 @@ export interface HardStateJournalStats {
 }
 
 function encodeRecord(entries: ReadonlyArray<readonly [string, unknown]>): Uint8Array {
-  const payload = new TextEncoder().encode(JSON.stringify(entries));
-  const out = new Uint8Array(HARD_STATE_RECORD_HEADER_BYTES + payload.length);
-  const dv = new DataView(out.buffer);
-  out.set(MAGIC, 0);
-  dv.setUint32(4, HARD_STATE_JOURNAL_FORMAT_VERSION, true);
-  dv.setUint32(8, payload.length, true);
-  dv.setUint32(12, crc32c(payload), true);
-  out.set(payload, HARD_STATE_RECORD_HEADER_BYTES);
-  return out;
+  return encodeFramed(MAGIC, HARD_STATE_JOURNAL_FORMAT_VERSION, new TextEncoder().encode(JSON.stringify(entries)));
 }
 
 function isEntry(e: unknown): e is [string, unknown] {

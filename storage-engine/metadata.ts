@@ -68,13 +68,24 @@ export function encodeMeta(value: unknown, payloadBytesMax = META_PAYLOAD_BYTES_
       payloadBytesMax,
     });
   }
-  const out = new Uint8Array(META_HEADER_BYTES + payload.length);
+  return encodeFramed(MAGIC_BYTES, META_FORMAT_VERSION, payload);
+}
+
+/**
+ * `payload` behind a header of `magic`, then three little-endian u32: `version`, the payload's
+ * length and its CRC-32C (so `magic.length + 12` header bytes). The frame of a metadata file,
+ * and of each record of the hard-state journal (hard-state-journal.ts), which differ in their
+ * magic and in how they read a frame that does not check out.
+ */
+export function encodeFramed(magic: Uint8Array, version: number, payload: Uint8Array): Uint8Array {
+  const at = magic.length;
+  const out = new Uint8Array(at + 12 + payload.length);
   const dv = new DataView(out.buffer);
-  out.set(MAGIC_BYTES, 0);
-  dv.setUint32(8, META_FORMAT_VERSION, true);
-  dv.setUint32(12, payload.length, true);
-  dv.setUint32(16, crc32c(payload), true);
-  out.set(payload, META_HEADER_BYTES);
+  out.set(magic, 0);
+  dv.setUint32(at, version, true);
+  dv.setUint32(at + 4, payload.length, true);
+  dv.setUint32(at + 8, crc32c(payload), true);
+  out.set(payload, at + 12);
   return out;
 }
 
