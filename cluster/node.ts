@@ -103,7 +103,8 @@ import { makeDirectory } from '../storage-engine/make-directory';
 import { MetaStore } from '../storage-engine/metadata';
 import { shardKey } from '../messages/volume-id';
 import { CATALOG, CATALOG_REPLICAS_MAX, Controller, branchNotCopied, idNumber, idTag, seedOf, volumeInfo, type NodeMember, type RepairMove, type AssignmentRole, type CatalogState, type ShardMove, type VolumeRecord } from '../actors/controller';
-import { HostPool } from '../runtime/host-pool';
+import { HOST_OPENS_AT_ONCE, HostPool } from '../runtime/host-pool';
+import { inLanes } from '../runtime/lanes';
 import type { HostConfig, ReplicaConfigState, TransportFaults } from '../runtime/actor-host';
 import type { ReconfigureResult, ReplicaTiming } from '../actors/replica';
 import { createLogger, type Logger } from '../observability/log';
@@ -387,12 +388,8 @@ export interface NodeStartInfo {
   startMs: number;
 }
 
-/**
- * Opens of its shards a starting node asks of each host at a time. A host opens them one after
- * another on its thread; more than one asked keeps it from idling while an answer travels back
- * and the next open is asked for, and the hosts open theirs side by side.
- */
-export const START_OPENS_PER_HOST = 4;
+/** Opens of its shards a starting node asks of each host at a time (its hosts open theirs side by side). */
+export const START_OPENS_PER_HOST = HOST_OPENS_AT_ONCE;
 
 /** Longest wait of a start for the NATS server to confirm the node's subscriptions. */
 const START_FLUSH_MS = 5000;
@@ -832,21 +829,14 @@ export class StrataNode {
       if (list === undefined) byHost.set(a.hostId, [a]);
       else list.push(a);
     }
-    await Promise.all([...byHost.values()].map((list) => {
-      let next = 0;
-      const lane = async (): Promise<void> => {
-        while (next < list.length) {
-          const a = list[next++]!;
-          this.checkStarting();
-          await pool.openShard(a.hostId, { ...a, existing: true }).catch((err: unknown) => {
-            opensFailed++;
-            // A start given up (the node stopped meanwhile) fails the opens still asked: nothing to say.
-            if (!this.stopped) this.log.warn('could not open a shard; trying again', { hostId: a.hostId, volume: a.volumeId, shard: a.shard, err });
-          });
-        }
-      };
-      return Promise.all(Array.from({ length: Math.min(START_OPENS_PER_HOST, list.length) }, lane));
-    }));
+    await Promise.all([...byHost.values()].map((list) => inLanes(list, START_OPENS_PER_HOST, async (a) => {
+      this.checkStarting();
+      await pool.openShard(a.hostId, { ...a, existing: true }).catch((err: unknown) => {
+        opensFailed++;
+        // A start given up (the node stopped meanwhile) fails the opens still asked: nothing to say.
+        if (!this.stopped) this.log.warn('could not open a shard; trying again', { hostId: a.hostId, volume: a.volumeId, shard: a.shard, err });
+      });
+    })));
     const opensMs = performance.now() - opensAt;
     this.router = new ApiRouter(this.nc, this.cluster, this.opts.requestTimeoutMs ?? 10_000);
     if (this.controller) {

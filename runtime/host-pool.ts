@@ -17,6 +17,7 @@ import nodeEndpoint from 'comlink/dist/umd/node-adapter';
 import type { HostApi, HostConfig, HostStats, HostHealth, HostWorkerData, ReplicaConfigState, ShardOpened, TransportFaults } from './actor-host';
 import { shardKey, type ForgottenRule, type ReplicaRoles, type ShardSpec } from './device-host';
 import { withTimeout } from './timeout';
+import { inLanes } from './lanes';
 import { currentTelemetry } from '../observability/telemetry';
 import type { ForceVoteResult, ReconfigureResult, ReplicaDigest, TransferResult } from '../actors/replica';
 
@@ -134,6 +135,13 @@ const RECONFIGURE_ANSWER_MS = 1000;
 
 /** Bound on a host's destroyLeftovers: a reconciliation does not wait longer for a host that is stuck. */
 const LEFTOVERS_TIMEOUT_MS = 5000;
+/**
+ * Opens of its shards asked of a host at a time, when a node starts or a restarted host reopens
+ * them. A host opens them one after another on its thread; more than one asked keeps it from
+ * idling while an answer travels back and the next open is asked for.
+ */
+export const HOST_OPENS_AT_ONCE = 4;
+
 /**
  * A host that exited more than restartsMax times within the window is started again after this
  * long, doubling up to HOST_RESPAWN_MS_MAX, for as long as the node runs: the cause (a device
@@ -559,40 +567,44 @@ export class HostPool {
   }
 
   /**
-   * Reopens shards on a (re)started host, each within the call deadline. One that fails does
-   * not keep the host from serving the others: it is reported, and tried again with back-off
-   * (a spec the host refuses is forgotten).
+   * Reopens shards on a (re)started host, HOST_OPENS_AT_ONCE asked at a time in the pool's
+   * order, each within the call deadline. One that fails does not keep the host from serving
+   * the others: it is reported, and tried again with back-off (a spec the host refuses is
+   * forgotten).
    */
   private async reopen(slot: HostSlot, api: Comlink.Remote<HostApi>, keys: Iterable<string>): Promise<void> {
     const current = (): boolean => !this.stopped && !slot.stopping && slot.api === api;
-    for (const key of [...keys]) {
-      // The thread this loop reopens for has exited (its successor reopens for itself), or the
-      // pool is stopping: nothing more to do, and nothing to report.
-      if (!current()) return;
-      const spec = slot.shards.get(key);
-      if (spec === undefined) continue;
-      try {
-        await timed(this.untilExit(slot, api.openShard(spec)), this.callTimeoutMs, `reopening shard ${key} on host ${slot.config.hostId}`);
-        slot.reopenPending.delete(key);
-        this.opened(slot, key, spec);
-      } catch (e) {
-        if (!current()) return;
-        const err = e instanceof Error ? e : new Error(String(e));
-        const retrying = !refused(e);
-        if (retrying) slot.reopenPending.add(key);
-        else {
-          slot.shards.delete(key);
-          slot.reopenPending.delete(key);
-        }
-        this.opts.onShardReopenFailed?.(slot.config.hostId, spec, err, retrying);
-      }
-    }
+    await inLanes([...keys], HOST_OPENS_AT_ONCE, (key) => this.reopenOne(slot, api, key, current));
     if (!current()) return;
     if (slot.reopenPending.size === 0) {
       slot.reopenAttempts = 0;
       return;
     }
     this.armReopen(slot, api);
+  }
+
+  /** One shard of `reopen`: opened, or reported and left to the retries (a spec refused is forgotten). */
+  private async reopenOne(slot: HostSlot, api: Comlink.Remote<HostApi>, key: string, current: () => boolean): Promise<void> {
+    // The thread this open is for has exited (its successor reopens for itself), or the pool is
+    // stopping: nothing more to do, and nothing to report.
+    if (!current()) return;
+    const spec = slot.shards.get(key);
+    if (spec === undefined) return;
+    try {
+      await timed(this.untilExit(slot, api.openShard(spec)), this.callTimeoutMs, `reopening shard ${key} on host ${slot.config.hostId}`);
+      slot.reopenPending.delete(key);
+      this.opened(slot, key, spec);
+    } catch (e) {
+      if (!current()) return;
+      const err = e instanceof Error ? e : new Error(String(e));
+      const retrying = !refused(e);
+      if (retrying) slot.reopenPending.add(key);
+      else {
+        slot.shards.delete(key);
+        slot.reopenPending.delete(key);
+      }
+      this.opts.onShardReopenFailed?.(slot.config.hostId, spec, err, retrying);
+    }
   }
 
   /** The next attempt at the shards a host could not open: 1 s, doubling up to a minute, for as long as the host runs. */

@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import type { HostConfig } from '../../runtime/actor-host';
-import { HOST_HEAP_INITIAL_MIB_MAX, HostPool } from '../../runtime/host-pool';
+import { HOST_HEAP_INITIAL_MIB_MAX, HOST_OPENS_AT_ONCE, HostPool } from '../../runtime/host-pool';
 import { startNatsServer, type NatsServerHandle } from '../../runtime/nats-server';
 import { waitFor } from '../support/wait';
 
@@ -135,6 +135,48 @@ describe('HostPool supervision', function () {
       pool = undefined;
       await own.stop();
     }
+  });
+
+  it('a restarted host reopens its shards HOST_OPENS_AT_ONCE at a time in the order it had them, the others served when one fails', async () => {
+    const dev = path.join(dir, 'dev0');
+    const failures: string[] = [];
+    pool = await HostPool.start({ hosts: [host(dev)], onShardReopenFailed: (_id, spec, err, retrying) => failures.push(`${spec.volumeId} ${retrying}: ${err.message}`) });
+    const ids = Array.from({ length: 3 * HOST_OPENS_AT_ONCE }, (_, i) => `v${i}`);
+    for (const id of ids) await pool.openShard(0, { volumeId: id, volumeName: id, shard: 0, shards: 1, pageCount: 64, pageSize: 4096, stripePages: 16, members: ['n1'] });
+    assert.deepEqual((await pool.replicaRoles()).down, []);
+    // The storage of one shard cannot be opened once the host restarts: a file where its directory was.
+    const failing = ids[5]!;
+    const asked: string[] = [];
+    let inFlight = 0;
+    let inFlightMax = 0;
+    const proto = HostPool.prototype as unknown as { reopenOne: (this: HostPool, ...args: unknown[]) => Promise<void> };
+    const real = proto.reopenOne;
+    proto.reopenOne = async function (this: HostPool, ...args: unknown[]) {
+      asked.push(String(args[2]).split('.')[0]!);
+      inFlightMax = Math.max(inFlightMax, ++inFlight);
+      try {
+        return await real.apply(this, args);
+      } finally {
+        inFlight--;
+      }
+    };
+    try {
+      await pool.crashHost(0);
+      const shardDir = path.join(dev, 'shards', `${failing}.0`);
+      fs.rmSync(shardDir, { recursive: true });
+      fs.writeFileSync(shardDir, 'in the way');
+      await waitFor('every shard asked again', () => asked.length >= ids.length, 20_000);
+      await waitFor('the others served', async () => {
+        const down = (await pool!.replicaRoles()).down;
+        return down.length === 1 && down[0]!.volumeId === failing;
+      }, 20_000);
+    } finally {
+      proto.reopenOne = real;
+    }
+    assert.deepEqual(asked.slice(0, ids.length), ids, 'in the order the host had them');
+    assert.equal(inFlightMax, HOST_OPENS_AT_ONCE);
+    assert.match(failures[0] ?? '', new RegExp(`^${failing} true: .*(ENOTDIR|EEXIST)`), 'the one that failed reported, and to be tried again');
+    assert.equal((await pool.stats())[0]!.reopensPending, 1);
   });
 
   it('a host that starts and then dies again and again backs off longer each time', async () => {
