@@ -259,8 +259,13 @@ export interface DeviceHostStats {
  * at a CPU cost (checksums) of about 0.3 % of a core.
  */
 export const SCRUB_BYTES_PER_SECOND_DEFAULT = 4 * 1024 * 1024;
-/** What a scrub step that found nothing to check counts as, for pacing. */
-const SCRUB_IDLE_STEP_BYTES = 64 * 1024;
+/**
+ * What a scrub step that checked less counts as, for pacing: at the default pace a device of
+ * many small replicas (a step for the image, a step for the log of each) takes at most 4 such
+ * steps a second. Each reads its replica's checkpoint pointer and runs a device task: at 64 KiB
+ * they were a third of an idle host thread's CPU (docs/replication.md, "Known limits").
+ */
+const SCRUB_IDLE_STEP_BYTES = 1024 * 1024;
 
 /** The counters of a DeviceQueue (its stats less its gauges and state). */
 type QueueCounters = Pick<DeviceQueueStats, 'batches' | 'appendOps' | 'appendRecords' | 'appendBytes' | 'syncs' | 'syncMsSum' | 'syncMsMax' | 'batchOpsHistogram' | 'syncMsHistogram' | 'readOps' | 'diskReads' | 'readBytes' | 'tasks' | 'stateSaves' | 'stateBatches' | 'rejectedOverloaded' | 'rejectedNoSpace'>;
@@ -604,8 +609,8 @@ export class DeviceHost {
         this.scrubCounters.passes++;
         this.scrubTurn++;
       }
-      // An idle step (nothing to check) costs as much time as a small one, so that a device of
-      // empty replicas is not polled in a loop.
+      // A step that checked little or nothing costs as much time as SCRUB_IDLE_STEP_BYTES, so
+      // that a device of small replicas is not read in a loop.
       this.scrubNextAtMs = nowMs + (Math.max(r.bytes, SCRUB_IDLE_STEP_BYTES) / rate) * 1000;
       if (r.damage === undefined) return;
       if (r.reported === true) {

@@ -410,6 +410,27 @@ describe('DeviceHost supervision', () => {
     await host.close();
   });
 
+  it('paces the background scrub of small replicas: a step that checks little counts as 1 MiB, so a device of them takes at most 4 steps a second at 4 MiB/s', async () => {
+    let now = 1000;
+    const host = new DeviceHost({ dir: 'dev0', self: 'n1', disk: new SimDisk(), nowMs: () => now, scrubBytesPerSecond: 4 * 1024 * 1024 });
+    for (const k of [0, 1, 2, 3]) host.openShard({ ...spec(k), shards: 4 });
+    for (const k of [0, 1, 2, 3]) await (await leader(host, k)).write([{ page: k * 4, data: page(k + 1) }]);
+    const before = host.stats().scrub;
+    // 3 s of the clock, a tick each 10 ms, the scrub's steps run between the ticks.
+    for (let i = 0; i < 300; i++) {
+      now += 10;
+      host.tick(now, Date.now());
+      await new Promise((res) => setImmediate(res));
+    }
+    const after = host.stats().scrub;
+    // A pass over such a replica is two steps (its log's records, then the end of its log), each
+    // counted as 1 MiB: 12 steps in 3 s, 6 passes (at 64 KiB a step: 96 passes).
+    const passes = after.passes - before.passes;
+    assert.ok(passes >= 4 && passes <= 8, `${passes} passes in 3 s`);
+    assert.ok(after.bytes > before.bytes, 'the logs were read');
+    await host.close();
+  });
+
   it('a committed record its replica cannot apply restarts that replica, then leaves it down with why; the thread and the device\'s other shards go on', async () => {
     const disk = new SimDisk();
     const failures: string[] = [];
