@@ -313,6 +313,12 @@ export interface ReplicaOptions {
   /** Told when this replica becomes leader or stops being leader (with why it stopped). */
   onRoleChange?: (role: Role, term: number, reason?: string) => void;
   /**
+   * Told when a quiesced leader wakes (a request, a handover, a candidate's message): a host
+   * that ticks its quiet replicas once a heartbeat period only (`quiet`) ticks it every tick
+   * again from then on.
+   */
+  onAwake?: () => void;
+  /**
    * Told, once, when this replica finds its own storage damaged while it runs: an image page or a log record failed its checksum on a read, a checkpoint, a
    * catch-up or a scrub step, or a follower found the image it was sent damaged and ours is too.
    * The error's reports name the damaged file. The host reopens the replica without the damaged
@@ -726,6 +732,7 @@ export class Replica {
   private readonly timing: ReplicaTiming;
   private readonly random: () => number;
   private readonly onRoleChange: ((role: Role, term: number, reason?: string) => void) | undefined;
+  private readonly onAwake: (() => void) | undefined;
   private readonly onDamage: ((err: CorruptionError) => void) | undefined;
   private readonly unrepairable: ReadonlySet<string>;
   private damageReported = false;
@@ -875,6 +882,7 @@ export class Replica {
     this.timing = { ...DEFAULT_TIMING, ...(opts.timing ?? {}) };
     this.random = opts.random ?? Math.random;
     this.onRoleChange = opts.onRoleChange;
+    this.onAwake = opts.onAwake;
     this.onDamage = opts.onDamage;
     this.onFailure = opts.onFailure;
     this.unrepairable = new Set(opts.unrepairable ?? []);
@@ -962,6 +970,20 @@ export class Replica {
 
   get isLeader(): boolean {
     return this.role === 'leader';
+  }
+
+  /**
+   * Quiesced (a leader whose followers all answered so, or a follower quiesced under its leader;
+   * docs/replication.md, "Idle shards") with no handover and no write or read waiting on it.
+   * Nothing of its tick is then due more often than once a heartbeat period: a quiesced leader
+   * heartbeats once a quiesced period and a quiesced follower waits for longer than an election
+   * timeout. Its device ticks it once a heartbeat period only (DeviceHost.tick) until it wakes
+   * (`onAwake`); a follower whose quiet ends is ticked every tick from the next period on.
+   */
+  get quiet(): boolean {
+    if (this.closed || this.commitWaiters.length > 0 || this.applyWaiters.length > 0) return false;
+    if (this.role === 'leader') return this.quiesced && this.handover === undefined;
+    return this.role === 'follower' && this.quiescedUnder !== undefined && this.leader === this.quiescedUnder;
   }
 
   get currentTerm(): number {
@@ -1480,10 +1502,14 @@ export class Replica {
   private wake(): void {
     this.busyMs = this.nowMs;
     if (!this.quiesced && !this.quiesceAsked) return;
-    if (this.quiesced) this.wokeMs = this.nowMs;
+    // A quiet replica's clock moves on once a heartbeat period only (its ticks): read it now, so
+    // that its followers are given a whole election timeout from the wake to answer.
+    this.busyMs = this.now();
+    if (this.quiesced) this.wokeMs = this.busyMs;
     this.quiesced = false;
     this.quiesceAsked = false;
     for (const f of this.followers.values()) f.quiesceAcked = false;
+    this.onAwake?.();
   }
 
   /**

@@ -21,7 +21,7 @@ import { CorruptionError, StorageError, type CorruptionReport } from '../storage
 import { pageWriteBytes, PAGE_WRITE_PAGES_MAX } from '../storage-engine/page-write';
 import { DeviceQueue, type DeviceQueueOptions, type DeviceQueueStats, type QueueTracer } from '../actors/device-queue';
 import { WRITE_IDS_READ_AT_OPEN } from '../actors/write-ids';
-import { Replica, type ReplicaTransport, type ScrubStepResult, type ReplicaStats, type ReplicaTiming, type ReplicaTracer, type Role } from '../actors/replica';
+import { DEFAULT_TIMING, Replica, type ReplicaTransport, type ScrubStepResult, type ReplicaStats, type ReplicaTiming, type ReplicaTracer, type Role } from '../actors/replica';
 import type { ShardGeometry, PayloadOffload } from '../actors/shard';
 import { CpuPool, type CpuPoolStats } from './cpu-pool';
 import { FaultyDisk } from './faulty-disk';
@@ -191,6 +191,8 @@ interface ShardEntry {
   unrepairable: string[];
   /** Its storage was opened before (on this node, or on this device since the host started): see ShardSpec.existing. */
   existed: boolean;
+  /** In DeviceHost's list of replicas ticked every tick (not quiet at the last quiet tick, opened or woken since). */
+  awake?: boolean;
 }
 
 /**
@@ -334,6 +336,11 @@ export class DeviceHost {
   /** Shards whose new replica `seedShard` is copying from its parent now: not opened meanwhile. */
   private readonly seeding = new Set<string>();
   private readonly nowMs: () => number;
+  /** Quiet replicas are ticked once in each period of this length (the heartbeat period), at the first tick from quietTickAtMs. */
+  private readonly quietTickMs: number;
+  private quietTickAtMs = 0;
+  /** The replicas ticked at every tick: not quiet at the last quiet tick, or opened or woken since. */
+  private awake: ShardEntry[] = [];
   private readonly cpu: CpuPool | undefined;
   private readonly offload: PayloadOffload | undefined;
   private readonly warmer: SlabWarmer | undefined;
@@ -345,6 +352,7 @@ export class DeviceHost {
     this.faulty = new FaultyDisk(opts.disk ?? new RealDisk(opts.dir, opts.ioMarker ? { ioMarker: opts.ioMarker } : {}));
     this.disk = this.faulty;
     this.nowMs = opts.nowMs ?? (() => performance.now());
+    this.quietTickMs = Math.max(1, opts.timing?.heartbeatMs ?? DEFAULT_TIMING.heartbeatMs);
     this.queue = this.newQueue();
     // One slab per device for the page caches of its shards. Slots hold the largest page size.
     const cacheBytes = opts.cacheBytesMaxPerShard ?? 32 * 1024 * 1024;
@@ -568,24 +576,54 @@ export class DeviceHost {
     return names;
   }
 
-  /** Advances the replicas' clocks (elections, heartbeats) and expires waiting reads. */
+  /**
+   * Advances the replicas' clocks (elections, heartbeats) and expires waiting reads. A quiet
+   * replica (Replica.quiet: quiesced, nothing waiting) is ticked once a heartbeat period only:
+   * every replica is ticked at the first tick of each period of the clock (so that the
+   * heartbeats quiesced leaders send together still travel together), and between those only
+   * the replicas that were not quiet then, or were opened or woke since (Replica `onAwake`). A
+   * quiet follower is not told when its quiet ends: it is ticked every tick from the next period.
+   */
   tick(nowMs: number, wallMs: number): void {
     if (this.queue.failed) {
       this.restartAll();
       return;
     }
-    for (const e of this.shards.values()) {
-      try {
-        e.replica?.tick(nowMs);
-        e.replica?.expireWaiters(wallMs);
-      } catch (err) {
-        // Thrown out of a timer it would end the thread and every shard on it.
-        this.opts.onTickError?.(e.spec, err);
-        this.restart(e);
+    if (nowMs >= this.quietTickAtMs) {
+      this.quietTickAtMs = (Math.floor(nowMs / this.quietTickMs) + 1) * this.quietTickMs;
+      for (const e of this.awake) e.awake = false;
+      this.awake = [];
+      for (const e of this.shards.values()) {
+        this.tickReplica(e, nowMs, wallMs);
+        if (e.replica !== undefined && !e.replica.quiet) this.markAwake(e);
       }
+    } else {
+      // Replicas woken by these ticks are added at the end, and ticked too.
+      const awake = this.awake;
+      for (let i = 0; i < awake.length; i++) this.tickReplica(awake[i]!, nowMs, wallMs);
     }
     this.scrubTick(nowMs);
     this.warmer?.poke();
+  }
+
+  private tickReplica(e: ShardEntry, nowMs: number, wallMs: number): void {
+    const replica = e.replica;
+    if (replica === undefined) return;
+    try {
+      replica.tick(nowMs);
+      replica.expireWaiters(wallMs);
+    } catch (err) {
+      // Thrown out of a timer it would end the thread and every shard on it.
+      this.opts.onTickError?.(e.spec, err);
+      this.restart(e);
+    }
+  }
+
+  /** Ticks `e`'s replica at every tick until the next quiet tick finds it quiet. */
+  private markAwake(e: ShardEntry): void {
+    if (e.awake === true) return;
+    e.awake = true;
+    this.awake.push(e);
   }
 
   /**
@@ -814,6 +852,9 @@ export class DeviceHost {
         ...(this.offload ? { offload: this.offload } : {}),
         ...(this.opts.replicaTracer ? { tracer: this.opts.replicaTracer } : {}),
         onRoleChange: (role, term, reason) => this.opts.onRoleChange?.(spec, role, term, reason),
+        onAwake: () => {
+          if (entry.replica === replica) this.markAwake(entry);
+        },
         unrepairable: entry.unrepairable,
         // Reopened after the call that found the damage has unwound.
         onDamage: (err) => queueMicrotask(() => this.repairDamage(entry, replica, err)),
@@ -821,6 +862,7 @@ export class DeviceHost {
       });
       entry.replica = replica;
       entry.downReason = undefined;
+      this.markAwake(entry);
     } catch (e) {
       entry.replica = undefined;
       entry.storage = undefined;

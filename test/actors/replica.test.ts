@@ -95,22 +95,41 @@ class TestShard {
        * runs, or it is in `nodesUp`, and the link from it is not cut. Without, no shard quiesces.
        */
       liveness?: boolean | string[];
+      /**
+       * As a host's device ticks its replicas (DeviceHost.tick): every replica at the first tick
+       * of each period of this length, and between those only the replicas that were not quiet
+       * (Replica.quiet) then, or woke since (Replica `onAwake`).
+       */
+      quietTickMs?: number;
     } = {},
   ) {
     for (const id of ids) this.start(id, new SimDisk());
     if (opts.manualClock) return;
     let real = performance.now();
+    let quietTickAt = 0;
     this.timer = setInterval(() => {
       const t = performance.now();
       this.now += Math.min(t - real, TICK_STEP_MAX_MS);
       real = t;
+      const quietDue = opts.quietTickMs === undefined || this.now >= quietTickAt;
+      if (quietDue && opts.quietTickMs !== undefined) {
+        quietTickAt = (Math.floor(this.now / opts.quietTickMs) + 1) * opts.quietTickMs;
+        this.awake.clear();
+      }
       for (const m of this.members.values()) {
-        if (this.paused.has(m.id)) continue;
+        if (this.paused.has(m.id) || (!quietDue && !this.awake.has(m.id))) continue;
+        if (m.replica.quiet) this.quietTicks++;
         m.replica.tick(this.now);
         m.replica.expireWaiters(Date.now());
+        if (quietDue && !m.replica.quiet) this.awake.add(m.id);
       }
     }, 2);
   }
+
+  /** Ticks of replicas that were quiet (Replica.quiet) when ticked by the shard's timer. */
+  quietTicks = 0;
+  /** With `quietTickMs`: the members ticked at every tick until the next quiet tick. */
+  private readonly awake = new Set<string>();
 
   /** Every replica's role changes (onRoleChange), in order. */
   readonly roleChanges: Array<{ id: string; role: string; term: number; reason: string | undefined }> = [];
@@ -161,9 +180,11 @@ class TestShard {
       onDamage: (err) => void this.damage.push({ id, err }),
       ...(this.opts.onFailure === true ? { onFailure: (err: Error) => void this.failures.push({ id, err }) } : {}),
       onRoleChange: (role, term, reason) => void this.roleChanges.push({ id, role, term, reason }),
+      onAwake: () => void this.awake.add(id),
     });
     const m = { id, disk: sim, storage, queue, replica };
     this.members.set(id, m);
+    this.awake.add(id);
     return m;
   }
 
@@ -2855,6 +2876,43 @@ describe('Replica: idle shards quiesce (heartbeats once a quiesced period; follo
     // Idle again: quiesced again.
     await quiesced(shard, l);
     assert.equal(l.replica.stats().quiesces, 2);
+  });
+
+  it('a quiesced replica is quiet (ticked once a heartbeat period, as on a host) while nothing waits on it: a heartbeat a quiesced period, no election; a write wakes it, and its followers are given an election timeout from the wake', async () => {
+    // Quiet replicas ticked once every 50 ms of the clock, against every 2 ms for the others.
+    shard = new TestShard(['a', 'b', 'c'], { liveness: true, timing: quiet, quietTickMs: 50 });
+    const l = await shard.leader();
+    await l.replica.write([{ page: 1, data: page(1) }]);
+    assert.equal(l.replica.quiet, false, 'awake');
+    await quiesced(shard, l);
+    await shard.waitFor(() => [...shard!.members.values()].every((m) => m.replica.quiet), 'all quiet');
+    const term = l.replica.currentTerm;
+    const changes = shard.roleChanges.length;
+    const ticks = shard.quietTicks;
+    const sent = await heartbeatsOver(shard, l, 2000);
+    // 3 replicas ticked once each 50 ms over 2 s: ~120 ticks, where ticked each time ~3,000.
+    const quietTicks = shard.quietTicks - ticks;
+    assert.ok(quietTicks >= 60 && quietTicks <= 200, `${quietTicks} ticks of quiet replicas in 2 s`);
+    assert.ok(sent >= 6 && sent <= 14, `${sent} heartbeats in 2 s quiet`);
+    assert.equal(l.replica.currentTerm, term, 'no election while quiet');
+    assert.equal(shard.roleChanges.length, changes);
+    // Woken in the middle of a quiesced period (its followers' last answers older than an
+    // election timeout): it keeps leading.
+    // Just after a quiet tick (every 50 ms), in the middle of a quiesced period.
+    await shard.waitFor(() => shard!.now % quiet.quiescedHeartbeatMs >= 252 && shard!.now % quiet.quiescedHeartbeatMs < 258 && l.replica.quiet, 'the middle of a quiesced period');
+    const wokeAt = shard.now;
+    const woken = shard.emptyAppends.length;
+    const w = await l.replica.write([{ page: 2, data: page(2) }]);
+    assert.equal(l.replica.quiet, false, 'the write woke it');
+    // Told so (onAwake), it is ticked every tick again at once: its heartbeats go each 10 ms
+    // from the wake, not from the next quiet tick 42–48 ms later.
+    await shard.waitFor(() => shard!.emptyAppends.slice(woken).some((x) => x.from === l.id), 'a heartbeat after the wake');
+    const beatAt = shard.emptyAppends.slice(woken).find((x) => x.from === l.id)!.at;
+    assert.ok(beatAt - wokeAt < 35, `the first heartbeat ${(beatAt - wokeAt).toFixed(1)} ms after the wake`);
+    await shard.elapse(300);
+    assert.deepEqual(shard.roleChanges.slice(changes), [], 'no step-down, no election');
+    assert.equal(l.replica.currentTerm, term);
+    await shard.waitFor(() => others(shard!, l.id).every((m) => m.replica.appliedLsn >= w.lsn), 'followers apply it');
   });
 
   it('a quiesced leader woken by a write whose followers last answered a quiesced period ago keeps leading: it gives them an election timeout to answer', async () => {

@@ -410,6 +410,48 @@ describe('DeviceHost supervision', () => {
     await host.close();
   });
 
+  it('ticks a quiet replica (quiesced, nothing waiting) once a heartbeat period, all of them in the first tick of the period; the others every tick, and one that wakes from the next tick', async () => {
+    const host = new DeviceHost({ dir: 'dev0', self: 'n1', disk: new SimDisk(), timing: { heartbeatMs: 100 } });
+    for (const k of [0, 1, 2]) host.openShard({ ...spec(k), shards: 3 });
+    const replicas = [0, 1, 2].map((k) => host.replica('v1', k));
+    // Shards 0 and 1 quiet, shard 2 awake; each tick of each replica noted with its time.
+    const quiet = [true, true, false];
+    const ticked: number[][] = [[], [], []];
+    replicas.forEach((r, k) => {
+      Object.defineProperty(r, 'quiet', { get: () => quiet[k] });
+      const tick = r.tick.bind(r);
+      r.tick = (t: number) => {
+        ticked[k]!.push(t);
+        tick(t);
+      };
+    });
+    for (let t = 1005; t <= 1395; t += 10) host.tick(t, Date.now());
+    // Opened (awake) until the first quiet tick, at 1005, found them quiet.
+    assert.deepEqual(ticked[0], [1005, 1105, 1205, 1305], 'quiet: the first tick of each period');
+    assert.deepEqual(ticked[1], ticked[0], 'the quiet ones together');
+    assert.equal(ticked[2]!.length, 40, 'awake: every tick');
+    // Shard 1 woken without telling (a follower whose leader wakes): from the next period on.
+    quiet[1] = false;
+    ticked[1]!.length = 0;
+    for (let t = 1405; t <= 1545; t += 10) host.tick(t, Date.now());
+    assert.deepEqual(ticked[1], [1405, 1415, 1425, 1435, 1445, 1455, 1465, 1475, 1485, 1495, 1505, 1515, 1525, 1535, 1545]);
+    // Shard 0 woken (a quiesced leader that takes a request tells its host): from the next tick.
+    quiet[0] = false;
+    (replicas[0] as unknown as { onAwake: () => void }).onAwake();
+    ticked[0]!.length = 0;
+    for (let t = 1555; t <= 1575; t += 10) host.tick(t, Date.now());
+    assert.deepEqual(ticked[0], [1555, 1565, 1575]);
+    // Quiet again: once a period, from the next period's first tick.
+    quiet[0] = true;
+    quiet[1] = true;
+    ticked[0]!.length = 0;
+    ticked[1]!.length = 0;
+    for (let t = 1585; t <= 1795; t += 10) host.tick(t, Date.now());
+    assert.deepEqual(ticked[0], [1585, 1595, 1605, 1705]);
+    assert.deepEqual(ticked[1], ticked[0]);
+    await host.close();
+  });
+
   it('paces the background scrub of small replicas: a step that checks little counts as 1 MiB, so a device of them takes at most 4 steps a second at 4 MiB/s', async () => {
     let now = 1000;
     const host = new DeviceHost({ dir: 'dev0', self: 'n1', disk: new SimDisk(), nowMs: () => now, scrubBytesPerSecond: 4 * 1024 * 1024 });
