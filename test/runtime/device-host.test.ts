@@ -458,6 +458,8 @@ describe('DeviceHost supervision', () => {
     for (const k of [0, 1, 2, 3]) host.openShard({ ...spec(k), shards: 4 });
     for (const k of [0, 1, 2, 3]) await (await leader(host, k)).write([{ page: k * 4, data: page(k + 1) }]);
     const before = host.stats().scrub;
+    // From past the times `leader` ticked at (the process's clock).
+    now = Math.ceil(performance.now()) + 1000;
     // 3 s of the clock, a tick each 10 ms, the scrub's steps run between the ticks.
     for (let i = 0; i < 300; i++) {
       now += 10;
