@@ -1233,6 +1233,11 @@ export class Replica {
     return this.peerList;
   }
 
+  /** The other members of the set in force (both sets during a change), sorted: a new array at each change of the set. */
+  get peerIds(): readonly string[] {
+    return this.peerList;
+  }
+
   /** The sets a decision needs a majority of: the members, and the prior set during a change. */
   private sets(): readonly string[][] {
     return this.config.prior !== undefined ? [this.config.members, this.config.prior] : [this.config.members];

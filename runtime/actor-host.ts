@@ -224,6 +224,8 @@ interface Mailbox {
   followerSubs: Map<string, Subscription>;
   /** The peers `followerSubs` were last synced with, joined (a cheap check of a change). */
   peersKey: string;
+  /** What `peersKey` was computed from: the spec and the replica's peers (Replica.peerIds, a new array at each change of its set). */
+  peersFrom?: { spec: ShardSpec; replicaPeers: readonly string[] | undefined };
   /** Shard subject (while leader), in the leaders' queue group. */
   leaderSub: Subscription | undefined;
   /** The shard's leaders subject (while leader): every leader takes each request (`shardLeadersSubject`). */
@@ -322,6 +324,8 @@ export class ActorHost implements HostApi {
   private mux: RequestMux | undefined;
   /** Appends without records to one node, made in one turn, go as one message (heartbeat-batcher.ts). */
   private heartbeats: HeartbeatSender | undefined;
+  /** The nodes `pingPeers` pings (those of every mailbox's `followerSubs`), until any of those changes. */
+  private pingNodes: string[] | undefined;
   private heartbeatsSub: Subscription | undefined;
   /** Whether the connection is up (it reconnects for ever: closed says nothing while it tries). */
   private connection: ConnectionState | undefined;
@@ -510,6 +514,7 @@ export class ActorHost implements HostApi {
       if (created) {
         unsubscribeAll(created);
         this.mailboxes.delete(key);
+        this.pingNodes = undefined;
       }
       throw e;
     }
@@ -544,6 +549,7 @@ export class ActorHost implements HostApi {
     if (mb) {
       unsubscribeAll(mb);
       this.mailboxes.delete(key);
+      this.pingNodes = undefined;
     }
     device.closeShard(volumeId, shard, { destroy });
   }
@@ -593,17 +599,17 @@ export class ActorHost implements HostApi {
     const nc = this.nc;
     const config = this.config;
     if (nc === undefined || config === undefined || nc.isClosed() || this.stopping) return;
-    const peers = new Set<string>([...mb.spec.members, ...(mb.spec.priorMembers ?? [])]);
     const replica = this.device?.currentReplica(mb.spec.volumeId, mb.spec.shard);
-    if (replica !== undefined) {
-      const c = replica.configuration();
-      for (const id of c.members) peers.add(id);
-      for (const id of c.prior ?? []) peers.add(id);
-    }
+    const replicaPeers = replica?.peerIds;
+    // Nothing changed since the last sync (checked 4 times a second for every shard).
+    if (mb.peersFrom !== undefined && mb.peersFrom.spec === mb.spec && mb.peersFrom.replicaPeers === replicaPeers) return;
+    mb.peersFrom = { spec: mb.spec, replicaPeers };
+    const peers = new Set<string>([...mb.spec.members, ...(mb.spec.priorMembers ?? []), ...(replicaPeers ?? [])]);
     peers.delete(config.nodeId);
     const key = [...peers].sort().join(',');
     if (key === mb.peersKey) return;
     mb.peersKey = key;
+    this.pingNodes = undefined;
     for (const [peer, sub] of mb.followerSubs) {
       if (peers.has(peer)) continue;
       sub.unsubscribe();
@@ -628,9 +634,12 @@ export class ActorHost implements HostApi {
     const hb = this.heartbeats;
     if (hb === undefined || this.stopping) return;
     const f = this.faults;
-    const nodes = new Set<string>();
-    for (const mb of this.mailboxes.values()) for (const peer of mb.followerSubs.keys()) nodes.add(peer);
-    for (const node of nodes) {
+    if (this.pingNodes === undefined) {
+      const nodes = new Set<string>();
+      for (const mb of this.mailboxes.values()) for (const peer of mb.followerSubs.keys()) nodes.add(peer);
+      this.pingNodes = [...nodes];
+    }
+    for (const node of this.pingNodes) {
       if (f.unreachable.has(node) || (f.dropRate > 0 && Math.random() < f.dropRate)) continue;
       hb.ping(node);
     }

@@ -115,6 +115,37 @@ describe('a host follows the leaders of its shards\' sets', function () {
     await waitFor(`${follower} hears p3, a member of the set in force`, () => answers('p3', follower, 'v3'), 5000);
   });
 
+  it('a host pings the nodes of its shards\' peers: a node from when a shard names it, no longer once no shard does', async () => {
+    const q1 = await host('q1');
+    const pings = new Map<string, number>([['q2', 0], ['q3', 0]]);
+    const subs = [...pings.keys()].map((node) => nc.subscribe(heartbeatsSubject(CLUSTER, node), {
+      callback: (_e, m) => {
+        const b = decode(m.data) as { from: string; e: unknown[] };
+        if (b.from === 'q1' && b.e.length === 0) pings.set(node, pings.get(node)! + 1);
+      },
+    }));
+    try {
+      const count = async (node: string, ms: number): Promise<number> => {
+        const before = pings.get(node)!;
+        await new Promise((r) => setTimeout(r, ms));
+        return pings.get(node)! - before;
+      };
+      await q1.openShard({ ...spec(['q1', 'q2']), volumeId: 'v6' });
+      await waitFor('pings to q2', async () => (await count('q2', 300)) > 0, 5000);
+      assert.equal(await count('q3', 300), 0, 'no shard of q1 names q3');
+      // A shard that names q3 too: q3 is pinged from then on.
+      await q1.openShard({ ...spec(['q1', 'q3']), volumeId: 'v7' });
+      await waitFor('pings to q3', async () => (await count('q3', 300)) > 0, 5000);
+      // The shard naming q2 closed: q2 is no longer pinged, q3 still is.
+      await q1.closeShard('v6', 0, false);
+      await new Promise((r) => setTimeout(r, 200));
+      assert.equal(await count('q2', 500), 0, 'q2 no longer pinged');
+      assert.ok((await count('q3', 500)) > 0, 'q3 still pinged');
+    } finally {
+      for (const sub of subs) sub.unsubscribe();
+    }
+  });
+
   it('a replica a move adds, opened again with the new set alone while its log still holds the joint configuration, still hears the nodes of the set before', async () => {
     const q1 = await host('q1');
     const s = (members: string[], priorMembers?: string[]) => ({ ...spec(members, priorMembers), volumeId: 'v4' });
