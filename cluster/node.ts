@@ -110,7 +110,7 @@ import type { ReconfigureResult, ReplicaTiming } from '../actors/replica';
 import { createLogger, type Logger } from '../observability/log';
 import { currentTelemetry } from '../observability/telemetry';
 import { RequestRecorder } from '../observability/request-recorder';
-import { OutcomeCounts, type ControllerSnapshot } from '../observability/metrics';
+import { OutcomeCounts, type ControllerSnapshot, type NodeStartInfo } from '../observability/metrics';
 import { ATTR, recordSpanError, serverSpan } from '../observability/tracing';
 import { ApiRouter, splitNodeStatus } from './api-router';
 import { CATALOG_VOLUME_ID, CatalogShard, catalogAssignment } from './catalog-shard';
@@ -376,20 +376,7 @@ const CLAIM_RECHECK_MS = 5_000;
 /** Between the two rounds of a claim on a NATS cluster: longer than a subscription takes to cross the routes. */
 const CLAIM_CLUSTER_PAUSE_MS = 1500;
 
-/**
- * What a node's start did: the replicas it had before (its record of them) that it opened again
- * before it served anyone, those of them whose open failed (each left to the host pool's retries),
- * how long those opens took, and the whole start (to the first reconciliation done).
- */
-export interface NodeStartInfo {
-  shards: number;
-  shardsFailed: number;
-  shardsOpenMs: number;
-  startMs: number;
-}
-
-/** Opens of its shards a starting node asks of each host at a time (its hosts open theirs side by side). */
-export const START_OPENS_PER_HOST = HOST_OPENS_AT_ONCE;
+export type { NodeStartInfo };
 
 /** Longest wait of a start for the NATS server to confirm the node's subscriptions. */
 const START_FLUSH_MS = 5000;
@@ -819,7 +806,7 @@ export class StrataNode {
     this.checkStarting();
     // Serve the shards this node had before it reaches anyone. One that cannot be opened does
     // not keep the others from serving: the pool tries it again with a back-off. The hosts open
-    // theirs side by side, each in the node's order, START_OPENS_PER_HOST asked at a time.
+    // theirs side by side, each in the node's order, HOST_OPENS_AT_ONCE asked at a time.
     const pool = this.pool;
     const opensAt = performance.now();
     let opensFailed = 0;
@@ -829,7 +816,7 @@ export class StrataNode {
       if (list === undefined) byHost.set(a.hostId, [a]);
       else list.push(a);
     }
-    await Promise.all([...byHost.values()].map((list) => inLanes(list, START_OPENS_PER_HOST, async (a) => {
+    await Promise.all([...byHost.values()].map((list) => inLanes(list, HOST_OPENS_AT_ONCE, async (a) => {
       this.checkStarting();
       await pool.openShard(a.hostId, { ...a, existing: true }).catch((err: unknown) => {
         opensFailed++;

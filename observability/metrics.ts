@@ -265,7 +265,19 @@ export interface StatsSnapshot {
   /** The controller's view, from the node that runs the controller only. */
   controller?: ControllerSnapshot;
   /** What the node's start did (StrataNode.startInfo). */
-  start?: { shards: number; shardsFailed: number; shardsOpenMs: number; startMs: number };
+  start?: NodeStartInfo;
+}
+
+/**
+ * What a node's start did: the replicas it had before (its record of them) that it opened again
+ * before it served anyone, those of them whose open failed (each left to the host pool's retries),
+ * how long those opens took, and the whole start (to the first reconciliation done).
+ */
+export interface NodeStartInfo {
+  shards: number;
+  shardsFailed: number;
+  shardsOpenMs: number;
+  startMs: number;
 }
 
 export type StatsSource = () => StatsSnapshot | Promise<StatsSnapshot>;

@@ -1,15 +1,15 @@
 /**
  * A node that starts again serves the shards it had before it reaches anyone: its hosts open
- * theirs side by side, each in the node's order, START_OPENS_PER_HOST asked at a time.
+ * theirs side by side, each in the node's order, HOST_OPENS_AT_ONCE asked at a time.
  */
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { startCluster, type InProcessCluster } from '../../cluster/in-process-cluster';
-import { START_OPENS_PER_HOST, StrataNode } from '../../cluster/node';
+import { StrataNode } from '../../cluster/node';
 import { NODE_META, nodeMetaStore, type NodeMeta } from '../../cluster/data-dir-layout';
-import { HostPool } from '../../runtime/host-pool';
+import { HOST_OPENS_AT_ONCE, HostPool } from '../../runtime/host-pool';
 import { RealDisk } from '../../storage-engine/real-disk';
 import type { ShardSpec } from '../../runtime/device-host';
 import { stderrOf } from '../support/stderr';
@@ -28,14 +28,14 @@ describe('a node\'s restart opens its shards', function () {
     fs.rmSync(dataDir, { recursive: true, force: true });
   });
 
-  it('on its hosts side by side, each in the node\'s order, START_OPENS_PER_HOST asked at a time; all served when the start returns but one whose open failed, which is counted', async () => {
+  it('on its hosts side by side, each in the node\'s order, HOST_OPENS_AT_ONCE asked at a time; all served when the start returns but one whose open failed, which is counted', async () => {
     // More shards than the bound on each of the two hosts.
-    const shards = 4 * (START_OPENS_PER_HOST + 2);
+    const shards = 4 * (HOST_OPENS_AT_ONCE + 2);
     await c!.client.createVolume({ name: 'ro', pageCount: shards * 16, shards, stripePages: 16, replicas: 1 });
     const opened = async (): Promise<string[][]> => (await c!.nodes[0]!.hostPool.stats()).map((h) => (h.device?.shards ?? []).map((s) => `${s.volumeId}/${s.shard}`).sort());
     const before = await opened();
     assert.equal(before.flat().length, shards);
-    for (const list of before) assert.ok(list.length > START_OPENS_PER_HOST, `shards per host: ${before.map((l) => l.length).join(', ')}`);
+    for (const list of before) assert.ok(list.length > HOST_OPENS_AT_ONCE, `shards per host: ${before.map((l) => l.length).join(', ')}`);
     await c!.stopNode(0);
 
     // The opens the start asks for, as the pool is asked.
@@ -70,7 +70,7 @@ describe('a node\'s restart opens its shards', function () {
     assert.deepEqual([info.shards, info.shardsFailed], [shards, 1]);
     assert.ok(info.shardsOpenMs >= 0 && info.shardsOpenMs <= info.startMs, JSON.stringify(info));
     assert.ok(bothAtOnce, 'the two hosts had opens asked at the same time');
-    assert.deepEqual(inFlightMax, [START_OPENS_PER_HOST, START_OPENS_PER_HOST]);
+    assert.deepEqual(inFlightMax, [HOST_OPENS_AT_ONCE, HOST_OPENS_AT_ONCE]);
     // Each host in the node's order: that of its record of its shards (the start's opens come
     // first; a reconciliation after them may ask again).
     const rec = nodeMetaStore(new RealDisk(c!.dataDirs[0]!)).read<NodeMeta>(NODE_META)!;
@@ -84,7 +84,7 @@ describe('a node\'s restart opens its shards', function () {
   it('a start given up while its opens run (the node killed) fails, and its opens still asked say nothing', async () => {
     // The shards of its record (the test before left one of them unopened).
     const before = nodeMetaStore(new RealDisk(c!.dataDirs[0]!)).read<NodeMeta>(NODE_META)!.shards.length;
-    assert.ok(before > 2 * START_OPENS_PER_HOST, `shards: ${before}`);
+    assert.ok(before > 2 * HOST_OPENS_AT_ONCE, `shards: ${before}`);
     await c!.stopNode(0);
     // The node being started, taken as its start begins; killed as the last of the first opens
     // its hosts are asked for (all of them asked at once) is asked.
@@ -99,7 +99,7 @@ describe('a node\'s restart opens its shards', function () {
     let asked = 0;
     HostPool.prototype.openShard = function (this: HostPool, hostId: number, spec: ShardSpec) {
       const p = realOpen.call(this, hostId, spec);
-      if (++asked === 2 * START_OPENS_PER_HOST) starting!.kill();
+      if (++asked === 2 * HOST_OPENS_AT_ONCE) starting!.kill();
       return p;
     };
     // At warn, where 'could not open a shard' is logged.
@@ -114,7 +114,7 @@ describe('a node\'s restart opens its shards', function () {
       proto.boot = realBoot;
       HostPool.prototype.openShard = realOpen;
     }
-    assert.equal(asked, 2 * START_OPENS_PER_HOST, 'none asked once killed');
+    assert.equal(asked, 2 * HOST_OPENS_AT_ONCE, 'none asked once killed');
     assert.deepEqual(lines.filter((l) => l.includes('could not open a shard')), []);
     // Started again, it serves every shard of its record.
     await c!.restart(0);
