@@ -1272,6 +1272,14 @@ interface ShardCall {
   sentMs?: number;
 }
 
+/** Where a shard's requests go (`Volume.routeOf`). */
+interface ShardRoute {
+  subject: string;
+  /** Every replica that leads the shard, as far as each knows: a write's tries, a read's after the first. */
+  leaders: string;
+  readTries: typeof READ_TRIES & { againSubject: string };
+}
+
 interface ShardOutcome {
   lsn: number;
   term?: number;
@@ -1311,6 +1319,7 @@ export function pagesPerRequest(pageSize: number, maxPayloadBytes: number): numb
 
 /** Groups caller positions by shard (shards ascending, positions in caller order), then chunks them. */
 function planChunks(pages: readonly number[], info: VolumeInfo, chunkPages: number): Array<{ shard: number; indices: number[] }> {
+  if (pages.length === 1) return [{ shard: shardOfPage(pages[0]!, info), indices: [0] }];
   const byShard = new Map<number, number[]>();
   for (let i = 0; i < pages.length; i++) {
     const shard = shardOfPage(pages[i]!, info);
@@ -1328,6 +1337,11 @@ function planChunks(pages: readonly number[], info: VolumeInfo, chunkPages: numb
 
 /** Highest LSN overall and per shard. */
 function mergeLsns(calls: readonly ShardCall[], outcomes: readonly ShardOutcome[]): LsnResult {
+  if (calls.length === 1) {
+    const { lsn, term } = outcomes[0]!;
+    const shard = calls[0]!.shard;
+    return { lsn, lsns: [term === undefined ? { shard, lsn } : { shard, lsn, term }] };
+  }
   const byShard = new Map<number, ShardLsn>();
   let lsn = 0;
   calls.forEach((call, i) => {
@@ -1378,6 +1392,8 @@ export class Volume {
   private infoSettled: { promise: Promise<VolumeInfo>; value: VolumeInfo } | undefined;
   /** The options of a write's tries (`sendWrite`), made once. */
   private readonly writeTries = { ...WRITE_TRIES, nowMs: (): number => this.client.nowMs(), again: writeTriedAgain };
+  /** The subjects of the shards of the info last sent to (`routeOf`). */
+  private routes: { info: VolumeInfo; byShard: Array<ShardRoute | undefined> } | undefined;
 
   /** Use `client.volume(name)`. */
   constructor(
@@ -1519,7 +1535,7 @@ export class Volume {
       expectInteger(page, `pages[${i}]`, { min: 0, max: PAGE_COUNT_MAX - 1, maxCode: 'out_of_range' }),
     );
     const { lsn, lsns } = validateReadAt(options.lsn, options.lsns);
-    const lsnOf = new Map((lsns ?? []).map((entry) => [entry.shard, entry.lsn]));
+    const lsnOf = lsns === undefined ? undefined : new Map(lsns.map((entry) => [entry.shard, entry.lsn]));
     const plan = (info: VolumeInfo): ShardCall[] => {
       numbers.forEach((page, i) =>
         expectInteger(page, `pages[${i}]`, { min: 0, max: info.pageCount - 1, maxCode: 'out_of_range' }),
@@ -1528,7 +1544,7 @@ export class Volume {
       const chunkPages = pagesPerRequest(info.pageSize, this.client.maxPayloadBytes);
       return planChunks(numbers, info, chunkPages).map(({ shard, indices }) => {
         const body: ShardReadRequest = { pages: indices.map((i) => numbers[i]!) };
-        const at = lsnOf.get(shard) ?? lsn;
+        const at = lsnOf?.get(shard) ?? lsn;
         if (at !== undefined) body.lsn = at;
         return { shard, type: 'shard.read' as const, body, indices };
       });
@@ -1560,6 +1576,7 @@ export class Volume {
     deadlineMs: number,
   ): Promise<boolean> {
     const { calls, outcomes } = read;
+    if (calls.length === 1) return true;
     const newest = new Map<number, number>();
     calls.forEach((call, c) => newest.set(call.shard, Math.max(newest.get(call.shard) ?? 0, outcomes[c]!.lsn)));
     const older = calls.flatMap((call, c) => (outcomes[c]!.lsn < newest.get(call.shard)! ? [c] : []));
@@ -1659,12 +1676,24 @@ export class Volume {
     );
   }
 
+  /**
+   * Shard `shard`'s subjects under `info` and its reads' tries (a read's tries after the first
+   * go to every leader of the shard): made once per volume info, not for every request.
+   */
+  private routeOf(info: VolumeInfo, shard: number): ShardRoute {
+    if (this.routes?.info !== info) this.routes = { info, byShard: new Array<ShardRoute | undefined>(info.shards) };
+    let route = this.routes.byShard[shard];
+    if (route === undefined) {
+      const leaders = shardLeadersSubject(this.client.cluster, info.id, shard);
+      route = { subject: shardSubject(this.client.cluster, info.id, shard), leaders, readTries: { ...READ_TRIES, againSubject: leaders } };
+      this.routes.byShard[shard] = route;
+    }
+    return route;
+  }
+
   private async sendCalls(info: VolumeInfo, calls: readonly ShardCall[], deadlineMs: number): Promise<Settled[]> {
     const tasks = calls.map((call) => async (): Promise<ShardOutcome> => {
-      const subject = shardSubject(this.client.cluster, info.id, call.shard);
-      const leaders = shardLeadersSubject(this.client.cluster, info.id, call.shard);
-      // A read's tries after the first go to every leader of the shard.
-      const readTries = { ...READ_TRIES, againSubject: leaders };
+      const { subject, leaders, readTries } = this.routeOf(info, call.shard);
       switch (call.type) {
         case 'shard.write':
         case 'shard.zero':
