@@ -36,7 +36,6 @@ export interface PageCacheStats {
 }
 
 interface Entry {
-  key: string;
   page: number;
   versionLsn: number;
   slot: number;
@@ -51,11 +50,14 @@ export class PageCache {
   private readonly bytesMax: number;
   private readonly entriesMax: number;
   /**
-   * Lookup by key; the LRU order is a doubly linked list through the entries (`oldest` …
+   * Lookup by page, then by version: a page's one cached version, or a map of its versions when
+   * it has several (numbers as keys: a string key made of the two took ten times as long to
+   * build and find). The LRU order is a doubly linked list through the entries (`oldest` …
    * `newest`). A Map is never iterated on the hot path: deleting its first keys one by one and
    * then asking for the first one walks over the deleted ones, which made eviction O(n).
    */
-  private readonly entries = new Map<string, Entry>();
+  private readonly byPage = new Map<number, Entry | Map<number, Entry>>();
+  private count = 0;
   private oldest: Entry | undefined;
   private newest: Entry | undefined;
   private hits = 0;
@@ -81,17 +83,17 @@ export class PageCache {
 
   /** Page bytes held now. */
   get bytes(): number {
-    return this.entries.size * this.pageSize;
+    return this.count * this.pageSize;
   }
 
   get size(): number {
-    return this.entries.size;
+    return this.count;
   }
 
   /** Copies the cached content of (page, versionLsn) into `out` and returns true; false on a miss. */
   get(page: number, versionLsn: number, out: Uint8Array): boolean {
     assert(out.length === this.pageSize, 'cache get buffer has the page size', { length: out.length });
-    const entry = this.entries.get(keyOf(page, versionLsn));
+    const entry = this.find(page, versionLsn);
     if (entry === undefined) {
       this.misses++;
       return false;
@@ -104,7 +106,7 @@ export class PageCache {
 
   /** True if (page, versionLsn) is cached; does not touch the LRU order or the counters. */
   has(page: number, versionLsn: number): boolean {
-    return this.entries.has(keyOf(page, versionLsn));
+    return this.find(page, versionLsn) !== undefined;
   }
 
   /**
@@ -114,8 +116,7 @@ export class PageCache {
    */
   put(page: number, versionLsn: number, data: Uint8Array): boolean {
     assert(data.length === this.pageSize, 'cached page has the page size', { length: data.length });
-    const key = keyOf(page, versionLsn);
-    const existing = this.entries.get(key);
+    const existing = this.find(page, versionLsn);
     if (existing !== undefined) {
       this.touch(existing);
       copyBytes(this.slab.view(existing.slot), data);
@@ -127,7 +128,7 @@ export class PageCache {
     }
     // At the bound, or when the shared slab is full, the least recently used entry's slot is
     // reused as it is (no free and re-allocation).
-    let slot = this.entries.size >= this.entriesMax ? this.takeOldest() : this.slab.tryAlloc();
+    let slot = this.count >= this.entriesMax ? this.takeOldest() : this.slab.tryAlloc();
     if (slot < 0 && this.oldest !== undefined) slot = this.takeOldest();
     if (slot < 0) {
       this.rejects++;
@@ -136,16 +137,16 @@ export class PageCache {
     const view = this.slab.view(slot);
     assert(view.length >= this.pageSize, 'slab slot holds a page', { slotBytes: view.length, pageSize: this.pageSize });
     copyBytes(view, data);
-    const entry: Entry = { key, page, versionLsn, slot, older: undefined, newer: undefined };
-    this.entries.set(key, entry);
+    const entry: Entry = { page, versionLsn, slot, older: undefined, newer: undefined };
+    this.index(entry);
     this.link(entry);
-    assert(this.entries.size * this.pageSize <= this.bytesMax, 'cache within its byte bound');
+    assert(this.count * this.pageSize <= this.bytesMax, 'cache within its byte bound');
     return true;
   }
 
   /** Drops (page, versionLsn) if cached; returns whether it was. */
   delete(page: number, versionLsn: number): boolean {
-    const entry = this.entries.get(keyOf(page, versionLsn));
+    const entry = this.find(page, versionLsn);
     if (entry === undefined) return false;
     this.remove(entry);
     this.slab.free(entry.slot);
@@ -164,18 +165,22 @@ export class PageCache {
   /**
    * `dropBelow` in steps of `entriesPerStep` entries looked at (a cache of a million entries
    * held its caller's thread for tens of ms in one pass). The cache may be used between steps:
-   * entries added meanwhile are looked at too, and one dropped meanwhile is left alone.
+   * the entries of pages that come in meanwhile are looked at too (a version added meanwhile to
+   * a page already looked at is not: it stays until it is the least recently used), and one
+   * dropped meanwhile is left alone.
    */
   *dropBelowSteps(lsn: number, entriesPerStep: number): Generator<void, number, void> {
     let dropped = 0;
     let seen = 0;
-    for (const entry of this.entries.values()) {
-      if (seen > 0 && seen % entriesPerStep === 0) yield;
-      seen++;
-      if (entry.versionLsn < lsn && this.entries.get(entry.key) === entry) {
-        this.remove(entry);
-        this.slab.free(entry.slot);
-        dropped++;
+    for (const versions of this.byPage.values()) {
+      for (const entry of versions instanceof Map ? [...versions.values()] : [versions]) {
+        if (seen > 0 && seen % entriesPerStep === 0) yield;
+        seen++;
+        if (entry.versionLsn < lsn && this.find(entry.page, entry.versionLsn) === entry) {
+          this.remove(entry);
+          this.slab.free(entry.slot);
+          dropped++;
+        }
       }
     }
     return dropped;
@@ -183,8 +188,12 @@ export class PageCache {
 
   /** Drops every entry and frees its slot. */
   clear(): void {
-    for (const entry of this.entries.values()) this.slab.free(entry.slot);
-    this.entries.clear();
+    for (const versions of this.byPage.values()) {
+      if (versions instanceof Map) for (const entry of versions.values()) this.slab.free(entry.slot);
+      else this.slab.free(versions.slot);
+    }
+    this.byPage.clear();
+    this.count = 0;
     this.oldest = undefined;
     this.newest = undefined;
   }
@@ -197,7 +206,7 @@ export class PageCache {
       rejects: this.rejects,
       bytes: this.bytes,
       bytesMax: this.bytesMax,
-      entries: this.entries.size,
+      entries: this.count,
     };
   }
 
@@ -218,8 +227,38 @@ export class PageCache {
   }
 
   private remove(entry: Entry): void {
-    this.entries.delete(entry.key);
+    this.unindex(entry);
     this.unlink(entry);
+  }
+
+  /** The entry of (page, versionLsn), if cached. */
+  private find(page: number, versionLsn: number): Entry | undefined {
+    const versions = this.byPage.get(page);
+    if (versions === undefined) return undefined;
+    if (versions instanceof Map) return versions.get(versionLsn);
+    return versions.versionLsn === versionLsn ? versions : undefined;
+  }
+
+  /** Adds `entry`, not cached yet, to the lookup. */
+  private index(entry: Entry): void {
+    const versions = this.byPage.get(entry.page);
+    if (versions === undefined) this.byPage.set(entry.page, entry);
+    else if (versions instanceof Map) versions.set(entry.versionLsn, entry);
+    else this.byPage.set(entry.page, new Map([[versions.versionLsn, versions], [entry.versionLsn, entry]]));
+    this.count++;
+  }
+
+  /** Takes `entry`, cached, out of the lookup; a page left with one version holds it alone again. */
+  private unindex(entry: Entry): void {
+    const versions = this.byPage.get(entry.page);
+    if (versions === entry) {
+      this.byPage.delete(entry.page);
+    } else {
+      assert(versions instanceof Map && versions.get(entry.versionLsn) === entry, 'an entry taken out is cached', { page: entry.page, versionLsn: entry.versionLsn });
+      versions.delete(entry.versionLsn);
+      if (versions.size === 1) this.byPage.set(entry.page, versions.values().next().value!);
+    }
+    this.count--;
   }
 
   /** Appends `entry` at the most recently used end. */
@@ -239,8 +278,4 @@ export class PageCache {
     entry.older = undefined;
     entry.newer = undefined;
   }
-}
-
-function keyOf(page: number, versionLsn: number): string {
-  return `${page}:${versionLsn}`;
 }
