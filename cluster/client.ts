@@ -427,6 +427,8 @@ export class StrataClient {
   /** @internal Clock of the deadlines (ms since the Unix epoch). */
   readonly nowMs: () => number;
   private closed = false;
+  /** The headers last made for each message type (`headersOf`): one entry per type. */
+  private readonly lastHeaders = new Map<MessageType, { deadlineMs: number; headers: Readonly<Record<string, string>> }>();
   /** Write ids: this client's random first half, then a count (`writeId`). */
   private readonly writeIdPrefix = randomBytes(WRITE_ID_BYTES / 2);
   private writesMade = 0;
@@ -1006,6 +1008,19 @@ export class StrataClient {
     }
   }
 
+  /**
+   * The headers of an untraced request of `type` with deadline `deadlineMs`, frozen: the last
+   * ones made for its type, when their deadline is the same (requests sent in the same
+   * millisecond), else new ones. A transport may keep them by identity (RequestMux does).
+   */
+  private headersOf(type: MessageType, deadlineMs: number): Readonly<Record<string, string>> {
+    const last = this.lastHeaders.get(type);
+    if (last !== undefined && last.deadlineMs === deadlineMs) return last.headers;
+    const headers = Object.freeze(requestHeaders(type, deadlineMs));
+    this.lastHeaders.set(type, { deadlineMs, headers });
+    return headers;
+  }
+
   private checkOpen(): void {
     if (this.closed) throw new ProtocolError('unavailable', 'the client is closed');
   }
@@ -1031,15 +1046,17 @@ export class StrataClient {
     if (timeoutMs <= 0) {
       throw new ProtocolError('timeout', `deadline passed before ${type} was sent to ${subject}`, { subject, deadlineMs, notSent: true });
     }
-    const headers = requestHeaders(type, deadlineMs);
     // A CLIENT span `send <type>` whose traceparent goes in the headers (an OpenTelemetry API
     // no-op, headers unchanged, when no tracing is set up in this process). An error reply
-    // marks it failed with its code.
+    // marks it failed with its code. Untraced, the request's headers are those of every request
+    // of its type and deadline (`headersOf`).
     return clientSpan(
       subject,
       type,
       async (inject) => {
-        inject({ set: (name: string, value: string) => void (headers[name] = value) });
+        let traced: Record<string, string> | undefined;
+        inject({ set: (name: string, value: string) => void ((traced ??= requestHeaders(type, deadlineMs))[name] = value) });
+        const headers = traced ?? this.headersOf(type, deadlineMs);
         return readReply(await this.request(subject, data, { timeoutMs, headers }), type, subject, validate, bytesMax);
       },
       data.length,

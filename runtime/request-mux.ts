@@ -475,14 +475,26 @@ export function frozenHeaders(entries: Readonly<Record<string, string>>): MsgHdr
   return Object.assign(h, { encode: () => bytes, set: refuse, append: refuse, delete: refuse });
 }
 
-/** Headers given as a record, by their content: a request's headers mostly repeat (bounded). */
+/**
+ * Headers given as a record, by their content: a request's headers mostly repeat (bounded). A
+ * frozen record given again (a client's requests of one type and deadline) is found by
+ * identity, without reading its content.
+ */
 const headerCache = new Map<string, MsgHdrs>();
 const HEADER_CACHE_ENTRIES_MAX = 64;
+let lastFrozen: { record: object; headers: MsgHdrs } | undefined;
 
 function toHeaders(h: MuxRequestOptions['headers']): MsgHdrs | undefined {
   if (h === undefined) return undefined;
   if (typeof (h as MsgHdrs).get === 'function' && typeof (h as MsgHdrs).set === 'function') return h as MsgHdrs;
   const record = h as Readonly<Record<string, string>>;
+  if (lastFrozen?.record === record) return lastFrozen.headers;
+  const out = headersByContent(record);
+  if (Object.isFrozen(record)) lastFrozen = { record, headers: out };
+  return out;
+}
+
+function headersByContent(record: Readonly<Record<string, string>>): MsgHdrs {
   let key = '';
   for (const name in record) key += `${name}\n${record[name]!}\n`;
   let out = headerCache.get(key);

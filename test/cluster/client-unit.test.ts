@@ -48,6 +48,8 @@ interface Seen {
   subject: string;
   body: unknown;
   headers: Record<string, string>;
+  /** The headers object the client gave, as given. */
+  given: Readonly<Record<string, string>>;
   timeoutMs: number;
   bytes: number;
 }
@@ -65,7 +67,7 @@ class FakeTransport implements ClientTransport {
   constructor(public handler: Handler) {}
 
   async request(subject: string, data: Uint8Array, options: TransportRequestOptions): Promise<Uint8Array> {
-    const seen: Seen = { subject, body: decode(data), headers: { ...options.headers }, timeoutMs: options.timeoutMs, bytes: data.byteLength };
+    const seen: Seen = { subject, body: decode(data), headers: { ...options.headers }, given: options.headers, timeoutMs: options.timeoutMs, bytes: data.byteLength };
     this.seen.push(seen);
     this.inFlight++;
     this.inFlightMax = Math.max(this.inFlightMax, this.inFlight);
@@ -780,6 +782,28 @@ describe('cluster/client (fake transport)', () => {
   });
 
   describe('Volume: routing, splitting, merging', () => {
+    it('requests of one type and deadline share their headers, frozen; another type or deadline has its own', async () => {
+      const fc = new FakeCluster();
+      let now = NOW;
+      const vol = createClient(fc.transport, { cluster: CLUSTER, timeoutMs: 10_000, nowMs: () => now }).volume('vol');
+      await vol.write(1, pageData(1));
+      await vol.write(2, pageData(2));
+      await vol.read(1);
+      await vol.read(2);
+      now += 1;
+      await vol.read(1);
+      const [w1, w2, r1, r2, r3] = fc.transport.shardRequests();
+      assert.equal(w1!.given, w2!.given, 'two writes of one deadline');
+      assert.ok(Object.isFrozen(w1!.given));
+      assert.equal(w1!.headers['Strata-Type'], 'shard.write');
+      assert.equal(r1!.given, r2!.given, 'two reads of one deadline');
+      assert.notEqual(r1!.given, w1!.given);
+      assert.equal(r1!.headers['Strata-Type'], 'shard.read');
+      assert.notEqual(r3!.given, r1!.given, 'a read a millisecond later');
+      assert.equal(Number(r3!.headers['Strata-Deadline']), Number(r1!.headers['Strata-Deadline']) + 1);
+      assert.equal(r3!.headers['Strata-Type'], 'shard.read');
+    });
+
     it('fetches the volume info once and routes each page to its shard subject', async () => {
       const fc = new FakeCluster();
       const vol = fc.client().volume('vol');

@@ -380,6 +380,38 @@ describe('RequestMux: headers given as records', () => {
     mux.close();
   });
 
+  it('a frozen record given again is sent as prepared without being read again; one not frozen is read each time', async () => {
+    const sent: unknown[] = [];
+    const nc = {
+      options: {},
+      isClosed: () => false,
+      subscribe: () => ({ closed: new Promise<void>(() => undefined), unsubscribe: () => undefined }),
+      publish: (_subject: string, _data: Uint8Array, opts: { headers?: { get(name: string): string } }) => void sent.push(opts.headers?.get('Strata-Deadline')),
+    } as unknown as NatsConnection;
+    const mux = new RequestMux(nc);
+    const send = (headers: Record<string, string>): void => void mux.request('s', Uint8Array.of(1), { timeoutMs: 60_000, headers }).catch(() => undefined);
+    let reads = 0;
+    const frozen = Object.freeze({
+      get 'Strata-Deadline'(): string {
+        reads++;
+        return '100';
+      },
+    });
+    send(frozen);
+    const afterFirst = reads;
+    send(frozen);
+    send(frozen);
+    assert.ok(afterFirst > 0);
+    assert.equal(reads, afterFirst, 'read once');
+    // A record changed between two requests (not frozen) is sent as it is at each.
+    const open: Record<string, string> = { 'Strata-Deadline': '200' };
+    send(open);
+    open['Strata-Deadline'] = '201';
+    send(open);
+    assert.deepEqual(sent, ['100', '100', '100', '200', '201']);
+    mux.close();
+  });
+
   it('a record NATS cannot carry (a name with a space, a value with a line break) is bad_request, and nothing is sent', async () => {
     let published = 0;
     const nc = {
