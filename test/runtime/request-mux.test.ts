@@ -1,5 +1,5 @@
 import { strict as assert } from 'node:assert';
-import { connect, headers as natsHeaders, type NatsConnection } from 'nats';
+import { connect, headers as natsHeaders, type MsgHdrs, type NatsConnection } from 'nats';
 import { ConnectionState, encodeReplyWithin, frozenHeaders, NoRespondersError, RequestMux } from '../../runtime/request-mux';
 import { NatsTransport } from '../../cluster/client';
 import { MESSAGE_BYTES_MAX, decode } from '../../messages/codec';
@@ -358,16 +358,21 @@ describe('RequestMux with a ConnectionState: a connection that is down', functio
   });
 });
 
+/** A connection that takes every publish (handed to `publish`) and answers nothing. */
+function silentConnection(publish: (subject: string, data: Uint8Array, opts: { headers?: MsgHdrs }) => void): NatsConnection {
+  return {
+    options: {},
+    isClosed: () => false,
+    subscribe: () => ({ closed: new Promise<void>(() => undefined), unsubscribe: () => undefined }),
+    publish,
+  } as unknown as NatsConnection;
+}
+
 describe('RequestMux: headers given as records', () => {
   it('are prepared once while they repeat, and the prepared ones kept are bounded (each request has its own deadline header)', async () => {
     // A connection that takes every publish and answers nothing: the headers each request went out with.
     const sent: unknown[] = [];
-    const nc = {
-      options: {},
-      isClosed: () => false,
-      subscribe: () => ({ closed: new Promise<void>(() => undefined), unsubscribe: () => undefined }),
-      publish: (_subject: string, _data: Uint8Array, opts: { headers?: unknown }) => void sent.push(opts.headers),
-    } as unknown as NatsConnection;
+    const nc = silentConnection((_subject: string, _data: Uint8Array, opts: { headers?: unknown }) => void sent.push(opts.headers));
     const mux = new RequestMux(nc);
     const send = (deadline: string): void => void mux.request('s', Uint8Array.of(1), { timeoutMs: 60_000, headers: { 'Strata-Deadline': deadline } }).catch(() => undefined);
     send('first');
@@ -382,12 +387,7 @@ describe('RequestMux: headers given as records', () => {
 
   it('a frozen record given again is sent as prepared without being read again; one not frozen is read each time', async () => {
     const sent: unknown[] = [];
-    const nc = {
-      options: {},
-      isClosed: () => false,
-      subscribe: () => ({ closed: new Promise<void>(() => undefined), unsubscribe: () => undefined }),
-      publish: (_subject: string, _data: Uint8Array, opts: { headers?: { get(name: string): string } }) => void sent.push(opts.headers?.get('Strata-Deadline')),
-    } as unknown as NatsConnection;
+    const nc = silentConnection((_subject: string, _data: Uint8Array, opts: { headers?: { get(name: string): string } }) => void sent.push(opts.headers?.get('Strata-Deadline')));
     const mux = new RequestMux(nc);
     const send = (headers: Record<string, string>): void => void mux.request('s', Uint8Array.of(1), { timeoutMs: 60_000, headers }).catch(() => undefined);
     let reads = 0;
@@ -414,12 +414,7 @@ describe('RequestMux: headers given as records', () => {
 
   it('a record NATS cannot carry (a name with a space, a value with a line break) is bad_request, and nothing is sent', async () => {
     let published = 0;
-    const nc = {
-      options: {},
-      isClosed: () => false,
-      subscribe: () => ({ closed: new Promise<void>(() => undefined), unsubscribe: () => undefined }),
-      publish: () => void published++,
-    } as unknown as NatsConnection;
+    const nc = silentConnection(() => void published++);
     const mux = new RequestMux(nc);
     const bad: Array<Record<string, string>> = [{ 'Strata Type': 'shard.read' }, { 'Strata-Type': 'shard.read\r\nX: y' }];
     for (const headers of bad) {
