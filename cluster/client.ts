@@ -1815,6 +1815,8 @@ export class Volume {
     }
     let settled = await this.sendCalls(info, calls, deadlineMs);
     progress(calls, settled);
+    // The common call: every request answered.
+    if (settled.every((s) => s.ok)) return { info, calls, outcomes: settled.map((s) => (s as { ok: true; value: ShardOutcome }).value) };
     throwFinal(calls, settled);
     if (settled.some((s) => !s.ok && s.error instanceof NoRespondersError)) {
       const fresh = await this.refreshInfo(infoPromise, deadlineMs);
