@@ -717,9 +717,11 @@ async function prefill(volume: Volume, pages: number, payload: readonly Uint8Arr
     }
   };
   await Promise.all(Array.from({ length: prefillInFlight }, worker));
-  // Read every page once (untimed), in the same slices it was written in: the shard caches pages
-  // when they are read, not when they are written, so without this pass the first read of each
-  // page would fetch and checksum its whole log record and the figure would not be of cached reads.
+  // Read every page once (untimed), in the same slices it was written in: a shard caches the pages
+  // of the writes it applies, but one its cache let go for lack of room, or one written before the
+  // shard's replica restarted, is read from its log record or image (fetched and checksummed) the
+  // first time; after this pass every page of the region has been read, and the figure is of
+  // cached reads as far as the shard's cache holds the region.
   next = 0;
   const reader = async (): Promise<void> => {
     while (next < pages) {
