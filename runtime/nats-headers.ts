@@ -60,6 +60,24 @@ class PlainHeaders implements ReceivedHeaders {
   }
 }
 
+/**
+ * The plain header block read last on this thread (a copy) and what it read as: the requests of
+ * one type and deadline, and every append of a leader, come with the same block, which is then
+ * compared, not decoded and split again.
+ */
+let lastBlock: Uint8Array | undefined;
+let lastRead: ReceivedHeaders = NO_HEADERS;
+/** Longest block kept as `lastBlock`. */
+const LAST_BLOCK_BYTES_MAX = 256;
+
+function isLastBlock(data: Uint8Array, end: number): boolean {
+  const last = lastBlock;
+  if (last === undefined || last.length !== end) return false;
+  // From the end: blocks of one type differ in their deadline, near their end.
+  for (let i = end - 1; i >= 0; i--) if (data[i] !== last[i]) return false;
+  return true;
+}
+
 /** The headers of `msg` (see the module comment); never throws (see `malformed`). */
 export function messageHeaders(msg: Msg): ReceivedHeaders {
   const raw = msg as unknown as RawMsgFields;
@@ -67,8 +85,15 @@ export function messageHeaders(msg: Msg): ReceivedHeaders {
   const hdr = raw._msg?.hdr;
   if (data instanceof Uint8Array && typeof hdr === 'number' && Number.isInteger(hdr) && hdr <= data.length) {
     if (hdr < 0) return NO_HEADERS; // nats.js marks a message without headers so
+    if (isLastBlock(data, hdr)) return lastRead;
     const plain = parsePlainHeaderBlock(data, hdr);
-    if (plain !== undefined) return plain;
+    if (plain !== undefined) {
+      if (hdr <= LAST_BLOCK_BYTES_MAX) {
+        lastBlock = data.slice(0, hdr);
+        lastRead = plain;
+      }
+      return plain;
+    }
   }
   return decoded(msg);
 }

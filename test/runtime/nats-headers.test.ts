@@ -129,6 +129,23 @@ describe('messageHeaders (reading a request\'s headers without the nats.js decod
       assert.deepEqual([...msg.data], [1, 2, 3], 'the payload is untouched');
     });
 
+    it('a block the same as the last one read is not read again; one a byte apart reads as itself', async () => {
+      const block = (deadline: string, type = 'shard.write'): MsgHdrs => {
+        const h = natsHeaders();
+        h.set(HEADER_TYPE, type);
+        h.set(HEADER_DEADLINE, deadline);
+        return h;
+      };
+      const first = messageHeaders(await roundTrip(block('1764590000000')));
+      const same = messageHeaders(await roundTrip(block('1764590000000')));
+      assert.equal(same, first, 'the same block: what it read as before');
+      for (const [deadline, type] of [['1764590000001', 'shard.write'], ['1764590000001', 'shard.zero'], ['1764590000000', 'shard.write']] as const) {
+        const got = messageHeaders(await roundTrip(block(deadline, type)));
+        assert.equal(got.get(HEADER_DEADLINE), deadline);
+        assert.equal(got.get(HEADER_TYPE), type);
+      }
+    });
+
     it('a message without headers has none', async () => {
       const msg = await roundTrip(undefined);
       assert.equal(messageHeaders(msg).get(HEADER_TYPE), '');
