@@ -20,7 +20,7 @@ import { ImageReader, ImageWriter, imageFileName, isImageTempFileName, parseImag
 import type { SegmentLog } from './log';
 import { MetaStore } from './metadata';
 import { PageCache } from './page-cache';
-import { decodePageWrite, pageDataOfPageWrite, pagesOfPageWrite } from './page-write';
+import { pageDataOfPageWrite, pagesOfPageWrite, pageWriteDataStart } from './page-write';
 import { decodePageZero, isPageZero } from './page-zero';
 import { RecordKind, type LogRecord } from './record';
 import type { Slab } from './slab';
@@ -392,8 +392,13 @@ export class PageStore {
         }
       }
       // The written pages are the likeliest to be read next: keep them in the cache as of this
-      // record (a later duplicate of a page in the same record wins, as when reading it).
-      for (const e of decodePageWrite(record.payload, this.pageSize)) this.cache.put(e.page, record.lsn, e.data);
+      // record (a later duplicate of a page in the same record wins, as when reading it). The
+      // payload's structure was checked when its page numbers were read.
+      const dataStart = pageWriteDataStart(pages.length);
+      for (let i = 0; i < pages.length; i++) {
+        const at = dataStart + i * this.pageSize;
+        this.cache.put(pages[i]!, record.lsn, record.payload.subarray(at, at + this.pageSize));
+      }
     } else if (record.kind === RecordKind.PageZero) {
       const { first, count } = decodePageZero(record.payload);
       if (first + count > this.pageCount) {

@@ -92,7 +92,7 @@ export function encodePageWrite(pageSize: number, pages: readonly PageWriteEntry
   dv.setUint32(4, pageSize, true);
   dv.setUint32(8, count, true);
   dv.setUint32(12, writeId === undefined ? 0 : WRITE_ID_FLAG, true);
-  const dataStart = PAGE_WRITE_HEADER_BYTES + 8 * count;
+  const dataStart = pageWriteDataStart(count);
   for (let i = 0; i < count; i++) {
     const entry = pages[i]!;
     const page = entry.page;
@@ -161,6 +161,11 @@ export function pagesOfPageWrite(payload: Uint8Array, pageSize?: number): number
   return pages;
 }
 
+/** Where the data of a page write of `count` pages starts in its payload (page i's at + i × page size). */
+export function pageWriteDataStart(count: number): number {
+  return PAGE_WRITE_HEADER_BYTES + 8 * count;
+}
+
 /**
  * Decodes a page write into its pairs, in payload order; `data` are views into `payload` (no
  * copy), valid as long as the payload is. Apply them in order (the last pair for a page wins).
@@ -168,7 +173,7 @@ export function pagesOfPageWrite(payload: Uint8Array, pageSize?: number): number
  */
 export function decodePageWrite(payload: Uint8Array, pageSize: number): PageWriteEntry[] {
   const pages = pagesOfPageWrite(payload, pageSize);
-  const dataStart = PAGE_WRITE_HEADER_BYTES + 8 * pages.length;
+  const dataStart = pageWriteDataStart(pages.length);
   const out = new Array<PageWriteEntry>(pages.length);
   for (let i = 0; i < pages.length; i++) {
     const start = dataStart + i * pageSize;
@@ -185,7 +190,7 @@ export function pageDataOfPageWrite(payload: Uint8Array, pageSize: number, page:
   const pages = pagesOfPageWrite(payload, pageSize);
   for (let i = pages.length - 1; i >= 0; i--) {
     if (pages[i] === page) {
-      const start = PAGE_WRITE_HEADER_BYTES + 8 * pages.length + i * pageSize;
+      const start = pageWriteDataStart(pages.length) + i * pageSize;
       return payload.subarray(start, start + pageSize);
     }
   }
