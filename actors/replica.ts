@@ -916,7 +916,7 @@ export class Replica {
     if (hs.lost === true) {
       // A sole copy has no peer to ask or to be given its pages by: it does not lead until an
       // operator accepts the loss (forceVote), rather than serve its lost pages as never written.
-      if (this.peers().length > 0) this.termsUnknown = new Set(this.peers());
+      if (this.peerIds.length > 0) this.termsUnknown = new Set(this.peerIds);
       this.repairTerm ??= 0;
     }
     this.lastLsn = this.log.lastLsn;
@@ -936,7 +936,7 @@ export class Replica {
     this.leaderContactMs = this.now();
     this.resetElectionDeadline();
     // A replica set of one needs nobody's vote: it leads at once.
-    if (this.peers().length === 0) this.electionDeadlineMs = this.nowMs;
+    if (this.peerIds.length === 0) this.electionDeadlineMs = this.nowMs;
     else if (saved === undefined && this.log.lastLsn === 0 && this.store.appliedLsn === 0) this.firstElection();
   }
 
@@ -1229,10 +1229,6 @@ export class Replica {
     };
   }
 
-  private peers(): string[] {
-    return this.peerList;
-  }
-
   /** The other members of the set in force (both sets during a change), sorted: a new array at each change of the set. */
   get peerIds(): readonly string[] {
     return this.peerList;
@@ -1490,7 +1486,7 @@ export class Replica {
     if (this.transport.seenMs === undefined || nowMs - this.busyMs < this.timing.quiesceAfterMs) return false;
     if (this.handover !== undefined || this.config.prior !== undefined || this.configAppending !== undefined) return false;
     if (this.commitLsn !== this.lastLsn || this.commitWaiters.length > 0 || this.store.appliedLsn !== this.commitLsn) return false;
-    for (const id of this.peers()) {
+    for (const id of this.peerIds) {
       const f = this.followers.get(id);
       if (f === undefined || f.match !== this.lastLsn || f.inFlight > 0 || f.probing === true || f.snapshot !== undefined || this.pausing(f)) return false;
     }
@@ -1900,7 +1896,7 @@ export class Replica {
 
   /** Sends a (pre)vote request to every peer; an answer that does not come is a no. */
   private askPeers(req: VoteRequest, onReply: (id: string, reply: VoteReply) => void): void {
-    for (const id of this.peers()) {
+    for (const id of this.peerIds) {
       this.transport.send(id, req, this.timing.rpcTimeoutMs).then(
         (reply) => onReply(id, reply as VoteReply),
         () => undefined,
@@ -2030,7 +2026,7 @@ export class Replica {
     this.leader = this.self;
     this.lastLeader = this.self;
     this.followers.clear();
-    for (const id of this.peers()) {
+    for (const id of this.peerIds) {
       this.followers.set(id, { next: this.lastLsn + 1, match: 0, inFlight: 0, lastSentMs: 0, ackedSentMs: Number.NEGATIVE_INFINITY, snapshot: undefined, probing: false });
     }
     this.recent = [];
@@ -2157,7 +2153,7 @@ export class Replica {
    * each its own, with a heartbeat where one is due.
    */
   private replicateAll(heartbeat: boolean): void {
-    const peers = this.peers();
+    const peers = this.peerIds;
     this.upToWindow(() => this.sendToAll(peers));
     for (const id of peers) this.replicateTo(id, heartbeat);
   }
@@ -2375,7 +2371,7 @@ export class Replica {
     // What this follower lacks goes at the end of this turn, with the other followers' (one
     // message to all of them when they stand together): sent now, the records written in this
     // turn would reach it alone, and the followers would part.
-    if (this.transport.sendEach !== undefined && this.peers().length >= 2) this.replicateSoon();
+    if (this.transport.sendEach !== undefined && this.peerIds.length >= 2) this.replicateSoon();
     else this.replicateTo(id, false);
   }
 
@@ -2391,7 +2387,7 @@ export class Replica {
     }
     f.quiesceAcked = true;
     if (!this.quiesceAsked) return;
-    for (const id of this.peers()) if (this.followers.get(id)?.quiesceAcked !== true) return;
+    for (const id of this.peerIds) if (this.followers.get(id)?.quiesceAcked !== true) return;
     this.quiesced = true;
     this.quiesceAsked = false;
     this.quiescedBeatMs = this.nextQuiescedPeriodMs(this.nowMs);
@@ -3594,7 +3590,7 @@ export class Replica {
   }
 
   private hasMajorityContact(windowMs: number): boolean {
-    if (this.peers().length === 0) return true;
+    if (this.peerIds.length === 0) return true;
     const now = this.now();
     return this.quorumOf((id) => {
       if (id === this.self) return true;
@@ -3621,13 +3617,13 @@ export class Replica {
     const acks = new Set([this.self]);
     const sentMs = this.nowMs;
     await new Promise<void>((resolve, reject) => {
-      let pending = this.peers().length;
+      let pending = this.peerIds.length;
       const done = (): void => {
         if (this.role !== 'leader' || this.term !== term) reject(notLeader(this.leader, this.term));
         else if (this.quorumOf((id) => acks.has(id))) resolve();
         else if (--pending === 0) reject(new ProtocolError('timeout', 'leadership could not be confirmed by a majority'));
       };
-      for (const id of this.peers()) {
+      for (const id of this.peerIds) {
         // A heartbeat with prevLsn 0 always matches; it carries no records and no commit.
         this.transport.send(id, req(), wait).then(
           (r) => {
