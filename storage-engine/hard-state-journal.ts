@@ -7,15 +7,21 @@
  *
  * Record layout (little-endian), one record per batch of saves:
  *   0  4 bytes  magic "STHJ"
- *   4  u32      format version (1)
+ *   4  u32      format version (2)
  *   8  u32      payload length in bytes
  *  12  u32      CRC-32C of the payload
- *  16  payload  UTF-8 JSON: an array of entries, [dir, value] (a save), [dir, null] (forgotten:
+ *  16  u32      CRC-32C of bytes 0..15 (the header)
+ *  20  payload  UTF-8 JSON: an array of entries, [dir, value] (a save), [dir, null] (forgotten:
  *               the directory is gone) or [dir, "damaged"] (its state was lost to damage)
+ * Records of version 1 (written by earlier versions) have no header CRC (a 16-byte header) and
+ * are read as they are; new records are version 2.
  *
- * A batch is answered only once its record is durable (fdatasync), so a last record cut short
- * by the end of the file (or followed by zeros only) was never answered: at open it is cut off.
- * A whole record that does not check out, or any with valid records after it, is damage, not a
+ * A batch is answered only once its record is durable (fdatasync), so a last record a crash cut
+ * short (by the end of the file, or by zeros after the point the write reached) was never
+ * answered: at open it is cut off. The header's own CRC tells such a record from a whole one
+ * whose length rotted so as to run past the end of the file: a torn record has a header that
+ * checks out and its payload cut, or a header cut itself (zeros from within it to the end). A
+ * whole record that does not check out, or any with valid records after it, is damage, not a
  * crash: every directory without a save after it has lost its state (`lookup` throws
  * CorruptionError for it until it is saved again). The file is rewritten with one entry per
  * directory still there (a new file, fdatasync'd, renamed over the old one) once it is over its
@@ -25,12 +31,18 @@ import type { Disk, FileHandle } from './disk';
 import { parentDir } from './disk';
 import { crc32c } from './crc32c';
 import { CorruptionError, StorageError, type CorruptionReport } from './errors';
-import { encodeFramed, META_TMP_SUFFIX } from './metadata';
+import { META_TMP_SUFFIX } from './metadata';
 
 /** Name of the journal file in a device's root directory. */
 export const HARD_STATE_JOURNAL = 'hard-states';
-export const HARD_STATE_JOURNAL_FORMAT_VERSION = 1;
-export const HARD_STATE_RECORD_HEADER_BYTES = 16;
+/** The format version of the records written (version 1 records are read too). */
+export const HARD_STATE_JOURNAL_FORMAT_VERSION = 2;
+/** Header of a record of the version written (with the header's own CRC). */
+export const HARD_STATE_RECORD_HEADER_BYTES = 20;
+/** Header of a version 1 record (no header CRC). */
+export const HARD_STATE_RECORD_HEADER_BYTES_V1 = 16;
+/** Bytes of magic and version, which every version's header starts with. */
+const HEADER_PREFIX_BYTES = 8;
 /** Largest payload of one record: a batch larger than this is written as several records (one fdatasync). */
 export const HARD_STATE_RECORD_PAYLOAD_BYTES_MAX = 1024 * 1024;
 /** Largest value of one entry, as JSON. */
@@ -84,10 +96,15 @@ interface ParsedRecord {
   end: number;
 }
 
-/** Why a record does not check out, and whether it is cut short by the end of the file. */
+/**
+ * Why a record does not check out, and where a torn write would have had to stop for it to read
+ * so: when the file holds only zeros (or nothing) from some offset below `tornBefore` on, the
+ * record may be a last write a crash cut short (never answered); otherwise it was whole, and
+ * rotted since.
+ */
 interface BadRecord {
   reason: string;
-  short: boolean;
+  tornBefore: number;
 }
 
 export interface HardStateJournalStats {
@@ -105,7 +122,16 @@ export interface HardStateJournalStats {
 }
 
 function encodeRecord(entries: ReadonlyArray<readonly [string, unknown]>): Uint8Array {
-  return encodeFramed(MAGIC, HARD_STATE_JOURNAL_FORMAT_VERSION, new TextEncoder().encode(JSON.stringify(entries)));
+  const payload = new TextEncoder().encode(JSON.stringify(entries));
+  const out = new Uint8Array(HARD_STATE_RECORD_HEADER_BYTES + payload.length);
+  const dv = new DataView(out.buffer);
+  out.set(MAGIC, 0);
+  dv.setUint32(4, HARD_STATE_JOURNAL_FORMAT_VERSION, true);
+  dv.setUint32(8, payload.length, true);
+  dv.setUint32(12, crc32c(payload), true);
+  dv.setUint32(16, crc32c(out, 0, 0, 16), true);
+  out.set(payload, HARD_STATE_RECORD_HEADER_BYTES);
+  return out;
 }
 
 function isEntry(e: unknown): e is [string, unknown] {
@@ -115,17 +141,28 @@ function isEntry(e: unknown): e is [string, unknown] {
 
 /** The record at `offset`, or why it does not check out. */
 function parseRecord(bytes: Uint8Array, offset: number): ParsedRecord | BadRecord {
-  const bad = (reason: string, short = false): BadRecord => ({ reason, short });
-  if (bytes.length - offset < HARD_STATE_RECORD_HEADER_BYTES) return bad(`${bytes.length - offset} bytes, shorter than a record header`, true);
-  for (let i = 0; i < MAGIC.length; i++) if (bytes[offset + i] !== MAGIC[i]) return bad('bad magic');
-  const dv = new DataView(bytes.buffer, bytes.byteOffset + offset, HARD_STATE_RECORD_HEADER_BYTES);
-  const version = dv.getUint32(4, true);
-  if (version !== HARD_STATE_JOURNAL_FORMAT_VERSION) return bad(`unsupported format version ${version}`);
+  const left = bytes.length - offset;
+  // A header cut by the end of the file: written in part. A torn write stopped anywhere in it
+  // (a whole record is longer than any header).
+  const cut = (header: number): BadRecord => ({ reason: `${left} bytes, shorter than a record header of ${header}`, tornBefore: bytes.length + 1 });
+  if (left < HEADER_PREFIX_BYTES) return cut(HARD_STATE_RECORD_HEADER_BYTES);
+  // Not a header that checks out: torn only when zeros start within the header.
+  const badHeader = (reason: string, header = HARD_STATE_RECORD_HEADER_BYTES): BadRecord => ({ reason, tornBefore: offset + header });
+  for (let i = 0; i < MAGIC.length; i++) if (bytes[offset + i] !== MAGIC[i]) return badHeader('bad magic');
+  const version = new DataView(bytes.buffer, bytes.byteOffset + offset, HEADER_PREFIX_BYTES).getUint32(4, true);
+  if (version !== 1 && version !== HARD_STATE_JOURNAL_FORMAT_VERSION) return badHeader(`unsupported format version ${version}`);
+  const headerBytes = version === 1 ? HARD_STATE_RECORD_HEADER_BYTES_V1 : HARD_STATE_RECORD_HEADER_BYTES;
+  if (left < headerBytes) return cut(headerBytes);
+  const dv = new DataView(bytes.buffer, bytes.byteOffset + offset, headerBytes);
+  if (version !== 1 && crc32c(bytes, 0, offset, offset + 16) !== dv.getUint32(16, true)) return badHeader('header CRC-32C does not match');
   const length = dv.getUint32(8, true);
-  if (length > HARD_STATE_RECORD_PAYLOAD_BYTES_MAX) return bad(`payload length ${length} exceeds ${HARD_STATE_RECORD_PAYLOAD_BYTES_MAX}`);
-  const end = offset + HARD_STATE_RECORD_HEADER_BYTES + length;
-  if (end > bytes.length) return bad(`payload of ${length} bytes runs past the end of the file`, true);
-  const payload = bytes.subarray(offset + HARD_STATE_RECORD_HEADER_BYTES, end);
+  if (length > HARD_STATE_RECORD_PAYLOAD_BYTES_MAX) return badHeader(`payload length ${length} exceeds ${HARD_STATE_RECORD_PAYLOAD_BYTES_MAX}`, headerBytes);
+  const end = offset + headerBytes + length;
+  // The header is whole (and, from version 2 on, checks out): the payload was being written
+  // when the file ends before it, or zeros start within it (a JSON payload ends in "]").
+  if (end > bytes.length) return { reason: `payload of ${length} bytes runs past the end of the file`, tornBefore: bytes.length + 1 };
+  const payload = bytes.subarray(offset + headerBytes, end);
+  const bad = (reason: string): BadRecord => ({ reason, tornBefore: end });
   if (crc32c(payload) !== dv.getUint32(12, true)) return bad('payload CRC-32C does not match');
   let entries: unknown;
   try {
@@ -141,14 +178,16 @@ function isBad(r: ParsedRecord | BadRecord): r is BadRecord {
   return 'reason' in r;
 }
 
-function zerosFrom(bytes: Uint8Array, offset: number): boolean {
-  for (let i = offset; i < bytes.length; i++) if (bytes[i] !== 0) return false;
-  return true;
+/** Where the zeros at the end of `bytes` start (its length when it does not end in a zero). */
+function trailingZerosStart(bytes: Uint8Array): number {
+  let i = bytes.length;
+  while (i > 0 && bytes[i - 1] === 0) i--;
+  return i;
 }
 
 /** The offset of the first record after `from` that checks out, if any. */
 function nextValidRecord(bytes: Uint8Array, from: number): number | undefined {
-  for (let o = from; o + HARD_STATE_RECORD_HEADER_BYTES <= bytes.length; o++) {
+  for (let o = from; o + HARD_STATE_RECORD_HEADER_BYTES_V1 <= bytes.length; o++) {
     if (bytes[o] !== MAGIC[0]) continue;
     if (!isBad(parseRecord(bytes, o))) return o;
   }
@@ -223,11 +262,11 @@ export class HardStateJournal implements StateSink {
         continue;
       }
       const next = nextValidRecord(bytes, offset + 1);
-      // The last record, cut short by the end of the file (or zeros a filesystem showed past the
-      // data written): a crash during its write, before its fdatasync ended, so never answered.
-      // Everything from here on goes. A whole record that does not check out was written and
-      // rotted since: damage, as one with valid records after it is.
-      if (next === undefined && (r.short || zerosFrom(bytes, offset))) break;
+      // The last record, cut short by the end of the file (or by zeros a filesystem showed past
+      // the data written): a crash during its write, before its fdatasync ended, so never
+      // answered. Everything from here on goes. A whole record that does not check out was
+      // written and rotted since: damage, as one with valid records after it is.
+      if (next === undefined && trailingZerosStart(bytes) < r.tornBefore) break;
       damage.push({ file: path, offset, fromLsn: 0, toLsn: 0, reason: `hard-state journal record at ${offset}: ${r.reason}` });
       damagedAt ??= offset;
       // Only a save after the last damage is known to be a directory's newest.

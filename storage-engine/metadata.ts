@@ -73,11 +73,9 @@ export function encodeMeta(value: unknown, payloadBytesMax = META_PAYLOAD_BYTES_
 
 /**
  * `payload` behind a header of `magic`, then three little-endian u32: `version`, the payload's
- * length and its CRC-32C (so `magic.length + 12` header bytes). The frame of a metadata file,
- * and of each record of the hard-state journal (hard-state-journal.ts), which differ in their
- * magic and in how they read a frame that does not check out.
+ * length and its CRC-32C (so `magic.length + 12` header bytes): the frame of a metadata file.
  */
-export function encodeFramed(magic: Uint8Array, version: number, payload: Uint8Array): Uint8Array {
+function encodeFramed(magic: Uint8Array, version: number, payload: Uint8Array): Uint8Array {
   const at = magic.length;
   const out = new Uint8Array(at + 12 + payload.length);
   const dv = new DataView(out.buffer);

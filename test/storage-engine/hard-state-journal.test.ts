@@ -4,7 +4,9 @@ import { crc32c } from '../../storage-engine/crc32c';
 import { CorruptionError } from '../../storage-engine/errors';
 import {
   HARD_STATE_JOURNAL,
+  HARD_STATE_JOURNAL_FORMAT_VERSION,
   HARD_STATE_RECORD_HEADER_BYTES,
+  HARD_STATE_RECORD_HEADER_BYTES_V1,
   HARD_STATE_VALUE_BYTES_MAX,
   HardStateJournal,
 } from '../../storage-engine/hard-state-journal';
@@ -60,10 +62,12 @@ describe('HardStateJournal', () => {
     const file = disk.fileBytes(HARD_STATE_JOURNAL);
     const dv = new DataView(file.buffer, file.byteOffset, file.byteLength);
     assert.equal(new TextDecoder().decode(file.subarray(0, 4)), 'STHJ');
-    assert.equal(dv.getUint32(4, true), 1);
+    assert.equal(dv.getUint32(4, true), HARD_STATE_JOURNAL_FORMAT_VERSION);
+    assert.equal(HARD_STATE_JOURNAL_FORMAT_VERSION, 2);
     const payload = file.subarray(HARD_STATE_RECORD_HEADER_BYTES);
     assert.equal(dv.getUint32(8, true), payload.length);
     assert.equal(dv.getUint32(12, true), crc32c(payload));
+    assert.equal(dv.getUint32(16, true), crc32c(file.subarray(0, 16)), 'the header CRC covers the 16 bytes before it');
     const entries = JSON.parse(new TextDecoder().decode(payload)) as Array<[string, unknown]>;
     assert.deepEqual(entries[0], ['shards/v0-0', state(1, 'n1')]);
     assert.equal(entries.length, 300);
@@ -192,6 +196,80 @@ describe('HardStateJournal', () => {
     assert.deepEqual(after.damage, []);
     assert.deepEqual(value(after, 'shards/a'), state(5, 'n1'));
     assert.equal(zeros.fileBytes(HARD_STATE_JOURNAL).length, size);
+  });
+
+  it('the last record, its length rotted to run past the end of the file, is damage: its header CRC tells it from a torn write', () => {
+    const disk = durableDisk(['shards/a', 'shards/b']);
+    const dirs = (): string[] => disk.list('shards').map((n) => `shards/${n}`);
+    const j = HardStateJournal.open(disk, { dirs });
+    j.saveMany([{ key: 'shards/a', value: state(5, 'n1') }, { key: 'shards/b', value: state(5, 'n1') }]);
+    const firstEnd = disk.fileBytes(HARD_STATE_JOURNAL).length;
+    j.saveMany([{ key: 'shards/b', value: state(6, 'n2') }]); // answered: b voted for n2 in term 6
+    const end = disk.fileBytes(HARD_STATE_JOURNAL).length;
+    j.close();
+    // The second byte of the last record's length: + 0xFF00 bytes, under the bound, past the end.
+    disk.flipBits(HARD_STATE_JOURNAL, firstEnd + 9, 1);
+    const length = new DataView(disk.fileBytes(HARD_STATE_JOURNAL).buffer).getUint32(firstEnd + 8, true);
+    assert.ok(firstEnd + HARD_STATE_RECORD_HEADER_BYTES + length > end && length <= 1024 * 1024, `length ${length}`);
+    const again = HardStateJournal.open(disk, { dirs });
+    assert.equal(again.damage.length, 1);
+    assert.match(again.damage[0]!.reason, new RegExp(`record at ${firstEnd}: header CRC-32C does not match`));
+    // Not term 5 with no vote, which would let b vote again in term 6.
+    assert.throws(() => again.lookup('shards/b'), CorruptionError);
+    assert.throws(() => again.lookup('shards/a'), CorruptionError);
+  });
+
+  it('a write cut anywhere, with zeros after the point it reached (a filesystem showing its new length), is a torn tail', () => {
+    const disk0 = durableDisk();
+    const probe = HardStateJournal.open(disk0);
+    probe.saveMany([{ key: 'shards/v1-0', value: state(2, 'n3') }, { key: 'shards/v1-1', value: state(2) }]);
+    const recordBytes = disk0.fileBytes(HARD_STATE_JOURNAL).length;
+    for (let keep = 0; keep < recordBytes; keep++) {
+      const disk = durableDisk();
+      const j = HardStateJournal.open(disk);
+      j.saveMany([{ key: 'shards/v1-0', value: state(1) }]);
+      const kept = disk.fileBytes(HARD_STATE_JOURNAL).length;
+      j.saveMany([{ key: 'shards/v1-0', value: state(2, 'n3') }, { key: 'shards/v1-1', value: state(2) }]);
+      j.close();
+      assert.equal(disk.fileBytes(HARD_STATE_JOURNAL).length, kept + recordBytes);
+      // What the write did not reach reads as zeros.
+      const fh = disk.open(HARD_STATE_JOURNAL);
+      disk.write(fh, new Uint8Array(recordBytes - keep), kept + keep);
+      disk.fdatasync(fh);
+      disk.close(fh);
+      const again = HardStateJournal.open(disk);
+      assert.deepEqual(again.damage, [], `cut after ${keep} bytes`);
+      assert.deepEqual(value(again, 'shards/v1-0'), state(1));
+      assert.equal(value(again, 'shards/v1-1'), 'none');
+      assert.equal(disk.fileBytes(HARD_STATE_JOURNAL).length, kept, 'the torn record is cut off');
+    }
+  });
+
+  it('reads the records of format version 1 (no header CRC), and appends records of the current version after them', () => {
+    const disk = durableDisk(['shards/a']);
+    const payload = new TextEncoder().encode(JSON.stringify([['shards/a', state(4, 'n2')]]));
+    const v1 = new Uint8Array(HARD_STATE_RECORD_HEADER_BYTES_V1 + payload.length);
+    const dv = new DataView(v1.buffer);
+    v1.set(new TextEncoder().encode('STHJ'), 0);
+    dv.setUint32(4, 1, true);
+    dv.setUint32(8, payload.length, true);
+    dv.setUint32(12, crc32c(payload), true);
+    v1.set(payload, HARD_STATE_RECORD_HEADER_BYTES_V1);
+    const fh = disk.open(HARD_STATE_JOURNAL, { create: true });
+    disk.write(fh, v1, 0);
+    disk.fdatasync(fh);
+    disk.close(fh);
+    disk.fsyncDir('');
+    const j = HardStateJournal.open(disk);
+    assert.deepEqual(j.damage, []);
+    assert.deepEqual(value(j, 'shards/a'), state(4, 'n2'));
+    j.saveMany([{ key: 'shards/b', value: state(1) }]);
+    const again = reopenAfterPowerCut(disk, j);
+    assert.deepEqual(again.damage, []);
+    assert.deepEqual(value(again, 'shards/a'), state(4, 'n2'));
+    assert.deepEqual(value(again, 'shards/b'), state(1));
+    const file = disk.fileBytes(HARD_STATE_JOURNAL);
+    assert.equal(new DataView(file.buffer, file.byteOffset).getUint32(v1.length + 4, true), HARD_STATE_JOURNAL_FORMAT_VERSION);
   });
 
   it('forgets a destroyed directory durably; forgetting one it holds nothing of writes nothing', () => {
