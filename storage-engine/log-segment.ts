@@ -3,7 +3,9 @@
  *
  * Format version 1, described byte for byte in docs/storage-format.md:
  * - a segment file `seg-<baseLsn as 16 lower-case hex digits>.log` starts with a 64-byte header;
- * - then records, each a 32-byte header + payload, padded with zeros to a multiple of 8 bytes.
+ * - then records, each a 32-byte header + payload, padded with zeros to a multiple of 8 bytes;
+ *   a record's header carries a check of its own (RECORD_HEADER_CHECK_OFFSET) in a field that
+ *   was reserved (zero) before, so the format version is unchanged: older records read as before.
  * All integers are little-endian; u64 values are written as two u32 (low word first) and must
  * stay below 2^53.
  *
@@ -22,6 +24,12 @@ export const SEGMENT_MAGIC = 'STRLOGS1';
 export const SEGMENT_HEADER_BYTES = 64;
 /** Size of a record header in bytes. */
 export const RECORD_HEADER_BYTES = 32;
+/**
+ * Offset in a record header of its header check: the CRC-32C of the header's bytes 0..3 and
+ * 8..27 (all but the record's CRC and the check itself), with bit 0 set so that it is never 0.
+ * Records written before the check was introduced hold 0 there (a reserved field then).
+ */
+export const RECORD_HEADER_CHECK_OFFSET = 28;
 /** Records start at and are padded to multiples of this many bytes. */
 export const RECORD_ALIGN_BYTES = 8;
 /** Default largest segment file size. */
@@ -159,7 +167,9 @@ export function encodeRecord(
   setU64(view, pos + 8, lsn);
   setU64(view, pos + 16, term);
   out[pos + 24] = kind;
-  out.fill(0, pos + 25, pos + RECORD_HEADER_BYTES);
+  out.fill(0, pos + 25, pos + RECORD_HEADER_CHECK_OFFSET);
+  // Before the record's CRC, which covers it.
+  view.setUint32(pos + RECORD_HEADER_CHECK_OFFSET, recordHeaderCheck(out, pos), true);
   out.set(payload, pos + RECORD_HEADER_BYTES);
   out.fill(0, pos + RECORD_HEADER_BYTES + len, pos + recordBytes(len));
   const crc =
@@ -187,6 +197,7 @@ export function encodePadding(out: Uint8Array, view: DataView, pos: number, tota
   out.fill(0, pos, pos + totalBytes);
   view.setUint32(pos, len, true);
   out[pos + 24] = PAD_KIND;
+  view.setUint32(pos + RECORD_HEADER_CHECK_OFFSET, recordHeaderCheck(out, pos), true);
   view.setUint32(pos + 4, recordCrc(out, pos, len), true);
   return pos + totalBytes;
 }
@@ -194,6 +205,15 @@ export function encodePadding(out: Uint8Array, view: DataView, pos: number, tota
 /** True for a valid record header that is padding (LSN 0, kind PAD_KIND). */
 export function isPadding(view: DataView, rel: number): boolean {
   return getU64(view, rel + 8) === 0 && view.getUint8(rel + 24) === PAD_KIND;
+}
+
+/**
+ * The header check of the record at `pos` (RECORD_HEADER_CHECK_OFFSET): tells a header written
+ * whole and damaged since from one a crash cut short, at recovery (a record CRC that does not
+ * match cannot: the length it is computed over may be what rotted).
+ */
+export function recordHeaderCheck(buf: Uint8Array, pos: number): number {
+  return (crc32c(buf, crc32c(buf, 0, pos, pos + 4), pos + 8, pos + RECORD_HEADER_CHECK_OFFSET) | 1) >>> 0;
 }
 
 /** CRC-32C of the record at `pos`: over its length field, the rest of its header after the crc, and its payload. */

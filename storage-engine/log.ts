@@ -15,7 +15,8 @@
  *
  * Recovery (`open`) keeps exactly the longest valid prefix. Zeros after the last record of the last
  * segment are the space written ahead and stay. A torn tail (nothing valid after the first bad
- * record) is truncated durably. Damage with valid data after it is corruption: nothing is
+ * record, and that record's header not one written whole that rotted since: its header check) is
+ * truncated durably. Damage with valid data after it is corruption: nothing is
  * truncated or deleted, `corruption` describes it, the log serves reads of the valid prefix and
  * refuses writes until `reset` (the tool of a repair from a peer) replaces it.
  *
@@ -40,6 +41,8 @@ import {
   isPadding,
   recordBytes,
   recordCrc,
+  recordHeaderCheck,
+  RECORD_HEADER_CHECK_OFFSET,
   SEGMENT_BYTES_LIMIT,
   SEGMENT_BYTES_MAX_DEFAULT,
   SEGMENT_BYTES_MIN,
@@ -1164,6 +1167,14 @@ export class SegmentLog {
           this.reportCorruption(name, stop.offset, from, next, stop.reason);
           break;
         }
+        // A record header written whole and damaged since (its own check does not match) is
+        // not a torn write, though nothing valid follows it: the record was durable, maybe
+        // acknowledged, and is lost.
+        const rotted = this.rottedHeader(r, stop.offset);
+        if (rotted !== undefined) {
+          this.reportCorruption(name, stop.offset, from, from + 1, rotted);
+          break;
+        }
         // A torn tail: nothing valid after it anywhere. Cut it off durably, and drop later
         // segments (all without a valid header or record).
         disk.truncate(fh, stop.offset);
@@ -1220,6 +1231,28 @@ export class SegmentLog {
       p += total;
     }
     return undefined;
+  }
+
+  /**
+   * Why the record header at `p`, where the valid records stop with nothing valid after them,
+   * was written whole and has rotted since; undefined when it may be a write a crash cut short.
+   * Cut short are: a header the file ends within; one without a check (written before records
+   * had one, or a write that stopped before the check); one that checks out (its payload was
+   * being written); one whose check was being written (its last byte zero, and zeros to the end
+   * of the file); one of zeros but for the check (not a record: the zeros written ahead); and a
+   * padding record's, which holds no record.
+   */
+  private rottedHeader(r: ChunkReader, p: number): string | undefined {
+    if (!r.ensure(p, RECORD_HEADER_BYTES)) return undefined;
+    const rel = p - r.winStart;
+    const check = r.view.getUint32(rel + RECORD_HEADER_CHECK_OFFSET, true);
+    if (check === 0 || check === recordHeaderCheck(r.buf, rel)) return undefined;
+    let zeros = true;
+    for (let k = rel; k < rel + RECORD_HEADER_CHECK_OFFSET && zeros; k++) zeros = r.buf[k] === 0;
+    // A padding record (LSN 0) holds no record: nothing was lost with it.
+    if (zeros || isPadding(r.view, rel)) return undefined;
+    if (r.buf[rel + RECORD_HEADER_BYTES - 1] === 0 && this.zerosFrom(r, p + RECORD_HEADER_BYTES)) return undefined;
+    return 'record header does not match its check: written whole and damaged since, not a torn write';
   }
 
   /**

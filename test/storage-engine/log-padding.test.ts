@@ -54,6 +54,24 @@ describe('SegmentLog block padding', () => {
     assert.equal(again.read(17, 17)[0]!.payload[0], 9);
   });
 
+  it('a padding record whose header rotted, nothing valid after it, is cut: it held no record', () => {
+    const disk = new SimDisk();
+    const log = SegmentLog.open(disk, { dir: 'log' });
+    log.write(Array.from({ length: 16 }, (_, i) => rec(i)));
+    log.sync();
+    const end = log.stats().bytes;
+    log.close();
+    // The padding record starts where the 16th record ends; its length field rots.
+    const file = segFile(disk);
+    const padAt = 64 + 16 * (32 + 4096);
+    assert.ok(padAt < end, 'the batch was padded');
+    disk.flipBits(file, padAt + 1, 1);
+    const again = SegmentLog.open(disk, { dir: 'log' });
+    assert.deepEqual(again.corruption, []);
+    assert.equal(again.lastLsn, 16);
+    assert.equal(disk.durableBytes(file).length, padAt);
+  });
+
   it('records read back byte for byte whether or not padding follows them', () => {
     const a = new SimDisk();
     const la = SegmentLog.open(a, { dir: 'log' });

@@ -168,6 +168,17 @@ describe('SegmentLog zeros written ahead', () => {
     assertHistory(again, 1, 5);
   });
 
+  it('damage in the zeros right after the last record, where a next header would be, is a torn tail: zeros but for a check are no record', () => {
+    for (const at of [28, 31]) {
+      const { disk, end } = closedLogOf5();
+      disk.flipBits(FIRST, end + at, 1);
+      const again = SegmentLog.open(disk, { dir: DIR });
+      assert.deepEqual(again.corruption, [], `byte ${at}`);
+      assert.equal(again.lastLsn, 5);
+      assert.equal(disk.durableBytes(FIRST).length, end, 'everything after the last record was cut off');
+    }
+  });
+
   it('a valid record after the zeros is corruption, not the end', () => {
     const { disk, end } = closedLogOf5();
     // Record 7 where record 6 would be followed by a gap: data past the zeros proves a loss.

@@ -12,6 +12,8 @@ import {
   encodeSegmentHeader,
   parseSegmentName,
   recordBytes,
+  recordCrc,
+  RECORD_HEADER_CHECK_OFFSET,
   segmentName,
   SEGMENT_HEADER_BYTES,
   viewOf,
@@ -135,11 +137,54 @@ describe('SegmentLog recovery', () => {
     log.write(history(5, 6));
     log.sync();
     assertHistory(log, 1, 6);
-    // A damaged length field (out of bounds) is handled the same way.
-    disk.flipBits(path, offsetOf(6) + 3, 1);
+  });
+
+  it('(b) the last record\'s header damaged (its length, its LSN), nothing valid after it: its header check tells it from a torn write, so it is reported lost, not cut', () => {
+    for (const [at, what] of [[3, 'length out of bounds'], [1, 'length running into the zeros written ahead'], [8, 'LSN']] as const) {
+      const { disk, log } = logWith(5);
+      log.close();
+      const path = pathOf(segmentName(1));
+      disk.flipBits(path, offsetOf(5) + at, 1);
+      const before = snapshot(disk);
+      const again = reopen(disk);
+      assert.deepEqual(
+        again.corruption.map((c) => ({ offset: c.offset, fromLsn: c.fromLsn, toLsn: c.toLsn })),
+        [{ offset: offsetOf(5), fromLsn: 5, toLsn: 5 }],
+        what,
+      );
+      assert.match(again.corruption[0]!.reason, /header does not match its check/);
+      assert.equal(again.lastLsn, 4, what);
+      assertHistory(again, 1, 4);
+      assertReadOnly(again);
+      assert.deepEqual(snapshot(disk), before, `${what}: nothing truncated`);
+    }
+  });
+
+  it('(b) a record written before headers had a check (the field zero) reads as before: its header damaged at the end of the log is a torn tail', () => {
+    const { disk, log } = logWith(5);
+    log.close();
+    const path = pathOf(segmentName(1));
+    // Record 5 as it was written before: no check, its CRC over the header as it then was.
+    const bytes = disk.fileBytes(path);
+    const at = offsetOf(5);
+    const rec = bytes.slice(at, at + recordBytes(payloadOf(5).length));
+    const view = viewOf(rec);
+    assert.notEqual(view.getUint32(RECORD_HEADER_CHECK_OFFSET, true), 0, 'records are written with a check');
+    view.setUint32(RECORD_HEADER_CHECK_OFFSET, 0, true);
+    view.setUint32(4, recordCrc(rec, 0, payloadOf(5).length), true);
+    const fh = disk.open(path);
+    disk.write(fh, rec, at);
+    disk.fdatasync(fh);
+    disk.close(fh);
+    const whole = reopen(disk);
+    assert.deepEqual(whole.corruption, []);
+    assertHistory(whole, 1, 5);
+    whole.close();
+    disk.flipBits(path, at + 3, 1);
     const again = reopen(disk);
     assert.deepEqual(again.corruption, []);
-    assert.equal(again.lastLsn, 5);
+    assert.equal(again.lastLsn, 4);
+    assert.equal(disk.durableBytes(path).length, at, 'cut as a torn tail');
   });
 
   it('(c) a bit flip in a middle record with valid records after it is corruption: reported, nothing truncated, writes refused', () => {
