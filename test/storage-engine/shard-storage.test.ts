@@ -8,8 +8,8 @@ import * as os from 'node:os';
 import * as nodePath from 'node:path';
 import { CorruptionError, StorageError, type CorruptionReport } from '../../storage-engine/errors';
 import { imageFileName } from '../../storage-engine/image';
-import { encodePageWrite } from '../../storage-engine/page-write';
-import { parseSegmentName } from '../../storage-engine/log-segment';
+import { encodePageWrite, pageWriteDataStart } from '../../storage-engine/page-write';
+import { parseSegmentName, RECORD_HEADER_BYTES } from '../../storage-engine/log-segment';
 import { RealDisk } from '../../storage-engine/real-disk';
 import { ShardStorage, type ShardStorageOptions } from '../../storage-engine/shard-storage';
 import { HARD_STATE_JOURNAL, HardStateJournal } from '../../storage-engine/hard-state-journal';
@@ -683,19 +683,25 @@ describe('ShardStorage', () => {
       });
     });
 
+    /** A replica of 10 durable records, term 3 saved: its disk, the segment and where the last record's page starts. */
+    const tenRecords = (): { disk: SimDisk; segment: string; pageAt: number } => {
+      const disk = new SimDisk();
+      const st = ShardStorage.open(disk, options('S'));
+      st.log.write(Array.from({ length: 10 }, (_, k) => ({ term: 1, kind: 1, payload: encodePageWrite(PAGE, [{ page: k, data: new Uint8Array(PAGE).fill(k === 9 ? 0xee : k) }]) })));
+      st.log.sync();
+      st.save({ term: 3, votedFor: null });
+      st.close();
+      const run = Buffer.alloc(PAGE, 0xee);
+      const segment = disk.list('S/log').find((n) => n.endsWith('.log') && Buffer.from(disk.fileBytes(`S/log/${n}`)).includes(run))!;
+      assert.ok(segment, 'a segment holds the last record\'s page');
+      return { disk, segment: `S/log/${segment}`, pageAt: Buffer.from(disk.fileBytes(`S/log/${segment}`)).indexOf(run) };
+    };
+
     it('records at the end of the log that rotted look like a torn write: cut, and with durableLsn the replica is marked to repair', () => {
       const make = (): SimDisk => {
-        const disk = new SimDisk();
-        const st = ShardStorage.open(disk, options('S'));
-        st.log.write(Array.from({ length: 10 }, (_, k) => ({ term: 1, kind: 1, payload: encodePageWrite(PAGE, [{ page: k, data: new Uint8Array(PAGE).fill(k === 9 ? 0xee : k) }]) })));
-        st.log.sync();
-        st.save({ term: 3, votedFor: null });
-        st.close();
+        const { disk, segment, pageAt } = tenRecords();
         // A bit of the last record's page, acknowledged long ago, flips.
-        const run = Buffer.alloc(PAGE, 0xee);
-        const segment = disk.list('S/log').find((n) => n.endsWith('.log') && Buffer.from(disk.fileBytes(`S/log/${n}`)).includes(run))!;
-        assert.ok(segment, 'a segment holds the last record\'s page');
-        disk.flipBits(`S/log/${segment}`, Buffer.from(disk.fileBytes(`S/log/${segment}`)).indexOf(run) + 100, 1);
+        disk.flipBits(segment, pageAt + 100, 1);
         return disk;
       };
       // Nobody knows what was durable (a process restart): the cut goes unnoticed, as any torn write.
@@ -707,6 +713,17 @@ describe('ShardStorage', () => {
       whileOpen(make(), { ...options('S'), repairFromPeers: true, durableLsn: 10 }, (st) => {
         assert.equal(st.log.lastLsn, 9);
         assert.equal(st.lostRecords, true);
+        assert.deepEqual(st.load(), { term: 3, votedFor: null, repairTerm: 3 });
+        assert.deepEqual([st.repaired[0]!.fromLsn, st.repaired[0]!.toLsn], [10, 10]);
+      });
+    });
+
+    it('a record at the end of the log whose header rotted is found without durableLsn (its header check): after a process restart too, the replica is marked to repair', () => {
+      const { disk, segment, pageAt } = tenRecords();
+      // The LSN of the last record (acknowledged long ago) flips a bit.
+      disk.flipBits(segment, pageAt - pageWriteDataStart(1) - RECORD_HEADER_BYTES + 8, 1);
+      whileOpen(disk, { ...options('S'), repairFromPeers: true }, (st) => {
+        assert.equal(st.log.lastLsn, 9);
         assert.deepEqual(st.load(), { term: 3, votedFor: null, repairTerm: 3 });
         assert.deepEqual([st.repaired[0]!.fromLsn, st.repaired[0]!.toLsn], [10, 10]);
       });
