@@ -62,8 +62,8 @@ export interface ShardStorageOptions {
   /**
    * The LSN this replica's log was durable up to before a reopen (its host knows it; after a
    * process restart nobody does). A log that opens shorter lost records the replica may have
-   * acknowledged: records at its end whose payloads rotted look like a torn write and are cut
-   * without a report (a rotted header is reported: its header check).
+   * acknowledged: records at its end whose payloads (or CRCs) rotted look like a torn write and
+   * are cut without a report (the rest of a header rotted is reported: its header check).
    * The cut is then reported (`repaired`, `lostRecords`), and with `repairFromPeers` the replica
    * is marked to repair (no vote until it holds them again); a sole copy has lost them.
    */
