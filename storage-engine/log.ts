@@ -15,8 +15,8 @@
  *
  * Recovery (`open`) keeps exactly the longest valid prefix. Zeros after the last record of the last
  * segment are the space written ahead and stay. A torn tail (nothing valid after the first bad
- * record, and that record's header not one written whole that rotted since: its header check) is
- * truncated durably. Damage with valid data after it is corruption: nothing is
+ * record, and that record not one written whole that rotted since: `rottedHeader`) is truncated
+ * durably. Damage with valid data after it is corruption: nothing is
  * truncated or deleted, `corruption` describes it, the log serves reads of the valid prefix and
  * refuses writes until `reset` (the tool of a repair from a peer) replaces it.
  *
@@ -172,6 +172,8 @@ export const LOG_PREALLOC_BYTES = 1024 * 1024;
  */
 export const LOG_PREALLOC_WRITE_BYTES_MAX = 256 * 1024;
 /** Source of the zeros written ahead; never written to. */
+/** The unit a torn write is cut at: what a device writes whole (the smallest sector). */
+const SECTOR_BYTES = 512;
 const ZEROS = new Uint8Array(LOG_PREALLOC_BYTES);
 
 /**
@@ -1167,9 +1169,9 @@ export class SegmentLog {
           this.reportCorruption(name, stop.offset, from, next, stop.reason);
           break;
         }
-        // A record header written whole and damaged since (its own check does not match) is
-        // not a torn write, though nothing valid follows it: the record was durable, maybe
-        // acknowledged, and is lost.
+        // A record written whole and damaged since (its header, or its payload with every
+        // sector of it written) is not a torn write, though nothing valid follows it: the record
+        // was durable, maybe acknowledged, and is lost.
         const rotted = this.rottedHeader(r, stop.offset);
         if (rotted !== undefined) {
           this.reportCorruption(name, stop.offset, from, from + 1, rotted);
@@ -1237,22 +1239,53 @@ export class SegmentLog {
    * Why the record header at `p`, where the valid records stop with nothing valid after them,
    * was written whole and has rotted since; undefined when it may be a write a crash cut short.
    * Cut short are: a header the file ends within; one without a check (written before records
-   * had one, or a write that stopped before the check); one that checks out (its payload was
-   * being written); one whose check was being written (its last byte zero, and zeros to the end
-   * of the file); one of zeros but for the check (not a record: the zeros written ahead); and a
-   * padding record's, which holds no record.
+   * had one, or a write that stopped before the check); one whose check was being written (its
+   * last byte zero, and zeros to the end of the file); one of zeros but for the check (not a
+   * record: the zeros written ahead); and a padding record's, which holds no record. A header
+   * that checks out leaves it to its payload (`rottedPayload`).
    */
   private rottedHeader(r: ChunkReader, p: number): string | undefined {
     if (!r.ensure(p, RECORD_HEADER_BYTES)) return undefined;
     const rel = p - r.winStart;
     const check = r.view.getUint32(rel + RECORD_HEADER_CHECK_OFFSET, true);
-    if (check === 0 || check === recordHeaderCheck(r.buf, rel)) return undefined;
+    if (check === 0) return undefined;
+    if (check === recordHeaderCheck(r.buf, rel)) return this.rottedPayload(r, p);
     let zeros = true;
     for (let k = rel; k < rel + RECORD_HEADER_CHECK_OFFSET && zeros; k++) zeros = r.buf[k] === 0;
     // A padding record (LSN 0) holds no record: nothing was lost with it.
     if (zeros || isPadding(r.view, rel)) return undefined;
     if (r.buf[rel + RECORD_HEADER_BYTES - 1] === 0 && this.zerosFrom(r, p + RECORD_HEADER_BYTES)) return undefined;
     return 'record header does not match its check: written whole and damaged since, not a torn write';
+  }
+
+  /**
+   * Why the record at `p`, its header whole (it matches its check), was written whole and its
+   * payload rotted since; undefined when a crash may have cut it short. A write a crash cut short
+   * left part of it unwritten: those bytes of the record read as zeros, as the file held before
+   * (the zeros written ahead, or a file extended by the write) - its end, cut at any byte, or a
+   * sector (512 bytes, aligned in the file) that did not reach the device while a later one did.
+   * So a record that runs past the end of the file, ends in a zero byte, or any of whose sectors
+   * holds only zeros within the record, may be torn (or hold such zeros as its data: read as torn
+   * all the same); any other was written whole.
+   */
+  private rottedPayload(r: ChunkReader, p: number): string | undefined {
+    const rel = p - r.winStart;
+    const len = r.view.getUint32(rel, true);
+    if (len > RECORD_PAYLOAD_BYTES_MAX || isPadding(r.view, rel)) return undefined;
+    const end = p + RECORD_HEADER_BYTES + len;
+    if (!r.ensure(p, end - p)) return undefined;
+    const base = p - r.winStart;
+    // Cut at any byte, the write left zeros from there to the record's end.
+    if (r.buf[end - 1 - p + base] === 0) return undefined;
+    // Sector by sector from the payload's start: the header's sector has the header's bytes.
+    for (let s = p + RECORD_HEADER_BYTES; s < end; ) {
+      const next = Math.min(end, (Math.floor(s / SECTOR_BYTES) + 1) * SECTOR_BYTES);
+      let zeros = true;
+      for (let k = s - p + base; k < next - p + base && zeros; k++) zeros = r.buf[k] === 0;
+      if (zeros) return undefined;
+      s = next;
+    }
+    return 'record checksum mismatch with every sector of it written: written whole and damaged since, not a torn write';
   }
 
   /**

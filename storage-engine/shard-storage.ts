@@ -62,8 +62,9 @@ export interface ShardStorageOptions {
   /**
    * The LSN this replica's log was durable up to before a reopen (its host knows it; after a
    * process restart nobody does). A log that opens shorter lost records the replica may have
-   * acknowledged: records at its end whose payloads (or CRCs) rotted look like a torn write and
-   * are cut without a report (the rest of a header rotted is reported: its header check).
+   * acknowledged: a record at its end that rotted is reported as damage when it was written whole
+   * (SegmentLog recovery), but one whose data ends in a zero byte or holds a sector of zeros looks
+   * like a write a crash cut short and is cut without a report.
    * The cut is then reported (`repaired`, `lostRecords`), and with `repairFromPeers` the replica
    * is marked to repair (no vote until it holds them again); a sole copy has lost them.
    */

@@ -11,7 +11,7 @@
  *   data to its durable content: a file whose creation was never made durable vanishes, a rename
  *   that was not fsync'd reverts, unsynced writes are lost. Open handles become invalid.
  *
- * Faults: `failFsync`, `failWrite`, `flipBits`, `crashAfter` and a torn last write on `powerCut`.
+ * Faults: `failFsync`, `failWrite`, `flipBits`, `zeroBytes`, `crashAfter` and a torn last write on `powerCut`.
  * A failed fsync leaves the data as it was (not durable); by default a later successful fsync of
  * the same file makes it durable again, which is kinder than some kernels: callers must treat a
  * failed fsync as fatal for the device, not retry it. With `fsyncFailureDropsData` the disk is
@@ -427,16 +427,32 @@ export class SimDisk implements Disk {
    * current and its durable content (bytes past the end of either are skipped there).
    */
   flipBits(path: string, offset: number, length: number): void {
+    this.damage('flipBits', path, offset, length, (bytes, from, to) => {
+      for (let i = from; i < to; i++) bytes[i] = bytes[i]! ^ 0xff;
+    });
+  }
+
+  /**
+   * Zeros over [offset, offset+length) of the file at `path`, in both its current and its durable
+   * content (bytes past the end of either are skipped there): what a write that never reached
+   * the device leaves where the file held zeros before, made to order.
+   */
+  zeroBytes(path: string, offset: number, length: number): void {
+    this.damage('zeroBytes', path, offset, length, (bytes, from, to) => bytes.fill(0, from, to));
+  }
+
+  /** Applies `change` to [offset, offset+length) of both the current and the durable content of `path`. */
+  private damage(what: string, path: string, offset: number, length: number, change: (bytes: Uint8Array, from: number, to: number) => void): void {
     checkDiskPath(path, false);
     checkDiskOffset(offset, 'offset');
     checkDiskOffset(length, 'length');
     const inode = this.inodeAt(path);
     const end = offset + length;
     if (length === 0 || end > Math.max(inode.len, inode.durable.length)) {
-      throw new StorageError('out_of_range', `flipBits range [${offset}, ${end}) outside ${path}`, { path, offset, length });
+      throw new StorageError('out_of_range', `${what} range [${offset}, ${end}) outside ${path}`, { path, offset, length });
     }
-    for (let i = offset; i < Math.min(end, inode.len); i++) inode.buf[i] = inode.buf[i]! ^ 0xff;
-    for (let i = offset; i < Math.min(end, inode.durable.length); i++) inode.durable[i] = inode.durable[i]! ^ 0xff;
+    if (offset < inode.len) change(inode.buf, offset, Math.min(end, inode.len));
+    if (offset < inode.durable.length) change(inode.durable, offset, Math.min(end, inode.durable.length));
   }
 
   /**

@@ -970,7 +970,7 @@ describe('DeviceHost: a replica that finds its storage damaged while running', f
     }
   });
 
-  it('records at the end of a follower\'s log that rotted are cut at its reopen as a torn write: the host knows they were durable, and the follower is marked to repair', async () => {
+  it('records at the end of a follower\'s log damaged so as to look like a torn write (their end reads as zeros) are cut at its reopen: the host knows they were durable, and the follower is marked to repair', async () => {
     const t = threeHosts({ scrubBytesPerSecond: 0 });
     try {
       const { id, r } = await t.leaderOf();
@@ -980,12 +980,13 @@ describe('DeviceHost: a replica that finds its storage damaged while running', f
       const fhost = t.hosts.get(fid)!;
       // Applied: durable on the follower's disk too (a follower applies only what it flushed).
       await t.until('the follower applied every write', () => (fhost.replica('v1', 0).stats().appliedLsn >= last.lsn ? true : undefined));
-      // A bit of the last record's page (durable, acknowledged) flips on the follower's disk.
+      // The end of the last record's page (durable, acknowledged) reads as zeros on the
+      // follower's disk: damage that looks like a write a crash cut short.
       const disk = t.disks.get(fid)!;
       const run = Buffer.alloc(4096, 0xee);
       const segment = disk.list(`${SHARD_DIR}/log`).find((n) => Buffer.from(disk.fileBytes(`${SHARD_DIR}/log/${n}`)).includes(run));
       assert.ok(segment, 'a segment of the follower holds the record');
-      disk.flipBits(`${SHARD_DIR}/log/${segment}`, Buffer.from(disk.fileBytes(`${SHARD_DIR}/log/${segment}`)).indexOf(run) + 100, 1);
+      disk.zeroBytes(`${SHARD_DIR}/log/${segment}`, Buffer.from(disk.fileBytes(`${SHARD_DIR}/log/${segment}`)).indexOf(run) + 4096 - 100, 100);
       // The host reopens the replica (as after any failure of it).
       assert.deepEqual(fhost.onReplicaError('v1', 0, new StorageError('invariant', 'test: reopen the replica'), fhost.currentReplica('v1', 0)), { restarted: true });
       const st = fhost.stats().shards.find((x) => x.shard === 0)!;
@@ -1080,18 +1081,18 @@ describe('DeviceHost: a replica that finds its storage damaged while running', f
     }
   });
 
-  it('a sole copy whose log ends below its damaged newest image (its last record rotted too) is reopened once, not in a loop', async () => {
+  it('a sole copy whose log ends below its damaged newest image (its last record damaged too, so as to look torn) is reopened once, not in a loop', async () => {
     const disk = new SimDisk();
     const first = new DeviceHost({ dir: 'dev0', self: 'n1', disk, scrubBytesPerSecond: 0 });
     first.openShard(spec(0));
     await twoImages(await leader(first, 0)); // the newest image is of the last record, the write of page 1 (99)
     await first.close();
-    // That record rots: at the end of the log it looks like a torn write, and the reopened log
-    // ends just below the newest image, which the store then does not use.
+    // That record's end reads as zeros: at the end of the log it looks like a torn write, and the
+    // reopened log ends just below the newest image, which the store then does not use.
     const run = Buffer.alloc(4096, 99);
     const segment = disk.list(`${SHARD_DIR}/log`).find((n) => Buffer.from(disk.fileBytes(`${SHARD_DIR}/log/${n}`)).includes(run));
     assert.ok(segment, 'the log holds the last record');
-    disk.flipBits(`${SHARD_DIR}/log/${segment}`, Buffer.from(disk.fileBytes(`${SHARD_DIR}/log/${segment}`)).indexOf(run) + 100, 1);
+    disk.zeroBytes(`${SHARD_DIR}/log/${segment}`, Buffer.from(disk.fileBytes(`${SHARD_DIR}/log/${segment}`)).indexOf(run) + 4096 - 100, 100);
     damageNewestPage0(disk);
     const unrepairable: string[] = [];
     const host = new DeviceHost({

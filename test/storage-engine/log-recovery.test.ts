@@ -126,10 +126,10 @@ describe('SegmentLog recovery', () => {
     }
   });
 
-  it('(b) a bad checksum in the last record with nothing valid after it is a torn tail', () => {
+  it('(b) the last record cut short (zeros from within it to its end), nothing valid after it: a torn tail', () => {
     const { disk } = logWith(5);
     const path = pathOf(segmentName(1));
-    disk.flipBits(path, offsetOf(5) + 40, 3);
+    disk.zeroBytes(path, offsetOf(5) + 40, offsetOf(6) - offsetOf(5) - 40);
     const log = reopen(disk);
     assert.deepEqual(log.corruption, []);
     assert.equal(log.lastLsn, 4);
@@ -137,6 +137,42 @@ describe('SegmentLog recovery', () => {
     log.write(history(5, 6));
     log.sync();
     assertHistory(log, 1, 6);
+  });
+
+  it('(b) the last record\'s payload damaged, every sector of it written, nothing valid after it: reported lost, not cut', () => {
+    const { disk, log } = logWith(5);
+    log.close();
+    const path = pathOf(segmentName(1));
+    disk.flipBits(path, offsetOf(5) + 40, 3);
+    const before = snapshot(disk);
+    const again = reopen(disk);
+    assert.deepEqual(again.corruption.map((c) => [c.offset, c.fromLsn, c.toLsn]), [[offsetOf(5), 5, 5]]);
+    assert.match(again.corruption[0]!.reason, /every sector of it written/);
+    assertHistory(again, 1, 4);
+    assertReadOnly(again);
+    assert.deepEqual(snapshot(disk), before, 'nothing truncated');
+  });
+
+  it('(b) damage in a last record that ends in a zero byte, or holds a sector of zeros, reads as a torn tail (a crash may have left those zeros)', () => {
+    const payloads: Array<[string, Uint8Array]> = [];
+    const endsInZero = new Uint8Array(1500).fill(7);
+    endsInZero[1499] = 0;
+    payloads.push(['ends in a zero byte', endsInZero]);
+    const zeroSector = new Uint8Array(2000).fill(7);
+    zeroSector.fill(0, 600, 1700); // whatever the record's offset, a whole aligned sector in it
+    payloads.push(['holds a sector of zeros', zeroSector]);
+    for (const [what, payload] of payloads) {
+      const { disk, log } = logWith(4);
+      log.write([{ term: termOf(5), kind: 1, payload }]);
+      log.sync();
+      log.close();
+      const path = pathOf(segmentName(1));
+      disk.flipBits(path, offsetOf(5) + 40, 1);
+      const again = reopen(disk);
+      assert.deepEqual(again.corruption, [], what);
+      assert.equal(again.lastLsn, 4, what);
+      assert.equal(disk.durableBytes(path).length, offsetOf(5), `${what}: cut`);
+    }
   });
 
   it('(b) the last record\'s header damaged (its length, its LSN), nothing valid after it: its header check tells it from a torn write, so it is reported lost, not cut', () => {
@@ -519,7 +555,8 @@ describe('SegmentLog recovery', () => {
     const lastBase = bases[bases.length - 1]!;
     const sealedBase = bases[bases.length - 2]!;
     disk.flipBits(pathOf(segmentName(lastBase)), 30, 2);
-    disk.flipBits(pathOf(segmentName(sealedBase)), offsetOf(lastBase - 1, sealedBase) + 40, 1);
+    // The sealed segment's last record cut short: zeros from within it to its end.
+    disk.zeroBytes(pathOf(segmentName(sealedBase)), offsetOf(lastBase - 1, sealedBase) + 40, offsetOf(lastBase, sealedBase) - offsetOf(lastBase - 1, sealedBase) - 40);
     const again = reopen(disk);
     assert.deepEqual(again.corruption, []);
     assert.equal(again.lastLsn, lastBase - 2);

@@ -697,11 +697,12 @@ describe('ShardStorage', () => {
       return { disk, segment: `S/log/${segment}`, pageAt: Buffer.from(disk.fileBytes(`S/log/${segment}`)).indexOf(run) };
     };
 
-    it('records at the end of the log that rotted look like a torn write: cut, and with durableLsn the replica is marked to repair', () => {
+    it('records at the end of the log damaged so as to look like a torn write (their end reads as zeros): cut, and with durableLsn the replica is marked to repair', () => {
       const make = (): SimDisk => {
         const { disk, segment, pageAt } = tenRecords();
-        // A bit of the last record's page, acknowledged long ago, flips.
-        disk.flipBits(segment, pageAt + 100, 1);
+        // The end of the last record's page, acknowledged long ago, reads as zeros: damage that
+        // looks like a write a crash cut short.
+        disk.zeroBytes(segment, pageAt + PAGE - 100, 100);
         return disk;
       };
       // Nobody knows what was durable (a process restart): the cut goes unnoticed, as any torn write.
@@ -718,15 +719,17 @@ describe('ShardStorage', () => {
       });
     });
 
-    it('a record at the end of the log whose header rotted is found without durableLsn (its header check): after a process restart too, the replica is marked to repair', () => {
-      const { disk, segment, pageAt } = tenRecords();
-      // The LSN of the last record (acknowledged long ago) flips a bit.
-      disk.flipBits(segment, pageAt - pageWriteDataStart(1) - RECORD_HEADER_BYTES + 8, 1);
-      whileOpen(disk, { ...options('S'), repairFromPeers: true }, (st) => {
-        assert.equal(st.log.lastLsn, 9);
-        assert.deepEqual(st.load(), { term: 3, votedFor: null, repairTerm: 3 });
-        assert.deepEqual([st.repaired[0]!.fromLsn, st.repaired[0]!.toLsn], [10, 10]);
-      });
+    it('a record at the end of the log whose header or page rotted is found without durableLsn (its header check, its written sectors): after a process restart too, the replica is marked to repair', () => {
+      for (const [what, at] of [['its LSN', -pageWriteDataStart(1) - RECORD_HEADER_BYTES + 8], ['its page', 100]] as const) {
+        const { disk, segment, pageAt } = tenRecords();
+        // A bit of the last record (acknowledged long ago) flips.
+        disk.flipBits(segment, pageAt + at, 1);
+        whileOpen(disk, { ...options('S'), repairFromPeers: true }, (st) => {
+          assert.equal(st.log.lastLsn, 9, what);
+          assert.deepEqual(st.load(), { term: 3, votedFor: null, repairTerm: 3 }, what);
+          assert.deepEqual([st.repaired[0]!.fromLsn, st.repaired[0]!.toLsn], [10, 10], what);
+        });
+      }
     });
   });
 

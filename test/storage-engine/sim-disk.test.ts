@@ -306,6 +306,22 @@ describe('SimDisk faults', () => {
     expectStorageError(() => disk.flipBits('missing', 0, 1), 'io_error', 'ENOENT');
   });
 
+  it('zeroBytes writes zeros into both the current and the durable content', () => {
+    const disk = new SimDisk();
+    durableFile(disk, 'f', 'abcd');
+    disk.zeroBytes('f', 1, 2);
+    const expected = bytes('abcd');
+    expected[1] = 0;
+    expected[2] = 0;
+    assert.deepEqual(disk.fileBytes('f'), expected);
+    assert.deepEqual(disk.durableBytes('f'), expected);
+    disk.powerCut();
+    assert.deepEqual(disk.fileBytes('f'), expected);
+    expectStorageError(() => disk.zeroBytes('f', 3, 2), 'out_of_range');
+    expectStorageError(() => disk.zeroBytes('f', 1, 0), 'out_of_range');
+    expectStorageError(() => disk.zeroBytes('missing', 0, 1), 'io_error', 'ENOENT');
+  });
+
   it('crashAfter(n): n mutating calls happen, the next throws SimulatedCrash and does not happen', () => {
     const disk = new SimDisk();
     durableFile(disk, 'f', 'old');
