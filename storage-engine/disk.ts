@@ -102,6 +102,26 @@ export function diskError(op: string, path: string, cause: unknown, code: 'io_er
   return new StorageError(code, `${op} ${path}: ${errno}`, { errno, path, ...extra }, typeof cause === 'string' ? undefined : cause);
 }
 
+/** The unit a torn write is cut at: what a device writes whole (the smallest sector). */
+export const SECTOR_BYTES = 512;
+
+/**
+ * True when some sector of a file (SECTOR_BYTES, aligned in the file) holds only zeros within
+ * [from, to) (file offsets); `bytes[0]` is the file's byte at offset `at`, and `bytes` holds the
+ * range. What a write a crash cut short leaves where the file held zeros: a sector it did not
+ * write while a later one was written.
+ */
+export function zeroSectorWithin(bytes: Uint8Array, at: number, from: number, to: number): boolean {
+  for (let s = from; s < to; ) {
+    const next = Math.min(to, (Math.floor(s / SECTOR_BYTES) + 1) * SECTOR_BYTES);
+    let zeros = true;
+    for (let k = s - at; k < next - at && zeros; k++) zeros = bytes[k] === 0;
+    if (zeros) return true;
+    s = next;
+  }
+  return false;
+}
+
 /** Parent directory of a disk path ('' for the root). */
 export function parentDir(path: string): string {
   const i = path.lastIndexOf('/');

@@ -20,7 +20,8 @@
  * short (by the end of the file, or by zeros after the point the write reached) was never
  * answered: at open it is cut off. The header's own CRC tells such a record from a whole one
  * whose length rotted so as to run past the end of the file: a torn record has a header that
- * checks out and its payload cut, or a header cut itself (zeros from within it to the end). A
+ * checks out and its payload cut (or a sector of it zeros: written out of order), or a header cut
+ * itself (zeros from within it to the end). A
  * whole record that does not check out, or any with valid records after it, is damage, not a
  * crash: every directory without a save after it has lost its state (`lookup` throws
  * CorruptionError for it until it is saved again). The file is rewritten with one entry per
@@ -28,7 +29,7 @@
  * bound and mostly superseded entries.
  */
 import type { Disk, FileHandle } from './disk';
-import { parentDir } from './disk';
+import { parentDir, zeroSectorWithin } from './disk';
 import { crc32c } from './crc32c';
 import { CorruptionError, StorageError, type CorruptionReport } from './errors';
 import { META_TMP_SUFFIX } from './metadata';
@@ -162,7 +163,9 @@ function parseRecord(bytes: Uint8Array, offset: number): ParsedRecord | BadRecor
   // when the file ends before it, or zeros start within it (a JSON payload ends in "]").
   if (end > bytes.length) return { reason: `payload of ${length} bytes runs past the end of the file`, tornBefore: bytes.length + 1 };
   const payload = bytes.subarray(offset + headerBytes, end);
-  const bad = (reason: string): BadRecord => ({ reason, tornBefore: end });
+  // A sector of zeros in a payload of JSON (which holds no zero byte) is one a crash did not
+  // write, while a later one was (out of order): torn, however the rest reads.
+  const bad = (reason: string): BadRecord => ({ reason, tornBefore: zeroSectorWithin(bytes, 0, offset + headerBytes, end) ? bytes.length + 1 : end });
   if (crc32c(payload) !== dv.getUint32(12, true)) return bad('payload CRC-32C does not match');
   let entries: unknown;
   try {

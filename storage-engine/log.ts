@@ -23,7 +23,7 @@
  * All IO goes through the synchronous Disk interface; the log is not thread-safe and is meant to
  * be driven by one DeviceQueue.
  */
-import { discardFile, joinPath, parentDir, removeDiscarded, removeInBackground, type Disk, type FileHandle } from './disk';
+import { discardFile, joinPath, parentDir, removeDiscarded, removeInBackground, zeroSectorWithin, type Disk, type FileHandle } from './disk';
 import { assert, CorruptionError, StorageError, type CorruptionReport } from './errors';
 import {
   decodeSegmentHeader,
@@ -172,8 +172,6 @@ export const LOG_PREALLOC_BYTES = 1024 * 1024;
  */
 export const LOG_PREALLOC_WRITE_BYTES_MAX = 256 * 1024;
 /** Source of the zeros written ahead; never written to. */
-/** The unit a torn write is cut at: what a device writes whole (the smallest sector). */
-const SECTOR_BYTES = 512;
 const ZEROS = new Uint8Array(LOG_PREALLOC_BYTES);
 
 /**
@@ -1277,14 +1275,8 @@ export class SegmentLog {
     const base = p - r.winStart;
     // Cut at any byte, the write left zeros from there to the record's end.
     if (r.buf[end - 1 - p + base] === 0) return undefined;
-    // Sector by sector from the payload's start: the header's sector has the header's bytes.
-    for (let s = p + RECORD_HEADER_BYTES; s < end; ) {
-      const next = Math.min(end, (Math.floor(s / SECTOR_BYTES) + 1) * SECTOR_BYTES);
-      let zeros = true;
-      for (let k = s - p + base; k < next - p + base && zeros; k++) zeros = r.buf[k] === 0;
-      if (zeros) return undefined;
-      s = next;
-    }
+    // The payload's sectors (the header's first one holds the header's bytes).
+    if (zeroSectorWithin(r.buf, p - base, p + RECORD_HEADER_BYTES, end)) return undefined;
     return 'record checksum mismatch with every sector of it written: written whole and damaged since, not a torn write';
   }
 

@@ -245,6 +245,24 @@ describe('HardStateJournal', () => {
     }
   });
 
+  it('the last record with a sector of zeros in its payload (a crash wrote a later sector, not that one) is a torn tail, its end intact or not', () => {
+    const disk = durableDisk();
+    const j = HardStateJournal.open(disk);
+    j.saveMany([{ key: 'shards/a', value: state(1) }]);
+    const kept = disk.fileBytes(HARD_STATE_JOURNAL).length;
+    j.saveMany(Array.from({ length: 60 }, (_, i) => ({ key: `shards/v${i}-0`, value: state(2, 'n2') })));
+    const end = disk.fileBytes(HARD_STATE_JOURNAL).length;
+    j.close();
+    const sector = Math.ceil((kept + HARD_STATE_RECORD_HEADER_BYTES) / 512) * 512;
+    assert.ok(sector + 512 < end, `a whole sector inside the payload (${kept}..${end})`);
+    disk.zeroBytes(HARD_STATE_JOURNAL, sector, 512);
+    const again = HardStateJournal.open(disk);
+    assert.deepEqual(again.damage, []);
+    assert.deepEqual(value(again, 'shards/a'), state(1));
+    assert.equal(value(again, 'shards/v0-0'), 'none');
+    assert.equal(disk.fileBytes(HARD_STATE_JOURNAL).length, kept, 'the torn record is cut off');
+  });
+
   it('reads the records of format version 1 (no header CRC), and appends records of the current version after them', () => {
     const disk = durableDisk(['shards/a']);
     const payload = new TextEncoder().encode(JSON.stringify([['shards/a', state(4, 'n2')]]));
