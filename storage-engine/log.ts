@@ -1172,7 +1172,7 @@ export class SegmentLog {
         // was durable, maybe acknowledged, and is lost.
         const rotted = this.rottedHeader(r, stop.offset);
         if (rotted !== undefined) {
-          this.reportCorruption(name, stop.offset, from, from + 1, rotted);
+          this.reportCorruption(name, stop.offset, from, from + 1, `${stop.reason}; ${rotted}`);
           break;
         }
         // A torn tail: nothing valid after it anywhere. Cut it off durably, and drop later
@@ -1253,7 +1253,7 @@ export class SegmentLog {
     // A padding record (LSN 0) holds no record: nothing was lost with it.
     if (zeros || isPadding(r.view, rel)) return undefined;
     if (r.buf[rel + RECORD_HEADER_BYTES - 1] === 0 && this.zerosFrom(r, p + RECORD_HEADER_BYTES)) return undefined;
-    return 'record header does not match its check: written whole and damaged since, not a torn write';
+    return 'its header does not match its check: written whole and damaged since, not a torn write';
   }
 
   /**
@@ -1277,7 +1277,7 @@ export class SegmentLog {
     if (r.buf[end - 1 - p + base] === 0) return undefined;
     // The payload's sectors (the header's first one holds the header's bytes).
     if (zeroSectorWithin(r.buf, p - base, p + RECORD_HEADER_BYTES, end)) return undefined;
-    return 'record checksum mismatch with every sector of it written: written whole and damaged since, not a torn write';
+    return 'every sector of it was written: written whole and damaged since, not a torn write';
   }
 
   /**

@@ -147,7 +147,7 @@ describe('SegmentLog recovery', () => {
     const before = snapshot(disk);
     const again = reopen(disk);
     assert.deepEqual(again.corruption.map((c) => [c.offset, c.fromLsn, c.toLsn]), [[offsetOf(5), 5, 5]]);
-    assert.match(again.corruption[0]!.reason, /every sector of it written/);
+    assert.match(again.corruption[0]!.reason, /^record checksum mismatch; every sector of it was written/);
     assertHistory(again, 1, 4);
     assertReadOnly(again);
     assert.deepEqual(snapshot(disk), before, 'nothing truncated');
@@ -188,7 +188,7 @@ describe('SegmentLog recovery', () => {
         [{ offset: offsetOf(5), fromLsn: 5, toLsn: 5 }],
         what,
       );
-      assert.match(again.corruption[0]!.reason, /header does not match its check/);
+      assert.match(again.corruption[0]!.reason, /; its header does not match its check/);
       assert.equal(again.lastLsn, 4, what);
       assertHistory(again, 1, 4);
       assertReadOnly(again);
