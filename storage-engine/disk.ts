@@ -103,7 +103,7 @@ export function diskError(op: string, path: string, cause: unknown, code: 'io_er
 }
 
 /** The unit a torn write is cut at: what a device writes whole (the smallest sector). */
-export const SECTOR_BYTES = 512;
+const SECTOR_BYTES = 512;
 
 /**
  * True when some sector of a file (SECTOR_BYTES, aligned in the file) holds only zeros within

@@ -15,7 +15,7 @@
  *
  * Recovery (`open`) keeps exactly the longest valid prefix. Zeros after the last record of the last
  * segment are the space written ahead and stay. A torn tail (nothing valid after the first bad
- * record, and that record not one written whole that rotted since: `rottedHeader`) is truncated
+ * record, and that record not one written whole that rotted since: `rottedRecord`) is truncated
  * durably. Damage with valid data after it is corruption: nothing is
  * truncated or deleted, `corruption` describes it, the log serves reads of the valid prefix and
  * refuses writes until `reset` (the tool of a repair from a peer) replaces it.
@@ -1170,7 +1170,7 @@ export class SegmentLog {
         // A record written whole and damaged since (its header, or its payload with every
         // sector of it written) is not a torn write, though nothing valid follows it: the record
         // was durable, maybe acknowledged, and is lost.
-        const rotted = this.rottedHeader(r, stop.offset);
+        const rotted = this.rottedRecord(r, stop.offset);
         if (rotted !== undefined) {
           this.reportCorruption(name, stop.offset, from, from + 1, `${stop.reason}; ${rotted}`);
           break;
@@ -1234,15 +1234,15 @@ export class SegmentLog {
   }
 
   /**
-   * Why the record header at `p`, where the valid records stop with nothing valid after them,
-   * was written whole and has rotted since; undefined when it may be a write a crash cut short.
-   * Cut short are: a header the file ends within; one without a check (written before records
+   * Why the record at `p`, where the valid records stop with nothing valid after them, was
+   * written whole and has rotted since; undefined when it may be a write a crash cut short. Its
+   * header first. Cut short are: a header the file ends within; one without a check (written before records
    * had one, or a write that stopped before the check); one whose check was being written (its
    * last byte zero, and zeros to the end of the file); one of zeros but for the check (not a
    * record: the zeros written ahead); and a padding record's, which holds no record. A header
    * that checks out leaves it to its payload (`rottedPayload`).
    */
-  private rottedHeader(r: ChunkReader, p: number): string | undefined {
+  private rottedRecord(r: ChunkReader, p: number): string | undefined {
     if (!r.ensure(p, RECORD_HEADER_BYTES)) return undefined;
     const rel = p - r.winStart;
     const check = r.view.getUint32(rel + RECORD_HEADER_CHECK_OFFSET, true);

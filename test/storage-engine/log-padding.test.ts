@@ -6,12 +6,18 @@ import { LOG_BLOCK_BYTES } from '../../storage-engine/log-segment';
 const rec = (fill: number, bytes = 4096) => ({ term: 1, kind: 1, payload: new Uint8Array(bytes).fill(fill) });
 const segFile = (disk: SimDisk): string => `log/${disk.list('log').find((f) => f.endsWith('.log'))!}`;
 
+/** A new log that took one batch of 16 pages (4 KiB each), synced: a batch padded to a block boundary. */
+function logOfOneBatch(): { disk: SimDisk; log: SegmentLog } {
+  const disk = new SimDisk();
+  const log = SegmentLog.open(disk, { dir: 'log' });
+  log.write(Array.from({ length: 16 }, (_, i) => rec(i)));
+  log.sync();
+  return { disk, log };
+}
+
 describe('SegmentLog block padding', () => {
   it('pads a large batch to a block boundary; the next batch starts on it; recovery skips the padding', () => {
-    const disk = new SimDisk();
-    const log = SegmentLog.open(disk, { dir: 'log' });
-    log.write(Array.from({ length: 16 }, (_, i) => rec(i)));
-    log.sync();
+    const { disk, log } = logOfOneBatch();
     // The log's end, not the file's size: the file also holds the zeros written ahead of it.
     const size1 = log.stats().bytes;
     assert.equal(size1 % LOG_BLOCK_BYTES, 0, 'the batch ends on a block boundary');
@@ -37,10 +43,7 @@ describe('SegmentLog block padding', () => {
   });
 
   it('a torn padding record is a torn tail: the records before it are kept', () => {
-    const disk = new SimDisk();
-    const log = SegmentLog.open(disk, { dir: 'log' });
-    log.write(Array.from({ length: 16 }, (_, i) => rec(i)));
-    log.sync();
+    const { disk, log } = logOfOneBatch();
     log.close();
     // Damage the last bytes of the file: inside the padding record.
     const file = segFile(disk);
@@ -55,10 +58,7 @@ describe('SegmentLog block padding', () => {
   });
 
   it('a padding record whose header rotted, nothing valid after it, is cut: it held no record', () => {
-    const disk = new SimDisk();
-    const log = SegmentLog.open(disk, { dir: 'log' });
-    log.write(Array.from({ length: 16 }, (_, i) => rec(i)));
-    log.sync();
+    const { disk, log } = logOfOneBatch();
     const end = log.stats().bytes;
     log.close();
     // The padding record starts where the 16th record ends; its length field rots.
