@@ -103,7 +103,7 @@ export function diskError(op: string, path: string, cause: unknown, code: 'io_er
 }
 
 /** The unit a torn write is cut at: what a device writes whole (the smallest sector). */
-const SECTOR_BYTES = 512;
+export const SECTOR_BYTES = 512;
 
 /**
  * True when some sector of a file (SECTOR_BYTES, aligned in the file) holds only zeros within
@@ -112,14 +112,61 @@ const SECTOR_BYTES = 512;
  * write while a later one was written.
  */
 export function zeroSectorWithin(bytes: Uint8Array, at: number, from: number, to: number): boolean {
-  for (let s = from; s < to; ) {
-    const next = Math.min(to, (Math.floor(s / SECTOR_BYTES) + 1) * SECTOR_BYTES);
-    let zeros = true;
-    for (let k = s - at; k < next - at && zeros; k++) zeros = bytes[k] === 0;
-    if (zeros) return true;
-    s = next;
+  return zeroCensus(bytes, at, from, to, true).zeroSectors > 0;
+}
+
+/** What `zeroCensus` finds in a range of a file. */
+export interface ZeroCensus {
+  /** Sectors of the file (SECTOR_BYTES, aligned in the file) holding only zeros within the range. */
+  zeroSectors: number;
+  /** File offset of the range's last non-zero byte; `from - 1` when it holds only zeros. */
+  lastNonZero: number;
+}
+
+/**
+ * Where a range [from, to) of a file (file offsets; `bytes[0]` is the file's byte at offset `at`)
+ * holds zeros, in the terms of a torn write: the sectors (aligned in the file, counted within
+ * the range) holding only zeros, and the last non-zero byte. A write a crash cut short leaves
+ * zeros where it did not reach (the file held zeros there): whole sectors, or everything from
+ * some byte on; it can only add zero sectors and move the last non-zero byte back. One pass: a
+ * sector ends its scan at its first non-zero byte; `firstOnly` stops at the first zero sector.
+ */
+export function zeroCensus(bytes: Uint8Array, at: number, from: number, to: number, firstOnly = false): ZeroCensus {
+  let zeroSectors = 0;
+  let lastSector = -1; // start of the last sector holding a non-zero byte
+  let view: Buffer | undefined;
+  let next = Math.min(to, from - (from % SECTOR_BYTES) + SECTOR_BYTES);
+  for (let s = from; s < to; s = next, next = Math.min(to, next + SECTOR_BYTES)) {
+    // Most sectors of data end the scan at their first byte; zeros are compared natively, a
+    // run of them at once.
+    if (bytes[s - at] === 0) {
+      view ??= Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length);
+      const run = Math.min(to, Math.floor((s + ZERO_RUN.length) / SECTOR_BYTES) * SECTOR_BYTES);
+      if (!firstOnly && run > next && zerosAt(view, s - at, run - at)) {
+        zeroSectors += 1 + Math.ceil((run - next) / SECTOR_BYTES);
+        next = run;
+        continue;
+      }
+      if (zerosAt(view, s - at, next - at)) {
+        zeroSectors++;
+        if (firstOnly) break;
+      } else lastSector = s;
+    } else lastSector = s;
   }
-  return false;
+  let lastNonZero = from - 1;
+  if (lastSector >= 0) {
+    lastNonZero = Math.min(to, (Math.floor(lastSector / SECTOR_BYTES) + 1) * SECTOR_BYTES) - 1;
+    while (bytes[lastNonZero - at] === 0) lastNonZero--;
+  }
+  return { zeroSectors, lastNonZero };
+}
+
+/** Zeros to compare runs of a range with (`zeroCensus`). */
+const ZERO_RUN = Buffer.alloc(64 * 1024);
+
+/** True if view[i..j) holds only zeros (at most ZERO_RUN's length). */
+function zerosAt(view: Buffer, i: number, j: number): boolean {
+  return view.compare(ZERO_RUN, 0, j - i, i, j) === 0;
 }
 
 /** Parent directory of a disk path ('' for the root). */

@@ -4,15 +4,16 @@
  * Format version 1, described byte for byte in docs/storage-format.md:
  * - a segment file `seg-<baseLsn as 16 lower-case hex digits>.log` starts with a 64-byte header;
  * - then records, each a 32-byte header + payload, padded with zeros to a multiple of 8 bytes;
- *   a record's header carries a check of its own (RECORD_HEADER_CHECK_OFFSET) in a field that
- *   was reserved (zero) before, so the format version is unchanged: older records read as before.
+ *   a record's header carries a check of its own (RECORD_HEADER_CHECK_OFFSET) and a census of
+ *   its payload's zeros (RECORD_ZERO_CENSUS_OFFSET), in fields that were reserved (zero) before,
+ *   so the format version is unchanged: older records read as before.
  * All integers are little-endian; u64 values are written as two u32 (low word first) and must
  * stay below 2^53.
  *
  * This module holds only pure encoding/decoding and the index; SegmentLog (log.ts) does the IO.
  */
 import { crc32c, crc32cCombine } from './crc32c';
-import type { FileHandle } from './disk';
+import { SECTOR_BYTES, zeroCensus, type FileHandle } from './disk';
 import { assert } from './errors';
 import { RECORD_PAYLOAD_BYTES_MAX } from './record';
 
@@ -30,6 +31,16 @@ export const RECORD_HEADER_BYTES = 32;
  * Records written before the check was introduced hold 0 there (a reserved field then).
  */
 export const RECORD_HEADER_CHECK_OFFSET = 28;
+/**
+ * Offset in a record header of its zero census (u24, bytes 25..27, inside what the header check
+ * covers): where its payload held zeros as written, so that recovery can tell a last record
+ * whose payload rotted from one a crash cut short (`judgeZeroCensus`). Bits 0..11: 1 + the
+ * payload's sectors holding only zeros (`zeroCensus`: sectors of the file, so it depends on where
+ * the record lies); bits 12..23: (1 + the offset in the payload of its last non-zero byte) mod
+ * 4096. 0 in records written before the census (a reserved field then).
+ */
+export const RECORD_ZERO_CENSUS_OFFSET = 25;
+const CENSUS_LAST_MOD = 4096;
 /** Records start at and are padded to multiples of this many bytes. */
 export const RECORD_ALIGN_BYTES = 8;
 /** Default largest segment file size. */
@@ -150,7 +161,9 @@ export function decodeSegmentHeader(bytes: Uint8Array): DecodedSegmentHeader {
 
 /**
  * Encodes one record at `pos` of `out`, reserved and padding bytes included (zeros), so `out`
- * may be a reused buffer. Returns the position after the record's padding.
+ * may be a reused buffer. Returns the position after the record's padding. `fileOffset`, where
+ * the record will lie in its segment file, gives its header a zero census
+ * (RECORD_ZERO_CENSUS_OFFSET); without it the field is 0.
  */
 export function encodeRecord(
   out: Uint8Array,
@@ -161,13 +174,17 @@ export function encodeRecord(
   kind: number,
   payload: Uint8Array,
   payloadCrc?: number,
+  fileOffset?: number,
 ): number {
   const len = payload.length;
   view.setUint32(pos, len, true);
   setU64(view, pos + 8, lsn);
   setU64(view, pos + 16, term);
   out[pos + 24] = kind;
-  out.fill(0, pos + 25, pos + RECORD_HEADER_CHECK_OFFSET);
+  const census = fileOffset === undefined ? 0 : zeroCensusField(payload, fileOffset + RECORD_HEADER_BYTES);
+  out[pos + RECORD_ZERO_CENSUS_OFFSET] = census & 0xff;
+  out[pos + RECORD_ZERO_CENSUS_OFFSET + 1] = (census >>> 8) & 0xff;
+  out[pos + RECORD_ZERO_CENSUS_OFFSET + 2] = census >>> 16;
   // Before the record's CRC, which covers it.
   view.setUint32(pos + RECORD_HEADER_CHECK_OFFSET, recordHeaderCheck(out, pos), true);
   out.set(payload, pos + RECORD_HEADER_BYTES);
@@ -178,6 +195,38 @@ export function encodeRecord(
       : crc32cCombine(crc32c(out, crc32c(out, 0, pos, pos + 4), pos + 8, pos + RECORD_HEADER_BYTES), payloadCrc, len);
   view.setUint32(pos + 4, crc, true);
   return pos + recordBytes(len);
+}
+
+/** The zero census field of `payload` written at file offset `at` (RECORD_ZERO_CENSUS_OFFSET). */
+function zeroCensusField(payload: Uint8Array, at: number): number {
+  const c = zeroCensus(payload, at, at, at + payload.length);
+  return lastField(c.lastNonZero - at) * 0x1000 + c.zeroSectors + 1;
+}
+
+function lastField(lastInPayload: number): number {
+  return (lastInPayload + 1) % CENSUS_LAST_MOD;
+}
+
+/**
+ * What the zero census of a record's header says of its payload as read, when the record's CRC
+ * does not match: `torn` when a crash that cut its write short may have left it so, `rotted`
+ * when only damage since it was written whole can, `none` when the header has no census (a
+ * record written before it). A crash leaves zeros where the write did not reach: it can add
+ * zero sectors, and, with as many, only move the last non-zero byte back within its sector (the
+ * sector would otherwise be one of zeros more). A rotted byte makes a zero sector non-zero, or
+ * changes a byte's value, which leaves the census as it was or takes a zero sector away, or
+ * moves the last non-zero byte forward.
+ */
+export function judgeZeroCensus(buf: Uint8Array, rel: number, payloadAt: number): 'torn' | 'rotted' | 'none' {
+  const field = buf[rel + RECORD_ZERO_CENSUS_OFFSET]! | (buf[rel + RECORD_ZERO_CENSUS_OFFSET + 1]! << 8) | (buf[rel + RECORD_ZERO_CENSUS_OFFSET + 2]! << 16);
+  if (field === 0) return 'none';
+  const len = new DataView(buf.buffer, buf.byteOffset + rel, 4).getUint32(0, true);
+  const start = rel + RECORD_HEADER_BYTES;
+  const now = zeroCensus(buf, start - payloadAt, payloadAt, payloadAt + len);
+  const zeroSectors = (field & 0xfff) - 1;
+  if (now.zeroSectors !== zeroSectors) return now.zeroSectors > zeroSectors ? 'torn' : 'rotted';
+  const back = (((field >>> 12) - lastField(now.lastNonZero - payloadAt)) % CENSUS_LAST_MOD + CENSUS_LAST_MOD) % CENSUS_LAST_MOD;
+  return back > 0 && back < SECTOR_BYTES ? 'torn' : 'rotted';
 }
 
 /**

@@ -39,6 +39,7 @@ import {
   LOG_BLOCK_BYTES,
   encodePadding,
   isPadding,
+  judgeZeroCensus,
   recordBytes,
   recordCrc,
   recordHeaderCheck,
@@ -420,13 +421,13 @@ export class SegmentLog {
         const view = viewOf(buf);
         let pos = 0;
         const firstLsn = seg.lastLsn + 1;
+        const at = seg.endOffset;
         for (let k = i; k < j; k++) {
           const r = records[k]!;
-          pos = encodeRecord(buf, view, pos, firstLsn + (k - i), r.term, r.kind, r.payload, r.payloadCrc);
+          pos = encodeRecord(buf, view, pos, firstLsn + (k - i), r.term, r.kind, r.payload, r.payloadCrc, at + pos);
         }
         assert(pos === chunkBytes, 'encoded chunk size', { pos, chunkBytes });
         if (pad > 0) encodePadding(buf, view, pos, pad);
-        const at = seg.endOffset;
         const fh = this.handleOf(seg);
         this.disk.write(fh, buf, at);
         this.writesCount++;
@@ -1236,11 +1237,13 @@ export class SegmentLog {
   /**
    * Why the record at `p`, where the valid records stop with nothing valid after them, was
    * written whole and has rotted since; undefined when it may be a write a crash cut short. Its
-   * header first. Cut short are: a header the file ends within; one without a check (written before records
-   * had one, or a write that stopped before the check); one whose check was being written (its
-   * last byte zero, and zeros to the end of the file); one of zeros but for the check (not a
-   * record: the zeros written ahead); and a padding record's, which holds no record. A header
-   * that checks out leaves it to its payload (`rottedPayload`).
+   * header first. Cut short are: a header the file ends within; one without a check (written
+   * before records had one, or a write that stopped before the check); one whose check was being
+   * written (its last byte zero, and zeros to the end of the file); one whose bytes before the
+   * check hold only zeros in a sector (the zeros written ahead, which are no record, or a header
+   * across a sector boundary whose first sector a crash did not write while it wrote the next);
+   * and a padding record's, which holds no record. A header that checks out leaves it to its
+   * payload (`rottedPayload`).
    */
   private rottedRecord(r: ChunkReader, p: number): string | undefined {
     if (!r.ensure(p, RECORD_HEADER_BYTES)) return undefined;
@@ -1248,10 +1251,8 @@ export class SegmentLog {
     const check = r.view.getUint32(rel + RECORD_HEADER_CHECK_OFFSET, true);
     if (check === 0) return undefined;
     if (check === recordHeaderCheck(r.buf, rel)) return this.rottedPayload(r, p);
-    let zeros = true;
-    for (let k = rel; k < rel + RECORD_HEADER_CHECK_OFFSET && zeros; k++) zeros = r.buf[k] === 0;
     // A padding record (LSN 0) holds no record: nothing was lost with it.
-    if (zeros || isPadding(r.view, rel)) return undefined;
+    if (zeroSectorWithin(r.buf, r.winStart, p, p + RECORD_HEADER_CHECK_OFFSET) || isPadding(r.view, rel)) return undefined;
     if (r.buf[rel + RECORD_HEADER_BYTES - 1] === 0 && this.zerosFrom(r, p + RECORD_HEADER_BYTES)) return undefined;
     return 'its header does not match its check: written whole and damaged since, not a torn write';
   }
@@ -1262,9 +1263,11 @@ export class SegmentLog {
    * left part of it unwritten: those bytes of the record read as zeros, as the file held before
    * (the zeros written ahead, or a file extended by the write) - its end, cut at any byte, or a
    * sector (512 bytes, aligned in the file) that did not reach the device while a later one did.
-   * So a record that runs past the end of the file, ends in a zero byte, or any of whose sectors
-   * holds only zeros within the record, may be torn (or hold such zeros as its data: read as torn
-   * all the same); any other was written whole.
+   * A record that runs past the end of the file may be torn. Otherwise the header's zero census
+   * tells (`judgeZeroCensus`): a crash can only add zero sectors or move the last non-zero byte
+   * back within its sector. A record written before headers had a census: one that ends in a zero
+   * byte, or any of whose sectors holds only zeros within the record, may be torn (or hold such
+   * zeros as its data: read as torn all the same); any other was written whole.
    */
   private rottedPayload(r: ChunkReader, p: number): string | undefined {
     const rel = p - r.winStart;
@@ -1273,6 +1276,9 @@ export class SegmentLog {
     const end = p + RECORD_HEADER_BYTES + len;
     if (!r.ensure(p, end - p)) return undefined;
     const base = p - r.winStart;
+    const judged = judgeZeroCensus(r.buf, base, p + RECORD_HEADER_BYTES);
+    if (judged === 'torn') return undefined;
+    if (judged === 'rotted') return 'its zeros are where they were written (its header\'s zero census): written whole and damaged since, not a torn write';
     // Cut at any byte, the write left zeros from there to the record's end.
     if (r.buf[end - 1 - p + base] === 0) return undefined;
     // The payload's sectors (the header's first one holds the header's bytes).

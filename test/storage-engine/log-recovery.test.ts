@@ -13,7 +13,10 @@ import {
   parseSegmentName,
   recordBytes,
   recordCrc,
+  recordHeaderCheck,
+  RECORD_HEADER_BYTES,
   RECORD_HEADER_CHECK_OFFSET,
+  RECORD_ZERO_CENSUS_OFFSET,
   segmentName,
   SEGMENT_HEADER_BYTES,
   viewOf,
@@ -147,32 +150,151 @@ describe('SegmentLog recovery', () => {
     const before = snapshot(disk);
     const again = reopen(disk);
     assert.deepEqual(again.corruption.map((c) => [c.offset, c.fromLsn, c.toLsn]), [[offsetOf(5), 5, 5]]);
-    assert.match(again.corruption[0]!.reason, /^record checksum mismatch; every sector of it was written/);
+    assert.match(again.corruption[0]!.reason, /^record checksum mismatch; its zeros are where they were written/);
     assertHistory(again, 1, 4);
     assertReadOnly(again);
     assert.deepEqual(snapshot(disk), before, 'nothing truncated');
   });
 
-  it('(b) damage in a last record that ends in a zero byte, or holds a sector of zeros, reads as a torn tail (a crash may have left those zeros)', () => {
-    const payloads: Array<[string, Uint8Array]> = [];
+  /** Payloads holding zeros as data: each reads as torn when it rots unless its header has a zero census. */
+  function payloadsWithZeros(): Array<[string, Uint8Array]> {
     const endsInZero = new Uint8Array(1500).fill(7);
     endsInZero[1499] = 0;
-    payloads.push(['ends in a zero byte', endsInZero]);
     const zeroSector = new Uint8Array(2000).fill(7);
     zeroSector.fill(0, 600, 1700); // whatever the record's offset, a whole aligned sector in it
-    payloads.push(['holds a sector of zeros', zeroSector]);
-    for (const [what, payload] of payloads) {
-      const { disk, log } = logWith(4);
-      log.write([{ term: termOf(5), kind: 1, payload }]);
-      log.sync();
-      log.close();
-      const path = pathOf(segmentName(1));
-      disk.flipBits(path, offsetOf(5) + 40, 1);
-      const again = reopen(disk);
-      assert.deepEqual(again.corruption, [], what);
-      assert.equal(again.lastLsn, 4, what);
-      assert.equal(disk.durableBytes(path).length, offsetOf(5), `${what}: cut`);
+    const mostlyZeros = new Uint8Array(4096);
+    mostlyZeros.set([7, 7, 7, 7, 7], 0);
+    mostlyZeros[2500] = 7;
+    return [
+      ['ends in a zero byte', endsInZero],
+      ['holds a sector of zeros', zeroSector],
+      ['a page of zeros', new Uint8Array(4096)],
+      ['a page of zeros but for a few bytes', mostlyZeros],
+    ];
+  }
+
+  /** A log of the standard history 1..4 and record 5 holding `payload`, synced and closed. */
+  function logEndingWith(payload: Uint8Array): SimDisk {
+    const { disk, log } = logWith(4);
+    log.write([{ term: termOf(5), kind: 1, payload }]);
+    log.sync();
+    log.close();
+    return disk;
+  }
+
+  it('(b) damage in a last record that holds zeros (ends in them, a sector of them, a page of them), nothing valid after it: its header\'s zero census tells it from a torn write, so it is reported lost, not cut', () => {
+    const payloadAt = offsetOf(5) + RECORD_HEADER_BYTES;
+    for (const [what, payload] of payloadsWithZeros()) {
+      let last = payload.length - 1;
+      while (last >= 0 && payload[last] === 0) last--;
+      const firstZero = payload.indexOf(0);
+      const places: Array<[string, number]> = [['a zero byte', firstZero]];
+      if (last >= 0) places.push(['its last non-zero byte', last]);
+      if (last >= 0 && last + 1 < payload.length) places.push(['the zero byte after its last non-zero one', last + 1]);
+      for (const [where, at] of places) {
+        const disk = logEndingWith(payload);
+        const path = pathOf(segmentName(1));
+        disk.flipBits(path, payloadAt + at, 1);
+        const before = snapshot(disk);
+        const again = reopen(disk);
+        const label = `${what}, ${where} (${at}) damaged`;
+        assert.deepEqual(again.corruption.map((c) => [c.offset, c.fromLsn, c.toLsn]), [[offsetOf(5), 5, 5]], label);
+        assert.match(again.corruption[0]!.reason, /^record checksum mismatch; its zeros are where they were written/, label);
+        assertHistory(again, 1, 4);
+        assertReadOnly(again);
+        assert.deepEqual(snapshot(disk), before, `${label}: nothing truncated`);
+      }
     }
+  });
+
+  it('(b) a last record that holds zeros, its write cut short (at every byte, or any one sector of it not written), reads as a torn tail', function () {
+    this.timeout(180_000);
+    const path = pathOf(segmentName(1));
+    const at = offsetOf(5);
+    for (const [what, payload] of payloadsWithZeros()) {
+      const encoded = (() => {
+        const disk = logEndingWith(payload);
+        return disk.fileBytes(path).subarray(at, at + recordBytes(payload.length));
+      })();
+      // The record survives once what was written holds its last non-zero byte.
+      let needed = encoded.length;
+      while (encoded[needed - 1] === 0) needed--;
+      for (let keep = 0; keep <= encoded.length; keep++) {
+        const { disk, log } = logWith(4);
+        log.write([{ term: termOf(5), kind: 1, payload }]); // one disk write, never synced
+        disk.powerCut({ tear: { path, keepBytes: keep } });
+        const again = reopen(disk);
+        const label = `${what}: keep=${keep}`;
+        assert.deepEqual(again.corruption, [], label);
+        assert.equal(again.lastLsn, keep >= needed ? 5 : 4, label);
+        again.close();
+      }
+      // A sector of the file the write did not reach while it reached the others: zeros there.
+      for (let s = Math.floor(at / 512) * 512; s < at + encoded.length; s += 512) {
+        const from = Math.max(s, at);
+        const to = Math.min(s + 512, at + encoded.length);
+        const disk = logEndingWith(payload);
+        disk.zeroBytes(path, from, to - from);
+        const lost = encoded.subarray(from - at, to - at).some((b) => b !== 0);
+        const again = reopen(disk);
+        const label = `${what}: sector at ${s} not written`;
+        assert.deepEqual(again.corruption, [], label);
+        assert.equal(again.lastLsn, lost ? 4 : 5, label);
+        again.close();
+      }
+    }
+  });
+
+  it('(b) a record written before headers had a zero census (the field zero) reads as before: damage in it is a torn tail when it ends in a zero byte or holds a sector of zeros, reported otherwise', () => {
+    for (const [what, payload] of [...payloadsWithZeros(), ['no zeros', new Uint8Array(1500).fill(7)] as [string, Uint8Array]]) {
+      const disk = logEndingWith(payload);
+      const path = pathOf(segmentName(1));
+      const at = offsetOf(5);
+      const rec = disk.fileBytes(path).slice(at, at + recordBytes(payload.length));
+      const view = viewOf(rec);
+      assert.notEqual(rec[RECORD_ZERO_CENSUS_OFFSET]! | rec[RECORD_ZERO_CENSUS_OFFSET + 1]! | rec[RECORD_ZERO_CENSUS_OFFSET + 2]!, 0, 'records are written with a census');
+      rec.fill(0, RECORD_ZERO_CENSUS_OFFSET, RECORD_ZERO_CENSUS_OFFSET + 3);
+      view.setUint32(RECORD_HEADER_CHECK_OFFSET, recordHeaderCheck(rec, 0), true);
+      view.setUint32(4, recordCrc(rec, 0, payload.length), true);
+      const fh = disk.open(path);
+      disk.write(fh, rec, at);
+      disk.fdatasync(fh);
+      disk.close(fh);
+      const whole = reopen(disk);
+      assert.deepEqual(whole.corruption, [], what);
+      assert.equal(whole.lastLsn, 5, what);
+      whole.close();
+      const firstNonZero = payload.findIndex((b) => b !== 0);
+      disk.flipBits(path, at + RECORD_HEADER_BYTES + (firstNonZero >= 0 ? firstNonZero : 0), 1);
+      const again = reopen(disk);
+      if (payload.includes(0)) {
+        assert.deepEqual(again.corruption, [], what);
+        assert.equal(disk.durableBytes(path).length, at, `${what}: cut as a torn tail`);
+      } else {
+        assert.deepEqual(again.corruption.map((c) => [c.offset, c.fromLsn, c.toLsn]), [[at, 5, 5]], what);
+        assert.match(again.corruption[0]!.reason, /; every sector of it was written/, what);
+      }
+      assert.equal(again.lastLsn, 4, what);
+    }
+  });
+
+  it('(b) a last record whose header lies across a sector boundary, its first sector not written while its second was: a torn tail', () => {
+    // Record 5's length puts record 6's header at 8 bytes before a sector boundary.
+    const o5 = offsetOf(5);
+    const len = (((504 - o5 - RECORD_HEADER_BYTES) % 512) + 512) % 512;
+    const { disk, log } = logWith(4);
+    log.write([{ term: termOf(5), kind: 1, payload: new Uint8Array(len).fill(9) }]);
+    log.write(history(6, 6));
+    log.sync();
+    log.close();
+    const o6 = o5 + recordBytes(len);
+    assert.equal(o6 % 512, 504);
+    const path = pathOf(segmentName(1));
+    disk.zeroBytes(path, o6, 8); // its length and CRC
+    const again = reopen(disk);
+    assert.deepEqual(again.corruption, []);
+    assert.equal(again.lastLsn, 5);
+    assert.equal(disk.durableBytes(path).length, o6, 'cut as a torn tail');
   });
 
   it('(b) the last record\'s header damaged (its length, its LSN), nothing valid after it: its header check tells it from a torn write, so it is reported lost, not cut', () => {
