@@ -147,8 +147,13 @@ function parseRecord(bytes: Uint8Array, offset: number): ParsedRecord | BadRecor
   // (a whole record is longer than any header).
   const cut = (header: number): BadRecord => ({ reason: `${left} bytes, shorter than a record header of ${header}`, tornBefore: bytes.length + 1 });
   if (left < HEADER_PREFIX_BYTES) return cut(HARD_STATE_RECORD_HEADER_BYTES);
-  // Not a header that checks out: torn only when zeros start within the header.
-  const badHeader = (reason: string, header = HARD_STATE_RECORD_HEADER_BYTES): BadRecord => ({ reason, tornBefore: offset + header });
+  // Not a header that checks out: torn when zeros start within the header, or when a sector of
+  // it holds only zeros (a header across a sector boundary: a crash wrote the later sector, not
+  // that one).
+  const badHeader = (reason: string, header = HARD_STATE_RECORD_HEADER_BYTES): BadRecord => ({
+    reason,
+    tornBefore: zeroSectorWithin(bytes, 0, offset, Math.min(bytes.length, offset + header)) ? bytes.length + 1 : offset + header,
+  });
   for (let i = 0; i < MAGIC.length; i++) if (bytes[offset + i] !== MAGIC[i]) return badHeader('bad magic');
   const version = new DataView(bytes.buffer, bytes.byteOffset + offset, HEADER_PREFIX_BYTES).getUint32(4, true);
   if (version !== 1 && version !== HARD_STATE_JOURNAL_FORMAT_VERSION) return badHeader(`unsupported format version ${version}`);

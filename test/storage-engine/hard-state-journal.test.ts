@@ -263,6 +263,32 @@ describe('HardStateJournal', () => {
     assert.equal(disk.fileBytes(HARD_STATE_JOURNAL).length, kept, 'the torn record is cut off');
   });
 
+  it('the last record, its header across a sector boundary, the sector of its start not written while the next one was: a torn tail', () => {
+    const disk = durableDisk();
+    const j = HardStateJournal.open(disk);
+    j.saveMany([{ key: 'shards/a', value: state(1) }]);
+    const first = disk.fileBytes(HARD_STATE_JOURNAL).length;
+    // Then records whose names' lengths put the last record's header 8 bytes before a sector boundary.
+    for (let size = first; ; size += first) {
+      const n = (((504 - size - first + 1) % 512) + 512) % 512; // a name of n letters: first + n - 1 bytes
+      if (n >= 1 && n <= 200) {
+        j.saveMany([{ key: `shards/${'b'.repeat(n)}`, value: state(1) }]);
+        break;
+      }
+      j.saveMany([{ key: 'shards/a', value: state(1) }]);
+    }
+    const at = disk.fileBytes(HARD_STATE_JOURNAL).length;
+    assert.equal(at % 512, 504);
+    j.saveMany([{ key: 'shards/c', value: state(3, 'n2') }]);
+    j.close();
+    disk.zeroBytes(HARD_STATE_JOURNAL, at, 8);
+    const again = HardStateJournal.open(disk);
+    assert.deepEqual(again.damage, []);
+    assert.deepEqual(value(again, 'shards/a'), state(1));
+    assert.equal(value(again, 'shards/c'), 'none');
+    assert.equal(disk.fileBytes(HARD_STATE_JOURNAL).length, at, 'the torn record is cut off');
+  });
+
   it('reads the records of format version 1 (no header CRC), and appends records of the current version after them', () => {
     const disk = durableDisk(['shards/a']);
     const payload = new TextEncoder().encode(JSON.stringify([['shards/a', state(4, 'n2')]]));
