@@ -595,6 +595,12 @@ export const SCRUB_STEP_BYTES = 256 * 1024;
 export interface ForceVoteResult {
   wasRepairing: boolean;
   term: number;
+  /**
+   * A sole copy that held its damaged log (its host's forceVote): the damage is discarded with
+   * every record after it; the log now ends at `keptLsn`, the records from `fromLsn` (keptLsn + 1)
+   * on are lost.
+   */
+  discarded?: { fromLsn: number; keptLsn: number };
 }
 
 /** What Replica.digest answers: where its log stands, and the digest of the records asked for. */

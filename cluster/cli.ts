@@ -759,7 +759,9 @@ async function shardForceVote(ctx: Ctx): Promise<void> {
   const [volume, shardText] = ctx.args.positionals as [string, string];
   const node = ctx.args.flags.node as string;
   const r = await withClient(ctx, (c) => c.forceVote(volume, parseInteger('SHARD', shardText), node));
-  const text = r.wasRepairing
+  const text = r.discarded !== undefined
+    ? `node ${r.node}: the only copy of shard ${r.shard} of ${volume} serves again (term ${r.term}); its log is cut after LSN ${r.discarded.keptLsn}: the damaged records and those after them, from LSN ${r.discarded.fromLsn} on, are lost\n`
+    : r.wasRepairing
     ? `node ${r.node}: its replica of shard ${r.shard} of ${volume} votes again (term ${r.term}); records only it had acknowledged, and lost, stay lost\n`
     : `node ${r.node}: its replica of shard ${r.shard} of ${volume} was not repairing; nothing changed\n`;
   await writeOut(ctx.io.stdout, ctx.json ? jsonText(r) : text);

@@ -3172,15 +3172,23 @@ export class StrataNode {
       const r = validateShardForceVote(body);
       const a = this.nodeMeta.shards.find((s) => s.volumeId === r.volumeId && s.shard === r.shard);
       if (!a) throw new ProtocolError('not_found', `node '${this.nodeId}' holds no replica of shard ${r.shard} of volume ${r.volumeId}`, { ...r });
-      const { wasRepairing, term } = await this.pool!.forceVote(a.hostId, r.volumeId, r.shard);
-      if (wasRepairing) {
+      const { wasRepairing, term, discarded } = await this.pool!.forceVote(a.hostId, r.volumeId, r.shard);
+      if (discarded !== undefined) {
+        this.log.warn('operator override: the only copy of a shard discarded the damage of its log and what followed it, and serves again; those records are lost', {
+          volume: r.volumeId,
+          shard: r.shard,
+          term,
+          lostFromLsn: discarded.fromLsn,
+          keptLsn: discarded.keptLsn,
+        });
+      } else if (wasRepairing) {
         this.log.warn('operator override: a repairing replica votes again; records only it had acknowledged, and lost, stay lost', {
           volume: r.volumeId,
           shard: r.shard,
           term,
         });
       }
-      return { node: this.nodeId, volumeId: r.volumeId, shard: r.shard, wasRepairing, term };
+      return { node: this.nodeId, volumeId: r.volumeId, shard: r.shard, wasRepairing, term, ...(discarded !== undefined ? { discarded } : {}) };
     });
     // A handover of a shard's leadership (an operator's, or a rebalance's for any shard led here with a replica on `to`).
     this.subscribe(subj('shard.handover'), async (body): Promise<ShardHandoverReply> => {

@@ -233,6 +233,11 @@ export interface ShardForceVoteReply {
   /** The replica was repairing (false: it voted already; nothing changed). */
   wasRepairing: boolean;
   term: number;
+  /**
+   * The only copy of the shard held its damaged log: the damage is discarded with every record
+   * after it; its log now ends at `keptLsn`, the records from `fromLsn` (keptLsn + 1) on are lost.
+   */
+  discarded?: { fromLsn: number; keptLsn: number };
 }
 
 // The field checks are messages/validate.ts's, so control messages fail like API ones.
@@ -447,7 +452,12 @@ export function validateShardForceVoteReply(body: unknown): ShardForceVoteReply 
     shard: int(o.shard, 'shard', 0, 255),
     wasRepairing: o.wasRepairing,
     term: int(o.term, 'term', 0, Number.MAX_SAFE_INTEGER),
+    ...(o.discarded !== undefined ? { discarded: discardedOf(obj(o.discarded, 'discarded')) } : {}),
   };
+}
+
+function discardedOf(d: Record<string, unknown>): { fromLsn: number; keptLsn: number } {
+  return { fromLsn: int(d.fromLsn, 'discarded.fromLsn', 1, Number.MAX_SAFE_INTEGER), keptLsn: int(d.keptLsn, 'discarded.keptLsn', 0, Number.MAX_SAFE_INTEGER) };
 }
 
 /**

@@ -225,7 +225,7 @@ function storedBytes(r: Rec): number | undefined {
  * knows of (`lag`, by node) that nobody reported, as `missing`. An older reply's lag list
  * (`replicas: [{replica, lagRecords}]`) only contributes lags.
  */
-function replicaRows(s: Rec, dead: ReadonlySet<string>): ReplicaRow[] {
+function replicaRows(s: Rec, dead: ReadonlySet<string>, expected: number | undefined): ReplicaRow[] {
   // A healthy shard of a reply with less detail: its replicas are counted, not listed.
   if (s.replicas === undefined && num(s.replicaCount) !== undefined) return [];
   const lagMap: Rec = { ...(rec(s.lag) ?? {}) };
@@ -248,8 +248,12 @@ function replicaRows(s: Rec, dead: ReadonlySet<string>): ReplicaRow[] {
     // A replica whose log lost records votes for no one until it has them again.
     const repairing = r.repairing === true;
     const awaiting = (Array.isArray(r.awaitingTerms) ? (r.awaitingTerms as unknown[]) : []).filter((x): x is string => typeof x === 'string' && x !== '').slice(0, 8).map(cell);
+    // The only copy of its shard: no peer can repair it.
+    const sole = expected === 1 && strings(s.priorMembers).length === 0;
     const repairNote = awaiting.length > 0
       ? `storage lost: no vote before the term${awaiting.length === 1 ? '' : 's'} of ${awaiting.join(', ')}`
+      : sole
+      ? 'the only copy lost records: waits for force-vote'
       : 'lost records or storage: no vote until repaired';
     // A replica the leader's set does not hold (any more): a move took it off, and its node destroys it.
     const members = strings(s.members);
@@ -307,7 +311,7 @@ function volumeLines(v: Rec, deadIds: ReadonlySet<string>, color: boolean): stri
   const bold = (s: string): string => (color ? `${ANSI.bold}${s}${ANSI.reset}` : s);
   const out: string[] = [];
   const shards = arr(v.shards).map((s) => {
-    const replicas = replicaRows(s, deadIds);
+    const replicas = replicaRows(s, deadIds, num(v.replicas));
     return { s, replicas, health: shardHealth(s, replicas, num(v.replicas)) };
   });
   // A summary counts the shards that are not ok instead of listing them.

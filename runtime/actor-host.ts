@@ -425,6 +425,13 @@ export class ActorHost implements HostApi {
           : spec.members.length > 1
           ? this.log.warn('replica opened without its saved term and vote although this node held it: a wiped or replaced disk (or its hard state alone lost), or a replica that had saved nothing yet; it takes no part in elections until it has learned its peers\' terms and been given the shard back', { volume: spec.volumeId, shard: spec.shard })
           : this.log.error('the only copy of a shard opened without its saved term and vote although this node held it: a wiped or replaced disk, or a copy that had saved nothing yet; it serves nothing until an operator accepts the loss (strata shard force-vote), after which pages it no longer holds read as never written', { volume: spec.volumeId, shard: spec.shard }),
+      onDamagedLogHeld: (spec, damage, validLsn) =>
+        this.log.error('the only copy of a shard opened with its log damaged: it keeps the log as it is and serves nothing until an operator accepts the loss (strata shard force-vote), after which its log is cut after the valid records and its pages read as of that LSN', {
+          volume: spec.volumeId,
+          shard: spec.shard,
+          validLsn,
+          damage: damage.map((d) => ({ file: d.file, offset: d.offset, fromLsn: d.fromLsn, toLsn: d.toLsn, reason: d.reason })),
+        }),
       onUnrepairable: (spec, err) =>
         this.log.error('replica storage is damaged and no peer holds a copy: reads of the damaged data fail with corruption', {
           volume: spec.volumeId,
@@ -570,7 +577,7 @@ export class ActorHost implements HostApi {
   }
 
   async forceVote(volumeId: string, shard: number): Promise<ForceVoteResult> {
-    return this.ready().device.replica(volumeId, shard).forceVote();
+    return this.ready().device.forceVote(volumeId, shard);
   }
 
   async shardDigest(volumeId: string, shard: number, range?: { fromLsn: number; toLsn: number }, pages?: { lsn: number; first: number; count: number }): Promise<ReplicaDigest> {

@@ -21,7 +21,7 @@ import { CorruptionError, StorageError, type CorruptionReport } from '../storage
 import { pageWriteBytes, PAGE_WRITE_PAGES_MAX } from '../storage-engine/page-write';
 import { DeviceQueue, type DeviceQueueOptions, type DeviceQueueStats, type QueueTracer } from '../actors/device-queue';
 import { WRITE_IDS_READ_AT_OPEN } from '../actors/write-ids';
-import { DEFAULT_TIMING, Replica, type ReplicaTransport, type ScrubStepResult, type ReplicaStats, type ReplicaTiming, type ReplicaTracer, type Role } from '../actors/replica';
+import { DEFAULT_TIMING, Replica, type ForceVoteResult, type ReplicaTransport, type ScrubStepResult, type ReplicaStats, type ReplicaTiming, type ReplicaTracer, type Role } from '../actors/replica';
 import type { ShardGeometry, PayloadOffload } from '../actors/shard';
 import { CpuPool, type CpuPoolStats } from './cpu-pool';
 import { FaultyDisk } from './faulty-disk';
@@ -111,6 +111,12 @@ export interface DeviceHostOptions {
    */
   onStorageLost?: (spec: ShardSpec) => void;
   /**
+   * Told when a sole copy opened with its log damaged (ShardStorage `holdDamagedLog`): it keeps
+   * the log as it is, readable up to `validLsn`, and neither leads nor serves until an operator
+   * accepts the loss (strata shard force-vote). For logging by the host.
+   */
+  onDamagedLogHeld?: (spec: ShardSpec, damage: readonly CorruptionReport[], validLsn: number) => void;
+  /**
    * Told when a running replica found its own storage damaged in a way a reopen can repair: it is
    * reopened without the damaged images (ShardStorage `damaged`), which counts as a restart. For
    * logging by the host.
@@ -191,6 +197,8 @@ interface ShardEntry {
   unrepairable: string[];
   /** Its storage was opened before (on this node, or on this device since the host started): see ShardSpec.existing. */
   existed: boolean;
+  /** An operator accepted the loss of a sole copy's damaged log (forceVote): its next open discards the damage. */
+  acceptLoss?: boolean;
   /** In DeviceHost's list of replicas ticked every tick (not quiet at the last quiet tick, opened or woken since). */
   awake?: boolean;
 }
@@ -481,6 +489,31 @@ export class DeviceHost {
     if (!entry) throw new StorageError('closed', `shard ${volumeId}/${shard} is not open on this device`);
     if (!entry.replica) throw entry.downReason ?? new StorageError('device_failed', `shard ${volumeId}/${shard} is down`);
     return entry.replica;
+  }
+
+  /**
+   * Operator override (`strata shard force-vote`) for this device's replica of a shard: a
+   * repairing replica votes again (Replica.forceVote). A sole copy holding its damaged log
+   * (ShardStorage `holdDamagedLog`) is first opened again with the damage discarded, and what
+   * followed it: its pages then read as of the log's valid prefix.
+   */
+  async forceVote(volumeId: string, shard: number): Promise<ForceVoteResult> {
+    const entry = this.shards.get(shardKey(volumeId, shard));
+    let discarded: ForceVoteResult['discarded'];
+    if (entry !== undefined && peersOf(entry.spec) === 0 && (entry.storage?.log.corruption.length ?? 0) > 0) {
+      entry.acceptLoss = true;
+      try {
+        this.stop(entry);
+        this.start(entry);
+      } finally {
+        entry.acceptLoss = false;
+      }
+      // (A reopen that failed leaves the shard down: replica() throws why.)
+      const kept = entry.storage?.log.lastLsn;
+      if (kept !== undefined) discarded = { fromLsn: kept + 1, keptLsn: kept };
+    }
+    const result = await this.replica(volumeId, shard).forceVote();
+    return discarded !== undefined ? { ...result, discarded } : result;
   }
 
   /** Why an open shard has no replica (its storage could not be opened, or it failed too often), or undefined. */
@@ -785,8 +818,10 @@ export class DeviceHost {
       slab: this.slab,
       ...(this.opts.segmentBytesMax ? { segmentBytesMax: this.opts.segmentBytesMax } : {}),
       ...(this.opts.retainRecords ? { retainLsns: this.opts.retainRecords } : {}),
-      // A sole copy keeps damage of its log (read-only, reported): nobody could give the records back.
-      repairFromPeers: peersOf(spec) > 0,
+      // A sole copy keeps damage of its log (read-only, reported), waiting for an operator:
+      // nobody could give the records back. Once the operator accepted the loss, it is discarded.
+      repairFromPeers: peersOf(spec) > 0 || entry.acceptLoss === true,
+      holdDamagedLog: peersOf(spec) === 0,
       ...(damaged ? { damaged } : {}),
       ...(entry.durableLsn !== undefined ? { durableLsn: entry.durableLsn } : {}),
       ...(entry.afterDeviceFailure ? { afterDeviceFailure: true } : {}),
@@ -825,7 +860,9 @@ export class DeviceHost {
       entry.afterDeviceFailure = false;
       entry.existed = true;
       if (storage.storageLost) this.opts.onStorageLost?.(spec);
-      if (storage.repaired.length > 0) {
+      if (sole && storage.log.corruption.length > 0) this.opts.onDamagedLogHeld?.(spec, storage.log.corruption, storage.log.lastLsn);
+      // An operator's acceptance of a sole copy's loss (forceVote) is logged by whoever asked.
+      if (storage.repaired.length > 0 && entry.acceptLoss !== true) {
         if (!sole || !storage.lostRecords) this.opts.onRepaired?.(spec, storage.repaired, storage.lostRecords);
         else this.opts.onUnrepairable?.(spec, new CorruptionError(`shard ${spec.volumeId}/${spec.shard}: ${storage.repaired.map((r) => r.reason).join('; ')}`, [...storage.repaired]));
       }

@@ -51,6 +51,15 @@ export interface ShardStorageOptions {
    */
   repairFromPeers?: boolean;
   /**
+   * A sole copy's open (without `repairFromPeers`): a damaged log is kept as it is (read-only,
+   * nothing discarded) and the hard state is marked `repairTerm`, so that the replica does not
+   * take the lead on a log it cannot append to (it would fail and be restarted until left down):
+   * it waits for an operator to accept the loss (`strata shard force-vote`: its host opens it
+   * again with `repairFromPeers`, which discards the damage and what follows it, and then clears
+   * the mark).
+   */
+  holdDamagedLog?: boolean;
+  /**
    * For a replica reopened because it found its storage damaged while it ran (a scrub): the
    * damage it found. Images named there are not used (PageStore `damagedImages`); when an older
    * image and the log still hold what such an image held, the newest image is written again at
@@ -63,8 +72,9 @@ export interface ShardStorageOptions {
    * The LSN this replica's log was durable up to before a reopen (its host knows it; after a
    * process restart nobody does). A log that opens shorter lost records the replica may have
    * acknowledged: a record at its end that rotted is reported as damage when it was written whole
-   * (SegmentLog recovery), but one whose data ends in a zero byte or holds a sector of zeros looks
-   * like a write a crash cut short and is cut without a report.
+   * (SegmentLog recovery), but some look like a write a crash cut short and are cut without a
+   * report: one written before records had a zero census whose data ends in a zero byte or holds
+   * a sector of zeros, or one whose rot zeroed its last non-zero byte or a whole sector.
    * The cut is then reported (`repaired`, `lostRecords`), and with `repairFromPeers` the replica
    * is marked to repair (no vote until it holds them again); a sole copy has lost them.
    */
@@ -410,6 +420,7 @@ export class ShardStorage {
         disk.fsyncDir(opts.dir);
       }
       const repaired = opts.repairFromPeers && log.corruption.length > 0 ? repairLog(disk, opts.dir, place, log) : [];
+      if (opts.holdDamagedLog === true && !opts.repairFromPeers && log.corruption.length > 0) markRepair(place, log);
       if (opts.afterDeviceFailure === true && opts.durableLsn !== undefined && log.corruption.length === 0 && log.lastLsn > opts.durableLsn) {
         log.truncateSuffix(Math.max(opts.durableLsn, log.firstLsn - 1) + 1);
       }

@@ -361,6 +361,42 @@ describe('replication across three nodes', function () {
     await expectPages(vol, [200], 2);
   });
 
+  it('the only copy of a shard whose log rotted waits for an operator instead of failing in a loop; force-vote cuts its log at the damage, and it serves its pages as of there', async () => {
+    c = await startCluster({ nodes: 3, hosts: 1, node, clientTimeoutMs: 10_000 });
+    await c.client.createVolume({ name: 'solo', pageCount: 256, shards: 1, replicas: 1 });
+    const vol = c.client.volume('solo');
+    const pages = Array.from({ length: 60 }, (_, i) => i);
+    await writeAll(vol, pages, 1);
+    await writeAll(vol, pages, 2);
+    const info = await c.client.volumeInfo('solo');
+    const holder = (await replicasOf(c, info.id, 0))[0]!.node;
+    c.kill(holder);
+    // A record of generation 2 rots (60 records of about 4.2 KiB each come before them).
+    flipBit(logSegments(c.dataDirs[holder]!, info.id)[0]!, 400_000);
+    await c.restart(holder);
+    await until('the copy open, waiting', 20_000, async () => {
+      const [r] = await replicasOf(c!, info.id, 0);
+      return r && r.state === 'up' && r.repairing ? true : undefined;
+    });
+    await new Promise((r) => setTimeout(r, 1500)); // several election timeouts
+    const [waiting] = await replicasOf(c, info.id, 0);
+    assert.deepEqual([waiting!.state, waiting!.role, waiting!.repairing], ['up', 'follower', true], 'neither leads nor fails');
+    await assert.rejects(vol.readPages([0], { deadlineMs: Date.now() + 1000 }), (e: ProtocolError) => e.code === 'unavailable' || e.code === 'timeout');
+    const r = await c.client.forceVote('solo', 0, `n${holder + 1}`);
+    assert.equal(r.wasRepairing, true);
+    assert.ok(r.discarded !== undefined, 'the damage was discarded');
+    assert.equal(r.discarded.fromLsn, r.discarded.keptLsn + 1);
+    await until('it leads', 20_000, async () => (await replicasOf(c!, info.id, 0)).find((x) => x.role === 'leader'));
+    // Its pages as of the valid prefix: generation 2 up to the damage, generation 1 after it.
+    const got = (await vol.readPages(pages)).pages;
+    const gen = got.map((d, i) => [1, 2].find((g) => Buffer.from(d).equals(Buffer.from(demoPage(4096, i, g)))));
+    const kept = gen.indexOf(1);
+    assert.ok(kept > 0, `some pages of generation 2 kept (${gen.join(',')})`);
+    assert.deepEqual(gen, pages.map((p) => (p < kept ? 2 : 1)), 'a prefix of generation 2, the rest of generation 1');
+    await vol.write(200, demoPage(4096, 200, 3));
+    await expectPages(vol, [200], 3);
+  });
+
   it('a leader that reads a damaged page of its image reopens itself without it; the client\'s read is served right, without an error', async () => {
     // No background scrub: the client's read is what finds the damage.
     const { vol, pages, info } = await sixtyPages('rot', { ...node, checkpointEveryRecords: 20, scrubBytesPerSecond: 0 });

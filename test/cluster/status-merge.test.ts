@@ -47,6 +47,18 @@ function parts(): StatusParts {
 }
 
 describe('cluster status merge (mergeClusterStatus)', () => {
+  it('the only copy of a shard repairing (its log damaged, or its storage lost) is shown waiting for an operator', () => {
+    const sole: StatusParts = {
+      self: { id: 'n1', cluster: 'c', version: 'test', uptimeMs: 1000 },
+      nodes: [nodeView('n1', [replica('vs', 0, 'follower', { repairing: true })])],
+      members: [{ nodeId: 'n1', live: true }],
+      catalog: [{ name: 's', id: 'vs', pageCount: 64, pageSize: 4096, shards: 1, stripePages: 8, replicas: 1 }],
+      controllerReachable: true,
+    };
+    const text = formatStatus(mergeClusterStatus(sole, 1 << 20), { nowMs: 0 });
+    assert.match(text, /\n +0 +n1 +follower +repairing .*the only copy lost records: waits for force-vote/);
+  });
+
   it('full: every replica listed; a repairing one and a missing one make their shards not ok', () => {
     const full = mergeClusterStatus(parts(), 1 << 20);
     assert.equal(full.detail, 'full');

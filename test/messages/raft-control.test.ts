@@ -230,6 +230,10 @@ describe('control message validators', () => {
     refused(() => validateVolumeGrow({ volumeId: 'v1', pageCount: 10, shards: 2 }), /^shards: not a field of volume\.grow$/);
     refused(() => validateShardForceVoteReply({ node: 'n1', volumeId: 'v1', shard: 0, wasRepairing: 'yes', term: 3 }), /^wasRepairing: expected a boolean$/);
     assert.equal(validateShardForceVoteReply({ node: 'n1', volumeId: 'v1', shard: 0, wasRepairing: false, term: 3 }).wasRepairing, false);
+    const discarded = { node: 'n1', volumeId: 'v1', shard: 0, wasRepairing: true, term: 3, discarded: { fromLsn: 97, keptLsn: 96 } };
+    assert.deepEqual(validateShardForceVoteReply(discarded), discarded);
+    refused(() => validateShardForceVoteReply({ ...discarded, discarded: { fromLsn: 0, keptLsn: 96 } }), /^discarded\.fromLsn: /);
+    refused(() => validateShardForceVoteReply({ ...discarded, discarded: 96 }), /^discarded: /);
     refused(() => validateShardDigest({ volumeId: 'v1', shard: 0, pages: { lsn: 1, first: 0, count: 4, all: true } }), /^pages\.all: not a field of shard\.digest pages$/);
     const move = { volume: 'db', shard: 0, from: 'n1', to: 'n4' };
     assert.deepEqual(validateShardMove(move), move);

@@ -7,7 +7,7 @@ import { RealDisk } from '../../storage-engine/real-disk';
 import { SimDisk } from '../../storage-engine/sim-disk';
 import type { Disk } from '../../storage-engine/disk';
 import { waitFor } from '../support/wait';
-import { StorageError } from '../../storage-engine/errors';
+import { StorageError, type CorruptionReport } from '../../storage-engine/errors';
 import { ProtocolError } from '../../messages/errors';
 import { ImageReader } from '../../storage-engine/image';
 import type { Replica } from '../../actors/replica';
@@ -522,7 +522,7 @@ describe('DeviceHost supervision', () => {
     await host.close();
   });
 
-  it('a log damaged in the middle is repaired at open for a replica set of several (reported), and stays read-only for a set of one', async () => {
+  it('a log damaged in the middle is repaired at open for a replica set of several (reported), and stays read-only for a set of one, which waits for an operator to accept the loss', async () => {
     const log = 'shards/v1.0/log';
     /** A shard with 30 writes, whose log then rots in the middle. */
     const rotted = async (): Promise<SimDisk> => {
@@ -549,12 +549,47 @@ describe('DeviceHost supervision', () => {
     const disk = await rotted();
     const files = (): Uint8Array[] => disk.list(log).map((n) => disk.fileBytes(`${log}/${n}`));
     const before = files();
-    const alone = new DeviceHost({ dir: 'dev0', self: 'n1', disk, onRepaired: (_s, damage) => repairs.push(damage) });
+    const held: Array<{ damage: readonly CorruptionReport[]; validLsn: number }> = [];
+    const alone = new DeviceHost({
+      dir: 'dev0', self: 'n1', disk,
+      onRepaired: (_s, damage) => repairs.push(damage),
+      onDamagedLogHeld: (_s, damage, validLsn) => held.push({ damage, validLsn }),
+    });
     alone.openShard(spec(0));
     assert.equal(repairs.length, 1, 'a sole copy is not repaired: nobody could give the records back');
     assert.deepEqual(files(), before, 'its damaged log is left as it was');
-    assert.equal(alone.stats().shards.find((x) => x.shard === 0)!.repairing, false);
+    assert.equal(held.length, 1, 'the damage it holds is told');
+    const { damage, validLsn } = held[0]!;
+    assert.equal(damage[0]!.fromLsn, validLsn + 1);
+    // It waits for an operator: it does not lead on a log it cannot append to, so it does not
+    // fail and restart in a loop until left down.
+    for (let i = 0; i < 300; i++) {
+      alone.tick(performance.now(), Date.now());
+      await new Promise((res) => setImmediate(res));
+    }
+    const waiting = alone.stats();
+    assert.deepEqual([waiting.shards.find((x) => x.shard === 0)!.state, waiting.shards.find((x) => x.shard === 0)!.repairing, waiting.restarts], ['up', true, 0]);
+    assert.equal(alone.replica('v1', 0).isLeader, false);
+    assert.deepEqual(files(), before, 'still as it was');
+    // The operator accepts the loss: the damage, and the records after it, are discarded; it leads.
+    const r = await alone.forceVote('v1', 0);
+    assert.equal(r.wasRepairing, true);
+    assert.deepEqual(r.discarded, { fromLsn: validLsn + 1, keptLsn: validLsn });
+    const l = await leader(alone, 0);
+    assert.equal(l.stats().repairing, false);
+    await l.write([{ page: 1, data: page(77) }]);
+    const got = await l.read([1, 2], soon());
+    assert.deepEqual(got.pages[0], page(77));
+    assert.equal(repairs.length, 1, 'an override is not reported as a repair by peers');
+    assert.equal(held.length, 1);
+    assert.deepEqual((await alone.forceVote('v1', 0)).discarded, undefined, 'a second override changes nothing');
     await alone.close();
+    // Its next open finds a sound log.
+    const again = new DeviceHost({ dir: 'dev0', self: 'n1', disk, onDamagedLogHeld: (_s, d, v) => held.push({ damage: d, validLsn: v }) });
+    again.openShard(spec(0));
+    await leader(again, 0);
+    assert.equal(held.length, 1);
+    await again.close();
   });
 
   it('a failed background removal of a destroyed shard is counted, and the next open removes the leftover', async () => {
