@@ -30,9 +30,8 @@ import { crc32c } from '../storage-engine/crc32c';
 import type { CatalogState } from '../actors/controller';
 import { pagesPerRequest, type StrataClient } from './client';
 
-/** The catalog shard's volume id: of the form of a volume id, with a tag no catalog chooses (theirs are hex). */
-export const CATALOG_VOLUME_ID = 'v0-catalog';
-export const CATALOG_VOLUME_NAME = 'strata-catalog';
+import { CATALOG_VOLUME_ID, CATALOG_VOLUME_NAME } from '../messages/control';
+export { CATALOG_VOLUME_ID, CATALOG_VOLUME_NAME };
 export const CATALOG_PAGE_SIZE = 8192;
 /** Pages of a region: 16 MiB, the bound of a catalog kept in a local file (MetaStore). */
 export const CATALOG_REGION_PAGES = 2048;

@@ -74,6 +74,8 @@ import {
   validateNodeDrainReply,
   validateControllersReply,
   type ControllersReply,
+  CATALOG_VOLUME_ID,
+  CATALOG_VOLUME_NAME,
   CONTROLLERS_MAX,
   CONTROLLERS_MIN,
   PAGE_DIGEST_BYTES_MAX,
@@ -574,7 +576,9 @@ export class StrataClient {
    * when no such node answers, `not_found` when it holds no replica of the shard.
    */
   async forceVote(name: string, shard: number, node: string): Promise<ShardForceVoteReply> {
-    const info = await this.volumeInfo(name);
+    // The catalog shard (`strata-catalog`, shard 0, as the status names it) is no volume of the
+    // catalog, and when it needs this there is no controller to ask: it is sent as it is.
+    const info = name === CATALOG_VOLUME_NAME ? { id: CATALOG_VOLUME_ID, shards: 1 } : await this.volumeInfo(name);
     if (!Number.isSafeInteger(shard) || shard < 0 || shard >= info.shards) {
       throw new ProtocolError('out_of_range', `shard ${shard}: volume ${name} has shards 0..${info.shards - 1}`, { shard });
     }

@@ -3170,7 +3170,10 @@ export class StrataNode {
     });
     this.subscribe(subj('shard.forceVote'), async (body): Promise<ShardForceVoteReply> => {
       const r = validateShardForceVote(body);
-      const a = this.nodeMeta.shards.find((s) => s.volumeId === r.volumeId && s.shard === r.shard);
+      // The catalog shard's replica, on a controller node, is not among the node's shards.
+      const a = r.volumeId === CATALOG_VOLUME_ID && r.shard === 0 && this.catalogMember
+        ? { hostId: CATALOG_HOST_ID }
+        : this.nodeMeta.shards.find((s) => s.volumeId === r.volumeId && s.shard === r.shard);
       if (!a) throw new ProtocolError('not_found', `node '${this.nodeId}' holds no replica of shard ${r.shard} of volume ${r.volumeId}`, { ...r });
       const { wasRepairing, term, discarded } = await this.pool!.forceVote(a.hostId, r.volumeId, r.shard);
       if (discarded !== undefined) {

@@ -221,6 +221,11 @@ export interface ShardHandoverReply {
   to: string;
 }
 
+/** The catalog shard's volume id: of the form of a volume id, with a tag no catalog chooses (theirs are hex). */
+export const CATALOG_VOLUME_ID = 'v0-catalog';
+/** The catalog shard's volume name, as the status and the operator commands name it. */
+export const CATALOG_VOLUME_NAME = 'strata-catalog';
+
 /** shard.forceVote: the node's replica of a shard votes again although it is repairing (operator override). */
 export interface ShardForceVoteRequest {
   volumeId: string;

@@ -5,6 +5,7 @@ import { startCluster, type InProcessCluster } from '../../cluster/in-process-cl
 import { demoPage } from '../../cluster/dev';
 import type { StrataClient, Volume } from '../../cluster/client';
 import { ProtocolError } from '../../messages/errors';
+import { CATALOG_VOLUME_ID, CATALOG_VOLUME_NAME } from '../../messages/control';
 import { stopAndCompareReplicas } from '../support/replicas';
 
 /** Fast elections so failures are found and repaired within a test's time. */
@@ -397,6 +398,39 @@ describe('replication across three nodes', function () {
     await expectPages(vol, [200], 3);
   });
 
+  it('the catalog shard with two replicas whose logs rotted and the third down runs no controller; force-vote, which names it as the status does, lets them vote', async () => {
+    c = await startCluster({ nodes: 3, controllers: 3, hosts: 1, node, clientTimeoutMs: 5_000 });
+    const cluster = c;
+    await until('a controller', 30_000, () => cluster.client.createVolume({ name: 'cat1', pageCount: 16, shards: 1, replicas: 3 }).then(() => true, () => undefined));
+    await until('every catalog replica applied the create', 20_000, async () => {
+      const reps = await replicasOf(cluster, CATALOG_VOLUME_ID, 0);
+      const l = reps.find((r) => r.role === 'leader');
+      return l && reps.length === 3 && reps.every((r) => r.appliedLsn >= l.commitLsn) ? true : undefined;
+    });
+    for (const i of [0, 1, 2]) c.kill(i);
+    // A record of each of two catalog logs rots in its payload.
+    for (const i of [0, 1]) {
+      const [segment] = logSegments(c.dataDirs[i]!, CATALOG_VOLUME_ID);
+      const records = recordsOf(segment!).filter((r) => r.length > 64);
+      assert.ok(records.length > 0, 'the catalog log holds records with a payload');
+      flipBit(segment!, records[0]!.offset + 32 + 40);
+    }
+    for (const i of [0, 1]) await c.restart(i);
+    await until('both catalog replicas open, repairing', 30_000, async () => {
+      const reps = await replicasOf(cluster, CATALOG_VOLUME_ID, 0);
+      return reps.length === 2 && reps.every((r) => r.state === 'up' && r.repairing) ? true : undefined;
+    });
+    await new Promise((r) => setTimeout(r, 1500)); // several election timeouts
+    assert.deepEqual((await replicasOf(c, CATALOG_VOLUME_ID, 0)).filter((r) => r.role === 'leader'), [], 'no leader of the catalog');
+    await assert.rejects(c.client.listVolumes(), (e: ProtocolError) => e.code === 'unavailable' || e.code === 'timeout');
+    for (const id of ['n1', 'n2']) {
+      const r = await c.client.forceVote(CATALOG_VOLUME_NAME, 0, id);
+      assert.deepEqual([r.node, r.volumeId, r.wasRepairing], [id, CATALOG_VOLUME_ID, true]);
+    }
+    await assert.rejects(c.client.forceVote(CATALOG_VOLUME_NAME, 1, 'n1'), (e: ProtocolError) => e.code === 'out_of_range');
+    await until('a controller again', 30_000, () => cluster.client.listVolumes().then(() => true, () => undefined));
+  });
+
   it('a leader that reads a damaged page of its image reopens itself without it; the client\'s read is served right, without an error', async () => {
     // No background scrub: the client's read is what finds the damage.
     const { vol, pages, info } = await sixtyPages('rot', { ...node, checkpointEveryRecords: 20, scrubBytesPerSecond: 0 });
@@ -473,6 +507,19 @@ function shardDirOf(dataDir: string, volumeId: string): string {
 }
 
 /** The log segment files of shard 0 of a volume under a node's data directory. */
+/** Offset and payload length of each record of a log segment file, up to the zeros after the last. */
+function recordsOf(file: string): Array<{ offset: number; length: number }> {
+  const bytes = fs.readFileSync(file);
+  const out: Array<{ offset: number; length: number }> = [];
+  for (let p = 64; p + 32 <= bytes.length; ) {
+    const length = bytes.readUInt32LE(p);
+    if (length === 0 && bytes.readUInt32LE(p + 4) === 0) break;
+    out.push({ offset: p, length });
+    p += Math.ceil((32 + length) / 8) * 8;
+  }
+  return out;
+}
+
 function logSegments(dataDir: string, volumeId: string): string[] {
   const found: string[] = [];
   const walk = (dir: string): void => {
