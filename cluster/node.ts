@@ -2292,11 +2292,13 @@ export class StrataNode {
     const draining = new Set(c.draining());
     const drain = (nodeId: string): { draining?: true } => (draining.has(nodeId) ? { draining: true } : {});
     // A live node's replicas it reports down: how many, and when the first is replaced (with repairs on).
-    const down = ({ nodeId, down }: NodeMember): { replicasDown?: number; replicasDownRepairInMs?: number } => {
-      if (!live.has(nodeId) || down === undefined || down.size === 0) return {};
-      const since = Math.min(...down.values());
-      return { replicasDown: down.size, ...(afterMs > 0 ? { replicasDownRepairInMs: Math.max(0, afterMs - (now - since)) } : {}) };
+    let soleCopies: Set<string> | undefined;
+    const sole = (key: string): boolean => {
+      soleCopies ??= new Set(c.list().flatMap((v) => v.placements.filter((p) => p.replicas.length === 1 && p.adding === undefined).map((p) => `${v.id}.${p.shard}`)));
+      return soleCopies.has(key);
     };
+    const down = ({ nodeId, down }: NodeMember): { replicasDown?: number; replicasDownRepairInMs?: number } =>
+      live.has(nodeId) && down !== undefined ? downReplicasView(down, now, afterMs, sole) : {};
     const heard = c.knownNodes().map((member) => {
       // The map of replicas down is summed (`down`), not sent.
       const { down: _, ...m } = member;
@@ -3446,6 +3448,25 @@ const STATUS_PART_ROOM_BYTES = 4096;
 
 /** The fields of a shard's status that the cluster status merges (mergeClusterStatus, cluster/api-router.ts). */
 const MERGED_SHARD_FIELDS = ['volumeId', 'shard', 'role', 'state', 'term', 'commitLsn', 'appliedLsn', 'lag', 'downReason', 'repairing', 'awaitingTerms', 'storage'] as const;
+
+/**
+ * What the controller's members say of a live node's replicas it reports down (`down`: by
+ * `volumeId.shard`, since when): how many, and, with repairs on (`afterMs` > 0), when the first
+ * the controller would replace is replaced. The only copy of a shard (`sole`) is never replaced
+ * (no majority of its set serves without it: docs/replication.md), so it counts as down without
+ * a time.
+ */
+export function downReplicasView(
+  down: ReadonlyMap<string, number>,
+  nowMs: number,
+  afterMs: number,
+  sole: (key: string) => boolean,
+): { replicasDown?: number; replicasDownRepairInMs?: number } {
+  if (down.size === 0) return {};
+  let since = Infinity;
+  if (afterMs > 0) for (const [key, t] of down) if (t < since && !sole(key)) since = t;
+  return { replicasDown: down.size, ...(since !== Infinity ? { replicasDownRepairInMs: Math.max(0, afterMs - (nowMs - since)) } : {}) };
+}
 
 /**
  * Part `part` of a node's own status (`node.<id>.status`) in messages of at most `bytesMax`

@@ -7,7 +7,7 @@ import { strict as assert } from 'node:assert';
 import { encode } from '../../messages/codec';
 import { joinNodeStatus, mergeClusterStatus, splitNodeStatus, UNLISTED_REPLICAS_SHOWN_MAX, type StatusParts } from '../../cluster/api-router';
 import { formatStatus } from '../../observability/status';
-import { compactStatus, nodeStatusPart } from '../../cluster/node';
+import { compactStatus, downReplicasView, nodeStatusPart } from '../../cluster/node';
 import { validateNodeStatusRequest } from '../../messages/control';
 import { ProtocolError } from '../../messages/errors';
 import { SHARDS_MAX } from '../../messages/api';
@@ -45,6 +45,19 @@ function parts(): StatusParts {
     controllerReachable: true,
   };
 }
+
+describe('a node\'s replicas reported down, as the controller\'s members show them (downReplicasView)', () => {
+  it('counts every one, and times the first the controller would replace: never the only copy of a shard', () => {
+    const down = new Map([['va.0', 1_000], ['vs.0', 500], ['va.1', 3_000]]);
+    const sole = (key: string): boolean => key === 'vs.0';
+    assert.deepEqual(downReplicasView(down, 10_000, 600_000, sole), { replicasDown: 3, replicasDownRepairInMs: 591_000 });
+    assert.deepEqual(downReplicasView(down, 10_000, 600_000, () => false), { replicasDown: 3, replicasDownRepairInMs: 590_500 });
+    assert.deepEqual(downReplicasView(new Map([['vs.0', 500]]), 10_000, 600_000, sole), { replicasDown: 1 }, 'only a sole copy down: not replaced');
+    assert.deepEqual(downReplicasView(down, 10_000, 0, () => false), { replicasDown: 3 }, 'repairs off');
+    assert.deepEqual(downReplicasView(down, 700_000, 600_000, sole), { replicasDown: 3, replicasDownRepairInMs: 0 });
+    assert.deepEqual(downReplicasView(new Map(), 10_000, 600_000, sole), {});
+  });
+});
 
 describe('cluster status merge (mergeClusterStatus)', () => {
   it('the only copy of a shard repairing (its log damaged, or its storage lost) is shown waiting for an operator', () => {
