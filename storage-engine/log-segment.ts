@@ -208,7 +208,8 @@ function lastField(lastInPayload: number): number {
 }
 
 /**
- * What the zero census of a record's header says of its payload as read, when the record's CRC
+ * What the zero census of a record's header says of its payload as read (`buf[rel]` is the
+ * record's first byte, `payloadAt` the file offset of its payload), when the record's CRC
  * does not match: `torn` when a crash that cut its write short may have left it so, `rotted`
  * when only damage since it was written whole can, `none` when the header has no census (a
  * record written before it). A crash leaves zeros where the write did not reach: it can add
@@ -222,7 +223,7 @@ export function judgeZeroCensus(buf: Uint8Array, rel: number, payloadAt: number)
   if (field === 0) return 'none';
   const len = new DataView(buf.buffer, buf.byteOffset + rel, 4).getUint32(0, true);
   const start = rel + RECORD_HEADER_BYTES;
-  const now = zeroCensus(buf, start - payloadAt, payloadAt, payloadAt + len);
+  const now = zeroCensus(buf, payloadAt - start, payloadAt, payloadAt + len);
   const zeroSectors = (field & 0xfff) - 1;
   if (now.zeroSectors !== zeroSectors) return now.zeroSectors > zeroSectors ? 'torn' : 'rotted';
   const back = (((field >>> 12) - lastField(now.lastNonZero - payloadAt)) % CENSUS_LAST_MOD + CENSUS_LAST_MOD) % CENSUS_LAST_MOD;

@@ -6,7 +6,7 @@
 import { strict as assert } from 'node:assert';
 import { crc32c } from '../../storage-engine/crc32c';
 import { CorruptionError, StorageError, type CorruptionReport } from '../../storage-engine/errors';
-import { SegmentLog } from '../../storage-engine/log';
+import { LOG_RECOVERY_CHUNK_BYTES, SegmentLog } from '../../storage-engine/log';
 import {
   encodeRecord,
   encodeSegmentHeader,
@@ -243,6 +243,33 @@ describe('SegmentLog recovery', () => {
         again.close();
       }
     }
+  });
+
+  it('(b) the zero census of a last record past the first read of recovery (an 8 MiB window further on) tells rot from a torn write there too', () => {
+    const zeroish = new Uint8Array(4096);
+    zeroish.set([7, 7, 7], 100);
+    const setup = (): { disk: SimDisk; at: number } => {
+      const disk = new SimDisk();
+      const log = SegmentLog.open(disk, { dir: DIR });
+      const page = new Uint8Array(4096).fill(5);
+      for (let i = 0; i < 9; i++) log.write(Array.from({ length: 256 }, () => ({ term: 1, kind: 1, payload: page })));
+      log.write([{ term: 1, kind: 1, payload: zeroish }]);
+      log.sync();
+      const at = log.stats().bytes - recordBytes(zeroish.length);
+      log.close();
+      assert.ok(at > LOG_RECOVERY_CHUNK_BYTES, `the last record (at ${at}) lies past the first read`);
+      return { disk, at };
+    };
+    const path = pathOf(segmentName(1));
+    const rotted = setup();
+    rotted.disk.flipBits(path, rotted.at + RECORD_HEADER_BYTES + 3000, 1);
+    const a = reopen(rotted.disk);
+    assert.deepEqual(a.corruption.map((c) => [c.offset, c.fromLsn, c.toLsn]), [[rotted.at, 9 * 256 + 1, 9 * 256 + 1]]);
+    const torn = setup();
+    torn.disk.zeroBytes(path, torn.at + RECORD_HEADER_BYTES + 100, 3);
+    const b = reopen(torn.disk);
+    assert.deepEqual(b.corruption, []);
+    assert.equal(b.lastLsn, 9 * 256);
   });
 
   it('(b) a record written before headers had a zero census (the field zero) reads as before: damage in it is a torn tail when it ends in a zero byte or holds a sector of zeros, reported otherwise', () => {

@@ -1,10 +1,13 @@
 /**
  * zeroCensus: the zero sectors and the last non-zero byte of a range of a file, against a
  * byte-by-byte reference, over random layouts of zeros (runs longer than the native comparison's
- * span included), offsets in the file, and views into larger buffers.
+ * span included), offsets in the file, and views into larger buffers. And what a record
+ * header's census says of its payload as read (judgeZeroCensus): torn for every write a crash
+ * cut short, rotted for damage a crash cannot leave.
  */
 import { strict as assert } from 'node:assert';
 import { SECTOR_BYTES, zeroCensus, zeroSectorWithin } from '../../storage-engine/disk';
+import { encodeRecord, judgeZeroCensus, recordBytes, RECORD_HEADER_BYTES, viewOf } from '../../storage-engine/log-segment';
 import { prng } from '../support/prng';
 
 /** The census by definition: each sector (aligned in the file) within [from, to), one byte at a time. */
@@ -61,5 +64,68 @@ describe('zeroCensus', () => {
     assert.deepEqual(zeroCensus(bytes, 0, 1501, 2048), { zeroSectors: 2, lastNonZero: 1500 });
     assert.deepEqual(zeroCensus(new Uint8Array(100), 1000, 1000, 1100), { zeroSectors: 2, lastNonZero: 999 }); // across 1024
     assert.deepEqual(zeroCensus(bytes, 0, 5, 5), { zeroSectors: 0, lastNonZero: 4 });
+  });
+});
+
+describe('a record header\'s zero census (judgeZeroCensus)', () => {
+  /** A payload of runs of data and zeros (zero sectors, zero tails, pages of zeros), at random. */
+  function payloadOf(rand: () => number): Uint8Array {
+    const length = rand() < 0.2 ? 4096 : 1 + Math.floor(rand() * 9000);
+    const bytes = new Uint8Array(length);
+    if (rand() < 0.1) return bytes; // all zeros
+    for (let p = 0; p < length; ) {
+      const run = 1 + Math.floor(rand() ** 2 * 1500);
+      if (rand() < 0.5) for (let k = p; k < Math.min(length, p + run); k++) bytes[k] = rand() < 0.8 ? 1 + Math.floor(rand() * 255) : 0;
+      p += run;
+    }
+    return bytes;
+  }
+
+  /** The record holding `payload` as encoded to lie at file offset `at`. */
+  function recordAt(payload: Uint8Array, at: number): Uint8Array {
+    const out = new Uint8Array(recordBytes(payload.length));
+    encodeRecord(out, viewOf(out), 0, 7, 2, 1, payload, undefined, at);
+    return out;
+  }
+
+  it('reads every write a crash cut short as torn: any sectors of its payload not written, its end cut at any byte, or both', () => {
+    const rand = prng(7041);
+    for (let round = 0; round < 3000; round++) {
+      const payload = payloadOf(rand);
+      const at = 64 + 8 * Math.floor(rand() * 600);
+      const rec = recordAt(payload, at);
+      const torn = rec.slice();
+      const start = at + RECORD_HEADER_BYTES;
+      const end = start + payload.length;
+      // Sectors of the file the write did not reach (their bytes within the payload).
+      for (let s = Math.floor(start / SECTOR_BYTES) * SECTOR_BYTES; s < end; s += SECTOR_BYTES) {
+        if (rand() < 0.15) torn.fill(0, Math.max(s, start) - at, Math.min(s + SECTOR_BYTES, end) - at);
+      }
+      if (rand() < 0.5) torn.fill(0, start - at + Math.floor(rand() * payload.length), end - at);
+      const changed = torn.some((b, i) => b !== rec[i]);
+      const label = `round ${round}: ${payload.length} bytes at ${at}`;
+      assert.equal(judgeZeroCensus(torn, 0, start), changed ? 'torn' : 'rotted', label);
+    }
+  });
+
+  it('reads rot as rotted: a flipped bit of a zero byte, or of a byte of data that stays non-zero', () => {
+    const rand = prng(7043);
+    for (let round = 0; round < 3000; round++) {
+      const payload = payloadOf(rand);
+      const at = 64 + 8 * Math.floor(rand() * 600);
+      const rec = recordAt(payload, at);
+      const k = RECORD_HEADER_BYTES + Math.floor(rand() * payload.length);
+      const before = rec[k]!;
+      rec[k] = before ^ (1 << Math.floor(rand() * 8));
+      if (before !== 0 && rec[k] === 0) continue; // data that became zero: what a crash can leave too
+      assert.equal(judgeZeroCensus(rec, 0, at + RECORD_HEADER_BYTES), 'rotted', `round ${round}: ${payload.length} bytes at ${at}, byte ${k - RECORD_HEADER_BYTES} ${before} -> ${rec[k]}`);
+    }
+  });
+
+  it('says nothing of a record written before the census (the field zero)', () => {
+    const payload = new Uint8Array(100).fill(3);
+    const out = new Uint8Array(recordBytes(payload.length));
+    encodeRecord(out, viewOf(out), 0, 7, 2, 1, payload);
+    assert.equal(judgeZeroCensus(out, 0, 64 + RECORD_HEADER_BYTES), 'none');
   });
 });
