@@ -12,6 +12,7 @@ import {
 } from '../../storage-engine/hard-state-journal';
 import { SimDisk, SimulatedCrash } from '../../storage-engine/sim-disk';
 import { expectStorageError } from '../support/expect';
+import { prng } from '../support/prng';
 
 const state = (term: number, votedFor: string | null = null): { term: number; votedFor: string | null } => ({ term, votedFor });
 
@@ -287,6 +288,64 @@ describe('HardStateJournal', () => {
     assert.deepEqual(value(again, 'shards/a'), state(1));
     assert.equal(value(again, 'shards/c'), 'none');
     assert.equal(disk.fileBytes(HARD_STATE_JOURNAL).length, at, 'the torn record is cut off');
+  });
+
+  describe('the last record, at random', () => {
+    /** A journal of one record (shards/a), then a last one of 1..40 entries with names of any length, closed. */
+    function journalOf(rand: () => number): { disk: SimDisk; kept: number; end: number; entries: number; first: string } {
+      const disk = durableDisk();
+      const j = HardStateJournal.open(disk);
+      j.saveMany([{ key: `shards/${'a'.repeat(1 + Math.floor(rand() * 200))}`, value: state(1) }]);
+      const kept = disk.fileBytes(HARD_STATE_JOURNAL).length;
+      const entries = 1 + Math.floor(rand() * 40);
+      const keys = Array.from({ length: entries }, (_, i) => `shards/v${i}-${'x'.repeat(Math.floor(rand() * 60))}`);
+      j.saveMany(keys.map((key) => ({ key, value: state(2, 'n2') })));
+      const end = disk.fileBytes(HARD_STATE_JOURNAL).length;
+      j.close();
+      return { disk, kept, end, entries, first: keys[0]! };
+    }
+
+    it('a write a crash cut short (the file ending in it, zeros from any byte of it on, any of its sectors not written) is a torn tail, never damage', () => {
+      const rand = prng(9001);
+      for (let round = 0; round < 1500; round++) {
+        const { disk, kept, end, first } = journalOf(rand);
+        const before = disk.fileBytes(HARD_STATE_JOURNAL);
+        const fh = disk.open(HARD_STATE_JOURNAL);
+        const how = rand();
+        if (how < 0.3) {
+          disk.truncate(fh, kept + Math.floor(rand() * (end - kept)));
+        } else {
+          for (let s = Math.floor(kept / 512) * 512; s < end; s += 512) {
+            if (how < 0.8 && rand() < 0.2) disk.write(fh, new Uint8Array(Math.min(s + 512, end) - Math.max(s, kept)), Math.max(s, kept));
+          }
+          if (how >= 0.6) {
+            const from = kept + Math.floor(rand() * (end - kept));
+            disk.write(fh, new Uint8Array(end - from), from);
+          }
+        }
+        disk.fdatasync(fh);
+        disk.close(fh);
+        const after = disk.fileBytes(HARD_STATE_JOURNAL);
+        const changed = after.length !== before.length || after.some((b, i) => b !== before[i]);
+        const again = HardStateJournal.open(disk);
+        const label = `round ${round}: record ${kept}..${end}, cut ${how.toFixed(2)}`;
+        assert.deepEqual(again.damage, [], label);
+        assert.deepEqual(value(again, first), changed ? 'none' : state(2, 'n2'), label);
+        assert.equal(disk.fileBytes(HARD_STATE_JOURNAL).length, changed ? kept : end, label);
+        again.close();
+      }
+    });
+
+    it('a bit of it rotted is damage, never a torn tail', () => {
+      const rand = prng(9002);
+      for (let round = 0; round < 1500; round++) {
+        const { disk, kept, end } = journalOf(rand);
+        disk.flipBits(HARD_STATE_JOURNAL, kept + Math.floor(rand() * (end - kept)), 1);
+        const again = HardStateJournal.open(disk);
+        assert.equal(again.damage.length, 1, `round ${round}: record ${kept}..${end}`);
+        again.close();
+      }
+    });
   });
 
   it('reads the records of format version 1 (no header CRC), and appends records of the current version after them', () => {
