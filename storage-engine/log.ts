@@ -1274,7 +1274,8 @@ export class SegmentLog {
     const len = r.view.getUint32(rel, true);
     if (len > RECORD_PAYLOAD_BYTES_MAX || isPadding(r.view, rel)) return undefined;
     const end = p + RECORD_HEADER_BYTES + len;
-    if (!r.ensure(p, end - p)) return undefined;
+    // Its padding too (the scan's own bound): a file cut anywhere in the record may be torn.
+    if (!r.ensure(p, recordBytes(len))) return undefined;
     const base = p - r.winStart;
     const judged = judgeZeroCensus(r.buf, base, p + RECORD_HEADER_BYTES);
     if (judged === 'torn') return undefined;

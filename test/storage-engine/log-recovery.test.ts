@@ -23,6 +23,7 @@ import {
 } from '../../storage-engine/log-segment';
 import { SimDisk, SimulatedCrash } from '../../storage-engine/sim-disk';
 import { assertHistory, history, payloadOf, termOf } from '../support/log-history';
+import { prng } from '../support/prng';
 
 const DIR = 'shard-7/log';
 const SEG = 4096;
@@ -243,6 +244,84 @@ describe('SegmentLog recovery', () => {
         again.close();
       }
     }
+  });
+
+  describe('(b) the last record, at random', () => {
+    /** A payload of runs of data and zeros (pages of zeros, zero tails, zero sectors), at random. */
+    function randomPayload(rand: () => number): Uint8Array {
+      const bytes = new Uint8Array(rand() < 0.3 ? 4096 : 1 + Math.floor(rand() * 6000));
+      if (rand() < 0.1) return bytes;
+      for (let p = 0; p < bytes.length; ) {
+        const run = 1 + Math.floor(rand() ** 2 * 1200);
+        if (rand() < 0.5) for (let k = p; k < Math.min(bytes.length, p + run); k++) bytes[k] = 1 + Math.floor(rand() * 255);
+        p += run;
+      }
+      return bytes;
+    }
+
+    /** A log of records 1..4, then record 5 holding `payload` after a record of `lead` bytes (which places it in its sectors), synced and closed. */
+    function logOf(payload: Uint8Array, lead: number): { disk: SimDisk; at: number; end: number } {
+      const { disk, log } = logWith(3);
+      log.write([{ term: termOf(4), kind: 1, payload: new Uint8Array(lead).fill(9) }]);
+      const at = log.stats().bytes;
+      log.write([{ term: termOf(5), kind: 1, payload }]); // (a padding record may follow it)
+      log.sync();
+      log.close();
+      return { disk, at, end: at + recordBytes(payload.length) };
+    }
+
+    it('a write a crash cut short (the file ending in it, zeros from any byte of it on, any of its sectors not written, its header\'s included) is a torn tail, never damage', () => {
+      const rand = prng(5101);
+      const path = pathOf(segmentName(1));
+      for (let round = 0; round < 1500; round++) {
+        const payload = randomPayload(rand);
+        const { disk, at, end } = logOf(payload, Math.floor(rand() * 1024));
+        const before = disk.fileBytes(path);
+        const fh = disk.open(path);
+        const how = rand();
+        if (how < 0.2) {
+          disk.truncate(fh, at + Math.floor(rand() * (end - at)));
+        } else {
+          for (let s = Math.floor(at / 512) * 512; s < end; s += 512) {
+            if (how < 0.7 && rand() < 0.2) disk.write(fh, new Uint8Array(Math.min(s + 512, end) - Math.max(s, at)), Math.max(s, at));
+          }
+          if (how >= 0.5) {
+            const from = at + Math.floor(rand() * (end - at));
+            disk.write(fh, new Uint8Array(end - from), from);
+          }
+        }
+        disk.fdatasync(fh);
+        disk.close(fh);
+        const after = disk.fileBytes(path);
+        const changed = after.length < end || after.subarray(at, end).some((b, i) => b !== before[at + i]);
+        const again = reopen(disk);
+        const label = `round ${round}: ${payload.length} bytes at ${at}, cut ${how.toFixed(2)}`;
+        assert.deepEqual(again.corruption, [], label);
+        assert.equal(again.lastLsn, changed ? 4 : 5, label);
+        again.close();
+      }
+    });
+
+    it('a bit of it rotted is reported, never cut as a torn tail, but for one that leaves zeros a crash could have left', () => {
+      const rand = prng(5102);
+      const path = pathOf(segmentName(1));
+      let reported = 0;
+      for (let round = 0; round < 1500; round++) {
+        const payload = randomPayload(rand);
+        const { disk, at } = logOf(payload, Math.floor(rand() * 1024));
+        const k = at + Math.floor(rand() * (RECORD_HEADER_BYTES + payload.length)); // (its padding is no part of it)
+        const was = disk.fileBytes(path)[k]!;
+        disk.flipBits(path, k, 1);
+        // A byte of data that became zero is what a crash may leave too (read as torn, as documented).
+        if (was !== 0 && disk.fileBytes(path)[k] === 0) continue;
+        const again = reopen(disk);
+        const label = `round ${round}: ${payload.length} bytes at ${at}, byte ${k - at} (${was})`;
+        assert.deepEqual(again.corruption.map((c) => [c.offset, c.fromLsn, c.toLsn]), [[at, 5, 5]], label);
+        reported++;
+        again.close();
+      }
+      assert.ok(reported > 1000, `${reported} reported`);
+    });
   });
 
   it('(b) the zero census of a last record past the first read of recovery (an 8 MiB window further on) tells rot from a torn write there too', () => {
