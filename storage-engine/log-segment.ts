@@ -216,7 +216,8 @@ function lastField(lastInPayload: number): number {
  * zero sectors, and, with as many, only move the last non-zero byte back within its sector (the
  * sector would otherwise be one of zeros more). A rotted byte makes a zero sector non-zero, or
  * changes a byte's value, which leaves the census as it was or takes a zero sector away, or
- * moves the last non-zero byte forward.
+ * moves the last non-zero byte forward; only rot that turns data into zeros can look like what
+ * a crash leaves (and reads as torn).
  */
 export function judgeZeroCensus(buf: Uint8Array, rel: number, payloadAt: number): 'torn' | 'rotted' | 'none' {
   const field = buf[rel + RECORD_ZERO_CENSUS_OFFSET]! | (buf[rel + RECORD_ZERO_CENSUS_OFFSET + 1]! << 8) | (buf[rel + RECORD_ZERO_CENSUS_OFFSET + 2]! << 16);
