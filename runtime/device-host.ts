@@ -503,6 +503,7 @@ export class DeviceHost {
     if (entry !== undefined && peersOf(entry.spec) === 0 && (entry.storage?.log.corruption.length ?? 0) > 0) {
       entry.acceptLoss = true;
       try {
+        // Not `restart`: an operator's reopen is no failure, and counts toward no limit.
         this.stop(entry);
         this.start(entry);
       } finally {

@@ -6,6 +6,7 @@ import { demoPage } from '../../cluster/dev';
 import type { StrataClient, Volume } from '../../cluster/client';
 import { ProtocolError } from '../../messages/errors';
 import { CATALOG_VOLUME_ID, CATALOG_VOLUME_NAME } from '../../messages/control';
+import { recordBytes, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES } from '../../storage-engine/log-segment';
 import { stopAndCompareReplicas } from '../support/replicas';
 
 /** Fast elections so failures are found and repaired within a test's time. */
@@ -413,7 +414,7 @@ describe('replication across three nodes', function () {
       const [segment] = logSegments(c.dataDirs[i]!, CATALOG_VOLUME_ID);
       const records = recordsOf(segment!).filter((r) => r.length > 64);
       assert.ok(records.length > 0, 'the catalog log holds records with a payload');
-      flipBit(segment!, records[0]!.offset + 32 + 40);
+      flipBit(segment!, records[0]!.offset + RECORD_HEADER_BYTES + 40);
     }
     for (const i of [0, 1]) await c.restart(i);
     await until('both catalog replicas open, repairing', 30_000, async () => {
@@ -511,11 +512,11 @@ function shardDirOf(dataDir: string, volumeId: string): string {
 function recordsOf(file: string): Array<{ offset: number; length: number }> {
   const bytes = fs.readFileSync(file);
   const out: Array<{ offset: number; length: number }> = [];
-  for (let p = 64; p + 32 <= bytes.length; ) {
+  for (let p = SEGMENT_HEADER_BYTES; p + RECORD_HEADER_BYTES <= bytes.length; ) {
     const length = bytes.readUInt32LE(p);
     if (length === 0 && bytes.readUInt32LE(p + 4) === 0) break;
     out.push({ offset: p, length });
-    p += Math.ceil((32 + length) / 8) * 8;
+    p += recordBytes(length);
   }
   return out;
 }

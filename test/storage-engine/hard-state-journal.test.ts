@@ -12,6 +12,7 @@ import {
 } from '../../storage-engine/hard-state-journal';
 import { SimDisk, SimulatedCrash } from '../../storage-engine/sim-disk';
 import { expectStorageError } from '../support/expect';
+import { tearAtRandom } from '../support/disk';
 import { prng } from '../support/prng';
 
 const state = (term: number, votedFor: string | null = null): { term: number; votedFor: string | null } => ({ term, votedFor });
@@ -34,6 +35,20 @@ function reopenAfterPowerCut(disk: SimDisk, j: HardStateJournal): HardStateJourn
 function value(j: HardStateJournal, dir: string): unknown {
   const found = j.lookup(dir);
   return found.kind === 'saved' ? found.value : found.kind;
+}
+
+type Saves = Parameters<HardStateJournal['saveMany']>[0];
+
+/** A journal of one record holding `first`, then a last one holding `last`, closed: where the last record starts and ends. */
+function journalEndingWith(first: Saves, last: Saves): { disk: SimDisk; kept: number; end: number } {
+  const disk = durableDisk();
+  const j = HardStateJournal.open(disk);
+  j.saveMany(first);
+  const kept = disk.fileBytes(HARD_STATE_JOURNAL).length;
+  j.saveMany(last);
+  const end = disk.fileBytes(HARD_STATE_JOURNAL).length;
+  j.close();
+  return { disk, kept, end };
 }
 
 describe('HardStateJournal', () => {
@@ -226,13 +241,8 @@ describe('HardStateJournal', () => {
     probe.saveMany([{ key: 'shards/v1-0', value: state(2, 'n3') }, { key: 'shards/v1-1', value: state(2) }]);
     const recordBytes = disk0.fileBytes(HARD_STATE_JOURNAL).length;
     for (let keep = 0; keep < recordBytes; keep++) {
-      const disk = durableDisk();
-      const j = HardStateJournal.open(disk);
-      j.saveMany([{ key: 'shards/v1-0', value: state(1) }]);
-      const kept = disk.fileBytes(HARD_STATE_JOURNAL).length;
-      j.saveMany([{ key: 'shards/v1-0', value: state(2, 'n3') }, { key: 'shards/v1-1', value: state(2) }]);
-      j.close();
-      assert.equal(disk.fileBytes(HARD_STATE_JOURNAL).length, kept + recordBytes);
+      const { disk, kept, end } = journalEndingWith([{ key: 'shards/v1-0', value: state(1) }], [{ key: 'shards/v1-0', value: state(2, 'n3') }, { key: 'shards/v1-1', value: state(2) }]);
+      assert.equal(end, kept + recordBytes);
       // What the write did not reach reads as zeros.
       const fh = disk.open(HARD_STATE_JOURNAL);
       disk.write(fh, new Uint8Array(recordBytes - keep), kept + keep);
@@ -247,13 +257,7 @@ describe('HardStateJournal', () => {
   });
 
   it('the last record with a sector of zeros in its payload (a crash wrote a later sector, not that one) is a torn tail, its end intact or not', () => {
-    const disk = durableDisk();
-    const j = HardStateJournal.open(disk);
-    j.saveMany([{ key: 'shards/a', value: state(1) }]);
-    const kept = disk.fileBytes(HARD_STATE_JOURNAL).length;
-    j.saveMany(Array.from({ length: 60 }, (_, i) => ({ key: `shards/v${i}-0`, value: state(2, 'n2') })));
-    const end = disk.fileBytes(HARD_STATE_JOURNAL).length;
-    j.close();
+    const { disk, kept, end } = journalEndingWith([{ key: 'shards/a', value: state(1) }], Array.from({ length: 60 }, (_, i) => ({ key: `shards/v${i}-0`, value: state(2, 'n2') })));
     const sector = Math.ceil((kept + HARD_STATE_RECORD_HEADER_BYTES) / 512) * 512;
     assert.ok(sector + 512 < end, `a whole sector inside the payload (${kept}..${end})`);
     disk.zeroBytes(HARD_STATE_JOURNAL, sector, 512);
@@ -292,17 +296,10 @@ describe('HardStateJournal', () => {
 
   describe('the last record, at random', () => {
     /** A journal of one record (shards/a), then a last one of 1..40 entries with names of any length, closed. */
-    function journalOf(rand: () => number): { disk: SimDisk; kept: number; end: number; entries: number; first: string } {
-      const disk = durableDisk();
-      const j = HardStateJournal.open(disk);
-      j.saveMany([{ key: `shards/${'a'.repeat(1 + Math.floor(rand() * 200))}`, value: state(1) }]);
-      const kept = disk.fileBytes(HARD_STATE_JOURNAL).length;
-      const entries = 1 + Math.floor(rand() * 40);
-      const keys = Array.from({ length: entries }, (_, i) => `shards/v${i}-${'x'.repeat(Math.floor(rand() * 60))}`);
-      j.saveMany(keys.map((key) => ({ key, value: state(2, 'n2') })));
-      const end = disk.fileBytes(HARD_STATE_JOURNAL).length;
-      j.close();
-      return { disk, kept, end, entries, first: keys[0]! };
+    function journalOf(rand: () => number): { disk: SimDisk; kept: number; end: number; first: string } {
+      const first = [{ key: `shards/${'a'.repeat(1 + Math.floor(rand() * 200))}`, value: state(1) }];
+      const keys = Array.from({ length: 1 + Math.floor(rand() * 40) }, (_, i) => `shards/v${i}-${'x'.repeat(Math.floor(rand() * 60))}`);
+      return { ...journalEndingWith(first, keys.map((key) => ({ key, value: state(2, 'n2') }))), first: keys[0]! };
     }
 
     it('a write a crash cut short (the file ending in it, zeros from any byte of it on, any of its sectors not written) is a torn tail, never damage', () => {
@@ -310,25 +307,11 @@ describe('HardStateJournal', () => {
       for (let round = 0; round < 1500; round++) {
         const { disk, kept, end, first } = journalOf(rand);
         const before = disk.fileBytes(HARD_STATE_JOURNAL);
-        const fh = disk.open(HARD_STATE_JOURNAL);
-        const how = rand();
-        if (how < 0.3) {
-          disk.truncate(fh, kept + Math.floor(rand() * (end - kept)));
-        } else {
-          for (let s = Math.floor(kept / 512) * 512; s < end; s += 512) {
-            if (how < 0.8 && rand() < 0.2) disk.write(fh, new Uint8Array(Math.min(s + 512, end) - Math.max(s, kept)), Math.max(s, kept));
-          }
-          if (how >= 0.6) {
-            const from = kept + Math.floor(rand() * (end - kept));
-            disk.write(fh, new Uint8Array(end - from), from);
-          }
-        }
-        disk.fdatasync(fh);
-        disk.close(fh);
+        tearAtRandom(disk, HARD_STATE_JOURNAL, kept, end, rand);
         const after = disk.fileBytes(HARD_STATE_JOURNAL);
         const changed = after.length !== before.length || after.some((b, i) => b !== before[i]);
         const again = HardStateJournal.open(disk);
-        const label = `round ${round}: record ${kept}..${end}, cut ${how.toFixed(2)}`;
+        const label = `round ${round}: record ${kept}..${end}`;
         assert.deepEqual(again.damage, [], label);
         assert.deepEqual(value(again, first), changed ? 'none' : state(2, 'n2'), label);
         assert.equal(disk.fileBytes(HARD_STATE_JOURNAL).length, changed ? kept : end, label);

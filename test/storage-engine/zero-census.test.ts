@@ -81,19 +81,19 @@ describe('a record header\'s zero census (judgeZeroCensus)', () => {
     return bytes;
   }
 
-  /** The record holding `payload` as encoded to lie at file offset `at`. */
-  function recordAt(payload: Uint8Array, at: number): Uint8Array {
-    const out = new Uint8Array(recordBytes(payload.length));
-    encodeRecord(out, viewOf(out), 0, 7, 2, 1, payload, undefined, at);
-    return out;
+  /** A record of a random payload, encoded to lie at a random file offset `at` (its payload at `at` + 32). */
+  function randomRecord(rand: () => number): { payload: Uint8Array; at: number; rec: Uint8Array } {
+    const payload = payloadOf(rand);
+    const at = 64 + 8 * Math.floor(rand() * 600);
+    const rec = new Uint8Array(recordBytes(payload.length));
+    encodeRecord(rec, viewOf(rec), 0, 7, 2, 1, payload, undefined, at);
+    return { payload, at, rec };
   }
 
   it('reads every write a crash cut short as torn: any sectors of its payload not written, its end cut at any byte, or both', () => {
     const rand = prng(7041);
     for (let round = 0; round < 3000; round++) {
-      const payload = payloadOf(rand);
-      const at = 64 + 8 * Math.floor(rand() * 600);
-      const rec = recordAt(payload, at);
+      const { payload, at, rec } = randomRecord(rand);
       const torn = rec.slice();
       const start = at + RECORD_HEADER_BYTES;
       const end = start + payload.length;
@@ -111,9 +111,7 @@ describe('a record header\'s zero census (judgeZeroCensus)', () => {
   it('reads rot as rotted: a flipped bit of a zero byte, or of a byte of data that stays non-zero', () => {
     const rand = prng(7043);
     for (let round = 0; round < 3000; round++) {
-      const payload = payloadOf(rand);
-      const at = 64 + 8 * Math.floor(rand() * 600);
-      const rec = recordAt(payload, at);
+      const { payload, at, rec } = randomRecord(rand);
       const k = RECORD_HEADER_BYTES + Math.floor(rand() * payload.length);
       const before = rec[k]!;
       rec[k] = before ^ (1 << Math.floor(rand() * 8));
