@@ -30,6 +30,7 @@ import { connect, type NatsConnection, type Msg, type Subscription, type MsgHdrs
 import { encode, decode, encodeShardReadReply, MESSAGE_BYTES_MAX, type CodecOptions } from '../messages/codec';
 import { REQUEST_ITEMS_MAX, type ShardReadReply, type ShardWriteRequest, type ShardZeroRequest } from '../messages/api';
 import { allocRequestBytes } from '../storage-engine/arena';
+import type { CorruptionReport } from '../storage-engine/errors';
 import { LoopDelay, type LoopDelayStats } from '../observability/loop-delay';
 import { errorReply, toProtocolError, ProtocolError, type ErrorCode } from '../messages/errors';
 import { validateRequest } from '../messages/validate';
@@ -417,7 +418,7 @@ export class ActorHost implements HostApi {
         this.log.warn(lost ? 'replica storage was damaged: the damage is discarded and the peers give the lost records back (no vote until then)' : 'replica image was damaged: written again from the older image and the log (nothing lost)', {
           volume: spec.volumeId,
           shard: spec.shard,
-          damage: damage.map((d) => ({ file: d.file, offset: d.offset, fromLsn: d.fromLsn, toLsn: d.toLsn, reason: d.reason })),
+          damage: damageFields(damage),
         }),
       onStorageLost: (spec) =>
         spec.dataDirCreated === true
@@ -430,7 +431,7 @@ export class ActorHost implements HostApi {
           volume: spec.volumeId,
           shard: spec.shard,
           validLsn,
-          damage: damage.map((d) => ({ file: d.file, offset: d.offset, fromLsn: d.fromLsn, toLsn: d.toLsn, reason: d.reason })),
+          damage: damageFields(damage),
         }),
       onUnrepairable: (spec, err) =>
         this.log.error('replica storage is damaged and no peer holds a copy: reads of the damaged data fail with corruption', {
@@ -1348,4 +1349,9 @@ function keepErrorCodes(): void {
 if (!isMainThread && parentPort) {
   keepErrorCodes();
   Comlink.expose(new ActorHost(), nodeEndpoint(parentPort as never));
+}
+
+/** The fields of damage reports a log line names. */
+function damageFields(damage: readonly CorruptionReport[]): CorruptionReport[] {
+  return damage.map((d) => ({ file: d.file, offset: d.offset, fromLsn: d.fromLsn, toLsn: d.toLsn, reason: d.reason }));
 }
