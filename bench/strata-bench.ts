@@ -262,6 +262,9 @@ export interface BaselineResult {
   /** Latency of one request (raw-append: of one batch), µs. */
   latency: Histogram;
   rounds: RoundFigure[];
+  /** Unmeasured warm-up before the rounds, as a subject's: requests (records for raw-append) and time. */
+  warmupOps: number;
+  warmupSeconds: number;
   note: string;
   /** Median over rounds of the CPU per request (raw-append: per record), µs; NaN when not measured. */
   cpuUsPerOp: number;
@@ -871,6 +874,8 @@ function emptyBaseline(name: BaselineName, group: GroupSpec): BaselineResult {
     mbPerSec: 0,
     latency: new Histogram(),
     rounds: [],
+    warmupOps: 0,
+    warmupSeconds: 0,
     note: notes[name],
     cpuUsPerOp: NaN,
     natsCpuUsPerOp: NaN,
@@ -952,6 +957,23 @@ async function runGroup(env: Env, o: ResolvedOptions, group: GroupSpec, groupInd
       } catch (err) {
         s.stopped = true;
         s.result.unavailableReason = `failed during warm-up: ${(err as Error).message}`;
+      }
+    }
+    // The baselines too: the code of their first round is otherwise cold (the echo's responder
+    // and replies run nowhere else), which made a first round's echo several times as costly
+    // per request as the next ones' in `--short` runs. Unmeasured: latency and figures thrown away.
+    for (const b of baselines) {
+      if (o.warmupMs === 0) break;
+      const durationMs = budget.cap(o.warmupMs);
+      if (durationMs <= 0) break;
+      ticker.phase(`${b.label}: warming up`, durationMs);
+      try {
+        const figure = await baselineRound(env, { ...b, latency: new Histogram() }, durationMs, null, o.requestTimeoutMs);
+        b.warmupOps = figure.ops;
+        b.warmupSeconds = figure.seconds;
+      } catch (err) {
+        b.available = false;
+        b.unavailableReason = `failed during warm-up: ${(err as Error).message}`;
       }
     }
     const roundMs = o.durationMs / o.rounds;

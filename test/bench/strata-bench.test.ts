@@ -153,6 +153,22 @@ describe("bench/strata-bench", function () {
     assert.ok(s.warmupSeconds <= (warmupMs * 8) / 1000 + 1, `warm-up bounded: ${s.warmupSeconds} s`);
   });
 
+  it("warms the baselines up before the rounds too, unmeasured (none with --warmup-ms 0)", async () => {
+    const warmupMs = 150;
+    const r = await runBench({ workload: "randwrite", queueDepth: 4, ops: 40, rounds: 2, warmupMs, volumePages: 64, hosts: 1, baselines: ["nats-echo", "raw-append"], resultsDir: null, quiet: true });
+    for (const b of r.groups[0]!.baselines) {
+      assert.ok(b.available, b.unavailableReason);
+      assert.ok(b.warmupOps > 0, `${b.name}: warm-up of ${b.warmupOps} requests`);
+      assert.ok(b.warmupSeconds >= (warmupMs * 0.9) / 1000 && b.warmupSeconds <= warmupMs / 1000 + 1, `${b.name}: warm-up of ${b.warmupSeconds} s`);
+      // The rounds alone are counted: 20 requests each (raw-append: 5 batches of 4 records).
+      assert.equal(b.ops, 40, b.name);
+      assert.deepEqual(b.rounds.map((f) => f.ops), [20, 20], b.name);
+      assert.equal(b.latency.count, b.name === "raw-append" ? 10 : 40, b.name);
+    }
+    const cold = await runBench({ workload: "randwrite", queueDepth: 4, ops: 8, rounds: 1, warmupMs: 0, volumePages: 64, hosts: 1, baselines: ["nats-echo"], resultsDir: null, quiet: true });
+    assert.equal(cold.groups[0]!.baselines[0]!.warmupOps, 0);
+  });
+
   it("reads a filled volume; targets of a run without the suite's subjects say not measured", async () => {
     const read = await runBench({ workload: "randread", queueDepth: 8, ops: 100, rounds: 1, warmupMs: 0, volumePages: 128, hosts: 1, baselines: [], resultsDir: null, quiet: true });
     const s = read.groups[0]!.subjects[0]!;
