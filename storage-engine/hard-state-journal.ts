@@ -46,8 +46,10 @@ export const HARD_STATE_RECORD_HEADER_BYTES_V1 = 16;
 const HEADER_PREFIX_BYTES = 8;
 /** Largest payload of one record: a batch larger than this is written as several records (one fdatasync). */
 export const HARD_STATE_RECORD_PAYLOAD_BYTES_MAX = 1024 * 1024;
-/** Largest value of one entry, as JSON. */
+/** Largest value of one entry, as JSON in UTF-8 bytes. */
 export const HARD_STATE_VALUE_BYTES_MAX = 4096;
+/** Largest directory (the key of a save) in bytes. */
+export const HARD_STATE_KEY_BYTES_MAX = 1024;
 /** Default size past which the file is rewritten (when mostly superseded entries). */
 export const HARD_STATE_COMPACT_BYTES_DEFAULT = 1024 * 1024;
 /** Largest journal file that is read at open (a bigger one is not a journal this code wrote). */
@@ -120,6 +122,10 @@ export interface HardStateJournalStats {
   /** Rewrites of the file since open, and those that failed (tried again later). */
   compactions: number;
   rewriteFailures: number;
+}
+
+function utf8Bytes(text: string): number {
+  return Buffer.byteLength(text, 'utf8');
 }
 
 function encodeRecord(entries: ReadonlyArray<readonly [string, unknown]>): Uint8Array {
@@ -327,7 +333,9 @@ export class HardStateJournal implements StateSink {
       if (s.value === null || typeof s.value !== 'object' || Array.isArray(s.value)) {
         throw new StorageError('bad_request', `the hard state of ${s.key} must be an object`);
       }
-      const bytes = JSON.stringify(s.value).length;
+      // Bytes as written (UTF-8), not characters: a record's bound is in bytes.
+      if (utf8Bytes(s.key) > HARD_STATE_KEY_BYTES_MAX) throw new StorageError('too_large', `a hard-state directory of ${utf8Bytes(s.key)} bytes is over ${HARD_STATE_KEY_BYTES_MAX}`);
+      const bytes = utf8Bytes(JSON.stringify(s.value));
       if (bytes > HARD_STATE_VALUE_BYTES_MAX) throw new StorageError('too_large', `the hard state of ${s.key} takes ${bytes} bytes, over ${HARD_STATE_VALUE_BYTES_MAX}`);
       return [s.key, s.value];
     });
@@ -360,7 +368,7 @@ export class HardStateJournal implements StateSink {
     if (value === null) this.entries.set(dir, { kind: 'forgotten' });
     else if (value === DAMAGED) this.entries.set(dir, { kind: 'damaged' });
     else {
-      const bytes = dir.length + JSON.stringify(value).length + 8;
+      const bytes = utf8Bytes(dir) + utf8Bytes(JSON.stringify(value)) + 8;
       this.entries.set(dir, { kind: 'saved', value, bytes });
       this.liveBytes += bytes;
     }
@@ -409,7 +417,7 @@ export class HardStateJournal implements StateSink {
     let bytes = 0;
     for (let i = 0; i < entries.length; i++) {
       const e = entries[i]!;
-      const b = JSON.stringify(e).length + 1;
+      const b = utf8Bytes(JSON.stringify(e)) + 1;
       if (i > from && bytes + b > HARD_STATE_RECORD_PAYLOAD_BYTES_MAX / 2) {
         out.push(encodeRecord(entries.slice(from, i)));
         from = i;

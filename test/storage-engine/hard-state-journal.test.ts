@@ -1,15 +1,21 @@
 /** HardStateJournal: format, one fdatasync per batch, crashes, torn and damaged records, rewrites. */
 import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as nodePath from 'node:path';
 import { crc32c } from '../../storage-engine/crc32c';
 import { CorruptionError } from '../../storage-engine/errors';
 import {
   HARD_STATE_JOURNAL,
+  HARD_STATE_JOURNAL_BYTES_MAX,
   HARD_STATE_JOURNAL_FORMAT_VERSION,
   HARD_STATE_RECORD_HEADER_BYTES,
   HARD_STATE_RECORD_HEADER_BYTES_V1,
+  HARD_STATE_RECORD_PAYLOAD_BYTES_MAX,
   HARD_STATE_VALUE_BYTES_MAX,
   HardStateJournal,
 } from '../../storage-engine/hard-state-journal';
+import { RealDisk } from '../../storage-engine/real-disk';
 import { SimDisk, SimulatedCrash } from '../../storage-engine/sim-disk';
 import { expectStorageError } from '../support/expect';
 import { tearAtRandom } from '../support/disk';
@@ -465,6 +471,60 @@ describe('HardStateJournal', () => {
     assert.match(expectStorageError(() => j.saveMany([{ key: '', value: state(1) }]), 'bad_request').message, /needs a directory/);
     expectStorageError(() => j.saveMany([{ key: 'shards/a', value: { term: 1, votedFor: 'x'.repeat(HARD_STATE_VALUE_BYTES_MAX) } }]), 'too_large');
     assert.equal(j.stats().batches, 0);
+  });
+
+  it('a file over the bound of a journal is not read (not a journal this code wrote): damage, with the file named, nothing changed', () => {
+    const root = fs.mkdtempSync(nodePath.join(os.tmpdir(), 'strata-journal-test-'));
+    try {
+      // Sparse: no space taken, and the open looks at its size before reading it.
+      fs.writeFileSync(nodePath.join(root, HARD_STATE_JOURNAL), '');
+      fs.truncateSync(nodePath.join(root, HARD_STATE_JOURNAL), HARD_STATE_JOURNAL_BYTES_MAX + 1);
+      const disk = new RealDisk(root);
+      assert.throws(
+        () => HardStateJournal.open(disk),
+        (e: unknown) => e instanceof CorruptionError && e.message.includes(`${HARD_STATE_JOURNAL_BYTES_MAX + 1} bytes is over the bound`) && e.reports[0]?.file === HARD_STATE_JOURNAL,
+      );
+      assert.equal(disk.openFiles, 0);
+      assert.equal(fs.statSync(nodePath.join(root, HARD_STATE_JOURNAL)).size, HARD_STATE_JOURNAL_BYTES_MAX + 1);
+    } finally {
+      fs.rmSync(root, { recursive: true, force: true });
+    }
+  });
+
+  it('bounds values and directories in UTF-8 bytes, not characters', () => {
+    const j = HardStateJournal.open(durableDisk());
+    // 1,400 characters of 3 bytes each: 4,200 bytes of JSON and more, over the bound of 4,096.
+    const wide = { term: 1, votedFor: '€'.repeat(1_400) };
+    assert.ok(JSON.stringify(wide).length < HARD_STATE_VALUE_BYTES_MAX);
+    assert.match(expectStorageError(() => j.saveMany([{ key: 'shards/a', value: wide }]), 'too_large').message, /takes 42\d\d bytes, over 4096/);
+    assert.match(expectStorageError(() => j.saveMany([{ key: `shards/${'é'.repeat(600)}`, value: state(1) }]), 'too_large').message, /directory of 12\d\d bytes is over 1024/);
+    j.saveMany([{ key: `shards/${'é'.repeat(500)}`, value: { term: 1, votedFor: '€'.repeat(1_300) } }]);
+    assert.equal(j.stats().batches, 1);
+  });
+
+  it('a batch over the record bound is written as several records of at most the bound, all read back, whatever its characters', () => {
+    for (const [what, fill] of [['ASCII', 'x'], ['3-byte characters', '€']] as const) {
+      // 500 saves of 3.9 KB each: about 2 MB of JSON, more than one record's 1 MiB.
+      const saves = Array.from({ length: 500 }, (_, i) => ({ key: `shards/v${i}.0`, value: { term: i + 1, votedFor: null, note: fill.repeat(Math.floor(3_900 / Buffer.byteLength(fill))) } }));
+      const disk = durableDisk(saves.map((s) => s.key));
+      const j = HardStateJournal.open(disk);
+      j.saveMany(saves);
+      // One batch, all of it live: nothing to rewrite (its size and what is live both in bytes).
+      assert.deepEqual([j.stats().batches, j.stats().compactions], [1, 0], what);
+      const bytes = disk.fileBytes(HARD_STATE_JOURNAL);
+      const lengths: number[] = [];
+      for (let at = 0; at < bytes.length; ) {
+        const length = new DataView(bytes.buffer, bytes.byteOffset + at).getUint32(8, true);
+        lengths.push(length);
+        at += HARD_STATE_RECORD_HEADER_BYTES + length;
+      }
+      assert.ok(lengths.length >= 4, `${what}: ${lengths.length} records`);
+      for (const length of lengths) assert.ok(length <= HARD_STATE_RECORD_PAYLOAD_BYTES_MAX, `${what}: a record of ${length} bytes`);
+      const again = reopenAfterPowerCut(disk, j);
+      assert.deepEqual(again.damage, [], what);
+      for (const s of saves) assert.deepEqual(value(again, s.key), s.value, `${what}: ${s.key}`);
+      again.close();
+    }
   });
 
   it('a failed fdatasync takes none of the batch, and what it wrote is cut before the next save', () => {

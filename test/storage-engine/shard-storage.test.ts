@@ -424,6 +424,22 @@ describe('ShardStorage', () => {
       assert.deepEqual(u.load(), { term: 1, votedFor: null }, 'saved after the damage: kept');
       u.close();
     });
+
+    it('a directory whose state the journal lost to damage still counts as holding one (a replica there is not new); an entry that is no term and vote is damage', () => {
+      const disk = new SimDisk();
+      const st = ShardStorage.open(disk, withJournal(disk));
+      st.save({ term: 3, votedFor: 'n2' });
+      st.close();
+      disk.flipBits(HARD_STATE_JOURNAL, 20, 1);
+      const journal = withJournal(disk).journal!;
+      assert.throws(() => journal.lookup('shards/S'), CorruptionError);
+      assert.deepEqual(ShardStorage.heldState(disk, 'shards/S', journal), ['raft']);
+      // An entry of the journal for the directory that is not a term and vote (not one Strata writes).
+      journal.saveMany([{ key: 'shards/S', value: { note: 'not a hard state' } }]);
+      const odd = ShardStorage.open(disk, { ...options('shards/S'), journal });
+      assert.throws(() => odd.load(), (e: unknown) => e instanceof CorruptionError && /holds no term and vote for shards\/S/.test(e.message));
+      odd.close();
+    });
   });
 
   describe('damage found at open', () => {
