@@ -116,4 +116,30 @@ describe('Replica whose device refuses an append (queue full)', function () {
       storage.close();
     }
   });
+
+  it('a leader refuses what reaches it malformed without the API\'s checks: a page of the wrong size, a map past the volume, a digest of no range; nothing is appended', async () => {
+    const { replica: a, queue, storage } = replicaOf('a', ['a']);
+    try {
+      a.tick(1);
+      for (let i = 0; i < 200 && !a.isLeader; i++) await new Promise((r) => setTimeout(r, 1));
+      assert.ok(a.isLeader);
+      const before = a.stats().lastLsn;
+      await assert.rejects(
+        a.write([{ page: 1, data: pageData(1) }, { page: 2, data: new Uint8Array(4095) }]),
+        (e: StorageError) => e.code === 'bad_request' && e.details?.['path'] === 'pages[1].data' && /expected 4096 bytes, got 4095/.test(e.message),
+      );
+      await assert.rejects(a.map(200, 57, { deadlineMs: Date.now() + 1000, nowMs: Date.now() }), (e: StorageError) => e.code === 'out_of_range' && /pages 200\.\.256 are not all in the volume \(0\.\.255\)/.test(e.message));
+      for (const [first, count] of [[-1, 1], [0, 0], [1.5, 2]] as const) {
+        assert.throws(() => a.digest(undefined, { lsn: before, first, count }), (e: StorageError) => e.code === 'bad_request' && /is not a range/.test(e.message), `${first} + ${count}`);
+      }
+      assert.equal(a.stats().lastLsn, before);
+      assert.deepEqual(logPages(storage), []);
+      // A map within the volume is answered.
+      assert.equal((await a.map(200, 56, { deadlineMs: Date.now() + 1000, nowMs: Date.now() })).end, 256);
+    } finally {
+      a.close();
+      await queue.drain();
+      storage.close();
+    }
+  });
 });
