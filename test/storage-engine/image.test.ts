@@ -1,5 +1,6 @@
 /** Checkpoint images: write/read round trip, zero pages, coalesced reads, corruption detection, crash safety. */
 import { strict as assert } from 'node:assert';
+import { crc32c } from '../../storage-engine/crc32c';
 import { CorruptionError, StorageError } from '../../storage-engine/errors';
 import {
   IMAGE_HEADER_BYTES,
@@ -168,6 +169,23 @@ describe('image', () => {
     disk.truncate(fh, 30);
     disk.close(fh);
     expectCorruption(() => ImageReader.open(disk, path), 'shorter than the header');
+  });
+
+  it('an LSN or a term past 2^53 - 1 that passes the header\'s checksum is corrupt, not a number read wrong', () => {
+    for (const field of [12, 20]) {
+      const disk = setupDisk();
+      const path = writeImage(disk, 9, new Map([[1, pageData(1)]]));
+      const bytes = disk.fileBytes(path);
+      const end = IMAGE_HEADER_BYTES + IMAGE_TABLE_ENTRY_BYTES;
+      const dv = new DataView(bytes.buffer, bytes.byteOffset);
+      dv.setUint32(field + 4, 0x0020_0000, true); // high word: the value is 2^53 and more
+      dv.setUint32(end, crc32c(bytes, 0, 0, end), true);
+      const fh = disk.open(path);
+      disk.write(fh, bytes.subarray(0, end + 4), 0);
+      disk.close(fh);
+      const e = expectCorruption(() => ImageReader.open(disk, path), 'lsn or term exceeds 2^53 - 1');
+      assert.equal(e.reports[0]!.offset, 12);
+    }
   });
 
   it('rejects a table that passes its CRC but is out of place', () => {
