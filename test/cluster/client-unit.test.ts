@@ -895,6 +895,18 @@ describe('cluster/client (fake transport)', () => {
       assert.equal(whole.details?.partial, undefined);
     });
 
+    it('a range made zeros that fails after some of its shards committed their part says so (same code, details.partial, shards counted)', async () => {
+      const fc = new FakeCluster();
+      fc.shardHook = (shard) => (shard === 1 ? errorReply(new ProtocolError('no_space', 'the device is under its reserve')) : undefined);
+      const vol = fc.client().volume('vol');
+      // Pages 0..7 with stripe 2 over 4 shards: one request to each shard, shard 1 refuses its part.
+      const err = await rejectsWith(vol.zeroPages(0, 8), 'no_space', /partly made zeros: 3 of the 4 shards holding its pages committed their part/);
+      assert.deepEqual({ partial: err.details?.partial, committed: err.details?.shardsCommitted, shards: err.details?.shards }, { partial: true, committed: 3, shards: 4 });
+      // On one shard alone, nothing committed: the error is as it came.
+      const whole = await rejectsWith(vol.zeroPages(2, 2), 'no_space');
+      assert.equal(whole.details?.partial, undefined);
+    });
+
     it('reports the highest LSN overall and per shard', async () => {
       const fc = new FakeCluster();
       const vol = fc.client().volume('vol');
