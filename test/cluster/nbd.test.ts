@@ -844,6 +844,33 @@ describe('cluster/nbd: NBD export of Strata volumes', function () {
   });
 
   describe('bounds and stopping (a stand-in client)', () => {
+    it('a list of the volumes that fails (no controller answers) is NBD_REP_ERR_PLATFORM naming why, logged once, and the session goes on', async () => {
+      const stub = stubClient();
+      const listing = { fail: true };
+      const client = {
+        volume: stub.client.volume,
+        listVolumes: async () => {
+          if (listing.fail) throw new ProtocolError('unavailable', 'the controller did not answer');
+          return stub.client.listVolumes();
+        },
+      } as unknown as StrataClient;
+      const lines: Array<{ level: string; msg: string; fields: Record<string, unknown> }> = [];
+      const server = await startNbdServer({ client, port: 0, logger: captureLogger(lines) });
+      try {
+        const p = await greet(server.address.port);
+        const failed = await option(p, NBD_OPT.LIST);
+        assert.deepEqual(failed.map((r) => r.type), [NBD_REP.ERR_PLATFORM]);
+        assert.match(failed[0]!.data.toString('utf8'), /the volumes could not be listed: the controller did not answer/);
+        assert.deepEqual(lines.filter((l) => l.level === 'warn').map((l) => l.msg), ['nbd list of volumes failed']);
+        listing.fail = false;
+        const list = await option(p, NBD_OPT.LIST);
+        assert.deepEqual(list.map((r) => r.type), [NBD_REP.SERVER, NBD_REP.ACK]);
+        p.close();
+      } finally {
+        await server.stop();
+      }
+    });
+
     it('a Strata timeout is EIO: a write\'s after WRITE_TRIES tries, a read\'s at once (the client made its tries)', async () => {
       const stub = stubClient();
       const lines: Array<{ level: string; msg: string; fields: Record<string, unknown> }> = [];
