@@ -466,6 +466,39 @@ describe('cluster/cli', () => {
       assert.equal(r.err, 'strata: unavailable: no replica of shard 1 of volume db leads it now (an election may be under way); retry\n');
     });
 
+    it('shard force-vote asks the node named and prints each answer: not repairing, voting again, a sole copy serving again with its log cut (text and JSON)', async () => {
+      const mem = new MemoryCluster();
+      assert.equal((await run(['volume', 'create', 'db', '--pages', '64', '--shards', '2', '--stripe-pages', '16'], mem)).code, 0);
+      const asked: Array<{ subject: string; body: unknown }> = [];
+      let answer: Record<string, unknown> = {};
+      const request = mem.request.bind(mem);
+      mem.request = async (subject, data, options) => {
+        if (!subject.endsWith('.shard.forceVote')) return request(subject, data, options);
+        asked.push({ subject, body: decode(data) });
+        return encode(answer);
+      };
+      const base = { node: 'n3', volumeId: 'id-db', shard: 1, term: 7 };
+      answer = { ...base, wasRepairing: false };
+      let r = await run(['shard', 'force-vote', 'db', '1', '--node', 'n3'], mem);
+      assert.equal(r.code, 0, r.err);
+      assert.equal(r.out, 'node n3: its replica of shard 1 of db was not repairing; nothing changed\n');
+      assert.deepEqual(asked, [{ subject: 'strata.dev.node.n3.shard.forceVote', body: { volumeId: 'id-db', shard: 1 } }]);
+      answer = { ...base, wasRepairing: true };
+      r = await run(['shard', 'force-vote', 'db', '1', '--node', 'n3'], mem);
+      assert.equal(r.out, 'node n3: its replica of shard 1 of db votes again (term 7); records only it had acknowledged, and lost, stay lost\n');
+      answer = { ...base, wasRepairing: true, discarded: { fromLsn: 13, keptLsn: 12 } };
+      r = await run(['shard', 'force-vote', 'db', '1', '--node', 'n3'], mem);
+      assert.equal(r.out, 'node n3: the only copy of shard 1 of db serves again (term 7); its log is cut after LSN 12: the damaged records and those after them, from LSN 13 on, are lost\n');
+      r = await run(['shard', 'force-vote', 'db', '1', '--node', 'n3', '--json'], mem);
+      assert.deepEqual(JSON.parse(r.out), answer);
+      // A shard the volume does not have: refused before any node is asked.
+      asked.length = 0;
+      r = await run(['shard', 'force-vote', 'db', '2', '--node', 'n3'], mem);
+      assert.equal(r.code, 1);
+      assert.equal(r.err, 'strata: out_of_range: shard 2: volume db has shards 0..1\n');
+      assert.deepEqual(asked, []);
+    });
+
     it('shard move prints the set the move made (text and JSON), exits 1 when the controller refuses it, and 2 for a bad SHARD before connecting', async () => {
       const mem = new MemoryCluster();
       const asked: unknown[] = [];
