@@ -182,6 +182,15 @@ describe('cluster/config', () => {
     assert.ok(NODE_FLAGS.includes('--mailbox-bytes-max'));
   });
 
+  it('takes the trace exporters as a comma list (trimmed, each once) or none, from a flag, the environment or the config file', () => {
+    assert.deepEqual(load(['--data-dir', 'd', '--trace-exporters', 'otlp,console']).traceExporters, ['otlp', 'console']);
+    assert.deepEqual(load(['--data-dir', 'd', '--trace-exporters= console , otlp,console']).traceExporters, ['console', 'otlp']);
+    assert.deepEqual(load(['--data-dir', 'd', '--trace-exporters', 'none']).traceExporters, []);
+    assert.deepEqual(load(['--data-dir', 'd'], { STRATA_TRACE_EXPORTERS: 'console' }).traceExporters, ['console']);
+    assert.deepEqual(load(['--config', file('traces.json', { dataDir: 'd', traceExporters: 'otlp' })]).traceExporters, ['otlp']);
+    assert.equal(load(['--data-dir', 'd']).traceExporters, undefined, 'unset: the OTEL_* environment decides');
+  });
+
   it('connects as a NATS user whose password it reads from a file (flags, environment or config file)', () => {
     const pw = file('nats-pw', 'node-secret\n');
     const byFlags = load(['--data-dir', 'd', '--nats-user', 'strata-node', '--nats-password-file', pw]);
