@@ -664,6 +664,26 @@ describe('PageStore', () => {
     assert.equal(w.store.appliedLsn, 4);
   });
 
+  it('an open whose replay meets a record that does not apply fails with it and leaves no file open (its images closed)', () => {
+    const w = world(21, { imagesKeep: 2 });
+    writeRandom(w, 6);
+    w.store.checkpoint();
+    writeRandom(w, 2);
+    w.store.checkpoint();
+    // A page write that is not one, in a record whose checksum holds: the replay cannot apply it.
+    const bad = encodePageWrite(PAGE, [{ page: 1, data: content(1) }]);
+    bad[0] ^= 0xff;
+    w.log.write([{ term: 1, kind: RecordKind.PageWrite, payload: bad }]);
+    w.log.sync();
+    w.store.close();
+    const open = w.disk.openFiles; // the log's own
+    expectCode(() => PageStore.open(w.disk, w.log, w.opts), 'corruption');
+    assert.equal(w.disk.openFiles, open, 'the images the failed open read are closed');
+    // Up to the record before it, the store opens.
+    w.store = PageStore.open(w.disk, w.log, w.opts, w.log.lastLsn - 1);
+    assert.deepEqual(w.store.getPage(1), w.model.at(1, w.log.lastLsn - 1));
+  });
+
   it('serves repeated reads from the cache within its byte bound, and coalesces image reads', () => {
     const w = world(14, { cacheBytesMax: 8 * PAGE });
     const entries = Array.from({ length: 32 }, (_, i) => ({ page: 8 + i, data: content(100 + i) }));
