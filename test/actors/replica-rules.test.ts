@@ -10,7 +10,7 @@ import { DeviceQueue } from '../../actors/device-queue';
 import { SimDisk } from '../../storage-engine/sim-disk';
 import { Slab } from '../../storage-engine/slab';
 import { ShardStorage } from '../../storage-engine/shard-storage';
-import { encodePageWrite } from '../../storage-engine/page-write';
+import { decodePageWrite, encodePageWrite } from '../../storage-engine/page-write';
 import { RecordKind } from '../../storage-engine/record';
 import { imageFileName } from '../../storage-engine/image';
 import { ProtocolError } from '../../messages/errors';
@@ -340,6 +340,26 @@ describe('Replica rules that hold only in particular interleavings', function ()
     assert.equal((write.error() as ProtocolError).code, 'not_leader');
     const slot = slab.tryAlloc();
     assert.notEqual(slot, -1, 'the slot went back to the slab');
+  });
+
+  it('a write whose checksum off the thread fails (the pool refused it) is checksummed on the thread and commits; its slot goes back', async () => {
+    const slab = new Slab({ slotBytes: 64 * 1024, slotCount: 1 });
+    const offload: PayloadOffload = { bytesMin: 8192, slab, crc32c: () => Promise.reject(new Error('the CPU pool is closed')) };
+    shard = new Cluster(['a', 'b', 'c'], { randoms: { a: 0, b: 0.99, c: 0.99 }, offload: { a: offload } });
+    const a = shard.replica('a');
+    await shard.runUntil(() => a.isLeader, 'a leads');
+    const write = watch(a.write([0, 1, 2, 3].map((p) => ({ page: p, data: page(p + 1) }))));
+    await shard.runUntil(() => write.settled(), 'the write is answered');
+    assert.equal(write.error(), undefined);
+    assert.equal(a.stats().offloaded, 0, 'not counted as checksummed off the thread');
+    assert.notEqual(slab.tryAlloc(), -1, 'the slot went back to the slab');
+    // The record's checksum is right: every replica reads the pages back from its log.
+    await shard.settle();
+    for (const id of ['a', 'b', 'c']) {
+      const member: Member = shard.members.get(id)!;
+      const written = member.storage.log.read(1, member.storage.log.lastLsn).filter((x) => x.kind === RecordKind.PageWrite);
+      assert.deepEqual(decodePageWrite(written[0]!.payload, 4096).map((p) => p.data[0]), [1, 2, 3, 4], id);
+    }
   });
 
   it('a follower holds at most 64 appends waiting their turn: the 65th is refused overloaded at once, and the 64 are answered once its disk is back', async () => {
