@@ -151,7 +151,7 @@ describe('Controller branches (volume.branch)', () => {
     assert.deepEqual(placed(b, 0), placed(parent, 0));
   });
 
-  it('refuses, writing nothing: a parent that does not exist, lsns that are not one per shard, a name taken or not a name, a shard without a majority to copy from', () => {
+  it('refuses, writing nothing: a parent that does not exist, lsns that are not one per shard, a name taken or not a name, a shard without a majority to copy from or a node to replace one on', () => {
     const { c } = cluster();
     const epoch = c.epoch;
     assert.throws(() => c.branch({ name: 'b', parent: 'nope', lsns: [1] }, T0 + 1), refused('not_found', /^parent: volume 'nope' does not exist$/, 'parent'));
@@ -165,6 +165,9 @@ describe('Controller branches (volume.branch)', () => {
     // Two of the three replicas' nodes silent: one replica alone could not elect a leader.
     beat(c, ['a', 'd', 'e'], T0 + 10_000);
     assert.throws(() => c.branch({ name: 'b', parent: 'p', lsns: [1, 2, 3] }, T0 + 10_000), refused('unavailable', /^shard 0 of volume 'p' has 1 of its 3 replicas on live nodes that are not draining/));
+    // A majority live, but the replica of a silent node has nowhere to go: the live nodes are the shard's own.
+    beat(c, ['a', 'b'], T0 + 20_000);
+    assert.throws(() => c.branch({ name: 'b', parent: 'p', lsns: [1, 2, 3] }, T0 + 20_000), refused('unavailable', /^the replica of shard 0 on node 'c' \(not live, or draining\) has no live node that is not draining and holds none of the shard to go to$/));
     assert.equal(c.epoch, epoch);
     assert.deepEqual(c.list().map((v) => v.name), ['filler', 'p']);
   });
