@@ -309,6 +309,17 @@ describe('Controller recovery from the nodes\' records', () => {
     );
     assert.deepEqual(odd.add, []);
     assert.match(odd.skipped[0]!.reason, /shard 0: the nodes' records disagree on its members \(a move of one of its replicas was under way\)/);
+
+    // Two records of the set, no move, that name different members: left out.
+    const split = tagged('third').planRecovery(
+      [
+        { nodeId: 'n1', hosts: 1, shards: [rec({ shard: 0 }), rec({ shard: 1 })] },
+        { nodeId: 'n2', hosts: 1, shards: [rec({ shard: 0, members: ['n1', 'n2', 'n5'] }), rec({ shard: 1 })] },
+      ],
+      T0,
+    );
+    assert.deepEqual(split.add, []);
+    assert.match(split.skipped[0]!.reason, /shard 0: the nodes' records disagree on its members$/);
   });
 
   it('addRecovered refuses, changing nothing, a volume whose name or id the catalog took meanwhile', () => {
