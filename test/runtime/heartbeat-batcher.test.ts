@@ -203,6 +203,31 @@ describe('HeartbeatSender (appends without records to one node, one message per 
     }
   });
 
+  it('an entry whose answer does not decode fails bad_request, naming its shard and node; the others of its message are answered', async () => {
+    const liar = await connect({ servers: server.url });
+    try {
+      liar.subscribe(heartbeatsSubject('t', 'n4'), {
+        // Shard 1's answer is not CBOR (a reserved initial byte); shard 0's is.
+        callback: (_e, m) => m.respond(encode({ host: 0, hosts: 1, r: [['v', 0, encode({ ok: true })], ['v', 1, new Uint8Array([0x1c])]] })),
+      });
+      await liar.flush();
+      const good = sender.send('n4', 'v', 0, encode(0), 2000)!;
+      const bad = sender.send('n4', 'v', 1, encode(1), 2000)!;
+      assert.deepEqual(await good, { ok: true });
+      await assert.rejects(bad, (e: unknown) => e instanceof ProtocolError && e.code === 'bad_request' && /heartbeat reply of v\/1 from n4 does not decode/.test(e.message));
+    } finally {
+      await liar.close();
+    }
+  });
+
+  it('heartbeats that cannot be sent (the connection closed) fail at once with unavailable, not at their timeout', async () => {
+    const a = sender.send('n2', 'v', 0, encode(0), 60_000)!;
+    const b = sender.send('n2', 'v', 1, encode(1), 60_000)!;
+    await nc.close(); // before the turn ends and the message goes
+    for (const p of [a, b]) await assert.rejects(p, (e: unknown) => e instanceof ProtocolError && e.code === 'unavailable' && /^heartbeats to n2 not sent: /.test(e.message));
+    assert.equal(sender.stats().messages, 0);
+  });
+
   it('a status other than 503 fails the message\'s entries at once with timeout, naming it; the node is not declined', async () => {
     const refuser = await connect({ servers: server.url });
     try {
