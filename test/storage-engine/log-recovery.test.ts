@@ -9,6 +9,7 @@ import { CorruptionError, StorageError, type CorruptionReport } from '../../stor
 import { LOG_RECOVERY_CHUNK_BYTES, SegmentLog } from '../../storage-engine/log';
 import {
   encodeRecord,
+  decodeSegmentHeader,
   encodeSegmentHeader,
   parseSegmentName,
   recordBytes,
@@ -18,6 +19,8 @@ import {
   RECORD_HEADER_CHECK_OFFSET,
   RECORD_ZERO_CENSUS_OFFSET,
   segmentName,
+  SEGMENT_BYTES_LIMIT,
+  SEGMENT_BYTES_MIN,
   SEGMENT_HEADER_BYTES,
   viewOf,
 } from '../../storage-engine/log-segment';
@@ -992,5 +995,26 @@ describe('SegmentLog recovery', () => {
       assert.equal(bad.corruption.length, 1);
       assert.throws(() => bad.discardDamage(), (e: unknown) => e instanceof CorruptionError && /no valid segment/.test(e.message));
     });
+  });
+
+  it('a segment header whose fields are out of bounds, its checksum matching, is refused naming the field (never read as a segment)', () => {
+    const good = encodeSegmentHeader({ baseLsn: 5, prevTerm: 2, segmentBytesMax: SEG });
+    assert.deepEqual(decodeSegmentHeader(good), { ok: true, header: { baseLsn: 5, prevTerm: 2, segmentBytesMax: SEG } });
+    /** The header with `edit` made and its checksum recomputed. */
+    const edited = (edit: (v: DataView) => void): Uint8Array => {
+      const b = good.slice();
+      const v = viewOf(b);
+      edit(v);
+      v.setUint32(SEGMENT_HEADER_BYTES - 4, crc32c(b, 0, 0, SEGMENT_HEADER_BYTES - 4), true);
+      return b;
+    };
+    for (const [bytesMax, what] of [[SEGMENT_BYTES_MIN - 1, 'under'], [SEGMENT_BYTES_LIMIT + 1, 'over']] as const) {
+      const d = decodeSegmentHeader(edited((v) => v.setUint32(12, bytesMax, true)));
+      assert.deepEqual(d, { ok: false, reason: `segment header segmentBytesMax ${bytesMax} out of bounds`, unsupportedVersion: false }, what);
+    }
+    const zeroBase = decodeSegmentHeader(edited((v) => v.setBigUint64(16, 0n, true)));
+    assert.deepEqual(zeroBase, { ok: false, reason: 'segment header baseLsn out of bounds', unsupportedVersion: false });
+    const version = decodeSegmentHeader(edited((v) => v.setUint32(8, 2, true)));
+    assert.deepEqual(version, { ok: false, reason: 'unsupported segment format version 2', unsupportedVersion: true });
   });
 });
