@@ -920,6 +920,29 @@ function threeHosts(extra: Partial<ConstructorParameters<typeof DeviceHost>[0]> 
 const OWNED = Array.from({ length: 32 }, (_, p) => p).filter((p) => Math.floor(p / 4) % 2 === 0);
 const SHARD_DIR = 'shards/v1.0';
 
+/** A host of sole copies (`spec`) on `disk`, with what it reports repaired and unrepairable. */
+function soleCopyHost(disk: SimDisk): { host: DeviceHost; repaired: boolean[]; unrepairable: string[] } {
+  const repaired: boolean[] = [];
+  const unrepairable: string[] = [];
+  const host = new DeviceHost({
+    dir: 'dev0', self: 'n1', disk, scrubBytesPerSecond: 0,
+    onRepaired: (_s, _d, lost) => repaired.push(lost),
+    onUnrepairable: (_s, err) => unrepairable.push(err.message),
+  });
+  return { host, repaired, unrepairable };
+}
+
+/**
+ * The last 100 bytes of the page filled with `fill` in shard v1/0's log read as zeros: at the
+ * end of the log, damage that looks like a write a crash cut short.
+ */
+function zeroEndOfPageIn(disk: SimDisk, fill: number): void {
+  const run = Buffer.alloc(4096, fill);
+  const segment = disk.list(`${SHARD_DIR}/log`).find((n) => Buffer.from(disk.fileBytes(`${SHARD_DIR}/log/${n}`)).includes(run));
+  assert.ok(segment, `a segment of the log holds the page of ${fill}`);
+  disk.zeroBytes(`${SHARD_DIR}/log/${segment}`, Buffer.from(disk.fileBytes(`${SHARD_DIR}/log/${segment}`)).indexOf(run) + 4096 - 100, 100);
+}
+
 /** 16 one-page writes (page p holds p + 1), an image, a write of page 1 (99), an image. */
 async function twoImages(r: Replica): Promise<void> {
   for (const p of OWNED) await r.write([{ page: p, data: page(p + 1) }]);
@@ -1018,10 +1041,7 @@ describe('DeviceHost: a replica that finds its storage damaged while running', f
       // The end of the last record's page (durable, acknowledged) reads as zeros on the
       // follower's disk: damage that looks like a write a crash cut short.
       const disk = t.disks.get(fid)!;
-      const run = Buffer.alloc(4096, 0xee);
-      const segment = disk.list(`${SHARD_DIR}/log`).find((n) => Buffer.from(disk.fileBytes(`${SHARD_DIR}/log/${n}`)).includes(run));
-      assert.ok(segment, 'a segment of the follower holds the record');
-      disk.zeroBytes(`${SHARD_DIR}/log/${segment}`, Buffer.from(disk.fileBytes(`${SHARD_DIR}/log/${segment}`)).indexOf(run) + 4096 - 100, 100);
+      zeroEndOfPageIn(disk, 0xee);
       // The host reopens the replica (as after any failure of it).
       assert.deepEqual(fhost.onReplicaError('v1', 0, new StorageError('invariant', 'test: reopen the replica'), fhost.currentReplica('v1', 0)), { restarted: true });
       const st = fhost.stats().shards.find((x) => x.shard === 0)!;
@@ -1065,13 +1085,7 @@ describe('DeviceHost: a replica that finds its storage damaged while running', f
 
   it('a sole copy rebuilds a damaged image from its older image and its log: the read is answered not_leader, then right', async () => {
     const disk = new SimDisk();
-    const repaired: boolean[] = [];
-    const unrepairable: string[] = [];
-    const host = new DeviceHost({
-      dir: 'dev0', self: 'n1', disk, scrubBytesPerSecond: 0,
-      onRepaired: (_s, _d, lost) => repaired.push(lost),
-      onUnrepairable: (_s, err) => unrepairable.push(err.message),
-    });
+    const { host, repaired, unrepairable } = soleCopyHost(disk);
     try {
       host.openShard(spec(0));
       const r = await leader(host, 0);
@@ -1116,6 +1130,31 @@ describe('DeviceHost: a replica that finds its storage damaged while running', f
     }
   });
 
+  it('a sole copy reopened with its log ending below what it held durably (its last record damaged so as to look torn) reports the loss as unrepairable, not repaired', async () => {
+    const disk = new SimDisk();
+    const { host, repaired, unrepairable } = soleCopyHost(disk);
+    try {
+      host.openShard(spec(0));
+      const r = await leader(host, 0);
+      await r.write([{ page: 0, data: page(1) }]);
+      const last = await r.write([{ page: 1, data: page(0xee) }]);
+      // The end of the last record's page (durable, acknowledged) reads as zeros: at the end of
+      // the log, damage that looks like a write a crash cut short.
+      zeroEndOfPageIn(disk, 0xee);
+      // The host reopens the replica (as after any failure of it): it knew the record durable.
+      assert.deepEqual(host.onReplicaError('v1', 0, new StorageError('invariant', 'test: reopen the replica'), host.currentReplica('v1', 0)), { restarted: true });
+      assert.ok(host.stats().shards.find((x) => x.shard === 0)!.lastLsn < last.lsn, 'the record was cut');
+      assert.deepEqual(repaired, [], 'not reported as repaired: no peer gives it back');
+      assert.equal(unrepairable.length, 1);
+      assert.match(unrepairable[0]!, new RegExp(`shard v1/0: the log ends at ${last.lsn - 1}, below the LSN ${last.lsn} it held durably before the reopen`));
+      // The copy serves what it kept.
+      const again = await leader(host, 0);
+      assert.deepEqual((await again.read([0], soon())).pages, [page(1)]);
+    } finally {
+      await host.close();
+    }
+  });
+
   it('a sole copy whose log ends below its damaged newest image (its last record damaged too, so as to look torn) is reopened once, not in a loop', async () => {
     const disk = new SimDisk();
     const first = new DeviceHost({ dir: 'dev0', self: 'n1', disk, scrubBytesPerSecond: 0 });
@@ -1124,10 +1163,7 @@ describe('DeviceHost: a replica that finds its storage damaged while running', f
     await first.close();
     // That record's end reads as zeros: at the end of the log it looks like a torn write, and the
     // reopened log ends just below the newest image, which the store then does not use.
-    const run = Buffer.alloc(4096, 99);
-    const segment = disk.list(`${SHARD_DIR}/log`).find((n) => Buffer.from(disk.fileBytes(`${SHARD_DIR}/log/${n}`)).includes(run));
-    assert.ok(segment, 'the log holds the last record');
-    disk.zeroBytes(`${SHARD_DIR}/log/${segment}`, Buffer.from(disk.fileBytes(`${SHARD_DIR}/log/${segment}`)).indexOf(run) + 4096 - 100, 100);
+    zeroEndOfPageIn(disk, 99);
     damageNewestPage0(disk);
     const unrepairable: string[] = [];
     const host = new DeviceHost({
