@@ -13,6 +13,7 @@ import { RealDisk } from '../../storage-engine/real-disk';
 import { META_PAYLOAD_BYTES_MAX_DEFAULT, encodeMeta } from '../../storage-engine/metadata';
 import { NODE_META, nodeMetaStore } from '../../cluster/data-dir-layout';
 import { RecordKind } from '../../storage-engine/record';
+import { encodeConfig } from '../../actors/replica';
 import { runCli } from '../support/cli';
 import { waitFor } from '../support/wait';
 import { compareEveryShard } from '../support/replicas';
@@ -97,6 +98,21 @@ describe('strata inspect (a data directory read offline)', function () {
     await c?.stop();
     for (const d of [root, ...copies]) fs.rmSync(d, { recursive: true, force: true });
   });
+
+  /** A copy of the node's data directory whose shard 0 log has the records `make` gives (of its last term) appended. */
+  function copyWithRecords(make: (term: number) => Array<{ term: number; kind: number; payload: Uint8Array }>): { copy: string; first: number; term: number } {
+    const copy = copyDir(dataDir);
+    copies.push(copy);
+    const disk = new RealDisk(path.join(copy, 'dev0', 'shards', `${volumeId}.0`));
+    const log = SegmentLog.open(disk, { dir: 'log' });
+    const first = log.lastLsn + 1;
+    const term = log.lastTerm;
+    log.write(make(term));
+    log.sync();
+    log.close();
+    disk.closeAll();
+    return { copy, first, term };
+  }
 
   it('lists every replica of the node, as it would open, and changes nothing', async () => {
     const before = snapshot(dataDir);
@@ -277,16 +293,24 @@ describe('strata inspect (a data directory read offline)', function () {
     assert.equal(fs.statSync(seg).size, Math.max(size, at + 9));
   });
 
+  it('lists a replica set\'s records with their members (a joint one with the set it comes from), a noop, and one it cannot read as such', async () => {
+    const { copy, first, term } = copyWithRecords((t) => [
+      { term: t, kind: RecordKind.Config, payload: encodeConfig({ members: ['n1', 'n2', 'n4'], prior: ['n1', 'n2', 'n3'] }) },
+      { term: t, kind: RecordKind.Config, payload: encodeConfig({ members: ['n1', 'n2', 'n4'] }) },
+      { term: t, kind: RecordKind.Noop, payload: new Uint8Array(0) },
+      { term: t, kind: RecordKind.Config, payload: new Uint8Array([1, 2, 3]) },
+    ]);
+    const lines = inspect(copy, { shard: 'db/0', records: { fromLsn: first } }).records!;
+    assert.deepEqual(
+      lines.map((l) => [l.lsn, l.kind, l.members, l.prior]),
+      [[first, 'config', ['n1', 'n2', 'n4'], ['n1', 'n2', 'n3']], [first + 1, 'config', ['n1', 'n2', 'n4'], undefined], [first + 2, 'noop', undefined, undefined], [first + 3, 'config (unreadable)', undefined, undefined]],
+    );
+    const r = await runCli(['inspect', copy, '--shard', 'db/0', '--records', '--from', String(first)]);
+    assert.match(r.stdout, new RegExp(`\\n${first} +${term} +config +\\d+ +set n1,n2,n4 \\(joint, from n1,n2,n3\\)\\n${first + 1} +${term} +config +\\d+ +set n1,n2,n4\\n${first + 2} +${term} +noop +0 *\\n${first + 3} +${term} +config \\(unreadable\\) +3 *\\n`));
+  });
+
   it('a record that reads back but does not apply (a page write that is not one) is damage; what is before it still reads', async () => {
-    const copy = copyDir(dataDir);
-    copies.push(copy);
-    const disk = new RealDisk(path.join(copy, 'dev0', 'shards', `${volumeId}.0`));
-    const log = SegmentLog.open(disk, { dir: 'log' });
-    const bad = log.lastLsn + 1;
-    log.write([{ term: log.lastTerm, kind: RecordKind.PageWrite, payload: new Uint8Array(40) }]);
-    log.sync();
-    log.close();
-    disk.closeAll();
+    const { copy, first: bad } = copyWithRecords((term) => [{ term, kind: RecordKind.PageWrite, payload: new Uint8Array(40) }]);
     const report = inspect(copy, { shard: 'db/0', page: { page: 3 } });
     const rep = report.replicas[0]!;
     assert.equal(rep.state, 'damaged');
