@@ -2,7 +2,7 @@ import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as nodePath from 'node:path';
-import { DeviceHost, DEVICE_STALL_MS, deviceProblem, type ShardSpec } from '../../runtime/device-host';
+import { DeviceHost, DEVICE_STALL_MS, SEED_WAIT_MS, deviceProblem, type ShardSpec } from '../../runtime/device-host';
 import { RealDisk } from '../../storage-engine/real-disk';
 import { SimDisk } from '../../storage-engine/sim-disk';
 import type { Disk } from '../../storage-engine/disk';
@@ -1212,6 +1212,26 @@ describe('DeviceHost seeding a branch replica from its parent (seedShard)', () =
     assert.deepEqual((await p.read([0, 1, 2], soon())).pages, [page(1), page(2), page(2)], 'the parent is unchanged');
     assert.deepEqual(host.stats().branchCopies, { copied: 1, notCopied: 0 }, 'the copy refused as under way already is not counted');
     await host.close();
+  });
+
+  it('a parent replica behind the branch point is waited for, at most SEED_WAIT_MS: then nothing is copied, saying how far it got', async () => {
+    const disk = new SimDisk();
+    const host = new DeviceHost({ dir: 'dev0', self: 'n1', disk });
+    try {
+      host.openShard(spec(0));
+      const p = await leader(host, 0);
+      await p.write([{ page: 0, data: page(1) }]);
+      const applied = p.stats().appliedLsn;
+      // A branch point the parent's replica has not reached; the clock jumps 1 s a look.
+      let now = 0;
+      const r = await host.seedShard(child(applied + 5), () => (now += 1000));
+      assert.ok(!r.seeded && r.reason === `the parent's replica did not reach LSN ${applied + 5} (applied ${applied}) within ${SEED_WAIT_MS} ms`, JSON.stringify(r));
+      assert.ok(now >= SEED_WAIT_MS && now <= SEED_WAIT_MS + 3000, `looked ${now / 1000} times`);
+      assert.deepEqual(host.stats().branchCopies, { copied: 0, notCopied: 1 });
+      assert.equal(disk.exists('shards/v2.0'), false, 'nothing written for the branch');
+    } finally {
+      await host.close();
+    }
   });
 
   it('copies nothing for a replica that is not new, or without a parent replica here, or a branch point no longer held; such a replica does not lead', async () => {
