@@ -47,6 +47,13 @@ describe('MetaStore', () => {
     assert.deepEqual(disk.list(DIR), ['null', 'vote', 'zero']);
   });
 
+  it('a file that cannot be opened for another reason than its absence is an io_error naming why, not a value never written', () => {
+    const { disk, store } = setup(false);
+    disk.mkdirp(`${DIR}/vote`); // a directory where the file would be
+    const e = expectStorageError(() => store.read('vote'), 'io_error');
+    assert.equal(e.details?.['errno'], 'EISDIR');
+  });
+
   it('writes the documented format: magic, version 1, length, CRC-32C, inspectable JSON', () => {
     const { disk, store } = setup(false);
     store.write('term', { term: 3 });
