@@ -920,8 +920,11 @@ function threeHosts(extra: Partial<ConstructorParameters<typeof DeviceHost>[0]> 
 const OWNED = Array.from({ length: 32 }, (_, p) => p).filter((p) => Math.floor(p / 4) % 2 === 0);
 const SHARD_DIR = 'shards/v1.0';
 
-/** A host of sole copies (`spec`) on `disk`, with what it reports repaired and unrepairable. */
-function soleCopyHost(disk: SimDisk): { host: DeviceHost; repaired: boolean[]; unrepairable: string[] } {
+/**
+ * A host of sole copies (`spec`) on `disk`, with what it reports repaired and unrepairable, and
+ * the replica of shard v1/0 once it leads.
+ */
+async function soleCopyLeader(disk: SimDisk): Promise<{ host: DeviceHost; r: Replica; repaired: boolean[]; unrepairable: string[] }> {
   const repaired: boolean[] = [];
   const unrepairable: string[] = [];
   const host = new DeviceHost({
@@ -929,7 +932,13 @@ function soleCopyHost(disk: SimDisk): { host: DeviceHost; repaired: boolean[]; u
     onRepaired: (_s, _d, lost) => repaired.push(lost),
     onUnrepairable: (_s, err) => unrepairable.push(err.message),
   });
-  return { host, repaired, unrepairable };
+  try {
+    host.openShard(spec(0));
+    return { host, r: await leader(host, 0), repaired, unrepairable };
+  } catch (e) {
+    await host.close();
+    throw e;
+  }
 }
 
 /**
@@ -1085,10 +1094,8 @@ describe('DeviceHost: a replica that finds its storage damaged while running', f
 
   it('a sole copy rebuilds a damaged image from its older image and its log: the read is answered not_leader, then right', async () => {
     const disk = new SimDisk();
-    const { host, repaired, unrepairable } = soleCopyHost(disk);
+    const { host, r, repaired, unrepairable } = await soleCopyLeader(disk);
     try {
-      host.openShard(spec(0));
-      const r = await leader(host, 0);
       await twoImages(r);
       const newest = damageNewestPage0(disk);
       await assert.rejects(r.read([0], soon()), (e: { code?: string; details?: Record<string, unknown> }) => e.code === 'not_leader' && e.details?.['damaged'] === true);
@@ -1132,10 +1139,8 @@ describe('DeviceHost: a replica that finds its storage damaged while running', f
 
   it('a sole copy reopened with its log ending below what it held durably (its last record damaged so as to look torn) reports the loss as unrepairable, not repaired', async () => {
     const disk = new SimDisk();
-    const { host, repaired, unrepairable } = soleCopyHost(disk);
+    const { host, r, repaired, unrepairable } = await soleCopyLeader(disk);
     try {
-      host.openShard(spec(0));
-      const r = await leader(host, 0);
       await r.write([{ page: 0, data: page(1) }]);
       const last = await r.write([{ page: 1, data: page(0xee) }]);
       // The end of the last record's page (durable, acknowledged) reads as zeros: at the end of

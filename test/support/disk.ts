@@ -1,6 +1,6 @@
 /** Helpers of the tests of Disk implementations (RealDisk, SimDisk, OverlayDisk). */
 import { strict as assert } from 'node:assert';
-import type { Disk } from '../../storage-engine/disk';
+import { SECTOR_BYTES, type Disk } from '../../storage-engine/disk';
 import type { SimDisk } from '../../storage-engine/sim-disk';
 
 export const bytes = (s: string): Uint8Array => new TextEncoder().encode(s);
@@ -20,8 +20,8 @@ export function readAll(disk: Disk, path: string): string {
 
 /**
  * Leaves [from, to) of the file `path` of `disk` as a write a crash cut short may, at random
- * (current and durable content alike): the file ending within it; or some of its 512-byte
- * sectors (aligned in the file) zeros, zeros from some byte of it on, or both.
+ * (current and durable content alike): the file ending within it; or some of its sectors
+ * (SECTOR_BYTES, aligned in the file) zeros, zeros from some byte of it on, or both.
  */
 export function tearAtRandom(disk: SimDisk, path: string, from: number, to: number, rand: () => number): void {
   const how = rand();
@@ -33,8 +33,8 @@ export function tearAtRandom(disk: SimDisk, path: string, from: number, to: numb
     return;
   }
   if (how < 0.7) {
-    for (let s = Math.floor(from / 512) * 512; s < to; s += 512) {
-      if (rand() < 0.2) disk.zeroBytes(path, Math.max(s, from), Math.min(s + 512, to) - Math.max(s, from));
+    for (let s = Math.floor(from / SECTOR_BYTES) * SECTOR_BYTES; s < to; s += SECTOR_BYTES) {
+      if (rand() < 0.2) disk.zeroBytes(path, Math.max(s, from), Math.min(s + SECTOR_BYTES, to) - Math.max(s, from));
     }
   }
   if (how >= 0.5) {
