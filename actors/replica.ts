@@ -26,6 +26,7 @@ import type { DeviceQueue } from './device-queue';
 import type { SegmentLog } from '../storage-engine/log';
 import { digestRecords, type LogDigest } from '../storage-engine/log-digest';
 import { crc32c } from '../storage-engine/crc32c';
+import { checkPageDataCrc } from '../storage-engine/page-data-crc';
 import { GET_PAGES_MAX, type CheckpointStep, type PageStore } from '../storage-engine/page-store';
 import { encodePageWrite, pageWriteBytes, pagesOfPageWrite } from '../storage-engine/page-write';
 import { decodePageZero, encodePageZero, type PageRange } from '../storage-engine/page-zero';
@@ -578,7 +579,7 @@ const FOLLOWER_HELD_BYTES_MAX = 8 * 1024 * 1024;
 const SNAPSHOT_CHUNK_BYTES = 512 * 1024;
 /** Smallest `messageBytesMax`: a page write of one 8 KiB page, with room to spare. */
 export const MESSAGE_BYTES_MIN = 16 * 1024;
-/** CBOR bytes of a record in an append beyond its payload (map, keys, term, kind, length), at most. */
+/** CBOR bytes of a record in an append beyond its payload (map, keys, term, kind, crc, length: 44), at most. */
 export const APPEND_RECORD_OVERHEAD_BYTES = 48;
 /**
  * Bytes of an append or snapshot message beyond its records or image chunk (type, term, leader
@@ -2062,9 +2063,13 @@ export class Replica {
     this.queue.checkAppend(records, this.spaceExempt);
     this.wake();
     const first = this.lastLsn + 1;
-    const stored: HeldRecord[] = records.map((r, i) =>
-      tag === undefined ? { term: r.term, kind: r.kind, payload: r.payload, lsn: first + i } : { term: r.term, kind: r.kind, payload: r.payload, lsn: first + i, tag },
-    );
+    const stored: HeldRecord[] = records.map((r, i) => {
+      const held: HeldRecord = { term: r.term, kind: r.kind, payload: r.payload, lsn: first + i };
+      // Kept for the appends to the followers, which carry it (WireRecord.crc).
+      if (r.payloadCrc !== undefined) held.payloadCrc = r.payloadCrc;
+      if (tag !== undefined) held.tag = tag;
+      return held;
+    });
     this.lastLsn += records.length;
     this.lastTerm = this.term;
     for (const r of stored) {
@@ -2267,7 +2272,9 @@ export class Replica {
       leader: this.self,
       prevLsn,
       prevTerm: this.termOf(prevLsn),
-      records: records.map((r): WireRecord => ({ term: r.term, kind: r.kind, payload: r.payload })),
+      // Each with its payload's checksum, for the follower to check what it receives: computed
+      // once per record held (its write computed it already), per read for those from the log.
+      records: records.map((r): WireRecord => ({ term: r.term, kind: r.kind, payload: r.payload, crc: (r.payloadCrc ??= crc32c(r.payload)) })),
       commitLsn: this.commitLsn,
       leaderLastLsn: this.lastLsn,
     };
@@ -2305,6 +2312,7 @@ export class Replica {
           f.next = Math.max(f.match + 1, Math.min(f.next, prevLsn + 1));
           this.pause(f);
           f.probing = true;
+          if (records.length > 0 && f.refused.code === 'corruption') this.checkSentRecords(records);
         },
       );
     });
@@ -2747,6 +2755,9 @@ export class Replica {
     for (let i = 0; i < records.length; i++) {
       const r = records[i]!;
       const path = `records[${i}]`;
+      // Damaged on the way: refused, so that the leader sends it again (after a heartbeat
+      // interval), rather than written with a checksum of the damaged bytes.
+      if (r.crc !== undefined) checkPageDataCrc(r.crc, crc32c(r.payload), `append to ${g.volumeId}/${g.shard}, ${path}`);
       if (r.kind === RecordKind.PageWrite) {
         let pages: number[];
         try {
@@ -2862,14 +2873,17 @@ export class Replica {
     }
     let durable: Promise<void>;
     if (fresh.length > 0) {
-      const inputs: LogRecordInput[] = fresh.map((r) => ({ term: r.term, kind: r.kind, payload: r.payload }));
+      // Written with the checksum the leader sent (checked in checkRecords): the record's CRC on
+      // this disk is then that of the bytes the leader holds, not of whatever arrived.
+      const inputs: LogRecordInput[] = fresh.map((r) => (r.crc === undefined ? { term: r.term, kind: r.kind, payload: r.payload } : { term: r.term, kind: r.kind, payload: r.payload, payloadCrc: r.crc }));
       // Refused (the device's queue is full, say), the leader is answered so, and this log's
       // position is unchanged: LSNs given to records the device never got would shift the next.
       this.queue.checkAppend(inputs, this.spaceExempt);
       const first = this.lastLsn + 1;
       inputs.forEach((r, k) => {
         this.queuedTerms.set(first + k, r.term);
-        const held = { lsn: first + k, term: r.term, kind: r.kind, payload: r.payload };
+        const held: HeldRecord = { lsn: first + k, term: r.term, kind: r.kind, payload: r.payload };
+        if (r.payloadCrc !== undefined) held.payloadCrc = r.payloadCrc;
         this.recent.push(held);
         this.recentBytes += r.payload.length;
         this.noteWriteId(held);
@@ -3195,7 +3209,9 @@ export class Replica {
         if (there !== undefined) return await this.answerWith(there, opts.deadlineMs);
         if (sentAtMs !== undefined && !this.writeIds.covers(sentAtMs)) throw this.outcomeUnknown(opts.sentAgoMs!);
       }
-      lsn = this.appendLocal([{ term, kind, payload: payload.payload, ...(payload.crc !== undefined ? { payloadCrc: payload.crc } : {}) }], tag);
+      // The payload's checksum, computed here when no thread of the pool did: the log makes the
+      // record's CRC from it, and the appends to the followers carry it.
+      lsn = this.appendLocal([{ term, kind, payload: payload.payload, payloadCrc: payload.crc ?? crc32c(payload.payload) }], tag);
     } finally {
       payload.release();
     }
@@ -3392,6 +3408,24 @@ export class Replica {
       this.onFailure(e instanceof Error ? e : new Error(String(e)));
     }
     return true;
+  }
+
+  /**
+   * A follower refused records of an append as damaged on the way (their payloads did not match
+   * the checksums sent with them): each is checked against its checksum here. One that no longer
+   * matches was damaged in this replica's memory after its write made it, and every follower
+   * would refuse it each time it is sent, the shard committing nothing more: the replica is handed
+   * to its host (onFailure), which opens it again from its log, whose records are checked.
+   */
+  private checkSentRecords(records: readonly HeldRecord[]): void {
+    for (const r of records) {
+      if (r.payloadCrc === undefined) continue;
+      const now = crc32c(r.payload);
+      if (now !== r.payloadCrc) {
+        this.reportFailure(new StorageError('invariant', `record ${r.lsn} of ${this.geometry.volumeId}/${this.geometry.shard} held in memory no longer matches its checksum (CRC-32C ${r.payloadCrc}, now ${now}): a follower refused it`, { lsn: r.lsn }));
+        return;
+      }
+    }
   }
 
   /** A follower found the image it was sent damaged: checks ours, in steps through the device queue. */

@@ -23,6 +23,7 @@ import { NODES_MAX } from '../actors/controller';
 import { deadlineRemainingMs, HEADER_DEADLINE } from '../messages/headers';
 import { createClient, GEOMETRY_RECHECK_MS, NatsTransport, newRequestId, type StrataClient, type Volume } from './client';
 import { CATALOG_PAGE_COUNT, CATALOG_PAGE_SIZE, CATALOG_VOLUME_ID, CATALOG_VOLUME_NAME } from './catalog-shard';
+import { checkPageDataCrc, pageDataCrc, pageWritesCrc } from '../storage-engine/page-data-crc';
 
 /** Volumes whose routing info a node keeps at most. */
 const VOLUME_CACHE_MAX = 1024;
@@ -211,6 +212,8 @@ export class ApiRouter {
 
   async pageWrite(body: unknown, deadlineMs: number): Promise<unknown> {
     const req = validatePageWriteRequest(body);
+    // Checked before any shard is asked: pages damaged on the way are written nowhere.
+    if (req.crc !== undefined) checkPageDataCrc(req.crc, pageWritesCrc(req.pages), 'page.write');
     const r = await this.volume(req.volume).writePages(req.pages, { deadlineMs });
     return { lsn: r.lsn, lsns: r.lsns };
   }
@@ -245,7 +248,8 @@ export class ApiRouter {
     }
     const at = req.lsn !== undefined ? { lsn: req.lsn } : req.lsns !== undefined ? { lsns: req.lsns } : {};
     const r = await volume.readPages(req.pages, { ...at, deadlineMs });
-    return { pages: r.pages, lsn: r.lsn, lsns: r.lsns };
+    // Each shard's reply was checked against its checksum; this one's is for the requester.
+    return { pages: r.pages, crc: pageDataCrc(r.pages), lsn: r.lsn, lsns: r.lsns };
   }
 
   async flush(body: unknown, deadlineMs: number): Promise<unknown> {

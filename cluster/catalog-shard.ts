@@ -31,6 +31,7 @@ import type { CatalogState } from '../actors/controller';
 import { pagesPerRequest, type StrataClient } from './client';
 
 import { CATALOG_VOLUME_ID, CATALOG_VOLUME_NAME } from '../messages/control';
+import { pageWritesCrc } from '../storage-engine/page-data-crc';
 export { CATALOG_VOLUME_ID, CATALOG_VOLUME_NAME };
 export const CATALOG_PAGE_SIZE = 8192;
 /** Pages of a region: 16 MiB, the bound of a catalog kept in a local file (MetaStore). */
@@ -252,6 +253,6 @@ export class CatalogShard {
   }
 
   private async send(pages: PageWrite[], deadlineMs: number): Promise<void> {
-    await this.client.send(this.subject(), 'shard.write', { pages, term: this.opts.term, deadlineMs }, deadlineMs, validateShardWriteReply);
+    await this.client.send(this.subject(), 'shard.write', { pages, crc: pageWritesCrc(pages), term: this.opts.term, deadlineMs }, deadlineMs, validateShardWriteReply);
   }
 }

@@ -56,6 +56,7 @@ import type { NatsConnection } from 'nats';
 import { MESSAGE_BYTES_MAX, decode, encode, encodeShardWriteRequest } from '../messages/codec';
 import { allocRequestBytes } from '../storage-engine/arena';
 import { crc32c } from '../storage-engine/crc32c';
+import { checkPageDataCrc, damagedInTransit, pageDataCrc, pageWritesCrc } from '../storage-engine/page-data-crc';
 import { ProtocolError, throwIfError } from '../messages/errors';
 import { DEADLINE_AHEAD_MS_MAX, HEADER_DEADLINE, writeHeaders } from '../messages/headers';
 import { clientSpan } from '../observability/tracing';
@@ -105,6 +106,7 @@ import type {
   RequestMap,
   ShardFlushRequest,
   ShardLsn,
+  ShardReadReply,
   ShardReadRequest,
   ShardVerb,
   ShardWriteRequest,
@@ -1041,6 +1043,39 @@ export class StrataClient {
     validate: (value: unknown) => T,
     waitUntilMs = deadlineMs,
   ): Promise<T> {
+    for (let resends = 0; ; resends++) {
+      try {
+        const reply = await this.sendOnce(subject, type, body, deadlineMs, validate, waitUntilMs);
+        if (type === 'shard.read') {
+          const r = reply as ShardReadReply;
+          if (r.crc !== undefined) checkPageDataCrc(r.crc, pageDataCrc(r.pages), `shard.read reply from ${subject}`);
+        }
+        return reply;
+      } catch (e) {
+        // A node of a version before page data checksums refuses the field, having taken
+        // nothing: the write goes again without it (a cluster upgraded node by node).
+        if (type === 'shard.write' && refusesCrc(e) && (body as ShardWriteRequest).crc !== undefined) {
+          delete (body as ShardWriteRequest).crc;
+          resends--;
+          continue;
+        }
+        // Page data damaged on the way, either way: nothing was taken (a write's leader refused
+        // it before anything) or the reply is dropped (a read), so the same request goes again
+        // within the time it has, TRANSIT_RESENDS_MAX times at most.
+        if (!damagedInTransit(e) || resends >= TRANSIT_RESENDS_MAX || this.nowMs() >= Math.min(deadlineMs, waitUntilMs)) throw e;
+      }
+    }
+  }
+
+  /** One request of `send`: encode, send, decode, `throwIfError`, validate the reply. */
+  private async sendOnce<T>(
+    subject: string,
+    type: MessageType,
+    body: unknown,
+    deadlineMs: number,
+    validate: (value: unknown) => T,
+    waitUntilMs: number,
+  ): Promise<T> {
     this.checkOpen();
     const bytesMax = this.transport.maxPayloadBytes;
     // A write's pages go into an exact-size buffer from the request arena (it lives until the
@@ -1468,7 +1503,7 @@ export class Volume {
       return planChunks(numbers, info, chunkPages).map(({ shard, indices }) => ({
         shard,
         type: 'shard.write' as const,
-        body: { pages: indices.map((i) => entries[i]!), writeId: this.client.writeId() },
+        body: writeBody(indices.map((i) => entries[i]!), this.client.writeId()),
         indices,
       }));
     });
@@ -1899,6 +1934,23 @@ const READ_TRIES = { tryDeadlineInHeader: true, quickFirst: true, tries: SHARD_R
  * call's: the leader goes on with a try while the next is sent.
  */
 export const SHARD_WRITE_TRIES = 3;
+
+/**
+ * Times a request whose page data was damaged on the way (`corruption` with `details.inTransit`:
+ * a write the shard's leader refused, or a read reply whose checksum did not match) is sent
+ * again at once, within its time, before the damage is the call's answer.
+ */
+export const TRANSIT_RESENDS_MAX = 2;
+
+/** The answer of a node that does not know a write's `crc` field (a version before it). */
+function refusesCrc(e: unknown): boolean {
+  return e instanceof ProtocolError && e.code === 'bad_request' && e.details?.['path'] === 'crc' && /unknown field/.test(e.message);
+}
+
+/** A shard.write's body: the pages, the write's id, and the checksum of the pages' data (`PAGE_DATA_CRC`). */
+export function writeBody(pages: PageWrite[], writeId: Uint8Array): ShardWriteRequest {
+  return { pages, writeId, crc: pageWritesCrc(pages) };
+}
 export const WRITE_TRY_MS_MIN = 1000;
 const WRITE_TRIES = { tries: SHARD_WRITE_TRIES, tryMsMin: WRITE_TRY_MS_MIN, quickFirst: true } as const;
 

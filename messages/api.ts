@@ -280,6 +280,8 @@ export interface ShardLsn {
 export interface PageWriteRequest {
   volume: string;
   pages: PageWrite[];
+  /** CRC-32C of the pages' data, in order (`PAGE_DATA_CRC`): checked before anything is written. */
+  crc?: number;
 }
 /** page.write reply, sent only once every page is committed (durable on a majority). */
 export interface PageWriteReply {
@@ -336,6 +338,8 @@ export interface PageReadRequest {
 export interface PageReadReply {
   /** One entry per requested page, in request order, each pageSize bytes. */
   pages: Uint8Array[];
+  /** CRC-32C of `pages`, in order (`PAGE_DATA_CRC`), for the receiver to check. */
+  crc?: number;
   /** Highest LSN the read reflects among the shards touched. */
   lsn: number;
   /** LSN each shard touched was read at. */
@@ -432,9 +436,20 @@ export const WRITE_ID_BYTES = 16;
  */
 export const WRITE_SENT_SKEW_MS = 2_000;
 
+/**
+ * What a `crc` of page data is, in shard.write and page.write requests and in shard.read and
+ * page.read replies: the CRC-32C (Castagnoli) of the data of the message's pages, one after the
+ * other in their order. The sender computes it from its own copy of the pages, the receiver from
+ * the bytes it received: a mismatch is data damaged on the way (`corruption` with
+ * `details.inTransit`), which the sender may send again.
+ */
+export const PAGE_DATA_CRC = 'crc32c';
+
 /** shard.write request: pages of this shard only. */
 export interface ShardWriteRequest extends ShardFence {
   pages: PageWrite[];
+  /** CRC-32C of the pages' data, in order (`PAGE_DATA_CRC`): checked before anything is written. */
+  crc?: number;
   /** Absolute deadline, ms since the Unix epoch (also carried by the Strata-Deadline header). */
   deadlineMs?: number;
   /**
@@ -495,6 +510,8 @@ export interface ShardReadRequest extends ShardFence {
 /** shard.read reply. */
 export interface ShardReadReply {
   pages: Uint8Array[];
+  /** CRC-32C of `pages`, in order (`PAGE_DATA_CRC`), for the receiver to check. */
+  crc?: number;
   /** LSN the read reflects. */
   lsn: number;
   term?: number;

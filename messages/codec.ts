@@ -265,6 +265,7 @@ const KEY_DATA = keyBytes('data');
 const KEY_DEADLINE_MS = keyBytes('deadlineMs');
 const KEY_WRITE_ID = keyBytes('writeId');
 const KEY_SENT_MS = keyBytes('sentMs');
+const KEY_CRC = keyBytes('crc');
 
 /** Options of the encoders of page messages: those of `encode`, and where the output goes. */
 export type PageMessageOptions = CodecOptions & {
@@ -298,10 +299,10 @@ function putBytes(out: Uint8Array, at: number, bytes: Uint8Array): number {
  * encoded by `encode` instead, so the result is always what `encode` would mean.
  */
 export function encodeShardWriteRequest(req: ShardWriteRequest, options?: PageMessageOptions): Uint8Array {
-  const { pages, term, deadlineMs, writeId, sentMs } = req;
+  const { pages, crc, term, deadlineMs, writeId, sentMs } = req;
   let fields = 1;
   for (const key in req) {
-    if (key === 'pages' || ((key === 'term' || key === 'deadlineMs' || key === 'writeId' || key === 'sentMs') && req[key] !== undefined)) continue;
+    if (key === 'pages' || ((key === 'crc' || key === 'term' || key === 'deadlineMs' || key === 'writeId' || key === 'sentMs') && req[key] !== undefined)) continue;
     return encode(req, options);
   }
   if (!Array.isArray(pages)) return encode(req, options);
@@ -309,6 +310,11 @@ export function encodeShardWriteRequest(req: ShardWriteRequest, options?: PageMe
   for (const p of pages) {
     if (p === null || typeof p !== 'object' || Object.keys(p).length !== 2 || !isUint(p.page) || !(p.data instanceof Uint8Array)) return encode(req, options);
     bytes += 1 + KEY_PAGE.length + headBytes(p.page) + KEY_DATA.length + headBytes(p.data.length) + p.data.length;
+  }
+  if (crc !== undefined) {
+    if (!isUint(crc)) return encode(req, options);
+    bytes += KEY_CRC.length + headBytes(crc);
+    fields++;
   }
   if (term !== undefined) {
     if (!isUint(term)) return encode(req, options);
@@ -339,6 +345,7 @@ export function encodeShardWriteRequest(req: ShardWriteRequest, options?: PageMe
     at = writeHead(out, putBytes(out, at, KEY_DATA), 2, p.data.length);
     at = putBytes(out, at, p.data);
   }
+  if (crc !== undefined) at = writeHead(out, putBytes(out, at, KEY_CRC), 0, crc);
   if (term !== undefined) at = writeHead(out, putBytes(out, at, KEY_TERM), 0, term);
   if (deadlineMs !== undefined) at = writeHead(out, putBytes(out, at, KEY_DEADLINE_MS), 0, deadlineMs);
   if (writeId !== undefined) at = putBytes(out, writeHead(out, putBytes(out, at, KEY_WRITE_ID), 2, writeId.length), writeId);
@@ -356,20 +363,23 @@ function checkUint(n: number, what: string): void {
  * not a reply (a number that is not a non-negative safe integer, a page that is not bytes).
  */
 export function encodeShardReadReply(reply: ShardReadReply, options?: PageMessageOptions): Uint8Array {
-  const { pages, lsn, term } = reply;
+  const { pages, lsn, term, crc } = reply;
   checkUint(lsn, 'lsn');
   if (term !== undefined) checkUint(term, 'term');
+  if (crc !== undefined) checkUint(crc, 'crc');
   let bytes = 1 + KEY_PAGES.length + headBytes(pages.length) + KEY_LSN.length + headBytes(lsn);
   if (term !== undefined) bytes += KEY_TERM.length + headBytes(term);
+  if (crc !== undefined) bytes += KEY_CRC.length + headBytes(crc);
   for (const page of pages) {
     if (!(page instanceof Uint8Array)) throw new ProtocolError('internal', 'can not encode message: a page is not a Uint8Array');
     bytes += headBytes(page.length) + page.length;
   }
   const out = outputOf(bytes, options);
-  let at = writeHead(out, 0, 5, term === undefined ? 2 : 3);
+  let at = writeHead(out, 0, 5, 2 + (term === undefined ? 0 : 1) + (crc === undefined ? 0 : 1));
   at = writeHead(out, putBytes(out, at, KEY_PAGES), 4, pages.length);
   for (const page of pages) at = putBytes(out, writeHead(out, at, 2, page.length), page);
   at = writeHead(out, putBytes(out, at, KEY_LSN), 0, lsn);
   if (term !== undefined) at = writeHead(out, putBytes(out, at, KEY_TERM), 0, term);
+  if (crc !== undefined) at = writeHead(out, putBytes(out, at, KEY_CRC), 0, crc);
   return out;
 }

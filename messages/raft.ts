@@ -18,6 +18,12 @@ export interface WireRecord {
   term: number;
   kind: number;
   payload: Uint8Array;
+  /**
+   * CRC-32C of `payload` as the leader holds it (the checksum its log record was written with):
+   * the follower checks the bytes it received against it before it takes the record, and writes
+   * its own record with it.
+   */
+  crc?: number;
 }
 
 /**
@@ -201,7 +207,9 @@ export function validateRaftRequest(body: unknown): RaftRequest {
         const m = map(r, `records[${i}]`);
         const kind = counter(m.kind, `records[${i}].kind`);
         if (kind > 255) throw new ProtocolError('bad_request', `records[${i}].kind: at most 255`, { path: `records[${i}].kind` });
-        return { term: termOf(m.term, `records[${i}].term`), kind, payload: bytes(m.payload, `records[${i}].payload`) };
+        const record: WireRecord = { term: termOf(m.term, `records[${i}].term`), kind, payload: bytes(m.payload, `records[${i}].payload`) };
+        if (m.crc !== undefined && m.crc !== null) record.crc = expectInteger(m.crc, `records[${i}].crc`, { min: 0, max: 0xffffffff });
+        return record;
       });
       const prevLsn = counter(o.prevLsn, 'prevLsn');
       const term = termOf(o.term, 'term');

@@ -342,6 +342,11 @@ function withTerm<T extends object>(base: T, term: number | undefined): T & { te
   return base;
 }
 
+function withCrc<T extends object>(base: T, crc: number | undefined): T & { crc?: number } {
+  if (crc !== undefined) (base as T & { crc?: number }).crc = crc;
+  return base;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Volumes
 // ---------------------------------------------------------------------------------------------
@@ -556,16 +561,21 @@ export function validateVolumeFlushReply(value: unknown): VolumeFlushReply {
 // Pages
 // ---------------------------------------------------------------------------------------------
 
-const PAGE_WRITE_REQUEST_FIELDS = fields('volume', 'pages');
+const PAGE_WRITE_REQUEST_FIELDS = fields('volume', 'pages', 'crc');
+
+/** A message's optional `crc` of its page data (`PAGE_DATA_CRC`): an unsigned 32-bit integer. */
+function optionalCrc(map: Readonly<Record<string, unknown>>): number | undefined {
+  return optional(field(map, 'crc'), (v) => expectInteger(v, 'crc', { min: 0, max: 0xffffffff }));
+}
 
 /** page.write request (without the volume's geometry; see `validatePageWrite`). */
 export function validatePageWriteRequest(value: unknown): PageWriteRequest {
   const map = expectMap(value, '');
   expectKnownFields(map, PAGE_WRITE_REQUEST_FIELDS, '');
-  return {
+  return withCrc({
     volume: expectName(field(map, 'volume'), 'volume'),
     pages: validatePageWrites(field(map, 'pages'), 'pages'),
-  };
+  }, optionalCrc(map));
 }
 
 /**
@@ -745,7 +755,7 @@ export function validatePageReadReply(value: unknown, expect?: PageReadExpectati
   const pages = validatePageData(field(map, 'pages'), 'pages');
   checkPageData(pages, expect);
   const lsn = expectCounter(field(map, 'lsn'), 'lsn');
-  return withLsns({ pages, lsn }, validateShardLsns(field(map, 'lsns'), 'lsns'));
+  return withLsns(withCrc({ pages, lsn }, optionalCrc(map)), validateShardLsns(field(map, 'lsns'), 'lsns'));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -800,7 +810,7 @@ export function validateStatusReply(value: unknown): StatusReply {
 // Shard mailbox messages
 // ---------------------------------------------------------------------------------------------
 
-const SHARD_WRITE_FIELDS = fields('pages', 'deadlineMs', 'term', 'earlier', 'writeId', 'sentMs');
+const SHARD_WRITE_FIELDS = fields('pages', 'crc', 'deadlineMs', 'term', 'earlier', 'writeId', 'sentMs');
 const WRITE_RECORD_FIELDS = fields('lsn', 'term');
 
 function validateEarlier(value: unknown, path: string): WriteRecordRef[] {
@@ -841,7 +851,7 @@ function withWriteFields<T extends ShardWriteRequest | ShardZeroRequest>(req: T,
 export function validateShardWriteRequest(value: unknown): ShardWriteRequest {
   const map = expectMap(value, '');
   expectKnownFields(map, SHARD_WRITE_FIELDS, '');
-  const req: ShardWriteRequest = { pages: validatePageWrites(field(map, 'pages'), 'pages') };
+  const req: ShardWriteRequest = withCrc({ pages: validatePageWrites(field(map, 'pages'), 'pages') }, optionalCrc(map));
   return withWriteFields(req, map);
 }
 
@@ -882,7 +892,7 @@ export function validateShardReadReply(value: unknown, expect?: PageReadExpectat
   const pages = validatePageData(field(map, 'pages'), 'pages');
   checkPageData(pages, expect);
   const lsn = expectCounter(field(map, 'lsn'), 'lsn');
-  return withTerm({ pages, lsn }, optional(field(map, 'term'), (v) => expectCounter(v, 'term')));
+  return withTerm(withCrc({ pages, lsn }, optionalCrc(map)), optional(field(map, 'term'), (v) => expectCounter(v, 'term')));
 }
 
 const SHARD_FLUSH_FIELDS = fields('term');

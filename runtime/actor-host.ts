@@ -28,6 +28,7 @@ import * as Comlink from 'comlink';
 import nodeEndpoint from 'comlink/dist/umd/node-adapter';
 import { connect, type NatsConnection, type Msg, type Subscription, type MsgHdrs } from 'nats';
 import { encode, decode, encodeShardReadReply, MESSAGE_BYTES_MAX, type CodecOptions } from '../messages/codec';
+import { checkPageDataCrc, pageDataCrc, pageWritesCrc } from '../storage-engine/page-data-crc';
 import { REQUEST_ITEMS_MAX, type ShardReadReply, type ShardWriteRequest, type ShardZeroRequest } from '../messages/api';
 import { allocRequestBytes } from '../storage-engine/arena';
 import type { CorruptionReport } from '../storage-engine/errors';
@@ -1172,6 +1173,9 @@ export class ActorHost implements HostApi {
     switch (type) {
       case 'shard.write': {
         const req = validateRequest('shard.write', body);
+        // Before anything is taken: pages damaged on the way are not written (with a record
+        // checksum of their own, they would then read back as if sent so).
+        if (req.crc !== undefined) checkPageDataCrc(req.crc, pageWritesCrc(req.pages), `shard.write to ${mb.spec.volumeId}/${mb.spec.shard}`);
         replica.checkTerm(req.term);
         const opts = writeAttempt(req, answerByMs, now);
         if (!this.traced) return replica.write(req.pages, opts);
@@ -1298,8 +1302,12 @@ const OPEN_FLUSH_MS = 2000;
  * A read's reply, in a buffer from the request arena: it lives until the replies of this turn
  * are sent, when the NATS client has copied it.
  */
-const encodeReadReply = (reply: unknown, options: CodecOptions): Uint8Array =>
-  encodeShardReadReply(reply as ShardReadReply, { ...options, alloc: allocRequestBytes });
+const encodeReadReply = (reply: unknown, options: CodecOptions): Uint8Array => {
+  const r = reply as ShardReadReply;
+  // The checksum of the pages as they go out, for the client to check what it receives.
+  r.crc = pageDataCrc(r.pages);
+  return encodeShardReadReply(r, { ...options, alloc: allocRequestBytes });
+};
 
 /** Shortest time between two lines about a shard's writes not committed before their deadline, ms. */
 const COMMIT_TIMEOUT_REPORT_MS = 60_000;

@@ -8,6 +8,8 @@ import { Slab } from '../../storage-engine/slab';
 import { IMAGE_BYTES_MIN } from '../../storage-engine/image';
 import { ShardStorage } from '../../storage-engine/shard-storage';
 import { encodePageWrite } from '../../storage-engine/page-write';
+import { crc32c } from '../../storage-engine/crc32c';
+import { RecordKind } from '../../storage-engine/record';
 import { ProtocolError } from '../../messages/errors';
 import { WRITE_SENT_SKEW_MS } from '../../messages/api';
 import { decode, encode } from '../../messages/codec';
@@ -2029,6 +2031,55 @@ describe('Replica (more cases)', function () {
         process.off('unhandledRejection', onUnhandled);
       }
       assert.deepEqual(unhandled, [], 'the damage escaped an answer\'s handler');
+    });
+
+    it('a record damaged on the way to a follower (not the checksum the leader sent) is refused, taken whole when sent again, and not reported as damage', async () => {
+      shard = new TestShard(['a', 'b', 'c'], steady);
+      const l = await shard.leader();
+      const fid = shard.ids.find((id) => id !== l.id)!;
+      const f = shard.members.get(fid)!;
+      let damaged = 0;
+      shard.tampers.push((_from, to, msg) => {
+        if (to === fid && msg.type === 'append' && msg.records.length > 0 && damaged === 0) {
+          damaged++;
+          // One bit of the page's data, in the follower's copy of the message (the checksum as sent).
+          const p = msg.records[msg.records.length - 1]!.payload;
+          p[p.length - 1] ^= 0x01;
+        }
+      });
+      const w = await l.replica.write([{ page: 1, data: page(7) }]);
+      assert.equal(damaged, 1, 'the write\'s append to the follower was damaged');
+      await shard.waitFor(() => f.replica.stats().lastLsn >= w.lsn, 'the follower appends the record, sent again');
+      const sent = [...l.storage.log.read(w.lsn, w.lsn)][0]!;
+      const kept = [...f.storage.log.read(w.lsn, w.lsn)][0]!;
+      assert.deepEqual(kept.payload, sent.payload, 'the follower holds the bytes the leader wrote');
+      assert.deepEqual(shard.damage, [], 'not damage of the follower\'s storage');
+
+      // Refused outright, before anything changes: the record's checksum is not its payload's.
+      const before = f.replica.stats().lastLsn;
+      const payload = encodePageWrite(4096, [{ page: 2, data: page(9) }]);
+      const record = { term: l.replica.stats().term, kind: RecordKind.PageWrite, payload, crc: (crc32c(payload) ^ 1) >>> 0 };
+      await assert.rejects(
+        f.replica.handle({ type: 'append', term: record.term, leader: l.id, prevLsn: before, prevTerm: l.replica.stats().term, records: [record], commitLsn: 0 }),
+        (e: ProtocolError) => e.code === 'corruption' && e.details?.['inTransit'] === true && /records\[0\]: its data does not match the checksum/.test(e.message),
+      );
+      assert.equal(f.replica.stats().lastLsn, before, 'nothing appended');
+    });
+
+    it('a record damaged in the leader\'s memory after its write (every follower refuses it): the leader hands itself to its host to be opened again from its log', async () => {
+      shard = new TestShard(['a', 'b', 'c'], { ...steady, onFailure: true });
+      const l = await shard.leader();
+      const [b, c] = shard.ids.filter((id) => id !== l.id) as [string, string];
+      shard.isolate([b]);
+      const w = await l.replica.write([{ page: 3, data: page(3) }]);
+      // Held for b, which lacks it; a bit of it changes in the leader's memory.
+      const held = (l.replica as unknown as { recent: Array<{ lsn: number; payload: Uint8Array }> }).recent.find((r) => r.lsn === w.lsn)!;
+      held.payload[held.payload.length - 1] ^= 0x01;
+      shard.heal();
+      await shard.waitFor(() => shard!.failures.length > 0, 'the leader reports itself');
+      assert.deepEqual(shard.failures.map((f) => f.id), [l.id]);
+      assert.match(shard.failures[0]!.err.message, new RegExp(`record ${w.lsn} of .* held in memory no longer matches its checksum`));
+      assert.equal(shard.members.get(c)!.replica.stats().lastLsn >= w.lsn, true, 'c took it before the damage');
     });
 
     it('a record that arrives malformed with a valid checksum is not damage of the follower\'s storage: not reported', async () => {
