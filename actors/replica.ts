@@ -490,7 +490,7 @@ export interface ReplicaStats {
   /** Leader: times its shard quiesced. */
   quiesces: number;
   /** This replica's page cache (cumulative counters, bytes held now). */
-  cache: { hits: number; misses: number; evictions: number; bytes: number };
+  cache: { hits: number; misses: number; evictions: number; damaged: number; bytes: number };
   /**
    * The replica's files: its log's bytes in use, its retained images' bytes, and the pages its
    * newest image stores (pages made zeros are not stored: they leave it at the next checkpoint).
@@ -1231,7 +1231,7 @@ export class Replica {
       config: this.configuration(),
       ...(this.termsUnknown !== undefined ? { awaitingTerms: [...this.termsUnknown].sort() } : {}),
       ...this.counters,
-      cache: { hits: c.hits, misses: c.misses, evictions: c.evictions, bytes: c.bytes },
+      cache: { hits: c.hits, misses: c.misses, evictions: c.evictions, damaged: c.damaged, bytes: c.bytes },
       storage: { logBytes: this.log.stats().bytes, imageBytes: ps.imageBytes, imagePages: ps.imagePages },
     };
   }
@@ -3328,7 +3328,7 @@ export class Replica {
    * quorum round) or at a given retained LSN. A read at an LSN not applied yet waits until it is,
    * or until `deadlineMs`.
    */
-  async read(pages: readonly number[], opts: { lsn?: number; deadlineMs: number; nowMs: number }): Promise<{ pages: Uint8Array[]; lsn: number; term: number }> {
+  async read(pages: readonly number[], opts: { lsn?: number; deadlineMs: number; nowMs: number }): Promise<{ pages: Uint8Array[]; lsn: number; term: number; crc?: number }> {
     this.checkLeader();
     if (pages.length === 0) throw new StorageError('bad_request', 'read of zero pages');
     // The reply must fit one message, as a page.read's does.
@@ -3339,10 +3339,13 @@ export class Replica {
     const lsn = opts.lsn ?? this.store.appliedLsn;
     // Pages in memory are copied out at once; only a read that needs the disk waits its turn in
     // the device's queue (behind flushes and other IO).
-    const data = this.store.getPagesCached(pages, lsn) ?? (await this.readStored(pages, lsn));
+    const cached = this.store.getPagesCached(pages, lsn);
     this.counters.reads++;
     this.counters.pagesRead += pages.length;
-    return { pages: data, lsn, term: this.term };
+    // From the cache, with the checksum of the pages as they were put there (each copy checked
+    // against it), for the reply; pages read from disk get theirs as the reply is encoded.
+    if (cached !== undefined) return { pages: cached.pages, lsn, term: this.term, crc: cached.crc };
+    return { pages: await this.readStored(pages, lsn), lsn, term: this.term };
   }
 
   /**

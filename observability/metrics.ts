@@ -104,7 +104,7 @@ export interface ShardSnapshot {
   commitLsn?: number;
   state?: string;
   /** The shard's page cache (PageStore.stats().cache). */
-  cache?: { hits: number; misses: number; evictions: number; bytes: number };
+  cache?: { hits: number; misses: number; evictions: number; damaged?: number; bytes: number };
   /** Elections this shard's actor started (cumulative). */
   elections?: number;
   /** Prevote rounds this shard's actor started (cumulative); an election follows only a won one. */
@@ -547,6 +547,7 @@ export class StrataMetrics {
           out.counter('strata_cache_hits', 'Page cache hits of a shard.', s.cache.hits, a);
           out.counter('strata_cache_misses', 'Page cache misses of a shard.', s.cache.misses, a);
           out.counter('strata_cache_evictions', 'Pages evicted from a shard page cache.', s.cache.evictions, a);
+          out.counter('strata_cache_pages_damaged', 'Pages a shard page cache dropped because a copy out of it did not match the checksum it was put with (read again from the log or an image).', s.cache.damaged ?? 0, a);
           out.gauge('strata_cache_bytes', 'Page bytes held by a shard page cache.', s.cache.bytes, a, 'By');
         }
         if (s.storage) {

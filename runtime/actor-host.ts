@@ -1304,8 +1304,9 @@ const OPEN_FLUSH_MS = 2000;
  */
 const encodeReadReply = (reply: unknown, options: CodecOptions): Uint8Array => {
   const r = reply as ShardReadReply;
-  // The checksum of the pages as they go out, for the client to check what it receives.
-  r.crc = pageDataCrc(r.pages);
+  // The checksum of the pages, for the client to check what it receives: the page cache's
+  // (kept since each page was put there) or, for pages read from disk, made as they go out.
+  r.crc ??= pageDataCrc(r.pages);
   return encodeShardReadReply(r, { ...options, alloc: allocRequestBytes });
 };
 

@@ -794,7 +794,7 @@ export class DeviceHost {
       volumeId: e.spec.volumeId, shard: e.spec.shard, self: this.self, role: 'follower', term: 0, leader: null,
       commitLsn: 0, appliedLsn: 0, firstLsn: 0, lastLsn: 0, lag: {}, heldRecords: 0, heldBytes: 0, writeIdsHeld: 0, writeIdsKnownMs: 0, repairing: false, config: { members: [...e.spec.members] }, preVotes: 0, elections: 0, handovers: 0, electionsHandedOver: 0, writes: 0, pagesWritten: 0, retriesMatched: 0, retriesUnknown: 0,
       reads: 0, pagesRead: 0, checkpoints: 0, spaceCheckpoints: 0, spaceCheckpointsSkipped: 0, snapshotsSent: 0, snapshotsInstalled: 0, appendsSent: 0, appendsToAll: 0, imageChecks: 0, offloaded: 0, appliedFromLog: 0, repliesIgnored: 0, quiesced: false, quiesces: 0,
-      cache: { hits: 0, misses: 0, evictions: 0, bytes: 0 }, state: 'down', members: e.spec.members, ...(e.downReason ? { downReason: e.downReason.message } : {}),
+      cache: { hits: 0, misses: 0, evictions: 0, damaged: 0, bytes: 0 }, state: 'down', members: e.spec.members, ...(e.downReason ? { downReason: e.downReason.message } : {}),
     };
   }
 

@@ -11,7 +11,14 @@
  * eviction, `delete` and `clear`. Every entry is charged `pageSize` bytes against
  * `cacheBytesMax`; when the slab itself is full the cache evicts its own least recently used
  * entries to make room, and if it holds none it simply does not cache (counted in `rejects`).
+ *
+ * Each entry keeps the CRC-32C of its page as it was put, and each copy out of the cache is
+ * checked against it: the slab is memory shared between threads, and a page changed in it (a
+ * fault of the memory, or a slot written by a hand that no longer owned it) is dropped and read
+ * again from its log record or image, not served. The reads that copy a page out combine these
+ * checksums into the one of their reply (docs/protocol.md, "Checksums of page data on the way").
  */
+import { crc32c } from './crc32c';
 import { assert, StorageError } from './errors';
 import { copyBytes, type Slab } from './slab';
 
@@ -29,6 +36,8 @@ export interface PageCacheStats {
   evictions: number;
   /** Puts that were not cached (no room in the slab, or the cache is disabled). */
   rejects: number;
+  /** Entries dropped because a copy out of them did not match the checksum they were put with. */
+  damaged: number;
   /** Page bytes held now. */
   bytes: number;
   bytesMax: number;
@@ -39,6 +48,8 @@ interface Entry {
   page: number;
   versionLsn: number;
   slot: number;
+  /** CRC-32C of the page as it was put, checked as each copy of it leaves the cache. */
+  crc: number;
   /** Neighbours in the LRU list: `older` towards the least recently used end. */
   older: Entry | undefined;
   newer: Entry | undefined;
@@ -64,6 +75,8 @@ export class PageCache {
   private misses = 0;
   private evictions = 0;
   private rejects = 0;
+  private damaged = 0;
+  private lastCrcOut = 0;
 
   constructor(opts: PageCacheOptions) {
     if (!Number.isSafeInteger(opts.pageSize) || opts.pageSize <= 0) {
@@ -90,7 +103,12 @@ export class PageCache {
     return this.count;
   }
 
-  /** Copies the cached content of (page, versionLsn) into `out` and returns true; false on a miss. */
+  /**
+   * Copies the cached content of (page, versionLsn) into `out` and returns true; false on a miss.
+   * The copy is checked against the page's checksum as it was put (`lastCrc` gives it): one that
+   * does not match (the slab's memory changed under the entry) drops the entry, is counted as
+   * damaged, and reads as a miss, so that the caller reads the page from its log or image.
+   */
   get(page: number, versionLsn: number, out: Uint8Array): boolean {
     assert(out.length === this.pageSize, 'cache get buffer has the page size', { length: out.length });
     const entry = this.find(page, versionLsn);
@@ -98,10 +116,23 @@ export class PageCache {
       this.misses++;
       return false;
     }
-    this.touch(entry);
     out.set(this.slab.view(entry.slot).subarray(0, this.pageSize));
+    if (crc32c(out) !== entry.crc) {
+      this.remove(entry);
+      this.slab.free(entry.slot);
+      this.damaged++;
+      this.misses++;
+      return false;
+    }
+    this.touch(entry);
+    this.lastCrcOut = entry.crc;
     this.hits++;
     return true;
+  }
+
+  /** The CRC-32C of the page the last `get` that returned true copied out. */
+  get lastCrc(): number {
+    return this.lastCrcOut;
   }
 
   /** True if (page, versionLsn) is cached; does not touch the LRU order or the counters. */
@@ -116,10 +147,13 @@ export class PageCache {
    */
   put(page: number, versionLsn: number, data: Uint8Array): boolean {
     assert(data.length === this.pageSize, 'cached page has the page size', { length: data.length });
+    // Of the bytes given, before they are copied: the copy into the slab is checked too.
+    const crc = crc32c(data);
     const existing = this.find(page, versionLsn);
     if (existing !== undefined) {
       this.touch(existing);
       copyBytes(this.slab.view(existing.slot), data);
+      existing.crc = crc;
       return true;
     }
     if (this.entriesMax === 0) {
@@ -137,7 +171,7 @@ export class PageCache {
     const view = this.slab.view(slot);
     assert(view.length >= this.pageSize, 'slab slot holds a page', { slotBytes: view.length, pageSize: this.pageSize });
     copyBytes(view, data);
-    const entry: Entry = { page, versionLsn, slot, older: undefined, newer: undefined };
+    const entry: Entry = { page, versionLsn, slot, crc, older: undefined, newer: undefined };
     this.index(entry);
     this.link(entry);
     assert(this.count * this.pageSize <= this.bytesMax, 'cache within its byte bound');
@@ -204,6 +238,7 @@ export class PageCache {
       misses: this.misses,
       evictions: this.evictions,
       rejects: this.rejects,
+      damaged: this.damaged,
       bytes: this.bytes,
       bytesMax: this.bytesMax,
       entries: this.count,

@@ -15,6 +15,7 @@
  */
 import { requestArena } from './arena';
 import { discardFile, joinPath, parentDir, removeDiscarded, removeInBackground, type Discarded, type Disk } from './disk';
+import { crc32c, crc32cCombine } from './crc32c';
 import { assert, CorruptionError, StorageError, type CorruptionReport } from './errors';
 import { ImageReader, ImageWriter, imageFileName, isImageTempFileName, parseImageFileName, IMAGE_BYTES_MIN, IMAGE_PAGE_COUNT_MAX, IMAGE_TABLE_ENTRY_BYTES } from './image';
 import type { SegmentLog } from './log';
@@ -71,7 +72,7 @@ export interface PageStoreStats {
   imageLsn: number;
   oldestReadableLsn: number;
   images: number;
-  cache: { hits: number; misses: number; evictions: number; bytes: number; bytesMax: number };
+  cache: { hits: number; misses: number; evictions: number; damaged: number; bytes: number; bytesMax: number };
   /** Entries of the version index (one per (page, record) pair of the retained log). */
   versions: number;
   /** Images let go whose removal in the background failed (`discardFile`); removed at the next open. */
@@ -113,6 +114,13 @@ const POINTER_NAME = 'checkpoint';
  */
 export type CheckpointStep = Promise<void> | undefined;
 
+/** Pages read out of the page cache (`getPagesCached`), with the CRC-32C of their data in order. */
+export interface CachedPages {
+  pages: Uint8Array[];
+  /** Combined from the checksums the cache checked each copy against. */
+  crc: number;
+}
+
 /** A base for reads: a retained image, or `null` for the empty volume at LSN 0. */
 interface Base {
   lsn: number;
@@ -146,6 +154,8 @@ export class PageStore {
   private readonly zeroLsns = new Set<number>();
   /** What a page a PageZero record zeroed reads as (never written to). */
   private readonly zeroPage: Uint8Array;
+  /** CRC-32C of a page of zeros (a page never written, in a read's checksum). */
+  private readonly zeroPageCrc: number;
   private discardFailures = 0;
   private readonly onDiscardError = (): void => {
     this.discardFailures++;
@@ -164,6 +174,7 @@ export class PageStore {
     this.pageSize = opts.pageSize;
     this.pageCount = opts.pageCount;
     this.zeroPage = new Uint8Array(opts.pageSize);
+    this.zeroPageCrc = crc32c(this.zeroPage);
     this.imagesKeep = opts.imagesKeep ?? 2;
     this.retainLsns = opts.retainLsns ?? 0;
     this.wallClock = opts.wallClock ?? Date.now;
@@ -597,7 +608,7 @@ export class PageStore {
    * device, so disk reads stay in the device's queue). A miss leaves the cache counters alone.
    * Errors as `getPage`.
    */
-  getPagesCached(pages: readonly number[], lsn?: number): Uint8Array[] | undefined {
+  getPagesCached(pages: readonly number[], lsn?: number): CachedPages | undefined {
     const at = this.checkGetPages(pages, lsn);
     // The version each page is cached as, or -1 for a page never written (zeros).
     const versions = new Array<number>(pages.length);
@@ -608,14 +619,17 @@ export class PageStore {
       versions[i] = v;
     }
     const outs = new Array<Uint8Array>(pages.length);
+    let crc = 0;
     for (let i = 0; i < pages.length; i++) {
       // A page read out of memory lives until its reply is encoded: from the arena.
       const out = requestArena.alloc(this.pageSize);
       const v = versions[i]!;
-      if (v >= 0) assert(this.cache.get(pages[i]!, v, out), 'a page found cached is read from the cache', { page: pages[i], v });
+      // A page whose copy did not match its checksum was dropped from the cache: read from disk.
+      if (v >= 0 && !this.cache.get(pages[i]!, v, out)) return undefined;
+      crc = crc32cCombine(crc, v >= 0 ? this.cache.lastCrc : this.zeroPageCrc, this.pageSize);
       outs[i] = out;
     }
-    return outs;
+    return { pages: outs, crc };
   }
 
   private checkGetPages(pages: readonly number[], lsn: number | undefined): number {
@@ -888,7 +902,7 @@ export class PageStore {
       imageLsn: this.images[this.images.length - 1]?.lsn ?? 0,
       oldestReadableLsn: this.floorLsn,
       images: this.images.length,
-      cache: { hits: c.hits, misses: c.misses, evictions: c.evictions, bytes: c.bytes, bytesMax: c.bytesMax },
+      cache: { hits: c.hits, misses: c.misses, evictions: c.evictions, damaged: c.damaged, bytes: c.bytes, bytesMax: c.bytesMax },
       versions: this.versionCount,
       discardFailures: this.discardFailures,
       imageBytes: this.images.reduce((sum, r) => sum + r.fileBytes, 0),

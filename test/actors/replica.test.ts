@@ -16,6 +16,7 @@ import { decode, encode } from '../../messages/codec';
 import { StorageError, type CorruptionError, type CorruptionReport } from '../../storage-engine/errors';
 import type { AppendRequest, RaftRequest, RaftReply } from '../../messages/raft';
 import { DiskGates, geometry, page } from '../support/replica-harness';
+import { viewIfAllocated } from '../support/slab';
 
 const timing = { electionTimeoutMinMs: 60, electionTimeoutMaxMs: 120, heartbeatMs: 10, rpcTimeoutMs: 100 };
 /** Most the replicas' clock moves in one tick of the shard's 2 ms timer (see TestShard.now). */
@@ -2080,6 +2081,29 @@ describe('Replica (more cases)', function () {
       assert.deepEqual(shard.failures.map((f) => f.id), [l.id]);
       assert.match(shard.failures[0]!.err.message, new RegExp(`record ${w.lsn} of .* held in memory no longer matches its checksum`));
       assert.equal(shard.members.get(c)!.replica.stats().lastLsn >= w.lsn, true, 'c took it before the damage');
+    });
+
+    it('a page changed in the leader\'s page cache is not served: the read gives the page as written, from its log, and the checksum of what it gives', async () => {
+      shard = new TestShard(['a', 'b', 'c'], steady);
+      const l = await shard.leader();
+      await l.replica.write([{ page: 4, data: page(4) }, { page: 5, data: page(5) }]);
+      const first = await l.replica.read([4, 5], { deadlineMs: Date.now() + 10_000, nowMs: Date.now() });
+      assert.equal(first.crc, crc32c(Buffer.concat([page(4), page(5)])), 'from the cache, with the checksum the pages were cached with');
+      const slab = (l.replica as unknown as { store: { cache: { slab: Slab } } }).store.cache.slab;
+      let changed = 0;
+      for (let slot = 0; slot < slab.slotCount; slot++) {
+        const v = viewIfAllocated(slab, slot)?.subarray(0, 4096);
+        if (v === undefined) continue;
+        if (Buffer.compare(Buffer.from(v), Buffer.from(page(5))) === 0) {
+          v[4000] ^= 0x01;
+          changed++;
+        }
+      }
+      assert.ok(changed >= 1, 'page 5 found in the slab');
+      const r = await l.replica.read([4, 5], { deadlineMs: Date.now() + 10_000, nowMs: Date.now() });
+      assert.deepEqual(r.pages.map((p) => Uint8Array.from(p)), [page(4), page(5)], 'as written');
+      assert.equal(r.crc, undefined, 'read from disk: the reply\'s checksum is made as it is encoded');
+      assert.equal(l.replica.stats().cache.damaged, 1);
     });
 
     it('a record that arrives malformed with a valid checksum is not damage of the follower\'s storage: not reported', async () => {

@@ -1,9 +1,11 @@
 /** PageCache: byte bound under churn, LRU order, counters, slab slots owned and freed. */
 import { strict as assert } from 'node:assert';
 import { StorageError } from '../../storage-engine/errors';
+import { crc32c } from '../../storage-engine/crc32c';
 import { PageCache } from '../../storage-engine/page-cache';
 import { Slab } from '../../storage-engine/slab';
 import { prng } from '../support/prng';
+import { viewIfAllocated } from '../support/slab';
 
 const PAGE = 4096;
 
@@ -32,6 +34,37 @@ describe('PageCache', () => {
     const s = cache.stats();
     assert.deepEqual({ hits: s.hits, misses: s.misses, evictions: s.evictions, bytes: s.bytes, entries: s.entries }, { hits: 1, misses: 3, evictions: 0, bytes: PAGE, entries: 1 });
     assert.equal(slab.stats().slotsUsed, 1);
+  });
+
+  it('checks each copy out against the checksum the page was put with: a page changed in the slab is dropped, counted, and read as a miss', () => {
+    const slab = new Slab({ slotBytes: PAGE, slotCount: 8 });
+    const cache = new PageCache({ slab, pageSize: PAGE, cacheBytesMax: 4 * PAGE });
+    const out = new Uint8Array(PAGE);
+    cache.put(1, 10, data(1));
+    cache.put(2, 10, data(2));
+    assert.equal(cache.get(1, 10, out), true);
+    assert.equal(cache.lastCrc, crc32c(data(1)), 'the checksum of the page copied out');
+    cache.put(1, 10, data(3)); // the same key given other bytes: its checksum follows
+    assert.equal(cache.get(1, 10, out), true);
+    assert.deepEqual(out, data(3));
+    assert.equal(cache.lastCrc, crc32c(data(3)));
+    // One bit of page 2 changes in the shared memory, under the cache.
+    for (let slot = 0; slot < 8; slot++) {
+      const v = viewIfAllocated(slab, slot);
+      if (v === undefined) continue;
+      if (v[0] === data(2)[0] && v[1] === data(2)[1] && v[64] === data(2)[64]) v[100] ^= 0x04;
+    }
+    const misses = cache.stats().misses;
+    const used = slab.stats().slotsUsed;
+    assert.equal(cache.get(2, 10, out), false, 'not served');
+    assert.equal(cache.has(2, 10), false, 'dropped');
+    assert.equal(cache.stats().damaged, 1);
+    assert.equal(cache.stats().misses, misses + 1);
+    assert.equal(slab.stats().slotsUsed, used - 1, 'its slot given back');
+    assert.equal(cache.get(1, 10, out), true, 'the other page is served');
+    assert.equal(cache.put(2, 10, data(2)), true, 'put again, from its log or image');
+    assert.equal(cache.get(2, 10, out), true);
+    assert.deepEqual(out, data(2));
   });
 
   it('evicts the least recently used entry, where a get counts as a use', () => {

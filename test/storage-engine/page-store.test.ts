@@ -8,6 +8,7 @@ import { CorruptionError, StorageError } from '../../storage-engine/errors';
 import { IMAGE_BYTES_MIN, IMAGE_TABLE_ENTRY_BYTES, ImageReader, imageFileName } from '../../storage-engine/image';
 import { SegmentLog } from '../../storage-engine/log';
 import { MetaStore } from '../../storage-engine/metadata';
+import { crc32c } from '../../storage-engine/crc32c';
 import { encodePageWrite } from '../../storage-engine/page-write';
 import { encodePageZero } from '../../storage-engine/page-zero';
 import { CHECKPOINT_COLLECT_PAGES, GET_PAGES_MAX, PageStore, type CheckpointStep, type PageStoreOptions } from '../../storage-engine/page-store';
@@ -16,6 +17,7 @@ import { SimDisk, SimulatedCrash } from '../../storage-engine/sim-disk';
 import { Slab } from '../../storage-engine/slab';
 import { expectStorageError as expectCode } from '../support/expect';
 import { prng } from '../support/prng';
+import { viewIfAllocated } from '../support/slab';
 
 const PAGE = 4096;
 const LOG_DIR = 'shard-0/log';
@@ -139,7 +141,10 @@ function checkAll(store: PageStore, model: Model, from: number, to: number, page
     for (const p of all) assert.deepEqual(got[p], model.at(p, lsn), `getPages: page ${p} at LSN ${lsn}`);
     for (const p of all) {
       const cached = store.getPagesCached([p], lsn);
-      if (cached !== undefined) assert.deepEqual(cached[0], model.at(p, lsn), `getPagesCached: page ${p} at LSN ${lsn}`);
+      if (cached !== undefined) {
+        assert.deepEqual(cached.pages[0], model.at(p, lsn), `getPagesCached: page ${p} at LSN ${lsn}`);
+        assert.equal(cached.crc, crc32c(model.at(p, lsn)), `getPagesCached: the checksum of page ${p} at LSN ${lsn}`);
+      }
     }
   }
 }
@@ -1186,24 +1191,52 @@ describe('PageStore', () => {
     // apply cached the written pages; the 4-page bound kept the last four (12..15).
     const reads0 = w.disk.counters.reads;
     const hits0 = w.store.stats().cache.hits;
-    const got = w.store.getPagesCached([15, 0, 12]);
-    assert.ok(got !== undefined, 'cached pages and a never-written page come from memory');
+    const cached = w.store.getPagesCached([15, 0, 12]);
+    assert.ok(cached !== undefined, 'cached pages and a never-written page come from memory');
+    const got = cached.pages;
     assert.deepEqual(got[0], entries[5]!.data);
     assert.deepEqual(got[1], ZERO);
     assert.deepEqual(got[2], entries[2]!.data);
+    const all = new Uint8Array(3 * PAGE);
+    got.forEach((g, i) => all.set(g, i * PAGE));
+    assert.equal(cached.crc, crc32c(all), 'the checksum of the pages in order, from the ones they were cached with');
     assert.equal(w.store.stats().cache.hits, hits0 + 2);
     const misses0 = w.store.stats().cache.misses;
     assert.equal(w.store.getPagesCached([15, 10]), undefined, 'page 10 was evicted: it needs the log');
     assert.equal(w.disk.counters.reads, reads0, 'no disk read');
     assert.equal(w.store.stats().cache.misses, misses0, 'a miss of the memory-only path is not counted');
     assert.deepEqual(w.store.getPages([10])[0], entries[0]!.data, 'the queued path reads it from the log');
-    assert.deepEqual(w.store.getPagesCached([10])?.[0], entries[0]!.data, 'and caches it');
-    assert.deepEqual(w.store.getPagesCached([10], 0)?.[0], ZERO, 'at LSN 0 every page is zeros');
+    assert.deepEqual(w.store.getPagesCached([10])?.pages[0], entries[0]!.data, 'and caches it');
+    assert.deepEqual(w.store.getPagesCached([10], 0)?.pages[0], ZERO, 'at LSN 0 every page is zeros');
     expectCode(() => w.store.getPagesCached([48]), 'out_of_range');
     expectCode(() => w.store.getPagesCached([0], 2), 'future_lsn');
     expectCode(() => w.store.getPagesCached(new Array<number>(GET_PAGES_MAX + 1).fill(0)), 'too_large');
     w.store.close();
     expectCode(() => w.store.getPagesCached([0]), 'closed');
+  });
+
+  it('a cached page whose copy does not match its checksum is not served from memory: read from its record, cached again, counted', () => {
+    const w = world(15, { cacheBytesMax: 4 * PAGE });
+    const entries = [{ page: 3, data: content(31) }, { page: 4, data: content(41) }];
+    applyOneRecord(w, entries);
+    assert.ok(w.store.getPagesCached([3, 4]) !== undefined, 'both cached');
+    // One bit of page 4's copy in the slab changes under the cache.
+    const slab = (w.store as unknown as { cache: { slab: Slab } }).cache.slab;
+    let hit = 0;
+    for (let slot = 0; slot < slab.slotCount; slot++) {
+      const v = viewIfAllocated(slab, slot)?.subarray(0, PAGE);
+      if (v === undefined) continue;
+      if (Buffer.compare(Buffer.from(v), Buffer.from(entries[1]!.data)) === 0) {
+        v[7] ^= 0x80;
+        hit++;
+      }
+    }
+    assert.equal(hit, 1, 'the page found in one slot');
+    assert.equal(w.store.getPagesCached([3, 4]), undefined, 'not from memory: the damaged copy is dropped');
+    assert.equal(w.store.stats().cache.damaged, 1);
+    assert.deepEqual(w.store.getPages([3, 4]), [entries[0]!.data, entries[1]!.data], 'read from the log');
+    const again = w.store.getPagesCached([3, 4]);
+    assert.deepEqual(again?.pages, [entries[0]!.data, entries[1]!.data], 'and cached again');
   });
 
   it('rejects bad options and an image of another page size or of more pages (one of fewer is a volume that grew since)', () => {
