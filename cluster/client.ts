@@ -1934,6 +1934,8 @@ const READ_TRIES = { tryDeadlineInHeader: true, quickFirst: true, tries: SHARD_R
  * call's: the leader goes on with a try while the next is sent.
  */
 export const SHARD_WRITE_TRIES = 3;
+export const WRITE_TRY_MS_MIN = 1000;
+const WRITE_TRIES = { tries: SHARD_WRITE_TRIES, tryMsMin: WRITE_TRY_MS_MIN, quickFirst: true } as const;
 
 /**
  * Times a request whose page data was damaged on the way (`corruption` with `details.inTransit`:
@@ -1951,8 +1953,6 @@ function refusesCrc(e: unknown): boolean {
 export function writeBody(pages: PageWrite[], writeId: Uint8Array): ShardWriteRequest {
   return { pages, writeId, crc: pageWritesCrc(pages) };
 }
-export const WRITE_TRY_MS_MIN = 1000;
-const WRITE_TRIES = { tries: SHARD_WRITE_TRIES, tryMsMin: WRITE_TRY_MS_MIN, quickFirst: true } as const;
 
 /**
  * A write's try that failed so is sent again (`Volume.sendWrite`): one without an answer. A
