@@ -580,8 +580,10 @@ describe('a mailbox full of bytes answers overloaded, whatever its request count
     // The host's thread stalls in a disk call; the writes queue up at the NATS server meanwhile
     // and reach the mailbox together once it is back.
     const marker = (c.nodes[0]!.hostPool as unknown as { slots: Array<{ ioMarker: Int32Array }> }).slots[0]!.ioMarker;
-    // Long enough that all the writes are sent while it lasts, on a busy machine too.
-    const stalled = c.nodes[0]!.hostPool.stallHost(0, 5000, { inDisk: true });
+    // Long enough that all the writes are sent while it lasts, on a busy machine too (a CI run
+    // with the suite's other file beside it once sent them after a stall of 5 s had ended: all
+    // committed, none refused).
+    const stalled = c.nodes[0]!.hostPool.stallHost(0, 10_000, { inDisk: true });
     // In a disk call, and still 100 ms later: the stall, not one of the shard's own disk calls.
     const inDisk = (): boolean => Atomics.load(marker, 0) > 0;
     await waitFor('the host stalls in its disk', async () => {
@@ -595,7 +597,11 @@ describe('a mailbox full of bytes answers overloaded, whatever its request count
     const total = 1000;
     const hdrs = headers('shard.write', { [HEADER_DEADLINE]: String(Date.now() + 30_000) });
     const bodies = Array.from({ length: total }, (_, i) => encode({ pages: [{ page: i, data }] }));
-    const replies = await Promise.all(bodies.map((body) => c.client.rawRequest(subject, body, hdrs).then((b) => decode(b) as Record<string, unknown>)));
+    const answered = Promise.all(bodies.map((body) => c.client.rawRequest(subject, body, hdrs, { timeoutMs: 30_000 }).then((b) => decode(b) as Record<string, unknown>)));
+    // The test's premise: every write reached the server while the host was still stalled.
+    await new Promise((r) => setTimeout(r, 200));
+    assert.ok(inDisk(), 'the host was still stalled once every write was sent (else the writes came in one by one, and the mailbox never filled)');
+    const replies = await answered;
     await stalled;
     type Refusal = { code?: string; message?: string; details?: { depth?: number; bytes?: number } };
     const refused = replies
