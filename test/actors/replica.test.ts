@@ -2050,7 +2050,8 @@ describe('Replica (more cases)', function () {
       });
       const w = await l.replica.write([{ page: 1, data: page(7) }]);
       assert.equal(damaged, 1, 'the write\'s append to the follower was damaged');
-      await shard.waitFor(() => f.replica.stats().lastLsn >= w.lsn, 'the follower appends the record, sent again');
+      // In the logs (written, not only queued) of the follower, sent again, and of the leader.
+      await shard.waitFor(() => f.storage.log.lastLsn >= w.lsn && l.storage.log.lastLsn >= w.lsn, 'the follower appends the record, sent again');
       const sent = [...l.storage.log.read(w.lsn, w.lsn)][0]!;
       const kept = [...f.storage.log.read(w.lsn, w.lsn)][0]!;
       assert.deepEqual(kept.payload, sent.payload, 'the follower holds the bytes the leader wrote');
