@@ -9,7 +9,7 @@
  * the sender steps down (fencing). Bodies are CBOR maps validated on receipt.
  */
 import { ProtocolError } from './errors';
-import { expectArray, expectBoolean, expectBytes, expectCounter, expectId, expectInteger, expectMap } from './validate';
+import { expectArray, expectBoolean, expectBytes, expectCounter, expectCrc, expectId, expectInteger, expectMap, optional } from './validate';
 
 export const RAFT_RECORDS_PER_APPEND_MAX = 65536;
 export const RAFT_SNAPSHOT_CHUNK_BYTES_MAX = 4 * 1024 * 1024;
@@ -208,7 +208,8 @@ export function validateRaftRequest(body: unknown): RaftRequest {
         const kind = counter(m.kind, `records[${i}].kind`);
         if (kind > 255) throw new ProtocolError('bad_request', `records[${i}].kind: at most 255`, { path: `records[${i}].kind` });
         const record: WireRecord = { term: termOf(m.term, `records[${i}].term`), kind, payload: bytes(m.payload, `records[${i}].payload`) };
-        if (m.crc !== undefined && m.crc !== null) record.crc = expectInteger(m.crc, `records[${i}].crc`, { min: 0, max: 0xffffffff });
+        const crc = optional(m.crc, (v) => expectCrc(v, `records[${i}].crc`));
+        if (crc !== undefined) record.crc = crc;
         return record;
       });
       const prevLsn = counter(o.prevLsn, 'prevLsn');

@@ -563,9 +563,14 @@ export function validateVolumeFlushReply(value: unknown): VolumeFlushReply {
 
 const PAGE_WRITE_REQUEST_FIELDS = fields('volume', 'pages', 'crc');
 
-/** A message's optional `crc` of its page data (`PAGE_DATA_CRC`): an unsigned 32-bit integer. */
+/** A CRC-32C: an unsigned 32-bit integer. */
+export function expectCrc(value: unknown, path: string): number {
+  return expectInteger(value, path, { min: 0, max: 0xffffffff });
+}
+
+/** A message's optional `crc` of its page data (`PAGE_DATA_CRC`). */
 function optionalCrc(map: Readonly<Record<string, unknown>>): number | undefined {
-  return optional(field(map, 'crc'), (v) => expectInteger(v, 'crc', { min: 0, max: 0xffffffff }));
+  return optional(field(map, 'crc'), (v) => expectCrc(v, 'crc'));
 }
 
 /** page.write request (without the volume's geometry; see `validatePageWrite`). */

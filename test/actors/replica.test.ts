@@ -16,7 +16,7 @@ import { decode, encode } from '../../messages/codec';
 import { StorageError, type CorruptionError, type CorruptionReport } from '../../storage-engine/errors';
 import type { AppendRequest, RaftRequest, RaftReply } from '../../messages/raft';
 import { DiskGates, geometry, page } from '../support/replica-harness';
-import { viewIfAllocated } from '../support/slab';
+import { flipInSlab } from '../support/slab';
 
 const timing = { electionTimeoutMinMs: 60, electionTimeoutMaxMs: 120, heartbeatMs: 10, rpcTimeoutMs: 100 };
 /** Most the replicas' clock moves in one tick of the shard's 2 ms timer (see TestShard.now). */
@@ -2091,15 +2091,7 @@ describe('Replica (more cases)', function () {
       const first = await l.replica.read([4, 5], { deadlineMs: Date.now() + 10_000, nowMs: Date.now() });
       assert.equal(first.crc, crc32c(Buffer.concat([page(4), page(5)])), 'from the cache, with the checksum the pages were cached with');
       const slab = (l.replica as unknown as { store: { cache: { slab: Slab } } }).store.cache.slab;
-      let changed = 0;
-      for (let slot = 0; slot < slab.slotCount; slot++) {
-        const v = viewIfAllocated(slab, slot)?.subarray(0, 4096);
-        if (v === undefined) continue;
-        if (Buffer.compare(Buffer.from(v), Buffer.from(page(5))) === 0) {
-          v[4000] ^= 0x01;
-          changed++;
-        }
-      }
+      const changed = flipInSlab(slab, page(5), 4000, 0x01);
       assert.ok(changed >= 1, 'page 5 found in the slab');
       const r = await l.replica.read([4, 5], { deadlineMs: Date.now() + 10_000, nowMs: Date.now() });
       assert.deepEqual(r.pages.map((p) => Uint8Array.from(p)), [page(4), page(5)], 'as written');

@@ -7,6 +7,7 @@ import { HEADER_DEADLINE, HEADER_SCHEMA, HEADER_TYPE } from '../../messages/head
 import { apiSubject, shardSubject } from '../../messages/subjects';
 import type { ShardReadReply, ShardWriteRequest, VolumeInfo } from '../../messages/api';
 import { validateShardReadReply, validateShardWriteRequest } from '../../messages/validate';
+import { validateRaftRequest, type AppendRequest } from '../../messages/raft';
 import { crc32c } from '../../storage-engine/crc32c';
 import { checkPageDataCrc, damagedInTransit, pageDataCrc, pageWritesCrc } from '../../storage-engine/page-data-crc';
 import { rejectsWith } from '../support/expect';
@@ -56,6 +57,17 @@ describe('page data checksums in transit (PAGE_DATA_CRC)', () => {
         assert.throws(() => validateShardReadReply({ pages: [filled(4)], lsn: 1, crc: bad }), (e: ProtocolError) => e.code === 'bad_request' && e.details?.['path'] === 'crc', String(bad));
       }
     });
+  });
+
+  it('each record of an append carries its payload\'s checksum, validated as an unsigned 32-bit integer', () => {
+    const payload = new Uint8Array(8).fill(1);
+    const append = (crc: unknown) => ({ type: 'append', term: 1, leader: 'n1', prevLsn: 0, prevTerm: 0, records: [{ term: 1, kind: 2, payload, crc }], commitLsn: 0 });
+    const taken = validateRaftRequest(decode(encode(append(crc32c(payload))))) as AppendRequest;
+    assert.equal(taken.records[0]!.crc, crc32c(payload));
+    assert.equal((validateRaftRequest(append(null)) as AppendRequest).records[0]!.crc, undefined, 'from a leader of an older version: none');
+    for (const bad of [-1, 2 ** 32, 0.5, 'x']) {
+      assert.throws(() => validateRaftRequest(append(bad)), (e: ProtocolError) => e.code === 'bad_request' && e.details?.['path'] === 'records[0].crc', String(bad));
+    }
   });
 
   describe('the client (a transport that damages page data)', () => {

@@ -17,7 +17,7 @@ import { SimDisk, SimulatedCrash } from '../../storage-engine/sim-disk';
 import { Slab } from '../../storage-engine/slab';
 import { expectStorageError as expectCode } from '../support/expect';
 import { prng } from '../support/prng';
-import { viewIfAllocated } from '../support/slab';
+import { flipInSlab } from '../support/slab';
 
 const PAGE = 4096;
 const LOG_DIR = 'shard-0/log';
@@ -1222,15 +1222,7 @@ describe('PageStore', () => {
     assert.ok(w.store.getPagesCached([3, 4]) !== undefined, 'both cached');
     // One bit of page 4's copy in the slab changes under the cache.
     const slab = (w.store as unknown as { cache: { slab: Slab } }).cache.slab;
-    let hit = 0;
-    for (let slot = 0; slot < slab.slotCount; slot++) {
-      const v = viewIfAllocated(slab, slot)?.subarray(0, PAGE);
-      if (v === undefined) continue;
-      if (Buffer.compare(Buffer.from(v), Buffer.from(entries[1]!.data)) === 0) {
-        v[7] ^= 0x80;
-        hit++;
-      }
-    }
+    const hit = flipInSlab(slab, entries[1]!.data, 7, 0x80);
     assert.equal(hit, 1, 'the page found in one slot');
     assert.equal(w.store.getPagesCached([3, 4]), undefined, 'not from memory: the damaged copy is dropped');
     assert.equal(w.store.stats().cache.damaged, 1);
