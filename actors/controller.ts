@@ -708,6 +708,16 @@ export class Controller {
     return undefined;
   }
 
+  /**
+   * What a rebalance of leaders found a pair of `leaderBalancePlan` with no shard to hand over
+   * from: the leaders' counts (`leaders`) and each shard's set, as one string. A pair so found stays
+   * so while it is unchanged; a new leader or a moved replica may give the pair a shard again.
+   */
+  leaderBalanceBasis(nowMs: number): string {
+    const sets = this.state.volumes.map((v) => `${v.id}:${v.placements.map((p) => placedOn(p).map((r) => r.nodeId).join(',')).join('/')}`);
+    return `${JSON.stringify([...this.leaders(nowMs)])}|${sets.join(';')}`;
+  }
+
   /** Volume `v` with `placement` replacing its shard's, committed; the new record. */
   private withPlacement(v: VolumeRecord, placement: ShardPlacement): VolumeRecord {
     const next: VolumeRecord = { ...v, placements: v.placements.map((p) => (p.shard === placement.shard ? placement : p)) };

@@ -584,10 +584,12 @@ export class StrataNode {
   private leadingCount = 0;
   /**
    * The controller's rebalance of leaders (`balanceLeaders`): a handover asked for is running; the
-   * next waits until `notBeforeMs` (the nodes' heartbeats counting the last); `exhausted`, the
-   * pairs `from>to` where `from` leads no shard with a replica on `to`.
+   * next waits until `notBeforeMs` (the nodes' heartbeats counting the last handover or move);
+   * `exhausted`, the pairs `from>to` where `from` leads no shard with a replica on `to`, found so
+   * with the leaders and sets `exhaustedBasis` (Controller.leaderBalanceBasis) and kept while they
+   * hold: a rebalance asked for again does not take up such a pair again.
    */
-  private readonly leaderBalance = { running: false, notBeforeMs: 0, exhausted: new Set<string>(), lastError: '' };
+  private readonly leaderBalance = { running: false, notBeforeMs: 0, exhausted: new Set<string>(), exhaustedBasis: '', lastError: '' };
   /** The check of the replicas' roles (`checkReplicaRoles`) is running. */
   private rolesCheck: Promise<void> | undefined;
   private rolesCheckedMs = 0;
@@ -2230,9 +2232,12 @@ export class StrataNode {
       this.serial(msg, async () => {
         const req = validateRebalance(body);
         const was = c.rebalancing;
-        // Nothing to move (and no move running that may change that): done at once.
-        c.setRebalance(req.stop !== true && (this.moving.size > 0 || c.balancePlan(Date.now()) !== undefined || c.leaderBalancePlan(Date.now()) !== undefined));
-        if (!c.rebalancing) this.leaderBalance.exhausted.clear();
+        // Nothing to move (and no move or handover running, nor one whose change of leaders the
+        // nodes' heartbeats may not count yet): done at once.
+        const now = Date.now();
+        const lb = this.leaderBalance;
+        const settling = this.moving.size > 0 || lb.running || now < lb.notBeforeMs;
+        c.setRebalance(req.stop !== true && (settling || c.balancePlan(now) !== undefined || c.leaderBalancePlan(now, this.leaderPairsExhausted(c, now)) !== undefined));
         if (was !== c.rebalancing) this.log.info(c.rebalancing ? 'rebalance asked for' : 'rebalance called off', {});
         if (c.rebalancing) setImmediate(() => this.repairTick());
         const leaders = c.leaders(Date.now());
@@ -2457,7 +2462,6 @@ export class StrataNode {
         // None left, not even one waiting for its back-off, and the leaders even: done.
         try {
           c.setRebalance(false);
-          this.leaderBalance.exhausted.clear();
           this.log.info('rebalanced the replicas and their leaders', { nodes: Object.fromEntries(c.spread(now)), leaders: Object.fromEntries(c.leaders(now)) });
         } catch (e) {
           this.log.warn('could not record the rebalance done', { err: e });
@@ -2472,6 +2476,9 @@ export class StrataNode {
       const fields = { volume: m.volumeId, shard: m.shard, from: m.from, to: m.to };
       void this.moveShard({ volume: m.volume, shard: m.shard, from: m.from, to: m.to }, Date.now() + REPAIR_MOVE_DEADLINE_MS, { withoutOpen: m.withoutOpen === true, reason: m.reason })
         .then(() => {
+          // A set changed may change its shard's leader: the leaders are evened out once the
+          // nodes' heartbeats count it.
+          this.leaderBalance.notBeforeMs = Math.max(this.leaderBalance.notBeforeMs, Date.now() + LEADER_SETTLE_MS);
           if (this.repairBackoff.delete(key)) this.log.info("moved a dead or draining node's replica after failed tries", fields);
           // The next move of a drain or a rebalance starts now rather than at the next check.
           setImmediate(() => this.repairTick());
@@ -2554,8 +2561,9 @@ export class StrataNode {
     const c = this.controller!;
     const lb = this.leaderBalance;
     if (lb.running || now < lb.notBeforeMs) return true;
-    const pair = c.leaderBalancePlan(now, lb.exhausted);
+    const pair = c.leaderBalancePlan(now, this.leaderPairsExhausted(c, now));
     if (pair === undefined) return false;
+    const basis = lb.exhaustedBasis;
     lb.running = true;
     const subject = nodeSubject(this.cluster, pair.from, 'shard.handover');
     const timeout = LEADER_HANDOVER_TIMEOUT_MS;
@@ -2568,7 +2576,10 @@ export class StrataNode {
       })
       .catch((e: unknown) => {
         const pe = fromNatsError(e, subject, timeout);
-        if (pe.code === 'not_found') lb.exhausted.add(`${pair.from}>${pair.to}`);
+        if (pe.code === 'not_found') {
+          // Found with the leaders and sets it was planned with (not a pair of ones since changed).
+          if (lb.exhaustedBasis === basis) lb.exhausted.add(`${pair.from}>${pair.to}`);
+        }
         else {
           // Once per message: a handover that keeps failing the same way is not logged again.
           if (pe.message !== lb.lastError) this.log.warn('could not hand a shard\'s leadership over to even out the leaders; trying again after a back-off', { from: pair.from, to: pair.to, err: pe });
@@ -2581,6 +2592,20 @@ export class StrataNode {
         setImmediate(() => this.repairTick());
       });
     return true;
+  }
+
+  /**
+   * The pairs of a rebalance of leaders found with no shard to hand over (`leaderBalance.exhausted`)
+   * while the leaders' counts and the shards' sets they were found with hold; none once these changed.
+   */
+  private leaderPairsExhausted(c: Controller, now: number): ReadonlySet<string> {
+    const lb = this.leaderBalance;
+    const basis = c.leaderBalanceBasis(now);
+    if (basis !== lb.exhaustedBasis) {
+      lb.exhausted.clear();
+      lb.exhaustedBasis = basis;
+    }
+    return lb.exhausted;
   }
 
   /**

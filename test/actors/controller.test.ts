@@ -999,6 +999,29 @@ describe('Controller rebalance of leaders (leaderBalancePlan)', () => {
     assert.deepEqual(c.leaderBalancePlan(T0 + 2000), { from: 'a', to: 'b' });
     assert.deepEqual(Object.keys(Object.fromEntries(c.leaders(T0 + 60_000))), [], 'none live a minute later');
   });
+
+  it("the basis a pair with no shard to hand over is found on changes with a node's count of leaders and with a shard's set, not with a heartbeat alone", () => {
+    const c = controller();
+    for (const id of ['a', 'b', 'c', 'd']) c.heartbeat(id, 1, T0, undefined, { leading: id === 'a' ? 2 : 0 });
+    c.create({ name: 'v', pageCount: 64, pageSize: 4096, shards: 1, stripePages: 16, replicas: 3 }, T0);
+    const basis = c.leaderBalanceBasis(T0);
+    // The same counts a second later: the same basis (the pairs found stay found).
+    for (const id of ['a', 'b', 'c', 'd']) c.heartbeat(id, 1, T0 + 1000, undefined, { leading: id === 'a' ? 2 : 0 });
+    assert.equal(c.leaderBalanceBasis(T0 + 1000), basis);
+    // A count changed: another basis.
+    c.heartbeat('b', 1, T0 + 1000, undefined, { leading: 1 });
+    const led = c.leaderBalanceBasis(T0 + 1000);
+    assert.notEqual(led, basis);
+    // A shard's set changed (a move begun, then done): another basis each time.
+    const from = c.get('v').placements[0]!.replicas[0]!.nodeId;
+    const to = ['a', 'b', 'c', 'd'].find((n) => !c.get('v').placements[0]!.replicas.some((r) => r.nodeId === n))!;
+    c.beginMove('v', 0, from, to, T0 + 1000);
+    const adding = c.leaderBalanceBasis(T0 + 1000);
+    assert.notEqual(adding, led);
+    c.finishMove('v', 0, from, to);
+    assert.notEqual(c.leaderBalanceBasis(T0 + 1000), adding);
+    assert.notEqual(c.leaderBalanceBasis(T0 + 1000), led);
+  });
 });
 
 describe('volume id numbers (idNumber)', () => {

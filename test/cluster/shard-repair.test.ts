@@ -13,7 +13,7 @@ import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { connect as natsConnect, type NatsConnection } from 'nats';
-import { encode } from '../../messages/codec';
+import { decode, encode } from '../../messages/codec';
 import { startCluster, type InProcessCluster } from '../../cluster/in-process-cluster';
 import { ProtocolError, errorReply } from '../../messages/errors';
 import { waitFor } from '../support/wait';
@@ -22,6 +22,7 @@ import { controllerMembers, fakeNode, type MemberView } from '../support/control
 import { writeOnceServed } from '../support/served';
 import { REPAIRS_IN_FLIGHT_MAX, REPAIR_BACKOFF_MS_MIN } from '../../cluster/node';
 import { freePort } from '../../runtime/free-port';
+import { CATALOG_VOLUME_ID } from '../../messages/control';
 
 const page = (b: number): Uint8Array => new Uint8Array(4096).fill(b);
 const idx = (nodeId: string): number => Number(nodeId.slice(1)) - 1;
@@ -167,11 +168,59 @@ describe("the controller replaces a dead node's replicas", function () {
     await waitFor('the rebalance done', async () => !(await c.client.rebalance({ stop: false })).rebalancing, 60_000);
     const done = await c.client.rebalance({ stop: true });
     assert.ok(Math.max(...counts(done.nodes)) - Math.min(...counts(done.nodes)) <= 1, JSON.stringify(done));
+    // Done once the nodes' counts of leaders are the leaders their replicas are (a move may
+    // change its shard's leader, which a heartbeat counts a few seconds later).
+    const leading = await Promise.all(c.nodes.map(async (n) => {
+      let led = 0;
+      for (const h of await n!.hostPool.stats()) for (const r of h.device?.shards ?? []) if (r.role === 'leader' && r.volumeId !== CATALOG_VOLUME_ID) led++;
+      return led;
+    }));
+    assert.deepEqual(done.nodes.map((n) => n.leaders), leading, JSON.stringify(done));
     assert.equal(counts(done.nodes).reduce((a, b) => a + b, 0), 6, 'two shards of three replicas');
     for (const set of await replicaSets(c, 'rp')) assert.equal(new Set(set).size, 3);
     assert.deepEqual((await vol.readPages([0, 4])).pages.map((x) => x[0]), [1, 2]);
     // Asked when balanced: done at once.
     assert.equal((await c.client.rebalance()).rebalancing, false);
+  });
+});
+
+describe('a rebalance of leaders with no shard to hand over', function () {
+  this.timeout(60_000);
+  let c: InProcessCluster;
+  let nc: NatsConnection;
+  before(async () => {
+    c = await startCluster({ nodes: 1, hosts: 1, clientTimeoutMs: 5000 });
+    nc = await natsConnect({ servers: c.natsUrl });
+  });
+  after(async () => {
+    await nc?.close();
+    await c?.stop();
+  });
+
+  it('asks each uneven pair once; asked again with the leaders and sets unchanged, it is done at once and asks none again', async () => {
+    // nx says it leads 3 shards, n1 and ny none; nx holds no shard with a replica on either.
+    const asked: string[] = [];
+    nc.subscribe(`strata.${c.cluster}.node.nx.shard.handover`, {
+      callback: (_e, m) => {
+        asked.push((decode(m.data) as { to: string }).to);
+        m.respond(encode(errorReply(new ProtocolError('not_found', 'nx leads no shard with a replica on that node'))));
+      },
+    });
+    const nx = await fakeNode(nc, c.cluster, 'nx', () => undefined, 3);
+    const ny = await fakeNode(nc, c.cluster, 'ny', () => undefined, 0);
+    try {
+      await waitFor('the controller counts nx leading 3', async () => (await c.client.rebalance({ stop: true })).nodes.find((n) => n.node === 'nx')?.leaders === 3, 30_000);
+      assert.equal((await c.client.rebalance()).rebalancing, true, 'the leaders differ by 3');
+      await waitFor('the rebalance done', async () => !(await c.client.rebalance({ stop: false })).rebalancing, 30_000);
+      assert.deepEqual(asked.sort(), ['n1', 'ny'], 'each pair asked once');
+      // Asked again: nothing to do that was not found so, with the same leaders and sets.
+      assert.equal((await c.client.rebalance()).rebalancing, false);
+      await new Promise((r) => setTimeout(r, 1500));
+      assert.deepEqual(asked.sort(), ['n1', 'ny'], 'no pair asked again');
+    } finally {
+      nx.stop();
+      ny.stop();
+    }
   });
 });
 

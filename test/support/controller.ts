@@ -19,12 +19,12 @@ export async function controllerMembers(nc: NatsConnection, cluster: string, tim
 }
 
 /**
- * A node `nodeId` that the controller hears from (a heartbeat every 200 ms, one sent now), whose
- * `shards.open` requests `onOpen` answers and whose claim is answered; it hosts nothing. `stop`
- * ends all three.
+ * A node `nodeId` that the controller hears from (a heartbeat every 200 ms, one sent now, saying
+ * it leads `leading` shards), whose `shards.open` requests `onOpen` answers and whose claim is
+ * answered; it hosts nothing. `stop` ends all three.
  */
-export async function fakeNode(nc: NatsConnection, cluster: string, nodeId: string, onOpen: (m: Msg) => void): Promise<{ stop(): void }> {
-  const beat = (): void => void nc.request(`strata.${cluster}.controller.heartbeat`, encode({ nodeId, hosts: 1 }), { timeout: 1000 }).catch(() => undefined);
+export async function fakeNode(nc: NatsConnection, cluster: string, nodeId: string, onOpen: (m: Msg) => void, leading = 0): Promise<{ stop(): void }> {
+  const beat = (): void => void nc.request(`strata.${cluster}.controller.heartbeat`, encode({ nodeId, hosts: 1, leading }), { timeout: 1000 }).catch(() => undefined);
   const beats = setInterval(beat, 200);
   const sub = nc.subscribe(`strata.${cluster}.node.${nodeId}.shards.open`, { callback: (_e, m) => onOpen(m) });
   // Its claim answered, as every node's is: the controller's check that it is still there.
