@@ -28,7 +28,7 @@ import { digestRecords, type LogDigest } from '../storage-engine/log-digest';
 import { crc32c } from '../storage-engine/crc32c';
 import { checkPageDataCrc } from '../storage-engine/page-data-crc';
 import { GET_PAGES_MAX, type CheckpointStep, type PageStore } from '../storage-engine/page-store';
-import { encodePageWrite, pageWriteBytes, pagesOfPageWrite } from '../storage-engine/page-write';
+import { encodePageWrite, pageWriteBytes, pageWritePayloadCrc, pagesOfPageWrite } from '../storage-engine/page-write';
 import { decodePageZero, encodePageZero, type PageRange } from '../storage-engine/page-zero';
 import { requestArena } from '../storage-engine/arena';
 import { RecordKind, type LogRecord, type LogRecordInput } from '../storage-engine/record';
@@ -38,7 +38,7 @@ import type { StateSink } from '../storage-engine/hard-state-journal';
 import { CorruptionError, StorageError, assert } from '../storage-engine/errors';
 import { ProtocolError } from '../messages/errors';
 import { PAGE_DIGEST_BYTES_MAX } from '../messages/control';
-import { checkReadReplyBytes } from '../messages/validate';
+import { checkReadReplyBytes, expectCrc } from '../messages/validate';
 import { SHARD_MAP_RANGES_MAX, WRITE_SENT_SKEW_MS, type WriteRecordRef } from '../messages/api';
 import { MESSAGE_BYTES_MAX, decode, encode } from '../messages/codec';
 import type {
@@ -706,6 +706,15 @@ export interface WriteAttempt {
    * `details.outcomeUnknown`.
    */
   sentAgoMs?: number;
+  /**
+   * Of a write: the CRC-32C of its pages' data in order, which its caller checked the pages
+   * against (the host, a `shard.write`'s `crc`: PAGE_DATA_CRC). The record's checksum is made from
+   * it (`pageWritePayloadCrc`) rather than from the record's copy of the pages, so a page changed
+   * in this process between that check and the copy fails the record's checksum: at each
+   * follower, which refuses the record, and when read back, rather than being written with a
+   * checksum of its own. Saves the pass over the pages the checksum would take.
+   */
+  dataCrc?: number;
 }
 
 export class Replica {
@@ -3137,7 +3146,8 @@ export class Replica {
         bytesMax: this.messageBytesMax - APPEND_RECORD_OVERHEAD_BYTES - MESSAGE_OVERHEAD_BYTES,
       });
     }
-    return this.commitRecord(RecordKind.PageWrite, () => this.encode(pages, opts.writeId), opts, pages.length);
+    if (opts.dataCrc !== undefined) expectCrc(opts.dataCrc, 'dataCrc');
+    return this.commitRecord(RecordKind.PageWrite, () => this.encode(pages, opts.writeId, opts.dataCrc), opts, pages.length);
   }
 
   /**
@@ -3300,10 +3310,19 @@ export class Replica {
     return undefined;
   }
 
-  /** Encodes a PageWrite payload (with the write's id, if any); large ones are checksummed off-thread (slab handle). */
-  private async encode(pages: readonly PageData[], writeId: Uint8Array | undefined): Promise<{ payload: Uint8Array; crc: number | undefined; release(): void }> {
+  /**
+   * Encodes a PageWrite payload (with the write's id, if any) and its checksum: made from
+   * `dataCrc` when given (WriteAttempt.dataCrc); else large ones are checksummed off-thread (slab
+   * handle), small ones by the caller.
+   */
+  private async encode(pages: readonly PageData[], writeId: Uint8Array | undefined, dataCrc?: number): Promise<{ payload: Uint8Array; crc: number | undefined; release(): void }> {
     const off = this.offload;
     const bytes = pageWriteBytes(this.geometry.pageSize, pages.length, writeId !== undefined);
+    if (dataCrc !== undefined) {
+      // The payload lives until the record is written and sent to the followers: from the arena.
+      const payload = encodePageWrite(this.geometry.pageSize, pages as PageData[], requestArena.alloc(bytes), writeId);
+      return { payload, crc: pageWritePayloadCrc(payload, this.geometry.pageSize, pages.length, dataCrc), release: () => undefined };
+    }
     const slot = off !== undefined && bytes >= off.bytesMin && bytes <= off.slab.slotBytes ? off.slab.tryAlloc() : -1;
     if (slot < 0) {
       // The payload lives until the record is written and sent to the followers: from the arena.

@@ -1177,7 +1177,8 @@ export class ActorHost implements HostApi {
         // checksum of their own, they would then read back as if sent so).
         if (req.crc !== undefined) checkPageDataCrc(req.crc, pageWritesCrc(req.pages), `shard.write to ${mb.spec.volumeId}/${mb.spec.shard}`);
         replica.checkTerm(req.term);
-        const opts = writeAttempt(req, answerByMs, now);
+        // The checksum checked, from which the record's is made (WriteAttempt.dataCrc).
+        const opts = { ...writeAttempt(req, answerByMs, now), ...(req.crc === undefined ? {} : { dataCrc: req.crc }) };
         if (!this.traced) return replica.write(req.pages, opts);
         return withSpan('shard.write', { ...this.shardAttrs(mb), [ATTR.pages]: req.pages.length }, (span) =>
           replica.write(req.pages, opts).then((r) => {

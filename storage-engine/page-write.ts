@@ -24,6 +24,7 @@
  * pairs in order gives that result, and `pageDataOfPageWrite` returns the last occurrence.
  */
 import { WRITE_ID_BYTES } from '../messages/api';
+import { crc32c, crc32cCombine } from './crc32c';
 import { assert, StorageError } from './errors';
 import { RECORD_PAYLOAD_BYTES_MAX } from './record';
 import { copyBytes } from './slab';
@@ -164,6 +165,21 @@ export function pagesOfPageWrite(payload: Uint8Array, pageSize?: number): number
 /** Where the data of a page write of `count` pages starts in its payload (page i's at + i × page size). */
 export function pageWriteDataStart(count: number): number {
   return PAGE_WRITE_HEADER_BYTES + 8 * count;
+}
+
+/**
+ * The CRC-32C of a page-write payload of `count` pages of `pageSize` bytes (`encodePageWrite`),
+ * made from `dataCrc`, the CRC-32C of its pages' data in order (PAGE_DATA_CRC, as a client sent
+ * it and its shard's host checked it against the pages it received), and the payload's bytes
+ * around that data: a pass over the header, the page numbers and the write id, not over the
+ * data. A payload whose data is not the data `dataCrc` was made of (a page changed in memory
+ * between that check and the copy into the payload) fails the checksum this gives.
+ */
+export function pageWritePayloadCrc(payload: Uint8Array, pageSize: number, count: number, dataCrc: number): number {
+  const start = pageWriteDataStart(count);
+  const end = start + count * pageSize;
+  assert(end <= payload.length, 'the page data lies within the payload', { end, length: payload.length });
+  return crc32c(payload, crc32cCombine(crc32c(payload, 0, 0, start), dataCrc, end - start), end, payload.length);
 }
 
 /**

@@ -168,6 +168,7 @@ describe('page data checksums in transit (PAGE_DATA_CRC)', () => {
     this.timeout(60_000);
     let c: InProcessCluster;
     let shard0: string;
+    let volumeId: string;
 
     async function raw(subject: string, type: string, body: unknown): Promise<Record<string, unknown>> {
       const data = type === 'shard.write' ? encodeShardWriteRequest(body as ShardWriteRequest) : encode(body);
@@ -182,6 +183,7 @@ describe('page data checksums in transit (PAGE_DATA_CRC)', () => {
       c = await startCluster({ nodes: 1, hosts: 1 });
       const info = await c.client.createVolume({ name: 'v-crc', pageCount: 64, shards: 1 });
       shard0 = shardSubject(c.cluster, info.id, 0);
+      volumeId = info.id;
     });
     after(async () => {
       await c?.stop();
@@ -201,6 +203,26 @@ describe('page data checksums in transit (PAGE_DATA_CRC)', () => {
       const bad = errorOf(await raw(shard0, 'shard.write', { pages, crc: 2 ** 32 }));
       assert.equal(bad.code, 'bad_request');
       assert.equal(bad.details?.['path'], 'crc');
+    });
+
+    it('makes the record of a checked shard.write with the checksum it was sent with, not with another pass over its pages', async () => {
+      // 64 pages, 256 KiB: without a checksum sent, its record's is made on the CPU pool.
+      const pages = Array.from({ length: 64 }, (_, i) => ({ page: i, data: filled(i + 20) }));
+      const offloaded = async (): Promise<number> => {
+        let n = 0;
+        for (const h of await c.nodes[0]!.hostPool.stats()) for (const r of h.device?.shards ?? []) if (r.volumeId === volumeId) n += r.offloaded;
+        return n;
+      };
+      const before = await offloaded();
+      const ok = await raw(shard0, 'shard.write', { pages, crc: pageWritesCrc(pages) });
+      assert.equal(typeof ok['lsn'], 'number', JSON.stringify(ok).slice(0, 200));
+      assert.equal(await offloaded(), before, 'made from the checksum sent');
+      const plainWrite = await raw(shard0, 'shard.write', { pages });
+      assert.equal(typeof plainWrite['lsn'], 'number', JSON.stringify(plainWrite).slice(0, 200));
+      assert.equal(await offloaded(), before + 1, 'without one, made from the record (the check of this test)');
+      assert.deepEqual((await c.client.volume('v-crc').readPages([0, 63])).pages, [filled(20), filled(83)]);
+      // Put back as the other tests expect: zeros.
+      await c.client.volume('v-crc').writePages(pages.map((p) => ({ page: p.page, data: new Uint8Array(4096) })));
     });
 
     it('answers a shard.read with the checksum of the pages it sends', async () => {

@@ -8,10 +8,13 @@ import {
   pageDataOfPageWrite,
   pagesOfPageWrite,
   pageWriteBytes,
+  pageWritePayloadCrc,
   readPageWriteHeader,
   WRITE_ID_BYTES,
   writeIdOfPageWrite,
 } from '../../storage-engine/page-write';
+import { crc32c } from '../../storage-engine/crc32c';
+import { pageWritesCrc } from '../../storage-engine/page-data-crc';
 import { edited } from '../support/bytes';
 import { expectStorageError as expectCode } from '../support/expect';
 
@@ -111,6 +114,26 @@ describe('page-write codec', () => {
     const bytes = pageWriteBytes(4096, 1);
     assert.match(expectCode(() => encodePageWrite(4096, [{ page: 1, data: page(4096, 1) }], new Uint8Array(bytes - 1)), 'bad_request').message, /^output buffer of \d+ bytes is smaller than/);
     assert.deepEqual(encodePageWrite(4096, [{ page: 1, data: page(4096, 1) }], new Uint8Array(bytes + 8)), good);
+  });
+
+  it("makes a payload's checksum from its pages' data checksum: the payload's own, with or without a write id; not the payload's once a page of it changed", () => {
+    const id = Uint8Array.from({ length: WRITE_ID_BYTES }, (_, i) => 7 + i);
+    for (const size of [4096, 8192]) {
+      for (const count of [1, 3, PAGE_WRITE_PAGES_MAX / (size / 4096) / 4]) {
+        const pages = Array.from({ length: count }, (_, i) => ({ page: 100 - i, data: page(size, i + count) }));
+        for (const writeId of [undefined, id]) {
+          const payload = encodePageWrite(size, pages, undefined, writeId);
+          const made = pageWritePayloadCrc(payload, size, count, pageWritesCrc(pages));
+          assert.equal(made, crc32c(payload), `${count} pages of ${size}${writeId ? ' with an id' : ''}`);
+          // A page changed after its data's checksum was made: the payload's checksum is not this.
+          const changed = Uint8Array.from(payload);
+          changed[PAGE_WRITE_HEADER_BYTES + 8 * count + (count - 1) * size + 17] ^= 0x10;
+          assert.notEqual(pageWritePayloadCrc(changed, size, count, pageWritesCrc(pages)), crc32c(changed));
+        }
+      }
+    }
+    const one = encodePageWrite(4096, [{ page: 1, data: page(4096, 1) }]);
+    assert.throws(() => pageWritePayloadCrc(one.subarray(0, one.length - 1), 4096, 1, 0), /the page data lies within the payload/);
   });
 
   it('carries a write id after the data: flagged, counted in the length, read back; a payload without one reads the same pages', () => {
