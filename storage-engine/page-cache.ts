@@ -143,12 +143,13 @@ export class PageCache {
   /**
    * Caches a copy of `data` as (page, versionLsn), the most recently used entry. Replaces an
    * existing entry's content (it must be the same content: the key names one page state).
-   * Returns false if it could not be cached.
+   * Returns false if it could not be cached. `dataCrc`: the CRC-32C of `data`, when the caller
+   * made it already (PageStore.apply, which checks a record's pages against it).
    */
-  put(page: number, versionLsn: number, data: Uint8Array): boolean {
+  put(page: number, versionLsn: number, data: Uint8Array, dataCrc?: number): boolean {
     assert(data.length === this.pageSize, 'cached page has the page size', { length: data.length });
     // Of the bytes given, before they are copied: the copy into the slab is checked too.
-    const crc = crc32c(data);
+    const crc = dataCrc ?? crc32c(data);
     const existing = this.find(page, versionLsn);
     if (existing !== undefined) {
       this.touch(existing);

@@ -379,6 +379,20 @@ export class PageStore {
    * range that hold data (`pagesHeldIn`); other kinds only advance appliedLsn.
    * Throws 'out_of_range' for a page outside the shard, 'corruption' for a malformed payload.
    */
+  /**
+   * Throws StorageError `invariant` unless the page-write `record`'s payload, as the CRC-32C of
+   * the bytes before its data, its pages' `crcs` and the bytes after, is `expected`: its own
+   * checksum, which its log record was written with and its followers check.
+   */
+  private checkHeldRecord(record: LogRecord, expected: number, dataStart: number, crcs: readonly number[]): void {
+    let crc = crc32c(record.payload, 0, 0, dataStart);
+    for (const c of crcs) crc = crc32cCombine(crc, c, this.pageSize);
+    crc = crc32c(record.payload, crc, dataStart + crcs.length * this.pageSize, record.payload.length);
+    if (crc !== expected) {
+      throw new StorageError('invariant', `record ${record.lsn} held in memory no longer matches its checksum (CRC-32C ${expected}, now ${crc}): not applied`, { lsn: record.lsn });
+    }
+  }
+
   apply(record: LogRecord): void {
     this.checkOpen();
     assert(record.lsn === this.applied + 1, 'records are applied in LSN order', { lsn: record.lsn, appliedLsn: this.applied });
@@ -389,6 +403,12 @@ export class PageStore {
           throw new StorageError('out_of_range', `record ${record.lsn} writes page ${page}, outside 0..${this.pageCount - 1}`, { lsn: record.lsn, page });
         }
       }
+      // Each page's checksum, which the cache keeps; with the record's checksum known (a record
+      // held in memory since the write made it or an append brought it), they are checked against
+      // it first: a page of the record changed in memory since is neither cached nor applied.
+      const dataStart = pageWriteDataStart(pages.length);
+      const crcs = pages.map((_, i) => crc32c(record.payload, 0, dataStart + i * this.pageSize, dataStart + (i + 1) * this.pageSize));
+      if (record.payloadCrc !== undefined) this.checkHeldRecord(record, record.payloadCrc, dataStart, crcs);
       for (const page of pages) {
         let list = this.versions.get(page);
         if (list === undefined) {
@@ -405,10 +425,9 @@ export class PageStore {
       // The written pages are the likeliest to be read next: keep them in the cache as of this
       // record (a later duplicate of a page in the same record wins, as when reading it). The
       // payload's structure was checked when its page numbers were read.
-      const dataStart = pageWriteDataStart(pages.length);
       for (let i = 0; i < pages.length; i++) {
         const at = dataStart + i * this.pageSize;
-        this.cache.put(pages[i]!, record.lsn, record.payload.subarray(at, at + this.pageSize));
+        this.cache.put(pages[i]!, record.lsn, record.payload.subarray(at, at + this.pageSize), crcs[i]);
       }
     } else if (record.kind === RecordKind.PageZero) {
       const { first, count } = decodePageZero(record.payload);

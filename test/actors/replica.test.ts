@@ -2084,25 +2084,45 @@ describe('Replica (more cases)', function () {
       assert.equal(shard.members.get(c)!.replica.stats().lastLsn >= w.lsn, true, 'c took it before the damage');
     });
 
+    /**
+     * A write of page `p` whose pages were checked against their checksum (WriteAttempt.dataCrc)
+     * and whose copy on the leader then changed (one bit); its outcome once settled.
+     */
+    function writeChangedAfterCheck(leader: Replica, p: number): { outcome(): unknown } {
+      const changed = page(p);
+      changed[100] ^= 0x01;
+      let outcome: unknown;
+      void leader.write([{ page: p, data: changed }], { dataCrc: crc32c(page(p)), deadlineMs: Date.now() + 60_000 }).then(
+        (r) => (outcome = r),
+        (e: unknown) => (outcome = e),
+      );
+      return { outcome: () => outcome };
+    }
+
     it('a page changed in the leader\'s memory after its write\'s checksum was checked (WriteAttempt.dataCrc): the record\'s checksum is not its copy\'s, every follower refuses it, and it never commits', async () => {
       shard = new TestShard(['a', 'b', 'c'], { ...steady, onFailure: true });
       const l = await shard.leader();
       const before = await l.replica.write([{ page: 3, data: page(3) }], { dataCrc: crc32c(page(3)) });
-      // The pages checked against their checksum; one bit of the copy the leader then holds changed.
-      const changed = page(4);
-      changed[100] ^= 0x01;
-      let outcome: unknown;
-      void l.replica.write([{ page: 4, data: changed }], { dataCrc: crc32c(page(4)), deadlineMs: Date.now() + 60_000 }).then(
-        (r) => (outcome = r),
-        (e: unknown) => (outcome = e),
-      );
+      const w = writeChangedAfterCheck(l.replica, 4);
       await shard.waitFor(() => shard!.failures.length > 0, 'the leader reports itself');
       assert.deepEqual(shard.failures.map((f) => f.id), [l.id]);
       assert.match(shard.failures[0]!.err.message, new RegExp(`record ${before.lsn + 1} of .* held in memory no longer matches its checksum`));
       for (const id of shard.ids.filter((x) => x !== l.id)) {
         assert.equal(shard.members.get(id)!.storage.log.lastLsn, before.lsn, `${id} took no record of it`);
       }
-      assert.equal((outcome as { lsn?: number } | undefined)?.lsn, undefined, 'not answered as written');
+      assert.equal((w.outcome() as { lsn?: number } | undefined)?.lsn, undefined, 'not answered as written');
+    });
+
+    it('on a shard of one replica, a page changed in the leader\'s memory after its write\'s checksum was checked is not applied: the leader reports itself, the write is not answered, the page is not served as changed', async () => {
+      shard = new TestShard(['a'], { ...steady, onFailure: true });
+      const l = await shard.leader();
+      await l.replica.write([{ page: 4, data: page(1) }]);
+      const w = writeChangedAfterCheck(l.replica, 4);
+      await shard.waitFor(() => shard!.failures.length > 0, 'the leader reports itself');
+      assert.match(shard.failures[0]!.err.message, /record \d+ held in memory no longer matches its checksum .*: not applied/);
+      assert.equal((w.outcome() as { lsn?: number } | undefined)?.lsn, undefined, 'not answered as written');
+      const cache = (l.replica as unknown as { store: { cache: { has(page: number, lsn: number): boolean } } }).store.cache;
+      assert.equal(cache.has(4, l.replica.stats().lastLsn), false, 'not in the page cache');
     });
 
     it('a page changed in the leader\'s page cache is not served: the read gives the page as written, from its log, and the checksum of what it gives', async () => {

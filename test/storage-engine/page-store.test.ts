@@ -669,6 +669,29 @@ describe('PageStore', () => {
     assert.equal(w.store.appliedLsn, 4);
   });
 
+  it('apply checks a record held in memory against its checksum: one whose page changed since is neither applied nor cached', () => {
+    const w = world(13);
+    writeRandom(w, 3);
+    const versions = w.store.stats().versions;
+    const payload = encodePageWrite(PAGE, [{ page: 1, data: content(70) }, { page: 2, data: content(71) }], undefined, new Uint8Array(16).fill(9));
+    const payloadCrc = crc32c(payload);
+    // A bit of page 2's data, of a page number (1 becomes 5), of the write id: each refused.
+    for (const at of [payload.length - 16 - 5, 16, payload.length - 1]) {
+      const changed = Uint8Array.from(payload);
+      changed[at] ^= 0x04;
+      const e = expectCode(() => w.store.apply({ lsn: 4, term: 1, kind: RecordKind.PageWrite, payload: changed, payloadCrc }), 'invariant');
+      assert.match(e.message, /^record 4 held in memory no longer matches its checksum \(CRC-32C \d+, now \d+\): not applied$/);
+      assert.equal(w.store.appliedLsn, 3);
+      assert.equal(w.store.stats().versions, versions);
+      assert.deepEqual(w.store.getPage(2), w.model.at(2, 3), 'not cached as changed');
+    }
+    // As it was made: applied, and cached with the checksums the check used.
+    w.store.apply({ lsn: 4, term: 1, kind: RecordKind.PageWrite, payload, payloadCrc });
+    assert.equal(w.store.appliedLsn, 4);
+    assert.deepEqual(w.store.getPage(2), content(71));
+    assert.deepEqual(w.store.getPage(1), content(70));
+  });
+
   it('an open whose replay meets a record that does not apply fails with it and leaves no file open (its images closed)', () => {
     const w = world(21, { imagesKeep: 2 });
     writeRandom(w, 6);
