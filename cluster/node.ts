@@ -2579,8 +2579,7 @@ export class StrataNode {
         if (pe.code === 'not_found') {
           // Found with the leaders and sets it was planned with (not a pair of ones since changed).
           if (lb.exhaustedBasis === basis) lb.exhausted.add(`${pair.from}>${pair.to}`);
-        }
-        else {
+        } else {
           // Once per message: a handover that keeps failing the same way is not logged again.
           if (pe.message !== lb.lastError) this.log.warn('could not hand a shard\'s leadership over to even out the leaders; trying again after a back-off', { from: pair.from, to: pair.to, err: pe });
           lb.lastError = pe.message;

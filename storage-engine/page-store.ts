@@ -374,12 +374,6 @@ export class PageStore {
   }
 
   /**
-   * Applies the next record (its LSN must be appliedLsn + 1). A PageWrite is indexed (its pages
-   * are validated first, so a bad record changes nothing); so is a PageZero, for the pages of its
-   * range that hold data (`pagesHeldIn`); other kinds only advance appliedLsn.
-   * Throws 'out_of_range' for a page outside the shard, 'corruption' for a malformed payload.
-   */
-  /**
    * Throws StorageError `invariant` unless the page-write `record`'s payload, as the CRC-32C of
    * the bytes before its data, its pages' `crcs` and the bytes after, is `expected`: its own
    * checksum, which its log record was written with and its followers check.
@@ -393,6 +387,13 @@ export class PageStore {
     }
   }
 
+  /**
+   * Applies the next record (its LSN must be appliedLsn + 1). A PageWrite is indexed (its pages
+   * are validated first, so a bad record changes nothing); so is a PageZero, for the pages of its
+   * range that hold data (`pagesHeldIn`); other kinds only advance appliedLsn.
+   * Throws 'out_of_range' for a page outside the shard, 'corruption' for a malformed payload,
+   * 'invariant' for a page write whose `payloadCrc` its payload no longer matches (`checkHeldRecord`).
+   */
   apply(record: LogRecord): void {
     this.checkOpen();
     assert(record.lsn === this.applied + 1, 'records are applied in LSN order', { lsn: record.lsn, appliedLsn: this.applied });
