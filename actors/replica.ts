@@ -3318,15 +3318,11 @@ export class Replica {
   private async encode(pages: readonly PageData[], writeId: Uint8Array | undefined, dataCrc?: number): Promise<{ payload: Uint8Array; crc: number | undefined; release(): void }> {
     const off = this.offload;
     const bytes = pageWriteBytes(this.geometry.pageSize, pages.length, writeId !== undefined);
-    if (dataCrc !== undefined) {
-      // The payload lives until the record is written and sent to the followers: from the arena.
-      const payload = encodePageWrite(this.geometry.pageSize, pages as PageData[], requestArena.alloc(bytes), writeId);
-      return { payload, crc: pageWritePayloadCrc(payload, this.geometry.pageSize, pages.length, dataCrc), release: () => undefined };
-    }
-    const slot = off !== undefined && bytes >= off.bytesMin && bytes <= off.slab.slotBytes ? off.slab.tryAlloc() : -1;
+    const slot = dataCrc === undefined && off !== undefined && bytes >= off.bytesMin && bytes <= off.slab.slotBytes ? off.slab.tryAlloc() : -1;
     if (slot < 0) {
       // The payload lives until the record is written and sent to the followers: from the arena.
-      return { payload: encodePageWrite(this.geometry.pageSize, pages as PageData[], requestArena.alloc(bytes), writeId), crc: undefined, release: () => undefined };
+      const payload = encodePageWrite(this.geometry.pageSize, pages as PageData[], requestArena.alloc(bytes), writeId);
+      return { payload, crc: dataCrc === undefined ? undefined : pageWritePayloadCrc(payload, this.geometry.pageSize, pages.length, dataCrc), release: () => undefined };
     }
     const inSlot = encodePageWrite(this.geometry.pageSize, pages as PageData[], off!.slab.view(slot), writeId);
     let crc: number | undefined;

@@ -21,7 +21,7 @@ import { ImageReader, ImageWriter, imageFileName, isImageTempFileName, parseImag
 import type { SegmentLog } from './log';
 import { MetaStore } from './metadata';
 import { PageCache } from './page-cache';
-import { pageDataOfPageWrite, pagesOfPageWrite, pageWriteDataStart } from './page-write';
+import { pageDataOfPageWrite, pagesOfPageWrite, pageWriteDataStart, pageWritePayloadCrc } from './page-write';
 import { decodePageZero, isPageZero } from './page-zero';
 import { RecordKind, type LogRecord } from './record';
 import type { Slab } from './slab';
@@ -374,14 +374,14 @@ export class PageStore {
   }
 
   /**
-   * Throws StorageError `invariant` unless the page-write `record`'s payload, as the CRC-32C of
-   * the bytes before its data, its pages' `crcs` and the bytes after, is `expected`: its own
-   * checksum, which its log record was written with and its followers check.
+   * Throws StorageError `invariant` unless the checksum of the page-write `record`'s payload, made
+   * from its pages' `crcs` (`pageWritePayloadCrc`), is `expected`: its own checksum, which its log
+   * record was written with and its followers check.
    */
-  private checkHeldRecord(record: LogRecord, expected: number, dataStart: number, crcs: readonly number[]): void {
-    let crc = crc32c(record.payload, 0, 0, dataStart);
-    for (const c of crcs) crc = crc32cCombine(crc, c, this.pageSize);
-    crc = crc32c(record.payload, crc, dataStart + crcs.length * this.pageSize, record.payload.length);
+  private checkHeldRecord(record: LogRecord, expected: number, crcs: readonly number[]): void {
+    let data = 0;
+    for (const c of crcs) data = crc32cCombine(data, c, this.pageSize);
+    const crc = pageWritePayloadCrc(record.payload, this.pageSize, crcs.length, data);
     if (crc !== expected) {
       throw new StorageError('invariant', `record ${record.lsn} held in memory no longer matches its checksum (CRC-32C ${expected}, now ${crc}): not applied`, { lsn: record.lsn });
     }
@@ -409,7 +409,7 @@ export class PageStore {
       // it first: a page of the record changed in memory since is neither cached nor applied.
       const dataStart = pageWriteDataStart(pages.length);
       const crcs = pages.map((_, i) => crc32c(record.payload, 0, dataStart + i * this.pageSize, dataStart + (i + 1) * this.pageSize));
-      if (record.payloadCrc !== undefined) this.checkHeldRecord(record, record.payloadCrc, dataStart, crcs);
+      if (record.payloadCrc !== undefined) this.checkHeldRecord(record, record.payloadCrc, crcs);
       for (const page of pages) {
         let list = this.versions.get(page);
         if (list === undefined) {
