@@ -27,7 +27,7 @@ import type { SegmentLog } from '../storage-engine/log';
 import { digestRecords, type LogDigest } from '../storage-engine/log-digest';
 import { crc32c } from '../storage-engine/crc32c';
 import { checkPageDataCrc } from '../storage-engine/page-data-crc';
-import { GET_PAGES_MAX, type CheckpointStep, type PageStore } from '../storage-engine/page-store';
+import { GET_PAGES_MAX, type CachedPages, type CheckpointStep, type PageStore } from '../storage-engine/page-store';
 import { encodePageWrite, pageWriteBytes, pageWritePayloadCrc, pagesOfPageWrite } from '../storage-engine/page-write';
 import { decodePageZero, encodePageZero, type PageRange } from '../storage-engine/page-zero';
 import { requestArena } from '../storage-engine/arena';
@@ -3343,7 +3343,7 @@ export class Replica {
    * quorum round) or at a given retained LSN. A read at an LSN not applied yet waits until it is,
    * or until `deadlineMs`.
    */
-  async read(pages: readonly number[], opts: { lsn?: number; deadlineMs: number; nowMs: number }): Promise<{ pages: Uint8Array[]; lsn: number; term: number; crc?: number }> {
+  async read(pages: readonly number[], opts: { lsn?: number; deadlineMs: number; nowMs: number }): Promise<{ pages: Uint8Array[]; lsn: number; term: number; crc: number }> {
     this.checkLeader();
     if (pages.length === 0) throw new StorageError('bad_request', 'read of zero pages');
     // The reply must fit one message, as a page.read's does.
@@ -3357,10 +3357,11 @@ export class Replica {
     const cached = this.store.getPagesCached(pages, lsn);
     this.counters.reads++;
     this.counters.pagesRead += pages.length;
-    // From the cache, with the checksum of the pages as they were put there (each copy checked
-    // against it), for the reply; pages read from disk get theirs as the reply is encoded.
-    if (cached !== undefined) return { pages: cached.pages, lsn, term: this.term, crc: cached.crc };
-    return { pages: await this.readStored(pages, lsn), lsn, term: this.term };
+    // The reply's checksum is made from those each page was checked against (in the cache, its
+    // image or its record), not from the pages as they leave: a page changed in memory after its
+    // check fails it at the reader.
+    const read = cached ?? (await this.readStored(pages, lsn));
+    return { pages: read.pages, lsn, term: this.term, crc: read.crc };
   }
 
   /**
@@ -3385,9 +3386,9 @@ export class Replica {
    * that a reopen can repair (reportDamage): the replica is reopened (`onDamage`), and the reader
    * gets `not_leader`, so that it asks the shard again and is served by a good copy.
    */
-  private async readStored(pages: readonly number[], lsn: number): Promise<Uint8Array[]> {
+  private async readStored(pages: readonly number[], lsn: number): Promise<CachedPages> {
     try {
-      return await this.queue.task(() => this.store.getPages(pages, lsn));
+      return await this.queue.task(() => this.store.getPagesChecked(pages, lsn));
     } catch (e) {
       if (!this.reportDamage(e)) throw e;
       throw new ProtocolError('not_leader', `${(e as Error).message}; this replica is reopened to repair the damage, and a good copy serves the shard`, {

@@ -28,10 +28,10 @@ import * as Comlink from 'comlink';
 import nodeEndpoint from 'comlink/dist/umd/node-adapter';
 import { connect, type NatsConnection, type Msg, type Subscription, type MsgHdrs } from 'nats';
 import { encode, decode, encodeShardReadReply, MESSAGE_BYTES_MAX, type CodecOptions } from '../messages/codec';
-import { checkPageDataCrc, pageDataCrc, pageWritesCrc } from '../storage-engine/page-data-crc';
+import { checkPageDataCrc, pageWritesCrc } from '../storage-engine/page-data-crc';
 import { REQUEST_ITEMS_MAX, type ShardReadReply, type ShardWriteRequest, type ShardZeroRequest } from '../messages/api';
 import { allocRequestBytes } from '../storage-engine/arena';
-import type { CorruptionReport } from '../storage-engine/errors';
+import { assert, type CorruptionReport } from '../storage-engine/errors';
 import { LoopDelay, type LoopDelayStats } from '../observability/loop-delay';
 import { errorReply, toProtocolError, ProtocolError, type ErrorCode } from '../messages/errors';
 import { validateRequest } from '../messages/validate';
@@ -1305,9 +1305,9 @@ const OPEN_FLUSH_MS = 2000;
  */
 const encodeReadReply = (reply: unknown, options: CodecOptions): Uint8Array => {
   const r = reply as ShardReadReply;
-  // The checksum of the pages, for the client to check what it receives: the page cache's
-  // (kept since each page was put there) or, for pages read from disk, made as they go out.
-  r.crc ??= pageDataCrc(r.pages);
+  // The checksum of the pages, for the client to check what it receives, comes with them
+  // (Replica.read: made from those each page was checked against, not from the pages here).
+  assert(r.crc !== undefined, 'a shard.read reply carries its pages\' checksum');
   return encodeShardReadReply(r, { ...options, alloc: allocRequestBytes });
 };
 

@@ -509,9 +509,11 @@ export class ImageReader {
   /**
    * Reads several pages; `outs[i]` receives `pages[i]` (zeros when not stored). Stored pages that
    * are adjacent on disk are read with one disk read of up to IMAGE_READ_BYTES_MAX bytes.
-   * Returns, per page, whether it was stored.
+   * Returns, per page, whether it was stored. With `crcs`, `crcs[i]` receives the checksum a
+   * stored `pages[i]` was checked against (the image's, not one made from `outs[i]`: a page that
+   * changes in memory after its check fails it); left as it is for a page not stored.
    */
-  readPages(pages: readonly number[], outs: readonly Uint8Array[]): boolean[] {
+  readPages(pages: readonly number[], outs: readonly Uint8Array[], crcs?: number[]): boolean[] {
     const fh = this.fh;
     if (fh === undefined) throw new StorageError('closed', `image ${this.path} is closed`);
     assert(pages.length === outs.length, 'one output buffer per page');
@@ -566,6 +568,7 @@ export class ImageReader {
         const off = (w.entry - first) * this.pageSize;
         outs[w.req]!.set(scratch.subarray(off, off + this.pageSize));
         found[w.req] = true;
+        if (crcs !== undefined) crcs[w.req] = this.crcs[w.entry]!;
       }
       i = j;
     }

@@ -189,11 +189,7 @@ export function encodeRecord(
   view.setUint32(pos + RECORD_HEADER_CHECK_OFFSET, recordHeaderCheck(out, pos), true);
   out.set(payload, pos + RECORD_HEADER_BYTES);
   out.fill(0, pos + RECORD_HEADER_BYTES + len, pos + recordBytes(len));
-  const crc =
-    payloadCrc === undefined
-      ? recordCrc(out, pos, len)
-      : crc32cCombine(crc32c(out, crc32c(out, 0, pos, pos + 4), pos + 8, pos + RECORD_HEADER_BYTES), payloadCrc, len);
-  view.setUint32(pos + 4, crc, true);
+  view.setUint32(pos + 4, recordCrc(out, pos, len, payloadCrc), true);
   return pos + recordBytes(len);
 }
 
@@ -267,10 +263,15 @@ export function recordHeaderCheck(buf: Uint8Array, pos: number): number {
   return (crc32c(buf, crc32c(buf, 0, pos, pos + 4), pos + 8, pos + RECORD_HEADER_CHECK_OFFSET) | 1) >>> 0;
 }
 
-/** CRC-32C of the record at `pos`: over its length field, the rest of its header after the crc, and its payload. */
-export function recordCrc(buf: Uint8Array, pos: number, payloadBytes: number): number {
+/**
+ * CRC-32C of the record at `pos`: over its length field, the rest of its header after the crc,
+ * and its payload. With `payloadCrc` (the CRC-32C of its payload, made by whoever wrote or reads
+ * the payload), from the header and that, without a pass over the payload.
+ */
+export function recordCrc(buf: Uint8Array, pos: number, payloadBytes: number, payloadCrc?: number): number {
   const c = crc32c(buf, 0, pos, pos + 4);
-  return crc32c(buf, c, pos + 8, pos + RECORD_HEADER_BYTES + payloadBytes);
+  if (payloadCrc === undefined) return crc32c(buf, c, pos + 8, pos + RECORD_HEADER_BYTES + payloadBytes);
+  return crc32cCombine(crc32c(buf, c, pos + 8, pos + RECORD_HEADER_BYTES), payloadCrc, payloadBytes);
 }
 
 /**

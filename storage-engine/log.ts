@@ -81,6 +81,14 @@ export interface LogOptions {
 export interface LogReadOptions {
   /** Stop before the payload total would exceed this (always at least one record); default 4 MiB. */
   bytesMax?: number;
+  /**
+   * The CRC-32C of a record's payload as read, made by the caller from the payload (of a record
+   * of `kind`, before it is checked: it may be damaged or malformed), or undefined to leave it to
+   * the log. The record is checked against it combined with its header's, instead of with a pass
+   * of the log's own over the payload: a caller that keeps what it made the checksum from (a page
+   * store, each page's checksum) then holds checksums that the record's check vouched for.
+   */
+  payloadCrc?: (kind: number, payload: Uint8Array) => number | undefined;
 }
 
 /** Counters and positions of a log. */
@@ -574,7 +582,7 @@ export class SegmentLog {
         i++;
       }
       if (i === i0) break;
-      this.readRange(seg, i0, i, out);
+      this.readRange(seg, i0, i, out, opts.payloadCrc);
       lsn = seg.baseLsn + i;
       s++;
     }
@@ -978,7 +986,7 @@ export class SegmentLog {
   }
 
   /** Reads records [i0, i1) of `seg` with one disk read, checks them, appends them to `out`. */
-  private readRange(seg: SegmentIndex, i0: number, i1: number, out: LogRecord[]): void {
+  private readRange(seg: SegmentIndex, i0: number, i1: number, out: LogRecord[], payloadCrcOf?: LogReadOptions['payloadCrc']): void {
     const start = seg.offsetAt(i0);
     const end = seg.offsetAt(i1 - 1) + recordBytes(seg.payloadBytesAt(i1 - 1));
     const buf = new Uint8Array(end - start);
@@ -995,12 +1003,14 @@ export class SegmentLog {
       };
       if (rel + recordBytes(len) > n) throw corrupt('segment file shorter than its index');
       if (view.getUint32(rel, true) !== len) throw corrupt('record length differs from the index');
-      if (view.getUint32(rel + 4, true) !== recordCrc(buf, rel, len)) throw corrupt('record checksum mismatch');
+      const payloadStart = rel + RECORD_HEADER_BYTES;
+      const payload = buf.subarray(payloadStart, payloadStart + len);
+      const kind = buf[rel + 24]!;
+      if (view.getUint32(rel + 4, true) !== recordCrc(buf, rel, len, payloadCrcOf?.(kind, payload))) throw corrupt('record checksum mismatch');
       if (getU64(view, rel + 8) !== lsn) throw corrupt('record LSN differs from the index');
       const term = getU64(view, rel + 16);
       if (term !== seg.termAt(i)) throw corrupt('record term differs from the index');
-      const payloadStart = rel + RECORD_HEADER_BYTES;
-      out.push({ lsn, term, kind: buf[rel + 24]!, payload: buf.subarray(payloadStart, payloadStart + len) });
+      out.push({ lsn, term, kind, payload });
     }
   }
 

@@ -18,10 +18,10 @@ import { discardFile, joinPath, parentDir, removeDiscarded, removeInBackground, 
 import { crc32c, crc32cCombine } from './crc32c';
 import { assert, CorruptionError, StorageError, type CorruptionReport } from './errors';
 import { ImageReader, ImageWriter, imageFileName, isImageTempFileName, parseImageFileName, IMAGE_BYTES_MIN, IMAGE_PAGE_COUNT_MAX, IMAGE_TABLE_ENTRY_BYTES } from './image';
-import type { SegmentLog } from './log';
+import type { LogReadOptions, SegmentLog } from './log';
 import { MetaStore } from './metadata';
 import { PageCache } from './page-cache';
-import { pageDataOfPageWrite, pagesOfPageWrite, pageWriteDataStart, pageWritePayloadCrc } from './page-write';
+import { pageDataOfPageWrite, pagesOfPageWrite, pageWriteCrcs, pageWriteDataStart, pageWritePayloadCrc, type PageWriteCrcs } from './page-write';
 import { decodePageZero, isPageZero } from './page-zero';
 import { RecordKind, type LogRecord } from './record';
 import type { Slab } from './slab';
@@ -561,20 +561,7 @@ export class PageStore {
       throw new StorageError('bad_request', `output buffer is ${out.length} bytes, not ${this.pageSize}`);
     }
     const buf = out ?? new Uint8Array(this.pageSize);
-    const src = this.locate(page, at);
-    if (src.kind === 'log') {
-      if (!this.cache.get(page, src.lsn, buf)) {
-        const data = this.recordPage(this.readRecordPayload(src.lsn), src.lsn, page);
-        buf.set(data);
-        this.cache.put(page, src.lsn, buf);
-      }
-    } else if (src.kind === 'image') {
-      if (!this.cache.get(page, src.key, buf)) {
-        if (src.reader.readPage(page, buf)) this.cache.put(page, src.key, buf);
-      }
-    } else {
-      buf.fill(0);
-    }
+    this.readPagesAt([page], at, [buf], [0]);
     return buf;
   }
 
@@ -584,42 +571,98 @@ export class PageStore {
    * At most GET_PAGES_MAX pages ('too_large' beyond). Errors as `getPage`.
    */
   getPages(pages: readonly number[], lsn?: number): Uint8Array[] {
+    return this.getPagesChecked(pages, lsn).pages;
+  }
+
+  /**
+   * `getPages`, with the CRC-32C of the pages in order (PAGE_DATA_CRC) made from the checksums
+   * each page was checked against: the cache's of a cached page, its image's, or that of its
+   * page in its log record, whose checksum was made from its pages' (LogReadOptions.payloadCrc),
+   * not from the pages returned. A page that changes in memory after its check (in the image's
+   * read buffer, the record's, or its copy out) fails it.
+   */
+  getPagesChecked(pages: readonly number[], lsn?: number): CachedPages {
     const at = this.checkGetPages(pages, lsn);
     const outs = pages.map(() => new Uint8Array(this.pageSize));
+    const crcs = new Array<number>(pages.length);
+    this.readPagesAt(pages, at, outs, crcs);
+    let crc = 0;
+    for (const c of crcs) crc = crc32cCombine(crc, c, this.pageSize);
+    return { pages: outs, crc };
+  }
+
+  /** `outs[i]` gets `pages[i]` as of `at` (checked), and `crcs[i]` its checksum (getPagesChecked). */
+  private readPagesAt(pages: readonly number[], at: number, outs: readonly Uint8Array[], crcs: number[]): void {
     const byImage = new Map<ImageReader, { idx: number[]; keys: number[] }>();
     const byRecord = new Map<number, number[]>();
     for (let i = 0; i < pages.length; i++) {
       const page = pages[i]!;
       const src = this.locate(page, at);
       if (src.kind === 'log') {
-        if (this.cache.get(page, src.lsn, outs[i]!)) continue;
+        if (this.cache.get(page, src.lsn, outs[i]!)) {
+          crcs[i] = this.cache.lastCrc;
+          continue;
+        }
         const idx = byRecord.get(src.lsn) ?? [];
         idx.push(i);
         byRecord.set(src.lsn, idx);
       } else if (src.kind === 'image') {
-        if (this.cache.get(page, src.key, outs[i]!)) continue;
+        if (this.cache.get(page, src.key, outs[i]!)) {
+          crcs[i] = this.cache.lastCrc;
+          continue;
+        }
         const group = byImage.get(src.reader) ?? { idx: [], keys: [] };
         group.idx.push(i);
         group.keys.push(src.key);
         byImage.set(src.reader, group);
+      } else {
+        outs[i]!.fill(0);
+        crcs[i] = this.zeroPageCrc;
       }
-      // zeros: the buffer is already zero
     }
     for (const [reader, group] of byImage) {
-      const found = reader.readPages(group.idx.map((i) => pages[i]!), group.idx.map((i) => outs[i]!));
+      const groupCrcs = new Array<number>(group.idx.length);
+      const found = reader.readPages(group.idx.map((i) => pages[i]!), group.idx.map((i) => outs[i]!), groupCrcs);
       for (let k = 0; k < group.idx.length; k++) {
         const i = group.idx[k]!;
-        if (found[k]) this.cache.put(pages[i]!, group.keys[k]!, outs[i]!);
+        if (found[k]) {
+          crcs[i] = groupCrcs[k]!;
+          this.cache.put(pages[i]!, group.keys[k]!, outs[i]!, crcs[i]);
+        } else crcs[i] = this.zeroPageCrc;
       }
     }
-    for (const [v, idx] of byRecord) {
-      const payload = this.readRecordPayload(v);
-      for (const i of idx) {
-        outs[i]!.set(this.recordPage(payload, v, pages[i]!));
-        this.cache.put(pages[i]!, v, outs[i]!);
+    for (const [v, idx] of byRecord) this.readRecordPages(v, pages, idx, outs, crcs);
+  }
+
+  /**
+   * For each i of `idx`: copies the data record `lsn` leaves in `pages[i]` into `outs[i]`, gives
+   * `crcs[i]` its checksum and caches it. A page write's pages get the checksums the record was
+   * checked from as it was read (`pageWriteCrcs`); a page zero's, the zero page's.
+   */
+  private readRecordPages(lsn: number, pages: readonly number[], idx: readonly number[], outs: readonly Uint8Array[], crcs: number[]): void {
+    let held: PageWriteCrcs | undefined;
+    const payload = this.readRecordPayload(lsn, (kind, data) => {
+      if (kind !== RecordKind.PageWrite) return undefined;
+      held = pageWriteCrcs(data, this.pageSize);
+      return held?.payloadCrc;
+    });
+    for (const i of idx) {
+      const page = pages[i]!;
+      const k = held === undefined ? -1 : held.pages.lastIndexOf(page);
+      let crc: number;
+      if (k >= 0) {
+        const start = pageWriteDataStart(held!.pages.length) + k * this.pageSize;
+        outs[i]!.set(payload.subarray(start, start + this.pageSize));
+        crc = held!.crcs[k]!;
+      } else {
+        // A page zero, or a record that does not write the page as indexed (recordPage throws).
+        const data = this.recordPage(payload, lsn, page);
+        outs[i]!.set(data);
+        crc = data === this.zeroPage ? this.zeroPageCrc : crc32c(data);
       }
+      crcs[i] = crc;
+      this.cache.put(page, lsn, outs[i]!, crc);
     }
-    return outs;
   }
 
   /**
@@ -988,8 +1031,8 @@ export class PageStore {
     return found;
   }
 
-  private readRecordPayload(lsn: number): Uint8Array {
-    const records = this.log.read(lsn, lsn);
+  private readRecordPayload(lsn: number, payloadCrc?: LogReadOptions['payloadCrc']): Uint8Array {
+    const records = this.log.read(lsn, lsn, payloadCrc === undefined ? undefined : { payloadCrc });
     const r = records[0];
     if (records.length !== 1 || r === undefined || r.lsn !== lsn) {
       throw new StorageError('corruption', `log read of record ${lsn} returned ${records.length} records`, { lsn });

@@ -182,6 +182,42 @@ export function pageWritePayloadCrc(payload: Uint8Array, pageSize: number, count
   return crc32c(payload, crc32cCombine(crc32c(payload, 0, 0, start), dataCrc, end - start), end, payload.length);
 }
 
+/** A page-write payload's page numbers, each page's CRC-32C and the payload's (`pageWriteCrcs`). */
+export interface PageWriteCrcs {
+  /** Page numbers in payload order (duplicates included). */
+  pages: number[];
+  /** crcs[i]: the CRC-32C of the data of the i-th pair. */
+  crcs: number[];
+  /** The CRC-32C of the whole payload, made from `crcs` (`pageWritePayloadCrc`). */
+  payloadCrc: number;
+}
+
+/**
+ * The checksum of each page of a page-write payload and of the whole payload made from them: one
+ * pass over the data. A reader that checks the payload against its record's checksum with
+ * `payloadCrc` may then use each page's checksum as that of its data as stored. Undefined for a
+ * payload that is not a well-formed page write of `pageSize` (its record's own check then tells
+ * damage from a malformed record).
+ */
+export function pageWriteCrcs(payload: Uint8Array, pageSize: number): PageWriteCrcs | undefined {
+  let pages: number[];
+  try {
+    pages = pagesOfPageWrite(payload, pageSize);
+  } catch {
+    return undefined;
+  }
+  const start = pageWriteDataStart(pages.length);
+  const crcs = new Array<number>(pages.length);
+  let data = 0;
+  for (let i = 0; i < pages.length; i++) {
+    const at = start + i * pageSize;
+    const c = crc32c(payload, 0, at, at + pageSize);
+    crcs[i] = c;
+    data = crc32cCombine(data, c, pageSize);
+  }
+  return { pages, crcs, payloadCrc: pageWritePayloadCrc(payload, pageSize, pages.length, data) };
+}
+
 /**
  * Decodes a page write into its pairs, in payload order; `data` are views into `payload` (no
  * copy), valid as long as the payload is. Apply them in order (the last pair for a page wins).

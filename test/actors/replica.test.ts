@@ -5,7 +5,8 @@ import { WRITE_IDS_READ_AT_OPEN, WRITE_ID_KEEP_MS } from '../../actors/write-ids
 import { SimDisk } from '../../storage-engine/sim-disk';
 import type { Disk } from '../../storage-engine/disk';
 import { Slab } from '../../storage-engine/slab';
-import { IMAGE_BYTES_MIN } from '../../storage-engine/image';
+import { IMAGE_BYTES_MIN, ImageReader } from '../../storage-engine/image';
+import { pageDataCrc } from '../../storage-engine/page-data-crc';
 import { ShardStorage } from '../../storage-engine/shard-storage';
 import { encodePageWrite } from '../../storage-engine/page-write';
 import { crc32c } from '../../storage-engine/crc32c';
@@ -1372,6 +1373,41 @@ describe('Replica (more cases)', function () {
     });
   });
 
+  it('a read from disk comes with the checksum its pages were checked against: a page changed after its check fails it', async () => {
+    shard = new TestShard(['a']);
+    const l = await shard.leader();
+    await l.replica.write([{ page: 1, data: page(11) }]);
+    await l.replica.checkpoint();
+    await l.replica.write([{ page: 3, data: page(33) }]);
+    const store = l.storage.store as unknown as { cache: { dropBelow(lsn: number): number } };
+    const read = async (): Promise<{ pages: Uint8Array[]; crc: number }> => {
+      store.cache.dropBelow(Number.MAX_SAFE_INTEGER);
+      const misses = l.storage.store.stats().cache.misses;
+      const r = await l.replica.read([1, 3, 4], { deadlineMs: Date.now() + 1000, nowMs: Date.now() });
+      assert.equal(l.storage.store.stats().cache.misses - misses, 3, 'pages 1 and 4 looked up in the image (4 is not in it: zeros), 3 in the log');
+      return r;
+    };
+    const r = await read();
+    assert.deepEqual(r.pages, [page(11), page(33), new Uint8Array(4096)]);
+    assert.equal(r.crc, pageDataCrc(r.pages));
+    // One bit of each page read from the image changes after the image's check of it.
+    const readPages = ImageReader.prototype.readPages;
+    ImageReader.prototype.readPages = function (this: ImageReader, ...args: Parameters<ImageReader['readPages']>): boolean[] {
+      const found = readPages.apply(this, args);
+      args[1].forEach((out, i) => found[i] && (out[9] ^= 0x20));
+      return found;
+    };
+    try {
+      const changed = await read();
+      assert.notDeepEqual(changed.pages[0], page(11));
+      assert.deepEqual(changed.pages.slice(1), r.pages.slice(1), 'only the page the image holds');
+      assert.notEqual(changed.crc, pageDataCrc(changed.pages), 'its reader refuses the reply');
+      assert.equal(changed.crc, pageDataCrc(r.pages), 'the pages\' as stored');
+    } finally {
+      ImageReader.prototype.readPages = readPages;
+    }
+  });
+
   describe('on a disk that flushes off the thread', function () {
     it("a checkpoint waits for each of its image's flushes between its steps; the image reads right", async () => {
       shard = new TestShard(['a'], { asyncFlush: true });
@@ -2136,7 +2172,7 @@ describe('Replica (more cases)', function () {
       assert.ok(changed >= 1, 'page 5 found in the slab');
       const r = await l.replica.read([4, 5], { deadlineMs: Date.now() + 10_000, nowMs: Date.now() });
       assert.deepEqual(r.pages.map((p) => Uint8Array.from(p)), [page(4), page(5)], 'as written');
-      assert.equal(r.crc, undefined, 'read from disk: the reply\'s checksum is made as it is encoded');
+      assert.equal(r.crc, crc32c(Buffer.concat([page(4), page(5)])), 'read from disk: the checksum its pages were checked against there');
       assert.equal(l.replica.stats().cache.damaged, 1);
     });
 

@@ -8,8 +8,9 @@ import { CorruptionError, StorageError } from '../../storage-engine/errors';
 import { IMAGE_BYTES_MIN, IMAGE_TABLE_ENTRY_BYTES, ImageReader, imageFileName } from '../../storage-engine/image';
 import { SegmentLog } from '../../storage-engine/log';
 import { MetaStore } from '../../storage-engine/metadata';
+import type { PageCache } from '../../storage-engine/page-cache';
 import { crc32c } from '../../storage-engine/crc32c';
-import { encodePageWrite } from '../../storage-engine/page-write';
+import { encodePageWrite, pagesOfPageWrite, pageWriteDataStart } from '../../storage-engine/page-write';
 import { encodePageZero } from '../../storage-engine/page-zero';
 import { CHECKPOINT_COLLECT_PAGES, GET_PAGES_MAX, PageStore, type CheckpointStep, type PageStoreOptions } from '../../storage-engine/page-store';
 import { RecordKind, type LogRecord } from '../../storage-engine/record';
@@ -1252,6 +1253,93 @@ describe('PageStore', () => {
     assert.deepEqual(w.store.getPages([3, 4]), [entries[0]!.data, entries[1]!.data], 'read from the log');
     const again = w.store.getPagesCached([3, 4]);
     assert.deepEqual(again?.pages, [entries[0]!.data, entries[1]!.data], 'and cached again');
+  });
+
+  describe('getPagesChecked: the checksum of the pages read, from those each was checked against', () => {
+    /** Page 1 (and 2, twice) in the image; 5 written after it; 6..8 made zeros after 6 was written; 40 never written. */
+    const laidOut = (): World => {
+      const w = world(16, { cacheBytesMax: 4 * PAGE });
+      const put = (kind: RecordKind, payload: Uint8Array): void => {
+        w.log.write([{ term: 1, kind, payload }]);
+        w.store.apply(w.log.read(w.log.lastLsn, w.log.lastLsn)[0]!);
+      };
+      put(RecordKind.PageWrite, encodePageWrite(PAGE, [{ page: 2, data: content(20) }, { page: 1, data: content(10) }, { page: 2, data: content(21) }]));
+      w.store.checkpoint();
+      put(RecordKind.PageWrite, encodePageWrite(PAGE, [{ page: 6, data: content(60) }, { page: 5, data: content(50) }, { page: 6, data: content(61) }]));
+      put(RecordKind.PageZero, encodePageZero({ first: 6, count: 3 }));
+      put(RecordKind.PageWrite, encodePageWrite(PAGE, [{ page: 9, data: content(90) }, { page: 9, data: content(91) }]));
+      w.log.sync();
+      reopen(w);
+      // The replay cached the pages it applied: nothing is cached, each page is read from disk.
+      (w.store as unknown as { cache: PageCache }).cache.dropBelow(Number.MAX_SAFE_INTEGER);
+      return w;
+    };
+    const ASKED = [1, 5, 6, 40, 2, 9, 1];
+    const expected = [content(10), content(50), ZERO, ZERO, content(21), content(91), content(10)];
+    const joined = (pages: Uint8Array[]): Uint8Array => {
+      const all = new Uint8Array(pages.length * PAGE);
+      pages.forEach((p, i) => all.set(p, i * PAGE));
+      return all;
+    };
+
+    it('from an image, a page write, a page zero, a page never written and the cache: the pages\' own', () => {
+      const w = laidOut();
+      const reads0 = w.disk.counters.reads;
+      const misses0 = w.store.stats().cache.misses;
+      const first = w.store.getPagesChecked(ASKED);
+      assert.ok(w.disk.counters.reads > reads0, 'read from disk');
+      assert.equal(w.store.stats().cache.misses - misses0, 6, 'every page but the one never written and the one made zeros, from disk');
+      assert.deepEqual(first.pages, expected);
+      assert.equal(first.crc, crc32c(joined(expected)));
+      // 1, 2, 5 and 9 were cached as they were read: with the checksums they were checked against.
+      const cached = w.store.getPagesCached([9, 1, 5, 2]);
+      assert.ok(cached !== undefined, 'cached');
+      assert.equal(cached.crc, crc32c(joined([content(91), content(10), content(50), content(21)])));
+      const again = w.store.getPagesChecked(ASKED);
+      assert.deepEqual(again, first, 'the same from the cache');
+      assert.equal(w.store.stats().cache.damaged, 0);
+    });
+
+    it('a page changed in memory after its check, out of an image or a log record, fails the checksum it comes with, and its cached copy is not served', () => {
+      for (const where of ['image', 'record'] as const) {
+        const w = laidOut();
+        const page = where === 'image' ? 1 : 5;
+        const restore: (() => void)[] = [];
+        if (where === 'image') {
+          // After the image's check of each page, one bit of the page read changes.
+          const readPages = ImageReader.prototype.readPages;
+          ImageReader.prototype.readPages = function (this: ImageReader, ...args: Parameters<ImageReader['readPages']>): boolean[] {
+            const found = readPages.apply(this, args);
+            args[1][0]![100] ^= 0x04;
+            return found;
+          };
+          restore.push(() => (ImageReader.prototype.readPages = readPages));
+        } else {
+          // After the log's check of the record, one bit of page 5's data in the read buffer changes.
+          const read = w.log.read.bind(w.log);
+          w.log.read = (from, to, opts) => {
+            const records = read(from, to, opts);
+            const r = records[0]!;
+            if (r.kind === RecordKind.PageWrite && pagesOfPageWrite(r.payload)[1] === 5) r.payload[pageWriteDataStart(3) + PAGE + 100]! ^= 0x04;
+            return records;
+          };
+          restore.push(() => (w.log.read = read));
+        }
+        try {
+          const got = w.store.getPagesChecked([page]);
+          assert.notDeepEqual(got.pages[0], expected[ASKED.indexOf(page)], `${where}: the page changed`);
+          assert.notEqual(got.crc, crc32c(got.pages[0]!), `${where}: the checksum is not the changed page's: its reader refuses it`);
+          assert.equal(got.crc, crc32c(expected[ASKED.indexOf(page)]!), `${where}: it is the page's as stored`);
+        } finally {
+          for (const r of restore) r();
+        }
+        assert.equal(w.store.getPagesCached([page]), undefined, `${where}: the changed copy is not served from the cache`);
+        assert.equal(w.store.stats().cache.damaged, 1, where);
+        const reread = w.store.getPagesChecked([page]);
+        assert.deepEqual(reread.pages[0], expected[ASKED.indexOf(page)], `${where}: read again, right`);
+        assert.equal(reread.crc, crc32c(reread.pages[0]!));
+      }
+    });
   });
 
   it('rejects bad options and an image of another page size or of more pages (one of fewer is a volume that grew since)', () => {

@@ -8,6 +8,7 @@ import {
   pageDataOfPageWrite,
   pagesOfPageWrite,
   pageWriteBytes,
+  pageWriteCrcs,
   pageWritePayloadCrc,
   readPageWriteHeader,
   WRITE_ID_BYTES,
@@ -134,6 +135,26 @@ describe('page-write codec', () => {
     }
     const one = encodePageWrite(4096, [{ page: 1, data: page(4096, 1) }]);
     assert.throws(() => pageWritePayloadCrc(one.subarray(0, one.length - 1), 4096, 1, 0), /the page data lies within the payload/);
+  });
+
+  it("gives each page's checksum and the payload's made from them (pageWriteCrcs); nothing for a payload that is not a page write of its page size", () => {
+    const id = Uint8Array.from({ length: WRITE_ID_BYTES }, (_, i) => 3 + i);
+    for (const size of [4096, 8192]) {
+      // Page 9 twice: each pair has its own checksum.
+      const pages = [9, 4, 9, 70].map((p, i) => ({ page: p, data: page(size, 5 + i) }));
+      for (const writeId of [undefined, id]) {
+        const payload = encodePageWrite(size, pages, undefined, writeId);
+        const got = pageWriteCrcs(payload, size);
+        assert.ok(got !== undefined);
+        assert.deepEqual(got.pages, [9, 4, 9, 70]);
+        assert.deepEqual(got.crcs, pages.map((p) => crc32c(p.data)));
+        assert.equal(got.payloadCrc, crc32c(payload));
+      }
+      assert.equal(pageWriteCrcs(encodePageWrite(size, pages), size === 4096 ? 8192 : 4096), undefined, 'another page size');
+    }
+    const one = encodePageWrite(4096, [{ page: 1, data: page(4096, 1) }]);
+    assert.equal(pageWriteCrcs(one.subarray(0, one.length - 1), 4096), undefined, 'cut short');
+    assert.equal(pageWriteCrcs(new Uint8Array(0), 4096), undefined, 'empty (a record of another kind)');
   });
 
   it('carries a write id after the data: flagged, counted in the length, read back; a payload without one reads the same pages', () => {
