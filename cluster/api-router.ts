@@ -23,7 +23,7 @@ import { NODES_MAX } from '../actors/controller';
 import { deadlineRemainingMs, HEADER_DEADLINE } from '../messages/headers';
 import { createClient, GEOMETRY_RECHECK_MS, NatsTransport, newRequestId, type StrataClient, type Volume } from './client';
 import { CATALOG_PAGE_COUNT, CATALOG_PAGE_SIZE, CATALOG_VOLUME_ID, CATALOG_VOLUME_NAME } from './catalog-shard';
-import { checkPageDataCrc, pageDataCrc, pageWritesCrc } from '../storage-engine/page-data-crc';
+import { checkPageDataCrc, pageWritesCrc } from '../storage-engine/page-data-crc';
 
 /** Volumes whose routing info a node keeps at most. */
 const VOLUME_CACHE_MAX = 1024;
@@ -248,8 +248,8 @@ export class ApiRouter {
     }
     const at = req.lsn !== undefined ? { lsn: req.lsn } : req.lsns !== undefined ? { lsns: req.lsns } : {};
     const r = await volume.readPages(req.pages, { ...at, deadlineMs });
-    // Each shard's reply was checked against its checksum; this one's is for the requester.
-    return { pages: r.pages, crc: pageDataCrc(r.pages), lsn: r.lsn, lsns: r.lsns };
+    // Made from the pages' checksums as each shard's reply was checked, not from the pages now.
+    return { pages: r.pages, crc: r.crc, lsn: r.lsn, lsns: r.lsns };
   }
 
   async flush(body: unknown, deadlineMs: number): Promise<unknown> {

@@ -55,8 +55,8 @@ import { connect as natsConnect } from 'nats';
 import type { NatsConnection } from 'nats';
 import { MESSAGE_BYTES_MAX, decode, encode, encodeShardWriteRequest } from '../messages/codec';
 import { allocRequestBytes } from '../storage-engine/arena';
-import { crc32c } from '../storage-engine/crc32c';
-import { checkPageDataCrc, damagedInTransit, pageDataCrc, pageWritesCrc } from '../storage-engine/page-data-crc';
+import { crc32c, crc32cCombine } from '../storage-engine/crc32c';
+import { checkPageDataCrc, damagedInTransit, pageWritesCrc } from '../storage-engine/page-data-crc';
 import { ProtocolError, throwIfError } from '../messages/errors';
 import { DEADLINE_AHEAD_MS_MAX, HEADER_DEADLINE, writeHeaders } from '../messages/headers';
 import { clientSpan } from '../observability/tracing';
@@ -341,6 +341,13 @@ export interface PagesWithData extends LsnResult {
 export interface ReadResult extends LsnResult {
   /** One page per requested page number, in request order. */
   pages: Uint8Array[];
+  /**
+   * The CRC-32C of `pages`, one after the other (PAGE_DATA_CRC), made from each page's checksum
+   * as its shard's reply was checked on arrival, not from `pages` now: whoever passes the pages
+   * on (the API router's page.read reply) passes on a checksum that a page changed in memory
+   * since then fails.
+   */
+  crc: number;
 }
 
 /** Options of a page call. */
@@ -1046,10 +1053,7 @@ export class StrataClient {
     for (let resends = 0; ; resends++) {
       try {
         const reply = await this.sendOnce(subject, type, body, deadlineMs, validate, waitUntilMs);
-        if (type === 'shard.read') {
-          const r = reply as ShardReadReply;
-          if (r.crc !== undefined) checkPageDataCrc(r.crc, pageDataCrc(r.pages), `shard.read reply from ${subject}`);
-        }
+        if (type === 'shard.read') checkReadReply(reply as ShardReadReply, `shard.read reply from ${subject}`);
         return reply;
       } catch (e) {
         // A node of a version before page data checksums refuses the field, having taken
@@ -1336,6 +1340,33 @@ interface ShardRoute {
   readTries: typeof READ_TRIES & { againSubject: string };
 }
 
+/** Each page's CRC-32C of a shard.read reply, made as the reply was checked (`checkReadReply`). */
+const readReplyPageCrcs = new WeakMap<object, number[]>();
+
+/**
+ * Checks a shard.read reply's pages against its `crc` (one without is a node's of a version
+ * before the field), keeping each page's checksum for `pageCrcsOf`: one pass over the pages.
+ * Throws `corruption` with `details.inTransit` on a mismatch (checkPageDataCrc).
+ */
+function checkReadReply(r: ShardReadReply, what: string): void {
+  const crcs = new Array<number>(r.pages.length);
+  let all = 0;
+  for (let i = 0; i < r.pages.length; i++) {
+    const c = crc32c(r.pages[i]!);
+    crcs[i] = c;
+    all = crc32cCombine(all, c, r.pages[i]!.length);
+  }
+  if (r.crc !== undefined) checkPageDataCrc(r.crc, all, what);
+  readReplyPageCrcs.set(r, crcs);
+}
+
+/** The page checksums `checkReadReply` kept of a shard.read reply. */
+function pageCrcsOf(outcome: ShardOutcome): number[] {
+  const crcs = readReplyPageCrcs.get(outcome);
+  if (crcs === undefined) throw new ProtocolError('internal', 'a shard.read reply not checked on arrival');
+  return crcs;
+}
+
 interface ShardOutcome {
   lsn: number;
   term?: number;
@@ -1611,11 +1642,18 @@ export class Volume {
     while (!(await this.oneLsnPerShard(read, deadlineMs))) read = await this.run(deadlineMs, plan);
     const { calls, outcomes } = read;
     const out = new Array<Uint8Array>(numbers.length);
+    const crcs = new Array<number>(numbers.length);
     calls.forEach((call, c) => {
       const got = outcomes[c]!.pages!;
-      call.indices.forEach((at, j) => (out[at] = got[j]!));
+      const gotCrcs = pageCrcsOf(outcomes[c]!);
+      call.indices.forEach((at, j) => {
+        out[at] = got[j]!;
+        crcs[at] = gotCrcs[j]!;
+      });
     });
-    return { pages: out, ...mergeLsns(calls, outcomes) };
+    let crc = 0;
+    for (let i = 0; i < out.length; i++) crc = crc32cCombine(crc, crcs[i]!, out[i]!.length);
+    return { pages: out, crc, ...mergeLsns(calls, outcomes) };
   }
 
   /**

@@ -133,6 +133,41 @@ describe('page data checksums in transit (PAGE_DATA_CRC)', () => {
       assert.equal(rotted.sent.length, 1);
     });
 
+    it('gives a read\'s result the checksum of its pages in request order, made as each shard\'s reply was checked: a page changed in memory since fails it', async () => {
+      const replies: Uint8Array[] = [];
+      let release: () => void = () => undefined;
+      const later = new Promise<void>((r) => (release = r));
+      const t = new Transport((_type, body) => {
+        const pages = (body['pages'] as number[]).map((p) => filled(p + 1));
+        const bytes = encodeShardReadReply({ pages, lsn: 3, crc: pageDataCrc(pages) });
+        replies.push(bytes);
+        return bytes;
+      });
+      // The reply of the second shard comes once the test has changed the first one's memory.
+      const request = t.request.bind(t);
+      t.request = async (subject, data, options) => {
+        const reply = await request(subject, data, options);
+        if (replies.length === 2 && reply === replies[1]) await later;
+        return reply;
+      };
+      const reading = createClient(t, { cluster: 'c' }).volume('vol').readPages([3, 0, 1, 2, 5]);
+      while (replies.length < 2) await new Promise((r) => setImmediate(r));
+      // A byte of the first page of the first shard's reply, already checked.
+      const page = (t.sent.find((x) => x.type === 'shard.read')!.body['pages'] as number[])[0]!;
+      const first = replies[0]!;
+      const at = first.findIndex((b, i) => b === page + 1 && first[i + 4094] === page + 1);
+      assert.ok(at >= 0);
+      await new Promise((r) => setImmediate(r));
+      first[at]! ^= 0x01;
+      release();
+      const r = await reading;
+      const asked = [3, 0, 1, 2, 5];
+      const expected = asked.map((p) => filled(p + 1));
+      assert.equal(r.crc, pageDataCrc(expected), 'the pages\' as they arrived');
+      assert.notDeepEqual(r.pages[asked.indexOf(page)], expected[asked.indexOf(page)], 'the reply was decoded in place: the page changed');
+      assert.notEqual(r.crc, pageDataCrc(r.pages), 'a page changed since fails it');
+    });
+
     it('reads again a reply whose pages do not match its checksum, takes one without a checksum, and fails corruption when every reply is damaged', async () => {
       const good = filled(7);
       const damagedReply = (): Uint8Array => {
