@@ -202,9 +202,12 @@ export class ImageWriter {
 
   /**
    * Adds the content of `page`; pages must come in strictly ascending order. An all-zero page
-   * is not stored (it reads as zeros); returns whether the page was stored.
+   * is not stored (it reads as zeros); returns whether the page was stored. `crc`: the CRC-32C
+   * of the page as its caller checked it where it read it (an image's, a log record's page),
+   * stored as given instead of made from `data`: a page changed in memory since then is stored
+   * with a checksum it fails when read.
    */
-  addPage(page: number, data: Uint8Array): boolean {
+  addPage(page: number, data: Uint8Array, crc?: number): boolean {
     assert(!this.done && this.fh !== undefined, 'image writer is open');
     assert(Number.isSafeInteger(page) && page > this.lastPage && page < this.opts.pageCount, 'image pages ascend within pageCount', { page, lastPage: this.lastPage });
     assert(data.length === this.opts.pageSize, 'image page has the page size', { length: data.length });
@@ -215,7 +218,7 @@ export class ImageWriter {
     this.buf.set(data, this.bufUsed);
     this.bufUsed += data.length;
     this.pages.push(page);
-    this.crcs.push(crc32c(data));
+    this.crcs.push(crc ?? crc32c(data));
     return true;
   }
 

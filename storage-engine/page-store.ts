@@ -115,6 +115,13 @@ const POINTER_NAME = 'checkpoint';
 export type CheckpointStep = Promise<void> | undefined;
 
 /** Pages read out of the page cache (`getPagesCached`), with the CRC-32C of their data in order. */
+/** A data record read from the log (`readRecordChecked`). */
+interface CheckedRecord {
+  payload: Uint8Array;
+  /** A well-formed page write's pages and their checksums, which its record checksum was checked from. */
+  held: PageWriteCrcs | undefined;
+}
+
 export interface CachedPages {
   pages: Uint8Array[];
   /** Combined from the checksums the cache checked each copy against. */
@@ -636,33 +643,46 @@ export class PageStore {
 
   /**
    * For each i of `idx`: copies the data record `lsn` leaves in `pages[i]` into `outs[i]`, gives
-   * `crcs[i]` its checksum and caches it. A page write's pages get the checksums the record was
-   * checked from as it was read (`pageWriteCrcs`); a page zero's, the zero page's.
+   * `crcs[i]` its checksum (`pageOfRecord`) and caches it with it.
    */
   private readRecordPages(lsn: number, pages: readonly number[], idx: readonly number[], outs: readonly Uint8Array[], crcs: number[]): void {
+    const record = this.readRecordChecked(lsn);
+    for (const i of idx) {
+      const { data, crc } = this.pageOfRecord(record, lsn, pages[i]!);
+      outs[i]!.set(data);
+      crcs[i] = crc;
+      this.cache.put(pages[i]!, lsn, outs[i]!, crc);
+    }
+  }
+
+  /**
+   * The data record `lsn` read from the log; a page write's with its pages' checksums, made as it
+   * was read, and from which its record checksum was checked (LogReadOptions.payloadCrc).
+   */
+  private readRecordChecked(lsn: number): CheckedRecord {
     let held: PageWriteCrcs | undefined;
     const payload = this.readRecordPayload(lsn, (kind, data) => {
       if (kind !== RecordKind.PageWrite) return undefined;
       held = pageWriteCrcs(data, this.pageSize);
       return held?.payloadCrc;
     });
-    for (const i of idx) {
-      const page = pages[i]!;
-      const k = held === undefined ? -1 : held.pages.lastIndexOf(page);
-      let crc: number;
-      if (k >= 0) {
-        const start = pageWriteDataStart(held!.pages.length) + k * this.pageSize;
-        outs[i]!.set(payload.subarray(start, start + this.pageSize));
-        crc = held!.crcs[k]!;
-      } else {
-        // A page zero, or a record that does not write the page as indexed (recordPage throws).
-        const data = this.recordPage(payload, lsn, page);
-        outs[i]!.set(data);
-        crc = data === this.zeroPage ? this.zeroPageCrc : crc32c(data);
-      }
-      crcs[i] = crc;
-      this.cache.put(page, lsn, outs[i]!, crc);
+    return { payload, held };
+  }
+
+  /**
+   * The data (a view, not to be written to) `record` leaves in `page`, and its checksum: for a
+   * page write, the one its record was checked from; for a page zero, the zero page's.
+   */
+  private pageOfRecord(record: CheckedRecord, lsn: number, page: number): { data: Uint8Array; crc: number } {
+    const held = record.held;
+    const k = held === undefined ? -1 : held.pages.lastIndexOf(page);
+    if (k >= 0) {
+      const start = pageWriteDataStart(held!.pages.length) + k * this.pageSize;
+      return { data: record.payload.subarray(start, start + this.pageSize), crc: held!.crcs[k]! };
     }
+    // A page zero, or a record that does not write the page as indexed (recordPage throws).
+    const data = this.recordPage(record.payload, lsn, page);
+    return { data, crc: data === this.zeroPage ? this.zeroPageCrc : crc32c(data) };
   }
 
   /**
@@ -1031,8 +1051,8 @@ export class PageStore {
     return found;
   }
 
-  private readRecordPayload(lsn: number, payloadCrc?: LogReadOptions['payloadCrc']): Uint8Array {
-    const records = this.log.read(lsn, lsn, payloadCrc === undefined ? undefined : { payloadCrc });
+  private readRecordPayload(lsn: number, payloadCrc: LogReadOptions['payloadCrc']): Uint8Array {
+    const records = this.log.read(lsn, lsn, { payloadCrc });
     const r = records[0];
     if (records.length !== 1 || r === undefined || r.lsn !== lsn) {
       throw new StorageError('corruption', `log read of record ${lsn} returned ${records.length} records`, { lsn });
@@ -1100,25 +1120,27 @@ export class PageStore {
     let finished = false;
     try {
       const bufs = Array.from({ length: FOLD_BATCH_PAGES }, () => new Uint8Array(this.pageSize));
-      const records = new Map<number, Uint8Array>(); // LRU of record payloads
+      const records = new Map<number, CheckedRecord>(); // LRU of records read
       let recordBytes = 0;
-      const payloadOf = (v: number): Uint8Array => {
-        let p = records.get(v);
-        if (p !== undefined) {
+      const recordOf = (v: number): CheckedRecord => {
+        let r = records.get(v);
+        if (r !== undefined) {
           records.delete(v);
-          records.set(v, p);
-          return p;
+          records.set(v, r);
+          return r;
         }
-        p = this.readRecordPayload(v);
-        while (records.size > 0 && recordBytes + p.length > FOLD_RECORD_CACHE_BYTES_MAX) {
-          const [oldest, payload] = records.entries().next().value as [number, Uint8Array];
+        r = this.readRecordChecked(v);
+        while (records.size > 0 && recordBytes + r.payload.length > FOLD_RECORD_CACHE_BYTES_MAX) {
+          const [oldest, dropped] = records.entries().next().value as [number, CheckedRecord];
           records.delete(oldest);
-          recordBytes -= payload.length;
+          recordBytes -= dropped.payload.length;
         }
-        records.set(v, p);
-        recordBytes += p.length;
-        return p;
+        records.set(v, r);
+        recordBytes += r.payload.length;
+        return r;
       };
+      // Each page goes into the image with the checksum it was checked against where it was read.
+      const crcs = new Array<number>(FOLD_BATCH_PAGES);
       let i = 0;
       while (i < baseCount || !changed.empty) {
         // Creating the file was a step of its own; so is every batch. A buffer the last batch
@@ -1142,16 +1164,22 @@ export class PageStore {
         }
         const fromImage = batch.map((_, k) => k).filter((k) => batch[k]!.v === undefined);
         if (fromImage.length > 0) {
-          const found = base!.readPages(fromImage.map((k) => batch[k]!.page), fromImage.map((k) => bufs[k]!));
+          const imageCrcs = new Array<number>(fromImage.length);
+          const found = base!.readPages(fromImage.map((k) => batch[k]!.page), fromImage.map((k) => bufs[k]!), imageCrcs);
           assert(found.every((f) => f), 'base image pages listed in its table are found');
+          fromImage.forEach((k, j) => (crcs[k] = imageCrcs[j]!));
         }
         for (let k = 0; k < batch.length; k++) {
           const { page, v } = batch[k]!;
           // A page a PageZero record zeroed is not stored (as any page of zeros).
           if (v !== undefined && this.zeroLsns.has(v)) continue;
-          if (v !== undefined) bufs[k]!.set(this.recordPage(payloadOf(v), v, page));
+          if (v !== undefined) {
+            const { data, crc } = this.pageOfRecord(recordOf(v), v, page);
+            bufs[k]!.set(data);
+            crcs[k] = crc;
+          }
           if (page >= pageCount) throw new StorageError('out_of_range', `page ${page} is past the ${pageCount} pages of the image`, { page, pageCount });
-          writer.addPage(page, bufs[k]!);
+          writer.addPage(page, bufs[k]!, crcs[k]!);
         }
       }
       // Flushing the last buffer, finishing (the header and table, their flush, the rename) and

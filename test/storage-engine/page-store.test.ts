@@ -172,6 +172,36 @@ function applyOneRecord(w: World, entries: { page: number; data: Uint8Array }[])
   w.store.apply(w.log.read(1, 1)[0]!);
 }
 
+/**
+ * Until the function returned is called, one bit of `page` changes right after its check where it
+ * is read, as memory that changes under a reader: in an image's read buffer (after the image's
+ * check of the page) or in a log record's (after the record's check).
+ */
+function changeAfterCheck(w: World, where: 'image' | 'record', page: number): () => void {
+  if (where === 'image') {
+    const readPages = ImageReader.prototype.readPages;
+    ImageReader.prototype.readPages = function (this: ImageReader, ...args: Parameters<ImageReader['readPages']>): boolean[] {
+      const found = readPages.apply(this, args);
+      args[0].forEach((p, i) => p === page && found[i] && (args[1][i]![100] ^= 0x04));
+      return found;
+    };
+    return () => (ImageReader.prototype.readPages = readPages);
+  }
+  const log = w.log;
+  const read = log.read.bind(log);
+  log.read = (from, to, opts) => {
+    const records = read(from, to, opts);
+    for (const r of records) {
+      if (r.kind !== RecordKind.PageWrite) continue;
+      const pages = pagesOfPageWrite(r.payload);
+      const k = pages.lastIndexOf(page);
+      if (k >= 0) r.payload[pageWriteDataStart(pages.length) + k * PAGE + 100]! ^= 0x04;
+    }
+    return records;
+  };
+  return () => (log.read = read);
+}
+
 describe('PageStore', () => {
   it('answers every page at every LSN like the model, before and after a restart (log only)', () => {
     const w = world(1);
@@ -1304,27 +1334,7 @@ describe('PageStore', () => {
       for (const where of ['image', 'record'] as const) {
         const w = laidOut();
         const page = where === 'image' ? 1 : 5;
-        const restore: (() => void)[] = [];
-        if (where === 'image') {
-          // After the image's check of each page, one bit of the page read changes.
-          const readPages = ImageReader.prototype.readPages;
-          ImageReader.prototype.readPages = function (this: ImageReader, ...args: Parameters<ImageReader['readPages']>): boolean[] {
-            const found = readPages.apply(this, args);
-            args[1][0]![100] ^= 0x04;
-            return found;
-          };
-          restore.push(() => (ImageReader.prototype.readPages = readPages));
-        } else {
-          // After the log's check of the record, one bit of page 5's data in the read buffer changes.
-          const read = w.log.read.bind(w.log);
-          w.log.read = (from, to, opts) => {
-            const records = read(from, to, opts);
-            const r = records[0]!;
-            if (r.kind === RecordKind.PageWrite && pagesOfPageWrite(r.payload)[1] === 5) r.payload[pageWriteDataStart(3) + PAGE + 100]! ^= 0x04;
-            return records;
-          };
-          restore.push(() => (w.log.read = read));
-        }
+        const restore = [changeAfterCheck(w, where, page)];
         try {
           const got = w.store.getPagesChecked([page]);
           assert.notDeepEqual(got.pages[0], expected[ASKED.indexOf(page)], `${where}: the page changed`);
@@ -1340,6 +1350,32 @@ describe('PageStore', () => {
         assert.equal(reread.crc, crc32c(reread.pages[0]!));
       }
     });
+  });
+
+  it('a checkpoint stores each page with the checksum it was checked against where it was read: a page changed in memory since fails its read from the new image', () => {
+    for (const where of ['record', 'image'] as const) {
+      const w = world(17, { cacheBytesMax: 0 });
+      const put = (entries: { page: number; data: Uint8Array }[]): void => {
+        w.log.write([{ term: 1, kind: RecordKind.PageWrite, payload: encodePageWrite(PAGE, entries) }]);
+        w.store.apply(w.log.read(w.log.lastLsn, w.log.lastLsn)[0]!);
+      };
+      put([{ page: 2, data: content(2) }, { page: 7, data: content(7) }]);
+      w.store.checkpoint();
+      put([{ page: 3, data: content(3) }]);
+      // The next checkpoint folds page 2 and 7 from the first image and 3 from the log.
+      const target = where === 'record' ? 3 : 7;
+      const restore = [changeAfterCheck(w, where, target)];
+      try {
+        w.store.checkpoint();
+      } finally {
+        for (const r of restore) r();
+      }
+      const other = where === 'record' ? 7 : 3;
+      assert.deepEqual(w.store.getPage(other), content(other), `${where}: the other pages are right`);
+      assert.deepEqual(w.store.getPage(2), content(2), where);
+      const e = expectCode(() => w.store.getPage(target), 'corruption');
+      assert.ok(e instanceof CorruptionError && e.message.includes(`page ${target} checksum mismatch`), `${where}: ${e.message}`);
+    }
   });
 
   it('rejects bad options and an image of another page size or of more pages (one of fewer is a volume that grew since)', () => {
