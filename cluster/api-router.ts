@@ -21,9 +21,10 @@ import { controllerSubject } from '../messages/control';
 import { PAGE_MAP_RANGES_MAX, SHARDS_MAX, VOLUMES_PER_LIST_MAX, type VolumeInfo } from '../messages/api';
 import { NODES_MAX } from '../actors/controller';
 import { deadlineRemainingMs, HEADER_DEADLINE } from '../messages/headers';
-import { createClient, GEOMETRY_RECHECK_MS, NatsTransport, newRequestId, type StrataClient, type Volume } from './client';
+import { createClient, GEOMETRY_RECHECK_MS, NatsTransport, newRequestId, type PageToWrite, type StrataClient, type Volume } from './client';
 import { CATALOG_PAGE_COUNT, CATALOG_PAGE_SIZE, CATALOG_VOLUME_ID, CATALOG_VOLUME_NAME } from './catalog-shard';
-import { checkPageDataCrc, pageWritesCrc } from '../storage-engine/page-data-crc';
+import { checkPageDataCrc } from '../storage-engine/page-data-crc';
+import { crc32c, crc32cCombine } from '../storage-engine/crc32c';
 
 /** Volumes whose routing info a node keeps at most. */
 const VOLUME_CACHE_MAX = 1024;
@@ -212,9 +213,20 @@ export class ApiRouter {
 
   async pageWrite(body: unknown, deadlineMs: number): Promise<unknown> {
     const req = validatePageWriteRequest(body);
-    // Checked before any shard is asked: pages damaged on the way are written nowhere.
-    if (req.crc !== undefined) checkPageDataCrc(req.crc, pageWritesCrc(req.pages), 'page.write');
-    const r = await this.volume(req.volume).writePages(req.pages, { deadlineMs });
+    // Checked before any shard is asked: pages damaged on the way are written nowhere. Each
+    // page's checksum, made as they are checked, goes on with it: the shards' writes are
+    // checksummed from them, so a page that changes in this process after the check is refused.
+    let pages: PageToWrite[] = req.pages;
+    if (req.crc !== undefined) {
+      let all = 0;
+      pages = req.pages.map(({ page, data }) => {
+        const crc = crc32c(data);
+        all = crc32cCombine(all, crc, data.length);
+        return { page, data, crc };
+      });
+      checkPageDataCrc(req.crc, all, 'page.write');
+    }
+    const r = await this.volume(req.volume).writePages(pages, { deadlineMs });
     return { lsn: r.lsn, lsns: r.lsns };
   }
 

@@ -338,6 +338,18 @@ export interface PagesWithData extends LsnResult {
   ranges: Array<{ first: number; count: number }>;
 }
 
+/** A page to write (`Volume.writePages`). */
+export interface PageToWrite extends PageWrite {
+  /**
+   * The CRC-32C of `data` (an unsigned 32-bit integer), made where the caller made or received
+   * the data; optional. The shard.write's checksum is then made from it instead of from `data`,
+   * so a page that changes in memory after it (the caller's or the client's) is refused by its
+   * shard's leader, which writes none of that shard's pages: the call fails `corruption` with
+   * `details.inTransit`.
+   */
+  crc?: number;
+}
+
 export interface ReadResult extends LsnResult {
   /** One page per requested page number, in request order. */
   pages: Uint8Array[];
@@ -1510,18 +1522,21 @@ export class Volume {
    * page is committed, with the highest LSN and each shard's LSN. On failure some shards may have
    * applied their pages.
    */
-  async writePages(pages: readonly PageWrite[], options: WriteOptions | null = {}): Promise<LsnResult> {
+  async writePages(pages: readonly PageToWrite[], options: WriteOptions | null = {}): Promise<LsnResult> {
     const opts = optionsOf(options);
     const deadlineMs = this.client.deadline(opts.deadlineMs);
     const list = expectArray(pages, 'pages', { lengthMin: 1, lengthMax: CALL_PAGES_MAX, maxCode: 'too_large' });
     const seen = new Map<number, number>();
     const numbers: number[] = [];
     const entries: PageWrite[] = [];
+    const crcs: (number | undefined)[] = [];
     for (let i = 0; i < list.length; i++) {
       const path = `pages[${i}]`;
       const entry = expectMap(list[i], path);
       const page = expectInteger(field(entry, 'page'), `${path}.page`, { min: 0, max: PAGE_COUNT_MAX - 1, maxCode: 'out_of_range' });
       const data = expectBytes(field(entry, 'data'), `${path}.data`);
+      const crc = field(entry, 'crc');
+      crcs.push(crc === undefined ? undefined : expectInteger(crc, `${path}.crc`, { min: 0, max: 0xffffffff }));
       const first = seen.get(page);
       if (first !== undefined) fail('bad_request', `${path}.page`, `duplicate page ${page} (also at pages[${first}])`);
       seen.set(page, i);
@@ -1534,7 +1549,7 @@ export class Volume {
       return planChunks(numbers, info, chunkPages).map(({ shard, indices }) => ({
         shard,
         type: 'shard.write' as const,
-        body: writeBody(indices.map((i) => entries[i]!), this.client.writeId()),
+        body: writeBody(indices.map((i) => entries[i]!), this.client.writeId(), indices.map((i) => crcs[i])),
         indices,
       }));
     });
@@ -1987,9 +2002,20 @@ function refusesCrc(e: unknown): boolean {
   return e instanceof ProtocolError && e.code === 'bad_request' && e.details?.['path'] === 'crc' && /unknown field/.test(e.message);
 }
 
-/** A shard.write's body: the pages, the write's id, and the checksum of the pages' data (`PAGE_DATA_CRC`). */
-export function writeBody(pages: PageWrite[], writeId: Uint8Array): ShardWriteRequest {
-  return { pages, writeId, crc: pageWritesCrc(pages) };
+/**
+ * A shard.write's body: the pages, the write's id, and the checksum of the pages' data
+ * (`PAGE_DATA_CRC`), made from `crcs[i]` for a page whose checksum the caller gave
+ * (`PageToWrite.crc`), from its data otherwise.
+ */
+export function writeBody(pages: PageWrite[], writeId: Uint8Array, crcs?: readonly (number | undefined)[]): ShardWriteRequest {
+  if (crcs === undefined || crcs.every((c) => c === undefined)) return { pages, writeId, crc: pageWritesCrc(pages) };
+  let crc = 0;
+  for (let i = 0; i < pages.length; i++) {
+    const given = crcs[i];
+    const data = pages[i]!.data;
+    crc = given === undefined ? crc32c(data, crc) : crc32cCombine(crc, given, data.length);
+  }
+  return { pages, writeId, crc };
 }
 
 /**

@@ -1,6 +1,6 @@
 import { strict as assert } from 'node:assert';
 import { startCluster, type InProcessCluster } from '../../cluster/in-process-cluster';
-import { TRANSIT_RESENDS_MAX, createClient, type ClientTransport, type TransportRequestOptions } from '../../cluster/client';
+import { TRANSIT_RESENDS_MAX, Volume, createClient, type ClientTransport, type TransportRequestOptions } from '../../cluster/client';
 import { decode, encode, encodeShardReadReply, encodeShardWriteRequest } from '../../messages/codec';
 import { ProtocolError, errorReply, type ErrorReply } from '../../messages/errors';
 import { HEADER_DEADLINE, HEADER_SCHEMA, HEADER_TYPE } from '../../messages/headers';
@@ -101,6 +101,22 @@ describe('page data checksums in transit (PAGE_DATA_CRC)', () => {
       for (const w of writes) {
         const sent = w.body['pages'] as Array<{ page: number; data: Uint8Array }>;
         assert.equal(w.body['crc'], pageWritesCrc(sent), `its pages ${sent.map((p) => p.page).join(',')}`);
+      }
+    });
+
+    it('makes a shard.write\'s checksum from the checksums the caller gave with its pages: a page changed after its checksum goes with the checksum of what it was', async () => {
+      const t = new Transport((type) => (type === 'shard.write' ? { lsn: 1, term: 1 } : errorReply(new ProtocolError('internal', type))));
+      const vol = createClient(t, { cluster: 'c' }).volume('vol');
+      // Pages 0 and 2 on shard 0, 1 on shard 1; page 2's checksum not given.
+      const was = filled(40);
+      const now = filled(41);
+      await vol.writePages([{ page: 0, data: now, crc: crc32c(was) }, { page: 1, data: filled(1), crc: crc32c(filled(1)) }, { page: 2, data: filled(2) }]);
+      const [w0, w1] = [0, 1].map((shard) => t.sent.find((s) => s.type === 'shard.write' && new RegExp(`\\.v1\\.${shard}(\\.|$)`).test(s.subject))!.body);
+      assert.equal(w0!['crc'], pageDataCrc([was, filled(2)]), 'from the given checksum and the data of the page without one');
+      assert.notEqual(w0!['crc'], pageDataCrc([now, filled(2)]), 'not from the changed page: its leader refuses it');
+      assert.equal(w1!['crc'], pageDataCrc([filled(1)]));
+      for (const bad of [-1, 2 ** 32, 1.5, '7']) {
+        await rejectsWith(vol.writePages([{ page: 0, data: now, crc: bad as number }]), 'bad_request', /pages\[0\]\.crc/);
       }
     });
 
@@ -266,6 +282,42 @@ describe('page data checksums in transit (PAGE_DATA_CRC)', () => {
       const pages = r['pages'] as Uint8Array[];
       assert.deepEqual(plain(pages), [filled(9), new Uint8Array(4096), filled(9)]);
       assert.equal(r['crc'], pageDataCrc(pages));
+    });
+
+    it('writes pages given with their checksums; refuses, writing nothing, a page that changed after its checksum was made', async () => {
+      const vol = c.client.volume('v-crc');
+      const was = filled(44);
+      await rejectsWith(vol.writePages([{ page: 44, data: filled(45), crc: crc32c(was) }]), 'corruption', /does not match the checksum/);
+      assert.deepEqual((await vol.readPages([44])).pages, [new Uint8Array(4096)], 'nothing was written');
+      await vol.writePages([{ page: 44, data: was, crc: crc32c(was) }]);
+      assert.deepEqual((await vol.readPages([44])).pages, [was]);
+    });
+
+    it('the API: a page.write\'s pages go to their shards with the checksums they were checked against: one changed in the router after its check is refused, writing nothing', async () => {
+      const api = (verb: 'page.write' | 'page.read', body: unknown) => raw(apiSubject(c.cluster, verb), verb, body);
+      const writePages = Volume.prototype.writePages;
+      let given: (number | undefined)[] | undefined;
+      // In the router (the in-process node's client): a page's memory changes after the check.
+      Volume.prototype.writePages = function (this: Volume, pages, options) {
+        if (given === undefined && pages.some((p) => p.crc !== undefined)) {
+          given = pages.map((p) => p.crc);
+          pages[1]!.data[5]! ^= 0x01;
+        }
+        return writePages.call(this, pages, options);
+      };
+      const pages = [{ page: 30, data: filled(30) }, { page: 31, data: filled(31) }];
+      try {
+        const e = errorOf(await api('page.write', { volume: 'v-crc', pages, crc: pageWritesCrc(pages) }));
+        assert.equal(e.code, 'corruption');
+        assert.equal(e.details?.['inTransit'], true);
+      } finally {
+        Volume.prototype.writePages = writePages;
+      }
+      assert.deepEqual(given, [crc32c(filled(30)), crc32c(filled(31))]);
+      const zeros = await api('page.read', { volume: 'v-crc', pages: [30, 31] });
+      assert.deepEqual(plain(zeros['pages']), [new Uint8Array(4096), new Uint8Array(4096)], 'nothing was written');
+      await api('page.write', { volume: 'v-crc', pages, crc: pageWritesCrc(pages) });
+      assert.deepEqual(plain((await api('page.read', { volume: 'v-crc', pages: [30, 31] }))['pages']), [filled(30), filled(31)]);
     });
 
     it('the API: refuses a page.write whose pages do not match its checksum, writing nothing; answers a page.read with its pages\' checksum', async () => {
