@@ -114,7 +114,6 @@ const POINTER_NAME = 'checkpoint';
  */
 export type CheckpointStep = Promise<void> | undefined;
 
-/** Pages read out of the page cache (`getPagesCached`), with the CRC-32C of their data in order. */
 /** A data record read from the log (`readRecordChecked`). */
 interface CheckedRecord {
   payload: Uint8Array;
@@ -122,9 +121,12 @@ interface CheckedRecord {
   held: PageWriteCrcs | undefined;
 }
 
+/**
+ * Pages read (`getPagesCached`, `getPagesChecked`), with the CRC-32C of their data in order, made
+ * from the checksums each page was checked against.
+ */
 export interface CachedPages {
   pages: Uint8Array[];
-  /** Combined from the checksums the cache checked each copy against. */
   crc: number;
 }
 
