@@ -837,7 +837,8 @@ function shardCheckText(r: ShardCheck): string {
     w === undefined ? ''
       : w.behind.length === 0 ? `waited ${w.ms} ms for the replicas to reach LSN ${w.target}\n`
       : `waited ${w.ms} ms: ${w.behind.join(', ')} still behind LSN ${w.target} (compared as far as every replica holds${r.pages !== undefined ? ' and has applied' : ''})\n`;
-  return `shard ${r.shard} of ${r.volume} (${r.volumeId})${r.range !== undefined ? `: committed LSNs ${r.range.fromLsn}..${r.range.toLsn}` : ''}, ${r.steps} step(s): ${head}\n${textTable(rows)}${waited}${pages}`;
+  const restarts = r.restarts === undefined ? '' : `compared again ${r.restarts} time(s): a replica's checkpoint let go of what was being compared\n`;
+  return `shard ${r.shard} of ${r.volume} (${r.volumeId})${r.range !== undefined ? `: committed LSNs ${r.range.fromLsn}..${r.range.toLsn}` : ''}, ${r.steps} step(s): ${head}\n${textTable(rows)}${waited}${restarts}${pages}`;
 }
 
 async function drain(ctx: Ctx): Promise<void> {

@@ -268,6 +268,9 @@ export interface ClientOptions {
 /** Most digest requests one `checkShard` sends to each replica (steps of 16 MiB of payloads, and the halvings of one). */
 export const SHARD_CHECK_STEPS_MAX = 4096;
 
+/** Most times `checkShard` compares the records again after a replica trimmed them meanwhile. */
+export const SHARD_CHECK_RESTARTS_MAX = 5;
+
 /** How long `checkShard` waits by default for its replicas to reach the commit LSN (ms). */
 export const SHARD_CHECK_WAIT_MS_DEFAULT = 5_000;
 /** Most `checkShard` may be told to wait for its replicas (ms). */
@@ -298,6 +301,13 @@ export interface ShardCheck {
   /** Digest requests sent to each replica. */
   steps: number;
   /**
+   * Times a comparison began again, from the replicas' new positions, because a replica's
+   * checkpoint let go of what was being compared: its log trimmed past the LSNs of the records,
+   * or, with `pages`, its oldest readable LSN moved past the one of the pages (each at most
+   * SHARD_CHECK_RESTARTS_MAX times; then the check fails `trimmed`). Absent when none did.
+   */
+  restarts?: number;
+  /**
    * With `pages`: the shard's pages compared as of `lsn` (one every replica that answered has
    * applied and still reads), how many, and the first page that differs with each replica's
    * digest of it; or why they were not compared (`skipped`).
@@ -315,7 +325,27 @@ interface ShardOwner {
   layout?: { pageCount: number; pageSize: number; stripePages: number };
 }
 
-/** A u32, little-endian. */
+/** A replica's position in `ShardCheck.replicas`, from its digest without a range. */
+function replicaPosition(node: string, d: ShardDigestReply): ShardCheck['replicas'][number] {
+  return {
+    node, role: d.role, term: d.term, firstLsn: d.firstLsn, lastLsn: d.lastLsn, commitLsn: d.commitLsn,
+    ...(d.appliedLsn !== undefined ? { appliedLsn: d.appliedLsn } : {}),
+    ...(d.oldestLsn !== undefined ? { oldestLsn: d.oldestLsn } : {}),
+  };
+}
+
+/**
+ * True if `e` is a replica's `trimmed` answer to a comparison of `what` (its checkpoint let
+ * records or an LSN go while they were compared) and it may begin again (`restarts` below
+ * SHARD_CHECK_RESTARTS_MAX). Past that, throws it with what happened.
+ */
+function trimmedMeanwhile(e: unknown, restarts: number, what: string): boolean {
+  if (!(e instanceof ProtocolError && e.code === 'trimmed')) return false;
+  if (restarts < SHARD_CHECK_RESTARTS_MAX) return true;
+  throw new ProtocolError('trimmed', `${what}: compared ${restarts + 1} times, and each time a replica's checkpoint let go of what was being compared; run the check again (${e.message})`, e.details);
+}
+
+/** A u32, little-endian. *//** A u32, little-endian. */
 function u32le(v: number): Uint8Array {
   const b = new Uint8Array(4);
   new DataView(b.buffer).setUint32(0, v, true);
@@ -691,24 +721,43 @@ export class StrataClient {
   async checkShard(name: string, shard: number, options: { pages?: boolean; waitMs?: number } = {}): Promise<ShardCheck> {
     const waitMs = expectInteger(options.waitMs ?? SHARD_CHECK_WAIT_MS_DEFAULT, 'waitMs', { min: 0, max: SHARD_CHECK_WAIT_MS_MAX });
     const out = await this.checkShardRecords(name, shard, waitMs, options.pages === true);
-    // Also where records differ: which pages that left different is worth knowing.
-    if (options.pages === true) out.pages = await this.checkShardPages(name, shard, out);
+    // Also where records differ: which pages that left different is worth knowing. A replica's
+    // checkpoint may move its oldest readable LSN past the one compared meanwhile: compared again
+    // as of the replicas' new positions.
+    let positions = out;
+    for (let restarts = 0; options.pages === true; restarts++) {
+      try {
+        out.pages = await this.checkShardPages(name, shard, positions);
+        break;
+      } catch (e) {
+        if (!trimmedMeanwhile(e, restarts, `the pages of shard ${shard} of volume ${name}`)) throw e;
+        out.restarts = (out.restarts ?? 0) + 1;
+        positions = { ...out, replicas: await this.positionsNow(out) };
+      }
+    }
     return out;
+  }
+
+  /** The positions of the replicas of `check` that answered, asked again (`checkShard`, after a trim). */
+  private async positionsNow(check: ShardCheck): Promise<ShardCheck['replicas']> {
+    return Promise.all(check.replicas.map(async (r) => {
+      if (r.error !== undefined) return r;
+      try {
+        return replicaPosition(r.node, await this.shardDigest(r.node, check.volumeId, check.shard));
+      } catch (err) {
+        return { node: r.node, error: err instanceof Error ? err.message : String(err) };
+      }
+    }));
   }
 
   /** `checkShard` of the records. */
   private async checkShardRecords(name: string, shard: number, waitMs: number, pages: boolean): Promise<ShardCheck> {
     const { info, members } = await this.shardMembers(name, shard, { adding: true });
-    const position = (node: string, d: ShardDigestReply): ShardCheck['replicas'][number] => ({
-      node, role: d.role, term: d.term, firstLsn: d.firstLsn, lastLsn: d.lastLsn, commitLsn: d.commitLsn,
-      ...(d.appliedLsn !== undefined ? { appliedLsn: d.appliedLsn } : {}),
-      ...(d.oldestLsn !== undefined ? { oldestLsn: d.oldestLsn } : {}),
-    });
     const first = await Promise.allSettled(members.map((m) => this.shardDigest(m, info.id, shard)));
     const replicas: ShardCheck['replicas'] = members.map((node, i) => {
       const r = first[i]!;
       if (r.status === 'rejected') return { node, error: r.reason instanceof Error ? r.reason.message : String(r.reason) };
-      return position(node, r.value);
+      return replicaPosition(node, r.value);
     });
     const out: ShardCheck = { volume: name, volumeId: info.id, shard, replicas, steps: 0 };
     if (replicas.filter((r) => r.error === undefined).length < 2) return out;
@@ -726,20 +775,41 @@ export class StrataClient {
           if (!behind(r)) return;
           // One that does not answer now keeps what it said before (it is compared as it was).
           const d = await this.shardDigest(r.node, info.id, shard).catch(() => undefined);
-          if (d !== undefined) replicas[i] = position(r.node, d);
+          if (d !== undefined) replicas[i] = replicaPosition(r.node, d);
         }));
       }
       out.waited = { ms: this.nowMs() - startMs, target, behind: replicas.filter(behind).map((r) => r.node) };
     }
-    const answered = replicas.filter((r) => r.error === undefined);
+    // A replica's checkpoint may trim its log past the LSNs compared while they are: compared
+    // again from the replicas' new positions, at most SHARD_CHECK_RESTARTS_MAX times.
+    for (let restarts = 0; ; restarts++) {
+      try {
+        await this.compareShardRecords(name, info.id, shard, out);
+        return out;
+      } catch (e) {
+        if (!trimmedMeanwhile(e, restarts, `the records of shard ${shard} of volume ${name}`)) throw e;
+        out.restarts = restarts + 1;
+        out.replicas = await this.positionsNow(out);
+        delete out.range;
+        if (out.replicas.filter((r) => r.error === undefined).length < 2) return out;
+      }
+    }
+  }
+
+  /**
+   * The records of `out.replicas` that answered compared (`checkShardRecords`): over the
+   * committed LSNs they all hold, sets `out.range`, and `out.differs` or each one's digest.
+   */
+  private async compareShardRecords(name: string, volumeId: string, shard: number, out: ShardCheck): Promise<void> {
+    const answered = out.replicas.filter((r) => r.error === undefined);
     const commit = Math.max(...answered.map((r) => r.commitLsn!));
     const lo = Math.max(1, ...answered.map((r) => r.firstLsn!));
     const hi = Math.min(commit, ...answered.map((r) => r.lastLsn!));
-    if (lo > hi) return out;
+    if (lo > hi) return;
     out.range = { fromLsn: lo, toLsn: hi };
     const nodes = answered.map((r) => r.node);
     const digests = new Map(nodes.map((n) => [n, 0]));
-    const ask = (from: number, to: number): Promise<ShardDigestReply[]> => Promise.all(nodes.map((n) => this.shardDigest(n, info.id, shard, { fromLsn: from, toLsn: to })));
+    const ask = (from: number, to: number): Promise<ShardDigestReply[]> => Promise.all(nodes.map((n) => this.shardDigest(n, volumeId, shard, { fromLsn: from, toLsn: to })));
     const same = (rs: readonly ShardDigestReply[]): boolean => rs.every((r) => r.digest === rs[0]!.digest && r.toLsn === rs[0]!.toLsn);
     for (let from = lo; from <= hi; ) {
       if (++out.steps > SHARD_CHECK_STEPS_MAX) throw new ProtocolError('too_large', `shard ${shard} of volume ${name}: more than ${SHARD_CHECK_STEPS_MAX} steps to compare LSNs ${lo}..${hi}`);
@@ -759,13 +829,12 @@ export class StrataClient {
         }
         const one = await ask(a, a);
         out.differs = { lsn: a, digests: Object.fromEntries(one.map((r, i) => [nodes[i]!, r.digest!])) };
-        return out;
+        return;
       }
       for (const [i, n] of nodes.entries()) digests.set(n, crc32c(u32le(rs[i]!.digest!), digests.get(n)!));
       from = end + 1;
     }
-    for (const r of replicas) if (r.error === undefined) r.digest = digests.get(r.node)!;
-    return out;
+    for (const r of out.replicas) if (r.error === undefined) r.digest = digests.get(r.node)!;
   }
 
   /**

@@ -15,6 +15,7 @@ import {
   SHARD_READ_TRIES,
   SHARD_WRITE_TRIES,
   WRITE_TRY_MS_MIN,
+  SHARD_CHECK_RESTARTS_MAX,
   SHARD_CHECK_STEPS_MAX,
   connect,
   createClient,
@@ -528,6 +529,52 @@ describe('cluster/client (fake transport)', () => {
       digests = 0;
       await rejectsWith(client.checkShard('db', 0, { pages: true }), 'too_large', new RegExp(`more than ${SHARD_CHECK_PAGE_STEPS_MAX} steps to compare its pages`));
       assert.equal(digests, 2 * (1 + 1 + SHARD_CHECK_PAGE_STEPS_MAX), 'where they stand, the records in one step, then the pages\' steps');
+    });
+
+    it('a shard check whose records or pages a replica\'s checkpoint lets go while compared compares them again from where the replicas are then, at most SHARD_CHECK_RESTARTS_MAX times', async () => {
+      // n2's log starts at `first2`, and its pages are readable from `oldest2`; `trims` answers
+      // to come are trimmed, each moving them on by 100 LSNs.
+      let first2 = 1;
+      let oldest2 = 0;
+      let trims = 0;
+      let trimPages = false;
+      const t = new FakeTransport((subject, body) => {
+        if (subject.endsWith('.volume.info')) return volume({ name: 'db', id: 'v1', shards: 1, pageCount: 64, replicaSets: [{ shard: 0, members: ['n1', 'n2'] }] });
+        const node = subject.split('.')[3]!;
+        const b = body as { fromLsn?: number; toLsn?: number; pages?: { lsn: number; first: number; count: number } };
+        const first = node === 'n2' ? first2 : 1;
+        const at = { node, volumeId: 'v1', shard: 0, role: node === 'n1' ? 'leader' : 'follower', term: 1, firstLsn: first, lastLsn: 1000, commitLsn: 1000, appliedLsn: 1000, oldestLsn: node === 'n2' ? oldest2 : 0 };
+        const trimmedNow = node === 'n2' && trims > 0 && (b.pages !== undefined ? trimPages : b.fromLsn !== undefined);
+        if (trimmedNow) {
+          trims--;
+          first2 += 100;
+          oldest2 += 100;
+          return errorReply(new ProtocolError('trimmed', `LSN ${b.pages?.lsn ?? b.fromLsn} is below the log's first LSN ${first2}`));
+        }
+        if (b.pages !== undefined) return { ...at, pages: { ...b.pages, pages: b.pages.count, digest: 7 } };
+        if (b.fromLsn === undefined) return at;
+        if (b.fromLsn < first) return errorReply(new ProtocolError('trimmed', `LSN ${b.fromLsn} is below the log's first LSN ${first}`));
+        return { ...at, fromLsn: b.fromLsn, toLsn: b.toLsn!, records: b.toLsn! - b.fromLsn + 1, digest: 3 };
+      });
+      const client = createClient(t, { cluster: CLUSTER, timeoutMs: 10_000, nowMs: () => NOW });
+      trims = 2;
+      const check = await client.checkShard('db', 0, { waitMs: 0 });
+      assert.equal(check.restarts, 2);
+      assert.deepEqual(check.range, { fromLsn: 201, toLsn: 1000 }, 'compared from where n2\'s log starts after the trims');
+      assert.equal(check.replicas[1]!.firstLsn, 201);
+      assert.ok(check.replicas.every((r) => r.digest !== undefined), 'the same everywhere');
+      // The pages: compared again as of the LSN every replica reads then.
+      trims = 1;
+      trimPages = true;
+      const pages = await client.checkShard('db', 0, { waitMs: 0, pages: true });
+      assert.equal(pages.restarts, 1);
+      assert.equal(pages.pages?.compared, 64);
+      assert.equal(pages.pages?.differs, undefined);
+      // A checkpoint every time: the check fails, saying so.
+      trimPages = false;
+      trims = 100;
+      await rejectsWith(client.checkShard('db', 0, { waitMs: 0 }), 'trimmed', new RegExp(`^the records of shard 0 of volume db: compared ${SHARD_CHECK_RESTARTS_MAX + 1} times, and each time a replica's checkpoint let go`));
+      assert.equal(trims, 100 - (SHARD_CHECK_RESTARTS_MAX + 1), 'one trimmed answer per comparison');
     });
 
     it('gives up a list whose every page names a next one after VOLUMES_PER_LIST_MAX pages (unavailable), not running on', async () => {
