@@ -268,7 +268,7 @@ export interface ClientOptions {
 /** Most digest requests one `checkShard` sends to each replica (steps of 16 MiB of payloads, and the halvings of one). */
 export const SHARD_CHECK_STEPS_MAX = 4096;
 
-/** Most times `checkShard` compares the records again after a replica trimmed them meanwhile. */
+/** Most times `checkShard` compares the records, or the pages, again after a replica's checkpoint let them go meanwhile. */
 export const SHARD_CHECK_RESTARTS_MAX = 5;
 
 /** How long `checkShard` waits by default for its replicas to reach the commit LSN (ms). */
@@ -345,7 +345,7 @@ function trimmedMeanwhile(e: unknown, restarts: number, what: string): boolean {
   throw new ProtocolError('trimmed', `${what}: compared ${restarts + 1} times, and each time a replica's checkpoint let go of what was being compared; run the check again (${e.message})`, e.details);
 }
 
-/** A u32, little-endian. *//** A u32, little-endian. */
+/** A u32, little-endian. */
 function u32le(v: number): Uint8Array {
   const b = new Uint8Array(4);
   new DataView(b.buffer).setUint32(0, v, true);
