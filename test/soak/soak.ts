@@ -256,7 +256,7 @@ export interface SoakResult {
   /** Lines at level error in each node's log, and the first few of them. */
   nodeLogErrors: Record<string, { count: number; first: string[] }>;
   /** Shards checked online before the cluster stopped (`strata shard check`): asked, with LSNs in common, the LSNs compared. */
-  shardsChecked: { shards: number; compared: number; records: number; pages: number };
+  shardsChecked: { shards: number; compared: number; records: number; pages: number; restarts: number };
   /** The replicas compared once the cluster stopped (check 6). */
   replicasCompared: ReplicasCompared;
   /** The block workload over NBD (test/soak/blocks.ts; check 2c); undefined if it did not start. */
@@ -457,7 +457,7 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
   let mappedPages: number | undefined;
   /** What the final read got, by page. */
   const finalData: Uint8Array[] = [];
-  const shardsChecked = { shards: 0, compared: 0, records: 0, pages: 0 };
+  const shardsChecked = { shards: 0, compared: 0, records: 0, pages: 0, restarts: 0 };
   /** The volume's pages now: a `resize` adds RESIZE_STEP_PAGES. */
   let pagesNow = opts.pages;
   let linearizability: SoakResult['linearizability'] = { ok: false, pages: 0, operations: 0, failure: 'not checked' };
@@ -1057,6 +1057,7 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
         if (r.differs !== undefined) problem(`the replicas of shard ${shard} of ${name} hold different committed records at LSN ${r.differs.lsn} (strata shard check)`);
         if (r.pages?.differs !== undefined) problem(`the replicas of shard ${shard} of ${name} read different data at page ${r.pages.differs.page} as of LSN ${r.pages.lsn!} (strata shard check --pages)`);
         shardsChecked.pages += r.pages?.compared ?? 0;
+        shardsChecked.restarts += r.restarts ?? 0;
         for (const x of r.replicas) if (x.error !== undefined) problem(`strata shard check ${name} ${shard}: ${x.node} did not answer: ${x.error}`);
       }
     });
@@ -1185,7 +1186,7 @@ export function formatSoak(r: SoakResult): string {
     `linearizable: ${r.linearizability.ok ? 'yes' : 'NO'} (${r.linearizability.pages} pages, ${r.linearizability.operations} operations)${r.linearizability.failure && !r.linearizability.ok ? `: ${r.linearizability.failure}` : ''}`,
     `idle volume: ${r.idlePagesReadBack} of ${IDLE_PAGES} pages read back as written after the faults (written before them); ${r.idleReads.ok} reads of a page while they ran answered as written, ${r.idleReads.failed} failed with an error that says to retry`,
     `the nodes did: ${r.activity.checkpoints} checkpoints, ${r.activity.snapshotsSent} images sent and ${r.activity.snapshotsInstalled} installed, ${r.activity.elections} elections, ${r.activity.quiesces} shards quiesced (counted as last sampled, per process)`,
-    `shards checked online: ${r.shardsChecked.shards} (${r.shardsChecked.compared} with committed LSNs in common, ${r.shardsChecked.records} LSNs compared, ${r.shardsChecked.pages} pages compared; strata shard check --pages)`,
+    `shards checked online: ${r.shardsChecked.shards} (${r.shardsChecked.compared} with committed LSNs in common, ${r.shardsChecked.records} LSNs compared, ${r.shardsChecked.pages} pages compared${r.shardsChecked.restarts > 0 ? `, ${r.shardsChecked.restarts} comparisons begun again after a replica's checkpoint` : ''}; strata shard check --pages)`,
     `replicas compared once stopped: ${r.replicasCompared.shards} shards, ${r.replicasCompared.replicas} replicas, ${r.replicasCompared.pages} pages read (strata inspect --compare)`,
     `error lines in node logs: ${Object.entries(r.nodeLogErrors).map(([id, e]) => `${id} ${e.count}`).join(', ')}`,
   ];
