@@ -23,8 +23,7 @@ import { NODES_MAX } from '../actors/controller';
 import { deadlineRemainingMs, HEADER_DEADLINE } from '../messages/headers';
 import { createClient, GEOMETRY_RECHECK_MS, NatsTransport, newRequestId, type PageToWrite, type StrataClient, type Volume } from './client';
 import { CATALOG_PAGE_COUNT, CATALOG_PAGE_SIZE, CATALOG_VOLUME_ID, CATALOG_VOLUME_NAME } from './catalog-shard';
-import { checkPageDataCrc } from '../storage-engine/page-data-crc';
-import { crc32c, crc32cCombine } from '../storage-engine/crc32c';
+import { checkPageDataCrc, eachPageCrc } from '../storage-engine/page-data-crc';
 
 /** Volumes whose routing info a node keeps at most. */
 const VOLUME_CACHE_MAX = 1024;
@@ -218,13 +217,9 @@ export class ApiRouter {
     // checksummed from them, so a page that changes in this process after the check is refused.
     let pages: PageToWrite[] = req.pages;
     if (req.crc !== undefined) {
-      let all = 0;
-      pages = req.pages.map(({ page, data }) => {
-        const crc = crc32c(data);
-        all = crc32cCombine(all, crc, data.length);
-        return { page, data, crc };
-      });
-      checkPageDataCrc(req.crc, all, 'page.write');
+      const { crcs, crc } = eachPageCrc(req.pages.map((p) => p.data));
+      checkPageDataCrc(req.crc, crc, 'page.write');
+      pages = req.pages.map(({ page, data }, i) => ({ page, data, crc: crcs[i]! }));
     }
     const r = await this.volume(req.volume).writePages(pages, { deadlineMs });
     return { lsn: r.lsn, lsns: r.lsns };

@@ -56,7 +56,7 @@ import type { NatsConnection } from 'nats';
 import { MESSAGE_BYTES_MAX, decode, encode, encodeShardWriteRequest } from '../messages/codec';
 import { allocRequestBytes } from '../storage-engine/arena';
 import { crc32c, crc32cCombine } from '../storage-engine/crc32c';
-import { checkPageDataCrc, damagedInTransit, pageWritesCrc } from '../storage-engine/page-data-crc';
+import { checkPageDataCrc, combinePageCrcs, damagedInTransit, eachPageCrc } from '../storage-engine/page-data-crc';
 import { ProtocolError, throwIfError } from '../messages/errors';
 import { DEADLINE_AHEAD_MS_MAX, HEADER_DEADLINE, writeHeaders } from '../messages/headers';
 import { clientSpan } from '../observability/tracing';
@@ -1430,14 +1430,8 @@ const readReplyPageCrcs = new WeakMap<object, number[]>();
  * Throws `corruption` with `details.inTransit` on a mismatch (checkPageDataCrc).
  */
 function checkReadReply(r: ShardReadReply, what: string): void {
-  const crcs = new Array<number>(r.pages.length);
-  let all = 0;
-  for (let i = 0; i < r.pages.length; i++) {
-    const c = crc32c(r.pages[i]!);
-    crcs[i] = c;
-    all = crc32cCombine(all, c, r.pages[i]!.length);
-  }
-  if (r.crc !== undefined) checkPageDataCrc(r.crc, all, what);
+  const { crcs, crc } = eachPageCrc(r.pages);
+  if (r.crc !== undefined) checkPageDataCrc(r.crc, crc, what);
   readReplyPageCrcs.set(r, crcs);
 }
 
@@ -1735,9 +1729,7 @@ export class Volume {
         crcs[at] = gotCrcs[j]!;
       });
     });
-    let crc = 0;
-    for (let i = 0; i < out.length; i++) crc = crc32cCombine(crc, crcs[i]!, out[i]!.length);
-    return { pages: out, crc, ...mergeLsns(calls, outcomes) };
+    return { pages: out, crc: combinePageCrcs(crcs, read.info.pageSize), ...mergeLsns(calls, outcomes) };
   }
 
   /**
@@ -2077,10 +2069,9 @@ function refusesCrc(e: unknown): boolean {
  * (`PageToWrite.crc`), from its data otherwise.
  */
 export function writeBody(pages: PageWrite[], writeId: Uint8Array, crcs?: readonly (number | undefined)[]): ShardWriteRequest {
-  if (crcs === undefined || crcs.every((c) => c === undefined)) return { pages, writeId, crc: pageWritesCrc(pages) };
   let crc = 0;
   for (let i = 0; i < pages.length; i++) {
-    const given = crcs[i];
+    const given = crcs?.[i];
     const data = pages[i]!.data;
     crc = given === undefined ? crc32c(data, crc) : crc32cCombine(crc, given, data.length);
   }

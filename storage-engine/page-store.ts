@@ -21,7 +21,8 @@ import { ImageReader, ImageWriter, imageFileName, isImageTempFileName, parseImag
 import type { LogReadOptions, SegmentLog } from './log';
 import { MetaStore } from './metadata';
 import { PageCache } from './page-cache';
-import { pageDataOfPageWrite, pagesOfPageWrite, pageWriteCrcs, pageWriteDataStart, pageWritePayloadCrc, type PageWriteCrcs } from './page-write';
+import { combinePageCrcs } from './page-data-crc';
+import { pageDataOfPageWrite, pagesOfPageWrite, pageWriteCrcs, pageWriteDataCrcs, pageWriteDataStart, pageWritePayloadCrc, type PageWriteCrcs } from './page-write';
 import { decodePageZero, isPageZero } from './page-zero';
 import { RecordKind, type LogRecord } from './record';
 import type { Slab } from './slab';
@@ -388,9 +389,7 @@ export class PageStore {
    * record was written with and its followers check.
    */
   private checkHeldRecord(record: LogRecord, expected: number, crcs: readonly number[]): void {
-    let data = 0;
-    for (const c of crcs) data = crc32cCombine(data, c, this.pageSize);
-    const crc = pageWritePayloadCrc(record.payload, this.pageSize, crcs.length, data);
+    const crc = pageWritePayloadCrc(record.payload, this.pageSize, crcs.length, combinePageCrcs(crcs, this.pageSize));
     if (crc !== expected) {
       throw new StorageError('invariant', `record ${record.lsn} held in memory no longer matches its checksum (CRC-32C ${expected}, now ${crc}): not applied`, { lsn: record.lsn });
     }
@@ -417,7 +416,7 @@ export class PageStore {
       // held in memory since the write made it or an append brought it), they are checked against
       // it first: a page of the record changed in memory since is neither cached nor applied.
       const dataStart = pageWriteDataStart(pages.length);
-      const crcs = pages.map((_, i) => crc32c(record.payload, 0, dataStart + i * this.pageSize, dataStart + (i + 1) * this.pageSize));
+      const crcs = pageWriteDataCrcs(record.payload, this.pageSize, pages.length);
       if (record.payloadCrc !== undefined) this.checkHeldRecord(record, record.payloadCrc, crcs);
       for (const page of pages) {
         let list = this.versions.get(page);
@@ -570,7 +569,7 @@ export class PageStore {
       throw new StorageError('bad_request', `output buffer is ${out.length} bytes, not ${this.pageSize}`);
     }
     const buf = out ?? new Uint8Array(this.pageSize);
-    this.readPagesAt([page], at, [buf], [0]);
+    this.readPagesAt([page], at, [buf], []);
     return buf;
   }
 
@@ -595,9 +594,7 @@ export class PageStore {
     const outs = pages.map(() => new Uint8Array(this.pageSize));
     const crcs = new Array<number>(pages.length);
     this.readPagesAt(pages, at, outs, crcs);
-    let crc = 0;
-    for (const c of crcs) crc = crc32cCombine(crc, c, this.pageSize);
-    return { pages: outs, crc };
+    return { pages: outs, crc: combinePageCrcs(crcs, this.pageSize) };
   }
 
   /** `outs[i]` gets `pages[i]` as of `at` (checked), and `crcs[i]` its checksum (getPagesChecked). */
@@ -677,10 +674,10 @@ export class PageStore {
    */
   private pageOfRecord(record: CheckedRecord, lsn: number, page: number): { data: Uint8Array; crc: number } {
     const held = record.held;
-    const k = held === undefined ? -1 : held.pages.lastIndexOf(page);
-    if (k >= 0) {
-      const start = pageWriteDataStart(held!.pages.length) + k * this.pageSize;
-      return { data: record.payload.subarray(start, start + this.pageSize), crc: held!.crcs[k]! };
+    const k = held?.pages.lastIndexOf(page) ?? -1;
+    if (held !== undefined && k >= 0) {
+      const start = pageWriteDataStart(held.pages.length) + k * this.pageSize;
+      return { data: record.payload.subarray(start, start + this.pageSize), crc: held.crcs[k]! };
     }
     // A page zero, or a record that does not write the page as indexed (recordPage throws).
     const data = this.recordPage(record.payload, lsn, page);

@@ -26,6 +26,7 @@
 import { WRITE_ID_BYTES } from '../messages/api';
 import { crc32c, crc32cCombine } from './crc32c';
 import { assert, StorageError } from './errors';
+import { combinePageCrcs } from './page-data-crc';
 import { RECORD_PAYLOAD_BYTES_MAX } from './record';
 import { copyBytes } from './slab';
 
@@ -206,16 +207,16 @@ export function pageWriteCrcs(payload: Uint8Array, pageSize: number): PageWriteC
   } catch {
     return undefined;
   }
-  const start = pageWriteDataStart(pages.length);
-  const crcs = new Array<number>(pages.length);
-  let data = 0;
-  for (let i = 0; i < pages.length; i++) {
-    const at = start + i * pageSize;
-    const c = crc32c(payload, 0, at, at + pageSize);
-    crcs[i] = c;
-    data = crc32cCombine(data, c, pageSize);
-  }
-  return { pages, crcs, payloadCrc: pageWritePayloadCrc(payload, pageSize, pages.length, data) };
+  const crcs = pageWriteDataCrcs(payload, pageSize, pages.length);
+  return { pages, crcs, payloadCrc: pageWritePayloadCrc(payload, pageSize, pages.length, combinePageCrcs(crcs, pageSize)) };
+}
+
+/** The CRC-32C of the data of each of the `count` pages of a page-write payload, in payload order. */
+export function pageWriteDataCrcs(payload: Uint8Array, pageSize: number, count: number): number[] {
+  const start = pageWriteDataStart(count);
+  const crcs = new Array<number>(count);
+  for (let i = 0; i < count; i++) crcs[i] = crc32c(payload, 0, start + i * pageSize, start + (i + 1) * pageSize);
+  return crcs;
 }
 
 /**
