@@ -1453,10 +1453,16 @@ interface ShardOutcome {
 
 type Settled = { ok: true; value: ShardOutcome } | { ok: false; error: unknown };
 
+/**
+ * Whether requests planned by `a` still address the same pages of the same volume under `b`.
+ * The page count is not compared: a volume keeps its id when it is resized, and only grows
+ * (volume.resize), so a request planned by its smaller size is still in range, and one already
+ * answered must not be planned again with another write id (it would be written twice, over
+ * any write to its pages answered meanwhile).
+ */
 function sameLayout(a: VolumeInfo, b: VolumeInfo): boolean {
   return (
     a.id === b.id &&
-    a.pageCount === b.pageCount &&
     a.pageSize === b.pageSize &&
     a.shards === b.shards &&
     a.stripePages === b.stripePages

@@ -1195,6 +1195,49 @@ describe('cluster/client (fake transport)', () => {
       assert.equal(result.lsns.length, 3);
     });
 
+    it('retries only the missed requests when the volume grew meanwhile (a resize keeps its id): the answered ones are not written twice', async () => {
+      const fc = new FakeCluster();
+      let misses = 1;
+      fc.shardHook = (shard, seen) => {
+        if (shard === 1 && misses-- > 0) {
+          fc.volumes.set('vol', volume({ pageCount: 2000 }));
+          throw new NoRespondersError(seen.subject);
+        }
+        return undefined;
+      };
+      const vol = fc.client().volume('vol');
+      const result = await vol.writePages([0, 2, 4].map((page) => ({ page, data: pageData(page) })));
+      assert.equal(fc.transport.apiRequests('volume.info').length, 2, 'info refreshed');
+      assert.deepEqual(
+        fc.transport.shardRequests().map((s) => s.subject),
+        ['strata.test.shard.v1.0.leaders', 'strata.test.shard.v1.1.leaders', 'strata.test.shard.v1.2.leaders', 'strata.test.shard.v1.1.leaders'],
+        'shards 0 and 2 committed their pages once; only shard 1 is sent again',
+      );
+      const writeIds = fc.transport.shardRequests().map((s) => (s.body as { writeId: Uint8Array }).writeId);
+      assert.deepEqual(writeIds[3], writeIds[1], "shard 1's retry carries its first write id");
+      assert.equal(result.lsns.length, 3);
+    });
+
+    it('plans the call again when the volume was created again under its name (another id)', async () => {
+      const fc = new FakeCluster();
+      let misses = 1;
+      fc.shardHook = (shard, seen) => {
+        if (shard === 1 && misses-- > 0) {
+          fc.volumes.set('vol', volume({ id: 'v2' }));
+          throw new NoRespondersError(seen.subject);
+        }
+        return undefined;
+      };
+      await fc.client().volume('vol').writePages([0, 2, 4].map((page) => ({ page, data: pageData(page) })));
+      assert.deepEqual(
+        fc.transport.shardRequests().map((s) => s.subject),
+        [
+          'strata.test.shard.v1.0.leaders', 'strata.test.shard.v1.1.leaders', 'strata.test.shard.v1.2.leaders',
+          'strata.test.shard.v2.0.leaders', 'strata.test.shard.v2.1.leaders', 'strata.test.shard.v2.2.leaders',
+        ],
+      );
+    });
+
     it('retries a shard with no leader with back-off, a bounded number of times, then gives unavailable', async () => {
       const fc = new FakeCluster();
       // A clock that the requests move: it stands at NOW until the retries after the refresh of the
