@@ -495,10 +495,10 @@ class Server implements NbdServer {
     return name === '' ? undefined : name;
   }
 
-  /** Names of the exports, for NBD_OPT_LIST. */
-  async listExports(): Promise<string[]> {
+  /** Names of the exports, for NBD_OPT_LIST; the catalog's answer awaited until `deadlineMs` (ms since the epoch). */
+  async listExports(deadlineMs: number): Promise<string[]> {
     if (this.volumeName !== undefined) return [this.volumeName];
-    return (await this.client.listVolumes()).map((v) => v.name).slice(0, LIST_EXPORTS_MAX);
+    return (await this.client.listVolumes({ deadlineMs })).map((v) => v.name).slice(0, LIST_EXPORTS_MAX);
   }
 
   /** Takes a reference on a volume's shared state (its locks). */
@@ -677,6 +677,12 @@ class Connection {
       const option = head.readUInt32BE(8);
       const length = head.readUInt32BE(12);
       if (length > OPTION_BYTES_MAX) {
+        if (option === NBD_OPT.EXPORT_NAME) {
+          // No reply of any kind exists for this option but the export's size and flags, which
+          // the client reads next: an option reply here would be taken for them. Closed.
+          this.log.info('nbd export refused', { reason: `export name of ${length} bytes is over the limit of ${OPTION_BYTES_MAX}` });
+          return false;
+        }
         await this.reader.skip(length);
         await this.optionError(option, NBD_REP.ERR_TOO_BIG, `option data of ${length} bytes is over the limit of ${OPTION_BYTES_MAX}`);
         continue;
@@ -710,7 +716,7 @@ class Connection {
           }
           let names: string[];
           try {
-            names = await this.server.listExports();
+            names = await this.server.listExports(this.lookUpDeadline());
           } catch (err) {
             this.log.warn('nbd list of volumes failed', { err });
             await this.optionError(option, NBD_REP.ERR_PLATFORM, `the volumes could not be listed: ${(err as Error).message}`);

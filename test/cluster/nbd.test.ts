@@ -289,6 +289,13 @@ describe('cluster/nbd: NBD export of Strata volumes', function () {
       await p.expectClosed();
     });
 
+    it('closes on an EXPORT_NAME over the option limit: that option has no reply but the export\'s size and flags', async () => {
+      const p = await greet(all.address.port);
+      // The head alone: the server decides on its length, without the data.
+      p.write(IHAVEOPT, u32(NBD_OPT.EXPORT_NAME), u32(OPTION_BYTES_MAX + 1));
+      await p.expectClosed();
+    });
+
     it('answers an unknown option, and STARTTLS, NBD_REP_ERR_UNSUP, and goes on', async () => {
       const p = await greet(all.address.port);
       assert.deepEqual((await option(p, 99, Buffer.from('xyz'))).map((r) => r.type), [NBD_REP.ERR_UNSUP]);
@@ -1023,6 +1030,31 @@ describe('cluster/nbd: NBD export of Strata volumes', function () {
         }
         stub.infoFailWith = undefined;
         assert.equal((await option(p, NBD_OPT.INFO, goData('stub'))).at(-1)!.type, NBD_REP.ACK);
+        p.close();
+      } finally {
+        await server.stop();
+      }
+    });
+
+    it('a list of the volumes the catalog does not answer: NBD_REP_ERR_PLATFORM before the handshake\'s time runs out, not a connection closed without a word', async () => {
+      const deadlines: Array<number | undefined> = [];
+      const client = {
+        listVolumes: async (options: { deadlineMs?: number } = {}) => {
+          deadlines.push(options.deadlineMs);
+          // Silent until its deadline (the client's own timeout when none is given).
+          await new Promise((r) => setTimeout(r, Math.max(0, (options.deadlineMs ?? Date.now() + 10_000) - Date.now())));
+          throw new ProtocolError('timeout', 'the volume list did not come before the deadline');
+        },
+      } as unknown as StrataClient;
+      const server = await startNbdServer({ client, port: 0, handshakeTimeoutMs: 2000, logger: captureLogger([]) });
+      try {
+        const t0 = Date.now();
+        const p = await greet(server.address.port);
+        const replies = await option(p, NBD_OPT.LIST);
+        assert.deepEqual(replies.map((r) => r.type), [NBD_REP.ERR_PLATFORM]);
+        assert.match(replies[0]!.data.toString(), /^the volumes could not be listed: the volume list did not come before the deadline$/);
+        assert.equal(deadlines.length, 1);
+        assert.ok(deadlines[0] !== undefined && deadlines[0] < t0 + 2000, 'the list is asked within the handshake\'s time');
         p.close();
       } finally {
         await server.stop();
