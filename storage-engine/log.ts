@@ -1180,8 +1180,10 @@ export class SegmentLog {
         }
         // A record written whole and damaged since (its header, or its payload with every
         // sector of it written) is not a torn write, though nothing valid follows it: the record
-        // was durable, maybe acknowledged, and is lost.
-        const rotted = this.rottedRecord(r, stop.offset);
+        // was durable, maybe acknowledged, and is lost. Read again through a reader of its own:
+        // the look into later segments above may have loaded their bytes into the recovery
+        // buffer `r` reads from.
+        const rotted = this.rottedRecord(this.readerOf(fh), stop.offset);
         if (rotted !== undefined) {
           this.reportCorruption(name, stop.offset, from, from + 1, `${stop.reason}; ${rotted}`);
           break;

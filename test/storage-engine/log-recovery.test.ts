@@ -764,6 +764,36 @@ describe('SegmentLog recovery', () => {
     assertHistory(reopen(disk), 1, lastBase + 3);
   });
 
+  it('(c) damage at the end of a sealed segment is corruption even if the next segment holds nothing valid (its header zeros too): judged on its own bytes, not the next segment\'s', () => {
+    const disk = new SimDisk();
+    const log = SegmentLog.open(disk, { dir: DIR, segmentBytesMax: SEG });
+    log.write(history(1, 40));
+    log.sync();
+    log.close();
+    const bases = segBases(disk);
+    assert.ok(bases.length >= 3);
+    const lastBase = bases[bases.length - 1]!;
+    const sealedBase = bases[bases.length - 2]!;
+    const sealedPath = pathOf(segmentName(sealedBase));
+    const lastPath = pathOf(segmentName(lastBase));
+    // The sealed segment's last record rots (a bit of its payload: every sector of it was
+    // written); the last segment is all zeros, header and records. Recovery looks for anything
+    // valid in the last segment before it judges the damaged record: that look must not leave
+    // the last segment's zeros in place of the sealed segment's bytes.
+    disk.flipBits(sealedPath, offsetOf(lastBase - 1, sealedBase) + RECORD_HEADER_BYTES + 10, 1);
+    disk.zeroBytes(lastPath, 0, disk.fileBytes(lastPath).length);
+    const before = snapshot(disk);
+    const bad = reopen(disk);
+    assert.deepEqual(
+      bad.corruption.map((c) => [c.file, c.offset, c.fromLsn, c.toLsn]),
+      [[sealedPath, offsetOf(lastBase - 1, sealedBase), lastBase - 1, lastBase - 1]],
+    );
+    assert.match(bad.corruption[0]!.reason, /not a torn write/);
+    assert.equal(bad.lastLsn, lastBase - 2);
+    assertReadOnly(bad);
+    assert.deepEqual(snapshot(disk), before, 'nothing cut, no segment removed');
+  });
+
   it('(b) a torn tail in the segment before a torn creation: truncated, and the later file removed', () => {
     const disk = new SimDisk();
     const log = SegmentLog.open(disk, { dir: DIR, segmentBytesMax: SEG });
