@@ -31,7 +31,6 @@ import type { Msg, NatsConnection, Subscription } from 'nats';
 import { decode, encode, MESSAGE_BYTES_MAX, type CodecOptions } from '../messages/codec';
 import { ProtocolError } from '../messages/errors';
 import { newInbox, statusCode } from './request-mux';
-import { withTimeout } from './timeout';
 
 /** Entries of one heartbeats message at most. */
 export const HEARTBEAT_BATCH_ENTRIES_MAX = 1024;
@@ -140,6 +139,10 @@ export interface HeartbeatStats {
 interface Slot {
   resolve(body: unknown): void;
   reject(err: Error): void;
+  /** The entry's own timeout; its message waits for the longest of its entries'. */
+  timeoutMs: number;
+  /** Set once its message is sent, for an entry whose timeout is shorter than its message's. */
+  timer?: NodeJS.Timeout;
 }
 
 interface OpenBatch {
@@ -230,13 +233,11 @@ export class HeartbeatSender {
     batch.entries.push(entry);
     batch.bytes += size;
     batch.timeoutMs = Math.max(batch.timeoutMs, timeoutMs);
-    const p = new Promise<unknown>((resolve, reject) => batch.slots.set(key, { resolve, reject }));
+    const p = new Promise<unknown>((resolve, reject) => batch.slots.set(key, { resolve, reject, timeoutMs }));
     if (!this.scheduled) {
       this.scheduled = true;
       setImmediate(this.flushAll);
     }
-    // An entry whose own timeout is shorter than its batch's fails at its own.
-    if (timeoutMs < batch.timeoutMs) return withTimeout(p, timeoutMs, () => new ProtocolError('timeout', `replica on ${to} did not answer its heartbeat within ${timeoutMs} ms`));
     return p;
   }
 
@@ -258,11 +259,10 @@ export class HeartbeatSender {
     const err = new ProtocolError('unavailable', 'host is stopping');
     for (const b of this.open.values()) for (const s of b.slots.values()) s.reject(err);
     this.open.clear();
-    for (const w of this.waiting.values()) {
-      clearTimeout(w.timer);
+    for (const [token, w] of [...this.waiting]) {
+      this.drop(token, w);
       for (const s of w.slots.values()) s.reject(err);
     }
-    this.waiting.clear();
     this.sub.unsubscribe();
   }
 
@@ -291,13 +291,30 @@ export class HeartbeatSender {
     this.counts.messages++;
     this.counts.entries += b.entries.length;
     const timer = setTimeout(() => this.expire(token), b.timeoutMs);
-    this.waiting.set(token, { slots: b.slots, timer, to, done: new Set() });
+    const w: WaitingBatch = { slots: b.slots, timer, to, done: new Set() };
+    this.waiting.set(token, w);
+    // An entry whose own timeout is shorter than its message's (a later entry raised it) fails at its own.
+    for (const [key, slot] of b.slots) {
+      if (slot.timeoutMs >= b.timeoutMs) continue;
+      slot.timer = setTimeout(() => {
+        if (!w.slots.delete(key)) return;
+        slot.reject(new ProtocolError('timeout', `replica on ${to} did not answer its heartbeat within ${slot.timeoutMs} ms`));
+        if (w.slots.size === 0) this.drop(token, w);
+      }, slot.timeoutMs);
+    }
+  }
+
+  /** Forgets a sent message: its timer and those of its entries left. */
+  private drop(token: string, w: WaitingBatch): void {
+    clearTimeout(w.timer);
+    for (const slot of w.slots.values()) clearTimeout(slot.timer);
+    this.waiting.delete(token);
   }
 
   private expire(token: string): void {
     const w = this.waiting.get(token);
     if (w === undefined) return;
-    this.waiting.delete(token);
+    this.drop(token, w);
     for (const s of w.slots.values()) s.reject(new ProtocolError('timeout', `replica on ${w.to} did not answer its heartbeat`));
   }
 
@@ -310,8 +327,7 @@ export class HeartbeatSender {
       // (A header block nats.js cannot decode reads as 0, rather than end the reader.)
       const code = statusCode(msg);
       if (code >= 400) {
-        clearTimeout(w.timer);
-        this.waiting.delete(token);
+        this.drop(token, w);
         if (code === 503) {
           if (this.declined.size >= DECLINED_NODES_MAX) this.declined.clear();
           this.declined.set(w.to, performance.now() + HEARTBEAT_DECLINE_MS);
@@ -336,6 +352,7 @@ export class HeartbeatSender {
       const s = w.slots.get(key);
       if (s === undefined) continue;
       w.slots.delete(key);
+      clearTimeout(s.timer);
       try {
         s.resolve(decode(bytes, this.opts.codec));
       } catch (e) {
@@ -345,12 +362,10 @@ export class HeartbeatSender {
     if (reply.more !== true) w.done.add(reply.host);
     // Every host of the node answered: the entries none answered have no replica there.
     if (w.slots.size > 0 && w.done.size >= reply.hosts) {
+      this.drop(token, w);
       for (const [key, s] of w.slots) s.reject(new ProtocolError('unavailable', `no replica of ${key.replace('\u0000', '/')} on ${w.to} took its heartbeat`));
       w.slots.clear();
     }
-    if (w.slots.size === 0) {
-      clearTimeout(w.timer);
-      this.waiting.delete(token);
-    }
+    if (w.slots.size === 0) this.drop(token, w);
   }
 }

@@ -174,6 +174,19 @@ describe('HeartbeatSender (appends without records to one node, one message per 
     await assert.rejects(long, (e: unknown) => e instanceof ProtocolError && e.code === 'timeout');
   });
 
+  it('an entry with a shorter timeout than its message fails at its own also when it came first (a later entry raised the message\'s)', async () => {
+    answers = { hosts: 2, silent: true };
+    answer = () => undefined;
+    const t0 = Date.now();
+    const short = sender.send('n2', 'v', 1, encode(1), 200)!;
+    const long = sender.send('n2', 'v', 0, encode(0), 3000)!;
+    await assert.rejects(short, (e: unknown) => e instanceof ProtocolError && e.code === 'timeout' && /within 200 ms/.test(e.message));
+    assert.ok(Date.now() - t0 < 2000, `at its own timeout, not its message's (${Date.now() - t0} ms)`);
+    assert.equal(sender.pending, 1, 'the message still waits for its other entry');
+    await assert.rejects(long, (e: unknown) => e instanceof ProtocolError && e.code === 'timeout');
+    assert.equal(sender.pending, 0);
+  });
+
   it('nobody subscribed for that node: every entry fails at once (no responders), and the node is declined for a while (its replicas send on their own)', async () => {
     const t0 = Date.now();
     const sent = [sender.send('n9', 'v', 0, encode(0), 10_000)!, sender.send('n9', 'v', 1, encode(1), 10_000)!];
