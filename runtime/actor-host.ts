@@ -962,7 +962,7 @@ export class ActorHost implements HostApi {
       (err: unknown) => {
         const pe = wireError(err);
         this.recorder?.requestDuration(op, pe.code, (performance.now() - t0) / 1000);
-        this.logReplicaError(mb.spec, this.device!.onReplicaError(mb.spec.volumeId, mb.spec.shard, err, replica), pe);
+        this.logReplicaError(mb.spec, this.device!.onReplicaError(mb.spec.volumeId, mb.spec.shard, err, replica), pe, err);
         return errorReply(pe);
       },
     );
@@ -1137,11 +1137,13 @@ export class ActorHost implements HostApi {
           mb.errors++;
           const pe = wireError(err);
           recorder?.requestDuration(op, pe.code, (performance.now() - t0) / 1000);
-          if (pe.code === 'internal') this.log.error('request failed', { volume: mb.spec.volumeId, shard: mb.spec.shard, err });
+          const restart = this.device!.onReplicaError(mb.spec.volumeId, mb.spec.shard, err, replica);
+          // Logged once: by the restart it caused (logReplicaError), else here.
+          if (restart !== undefined) this.logReplicaError(mb.spec, restart, pe, err);
+          else if (pe.code === 'internal') this.log.error('request failed', { volume: mb.spec.volumeId, shard: mb.spec.shard, err });
           // A write the shard could not commit in time: worth an operator's look (with where
           // replication stood), and logged here only, where it is answered.
           else if (pe.code === 'timeout' && pe.details?.['commitLsn'] !== undefined) mb.reportCommitTimeout(pe);
-          this.logReplicaError(mb.spec, this.device!.onReplicaError(mb.spec.volumeId, mb.spec.shard, err, replica), pe);
           if (everyLeader && laterTermAsked(pe)) return;
           this.respond(msg, errorReply(pe));
         },
@@ -1232,9 +1234,16 @@ export class ActorHost implements HostApi {
    * The log line of a request failure that restarted its shard (or the device): at warn when the
    * replica came back, at error, with why, when the shard is left down.
    */
-  private logReplicaError(spec: ShardSpec, outcome: ReplicaErrorOutcome | undefined, pe: ProtocolError): void {
+  private logReplicaError(spec: ShardSpec, outcome: ReplicaErrorOutcome | undefined, pe: ProtocolError, err?: unknown): void {
     if (outcome === undefined) return;
-    const fields = { volume: spec.volumeId, shard: spec.shard, code: pe.code, err: pe.message };
+    const fields = {
+      volume: spec.volumeId,
+      shard: spec.shard,
+      code: pe.code,
+      err: pe.message,
+      // A broken invariant or a bug (an error without a code): where it was thrown.
+      ...(pe.code === 'internal' && err instanceof Error && err.stack !== undefined ? { stack: err.stack } : {}),
+    };
     if (outcome.restarted) this.log.warn('replica restarted from durable state', fields);
     else this.log.error('shard left down: its replica could not be restarted', { ...fields, downReason: outcome.downReason });
   }
