@@ -510,6 +510,10 @@ export class ActorHost implements HostApi {
       if (spec.seed !== undefined && spec.seed.lsn > 0 && created !== undefined) {
         // A branch's new replica: the parent's pages at the branch point, copied on this device.
         const seeded = await device.seedShard(spec);
+        // Closed while it was copied (its volume deleted, the host stopping): not opened after all.
+        if (this.mailboxes.get(key) !== mailbox) {
+          throw new ProtocolError('unavailable', `shard ${spec.volumeId}/${spec.shard} was closed while its replica was copied from its parent's`);
+        }
         if (seeded.seeded) this.log.info('branch replica copied from its parent', { volume: spec.volumeId, shard: spec.shard, parent: spec.seed.volumeId, lsn: seeded.lsn });
         else if (spec.existing !== true) this.log.warn('branch replica not copied from its parent here: it waits for a peer to send it the shard', { volume: spec.volumeId, shard: spec.shard, parent: spec.seed.volumeId, lsn: spec.seed.lsn, reason: seeded.reason });
         if (!seeded.seeded && seeded.waits !== undefined) opened = { notCopied: { reason: seeded.reason, noSpace: seeded.waits.noSpace } };
@@ -522,7 +526,7 @@ export class ActorHost implements HostApi {
       // A spec the device refuses (this node not among the members…) leaves nothing behind.
       if (created) {
         unsubscribeAll(created);
-        this.mailboxes.delete(key);
+        if (this.mailboxes.get(key) === created) this.mailboxes.delete(key);
         this.pingNodes = undefined;
       }
       throw e;

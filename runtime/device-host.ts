@@ -341,8 +341,13 @@ export class DeviceHost {
   private scrubTurn = 0;
   private readonly scrubCounters = { bytes: 0, passes: 0, damage: 0 };
   private readonly branchCopies = { copied: 0, notCopied: 0 };
-  /** Shards whose new replica `seedShard` is copying from its parent now: not opened meanwhile. */
+  /**
+   * Shards whose new replica `seedShard` is copying from its parent now: not opened meanwhile,
+   * and their directories not destroyed under the copy (`destroyLeftovers` leaves them;
+   * `closeShard` with destroy marks them in `destroyAfterSeed`, for the copy's end).
+   */
   private readonly seeding = new Set<string>();
+  private readonly destroyAfterSeed = new Set<string>();
   private readonly nowMs: () => number;
   /** Quiet replicas are ticked once in each period of this length (the heartbeat period), at the first tick from quietTickAtMs. */
   private readonly quietTickMs: number;
@@ -449,6 +454,8 @@ export class DeviceHost {
       return r;
     } finally {
       this.seeding.delete(key);
+      // Closed with destroy while it was copied (its volume deleted meanwhile): destroyed now.
+      if (this.destroyAfterSeed.delete(key)) this.destroyDir(key);
     }
   }
 
@@ -565,13 +572,18 @@ export class DeviceHost {
       this.stop(entry);
       this.shards.delete(key);
     }
-    if (opts.destroy) {
-      // Renamed away here, removed in the background: a shard of a few GiB is tens of 64 MiB
-      // segments, 20–30 ms each to free, which would stall every other shard of the thread.
-      const gone = discardTree(this.disk, joinPath('shards', key));
-      this.disk.fsyncDir('shards');
-      if (gone !== undefined) removeInBackground(this.disk, [gone]);
-    }
+    if (!opts.destroy) return;
+    if (this.seeding.has(key)) this.destroyAfterSeed.add(key);
+    else this.destroyDir(key);
+  }
+
+  /** Removes a shard's directory durably. */
+  private destroyDir(key: string): void {
+    // Renamed away here, removed in the background: a shard of a few GiB is tens of 64 MiB
+    // segments, 20–30 ms each to free, which would stall every other shard of the thread.
+    const gone = discardTree(this.disk, joinPath('shards', key));
+    this.disk.fsyncDir('shards');
+    if (gone !== undefined) removeInBackground(this.disk, [gone]);
   }
 
   /** The shards open on this device (up or down) of the volumes `volumeIds`. */
@@ -595,7 +607,8 @@ export class DeviceHost {
       for (const name of this.disk.list('shards')) {
         if (isDiscardedName(name)) continue;
         const key = parseShardKey(name);
-        if (key === undefined || this.shards.has(name)) continue;
+        // Not one open, nor one a copy is writing (closeShard destroys it at the copy's end).
+        if (key === undefined || this.shards.has(name) || this.seeding.has(name)) continue;
         const forgot = forgotten !== undefined && !keep.has(name) && idTag(key.volumeId) === forgotten.tag && (idNumber(key.volumeId) ?? Number.POSITIVE_INFINITY) < forgotten.below;
         if (!volumeIds.has(key.volumeId) && !forgot) continue;
         const g = discardTree(this.disk, joinPath('shards', name));

@@ -1219,6 +1219,35 @@ describe('DeviceHost seeding a branch replica from its parent (seedShard)', () =
     await host.close();
   });
 
+  it('a directory a copy is writing is not destroyed under it: destroyLeftovers leaves it, a close with destroy removes it once the copy ends', async () => {
+    const disk = new SimDisk();
+    const host = new DeviceHost({ dir: 'dev0', self: 'n1', disk });
+    try {
+      host.openShard(spec(0));
+      const p = await leader(host, 0);
+      await p.write([{ page: 0, data: page(1) }]);
+      const at = p.stats().commitLsn;
+      const copying = host.seedShard(child(at));
+      assert.ok(disk.exists('shards/v2.0'), 'the copy has begun writing');
+      assert.deepEqual(host.destroyLeftovers(new Set(['v2'])), [], 'not the directory a copy writes');
+      assert.deepEqual(await copying, { seeded: true, lsn: at });
+      assert.ok(disk.exists('shards/v2.0'));
+      // The branch deleted while a second copy runs (its first left behind, say, then destroyed).
+      host.closeShard('v2', 0, { destroy: true });
+      assert.equal(disk.exists('shards/v2.0'), false);
+      const again = host.seedShard(child(at));
+      assert.ok(disk.exists('shards/v2.0'));
+      host.closeShard('v2', 0, { destroy: true });
+      assert.ok(disk.exists('shards/v2.0'), 'left to the copy while it writes');
+      await again;
+      assert.equal(disk.exists('shards/v2.0'), false, 'destroyed once the copy ended');
+      host.openShard(child(at));
+      assert.equal(host.replica('v2', 0).stats().lastLsn, 0, 'a later open starts empty: nothing of the copy is left');
+    } finally {
+      await host.close();
+    }
+  });
+
   it('a parent replica behind the branch point is waited for, at most SEED_WAIT_MS: then nothing is copied, saying how far it got', async () => {
     const disk = new SimDisk();
     const host = new DeviceHost({ dir: 'dev0', self: 'n1', disk });
