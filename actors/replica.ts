@@ -3181,9 +3181,6 @@ export class Replica {
     opts: WriteAttempt,
     pages: number,
   ): Promise<{ lsn: number; term: number }> {
-    if (this.commitWaiters.length >= this.pendingWritesMax) {
-      throw new StorageError('overloaded', `shard ${this.geometry.shard}: ${this.commitWaiters.length} writes wait for commit`);
-    }
     const id = opts.writeId;
     // When the first try was sent, on this replica's clock, at the earliest the clocks' skew allows.
     const sentAtMs = id !== undefined && opts.sentAgoMs !== undefined ? this.clock() - opts.sentAgoMs - WRITE_SENT_SKEW_MS : undefined;
@@ -3196,9 +3193,16 @@ export class Replica {
         return { lsn: prior, term: this.term };
       }
       this.checkLeader();
+      // A try sent again that this leader cannot tell apart from a write its log may hold:
+      // outcome unknown, before any refusal that would say it was not done (overloaded, no_space).
+      if (sentAtMs !== undefined && !this.writeIds.covers(sentAtMs)) throw this.outcomeUnknown(opts.sentAgoMs!);
     }
-    // A device short of space takes no new page data (a retry whose earlier attempt this log
-    // holds was answered above); a range made zeros, which frees space, goes on.
+    // Refusals that say the write was not done, once it is known not to be in this log (a try
+    // sent again whose record this log holds was answered above, even from a full queue).
+    if (this.commitWaiters.length >= this.pendingWritesMax) {
+      throw new StorageError('overloaded', `shard ${this.geometry.shard}: ${this.commitWaiters.length} writes wait for commit`);
+    }
+    // A device short of space takes no new page data; a range made zeros, which frees space, goes on.
     if (kind === RecordKind.PageWrite && !this.spaceExempt) {
       this.queue.checkWriteSpace();
       this.checkFollowersSpace();

@@ -710,6 +710,24 @@ describe('Replica rules that hold only in particular interleavings', function ()
     assert.equal(waiting.filter((w) => w.settled()).length, 0, 'the four still wait for commit');
   });
 
+  it('a try sent again whose record the leader holds is answered with it though pendingWritesMax writes wait (not overloaded: that would say it was not done)', async () => {
+    shard = new Cluster(['a', 'b', 'c'], { pendingWritesMax: 4 });
+    const id = await elected(shard);
+    const leader = shard.replica(id);
+    const writeId = new Uint8Array(16).fill(7);
+    const first = await leader.write([{ page: 1, data: page(1) }], { writeId });
+    shard.isolate([id]);
+    const waiting = Array.from({ length: 4 }, (_, k) => watch(leader.write([{ page: 2 + k, data: page(k) }])));
+    await shard.settle();
+    const lastLsn = leader.stats().lastLsn;
+    // Sent again (its first answer lost): the record it left, committed.
+    assert.equal((await leader.write([{ page: 1, data: page(1) }], { writeId, sentAgoMs: 0 })).lsn, first.lsn);
+    // Another write sent again, which this log does not hold: refused overloaded, not written.
+    await assert.rejects(leader.write([{ page: 9, data: page(9) }], { writeId: new Uint8Array(16).fill(8), sentAgoMs: 0 }), (e: unknown) => e instanceof StorageError && e.code === 'overloaded');
+    assert.equal(leader.stats().lastLsn, lastLsn);
+    assert.equal(waiting.filter((w) => w.settled()).length, 0);
+  });
+
   it('a read at an LSN not applied yet waits only until its deadline (future_lsn), and at most pendingWritesMax such reads wait', async () => {
     shard = new Cluster(['a', 'b', 'c'], { pendingWritesMax: 4 });
     const id = await elected(shard);

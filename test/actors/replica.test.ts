@@ -1628,6 +1628,27 @@ describe('Replica (more cases)', function () {
       assert.equal((await r.replica.write([{ page: 6, data: page(6) }], { writeId: id(6), sentAgoMs: justNow })).lsn, last + 1);
     });
 
+    it('a leader short of space that cannot know every id since the first try answers outcomeUnknown, not no_space (which would say it was not done)', async () => {
+      shard = new TestShard(['a'], { writeIdsKept: 1 });
+      const l = await shard.leader();
+      await l.replica.write([{ page: 5, data: page(1) }], { writeId: id(5) });
+      await l.replica.write([{ page: 7, data: page(7) }], { writeId: id(7) });
+      const r = await shard.restart(l.id);
+      await shard.leader();
+      // Under its reserve of 5 MiB: page writes are refused no_space.
+      saysFree(r, () => 1024 * 1024);
+      r.queue.forgetSpace();
+      await assert.rejects(r.replica.write([{ page: 6, data: page(6) }], { writeId: id(6) }), (e: StorageError) => e.code === 'no_space');
+      const err = await r.replica.write([{ page: 5, data: page(1) }], { writeId: id(5), sentAgoMs: 3000 }).then(
+        () => assert.fail('written again although its record may be in the log'),
+        (e: ProtocolError) => e,
+      );
+      assert.equal(err.code, 'timeout');
+      assert.equal(err.details?.['outcomeUnknown'], true);
+      // The newest id it read back: answered with its record, short of space or not.
+      assert.ok((await r.replica.write([{ page: 7, data: page(7) }], { writeId: id(7), sentAgoMs: 3000 })).lsn > 0);
+    });
+
     it('a leader restarted after a checkpoint trimmed its log knows every id since the checkpoint: a try first sent before it is answered outcomeUnknown, one sent after is written', async () => {
       // The checkpoint pointers say they were written a minute before they were.
       shard = new TestShard(['a'], { checkpointEveryRecords: 4, wallClock: () => Date.now() - 60_000 });
