@@ -1411,6 +1411,11 @@ interface ShardCall {
   indices: number[];
   /** A write's: when its first try was sent (`ShardWriteRequest.sentMs`), once it was. */
   sentMs?: number;
+  /**
+   * A write's: a try of it got no answer (or `timeout`): it may have reached a leader and been
+   * committed, so no later refusal of it can say that it was not done (`mayStillCommit`).
+   */
+  unanswered?: boolean;
 }
 
 /** Where a shard's requests go (`Volume.routeOf`). */
@@ -1889,7 +1894,7 @@ export class Volume {
     });
     const settled = await settleBounded(tasks, REQUESTS_IN_FLIGHT_MAX);
     settled.forEach((s, i) => {
-      if (!s.ok && isWrite(calls[i]!)) settled[i] = noteEarlierAttempt(calls[i]!.body as ShardWriteRequest | ShardZeroRequest, s);
+      if (!s.ok && isWrite(calls[i]!)) settled[i] = noteEarlierAttempt(calls[i]!, s);
     });
     return settled;
   }
@@ -1915,9 +1920,9 @@ export class Volume {
         const first = call.sentMs === undefined;
         if (first) call.sentMs = this.client.nowMs();
         const sent = this.client.send(leaders, call.type, first ? body : { ...body, sentMs: call.sentMs }, deadlineMs, validateShardWriteReply, tryDeadlineMs);
-        if (!first) return sent;
         return sent.catch((e: unknown) => {
-          if (e instanceof NoRespondersError) delete call.sentMs;
+          if (first && e instanceof NoRespondersError) delete call.sentMs;
+          if (e instanceof ProtocolError && (e.code === 'timeout' || e.details?.['disconnected'] === true)) call.unanswered = true;
           throw e;
         });
       },
@@ -2005,12 +2010,15 @@ export class Volume {
     const still = failing.find((i) => mayStillCommit(calls[i]!)) ?? failing[0] ?? -1;
     if (still >= 0) {
       const failed = settled[still] as { ok: false; error: unknown };
-      const earlier = (calls[still]!.body as Partial<ShardWriteRequest>).earlier;
-      if (earlier !== undefined) {
+      if (mayStillCommit(calls[still]!)) {
+        const earlier = (calls[still]!.body as Partial<ShardWriteRequest>).earlier;
         throw new ProtocolError(
           'timeout',
-          `no leader of shard ${calls[still]!.shard} answered the write before its deadline; an earlier attempt left with a deposed leader may still commit: the write may or may not be committed`,
-          { ...(failed.error instanceof ProtocolError ? (failed.error.details ?? {}) : {}), earlier },
+          `no leader of shard ${calls[still]!.shard} answered the write before its deadline; ${earlier !== undefined && earlier.length > 0 ? 'an earlier attempt left with a deposed leader' : 'a try of it that got no answer'} may still commit: the write may or may not be committed`,
+          {
+            ...(failed.error instanceof ProtocolError ? { ...(failed.error.details ?? {}), code: failed.error.code } : {}),
+            ...(earlier !== undefined && earlier.length > 0 ? { earlier } : {}),
+          },
         );
       }
       if (failed.error instanceof ProtocolError && (failed.error.code === 'not_leader' || handingOver(failed.error))) throw failed.error;
@@ -2150,12 +2158,13 @@ function sendAgain(error: unknown, call: ShardCall | undefined): boolean {
 
 /**
  * Notes on a failed write request the record its attempt left in a leader's log (`recordOf`),
- * for the next attempt's `earlier`. Once a write has an earlier attempt, any failure that is not
- * sent again is `timeout` (outcome unknown): a caller retrying a plain write after a code such as
- * `overloaded` could apply it twice. So is a write that met more leader changes than a request
- * may name.
+ * for the next attempt's `earlier`. Once a write has an earlier attempt, or a try of it got no
+ * answer (`unanswered`), any failure that is not sent again is `timeout` (outcome unknown): a
+ * caller retrying a plain write after a code such as `overloaded` could apply it twice. So is a
+ * write that met more leader changes than a request may name.
  */
-function noteEarlierAttempt(body: ShardWriteRequest | ShardZeroRequest, failed: { ok: false; error: unknown }): Settled {
+function noteEarlierAttempt(call: ShardCall, failed: { ok: false; error: unknown }): Settled {
+  const body = call.body as ShardWriteRequest | ShardZeroRequest;
   const e = failed.error;
   const record = recordOf(e);
   const earlier = body.earlier ?? [];
@@ -2165,13 +2174,13 @@ function noteEarlierAttempt(body: ShardWriteRequest | ShardZeroRequest, failed: 
     return { ok: false, error: new ProtocolError('timeout', `${e.message}: the write may or may not be committed`, { ...(e.details ?? {}), code: e.code, ...(earlier.length > 0 ? { earlier } : {}) }) };
   }
   if (record === undefined) {
-    if (earlier.length === 0 || leaderless(e)) return failed;
+    if (!mayStillCommit(call) || leaderless(e) || (e instanceof ProtocolError && e.code === 'timeout')) return failed;
     const message = e instanceof Error ? e.message : String(e);
     const code = e instanceof ProtocolError ? e.code : undefined;
-    const error = new ProtocolError('timeout', `${message}; an earlier attempt of this write may still commit: the write may or may not be committed`, {
+    const error = new ProtocolError('timeout', `${message}; ${earlierWhat(call)} may still commit: the write may or may not be committed`, {
       ...(e instanceof ProtocolError ? (e.details ?? {}) : {}),
       ...(code !== undefined ? { code } : {}),
-      earlier,
+      ...(earlier.length > 0 ? { earlier } : {}),
     });
     return { ok: false, error };
   }
@@ -2240,9 +2249,19 @@ function partlyWritten(error: unknown, calls: readonly ShardCall[], settled: rea
   );
 }
 
-/** A write request sent again naming records that its earlier attempts left with deposed leaders. */
+/**
+ * A write request that may have been committed though it failed: sent again naming records that
+ * its earlier attempts left with deposed leaders, or a try of it got no answer.
+ */
 function mayStillCommit(call: ShardCall): boolean {
-  return isWrite(call) && ((call.body as ShardWriteRequest | ShardZeroRequest).earlier?.length ?? 0) > 0;
+  return isWrite(call) && (((call.body as ShardWriteRequest | ShardZeroRequest).earlier?.length ?? 0) > 0 || call.unanswered === true);
+}
+
+/** What of a write `mayStillCommit` (for messages); `to`: ' to shard N', or ''. */
+function earlierWhat(call: ShardCall, to = ''): string {
+  return ((call.body as ShardWriteRequest | ShardZeroRequest).earlier?.length ?? 0) > 0
+    ? `an earlier attempt of this write${to}`
+    : `a try of this write${to} that got no answer`;
 }
 
 /** A request that writes (pages, or zeros over a range): sent again only naming its earlier attempts. */
@@ -2281,12 +2300,12 @@ function throwFinal(calls: readonly ShardCall[], settled: readonly Settled[]): v
   if (at < 0) return;
   const error = (settled[at] as { ok: false; error: unknown }).error;
   const pending = calls.findIndex((c, i) => i !== at && !settled[i]!.ok && mayStillCommit(c));
-  if (pending < 0 || (error instanceof ProtocolError && error.code === 'timeout' && error.details?.['earlier'] !== undefined)) throw error;
-  const earlier = (calls[pending]!.body as ShardWriteRequest | ShardZeroRequest).earlier!;
+  if (pending < 0 || (error instanceof ProtocolError && error.code === 'timeout')) throw error;
+  const earlier = (calls[pending]!.body as ShardWriteRequest | ShardZeroRequest).earlier;
   const message = error instanceof Error ? error.message : String(error);
   throw new ProtocolError(
     'timeout',
-    `${message}; an earlier attempt of this write to shard ${calls[pending]!.shard} may still commit: the write may or may not be committed`,
-    { ...(error instanceof ProtocolError ? { ...(error.details ?? {}), code: error.code } : {}), earlier },
+    `${message}; ${earlierWhat(calls[pending]!, ` to shard ${calls[pending]!.shard}`)} may still commit: the write may or may not be committed`,
+    { ...(error instanceof ProtocolError ? { ...(error.details ?? {}), code: error.code } : {}), ...(earlier !== undefined && earlier.length > 0 ? { earlier } : {}) },
   );
 }

@@ -1429,6 +1429,53 @@ describe('cluster/client (fake transport)', () => {
       assert.deepEqual(err.details?.['earlier'], [{ lsn: 7, term: 2 }]);
     });
 
+    it('after a try that got no answer, a refusal of the next is timeout (outcome unknown): the first may have been committed', async () => {
+      for (const code of ['overloaded', 'no_space', 'stale_term', 'device_failed', 'unavailable'] as const) {
+        const fc = new FakeCluster();
+        let n = 0;
+        fc.shardHook = (_shard, seen) => {
+          if (n++ === 0) throw new ProtocolError('timeout', `no reply on ${seen.subject} within ${seen.timeoutMs} ms`);
+          return errorReply(new ProtocolError(code, `${code} now`));
+        };
+        const err = await rejectsWith(fc.client().volume('vol').write(0, pageData(0)), 'timeout', new RegExp(`^${code} now; a try of this write that got no answer may still commit: the write may or may not be committed$`));
+        assert.equal(err.details?.['code'], code);
+        assert.equal(err.details?.['earlier'], undefined);
+        assert.equal(fc.transport.shardRequests().length, 2, code);
+      }
+      // Without a try unanswered, the refusal is the answer: nothing was done.
+      const fc = new FakeCluster();
+      fc.shardHook = () => errorReply(new ProtocolError('overloaded', 'overloaded now'));
+      await rejectsWith(fc.client().volume('vol').write(0, pageData(0)), 'overloaded', /^overloaded now$/);
+    });
+
+    it('another shard\'s refusal, while one shard\'s write got no answer to any try, is timeout (outcome unknown), whichever shard comes first', async () => {
+      for (const [refusing, silent] of [[0, 1], [1, 0]] as const) {
+        const fc = new FakeCluster();
+        fc.shardHook = (shard, seen) => {
+          if (shard === silent) throw new ProtocolError('timeout', `no reply on ${seen.subject} within ${seen.timeoutMs} ms`);
+          return shard === refusing ? errorReply(new ProtocolError('overloaded', `shard v1/${refusing} mailbox is full`)) : undefined;
+        };
+        const err = await rejectsWith(fc.client().volume('vol').writePages([0, 2].map((page) => ({ page, data: pageData(page) }))), 'timeout');
+        if (refusing === 0) {
+          assert.match(err.message, /^shard v1\/0 mailbox is full; a try of this write to shard 1 that got no answer may still commit/);
+          assert.equal(err.details?.['code'], 'overloaded');
+        }
+      }
+    });
+
+    it('a try that got no answer, then no leader until the deadline: timeout (outcome unknown), not not_leader', async () => {
+      const fc = new FakeCluster();
+      let n = 0;
+      fc.shardHook = (_shard, seen) => {
+        if (n++ === 0) throw new ProtocolError('timeout', `no reply on ${seen.subject} within ${seen.timeoutMs} ms`);
+        return errorReply(new ProtocolError('not_leader', 'not the leader', { term: 3 }));
+      };
+      const started = Date.now();
+      const client = createClient(fc.transport, { cluster: CLUSTER, timeoutMs: 10_000, nowMs: () => NOW + Math.max(0, Date.now() - started - 50) * 20 });
+      const err = await rejectsWith(client.volume('vol').write(0, pageData(0)), 'timeout', /^no leader of shard 0 answered the write before its deadline; a try of it that got no answer may still commit/);
+      assert.equal(err.details?.['code'], 'not_leader');
+    });
+
     it('still without a leader at its deadline: timeout (outcome unknown), not a not_leader the caller would retry', async () => {
       const fc = new FakeCluster();
       fc.shardHook = () => deposed(7, 2);
