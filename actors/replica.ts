@@ -739,6 +739,13 @@ export class Replica {
    * `unavailable` and no read is served from the lease.
    */
   private handover: { to: string; term: number; untilMs: number; asked: boolean; done: Array<Settle<TransferResult>> } | undefined;
+  /**
+   * The term in which this leader sent a `timeoutNow` (`askToTakeOver`): from then on the others
+   * may vote for its target despite knowing it live, however late that target's vote comes, so
+   * it serves nothing from its lease in that term again (`hasLease`), also if the handover
+   * fails and it leads on: each read is confirmed by a majority.
+   */
+  private leaseGivenUpTerm = 0;
   private log: SegmentLog;
   private store: PageStore;
   private readonly queue: DeviceQueue;
@@ -1159,6 +1166,7 @@ export class Replica {
     if (h === undefined || h.asked || this.role !== 'leader' || this.term !== h.term) return;
     if (this.commitLsn < this.lastLsn || (this.followers.get(h.to)?.match ?? 0) < this.lastLsn) return;
     h.asked = true;
+    this.leaseGivenUpTerm = h.term;
     const req: TimeoutNowRequest = { type: 'timeoutNow', term: h.term, leader: this.self };
     this.transport.send(h.to, req, this.timing.rpcTimeoutMs).then(
       (r) => {
@@ -3662,8 +3670,12 @@ export class Replica {
     });
   }
 
-  /** A majority answered within the lease: no other leader can have been elected meanwhile. */
+  /**
+   * A majority answered within the lease: no other leader can have been elected meanwhile. Not in
+   * a term whose leadership this leader offered to a follower (`leaseGivenUpTerm`).
+   */
   private hasLease(): boolean {
+    if (this.leaseGivenUpTerm === this.term) return false;
     return this.hasMajorityContact(this.timing.electionTimeoutMinMs * this.timing.leaseFraction);
   }
 

@@ -2905,6 +2905,34 @@ describe('Replica handing its leadership over (transferLeadership, timeoutNow)',
     assert.deepEqual((await a.read([0], { deadlineMs: Date.now() + 1000, nowMs: Date.now() })).pages[0], page(4));
   });
 
+  it('once it sent timeoutNow it serves nothing from its lease in that term: not while the handover runs, nor after it failed and it leads on (the target may lead a newer term meanwhile)', async () => {
+    for (const when of ['failed', 'running'] as const) {
+      shard = await aLeads();
+      const [a, b] = ['a', 'b'].map((id) => shard!.members.get(id)!.replica) as [Replica, Replica];
+      const term = a.currentTerm;
+      // b holds every record of a's, so a asks it at once. From then on nothing of b's reaches
+      // a: its answer to the timeoutNow, its vote request, its appends as leader. c, which
+      // answered a within the lease (the clock stands still), votes for b all the same.
+      if (when === 'running') shard.hold((from, to, msg) => from === 'a' && to === 'b' && msg.type === 'timeoutNow');
+      shard.cutFrom('b', 'a');
+      const handed = a.transferLeadership('b').then(() => undefined, (e: unknown) => e as ProtocolError);
+      await shard.waitFor(() => b.isLeader, 'b leads', 5000);
+      await b.write([{ page: 0, data: page(2) }]);
+      if (when === 'failed') {
+        assert.equal((await handed)?.code, 'unavailable', 'the timeoutNow went unanswered: a leads on');
+        assert.ok(a.isLeader && a.currentTerm === term);
+        // A read at the latest LSN after b's write was answered: not page(1) from the lease.
+        await assert.rejects(a.read([0], { deadlineMs: Date.now() + 1000, nowMs: Date.now() }), (e: ProtocolError) => e.code === 'not_leader');
+      } else {
+        assert.ok(a.isLeader && a.currentTerm === term, 'a has not heard of b\'s term');
+        await assert.rejects(a.confirmLeads(term, Date.now() + 1000), (e: ProtocolError) => e.code === 'not_leader');
+      }
+      assert.equal(a.isLeader, false, 'the round that confirms a read found the newer term');
+      await shard.stop();
+      shard = undefined;
+    }
+  });
+
   it("a branch's replica without the branch point's pages neither campaigns nor takes a handover, until a peer sends it the shard", async () => {
     shard = await aLeads();
     const a = shard.members.get('a')!.replica;
