@@ -259,6 +259,8 @@ export class Controller {
   private placementCursor = 0;
   /** Set when a catalog write failed after its rename (see `commit`). */
   private fenced: string | undefined;
+  /** Replicated: why this controller no longer runs (`retire`), once its node gave up its seat. */
+  private retired: string | undefined;
 
   constructor(opts: ControllerOptions) {
     if ((opts.meta === undefined) === (opts.replicated === undefined)) {
@@ -1114,6 +1116,9 @@ export class Controller {
    * gives up its seat; the next controller reads the catalog from the shard.
    */
   private commit(next: CatalogState): void {
+    if (this.retired !== undefined) {
+      throw new ProtocolError('unavailable', `this controller no longer runs (${this.retired}): it takes no change; retry, the next one answers`, { notController: true });
+    }
     if (this.fenced !== undefined) {
       throw new ProtocolError('unavailable', this.replicated !== undefined
         ? `a write of the catalog failed (${this.fenced}): this controller takes no change; the next one reads the catalog again`
@@ -1123,7 +1128,7 @@ export class Controller {
     if (this.replicated !== undefined) {
       const { write } = this.replicated;
       this.state = s;
-      this.writes = this.writes.then(() => (this.fenced === undefined ? write(s) : undefined)).catch((e: unknown) => {
+      this.writes = this.writes.then(() => (this.fenced === undefined && this.retired === undefined ? write(s) : undefined)).catch((e: unknown) => {
         this.fenced ??= e instanceof Error ? e.message : String(e);
       });
       return;
@@ -1151,9 +1156,23 @@ export class Controller {
    */
   async settled(): Promise<void> {
     await this.writes;
+    if (this.retired !== undefined) {
+      throw new ProtocolError('timeout', `the catalog change may or may not be kept: this controller no longer runs (${this.retired}), and the changes it had not written are not written`);
+    }
     if (this.fenced !== undefined && this.replicated !== undefined) {
       throw new ProtocolError('timeout', `the catalog change may or may not be kept: a write of the catalog failed (${this.fenced}); this node no longer serves as the controller`);
     }
+  }
+
+  /**
+   * Replicated: this controller takes no change from now on, and writes none of those it made and
+   * has not written yet (its node gave up its seat: the next controller, maybe of the same term
+   * of the catalog shard, reads the catalog again and writes it; two writers would mix their
+   * catalogs in the shard). Resolves once the catalog write under way, if any, has ended.
+   */
+  retire(why: string): Promise<void> {
+    this.retired ??= why;
+    return this.writes;
   }
 
   /** Why the catalog takes no change (a write whose outcome on disk is unknown), or undefined. */

@@ -526,6 +526,8 @@ export class StrataNode {
    * meanwhile), the check of the replica's role (`checkSeat`), and whether the replica is open.
    */
   private seat: { term: number; subs: Subscription[]; sinceMs: number } | undefined;
+  /** The catalog writes of the controller this node last gave up (Controller.retire): ended before the seat is taken again. */
+  private retiredCatalogWrites: Promise<void> = Promise.resolve();
   private seatTaking = false;
   private seatReleasing = false;
   private seatTimer: NodeJS.Timeout | undefined;
@@ -1935,6 +1937,9 @@ export class StrataNode {
       }
       throw new ProtocolError('unavailable', `a controller node that keeps the catalog alone runs in cluster '${this.cluster}' (${who}): stop it; this node runs the controller once it is gone`);
     }
+    // The write of the controller this node ran before, if one is under way, ends first: the
+    // catalog shard takes writes of the term from either.
+    await withTimeout(this.retiredCatalogWrites, CATALOG_IO_TIMEOUT_MS, () => new ProtocolError('unavailable', 'a catalog write of the controller this node ran before has not ended'));
     // The API router's client: every catalog request carries its own deadline.
     const shard = new CatalogShard(this.router!.client, { term, timeoutMs: CATALOG_IO_TIMEOUT_MS });
     await shard.flush();
@@ -2021,6 +2026,10 @@ export class StrataNode {
     const seat = this.seat;
     if (seat === undefined) return;
     this.seat = undefined;
+    // What still holds this controller (a move finishing, a resize, a queued write) changes and
+    // writes the catalog no more: the seat may be taken again in the same term, by a controller
+    // of its own (takeSeat waits for the write under way).
+    if (this.controller !== undefined) this.retiredCatalogWrites = this.controller.retire(`node '${this.nodeId}' gave up the seat of term ${seat.term}: ${why}`);
     this.controller = undefined;
     // Drained, not dropped: a request the server already routed here is still answered (that this
     // node no longer runs the controller, `notController`: sent again to the next one) instead of

@@ -419,6 +419,48 @@ describe('a controller that just took its seat, before it places a volume', func
   });
 });
 
+describe('a replicated controller whose node gave up its seat (Controller.retire)', function () {
+  const spec = { pageCount: 64, pageSize: 4096 as const, shards: 1, stripePages: 8, replicas: 1 as const };
+
+  it('takes no change, writes none it had not written, and is waited for until the write under way ends', async () => {
+    const written: number[] = [];
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    const c = new Controller({
+      replicated: {
+        state: undefined,
+        write: async (next) => {
+          if (written.length === 0) await gate; // the first write is under way when the seat is given up
+          written.push(next.epoch);
+        },
+      },
+    });
+    c.heartbeat('n1', 1, Date.now());
+    c.create({ name: 'a', ...spec }, Date.now());
+    await new Promise((r) => setImmediate(r));
+    c.create({ name: 'b', ...spec }, Date.now());
+    const first = c.settled().then(() => 'settled', (e: ProtocolError) => e.code);
+    let ended = false;
+    const retired = c.retire('gave up the seat').then(() => (ended = true));
+    await new Promise((r) => setImmediate(r));
+    assert.equal(ended, false, 'the write under way has not ended');
+    assert.throws(() => c.create({ name: 'c', ...spec }, Date.now()), (e: ProtocolError) => e.code === 'unavailable' && e.details?.['notController'] === true && /no longer runs \(gave up the seat\)/.test(e.message));
+    release();
+    await retired;
+    assert.deepEqual(written, [1], "the change under way was written; the one queued after it was not");
+    assert.equal(await first, 'timeout', 'outcome unknown to whoever waits for it');
+  });
+
+  it('is retired by its node giving up the seat', () => {
+    const c = new Controller({ replicated: { state: undefined, write: async () => undefined } });
+    c.heartbeat('n1', 1, Date.now());
+    const node = { seat: { term: 3, subs: [], sinceMs: 0 }, controller: c, nodeId: 'n1', repairTimer: undefined, log: { warn: () => undefined, info: () => undefined }, retiredCatalogWrites: Promise.resolve() };
+    (StrataNode.prototype as unknown as { leaveSeat(why: string): void }).leaveSeat.call(node, 'its replica of the catalog shard no longer leads it');
+    assert.throws(() => c.create({ name: 'a', ...spec }, Date.now()), (e: ProtocolError) => e.code === 'unavailable' && /gave up the seat of term 3/.test(e.message));
+    assert.notEqual(node.retiredCatalogWrites, undefined);
+  });
+});
+
 describe('a replicated controller beside a controller node that keeps the catalog alone', function () {
   this.timeout(60_000);
   let c: InProcessCluster;
