@@ -1523,11 +1523,18 @@ export class StrataNode {
 
   /** `existing`: the shards existed on this node before (ShardSpec.existing); not for a create's open. */
   private async openShardsNow(list: ShardAssignment[], existing: boolean): Promise<NotCopied[]> {
-    const known = new Set(this.nodeMeta.shards.map(shardId));
+    const recorded = new Map(this.nodeMeta.shards.map((r) => [shardId(r), r]));
+    const known = new Set(recorded.keys());
     const added: ShardAssignment[] = [];
     const notCopied: NotCopied[] = [];
     let failure: { error: unknown } | undefined;
-    for (const a of list) {
+    for (const placed of list) {
+      // A shard this node records already is opened where its record (its files) is, whatever
+      // host the catalog names: a move back to this node before it closed the replica a move
+      // took away gives the catalog another host for it. Opened on that host too, two replicas
+      // would answer for this node, each with its own log and votes.
+      const host = recorded.get(shardId(placed))?.hostId;
+      const a = host === undefined || host === placed.hostId ? placed : { ...placed, hostId: host };
       try {
         if (a.hostId >= this.hosts) {
           throw new ProtocolError('bad_request', `shard ${shardId(a)} is placed on host ${a.hostId}, this node has ${this.hosts}`);

@@ -52,6 +52,23 @@ describe('cluster/client end to end (in-process cluster, real NATS)', function (
     await rejectsWith(client.deleteVolume('ce-admin'), 'not_found');
   });
 
+  it('a node asked to open a shard it records on another host (a move back to it) opens it where its record is, not a second replica', async () => {
+    const info = await client.createVolume({ name: 'ce-hosts', pageCount: 64, shards: 2, stripePages: 4, replicas: 1 });
+    const node = c.nodes[0]! as unknown as {
+      nodeMeta: { shards: Array<{ volumeId: string; shard: number; hostId: number }> };
+      openShards(list: unknown[], existing?: boolean): Promise<unknown>;
+    };
+    const rec = node.nodeMeta.shards.find((r) => r.volumeId === info.id)!;
+    const other = 1 - rec.hostId;
+    await node.openShards([{ ...rec, hostId: other }], true);
+    const hosts = await c.nodes[0]!.hostPool.stats();
+    const holding = hosts.flatMap((h, i) => (h.device?.shards.some((x) => x.volumeId === info.id && x.shard === rec.shard) ? [i] : []));
+    assert.deepEqual(holding, [rec.hostId], 'open on the host of its record only');
+    assert.equal(node.nodeMeta.shards.filter((r) => r.volumeId === info.id && r.shard === rec.shard).length, 1);
+    await client.volume('ce-hosts').write(rec.shard * 4, new Uint8Array(4096).fill(1));
+    await client.deleteVolume('ce-hosts');
+  });
+
   it('a reconciliation destroys the files of a deleted volume that a node forgot but did not destroy', async () => {
     const gone = await client.createVolume({ name: 'ce-leftover', pageCount: 16, shards: 1 });
     await client.deleteVolume('ce-leftover');
