@@ -512,6 +512,8 @@ interface Waiter {
    * `future_lsn` for a read at an LSN it asked for, `timeout` otherwise (it asked for no LSN).
    */
   expiredCode?: 'future_lsn' | 'timeout';
+  /** A read's: the LSN it asked for. Committed by its deadline but not applied yet, it fails `timeout` (to be tried again), not `future_lsn`. */
+  askedLsn?: number;
   resolve(): void;
   reject(e: Error): void;
 }
@@ -3620,7 +3622,7 @@ export class Replica {
     if (this.applyWaiters.length >= this.pendingWritesMax) return Promise.reject(new StorageError('overloaded', 'too many reads wait'));
     const expiredCode = askedLsn !== undefined ? 'future_lsn' : 'timeout';
     return new Promise<void>((resolve, reject) => {
-      this.applyWaiters.push({ lsn, deadlineMs, expiredCode, resolve, reject });
+      this.applyWaiters.push({ lsn, deadlineMs, expiredCode, ...(askedLsn !== undefined ? { askedLsn } : {}), resolve, reject });
     });
   }
 
@@ -3654,7 +3656,10 @@ export class Replica {
     const keep: Waiter[] = [];
     for (const w of this.applyWaiters) {
       if (w.deadlineMs !== undefined && w.deadlineMs <= wallMs) {
-        w.reject(new ProtocolError(w.expiredCode ?? 'future_lsn', `lsn ${w.lsn} was not applied before the deadline (applied ${this.store.appliedLsn})`, { lsn: w.lsn }));
+        // An LSN asked for that is committed already exists: only its application is late (a
+        // leader applying a backlog, or waiting for its own disk), which a try later may see.
+        const code = w.askedLsn !== undefined && w.askedLsn <= this.commitLsn ? 'timeout' : (w.expiredCode ?? 'future_lsn');
+        w.reject(new ProtocolError(code, `lsn ${w.lsn} was not applied before the deadline (applied ${this.store.appliedLsn}, committed ${this.commitLsn})`, { lsn: w.lsn }));
       } else keep.push(w);
     }
     this.applyWaiters = keep;

@@ -920,6 +920,25 @@ describe('Replica (more cases)', function () {
     shard = undefined;
   });
 
+  it('a read at an LSN committed but not applied by its deadline (the leader\'s own disk late) fails timeout, to be tried again, not future_lsn', async () => {
+    shard = new TestShard(['a', 'b', 'c']);
+    const l = await shard.leader();
+    await l.replica.write([{ page: 1, data: page(1) }]);
+    const release = shard.stallDisk(l.id);
+    // Committed by the followers; applied once the leader's own record is durable.
+    const lsn = l.replica.stats().lastLsn + 1;
+    const written = l.replica.write([{ page: 2, data: page(2) }]);
+    await shard.waitFor(() => l.replica.stats().commitLsn >= lsn, 'committed by the followers');
+    assert.ok(l.replica.appliedLsn < lsn, 'not applied: the leader\'s disk is stuck');
+    const read = l.replica.read([2], { lsn, deadlineMs: Date.now() + 20, nowMs: Date.now() });
+    await assert.rejects(read, (e: ProtocolError) => e.code === 'timeout' && new RegExp(`committed ${lsn}`).test(e.message));
+    // One past the last LSN: future_lsn at once, as before.
+    await assert.rejects(l.replica.read([2], { lsn: lsn + 1, deadlineMs: Date.now() + 20, nowMs: Date.now() }), (e: ProtocolError) => e.code === 'future_lsn');
+    release();
+    assert.equal((await written).lsn, lsn);
+    assert.deepEqual((await l.replica.read([2], { lsn, deadlineMs: Date.now() + 1000, nowMs: Date.now() })).pages, [page(2)]);
+  });
+
   describe('on a clock the test moves (leader stickiness and the lease under stalls and restarts)', function () {
     // The default timing before 5354581 (heartbeats 50 ms, now 100): 300–600 ms elections, a lease of 0.75 × 300 ms.
     const slow = { electionTimeoutMinMs: 300, electionTimeoutMaxMs: 600, heartbeatMs: 50, rpcTimeoutMs: 1000 };
