@@ -2426,7 +2426,13 @@ export class StrataNode {
     const move = c.beginMove(req.volume, req.shard, req.from, req.to, Date.now());
     const waitMs = catalogWaitMs(deadlineMs - Date.now());
     const late = (): ProtocolError => new ProtocolError('timeout', `the move of shard ${req.shard} of volume '${req.volume}' from node '${req.from}' to node '${req.to}' did not finish within the deadline; it is recorded: run it again to finish it`, { from: req.from, to: req.to });
-    if (running !== undefined) return withTimeout(running, Math.max(1, waitMs), late);
+    if (running !== undefined) {
+      if (move.resumed) return withTimeout(running, Math.max(1, waitMs), late);
+      // Another move of the shard, recorded done while its run finishes (its catalog write), and
+      // this one recorded since: it is run once that run has ended, not answered with its outcome.
+      await withTimeout(running.catch(() => undefined), Math.max(1, waitMs), late);
+      return this.moveShard(req, deadlineMs, repair);
+    }
     if (!move.resumed) this.log.info(repair === undefined ? 'moving a replica' : repair.reason === 'draining' ? "moving a draining node's replica" : repair.reason === 'balance' ? 'moving a replica to even out the nodes' : repair.reason === 'failed' ? 'replacing a replica its node reports down' : "replacing a dead node's replica", { volume: v.id, shard: req.shard, from: req.from, to: req.to, hostId: move.to.hostId });
     if (repair?.withoutOpen === true) this.log.warn("finishing a move without the node it adds, which is dead: its replica is replaced next", { volume: v.id, shard: req.shard, from: req.from, to: req.to });
     const run = this.settle(c)

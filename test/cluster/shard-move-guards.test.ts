@@ -8,6 +8,7 @@
 import { strict as assert } from 'node:assert';
 import { connect as natsConnect, headers as natsHeaders, type NatsConnection } from 'nats';
 import { startCluster, type InProcessCluster } from '../../cluster/in-process-cluster';
+import { StrataNode } from '../../cluster/node';
 import { ProtocolError } from '../../messages/errors';
 import { decode, encode } from '../../messages/codec';
 import { controllerSubject } from '../../messages/control';
@@ -240,5 +241,48 @@ describe('moving a replica: the guards of the move and of the reconciliations ar
     assert.equal(node.destroyedAt.size, max);
     assert.ok(node.destroyedAt.has('vol-none.0'), 'the shard destroyed again is among the newest');
     assert.ok(!node.destroyedAt.has('vol-none.1'), 'the oldest is forgotten');
+  });
+});
+
+describe('a move of a shard asked while another move of it finishes (StrataNode.moveShard)', function () {
+  it('is run once that one has ended, and answered with its own outcome, not the other\'s', async () => {
+    let finishFirst!: (r: unknown) => void;
+    const first = new Promise((r) => (finishFirst = r));
+    const begun: boolean[] = [];
+    const ran: string[] = [];
+    const moving = new Map<string, Promise<unknown>>([['v1.0', first]]);
+    void first.finally(() => moving.delete('v1.0'));
+    // The first move is recorded done; the second, asked meanwhile, is recorded new, then resumed.
+    const controller = {
+      get: () => ({ id: 'v1', name: 'vol' }),
+      beginMove: (_v: string, _s: number, from: string, to: string) => {
+        const resumed = begun.length > 0;
+        begun.push(resumed);
+        return { resumed, to: { nodeId: to, hostId: 0 }, from, done: false };
+      },
+    };
+    const node = {
+      seated: () => controller,
+      creating: new Set<string>(),
+      moving,
+      opts: {},
+      settle: async () => undefined,
+      runMove: async (_c: unknown, move: { from: string; to: { nodeId: string } }) => {
+        ran.push(`${move.from}->${move.to.nodeId}`);
+        return { members: ['n1', 'n3'] };
+      },
+      log: { info: () => undefined, warn: () => undefined },
+      movesEnded: { count: () => undefined },
+      moveShard: undefined as unknown,
+    };
+    const moveShard = (StrataNode.prototype as unknown as { moveShard: (...a: unknown[]) => Promise<unknown> }).moveShard;
+    node.moveShard = moveShard;
+    const second = moveShard.call(node, { volume: 'vol', shard: 0, from: 'n2', to: 'n3' }, Date.now() + 10_000);
+    await new Promise((r) => setImmediate(r));
+    assert.deepEqual(ran, [], 'not run while the first one finishes');
+    finishFirst({ members: ['n1', 'n2'] });
+    assert.deepEqual(await second, { members: ['n1', 'n3'] }, 'its own outcome');
+    assert.deepEqual(ran, ['n2->n3']);
+    assert.deepEqual(begun, [false, true], 'recorded, then resumed once the first ended');
   });
 });
