@@ -1018,8 +1018,10 @@ export class StrataClient {
    * A handle on the volume called `name` for page calls. Nothing is sent until the first call,
    * which fetches the volume's geometry (once; again after a shard stops answering).
    */
-  volume(name: string): Volume {
-    return new Volume(this, expectName(name, 'name'));
+  volume(name: string, options: { id?: string } | null = {}): Volume {
+    const id = optionsOf(options).id;
+    if (id !== undefined && (typeof id !== 'string' || id.length === 0)) throw new ProtocolError('bad_request', 'id: expected the id of a volume (a string)', { path: 'id' });
+    return new Volume(this, expectName(name, 'name'), id);
   }
 
   /**
@@ -1573,6 +1575,12 @@ export class Volume {
     private readonly client: StrataClient,
     /** The volume's name. */
     readonly name: string,
+    /**
+     * The volume's id, when the caller holds it to one volume (`client.volume(name, { id })`): a
+     * volume created again under the name is another, and every call fails `not_found` instead
+     * of reaching it (whose geometry the caller may not expect).
+     */
+    readonly pinnedId?: string,
   ) {}
 
   /**
@@ -1788,7 +1796,17 @@ export class Volume {
    * deadline would fail the others, one with a long one would hold them past theirs).
    */
   private fetchInfo(): Promise<VolumeInfo> {
-    const promise = this.client.api('volume.info', { name: this.name }, this.client.deadline());
+    const fetched = this.client.api('volume.info', { name: this.name }, this.client.deadline());
+    const pinned = this.pinnedId;
+    const promise =
+      pinned === undefined
+        ? fetched
+        : fetched.then((info) => {
+            if (info.id !== pinned) {
+              throw new ProtocolError('not_found', `volume ${this.name} (id ${pinned}) was deleted: the volume of that name now is another (id ${info.id})`, { name: this.name, id: pinned });
+            }
+            return info;
+          });
     this.infoPromise = promise;
     promise.then(
       (value) => void (this.infoSettled = { promise, value }),

@@ -553,6 +553,8 @@ class Connection {
   private allocation = false;
   private exp: Export | undefined;
   private info: VolumeInfo | undefined;
+  /** The export's volume, held to the id it had when opened (`open`). */
+  private volume: Volume | undefined;
   private inFlight = 0;
   private inFlightBytes = 0;
   /** Resolves the wait of the request loop for room (inFlight below its bounds) or for stop. */
@@ -879,6 +881,9 @@ class Connection {
       const info = await exp.volume.info({ refresh: true, deadlineMs: this.lookUpDeadline() });
       this.exp = exp;
       this.info = info;
+      // Held to this volume: one created again under its name (another geometry, maybe) fails
+      // this connection's calls `not_found` (EIO) instead of being read with this one's.
+      this.volume = this.server.client.volume(volumeName, { id: info.id });
       if (!infoOnly) this.log.info('nbd export opened', { volume: volumeName });
       return info;
     } catch (err) {
@@ -1004,7 +1009,7 @@ class Connection {
    * again itself), all within the client's timeout.
    */
   private pageCalls(): PageCalls {
-    const volume = this.exp!.volume;
+    const volume = this.volume!;
     const budgetMs = this.server.overloadedRetryMs;
     const untilMs = (deadlineMs: number): number => deadlineMs - Date.now();
     const tries = {
@@ -1236,7 +1241,11 @@ async function readRange(volume: PageCalls, pageSize: number, first: number, cou
   for (let at = 0; at < count; at += CALL_PAGES_MAX) {
     const n = Math.min(CALL_PAGES_MAX, count - at);
     const { pages } = await volume.readPages(Array.from({ length: n }, (_, i) => first + at + i));
-    pages.forEach((p, i) => out.set(p, (at + i) * pageSize));
+    pages.forEach((p, i) => {
+      // Every byte of `out` is written (it is not zeroed): a page of another size is refused.
+      if (p.byteLength !== pageSize) throw new ProtocolError('internal', `page ${first + at + i} came with ${p.byteLength} bytes, not the export's ${pageSize}`);
+      out.set(p, (at + i) * pageSize);
+    });
   }
   return out;
 }

@@ -1332,6 +1332,18 @@ describe('cluster/client (fake transport)', () => {
       for (const page of [0, 1, 2]) assert.equal(shardOfPage(page, { shards: 2, stripePages: 1 }), page % 2);
     });
 
+    it('a volume held to its id (client.volume(name, { id })) fails not_found once the name is another volume\'s, sending it nothing', async () => {
+      const fc = new FakeCluster();
+      const held = fc.client().volume('vol', { id: 'v1' });
+      await held.write(0, pageData(0));
+      fc.volumes.set('vol', volume({ id: 'v2' }));
+      const sent = fc.transport.shardRequests().length;
+      await rejectsWith(held.write(2, pageData(2)), 'not_found', /volume vol \(id v1\) was deleted: the volume of that name now is another \(id v2\)/);
+      assert.ok(fc.transport.shardRequests().slice(sent).every((r) => !r.subject.includes('.v2.')), 'nothing sent to the new volume');
+      await rejectsWith(fc.client().volume('vol', { id: 'v1' }).read(0), 'not_found');
+      throwsWith(() => fc.client().volume('vol', { id: '' }), 'bad_request');
+    });
+
     it('re-validates against the new geometry when the volume was re-created smaller', async () => {
       const fc = new FakeCluster();
       const vol = fc.client().volume('vol');

@@ -833,6 +833,32 @@ describe('cluster/nbd: NBD export of Strata volumes', function () {
       again.peer.close();
     });
 
+    it('a volume created again under a connection\'s name, with another page size: EIO, never its pages read with the old geometry', async () => {
+      await c.client.createVolume({ name: 'again', pageCount: 16, pageSize: 8192 });
+      const s = await Session.open(all.address.port, 'again');
+      assert.equal((await s.request(NBD_CMD.READ, 0, 8192)).error, 0);
+      await c.client.deleteVolume('again');
+      await c.client.createVolume({ name: 'again', pageCount: 32, pageSize: 4096 });
+      // Pages of 4 KiB placed in a buffer of 8 KiB strides would leave half of it as it was
+      // allocated (not zeroed): whatever memory held before.
+      const r = await s.request(NBD_CMD.READ, 0, 8 * 8192);
+      assert.equal(r.error, NBD_ERR.EIO);
+      assert.equal((await s.request(NBD_CMD.WRITE, 0, 8192, { data: Buffer.alloc(8192, 7) })).error, NBD_ERR.EIO);
+      s.peer.close();
+      // A connection opened now exports the new volume.
+      const fresh = await Session.open(all.address.port, 'again');
+      const read = await fresh.request(NBD_CMD.READ, 0, 4 * 4096);
+      assert.equal(read.error, 0);
+      assert.ok(read.data!.every((b) => b === 0));
+      // Created again with the same geometry: the connection's writes do not reach the new volume.
+      await c.client.deleteVolume('again');
+      await c.client.createVolume({ name: 'again', pageCount: 32, pageSize: 4096 });
+      assert.equal((await fresh.request(NBD_CMD.WRITE, 0, 4096, { data: Buffer.alloc(4096, 9) })).error, NBD_ERR.EIO);
+      assert.ok((await c.client.volume('again').read(0)).every((b) => b === 0), 'the new volume untouched');
+      fresh.peer.close();
+      await c.client.deleteVolume('again');
+    });
+
     it('a volume deleted under a connection: EIO, logged once at warn with the volume and command, and the connection goes on', async () => {
       await c.client.createVolume({ name: 'gone', pageCount: 16 });
       const s = await Session.open(all.address.port, 'gone');
