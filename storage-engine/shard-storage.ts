@@ -704,9 +704,11 @@ export class ShardStorage {
     } finally {
       r.close();
     }
-    const final = joinPath(this.opts.dir, imageFileName(inc.lsn));
-    this.disk.rename(incoming, final);
-    this.disk.fsyncDir(this.opts.dir);
+    // The marker first, then the image's name (finishInstall): a file under an image's name
+    // that no pointer names is taken to be of records this log applied (a checkpoint's whose
+    // pointer was not written), and bounds the replay of the log at open. Renamed before the
+    // marker, a crash between the two left the leader's image under its name beside a log of
+    // records it never committed, which the reopen then applied up to the image's LSN.
     this.meta.write(INSTALL, { lsn: inc.lsn, term: inc.term } satisfies InstallMarker);
     this.store.close();
     finishInstall(this.disk, this.opts.dir, this.log, { lsn: inc.lsn, term: inc.term }, this.opts.wallClock);
@@ -777,6 +779,13 @@ function checkLogEmpty(disk: Disk, dir: string): void {
 
 /** The redo part of an installation: idempotent. */
 function finishInstall(disk: Disk, dir: string, log: SegmentLog, m: InstallMarker, wallClock: () => number = Date.now): void {
+  // The received image, still under its temporary name (checked whole before the marker was
+  // written); a seed's, or one a crash left renamed already, is under its own.
+  const final = joinPath(dir, imageFileName(m.lsn));
+  if (!disk.exists(final)) {
+    disk.rename(joinPath(dir, INCOMING), final);
+    disk.fsyncDir(dir);
+  }
   if (!(log.firstLsn === m.lsn + 1 && log.lastLsn === m.lsn)) log.reset(m.lsn + 1, m.term);
   assert(log.lastLsn === m.lsn && log.lastTerm === m.term, 'log continues after the installed image', {
     lastLsn: log.lastLsn,

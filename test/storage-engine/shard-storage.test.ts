@@ -165,6 +165,41 @@ describe('ShardStorage', () => {
     });
   });
 
+  it('a crash at any step of an install, with no checkpoint pointer beside a log of records never committed: the old state or the image, never those records applied', () => {
+    const { image, bytes } = leaderImage();
+    let finished = false;
+    for (let steps = 0; !finished; steps++) {
+      assert.ok(steps < 100, 'the install finishes within 100 disk steps');
+      const disk = new SimDisk();
+      const follower = ShardStorage.open(disk, options('F'));
+      // A leader cut off with five records of its own, which no other replica took.
+      follower.log.write(Array.from({ length: 5 }, (_, k) => ({ term: 1, kind: 1, payload: encodePageWrite(PAGE, [{ page: 3, data: new Uint8Array(PAGE).fill(0x11 + k) }]) })));
+      follower.log.sync();
+      follower.begin(image.lsn, image.term, image.bytes);
+      follower.write(0, bytes);
+      disk.crashAfter(steps);
+      try {
+        follower.install();
+        finished = true;
+      } catch (e) {
+        if (!(e instanceof SimulatedCrash)) throw e;
+      }
+      try {
+        follower.close();
+      } catch {
+        // The disk crashed under it.
+      }
+      disk.powerCut();
+      whileOpen(disk, options('F'), (again) => {
+        const applied = again.store.appliedLsn;
+        assert.ok(applied === 0 || applied === image.lsn, `crash after ${steps} steps: applied ${applied}, neither 0 nor the image's ${image.lsn}`);
+        const page3 = again.store.getPage(3);
+        if (applied === 0) assert.ok(page3.every((b) => b === 0), `crash after ${steps} steps: page 3 as before`);
+        else assert.equal(again.log.lastLsn, image.lsn);
+      });
+    }
+  });
+
   it('refuses an image chunk that does not continue the image being received, or runs past its size', () => {
     const { image, bytes } = leaderImage();
     const disk = new SimDisk();
