@@ -1093,7 +1093,8 @@ class Connection {
       }
       const release = await this.exp!.locks.lock(Math.floor(request.offset / info.pageSize), Math.floor((request.offset + request.length - 1) / info.pageSize));
       try {
-        await writeBytes(this.pageCalls(), info.pageSize, request.offset, request.length, payload);
+        const noHole = request.type === NBD_CMD.WRITE_ZEROES && (request.flags & NBD_CMD_FLAG.NO_HOLE) !== 0;
+        await writeBytes(this.pageCalls(), info.pageSize, request.offset, request.length, payload, noHole);
       } finally {
         release();
       }
@@ -1265,7 +1266,7 @@ async function readBytes(volume: PageCalls, pageSize: number, offset: number, le
  * written whole (the caller holds its lock). Calls of at most CALL_PAGES_MAX pages, one after
  * another.
  */
-async function writeBytes(volume: PageCalls, pageSize: number, offset: number, length: number, data: Buffer | undefined): Promise<void> {
+async function writeBytes(volume: PageCalls, pageSize: number, offset: number, length: number, data: Buffer | undefined, noHole = false): Promise<void> {
   const first = Math.floor(offset / pageSize);
   const last = Math.floor((offset + length - 1) / pageSize);
   const end = offset + length;
@@ -1285,7 +1286,14 @@ async function writeBytes(volume: PageCalls, pageSize: number, offset: number, l
     // The whole pages: those between the edges covered in part.
     const from = edges.has(first) ? first + 1 : first;
     const to = edges.has(last) ? last - 1 : last;
-    if (to >= from) await volume.zeroPages(from, to - from + 1);
+    if (to < from) return;
+    if (!noHole) return void (await volume.zeroPages(from, to - from + 1));
+    // NBD_CMD_FLAG_NO_HOLE: the range stays allocated, so its pages are written, as zeros.
+    const zeros = new Uint8Array(pageSize);
+    for (let at = from; at <= to; at += CALL_PAGES_MAX) {
+      const upTo = Math.min(to, at + CALL_PAGES_MAX - 1);
+      await volume.writePages(Array.from({ length: upTo - at + 1 }, (_, i) => ({ page: at + i, data: zeros })));
+    }
     return;
   }
   for (let at = first; at <= last; at += CALL_PAGES_MAX) {

@@ -610,6 +610,19 @@ describe('cluster/nbd: NBD export of Strata volumes', function () {
       s.peer.close();
     });
 
+    it('WRITE_ZEROES with NO_HOLE writes pages of zeros (the range stays allocated); without it, the range becomes a hole', async () => {
+      await c.client.createVolume({ name: 'nohole', pageCount: 16 });
+      const s = await Session.open(all.address.port, 'nohole', { meta: ['base:allocation'] });
+      assert.equal((await s.request(NBD_CMD.WRITE, 0, 8 * 4096, { data: Buffer.alloc(8 * 4096, 5) })).error, 0);
+      assert.equal((await s.request(NBD_CMD.WRITE_ZEROES, 0, 4 * 4096, { flags: NBD_CMD_FLAG.NO_HOLE })).error, 0);
+      assert.equal((await s.request(NBD_CMD.WRITE_ZEROES, 4 * 4096, 4 * 4096)).error, 0);
+      const read = await s.request(NBD_CMD.READ, 0, 8 * 4096);
+      assert.ok(read.data!.every((b) => b === 0), 'zeros either way');
+      assert.deepEqual(extentsOf(await s.request(NBD_CMD.BLOCK_STATUS, 0, 8 * 4096)), [[4 * 4096, 0], [4 * 4096, HOLE_ZERO]]);
+      s.peer.close();
+      await c.client.deleteVolume('nohole');
+    });
+
     it('BLOCK_STATUS with REQ_ONE: one extent, at most the length', async () => {
       const s = await Session.open(all.address.port, 'map', { meta: ['base:allocation'] });
       const one = NBD_CMD_FLAG.REQ_ONE;
