@@ -23,6 +23,7 @@
  * if some nodes were unreachable (a partition), to delay or drop a fraction of messages, and the
  * device to fail fdatasync.
  */
+import * as fs from 'node:fs';
 import { parentPort, isMainThread, workerData } from 'node:worker_threads';
 import * as Comlink from 'comlink';
 import nodeEndpoint from 'comlink/dist/umd/node-adapter';
@@ -207,7 +208,7 @@ export interface HostApi {
    * Fault injection: the thread stops answering anything for `ms` (a long synchronous stall);
    * answered after it. With `inDisk`, counted as a blocking disk call (a disk that stalls).
    */
-  stall(ms: number, opts?: { inDisk?: boolean }): Promise<void>;
+  stall(ms: number, opts?: { inDisk?: boolean; fifo?: string }): Promise<void>;
   /** Forwards the spans this thread finished to the main thread now (a no-op without telemetry). */
   flushTelemetry(): Promise<void>;
   /** Drains: stops taking requests, finishes those admitted, closes the device, closes NATS. */
@@ -679,12 +680,15 @@ export class ActorHost implements HostApi {
     this.ready().device.setFreeBytes(bytes);
   }
 
-  async stall(ms: number, opts: { inDisk?: boolean } = {}): Promise<void> {
+  async stall(ms: number, opts: { inDisk?: boolean; fifo?: string } = {}): Promise<void> {
     if (!(ms >= 0 && ms <= 60_000)) throw new ProtocolError('bad_request', 'stall: ms must be in [0, 60000]');
-    const marker = opts.inDisk === true ? ioMarker : undefined;
+    const marker = opts.inDisk === true || opts.fifo !== undefined ? ioMarker : undefined;
     if (marker) Atomics.add(marker, 0, 1);
     try {
-      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+      // A system call that does not return until another opens the FIFO for writing (a disk
+      // that hangs): unlike a wait, not even a termination of the thread ends it.
+      if (opts.fifo !== undefined) fs.closeSync(fs.openSync(opts.fifo, 'r'));
+      else Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
     } finally {
       if (marker) Atomics.sub(marker, 0, 1);
     }

@@ -205,10 +205,19 @@ export class HostPool {
   static async start(opts: HostPoolOptions): Promise<HostPool> {
     if (opts.hosts.length === 0) throw new Error('a node needs at least one host');
     const pool = new HostPool(opts);
+    const spawned: Array<Promise<void>> = [];
     try {
-      await Promise.all(pool.slots.map((s) => pool.spawn(s)));
+      for (const s of pool.slots) {
+        const started = pool.spawn(s);
+        // Its failure is the start's, below: not unhandled while a later spawn throws.
+        started.catch(() => undefined);
+        spawned.push(started);
+      }
+      await Promise.all(spawned);
     } catch (e) {
-      void pool.kill();
+      // The threads begun are gone before the start fails (their devices are free again), within
+      // a bound: one inside a disk call that does not return is not waited for.
+      await timed(pool.kill(), pool.callTimeoutMs, 'the end of the host threads begun').catch(() => undefined);
       throw e;
     }
     const hangMs = opts.hangMs ?? HOST_HANG_MS;
@@ -274,7 +283,9 @@ export class HostPool {
       this.opened(slot, key, spec);
       return r;
     } catch (e) {
-      // A spec the host refuses must not come back with every restart of the host.
+      // A spec the host refuses must not come back with every restart of the host; one closed
+      // (or opened again) meanwhile is not this open's to try again.
+      if (slot.shards.get(key) !== spec) throw e;
       if (refused(e)) slot.shards.delete(key);
       else if (slot.api !== undefined && slot.ready === undefined) {
         slot.reopenPending.add(key);
@@ -423,7 +434,7 @@ export class HostPool {
   }
 
   /** Fault injection: host `hostId`'s thread stops answering anything for `ms` (a synchronous stall); resolves after it. */
-  async stallHost(hostId: number, ms: number, opts: { inDisk?: boolean } = {}): Promise<void> {
+  async stallHost(hostId: number, ms: number, opts: { inDisk?: boolean; fifo?: string } = {}): Promise<void> {
     await this.call(this.slot(hostId), (api) => api.stall(ms, opts));
   }
 
@@ -475,7 +486,9 @@ export class HostPool {
         } catch {
           // The thread is gone already: nothing is left to release.
         }
-        await worker.terminate();
+        // Bounded: a thread inside a disk call that does not return (a hung disk) ends only when
+        // the call does; the process's exit ends it then.
+        await timed(worker.terminate(), this.callTimeoutMs, `termination of host ${s.config.hostId}`).catch(() => undefined);
         if (s.worker === worker) {
           s.worker = undefined;
           s.api = undefined;
@@ -589,7 +602,11 @@ export class HostPool {
     // stopping: nothing more to do, and nothing to report.
     if (!current()) return;
     const spec = slot.shards.get(key);
-    if (spec === undefined) return;
+    if (spec === undefined) {
+      // Closed since it was to be tried again.
+      slot.reopenPending.delete(key);
+      return;
+    }
     try {
       await timed(this.untilExit(slot, api.openShard(spec)), this.callTimeoutMs, `reopening shard ${key} on host ${slot.config.hostId}`);
       slot.reopenPending.delete(key);
@@ -597,6 +614,11 @@ export class HostPool {
     } catch (e) {
       if (!current()) return;
       const err = e instanceof Error ? e : new Error(String(e));
+      // Closed, or opened again with another spec, while this open ran: not tried again here.
+      if (slot.shards.get(key) !== spec) {
+        if (!slot.shards.has(key)) slot.reopenPending.delete(key);
+        return;
+      }
       const retrying = !refused(e);
       if (retrying) slot.reopenPending.add(key);
       else {

@@ -2,6 +2,7 @@ import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { execFileSync } from 'node:child_process';
 import type { HostConfig } from '../../runtime/actor-host';
 import { HOST_HEAP_INITIAL_MIB_MAX, HOST_OPENS_AT_ONCE, HostPool } from '../../runtime/host-pool';
 import { startNatsServer, type NatsServerHandle } from '../../runtime/nats-server';
@@ -115,6 +116,24 @@ describe('HostPool supervision', function () {
     fs.rmSync(shardDir, { recursive: true, force: true });
     await pool.crashHost(0);
     await waitFor('reopened by the restarted host, as lost', async () => (await repairing()) === true, 15_000);
+  });
+
+  it('a shard closed while its open fails is not tried again: nothing left pending, no retry timer', async () => {
+    const dev = path.join(dir, 'dev0');
+    pool = await HostPool.start({ hosts: [host(dev)] });
+    fs.mkdirSync(path.join(dev, 'shards'), { recursive: true });
+    fs.writeFileSync(path.join(dev, 'shards', 'v8.0'), 'in the way');
+    const spec = { volumeId: 'v8', volumeName: 'v8', shard: 0, shards: 1, pageCount: 64, pageSize: 4096 as const, stripePages: 16, members: ['n1'] };
+    // The close goes out while the open is under way (both calls in order on the host's port);
+    // the open's failure comes back after the pool forgot the shard.
+    const opening = pool.openShard(0, spec).then(() => 'opened', (e: Error) => e.message);
+    const closing = pool.closeShard(0, 'v8', 0, false);
+    assert.match(await opening, /ENOTDIR|EEXIST/);
+    await closing;
+    const slot = (pool as unknown as { slots: Array<{ reopenPending: Set<string>; reopenTimer: unknown }> }).slots[0]!;
+    assert.deepEqual([...slot.reopenPending], [], 'not pending');
+    assert.equal(slot.reopenTimer, undefined, 'no retry armed');
+    assert.equal((await pool.stats())[0]!.reopensPending, 0);
   });
 
   it('a host whose NATS server goes away says it is disconnected (it reconnects for ever, so it is not closed), and ok once back', async () => {
@@ -237,6 +256,47 @@ describe('HostPool supervision', function () {
     await stopping.stop();
     const ms = performance.now() - t0;
     assert.ok(ms >= 900 && ms < 6000, `stopped after ${ms.toFixed(0)} ms, not after the 20 s stall`);
+  });
+
+  it('a stop ends though a host thread is inside a disk call that does not return (a hung disk): its termination is waited for a bounded time', async () => {
+    const fifo = path.join(dir, 'hung-disk');
+    execFileSync('mkfifo', [fifo]);
+    const stopping = await HostPool.start({ hosts: [host(path.join(dir, 'dev0'))], callTimeoutMs: 1000, startTimeoutMs: 30_000, hangMs: 0 });
+    // The host opens the FIFO to read it: the call returns once a writer opens it, not before.
+    void stopping.stallHost(0, 0, { fifo }).catch(() => undefined);
+    await new Promise((r) => setTimeout(r, 200));
+    try {
+      const stopped = stopping.stop().then(() => 'stopped');
+      const outcome = await Promise.race([stopped, new Promise((r) => setTimeout(() => r('still stopping after 10 s'), 10_000))]);
+      assert.equal(outcome, 'stopped');
+    } finally {
+      // The thread's call returns (and the terminated thread ends) once a writer opens the FIFO.
+      fs.closeSync(fs.openSync(fifo, 'w'));
+    }
+  });
+
+  it('a start that fails at a later host ends the threads it began before it fails, with no unhandled rejection', async () => {
+    const proto = HostPool.prototype as unknown as { spawn: (this: HostPool, slot: { config: HostConfig }) => Promise<void> };
+    const real = proto.spawn;
+    const unhandled: unknown[] = [];
+    const onUnhandled = (e: unknown): void => void unhandled.push(e);
+    process.on('unhandledRejection', onUnhandled);
+    let first: { worker?: { threadId: number } } | undefined;
+    proto.spawn = function (this: HostPool, slot) {
+      if (slot.config.hostId === 1) throw new Error('simulated: no thread can be created');
+      first = slot as unknown as { worker?: { threadId: number } };
+      return real.call(this, slot);
+    };
+    try {
+      const hosts = [0, 1].map((hostId) => ({ ...host(path.join(dir, `dev${hostId}`)), hostId, hostCount: 2 }));
+      await assert.rejects(HostPool.start({ hosts }), /simulated: no thread can be created/);
+      await new Promise((r) => setTimeout(r, 500));
+      assert.deepEqual(unhandled, []);
+      assert.equal(first?.worker, undefined, 'the first host\'s thread ended before the start failed');
+    } finally {
+      proto.spawn = real;
+      process.off('unhandledRejection', onUnhandled);
+    }
   });
 
   it('a call in flight to a host whose thread exits fails at once, not at its deadline', async () => {
