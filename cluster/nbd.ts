@@ -297,7 +297,8 @@ class SocketReader {
 /**
  * Exclusive locks on page ranges, granted in the order asked: a lock waits for every earlier
  * one whose range overlaps its own. Entries are the locks held or waited for; their number is
- * bounded by the requests in flight on every connection.
+ * bounded by the requests in flight on every connection (a closed connection counts until its
+ * requests have ended: NbdServer's accounting).
  */
 class RangeLocks {
   private readonly held = new Set<{ first: number; last: number; done: Promise<void> }>();
@@ -486,7 +487,15 @@ class Server implements NbdServer {
     }
     const c = new Connection(this, socket, false);
     this.connections.add(c);
-    void c.run().finally(() => this.connections.delete(c));
+    // Counted until its requests have ended too, past its drain's bound: a client that closes
+    // with requests queued and connects again cannot pile up requests beyond connectionsMax ×
+    // requestsInFlightMax (each ends by its Strata call's deadline, or at once once it has its
+    // lock: a closed connection's writes are not made).
+    void c
+      .run()
+      .catch(() => undefined)
+      .then(() => c.settled())
+      .finally(() => this.connections.delete(c));
   }
 
   /** The volume an export name names: the exported one (also for ''), or any with `--all`; undefined if none. */
@@ -624,6 +633,16 @@ class Connection {
     this.reader.end(new ConnectionEnded('server stopping'));
     if (!this.transmitting) this.socket.destroy();
     await this.run();
+  }
+
+  /** Nothing more can be sent to the client (it closed, or the connection was ended). */
+  private get clientGone(): boolean {
+    return this.socket.destroyed || !this.socket.writable;
+  }
+
+  /** Resolves once every request of this connection has ended. */
+  settled(): Promise<void> {
+    return Promise.allSettled([...this.requests]).then(() => undefined);
   }
 
   private async drain(timeoutMs: number): Promise<void> {
@@ -936,25 +955,32 @@ class Connection {
         if (request.length > BLOCK_BYTES_MAX) {
           // Read and dropped to stay in step with the stream.
           await this.reader.skip(request.length);
-          await this.fail(request, NBD_ERR.EINVAL, `a write of ${request.length} bytes is over the limit of ${BLOCK_BYTES_MAX}`);
+          // Answered as every request is, not awaited here: a client that reads no replies
+          // cannot hold this loop (and so a stop) in this answer's send.
+          this.track(this.fail(request, NBD_ERR.EINVAL, `a write of ${request.length} bytes is over the limit of ${BLOCK_BYTES_MAX}`), 0, false);
           continue;
         }
         payload = await this.reader.read(request.length);
       }
       const bytes = request.type === NBD_CMD.READ || request.type === NBD_CMD.WRITE ? request.length : 0;
-      this.inFlight++;
-      this.inFlightBytes += bytes;
       const isWrite = request.type === NBD_CMD.WRITE || request.type === NBD_CMD.TRIM || request.type === NBD_CMD.WRITE_ZEROES;
-      const done: Promise<void> = this.handle(request, payload).finally(() => {
-        this.inFlight--;
-        this.inFlightBytes -= bytes;
-        this.requests.delete(done);
-        this.writes.delete(done);
-        this.wake?.();
-      });
-      this.requests.add(done);
-      if (isWrite) this.writes.add(done);
+      this.track(this.handle(request, payload), bytes, isWrite);
     }
+  }
+
+  /** Counts a request's handling (`handling`, its answer included) among those in flight until it ends. */
+  private track(handling: Promise<void>, bytes: number, isWrite: boolean): void {
+    this.inFlight++;
+    this.inFlightBytes += bytes;
+    const done: Promise<void> = handling.finally(() => {
+      this.inFlight--;
+      this.inFlightBytes -= bytes;
+      this.requests.delete(done);
+      this.writes.delete(done);
+      this.wake?.();
+    });
+    this.requests.add(done);
+    if (isWrite) this.writes.add(done);
   }
 
   /**
@@ -1069,6 +1095,7 @@ class Connection {
         if (end > first) {
           const release = await this.exp!.locks.lock(first, end - 1);
           try {
+            if (this.clientGone) return; // Its client is gone: not made, never answered.
             await this.pageCalls().zeroPages(first, end - first);
           } finally {
             release();
@@ -1093,6 +1120,9 @@ class Connection {
       }
       const release = await this.exp!.locks.lock(Math.floor(request.offset / info.pageSize), Math.floor((request.offset + request.length - 1) / info.pageSize));
       try {
+        // Its client closed while it waited for its pages: nobody can be answered, so it is not
+        // made (its outcome was unknown to the client either way).
+        if (this.clientGone) return;
         const noHole = request.type === NBD_CMD.WRITE_ZEROES && (request.flags & NBD_CMD_FLAG.NO_HOLE) !== 0;
         await writeBytes(this.pageCalls(), info.pageSize, request.offset, request.length, payload, noHole);
       } finally {

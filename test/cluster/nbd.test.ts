@@ -500,7 +500,7 @@ describe('cluster/nbd: NBD export of Strata volumes', function () {
 
   describe('block status (base:allocation)', () => {
     // Volume 'map': 256 pages of 4 KiB over 2 shards. The pages written are 3-4, 10, 20-21 and
-    // 25-29 (20-29 written, 22-24 trimmed), 40 (40-41 written, 41 zeroed by WRITE_ZEROES), 50
+    // 25-29 (20-29 written, 22-24 trimmed), 40 (40-41 written, 41 zeroed by WRITE_ZEROES with unmap allowed), 50
     // (100 bytes of it) and 255; the rest was never written.
     const DATA: ReadonlyArray<[number, number]> = [[3, 2], [10, 1], [20, 2], [25, 5], [40, 1], [50, 1], [255, 1]];
     const PAGES = 256;
@@ -548,7 +548,7 @@ describe('cluster/nbd: NBD export of Strata volumes', function () {
     before(async function () {
       this.timeout(60_000);
       await c.client.createVolume({ name: 'map', pageCount: PAGES, shards: 2, stripePages: 4 });
-      await qemuIo(uri('map'), ['write -P 0x11 12k 8k', 'write -P 0x22 80k 40k', 'discard 88k 12k', 'write -P 0x33 160k 8k', 'write -z 164k 4k', `write -P 0x44 ${50 * 4096 + 10} 100`, 'write -P 0x55 1020k 4k']);
+      await qemuIo(uri('map'), ['write -P 0x11 12k 8k', 'write -P 0x22 80k 40k', 'discard 88k 12k', 'write -P 0x33 160k 8k', 'write -z -u 164k 4k', `write -P 0x44 ${50 * 4096 + 10} 100`, 'write -P 0x55 1020k 4k']);
       await c.client.volume('map').write(10, new Uint8Array(4096).fill(0x66));
     });
 
@@ -1249,6 +1249,67 @@ describe('cluster/nbd: NBD export of Strata volumes', function () {
       await server.stop();
       await s.peer.closed;
       assert.ok(Date.now() - t0 < 2000, `stopped after ${Date.now() - t0} ms`);
+    });
+
+    it('a stop ends though a client that reads no replies sent a write over the limit (its EINVAL is not awaited by the request loop)', async () => {
+      const stub = stubClient(2 * BLOCK_BYTES_MAX / 4096);
+      const server = await startNbdServer({ client: stub.client, volume: 'stub', port: 0, stopTimeoutMs: 200 });
+      const s = await Session.open(server.address.port, 'stub');
+      s.peer.socket.pause();
+      const head = (type: number, cookie: number, length: number): Buffer => {
+        const b = Buffer.alloc(28);
+        b.writeUInt32BE(0x25609513, 0);
+        b.writeUInt16BE(type, 6);
+        b.writeBigUInt64BE(BigInt(cookie), 8);
+        b.writeUInt32BE(length, 24);
+        return b;
+      };
+      // A read whose reply fills the socket's buffers (nobody reads it), then a write over the limit.
+      s.peer.socket.write(head(NBD_CMD.READ, 1, BLOCK_BYTES_MAX));
+      await waitFor('the read answered', () => stub.calls > 0);
+      s.peer.socket.write(Buffer.concat([head(NBD_CMD.WRITE, 2, BLOCK_BYTES_MAX + 1), Buffer.alloc(BLOCK_BYTES_MAX + 1)]));
+      await new Promise((r) => setTimeout(r, 500));
+      const stopped = server.stop().then(() => 'stopped');
+      const outcome = await Promise.race([stopped, new Promise((r) => setTimeout(() => r('still stopping after 10 s'), 10_000))]);
+      s.peer.close();
+      assert.equal(outcome, 'stopped');
+    });
+
+    it('a client that closes with writes queued on a page and connects again cannot pile requests up past connectionsMax × requestsInFlightMax; the queued writes of a closed connection are not made', async () => {
+      const stub = stubClient();
+      // Each write call takes 300 ms: the writes to one page queue behind each other on its lock.
+      Object.defineProperty(stub, 'gate', { get: () => new Promise((r) => setTimeout(r, 300)) });
+      const server = await startNbdServer({ client: stub.client, volume: 'stub', port: 0, connectionsMax: 1, requestsInFlightMax: 4, stopTimeoutMs: 200, logger: captureLogger([]) });
+      try {
+        const head = (cookie: number): Buffer => {
+          const b = Buffer.alloc(28);
+          b.writeUInt32BE(0x25609513, 0);
+          b.writeUInt16BE(NBD_CMD.WRITE, 6);
+          b.writeBigUInt64BE(BigInt(cookie), 8);
+          b.writeBigUInt64BE(100n, 16);
+          b.writeUInt32BE(1000, 24);
+          return b;
+        };
+        let sent = 0;
+        let heldMax = 0;
+        for (let round = 0; round < 6; round++) {
+          const s = await Session.open(server.address.port, 'stub');
+          for (let i = 0; i < 3; i++) {
+            s.peer.socket.write(Buffer.concat([head(i + 1), Buffer.alloc(1000, round)]));
+            sent++;
+          }
+          await new Promise((r) => setTimeout(r, 20));
+          s.peer.close();
+          await waitFor('the connection gone, its requests ended', () => server.connectionCount() === 0, 10_000);
+          heldMax = Math.max(heldMax, stub.active);
+        }
+        assert.equal(heldMax, 0, 'nothing of a closed connection left running once its slot is free');
+        // Each write reads its edge page and writes it: calls of writes made. Of 3 queued per
+        // connection, the first was under way when its client closed; the others were not made.
+        assert.ok(stub.calls <= 6 * 2, `${stub.calls} calls for ${sent} writes sent`);
+      } finally {
+        await server.stop();
+      }
     });
 
     it('refuses connections over connectionsMax (NBD_REP_ERR_SHUTDOWN) and serves again once one closes', async () => {
