@@ -1120,8 +1120,9 @@ function findBaseline(groups: readonly GroupResult[], queueDepth: number, payloa
   return groups.find((g) => g.queueDepth === queueDepth && g.payloadBytes === payloadBytes)?.baselines.find((b) => b.name === name && b.available);
 }
 
+/** Measured in full: available, every round run (one that stopped in a round says why in `unavailableReason`). */
 function measuredOk(s: SubjectResult | undefined): s is SubjectResult {
-  return s !== undefined && s.available && s.rounds.length > 0;
+  return s !== undefined && s.available && s.unavailableReason === undefined && s.rounds.length > 0;
 }
 
 function x(value: number): string {

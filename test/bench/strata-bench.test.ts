@@ -181,6 +181,20 @@ describe("bench/strata-bench", function () {
     assert.ok(rows.every((r) => r.status === "not measured"), JSON.stringify(rows.map((r) => r.status)));
   });
 
+  it("a target of a subject that stopped in a round (a request failed) says not measured, never met from the rounds before", () => {
+    const subject = (replicas: 1 | 3, stopped: boolean) => ({
+      workload: "randwrite", replicas, pagesPerRequest: 1, available: true, rounds: [{ ops: 1000 }], ratios: { "nats-echo": 0.9, "jetstream-publish": 1.5 }, mbPerSec: 500,
+      ...(stopped ? { unavailableReason: "stopped in round 2 of 5: a request failed" } : {}),
+    });
+    const groups = [{ queueDepth: 64, payloadBytes: 4096, subjects: [subject(3, true), subject(1, false)], baselines: [{ name: "nats-echo", available: true }, { name: "jetstream-publish", available: true }] }];
+    const rows = evaluateTargets(groups as unknown as BenchResult["groups"]);
+    const byTarget = new Map(rows.map((r) => [r.target, r.status]));
+    const r3 = rows.filter((r) => r.target.startsWith("R=3 4 KiB writes, 64 in flight"));
+    assert.ok(r3.length >= 2, JSON.stringify([...byTarget]));
+    for (const r of r3) assert.equal(r.status, "not measured", r.target);
+    assert.equal(rows.find((r) => r.target.startsWith("R=1 4 KiB writes, 64 in flight"))?.status, "met", JSON.stringify([...byTarget]));
+  });
+
   it("refuses R=3 on an in-process cluster of fewer than 3 nodes before starting anything", async () => {
     await assert.rejects(
       runBench({ workload: "randwrite", replicas: 3, ops: 10, rounds: 1, warmupMs: 0, volumePages: 64, hosts: 1, nodes: 1, baselines: ["nats-echo"], resultsDir: null, quiet: true }),
