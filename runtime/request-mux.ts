@@ -520,6 +520,19 @@ export function statusCode(msg: Msg): number {
  * The server's max_payload once connected (undefined before): the most one message may hold.
  * Replies are encoded within it, since a message nats.js refuses to publish never arrives.
  */
+/**
+ * Room a reply keeps within max_payload for its headers (REPLY_HEADERS: about 30 bytes): the
+ * server counts them in the limit, and a reply that fits only without them is refused by the
+ * NATS client as it is sent, never reaching its requester.
+ */
+export const REPLY_HEADER_ROOM_BYTES = 128;
+
+/** The most bytes a reply's payload may take through `nc`'s server (REPLY_HEADER_ROOM_BYTES less than its max_payload); undefined if it does not say. */
+export function replyBytesMax(nc: NatsConnection | undefined): number | undefined {
+  const max = serverMaxPayload(nc);
+  return max === undefined ? undefined : max - REPLY_HEADER_ROOM_BYTES;
+}
+
 export function serverMaxPayload(nc: NatsConnection | undefined): number | undefined {
   const maxPayload = nc?.info?.max_payload;
   return typeof maxPayload === 'number' && maxPayload > 0 ? maxPayload : undefined;
@@ -537,7 +550,7 @@ export function encodeReplyWithin(
   onBug: (err: unknown) => void,
   encodeReply: (reply: unknown, options: CodecOptions) => Uint8Array = encode,
 ): { bytes: Uint8Array; code: 'ok' | ErrorCode } {
-  const bytesMax = serverMaxPayload(nc);
+  const bytesMax = replyBytesMax(nc);
   try {
     return { bytes: encodeReply(reply, bytesMax !== undefined ? { bytesMax } : {}), code: 'ok' };
   } catch (e) {

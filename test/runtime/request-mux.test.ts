@@ -1,6 +1,7 @@
 import { strict as assert } from 'node:assert';
 import { connect, headers as natsHeaders, type MsgHdrs, type NatsConnection } from 'nats';
-import { ConnectionState, encodeReplyWithin, frozenHeaders, NoRespondersError, RequestMux } from '../../runtime/request-mux';
+import { ConnectionState, encodeReplyWithin, frozenHeaders, NoRespondersError, REPLY_HEADER_ROOM_BYTES, RequestMux } from '../../runtime/request-mux';
+import { REPLY_HEADERS } from '../../runtime/nats-headers';
 import { NatsTransport } from '../../cluster/client';
 import { MESSAGE_BYTES_MAX, decode } from '../../messages/codec';
 import { startNatsServer, type NatsServerHandle } from '../../runtime/nats-server';
@@ -445,6 +446,30 @@ describe('encodeReplyWithin', () => {
     assert.ok(out.bytes.length <= 4096);
     assert.equal((decode(out.bytes) as Reply).error?.code, 'too_large');
     assert.deepEqual(bugs, []);
+  });
+
+  it('a reply that fits max_payload only without its headers is too_large: sent with REPLY_HEADERS through a real server, the one it returns reaches its requester', async () => {
+    const server = await startNatsServer({ jetstream: false, maxPayloadBytes: 4096 });
+    const nc = await connect({ servers: server.url });
+    try {
+      const sub = nc.subscribe('reply.room', {
+        callback: (_e, m) => {
+          const size = Number(new TextDecoder().decode(m.data));
+          const { bytes } = encodeReplyWithin(nc, { data: new Uint8Array(size) }, () => undefined);
+          m.respond(bytes, { headers: REPLY_HEADERS });
+        },
+      });
+      await nc.flush();
+      // About 10 bytes under max_payload encoded: over it with the headers.
+      const near = decode((await nc.request('reply.room', new TextEncoder().encode(String(4096 - 20)), { timeout: 2000 })).data) as Reply;
+      assert.equal(near.error?.code, 'too_large');
+      const room = decode((await nc.request('reply.room', new TextEncoder().encode(String(4096 - REPLY_HEADER_ROOM_BYTES - 20)), { timeout: 2000 })).data) as Reply;
+      assert.equal(room.data?.length, 4096 - REPLY_HEADER_ROOM_BYTES - 20);
+      sub.unsubscribe();
+    } finally {
+      await nc.close();
+      await server.stop();
+    }
   });
 
   it('any other failure to encode is handed to onBug and answered internal, never thrown', () => {
