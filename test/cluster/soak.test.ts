@@ -1,6 +1,7 @@
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
-import { runSoak, soakPage, soakValue, parseSoakArgs, formatSoak, SOAK_DEFAULTS } from '../soak/soak';
+import { runSoak, soakPage, soakValue, parseSoakArgs, formatSoak, failureIsProblem, SOAK_DEFAULTS } from '../soak/soak';
+import { ProtocolError } from '../../messages/errors';
 import { BLOCKS, BLOCK_VOLUME, startBlockWorkload } from '../soak/blocks';
 import { startCluster } from '../../cluster/in-process-cluster';
 import { waitFor } from '../support/wait';
@@ -25,6 +26,15 @@ describe('soak: the pages it writes and reads', () => {
     const mixed = soakPage(4096, 'w1.2.p4');
     mixed.set(new TextEncoder().encode('w1.2.p3'));
     assert.match(soakValue(mixed), /^corrupt:/);
+  });
+});
+
+describe('soak: which failed calls are problems of the run', () => {
+  it('a code of a cluster under faults is an unknown outcome; one that says the call was wrong, or an error that is not a protocol error (a bug), is a problem', () => {
+    for (const code of ['timeout', 'unavailable', 'not_leader', 'overloaded'] as const) assert.equal(failureIsProblem(new ProtocolError(code, 'x')), false, code);
+    for (const code of ['corruption', 'bad_request', 'out_of_range', 'not_found'] as const) assert.equal(failureIsProblem(new ProtocolError(code, 'x')), true, code);
+    assert.equal(failureIsProblem(new TypeError('cannot read properties of undefined')), true);
+    assert.equal(failureIsProblem('a string thrown'), true);
   });
 });
 

@@ -206,6 +206,15 @@ const PROBLEMS_KEPT = 50;
  */
 const OUTCOME_UNKNOWN_CODES = new Set(['timeout', 'unavailable', 'not_leader', 'internal', 'device_failed', 'overloaded', 'stale_term', 'future_lsn', 'no_space']);
 
+/**
+ * Whether a failed call is a problem of the run: refused as wrong (a code other than those of a
+ * cluster under faults), or not a typed error at all (the client wraps every failure of the
+ * transport in one: anything else is a bug).
+ */
+export function failureIsProblem(e: unknown): boolean {
+  return !(e instanceof ProtocolError && OUTCOME_UNKNOWN_CODES.has(e.code));
+}
+
 /** One fault as it happened, times in ms since the clients started. */
 export interface FaultEvent {
   kind: FaultKind;
@@ -510,8 +519,8 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
     const settle = (ids: number[], e: unknown): void => {
       const code = e instanceof ProtocolError ? e.code : 'other';
       errors[code] = (errors[code] ?? 0) + 1;
-      if (e instanceof ProtocolError && !OUTCOME_UNKNOWN_CODES.has(e.code)) {
-        problem(`a call was refused ${e.code}: ${e.message}`);
+      if (failureIsProblem(e)) {
+        problem(e instanceof ProtocolError ? `a call was refused ${e.code}: ${e.message}` : `a call failed with an error that is not a protocol error: ${String(e)}`);
         for (const id of ids) recorder.fail(id);
       } else {
         for (const id of ids) recorder.unknown(id);
@@ -990,6 +999,7 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
           break;
         } catch (e) {
           for (const id of ids) recorder.fail(id);
+          if (failureIsProblem(e)) problem(`the final read of pages ${p}..${p + pages.length - 1} was refused: ${String(e)}`);
           if (performance.now() > finalDeadline) {
             problem(`the final read of pages ${p}..${p + pages.length - 1} failed for ${FINAL_READ_MS / 1000} s: ${(e as Error).message}`);
             break;
@@ -1009,6 +1019,7 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
         idlePagesReadBack = IDLE_PAGES - wrong.length;
         break;
       } catch (e) {
+        if (failureIsProblem(e)) problem(`the read of the idle volume was refused: ${String(e)}`);
         if (performance.now() > deadline) {
           problem(`the read of the idle volume failed for ${FINAL_READ_MS / 1000} s: ${(e as Error).message}`);
           break;
@@ -1031,6 +1042,7 @@ export async function runSoak(options: SoakRunOptions): Promise<SoakResult> {
         mappedPages = listed.size;
         break;
       } catch (e) {
+        if (failureIsProblem(e)) problem(`pagesWithData was refused: ${String(e)}`);
         if (performance.now() > deadline) {
           problem(`pagesWithData failed for ${FINAL_READ_MS / 1000} s: ${(e as Error).message}`);
           break;
