@@ -311,7 +311,9 @@ function shardTargets(): Target[] {
               validateRequest(r.get(HEADER_TYPE) as MessageType, b);
             },
             ...(isReal ? { forbidden: (b: unknown) => isWriteLike(b) } : {}),
-            ...(leaders ? { silentFor: namesTerm } : {}),
+            // Every replica that leads, as far as it knows, takes a request on the leaders subject:
+            // more than one may answer it (docs/protocol.md).
+            ...(leaders ? { silentFor: namesTerm, multi: true } : {}),
           });
         }
       }
@@ -1023,10 +1025,13 @@ async function main(): Promise<void> {
     nc = await natsConnect({ servers: c.natsUrl, maxReconnectAttempts: -1 });
     maxPayload = nc.info?.max_payload ?? maxPayload;
     const onReply = (id: number, m: ReplyMsg): void => {
-      const s = pending.get(id) ?? late.get(id);
+      // One answered in full stays known for a while: a reply more is a finding (checkReply).
+      const s = pending.get(id) ?? late.get(id) ?? answered.get(id)?.sent;
       if (!s) return;
       try { checkReply(s, m); } catch (e) { report('fuzzer could not check a reply', s, String(e)); }
-      if (!s.target.multi || s.replies === s.target.replies) { pending.delete(id); late.delete(id); }
+      if ((!s.target.multi || s.replies === s.target.replies) && (pending.delete(id) || late.delete(id))) {
+        answered.set(id, { sent: s, until: Date.now() + ANSWERED_KEPT_MS });
+      }
     };
     // A reply subject is `<prefix>.<id>`, or `<prefix>.<id>.<node>` from a follower answering an
     // append sent to all of a leader's followers.
@@ -1112,12 +1117,17 @@ async function main(): Promise<void> {
 }
 
 const late = new Map<number, Sent>();
+/** How long a request answered in full is kept, for a reply more to be seen (and reported). */
+const ANSWERED_KEPT_MS = 10_000;
+/** Requests answered in full, until ANSWERED_KEPT_MS after: checked for replies more than they should have. */
+const answered = new Map<number, { sent: Sent; until: number }>();
 function expireHangs(final = false): void {
   const now = Date.now();
+  for (const [id, a] of answered) if (now > a.until || final) answered.delete(id);
   for (const [id, s] of pending) {
     if (s.round !== round && !final) continue;
     if (s.target.multi) {
-      if (now > s.dueBy) { pending.delete(id); if (s.replies === 0) report('no reply (hang)', s, `${s.target.kind}: no reply within ${s.dueBy - s.sentAt} ms`); }
+      if (now > s.dueBy) { pending.delete(id); if (s.replies === 0 && s.target.silentFor?.(s.value) !== true) report('no reply (hang)', s, `${s.target.kind}: no reply within ${s.dueBy - s.sentAt} ms`); }
       continue;
     }
     if (now > s.dueBy) { pending.delete(id); if (s.target.silentFor?.(s.value) !== true) report('no reply (hang)', s, `${s.target.kind}: no reply within ${s.dueBy - s.sentAt} ms`); }
