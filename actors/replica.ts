@@ -233,6 +233,8 @@ export interface SnapshotIO {
   write(offset: number, data: Uint8Array): void;
   /** Validates the image, makes it this replica's state (log continues at lsn+1), and returns the new log and store. */
   install(): { log: SegmentLog; store: PageStore };
+  /** Drops the image being received, if any (not installed: this replica's log caught up meanwhile). */
+  discardIncoming(): void;
   /**
    * Checks every page of our image at `lsn`, one bounded read per step (CorruptionError when one
    * is damaged): asked when a follower found the copy it was sent damaged, and by the scrub.
@@ -3013,7 +3015,19 @@ export class Replica {
       const config = req.config ?? this.configAt(req.lsn);
       const imageChange: ConfigChange = { lsn: req.lsn, term: req.lastTerm, config, image: true };
       await this.saveConfigState({ base: this.configState.base, changes: [...this.configState.changes, imageChange] });
-      const { log, store } = await this.queue.task(() => this.snapshots!.install());
+      // Looked at again, with the install, after the waits above: an append queued before the
+      // image came may have become durable meanwhile, and committed and applied past the image.
+      // Installed now, the image would cut records this replica applied (and may have
+      // acknowledged): it goes on from its log instead.
+      const installed = await this.queue.task(() => (req.lsn <= this.commitLsn || this.holdsDurably(req.lsn, req.lastTerm) ? undefined : this.snapshots!.install()));
+      if (installed === undefined) {
+        this.snapshots!.discardIncoming();
+        this.pendingSnapshot = undefined;
+        // The image's set, saved above, is dropped: the log holds what the image held.
+        await this.saveConfigState(this.configState);
+        return { term: this.term, ok: true, nextOffset: p.next };
+      }
+      const { log, store } = installed;
       this.log = log;
       this.store = store;
       this.cutHeld(0);

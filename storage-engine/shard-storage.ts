@@ -728,6 +728,11 @@ export class ShardStorage {
     if (this.closed) throw new StorageError('closed', `shard storage ${this.opts.dir} is closed`);
   }
 
+  /** Drops the image being received, if any (its file is removed at the next begin or open). */
+  discardIncoming(): void {
+    this.abortIncoming();
+  }
+
   private abortIncoming(): void {
     if (this.incoming) {
       this.disk.close(this.incoming.fh);

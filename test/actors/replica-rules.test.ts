@@ -418,6 +418,37 @@ describe('Replica rules that hold only in particular interleavings', function ()
 
   });
 
+  it('an image whose LSN the follower commits while the image is received (an append queued before it became durable) is not installed: nothing applied is cut', async () => {
+    shard = new Cluster(['a', 'b', 'c']);
+    const b = shard.replica('b');
+    const c = shard.members.get('c')!;
+    const records = Array.from({ length: 6 }, (_, i) => record(1, i + 1));
+    // c holds LSN 1..4 committed, and an image of them.
+    await c.replica.handle({ ...append(0, records.slice(0, 4)), commitLsn: 4 });
+    await shard.settle();
+    await c.replica.checkpoint();
+    const image = c.storage.newest()!;
+    assert.equal(image.lsn, 4);
+    const data = c.storage.read(image.lsn, 0, image.bytes);
+    // b's disk is late: the append of LSN 1..6 (commit 6) is queued, not durable, when the image
+    // of LSN 4 (sent by a leader whose try of that append timed out) comes.
+    const release = shard.stallDisk('b');
+    const appended = b.handle({ ...append(0, records), commitLsn: 6 });
+    await shard.settle();
+    const installed = b.handle({ type: 'snapshot', term: 1, leader: 'a', lsn: image.lsn, lastTerm: image.term, bytes: image.bytes, offset: 0, data, done: true });
+    await shard.settle();
+    release();
+    assert.equal((await appended as AppendReply).success, true);
+    const reply = (await installed) as SnapshotReply;
+    assert.deepEqual([reply.ok, reply.nextOffset], [true, image.bytes]);
+    await shard.settle();
+    const member = shard.members.get('b')!;
+    assert.deepEqual([b.stats().lastLsn, member.storage.log.lastLsn], [6, 6], 'LSN 5 and 6 kept');
+    assert.equal(b.appliedLsn, 6, 'applied as far as before the image came');
+    assert.deepEqual(member.storage.store.getPage(6), page(6));
+    assert.equal(b.stats().snapshotsInstalled, 0);
+  });
+
   it('a volume that grew: a replica refuses the records and the image of pages past its size until it grows, then takes them', async () => {
     shard = new Cluster(['a', 'b', 'c']);
     const b = shard.replica('b');
