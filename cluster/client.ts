@@ -2029,14 +2029,10 @@ export class Volume {
     if (still >= 0) {
       const failed = settled[still] as { ok: false; error: unknown };
       if (mayStillCommit(calls[still]!)) {
-        const earlier = (calls[still]!.body as Partial<ShardWriteRequest>).earlier;
         throw new ProtocolError(
           'timeout',
-          `no leader of shard ${calls[still]!.shard} answered the write before its deadline; ${earlier !== undefined && earlier.length > 0 ? 'an earlier attempt left with a deposed leader' : 'a try of it that got no answer'} may still commit: the write may or may not be committed`,
-          {
-            ...(failed.error instanceof ProtocolError ? { ...(failed.error.details ?? {}), code: failed.error.code } : {}),
-            ...(earlier !== undefined && earlier.length > 0 ? { earlier } : {}),
-          },
+          `no leader of shard ${calls[still]!.shard} answered the write before its deadline; ${earlierOf(calls[still]!).length > 0 ? 'an earlier attempt left with a deposed leader' : 'a try of it that got no answer'} may still commit: the write may or may not be committed`,
+          { ...(failed.error instanceof ProtocolError ? { ...(failed.error.details ?? {}), code: failed.error.code } : {}), ...earlierDetails(calls[still]!) },
         );
       }
       if (failed.error instanceof ProtocolError && (failed.error.code === 'not_leader' || handingOver(failed.error))) throw failed.error;
@@ -2189,7 +2185,7 @@ function noteEarlierAttempt(call: ShardCall, failed: { ok: false; error: unknown
   if (record === undefined && e instanceof ProtocolError && e.code === 'unavailable' && e.details?.['disconnected'] === true) {
     // Its reply was lost with the connection: it may have been committed. `unavailable` would
     // read as "not done, retry", and a retry could write the pages over a newer write of them.
-    return { ok: false, error: new ProtocolError('timeout', `${e.message}: the write may or may not be committed`, { ...(e.details ?? {}), code: e.code, ...(earlier.length > 0 ? { earlier } : {}) }) };
+    return { ok: false, error: new ProtocolError('timeout', `${e.message}: the write may or may not be committed`, { ...(e.details ?? {}), code: e.code, ...earlierDetails(call) }) };
   }
   if (record === undefined) {
     if (!mayStillCommit(call) || leaderless(e) || (e instanceof ProtocolError && e.code === 'timeout')) return failed;
@@ -2198,7 +2194,7 @@ function noteEarlierAttempt(call: ShardCall, failed: { ok: false; error: unknown
     const error = new ProtocolError('timeout', `${message}; ${earlierWhat(call)} may still commit: the write may or may not be committed`, {
       ...(e instanceof ProtocolError ? (e.details ?? {}) : {}),
       ...(code !== undefined ? { code } : {}),
-      ...(earlier.length > 0 ? { earlier } : {}),
+      ...earlierDetails(call),
     });
     return { ok: false, error };
   }
@@ -2272,14 +2268,23 @@ function partlyWritten(error: unknown, calls: readonly ShardCall[], settled: rea
  * its earlier attempts left with deposed leaders, or a try of it got no answer.
  */
 function mayStillCommit(call: ShardCall): boolean {
-  return isWrite(call) && (((call.body as ShardWriteRequest | ShardZeroRequest).earlier?.length ?? 0) > 0 || call.unanswered === true);
+  return isWrite(call) && (earlierOf(call).length > 0 || call.unanswered === true);
+}
+
+/** The records a write's earlier attempts left with deposed leaders, as its body names them (none for a read). */
+function earlierOf(call: ShardCall): readonly WriteRecordRef[] {
+  return (call.body as Partial<ShardWriteRequest>).earlier ?? [];
+}
+
+/** `details.earlier` of a write's failure: its earlier records, if it has any. */
+function earlierDetails(call: ShardCall): { earlier?: readonly WriteRecordRef[] } {
+  const earlier = earlierOf(call);
+  return earlier.length > 0 ? { earlier } : {};
 }
 
 /** What of a write `mayStillCommit` (for messages); `to`: ' to shard N', or ''. */
 function earlierWhat(call: ShardCall, to = ''): string {
-  return ((call.body as ShardWriteRequest | ShardZeroRequest).earlier?.length ?? 0) > 0
-    ? `an earlier attempt of this write${to}`
-    : `a try of this write${to} that got no answer`;
+  return earlierOf(call).length > 0 ? `an earlier attempt of this write${to}` : `a try of this write${to} that got no answer`;
 }
 
 /** A request that writes (pages, or zeros over a range): sent again only naming its earlier attempts. */
@@ -2319,11 +2324,10 @@ function throwFinal(calls: readonly ShardCall[], settled: readonly Settled[]): v
   const error = (settled[at] as { ok: false; error: unknown }).error;
   const pending = calls.findIndex((c, i) => i !== at && !settled[i]!.ok && mayStillCommit(c));
   if (pending < 0 || (error instanceof ProtocolError && error.code === 'timeout')) throw error;
-  const earlier = (calls[pending]!.body as ShardWriteRequest | ShardZeroRequest).earlier;
   const message = error instanceof Error ? error.message : String(error);
   throw new ProtocolError(
     'timeout',
     `${message}; ${earlierWhat(calls[pending]!, ` to shard ${calls[pending]!.shard}`)} may still commit: the write may or may not be committed`,
-    { ...(error instanceof ProtocolError ? { ...(error.details ?? {}), code: error.code } : {}), ...(earlier !== undefined && earlier.length > 0 ? { earlier } : {}) },
+    { ...(error instanceof ProtocolError ? { ...(error.details ?? {}), code: error.code } : {}), ...earlierDetails(calls[pending]!) },
   );
 }

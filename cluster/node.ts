@@ -28,8 +28,8 @@ import { DEADLINE_AHEAD_MS_MAX, HEADER_DEADLINE, parseDeadline, readHeaders } fr
 import { NAME_LENGTH_MAX, REQUEST_ITEMS_MAX, VOLUMES_PER_LIST_MAX, type ApiVerb, type MessageType, type VolumeInfo, type VolumeResizeRequest } from '../messages/api';
 import type { Service } from 'nats';
 import { messageHeaders, REPLY_HEADERS, wellFormed } from '../runtime/nats-headers';
-import { ConnectionState, encodeReplyWithin, fromNatsError, REPLY_HEADER_ROOM_BYTES, replyBytesMax, natsErrorCode, newInbox, NoRespondersError, serverMaxPayload, watchDenials } from '../runtime/request-mux';
-import { encode, decode, encodedErrorCode, pageWithin, MESSAGE_BYTES_MAX } from '../messages/codec';
+import { ConnectionState, encodeReplyWithin, fromNatsError, natsErrorCode, replyBytesWithin, newInbox, NoRespondersError, serverMaxPayload, watchDenials } from '../runtime/request-mux';
+import { encode, decode, pageWithin, MESSAGE_BYTES_MAX } from '../messages/codec';
 import { errorReply, isErrorCode, ProtocolError, toProtocolError, throwIfError, type ErrorCode } from '../messages/errors';
 import {
   validateVolumeBranchRequest,
@@ -3412,11 +3412,8 @@ export class StrataNode {
     // A reply over the server's max_payload (a page.read of more pages than one reply holds
     // through this server; a volume.list of the controller's, forwarded as it came, that fits
     // only without the reply's headers) is answered too_large: the requester can ask for fewer.
-    const bytesMax = replyBytesMax(this.nc);
     const { bytes, code } = reply instanceof Uint8Array
-      ? bytesMax !== undefined && reply.byteLength > bytesMax
-        ? { bytes: encode(errorReply(new ProtocolError('too_large', `the reply of ${reply.byteLength} bytes does not fit a message of this server (max_payload ${bytesMax + REPLY_HEADER_ROOM_BYTES} bytes, its headers included)`))), code: 'too_large' as const }
-        : { bytes: reply, code: encodedErrorCode(reply) ?? ('ok' as const) }
+      ? replyBytesWithin(this.nc, reply)
       : encodeReplyWithin(this.nc, reply, (err) => this.log.error('api reply encoding failed', { verb, err }));
     msg.respond(bytes, { headers: REPLY_HEADERS });
     return code;

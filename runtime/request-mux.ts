@@ -21,7 +21,7 @@
  */
 import { Events, createInbox, headers as natsHeaders, type Msg, type MsgHdrs, type NatsConnection, type Subscription } from 'nats';
 import { ProtocolError, errorReply, toProtocolError, type ErrorCode } from '../messages/errors';
-import { encode, type CodecOptions } from '../messages/codec';
+import { encode, encodedErrorCode, type CodecOptions } from '../messages/codec';
 import { throttled } from '../observability/log';
 
 /** Nobody subscribes to the subject of a request (NATS "503 no responders"); code `unavailable`. */
@@ -520,6 +520,11 @@ export function statusCode(msg: Msg): number {
  * The server's max_payload once connected (undefined before): the most one message may hold.
  * Replies are encoded within it, since a message nats.js refuses to publish never arrives.
  */
+export function serverMaxPayload(nc: NatsConnection | undefined): number | undefined {
+  const maxPayload = nc?.info?.max_payload;
+  return typeof maxPayload === 'number' && maxPayload > 0 ? maxPayload : undefined;
+}
+
 /**
  * Room a reply keeps within max_payload for its headers (REPLY_HEADERS: about 30 bytes): the
  * server counts them in the limit, and a reply that fits only without them is refused by the
@@ -528,14 +533,20 @@ export function statusCode(msg: Msg): number {
 export const REPLY_HEADER_ROOM_BYTES = 128;
 
 /** The most bytes a reply's payload may take through `nc`'s server (REPLY_HEADER_ROOM_BYTES less than its max_payload); undefined if it does not say. */
-export function replyBytesMax(nc: NatsConnection | undefined): number | undefined {
+function replyBytesMax(nc: NatsConnection | undefined): number | undefined {
   const max = serverMaxPayload(nc);
   return max === undefined ? undefined : max - REPLY_HEADER_ROOM_BYTES;
 }
 
-export function serverMaxPayload(nc: NatsConnection | undefined): number | undefined {
-  const maxPayload = nc?.info?.max_payload;
-  return typeof maxPayload === 'number' && maxPayload > 0 ? maxPayload : undefined;
+/**
+ * A reply encoded already (one forwarded as it came): as it is, with its code, if it fits a
+ * reply through `nc`'s server (`replyBytesMax`), else a too_large error reply.
+ */
+export function replyBytesWithin(nc: NatsConnection | undefined, bytes: Uint8Array): { bytes: Uint8Array; code: 'ok' | ErrorCode } {
+  const bytesMax = replyBytesMax(nc);
+  if (bytesMax === undefined || bytes.byteLength <= bytesMax) return { bytes, code: encodedErrorCode(bytes) ?? 'ok' };
+  const pe = new ProtocolError('too_large', `the reply of ${bytes.byteLength} bytes does not fit a message of this server (max_payload ${bytesMax + REPLY_HEADER_ROOM_BYTES} bytes, its headers included)`);
+  return { bytes: encode(errorReply(pe)), code: 'too_large' };
 }
 
 /**

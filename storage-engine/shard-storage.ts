@@ -662,7 +662,7 @@ export class ShardStorage {
 
   begin(lsn: number, term: number, bytes: number): void {
     this.checkOpen();
-    this.abortIncoming();
+    this.discardIncoming();
     const fh = this.disk.open(joinPath(this.opts.dir, INCOMING), { create: true, truncate: true });
     this.incoming = { fh, lsn, term, bytes, written: 0 };
   }
@@ -730,10 +730,6 @@ export class ShardStorage {
 
   /** Drops the image being received, if any (its file is removed at the next begin or open). */
   discardIncoming(): void {
-    this.abortIncoming();
-  }
-
-  private abortIncoming(): void {
     if (this.incoming) {
       this.disk.close(this.incoming.fh);
       this.incoming = undefined;
@@ -742,7 +738,7 @@ export class ShardStorage {
 
   close(): void {
     this.closed = true;
-    this.abortIncoming();
+    this.discardIncoming();
     try {
       this.store.close();
     } finally {

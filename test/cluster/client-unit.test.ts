@@ -184,6 +184,18 @@ class FakeCluster {
   }
 }
 
+/** Shard 1 of `fc` reaches no leader once (no responders); `meanwhile` runs then (the catalog changing, say). */
+function noLeaderOnce(fc: FakeCluster, meanwhile: () => void = () => undefined): void {
+  let misses = 1;
+  fc.shardHook = (shard, seen) => {
+    if (shard === 1 && misses-- > 0) {
+      meanwhile();
+      throw new NoRespondersError(seen.subject);
+    }
+    return undefined;
+  };
+}
+
 function pageData(page: number, size = 4096): Uint8Array {
   const data = new Uint8Array(size);
   data.fill(page % 251);
@@ -1178,11 +1190,7 @@ describe('cluster/client (fake transport)', () => {
   describe('Volume: no responders', () => {
     it('refreshes the volume info and retries only the missed requests once', async () => {
       const fc = new FakeCluster();
-      let misses = 1;
-      fc.shardHook = (shard, seen) => {
-        if (shard === 1 && misses-- > 0) throw new NoRespondersError(seen.subject);
-        return undefined;
-      };
+      noLeaderOnce(fc);
       const vol = fc.client().volume('vol');
       const result = await vol.writePages([0, 2, 4].map((page) => ({ page, data: pageData(page) })));
       assert.equal(fc.transport.apiRequests('volume.info').length, 2, 'info refreshed');
@@ -1197,14 +1205,7 @@ describe('cluster/client (fake transport)', () => {
 
     it('retries only the missed requests when the volume grew meanwhile (a resize keeps its id): the answered ones are not written twice', async () => {
       const fc = new FakeCluster();
-      let misses = 1;
-      fc.shardHook = (shard, seen) => {
-        if (shard === 1 && misses-- > 0) {
-          fc.volumes.set('vol', volume({ pageCount: 2000 }));
-          throw new NoRespondersError(seen.subject);
-        }
-        return undefined;
-      };
+      noLeaderOnce(fc, () => fc.volumes.set('vol', volume({ pageCount: 2000 })));
       const vol = fc.client().volume('vol');
       const result = await vol.writePages([0, 2, 4].map((page) => ({ page, data: pageData(page) })));
       assert.equal(fc.transport.apiRequests('volume.info').length, 2, 'info refreshed');
@@ -1220,14 +1221,7 @@ describe('cluster/client (fake transport)', () => {
 
     it('plans the call again when the volume was created again under its name (another id)', async () => {
       const fc = new FakeCluster();
-      let misses = 1;
-      fc.shardHook = (shard, seen) => {
-        if (shard === 1 && misses-- > 0) {
-          fc.volumes.set('vol', volume({ id: 'v2' }));
-          throw new NoRespondersError(seen.subject);
-        }
-        return undefined;
-      };
+      noLeaderOnce(fc, () => fc.volumes.set('vol', volume({ id: 'v2' })));
       await fc.client().volume('vol').writePages([0, 2, 4].map((page) => ({ page, data: pageData(page) })));
       assert.deepEqual(
         fc.transport.shardRequests().map((s) => s.subject),

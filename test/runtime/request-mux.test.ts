@@ -1,9 +1,10 @@
 import { strict as assert } from 'node:assert';
 import { connect, headers as natsHeaders, type MsgHdrs, type NatsConnection } from 'nats';
-import { ConnectionState, encodeReplyWithin, frozenHeaders, NoRespondersError, REPLY_HEADER_ROOM_BYTES, RequestMux } from '../../runtime/request-mux';
+import { ConnectionState, encodeReplyWithin, frozenHeaders, NoRespondersError, REPLY_HEADER_ROOM_BYTES, replyBytesWithin, RequestMux } from '../../runtime/request-mux';
+import { ProtocolError, errorReply } from '../../messages/errors';
 import { REPLY_HEADERS } from '../../runtime/nats-headers';
 import { NatsTransport } from '../../cluster/client';
-import { MESSAGE_BYTES_MAX, decode } from '../../messages/codec';
+import { MESSAGE_BYTES_MAX, decode, encode } from '../../messages/codec';
 import { startNatsServer, type NatsServerHandle } from '../../runtime/nats-server';
 import { rejectsWith } from '../support/expect';
 import { startBadHeadersResponder } from '../support/bad-headers-responder';
@@ -470,6 +471,18 @@ describe('encodeReplyWithin', () => {
       await nc.close();
       await server.stop();
     }
+  });
+
+  it('a reply encoded already (forwarded as it came) goes as it is, with its code, within the room its headers leave; over it, too_large', () => {
+    const nc = withMaxPayload(4096);
+    const fits = encode({ data: new Uint8Array(4096 - REPLY_HEADER_ROOM_BYTES - 20) });
+    assert.deepEqual(replyBytesWithin(nc, fits), { bytes: fits, code: 'ok' });
+    const refused = encode(errorReply(new ProtocolError('not_found', 'no such volume')));
+    assert.equal(replyBytesWithin(nc, refused).code, 'not_found');
+    const over = replyBytesWithin(nc, encode({ data: new Uint8Array(4096 - 20) }));
+    assert.equal(over.code, 'too_large');
+    assert.equal((decode(over.bytes) as Reply).error?.code, 'too_large');
+    assert.ok(over.bytes.length <= 4096 - REPLY_HEADER_ROOM_BYTES);
   });
 
   it('any other failure to encode is handed to onBug and answered internal, never thrown', () => {
