@@ -75,13 +75,23 @@ interface HostSlot {
   config: HostConfig;
   worker: Worker | undefined;
   api: Comlink.Remote<HostApi> | undefined;
-  ready: Promise<void> | undefined;
+  /**
+   * The running thread's start (its init), while it runs: a call waits for it. Not the reopen of
+   * the shards that follows, which may take longer than any call's deadline (thousands of
+   * shards, a slow disk) and which a close or open of a shard meanwhile must not wait for.
+   */
+  starting: Promise<void> | undefined;
+  /** The reopen of a (re)started host's shards under way (its token), for `openShard` not to arm a retry of its own meanwhile. */
+  reopening: object | undefined;
   shards: Map<string, ShardSpec>;
   restarts: number[];
   restartsTotal: number;
   stopping: boolean;
   down: string | undefined;
-  /** Shards a restart could not reopen yet, and the timer of the next attempt. */
+  /**
+   * Shards the host has not opened again since it (re)started: waiting for the reopen under way,
+   * or, after an open that failed, for the timer's next attempt.
+   */
   reopenPending: Set<string>;
   reopenTimer: NodeJS.Timeout | undefined;
   reopenAttempts: number;
@@ -182,7 +192,8 @@ export class HostPool {
       config,
       worker: undefined,
       api: undefined,
-      ready: undefined,
+      starting: undefined,
+      reopening: undefined,
       shards: new Map(),
       restarts: [],
       restartsTotal: 0,
@@ -287,9 +298,11 @@ export class HostPool {
       // (or opened again) meanwhile is not this open's to try again.
       if (slot.shards.get(key) !== spec) throw e;
       if (refused(e)) slot.shards.delete(key);
-      else if (slot.api !== undefined && slot.ready === undefined) {
+      else if (slot.api !== undefined && slot.starting === undefined) {
+        // Tried again with the others pending: by the timer, or by the reopen under way, which
+        // arms it when it ends with shards pending.
         slot.reopenPending.add(key);
-        if (slot.reopenTimer === undefined) this.armReopen(slot, slot.api);
+        if (slot.reopenTimer === undefined && slot.reopening === undefined) this.armReopen(slot, slot.api);
       }
       throw e;
     }
@@ -358,7 +371,8 @@ export class HostPool {
         if (s.down || !s.api) return without(s.down ?? 'starting');
         try {
           const st = await this.answerWithin(s, opts.timeoutMs, (api) => api.stats());
-          // Shards whose open failed and is tried again with a back-off (0: none).
+          // Shards not open again yet since the host (re)started: being reopened, or whose open
+          // failed and is tried again with a back-off (0: none).
           return { ...st, restarts: s.restartsTotal, reopensPending: s.reopenPending.size, ...exit };
         } catch (e) {
           return without(`not answering: ${(e as Error).message}`);
@@ -374,7 +388,10 @@ export class HostPool {
         const bad = (reason: string): HostHealth => ({ hostId: s.config.hostId, ok: false, natsConnected: false, deviceFailed: false, shardsDown: 0, reason });
         if (!s.api || s.down) return bad(s.down ?? 'starting');
         try {
-          return await this.answerWithin(s, opts.timeoutMs, (api) => api.health());
+          const h = await this.answerWithin(s, opts.timeoutMs, (api) => api.health());
+          // It answers while it opens again the shards it had; it is not well until they are.
+          if (h.ok && s.reopening !== undefined) return { ...h, ok: false, reason: `reopening its shards (${s.reopenPending.size} not open yet)` };
+          return h;
         } catch (e) {
           return bad(`not answering: ${(e as Error).message}`);
         }
@@ -384,9 +401,9 @@ export class HostPool {
 
   /**
    * The shards opened on a host whose replica does not serve (`down`): down on its host
-   * (HostApi.replicaRoles), waiting to be opened again after a failed open, or on a host that is
-   * down, starting, or does not answer within `timeoutMs` (every shard of it); and those whose
-   * replica leads (`leading`, with the host's id).
+   * (HostApi.replicaRoles), not opened again yet since the host restarted (a failed open's retry
+   * too), or on a host that is down, starting, or does not answer within `timeoutMs` (every
+   * shard of it); and those whose replica leads (`leading`, with the host's id).
    */
   async replicaRoles(opts: { timeoutMs?: number } = {}): Promise<NodeReplicaRoles> {
     const perHost = await Promise.all(
@@ -539,8 +556,8 @@ export class HostPool {
   }
 
   private async call<T>(slot: HostSlot, fn: (api: Comlink.Remote<HostApi>) => Promise<T>): Promise<T> {
-    // A host (re)starting is waited for within the same deadline as a call.
-    if (slot.ready) await timed(slot.ready, this.startTimeoutMs, `start of host ${slot.config.hostId}`);
+    // A host (re)starting is waited for within its start deadline (not its shards' reopen).
+    if (slot.starting) await timed(slot.starting, this.startTimeoutMs, `start of host ${slot.config.hostId}`);
     if (!slot.api) {
       throw Object.assign(new Error(`host ${slot.config.hostId} is down${slot.down ? `: ${slot.down}` : ''}`), { code: 'unavailable' });
     }
@@ -587,7 +604,16 @@ export class HostPool {
    */
   private async reopen(slot: HostSlot, api: Comlink.Remote<HostApi>, keys: Iterable<string>): Promise<void> {
     const current = (): boolean => !this.stopped && !slot.stopping && slot.api === api;
-    await inLanes([...keys], HOST_OPENS_AT_ONCE, (key) => this.reopenOne(slot, api, key, current));
+    const token = {};
+    slot.reopening = token;
+    // Down until opened (replicaRoles), as those whose open failed.
+    const list = [...keys];
+    for (const key of list) slot.reopenPending.add(key);
+    try {
+      await inLanes(list, HOST_OPENS_AT_ONCE, (key) => this.reopenOne(slot, api, key, current));
+    } finally {
+      if (slot.reopening === token) slot.reopening = undefined;
+    }
     if (!current()) return;
     if (slot.reopenPending.size === 0) {
       slot.reopenAttempts = 0;
@@ -668,7 +694,7 @@ export class HostPool {
     worker.on('error', (err) => {
       if (slot.worker === worker) slot.error = err instanceof Error ? err : new Error(String(err));
     });
-    slot.ready = (async () => {
+    const starting = (async () => {
       try {
         await timed(this.untilExit(slot, api.init(slot.config)), this.startTimeoutMs, `start of host ${slot.config.hostId}`);
       } catch (e) {
@@ -683,12 +709,14 @@ export class HostPool {
       // that starts and then dies reopening its shards backs off as one that cannot start.
       slot.down = undefined;
       slot.startedAt = Date.now();
-      await this.reopen(slot, api, slot.shards.keys());
     })();
-    const ready = slot.ready;
-    return ready.finally(() => {
-      if (slot.ready === ready) slot.ready = undefined;
+    slot.starting = starting;
+    const started = starting.finally(() => {
+      if (slot.starting === starting) slot.starting = undefined;
     });
+    // Calls go on while the shards it had are opened again (a close or an open of one of them
+    // too: the host takes them in the order they are asked, each checked against the pool's list).
+    return started.then(() => this.reopen(slot, api, slot.shards.keys()));
   }
 
   private onExit(slot: HostSlot, worker: Worker, code: number): void {

@@ -4,6 +4,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import type { HostConfig } from '../../runtime/actor-host';
+import type { ShardSpec } from '../../runtime/device-host';
 import { HOST_HEAP_INITIAL_MIB_MAX, HOST_OPENS_AT_ONCE, HostPool } from '../../runtime/host-pool';
 import { startNatsServer, type NatsServerHandle } from '../../runtime/nats-server';
 import { waitFor } from '../support/wait';
@@ -196,6 +197,49 @@ describe('HostPool supervision', function () {
     assert.equal(inFlightMax, HOST_OPENS_AT_ONCE);
     assert.match(failures[0] ?? '', new RegExp(`^${failing} true: .*(ENOTDIR|EEXIST)`), 'the one that failed reported, and to be tried again');
     assert.equal((await pool.stats())[0]!.reopensPending, 1);
+  });
+
+  it('a close and an open asked while a restarted host reopens its shards for longer than its start deadline are done, not timed out (no shard left open but forgotten, or recorded and never opened)', async () => {
+    pool = await HostPool.start({ hosts: [host(path.join(dir, 'dev0'))], startTimeoutMs: 5000 });
+    const spec = (id: string): ShardSpec => ({ volumeId: id, volumeName: id, shard: 0, shards: 1, pageCount: 64, pageSize: 4096, stripePages: 16, members: ['n1'] });
+    for (const id of ['slow', 'closed']) await pool.openShard(0, spec(id));
+    // The reopen of shard `slow` waits until released (a struggling disk, thousands of shards
+    // before it): at the latest 12 s, past the 5 s start deadline.
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => {
+      release = resolve;
+      setTimeout(resolve, 12_000).unref();
+    });
+    let released = false;
+    void gate.then(() => (released = true));
+    const proto = HostPool.prototype as unknown as { reopenOne: (this: HostPool, ...args: unknown[]) => Promise<void> };
+    const real = proto.reopenOne;
+    proto.reopenOne = async function (this: HostPool, ...args: unknown[]) {
+      if (String(args[2]).startsWith('slow.')) await gate;
+      return real.apply(this, args);
+    };
+    try {
+      await pool.crashHost(0);
+      // Down until reopened: the shard not reopened yet is the one left down.
+      await waitFor('shard closed reopened', async () => (await pool!.stats())[0]!.mailbox.some((m) => m.volumeId === 'closed'), 20_000);
+      await waitFor('only shard slow down', async () => JSON.stringify((await pool!.replicaRoles()).down) === JSON.stringify([{ volumeId: 'slow', shard: 0 }]), 20_000);
+      const health = await pool.health();
+      assert.equal(health[0]!.ok, false, 'not well while it reopens');
+      assert.equal(health[0]!.reason, 'reopening its shards (1 not open yet)');
+      await pool.closeShard(0, 'closed', 0, false);
+      await pool.openShard(0, spec('added'));
+      assert.equal(released, false, 'done while the reopen still ran');
+    } finally {
+      release();
+      proto.reopenOne = real;
+    }
+    await waitFor('the reopen done', async () => (await pool!.health())[0]!.ok, 20_000);
+    const open = (await pool.stats())[0]!.mailbox.map((m) => m.volumeId).sort();
+    assert.deepEqual(open, ['added', 'slow']);
+    // The pool's list is the host's: a restart opens the same shards again.
+    await pool.crashHost(0);
+    await waitFor('the host back', async () => (await pool!.health())[0]!.ok, 20_000);
+    assert.deepEqual((await pool.stats())[0]!.mailbox.map((m) => m.volumeId).sort(), ['added', 'slow']);
   });
 
   it('a host that starts and then dies again and again backs off longer each time', async () => {
