@@ -682,7 +682,7 @@ export class StrataClient {
   private async shardMembers(name: string, shard: number, opts: { adding?: boolean } = {}): Promise<{ info: ShardOwner; members: string[] }> {
     let info: ShardOwner & { members?: string[] };
     try {
-      const v = await this.volumeInfo(name);
+      const v = await this.placedVolumeInfo(name, this.deadline());
       const set = v.replicaSets?.find((r) => r.shard === shard);
       // With `adding`, the replica a move under way adds too.
       const adding = opts.adding === true && set?.moving !== undefined && !set.members.includes(set.moving.to) ? [set.moving.to] : [];
@@ -699,6 +699,23 @@ export class StrataClient {
     // (None at all: a catalog shard no controller node reports now. Asked of nobody, it would never be answered.)
     if (info.members === undefined || info.members.length === 0) throw new ProtocolError('unavailable', `the controller did not say where shard ${shard} of volume ${name} is`, { shard });
     return { info: { id: info.id, shards: info.shards, ...(info.layout !== undefined ? { layout: info.layout } : {}) }, members: info.members };
+  }
+
+  /**
+   * volume.info with where each shard's replicas are. A router that could not reach the
+   * controller (an election of the catalog shard under way) answers with what its node knows of
+   * the volume, without them (`replicaSets`): asked again with back-off until `deadlineMs` (at
+   * most CONTROLLER_RETRIES_MAX times), and the last answer returned as it is (the caller says
+   * nobody told where a shard is).
+   */
+  private async placedVolumeInfo(name: string, deadlineMs: number): Promise<VolumeInfo> {
+    let pauseMs = CONTROLLER_RETRY_MS_MIN;
+    for (let attempt = 1; ; attempt++) {
+      const v = await this.api('volume.info', { name: expectName(name, 'name') }, deadlineMs);
+      if (v.replicaSets !== undefined || attempt > CONTROLLER_RETRIES_MAX || this.nowMs() + pauseMs >= deadlineMs) return v;
+      await new Promise((r) => setTimeout(r, pauseMs));
+      pauseMs = Math.min(2 * pauseMs, CONTROLLER_RETRY_MS_MAX);
+    }
   }
 
   /** The digest request of `shard.digest` to `node` (the node's replica of a shard; with `range`, the digest of its records there). */

@@ -28,6 +28,7 @@ import { ProtocolError, errorReply } from '../../messages/errors';
 import { HEADER_DEADLINE, HEADER_SCHEMA, HEADER_TYPE, SCHEMA_VERSION, readHeaders } from '../../messages/headers';
 import { PAGES_PER_REQUEST_MAX, REQUEST_DATA_BYTES_MAX, VOLUMES_PER_LIST_MAX, shardOfPage } from '../../messages/api';
 import type { ApiVerb, VolumeInfo } from '../../messages/api';
+import { waitFor } from '../support/wait';
 import {
   validateShardFlushRequest,
   validateShardRead,
@@ -587,6 +588,33 @@ describe('cluster/client (fake transport)', () => {
       trims = 100;
       await rejectsWith(client.checkShard('db', 0, { waitMs: 0 }), 'trimmed', new RegExp(`^the records of shard 0 of volume db: compared ${SHARD_CHECK_RESTARTS_MAX + 1} times, and each time a replica's checkpoint let go`));
       assert.equal(trims, 100 - (SHARD_CHECK_RESTARTS_MAX + 1), 'one trimmed answer per comparison');
+    });
+
+    it('a shard check while the controller is out of reach (a router answers volume.info without where the replicas are) asks again until told, then checks', async () => {
+      let placed = false;
+      const t = new FakeTransport((subject, body) => {
+        if (subject.includes('.volume.info')) return volume({ name: 'db', id: 'v1', shards: 1, pageCount: 64, ...(placed ? { replicaSets: [{ shard: 0, members: ['n1', 'n2'] }] } : {}) });
+        const node = subject.split('.')[3]!;
+        const b = body as { fromLsn?: number; toLsn?: number };
+        const at = { node, volumeId: 'v1', shard: 0, role: node === 'n1' ? 'leader' : 'follower', term: 1, firstLsn: 1, lastLsn: 10, commitLsn: 10, appliedLsn: 10, oldestLsn: 0 };
+        if (b.fromLsn === undefined) return at;
+        return { ...at, fromLsn: b.fromLsn, toLsn: b.toLsn!, records: b.toLsn! - b.fromLsn + 1, digest: 3 };
+      });
+      const client = createClient(t, { cluster: CLUSTER, timeoutMs: 5000 });
+      // The controller back after three answers without them.
+      const infos = (): number => t.apiRequests('volume.info').length;
+      const checking = client.checkShard('db', 0, { waitMs: 0 });
+      await waitFor('three answers without where the replicas are', () => infos() >= 3, 5000);
+      placed = true;
+      const check = await checking;
+      assert.deepEqual(check.replicas.map((r) => r.node), ['n1', 'n2']);
+      assert.deepEqual(check.range, { fromLsn: 1, toLsn: 10 });
+      assert.ok(infos() >= 4);
+      // Never told within the call's deadline: unavailable, saying so, after asking again.
+      placed = false;
+      const before = infos();
+      await rejectsWith(createClient(t, { cluster: CLUSTER, timeoutMs: 800 }).checkShard('db', 0, { waitMs: 0 }), 'unavailable', /did not say where shard 0 of volume db is/);
+      assert.ok(infos() - before >= 3, `asked ${infos() - before} times`);
     });
 
     it('gives up a list whose every page names a next one after VOLUMES_PER_LIST_MAX pages (unavailable), not running on', async () => {
