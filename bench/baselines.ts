@@ -45,6 +45,11 @@ export interface RawAppendOptions {
   recordsPerBatch: number;
   /** Number of batches (one write + one fdatasync each). */
   batches?: number;
+  /**
+   * Number of records, instead of `batches`: as many full batches as they fill, and the rest in a
+   * last, shorter one (a bound in requests, as a subject's, appends no more records than it).
+   */
+  records?: number;
   durationMs?: number;
   /** When the scratch file reaches this size it is truncated to 0 (untimed) and appends resume. Default 256 MiB. */
   fileBytesMax?: number;
@@ -147,7 +152,11 @@ export async function rawAppendBaseline(options: RawAppendOptions): Promise<RawA
   if (batchBytes > batchBytesMax) throw new RangeError(`rawAppendBaseline: a batch of ${batchBytes} bytes exceeds ${batchBytesMax}`);
   const fileBytesMax = options.fileBytesMax ?? fileBytesMaxDefault;
   assertInteger("rawAppendBaseline: fileBytesMax", fileBytesMax, batchBytes, Number.MAX_SAFE_INTEGER);
-  const { countMax: batchesMax, durationMs } = resolveBounds("rawAppendBaseline", options.batches, options.durationMs);
+  if (options.batches !== undefined && options.records !== undefined) throw new RangeError("rawAppendBaseline: give batches or records, not both");
+  if (options.records !== undefined) assertInteger("rawAppendBaseline: records", options.records, 1, Number.MAX_SAFE_INTEGER);
+  const recordsMax = options.records ?? Number.MAX_SAFE_INTEGER;
+  const batchesAsked = options.records === undefined ? options.batches : Math.ceil(options.records / recordsPerBatch);
+  const { countMax: batchesMax, durationMs } = resolveBounds("rawAppendBaseline", batchesAsked, options.durationMs);
 
   makeDirectory(dir);
   const file = path.join(dir, `strata-raw-append-${uniqueId()}.dat`);
@@ -156,6 +165,8 @@ export async function rawAppendBaseline(options: RawAppendOptions): Promise<RawA
   const batchLatency = new Histogram();
   const fd = fs.openSync(file, "wx");
   let batches = 0;
+  let records = 0;
+  let bytes = 0;
   let timedNs = 0n;
   try {
     let fileBytes = 0;
@@ -163,34 +174,36 @@ export async function rawAppendBaseline(options: RawAppendOptions): Promise<RawA
     let fileEnd = 0;
     const deadlineNs = process.hrtime.bigint() + BigInt(Math.round(durationMs * 1e6));
     while (batches < batchesMax && process.hrtime.bigint() < deadlineNs) {
-      if (fileBytes + batchBytes > fileBytesMax) {
+      const count = Math.min(recordsPerBatch, recordsMax - records);
+      const size = count * recordBytes;
+      if (fileBytes + size > fileBytesMax) {
         fs.ftruncateSync(fd, 0);
         fs.fdatasyncSync(fd);
         fileBytes = 0;
         fileEnd = 0;
       }
       const startNs = process.hrtime.bigint();
-      const written = fs.writeSync(fd, buffer, 0, batchBytes, fileBytes);
-      const end = fileBytes + batchBytes;
+      const written = fs.writeSync(fd, buffer, 0, size, fileBytes);
+      const end = fileBytes + size;
       if (end > fileEnd) {
         fileEnd = zerosAheadTo(end, batchBytes, fileBytesMax);
         if (fileEnd > end) fs.writeSync(fd, zeros, 0, fileEnd - end, end);
       }
       fs.fdatasyncSync(fd);
       const elapsedNs = process.hrtime.bigint() - startNs;
-      if (written !== batchBytes) throw new Error(`rawAppendBaseline: short write of ${written} of ${batchBytes} bytes to ${file}`);
+      if (written !== size) throw new Error(`rawAppendBaseline: short write of ${written} of ${size} bytes to ${file}`);
       timedNs += elapsedNs;
       batchLatency.record(Number(elapsedNs) / 1000);
-      fileBytes += batchBytes;
+      fileBytes += size;
       batches += 1;
+      records += count;
+      bytes += size;
     }
   } finally {
     fs.closeSync(fd);
     fs.rmSync(file, { force: true });
   }
   const seconds = Number(timedNs) / 1e9;
-  const records = batches * recordsPerBatch;
-  const bytes = batches * batchBytes;
   return {
     name: "raw-append",
     recordBytes,

@@ -144,18 +144,28 @@ function writeFileAtomic(file: string, text: string): void {
   fs.renameSync(temp, file);
 }
 
+/** Where `writeJson` puts a result of `name` made at `at`: `<dir>/<name>-<timestamp>.json`. */
+export function jsonPath(dir: string, name: string, at: Date): string {
+  return path.join(dir, `${checkResultName(name)}-${timestamp(at)}.json`);
+}
+
+function checkResultName(name: string): string {
+  if (!/^[A-Za-z0-9._-]+$/.test(name)) throw new RangeError(`writeJson: name must match [A-Za-z0-9._-]+, got ${JSON.stringify(name)}`);
+  return name;
+}
+
 /**
  * Writes `data` as pretty JSON to `<dir>/<name>-<timestamp>.json` and `<dir>/<name>-latest.json`
  * (creating `dir`), each replaced atomically. BigInts are written as strings; objects with a
- * `toJSON` (such as a Histogram) write their summary. Returns the timestamped path.
+ * `toJSON` (such as a Histogram) write their summary. Returns the timestamped path (`file`:
+ * another, as `jsonPath` names it beforehand).
  */
-export function writeJson(dir: string, name: string, data: unknown): string {
-  if (!/^[A-Za-z0-9._-]+$/.test(name)) throw new RangeError(`writeJson: name must match [A-Za-z0-9._-]+, got ${JSON.stringify(name)}`);
+export function writeJson(dir: string, name: string, data: unknown, file: string = jsonPath(dir, name, new Date())): string {
+  checkResultName(name);
   makeDirectory(dir);
   const text = JSON.stringify(data, (_key, value: unknown) => (typeof value === "bigint" ? value.toString() : value), 2) + "\n";
-  const file = path.join(dir, `${name}-${timestamp(new Date())}.json`);
   writeFileAtomic(file, text);
-  writeFileAtomic(path.join(dir, `${name}-latest.json`), text);
+  writeFileAtomic(path.join(dir, `${checkResultName(name)}-latest.json`), text);
   return file;
 }
 

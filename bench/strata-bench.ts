@@ -33,7 +33,7 @@ import { ProtocolError } from "../messages/errors";
 import type { PageWrite, VolumeInfo } from "../messages/api";
 import { jetstreamNote, jetstreamPublishBaseline, natsEchoBaseline, rawAppendBaseline } from "./baselines";
 import { Histogram, type HistogramSummary } from "./histogram";
-import { clearProgress, formatNumber, formatUs, isTTY, printTable, procCpuUs, progress, progressBar, writeJson, type Cell } from "./report";
+import { clearProgress, formatNumber, formatUs, isTTY, jsonPath, printTable, procCpuUs, progress, progressBar, writeJson, type Cell } from "./report";
 import { latencyCdfSvg, writeSvg, type LatencySeries } from "./svg";
 import { PAGES_PER_REQUEST_BENCH_MAX, WORKLOADS, WorkloadGenerator, payloadPages, readsPages, type Workload } from "./workloads";
 
@@ -160,6 +160,11 @@ export interface BenchOptions {
   name?: string;
   /** Print no tables (progress lines appear on a terminal only, and never when quiet). */
   quiet?: boolean;
+  /**
+   * A tighter time bound of the run's measuring than RUN_MS_MAX (or the short mode's), ms: what
+   * the run does when its time runs out is tested with it. @internal
+   */
+  runMsMax?: number;
 }
 
 /** The figures of one round of a subject or a baseline. */
@@ -217,6 +222,8 @@ export interface SubjectResult {
   available: boolean;
   /** Why the subject was not measured or stopped early. */
   unavailableReason?: string;
+  /** Measured in fewer rounds than asked, the run's time bound reached: how many, and why. */
+  roundsShort?: string;
   volume?: { name: string; id: string; shards: number; pageCount: number };
   /** Unmeasured warm-up before the rounds: requests completed and time (see WARMUP_OPS_MIN). */
   warmupOps: number;
@@ -254,6 +261,8 @@ export interface BaselineResult {
   recordsPerBatch?: number;
   available: boolean;
   unavailableReason?: string;
+  /** As SubjectResult.roundsShort. */
+  roundsShort?: string;
   /** Requests (records for raw-append) over every round. */
   ops: number;
   seconds: number;
@@ -624,7 +633,7 @@ async function openEnv(o: ResolvedOptions, target: BenchTarget | undefined, scra
 /** The wall-clock budget of a run: every phase asks it how long it may still take. */
 class Budget {
   private readonly deadlineMs: number;
-  constructor(totalMs: number) {
+  constructor(readonly totalMs: number) {
     this.deadlineMs = performance.now() + totalMs;
   }
   /** ms left, never below 0. */
@@ -752,9 +761,11 @@ async function prepareSubject(env: Env, o: ResolvedOptions, spec: SubjectSpec, q
   created.push(name);
   let info: VolumeInfo;
   try {
-    // Stripes of 256 pages (the default), smaller for a small volume so that every shard holds pages.
-    const stripePages = Math.max(1, Math.min(256, Math.floor(pageCount / env.shards)));
-    info = await env.client.createVolume({ name, pageCount, pageSize: spec.pageSize, shards: env.shards, stripePages, replicas: spec.replicas });
+    // One shard a host by default, no more than the volume has pages (`--shards` is checked
+    // against them); stripes of 256 pages, smaller for a small volume so that every shard holds pages.
+    const shards = Math.min(env.shards, pageCount);
+    const stripePages = Math.max(1, Math.min(256, Math.floor(pageCount / shards)));
+    info = await env.client.createVolume({ name, pageCount, pageSize: spec.pageSize, shards, stripePages, replicas: spec.replicas });
   } catch (err) {
     // A build without replication refuses replicas > 1 (bad_request); a cluster with too few
     // nodes for them answers unavailable. Either way the subject is reported, not failed.
@@ -764,7 +775,10 @@ async function prepareSubject(env: Env, o: ResolvedOptions, spec: SubjectSpec, q
       prepared.stopped = true;
       return prepared;
     }
-    throw err;
+    // Any other failure: not measured, and said so; the run goes on with what it can measure.
+    result.unavailableReason = `not measured: its volume was not created: ${err instanceof ProtocolError ? `${err.code}: ` : ""}${(err as Error).message}`;
+    prepared.stopped = true;
+    return prepared;
   }
   result.volume = { name, id: info.id, shards: info.shards, pageCount: info.pageCount };
   const volume = env.client.volume(name);
@@ -782,7 +796,14 @@ async function prepareSubject(env: Env, o: ResolvedOptions, spec: SubjectSpec, q
     if (filled < pageCount) {
       prepared.generator = new WorkloadGenerator({ workload: spec.workload, pageCount: filled, pagesPerRequest: spec.pagesPerRequest, readRatio: spec.readRatio, seed: o.seed + index });
     }
-    await prefill(volume, filled, payload, budget);
+    try {
+      await prefill(volume, filled, payload, budget);
+    } catch (err) {
+      // Not measured (the run's time bound reached, a write refused): the run goes on with what
+      // it can measure, and says so.
+      result.unavailableReason = `not measured: filling its volume failed: ${(err as Error).message}`;
+      prepared.stopped = true;
+    }
   }
   return prepared;
 }
@@ -893,7 +914,7 @@ async function baselineRound(env: Env, b: BaselineResult, durationMs: number, op
       recordBytes: b.payloadBytes,
       recordsPerBatch: perBatch,
       durationMs,
-      ...(opsMax === null ? {} : { batches: Math.max(1, Math.ceil(opsMax / perBatch)) }),
+      ...(opsMax === null ? {} : { records: opsMax }),
     });
     b.latency.merge(r.batchLatency);
     return { ops: r.records, seconds: r.seconds, opsPerSec: r.recordsPerSec, p50Us: r.batchLatency.percentile(50), ...cpu.perOp(r.records) };
@@ -983,6 +1004,8 @@ async function runGroup(env: Env, o: ResolvedOptions, group: GroupSpec, groupInd
       for (const s of prepared) {
         if (s.stopped) continue;
         const durationMs = budget.cap(roundMs);
+        // The run's time bound reached: no round of no time (it would count as measured).
+        if (durationMs <= 0) break;
         ticker.phase(`round ${round + 1}/${o.rounds}: ${s.spec.label}`, durationMs);
         try {
           const figure = await closedLoop(s, group.queueDepth, durationMs, opsMax ?? Number.MAX_SAFE_INTEGER, env.inProcess?.nats.pid);
@@ -1014,6 +1037,22 @@ async function runGroup(env: Env, o: ResolvedOptions, group: GroupSpec, groupInd
         }
       }
       if (budget.remainingMs() <= 0) break;
+    }
+    // What the run's time bound left out: a subject or baseline with no round is not measured;
+    // one with fewer rounds than asked is measured from those it has, and says so.
+    const roundsAsked = Array.from({ length: o.rounds }, (_, round) => opsOfRound(o.ops, o.rounds, round)).filter((n) => n !== 0).length;
+    const outOfTime = `the run's time bound (${Math.round(budget.totalMs / 1000)} s) ran out`;
+    for (const s of prepared) {
+      if (s.stopped) continue;
+      if (s.result.rounds.length === 0) s.result.unavailableReason = `not measured: ${outOfTime} before its first round`;
+      else if (s.result.rounds.length < roundsAsked) s.result.roundsShort = `${s.result.rounds.length} of ${roundsAsked} rounds: ${outOfTime}`;
+    }
+    for (const b of baselines) {
+      if (!b.available) continue;
+      if (b.rounds.length === 0) {
+        b.available = false;
+        b.unavailableReason = `not measured: ${outOfTime} before its first round`;
+      } else if (b.rounds.length < roundsAsked) b.roundsShort = `${b.rounds.length} of ${roundsAsked} rounds: ${outOfTime}`;
     }
     for (const s of prepared) {
       const r = s.result;
@@ -1120,9 +1159,12 @@ function findBaseline(groups: readonly GroupResult[], queueDepth: number, payloa
   return groups.find((g) => g.queueDepth === queueDepth && g.payloadBytes === payloadBytes)?.baselines.find((b) => b.name === name && b.available);
 }
 
-/** Measured in full: available, every round run (one that stopped in a round says why in `unavailableReason`). */
+/**
+ * Measured: available, no round stopped (one that stopped says why in `unavailableReason`), and
+ * requests completed. (Rounds the run's time bound left out are said in `roundsShort`.)
+ */
 function measuredOk(s: SubjectResult | undefined): s is SubjectResult {
-  return s !== undefined && s.available && s.unavailableReason === undefined && s.rounds.length > 0;
+  return s !== undefined && s.available && s.unavailableReason === undefined && s.rounds.length > 0 && s.ops > 0;
 }
 
 function x(value: number): string {
@@ -1313,7 +1355,8 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchResult> {
   const startedAt = new Date();
   const t0 = performance.now();
   // The short mode's bound covers the cluster's start and stop too (about 3 s of it).
-  const budget = new Budget(o.short ? SHORT_RUN_MS_MAX - 3_000 : RUN_MS_MAX);
+  const bound = o.short ? SHORT_RUN_MS_MAX - 3_000 : RUN_MS_MAX;
+  const budget = new Budget(opts.runMsMax === undefined ? bound : Math.min(bound, checkInteger("runMsMax", opts.runMsMax, 1, RUN_MS_MAX)));
   const groups = planGroups(o);
   const wantsReplicas3 = groups.some((g) => g.subjects.some((s) => s.replicas === 3));
   if (!o.quiet) progress(opts.target ? `connecting to ${opts.target.natsUrl}…` : "starting an in-process cluster…");
@@ -1344,6 +1387,11 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchResult> {
   ];
   if (results.some((g) => [...g.subjects, ...g.baselines].some((r) => Number.isFinite(r.natsCpuUsPerOp)))) {
     notes.push("CPU µs/op: CPU time per request (raw-append: per record) of the benchmark process, which holds the client and the in-process cluster's nodes, plus nats-server's (in parentheses); the median over rounds. When the cores are all busy, ops/s follow it.");
+  }
+  // Measured in fewer rounds than asked (the run's time bound): their figures stand, said so.
+  for (const g of results) {
+    for (const s of g.subjects) if (s.roundsShort !== undefined) notes.push(`[${g.label}] Strata ${s.label}: ${s.roundsShort}.`);
+    for (const b of g.baselines) if (b.roundsShort !== undefined) notes.push(`[${g.label}] ${b.label}: ${b.roundsShort}.`);
   }
   // What the run did not measure that it was asked to: the exit status says so (1).
   const failures = results.flatMap((g) => [
@@ -1378,7 +1426,10 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchResult> {
       ];
       result.files.push(writeSvg(o.resultsDir!, `${o.name}-g${i + 1}-latency`, latencyCdfSvg(series, { title: `Strata latency CDF: ${g.label}` })));
     });
-    result.files.unshift(writeJson(o.resultsDir, o.name, result));
+    // The JSON lists itself too: its name is known before it is written.
+    const json = jsonPath(o.resultsDir, o.name, startedAt);
+    result.files.unshift(json);
+    writeJson(o.resultsDir, o.name, result, json);
   }
   if (!o.quiet) printResult(result);
   return result;
@@ -1612,6 +1663,7 @@ export function parseBenchArgs(argv: readonly string[]): { options: BenchOptions
   if (num("timeout") !== undefined) options.requestTimeoutMs = num("timeout")!;
   if (num("seed") !== undefined) options.seed = num("seed")!;
   if (str("scratch-dir") !== undefined) options.scratchDir = str("scratch-dir")!;
+  if (str("results-dir") !== undefined && flags["no-results"] === true) throw new BenchUsageError("--no-results and --results-dir: give one (no files, or where they go)");
   if (str("results-dir") !== undefined) options.resultsDir = str("results-dir")!;
   if (flags["no-results"] === true) options.resultsDir = null;
   if (flags.short === true) options.short = true;

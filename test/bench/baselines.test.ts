@@ -50,6 +50,16 @@ describe("bench/baselines", function () {
     assert.deepEqual(fs.readdirSync(dir), []);
   });
 
+  it("rawAppendBaseline bounded in records appends no more than them: full batches, then a shorter last one", async () => {
+    const result = await rawAppendBaseline({ dir, recordBytes: 4096, recordsPerBatch: 8, records: 100 });
+    assert.equal(result.records, 100);
+    assert.equal(result.batches, 13);
+    assert.equal(result.bytes, 100 * 4096);
+    assertOrdered(result.batchLatency, 13);
+    await assert.rejects(rawAppendBaseline({ dir, recordBytes: 4096, recordsPerBatch: 8, records: 100, batches: 2 }), /give batches or records, not both/);
+    await assert.rejects(rawAppendBaseline({ dir, recordBytes: 4096, recordsPerBatch: 8, records: 0 }), /records/);
+  });
+
   it("rawAppendBaseline: wraps the scratch file at fileBytesMax and stops at durationMs", async () => {
     const wrapped = await rawAppendBaseline({ dir, recordBytes: 1024, recordsPerBatch: 4, batches: 20, fileBytesMax: 16 * 1024 });
     assert.equal(wrapped.records, 80);

@@ -137,8 +137,36 @@ describe("bench/strata-bench", function () {
     assert.equal(result.files.length, 2);
     const json = JSON.parse(fs.readFileSync(result.files[0]!, "utf8")) as BenchResult & { groups: Array<{ subjects: Array<{ latency: { count: number; p999: number } }> }> };
     assert.equal(json.groups[0]!.subjects[0]!.latency.count, 120);
+    assert.deepEqual(json.files, result.files, "the JSON lists every file written, itself first");
     assert.match(fs.readFileSync(result.files[1]!, "utf8"), /<polyline/);
     assert.equal(result.targets.length, 0);
+  });
+
+  it("when its time bound runs out: a subject measured in fewer rounds says so, a baseline left with none is not measured (exit 1), and a volume too small for a shard a host gets fewer shards", async () => {
+    // Rounds of 30 s in a run bounded to 4 s: the subject's first round is cut to what is left,
+    // its second and the echo's rounds never run.
+    const r = await runBench({ workload: "randwrite", queueDepth: 2, durationMs: 60_000, rounds: 2, warmupMs: 0, volumePages: 1, hosts: 2, baselines: ["nats-echo"], resultsDir: null, quiet: true, runMsMax: 4000 });
+    const s = r.groups[0]!.subjects[0]!;
+    assert.equal(s.unavailableReason, undefined);
+    assert.equal(s.volume?.shards, 1, "one shard: the volume has one page");
+    assert.equal(s.rounds.length, 1);
+    assert.ok(s.ops > 0);
+    assert.equal(s.roundsShort, "1 of 2 rounds: the run's time bound (4 s) ran out");
+    assert.ok(r.notes.includes(`[${r.groups[0]!.label}] Strata ${s.label}: 1 of 2 rounds: the run's time bound (4 s) ran out.`), r.notes.join("\n"));
+    const echo = r.groups[0]!.baselines[0]!;
+    assert.equal(echo.available, false);
+    assert.equal(echo.unavailableReason, "not measured: the run's time bound (4 s) ran out before its first round");
+    assert.equal(s.ratios["nats-echo"], undefined);
+    assert.deepEqual(r.failures, [`[${r.groups[0]!.label}] ${echo.label}: not measured: the run's time bound (4 s) ran out before its first round`]);
+  });
+
+  it("a read subject whose volume cannot be filled within the run's time bound is not measured, and the run ends with its report", async () => {
+    const r = await runBench({ workload: "randread", queueDepth: 8, ops: 100, rounds: 1, warmupMs: 0, volumePages: 65_536, hosts: 1, baselines: ["nats-echo"], resultsDir: null, quiet: true, runMsMax: 300 });
+    const s = r.groups[0]!.subjects[0]!;
+    assert.match(s.unavailableReason ?? "", /^not measured: filling its volume failed: filling the volume did not finish within the run's time bound$/);
+    assert.equal(s.ops, 0);
+    assert.equal(r.failures.length, 2, r.failures.join("\n"));
+    assert.match(r.failures[0]!, /Strata R=1 randread \(cached\): not measured: filling its volume failed/);
   });
 
   it("keeps warming up a slow subject until it has done WARMUP_OPS_MIN requests, up to 8x --warmup-ms", async () => {
@@ -183,7 +211,7 @@ describe("bench/strata-bench", function () {
 
   it("a target of a subject that stopped in a round (a request failed) says not measured, never met from the rounds before", () => {
     const subject = (replicas: 1 | 3, stopped: boolean) => ({
-      workload: "randwrite", replicas, pagesPerRequest: 1, available: true, rounds: [{ ops: 1000 }], ratios: { "nats-echo": 0.9, "jetstream-publish": 1.5 }, mbPerSec: 500,
+      workload: "randwrite", replicas, pagesPerRequest: 1, available: true, rounds: [{ ops: 1000 }], ops: 1000, ratios: { "nats-echo": 0.9, "jetstream-publish": 1.5 }, mbPerSec: 500,
       ...(stopped ? { unavailableReason: "stopped in round 2 of 5: a request failed" } : {}),
     });
     const groups = [{ queueDepth: 64, payloadBytes: 4096, subjects: [subject(3, true), subject(1, false)], baselines: [{ name: "nats-echo", available: true }, { name: "jetstream-publish", available: true }] }];
@@ -323,6 +351,7 @@ describe("bench/strata-bench", function () {
     assert.throws(() => parseBenchArgs(["--bogus"]), /unknown flag/);
     assert.throws(() => parseBenchArgs(["--ops", "0x10"]), /--ops: expected an integer, got "0x10"/);
     assert.throws(() => parseBenchArgs(["--read-ratio", "1e-1"]), /--read-ratio: expected a number/);
+    assert.throws(() => parseBenchArgs(["--no-results", "--results-dir", "r"]), /--no-results and --results-dir: give one/);
     const pw = path.join(os.tmpdir(), `strata-bench-pw-${process.pid}`);
     fs.writeFileSync(pw, "bench-secret\n");
     try {
