@@ -165,10 +165,11 @@ export class ApiRouter {
    * volume.branch (docs/branches.md): without `lsns`, the branch point is the parent's commit LSN
    * of every shard now (a flush of the parent), filled in before the request goes to the
    * controller, which creates the branch and has its nodes copy the parent's pages. The branch is
-   * answered once every shard of it serves (a flush of the branch: a replica of each shard holds
-   * the copy and leads). When that does not happen within the deadline, no replica could copy
-   * its shard (the branch point no longer readable, the parent's replicas down), and none ever
-   * will: the branch is deleted, and the answer says why (`unavailable`).
+   * answered once every shard of it serves (a flush of the branch this request made, by its id: a
+   * replica of each shard holds the copy and leads). When that does not happen within the
+   * deadline, the answer says why (`unavailable`), and the branch is left: the controller deleted
+   * it already if no replica of a shard could copy, and another router serving the same request
+   * may have answered it serves (docs/branches.md).
    */
   async branch(body: unknown, data: Uint8Array, deadlineMs: number): Promise<Uint8Array> {
     // Given a request id when it has none, as a change is (`forwardChange`).
@@ -197,16 +198,19 @@ export class ApiRouter {
     }
     const reply = await this.forwardToController('volume.branch', sent, deadlineMs, true);
     if (encodedErrorCode(reply) !== undefined) return reply;
+    const { id } = decode(reply) as { id: string };
     try {
-      // Room for a delete and the answer, if it comes to that.
-      await this.volume(req.name).flush({ deadlineMs: Date.now() + Math.max(1, Math.floor((deadlineMs - Date.now()) * 0.75)) });
+      // The volume this request made (a volume of that name made since is another), until the
+      // deadline, less a moment for the answer.
+      await this.client.volume(req.name, { id }).flush({ deadlineMs: Date.now() + Math.max(1, Math.floor((deadlineMs - Date.now()) * 0.9)) });
       return reply;
     } catch (e) {
-      const why = (e as Error).message;
-      const undone = await this.forwardToController('volume.delete', encode({ name: req.name, requestId: newRequestId() }), deadlineMs, true);
-      const code = encodedErrorCode(undone);
-      throw new ProtocolError('unavailable', `branch '${req.name}' of '${req.parent}' was created, but a shard of it did not serve in time, its replicas without the parent's pages at the branch point (${why}): ` +
-        (code === undefined ? 'it was deleted' : `deleting it failed too (${code}): delete it with strata volume delete ${req.name}`));
+      // Not deleted here: the request may be served by other routers too (a client sends it
+      // again to every one), and one may have answered that the branch serves; a branch none of
+      // whose replicas of a shard could copy the parent's pages is deleted by the controller, as
+      // it is made. Sent again with its request id, the request waits for this branch again.
+      throw new ProtocolError('unavailable', `branch '${req.name}' (id ${id}) of '${req.parent}' was made, but a shard of it did not serve in time (${(e as Error).message}): ` +
+        `its replicas may still be copying the parent's pages; send the request again with its request id to wait for it, or delete the branch (strata volume delete ${req.name})`);
     }
   }
 

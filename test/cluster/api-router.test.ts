@@ -388,6 +388,8 @@ describe('ApiRouter branching a volume', function () {
   /** What the stand-in controller was sent: volume.branch bodies, names deleted. */
   const branched: Array<Record<string, unknown>> = [];
   const deleted: string[] = [];
+  /** The id volume.info gives the branch 'kid': another than the branch's once a volume of its name is made since. */
+  let kidId = 'vk';
   const info = (name: string, id: string): Record<string, unknown> => ({ name, id, pageCount: 16, pageSize: 4096, shards: 1, stripePages: 4, replicas: 3, createdAt: 1 });
 
   before(async () => {
@@ -413,7 +415,7 @@ describe('ApiRouter branching a volume', function () {
     stand.subscribe(apiSubject('test', 'volume.info'), {
       callback: (_e, m) => {
         const { name } = decode(m.data) as { name: string };
-        m.respond(encode(name === 'par' ? info('par', 'vp') : info('kid', 'vk')));
+        m.respond(encode(name === 'par' ? info('par', 'vp') : info('kid', kidId)));
       },
     });
     // The parent's shard answers a flush at its commit LSN 7; nothing serves the branch's shard
@@ -427,19 +429,33 @@ describe('ApiRouter branching a volume', function () {
     await server?.stop();
   });
 
-  it('fills in the branch point from a flush of the parent; a branch whose shard does not serve by the deadline is deleted, and answered unavailable', async () => {
+  it('fills in the branch point from a flush of the parent; a branch whose shard does not serve by the deadline is answered unavailable and left to its copy (another router may have answered it serves), not deleted', async () => {
     const router = new ApiRouter(nc, 'test', 5000);
     const body = { name: 'kid', parent: 'par' };
     const t0 = Date.now();
     await assert.rejects(router.branch(body, encode(body), t0 + 3000), (e: unknown) =>
-      e instanceof ProtocolError && e.code === 'unavailable' && /branch 'kid' of 'par' was created, but a shard of it did not serve in time/.test(e.message) && /it was deleted/.test(e.message));
-    // Given a request id by the router (it had none), as the delete that undid it was.
+      e instanceof ProtocolError && e.code === 'unavailable' && /^branch 'kid' \(id vk\) of 'par' was made, but a shard of it did not serve in time \(/.test(e.message) &&
+      /send the request again with its request id to wait for it, or delete the branch \(strata volume delete kid\)$/.test(e.message));
+    // Given a request id by the router (it had none).
     assert.equal(branched.length, 1);
     const { requestId, ...sent } = branched[0] as { requestId?: unknown };
     assert.deepEqual(sent, { name: 'kid', parent: 'par', lsns: [7] });
     assert.ok(hasRequestId({ requestId }), `a request id: ${String(requestId)}`);
-    assert.deepEqual(deleted, ['kid']);
+    assert.deepEqual(deleted, []);
     assert.ok(Date.now() - t0 < 3000, 'answered within the deadline');
+  });
+
+  it('waits for the volume the branch request made, by its id: one of that name made since is not answered as the branch', async () => {
+    kidId = 'vk2';
+    try {
+      const router = new ApiRouter(nc, 'test', 5000);
+      const body = { name: 'kid', parent: 'par' };
+      await assert.rejects(router.branch(body, encode(body), Date.now() + 3000), (e: unknown) =>
+        e instanceof ProtocolError && e.code === 'unavailable' && /^branch 'kid' \(id vk\) of 'par' was made, but a shard of it did not serve in time \(volume kid \(id vk\) was deleted: the volume of that name now is another \(id vk2\)\)/.test(e.message));
+      assert.deepEqual(deleted, []);
+    } finally {
+      kidId = 'vk';
+    }
   });
 
   it("answers the controller's refusal of a branch as it came, and deletes nothing", async () => {
