@@ -18,6 +18,7 @@ import { Histogram } from "./histogram";
 import { ConnectionState, RequestMux } from "../runtime/request-mux";
 import { clientInboxPrefix } from "../messages/subjects";
 import { LOG_PREALLOC_BYTES, zerosAheadTo } from "../storage-engine/log";
+import { withNatsTls } from "../runtime/nats-tls";
 
 /** Cap on a baseline's duration when only an op/batch count was given. */
 const durationMsDefaultCap = 60_000;
@@ -319,7 +320,7 @@ async function connectTo(what: string, role: string, o: ResolvedRequestOptions):
   let nc: NatsConnection;
   try {
     // As Strata's client connects: without per-request async stack traces, so the ratios compare like with like.
-    nc = await connect({ servers: o.url, ...(o.auth === undefined ? {} : { ...o.auth, inboxPrefix: clientInboxPrefix(o.auth.user) }), ...(o.tls === undefined ? {} : { tls: o.tls }), name: `strata-baseline-${role}`, timeout: o.connectTimeoutMs, reconnect: false, noAsyncTraces: true });
+    nc = await connect({ servers: o.url, ...(o.auth === undefined ? {} : { ...o.auth, inboxPrefix: clientInboxPrefix(o.auth.user) }), ...withNatsTls(o.url, o.tls), name: `strata-baseline-${role}`, timeout: o.connectTimeoutMs, reconnect: false, noAsyncTraces: true });
   } catch (err) {
     throw new Error(`${what}: cannot connect to ${o.url} within ${o.connectTimeoutMs} ms: ${(err as Error).message}`);
   }

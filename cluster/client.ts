@@ -63,6 +63,7 @@ import { clientSpan } from '../observability/tracing';
 import { ConnectionState, NoRespondersError, RequestMux, fromNatsError, natsErrorCode, serverMaxPayload } from '../runtime/request-mux';
 import { inTries, withTimeout } from '../runtime/timeout';
 import { natsConnectHint } from '../runtime/nats-connect-hint';
+import { natsTlsOption } from '../runtime/nats-tls';
 import { apiEverySubject, apiSubject, checkToken, clientInboxPrefix, shardLeadersSubject, shardSubject } from '../messages/subjects';
 import {
   controllerSubject,
@@ -1379,6 +1380,8 @@ export async function connect(options: ConnectOptions): Promise<StrataClient> {
     throw new ProtocolError('bad_request', 'servers: expected one or more NATS URLs', { path: 'servers' });
   }
   let nc: NatsConnection;
+  // A `tls://` URL requires TLS (runtime/nats-tls.ts).
+  const tls = natsTlsOption(servers, options.tls);
   try {
     nc = await natsConnect({
       servers,
@@ -1398,12 +1401,12 @@ export async function connect(options: ConnectOptions): Promise<StrataClient> {
       // A user's replies come to inboxes only it may read (messages/subjects.ts clientInboxPrefix).
       ...(options.user === undefined ? {} : { user: options.user, inboxPrefix: clientInboxPrefix(options.user) }),
       ...(options.pass === undefined ? {} : { pass: options.pass }),
-      ...(options.tls === undefined ? {} : { tls: options.tls }),
+      ...(tls === undefined ? {} : { tls }),
     });
   } catch (err) {
     const reason = err instanceof Error ? err.message : String(err);
     // What to give: a user (docs/replication.md, "Locking the subjects"), a CA, a certificate.
-    const hint = await natsConnectHint(err, { servers, ...(options.user === undefined ? {} : { user: options.user }), ...(options.tls === undefined ? {} : { tls: options.tls }) });
+    const hint = await natsConnectHint(err, { servers, ...(options.user === undefined ? {} : { user: options.user }), ...(tls === undefined ? {} : { tls }) });
     throw new ProtocolError('unavailable', `can not connect to NATS at ${servers.join(', ')}: ${reason}${hint}`, {
       servers,
       ...(natsErrorCode(err) === undefined ? {} : { natsCode: natsErrorCode(err) }),

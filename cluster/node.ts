@@ -23,6 +23,7 @@ import { DataDirLock } from './data-dir-lock';
 import { withTimeout } from '../runtime/timeout';
 import { Notice, NOTICED } from '../runtime/notice';
 import { natsConnectHint } from '../runtime/nats-connect-hint';
+import { withNatsTls } from '../runtime/nats-tls';
 import { connect, Events, headers as natsHeaders, type NatsConnection, type Msg, type MsgHdrs, type Subscription } from 'nats';
 import { DEADLINE_AHEAD_MS_MAX, HEADER_DEADLINE, parseDeadline, readHeaders } from '../messages/headers';
 import { NAME_LENGTH_MAX, REQUEST_ITEMS_MAX, VOLUMES_PER_LIST_MAX, type ApiVerb, type MessageType, type VolumeInfo, type VolumeResizeRequest } from '../messages/api';
@@ -766,7 +767,8 @@ export class StrataNode {
     this.nc = await connect({
       servers: this.opts.natsUrl,
       ...(this.opts.natsAuth ?? {}),
-      ...(this.opts.natsTls ? { tls: this.opts.natsTls } : {}),
+      // A `tls://` URL requires TLS (runtime/nats-tls.ts).
+      ...withNatsTls(this.opts.natsUrl, this.opts.natsTls),
       inboxPrefix: nodeInboxPrefix(this.cluster),
       name: `strata-${this.nodeId}`,
       maxReconnectAttempts: -1,
@@ -781,7 +783,7 @@ export class StrataNode {
       const hint = await natsConnectHint(err, {
         servers: [this.opts.natsUrl],
         ...(this.opts.natsAuth ? { user: this.opts.natsAuth.user } : {}),
-        ...(this.opts.natsTls ? { tls: this.opts.natsTls } : {}),
+        ...withNatsTls(this.opts.natsUrl, this.opts.natsTls),
       });
       throw new ProtocolError('unavailable', `can not connect to NATS at ${String(this.opts.natsUrl)}: ${(err as Error).message}${hint}`, { natsCode: natsErrorCode(err) });
     });

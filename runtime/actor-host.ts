@@ -51,6 +51,7 @@ import { ConnectionState, encodeReplyWithin, frozenHeaders, RequestMux, serverMa
 import { withTimeout } from './timeout';
 import { RequestRecorder, type RequestStatsSnapshot } from '../observability/request-recorder';
 import type { Attributes } from '@opentelemetry/api';
+import { withNatsTls } from './nats-tls';
 
 /** What the main thread passes in workerData (HostPool). */
 export interface HostWorkerData {
@@ -376,7 +377,8 @@ export class ActorHost implements HostApi {
     this.nc = await connect({
       servers: config.natsUrl,
       ...(config.natsAuth ?? {}),
-      ...(config.natsTls ? { tls: config.natsTls } : {}),
+      // A `tls://` URL requires TLS (runtime/nats-tls.ts).
+      ...withNatsTls(config.natsUrl, config.natsTls),
       inboxPrefix: nodeInboxPrefix(config.cluster),
       name: `strata-${config.nodeId}-host${config.hostId}`,
       maxReconnectAttempts: -1,

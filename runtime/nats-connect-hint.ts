@@ -65,6 +65,12 @@ export async function natsConnectHint(err: unknown, o: NatsConnectHintOptions): 
       ? ` (the server's certificate is not signed by a CA this machine trusts: give the CA that signed it, ${flags.caFile})`
       : ` (the server's certificate is not signed by the CA of ${o.tls.caFile})`;
   }
+  // nats.js's refusal of a server that does not offer TLS to a connection that requires it.
+  if (code === 'SERVER_OPT_NA' && (err as Error | undefined)?.message === 'tls') {
+    return o.tls?.caFile === undefined && o.tls?.certFile === undefined
+      ? ' (the URL asks for TLS, tls:// or wss://, and the server does not offer it: nothing was sent; use nats:// for a server without TLS)'
+      : ' (TLS files were given, and the server does not offer TLS: nothing was sent)';
+  }
   if (code === 'ERR_TLS_CERT_ALTNAME_INVALID') return ' (the server\'s certificate does not name the host in the URL connected to)';
   if (code === 'CERT_HAS_EXPIRED') return ' (the server\'s certificate has expired)';
   if (code === 'TIMEOUT' && o.tls !== undefined && o.servers.length > 0) {

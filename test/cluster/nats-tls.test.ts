@@ -24,6 +24,37 @@ function makeCertificates(dir: string): { ca: string; serverCert: string; server
   return { ca: at('ca.pem'), serverCert: at('server.pem'), serverKey: at('server.key'), clientCert: at('client.pem'), clientKey: at('client.key') };
 }
 
+describe('a tls:// NATS URL requires TLS', function () {
+  this.timeout(30_000);
+  let plain: NatsServerHandle;
+  let dir: string;
+  before(async () => {
+    plain = await startNatsServer({ jetstream: false });
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'strata-tls-url-'));
+  });
+  after(async () => {
+    await plain?.stop();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('refuses a server that does not offer TLS before sending it anything (a user\'s password in the clear), a client and a node alike', async () => {
+    const url = plain.url.replace(/^nats:/, 'tls:');
+    assert.match(url, /^tls:\/\/127\.0\.0\.1:\d+$/);
+    await assert.rejects(connect({ servers: url, cluster: 'c', timeoutMs: 3000, user: 'someone', pass: 'the-secret' }), (e: unknown) => {
+      assert.ok(e instanceof ProtocolError && e.code === 'unavailable', String(e));
+      assert.match(e.message, /: tls \(the URL asks for TLS, tls:\/\/ or wss:\/\/, and the server does not offer it: nothing was sent; use nats:\/\/ for a server without TLS\)$/);
+      return true;
+    });
+    await assert.rejects(
+      StrataNode.start({ nodeId: 'u1', cluster: 'c', natsUrl: url, dataDir: path.join(dir, 'u1'), hosts: 1, controller: true }),
+      /the URL asks for TLS, tls:\/\/ or wss:\/\/, and the server does not offer it/,
+    );
+    // The same server as nats:// is a plain connection, as before.
+    const client = await connect({ servers: plain.url, cluster: 'c', timeoutMs: 3000 });
+    await client.close();
+  });
+});
+
 describe('a cluster behind a NATS server that speaks only TLS and verifies its clients', function () {
   this.timeout(60_000);
   let dir: string;
@@ -72,6 +103,9 @@ describe('a cluster behind a NATS server that speaks only TLS and verifies its c
         return true;
       });
     }
+    // A tls:// URL with the files: the same connection.
+    const overTls = await connect({ servers: nats.url.replace(/^nats:/, 'tls:'), cluster: 'tls', timeoutMs: 5000, tls });
+    await overTls.close();
     // A node says the same when it can not start.
     await assert.rejects(
       StrataNode.start({ nodeId: 't2', cluster: 'tls', natsUrl: nats.url, natsTls: { caFile: certs.ca }, dataDir: path.join(dir, 't2'), hosts: 1, controller: false }),
