@@ -650,7 +650,6 @@ function connectOptions(ctx: Ctx): ConnectOptions {
  * environment (cluster/nats-auth.ts).
  */
 export function natsAuthText(cluster: string, clients: readonly string[] = []): string {
-  const passwordVariable = (user: string): string => `${user.toUpperCase().replace(/[^A-Z0-9]/g, '_')}_PASSWORD`;
   const users: NatsUser[] = [
     ...NATS_ROLES.map((role) => ({ user: `strata-${role}`, role, password: { env: passwordVariable(`strata-${role}`) } })),
     ...clients.map((user) => ({ user, role: 'client' as const, password: { env: passwordVariable(user) } })),
@@ -665,6 +664,11 @@ export function natsAuthText(cluster: string, clients: readonly string[] = []): 
   );
 }
 
+/** The environment variable nats-server reads a user's password from (`strata-client`: STRATA_CLIENT_PASSWORD). */
+function passwordVariable(user: string): string {
+  return `${user.toUpperCase().replace(/[^A-Z0-9]/g, '_')}_PASSWORD`;
+}
+
 /** Bound on `nats-auth --clients`. */
 const NATS_AUTH_CLIENTS_MAX = 256;
 
@@ -674,10 +678,17 @@ function natsAuthClients(list: string | undefined): string[] {
   const names = list.split(',').map((n) => n.trim());
   if (names.length > NATS_AUTH_CLIENTS_MAX) throw new UsageError(`--clients: at most ${NATS_AUTH_CLIENTS_MAX} users, got ${names.length}`);
   const seen = new Set<string>(NATS_ROLES.map((role) => `strata-${role}`));
+  // Each user's password comes from its own variable: two users of one variable (`a-b` and
+  // `A_B`, or `Strata-Node` and the nodes' user) would each log in as the other.
+  const variables = new Map<string, string>(NATS_ROLES.map((role) => [passwordVariable(`strata-${role}`), `strata-${role}`]));
   for (const name of names) {
     if (!/^[A-Za-z0-9_-]{1,64}$/.test(name)) throw new UsageError(`--clients: expected user names of 1..64 characters of [A-Za-z0-9_-], got ${JSON.stringify(name)}`);
     if (seen.has(name)) throw new UsageError(`--clients: ${name} given twice (strata-node, strata-client and strata-operator are always there)`);
     seen.add(name);
+    const variable = passwordVariable(name);
+    const other = variables.get(variable);
+    if (other !== undefined) throw new UsageError(`--clients: ${name} and ${other} would read their password from the same variable, ${variable}: give users whose names differ in more than case, '-' and '_'`);
+    variables.set(variable, name);
   }
   return names;
 }

@@ -2264,8 +2264,17 @@ export class StrataNode {
       }),
     );
     sub(subj('node.drain'), (body, msg) =>
-      this.serial(msg, async () => {
+      this.serial(msg, async (deadlineMs) => {
         const req = validateNodeDrain(body);
+        // A node the cluster does not have (a typo) is refused, not marked and reported empty:
+        // "empty" reads as safe to stop. A controller that just took its seat knows the nodes
+        // once they beat (MEMBERS_WARMUP_MS). A mark is taken off any node.
+        if (req.undo !== true) {
+          const known = (): boolean => c.knownNodes().some((m) => m.nodeId === req.node) || c.placedNodes().has(req.node);
+          const warmMs = Math.min(this.controllerSinceMs() + MEMBERS_WARMUP_MS, deadlineMs ?? Infinity);
+          while (Date.now() < warmMs && !known()) await new Promise((r) => setTimeout(r, 50));
+          if (!known()) throw new ProtocolError('bad_request', `node: '${req.node}' is not a node of cluster '${this.cluster}' (the controller has not heard from it, and no replica is placed on it; strata status lists the nodes)`, { path: 'node', node: req.node });
+        }
         const r = c.drain(req.node, req.undo === true);
         this.log.info(r.draining ? 'node marked draining: its replicas are moved off' : 'node no longer marked draining', { drained: req.node, replicas: r.replicas });
         if (r.draining) setImmediate(() => this.repairTick());

@@ -864,7 +864,10 @@ describe('cluster/cli', () => {
       assert.match(more.out, /\{ user: "ml-jobs", password: \$ML_JOBS_PASSWORD,\n {6}permissions: \{ publish: \{ allow: \["strata\.dev\.api\.>", "strata\.dev\.shard\.\*\.\*", "strata\.dev\.shard\.\*\.\*\.leaders", "\$SRV\.>"\], deny: \["strata\.dev\.shard\.v0-catalog\.\*", "strata\.dev\.shard\.v0-catalog\.\*\.leaders"\] \}, subscribe: \["_INBOX\.ml-jobs\.>"\] \} \}/);
       assert.match(more.out, /\{ user: "billing", password: \$BILLING_PASSWORD,/);
       const tooMany = Array.from({ length: 257 }, (_, i) => `c${i}`).join(',');
-      for (const [clients, message] of [['a.b', /--clients: expected user names/], ['x,x', /--clients: x given twice/], ['strata-node', /strata-node given twice/], [tooMany, /--clients: at most 256 users, got 257/]] as const) {
+      for (const [clients, message] of [['a.b', /--clients: expected user names/], ['x,x', /--clients: x given twice/], ['strata-node', /strata-node given twice/],
+        ['Strata-Node', /--clients: Strata-Node and strata-node would read their password from the same variable, STRATA_NODE_PASSWORD/],
+        ['foo-bar,ok,FOO_BAR', /--clients: FOO_BAR and foo-bar would read their password from the same variable, FOO_BAR_PASSWORD/],
+        [tooMany, /--clients: at most 256 users, got 257/]] as const) {
         const bad = await run(['nats-auth', '--clients', clients]);
         assert.equal(bad.code, 2);
         assert.match(bad.err, message);

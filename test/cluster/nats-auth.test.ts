@@ -197,8 +197,8 @@ describe('cluster/nats-auth', () => {
         assert.equal((await operator.recoverCatalog()).recoveredCount, 0);
         // A move reaches the controller, which answers it (every node holds the shard already).
         await assert.rejects(operator.moveReplica('v-auth', 0, { from: 'n1', to: 'n2' }), (e: unknown) => e instanceof ProtocolError && e.code === 'bad_request' && /node 'n2' holds a replica of shard 0 of volume 'v-auth' already/.test(e.message));
-        // A node that does not run, marked draining and unmarked: nothing to move.
-        assert.deepEqual(await operator.drainNode('n9'), { node: 'n9', draining: true, replicas: 0 });
+        // The controller answers a drain: of a node the cluster does not have, refused; a mark taken off any node.
+        await assert.rejects(operator.drainNode('n9'), (e: unknown) => e instanceof ProtocolError && e.code === 'bad_request' && /'n9' is not a node of cluster 'test'/.test(e.message));
         assert.deepEqual(await operator.drainNode('n9', { undo: true }), { node: 'n9', draining: false, replicas: 0 });
         assert.equal((await operator.rebalance({ stop: true })).rebalancing, false);
         // The controller answers (this cluster's is a single controller node, whose set does not change).

@@ -286,10 +286,12 @@ describe("the controller's metrics of a repair and of an operator's move", funct
     assert.equal(m('strata_controller_nodes_draining'), 0);
     assert.equal(m('strata_controller_rebalancing'), 0);
 
-    // A node marked draining is counted until the mark is taken off (one that runs no replica: nothing moves).
-    await c.client.drainNode('n9');
+    // A node marked draining is counted until the mark is taken off (the node back runs no
+    // replica: nothing moves). One the cluster does not have (a typo) is refused, not marked.
+    await assert.rejects(c.client.drainNode('n9'), (e: unknown) => e instanceof ProtocolError && e.code === 'bad_request' && /'n9' is not a node of cluster/.test(e.message));
+    assert.deepEqual(await c.client.drainNode(dead), { node: dead, draining: true, replicas: 0 });
     await scrapeUntil(port, 'one node draining', (m) => m('strata_controller_nodes_draining') === 1);
-    await c.client.drainNode('n9', { undo: true });
+    await c.client.drainNode(dead, { undo: true });
     await scrapeUntil(port, 'no node draining', (m) => m('strata_controller_nodes_draining') === 0);
     // The node back holds nothing: a rebalance moves replicas to it, counted as the controller's own moves, and ends.
     assert.equal((await c.client.rebalance()).rebalancing, true);
