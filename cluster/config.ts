@@ -425,6 +425,14 @@ function specOfFlag(flag: string): FieldSpec | undefined {
 function parseFlags(argv: readonly string[], cwd: string): { raw: Raw; configPath?: string } {
   const raw: Raw = {};
   let configPath: string | undefined;
+  // The flag that gave each setting: one given twice (or --controller with --no-controller) is
+  // refused, not taken as its last value (which a data directory's stamp would then keep).
+  const given = new Map<string, string>();
+  const once = (key: string, flag: string): void => {
+    const before = given.get(key);
+    if (before !== undefined) bad(flag, before === flag ? 'given twice' : `given with ${before}: give one`);
+    given.set(key, flag);
+  };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
     if (!arg.startsWith('--')) bad(arg, 'unexpected argument (strata node takes only flags)');
@@ -433,6 +441,7 @@ function parseFlags(argv: readonly string[], cwd: string): { raw: Raw; configPat
     const inline = eq < 0 ? undefined : arg.slice(eq + 1);
     if (flag === '--no-controller') {
       if (inline !== undefined) bad(flag, 'takes no value');
+      once('controller', flag);
       raw.controller = false;
       continue;
     }
@@ -451,9 +460,12 @@ function parseFlags(argv: readonly string[], cwd: string): { raw: Raw; configPat
     }
     if (spec === undefined) {
       if (value === '') bad('--config', 'expected a file path');
+      once('--config', flag);
       configPath = path.resolve(cwd, value);
     } else {
-      raw[spec.key] = convert(spec, value, flag, cwd);
+      const converted = convert(spec, value, flag, cwd);
+      once(spec.key, flag);
+      raw[spec.key] = converted;
     }
   }
   return configPath === undefined ? { raw } : { raw, configPath };

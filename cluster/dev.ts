@@ -359,8 +359,9 @@ export async function startDevCluster(opts: DevClusterOptions): Promise<DevClust
       ];
       // The server is this one, with its own users or none and without TLS: a NATS user or TLS
       // files the environment names (for the commands that talk to another cluster) are not
-      // the nodes'.
-      const { STRATA_NATS_USER: _u, STRATA_NATS_PASSWORD_FILE: _p, STRATA_NATS_CA_FILE: _ca, STRATA_NATS_CERT_FILE: _c, STRATA_NATS_KEY_FILE: _k, ...env } = process.env;
+      // the nodes'. Nor are the controller nodes of another cluster: dev names its own, or with
+      // fewer than 3 nodes none (node 1 alone), which STRATA_CONTROLLERS would contradict.
+      const { STRATA_NATS_USER: _u, STRATA_NATS_PASSWORD_FILE: _p, STRATA_NATS_CA_FILE: _ca, STRATA_NATS_CERT_FILE: _c, STRATA_NATS_KEY_FILE: _k, STRATA_CONTROLLERS: _ctl, ...env } = process.env;
       const child = spawn(execPath, args, { stdio: ['ignore', logFd, logFd], env: { ...env, STRATA_LOG_LEVEL: process.env.STRATA_LOG_LEVEL ?? 'info' } });
       fs.closeSync(logFd);
       // Also emitted when signalling a running node fails; after the start that is left to the

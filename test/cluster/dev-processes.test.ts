@@ -192,15 +192,17 @@ describe('strata dev: a start that does not finish', function () {
   });
 });
 
-describe('strata dev: a NATS user named in the environment (for the commands that talk to a cluster)', function () {
+describe('strata dev: a NATS user or controller nodes named in the environment (for the commands and nodes of another cluster)', function () {
   this.timeout(60_000);
-  const names = ['STRATA_NATS_USER', 'STRATA_NATS_PASSWORD_FILE'] as const;
+  const names = ['STRATA_NATS_USER', 'STRATA_NATS_PASSWORD_FILE', 'STRATA_CONTROLLERS'] as const;
   const saved = names.map((n) => process.env[n]);
   after(() => names.forEach((n, i) => (saved[i] === undefined ? delete process.env[n] : (process.env[n] = saved[i]))));
 
-  it('is not the nodes\': they connect to the server strata dev runs, which asks for none', async () => {
+  it('is not the nodes\': they connect to the server strata dev runs, which asks for none, and node 1 alone of one runs the controller', async () => {
     process.env.STRATA_NATS_USER = 'strata-client';
     process.env.STRATA_NATS_PASSWORD_FILE = path.join(os.tmpdir(), 'strata-dev-test-no-such-password-file');
+    // Three controller nodes, two of which this cluster of one does not have: n1 would wait for them.
+    process.env.STRATA_CONTROLLERS = 'n1,n2,n3';
     const c = await startDevCluster({ nodes: 1, hosts: 1 });
     try {
       assert.deepEqual(await c.client.listVolumes(), []);
