@@ -987,16 +987,17 @@ function nextOpenText(paths: readonly string[]): string {
 /** The report as text: a table of the replicas, their damage, and the records or the page asked for. */
 export function inspectText(r: InspectReport): string {
   const lines: string[] = [];
-  if (r.node !== undefined) lines.push(`node ${r.node.nodeId} of cluster ${r.node.cluster}, ${r.node.hosts} host(s): ${r.path}`);
-  const cat = r.node?.catalog;
-  if (cat !== undefined) {
-    lines.push(
-      cat.member
-        ? `a controller node by a change of the controller nodes (its record; set ${cat.members.join(',')}), whatever its --controllers`
-        : `taken out of the controller nodes by a change (its record; set ${cat.members.join(',')}): holds no replica of the catalog shard, whatever its --controllers`,
-    );
-  }
-  else lines.push(`${r.kind === 'device' ? 'device directory' : 'replica directory'}: ${r.path}`);
+  if (r.node !== undefined) {
+    lines.push(`node ${r.node.nodeId} of cluster ${r.node.cluster}, ${r.node.hosts} host(s): ${r.path}`);
+    const cat = r.node.catalog;
+    if (cat !== undefined) {
+      lines.push(
+        cat.member
+          ? `a controller node by a change of the controller nodes (its record; set ${cat.members.join(',')}), whatever its --controllers`
+          : `taken out of the controller nodes by a change (its record; set ${cat.members.join(',')}): holds no replica of the catalog shard, whatever its --controllers`,
+      );
+    }
+  } else lines.push(`${r.kind === 'device' ? 'device directory' : 'replica directory'}: ${r.path}`);
   if (r.inUse !== undefined) {
     const who = `${r.inUse.nodeId !== undefined ? `node ${r.inUse.nodeId}` : 'a node'}${r.inUse.pid !== undefined ? `, process ${r.inUse.pid}` : ''}`;
     lines.push(

@@ -119,6 +119,7 @@ describe('strata inspect (a data directory read offline)', function () {
     const r = await runCli(['inspect', dataDir]);
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stdout, /^node n1 of cluster test, /);
+    assert.doesNotMatch(r.stdout, /directory: /, 'a node\'s directory, not named a replica\'s or a device\'s');
     assert.match(r.stdout, new RegExp(`${volumeId}/0 +db +dev0 .* ok\\n`));
     assert.match(r.stdout, new RegExp(`${volumeId}/1 +db +dev0 .* ok\\n`));
     const report = inspect(dataDir);
