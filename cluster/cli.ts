@@ -615,11 +615,19 @@ function clusterOf(flag: string | undefined, env: Readonly<Record<string, string
   return name;
 }
 
+/** STRATA_NATS_URL, checked as `--nats` is (with the flags), else the default. */
+function natsUrlOf(value: string | undefined): string {
+  if (!value) return NATS_URL_DEFAULT;
+  const problem = checkNatsUrl(value);
+  if (problem !== undefined) throw new UsageError(`STRATA_NATS_URL: ${problem}, got ${JSON.stringify(value)}`);
+  return value;
+}
+
 /** The client's connect options from the flags and the environment. */
 function connectOptions(ctx: Ctx): ConnectOptions {
   const { flags } = ctx.args;
   const env = ctx.io.env;
-  const servers = (flags.nats as string | undefined) ?? (env.STRATA_NATS_URL || NATS_URL_DEFAULT);
+  const servers = (flags.nats as string | undefined) ?? natsUrlOf(env.STRATA_NATS_URL);
   const cluster = clusterOf(flags.cluster as string | undefined, env);
   const options: ConnectOptions = { servers: servers.split(',').map((s) => s.trim()), cluster, name: 'strata-cli' };
   if (flags.timeout !== undefined) options.timeoutMs = flags.timeout as number;

@@ -245,6 +245,26 @@ export function devControllers(nodes: number): string[] {
   return nodes >= 3 ? ['n1', 'n2', 'n3'] : ['n1'];
 }
 
+/**
+ * A data directory a dev cluster of 3 nodes or more left has its catalog replicated on n1, n2
+ * and n3 (devControllers): started again with fewer nodes, n1 would keep a catalog of its own,
+ * empty, and list none of the volumes (the others' replicas shown as leftovers), and volumes
+ * made then would be in a second catalog. Refused, saying how to start it.
+ */
+function checkControllersKept(root: string, nodes: number): void {
+  if (devControllers(nodes).length > 1) return;
+  const held = ['n2', 'n3'].filter((id) => {
+    try {
+      return fs.readdirSync(path.join(root, id)).length > 0;
+    } catch {
+      return false;
+    }
+  });
+  if (held.length > 0) {
+    throw new Error(`${root} holds the data of a dev cluster of 3 nodes or more (${held.join(' and ')} too), whose catalog is replicated on n1, n2 and n3: start it with --nodes 3 or more, or give another --data-dir`);
+  }
+}
+
 export interface DevClusterOptions {
   nodes: number;
   dataDir?: string;
@@ -303,6 +323,7 @@ export async function startDevCluster(opts: DevClusterOptions): Promise<DevClust
   const ownDir = opts.dataDir === undefined;
   const root = opts.dataDir !== undefined ? path.resolve(opts.dataDir) : fs.mkdtempSync(path.join(os.tmpdir(), 'strata-dev-'));
   makeDirectory(root);
+  if (!ownDir) checkControllersKept(root, opts.nodes);
   const hosts = opts.hosts ?? defaultHostsPerNode(os.availableParallelism(), opts.nodes);
   let nats: NatsServerHandle | undefined;
   const nodes: DevCluster['nodes'] = [];

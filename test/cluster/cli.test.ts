@@ -858,6 +858,10 @@ describe('cluster/cli', () => {
         assert.equal(bad.code, 2, argv.join(' '));
         assert.match(bad.err, /^strata: usage: STRATA_CLUSTER: expected 1\.\.64 characters of \[a-z0-9_-\], got "Prod"\n/);
       }
+      // STRATA_NATS_URL as --nats: a usage error, not a connection to the host the URL ends in.
+      const badUrl = await run(['status'], new MemoryCluster(), { env: { STRATA_NATS_URL: 'foo://x' } });
+      assert.equal(badUrl.code, 2);
+      assert.match(badUrl.err, /^strata: usage: STRATA_NATS_URL: expected nats\|tls\|ws\|wss URLs, got "foo:\/\/x"\n/);
       assert.equal((await run(['nats-auth', '--nats', 'nats://x:1'])).code, 2);
       const more = await run(['nats-auth', '--clients', 'billing,ml-jobs']);
       assert.equal(more.code, 0, more.err);

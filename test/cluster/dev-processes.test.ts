@@ -152,6 +152,18 @@ describe('strata dev: a start that does not finish', function () {
     assert.equal(fs.existsSync(data), false, 'no data directory made');
   });
 
+  it('refuses fewer than 3 nodes on a data directory a cluster of 3 or more left (its catalog replicated on n1..n3), before starting anything', async () => {
+    const data = path.join(dir, 'data');
+    fs.mkdirSync(path.join(data, 'n3'), { recursive: true });
+    fs.writeFileSync(path.join(data, 'n3', 'node.meta'), 'a node record');
+    for (const nodes of [1, 2]) {
+      await assert.rejects(startDevCluster({ nodes, hosts: 1, dataDir: data, startTimeoutMs: 1_000 }), (e: Error) =>
+        e.message === `${data} holds the data of a dev cluster of 3 nodes or more (n3 too), whose catalog is replicated on n1, n2 and n3: start it with --nodes 3 or more, or give another --data-dir`);
+    }
+    assert.deepEqual(fs.readdirSync(data), ['n3'], 'nothing started or written');
+    assert.deepEqual(processesWith(dir), []);
+  });
+
   it('interrupted during the start, it stops the nats-server and the nodes it started', async () => {
     const interrupt = new AbortController();
     setTimeout(() => interrupt.abort(), 500);
