@@ -132,6 +132,14 @@ export interface CatalogState {
    * refused as a shrink. Absent: none.
    */
   resizedBy?: Array<{ requestId: string; volumeId: string }>;
+  /**
+   * The creates and branches (their request ids, RequestId) whose volume a delete removed since,
+   * the last DELETES_REMEMBERED_MAX, newest last: one of them sent again late (a try queued
+   * behind the delete) is refused, not made anew, which would bring a deleted volume back
+   * (`deletedSince`). Not those undone by the controller (answered not made: made anew when sent
+   * again). Absent: none.
+   */
+  madeThenDeleted?: Array<{ requestId: string; name: string }>;
 }
 
 export interface NodeMember {
@@ -780,6 +788,12 @@ export class Controller {
     return this.state.volumes.find((v) => v.name === name && v.requestId === requestId);
   }
 
+  /** True when the volume `name` a create or branch with `requestId` made was deleted since (`madeThenDeleted`). */
+  deletedSince(requestId: string | undefined, name: string): boolean {
+    if (requestId === undefined) return false;
+    return (this.state.madeThenDeleted ?? []).some((d) => d.requestId === requestId && d.name === name);
+  }
+
   /** True when a delete of volume `name` with `requestId` was made: that request sent again, answered done (`DELETES_REMEMBERED_MAX`). */
   deletedBy(requestId: string | undefined, name: string): boolean {
     if (requestId === undefined) return false;
@@ -1092,13 +1106,16 @@ export class Controller {
 
   /**
    * Removes a volume and leaves a tombstone for its shards, and remembers `requestId` with its name
-   * (`deletedBy`), if given. Durable when it returns.
+   * (`deletedBy`), if given, and the request id of the create or branch that made it
+   * (`madeThenDeleted`), unless `undo` (a create the controller undoes: answered not made).
+   * Durable when it returns.
    */
-  delete(name: string, requestId?: string): VolumeRecord {
+  delete(name: string, requestId?: string, opts: { undo?: boolean } = {}): VolumeRecord {
     const v = this.get(name);
     const tombstones = [...this.state.tombstones, v.id].slice(-this.tombstonesMax);
     const remembered = requestId === undefined ? {} : { deletedBy: [...(this.state.deletedBy ?? []), { requestId, name }].slice(-DELETES_REMEMBERED_MAX) };
-    this.commit({ ...this.state, volumes: this.state.volumes.filter((x) => x.name !== name), tombstones, ...remembered });
+    const made = opts.undo === true || v.requestId === undefined ? {} : { madeThenDeleted: [...(this.state.madeThenDeleted ?? []), { requestId: v.requestId, name }].slice(-DELETES_REMEMBERED_MAX) };
+    this.commit({ ...this.state, volumes: this.state.volumes.filter((x) => x.name !== name), tombstones, ...remembered, ...made });
     return v;
   }
 

@@ -2849,7 +2849,13 @@ export class StrataNode {
    */
   private madeAgain(c: Controller, requestId: string | undefined, name: string, deadlineMs: number | undefined): Promise<unknown> | undefined {
     const v = c.madeBy(requestId, name);
-    if (v === undefined) return undefined;
+    if (v === undefined) {
+      // Its volume made and deleted since: a try queued behind the delete must not bring it back.
+      if (c.deletedSince(requestId, name)) {
+        return Promise.reject(new ProtocolError('not_found', `volume '${name}' was made by this request and deleted since: not made again (a new request, with another request id, makes it)`, { name }));
+      }
+      return undefined;
+    }
     // Placed by this node's controller already (its nodes opened every replica): answered as it
     // was, at once. A client sends a create again to every node's API router, each of which
     // forwards it; placed again, the volume read as not yet created (`creating`) to a requester
@@ -2944,7 +2950,7 @@ export class StrataNode {
       // waited for until the opens' wait would have ended, as a delete's are within its
       // deadline: a node that takes the request and does not answer (frozen) must not turn this
       // answer into a `timeout`, nor hold the catalog's queue for another requestTimeoutMs.
-      c.delete(v.name);
+      c.delete(v.name, undefined, { undo: true });
       // Durable before the destroys: a delete whose write failed may not be kept.
       await this.settle(c);
       const waitMs = Math.max(0, waitEndMs - Date.now());

@@ -19,6 +19,7 @@ import { startDevCluster, type DevCluster } from '../../cluster/dev';
 import { shardLeadersSubject, shardSubject } from '../../messages/subjects';
 import { controllerSubject } from '../../messages/control';
 import { eventually, waitFor } from '../support/wait';
+import { ProtocolError } from '../../messages/errors';
 
 describe('a frozen node that kept the subscriptions of the controller, the catalog shard\'s leader and an API router', function () {
   this.timeout(180_000);
@@ -81,6 +82,17 @@ describe('a frozen node that kept the subscriptions of the controller, the catal
     await nc.flush();
     spy.unsubscribe();
     assert.deepEqual(opens, [], 'no node asked to open its replicas again');
+  });
+
+  it('a create sent again after its volume was deleted (a try queued behind the delete) is refused, not made again; another request id makes it', async () => {
+    const requestId = 'again-after-delete';
+    await c.client.createVolume({ name: 'fz-gone', pageCount: 64, shards: 1, replicas: 3, requestId });
+    await c.client.deleteVolume('fz-gone');
+    await assert.rejects(c.client.createVolume({ name: 'fz-gone', pageCount: 64, shards: 1, replicas: 3, requestId }), (e: unknown) =>
+      e instanceof ProtocolError && e.code === 'not_found' && /^volume 'fz-gone' was made by this request and deleted since: not made again/.test(e.message));
+    await assert.rejects(c.client.volumeInfo('fz-gone'), (e: unknown) => e instanceof ProtocolError && e.code === 'not_found');
+    const made = await c.client.createVolume({ name: 'fz-gone', pageCount: 64, shards: 1, replicas: 3, requestId: 'again-after-delete-2' });
+    assert.equal((await c.client.volumeInfo('fz-gone')).id, made.id);
   });
 });
 
