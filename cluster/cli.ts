@@ -464,8 +464,10 @@ export function parseArgs(argvIn: readonly string[]): ParsedArgs {
   if (positionals.length < (spec.positionalsMin ?? spec.positionals.length)) {
     throw new UsageError(`${command}: missing ${spec.positionals.slice(positionals.length, spec.positionalsMin ?? spec.positionals.length).join(' ')}`);
   }
-  if (positionals.length > (spec.positionalsMax ?? spec.positionals.length)) {
-    throw new UsageError(`${command}: unexpected argument ${JSON.stringify(positionals[spec.positionals.length])}`);
+  const most = spec.positionalsMax ?? spec.positionals.length;
+  if (positionals.length > most) {
+    // The first one past the most it takes (with a variable count, how many that is).
+    throw new UsageError(`${command}: unexpected argument ${JSON.stringify(positionals[most])}${spec.positionalsMax !== undefined ? ` (at most ${most})` : ''}`);
   }
   for (const name of spec.required ?? []) {
     if (!Object.prototype.hasOwnProperty.call(flags, name)) throw new UsageError(`${command}: --${name} is required`);

@@ -359,6 +359,7 @@ describe('cluster/cli', () => {
       [['drain'], /^drain: missing NODE$/],
       [['drain', 'a.b'], /^NODE: expected 1\.\.64 characters .*got "a\.b"$/],
       [['drain', 'n1', 'n2'], /^drain: unexpected argument "n2"$/],
+      [['inspect', ...Array.from({ length: 17 }, (_, i) => `p${i + 1}`)], /^inspect: unexpected argument "p17" \(at most 16\)$/],
       [['drain', 'n1', '--undo=maybe'], /^--undo takes no value$/],
       [['rebalance', 'now'], /^rebalance: unexpected argument "now"$/],
       [['controllers', 'n1,n2'], /^controllers: expected 3\.\.7 node ids, got 2 .*got "n1,n2"$/],
