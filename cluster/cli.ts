@@ -1032,6 +1032,8 @@ async function put(ctx: Ctx): Promise<void> {
   const first = parseInteger('PAGE', pageText);
   const handle = file === '-' ? undefined : await fs.promises.open(file, 'r');
   try {
+    // A directory opens, and fails at its first read without naming it.
+    if (handle !== undefined && (await handle.stat()).isDirectory()) throw Object.assign(new Error(`${file}: a directory, not a file of pages`), { code: 'EISDIR' });
     const read = handle === undefined ? streamReader(ctx.io.stdin) : fileReader(handle);
     const result = await withClient(ctx, async (client) => {
       const volume = client.volume(volumeName);

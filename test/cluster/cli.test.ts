@@ -1081,6 +1081,10 @@ describe('cluster/cli', () => {
         r = await run(['put', 'db', '0', path.join(dir, 'missing')], mem);
         assert.equal(r.code, 1);
         assert.match(r.err, /^strata: ENOENT: no such file or directory/);
+        r = await run(['put', 'db', '0', dir], mem);
+        assert.equal(r.code, 1);
+        assert.equal(r.err, `strata: EISDIR: ${dir}: a directory, not a file of pages\n`);
+        assert.equal(mem.pages.size, 0);
         const output = path.join(dir, 'keep');
         fs.writeFileSync(output, 'precious');
         r = await run(['get', 'db', '3', '--count', '2', output], mem);
