@@ -94,6 +94,13 @@ export interface VolumeRecord extends VolumeInfo {
   requestId?: string;
 }
 
+/** A branch point of another count of LSNs than the parent has shards (the controller's check, and the API router's before it). */
+export function branchPointCountError(parent: string, shards: number, count: number): ProtocolError {
+  return new ProtocolError('bad_request', `lsns: volume '${parent}' has ${shards} shard${shards === 1 ? '' : 's'}, so a branch of it takes ${shards} LSN${shards === 1 ? '' : 's'} (one per shard, in shard order), got ${count}`, {
+    path: 'lsns', shards, lsns: count,
+  });
+}
+
 /** The deletes with a request id the catalog remembers (`deletedBy`), newest last. */
 export const DELETES_REMEMBERED_MAX = 256;
 /** The resizes with a request id the catalog remembers (`resizedBy`), newest last. */
@@ -856,12 +863,7 @@ export class Controller {
     const name = expectName(req.name, 'name');
     const parent = this.state.volumes.find((x) => x.name === req.parent);
     if (parent === undefined) throw new ProtocolError('not_found', `parent: volume '${req.parent}' does not exist`, { name: req.parent, path: 'parent' });
-    if (!Array.isArray(req.lsns) || req.lsns.length !== parent.shards) {
-      const count = Array.isArray(req.lsns) ? req.lsns.length : 0;
-      throw new ProtocolError('bad_request', `lsns: volume '${parent.name}' has ${parent.shards} shard${parent.shards === 1 ? '' : 's'}, so a branch of it takes ${parent.shards} LSN${parent.shards === 1 ? '' : 's'} (one per shard, in shard order), got ${count}`, {
-        path: 'lsns', shards: parent.shards, lsns: count,
-      });
-    }
+    if (!Array.isArray(req.lsns) || req.lsns.length !== parent.shards) throw branchPointCountError(parent.name, parent.shards, Array.isArray(req.lsns) ? req.lsns.length : 0);
     const lsns = req.lsns.map((lsn, i) => expectCounter(lsn, `lsns[${i}]`));
     const spec: VolumeSpec = { name, pageCount: parent.pageCount, pageSize: parent.pageSize, shards: parent.shards, stripePages: parent.stripePages, replicas: parent.replicas };
     this.checkRoomFor(spec);

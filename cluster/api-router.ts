@@ -19,7 +19,7 @@ import { errorReply, isPlainObject, ProtocolError, throwIfError } from '../messa
 import { expectArray, expectMap, field, hasRequestId, validatePageRead, validatePageWriteRequest, validatePageZeroRequest, validatePageMapRequest, validatePageReadRequest, validateVolumeBranchRequest, validateVolumeFlushRequest, validateVolumeNameRequest } from '../messages/validate';
 import { controllerSubject } from '../messages/control';
 import { PAGE_MAP_RANGES_MAX, SHARDS_MAX, VOLUMES_PER_LIST_MAX, type VolumeInfo } from '../messages/api';
-import { NODES_MAX } from '../actors/controller';
+import { NODES_MAX, branchPointCountError } from '../actors/controller';
 import { deadlineRemainingMs, HEADER_DEADLINE } from '../messages/headers';
 import { createClient, GEOMETRY_RECHECK_MS, NatsTransport, newRequestId, type PageToWrite, type StrataClient, type Volume } from './client';
 import { CATALOG_PAGE_COUNT, CATALOG_PAGE_SIZE, CATALOG_VOLUME_ID, CATALOG_VOLUME_NAME } from './catalog-shard';
@@ -188,7 +188,7 @@ export class ApiRouter {
         // yet) is refused before anything is created: a read of a page of each shard at it.
         const info = await parent.info({ deadlineMs: partMs });
         if (req.lsns.length !== info.shards) {
-          throw new ProtocolError('bad_request', `lsns: volume '${req.parent}' has ${info.shards} shards, ${req.lsns.length} LSNs given`, { path: 'lsns' });
+          throw branchPointCountError(req.parent, info.shards, req.lsns.length);
         }
         const firsts = Array.from({ length: info.shards }, (_, shard) => shard * info.stripePages).filter((p) => p < info.pageCount);
         await parent.readPages(firsts, { lsns: req.lsns.map((lsn, shard) => ({ shard, lsn })), deadlineMs: partMs });

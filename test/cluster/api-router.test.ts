@@ -472,7 +472,7 @@ describe('ApiRouter branching a volume', function () {
     const sentBefore = branched.length;
     const reply = decode(await router.branch(body, encode(body), Date.now() + 3000)) as { error?: { code?: string; message?: string } };
     assert.equal(reply.error?.code, 'bad_request', JSON.stringify(reply));
-    assert.match(reply.error?.message ?? '', /^lsns: volume 'par' has 1 shards, 2 LSNs given$/);
+    assert.match(reply.error?.message ?? '', /^lsns: volume 'par' has 1 shard, so a branch of it takes 1 LSN \(one per shard, in shard order\), got 2$/);
     assert.equal(branched.length, sentBefore, 'the controller was not asked');
   });
 });
