@@ -1526,7 +1526,8 @@ R=1 and R=3) with the target table. With --workload: that workload alone.
                           with fewer than 2000 requests by then goes on, up to 8x as long, until it has them
   --rounds N              rounds subjects and baselines alternate in, 1..20 (default 5, short 3)
   --volume-pages N        pages per benchmark volume (default 8192, short 4096)
-  --shards N              shards per volume (default: actor hosts, at most the volume's pages)
+  --shards N              shards per volume (default: actor hosts per node in-process, this
+                          machine's cores with --nats; at most the volume's pages)
   --baselines LIST        comma-separated: raw-append,nats-echo,jetstream-publish, or none
   --nats URL --cluster C  benchmark a running cluster (default: a fresh in-process cluster)
   --nats-user U --nats-password-file F

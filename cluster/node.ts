@@ -2268,9 +2268,11 @@ export class StrataNode {
         const req = validateNodeDrain(body);
         // A node the cluster does not have (a typo) is refused, not marked and reported empty:
         // "empty" reads as safe to stop. A controller that just took its seat knows the nodes
-        // once they beat (MEMBERS_WARMUP_MS). A mark is taken off any node.
+        // once they beat (MEMBERS_WARMUP_MS). A mark is taken off any node; a node marked
+        // already is answered (run again, a drain says how many replicas are left).
         if (req.undo !== true) {
-          const known = (): boolean => c.knownNodes().some((m) => m.nodeId === req.node) || c.placedNodes().has(req.node);
+          // Marked already (emptied and stopped since, say): answered as it stands, not refused.
+          const known = (): boolean => c.knownNodes().some((m) => m.nodeId === req.node) || c.placedNodes().has(req.node) || c.draining().includes(req.node);
           const warmMs = Math.min(this.controllerSinceMs() + MEMBERS_WARMUP_MS, deadlineMs ?? Infinity);
           while (Date.now() < warmMs && !known()) await new Promise((r) => setTimeout(r, 50));
           if (!known()) throw new ProtocolError('bad_request', `node: '${req.node}' is not a node of cluster '${this.cluster}' (the controller has not heard from it, and no replica is placed on it; strata status lists the nodes)`, { path: 'node', node: req.node });

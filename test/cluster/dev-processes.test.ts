@@ -162,6 +162,15 @@ describe('strata dev: a start that does not finish', function () {
     }
     assert.deepEqual(fs.readdirSync(data), ['n3'], 'nothing started or written');
     assert.deepEqual(processesWith(dir), []);
+    // A cluster of 2 started again on what it left (n1 and n2, no n3): not refused, its nodes
+    // started (a program that exits at once here: the start fails naming the node).
+    const two = path.join(dir, 'two');
+    for (const id of ['n1', 'n2']) {
+      fs.mkdirSync(path.join(two, id), { recursive: true });
+      fs.writeFileSync(path.join(two, id, 'node.meta'), 'a node record');
+    }
+    await assert.rejects(startDevCluster({ nodes: 2, hosts: 1, dataDir: two, execPath: '/bin/false' }), (e: Error) => /node n\d exited during the start \(code 1\)/.test(e.message));
+    assert.deepEqual(processesWith(dir), [], 'no node process left');
   });
 
   it('interrupted during the start, it stops the nats-server and the nodes it started', async () => {
