@@ -35,6 +35,11 @@ describe('runtime/nats-connect-hint', () => {
     }
     assert.match(await natsConnectHint(withCode('ERR_TLS_CERT_ALTNAME_INVALID'), { servers }), /does not name the host/);
     assert.match(await natsConnectHint(withCode('CERT_HAS_EXPIRED'), { servers }), /has expired/);
+    // TLS required (a tls:// URL, or files given) of a server that does not offer it.
+    const noTls = Object.assign(new Error('tls'), { code: 'SERVER_OPT_NA' });
+    assert.match(await natsConnectHint(noTls, { servers: ['tls://127.0.0.1:1'], tls: {} }), /the URL asks for TLS, tls:\/\/ or wss:\/\/, and the server does not offer it: nothing was sent/);
+    assert.match(await natsConnectHint(noTls, { servers, tls: { caFile: '/x/ca.pem' } }), /TLS files were given, and the server does not offer TLS: nothing was sent/);
+    assert.equal(await natsConnectHint(Object.assign(new Error('noEcho'), { code: 'SERVER_OPT_NA' }), { servers }), '', 'another option the server lacks');
     assert.equal(await natsConnectHint(withCode('CONNECTION_REFUSED'), { servers }), '');
     assert.equal(await natsConnectHint(new Error('no code'), { servers }), '');
     assert.equal(await natsConnectHint(undefined, { servers }), '');
