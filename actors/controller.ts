@@ -947,7 +947,12 @@ export class Controller {
       if (known.has(id)) continue;
       const first = held[0]!.rec;
       const skip = (reason: string): void => void skipped.push({ id, name: first.volumeName, shards: first.shards, replicas: first.members.length, reason });
-      if (idTag(id) === this.state.tag) {
+      // An id of this catalog's below its next one: issued, and no longer listed (deleted, or its
+      // create undone). One at or past it the catalog has not issued: the catalog is older than
+      // the nodes' records (restored from a copy), and the volume is recovered (`addRecovered`
+      // moves the next id past it, so that no new volume is given the id of one nodes hold).
+      const n = idNumber(id);
+      if (idTag(id) === this.state.tag && (n === undefined || n < this.state.nextId)) {
         skip('its id was issued by this catalog, which no longer lists it (deleted, or its create undone): its replicas are leftovers');
         continue;
       }
@@ -993,12 +998,28 @@ export class Controller {
           }
           move = { adding: { nodeId: j.nodeId, hostId: j.rec.hostId }, removing: removing[0]! };
         }
-        const members = move === undefined ? holders[0]!.rec.members : joining[0]!.rec.priorMembers!;
-        if (members.length !== first.members.length || settled.some((h) => h.rec.members.join(',') !== members.join(','))) {
+        let members = move === undefined ? holders[0]!.rec.members : joining[0]!.rec.priorMembers!;
+        // Holders whose records are older than the set in force: a node a move took the replica
+        // off while it was down, which has not reconciled since. The set is the one every node
+        // it names records, a majority of it answering; their replicas are left out (leftovers).
+        let behind = new Set<string>();
+        if (move === undefined && settled.some((h) => h.rec.members.join(',') !== members.join(','))) {
+          const sets = [...new Set(settled.map((h) => h.rec.members.join(',')))].map((k) => k.split(','));
+          const agreed = sets.filter((set) => {
+            const named = settled.filter((h) => set.includes(h.nodeId));
+            return named.length * 2 > set.length && named.every((h) => h.rec.members.join(',') === set.join(','));
+          });
+          if (agreed.length === 1) {
+            members = agreed[0]!;
+            behind = new Set(settled.filter((h) => !members.includes(h.nodeId)).map((h) => h.nodeId));
+          }
+        }
+        const inForce = settled.filter((h) => !behind.has(h.nodeId));
+        if (members.length !== first.members.length || inForce.some((h) => h.rec.members.join(',') !== members.join(','))) {
           problem = `shard ${shard}: the nodes' records disagree on its members`;
           break;
         }
-        if (settled.some((h) => !members.includes(h.nodeId))) {
+        if (inForce.some((h) => !members.includes(h.nodeId))) {
           problem = `shard ${shard}: a node holds a replica of it that is not a member`;
           break;
         }
@@ -1006,7 +1027,7 @@ export class Controller {
           shard,
           replicas: members.map((nodeId) => ({
             nodeId,
-            hostId: settled.find((h) => h.nodeId === nodeId)?.rec.hostId ?? shard % (hostsOf.get(nodeId) ?? 1),
+            hostId: inForce.find((h) => h.nodeId === nodeId)?.rec.hostId ?? shard % (hostsOf.get(nodeId) ?? 1),
           })),
           ...(move ?? {}),
         });
@@ -1052,7 +1073,11 @@ export class Controller {
       const clash = this.state.volumes.find((x) => x.id === v.id || x.name === v.name);
       if (clash !== undefined) throw new ProtocolError('already_exists', `volume '${v.name}' (${v.id}) clashes with volume '${clash.name}' (${clash.id}) of the catalog`, { name: v.name });
     }
-    this.commit({ ...this.state, volumes: [...this.state.volumes, ...volumes] });
+    // Ids of this catalog's it had not issued (a catalog older than the nodes' records): the next
+    // id goes past them.
+    const own = volumes.filter((v) => idTag(v.id) === this.state.tag).map((v) => idNumber(v.id) ?? 0);
+    const nextId = Math.max(this.state.nextId, ...own.map((n) => n + 1));
+    this.commit({ ...this.state, nextId, volumes: [...this.state.volumes, ...volumes] });
   }
 
   /** Replicas placed on each host of the catalog, by `<nodeId>/<hostId>`. */

@@ -2983,7 +2983,11 @@ export class StrataNode {
     const read = await Promise.allSettled(live.map((m) => readNodeRecords(this.nc!, this.cluster, m.nodeId, timeoutMs, endMs)));
     read.forEach((r, i) => (r.status === 'fulfilled' ? nodes.push(r.value) : nodesFailed.push({ node: live[i]!.nodeId, error: r.reason })));
     const plan = c.planRecovery(nodes, Date.now());
-    if (apply) c.addRecovered(plan.add);
+    if (apply) {
+      c.addRecovered(plan.add);
+      // Durable before it is said or answered.
+      await this.settle(c);
+    }
     if (apply && plan.add.length > 0) {
       this.log.warn('catalog recovered from the nodes\' records', { volumes: plan.add.map((v) => `${v.name} (${v.id})`), skipped: plan.skipped.length, nodesFailed: nodesFailed.map((f) => f.node) });
     }

@@ -223,6 +223,8 @@ describe('Controller recovery from the nodes\' records', () => {
     const mine = c.create({ name: 'mine', pageCount: 8, pageSize: 4096, shards: 1, stripePages: 8, replicas: 1 }, T0);
     const ownGone = c.create({ name: 'own-gone', pageCount: 8, pageSize: 4096, shards: 1, stripePages: 8, replicas: 1 }, T0);
     c.delete('own-gone');
+    const undone = c.create({ name: 'undone', pageCount: 8, pageSize: 4096, shards: 1, stripePages: 8, replicas: 1 }, T0);
+    c.delete('undone', undefined, { undo: true });
     const one = (volumeId: string, volumeName: string, over: Partial<Rec> = {}): Rec => rec({ volumeId, volumeName, shard: 0, shards: 1, members: ['n1'], ...over });
     const plan = c.planRecovery(
       [
@@ -231,7 +233,7 @@ describe('Controller recovery from the nodes\' records', () => {
           hosts: 1,
           shards: [
             one(ownGone.id, 'own-gone'),
-            one('v9-new', 'undone'),
+            one(undone.id, 'undone'),
             one('v2-old', 'mine'),
             one('v3-old', 'twice'),
             one('v4-old', 'twice'),
@@ -248,7 +250,7 @@ describe('Controller recovery from the nodes\' records', () => {
     assert.deepEqual(plan.add.map((v) => v.name), ['ok']);
     const why = Object.fromEntries(plan.skipped.map((s) => [s.id, s.reason]));
     assert.match(why[ownGone.id]!, /issued by this catalog/);
-    assert.match(why['v9-new']!, /issued by this catalog/);
+    assert.match(why[undone.id]!, /issued by this catalog/);
     assert.match(why['v2-old']!, /name is taken by volume v1-new/);
     assert.match(why['v3-old']!, /the nodes hold 2 volumes of this name/);
     assert.match(why['v4-old']!, /the nodes hold 2 volumes of this name/);
@@ -320,6 +322,48 @@ describe('Controller recovery from the nodes\' records', () => {
     );
     assert.deepEqual(split.add, []);
     assert.match(split.skipped[0]!.reason, /shard 0: the nodes' records disagree on its members$/);
+  });
+
+  it('a catalog older than the nodes\' records (restored from a copy): an id of its own it had not issued is recovered, and no new volume is given it', () => {
+    const c = tagged('new');
+    c.heartbeat('n1', 1, T0);
+    const kept = c.create({ name: 'kept', pageCount: 8, pageSize: 4096, shards: 1, stripePages: 8, replicas: 1 }, T0);
+    assert.equal(kept.id, 'v1-new');
+    // The nodes hold v3-new (and v2-new), made after the copy the catalog was restored from.
+    const one = (volumeId: string, volumeName: string): Rec => rec({ volumeId, volumeName, shard: 0, shards: 1, members: ['n1'] });
+    const plan = c.planRecovery([{ nodeId: 'n1', hosts: 1, shards: [one('v3-new', 'newer'), one('v2-new', 'new')] }], T0);
+    assert.deepEqual(plan.skipped, []);
+    assert.deepEqual(plan.add.map((v) => v.id).sort(), ['v2-new', 'v3-new']);
+    c.addRecovered(plan.add);
+    assert.equal(c.nextId, 4);
+    assert.equal(c.create({ name: 'fresh', pageCount: 8, pageSize: 4096, shards: 1, stripePages: 8, replicas: 1 }, T0).id, 'v4-new', 'not the id of a volume the nodes hold');
+  });
+
+  it('a shard whose replica a move took off a node that was down (its record older): recovered with the set every node it names records', () => {
+    const c = tagged('new');
+    // n3 was down while its replica of shard 0 moved to n4: it still records n1, n2, n3.
+    const moved = { members: ['n1', 'n2', 'n4'] };
+    const plan = c.planRecovery(
+      [
+        { nodeId: 'n1', hosts: 1, shards: [rec({ shard: 0, ...moved }), rec({ shard: 1 })] },
+        { nodeId: 'n2', hosts: 1, shards: [rec({ shard: 0, ...moved }), rec({ shard: 1 })] },
+        { nodeId: 'n3', hosts: 1, shards: [rec({ shard: 0 }), rec({ shard: 1 })] },
+        { nodeId: 'n4', hosts: 1, shards: [rec({ shard: 0, ...moved })] },
+      ],
+      T0,
+    );
+    assert.deepEqual(plan.skipped, []);
+    assert.deepEqual(plan.add[0]!.placements.map((p) => p.replicas.map((r) => r.nodeId)), [['n1', 'n2', 'n4'], ['n1', 'n2', 'n3']]);
+    // Without a majority of a set agreeing on it, it is still left out.
+    const lone = tagged('x').planRecovery(
+      [
+        { nodeId: 'n1', hosts: 1, shards: [rec({ shard: 0, ...moved }), rec({ shard: 1 })] },
+        { nodeId: 'n3', hosts: 1, shards: [rec({ shard: 0 }), rec({ shard: 1 })] },
+      ],
+      T0,
+    );
+    assert.deepEqual(lone.add, []);
+    assert.match(lone.skipped[0]!.reason, /shard 0: the nodes' records disagree on its members$/);
   });
 
   it('addRecovered refuses, changing nothing, a volume whose name or id the catalog took meanwhile', () => {
