@@ -100,7 +100,7 @@ import { readNodeRecords, recordsPage, recoverReply } from './catalog-recovery';
 import { apiEverySubject, nodeInboxPrefix } from '../messages/subjects';
 import { sameNodeSet as sameSet } from '../messages/raft';
 import { RealDisk } from '../storage-engine/real-disk';
-import { makeDirectory } from '../storage-engine/make-directory';
+import { fsyncDirectory, makeDirectory } from '../storage-engine/make-directory';
 import { MetaStore } from '../storage-engine/metadata';
 import { shardKey } from '../messages/volume-id';
 import { CATALOG, CATALOG_REPLICAS_MAX, Controller, branchNotCopied, idNumber, idTag, seedOf, volumeInfo, type NodeMember, type RepairMove, type AssignmentRole, type CatalogState, type ShardMove, type VolumeRecord } from '../actors/controller';
@@ -692,6 +692,12 @@ export class StrataNode {
     });
     try {
       ({ meta: this.meta, nodeMeta: this.nodeMeta, controller: this.controller, created: this.dataDirCreated } = openDataDir(this.dataDir, opts, this.hosts));
+      // The data directory and its devices' directories durable in their parents before a host
+      // writes in them: a power cut must not take a directory whose files were fsynced (a
+      // device's own files are made durable up to its directory by its host).
+      for (let i = 0; i < this.hosts; i++) makeDirectory(path.join(this.dataDir, deviceDirName(i)));
+      fsyncDirectory(this.dataDir);
+      fsyncDirectory(path.dirname(this.dataDir));
     } catch (e) {
       this.lock.release();
       throw e;

@@ -49,3 +49,16 @@ export function makeDirectory(dir: string): void {
     }
   }
 }
+
+/**
+ * Makes `dir`'s entries durable (fsync of the directory): a file or directory created or renamed
+ * in it survives a power cut once this returns.
+ */
+export function fsyncDirectory(dir: string): void {
+  const fd = fs.openSync(dir, 'r');
+  try {
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
