@@ -1114,7 +1114,8 @@ async function get(ctx: Ctx): Promise<void> {
       if (first + count > info.pageCount) {
         throw new ProtocolError(
           'out_of_range',
-          `pages ${first}..${first + count - 1} are out of range (${volumeName} has ${info.pageCount} pages)`,
+          // Exact past 2^53 too (a page number near the largest safe integer).
+          `pages ${first}..${BigInt(first) + BigInt(count) - 1n} are out of range (${volumeName} has ${info.pageCount} pages)`,
           { page: first, pages: count, pageCount: info.pageCount },
         );
       }

@@ -1090,6 +1090,9 @@ describe('cluster/cli', () => {
         r = await run(['get', 'db', '3', '--count', '2', output], mem);
         assert.equal(r.code, 1);
         assert.match(r.err, /^strata: out_of_range: pages 3\.\.4 are out of range/);
+        r = await run(['get', 'db', '9007199254740990', '--count', '5', output], mem);
+        assert.equal(r.code, 1);
+        assert.match(r.err, /^strata: out_of_range: pages 9007199254740990\.\.9007199254740994 are out of range/);
         assert.equal(fs.readFileSync(output, 'utf8'), 'precious');
         r = await run(['get', 'nope', '0', output], mem);
         assert.match(r.err, /^strata: not_found: /);
