@@ -78,9 +78,13 @@ async function readNodeRecordsOnce(nc: NatsConnection, cluster: string, nodeId: 
     else if (page.version !== version) return undefined;
     hosts = page.hosts;
     shards.push(...page.shards);
-    // A page must move on: a node answering the same `next` again would be asked for ever.
+    // A node holds at most ASSIGNMENTS_PER_NODE_MAX records: more is not a node's answer, and
+    // would grow this list without bound.
+    if (shards.length > ASSIGNMENTS_PER_NODE_MAX) throw new ProtocolError('internal', `node '${nodeId}' gave more than ${ASSIGNMENTS_PER_NODE_MAX} records`);
     if (page.next === undefined) break;
-    if (page.next <= from || page.shards.length === 0) throw new ProtocolError('internal', `node '${nodeId}' answered page ${from} with next ${page.next}`);
+    // A page must move on by what it held: a node answering the same `next` again would be asked
+    // for ever, and one whose `next` runs ahead of its records would have more asked than it has.
+    if (page.next !== shards.length || page.shards.length === 0) throw new ProtocolError('internal', `node '${nodeId}' answered page ${from} with ${page.shards.length} records and next ${page.next}`);
     from = page.next;
   }
   return { nodeId, hosts, shards, ...(version === undefined ? {} : { version }) };

@@ -3,7 +3,7 @@ import type { NatsConnection } from 'nats';
 import { readNodeRecords, recordsPage, recoverReply } from '../../cluster/catalog-recovery';
 import { decode, encode } from '../../messages/codec';
 import { ProtocolError } from '../../messages/errors';
-import { RECOVER_TEXT_MAX, validateCatalogRecoverReply, type NodeRecordsReply, type ShardAssignment } from '../../messages/control';
+import { ASSIGNMENTS_PER_NODE_MAX, RECOVER_TEXT_MAX, validateCatalogRecoverReply, type NodeRecordsReply, type ShardAssignment } from '../../messages/control';
 
 const assignment = (i: number): ShardAssignment => ({
   volumeId: `v${i}-old`, volumeName: `vol-${i}`, shard: 0, shards: 1, pageCount: 64, pageSize: 4096, stripePages: 4, hostId: 0, members: ['n1', 'n2', 'n3'], createdAt: 1,
@@ -59,10 +59,24 @@ describe('cluster/catalog-recovery', () => {
   it('fails on a page that does not move on, an answer in another name, an error reply, or a deadline passed', async () => {
     // `next` 1 from 0 moves on; from 1, `next` 1 again does not.
     const stuck = fakeNc(() => ({ nodeId: 'n2', hosts: 1, shards: [assignment(1)], next: 1 }));
-    await assert.rejects(readNodeRecords(stuck, 'c', 'n2', 1000, Date.now() + 10_000), (e: unknown) => e instanceof ProtocolError && e.code === 'internal' && /page 1 with next 1/.test(e.message));
+    await assert.rejects(readNodeRecords(stuck, 'c', 'n2', 1000, Date.now() + 10_000), (e: unknown) => e instanceof ProtocolError && e.code === 'internal' && /page 1 with 1 records and next 1$/.test(e.message));
     // A page of no record names a next page: asked for ever, it would never end.
     const empty = fakeNc((_subject, body) => ({ nodeId: 'n2', hosts: 1, shards: [], next: Number(body.from ?? 0) + 1 }));
-    await assert.rejects(readNodeRecords(empty, 'c', 'n2', 1000, Date.now() + 2000), (e: unknown) => e instanceof ProtocolError && e.code === 'internal' && /answered page 0 with next 1$/.test(e.message));
+    await assert.rejects(readNodeRecords(empty, 'c', 'n2', 1000, Date.now() + 2000), (e: unknown) => e instanceof ProtocolError && e.code === 'internal' && /answered page 0 with 0 records and next 1$/.test(e.message));
+    // A `next` that runs ahead of the records given (one record a page, next one page on each
+    // time): asked on, it would grow the list past what any node holds; refused at once.
+    const ahead = fakeNc((_subject, body) => ({ nodeId: 'n2', hosts: 1, shards: Array.from({ length: 4 }, (_, i) => assignment(i)), next: Number(body.from ?? 0) + 1000 }));
+    await assert.rejects(readNodeRecords(ahead, 'c', 'n2', 1000, Date.now() + 10_000), (e: unknown) => e instanceof ProtocolError && e.code === 'internal' && /answered page 0 with 4 records and next 1000$/.test(e.message));
+    // More records than a node may hold, in pages that each move on by what they hold: refused past the bound.
+    let asked = 0;
+    const endless = fakeNc((_subject, body) => {
+      asked++;
+      const from = Number(body.from ?? 0);
+      const next = from + 512;
+      return { nodeId: 'n2', hosts: 1, shards: Array.from({ length: 512 }, (_, i) => assignment(from + i)), ...(next <= ASSIGNMENTS_PER_NODE_MAX ? { next } : {}) };
+    });
+    await assert.rejects(readNodeRecords(endless, 'c', 'n2', 1000, Date.now() + 30_000), (e: unknown) => e instanceof ProtocolError && e.code === 'internal' && new RegExp(`gave more than ${ASSIGNMENTS_PER_NODE_MAX} records`).test(e.message));
+    assert.ok(asked <= Math.ceil(ASSIGNMENTS_PER_NODE_MAX / 512) + 1, `asked ${asked} pages`);
     const other = fakeNc(() => ({ nodeId: 'n3', hosts: 1, shards: [] }));
     await assert.rejects(readNodeRecords(other, 'c', 'n2', 1000, Date.now() + 10_000), /answered as 'n3'/);
     const refusing = fakeNc(() => ({ error: { code: 'overloaded', message: 'busy' } }));
