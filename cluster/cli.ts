@@ -20,6 +20,9 @@ import { PAGE_COUNT_MAX, PAGE_SIZES_BYTES, SHARDS_MAX } from '../messages/api';
 import type { ShardLsn, VolumeCreateRequest, VolumeInfo } from '../messages/api';
 import { bytesText, formatStatus, formatStatusJson } from '../observability/status';
 import { NBD_PORT_DEFAULT, nbdUri, startNbdServer } from './nbd';
+
+/** Most connections `strata nbd --connections-max` serves at once (each holds up to 64 MiB of requests in flight). */
+const NBD_CONNECTIONS_MAX = 1024;
 import { textTable } from './text-table';
 import { NATS_ROLES, natsTlsFromFlags, readNatsPassword, renderNatsAuthorization, type NatsUser } from './nats-auth';
 
@@ -245,7 +248,7 @@ const COMMANDS: Readonly<Record<string, CommandSpec>> = {
   get: { positionals: ['VOLUME', 'PAGE', 'FILE'], flags: { count: 'integer', lsn: 'string' }, client: true },
   zero: { positionals: ['VOLUME', 'PAGE'], flags: { count: 'integer' }, required: ['count'], client: true },
   map: { positionals: ['VOLUME', 'PAGE'], positionalsMin: 1, flags: { count: 'integer' }, client: true },
-  nbd: { positionals: ['VOLUME'], positionalsMin: 0, flags: { listen: 'string', 'read-only': 'boolean', all: 'boolean' }, client: true },
+  nbd: { positionals: ['VOLUME'], positionalsMin: 0, flags: { listen: 'string', 'read-only': 'boolean', all: 'boolean', 'connections-max': 'integer' }, client: true },
   status: { positionals: [], flags: {}, client: true },
   'shard force-vote': { positionals: ['VOLUME', 'SHARD'], flags: { node: 'string' }, required: ['node'], client: true },
   'shard move': { positionals: ['VOLUME', 'SHARD'], flags: { from: 'string', to: 'string' }, required: ['from', 'to'], client: true },
@@ -538,6 +541,8 @@ export function parseArgs(argvIn: readonly string[]): ParsedArgs {
   if (command === 'nbd') {
     if ((positionals.length === 1) === (flags.all === true)) throw new UsageError(positionals.length === 1 ? 'nbd: give VOLUME or --all, not both' : 'nbd: expected VOLUME or --all');
     if (typeof flags.listen === 'string') parseListen(flags.listen);
+    const most = flags['connections-max'];
+    if (typeof most === 'number' && (most < 1 || most > NBD_CONNECTIONS_MAX)) throw new UsageError(`--connections-max: expected 1..${NBD_CONNECTIONS_MAX}, got ${most}`);
   }
   return { command, positionals, flags, rest: [] };
 }
@@ -1159,8 +1164,9 @@ async function nbd(ctx: Ctx): Promise<void> {
   const volume = positionals[0];
   const listen = typeof flags.listen === 'string' ? parseListen(flags.listen) : { host: '127.0.0.1', port: NBD_PORT_DEFAULT };
   const readOnly = flags['read-only'] === true;
+  const connectionsMax = flags['connections-max'] as number | undefined;
   await withClient(ctx, async (client) => {
-    const server = await startNbdServer({ client, ...(volume === undefined ? {} : { volume }), host: listen.host, port: listen.port, readOnly }).catch((err: unknown) => {
+    const server = await startNbdServer({ client, ...(volume === undefined ? {} : { volume }), host: listen.host, port: listen.port, readOnly, ...(connectionsMax === undefined ? {} : { connectionsMax }) }).catch((err: unknown) => {
       throw listenError(err, listen.host, listen.port);
     });
     const { host, port } = server.address;

@@ -27,7 +27,9 @@
  * data (OPTION_BYTES_MAX), meta context queries (META_CONTEXT_QUERIES_MAX), extents per block
  * status reply (BLOCK_STATUS_EXTENTS_MAX), error messages (ERROR_MESSAGE_BYTES_MAX), request
  * length (BLOCK_BYTES_MAX for READ and WRITE), the handshake's time (`handshakeTimeoutMs`), the
- * time `stop` waits for requests in flight (`stopTimeoutMs`). Each Strata call covers at most
+ * time a reply may wait for the client to read it (`replyTimeoutMs`: a client that stops reading
+ * is closed, its slot and payloads let go), the time `stop` waits for requests in flight
+ * (`stopTimeoutMs`). A peer gone without a word (a host powered off) is found by TCP keepalive. Each Strata call covers at most
  * CALL_PAGES_MAX pages (a block status call: the shards bound their answers) and is bounded by
  * the client's deadline.
  */
@@ -136,6 +138,10 @@ export const REQUESTS_IN_FLIGHT_MAX_DEFAULT = 64;
 export const IN_FLIGHT_BYTES_MAX_DEFAULT = 64 * 1024 * 1024;
 /** Default time a client has from connecting to entering transmission. */
 export const HANDSHAKE_TIMEOUT_MS_DEFAULT = 10_000;
+/** Default time a reply may wait for the client to read it before the connection is closed. */
+export const REPLY_TIMEOUT_MS_DEFAULT = 60_000;
+/** Idle time before TCP keepalive probes a connection's peer. */
+const KEEPALIVE_MS = 30_000;
 /** Default time `stop` waits for requests in flight before closing the sockets. */
 export const STOP_TIMEOUT_MS_DEFAULT = 10_000;
 /** Bytes the socket reader buffers ahead of what is asked before it pauses the socket. */
@@ -166,6 +172,8 @@ export interface NbdServerOptions {
   requestsInFlightMax?: number;
   inFlightBytesMax?: number;
   handshakeTimeoutMs?: number;
+  /** Time a reply may wait for the client to read it; past it the connection is closed. Default REPLY_TIMEOUT_MS_DEFAULT. */
+  replyTimeoutMs?: number;
   stopTimeoutMs?: number;
   logger?: Logger;
 }
@@ -421,6 +429,7 @@ class Server implements NbdServer {
   readonly requestsInFlightMax: number;
   readonly inFlightBytesMax: number;
   readonly handshakeTimeoutMs: number;
+  readonly replyTimeoutMs: number;
   readonly stopTimeoutMs: number;
   /** How long a Strata call answered `overloaded` is made again: the client's timeout. */
   readonly overloadedRetryMs: number;
@@ -441,6 +450,7 @@ class Server implements NbdServer {
     this.requestsInFlightMax = checkCount(options.requestsInFlightMax, 'requestsInFlightMax', REQUESTS_IN_FLIGHT_MAX_DEFAULT);
     this.inFlightBytesMax = checkCount(options.inFlightBytesMax, 'inFlightBytesMax', IN_FLIGHT_BYTES_MAX_DEFAULT);
     this.handshakeTimeoutMs = checkCount(options.handshakeTimeoutMs, 'handshakeTimeoutMs', HANDSHAKE_TIMEOUT_MS_DEFAULT);
+    this.replyTimeoutMs = checkCount(options.replyTimeoutMs, 'replyTimeoutMs', REPLY_TIMEOUT_MS_DEFAULT);
     this.stopTimeoutMs = checkCount(options.stopTimeoutMs, 'stopTimeoutMs', STOP_TIMEOUT_MS_DEFAULT);
     this.overloadedRetryMs = typeof options.client.timeoutMs === 'number' ? options.client.timeoutMs : 10_000;
     this.log = options.logger ?? createLogger({ component: 'nbd' });
@@ -468,6 +478,8 @@ class Server implements NbdServer {
   private accept(socket: net.Socket): void {
     socket.setNoDelay(true);
     socket.on('error', (err) => this.log.debug('nbd socket error', { err, remote: socket.remoteAddress }));
+    // A peer gone without closing (its host powered off, a partition) is found and the socket ended.
+    socket.setKeepAlive(true, KEEPALIVE_MS);
     if (this.stopping !== undefined) {
       socket.destroy();
       return;
@@ -654,9 +666,20 @@ class Connection {
   private send(...parts: Buffer[]): Promise<void> {
     return new Promise((resolve) => {
       if (this.socket.destroyed || !this.socket.writable) return resolve();
+      // A client that does not read its replies would hold this one (its request, its payload,
+      // the connection's slot) for ever: past replyTimeoutMs the connection is closed.
+      const timer = setTimeout(() => {
+        this.log.info('nbd client did not read a reply in time: closing', { replyTimeoutMs: this.server.replyTimeoutMs, volume: this.exp?.name });
+        this.reader.end(new ConnectionEnded('reply not read'));
+        this.socket.destroy();
+        resolve();
+      }, this.server.replyTimeoutMs);
       this.socket.cork();
       for (let i = 0; i < parts.length - 1; i++) this.socket.write(parts[i]!);
-      this.socket.write(parts[parts.length - 1]!, () => resolve());
+      this.socket.write(parts[parts.length - 1]!, () => {
+        clearTimeout(timer);
+        resolve();
+      });
       this.socket.uncork();
     });
   }

@@ -374,6 +374,8 @@ describe('cluster/cli', () => {
       [['nbd', 'db', '--listen', '::1:10809'], /^--listen: expected HOST:PORT or \[IPV6\]:PORT/],
       [['nbd', 'db', '--listen', 'localhost:70000'], /^--listen: port 70000 is out of range \(0\.\.65535\)$/],
       [['nbd', 'db', '--read-only=yes'], /--read-only takes no value/],
+      [['nbd', 'db', '--connections-max', '0'], /^--connections-max: expected 1\.\.1024, got 0$/],
+      [['nbd', 'db', '--connections-max', '1025'], /^--connections-max: expected 1\.\.1024, got 1025$/],
     ];
     for (const [argv, pattern] of usage) {
       it(`rejects \`${argv.join(' ')}\``, () => {

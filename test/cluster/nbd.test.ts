@@ -1275,6 +1275,32 @@ describe('cluster/nbd: NBD export of Strata volumes', function () {
       assert.equal(outcome, 'stopped');
     });
 
+    it('a client that stops reading its replies is closed after replyTimeoutMs: its slot is free again for another client', async () => {
+      const stub = stubClient(2 * BLOCK_BYTES_MAX / 4096);
+      const logs: Array<{ level: string; msg: string; fields: Record<string, unknown> }> = [];
+      const server = await startNbdServer({ client: stub.client, volume: 'stub', port: 0, connectionsMax: 1, replyTimeoutMs: 500, stopTimeoutMs: 200, logger: captureLogger(logs) });
+      try {
+        const s = await Session.open(server.address.port, 'stub');
+        s.peer.socket.pause();
+        const head = Buffer.alloc(28);
+        head.writeUInt32BE(0x25609513, 0);
+        head.writeUInt16BE(NBD_CMD.READ, 6);
+        head.writeBigUInt64BE(1n, 8);
+        head.writeUInt32BE(BLOCK_BYTES_MAX, 24);
+        // Replies of 32 MiB nobody reads: the socket's buffers fill, a reply's write never ends.
+        for (let i = 0; i < 4; i++) s.peer.socket.write(head);
+        await waitFor('the connection closed', () => server.connectionCount() === 0, 20_000);
+        assert.ok(logs.some((l) => l.msg === 'nbd client did not read a reply in time: closing'), JSON.stringify(logs));
+        s.peer.close();
+        // The slot is free: another client is served.
+        const next = await Session.open(server.address.port, 'stub');
+        assert.equal((await next.request(NBD_CMD.READ, 0, 4096)).error, 0);
+        next.peer.close();
+      } finally {
+        await server.stop();
+      }
+    });
+
     it('a client that closes with writes queued on a page and connects again cannot pile requests up past connectionsMax × requestsInFlightMax; the queued writes of a closed connection are not made', async () => {
       const stub = stubClient();
       // Each write call takes 300 ms: the writes to one page queue behind each other on its lock.
