@@ -565,6 +565,10 @@ export class StrataClient {
         if (epoch !== undefined && page.epoch !== epoch && restarts < LIST_RESTARTS_MAX) break;
         epoch ??= page.epoch;
         volumes.push(...page.volumes);
+        // A catalog holds at most VOLUMES_PER_LIST_MAX volumes (twice that: room for the changes
+        // between pages read at different epochs). More is no catalog's answer (anyone on the
+        // server may answer the controller's subjects), and is not gathered on.
+        if (volumes.length > 2 * VOLUMES_PER_LIST_MAX) throw new ProtocolError('unavailable', `volume.list: more than ${2 * VOLUMES_PER_LIST_MAX} volumes in its pages, more than a catalog holds`);
         if (page.next === undefined) return volumes;
         if (pages >= VOLUMES_PER_LIST_MAX) throw new ProtocolError('unavailable', `volume.list: more than ${VOLUMES_PER_LIST_MAX} pages`);
         after = page.next;

@@ -630,6 +630,20 @@ describe('cluster/client (fake transport)', () => {
       assert.equal(t.apiRequests('volume.list').length, 1 + VOLUMES_PER_LIST_MAX);
     });
 
+    it('gives up a list whose pages hold more volumes than a catalog does (unavailable), after the page that passes it', async () => {
+      const t = new FakeTransport((_subject, body) => {
+        const { after, limit } = body as { after?: string; limit?: number };
+        if (after === undefined && limit === undefined) return errorReply(new ProtocolError('too_large', 'the reply does not fit one message'));
+        const from = after === undefined ? 0 : Number(after.slice(1)) + 1;
+        // Pages of VOLUMES_PER_LIST_MAX volumes each, named on, each naming a next page.
+        const volumes = Array.from({ length: VOLUMES_PER_LIST_MAX }, (_, k) => volume({ name: `v${String(from + k).padStart(8, '0')}` }));
+        return { volumes, next: volumes[volumes.length - 1]!.name, epoch: 1 };
+      });
+      const client = createClient(t, { cluster: CLUSTER, timeoutMs: 60_000, nowMs: () => NOW });
+      await rejectsWith(client.listVolumes(), 'unavailable', new RegExp(`volume\\.list: more than ${2 * VOLUMES_PER_LIST_MAX} volumes in its pages`));
+      assert.equal(t.apiRequests('volume.list').length, 1 + 3, 'the whole list asked, then three pages');
+    });
+
     it('sends a request again while the router finds no controller (noController), for CONTROLLER_GAP_MS: the gap between two controllers; then that is the answer', async () => {
       const gone = () => errorReply(new ProtocolError('unavailable', 'the controller is not reachable (no responders)', { noController: true }));
       let gaps = 2;
