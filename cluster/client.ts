@@ -711,12 +711,22 @@ export class StrataClient {
    * controller (an election of the catalog shard under way) answers with what its node knows of
    * the volume, without them (`replicaSets`): asked again with back-off until `deadlineMs` (at
    * most CONTROLLER_RETRIES_MAX times), and the last answer returned as it is (the caller says
-   * nobody told where a shard is).
+   * nobody told where a shard is), also when a try after it fails.
    */
   private async placedVolumeInfo(name: string, deadlineMs: number): Promise<VolumeInfo> {
     let pauseMs = CONTROLLER_RETRY_MS_MIN;
+    let last: VolumeInfo | undefined;
     for (let attempt = 1; ; attempt++) {
-      const v = await this.api('volume.info', { name: expectName(name, 'name') }, deadlineMs);
+      let v: VolumeInfo;
+      try {
+        v = await this.api('volume.info', { name: expectName(name, 'name') }, deadlineMs);
+      } catch (e) {
+        // A try after the first that fails (the deadline reached as it went out, say): the
+        // answer before it stands.
+        if (last !== undefined) return last;
+        throw e;
+      }
+      last = v;
       if (v.replicaSets !== undefined || attempt > CONTROLLER_RETRIES_MAX || this.nowMs() + pauseMs >= deadlineMs) return v;
       await new Promise((r) => setTimeout(r, pauseMs));
       pauseMs = Math.min(2 * pauseMs, CONTROLLER_RETRY_MS_MAX);

@@ -615,6 +615,14 @@ describe('cluster/client (fake transport)', () => {
       const before = infos();
       await rejectsWith(createClient(t, { cluster: CLUSTER, timeoutMs: 800 }).checkShard('db', 0, { waitMs: 0 }), 'unavailable', /did not say where shard 0 of volume db is/);
       assert.ok(infos() - before >= 3, `asked ${infos() - before} times`);
+      // A try after the first that fails (here refused): the answer before it stands, not the try's error.
+      let tries = 0;
+      const failing = new FakeTransport((subject) => {
+        if (!subject.includes('.volume.info')) return errorReply(new ProtocolError('internal', `unexpected ${subject}`));
+        return ++tries === 1 ? volume({ name: 'db', id: 'v1', shards: 1, pageCount: 64 }) : errorReply(new ProtocolError('overloaded', 'busy'));
+      });
+      await rejectsWith(createClient(failing, { cluster: CLUSTER, timeoutMs: 5000 }).checkShard('db', 0, { waitMs: 0 }), 'unavailable', /did not say where shard 0 of volume db is/);
+      assert.equal(tries, 2);
     });
 
     it('gives up a list whose every page names a next one after VOLUMES_PER_LIST_MAX pages (unavailable), not running on', async () => {
