@@ -616,7 +616,7 @@ export class StrataMetrics {
         const q = h.device?.queue;
         if (!q || batchPoints.length >= SERIES_PER_METRIC_MAX) continue;
         const b = bucketsOf(BATCH_OPS_BUCKETS, q.batchOpsHistogram, 1);
-        batchPoints.push({ startTime, endTime, attributes: attrs, value: { buckets: { boundaries: b.boundaries, counts: b.counts }, count: b.count, sum: q.appendOps + q.readOps + q.tasks } });
+        batchPoints.push({ startTime, endTime, attributes: attrs, value: { buckets: { boundaries: b.boundaries, counts: b.counts }, count: b.count, sum: q.appendOps + q.readOps + q.tasks + (q.stateSaves ?? 0) } });
         const f = bucketsOf(FSYNC_MS_BUCKETS, q.syncMsHistogram, 1 / 1000);
         fsyncPoints.push({ startTime, endTime, attributes: attrs, value: { buckets: { boundaries: f.boundaries, counts: f.counts }, count: f.count, sum: q.syncMsSum / 1000 } });
       }

@@ -302,6 +302,12 @@ export function clientSpan<T>(
   });
 }
 
+/** Whether the headers carry a valid trace context (a traceparent of a span). */
+export function carriesTrace(headers: TraceCarrierReader | undefined): boolean {
+  const sc = trace.getSpanContext(extractContext(headers));
+  return sc !== undefined && trace.isSpanContextValid(sc);
+}
+
 /**
  * Handles a received request inside a SERVER span `process <type>` whose parent is the
  * traceparent of the request's headers.

@@ -45,7 +45,7 @@ import { DEFAULT_TIMING, type ForceVoteResult, type ReconfigureResult, type Repl
 import { DeviceHost, deviceProblem, shardKey, type ShardSpec, type ReplicaRoles, type ForgottenRule, type DeviceHostOptions, type DeviceHostStats, type ReplicaErrorOutcome } from './device-host';
 import { createLogger, throttled, type Logger } from '../observability/log';
 import type { WorkerTelemetryInit, WorkerTracing } from '../observability/worker-tracing';
-import { ATTR, batchSendTracer, captureSpanContext, clientSpan, deviceQueueTracer, serverSpan, withSpan } from '../observability/tracing';
+import { ATTR, batchSendTracer, captureSpanContext, carriesTrace, clientSpan, deviceQueueTracer, serverSpan, withSpan } from '../observability/tracing';
 import { HeartbeatSender, chunkEntries, heartbeatsSubject, validateHeartbeatBatch, type HeartbeatBatch, type HeartbeatBatchReply, type HeartbeatEntry, type HeartbeatStats } from './heartbeat-batcher';
 import { ConnectionState, encodeReplyWithin, frozenHeaders, RequestMux, serverMaxPayload, watchDenials } from './request-mux';
 import { withTimeout } from './timeout';
@@ -961,8 +961,11 @@ export class ActorHost implements HostApi {
     }
     const op = RAFT_OPS[req.type];
     const t0 = this.recorder ? performance.now() : 0;
-    const handled = this.traced
-      ? serverSpan(msg.subject, op, messageHeaders(msg), () => replica.handle(req), msg.data.length, this.shardAttrs(mb))
+    // Only a message sent inside a trace (a traced write's append) gets a span: heartbeats,
+    // votes and catch-up carry none, and each would otherwise start a trace of its own.
+    const headers = this.traced ? messageHeaders(msg) : undefined;
+    const handled = headers !== undefined && carriesTrace(headers)
+      ? serverSpan(msg.subject, op, headers, () => replica.handle(req), msg.data.length, this.shardAttrs(mb))
       : replica.handle(req);
     return handled.then(
       (reply) => {

@@ -208,6 +208,23 @@ describe('observability end to end (in-process cluster)', function () {
     assert.equal(send.status.code, SpanStatusCode.ERROR, "the leader's send whose answer was an error is marked failed");
   });
 
+  it('an idle cluster makes no span: heartbeats and votes, sent outside any trace, do not each start one', async () => {
+    telemetry = startTelemetry({ nodeId: 'test', cluster: 'obs3', traceExporters: ['memory'], sampling: 'always', metricsPort: 0 });
+    c = await startCluster({ nodes: 3, hosts: 1, cluster: 'obs3' });
+    await c.client.createVolume({ name: 'idle', pageCount: 64, shards: 4, stripePages: 16, replicas: 3 });
+    await warmUp(c, 'idle');
+    await new Promise((r) => setTimeout(r, 500));
+    await c.flushTelemetry();
+    const exporter = telemetry.memoryExporter!;
+    exporter.reset();
+    // Two seconds of nothing but the cluster's own messages (heartbeats of 4 shards × 3 replicas).
+    await new Promise((r) => setTimeout(r, 2000));
+    await c.flushTelemetry();
+    await new Promise((r) => setTimeout(r, 100));
+    const replicaSpans = exporter.getFinishedSpans().filter((s) => s.name.startsWith('process replica.'));
+    assert.deepEqual(replicaSpans.map((s) => s.name), [], 'no span of a replication message outside a trace');
+  });
+
   it('metrics of a running cluster change as a known workload says, and promtool accepts them', async () => {
     const port = await freePort();
     c = await startCluster({ nodes: 3, controllers: 3, hosts: 1, cluster: 'metrics', telemetry: { metricsPort: port, metricsHost: '127.0.0.1' } });

@@ -25,7 +25,7 @@ function host(hostId: number, over: Partial<HostSnapshot> = {}): HostSnapshot {
     device: {
       restarts: 0,
       queue: {
-        state: 'ok', queueOps: 2, queueBytes: 8192, batches: 3, appendOps: 5, appendBytes: 20480, readOps: 1, readBytes: 4096, tasks: 0, syncs: 3, syncMsSum: 1.5,
+        state: 'ok', queueOps: 2, queueBytes: 8192, batches: 3, appendOps: 5, appendBytes: 20480, readOps: 1, readBytes: 4096, tasks: 0, stateSaves: 2, syncs: 3, syncMsSum: 1.5,
         batchOpsHistogram: BATCH_OPS_BUCKETS.map((_, i) => (i === 0 ? 2 : i === 2 ? 1 : 0)),
         syncMsHistogram: FSYNC_MS_BUCKETS.map((_, i) => (i === 3 ? 3 : 0)),
         rejectedNoSpace: 6,
@@ -108,6 +108,8 @@ describe('observability/metrics', () => {
     assert.equal(sample(t1, 'strata_device_space_reserve_bytes', { node: 'n1', host: '0' }), 2 ** 30);
     assert.equal(sample(t1, 'strata_device_no_space_refusals_total', { node: 'n1', host: '0' }), 6);
     assert.equal(sample(t1, 'strata_device_batch_ops_count', { node: 'n1', host: '0' }), 3);
+    // Every op of the batches: appends, reads, tasks and the terms and votes saved.
+    assert.equal(sample(t1, 'strata_device_batch_ops_sum', { node: 'n1', host: '0' }), 5 + 1 + 0 + 2);
     assert.equal(sample(t1, 'strata_device_batch_ops_bucket', { node: 'n1', host: '0', le: '1' }), 2);
     assert.equal(sample(t1, 'strata_device_fsync_duration_seconds_count', { node: 'n1', host: '0' }), 3);
     assert.equal(sample(t1, 'strata_device_fsync_duration_seconds_sum', { node: 'n1', host: '0' }), 0.0015);
