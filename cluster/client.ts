@@ -1883,10 +1883,12 @@ export class Volume {
       return await this.within(fetching, deadlineMs);
     } catch (e) {
       if (e instanceof ProtocolError && (e.code === 'unavailable' || e.code === 'timeout')) {
-        // `stale` may itself not have come (a refresh asked before any info did): not waited
-        // for past the deadline either.
-        const info = await withTimeout(stale, Math.max(0, deadlineMs - this.client.nowMs()), () => e);
-        this.keepInfo(stale, fetching);
+        // The newest info the handle had (another call may have learned a newer one, a resize,
+        // since this call's `stale`), never an older one. `stale` may itself not have come (a
+        // refresh asked before any info did): not waited for past the deadline either.
+        const kept = this.infoSettled !== undefined && this.infoSettled.promise !== fetching ? this.infoSettled.promise : stale;
+        const info = await withTimeout(kept, Math.max(0, deadlineMs - this.client.nowMs()), () => e);
+        this.keepInfo(kept, fetching);
         return info;
       }
       throw e;
@@ -1973,8 +1975,10 @@ export class Volume {
         if (first) call.sentMs = this.client.nowMs();
         const sent = this.client.send(leaders, call.type, first ? body : { ...body, sentMs: call.sentMs }, deadlineMs, validateShardWriteReply, tryDeadlineMs);
         return sent.catch((e: unknown) => {
-          if (first && e instanceof NoRespondersError) delete call.sentMs;
-          if (e instanceof ProtocolError && (e.code === 'timeout' || e.details?.['disconnected'] === true)) call.unanswered = true;
+          // Not sent at all (its deadline passed before it went out): nothing may commit from it.
+          const notSent = e instanceof ProtocolError && e.code === 'timeout' && e.details?.['notSent'] === true;
+          if (first && (e instanceof NoRespondersError || notSent)) delete call.sentMs;
+          if (e instanceof ProtocolError && !notSent && (e.code === 'timeout' || e.details?.['disconnected'] === true)) call.unanswered = true;
           throw e;
         });
       },

@@ -625,6 +625,45 @@ describe('cluster/client (fake transport)', () => {
       assert.equal(tries, 2);
     });
 
+    it('a write that reached no leader, whose last try its deadline overtook before it was sent, is unavailable (nothing may commit), not an unknown outcome', async () => {
+      let infos = 0;
+      const t = new FakeTransport(async (subject) => {
+        if (subject.includes('.volume.info')) {
+          // The catalog slow after the first answer (re-electing): the refresh takes the call's time.
+          if (++infos > 1) await new Promise((r) => setTimeout(r, 2000));
+          return volume({ name: 'db', id: 'v1', shards: 1, pageCount: 64, stripePages: 64 });
+        }
+        throw new NoRespondersError(subject);
+      });
+      const vol = createClient(t, { cluster: CLUSTER, timeoutMs: 500 }).volume('db');
+      await vol.info();
+      await rejectsWith(vol.writePages([{ page: 0, data: new Uint8Array(4096) }]), 'unavailable');
+      assert.ok(t.shardRequests().length >= 1, 'the write was sent and reached no leader');
+    });
+
+    it('a refresh of the volume info that cannot reach the catalog keeps the newest info the handle had, never an older one a call began with', async () => {
+      let pageCount = 1000;
+      let catalogUp = true;
+      const t = new FakeTransport((subject) => {
+        if (!subject.includes('.volume.info')) return errorReply(new ProtocolError('internal', `unexpected ${subject}`));
+        // Down: asked, it never answers (a catalog shard re-electing).
+        return catalogUp ? volume({ name: 'db', id: 'v1', shards: 1, pageCount, stripePages: 256 }) : new Promise(() => undefined);
+      });
+      const vol = createClient(t, { cluster: CLUSTER, timeoutMs: 2000 }).volume('db');
+      assert.equal((await vol.info()).pageCount, 1000);
+      // The info a call in flight began with (before the resize).
+      const before = (vol as unknown as { infoPromise: Promise<VolumeInfo> }).infoPromise;
+      pageCount = 2000;
+      assert.equal((await vol.info({ refresh: true })).pageCount, 2000, 'another call learned the new size');
+      catalogUp = false;
+      // A refresh asked meanwhile, whose answer does not come; then the call that began with the
+      // info before the resize refreshes too, and waits for that one until its deadline.
+      void vol.info({ refresh: true }).catch(() => undefined);
+      const refresh = (vol as unknown as { refreshInfo(stale: Promise<VolumeInfo>, deadlineMs: number): Promise<VolumeInfo> }).refreshInfo.bind(vol);
+      assert.equal((await refresh(before, Date.now() + 300)).pageCount, 2000);
+      assert.equal((await vol.info()).pageCount, 2000, 'the handle still knows the new size');
+    });
+
     it('gives up a list whose every page names a next one after VOLUMES_PER_LIST_MAX pages (unavailable), not running on', async () => {
       const name = (i: number): string => `v${String(i).padStart(5, '0')}`;
       const t = new FakeTransport((_subject, body) => {
