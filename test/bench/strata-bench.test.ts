@@ -187,7 +187,10 @@ describe("bench/strata-bench", function () {
     for (const b of r.groups[0]!.baselines) {
       assert.ok(b.available, b.unavailableReason);
       assert.ok(b.warmupOps > 0, `${b.name}: warm-up of ${b.warmupOps} requests`);
-      assert.ok(b.warmupSeconds >= (warmupMs * 0.9) / 1000 && b.warmupSeconds <= warmupMs / 1000 + 1, `${b.name}: warm-up of ${b.warmupSeconds} s`);
+      // The echo's seconds are its run's; the raw append's only its writes' and fdatasyncs' (the
+      // time between two batches is not counted: on a loaded machine well under the warm-up's).
+      const least = b.name === "raw-append" ? 0 : (warmupMs * 0.9) / 1000;
+      assert.ok(b.warmupSeconds > least && b.warmupSeconds <= warmupMs / 1000 + 1, `${b.name}: warm-up of ${b.warmupSeconds} s`);
       // The rounds alone are counted: 20 requests each (raw-append: 5 batches of 4 records).
       assert.equal(b.ops, 40, b.name);
       assert.deepEqual(b.rounds.map((f) => f.ops), [20, 20], b.name);
