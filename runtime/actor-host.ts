@@ -975,7 +975,10 @@ export class ActorHost implements HostApi {
       (err: unknown) => {
         const pe = wireError(err);
         this.recorder?.requestDuration(op, pe.code, (performance.now() - t0) / 1000);
-        this.logReplicaError(mb.spec, this.device!.onReplicaError(mb.spec.volumeId, mb.spec.shard, err, replica), pe, err);
+        const restart = this.device!.onReplicaError(mb.spec.volumeId, mb.spec.shard, err, replica);
+        // Logged once: by the restart it caused, else here when it is a bug (as a request's is).
+        if (restart !== undefined) this.logReplicaError(mb.spec, restart, pe, err);
+        else if (pe.code === 'internal') this.log.error('replication message failed', { volume: mb.spec.volumeId, shard: mb.spec.shard, type: req.type, err });
         return errorReply(pe);
       },
     );

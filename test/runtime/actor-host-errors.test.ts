@@ -13,6 +13,7 @@ import { startNatsServer, type NatsServerHandle } from '../../runtime/nats-serve
 import { decode, encode } from '../../messages/codec';
 import { writeHeaders } from '../../messages/headers';
 import { shardSubject } from '../../messages/subjects';
+import { replicaSubject } from '../../messages/raft';
 import { StorageError } from '../../storage-engine/errors';
 import { stderrOf } from '../support/stderr';
 import { waitFor } from '../support/wait';
@@ -76,5 +77,25 @@ describe('a host logs a request failure once', function () {
     assert.equal(reply.error?.code, 'internal');
     const about = lines.filter((l) => JSON.stringify(l).includes('not fatal'));
     assert.deepEqual(about.map((l) => [l['level'], l['msg']]), [['error', 'request failed']]);
+  });
+
+  it('an internal failure of a replication message that restarts nothing: one line, replication message failed', async () => {
+    const replica = (host as unknown as { device: { replica(v: string, s: number): { handle: unknown } } }).device.replica('v1', 0);
+    replica.handle = async () => {
+      throw Object.assign(new Error('test: a replication bug'), { code: 'internal' });
+    };
+    try {
+      let reply: { error?: { code?: string } } = {};
+      const written = await stderrOf(async () => {
+        const append = { type: 'append', term: 1, leader: 'e2', prevLsn: 0, prevTerm: 0, records: [], commitLsn: 0, leaderLastLsn: 0 };
+        reply = decode((await nc.request(replicaSubject(CLUSTER, 'v1', 0, 'e1'), encode(append), { timeout: 5000 })).data) as typeof reply;
+      });
+      assert.equal(reply.error?.code, 'internal');
+      const lines = written.join('').split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>);
+      const about = lines.filter((l) => JSON.stringify(l).includes('a replication bug'));
+      assert.deepEqual(about.map((l) => [l['level'], l['msg'], l['type']]), [['error', 'replication message failed', 'append']]);
+    } finally {
+      delete (replica as { handle?: unknown }).handle;
+    }
   });
 });
