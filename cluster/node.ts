@@ -805,10 +805,12 @@ export class StrataNode {
     this.pool = await HostPool.start({
       hosts: hostConfigs,
       ...(this.opts.hostHeapInitialMiB !== undefined ? { heapInitialMiB: this.opts.hostHeapInitialMiB } : {}),
-      onHostExit: (hostId, code, restarting, err) =>
-        restarting
-          ? this.log.warn('actor host exited; restarting it', { hostId, code, ...(err ? { err } : {}) })
-          : this.log.error('actor host exited too often; starting it again after a back-off', { hostId, code, ...(err ? { err } : {}) }),
+      onHostExit: (hostId, code, restarting, err, hung) => {
+        // A hung host's exit is its termination, said already (onHostHung): once is enough.
+        if (restarting && hung) return;
+        if (restarting) this.log.warn('actor host exited; restarting it', { hostId, code, ...(err ? { err } : {}) });
+        else this.log.error('actor host exited too often; starting it again after a back-off', { hostId, code, ...(err ? { err } : {}) });
+      },
       onHostHung: (hostId, silentMs) => this.log.error('actor host does not answer; terminating and restarting it', { hostId, silentMs }),
       onShardReopenFailed: (hostId, spec, err, retrying) =>
         this.log.warn(retrying ? 'host could not open a shard; trying again' : 'restarted host refused a shard; forgotten', {

@@ -417,7 +417,10 @@ export class ActorHost implements HostApi {
       self: config.nodeId,
       transportFor: (spec) => this.transport(spec),
       onRoleChange: (spec, role, term, reason) => this.onRoleChange(spec, role === 'leader', term, reason),
-      onTickError: (spec, err) => this.log.error('replica failed on its clock tick; restarted from durable state', { volume: spec.volumeId, shard: spec.shard, err }),
+      onTickError: (spec, err, outcome) =>
+        outcome.restarted
+          ? this.log.error('replica failed on its clock tick; restarted from durable state', { volume: spec.volumeId, shard: spec.shard, err })
+          : this.log.error('replica failed on its clock tick; shard left down: its replica could not be restarted', { volume: spec.volumeId, shard: spec.shard, err, downReason: outcome.downReason }),
       onRepaired: (spec, damage, lost) =>
         this.log.warn(lost ? 'replica storage was damaged: the damage is discarded and the peers give the lost records back (no vote until then)' : 'replica image was damaged: written again from the older image and the log (nothing lost)', {
           volume: spec.volumeId,

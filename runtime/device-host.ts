@@ -94,10 +94,11 @@ export interface DeviceHostOptions {
   /** Told when a replica becomes or stops being its shard's leader. */
   onRoleChange?: (spec: ShardSpec, role: Role, term: number, reason?: string) => void;
   /**
-   * Told when a replica threw on its clock tick (a bug): it is restarted from durable state
-   * (within restartsMax) and the device's other replicas go on. For logging by the host.
+   * Told when a replica threw on its clock tick (a bug), once its restart from durable state was
+   * made or refused (past restartsMax the shard is left down: `outcome` says which); the device's
+   * other replicas go on. For logging by the host.
    */
-  onTickError?: (spec: ShardSpec, err: unknown) => void;
+  onTickError?: (spec: ShardSpec, err: unknown, outcome: ReplicaErrorOutcome) => void;
   /**
    * Told when a replica's storage was found damaged at open and repaired: with `lost`, records
    * were discarded (the peers give them back, and it votes again once they have); without, a
@@ -660,9 +661,10 @@ export class DeviceHost {
       replica.tick(nowMs);
       replica.expireWaiters(wallMs);
     } catch (err) {
-      // Thrown out of a timer it would end the thread and every shard on it.
-      this.opts.onTickError?.(e.spec, err);
-      this.restart(e);
+      // Thrown out of a timer it would end the thread and every shard on it. Told once the
+      // restart is made or refused, so that what is said is what happened.
+      this.restart(e, err instanceof Error ? err : new Error(String(err)));
+      this.opts.onTickError?.(e.spec, err, outcomeOf(e));
     }
   }
 

@@ -45,9 +45,10 @@ export interface HostPoolOptions {
   startTimeoutMs?: number;
   /**
    * Told when a host exits unexpectedly (for logging by the node), with the uncaught error that
-   * ended its thread when there was one.
+   * ended its thread when there was one, and `hung` when the pool terminated it for not answering
+   * (onHostHung told of it already).
    */
-  onHostExit?: (hostId: number, code: number, restarting: boolean, error: Error | undefined) => void;
+  onHostExit?: (hostId: number, code: number, restarting: boolean, error: Error | undefined, hung: boolean) => void;
   /**
    * Told when a restarted host could not reopen one of its shards (for logging by the node). The
    * host serves its other shards meanwhile, and the pool tries that shard again with back-off;
@@ -95,6 +96,8 @@ interface HostSlot {
   reopenPending: Set<string>;
   reopenTimer: NodeJS.Timeout | undefined;
   reopenAttempts: number;
+  /** The failure last told (onShardReopenFailed) of each shard whose reopen fails: told again only when it changes. */
+  reopenFailureTold: Map<string, string>;
   /** The uncaught error of the running thread, if it threw one (its 'exit' follows). */
   error: Error | undefined;
   lastExit: HostExit | undefined;
@@ -113,6 +116,8 @@ interface HostSlot {
   startedAt: number | undefined;
   /** The running thread's blocking disk calls in progress (shared memory; RealDisk `ioMarker`). */
   ioMarker: Int32Array;
+  /** The running thread was terminated for not answering (its exit is the hang's, told already). */
+  hung: boolean;
 }
 
 /** How a host thread last ended unexpectedly. */
@@ -202,6 +207,7 @@ export class HostPool {
       reopenPending: new Set(),
       reopenTimer: undefined,
       reopenAttempts: 0,
+      reopenFailureTold: new Map(),
       error: undefined,
       lastExit: undefined,
       exitWatch: undefined,
@@ -210,6 +216,7 @@ export class HostPool {
       pingSentAt: undefined,
       startedAt: undefined,
       ioMarker: new Int32Array(new SharedArrayBuffer(4)),
+      hung: false,
     }));
   }
 
@@ -268,6 +275,7 @@ export class HostPool {
         const silentMs = Math.round(now - slot.pingSentAt);
         slot.pingSentAt = undefined;
         slot.down = `hung: no answer for ${Math.round(silentMs / 1000)} s; restarting it`;
+        slot.hung = true;
         this.opts.onHostHung?.(slot.config.hostId, silentMs);
         void worker.terminate();
       }
@@ -291,6 +299,7 @@ export class HostPool {
     try {
       const r = await this.call(slot, (api) => api.openShard(spec));
       slot.reopenPending.delete(key);
+      slot.reopenFailureTold.delete(key);
       this.opened(slot, key, spec);
       return r;
     } catch (e) {
@@ -341,6 +350,7 @@ export class HostPool {
         if (!dead.has(spec.volumeId)) continue;
         slot.shards.delete(key);
         slot.reopenPending.delete(key);
+        slot.reopenFailureTold.delete(key);
       }
     }
     const settled = await Promise.allSettled(this.slots.map((slot) => this.answerWithin(slot, LEFTOVERS_TIMEOUT_MS, (api) => api.destroyLeftovers(volumeIds, forgotten))));
@@ -355,6 +365,7 @@ export class HostPool {
     const key = shardKey(volumeId, shard);
     slot.shards.delete(key);
     slot.reopenPending.delete(key);
+    slot.reopenFailureTold.delete(key);
     await this.call(slot, (api) => api.closeShard(volumeId, shard, destroy));
   }
 
@@ -631,18 +642,23 @@ export class HostPool {
     if (spec === undefined) {
       // Closed since it was to be tried again.
       slot.reopenPending.delete(key);
+      slot.reopenFailureTold.delete(key);
       return;
     }
     try {
       await timed(this.untilExit(slot, api.openShard(spec)), this.callTimeoutMs, `reopening shard ${key} on host ${slot.config.hostId}`);
       slot.reopenPending.delete(key);
+      slot.reopenFailureTold.delete(key);
       this.opened(slot, key, spec);
     } catch (e) {
       if (!current()) return;
       const err = e instanceof Error ? e : new Error(String(e));
       // Closed, or opened again with another spec, while this open ran: not tried again here.
       if (slot.shards.get(key) !== spec) {
-        if (!slot.shards.has(key)) slot.reopenPending.delete(key);
+        if (!slot.shards.has(key)) {
+          slot.reopenPending.delete(key);
+          slot.reopenFailureTold.delete(key);
+        }
         return;
       }
       const retrying = !refused(e);
@@ -650,7 +666,11 @@ export class HostPool {
       else {
         slot.shards.delete(key);
         slot.reopenPending.delete(key);
+        slot.reopenFailureTold.delete(key);
       }
+      // A failure that repeats at each retry is told once, and again when it changes.
+      if (retrying && slot.reopenFailureTold.get(key) === err.message) return;
+      if (retrying) slot.reopenFailureTold.set(key, err.message);
       this.opts.onShardReopenFailed?.(slot.config.hostId, spec, err, retrying);
     }
   }
@@ -682,6 +702,8 @@ export class HostPool {
     slot.api = api;
     slot.error = undefined;
     slot.pingSentAt = undefined;
+    // A new thread: a reopen failure is told again (its start is news).
+    slot.reopenFailureTold.clear();
     const exitWatch = new Set<(err: Error) => void>();
     worker.once('exit', (code) => {
       const err = Object.assign(new Error(`host ${slot.config.hostId} exited (code ${code})`), { code: 'unavailable' });
@@ -727,6 +749,8 @@ export class HostPool {
     slot.reopenTimer = undefined;
     const error = slot.error;
     slot.error = undefined;
+    const hung = slot.hung;
+    slot.hung = false;
     if (this.stopped || slot.stopping) return;
     slot.lastExit = { code, ...(error ? { error: `${error.name}: ${error.message}` } : {}), atMs: Date.now() };
     const now = Date.now();
@@ -735,7 +759,7 @@ export class HostPool {
     slot.startedAt = undefined;
     slot.restarts = slot.restarts.filter((t) => now - t < windowMs);
     const restarting = slot.restarts.length < (this.opts.restartsMax ?? 5);
-    this.opts.onHostExit?.(slot.config.hostId, code, restarting, error);
+    this.opts.onHostExit?.(slot.config.hostId, code, restarting, error, hung);
     if (!restarting) {
       const delay = this.respawnLater(slot);
       slot.down = `host exited ${slot.restarts.length + 1} times within ${windowMs} ms (last code ${code}${error ? `: ${error.message}` : ''}); starting it again in ${delay / 1000} s`;

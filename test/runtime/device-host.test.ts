@@ -389,21 +389,26 @@ describe('DeviceHost supervision', () => {
     await host.close();
   });
 
-  it('a replica that throws on its clock tick is restarted alone; the device\'s other shards go on', async () => {
+  it('a replica that throws on its clock tick is restarted alone, and told so once the restart is made or refused; the device\'s other shards go on', async () => {
     let now = 0;
     const failures: string[] = [];
     const host = new DeviceHost({
-      dir: 'dev0', self: 'n1', disk: new SimDisk(), nowMs: () => now,
+      dir: 'dev0', self: 'n1', disk: new SimDisk(), nowMs: () => now, restartsMax: 1,
       // A transport with a bug: it throws instead of returning a failed promise.
       transportFor: () => ({ send: () => { throw new TypeError('transport bug'); } }),
-      onTickError: (s, e) => failures.push(`${s.volumeId}/${s.shard}: ${(e as Error).message}`),
+      onTickError: (s, e, outcome) => failures.push(`${s.volumeId}/${s.shard}: ${(e as Error).message}: ${outcome.restarted ? 'restarted' : `down (${outcome.downReason})`}`),
     });
     host.openShard({ ...spec(0), members: ['n1', 'n2', 'n3'] });
     host.openShard(spec(1));
     now = 1000; // past shard 0's election timeout: it asks its peers, and the transport throws
     host.tick(now, Date.now());
-    assert.deepEqual(failures, ['v1/0: transport bug']);
+    assert.deepEqual(failures, ['v1/0: transport bug: restarted']);
     assert.equal(host.stats().restarts, 1, 'shard 0 was reopened from durable state');
+    // Again, past restartsMax: left down, and told so (not 'restarted').
+    now = 3000;
+    host.tick(now, Date.now());
+    assert.equal(failures.length, 2);
+    assert.match(failures[1]!, /^v1\/0: transport bug: down \(shard v1\/0 failed 1 times in 60000 ms; left down; last: transport bug\)$/);
     const r1 = await leader(host, 1);
     await r1.write([{ page: 4, data: page(9) }]);
     assert.deepEqual((await r1.read([4], soon())).pages[0], page(9), 'shard 1 serves');

@@ -105,6 +105,10 @@ describe('HostPool supervision', function () {
     assert.deepEqual((await pool.replicaRoles()).down, [{ volumeId: 'v9', shard: 0 }]);
     await waitFor('a retry that failed too', () => failures.length > 0, 10_000);
     assert.match(failures[0]!, /^true: /, 'retried, not forgotten');
+    // The retries after it fail the same way: told once, not at each (a log line a retry).
+    const attempts = (): number => (pool as unknown as { slots: Array<{ reopenAttempts: number }> }).slots[0]!.reopenAttempts;
+    await waitFor('two more retries', () => attempts() >= 3, 15_000);
+    assert.equal(failures.length, 1, failures.join('\n'));
     fs.rmSync(shardDir);
     await waitFor('the shard opened by a later retry', async () => (await state()) === 'up', 15_000);
     // The retry's call returns once the sole copy leads: nothing is left to reopen then.
@@ -260,7 +264,8 @@ describe('HostPool supervision', function () {
 
   it('a host thread that stops answering is terminated after hangMs and started again', async () => {
     const hung: number[] = [];
-    pool = await HostPool.start({ hosts: [host(path.join(dir, 'dev0'))], hangMs: 1500, onHostHung: (id, ms) => hung.push(ms) });
+    const exits: boolean[] = [];
+    pool = await HostPool.start({ hosts: [host(path.join(dir, 'dev0'))], hangMs: 1500, onHostHung: (id, ms) => hung.push(ms), onHostExit: (_id, _code, _restarting, _err, wasHung) => exits.push(wasHung) });
     await pool.openShard(0, { volumeId: 'v7', volumeName: 'v7', shard: 0, shards: 1, pageCount: 64, pageSize: 4096, stripePages: 16, members: ['n1'] });
     const t0 = performance.now();
     // Blocked for 20 s (a wait that does not return): without the watchdog, back only then.
@@ -275,6 +280,8 @@ describe('HostPool supervision', function () {
     // At least once: a thread started again on a loaded machine may miss a ping of its own.
     assert.ok(st.restarts >= 1, `the restart is counted (${st.restarts})`);
     assert.equal(st.down, undefined);
+    // Its exit is told as the hang's (the node logs the hang, not the exit too).
+    assert.equal(exits[0], true);
   });
 
   it('a host thread blocked in a disk call is not terminated by the watchdog: it answers once the disk does', async () => {
