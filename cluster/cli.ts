@@ -20,11 +20,11 @@ import { PAGE_COUNT_MAX, PAGE_SIZES_BYTES, SHARDS_MAX } from '../messages/api';
 import type { ShardLsn, VolumeCreateRequest, VolumeInfo } from '../messages/api';
 import { bytesText, formatStatus, formatStatusJson } from '../observability/status';
 import { NBD_PORT_DEFAULT, nbdUri, startNbdServer } from './nbd';
+import { textTable } from './text-table';
+import { NATS_ROLES, natsTlsFromFlags, readNatsPassword, renderNatsAuthorization, type NatsUser } from './nats-auth';
 
 /** Most connections `strata nbd --connections-max` serves at once (each holds up to 64 MiB of requests in flight). */
 const NBD_CONNECTIONS_MAX = 1024;
-import { textTable } from './text-table';
-import { NATS_ROLES, natsTlsFromFlags, readNatsPassword, renderNatsAuthorization, type NatsUser } from './nats-auth';
 
 /** A bad command line. Exit code 2. */
 export class UsageError extends Error {

@@ -2110,6 +2110,15 @@ export class StrataNode {
     }
   }
 
+  /**
+   * A controller that just took its seat knows the nodes once they beat: waits until `ready`, or
+   * MEMBERS_WARMUP_MS after the seat was taken, or `endMs`, whichever comes first.
+   */
+  private async membersWarm(endMs: number, ready: () => boolean): Promise<void> {
+    const warmMs = Math.min(this.controllerSinceMs() + MEMBERS_WARMUP_MS, endMs);
+    while (Date.now() < warmMs && !ready()) await new Promise((r) => setTimeout(r, 50));
+  }
+
   /** The controller this node runs now, or `unavailable` (a replicated controller's seat was given up). */
   private seated(): Controller {
     const c = this.controller;
@@ -2281,8 +2290,7 @@ export class StrataNode {
         if (req.undo !== true) {
           // Marked already (emptied and stopped since, say): answered as it stands, not refused.
           const known = (): boolean => c.knownNodes().some((m) => m.nodeId === req.node) || c.placedNodes().has(req.node) || c.draining().includes(req.node);
-          const warmMs = Math.min(this.controllerSinceMs() + MEMBERS_WARMUP_MS, deadlineMs ?? Infinity);
-          while (Date.now() < warmMs && !known()) await new Promise((r) => setTimeout(r, 50));
+          await this.membersWarm(deadlineMs ?? Infinity, known);
           if (!known()) throw new ProtocolError('bad_request', `node: '${req.node}' is not a node of cluster '${this.cluster}' (the controller has not heard from it, and no replica is placed on it; strata status lists the nodes)`, { path: 'node', node: req.node });
         }
         const r = c.drain(req.node, req.undo === true);
@@ -2765,9 +2773,7 @@ export class StrataNode {
     const added = target.filter((n) => !prior.includes(n));
     const removed = prior.filter((n) => !target.includes(n));
     if (added.length > 0 || removed.length > 0) {
-      // A controller that just took its seat knows the nodes once they beat (MEMBERS_WARMUP_MS).
-      const warmMs = Math.min(this.controllerSinceMs() + MEMBERS_WARMUP_MS, endMs);
-      while (Date.now() < warmMs && !added.every((n) => c.isLive(n, Date.now()))) await new Promise((r) => setTimeout(r, 50));
+      await this.membersWarm(endMs, () => added.every((n) => c.isLive(n, Date.now())));
       const nowMs = Date.now();
       const known = new Map(this.allMembers().map((m) => [m.nodeId, m]));
       for (const n of added) {

@@ -298,8 +298,7 @@ export class HostPool {
     slot.shards.set(key, spec);
     try {
       const r = await this.call(slot, (api) => api.openShard(spec));
-      slot.reopenPending.delete(key);
-      slot.reopenFailureTold.delete(key);
+      this.reopenDone(slot, key);
       this.opened(slot, key, spec);
       return r;
     } catch (e) {
@@ -349,8 +348,7 @@ export class HostPool {
       for (const [key, spec] of slot.shards) {
         if (!dead.has(spec.volumeId)) continue;
         slot.shards.delete(key);
-        slot.reopenPending.delete(key);
-        slot.reopenFailureTold.delete(key);
+        this.reopenDone(slot, key);
       }
     }
     const settled = await Promise.allSettled(this.slots.map((slot) => this.answerWithin(slot, LEFTOVERS_TIMEOUT_MS, (api) => api.destroyLeftovers(volumeIds, forgotten))));
@@ -364,8 +362,7 @@ export class HostPool {
     const slot = this.slot(hostId);
     const key = shardKey(volumeId, shard);
     slot.shards.delete(key);
-    slot.reopenPending.delete(key);
-    slot.reopenFailureTold.delete(key);
+    this.reopenDone(slot, key);
     await this.call(slot, (api) => api.closeShard(volumeId, shard, destroy));
   }
 
@@ -641,38 +638,38 @@ export class HostPool {
     const spec = slot.shards.get(key);
     if (spec === undefined) {
       // Closed since it was to be tried again.
-      slot.reopenPending.delete(key);
-      slot.reopenFailureTold.delete(key);
+      this.reopenDone(slot, key);
       return;
     }
     try {
       await timed(this.untilExit(slot, api.openShard(spec)), this.callTimeoutMs, `reopening shard ${key} on host ${slot.config.hostId}`);
-      slot.reopenPending.delete(key);
-      slot.reopenFailureTold.delete(key);
+      this.reopenDone(slot, key);
       this.opened(slot, key, spec);
     } catch (e) {
       if (!current()) return;
       const err = e instanceof Error ? e : new Error(String(e));
       // Closed, or opened again with another spec, while this open ran: not tried again here.
       if (slot.shards.get(key) !== spec) {
-        if (!slot.shards.has(key)) {
-          slot.reopenPending.delete(key);
-          slot.reopenFailureTold.delete(key);
-        }
+        if (!slot.shards.has(key)) this.reopenDone(slot, key);
         return;
       }
       const retrying = !refused(e);
       if (retrying) slot.reopenPending.add(key);
       else {
         slot.shards.delete(key);
-        slot.reopenPending.delete(key);
-        slot.reopenFailureTold.delete(key);
+        this.reopenDone(slot, key);
       }
       // A failure that repeats at each retry is told once, and again when it changes.
       if (retrying && slot.reopenFailureTold.get(key) === err.message) return;
       if (retrying) slot.reopenFailureTold.set(key, err.message);
       this.opts.onShardReopenFailed?.(slot.config.hostId, spec, err, retrying);
     }
+  }
+
+  /** `key` is no longer to be reopened (opened, closed, or forgotten): neither pending nor its failure remembered. */
+  private reopenDone(slot: HostSlot, key: string): void {
+    slot.reopenPending.delete(key);
+    slot.reopenFailureTold.delete(key);
   }
 
   /** The next attempt at the shards a host could not open: 1 s, doubling up to a minute, for as long as the host runs. */
