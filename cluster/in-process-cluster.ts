@@ -47,6 +47,12 @@ export interface ClusterOptions {
    * passwords: the nodes connect as its node user, `client` as its client user.
    */
   natsAuth?: boolean;
+  /**
+   * Server configuration appended to the generated one (after the users of `natsAuth`), e.g.
+   * `write_deadline: "60s"` for a test that holds a host's thread longer than the server waits
+   * for a client to read before it drops it as a slow consumer (10 s).
+   */
+  natsConfig?: string;
   /** Timeout of the cluster's client calls; default 10 s (crash tests use less). */
   clientTimeoutMs?: number;
   /** Deadline for the cluster to come up; default 30 s. */
@@ -121,9 +127,9 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<InProcess
     nats = await startNatsServer({
       jetstream: opts.jetstream ?? false,
       ...(opts.maxPayloadBytes !== undefined ? { maxPayloadBytes: opts.maxPayloadBytes } : {}),
-      ...(natsUsers === undefined
+      ...(natsUsers === undefined && opts.natsConfig === undefined
         ? {}
-        : { extraConfig: renderRoleUsers(cluster, natsUsers) }),
+        : { extraConfig: (natsUsers === undefined ? '' : renderRoleUsers(cluster, natsUsers)) + (opts.natsConfig === undefined ? '' : `${opts.natsConfig}\n`) }),
     });
   } catch (e) {
     await ownTelemetry?.shutdown().catch(() => undefined);

@@ -565,7 +565,10 @@ describe('a mailbox full of bytes answers overloaded, whatever its request count
   const MAILBOX_BYTES_MAX = 1024 * 1024;
   let c: InProcessCluster;
   before(async () => {
-    c = await startCluster({ nodes: 1, hosts: 1, node: { mailboxRequestsMax: 100_000, mailboxBytesMax: MAILBOX_BYTES_MAX } });
+    // The stall below (10 s) holds the host's socket unread as long as the server's default
+    // write deadline: on a loaded machine the server then dropped the host as a slow consumer,
+    // and with it the writes it held, which were never answered.
+    c = await startCluster({ nodes: 1, hosts: 1, node: { mailboxRequestsMax: 100_000, mailboxBytesMax: MAILBOX_BYTES_MAX }, natsConfig: 'write_deadline: "60s"' });
   });
   after(async () => {
     await c?.stop();
