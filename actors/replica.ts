@@ -3622,6 +3622,9 @@ export class Replica {
       const needed = Math.max(this.termStartLsn, opts.lsn ?? 0, this.commitLsn);
       return this.store.appliedLsn < needed ? this.waitApplied(needed, opts.deadlineMs, opts.lsn) : undefined;
     };
+    // A read at a committed LSN needs no confirmation: records up to it never change, whoever
+    // leads now (a deposed leader that has not noticed yet answers it as its successor would).
+    if (opts.lsn !== undefined && opts.lsn <= this.commitLsn) return this.store.appliedLsn < opts.lsn ? this.waitApplied(opts.lsn, opts.deadlineMs, opts.lsn) : undefined;
     // Under a valid lease, with everything needed applied (the common case): undefined, so that
     // the caller does not await at all.
     if (this.hasLease()) return applied();

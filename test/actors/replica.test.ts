@@ -1003,7 +1003,7 @@ describe('Replica (more cases)', function () {
     const a = shard.members.get('a')!.replica;
     assert.ok(a.isLeader);
     const term = a.currentTerm;
-    await a.write([{ page: 0, data: page(1) }]);
+    const written = await a.write([{ page: 0, data: page(1) }]);
     await a.confirmLeads(term, Date.now() + 1000);
     await assert.rejects(a.confirmLeads(term + 1, Date.now() + 1000), (e: ProtocolError) => e.code === 'not_leader');
     const b = shard.members.get('b')!.replica;
@@ -1018,6 +1018,12 @@ describe('Replica (more cases)', function () {
     assert.equal(a.currentTerm, term);
     const code = await a.confirmLeads(term, Date.now() + 1000).then(() => 'confirmed', (e: ProtocolError) => e.code);
     assert.ok(code === 'timeout' || code === 'not_leader', code);
+    // A read at the latest LSN is not answered from a's stale state; one at an LSN a knows
+    // committed is, at once (those records never change): page 0 as its first write left it.
+    const latest = await a.read([0], { deadlineMs: Date.now() + 300, nowMs: Date.now() }).then((r) => r.pages[0], (e: ProtocolError) => e.code);
+    assert.ok(latest === 'timeout' || latest === 'not_leader', `a latest read of the deposed leader: ${String(latest)}`);
+    const old = await a.read([0], { lsn: written.lsn, deadlineMs: Date.now() + 300, nowMs: Date.now() });
+    assert.deepEqual([old.lsn, old.pages[0]], [written.lsn, page(1)]);
     await neu.confirmLeads(neu.currentTerm, Date.now() + 1000);
     // Healed, a's round meets the newer term: not_leader, and a steps down.
     shard.heal();
