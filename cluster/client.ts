@@ -204,7 +204,8 @@ export { NoRespondersError };
  * connection is down (the NATS server restarting, say), a request waits for the reconnect within
  * its timeout; the requests waiting for a reply when it drops fail at once (`unavailable`,
  * `details.disconnected`: their replies are lost) instead of at their deadline; a write then
- * fails `timeout` (its outcome is unknown), a read is sent again.
+ * fails `timeout` (its outcome is unknown), a read is sent again. So do the requests waiting for
+ * a reply when the transport is closed.
  */
 export class NatsTransport implements ClientTransport {
   private readonly mux: RequestMux;

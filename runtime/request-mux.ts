@@ -13,7 +13,9 @@
  * Failures follow the transport contract of the Strata client (`ClientTransport`): no reply
  * before the deadline → ProtocolError('timeout'); nobody subscribed (the server's 503 status) →
  * NoRespondersError; a message over the server's max_payload → 'too_large'; the connection or
- * the mux closed → 'unavailable'; more than `pendingMax` requests waiting → 'overloaded'. With a
+ * the mux closed → 'unavailable' (a request that was sent and waited for its reply then also
+ * with `details.disconnected`: it may have reached its receiver, whose answer is lost with the
+ * connection); more than `pendingMax` requests waiting → 'overloaded'. With a
  * `connection` to watch: a request made while it is down is refused 'unavailable' at once, or
  * (`whileDisconnected: 'wait'`) sent once it is back, within its timeout; and with
  * `failPendingOnDisconnect` the requests waiting for a reply when it drops fail at once,
@@ -219,7 +221,7 @@ export class RequestMux {
     });
     if (opts.failPendingOnDisconnect === true) {
       this.connection?.onChange((up) => {
-        if (!up) this.failAll('the connection to NATS dropped before the reply (a write may or may not have been applied)', { disconnected: true });
+        if (!up) this.failAll('the connection to NATS dropped before the reply (a write may or may not have been applied)', false);
       });
     }
   }
@@ -362,13 +364,17 @@ export class RequestMux {
     });
   }
 
-  /** Fails every waiting request with `unavailable` and stops receiving replies. */
+  /**
+   * Fails every waiting request with `unavailable` and stops receiving replies: those waiting
+   * for a reply with `details.disconnected` (they were sent: they may have reached their
+   * receivers), those waiting for the reconnect with `details.notSent`.
+   */
   close(): void {
     if (this.closed) return;
     this.closed = true;
     for (const cancel of [...this.unsent]) cancel('the request multiplexer is closed');
     this.sub?.unsubscribe();
-    this.failAll('the request multiplexer is closed');
+    this.failAll('the request multiplexer was closed before the reply', true);
   }
 
   private subscription(): Subscription | undefined {
@@ -380,8 +386,8 @@ export class RequestMux {
     }
     // The connection closed (or the subscription was dropped): nothing will answer any more.
     void this.sub.closed.then(
-      () => this.failAll('the connection is closed'),
-      () => this.failAll('the connection is closed'),
+      () => this.failAll('the connection was closed before the reply', true),
+      () => this.failAll('the connection was closed before the reply', true),
     );
     return this.sub;
   }
@@ -443,19 +449,20 @@ export class RequestMux {
   }
 
   /**
-   * Fails every waiting request with `unavailable`. When the connection closed (`details`
-   * absent), the reply subscription went with it; after a drop (`details.disconnected`) it stays:
-   * the client library subscribes it again on the reconnect.
+   * Fails every waiting request with `unavailable` and `details.disconnected`: each was sent, so
+   * it may have reached its receiver (a write may have been applied), and its reply is lost.
+   * When the connection or the mux closed (`closed`), the reply subscription went with it; after
+   * a drop it stays: the client library subscribes it again on the reconnect.
    */
-  private failAll(reason: string, details?: Record<string, unknown>): void {
+  private failAll(reason: string, closed: boolean): void {
     if (this.timer !== undefined) clearTimeout(this.timer);
     this.timer = undefined;
     this.timerAt = Number.POSITIVE_INFINITY;
     const waiting = [...this.pending.values()];
     this.pending.clear();
     this.groups.clear();
-    if (details === undefined) this.sub = undefined;
-    for (const p of waiting) p.reject(new ProtocolError('unavailable', `request on ${p.subject} failed: ${reason}`, { subject: p.subject, ...(details ?? {}) }));
+    if (closed) this.sub = undefined;
+    for (const p of waiting) p.reject(new ProtocolError('unavailable', `request on ${p.subject} failed: ${reason}`, { subject: p.subject, disconnected: true }));
   }
 }
 

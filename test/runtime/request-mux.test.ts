@@ -219,21 +219,25 @@ describe('RequestMux (NATS request/reply over one reply subscription)', function
     });
   });
 
-  it('closing the connection or the mux fails every waiting request with unavailable, at once', async () => {
+  it('closing the connection or the mux fails every waiting request with unavailable, at once, saying it was sent (details.disconnected: it may have reached its receiver)', async () => {
     const mux = new RequestMux(nc);
     const waiting = mux.request('silent', new Uint8Array(1), { timeoutMs: 20_000 });
     await nc.flush();
     const t0 = performance.now();
     await nc.close();
-    await rejectsWith(waiting, 'unavailable', /closed/);
+    const e1 = await rejectsWith(waiting, 'unavailable', /closed before the reply/);
+    assert.equal(e1.details?.['disconnected'], true);
     assert.ok(performance.now() - t0 < 5000, 'not left to its 20 s deadline');
-    await rejectsWith(mux.request('echo', new Uint8Array(1), { timeoutMs: 1000 }), 'unavailable', /closed/);
+    const refused = await rejectsWith(mux.request('echo', new Uint8Array(1), { timeoutMs: 1000 }), 'unavailable', /closed/);
+    assert.equal(refused.details?.['disconnected'], undefined, 'refused, never sent: not said to be possibly delivered');
 
     const nc2 = await connect({ servers: server.url });
     const mux2 = new RequestMux(nc2);
     const w2 = mux2.request('silent', new Uint8Array(1), { timeoutMs: 20_000 });
+    await nc2.flush();
     mux2.close();
-    await rejectsWith(w2, 'unavailable', /closed/);
+    const e2 = await rejectsWith(w2, 'unavailable', /closed before the reply/);
+    assert.equal(e2.details?.['disconnected'], true);
     await nc2.close();
   });
 

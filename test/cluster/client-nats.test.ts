@@ -1,0 +1,92 @@
+import { strict as assert } from 'node:assert';
+import { connect, type Msg, type NatsConnection } from 'nats';
+import { NatsTransport, createClient, type StrataClient } from '../../cluster/client';
+import { decode, encode } from '../../messages/codec';
+import type { VolumeInfo } from '../../messages/api';
+import { ConnectionState } from '../../runtime/request-mux';
+import { startNatsServer, type NatsServerHandle } from '../../runtime/nats-server';
+import { waitFor } from '../support/wait';
+import { rejectsWith } from '../support/expect';
+
+/**
+ * The client over a real nats-server, in front of a fake node: a NATS connection that answers
+ * the cluster's subjects as each test says (or takes a request and never answers it). The
+ * server is stopped and started again on its port while calls are under way.
+ */
+
+const CLUSTER = 'fk';
+const INFO: VolumeInfo = { name: 'v', id: 'v1', pageCount: 256, pageSize: 4096, shards: 1, stripePages: 256, replicas: 1, createdAt: 1_700_000_000_000 };
+const LEADERS = `strata.${CLUSTER}.shard.v1.0.leaders`;
+
+/** What a fake node does with a request: answer (a reply body), or nothing (undefined). */
+type Handler = (msg: Msg, body: unknown) => unknown;
+
+interface FakeNode {
+  nc: NatsConnection;
+  /** The subjects of the requests it took, in order, each with its body. */
+  took: Array<{ subject: string; body: unknown }>;
+  handlers: Map<string, Handler>;
+  close(): Promise<void>;
+}
+
+/** A fake node on its own connection, which reconnects every 100 ms for good; volume.info of `v` answered by default. */
+async function fakeNode(url: string): Promise<FakeNode> {
+  const nc = await connect({ servers: url, maxReconnectAttempts: -1, reconnectTimeWait: 100 });
+  const node: FakeNode = { nc, took: [], handlers: new Map(), close: () => nc.close() };
+  const prefix = `strata.${CLUSTER}.`;
+  nc.subscribe(`${prefix}>`, {
+    callback: (err, msg) => {
+      if (err !== null) return;
+      let body: unknown;
+      try {
+        body = decode(msg.data);
+      } catch {
+        body = undefined;
+      }
+      node.took.push({ subject: msg.subject, body });
+      const key = msg.subject.slice(prefix.length).replace(/\.every$/, '');
+      const handler = node.handlers.get(key) ?? (key === 'api.volume.info' ? () => INFO : undefined);
+      const reply = handler?.(msg, body);
+      if (reply !== undefined) msg.respond(reply instanceof Uint8Array ? reply : encode(reply));
+    },
+  });
+  await nc.flush();
+  return node;
+}
+
+/** A client over its own connection (reconnecting as `connect`'s does), with that connection's state to watch. */
+async function clientOf(url: string, timeoutMs = 10_000): Promise<{ client: StrataClient; connection: ConnectionState }> {
+  const nc = await connect({ servers: url, maxReconnectAttempts: -1, reconnectTimeWait: 100, noAsyncTraces: true });
+  return { client: createClient(new NatsTransport(nc), { cluster: CLUSTER, timeoutMs }), connection: new ConnectionState(nc) };
+}
+
+describe('cluster/client over NATS: calls across a closed or dropped connection', function () {
+  this.timeout(60_000);
+  let server: NatsServerHandle;
+  let node: FakeNode;
+  let client: StrataClient;
+  let connection: ConnectionState;
+
+  beforeEach(async () => {
+    server = await startNatsServer({ jetstream: false });
+    node = await fakeNode(server.url);
+    ({ client, connection } = await clientOf(server.url));
+  });
+  afterEach(async () => {
+    await client.close();
+    await node.close();
+    await server.stop();
+  });
+
+  it('a write in flight when the client is closed is timeout (it reached the leader: it may or may not be committed), not unavailable', async () => {
+    let taken: () => void = () => undefined;
+    const reached = new Promise<void>((resolve) => (taken = resolve));
+    node.handlers.set(LEADERS.slice(`strata.${CLUSTER}.`.length), () => void taken());
+    const write = client.volume('v').write(3, new Uint8Array(4096).fill(3));
+    await reached;
+    await client.close();
+    const e = await rejectsWith(write, 'timeout', /may or may not be committed/);
+    assert.equal(e.details?.['disconnected'], true);
+    assert.equal(e.details?.['code'], 'unavailable');
+  });
+});
