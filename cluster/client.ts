@@ -1294,7 +1294,8 @@ export class StrataClient {
    * `tryDeadlineInHeader` each try's Strata-Deadline is its own (a read: the server stops working
    * on it when the requester stops waiting), otherwise the call's. With `againSubject`, the tries
    * after the first go there (a shard's: `shardLeadersSubject`). Any answer, or a failure other
-   * than `timeout`, ends it. @internal
+   * than `timeout` or one of a try never sent (`notSent`: the NATS connection was down for the
+   * whole try, so the next try waits for the reconnect in its turn), ends it. @internal
    */
   async sendInTries<T>(
     subject: string,
@@ -1311,7 +1312,7 @@ export class StrataClient {
         tryMsMin: API_READ_TRY_MS_MIN,
         ...(opts.quickFirst !== undefined ? { quickFirst: opts.quickFirst } : {}),
         nowMs: () => this.nowMs(),
-        again: (e) => e instanceof ProtocolError && e.code === 'timeout',
+        again: (e) => e instanceof ProtocolError && (e.code === 'timeout' || notSent(e)),
       },
       (tryDeadlineMs, n) => this.send(n > 1 ? (opts.againSubject ?? subject) : subject, type, body, opts.tryDeadlineInHeader ? tryDeadlineMs : deadlineMs, validate, tryDeadlineMs),
     );
@@ -1976,10 +1977,11 @@ export class Volume {
         if (first) call.sentMs = this.client.nowMs();
         const sent = this.client.send(leaders, call.type, first ? body : { ...body, sentMs: call.sentMs }, deadlineMs, validateShardWriteReply, tryDeadlineMs);
         return sent.catch((e: unknown) => {
-          // Not sent at all (its deadline passed before it went out): nothing may commit from it.
-          const notSent = e instanceof ProtocolError && e.code === 'timeout' && e.details?.['notSent'] === true;
-          if (first && (e instanceof NoRespondersError || notSent)) delete call.sentMs;
-          if (e instanceof ProtocolError && !notSent && (e.code === 'timeout' || e.details?.['disconnected'] === true)) call.unanswered = true;
+          // Not sent at all (its deadline passed before it went out, or the NATS connection was
+          // down for the whole try): nothing may commit from it.
+          const unsent = notSent(e);
+          if (first && (e instanceof NoRespondersError || unsent)) delete call.sentMs;
+          if (e instanceof ProtocolError && !unsent && (e.code === 'timeout' || e.details?.['disconnected'] === true)) call.unanswered = true;
           throw e;
         });
       },
@@ -2146,12 +2148,23 @@ export function writeBody(pages: PageWrite[], writeId: Uint8Array, crcs?: readon
 }
 
 /**
- * A write's try that failed so is sent again (`Volume.sendWrite`): one without an answer. A
- * leader's answer that it cannot tell (`outcomeUnknown`, or an earlier record folded into an
- * image, `recordLsn`) is final.
+ * A write's try that failed so is sent again (`Volume.sendWrite`): one without an answer, or one
+ * never sent (`notSent`: the NATS connection was down for the whole try; the next waits for the
+ * reconnect within its own). A leader's answer that it cannot tell (`outcomeUnknown`, or an
+ * earlier record folded into an image, `recordLsn`) is final.
  */
 function writeTriedAgain(e: unknown): boolean {
+  if (notSent(e)) return true;
   return e instanceof ProtocolError && e.code === 'timeout' && e.details?.['outcomeUnknown'] !== true && e.details?.['recordLsn'] === undefined;
+}
+
+/**
+ * A request that never went out: its deadline passed first (`timeout`), or the NATS connection
+ * was down for the whole of its time (`unavailable`, RequestMux's wait for the reconnect), both
+ * with `details.notSent`. Nothing may have been done of it.
+ */
+function notSent(e: unknown): boolean {
+  return e instanceof ProtocolError && e.details?.['notSent'] === true;
 }
 
 /** First and largest pause between attempts to reach a shard that has no leader right now. */

@@ -1,6 +1,6 @@
 import { strict as assert } from 'node:assert';
 import { connect, type Msg, type NatsConnection } from 'nats';
-import { NatsTransport, createClient, type StrataClient } from '../../cluster/client';
+import { NatsTransport, WRITE_TRY_MS_MIN, createClient, type StrataClient } from '../../cluster/client';
 import { decode, encode } from '../../messages/codec';
 import type { VolumeInfo } from '../../messages/api';
 import { ConnectionState } from '../../runtime/request-mux';
@@ -76,6 +76,31 @@ describe('cluster/client over NATS: calls across a closed or dropped connection'
     await client.close();
     await node.close();
     await server.stop();
+  });
+
+  /** Stops the server and waits for the client to see it gone. */
+  async function outage(): Promise<void> {
+    await server.stop();
+    await waitFor('the client to see the disconnect', () => !connection.connected, 10_000);
+  }
+
+  it('a write and a read made while NATS is down wait for the reconnect within their deadline, past the time of their first try', async () => {
+    const vol = client.volume('v');
+    await vol.info();
+    node.handlers.set('shard.v1.0.leaders', () => ({ lsn: 1, term: 1 }));
+    node.handlers.set('shard.v1.0', () => ({ pages: [new Uint8Array(4096).fill(7)], lsn: 1 }));
+    const port = server.port;
+    await outage();
+    const write = vol.write(3, new Uint8Array(4096).fill(3));
+    const read = vol.read(3);
+    // Down for longer than a first try waits (WRITE_TRY_MS_MIN, as a read's and an API read's).
+    await new Promise((r) => setTimeout(r, WRITE_TRY_MS_MIN + 500));
+    server = await startNatsServer({ jetstream: false, port });
+    assert.equal((await write).lsn, 1);
+    assert.deepEqual(await read, new Uint8Array(4096).fill(7));
+    const writes = node.took.filter((t) => t.subject.endsWith('.leaders'));
+    assert.ok(writes.length >= 1);
+    assert.equal((writes[0]!.body as { sentMs?: number }).sentMs, undefined, 'the first write that went out is a first send');
   });
 
   it('a write in flight when the client is closed is timeout (it reached the leader: it may or may not be committed), not unavailable', async () => {

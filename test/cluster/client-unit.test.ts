@@ -233,6 +233,65 @@ describe('cluster/client (fake transport)', () => {
     });
   });
 
+  describe('a try never sent: the NATS connection down for the whole of its time', () => {
+    /** What the transport answers a request it waited with for the reconnect, in vain (RequestMux, whileDisconnected 'wait'). */
+    const unsent = (seen: Seen): never => {
+      throw new ProtocolError('unavailable', `request on ${seen.subject} not sent: disconnected from NATS for its whole ${seen.timeoutMs} ms`, { subject: seen.subject, notSent: true });
+    };
+
+    it('a write is tried again within its deadline, as a first send (no sentMs: nothing of it went out)', async () => {
+      const fc = new FakeCluster(volume({ shards: 1 }));
+      let down = 1;
+      fc.shardHook = (_shard, seen) => (down-- > 0 ? unsent(seen) : undefined);
+      const r = await fc.client().volume('vol').write(3, pageData(3));
+      assert.equal(r.lsn, 1);
+      const sent = fc.transport.shardRequests();
+      assert.equal(sent.length, 2, 'the try after the unsent one went out');
+      assert.deepEqual(sent.map((x) => (x.body as { sentMs?: number }).sentMs), [undefined, undefined], 'the try that went out is a first send');
+      assert.deepEqual(sent.map((x) => x.timeoutMs), [WRITE_TRY_MS_MIN, 5000]);
+    });
+
+    it('a write never sent by its deadline fails unavailable with details.notSent (nothing went out), after its tries', async () => {
+      const fc = new FakeCluster(volume({ shards: 1 }));
+      fc.shardHook = (_shard, seen) => unsent(seen);
+      const e = await rejectsWith(fc.client().volume('vol').write(3, pageData(3)), 'unavailable', /not sent/);
+      assert.equal(e.details?.['notSent'], true);
+      assert.equal(fc.transport.shardRequests().length, SHARD_WRITE_TRIES);
+    });
+
+    it('a write one try of which got no answer, its later tries never sent: timeout (outcome unknown)', async () => {
+      const fc = new FakeCluster(volume({ shards: 1 }));
+      let silent = 1;
+      fc.shardHook = (_shard, seen) => {
+        if (silent-- > 0) throw new ProtocolError('timeout', `no reply on ${seen.subject} within ${seen.timeoutMs} ms`);
+        return unsent(seen);
+      };
+      await assert.rejects(fc.client().volume('vol').write(3, pageData(3)), (e: ProtocolError) => e.code === 'timeout' && e.details?.['notSent'] === true && /may or may not be committed/.test(e.message));
+    });
+
+    it('a shard read, an API read and a change with a request id are tried again within the deadline', async () => {
+      const fc = new FakeCluster(volume({ shards: 1 }));
+      await fc.client().volume('vol').write(3, pageData(3));
+      let down = 1;
+      fc.shardHook = (_shard, seen) => (down-- > 0 ? unsent(seen) : undefined);
+      assert.deepEqual((await fc.client().volume('vol').readPages([3])).pages[0], pageData(3));
+      assert.equal(fc.transport.shardRequests().filter((r) => r.headers[HEADER_TYPE] === 'shard.read').length, 2);
+      const tries = new Map<string, number>();
+      const t = new FakeTransport((subject, _body, seen) => {
+        const n = (tries.get(subject.replace(/\.every$/, '')) ?? 0) + 1;
+        tries.set(subject.replace(/\.every$/, ''), n);
+        return n === 1 ? unsent(seen) : volume({ name: 'db' });
+      });
+      const client = createClient(t, { cluster: CLUSTER, timeoutMs: 9000, nowMs: () => NOW });
+      assert.equal((await client.volumeInfo('db')).name, 'db');
+      assert.equal((await client.createVolume({ name: 'db', pageCount: 10 })).name, 'db');
+      assert.equal(t.apiRequests('volume.info').length, 2);
+      const creates = t.apiRequests('volume.create');
+      assert.equal(creates.length, 2);
+      assert.deepEqual(creates[1]!.body, creates[0]!.body, 'the same request id');
+    });
+  });
+
   describe('a shard request that gets no answer (its leader killed or frozen with it)', () => {
     const noReply = (shard: number, seen: Seen): unknown => {
       throw new ProtocolError('timeout', `no reply on ${seen.subject} within ${seen.timeoutMs} ms`);
