@@ -1275,15 +1275,19 @@ export class StrataClient {
     const subject = apiSubject(this.cluster, verb);
     const validate = (value: unknown): ReplyMap[V] => validateReply(verb, value);
     const read = API_READ_VERBS.has(verb);
-    if (!read && !hasRequestId(body)) return this.send(subject, verb, body, deadlineMs, validate);
-    // The catalog's quick reads: their first try is short (a node that takes requests and does
-    // not answer, frozen, costs that much), the next ones their part of what is left, sent to
-    // every node's API router (a frozen one keeps its share of the API's queue group).
-    return this.sendInTries(subject, verb, body, deadlineMs, validate, {
-      tryDeadlineInHeader: read,
-      quickFirst: API_QUICK_READ_VERBS.has(verb),
-      againSubject: apiEverySubject(this.cluster, verb),
-    });
+    try {
+      if (!read && !hasRequestId(body)) return await this.send(subject, verb, body, deadlineMs, validate);
+      // The catalog's quick reads: their first try is short (a node that takes requests and does
+      // not answer, frozen, costs that much), the next ones their part of what is left, sent to
+      // every node's API router (a frozen one keeps its share of the API's queue group).
+      return await this.sendInTries(subject, verb, body, deadlineMs, validate, {
+        tryDeadlineInHeader: read,
+        quickFirst: API_QUICK_READ_VERBS.has(verb),
+        againSubject: apiEverySubject(this.cluster, verb),
+      });
+    } catch (e) {
+      throw read ? e : changeOutcomeUnknown(e, body);
+    }
   }
 
   /**
@@ -1294,8 +1298,9 @@ export class StrataClient {
    * `tryDeadlineInHeader` each try's Strata-Deadline is its own (a read: the server stops working
    * on it when the requester stops waiting), otherwise the call's. With `againSubject`, the tries
    * after the first go there (a shard's: `shardLeadersSubject`). Any answer, or a failure other
-   * than `timeout` or one of a try never sent (`notSent`: the NATS connection was down for the
-   * whole try, so the next try waits for the reconnect in its turn), ends it. @internal
+   * than `timeout`, one of a try never sent (`notSent`: the NATS connection was down for the
+   * whole try, so the next try waits for the reconnect in its turn) or one whose reply was lost
+   * with the connection (`disconnected`: sent again once it is back), ends it. @internal
    */
   async sendInTries<T>(
     subject: string,
@@ -1312,7 +1317,7 @@ export class StrataClient {
         tryMsMin: API_READ_TRY_MS_MIN,
         ...(opts.quickFirst !== undefined ? { quickFirst: opts.quickFirst } : {}),
         nowMs: () => this.nowMs(),
-        again: (e) => e instanceof ProtocolError && (e.code === 'timeout' || notSent(e)),
+        again: (e) => e instanceof ProtocolError && (e.code === 'timeout' || notSent(e) || e.details?.['disconnected'] === true),
       },
       (tryDeadlineMs, n) => this.send(n > 1 ? (opts.againSubject ?? subject) : subject, type, body, opts.tryDeadlineInHeader ? tryDeadlineMs : deadlineMs, validate, tryDeadlineMs),
     );
@@ -1341,6 +1346,26 @@ export const MOVE_TIMEOUT_MS_MIN = 60_000;
 /** A new request id (RequestId) for a catalog change: a random UUID. */
 export function newRequestId(): string {
   return randomUUID();
+}
+
+/**
+ * The failure of an API change (not a read) as its caller should see it: one whose request was
+ * sent and whose reply was lost with the NATS connection (`unavailable`, `details.disconnected`)
+ * may have been made, so it is `timeout` with `details.outcomeUnknown` (the original code in
+ * `details.code`). A `timeout` names the change's request id (`details.requestId`), with which
+ * it may be made again and answered as the first was ("Sent again", docs/protocol.md).
+ */
+function changeOutcomeUnknown(e: unknown, body: unknown): unknown {
+  if (!(e instanceof ProtocolError)) return e;
+  const requestId = hasRequestId(body) ? (body as { requestId: string }).requestId : undefined;
+  const withId = requestId === undefined ? {} : { requestId };
+  if (e.code === 'unavailable' && e.details?.['disconnected'] === true) {
+    return new ProtocolError('timeout', `${e.message}: the change may or may not have been made`, { ...(e.details ?? {}), code: e.code, outcomeUnknown: true, ...withId });
+  }
+  if (e.code === 'timeout' && requestId !== undefined && e.details?.['requestId'] === undefined) {
+    return new ProtocolError('timeout', e.message, { ...(e.details ?? {}), ...withId });
+  }
+  return e;
 }
 
 /** Times `listVolumes` starts a paged list again when the catalog changed between its pages. */

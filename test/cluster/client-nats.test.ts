@@ -55,9 +55,9 @@ async function fakeNode(url: string): Promise<FakeNode> {
 }
 
 /** A client over its own connection (reconnecting as `connect`'s does), with that connection's state to watch. */
-async function clientOf(url: string, timeoutMs = 10_000): Promise<{ client: StrataClient; connection: ConnectionState }> {
-  const nc = await connect({ servers: url, maxReconnectAttempts: -1, reconnectTimeWait: 100, noAsyncTraces: true });
-  return { client: createClient(new NatsTransport(nc), { cluster: CLUSTER, timeoutMs }), connection: new ConnectionState(nc) };
+async function clientOf(url: string, reconnectTimeWait = 100): Promise<{ client: StrataClient; connection: ConnectionState }> {
+  const nc = await connect({ servers: url, maxReconnectAttempts: -1, reconnectTimeWait, noAsyncTraces: true });
+  return { client: createClient(new NatsTransport(nc), { cluster: CLUSTER, timeoutMs: 10_000 }), connection: new ConnectionState(nc) };
 }
 
 describe('cluster/client over NATS: calls across a closed or dropped connection', function () {
@@ -101,6 +101,45 @@ describe('cluster/client over NATS: calls across a closed or dropped connection'
     const writes = node.took.filter((t) => t.subject.endsWith('.leaders'));
     assert.ok(writes.length >= 1);
     assert.equal((writes[0]!.body as { sentMs?: number }).sentMs, undefined, 'the first write that went out is a first send');
+  });
+
+  it('API reads and changes with a request id taken by a node when the connection dropped are sent again once it is back, the changes with their request ids', async () => {
+    // This client reconnects after the fake node does (it waits 1 s between its attempts, the
+    // node 100 ms): the node has subscribed again when the requests go out again.
+    await client.close();
+    ({ client, connection } = await clientOf(server.url, 1000));
+    let taken = 0;
+    let allTaken: () => void = () => undefined;
+    const reached = new Promise<void>((resolve) => (allTaken = resolve));
+    /** The first request of each verb is taken and not answered (its node dies with it); the next is answered. */
+    const firstLost = (reply: (body: unknown) => unknown): Handler => {
+      let seen = 0;
+      return (_msg, body) => {
+        if (seen++ > 0) return reply(body);
+        if (++taken === 3) allTaken();
+        return undefined;
+      };
+    };
+    node.handlers.set('api.volume.create', firstLost(() => ({ ...INFO, name: 'new', id: 'v2' })));
+    node.handlers.set('api.volume.delete', firstLost(() => ({ deleted: true })));
+    node.handlers.set('api.volume.info', firstLost(() => INFO));
+    const create = client.createVolume({ name: 'new', pageCount: 256 });
+    const del = client.deleteVolume('old');
+    const info = client.volumeInfo('v');
+    await reached;
+    const port = server.port;
+    server.kill();
+    await server.stop();
+    await waitFor('the client to see the disconnect', () => !connection.connected, 10_000);
+    server = await startNatsServer({ jetstream: false, port });
+    assert.equal((await create).name, 'new');
+    await del;
+    assert.equal((await info).name, 'v');
+    for (const verb of ['create', 'delete']) {
+      const bodies = node.took.filter((t) => t.subject.startsWith(`strata.${CLUSTER}.api.volume.${verb}`)).map((t) => t.body as { requestId: string });
+      assert.equal(bodies.length, 2, verb);
+      assert.equal(bodies[1]!.requestId, bodies[0]!.requestId, `${verb}: sent again with its request id`);
+    }
   });
 
   it('a write in flight when the client is closed is timeout (it reached the leader: it may or may not be committed), not unavailable', async () => {

@@ -292,6 +292,58 @@ describe('cluster/client (fake transport)', () => {
     });
   });
 
+  describe('an API request whose reply was lost with a dropped NATS connection', () => {
+    const dropped = (subject: string): never => {
+      throw new ProtocolError('unavailable', `request on ${subject} failed: the connection to NATS dropped before the reply`, { subject, disconnected: true });
+    };
+
+    it('a read and a change with a request id are sent again (the change with the same request id)', async () => {
+      const tries = new Map<string, number>();
+      const t = new FakeTransport((subject) => {
+        const verb = subject.replace(/\.every$/, '');
+        const n = (tries.get(verb) ?? 0) + 1;
+        tries.set(verb, n);
+        if (n === 1) dropped(subject);
+        return verb.endsWith('.volume.delete') ? { deleted: true } : volume({ name: 'db' });
+      });
+      const client = createClient(t, { cluster: CLUSTER, timeoutMs: 9000, nowMs: () => NOW });
+      assert.equal((await client.volumeInfo('db')).name, 'db');
+      assert.equal((await client.createVolume({ name: 'db', pageCount: 10 })).name, 'db');
+      await client.deleteVolume('db');
+      for (const verb of ['volume.info', 'volume.create', 'volume.delete']) assert.equal(t.apiRequests(verb).length, 2, verb);
+      for (const verb of ['volume.create', 'volume.delete']) {
+        const [first, again] = t.apiRequests(verb);
+        assert.deepEqual(again!.body, first!.body, `${verb}: the same request id`);
+      }
+    });
+
+    it('a change lost so in its every try is timeout (outcome unknown) naming its request id; one without a request id, sent once, is timeout too', async () => {
+      const t = new FakeTransport((subject) => dropped(subject));
+      const client = createClient(t, { cluster: CLUSTER, timeoutMs: 9000, nowMs: () => NOW });
+      const e = await rejectsWith(client.createVolume({ name: 'db', pageCount: 10 }), 'timeout', /may or may not have been made/);
+      assert.equal(e.details?.['outcomeUnknown'], true);
+      assert.equal(e.details?.['code'], 'unavailable');
+      assert.match(String(e.details?.['requestId']), UUID);
+      assert.equal(e.details?.['requestId'], (t.apiRequests('volume.create')[0]!.body as { requestId: string }).requestId);
+      assert.equal(t.apiRequests('volume.create').length, API_READ_TRIES);
+      const once = await rejectsWith(client.api('volume.delete', { name: 'db' }, NOW + 9000), 'timeout', /may or may not have been made/);
+      assert.equal(once.details?.['outcomeUnknown'], true);
+      assert.equal(once.details?.['requestId'], undefined);
+      assert.equal(t.apiRequests('volume.delete').length, 1, 'without a request id: sent once');
+      // A read is not a change: its failure stays as it was.
+      await rejectsWith(client.volumeInfo('db'), 'unavailable');
+    });
+
+    it('a change no try of which was answered names its request id in the timeout', async () => {
+      const t = new FakeTransport((subject) => {
+        throw new ProtocolError('timeout', `no reply on ${subject}`);
+      });
+      const client = createClient(t, { cluster: CLUSTER, timeoutMs: 9000, nowMs: () => NOW });
+      const e = await rejectsWith(client.deleteVolume('db', { requestId: 'drop-db' }), 'timeout');
+      assert.equal(e.details?.['requestId'], 'drop-db');
+    });
+  });
+
   describe('a shard request that gets no answer (its leader killed or frozen with it)', () => {
     const noReply = (shard: number, seen: Seen): unknown => {
       throw new ProtocolError('timeout', `no reply on ${seen.subject} within ${seen.timeoutMs} ms`);
