@@ -2036,7 +2036,7 @@ export class Volume {
         settled = s;
       });
     } catch (e) {
-      throw partlyWritten(e, calls, settled);
+      throw partlyWritten(stillCommitting(e, calls, settled), calls, settled);
     }
   }
 
@@ -2338,6 +2338,23 @@ function partlyWritten(error: unknown, calls: readonly ShardCall[], settled: rea
     `${error.message} (the write was partly applied: ${committed} of its ${total} pages were committed; retrying it whole writes them again)`,
     { ...(error.details ?? {}), partial: true, pagesCommitted: committed, pages: total },
   );
+}
+
+/**
+ * A write's failure that is not its requests' own (the volume's info fetched again failed,
+ * `overloaded` from the catalog, say), while a request of it may still commit: `timeout` (outcome
+ * unknown, the original code in `details.code`), not a code that says it was not done.
+ */
+function stillCommitting(error: unknown, calls: readonly ShardCall[], settled: readonly Settled[]): unknown {
+  if (error instanceof ProtocolError && error.code === 'timeout') return error;
+  const at = calls.findIndex((c, i) => settled[i]?.ok !== true && mayStillCommit(c));
+  if (at < 0) return error;
+  const message = error instanceof Error ? error.message : String(error);
+  return new ProtocolError('timeout', `${message}; ${earlierWhat(calls[at]!, ` to shard ${calls[at]!.shard}`)} may still commit: the write may or may not be committed`, {
+    ...(error instanceof ProtocolError ? { ...(error.details ?? {}), code: error.code } : {}),
+    outcomeUnknown: true,
+    ...earlierDetails(calls[at]!),
+  });
 }
 
 /**

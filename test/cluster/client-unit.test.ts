@@ -1669,6 +1669,26 @@ describe('cluster/client (fake transport)', () => {
       }
     });
 
+    it('a try that got no answer, then no responders, and the catalog refuses the info fetched again (overloaded): timeout (outcome unknown), not overloaded', async () => {
+      const fc = new FakeCluster(volume({ shards: 1 }));
+      const vol = fc.client().volume('vol');
+      await vol.info();
+      let tries = 0;
+      fc.shardHook = (_shard, seen) => {
+        if (++tries === 1) throw new ProtocolError('timeout', `no reply on ${seen.subject} within ${seen.timeoutMs} ms`);
+        throw new NoRespondersError(seen.subject);
+      };
+      const handle = fc.transport.handler;
+      fc.transport.handler = (subject, body, seen) => {
+        if (subject.includes('.api.volume.info')) throw new ProtocolError('overloaded', 'the controller queue is full');
+        return handle(subject, body, seen);
+      };
+      const e = await rejectsWith(vol.write(3, pageData(3)), 'timeout', /may or may not be committed/);
+      assert.equal(e.details?.['code'], 'overloaded');
+      assert.equal(e.details?.['outcomeUnknown'], true);
+      assert.ok(fc.transport.apiRequests('volume.info').length >= 1, 'the info was fetched again');
+    });
+
     it('a try that got no answer, then no leader until the deadline: timeout (outcome unknown), not not_leader', async () => {
       const fc = new FakeCluster();
       let n = 0;
