@@ -44,7 +44,8 @@
  *   with back-off until the deadline: while the controller moves, the deposed one may take a
  *   request before it notices; so is one that found no controller (the router's
  *   `details.noController`, or no responders on the controller's subject), for CONTROLLER_GAP_MS;
- * - a reply that does not decode or validate is `internal` ("malformed reply …");
+ * - a reply that does not decode or validate is `internal` ("malformed reply …"); to a write
+ *   (shard.write, shard.zero) it is `timeout` with `details.outcomeUnknown`: its leader took it;
  * - arguments are checked with the validators of messages/ before anything is sent.
  *
  * The NATS calls go through the small `ClientTransport` interface, so tests can run the client
@@ -444,23 +445,50 @@ function malformedReply(err: unknown, type: string, subject: string): ProtocolEr
 
 /**
  * Decodes and validates the reply to a `type` request: an error reply is thrown as the
- * answerer's error, a reply that does not decode or validate as `internal` (malformedReply).
- * The bytes are read through a plain Uint8Array view (no copy): decoding a Buffer would give
- * Buffer pages, and the client promises plain Uint8Arrays.
+ * answerer's error, a reply that does not decode or validate as `internal` (malformedReply), as
+ * is an error reply this client cannot read (malformed, or a code it does not know). To a write
+ * (shard.write, shard.zero) such a reply is `timeout` with `details.outcomeUnknown` instead: its
+ * leader took the write and may have committed it (unreadableWriteReply). The bytes are read
+ * through a plain Uint8Array view (no copy): decoding a Buffer would give Buffer pages, and the
+ * client promises plain Uint8Arrays.
  */
 function readReply<T>(replyBytes: Uint8Array, type: string, subject: string, validate: (value: unknown) => T, bytesMax?: number): T {
   let reply: unknown;
   try {
     reply = decode(new Uint8Array(replyBytes.buffer, replyBytes.byteOffset, replyBytes.byteLength), bytesMax === undefined ? undefined : { bytesMax });
   } catch (err) {
-    throw malformedReply(err, type, subject);
+    throw unreadableWriteReply(malformedReply(err, type, subject), type);
   }
-  const value = throwIfError(reply);
+  let value: unknown;
   try {
-    return validate(value);
+    value = throwIfError(reply);
   } catch (err) {
-    throw malformedReply(err, type, subject);
+    // An error reply it could not read is `internal` with `remoteCode` (a code this version does
+    // not know) or `path` 'error' (no code and message).
+    const unreadable = err instanceof ProtocolError && err.code === 'internal' && (err.details?.['remoteCode'] !== undefined || err.details?.['path'] === 'error');
+    throw unreadable ? unreadableWriteReply(err, type) : err;
   }
+  try {
+    return validate(value) as T;
+  } catch (err) {
+    throw unreadableWriteReply(malformedReply(err, type, subject), type);
+  }
+}
+
+/**
+ * A reply that could not be read (`unreadable`, `internal`) to a write's request: its leader took
+ * the request, so the write may have been committed, and `internal` would say it was not:
+ * `timeout` with `details.outcomeUnknown`, the original code and message in `details.code` and
+ * `details.reason`. Final: not tried again. Any other request's stays `internal`.
+ */
+function unreadableWriteReply(unreadable: ProtocolError, type: string): ProtocolError {
+  if (type !== 'shard.write' && type !== 'shard.zero') return unreadable;
+  return new ProtocolError('timeout', `${unreadable.message}: the write may or may not be committed`, {
+    ...(unreadable.details ?? {}),
+    code: unreadable.code,
+    reason: unreadable.message,
+    outcomeUnknown: true,
+  });
 }
 
 /** Writes the Strata headers of a request into a plain record. */

@@ -344,6 +344,39 @@ describe('cluster/client (fake transport)', () => {
     });
   });
 
+  describe('a reply to a write that cannot be read (its leader took the write)', () => {
+    const unreadable: Record<string, () => Uint8Array> = {
+      'bad CBOR': () => Uint8Array.of(0xff, 0x00, 0x13, 0x37),
+      empty: () => new Uint8Array(0),
+      'a reply that does not validate': () => encode({ lsn: 'seven' }),
+      'an error code this client does not know': () => encode({ error: { code: 'commit_lost', message: 'from a newer server' } }),
+      'a malformed error reply': () => encode({ error: 5 }),
+    };
+    for (const [what, reply] of Object.entries(unreadable)) {
+      it(`${what}: a write or a range of zeros is timeout (outcome unknown), the original error in details, not internal; sent once`, async () => {
+        const fc = new FakeCluster(volume({ shards: 1 }));
+        fc.shardHook = () => reply();
+        const vol = fc.client().volume('vol');
+        for (const call of [() => vol.write(3, pageData(3)), () => vol.zeroPages(0, 4)]) {
+          const before = fc.transport.shardRequests().length;
+          const e = await rejectsWith(call(), 'timeout', /may or may not be committed/);
+          assert.equal(e.details?.['outcomeUnknown'], true);
+          assert.equal(e.details?.['code'], 'internal');
+          assert.equal(typeof e.details?.['reason'], 'string');
+          assert.equal(fc.transport.shardRequests().length - before, 1, 'final: not sent again');
+        }
+        // A read's is internal, as before: it changed nothing.
+        await rejectsWith(vol.readPages([3]), 'internal');
+      });
+    }
+
+    it('a well-formed error reply to a write keeps its code', async () => {
+      const fc = new FakeCluster(volume({ shards: 1 }));
+      fc.shardHook = () => errorReply(new ProtocolError('internal', 'a bug'));
+      await rejectsWith(fc.client().volume('vol').write(3, pageData(3)), 'internal', /a bug/);
+    });
+  });
+
   describe('a shard request that gets no answer (its leader killed or frozen with it)', () => {
     const noReply = (shard: number, seen: Seen): unknown => {
       throw new ProtocolError('timeout', `no reply on ${seen.subject} within ${seen.timeoutMs} ms`);
