@@ -176,7 +176,20 @@ describe('observability/status', () => {
     const shards = Array.from({ length: STATUS_ROWS_MAX + 5 }, (_, i) => ({ shard: i, role: 'leader', state: 'up' }));
     (reply.volumes as Array<Record<string, unknown>>)[0]!.shards = shards;
     const text = formatStatus(reply, { nowMs: NOW });
-    assert.match(text, /… 5 more$/m);
+    // The shard table's rows (these shards list no replicas: no replica table follows).
+    const rows = text.split('\n').filter((l) => /^ {4}\d+ /.test(l)).map((l) => Number(l.trim().split(' ')[0]));
+    assert.deepEqual(rows, Array.from({ length: STATUS_ROWS_MAX }, (_, i) => i), `the first ${STATUS_ROWS_MAX} shards, and no more`);
+    assert.match(text, /^ {4}… 5 more$/m);
+  });
+
+  it('bounds the volumes it prints', () => {
+    const reply = sampleReply();
+    reply.volumes = Array.from({ length: STATUS_ROWS_MAX + 3 }, (_, i) => ({ name: `vol${i}`, id: `v${i}`, pageCount: 64, pageSize: 4096, shards: [] }));
+    const text = formatStatus(reply, { nowMs: NOW });
+    assert.match(text, new RegExp(`^VOLUMES \\(${STATUS_ROWS_MAX + 3}\\)$`, 'm'), 'the count is of every volume');
+    const listed = text.split('\n').filter((l) => /^ {2}vol\d+ +id=/.test(l)).map((l) => l.trim().split(' ')[0]);
+    assert.deepEqual(listed, Array.from({ length: STATUS_ROWS_MAX }, (_, i) => `vol${i}`), `the first ${STATUS_ROWS_MAX} volumes, and no more`);
+    assert.match(text, /^ {2}… 3 more volumes$/m);
   });
 
   it('the JSON mode is the reply', () => {
