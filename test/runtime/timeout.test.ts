@@ -9,9 +9,28 @@ describe('withTimeout', () => {
 
   it('rejects with the given error once the time passes first', async () => {
     const never = new Promise<number>(() => undefined);
-    const t0 = Date.now();
-    await assert.rejects(withTimeout(never, 30, () => new RangeError('too slow')), (e: Error) => e instanceof RangeError && e.message === 'too slow');
-    assert.ok(Date.now() - t0 >= 25);
+    // The timers it sets are held here, and fire when the test says: a manual clock.
+    const timers: Array<{ fire: () => void; ms: number | undefined }> = [];
+    const real = globalThis.setTimeout;
+    globalThis.setTimeout = ((fn: () => void, ms?: number) => {
+      timers.push({ fire: fn, ms });
+      return {} as NodeJS.Timeout;
+    }) as typeof globalThis.setTimeout;
+    let p: Promise<number>;
+    try {
+      p = withTimeout(never, 30, () => new RangeError('too slow'));
+    } finally {
+      globalThis.setTimeout = real;
+    }
+    assert.deepEqual(timers.map((t) => t.ms), [30], 'one timer, of its deadline');
+    let settled = false;
+    p.then(() => (settled = true), () => (settled = true));
+    await new Promise((r) => setImmediate(r));
+    assert.equal(settled, false, 'not settled before its deadline passes');
+    timers[0]!.fire();
+    await new Promise((r) => setImmediate(r));
+    assert.equal(settled, true, 'settled once its deadline passed');
+    await assert.rejects(p, (e: Error) => e instanceof RangeError && e.message === 'too slow');
   });
 
   it('leaves no timer behind once the promise settled first: its error is never made', async () => {
