@@ -37,15 +37,25 @@ describe('replication transport of a host', function () {
     await host.init({ hostId: 0, hostCount: 1, nodeId: 'n1', cluster: 'delay', natsUrl: server.url, deviceDir: path.join(dir, 'dev0'), device: { crcOffloadBytesMin: 0, scrubBytesPerSecond: 0 } });
     await host.setFaults({ delayMs: 3000 });
     const transport = transportOf(host, spec);
-    const t0 = performance.now();
-    const outcome = await transport.send('n2', { type: 'prevote', term: 1, candidate: 'n1', lastLsn: 0, lastTerm: 0 }, 200).then(
-      () => 'answered',
-      (e: { code?: string }) => String(e.code),
-    );
-    const ms = Math.round(performance.now() - t0);
-    console.log(`      ${outcome} after ${ms} ms (timeout 200 ms, delay 3000 ms)`);
-    assert.equal(outcome, 'timeout');
-    assert.ok(ms < 1000, `settled after ${ms} ms, its timeout was 200 ms`);
+    // The timers the send sets are held here, and fire when the test says: a manual clock.
+    const timers: Array<{ fire: () => void; ms: number | undefined }> = [];
+    const real = globalThis.setTimeout;
+    globalThis.setTimeout = ((fn: () => void, ms?: number) => {
+      timers.push({ fire: fn, ms });
+      return {} as NodeJS.Timeout;
+    }) as typeof globalThis.setTimeout;
+    let sent: Promise<unknown>;
+    try {
+      sent = transport.send('n2', { type: 'prevote', term: 1, candidate: 'n1', lastLsn: 0, lastTerm: 0 }, 200);
+    } finally {
+      globalThis.setTimeout = real;
+    }
+    const outcome = sent.then(() => 'answered', (e: unknown) => e);
+    // It waits its timeout, not the delay.
+    assert.deepEqual(timers.map((t) => t.ms), [200], 'one wait, of its timeout');
+    timers[0]!.fire();
+    const err = await outcome;
+    assert.ok(err instanceof ProtocolError && err.code === 'timeout' && err.message === 'replica n2 did not answer within 200 ms (delayed 3000 ms)', String(err));
   });
 
   /** A started host of node n1 on the cluster `cluster` (its device under `deviceDir`). */
