@@ -223,14 +223,15 @@ describe("runtime/nats-server", function () {
   it("a server that ignores SIGTERM is killed once stopTimeoutMs has passed, and its directory removed", async () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), "strata-stubborn-nats-"));
     const fake = path.join(dir, "nats-server");
-    // Listens where its config says, says it is ready, and ignores SIGTERM.
+    const termed = path.join(dir, "got-sigterm");
+    // Listens where its config says, says it is ready, and ignores SIGTERM (noting that it came).
     fs.writeFileSync(
       fake,
       `#!${process.execPath}
 const fs = require("node:fs");
 const conf = fs.readFileSync(process.argv[process.argv.indexOf("-c") + 1], "utf8");
 const port = Number(/listen: "127\\.0\\.0\\.1:(\\d+)"/.exec(conf)[1]);
-process.on("SIGTERM", () => undefined);
+process.on("SIGTERM", () => fs.writeFileSync(${JSON.stringify(termed)}, ""));
 require("node:net").createServer((s) => s.destroy()).listen(port, "127.0.0.1", () => process.stderr.write("Server is ready\\n"));
 `,
       { mode: 0o755 },
@@ -238,10 +239,27 @@ require("node:net").createServer((s) => s.destroy()).listen(port, "127.0.0.1", (
     try {
       const server = await startNatsServer({ binary: fake, jetstream: false, stopTimeoutMs: 500 });
       assert.ok(pidAlive(server.pid));
-      const t0 = performance.now();
-      await server.stop();
-      const ms = performance.now() - t0;
-      assert.ok(ms >= 450 && ms < 4_000, `stopped after ${ms.toFixed(0)} ms`);
+      // The grace period's timer is held here and fired when the test says (a manual clock).
+      const timers: Array<{ fire: () => void; ms: number | undefined }> = [];
+      const real = globalThis.setTimeout;
+      globalThis.setTimeout = ((fn: () => void, ms?: number) => {
+        timers.push({ fire: fn, ms });
+        return {} as NodeJS.Timeout;
+      }) as typeof globalThis.setTimeout;
+      let stopped: Promise<void>;
+      try {
+        stopped = server.stop();
+      } finally {
+        globalThis.setTimeout = real;
+      }
+      assert.deepEqual(timers.map((t) => t.ms), [500], "one wait, of stopTimeoutMs");
+      let settled = false;
+      void stopped.then(() => (settled = true), () => (settled = true));
+      for (let i = 0; i < 500 && !fs.existsSync(termed); i++) await new Promise((r) => setTimeout(r, 20));
+      assert.ok(fs.existsSync(termed), "SIGTERM first");
+      assert.ok(pidAlive(server.pid) && !settled, "within its grace period it is neither killed nor given up on");
+      timers[0]!.fire();
+      await stopped;
       assert.ok(!pidAlive(server.pid), "the server was killed");
       assert.ok(!fs.existsSync(server.dir), "its temp dir removed");
     } finally {
