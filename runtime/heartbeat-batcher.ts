@@ -158,6 +158,8 @@ interface WaitingBatch {
   to: string;
   /** Hosts of the node that have answered in full. */
   done: Set<number>;
+  /** How long it waits for its answers: the longest of its entries' timeouts. */
+  timeoutMs: number;
 }
 
 const keyOf = (volumeId: string, shard: number): string => `${volumeId}\u0000${shard}`;
@@ -291,14 +293,14 @@ export class HeartbeatSender {
     this.counts.messages++;
     this.counts.entries += b.entries.length;
     const timer = setTimeout(() => this.expire(token), b.timeoutMs);
-    const w: WaitingBatch = { slots: b.slots, timer, to, done: new Set() };
+    const w: WaitingBatch = { slots: b.slots, timer, to, done: new Set(), timeoutMs: b.timeoutMs };
     this.waiting.set(token, w);
     // An entry whose own timeout is shorter than its message's (a later entry raised it) fails at its own.
     for (const [key, slot] of b.slots) {
       if (slot.timeoutMs >= b.timeoutMs) continue;
       slot.timer = setTimeout(() => {
         if (!w.slots.delete(key)) return;
-        slot.reject(new ProtocolError('timeout', `replica on ${to} did not answer its heartbeat within ${slot.timeoutMs} ms`));
+        slot.reject(new ProtocolError('timeout', `replica on ${to} did not answer its heartbeat within ${slot.timeoutMs} ms`, { timeoutMs: slot.timeoutMs }));
         if (w.slots.size === 0) this.drop(token, w);
       }, slot.timeoutMs);
     }
@@ -315,7 +317,7 @@ export class HeartbeatSender {
     const w = this.waiting.get(token);
     if (w === undefined) return;
     this.drop(token, w);
-    for (const s of w.slots.values()) s.reject(new ProtocolError('timeout', `replica on ${w.to} did not answer its heartbeat`));
+    for (const s of w.slots.values()) s.reject(new ProtocolError('timeout', `replica on ${w.to} did not answer its heartbeat within ${w.timeoutMs} ms`, { timeoutMs: w.timeoutMs }));
   }
 
   private onReply(msg: Msg): void {
