@@ -41,6 +41,8 @@ export interface HostPoolOptions {
   onHostHung?: (hostId: number, silentMs: number) => void;
   /** Deadline for a control call to a host; default 30 s. */
   callTimeoutMs?: number;
+  /** Told when a host did not stop within `callTimeoutMs` (the error names it), before its thread is terminated. */
+  onHostStopTimedOut?: (hostId: number, error: Error) => void;
   /** Deadline for a host thread's start (its modules loaded, its NATS connection and device opened); default `callTimeoutMs`. */
   startTimeoutMs?: number;
   /**
@@ -142,7 +144,7 @@ function backoffMs(firstMs: number, maxMs: number, attempt: number): number {
 
 /** `p` within `ms`, else an Error with code 'timeout' naming `what`. */
 function timed<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  return withTimeout(p, ms, () => Object.assign(new Error(`${what} timed out after ${ms} ms`), { code: 'timeout' }));
+  return withTimeout(p, ms, () => Object.assign(new Error(`${what} timed out after ${ms} ms`), { code: 'timeout', timeoutMs: ms }));
 }
 
 /** How long past a reconfigure's deadline its host's answer is waited for (its own `timeout`). */
@@ -503,8 +505,9 @@ export class HostPool {
           // Raced against the thread's exit: one that ends during its drain is not waited for
           // until the call's deadline.
           await timed(this.untilExit(s, api.stop()), this.callTimeoutMs, `stop of host ${s.config.hostId}`);
-        } catch {
+        } catch (e) {
           // A host that does not stop in time is terminated below; its device recovers on open.
+          if ((e as { code?: unknown }).code === 'timeout') this.opts.onHostStopTimedOut?.(s.config.hostId, e as Error);
         }
         try {
           api[Comlink.releaseProxy]();

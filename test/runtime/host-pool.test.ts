@@ -267,15 +267,16 @@ describe('HostPool supervision', function () {
     const exits: boolean[] = [];
     pool = await HostPool.start({ hosts: [host(path.join(dir, 'dev0'))], hangMs: 1500, onHostHung: (id, ms) => hung.push(ms), onHostExit: (_id, _code, _restarting, _err, wasHung) => exits.push(wasHung) });
     await pool.openShard(0, { volumeId: 'v7', volumeName: 'v7', shard: 0, shards: 1, pageCount: 64, pageSize: 4096, stripePages: 16, members: ['n1'] });
-    const t0 = performance.now();
     // Blocked for 20 s (a wait that does not return): without the watchdog, back only then.
-    void pool.stallHost(0, 20_000).catch(() => undefined);
+    let stall: unknown;
+    void pool.stallHost(0, 20_000).then(() => (stall = 'returned'), (e: unknown) => (stall = e));
     // Meanwhile it does not answer: its replicas count as down.
     assert.deepEqual((await pool.replicaRoles({ timeoutMs: 300 })).down, [{ volumeId: 'v7', shard: 0 }]);
     await waitFor('the host found hung', () => hung.length > 0, 10_000);
     assert.ok(hung[0]! >= 1500, `silent for ${hung[0]} ms`);
     await waitFor('the host started again and answering', async () => (await pool!.health({ timeoutMs: 500 }))[0]!.ok, 15_000);
-    assert.ok(performance.now() - t0 < 12_000, `back after ${(performance.now() - t0).toFixed(0)} ms, not after the 20 s stall`);
+    // Its thread was terminated in the stall (whose call never returned), not waited for.
+    assert.ok(stall instanceof Error && (stall as { code?: string }).code === 'unavailable' && /host 0 exited/.test(stall.message), `the stalled call: ${String(stall)}`);
     const st = (await pool.stats())[0]!;
     // At least once: a thread started again on a loaded machine may miss a ping of its own.
     assert.ok(st.restarts >= 1, `the restart is counted (${st.restarts})`);
@@ -299,14 +300,14 @@ describe('HostPool supervision', function () {
 
   it('a stop waits at most callTimeoutMs for a host that does not answer, then terminates its thread', async () => {
     // Its start is not what is measured: a loaded machine may take more than a second for it.
-    const stopping = await HostPool.start({ hosts: [host(path.join(dir, 'dev0'))], callTimeoutMs: 1000, startTimeoutMs: 30_000, hangMs: 0 });
+    const late: Array<{ hostId: number; error: Error & { timeoutMs?: number } }> = [];
+    const stopping = await HostPool.start({ hosts: [host(path.join(dir, 'dev0'))], callTimeoutMs: 1000, startTimeoutMs: 30_000, hangMs: 0, onHostStopTimedOut: (hostId, error) => late.push({ hostId, error }) });
     // Blocked for 20 s: it cannot take the stop before then.
     void stopping.stallHost(0, 20_000).catch(() => undefined);
     await new Promise((r) => setTimeout(r, 100));
-    const t0 = performance.now();
     await stopping.stop();
-    const ms = performance.now() - t0;
-    assert.ok(ms >= 900 && ms < 6000, `stopped after ${ms.toFixed(0)} ms, not after the 20 s stall`);
+    // Its stop given up on at its deadline (callTimeoutMs), the thread terminated: not waited for to the end of the stall.
+    assert.deepEqual(late.map((l) => [l.hostId, l.error.timeoutMs, l.error.message]), [[0, 1000, 'stop of host 0 timed out after 1000 ms']]);
   });
 
   it('a stop ends though a host thread is inside a disk call that does not return (a hung disk): its termination is waited for a bounded time', async () => {
@@ -352,7 +353,6 @@ describe('HostPool supervision', function () {
 
   it('a call in flight to a host whose thread exits fails at once, not at its deadline', async () => {
     pool = await HostPool.start({ hosts: [host(path.join(dir, 'dev0'))], callTimeoutMs: 20_000 });
-    const t0 = performance.now();
     // A call the host has not answered yet (it stalls for 5 s) when its thread ends.
     const inFlight = pool.stallHost(0, 5000).then(
       () => assert.fail('a thread that was terminated answers nothing'),
@@ -361,9 +361,9 @@ describe('HostPool supervision', function () {
     await new Promise((r) => setTimeout(r, 100));
     await pool.crashHost(0);
     const err = await inFlight;
+    // At its deadline it would fail `timeout` ("call to host 0 timed out after 20000 ms").
     assert.equal(err.code, 'unavailable', err.message);
     assert.match(err.message, /host 0 exited/);
-    assert.ok(performance.now() - t0 < 4000, `failed after ${(performance.now() - t0).toFixed(0)} ms`);
     await waitFor('the host back', async () => (await pool!.health())[0]!.ok, 20_000);
   });
 });
