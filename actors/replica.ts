@@ -3658,6 +3658,7 @@ export class Replica {
           const refused = [...this.followers].filter(([, f]) => f.refused !== undefined && f.match < w.lsn).map(([id, f]) => `${id} ${f.refused!.code} (${f.refused!.message})`);
           w.reject(new ProtocolError('timeout', `lsn ${w.lsn} was not committed before the deadline; the write may or may not be committed${refused.length > 0 ? `; followers without it: ${refused.join('; ')}` : ''}`, {
             lsn: w.lsn,
+            deadlineMs: w.deadlineMs,
             commitLsn: this.commitLsn,
             appliedLsn: this.store.appliedLsn,
             durableLsn: this.durableLsn,

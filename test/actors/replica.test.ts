@@ -59,6 +59,8 @@ class TestShard {
   /** Members whose clock the test drives itself (not ticked by the shard's timer). */
   readonly paused = new Set<string>();
   private readonly timer: NodeJS.Timeout | undefined;
+  /** Set by `stopClock`: the shard's timer neither moves the clock nor ticks. */
+  private clockStopped = false;
   /**
    * The replicas' clock. With `manualClock` the test moves it (`at`); otherwise the shard's timer
    * moves it with real time, but by at most TICK_STEP_MAX_MS a tick: a stall of the test process
@@ -113,6 +115,10 @@ class TestShard {
     let quietTickAt = 0;
     this.timer = setInterval(() => {
       const t = performance.now();
+      if (this.clockStopped) {
+        real = t;
+        return;
+      }
       this.now += Math.min(t - real, TICK_STEP_MAX_MS);
       real = t;
       const quietDue = opts.quietTickMs === undefined || this.now >= quietTickAt;
@@ -335,6 +341,16 @@ class TestShard {
   async leader(among?: string[]): Promise<Member> {
     await this.waitFor(() => this.leaders(among).length === 1, 'one leader');
     return this.leaders(among)[0]!;
+  }
+
+  /** From now on the test moves the clock (`at`), as with `manualClock`, until `resumeClock`. */
+  stopClock(): void {
+    this.clockStopped = true;
+  }
+
+  /** The shard's timer moves the clock again, from where the test left it. */
+  resumeClock(): void {
+    this.clockStopped = false;
   }
 
   /** Manual clock: moves it to `t` and ticks `ids` (default all), then lets their messages run. */
@@ -860,14 +876,27 @@ describe('Replica (quorum replication of a shard log)', function () {
     shard = new TestShard(['a', 'b', 'c'], { timing: { electionTimeoutMinMs: 2000, electionTimeoutMaxMs: 2500 } });
     const l = await shard.leader(undefined);
     shard.isolate([l.id]);
-    const t0 = Date.now();
-    const err = await l.replica.write([{ page: 7, data: page(7) }], { deadlineMs: Date.now() + 150 }).then(
+    // A deadline the wall clock the shard's timer passes (expireWaiters) does not reach in this
+    // test: the test passes the host's wall-clock time itself.
+    const deadlineMs = Date.now() + 3_600_000;
+    let outcome: ProtocolError | undefined;
+    void l.replica.write([{ page: 7, data: page(7) }], { deadlineMs }).then(
       () => assert.fail('a write that no majority holds must not be acknowledged'),
-      (e: ProtocolError) => e,
+      (e: ProtocolError) => (outcome = e),
     );
-    assert.equal(err.code, 'timeout');
+    const settled = async (): Promise<boolean> => {
+      for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r));
+      return outcome !== undefined;
+    };
+    await shard.elapse(50);
+    l.replica.expireWaiters(deadlineMs - 1);
+    assert.equal(await settled(), false, 'waiting before its deadline');
+    l.replica.expireWaiters(deadlineMs);
+    assert.equal(await settled(), true, 'answered at its deadline');
+    const err = outcome!;
+    assert.equal(err.code, 'timeout', err.message);
     assert.match(err.message, /may or may not be committed/);
-    assert.ok(Date.now() - t0 < 2000, 'answered at its deadline');
+    assert.equal(err.details?.deadlineMs, deadlineMs, 'the deadline it was answered at');
     assert.equal(l.replica.isLeader, true, 'still leading: the deadline, not a step-down, ended the wait');
   });
 
@@ -3061,6 +3090,14 @@ describe('Replica: idle shards quiesce (heartbeats once a quiesced period; follo
   /** Waits until the leader and every follower say they are quiesced. */
   const quiesced = (s: TestShard, l: Member): Promise<void> =>
     s.waitFor(() => l.replica.stats().quiesced && others(s, l.id).every((m) => m.replica.stats().quiesced), 'the shard quiesces');
+  /**
+   * When the first of `l`'s followers stops waiting for a quiesced `l` whose node it hears from:
+   * QUIESCED_WAIT_BEATS quiesced periods after the last message `l` sent it (it heard it then or
+   * later).
+   */
+  const quiescedWaitEnds = (s: TestShard, l: Member): number =>
+    Math.min(...others(s, l.id).map((f) => Math.max(...s.emptyAppends.filter((x) => x.from === l.id && x.to === f.id).map((x) => x.at)))) +
+    QUIESCED_WAIT_BEATS * quiet.quiescedHeartbeatMs;
   /** Heartbeats (appends without records) the leader sent over `ms` of the replicas' clock. */
   const heartbeatsOver = async (s: TestShard, l: Member, ms: number): Promise<number> => {
     const from = s.emptyAppends.length;
@@ -3156,13 +3193,17 @@ describe('Replica: idle shards quiesce (heartbeats once a quiesced period; follo
     const l = await shard.leader();
     const w = await l.replica.write([{ page: 1, data: page(1) }]);
     await quiesced(shard, l);
-    const crashedAt = shard.now;
+    // From here the test moves the clock, 5 ms a step, and lets the messages of each step run.
+    shard.stopClock();
+    const waitEnds = quiescedWaitEnds(shard, l);
     await shard.crash(l.id);
-    await shard.waitFor(() => shard!.leaders().length === 1, 'a new leader');
-    const elapsed = shard.now - crashedAt;
     // Its node not heard from for the minimum election timeout (60 ms), the next election
-    // timeout runs out: well within the 1200 ms a follower waits for a quiesced leader whose node is up.
-    assert.ok(elapsed < 800, `a new leader ${elapsed} ms after the crash`);
+    // timeout runs out: a new leader before the followers' wait for a quiesced leader whose node
+    // is up would have ended (the clock stops short of that).
+    let t = shard.now;
+    while (shard.leaders().length === 0 && t + 5 < waitEnds) await shard.at((t += 5));
+    assert.equal(shard.leaders().length, 1, `a new leader by ${t}, before the quiesced wait ends at ${waitEnds}`);
+    shard.resumeClock();
     const nl = shard.leaders()[0]!;
     assert.notEqual(nl.id, l.id);
     assert.deepEqual((await nl.replica.read([1], { deadlineMs: Date.now() + 2000, nowMs: Date.now() })).pages[0], page(1));
@@ -3174,13 +3215,20 @@ describe('Replica: idle shards quiesce (heartbeats once a quiesced period; follo
     const l = await shard.leader();
     await l.replica.write([{ page: 1, data: page(1) }]);
     await quiesced(shard, l);
-    // The leader's last heartbeat to each follower, then the replica gone with its node up.
-    const lastBeat = Math.max(...shard.emptyAppends.filter((x) => x.from === l.id).map((x) => x.at));
+    // From here the test moves the clock, 5 ms a step, and lets the messages of each step run.
+    shard.stopClock();
+    const waitEnds = quiescedWaitEnds(shard, l);
+    const terms = others(shard, l.id).map((m) => m.replica.currentTerm);
+    // The replica gone with its node up.
     shard.nodesUp.add(l.id);
     await shard.crash(l.id);
-    await shard.waitFor(() => shard!.leaders().length === 1, 'a new leader', 30_000);
-    const after = shard.now - lastBeat;
-    assert.ok(after >= QUIESCED_WAIT_BEATS * quiet.quiescedHeartbeatMs, `elected ${after} ms after the leader's last message: the followers waited for it`);
+    let t = shard.now;
+    while (t + 5 < waitEnds) await shard.at((t += 5));
+    assert.deepEqual(shard.leaders(), [], `no leader by ${t}: the followers wait for their leader's next message`);
+    assert.deepEqual(others(shard, l.id).map((m) => m.replica.currentTerm), terms, 'no election was held');
+    // Then they elect (within a few election timeouts).
+    while (shard.leaders().length === 0 && t < waitEnds + 1000) await shard.at((t += 5));
+    assert.equal(shard.leaders().length, 1, `a new leader by ${t}, once the quiesced wait ended at ${waitEnds}`);
   });
 
   it('a follower restarted (not quiesced) does not depose a quiesced leader: its prevotes fail, and the leader wakes', async () => {
