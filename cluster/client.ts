@@ -1032,13 +1032,19 @@ export class StrataClient {
 
   /**
    * A request to the controller's control subject `verb`, with deadline `deadlineMs`; sent again
-   * while the controller moves (`whileControllerMoves`). Each of these verbs may be asked again:
-   * a move resumes or answers the one done, a drain or a rebalance sets what it set.
+   * while the controller moves (`whileControllerMoves`), and when its reply was lost with the
+   * NATS connection (`details.disconnected`): each of these verbs may be asked again, a move
+   * resumes or answers the one done, a drain or a rebalance sets what it set, a change of the
+   * controller nodes answers the change done. Not a catalog recovery that applies what it finds:
+   * asked again, it would answer that nothing was left to recover; its lost reply is `timeout`
+   * with `details.outcomeUnknown` (`strata catalog recover` without `--apply` tells what is left).
    */
   private async controlRequest<T>(verb: string, body: unknown, deadlineMs: number, validate: (b: unknown) => T): Promise<T> {
     this.checkOpen();
     const subject = controllerSubject(this.cluster, verb);
-    return this.whileControllerMoves(deadlineMs, async () => {
+    const repeatable = !(verb === 'catalog.recover' && (body as { apply?: unknown }).apply === true);
+    const lostReply = (e: unknown): boolean => e instanceof ProtocolError && e.code === 'unavailable' && e.details?.['disconnected'] === true;
+    const once = async (): Promise<T> => {
       let replyBytes: Uint8Array;
       try {
         replyBytes = await this.request(subject, encode(body), { timeoutMs: Math.max(1, deadlineMs - this.nowMs()), headers: { [HEADER_DEADLINE]: String(deadlineMs) } });
@@ -1049,7 +1055,13 @@ export class StrataClient {
         throw err;
       }
       return readReply(replyBytes, verb, subject, validate);
-    });
+    };
+    if (repeatable) return this.whileControllerMoves(deadlineMs, once, lostReply);
+    try {
+      return await this.whileControllerMoves(deadlineMs, once);
+    } catch (e) {
+      throw changeOutcomeUnknown(e, body);
+    }
   }
 
   /**
@@ -1273,10 +1285,11 @@ export class StrataClient {
   /**
    * `once` (a request served by the controller), tried again with back-off within `deadlineMs`
    * when the answer says the controller is moving and nothing was done: `notController`, at most
-   * CONTROLLER_RETRIES_MAX times; `noController`, for CONTROLLER_GAP_MS. Any other answer, or the
-   * last of these, is the call's.
+   * CONTROLLER_RETRIES_MAX times; `noController`, for CONTROLLER_GAP_MS; a failure `alsoAgain`
+   * accepts, at most CONTROLLER_RETRIES_MAX times. Any other answer, or the last of these, is the
+   * call's.
    */
-  private async whileControllerMoves<T>(deadlineMs: number, once: () => Promise<T>): Promise<T> {
+  private async whileControllerMoves<T>(deadlineMs: number, once: () => Promise<T>, alsoAgain?: (e: unknown) => boolean): Promise<T> {
     let pauseMs = CONTROLLER_RETRY_MS_MIN;
     // Since when no node has served the controller's subjects, as the answers say (undefined: a
     // node answered since). Counted from the first such answer, not from the call: a call whose
@@ -1289,7 +1302,7 @@ export class StrataClient {
         const gap = unavailableSaying(e, 'noController');
         if (gap) gapSinceMs ??= this.nowMs();
         else gapSinceMs = undefined;
-        const moving = unavailableSaying(e, 'notController') || (gap && this.nowMs() - gapSinceMs! < CONTROLLER_GAP_MS);
+        const moving = unavailableSaying(e, 'notController') || (gap && this.nowMs() - gapSinceMs! < CONTROLLER_GAP_MS) || alsoAgain?.(e) === true;
         if (!moving || attempt > CONTROLLER_RETRIES_MAX || this.nowMs() + pauseMs >= deadlineMs) throw e;
         await new Promise((r) => setTimeout(r, pauseMs));
         // A clock that went past the deadline meanwhile: the node's answer, not a bare timeout.

@@ -926,6 +926,43 @@ describe('cluster/client (fake transport)', () => {
       assert.equal(other.seen.length, 1);
     });
 
+    it('an operator\'s request whose reply was lost with the NATS connection is sent again (each may be asked again); a catalog recovery that applies is not: timeout, outcome unknown', async () => {
+      const answers: Record<string, unknown> = {
+        'shard.move': { volume: 'db', shard: 1, members: ['n1', 'n3', 'n4'], term: 3, lsn: 17 },
+        'node.drain': { node: 'n2', draining: true, replicas: 4 },
+        rebalance: { rebalancing: false, nodes: [] },
+        controllers: { node: 'n1', members: ['n1', 'n2', 'n4'], prior: ['n1', 'n2', 'n3'], changed: true, term: 5, lsn: 40, left: ['n3'], leaving: [] },
+        'catalog.recover': { applied: false, epoch: 4, nodesAsked: 3, nodesFailed: [], recovered: [], skipped: [], recoveredCount: 0, skippedCount: 0 },
+      };
+      let drops = 0;
+      const t = new FakeTransport((subject) => {
+        if (drops > 0) {
+          drops--;
+          throw new ProtocolError('unavailable', `request on ${subject} failed: the connection to NATS dropped before the reply`, { subject, disconnected: true });
+        }
+        return answers[subject.slice('strata.test.controller.'.length)];
+      });
+      const client = createClient(t, { cluster: CLUSTER, timeoutMs: 10_000, nowMs: () => NOW });
+      const calls: Array<[string, () => Promise<unknown>]> = [
+        ['shard.move', () => client.moveReplica('db', 1, { from: 'n2', to: 'n4' })],
+        ['node.drain', () => client.drainNode('n2')],
+        ['rebalance', () => client.rebalance()],
+        ['controllers', () => client.controllers(['n1', 'n2', 'n4'])],
+        ['catalog.recover', () => client.recoverCatalog()],
+      ];
+      for (const [verb, call] of calls) {
+        drops = 2;
+        t.seen = [];
+        assert.deepEqual(await call(), answers[verb], verb);
+        assert.deepEqual(t.seen.map((s) => s.subject), Array(3).fill(`strata.test.controller.${verb}`), `${verb}: two replies lost, then the answer`);
+        assert.deepEqual(t.seen[2]!.body, t.seen[0]!.body, `${verb}: the same request`);
+      }
+      drops = 1;
+      t.seen = [];
+      const e = await rejectsWith(client.recoverCatalog({ apply: true }), 'timeout', /may or may not have been made/);
+      assert.deepEqual([e.details?.['outcomeUnknown'], e.details?.['code'], t.seen.length], [true, 'unavailable', 1]);
+    });
+
     it('validates createVolume, volumeInfo and deleteVolume arguments before sending', async () => {
       const t = new FakeTransport(() => assert.fail('nothing may be sent'));
       const client = createClient(t, { cluster: CLUSTER });
