@@ -216,28 +216,43 @@ class ConnectionEnded extends Error {
 }
 
 /**
+ * A request's client is gone (its connection closed, reset or ended by the server): its next
+ * Strata call is not made, and it is not answered.
+ */
+class ClientGone extends Error {
+  override readonly name = 'ClientGone';
+}
+
+/**
  * Reads exact byte counts from a socket. It buffers at most what is asked plus READ_AHEAD_BYTES
  * (and one chunk): past that the socket is paused until the buffer is read.
+ *
+ * The peer's end of its side (FIN: a half close) leaves what it sent before readable: a client
+ * may send its last requests and shut its side down, and still expects their answers. A socket
+ * closed (the peer reset it, a write to it failed, or the server destroyed it) drops what is
+ * buffered: nothing read from it could be answered.
  */
 class SocketReader {
   private chunks: Buffer[] = [];
   private buffered = 0;
   private waiter: { bytes: number; resolve: (b: Buffer) => void; reject: (e: Error) => void } | undefined;
   private ended: Error | undefined;
+  /** Closed: buffered bytes dropped, every read fails. */
+  private aborted = false;
 
   constructor(private readonly socket: net.Socket) {
     socket.on('data', (chunk: Buffer) => {
+      if (this.aborted) return;
       this.chunks.push(chunk);
       this.buffered += chunk.byteLength;
       this.serve();
       if (this.buffered >= (this.waiter?.bytes ?? 0) + READ_AHEAD_BYTES) socket.pause();
     });
-    const end = (): void => this.end(new ConnectionEnded('the peer closed the connection'));
-    socket.on('end', end);
-    socket.on('close', end);
+    socket.on('end', () => this.end(new ConnectionEnded('the peer closed its side of the connection')));
+    socket.on('close', () => this.abort(new ConnectionEnded('the connection was closed')));
   }
 
-  /** Fails the read waiting now and every later one. */
+  /** Fails the read waiting now, and every later one once the bytes buffered are read. */
   end(reason: Error): void {
     if (this.ended !== undefined) return;
     this.ended = reason;
@@ -246,9 +261,18 @@ class SocketReader {
     w?.reject(reason);
   }
 
+  /** Drops the bytes buffered and fails the read waiting now and every later one. */
+  abort(reason: Error): void {
+    this.aborted = true;
+    this.chunks = [];
+    this.buffered = 0;
+    this.end(reason);
+  }
+
   /** The next `bytes` bytes; rejects with ConnectionEnded if the connection ends first. */
   read(bytes: number): Promise<Buffer> {
     if (this.waiter !== undefined) throw new Error('SocketReader: one read at a time');
+    if (this.aborted) return Promise.reject(this.ended!);
     if (this.buffered >= bytes) return Promise.resolve(this.take(bytes));
     if (this.ended !== undefined) return Promise.reject(this.ended);
     return new Promise<Buffer>((resolve, reject) => {
@@ -599,6 +623,8 @@ class Connection {
   ) {
     this.reader = new SocketReader(socket);
     this.log = server.log.child({ remote: `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}` });
+    // Its requests already received are still answered (SocketReader).
+    socket.on('end', () => this.log.debug('nbd client ended its side of the connection', { volume: this.exp?.name }));
   }
 
   run(): Promise<void> {
@@ -1055,7 +1081,10 @@ class Connection {
   /**
    * The export's page calls, each made again while answered `overloaded` (`retryOverloaded`),
    * the writes also when their outcome is unknown (`writeInTries`; the client sends a read
-   * again itself), all within the client's timeout.
+   * again itself), all within the client's timeout. No call, and no try of one, is made once
+   * the connection's client is gone (ClientGone is thrown instead): a request of many calls (a
+   * read over several, a write of zeros with NO_HOLE over a large range) stops there, so that a
+   * client that went away holds neither the cluster nor its connection's slot with it.
    */
   private pageCalls(): PageCalls {
     const volume = this.volume!;
@@ -1065,11 +1094,12 @@ class Connection {
       onUnknown: (err: ProtocolError, attempt: number) =>
         this.log.info('nbd write made again: its try was not answered, or found no leader', { volume: this.exp?.name, attempt, code: err.code, err: err.message }),
     };
+    const live = <T>(call: () => Promise<T>): Promise<T> => (this.clientGone ? Promise.reject(new ClientGone('the client is gone')) : call());
     return {
-      readPages: (pages) => retryOverloaded(() => volume.readPages(pages), budgetMs),
-      writePages: (pages) => writeInTries((d) => retryOverloaded(() => volume.writePages(pages, { deadlineMs: d }), untilMs(d)), budgetMs, tries),
-      zeroPages: (first, count) => writeInTries((d) => retryOverloaded(() => volume.zeroPages(first, count, { deadlineMs: d }), untilMs(d)), budgetMs, tries),
-      pagesWithData: (first, count) => retryOverloaded(() => volume.pagesWithData(first, count), budgetMs),
+      readPages: (pages) => retryOverloaded(() => live(() => volume.readPages(pages)), budgetMs),
+      writePages: (pages) => writeInTries((d) => retryOverloaded(() => live(() => volume.writePages(pages, { deadlineMs: d })), untilMs(d)), budgetMs, tries),
+      zeroPages: (first, count) => writeInTries((d) => retryOverloaded(() => live(() => volume.zeroPages(first, count, { deadlineMs: d })), untilMs(d)), budgetMs, tries),
+      pagesWithData: (first, count) => retryOverloaded(() => live(() => volume.pagesWithData(first, count)), budgetMs),
     };
   }
 
@@ -1153,6 +1183,8 @@ class Connection {
       }
       return await this.reply(request, 0);
     } catch (err) {
+      // Its client is gone: the rest of it is not made, and nobody is there to answer.
+      if (err instanceof ClientGone) return;
       const errno = errnoOf(err, isWrite);
       this.log.warn('nbd request failed', {
         volume: this.exp?.name,

@@ -84,6 +84,18 @@ function contexts(replies: OptionReply[]): { contexts: Array<[number, string]>; 
 
 const HOLE_ZERO = NBD_STATE.HOLE | NBD_STATE.ZERO;
 
+/** The 28 bytes of a transmission request's header. */
+function requestHead(type: number, cookie: number, offset: bigint | number, length: number, flags = 0): Buffer {
+  const b = Buffer.alloc(28);
+  b.writeUInt32BE(0x25609513, 0);
+  b.writeUInt16BE(flags, 4);
+  b.writeUInt16BE(type, 6);
+  b.writeBigUInt64BE(BigInt(cookie), 8);
+  b.writeBigUInt64BE(BigInt(offset), 16);
+  b.writeUInt32BE(length, 24);
+  return b;
+}
+
 /** The extents of a successful block status reply ([length, flags]), checking its one final chunk and context id. */
 function extentsOf(r: Reply): Array<[number, number]> {
   assert.equal(r.error, 0, r.message);
@@ -1333,6 +1345,109 @@ describe('cluster/nbd: NBD export of Strata volumes', function () {
         // Each write reads its edge page and writes it: calls of writes made. Of 3 queued per
         // connection, the first was under way when its client closed; the others were not made.
         assert.ok(stub.calls <= 6 * 2, `${stub.calls} calls for ${sent} writes sent`);
+      } finally {
+        await server.stop();
+      }
+    });
+
+    it('a client that resets its connection with requests queued: those not yet taken are never made, and its slot is free for the next client', async () => {
+      const stub = stubClient();
+      let open!: () => void;
+      stub.gate = new Promise((r) => (open = r));
+      const lines: Array<{ level: string; msg: string; fields: Record<string, unknown> }> = [];
+      const server = await startNbdServer({ client: stub.client, volume: 'stub', port: 0, connectionsMax: 1, requestsInFlightMax: 2, stopTimeoutMs: 200, logger: captureLogger(lines) });
+      try {
+        const s = await Session.open(server.address.port, 'stub');
+        // 50 reads in one segment: 2 taken (their calls wait), 48 left in the server's buffer.
+        s.peer.write(Buffer.concat(Array.from({ length: 50 }, (_, i) => requestHead(NBD_CMD.READ, i + 1, (i % 16) * 4096, 4096))));
+        await waitFor('2 reads taken', () => stub.active === 2);
+        s.peer.socket.resetAndDestroy();
+        await waitFor('the reset seen by the server', () => lines.some((l) => l.msg === 'nbd socket error'));
+        // From here on a Strata call never ends: a request of the reset client taken after this
+        // would hold its slot for good.
+        stub.gate = new Promise(() => undefined);
+        open();
+        await waitFor('the reset connection gone, its requests ended', () => server.connectionCount() === 0);
+        assert.equal(stub.calls, 2, 'only the reads taken before the reset were made');
+        stub.gate = undefined;
+        // The one slot is free: another client is served.
+        const next = await Session.open(server.address.port, 'stub');
+        assert.equal((await next.request(NBD_CMD.READ, 0, 4096)).error, 0);
+        next.peer.close();
+      } finally {
+        await server.stop();
+      }
+    });
+
+    it('a reset connection takes no more requests from its buffer: a write queued there never waits for its pages behind another connection\'s', async () => {
+      const stub = stubClient();
+      const lines: Array<{ level: string; msg: string; fields: Record<string, unknown> }> = [];
+      const server = await startNbdServer({ client: stub.client, volume: 'stub', port: 0, requestsInFlightMax: 1, stopTimeoutMs: 200, logger: captureLogger(lines) });
+      try {
+        // Another client's write holds page 0 for good (its Strata call never ends).
+        stub.gate = new Promise(() => undefined);
+        const holder = await Session.open(server.address.port, 'stub');
+        void holder.request(NBD_CMD.WRITE, 0, 4096, { data: Buffer.alloc(4096) });
+        await waitFor('the holder\'s write under way', () => stub.active === 1);
+        let open!: () => void;
+        stub.gate = new Promise((r) => (open = r));
+        const s = await Session.open(server.address.port, 'stub');
+        // A read taken (its call waits), then a write to page 0 left in the server's buffer.
+        s.peer.write(requestHead(NBD_CMD.READ, 1, 4096, 4096), requestHead(NBD_CMD.WRITE, 2, 0, 4096), Buffer.alloc(4096));
+        await waitFor('the read taken', () => stub.active === 2);
+        s.peer.socket.resetAndDestroy();
+        await waitFor('the reset seen by the server', () => lines.some((l) => l.msg === 'nbd socket error'));
+        open();
+        // Taken after the reset, the write would wait behind the holder's for ever, and the reset
+        // connection would keep its slot.
+        await waitFor('the reset connection gone', () => server.connectionCount() === 1);
+        holder.peer.close();
+      } finally {
+        await server.stop();
+      }
+    });
+
+    it('a read over several Strata calls, and a write of zeros with NO_HOLE over several, make no call after their client is gone', async () => {
+      // 48 MiB of 4 KiB pages: a READ of 32 MiB is 2 calls of CALL_PAGES_MAX pages, a WRITE_ZEROES
+      // with NO_HOLE of the whole export 3.
+      const stub = stubClient(3 * 4096);
+      let open!: () => void;
+      stub.gate = new Promise((r) => (open = r));
+      const lines: Array<{ level: string; msg: string; fields: Record<string, unknown> }> = [];
+      const server = await startNbdServer({ client: stub.client, volume: 'stub', port: 0, stopTimeoutMs: 200, logger: captureLogger(lines) });
+      try {
+        const s = await Session.open(server.address.port, 'stub');
+        s.peer.write(requestHead(NBD_CMD.READ, 1, 0, BLOCK_BYTES_MAX), requestHead(NBD_CMD.WRITE_ZEROES, 2, 0, 3 * 4096 * 4096, NBD_CMD_FLAG.NO_HOLE));
+        await waitFor('the first call of each made', () => stub.active === 2);
+        s.peer.socket.resetAndDestroy();
+        await waitFor('the reset seen by the server', () => lines.some((l) => l.msg === 'nbd socket error'));
+        open();
+        await waitFor('the reset connection gone, its requests ended', () => server.connectionCount() === 0);
+        assert.equal(stub.calls, 2, 'no call of either made after the reset');
+        assert.deepEqual(lines.filter((l) => l.level === 'warn'), [], 'a request of a client gone is not a failure');
+      } finally {
+        await server.stop();
+      }
+    });
+
+    it('a client that shuts its side down (FIN) after sending requests still gets every answer, those still in the server\'s buffer among them', async () => {
+      const stub = stubClient();
+      let open!: () => void;
+      stub.gate = new Promise((r) => (open = r));
+      const lines: Array<{ level: string; msg: string; fields: Record<string, unknown> }> = [];
+      const server = await startNbdServer({ client: stub.client, volume: 'stub', port: 0, requestsInFlightMax: 2, logger: captureLogger(lines) });
+      try {
+        const s = await Session.open(server.address.port, 'stub');
+        // A request the server drops is answered -1 when the connection closes, not waited for.
+        s.failRequestsOnError = true;
+        const replies = Array.from({ length: 6 }, (_, i) => s.request(NBD_CMD.READ, i * 4096, 4096));
+        await waitFor('2 reads taken', () => stub.active === 2);
+        s.peer.socket.end();
+        await waitFor('the end of the client\'s side seen by the server', () => lines.some((l) => l.msg === 'nbd client ended its side of the connection'));
+        open();
+        for (const r of await Promise.all(replies)) assert.equal(r.error, 0);
+        assert.equal(stub.calls, 6);
+        await s.peer.closed;
       } finally {
         await server.stop();
       }
