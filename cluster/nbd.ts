@@ -1112,11 +1112,6 @@ class Connection {
       if (request.type === NBD_CMD.BLOCK_STATUS && !this.allocation) {
         return await this.fail(request, NBD_ERR.EINVAL, `block status without the ${BASE_ALLOCATION} context selected for this export (NBD_OPT_SET_META_CONTEXT)`);
       }
-      if (request.type === NBD_CMD.FLUSH) {
-        // Every write is durable once answered: FLUSH waits for the writes received before it.
-        await Promise.allSettled([...this.writes]);
-        return await this.reply(request, 0);
-      }
       // FUA on any command (every write is durable when answered; clients set it on others
       // too); NO_HOLE and FAST_ZERO on WRITE_ZEROES only, REQ_ONE on BLOCK_STATUS only; no
       // other flag was negotiated.
@@ -1125,6 +1120,11 @@ class Connection {
         (request.type === NBD_CMD.WRITE_ZEROES ? NBD_CMD_FLAG.NO_HOLE | NBD_CMD_FLAG.FAST_ZERO : 0) |
         (request.type === NBD_CMD.BLOCK_STATUS ? NBD_CMD_FLAG.REQ_ONE : 0);
       if ((request.flags & ~known) !== 0) return await this.fail(request, NBD_ERR.EINVAL, `command flags 0x${request.flags.toString(16)} are not all for ${name}`);
+      if (request.type === NBD_CMD.FLUSH) {
+        // Every write is durable once answered: FLUSH waits for the writes received before it.
+        await Promise.allSettled([...this.writes]);
+        return await this.reply(request, 0);
+      }
       // FAST_ZERO is met: whole pages are made zeros with one small record per shard, whatever
       // the length; only the pages a range covers in part are read and written.
       const info = this.info!;

@@ -753,7 +753,7 @@ describe('cluster/nbd: NBD export of Strata volumes', function () {
       s.peer.close();
     });
 
-    it('answers an unknown command, CACHE, and a flag not for the command (NO_HOLE on a write, FAST_ZERO on a trim, REQ_ONE on a read) EINVAL; FUA anywhere and FAST_ZERO on a write-zeroes are accepted', async () => {
+    it('answers an unknown command, CACHE, and a flag not for the command (NO_HOLE on a write, FAST_ZERO on a trim, REQ_ONE on a read, any but FUA on a flush) EINVAL; FUA anywhere and FAST_ZERO on a write-zeroes are accepted', async () => {
       const s = await Session.open(all.address.port, 'v');
       assert.equal((await s.request(99, 0, 4096)).error, NBD_ERR.EINVAL);
       assert.equal((await s.request(NBD_CMD.CACHE, 0, 4096)).error, NBD_ERR.EINVAL);
@@ -766,6 +766,8 @@ describe('cluster/nbd: NBD export of Strata volumes', function () {
       assert.equal((await s.request(NBD_CMD.READ, 0, 4096, { flags: NBD_CMD_FLAG.REQ_ONE })).error, NBD_ERR.EINVAL, 'REQ_ONE on a read');
       assert.equal((await s.request(NBD_CMD.READ, 0, 4096, { flags: NBD_CMD_FLAG.FUA })).error, 0);
       assert.equal((await s.request(NBD_CMD.FLUSH, 0, 0, { flags: NBD_CMD_FLAG.FUA })).error, 0);
+      assert.equal((await s.request(NBD_CMD.FLUSH, 0, 0, { flags: NBD_CMD_FLAG.NO_HOLE })).error, NBD_ERR.EINVAL, 'NO_HOLE on a flush');
+      assert.equal((await s.request(NBD_CMD.FLUSH, 0, 0, { flags: 0xff })).error, NBD_ERR.EINVAL, 'unknown flags on a flush');
       assert.equal((await s.request(NBD_CMD.READ, 0, 4096)).error, 0);
       s.peer.close();
     });
