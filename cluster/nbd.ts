@@ -351,7 +351,6 @@ class RangeLocks {
 
 interface Export {
   name: string;
-  volume: Volume;
   locks: RangeLocks;
   /** Connections in transmission on it. */
   refs: number;
@@ -550,7 +549,7 @@ class Server implements NbdServer {
   acquire(name: string): Export {
     let e = this.exports.get(name);
     if (e === undefined) {
-      e = { name, volume: this.client.volume(name), locks: new RangeLocks(), refs: 0 };
+      e = { name, locks: new RangeLocks(), refs: 0 };
       this.exports.set(name, e);
     }
     e.refs++;
@@ -924,7 +923,7 @@ class Connection {
     const volumeName = this.server.exportName(name);
     if (volumeName === undefined) return { error: NBD_REP.ERR_UNKNOWN, message: name === '' ? 'no default export: name a volume' : `no export named ${JSON.stringify(name)}` };
     try {
-      await this.server.client.volume(volumeName).info({ refresh: true, deadlineMs: this.lookUpDeadline() });
+      await this.catalogInfo(volumeName);
       return volumeName;
     } catch (err) {
       if (err instanceof ProtocolError && (err.code === 'not_found' || err.code === 'bad_request')) {
@@ -933,6 +932,16 @@ class Connection {
       this.log.warn('nbd export could not be looked up', { volume: volumeName, err });
       return { error: NBD_REP.ERR_PLATFORM, message: `volume ${volumeName} could not be looked up: ${err instanceof Error ? err.message : String(err)}` };
     }
+  }
+
+  /**
+   * The volume's info as the catalog answers it now, by the look-up's deadline. Fetched through a
+   * handle of its own, which has no geometry cached: a refresh of a handle that has one falls
+   * back to it when the catalog does not answer, and the option would be answered from it, late,
+   * instead of NBD_REP_ERR_PLATFORM saying that the catalog could not be reached.
+   */
+  private catalogInfo(volumeName: string): Promise<VolumeInfo> {
+    return this.server.client.volume(volumeName).info({ deadlineMs: this.lookUpDeadline() });
   }
 
   /** Looks the export up and takes it (`this.exp`, `this.info`); a string says why it cannot be. */
@@ -945,8 +954,8 @@ class Connection {
     let exp: Export | undefined;
     try {
       exp = this.server.acquire(volumeName);
-      // Fetched again, not the cached geometry: the volume may have been created again.
-      const info = await exp.volume.info({ refresh: true, deadlineMs: this.lookUpDeadline() });
+      // The catalog's answer, not a geometry cached: the volume may have been created again.
+      const info = await this.catalogInfo(volumeName);
       this.exp = exp;
       this.info = info;
       // Held to this volume: one created again under its name (another geometry, maybe) fails

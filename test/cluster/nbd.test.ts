@@ -449,6 +449,45 @@ describe('cluster/nbd: NBD export of Strata volumes', function () {
       assert.equal((await option(p, NBD_OPT.GO, goData('v'))).at(-1)!.type, NBD_REP.ACK, 'the session went on to GO');
       p.close();
     });
+
+    it('the catalog not answering: INFO and GO are NBD_REP_ERR_PLATFORM within the negotiation\'s time, though a connection open on the export holds its geometry; the open one serves on', async () => {
+      // The export's own client, whose requests to the catalog for a volume's info can be made to
+      // go unanswered (they fail `timeout` at their deadline, as over NATS).
+      const nc = await natsConnect({ servers: c.natsUrl });
+      const nats = new NatsTransport(nc);
+      const catalog = { silent: false };
+      const transport: ClientTransport = {
+        maxPayloadBytes: nats.maxPayloadBytes,
+        request: (subject, data, options) => {
+          if (!(catalog.silent && subject.includes('.volume.info'))) return nats.request(subject, data, options);
+          return new Promise((_, reject) => setTimeout(() => reject(new ProtocolError('timeout', `no reply on ${subject}`)), options.timeoutMs).unref());
+        },
+        close: () => nats.close(),
+      };
+      const client = createClient(transport, { cluster: c.cluster, timeoutMs: 10_000 });
+      const server = await startNbdServer({ client, volume: 'v', port: 0, handshakeTimeoutMs: 2000, logger: captureLogger([]) });
+      try {
+        const open = await Session.open(server.address.port, 'v');
+        // Its first call learns the volume's geometry (from the catalog).
+        assert.equal((await open.request(NBD_CMD.READ, 0, 4096)).error, 0);
+        catalog.silent = true;
+        for (const opt of [NBD_OPT.INFO, NBD_OPT.GO]) {
+          const p = await greet(server.address.port);
+          // Answered before the negotiation's 2 s run out (the connection would close without a reply).
+          const replies = await option(p, opt, goData('v'));
+          assert.deepEqual(replies.map((r) => r.type), [NBD_REP.ERR_PLATFORM]);
+          assert.match(replies[0]!.data.toString(), /^volume v could not be opened: /);
+          p.close();
+        }
+        assert.equal((await open.request(NBD_CMD.READ, 0, 4096)).error, 0, 'the open connection reads without the catalog');
+        catalog.silent = false;
+        (await Session.open(server.address.port, 'v')).peer.close();
+        open.peer.close();
+      } finally {
+        await server.stop();
+        await client.close();
+      }
+    });
   });
 
   describe('structured replies', () => {
