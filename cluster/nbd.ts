@@ -758,7 +758,9 @@ class Connection {
       }
       const data = await this.reader.read(length);
       if (this.refuse || this.stopping) {
-        if (option !== NBD_OPT.EXPORT_NAME) await this.optionError(option, NBD_REP.ERR_SHUTDOWN, this.refuse ? `the server serves at most ${this.server.connectionsMax} connections` : 'the server is stopping');
+        // ABORT is acknowledged as always (the protocol asks it); EXPORT_NAME has no error reply.
+        if (option === NBD_OPT.ABORT) await this.optionReply(option, NBD_REP.ACK);
+        else if (option !== NBD_OPT.EXPORT_NAME) await this.optionError(option, NBD_REP.ERR_SHUTDOWN, this.refuse ? `the server serves at most ${this.server.connectionsMax} connections` : 'the server is stopping');
         return false;
       }
       switch (option) {

@@ -1494,7 +1494,7 @@ describe('cluster/nbd: NBD export of Strata volumes', function () {
       }
     });
 
-    it('refuses connections over connectionsMax (NBD_REP_ERR_SHUTDOWN) and serves again once one closes', async () => {
+    it('refuses connections over connectionsMax (NBD_REP_ERR_SHUTDOWN; NBD_OPT_ABORT is acknowledged) and serves again once one closes', async () => {
       const stub = stubClient();
       const server = await startNbdServer({ client: stub.client, volume: 'stub', port: 0, connectionsMax: 2, logger: captureLogger([]) });
       try {
@@ -1505,6 +1505,10 @@ describe('cluster/nbd: NBD export of Strata volumes', function () {
         assert.deepEqual(r.map((x) => x.type), [NBD_REP.ERR_SHUTDOWN]);
         assert.match(r[0]!.data.toString(), /at most 2 connections/);
         await refused.expectClosed();
+        // NBD_OPT_ABORT from a refused client is acknowledged, then the connection closed.
+        const aborting = await greet(server.address.port);
+        assert.deepEqual((await option(aborting, NBD_OPT.ABORT)).map((x) => x.type), [NBD_REP.ACK]);
+        await aborting.expectClosed();
         a.peer.close();
         b.close();
         await waitFor('connections closed', () => server.connectionCount() === 0);
