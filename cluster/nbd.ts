@@ -575,7 +575,10 @@ interface Request {
   flags: number;
   type: number;
   cookie: Buffer;
+  /** The offset as a number: exact once the range is checked within the export (below 2^53). */
   offset: number;
+  /** The offset as sent (up to 2^64 - 1), for the checks and messages before that. */
+  offsetSent: bigint;
   length: number;
 }
 
@@ -1007,6 +1010,7 @@ class Connection {
         type: head.readUInt16BE(6),
         cookie: Buffer.from(head.subarray(8, 16)),
         offset: Number(head.readBigUInt64BE(16)),
+        offsetSent: head.readBigUInt64BE(16),
         length: head.readUInt32BE(24),
       };
       if (request.type === NBD_CMD.DISC) return;
@@ -1145,9 +1149,11 @@ class Connection {
         return await this.fail(request, NBD_ERR.EINVAL, `a ${name} of ${request.length} bytes is over the limit of ${BLOCK_BYTES_MAX}`);
       }
       if (isWrite && this.server.readOnly) return await this.fail(request, NBD_ERR.EPERM, 'the export is read-only');
-      if (request.offset + request.length > size) {
+      // In bigint: an offset past 2^53 is not rounded, in the check or in the message.
+      const rangeEnd = request.offsetSent + BigInt(request.length);
+      if (rangeEnd > BigInt(size)) {
         const errno = request.type === NBD_CMD.WRITE || request.type === NBD_CMD.WRITE_ZEROES ? NBD_ERR.ENOSPC : NBD_ERR.EINVAL;
-        return await this.fail(request, errno, `bytes ${request.offset}..${request.offset + request.length - 1} are past the end of the export (${size} bytes)`);
+        return await this.fail(request, errno, `bytes ${request.offsetSent}..${rangeEnd - 1n} are past the end of the export (${size} bytes)`);
       }
       // The range is not needed (the client may assume nothing of its bytes until it writes
       // them): its whole pages are made zeros, so that their space is given back at the shards'

@@ -536,6 +536,23 @@ describe('cluster/nbd: NBD export of Strata volumes', function () {
       s.peer.close();
     });
 
+    it('an offset past 2^53 is named exactly in its error, not rounded', async () => {
+      const s = await Session.open(all.address.port, 'v', { structured: true });
+      const size = 1024 * 4096;
+      for (const [type, offset, errno] of [
+        [NBD_CMD.READ, 2n ** 63n + 1n, NBD_ERR.EINVAL],
+        [NBD_CMD.WRITE_ZEROES, 2n ** 64n - 4096n, NBD_ERR.ENOSPC],
+      ] as const) {
+        s.peer.write(requestHead(type, 7, offset, 4096));
+        const h = await s.peer.read(20);
+        assert.deepEqual([h.readUInt16BE(4), h.readUInt16BE(6), h.readBigUInt64BE(8)], [NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE.ERROR, 7n]);
+        const payload = await s.peer.read(h.readUInt32BE(16));
+        assert.equal(payload.readUInt32BE(0), errno);
+        assert.equal(payload.subarray(6, 6 + payload.readUInt16BE(4)).toString('utf8'), `bytes ${offset}..${offset + 4095n} are past the end of the export (${size} bytes)`);
+      }
+      s.peer.close();
+    });
+
     it('EXPORT_NAME after structured replies: READ is structured', async () => {
       const p = await greet(single.address.port);
       assert.deepEqual((await option(p, NBD_OPT.STRUCTURED_REPLY)).map((r) => r.type), [NBD_REP.ACK]);
