@@ -23,7 +23,8 @@
  * writes received before the FLUSH.
  *
  * Bounds: connections (`connectionsMax`), requests in flight per connection and their bytes
- * (`requestsInFlightMax`, `inFlightBytesMax`: the socket is not read while at either), option
+ * (`requestsInFlightMax`, `inFlightBytesMax`: the socket is not read while at either; a WRITE's
+ * bytes are counted before its payload is read), option
  * data (OPTION_BYTES_MAX), meta context queries (META_CONTEXT_QUERIES_MAX), extents per block
  * status reply (BLOCK_STATUS_EXTENTS_MAX), error messages (ERROR_MESSAGE_BYTES_MAX), request
  * length (BLOCK_BYTES_MAX for READ and WRITE), the handshake's time (`handshakeTimeoutMs`), the
@@ -995,10 +996,7 @@ class Connection {
     // the export GO or EXPORT_NAME enters); any other export has no context selected.
     this.allocation = this.allocationFor !== undefined && this.allocationFor === this.exp!.name;
     for (;;) {
-      while (!this.stopping && (this.inFlight >= this.server.requestsInFlightMax || this.inFlightBytes >= this.server.inFlightBytesMax)) {
-        await new Promise<void>((resolve) => (this.wake = resolve));
-        this.wake = undefined;
-      }
+      await this.roomFor(() => this.inFlight < this.server.requestsInFlightMax && this.inFlightBytes < this.server.inFlightBytesMax);
       if (this.stopping) return;
       const head = await this.reader.read(28);
       if (head.readUInt32BE(0) !== REQUEST_MAGIC) {
@@ -1014,21 +1012,31 @@ class Connection {
         length: head.readUInt32BE(24),
       };
       if (request.type === NBD_CMD.DISC) return;
-      let payload: Buffer | undefined;
-      if (request.type === NBD_CMD.WRITE) {
-        if (request.length > BLOCK_BYTES_MAX) {
-          // Read and dropped to stay in step with the stream.
-          await this.reader.skip(request.length);
-          // Answered as every request is, not awaited here: a client that reads no replies
-          // cannot hold this loop (and so a stop) in this answer's send.
-          this.track(this.fail(request, NBD_ERR.EINVAL, `a write of ${request.length} bytes is over the limit of ${BLOCK_BYTES_MAX}`), 0, false);
-          continue;
-        }
-        payload = await this.reader.read(request.length);
+      if (request.type === NBD_CMD.WRITE && request.length > BLOCK_BYTES_MAX) {
+        // Read and dropped to stay in step with the stream (READ_AHEAD_BYTES at a time).
+        await this.reader.skip(request.length);
+        // Answered as every request is, not awaited here: a client that reads no replies
+        // cannot hold this loop (and so a stop) in this answer's send.
+        this.track(this.fail(request, NBD_ERR.EINVAL, `a write of ${request.length} bytes is over the limit of ${BLOCK_BYTES_MAX}`), 0, false);
+        continue;
       }
-      const bytes = request.type === NBD_CMD.READ || request.type === NBD_CMD.WRITE ? request.length : 0;
+      // The data bytes it holds: a WRITE's payload, a READ's reply (one over the limit holds none).
+      const bytes = (request.type === NBD_CMD.READ || request.type === NBD_CMD.WRITE) && request.length <= BLOCK_BYTES_MAX ? request.length : 0;
+      // Counted before a WRITE's payload is read: the bytes held stay within inFlightBytesMax (a
+      // request larger than that is taken alone).
+      await this.roomFor(() => this.inFlightBytes === 0 || this.inFlightBytes + bytes <= this.server.inFlightBytesMax);
+      if (this.stopping) return;
+      const payload = request.type === NBD_CMD.WRITE ? await this.reader.read(request.length) : undefined;
       const isWrite = request.type === NBD_CMD.WRITE || request.type === NBD_CMD.TRIM || request.type === NBD_CMD.WRITE_ZEROES;
       this.track(this.handle(request, payload), bytes, isWrite);
+    }
+  }
+
+  /** Resolves once `room()` holds (requests ending make room), or the connection stops. */
+  private async roomFor(room: () => boolean): Promise<void> {
+    while (!this.stopping && !room()) {
+      await new Promise<void>((resolve) => (this.wake = resolve));
+      this.wake = undefined;
     }
   }
 

@@ -126,6 +126,8 @@ function stubClient(pageCount = 16): {
   client: StrataClient;
   calls: number;
   active: number;
+  /** The most calls under way at once. */
+  activeMax: number;
   gate: Promise<void> | undefined;
   failWith: Error | undefined;
   /** The catalog's failure of volume.info (after the server started). */
@@ -140,6 +142,7 @@ function stubClient(pageCount = 16): {
     client: undefined as unknown as StrataClient,
     calls: 0,
     active: 0,
+    activeMax: 0,
     gate: undefined as Promise<void> | undefined,
     failWith: undefined as Error | undefined,
     infoFailWith: undefined as Error | undefined,
@@ -149,6 +152,7 @@ function stubClient(pageCount = 16): {
   const call = async <T>(value: T): Promise<T> => {
     state.calls++;
     state.active++;
+    state.activeMax = Math.max(state.activeMax, state.active);
     try {
       await state.gate;
       if (state.failWith !== undefined) throw state.failWith;
@@ -1307,6 +1311,29 @@ describe('cluster/nbd: NBD export of Strata volumes', function () {
         }
       });
     }
+
+    it('a WRITE\'s payload is counted against inFlightBytesMax before it is read: the bytes held never pass the bound', async () => {
+      const stub = stubClient();
+      let open!: () => void;
+      stub.gate = new Promise((r) => (open = r));
+      // Room for one write of 8 KiB, not two.
+      const server = await startNbdServer({ client: stub.client, volume: 'stub', port: 0, inFlightBytesMax: 3 * 4096, logger: captureLogger([]) });
+      try {
+        const s = await Session.open(server.address.port, 'stub');
+        const replies = [0, 2].map((page) => s.request(NBD_CMD.WRITE, page * 4096, 2 * 4096, { data: Buffer.alloc(2 * 4096, page + 1) }));
+        await waitFor('the first write under way', () => stub.active === 1);
+        // Time for a server that took the second write too to make its call: that is what is
+        // checked (a server that does not take it never makes it before the first ends).
+        await new Promise((r) => setTimeout(r, 100));
+        open();
+        for (const r of await Promise.all(replies)) assert.equal(r.error, 0);
+        assert.equal(stub.calls, 2);
+        assert.equal(stub.activeMax, 1, 'the second write was taken only once the first had ended');
+        s.peer.close();
+      } finally {
+        await server.stop();
+      }
+    });
 
     it('stop waits at most stopTimeoutMs for requests that do not finish, then closes', async () => {
       const stub = stubClient();
