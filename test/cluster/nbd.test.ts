@@ -1609,6 +1609,21 @@ describe('cluster/nbd: NBD export of Strata volumes', function () {
       }
     });
 
+    it('a write of zeros with NO_HOLE over many calls is bounded by a stop: past stopTimeoutMs it makes no further call', async () => {
+      const stub = stubClient(3 * 4096);
+      let open!: () => void;
+      stub.gate = new Promise((r) => (open = r));
+      const server = await startNbdServer({ client: stub.client, volume: 'stub', port: 0, stopTimeoutMs: 200, logger: captureLogger([]) });
+      const s = await Session.open(server.address.port, 'stub');
+      void s.request(NBD_CMD.WRITE_ZEROES, 0, 3 * 4096 * 4096, { flags: NBD_CMD_FLAG.NO_HOLE });
+      await waitFor('its first call under way', () => stub.active === 1);
+      await server.stop();
+      open();
+      await waitFor('the connection gone, its request ended', () => server.connectionCount() === 0);
+      assert.equal(stub.calls, 1, 'none of its 2 other calls made');
+      s.peer.close();
+    });
+
     it('stop answers the requests in flight, closes the connections and stops listening', async () => {
       const stub = stubClient();
       let open!: () => void;
