@@ -195,6 +195,8 @@ export interface ClientTransport {
   request(subject: string, data: Uint8Array, options: TransportRequestOptions): Promise<Uint8Array>;
   /** Closes the connection; resolves when closed. */
   close(): Promise<void>;
+  /** When (Date.now()) the connection last came back after a drop; undefined if it never dropped. */
+  readonly reconnectedAtMs?: number | undefined;
 }
 
 export { NoRespondersError };
@@ -210,9 +212,14 @@ export { NoRespondersError };
  */
 export class NatsTransport implements ClientTransport {
   private readonly mux: RequestMux;
+  reconnectedAtMs: number | undefined;
 
   constructor(private readonly nc: NatsConnection) {
-    this.mux = new RequestMux(nc, { connection: new ConnectionState(nc), whileDisconnected: 'wait', failPendingOnDisconnect: true });
+    const connection = new ConnectionState(nc);
+    connection.onChange((up) => {
+      if (up) this.reconnectedAtMs = Date.now();
+    });
+    this.mux = new RequestMux(nc, { connection, whileDisconnected: 'wait', failPendingOnDisconnect: true });
   }
 
   get maxPayloadBytes(): number {
@@ -1276,10 +1283,16 @@ export class StrataClient {
    * again, with back-off until the deadline, when a node answered that it did nothing as it no
    * longer (or not surely) runs the controller (`notController`): the controller is moving, and
    * the next one will answer. Also for CONTROLLER_GAP_MS when no node served the controller's
-   * subjects (`noController`).
+   * subjects (`noController`), and for API_RECONNECT_GAP_MS after this client's NATS connection
+   * came back when no node serves the API's (no responders: the NATS server restarted, and the
+   * nodes have not subscribed again yet; nothing was delivered, so any request may go again).
    */
   async api<V extends ApiVerb>(verb: V, body: RequestMap[V], deadlineMs: number): Promise<ReplyMap[V]> {
-    return this.whileControllerMoves(deadlineMs, () => this.apiOnce(verb, body, deadlineMs));
+    const nodesResubscribing = (e: unknown): boolean => {
+      const at = this.transport.reconnectedAtMs;
+      return e instanceof NoRespondersError && at !== undefined && Date.now() - at < API_RECONNECT_GAP_MS;
+    };
+    return this.whileControllerMoves(deadlineMs, () => this.apiOnce(verb, body, deadlineMs), nodesResubscribing);
   }
 
   /**
@@ -1452,6 +1465,13 @@ function unavailableSaying(error: unknown, mark: 'notController' | 'noController
  * which is the answer.
  */
 const CONTROLLER_GAP_MS = 5000;
+
+/**
+ * How long after its NATS connection came back the client sends an API request again that found
+ * no node serving the API's subjects: the nodes reconnect to a restarted server in their own
+ * time (every 250 ms, as the client, plus jitter), and subscribe again then.
+ */
+const API_RECONNECT_GAP_MS = 5000;
 
 /** Connects to the NATS servers and returns a client of the Strata cluster `cluster`. */
 export async function connect(options: ConnectOptions): Promise<StrataClient> {

@@ -29,9 +29,9 @@ interface FakeNode {
   close(): Promise<void>;
 }
 
-/** A fake node on its own connection, which reconnects every 100 ms for good; volume.info of `v` answered by default. */
-async function fakeNode(url: string): Promise<FakeNode> {
-  const nc = await connect({ servers: url, maxReconnectAttempts: -1, reconnectTimeWait: 100 });
+/** A fake node on its own connection, which reconnects every `reconnectTimeWait` ms for good; volume.info of `v` answered by default. */
+async function fakeNode(url: string, reconnectTimeWait = 100): Promise<FakeNode> {
+  const nc = await connect({ servers: url, maxReconnectAttempts: -1, reconnectTimeWait });
   const node: FakeNode = { nc, took: [], handlers: new Map(), close: () => nc.close() };
   const prefix = `strata.${CLUSTER}.`;
   nc.subscribe(`${prefix}>`, {
@@ -87,8 +87,12 @@ describe('cluster/client over NATS: calls across a closed or dropped connection'
   it('a write and a read made while NATS is down wait for the reconnect within their deadline, past the time of their first try', async () => {
     const vol = client.volume('v');
     await vol.info();
-    node.handlers.set('shard.v1.0.leaders', () => ({ lsn: 1, term: 1 }));
-    node.handlers.set('shard.v1.0', () => ({ pages: [new Uint8Array(4096).fill(7)], lsn: 1 }));
+    // A read's tries after its first go to the leaders' subject too (a write's body has pages
+    // with data, a read's page numbers).
+    const readReply = { pages: [new Uint8Array(4096).fill(7)], lsn: 1 };
+    const isRead = (body: unknown): boolean => typeof (body as { pages?: unknown[] }).pages?.[0] === 'number';
+    node.handlers.set('shard.v1.0.leaders', (_msg, body) => (isRead(body) ? readReply : { lsn: 1, term: 1 }));
+    node.handlers.set('shard.v1.0', () => readReply);
     const port = server.port;
     await outage();
     const write = vol.write(3, new Uint8Array(4096).fill(3));
@@ -98,7 +102,7 @@ describe('cluster/client over NATS: calls across a closed or dropped connection'
     server = await startNatsServer({ jetstream: false, port });
     assert.equal((await write).lsn, 1);
     assert.deepEqual(await read, new Uint8Array(4096).fill(7));
-    const writes = node.took.filter((t) => t.subject.endsWith('.leaders'));
+    const writes = node.took.filter((t) => t.subject.endsWith('.leaders') && !isRead(t.body));
     assert.ok(writes.length >= 1);
     assert.equal((writes[0]!.body as { sentMs?: number }).sentMs, undefined, 'the first write that went out is a first send');
   });
@@ -140,6 +144,22 @@ describe('cluster/client over NATS: calls across a closed or dropped connection'
       assert.equal(bodies.length, 2, verb);
       assert.equal(bodies[1]!.requestId, bodies[0]!.requestId, `${verb}: sent again with its request id`);
     }
+  });
+
+  it('an API call that finds no node serving the API just after the client reconnected is sent again until a node has subscribed again', async () => {
+    // The node reconnects 2 s after the server is back (plus jitter), the client within 100 ms.
+    await node.close();
+    node = await fakeNode(server.url, 2000);
+    const nodeConnection = new ConnectionState(node.nc);
+    const port = server.port;
+    await outage();
+    await waitFor('the node to see the disconnect', () => !nodeConnection.connected, 10_000);
+    server = await startNatsServer({ jetstream: false, port });
+    await waitFor('the client to reconnect', () => connection.connected, 10_000);
+    assert.equal(nodeConnection.connected, false, 'the premise: the node has not reconnected yet');
+    const info = await client.volumeInfo('v');
+    assert.equal(info.name, 'v');
+    assert.ok(nodeConnection.connected, 'answered by the node once it was back');
   });
 
   it('a write in flight when the client is closed is timeout (it reached the leader: it may or may not be committed), not unavailable', async () => {

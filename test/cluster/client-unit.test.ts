@@ -66,6 +66,7 @@ class FakeTransport implements ClientTransport {
   inFlightMax = 0;
   closed = false;
   closeHangs = false;
+  reconnectedAtMs: number | undefined;
   constructor(public handler: Handler) {}
 
   async request(subject: string, data: Uint8Array, options: TransportRequestOptions): Promise<Uint8Array> {
@@ -961,6 +962,36 @@ describe('cluster/client (fake transport)', () => {
       t.seen = [];
       const e = await rejectsWith(client.recoverCatalog({ apply: true }), 'timeout', /may or may not have been made/);
       assert.deepEqual([e.details?.['outcomeUnknown'], e.details?.['code'], t.seen.length], [true, 'unavailable', 1]);
+    });
+
+    it('an API request that found no node serving the API is sent again shortly after the connection came back (the nodes subscribe again), and only then', async () => {
+      let gaps = 0;
+      const t = new FakeTransport((subject) => {
+        if (gaps > 0) {
+          gaps--;
+          throw new NoRespondersError(subject);
+        }
+        return subject.includes('volume.resize') ? volume({ name: 'db', pageCount: 20 }) : volume({ name: 'db' });
+      });
+      const client = createClient(t, { cluster: CLUSTER, timeoutMs: 10_000, nowMs: () => NOW });
+      // Never dropped: no responders is the answer at once (no node serves the API).
+      gaps = 1;
+      await rejectsWith(client.volumeInfo('db'), 'unavailable', /no responders/);
+      assert.equal(t.seen.length, 1);
+      // Just reconnected: a read, and a change without a request id (nothing was delivered).
+      t.reconnectedAtMs = Date.now();
+      for (const [verb, call] of [['volume.info', () => client.volumeInfo('db')], ['volume.resize', () => client.resizeVolume('db', 20)]] as const) {
+        gaps = 2;
+        t.seen = [];
+        assert.equal((await call()).name, 'db', verb);
+        assert.equal(t.apiRequests(verb).length, 3, `${verb}: two without responders, then the answer`);
+      }
+      // Long after the reconnect: at once again.
+      t.reconnectedAtMs = Date.now() - 60_000;
+      gaps = 1;
+      t.seen = [];
+      await rejectsWith(client.volumeInfo('db'), 'unavailable', /no responders/);
+      assert.equal(t.seen.length, 1);
     });
 
     it('validates createVolume, volumeInfo and deleteVolume arguments before sending', async () => {
