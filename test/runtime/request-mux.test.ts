@@ -9,6 +9,7 @@ import { startNatsServer, type NatsServerHandle } from '../../runtime/nats-serve
 import { rejectsWith } from '../support/expect';
 import { startBadHeadersResponder } from '../support/bad-headers-responder';
 import { waitFor } from '../support/wait';
+import { ManualClock, settledSoFar } from '../support/manual-clock';
 
 describe('RequestMux (NATS request/reply over one reply subscription)', function () {
   this.timeout(30_000);
@@ -80,11 +81,17 @@ describe('RequestMux (NATS request/reply over one reply subscription)', function
 
   it('a request without a reply fails with timeout at its deadline; a late reply is ignored', async () => {
     const mux = new RequestMux(nc);
-    const t0 = performance.now();
-    const err = await rejectsWith(mux.request('silent', new Uint8Array(1), { timeoutMs: 100 }), 'timeout', /no reply on silent within 100 ms/);
-    const waited = performance.now() - t0;
-    assert.ok(waited >= 95, `waited ${waited} ms`);
+    // Its deadline on a manual clock: it still waits 1 ms before, and fails once the clock is past it.
+    const clock = new ManualClock();
+    const silent = clock.run(() => mux.request('silent', new Uint8Array(1), { timeoutMs: 100 }));
+    clock.advance(99);
+    assert.equal(await settledSoFar(silent), 'pending', 'still waits before its deadline');
+    assert.equal(mux.size, 1);
+    clock.advance(100);
+    const err = await rejectsWith(silent, 'timeout', /no reply on silent within 100 ms/);
     assert.equal(err.details?.['subject'], 'silent');
+    assert.equal(err.details?.['timeoutMs'], 100);
+    assert.equal(mux.size, 0);
     // Shorter deadlines armed after a longer one still fire first; a reply after its deadline is dropped.
     const long = mux.request('silent', new Uint8Array(1), { timeoutMs: 3000 });
     const answered = slowAnswered.length;
@@ -168,11 +175,20 @@ describe('RequestMux (NATS request/reply over one reply subscription)', function
       await bare.flush();
       try {
         const mux = new RequestMux(nc);
-        const t0 = performance.now();
-        const [a, b] = mux.requestEach('group.silent', Uint8Array.of(1), { timeoutMs: 200 }, ['a', 'b']);
+        // The deadline on a manual clock: b waits until the clock passes it, whatever comes meanwhile.
+        const clock = new ManualClock();
+        const [a, b] = clock.run(() => mux.requestEach('group.silent', Uint8Array.of(1), { timeoutMs: 200 }, ['a', 'b']));
         assert.deepEqual([...(await a!).data], [1, 0x61]);
-        await rejectsWith(b!, 'timeout', /no reply on group.silent within 200 ms/);
-        assert.ok(performance.now() - t0 >= 195, 'b failed at its deadline');
+        // The bare reply has reached this connection (the responder saw the request, both flushed).
+        await waitFor('the bare responder to get the request', () => g.received.length === 2);
+        await bare.flush();
+        await nc.flush();
+        clock.advance(199);
+        assert.equal(await settledSoFar(b!), 'pending', 'b waits until its deadline; the bare reply is not taken for it');
+        assert.equal(mux.size, 1);
+        clock.advance(100);
+        const err = await rejectsWith(b!, 'timeout', /no reply on group.silent within 200 ms/);
+        assert.equal(err.details?.['timeoutMs'], 200);
         assert.equal(mux.size, 0);
       } finally {
         await bare.close();
@@ -209,10 +225,11 @@ describe('RequestMux (NATS request/reply over one reply subscription)', function
         const mux = new RequestMux(nc);
         const [a, b] = mux.requestEach('group.close', Uint8Array.of(1), { timeoutMs: 10_000 }, ['a', 'b']);
         await a;
-        const t0 = performance.now();
         mux.close();
+        // Failed by the close itself, before any timer or reply could.
+        assert.equal(await settledSoFar(b!), 'rejected', 'failed at the close');
         await rejectsWith(b!, 'unavailable', /closed/);
-        assert.ok(performance.now() - t0 < 1000);
+        assert.equal(mux.size, 0);
       } finally {
         await g.close();
       }
@@ -221,13 +238,14 @@ describe('RequestMux (NATS request/reply over one reply subscription)', function
 
   it('closing the connection or the mux fails every waiting request with unavailable, at once, saying it was sent (details.disconnected: it may have reached its receiver)', async () => {
     const mux = new RequestMux(nc);
-    const waiting = mux.request('silent', new Uint8Array(1), { timeoutMs: 20_000 });
+    // Its deadline on a manual clock that does not move: only the close can fail it.
+    const clock = new ManualClock();
+    const waiting = clock.run(() => mux.request('silent', new Uint8Array(1), { timeoutMs: 20_000 }));
     await nc.flush();
-    const t0 = performance.now();
     await nc.close();
+    assert.equal(await settledSoFar(waiting), 'rejected', 'failed by the close, not left to its deadline');
     const e1 = await rejectsWith(waiting, 'unavailable', /closed before the reply/);
     assert.equal(e1.details?.['disconnected'], true);
-    assert.ok(performance.now() - t0 < 5000, 'not left to its 20 s deadline');
     const refused = await rejectsWith(mux.request('echo', new Uint8Array(1), { timeoutMs: 1000 }), 'unavailable', /closed/);
     assert.equal(refused.details?.['disconnected'], undefined, 'refused, never sent: not said to be possibly delivered');
 
@@ -305,9 +323,10 @@ describe('RequestMux with a ConnectionState: a connection that is down', functio
       await server.stop();
       await waitFor('the client to see the disconnect', () => !connection.connected, 10_000);
       assert.equal(nc.isClosed(), false, 'the client reconnects: not closed');
-      const t0 = performance.now();
-      await rejectsWith(mux.request('echo', Uint8Array.of(2), { timeoutMs: 10_000 }), 'unavailable', /disconnected from NATS/);
-      assert.ok(performance.now() - t0 < 1000, 'refused at once, not at its deadline');
+      const refused = mux.request('echo', Uint8Array.of(2), { timeoutMs: 10_000 });
+      assert.equal(await settledSoFar(refused), 'rejected', 'refused at once, not at its deadline');
+      await rejectsWith(refused, 'unavailable', /disconnected from NATS/);
+      assert.equal(mux.size, 0, 'nothing waits for a reply');
       server = await startNatsServer({ jetstream: false, port });
       await waitFor('the client reconnected', () => connection.connected, 20_000);
       assert.equal(connection.disconnects, 1);
@@ -329,22 +348,24 @@ describe('RequestMux with a ConnectionState: a connection that is down', functio
       const mux = new RequestMux(nc, { connection, whileDisconnected: 'wait', failPendingOnDisconnect: true });
       // Its own echo: subscribed again by the reconnect itself, before requests go out again.
       nc.subscribe('echo.self', { callback: (_e, m) => m.respond(m.data) });
-      // Waiting for a reply that will not come before its 20 s deadline: the drop fails it.
-      const t0 = performance.now();
-      const waiting = mux.request('silent', Uint8Array.of(1), { timeoutMs: 20_000 });
+      // Waiting for a reply that will not come, its deadline on a manual clock that does not
+      // move: only the drop can fail it.
+      const clock = new ManualClock();
+      const waiting = clock.run(() => mux.request('silent', Uint8Array.of(1), { timeoutMs: 20_000 }));
       const failure = waiting.then(
         () => assert.fail('answered'),
         (e: { code?: string; message?: string; details?: Record<string, unknown> }) => e,
       );
-      await new Promise((r) => setTimeout(r, 100));
+      await nc.flush();
       server.kill();
+      // Failed as the client sees the drop (the same event tells the mux).
+      await waitFor('the client to see the disconnect', () => !connection.connected, 10_000);
+      assert.equal(await settledSoFar(waiting), 'rejected', 'failed at the drop');
       const e = await failure;
       assert.equal(e.code, 'unavailable');
       assert.match(e.message ?? '', /dropped before the reply/);
       assert.equal(e.details?.['disconnected'], true);
-      assert.ok(performance.now() - t0 < 5_000, `failed at the drop, not at its deadline (${Math.round(performance.now() - t0)} ms)`);
       await server.stop();
-      await waitFor('the client to see the disconnect', () => !connection.connected, 10_000);
       // Made while the server is gone: sent once it is back (the responder subscribes again too).
       const later = mux.request('echo.self', Uint8Array.of(7), { timeoutMs: 15_000 });
       await new Promise((r) => setTimeout(r, 500));
@@ -353,9 +374,14 @@ describe('RequestMux with a ConnectionState: a connection that is down', functio
       // Made while down, its timeout shorter than the outage: never sent, and says so.
       await server.stop();
       await waitFor('the client to see the disconnect', () => !connection.connected, 10_000);
-      const t1 = performance.now();
-      await rejectsWith(mux.request('echo.self', Uint8Array.of(8), { timeoutMs: 300 }), 'unavailable', /not sent: disconnected from NATS for its whole 300 ms/);
-      assert.ok(performance.now() - t1 >= 290);
+      // Its timeout on a manual clock: it waits for the reconnect until the clock passes it.
+      const unsentClock = new ManualClock();
+      const unsent = unsentClock.run(() => mux.request('echo.self', Uint8Array.of(8), { timeoutMs: 300 }));
+      unsentClock.advance(299);
+      assert.equal(await settledSoFar(unsent), 'pending', 'waits for the reconnect until its timeout');
+      unsentClock.advance(1);
+      const notSent = await rejectsWith(unsent, 'unavailable', /not sent: disconnected from NATS for its whole 300 ms/);
+      assert.equal(notSent.details?.['notSent'], true);
     } finally {
       await nc.close();
       await responder.close();
