@@ -3,6 +3,7 @@ import { connect } from 'nats';
 import { ConnectionState, RequestMux } from '../../runtime/request-mux';
 import { startNatsServer } from '../../runtime/nats-server';
 import { waitFor } from '../support/wait';
+import { ManualClock, settledSoFar } from '../support/manual-clock';
 
 describe('RequestMux pendingMax while the connection is down (whileDisconnected: wait)', function () {
   this.timeout(60_000);
@@ -15,23 +16,27 @@ describe('RequestMux pendingMax while the connection is down (whileDisconnected:
       const mux = new RequestMux(nc, { connection, whileDisconnected: 'wait', pendingMax: 4 });
       await server.stop();
       await waitFor('the client to see the disconnect', () => !connection.connected, 10_000);
+      // Their timeouts on a manual clock: those that wait do so until the test moves it.
+      const clock = new ManualClock();
+      let phase = 'once';
       const outcomes: string[] = [];
-      const started = performance.now();
-      const requests = Array.from({ length: 100 }, () =>
+      const requests = clock.run(() => Array.from({ length: 100 }, () =>
         mux.request('echo', new Uint8Array(1024), { timeoutMs: 1500 }).then(
           () => 'ok',
           (e: { code?: string }) => {
-            const code = `${e.code}@${performance.now() - started < 500 ? 'once' : 'later'}`;
+            const code = `${e.code}@${phase}`;
             outcomes.push(code);
             return code;
           },
         ),
-      );
-      await new Promise((r) => setTimeout(r, 200));
-      const refusedAtOnce = outcomes.filter((o) => o === 'overloaded@once').length;
+      ));
+      // Refused at once: settled before any timer or I/O.
+      await new Promise((r) => setImmediate(r));
+      assert.deepEqual(countOf(outcomes), { 'overloaded@once': 96 }, 'at most pendingMax (4) requests may wait');
+      phase = 'at their timeout';
+      clock.advance(1500);
       await Promise.all(requests);
-      console.log(`      refused at once: ${refusedAtOnce}; all outcomes: ${JSON.stringify(countOf(outcomes))}`);
-      assert.ok(refusedAtOnce >= 96, `at most pendingMax (4) requests may wait; ${100 - refusedAtOnce} were held`);
+      assert.deepEqual(countOf(outcomes), { 'overloaded@once': 96, 'unavailable@at their timeout': 4 });
     } finally {
       await nc.close();
       await server.stop();
@@ -46,17 +51,17 @@ describe('RequestMux pendingMax while the connection is down (whileDisconnected:
       const mux = new RequestMux(nc, { connection, whileDisconnected: 'wait' });
       await server.stop();
       await waitFor('the client to see the disconnect', () => !connection.connected, 10_000);
-      const t0 = performance.now();
-      const waiting = mux.request('echo', Uint8Array.of(1), { timeoutMs: 5000 }).then(
+      // Its timeout on a manual clock that does not move: only the close can fail it.
+      const clock = new ManualClock();
+      const request = clock.run(() => mux.request('echo', Uint8Array.of(1), { timeoutMs: 5000 }));
+      const waiting = request.then(
         () => 'answered',
-        (e: { code?: string }) => `${e.code} after ${Math.round(performance.now() - t0)} ms`,
+        (e: { code?: string; message?: string; details?: Record<string, unknown> }) => `${e.code}: ${e.message} (notSent ${String(e.details?.['notSent'])})`,
       );
-      await new Promise((r) => setTimeout(r, 100));
+      assert.equal(await settledSoFar(request), 'pending', 'waits for the reconnect');
       mux.close();
-      const outcome = await waiting;
-      console.log(`      ${outcome}`);
-      assert.match(outcome, /^unavailable/);
-      assert.ok(performance.now() - t0 < 1000, `failed at the close, not at its deadline: ${outcome}`);
+      assert.equal(await settledSoFar(request), 'rejected', 'failed at the close');
+      assert.equal(await waiting, 'unavailable: request on echo not sent: the request multiplexer is closed (notSent true)');
     } finally {
       await nc.close();
       await server.stop();
@@ -71,18 +76,21 @@ describe('RequestMux pendingMax while the connection is down (whileDisconnected:
       const mux = new RequestMux(nc, { connection, whileDisconnected: 'wait' });
       await server.stop();
       await waitFor('the client to see the disconnect', () => !connection.connected, 10_000);
-      const t0 = performance.now();
-      const waiting = mux.request('echo', Uint8Array.of(1), { timeoutMs: 10_000 }).then(
+      // Its timeout on a manual clock that does not move: only the close can fail it.
+      const clock = new ManualClock();
+      const request = clock.run(() => mux.request('echo', Uint8Array.of(1), { timeoutMs: 10_000 }));
+      const waiting = request.then(
         () => assert.fail('nothing can answer'),
-        (e: { code?: string; message?: string; details?: Record<string, unknown> }) => ({ e, ms: performance.now() - t0 }),
+        (e: { code?: string; message?: string; details?: Record<string, unknown> }) => e,
       );
-      await new Promise((r) => setTimeout(r, 100));
+      assert.equal(await settledSoFar(request), 'pending', 'waits for the reconnect');
       await nc.close();
-      const { e, ms } = await waiting;
+      await waitFor('the connection state to see the close', () => connection.closed, 10_000);
+      assert.equal(await settledSoFar(request), 'rejected', 'failed as the connection closed, not at its deadline');
+      const e = await waiting;
       assert.equal(e.code, 'unavailable', e.message);
       assert.match(e.message ?? '', /not sent: the connection is closed/);
       assert.equal(e.details?.['notSent'], true);
-      assert.ok(ms < 3000, `failed after ${ms.toFixed(0)} ms, not at its 10 s deadline`);
       assert.equal(connection.closed, true, 'the connection state knows it is closed for good');
       assert.equal(connection.connected, false);
     } finally {
