@@ -9,6 +9,7 @@ import {
   MOVE_TIMEOUT_MS_MIN,
   CALL_PAGES_MAX,
   CLUSTER_DEFAULT,
+  GEOMETRY_RECHECK_MS,
   NoRespondersError,
   REQUESTS_IN_FLIGHT_MAX,
   SHARD_CHECK_PAGE_STEPS_MAX,
@@ -57,6 +58,31 @@ interface Seen {
 }
 
 type Handler = (subject: string, body: unknown, seen: Seen) => unknown | Promise<unknown>;
+
+/**
+ * Runs `fn` on a clock that only its timers move: each timer set while it runs fires at once,
+ * having first moved the clock (`move`) by its delay; one cleared before (a bound on a wait that
+ * ended) never fires and moves nothing. Returns the timers that fired: when (`clock()` as each
+ * was set) and for how long.
+ */
+async function timersFiredAtOnce(clock: () => number, move: (ms: number) => void, fn: () => Promise<unknown>): Promise<Array<{ atMs: number; ms: number }>> {
+  const fired: Array<{ atMs: number; ms: number }> = [];
+  const real = globalThis.setTimeout;
+  globalThis.setTimeout = ((cb: () => void, ms?: number) => {
+    const atMs = clock();
+    return real(() => {
+      fired.push({ atMs, ms: ms ?? 0 });
+      move(ms ?? 0);
+      cb();
+    }, 0);
+  }) as typeof globalThis.setTimeout;
+  try {
+    await fn();
+  } finally {
+    globalThis.setTimeout = real;
+  }
+  return fired;
+}
 
 /** A transport that decodes every request, records it and answers through `handler`. */
 class FakeTransport implements ClientTransport {
@@ -1557,18 +1583,21 @@ describe('cluster/client (fake transport)', () => {
     });
 
     it('a shard with no leader: the call ends by its deadline, no back-off pause is slept past it', async () => {
-      // The real clock: the back-off pauses (20 ms doubling to 250 ms) are timed by it.
+      // A clock that only the call's timers move: the back-off pauses (20 ms doubling to 250 ms).
       const transport = new FakeTransport((subject) => {
         if (subject.includes('.api.')) return volume();
         throw new NoRespondersError(subject);
       });
       const timeoutMs = 600;
-      const client = createClient(transport, { cluster: CLUSTER, timeoutMs });
-      const t0 = performance.now();
-      await rejectsWith(client.volume('vol').read([0]), 'unavailable', /no host answers shard 0 of volume vol/);
-      const ms = performance.now() - t0;
-      assert.ok(ms < timeoutMs + 100, `ended ${(ms - timeoutMs).toFixed(0)} ms after its ${timeoutMs} ms deadline`);
-      assert.ok(transport.shardRequests().length > 3, 'retried meanwhile');
+      let now = NOW;
+      const client = createClient(transport, { cluster: CLUSTER, timeoutMs, nowMs: () => now });
+      const pauses = await timersFiredAtOnce(() => now, (ms) => (now += ms), () =>
+        rejectsWith(client.volume('vol').read([0]), 'unavailable', /no host answers shard 0 of volume vol/),
+      );
+      assert.ok(pauses.length > 3, `paused between tries (${JSON.stringify(pauses)})`);
+      for (const p of pauses) assert.ok(p.atMs + p.ms < NOW + timeoutMs, `a pause of ${p.ms} ms at NOW + ${p.atMs - NOW} ms ends past the ${timeoutMs} ms deadline`);
+      assert.ok(now < NOW + timeoutMs, `ended by its deadline (clock at NOW + ${now - NOW} ms)`);
+      assert.ok(transport.shardRequests().length > pauses.length, 'asked again after each pause');
     });
 
     it('a request sent again that its deadline overtook before it went out (fetching the volume info again took the time): the call fails with the failure before it, not timeout', async () => {
@@ -1884,10 +1913,9 @@ describe('cluster/client (fake transport)', () => {
       // The catalog stops answering.
       const handler = fc.transport.handler;
       fc.transport.handler = (subject, body, seen) => (subject.endsWith('.api.volume.info') ? new Promise(() => undefined) : handler(subject, body, seen));
-      const t0 = Date.now();
-      await rejectsWith(vol.write(500, pageData(500)), 'out_of_range', /the volume has 16 pages/);
-      const tookMs = Date.now() - t0;
-      assert.ok(tookMs >= 1500 && tookMs < 5000, `${tookMs} ms`);
+      // The wait is the one timer that fires (the catalog never answers): of GEOMETRY_RECHECK_MS, not the call's 10 s.
+      const waits = await timersFiredAtOnce(() => NOW, () => undefined, () => rejectsWith(vol.write(500, pageData(500)), 'out_of_range', /the volume has 16 pages/));
+      assert.deepEqual(waits.map((w) => w.ms), [GEOMETRY_RECHECK_MS]);
     });
   });
 
@@ -1922,16 +1950,17 @@ describe('cluster/client (fake transport)', () => {
     });
 
     it('a refresh with nothing cached ends at its deadline, not when the catalog gives up', async () => {
-      // The catalog takes requests without answering: each times out as NATS would, at its timeout.
-      const t = new FakeTransport(async (_subject, _body, seen) => {
-        await new Promise((r) => setTimeout(r, seen.timeoutMs));
-        throw new ProtocolError('timeout', 'no answer in time');
-      });
-      const vol = createClient(t, { cluster: CLUSTER, timeoutMs: 3000 }).volume('vol');
-      const t0 = Date.now();
-      await rejectsWith(vol.info({ refresh: true, deadlineMs: Date.now() + 100 }), 'timeout');
-      const tookMs = Date.now() - t0;
-      assert.ok(tookMs < 1000, `${tookMs} ms`);
+      // The catalog takes requests without answering: only the call's own bounds can end it, on
+      // a clock its timers move; none waits past its deadline, 100 ms away (not the client's 3 s).
+      const t = new FakeTransport(() => new Promise(() => undefined));
+      let now = NOW;
+      const vol = createClient(t, { cluster: CLUSTER, timeoutMs: 3000, nowMs: () => now }).volume('vol');
+      const waits = await timersFiredAtOnce(() => now, (ms) => (now += ms), () =>
+        rejectsWith(vol.info({ refresh: true, deadlineMs: NOW + 100 }), 'timeout', /did not come before the deadline/),
+      );
+      assert.ok(waits.length > 0);
+      for (const w of waits) assert.ok(w.atMs + w.ms <= NOW + 100, `a wait of ${w.ms} ms at NOW + ${w.atMs - NOW} ms ends past the deadline`);
+      assert.equal(now, NOW + 100, 'ended at its deadline');
     });
 
     it('calls refused by the cached geometry at once, with a catalog that does not answer, are all refused as it did', async () => {
