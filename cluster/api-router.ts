@@ -64,6 +64,12 @@ export class ApiRouter {
   readonly seated = new Notice();
   /** Catalog changes sent again to a controller just seated (`forwardToController`), since the start. */
   changesSentAgain = 0;
+  /**
+   * How the last gather of the nodes' status answers ended (`gatherNodeStatus`): every expected
+   * node answered in full, its wait of `waitMs` passed, STATUS_REPLIES_MAX messages came, or the
+   * connection could not take it.
+   */
+  lastStatusGather: { ended: 'answered' | 'waited' | 'replies' | 'closed'; waitMs: number } | undefined;
 
   /** `statusGatherMsMax`: longest a status waits for the nodes' answers (STATUS_GATHER_MS_MAX). */
   constructor(nc: NatsConnection, cluster: string, timeoutMs: number, options: { statusGatherMsMax?: number } = {}) {
@@ -129,7 +135,7 @@ export class ApiRouter {
         : code === '503'
           ? new ProtocolError('unavailable', 'the controller is not reachable (no responders)', { noController: true })
           : code === 'TIMEOUT'
-            ? new ProtocolError('timeout', `the controller did not answer within ${timeout} ms`)
+            ? new ProtocolError('timeout', `the controller did not answer within ${timeout} ms`, { timeoutMs: timeout })
             : new ProtocolError('unavailable', `the controller is not reachable: ${(e as Error).message}`);
       return encode(errorReply(err));
     }
@@ -325,15 +331,16 @@ export class ApiRouter {
       let done = false;
       let timer: NodeJS.Timeout | undefined;
       let sub: Subscription | undefined;
-      const finish = (): void => {
+      const finish = (ended: 'answered' | 'waited' | 'replies' | 'closed'): void => {
         if (done) return;
         done = true;
+        this.lastStatusGather = { ended, waitMs };
         clearTimeout(timer);
         sub?.unsubscribe();
         resolve(nodes);
       };
       const finishIfComplete = (): void => {
-        if (expectedIds !== undefined && answered.completeFor(expectedIds)) finish();
+        if (expectedIds !== undefined && answered.completeFor(expectedIds)) finish('answered');
       };
       try {
         sub = this.nc.subscribe(newInbox(this.nc), {
@@ -341,7 +348,7 @@ export class ApiRouter {
           callback: (err, m) => {
             if (done) return;
             if (err !== null) {
-              finish();
+              finish('closed');
               return;
             }
             messages++;
@@ -354,14 +361,14 @@ export class ApiRouter {
             } catch {
               // Not even CBOR, or an error reply: the node is reported by its absence.
             }
-            if (messages >= STATUS_REPLIES_MAX) finish();
+            if (messages >= STATUS_REPLIES_MAX) finish('replies');
             else finishIfComplete();
           },
         });
-        timer = setTimeout(finish, waitMs);
+        timer = setTimeout(() => finish('waited'), waitMs);
         this.nc.publish(`strata.${this.cluster}.nodes.status`, encode({}), { reply: sub.getSubject() });
       } catch {
-        finish(); // the connection is closed or draining: what was gathered (nothing)
+        finish('closed'); // the connection is closed or draining: what was gathered (nothing)
         return;
       }
       void expected.then((ids) => {
