@@ -22,16 +22,6 @@ export class ManualClock {
     this.nowMs = startMs;
   }
 
-  /** The delays of the timers set on this clock so far, in the order they were set. */
-  get delays(): number[] {
-    return this.timers.map((t) => t.ms);
-  }
-
-  /** Timers set on this clock that have neither fired nor been cleared. */
-  get pending(): number {
-    return this.timers.filter((t) => !t.done).length;
-  }
-
   /** Calls `fn` with performance.now(), setTimeout and clearTimeout on this clock. */
   run<T>(fn: () => T): T {
     const realNow = Object.getOwnPropertyDescriptor(performance, 'now');
