@@ -812,6 +812,7 @@ export class StrataNode {
         else this.log.error('actor host exited too often; starting it again after a back-off', { hostId, code, ...(err ? { err } : {}) });
       },
       onHostHung: (hostId, silentMs) => this.log.error('actor host does not answer; terminating and restarting it', { hostId, silentMs }),
+      onHostStopTimedOut: (hostId, err) => this.log.warn('actor host did not stop in time; terminating it (its device recovers when opened again)', { hostId, err }),
       onShardReopenFailed: (hostId, spec, err, retrying) =>
         this.log.warn(retrying ? 'host could not open a shard; trying again' : 'restarted host refused a shard; forgotten', {
           hostId, volume: spec.volumeId, shard: spec.shard, err,
