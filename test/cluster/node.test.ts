@@ -15,6 +15,7 @@ import type { ApiVerb, VolumeInfo } from '../../messages/api';
 import { waitFor } from '../support/wait';
 import { apiRequestOnce } from '../support/api';
 import { startTcpProxy } from '../support/tcp-proxy';
+import { settledSoFar } from '../support/manual-clock';
 import type { ShardSpec } from '../../runtime/device-host';
 
 const CLUSTER = 'nodetest';
@@ -366,11 +367,15 @@ describe('StrataNode', function () {
       const deadlineMs = Date.now() + 4000;
       const first = [apiRequest(client, 'volume.info', { name: 'a' }, deadlineMs), apiRequest(client, 'volume.info', { name: 'b' }, deadlineMs)];
       await waitFor('two requests at the controller', () => held.length === 2);
-      const t0 = Date.now();
       const third = await apiRequest(client, 'volume.info', { name: 'c' }, deadlineMs);
       assert.equal(errorCode(third), 'overloaded', JSON.stringify(third));
       assert.match((third as ErrorReply).error.message, /handling 2 API requests, its limit/);
-      assert.ok(Date.now() - t0 < 1000);
+      assert.deepEqual((third as ErrorReply).error.details, { requestsMax: 2 });
+      // Answered at once: while the two it counted are still held at the controller (a node that
+      // waited for one of them to end would answer them first, with timeout at their deadline),
+      // and without being forwarded itself.
+      assert.equal(await settledSoFar(Promise.race(first)), 'pending', 'the two held requests are unanswered');
+      assert.equal(held.length, 2);
       for (const m of held.splice(0)) m.respond(encode(errorReply(new ProtocolError('not_found', 'no such volume'))));
       assert.deepEqual((await Promise.all(first)).map(errorCode), ['not_found', 'not_found']);
       serveFake('volume.info', (msg) => msg.respond(encode(errorReply(new ProtocolError('not_found', 'no such volume')))));
@@ -392,11 +397,14 @@ describe('StrataNode', function () {
       const deadlineMs = Date.now() + 4000;
       const first = apiRequest(client, 'page.write', { volume: 'v', pages }, deadlineMs);
       await waitFor('the first write at the shard', () => held.length === 1);
-      const t0 = Date.now();
       const second = await apiRequest(client, 'page.write', { volume: 'v', pages }, deadlineMs);
       assert.equal(errorCode(second), 'overloaded', JSON.stringify(second));
       assert.match((second as ErrorReply).error.message, new RegExp(`bytes of API requests, at most ${bytesMax} with this one's`));
-      assert.ok(Date.now() - t0 < 1000);
+      assert.equal((second as ErrorReply).error.details?.['bytesMax'], bytesMax);
+      // Answered at once: while the first is still held at the shard (a node that waited for it to
+      // end would answer it first, with timeout at its deadline), and without being forwarded itself.
+      assert.equal(await settledSoFar(first), 'pending', 'the held write is unanswered');
+      assert.equal(held.length, 1);
       // A small request is admitted meanwhile.
       assert.deepEqual(await apiRequest(client, 'volume.info', { name: 'v' }, deadlineMs), info);
       held.splice(0)[0]!.respond(encode({ lsn: 1, term: 1 }));
@@ -416,10 +424,12 @@ describe('StrataNode', function () {
       // waits. The 1.5 s leave the request time to reach the node before its deadline, loaded or not.
       await startNode('api2');
       const deadlineMs = Date.now() + 1500;
-      const t0 = Date.now();
-      const reply = await apiRequest(client, 'volume.info', { name: 'a' }, deadlineMs);
+      // Waited for as long as the node could take (its own timeout and more): the reply says which
+      // wait the node used.
+      const reply = await apiRequestOnce(client, CLUSTER, 'volume.info', { name: 'a' }, deadlineMs);
       assert.equal(errorCode(reply), 'timeout', JSON.stringify(reply));
-      assert.ok(Date.now() - t0 < 4000, `answered after ${Date.now() - t0} ms`);
+      const waitedMs = (reply as ErrorReply).error.details?.['timeoutMs'] as number;
+      assert.ok(waitedMs > 0 && waitedMs <= 1500, `the node waited for the controller ${waitedMs} ms, the caller's deadline was 1500 ms away`);
       assert.deepEqual(seen, [String(deadlineMs)]);
       // A deadline already passed is answered at once, not forwarded.
       assert.equal(errorCode(await apiRequest(client, 'volume.info', { name: 'a' }, Date.now() - 1)), 'timeout');
@@ -435,10 +445,12 @@ describe('StrataNode', function () {
       fake.subscribe(shardSubject(CLUSTER, 'vx', 0), { callback: (_err, msg) => seen.push(msg.headers?.get(HEADER_DEADLINE) ?? '') });
       await startNode('api3');
       const deadlineMs = Date.now() + 1500;
-      const t0 = Date.now();
-      const reply = await apiRequest(client, 'page.read', { volume: 'v', pages: [1] }, deadlineMs);
+      // Waited for as long as the node could take (its own timeout and more): the reply says which
+      // wait the node used.
+      const reply = await apiRequestOnce(client, CLUSTER, 'page.read', { volume: 'v', pages: [1] }, deadlineMs);
       assert.equal(errorCode(reply), 'timeout', JSON.stringify(reply));
-      assert.ok(Date.now() - t0 < 4000, `answered after ${Date.now() - t0} ms`);
+      const waitedMs = (reply as ErrorReply).error.details?.['timeoutMs'] as number;
+      assert.ok(waitedMs > 0 && waitedMs <= 1500, `the node waited for the shard ${waitedMs} ms, the caller's deadline was 1500 ms away`);
       assert.deepEqual(seen, [String(deadlineMs)]);
     });
   });
@@ -537,11 +549,14 @@ describe('StrataNode', function () {
       await waitFor('the first create to run', () => slow.opens.length > 0);
       // Every create has reached the controller's queue (each stays counted until it runs, after the release).
       await waitFor(`${CONTROL_QUEUE_MAX} operations queued or running`, () => slow.queued() === CONTROL_QUEUE_MAX);
-      const t0 = Date.now();
-      const over = await create('one-more', Date.now() + 2500);
+      const over = await create('one-more', Date.now() + 4000);
       assert.equal(errorCode(over), 'overloaded', JSON.stringify(over));
       assert.match((over as ErrorReply).error.message, /64 catalog operations queued, its limit/);
-      assert.ok(Date.now() - t0 < 1000);
+      assert.deepEqual((over as ErrorReply).error.details, { queueMax: CONTROL_QUEUE_MAX });
+      // Answered at once: while every queued create is still unanswered (a controller that waited
+      // for a place in its queue would answer them first, with timeout at their deadline).
+      assert.equal(await settledSoFar(Promise.race(queued)), 'pending', 'the queued creates are unanswered');
+      assert.equal(slow.queued(), CONTROL_QUEUE_MAX);
       slow.release();
       await Promise.all(queued);
       // The queue drained: the controller takes operations again.
