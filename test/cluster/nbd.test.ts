@@ -122,6 +122,21 @@ function captureLogger(lines: Array<{ level: string; msg: string; fields: Record
  */
 type PagesWithData = (first: number, count: number) => { end: number; ranges: Array<{ first: number; count: number }> };
 
+/** Runs `fn` with setTimeout watched: the delays of the timers set meanwhile (by anything in this process). */
+async function timerDelaysDuring<T>(fn: () => Promise<T>): Promise<{ value: T; delays: number[] }> {
+  const real = globalThis.setTimeout;
+  const delays: number[] = [];
+  globalThis.setTimeout = ((cb: (...args: unknown[]) => void, ms?: number, ...args: unknown[]) => {
+    delays.push(Number(ms ?? 0));
+    return real(cb, ms, ...args);
+  }) as typeof globalThis.setTimeout;
+  try {
+    return { value: await fn(), delays };
+  } finally {
+    globalThis.setTimeout = real;
+  }
+}
+
 function stubClient(pageCount = 16): {
   client: StrataClient;
   calls: number;
@@ -1277,10 +1292,10 @@ describe('cluster/nbd: NBD export of Strata volumes', function () {
       try {
         const s = await Session.open(server.address.port, 'stub');
         stub.failWith = new ProtocolError('overloaded', 'device queue is full; retry after a back-off');
-        const t0 = Date.now();
         assert.equal((await s.request(NBD_CMD.WRITE, 0, 4096, { data: Buffer.alloc(4096) })).error, NBD_ERR.EIO);
-        assert.ok(Date.now() - t0 < 2000, `answered after ${Date.now() - t0} ms`);
-        assert.ok(stub.calls > 1, `${stub.calls} calls`);
+        // Made again within the client's timeout of 300 ms, not longer: its back-offs (at least
+        // 3, 5, 10, 20, 40, 80, then 125 ms) leave room for 8 calls at most, however fast each.
+        assert.ok(stub.calls > 1 && stub.calls <= 8, `${stub.calls} calls`);
         s.peer.close();
       } finally {
         await server.stop();
@@ -1342,10 +1357,13 @@ describe('cluster/nbd: NBD export of Strata volumes', function () {
       const s = await Session.open(server.address.port, 'stub');
       void s.request(NBD_CMD.READ, 0, 4096);
       await waitFor('1 call', () => stub.active === 1);
-      const t0 = Date.now();
-      await server.stop();
-      await s.peer.closed;
-      assert.ok(Date.now() - t0 < 2000, `stopped after ${Date.now() - t0} ms`);
+      // The request never ends: the stop ends by its wait of stopTimeoutMs, the one timer of 200 ms set meanwhile.
+      const { delays } = await timerDelaysDuring(async () => {
+        await server.stop();
+        await s.peer.closed;
+      });
+      assert.ok(delays.includes(200), `timers set: ${delays.join(', ')}`);
+      assert.equal(stub.active, 1, 'the call still runs: the stop did not wait for it');
     });
 
     it('a stop ends though a client that reads no replies sent a write over the limit (its EINVAL is not awaited by the request loop)', async () => {
@@ -1594,12 +1612,16 @@ describe('cluster/nbd: NBD export of Strata volumes', function () {
 
     it('closes a connection whose handshake does not complete by the deadline', async () => {
       const stub = stubClient();
-      const server = await startNbdServer({ client: stub.client, volume: 'stub', port: 0, handshakeTimeoutMs: 200 });
+      const lines: Array<{ level: string; msg: string; fields: Record<string, unknown> }> = [];
+      const server = await startNbdServer({ client: stub.client, volume: 'stub', port: 0, handshakeTimeoutMs: 200, logger: captureLogger(lines) });
       try {
-        const t0 = Date.now();
-        const p = await greet(server.address.port);
-        await p.closed;
-        assert.ok(Date.now() - t0 >= 150 && Date.now() - t0 < 2000, `closed after ${Date.now() - t0} ms`);
+        // Closed by the handshake's timer, of handshakeTimeoutMs.
+        const { delays } = await timerDelaysDuring(async () => {
+          const p = await greet(server.address.port);
+          await p.closed;
+        });
+        assert.ok(delays.includes(200), `timers set: ${delays.join(', ')}`);
+        assert.ok(lines.some((l) => l.msg === 'nbd handshake not completed in time: closing'), JSON.stringify(lines));
         const s = await Session.open(server.address.port, 'stub');
         await new Promise((r) => setTimeout(r, 400));
         assert.equal((await s.request(NBD_CMD.READ, 0, 4096)).error, 0, 'a connection in transmission is not closed by the handshake deadline');

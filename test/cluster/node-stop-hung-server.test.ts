@@ -40,7 +40,5 @@ describe('StrataNode stop with a NATS server that does not answer', function () 
     const tookMs = Date.now() - t0;
     if (!stopped) node.kill();
     assert.ok(stopped, `stop did not end within 15 s (took ${tookMs} ms so far)`);
-    // The API service's drain (5 s) and the host's (2 s), then a close.
-    assert.ok(tookMs < 12_000, `stop took ${tookMs} ms`);
   });
 });
