@@ -117,9 +117,9 @@ describe('a lost catalog recovered from the nodes', function () {
       beat();
       await nc.flush();
       await new Promise((r) => setTimeout(r, 500));
-      const t0 = Date.now();
+      // Answered within this client's 2.5 s (it would fail `timeout` otherwise): the controller's
+      // wait for the silent node's records ended within the call's deadline.
       const r = await quick.recoverCatalog();
-      assert.ok(Date.now() - t0 < 2500, `answered after ${Date.now() - t0} ms`);
       assert.deepEqual(r.nodesFailed.map((f) => f.node), ['silent']);
       assert.equal(r.nodesAsked, 4);
       // The command says so, and does not claim that the catalog lists every volume.

@@ -1184,7 +1184,6 @@ describe('cluster/cli', () => {
       await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
       const port = (silent.address() as net.AddressInfo).port;
       try {
-        const t0 = performance.now();
         const r = await new Promise<{ code: number; stderr: string }>((resolve) => {
           execFile(process.execPath, [bin, 'volume', 'list', '--nats', `nats://127.0.0.1:${port}`, '--timeout', '300'], { timeout: 15_000 }, (err, _out, stderr) => {
             resolve({ code: err === null ? 0 : Number((err as { code?: unknown }).code), stderr });
@@ -1192,8 +1191,7 @@ describe('cluster/cli', () => {
         });
         assert.equal(r.code, 1, r.stderr);
         assert.match(r.stderr, /^strata: unavailable: can not connect to NATS at nats:\/\/127\.0\.0\.1:\d+: TIMEOUT\n$/);
-        // Node's start and the connect timeout: well under the 15 s the hang took.
-        assert.ok(performance.now() - t0 < 8000, `exited after ${(performance.now() - t0).toFixed(0)} ms`);
+        // (A process that hung would have been killed at 15 s by execFile: no exit code 1.)
       } finally {
         silent.close();
       }

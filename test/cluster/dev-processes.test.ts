@@ -103,13 +103,12 @@ describe('strata dev: a node process that cannot be spawned', function () {
   this.timeout(30_000);
 
   it('fails the start at once with an error naming the node, and this process carries on', async () => {
-    const t0 = Date.now();
+    // The spawn failure ends the start (its message), not the 30 s wait for live nodes (whose
+    // failure says so, and comes at this test's own timeout).
     await assert.rejects(
       startDevCluster({ nodes: 2, hosts: 1, execPath: '/nonexistent/strata-test-node' }),
       (e: Error) => /node n1: could not run \/nonexistent\/strata-test-node: .*ENOENT/.test(e.message),
     );
-    // Not the 30 s wait for live nodes: the spawn failure ends the start.
-    assert.ok(Date.now() - t0 < 10_000, `took ${Date.now() - t0} ms`);
   });
 });
 
@@ -128,9 +127,8 @@ describe('strata dev: a start that does not finish', function () {
     execFileSync('ps', ['-eo', 'pid,args'], { encoding: 'utf8' }).split('\n').filter((l) => l.includes(text) && !l.includes('ps -eo'));
 
   it('a node process that exits during the start fails it at once, naming the node', async () => {
-    const t0 = Date.now();
+    // The exit ends the start (its message), not the 30 s wait for live nodes.
     await assert.rejects(startDevCluster({ nodes: 2, hosts: 1, dataDir: dir, execPath: '/bin/false' }), (e: Error) => /node n1 exited during the start \(code 1\)/.test(e.message));
-    assert.ok(Date.now() - t0 < 10_000, `took ${Date.now() - t0} ms, not the 30 s wait for live nodes`);
   });
 
   it('a node process that never comes up fails the start at its deadline, and is stopped', async () => {

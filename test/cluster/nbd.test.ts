@@ -36,6 +36,7 @@ import { ProtocolError } from '../../messages/errors';
 import type { VolumeInfo } from '../../messages/api';
 import type { Logger } from '../../observability/log';
 import { waitFor } from '../support/wait';
+import { timerDelaysDuring } from '../support/timer-spy';
 import { IHAVEOPT, Peer, Session, goData, greet, metaData, option, u16, u32, type OptionReply, type Reply } from '../support/nbd-client';
 
 const TOOLS: ReadonlyArray<[string, string]> = [
@@ -121,21 +122,6 @@ function captureLogger(lines: Array<{ level: string; msg: string; fields: Record
  * `gate` (when set) and fail with `failWith` (when set).
  */
 type PagesWithData = (first: number, count: number) => { end: number; ranges: Array<{ first: number; count: number }> };
-
-/** Runs `fn` with setTimeout watched: the delays of the timers set meanwhile (by anything in this process). */
-async function timerDelaysDuring<T>(fn: () => Promise<T>): Promise<{ value: T; delays: number[] }> {
-  const real = globalThis.setTimeout;
-  const delays: number[] = [];
-  globalThis.setTimeout = ((cb: (...args: unknown[]) => void, ms?: number, ...args: unknown[]) => {
-    delays.push(Number(ms ?? 0));
-    return real(cb, ms, ...args);
-  }) as typeof globalThis.setTimeout;
-  try {
-    return { value: await fn(), delays };
-  } finally {
-    globalThis.setTimeout = real;
-  }
-}
 
 function stubClient(pageCount = 16): {
   client: StrataClient;
