@@ -207,8 +207,8 @@ export { NoRespondersError };
  * connection is down (the NATS server restarting, say), a request waits for the reconnect within
  * its timeout; the requests waiting for a reply when it drops fail at once (`unavailable`,
  * `details.disconnected`: their replies are lost) instead of at their deadline; a write then
- * fails `timeout` (its outcome is unknown), a read is sent again. So do the requests waiting for
- * a reply when the transport is closed.
+ * fails `timeout` (its outcome is unknown), a read is sent again. The requests waiting for a
+ * reply when the transport is closed fail so too (a write `timeout`), but nothing is sent again.
  */
 export class NatsTransport implements ClientTransport {
   private readonly mux: RequestMux;
@@ -1051,7 +1051,9 @@ export class StrataClient {
     const subject = controllerSubject(this.cluster, verb);
     const repeatable = !(verb === 'catalog.recover' && (body as { apply?: unknown }).apply === true);
     const lostReply = (e: unknown): boolean => e instanceof ProtocolError && e.code === 'unavailable' && e.details?.['disconnected'] === true;
+    const arrived = { maybe: false };
     const once = async (): Promise<T> => {
+      this.checkOpen();
       let replyBytes: Uint8Array;
       try {
         replyBytes = await this.request(subject, encode(body), { timeoutMs: Math.max(1, deadlineMs - this.nowMs()), headers: { [HEADER_DEADLINE]: String(deadlineMs) } });
@@ -1059,15 +1061,16 @@ export class StrataClient {
         if (err instanceof NoRespondersError) {
           throw new ProtocolError('unavailable', `the controller is not reachable (no responders on ${subject}): is the controller node running?`, { subject, noController: true });
         }
-        throw err;
+        noteArrival(err, arrived);
       }
       return readReply(replyBytes, verb, subject, validate);
     };
-    if (repeatable) return this.whileControllerMoves(deadlineMs, once, lostReply);
     try {
-      return await this.whileControllerMoves(deadlineMs, once);
+      return await (repeatable ? this.whileControllerMoves(deadlineMs, once, lostReply) : this.whileControllerMoves(deadlineMs, once));
     } catch (e) {
-      throw changeOutcomeUnknown(e, body);
+      // A try that may have reached the controller: whatever the last one met, unless the
+      // controller answered, the request may have been carried out.
+      throw arrived.maybe ? changeMayBeMade(e, body) : e;
     }
   }
 
@@ -1292,7 +1295,14 @@ export class StrataClient {
       const at = this.transport.reconnectedAtMs;
       return e instanceof NoRespondersError && at !== undefined && Date.now() - at < API_RECONNECT_GAP_MS;
     };
-    return this.whileControllerMoves(deadlineMs, () => this.apiOnce(verb, body, deadlineMs), nodesResubscribing);
+    // A change one try of which may have reached a node ends, whatever its last try met, as
+    // `timeout`, outcome unknown (changeMayBeMade), unless a node answered it.
+    const arrived = { maybe: false };
+    try {
+      return await this.whileControllerMoves(deadlineMs, () => this.apiOnce(verb, body, deadlineMs, arrived), nodesResubscribing);
+    } catch (e) {
+      throw !API_READ_VERBS.has(verb) && arrived.maybe ? changeMayBeMade(e, body) : e;
+    }
   }
 
   /**
@@ -1325,12 +1335,12 @@ export class StrataClient {
     }
   }
 
-  private async apiOnce<V extends ApiVerb>(verb: V, body: RequestMap[V], deadlineMs: number): Promise<ReplyMap[V]> {
+  private async apiOnce<V extends ApiVerb>(verb: V, body: RequestMap[V], deadlineMs: number, arrived: { maybe: boolean }): Promise<ReplyMap[V]> {
     const subject = apiSubject(this.cluster, verb);
     const validate = (value: unknown): ReplyMap[V] => validateReply(verb, value);
     const read = API_READ_VERBS.has(verb);
     try {
-      if (!read && !hasRequestId(body)) return await this.send(subject, verb, body, deadlineMs, validate);
+      if (!read && !hasRequestId(body)) return await this.send(subject, verb, body, deadlineMs, validate).catch((e: unknown) => noteArrival(e, arrived));
       // The catalog's quick reads: their first try is short (a node that takes requests and does
       // not answer, frozen, costs that much), the next ones their part of what is left, sent to
       // every node's API router (a frozen one keeps its share of the API's queue group).
@@ -1338,6 +1348,7 @@ export class StrataClient {
         tryDeadlineInHeader: read,
         quickFirst: API_QUICK_READ_VERBS.has(verb),
         againSubject: apiEverySubject(this.cluster, verb),
+        arrived,
       });
     } catch (e) {
       throw read ? e : changeOutcomeUnknown(e, body);
@@ -1362,7 +1373,7 @@ export class StrataClient {
     body: unknown,
     deadlineMs: number,
     validate: (value: unknown) => T,
-    opts: { tryDeadlineInHeader: boolean; quickFirst?: boolean; tries?: number; againSubject?: string },
+    opts: { tryDeadlineInHeader: boolean; quickFirst?: boolean; tries?: number; againSubject?: string; arrived?: { maybe: boolean } },
   ): Promise<T> {
     return inTries(
       deadlineMs,
@@ -1373,7 +1384,10 @@ export class StrataClient {
         nowMs: () => this.nowMs(),
         again: (e) => e instanceof ProtocolError && (e.code === 'timeout' || notSent(e) || e.details?.['disconnected'] === true),
       },
-      (tryDeadlineMs, n) => this.send(n > 1 ? (opts.againSubject ?? subject) : subject, type, body, opts.tryDeadlineInHeader ? tryDeadlineMs : deadlineMs, validate, tryDeadlineMs),
+      (tryDeadlineMs, n) =>
+        this.send(n > 1 ? (opts.againSubject ?? subject) : subject, type, body, opts.tryDeadlineInHeader ? tryDeadlineMs : deadlineMs, validate, tryDeadlineMs).catch((e: unknown) =>
+          noteArrival(e, opts.arrived),
+        ),
     );
   }
 }
@@ -1420,6 +1434,33 @@ function changeOutcomeUnknown(e: unknown, body: unknown): unknown {
     return new ProtocolError('timeout', e.message, { ...(e.details ?? {}), ...withId });
   }
   return e;
+}
+
+/**
+ * Notes in `arrived` a try's failure after which its request may have reached its receiver (it
+ * went out and got no answer in time, or its reply was lost with the connection); rethrows it.
+ */
+function noteArrival(e: unknown, arrived: { maybe: boolean } | undefined): never {
+  if (arrived !== undefined && e instanceof ProtocolError && !notSent(e) && (e.code === 'timeout' || e.details?.['disconnected'] === true)) arrived.maybe = true;
+  throw e;
+}
+
+/**
+ * The last failure of a change (an API change, an operator's request) one earlier try of which
+ * may have reached a node: a failure that is not a node's answer to it (`unavailable`: a try
+ * never sent, no responders, the client closed; `timeout`) says nothing of that try, so the
+ * change may have been made: `timeout` with `details.outcomeUnknown`, naming its request id
+ * (the original code in `details.code`). A node's answer (`not_found`, `bad_request`, …) stays.
+ */
+function changeMayBeMade(e: unknown, body: unknown): unknown {
+  if (!(e instanceof ProtocolError) || (e.code !== 'unavailable' && e.code !== 'timeout') || e.details?.['outcomeUnknown'] === true) return e;
+  const requestId = hasRequestId(body) ? (body as { requestId: string }).requestId : undefined;
+  return new ProtocolError('timeout', `${e.message}; a try of it may have reached a node: the change may or may not have been made`, {
+    ...(e.details ?? {}),
+    code: e.code,
+    outcomeUnknown: true,
+    ...(requestId === undefined ? {} : { requestId }),
+  });
 }
 
 /** Times `listVolumes` starts a paged list again when the catalog changed between its pages. */

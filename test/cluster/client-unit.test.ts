@@ -325,6 +325,49 @@ describe('cluster/client (fake transport)', () => {
       throw new ProtocolError('unavailable', `request on ${subject} failed: the connection to NATS dropped before the reply`, { subject, disconnected: true });
     };
 
+    it('a change whose first reply was lost ends timeout, outcome unknown, naming its request id, whatever its later tries met: never sent, or the client closed', async () => {
+      // Its later tries never went out (the connection down for their whole time).
+      const unsent = new FakeTransport((subject) => {
+        if (unsent.apiRequests('volume.create').length === 1) dropped(subject);
+        throw new ProtocolError('unavailable', `request on ${subject} not sent: disconnected from NATS for its whole try`, { subject, notSent: true });
+      });
+      const client = createClient(unsent, { cluster: CLUSTER, timeoutMs: 9000, nowMs: () => NOW });
+      const e = await rejectsWith(client.createVolume({ name: 'db', pageCount: 10 }), 'timeout', /the change may or may not have been made/);
+      const first = unsent.apiRequests('volume.create')[0]!.body as { requestId: string };
+      assert.deepEqual([e.details?.['outcomeUnknown'], e.details?.['code'], e.details?.['requestId']], [true, 'unavailable', first.requestId]);
+      assert.ok(unsent.apiRequests('volume.create').length > 1, 'it was tried again');
+      // The client closed while its first try waited: not tried again, and not said undone.
+      let closing: () => void = () => undefined;
+      const closed = new Promise<void>((resolve) => (closing = resolve));
+      const pending = new FakeTransport(async (subject) => {
+        await closed;
+        return dropped(subject);
+      });
+      const other = createClient(pending, { cluster: CLUSTER, timeoutMs: 9000, nowMs: () => NOW });
+      const create = other.createVolume({ name: 'db', pageCount: 10 });
+      const moving = other.moveReplica('db', 1, { from: 'n2', to: 'n4' });
+      await waitFor('both sent', () => pending.seen.length === 2);
+      const closeDone = other.close();
+      closing();
+      await closeDone;
+      for (const call of [create, moving]) {
+        const err = await rejectsWith(call, 'timeout', /may or may not have been made/);
+        assert.equal(err.details?.['outcomeUnknown'], true);
+      }
+      assert.equal(pending.seen.length, 2, 'nothing sent after the close');
+    });
+
+    it('an operator\'s request whose reply was lost, then never sent again, ends timeout, outcome unknown (not unavailable: the move may be under way)', async () => {
+      let tries = 0;
+      const t = new FakeTransport((subject) => {
+        if (++tries === 1) dropped(subject);
+        throw new ProtocolError('unavailable', `request on ${subject} not sent: disconnected from NATS for its whole try`, { subject, notSent: true });
+      });
+      const client = createClient(t, { cluster: CLUSTER, timeoutMs: 9000, nowMs: () => NOW });
+      const e = await rejectsWith(client.moveReplica('db', 1, { from: 'n2', to: 'n4' }), 'timeout', /may or may not have been made/);
+      assert.deepEqual([e.details?.['outcomeUnknown'], e.details?.['code'], tries], [true, 'unavailable', 2]);
+    });
+
     it('a read and a change with a request id are sent again (the change with the same request id)', async () => {
       const tries = new Map<string, number>();
       const t = new FakeTransport((subject) => {
