@@ -208,10 +208,11 @@ describe('replication across three nodes', function () {
     await until('a first write', 20_000, () => vol.write(1, demoPage(4096, 1, 1)).then(() => true, () => undefined));
     const old = await until('the leader', 10_000, async () => (await replicasOf(c!, id, 0)).find((r) => r.role === 'leader')?.node);
     await c.partition([[old]]);
-    // The Strata-Deadline each shard.write request of the cluster goes with, as sent.
+    // The Strata-Deadline each shard.write request to the volume's shard goes with, as sent (the
+    // catalog shard's writes are not of this call).
     const watcher = await natsConnect({ servers: c.natsUrl });
     const sentDeadlines: number[] = [];
-    watcher.subscribe(`strata.${c.cluster}.>`, {
+    watcher.subscribe(`strata.${c.cluster}.shard.${id}.>`, {
       callback: (_err, msg) => {
         if (msg.headers?.get(HEADER_TYPE) === 'shard.write') sentDeadlines.push(Number(msg.headers.get(HEADER_DEADLINE)));
       },
