@@ -2275,13 +2275,16 @@ export function writeBody(pages: PageWrite[], writeId: Uint8Array, crcs?: readon
 }
 
 /**
- * A write's try that failed so is sent again (`Volume.sendWrite`): one without an answer, or one
- * never sent (`notSent`: the NATS connection was down for the whole try; the next waits for the
+ * A write's try that failed so is sent again (`Volume.sendWrite`): one without an answer, one
+ * whose reply was lost with the NATS connection (`disconnected`: sent again once it is back, with
+ * its write id and `sentMs`, so that a leader that took it answers with its record), or one never
+ * sent (`notSent`: the NATS connection was down for the whole try; the next waits for the
  * reconnect within its own). A leader's answer that it cannot tell (`outcomeUnknown`, or an
  * earlier record folded into an image, `recordLsn`) is final.
  */
 function writeTriedAgain(e: unknown): boolean {
   if (notSent(e)) return true;
+  if (e instanceof ProtocolError && e.code === 'unavailable' && e.details?.['disconnected'] === true) return true;
   return e instanceof ProtocolError && e.code === 'timeout' && e.details?.['outcomeUnknown'] !== true && e.details?.['recordLsn'] === undefined;
 }
 
@@ -2384,7 +2387,7 @@ function noteEarlierAttempt(call: ShardCall, failed: { ok: false; error: unknown
         'timeout',
         `the write met more than ${EARLIER_ATTEMPTS_MAX} leader changes; the write may or may not be committed`,
         // Without the record: this failure is final, not one to send again.
-        { earlier: [...earlier, record] },
+        { outcomeUnknown: true, earlier: [...earlier, record] },
       );
       return { ok: false, error };
     }
@@ -2454,7 +2457,6 @@ function stillCommitting(error: unknown, calls: readonly ShardCall[], settled: r
   const message = error instanceof Error ? error.message : String(error);
   return new ProtocolError('timeout', `${message}; ${earlierWhat(calls[at]!, ` to shard ${calls[at]!.shard}`)} may still commit: the write may or may not be committed`, {
     ...(error instanceof ProtocolError ? { ...(error.details ?? {}), code: error.code } : {}),
-    outcomeUnknown: true,
     ...earlierDetails(calls[at]!),
   });
 }
@@ -2472,10 +2474,10 @@ function earlierOf(call: ShardCall): readonly WriteRecordRef[] {
   return (call.body as Partial<ShardWriteRequest>).earlier ?? [];
 }
 
-/** `details.earlier` of a write's failure: its earlier records, if it has any. */
-function earlierDetails(call: ShardCall): { earlier?: readonly WriteRecordRef[] } {
+/** The details of a write's failure whose outcome is unknown: `outcomeUnknown`, and `earlier`, its earlier records, if it has any. */
+function earlierDetails(call: ShardCall): { outcomeUnknown: true; earlier?: readonly WriteRecordRef[] } {
   const earlier = earlierOf(call);
-  return earlier.length > 0 ? { earlier } : {};
+  return earlier.length > 0 ? { outcomeUnknown: true, earlier } : { outcomeUnknown: true };
 }
 
 /** What of a write `mayStillCommit` (for messages); `to`: ' to shard N', or ''. */

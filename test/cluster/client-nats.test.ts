@@ -169,7 +169,8 @@ describe('cluster/client over NATS: calls across a closed or dropped connection'
     await reached;
     await client.close();
     const e = await rejectsWith(write, 'timeout', /may or may not be committed/);
-    assert.equal(e.details?.['disconnected'], true);
+    assert.equal(e.details?.['outcomeUnknown'], true, JSON.stringify(e.details) + e.message);
     assert.equal(e.details?.['code'], 'unavailable');
+    assert.equal(node.took.filter((t) => t.subject === LEADERS).length, 1, 'nothing sent after the close');
   });
 });

@@ -252,12 +252,20 @@ describe('cluster/client (fake transport)', () => {
       assert.equal(fc.transport.shardRequests().length, 2, 'the read went twice');
     });
 
-    it('a write is not: its outcome is unknown, and the caller is told timeout (not unavailable, which reads as "retry")', async () => {
-      const fc = new FakeCluster();
+    it('a write is sent again with its write id and sentMs (a leader that took it answers with its record); lost in every try, its outcome is unknown: timeout, not unavailable (which reads as "retry")', async () => {
+      const once = new FakeCluster(volume({ shards: 1 }));
+      let drops = 1;
+      once.shardHook = () => (drops-- > 0 ? dropped() : undefined);
+      assert.equal((await once.client().volume('vol').write(3, pageData(3))).lsn, 1);
+      const [first, again] = once.transport.shardRequests().map((x) => x.body as { writeId: Uint8Array; sentMs?: number });
+      assert.equal(once.transport.shardRequests().length, 2, 'the write went twice');
+      assert.deepEqual([first!.sentMs, again!.writeId], [undefined, first!.writeId]);
+      assert.equal(typeof again!.sentMs, 'number', 'the try after the lost one names when the first went');
+      const fc = new FakeCluster(volume({ shards: 1 }));
       fc.shardHook = () => dropped();
       await assert.rejects(fc.client().volume('vol').write(3, pageData(3)), (e: ProtocolError) =>
         e.code === 'timeout' && e.details?.['disconnected'] === true && e.details?.['code'] === 'unavailable' && /may or may not be committed/.test(e.message));
-      assert.equal(fc.transport.shardRequests().length, 1, 'the write went once');
+      assert.equal(fc.transport.shardRequests().length, SHARD_WRITE_TRIES, 'each of its tries went');
     });
   });
 
