@@ -112,21 +112,36 @@ export class ApiRouter {
    * and that answer is the one returned. The controller it went to may have died with it (no
    * answer would ever come); the catalog answers a change sent again as it was made, and the
    * controller before, if it still answers, finished that change before its seat was taken.
+   *
+   * A change (`change`: its request id) that may have been made is never answered as not made:
+   * no answer in time, or after a send that may have reached a controller (any send but the
+   * last) an answer that says it did nothing (`unavailable`: no controller reachable, or one that
+   * no longer runs it) or no responders, is `timeout` with `details.outcomeUnknown` and the
+   * change's `requestId`, with which the requester may send it again (the catalog answers it as
+   * it was made).
    */
-  async forwardToController(verb: string, data: Uint8Array, deadlineMs: number, resend = false): Promise<Uint8Array> {
+  async forwardToController(verb: string, data: Uint8Array, deadlineMs: number, resend = false, change?: { requestId: string }): Promise<Uint8Array> {
     let timeout = deadlineMs - Date.now();
+    let sent = 1;
+    const unknown = (err: ProtocolError): Uint8Array =>
+      encode(errorReply(new ProtocolError('timeout', `${err.message}; an earlier send of ${verb} may have reached a controller: the change may or may not have been made`, {
+        ...(err.details ?? {}),
+        code: err.code,
+        outcomeUnknown: true,
+        requestId: change!.requestId,
+      })));
     try {
-      for (let sent = 1; ; sent++) {
+      for (; ; sent++) {
         timeout = deadlineMs - Date.now();
         if (timeout <= 0) throw new ProtocolError('timeout', `the deadline passed before ${verb} reached the controller`);
         const headers = natsHeaders();
         headers.set(HEADER_DEADLINE, String(deadlineMs));
         const request = this.nc.request(controllerSubject(this.cluster, verb), data, { timeout, headers });
         if (sent > 1) this.changesSentAgain++;
-        if (!resend || sent > CHANGE_RESENDS_MAX) return (await request).data;
-        const answer = await this.seated.race(request.then((r) => r.data));
-        if (answer !== NOTICED) return answer;
-        // A controller was seated meanwhile: its answer (any) is the one waited for.
+        const answer = !resend || sent > CHANGE_RESENDS_MAX ? (await request).data : await this.seated.race(request.then((r) => r.data));
+        if (answer === NOTICED) continue; // A controller was seated meanwhile: its answer (any) is the one waited for.
+        if (change !== undefined && sent > 1 && encodedErrorCode(answer) === 'unavailable') return unknown(errorIn(answer));
+        return answer;
       }
     } catch (e) {
       const code = (e as { code?: unknown }).code;
@@ -137,6 +152,8 @@ export class ApiRouter {
           : code === 'TIMEOUT'
             ? new ProtocolError('timeout', `the controller did not answer within ${timeout} ms`, { timeoutMs: timeout })
             : new ProtocolError('unavailable', `the controller is not reachable: ${(e as Error).message}`);
+      // No responders to the first send: nothing reached a controller.
+      if (change !== undefined && !(code === '503' && sent === 1) && !(e instanceof ProtocolError && sent === 1)) return unknown(err);
       return encode(errorReply(err));
     }
   }
@@ -150,7 +167,8 @@ export class ApiRouter {
    */
   forwardChange(verb: string, body: unknown, data: Uint8Array, deadlineMs: number): Promise<Uint8Array> {
     const sent = withRequestId(body, data);
-    return this.forwardToController(verb, sent, deadlineMs, sent !== data || hasRequestId(body));
+    const requestId = sent === data ? (hasRequestId(body) ? (body as { requestId: string }).requestId : undefined) : (decode(sent) as { requestId: string }).requestId;
+    return this.forwardToController(verb, sent, deadlineMs, requestId !== undefined, requestId === undefined ? undefined : { requestId });
   }
 
   /**
@@ -202,7 +220,8 @@ export class ApiRouter {
     } catch (e) {
       return encode(errorReply(e instanceof ProtocolError ? e : new ProtocolError('unavailable', (e as Error).message)));
     }
-    const reply = await this.forwardToController('volume.branch', sent, deadlineMs, true);
+    const requestId = req.requestId!;
+    const reply = await this.forwardToController('volume.branch', sent, deadlineMs, true, { requestId });
     if (encodedErrorCode(reply) !== undefined) return reply;
     const { id } = decode(reply) as { id: string };
     try {
@@ -214,9 +233,10 @@ export class ApiRouter {
       // Not deleted here: the request may be served by other routers too (a client sends it
       // again to every one), and one may have answered that the branch serves; a branch none of
       // whose replicas of a shard could copy the parent's pages is deleted by the controller, as
-      // it is made. Sent again with its request id, the request waits for this branch again.
-      throw new ProtocolError('unavailable', `branch '${req.name}' (id ${id}) of '${req.parent}' was made, but a shard of it did not serve in time (${(e as Error).message}): ` +
-        `its replicas may still be copying the parent's pages; send the request again with its request id to wait for it, or delete the branch (strata volume delete ${req.name})`);
+      // it is made. Sent again with its request id, the request waits for this branch again:
+      // `timeout` (not `unavailable`, which says nothing was done), naming it and the branch.
+      throw new ProtocolError('timeout', `branch '${req.name}' (id ${id}) of '${req.parent}' was made, but a shard of it did not serve in time (${(e as Error).message}): ` +
+        `its replicas may still be copying the parent's pages; send the request again with its request id to wait for it, or delete the branch (strata volume delete ${req.name})`, { id, requestId, outcomeUnknown: true });
     }
   }
 
@@ -685,6 +705,16 @@ export function mergeClusterStatus(input: StatusParts, bytesMax: number): Record
 /** `body[key]`, a list of at most `lengthMax` maps (a controller's answer); bad_request when it is not one. */
 function listOfMaps(body: unknown, key: string, lengthMax: number): Array<Record<string, unknown>> {
   return expectArray(field(expectMap(body, ''), key), key, { lengthMin: 0, lengthMax }).map((m, i) => expectMap(m, `${key}[${i}]`));
+}
+
+/** The error an encoded error reply carries. */
+function errorIn(reply: Uint8Array): ProtocolError {
+  try {
+    throwIfError(decode(reply));
+  } catch (e) {
+    if (e instanceof ProtocolError) return e;
+  }
+  return new ProtocolError('internal', 'an error reply without an error');
 }
 
 /**

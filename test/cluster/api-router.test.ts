@@ -230,6 +230,45 @@ describe('ApiRouter when the controller or the catalog does not answer', functio
     }
   });
 
+  it('a change that may have reached a controller is never answered as not made: no answer in time, or after it was sent again no responders or "no longer runs the controller", is timeout with outcomeUnknown and its request id', async () => {
+    const outcome = (r: Reply): unknown[] => [r.error?.code, r.error?.details?.['outcomeUnknown'], r.error?.details?.['requestId'], r.error?.details?.['code']];
+    const router = new ApiRouter(nc, 'test', 5000);
+    // Taken and never answered: the request id the router gave it is told.
+    const taken = await dyingController('volume.resize', {});
+    try {
+      const body = { name: 'v1', pageCount: 8 };
+      const reply = decode(await router.forwardChange('volume.resize', body, encode(body), Date.now() + 300)) as Reply;
+      assert.deepEqual(outcome(reply), ['timeout', true, (taken.bodies[0] as { requestId: string }).requestId, 'timeout']);
+    } finally {
+      taken.sub.unsubscribe();
+    }
+    // Taken; the controller seated next does not serve yet: no responders to the send again.
+    const gone = await dyingController('volume.delete', {});
+    const lost = { name: 'v1', requestId: 'r-gone' };
+    const goneAnswer = router.forwardChange('volume.delete', lost, encode(lost), Date.now() + 3000);
+    await waitFor('delivered', () => gone.bodies.length === 1);
+    gone.sub.unsubscribe();
+    await nc.flush();
+    router.controllerSeated();
+    assert.deepEqual(outcome(decode(await goneAnswer) as Reply), ['timeout', true, 'r-gone', 'unavailable']);
+    // Taken; the one seated next answers that it no longer runs the controller.
+    const moved = await dyingController('volume.delete', errorReply(new ProtocolError('unavailable', "node 'x' no longer runs the controller; retry", { notController: true })));
+    try {
+      const body = { name: 'v1', requestId: 'r-moved' };
+      const answer = router.forwardChange('volume.delete', body, encode(body), Date.now() + 3000);
+      await waitFor('delivered', () => moved.bodies.length === 1);
+      moved.seatNext();
+      router.controllerSeated();
+      const reply = decode(await answer) as Reply;
+      assert.deepEqual(outcome(reply), ['timeout', true, 'r-moved', 'unavailable']);
+      assert.equal(reply.error?.details?.['notController'], true);
+      // The same answer to a first send is passed on as it came: nothing was done.
+      assert.deepEqual(outcome(decode(await router.forwardChange('volume.delete', body, encode(body), Date.now() + 2000)) as Reply), ['unavailable', undefined, undefined, undefined]);
+    } finally {
+      moved.sub.unsubscribe();
+    }
+  });
+
   it('none at all (no responders): unavailable, at once, marked noController (a client asks again through a gap between two controllers)', async () => {
     const router = new ApiRouter(nc, 'test', 5000);
     // Answered by the server's "no responders" status (unavailable), not by the request's
@@ -464,7 +503,7 @@ describe('ApiRouter branching a volume', function () {
     await server?.stop();
   });
 
-  it('fills in the branch point from a flush of the parent; a branch whose shard does not serve by the deadline is answered unavailable and left to its copy (another router may have answered it serves), not deleted', async () => {
+  it('fills in the branch point from a flush of the parent; a branch whose shard does not serve by the deadline is answered timeout (naming the branch and its request id) and left to its copy (another router may have answered it serves), not deleted', async () => {
     const router = new ApiRouter(nc, 'test', 5000);
     const body = { name: 'kid', parent: 'par' };
     // The deadlines of the router's waits for the branch (a flush of the volume it made; the
@@ -484,7 +523,8 @@ describe('ApiRouter branching a volume', function () {
     }) as StrataClient['volume'];
     const t0 = Date.now();
     await assert.rejects(router.branch(body, encode(body), t0 + 3000), (e: unknown) =>
-      e instanceof ProtocolError && e.code === 'unavailable' && /^branch 'kid' \(id vk\) of 'par' was made, but a shard of it did not serve in time \(/.test(e.message) &&
+      e instanceof ProtocolError && e.code === 'timeout' && e.details?.['id'] === 'vk' && e.details?.['outcomeUnknown'] === true && typeof e.details?.['requestId'] === 'string' &&
+      /^branch 'kid' \(id vk\) of 'par' was made, but a shard of it did not serve in time \(/.test(e.message) &&
       /send the request again with its request id to wait for it, or delete the branch \(strata volume delete kid\)$/.test(e.message));
     // Given a request id by the router (it had none).
     assert.equal(branched.length, 1);
@@ -503,7 +543,7 @@ describe('ApiRouter branching a volume', function () {
       const router = new ApiRouter(nc, 'test', 5000);
       const body = { name: 'kid', parent: 'par' };
       await assert.rejects(router.branch(body, encode(body), Date.now() + 3000), (e: unknown) =>
-        e instanceof ProtocolError && e.code === 'unavailable' && /^branch 'kid' \(id vk\) of 'par' was made, but a shard of it did not serve in time \(volume kid \(id vk\) was deleted: the volume of that name now is another \(id vk2\)\)/.test(e.message));
+        e instanceof ProtocolError && e.code === 'timeout' && /^branch 'kid' \(id vk\) of 'par' was made, but a shard of it did not serve in time \(volume kid \(id vk\) was deleted: the volume of that name now is another \(id vk2\)\)/.test(e.message));
       assert.deepEqual(deleted, []);
     } finally {
       kidId = 'vk';
