@@ -16,7 +16,7 @@ import { encode, decode, encodedErrorCode, MESSAGE_BYTES_MAX } from '../messages
 import { newInbox, serverMaxPayload } from '../runtime/request-mux';
 import { Notice, NOTICED } from '../runtime/notice';
 import { errorReply, isPlainObject, ProtocolError, throwIfError } from '../messages/errors';
-import { expectArray, expectMap, field, hasRequestId, validatePageRead, validatePageWriteRequest, validatePageZeroRequest, validatePageMapRequest, validatePageReadRequest, validateVolumeBranchRequest, validateVolumeFlushRequest, validateVolumeNameRequest } from '../messages/validate';
+import { expectArray, expectMap, field, requestIdIn, validatePageRead, validatePageWriteRequest, validatePageZeroRequest, validatePageMapRequest, validatePageReadRequest, validateVolumeBranchRequest, validateVolumeFlushRequest, validateVolumeNameRequest } from '../messages/validate';
 import { controllerSubject } from '../messages/control';
 import { PAGE_MAP_RANGES_MAX, SHARDS_MAX, VOLUMES_PER_LIST_MAX, type VolumeInfo } from '../messages/api';
 import { NODES_MAX, branchPointCountError } from '../actors/controller';
@@ -152,8 +152,9 @@ export class ApiRouter {
           : code === 'TIMEOUT'
             ? new ProtocolError('timeout', `the controller did not answer within ${timeout} ms`, { timeoutMs: timeout })
             : new ProtocolError('unavailable', `the controller is not reachable: ${(e as Error).message}`);
-      // No responders to the first send: nothing reached a controller.
-      if (change !== undefined && !(code === '503' && sent === 1) && !(e instanceof ProtocolError && sent === 1)) return unknown(err);
+      // Nothing reached a controller: no responders to the first send, or its deadline passed before it went.
+      const noneReached = sent === 1 && (code === '503' || e instanceof ProtocolError);
+      if (change !== undefined && !noneReached) return unknown(err);
       return encode(errorReply(err));
     }
   }
@@ -167,8 +168,7 @@ export class ApiRouter {
    */
   forwardChange(verb: string, body: unknown, data: Uint8Array, deadlineMs: number): Promise<Uint8Array> {
     const sent = withRequestId(body, data);
-    const requestId = sent === data ? (hasRequestId(body) ? (body as { requestId: string }).requestId : undefined) : (decode(sent) as { requestId: string }).requestId;
-    return this.forwardToController(verb, sent, deadlineMs, requestId !== undefined, requestId === undefined ? undefined : { requestId });
+    return this.forwardToController(verb, sent.data, deadlineMs, sent.requestId !== undefined, sent.requestId === undefined ? undefined : { requestId: sent.requestId });
   }
 
   /**
@@ -720,9 +720,11 @@ function errorIn(reply: Uint8Array): ProtocolError {
 /**
  * `data` (the encoded `body` of a catalog change) with a new request id (a random UUID) when the
  * body is a map without `requestId`; else `data` itself. A body that is not a map, or whose
- * `requestId` is not valid, goes as it came: the controller refuses it (`bad_request`).
+ * `requestId` is not valid, goes as it came: the controller refuses it (`bad_request`). With the
+ * request id it goes with (none for a body without a string one).
  */
-export function withRequestId(body: unknown, data: Uint8Array): Uint8Array {
-  if (!isPlainObject(body) || 'requestId' in body) return data;
-  return encode({ ...body, requestId: newRequestId() });
+export function withRequestId(body: unknown, data: Uint8Array): { data: Uint8Array; requestId: string | undefined } {
+  if (!isPlainObject(body) || 'requestId' in body) return { data, requestId: requestIdIn(body) };
+  const requestId = newRequestId();
+  return { data: encode({ ...body, requestId }), requestId };
 }

@@ -141,6 +141,7 @@ import {
   validateVolumeListRequest,
   validateVolumeResizeRequest,
   hasRequestId,
+  requestIdIn,
   validatePageWrite,
   validatePageZero,
 } from '../messages/validate';
@@ -1070,7 +1071,7 @@ export class StrataClient {
     } catch (e) {
       // A try that may have reached the controller: whatever the last one met, unless the
       // controller answered, the request may have been carried out.
-      throw arrived.maybe ? changeMayBeMade(e, body) : e;
+      throw changeFailure(e, body, arrived.maybe);
     }
   }
 
@@ -1296,12 +1297,12 @@ export class StrataClient {
       return e instanceof NoRespondersError && at !== undefined && Date.now() - at < API_RECONNECT_GAP_MS;
     };
     // A change one try of which may have reached a node ends, whatever its last try met, as
-    // `timeout`, outcome unknown (changeMayBeMade), unless a node answered it.
+    // `timeout`, outcome unknown (changeFailure), unless a node answered it.
     const arrived = { maybe: false };
     try {
       return await this.whileControllerMoves(deadlineMs, () => this.apiOnce(verb, body, deadlineMs, arrived), nodesResubscribing);
     } catch (e) {
-      throw !API_READ_VERBS.has(verb) && arrived.maybe ? changeMayBeMade(e, body) : e;
+      throw API_READ_VERBS.has(verb) ? e : changeFailure(e, body, arrived.maybe);
     }
   }
 
@@ -1339,20 +1340,16 @@ export class StrataClient {
     const subject = apiSubject(this.cluster, verb);
     const validate = (value: unknown): ReplyMap[V] => validateReply(verb, value);
     const read = API_READ_VERBS.has(verb);
-    try {
-      if (!read && !hasRequestId(body)) return await this.send(subject, verb, body, deadlineMs, validate).catch((e: unknown) => noteArrival(e, arrived));
-      // The catalog's quick reads: their first try is short (a node that takes requests and does
-      // not answer, frozen, costs that much), the next ones their part of what is left, sent to
-      // every node's API router (a frozen one keeps its share of the API's queue group).
-      return await this.sendInTries(subject, verb, body, deadlineMs, validate, {
-        tryDeadlineInHeader: read,
-        quickFirst: API_QUICK_READ_VERBS.has(verb),
-        againSubject: apiEverySubject(this.cluster, verb),
-        arrived,
-      });
-    } catch (e) {
-      throw read ? e : changeOutcomeUnknown(e, body);
-    }
+    if (!read && !hasRequestId(body)) return this.send(subject, verb, body, deadlineMs, validate).catch((e: unknown) => noteArrival(e, arrived));
+    // The catalog's quick reads: their first try is short (a node that takes requests and does
+    // not answer, frozen, costs that much), the next ones their part of what is left, sent to
+    // every node's API router (a frozen one keeps its share of the API's queue group).
+    return this.sendInTries(subject, verb, body, deadlineMs, validate, {
+      tryDeadlineInHeader: read,
+      quickFirst: API_QUICK_READ_VERBS.has(verb),
+      againSubject: apiEverySubject(this.cluster, verb),
+      arrived,
+    });
   }
 
   /**
@@ -1417,26 +1414,6 @@ export function newRequestId(): string {
 }
 
 /**
- * The failure of an API change (not a read) as its caller should see it: one whose request was
- * sent and whose reply was lost with the NATS connection (`unavailable`, `details.disconnected`)
- * may have been made, so it is `timeout` with `details.outcomeUnknown` (the original code in
- * `details.code`). A `timeout` names the change's request id (`details.requestId`), with which
- * it may be made again and answered as the first was ("Sent again", docs/protocol.md).
- */
-function changeOutcomeUnknown(e: unknown, body: unknown): unknown {
-  if (!(e instanceof ProtocolError)) return e;
-  const requestId = hasRequestId(body) ? (body as { requestId: string }).requestId : undefined;
-  const withId = requestId === undefined ? {} : { requestId };
-  if (e.code === 'unavailable' && e.details?.['disconnected'] === true) {
-    return new ProtocolError('timeout', `${e.message}: the change may or may not have been made`, { ...(e.details ?? {}), code: e.code, outcomeUnknown: true, ...withId });
-  }
-  if (e.code === 'timeout' && requestId !== undefined && e.details?.['requestId'] === undefined) {
-    return new ProtocolError('timeout', e.message, { ...(e.details ?? {}), ...withId });
-  }
-  return e;
-}
-
-/**
  * Notes in `arrived` a try's failure after which its request may have reached its receiver (it
  * went out and got no answer in time, or its reply was lost with the connection); rethrows it.
  */
@@ -1446,21 +1423,29 @@ function noteArrival(e: unknown, arrived: { maybe: boolean } | undefined): never
 }
 
 /**
- * The last failure of a change (an API change, an operator's request) one earlier try of which
- * may have reached a node: a failure that is not a node's answer to it (`unavailable`: a try
- * never sent, no responders, the client closed; `timeout`) says nothing of that try, so the
- * change may have been made: `timeout` with `details.outcomeUnknown`, naming its request id
- * (the original code in `details.code`). A node's answer (`not_found`, `bad_request`, …) stays.
+ * The last failure of a change (an API change, an operator's request) as its caller should see
+ * it. When a try of it may have reached a node (`arrived`: noteArrival), a failure that is not a
+ * node's answer to it (`unavailable`: its reply lost with the connection, a try never sent, no
+ * responders, the client closed; `timeout`) says nothing of that try, so the change may have
+ * been made: `timeout` with `details.outcomeUnknown`, naming its request id (the original code in
+ * `details.code`). Any `timeout` of a change names its request id, with which it may be made
+ * again and answered as the first was ("Sent again", docs/protocol.md). A node's answer
+ * (`not_found`, `bad_request`, …) stays.
  */
-function changeMayBeMade(e: unknown, body: unknown): unknown {
-  if (!(e instanceof ProtocolError) || (e.code !== 'unavailable' && e.code !== 'timeout') || e.details?.['outcomeUnknown'] === true) return e;
-  const requestId = hasRequestId(body) ? (body as { requestId: string }).requestId : undefined;
-  return new ProtocolError('timeout', `${e.message}; a try of it may have reached a node: the change may or may not have been made`, {
-    ...(e.details ?? {}),
-    code: e.code,
-    outcomeUnknown: true,
-    ...(requestId === undefined ? {} : { requestId }),
-  });
+function changeFailure(e: unknown, body: unknown, arrived: boolean): unknown {
+  if (!(e instanceof ProtocolError)) return e;
+  const requestId = requestIdIn(body);
+  const withId = requestId === undefined ? {} : { requestId };
+  if (arrived && (e.code === 'unavailable' || e.code === 'timeout') && e.details?.['outcomeUnknown'] !== true) {
+    return new ProtocolError('timeout', `${e.message}; a try of it may have reached a node: the change may or may not have been made`, {
+      ...(e.details ?? {}),
+      code: e.code,
+      outcomeUnknown: true,
+      ...withId,
+    });
+  }
+  if (e.code === 'timeout' && requestId !== undefined && e.details?.['requestId'] === undefined) return new ProtocolError('timeout', e.message, { ...(e.details ?? {}), ...withId });
+  return e;
 }
 
 /** Times `listVolumes` starts a paged list again when the catalog changed between its pages. */
@@ -2453,11 +2438,19 @@ function partlyWritten(error: unknown, calls: readonly ShardCall[], settled: rea
 function stillCommitting(error: unknown, calls: readonly ShardCall[], settled: readonly Settled[]): unknown {
   if (error instanceof ProtocolError && error.code === 'timeout') return error;
   const at = calls.findIndex((c, i) => settled[i]?.ok !== true && mayStillCommit(c));
-  if (at < 0) return error;
+  return at < 0 ? error : writeMayCommit(error, calls[at]!);
+}
+
+/**
+ * `error`, the failure of a write one request of which (`call`, to its shard) may still commit,
+ * as its caller should see it: `timeout` with `details.outcomeUnknown`, the original code in
+ * `details.code`.
+ */
+function writeMayCommit(error: unknown, call: ShardCall): ProtocolError {
   const message = error instanceof Error ? error.message : String(error);
-  return new ProtocolError('timeout', `${message}; ${earlierWhat(calls[at]!, ` to shard ${calls[at]!.shard}`)} may still commit: the write may or may not be committed`, {
+  return new ProtocolError('timeout', `${message}; ${earlierWhat(call, ` to shard ${call.shard}`)} may still commit: the write may or may not be committed`, {
     ...(error instanceof ProtocolError ? { ...(error.details ?? {}), code: error.code } : {}),
-    ...earlierDetails(calls[at]!),
+    ...earlierDetails(call),
   });
 }
 
@@ -2522,10 +2515,5 @@ function throwFinal(calls: readonly ShardCall[], settled: readonly Settled[]): v
   const error = (settled[at] as { ok: false; error: unknown }).error;
   const pending = calls.findIndex((c, i) => i !== at && !settled[i]!.ok && mayStillCommit(c));
   if (pending < 0 || (error instanceof ProtocolError && error.code === 'timeout')) throw error;
-  const message = error instanceof Error ? error.message : String(error);
-  throw new ProtocolError(
-    'timeout',
-    `${message}; ${earlierWhat(calls[pending]!, ` to shard ${calls[pending]!.shard}`)} may still commit: the write may or may not be committed`,
-    { ...(error instanceof ProtocolError ? { ...(error.details ?? {}), code: error.code } : {}), ...earlierDetails(calls[pending]!) },
-  );
+  throw writeMayCommit(error, calls[pending]!);
 }

@@ -358,7 +358,13 @@ const VOLUME_CREATE_FIELDS = fields('name', 'pageCount', 'pageSize', 'shards', '
  * again as it was made, so it may be sent again when its answer does not come.
  */
 export function hasRequestId(body: unknown): boolean {
-  return typeof body === 'object' && body !== null && typeof (body as { requestId?: unknown }).requestId === 'string';
+  return requestIdIn(body) !== undefined;
+}
+
+/** The `requestId` a change's body carries (a string), if any. */
+export function requestIdIn(body: unknown): string | undefined {
+  const id = typeof body === 'object' && body !== null ? (body as { requestId?: unknown }).requestId : undefined;
+  return typeof id === 'string' ? id : undefined;
 }
 
 /** A change's `requestId` (RequestId), if any: `{ requestId }` or `{}`. */

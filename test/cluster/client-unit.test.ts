@@ -30,7 +30,7 @@ import { HEADER_DEADLINE, HEADER_SCHEMA, HEADER_TYPE, SCHEMA_VERSION, readHeader
 import { PAGES_PER_REQUEST_MAX, REQUEST_DATA_BYTES_MAX, VOLUMES_PER_LIST_MAX, shardOfPage } from '../../messages/api';
 import type { ApiVerb, VolumeInfo } from '../../messages/api';
 import { waitFor } from '../support/wait';
-import { timerDelaysDuring } from '../support/timer-spy';
+import { timerDelaysDuring } from '../support/manual-clock';
 import {
   validateShardFlushRequest,
   validateShardRead,

@@ -36,7 +36,7 @@ import { ProtocolError } from '../../messages/errors';
 import type { VolumeInfo } from '../../messages/api';
 import type { Logger } from '../../observability/log';
 import { waitFor } from '../support/wait';
-import { timerDelaysDuring } from '../support/timer-spy';
+import { timerDelaysDuring } from '../support/manual-clock';
 import { IHAVEOPT, Peer, Session, goData, greet, metaData, option, u16, u32, type OptionReply, type Reply } from '../support/nbd-client';
 
 const TOOLS: ReadonlyArray<[string, string]> = [
@@ -117,12 +117,19 @@ function captureLogger(lines: Array<{ level: string; msg: string; fields: Record
   return logger;
 }
 
+type PagesWithData = (first: number, count: number) => { end: number; ranges: Array<{ first: number; count: number }> };
+
+/** Holds the stand-in's calls (stubClient) at `gate` until the returned function opens it. */
+function closeGate(stub: { gate: Promise<void> | undefined }): () => void {
+  let open!: () => void;
+  stub.gate = new Promise((r) => (open = r));
+  return open;
+}
+
 /**
  * A stand-in for the Strata client: one volume of 16 pages of 4 KiB whose calls wait on
  * `gate` (when set) and fail with `failWith` (when set).
  */
-type PagesWithData = (first: number, count: number) => { end: number; ranges: Array<{ first: number; count: number }> };
-
 function stubClient(pageCount = 16): {
   client: StrataClient;
   calls: number;
@@ -1294,8 +1301,7 @@ describe('cluster/nbd: NBD export of Strata volumes', function () {
     ] as const) {
       it(`reads no more requests while ${bound} are in flight`, async () => {
         const stub = stubClient();
-        let open!: () => void;
-        stub.gate = new Promise((r) => (open = r));
+        const open = closeGate(stub);
         const server = await startNbdServer({ client: stub.client, volume: 'stub', port: 0, ...options });
         try {
           const s = await Session.open(server.address.port, 'stub');
@@ -1315,8 +1321,7 @@ describe('cluster/nbd: NBD export of Strata volumes', function () {
 
     it('a WRITE\'s payload is counted against inFlightBytesMax before it is read: the bytes held never pass the bound', async () => {
       const stub = stubClient();
-      let open!: () => void;
-      stub.gate = new Promise((r) => (open = r));
+      const open = closeGate(stub);
       // Room for one write of 8 KiB, not two.
       const server = await startNbdServer({ client: stub.client, volume: 'stub', port: 0, inFlightBytesMax: 3 * 4096, logger: captureLogger([]) });
       try {
@@ -1441,8 +1446,7 @@ describe('cluster/nbd: NBD export of Strata volumes', function () {
 
     it('a client that resets its connection with requests queued: those not yet taken are never made, and its slot is free for the next client', async () => {
       const stub = stubClient();
-      let open!: () => void;
-      stub.gate = new Promise((r) => (open = r));
+      const open = closeGate(stub);
       const lines: Array<{ level: string; msg: string; fields: Record<string, unknown> }> = [];
       const server = await startNbdServer({ client: stub.client, volume: 'stub', port: 0, connectionsMax: 1, requestsInFlightMax: 2, stopTimeoutMs: 200, logger: captureLogger(lines) });
       try {
@@ -1478,8 +1482,7 @@ describe('cluster/nbd: NBD export of Strata volumes', function () {
         const holder = await Session.open(server.address.port, 'stub');
         void holder.request(NBD_CMD.WRITE, 0, 4096, { data: Buffer.alloc(4096) });
         await waitFor('the holder\'s write under way', () => stub.active === 1);
-        let open!: () => void;
-        stub.gate = new Promise((r) => (open = r));
+        const open = closeGate(stub);
         const s = await Session.open(server.address.port, 'stub');
         // A read taken (its call waits), then a write to page 0 left in the server's buffer.
         s.peer.write(requestHead(NBD_CMD.READ, 1, 4096, 4096), requestHead(NBD_CMD.WRITE, 2, 0, 4096), Buffer.alloc(4096));
@@ -1500,8 +1503,7 @@ describe('cluster/nbd: NBD export of Strata volumes', function () {
       // 48 MiB of 4 KiB pages: a READ of 32 MiB is 2 calls of CALL_PAGES_MAX pages, a WRITE_ZEROES
       // with NO_HOLE of the whole export 3.
       const stub = stubClient(3 * 4096);
-      let open!: () => void;
-      stub.gate = new Promise((r) => (open = r));
+      const open = closeGate(stub);
       const lines: Array<{ level: string; msg: string; fields: Record<string, unknown> }> = [];
       const server = await startNbdServer({ client: stub.client, volume: 'stub', port: 0, stopTimeoutMs: 200, logger: captureLogger(lines) });
       try {
@@ -1521,8 +1523,7 @@ describe('cluster/nbd: NBD export of Strata volumes', function () {
 
     it('a client that shuts its side down (FIN) after sending requests still gets every answer, those still in the server\'s buffer among them', async () => {
       const stub = stubClient();
-      let open!: () => void;
-      stub.gate = new Promise((r) => (open = r));
+      const open = closeGate(stub);
       const lines: Array<{ level: string; msg: string; fields: Record<string, unknown> }> = [];
       const server = await startNbdServer({ client: stub.client, volume: 'stub', port: 0, requestsInFlightMax: 2, logger: captureLogger(lines) });
       try {
@@ -1619,8 +1620,7 @@ describe('cluster/nbd: NBD export of Strata volumes', function () {
 
     it('a write of zeros with NO_HOLE over many calls is bounded by a stop: past stopTimeoutMs it makes no further call', async () => {
       const stub = stubClient(3 * 4096);
-      let open!: () => void;
-      stub.gate = new Promise((r) => (open = r));
+      const open = closeGate(stub);
       const server = await startNbdServer({ client: stub.client, volume: 'stub', port: 0, stopTimeoutMs: 200, logger: captureLogger([]) });
       const s = await Session.open(server.address.port, 'stub');
       void s.request(NBD_CMD.WRITE_ZEROES, 0, 3 * 4096 * 4096, { flags: NBD_CMD_FLAG.NO_HOLE });
@@ -1634,8 +1634,7 @@ describe('cluster/nbd: NBD export of Strata volumes', function () {
 
     it('stop answers the requests in flight, closes the connections and stops listening', async () => {
       const stub = stubClient();
-      let open!: () => void;
-      stub.gate = new Promise((r) => (open = r));
+      const open = closeGate(stub);
       const server = await startNbdServer({ client: stub.client, volume: 'stub', port: 0 });
       const s = await Session.open(server.address.port, 'stub');
       const pending = [s.request(NBD_CMD.READ, 0, 4096), s.request(NBD_CMD.WRITE, 4096, 10, { data: Buffer.alloc(10) })];

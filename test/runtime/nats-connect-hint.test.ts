@@ -1,6 +1,7 @@
 import { strict as assert } from 'node:assert';
 import * as net from 'node:net';
 import { natsConnectHint, readGreeting } from '../../runtime/nats-connect-hint';
+import { timersHeld } from '../support/manual-clock';
 
 /** A TCP server that answers each connection with `greeting` (nothing when undefined); its URL. */
 async function fakeServer(greeting: string | undefined): Promise<{ url: string; close: () => Promise<void>; connected: () => Promise<void> }> {
@@ -75,18 +76,7 @@ describe('runtime/nats-connect-hint', () => {
     try {
       // A silent server: the probe ends at its bound. Its timer is held here and fired when the
       // test says (a manual clock); the server never closes the connection.
-      const timers: Array<{ fire: () => void; ms: number | undefined }> = [];
-      const real = globalThis.setTimeout;
-      globalThis.setTimeout = ((fn: () => void, ms?: number) => {
-        timers.push({ fire: fn, ms });
-        return {} as NodeJS.Timeout;
-      }) as typeof globalThis.setTimeout;
-      let probe: Promise<Record<string, unknown> | undefined>;
-      try {
-        probe = readGreeting(silent.url, 200);
-      } finally {
-        globalThis.setTimeout = real;
-      }
+      const { value: probe, timers } = timersHeld((): Promise<Record<string, unknown> | undefined> => readGreeting(silent.url, 200));
       assert.deepEqual(timers.map((t) => t.ms), [200], 'one timer, of its bound');
       let ended = false;
       void probe.then(() => (ended = true));

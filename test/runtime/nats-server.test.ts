@@ -7,6 +7,7 @@ import * as path from "node:path";
 import { connect, type NatsConnection } from "nats";
 import { freePort } from "../../runtime/free-port";
 import { NatsServerNotFoundError, NatsServerStartError, startNatsServer, type NatsServerHandle } from "../../runtime/nats-server";
+import { timersHeld } from '../support/manual-clock';
 
 /** Resolves true once a TCP connect to the port is refused, false if still accepted at the deadline. */
 async function portClosedWithin(port: number, timeoutMs: number): Promise<boolean> {
@@ -240,18 +241,7 @@ require("node:net").createServer((s) => s.destroy()).listen(port, "127.0.0.1", (
       const server = await startNatsServer({ binary: fake, jetstream: false, stopTimeoutMs: 500 });
       assert.ok(pidAlive(server.pid));
       // The grace period's timer is held here and fired when the test says (a manual clock).
-      const timers: Array<{ fire: () => void; ms: number | undefined }> = [];
-      const real = globalThis.setTimeout;
-      globalThis.setTimeout = ((fn: () => void, ms?: number) => {
-        timers.push({ fire: fn, ms });
-        return {} as NodeJS.Timeout;
-      }) as typeof globalThis.setTimeout;
-      let stopped: Promise<void>;
-      try {
-        stopped = server.stop();
-      } finally {
-        globalThis.setTimeout = real;
-      }
+      const { value: stopped, timers } = timersHeld((): Promise<void> => server.stop());
       assert.deepEqual(timers.map((t) => t.ms), [500], "one wait, of stopTimeoutMs");
       let settled = false;
       void stopped.then(() => (settled = true), () => (settled = true));

@@ -8,6 +8,7 @@ import { startNatsServer, type NatsServerHandle } from '../../runtime/nats-serve
 import { encode } from '../../messages/codec';
 import { ProtocolError, errorReply } from '../../messages/errors';
 import { replicaSubject } from '../../messages/raft';
+import { timersHeld } from '../support/manual-clock';
 
 /** What a host gives a replica to reach its peers (ActorHost.transport, private). */
 interface Transport {
@@ -38,18 +39,7 @@ describe('replication transport of a host', function () {
     await host.setFaults({ delayMs: 3000 });
     const transport = transportOf(host, spec);
     // The timers the send sets are held here, and fire when the test says: a manual clock.
-    const timers: Array<{ fire: () => void; ms: number | undefined }> = [];
-    const real = globalThis.setTimeout;
-    globalThis.setTimeout = ((fn: () => void, ms?: number) => {
-      timers.push({ fire: fn, ms });
-      return {} as NodeJS.Timeout;
-    }) as typeof globalThis.setTimeout;
-    let sent: Promise<unknown>;
-    try {
-      sent = transport.send('n2', { type: 'prevote', term: 1, candidate: 'n1', lastLsn: 0, lastTerm: 0 }, 200);
-    } finally {
-      globalThis.setTimeout = real;
-    }
+    const { value: sent, timers } = timersHeld((): Promise<unknown> => transport.send('n2', { type: 'prevote', term: 1, candidate: 'n1', lastLsn: 0, lastTerm: 0 }, 200));
     const outcome = sent.then(() => 'answered', (e: unknown) => e);
     // It waits its timeout, not the delay.
     assert.deepEqual(timers.map((t) => t.ms), [200], 'one wait, of its timeout');

@@ -1,5 +1,6 @@
 import { strict as assert } from 'node:assert';
 import { withTimeout } from '../../runtime/timeout';
+import { timersHeld } from '../support/manual-clock';
 
 describe('withTimeout', () => {
   it('settles as the promise does when it comes first', async () => {
@@ -10,18 +11,7 @@ describe('withTimeout', () => {
   it('rejects with the given error once the time passes first', async () => {
     const never = new Promise<number>(() => undefined);
     // The timers it sets are held here, and fire when the test says: a manual clock.
-    const timers: Array<{ fire: () => void; ms: number | undefined }> = [];
-    const real = globalThis.setTimeout;
-    globalThis.setTimeout = ((fn: () => void, ms?: number) => {
-      timers.push({ fire: fn, ms });
-      return {} as NodeJS.Timeout;
-    }) as typeof globalThis.setTimeout;
-    let p: Promise<number>;
-    try {
-      p = withTimeout(never, 30, () => new RangeError('too slow'));
-    } finally {
-      globalThis.setTimeout = real;
-    }
+    const { value: p, timers } = timersHeld((): Promise<number> => withTimeout(never, 30, () => new RangeError('too slow')));
     assert.deepEqual(timers.map((t) => t.ms), [30], 'one timer, of its deadline');
     let settled = false;
     p.then(() => (settled = true), () => (settled = true));

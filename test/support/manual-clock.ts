@@ -73,3 +73,46 @@ export async function settledSoFar(p: Promise<unknown>): Promise<'pending' | 're
   await new Promise((r) => setImmediate(r));
   return state;
 }
+
+/** A timer `timersHeld` held: its delay, and `fire` to run it when the test says. */
+export interface HeldTimer {
+  ms: number | undefined;
+  fire: () => void;
+}
+
+/**
+ * Calls `fn` with setTimeout held: the timers it sets as it runs (before its first await) are
+ * returned, not started, and run only when the test fires them, so that a test tells which wait
+ * a call set up, and what happens before and at its end, whatever the speed of the machine.
+ */
+export function timersHeld<T>(fn: () => T): { value: T; timers: HeldTimer[] } {
+  const timers: HeldTimer[] = [];
+  const real = globalThis.setTimeout;
+  globalThis.setTimeout = ((fire: () => void, ms?: number) => {
+    timers.push({ fire, ms });
+    return {} as NodeJS.Timeout;
+  }) as typeof globalThis.setTimeout;
+  try {
+    return { value: fn(), timers };
+  } finally {
+    globalThis.setTimeout = real;
+  }
+}
+
+/**
+ * Runs `fn` with setTimeout watched: the delays of the timers set meanwhile (by anything in this
+ * process), so that a test can tell which bound a wait used without timing it.
+ */
+export async function timerDelaysDuring<T>(fn: () => Promise<T>): Promise<{ value: T; delays: number[] }> {
+  const real = globalThis.setTimeout;
+  const delays: number[] = [];
+  globalThis.setTimeout = ((cb: (...args: unknown[]) => void, ms?: number, ...args: unknown[]) => {
+    delays.push(Number(ms ?? 0));
+    return real(cb, ms, ...args);
+  }) as typeof globalThis.setTimeout;
+  try {
+    return { value: await fn(), delays };
+  } finally {
+    globalThis.setTimeout = real;
+  }
+}
