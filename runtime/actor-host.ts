@@ -422,7 +422,7 @@ export class ActorHost implements HostApi {
           ? this.log.error('replica failed on its clock tick; restarted from durable state', { volume: spec.volumeId, shard: spec.shard, err })
           : this.log.error('replica failed on its clock tick; shard left down: its replica could not be restarted', { volume: spec.volumeId, shard: spec.shard, err, downReason: outcome.downReason }),
       onRepaired: (spec, damage, lost) =>
-        this.log.warn(lost ? 'replica storage was damaged: the damage is discarded and the peers give the lost records back (no vote until then)' : 'replica image was damaged: written again from the older image and the log (nothing lost)', {
+        this.log.warn(lost ? 'replica storage was damaged: the damage is discarded and the peers give the lost records back (no vote until then)' : 'replica image or checkpoint pointer was damaged: the newest image or the pointer written again from the older image and the log, damaged older images removed (no record lost; reads before the oldest image left are trimmed)', {
           volume: spec.volumeId,
           shard: spec.shard,
           damage: damageFields(damage),

@@ -292,6 +292,11 @@ export class SegmentIndex {
    * active segment has any; see SegmentLog's preallocation).
    */
   fileBytes = SEGMENT_HEADER_BYTES;
+  /**
+   * Set on the empty stand-in a log opens with when its first segment's header is damaged: its
+   * `prevTerm` (0) is not the term of the record before `baseLsn`, which is unknown.
+   */
+  prevTermLost = false;
   private countValue = 0;
   private offsets: Uint32Array;
   private lengths: Uint32Array;

@@ -357,6 +357,14 @@ export class SegmentLog {
     return seg.termAt(lsn - seg.baseLsn);
   }
 
+  /**
+   * Whether `termAt(firstLsn - 1)` is the term the log held there: false when the first segment's
+   * header was damaged (the log opened with nothing valid, and that term is lost with it).
+   */
+  get prevTermKnown(): boolean {
+    return this.segments[0]?.prevTermLost !== true;
+  }
+
   // ------------------------------------------------------------------ writing
 
   /**
@@ -1148,7 +1156,9 @@ export class SegmentLog {
           this.reportCorruption(name, 0, expected, next, reason);
           if (this.segments.length === 0) {
             // Nothing valid at all: an empty stand-in so that firstLsn/lastLsn are defined.
-            this.segments.push(new SegmentIndex(name, { baseLsn: nameBase, prevTerm: 0, segmentBytesMax: this.segmentBytesMax }));
+            const standIn = new SegmentIndex(name, { baseLsn: nameBase, prevTerm: 0, segmentBytesMax: this.segmentBytesMax });
+            standIn.prevTermLost = true;
+            this.segments.push(standIn);
           }
           break;
         }

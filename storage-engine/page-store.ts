@@ -173,8 +173,16 @@ export class PageStore {
   private applied: number;
   private appliedTerm: number;
   private closed = false;
-  /** The images of `damagedImages` that open skipped; empty otherwise. */
+  /**
+   * The images open skipped: those of the option `damagedImages`, and those it found damaged
+   * (a header, table or term that does not check out); empty otherwise. Their files stay.
+   */
   damagedImages: readonly CorruptionReport[] = [];
+  /**
+   * All the damage open found and went past: `damagedImages`, and a 'checkpoint' pointer that was
+   * unreadable or named an image that is gone (`repointAfterOpen` writes it again).
+   */
+  openDamage: readonly CorruptionReport[] = [];
 
   private constructor(disk: Disk, log: SegmentLog, opts: PageStoreOptions, images: ImageReader[], floorLsn: number) {
     this.disk = disk;
@@ -261,9 +269,15 @@ export class PageStore {
           throw e;
         }
         reports.push(...e.reports);
+        damaged.push(...e.reports);
       }
     }
     if (floor > 0 && images.length === 0) {
+      if (pointer === undefined && !pointerLost && names.some((n) => parseImageFileName(n) !== undefined)) {
+        // Images without a pointer are not used (a store that started over removes the pointer
+        // first): say that it is the pointer that is missing.
+        reports.push({ file: joinPath(opts.dir, POINTER_NAME), offset: 0, fromLsn: floor, toLsn: floor, reason: 'checkpoint pointer missing: the images on disk are not used without it' });
+      }
       throw new CorruptionError(
         `page store ${opts.dir}: no valid image at or after LSN ${floor} (the log starts at ${log.firstLsn})`,
         reports.length > 0 ? reports : [{ file: opts.dir, offset: 0, fromLsn: floor, toLsn: floor, reason: 'no image covers the trimmed log' }],
@@ -277,6 +291,7 @@ export class PageStore {
       throw e;
     }
     store.damagedImages = damaged;
+    store.openDamage = reports;
     return store;
   }
 
@@ -738,6 +753,37 @@ export class PageStore {
       const r = steps.next();
       if (r.done === true) return r.value;
     }
+  }
+
+  /**
+   * After an open that went past a damaged 'checkpoint' pointer (unreadable, or naming an image
+   * that is gone) and a checkpoint that wrote none (the newest image was the applied LSN):
+   * writes the pointer again for the newest image and this store's floor, without a time (as
+   * the damaged one's is not known; the next checkpoint notes one). Without images it removes the
+   * pointer: the store is the empty volume's. Does nothing when the pointer reads and names a
+   * file on disk.
+   */
+  repointAfterOpen(): void {
+    this.checkOpen();
+    assert(!this.checkpointing, 'no checkpoint while the pointer is written again');
+    let pointer: CheckpointPointer | undefined;
+    let readable = true;
+    try {
+      pointer = this.meta.read<CheckpointPointer>(POINTER_NAME);
+      if (pointer !== undefined) validatePointer(pointer);
+    } catch (e) {
+      if (!(e instanceof StorageError) || e.code !== 'corruption') throw e;
+      readable = false;
+    }
+    if (readable && (pointer === undefined || this.disk.exists(joinPath(this.dir, pointer.file)))) return;
+    const newest = this.images[this.images.length - 1];
+    if (newest === undefined) {
+      this.disk.remove(joinPath(this.dir, POINTER_NAME));
+      this.disk.fsyncDir(this.dir);
+      return;
+    }
+    // Without `madeAtMs`: when the records the log no longer holds were written is not known.
+    this.meta.write(POINTER_NAME, { version: 1, lsn: newest.lsn, term: newest.term, file: imageFileName(newest.lsn), floorLsn: this.floorLsn } satisfies CheckpointPointer);
   }
 
   /**
@@ -1265,7 +1311,8 @@ function openImage(disk: Disk, log: SegmentLog, path: string, lsn: number, opts:
     r.close();
     throw new StorageError('bad_request', `image ${path} is ${r.pageCount} pages of ${r.pageSize} bytes, the store ${opts.pageCount} of ${opts.pageSize}`);
   }
-  if (lsn >= log.firstLsn - 1 && lsn <= log.lastLsn) {
+  // (A log whose first segment's header is damaged does not know the term before its first LSN.)
+  if (lsn >= log.firstLsn - 1 && lsn <= log.lastLsn && (lsn >= log.firstLsn || log.prevTermKnown)) {
     const term = log.termAt(lsn);
     if (term !== r.term) throw corrupt(`term ${r.term} differs from the log's term ${term} at LSN ${lsn}`);
   }

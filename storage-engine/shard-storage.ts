@@ -252,14 +252,17 @@ function markRepair(place: HardStatePlace, log: SegmentLog): void {
 }
 
 /**
- * After a store opened without images known to be damaged (an older image and the log held what
- * they held): writes the newest image again at once, so that the pointer names a good image and
- * followers can be sent one (its temporary file is renamed over a damaged one: atomic), then
- * removes the other damaged files, which nothing uses any more. The pointer's own file is never
- * removed here: a crash at any point leaves a store that opens.
+ * After a store opened past damage (images known or found damaged, whose content an older image
+ * and the log held; a 'checkpoint' pointer unreadable or naming an image that is gone): writes
+ * the newest image again at once, so that the pointer names a good image and followers can be
+ * sent one (its temporary file is renamed over a damaged one: atomic), or else writes the
+ * pointer again for the newest image there is, then removes the other damaged files, which
+ * nothing uses any more. The image the pointer names is never removed here: a crash at any point
+ * leaves a store that opens.
  */
 function healImages(disk: Disk, dir: string, store: PageStore): void {
   store.checkpoint();
+  store.repointAfterOpen();
   const pointed = joinPath(dir, imageFileName(PageStore.imageLsn(disk, dir)));
   let removed = false;
   for (const file of new Set(store.damagedImages.map((d) => d.file))) {
@@ -442,19 +445,24 @@ export class ShardStorage {
       let store: PageStore;
       try {
         store = PageStore.open(disk, log, { ...storeOptions(opts), ...(opts.damaged ? { damagedImages: opts.damaged } : {}) }, replayUpto);
-        if (store.damagedImages.length > 0) {
+        if (store.openDamage.length > 0) {
           try {
             healImages(disk, opts.dir, store);
           } catch (e) {
             store.close();
             throw e;
           }
-          found.push(...store.damagedImages);
+          found.push(...store.openDamage);
         }
       } catch (e) {
         // No valid image to start from (and the log does not reach back to the empty volume):
         // start over from nothing, and let the peers send everything again.
-        if (!(e instanceof CorruptionError) || !opts.repairFromPeers) throw e;
+        if (!(e instanceof CorruptionError)) throw e;
+        if (!opts.repairFromPeers) {
+          // The log's own damage is part of what to tell (a damaged first segment, say).
+          const logDamage = log.corruption.filter((c) => !e.reports.includes(c));
+          throw logDamage.length === 0 ? e : new CorruptionError(`${e.message}; the log is damaged too`, [...logDamage, ...e.reports]);
+        }
         markRepair(place, log);
         startOver(disk, opts.dir, log);
         store = PageStore.open(disk, log, storeOptions(opts), 0);

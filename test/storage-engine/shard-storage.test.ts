@@ -12,6 +12,7 @@ import { encodePageWrite, pageWriteDataStart } from '../../storage-engine/page-w
 import { parseSegmentName, RECORD_HEADER_BYTES } from '../../storage-engine/log-segment';
 import { RealDisk } from '../../storage-engine/real-disk';
 import { ShardStorage, type ShardStorageOptions } from '../../storage-engine/shard-storage';
+import { PageStore } from '../../storage-engine/page-store';
 import { HARD_STATE_JOURNAL, HardStateJournal } from '../../storage-engine/hard-state-journal';
 import { SimDisk, SimulatedCrash } from '../../storage-engine/sim-disk';
 import { Slab } from '../../storage-engine/slab';
@@ -39,6 +40,14 @@ function fill(st: ShardStorage, rounds: number): number {
   }
   return lsn;
 }
+
+/** The log segments of `dir`, ascending base LSN. */
+const segments = (disk: SimDisk, dir: string): { name: string; base: number }[] =>
+  disk
+    .list(`${dir}/log`)
+    .map((name) => ({ name, base: parseSegmentName(name) }))
+    .filter((x): x is { name: string; base: number } => x.base !== undefined)
+    .sort((a, b) => a.base - b.base);
 
 /** Opens a shard's storage, runs `check` on it, and closes it whatever happens. */
 function whileOpen(disk: SimDisk, opts: ShardStorageOptions, check: (st: ShardStorage) => void): void {
@@ -479,12 +488,6 @@ describe('ShardStorage', () => {
 
   describe('damage found at open', () => {
     /** Log segments by base LSN. */
-    const segments = (disk: SimDisk, dir: string) =>
-      disk
-        .list(`${dir}/log`)
-        .map((name) => ({ name, base: parseSegmentName(name) }))
-        .filter((x): x is { name: string; base: number } => x.base !== undefined)
-        .sort((a, b) => a.base - b.base);
     /** Writes and applies `count` records after the last, without a checkpoint. */
     const more = (st: ShardStorage, count: number): number => {
       const from = st.log.lastLsn + 1;
@@ -593,6 +596,131 @@ describe('ShardStorage', () => {
         assert.deepEqual([st2.log.firstLsn, st2.log.lastLsn, st2.store.appliedLsn], [1, 0, 0]);
         assert.deepEqual(st2.load(), { term: 1, votedFor: null, repairTerm: 1 });
       });
+    });
+  });
+
+  describe('damage the open finds by itself in the images and the checkpoint pointer: reported and healed', () => {
+    const imageFilesOf = (disk: SimDisk): string[] => disk.list('S').filter((n) => /^image-[0-9a-f]+\.img$/.test(n)).sort();
+    /** A store with images at 40 and 80 (the log from 41 on; an open replays it up to 80). */
+    const built = (): { disk: SimDisk; last: number } => {
+      const disk = new SimDisk();
+      const st = ShardStorage.open(disk, options('S'));
+      const last = fill(st, 2);
+      st.save({ term: 1, votedFor: null });
+      st.close();
+      return { disk, last };
+    };
+    const pageAt = (p: number, last: number): Uint8Array => {
+      let n = p === 0 ? PAGES : p;
+      while (n + PAGES <= last) n += PAGES;
+      return new Uint8Array(PAGE).fill(n & 0xff);
+    };
+    const readsEveryPage = (st: ShardStorage, last: number): void => {
+      assert.equal(st.store.appliedLsn, last);
+      for (let p = 0; p < PAGES; p++) assert.deepEqual(st.store.getPage(p), pageAt(p, last), `page ${p}`);
+    };
+
+    for (const [what, image, offset] of [
+      ['the older image\'s table', 40, 36],
+      ['the newest image\'s header', 80, 12],
+    ] as const) {
+      it(`${what} damaged: the open names it in repaired, writes the newest image again or removes the older, and nothing is lost`, () => {
+        const { disk, last } = built();
+        disk.flipBits(`S/${imageFileName(image)}`, offset, 1);
+        whileOpen(disk, options('S'), (st) => {
+          assert.deepEqual(st.repaired.map((r) => r.file), [`S/${imageFileName(image)}`]);
+          assert.equal(st.lostRecords, false);
+          readsEveryPage(st, last);
+          if (image === 80) assert.deepEqual(imageFilesOf(disk), [imageFileName(40), imageFileName(80)], 'the newest written again');
+          else assert.deepEqual(imageFilesOf(disk), [imageFileName(80)], 'the damaged older image removed');
+        });
+        // Healed: the next open finds nothing.
+        whileOpen(disk, options('S'), (st) => {
+          assert.deepEqual(st.repaired, []);
+          readsEveryPage(st, last);
+        });
+      });
+    }
+
+    it('the newest image gone: named in repaired and written again', () => {
+      const { disk, last } = built();
+      disk.remove(`S/${imageFileName(80)}`);
+      whileOpen(disk, options('S'), (st) => {
+        assert.deepEqual(st.repaired.map((r) => [r.file, r.reason]), [[`S/${imageFileName(80)}`, 'image named by the checkpoint pointer is missing']]);
+        assert.deepEqual(imageFilesOf(disk), [imageFileName(40), imageFileName(80)]);
+        readsEveryPage(st, last);
+      });
+      whileOpen(disk, options('S'), (st) => assert.deepEqual(st.repaired, []));
+    });
+
+    it('the checkpoint pointer unreadable: named in repaired and written again for the newest image', () => {
+      const { disk, last } = built();
+      disk.flipBits('S/checkpoint', 25, 1);
+      assert.equal(PageStore.imageLsn(disk, 'S'), 0, 'no image named');
+      whileOpen(disk, options('S'), (st) => {
+        assert.deepEqual(st.repaired.map((r) => r.file), ['S/checkpoint']);
+        assert.match(st.repaired[0]!.reason, /checkpoint pointer unreadable/);
+        readsEveryPage(st, last);
+      });
+      assert.equal(PageStore.imageLsn(disk, 'S'), 80, 'the pointer names the newest image again');
+      whileOpen(disk, options('S'), (st) => {
+        assert.deepEqual(st.repaired, []);
+        assert.equal(st.store.oldestReadableLsn, 40);
+      });
+    });
+
+    it('the checkpoint pointer gone with the log trimmed behind the images: the error says the pointer is missing', () => {
+      const { disk } = built();
+      disk.remove('S/checkpoint');
+      assert.throws(
+        () => ShardStorage.open(disk, options('S')),
+        (e: unknown) => e instanceof CorruptionError && e.reports.some((r) => r.file === 'S/checkpoint' && /checkpoint pointer missing/.test(r.reason)),
+      );
+    });
+
+    /**
+     * One image, at 90, and the log after it (its first segment starting at 91, a sealed log
+     * trimmed up to the image), 10 records of term 2 after it; the first segment's header damaged.
+     */
+    const firstSegmentDamaged = (): { disk: SimDisk; first: string } => {
+      const disk = new SimDisk();
+      const st = ShardStorage.open(disk, options('S'));
+      fill(st, 2);
+      const write = (term: number): void => {
+        const from = st.log.lastLsn + 1;
+        st.log.write(Array.from({ length: 10 }, (_, k) => ({ term, kind: 1, payload: encodePageWrite(PAGE, [{ page: (from + k) % PAGES, data: new Uint8Array(PAGE).fill(term) }]) })));
+        st.log.sync();
+        for (const r of st.log.read(from, from + 9)) st.store.apply(r);
+      };
+      write(1);
+      st.store.checkpoint({ imagesKeep: 1, sealLog: true });
+      write(2);
+      st.save({ term: 2, votedFor: null });
+      st.close();
+      const first = segments(disk, 'S')[0]!;
+      assert.equal(first.base, 91, 'the log starts right after the image');
+      assert.deepEqual(imageFilesOf(disk), [imageFileName(90)]);
+      disk.flipBits(`S/log/${first.name}`, 2, 1); // its header
+      return { disk, first: `S/log/${first.name}` };
+    };
+
+    it('the first log segment\'s header damaged right after the image: the image is not blamed; a sole copy holds the damaged log and opens', () => {
+      const { disk, first } = firstSegmentDamaged();
+      whileOpen(disk, { ...options('S'), holdDamagedLog: true }, (st) => {
+        assert.deepEqual(st.log.corruption.map((c) => c.file), [first]);
+        assert.equal(st.store.appliedLsn, 90);
+        assert.deepEqual(st.repaired, [], 'the image is not taken for damaged');
+        assert.equal(st.load()?.repairTerm, 2, 'held: it does not vote');
+      });
+    });
+
+    it('an open that fails for want of an image names the log\'s damage too', () => {
+      const { disk, first } = firstSegmentDamaged();
+      disk.flipBits(`S/${imageFileName(90)}`, 12, 1);
+      assert.throws(
+        () => ShardStorage.open(disk, options('S')),
+        (e: unknown) => e instanceof CorruptionError && e.reports.some((r) => r.file === first) && e.reports.some((r) => r.file === `S/${imageFileName(90)}`),
+      );
     });
   });
 
