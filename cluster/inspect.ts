@@ -356,12 +356,25 @@ function inspectReplica(
     volumeId: f.volumeId,
     shard: f.shard,
     images: [],
-    bytes: treeBytes(dir),
+    bytes: 0,
     damage: [],
     nextOpen: [],
     state: 'ok',
   };
   if (f.device !== undefined) rep.device = f.device;
+  // An entry named as a replica that is not a directory (a file, a link to nothing) is shown as
+  // unreadable: the other replicas are still reported.
+  try {
+    if (!fs.statSync(dir).isDirectory()) rep.error = 'not a directory';
+    else rep.bytes = treeBytes(dir);
+  } catch (e) {
+    rep.error = `can not be read: ${e instanceof Error ? e.message : String(e)}`;
+  }
+  if (rep.error !== undefined) {
+    if (detail !== undefined) throw new InspectError('bad_request', `${dir} ${rep.error}`);
+    rep.state = 'unreadable';
+    return rep;
+  }
   if (f.assignment !== undefined) {
     rep.volumeName = f.assignment.volumeName;
     rep.pageSize = f.assignment.pageSize;

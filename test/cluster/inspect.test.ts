@@ -362,6 +362,27 @@ describe('strata inspect (a data directory read offline)', function () {
     assert.match(r.stderr, /^strata: corruption: 1 of 1 replica\(s\) damaged or not opening/);
   });
 
+  it('an entry named as a replica that is not a directory (a file, a link to nothing) is unreadable, named; the others are still read; exit 1', async () => {
+    const copy = copyDir(dataDir);
+    copies.push(copy);
+    const shards = path.join(copy, 'dev0', 'shards');
+    fs.writeFileSync(path.join(shards, 'v6-ff.0'), 'x');
+    fs.symlinkSync(path.join(copy, 'nothing-here'), path.join(shards, 'v7-l.0'));
+    const report = inspect(copy);
+    const byName = new Map(report.replicas.map((r) => [`${r.volumeId}.${r.shard}`, r]));
+    assert.equal(byName.get('v6-ff.0')?.state, 'unreadable');
+    assert.equal(byName.get('v6-ff.0')?.error, 'not a directory');
+    assert.equal(byName.get('v7-l.0')?.state, 'unreadable');
+    assert.match(byName.get('v7-l.0')!.error!, /^can not be read: ENOENT/);
+    assert.equal(byName.get(`${volumeId}.0`)?.state, 'ok');
+    assert.equal(byName.get(`${volumeId}.1`)?.state, 'ok');
+    assert.throws(() => inspect(copy, { shard: 'v6-ff/0', records: {} }), inspectError('bad_request', /v6-ff\.0 not a directory$/));
+    const r = await runCli(['inspect', copy]);
+    assert.equal(r.code, 1);
+    assert.match(r.stdout, new RegExp(`${volumeId}/0 +db +dev0 .* ok\\n`));
+    assert.match(r.stderr, /^strata: corruption: 2 of 4 replica\(s\) damaged or not opening/);
+  });
+
   it('--verify reads every image page against its checksum', async () => {
     const copy = copyDir(dataDir);
     copies.push(copy);
