@@ -136,9 +136,11 @@ export interface CatalogState {
   /**
    * The last RESIZES_REMEMBERED_MAX resizes that came with a request id and grew a volume, newest
    * last: one sent again after the volume grew further is answered with it (`resizedBy`), not
-   * refused as a shrink. Absent: none.
+   * refused as a shrink; one sent again after that volume was deleted is refused `not_found`
+   * (by its `name`; entries of earlier builds have none), not made on a volume of that name made
+   * since. Absent: none.
    */
-  resizedBy?: Array<{ requestId: string; volumeId: string }>;
+  resizedBy?: Array<{ requestId: string; volumeId: string; name?: string }>;
   /**
    * The creates and branches (their request ids, RequestId) whose volume a delete removed since,
    * the last DELETES_REMEMBERED_MAX, newest last: one of them sent again late (a try queued
@@ -1108,13 +1110,19 @@ export class Controller {
   /**
    * The volume called `name` if a resize with `requestId` grew it (RESIZES_REMEMBERED_MAX): that
    * request sent again, answered with the volume as it is (also when it has grown further since).
-   * Undefined without a request id, or when no such resize grew this volume (one of that name
-   * made since is another).
+   * Undefined without a request id, or when no such resize grew a volume of that name. When it
+   * grew one that was deleted since: `not_found` (a volume of that name made since is another,
+   * which that request must not grow: a volume does not shrink back).
    */
   resizedBy(requestId: string | undefined, name: string): VolumeRecord | undefined {
     if (requestId === undefined) return undefined;
     const v = this.state.volumes.find((x) => x.name === name);
-    return v !== undefined && (this.state.resizedBy ?? []).some((r) => r.requestId === requestId && r.volumeId === v.id) ? v : undefined;
+    const grew = (this.state.resizedBy ?? []).filter((r) => r.requestId === requestId);
+    if (v !== undefined && grew.some((r) => r.volumeId === v.id)) return v;
+    if (grew.some((r) => r.name === name)) {
+      throw new ProtocolError('not_found', `volume '${name}' was resized by this request and deleted since${v !== undefined ? ' (the volume of that name now is another)' : ''}: not resized again`, { requestId });
+    }
+    return undefined;
   }
 
   /**
@@ -1126,7 +1134,7 @@ export class Controller {
     const v = this.checkResize(name, pageCount);
     if (v.pageCount === pageCount) return v;
     const next: VolumeRecord = { ...v, pageCount };
-    const remembered = requestId === undefined ? {} : { resizedBy: [...(this.state.resizedBy ?? []), { requestId, volumeId: v.id }].slice(-RESIZES_REMEMBERED_MAX) };
+    const remembered = requestId === undefined ? {} : { resizedBy: [...(this.state.resizedBy ?? []), { requestId, volumeId: v.id, name }].slice(-RESIZES_REMEMBERED_MAX) };
     this.commit({ ...this.state, volumes: this.state.volumes.map((x) => (x.id === v.id ? next : x)), ...remembered });
     return next;
   }

@@ -483,7 +483,7 @@ describe('Controller catalog changes', () => {
     assert.equal(again.deletedSince('req-4', 'v'), false, 'undone: made anew when sent again');
   });
 
-  it(`remembers the request ids of the last RESIZES_REMEMBERED_MAX (${RESIZES_REMEMBERED_MAX}) resizes that grew a volume: one sent again after the volume grew further is known (resizedBy), another is not, nor one of a volume of that name made since`, () => {
+  it(`remembers the request ids of the last RESIZES_REMEMBERED_MAX (${RESIZES_REMEMBERED_MAX}) resizes that grew a volume: one sent again after the volume grew further is known (resizedBy), another is not; one sent again after its volume was deleted is refused not_found, also once a volume of that name is made again`, () => {
     const disk = new SimDisk();
     const c = new Controller({ meta: new MetaStore(disk, '') });
     c.heartbeat('a', 1, T0);
@@ -500,14 +500,20 @@ describe('Controller catalog changes', () => {
     c.resize('v', 256, 'same');
     assert.equal(c.resizedBy('same', 'v'), undefined);
     assert.equal(new Controller({ meta: new MetaStore(disk, '') }).resizedBy('grow-1', 'v')?.pageCount, 256, 'durable');
-    // Deleted and made again: another volume, which that resize did not grow.
+    // Deleted: that resize sent again is refused, also once a volume of that name is made again
+    // (another volume, which it must not grow).
     c.delete('v');
+    const refused = (): void =>
+      assert.throws(() => c.resizedBy('grow-1', 'v'), (e: unknown) => e instanceof ProtocolError && e.code === 'not_found' && /resized by this request and deleted since/.test(e.message) && e.details?.['requestId'] === 'grow-1');
+    refused();
     c.create({ name: 'v', ...spec }, T0);
-    assert.equal(c.resizedBy('grow-1', 'v'), undefined);
+    refused();
+    assert.equal(c.resizedBy('grow-9', 'v'), undefined, 'another request');
     for (let i = 0; i < RESIZES_REMEMBERED_MAX; i++) c.resize('v', 65 + i, `r-${i}`);
     assert.equal(c.resizedBy('r-0', 'v')?.pageCount, 64 + RESIZES_REMEMBERED_MAX);
     c.resize('v', 1000, 'last');
     assert.equal(c.resizedBy('r-0', 'v'), undefined, 'the oldest is forgotten');
+    assert.equal(c.resizedBy('grow-1', 'v'), undefined, 'forgotten: made as a new resize');
     assert.equal(c.resizedBy('r-1', 'v')?.pageCount, 1000);
   });
 
