@@ -16,6 +16,7 @@
 import { MetaStore } from '../storage-engine/metadata';
 import { StorageError } from '../storage-engine/errors';
 import { ProtocolError } from '../messages/errors';
+import { encode } from '../messages/codec';
 import { idNumber, idTag, shardKey } from '../messages/volume-id';
 import type { BranchPoint, VolumeInfo, VolumeSpec } from '../messages/api';
 import { expectCounter, expectName } from '../messages/validate';
@@ -222,6 +223,12 @@ const MEMBER_SWEEP_EVERY_MS = 60 * 1000;
 export interface ReplicatedCatalog {
   state: CatalogState | undefined;
   write(state: CatalogState): Promise<void>;
+  /**
+   * The most bytes the encoded catalog may take (its region of the catalog shard): a change that
+   * would make it larger is refused `too_large`, before anything changes (a write that failed
+   * for its size would fence the controller, and the next one would fail the same way).
+   */
+  bytesMax?: number;
 }
 
 export interface ControllerOptions {
@@ -252,10 +259,12 @@ export const CATALOG = 'catalog';
 
 /**
  * Shard replicas the catalog holds at most (every shard of every volume, times its replicas).
- * The catalog is one metadata file, written whole at each change: at this bound it is about
- * 2.5 MB; without it, volumes of many shards and replicas ran it into the metadata size limit
- * (16 MiB) with an error about a "metadata payload", after each change had cost the controller
- * half a second of CPU.
+ * The catalog is written whole at each change: at this bound it is about 6 MB with short node
+ * ids; without it, volumes of many shards and replicas ran it into its size limit (16 MiB) after
+ * each change had cost the controller half a second of CPU. Node ids of 64 characters and every
+ * shard's list of removed nodes full can still take it past 16 MiB at this bound: a change that
+ * would is refused `too_large` (ReplicatedCatalog.bytesMax; a catalog kept alone meets its
+ * MetaStore's limit).
  */
 export const CATALOG_REPLICAS_MAX = 65536;
 
@@ -1178,7 +1187,13 @@ export class Controller {
     }
     const s = { ...next, epoch: this.state.epoch + 1 };
     if (this.replicated !== undefined) {
-      const { write } = this.replicated;
+      const { write, bytesMax } = this.replicated;
+      if (bytesMax !== undefined) {
+        const bytes = encode(s).byteLength;
+        if (bytes > bytesMax) {
+          throw new ProtocolError('too_large', `the catalog would take ${bytes} bytes with this change, over its limit of ${bytesMax}: the change is not made (delete volumes, or use fewer shards or replicas)`, { bytes, bytesMax });
+        }
+      }
       this.state = s;
       this.writes = this.writes.then(() => (this.fenced === undefined && this.retired === undefined ? write(s) : undefined)).catch((e: unknown) => {
         this.fenced ??= e instanceof Error ? e.message : String(e);

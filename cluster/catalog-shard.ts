@@ -37,6 +37,8 @@ export const CATALOG_PAGE_SIZE = 8192;
 /** Pages of a region: 16 MiB, the bound of a catalog kept in a local file (MetaStore). */
 export const CATALOG_REGION_PAGES = 2048;
 export const CATALOG_PAGE_COUNT = 1 + 2 * CATALOG_REGION_PAGES;
+/** The most bytes an encoded catalog takes: one region. */
+export const CATALOG_BYTES_MAX = CATALOG_REGION_PAGES * CATALOG_PAGE_SIZE;
 export { CONTROLLERS_MAX, CONTROLLERS_MIN } from '../messages/control';
 
 const MAGIC = 0x54414353; // 'SCAT', little-endian
@@ -100,7 +102,7 @@ export function decodeHeader(page: Uint8Array): CatalogHeader | undefined {
   if (magic !== MAGIC) bad(`magic 0x${magic.toString(16)}`);
   if (version !== LAYOUT_VERSION) bad(`layout version ${version}, this node reads ${LAYOUT_VERSION}`);
   if (region !== 0 && region !== 1) bad(`region ${region}`);
-  if (bytes < 1 || bytes > CATALOG_REGION_PAGES * CATALOG_PAGE_SIZE) bad(`length ${bytes}`);
+  if (bytes < 1 || bytes > CATALOG_BYTES_MAX) bad(`length ${bytes}`);
   if (!Number.isSafeInteger(epoch)) bad(`epoch ${epoch}`);
   for (let i = HEADER_BYTES; i < page.length; i++) if (page[i] !== 0) bad(`byte ${i} is not zero`);
   return { region: region as 0 | 1, bytes, crc: view.getUint32(16, true), epoch };
@@ -116,7 +118,7 @@ export function decodeHeader(page: Uint8Array): CatalogHeader | undefined {
  * a region.
  */
 export function catalogPages(state: CatalogState, current: 0 | 1 | undefined, held?: Uint8Array): { data: PageWrite[]; header: PageWrite; region: 0 | 1; bytes: Uint8Array } {
-  const bytes = encode(state, { bytesMax: CATALOG_REGION_PAGES * CATALOG_PAGE_SIZE });
+  const bytes = encode(state, { bytesMax: CATALOG_BYTES_MAX });
   const region: 0 | 1 = current === 0 ? 1 : 0;
   const data: PageWrite[] = [];
   for (let at = 0, page = regionStart(region); at < bytes.length; at += CATALOG_PAGE_SIZE, page++) {
@@ -158,7 +160,7 @@ function decodeCatalogBytes(h: CatalogHeader, bytes: Uint8Array): CatalogState {
   const crc = crc32c(bytes);
   if (crc !== h.crc) throw new ProtocolError('corruption', `the catalog in region ${h.region} does not match its header's CRC-32C (0x${crc.toString(16)}, header 0x${h.crc.toString(16)})`);
   // Bounded by its region, not by a message's 1 MiB: a catalog of many volumes is larger.
-  const state = decode(bytes, { bytesMax: CATALOG_REGION_PAGES * CATALOG_PAGE_SIZE }) as CatalogState;
+  const state = decode(bytes, { bytesMax: CATALOG_BYTES_MAX }) as CatalogState;
   if (state === null || typeof state !== 'object' || state.version !== 1 || state.epoch !== h.epoch) {
     throw new ProtocolError('corruption', `the catalog in region ${h.region} is not the header's (epoch ${String((state as { epoch?: unknown } | null)?.epoch)}, header ${h.epoch})`);
   }

@@ -114,7 +114,7 @@ import { RequestRecorder } from '../observability/request-recorder';
 import { OutcomeCounts, type ControllerSnapshot, type NodeStartInfo } from '../observability/metrics';
 import { ATTR, recordSpanError, serverSpan } from '../observability/tracing';
 import { ApiRouter, splitNodeStatus } from './api-router';
-import { CATALOG_VOLUME_ID, CatalogShard, catalogAssignment } from './catalog-shard';
+import { CATALOG_BYTES_MAX, CATALOG_VOLUME_ID, CatalogShard, catalogAssignment } from './catalog-shard';
 
 export const STRATA_VERSION = '0.1.0';
 
@@ -1978,7 +1978,7 @@ export class StrataNode {
     const still = await this.catalogTerm();
     if (still !== term || this.stopped || this.seat !== undefined) return;
     this.controller = new Controller({
-      replicated: { state, write: (next) => shard.write(next) },
+      replicated: { state, write: (next) => shard.write(next), bytesMax: CATALOG_BYTES_MAX },
       newCatalogTag: crypto.randomBytes(4).toString('hex'),
     });
     this.seat = { term, subs: [], sinceMs: Date.now() };

@@ -8,6 +8,7 @@ import { Controller, type CatalogState } from '../../actors/controller';
 import { MetaStore } from '../../storage-engine/metadata';
 import { SimDisk } from '../../storage-engine/sim-disk';
 import { ProtocolError } from '../../messages/errors';
+import { encode } from '../../messages/codec';
 import { StorageError } from '../../storage-engine/errors';
 
 const T0 = 1_700_000_000_000;
@@ -74,6 +75,31 @@ describe('Controller with a replicated catalog', () => {
     g.pending.shift()!.done();
     await s;
     assert.deepEqual(g.written.map((w) => w.epoch), [1, 2]);
+  });
+
+  it('a change that would take the catalog past its bytesMax is refused too_large before anything changes; the controller takes the next change', async () => {
+    const g = gatedStore();
+    const probe = new Controller({ replicated: gatedStore().store, newCatalogTag: 'abc' });
+    probe.heartbeat('a', 1, T0);
+    probe.create(spec('one'), T0);
+    const oneBytes = encode(probe['state']).byteLength;
+    const c = new Controller({ replicated: { ...g.store, bytesMax: oneBytes }, newCatalogTag: 'abc' });
+    c.heartbeat('a', 1, T0);
+    c.create(spec('one'), T0);
+    assert.throws(
+      () => c.create(spec('two'), T0),
+      (e: unknown) => e instanceof ProtocolError && e.code === 'too_large' && e.details?.['bytesMax'] === oneBytes && (e.details?.['bytes'] as number) > oneBytes,
+    );
+    assert.deepEqual(c.list().map((v) => v.name), ['one']);
+    assert.equal(c.epoch, 1);
+    assert.equal(c.storageFailure, undefined, 'not fenced');
+    c.delete('one');
+    await tick();
+    g.pending.shift()!.done();
+    await tick();
+    g.pending.shift()!.done();
+    await c.settled();
+    assert.deepEqual(g.written.map((w) => w.volumes.map((v) => v.name)), [['one'], []]);
   });
 
   it('a write that fails: settled rejects timeout (the outcome is unknown), later changes are refused and never written', async () => {
