@@ -639,15 +639,23 @@ export function mergeClusterStatus(input: StatusParts, bytesMax: number): Record
   const volumes = catalog.map((v) => volumeStatus(v, reported));
   // The catalog shard of a replicated controller, which no catalog lists: its own entry.
   const catalogReplicas = reported.get(`${CATALOG_VOLUME_ID}.0`);
-  // Its replicas are the controller nodes, as its leader knows them (some may not report).
+  // Its replicas are the controller nodes, as its leader knows them, or without a leader as a
+  // replica that reports knows them (some may not report: a majority of them dead, say).
   const catalogLeader = catalogReplicas?.find((r) => r.role === 'leader' && r.state === 'up');
-  const catalogMembers = (catalogLeader?.config as { members?: unknown } | undefined)?.members;
+  const membersOf = (r: Record<string, unknown> | undefined): string[] | undefined => {
+    const m = (r?.config as { members?: unknown } | undefined)?.members;
+    return Array.isArray(m) ? m.filter((x): x is string => typeof x === 'string') : undefined;
+  };
+  const catalogMembers = membersOf(catalogLeader) ?? catalogReplicas?.map(membersOf).find((m) => m !== undefined);
   const catalogShard = catalogReplicas === undefined
     ? undefined
     : volumeStatus({
         id: CATALOG_VOLUME_ID, name: CATALOG_VOLUME_NAME, pageCount: CATALOG_PAGE_COUNT, pageSize: CATALOG_PAGE_SIZE, shards: 1,
-        replicas: Array.isArray(catalogMembers) ? catalogMembers.length : catalogReplicas.length,
+        replicas: catalogMembers !== undefined ? catalogMembers.length : catalogReplicas.length,
       }, reported);
+  // Without a leader, the members it has, so that those not reported are shown missing.
+  const catalogRow = catalogShard?.shards[0] as { members?: string[] } | undefined;
+  if (catalogRow !== undefined && catalogRow.members === undefined && catalogMembers !== undefined) catalogRow.members = catalogMembers;
   // The nodes' own shard lists are in the volumes already: each node's is left out.
   const nodeViews = nodes.map(({ shards, ...rest }) => ({ ...rest, shardCount: Array.isArray(shards) ? shards.length : 0 }));
   // Replicas nodes hold of volumes the catalog does not list: one being created or deleted

@@ -3595,9 +3595,11 @@ export function compactStatus(status: Record<string, unknown>): Record<string, u
     // A leader's lag by follower, and `repairing` when it is: nothing to say for the others.
     if (out.lag !== undefined && Object.keys(out.lag as object).length === 0) delete out.lag;
     if (out.repairing === false) delete out.repairing;
-    // A leader's replica set (whose members a move changes), and any replica's during a change.
+    // A leader's replica set (whose members a move changes), and any replica's during a change;
+    // every replica's of the catalog shard, whose set no catalog lists (so that a status taken
+    // while it has no leader still knows its members).
     const config = sh.config as { members?: unknown; prior?: unknown } | undefined;
-    if (config !== undefined && (sh.role === 'leader' || config.prior !== undefined)) out.config = config;
+    if (config !== undefined && (sh.role === 'leader' || config.prior !== undefined || sh.volumeId === CATALOG_VOLUME_ID)) out.config = config;
     return out;
   });
   const hosts = Array.isArray(status.hosts)

@@ -222,7 +222,8 @@ function storedBytes(r: Rec): number | undefined {
 
 /**
  * The replicas of a shard: those some node reported (`replicas`), and the followers the leader
- * knows of (`lag`, by node) that nobody reported, as `missing`. An older reply's lag list
+ * knows of (`lag`, by node), or the members of a shard without a leader (`members`), that
+ * nobody reported, as `missing`. An older reply's lag list
  * (`replicas: [{replica, lagRecords}]`) only contributes lags.
  */
 function replicaRows(s: Rec, dead: ReadonlySet<string>, expected: number | undefined): ReplicaRow[] {
@@ -263,7 +264,9 @@ function replicaRows(s: Rec, dead: ReadonlySet<string>, expected: number | undef
       lag: lagOf(node), stored: storedBytes(r), note: repairing ? repairNote : outside ? 'not a member: moved off (destroyed soon)' : str(r.reason), tone: down ? 'bad' : repairing || outside ? 'warn' : undefined,
     });
   }
-  for (const node of Object.keys(lagMap)) {
+  // The followers the leader knows of, and the members of a shard without a leader (the
+  // catalog shard's, whose members every replica reports) that nobody reported.
+  for (const node of [...Object.keys(lagMap), ...(s.leader === undefined ? strings(s.members) : [])]) {
     if (seen.has(node)) continue;
     seen.add(node);
     rows.push({

@@ -11,6 +11,7 @@ import { compactStatus, downReplicasView, nodeStatusPart } from '../../cluster/n
 import { validateNodeStatusRequest } from '../../messages/control';
 import { ProtocolError } from '../../messages/errors';
 import { SHARDS_MAX } from '../../messages/api';
+import { CATALOG_VOLUME_ID } from '../../cluster/catalog-shard';
 
 type Shard = { shard: number; state: string; replicas?: Array<Record<string, unknown>>; replicaCount?: number };
 type Volume = { name: string; shards: Shard[]; shardCount?: number; shardsUp?: number; shardsDegraded?: number; shardsUnavailable?: number };
@@ -150,6 +151,24 @@ describe('cluster status merge (mergeClusterStatus)', () => {
     assert.match(text, /\n +2 .*moving: n1,n2,n3 -> n1,n2,n4/);
     assert.match(text, /\n +3 +n3 +follower +up .*not a member: moved off \(destroyed soon\)/);
     assert.doesNotMatch(text, /\n +2 +n3 .*not a member/);
+  });
+
+  it('the catalog shard with no leader (a majority of the controller nodes dead): its members from a replica that reports, those not reporting shown missing', () => {
+    const p = parts();
+    const members = { members: ['n1', 'n2', 'n3'] };
+    p.nodes = [nodeView('n1', [replica(CATALOG_VOLUME_ID, 0, 'follower', { config: members })])].map((n) => compactStatus(n));
+    p.members = [{ nodeId: 'n1', live: true }, { nodeId: 'n2', live: false }, { nodeId: 'n3', live: false }];
+    p.controllerReachable = false;
+    p.catalog = [];
+    const merged = mergeClusterStatus(p, 1 << 20) as { catalogShard: { replicas: number; shards: Array<Record<string, unknown>> } };
+    assert.equal(merged.catalogShard.replicas, 3);
+    assert.equal(merged.catalogShard.shards[0]!.state, 'no_leader');
+    assert.deepEqual(merged.catalogShard.shards[0]!.members, ['n1', 'n2', 'n3']);
+    const text = formatStatus(merged, { nowMs: 0 });
+    assert.match(text, /replicas=3/);
+    assert.match(text, /\n +0 +- +2 +10 +10 +1\/3 /);
+    assert.match(text, /\n +0 +n2 +- +missing .*node DEAD/);
+    assert.match(text, /\n +0 +n3 +- +missing .*node DEAD/);
   });
 
   it(`a catalog entry of more shards than a volume may have (SHARDS_MAX, ${SHARDS_MAX}) is shown with that many`, () => {
