@@ -88,6 +88,8 @@ export interface ReplicaReport {
   damage: CorruptionReport[];
   /** What the node's next open of this directory will change, relative to it (a torn tail cut…). */
   nextOpen: string[];
+  /** Of `nextOpen`, the log segments the open makes shorter: a torn tail cut. */
+  tailCut?: string[];
   /** The open failed on something other than damage: its message. */
   error?: string;
   /** `ok`, `damaged`, `lost`, `repairing`, `unreadable`. */
@@ -439,6 +441,8 @@ function inspectReplica(
       throw new InspectError('bad_request', `${dir} does not open (${rep.error ?? rep.damage.map((d) => d.reason).join('; ')}): its records and pages cannot be read`);
     }
     rep.nextOpen = disk.changedPaths().map((p) => (p.startsWith(`${name}/`) ? p.slice(name.length + 1) : p));
+    const cut = rep.nextOpen.filter((p) => /^log\/seg-[0-9a-f]{16}\.log$/.test(p) && shortened(disk, `${name}/${p}`, path.join(dir, p)));
+    if (cut.length > 0) rep.tailCut = cut;
   } finally {
     storage?.close();
     disk.closeAll();
@@ -992,9 +996,26 @@ function mib(bytes: number): string {
   return bytes >= 1024 * 1024 ? `${(bytes / 1024 / 1024).toFixed(1)} MiB` : `${Math.ceil(bytes / 1024)} KiB`;
 }
 
+/** Whether the open left the file `diskPath` (of the overlay) shorter than it is on disk (`realPath`). */
+function shortened(disk: OverlayDisk, diskPath: string, realPath: string): boolean {
+  let realBytes: number;
+  try {
+    realBytes = fs.statSync(realPath).size;
+  } catch {
+    return false; // Not on disk: the open makes it.
+  }
+  if (!disk.exists(diskPath)) return false;
+  const fh = disk.open(diskPath);
+  try {
+    return disk.size(fh) < realBytes;
+  } finally {
+    disk.close(fh);
+  }
+}
+
 /** What `nextOpen` holds, said for a person. */
-function nextOpenText(paths: readonly string[]): string {
-  return paths.map((p) => (/^log\/seg-[0-9a-f]{16}\.log$/.test(p) ? `${p} (a torn tail cut)` : p)).join(', ');
+function nextOpenText(paths: readonly string[], tailCut: readonly string[] = []): string {
+  return paths.map((p) => (tailCut.includes(p) ? `${p} (a torn tail cut)` : p)).join(', ');
 }
 
 /** The report as text: a table of the replicas, their damage, and the records or the page asked for. */
@@ -1045,10 +1066,16 @@ export function inspectText(r: InspectReport): string {
   for (const x of r.replicas) {
     const name = `${x.volumeId}/${x.shard}`;
     for (const d of x.damage) lines.push(`${name}: damage: ${d.file}${d.offset > 0 ? ` at offset ${d.offset}` : ''}${d.toLsn >= d.fromLsn && d.fromLsn > 0 ? `, LSNs ${d.fromLsn}..${d.toLsn}` : ''}: ${d.reason}`);
+    // The log is used up to its last record before the first damage: valid records after the
+    // damage are not used either (until the replica is repaired).
+    const logDamage = x.damage.filter((d) => /(^|\/)log\/seg-[0-9a-f]{16}\.log$/.test(d.file) && d.fromLsn > 0);
+    if (x.log !== undefined && logDamage.length > 0 && logDamage.some((d) => d.fromLsn > x.log!.lastLsn)) {
+      lines.push(`${name}: the log is used up to LSN ${x.log.lastLsn}: no record after it is, valid or not, until the replica is repaired`);
+    }
     if (x.error !== undefined) lines.push(`${name}: does not open: ${x.error}`);
     if (x.lost === true) lines.push(`${name}: its storage was found lost: it takes no vote until its peers give it the shard back`);
     if (x.repairing === true) lines.push(`${name}: repairing: it takes no vote until its peers give it back the records it lost`);
-    if (x.nextOpen.length > 0) lines.push(`${name}: the node's next open changes ${nextOpenText(x.nextOpen)}`);
+    if (x.nextOpen.length > 0) lines.push(`${name}: the node's next open changes ${nextOpenText(x.nextOpen, x.tailCut)}`);
   }
   if (r.replicas.length === 1) {
     const x = r.replicas[0]!;

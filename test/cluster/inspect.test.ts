@@ -4,7 +4,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { startCluster, type InProcessCluster } from '../../cluster/in-process-cluster';
-import { InspectError, compareReplicas, inspect, pageRanges } from '../../cluster/inspect';
+import { InspectError, compareReplicas, inspect, inspectText, pageRanges } from '../../cluster/inspect';
 import { crc32c } from '../../storage-engine/crc32c';
 import { SegmentLog } from '../../storage-engine/log';
 import { IMAGE_PAGE_COUNT_MAX, imageFileName } from '../../storage-engine/image';
@@ -266,6 +266,8 @@ describe('strata inspect (a data directory read offline)', function () {
     assert.equal(r.code, 1);
     assert.match(r.stdout, new RegExp(`${volumeId}/0 .* damaged\\n`));
     assert.match(r.stdout, new RegExp(`${volumeId}/0: damage: .*seg-[0-9a-f]{16}\\.log.*: record checksum mismatch`));
+    // The valid records after the damaged one are not used either: said, not left to be guessed.
+    assert.match(r.stdout, new RegExp(`${volumeId}/0: the log is used up to LSN ${damaged - 1}: no record after it is, valid or not, until the replica is repaired`));
     assert.match(r.stderr, new RegExp(`^strata: corruption: 1 of 2 replica\\(s\\) damaged or not opening: ${volumeId}/0\\n$`));
     const rep = inspect(copy, { shard: 'db/0' }).replicas[0]!;
     assert.equal(rep.state, 'damaged');
@@ -292,6 +294,17 @@ describe('strata inspect (a data directory read offline)', function () {
     assert.match(r.stdout, new RegExp(`${volumeId}/1: the node's next open changes log/seg-[0-9a-f]{16}\\.log \\(a torn tail cut\\)`));
     assert.deepEqual(snapshot(copy), before, 'the tail is still there');
     assert.equal(fs.statSync(seg).size, Math.max(size, at + 9));
+  });
+
+  it('a log the next open makes anew (its directory gone) is not called a torn tail cut', () => {
+    const copy = copyDir(dataDir);
+    copies.push(copy);
+    fs.rmSync(path.join(copy, 'dev0', 'shards', `${volumeId}.1`, 'log'), { recursive: true });
+    const report = inspect(copy);
+    const rep = report.replicas.find((x) => x.volumeId === volumeId && x.shard === 1)!;
+    assert.ok(rep.nextOpen.some((p) => /^log\/seg-[0-9a-f]{16}\.log$/.test(p)), `the open makes a segment: ${rep.nextOpen.join(', ')}`);
+    assert.equal(rep.tailCut, undefined);
+    assert.doesNotMatch(inspectText(report), /torn tail cut/);
   });
 
   it('lists a replica set\'s records with their members (a joint one with the set it comes from), a noop, and one it cannot read as such', async () => {
