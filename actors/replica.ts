@@ -500,6 +500,23 @@ export interface ReplicaStats {
   storage?: { logBytes: number; imageBytes: number; imagePages: number };
 }
 
+/** The cumulative counters of ReplicaStats, but for its page cache's (CACHE_COUNTERS). */
+export const REPLICA_COUNTERS = [
+  'preVotes', 'elections', 'handovers', 'electionsHandedOver', 'writes', 'pagesWritten', 'retriesMatched', 'retriesUnknown', 'reads', 'pagesRead', 'checkpoints', 'spaceCheckpoints', 'spaceCheckpointsSkipped',
+  'snapshotsSent', 'snapshotsInstalled', 'appendsSent', 'appendsToAll', 'imageChecks', 'offloaded', 'appliedFromLog', 'repliesIgnored', 'quiesces',
+] as const satisfies ReadonlyArray<keyof ReplicaStats>;
+
+/** The cumulative counters of ReplicaStats' `cache` (its `bytes` is what it holds now). */
+export const CACHE_COUNTERS = ['hits', 'misses', 'evictions', 'damaged'] as const satisfies ReadonlyArray<keyof ReplicaStats['cache']>;
+
+export type ReplicaCounters = Record<(typeof REPLICA_COUNTERS)[number], number>;
+export type CacheCounters = Record<(typeof CACHE_COUNTERS)[number], number>;
+
+/** Every counter of REPLICA_COUNTERS at 0. */
+export function noReplicaCounters(): ReplicaCounters {
+  return Object.fromEntries(REPLICA_COUNTERS.map((k) => [k, 0])) as ReplicaCounters;
+}
+
 /** A record the leader holds in memory, with its write's tracer value (only with a tracer). */
 type HeldRecord = LogRecord & { tag?: unknown };
 
@@ -874,11 +891,7 @@ export class Replica {
   private votes = new Set<string>();
   /** The prevote round in progress, if any: the term it asks about and the yes so far. */
   private preVote: { term: number; votes: Set<string> } | undefined;
-  private readonly counters = {
-    preVotes: 0, elections: 0, handovers: 0, electionsHandedOver: 0, writes: 0, pagesWritten: 0, retriesMatched: 0, retriesUnknown: 0, reads: 0, pagesRead: 0, checkpoints: 0, spaceCheckpoints: 0, spaceCheckpointsSkipped: 0,
-    snapshotsSent: 0, snapshotsInstalled: 0, appendsSent: 0, appendsToAll: 0, imageChecks: 0, offloaded: 0, appliedFromLog: 0, repliesIgnored: 0,
-    quiesces: 0,
-  };
+  private readonly counters = noReplicaCounters();
 
   /** The shard's volume, shard number and address space. */
   get geometry(): ShardGeometry {

@@ -21,7 +21,7 @@ import { CorruptionError, StorageError, type CorruptionReport } from '../storage
 import { pageWriteBytes, PAGE_WRITE_PAGES_MAX } from '../storage-engine/page-write';
 import { DeviceQueue, type DeviceQueueOptions, type DeviceQueueStats, type QueueTracer } from '../actors/device-queue';
 import { WRITE_IDS_READ_AT_OPEN } from '../actors/write-ids';
-import { DEFAULT_TIMING, Replica, type ForceVoteResult, type ReplicaTransport, type ScrubStepResult, type ReplicaStats, type ReplicaTiming, type ReplicaTracer, type Role } from '../actors/replica';
+import { CACHE_COUNTERS, DEFAULT_TIMING, REPLICA_COUNTERS, Replica, noReplicaCounters, type CacheCounters, type ForceVoteResult, type ReplicaCounters, type ReplicaTransport, type ScrubStepResult, type ReplicaStats, type ReplicaTiming, type ReplicaTracer, type Role } from '../actors/replica';
 import type { ShardGeometry, PayloadOffload } from '../actors/shard';
 import { CpuPool, type CpuPoolStats } from './cpu-pool';
 import { FaultyDisk } from './faulty-disk';
@@ -202,6 +202,32 @@ interface ShardEntry {
   acceptLoss?: boolean;
   /** In DeviceHost's list of replicas ticked every tick (not quiet at the last quiet tick, opened or woken since). */
   awake?: boolean;
+  /**
+   * The cumulative counters of the replicas this entry closed (to open again, or left down), as
+   * they last were: added to its replica's own (stateOf), so that they never go down while the
+   * host runs.
+   */
+  closed?: ShardCounters;
+}
+
+/** ReplicaStats' cumulative counters, with its page cache's. */
+type ShardCounters = ReplicaCounters & { cache: CacheCounters };
+
+/** The counters of `st`, alone. */
+function countersOf(st: ShardCounters): ShardCounters {
+  return {
+    ...(Object.fromEntries(REPLICA_COUNTERS.map((k) => [k, st[k]])) as ReplicaCounters),
+    cache: Object.fromEntries(CACHE_COUNTERS.map((k) => [k, st.cache[k]])) as CacheCounters,
+  };
+}
+
+/** `st` with the counters of `closed` added. */
+function addShardCounters<T extends ShardCounters>(closed: ShardCounters | undefined, st: T): T {
+  if (closed === undefined) return st;
+  const out = { ...st, cache: { ...st.cache } };
+  for (const k of REPLICA_COUNTERS) out[k] += closed[k];
+  for (const k of CACHE_COUNTERS) out.cache[k] += closed.cache[k];
+  return out;
 }
 
 /**
@@ -801,16 +827,17 @@ export class DeviceHost {
 
   private stateOf(e: ShardEntry): ReplicaState {
     // Up, the replica's own configuration: after a move, the set its log holds.
+    // Its counters go on from those of the replicas it replaced.
     if (e.replica) {
-      const st = e.replica.stats();
+      const st = addShardCounters(e.closed, e.replica.stats());
       return { ...st, state: 'up', members: st.config.members };
     }
-    return {
+    return addShardCounters(e.closed, {
       volumeId: e.spec.volumeId, shard: e.spec.shard, self: this.self, role: 'follower', term: 0, leader: null,
-      commitLsn: 0, appliedLsn: 0, firstLsn: 0, lastLsn: 0, lag: {}, heldRecords: 0, heldBytes: 0, writeIdsHeld: 0, writeIdsKnownMs: 0, repairing: false, config: { members: [...e.spec.members] }, preVotes: 0, elections: 0, handovers: 0, electionsHandedOver: 0, writes: 0, pagesWritten: 0, retriesMatched: 0, retriesUnknown: 0,
-      reads: 0, pagesRead: 0, checkpoints: 0, spaceCheckpoints: 0, spaceCheckpointsSkipped: 0, snapshotsSent: 0, snapshotsInstalled: 0, appendsSent: 0, appendsToAll: 0, imageChecks: 0, offloaded: 0, appliedFromLog: 0, repliesIgnored: 0, quiesced: false, quiesces: 0,
+      commitLsn: 0, appliedLsn: 0, firstLsn: 0, lastLsn: 0, lag: {}, heldRecords: 0, heldBytes: 0, writeIdsHeld: 0, writeIdsKnownMs: 0, repairing: false, config: { members: [...e.spec.members] },
+      ...noReplicaCounters(), quiesced: false,
       cache: { hits: 0, misses: 0, evictions: 0, damaged: 0, bytes: 0 }, state: 'down', members: e.spec.members, ...(e.downReason ? { downReason: e.downReason.message } : {}),
-    };
+    });
   }
 
   private newQueue(): DeviceQueue {
@@ -925,7 +952,10 @@ export class DeviceHost {
   }
 
   private stop(entry: ShardEntry): void {
-    entry.replica?.close();
+    if (entry.replica) {
+      entry.closed = addShardCounters(entry.closed, countersOf(entry.replica.stats()));
+      entry.replica.close();
+    }
     entry.replica = undefined;
     if (entry.storage) entry.durableLsn = Math.min(entry.storage.log.syncedLsn, entry.storage.log.lastLsn);
     try {

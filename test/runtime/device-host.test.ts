@@ -37,6 +37,15 @@ function page(fill: number): Uint8Array {
   return new Uint8Array(4096).fill(fill);
 }
 
+/** A write to `replica` (page 1) whose fdatasync `disk` fails: its error. */
+async function writeFailingFsync(disk: SimDisk, replica: Replica): Promise<StorageError> {
+  disk.failFsync({ times: 1 });
+  return replica.write([{ page: 1, data: page(3) }]).then(
+    () => assert.fail('a write whose fsync failed must not be acknowledged'),
+    (e: StorageError) => e,
+  );
+}
+
 describe('DeviceHost supervision', () => {
   it('an fsync failure fails the write, restarts the shards from durable state, and counts the restart', async () => {
     const disk = new SimDisk();
@@ -49,11 +58,7 @@ describe('DeviceHost supervision', () => {
 
     const written = host.stats().queue.appendBytes;
     assert.ok(written > 0);
-    disk.failFsync({ times: 1 });
-    const err = await a0.write([{ page: 1, data: page(3) }]).then(
-      () => assert.fail('a write whose fsync failed must not be acknowledged'),
-      (e: StorageError) => e,
-    );
+    const err = await writeFailingFsync(disk, a0);
     assert.equal(err.code, 'fsync_failed');
     assert.equal(typeof err.details?.['recordLsn'], 'number', 'the write\'s record is named (with several replicas it may still commit)');
     assert.deepEqual(host.onReplicaError('v1', 0, err, a0), { restarted: true }, 'a device failure is fatal to the in-memory state');
@@ -127,15 +132,47 @@ describe('DeviceHost supervision', () => {
     host.openShard(spec(0));
     const a0 = await leader(host, 0);
     await a0.write([{ page: 0, data: page(1) }]);
-    disk.failFsync({ times: 1 });
-    const err = await a0.write([{ page: 1, data: page(3) }]).then(
-      () => assert.fail('a write whose fsync failed must not be acknowledged'),
-      (e: StorageError) => e,
-    );
+    const err = await writeFailingFsync(disk, a0);
     // Handed over without the replica that handled it: the device failed, so it is reopened all the same.
     assert.deepEqual(host.onReplicaError('v1', 0, err, undefined), { restarted: true });
     const st = host.stats();
     assert.deepEqual([st.queue.state, st.failures, st.restarts], ['ok', 1, 1]);
+    await host.close();
+  });
+
+  it('a shard\'s counters go on across the replicas it reopens, and stay while it is left down: they never go down while the host runs', async () => {
+    const disk = new SimDisk();
+    let now = 0;
+    const host = new DeviceHost({ dir: 'dev0', self: 'n1', disk, scrubBytesPerSecond: 0, restartsMax: 2, nowMs: () => now });
+    host.openShard(spec(0));
+    const a0 = await leader(host, 0);
+    await a0.write([{ page: 0, data: page(1) }]);
+    await a0.read([0], soon());
+    const before = host.stats().shards[0]!;
+    assert.deepEqual([before.elections, before.writes, before.reads], [1, 1, 1]);
+    assert.ok(before.cache.hits + before.cache.misses > 0);
+    const err = await writeFailingFsync(disk, a0);
+    assert.deepEqual(host.onReplicaError('v1', 0, err, a0), { restarted: true });
+    const fresh = await leader(host, 0);
+    assert.notEqual(fresh, a0);
+    await fresh.write([{ page: 1, data: page(4) }]);
+    await fresh.read([0], soon());
+    const after = host.stats().shards[0]!;
+    assert.equal(after.elections, 2, 'the election of the reopened replica adds to the one before');
+    assert.equal(after.writes, 2, 'its write adds to the one before');
+    assert.equal(after.reads, 2);
+    for (const k of ['preVotes', 'handovers', 'pagesWritten', 'checkpoints', 'appendsSent'] as const) assert.ok(after[k] >= before[k], k);
+    for (const k of ['hits', 'misses', 'evictions', 'damaged'] as const) assert.ok(after.cache[k] >= before.cache[k], `cache ${k}`);
+    assert.equal(after.cache.hits + after.cache.misses, before.cache.hits + before.cache.misses + 1);
+    // Restarted twice more: left down, with the counters it had.
+    const bug = new TypeError('boom');
+    now += 10;
+    host.onReplicaError('v1', 0, bug, host.currentReplica('v1', 0));
+    now += 10;
+    assert.equal(host.onReplicaError('v1', 0, bug, host.currentReplica('v1', 0))?.restarted, false);
+    const down = host.stats().shards[0]!;
+    assert.equal(down.state, 'down');
+    assert.deepEqual([down.elections, down.writes, down.reads, down.cache.hits + down.cache.misses], [after.elections, after.writes, after.reads, after.cache.hits + after.cache.misses]);
     await host.close();
   });
 
@@ -146,11 +183,7 @@ describe('DeviceHost supervision', () => {
     host.openShard(spec(0));
     const a0 = await leader(host, 0);
     await a0.write([{ page: 0, data: page(1) }]);
-    disk.failFsync({ times: 1 });
-    const err = await a0.write([{ page: 1, data: page(3) }]).then(
-      () => assert.fail('a write whose fsync failed must not be acknowledged'),
-      (e: StorageError) => e,
-    );
+    const err = await writeFailingFsync(disk, a0);
     assert.deepEqual(host.onReplicaError('v1', 0, err, a0), { restarted: true });
     const fresh = await leader(host, 0);
     const served = (await fresh.read([1], soon())).pages[0]!;
