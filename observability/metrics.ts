@@ -103,6 +103,8 @@ export interface ShardSnapshot {
   /** Highest LSN known committed; default appliedLsn. */
   commitLsn?: number;
   state?: string;
+  /** The replica's role (ReplicaStats.role): `leader` while it leads its shard. */
+  role?: string;
   /** The shard's page cache (PageStore.stats().cache). */
   cache?: { hits: number; misses: number; evictions: number; damaged?: number; bytes: number };
   /** Elections this shard's actor started (cumulative). */
@@ -523,6 +525,8 @@ export class StrataMetrics {
         const a = { node, volume: cleanLabel(s.volumeId), shard: String(s.shard) };
         const up = s.state === undefined || s.state === 'up';
         out.gauge('strata_shard_up', '1 when a shard serves requests, 0 when down.', up ? 1 : 0, a);
+        // Also while down (0): the shard's replicas that are down count as not leading.
+        if (s.role !== undefined) out.gauge('strata_shard_leader', '1 on the replica that leads its shard, 0 on the others (a replica that is down included): a shard whose replicas all report 0 has no leader.', up && s.role === 'leader' ? 1 : 0, a);
         // A shard that is down has no replica to read the rest from (its zeros are placeholders).
         if (!up) continue;
         if (s.repairing !== undefined) out.gauge('strata_replica_repairing', '1 while a replica whose log was damaged, or whose storage was lost, is given its lost records back by its peers (it does not vote meanwhile).', s.repairing ? 1 : 0, a);

@@ -267,6 +267,7 @@ describe('observability end to end (in-process cluster)', function () {
       assert.equal(max(after, 'strata_shard_commit_lsn', { node, volume: info.id, shard: '0' }), lastLsn, `commit LSN on ${node}`);
     }
     assert.equal(max(after, 'strata_shard_up', { volume: info.id }), 1);
+    assert.equal(sum(after, 'strata_shard_leader', { volume: info.id, shard: '0' }), 1, 'one replica reports that it leads');
     // Each node says what its start did: new nodes, no replica to open again.
     for (const node of ['n1', 'n2', 'n3']) {
       assert.equal(max(after, 'strata_node_start_replicas', { node }), 0, `start of ${node}`);
@@ -293,6 +294,29 @@ describe('observability end to end (in-process cluster)', function () {
     const used = [...new Set([...fs.readFileSync(rules, 'utf8').matchAll(/\b(strata_[a-z_]+)/g)].map((m) => m[1]!))];
     assert.ok(used.length >= 5, used.join(', '));
     for (const name of used) assert.match(after, new RegExp(`^${name}[{ ]`, 'm'), `${name}, used by an alert, is exported`);
+  });
+
+  it('a shard with a majority of its nodes killed: its replica left reports it up and not led, the series StrataShardDown watches', async () => {
+    const port = await freePort();
+    c = await startCluster({ nodes: 3, hosts: 1, cluster: 'noleader', telemetry: { metricsPort: port, metricsHost: '127.0.0.1' } });
+    const info = await c.client.createVolume({ name: 'l', pageCount: 256, shards: 2, stripePages: 8, replicas: 3 });
+    await warmUp(c, 'l');
+    await until('a leader that commits on shard 1', 15_000, async () => (await c!.client.volume('l').write(8, page(2))).lsn);
+    await until('each shard led once in a scrape', 20_000, async () => {
+      const text = await get(port, '/metrics');
+      return ['0', '1'].every((shard) => sum(text, 'strata_shard_leader', { volume: info.id, shard }) === 1) ? text : undefined;
+    });
+    c.kill(1);
+    c.kill(2);
+    // The replicas on n1 lose their leader, or step down for want of a majority: up, and not leading.
+    const left = await until('no shard led on n1', 30_000, async () => {
+      const text = await get(port, '/metrics');
+      return ['0', '1'].every((shard) => max(text, 'strata_shard_leader', { node: 'n1', volume: info.id, shard }) === 0) ? text : undefined;
+    });
+    for (const shard of ['0', '1']) {
+      assert.equal(samples(left, 'strata_shard_leader', { volume: info.id, shard }).length, 1, 'only n1 reports the shard');
+      assert.equal(max(left, 'strata_shard_up', { volume: info.id, shard }), 1, 'strata_shard_up alone does not tell');
+    }
   });
 
   it('strata status shows a killed node not live and its replicas missing', async () => {

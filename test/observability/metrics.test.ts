@@ -32,7 +32,7 @@ function host(hostId: number, over: Partial<HostSnapshot> = {}): HostSnapshot {
         space: { freeBytes: 3 * 2 ** 30, sizeBytes: 64 * 2 ** 30, reserveBytes: 2 ** 30 },
       },
       slabWarm: { warmedSlots: 512, failures: 1 },
-      shards: [{ volumeId: 'v1', shard: hostId, term: 1, appliedLsn: 10, state: 'up', storage: { logBytes: 65_600, imageBytes: 1_060_864, imagePages: 256 }, cache: { hits: 7, misses: 2, evictions: 0, bytes: 8192 }, elections: 1, preVotes: 3, retriesMatched: 2, retriesUnknown: 5, writeIdsHeld: 9, writeIdsKnownMs: 4500, quiesced: true, spaceCheckpoints: 2, spaceCheckpointsSkipped: 1, repairing: true, replicas: [{ replica: 'n2', lagRecords: 4 }] }],
+      shards: [{ volumeId: 'v1', shard: hostId, term: 1, appliedLsn: 10, state: 'up', role: 'leader', storage: { logBytes: 65_600, imageBytes: 1_060_864, imagePages: 256 }, cache: { hits: 7, misses: 2, evictions: 0, bytes: 8192 }, elections: 1, preVotes: 3, retriesMatched: 2, retriesUnknown: 5, writeIdsHeld: 9, writeIdsKnownMs: 4500, quiesced: true, spaceCheckpoints: 2, spaceCheckpointsSkipped: 1, repairing: true, replicas: [{ replica: 'n2', lagRecords: 4 }] }],
     },
     // 9 ticks on time (under 1 ms late) and one 300 ms late.
     loopDelay: { histogram: LOOP_DELAY_MS_BUCKETS.map((b) => (b === 1 ? 9 : b === 500 ? 1 : 0)), sumMs: 302, recentMaxMs: 300 },
@@ -121,6 +121,7 @@ describe('observability/metrics', () => {
     assert.equal(sample(t1, 'strata_cache_hits_total', { node: 'n1', volume: 'v1', shard: '0' }), 7);
     assert.equal(sample(t1, 'strata_shard_commit_lsn', { node: 'n1', volume: 'v1', shard: '0' }), 10);
     assert.equal(sample(t1, 'strata_shard_current_term', { node: 'n1', volume: 'v1', shard: '0' }), 1);
+    assert.equal(sample(t1, 'strata_shard_leader', { node: 'n1', volume: 'v1', shard: '0' }), 1);
     assert.equal(sample(t1, 'strata_replica_lag_records', { node: 'n1', volume: 'v1', shard: '0', replica: 'n2' }), 4);
     assert.equal(sample(t1, 'strata_elections_total', { node: 'n1', volume: 'v1', shard: '0' }), 1);
     assert.equal(sample(t1, 'strata_prevotes_total', { node: 'n1', volume: 'v1', shard: '0' }), 3);
@@ -143,7 +144,8 @@ describe('observability/metrics', () => {
     m.requestDuration('page.write', 'ok', 0.002);
     const h0 = snapshot.hosts[0]!;
     // A device failure: counted; its shard is down, with placeholder zeros.
-    const downShard = { volumeId: 'v1', shard: 0, term: 0, appliedLsn: 0, commitLsn: 0, state: 'down', cache: { hits: 0, misses: 0, evictions: 0, bytes: 0 } };
+    // Whatever role its stats name, a replica that is down does not lead.
+    const downShard = { volumeId: 'v1', shard: 0, term: 0, appliedLsn: 0, commitLsn: 0, state: 'down', role: 'leader', cache: { hits: 0, misses: 0, evictions: 0, bytes: 0 } };
     snapshot.hosts[0] = { ...h0, mailbox: [{ ...h0.mailbox[0]!, depth: 0 }], device: { ...h0.device!, failures: 1, branchCopies: { copied: 3, notCopied: 1 }, shards: [downShard], queue: { ...h0.device!.queue, appendBytes: 40960 } } };
     await new Promise((r) => setTimeout(r, 300)); // past the snapshot reuse window
     const t2 = (await get(port, '/metrics')).body;
@@ -155,6 +157,7 @@ describe('observability/metrics', () => {
     assert.equal(sample(t2, 'strata_branch_copies_total', { node: 'n1', host: '0', outcome: 'not_copied' }), 1);
     const shard0 = { node: 'n1', volume: 'v1', shard: '0' };
     assert.equal(sample(t2, 'strata_shard_up', shard0), 0);
+    assert.equal(sample(t2, 'strata_shard_leader', shard0), 0, 'a replica that is down counts as not leading');
     // Not the placeholder zeros of a shard that is down, nor its last values: none.
     for (const name of ['strata_shard_commit_lsn', 'strata_shard_applied_lsn', 'strata_shard_current_term', 'strata_cache_bytes', 'strata_cache_hits_total', 'strata_elections_total']) {
       assert.equal(sample(t2, name, shard0), undefined, name);
