@@ -217,7 +217,7 @@ function foldOutcomes(counts: readonly OutcomeCount[]): OutcomeCount[] {
 /** Help texts of the metrics reported under several label sets. */
 const RESTARTS_HELP = 'Restarts of actor hosts (kind=host) and of shard actors from durable state (kind=shard).';
 const BRANCH_COPIES_HELP = 'New replicas of branches that copied their parent\'s pages on this device (outcome copied), and that could not and were sent the shard by a peer instead (outcome not_copied).';
-const REPLICA_LAG_HELP = 'Records a replica log is behind the shard commit LSN.';
+const REPLICA_LAG_HELP = 'Records a follower\'s durable log is behind the leader\'s last LSN (reported by the leader).';
 /** The controller's view of the cluster (cluster/node.ts): reported by the node that runs it only. */
 const CONTROLLER_NODES_HELP = 'Nodes the controller knows, by state: live (heard from within the live window) or dead (members not live, and nodes the catalog places replicas on that it has not heard from since it started).';
 

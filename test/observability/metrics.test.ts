@@ -123,6 +123,7 @@ describe('observability/metrics', () => {
     assert.equal(sample(t1, 'strata_shard_current_term', { node: 'n1', volume: 'v1', shard: '0' }), 1);
     assert.equal(sample(t1, 'strata_shard_leader', { node: 'n1', volume: 'v1', shard: '0' }), 1);
     assert.equal(sample(t1, 'strata_replica_lag_records', { node: 'n1', volume: 'v1', shard: '0', replica: 'n2' }), 4);
+    assert.match(t1, /^# HELP strata_replica_lag_records Records a follower's durable log is behind the leader's last LSN/m, 'what the leader measures its followers\' lag from');
     assert.equal(sample(t1, 'strata_elections_total', { node: 'n1', volume: 'v1', shard: '0' }), 1);
     assert.equal(sample(t1, 'strata_prevotes_total', { node: 'n1', volume: 'v1', shard: '0' }), 3);
     assert.equal(sample(t1, 'strata_write_retries_matched_total', { node: 'n1', volume: 'v1', shard: '0' }), 2);
