@@ -57,6 +57,39 @@ function max(text: string, name: string, labels: Record<string, string> = {}): n
 }
 
 /** Writes until the shard has a leader that commits (a fresh replica set elects one first). */
+/**
+ * The metrics docs/observability.md's tables document (rows "| `strata_…` | type … | labels |
+ * …"), by name (the exported name: a counter's with `_total`), with their type and labels.
+ */
+function documentedMetrics(doc: string): Map<string, { type: string; labels: Set<string> }> {
+  const out = new Map<string, { type: string; labels: Set<string> }>();
+  for (const line of doc.split('\n')) {
+    if (!line.startsWith('| `strata_')) continue;
+    const cols = line.replace(/\\\|/g, '/').split('|').slice(1, -1).map((c) => c.trim());
+    const type = cols[1]!.split(/\s/)[0]!;
+    const labels = new Set(cols[2]!.replace(/\(.*?\)/g, '').split(',').map((l) => l.trim()).filter((l) => l !== '' && l !== 'none' && l !== '-'));
+    for (const m of cols[0]!.matchAll(/`(strata_[a-z_]+)`/g)) out.set(m[1]!, { type, labels });
+  }
+  return out;
+}
+
+/** The metrics of a scrape by name (a histogram's series under its own name), with their type and labels (without `le`). */
+function exportedMetrics(text: string): Map<string, { type: string; labels: Set<string> }> {
+  const out = new Map<string, { type: string; labels: Set<string> }>();
+  for (const line of text.split('\n')) {
+    const t = /^# TYPE (strata_[a-z_]+) (\w+)$/.exec(line);
+    if (t !== null) out.set(t[1]!, { type: t[2]!, labels: new Set() });
+  }
+  for (const line of text.split('\n')) {
+    const m = /^(strata_[a-z_]+?)(_bucket|_sum|_count)?(?:\{(.*)\})? /.exec(line);
+    if (m === null) continue;
+    const entry = out.get(m[1]!) ?? out.get(m[1]! + (m[2] ?? ''));
+    if (entry === undefined) continue;
+    for (const l of (m[3] ?? '').matchAll(/([a-z_]+)="/g)) if (l[1] !== 'le') entry.labels.add(l[1]!);
+  }
+  return out;
+}
+
 async function warmUp(c: InProcessCluster, volume: string): Promise<void> {
   await until('a leader that commits', 15_000, async () => (await c.client.volume(volume).write(0, page(1))).lsn);
 }
@@ -280,6 +313,15 @@ describe('observability end to end (in-process cluster)', function () {
     assert.ok(delta('strata_device_batch_ops_count', {}) > 0 && delta('strata_device_fsync_duration_seconds_count', {}) > 0);
     // Every host's tick is timed: about 100 a second each.
     assert.ok(delta('strata_host_event_loop_delay_seconds_count', {}) > 0, 'the hosts\' ticks are timed');
+
+    // Every metric a cluster exports is in docs/observability.md's tables, with its type and labels.
+    const documented = documentedMetrics(fs.readFileSync(path.join(__dirname, '..', '..', '..', 'docs', 'observability.md'), 'utf8'));
+    for (const [name, { type, labels }] of exportedMetrics(after)) {
+      const doc = documented.get(name);
+      assert.ok(doc !== undefined, `${name} (${type}) is exported and not documented`);
+      assert.equal(doc.type, type, `${name}: documented as ${doc.type}, exported as ${type}`);
+      assert.deepEqual([...labels].sort(), [...doc.labels].sort(), `${name}: its labels`);
+    }
 
     if (!fs.existsSync(PROMTOOL)) {
       console.log(`      (skipped promtool check: ${PROMTOOL} not found; install Debian's prometheus package)`);
