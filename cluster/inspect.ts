@@ -412,6 +412,8 @@ function inspectReplica(
         cacheBytesMax: INSPECT_CACHE_BYTES,
         slab,
         repairFromPeers: false,
+        // Damaged images are listed, not written again in memory.
+        healImages: false,
       });
     } catch (e) {
       if (e instanceof CorruptionError) rep.damage.push(...e.reports);

@@ -60,6 +60,13 @@ export interface ShardStorageOptions {
    */
   holdDamagedLog?: boolean;
   /**
+   * Default true: damage in the images or the checkpoint pointer that the open went past is
+   * healed at once (healImages: the newest image or the pointer written again, the other
+   * damaged images removed). False: it is only reported (`repaired`): a look that writes nothing
+   * it need not (strata inspect, whose writes stay in memory: a whole image would be held there).
+   */
+  healImages?: boolean;
+  /**
    * For a replica reopened because it found its storage damaged while it ran (a scrub): the
    * damage it found. Images named there are not used (PageStore `damagedImages`); when an older
    * image and the log still hold what such an image held, the newest image is written again at
@@ -447,7 +454,7 @@ export class ShardStorage {
         store = PageStore.open(disk, log, { ...storeOptions(opts), ...(opts.damaged ? { damagedImages: opts.damaged } : {}) }, replayUpto);
         if (store.openDamage.length > 0) {
           try {
-            healImages(disk, opts.dir, store);
+            if (opts.healImages !== false) healImages(disk, opts.dir, store);
           } catch (e) {
             store.close();
             throw e;

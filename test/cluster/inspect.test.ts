@@ -296,6 +296,20 @@ describe('strata inspect (a data directory read offline)', function () {
     assert.equal(fs.statSync(seg).size, Math.max(size, at + 9));
   });
 
+  it('an image whose header is damaged (found by the open) is reported damaged, and not written again by the look', () => {
+    const copy = copyDir(dataDir);
+    copies.push(copy);
+    const imageLsn = inspect(copy, { shard: 'db/0' }).replicas[0]!.imageLsn!;
+    const file = path.join(copy, 'dev0', 'shards', `${volumeId}.0`, imageFileName(imageLsn));
+    const b = fs.readFileSync(file);
+    b[12] = b[12]! ^ 0x01; // its header's LSN
+    fs.writeFileSync(file, b);
+    const rep = inspect(copy, { shard: 'db/0' }).replicas[0]!;
+    assert.equal(rep.state, 'damaged');
+    assert.ok(rep.damage.some((d) => d.file.endsWith(imageFileName(imageLsn))), JSON.stringify(rep.damage));
+    assert.ok(!rep.nextOpen.some((p) => p.startsWith('image-')), `no image written: ${rep.nextOpen.join(', ')}`);
+  });
+
   it('a log the next open makes anew (its directory gone) is not called a torn tail cut', () => {
     const copy = copyDir(dataDir);
     copies.push(copy);
