@@ -93,6 +93,14 @@ export interface VolumeRecord extends VolumeInfo {
   placements: ShardPlacement[];
   /** The id of the create or branch that added it (RequestId), if it had one: `madeBy`. */
   requestId?: string;
+  /**
+   * Its create or branch has not been answered: set when it is added (`create`, `branch`), taken
+   * off (`placed`) once every node answered the opens of its replicas, before the answer. Such a
+   * volume is neither described nor listed, and the controller undoes it rather than opening its
+   * replicas again (`unplaced`). Absent (a catalog written before it existed, a recovered
+   * volume): placed.
+   */
+  placing?: true;
 }
 
 /** A branch point of another count of LSNs than the parent has shards (the controller's check, and the API router's before it). */
@@ -806,6 +814,29 @@ export class Controller {
     return this.state.volumes.find((v) => v.name === name && v.requestId === requestId);
   }
 
+  /**
+   * The volume called `name` if its create or branch was not answered yet (`placing`): its
+   * controller may have stopped before every node opened its replicas. Undefined otherwise.
+   */
+  unplaced(name: string): VolumeRecord | undefined {
+    const v = this.state.volumes.find((x) => x.name === name);
+    return v?.placing === true ? v : undefined;
+  }
+
+  /**
+   * Records that every node opened the replicas of volume `id` (`placing` taken off), before its
+   * create or branch is answered. `not_found` when the catalog no longer holds it (undone
+   * meanwhile). Durable once `settled`.
+   */
+  placed(id: string): VolumeRecord {
+    const v = this.state.volumes.find((x) => x.id === id);
+    if (v === undefined) throw new ProtocolError('not_found', `volume ${id} is no longer in the catalog (its create was undone)`, { id });
+    if (v.placing !== true) return v;
+    const { placing: _placing, ...next } = v;
+    this.commit({ ...this.state, volumes: this.state.volumes.map((x) => (x.id === id ? next : x)) });
+    return next;
+  }
+
   /** True when the volume `name` a create or branch with `requestId` made was deleted since (`madeThenDeleted`). */
   deletedSince(requestId: string | undefined, name: string): boolean {
     if (requestId === undefined) return false;
@@ -840,11 +871,11 @@ export class Controller {
     }
   }
 
-  /** Adds a volume of `spec` placed as `placements` (and `branch`, if any) under a new id, durably; the new record. */
+  /** Adds a volume of `spec` placed as `placements` (and `branch`, if any) under a new id, not placed yet (`placing`), durably; the new record. */
   private add(spec: VolumeSpec, placements: ShardPlacement[], nowMs: number, branch?: BranchPoint, requestId?: string): VolumeRecord {
     const id = `v${this.state.nextId.toString(36)}${this.state.tag === undefined ? '' : `-${this.state.tag}`}`;
     const geometry: VolumeSpec = { name: spec.name, pageCount: spec.pageCount, pageSize: spec.pageSize, shards: spec.shards, stripePages: spec.stripePages, replicas: spec.replicas };
-    const rec: VolumeRecord = { ...geometry, id, createdAt: Math.floor(nowMs), placements, ...(branch === undefined ? {} : { branch }), ...(requestId === undefined ? {} : { requestId }) };
+    const rec: VolumeRecord = { ...geometry, id, createdAt: Math.floor(nowMs), placements, ...(branch === undefined ? {} : { branch }), ...(requestId === undefined ? {} : { requestId }), placing: true };
     this.commit({ ...this.state, nextId: this.state.nextId + 1, volumes: [...this.state.volumes, rec] });
     return rec;
   }

@@ -1482,7 +1482,9 @@ export class StrataNode {
     // Opened as replicas that existed (ShardSpec.existing): one that finds no storage lost it.
     // The catalog records a volume just before the create's opens, so a reconciliation between
     // the two may open a new replica first: it then counts as lost until its peers answer that
-    // none of them ever campaigned (Replica.probeTerms), and votes from then on.
+    // none of them ever campaigned (Replica.probeTerms), and votes from then on. A create whose
+    // controller died before every node opened its replicas (a peer that never answers) is
+    // undone and made anew by the next one (`undoUnplaced`), not left to this.
     const existing = missing.filter((s) => s.priorMembers === undefined);
     if (existing.length > 0) await this.openShards(existing, true, seq.destroys).catch((e: unknown) => failures.push(e));
     // The replica a move adds to this node is new (it never held the shard, so it cannot have
@@ -2254,7 +2256,7 @@ export class StrataNode {
     sub(subj('volume.resize'), (body, msg) => this.serial(msg, (deadlineMs) => this.resizeVolume(c, validateVolumeResizeRequest(body), deadlineMs)));
     sub(subj('volume.info'), async (body) => {
       const { name } = validateVolumeNameRequest(body);
-      if (this.creating.has(name)) throw new ProtocolError('not_found', `volume '${name}' does not exist (its create has not been answered yet)`, { name });
+      if (this.creating.has(name) || c.unplaced(name) !== undefined) throw new ProtocolError('not_found', `volume '${name}' does not exist (its create has not been answered yet)`, { name });
       const v = c.get(name);
       // With where each shard's replicas are, and the moves under way.
       return { ...volumeInfo(v), replicaSets: replicaSets(v) };
@@ -2315,7 +2317,7 @@ export class StrataNode {
     });
     sub(subj('volume.list'), async (body) => {
       const req = validateVolumeListRequest(body);
-      const listed = c.list().filter((v) => !this.creating.has(v.name));
+      const listed = c.list().filter((v) => !this.creating.has(v.name) && v.placing !== true);
       if (req.after === undefined && req.limit === undefined) return { volumes: listed.map(volumeInfo) };
       // A page: in name order from after `after`, at most `limit`, and what fits one message.
       const sorted = listed.filter((v) => req.after === undefined || v.name > req.after).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)).map(volumeInfo);
@@ -2446,6 +2448,7 @@ export class StrataNode {
     const c = this.seated();
     if (this.creating.has(req.volume)) throw new ProtocolError('not_found', `volume '${req.volume}' does not exist (its create has not been answered yet)`, { name: req.volume });
     const v = c.get(req.volume);
+    if (v.placing === true) throw new ProtocolError('not_found', `volume '${req.volume}' does not exist (its create has not been answered yet)`, { name: req.volume });
     const key = `${v.id}.${req.shard}`;
     const running = this.moving.get(key);
     const movesMax = this.opts.movesInFlightMax ?? MOVES_IN_FLIGHT_MAX;
@@ -2522,7 +2525,7 @@ export class StrataNode {
     }
     this.replaceControllerNode(c, now, afterMs);
     for (const m of plan) {
-      if (this.creating.has(m.volume)) continue;
+      if (this.creating.has(m.volume) || c.unplaced(m.volume) !== undefined) continue;
       const key = `${m.volumeId}.${m.shard}`;
       this.repairing.add(key);
       const fields = { volume: m.volumeId, shard: m.shard, from: m.from, to: m.to };
@@ -2842,6 +2845,7 @@ export class StrataNode {
   private async createVolume(c: Controller, req: ReturnType<typeof validateVolumeCreateRequest>, deadlineMs: number | undefined): Promise<unknown> {
     const { requestId, ...spec } = req;
     await this.heardFromNodes(c, spec.replicas ?? 3, deadlineMs);
+    await this.undoUnplaced(c, spec.name, deadlineMs);
     const again = this.madeAgain(c, requestId, spec.name, deadlineMs);
     if (again !== undefined) return again;
     try {
@@ -2858,9 +2862,35 @@ export class StrataNode {
   }
 
   /**
-   * A create or branch sent again, whose volume the catalog holds (Controller.madeBy): its
-   * replicas are opened again (a node opens only what it lacks: the controller that made it may
-   * have stopped before every node had), and it is answered with the volume, as the first one
+   * The volume called `name` whose create or branch was never answered (Controller.unplaced: a
+   * controller stopped before every node had opened its replicas, or before it recorded that
+   * they had), undone before a create or branch of that name: the request sent again then makes
+   * it anew, on the live nodes, and a new request of that name finds the name free. Its replicas
+   * are not opened again: a node that did not open its replica before the controller stopped
+   * opens it at its reconciliation as one that existed (it cannot tell a replica never opened
+   * from one whose storage was lost), and such a replica votes only once every peer answered its
+   * term (docs/replication.md, "A replica whose storage was lost"), so that a shard with a
+   * replica on a dead node would have no leader for as long as that node stays dead. Undone,
+   * nothing is lost: the volume was neither answered, described nor listed, so nothing was
+   * written to it. The destroys of its replicas are not waited for (those of a node that does
+   * not answer come through the tombstone).
+   */
+  private async undoUnplaced(c: Controller, name: string, deadlineMs: number | undefined): Promise<void> {
+    const v = c.unplaced(name);
+    if (v === undefined) return;
+    this.log.info('a create that was never answered, whose replicas its controller may not have opened on every node: undone, and made anew', { name, volume: v.id, requestId: v.requestId });
+    c.delete(v.name, undefined, { undo: true });
+    // Durable before the destroys, and before the volume is made anew.
+    await this.settle(c);
+    this.router?.forget(name);
+    void this.destroyDeleted(c, v, deadlineMs);
+  }
+
+  /**
+   * A create or branch sent again, whose volume the catalog holds placed (Controller.madeBy; one
+   * not placed was undone first, `undoUnplaced`): its replicas are opened again (a node opens
+   * only what it lacks: a volume of a catalog written before Controller.placed existed may have
+   * lost its controller before every node had), and it is answered with the volume, as the first one
    * would have been; an open that fails now does not undo it (`placeVolume`). Undefined when the
    * request is not one sent again.
    */
@@ -2900,7 +2930,10 @@ export class StrataNode {
    */
   private async branchVolume(c: Controller, req: ReturnType<typeof validateVolumeBranchRequest>, deadlineMs: number | undefined): Promise<unknown> {
     if (req.lsns === undefined) throw new ProtocolError('bad_request', 'lsns: the controller needs the branch point of every shard (the API router fills them in)', { path: 'lsns' });
+    // A parent whose create was not answered does not exist yet (`creating`, Controller.unplaced).
+    if (this.creating.has(req.parent) || c.unplaced(req.parent) !== undefined) throw new ProtocolError('not_found', `parent: volume '${req.parent}' does not exist (its create has not been answered yet)`, { name: req.parent, path: 'parent' });
     await this.heardFromNodes(c, 1, deadlineMs);
+    await this.undoUnplaced(c, req.name, deadlineMs);
     const again = this.madeAgain(c, req.requestId, req.name, deadlineMs);
     if (again !== undefined) return again;
     return this.placeNew(c, c.branch({ name: req.name, parent: req.parent, lsns: req.lsns, ...(req.requestId === undefined ? {} : { requestId: req.requestId }) }, Date.now()), deadlineMs);
@@ -2977,6 +3010,12 @@ export class StrataNode {
       throw new ProtocolError('unavailable', `volume '${v.name}' could not be placed: ${(failed!.reason as Error).message}`, unreachable.size > 0 ? { unreachable: [...unreachable].sort() } : undefined);
     }
     if (failed === undefined) {
+      // Recorded placed before it is answered: a controller that takes over later neither undoes
+      // it nor hides it (`undoUnplaced`).
+      if (v.placing === true) {
+        c.placed(v.id);
+        await this.settle(c);
+      }
       this.placedHere.add(v.id);
       if (this.placedHere.size > PLACED_HERE_MAX) this.placedHere.delete(this.placedHere.values().next().value!);
     }
@@ -3059,6 +3098,7 @@ export class StrataNode {
     // Sent again (its answer lost) after the volume grew further: answered done, not refused as a shrink.
     const again = c.resizedBy(req.requestId, req.name);
     if (again !== undefined) return volumeInfo(again);
+    if (c.unplaced(req.name) !== undefined) throw new ProtocolError('not_found', `volume '${req.name}' does not exist (its create has not been answered yet)`, { name: req.name });
     const v = c.checkResize(req.name, req.pageCount);
     if (v.pageCount === req.pageCount) return volumeInfo(v);
     const holders = new Set<string>();

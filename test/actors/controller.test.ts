@@ -113,6 +113,57 @@ describe('Controller volume ids', () => {
   });
 });
 
+describe('Controller creates not yet answered (placing)', () => {
+  const spec = (name: string) => ({ name, pageCount: 8, pageSize: 4096 as const, shards: 1, stripePages: 8, replicas: 1 as const });
+
+  it('a volume is added not placed, and marked placed durably; the mark survives a power cut either way', () => {
+    const disk = new SimDisk();
+    const c = new Controller({ meta: new MetaStore(disk, '') });
+    c.heartbeat('n1', 1, T0);
+    const v = c.create(spec('a'), T0, 'req-a');
+    assert.equal(v.placing, true);
+    assert.equal(c.unplaced('a')?.id, v.id);
+    assert.equal(c.unplaced('b'), undefined, 'no such volume');
+    disk.powerCut();
+    const reopened = new Controller({ meta: new MetaStore(disk, '') });
+    assert.equal(reopened.unplaced('a')?.id, v.id, 'not placed after a restart: its controller may have died before the opens');
+    const epoch = reopened.epoch;
+    assert.equal(reopened.placed(v.id).placing, undefined);
+    assert.equal(reopened.epoch, epoch + 1);
+    assert.equal(reopened.unplaced('a'), undefined);
+    assert.equal(reopened.placed(v.id).id, v.id, 'placed again: answered, nothing written');
+    assert.equal(reopened.epoch, epoch + 1);
+    assert.equal(reopened.madeBy('req-a', 'a')?.placing, undefined);
+    disk.powerCut();
+    assert.equal(new Controller({ meta: new MetaStore(disk, '') }).unplaced('a'), undefined, 'the mark is durable');
+  });
+
+  it('a volume of a catalog written before the mark existed counts as placed', () => {
+    const meta = new MetaStore(new SimDisk(), '');
+    const c = new Controller({ meta });
+    c.heartbeat('n1', 1, T0);
+    const v = c.create(spec('a'), T0);
+    const { placing: _placing, ...old } = v;
+    meta.write('catalog', { version: 1, epoch: 7, nextId: 2, volumes: [old], tombstones: [] });
+    const reopened = new Controller({ meta });
+    assert.equal(reopened.get('a').id, v.id);
+    assert.equal(reopened.unplaced('a'), undefined);
+  });
+
+  it('an undone create is not marked placed (not_found), and is not remembered as made then deleted: sent again, it is made anew', () => {
+    const c = controller();
+    c.heartbeat('n1', 1, T0);
+    const v = c.create(spec('a'), T0, 'req-a');
+    c.delete('a', undefined, { undo: true });
+    assert.throws(() => c.placed(v.id), (e: unknown) => e instanceof ProtocolError && e.code === 'not_found');
+    assert.equal(c.deletedSince('req-a', 'a'), false);
+    assert.equal(c.madeBy('req-a', 'a'), undefined);
+    const anew = c.create(spec('a'), T0, 'req-a');
+    assert.notEqual(anew.id, v.id);
+    assert.equal(anew.placing, true);
+  });
+});
+
 describe('Controller placement', () => {
   it('places each replica on the host of its node with the fewest replicas: volumes of one shard spread over the hosts', () => {
     const c = controller();
