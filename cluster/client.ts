@@ -61,9 +61,9 @@ import { checkPageDataCrc, combinePageCrcs, damagedInTransit, eachPageCrc } from
 import { ProtocolError, throwIfError } from '../messages/errors';
 import { DEADLINE_AHEAD_MS_MAX, HEADER_DEADLINE, writeHeaders } from '../messages/headers';
 import { clientSpan } from '../observability/tracing';
-import { ConnectionState, NoRespondersError, RequestMux, fromNatsError, natsErrorCode, serverMaxPayload } from '../runtime/request-mux';
+import { ConnectionState, NoRespondersError, RequestMux, fromNatsError, serverMaxPayload } from '../runtime/request-mux';
 import { inTries, withTimeout } from '../runtime/timeout';
-import { natsConnectHint } from '../runtime/nats-connect-hint';
+import { natsConnectError } from '../runtime/nats-connect-hint';
 import { natsTlsOption } from '../runtime/nats-tls';
 import { apiEverySubject, apiSubject, checkToken, clientInboxPrefix, shardLeadersSubject, shardSubject } from '../messages/subjects';
 import {
@@ -1532,13 +1532,8 @@ export async function connect(options: ConnectOptions): Promise<StrataClient> {
       ...(tls === undefined ? {} : { tls }),
     });
   } catch (err) {
-    const reason = err instanceof Error ? err.message : String(err);
-    // What to give: a user (docs/replication.md, "Locking the subjects"), a CA, a certificate.
-    const hint = await natsConnectHint(err, { servers, ...(options.user === undefined ? {} : { user: options.user }), ...(tls === undefined ? {} : { tls }) });
-    throw new ProtocolError('unavailable', `can not connect to NATS at ${servers.join(', ')}: ${reason}${hint}`, {
-      servers,
-      ...(natsErrorCode(err) === undefined ? {} : { natsCode: natsErrorCode(err) }),
-    });
+    // With what to give: a user (docs/replication.md, "Locking the subjects"), a CA, a certificate.
+    throw await natsConnectError(err, { servers, ...(options.user === undefined ? {} : { user: options.user }), ...(tls === undefined ? {} : { tls }), details: { servers } });
   }
   return new StrataClient(new NatsTransport(nc), { cluster, timeoutMs });
 }

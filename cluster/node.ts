@@ -22,7 +22,7 @@ import * as path from 'node:path';
 import { DataDirLock } from './data-dir-lock';
 import { withTimeout } from '../runtime/timeout';
 import { Notice, NOTICED } from '../runtime/notice';
-import { natsConnectHint } from '../runtime/nats-connect-hint';
+import { natsConnectError } from '../runtime/nats-connect-hint';
 import { withNatsTls } from '../runtime/nats-tls';
 import { connect, Events, headers as natsHeaders, type NatsConnection, type Msg, type MsgHdrs, type Subscription } from 'nats';
 import { DEADLINE_AHEAD_MS_MAX, HEADER_DEADLINE, parseDeadline, readHeaders } from '../messages/headers';
@@ -786,12 +786,11 @@ export class StrataNode {
       // Failures become typed errors where they are handled; no stack trace per request.
       noAsyncTraces: true,
     }).catch(async (err: unknown) => {
-      const hint = await natsConnectHint(err, {
+      throw await natsConnectError(err, {
         servers: [this.opts.natsUrl],
         ...(this.opts.natsAuth ? { user: this.opts.natsAuth.user } : {}),
         ...withNatsTls(this.opts.natsUrl, this.opts.natsTls),
       });
-      throw new ProtocolError('unavailable', `can not connect to NATS at ${String(this.opts.natsUrl)}: ${(err as Error).message}${hint}`, { natsCode: natsErrorCode(err) });
     });
     // Listening for reconnections from here: one while the node starts counts too (its claim
     // is asked again once it exists, and a refusal ends the start).

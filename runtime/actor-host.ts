@@ -52,6 +52,7 @@ import { withTimeout } from './timeout';
 import { RequestRecorder, type RequestStatsSnapshot } from '../observability/request-recorder';
 import type { Attributes } from '@opentelemetry/api';
 import { withNatsTls } from './nats-tls';
+import { natsConnectError } from './nats-connect-hint';
 
 /** What the main thread passes in workerData (HostPool). */
 export interface HostWorkerData {
@@ -388,6 +389,14 @@ export class ActorHost implements HostApi {
       timeout: 10_000,
       // Failures become typed errors where they are handled; no stack trace per request.
       noAsyncTraces: true,
+    }).catch(async (err: unknown) => {
+      // As the node's own connect reports it, naming this host: NATS went away while it started.
+      throw await natsConnectError(err, {
+        servers: [config.natsUrl],
+        ...(config.natsAuth ? { user: config.natsAuth.user } : {}),
+        ...withNatsTls(config.natsUrl, config.natsTls),
+        who: `host ${config.hostId} of node '${config.nodeId}'`,
+      });
     });
     // Replication requests share one reply subscription and one deadline timer; while the
     // connection is down they fail at once instead of piling up in the client's buffer.
