@@ -340,6 +340,14 @@ export interface ReplicaOptions {
    * ends the thread.
    */
   onFailure?: (err: Error) => void;
+  /**
+   * Told when a follower's transport refused an append of this leader as larger than a message
+   * may be (`too_large`: the NATS server's max_payload is below what this replica was told):
+   * once when its appends to that follower are first made smaller, and once more (`oneRecord`)
+   * when even one record is refused, until the follower's bound is reset (`setMessageBytesMax`,
+   * a new term).
+   */
+  onAppendTooLarge?: (info: AppendTooLarge) => void;
   /** Files whose damage the host found it cannot repair (a sole copy): not reported again. */
   unrepairable?: readonly string[];
   offload?: PayloadOffload;
@@ -369,7 +377,8 @@ export interface ReplicaOptions {
    * The most one replication message may hold, in bytes: the NATS server's max_payload (default
    * MESSAGE_BYTES_MAX, 1 MiB; at least MESSAGE_BYTES_MIN). Appends, snapshot chunks and the
    * writes a leader accepts are sized to fit it: a message the transport refuses for its size
-   * would be sent again and again, and replication would stall.
+   * would be sent again and again, and replication would stall. A server restarted with another
+   * max_payload changes it while the replica runs (`setMessageBytesMax`).
    */
   messageBytesMax?: number;
   /**
@@ -485,6 +494,11 @@ export interface ReplicaStats {
    */
   repliesIgnored: number;
   /**
+   * Leader: appends a follower's transport refused as larger than a message may be (`too_large`):
+   * each makes the next appends to that follower half as large, down to one record.
+   */
+  appendsTooLarge: number;
+  /**
    * Idle (docs/replication.md, "Idle shards"): as leader, every follower answered that it is
    * quiesced and heartbeats go once a quiesced period; as follower, quiesced under its leader.
    */
@@ -503,7 +517,7 @@ export interface ReplicaStats {
 /** The cumulative counters of ReplicaStats, but for its page cache's (CACHE_COUNTERS). */
 export const REPLICA_COUNTERS = [
   'preVotes', 'elections', 'handovers', 'electionsHandedOver', 'writes', 'pagesWritten', 'retriesMatched', 'retriesUnknown', 'reads', 'pagesRead', 'checkpoints', 'spaceCheckpoints', 'spaceCheckpointsSkipped',
-  'snapshotsSent', 'snapshotsInstalled', 'appendsSent', 'appendsToAll', 'imageChecks', 'offloaded', 'appliedFromLog', 'repliesIgnored', 'quiesces',
+  'snapshotsSent', 'snapshotsInstalled', 'appendsSent', 'appendsToAll', 'imageChecks', 'offloaded', 'appliedFromLog', 'repliesIgnored', 'quiesces', 'appendsTooLarge',
 ] as const satisfies ReadonlyArray<keyof ReplicaStats>;
 
 /** The cumulative counters of ReplicaStats' `cache` (its `bytes` is what it holds now). */
@@ -574,6 +588,15 @@ interface FollowerState {
   /** It answered an append with `quiesce` that it is quiesced (see Replica.quiesced). */
   quiesceAcked?: boolean;
   /**
+   * Bytes of records in one append to it at most, when less than the replica's appendBytesMax:
+   * halved each time an append to it is refused `too_large` (down to one record), until the
+   * replica learns its messages' new bound (`setMessageBytesMax`) or a new term starts.
+   */
+  batchBytesMax?: number;
+  /** `onAppendTooLarge` was called for it, and with `oneRecord` (once each until reset with batchBytesMax). */
+  tooLargeSaid?: boolean;
+  oneRecordTooLargeSaid?: boolean;
+  /**
    * Its last answer to an append was an error (short of space, a full queue…), until it next
    * takes records (or an image, or holds every record): named in the `timeout` of a write not
    * committed (expireWaiters); `no_space` keeps page writes out of the log while it leaves no
@@ -598,8 +621,13 @@ const RECENT_BYTES_MAX = 64 * 1024 * 1024;
 const FOLLOWER_HELD_BYTES_MAX = 8 * 1024 * 1024;
 /** Image bytes in one snapshot message at most (less when messages hold less). */
 const SNAPSHOT_CHUNK_BYTES = 512 * 1024;
-/** Smallest `messageBytesMax`: a page write of one 8 KiB page, with room to spare. */
+/** Smallest `messageBytesMax` a replica opens with: a page write of one 8 KiB page, with room to spare. */
 export const MESSAGE_BYTES_MIN = 16 * 1024;
+/**
+ * Smallest bound `setMessageBytesMax` takes (a server restarted with a max_payload below
+ * MESSAGE_BYTES_MIN): an append of one small record still fits.
+ */
+export const MESSAGE_BYTES_FLOOR = 1024;
 /** CBOR bytes of a record in an append beyond its payload (map, keys, term, kind, crc, length: 44), at most. */
 export const APPEND_RECORD_OVERHEAD_BYTES = 48;
 /**
@@ -612,6 +640,20 @@ export const MESSAGE_OVERHEAD_BYTES = 256;
  * IMAGE_READ_BYTES_MAX, the same 256 KiB).
  */
 export const SCRUB_STEP_BYTES = 256 * 1024;
+
+/** An append a follower's transport refused as too large (Replica `onAppendTooLarge`). */
+export interface AppendTooLarge {
+  follower: string;
+  /** Records the refused append held, and their bytes (APPEND_RECORD_OVERHEAD_BYTES each included). */
+  records: number;
+  bytes: number;
+  /** Bytes of records the next appends to that follower hold at most (at least one record). */
+  batchBytesMax: number;
+  /** The refused append held one record: that record can not reach this follower while messages are so bounded. */
+  oneRecord: boolean;
+  /** LSN of the refused append's first record. */
+  firstLsn: number;
+}
 
 /** What Replica.forceVote did: whether the replica was repairing (if not, nothing changed), and its term then. */
 export interface ForceVoteResult {
@@ -805,9 +847,12 @@ export class Replica {
   /** When it next looks at its device's space for a checkpoint (`checkpointForSpace`). */
   private spaceCheckpointAtMs = 0;
   private readonly seedLsn: number;
-  private readonly messageBytesMax: number;
-  private readonly appendBytesMax: number;
-  private readonly snapshotChunkBytes: number;
+  private messageBytesMax: number;
+  private appendBytesMax: number;
+  /** The `appendBytesMax` option (undefined: 7/8 of messageBytesMax, whatever it becomes). */
+  private readonly appendBytesMaxGiven: number | undefined;
+  private snapshotChunkBytes: number;
+  private readonly onAppendTooLarge: ((info: AppendTooLarge) => void) | undefined;
   private readonly schedule: (run: () => void) => void;
   private replicateScheduled = false;
   private readonly pendingWritesMax: number;
@@ -908,6 +953,33 @@ export class Replica {
     if (pageCount > this.shape.pageCount) this.shape = { ...this.shape, pageCount };
   }
 
+  /**
+   * Its messages may hold `bytes` at most from now on (the NATS server was restarted with another
+   * max_payload): appends (7/8 of it, or the `appendBytesMax` option when less), image chunks and
+   * the writes it takes are sized to it. At least MESSAGE_BYTES_FLOOR: below MESSAGE_BYTES_MIN a
+   * write of one large page may be refused `too_large`, as any whose record does not fit. Every
+   * follower's own smaller bound (after a `too_large`) is forgotten: sized to this, the next
+   * appends fit.
+   */
+  setMessageBytesMax(bytes: number): void {
+    if (!Number.isSafeInteger(bytes) || bytes < MESSAGE_BYTES_FLOOR) {
+      throw new StorageError('bad_request', `messageBytesMax (the NATS server's max_payload) must be an integer >= ${MESSAGE_BYTES_FLOOR}, got ${String(bytes)}`);
+    }
+    this.messageBytesMax = bytes;
+    this.appendBytesMax = Math.min(this.appendBytesMaxGiven ?? Math.floor((bytes * 7) / 8), bytes - MESSAGE_OVERHEAD_BYTES);
+    this.snapshotChunkBytes = Math.min(SNAPSHOT_CHUNK_BYTES, bytes - MESSAGE_OVERHEAD_BYTES);
+    for (const f of this.followers.values()) {
+      f.batchBytesMax = undefined;
+      f.tooLargeSaid = undefined;
+      f.oneRecordTooLargeSaid = undefined;
+    }
+  }
+
+  /** Bytes of records in one append to `f` at most. */
+  private batchBytesOf(f: FollowerState): number {
+    return Math.min(this.appendBytesMax, f.batchBytesMax ?? Number.POSITIVE_INFINITY);
+  }
+
   constructor(opts: ReplicaOptions) {
     assert(opts.members.includes(opts.self), 'a replica is a member of its own replica set');
     assert(new Set(opts.members).size === opts.members.length, 'replica set members are distinct');
@@ -932,13 +1004,15 @@ export class Replica {
     this.seedLsn = opts.seedLsn ?? 0;
     this.messageBytesMax = opts.messageBytesMax ?? MESSAGE_BYTES_MAX;
     if (!Number.isSafeInteger(this.messageBytesMax) || this.messageBytesMax < MESSAGE_BYTES_MIN) {
-      throw new StorageError('bad_request', `messageBytesMax must be an integer >= ${MESSAGE_BYTES_MIN}, got ${String(opts.messageBytesMax)}`);
+      throw new StorageError('bad_request', `messageBytesMax (the NATS server's max_payload) must be an integer >= ${MESSAGE_BYTES_MIN}, got ${String(opts.messageBytesMax)}`);
     }
     this.appendBytesMax = opts.appendBytesMax ?? Math.floor((this.messageBytesMax * 7) / 8);
     if (!Number.isSafeInteger(this.appendBytesMax) || this.appendBytesMax < 1 || this.appendBytesMax > this.messageBytesMax - MESSAGE_OVERHEAD_BYTES) {
       throw new StorageError('bad_request', `appendBytesMax must be an integer in 1..${this.messageBytesMax - MESSAGE_OVERHEAD_BYTES}, got ${String(opts.appendBytesMax)}`);
     }
+    this.appendBytesMaxGiven = opts.appendBytesMax;
     this.snapshotChunkBytes = Math.min(SNAPSHOT_CHUNK_BYTES, this.messageBytesMax - MESSAGE_OVERHEAD_BYTES);
+    this.onAppendTooLarge = opts.onAppendTooLarge;
     this.schedule = opts.schedule ?? ((run) => void setImmediate(run));
     this.pendingWritesMax = opts.pendingWritesMax ?? 4096;
     this.newIfMajorityEmpty = opts.newIfMajorityEmpty === true;
@@ -2242,6 +2316,8 @@ export class Replica {
       ahead = Math.max(ahead, f.next);
     }
     if (ahead > this.lastLsn) return false;
+    // Each follower's append holds what the smallest bound among them allows (after a `too_large`).
+    const bytesMax = Math.min(...fs.map((f) => this.batchBytesOf(f)));
     const catchUp: Array<HeldRecord[] | undefined> = [];
     for (const f of fs) {
       if (f.next === ahead) {
@@ -2249,11 +2325,11 @@ export class Replica {
         continue;
       }
       if (f.inFlight + 2 > APPEND_WINDOW) return false;
-      const records = this.recordsFrom(f.next, this.appendBytesMax);
+      const records = this.recordsFrom(f.next, bytesMax);
       if (records.length === 0 || records[records.length - 1]!.lsn < ahead - 1) return false;
       catchUp.push(records.slice(0, ahead - f.next));
     }
-    const records = this.recordsFrom(ahead, this.appendBytesMax);
+    const records = this.recordsFrom(ahead, bytesMax);
     if (records.length === 0) return false;
     fs.forEach((f, i) => {
       const behind = catchUp[i];
@@ -2289,7 +2365,7 @@ export class Replica {
     }
     if (f.probing === true && f.inFlight > 0) return false; // One probe at a time.
     const prevLsn = f.next - 1;
-    const records = f.next <= this.lastLsn && f.probing !== true ? this.recordsFrom(f.next, this.appendBytesMax) : [];
+    const records = f.next <= this.lastLsn && f.probing !== true ? this.recordsFrom(f.next, this.batchBytesOf(f)) : [];
     if (f.next <= this.lastLsn && records.length === 0 && f.probing !== true) return false; // Not readable yet; the next tick retries.
     this.sendAppend([id], [f], prevLsn, records);
     return records.length > 0;
@@ -2347,9 +2423,29 @@ export class Replica {
           this.pause(f);
           f.probing = true;
           if (records.length > 0 && f.refused.code === 'corruption') this.checkSentRecords(records);
+          if (records.length > 0 && f.refused.code === 'too_large' && this.followers.get(id) === f) this.onTooLarge(id, f, records);
         },
       );
     });
+  }
+
+  /**
+   * An append of `records` to follower `id` was refused as larger than a message may be: the
+   * next ones to it hold half as many bytes (at least one record). Sent again the same size, it
+   * would be refused again and again, and the follower would never catch up.
+   */
+  private onTooLarge(id: string, f: FollowerState, records: readonly HeldRecord[]): void {
+    this.counters.appendsTooLarge++;
+    let bytes = 0;
+    for (const r of records) bytes += r.payload.length + APPEND_RECORD_OVERHEAD_BYTES;
+    // Halved from what was sent (a short batch may have been sent under a larger bound); a bound
+    // below one record's bytes still sends one record (recordsFrom).
+    f.batchBytesMax = Math.max(1, Math.floor(Math.min(this.batchBytesOf(f), bytes) / 2));
+    const oneRecord = records.length === 1;
+    if (oneRecord ? f.oneRecordTooLargeSaid === true : f.tooLargeSaid === true) return;
+    if (oneRecord) f.oneRecordTooLargeSaid = true;
+    f.tooLargeSaid = true;
+    this.onAppendTooLarge?.({ follower: id, records: records.length, bytes, batchBytesMax: f.batchBytesMax, oneRecord, firstLsn: records[0]!.lsn });
   }
 
   /** After a message to `f` was lost or refused: nothing to it for a heartbeat interval (then an append without records, with `probing`). */

@@ -21,7 +21,7 @@ import { CorruptionError, StorageError, type CorruptionReport } from '../storage
 import { pageWriteBytes, PAGE_WRITE_PAGES_MAX } from '../storage-engine/page-write';
 import { DeviceQueue, type DeviceQueueOptions, type DeviceQueueStats, type QueueTracer } from '../actors/device-queue';
 import { WRITE_IDS_READ_AT_OPEN } from '../actors/write-ids';
-import { CACHE_COUNTERS, DEFAULT_TIMING, REPLICA_COUNTERS, Replica, noReplicaCounters, type CacheCounters, type ForceVoteResult, type ReplicaCounters, type ReplicaTransport, type ScrubStepResult, type ReplicaStats, type ReplicaTiming, type ReplicaTracer, type Role } from '../actors/replica';
+import { CACHE_COUNTERS, DEFAULT_TIMING, REPLICA_COUNTERS, Replica, noReplicaCounters, type AppendTooLarge, type CacheCounters, type ForceVoteResult, type ReplicaCounters, type ReplicaTransport, type ScrubStepResult, type ReplicaStats, type ReplicaTiming, type ReplicaTracer, type Role } from '../actors/replica';
 import type { ShardGeometry, PayloadOffload } from '../actors/shard';
 import { CpuPool, type CpuPoolStats } from './cpu-pool';
 import { FaultyDisk } from './faulty-disk';
@@ -129,6 +129,8 @@ export interface DeviceHostOptions {
    * device's other replicas go on. For logging by the host.
    */
   onFailure?: (spec: ShardSpec, err: Error, outcome: ReplicaErrorOutcome) => void;
+  /** A follower's transport refused an append of a leader here as too large (Replica `onAppendTooLarge`). For logging by the host. */
+  onAppendTooLarge?: (spec: ShardSpec, info: AppendTooLarge) => void;
   /**
    * Background scrub: bytes of image pages and log records read and checked per second on this
    * device, one replica after another (Replica.scrubStep); default SCRUB_BYTES_PER_SECOND_DEFAULT;
@@ -171,7 +173,10 @@ export interface DeviceHostOptions {
    */
   crcOffloadBytesMin?: number;
   timing?: Partial<ReplicaTiming>;
-  /** The most one replication message may hold (the NATS server's max_payload); default 1 MiB. */
+  /**
+   * The most one replication message may hold (the NATS server's max_payload); default 1 MiB.
+   * Changed while the device runs by `setMessageBytesMax`.
+   */
   messageBytesMax?: number;
   /** Restarts allowed per shard within restartWindowMs before it stays down; default 5. */
   restartsMax?: number;
@@ -757,6 +762,16 @@ export class DeviceHost {
     this.faulty.clearFaults();
   }
 
+  /**
+   * Replication messages may hold `bytes` at most from now on (the NATS server was restarted with
+   * another max_payload): every replica open now is told (Replica.setMessageBytesMax), and those
+   * opened later are built with it (below MESSAGE_BYTES_MIN they refuse to open, as at start).
+   */
+  setMessageBytesMax(bytes: number): void {
+    this.opts.messageBytesMax = bytes;
+    for (const e of this.shards.values()) e.replica?.setMessageBytesMax(bytes);
+  }
+
   stats(): DeviceHostStats {
     return {
       dir: this.dir,
@@ -939,6 +954,7 @@ export class DeviceHost {
         // Reopened after the call that found the damage has unwound.
         onDamage: (err) => queueMicrotask(() => this.repairDamage(entry, replica, err)),
         onFailure: (err) => queueMicrotask(() => this.replicaFailed(entry, replica, err)),
+        ...(this.opts.onAppendTooLarge ? { onAppendTooLarge: (info: AppendTooLarge) => this.opts.onAppendTooLarge?.(spec, info) } : {}),
       });
       entry.replica = replica;
       entry.downReason = undefined;

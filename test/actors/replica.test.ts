@@ -1,5 +1,5 @@
 import { strict as assert } from 'node:assert';
-import { FIRST_ELECTION_WAIT, QUIESCED_WAIT_BEATS, Replica, SCRUB_STEP_BYTES, type ReplicaTiming, type ReplicaTransport, type ScrubStepResult } from '../../actors/replica';
+import { FIRST_ELECTION_WAIT, QUIESCED_WAIT_BEATS, Replica, type AppendTooLarge, SCRUB_STEP_BYTES, type ReplicaTiming, type ReplicaTransport, type ScrubStepResult } from '../../actors/replica';
 import { DeviceQueue } from '../../actors/device-queue';
 import { WRITE_IDS_READ_AT_OPEN, WRITE_ID_KEEP_MS } from '../../actors/write-ids';
 import { SimDisk } from '../../storage-engine/sim-disk';
@@ -70,8 +70,17 @@ class TestShard {
   now = 0;
   private readonly slab = new Slab({ slotBytes: 8192, slotCount: 4096 });
 
-  /** Largest replication message sent, encoded (with `messageBytesMax`: larger ones are refused, as NATS does). */
+  /** Largest replication message sent, encoded (with `messageBytesMax` or `transportBytesMax`: larger ones are refused, as NATS does). */
   largestMessage = 0;
+
+  /**
+   * When set, the transport refuses messages larger than this (`too_large`, as nats.js does once
+   * connected to a server with a smaller max_payload), whatever the replicas were told.
+   */
+  transportBytesMax: number | undefined;
+
+  /** What leaders reported of appends refused as too large (Replica `onAppendTooLarge`), in order. */
+  readonly tooLarge: Array<{ id: string } & AppendTooLarge> = [];
 
   constructor(
     readonly ids: string[],
@@ -191,6 +200,7 @@ class TestShard {
       ...(this.opts.onFailure === true ? { onFailure: (err: Error) => void this.failures.push({ id, err }) } : {}),
       onRoleChange: (role, term, reason) => void this.roleChanges.push({ id, role, term, reason }),
       onAwake: () => void this.awake.add(id),
+      onAppendTooLarge: (info) => void this.tooLarge.push({ id, ...info }),
     });
     const m = { id, disk: sim, storage, queue, replica };
     this.members.set(id, m);
@@ -249,10 +259,11 @@ class TestShard {
     const send = async (to: string, msg: RaftRequest, timeoutMs: number): Promise<RaftReply> => {
       if (msg.type === 'append' && msg.records.length > 0) this.appendsSent.push({ from, to, records: msg.records.length });
       if (msg.type === 'append' && msg.records.length === 0) this.emptyAppends.push({ from, to, quiesce: msg.quiesce === true, at: this.now });
-      if (this.opts.messageBytesMax !== undefined) {
+      const bytesMax = this.transportBytesMax ?? this.opts.messageBytesMax;
+      if (bytesMax !== undefined) {
         const bytes = encode(msg).length;
         this.largestMessage = Math.max(this.largestMessage, bytes);
-        if (bytes > this.opts.messageBytesMax) throw new ProtocolError('too_large', `message of ${bytes} bytes exceeds ${this.opts.messageBytesMax}`);
+        if (bytes > bytesMax) throw new ProtocolError('too_large', `message of ${bytes} bytes exceeds ${bytesMax}`);
       }
       const target = this.members.get(to);
       if (!target || this.cut.has(`${from}>${to}`) || this.drops.some((d) => d(from, to, msg))) {
@@ -685,6 +696,73 @@ describe('Replica (quorum replication of a shard log)', function () {
     );
     // 7 pages fit (28,744 bytes) and commit.
     await l.replica.write(Array.from({ length: 7 }, (_, i) => ({ page: 200 + i, data: page(i) })));
+  });
+
+  /** A shard of three whose follower `lagging` missed `writes` records of 2 pages (over 8 KiB each), written 20 at a time. */
+  async function lagging(writes: number, opts: { checkpointEveryRecords?: number } = {}): Promise<{ s: TestShard; l: Member; m: Member }> {
+    const s = (shard = new TestShard(['a', 'b', 'c'], { ...opts, timing: { electionTimeoutMinMs: 400, electionTimeoutMaxMs: 600 } }));
+    const l = await s.leader();
+    const m = s.members.get(s.ids.find((x) => x !== l.id)!)!;
+    s.isolate([m.id]);
+    for (let k = 0; k < writes; k += 20) {
+      await Promise.all(Array.from({ length: Math.min(20, writes - k) }, (_, j) => k + j).map((i) => l.replica.write([{ page: i, data: page(i + 1) }, { page: 100 + i, data: page(i + 2) }])));
+    }
+    return { s, l, m };
+  }
+
+  for (const image of [false, true]) {
+    it(`messages bounded smaller while a follower lags (a NATS server restarted with a smaller max_payload): told the bound, the leader sizes its ${image ? 'image chunks' : 'appends'} to it and the follower catches up, nothing refused`, async () => {
+      // 80 records (over 640 KiB): one append of the default bound, or an image of 160 pages.
+      const { s, l, m } = await lagging(80, image ? { checkpointEveryRecords: 20 } : {});
+      if (image) await s.waitFor(() => l.storage.log.firstLsn > 1, 'the leader trims its log after checkpoints');
+      const bytesMax = 32 * 1024;
+      s.transportBytesMax = bytesMax;
+      s.largestMessage = 0;
+      for (const x of s.members.values()) x.replica.setMessageBytesMax(bytesMax);
+      s.heal();
+      const target = l.replica.appliedLsn;
+      await s.waitFor(() => m.replica.appliedLsn >= target && (!image || m.replica.stats().snapshotsInstalled >= 1), 'the lagging follower catches up', 15_000);
+      for (let i = 0; i < 80; i += 7) assert.deepEqual(m.storage.store.getPage(100 + i), page(i + 2), `page ${100 + i}`);
+      assert.deepEqual(s.tooLarge, [], 'no append refused as too large');
+      assert.equal(l.replica.stats().appendsTooLarge, 0);
+      assert.ok(s.largestMessage > bytesMax / 2 && s.largestMessage <= bytesMax, `largest message ${s.largestMessage} bytes`);
+      // A write whose record does not fit the new bound is refused, not appended.
+      await assert.rejects(
+        l.replica.write(Array.from({ length: 8 }, (_, i) => ({ page: 200 + i, data: page(i) }))),
+        (e: StorageError) => e.code === 'too_large' && /replication message of 32768 bytes/.test(e.message),
+      );
+    });
+  }
+
+  it('appends a follower\'s transport refuses as too large, its leader not told why: each next append to it is half as large, the follower catches up, reported once', async () => {
+    const { s, l, m } = await lagging(80);
+    s.transportBytesMax = 32 * 1024;
+    s.heal();
+    const target = l.replica.appliedLsn;
+    await s.waitFor(() => m.replica.appliedLsn >= target, 'the lagging follower catches up', 15_000);
+    for (let i = 0; i < 80; i += 7) assert.deepEqual(m.storage.store.getPage(100 + i), page(i + 2), `page ${100 + i}`);
+    // From about 107 records (896 KiB) to 3 (under 32 KiB): five halvings, not one refusal after another.
+    const refused = l.replica.stats().appendsTooLarge;
+    assert.ok(refused >= 1 && refused <= 8, `${refused} appends refused`);
+    assert.deepEqual(s.tooLarge.map((t) => [t.id, t.follower, t.oneRecord]), [[l.id, m.id, false]]);
+    assert.ok(s.tooLarge[0]!.records > 1 && s.tooLarge[0]!.batchBytesMax < s.tooLarge[0]!.bytes, JSON.stringify(s.tooLarge[0]));
+  });
+
+  it('a record larger than the transport takes: refused again as one record, reported once as such; told a bound that holds it, the follower catches up', async () => {
+    // Records of 2 pages (over 8 KiB), refused by a transport of 6 KiB even one at a time.
+    const { s, l, m } = await lagging(10);
+    s.transportBytesMax = 6 * 1024;
+    s.heal();
+    await s.waitFor(() => l.replica.stats().appendsTooLarge >= 6, 'one-record appends refused again and again');
+    assert.deepEqual(s.tooLarge.map((t) => [t.follower, t.oneRecord]), [[m.id, false], [m.id, true]]);
+    assert.equal(s.tooLarge[1]!.records, 1);
+    assert.ok(m.replica.appliedLsn < l.replica.appliedLsn, 'the follower has not caught up');
+    // The server allows more again, and the replicas are told.
+    s.transportBytesMax = 32 * 1024;
+    for (const x of s.members.values()) x.replica.setMessageBytesMax(32 * 1024);
+    const target = l.replica.appliedLsn;
+    await s.waitFor(() => m.replica.appliedLsn >= target, 'the lagging follower catches up', 15_000);
+    assert.equal(s.tooLarge.length, 2, 'nothing more reported');
   });
 
   it('refuses a message bound too small for one page, or an append bound the messages cannot carry', () => {
