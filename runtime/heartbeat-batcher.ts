@@ -30,7 +30,7 @@
 import type { Msg, NatsConnection, Subscription } from 'nats';
 import { decode, encode, MESSAGE_BYTES_MAX, type CodecOptions } from '../messages/codec';
 import { ProtocolError } from '../messages/errors';
-import { newInbox, statusCode } from './request-mux';
+import { natsErrorCode, newInbox, statusCode } from './request-mux';
 
 /** Entries of one heartbeats message at most. */
 export const HEARTBEAT_BATCH_ENTRIES_MAX = 1024;
@@ -268,6 +268,14 @@ export class HeartbeatSender {
     this.sub.unsubscribe();
   }
 
+  /**
+   * Messages are encoded and decoded within `codec` from now on (the server was restarted with
+   * another max_payload): the next messages are sized to it.
+   */
+  setCodec(codec: CodecOptions): void {
+    this.opts.codec = codec;
+  }
+
   private bytesMax(): number {
     return Math.max(1024, Math.floor((this.opts.codec.bytesMax ?? MESSAGE_BYTES_MAX) / 4));
   }
@@ -286,7 +294,12 @@ export class HeartbeatSender {
       data = encode({ from: this.opts.nodeId, host: this.opts.hostId, e: b.entries } satisfies HeartbeatBatch, this.opts.codec);
       this.nc.publish(heartbeatsSubject(this.opts.cluster, to), data, { reply: `${this.prefix}${token}` });
     } catch (e) {
-      const err = e instanceof ProtocolError ? e : new ProtocolError('unavailable', `heartbeats to ${to} not sent: ${(e as Error).message}`);
+      // More than the server takes (its max_payload, smaller than this sender was told) is too_large.
+      const err = e instanceof ProtocolError
+        ? e
+        : natsErrorCode(e) === 'MAX_PAYLOAD_EXCEEDED'
+        ? new ProtocolError('too_large', `heartbeats to ${to} not sent: more than the server's max_payload (${(e as Error).message})`)
+        : new ProtocolError('unavailable', `heartbeats to ${to} not sent: ${(e as Error).message}`);
       for (const s of b.slots.values()) s.reject(err);
       return;
     }

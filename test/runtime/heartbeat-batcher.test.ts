@@ -110,6 +110,23 @@ describe('HeartbeatSender (appends without records to one node, one message per 
     assert.deepEqual(received.map((b) => b.e.length), [HEARTBEAT_BATCH_ENTRIES_MAX, 5]);
   });
 
+  it('a sender sized for a larger max_payload than its server\'s (the server restarted with a smaller one): refused too_large; told the server\'s, its messages fit again', async () => {
+    const stale = new HeartbeatSender(nc, { cluster: 't', nodeId: 'n1', hostId: 0, codec: { bytesMax: 1024 * 1024 } });
+    try {
+      const big = encode('x'.repeat(1000));
+      // 100 kB in one message: more than the server's 64 KiB.
+      const refused = await Promise.allSettled(Array.from({ length: 100 }, (_, i) => stale.send('n2', 'v', i, big, 5000)!));
+      assert.ok(refused.every((r) => r.status === 'rejected' && (r.reason as ProtocolError).code === 'too_large'), JSON.stringify(refused[0]));
+      assert.equal(received.length, 0);
+      stale.setCodec(codec);
+      await Promise.all(Array.from({ length: 100 }, (_, i) => stale.send('n2', 'v', i, big, 5000)!));
+      assert.ok(received.length >= 6, `${received.length} messages for 100 kB`);
+      for (const b of received) assert.ok(encode(b).length <= MAX_PAYLOAD / 4 + 64, String(encode(b).length));
+    } finally {
+      stale.close();
+    }
+  });
+
   it('an entry none of its node\'s hosts answers fails at once once they all have (no replica there); the others of its message are answered', async () => {
     answer = (_v, s, body) => (s === 1 ? undefined : { echoed: body });
     for (const hosts of [1, 3]) {
