@@ -3429,6 +3429,8 @@ export class StrataNode {
         discardFailures: h.device?.discardFailures ?? 0,
         // The worst hold of the host's event loop in the last 10 s (its tick ran that late).
         ...(h.loopDelay ? { loopDelayMaxMs: Math.round(h.loopDelay.recentMaxMs * 10) / 10 } : {}),
+        // The server's max_payload its replication messages are sized to (learnt again at each reconnection).
+        ...(h.maxPayload !== undefined ? { maxPayload: h.maxPayload } : {}),
         mailbox: h.mailbox,
       })),
       shards,

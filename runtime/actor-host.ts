@@ -41,7 +41,7 @@ import { HEADER_DEADLINE, HEADER_TYPE, HEADER_SCHEMA, SCHEMA_VERSION, checkSchem
 import { nodeInboxPrefix, shardLeadersSubject, shardSubject } from '../messages/subjects';
 import { validateRaftRequest, validateRaftReply, replicaSubject, followersSubject, type AppendRequest, type RaftRequest, type RaftReply } from '../messages/raft';
 import type { NotCopied } from '../messages/control';
-import { DEFAULT_TIMING, type ForceVoteResult, type ReconfigureResult, type ReplicaConfig, type ReplicaDigest, type ReplicaTransport, type ReplicaTiming, type TransferResult, type WriteAttempt } from '../actors/replica';
+import { DEFAULT_TIMING, MESSAGE_BYTES_FLOOR, MESSAGE_BYTES_MIN, type ForceVoteResult, type ReconfigureResult, type ReplicaConfig, type ReplicaDigest, type ReplicaTransport, type ReplicaTiming, type TransferResult, type WriteAttempt } from '../actors/replica';
 import { DeviceHost, deviceProblem, shardKey, type ShardSpec, type ReplicaRoles, type ForgottenRule, type DeviceHostOptions, type DeviceHostStats, type ReplicaErrorOutcome } from './device-host';
 import { createLogger, throttled, type Logger } from '../observability/log';
 import type { WorkerTelemetryInit, WorkerTracing } from '../observability/worker-tracing';
@@ -128,6 +128,11 @@ export interface HostStats {
   hostId: number;
   device: DeviceHostStats | undefined;
   natsConnected: boolean;
+  /**
+   * The NATS server's max_payload this host sizes replication messages to, as learnt at connect
+   * and at its last reconnection; absent before init.
+   */
+  maxPayload?: number;
   mailbox: MailboxStats[];
   /** Request durations and errors on this host (only with telemetry). */
   requests?: RequestStatsSnapshot;
@@ -363,6 +368,40 @@ export class ActorHost implements HostApi {
   /** Attributes of every span of this host: node and device (set in init). */
   private spanAttrs: Attributes = {};
 
+  /**
+   * The server's max_payload as this host last learnt it (at connect, then at each reconnection);
+   * whether it was found below MESSAGE_BYTES_MIN (logged once, until it is enough again).
+   */
+  private maxPayload: number | undefined;
+  private maxPayloadShort = false;
+
+  /**
+   * After a reconnection: the server may be another, or restarted with another max_payload
+   * (nats.js refuses to publish more than the server it is connected to takes). A changed bound
+   * is passed to everything that sizes messages by it: this host's codecs, its heartbeats and
+   * every replica of its device (appends, image chunks, the writes they take), and the replicas
+   * opened later. Below MESSAGE_BYTES_MIN (what a replica needs to open) it is logged at error,
+   * once: writes whose record does not fit are refused `too_large`, and replicas opened from then
+   * on refuse to open, as at start.
+   */
+  private onMaxPayload(): void {
+    const maxPayload = serverMaxPayload(this.nc);
+    if (maxPayload === undefined || maxPayload === this.maxPayload || this.stopping) return;
+    const before = this.maxPayload;
+    this.maxPayload = maxPayload;
+    this.codec = { bytesMax: maxPayload };
+    this.requestCodec = { ...this.codec, itemsMax: REQUEST_ITEMS_MAX };
+    this.heartbeats?.setCodec(this.codec);
+    this.device?.setMessageBytesMax(Math.max(maxPayload, MESSAGE_BYTES_FLOOR));
+    const short = maxPayload < MESSAGE_BYTES_MIN;
+    if (short && !this.maxPayloadShort) {
+      this.log.error('the NATS server\'s max_payload is below what Strata needs: writes whose record does not fit a message are refused too_large, and replicas do not open until the server allows more', { maxPayload, before, needed: MESSAGE_BYTES_MIN });
+    } else if (!short) {
+      this.log.info('the NATS server\'s max_payload changed: replication messages are sized to it', { maxPayload, before });
+    }
+    this.maxPayloadShort = short;
+  }
+
   private natsConnected(): boolean {
     return this.nc !== undefined && !this.nc.isClosed() && this.connection?.connected === true;
   }
@@ -405,10 +444,15 @@ export class ActorHost implements HostApi {
       this.log.error('the NATS server refuses this node\'s user (its permissions: strata nats-auth)', { ...denied, unreported }),
     );
     this.mux = new RequestMux(this.nc, { connection: this.connection });
-    // Replication messages are sized to the server's max_payload (learnt at connect).
+    // Replication messages are sized to the server's max_payload, learnt at connect and again at
+    // every reconnection (a server restarted with another one: `onMaxPayload`).
     const maxPayload = serverMaxPayload(this.nc);
+    this.maxPayload = maxPayload;
     this.codec = { bytesMax: maxPayload ?? MESSAGE_BYTES_MAX };
     this.requestCodec = { ...this.codec, itemsMax: REQUEST_ITEMS_MAX };
+    this.connection.onChange((up) => {
+      if (up) this.onMaxPayload();
+    });
     this.heartbeats = new HeartbeatSender(this.nc, { cluster: config.cluster, nodeId: config.nodeId, hostId: config.hostId, codec: this.codec });
     // Every host of the node takes the heartbeats sent to it and answers those of its own shards.
     this.heartbeatsSub = this.nc.subscribe(heartbeatsSubject(config.cluster, config.nodeId), {
@@ -463,6 +507,11 @@ export class ActorHost implements HostApi {
         }),
       // As a request's fatal error is: once, at warn when restarted, at error when left down.
       onFailure: (spec, err, outcome) => this.logReplicaError(spec, outcome, wireError(err)),
+      // Once per follower until it is sized again (Replica `onAppendTooLarge`).
+      onAppendTooLarge: (spec, info) =>
+        info.oneRecord
+          ? this.log.error('a follower\'s transport refuses even one record as larger than the NATS server\'s max_payload: that follower can not catch up while the server allows so little', { volume: spec.volumeId, shard: spec.shard, ...info, maxPayload: this.maxPayload })
+          : this.log.warn('a follower\'s transport refused an append as larger than the NATS server\'s max_payload: the next appends to it are smaller', { volume: spec.volumeId, shard: spec.shard, ...info, maxPayload: this.maxPayload }),
     });
     const tickMs = config.tickMs ?? 10;
     this.loopDelay = new LoopDelay(tickMs);
@@ -730,6 +779,7 @@ export class ActorHost implements HostApi {
       hostId: this.config?.hostId ?? -1,
       device: this.device?.stats(),
       natsConnected: this.natsConnected(),
+      ...(this.maxPayload !== undefined ? { maxPayload: this.maxPayload } : {}),
       mailbox,
       ...(this.recorder ? { requests: this.recorder.snapshot() } : {}),
       ...(this.loopDelay ? { loopDelay: this.loopDelay.stats(performance.now()) } : {}),
