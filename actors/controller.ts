@@ -230,7 +230,8 @@ const MEMBER_SWEEP_EVERY_MS = 60 * 1000;
  */
 export interface ReplicatedCatalog {
   state: CatalogState | undefined;
-  write(state: CatalogState): Promise<void>;
+  /** `encoded`: `state` as `encode` makes it, when the controller made it already (`bytesMax`). */
+  write(state: CatalogState, encoded?: Uint8Array): Promise<void>;
   /**
    * The most bytes the encoded catalog may take (its region of the catalog shard): a change that
    * would make it larger is refused `too_large`, before anything changes (a write that failed
@@ -1219,14 +1220,13 @@ export class Controller {
     const s = { ...next, epoch: this.state.epoch + 1 };
     if (this.replicated !== undefined) {
       const { write, bytesMax } = this.replicated;
-      if (bytesMax !== undefined) {
-        const bytes = encode(s).byteLength;
-        if (bytes > bytesMax) {
-          throw new ProtocolError('too_large', `the catalog would take ${bytes} bytes with this change, over its limit of ${bytesMax}: the change is not made (delete volumes, or use fewer shards or replicas)`, { bytes, bytesMax });
-        }
+      // Encoded once: its size checked here, its bytes written.
+      const encoded = bytesMax === undefined ? undefined : encode(s, { bytesMax: Number.MAX_SAFE_INTEGER });
+      if (encoded !== undefined && encoded.byteLength > bytesMax!) {
+        throw new ProtocolError('too_large', `the catalog would take ${encoded.byteLength} bytes with this change, over its limit of ${bytesMax}: the change is not made (delete volumes, or use fewer shards or replicas)`, { bytes: encoded.byteLength, bytesMax });
       }
       this.state = s;
-      this.writes = this.writes.then(() => (this.fenced === undefined && this.retired === undefined ? write(s) : undefined)).catch((e: unknown) => {
+      this.writes = this.writes.then(() => (this.fenced === undefined && this.retired === undefined ? write(s, encoded) : undefined)).catch((e: unknown) => {
         this.fenced ??= e instanceof Error ? e.message : String(e);
       });
       return;

@@ -117,8 +117,9 @@ export function decodeHeader(page: Uint8Array): CatalogHeader | undefined {
  * last may hold an older catalog's bytes, and is always written. `too_large` for a catalog beyond
  * a region.
  */
-export function catalogPages(state: CatalogState, current: 0 | 1 | undefined, held?: Uint8Array): { data: PageWrite[]; header: PageWrite; region: 0 | 1; bytes: Uint8Array } {
-  const bytes = encode(state, { bytesMax: CATALOG_BYTES_MAX });
+export function catalogPages(state: CatalogState, current: 0 | 1 | undefined, held?: Uint8Array, encoded?: Uint8Array): { data: PageWrite[]; header: PageWrite; region: 0 | 1; bytes: Uint8Array } {
+  const bytes = encoded ?? encode(state, { bytesMax: CATALOG_BYTES_MAX });
+  if (bytes.byteLength > CATALOG_BYTES_MAX) throw new ProtocolError('too_large', `the catalog of ${bytes.byteLength} bytes exceeds its region of ${CATALOG_BYTES_MAX} bytes`, { bytes: bytes.byteLength, bytesMax: CATALOG_BYTES_MAX });
   const region: 0 | 1 = current === 0 ? 1 : 0;
   const data: PageWrite[] = [];
   for (let at = 0, page = regionStart(region); at < bytes.length; at += CATALOG_PAGE_SIZE, page++) {
@@ -216,10 +217,10 @@ export class CatalogShard {
   }
 
   /** Makes `state` the catalog: its region's pages, then the header; resolves once committed. */
-  async write(state: CatalogState): Promise<void> {
+  async write(state: CatalogState, encoded?: Uint8Array): Promise<void> {
     const deadlineMs = Date.now() + this.opts.timeoutMs;
     const target = this.region === 0 ? 1 : 0;
-    const { data, header, region, bytes } = catalogPages(state, this.region, this.held[target]);
+    const { data, header, region, bytes } = catalogPages(state, this.region, this.held[target], encoded);
     const per = this.perRequest();
     if (data.length + 1 <= per) {
       await this.send([...data, header], deadlineMs);

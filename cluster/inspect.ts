@@ -86,7 +86,11 @@ export interface ReplicaReport {
   bytes: number;
   /** Damage found: the open's reports, and with `verify` every image page's checksum. */
   damage: CorruptionReport[];
-  /** What the node's next open of this directory will change, relative to it (a torn tail cut…). */
+  /**
+   * What the node's next open of this directory will change, relative to it (a torn tail cut…);
+   * but for damaged images and checkpoint pointer (in `damage`): the open writes the newest image
+   * or the pointer again and removes the other damaged images, which a look does not do in memory.
+   */
   nextOpen: string[];
   /** Of `nextOpen`, the log segments the open makes shorter: a torn tail cut. */
   tailCut?: string[];

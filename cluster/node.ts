@@ -1979,7 +1979,7 @@ export class StrataNode {
     const still = await this.catalogTerm();
     if (still !== term || this.stopped || this.seat !== undefined) return;
     this.controller = new Controller({
-      replicated: { state, write: (next) => shard.write(next), bytesMax: CATALOG_BYTES_MAX },
+      replicated: { state, write: (next, encoded) => shard.write(next, encoded), bytesMax: CATALOG_BYTES_MAX },
       newCatalogTag: crypto.randomBytes(4).toString('hex'),
     });
     this.seat = { term, subs: [], sinceMs: Date.now() };

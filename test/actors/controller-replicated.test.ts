@@ -102,6 +102,22 @@ describe('Controller with a replicated catalog', () => {
     assert.deepEqual(g.written.map((w) => w.volumes.map((v) => v.name)), [['one'], []]);
   });
 
+  it('a catalog larger than a message (1 MiB) but within its bytesMax takes changes, and each is written with the bytes its size was checked on', async () => {
+    const written: Array<{ state: CatalogState; encoded: Uint8Array | undefined }> = [];
+    const c = new Controller({ replicated: { state: undefined, write: async (state, encoded) => void written.push({ state, encoded }), bytesMax: 16 * 1024 * 1024 }, newCatalogTag: 'abc' });
+    c.heartbeat('a', 1, T0);
+    let bytes = 0;
+    for (let i = 0; bytes <= 1.2 * 1024 * 1024; i++) {
+      c.create({ name: `v${i}`, pageCount: 4096, pageSize: 4096, shards: 256, stripePages: 16, replicas: 1 }, T0);
+      bytes = encode(c['state'], { bytesMax: Number.MAX_SAFE_INTEGER }).byteLength;
+    }
+    await c.settled();
+    const last = written[written.length - 1]!;
+    assert.equal(last.state.epoch, c.epoch);
+    assert.deepEqual(last.encoded, encode(last.state, { bytesMax: Number.MAX_SAFE_INTEGER }));
+    assert.ok(last.encoded!.byteLength > 1024 * 1024);
+  });
+
   it('a write that fails: settled rejects timeout (the outcome is unknown), later changes are refused and never written', async () => {
     const g = gatedStore();
     const c = new Controller({ replicated: g.store, newCatalogTag: 'abc' });
