@@ -824,6 +824,11 @@ export class Controller {
     return v?.placing === true ? v : undefined;
   }
 
+  /** The volumes whose create or branch was not answered yet (`unplaced`), in catalog order. */
+  unplacedVolumes(): VolumeRecord[] {
+    return this.state.volumes.filter((v) => v.placing === true);
+  }
+
   /**
    * Records that every node opened the replicas of volume `id` (`placing` taken off), before its
    * create or branch is answered. `not_found` when the catalog no longer holds it (undone

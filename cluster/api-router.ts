@@ -174,8 +174,9 @@ export class ApiRouter {
   /**
    * volume.info: the controller's answer; when the controller is not reachable (`unavailable`),
    * the geometry `local` knows (the assignments of this node, which hosts a replica of the
-   * volume), so that page requests of a volume go on while the catalog is down. The catalog's
-   * other answers (`not_found`, a timeout) stand.
+   * volume, and not of one whose create was not answered: StrataNode.localVolumeInfo), so that
+   * page requests of a volume go on while the catalog is down. The catalog's other answers
+   * (`not_found`, a timeout) stand.
    */
   async volumeInfo(body: unknown, data: Uint8Array, deadlineMs: number, local: (name: string) => VolumeInfo | undefined): Promise<Uint8Array> {
     const { name } = validateVolumeNameRequest(body);

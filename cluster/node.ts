@@ -493,6 +493,11 @@ function shardId(a: { volumeId: string; shard: number }): string {
   return shardKey(a.volumeId, a.shard);
 }
 
+/** `not_found` for volume `name` whose create (or branch) has not been answered yet (`path`: the field that named it). */
+function notAnsweredYet(name: string, path?: string): ProtocolError {
+  return new ProtocolError('not_found', `${path === undefined ? '' : `${path}: `}volume '${name}' does not exist (its create has not been answered yet)`, { name, ...(path === undefined ? {} : { path }) });
+}
+
 /** A node's record of a shard and its assignment name the same members (and set moved from). */
 function sameMembers(rec: ShardAssignment, a: ShardAssignment): boolean {
   return rec.members.join(',') === a.members.join(',') && (rec.priorMembers ?? []).join(',') === (a.priorMembers ?? []).join(',');
@@ -570,6 +575,8 @@ export class StrataNode {
    * since it may still be undone (a node that cannot open its shards).
    */
   private readonly creating = new Set<string>();
+  /** The controller's undo of a create nobody finished is queued or running (`undoAbandoned`): one at a time. */
+  private undoingAbandoned = false;
   /** Volumes (ids) whose create this node's controller placed on every node, the newest PLACED_HERE_MAX (`madeAgain`). */
   private readonly placedHere = new Set<string>();
   /** Control requests being handled (CONTROL_IN_FLIGHT_MAX). */
@@ -1483,7 +1490,7 @@ export class StrataNode {
     // the two may open a new replica first: it then counts as lost until its peers answer that
     // none of them ever campaigned (Replica.probeTerms), and votes from then on. A create whose
     // controller died before every node opened its replicas (a peer that never answers) is
-    // undone and made anew by the next one (`undoUnplaced`), not left to this.
+    // undone by the next one (`undoUnplaced`, `undoAbandoned`), not left to this.
     const existing = missing.filter((s) => s.priorMembers === undefined);
     if (existing.length > 0) await this.openShards(existing, true, seq.destroys).catch((e: unknown) => failures.push(e));
     // The replica a move adds to this node is new (it never held the shard, so it cannot have
@@ -1491,10 +1498,11 @@ export class StrataNode {
     const joining = missing.filter((s) => s.priorMembers !== undefined);
     if (joining.length > 0) await this.openShards(joining, false, seq.destroys).catch((e: unknown) => failures.push(e));
     // Records whose members a finished move changed: what a restart opens and a lost catalog is
-    // recovered from.
+    // recovered from; and those of a volume whose create the catalog has recorded answered since
+    // (`placing` taken off: `localVolumeInfo` describes it from then on), or not.
     const stale = held.filter((s) => {
       const rec = this.nodeMeta.shards.find((x) => x.volumeId === s.volumeId && x.shard === s.shard);
-      return rec !== undefined && (!sameMembers(rec, s) || rec.pageCount < s.pageCount);
+      return rec !== undefined && (!sameMembers(rec, s) || rec.pageCount < s.pageCount || (rec.placing === true) !== (s.placing === true));
     });
     if (stale.length > 0) await this.updateRecords(stale).catch((e: unknown) => failures.push(e));
     // Replicas of deleted volumes still open on a host (their destroy failed half-way), and files
@@ -1538,6 +1546,8 @@ export class StrataNode {
     const recorded = new Map(this.nodeMeta.shards.map((r) => [shardId(r), r]));
     const known = new Set(recorded.keys());
     const added: ShardAssignment[] = [];
+    // Shards recorded already whose mark of a create not answered the open changes (ShardAssignment.placing).
+    const marked = new Map<string, boolean>();
     const notCopied: NotCopied[] = [];
     let failure: { error: unknown } | undefined;
     for (const placed of list) {
@@ -1556,6 +1566,8 @@ export class StrataNode {
           notCopied.push({ volumeId: a.volumeId, shard: a.shard, reason: opened.notCopied.reason.slice(0, NOT_COPIED_REASON_MAX), noSpace: opened.notCopied.noSpace });
         }
         this.openedAt.set(shardId(a), ++this.openSeq);
+        const rec = recorded.get(shardId(a));
+        if (rec !== undefined && (rec.placing === true) !== (a.placing === true)) marked.set(shardId(a), a.placing === true);
         if (!known.has(shardId(a))) {
           known.add(shardId(a));
           added.push(a);
@@ -1564,29 +1576,47 @@ export class StrataNode {
         failure ??= { error: e };
       }
     }
-    if (added.length > 0) this.persist({ ...this.nodeMeta, shards: [...this.nodeMeta.shards, ...added] });
+    if (added.length > 0 || marked.size > 0) {
+      const remark = (r: ShardAssignment): ShardAssignment => {
+        const placing = marked.get(shardId(r));
+        if (placing === undefined) return r;
+        const { placing: _, ...rest } = r;
+        return placing ? { ...rest, placing: true } : rest;
+      };
+      this.persist({ ...this.nodeMeta, shards: [...this.nodeMeta.shards.map(remark), ...added] });
+    }
     if (failure !== undefined) throw failure.error;
     return notCopied;
   }
 
   /**
-   * Takes the members (and, for a replica a move adds, the set it moves from) of `list` into
-   * this node's records of those shards, durably, then into its hosts' specs (what a restarted
-   * host reopens them with). The files stay where they are (the record's host).
+   * Takes the members (and, for a replica a move adds, the set it moves from) and the `placing`
+   * mark of `list` into this node's records of those shards, durably, then into its hosts' specs
+   * (what a restarted host reopens them with) where the members or the size changed. The files
+   * stay where they are (the record's host).
    */
   private updateRecords(list: ShardAssignment[]): Promise<void> {
     return this.shardOp(async () => {
       const byId = new Map(list.map((a) => [shardId(a), a]));
+      const reopen: ShardAssignment[] = [];
       const next = this.nodeMeta.shards.map((rec) => {
         const a = byId.get(shardId(rec));
         if (a === undefined) return rec;
-        const { priorMembers: _, removed: __, ...base } = rec;
+        const { priorMembers: _, removed: __, placing: ___, ...base } = rec;
         // A volume grows and never shrinks: a catalog that has not recorded a resize yet (its
         // nodes take the size first) does not take the size back.
-        return { ...base, members: [...a.members], pageCount: Math.max(rec.pageCount, a.pageCount), ...(a.priorMembers !== undefined ? { priorMembers: [...a.priorMembers] } : {}) };
+        const updated: ShardAssignment = {
+          ...base,
+          members: [...a.members],
+          pageCount: Math.max(rec.pageCount, a.pageCount),
+          ...(a.priorMembers !== undefined ? { priorMembers: [...a.priorMembers] } : {}),
+          ...(a.placing === true ? { placing: true as const } : {}),
+        };
+        if (!sameMembers(rec, updated) || updated.pageCount !== rec.pageCount) reopen.push(updated);
+        return updated;
       });
       this.persist({ ...this.nodeMeta, shards: next });
-      await this.reopenOnHosts(next.filter((rec) => byId.has(shardId(rec))));
+      await this.reopenOnHosts(reopen);
     });
   }
 
@@ -2255,7 +2285,7 @@ export class StrataNode {
     sub(subj('volume.resize'), (body, msg) => this.serial(msg, (deadlineMs) => this.resizeVolume(c, validateVolumeResizeRequest(body), deadlineMs)));
     sub(subj('volume.info'), async (body) => {
       const { name } = validateVolumeNameRequest(body);
-      if (this.creating.has(name) || c.unplaced(name) !== undefined) throw new ProtocolError('not_found', `volume '${name}' does not exist (its create has not been answered yet)`, { name });
+      if (this.creating.has(name) || c.unplaced(name) !== undefined) throw notAnsweredYet(name);
       const v = c.get(name);
       // With where each shard's replicas are, and the moves under way.
       return { ...volumeInfo(v), replicaSets: replicaSets(v) };
@@ -2396,13 +2426,15 @@ export class StrataNode {
 
   /**
    * The geometry of volume `name` as this node's assignments record it (it hosts a replica of
-   * one of its shards), or undefined: not hosted here, or two volumes of that name recorded (one
-   * deleted and created again while this node missed it), which only the catalog can tell apart.
+   * one of its shards), or undefined: not hosted here, two volumes of that name recorded (one
+   * deleted and created again while this node missed it), which only the catalog can tell apart,
+   * or a volume whose create had not been answered when the node last heard from the catalog
+   * (ShardAssignment.placing: it may be undone, and nobody may write to it before it is answered).
    */
   localVolumeInfo(name: string): VolumeInfo | undefined {
     const mine = this.nodeMeta.shards.filter((a) => a.volumeName === name);
     const a = mine[0];
-    if (a === undefined || mine.some((b) => b.volumeId !== a.volumeId)) return undefined;
+    if (a === undefined || mine.some((b) => b.volumeId !== a.volumeId || b.placing === true)) return undefined;
     return {
       name, id: a.volumeId, pageCount: a.pageCount, pageSize: a.pageSize, shards: a.shards, stripePages: a.stripePages,
       replicas: a.members.length as VolumeInfo['replicas'], createdAt: a.createdAt ?? 0,
@@ -2422,6 +2454,8 @@ export class StrataNode {
       volumeId: v.id, volumeName: v.name, shard, shards: v.shards, pageCount: v.pageCount,
       pageSize: v.pageSize, stripePages: v.stripePages, hostId, createdAt: v.createdAt,
       ...(seed !== undefined ? { seed } : {}),
+      // Its create not answered yet: its nodes do not describe it from their records (`localVolumeInfo`).
+      ...(v.placing === true ? { placing: true as const } : {}),
     };
     // The new set in the order the catalog gives it once the move is done (`to` where `from` was).
     if (role === 'adding') return { ...base, members: members.map((m) => (m === p.removing ? p.adding!.nodeId : m)), priorMembers: members };
@@ -2445,9 +2479,9 @@ export class StrataNode {
    */
   private async moveShard(req: ShardMoveRequest, deadlineMs: number, repair?: { withoutOpen: boolean; reason: RepairMove['reason'] }): Promise<ShardMoveReply> {
     const c = this.seated();
-    if (this.creating.has(req.volume)) throw new ProtocolError('not_found', `volume '${req.volume}' does not exist (its create has not been answered yet)`, { name: req.volume });
+    if (this.creating.has(req.volume)) throw notAnsweredYet(req.volume);
     const v = c.get(req.volume);
-    if (v.placing === true) throw new ProtocolError('not_found', `volume '${req.volume}' does not exist (its create has not been answered yet)`, { name: req.volume });
+    if (v.placing === true) throw notAnsweredYet(req.volume);
     const key = `${v.id}.${req.shard}`;
     const running = this.moving.get(key);
     const movesMax = this.opts.movesInFlightMax ?? MOVES_IN_FLIGHT_MAX;
@@ -2495,6 +2529,7 @@ export class StrataNode {
     const afterMs = this.opts.repairAfterMs ?? REPAIR_AFTER_MS_DEFAULT;
     const c = this.controller;
     if (c === undefined || this.stopped || c.storageFailure !== undefined) return;
+    this.undoAbandoned(c);
     const room = REPAIRS_IN_FLIGHT_MAX - this.repairing.size;
     if (room <= 0) return;
     const now = Date.now();
@@ -2550,6 +2585,32 @@ export class StrataNode {
         })
         .finally(() => this.repairing.delete(key));
     }
+  }
+
+  /**
+   * The controller's check for a create nobody finished (docs/replication.md, "A create its
+   * controller did not finish"): a volume still marked placing (Controller.unplaced) whose name
+   * no create or branch of this controller is placing now (`creating`), once the controller knows
+   * the live nodes (MEMBERS_WARMUP_MS after it took its seat), is undone as a create sent again
+   * would undo it (`undoUnplaced`), one at a time, in the catalog's queue (`serialUntil`): never
+   * beside a create or branch of its name. The mark is set only by a create or branch that this
+   * queue runs, and taken off before it ends, so one found between two operations of the queue is
+   * one whose controller stopped before its answer.
+   */
+  private undoAbandoned(c: Controller): void {
+    if (this.undoingAbandoned || Date.now() < this.controllerSinceMs() + MEMBERS_WARMUP_MS) return;
+    const found = c.unplacedVolumes().find((v) => !this.creating.has(v.name));
+    if (found === undefined) return;
+    this.undoingAbandoned = true;
+    void this.serialUntil(undefined, async () => {
+      // Checked again at its turn: a create of its name may have undone it, or made it anew, meanwhile.
+      if (this.controller !== c || this.creating.has(found.name) || c.unplaced(found.name)?.id !== found.id) return;
+      await this.undoUnplaced(c, found.name, undefined, 'abandoned');
+    })
+      .catch((e: unknown) => {
+        if (!this.stopped) this.log.warn('could not undo a create nobody finished; tried again at the next check', { name: found.name, volume: found.id, err: e });
+      })
+      .finally(() => (this.undoingAbandoned = false));
   }
 
   /**
@@ -2871,13 +2932,16 @@ export class StrataNode {
    * term (docs/replication.md, "A replica whose storage was lost"), so that a shard with a
    * replica on a dead node would have no leader for as long as that node stays dead. Undone,
    * nothing is lost: the volume was neither answered, described nor listed, so nothing was
-   * written to it. The destroys of its replicas are not waited for (those of a node that does
-   * not answer come through the tombstone).
+   * written to it (its nodes do not describe it either: ShardAssignment.placing). The destroys
+   * of its replicas are not waited for (those of a node that does not answer come through the
+   * tombstone). `abandoned`: no request asked for it, the controller's own check did
+   * (`undoAbandoned`).
    */
-  private async undoUnplaced(c: Controller, name: string, deadlineMs: number | undefined): Promise<void> {
+  private async undoUnplaced(c: Controller, name: string, deadlineMs: number | undefined, why: 'asked' | 'abandoned' = 'asked'): Promise<void> {
     const v = c.unplaced(name);
     if (v === undefined) return;
-    this.log.info('a create that was never answered, whose replicas its controller may not have opened on every node: undone, and made anew', { name, volume: v.id, requestId: v.requestId });
+    if (why === 'asked') this.log.info('a create that was never answered, whose replicas its controller may not have opened on every node: undone, and made anew', { name, volume: v.id, requestId: v.requestId });
+    else this.log.info('a create that was never answered, whose replicas its controller may not have opened on every node, and that nobody sent again: undone', { name, volume: v.id, requestId: v.requestId });
     c.delete(v.name, undefined, { undo: true });
     // Durable before the destroys, and before the volume is made anew.
     await this.settle(c);
@@ -2930,7 +2994,7 @@ export class StrataNode {
   private async branchVolume(c: Controller, req: ReturnType<typeof validateVolumeBranchRequest>, deadlineMs: number | undefined): Promise<unknown> {
     if (req.lsns === undefined) throw new ProtocolError('bad_request', 'lsns: the controller needs the branch point of every shard (the API router fills them in)', { path: 'lsns' });
     // A parent whose create was not answered does not exist yet (`creating`, Controller.unplaced).
-    if (this.creating.has(req.parent) || c.unplaced(req.parent) !== undefined) throw new ProtocolError('not_found', `parent: volume '${req.parent}' does not exist (its create has not been answered yet)`, { name: req.parent, path: 'parent' });
+    if (this.creating.has(req.parent) || c.unplaced(req.parent) !== undefined) throw notAnsweredYet(req.parent, 'parent');
     await this.heardFromNodes(c, 1, deadlineMs);
     await this.undoUnplaced(c, req.name, deadlineMs);
     const again = this.madeAgain(c, req.requestId, req.name, deadlineMs);
@@ -3012,13 +3076,36 @@ export class StrataNode {
       // Recorded placed before it is answered: a controller that takes over later neither undoes
       // it nor hides it (`undoUnplaced`).
       if (v.placing === true) {
-        c.placed(v.id);
+        const placed = c.placed(v.id);
         await this.settle(c);
+        await this.tellPlaced(c, placed, Math.max(1, waitEndMs - Date.now()));
       }
       this.placedHere.add(v.id);
       if (this.placedHere.size > PLACED_HERE_MAX) this.placedHere.delete(this.placedHere.values().next().value!);
     }
     return volumeInfo(v);
+  }
+
+  /**
+   * Has the nodes of volume `v`, just recorded placed (Controller.placed), take the mark off
+   * their records of its shards (an open of what they hold already, without ShardAssignment.placing),
+   * waiting for them up to `waitMs`, before its create is answered: a node then describes it from
+   * its records when the controller cannot be reached (`localVolumeInfo`). A node that does not
+   * answer keeps the mark until it reconciles with the catalog: it answers `unavailable` for the
+   * volume meanwhile, never describes one that may be undone.
+   */
+  private async tellPlaced(c: Controller, v: VolumeRecord, waitMs: number): Promise<void> {
+    const byNode = new Map<string, ShardAssignment[]>();
+    for (const p of v.placements) {
+      for (const r of p.replicas) byNode.set(r.nodeId, [...(byNode.get(r.nodeId) ?? []), this.assignmentOf(v, p.shard, r.hostId)]);
+    }
+    const told = await Promise.allSettled(
+      [...byNode].map(async ([nodeId, shards]) => {
+        throwIfError(decode((await this.askNode(c, nodeId, nodeSubject(this.cluster, nodeId, 'shards.open'), encode({ shards }), waitMs)).data));
+      }),
+    );
+    const failed = told.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed !== undefined) this.log.info('a node did not hear that a volume is placed; it does so when it reconciles', { volume: v.id, err: failed.reason });
   }
 
   /**
@@ -3097,7 +3184,7 @@ export class StrataNode {
     // Sent again (its answer lost) after the volume grew further: answered done, not refused as a shrink.
     const again = c.resizedBy(req.requestId, req.name);
     if (again !== undefined) return volumeInfo(again);
-    if (c.unplaced(req.name) !== undefined) throw new ProtocolError('not_found', `volume '${req.name}' does not exist (its create has not been answered yet)`, { name: req.name });
+    if (c.unplaced(req.name) !== undefined) throw notAnsweredYet(req.name);
     const v = c.checkResize(req.name, req.pageCount);
     if (v.pageCount === req.pageCount) return volumeInfo(v);
     const holders = new Set<string>();

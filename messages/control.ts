@@ -115,6 +115,14 @@ export interface ShardAssignment {
    * holds that LSN), the replica stays out of elections until a peer sends it the shard.
    */
   seed?: ShardSeed;
+  /**
+   * The volume's create (or branch) has not been answered: the catalog marks it placing until
+   * every node answered the opens of its replicas (Controller.placed). The node keeps the mark in
+   * its record of the shard until an assignment without it, and does not describe such a volume
+   * from its own records (StrataNode.localVolumeInfo): it may yet be undone. Absent (assignments
+   * of older controllers, records written before it existed): placed.
+   */
+  placing?: true;
 }
 
 /** Where a new replica of a branch volume's shard copies its pages from (ShardAssignment.seed). */
@@ -350,7 +358,14 @@ export function validateShardAssignment(v: unknown, path: string): ShardAssignme
     ...(priorMembers === undefined ? {} : { priorMembers }),
     ...(o.removed === undefined ? {} : { removed: expectBoolean(o.removed, `${path}.removed`) }),
     ...(o.seed === undefined ? {} : { seed: validateShardSeed(o.seed, `${path}.seed`) }),
+    ...(o.placing === undefined ? {} : { placing: expectTrue(o.placing, `${path}.placing`) }),
   };
+}
+
+/** ShardAssignment.placing: present only as `true`. */
+function expectTrue(v: unknown, path: string): true {
+  if (v !== true) throw new ProtocolError('bad_request', `${path}: expected true or absent`, { path });
+  return true;
 }
 
 /** ShardAssignment.seed: `{ volumeId, lsn }`, an id and an LSN (0..LSN_MAX). */

@@ -134,6 +134,16 @@ describe('control message validators', () => {
     assert.equal(code(() => validateAssignmentsReply({ epoch: 3, shards: [], tombstones: [], issuedBelow: 0 })), 'bad_request');
   });
 
+  it('an assignment of a volume whose create was not answered carries placing: true, kept by the validation; anything else there is refused', () => {
+    const placing = { ...assignment, placing: true };
+    assert.deepEqual(validateShardsOpen({ shards: [placing] }).shards[0], placing);
+    assert.equal(validateAssignmentsReply({ epoch: 3, shards: [placing], tombstones: [] }).shards[0]!.placing, true);
+    assert.equal(validateNodeRecordsReply({ nodeId: 'n1', hosts: 1, shards: [placing] }).shards[0]!.placing, true);
+    assert.equal('placing' in validateShardsOpen({ shards: [assignment] }).shards[0]!, false, 'absent: placed');
+    assert.equal(code(() => validateShardsOpen({ shards: [{ ...assignment, placing: false }] })), 'bad_request');
+    assert.equal(code(() => validateShardsOpen({ shards: [{ ...assignment, placing: 'yes' }] })), 'bad_request');
+  });
+
   it("a branch volume's assignment names its seed: the parent's volume id and the shard's LSN, each checked with its path", () => {
     const seeded = { ...assignment, seed: { volumeId: 'v0-ab12', lsn: 40 } };
     assert.deepEqual(validateShardsOpen({ shards: [seeded] }).shards[0], seeded);
