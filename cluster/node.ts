@@ -3010,18 +3010,20 @@ export class StrataNode {
     return deadlineMs === undefined ? (this.opts.requestTimeoutMs ?? 10_000) : Math.max(1, catalogWaitMs(deadlineMs - Date.now()));
   }
 
+  /** The assignments of volume `v`'s replicas, by the node that holds them (what `shards.open` is sent each). */
+  private assignmentsByNode(v: VolumeRecord): Map<string, ShardAssignment[]> {
+    const byNode = new Map<string, ShardAssignment[]>();
+    for (const p of v.placements) {
+      for (const r of p.replicas) byNode.set(r.nodeId, [...(byNode.get(r.nodeId) ?? []), this.assignmentOf(v, p.shard, r.hostId)]);
+    }
+    return byNode;
+  }
+
   /** The opens of a volume just added to the catalog on its nodes, or its undo when one fails. */
   private async placeVolume(c: Controller, v: VolumeRecord, deadlineMs: number | undefined, again = false): Promise<unknown> {
     // Durable before any node opens a replica of it.
     await this.settle(c);
-    const byNode = new Map<string, ShardAssignment[]>();
-    for (const p of v.placements) {
-      for (const r of p.replicas) {
-        const list = byNode.get(r.nodeId) ?? [];
-        list.push(this.assignmentOf(v, p.shard, r.hostId));
-        byNode.set(r.nodeId, list);
-      }
-    }
+    const byNode = this.assignmentsByNode(v);
     // The nodes' opens are waited for as long as the requester waits, less room for the answer
     // (opening a shard costs a few fsyncs: a node of many shards takes seconds); without a
     // deadline, requestTimeoutMs.
@@ -3095,12 +3097,8 @@ export class StrataNode {
    * volume meanwhile, never describes one that may be undone.
    */
   private async tellPlaced(c: Controller, v: VolumeRecord, waitMs: number): Promise<void> {
-    const byNode = new Map<string, ShardAssignment[]>();
-    for (const p of v.placements) {
-      for (const r of p.replicas) byNode.set(r.nodeId, [...(byNode.get(r.nodeId) ?? []), this.assignmentOf(v, p.shard, r.hostId)]);
-    }
     const told = await Promise.allSettled(
-      [...byNode].map(async ([nodeId, shards]) => {
+      [...this.assignmentsByNode(v)].map(async ([nodeId, shards]) => {
         throwIfError(decode((await this.askNode(c, nodeId, nodeSubject(this.cluster, nodeId, 'shards.open'), encode({ shards }), waitMs)).data));
       }),
     );

@@ -224,19 +224,11 @@ export class PageStore {
 
     const meta = new MetaStore(disk, opts.dir);
     const reports: CorruptionReport[] = [];
-    let pointer: CheckpointPointer | undefined;
-    let pointerLost = false;
-    try {
-      pointer = meta.read<CheckpointPointer>(POINTER_NAME);
-      if (pointer !== undefined) validatePointer(pointer);
-    } catch (e) {
-      if (!(e instanceof StorageError) || e.code !== 'corruption') throw e;
-      // Every image file under its final name is complete; without the pointer, any that the
-      // log still covers will do.
-      pointer = undefined;
-      pointerLost = true;
-      reports.push({ file: joinPath(opts.dir, POINTER_NAME), offset: 0, fromLsn: 0, toLsn: 0, reason: `checkpoint pointer unreadable: ${e.message}` });
-    }
+    const { pointer, unreadable } = pointerOf(meta);
+    // Every image file under its final name is complete; without the pointer, any that the log
+    // still covers will do.
+    const pointerLost = unreadable !== undefined;
+    if (pointerLost) reports.push({ file: joinPath(opts.dir, POINTER_NAME), offset: 0, fromLsn: 0, toLsn: 0, reason: `checkpoint pointer unreadable: ${unreadable}` });
     const logFloor = log.firstLsn - 1;
     const floor = Math.max(pointer?.floorLsn ?? 0, logFloor);
     if (replayUptoLsn < floor) {
@@ -766,16 +758,8 @@ export class PageStore {
   repointAfterOpen(): void {
     this.checkOpen();
     assert(!this.checkpointing, 'no checkpoint while the pointer is written again');
-    let pointer: CheckpointPointer | undefined;
-    let readable = true;
-    try {
-      pointer = this.meta.read<CheckpointPointer>(POINTER_NAME);
-      if (pointer !== undefined) validatePointer(pointer);
-    } catch (e) {
-      if (!(e instanceof StorageError) || e.code !== 'corruption') throw e;
-      readable = false;
-    }
-    if (readable && (pointer === undefined || this.disk.exists(joinPath(this.dir, pointer.file)))) return;
+    const { pointer, unreadable } = pointerOf(this.meta);
+    if (unreadable === undefined && (pointer === undefined || this.disk.exists(joinPath(this.dir, pointer.file)))) return;
     const newest = this.images[this.images.length - 1];
     if (newest === undefined) {
       this.disk.remove(joinPath(this.dir, POINTER_NAME));
@@ -1286,16 +1270,24 @@ function validatePointer(p: CheckpointPointer): void {
   if (!ok) throw new StorageError('corruption', 'checkpoint pointer has a bad shape');
 }
 
-/** The 'checkpoint' pointer of `dir`, undefined if there is none or it is unreadable. */
-function readPointer(disk: Disk, dir: string): CheckpointPointer | undefined {
+/**
+ * The 'checkpoint' pointer of `meta`'s directory (undefined when there is none), or why it is
+ * unreadable (`unreadable`: its checksum or its shape); other failures are thrown.
+ */
+function pointerOf(meta: MetaStore): { pointer: CheckpointPointer | undefined; unreadable?: string } {
   try {
-    const p = new MetaStore(disk, dir).read<CheckpointPointer>(POINTER_NAME);
+    const p = meta.read<CheckpointPointer>(POINTER_NAME);
     if (p !== undefined) validatePointer(p);
-    return p;
+    return { pointer: p };
   } catch (e) {
-    if (e instanceof StorageError && e.code === 'corruption') return undefined;
+    if (e instanceof StorageError && e.code === 'corruption') return { pointer: undefined, unreadable: e.message };
     throw e;
   }
+}
+
+/** The 'checkpoint' pointer of `dir`, undefined if there is none or it is unreadable. */
+function readPointer(disk: Disk, dir: string): CheckpointPointer | undefined {
+  return pointerOf(new MetaStore(disk, dir)).pointer;
 }
 
 /** Opens one image and checks it against the store's geometry and the log's terms. */
