@@ -348,6 +348,12 @@ export interface ReplicaOptions {
    * a new term).
    */
   onAppendTooLarge?: (info: AppendTooLarge) => void;
+  /**
+   * Told when a checkpoint failed for a reason other than damage (which `onDamage` is told):
+   * once when they start failing (`failures` 1), and once when one succeeds after failing
+   * (`failures`: how many failed in between, `err` undefined).
+   */
+  onCheckpointFailing?: (info: { failures: number; err?: Error }) => void;
   /** Files whose damage the host found it cannot repair (a sole copy): not reported again. */
   unrepairable?: readonly string[];
   offload?: PayloadOffload;
@@ -472,6 +478,11 @@ export interface ReplicaStats {
    */
   spaceCheckpoints: number;
   spaceCheckpointsSkipped: number;
+  /**
+   * Checkpoints that failed (an image's write or flush refused, the device full or failing, damage
+   * found on the way): the log behind the newest image is not let go until one succeeds.
+   */
+  checkpointFailures: number;
   snapshotsSent: number;
   snapshotsInstalled: number;
   /** Leader: append messages with records sent, one per follower or one to all of them at once. */
@@ -517,7 +528,7 @@ export interface ReplicaStats {
 /** The cumulative counters of ReplicaStats, but for its page cache's (CACHE_COUNTERS). */
 export const REPLICA_COUNTERS = [
   'preVotes', 'elections', 'handovers', 'electionsHandedOver', 'writes', 'pagesWritten', 'retriesMatched', 'retriesUnknown', 'reads', 'pagesRead', 'checkpoints', 'spaceCheckpoints', 'spaceCheckpointsSkipped',
-  'snapshotsSent', 'snapshotsInstalled', 'appendsSent', 'appendsToAll', 'imageChecks', 'offloaded', 'appliedFromLog', 'repliesIgnored', 'quiesces', 'appendsTooLarge',
+  'checkpointFailures', 'snapshotsSent', 'snapshotsInstalled', 'appendsSent', 'appendsToAll', 'imageChecks', 'offloaded', 'appliedFromLog', 'repliesIgnored', 'quiesces', 'appendsTooLarge',
 ] as const satisfies ReadonlyArray<keyof ReplicaStats>;
 
 /** The cumulative counters of ReplicaStats' `cache` (its `bytes` is what it holds now). */
@@ -853,6 +864,9 @@ export class Replica {
   private readonly appendBytesMaxGiven: number | undefined;
   private snapshotChunkBytes: number;
   private readonly onAppendTooLarge: ((info: AppendTooLarge) => void) | undefined;
+  private readonly onCheckpointFailing: ((info: { failures: number; err?: Error }) => void) | undefined;
+  /** Checkpoints failed since the last one that succeeded. */
+  private checkpointsFailing = 0;
   private readonly schedule: (run: () => void) => void;
   private replicateScheduled = false;
   private readonly pendingWritesMax: number;
@@ -1013,6 +1027,7 @@ export class Replica {
     this.appendBytesMaxGiven = opts.appendBytesMax;
     this.snapshotChunkBytes = Math.min(SNAPSHOT_CHUNK_BYTES, this.messageBytesMax - MESSAGE_OVERHEAD_BYTES);
     this.onAppendTooLarge = opts.onAppendTooLarge;
+    this.onCheckpointFailing = opts.onCheckpointFailing;
     this.schedule = opts.schedule ?? ((run) => void setImmediate(run));
     this.pendingWritesMax = opts.pendingWritesMax ?? 4096;
     this.newIfMajorityEmpty = opts.newIfMajorityEmpty === true;
@@ -2719,13 +2734,13 @@ export class Replica {
       return;
     }
     this.counters.spaceCheckpoints++;
-    // A failure is tried again at the next look (damage is reported by checkpoint itself).
+    // A failure is tried again at the next look (checkpoint counts and reports it).
     void this.checkpoint({ imagesKeep: 1, sealLog: true }).catch(() => undefined);
   }
 
   private maybeCheckpoint(): void {
     if (this.checkpointEveryRecords <= 0 || this.checkpointing || this.recordsSinceCheckpoint < this.checkpointEveryRecords) return;
-    // A failure is retried at the next apply (damage is reported by checkpoint itself).
+    // A failure is tried again after as many records (checkpoint counts and reports it).
     void this.checkpoint().catch(() => undefined);
   }
 
@@ -2742,10 +2757,19 @@ export class Replica {
       lsn = (await this.runImageSteps(this.store.checkpointSteps({ flushOffThread: true, ...opts }))).lsn;
       this.counters.checkpoints++;
       this.recordsSinceCheckpoint = Math.max(0, this.store.appliedLsn - lsn);
+      if (this.checkpointsFailing > 0) {
+        this.onCheckpointFailing?.({ failures: this.checkpointsFailing });
+        this.checkpointsFailing = 0;
+      }
     } catch (e) {
       // Tried again after as many records again, not at the next apply: a checkpoint that
       // keeps failing (a full disk, say) would otherwise build an image after every record.
       this.recordsSinceCheckpoint = 0;
+      // Ended by this replica's close, it did not fail.
+      if (!this.closed) {
+        this.counters.checkpointFailures++;
+        if (++this.checkpointsFailing === 1 && !(e instanceof CorruptionError)) this.onCheckpointFailing?.({ failures: 1, err: e instanceof Error ? e : new Error(String(e)) });
+      }
       throw e;
     } finally {
       this.checkpointing = false;

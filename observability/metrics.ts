@@ -125,6 +125,9 @@ export interface ShardSnapshot {
   writeIdsKnownMs?: number;
   /** True while the replica is quiesced (ReplicaStats.quiesced: an idle shard, docs/replication.md "Idle shards"). */
   quiesced?: boolean;
+  /** Checkpoints the replica made, and those that failed (ReplicaStats.checkpoints, checkpointFailures; cumulative). */
+  checkpoints?: number;
+  checkpointFailures?: number;
   /** Checkpoints the replica's device being short of space started, and those it did not start for want of room (ReplicaStats.spaceCheckpoints, spaceCheckpointsSkipped; cumulative). */
   spaceCheckpoints?: number;
   spaceCheckpointsSkipped?: number;
@@ -539,6 +542,10 @@ export class StrataMetrics {
         if (s.retriesMatched !== undefined) out.counter('strata_write_retries_matched', 'Writes sent again answered with the record an earlier try left (found by its write id, or named by the client), not written twice.', s.retriesMatched, a);
         if (s.retriesUnknown !== undefined) out.counter('strata_write_retries_unknown', 'Writes sent again that a leader could not tell from new writes (it restarted or installed an image since the first try and could not read every write id back, or forgot them): answered timeout, outcome unknown.', s.retriesUnknown, a);
         if (s.quiesced !== undefined) out.gauge('strata_shard_quiesced', '1 while a shard replica is quiesced: its shard idle, its leader heartbeats once a second, and its followers wait for it while they hear from its host.', s.quiesced ? 1 : 0, a);
+        if (s.checkpoints !== undefined) {
+          out.counter('strata_checkpoints', 'Checkpoints a shard replica made: images of its pages, after which the log behind them may go.', s.checkpoints, a);
+          out.counter('strata_checkpoint_failures', 'Checkpoints of a shard replica that failed (the device full or failing, damage found on the way): its log is not let go behind the newest image until one succeeds.', s.checkpointFailures ?? 0, a);
+        }
         if (s.spaceCheckpoints !== undefined) {
           out.counter('strata_space_checkpoints', 'Checkpoints a shard replica made because its device was short of space, keeping one image and letting the log up to it go.', s.spaceCheckpoints, a);
           out.counter('strata_space_checkpoints_skipped', 'Checkpoints a shard replica on a device short of space did not make: the image could take more than half the free space.', s.spaceCheckpointsSkipped ?? 0, a);

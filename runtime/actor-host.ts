@@ -512,6 +512,11 @@ export class ActorHost implements HostApi {
         info.oneRecord
           ? this.log.error('a follower\'s transport refuses even one record as larger than the NATS server\'s max_payload: that follower can not catch up while the server allows so little', { volume: spec.volumeId, shard: spec.shard, ...info, maxPayload: this.maxPayload })
           : this.log.warn('a follower\'s transport refused an append as larger than the NATS server\'s max_payload: the next appends to it are smaller', { volume: spec.volumeId, shard: spec.shard, ...info, maxPayload: this.maxPayload }),
+      // Once when they start failing, once when one succeeds again (Replica `onCheckpointFailing`).
+      onCheckpointFailing: (spec, info) =>
+        info.err !== undefined
+          ? this.log.error('a replica\'s checkpoint failed: its log is not let go behind the newest image while they fail (tried again after as many records; strata_checkpoint_failures_total counts them)', { volume: spec.volumeId, shard: spec.shard, err: info.err })
+          : this.log.info('a replica\'s checkpoint succeeded after failing', { volume: spec.volumeId, shard: spec.shard, failures: info.failures }),
     });
     const tickMs = config.tickMs ?? 10;
     this.loopDelay = new LoopDelay(tickMs);

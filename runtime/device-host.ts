@@ -131,6 +131,8 @@ export interface DeviceHostOptions {
   onFailure?: (spec: ShardSpec, err: Error, outcome: ReplicaErrorOutcome) => void;
   /** A follower's transport refused an append of a leader here as too large (Replica `onAppendTooLarge`). For logging by the host. */
   onAppendTooLarge?: (spec: ShardSpec, info: AppendTooLarge) => void;
+  /** A replica's checkpoints started failing, or one succeeded after failing (Replica `onCheckpointFailing`). For logging by the host. */
+  onCheckpointFailing?: (spec: ShardSpec, info: { failures: number; err?: Error }) => void;
   /**
    * Background scrub: bytes of image pages and log records read and checked per second on this
    * device, one replica after another (Replica.scrubStep); default SCRUB_BYTES_PER_SECOND_DEFAULT;
@@ -955,6 +957,7 @@ export class DeviceHost {
         onDamage: (err) => queueMicrotask(() => this.repairDamage(entry, replica, err)),
         onFailure: (err) => queueMicrotask(() => this.replicaFailed(entry, replica, err)),
         ...(this.opts.onAppendTooLarge ? { onAppendTooLarge: (info: AppendTooLarge) => this.opts.onAppendTooLarge?.(spec, info) } : {}),
+        ...(this.opts.onCheckpointFailing ? { onCheckpointFailing: (info: { failures: number; err?: Error }) => this.opts.onCheckpointFailing?.(spec, info) } : {}),
       });
       entry.replica = replica;
       entry.downReason = undefined;

@@ -82,6 +82,9 @@ class TestShard {
   /** What leaders reported of appends refused as too large (Replica `onAppendTooLarge`), in order. */
   readonly tooLarge: Array<{ id: string } & AppendTooLarge> = [];
 
+  /** What replicas reported of their checkpoints failing and succeeding again (onCheckpointFailing), in order. */
+  readonly checkpointsFailing: Array<{ id: string; failures: number; err?: Error }> = [];
+
   constructor(
     readonly ids: string[],
     private readonly opts: {
@@ -201,6 +204,7 @@ class TestShard {
       onRoleChange: (role, term, reason) => void this.roleChanges.push({ id, role, term, reason }),
       onAwake: () => void this.awake.add(id),
       onAppendTooLarge: (info) => void this.tooLarge.push({ id, ...info }),
+      onCheckpointFailing: (info) => void this.checkpointsFailing.push({ id, ...info }),
     });
     const m = { id, disk: sim, storage, queue, replica };
     this.members.set(id, m);
@@ -1490,6 +1494,34 @@ describe('Replica (more cases)', function () {
       await shard.waitFor(() => attempts >= 4, 'the checkpoints tried');
       assert.ok(attempts <= 6, `${attempts} checkpoints tried for 100 records, one per 20 expected`);
       assert.equal(l.replica.stats().checkpoints, 0);
+      await shard.waitFor(() => l.replica.stats().checkpointFailures === attempts, 'every failed checkpoint counted');
+    });
+
+    it('are counted and told to the host once when they start failing and once when one succeeds again', async () => {
+      shard = new TestShard(['a'], { checkpointEveryRecords: 10 });
+      const l = await shard.leader();
+      l.disk.failWrite({ path: 'shard/image-', times: 1_000_000, errno: 'ENOSPC' });
+      for (let i = 0; i < 35; i++) await l.replica.write([{ page: i % 256, data: page(i) }]);
+      await shard.waitFor(() => l.replica.stats().checkpointFailures === 3, 'three checkpoints failed');
+      assert.equal(shard.checkpointsFailing.length, 1, 'told once while they fail');
+      const first = shard.checkpointsFailing[0]!;
+      assert.equal(first.failures, 1);
+      assert.ok(first.err instanceof StorageError && first.err.code === 'io_error' && first.err.message.includes('ENOSPC'), `the first failure's error: ${String(first.err)}`);
+      // An explicit checkpoint fails too, and is counted, not told again.
+      await assert.rejects(l.replica.checkpoint(), (e: StorageError) => e.code === 'io_error');
+      assert.equal(l.replica.stats().checkpointFailures, 4);
+      assert.equal(shard.checkpointsFailing.length, 1);
+      l.disk.clearFaults();
+      await l.replica.checkpoint();
+      assert.deepEqual(shard.checkpointsFailing.slice(1), [{ id: 'a', failures: 4 }], 'the success after four failures');
+      assert.equal(l.replica.stats().checkpoints, 1);
+      // Failing again is a new run, told again.
+      l.disk.failWrite({ path: 'shard/image-', times: 1, errno: 'EIO' });
+      await l.replica.write([{ page: 1, data: page(1) }]);
+      await assert.rejects(l.replica.checkpoint());
+      assert.equal(shard.checkpointsFailing.length, 3);
+      assert.equal(shard.checkpointsFailing[2]!.failures, 1);
+      assert.equal(l.replica.stats().checkpointFailures, 5);
     });
   });
 

@@ -32,7 +32,7 @@ function host(hostId: number, over: Partial<HostSnapshot> = {}): HostSnapshot {
         space: { freeBytes: 3 * 2 ** 30, sizeBytes: 64 * 2 ** 30, reserveBytes: 2 ** 30 },
       },
       slabWarm: { warmedSlots: 512, failures: 1 },
-      shards: [{ volumeId: 'v1', shard: hostId, term: 1, appliedLsn: 10, state: 'up', role: 'leader', storage: { logBytes: 65_600, imageBytes: 1_060_864, imagePages: 256 }, cache: { hits: 7, misses: 2, evictions: 0, bytes: 8192 }, elections: 1, preVotes: 3, retriesMatched: 2, retriesUnknown: 5, writeIdsHeld: 9, writeIdsKnownMs: 4500, quiesced: true, spaceCheckpoints: 2, spaceCheckpointsSkipped: 1, repairing: true, replicas: [{ replica: 'n2', lagRecords: 4 }] }],
+      shards: [{ volumeId: 'v1', shard: hostId, term: 1, appliedLsn: 10, state: 'up', role: 'leader', storage: { logBytes: 65_600, imageBytes: 1_060_864, imagePages: 256 }, cache: { hits: 7, misses: 2, evictions: 0, bytes: 8192 }, elections: 1, preVotes: 3, retriesMatched: 2, retriesUnknown: 5, writeIdsHeld: 9, writeIdsKnownMs: 4500, quiesced: true, checkpoints: 12, checkpointFailures: 3, spaceCheckpoints: 2, spaceCheckpointsSkipped: 1, repairing: true, replicas: [{ replica: 'n2', lagRecords: 4 }] }],
     },
     // 9 ticks on time (under 1 ms late) and one 300 ms late.
     loopDelay: { histogram: LOOP_DELAY_MS_BUCKETS.map((b) => (b === 1 ? 9 : b === 500 ? 1 : 0)), sumMs: 302, recentMaxMs: 300 },
@@ -137,6 +137,8 @@ describe('observability/metrics', () => {
     assert.equal(sample(t1, 'strata_heartbeats_declined_total', { node: 'n1', host: '0' }), 3);
     assert.equal(sample(t1, 'strata_heartbeat_pings_total', { node: 'n1', host: '0' }), 41);
     assert.equal(sample(t1, 'strata_shard_quiesced', { node: 'n1', volume: 'v1', shard: '0' }), 1);
+    assert.equal(sample(t1, 'strata_checkpoints_total', { node: 'n1', volume: 'v1', shard: '0' }), 12);
+    assert.equal(sample(t1, 'strata_checkpoint_failures_total', { node: 'n1', volume: 'v1', shard: '0' }), 3);
     assert.equal(sample(t1, 'strata_space_checkpoints_total', { node: 'n1', volume: 'v1', shard: '0' }), 2);
     assert.equal(sample(t1, 'strata_space_checkpoints_skipped_total', { node: 'n1', volume: 'v1', shard: '0' }), 1);
     assert.ok(/^target_info\{.*strata_node_id="n1"/m.test(t1), 'target_info carries the resource');
