@@ -2162,6 +2162,9 @@ export class Volume {
       throwFinal(calls, settled);
     }
     let backoffMs = LEADER_RETRY_MS_MIN;
+    // The info that `info` came from, and when it may be fetched again in this loop.
+    let known = this.infoPromise ?? infoPromise;
+    let recheckAtMs = 0;
     for (let attempt = 0; attempt < LEADER_RETRIES_MAX && settled.some((s) => !s.ok) && this.client.nowMs() + backoffMs < deadlineMs; attempt++) {
       await new Promise((r) => setTimeout(r, backoffMs));
       if (this.client.nowMs() >= deadlineMs) break;
@@ -2170,6 +2173,19 @@ export class Volume {
       const overtaken = takeRetried(settled, missed, await this.sendCalls(info, missed.map((i) => calls[i]!), deadlineMs));
       throwFinal(calls, settled);
       if (overtaken) break;
+      // No host serves a shard (after a first answer that was not that: a leader that closed its
+      // replica): the volume may have been deleted meanwhile (`not_found` from the catalog ends
+      // the call) or made again; fetched at most every INFO_RECHECK_MS, each fetch bounded.
+      if (this.client.nowMs() < recheckAtMs || !settled.some((s) => !s.ok && s.error instanceof NoRespondersError)) continue;
+      recheckAtMs = this.client.nowMs() + INFO_RECHECK_MS;
+      const fresh = await this.refreshInfo(known, Math.min(deadlineMs, this.client.nowMs() + GEOMETRY_RECHECK_MS));
+      known = this.infoPromise ?? known;
+      if (sameLayout(info, fresh)) continue;
+      info = fresh;
+      calls = plan(info);
+      settled = await this.sendCalls(info, calls, deadlineMs);
+      progress(calls, settled);
+      throwFinal(calls, settled);
     }
     // A request whose earlier attempt may still commit is the one to report, if any.
     const failing = settled.flatMap((s, i) => (s.ok ? [] : [i]));
@@ -2203,6 +2219,9 @@ function optionsOf<T extends object>(options: T | null | undefined): Partial<T> 
 
 /** Longest wait for the catalog when a request the cached geometry refuses is checked again (the API router's too). */
 export const GEOMETRY_RECHECK_MS = 2000;
+
+/** How often a call whose shards meet no responders while it retries fetches its volume's info again. */
+const INFO_RECHECK_MS = 1000;
 
 /**
  * Tries of a shard request that changes nothing (shard.read, shard.map, shard.flush) within its
@@ -2431,7 +2450,9 @@ function partlyWritten(error: unknown, calls: readonly ShardCall[], settled: rea
  * unknown, the original code in `details.code`), not a code that says it was not done.
  */
 function stillCommitting(error: unknown, calls: readonly ShardCall[], settled: readonly Settled[]): unknown {
-  if (error instanceof ProtocolError && error.code === 'timeout') return error;
+  // The volume is gone (deleted, or another made under its name for a pinned handle): no
+  // attempt's outcome matters any more.
+  if (error instanceof ProtocolError && (error.code === 'timeout' || error.code === 'not_found')) return error;
   const at = calls.findIndex((c, i) => settled[i]?.ok !== true && mayStillCommit(c));
   return at < 0 ? error : writeMayCommit(error, calls[at]!);
 }

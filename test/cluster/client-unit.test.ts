@@ -1957,6 +1957,60 @@ describe('cluster/client (fake transport)', () => {
     });
   });
 
+  describe('Volume: deleted while a write is in flight', () => {
+    /** The first try of shard 1 answered by a leader whose replica was closed (its volume being deleted, here), naming the write's record; `then` runs with it. */
+    function closedOnce(fc: FakeCluster, then: () => void): void {
+      let first = true;
+      fc.shardHook = (shard) => {
+        if (shard !== 1 || !first) return undefined;
+        first = false;
+        then();
+        return errorReply(new ProtocolError('unavailable', 'replica v1/1 closed; the write may or may not be committed (its record: lsn 20, term 1)', { recordLsn: 20, recordTerm: 1 }));
+      };
+    }
+
+    it('ends not_found once the catalog says so, not at its deadline as of unknown outcome', async () => {
+      const fc = new FakeCluster();
+      closedOnce(fc, () => fc.volumes.delete('vol'));
+      // Pages 2 and 3: shard 1's alone.
+      const err = await rejectsWith(fc.client().volume('vol').writePages([2, 3].map((page) => ({ page, data: pageData(page) }))), 'not_found', /no such volume/);
+      assert.equal(err.details?.['outcomeUnknown'], undefined);
+      // The first send, then one try that met no responders, then the catalog asked.
+      assert.equal(fc.transport.shardRequests().length, 2);
+      assert.equal(fc.transport.apiRequests('volume.info').length, 2);
+    });
+
+    it('made again under its name: the write goes to the new volume', async () => {
+      const fc = new FakeCluster();
+      closedOnce(fc, () => fc.volumes.set('vol', volume({ id: 'v2' })));
+      const vol = fc.client().volume('vol');
+      await vol.writePages([2, 3].map((page) => ({ page, data: pageData(page) })));
+      assert.deepEqual(
+        fc.transport.shardRequests().map((s) => s.subject),
+        ['strata.test.shard.v1.1.leaders', 'strata.test.shard.v1.1.leaders', 'strata.test.shard.v2.1.leaders'],
+      );
+      for (const page of [2, 3]) assert.deepEqual(fc.pages.get(`v2:${page}`), pageData(page));
+    });
+
+    it('a shard electing its leader (no responders, the volume still there) is asked again without a fetch of its info each try', async () => {
+      const fc = new FakeCluster();
+      let misses = 6;
+      fc.shardHook = (shard, seen) => {
+        if (shard !== 1) return undefined;
+        if (misses === 6) {
+          misses--;
+          return errorReply(new ProtocolError('unavailable', 'replica v1/1 closed', { recordLsn: 20, recordTerm: 1 }));
+        }
+        if (misses-- > 0) throw new NoRespondersError(seen.subject);
+        return undefined;
+      };
+      await fc.client().volume('vol').writePages([0, 2, 4].map((page) => ({ page, data: pageData(page) })));
+      assert.equal(fc.transport.shardRequests().filter((s) => s.subject.includes('.v1.1.')).length, 7);
+      // The client's clock stands still here: fetched once for the call, once again in the loop.
+      assert.equal(fc.transport.apiRequests('volume.info').length, 2);
+    });
+  });
+
   describe('Volume: a refusal of the cached geometry checked again', () => {
     it('waits at most 2 s for a catalog that does not answer, then refuses as the cached geometry did', async () => {
       const fc = new FakeCluster(volume({ pageCount: 16, shards: 1 }));
