@@ -336,17 +336,33 @@ class SocketReader {
 class RangeLocks {
   private readonly held = new Set<{ first: number; last: number; done: Promise<void> }>();
 
-  /** Resolves with the release function once pages first..last are this caller's. */
-  async lock(first: number, last: number): Promise<() => void> {
+  /**
+   * Resolves with the release function once pages first..last are this caller's; rejects
+   * `timeout` at `deadlineMs` if an earlier overlapping lock is still held then (its request
+   * stuck on a shard without a leader, say), giving up its place: so a request waits behind the
+   * others on its pages at most until its own deadline, not theirs added up.
+   */
+  async lock(first: number, last: number, deadlineMs: number): Promise<() => void> {
     const earlier = [...this.held].filter((h) => h.first <= last && first <= h.last).map((h) => h.done);
     let release!: () => void;
     const entry = { first, last, done: new Promise<void>((r) => (release = r)) };
     this.held.add(entry);
-    await Promise.all(earlier);
-    return () => {
+    const unlock = (): void => {
       this.held.delete(entry);
       release();
     };
+    if (earlier.length === 0) return unlock;
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<'late'>((r) => (timer = setTimeout(() => r('late'), Math.max(0, deadlineMs - Date.now()))));
+    try {
+      if ((await Promise.race([Promise.all(earlier), late])) === 'late') {
+        unlock();
+        throw new ProtocolError('timeout', `pages ${first}..${last} were still held by an earlier write of them (it has not ended) when this request's time ran out; nothing of it was written`);
+      }
+    } finally {
+      clearTimeout(timer);
+    }
+    return unlock;
   }
 }
 
@@ -1109,25 +1125,34 @@ class Connection {
    * read over several, a write of zeros with NO_HOLE over a large range) stops there, so that a
    * client that went away holds neither the cluster nor its connection's slot with it.
    */
-  private pageCalls(): PageCalls {
+  private pageCalls(deadlineMs: number | undefined): PageCalls {
     const volume = this.volume!;
-    const budgetMs = this.server.overloadedRetryMs;
-    const untilMs = (deadlineMs: number): number => deadlineMs - Date.now();
+    const untilMs = (d: number): number => d - Date.now();
+    // Each call within the request's deadline, or, without one, within the client's timeout from its start.
+    const ownMs = (): number => deadlineMs ?? Date.now() + this.server.overloadedRetryMs;
     const tries = {
       onUnknown: (err: ProtocolError, attempt: number) =>
         this.log.info('nbd write made again: its try was not answered, or found no leader', { volume: this.exp?.name, attempt, code: err.code, err: err.message }),
     };
     const live = <T>(call: () => Promise<T>): Promise<T> => (this.clientGone ? Promise.reject(new ClientGone('the client is gone')) : call());
     return {
-      readPages: (pages) => retryOverloaded(() => live(() => volume.readPages(pages)), budgetMs),
-      writePages: (pages) => writeInTries((d) => retryOverloaded(() => live(() => volume.writePages(pages, { deadlineMs: d })), untilMs(d)), budgetMs, tries),
-      zeroPages: (first, count) => writeInTries((d) => retryOverloaded(() => live(() => volume.zeroPages(first, count, { deadlineMs: d })), untilMs(d)), budgetMs, tries),
-      pagesWithData: (first, count) => retryOverloaded(() => live(() => volume.pagesWithData(first, count)), budgetMs),
+      readPages: (pages) => {
+        const d = ownMs();
+        return retryOverloaded(() => live(() => volume.readPages(pages, { deadlineMs: d })), untilMs(d));
+      },
+      writePages: (pages) => writeInTries((d) => retryOverloaded(() => live(() => volume.writePages(pages, { deadlineMs: d })), untilMs(d)), untilMs(ownMs()), tries),
+      zeroPages: (first, count) => writeInTries((d) => retryOverloaded(() => live(() => volume.zeroPages(first, count, { deadlineMs: d })), untilMs(d)), untilMs(ownMs()), tries),
+      pagesWithData: (first, count) => {
+        const d = ownMs();
+        return retryOverloaded(() => live(() => volume.pagesWithData(first, count, { deadlineMs: d })), untilMs(d));
+      },
     };
   }
 
   /** Answers one request; never rejects. */
   private async handle(request: Request, payload: Buffer | undefined): Promise<void> {
+    // The request's whole time (the client's timeout), waits for its pages included.
+    const deadlineMs = Date.now() + this.server.overloadedRetryMs;
     const name = NBD_CMD_NAMES[request.type];
     const isWrite = request.type === NBD_CMD.WRITE || request.type === NBD_CMD.TRIM || request.type === NBD_CMD.WRITE_ZEROES;
     try {
@@ -1171,10 +1196,10 @@ class Connection {
         const first = Math.ceil(request.offset / info.pageSize);
         const end = Math.floor((request.offset + request.length) / info.pageSize);
         if (end > first) {
-          const release = await this.exp!.locks.lock(first, end - 1);
+          const release = await this.exp!.locks.lock(first, end - 1, deadlineMs);
           try {
             if (this.clientGone) return; // Its client is gone: not made, never answered.
-            await this.pageCalls().zeroPages(first, end - first);
+            await this.pageCalls(deadlineMs).zeroPages(first, end - first);
           } finally {
             release();
           }
@@ -1182,11 +1207,11 @@ class Connection {
         return await this.reply(request, 0);
       }
       if (request.type === NBD_CMD.READ) {
-        const data = await readBytes(this.pageCalls(), info.pageSize, request.offset, request.length);
+        const data = await readBytes(this.pageCalls(deadlineMs), info.pageSize, request.offset, request.length);
         return await this.replyData(request, data);
       }
       if (request.type === NBD_CMD.BLOCK_STATUS) {
-        const extents = await allocationExtents(this.pageCalls(), info.pageSize, request.offset, request.length, (request.flags & NBD_CMD_FLAG.REQ_ONE) !== 0);
+        const extents = await allocationExtents(this.pageCalls(deadlineMs), info.pageSize, request.offset, request.length, (request.flags & NBD_CMD_FLAG.REQ_ONE) !== 0);
         const payload = Buffer.alloc(4 + 8 * extents.length);
         payload.writeUInt32BE(BASE_ALLOCATION_ID, 0);
         extents.forEach((e, i) => {
@@ -1196,13 +1221,14 @@ class Connection {
         // One chunk for the one context selected, final.
         return await this.chunk(request, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE.BLOCK_STATUS, payload);
       }
-      const release = await this.exp!.locks.lock(Math.floor(request.offset / info.pageSize), Math.floor((request.offset + request.length - 1) / info.pageSize));
+      const release = await this.exp!.locks.lock(Math.floor(request.offset / info.pageSize), Math.floor((request.offset + request.length - 1) / info.pageSize), deadlineMs);
       try {
         // Its client closed while it waited for its pages: nobody can be answered, so it is not
         // made (its outcome was unknown to the client either way).
         if (this.clientGone) return;
         const noHole = request.type === NBD_CMD.WRITE_ZEROES && (request.flags & NBD_CMD_FLAG.NO_HOLE) !== 0;
-        await writeBytes(this.pageCalls(), info.pageSize, request.offset, request.length, payload, noHole);
+        // A range written as zeros (NO_HOLE) may take many calls, one after another: each has its own time.
+        await writeBytes(this.pageCalls(noHole ? undefined : deadlineMs), info.pageSize, request.offset, request.length, payload, noHole);
       } finally {
         release();
       }

@@ -1017,6 +1017,51 @@ describe('cluster/nbd: NBD export of Strata volumes', function () {
       }
     });
 
+    it('a write waiting for its pages behind an earlier write that does not end is EIO at its own deadline, without a call; the earlier one is answered when it ends', async () => {
+      const stub = stubClient();
+      // The client's timeout: each request's whole time, its wait for its pages included.
+      (stub.client as unknown as { timeoutMs: number }).timeoutMs = 1500;
+      const volume = stub.client.volume('stub') as unknown as { writePages: (...args: unknown[]) => Promise<unknown> };
+      let releaseFirst!: () => void;
+      const firstHeld = new Promise<void>((r) => (releaseFirst = r));
+      let writeCalls = 0;
+      volume.writePages = async () => {
+        // The first write's call ends only when the test lets it (a shard whose leader is frozen).
+        if (writeCalls++ === 0) await firstHeld;
+        return { lsn: 1, lsns: [] };
+      };
+      const server = await startNbdServer({ client: stub.client, volume: 'stub', port: 0, logger: captureLogger([]) });
+      try {
+        const s = await Session.open(server.address.port, 'stub', { structured: true });
+        const order: string[] = [];
+        const sent = (what: string, p: Promise<Reply>): Promise<Reply> => p.then((r) => (order.push(what), r));
+        const first = sent('first', s.request(NBD_CMD.WRITE, 0, 4096, { data: Buffer.alloc(4096, 1) }));
+        await waitFor('the first write under way', () => writeCalls === 1, 5000);
+        const second = sent('second', s.request(NBD_CMD.WRITE, 0, 4096, { data: Buffer.alloc(4096, 2) }));
+        const third = sent('third', s.request(NBD_CMD.WRITE, 100, 10, { data: Buffer.alloc(10, 3) }));
+        // A bound for the build without the deadline, where they would wait for the first forever.
+        const safety = setTimeout(releaseFirst, 8000);
+        const [r2, r3] = await Promise.all([second, third]);
+        releaseFirst();
+        clearTimeout(safety);
+        const r1 = await first;
+        assert.deepEqual(order, ['second', 'third', 'first'], 'the waiting writes answered while the first still runs');
+        for (const r of [r2, r3]) {
+          assert.equal(r.error, NBD_ERR.EIO);
+          assert.match(r.message!, /timeout: pages 0\.\.0 were still held by an earlier write of them .*nothing of it was written/);
+        }
+        assert.equal(r1.error, 0);
+        assert.equal(writeCalls, 1, 'no call made for the writes that gave up');
+        assert.equal(stub.calls, 0, 'nor a read of their edge page');
+        // The pages free again: the next write is made.
+        assert.equal((await s.request(NBD_CMD.WRITE, 0, 4096, { data: Buffer.alloc(4096, 4) })).error, 0);
+        assert.equal(writeCalls, 2);
+        s.peer.close();
+      } finally {
+        await server.stop();
+      }
+    });
+
     it('a Strata failure of a structured READ is an error chunk naming the code; a long message is cut at 1024 bytes, on a character', async () => {
       const stub = stubClient();
       const server = await startNbdServer({ client: stub.client, volume: 'stub', port: 0, logger: captureLogger([]) });
