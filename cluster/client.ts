@@ -1040,8 +1040,9 @@ export class StrataClient {
 
   /**
    * A request to the controller's control subject `verb`, with deadline `deadlineMs`; sent again
-   * while the controller moves (`whileControllerMoves`), and when its reply was lost with the
-   * NATS connection (`details.disconnected`): each of these verbs may be asked again, a move
+   * while the controller moves (`whileControllerMoves`), when its reply was lost with the NATS
+   * connection (`details.disconnected`), and when a try of it got no answer (CONTROL_TRY_MS_MIN..
+   * MAX; a controller that died holding it): each of these verbs may be asked again, a move
    * resumes or answers the one done, a drain or a rebalance sets what it set, a change of the
    * controller nodes answers the change done. Not a catalog recovery that applies what it finds:
    * asked again, it would answer that nothing was left to recover; its lost reply is `timeout`
@@ -1051,23 +1052,33 @@ export class StrataClient {
     this.checkOpen();
     const subject = controllerSubject(this.cluster, verb);
     const repeatable = !(verb === 'catalog.recover' && (body as { apply?: unknown }).apply === true);
-    const lostReply = (e: unknown): boolean => e instanceof ProtocolError && e.code === 'unavailable' && e.details?.['disconnected'] === true;
+    const sendAgain = (e: unknown): boolean =>
+      e instanceof ProtocolError && ((e.code === 'unavailable' && e.details?.['disconnected'] === true) || (e.code === 'timeout' && e.details?.['tryUnanswered'] === true));
     const arrived = { maybe: false };
     const once = async (): Promise<T> => {
       this.checkOpen();
+      const nowMs = this.nowMs();
+      // A verb that may be asked again is sent in tries: a controller that dies holding a request
+      // never answers it, and the next one, seated within seconds, answers the try after (a
+      // move asked again joins the run under way, or resumes it).
+      const tryEndMs = repeatable ? Math.min(deadlineMs, nowMs + Math.min(CONTROL_TRY_MS_MAX, Math.max(CONTROL_TRY_MS_MIN, Math.floor((deadlineMs - nowMs) / 3)))) : deadlineMs;
       let replyBytes: Uint8Array;
       try {
-        replyBytes = await this.request(subject, encode(body), { timeoutMs: Math.max(1, deadlineMs - this.nowMs()), headers: { [HEADER_DEADLINE]: String(deadlineMs) } });
+        replyBytes = await this.request(subject, encode(body), { timeoutMs: Math.max(1, tryEndMs - nowMs), headers: { [HEADER_DEADLINE]: String(deadlineMs) } });
       } catch (err) {
         if (err instanceof NoRespondersError) {
           throw new ProtocolError('unavailable', `the controller is not reachable (no responders on ${subject}): is the controller node running?`, { subject, noController: true });
+        }
+        if (tryEndMs < deadlineMs && err instanceof ProtocolError && err.code === 'timeout' && !notSent(err)) {
+          arrived.maybe = true;
+          throw new ProtocolError('timeout', `${err.message} (a try: sent again)`, { ...(err.details ?? {}), tryUnanswered: true });
         }
         noteArrival(err, arrived);
       }
       return readReply(replyBytes, verb, subject, validate);
     };
     try {
-      return await (repeatable ? this.whileControllerMoves(deadlineMs, once, lostReply) : this.whileControllerMoves(deadlineMs, once));
+      return await (repeatable ? this.whileControllerMoves(deadlineMs, once, sendAgain) : this.whileControllerMoves(deadlineMs, once));
     } catch (e) {
       // A try that may have reached the controller: whatever the last one met, unless the
       // controller answered, the request may have been carried out.
@@ -1468,6 +1479,13 @@ export const API_READ_TRY_MS_MIN = 1000;
  * longer runs the controller (`notController`): a new controller takes its seat within an
  * election timeout and a check of the seat (200 ms). At most CONTROLLER_RETRIES_MAX times.
  */
+/**
+ * A try of an operator's request that may be asked again (`controlRequest`): a third of the time
+ * left, within these bounds. The shortest is well above what the controller takes to answer
+ * (moves answer when done, and are joined when asked again while running).
+ */
+const CONTROL_TRY_MS_MIN = 5000;
+const CONTROL_TRY_MS_MAX = 10_000;
 const CONTROLLER_RETRY_MS_MIN = 50;
 const CONTROLLER_RETRY_MS_MAX = 500;
 const CONTROLLER_RETRIES_MAX = 40;

@@ -225,6 +225,15 @@ function noLeaderOnce(fc: FakeCluster, meanwhile: () => void = () => undefined):
   };
 }
 
+/** The controller's answers to each operator's verb, for the tests of how those requests are sent. */
+const OPERATOR_ANSWERS: Record<string, unknown> = {
+  'shard.move': { volume: 'db', shard: 1, members: ['n1', 'n3', 'n4'], term: 3, lsn: 17 },
+  'node.drain': { node: 'n2', draining: true, replicas: 4 },
+  rebalance: { rebalancing: false, nodes: [] },
+  controllers: { node: 'n1', members: ['n1', 'n2', 'n4'], prior: ['n1', 'n2', 'n3'], changed: true, term: 5, lsn: 40, left: ['n3'], leaving: [] },
+  'catalog.recover': { applied: false, epoch: 4, nodesAsked: 3, nodesFailed: [], recovered: [], skipped: [], recoveredCount: 0, skippedCount: 0 },
+};
+
 function pageData(page: number, size = 4096): Uint8Array {
   const data = new Uint8Array(size);
   data.fill(page % 251);
@@ -1006,13 +1015,7 @@ describe('cluster/client (fake transport)', () => {
     });
 
     it('an operator\'s request whose reply was lost with the NATS connection is sent again (each may be asked again); a catalog recovery that applies is not: timeout, outcome unknown', async () => {
-      const answers: Record<string, unknown> = {
-        'shard.move': { volume: 'db', shard: 1, members: ['n1', 'n3', 'n4'], term: 3, lsn: 17 },
-        'node.drain': { node: 'n2', draining: true, replicas: 4 },
-        rebalance: { rebalancing: false, nodes: [] },
-        controllers: { node: 'n1', members: ['n1', 'n2', 'n4'], prior: ['n1', 'n2', 'n3'], changed: true, term: 5, lsn: 40, left: ['n3'], leaving: [] },
-        'catalog.recover': { applied: false, epoch: 4, nodesAsked: 3, nodesFailed: [], recovered: [], skipped: [], recoveredCount: 0, skippedCount: 0 },
-      };
+      const answers = OPERATOR_ANSWERS;
       let drops = 0;
       const t = new FakeTransport((subject) => {
         if (drops > 0) {
@@ -1040,6 +1043,41 @@ describe('cluster/client (fake transport)', () => {
       t.seen = [];
       const e = await rejectsWith(client.recoverCatalog({ apply: true }), 'timeout', /may or may not have been made/);
       assert.deepEqual([e.details?.['outcomeUnknown'], e.details?.['code'], t.seen.length], [true, 'unavailable', 1]);
+    });
+
+    it('an operator\'s request is sent in tries: one its controller took and never answered (it died) is sent again, and the next controller answers; a catalog recovery that applies is not', async () => {
+      const answers = OPERATOR_ANSWERS;
+      let silent = 0;
+      const t = new FakeTransport((subject, _body, seen) => {
+        if (silent > 0) {
+          silent--;
+          throw new ProtocolError('timeout', `no reply on ${subject} within ${seen.timeoutMs} ms`);
+        }
+        return answers[subject.slice('strata.test.controller.'.length)];
+      });
+      const client = createClient(t, { cluster: CLUSTER, timeoutMs: 10_000, nowMs: () => NOW });
+      // [verb, call, the call's deadline from NOW]
+      const calls: Array<[string, () => Promise<unknown>, number]> = [
+        ['shard.move', () => client.moveReplica('db', 1, { from: 'n2', to: 'n4' }), MOVE_TIMEOUT_MS_MIN],
+        ['node.drain', () => client.drainNode('n2'), 10_000],
+        ['rebalance', () => client.rebalance(), 10_000],
+        ['controllers', () => client.controllers(['n1', 'n2', 'n4']), MOVE_TIMEOUT_MS_MIN],
+        ['catalog.recover', () => client.recoverCatalog(), 10_000],
+      ];
+      for (const [verb, call, deadlineMs] of calls) {
+        silent = 1;
+        t.seen = [];
+        assert.deepEqual(await call(), answers[verb], verb);
+        assert.deepEqual(t.seen.map((s) => s.subject), Array(2).fill(`strata.test.controller.${verb}`), `${verb}: a try not answered, then the answer`);
+        assert.deepEqual(t.seen[1]!.body, t.seen[0]!.body, `${verb}: the same request`);
+        // Each try a third of the time left, within 5..10 s; the controller is given the call's deadline.
+        const tryMs = Math.min(10_000, Math.max(5000, Math.floor(deadlineMs / 3)));
+        assert.deepEqual(t.seen.map((s) => [s.timeoutMs, Number(s.headers[HEADER_DEADLINE]) - NOW]), [[tryMs, deadlineMs], [tryMs, deadlineMs]], verb);
+      }
+      silent = 1;
+      t.seen = [];
+      const e = await rejectsWith(client.recoverCatalog({ apply: true }), 'timeout', /may or may not have been made/);
+      assert.deepEqual([e.details?.['outcomeUnknown'], t.seen.length, t.seen[0]!.timeoutMs], [true, 1, 10_000]);
     });
 
     it('an API request that found no node serving the API is sent again shortly after the connection came back (the nodes subscribe again), and only then', async () => {
@@ -1094,7 +1132,8 @@ describe('cluster/client (fake transport)', () => {
       const client = createClient(t, { cluster: CLUSTER, timeoutMs: 2500, nowMs: () => NOW });
       assert.deepEqual(await client.moveReplica('db', 1, { from: 'n2', to: 'n4' }), { volume: 'db', shard: 1, members: ['n1', 'n3', 'n4'], term: 3, lsn: 17 });
       await client.moveReplica('db', 1, { from: 'n2', to: 'n4' }, { deadlineMs: NOW + 1000 });
-      assert.deepEqual(t.seen.map((r) => [Number(r.headers[HEADER_DEADLINE]) - NOW, r.timeoutMs]), [[MOVE_TIMEOUT_MS_MIN, MOVE_TIMEOUT_MS_MIN], [1000, 1000]]);
+      // Its first try waits at most 10 s (sent again if the controller does not answer it); the controller has the call's deadline.
+      assert.deepEqual(t.seen.map((r) => [Number(r.headers[HEADER_DEADLINE]) - NOW, r.timeoutMs]), [[MOVE_TIMEOUT_MS_MIN, 10_000], [1000, 1000]]);
       await rejectsWith(client.moveReplica('Bad Name', 0, { from: 'n1', to: 'n2' }), 'bad_request', /name/);
       await rejectsWith(client.moveReplica('db', -1, { from: 'n1', to: 'n2' }), 'bad_request', /shard/);
       await rejectsWith(client.moveReplica('db', 0, { from: 'a.b', to: 'n2' }), 'bad_request', /from/);
