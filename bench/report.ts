@@ -18,14 +18,28 @@ let progressShown = false;
  * Shows `text` as a progress line that rewrites itself in place on a terminal; prints nothing
  * when stdout is not a TTY (CI logs, pipes). An empty text clears the line.
  */
-export function progress(text: string): void {
+export function progress(text: string, tail = ""): void {
   if (!isTTY) return;
   // A terminal that reports no width (0, or none) gets 80 columns, not an empty line.
-  const columns = process.stdout.columns || 80;
-  const line = text.length >= columns ? text.slice(0, Math.max(0, columns - 1)) : text;
+  const line = fitProgressLine(text, tail, process.stdout.columns || 80);
   process.stdout.write(`\r${line}\x1b[K`);
   progressShown = line !== "";
   if (!progressShown) process.stdout.write("\r");
+}
+
+/**
+ * `text`, then `tail` (a bar and a timer) after a space, in fewer than `columns` characters (the
+ * last column is left empty: a full line wraps on some terminals). What does not fit is cut
+ * from `text`, marked `…`, so the tail stays whole; only a terminal narrower than the tail
+ * cuts it too, from the right.
+ */
+export function fitProgressLine(text: string, tail: string, columns: number): string {
+  const width = Math.max(0, columns - 1);
+  const line = tail === "" ? text : `${text} ${tail}`;
+  if (line.length <= width) return line;
+  const room = width - (tail === "" ? 0 : tail.length + 1);
+  if (room < 2) return line.slice(0, width);
+  return `${text.slice(0, room - 1)}…${tail === "" ? "" : ` ${tail}`}`;
 }
 
 /** A bar of `width` cells filled to `fraction` (clamped to 0..1): `[#######.............]`. */

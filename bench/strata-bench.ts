@@ -1123,7 +1123,8 @@ class PhaseProgress {
     const draw = (): void => {
       if (plannedMs === undefined || plannedMs <= 0) return progress(`[${this.group}] ${text}…`);
       const elapsed = Math.min(plannedMs, performance.now() - t0);
-      progress(`[${this.group}] ${text} ${progressBar(elapsed / plannedMs, 20)} ${(elapsed / 1000).toFixed(1)}/${(plannedMs / 1000).toFixed(1)} s`);
+      // The bar and the timer stay whole on a narrow terminal: the label is cut instead.
+      progress(`[${this.group}] ${text}`, `${progressBar(elapsed / plannedMs, 20)} ${(elapsed / 1000).toFixed(1)}/${(plannedMs / 1000).toFixed(1)} s`);
     };
     draw();
     if (plannedMs !== undefined && plannedMs > 0) {
