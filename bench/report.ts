@@ -183,6 +183,36 @@ export function writeJson(dir: string, name: string, data: unknown, file: string
   return file;
 }
 
+/**
+ * Why files cannot be written in `dir`, or undefined when they can: the directory is made first
+ * when `create` (else it must exist), then a probe file is written in it and removed. The answer
+ * is the cause as the OS gives it (`ENOTDIR: not a directory, mkdir '/x/afile'`).
+ */
+export function directoryProblem(dir: string, create: boolean): string | undefined {
+  try {
+    if (create) makeDirectory(dir);
+    else if (!fs.statSync(dir).isDirectory()) return "not a directory";
+    const probe = path.join(dir, `.strata-bench-probe-${process.pid}.tmp`);
+    fs.writeFileSync(probe, "");
+    fs.rmSync(probe, { force: true });
+    return undefined;
+  } catch (err) {
+    return (err as Error).message;
+  }
+}
+
+/**
+ * Removes `dir` and what it holds, if there; one that cannot be removed is told as one line to
+ * `warn` (default stderr) instead of thrown, so that the rest of a cleanup still runs.
+ */
+export function removeDirectory(dir: string, warn: (line: string) => void = (line) => process.stderr.write(line)): void {
+  try {
+    fs.rmSync(dir, { recursive: true, force: true });
+  } catch (err) {
+    warn(`strata bench: warning: could not remove ${dir}: ${(err as Error).message}\n`);
+  }
+}
+
 /** Clock ticks per second of /proc/<pid>/stat times (USER_HZ; 100 on Linux). */
 const PROC_TICKS_PER_SECOND = 100;
 

@@ -33,7 +33,7 @@ import { ProtocolError } from "../messages/errors";
 import type { PageWrite, VolumeInfo } from "../messages/api";
 import { jetstreamNote, jetstreamPublishBaseline, natsEchoBaseline, rawAppendBaseline } from "./baselines";
 import { Histogram, type HistogramSummary } from "./histogram";
-import { clearProgress, formatNumber, formatUs, isTTY, jsonPath, printTable, procCpuUs, progress, progressBar, writeJson, type Cell } from "./report";
+import { clearProgress, directoryProblem, formatNumber, formatUs, isTTY, jsonPath, printTable, procCpuUs, progress, progressBar, removeDirectory, writeJson, type Cell } from "./report";
 import { latencyCdfSvg, writeSvg, type LatencySeries } from "./svg";
 import { PAGES_PER_REQUEST_BENCH_MAX, WORKLOADS, WorkloadGenerator, payloadPages, readsPages, type Workload } from "./workloads";
 
@@ -330,6 +330,11 @@ export interface BenchResult {
   failures: string[];
   /** Files written (JSON and SVG), when resultsDir is not null. */
   files: string[];
+  /**
+   * Why the files could not all be written (`<code>: <message>`), when they could not: the
+   * tables are printed all the same, and `strata bench` says it in one line and exits 1.
+   */
+  filesError?: string;
 }
 
 /** The options of a run after defaults and checks. */
@@ -451,6 +456,19 @@ export function resolveOptions(opts: BenchOptions): ResolvedOptions {
     quiet: opts.quiet ?? false,
     baselinesGiven,
   };
+}
+
+/**
+ * Checks, before anything runs, that the results can be written (their directory made and a
+ * file written in it) and that the scratch directory is an existing directory files can be
+ * written in: otherwise a run found out only at its end, its measurements lost. Throws a
+ * RangeError naming the option (as its flag when `asFlags`) and the cause.
+ */
+export function checkDirectories(resultsDir: string | null, scratchDir: string | undefined, asFlags = false): void {
+  const results = resultsDir === null ? undefined : directoryProblem(resultsDir, true);
+  if (results !== undefined) throw new RangeError(`${asFlags ? "--results-dir" : "resultsDir"} ${resultsDir}: the results cannot be written there: ${results}`);
+  const scratch = scratchDir === undefined ? undefined : directoryProblem(scratchDir, false);
+  if (scratch !== undefined) throw new RangeError(`${asFlags ? "--scratch-dir" : "scratchDir"} ${scratchDir}: expected an existing directory files can be written in: ${scratch}`);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -601,7 +619,7 @@ async function openEnv(o: ResolvedOptions, target: BenchTarget | undefined, scra
   try {
     cluster = await startCluster({ nodes, hosts, jetstream: true, dataDir, clientTimeoutMs: o.requestTimeoutMs, cluster: "bench" });
   } catch (err) {
-    fs.rmSync(dataDir, { recursive: true, force: true });
+    removeDirectory(dataDir);
     throw err;
   }
   const client = cluster.client;
@@ -620,7 +638,7 @@ async function openEnv(o: ResolvedOptions, target: BenchTarget | undefined, scra
       try {
         await cluster.stop();
       } finally {
-        fs.rmSync(dataDir, { recursive: true, force: true });
+        removeDirectory(dataDir);
       }
     },
   };
@@ -1353,6 +1371,7 @@ export function resultToJson(result: BenchResult): Jsonable<BenchResult> {
  */
 export async function runBench(opts: BenchOptions = {}): Promise<BenchResult> {
   const o = resolveOptions(opts);
+  checkDirectories(o.resultsDir, opts.scratchDir);
   const startedAt = new Date();
   const t0 = performance.now();
   // The short mode's bound covers the cluster's start and stop too (about 3 s of it).
@@ -1370,9 +1389,13 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchResult> {
     for (let i = 0; i < groups.length; i++) results.push(await runGroup(env, o, groups[i]!, i, budget));
   } finally {
     if (!o.quiet) progress("stopping…");
-    if (!rawDirExisted) fs.rmSync(rawDir, { recursive: true, force: true });
-    await env.close();
-    clearProgress();
+    // The cluster first: a scratch directory that cannot be cleaned must not keep it running.
+    try {
+      await env.close();
+    } finally {
+      clearProgress();
+      if (!rawDirExisted) removeDirectory(rawDir);
+    }
   }
   const suite = o.workload === "suite";
   const ran = (name: BaselineName): boolean => results.some((g) => g.baselines.some((b) => b.name === name && b.rounds.length > 0));
@@ -1419,25 +1442,39 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchResult> {
     failures,
     files: [],
   };
+  // The tables before the files: a disk that fails now loses none of what the run measured.
+  if (!o.quiet) printTables(result);
   if (o.resultsDir !== null) {
-    results.forEach((g, i) => {
-      const series: LatencySeries[] = [
-        ...g.subjects.filter((s) => s.latency.count > 0).map((s) => ({ label: `Strata ${s.label}`, latency: s.latency })),
-        ...g.baselines.filter((b) => b.latency.count > 0).map((b) => ({ label: b.label, latency: b.latency })),
-      ];
-      result.files.push(writeSvg(o.resultsDir!, `${o.name}-g${i + 1}-latency`, latencyCdfSvg(series, { title: `Strata latency CDF: ${g.label}` })));
-    });
-    // The JSON lists itself too: its name is known before it is written.
-    const json = jsonPath(o.resultsDir, o.name, startedAt);
-    result.files.unshift(json);
-    writeJson(o.resultsDir, o.name, result, json);
+    try {
+      results.forEach((g, i) => {
+        const series: LatencySeries[] = [
+          ...g.subjects.filter((s) => s.latency.count > 0).map((s) => ({ label: `Strata ${s.label}`, latency: s.latency })),
+          ...g.baselines.filter((b) => b.latency.count > 0).map((b) => ({ label: b.label, latency: b.latency })),
+        ];
+        result.files.push(writeSvg(o.resultsDir!, `${o.name}-g${i + 1}-latency`, latencyCdfSvg(series, { title: `Strata latency CDF: ${g.label}` })));
+      });
+      // The JSON lists itself too: its name is known before it is written.
+      const json = jsonPath(o.resultsDir, o.name, startedAt);
+      result.files.unshift(json);
+      writeJson(o.resultsDir, o.name, result, json);
+    } catch (err) {
+      // What was written stays listed; the JSON only once it is.
+      result.files = result.files.filter((f) => fs.existsSync(f));
+      result.filesError = `${errorCode(err)}: the results could not be written to ${o.resultsDir}: ${(err as Error).message}`;
+    }
   }
-  if (!o.quiet) printResult(result);
+  if (!o.quiet) printTrailer(result);
   return result;
 }
 
-/** Prints the tables of a result to stdout. */
+/** Prints the tables of a result to stdout, then the files written and what was not measured. */
 export function printResult(result: BenchResult): void {
+  printTables(result);
+  printTrailer(result);
+}
+
+/** The tables of a result and its notes. */
+function printTables(result: BenchResult): void {
   for (const g of result.groups) printTable(`Strata bench: ${g.label}`, groupRows(g));
   if (result.kind === "suite") {
     printTable(
@@ -1447,6 +1484,10 @@ export function printResult(result: BenchResult): void {
     printTable("R=1 4 KiB throughput beside the NATS echo", result.closingNote);
   }
   for (const note of result.notes) process.stdout.write(`note: ${note}\n`);
+}
+
+/** The files a result was written to and what it did not measure. */
+function printTrailer(result: BenchResult): void {
   for (const file of result.files) process.stdout.write(`written: ${file}\n`);
   for (const failure of result.failures) process.stdout.write(`NOT MEASURED: ${failure}\n`);
 }
@@ -1717,11 +1758,13 @@ export async function main(argv: readonly string[], io: BenchIo = { stdout: proc
     parsed = parseBenchArgs(argv);
     // Options checked together before anything starts; a RangeError names the option (as its flag here).
     if (!parsed.help && parsed.profileSummary === undefined) {
+      let resolved: ResolvedOptions;
       try {
-        resolveOptions(parsed.options);
+        resolved = resolveOptions(parsed.options);
       } catch (err) {
         throw new BenchUsageError((err as Error).message.replace(OPTION_NAMES, (name) => OPTION_FLAGS[name]!));
       }
+      checkDirectories(resolved.resultsDir, parsed.options.scratchDir, true);
     }
   } catch (err) {
     io.stderr.write(`strata bench: usage: ${(err as Error).message}\nRun "strata bench --help" for the flags.\n`);
@@ -1740,11 +1783,12 @@ export async function main(argv: readonly string[], io: BenchIo = { stdout: proc
     }
     const result = await runBench(parsed.options);
     if (parsed.json) io.stdout.write(`${JSON.stringify(resultToJson(result), null, 2)}\n`);
+    if (result.filesError !== undefined) io.stderr.write(`strata bench: ${result.filesError}\n`);
     if (result.failures.length > 0) {
       io.stderr.write(`strata bench: ${result.failures.length} of what was asked was not measured in full (NOT MEASURED above, failures in the JSON)\n`);
       return 1;
     }
-    return 0;
+    return result.filesError === undefined ? 0 : 1;
   } catch (err) {
     clearProgress();
     const e = err as Error;

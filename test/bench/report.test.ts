@@ -1,5 +1,8 @@
 import * as assert from "node:assert/strict";
-import { fitProgressLine, progressBar } from "../../bench/report";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { fitProgressLine, progressBar, removeDirectory } from "../../bench/report";
 
 describe("bench/report", () => {
   const tail = `${progressBar(0.25, 20)} 2.5/10.0 s`;
@@ -22,5 +25,26 @@ describe("bench/report", () => {
     assert.equal(fitProgressLine("[g] starting…", "", 80), "[g] starting…");
     assert.equal(fitProgressLine("x".repeat(100), "", 80), `${"x".repeat(78)}…`);
     assert.equal(fitProgressLine("[g] phase", tail, 20), `[g] phase ${tail}`.slice(0, 19));
+  });
+
+  it("tells a directory it cannot remove in one line and goes on, where fs.rmSync throws", () => {
+    const root = fs.mkdtempSync(path.join(os.tmpdir(), "strata-report-test-"));
+    try {
+      const file = path.join(root, "file");
+      fs.writeFileSync(file, "");
+      const under = path.join(file, "raw-append");
+      assert.throws(() => fs.rmSync(under, { recursive: true, force: true }), /ENOTDIR/);
+      const lines: string[] = [];
+      removeDirectory(under, (line) => lines.push(line));
+      assert.equal(lines.length, 1);
+      assert.match(lines[0]!, /^strata bench: warning: could not remove \S+\/file\/raw-append: ENOTDIR[^\n]*\n$/);
+      const dir = path.join(root, "dir");
+      fs.mkdirSync(path.join(dir, "sub"), { recursive: true });
+      removeDirectory(dir, (line) => lines.push(line));
+      assert.equal(fs.existsSync(dir), false);
+      assert.equal(lines.length, 1);
+    } finally {
+      fs.rmSync(root, { recursive: true, force: true });
+    }
   });
 });

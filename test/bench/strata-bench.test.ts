@@ -412,6 +412,65 @@ describe("bench/strata-bench", function () {
     assert.match(suite.err, /--page-size, --queue-depth: only with --workload/);
   });
 
+  /** `strata bench argv`: its exit code, what it wrote to stderr, and to stdout (where the tables go). */
+  async function runMain(argv: string[]): Promise<{ code: number; out: string; err: string }> {
+    let out = "";
+    let err = "";
+    const stdout = { write: (t: string) => ((out += t), true) } as unknown as NodeJS.WritableStream;
+    const stderr = { write: (t: string) => ((err += t), true) } as unknown as NodeJS.WritableStream;
+    const write = process.stdout.write;
+    process.stdout.write = ((t: string) => ((out += t), true)) as typeof process.stdout.write;
+    try {
+      return { code: await main(argv, { stdout, stderr }), out, err };
+    } finally {
+      process.stdout.write = write;
+    }
+  }
+  const tiny = ["--workload", "randwrite", "--ops", "4", "--rounds", "1", "--warmup-ms", "0", "--baselines", "none", "--volume-pages", "64", "--hosts", "1"];
+
+  it("refuses a results directory that cannot be made or written as usage (exit 2, one line), before the run", async () => {
+    const file = path.join(resultsDir, "afile");
+    fs.writeFileSync(file, "");
+    const bad = await runMain([...tiny, "--results-dir", path.join(file, "sub")]);
+    assert.equal(bad.code, 2);
+    assert.match(bad.err, /^strata bench: usage: --results-dir \S+afile\/sub: the results cannot be written there: ENOTDIR: not a directory, mkdir '\S+afile'\n/);
+    assert.equal(bad.err.split("\n")[0]!.length, bad.err.indexOf("\n"), "one line");
+    assert.equal(bad.out, "", "nothing run");
+  });
+
+  it("prints the tables before writing the files, and a results file that cannot be written is one line after them (exit 1)", async () => {
+    const dir = fs.mkdtempSync(path.join(resultsDir, "blocked-"));
+    // The results directory takes files, but the latest JSON's name is taken by a directory.
+    fs.mkdirSync(path.join(dir, "strata-bench-latest.json"));
+    const r = await runMain([...tiny, "--results-dir", dir]);
+    assert.equal(r.code, 1, r.err);
+    assert.match(r.out, /^Strata bench: 4 KiB at 1 in flight\n/m, "the table is printed");
+    assert.match(r.out, /^Strata R=1 randwrite +\d/m, "with the subject's figures");
+    assert.match(r.err, /^strata bench: E[A-Z]+: the results could not be written to \S+blocked-\w+: [^\n]+\n$/);
+    assert.doesNotMatch(r.err, /at .*\.js:\d+/, "no stack");
+  });
+
+  it("refuses a scratch directory that is not an existing directory as usage (exit 2, one line), before starting a cluster", async () => {
+    const file = path.join(resultsDir, "scratch-file");
+    fs.writeFileSync(file, "");
+    const dataDirs = fs.mkdtempSync(path.join(resultsDir, "data-"));
+    const before = process.env.STRATA_BENCH_DIR;
+    process.env.STRATA_BENCH_DIR = dataDirs;
+    try {
+      for (const [scratch, cause] of [[file, /not a directory/], [path.join(resultsDir, "none"), /ENOENT/]] as const) {
+        const r = await runMain([...tiny, "--no-results", "--scratch-dir", scratch]);
+        assert.equal(r.code, 2, r.err);
+        assert.match(r.err, /^strata bench: usage: --scratch-dir \S+: expected an existing directory files can be written in: [^\n]+\n/);
+        assert.match(r.err, cause);
+        await assert.rejects(runBench({ workload: "randwrite", ops: 4, rounds: 1, warmupMs: 0, baselines: [], resultsDir: null, quiet: true, scratchDir: scratch }), /^RangeError: scratchDir /);
+      }
+      assert.deepEqual(fs.readdirSync(dataDirs), [], "no in-process cluster was started");
+    } finally {
+      if (before === undefined) delete process.env.STRATA_BENCH_DIR;
+      else process.env.STRATA_BENCH_DIR = before;
+    }
+  });
+
   it("summarizes a cpuprofile by self time", () => {
     const profile = {
       nodes: [
