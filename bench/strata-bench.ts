@@ -27,7 +27,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { connect, type StrataClient, type Volume } from "../cluster/client";
 import { startCluster, type InProcessCluster } from "../cluster/in-process-cluster";
-import { defaultHostsPerNode } from "../cluster/config";
+import { checkNatsUrl, clusterNameProblem, defaultHostsPerNode, natsUserProblem } from "../cluster/config";
 import { NATS_TLS_FLAGS, natsTlsFromFlags, readNatsPassword, type NatsTlsFiles } from "../cluster/nats-auth";
 import { ProtocolError } from "../messages/errors";
 import type { PageWrite, VolumeInfo } from "../messages/api";
@@ -1723,6 +1723,14 @@ export function parseBenchArgs(argv: readonly string[]): { options: BenchOptions
   const passwordFile = str("nats-password-file");
   if ((user === undefined) !== (passwordFile === undefined)) throw new BenchUsageError("--nats-user and --nats-password-file go together");
   if (user !== undefined && nats === undefined) throw new BenchUsageError("--nats-user is for a running cluster (--nats and --cluster)");
+  // Checked as the rest of the command line checks them: a value no server or node could take
+  // is a usage error here, not a failure to connect after the run has started.
+  const natsProblem = nats === undefined ? undefined : checkNatsUrl(nats);
+  if (natsProblem !== undefined) throw new BenchUsageError(`--nats: ${natsProblem}, got ${JSON.stringify(nats)}`);
+  const clusterProblem = cluster === undefined ? undefined : clusterNameProblem(cluster);
+  if (clusterProblem !== undefined) throw new BenchUsageError(`--cluster: ${clusterProblem}`);
+  const userProblem = user === undefined ? undefined : natsUserProblem(user);
+  if (userProblem !== undefined) throw new BenchUsageError(`--nats-user: ${userProblem}`);
   let auth: { user: string; pass: string } | undefined;
   if (user !== undefined) {
     try {

@@ -179,6 +179,11 @@ export function clusterNameProblem(name: string): string | undefined {
   return CLUSTER_PATTERN.test(name) ? undefined : `expected 1..64 characters of [a-z0-9_-], got ${JSON.stringify(name)}`;
 }
 const NATS_USER_PATTERN = /^[A-Za-z0-9_.-]{1,64}$/;
+const NATS_USER_EXPECTED = 'expected 1..64 characters of [A-Za-z0-9_.-]';
+/** Why `name` cannot be the NATS user a node or a client connects as (`--nats-user`), or undefined when it can. */
+export function natsUserProblem(name: string): string | undefined {
+  return NATS_USER_PATTERN.test(name) ? undefined : `${NATS_USER_EXPECTED}, got ${JSON.stringify(name)}`;
+}
 const NATS_SCHEMES = ['nats:', 'tls:', 'ws:', 'wss:'];
 const DECIMAL_PATTERN = /^(0|[1-9][0-9]*)$/;
 const SIZE_PATTERN = /^(0|[1-9][0-9]*)\s*(k|kib|m|mib|g|gib)?$/i;
@@ -259,7 +264,7 @@ const FIELDS: readonly FieldSpec[] = [
     flag: '--nats-user',
     env: 'STRATA_NATS_USER',
     kind: 'string',
-    check: (v) => (NATS_USER_PATTERN.test(v) ? undefined : 'expected 1..64 characters of [A-Za-z0-9_.-]'),
+    check: (v) => (NATS_USER_PATTERN.test(v) ? undefined : NATS_USER_EXPECTED),
   },
   {
     key: 'natsCaFile',

@@ -426,7 +426,8 @@ describe("bench/strata-bench", function () {
       process.stdout.write = write;
     }
   }
-  const tiny = ["--workload", "randwrite", "--ops", "4", "--rounds", "1", "--warmup-ms", "0", "--baselines", "none", "--volume-pages", "64", "--hosts", "1"];
+  const tinyShape = ["--workload", "randwrite", "--ops", "4", "--rounds", "1", "--warmup-ms", "0", "--baselines", "none", "--volume-pages", "64"];
+  const tiny = [...tinyShape, "--hosts", "1"];
 
   it("refuses a results directory that cannot be made or written as usage (exit 2, one line), before the run", async () => {
     const file = path.join(resultsDir, "afile");
@@ -469,6 +470,24 @@ describe("bench/strata-bench", function () {
       if (before === undefined) delete process.env.STRATA_BENCH_DIR;
       else process.env.STRATA_BENCH_DIR = before;
     }
+  });
+
+  it("refuses a NATS URL, cluster name or NATS user no server or node could take as usage (exit 2), before connecting", async () => {
+    const pw = path.join(resultsDir, "pw");
+    fs.writeFileSync(pw, "secret\n");
+    const target = (nats: string, cluster: string, user?: string): string[] => [...tinyShape, "--no-results", "--nats", nats, "--cluster", cluster, ...(user === undefined ? [] : ["--nats-user", user, "--nats-password-file", pw])];
+    const cases: Array<[string[], RegExp]> = [
+      [target("foo://x:1", "c"), /^strata bench: usage: --nats: expected nats\|tls\|ws\|wss URLs, got "foo:\/\/x:1"\n/],
+      [target("nats://127.0.0.1:1", "BAD.NAME"), /^strata bench: usage: --cluster: expected 1\.\.64 characters of \[a-z0-9_-\], got "BAD\.NAME"\n/],
+      [target("nats://127.0.0.1:1", "c", ""), /^strata bench: usage: --nats-user: expected 1\.\.64 characters of \[A-Za-z0-9_.-\], got ""\n/],
+    ];
+    for (const [argv, re] of cases) {
+      const r = await runMain(argv);
+      assert.equal(r.code, 2, `${argv.join(" ")}: ${r.err}`);
+      assert.match(r.err, re);
+    }
+    // What the rest of the command line takes, this takes too.
+    assert.deepEqual(parseBenchArgs(["--nats", "127.0.0.1:4222", "--cluster", "my_cluster-1"]).options.target, { natsUrl: "127.0.0.1:4222", cluster: "my_cluster-1" });
   });
 
   it("summarizes a cpuprofile by self time", () => {
