@@ -1496,6 +1496,9 @@ function printTrailer(result: BenchResult): void {
 // CPU profile summary
 // ---------------------------------------------------------------------------------------------
 
+/** Most lines of a profile's summary (`--top`). */
+export const PROFILE_TOP_MAX = 1000;
+
 /** One line of {@link summarizeCpuProfile}. */
 export interface ProfileLine {
   functionName: string;
@@ -1539,7 +1542,7 @@ export function summarizeCpuProfile(profile: unknown, top = 30): ProfileLine[] {
     line.selfMs += us / 1000;
     byFunction.set(key, line);
   }
-  const lines = [...byFunction.values()].sort((a, b) => b.selfMs - a.selfMs).slice(0, Math.max(1, Math.min(top, 1000)));
+  const lines = [...byFunction.values()].sort((a, b) => b.selfMs - a.selfMs).slice(0, Math.max(1, Math.min(top, PROFILE_TOP_MAX)));
   for (const line of lines) line.selfPercent = totalUs > 0 ? (line.selfMs * 1000 * 100) / totalUs : 0;
   return lines;
 }
@@ -1588,12 +1591,37 @@ R=1 and R=3) with the target table. With --workload: that workload alone.
   --short                 the smoke suite: under a minute on two cores
   --seed N                workload seed (default 1)
   --json                  print the JSON result instead of tables
-  --profile-summary FILE  print self time by function of a .cpuprofile and exit (--top N)
+  --profile-summary FILE  print self time by function of a .cpuprofile and exit; with --top N
+                          (1..1000, default 30) lines, and no other flag
 
 Every run is bounded by 10 minutes (--short: 57 s). Exit status: 0 measured (whether targets
 are met is in the table), 1 something asked for was not measured (NOT MEASURED lines), 2 a bad
 or conflicting flag.
 `;
+
+/**
+ * `--profile-summary FILE --top N`: the summary's lines on stdout, 0; a file that cannot be read
+ * or is not a V8 cpuprofile is one line on stderr, 1.
+ */
+function printProfileSummary(file: string, top: number, io: BenchIo): number {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, "utf8");
+  } catch (err) {
+    // The OS's message starts with its code, already said.
+    io.stderr.write(`strata bench: ${errorCode(err)}: --profile-summary: ${(err as Error).message.replace(/^E[A-Z]+: /, "")}\n`);
+    return 1;
+  }
+  let lines: ProfileLine[];
+  try {
+    lines = summarizeCpuProfile(JSON.parse(text) as unknown, top);
+  } catch (err) {
+    io.stderr.write(`strata bench: bad_profile: ${file}: ${err instanceof SyntaxError ? `not JSON: ${err.message}` : (err as Error).message}\n`);
+    return 1;
+  }
+  for (const l of lines) io.stdout.write(`${l.selfMs.toFixed(1).padStart(10)} ms ${l.selfPercent.toFixed(1).padStart(5)} %  ${l.functionName}  ${l.location}\n`);
+  return 0;
+}
 
 /** Output streams of {@link main}. */
 export interface BenchIo {
@@ -1752,7 +1780,13 @@ export function parseBenchArgs(argv: readonly string[]): { options: BenchOptions
   const json = flags.json === true;
   if (json) options.quiet = true;
   const profileSummary = str("profile-summary");
-  return { options, json, help: flags.help === true, ...(profileSummary === undefined ? {} : { profileSummary }), top: num("top") ?? 30 };
+  const top = num("top");
+  if (top !== undefined && profileSummary === undefined) throw new BenchUsageError("--top goes with --profile-summary (the lines of a profile's summary)");
+  if (top !== undefined && (top < 1 || top > PROFILE_TOP_MAX)) throw new BenchUsageError(`--top: expected an integer in 1..${PROFILE_TOP_MAX}, got ${top}`);
+  // A summary runs nothing: a flag of a run given with it would be silently ignored.
+  const runFlags = Object.keys(flags).filter((name) => name !== "profile-summary" && name !== "top" && name !== "help");
+  if (profileSummary !== undefined && runFlags.length > 0) throw new BenchUsageError(`--profile-summary takes --top only; ${runFlags.map((f) => `--${f}`).join(", ")} ${runFlags.length > 1 ? "are" : "is"} for a run`);
+  return { options, json, help: flags.help === true, ...(profileSummary === undefined ? {} : { profileSummary }), top: top ?? 30 };
 }
 
 /**
@@ -1783,12 +1817,7 @@ export async function main(argv: readonly string[], io: BenchIo = { stdout: proc
     return 0;
   }
   try {
-    if (parsed.profileSummary !== undefined) {
-      const profile: unknown = JSON.parse(fs.readFileSync(parsed.profileSummary, "utf8"));
-      const lines = summarizeCpuProfile(profile, parsed.top);
-      for (const l of lines) io.stdout.write(`${l.selfMs.toFixed(1).padStart(10)} ms ${l.selfPercent.toFixed(1).padStart(5)} %  ${l.functionName}  ${l.location}\n`);
-      return 0;
-    }
+    if (parsed.profileSummary !== undefined) return printProfileSummary(parsed.profileSummary, parsed.top, io);
     const result = await runBench(parsed.options);
     if (parsed.json) io.stdout.write(`${JSON.stringify(resultToJson(result), null, 2)}\n`);
     if (result.filesError !== undefined) io.stderr.write(`strata bench: ${result.filesError}\n`);

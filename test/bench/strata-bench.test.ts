@@ -490,6 +490,51 @@ describe("bench/strata-bench", function () {
     assert.deepEqual(parseBenchArgs(["--nats", "127.0.0.1:4222", "--cluster", "my_cluster-1"]).options.target, { natsUrl: "127.0.0.1:4222", cluster: "my_cluster-1" });
   });
 
+  it("summarizes a profile with --top N lines; a file that cannot be read or is no cpuprofile is one line (exit 1), --top out of place or out of range and run flags are usage (exit 2)", async () => {
+    const profile = path.join(resultsDir, "p.cpuprofile");
+    fs.writeFileSync(profile, JSON.stringify({
+      nodes: [
+        { id: 1, callFrame: { functionName: "a", url: "file:///x/a.js", lineNumber: 0 } },
+        { id: 2, callFrame: { functionName: "b", url: "file:///x/b.js", lineNumber: 0 } },
+      ],
+      samples: [1, 2, 1],
+      timeDeltas: [0, 1000, 1000, 1000],
+    }));
+    const one = await runMain(["--profile-summary", profile, "--top", "1"]);
+    assert.equal(one.code, 0, one.err);
+    assert.equal(one.out.split("\n").filter((l) => l !== "").length, 1, one.out);
+    assert.match(one.out, / a {2}x\/a\.js:1\n$/);
+    const empty = path.join(resultsDir, "empty.cpuprofile");
+    fs.writeFileSync(empty, "{}");
+    const notJson = path.join(resultsDir, "bad.cpuprofile");
+    fs.writeFileSync(notJson, "nope");
+    const failures: Array<[string[], RegExp]> = [
+      [["--profile-summary", path.join(resultsDir, "missing.cpuprofile")], /^strata bench: ENOENT: --profile-summary: no such file or directory, open '\S+missing\.cpuprofile'\n$/],
+      [["--profile-summary", empty], /^strata bench: bad_profile: \S+empty\.cpuprofile: not a V8 cpuprofile: expected nodes, samples and timeDeltas\n$/],
+      [["--profile-summary", notJson], /^strata bench: bad_profile: \S+bad\.cpuprofile: not JSON: [^\n]+\n$/],
+    ];
+    for (const [argv, re] of failures) {
+      const r = await runMain(argv);
+      assert.equal(r.code, 1, r.err);
+      assert.match(r.err, re);
+    }
+    const usage: Array<[string[], RegExp]> = [
+      [["--profile-summary", profile, "--top", "0"], /--top: expected an integer in 1\.\.1000, got 0/],
+      [["--profile-summary", profile, "--top", "-1"], /--top: expected an integer in 1\.\.1000, got -1/],
+      [["--top", "5"], /--top goes with --profile-summary/],
+      [["--workload", "randwrite", "--top", "5"], /--top goes with --profile-summary/],
+      [["--profile-summary", profile, "--queue-depth", "4"], /--profile-summary takes --top only; --queue-depth is for a run/],
+      [["--profile-summary", profile, "--workload", "randwrite", "--page-size", "8192"], /--profile-summary takes --top only; --workload, --page-size are for a run/],
+    ];
+    for (const [argv, re] of usage) {
+      const r = await runMain(argv);
+      assert.equal(r.code, 2, `${argv.join(" ")}: ${r.err}`);
+      assert.match(r.err, /^strata bench: usage: /);
+      assert.match(r.err, re);
+      assert.equal(r.out, "");
+    }
+  });
+
   it("summarizes a cpuprofile by self time", () => {
     const profile = {
       nodes: [
