@@ -1565,7 +1565,8 @@ R=1 and R=3) with the target table. With --workload: that workload alone.
   --pages-per-request N   adjacent pages per request, 1..64 (default 1)
   --queue-depth N         requests in flight, 1..1024 (default 1)
   --replicas R            1 | 3 (default 1)
-  --duration-ms N         measured time per subject and per baseline (default 10000; suite 15000, short 2100)
+  --duration-ms N         measured time per subject and per baseline (default 10000 with
+                          --workload, with or without --short; the suite 15000, 2100 with --short)
   --ops N                 measured requests per subject and per baseline (stops at the first bound)
   --warmup-ms N           unmeasured time per subject first (default 1000, short 300); a subject
                           with fewer than 2000 requests by then goes on, up to 8x as long, until it has them

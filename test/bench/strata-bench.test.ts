@@ -2,7 +2,7 @@ import * as assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { WARMUP_OPS_MIN, evaluateTargets, main, parseBenchArgs, resolveOptions, runBench, summarizeCpuProfile, type BenchResult } from "../../bench/strata-bench";
+import { BENCH_HELP, WARMUP_OPS_MIN, evaluateTargets, main, parseBenchArgs, resolveOptions, runBench, summarizeCpuProfile, type BenchResult } from "../../bench/strata-bench";
 import { WorkloadGenerator, payloadPages, SeededRandom, type Workload } from "../../bench/workloads";
 import { startCluster } from "../../cluster/in-process-cluster";
 
@@ -533,6 +533,15 @@ describe("bench/strata-bench", function () {
       assert.match(r.err, re);
       assert.equal(r.out, "");
     }
+  });
+
+  it("says in its help the --duration-ms that applies: --short shortens the suite's, not a workload's", () => {
+    assert.equal(resolveOptions({ workload: "randwrite" }).durationMs, 10_000);
+    assert.equal(resolveOptions({ workload: "randwrite", short: true }).durationMs, 10_000);
+    assert.equal(resolveOptions({}).durationMs, 15_000);
+    assert.equal(resolveOptions({ short: true }).durationMs, 2_100);
+    const help = BENCH_HELP.slice(BENCH_HELP.indexOf("--duration-ms N"), BENCH_HELP.indexOf("--ops N")).replace(/\s+/g, " ");
+    assert.match(help, /\(default 10000 with --workload, with or without --short; the suite 15000, 2100 with --short\)/);
   });
 
   it("summarizes a cpuprofile by self time", () => {
