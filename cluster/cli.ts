@@ -16,6 +16,7 @@ import { DEADLINE_AHEAD_MS_MAX } from '../messages/headers';
 import { checkToken } from '../messages/subjects';
 import type { NodeConfig } from './config';
 import { ProtocolError } from '../messages/errors';
+import type { ErrorDetails } from '../messages/errors';
 import { PAGE_COUNT_MAX, PAGE_SIZES_BYTES, SHARDS_MAX } from '../messages/api';
 import type { ShardLsn, VolumeCreateRequest, VolumeInfo } from '../messages/api';
 import { bytesText, formatStatus, formatStatusJson } from '../observability/status';
@@ -1032,6 +1033,19 @@ async function map(ctx: Ctx): Promise<void> {
   await writeOut(ctx.io.stdout, lines.join('\n') + '\n');
 }
 
+/**
+ * A failed batch of a `put`, saying what the batches before it wrote (they stay written) and
+ * which pages the failed one may have written in part; the code stays the cause's, and
+ * `details` says the same (`written` pages from `page`, then `partlyWritten` pages).
+ */
+function putProgressError(err: unknown, first: number, page: number, count: number): unknown {
+  const code = errorCode(err);
+  const done = page === first ? '' : `pages ${first}..${page - 1} were written; `;
+  const message = `${errorMessage(err, code)} (${done}pages ${page}..${page + count - 1} may be partly written)`;
+  const details = { ...((err as { details?: ErrorDetails } | null)?.details ?? {}), page: first, written: page - first, partlyWritten: count };
+  return err instanceof ProtocolError ? new ProtocolError(err.code, message, details) : Object.assign(new Error(message), { code, details });
+}
+
 async function put(ctx: Ctx): Promise<void> {
   const [volumeName, pageText, file] = ctx.args.positionals as [string, string, string];
   const first = parseInteger('PAGE', pageText);
@@ -1084,7 +1098,11 @@ async function put(ctx: Ctx): Promise<void> {
           padded.set(slice);
           return { page: page + i, data: padded };
         });
-        lsns.add((await volume.writePages(pages)).lsns);
+        try {
+          lsns.add((await volume.writePages(pages)).lsns);
+        } catch (err) {
+          throw putProgressError(err, first, page, count);
+        }
         page += count;
         bytes += chunk.byteLength;
         if (chunk.byteLength < TRANSFER_PAGES_PER_CALL * info.pageSize) break;

@@ -1059,6 +1059,34 @@ describe('cluster/cli', () => {
         assert.equal(mem.pages.size, 0);
       });
 
+      it('says which pages a put wrote before a batch failed, and which the failed batch may have written, keeping its code (text and --json)', async () => {
+        const mem = new MemoryCluster();
+        await run(['volume', 'create', 'db', '--pages', '5000'], mem);
+        const input = path.join(dir, 'in.bin');
+        fs.writeFileSync(input, bytes((2 * TRANSFER_PAGES_PER_CALL + 10) * 4096, 4));
+        // The third batch (pages 2058.., from page 10 on) meets a timeout: the two before it were written.
+        const failFrom = 10 + 2 * TRANSFER_PAGES_PER_CALL;
+        const request = mem.request.bind(mem);
+        mem.request = async (subject, data, options) => {
+          const pages = (decode(data) as { pages?: Array<{ page?: number }> }).pages;
+          if (readHeaders({ get: (n: string) => options.headers[n] ?? '' }).type === 'shard.write' && pages?.some((p) => p.page! >= failFrom)) {
+            return encode(errorReply(new ProtocolError('timeout', 'no reply within 100 ms')));
+          }
+          return request(subject, data, options);
+        };
+        for (const json of [[], ['--json']]) {
+          const r = await run(['put', 'db', '10', input, ...json], mem);
+          assert.equal(r.code, 1);
+          assert.equal(r.err, `strata: timeout: no reply within 100 ms (pages 10..${failFrom - 1} were written; pages ${failFrom}..${failFrom + 9} may be partly written)\n`);
+          assert.equal(r.out, '');
+        }
+        assert.ok(mem.page('id-db', failFrom - 1) !== undefined && mem.page('id-db', failFrom) === undefined);
+        // The first batch failing: nothing was written before it.
+        const r = await run(['put', 'db', String(failFrom), input], mem);
+        assert.equal(r.code, 1);
+        assert.equal(r.err, `strata: timeout: no reply within 100 ms (pages ${failFrom}..${failFrom + TRANSFER_PAGES_PER_CALL - 1} may be partly written)\n`);
+      });
+
       it('reports an empty file, a missing file, and a get past the end without touching the output file', async () => {
         const mem = new MemoryCluster();
         await run(['volume', 'create', 'db', '--pages', '4'], mem);
