@@ -382,13 +382,17 @@ class ShardLsns {
   }
 }
 
+/** The commands whose second word names the subcommand (`volume create`). */
+const COMMAND_GROUPS: ReadonlySet<string> = new Set(['volume', 'shard', 'catalog']);
+
 /**
  * Parses a command line (without `node` and the script path). Throws UsageError for an unknown
  * command or flag, a missing or extra argument, a missing flag value or a non-integer number.
  */
 export function parseArgs(argvIn: readonly string[]): ParsedArgs {
-  // Global flags may come before the command (`strata --nats URL volume list`): move them after
-  // it, where the command's own flag rules check them.
+  // Global flags may come before the command (`strata --nats URL volume list`): move them right
+  // after its word(s), where the command's own flag rules check them, and before any `--` (past
+  // which they would be positionals).
   const leading: string[] = [];
   let k = 0;
   while (k < argvIn.length && argvIn[k]!.startsWith('--') && argvIn[k] !== '--') {
@@ -399,7 +403,9 @@ export function parseArgs(argvIn: readonly string[]): ParsedArgs {
     if (kind !== 'boolean' && !argvIn[k]!.includes('=') && k + 1 < argvIn.length) leading.push(argvIn[++k]!);
     k++;
   }
-  const argv = leading.length > 0 ? [...argvIn.slice(k), ...leading] : argvIn;
+  const after = argvIn.slice(k);
+  const words = COMMAND_GROUPS.has(after[0] ?? '') ? Math.min(2, after.length) : 1;
+  const argv = leading.length > 0 ? [...after.slice(0, words), ...leading, ...after.slice(words)] : argvIn;
   if (argv.length === 0) throw new UsageError('no command given');
   if (leading.length > 0 && (argv[0] === 'node' || argv[0] === 'dev' || argv[0] === 'help')) {
     throw new UsageError(`${argv[0]}: ${leading[0]} goes after the command`);
@@ -414,7 +420,7 @@ export function parseArgs(argvIn: readonly string[]): ParsedArgs {
 
   let command = first;
   let at = 1;
-  if (first === 'volume' || first === 'shard' || first === 'catalog') {
+  if (COMMAND_GROUPS.has(first)) {
     const sub = argv[1];
     // `strata volume --help` as any other command's: the list of commands.
     if (sub === '--help' || sub === '-h') return { command: 'help', positionals: [], flags: {}, rest: [] };
@@ -426,7 +432,7 @@ export function parseArgs(argvIn: readonly string[]): ParsedArgs {
   }
   const spec = COMMANDS[command];
   if (spec === undefined) {
-    throw new UsageError(first === 'volume' || first === 'shard' || first === 'catalog' ? `${first}: unknown subcommand ${JSON.stringify(argv[1])}` : `unknown command ${JSON.stringify(first)}`);
+    throw new UsageError(COMMAND_GROUPS.has(first) ? `${first}: unknown subcommand ${JSON.stringify(argv[1])}` : `unknown command ${JSON.stringify(first)}`);
   }
   const allowed: Record<string, FlagKind> = { ...(spec.client ? CLIENT_FLAGS : {}), ...spec.flags };
   const positionals: string[] = [];

@@ -1239,6 +1239,18 @@ describe('global flags before the command', () => {
     assert.throws(() => parseArgs(['--frobnicate', 'status']), UsageError);
   });
 
+  it('stay flags when the command ends its flags with `--`', () => {
+    assert.deepEqual(parseArgs(['--nats', 'nats://127.0.0.1:4999', '--json', 'get', 'v1', '0', '--', '-']), {
+      command: 'get',
+      positionals: ['v1', '0', '-'],
+      flags: { nats: 'nats://127.0.0.1:4999', json: true },
+      rest: [],
+    });
+    const a = parseArgs(['--timeout=500', 'volume', 'info', '--', '--odd-name']);
+    assert.deepEqual([a.command, a.positionals, a.flags], ['volume info', ['--odd-name'], { timeout: 500 }]);
+    assert.equal(parseArgs(['--json', 'volume', '--help']).command, 'help');
+  });
+
   it('are refused before node, dev and help, which take them after the command', () => {
     for (const command of ['node', 'dev', 'help']) {
       assert.throws(
