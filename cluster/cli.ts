@@ -382,6 +382,9 @@ class ShardLsns {
   }
 }
 
+/** The positionals that are numbers (checked as non-negative integers). */
+const NUMBER_POSITIONALS: ReadonlySet<string> = new Set(['PAGE', 'SHARD']);
+
 /** The commands whose second word names the subcommand (`volume create`). */
 const COMMAND_GROUPS: ReadonlySet<string> = new Set(['volume', 'shard', 'catalog']);
 
@@ -440,7 +443,9 @@ export function parseArgs(argvIn: readonly string[]): ParsedArgs {
   let flagsEnded = false;
   for (let i = at; i < argv.length; i++) {
     const arg = argv[i]!;
-    if (flagsEnded || !arg.startsWith('-') || arg === '-') {
+    // A negative number where a number positional (PAGE, SHARD) goes is a bad number, not a flag.
+    const numberExpected = NUMBER_POSITIONALS.has(spec.positionals[positionals.length] ?? '') && /^-[0-9]/.test(arg);
+    if (flagsEnded || !arg.startsWith('-') || arg === '-' || numberExpected) {
       positionals.push(arg);
       continue;
     }
@@ -516,7 +521,7 @@ export function parseArgs(argvIn: readonly string[]): ParsedArgs {
     if (problem !== undefined) throw new UsageError(`--nats: ${problem}, got ${JSON.stringify(flags.nats)}`);
   }
   if (command === 'put' || command === 'get' || command === 'zero' || (command === 'map' && positionals.length > 1)) parseInteger('PAGE', positionals[1]!);
-  if (command === 'shard force-vote' || command === 'shard move' || command === 'shard handover') parseInteger('SHARD', positionals[1]!);
+  if (command === 'shard force-vote' || command === 'shard move' || command === 'shard handover' || (command === 'shard check' && positionals.length > 1)) parseInteger('SHARD', positionals[1]!);
   if (command === 'shard handover' && flags.to !== undefined) {
     try {
       checkToken(flags.to as string, 'to');

@@ -322,6 +322,15 @@ describe('cluster/cli', () => {
       [['dev', '--nodes', '3', '--metrics-port', '65534'], /--metrics-port: the 3 nodes take ports 65534\.\.65536, past 65535/],
       [['put', 'db', '0'], /missing FILE/],
       [['put', 'db', 'zero', 'f'], /PAGE: expected a non-negative integer, got "zero"/],
+      // A negative number where a number goes is a bad number, not an unknown flag.
+      [['put', 'v1', '-1', 'f.bin'], /^PAGE: expected a non-negative integer, got "-1"$/],
+      [['get', 'v1', '-5', '-', '--count', '2'], /^PAGE: expected a non-negative integer, got "-5"$/],
+      [['map', 'v1', '-1'], /^PAGE: expected a non-negative integer, got "-1"$/],
+      [['shard', 'move', 'db', '-1', '--from', 'n1', '--to', 'n2'], /^SHARD: expected a non-negative integer, got "-1"$/],
+      [['shard', 'check', 'db', '-2'], /^SHARD: expected a non-negative integer, got "-2"$/],
+      // Elsewhere it is still a flag.
+      [['volume', 'info', '-1'], /^volume info: unknown flag -1$/],
+      [['put', 'v1', '0', '-1'], /^put: unknown flag -1$/],
       [['get', 'db', '0', 'f', '--count', '0'], /--count: expected 1\.\./],
       [['zero', 'db', '0'], /^zero: --count is required$/],
       [['zero', 'db', '0', '--count', '0'], /^--count: expected 1\.\.4294967295, got 0$/],
