@@ -1004,6 +1004,11 @@ async function zero(ctx: Ctx): Promise<void> {
   await writeOut(ctx.io.stdout, ctx.json ? jsonText(result) : `made ${volumeName} pages ${first}..${first + count - 1} zeros (${lsnText(result)})\n`);
 }
 
+/** Refuses a PAGE at or past the end of a volume (`out_of_range`, naming PAGE). */
+function checkPageInVolume(page: number, volumeName: string, pageCount: number): void {
+  if (page >= pageCount) throw new ProtocolError('out_of_range', `page ${page} is past the end of ${volumeName} (${pageCount} pages)`, { page, pageCount });
+}
+
 /** Most ranges `strata map` prints: past them it stops and says where to go on from. */
 export const MAP_RANGES_PRINTED_MAX = 65_536;
 
@@ -1013,7 +1018,9 @@ async function map(ctx: Ctx): Promise<void> {
     const volume = client.volume(volumeName);
     const first = pageText === undefined ? 0 : parseInteger('PAGE', pageText);
     const info = await client.volumeInfo(volumeName);
-    const count = (ctx.args.flags['count'] as number | undefined) ?? Math.max(1, info.pageCount - first);
+    // PAGE first: without --count, a count past the end would be named although none was given.
+    checkPageInVolume(first, volumeName, info.pageCount);
+    const count = (ctx.args.flags['count'] as number | undefined) ?? info.pageCount - first;
     const lsns = new ShardLsns();
     const ranges: Array<{ first: number; count: number }> = [];
     // Each answer goes as far as its shards' bounded answers do; asked again from its end.
@@ -1068,9 +1075,7 @@ async function put(ctx: Ctx): Promise<void> {
     const result = await withClient(ctx, async (client) => {
       const volume = client.volume(volumeName);
       const info = await volume.info();
-      if (first >= info.pageCount) {
-        throw new ProtocolError('out_of_range', `page ${first} is past the end of ${volumeName} (${info.pageCount} pages)`, { page: first, pageCount: info.pageCount });
-      }
+      checkPageInVolume(first, volumeName, info.pageCount);
       // Only a regular file's size is known in advance: a FIFO or a device (/dev/zero) is read as
       // stdin is, and named as itself when it holds too much.
       const stat = handle === undefined ? undefined : await handle.stat();

@@ -986,6 +986,15 @@ describe('cluster/cli', () => {
         r = await run(['map', 'db', '60', '--count', '5'], mem);
         assert.equal(r.code, 1);
         assert.match(r.err, /^strata: out_of_range: count: pages 60\.\.64 are not all in the volume/);
+        // A PAGE past the end is named as PAGE, with --count or without (no count was given to name).
+        for (const count of [[], ['--count', '1']]) {
+          r = await run(['map', 'db', '64', ...count], mem);
+          assert.equal(r.code, 1);
+          assert.equal(r.err, 'strata: out_of_range: page 64 is past the end of db (64 pages)\n');
+        }
+        r = await run(['map', 'db', '63', '--json'], mem);
+        assert.equal(r.code, 0, r.err);
+        assert.equal(JSON.parse(r.out).count, 1);
       });
 
       it('writes stdin with put -', async () => {
