@@ -1064,13 +1064,28 @@ function putProgressError(err: unknown, first: number, page: number, count: numb
   return err instanceof ProtocolError ? new ProtocolError(err.code, message, details) : Object.assign(new Error(message), { code, details });
 }
 
+/** Whether a stream reads a directory: its file descriptor, if it has one (stdin's is 0), says so. */
+function streamIsDirectory(stream: Readable): boolean {
+  const fd: unknown = (stream as { fd?: unknown }).fd;
+  if (typeof fd !== 'number') return false;
+  try {
+    return fs.fstatSync(fd).isDirectory();
+  } catch {
+    return false;
+  }
+}
+
 async function put(ctx: Ctx): Promise<void> {
   const [volumeName, pageText, file] = ctx.args.positionals as [string, string, string];
   const first = parseInteger('PAGE', pageText);
   const handle = file === '-' ? undefined : await fs.promises.open(file, 'r');
   try {
-    // A directory opens, and fails at its first read without naming it.
-    if (handle !== undefined && (await handle.stat()).isDirectory()) throw Object.assign(new Error(`${file}: a directory, not a file of pages`), { code: 'EISDIR' });
+    // A directory opens, and fails at its first read without naming it; on stdin (`put … - <
+    // dir`) it reads as empty.
+    const source = file === '-' ? 'stdin' : file;
+    if (handle !== undefined ? (await handle.stat()).isDirectory() : streamIsDirectory(ctx.io.stdin)) {
+      throw Object.assign(new Error(`${source}: a directory, not a file of pages`), { code: 'EISDIR' });
+    }
     const read = handle === undefined ? streamReader(ctx.io.stdin) : fileReader(handle);
     const result = await withClient(ctx, async (client) => {
       const volume = client.volume(volumeName);
@@ -1101,7 +1116,7 @@ async function put(ctx: Ctx): Promise<void> {
           // From stdin, a FIFO or a device (a regular file's size was checked above): what came
           // before stays written.
           const done = page === first ? 'nothing was written' : `pages ${first}..${page - 1} were written`;
-          throw new ProtocolError('out_of_range', `${file === '-' ? 'stdin' : file} holds more than the ${info.pageCount - first} pages from page ${first} to the end of ${volumeName}: ${done}`, {
+          throw new ProtocolError('out_of_range', `${source} holds more than the ${info.pageCount - first} pages from page ${first} to the end of ${volumeName}: ${done}`, {
             page: first,
             pageCount: info.pageCount,
             written: page - first,
@@ -1130,7 +1145,7 @@ async function put(ctx: Ctx): Promise<void> {
       ctx.json
         ? jsonText(result)
         : result.pages === 0
-          ? `wrote nothing: ${file === '-' ? 'stdin' : file} is empty\n`
+          ? `wrote nothing: ${source} is empty\n`
           : `wrote ${result.bytes} bytes to ${volumeName} pages ${first}..${first + result.pages - 1} (${lsnText(result)})\n`,
     );
   } finally {

@@ -1132,6 +1132,16 @@ describe('cluster/cli', () => {
         r = await run(['put', 'db', '0', dir], mem);
         assert.equal(r.code, 1);
         assert.equal(r.err, `strata: EISDIR: ${dir}: a directory, not a file of pages\n`);
+        // So is a directory on stdin (`put db 0 - < dir`), which reads as empty: not "wrote nothing", exit 0.
+        const fd = fs.openSync(dir, 'r');
+        try {
+          r = await run(['put', 'db', '0', '-'], mem, { stdin: Object.assign(Readable.from([]), { fd }) });
+        } finally {
+          fs.closeSync(fd);
+        }
+        assert.equal(r.code, 1);
+        assert.equal(r.err, 'strata: EISDIR: stdin: a directory, not a file of pages\n');
+        assert.equal(r.out, '');
         assert.equal(mem.pages.size, 0);
         const output = path.join(dir, 'keep');
         fs.writeFileSync(output, 'precious');
