@@ -111,7 +111,7 @@ Commands:
   bench [--short] [--workload W] [--queue-depth N] [--pages-per-request N] [--replicas 1|3] [--nats URL --cluster C] …
         Benchmark a fresh in-process cluster (or a running one) against raw disk, NATS echo
         and JetStream baselines; without --workload runs the target suite. "strata bench --help".
-  nbd VOLUME|--all [--listen HOST:PORT] [--read-only]
+  nbd VOLUME|--all [--listen HOST:PORT] [--read-only] [--connections-max N]
         Export VOLUME (or, with --all, every volume, by export name) over NBD until
         SIGINT/SIGTERM, for qemu, nbdcopy, nbd-client or fio (docs/nbd.md); listens on
         127.0.0.1:10809 unless told otherwise; --read-only refuses writes.
@@ -541,7 +541,7 @@ export function parseArgs(argvIn: readonly string[]): ParsedArgs {
   }
   if (command === 'controllers' && positionals.length === 1) {
     const problem = checkControllersList(positionals[0]!);
-    if (problem !== undefined) throw new UsageError(`controllers: ${problem}, got ${JSON.stringify(positionals[0])}`);
+    if (problem !== undefined) throw new UsageError(`controllers: ${problem} in ${JSON.stringify(positionals[0])}`);
   }
   if (command === 'drain') {
     try {

@@ -57,6 +57,7 @@ if [[ $(id -u) -ne 0 ]]; then
   echo "Strata needs: ${packages[*]}" >&2
   if command -v apt-get >/dev/null 2>&1; then
     echo "Install with: sudo apt-get install -y ${packages[*]}" >&2
+    echo "(or set STRATA_NATS_SERVER to a nats-server binary that is not on PATH)" >&2
   else
     echo "No apt-get here: install nats-server (and promtool, from Prometheus; qemu-io, qemu-img," >&2
     echo "nbdinfo and nbdcopy, from qemu and libnbd) with this system's package manager, and set" >&2
