@@ -19,6 +19,7 @@ import { ConnectionState, RequestMux } from "../runtime/request-mux";
 import { clientInboxPrefix } from "../messages/subjects";
 import { LOG_PREALLOC_BYTES, zerosAheadTo } from "../storage-engine/log";
 import { withNatsTls } from "../runtime/nats-tls";
+import { redactNatsUrl } from "../runtime/nats-url";
 
 /** Cap on a baseline's duration when only an op/batch count was given. */
 const durationMsDefaultCap = 60_000;
@@ -272,7 +273,7 @@ function runPhase(
   latency: Histogram,
 ): Promise<{ ops: number; seconds: number }> {
   return closedLoop({
-    label: `${what} against ${o.url} (${phase}, ${o.requestTimeoutMs} ms timeout per op)`,
+    label: `${what} against ${o.shownUrl} (${phase}, ${o.requestTimeoutMs} ms timeout per op)`,
     inFlight: o.inFlight,
     countMax: phase === "warm-up" ? o.warmupOps : o.countMax,
     durationMs: o.durationMs,
@@ -283,6 +284,8 @@ function runPhase(
 
 interface ResolvedRequestOptions {
   url: string;
+  /** `url` as messages show it (`redactNatsUrl`). */
+  shownUrl: string;
   auth: { user: string; pass: string } | undefined;
   tls: { caFile?: string; certFile?: string; keyFile?: string } | undefined;
   payloadBytes: number;
@@ -305,6 +308,7 @@ function resolveRequestOptions(what: string, options: RequestBaselineOptions): R
   assertInteger(`${what}: connectTimeoutMs`, connectTimeoutMs, 1, 600_000);
   return {
     url: options.url,
+    shownUrl: redactNatsUrl(options.url),
     auth: options.auth,
     tls: options.tls,
     payloadBytes: options.payloadBytes,
@@ -322,7 +326,7 @@ async function connectTo(what: string, role: string, o: ResolvedRequestOptions):
     // As Strata's client connects: without per-request async stack traces, so the ratios compare like with like.
     nc = await connect({ servers: o.url, ...(o.auth === undefined ? {} : { ...o.auth, inboxPrefix: clientInboxPrefix(o.auth.user) }), ...withNatsTls(o.url, o.tls), name: `strata-baseline-${role}`, timeout: o.connectTimeoutMs, reconnect: false, noAsyncTraces: true });
   } catch (err) {
-    throw new Error(`${what}: cannot connect to ${o.url} within ${o.connectTimeoutMs} ms: ${(err as Error).message}`);
+    throw new Error(`${what}: cannot connect to ${o.shownUrl} within ${o.connectTimeoutMs} ms: ${(err as Error).message}`);
   }
   const maxPayload = nc.info?.max_payload ?? 0;
   if (o.payloadBytes > maxPayload) {
@@ -429,7 +433,7 @@ export async function jetstreamPublishBaseline(options: RequestBaselineOptions):
   try {
     nc = await connectTo(what, "jetstream-publisher", o);
     const jsm = await nc.jetstreamManager({ timeout: o.requestTimeoutMs }).catch((err: Error) => {
-      throw new Error(`${what}: JetStream is not available at ${o.url} (is the server started with JetStream? strata dev's is not: --baselines raw-append,nats-echo leaves this one out): ${err.message}`);
+      throw new Error(`${what}: JetStream is not available at ${o.shownUrl} (is the server started with JetStream? strata dev's is not: --baselines raw-append,nats-echo leaves this one out): ${err.message}`);
     });
     await jsm.streams.add({
       name: stream,

@@ -27,9 +27,10 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { connect, type StrataClient, type Volume } from "../cluster/client";
 import { startCluster, type InProcessCluster } from "../cluster/in-process-cluster";
-import { checkNatsUrl, clusterNameProblem, defaultHostsPerNode, natsUserProblem } from "../cluster/config";
+import { clusterNameProblem, defaultHostsPerNode, natsUrlError, natsUserProblem } from "../cluster/config";
 import { NATS_TLS_FLAGS, natsTlsFromFlags, readNatsPassword, type NatsTlsFiles } from "../cluster/nats-auth";
 import { ProtocolError } from "../messages/errors";
+import { redactNatsUrl } from "../runtime/nats-url";
 import type { PageWrite, VolumeInfo } from "../messages/api";
 import { jetstreamNote, jetstreamPublishBaseline, natsEchoBaseline, rawAppendBaseline } from "./baselines";
 import { Histogram, type HistogramSummary } from "./histogram";
@@ -1379,7 +1380,7 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchResult> {
   const budget = new Budget(opts.runMsMax === undefined ? bound : Math.min(bound, checkInteger("runMsMax", opts.runMsMax, 1, RUN_MS_MAX)));
   const groups = planGroups(o);
   const wantsReplicas3 = groups.some((g) => g.subjects.some((s) => s.replicas === 3));
-  if (!o.quiet) progress(opts.target ? `connecting to ${opts.target.natsUrl}…` : "starting an in-process cluster…");
+  if (!o.quiet) progress(opts.target ? `connecting to ${redactNatsUrl(opts.target.natsUrl)}…` : "starting an in-process cluster…");
   const env = await openEnv(o, opts.target, opts.scratchDir, wantsReplicas3);
   // The raw-append baseline's directory, removed at the end if this run made it.
   const rawDir = path.join(env.scratchDir, "raw-append");
@@ -1428,7 +1429,7 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchResult> {
     machine: { cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model ?? "unknown", node: process.version, platform: `${os.platform()} ${os.release()}`, scratchDir: env.scratchDir },
     target: {
       kind: env.inProcess ? "in-process" : "running",
-      natsUrl: env.natsUrl,
+      natsUrl: redactNatsUrl(env.natsUrl),
       cluster: env.cluster,
       ...(env.nodes === undefined ? {} : { nodes: env.nodes }),
       ...(env.hosts === undefined ? {} : { hosts: env.hosts }),
@@ -1748,14 +1749,16 @@ export function parseBenchArgs(argv: readonly string[]): { options: BenchOptions
   const nats = str("nats");
   const cluster = str("cluster");
   if ((nats === undefined) !== (cluster === undefined)) throw new BenchUsageError("--nats and --cluster go together (a running cluster), or neither (in-process)");
+  if (nats !== undefined) {
+    const message = natsUrlError("--nats", nats);
+    if (message !== undefined) throw new BenchUsageError(message);
+  }
   const user = str("nats-user");
   const passwordFile = str("nats-password-file");
   if ((user === undefined) !== (passwordFile === undefined)) throw new BenchUsageError("--nats-user and --nats-password-file go together");
   if (user !== undefined && nats === undefined) throw new BenchUsageError("--nats-user is for a running cluster (--nats and --cluster)");
-  // Checked as the rest of the command line checks them: a value no server or node could take
-  // is a usage error here, not a failure to connect after the run has started.
-  const natsProblem = nats === undefined ? undefined : checkNatsUrl(nats);
-  if (natsProblem !== undefined) throw new BenchUsageError(`--nats: ${natsProblem}, got ${JSON.stringify(nats)}`);
+  // Checked as the rest of the command line checks them (the URL above too): a value no server
+  // or node could take is a usage error here, not a failure to connect after the run has started.
   const clusterProblem = cluster === undefined ? undefined : clusterNameProblem(cluster);
   if (clusterProblem !== undefined) throw new BenchUsageError(`--cluster: ${clusterProblem}`);
   const userProblem = user === undefined ? undefined : natsUserProblem(user);

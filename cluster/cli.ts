@@ -11,7 +11,7 @@ import * as fs from 'node:fs';
 import type { Readable, Writable } from 'node:stream';
 import { appendRange, connect as connectClient, SHARD_CHECK_WAIT_MS_MAX } from './client';
 import type { ConnectOptions, ShardCheck, StrataClient } from './client';
-import { ConfigError, NATS_URL_DEFAULT, CLUSTER_DEFAULT, checkControllersList, checkNatsUrl, clusterNameProblem, loadNodeConfig } from './config';
+import { ConfigError, NATS_URL_DEFAULT, CLUSTER_DEFAULT, checkControllersList, clusterNameProblem, natsUrlError, loadNodeConfig } from './config';
 import { DEADLINE_AHEAD_MS_MAX } from '../messages/headers';
 import { checkToken } from '../messages/subjects';
 import type { NodeConfig } from './config';
@@ -517,8 +517,8 @@ export function parseArgs(argvIn: readonly string[]): ParsedArgs {
     if (problem !== undefined) throw new UsageError(`--cluster: ${problem}`);
   }
   if (typeof flags.nats === 'string') {
-    const problem = checkNatsUrl(flags.nats);
-    if (problem !== undefined) throw new UsageError(`--nats: ${problem}, got ${JSON.stringify(flags.nats)}`);
+    const message = natsUrlError('--nats', flags.nats);
+    if (message !== undefined) throw new UsageError(message);
   }
   if (command === 'put' || command === 'get' || command === 'zero' || (command === 'map' && positionals.length > 1)) parseInteger('PAGE', positionals[1]!);
   if (command === 'shard force-vote' || command === 'shard move' || command === 'shard handover' || (command === 'shard check' && positionals.length > 1)) parseInteger('SHARD', positionals[1]!);
@@ -637,8 +637,8 @@ function clusterOf(flag: string | undefined, env: Readonly<Record<string, string
 /** STRATA_NATS_URL, checked as `--nats` is (with the flags), else the default. */
 function natsUrlOf(value: string | undefined): string {
   if (!value) return NATS_URL_DEFAULT;
-  const problem = checkNatsUrl(value);
-  if (problem !== undefined) throw new UsageError(`STRATA_NATS_URL: ${problem}, got ${JSON.stringify(value)}`);
+  const message = natsUrlError('STRATA_NATS_URL', value);
+  if (message !== undefined) throw new UsageError(message);
   return value;
 }
 

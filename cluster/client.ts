@@ -64,6 +64,7 @@ import { clientSpan } from '../observability/tracing';
 import { ConnectionState, NoRespondersError, RequestMux, fromNatsError, serverMaxPayload } from '../runtime/request-mux';
 import { inTries, withTimeout } from '../runtime/timeout';
 import { natsConnectError } from '../runtime/nats-connect-hint';
+import { redactNatsUrl } from '../runtime/nats-url';
 import { natsTlsOption } from '../runtime/nats-tls';
 import { apiEverySubject, apiSubject, checkToken, clientInboxPrefix, shardLeadersSubject, shardSubject } from '../messages/subjects';
 import {
@@ -1551,7 +1552,7 @@ export async function connect(options: ConnectOptions): Promise<StrataClient> {
     });
   } catch (err) {
     // With what to give: a user (docs/replication.md, "Locking the subjects"), a CA, a certificate.
-    throw await natsConnectError(err, { servers, ...(options.user === undefined ? {} : { user: options.user }), ...(tls === undefined ? {} : { tls }), details: { servers } });
+    throw await natsConnectError(err, { servers, ...(options.user === undefined ? {} : { user: options.user }), ...(tls === undefined ? {} : { tls }), details: { servers: servers.map(redactNatsUrl) } });
   }
   return new StrataClient(new NatsTransport(nc), { cluster, timeoutMs });
 }

@@ -45,6 +45,7 @@ import * as path from 'node:path';
 import { HOSTS_PER_NODE_MAX } from '../messages/control';
 import { CONTROLLERS_MAX, CONTROLLERS_MIN } from './catalog-shard';
 import { checkNatsTlsFiles, readNatsPassword, type NatsTlsFiles } from './nats-auth';
+import { redactNatsUrl } from '../runtime/nats-url';
 
 /**
  * Actor hosts per node when none are configured: the machine's cores less one, shared among the
@@ -221,10 +222,19 @@ interface FieldSpec {
   check?: (value: string) => string | undefined;
   /** A path, resolved against a base directory. */
   isPath?: boolean;
+  /** How a bad value is shown in the error (a NATS URL without its user info). */
+  shown?: (value: string) => string;
 }
 
-/** What is wrong with a list of NATS URLs, or undefined (the caller adds the value it got). */
+/**
+ * What is wrong with a list of NATS URLs, or undefined (the caller adds the value it got, shown
+ * with `redactNatsUrl`). A URL with user info (`nats://user:password@host`, `nats://token@host`)
+ * is refused: the NATS client does not use it, so the server would refuse the connection.
+ */
 export function checkNatsUrl(value: string): string | undefined {
+  if (value.includes('@')) {
+    return 'a user, password or token in the URL is not used to connect: give the user with --nats-user and its password in a file with --nats-password-file';
+  }
   for (const url of value.split(',')) {
     const u = url.trim();
     if (u === '') return 'expected one or more NATS URLs separated by commas';
@@ -240,6 +250,12 @@ export function checkNatsUrl(value: string): string | undefined {
     }
   }
   return undefined;
+}
+
+/** What is wrong with NATS URLs `value` given as `source` (`--nats`), the value shown without its user info; undefined when nothing is. */
+export function natsUrlError(source: string, value: string): string | undefined {
+  const problem = checkNatsUrl(value);
+  return problem === undefined ? undefined : `${source}: ${problem}, got ${JSON.stringify(redactNatsUrl(value))}`;
 }
 
 /** Every configurable field, with its flag, environment variable, type and bounds. */
@@ -258,7 +274,7 @@ const FIELDS: readonly FieldSpec[] = [
     kind: 'string',
     check: (v) => (CLUSTER_PATTERN.test(v) ? undefined : 'expected 1..64 characters of [a-z0-9_-]'),
   },
-  { key: 'natsUrl', flag: '--nats', env: 'STRATA_NATS_URL', kind: 'string', check: checkNatsUrl },
+  { key: 'natsUrl', flag: '--nats', env: 'STRATA_NATS_URL', kind: 'string', check: checkNatsUrl, shown: redactNatsUrl },
   {
     key: 'natsUser',
     flag: '--nats-user',
@@ -381,7 +397,7 @@ function convert(spec: FieldSpec, value: unknown, source: string, baseDir: strin
       if (typeof value !== 'string') bad(source, `expected a string, got ${describe(value)}`);
       if (value === '') bad(source, 'expected a non-empty value');
       const problem = spec.check?.(value);
-      if (problem !== undefined) bad(source, `${problem}, got ${describe(value)}`);
+      if (problem !== undefined) bad(source, `${problem}, got ${describe(spec.shown?.(value) ?? value)}`);
       return spec.isPath === true ? path.resolve(baseDir, value) : value;
     }
     case 'boolean': {

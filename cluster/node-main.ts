@@ -9,6 +9,7 @@ import { StrataNode, STRATA_VERSION } from './node';
 import { ConfigError, type NodeConfig } from './config';
 import { createLogger } from '../observability/log';
 import { startTelemetry } from '../observability/telemetry';
+import { redactNatsUrl } from '../runtime/nats-url';
 
 export async function runNode(config: NodeConfig): Promise<{ stop(): Promise<void> }> {
   const log = createLogger({ component: 'node-main', node: config.nodeId });
@@ -57,7 +58,7 @@ export async function runNode(config: NodeConfig): Promise<{ stop(): Promise<voi
     throw e;
   }
   log.info('node started', {
-    cluster: config.cluster, nats: config.natsUrl, dataDir: config.dataDir, hosts: config.hosts, metricsPort: telemetry.metricsPort, sampling: telemetry.sampling,
+    cluster: config.cluster, nats: redactNatsUrl(config.natsUrl), dataDir: config.dataDir, hosts: config.hosts, metricsPort: telemetry.metricsPort, sampling: telemetry.sampling,
     ...node.startInfo,
   });
   let stopping: Promise<void> | undefined;

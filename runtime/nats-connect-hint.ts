@@ -11,6 +11,7 @@
 import * as net from 'node:net';
 import { ProtocolError } from '../messages/errors';
 import { natsErrorCode } from './request-mux';
+import { redactNatsUrl } from './nats-url';
 
 /** The TLS files a connection used (only whether each was given matters here). */
 export interface NatsConnectTls {
@@ -87,16 +88,16 @@ export async function natsConnectHint(err: unknown, o: NatsConnectHintOptions): 
 
 /**
  * A failed connect to NATS as Strata reports it: `unavailable`, `can not connect to NATS at
- * <servers>` (followed by ` (<who>)` when given: a host thread of a node), the library's reason
- * and the hint (`natsConnectHint`); `details.natsCode` when the library gave a code, and
- * `details` besides.
+ * <servers>` (each without its user info: `redactNatsUrl`), followed by ` (<who>)` when given
+ * (a host thread of a node), the library's reason and the hint (`natsConnectHint`);
+ * `details.natsCode` when the library gave a code, and `details` besides.
  */
 export async function natsConnectError(err: unknown, o: NatsConnectHintOptions & { who?: string; details?: Record<string, unknown> }): Promise<ProtocolError> {
   const { who, details, ...hinted } = o;
   const reason = err instanceof Error ? err.message : String(err);
   const hint = await natsConnectHint(err, hinted);
   const code = natsErrorCode(err);
-  return new ProtocolError('unavailable', `can not connect to NATS at ${o.servers.join(', ')}${who === undefined ? '' : ` (${who})`}: ${reason}${hint}`, {
+  return new ProtocolError('unavailable', `can not connect to NATS at ${o.servers.map(redactNatsUrl).join(', ')}${who === undefined ? '' : ` (${who})`}: ${reason}${hint}`, {
     ...(details ?? {}),
     ...(code === undefined ? {} : { natsCode: code }),
   });

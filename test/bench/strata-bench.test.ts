@@ -277,8 +277,10 @@ describe("bench/strata-bench", function () {
     }
   });
 
-  it("benchmarks a running cluster (--nats): its volume is made and removed there, a missing JetStream is not available", async () => {
+  it("benchmarks a running cluster (--nats): its volume is made and removed there, a missing JetStream is not available; a password in the URL is written nowhere", async () => {
     const cluster = await startCluster({ nodes: 1, hosts: 1, cluster: "running" });
+    // runBench does not check its target's URL (parseBenchArgs does): one with a password reaches it.
+    const withPassword = cluster.natsUrl.replace("nats://", "nats://bench:the-secret@");
     try {
       const r = await runBench({
         workload: "randwrite",
@@ -289,12 +291,13 @@ describe("bench/strata-bench", function () {
         volumePages: 64,
         shards: 2,
         baselines: ["nats-echo", "jetstream-publish"],
-        target: { natsUrl: cluster.natsUrl, cluster: "running" },
+        target: { natsUrl: withPassword, cluster: "running" },
         resultsDir: null,
         quiet: true,
       });
       assert.equal(r.target.kind, "running");
-      assert.equal(r.target.natsUrl, cluster.natsUrl);
+      assert.equal(r.target.natsUrl, cluster.natsUrl.replace("nats://", "nats://***@"));
+      assert.equal(JSON.stringify(r).includes("the-secret"), false, "no password in the result");
       const s = r.groups[0]!.subjects[0]!;
       assert.ok(s.available, s.unavailableReason);
       assert.equal(s.ops, 40);
