@@ -20,6 +20,7 @@ import { clientInboxPrefix } from "../messages/subjects";
 import { LOG_PREALLOC_BYTES, zerosAheadTo } from "../storage-engine/log";
 import { withNatsTls } from "../runtime/nats-tls";
 import { redactNatsUrl } from "../runtime/nats-url";
+import { natsErrorReason } from "../runtime/nats-connect-hint";
 
 /** Cap on a baseline's duration when only an op/batch count was given. */
 const durationMsDefaultCap = 60_000;
@@ -326,7 +327,7 @@ async function connectTo(what: string, role: string, o: ResolvedRequestOptions):
     // As Strata's client connects: without per-request async stack traces, so the ratios compare like with like.
     nc = await connect({ servers: o.url, ...(o.auth === undefined ? {} : { ...o.auth, inboxPrefix: clientInboxPrefix(o.auth.user) }), ...withNatsTls(o.url, o.tls), name: `strata-baseline-${role}`, timeout: o.connectTimeoutMs, reconnect: false, noAsyncTraces: true });
   } catch (err) {
-    throw new Error(`${what}: cannot connect to ${o.shownUrl} within ${o.connectTimeoutMs} ms: ${(err as Error).message}`);
+    throw new Error(`${what}: cannot connect to ${o.shownUrl} within ${o.connectTimeoutMs} ms: ${natsErrorReason(err)}`);
   }
   const maxPayload = nc.info?.max_payload ?? 0;
   if (o.payloadBytes > maxPayload) {

@@ -11,8 +11,9 @@
  * `strata nats-auth` prints the nats-server `authorization` block for a cluster
  * (docs/replication.md, "Locking the subjects").
  */
-import { randomBytes } from 'node:crypto';
+import { X509Certificate, randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
+import * as tls from 'node:tls';
 import { SHARD_LEADERS_TOKEN, checkToken, clientInboxPrefix } from '../messages/subjects';
 import { CATALOG_VOLUME_ID } from './catalog-shard';
 
@@ -163,7 +164,10 @@ export interface NatsTlsFiles {
 
 /**
  * `files` as given, after checking that each can be read and that a certificate and its key
- * come together. Throws an Error naming `names[field]` (a flag, say) otherwise.
+ * come together, and loading them as the connection would: the CA file must hold PEM
+ * certificates, the certificate and the key must parse (`tls.createSecureContext`), and the key
+ * must be the certificate's. Throws an Error naming `names[field]` (a flag, say), the file and
+ * OpenSSL's reason otherwise: nats.js would report each of these only as `TLS` when connecting.
  */
 export function checkNatsTlsFiles(files: NatsTlsFiles, names: Readonly<Record<keyof NatsTlsFiles, string>>): NatsTlsFiles {
   if ((files.certFile === undefined) !== (files.keyFile === undefined)) {
@@ -179,7 +183,50 @@ export function checkNatsTlsFiles(files: NatsTlsFiles, names: Readonly<Record<ke
       throw new Error(`${names[key]}: can not read ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
     }
   }
+  if (files.caFile !== undefined) checkCaFile(files.caFile, names.caFile);
+  if (files.certFile !== undefined && files.keyFile !== undefined) checkCertAndKey(files.certFile, files.keyFile, names);
   return files;
+}
+
+/** OpenSSL's reason for a certificate or key it can not take, and its code. */
+function opensslReason(e: unknown): string {
+  const { reason, code, message } = e as { reason?: unknown; code?: unknown; message?: unknown };
+  const text = typeof reason === 'string' ? reason : String(message);
+  return typeof code === 'string' ? `${text} (${code})` : text;
+}
+
+const PEM_CERTIFICATE = /-----BEGIN CERTIFICATE-----[^-]*-----END CERTIFICATE-----/g;
+
+/**
+ * A CA file holds PEM certificates, each of which parses (`tls.createSecureContext` skips what it
+ * can not read there, and the server's certificate would then be said not to be signed by it).
+ */
+function checkCaFile(file: string, name: string): void {
+  const blocks = fs.readFileSync(file, 'latin1').match(PEM_CERTIFICATE) ?? [];
+  if (blocks.length === 0) throw new Error(`${name}: ${file} holds no PEM certificate (-----BEGIN CERTIFICATE-----)`);
+  for (const block of blocks) {
+    try {
+      new X509Certificate(block);
+    } catch (e) {
+      throw new Error(`${name}: ${file} holds a certificate that can not be read: ${opensslReason(e)}`);
+    }
+  }
+}
+
+/** A certificate and a key that parse, the key the certificate's. */
+function checkCertAndKey(certFile: string, keyFile: string, names: Readonly<Record<keyof NatsTlsFiles, string>>): void {
+  const cert = fs.readFileSync(certFile);
+  const key = fs.readFileSync(keyFile);
+  const load = (options: tls.SecureContextOptions, what: string): void => {
+    try {
+      tls.createSecureContext(options);
+    } catch (e) {
+      throw new Error(`${what}: ${opensslReason(e)}`);
+    }
+  };
+  load({ cert }, `${names.certFile}: ${certFile} is not a PEM certificate`);
+  load({ key }, `${names.keyFile}: ${keyFile} is not a PEM private key without a passphrase`);
+  load({ cert, key }, `${names.keyFile}: ${keyFile} is not the key of ${names.certFile} ${certFile}`);
 }
 
 /** A user of each role (`strata-<role>`) with a new random password. */

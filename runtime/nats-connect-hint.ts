@@ -87,14 +87,27 @@ export async function natsConnectHint(err: unknown, o: NatsConnectHintOptions): 
 }
 
 /**
+ * The message of a failed connect, with its cause's when it has one: nats.js says only `TLS`
+ * for a TLS connection it could not set up (a key that is not its certificate's, a file that is
+ * not PEM), and keeps OpenSSL's reason in `chainedError`.
+ */
+export function natsErrorReason(err: unknown): string {
+  const message = err instanceof Error ? err.message : String(err);
+  const chained = (err as { chainedError?: unknown } | null)?.chainedError;
+  if (!(chained instanceof Error) || chained.message === '' || chained.message === message) return message;
+  const code = (chained as { code?: unknown }).code;
+  return `${message}: ${chained.message}${typeof code === 'string' && !chained.message.includes(code) ? ` (${code})` : ''}`;
+}
+
+/**
  * A failed connect to NATS as Strata reports it: `unavailable`, `can not connect to NATS at
  * <servers>` (each without its user info: `redactNatsUrl`), followed by ` (<who>)` when given
- * (a host thread of a node), the library's reason and the hint (`natsConnectHint`);
- * `details.natsCode` when the library gave a code, and `details` besides.
+ * (a host thread of a node), the library's reason (`natsErrorReason`) and the hint
+ * (`natsConnectHint`); `details.natsCode` when the library gave a code, and `details` besides.
  */
 export async function natsConnectError(err: unknown, o: NatsConnectHintOptions & { who?: string; details?: Record<string, unknown> }): Promise<ProtocolError> {
   const { who, details, ...hinted } = o;
-  const reason = err instanceof Error ? err.message : String(err);
+  const reason = natsErrorReason(err);
   const hint = await natsConnectHint(err, hinted);
   const code = natsErrorCode(err);
   return new ProtocolError('unavailable', `can not connect to NATS at ${o.servers.map(redactNatsUrl).join(', ')}${who === undefined ? '' : ` (${who})`}: ${reason}${hint}`, {

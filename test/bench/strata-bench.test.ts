@@ -1,4 +1,5 @@
 import * as assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -366,12 +367,17 @@ describe("bench/strata-bench", function () {
       assert.throws(() => parseBenchArgs(["--nats", "nats://x:4222", "--cluster", "c", "--nats-user", "u"]), /--nats-user and --nats-password-file go together/);
       assert.throws(() => parseBenchArgs(["--nats-user", "u", "--nats-password-file", pw]), /--nats-user is for a running cluster/);
       assert.throws(() => parseBenchArgs(["--nats", "nats://x:4222", "--cluster", "c", "--nats-user", "u", "--nats-password-file", `${pw}-none`]), /--nats-password-file: can not read .*ENOENT/);
-      const tls = parseBenchArgs(["--nats", "nats://x:4222", "--cluster", "c", "--nats-ca-file", pw, "--nats-cert-file", pw, "--nats-key-file", pw]);
-      assert.deepEqual(tls.options.target, { natsUrl: "nats://x:4222", cluster: "c", tls: { caFile: pw, certFile: pw, keyFile: pw } });
+      // TLS files are loaded: a certificate (its own CA here) and its key.
+      const cert = `${pw}-cert.pem`;
+      const key = `${pw}-cert.key`;
+      execFileSync("openssl", ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=strata-test"], { stdio: "pipe" });
+      const tls = parseBenchArgs(["--nats", "nats://x:4222", "--cluster", "c", "--nats-ca-file", cert, "--nats-cert-file", cert, "--nats-key-file", key]);
+      assert.deepEqual(tls.options.target, { natsUrl: "nats://x:4222", cluster: "c", tls: { caFile: cert, certFile: cert, keyFile: key } });
+      assert.throws(() => parseBenchArgs(["--nats", "nats://x:4222", "--cluster", "c", "--nats-ca-file", pw]), /--nats-ca-file: .* holds no PEM certificate/);
       assert.throws(() => parseBenchArgs(["--nats-ca-file", pw]), /are for a running cluster/);
       assert.throws(() => parseBenchArgs(["--nats", "nats://x:4222", "--cluster", "c", "--nats-key-file", pw]), /--nats-key-file needs --nats-cert-file/);
     } finally {
-      fs.rmSync(pw, { force: true });
+      for (const file of [pw, `${pw}-cert.pem`, `${pw}-cert.key`]) fs.rmSync(file, { force: true });
     }
   });
 

@@ -1,5 +1,5 @@
 import { strict as assert } from 'node:assert';
-import { execFile } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
@@ -843,10 +843,13 @@ describe('cluster/cli', () => {
         assert.equal(r.code, 2);
         assert.match(r.err, /^strata: usage: --nats-password-file needs --nats-user \(or STRATA_NATS_USER\)\n/);
         assert.equal(mem.connects.length, 2, 'nothing connects after a usage error');
-        // TLS files: checked, then given to the client (flags, else the environment).
-        r = await run(['status', '--nats-ca-file', pw], mem, { env: { STRATA_NATS_CERT_FILE: pw, STRATA_NATS_KEY_FILE: pw } });
+        // TLS files: checked (loaded), then given to the client (flags, else the environment).
+        const cert = path.join(dir, 'cert.pem');
+        const key = path.join(dir, 'cert.key');
+        execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=strata-test'], { stdio: 'pipe' });
+        r = await run(['status', '--nats-ca-file', cert], mem, { env: { STRATA_NATS_CERT_FILE: cert, STRATA_NATS_KEY_FILE: key } });
         assert.equal(r.code, 0, r.err);
-        assert.deepEqual(mem.connects[2]!.tls, { caFile: pw, certFile: pw, keyFile: pw });
+        assert.deepEqual(mem.connects[2]!.tls, { caFile: cert, certFile: cert, keyFile: key });
         r = await run(['status', '--nats-cert-file', pw], mem);
         assert.equal(r.code, 2);
         assert.match(r.err, /--nats-cert-file needs --nats-key-file/);

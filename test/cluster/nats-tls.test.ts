@@ -10,6 +10,7 @@ import { loadNodeConfig, ConfigError } from '../../cluster/config';
 import { ProtocolError } from '../../messages/errors';
 import { runBench } from '../../bench/strata-bench';
 import { startNatsServer, type NatsServerHandle } from '../../runtime/nats-server';
+import { runCli } from '../support/cli';
 
 /** A CA, a certificate for 127.0.0.1 (and localhost, the name nats.js checks for it) and a client certificate, signed by it (openssl). */
 function makeCertificates(dir: string): { ca: string; serverCert: string; serverKey: string; clientCert: string; clientKey: string } {
@@ -137,5 +138,44 @@ describe('a cluster behind a NATS server that speaks only TLS and verifies its c
     assert.deepEqual(config.natsTls, { caFile: certs.ca, certFile: certs.clientCert, keyFile: certs.clientKey });
     assert.throws(() => loadNodeConfig(['--data-dir', dir, '--nats-cert-file', certs.clientCert], {}), (e: unknown) => e instanceof ConfigError && /natsCertFile \(--nats-cert-file\) needs natsKeyFile/.test(e.message));
     assert.throws(() => loadNodeConfig(['--data-dir', dir], { STRATA_NATS_CA_FILE: path.join(dir, 'none.pem') }), (e: unknown) => e instanceof ConfigError && /can not read .*none\.pem: ENOENT/.test(e.message));
+  });
+
+  it('loads the files before connecting: a key not the certificate\'s, a file that is not PEM, a CA file without a certificate are each named with OpenSSL\'s reason', async () => {
+    const names = { caFile: '--nats-ca-file', certFile: '--nats-cert-file', keyFile: '--nats-key-file' };
+    const garbage = path.join(dir, 'garbage.pem');
+    fs.writeFileSync(garbage, 'not a certificate\n');
+    // A CA file whose one block is cut short: its base64 does not decode.
+    const corrupt = path.join(dir, 'corrupt-ca.pem');
+    const ca = fs.readFileSync(certs.ca, 'latin1');
+    fs.writeFileSync(corrupt, ca.replace(/^(-----BEGIN CERTIFICATE-----\n[^\n]*\n)[\s\S]*(-----END CERTIFICATE-----)/, '$1@@@@\n$2'));
+    const client = { certFile: certs.clientCert, keyFile: certs.clientKey };
+    assert.deepEqual(checkNatsTlsFiles({ caFile: certs.ca, ...client }, names), { caFile: certs.ca, ...client });
+    const refused: Array<[Parameters<typeof checkNatsTlsFiles>[0], RegExp]> = [
+      [{ certFile: certs.clientCert, keyFile: certs.serverKey }, /^--nats-key-file: .*server\.key is not the key of --nats-cert-file .*client\.pem: key values mismatch \(ERR_OSSL_X509_KEY_VALUES_MISMATCH\)$/],
+      [{ certFile: garbage, keyFile: certs.clientKey }, /^--nats-cert-file: .*garbage\.pem is not a PEM certificate: no start line \(ERR_OSSL_PEM_NO_START_LINE\)$/],
+      [{ certFile: certs.clientKey, keyFile: certs.clientKey }, /^--nats-cert-file: .*client\.key is not a PEM certificate: /],
+      [{ certFile: certs.clientCert, keyFile: garbage }, /^--nats-key-file: .*garbage\.pem is not a PEM private key without a passphrase: /],
+      [{ caFile: garbage }, /^--nats-ca-file: .*garbage\.pem holds no PEM certificate \(-----BEGIN CERTIFICATE-----\)$/],
+      [{ caFile: certs.clientKey }, /^--nats-ca-file: .*client\.key holds no PEM certificate/],
+      [{ caFile: corrupt }, /^--nats-ca-file: .*corrupt-ca\.pem holds a certificate that can not be read: .*\(ERR_OSSL_/],
+    ];
+    for (const [files, message] of refused) assert.throws(() => checkNatsTlsFiles(files, names), (e: unknown) => (assert.match((e as Error).message, message), true));
+    // The CLI (a usage error) and a node's configuration (a configuration error) say the same.
+    const cli = await runCli(['--nats-ca-file', garbage, 'status']);
+    assert.equal(cli.code, 2, cli.stderr);
+    assert.match(cli.stderr, /--nats-ca-file: .*garbage\.pem holds no PEM certificate/);
+    assert.throws(
+      () => loadNodeConfig(['--data-dir', dir, '--nats-cert-file', certs.clientCert, '--nats-key-file', certs.serverKey], {}),
+      (e: unknown) => e instanceof ConfigError && /^natsKeyFile \(--nats-key-file\): .* is not the key of natsCertFile \(--nats-cert-file\) .*: key values mismatch/.test(e.message),
+    );
+  });
+
+  it('a connect that fails setting up TLS says why, not only "TLS"', async () => {
+    // Past the check (the library's connect takes the files as given): OpenSSL's reason is in the error.
+    await assert.rejects(connect({ servers: nats.url, cluster: 'tls', timeoutMs: 3000, tls: { caFile: certs.ca, certFile: certs.clientCert, keyFile: certs.serverKey } }), (e: unknown) => {
+      assert.ok(e instanceof ProtocolError && e.code === 'unavailable', String(e));
+      assert.match(e.message, /^can not connect to NATS at .*: TLS: .*key values mismatch/);
+      return true;
+    });
   });
 });

@@ -111,7 +111,7 @@ describe('StrataNode', function () {
   it('a NATS server that refuses the connection fails the start with the URL; the data directory is free after it', async () => {
     await assert.rejects(startNode('cr1', { natsUrl: 'nats://127.0.0.1:1' }), (e: ProtocolError) => {
       assert.equal(e.code, 'unavailable');
-      assert.match(e.message, /^can not connect to NATS at nats:\/\/127\.0\.0\.1:1: CONNECTION_REFUSED$/);
+      assert.match(e.message, /^can not connect to NATS at nats:\/\/127\.0\.0\.1:1: CONNECTION_REFUSED: connect ECONNREFUSED 127\.0\.0\.1:1$/);
       return true;
     });
     serveFakeMembership();

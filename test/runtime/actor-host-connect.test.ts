@@ -22,7 +22,7 @@ describe('a host that can not connect to NATS', function () {
         (e: unknown) => {
           assert.ok(e instanceof ProtocolError, String(e));
           assert.equal(e.code, 'unavailable');
-          assert.equal(e.message, 'can not connect to NATS at nats://127.0.0.1:1 (host 2 of node \'n9\'): CONNECTION_REFUSED');
+          assert.equal(e.message, 'can not connect to NATS at nats://127.0.0.1:1 (host 2 of node \'n9\'): CONNECTION_REFUSED: connect ECONNREFUSED 127.0.0.1:1');
           assert.equal(e.details?.['natsCode'], 'CONNECTION_REFUSED');
           return true;
         },
