@@ -414,6 +414,26 @@ export const jetstreamNote =
   "JetStream does not fsync each message (its default sync interval is 2 minutes): a throughput peer, " +
   "not a durability peer (Strata acknowledges a write only after fdatasync on a majority).";
 
+const LEAVE_OUT_JETSTREAM = "--baselines raw-append,nats-echo leaves this one out";
+
+/**
+ * The error of a JetStream API request the server refused this connection's user (its
+ * permissions: the request's subject, `$JS.API.…`), or undefined for another failure. The
+ * server then runs JetStream all the same: the user may not use it.
+ */
+function jetstreamRefused(what: string, o: ResolvedRequestOptions, err: Error): Error | undefined {
+  const denied = (err as { permissionContext?: { operation?: string; subject?: string } }).permissionContext;
+  const quoted = /Permissions Violation for (Publish|Subscription) to "([^"]+)"/i.exec(err.message);
+  const subject = denied?.subject ?? quoted?.[2];
+  if (subject === undefined) return undefined;
+  const operation = denied?.operation ?? quoted![1]!.toLowerCase();
+  const user = o.auth === undefined ? "this connection's user" : `user ${o.auth.user}`;
+  return new Error(
+    `${what}: the NATS server at ${o.shownUrl} does not let ${user} ${operation === "publish" ? "publish to" : "subscribe to"} ${subject}: ` +
+      `it may not use JetStream's API (the baseline needs a user that may publish to $JS.API.> and strata.bench.>; ${LEAVE_OUT_JETSTREAM}): ${err.message}`,
+  );
+}
+
 /**
  * Measures acknowledged JetStream publishes: creates a file-storage stream with 1 replica on a
  * unique subject (bounded to 256 MiB, oldest discarded), publishes `payloadBytes` messages with
@@ -434,16 +454,20 @@ export async function jetstreamPublishBaseline(options: RequestBaselineOptions):
   try {
     nc = await connectTo(what, "jetstream-publisher", o);
     const jsm = await nc.jetstreamManager({ timeout: o.requestTimeoutMs }).catch((err: Error) => {
-      throw new Error(`${what}: JetStream is not available at ${o.shownUrl} (is the server started with JetStream? strata dev's is not: --baselines raw-append,nats-echo leaves this one out): ${err.message}`);
+      throw jetstreamRefused(what, o, err) ?? new Error(`${what}: JetStream is not available at ${o.shownUrl} (is the server started with JetStream? strata dev's is not: ${LEAVE_OUT_JETSTREAM}): ${err.message}`);
     });
-    await jsm.streams.add({
-      name: stream,
-      subjects: [subject],
-      storage: StorageType.File,
-      num_replicas: 1,
-      max_bytes: streamBytesMaxDefault,
-      discard: DiscardPolicy.Old,
-    });
+    await jsm.streams
+      .add({
+        name: stream,
+        subjects: [subject],
+        storage: StorageType.File,
+        num_replicas: 1,
+        max_bytes: streamBytesMaxDefault,
+        discard: DiscardPolicy.Old,
+      })
+      .catch((err: Error) => {
+        throw jetstreamRefused(what, o, err) ?? err;
+      });
     let result: JetStreamPublishResult | undefined;
     let failure: { error: unknown } | undefined;
     try {

@@ -113,6 +113,27 @@ describe("bench/baselines", function () {
     }
   });
 
+  it("jetstreamPublishBaseline: a user the server does not let use JetStream's API is told so, naming the subject, not that JetStream is off", async () => {
+    // JetStream on; the user may use the bench's subjects and its inboxes, not $JS.API.>.
+    const locked = await startNatsServer({
+      jetstream: true,
+      extraConfig: 'authorization { users = [ { user: "bench", password: "pw", permissions: { publish: ["strata.bench.>"], subscribe: ["_INBOX.bench.>"] } } ] }\n',
+    });
+    try {
+      await assert.rejects(
+        jetstreamPublishBaseline({ url: locked.url, auth: { user: "bench", pass: "pw" }, payloadBytes: 16, inFlight: 1, ops: 1, requestTimeoutMs: 2_000 }),
+        (e: unknown) => {
+          const message = (e as Error).message;
+          assert.match(message, /^jetstreamPublishBaseline: the NATS server at nats:\/\/127\.0\.0\.1:\d+ does not let user bench publish to \$JS\.API\.INFO: it may not use JetStream's API \(the baseline needs a user that may publish to \$JS\.API\.> and strata\.bench\.>;/);
+          assert.doesNotMatch(message, /JetStream is not available/);
+          return true;
+        },
+      );
+    } finally {
+      await locked.stop();
+    }
+  });
+
   it("stops with the error when the server goes away mid-run", async () => {
     const doomed = await startNatsServer({ jetstream: false });
     try {
