@@ -11,7 +11,7 @@
  *   every error with an NBD_REPLY_TYPE_ERROR chunk that says why; a success without data keeps
  *   its simple reply (the protocol allows it for every command but READ);
  * - commands READ, WRITE (FUA accepted), FLUSH, TRIM (the whole pages of the range made zeros),
- *   WRITE_ZEROES (FAST_ZERO accepted: whole pages are made zeros without page data),
+ *   WRITE_ZEROES (FAST_ZERO advertised and met: whole pages are made zeros without page data; ENOTSUP with NO_HOLE),
  *   BLOCK_STATUS (with `base:allocation` selected: which pages may hold data and which read as
  *   zeros, page-granular, REQ_ONE honoured) and DISC; anything else is EINVAL;
  * - byte-granular offsets: a write that covers part of a page reads the page, patches it and
@@ -93,6 +93,7 @@ export const NBD_FLAG = {
   SEND_TRIM: 1 << 5,
   SEND_WRITE_ZEROES: 1 << 6,
   CAN_MULTI_CONN: 1 << 8,
+  SEND_FAST_ZERO: 1 << 11,
 } as const;
 
 export const NBD_CMD = { READ: 0, WRITE: 1, DISC: 2, FLUSH: 3, TRIM: 4, CACHE: 5, WRITE_ZEROES: 6, BLOCK_STATUS: 7 } as const;
@@ -1000,7 +1001,7 @@ class Connection {
 
   private transmissionFlags(): number {
     let flags = NBD_FLAG.HAS_FLAGS | NBD_FLAG.SEND_FLUSH | NBD_FLAG.SEND_FUA | NBD_FLAG.CAN_MULTI_CONN;
-    flags |= this.server.readOnly ? NBD_FLAG.READ_ONLY : NBD_FLAG.SEND_TRIM | NBD_FLAG.SEND_WRITE_ZEROES;
+    flags |= this.server.readOnly ? NBD_FLAG.READ_ONLY : NBD_FLAG.SEND_TRIM | NBD_FLAG.SEND_WRITE_ZEROES | NBD_FLAG.SEND_FAST_ZERO;
     return flags;
   }
 
@@ -1168,6 +1169,12 @@ class Connection {
         (request.type === NBD_CMD.WRITE_ZEROES ? NBD_CMD_FLAG.NO_HOLE | NBD_CMD_FLAG.FAST_ZERO : 0) |
         (request.type === NBD_CMD.BLOCK_STATUS ? NBD_CMD_FLAG.REQ_ONE : 0);
       if ((request.flags & ~known) !== 0) return await this.fail(request, NBD_ERR.EINVAL, `command flags 0x${request.flags.toString(16)} are not all for ${name}`);
+      // FAST_ZERO asks for zeros only if they are fast; with NO_HOLE the whole pages are written
+      // as pages of zeros, which takes as long as writing them: refused at once, as the client
+      // asked, so that it writes them itself if it wants to.
+      if (request.type === NBD_CMD.WRITE_ZEROES && (request.flags & NBD_CMD_FLAG.NO_HOLE) !== 0 && (request.flags & NBD_CMD_FLAG.FAST_ZERO) !== 0) {
+        return await this.fail(request, NBD_ERR.ENOTSUP, 'NO_HOLE with FAST_ZERO: the pages would be written as pages of zeros, which is not fast');
+      }
       if (request.type === NBD_CMD.FLUSH) {
         // Every write is durable once answered: FLUSH waits for the writes received before it.
         await Promise.allSettled([...this.writes]);

@@ -230,6 +230,7 @@ describe('cluster/nbd: NBD export of Strata volumes', function () {
       assert.equal(e['can_fua'], true);
       assert.equal(e['can_multi_conn'], true);
       assert.equal(e['can_zero'], true);
+      assert.equal(e['can_fast_zero'], true);
       assert.equal(e['can_trim'], true);
       const big = JSON.parse((await tool('nbdinfo', ['--json', uri('big')])).stdout) as { exports: Array<Record<string, unknown>> };
       assert.equal(big.exports[0]!['export-size'], 4096 * 8192);
@@ -829,6 +830,10 @@ describe('cluster/nbd: NBD export of Strata volumes', function () {
       assert.equal((await s.request(NBD_CMD.WRITE, 0, 10, { data: Buffer.alloc(10), flags: NBD_CMD_FLAG.NO_HOLE })).error, NBD_ERR.EINVAL, 'NO_HOLE on a write');
       assert.equal((await s.request(NBD_CMD.WRITE, 8192, 8192, { data: Buffer.alloc(8192, 9) })).error, 0);
       assert.equal((await s.request(NBD_CMD.WRITE_ZEROES, 8192, 4096, { flags: NBD_CMD_FLAG.FAST_ZERO })).error, 0);
+      // With NO_HOLE it would write pages of zeros, not fast: ENOTSUP at once, nothing changed.
+      assert.equal((await s.request(NBD_CMD.WRITE, 0, 4096, { data: Buffer.alloc(4096, 7) })).error, 0);
+      assert.equal((await s.request(NBD_CMD.WRITE_ZEROES, 0, 4096, { flags: NBD_CMD_FLAG.FAST_ZERO | NBD_CMD_FLAG.NO_HOLE })).error, NBD_ERR.ENOTSUP);
+      assert.deepEqual((await s.request(NBD_CMD.READ, 0, 4096)).data, Buffer.alloc(4096, 7));
       assert.deepEqual((await s.request(NBD_CMD.READ, 8192, 8192)).data, Buffer.concat([Buffer.alloc(4096), Buffer.alloc(4096, 9)]));
       assert.equal((await s.request(NBD_CMD.TRIM, 0, 4096, { flags: NBD_CMD_FLAG.FAST_ZERO })).error, NBD_ERR.EINVAL, 'FAST_ZERO on a trim');
       assert.equal((await s.request(NBD_CMD.READ, 0, 4096, { flags: NBD_CMD_FLAG.REQ_ONE })).error, NBD_ERR.EINVAL, 'REQ_ONE on a read');
