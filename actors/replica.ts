@@ -867,6 +867,7 @@ export class Replica {
   private readonly onCheckpointFailing: ((info: { failures: number; err?: Error }) => void) | undefined;
   /** Checkpoints failed since the last one that succeeded. */
   private checkpointsFailing = 0;
+  private checkpointFailingTold = false;
   private readonly schedule: (run: () => void) => void;
   private replicateScheduled = false;
   private readonly pendingWritesMax: number;
@@ -2758,8 +2759,9 @@ export class Replica {
       this.counters.checkpoints++;
       this.recordsSinceCheckpoint = Math.max(0, this.store.appliedLsn - lsn);
       if (this.checkpointsFailing > 0) {
-        this.onCheckpointFailing?.({ failures: this.checkpointsFailing });
+        if (this.checkpointFailingTold) this.onCheckpointFailing?.({ failures: this.checkpointsFailing });
         this.checkpointsFailing = 0;
+        this.checkpointFailingTold = false;
       }
     } catch (e) {
       // Tried again after as many records again, not at the next apply: a checkpoint that
@@ -2768,7 +2770,12 @@ export class Replica {
       // Ended by this replica's close, it did not fail.
       if (!this.closed) {
         this.counters.checkpointFailures++;
-        if (++this.checkpointsFailing === 1 && !(e instanceof CorruptionError)) this.onCheckpointFailing?.({ failures: 1, err: e instanceof Error ? e : new Error(String(e)) });
+        this.checkpointsFailing++;
+        // Told at the first failure of a run that is not damage (damage is told as damage).
+        if (!this.checkpointFailingTold && !(e instanceof CorruptionError)) {
+          this.checkpointFailingTold = true;
+          this.onCheckpointFailing?.({ failures: this.checkpointsFailing, err: e instanceof Error ? e : new Error(String(e)) });
+        }
       }
       throw e;
     } finally {

@@ -1042,7 +1042,7 @@ export class StrataClient {
   /**
    * A request to the controller's control subject `verb`, with deadline `deadlineMs`; sent again
    * while the controller moves (`whileControllerMoves`), when its reply was lost with the NATS
-   * connection (`details.disconnected`), and when a try of it got no answer (CONTROL_TRY_MS_MIN..
+   * connection (`details.disconnected`), and, for TRIED_CONTROL_VERBS, when a try of it got no answer (CONTROL_TRY_MS_MIN..
    * MAX; a controller that died holding it): each of these verbs may be asked again, a move
    * resumes or answers the one done, a drain or a rebalance sets what it set, a change of the
    * controller nodes answers the change done. Not a catalog recovery that applies what it finds:
@@ -1062,7 +1062,7 @@ export class StrataClient {
       // A verb that may be asked again is sent in tries: a controller that dies holding a request
       // never answers it, and the next one, seated within seconds, answers the try after (a
       // move asked again joins the run under way, or resumes it).
-      const tryEndMs = repeatable ? Math.min(deadlineMs, nowMs + Math.min(CONTROL_TRY_MS_MAX, Math.max(CONTROL_TRY_MS_MIN, Math.floor((deadlineMs - nowMs) / 3)))) : deadlineMs;
+      const tryEndMs = TRIED_CONTROL_VERBS.has(verb) ? Math.min(deadlineMs, nowMs + Math.min(CONTROL_TRY_MS_MAX, Math.max(CONTROL_TRY_MS_MIN, Math.floor((deadlineMs - nowMs) / 3)))) : deadlineMs;
       let replyBytes: Uint8Array;
       try {
         replyBytes = await this.request(subject, encode(body), { timeoutMs: Math.max(1, tryEndMs - nowMs), headers: { [HEADER_DEADLINE]: String(deadlineMs) } });
@@ -1486,6 +1486,12 @@ export const API_READ_TRY_MS_MIN = 1000;
  * (moves answer when done, and are joined when asked again while running).
  */
 const CONTROL_TRY_MS_MIN = 5000;
+/**
+ * The verbs sent in tries: a copy asked again joins the run under way (a move) or sets what the
+ * first set. Not a change of the controller nodes nor a catalog recovery, which the controller
+ * runs one after another: a copy would wait behind the first and answer `unchanged`, or late.
+ */
+const TRIED_CONTROL_VERBS: ReadonlySet<string> = new Set(['shard.move', 'node.drain', 'rebalance']);
 const CONTROL_TRY_MS_MAX = 10_000;
 const CONTROLLER_RETRY_MS_MIN = 50;
 const CONTROLLER_RETRY_MS_MAX = 500;
