@@ -1083,7 +1083,8 @@ async function put(ctx: Ctx): Promise<void> {
     // A directory opens, and fails at its first read without naming it; on stdin (`put … - <
     // dir`) it reads as empty.
     const source = file === '-' ? 'stdin' : file;
-    if (handle !== undefined ? (await handle.stat()).isDirectory() : streamIsDirectory(ctx.io.stdin)) {
+    const stat = handle === undefined ? undefined : await handle.stat();
+    if (stat !== undefined ? stat.isDirectory() : streamIsDirectory(ctx.io.stdin)) {
       throw Object.assign(new Error(`${source}: a directory, not a file of pages`), { code: 'EISDIR' });
     }
     const read = handle === undefined ? streamReader(ctx.io.stdin) : fileReader(handle);
@@ -1093,7 +1094,6 @@ async function put(ctx: Ctx): Promise<void> {
       checkPageInVolume(first, volumeName, info.pageCount);
       // Only a regular file's size is known in advance: a FIFO or a device (/dev/zero) is read as
       // stdin is, and named as itself when it holds too much.
-      const stat = handle === undefined ? undefined : await handle.stat();
       const sizeBytes = stat?.isFile() === true ? stat.size : undefined;
       if (sizeBytes !== undefined) {
         const pagesNeeded = Math.ceil(sizeBytes / info.pageSize);

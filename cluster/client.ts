@@ -1042,8 +1042,8 @@ export class StrataClient {
   /**
    * A request to the controller's control subject `verb`, with deadline `deadlineMs`; sent again
    * while the controller moves (`whileControllerMoves`), when its reply was lost with the NATS
-   * connection (`details.disconnected`), and, for TRIED_CONTROL_VERBS, when a try of it got no answer (CONTROL_TRY_MS_MIN..
-   * MAX; a controller that died holding it): each of these verbs may be asked again, a move
+   * connection (`details.disconnected`), and, for TRIED_CONTROL_VERBS, when a try of it got no
+   * answer (a controller that died holding it): each of these verbs may be asked again, a move
    * resumes or answers the one done, a drain or a rebalance sets what it set, a change of the
    * controller nodes answers the change done. Not a catalog recovery that applies what it finds:
    * asked again, it would answer that nothing was left to recover; its lost reply is `timeout`
@@ -1059,7 +1059,7 @@ export class StrataClient {
     const once = async (): Promise<T> => {
       this.checkOpen();
       const nowMs = this.nowMs();
-      // A verb that may be asked again is sent in tries: a controller that dies holding a request
+      // A move, a drain or a rebalance is sent in tries: a controller that dies holding a request
       // never answers it, and the next one, seated within seconds, answers the try after (a
       // move asked again joins the run under way, or resumes it).
       const tryEndMs = TRIED_CONTROL_VERBS.has(verb) ? Math.min(deadlineMs, nowMs + Math.min(CONTROL_TRY_MS_MAX, Math.max(CONTROL_TRY_MS_MIN, Math.floor((deadlineMs - nowMs) / 3)))) : deadlineMs;
@@ -1476,23 +1476,25 @@ export const API_READ_TRIES = 3;
 export const API_READ_TRY_MS_MIN = 1000;
 
 /**
+ * The operator's verbs sent in tries (`controlRequest`): a copy asked again joins the run under
+ * way (a move) or sets what the first set. Not a change of the controller nodes nor a catalog
+ * recovery, which the controller runs one after another: a copy would wait behind the first and
+ * answer `unchanged`, or late.
+ */
+const TRIED_CONTROL_VERBS: ReadonlySet<string> = new Set(['shard.move', 'node.drain', 'rebalance']);
+/**
+ * A try of one of them: a third of the time left, within these bounds. The shortest is well
+ * above what the controller takes to answer (moves answer when done, and are joined when asked
+ * again while running).
+ */
+const CONTROL_TRY_MS_MIN = 5000;
+const CONTROL_TRY_MS_MAX = 10_000;
+
+/**
  * First and largest pause before an API request is sent again after a node answered that it no
  * longer runs the controller (`notController`): a new controller takes its seat within an
  * election timeout and a check of the seat (200 ms). At most CONTROLLER_RETRIES_MAX times.
  */
-/**
- * A try of an operator's request that may be asked again (`controlRequest`): a third of the time
- * left, within these bounds. The shortest is well above what the controller takes to answer
- * (moves answer when done, and are joined when asked again while running).
- */
-const CONTROL_TRY_MS_MIN = 5000;
-/**
- * The verbs sent in tries: a copy asked again joins the run under way (a move) or sets what the
- * first set. Not a change of the controller nodes nor a catalog recovery, which the controller
- * runs one after another: a copy would wait behind the first and answer `unchanged`, or late.
- */
-const TRIED_CONTROL_VERBS: ReadonlySet<string> = new Set(['shard.move', 'node.drain', 'rebalance']);
-const CONTROL_TRY_MS_MAX = 10_000;
 const CONTROLLER_RETRY_MS_MIN = 50;
 const CONTROLLER_RETRY_MS_MAX = 500;
 const CONTROLLER_RETRIES_MAX = 40;
@@ -2170,6 +2172,13 @@ export class Volume {
     }
     let settled = await this.sendCalls(info, calls, deadlineMs);
     progress(calls, settled);
+    /** The whole call planned again and sent under `fresh` (the volume made again under its name). */
+    const replan = async (fresh: VolumeInfo): Promise<void> => {
+      info = fresh;
+      calls = plan(info);
+      settled = await this.sendCalls(info, calls, deadlineMs);
+      progress(calls, settled);
+    };
     // The common call: every request answered.
     if (settled.every((s) => s.ok)) return { info, calls, outcomes: settled.map((s) => (s as { ok: true; value: ShardOutcome }).value) };
     throwFinal(calls, settled);
@@ -2178,12 +2187,7 @@ export class Volume {
       if (sameLayout(info, fresh)) {
         const missed = settled.flatMap((s, i) => (s.ok ? [] : [i]));
         takeRetried(settled, missed, await this.sendCalls(fresh, missed.map((i) => calls[i]!), deadlineMs));
-      } else {
-        info = fresh;
-        calls = plan(info);
-        settled = await this.sendCalls(info, calls, deadlineMs);
-        progress(calls, settled);
-      }
+      } else await replan(fresh);
       throwFinal(calls, settled);
     }
     let backoffMs = LEADER_RETRY_MS_MIN;
@@ -2206,10 +2210,7 @@ export class Volume {
       const fresh = await this.refreshInfo(known, Math.min(deadlineMs, this.client.nowMs() + GEOMETRY_RECHECK_MS));
       known = this.infoPromise ?? known;
       if (sameLayout(info, fresh)) continue;
-      info = fresh;
-      calls = plan(info);
-      settled = await this.sendCalls(info, calls, deadlineMs);
-      progress(calls, settled);
+      await replan(fresh);
       throwFinal(calls, settled);
     }
     // A request whose earlier attempt may still commit is the one to report, if any.

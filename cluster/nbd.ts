@@ -1136,17 +1136,15 @@ class Connection {
         this.log.info('nbd write made again: its try was not answered, or found no leader', { volume: this.exp?.name, attempt, code: err.code, err: err.message }),
     };
     const live = <T>(call: () => Promise<T>): Promise<T> => (this.clientGone ? Promise.reject(new ClientGone('the client is gone')) : call());
+    // A call until deadline `d`, made again while answered overloaded.
+    const until = <T>(call: (d: number) => Promise<T>, d: number): Promise<T> => retryOverloaded(() => live(() => call(d)), untilMs(d));
+    const read = <T>(call: (d: number) => Promise<T>): Promise<T> => until(call, ownMs());
+    const write = <T>(call: (d: number) => Promise<T>): Promise<T> => writeInTries((d) => until(call, d), untilMs(ownMs()), tries);
     return {
-      readPages: (pages) => {
-        const d = ownMs();
-        return retryOverloaded(() => live(() => volume.readPages(pages, { deadlineMs: d })), untilMs(d));
-      },
-      writePages: (pages) => writeInTries((d) => retryOverloaded(() => live(() => volume.writePages(pages, { deadlineMs: d })), untilMs(d)), untilMs(ownMs()), tries),
-      zeroPages: (first, count) => writeInTries((d) => retryOverloaded(() => live(() => volume.zeroPages(first, count, { deadlineMs: d })), untilMs(d)), untilMs(ownMs()), tries),
-      pagesWithData: (first, count) => {
-        const d = ownMs();
-        return retryOverloaded(() => live(() => volume.pagesWithData(first, count, { deadlineMs: d })), untilMs(d));
-      },
+      readPages: (pages) => read((d) => volume.readPages(pages, { deadlineMs: d })),
+      writePages: (pages) => write((d) => volume.writePages(pages, { deadlineMs: d })),
+      zeroPages: (first, count) => write((d) => volume.zeroPages(first, count, { deadlineMs: d })),
+      pagesWithData: (first, count) => read((d) => volume.pagesWithData(first, count, { deadlineMs: d })),
     };
   }
 
@@ -1169,10 +1167,11 @@ class Connection {
         (request.type === NBD_CMD.WRITE_ZEROES ? NBD_CMD_FLAG.NO_HOLE | NBD_CMD_FLAG.FAST_ZERO : 0) |
         (request.type === NBD_CMD.BLOCK_STATUS ? NBD_CMD_FLAG.REQ_ONE : 0);
       if ((request.flags & ~known) !== 0) return await this.fail(request, NBD_ERR.EINVAL, `command flags 0x${request.flags.toString(16)} are not all for ${name}`);
+      const noHole = request.type === NBD_CMD.WRITE_ZEROES && (request.flags & NBD_CMD_FLAG.NO_HOLE) !== 0;
       // FAST_ZERO asks for zeros only if they are fast; with NO_HOLE the whole pages are written
       // as pages of zeros, which takes as long as writing them: refused at once, as the client
       // asked, so that it writes them itself if it wants to.
-      if (request.type === NBD_CMD.WRITE_ZEROES && (request.flags & NBD_CMD_FLAG.NO_HOLE) !== 0 && (request.flags & NBD_CMD_FLAG.FAST_ZERO) !== 0) {
+      if (noHole && (request.flags & NBD_CMD_FLAG.FAST_ZERO) !== 0) {
         return await this.fail(request, NBD_ERR.ENOTSUP, 'NO_HOLE with FAST_ZERO: the pages would be written as pages of zeros, which is not fast');
       }
       if (request.type === NBD_CMD.FLUSH) {
@@ -1233,7 +1232,6 @@ class Connection {
         // Its client closed while it waited for its pages: nobody can be answered, so it is not
         // made (its outcome was unknown to the client either way).
         if (this.clientGone) return;
-        const noHole = request.type === NBD_CMD.WRITE_ZEROES && (request.flags & NBD_CMD_FLAG.NO_HOLE) !== 0;
         // A range written as zeros (NO_HOLE) may take many calls, one after another: each has its own time.
         await writeBytes(this.pageCalls(noHole ? undefined : deadlineMs), info.pageSize, request.offset, request.length, payload, noHole);
       } finally {
